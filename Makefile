@@ -1,0 +1,37 @@
+# Berth: `make run` starts the registry on its embedded defaults; `make test` runs every test.
+PYTHON ?= python3
+VENV := .venv
+UV := $(VENV)/bin/uv
+BERTH := $(VENV)/bin/berth
+
+.PHONY: run test lint bench install install-dev test-deps clean
+
+$(UV):
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -q "uv==0.13.9"
+
+install: $(UV)
+	UV_PROJECT_ENVIRONMENT=$(VENV) $(UV) sync -q --frozen --no-dev
+
+install-dev: $(UV)
+	UV_PROJECT_ENVIRONMENT=$(VENV) $(UV) sync -q --frozen
+
+run: install
+	$(BERTH) serve
+
+test-deps:
+	bash scripts/test-deps.sh
+
+lint: install-dev
+	$(VENV)/bin/ruff check berth tests bench
+	$(VENV)/bin/ruff format --check berth tests bench
+	$(VENV)/bin/mypy
+
+test: install-dev test-deps lint
+	$(VENV)/bin/pytest -q -rfEs; rc=$$?; [ $$rc -eq 5 ] && rc=0; exit $$rc
+
+bench: install-dev test-deps
+	$(VENV)/bin/python bench/run.py
+
+clean:
+	rm -rf $(VENV) berth-data .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,81 @@
+"""Settings: defaults, then a TOML file, then BERTH_<NAME> environment variables, then flags."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+CONFIG_FILE_ENV = "BERTH_CONFIG"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="BERTH_", extra="ignore")
+
+    data_dir: Path = Field(Path("berth-data"), description="where metadata and blobs live")
+    listen: str = Field("127.0.0.1:5000", description="host:port to listen on")
+    domain: str = Field("localhost", description="registry domain, e.g. kcr.dev")
+    region: str = Field("local", description="region served by this deployment")
+    tls_cert: Path | None = Field(None, description="PEM certificate; TLS is on when set")
+    tls_key: Path | None = Field(None, description="PEM private key for tls_cert")
+    database_url: str | None = Field(
+        None, description="SQLAlchemy URL; default sqlite+aiosqlite:///{data_dir}/berth.db"
+    )
+    workers: int = Field(1, ge=1, description="server worker processes")
+    log_level: str = Field("info")
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        toml_file = os.environ.get(CONFIG_FILE_ENV, "berth.toml")
+        return (
+            init_settings,
+            env_settings,
+            TomlConfigSettingsSource(settings_cls, toml_file=toml_file),
+        )
+
+    @property
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite+aiosqlite:///{self.data_dir.resolve() / 'berth.db'}"
+
+    @property
+    def blob_dir(self) -> Path:
+        return self.data_dir.resolve() / "blobs"
+
+    @property
+    def host_and_port(self) -> tuple[str, int]:
+        host, _, port = self.listen.rpartition(":")
+        return host.strip("[]") or "127.0.0.1", int(port)
+
+    @property
+    def project_host_suffix(self) -> str:
+        """Hosts ending in this name a project: `{project}.{region}.{domain}`."""
+        return f".{self.region}.{self.domain}"
+
+    def to_environ(self) -> dict[str, str]:
+        """The settings as BERTH_* variables, so worker processes see what the CLI resolved."""
+        env: dict[str, str] = {}
+        for name, value in self.model_dump().items():
+            if value is not None:
+                env[f"BERTH_{name.upper()}"] = str(value)
+        return env
+
+
+def load_settings(**overrides: Any) -> Settings:
+    return Settings(**{k: v for k, v in overrides.items() if v is not None})

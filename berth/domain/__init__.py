@@ -1,0 +1,1 @@
+"""Pure domain logic: grammar, digests, manifests and errors. No I/O here."""

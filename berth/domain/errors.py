@@ -1,0 +1,112 @@
+"""Registry errors, named by the OCI Distribution error codes.
+
+Services raise these; the HTTP layer renders them as the spec's JSON error body.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class RegistryError(Exception):
+    code = "UNKNOWN"
+    status = 500
+
+    def __init__(self, message: str, detail: Any = None, *, status: int | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.detail = detail
+        if status is not None:
+            self.status = status
+        self.headers: dict[str, str] = {}
+
+    def body(self) -> dict[str, Any]:
+        error: dict[str, Any] = {"code": self.code, "message": self.message}
+        if self.detail is not None:
+            error["detail"] = self.detail
+        return {"errors": [error]}
+
+
+class BlobUnknown(RegistryError):
+    code = "BLOB_UNKNOWN"
+    status = 404
+
+
+class BlobUploadInvalid(RegistryError):
+    code = "BLOB_UPLOAD_INVALID"
+    status = 400
+
+
+class BlobUploadUnknown(RegistryError):
+    code = "BLOB_UPLOAD_UNKNOWN"
+    status = 404
+
+
+class DigestInvalid(RegistryError):
+    code = "DIGEST_INVALID"
+    status = 400
+
+
+class ManifestBlobUnknown(RegistryError):
+    code = "MANIFEST_BLOB_UNKNOWN"
+    status = 400
+
+
+class ManifestInvalid(RegistryError):
+    code = "MANIFEST_INVALID"
+    status = 400
+
+
+class ManifestUnknown(RegistryError):
+    code = "MANIFEST_UNKNOWN"
+    status = 404
+
+
+class NameInvalid(RegistryError):
+    code = "NAME_INVALID"
+    status = 400
+
+
+class NameUnknown(RegistryError):
+    code = "NAME_UNKNOWN"
+    status = 404
+
+
+class SizeInvalid(RegistryError):
+    code = "SIZE_INVALID"
+    status = 400
+
+
+class Unauthorized(RegistryError):
+    code = "UNAUTHORIZED"
+    status = 401
+
+
+class Denied(RegistryError):
+    code = "DENIED"
+    status = 403
+
+
+class Unsupported(RegistryError):
+    code = "UNSUPPORTED"
+    status = 405
+
+
+class TooManyRequests(RegistryError):
+    code = "TOOMANYREQUESTS"
+    status = 429
+
+
+class PaginationNumberInvalid(RegistryError):
+    code = "PAGINATION_NUMBER_INVALID"
+    status = 400
+
+
+class RangeNotSatisfiable(BlobUploadInvalid):
+    """A chunk that does not start where the upload ends (spec: 416)."""
+
+    status = 416
+
+    def __init__(self, message: str, current_size: int) -> None:
+        super().__init__(message)
+        self.current_size = current_size

@@ -1,0 +1,176 @@
+"""Manifest parsing: media type, the blobs and child manifests a manifest references, subject."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from berth.domain.digests import parse_digest
+from berth.domain.errors import DigestInvalid, ManifestInvalid, SizeInvalid
+
+DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
+DOCKER_MANIFEST_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
+DOCKER_SCHEMA1 = "application/vnd.docker.distribution.manifest.v1+json"
+DOCKER_SCHEMA1_SIGNED = "application/vnd.docker.distribution.manifest.v1+prettyjws"
+OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+OCI_INDEX = "application/vnd.oci.image.index.v1+json"
+OCI_ARTIFACT_MANIFEST = "application/vnd.oci.artifact.manifest.v1+json"
+OCI_EMPTY_CONFIG = "application/vnd.oci.empty.v1+json"
+
+INDEX_TYPES = frozenset({DOCKER_MANIFEST_LIST, OCI_INDEX})
+IMAGE_TYPES = frozenset({DOCKER_MANIFEST, OCI_MANIFEST, OCI_ARTIFACT_MANIFEST})
+MANIFEST_TYPES = INDEX_TYPES | IMAGE_TYPES
+# Layers that live elsewhere by design (Windows base layers); the registry does not hold them.
+FOREIGN_LAYER_TYPES = frozenset(
+    {
+        "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip",
+        "application/vnd.oci.image.layer.nondistributable.v1.tar",
+        "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip",
+        "application/vnd.oci.image.layer.nondistributable.v1.tar+zstd",
+    }
+)
+MAX_MANIFEST_BYTES = 4 * 1024 * 1024
+
+
+def manifest_too_large() -> SizeInvalid:
+    return SizeInvalid(
+        f"manifest is larger than the {MAX_MANIFEST_BYTES >> 20} MiB limit", status=413
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Descriptor:
+    media_type: str
+    digest: str
+    size: int
+    artifact_type: str | None = None
+    platform: dict[str, Any] | None = None
+    annotations: dict[str, str] | None = None
+
+
+@dataclass(slots=True)
+class ParsedManifest:
+    media_type: str
+    blobs: list[Descriptor] = field(default_factory=list)
+    children: list[Descriptor] = field(default_factory=list)
+    subject: Descriptor | None = None
+    artifact_type: str | None = None
+    annotations: dict[str, str] | None = None
+
+    @property
+    def is_index(self) -> bool:
+        return self.media_type in INDEX_TYPES
+
+
+def _descriptor(value: Any, where: str) -> Descriptor:
+    if not isinstance(value, dict):
+        raise ManifestInvalid(f"{where} must be a descriptor object")
+    media_type, digest, size = value.get("mediaType"), value.get("digest"), value.get("size")
+    if not isinstance(media_type, str) or not media_type:
+        raise ManifestInvalid(f"{where}.mediaType must be a non-empty string")
+    if not isinstance(digest, str):
+        raise ManifestInvalid(f"{where}.digest must be a string")
+    try:
+        parse_digest(digest)
+    except DigestInvalid as exc:
+        raise ManifestInvalid(f"{where}.digest: {exc.message}") from None
+    if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+        raise ManifestInvalid(f"{where}.size must be a non-negative integer")
+    artifact_type = value.get("artifactType")
+    platform = value.get("platform")
+    annotations = value.get("annotations")
+    return Descriptor(
+        media_type,
+        digest,
+        size,
+        artifact_type if isinstance(artifact_type, str) else None,
+        platform if isinstance(platform, dict) else None,
+        annotations if isinstance(annotations, dict) else None,
+    )
+
+
+def _descriptor_list(document: dict[str, Any], key: str, *, required: bool) -> list[Descriptor]:
+    value = document.get(key)
+    if value is None:
+        if required:
+            raise ManifestInvalid(f"manifest has no {key!r} list")
+        return []
+    if not isinstance(value, list):
+        raise ManifestInvalid(f"{key!r} must be a list of descriptors")
+    return [_descriptor(item, f"{key}[{i}]") for i, item in enumerate(value)]
+
+
+def parse_manifest(body: bytes, content_type: str | None) -> ParsedManifest:
+    """Parse a pushed manifest; raise ManifestInvalid with a message a person can act on."""
+    try:
+        document = json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ManifestInvalid(f"manifest is not valid JSON: {exc}") from None
+    if not isinstance(document, dict):
+        raise ManifestInvalid("manifest must be a JSON object")
+
+    declared = document.get("mediaType")
+    header = (content_type or "").split(";")[0].strip() or None
+    if declared is not None and not isinstance(declared, str):
+        raise ManifestInvalid("mediaType must be a string")
+    if declared and header and header in MANIFEST_TYPES and declared != header:
+        raise ManifestInvalid(
+            f"Content-Type {header!r} does not match the manifest's mediaType {declared!r}"
+        )
+    media_type = declared or (header if header in MANIFEST_TYPES else None)
+    if media_type is None:
+        media_type = OCI_INDEX if "manifests" in document else OCI_MANIFEST
+    if media_type in (DOCKER_SCHEMA1, DOCKER_SCHEMA1_SIGNED):
+        raise ManifestInvalid("Docker schema 1 manifests are not supported; push schema 2 or OCI")
+    if media_type not in MANIFEST_TYPES:
+        raise ManifestInvalid(f"unsupported manifest media type {media_type!r}")
+    if media_type != OCI_ARTIFACT_MANIFEST and document.get("schemaVersion") != 2:
+        raise ManifestInvalid("schemaVersion must be 2")
+
+    artifact_type = document.get("artifactType")
+    if artifact_type is not None and not isinstance(artifact_type, str):
+        raise ManifestInvalid("artifactType must be a string")
+    annotations = document.get("annotations")
+    parsed = ParsedManifest(
+        media_type=media_type,
+        artifact_type=artifact_type,
+        annotations=annotations if isinstance(annotations, dict) else None,
+    )
+    if "subject" in document and document["subject"] is not None:
+        parsed.subject = _descriptor(document["subject"], "subject")
+
+    if media_type in INDEX_TYPES:
+        parsed.children = _descriptor_list(document, "manifests", required=True)
+    elif media_type == OCI_ARTIFACT_MANIFEST:
+        parsed.blobs = _descriptor_list(document, "blobs", required=False)
+    else:
+        config = _descriptor(document.get("config"), "config")
+        parsed.blobs = [config, *_descriptor_list(document, "layers", required=True)]
+        if parsed.artifact_type is None and media_type == OCI_MANIFEST:
+            # The referrers API reports an image's config media type when it has no artifactType.
+            parsed.artifact_type = config.media_type
+    return parsed
+
+
+def stored_blobs(parsed: ParsedManifest) -> list[str]:
+    """Digests of blobs the registry must hold for this manifest (foreign layers excluded)."""
+    seen: dict[str, None] = {}
+    for blob in parsed.blobs:
+        if blob.media_type not in FOREIGN_LAYER_TYPES:
+            seen.setdefault(blob.digest)
+    return list(seen)
+
+
+def accepts(accept_header: str | None, media_type: str) -> bool:
+    """Whether a client's Accept header admits a manifest of this media type.
+
+    No header, a wildcard, or a non-manifest list (curl's defaults) admits anything: only a
+    client that names manifest types and leaves this one out is refused.
+    """
+    if not accept_header:
+        return True
+    offered = {part.split(";")[0].strip() for part in accept_header.split(",")}
+    if media_type in offered or "*/*" in offered or "application/*" in offered:
+        return True
+    return not (offered & MANIFEST_TYPES)

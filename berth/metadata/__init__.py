@@ -1,0 +1,1 @@
+"""The metadata layer: what exists and what references what (SQLite or PostgreSQL)."""

@@ -1,0 +1,310 @@
+"""/v2 handlers. Each parses the request, calls one service method and shapes the response."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import AsyncIterator
+from typing import Any
+from urllib.parse import urlencode
+
+from starlette.requests import Request
+from starlette.responses import FileResponse, JSONResponse, Response
+from starlette.routing import Route
+
+from berth.domain.errors import (
+    BlobUnknown,
+    DigestInvalid,
+    ManifestUnknown,
+    PaginationNumberInvalid,
+    RangeNotSatisfiable,
+    RegistryError,
+    Unsupported,
+)
+from berth.domain.manifests import MAX_MANIFEST_BYTES, OCI_INDEX, accepts, manifest_too_large
+from berth.domain.names import ImageName, split_name
+from berth.services.registry import Page
+from berth.services.repositories import RepositoryRef
+from berth.state import Services
+
+JSON_TYPE = "application/json"
+
+
+def _services(request: Request) -> Services:
+    services: Services = request.app.state.services
+    return services
+
+
+async def _target(request: Request) -> tuple[Services, ImageName, RepositoryRef]:
+    services = _services(request)
+    name = split_name(
+        request.path_params["name"], services.host_project(request.headers.get("host"))
+    )
+    return services, name, await services.repositories.resolve(name)
+
+
+def _json(
+    body: Any, status: int = 200, headers: dict[str, str] | None = None, media_type: str = JSON_TYPE
+) -> Response:
+    return Response(json.dumps(body, separators=(",", ":")), status, headers, media_type)
+
+
+def _limit(request: Request) -> int | None:
+    raw = request.query_params.get("n")
+    if raw is None or raw == "":
+        return None
+    if not raw.isdigit():
+        raise PaginationNumberInvalid(f"n must be a non-negative integer, not {raw!r}")
+    return int(raw)
+
+
+def _page_link(path: str, page: Page, limit: int | None, extra: dict[str, str]) -> dict[str, str]:
+    if page.next_last is None or limit is None:
+        return {}
+    query = urlencode({**extra, "n": limit, "last": page.next_last})
+    return {"Link": f'<{path}?{query}>; rel="next"'}
+
+
+def _body(request: Request) -> AsyncIterator[bytes]:
+    return request.stream()
+
+
+# ---------------------------------------------------------------- base and catalog
+
+
+async def base(request: Request) -> Response:
+    return _json({})
+
+
+async def catalog(request: Request) -> Response:
+    services = _services(request)
+    limit = _limit(request)
+    project = services.host_project(request.headers.get("host"))
+    page = await services.registry.catalog(project, limit, request.query_params.get("last"))
+    headers = _page_link("/v2/_catalog", page, limit, {})
+    return _json({"repositories": page.items}, headers=headers)
+
+
+# ---------------------------------------------------------------- blobs
+
+
+async def get_blob(request: Request) -> Response:
+    services, _name, repo = await _target(request)
+    digest = request.path_params["digest"]
+    await services.registry.blob_size(repo, digest)
+    path = services.registry.blob_path(digest)
+    headers = {"Docker-Content-Digest": digest}
+    if path is None:
+        raise BlobUnknown("blob storage has no local path")  # S3 driver streams instead
+    try:
+        stat = os.stat(path)
+    except FileNotFoundError:
+        raise BlobUnknown(f"blob {digest} is missing from storage", {"digest": digest}) from None
+    return FileResponse(
+        path, stat_result=stat, media_type="application/octet-stream", headers=headers
+    )
+
+
+async def delete_blob(request: Request) -> Response:
+    services, _name, repo = await _target(request)
+    await services.registry.delete_blob(repo, request.path_params["digest"])
+    return Response(status_code=202)
+
+
+# ---------------------------------------------------------------- uploads
+
+
+def _upload_headers(name: ImageName, upload_id: str, offset: int) -> dict[str, str]:
+    return {
+        "Location": f"/v2/{name.display}/blobs/uploads/{upload_id}",
+        "Range": f"0-{max(offset - 1, 0)}",
+        "Docker-Upload-UUID": upload_id,
+    }
+
+
+def _blob_created(name: ImageName, digest: str) -> Response:
+    return Response(
+        status_code=201,
+        headers={"Location": f"/v2/{name.display}/blobs/{digest}", "Docker-Content-Digest": digest},
+    )
+
+
+async def start_upload(request: Request) -> Response:
+    services, name, repo = await _target(request)
+    params = request.query_params
+    mount = params.get("mount")
+    if mount:
+        source_name = params.get("from")
+        source = None
+        if source_name:
+            try:
+                source = await services.repositories.resolve(
+                    split_name(source_name, services.host_project(request.headers.get("host")))
+                )
+            except RegistryError:
+                source = None  # an unknown source just means no mount: start an upload
+        if (source or not source_name) and await services.registry.mount(repo, mount, source):
+            return _blob_created(name, mount)
+        if source_name and await services.registry.mount(repo, mount, None):
+            return _blob_created(name, mount)
+    upload = await services.uploads.start(repo, name.image)
+    digest = params.get("digest")
+    if digest:
+        final = await services.uploads.complete(repo, upload, digest, _body(request), None)
+        return _blob_created(name, final)
+    return Response(status_code=202, headers=_upload_headers(name, upload.id, 0))
+
+
+async def upload_status(request: Request) -> Response:
+    services, name, repo = await _target(request)
+    upload = await services.uploads.get(repo, name.image, request.path_params["upload_id"])
+    return Response(status_code=204, headers=_upload_headers(name, upload.id, upload.offset))
+
+
+async def patch_upload(request: Request) -> Response:
+    services, name, repo = await _target(request)
+    upload = await services.uploads.get(repo, name.image, request.path_params["upload_id"])
+    try:
+        upload = await services.uploads.append(
+            upload, _body(request), request.headers.get("content-range")
+        )
+    except RangeNotSatisfiable as exc:
+        exc.headers.update(_upload_headers(name, upload.id, exc.current_size))
+        raise
+    return Response(status_code=202, headers=_upload_headers(name, upload.id, upload.offset))
+
+
+async def complete_upload(request: Request) -> Response:
+    services, name, repo = await _target(request)
+    digest = request.query_params.get("digest")
+    if not digest:
+        raise DigestInvalid("the final PUT of an upload needs ?digest=<digest>")
+    upload = await services.uploads.get(repo, name.image, request.path_params["upload_id"])
+    try:
+        final = await services.uploads.complete(
+            repo, upload, digest, _body(request), request.headers.get("content-range")
+        )
+    except RangeNotSatisfiable as exc:
+        exc.headers.update(_upload_headers(name, upload.id, exc.current_size))
+        raise
+    return _blob_created(name, final)
+
+
+async def cancel_upload(request: Request) -> Response:
+    services, name, repo = await _target(request)
+    upload = await services.uploads.get(repo, name.image, request.path_params["upload_id"])
+    await services.uploads.cancel(upload)
+    return Response(status_code=204)
+
+
+# ---------------------------------------------------------------- manifests
+
+
+async def get_manifest(request: Request) -> Response:
+    services, _name, repo = await _target(request)
+    reference = request.path_params["reference"]
+    manifest = await services.registry.get_manifest(repo, _name.image, reference)
+    if not accepts(request.headers.get("accept"), manifest.media_type):
+        raise ManifestUnknown(
+            f"manifest {reference!r} is a {manifest.media_type}, which the client's Accept "
+            "header does not list",
+            {"mediaType": manifest.media_type},
+        )
+    headers = {
+        "Docker-Content-Digest": manifest.digest,
+        "ETag": f'"{manifest.digest}"',
+        "Content-Length": str(len(manifest.content)),
+    }
+    content = b"" if request.method == "HEAD" else manifest.content
+    return Response(content, 200, headers, manifest.media_type)
+
+
+async def _read_limited(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise manifest_too_large()
+    parts: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise manifest_too_large()
+        parts.append(chunk)
+    return b"".join(parts)
+
+
+async def put_manifest(request: Request) -> Response:
+    services, name, repo = await _target(request)
+    body = await _read_limited(request, MAX_MANIFEST_BYTES)
+    pushed = await services.registry.put_manifest(
+        repo,
+        name.image,
+        request.path_params["reference"],
+        body,
+        request.headers.get("content-type"),
+    )
+    headers = {
+        "Location": f"/v2/{name.display}/manifests/{pushed.digest}",
+        "Docker-Content-Digest": pushed.digest,
+    }
+    if pushed.subject:
+        headers["OCI-Subject"] = pushed.subject
+    return Response(status_code=201, headers=headers)
+
+
+async def delete_manifest(request: Request) -> Response:
+    services, name, repo = await _target(request)
+    await services.registry.delete_manifest(repo, name.image, request.path_params["reference"])
+    return Response(status_code=202)
+
+
+# ---------------------------------------------------------------- listings
+
+
+async def list_tags(request: Request) -> Response:
+    services, name, repo = await _target(request)
+    limit = _limit(request)
+    page = await services.registry.list_tags(
+        repo, name.image, limit, request.query_params.get("last")
+    )
+    headers = _page_link(f"/v2/{name.display}/tags/list", page, limit, {})
+    return _json({"name": name.display, "tags": page.items}, headers=headers)
+
+
+async def referrers(request: Request) -> Response:
+    services, name, repo = await _target(request)
+    artifact_type = request.query_params.get("artifactType")
+    index = await services.registry.referrers(
+        repo, name.image, request.path_params["digest"], artifact_type
+    )
+    headers = {"OCI-Filters-Applied": "artifactType"} if artifact_type else {}
+    return _json(index, headers=headers, media_type=OCI_INDEX)
+
+
+async def not_found(request: Request) -> Response:
+    raise Unsupported(f"no registry endpoint at {request.url.path}", status=404)
+
+
+def error_response(exc: RegistryError) -> Response:
+    return JSONResponse(exc.body(), exc.status, exc.headers)
+
+
+NAME = "/v2/{name:path}"
+routes = [
+    Route("/v2/", base, methods=["GET"]),
+    Route("/v2/_catalog", catalog, methods=["GET"]),
+    Route(f"{NAME}/tags/list", list_tags, methods=["GET"]),
+    Route(f"{NAME}/manifests/{{reference}}", get_manifest, methods=["GET", "HEAD"]),
+    Route(f"{NAME}/manifests/{{reference}}", put_manifest, methods=["PUT"]),
+    Route(f"{NAME}/manifests/{{reference}}", delete_manifest, methods=["DELETE"]),
+    Route(f"{NAME}/blobs/uploads/", start_upload, methods=["POST"]),
+    Route(f"{NAME}/blobs/uploads", start_upload, methods=["POST"]),
+    Route(f"{NAME}/blobs/uploads/{{upload_id}}", upload_status, methods=["GET"]),
+    Route(f"{NAME}/blobs/uploads/{{upload_id}}", patch_upload, methods=["PATCH"]),
+    Route(f"{NAME}/blobs/uploads/{{upload_id}}", complete_upload, methods=["PUT"]),
+    Route(f"{NAME}/blobs/uploads/{{upload_id}}", cancel_upload, methods=["DELETE"]),
+    Route(f"{NAME}/blobs/{{digest}}", get_blob, methods=["GET", "HEAD"]),
+    Route(f"{NAME}/blobs/{{digest}}", delete_blob, methods=["DELETE"]),
+    Route(f"{NAME}/referrers/{{digest}}", referrers, methods=["GET"]),
+    Route("/v2/{path:path}", not_found, methods=["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"]),
+]

@@ -1,0 +1,1 @@
+"""The core: push and pull flows, projects and repositories. HTTP layers call these."""

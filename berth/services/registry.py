@@ -1,0 +1,432 @@
+"""Blobs, manifests, tags, referrers and the catalog: the registry's content flows."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import and_, delete, exists, select
+
+from berth.domain.digests import digest_bytes, is_digest, parse_digest
+from berth.domain.errors import (
+    BlobUnknown,
+    Denied,
+    DigestInvalid,
+    ManifestBlobUnknown,
+    ManifestInvalid,
+    ManifestUnknown,
+)
+from berth.domain.manifests import (
+    MAX_MANIFEST_BYTES,
+    OCI_INDEX,
+    ParsedManifest,
+    manifest_too_large,
+    parse_manifest,
+    stored_blobs,
+)
+from berth.domain.names import is_valid_tag
+from berth.metadata.database import Database
+from berth.metadata.tables import (
+    blobs,
+    manifest_references,
+    manifests,
+    projects,
+    repositories,
+    repository_blobs,
+    tags,
+    utcnow,
+)
+from berth.services.repositories import RepositoryRef
+from berth.storage.base import BlobStore
+
+
+@dataclass(frozen=True, slots=True)
+class StoredManifest:
+    digest: str
+    media_type: str
+    content: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class PushedManifest:
+    digest: str
+    subject: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    items: list[str]
+    next_last: str | None  # set when there is a next page
+
+
+class Registry:
+    def __init__(self, db: Database, store: BlobStore) -> None:
+        self.db = db
+        self.store = store
+
+    # ------------------------------------------------------------------ blobs
+
+    async def blob_size(self, repo: RepositoryRef, digest: str) -> int:
+        parse_digest(digest)
+        async with self.db.read() as conn:
+            size = (
+                await conn.execute(
+                    select(blobs.c.size)
+                    .join(repository_blobs, repository_blobs.c.digest == blobs.c.digest)
+                    .where(repository_blobs.c.repository_id == repo.id, blobs.c.digest == digest)
+                )
+            ).scalar()
+        if size is None:
+            raise BlobUnknown(f"blob {digest} is not in this repository", {"digest": digest})
+        return int(size)
+
+    def blob_path(self, digest: str) -> Path | None:
+        return self.store.local_path(digest)
+
+    async def delete_blob(self, repo: RepositoryRef, digest: str) -> None:
+        """Unlink a blob from a repository; its bytes go at the next garbage collection."""
+        parse_digest(digest)
+        async with self.db.write() as conn:
+            result = await conn.execute(
+                delete(repository_blobs).where(
+                    repository_blobs.c.repository_id == repo.id, repository_blobs.c.digest == digest
+                )
+            )
+        if result.rowcount == 0:
+            raise BlobUnknown(f"blob {digest} is not in this repository", {"digest": digest})
+
+    async def mount(self, repo: RepositoryRef, digest: str, source: RepositoryRef | None) -> bool:
+        """Link a blob held by `source` (or, without one, anywhere in the project) to `repo`."""
+        parse_digest(digest)
+        holder = select(repository_blobs.c.repository_id).where(repository_blobs.c.digest == digest)
+        if source is not None:
+            holder = holder.where(repository_blobs.c.repository_id == source.id)
+        else:
+            holder = holder.join(
+                repositories, repositories.c.id == repository_blobs.c.repository_id
+            ).where(repositories.c.project_id == repo.project_id)
+        async with self.db.write() as conn:
+            if (await conn.execute(holder.limit(1))).first() is None:
+                return False
+            await conn.execute(
+                self.db.insert_ignore(repository_blobs).values(
+                    repository_id=repo.id, digest=digest, linked_at=utcnow()
+                )
+            )
+        return True
+
+    # ------------------------------------------------------------------ manifests
+
+    async def get_manifest(self, repo: RepositoryRef, image: str, reference: str) -> StoredManifest:
+        query = select(manifests.c.digest, manifests.c.media_type, manifests.c.content)
+        if is_digest(reference):
+            parse_digest(reference)
+            query = query.where(
+                manifests.c.repository_id == repo.id,
+                manifests.c.image == image,
+                manifests.c.digest == reference,
+            )
+        else:
+            query = query.join(
+                tags,
+                and_(
+                    tags.c.repository_id == manifests.c.repository_id,
+                    tags.c.image == manifests.c.image,
+                    tags.c.digest == manifests.c.digest,
+                ),
+            ).where(
+                tags.c.repository_id == repo.id, tags.c.image == image, tags.c.name == reference
+            )
+        async with self.db.read() as conn:
+            row = (await conn.execute(query)).first()
+        if row is None:
+            raise ManifestUnknown(
+                f"manifest {reference!r} is not in this repository", {"reference": reference}
+            )
+        return StoredManifest(row.digest, row.media_type, row.content)
+
+    async def put_manifest(
+        self,
+        repo: RepositoryRef,
+        image: str,
+        reference: str,
+        body: bytes,
+        content_type: str | None,
+    ) -> PushedManifest:
+        if len(body) > MAX_MANIFEST_BYTES:
+            raise manifest_too_large()
+        tag: str | None = None
+        if is_digest(reference):
+            expected = parse_digest(reference)
+            digest = digest_bytes(body, expected.algorithm)
+            if digest != reference:
+                raise DigestInvalid(
+                    f"manifest content has digest {digest}, not {reference}",
+                    {"expected": reference, "actual": digest},
+                )
+        else:
+            if not is_valid_tag(reference):
+                raise ManifestInvalid(
+                    f"invalid tag {reference!r}: up to 128 letters, digits, '_', '.' and '-', "
+                    "not starting with '.' or '-'",
+                    {"tag": reference},
+                )
+            tag = reference
+            digest = digest_bytes(body)
+        parsed = parse_manifest(body, content_type)
+        async with self.db.write() as conn:
+            await self._check_references(conn, repo, image, parsed)
+            known = (
+                await conn.execute(
+                    select(manifests.c.id).where(
+                        manifests.c.repository_id == repo.id,
+                        manifests.c.image == image,
+                        manifests.c.digest == digest,
+                    )
+                )
+            ).scalar()
+            if known is None:
+                await self._insert_manifest(conn, repo, image, digest, body, parsed)
+            if tag is not None:
+                await self._move_tag(conn, repo, image, tag, digest)
+        return PushedManifest(digest, parsed.subject.digest if parsed.subject else None)
+
+    async def _check_references(
+        self, conn: Any, repo: RepositoryRef, image: str, parsed: ParsedManifest
+    ) -> None:
+        needed = stored_blobs(parsed)
+        if needed:
+            found = set(
+                (
+                    await conn.execute(
+                        select(repository_blobs.c.digest)
+                        .join(repositories, repositories.c.id == repository_blobs.c.repository_id)
+                        .where(
+                            repositories.c.project_id == repo.project_id,
+                            repository_blobs.c.digest.in_(needed),
+                        )
+                        .distinct()
+                    )
+                ).scalars()
+            )
+            missing = [d for d in needed if d not in found]
+            if missing:
+                raise ManifestBlobUnknown(
+                    f"manifest references blob {missing[0]}, which is not in this project; "
+                    "push the blob first",
+                    {"missing": missing},
+                )
+        children = [child.digest for child in parsed.children]
+        if children:
+            found = set(
+                (
+                    await conn.execute(
+                        select(manifests.c.digest).where(
+                            manifests.c.repository_id == repo.id,
+                            manifests.c.image == image,
+                            manifests.c.digest.in_(children),
+                        )
+                    )
+                ).scalars()
+            )
+            missing = [d for d in children if d not in found]
+            if missing:
+                raise ManifestBlobUnknown(
+                    f"index references manifest {missing[0]}, which is not in this repository; "
+                    "push the platform manifests first",
+                    {"missing": missing},
+                )
+
+    async def _insert_manifest(
+        self,
+        conn: Any,
+        repo: RepositoryRef,
+        image: str,
+        digest: str,
+        body: bytes,
+        parsed: ParsedManifest,
+    ) -> None:
+        now = utcnow()
+        result = await conn.execute(
+            manifests.insert().values(
+                repository_id=repo.id,
+                image=image,
+                digest=digest,
+                media_type=parsed.media_type,
+                artifact_type=parsed.artifact_type,
+                subject_digest=parsed.subject.digest if parsed.subject else None,
+                size=len(body),
+                content=body,
+                annotations=json.dumps(parsed.annotations) if parsed.annotations else None,
+                pushed_at=now,
+            )
+        )
+        manifest_id = int(result.inserted_primary_key[0])
+        references = {d: False for d in stored_blobs(parsed)}
+        references.update({child.digest: True for child in parsed.children})
+        if references:
+            await conn.execute(
+                manifest_references.insert(),
+                [
+                    {"manifest_id": manifest_id, "digest": d, "is_manifest": is_manifest}
+                    for d, is_manifest in references.items()
+                ],
+            )
+        blob_links = [d for d, is_manifest in references.items() if not is_manifest]
+        if blob_links:
+            await conn.execute(
+                self.db.insert_ignore(repository_blobs),
+                [{"repository_id": repo.id, "digest": d, "linked_at": now} for d in blob_links],
+            )
+
+    async def _move_tag(
+        self, conn: Any, repo: RepositoryRef, image: str, tag: str, digest: str
+    ) -> None:
+        current = (
+            await conn.execute(
+                select(tags.c.digest).where(
+                    tags.c.repository_id == repo.id, tags.c.image == image, tags.c.name == tag
+                )
+            )
+        ).scalar()
+        if current == digest:
+            return
+        if current is not None and not repo.tag_overwrite:
+            raise Denied(
+                f"tag {tag!r} already exists and tag overwrite is disabled for repository "
+                f"{repo.project}/{repo.name}; push a new tag",
+                {"tag": tag, "digest": current},
+            )
+        await conn.execute(
+            self.db.upsert(
+                tags, ["repository_id", "image", "name"], {"digest": digest, "updated_at": utcnow()}
+            ).values(
+                repository_id=repo.id, image=image, name=tag, digest=digest, updated_at=utcnow()
+            )
+        )
+
+    async def delete_manifest(self, repo: RepositoryRef, image: str, reference: str) -> None:
+        """By digest: the manifest and every tag on it. By tag: just the tag."""
+        async with self.db.write() as conn:
+            if is_digest(reference):
+                parse_digest(reference)
+                result = await conn.execute(
+                    delete(manifests).where(
+                        manifests.c.repository_id == repo.id,
+                        manifests.c.image == image,
+                        manifests.c.digest == reference,
+                    )
+                )
+                await conn.execute(
+                    delete(tags).where(
+                        tags.c.repository_id == repo.id,
+                        tags.c.image == image,
+                        tags.c.digest == reference,
+                    )
+                )
+            else:
+                result = await conn.execute(
+                    delete(tags).where(
+                        tags.c.repository_id == repo.id,
+                        tags.c.image == image,
+                        tags.c.name == reference,
+                    )
+                )
+        if result.rowcount == 0:
+            raise ManifestUnknown(
+                f"manifest {reference!r} is not in this repository", {"reference": reference}
+            )
+
+    # ------------------------------------------------------------------ listing
+
+    async def list_tags(
+        self, repo: RepositoryRef, image: str, limit: int | None, last: str | None
+    ) -> Page:
+        query = (
+            select(tags.c.name)
+            .where(tags.c.repository_id == repo.id, tags.c.image == image)
+            .order_by(tags.c.name)
+        )
+        if last:
+            query = query.where(tags.c.name > last)
+        if limit is not None:
+            query = query.limit(limit + 1)
+        async with self.db.read() as conn:
+            names = list((await conn.execute(query)).scalars())
+        if limit is not None and len(names) > limit:
+            names = names[:limit]
+            return Page(names, names[-1] if names else None)
+        return Page(names, None)
+
+    async def referrers(
+        self, repo: RepositoryRef, image: str, digest: str, artifact_type: str | None
+    ) -> dict[str, Any]:
+        parse_digest(digest)
+        query = select(
+            manifests.c.digest,
+            manifests.c.media_type,
+            manifests.c.size,
+            manifests.c.artifact_type,
+            manifests.c.annotations,
+        ).where(
+            manifests.c.repository_id == repo.id,
+            manifests.c.image == image,
+            manifests.c.subject_digest == digest,
+        )
+        if artifact_type:
+            query = query.where(manifests.c.artifact_type == artifact_type)
+        async with self.db.read() as conn:
+            rows = (await conn.execute(query.order_by(manifests.c.pushed_at, manifests.c.id))).all()
+        descriptors = []
+        for row in rows:
+            descriptor: dict[str, Any] = {
+                "mediaType": row.media_type,
+                "digest": row.digest,
+                "size": row.size,
+            }
+            if row.artifact_type:
+                descriptor["artifactType"] = row.artifact_type
+            if row.annotations:
+                descriptor["annotations"] = json.loads(row.annotations)
+            descriptors.append(descriptor)
+        return {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": descriptors}
+
+    async def catalog(self, project: str | None, limit: int | None, last: str | None) -> Page:
+        """OCI names that hold content; prefixed with the project in path style."""
+        has_content = exists().where(manifests.c.repository_id == repositories.c.id)
+        query = (
+            select(
+                projects.c.name.label("project"),
+                repositories.c.name.label("repository"),
+                manifests.c.image,
+            )
+            .select_from(manifests)
+            .join(repositories, repositories.c.id == manifests.c.repository_id)
+            .join(projects, projects.c.id == repositories.c.project_id)
+            .where(has_content)
+            .distinct()
+        )
+        if project is not None:
+            query = query.where(projects.c.name == project)
+        async with self.db.read() as conn:
+            rows = (await conn.execute(query)).all()
+        names = sorted(
+            "/".join(
+                part
+                for part in (
+                    None if project is not None else row.project,
+                    row.repository,
+                    row.image,
+                )
+                if part
+            )
+            for row in rows
+        )
+        if last:
+            names = [n for n in names if n > last]
+        if limit is not None and len(names) > limit:
+            names = names[:limit]
+            return Page(names, names[-1] if names else None)
+        return Page(names, None)

@@ -1,0 +1,212 @@
+"""Projects and repositories: creation, listing, and resolving an OCI name to a repository."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
+
+from berth.domain.errors import NameInvalid, NameUnknown, RegistryError
+from berth.domain.names import ImageName, is_valid_component
+from berth.metadata.database import Database
+from berth.metadata.tables import (
+    manifest_references,
+    manifests,
+    projects,
+    repositories,
+    utcnow,
+)
+
+# How long a resolved repository is reused. Settings changed by another node or the admin CLI
+# take effect after this long; keeps one query off every pull.
+REPOSITORY_CACHE_SECONDS = 1.0
+MAX_DESCRIPTION = 100
+SCAN_MODES = ("auto", "manual")
+
+
+class Conflict(RegistryError):
+    code = "CONFLICT"
+    status = 409
+
+
+@dataclass(frozen=True, slots=True)
+class RepositoryRef:
+    id: int
+    project_id: int
+    project: str
+    name: str
+    public: bool
+    tag_overwrite: bool
+
+
+class Repositories:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+        self._cache: dict[tuple[str, str], tuple[float, RepositoryRef]] = {}
+
+    async def resolve(self, name: ImageName) -> RepositoryRef:
+        """The repository an OCI name lives in, or NAME_UNKNOWN saying how to create it."""
+        key = (name.project, name.repository)
+        cached = self._cache.get(key)
+        now = time.monotonic()
+        if cached and cached[0] > now:
+            return cached[1]
+        async with self.db.read() as conn:
+            row = (
+                await conn.execute(
+                    select(
+                        repositories.c.id,
+                        repositories.c.project_id,
+                        repositories.c.public,
+                        repositories.c.tag_overwrite,
+                    )
+                    .join(projects, projects.c.id == repositories.c.project_id)
+                    .where(projects.c.name == name.project, repositories.c.name == name.repository)
+                )
+            ).first()
+            if row is None:
+                project_exists = (
+                    await conn.execute(select(projects.c.id).where(projects.c.name == name.project))
+                ).first()
+        if row is None:
+            if not project_exists:
+                raise NameUnknown(
+                    f"project {name.project!r} does not exist",
+                    {"project": name.project},
+                )
+            raise NameUnknown(
+                f"repository {name.repository!r} does not exist in project {name.project!r}; "
+                f"create it first (berth repo create {name.project}/{name.repository})",
+                {"project": name.project, "repository": name.repository},
+            )
+        ref = RepositoryRef(
+            row.id, row.project_id, name.project, name.repository, row.public, row.tag_overwrite
+        )
+        self._cache[key] = (now + REPOSITORY_CACHE_SECONDS, ref)
+        return ref
+
+    async def create_project(self, name: str) -> dict[str, Any]:
+        if not is_valid_component(name) or len(name) > 63 or "." in name:
+            raise NameInvalid(
+                f"invalid project name {name!r}: lowercase letters, digits, '-' and '_', "
+                "up to 63 characters (it becomes part of a host name)"
+            )
+        try:
+            async with self.db.write() as conn:
+                await conn.execute(projects.insert().values(name=name, created_at=utcnow()))
+        except IntegrityError:
+            raise Conflict(f"project {name!r} already exists") from None
+        return {"name": name}
+
+    async def list_projects(self) -> list[dict[str, Any]]:
+        async with self.db.read() as conn:
+            rows = await conn.execute(
+                select(projects.c.name, projects.c.created_at).order_by(projects.c.name)
+            )
+            return [{"name": r.name, "created_at": r.created_at.isoformat()} for r in rows]
+
+    async def create(
+        self,
+        project: str,
+        name: str,
+        *,
+        public: bool = False,
+        tag_overwrite: bool = True,
+        description: str = "",
+        scan_mode: str = "manual",
+    ) -> dict[str, Any]:
+        if not is_valid_component(name):
+            raise NameInvalid(
+                f"invalid repository name {name!r}: lowercase letters and digits, "
+                "with '.', '_', '__' or '-' between them"
+            )
+        if len(description) > MAX_DESCRIPTION:
+            raise NameInvalid(f"description is {len(description)} characters; at most 100")
+        if scan_mode not in SCAN_MODES:
+            raise NameInvalid(f"scan mode must be one of {', '.join(SCAN_MODES)}")
+        now = utcnow()
+        async with self.db.write() as conn:
+            project_id = (
+                await conn.execute(select(projects.c.id).where(projects.c.name == project))
+            ).scalar()
+            if project_id is None:
+                raise NameUnknown(f"project {project!r} does not exist")
+            exists = (
+                await conn.execute(
+                    select(repositories.c.id).where(
+                        repositories.c.project_id == project_id, repositories.c.name == name
+                    )
+                )
+            ).first()
+            if exists:
+                raise Conflict(f"repository {project}/{name} already exists")
+            await conn.execute(
+                repositories.insert().values(
+                    project_id=project_id,
+                    name=name,
+                    description=description,
+                    public=public,
+                    tag_overwrite=tag_overwrite,
+                    scan_mode=scan_mode,
+                    created_at=now,
+                    updated_at=now,
+                )
+            )
+        return await self.show(project, name)
+
+    async def list(self, project: str) -> list[dict[str, Any]]:
+        async with self.db.read() as conn:
+            project_id = (
+                await conn.execute(select(projects.c.id).where(projects.c.name == project))
+            ).scalar()
+            if project_id is None:
+                raise NameUnknown(f"project {project!r} does not exist")
+            parent = manifests.alias("parent")
+            is_child = (
+                select(manifest_references.c.digest)
+                .join(parent, parent.c.id == manifest_references.c.manifest_id)
+                .where(
+                    manifest_references.c.is_manifest,
+                    manifest_references.c.digest == manifests.c.digest,
+                    parent.c.repository_id == manifests.c.repository_id,
+                    parent.c.image == manifests.c.image,
+                )
+                .exists()
+            )
+            # An image is a top-level manifest: an index's children are not counted again.
+            image_counts = (
+                select(manifests.c.repository_id, func.count().label("images"))
+                .where(~is_child)
+                .group_by(manifests.c.repository_id)
+                .subquery()
+            )
+            rows = await conn.execute(
+                select(repositories, func.coalesce(image_counts.c.images, 0).label("images"))
+                .outerjoin(image_counts, image_counts.c.repository_id == repositories.c.id)
+                .where(repositories.c.project_id == project_id)
+                .order_by(repositories.c.name)
+            )
+            return [_repository_dict(project, r) for r in rows]
+
+    async def show(self, project: str, name: str) -> dict[str, Any]:
+        for repository in await self.list(project):
+            if repository["name"] == name:
+                return repository
+        raise NameUnknown(f"repository {project}/{name} does not exist")
+
+
+def _repository_dict(project: str, row: Any) -> dict[str, Any]:
+    return {
+        "project": project,
+        "name": row.name,
+        "description": row.description,
+        "visibility": "public" if row.public else "private",
+        "tag_overwrite": row.tag_overwrite,
+        "scan_mode": row.scan_mode,
+        "images": row.images,
+        "created_at": row.created_at.isoformat(),
+        "updated_at": row.updated_at.isoformat(),
+    }

@@ -1,0 +1,261 @@
+"""Blob uploads: stream to scratch storage while hashing, verify, then commit atomically.
+
+Hashing and writing run in worker threads on large buffers, overlapped with receiving the next
+buffer, so one push keeps both cores busy. The running hash lives in memory; when it is gone
+(restart, another node) it is rebuilt from the bytes already stored.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import re
+import uuid
+from collections import OrderedDict
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import delete, select, update
+
+from berth.domain.digests import parse_digest
+from berth.domain.errors import (
+    BlobUploadInvalid,
+    BlobUploadUnknown,
+    DigestInvalid,
+    RangeNotSatisfiable,
+)
+from berth.metadata.database import Database
+from berth.metadata.tables import blobs, repository_blobs, uploads, utcnow
+from berth.services.repositories import RepositoryRef
+from berth.storage.base import BlobStore, UploadWriter
+
+BUFFER_BYTES = 4 * 1024 * 1024
+MAX_HASH_STATES = 4096
+_UPLOAD_ID_RE = re.compile(r"[0-9a-f]{32}")
+_CONTENT_RANGE_RE = re.compile(r"(?:bytes[ =])?(\d+)-(\d+)(?:/(?:\d+|\*))?")
+
+
+@dataclass(slots=True)
+class Upload:
+    id: str
+    repository_id: int
+    image: str
+    offset: int
+    digest_at_offset: str | None
+
+
+class _HashStates:
+    """In-memory sha256 states by upload id, each valid at one offset. Bounded (LRU)."""
+
+    def __init__(self) -> None:
+        self._states: OrderedDict[str, tuple[int, Any]] = OrderedDict()
+
+    def take(self, upload_id: str, offset: int) -> Any | None:
+        state = self._states.pop(upload_id, None)
+        return state[1] if state and state[0] == offset else None
+
+    def put(self, upload_id: str, offset: int, hasher: Any) -> None:
+        self._states[upload_id] = (offset, hasher)
+        while len(self._states) > MAX_HASH_STATES:
+            self._states.popitem(last=False)
+
+    def drop(self, upload_id: str) -> None:
+        self._states.pop(upload_id, None)
+
+
+def parse_content_range(value: str) -> tuple[int, int]:
+    match = _CONTENT_RANGE_RE.fullmatch(value.strip())
+    if match is None or int(match.group(1)) > int(match.group(2)):
+        raise BlobUploadInvalid(f"invalid Content-Range {value!r}: expected <start>-<end>")
+    return int(match.group(1)), int(match.group(2))
+
+
+async def _pipe(writer: UploadWriter, hasher: Any, body: AsyncIterator[bytes]) -> int:
+    """Write and hash the body; returns bytes written. Hash and write overlap with receiving."""
+    pending: asyncio.Future[Any] | None = None
+    parts: list[bytes] = []
+    buffered = written = 0
+
+    async def consume(data: bytes) -> None:
+        await asyncio.gather(asyncio.to_thread(hasher.update, data), writer.write(data))
+
+    try:
+        async for chunk in body:
+            if not chunk:
+                continue
+            parts.append(chunk)
+            buffered += len(chunk)
+            if buffered >= BUFFER_BYTES:
+                data = b"".join(parts)
+                parts.clear()
+                buffered = 0
+                if pending is not None:
+                    await pending
+                pending = asyncio.ensure_future(consume(data))
+                written += len(data)
+        if pending is not None:
+            await pending
+            pending = None
+        if parts:
+            data = b"".join(parts)
+            await consume(data)
+            written += len(data)
+    finally:
+        if pending is not None:
+            pending.cancel()
+            await asyncio.gather(pending, return_exceptions=True)
+    return written
+
+
+class Uploads:
+    def __init__(self, db: Database, store: BlobStore) -> None:
+        self.db = db
+        self.store = store
+        self._hashes = _HashStates()
+        self._locks: dict[str, asyncio.Lock] = {}
+
+    async def start(self, repo: RepositoryRef, image: str) -> Upload:
+        upload = Upload(uuid.uuid4().hex, repo.id, image, 0, None)
+        now = utcnow()
+        async with self.db.write() as conn:
+            await conn.execute(
+                uploads.insert().values(
+                    id=upload.id,
+                    repository_id=repo.id,
+                    image=image,
+                    offset=0,
+                    started_at=now,
+                    updated_at=now,
+                )
+            )
+        self._hashes.put(upload.id, 0, hashlib.sha256())
+        return upload
+
+    async def get(self, repo: RepositoryRef, image: str, upload_id: str) -> Upload:
+        if _UPLOAD_ID_RE.fullmatch(upload_id):
+            async with self.db.read() as conn:
+                row = (await conn.execute(select(uploads).where(uploads.c.id == upload_id))).first()
+            if row is not None and row.repository_id == repo.id and row.image == image:
+                return Upload(
+                    row.id, row.repository_id, row.image, row.offset, row.digest_at_offset
+                )
+        raise BlobUploadUnknown(f"upload {upload_id!r} is unknown, finished or cancelled")
+
+    def _lock(self, upload_id: str) -> asyncio.Lock:
+        return self._locks.setdefault(upload_id, asyncio.Lock())
+
+    async def _hasher_at(self, upload: Upload) -> Any:
+        hasher = self._hashes.take(upload.id, upload.offset)
+        if hasher is None:
+            hasher = hashlib.sha256()
+            async for chunk in self.store.read_upload(upload.id, upload.offset):
+                await asyncio.to_thread(hasher.update, chunk)
+        return hasher
+
+    async def append(
+        self, upload: Upload, body: AsyncIterator[bytes], content_range: str | None
+    ) -> Upload:
+        """Append a chunk. A Content-Range that does not start at the current end is a 416."""
+        async with self._lock(upload.id):
+            upload = await self._refresh(upload)
+            if content_range:
+                start, _end = parse_content_range(content_range)
+                if start != upload.offset:
+                    raise RangeNotSatisfiable(
+                        f"chunk starts at {start} but the upload has {upload.offset} bytes; "
+                        "send chunks in order",
+                        upload.offset,
+                    )
+            hasher = await self._hasher_at(upload)
+            writer = await self.store.open_upload(upload.id, upload.offset)
+            try:
+                written = await _pipe(writer, hasher, body)
+            except BaseException:
+                self._hashes.drop(upload.id)  # the stored bytes past `offset` are discarded
+                raise
+            finally:
+                await writer.close()
+            upload.offset += written
+            upload.digest_at_offset = "sha256:" + hasher.copy().hexdigest()
+            self._hashes.put(upload.id, upload.offset, hasher)
+            async with self.db.write() as conn:
+                await conn.execute(
+                    update(uploads)
+                    .where(uploads.c.id == upload.id)
+                    .values(
+                        offset=upload.offset,
+                        digest_at_offset=upload.digest_at_offset,
+                        updated_at=utcnow(),
+                    )
+                )
+            return upload
+
+    async def _refresh(self, upload: Upload) -> Upload:
+        async with self.db.read() as conn:
+            row = (await conn.execute(select(uploads).where(uploads.c.id == upload.id))).first()
+        if row is None:
+            raise BlobUploadUnknown(f"upload {upload.id!r} is unknown, finished or cancelled")
+        return Upload(row.id, row.repository_id, row.image, row.offset, row.digest_at_offset)
+
+    async def complete(
+        self,
+        repo: RepositoryRef,
+        upload: Upload,
+        digest: str,
+        body: AsyncIterator[bytes] | None,
+        content_range: str | None,
+    ) -> str:
+        """Finish an upload: append the last chunk, verify the digest, commit, link to repo."""
+        expected = parse_digest(digest)
+        if body is not None:
+            upload = await self.append(upload, body, content_range)
+        async with self._lock(upload.id):
+            upload = await self._refresh(upload)
+            actual = await self._final_digest(upload, expected.algorithm)
+            if actual != str(expected):
+                await self._discard(upload.id)
+                raise DigestInvalid(
+                    f"uploaded content has digest {actual}, not {expected}; upload discarded",
+                    {"expected": str(expected), "actual": actual},
+                )
+            await self.store.commit_upload(upload.id, actual)
+            now = utcnow()
+            async with self.db.write() as conn:
+                await conn.execute(
+                    self.db.insert_ignore(blobs).values(
+                        digest=actual, size=upload.offset, created_at=now
+                    )
+                )
+                await conn.execute(
+                    self.db.insert_ignore(repository_blobs).values(
+                        repository_id=repo.id, digest=actual, linked_at=now
+                    )
+                )
+                await conn.execute(delete(uploads).where(uploads.c.id == upload.id))
+            self._hashes.drop(upload.id)
+            self._locks.pop(upload.id, None)
+            return actual
+
+    async def _final_digest(self, upload: Upload, algorithm: str) -> str:
+        if algorithm == "sha256":
+            hasher = self._hashes.take(upload.id, upload.offset)
+            if hasher is not None:
+                return f"sha256:{hasher.hexdigest()}"
+            if upload.digest_at_offset:
+                return upload.digest_at_offset
+        hasher = hashlib.new(algorithm)
+        async for chunk in self.store.read_upload(upload.id, upload.offset):
+            await asyncio.to_thread(hasher.update, chunk)
+        return f"{algorithm}:{hasher.hexdigest()}"
+
+    async def cancel(self, upload: Upload) -> None:
+        async with self._lock(upload.id):
+            await self._discard(upload.id)
+        self._locks.pop(upload.id, None)
+
+    async def _discard(self, upload_id: str) -> None:
+        async with self.db.write() as conn:
+            await conn.execute(delete(uploads).where(uploads.c.id == upload_id))
+        await self.store.delete_upload(upload_id)
+        self._hashes.drop(upload_id)

@@ -1,0 +1,44 @@
+"""The services one server process holds, built once at startup and shared by every surface."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from berth.config import Settings
+from berth.metadata.database import Database
+from berth.services.registry import Registry
+from berth.services.repositories import Repositories
+from berth.services.uploads import Uploads
+from berth.storage.base import BlobStore
+from berth.storage.filesystem import FilesystemBlobStore
+
+
+@dataclass
+class Services:
+    settings: Settings
+    db: Database
+    store: BlobStore
+    repositories: Repositories
+    registry: Registry
+    uploads: Uploads
+
+    @classmethod
+    def build(cls, settings: Settings) -> Services:
+        db = Database(settings.resolved_database_url)
+        store = FilesystemBlobStore(settings.blob_dir)
+        return cls(settings, db, store, Repositories(db), Registry(db, store), Uploads(db, store))
+
+    def host_project(self, host: str | None) -> str | None:
+        """The project a `{project}.{region}.{domain}[:port]` Host names; None for path style."""
+        if not host:
+            return None
+        hostname = host.rsplit(":", 1)[0] if not host.endswith("]") else host
+        suffix = self.settings.project_host_suffix
+        if hostname.endswith(suffix):
+            project = hostname[: -len(suffix)]
+            if project and "." not in project:
+                return project
+        return None
+
+    async def close(self) -> None:
+        await self.db.dispose()

@@ -1,0 +1,54 @@
+"""The storage driver interface, modelled on Distribution's: small enough for S3 to fit."""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+
+class UploadWriter(abc.ABC):
+    """Appends to an upload's scratch object. Not visible as a blob until committed."""
+
+    @abc.abstractmethod
+    async def write(self, data: bytes) -> None: ...
+
+    @abc.abstractmethod
+    async def close(self) -> None: ...
+
+
+class BlobStore(abc.ABC):
+    @abc.abstractmethod
+    async def open_upload(self, upload_id: str, offset: int) -> UploadWriter:
+        """A writer appending at `offset`; anything stored past it (a write the client was
+        never told succeeded) is discarded."""
+
+    @abc.abstractmethod
+    def read_upload(self, upload_id: str, length: int) -> AsyncIterator[bytes]:
+        """The first `length` bytes of an upload, to rebuild a hash state that was lost."""
+
+    @abc.abstractmethod
+    async def commit_upload(self, upload_id: str, digest: str) -> None:
+        """Make the upload's bytes the blob `digest`, atomically. Dedups if already present."""
+
+    @abc.abstractmethod
+    async def delete_upload(self, upload_id: str) -> None: ...
+
+    @abc.abstractmethod
+    async def stat(self, digest: str) -> int | None:
+        """Size of the stored blob, or None."""
+
+    @abc.abstractmethod
+    def local_path(self, digest: str) -> Path | None:
+        """A path the server can send directly, for drivers backed by a local filesystem."""
+
+    @abc.abstractmethod
+    def read(self, digest: str, start: int = 0, end: int | None = None) -> AsyncIterator[bytes]:
+        """Bytes [start, end) of a blob."""
+
+    @abc.abstractmethod
+    async def delete(self, digest: str) -> None: ...
+
+    @abc.abstractmethod
+    def iter_digests(self) -> AsyncIterator[str]:
+        """Every stored blob, for repair and GC tools; never on a request path."""

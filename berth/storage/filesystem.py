@@ -1,0 +1,132 @@
+"""Local filesystem driver: content-addressed files, uploads in a scratch dir on the same fs.
+
+Layout under the root: `{algorithm}/{hex[:2]}/{hex}` for blobs, `_uploads/{id}` for uploads.
+Because both sit on one filesystem, committing an upload is an atomic rename.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+from berth.domain.digests import parse_digest
+from berth.storage.base import BlobStore, UploadWriter
+
+READ_CHUNK = 1024 * 1024
+
+
+class _FileUploadWriter(UploadWriter):
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+
+    async def write(self, data: bytes) -> None:
+        await asyncio.to_thread(_write_all, self._fd, data)
+
+    async def close(self) -> None:
+        os.close(self._fd)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        written = os.write(fd, view)
+        view = view[written:]
+
+
+class FilesystemBlobStore(BlobStore):
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.uploads = root / "_uploads"
+        self.uploads.mkdir(parents=True, exist_ok=True)
+
+    def _blob_path(self, digest: str) -> Path:
+        parsed = parse_digest(digest)  # validated, so never a path traversal
+        return self.root / parsed.algorithm / parsed.hex[:2] / parsed.hex
+
+    def _upload_path(self, upload_id: str) -> Path:
+        if not upload_id.isalnum():
+            raise ValueError(f"bad upload id {upload_id!r}")
+        return self.uploads / upload_id
+
+    async def open_upload(self, upload_id: str, offset: int) -> UploadWriter:
+        def _open() -> int:
+            fd = os.open(self._upload_path(upload_id), os.O_WRONLY | os.O_CREAT, 0o640)
+            os.ftruncate(fd, offset)
+            os.lseek(fd, offset, os.SEEK_SET)
+            return fd
+
+        return _FileUploadWriter(await asyncio.to_thread(_open))
+
+    async def read_upload(self, upload_id: str, length: int) -> AsyncIterator[bytes]:
+        path = self._upload_path(upload_id)
+        async for chunk in _read_file(path, 0, length):
+            yield chunk
+
+    async def commit_upload(self, upload_id: str, digest: str) -> None:
+        source, target = self._upload_path(upload_id), self._blob_path(digest)
+
+        def _commit() -> None:
+            fd = os.open(source, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(source, target)
+            dir_fd = os.open(target.parent, os.O_RDONLY)
+            try:
+                os.fsync(dir_fd)
+            finally:
+                os.close(dir_fd)
+
+        await asyncio.to_thread(_commit)
+
+    async def delete_upload(self, upload_id: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            await asyncio.to_thread(os.unlink, self._upload_path(upload_id))
+
+    async def stat(self, digest: str) -> int | None:
+        try:
+            return os.stat(self._blob_path(digest)).st_size
+        except FileNotFoundError:
+            return None
+
+    def local_path(self, digest: str) -> Path | None:
+        return self._blob_path(digest)
+
+    async def read(
+        self, digest: str, start: int = 0, end: int | None = None
+    ) -> AsyncIterator[bytes]:
+        async for chunk in _read_file(self._blob_path(digest), start, end):
+            yield chunk
+
+    async def delete(self, digest: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            await asyncio.to_thread(os.unlink, self._blob_path(digest))
+
+    async def iter_digests(self) -> AsyncIterator[str]:
+        for algorithm in ("sha256", "sha512"):
+            base = self.root / algorithm
+            if not base.is_dir():
+                continue
+            for prefix in sorted(base.iterdir()):
+                for blob in sorted(prefix.iterdir()):
+                    yield f"{algorithm}:{blob.name}"
+
+
+async def _read_file(path: Path, start: int, end: int | None) -> AsyncIterator[bytes]:
+    fd = await asyncio.to_thread(os.open, path, os.O_RDONLY)
+    try:
+        position = start
+        while end is None or position < end:
+            size = READ_CHUNK if end is None else min(READ_CHUNK, end - position)
+            chunk = await asyncio.to_thread(os.pread, fd, size, position)
+            if not chunk:
+                break
+            position += len(chunk)
+            yield chunk
+    finally:
+        os.close(fd)

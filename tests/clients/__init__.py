@@ -1,0 +1,1 @@
+"""Real registry clients (docker, podman, skopeo, containerd, oras-py, python-dxf) against Berth."""

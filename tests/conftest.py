@@ -1,0 +1,89 @@
+"""Fixtures: a real `berth serve` per test module, on SQLite and on PostgreSQL."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import httpx
+import pytest
+
+from tests.servers import BerthServer, PostgresCluster
+
+BACKENDS = ["sqlite", "postgres"]
+
+
+@pytest.fixture(scope="session")
+def postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PostgresCluster | None]:
+    if not PostgresCluster.available():
+        if os.environ.get("BERTH_REQUIRE_POSTGRES"):
+            pytest.fail("PostgreSQL 15 is not installed (make test installs it)")
+        yield None
+        return
+    cluster = PostgresCluster(tmp_path_factory.mktemp("postgres")).start()
+    yield cluster
+    cluster.stop()
+
+
+def database_url_for(backend: str, postgres: PostgresCluster | None) -> str | None:
+    if backend == "sqlite":
+        return None
+    if postgres is None:
+        pytest.skip("PostgreSQL not installed")
+    return postgres.create_database()
+
+
+@pytest.fixture(scope="module", params=BACKENDS)
+def server(
+    request: pytest.FixtureRequest,
+    tmp_path_factory: pytest.TempPathFactory,
+    postgres: PostgresCluster | None,
+) -> Iterator[BerthServer]:
+    """A running registry, once on SQLite and once on PostgreSQL, shared by a test module."""
+    url = database_url_for(request.param, postgres)
+    berth = BerthServer(tmp_path_factory.mktemp(f"berth-{request.param}"), url).start()
+    yield berth
+    berth.stop()
+
+
+@pytest.fixture(scope="module")
+def sqlite_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BerthServer]:
+    """A running registry on the embedded defaults, for tests where the backend is not the point."""
+    berth = BerthServer(tmp_path_factory.mktemp("berth")).start()
+    yield berth
+    berth.stop()
+
+
+@dataclass
+class Repo:
+    """A fresh project and repository on a server, and an HTTP client for it (path style)."""
+
+    server: BerthServer
+    project: str
+    repository: str
+    client: httpx.Client
+
+    @property
+    def name(self) -> str:
+        """The OCI name a path-style client uses: project/repository."""
+        return f"{self.project}/{self.repository}"
+
+    def url(self, path: str) -> str:
+        return f"/v2/{self.name}/{path}"
+
+
+def new_repo(server: BerthServer, *flags: str) -> Repo:
+    project = "p" + uuid.uuid4().hex[:10]
+    repository = "r" + uuid.uuid4().hex[:6]
+    server.create_repository(project, repository, *flags)
+    client = httpx.Client(base_url=server.url, timeout=60, verify=False)
+    return Repo(server, project, repository, client)
+
+
+@pytest.fixture
+def repo(server: BerthServer) -> Iterator[Repo]:
+    created = new_repo(server)
+    yield created
+    created.client.close()

@@ -1,0 +1,211 @@
+"""Real servers for tests: Berth itself (a `berth serve` subprocess) and a PostgreSQL cluster."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+BERTH = [sys.executable, "-m", "berth.cli.main"]
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_for(check: Any, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if check():
+                return
+        except Exception:
+            pass
+        time.sleep(0.05)
+    raise TimeoutError(f"{what} not ready after {timeout}s")
+
+
+@dataclass
+class BerthServer:
+    """A `berth serve` process on a free loopback port with its own data directory."""
+
+    data_dir: Path
+    database_url: str | None = None
+    host: str = "127.0.0.1"
+    port: int = field(default_factory=free_port)
+    extra_env: dict[str, str] = field(default_factory=dict)
+    tls: tuple[Path, Path] | None = None
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def scheme(self) -> str:
+        return "https" if self.tls else "http"
+
+    @property
+    def address(self) -> str:
+        """host:port as a client names the registry."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
+
+    @property
+    def url(self) -> str:
+        return f"{self.scheme}://{self.address}"
+
+    @property
+    def env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env["BERTH_DATA_DIR"] = str(self.data_dir)
+        env["BERTH_LISTEN"] = self.address
+        env["BERTH_CONFIG"] = str(self.data_dir / "berth.toml")
+        if self.database_url:
+            env["BERTH_DATABASE_URL"] = self.database_url
+        if self.tls:
+            env["BERTH_TLS_CERT"], env["BERTH_TLS_KEY"] = map(str, self.tls)
+        env.update(self.extra_env)
+        return env
+
+    def start(self, timeout: float = 60) -> BerthServer:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        log = open(self.data_dir / "server.log", "ab")  # noqa: SIM115 - lives with the process
+        self.process = subprocess.Popen(
+            [*BERTH, "serve"], env=self.env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT
+        )
+        verify: Any = str(self.tls[0].parent / "ca.crt") if self.tls else False
+
+        def up() -> bool:
+            assert self.process is not None
+            if self.process.poll() is not None:
+                raise RuntimeError(f"berth serve exited: {self.log_tail()}")
+            return httpx.get(f"{self.url}/healthz", verify=verify, timeout=2).status_code == 200
+
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                if up():
+                    return self
+            except RuntimeError:
+                raise
+            except Exception:
+                pass
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"berth serve not ready: {self.log_tail()}")
+            time.sleep(0.05)
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.send_signal(sig)
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+    def kill(self) -> None:
+        """SIGKILL, as a crash would."""
+        self.stop(signal.SIGKILL)
+
+    def log_tail(self, lines: int = 40) -> str:
+        path = self.data_dir / "server.log"
+        return (
+            "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+            if path.exists()
+            else ""
+        )
+
+    def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        """Run a `berth` CLI verb against this server's data."""
+        result = subprocess.run(
+            [*BERTH, *args], env=self.env, capture_output=True, text=True, cwd=ROOT, timeout=120
+        )
+        if check and result.returncode != 0:
+            raise AssertionError(f"berth {' '.join(args)} failed: {result.stdout}{result.stderr}")
+        return result
+
+    def cli_json(self, *args: str) -> Any:
+        return json.loads(self.cli(*args, "--json").stdout)
+
+    def create_repository(self, project: str, repository: str, *flags: str) -> None:
+        """Create the project (if new) and the repository, through the admin CLI."""
+        if self.cli("project", "create", project, check=False).returncode not in (0, 3):
+            raise AssertionError(f"could not create project {project}")
+        self.cli("repo", "create", f"{project}/{repository}", *flags)
+
+
+class PostgresCluster:
+    """A throwaway PostgreSQL 15 cluster on a free port, owned by the `postgres` user."""
+
+    BIN = Path("/usr/lib/postgresql/15/bin")
+
+    def __init__(self, base: Path) -> None:
+        self.base = base
+        self.port = free_port()
+        self.data = base / "pgdata"
+        self.counter = 0
+
+    @staticmethod
+    def available() -> bool:
+        return (PostgresCluster.BIN / "initdb").exists() and shutil.which("runuser") is not None
+
+    def _as_postgres(self, *command: str) -> None:
+        subprocess.run(
+            ["runuser", "-u", "postgres", "--", *command], check=True, capture_output=True
+        )
+
+    def start(self) -> PostgresCluster:
+        self.base.mkdir(parents=True, exist_ok=True)
+        shutil.chown(self.base, "postgres")
+        self._as_postgres(
+            str(self.BIN / "initdb"), "-D", str(self.data), "-A", "trust", "-U", "postgres"
+        )
+        self._as_postgres(
+            str(self.BIN / "pg_ctl"),
+            "-D",
+            str(self.data),
+            "-l",
+            str(self.base / "pg.log"),
+            "-w",
+            "-o",
+            f"-p {self.port} -k {self.base} -c listen_addresses=127.0.0.1 -c fsync=off "
+            "-c max_connections=300",
+            "start",
+        )
+        return self
+
+    def create_database(self) -> str:
+        self.counter += 1
+        name = f"berth_{os.getpid()}_{self.counter}"
+        self._as_postgres(
+            "psql", "-h", "127.0.0.1", "-p", str(self.port), "-c", f"CREATE DATABASE {name}"
+        )
+        return f"postgresql+asyncpg://postgres@127.0.0.1:{self.port}/{name}"
+
+    def stop(self) -> None:
+        subprocess.run(
+            [
+                "runuser",
+                "-u",
+                "postgres",
+                "--",
+                str(self.BIN / "pg_ctl"),
+                "-D",
+                str(self.data),
+                "-m",
+                "immediate",
+                "stop",
+            ],
+            capture_output=True,
+        )
