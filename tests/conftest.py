@@ -6,6 +6,7 @@ import os
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import httpx
 import pytest
@@ -16,13 +17,13 @@ BACKENDS = ["sqlite", "postgres"]
 
 
 @pytest.fixture(scope="session")
-def postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PostgresCluster | None]:
+def postgres() -> Iterator[PostgresCluster | None]:
     if not PostgresCluster.available():
         if os.environ.get("BERTH_REQUIRE_POSTGRES"):
             pytest.fail("PostgreSQL 15 is not installed (make test installs it)")
         yield None
         return
-    cluster = PostgresCluster(tmp_path_factory.mktemp("postgres")).start()
+    cluster = PostgresCluster().start()
     yield cluster
     cluster.stop()
 
@@ -74,10 +75,10 @@ class Repo:
         return f"/v2/{self.name}/{path}"
 
 
-def new_repo(server: BerthServer, *flags: str) -> Repo:
+def new_repo(server: BerthServer, **options: Any) -> Repo:
     project = "p" + uuid.uuid4().hex[:10]
     repository = "r" + uuid.uuid4().hex[:6]
-    server.create_repository(project, repository, *flags)
+    server.create_repository(project, repository, **options)
     client = httpx.Client(base_url=server.url, timeout=60, verify=False)
     return Repo(server, project, repository, client)
 

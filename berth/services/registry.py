@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import and_, delete, exists, select
+from sqlalchemy import and_, delete, select
 
 from berth.domain.digests import digest_bytes, is_digest, parse_digest
 from berth.domain.errors import (
@@ -395,7 +395,6 @@ class Registry:
 
     async def catalog(self, project: str | None, limit: int | None, last: str | None) -> Page:
         """OCI names that hold content; prefixed with the project in path style."""
-        has_content = exists().where(manifests.c.repository_id == repositories.c.id)
         query = (
             select(
                 projects.c.name.label("project"),
@@ -405,7 +404,6 @@ class Registry:
             .select_from(manifests)
             .join(repositories, repositories.c.id == manifests.c.repository_id)
             .join(projects, projects.c.id == repositories.c.project_id)
-            .where(has_content)
             .distinct()
         )
         if project is not None:

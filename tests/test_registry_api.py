@@ -1,0 +1,286 @@
+"""Registry behaviour beyond the conformance suite: naming, dedup, integrity, bad input."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import socket
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import Repo, new_repo
+from tests.oci_helpers import (
+    OCI_INDEX,
+    OCI_MANIFEST,
+    descriptor,
+    error_code,
+    image,
+    push_blob,
+    put_manifest,
+    sha256,
+)
+from tests.servers import BerthServer
+
+
+def stored_files(server: BerthServer) -> set[Path]:
+    blobs = server.data_dir / "blobs"
+    return {p for p in blobs.rglob("*") if p.is_file() and "_uploads" not in p.parts}
+
+
+def scratch_files(server: BerthServer) -> list[Path]:
+    return [p for p in (server.data_dir / "blobs" / "_uploads").glob("*") if p.is_file()]
+
+
+def test_host_style_and_path_style_reach_the_same_data(repo: Repo) -> None:
+    body = image(repo.client, repo.name)
+    assert put_manifest(repo.client, repo.name, "v1", body).status_code == 201
+    host = f"{repo.project}.local.localhost:{repo.server.port}"
+    by_host = repo.client.get(
+        f"/v2/{repo.repository}/manifests/v1", headers={"Host": host, "Accept": OCI_MANIFEST}
+    )
+    assert by_host.status_code == 200
+    assert by_host.content == body
+    listed = repo.client.get(f"/v2/{repo.repository}/tags/list", headers={"Host": host}).json()
+    assert listed == {"name": repo.repository, "tags": ["v1"]}
+    catalog = repo.client.get("/v2/_catalog", headers={"Host": host}).json()["repositories"]
+    assert catalog == [repo.repository]
+    assert repo.name in repo.client.get("/v2/_catalog").json()["repositories"]
+
+
+def test_push_into_a_missing_repository_says_how_to_create_it(repo: Repo) -> None:
+    response = repo.client.post(f"/v2/{repo.project}/missing/blobs/uploads/")
+    assert response.status_code == 404
+    assert error_code(response) == "NAME_UNKNOWN"
+    assert f"berth repo create {repo.project}/missing" in response.json()["errors"][0]["message"]
+    response = repo.client.post("/v2/noproject/missing/blobs/uploads/")
+    assert error_code(response) == "NAME_UNKNOWN"
+    assert "project 'noproject' does not exist" in response.text
+
+
+def test_blob_is_stored_once_across_projects(server: BerthServer) -> None:
+    data = os.urandom(4096)
+    first, second = new_repo(server), new_repo(server)
+    before = stored_files(server)
+    push_blob(first.client, first.name, data)
+    push_blob(second.client, second.name, data)
+    added = stored_files(server) - before
+    assert [p.name for p in added] == [hashlib.sha256(data).hexdigest()]
+    assert second.client.get(second.url(f"blobs/{sha256(data)}")).content == data
+
+
+def test_manifest_is_stored_byte_for_byte(repo: Repo) -> None:
+    pretty = json.dumps(json.loads(image(repo.client, repo.name)), indent=7).encode() + b"\n\n"
+    response = put_manifest(repo.client, repo.name, "pretty", pretty)
+    assert response.headers["Docker-Content-Digest"] == sha256(pretty)
+    assert repo.client.get(repo.url("manifests/pretty")).content == pretty
+
+
+def test_tag_overwrite_disabled_refuses_a_moved_tag(server: BerthServer) -> None:
+    fixed = new_repo(server, tag_overwrite=False)
+    first = image(fixed.client, fixed.name)
+    assert put_manifest(fixed.client, fixed.name, "1.0", first).status_code == 201
+    assert put_manifest(fixed.client, fixed.name, "1.0", first).status_code == 201  # same digest
+    second = image(fixed.client, fixed.name)
+    refused = put_manifest(fixed.client, fixed.name, "1.0", second)
+    assert refused.status_code == 403
+    assert error_code(refused) == "DENIED"
+    assert "tag overwrite is disabled" in refused.json()["errors"][0]["message"]
+    assert fixed.client.get(fixed.url("manifests/1.0")).content == first
+
+
+def test_manifest_with_a_missing_blob_is_refused_and_not_stored(repo: Repo) -> None:
+    body = json.dumps(
+        {
+            "schemaVersion": 2,
+            "mediaType": OCI_MANIFEST,
+            "config": descriptor("application/vnd.oci.image.config.v1+json", b"{}"),
+            "layers": [],
+        }
+    ).encode()
+    response = put_manifest(repo.client, repo.name, "broken", body)
+    assert response.status_code == 400
+    assert error_code(response) == "MANIFEST_BLOB_UNKNOWN"
+    assert repo.client.get(repo.url("manifests/broken")).status_code == 404
+    assert repo.client.get(repo.url(f"manifests/{sha256(body)}")).status_code == 404
+
+
+def test_index_with_a_missing_child_is_refused(repo: Repo) -> None:
+    body = json.dumps(
+        {
+            "schemaVersion": 2,
+            "mediaType": OCI_INDEX,
+            "manifests": [{"mediaType": OCI_MANIFEST, "digest": sha256(b"nope"), "size": 4}],
+        }
+    ).encode()
+    response = put_manifest(repo.client, repo.name, "idx", body, OCI_INDEX)
+    assert error_code(response) == "MANIFEST_BLOB_UNKNOWN"
+
+
+def test_oversized_manifest_is_refused(repo: Repo) -> None:
+    body = b'{"schemaVersion": 2, "pad": "' + b"x" * (4 * 1024 * 1024) + b'"}'
+    response = put_manifest(repo.client, repo.name, "huge", body)
+    assert response.status_code == 413
+    assert error_code(response) == "SIZE_INVALID"
+
+
+@pytest.mark.parametrize("body", [b"{", b"null", b'{"schemaVersion": 2, "layers": 5}'])
+def test_malformed_manifest_json_is_manifest_invalid(repo: Repo, body: bytes) -> None:
+    response = put_manifest(repo.client, repo.name, "bad", body)
+    assert response.status_code == 400
+    assert error_code(response) == "MANIFEST_INVALID"
+
+
+def test_manifest_pushed_by_wrong_digest_is_refused(repo: Repo) -> None:
+    body = image(repo.client, repo.name)
+    response = put_manifest(repo.client, repo.name, sha256(b"other"), body)
+    assert response.status_code == 400
+    assert error_code(response) == "DIGEST_INVALID"
+
+
+def test_invalid_tag_is_refused(repo: Repo) -> None:
+    body = image(repo.client, repo.name)
+    response = put_manifest(repo.client, repo.name, "-bad", body)
+    assert error_code(response) == "MANIFEST_INVALID"
+
+
+def test_wrong_digest_leaves_nothing_behind(repo: Repo) -> None:
+    before = stored_files(repo.server)
+    data = os.urandom(10_000)
+    wrong = sha256(b"something else")
+    response = repo.client.post(repo.url("blobs/uploads/"), params={"digest": wrong}, content=data)
+    assert response.status_code == 400
+    assert error_code(response) == "DIGEST_INVALID"
+    assert repo.client.head(repo.url(f"blobs/{wrong}")).status_code == 404
+    assert repo.client.head(repo.url(f"blobs/{sha256(data)}")).status_code == 404
+    assert stored_files(repo.server) == before
+    assert scratch_files(repo.server) == []
+
+
+def test_chunked_upload_with_wrong_digest_is_discarded(repo: Repo) -> None:
+    location = repo.client.post(repo.url("blobs/uploads/")).headers["Location"]
+    repo.client.patch(location, content=b"abc", headers={"Content-Range": "0-2"})
+    response = repo.client.put(location, params={"digest": sha256(b"abd")})
+    assert error_code(response) == "DIGEST_INVALID"
+    assert error_code(repo.client.get(location)) == "BLOB_UPLOAD_UNKNOWN"
+
+
+@pytest.mark.parametrize("content_range", ["5-9", "0-2"])
+def test_out_of_order_and_repeated_chunks_get_416(repo: Repo, content_range: str) -> None:
+    location = repo.client.post(repo.url("blobs/uploads/")).headers["Location"]
+    assert (
+        repo.client.patch(location, content=b"abc", headers={"Content-Range": "0-2"}).status_code
+        == 202
+    )
+    response = repo.client.patch(
+        location, content=b"xyz12", headers={"Content-Range": content_range}
+    )
+    assert response.status_code == 416
+    assert error_code(response) == "BLOB_UPLOAD_INVALID"
+    assert response.headers["Range"] == "0-2"
+    status = repo.client.get(location)
+    assert status.status_code == 204 and status.headers["Range"] == "0-2"
+    repo.client.patch(location, content=b"def", headers={"Content-Range": "3-5"})
+    done = repo.client.put(location, params={"digest": sha256(b"abcdef")})
+    assert done.status_code == 201
+    assert repo.client.get(repo.url(f"blobs/{sha256(b'abcdef')}")).content == b"abcdef"
+
+
+def test_sha512_blob(repo: Repo) -> None:
+    data = os.urandom(3000)
+    digest = "sha512:" + hashlib.sha512(data).hexdigest()
+    response = repo.client.post(repo.url("blobs/uploads/"), params={"digest": digest}, content=data)
+    assert response.status_code == 201
+    assert response.headers["Docker-Content-Digest"] == digest
+    assert repo.client.get(repo.url(f"blobs/{digest}")).content == data
+
+
+@pytest.mark.parametrize(
+    ("path", "code"),
+    [
+        ("/v2/../../etc/passwd/blobs/uploads/", None),
+        ("/v2/p/%2e%2e/blobs/uploads/", "NAME_INVALID"),
+        ("/v2/p/UPPER/blobs/uploads/", "NAME_INVALID"),
+    ],
+)
+def test_path_traversal_in_names_is_refused(repo: Repo, path: str, code: str | None) -> None:
+    response = repo.client.post(path)
+    assert response.status_code in (400, 404)
+    if code:
+        assert error_code(response) == code
+
+
+@pytest.mark.parametrize(
+    "digest", ["sha256:..%2F..%2F..%2Fetc%2Fpasswd", "sha256:" + "0" * 63 + "/", "sha256:ABC"]
+)
+def test_path_traversal_in_digests_is_refused(repo: Repo, digest: str) -> None:
+    response = repo.client.get(repo.url(f"blobs/{digest}"))
+    assert response.status_code in (400, 404)
+    if response.status_code == 400:
+        assert error_code(response) == "DIGEST_INVALID"
+
+
+def test_upload_ids_cannot_escape_the_scratch_directory(repo: Repo) -> None:
+    for upload_id in ["..%2F..%2Fberth.db", "x" * 32, "0" * 31 + "g", "A" * 32]:
+        response = repo.client.get(repo.url(f"blobs/uploads/{upload_id}"))
+        assert response.status_code == 404
+        assert error_code(response) in ("BLOB_UPLOAD_UNKNOWN", "UNSUPPORTED")
+
+
+def test_invalid_pagination_is_refused(repo: Repo) -> None:
+    response = repo.client.get(repo.url("tags/list"), params={"n": "-1"})
+    assert response.status_code == 400
+
+
+def test_truncated_upload_keeps_nothing_and_can_be_retried(repo: Repo) -> None:
+    """A client that dies mid-chunk: the upload stays at the last acknowledged offset."""
+    location = repo.client.post(repo.url("blobs/uploads/")).headers["Location"]
+    data = os.urandom(200_000)
+    with socket.create_connection(("127.0.0.1", repo.server.port)) as sock:
+        head = (
+            f"PATCH {location} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            f"Content-Length: {len(data)}\r\nContent-Type: application/octet-stream\r\n\r\n"
+        )
+        sock.sendall(head.encode() + data[:50_000])
+    status = repo.client.get(location)
+    assert status.status_code == 204
+    assert status.headers["Range"] == "0-0"
+    assert repo.client.head(repo.url(f"blobs/{sha256(data)}")).status_code == 404
+    retried = repo.client.put(location, params={"digest": sha256(data)}, content=data)
+    assert retried.status_code == 201
+    assert repo.client.get(repo.url(f"blobs/{sha256(data)}")).content == data
+
+
+def test_blob_range_requests(repo: Repo) -> None:
+    data = os.urandom(5000)
+    digest = push_blob(repo.client, repo.name, data)
+    response = repo.client.get(repo.url(f"blobs/{digest}"), headers={"Range": "bytes=100-199"})
+    assert response.status_code == 206
+    assert response.content == data[100:200]
+    head = repo.client.head(repo.url(f"blobs/{digest}"))
+    assert head.headers["Content-Length"] == "5000"
+    assert head.headers["Docker-Content-Digest"] == digest
+
+
+def test_every_registry_response_names_the_api_version(repo: Repo) -> None:
+    for response in (repo.client.get("/v2/"), repo.client.get(repo.url("manifests/none"))):
+        assert response.headers["Docker-Distribution-API-Version"] == "registry/2.0"
+
+
+def test_accept_header_negotiation(repo: Repo) -> None:
+    body = image(repo.client, repo.name)
+    put_manifest(repo.client, repo.name, "neg", body)
+    only_docker = {"Accept": "application/vnd.docker.distribution.manifest.v2+json"}
+    refused = repo.client.get(repo.url("manifests/neg"), headers=only_docker)
+    assert refused.status_code == 404
+    assert error_code(refused) == "MANIFEST_UNKNOWN"
+    both = {"Accept": f"{only_docker['Accept']}, {OCI_MANIFEST}"}
+    accepted = repo.client.get(repo.url("manifests/neg"), headers=both)
+    assert accepted.headers["Content-Type"] == OCI_MANIFEST
+
+
+def test_readiness_and_health(server: BerthServer) -> None:
+    assert httpx.get(f"{server.url}/healthz").text == "ok"
+    assert httpx.get(f"{server.url}/readyz").status_code == 200
