@@ -9,6 +9,7 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -56,6 +57,7 @@ class BerthServer:
     port: int = field(default_factory=free_port)
     extra_env: dict[str, str] = field(default_factory=dict)
     tls: tuple[Path, Path] | None = None
+    serve_args: list[str] = field(default_factory=list)
     process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -71,6 +73,11 @@ class BerthServer:
     @property
     def url(self) -> str:
         return f"{self.scheme}://{self.address}"
+
+    def ssl_context(self) -> ssl.SSLContext:
+        """Trusts the test CA that signed this server's certificate (ca.crt beside it)."""
+        assert self.tls is not None
+        return ssl.create_default_context(cafile=str(self.tls[0].parent / "ca.crt"))
 
     @property
     def env(self) -> dict[str, str]:
@@ -89,14 +96,14 @@ class BerthServer:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         log = open(self.data_dir / "server.log", "ab")  # noqa: SIM115 - lives with the process
         self.process = subprocess.Popen(
-            [*BERTH, "serve"],
+            [*BERTH, "serve", *self.serve_args],
             env=self.env,
             stdout=log,
             stderr=subprocess.STDOUT,
             cwd=ROOT,
             start_new_session=True,  # its own process group: a crash takes the workers too
         )
-        verify: Any = str(self.tls[0].parent / "ca.crt") if self.tls else False
+        verify: Any = self.ssl_context() if self.tls else False
 
         def up() -> bool:
             assert self.process is not None
