@@ -25,7 +25,7 @@ import os
 import secrets
 import string
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -1378,7 +1378,7 @@ class Dataset:
 
     def index(
         self,
-        children: list[tuple[Blob, tuple[str, str] | None]],
+        children: Sequence[tuple[Blob, tuple[str, str] | None]],
         *,
         artifact_type: str | None = None,
         subject: Mapping[str, Any] | None = None,

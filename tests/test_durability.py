@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from tests.conftest import database_url_for
-from tests.oci_helpers import error_code, image, put_manifest, sha256
+from tests.oci import digest_of, error_code, put_manifest, random_image
 from tests.servers import BerthServer, PostgresCluster
 
 
@@ -58,15 +58,15 @@ def test_chunked_upload_continues_after_the_server_restarts(
             location, content=second, headers={"Content-Range": f"{len(first)}-{end}"}
         )
         assert response.status_code == 202
-        done = client.put(location, params={"digest": sha256(data)})
+        done = client.put(location, params={"digest": digest_of(data)})
         assert done.status_code == 201, done.text
-        pulled = client.get(f"/v2/crash/repo/blobs/{sha256(data)}").content
+        pulled = client.get(f"/v2/crash/repo/blobs/{digest_of(data)}").content
         assert hashlib.sha256(pulled).digest() == hashlib.sha256(data).digest()
 
 
 def test_sigkill_mid_push_leaves_the_registry_consistent(restartable: BerthServer) -> None:
     data = os.urandom(64 * 1024 * 1024)
-    digest = sha256(data)
+    digest = digest_of(data)
     sent = threading.Event()
 
     def slow_body() -> Iterator[bytes]:
@@ -106,7 +106,7 @@ def test_sigkill_mid_push_leaves_the_registry_consistent(restartable: BerthServe
         assert retry.status_code == 201, retry.text
         pulled = client.get(f"/v2/crash/repo/blobs/{digest}").content
         assert hashlib.sha256(pulled).hexdigest() == digest.split(":")[1]
-        body = image(client, "crash/repo")
+        body = random_image(client, "crash/repo")
         assert put_manifest(client, "crash/repo", "after-crash", body).status_code == 201
 
 
@@ -114,7 +114,7 @@ def test_sigkill_between_pushes_keeps_every_acknowledged_manifest(restartable: B
     with httpx.Client(base_url=restartable.url, timeout=60) as client:
         pushed = {}
         for tag in ("a", "b", "c"):
-            body = image(client, "crash/repo")
+            body = random_image(client, "crash/repo")
             assert put_manifest(client, "crash/repo", tag, body).status_code == 201
             pushed[tag] = body
     restartable.kill()

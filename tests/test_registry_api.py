@@ -12,15 +12,16 @@ import httpx
 import pytest
 
 from tests.conftest import Repo, new_repo
-from tests.oci_helpers import (
+from tests.oci import (
+    OCI_CONFIG,
     OCI_INDEX,
     OCI_MANIFEST,
-    descriptor,
+    Blob,
+    digest_of,
     error_code,
-    image,
-    push_blob,
+    push_bytes,
     put_manifest,
-    sha256,
+    random_image,
 )
 from tests.servers import BerthServer
 
@@ -35,7 +36,7 @@ def scratch_files(server: BerthServer) -> list[Path]:
 
 
 def test_host_style_and_path_style_reach_the_same_data(repo: Repo) -> None:
-    body = image(repo.client, repo.name)
+    body = random_image(repo.client, repo.name)
     assert put_manifest(repo.client, repo.name, "v1", body).status_code == 201
     host = f"{repo.project}.local.localhost:{repo.server.port}"
     by_host = repo.client.get(
@@ -64,26 +65,28 @@ def test_blob_is_stored_once_across_projects(server: BerthServer) -> None:
     data = os.urandom(4096)
     first, second = new_repo(server), new_repo(server)
     before = stored_files(server)
-    push_blob(first.client, first.name, data)
-    push_blob(second.client, second.name, data)
+    push_bytes(first.client, first.name, data)
+    push_bytes(second.client, second.name, data)
     added = stored_files(server) - before
     assert [p.name for p in added] == [hashlib.sha256(data).hexdigest()]
-    assert second.client.get(second.url(f"blobs/{sha256(data)}")).content == data
+    assert second.client.get(second.url(f"blobs/{digest_of(data)}")).content == data
 
 
 def test_manifest_is_stored_byte_for_byte(repo: Repo) -> None:
-    pretty = json.dumps(json.loads(image(repo.client, repo.name)), indent=7).encode() + b"\n\n"
+    pretty = (
+        json.dumps(json.loads(random_image(repo.client, repo.name)), indent=7).encode() + b"\n\n"
+    )
     response = put_manifest(repo.client, repo.name, "pretty", pretty)
-    assert response.headers["Docker-Content-Digest"] == sha256(pretty)
+    assert response.headers["Docker-Content-Digest"] == digest_of(pretty)
     assert repo.client.get(repo.url("manifests/pretty")).content == pretty
 
 
 def test_tag_overwrite_disabled_refuses_a_moved_tag(server: BerthServer) -> None:
     fixed = new_repo(server, tag_overwrite=False)
-    first = image(fixed.client, fixed.name)
+    first = random_image(fixed.client, fixed.name)
     assert put_manifest(fixed.client, fixed.name, "1.0", first).status_code == 201
     assert put_manifest(fixed.client, fixed.name, "1.0", first).status_code == 201  # same digest
-    second = image(fixed.client, fixed.name)
+    second = random_image(fixed.client, fixed.name)
     refused = put_manifest(fixed.client, fixed.name, "1.0", second)
     assert refused.status_code == 403
     assert error_code(refused) == "DENIED"
@@ -96,7 +99,7 @@ def test_manifest_with_a_missing_blob_is_refused_and_not_stored(repo: Repo) -> N
         {
             "schemaVersion": 2,
             "mediaType": OCI_MANIFEST,
-            "config": descriptor("application/vnd.oci.image.config.v1+json", b"{}"),
+            "config": Blob(b"{}", OCI_CONFIG).descriptor(),
             "layers": [],
         }
     ).encode()
@@ -104,7 +107,7 @@ def test_manifest_with_a_missing_blob_is_refused_and_not_stored(repo: Repo) -> N
     assert response.status_code == 400
     assert error_code(response) == "MANIFEST_BLOB_UNKNOWN"
     assert repo.client.get(repo.url("manifests/broken")).status_code == 404
-    assert repo.client.get(repo.url(f"manifests/{sha256(body)}")).status_code == 404
+    assert repo.client.get(repo.url(f"manifests/{digest_of(body)}")).status_code == 404
 
 
 def test_index_with_a_missing_child_is_refused(repo: Repo) -> None:
@@ -112,7 +115,7 @@ def test_index_with_a_missing_child_is_refused(repo: Repo) -> None:
         {
             "schemaVersion": 2,
             "mediaType": OCI_INDEX,
-            "manifests": [{"mediaType": OCI_MANIFEST, "digest": sha256(b"nope"), "size": 4}],
+            "manifests": [{"mediaType": OCI_MANIFEST, "digest": digest_of(b"nope"), "size": 4}],
         }
     ).encode()
     response = put_manifest(repo.client, repo.name, "idx", body, OCI_INDEX)
@@ -134,14 +137,14 @@ def test_malformed_manifest_json_is_manifest_invalid(repo: Repo, body: bytes) ->
 
 
 def test_manifest_pushed_by_wrong_digest_is_refused(repo: Repo) -> None:
-    body = image(repo.client, repo.name)
-    response = put_manifest(repo.client, repo.name, sha256(b"other"), body)
+    body = random_image(repo.client, repo.name)
+    response = put_manifest(repo.client, repo.name, digest_of(b"other"), body)
     assert response.status_code == 400
     assert error_code(response) == "DIGEST_INVALID"
 
 
 def test_invalid_tag_is_refused(repo: Repo) -> None:
-    body = image(repo.client, repo.name)
+    body = random_image(repo.client, repo.name)
     response = put_manifest(repo.client, repo.name, "-bad", body)
     assert error_code(response) == "MANIFEST_INVALID"
 
@@ -149,12 +152,12 @@ def test_invalid_tag_is_refused(repo: Repo) -> None:
 def test_wrong_digest_leaves_nothing_behind(repo: Repo) -> None:
     before = stored_files(repo.server)
     data = os.urandom(10_000)
-    wrong = sha256(b"something else")
+    wrong = digest_of(b"something else")
     response = repo.client.post(repo.url("blobs/uploads/"), params={"digest": wrong}, content=data)
     assert response.status_code == 400
     assert error_code(response) == "DIGEST_INVALID"
     assert repo.client.head(repo.url(f"blobs/{wrong}")).status_code == 404
-    assert repo.client.head(repo.url(f"blobs/{sha256(data)}")).status_code == 404
+    assert repo.client.head(repo.url(f"blobs/{digest_of(data)}")).status_code == 404
     assert stored_files(repo.server) == before
     assert scratch_files(repo.server) == []
 
@@ -162,7 +165,7 @@ def test_wrong_digest_leaves_nothing_behind(repo: Repo) -> None:
 def test_chunked_upload_with_wrong_digest_is_discarded(repo: Repo) -> None:
     location = repo.client.post(repo.url("blobs/uploads/")).headers["Location"]
     repo.client.patch(location, content=b"abc", headers={"Content-Range": "0-2"})
-    response = repo.client.put(location, params={"digest": sha256(b"abd")})
+    response = repo.client.put(location, params={"digest": digest_of(b"abd")})
     assert error_code(response) == "DIGEST_INVALID"
     assert error_code(repo.client.get(location)) == "BLOB_UPLOAD_UNKNOWN"
 
@@ -183,9 +186,9 @@ def test_out_of_order_and_repeated_chunks_get_416(repo: Repo, content_range: str
     status = repo.client.get(location)
     assert status.status_code == 204 and status.headers["Range"] == "0-2"
     repo.client.patch(location, content=b"def", headers={"Content-Range": "3-5"})
-    done = repo.client.put(location, params={"digest": sha256(b"abcdef")})
+    done = repo.client.put(location, params={"digest": digest_of(b"abcdef")})
     assert done.status_code == 201
-    assert repo.client.get(repo.url(f"blobs/{sha256(b'abcdef')}")).content == b"abcdef"
+    assert repo.client.get(repo.url(f"blobs/{digest_of(b'abcdef')}")).content == b"abcdef"
 
 
 def test_sha512_blob(repo: Repo) -> None:
@@ -247,15 +250,15 @@ def test_truncated_upload_keeps_nothing_and_can_be_retried(repo: Repo) -> None:
     status = repo.client.get(location)
     assert status.status_code == 204
     assert status.headers["Range"] == "0-0"
-    assert repo.client.head(repo.url(f"blobs/{sha256(data)}")).status_code == 404
-    retried = repo.client.put(location, params={"digest": sha256(data)}, content=data)
+    assert repo.client.head(repo.url(f"blobs/{digest_of(data)}")).status_code == 404
+    retried = repo.client.put(location, params={"digest": digest_of(data)}, content=data)
     assert retried.status_code == 201
-    assert repo.client.get(repo.url(f"blobs/{sha256(data)}")).content == data
+    assert repo.client.get(repo.url(f"blobs/{digest_of(data)}")).content == data
 
 
 def test_blob_range_requests(repo: Repo) -> None:
     data = os.urandom(5000)
-    digest = push_blob(repo.client, repo.name, data)
+    digest = push_bytes(repo.client, repo.name, data)
     response = repo.client.get(repo.url(f"blobs/{digest}"), headers={"Range": "bytes=100-199"})
     assert response.status_code == 206
     assert response.content == data[100:200]
@@ -270,7 +273,7 @@ def test_every_registry_response_names_the_api_version(repo: Repo) -> None:
 
 
 def test_accept_header_negotiation(repo: Repo) -> None:
-    body = image(repo.client, repo.name)
+    body = random_image(repo.client, repo.name)
     put_manifest(repo.client, repo.name, "neg", body)
     only_docker = {"Accept": "application/vnd.docker.distribution.manifest.v2+json"}
     refused = repo.client.get(repo.url("manifests/neg"), headers=only_docker)

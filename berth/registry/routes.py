@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import urlencode
@@ -87,6 +88,15 @@ async def catalog(request: Request) -> Response:
 
 # ---------------------------------------------------------------- blobs
 
+_RANGE_RE = re.compile(r"bytes=(\d+)-(\d+)")
+
+
+def _inverted_range(value: str | None) -> bool:
+    """`bytes=500-0` cannot be satisfied: 416 (Starlette would answer 400)."""
+    match = _RANGE_RE.fullmatch(value.strip()) if value else None
+    return match is not None and int(match.group(1)) > int(match.group(2))
+
+
 
 async def get_blob(request: Request) -> Response:
     services, _name, repo = await _target(request)
@@ -100,6 +110,8 @@ async def get_blob(request: Request) -> Response:
         stat = os.stat(path)
     except FileNotFoundError:
         raise BlobUnknown(f"blob {digest} is missing from storage", {"digest": digest}) from None
+    if _inverted_range(request.headers.get("range")):
+        return Response(status_code=416, headers={"Content-Range": f"bytes */{stat.st_size}"})
     return FileResponse(
         path, stat_result=stat, media_type="application/octet-stream", headers=headers
     )
@@ -204,7 +216,7 @@ async def get_manifest(request: Request) -> Response:
     services, _name, repo = await _target(request)
     reference = request.path_params["reference"]
     manifest = await services.registry.get_manifest(repo, _name.image, reference)
-    if not accepts(request.headers.get("accept"), manifest.media_type):
+    if not accepts(",".join(request.headers.getlist("accept")), manifest.media_type):
         raise ManifestUnknown(
             f"manifest {reference!r} is a {manifest.media_type}, which the client's Accept "
             "header does not list",
