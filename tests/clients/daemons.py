@@ -6,7 +6,6 @@ path, socket and configuration file lives under the directory a daemon is given.
 
 from __future__ import annotations
 
-import json
 import signal
 import subprocess
 import time
@@ -199,9 +198,3 @@ class Containerd(Daemon):
             f'[host."http://{address}"]\n'
             '  capabilities = ["pull", "resolve", "push"]\n'
         )
-
-
-def write_json(path: Path, value: object) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(value, indent=2) + "\n")
-    return path

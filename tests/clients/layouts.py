@@ -10,6 +10,7 @@ import gzip
 import hashlib
 import io
 import json
+import platform
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +20,8 @@ from tests.clients.registry import OCI_INDEX, OCI_MANIFEST
 from tests.clients.tools import run
 
 REF_NAME = "org.opencontainers.image.ref.name"
+# The architecture umoci gives a new image, and the one clients print ("unpacking linux/amd64").
+HOST_ARCH = {"x86_64": "amd64", "aarch64": "arm64"}.get(platform.machine(), platform.machine())
 
 
 def sha256(data: bytes) -> str:

@@ -35,6 +35,10 @@ class ImageRef:
     def with_tag(self, tag: str) -> ImageRef:
         return ImageRef(self.address, self.name, tag)
 
+    @property
+    def project(self) -> str:
+        return self.name.split("/")[0]
+
     def at(self, digest: str) -> str:
         """The reference by digest: `host:port/name@sha256:...`."""
         return f"{self.address}/{self.name}@{digest}"
@@ -62,9 +66,9 @@ class Registry:
             return None
         return self.username, self.password
 
-    def new_image(self, image: str, tag: str = "v1") -> ImageRef:
-        """A fresh project and repository, and a reference to `image` inside it."""
-        project = "p" + uuid.uuid4().hex[:10]
+    def new_image(self, image: str, tag: str = "v1", project: str | None = None) -> ImageRef:
+        """A fresh repository (in a fresh project unless given one), and `image` inside it."""
+        project = project or "p" + uuid.uuid4().hex[:10]
         repository = "r" + uuid.uuid4().hex[:6]
         self.server.create_repository(project, repository)
         return ImageRef(self.address, f"{project}/{repository}/{image}", tag)
