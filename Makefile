@@ -23,8 +23,8 @@ test-deps:
 	bash scripts/test-deps.sh
 
 lint: install-dev
-	$(VENV)/bin/ruff check berth tests bench
-	$(VENV)/bin/ruff format --check berth tests bench
+	$(VENV)/bin/ruff check berth tests $(wildcard bench)
+	$(VENV)/bin/ruff format --check berth tests $(wildcard bench)
 	$(VENV)/bin/mypy
 
 test: install-dev test-deps lint
