@@ -12,6 +12,7 @@ from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from berth.auth.routes import routes as auth_routes
 from berth.config import Settings, load_settings
 from berth.domain.errors import RegistryError
 from berth.registry.routes import error_response
@@ -72,6 +73,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         routes=[
             Route("/healthz", healthz),
             Route("/readyz", readyz),
+            *auth_routes,
             *registry_routes,
         ],
         exception_handlers={RegistryError: _registry_error},

@@ -30,6 +30,20 @@ class Settings(BaseSettings):
         None, description="SQLAlchemy URL; default sqlite+aiosqlite:///{data_dir}/berth.db"
     )
     workers: int = Field(1, ge=1, description="server worker processes")
+    admin_password: str | None = Field(
+        None, description="password for the `admin` user created on first start (else random)"
+    )
+    token_ttl: int = Field(300, ge=30, description="lifetime of registry tokens, seconds")
+    refresh_token_ttl: int = Field(30 * 86400, ge=60, description="refresh token lifetime")
+    max_access_keys: int = Field(2, ge=1, description="access keys per user per project")
+    token_signing_key: Path | None = Field(
+        None, description="EC P-256 PEM key that signs tokens; default {data_dir}/keys/"
+    )
+    secret_hash_key: Path | None = Field(
+        None, description="key for hashing access-key secrets; default {data_dir}/keys/"
+    )
+    login_failures_per_key: int = Field(10, ge=1, description="failed logins a minute per key")
+    login_failures_per_client: int = Field(30, ge=1, description="failed logins a minute per IP")
     log_level: str = Field("info")
 
     @classmethod
@@ -59,6 +73,14 @@ class Settings(BaseSettings):
         return self.data_dir.resolve() / "blobs"
 
     @property
+    def signing_key_file(self) -> Path:
+        return self.token_signing_key or self.data_dir.resolve() / "keys" / "token-signing.pem"
+
+    @property
+    def secret_key_file(self) -> Path:
+        return self.secret_hash_key or self.data_dir.resolve() / "keys" / "secret-hash.key"
+
+    @property
     def host_and_port(self) -> tuple[str, int]:
         host, _, port = self.listen.rpartition(":")
         return host.strip("[]") or "127.0.0.1", int(port)
@@ -72,7 +94,7 @@ class Settings(BaseSettings):
         """The settings as BERTH_* variables, so worker processes see what the CLI resolved."""
         env: dict[str, str] = {}
         for name, value in self.model_dump().items():
-            if value is not None:
+            if value is not None and name != "admin_password":
                 env[f"BERTH_{name.upper()}"] = str(value)
         return env
 

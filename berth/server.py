@@ -3,6 +3,7 @@ through Python."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 
 from granian import Granian
@@ -11,6 +12,33 @@ from granian.log import LogLevels
 
 from berth.config import Settings
 from berth.metadata.migrate import upgrade
+from berth.state import Services
+
+
+def _bootstrap_admin(settings: Settings, url: str) -> None:
+    """On an empty data directory, create the administrator and say once how to log in."""
+
+    async def bootstrap() -> tuple[str, str | None] | None:
+        services = Services.build(settings)  # also creates the server keys, before any worker
+        try:
+            return await services.identity.bootstrap_admin(settings.admin_password)
+        finally:
+            await services.close()
+
+    created = asyncio.run(bootstrap())
+    if created is None:
+        return
+    name, generated = created
+    print(f"Created the administrator {name!r}.", flush=True)
+    if generated:
+        print(f"  password (shown only now): {generated}", flush=True)
+    else:
+        print("  password: the one given in BERTH_ADMIN_PASSWORD", flush=True)
+    print(
+        f"  Give yourself registry access: berth key create --user {name} --project PROJECT,\n"
+        f"  then: docker login {url.split('://', 1)[1]} --username KEY_ID --password SECRET",
+        flush=True,
+    )
 
 
 def serve(settings: Settings) -> None:
@@ -24,7 +52,7 @@ def serve(settings: Settings) -> None:
     scheme = "https" if tls else "http"
     shown_host = f"[{host}]" if ":" in host else host
     print(f"Berth registry on {scheme}://{shown_host}:{port}  (data in {settings.data_dir})")
-    print("Access control is not enabled yet: anyone who reaches this address can push and pull.")
+    _bootstrap_admin(settings, f"{scheme}://{shown_host}:{port}")
     server = Granian(
         "berth.app:create_app",
         factory=True,

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from berth.auth.keyring import Keyring
+from berth.auth.throttle import LoginThrottle
+from berth.auth.tokens import Tokens
 from berth.config import Settings
 from berth.metadata.database import Database
+from berth.services.identity import Identity
 from berth.services.registry import Registry
 from berth.services.repositories import Repositories
 from berth.services.uploads import Uploads
@@ -21,12 +25,28 @@ class Services:
     repositories: Repositories
     registry: Registry
     uploads: Uploads
+    identity: Identity
+    tokens: Tokens
+    throttle: LoginThrottle
 
     @classmethod
     def build(cls, settings: Settings) -> Services:
         db = Database(settings.resolved_database_url)
         store = FilesystemBlobStore(settings.blob_dir)
-        return cls(settings, db, store, Repositories(db), Registry(db, store), Uploads(db, store))
+        keyring = Keyring(settings.signing_key_file, settings.secret_key_file)
+        return cls(
+            settings=settings,
+            db=db,
+            store=store,
+            repositories=Repositories(db),
+            registry=Registry(db, store),
+            uploads=Uploads(db, store),
+            identity=Identity(db, keyring, settings.max_access_keys),
+            tokens=Tokens(keyring, settings.token_ttl, settings.refresh_token_ttl),
+            throttle=LoginThrottle(
+                settings.login_failures_per_key, settings.login_failures_per_client
+            ),
+        )
 
     def host_project(self, host: str | None) -> str | None:
         """The project a `{project}.{region}.{domain}[:port]` Host names; None for path style."""

@@ -59,7 +59,8 @@ def sqlite_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BerthSer
 
 @dataclass
 class Repo:
-    """A fresh project and repository on a server, and an HTTP client for it (path style)."""
+    """A fresh project and repository on a server, and an HTTP client for it (path style)
+    that authenticates with an access key of the server's administrator in that project."""
 
     server: BerthServer
     project: str
@@ -79,7 +80,9 @@ def new_repo(server: BerthServer, **options: Any) -> Repo:
     project = "p" + uuid.uuid4().hex[:10]
     repository = "r" + uuid.uuid4().hex[:6]
     server.create_repository(project, repository, **options)
-    client = httpx.Client(base_url=server.url, timeout=60, verify=False)
+    client = httpx.Client(
+        base_url=server.url, timeout=60, verify=False, auth=server.access_key(project)
+    )
     return Repo(server, project, repository, client)
 
 

@@ -38,8 +38,10 @@ def test_serves_tls_with_the_given_certificate(tmp_path: Path, host: str) -> Non
     try:
         assert server.url.startswith("https://")
         response = httpx.get(f"{server.url}/v2/", verify=server.ssl_context())
-        assert response.status_code == 200
-        assert response.headers["Docker-Distribution-API-Version"] == "registry/2.0"
+        assert response.status_code == 401  # served over TLS, and asking for credentials
+        assert response.headers["WWW-Authenticate"].startswith(
+            f'Bearer realm="https://{server.address}/auth/token"'
+        )
         with pytest.raises(httpx.ConnectError):
             httpx.get(f"{server.url}/v2/", verify=True)  # not trusted without our CA
     finally:

@@ -28,6 +28,10 @@ def restartable(
     server.stop()
 
 
+def client_for(server: BerthServer, timeout: float) -> httpx.Client:
+    return httpx.Client(base_url=server.url, timeout=timeout, auth=server.access_key("crash"))
+
+
 def visible_blobs(server: BerthServer) -> list[Path]:
     return [
         p
@@ -42,7 +46,7 @@ def test_chunked_upload_continues_after_the_server_restarts(
 ) -> None:
     data = os.urandom(3 * 1024 * 1024 + 17)
     first, second = data[: 2 * 1024 * 1024], data[2 * 1024 * 1024 :]
-    with httpx.Client(base_url=restartable.url, timeout=60) as client:
+    with client_for(restartable, 60) as client:
         location = client.post("/v2/crash/repo/blobs/uploads/").headers["Location"]
         response = client.patch(
             location, content=first, headers={"Content-Range": f"0-{len(first) - 1}"}
@@ -50,7 +54,7 @@ def test_chunked_upload_continues_after_the_server_restarts(
         assert response.status_code == 202
     restartable.kill() if how == "sigkill" else restartable.stop()
     restartable.start()
-    with httpx.Client(base_url=restartable.url, timeout=60) as client:
+    with client_for(restartable, 60) as client:
         status = client.get(location)
         assert status.headers["Range"] == f"0-{len(first) - 1}"
         end = len(data) - 1
@@ -80,7 +84,7 @@ def test_sigkill_mid_push_leaves_the_registry_consistent(restartable: BerthServe
 
     def push() -> None:
         try:
-            with httpx.Client(base_url=restartable.url, timeout=60) as client:
+            with client_for(restartable, 60) as client:
                 client.post(
                     "/v2/crash/repo/blobs/uploads/", params={"digest": digest}, content=slow_body()
                 )
@@ -96,7 +100,7 @@ def test_sigkill_mid_push_leaves_the_registry_consistent(restartable: BerthServe
 
     before_restart = visible_blobs(restartable)
     restartable.start()
-    with httpx.Client(base_url=restartable.url, timeout=120) as client:
+    with client_for(restartable, 120) as client:
         assert client.head(f"/v2/crash/repo/blobs/{digest}").status_code == 404
         assert before_restart == [] and visible_blobs(restartable) == []
         # The client's retry: a fresh upload goes through and the content is exact.
@@ -111,7 +115,7 @@ def test_sigkill_mid_push_leaves_the_registry_consistent(restartable: BerthServe
 
 
 def test_sigkill_between_pushes_keeps_every_acknowledged_manifest(restartable: BerthServer) -> None:
-    with httpx.Client(base_url=restartable.url, timeout=60) as client:
+    with client_for(restartable, 60) as client:
         pushed = {}
         for tag in ("a", "b", "c"):
             body = random_image(client, "crash/repo")
@@ -119,7 +123,7 @@ def test_sigkill_between_pushes_keeps_every_acknowledged_manifest(restartable: B
             pushed[tag] = body
     restartable.kill()
     restartable.start()
-    with httpx.Client(base_url=restartable.url, timeout=60) as client:
+    with client_for(restartable, 60) as client:
         for tag, body in pushed.items():
             assert client.get(f"/v2/crash/repo/manifests/{tag}").content == body
         missing = client.get("/v2/crash/repo/manifests/zzz")

@@ -13,6 +13,7 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Route
 
+from berth.auth.guard import Caller, identify, refuse, require_authenticated
 from berth.domain.errors import (
     BlobUnknown,
     DigestInvalid,
@@ -25,7 +26,7 @@ from berth.domain.errors import (
 from berth.domain.manifests import MAX_MANIFEST_BYTES, OCI_INDEX, accepts, manifest_too_large
 from berth.domain.names import ImageName, split_name
 from berth.services.registry import Page
-from berth.services.repositories import RepositoryRef
+from berth.services.repositories import RepositoryRef, name_unknown
 from berth.state import Services
 
 JSON_TYPE = "application/json"
@@ -36,12 +37,52 @@ def _services(request: Request) -> Services:
     return services
 
 
-async def _target(request: Request) -> tuple[Services, ImageName, RepositoryRef]:
+PULL = frozenset({"pull"})
+PUSH = frozenset({"push"})
+DELETE = frozenset({"delete"})
+_NEEDED = {"GET": PULL, "HEAD": PULL, "DELETE": DELETE}
+_SCOPE_ACTIONS = {"pull": "pull", "push": "pull,push", "delete": "delete"}
+
+
+async def _allowed(
+    services: Services,
+    caller: Caller,
+    name: ImageName,
+    project_id: int | None,
+    repo: RepositoryRef | None,
+) -> frozenset[str]:
+    if caller.token is not None:
+        granted = caller.token.access.get(("repository", name.display), frozenset())
+        return frozenset({"pull", "push", "delete"}) if "*" in granted else granted
+    if project_id is None:
+        return frozenset()
+    return await services.identity.actions(caller.principal, project_id, repo)
+
+
+async def _target(
+    request: Request, needed: frozenset[str] | None = None
+) -> tuple[Services, ImageName, RepositoryRef]:
+    """Resolve the OCI name in the path and check the caller may do what the method needs.
+
+    Authorization comes before the existence check, so nothing about a project leaks to
+    callers who may not see it.
+    """
     services = _services(request)
-    name = split_name(
-        request.path_params["name"], services.host_project(request.headers.get("host"))
-    )
-    return services, name, await services.repositories.resolve(name)
+    host_project = services.host_project(request.headers.get("host"))
+    name = split_name(request.path_params["name"], host_project)
+    needed = needed or _NEEDED.get(request.method, PUSH)
+    caller = await identify(services, request)
+    project_id, repo = await services.repositories.lookup(name.project, name.repository)
+    allowed = await _allowed(services, caller, name, project_id, repo)
+    if not needed <= allowed:
+        scope = f"repository:{name.display}:{_SCOPE_ACTIONS[min(needed)]}"
+        rights = allowed
+        if caller.token is not None and caller.principal is not None and project_id is not None:
+            rights = await services.identity.actions(caller.principal, project_id, repo)
+        raise refuse(request, caller, scope, needed, rights)
+    if repo is None:
+        raise name_unknown(name, project_exists=project_id is not None)
+    return services, name, repo
 
 
 def _json(
@@ -74,14 +115,25 @@ def _body(request: Request) -> AsyncIterator[bytes]:
 
 
 async def base(request: Request) -> Response:
+    require_authenticated(request, await identify(_services(request), request))
     return _json({})
 
 
 async def catalog(request: Request) -> Response:
     services = _services(request)
+    caller = await identify(services, request)
+    require_authenticated(request, caller)
+    if caller.token is not None and ("registry", "catalog") not in caller.token.access:
+        raise refuse(request, caller, "registry:catalog:*", PULL, PULL)
     limit = _limit(request)
     project = services.host_project(request.headers.get("host"))
-    page = await services.registry.catalog(project, limit, request.query_params.get("last"))
+
+    async def visible(project_id: int, repo: RepositoryRef) -> bool:
+        return "pull" in await services.identity.actions(caller.principal, project_id, repo)
+
+    page = await services.registry.catalog(
+        project, limit, request.query_params.get("last"), visible
+    )
     headers = _page_link("/v2/_catalog", page, limit, {})
     return _json({"repositories": page.items}, headers=headers)
 
@@ -95,7 +147,6 @@ def _inverted_range(value: str | None) -> bool:
     """`bytes=500-0` cannot be satisfied: 416 (Starlette would answer 400)."""
     match = _RANGE_RE.fullmatch(value.strip()) if value else None
     return match is not None and int(match.group(1)) > int(match.group(2))
-
 
 
 async def get_blob(request: Request) -> Response:
@@ -149,12 +200,7 @@ async def start_upload(request: Request) -> Response:
         source_name = params.get("from")
         source = None
         if source_name:
-            try:
-                source = await services.repositories.resolve(
-                    split_name(source_name, services.host_project(request.headers.get("host")))
-                )
-            except RegistryError:
-                source = None  # an unknown source just means no mount: start an upload
+            source = await _mount_source(request, services, source_name)
         if (source or not source_name) and await services.registry.mount(repo, mount, source):
             return _blob_created(name, mount)
         if source_name and await services.registry.mount(repo, mount, None):
@@ -165,6 +211,23 @@ async def start_upload(request: Request) -> Response:
         final = await services.uploads.complete(repo, upload, digest, _body(request), None)
         return _blob_created(name, final)
     return Response(status_code=202, headers=_upload_headers(name, upload.id, 0))
+
+
+async def _mount_source(
+    request: Request, services: Services, source_name: str
+) -> RepositoryRef | None:
+    """The repository to mount from, if it exists and the caller may pull from it."""
+    try:
+        source = split_name(source_name, services.host_project(request.headers.get("host")))
+        caller = await identify(services, request)
+        project_id, repo = await services.repositories.lookup(source.project, source.repository)
+        if repo is not None and "pull" in await _allowed(
+            services, caller, source, project_id, repo
+        ):
+            return repo
+    except RegistryError:
+        pass
+    return None  # no mount then: the client uploads the blob
 
 
 async def upload_status(request: Request) -> Response:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -393,12 +394,23 @@ class Registry:
             descriptors.append(descriptor)
         return {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": descriptors}
 
-    async def catalog(self, project: str | None, limit: int | None, last: str | None) -> Page:
-        """OCI names that hold content; prefixed with the project in path style."""
+    async def catalog(
+        self,
+        project: str | None,
+        limit: int | None,
+        last: str | None,
+        visible: Callable[[int, RepositoryRef], Awaitable[bool]],
+    ) -> Page:
+        """OCI names that hold content and that `visible` admits; prefixed with the project in
+        path style."""
         query = (
             select(
                 projects.c.name.label("project"),
+                repositories.c.project_id,
+                repositories.c.id,
                 repositories.c.name.label("repository"),
+                repositories.c.public,
+                repositories.c.tag_overwrite,
                 manifests.c.image,
             )
             .select_from(manifests)
@@ -410,6 +422,13 @@ class Registry:
             query = query.where(projects.c.name == project)
         async with self.db.read() as conn:
             rows = (await conn.execute(query)).all()
+        admitted = []
+        for row in rows:
+            ref = RepositoryRef(
+                row.id, row.project_id, row.project, row.repository, row.public, row.tag_overwrite
+            )
+            if await visible(row.project_id, ref):
+                admitted.append(row)
         names = sorted(
             "/".join(
                 part
@@ -420,7 +439,7 @@ class Registry:
                 )
                 if part
             )
-            for row in rows
+            for row in admitted
         )
         if last:
             names = [n for n in names if n > last]

@@ -47,13 +47,16 @@ class Repositories:
         self.db = db
         self._cache: dict[tuple[str, str], tuple[float, RepositoryRef]] = {}
 
-    async def resolve(self, name: ImageName) -> RepositoryRef:
-        """The repository an OCI name lives in, or NAME_UNKNOWN saying how to create it."""
-        key = (name.project, name.repository)
+    async def lookup(
+        self, project: str, repository: str
+    ) -> tuple[int | None, RepositoryRef | None]:
+        """(project id, repository) for a name; None for what does not exist. Found
+        repositories are cached briefly; absences are not, so a new repository works at once."""
+        key = (project, repository)
         cached = self._cache.get(key)
         now = time.monotonic()
         if cached and cached[0] > now:
-            return cached[1]
+            return cached[1].project_id, cached[1]
         async with self.db.read() as conn:
             row = (
                 await conn.execute(
@@ -64,29 +67,26 @@ class Repositories:
                         repositories.c.tag_overwrite,
                     )
                     .join(projects, projects.c.id == repositories.c.project_id)
-                    .where(projects.c.name == name.project, repositories.c.name == name.repository)
+                    .where(projects.c.name == project, repositories.c.name == repository)
                 )
             ).first()
             if row is None:
-                project_exists = (
-                    await conn.execute(select(projects.c.id).where(projects.c.name == name.project))
-                ).first()
-        if row is None:
-            if not project_exists:
-                raise NameUnknown(
-                    f"project {name.project!r} does not exist",
-                    {"project": name.project},
-                )
-            raise NameUnknown(
-                f"repository {name.repository!r} does not exist in project {name.project!r}; "
-                f"create it first (berth repo create {name.project}/{name.repository})",
-                {"project": name.project, "repository": name.repository},
-            )
+                project_id = (
+                    await conn.execute(select(projects.c.id).where(projects.c.name == project))
+                ).scalar()
+                return project_id, None
         ref = RepositoryRef(
-            row.id, row.project_id, name.project, name.repository, row.public, row.tag_overwrite
+            row.id, row.project_id, project, repository, row.public, row.tag_overwrite
         )
         self._cache[key] = (now + REPOSITORY_CACHE_SECONDS, ref)
-        return ref
+        return ref.project_id, ref
+
+    async def resolve(self, name: ImageName) -> RepositoryRef:
+        """The repository an OCI name lives in, or NAME_UNKNOWN saying how to create it."""
+        project_id, repo = await self.lookup(name.project, name.repository)
+        if repo is None:
+            raise name_unknown(name, project_exists=project_id is not None)
+        return repo
 
     async def create_project(self, name: str) -> dict[str, Any]:
         if not is_valid_component(name) or len(name) > 63 or "." in name:
@@ -196,6 +196,16 @@ class Repositories:
             if repository["name"] == name:
                 return repository
         raise NameUnknown(f"repository {project}/{name} does not exist")
+
+
+def name_unknown(name: ImageName, *, project_exists: bool) -> NameUnknown:
+    if not project_exists:
+        return NameUnknown(f"project {name.project!r} does not exist", {"project": name.project})
+    return NameUnknown(
+        f"repository {name.repository!r} does not exist in project {name.project!r}; "
+        f"create it first (berth repo create {name.project}/{name.repository})",
+        {"project": name.project, "repository": name.repository},
+    )
 
 
 def _repository_dict(project: str, row: Any) -> dict[str, Any]:

@@ -40,8 +40,10 @@ def pytest_runtest_makereport(
 
 @pytest.fixture(scope="module")
 def registry(sqlite_server: BerthServer) -> Registry:
-    """The Berth under test, as clients reach it (plain HTTP on 127.0.0.1, open for now)."""
-    return Registry(sqlite_server)
+    """The Berth under test, as clients reach it: plain HTTP on 127.0.0.1, an access key."""
+    project = "clients" + uuid.uuid4().hex[:8]
+    sqlite_server.create_project(project)
+    return Registry(sqlite_server, project, *sqlite_server.access_key(project))
 
 
 # ----------------------------------------------------------------------------- test content

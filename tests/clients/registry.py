@@ -46,13 +46,12 @@ class ImageRef:
 
 @dataclass(frozen=True)
 class Registry:
-    """A running Berth as its clients reach it: plain HTTP on loopback for now.
-
-    `username` and `password` are None while the registry is open; once it needs credentials,
-    set them here and every client fixture logs in (or passes them) with them.
+    """A running Berth as its clients reach it (plain HTTP on loopback), with one project and
+    an access key that works in it. Every client fixture logs in (or passes them) with them.
     """
 
     server: BerthServer
+    project: str
     username: str | None = None
     password: str | None = None
 
@@ -67,8 +66,8 @@ class Registry:
         return self.username, self.password
 
     def new_image(self, image: str, tag: str = "v1", project: str | None = None) -> ImageRef:
-        """A fresh repository (in a fresh project unless given one), and `image` inside it."""
-        project = project or "p" + uuid.uuid4().hex[:10]
+        """A fresh repository (in this registry's project unless given one), and `image` in it."""
+        project = project or self.project
         repository = "r" + uuid.uuid4().hex[:6]
         self.server.create_repository(project, repository)
         return ImageRef(self.address, f"{project}/{repository}/{image}", tag)

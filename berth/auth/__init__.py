@@ -1,0 +1,1 @@
+"""Authentication and authorization: server keys, tokens, the access policy, the token endpoint."""

@@ -1,0 +1,63 @@
+"""Server key material: the token signing key and the key that hashes access-key secrets.
+
+Generated on first start into `{data_dir}/keys/` (mode 0600), or read from configured files,
+which several nodes sharing one database must all be given.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import secrets
+from pathlib import Path
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_suffix(".tmp")
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(data)
+    # link() fails if another process created the file first: both then use the same key.
+    try:
+        os.link(temporary, path)
+    except FileExistsError:
+        pass
+    finally:
+        os.unlink(temporary)
+
+
+def _load_or_create(path: Path, create: bytes) -> bytes:
+    if not path.exists():
+        _write_private(path, create)
+    return path.read_bytes()
+
+
+class Keyring:
+    def __init__(self, signing_key_file: Path, secret_key_file: Path) -> None:
+        new_key = ec.generate_private_key(ec.SECP256R1()).private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+        pem = _load_or_create(signing_key_file, new_key)
+        loaded = serialization.load_pem_private_key(pem, password=None)
+        if not isinstance(loaded, ec.EllipticCurvePrivateKey):
+            raise ValueError(f"{signing_key_file} must hold an EC (P-256) private key")
+        self.signing_key = loaded
+        self.public_key = loaded.public_key()
+        public_der = self.public_key.public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+        self.key_id = hashlib.sha256(public_der).hexdigest()[:16]
+        self._secret_key = _load_or_create(secret_key_file, secrets.token_bytes(32))
+
+    def hash_secret(self, secret: str) -> str:
+        return hmac.new(self._secret_key, secret.encode(), hashlib.sha256).hexdigest()
+
+    def secret_matches(self, secret: str, stored_hash: str) -> bool:
+        return hmac.compare_digest(self.hash_secret(secret), stored_hash)

@@ -1,0 +1,141 @@
+"""Signed JWTs for the Docker token flow (ES256), and their verification.
+
+A verified token is cached by its string until it expires: the signature check is the costly
+part, and a token's claims cannot change.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any
+
+import jwt
+
+from berth.auth.keyring import Keyring
+
+ISSUER = "berth"
+ALGORITHM = "ES256"
+MAX_CACHED_TOKENS = 10_000
+
+
+@dataclass(frozen=True, slots=True)
+class TokenClaims:
+    user_id: int
+    user: str
+    key_id: str | None
+    service: str
+    expires_at: float
+    access: dict[tuple[str, str], frozenset[str]]  # (type, name) -> actions
+
+
+class InvalidToken(Exception):
+    pass
+
+
+class Tokens:
+    def __init__(self, keyring: Keyring, ttl_seconds: int, refresh_ttl_seconds: int) -> None:
+        self.keyring = keyring
+        self.ttl = ttl_seconds
+        self.refresh_ttl = refresh_ttl_seconds
+        self._verified: OrderedDict[str, TokenClaims] = OrderedDict()
+
+    def _sign(self, claims: dict[str, Any]) -> str:
+        return jwt.encode(
+            claims,
+            self.keyring.signing_key,
+            algorithm=ALGORITHM,
+            headers={"kid": self.keyring.key_id},
+        )
+
+    def issue(
+        self,
+        *,
+        user_id: int,
+        user: str,
+        key_id: str | None,
+        service: str,
+        access: list[dict[str, Any]],
+    ) -> tuple[str, int, float]:
+        """An access token; returns (token, lifetime in seconds, issued-at)."""
+        now = time.time()
+        token = self._sign(
+            {
+                "iss": ISSUER,
+                "sub": user,
+                "aud": service,
+                "iat": int(now),
+                "nbf": int(now) - 5,
+                "exp": int(now) + self.ttl,
+                "jti": uuid.uuid4().hex,
+                "uid": user_id,
+                "key": key_id,
+                "access": access,
+            }
+        )
+        return token, self.ttl, now
+
+    def issue_refresh(self, *, user_id: int, user: str, key_id: str | None, service: str) -> str:
+        now = int(time.time())
+        return self._sign(
+            {
+                "iss": ISSUER,
+                "sub": user,
+                "aud": service,
+                "iat": now,
+                "exp": now + self.refresh_ttl,
+                "jti": uuid.uuid4().hex,
+                "typ": "refresh",
+                "uid": user_id,
+                "key": key_id,
+            }
+        )
+
+    def _decode(self, token: str, service: str) -> dict[str, Any]:
+        try:
+            claims: dict[str, Any] = jwt.decode(
+                token,
+                self.keyring.public_key,
+                algorithms=[ALGORITHM],  # fixed: `alg: none` or an HMAC confusion never verifies
+                audience=service,
+                issuer=ISSUER,
+                options={"require": ["exp", "iat", "aud", "iss", "sub"]},
+            )
+        except jwt.PyJWTError as exc:
+            raise InvalidToken(str(exc)) from None
+        return claims
+
+    def verify(self, token: str, service: str) -> TokenClaims:
+        cached = self._verified.get(token)
+        if cached is not None:
+            if cached.expires_at > time.time() and cached.service == service:
+                return cached
+            self._verified.pop(token, None)
+        claims = self._decode(token, service)
+        if claims.get("typ") == "refresh":
+            raise InvalidToken("a refresh token is not an access token")
+        access: dict[tuple[str, str], frozenset[str]] = {}
+        for entry in claims.get("access") or []:
+            if isinstance(entry, dict):
+                key = (str(entry.get("type")), str(entry.get("name")))
+                access[key] = access.get(key, frozenset()) | frozenset(entry.get("actions") or [])
+        verified = TokenClaims(
+            int(claims["uid"]),
+            str(claims["sub"]),
+            claims.get("key"),
+            service,
+            float(claims["exp"]),
+            access,
+        )
+        self._verified[token] = verified
+        while len(self._verified) > MAX_CACHED_TOKENS:
+            self._verified.popitem(last=False)
+        return verified
+
+    def verify_refresh(self, token: str, service: str) -> dict[str, Any]:
+        claims = self._decode(token, service)
+        if claims.get("typ") != "refresh":
+            raise InvalidToken("not a refresh token")
+        return claims
