@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
 from pathlib import Path
 
-from tests.servers import BerthServer
+from tests.servers import BERTH, BerthServer
 
 
 def test_project_and_repository_admin_verbs(tmp_path: Path) -> None:
@@ -36,3 +38,34 @@ def test_cli_errors_are_clear(tmp_path: Path) -> None:
     long = berth.cli("repo", "create", "demo/app", "--description", "x" * 101, check=False)
     assert long.returncode == 1 and "at most 100" in long.stderr
     assert berth.cli("repo", "create", "demo", check=False).returncode == 2
+
+
+def test_users_members_keys_and_audit(tmp_path: Path) -> None:
+    berth = BerthServer(tmp_path / "data")
+    berth.cli("project", "create", "demo")
+    created = subprocess.run(
+        [*BERTH, "user", "create", "alice", "--password-stdin", "--json"],
+        input="correct horse battery\n",
+        env=berth.env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert json.loads(created.stdout)["name"] == "alice"
+    no_role = berth.cli("key", "create", "--user", "alice", "--project", "demo", check=False)
+    assert no_role.returncode == 1 and "no role in project" in no_role.stderr
+    berth.cli("member", "add", "demo", "alice", "--role", "member")
+    key = berth.cli_json(
+        "key", "create", "--user", "alice", "--project", "demo", "--expires", "2099-01-01"
+    )
+    assert key["access_key_id"].startswith("BK") and len(key["secret_access_key"]) >= 40
+    listed = berth.cli_json("key", "list", "--project", "demo")
+    assert [k["access_key_id"] for k in listed] == [key["access_key_id"]]
+    assert listed[0]["state"] == "active" and listed[0]["expires_at"].startswith("2099-01-01")
+    assert key["secret_access_key"] not in json.dumps(listed)
+    berth.cli("key", "disable", key["access_key_id"])
+    assert berth.cli_json("key", "list", "--user", "alice")[0]["state"] == "disabled"
+    berth.cli("key", "delete", key["access_key_id"])
+    assert berth.cli_json("key", "list") == []
+    actions = [entry["action"] for entry in berth.cli_json("audit", "demo")]
+    assert actions == ["key.delete", "key.disable", "key.create", "member.add"]
