@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -52,8 +53,20 @@ async def readyz(request: Request) -> Response:
     return PlainTextResponse("ready")
 
 
+# A refused upload's unread body is drained up to this much, so the client (still sending)
+# reads the error instead of a broken connection; past it, the connection is closed.
+DRAIN_LIMIT = 256 * 1024 * 1024
+
+
 async def _registry_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, RegistryError)
+    if request.method in ("PUT", "PATCH", "POST"):
+        with contextlib.suppress(Exception):  # consumed already, or the client went away
+            drained = 0
+            async for chunk in request.stream():
+                drained += len(chunk)
+                if drained > DRAIN_LIMIT:
+                    break
     return error_response(exc)
 
 

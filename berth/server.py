@@ -1,14 +1,11 @@
-"""Run the ASGI app under granian, which sends files through ASGI pathsend without copying them
-through Python."""
+"""Prepare the data directory and database, then hand over to granian, which sends blob files
+through ASGI pathsend without copying them through Python."""
 
 from __future__ import annotations
 
 import asyncio
 import os
-
-from granian import Granian
-from granian.constants import Interfaces, SSLProtocols
-from granian.log import LogLevels
+import sys
 
 from berth.config import Settings
 from berth.metadata.migrate import upgrade
@@ -53,16 +50,34 @@ def serve(settings: Settings) -> None:
     shown_host = f"[{host}]" if ":" in host else host
     print(f"Berth registry on {scheme}://{shown_host}:{port}  (data in {settings.data_dir})")
     _bootstrap_admin(settings, f"{scheme}://{shown_host}:{port}")
-    server = Granian(
-        "berth.app:create_app",
-        factory=True,
-        address=host,
-        port=port,
-        interface=Interfaces.ASGI,
-        workers=settings.workers,
-        log_level=LogLevels(settings.log_level),
-        ssl_cert=settings.tls_cert if tls else None,
-        ssl_key=settings.tls_key if tls else None,
-        ssl_protocol_min=SSLProtocols.tls12,
-    )
-    server.serve()
+    # Replace this process with granian's own launcher: the supervisor then carries only
+    # granian (not the CLI, Alembic and the rest), and workers import just the app.
+    arguments = [
+        sys.executable,
+        "-m",
+        "granian",
+        "--interface",
+        "asgi",
+        "--factory",
+        "--host",
+        host,
+        "--port",
+        str(port),
+        "--workers",
+        str(settings.workers),
+        "--log-level",
+        settings.log_level,
+        "--no-access-log",  # an access log would carry query strings; nothing secret is logged
+        "--respawn-failed-workers",
+    ]
+    if tls:
+        arguments += [
+            "--ssl-certificate",
+            str(settings.tls_cert),
+            "--ssl-keyfile",
+            str(settings.tls_key),
+            "--ssl-protocol-min",
+            "tls1.2",
+        ]
+    sys.stdout.flush()
+    os.execv(sys.executable, [*arguments, "berth.app:create_app"])

@@ -80,7 +80,9 @@ async def identify(services: Services, request: Request) -> Caller:
             claims = services.tokens.verify(value.strip(), service_name(request))
         except InvalidToken:
             raise _unauthorized(request, "the token is invalid or expired; log in again") from None
-        if claims.key_id and not await services.identity.key_is_active(claims.key_id):
+        if claims.key_id is None:
+            return Caller(None, claims)  # an anonymous token: public pulls only
+        if not await services.identity.key_is_active(claims.key_id):
             raise _unauthorized(request, "the access key behind this token no longer works")
         principal = await services.identity.principal_for_token(
             claims.user_id, claims.user, claims.key_id

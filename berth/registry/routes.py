@@ -25,6 +25,7 @@ from berth.domain.errors import (
 )
 from berth.domain.manifests import MAX_MANIFEST_BYTES, OCI_INDEX, accepts, manifest_too_large
 from berth.domain.names import ImageName, split_name
+from berth.registry.responses import BlobFileResponse
 from berth.services.registry import Page
 from berth.services.repositories import RepositoryRef, name_unknown
 from berth.state import Services
@@ -149,22 +150,27 @@ def _inverted_range(value: str | None) -> bool:
     return match is not None and int(match.group(1)) > int(match.group(2))
 
 
-async def get_blob(request: Request) -> Response:
+async def get_blob(request: Request) -> Response | BlobFileResponse:
     services, _name, repo = await _target(request)
     digest = request.path_params["digest"]
-    await services.registry.blob_size(repo, digest)
+    size = await services.registry.blob_size(repo, digest)
     path = services.registry.blob_path(digest)
-    headers = {"Docker-Content-Digest": digest}
     if path is None:
         raise BlobUnknown("blob storage has no local path")  # S3 driver streams instead
     try:
         stat = os.stat(path)
     except FileNotFoundError:
         raise BlobUnknown(f"blob {digest} is missing from storage", {"digest": digest}) from None
-    if _inverted_range(request.headers.get("range")):
+    byte_range = request.headers.get("range")
+    if byte_range is None:
+        return BlobFileResponse(str(path), size, digest)
+    if _inverted_range(byte_range):
         return Response(status_code=416, headers={"Content-Range": f"bytes */{stat.st_size}"})
     return FileResponse(
-        path, stat_result=stat, media_type="application/octet-stream", headers=headers
+        path,
+        stat_result=stat,
+        media_type="application/octet-stream",
+        headers={"Docker-Content-Digest": digest},
     )
 
 
@@ -365,11 +371,13 @@ def error_response(exc: RegistryError) -> Response:
 
 
 NAME = "/v2/{name:path}"
+# Routes are tried in order: the pulls that dominate traffic come first.
 routes = [
+    Route(f"{NAME}/blobs/{{digest}}", get_blob, methods=["GET", "HEAD"]),
+    Route(f"{NAME}/manifests/{{reference}}", get_manifest, methods=["GET", "HEAD"]),
     Route("/v2/", base, methods=["GET"]),
     Route("/v2/_catalog", catalog, methods=["GET"]),
     Route(f"{NAME}/tags/list", list_tags, methods=["GET"]),
-    Route(f"{NAME}/manifests/{{reference}}", get_manifest, methods=["GET", "HEAD"]),
     Route(f"{NAME}/manifests/{{reference}}", put_manifest, methods=["PUT"]),
     Route(f"{NAME}/manifests/{{reference}}", delete_manifest, methods=["DELETE"]),
     Route(f"{NAME}/blobs/uploads/", start_upload, methods=["POST"]),
@@ -378,7 +386,6 @@ routes = [
     Route(f"{NAME}/blobs/uploads/{{upload_id}}", patch_upload, methods=["PATCH"]),
     Route(f"{NAME}/blobs/uploads/{{upload_id}}", complete_upload, methods=["PUT"]),
     Route(f"{NAME}/blobs/uploads/{{upload_id}}", cancel_upload, methods=["DELETE"]),
-    Route(f"{NAME}/blobs/{{digest}}", get_blob, methods=["GET", "HEAD"]),
     Route(f"{NAME}/blobs/{{digest}}", delete_blob, methods=["DELETE"]),
     Route(f"{NAME}/referrers/{{digest}}", referrers, methods=["GET"]),
     Route("/v2/{path:path}", not_found, methods=["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"]),

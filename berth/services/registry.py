@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import and_, delete, select
+from sqlalchemy import and_, bindparam, delete, select
 
 from berth.domain.digests import digest_bytes, is_digest, parse_digest
 from berth.domain.errors import (
@@ -62,6 +62,39 @@ class Page:
     next_last: str | None  # set when there is a next page
 
 
+# The pull path's statements, built once (bindparams); Database.first runs them fastest.
+_BLOB_SIZE = (
+    select(blobs.c.size)
+    .join(repository_blobs, repository_blobs.c.digest == blobs.c.digest)
+    .where(
+        repository_blobs.c.repository_id == bindparam("repository_id"),
+        blobs.c.digest == bindparam("digest"),
+    )
+)
+_MANIFEST_COLUMNS = (manifests.c.digest, manifests.c.media_type, manifests.c.content)
+_MANIFEST_BY_DIGEST = select(*_MANIFEST_COLUMNS).where(
+    manifests.c.repository_id == bindparam("repository_id"),
+    manifests.c.image == bindparam("image"),
+    manifests.c.digest == bindparam("reference"),
+)
+_MANIFEST_BY_TAG = (
+    select(*_MANIFEST_COLUMNS)
+    .join(
+        tags,
+        and_(
+            tags.c.repository_id == manifests.c.repository_id,
+            tags.c.image == manifests.c.image,
+            tags.c.digest == manifests.c.digest,
+        ),
+    )
+    .where(
+        tags.c.repository_id == bindparam("repository_id"),
+        tags.c.image == bindparam("image"),
+        tags.c.name == bindparam("reference"),
+    )
+)
+
+
 class Registry:
     def __init__(self, db: Database, store: BlobStore) -> None:
         self.db = db
@@ -71,17 +104,10 @@ class Registry:
 
     async def blob_size(self, repo: RepositoryRef, digest: str) -> int:
         parse_digest(digest)
-        async with self.db.read() as conn:
-            size = (
-                await conn.execute(
-                    select(blobs.c.size)
-                    .join(repository_blobs, repository_blobs.c.digest == blobs.c.digest)
-                    .where(repository_blobs.c.repository_id == repo.id, blobs.c.digest == digest)
-                )
-            ).scalar()
-        if size is None:
+        row = await self.db.first(_BLOB_SIZE, repository_id=repo.id, digest=digest)
+        if row is None:
             raise BlobUnknown(f"blob {digest} is not in this repository", {"digest": digest})
-        return int(size)
+        return int(row[0])
 
     def blob_path(self, digest: str) -> Path | None:
         return self.store.local_path(digest)
@@ -121,32 +147,19 @@ class Registry:
     # ------------------------------------------------------------------ manifests
 
     async def get_manifest(self, repo: RepositoryRef, image: str, reference: str) -> StoredManifest:
-        query = select(manifests.c.digest, manifests.c.media_type, manifests.c.content)
         if is_digest(reference):
             parse_digest(reference)
-            query = query.where(
-                manifests.c.repository_id == repo.id,
-                manifests.c.image == image,
-                manifests.c.digest == reference,
-            )
+            statement = _MANIFEST_BY_DIGEST
         else:
-            query = query.join(
-                tags,
-                and_(
-                    tags.c.repository_id == manifests.c.repository_id,
-                    tags.c.image == manifests.c.image,
-                    tags.c.digest == manifests.c.digest,
-                ),
-            ).where(
-                tags.c.repository_id == repo.id, tags.c.image == image, tags.c.name == reference
-            )
-        async with self.db.read() as conn:
-            row = (await conn.execute(query)).first()
+            statement = _MANIFEST_BY_TAG
+        row = await self.db.first(
+            statement, repository_id=repo.id, image=image, reference=reference
+        )
         if row is None:
             raise ManifestUnknown(
                 f"manifest {reference!r} is not in this repository", {"reference": reference}
             )
-        return StoredManifest(row.digest, row.media_type, row.content)
+        return StoredManifest(row[0], row[1], bytes(row[2]))
 
     async def put_manifest(
         self,

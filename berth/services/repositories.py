@@ -6,7 +6,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import bindparam, func, select
 from sqlalchemy.exc import IntegrityError
 
 from berth.domain.errors import NameInvalid, NameUnknown, RegistryError
@@ -40,6 +40,19 @@ class RepositoryRef:
     name: str
     public: bool
     tag_overwrite: bool
+
+
+_REPOSITORY = (
+    select(
+        repositories.c.id,
+        repositories.c.project_id,
+        repositories.c.public,
+        repositories.c.tag_overwrite,
+    )
+    .join(projects, projects.c.id == repositories.c.project_id)
+    .where(projects.c.name == bindparam("project"), repositories.c.name == bindparam("repository"))
+)
+_PROJECT_ID = select(projects.c.id).where(projects.c.name == bindparam("project"))
 
 
 class Repositories:

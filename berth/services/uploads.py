@@ -117,6 +117,9 @@ class Uploads:
 
     async def start(self, repo: RepositoryRef, image: str) -> Upload:
         upload = Upload(uuid.uuid4().hex, repo.id, image, 0, None)
+        # The scratch object exists from the start, so any node can pick the upload up.
+        writer = await self.store.open_upload(upload.id, 0)
+        await writer.close()
         now = utcnow()
         async with self.db.write() as conn:
             await conn.execute(

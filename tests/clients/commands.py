@@ -1,16 +1,18 @@
 """The command-line clients, each bound to its own state and to the registry under test.
 
-Every wrapper adds what reaching this registry takes (plain HTTP on loopback, and credentials
-once the registry has them), so a test reads as the commands a user would type.
+Every wrapper adds what reaching this registry takes (trust in the test CA, and its access key),
+so a test reads as the commands a user would type. `at(registry)` gives the same client aimed at
+another registry (path style, another project, other credentials).
 """
 
 from __future__ import annotations
 
 import subprocess
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from tests.clients.daemons import Containerd, Dockerd
+from tests.clients.layouts import TestImage
 from tests.clients.registry import Registry
 from tests.clients.tools import run, write_json
 
@@ -65,8 +67,8 @@ class ContainersConfig:
 
 
 def remote_flags(registry: Registry, prefix: str = "") -> list[str]:
-    """containers/image flags for this registry: no TLS (plain HTTP), and credentials if any."""
-    flags = [f"--{prefix}tls-verify=false"]
+    """containers/image flags for this registry: the test CA, and the access key if any."""
+    flags = [f"--{prefix}cert-dir={registry.trust.cert_dir}"]
     if registry.credentials:
         flags.append(f"--{prefix}creds={':'.join(registry.credentials)}")
     return flags
@@ -78,8 +80,13 @@ class Skopeo:
     config: ContainersConfig
     registry: Registry
 
-    def __call__(self, *args: str | Path) -> Result:
-        return run([self.binary, "--policy", self.config.policy, *args], self.config.env)
+    def __call__(self, *args: str | Path, check: bool = True) -> Result:
+        return run(
+            [self.binary, "--policy", self.config.policy, *args], self.config.env, check=check
+        )
+
+    def at(self, registry: Registry) -> Skopeo:
+        return replace(self, registry=registry)
 
     def copy(
         self, source: str, destination: str, *flags: str | Path, arch: str | None = None
@@ -121,62 +128,94 @@ class Podman:
             "--events-backend", "file",
         ]  # fmt: skip
 
-    def __call__(self, *args: str | Path) -> Result:
-        return run([self.binary, *self.options, *args], self.config.env)
+    def __call__(self, *args: str | Path, check: bool = True) -> Result:
+        return run([self.binary, *self.options, *args], self.config.env, check=check)
+
+    def at(self, registry: Registry) -> Podman:
+        return replace(self, registry=registry)
 
     def remote(self, verb: str, *args: str | Path) -> Result:
-        """push, pull: with plain HTTP allowed and credentials if any."""
+        """push, pull: trusting the test CA, with the access key if any."""
         return self(verb, *remote_flags(self.registry), *args)
 
 
 @dataclass(frozen=True)
 class Docker:
-    """The docker CLI talking to a dockerd of the tests' own."""
+    """The docker CLI talking to a dockerd of the tests' own.
+
+    Credentials live on the client side (`$DOCKER_CONFIG/config.json`, written by `docker
+    login`); the CLI hands them to the daemon with each push and pull. `config_dir` gives a
+    client its own, so that one test's login or logout does not reach the others.
+    """
 
     binary: str
     daemon: Dockerd
     registry: Registry
+    config_dir: Path | None = None
 
-    def __call__(self, *args: str | Path) -> Result:
-        return run([self.binary, *args], self.daemon.env)
+    @property
+    def env(self) -> dict[str, str]:
+        env = self.daemon.env
+        if self.config_dir is not None:
+            env["DOCKER_CONFIG"] = str(self.config_dir)
+        return env
 
-    def login(self) -> None:
-        """docker has no per-command credentials: log in once (nothing to do while open)."""
-        if self.registry.credentials:
-            username, password = self.registry.credentials
-            run(
-                [self.binary, "login", "-u", username, "--password-stdin", self.registry.address],
-                self.daemon.env,
-                input=password,
-            )
+    def __call__(self, *args: str | Path, check: bool = True, input: str | None = None) -> Result:
+        return run([self.binary, *args], self.env, check=check, input=input)
+
+    def at(self, registry: Registry) -> Docker:
+        return replace(self, registry=registry)
+
+    def with_config(self, config_dir: Path) -> Docker:
+        """This client with a config directory (and so credentials) of its own, empty."""
+        write_json(config_dir / "config.json", {"auths": {}})
+        return replace(self, config_dir=config_dir)
+
+    def import_image(self, image: TestImage, reference: str, workdir: Path) -> None:
+        """`docker import` of the test image's files, named `reference` (no registry needed)."""
+        self("import", image.rootfs_tar(workdir / "rootfs.tar"), reference)
+
+    def login(self, check: bool = True) -> Result:
+        """`docker login` with the registry's access key (the secret on stdin)."""
+        assert self.registry.credentials, "no access key to log in with"
+        key_id, secret = self.registry.credentials
+        address = self.registry.address
+        return self(
+            "login", "--username", key_id, "--password-stdin", address, input=secret, check=check
+        )
 
 
 @dataclass(frozen=True)
 class Ctr:
-    """containerd's `ctr` in one namespace of a containerd of the tests' own."""
+    """containerd's `ctr` in one namespace of a containerd of the tests' own; it reaches the
+    registry through containerd's hosts directory (HTTPS, the test CA)."""
 
     binary: str
     daemon: Containerd
     registry: Registry
     namespace: str = "berth-tests"
 
-    def __call__(self, *args: str | Path) -> Result:
+    def __call__(self, *args: str | Path, check: bool = True) -> Result:
         return run(
-            [self.binary, "--address", self.daemon.socket, "--namespace", self.namespace, *args]
+            [self.binary, "--address", self.daemon.socket, "--namespace", self.namespace, *args],
+            check=check,
         )
+
+    def at(self, registry: Registry) -> Ctr:
+        return replace(self, registry=registry)
 
     @property
     def remote_flags(self) -> list[str]:
-        flags = ["--plain-http"]
+        flags = [f"--hosts-dir={self.daemon.hosts_dir}"]
         if self.registry.credentials:
             flags.append(f"--user={':'.join(self.registry.credentials)}")
         return flags
 
-    def push(self, reference: str, *flags: str) -> Result:
-        return self("images", "push", *self.remote_flags, *flags, reference)
+    def push(self, reference: str, *flags: str, check: bool = True) -> Result:
+        return self("images", "push", *self.remote_flags, *flags, reference, check=check)
 
-    def pull(self, reference: str, *flags: str) -> Result:
-        return self("images", "pull", *self.remote_flags, *flags, reference)
+    def pull(self, reference: str, *flags: str, check: bool = True) -> Result:
+        return self("images", "pull", *self.remote_flags, *flags, reference, check=check)
 
     def image_digest(self, reference: str) -> str:
         """The manifest (or index) digest containerd recorded for an image."""

@@ -189,12 +189,14 @@ class Containerd(Daemon):
             for line in plugins.splitlines()
         )
 
-    def trust_plain_http(self, address: str) -> None:
-        """Tell containerd (and so CRI) that this registry speaks plain HTTP."""
+    def trust(self, address: str, ca: Path) -> None:
+        """Tell containerd (`ctr --hosts-dir` and CRI) to reach `address` over HTTPS, trusting
+        the test CA. containerd 1.6 rejects a hosts.toml without a `[host]` table."""
         host_dir = self.hosts_dir / address
         host_dir.mkdir(parents=True, exist_ok=True)
         (host_dir / "hosts.toml").write_text(
-            f'server = "http://{address}"\n\n'
-            f'[host."http://{address}"]\n'
+            f'server = "https://{address}"\n\n'
+            f'[host."https://{address}"]\n'
             '  capabilities = ["pull", "resolve", "push"]\n'
+            f'  ca = "{ca}"\n'
         )

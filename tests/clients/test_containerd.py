@@ -1,17 +1,17 @@
-"""containerd: `ctr images push/pull`, and a kubelet-style CRI PullImage over containerd's gRPC."""
+"""containerd: `ctr images push/pull`, and a kubelet-style CRI PullImage over containerd's gRPC.
+
+Both reach Berth over HTTPS through containerd's hosts directory, with the access key.
+"""
 
 from __future__ import annotations
 
 import tarfile
-from collections.abc import Iterator
 from pathlib import Path
 
-import grpc
 import pytest
-from cri_api.v1 import api_pb2, api_pb2_grpc
 
 from tests.clients.commands import Ctr, Skopeo
-from tests.clients.daemons import Containerd
+from tests.clients.cri import CriImages
 from tests.clients.layouts import HOST_ARCH, TestImage, layer_files
 from tests.clients.registry import Registry
 from tests.clients.tools import output
@@ -30,14 +30,15 @@ def exported_blob(ctr: Ctr, reference: str, digest: str, tmp_path: Path) -> byte
 
 
 def test_ctr_push_then_pull_unpacks_the_same_image(
-    ctr: Ctr, registry: Registry, test_image: TestImage, tmp_path: Path
+    ctr: Ctr, any_registry: Registry, test_image: TestImage, tmp_path: Path
 ) -> None:
-    ref = registry.new_image("ctr", tag=test_image.tag)
+    ctr = ctr.at(any_registry)
+    ref = any_registry.new_image("ctr", tag=test_image.tag)
     archive = test_image.layout.archive(tmp_path / "image.tar")
     ctr("images", "import", "--base-name", ref.repository, archive)  # names it ref (tag v1)
 
     ctr.push(str(ref))
-    served = registry.get_manifest(ref.name, ref.tag)
+    served = any_registry.get_manifest(ref.name, ref.tag)
     assert served.headers["Docker-Content-Digest"] == test_image.manifest_digest
 
     ctr("images", "rm", "--sync", str(ref))
@@ -53,37 +54,16 @@ def test_ctr_push_then_pull_unpacks_the_same_image(
 # ----------------------------------------------------------------------------- CRI
 
 
-@pytest.fixture
-def cri_images(
-    containerd: Containerd, registry: Registry
-) -> Iterator[api_pb2_grpc.ImageServiceStub]:
-    """containerd's CRI ImageService, told (hosts.toml) that the registry speaks plain HTTP."""
-    if not containerd.cri_enabled():
-        pytest.fail(f"containerd's CRI plugin is not running:\n{containerd.tail()}")
-    containerd.trust_plain_http(registry.address)
-    with grpc.insecure_channel(f"unix://{containerd.socket}") as channel:
-        yield api_pb2_grpc.ImageServiceStub(channel)  # type: ignore[no-untyped-call]
-
-
 def test_cri_pull_image_fetches_what_was_pushed(
-    cri_images: api_pb2_grpc.ImageServiceStub,
-    skopeo: Skopeo,
-    registry: Registry,
-    test_image: TestImage,
+    cri: CriImages, skopeo: Skopeo, registry: Registry, test_image: TestImage
 ) -> None:
     ref = registry.new_image("cri")
     skopeo.copy(test_image.oci_ref, f"docker://{ref}")
-    spec = api_pb2.ImageSpec(image=str(ref))
-    # What a kubelet sends from an image pull secret: username and password, no server_address.
-    auth = None
-    if registry.credentials:
-        username, password = registry.credentials
-        auth = api_pb2.AuthConfig(username=username, password=password)
 
-    pulled = cri_images.PullImage(api_pb2.PullImageRequest(image=spec, auth=auth), timeout=120)
+    image_ref = cri.pull(str(ref), registry.credentials)
 
-    assert pulled.image_ref == test_image.config_digest
-    status = cri_images.ImageStatus(api_pb2.ImageStatusRequest(image=spec)).image
+    assert image_ref == test_image.config_digest
+    status = cri.status(str(ref))
     assert str(ref) in status.repo_tags
     assert f"{ref.repository}@{test_image.manifest_digest}" in status.repo_digests
-    cri_images.RemoveImage(api_pb2.RemoveImageRequest(image=spec))
+    cri.remove(str(ref))

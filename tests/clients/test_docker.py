@@ -1,4 +1,4 @@
-"""docker (through a dockerd of the tests' own): import, push, remove, pull, save."""
+"""docker (through a dockerd of the tests' own, logged in): import, push, remove, pull, save."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pytest
 
 from tests.clients.commands import Docker
 from tests.clients.layouts import TestImage, layer_files
-from tests.clients.registry import ImageRef, Registry
+from tests.clients.registry import Registry
 from tests.clients.tools import output
 
 pytestmark = pytest.mark.clients
@@ -34,22 +34,18 @@ def saved_files(docker: Docker, image: str, tmp_path: Path) -> dict[str, bytes]:
         return layer_files(tar.extractfile(layer).read())  # type: ignore[union-attr]
 
 
-def import_image(docker: Docker, image: TestImage, ref: ImageRef, tmp_path: Path) -> None:
-    docker("import", image.rootfs_tar(tmp_path / "rootfs.tar"), str(ref))
-
-
 def test_docker_push_then_pull_downloads_the_same_image(
-    docker: Docker, registry: Registry, test_image: TestImage, tmp_path: Path
+    docker: Docker, any_registry: Registry, test_image: TestImage, tmp_path: Path
 ) -> None:
-    ref = registry.new_image("docker")
-    import_image(docker, test_image, ref, tmp_path)
+    ref = any_registry.new_image("docker")
+    docker.import_image(test_image, str(ref), tmp_path)
     layers = inspect(docker, str(ref))["RootFS"]["Layers"]
 
     pushed = output(docker("push", str(ref)))
     match = re.search(PUSHED.format(tag=re.escape(ref.tag)), pushed)
     assert match, pushed
     digest, size = match.group(1), int(match.group(2))
-    served = registry.get_manifest(ref.name, ref.tag)
+    served = any_registry.get_manifest(ref.name, ref.tag)
     assert served.headers["Docker-Content-Digest"] == digest
     assert len(served.content) == size
 
@@ -69,7 +65,7 @@ def test_docker_pull_by_digest_after_push(
     docker: Docker, registry: Registry, test_image: TestImage, tmp_path: Path
 ) -> None:
     ref = registry.new_image("bydigest")
-    import_image(docker, test_image, ref, tmp_path)
+    docker.import_image(test_image, str(ref), tmp_path)
     pushed = output(docker("push", str(ref)))
     match = re.search(PUSHED.format(tag=re.escape(ref.tag)), pushed)
     assert match, pushed
@@ -85,7 +81,7 @@ def test_docker_push_of_a_second_tag_reuses_the_layer_already_there(
     docker: Docker, registry: Registry, test_image: TestImage, tmp_path: Path
 ) -> None:
     ref = registry.new_image("retag")
-    import_image(docker, test_image, ref, tmp_path)
+    docker.import_image(test_image, str(ref), tmp_path)
     docker("push", str(ref))
     second = ref.with_tag("v2")
     docker("tag", str(ref), str(second))
@@ -101,9 +97,9 @@ def test_docker_push_to_another_repository_mounts_the_layer_it_already_pushed(
     docker: Docker, registry: Registry, test_image: TestImage, tmp_path: Path
 ) -> None:
     first = registry.new_image("first")
-    import_image(docker, test_image, first, tmp_path)
+    docker.import_image(test_image, str(first), tmp_path)
     docker("push", str(first))
-    second = registry.new_image("second", project=first.project)
+    second = registry.new_image("second")
     docker("tag", str(first), str(second))
 
     pushed = output(docker("push", str(second)))

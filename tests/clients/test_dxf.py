@@ -16,14 +16,17 @@ pytestmark = pytest.mark.clients
 
 
 def dxf_client(registry: Registry, name: str) -> DXF:
-    """python-dxf over plain HTTP, answering an auth challenge once the registry has one."""
+    """python-dxf trusting the test CA (given explicitly: REQUESTS_CA_BUNDLE may be set), that
+    answers each auth challenge with a token for the access key."""
+    assert registry.credentials
+    username, password = registry.credentials
 
     def authenticate(dxf: DXFBase, response: requests.Response) -> None:
-        if registry.credentials:
-            username, password = registry.credentials
-            dxf.authenticate(username, password, response=response)
+        dxf.authenticate(username, password, response=response)
 
-    return DXF(registry.address, name, auth=authenticate, insecure=True, timeout=60)
+    return DXF(
+        registry.address, name, auth=authenticate, tlsverify=str(registry.trust.ca), timeout=60
+    )
 
 
 def pull(dxf: DXF, digest: str) -> bytes:

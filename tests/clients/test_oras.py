@@ -1,4 +1,4 @@
-"""oras-py: push a file as an OCI artifact, list its tag, pull it back."""
+"""oras-py: push a file as an OCI artifact, list its tag, pull it back; with an access key."""
 
 from __future__ import annotations
 
@@ -6,7 +6,9 @@ import hashlib
 import os
 from pathlib import Path
 
+import oras.auth
 import oras.client
+import oras.defaults
 import pytest
 
 from tests.clients.registry import OCI_MANIFEST, Registry
@@ -56,19 +58,46 @@ def test_oras_push_then_pull_returns_the_same_files(
 def test_oras_chunked_upload_stores_the_whole_blob(
     oras_client: oras.client.OrasClient, registry: Registry, tmp_path: Path
 ) -> None:
+    """PATCHes of oras-py's own chunk size (16 MiB), then a short last one.
+
+    Its Basic backend sends every request without credentials first and repeats it after the
+    401: the server must answer that 401 to a 16 MiB PATCH in a way a client still sending the
+    body can read (requests reads the response only once the body is sent).
+    """
     ref = registry.new_image("chunked", tag="big")
     blob = tmp_path / "big.bin"
-    blob.write_bytes(os.urandom(3 * 1024 * 1024 + 17))
+    blob.write_bytes(os.urandom(oras.defaults.default_chunksize + 17))
 
     pushed = oras_client.push(
-        target=str(ref),
-        files=[str(blob)],
-        do_chunked=True,
-        chunk_size=1024 * 1024,
-        disable_path_validation=True,
+        target=str(ref), files=[str(blob)], do_chunked=True, disable_path_validation=True
     )
     assert pushed.status_code == 201, pushed.text
 
     out = tmp_path / "out"
     oras_client.pull(target=str(ref), outdir=str(out))
     assert (out / "big.bin").read_bytes() == blob.read_bytes()
+
+
+def test_oras_token_backend_pulls_with_a_bearer_token(
+    oras_client: oras.client.OrasClient, registry: Registry, tmp_path: Path
+) -> None:
+    """oras-py's default backend follows Berth's Bearer challenge: the access key goes to the
+    token endpoint, and the pull runs on the token it returns."""
+    ref = registry.new_image("oras-token", tag="notes")
+    notes = tmp_path / "notes.txt"
+    notes.write_bytes(os.urandom(2048))
+    pushed = oras_client.push(target=str(ref), files=[str(notes)], disable_path_validation=True)
+    assert pushed.status_code == 201, pushed.text
+    assert registry.credentials
+    key_id, secret = registry.credentials
+    token_client = oras.client.OrasClient(
+        hostname=registry.address, tls_verify=str(registry.trust.ca), auth_backend="token"
+    )
+    token_client.login(key_id, secret, hostname=registry.address, config_path=str(tmp_path / "c"))
+
+    out = tmp_path / "out"
+    token_client.pull(target=str(ref), outdir=str(out))
+
+    assert (out / "notes.txt").read_bytes() == notes.read_bytes()
+    assert isinstance(token_client.auth, oras.auth.TokenAuth)
+    assert token_client.auth.token, "oras-py pulled without a token"

@@ -21,9 +21,10 @@ def inspect(podman: Podman, image: str) -> dict[str, Any]:
 
 
 def test_podman_push_then_pull_gives_back_the_same_image(
-    podman: Podman, registry: Registry, test_image: TestImage, tmp_path: Path
+    podman: Podman, any_registry: Registry, test_image: TestImage, tmp_path: Path
 ) -> None:
-    ref = registry.new_image("podman")
+    podman = podman.at(any_registry)
+    ref = any_registry.new_image("podman")
     image_id = podman("pull", "--quiet", test_image.oci_ref).stdout.strip()
     podman("tag", image_id, str(ref))
     digest_file = tmp_path / "digest"
@@ -40,7 +41,7 @@ def test_podman_push_then_pull_gives_back_the_same_image(
     assert f"{ref.repository}@{digest}" in pulled["RepoDigests"]
     assert pulled["RootFS"]["Layers"] == test_image.diff_ids
     assert pulled["Architecture"] == test_image.platform["architecture"]
-    assert registry.get_manifest(ref.name, ref.tag).headers["Docker-Content-Digest"] == digest
+    assert any_registry.get_manifest(ref.name, ref.tag).headers["Docker-Content-Digest"] == digest
 
     mountpoint = Path(podman("image", "mount", str(ref)).stdout.strip())
     try:

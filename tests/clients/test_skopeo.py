@@ -20,9 +20,10 @@ def push(skopeo: Skopeo, image: TestImage, ref: ImageRef) -> None:
 
 
 def test_skopeo_copy_round_trip_keeps_manifest_and_layers(
-    skopeo: Skopeo, registry: Registry, test_image: TestImage, tmp_path: Path
+    skopeo: Skopeo, any_registry: Registry, test_image: TestImage, tmp_path: Path
 ) -> None:
-    ref = registry.new_image("skopeo")
+    skopeo = skopeo.at(any_registry)
+    ref = any_registry.new_image("skopeo")
     digest_file = tmp_path / "digest"
 
     skopeo.copy(test_image.oci_ref, f"docker://{ref}", "--digestfile", digest_file)

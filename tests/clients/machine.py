@@ -1,0 +1,91 @@
+"""The machine-wide settings the clients need, added for the session and taken away after it.
+
+- /etc/hosts lines mapping the project hosts to 127.0.0.1. They must be there before dockerd and
+  containerd start: Go programs cache /etc/hosts for a few seconds, and a miss goes to an
+  outside resolver. The file may be a bind mount, so it is rewritten in place, never replaced.
+- /etc/docker/certs.d/HOST:PORT/ca.crt, where dockerd looks for a registry's CA. It has no
+  per-daemon setting for this; it reads the directory at every login, push and pull.
+
+Every change is tagged or recorded, so that only what this session added is removed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+HOSTS_FILE = Path("/etc/hosts")
+DOCKER_CERTS_DIR = Path("/etc/docker/certs.d")
+
+
+def _rewrite_in_place(path: Path, text: str) -> None:
+    with path.open("r+") as handle:
+        handle.seek(0)
+        handle.write(text)
+        handle.truncate()
+
+
+@dataclass
+class HostsEntries:
+    """One /etc/hosts line naming `hosts`, ending in a tag unique to this session."""
+
+    hosts: list[str]
+    address: str = "127.0.0.1"
+    tag: str = field(default_factory=lambda: f"# berth-client-tests-{uuid.uuid4().hex[:12]}")
+
+    @property
+    def line(self) -> str:
+        return f"{self.address} {' '.join(self.hosts)} {self.tag}"
+
+    def add(self) -> None:
+        text = HOSTS_FILE.read_text()
+        separator = "" if not text or text.endswith("\n") else "\n"
+        with HOSTS_FILE.open("a") as handle:
+            handle.write(f"{separator}{self.line}\n")
+
+    def remove(self) -> None:
+        lines = HOSTS_FILE.read_text().splitlines(keepends=True)
+        kept = [line for line in lines if not line.rstrip("\n").endswith(self.tag)]
+        if len(kept) != len(lines):
+            _rewrite_in_place(HOSTS_FILE, "".join(kept))
+
+
+@dataclass
+class DockerCertsDirs:
+    """`/etc/docker/certs.d/ADDRESS/ca.crt` entries, each removed again by `remove_all`."""
+
+    root: Path = DOCKER_CERTS_DIR
+    added: list[Path] = field(default_factory=list)
+    created_root: list[Path] = field(default_factory=list)
+
+    def trust(self, address: str, ca: Path) -> Path:
+        """Make dockerd trust `ca` for the registry at `address` (`host:port`, `[::1]:port`)."""
+        directory = self.root / address
+        if directory.exists():
+            raise FileExistsError(f"{directory} exists already: not this session's to change")
+        for parent in reversed([self.root, *self.root.parents]):
+            if not parent.exists():
+                parent.mkdir()
+                self.created_root.append(parent)
+        directory.mkdir()
+        self.added.append(directory)
+        shutil.copyfile(ca, directory / "ca.crt")
+        return directory
+
+    def untrust(self, address: str) -> None:
+        directory = self.root / address
+        if directory in self.added:
+            shutil.rmtree(directory, ignore_errors=True)
+            self.added.remove(directory)
+
+    def remove_all(self) -> None:
+        for directory in list(self.added):
+            shutil.rmtree(directory, ignore_errors=True)
+        self.added.clear()
+        for parent in reversed(self.created_root):
+            with contextlib.suppress(OSError):  # not empty: someone else uses it now
+                parent.rmdir()
+        self.created_root.clear()

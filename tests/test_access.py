@@ -1,0 +1,1007 @@
+"""Who may do what (issue 3), over HTTP against a running server, on SQLite and PostgreSQL.
+
+The client side is what docker does: GET /v2/ answers 401 with a Bearer challenge; the realm
+gives a token for the requested scope in exchange for Basic access-key credentials; requests
+carry `Authorization: Bearer`. Basic credentials sent straight to /v2 are accepted too, so the
+permission matrix runs both ways.
+
+The scene (`World`, one per server): project `acme` with a public, a private and a second
+private repository, project `globex` with one private repository, each holding an image, and
+an actor per role: acme's admin, member and reader, a repository member and a repository viewer
+(granted on acme's public and private repositories), a service account that is an acme member,
+an acme admin signing in with a key made for globex, and anonymous.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import json
+import os
+import re
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from berth.state import Services
+from tests.auth import (
+    Credentials,
+    bearer,
+    challenge,
+    claims,
+    fetch_token,
+    granted,
+    hmac_signed,
+    ping,
+    resign,
+    tampered,
+    token_response,
+    unsigned,
+)
+from tests.conftest import BACKENDS, database_url_for
+from tests.oci import (
+    OCI_LAYER,
+    OCI_MANIFEST,
+    Blob,
+    error_codes,
+    image_config,
+    image_manifest,
+    location,
+    manifest_path,
+    push_blob,
+    push_manifest,
+    put_upload,
+    uploads_path,
+)
+from tests.servers import ADMIN_PASSWORD, BerthServer, PostgresCluster
+
+PASSWORD = "correct-horse-battery-staple"
+P, Q = "acme", "globex"
+# Identity caches what it looked up for a second: a change made elsewhere (another process, the
+# CLI) must take effect on the server within that, plus a request's time.
+TAKES_EFFECT_WITHIN = 1.5
+
+PULL = frozenset({"pull"})
+PUSH = frozenset({"pull", "push"})
+FULL = frozenset({"pull", "push", "delete"})
+NOTHING: frozenset[str] = frozenset()
+
+# What each actor may do on acme's private repository; on the public one, anyone may also pull.
+ACTORS: dict[str, frozenset[str]] = {
+    "project-admin": FULL,
+    "project-member": FULL,
+    "project-reader": PULL,
+    "repository-member": PUSH,
+    "repository-viewer": PULL,
+    "service-account": FULL,
+    "other-project-key": NOTHING,
+    "anonymous": NOTHING,
+}
+VISIBILITIES = ("public", "private")
+OPERATIONS = {
+    "pull-manifest": "pull",
+    "pull-blob": "pull",
+    "list-tags": "pull",
+    "push": "push",
+    "delete": "delete",
+}
+# The scope docker asks for to do an action (and the scope a challenge names).
+SCOPE_ACTIONS = {"pull": "pull", "push": "pull,push", "delete": "delete"}
+VERBS = {"pull": "pull", "push": "push", "delete": "delete"}
+ACCEPT = {"Accept": OCI_MANIFEST}
+
+
+def rights(actor: str, visibility: str) -> frozenset[str]:
+    return ACTORS[actor] | (PULL if visibility == "public" else NOTHING)
+
+
+# ---------------------------------------------------------------- the scene
+
+
+@dataclass
+class Image:
+    config: Blob
+    layer: Blob
+    manifest: Blob
+
+
+@dataclass
+class World:
+    server: BerthServer
+    http: httpx.Client  # no credentials of its own
+    admin: httpx.Client  # Basic with the server administrator's key for acme: sets the scene
+    repos: dict[str, str]  # "public", "private", "second", "foreign" -> OCI name
+    users: dict[str, str]  # actor -> user name
+    keys: dict[str, Credentials]  # actor -> access key (anonymous has none)
+    images: dict[str, Image] = field(default_factory=dict)  # OCI name -> the image it holds
+    secrets: list[str] = field(default_factory=list)  # every secret handed out
+
+    def credentials(self, actor: str) -> Credentials | None:
+        return self.keys.get(actor)
+
+    def client_as(self, actor: str, mode: str, scope: str) -> httpx.Client:
+        """A client for `actor`: Basic credentials on every request, or a Bearer token that
+        the token endpoint issued for `scope`."""
+        credentials = self.credentials(actor)
+        if mode == "basic":
+            return httpx.Client(base_url=self.server.url, timeout=30, auth=credentials)
+        token = fetch_token(self.http, credentials, scope)
+        return httpx.Client(base_url=self.server.url, timeout=30, headers=bearer(token))
+
+    def push_image(self, name: str, tag: str | None = None) -> Blob:
+        """A fresh image in `name` (a new layer over the repository's config), pushed by the
+        administrator under `tag` (a random one by default)."""
+        seed = self.images[name]
+        fresh = Blob(os.urandom(256), OCI_LAYER)
+        push_blob(self.admin, name, fresh)
+        manifest = image_manifest(seed.config.descriptor(), [fresh.descriptor()])
+        push_manifest(self.admin, name, tag or "t" + uuid.uuid4().hex[:12], manifest)
+        return manifest
+
+    def new_user(
+        self,
+        role: str = "member",
+        *,
+        repository: str | None = None,
+        key: bool = True,
+    ) -> tuple[str, Credentials | None]:
+        """A new user with `role` in acme (or, with `repository`, that repository role) and,
+        unless `key` is false, an access key there."""
+        name = "u" + uuid.uuid4().hex[:10]
+
+        async def create(s: Services) -> Credentials | None:
+            await s.identity.create_user(name, PASSWORD)
+            if repository is None:
+                await s.identity.add_member(P, name, role)
+            else:
+                await s.identity.grant(P, repository, name, role)
+            if not key:
+                return None
+            created = await s.identity.create_key(name, P)
+            return created.key_id, created.secret
+
+        credentials = self.server._services(create)
+        if credentials is not None:
+            self.secrets.append(credentials[1])
+        return name, credentials
+
+
+@pytest.fixture(scope="module", params=BACKENDS)
+def registry(
+    request: pytest.FixtureRequest,
+    tmp_path_factory: pytest.TempPathFactory,
+    postgres: PostgresCluster | None,
+) -> Iterator[BerthServer]:
+    """A running registry per backend. Every test here calls from 127.0.0.1, and several fail
+    logins on purpose: the per-address limit is raised so they do not lock each other out
+    (`test_failed_logins_are_throttled` checks the limits on a server of its own)."""
+    url = database_url_for(request.param, postgres)
+    server = BerthServer(
+        tmp_path_factory.mktemp(f"access-{request.param}"),
+        url,
+        extra_env={"BERTH_LOGIN_FAILURES_PER_CLIENT": "100000"},
+    ).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def world(registry: BerthServer) -> Iterator[World]:
+    repos = {
+        "public": f"{P}/pub",
+        "private": f"{P}/priv",
+        "second": f"{P}/second",
+        "foreign": f"{Q}/app",
+    }
+    users = {actor: actor for actor in ACTORS if actor != "anonymous"}
+
+    async def populate(s: Services) -> dict[str, Credentials]:
+        for project in (P, Q):
+            await s.repositories.create_project(project)
+        await s.repositories.create(P, "pub", public=True)
+        await s.repositories.create(P, "priv")
+        await s.repositories.create(P, "second")
+        await s.repositories.create(Q, "app")
+        for actor in ("project-admin", "project-member", "project-reader"):
+            await s.identity.create_user(actor, PASSWORD)
+            await s.identity.add_member(P, actor, actor.removeprefix("project-"))
+        for actor in ("repository-member", "repository-viewer"):
+            await s.identity.create_user(actor, PASSWORD)
+            for repository in ("pub", "priv"):
+                await s.identity.grant(P, repository, actor, actor.removeprefix("repository-"))
+        await s.identity.create_user("service-account", None, service_account=True)
+        await s.identity.add_member(P, "service-account", "member")
+        # An admin of both projects, signing in with the key made for the other one.
+        await s.identity.create_user("other-project-key", PASSWORD)
+        await s.identity.add_member(P, "other-project-key", "admin")
+        await s.identity.add_member(Q, "other-project-key", "admin")
+        keys = {}
+        for actor, user in users.items():
+            created = await s.identity.create_key(user, Q if actor == "other-project-key" else P)
+            keys[actor] = (created.key_id, created.secret)
+        return keys
+
+    keys = registry._services(populate)
+    http = httpx.Client(base_url=registry.url, timeout=30)
+    admin = httpx.Client(base_url=registry.url, timeout=30, auth=registry.access_key(P))
+    home = httpx.Client(base_url=registry.url, timeout=30, auth=registry.access_key(Q))
+    built = World(registry, http, admin, repos, users, keys)
+    built.secrets += [secret for _, secret in keys.values()]
+    built.secrets += [secret for _, secret in registry.keys.values()]
+    for name in repos.values():
+        client = home if name.startswith(f"{Q}/") else admin
+        config = image_config(extra={"repository": name})
+        layer = Blob(os.urandom(512), OCI_LAYER)
+        push_blob(client, name, config)
+        push_blob(client, name, layer)
+        manifest = image_manifest(config.descriptor(), [layer.descriptor()])
+        push_manifest(client, name, "seed", manifest)
+        built.images[name] = Image(config, layer, manifest)
+    yield built
+    for client in (http, admin, home):
+        client.close()
+
+
+# ---------------------------------------------------------------- assertions
+
+
+def message(response: httpx.Response) -> str:
+    return str(response.json()["errors"][0].get("message") or "")
+
+
+def assert_unauthorized(response: httpx.Response, scope: str | None = None) -> None:
+    """401 UNAUTHORIZED with a Bearer challenge (naming `scope` when given) a client can follow."""
+    assert response.status_code == 401, (
+        f"expected 401: {response.request.method} {response.request.url} -> "
+        f"{response.status_code} {response.text[:300]}"
+    )
+    assert error_codes(response) == ["UNAUTHORIZED"]
+    found = challenge(response)
+    assert found.scheme == "Bearer"
+    assert found.realm.endswith("/auth/token") and found.service
+    if scope is not None:
+        assert found.params.get("scope") == scope, found
+    assert message(response), "an UNAUTHORIZED error must say what to do"
+
+
+def assert_denied(response: httpx.Response) -> None:
+    assert response.status_code == 403, (
+        f"expected 403: {response.request.method} {response.request.url} -> "
+        f"{response.status_code} {response.text[:300]}"
+    )
+    assert error_codes(response) == ["DENIED"]
+
+
+def assert_refused(
+    world: World, actor: str, response: httpx.Response, name: str, action: str
+) -> None:
+    """The refusal a caller without the right gets: 401 and a challenge for anonymous callers,
+    403 DENIED for a signed-in one, with a message that names what was refused and why."""
+    text = message(response) if response.headers.get("content-type", "").endswith("json") else ""
+    if actor == "anonymous":
+        assert_unauthorized(response, f"repository:{name}:{SCOPE_ACTIONS[action]}")
+        assert name in text and "authentication required" in text, text
+        return
+    assert_denied(response)
+    assert world.users[actor] in text and name in text and VERBS[action] in text, text
+
+
+def until(
+    attempt: Callable[[], httpx.Response],
+    done: Callable[[httpx.Response], bool],
+    within: float = TAKES_EFFECT_WITHIN,
+) -> tuple[httpx.Response, float]:
+    """Repeat `attempt` until `done` holds or `within` seconds pass; the last answer and when."""
+    start = time.monotonic()
+    while True:
+        response = attempt()
+        waited = time.monotonic() - start
+        if done(response) or waited > within:
+            return response, waited
+        time.sleep(0.05)
+
+
+def refused(response: httpx.Response) -> bool:
+    return response.status_code in (401, 403)
+
+
+def succeeded(response: httpx.Response) -> bool:
+    return 200 <= response.status_code < 300
+
+
+def basic_header(key_id: str, secret: str) -> dict[str, str]:
+    pair = base64.b64encode(f"{key_id}:{secret}".encode()).decode()
+    return {"Authorization": f"Basic {pair}"}
+
+
+# ---------------------------------------------------------------- the operations
+
+
+def pull_manifest(world: World, client: httpx.Client, name: str) -> list[httpx.Response]:
+    response = client.get(manifest_path(name, "seed"), headers=ACCEPT)
+    if response.status_code == 200:
+        assert response.content == world.images[name].manifest.data
+    return [response]
+
+
+def pull_blob(world: World, client: httpx.Client, name: str) -> list[httpx.Response]:
+    layer = world.images[name].layer
+    response = client.get(f"/v2/{name}/blobs/{layer.digest}")
+    if response.status_code == 200:
+        assert response.content == layer.data
+    return [response]
+
+
+def list_tags(world: World, client: httpx.Client, name: str) -> list[httpx.Response]:
+    response = client.get(f"/v2/{name}/tags/list")
+    if response.status_code == 200:
+        assert "seed" in response.json()["tags"]
+    return [response]
+
+
+def push(world: World, client: httpx.Client, name: str) -> list[httpx.Response]:
+    """Upload a layer (POST, then PUT with the digest) and PUT a manifest naming it. When the
+    upload is refused, the manifest PUT is still tried, naming only blobs the repository has."""
+    seed = world.images[name]
+    fresh = Blob(os.urandom(256), OCI_LAYER)
+    started = client.post(uploads_path(name), headers={"Content-Length": "0"})
+    responses = [started]
+    if started.status_code == 202:
+        responses.append(put_upload(client, location(started), fresh.digest, fresh.data))
+        layers = [fresh.descriptor()]
+    else:
+        layers = [seed.layer.descriptor()]
+    manifest = image_manifest(seed.config.descriptor(), layers, annotations={"n": uuid.uuid4().hex})
+    tag = "t" + uuid.uuid4().hex[:12]
+    responses.append(push_manifest(client, name, tag, manifest, check=False))
+    stored = world.admin.get(manifest_path(name, tag), headers=ACCEPT)
+    assert stored.status_code == (200 if succeeded(responses[-1]) else 404)
+    return responses
+
+
+def delete(world: World, client: httpx.Client, name: str) -> list[httpx.Response]:
+    """DELETE a manifest (a fresh one, by digest) and check whether it is gone."""
+    manifest = world.push_image(name)
+    response = client.delete(manifest_path(name, manifest.digest))
+    after = world.admin.get(manifest_path(name, manifest.digest), headers=ACCEPT)
+    assert after.status_code == (404 if succeeded(response) else 200)
+    return [response]
+
+
+PERFORM: dict[str, Callable[[World, httpx.Client, str], list[httpx.Response]]] = {
+    "pull-manifest": pull_manifest,
+    "pull-blob": pull_blob,
+    "list-tags": list_tags,
+    "push": push,
+    "delete": delete,
+}
+
+
+# ---------------------------------------------------------------- the matrix
+
+
+@pytest.mark.parametrize("mode", ["token", "basic"])
+@pytest.mark.parametrize("operation", OPERATIONS)
+@pytest.mark.parametrize("visibility", VISIBILITIES)
+@pytest.mark.parametrize("actor", ACTORS)
+def test_permission_matrix(
+    world: World, actor: str, visibility: str, operation: str, mode: str
+) -> None:
+    name = world.repos[visibility]
+    action = OPERATIONS[operation]
+    with world.client_as(actor, mode, f"repository:{name}:{SCOPE_ACTIONS[action]}") as client:
+        responses = PERFORM[operation](world, client, name)
+    if action in rights(actor, visibility):
+        for response in responses:
+            assert succeeded(response), f"{response.request.method} -> {response.text[:300]}"
+    else:
+        for response in responses:
+            assert_refused(world, actor, response, name, action)
+
+
+@pytest.mark.parametrize("visibility", VISIBILITIES)
+@pytest.mark.parametrize("actor", ACTORS)
+def test_token_grants_what_was_asked_and_is_allowed(
+    world: World, actor: str, visibility: str
+) -> None:
+    name = world.repos[visibility]
+    token = fetch_token(world.http, world.credentials(actor), f"repository:{name}:pull,push,delete")
+    expected = rights(actor, visibility)
+    assert granted(token) == ({f"repository:{name}": set(expected)} if expected else {})
+    body = claims(token)
+    assert body["sub"] == world.users.get(actor, "anonymous")
+    assert body["aud"] == world.server.address and body["iss"]
+    assert 60 <= body["exp"] - body["iat"] <= 3600
+
+
+# ---------------------------------------------------------------- the token flow
+
+
+def test_docker_token_flow(world: World) -> None:
+    found = ping(world.http)
+    assert found.realm == f"{world.server.url}/auth/token"
+    assert found.service == world.server.address
+    credentials = world.keys["project-member"]
+    name = world.repos["private"]
+    response = token_response(world.http, credentials, f"repository:{name}:pull,push", realm=found)
+    assert response.status_code == 200, response.text
+    assert "no-store" in response.headers.get("Cache-Control", "")
+    body = response.json()
+    assert body["token"] == body["access_token"]
+    assert isinstance(body["expires_in"], int) and body["expires_in"] >= 60
+    issued = dt.datetime.fromisoformat(body["issued_at"])
+    assert issued.tzinfo is not None
+    assert abs((dt.datetime.now(dt.UTC) - issued).total_seconds()) < 60
+    token = body["token"]
+    assert world.http.get("/v2/", headers=bearer(token)).json() == {}
+    pulled = world.http.get(manifest_path(name, "seed"), headers={**bearer(token), **ACCEPT})
+    assert pulled.status_code == 200
+    # Basic straight to the API works as well, and docker login's token request (no scope,
+    # client_id, offline_token) succeeds.
+    assert world.http.get("/v2/", auth=credentials).status_code == 200
+    login = token_response(world.http, credentials, client_id="docker", offline_token="true")
+    assert login.status_code == 200 and login.json()["refresh_token"], login.text
+    assert granted(login.json()["token"]) == {}
+
+
+def test_wrong_credentials_are_refused_clearly(world: World) -> None:
+    key_id, secret = world.keys["project-reader"]
+    for credentials in ((key_id, secret + "x"), ("BKNOSUCHKEY234567890", secret)):
+        response = world.http.get("/v2/", auth=credentials)
+        assert_unauthorized(response)
+        assert message(response) == "invalid access key ID or secret access key"
+        token = token_response(world.http, credentials, f"repository:{P}/priv:pull")
+        assert token.status_code == 401 and error_codes(token) == ["UNAUTHORIZED"]
+        assert message(token) == "invalid access key ID or secret access key"
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        "Basic !!!not-base64!!!",
+        "Basic " + base64.b64encode(b"no-colon-here").decode(),
+        "Bearer not.a.token",
+        "Bearer",
+        "Digest username=x",
+    ],
+)
+def test_malformed_authorization_is_unauthorized(world: World, header: str) -> None:
+    name = world.repos["private"]
+    response = world.http.get(manifest_path(name, "seed"), headers={"Authorization": header})
+    assert_unauthorized(response)
+
+
+def test_a_key_works_only_in_its_own_project(world: World) -> None:
+    """An admin of both projects, signing in with their globex key, gets nothing in acme."""
+    credentials = world.keys["other-project-key"]
+    home, away = world.repos["foreign"], world.repos["private"]
+    assert world.http.get(manifest_path(home, "seed"), auth=credentials, headers=ACCEPT).is_success
+    refused_here = world.http.get(manifest_path(away, "seed"), auth=credentials, headers=ACCEPT)
+    assert_refused(world, "other-project-key", refused_here, away, "pull")
+    # The user is an admin of acme: the message must point at the key and the project it is
+    # for, not send them to ask for a role they have.
+    text = message(refused_here)
+    assert "key" in text and Q in text and "ask a project admin" not in text, text
+    token = fetch_token(
+        world.http, credentials, f"repository:{home}:pull,push", f"repository:{away}:pull,push"
+    )
+    assert granted(token) == {f"repository:{home}": {"pull", "push"}}
+    replayed = world.http.get(manifest_path(away, "seed"), headers={**bearer(token), **ACCEPT})
+    assert refused(replayed)
+
+
+@pytest.mark.parametrize("mode", ["token", "basic"])
+def test_a_repository_role_does_not_reach_other_repositories_blobs(world: World, mode: str) -> None:
+    """A repository member may push to acme/priv but not read acme/second: neither a mount
+    (with or without `from`) nor a manifest naming second's blobs may bring them into priv."""
+    name, other = world.repos["private"], world.repos["second"]
+    hidden = world.images[other]
+    scope = f"repository:{name}:pull,push repository:{other}:pull"
+    with world.client_as("repository-member", mode, scope) as client:
+        assert_refused(
+            world,
+            "repository-member",
+            client.get(f"/v2/{other}/blobs/{hidden.layer.digest}"),
+            other,
+            "pull",
+        )
+        for params in (
+            {"mount": hidden.layer.digest, "from": other},
+            {"mount": hidden.layer.digest},
+        ):
+            mounted = client.post(uploads_path(name), params=params)
+            assert mounted.status_code == 202, f"{params} -> {mounted.status_code}"
+        manifest = image_manifest(hidden.config.descriptor(), [hidden.layer.descriptor()])
+        response = push_manifest(client, name, "borrowed", manifest, check=False)
+        assert response.status_code == 400 and error_codes(response) == ["MANIFEST_BLOB_UNKNOWN"]
+        for blob in (hidden.layer, hidden.config):
+            leaked = client.get(f"/v2/{name}/blobs/{blob.digest}")
+            assert leaked.status_code == 404, f"{other}'s blob readable through {name}"
+
+
+def test_a_key_cannot_mount_from_another_project(world: World) -> None:
+    """An admin of both projects pushing to globex with the globex key cannot mount acme's
+    blobs, explicitly or automatically."""
+    credentials = world.keys["other-project-key"]
+    home, away = world.repos["foreign"], world.repos["private"]
+    digest = world.images[away].layer.digest
+    for params in ({"mount": digest, "from": away}, {"mount": digest}):
+        mounted = world.http.post(uploads_path(home), params=params, auth=credentials)
+        assert mounted.status_code == 202, f"{params} -> {mounted.status_code}"
+    assert world.http.get(f"/v2/{home}/blobs/{digest}", auth=credentials).status_code == 404
+
+
+# ---------------------------------------------------------------- key lifecycle
+
+
+def pull_with(world: World, credentials: Credentials) -> httpx.Response:
+    return world.http.get(
+        manifest_path(world.repos["private"], "seed"), auth=credentials, headers=ACCEPT
+    )
+
+
+def pull_with_token(world: World, token: str) -> httpx.Response:
+    return world.http.get(
+        manifest_path(world.repos["private"], "seed"), headers={**bearer(token), **ACCEPT}
+    )
+
+
+def private_pull_token(world: World, credentials: Credentials) -> httpx.Response:
+    return token_response(world.http, credentials, f"repository:{world.repos['private']}:pull")
+
+
+def test_an_expired_key_stops_working(world: World) -> None:
+    user, _ = world.new_user("member", key=False)
+
+    async def create(s: Services) -> tuple[Credentials, dt.datetime]:
+        expires_at = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=1.5)
+        created = await s.identity.create_key(user, P, expires_at=expires_at)
+        return (created.key_id, created.secret), expires_at
+
+    credentials, expires_at = world.server._services(create)
+    world.secrets.append(credentials[1])
+    token = fetch_token(world.http, credentials, f"repository:{world.repos['private']}:pull")
+    assert pull_with(world, credentials).status_code == 200
+    assert pull_with_token(world, token).status_code == 200
+    time.sleep(max(0.0, (expires_at - dt.datetime.now(dt.UTC)).total_seconds()) + 0.05)
+    response = pull_with(world, credentials)
+    assert_unauthorized(response)
+    assert "expired" in message(response)
+    assert "expired" in message(private_pull_token(world, credentials))
+    assert_unauthorized(pull_with_token(world, token))
+    listed = world.server._services(lambda s: s.identity.list_keys(project=P))
+    assert {k["access_key_id"]: k["state"] for k in listed}[credentials[0]] == "expired"
+
+
+def test_a_disabled_key_stops_working_and_works_again_when_enabled(world: World) -> None:
+    _, credentials = world.new_user("member")
+    assert credentials is not None
+    token = fetch_token(world.http, credentials, f"repository:{world.repos['private']}:pull")
+    assert pull_with(world, credentials).status_code == 200
+    world.server._services(lambda s: s.identity.set_key_disabled(credentials[0], True))
+    response, _ = until(lambda: pull_with(world, credentials), refused)
+    assert_unauthorized(response)
+    assert "disabled" in message(response)
+    assert_unauthorized(pull_with_token(world, token))
+    refused_token = private_pull_token(world, credentials)
+    assert refused_token.status_code == 401 and "disabled" in message(refused_token)
+    world.server._services(lambda s: s.identity.set_key_disabled(credentials[0], False))
+    # Watched through the token: each refused Basic login would count against the key's
+    # failed-login limit.
+    response, _ = until(lambda: pull_with_token(world, token), succeeded)
+    assert response.status_code == 200
+    assert pull_with(world, credentials).status_code == 200
+    assert private_pull_token(world, credentials).status_code == 200
+
+
+def test_a_deleted_key_stops_working(world: World) -> None:
+    _, credentials = world.new_user("member")
+    assert credentials is not None
+    token = fetch_token(world.http, credentials, f"repository:{world.repos['private']}:pull")
+    assert pull_with(world, credentials).status_code == 200
+    world.server._services(lambda s: s.identity.delete_key(credentials[0]))
+    response, _ = until(lambda: pull_with(world, credentials), refused)
+    assert_unauthorized(response)
+    assert message(response) == "invalid access key ID or secret access key"
+    assert_unauthorized(pull_with_token(world, token))
+    assert private_pull_token(world, credentials).status_code == 401
+
+
+def test_leaving_the_project_ends_the_users_keys_within_a_second(world: World) -> None:
+    user, credentials = world.new_user("member")
+    assert credentials is not None
+    token = fetch_token(world.http, credentials, f"repository:{world.repos['private']}:pull")
+    assert pull_with_token(world, token).status_code == 200
+    world.server._services(lambda s: s.identity.remove_member(P, user))
+    response, waited = until(lambda: pull_with_token(world, token), refused)
+    assert_unauthorized(response)
+    assert waited <= TAKES_EFFECT_WITHIN
+    assert_unauthorized(pull_with(world, credentials))
+    listed = world.server._services(lambda s: s.identity.list_keys(user=user))
+    assert listed == []
+
+
+def test_losing_the_last_repository_role_ends_the_users_keys(world: World) -> None:
+    user, credentials = world.new_user("viewer", repository="priv")
+    assert credentials is not None
+    assert pull_with(world, credentials).status_code == 200
+    world.server._services(lambda s: s.identity.revoke(P, "priv", user))
+    response, _ = until(lambda: pull_with(world, credentials), refused)
+    assert_unauthorized(response)
+
+
+def test_a_role_change_applies_to_keys_and_outstanding_tokens(world: World) -> None:
+    """A member demoted to reader can no longer push, with Basic or with a token they got
+    while they were a member."""
+    user, credentials = world.new_user("member")
+    assert credentials is not None
+    name = world.repos["private"]
+    token = fetch_token(world.http, credentials, f"repository:{name}:pull,push")
+
+    def start_upload(auth: dict[str, str]) -> httpx.Response:
+        return world.http.post(uploads_path(name), headers={**auth, "Content-Length": "0"})
+
+    assert start_upload(bearer(token)).status_code == 202
+    world.server._services(lambda s: s.identity.add_member(P, user, "reader"))
+    response, _ = until(lambda: start_upload(basic_header(*credentials)), refused)
+    assert_denied(response)
+    response, _ = until(lambda: start_upload(bearer(token)), refused)
+    assert_denied(response)
+    # Promoted again: the key can push again.
+    world.server._services(lambda s: s.identity.add_member(P, user, "admin"))
+    response, _ = until(lambda: start_upload(basic_header(*credentials)), succeeded)
+    assert response.status_code == 202
+
+
+# ---------------------------------------------------------------- tokens out of place
+
+
+def test_a_token_for_one_repository_is_refused_on_another(world: World) -> None:
+    name, other = world.repos["private"], world.repos["second"]
+    token = fetch_token(world.http, world.keys["project-member"], f"repository:{name}:pull,push")
+    response = world.http.get(manifest_path(other, "seed"), headers={**bearer(token), **ACCEPT})
+    # The member may pull there, but not with this token: ask for a fitting one.
+    assert_unauthorized(response, f"repository:{other}:pull")
+    assert challenge(response).params.get("error") == "insufficient_scope"
+    foreign = world.repos["foreign"]
+    response = world.http.get(manifest_path(foreign, "seed"), headers={**bearer(token), **ACCEPT})
+    assert refused(response)
+
+
+def test_a_pull_token_does_not_push_or_delete(world: World) -> None:
+    name = world.repos["private"]
+    token = fetch_token(world.http, world.keys["project-member"], f"repository:{name}:pull")
+    response = world.http.post(uploads_path(name), headers=bearer(token))
+    assert_unauthorized(response, f"repository:{name}:pull,push")
+    assert challenge(response).params.get("error") == "insufficient_scope"
+    digest = world.images[name].manifest.digest
+    response = world.http.delete(manifest_path(name, digest), headers=bearer(token))
+    assert_unauthorized(response, f"repository:{name}:delete")
+    # A reader asking for push gets a pull-only token, which cannot push either.
+    token = fetch_token(world.http, world.keys["project-reader"], f"repository:{name}:pull,push")
+    assert granted(token) == {f"repository:{name}": {"pull"}}
+    assert_denied(world.http.post(uploads_path(name), headers=bearer(token)))
+
+
+def test_a_token_for_another_service_is_refused(world: World) -> None:
+    name = world.repos["private"]
+    credentials = world.keys["project-member"]
+    token = fetch_token(world.http, credentials, f"repository:{name}:pull")
+    elsewhere = {**bearer(token), **ACCEPT, "Host": f"localhost:{world.server.port}"}
+    assert_unauthorized(world.http.get(manifest_path(name, "seed"), headers=elsewhere))
+    asked = world.http.get(
+        "/auth/token",
+        params={"service": "registry.example.com", "scope": f"repository:{name}:pull"},
+        auth=credentials,
+    )
+    assert asked.status_code == 401 and error_codes(asked) == ["UNAUTHORIZED"]
+    # Project hosts: a token issued on acme's host is worthless on globex's and in path style.
+    acme = f"{P}.local.localhost:{world.server.port}"
+    globex = f"{Q}.local.localhost:{world.server.port}"
+    issued = world.http.get(
+        "/auth/token",
+        params={"service": acme, "scope": "repository:priv:pull"},
+        auth=credentials,
+        headers={"Host": acme},
+    )
+    assert issued.status_code == 200, issued.text
+    host_token = issued.json()["token"]
+    assert claims(host_token)["aud"] == acme
+    at_home = {**bearer(host_token), **ACCEPT, "Host": acme}
+    assert world.http.get("/v2/priv/manifests/seed", headers=at_home).status_code == 200
+    on_globex = {**bearer(host_token), **ACCEPT, "Host": globex}
+    assert_unauthorized(world.http.get("/v2/app/manifests/seed", headers=on_globex))
+    path_style = {**bearer(host_token), **ACCEPT}
+    assert_unauthorized(world.http.get(manifest_path(name, "seed"), headers=path_style))
+
+
+def server_signing_key(world: World) -> ec.EllipticCurvePrivateKey:
+    pem = (world.server.data_dir / "keys" / "token-signing.pem").read_bytes()
+    key = serialization.load_pem_private_key(pem, password=None)
+    assert isinstance(key, ec.EllipticCurvePrivateKey)
+    return key
+
+
+FORGERIES = [
+    "signed-with-another-key",
+    "alg-none",
+    "hs256-with-the-public-key",
+    "tampered-claims",
+    "expired",
+    "not-yet-valid",
+    "without-expiry",
+    "another-issuer",
+]
+
+
+@pytest.mark.parametrize("forgery", FORGERIES)
+def test_forged_tokens_are_refused(world: World, forgery: str) -> None:
+    """Tokens that did not come from this server, or that it issued with other claims, are
+    refused (the last four are signed with the server's own key, to isolate the claim check)."""
+    name = world.repos["private"]
+    token = fetch_token(world.http, world.keys["project-reader"], f"repository:{name}:pull")
+    assert pull_with_token(world, token).status_code == 200  # the genuine token works
+    now = int(time.time())
+    full = [{"type": "repository", "name": name, "actions": ["pull", "push", "delete"]}]
+    public_pem = (
+        server_signing_key(world)
+        .public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    )
+    forged = {
+        "signed-with-another-key": lambda: resign(token, ec.generate_private_key(ec.SECP256R1())),
+        "alg-none": lambda: unsigned(token, access=full),
+        "hs256-with-the-public-key": lambda: hmac_signed(token, public_pem),
+        "tampered-claims": lambda: tampered(token, access=full),
+        "expired": lambda: resign(
+            token, server_signing_key(world), iat=now - 600, nbf=now - 600, exp=now - 300
+        ),
+        "not-yet-valid": lambda: resign(token, server_signing_key(world), nbf=now + 300),
+        "without-expiry": lambda: resign(token, server_signing_key(world), exp=None),
+        "another-issuer": lambda: resign(token, server_signing_key(world), iss="someone-else"),
+    }[forgery]()
+    assert_unauthorized(pull_with_token(world, forged))
+    response = world.http.post(uploads_path(name), headers=bearer(forged))
+    assert response.status_code == 401 and error_codes(response) == ["UNAUTHORIZED"]
+
+
+# ---------------------------------------------------------------- refresh tokens
+
+
+def post_token(world: World, **form: str) -> httpx.Response:
+    return world.http.post(
+        "/auth/token", data={"service": world.server.address, "client_id": "tests", **form}
+    )
+
+
+def test_refresh_token_flow(world: World) -> None:
+    _, credentials = world.new_user("member")
+    assert credentials is not None
+    name = world.repos["private"]
+    response = post_token(
+        world,
+        grant_type="password",
+        username=credentials[0],
+        password=credentials[1],
+        scope=f"repository:{name}:pull",
+        access_type="offline",
+    )
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["scope"] == f"repository:{name}:pull"
+    refresh_token = body["refresh_token"]
+    assert pull_with_token(world, body["access_token"]).status_code == 200
+    # Without access_type=offline there is no refresh token.
+    plain = post_token(
+        world, grant_type="password", username=credentials[0], password=credentials[1]
+    )
+    assert plain.status_code == 200 and "refresh_token" not in plain.json()
+
+    def refresh(scope: str) -> httpx.Response:
+        return post_token(
+            world, grant_type="refresh_token", refresh_token=refresh_token, scope=scope
+        )
+
+    renewed = refresh(f"repository:{name}:pull,push")
+    assert renewed.status_code == 200, renewed.text
+    assert granted(renewed.json()["access_token"]) == {f"repository:{name}": {"pull", "push"}}
+    started = world.http.post(uploads_path(name), headers=bearer(renewed.json()["access_token"]))
+    assert started.status_code == 202
+    # A refresh token is not an access token, nor the other way round.
+    assert_unauthorized(pull_with_token(world, refresh_token))
+    wrong_way = post_token(
+        world, grant_type="refresh_token", refresh_token=body["access_token"], scope=""
+    )
+    assert wrong_way.status_code == 401
+    assert post_token(world, grant_type="client_credentials").status_code == 400
+    wrong_password = post_token(
+        world, grant_type="password", username=credentials[0], password="nope"
+    )
+    assert wrong_password.status_code == 401 and error_codes(wrong_password) == ["UNAUTHORIZED"]
+    # Disabling the key ends the refresh token too; enabling brings it back.
+    world.server._services(lambda s: s.identity.set_key_disabled(credentials[0], True))
+    response, _ = until(lambda: refresh(f"repository:{name}:pull"), refused)
+    assert response.status_code == 401 and error_codes(response) == ["UNAUTHORIZED"]
+    world.server._services(lambda s: s.identity.set_key_disabled(credentials[0], False))
+    response, _ = until(lambda: refresh(f"repository:{name}:pull"), succeeded)
+    assert response.status_code == 200
+
+
+# ---------------------------------------------------------------- anonymous and the catalog
+
+
+def test_anonymous_callers_get_pull_only_tokens_for_public_repositories(world: World) -> None:
+    public, private, second = (world.repos[k] for k in ("public", "private", "second"))
+    response = token_response(
+        world.http,
+        None,
+        f"repository:{public}:pull,push,delete",
+        f"repository:{private}:pull",
+        f"repository:{second}:*",
+        "registry:catalog:*",
+        offline_token="true",
+    )
+    assert response.status_code == 200, response.text
+    assert "refresh_token" not in response.json()
+    token = response.json()["token"]
+    assert granted(token) == {f"repository:{public}": {"pull"}}
+    assert claims(token)["sub"] == "anonymous"
+    assert pull_manifest(world, world.http, public)[0].status_code == 200  # no token at all
+    assert world.http.get(manifest_path(public, "seed"), headers=bearer(token)).is_success
+    assert_unauthorized(
+        world.http.get(manifest_path(private, "seed"), headers=bearer(token)),
+        f"repository:{private}:pull",
+    )
+    assert_unauthorized(world.http.get("/v2/_catalog", headers=bearer(token)))
+
+
+CATALOG: dict[str, set[str]] = {
+    "project-admin": {"public", "private", "second"},
+    "project-member": {"public", "private", "second"},
+    "project-reader": {"public", "private", "second"},
+    "repository-member": {"public", "private"},
+    "repository-viewer": {"public", "private"},
+    "service-account": {"public", "private", "second"},
+    "other-project-key": {"public", "foreign"},
+}
+
+
+@pytest.mark.parametrize("mode", ["token", "basic"])
+@pytest.mark.parametrize("actor", CATALOG)
+def test_catalog_lists_only_what_the_caller_may_see(world: World, actor: str, mode: str) -> None:
+    with world.client_as(actor, mode, "registry:catalog:*") as client:
+        response = client.get("/v2/_catalog", params={"n": 1000})
+    assert response.status_code == 200, response.text
+    listed = set(response.json()["repositories"]) & set(world.repos.values())
+    assert listed == {world.repos[which] for which in CATALOG[actor]}
+
+
+def test_catalog_needs_a_caller_and_a_catalog_scope(world: World) -> None:
+    assert_unauthorized(world.http.get("/v2/_catalog"))
+    name = world.repos["private"]
+    token = fetch_token(world.http, world.keys["project-member"], f"repository:{name}:pull")
+    response = world.http.get("/v2/_catalog", headers=bearer(token))
+    assert_unauthorized(response, "registry:catalog:*")
+
+
+# ---------------------------------------------------------------- secrets and the audit log
+
+
+def test_audit_log_shows_logins_keys_and_role_changes(world: World) -> None:
+    project = "audited"
+    world.server.create_repository(project, "app")
+    user, viewer = "auditee", "audit-viewer"
+
+    async def scene(s: Services) -> Credentials:
+        await s.identity.create_user(user, PASSWORD)
+        await s.identity.create_user(viewer, PASSWORD)
+        await s.identity.add_member(project, user, "reader")
+        await s.identity.add_member(project, user, "member")
+        await s.identity.grant(project, "app", viewer, "viewer")
+        created = await s.identity.create_key(user, project)
+        return created.key_id, created.secret
+
+    key_id, secret = world.server._services(scene)
+    world.secrets.append(secret)
+    fetch_token(world.http, (key_id, secret), f"repository:{project}/app:pull")
+    world.server._services(lambda s: s.identity.grant(project, "app", viewer, "member"))
+    world.server._services(lambda s: s.identity.delete_key(key_id))
+    world.server._services(lambda s: s.identity.remove_member(project, user))
+    entries = world.server.cli_json("audit", project)
+    assert secret not in json.dumps(entries)
+    seen = [(e["action"], e["target"], (e["detail"] or {}).get("role")) for e in reversed(entries)]
+    assert seen == [
+        ("member.add", user, "reader"),
+        ("member.add", user, "member"),
+        ("repository.grant", f"app:{viewer}", "viewer"),
+        ("key.create", key_id, None),
+        ("login", key_id, None),
+        ("repository.grant", f"app:{viewer}", "member"),
+        ("key.delete", key_id, None),
+        ("member.remove", user, None),
+    ]
+    login = next(e for e in entries if e["action"] == "login")
+    assert login["actor"] == user and login["client"] == "127.0.0.1"
+
+
+def test_a_secret_is_shown_once_and_never_listed(world: World) -> None:
+    user, _ = world.new_user("member", key=False)
+    printed = world.server.cli("key", "create", "--user", user, "--project", P).stdout
+    key_id = re.search(r"Access key ID:\s*(\S+)", printed)
+    secret = re.search(r"Secret access key:\s*(\S+)", printed)
+    assert key_id and secret and "shown only now" in printed, printed
+    world.secrets.append(secret.group(1))
+    credentials = (key_id.group(1), secret.group(1))
+    assert world.http.get("/v2/", auth=credentials).status_code == 200
+    listed = world.server.cli_json("key", "list", "--user", user)
+    assert [k["access_key_id"] for k in listed] == [credentials[0]]
+    assert listed[0]["state"] == "active" and listed[0]["last_used_at"], listed
+    assert not any("secret" in name for name in listed[0]), listed
+    assert credentials[1] not in json.dumps(listed)
+    database = world.server.data_dir / "berth.db"
+    if database.exists():  # SQLite: the secret is stored only as a keyed hash
+        files = [database, *world.server.data_dir.glob("berth.db-*")]
+        assert all(credentials[1].encode() not in f.read_bytes() for f in files)
+
+
+def test_no_secret_reaches_the_server_log(world: World) -> None:
+    """Runs after the other tests on its server: everything above has gone through it."""
+    log = (world.server.data_dir / "server.log").read_text(errors="replace")
+    assert "Listening" in log or "Berth registry" in log
+    assert len(world.secrets) > len(ACTORS)
+    for secret in [*world.secrets, PASSWORD, ADMIN_PASSWORD]:
+        assert secret not in log
+
+
+# ---------------------------------------------------------------- throttling
+
+
+def test_failed_logins_are_throttled(tmp_path: Path) -> None:
+    """Failed logins are limited per access key ID, then per client address: 429
+    TOOMANYREQUESTS with Retry-After, even for the right secret, until the window passes."""
+    per_key, per_client = 3, 6
+    server = BerthServer(
+        tmp_path,
+        extra_env={
+            "BERTH_LOGIN_FAILURES_PER_KEY": str(per_key),
+            "BERTH_LOGIN_FAILURES_PER_CLIENT": str(per_client),
+        },
+    ).start()
+    try:
+        server.create_repository(P, "app")
+        target = server.access_key(P, "admin")
+        server.create_user("spare", PASSWORD)
+        server.add_member(P, "spare", "reader")
+        spare = server.access_key(P, "spare")
+        with httpx.Client(base_url=server.url, timeout=30) as http:
+
+            def token(credentials: Credentials) -> httpx.Response:
+                return token_response(http, credentials, f"repository:{P}/app:pull")
+
+            wrong = (target[0], "not-the-secret")
+            for _ in range(per_key):
+                assert token(wrong).status_code == 401
+            for attempt in (wrong, target):
+                response = token(attempt)
+                assert response.status_code == 429 and error_codes(response) == ["TOOMANYREQUESTS"]
+                assert 1 <= int(response.headers["Retry-After"]) <= 60
+                assert "access key" in message(response) and "try again in" in message(response)
+            basic = http.get("/v2/", auth=target)
+            assert basic.status_code == 429 and "Retry-After" in basic.headers
+            # Another key from the same address still works, until the address is over its own
+            # limit (unknown key IDs count as failures too).
+            assert token(spare).status_code == 200
+            for n in range(per_client - per_key):
+                assert token((f"BKUNKNOWN{n}", "whatever")).status_code == 401
+            response = token(spare)
+            assert response.status_code == 429 and "address" in message(response)
+            assert 1 <= int(response.headers["Retry-After"]) <= 60
+    finally:
+        server.stop()
