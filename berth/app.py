@@ -76,6 +76,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         services = Services.build(settings)
+        services.start()
         app.state.services = services
         try:
             yield

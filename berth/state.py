@@ -60,5 +60,10 @@ class Services:
                 return project
         return None
 
+    def start(self) -> None:
+        """Background work of a serving process (not of CLI verbs)."""
+        self.identity.start()
+
     async def close(self) -> None:
+        await self.identity.stop()
         await self.db.dispose()

@@ -12,6 +12,7 @@ from starlette.requests import Request
 from berth.auth.policy import Principal
 from berth.auth.tokens import InvalidToken, TokenClaims
 from berth.domain.errors import Denied, RegistryError, Unauthorized
+from berth.services.identity import KeyNotUsable
 from berth.state import Services
 
 TOKEN_PATH = "/auth/token"
@@ -64,6 +65,8 @@ async def authenticate_basic(
     services.throttle.check(key_id, client)
     try:
         return await services.identity.authenticate_key(key_id, secret)
+    except KeyNotUsable:
+        raise
     except Unauthorized:
         services.throttle.failed(key_id, client)
         raise
@@ -110,7 +113,13 @@ def require_authenticated(request: Request, caller: Caller) -> None:
 
 
 def refuse(
-    request: Request, caller: Caller, scope: str, needed: frozenset[str], allowed: frozenset[str]
+    request: Request,
+    caller: Caller,
+    scope: str,
+    needed: frozenset[str],
+    allowed: frozenset[str],
+    project_id: int | None = None,
+    key_project: str | None = None,
 ) -> RegistryError:
     """The error for a caller who lacks `needed` on `scope`'s repository."""
     if caller.principal is None:
@@ -125,9 +134,15 @@ def refuse(
         error.headers["WWW-Authenticate"] += ',error="insufficient_scope"'
         return error
     name = scope.split(":")[1]
+    principal = caller.principal
     wanted = "push to" if "push" in needed else "delete from" if "delete" in needed else "pull"
+    if principal.key_id and principal.key_project_id != project_id:
+        hint = (
+            f": access key {principal.key_id} works only in project {key_project!r}; "
+            "create an access key for this project"
+        )
+    else:
+        hint = "" if allowed else "; ask a project admin for a role"
     return Denied(
-        f"user {caller.principal.user!r} may not {wanted} {name}"
-        + ("" if allowed else "; ask a project admin for a role"),
-        {"granted": sorted(allowed)},
+        f"user {principal.user!r} may not {wanted} {name}{hint}", {"granted": sorted(allowed)}
     )

@@ -81,8 +81,16 @@ def _token_body(
 async def _login(services: Services, request: Request, key_id: str, secret: str) -> Principal:
     try:
         principal = await authenticate_basic(services, request, key_id, secret)
-    except Unauthorized:
-        await services.identity.record(key_id[:64], "login.failed", client=client_address(request))
+    except Unauthorized as exc:
+        await services.identity.record(
+            key_id[:64],
+            "login.failed",
+            project_id=await services.identity.key_project_id(key_id),
+            target=key_id[:64],
+            detail={"reason": exc.message},
+            client=client_address(request),
+        )
+        exc.headers["WWW-Authenticate"] = 'Basic realm="Berth token service"'
         raise
     await services.identity.record(
         principal.user,

@@ -51,13 +51,21 @@ async def _allowed(
     name: ImageName,
     project_id: int | None,
     repo: RepositoryRef | None,
-) -> frozenset[str]:
-    if caller.token is not None:
-        granted = caller.token.access.get(("repository", name.display), frozenset())
-        return frozenset({"pull", "push", "delete"}) if "*" in granted else granted
+) -> tuple[frozenset[str], frozenset[str]]:
+    """(what the caller may do now, what this request's credentials allow).
+
+    A token allows what it grants, but never more than its holder's current rights: a
+    demotion applies to tokens already issued (role lookups are cached for a second).
+    """
     if project_id is None:
-        return frozenset()
-    return await services.identity.actions(caller.principal, project_id, repo)
+        return frozenset(), frozenset()
+    current = await services.identity.actions(caller.principal, project_id, repo)
+    if caller.token is None:
+        return current, current
+    granted = caller.token.access.get(("repository", name.display), frozenset())
+    if "*" in granted:
+        granted = frozenset({"pull", "push", "delete"})
+    return current, granted & current
 
 
 async def _target(
@@ -73,17 +81,26 @@ async def _target(
     name = split_name(request.path_params["name"], host_project)
     needed = needed or _NEEDED.get(request.method, PUSH)
     caller = await identify(services, request)
+    request.state.caller = caller
     project_id, repo = await services.repositories.lookup(name.project, name.repository)
-    allowed = await _allowed(services, caller, name, project_id, repo)
+    current, allowed = await _allowed(services, caller, name, project_id, repo)
     if not needed <= allowed:
         scope = f"repository:{name.display}:{_SCOPE_ACTIONS[min(needed)]}"
-        rights = allowed
-        if caller.token is not None and caller.principal is not None and project_id is not None:
-            rights = await services.identity.actions(caller.principal, project_id, repo)
-        raise refuse(request, caller, scope, needed, rights)
+        key_project = None
+        principal = caller.principal
+        if principal is not None and principal.key_project_id not in (None, project_id):
+            key_project = await services.repositories.project_name(principal.key_project_id)
+        raise refuse(request, caller, scope, needed, current, project_id, key_project)
     if repo is None:
         raise name_unknown(name, project_exists=project_id is not None)
     return services, name, repo
+
+
+async def _sees_project(request: Request, services: Services, repo: RepositoryRef) -> bool:
+    """Whether the caller may use any blob in the project (project roles), or only what is
+    in this repository (repository roles)."""
+    caller: Caller = request.state.caller
+    return await services.identity.sees_project(caller.principal, repo.project_id)
 
 
 def _json(
@@ -207,9 +224,12 @@ async def start_upload(request: Request) -> Response:
         source = None
         if source_name:
             source = await _mount_source(request, services, source_name)
-        if (source or not source_name) and await services.registry.mount(repo, mount, source):
+        if source is not None and await services.registry.mount(repo, mount, source):
             return _blob_created(name, mount)
-        if source_name and await services.registry.mount(repo, mount, None):
+        # Automatic mount: the project already holds the blob (for callers who see it all).
+        if await _sees_project(request, services, repo) and await services.registry.mount(
+            repo, mount, None
+        ):
             return _blob_created(name, mount)
     upload = await services.uploads.start(repo, name.image)
     digest = params.get("digest")
@@ -225,11 +245,10 @@ async def _mount_source(
     """The repository to mount from, if it exists and the caller may pull from it."""
     try:
         source = split_name(source_name, services.host_project(request.headers.get("host")))
-        caller = await identify(services, request)
+        caller: Caller = request.state.caller
         project_id, repo = await services.repositories.lookup(source.project, source.repository)
-        if repo is not None and "pull" in await _allowed(
-            services, caller, source, project_id, repo
-        ):
+        _current, allowed = await _allowed(services, caller, source, project_id, repo)
+        if repo is not None and "pull" in allowed:
             return repo
     except RegistryError:
         pass
@@ -323,6 +342,7 @@ async def put_manifest(request: Request) -> Response:
         request.path_params["reference"],
         body,
         request.headers.get("content-type"),
+        project_wide=await _sees_project(request, services, repo),
     )
     headers = {
         "Location": f"/v2/{name.display}/manifests/{pushed.digest}",

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import datetime as dt
 import json
+import logging
 import secrets
 import time
 from dataclasses import dataclass
@@ -34,8 +37,15 @@ from berth.services.repositories import Conflict, RepositoryRef
 # Access checks reuse a lookup this long; a removed member or a disabled key stops working
 # within it on every node.
 CACHE_SECONDS = 1.0
+AUDIT_FLUSH_SECONDS = 0.25
 LAST_USED_RESOLUTION = 60.0
+logger = logging.getLogger(__name__)
 _KEY_ID_ALPHABET = "ABCDEFGHJKLMNPQRSTUVWXYZ23456789"
+
+
+class KeyNotUsable(Unauthorized):
+    """The right secret for a key that is disabled, expired or orphaned: not a guess, so it
+    does not count toward the failed-login throttle."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,6 +116,8 @@ class Identity:
         self._keys = _TTLCache(CACHE_SECONDS)
         self._roles = _TTLCache(CACHE_SECONDS)
         self._last_used: dict[str, float] = {}
+        self._pending: list[dict[str, Any]] = []
+        self._flusher: asyncio.Task[None] | None = None
 
     # ------------------------------------------------------------------ audit
 
@@ -133,8 +145,45 @@ class Identity:
         )
 
     async def record(self, actor: str, action: str, **fields: Any) -> None:
-        async with self.db.write() as conn:
-            await self._audit(conn, actor, action, **fields)
+        """Audit an event that changes nothing else (a login). In a server these are written
+        in batches a few times a second: one transaction per token request would cap the token
+        endpoint at the writer's commit rate. A crash can lose the last fraction of a second."""
+        entry = {"at": utcnow(), "actor": actor, "action": action, "target": "", **fields}
+        if "detail" in entry:
+            entry["detail"] = json.dumps(entry["detail"])
+        if self._flusher is None:
+            async with self.db.write() as conn:
+                await conn.execute(audit_log.insert().values(**entry))
+        else:
+            self._pending.append(entry)
+
+    async def flush_audit(self) -> None:
+        pending, self._pending = self._pending, []
+        if pending:
+            async with self.db.write() as conn:
+                await conn.execute(
+                    audit_log.insert(),
+                    [{"project_id": None, "detail": None, "client": None, **e} for e in pending],
+                )
+
+    async def _flush_forever(self) -> None:
+        while True:
+            await asyncio.sleep(AUDIT_FLUSH_SECONDS)
+            try:
+                await self.flush_audit()
+            except Exception:
+                logger.exception("could not write audit entries")
+
+    def start(self) -> None:
+        self._flusher = asyncio.create_task(self._flush_forever())
+
+    async def stop(self) -> None:
+        if self._flusher is not None:
+            self._flusher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._flusher
+            self._flusher = None
+        await self.flush_audit()
 
     async def audit_entries(self, project: str, limit: int = 200) -> list[dict[str, Any]]:
         async with self.db.read() as conn:
@@ -390,6 +439,15 @@ class Identity:
         self._roles.put(("r", user_id, repository_id), role)
         return role
 
+    async def sees_project(self, principal: Principal | None, project_id: int) -> bool:
+        """Project-wide standing (admin, member, reader or server admin with a key for this
+        project), as opposed to roles on single repositories."""
+        if principal is None or principal.key_project_id not in (None, project_id):
+            return False
+        return (
+            principal.is_admin or await self.project_role(principal.user_id, project_id) is not None
+        )
+
     async def actions(
         self, principal: Principal | None, project_id: int, repo: RepositoryRef | None
     ) -> frozenset[str]:
@@ -559,11 +617,11 @@ class Identity:
         if not self.keyring.secret_matches(secret, stored) or record is None:
             raise Unauthorized("invalid access key ID or secret access key")
         if record.disabled:
-            raise Unauthorized(f"access key {key_id} is disabled; enable it or create another")
+            raise KeyNotUsable(f"access key {key_id} is disabled; enable it or create another")
         if record.expires_at is not None and record.expires_at <= utcnow():
-            raise Unauthorized(f"access key {key_id} expired on {record.expires_at:%Y-%m-%d}")
+            raise KeyNotUsable(f"access key {key_id} expired on {record.expires_at:%Y-%m-%d}")
         if not record.has_role:
-            raise Unauthorized(f"access key {key_id} belongs to a user who left the project")
+            raise KeyNotUsable(f"access key {key_id} belongs to a user who left the project")
         await self._touch(key_id)
         return Principal(record.user_id, record.user, record.is_admin, key_id, record.project_id)
 
@@ -576,6 +634,10 @@ class Identity:
             and record.has_role
             and (record.expires_at is None or record.expires_at > utcnow())
         )
+
+    async def key_project_id(self, key_id: str) -> int | None:
+        record = await self._key_record(key_id) if key_id.isalnum() and len(key_id) <= 32 else None
+        return record.project_id if record else None
 
     async def principal_for_token(self, user_id: int, user: str, key_id: str | None) -> Principal:
         record = await self._key_record(key_id) if key_id else None

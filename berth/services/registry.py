@@ -168,7 +168,11 @@ class Registry:
         reference: str,
         body: bytes,
         content_type: str | None,
+        *,
+        project_wide: bool = True,
     ) -> PushedManifest:
+        """Store a manifest (and move its tag). Its blobs must be in the project, or, with
+        `project_wide` off (a pusher with only a repository role), in this repository."""
         if len(body) > MAX_MANIFEST_BYTES:
             raise manifest_too_large()
         tag: str | None = None
@@ -191,7 +195,7 @@ class Registry:
             digest = digest_bytes(body)
         parsed = parse_manifest(body, content_type)
         async with self.db.write() as conn:
-            await self._check_references(conn, repo, image, parsed)
+            await self._check_references(conn, repo, image, parsed, project_wide)
             known = (
                 await conn.execute(
                     select(manifests.c.id).where(
@@ -208,27 +212,23 @@ class Registry:
         return PushedManifest(digest, parsed.subject.digest if parsed.subject else None)
 
     async def _check_references(
-        self, conn: Any, repo: RepositoryRef, image: str, parsed: ParsedManifest
+        self, conn: Any, repo: RepositoryRef, image: str, parsed: ParsedManifest, project_wide: bool
     ) -> None:
         needed = stored_blobs(parsed)
         if needed:
-            found = set(
-                (
-                    await conn.execute(
-                        select(repository_blobs.c.digest)
-                        .join(repositories, repositories.c.id == repository_blobs.c.repository_id)
-                        .where(
-                            repositories.c.project_id == repo.project_id,
-                            repository_blobs.c.digest.in_(needed),
-                        )
-                        .distinct()
-                    )
-                ).scalars()
-            )
+            holders = select(repository_blobs.c.digest).where(repository_blobs.c.digest.in_(needed))
+            if project_wide:
+                holders = holders.join(
+                    repositories, repositories.c.id == repository_blobs.c.repository_id
+                ).where(repositories.c.project_id == repo.project_id)
+            else:
+                holders = holders.where(repository_blobs.c.repository_id == repo.id)
+            found = set((await conn.execute(holders.distinct())).scalars())
             missing = [d for d in needed if d not in found]
             if missing:
+                where = "this project" if project_wide else "this repository"
                 raise ManifestBlobUnknown(
-                    f"manifest references blob {missing[0]}, which is not in this project; "
+                    f"manifest references blob {missing[0]}, which is not in {where}; "
                     "push the blob first",
                     {"missing": missing},
                 )

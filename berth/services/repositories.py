@@ -94,6 +94,13 @@ class Repositories:
         self._cache[key] = (now + REPOSITORY_CACHE_SECONDS, ref)
         return ref.project_id, ref
 
+    async def project_name(self, project_id: int) -> str | None:
+        async with self.db.read() as conn:
+            name = (
+                await conn.execute(select(projects.c.name).where(projects.c.id == project_id))
+            ).scalar()
+        return str(name) if name is not None else None
+
     async def resolve(self, name: ImageName) -> RepositoryRef:
         """The repository an OCI name lives in, or NAME_UNKNOWN saying how to create it."""
         project_id, repo = await self.lookup(name.project, name.repository)

@@ -1,0 +1,697 @@
+"""`make bench`: Berth against Debian's docker-registry (CNCF Distribution) on this machine.
+
+Starts both registries side by side on free ports of 127.0.0.1, each on a fresh temporary data
+directory (Berth on its SQLite defaults; Distribution on filesystem storage with the in-memory
+blob descriptor cache), runs the team's registry-neutral `regbench.py compare` (curl and wrk,
+alternating the two), samples Berth's server memory (RSS of the granian main process and its
+workers, from /proc) throughout, measures how much one streamed 1 GiB blob push raises it,
+times single-core SHA-256, and writes the figures, ratios and targets to BENCHMARKS.md. When
+Berth asks for credentials, an access key of the administrator its first start created logs in.
+
+Every process started here runs in its own session and is stopped on the way out, whatever
+happens (errors, Ctrl-C, SIGTERM; if this process is SIGKILLed, PDEATHSIG still stops them).
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import datetime
+import hashlib
+import importlib.metadata
+import json
+import os
+import platform
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from contextlib import suppress
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import regbench  # the team's registry-neutral benchmark, copied beside this file
+
+ROOT = Path(__file__).resolve().parent.parent
+REGBENCH = Path(__file__).resolve().parent / "regbench.py"
+BERTH = Path(sys.executable).parent / "berth"
+DISTRIBUTION = Path("/usr/bin/docker-registry")
+# The OCI name `bench/bench/img` is project `bench`, repository `bench`, image `img`.
+PROJECT, REPOSITORY = "bench", "bench"
+IMAGE_NAME = f"{PROJECT}/{REPOSITORY}/img"
+# One worker. On the 2-core reference machine two workers served 20-40% more GETs side by side
+# with one, but no better against Distribution over full runs, with a worse manifest p99 and
+# ~105 MB more RSS; and a blob upload whose PUT reaches the other worker than its POST fails
+# with HTTP 500 (the PUT looks for a scratch file the POST never created).
+DEFAULT_WORKERS = 1
+SAMPLE_SECONDS = 0.02  # RSS of every process in the tree, from /proc/PID/statm
+RESCAN_SECONDS = 0.1  # the process tree: workers start late and may be respawned
+PSS_SECONDS = 0.5  # PSS, from /proc/PID/smaps_rollup (dearer to read)
+MIB = 1 << 20
+MB = 1_000_000
+PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
+PR_SET_PDEATHSIG = 1
+
+MEMORY_LIMIT_MB = 200
+LARGE_PUSH_LIMIT_MB = 64
+SHA_SHARE = 0.85
+
+
+@dataclass(frozen=True)
+class Target:
+    """A bound on Berth / Distribution: met when the ratio is at least (or at most) `bound`."""
+
+    bound: float
+    at_least: bool
+
+    def met(self, ratio: float) -> bool:
+        return ratio >= self.bound if self.at_least else ratio <= self.bound
+
+    def __str__(self) -> str:
+        return f"{'≥' if self.at_least else '≤'} {self.bound:g}x"
+
+
+# regbench figure -> (label, unit, target); {size} is the blob size in MiB.
+FIGURES: dict[str, tuple[str, str, Target]] = {
+    "push_MiBps": ("blob push, {size} MiB, one PUT (curl)", "MiB/s", Target(1.5, True)),
+    "pull_MiBps": ("blob pull, {size} MiB (curl)", "MiB/s", Target(1.5, True)),
+    "manifest_rps": ("manifest GET by tag (wrk)", "req/s", Target(5.0, True)),
+    "manifest_p99_ms": ("manifest GET p99", "ms", Target(1.0, False)),
+    "small_blob_rps": ("4 KiB blob GET (wrk)", "req/s", Target(5.0, True)),
+    "small_blob_p99_ms": ("4 KiB blob GET p99", "ms", Target(1.0, False)),
+}
+
+
+# ---------------------------------------------------------------- processes
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _die_with_parent() -> None:
+    """preexec_fn: have the kernel SIGTERM the child when this process dies, even by SIGKILL."""
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+@dataclass
+class Server:
+    name: str
+    url: str
+    process: subprocess.Popen[bytes]
+    log: Path
+    env: dict[str, str] = field(default_factory=dict)
+    user: str | None = None  # registry credentials, when the server asks for them
+    password: str | None = None
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def log_tail(self, lines: int = 20) -> str:
+        try:
+            return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+    def stop(self) -> None:
+        """SIGTERM the server's process group (its own session), SIGKILL it if it lingers."""
+        if self.process.poll() is not None:
+            return  # exited and reaped: the group id is no longer ours to signal
+        with suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGTERM)
+        try:
+            self.process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            with suppress(ProcessLookupError):
+                os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(timeout=5)
+
+
+def spawn(name: str, argv: list[str], env: dict[str, str], log: Path, port: int) -> Server:
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            argv,
+            env=env,
+            cwd=log.parent,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            preexec_fn=_die_with_parent,
+        )
+    return Server(name, f"http://127.0.0.1:{port}", process, log, env)
+
+
+def wait_ready(server: Server, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if server.process.poll() is not None:
+            raise RuntimeError(f"{server.name} exited at startup:\n{server.log_tail()}")
+        try:
+            with urllib.request.urlopen(f"{server.url}/v2/", timeout=2) as resp:
+                if resp.status == 200:
+                    return
+        except urllib.error.HTTPError as err:
+            if err.code == 401:
+                return
+        except OSError:
+            pass
+        time.sleep(0.1)
+    raise RuntimeError(f"{server.name} not ready after {timeout:.0f}s:\n{server.log_tail()}")
+
+
+def launch_berth(work: Path, workers: int) -> Server:
+    """Create the project and repository, then start `berth serve` (not yet ready)."""
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BERTH_")}
+    env |= {
+        "BERTH_CONFIG": str(work / "no-berth.toml"),  # defaults, whatever the cwd holds
+        "BERTH_DATA_DIR": str(work / "berth-data"),
+        "BERTH_LISTEN": f"127.0.0.1:{port}",
+        "BERTH_WORKERS": str(workers),
+        "BERTH_TOKEN_TTL": "3600",  # registry tokens outlive the run (settings ignore unknowns)
+    }
+    for argv in (
+        [str(BERTH), "project", "create", PROJECT],
+        [str(BERTH), "repo", "create", f"{PROJECT}/{REPOSITORY}"],
+    ):
+        subprocess.run(argv, env=env, cwd=work, check=True, capture_output=True)
+    return spawn("Berth", [str(BERTH), "serve"], env, work / "berth.log", port)
+
+
+def log_in_berth(server: Server) -> None:
+    """When Berth asks for credentials, make an access key for the administrator its first
+    start created (the way a user would), for regbench to exchange for a token."""
+    status, _, _ = regbench._request("GET", f"{server.url}/v2/", {})
+    if status != 401:
+        return
+    out = subprocess.run(
+        [str(BERTH), "key", "create", "--user", "admin", "--project", PROJECT, "--json"],
+        env=server.env,
+        cwd=server.log.parent,
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    key = json.loads(out)
+    server.user, server.password = key["access_key_id"], key["secret_access_key"]
+
+
+DISTRIBUTION_CONFIG = """\
+version: 0.1
+log:
+  level: warn
+  accesslog:
+    disabled: true
+storage:
+  filesystem:
+    rootdirectory: {root}
+  cache:
+    blobdescriptor: inmemory
+  delete:
+    enabled: true
+http:
+  addr: 127.0.0.1:{port}
+"""
+
+
+def start_distribution(work: Path) -> Server:
+    root = work / "distribution-data"
+    root.mkdir()
+    port = free_port()
+    config = work / "distribution.yml"
+    config.write_text(DISTRIBUTION_CONFIG.format(root=root, port=port))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("REGISTRY_")}
+    argv = [str(DISTRIBUTION), "serve", str(config)]
+    server = spawn("Distribution", argv, env, work / "distribution.log", port)
+    wait_ready(server)
+    return server
+
+
+# ---------------------------------------------------------------- memory
+
+
+def process_tree(root: int) -> list[int]:
+    """root and all its descendants, from the parent ids in /proc/*/stat."""
+    children: dict[int, list[int]] = {}
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/stat") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        # The command sits in parentheses and may hold spaces; ppid is the 2nd field after it.
+        ppid = int(stat[stat.rindex(")") + 2 :].split()[1])
+        children.setdefault(ppid, []).append(int(entry.name))
+    found, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        found.append(pid)
+        todo.extend(children.get(pid, []))
+    return found
+
+
+def rss_bytes(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/statm") as f:
+            return int(f.read().split()[1]) * PAGE_SIZE
+    except (OSError, IndexError, ValueError):
+        return 0
+
+
+def _kib_field(path: str, name: str) -> int:
+    try:
+        with open(path) as f:
+            for line in f:
+                if line.startswith(name):
+                    return int(line.split()[1]) * 1024
+    except (OSError, IndexError, ValueError):
+        pass
+    return 0
+
+
+def pss_bytes(pid: int) -> int:
+    """Proportional set size: pages shared with other processes count for their share."""
+    return _kib_field(f"/proc/{pid}/smaps_rollup", "Pss:")
+
+
+def hwm_bytes(pid: int) -> int:
+    """The process's own peak RSS (VmHWM)."""
+    return _kib_field(f"/proc/{pid}/status", "VmHWM:")
+
+
+@dataclass
+class MemorySampler:
+    """Sums the RSS of a process and its descendants every `interval`, on its own thread."""
+
+    root: int
+    interval: float = SAMPLE_SECONDS
+    peak: int = 0
+    peak_pss: int = 0
+    window_peak: int = 0
+    pids: list[int] = field(default_factory=list)
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _thread: threading.Thread | None = None
+
+    def current(self) -> int:
+        return sum(rss_bytes(pid) for pid in self.pids)
+
+    def start(self) -> MemorySampler:
+        self.pids = process_tree(self.root)
+        self.peak = self.window_peak = self.current()
+        self.peak_pss = sum(pss_bytes(pid) for pid in self.pids)
+        self._thread = threading.Thread(target=self._run, name="rss-sampler", daemon=True)
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        rescan_at = pss_at = time.monotonic()
+        while not self._stop.wait(self.interval):
+            now = time.monotonic()
+            if now >= rescan_at:
+                self.pids = process_tree(self.root)
+                rescan_at = now + RESCAN_SECONDS
+            if now >= pss_at:
+                self.peak_pss = max(self.peak_pss, sum(pss_bytes(pid) for pid in self.pids))
+                pss_at = now + PSS_SECONDS
+            value = self.current()
+            self.peak = max(self.peak, value)
+            self.window_peak = max(self.window_peak, value)
+
+    def restart_peak(self) -> int:
+        """Start the peak over from now; returns the peak so far."""
+        self.pids = process_tree(self.root)
+        before, self.peak = self.peak, self.current()
+        return before
+
+    def open_window(self) -> int:
+        """Restart the window peak; returns the RSS now, the window's baseline."""
+        self.pids = process_tree(self.root)
+        self.window_peak = value = self.current()
+        return value
+
+    def summed_hwm(self) -> int:
+        """Sum of each process's own peak: an upper bound on the peak of the sum."""
+        return sum(hwm_bytes(pid) for pid in self.pids)
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+
+
+# ---------------------------------------------------------------- measurements
+
+
+def sha256_mibps(size_mib: int = 256, repeats: int = 5) -> float:
+    """Single-core hashlib SHA-256 over size_mib MiB in 4 MiB updates, best of `repeats`."""
+    data = memoryview(bytearray(os.urandom(MIB)) * size_mib)
+    step = 4 * MIB
+    best = float("inf")
+    for _ in range(repeats):
+        hasher = hashlib.sha256()
+        began = time.perf_counter()
+        for offset in range(0, len(data), step):
+            hasher.update(data[offset : offset + step])
+        best = min(best, time.perf_counter() - began)
+    return size_mib / best
+
+
+@dataclass
+class LargePush:
+    size_mib: int
+    seconds: float
+    baseline: int
+    peak: int
+
+    @property
+    def increase(self) -> int:
+        return max(self.peak - self.baseline, 0)
+
+    @property
+    def mibps(self) -> float:
+        return self.size_mib / self.seconds
+
+
+def push_streamed(server: Server, sampler: MemorySampler, size_mib: int) -> LargePush:
+    """POST, then one PUT streamed from disk by curl -T, watching the server's RSS."""
+    path, digest = regbench.make_blob(size_mib, 0)
+    target = regbench.Target(server.url, IMAGE_NAME, server.user, server.password)
+    regbench.authenticate(target)
+    status, headers, body = regbench._request(
+        "POST", target.api("blobs/uploads/"), target.headers, b""
+    )
+    location = headers.get("location")
+    if status != 202 or not location:
+        raise RuntimeError(f"{server.name}: upload start answered HTTP {status} {body[:200]!r}")
+    location = urllib.parse.urljoin(server.url, location)
+    sep = "&" if "?" in location else "?"
+    time.sleep(0.5)  # settle on the idle figure
+    baseline = sampler.open_window()
+    curl = ["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code} %{time_total}", "-T", path]
+    curl += ["-H", "Expect:", "-H", "Content-Type: application/octet-stream"]
+    curl += regbench.curl_header_args(target)
+    curl.append(f"{location}{sep}digest={digest}")
+    out = subprocess.run(curl, capture_output=True, text=True, check=True).stdout.split()
+    time.sleep(3 * SAMPLE_SECONDS)
+    peak = max(sampler.window_peak, sampler.current())
+    if out[0] != "201":
+        raise RuntimeError(f"{server.name}: streamed blob PUT answered HTTP {out[0]}")
+    return LargePush(size_mib, float(out[1]), baseline, peak)
+
+
+def run_regbench(
+    berth: Server, distribution: Server, args: argparse.Namespace, out: Path
+) -> dict[str, dict[str, float]]:
+    """regbench compare, Berth as A and Distribution as B; returns its --json figures."""
+    argv = [sys.executable, str(REGBENCH), "compare"]
+    argv += [berth.url, IMAGE_NAME, distribution.url, IMAGE_NAME]
+    argv += ["--runs", str(args.runs), "--wrk-seconds", str(args.wrk_seconds)]
+    argv += ["--connections", str(args.connections), "--size-mib", str(args.size_mib)]
+    argv += ["--json", str(out)]
+    for side, server in (("a", berth), ("b", distribution)):
+        if server.user is not None:
+            argv += [f"--user-{side}", server.user, f"--password-{side}", server.password or ""]
+    subprocess.run(argv, check=True)
+    result: dict[str, dict[str, float]] = json.loads(out.read_text())
+    return result
+
+
+# ---------------------------------------------------------------- machine
+
+
+def _search(path: str, pattern: str) -> str:
+    try:
+        match = re.search(pattern, Path(path).read_text(), re.MULTILINE)
+    except OSError:
+        return "unknown"
+    return match.group(1).strip() if match else "unknown"
+
+
+def _version(argv: list[str], index: int) -> str:
+    try:
+        out = subprocess.run(argv, capture_output=True, text=True, check=False).stdout.split()
+    except OSError:
+        return "unknown"
+    return out[index] if len(out) > index else "unknown"
+
+
+def loadavg() -> str:
+    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+
+
+def machine() -> dict[str, str]:
+    mem_kib = _search("/proc/meminfo", r"^MemTotal:\s+(\d+)")
+    return {
+        "CPU": _search("/proc/cpuinfo", r"^model name\s*:\s*(.+)$"),
+        "cores": str(os.cpu_count()),
+        "memory": f"{int(mem_kib) / (1 << 20):.1f} GiB" if mem_kib.isdigit() else "unknown",
+        "kernel": f"{platform.system()} {platform.release()}",
+        "Python": platform.python_version(),
+        "granian": importlib.metadata.version("granian"),
+        "Distribution": _version([str(DISTRIBUTION), "--version"], 2),
+        "curl": _version(["curl", "--version"], 1),
+        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "load average at start": loadavg(),
+    }
+
+
+# ---------------------------------------------------------------- report
+
+
+@dataclass
+class Results:
+    machine: dict[str, str]
+    args: argparse.Namespace
+    figures: dict[str, dict[str, float]]
+    sha256: float
+    berth_idle: int
+    berth_startup_peak: int
+    berth_peak: int
+    berth_peak_pss: int
+    berth_hwm: int
+    distribution_peak: int
+    berth_push: LargePush
+    distribution_push: LargePush
+    seconds: float
+    load_at_end: str
+    berth_auth: bool
+
+
+def _met(ok: bool) -> str:
+    return "yes" if ok else "**no**"
+
+
+def _num(value: float) -> str:
+    return f"{value:,.0f}" if value >= 100 else f"{value:,.2f}"
+
+
+def _size(mib: int) -> str:
+    return f"{mib // 1024} GiB" if mib % 1024 == 0 else f"{mib} MiB"
+
+
+def report(r: Results) -> str:
+    a, b, ratio = r.figures["a"], r.figures["b"], r.figures["ratio_a_over_b"]
+    args = r.args
+    rows = []
+    for key, (label, unit, target) in FIGURES.items():
+        rows.append(
+            f"| {label.format(size=args.size_mib)} | {_num(a[key])} {unit} "
+            f"| {_num(b[key])} {unit} | {ratio[key]:.2f}x | {target} "
+            f"| {_met(target.met(ratio[key]))} |"
+        )
+    peak_mb = r.berth_peak / MB
+    push_mb = r.berth_push.increase / MB
+    sha_share = a["push_MiBps"] / r.sha256
+    large = _size(r.berth_push.size_mib)
+    bp, dp = r.berth_push, r.distribution_push
+    auth = (
+        "Berth requires authentication, so regbench logs in the way docker does (an access "
+        "key of the administrator, exchanged for a Bearer token that every request carries and "
+        "Berth verifies); Distribution runs without auth, as the reference setup prescribes."
+        if r.berth_auth
+        else "Neither registry asks for credentials."
+    )
+    lines = [
+        "# Benchmarks",
+        "",
+        "Generated by `make bench` (`bench/run.py`); rerun it rather than edit this file.",
+        "",
+        "Berth against Debian's `docker-registry` (CNCF Distribution), both on 127.0.0.1 of "
+        "the same machine, each on a fresh data directory. Berth runs on its defaults (SQLite "
+        f"metadata, filesystem blobs) with **{args.workers} granian worker(s)**; Distribution "
+        "on filesystem storage with `storage.cache.blobdescriptor: inmemory`, delete enabled, "
+        "no auth, access log off and log level `warn`. The team's `bench/regbench.py compare` "
+        f"drives both with curl and wrk, alternating them, over {args.runs} rounds; figures are "
+        "medians of the rounds (pull: best of two per round). Blobs are random bytes pushed in "
+        f"one monolithic PUT; wrk runs {args.wrk_seconds} s with {args.connections} connections "
+        "and 2 threads, on the same cores as the servers.",
+        "",
+        auth,
+        "",
+        "## Throughput and latency",
+        "",
+        "| figure | Berth | Distribution | Berth / Distribution | target | met |",
+        "| --- | ---: | ---: | ---: | ---: | :---: |",
+        *rows,
+        "",
+        "p99 rows are met when Berth's latency is no worse than Distribution's.",
+        "",
+        "## Memory and hashing",
+        "",
+        "| figure | Berth | target | met |",
+        "| --- | ---: | ---: | :---: |",
+        f"| server RSS, peak through the benchmark (serving) | {peak_mb:.1f} MB | < {MEMORY_LIMIT_MB} MB "
+        f"| {_met(peak_mb < MEMORY_LIMIT_MB)} |",
+        f"| RSS increase during one streamed {large} blob push | {push_mb:.1f} MB "
+        f"| < {LARGE_PUSH_LIMIT_MB} MB | {_met(push_mb < LARGE_PUSH_LIMIT_MB)} |",
+        f"| {args.size_mib} MiB push / single-core SHA-256 | {sha_share:.0%} "
+        f"| ≥ {SHA_SHARE:.0%} | {_met(sha_share >= SHA_SHARE)} |",
+        "",
+        f"- Single-core SHA-256 here (hashlib, 256 MiB in 4 MiB updates, best of 5): "
+        f"**{r.sha256:,.0f} MiB/s**. A push verifies the digest as it streams, so one core's "
+        "hashing speed is its ceiling.",
+        "- Server memory is the summed RSS of the granian main process and its workers, read "
+        f"from /proc every {SAMPLE_SECONDS * 1000:.0f} ms from the moment Berth answers to "
+        f"the end of the {large} push. Idle once ready: {r.berth_idle / MB:.1f} MB. Start-up "
+        "before that (a first start: migrations, creating the administrator) peaked at "
+        f"{r.berth_startup_peak / MB:.1f} MB; the sum of each process's own peak (VmHWM, "
+        f"start-up included) is {r.berth_hwm / MB:.1f} MB. Workers are forked from the main "
+        "process, so RSS counts the pages they still share twice; the peak PSS, which splits "
+        f"shared pages between the processes (read every {PSS_SECONDS:g} s), was "
+        f"{r.berth_peak_pss / MB:.1f} MB.",
+        f"- The {large} push (POST, then one PUT streamed by `curl -T`): Berth "
+        f"{bp.mibps:,.0f} MiB/s, RSS {bp.baseline / MB:.1f} → {bp.peak / MB:.1f} MB; "
+        f"Distribution {dp.mibps:,.0f} MiB/s, RSS {dp.baseline / MB:.1f} → "
+        f"{dp.peak / MB:.1f} MB. Distribution's RSS peak through the benchmark: "
+        f"{r.distribution_peak / MB:.1f} MB.",
+        "",
+        "MB = 10⁶ bytes, MiB = 2²⁰ bytes.",
+        "",
+        "## Machine",
+        "",
+        "| | |",
+        "| --- | --- |",
+        *(f"| {k} | {v} |" for k, v in r.machine.items()),
+        f"| load average at end | {r.load_at_end} |",
+        f"| wall time of the run | {r.seconds:.0f} s |",
+        "",
+        "wrk, curl and both servers share the machine's cores and page cache, and anything "
+        "else running skews every figure (see the load averages): read the ratios, and rerun "
+        "on a quiet machine before drawing conclusions from small differences.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------- main
+
+
+def _exit_on_sigterm(signum: int, frame: FrameType | None) -> None:
+    raise SystemExit(128 + signum)  # unwinds through the finally blocks that stop the servers
+
+
+def _check_tools() -> None:
+    missing = [tool for tool in ("curl", "wrk") if shutil.which(tool) is None]
+    missing += [str(p) for p in (DISTRIBUTION, BERTH) if not p.exists()]
+    if missing:
+        sys.exit(f"missing: {', '.join(missing)} (make bench installs them)")
+
+
+def measure(args: argparse.Namespace, work: Path) -> Results:
+    began = time.monotonic()
+    info = machine()
+    print(f"machine: {info['CPU']}, {info['cores']} cores, load {info['load average at start']}")
+    sha = sha256_mibps()
+    print(f"single-core SHA-256: {sha:,.0f} MiB/s")
+    servers: list[Server] = []
+    samplers: list[MemorySampler] = []
+    try:
+        berth = launch_berth(work, args.workers)
+        servers.append(berth)
+        berth_mem = MemorySampler(berth.pid).start()
+        samplers.append(berth_mem)
+        wait_ready(berth)
+        startup_peak = berth_mem.restart_peak()
+        idle = berth_mem.current()
+        log_in_berth(berth)
+        distribution = start_distribution(work)
+        servers.append(distribution)
+        dist_mem = MemorySampler(distribution.pid).start()
+        samplers.append(dist_mem)
+        print(f"Berth ({args.workers} worker(s)) {berth.url}, Distribution {distribution.url}")
+        figures = run_regbench(berth, distribution, args, work / "regbench.json")
+        print(f"one streamed {_size(args.large_mib)} push each, watching memory")
+        berth_push = push_streamed(berth, berth_mem, args.large_mib)
+        dist_push = push_streamed(distribution, dist_mem, args.large_mib)
+        for sampler in samplers:
+            sampler.stop()
+        for server in servers:
+            if server.process.poll() is not None:
+                raise RuntimeError(f"{server.name} exited during the benchmark")
+        return Results(
+            machine=info,
+            args=args,
+            figures=figures,
+            sha256=sha,
+            berth_idle=idle,
+            berth_startup_peak=startup_peak,
+            berth_peak=berth_mem.peak,
+            berth_peak_pss=berth_mem.peak_pss,
+            berth_hwm=berth_mem.summed_hwm(),
+            distribution_peak=dist_mem.peak,
+            berth_push=berth_push,
+            distribution_push=dist_push,
+            seconds=time.monotonic() - began,
+            load_at_end=loadavg(),
+            berth_auth=berth.user is not None,
+        )
+    except (subprocess.CalledProcessError, RuntimeError) as exc:
+        for server in servers:
+            print(f"--- {server.name} log, last lines ---\n{server.log_tail()}", file=sys.stderr)
+        sys.exit(f"bench failed: {exc}")
+    finally:
+        for sampler in samplers:
+            sampler.stop()
+        for server in servers:
+            server.stop()
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
+    p.add_argument("--workers", type=int, default=DEFAULT_WORKERS, help="Berth granian workers")
+    p.add_argument("--runs", type=int, default=3, help="regbench rounds per registry")
+    p.add_argument("--wrk-seconds", type=int, default=5)
+    p.add_argument("--connections", type=int, default=32)
+    p.add_argument("--size-mib", type=int, default=256, help="regbench blob size")
+    p.add_argument("--large-mib", type=int, default=1024, help="the memory-watched push")
+    p.add_argument("--output", type=Path, default=ROOT / "BENCHMARKS.md")
+    args = p.parse_args()
+    _check_tools()
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    with tempfile.TemporaryDirectory(prefix="berth-bench-") as tmp:
+        results = measure(args, Path(tmp))
+    text = report(results)
+    args.output.write_text(text)
+    print(text)
+    print(f"wrote {args.output}")
+
+
+if __name__ == "__main__":
+    main()
