@@ -673,6 +673,36 @@ def measure(args: argparse.Namespace, work: Path) -> Results:
             server.stop()
 
 
+def token_report() -> str:
+    """The token endpoint's rate (bench/tokens.py, its own server), as a section of the report."""
+    run = subprocess.run(
+        [sys.executable, str(Path(__file__).resolve().parent / "tokens.py"), "--json"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    figures = json.loads(run.stdout)
+    rate = figures["tokens_per_second"]
+    return "\n".join(
+        [
+            "",
+            "## Token endpoint",
+            "",
+            "`bench/tokens.py`: wrk asks `GET /auth/token` for a `pull,push` token with an access "
+            f"key's Basic credentials, {figures['connections']} connections, on a fresh Berth "
+            f"({figures['database']}, {figures['workers']} worker); every token is a login and is "
+            f"audited ({figures['logins_audited']:,} audited of {figures['requests']:,}).",
+            "",
+            "| figure | Berth | target | met |",
+            "| --- | ---: | ---: | :---: |",
+            f"| tokens issued per second | {rate:,.0f} | ≥ 1,000 | {'yes' if rate >= 1000 else '**no**'} |",
+            f"| latency p50 / p99 | {figures['latency_p50_ms']:.1f} ms / "
+            f"{figures['latency_p99_ms']:.1f} ms | | |",
+            "",
+        ]
+    )
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
     p.add_argument("--workers", type=int, default=DEFAULT_WORKERS, help="Berth granian workers")
@@ -687,7 +717,7 @@ def main() -> None:
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
     with tempfile.TemporaryDirectory(prefix="berth-bench-") as tmp:
         results = measure(args, Path(tmp))
-    text = report(results)
+    text = report(results) + token_report()
     args.output.write_text(text)
     print(text)
     print(f"wrote {args.output}")
