@@ -42,6 +42,10 @@ class Settings(BaseSettings):
     secret_hash_key: Path | None = Field(
         None, description="key for hashing access-key secrets; default {data_dir}/keys/"
     )
+    max_images_per_repository: int = Field(10_000, ge=1, description="images per repository")
+    repository_quota: int = Field(
+        100, ge=0, description="repositories per project, unless the project sets its own"
+    )
     login_failures_per_key: int = Field(10, ge=1, description="failed logins a minute per key")
     login_failures_per_client: int = Field(30, ge=1, description="failed logins a minute per IP")
     log_level: str = Field("info")

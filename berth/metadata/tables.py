@@ -9,7 +9,9 @@ from sqlalchemy import (
     BigInteger,
     Boolean,
     Column,
+    Date,
     DateTime,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -212,4 +214,90 @@ audit_log = Table(
     Column("detail", Text),
     Column("client", String(64)),
     Index(None, "project_id", "at"),
+)
+
+# ---------------------------------------------------------------- management
+
+# Per-project settings and state, one row per project (kept apart from `projects` so that the
+# hot name lookups stay narrow). `gc_restricted_by` is set while a garbage collection holds
+# the project's write restriction: every write transaction checks it.
+project_settings = Table(
+    "project_settings",
+    metadata,
+    Column("project_id", ForeignKey("projects.id", ondelete="CASCADE"), primary_key=True),
+    Column("repository_quota", Integer),  # NULL: the server's default
+    Column("gc_restricted_by", Integer),  # the gc_runs.id holding the write restriction
+    Column("last_gc_at", UTCDateTime),
+)
+
+# Every push, tag, untag, tag move, delete and restore, for history and tag restore.
+image_events = Table(
+    "image_events",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("repository_id", ForeignKey("repositories.id", ondelete="CASCADE"), nullable=False),
+    Column("image", String(255), nullable=False),
+    Column("tag", String(128)),  # NULL for events on an image (push or delete by digest)
+    Column("action", String(16), nullable=False),  # push|tag|untag|move|delete|restore
+    Column("old_digest", DIGEST),
+    Column("new_digest", DIGEST),
+    Column("actor", String(64), nullable=False),
+    Column("at", UTCDateTime, nullable=False, default=utcnow),
+    Index(None, "repository_id", "image", "at"),
+    Index(None, "repository_id", "image", "tag"),
+)
+
+gc_runs = Table(
+    "gc_runs",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("project_id", ForeignKey("projects.id", ondelete="CASCADE"), nullable=False),
+    # running: marking (restricted) -> sweeping (files) -> succeeded | failed | rolled_back
+    Column("state", String(16), nullable=False),
+    Column("phase", String(32), nullable=False, default=""),
+    Column("dry_run", Boolean, nullable=False, default=False),
+    Column("delete_untagged", Boolean, nullable=False, default=False),
+    Column("started_at", UTCDateTime, nullable=False, default=utcnow),
+    Column("finished_at", UTCDateTime),
+    Column("restricted_seconds", Float),
+    Column("images_deleted", Integer, nullable=False, default=0),
+    Column("blobs_deleted", Integer, nullable=False, default=0),
+    Column("bytes_freed", BigInteger, nullable=False, default=0),
+    Column("progress_done", Integer, nullable=False, default=0),
+    Column("progress_total", Integer, nullable=False, default=0),
+    Column("actor", String(64), nullable=False, default=""),
+    Column("error", Text),
+    Index(None, "project_id", "started_at"),
+)
+
+# Bytes served to clients, per project, repository and UTC day (flushed from memory).
+traffic_daily = Table(
+    "traffic_daily",
+    metadata,
+    Column("project_id", ForeignKey("projects.id", ondelete="CASCADE"), primary_key=True),
+    Column("repository_id", Integer, primary_key=True),  # no FK: history outlives repositories
+    Column("day", Date, primary_key=True),
+    Column("bytes", BigInteger, nullable=False, default=0),
+    Column("requests", BigInteger, nullable=False, default=0),
+)
+
+storage_samples = Table(
+    "storage_samples",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("project_id", ForeignKey("projects.id", ondelete="CASCADE"), nullable=False),
+    Column("at", UTCDateTime, nullable=False, default=utcnow),
+    Column("bytes", BigInteger, nullable=False),
+    Column("blobs", Integer, nullable=False),
+    Column("images", Integer, nullable=False),
+    Index(None, "project_id", "at"),
+)
+
+# Scheduled jobs run on one node at a time: a lease row per job name.
+job_leases = Table(
+    "job_leases",
+    metadata,
+    Column("name", String(64), primary_key=True),
+    Column("holder", String(64), nullable=False),
+    Column("expires_at", UTCDateTime, nullable=False),
 )

@@ -96,6 +96,11 @@ async def _target(
     return services, name, repo
 
 
+def _actor(request: Request) -> str:
+    caller: Caller = request.state.caller
+    return caller.principal.user if caller.principal else "anonymous"
+
+
 async def _sees_project(request: Request, services: Services, repo: RepositoryRef) -> bool:
     """Whether the caller may use any blob in the project (project roles), or only what is
     in this repository (repository roles)."""
@@ -343,6 +348,7 @@ async def put_manifest(request: Request) -> Response:
         body,
         request.headers.get("content-type"),
         project_wide=await _sees_project(request, services, repo),
+        actor=_actor(request),
     )
     headers = {
         "Location": f"/v2/{name.display}/manifests/{pushed.digest}",
@@ -355,7 +361,9 @@ async def put_manifest(request: Request) -> Response:
 
 async def delete_manifest(request: Request) -> Response:
     services, name, repo = await _target(request)
-    await services.registry.delete_manifest(repo, name.image, request.path_params["reference"])
+    await services.registry.delete_manifest(
+        repo, name.image, request.path_params["reference"], actor=_actor(request)
+    )
     return Response(status_code=202)
 
 

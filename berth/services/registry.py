@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import and_, bindparam, delete, select
+from sqlalchemy import and_, bindparam, delete, func, select
 
 from berth.domain.digests import digest_bytes, is_digest, parse_digest
 from berth.domain.errors import (
@@ -29,8 +29,10 @@ from berth.domain.manifests import (
 )
 from berth.domain.names import is_valid_tag
 from berth.metadata.database import Database
+from berth.metadata.queries import is_index_child
 from berth.metadata.tables import (
     blobs,
+    image_events,
     manifest_references,
     manifests,
     projects,
@@ -39,7 +41,8 @@ from berth.metadata.tables import (
     tags,
     utcnow,
 )
-from berth.services.repositories import RepositoryRef
+from berth.services.repositories import Conflict, RepositoryRef
+from berth.services.restrictions import ensure_writable
 from berth.storage.base import BlobStore
 
 
@@ -95,10 +98,21 @@ _MANIFEST_BY_TAG = (
 )
 
 
+async def count_images(conn: Any, repository_id: int) -> int:
+    """Images in a repository: top-level manifests (an index's children are not counted)."""
+    count = await conn.execute(
+        select(func.count())
+        .select_from(manifests)
+        .where(manifests.c.repository_id == repository_id, ~is_index_child())
+    )
+    return int(count.scalar() or 0)
+
+
 class Registry:
-    def __init__(self, db: Database, store: BlobStore) -> None:
+    def __init__(self, db: Database, store: BlobStore, max_images: int = 10_000) -> None:
         self.db = db
         self.store = store
+        self.max_images = max_images
 
     # ------------------------------------------------------------------ blobs
 
@@ -135,6 +149,7 @@ class Registry:
                 repositories, repositories.c.id == repository_blobs.c.repository_id
             ).where(repositories.c.project_id == repo.project_id)
         async with self.db.write() as conn:
+            await ensure_writable(conn, repo.project_id, repo.project)
             if (await conn.execute(holder.limit(1))).first() is None:
                 return False
             await conn.execute(
@@ -170,6 +185,7 @@ class Registry:
         content_type: str | None,
         *,
         project_wide: bool = True,
+        actor: str = "anonymous",
     ) -> PushedManifest:
         """Store a manifest (and move its tag). Its blobs must be in the project, or, with
         `project_wide` off (a pusher with only a repository role), in this repository."""
@@ -195,6 +211,7 @@ class Registry:
             digest = digest_bytes(body)
         parsed = parse_manifest(body, content_type)
         async with self.db.write() as conn:
+            await ensure_writable(conn, repo.project_id, repo.project)
             await self._check_references(conn, repo, image, parsed, project_wide)
             known = (
                 await conn.execute(
@@ -206,10 +223,64 @@ class Registry:
                 )
             ).scalar()
             if known is None:
+                await self._lock_repository(conn, repo)
                 await self._insert_manifest(conn, repo, image, digest, body, parsed)
+                await self._check_image_limit(conn, repo)
+                await self._event(conn, repo, image, None, "push", None, digest, actor)
             if tag is not None:
-                await self._move_tag(conn, repo, image, tag, digest)
+                await self._move_tag(conn, repo, image, tag, digest, actor)
         return PushedManifest(digest, parsed.subject.digest if parsed.subject else None)
+
+    async def _lock_repository(self, conn: Any, repo: RepositoryRef) -> None:
+        """Serialize pushes to one repository, so the image count cannot be raced past its
+        limit (SQLite's single writer does this already)."""
+        if not self.db.is_sqlite:
+            await conn.execute(
+                select(repositories.c.id).where(repositories.c.id == repo.id).with_for_update()
+            )
+
+    async def _check_image_limit(self, conn: Any, repo: RepositoryRef) -> None:
+        """After inserting a manifest: refuse (rolling it back) past the repository's limit."""
+        limit = self.max_images
+        total = (
+            await conn.execute(
+                select(func.count())
+                .select_from(manifests)
+                .where(manifests.c.repository_id == repo.id)
+            )
+        ).scalar()
+        if total <= limit:
+            return  # images never outnumber manifests: no need for the exact count
+        if await count_images(conn, repo.id) > limit:
+            raise Denied(
+                f"repository {repo.project}/{repo.name} has reached its limit of {limit:,} images "
+                "(max_images_per_repository); delete images or run garbage collection first",
+                {"limit": limit},
+            )
+
+    async def _event(
+        self,
+        conn: Any,
+        repo: RepositoryRef,
+        image: str,
+        tag: str | None,
+        action: str,
+        old: str | None,
+        new: str | None,
+        actor: str,
+    ) -> None:
+        await conn.execute(
+            image_events.insert().values(
+                repository_id=repo.id,
+                image=image,
+                tag=tag,
+                action=action,
+                old_digest=old,
+                new_digest=new,
+                actor=actor,
+                at=utcnow(),
+            )
+        )
 
     async def _check_references(
         self, conn: Any, repo: RepositoryRef, image: str, parsed: ParsedManifest, project_wide: bool
@@ -296,7 +367,14 @@ class Registry:
             )
 
     async def _move_tag(
-        self, conn: Any, repo: RepositoryRef, image: str, tag: str, digest: str
+        self,
+        conn: Any,
+        repo: RepositoryRef,
+        image: str,
+        tag: str,
+        digest: str,
+        actor: str,
+        action: str | None = None,
     ) -> None:
         current = (
             await conn.execute(
@@ -320,12 +398,31 @@ class Registry:
                 repository_id=repo.id, image=image, name=tag, digest=digest, updated_at=utcnow()
             )
         )
+        action = action or ("tag" if current is None else "move")
+        await self._event(conn, repo, image, tag, action, current, digest, actor)
 
-    async def delete_manifest(self, repo: RepositoryRef, image: str, reference: str) -> None:
+    async def delete_manifest(
+        self, repo: RepositoryRef, image: str, reference: str, *, actor: str = "anonymous"
+    ) -> None:
         """By digest: the manifest and every tag on it. By tag: just the tag."""
         async with self.db.write() as conn:
             if is_digest(reference):
                 parse_digest(reference)
+                tagged = (
+                    (
+                        await conn.execute(
+                            delete(tags)
+                            .where(
+                                tags.c.repository_id == repo.id,
+                                tags.c.image == image,
+                                tags.c.digest == reference,
+                            )
+                            .returning(tags.c.name)
+                        )
+                    )
+                    .scalars()
+                    .all()
+                )
                 result = await conn.execute(
                     delete(manifests).where(
                         manifests.c.repository_id == repo.id,
@@ -333,25 +430,105 @@ class Registry:
                         manifests.c.digest == reference,
                     )
                 )
-                await conn.execute(
-                    delete(tags).where(
-                        tags.c.repository_id == repo.id,
-                        tags.c.image == image,
-                        tags.c.digest == reference,
-                    )
-                )
+                if result.rowcount:
+                    for name in tagged:
+                        await self._event(conn, repo, image, name, "untag", reference, None, actor)
+                    await self._event(conn, repo, image, None, "delete", reference, None, actor)
             else:
-                result = await conn.execute(
-                    delete(tags).where(
-                        tags.c.repository_id == repo.id,
-                        tags.c.image == image,
-                        tags.c.name == reference,
+                old = (
+                    await conn.execute(
+                        delete(tags)
+                        .where(
+                            tags.c.repository_id == repo.id,
+                            tags.c.image == image,
+                            tags.c.name == reference,
+                        )
+                        .returning(tags.c.digest)
+                    )
+                ).scalar()
+                result = None
+                if old is not None:
+                    await self._event(conn, repo, image, reference, "untag", old, None, actor)
+            if (result.rowcount if result is not None else old is not None) == 0:
+                raise ManifestUnknown(
+                    f"manifest {reference!r} is not in this repository", {"reference": reference}
+                )
+
+    async def restore_tag(self, repo: RepositoryRef, image: str, tag: str, *, actor: str) -> str:
+        """Put a removed tag back on the image it last named, while that image is stored."""
+        async with self.db.write() as conn:
+            await ensure_writable(conn, repo.project_id, repo.project)
+            last = (
+                await conn.execute(
+                    select(
+                        image_events.c.action, image_events.c.old_digest, image_events.c.new_digest
+                    )
+                    .where(
+                        image_events.c.repository_id == repo.id,
+                        image_events.c.image == image,
+                        image_events.c.tag == tag,
+                    )
+                    .order_by(image_events.c.at.desc(), image_events.c.id.desc())
+                    .limit(1)
+                )
+            ).first()
+            if last is None:
+                raise ManifestUnknown(f"tag {tag!r} has no history in this repository")
+            if last.action != "untag":
+                raise Conflict(f"tag {tag!r} exists; only a removed tag can be restored")
+            digest = last.old_digest
+            stored = (
+                await conn.execute(
+                    select(manifests.c.id).where(
+                        manifests.c.repository_id == repo.id,
+                        manifests.c.image == image,
+                        manifests.c.digest == digest,
                     )
                 )
-        if result.rowcount == 0:
-            raise ManifestUnknown(
-                f"manifest {reference!r} is not in this repository", {"reference": reference}
+            ).first()
+            if stored is None:
+                raise ManifestUnknown(
+                    f"tag {tag!r} named {digest}, which is no longer stored (deleted or garbage "
+                    "collected); it cannot be restored",
+                    {"digest": digest},
+                )
+            await self._move_tag(conn, repo, image, tag, digest, actor, action="restore")
+            return str(digest)
+
+    async def history(
+        self,
+        repo: RepositoryRef,
+        *,
+        image: str | None = None,
+        digest: str | None = None,
+        limit: int = 100,
+        before_id: int | None = None,
+    ) -> list[dict[str, Any]]:
+        """Image and tag events, newest first; narrowed to an image name or one digest."""
+        query = select(image_events).where(image_events.c.repository_id == repo.id)
+        if image is not None:
+            query = query.where(image_events.c.image == image)
+        if digest is not None:
+            query = query.where(
+                (image_events.c.old_digest == digest) | (image_events.c.new_digest == digest)
             )
+        if before_id is not None:
+            query = query.where(image_events.c.id < before_id)
+        async with self.db.read() as conn:
+            rows = await conn.execute(query.order_by(image_events.c.id.desc()).limit(limit))
+            return [
+                {
+                    "id": r.id,
+                    "image": r.image,
+                    "tag": r.tag,
+                    "action": r.action,
+                    "old_digest": r.old_digest,
+                    "new_digest": r.new_digest,
+                    "actor": r.actor,
+                    "at": r.at.isoformat(),
+                }
+                for r in rows
+            ]
 
     # ------------------------------------------------------------------ listing
 

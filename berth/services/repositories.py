@@ -8,17 +8,20 @@ from typing import Any
 
 from sqlalchemy import bindparam, func, select
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from berth.domain.errors import NameInvalid, NameUnknown, RegistryError
 from berth.domain.names import ImageName, is_valid_component
 from berth.metadata.database import Database
+from berth.metadata.queries import is_index_child
 from berth.metadata.tables import (
-    manifest_references,
     manifests,
+    project_settings,
     projects,
     repositories,
     utcnow,
 )
+from berth.services.restrictions import ensure_writable
 
 # How long a resolved repository is reused. Settings changed by another node or the admin CLI
 # take effect after this long; keeps one query off every pull.
@@ -30,6 +33,11 @@ SCAN_MODES = ("auto", "manual")
 class Conflict(RegistryError):
     code = "CONFLICT"
     status = 409
+
+
+class QuotaExceeded(RegistryError):
+    code = "QUOTA_EXCEEDED"
+    status = 403
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,8 +64,9 @@ _PROJECT_ID = select(projects.c.id).where(projects.c.name == bindparam("project"
 
 
 class Repositories:
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, default_quota: int = 100) -> None:
         self.db = db
+        self.default_quota = default_quota
         self._cache: dict[tuple[str, str], tuple[float, RepositoryRef]] = {}
 
     async def lookup(
@@ -163,6 +172,21 @@ class Repositories:
             ).first()
             if exists:
                 raise Conflict(f"repository {project}/{name} already exists")
+            await ensure_writable(conn, project_id, project)
+            quota = await self._quota(conn, project_id)
+            stored = (
+                await conn.execute(
+                    select(func.count())
+                    .select_from(repositories)
+                    .where(repositories.c.project_id == project_id)
+                )
+            ).scalar() or 0
+            if stored >= quota:
+                raise QuotaExceeded(
+                    f"project {project!r} already has {stored} of its maximum {quota} "
+                    "repositories (repository quota); delete one or raise the quota",
+                    {"quota": quota, "stored": stored},
+                )
             await conn.execute(
                 repositories.insert().values(
                     project_id=project_id,
@@ -177,6 +201,82 @@ class Repositories:
             )
         return await self.show(project, name)
 
+    async def _quota(self, conn: AsyncConnection, project_id: int) -> int:
+        own = (
+            await conn.execute(
+                select(project_settings.c.repository_quota).where(
+                    project_settings.c.project_id == project_id
+                )
+            )
+        ).scalar()
+        return int(own) if own is not None else self.default_quota
+
+    async def quota(self, project: str) -> int:
+        async with self.db.read() as conn:
+            return await self._quota(conn, await _require_project(conn, project))
+
+    async def set_quota(self, project: str, quota: int | None) -> None:
+        """A project's own repository maximum; None returns it to the server default."""
+        if quota is not None and quota < 0:
+            raise NameInvalid("the repository quota cannot be negative")
+        async with self.db.write() as conn:
+            project_id = await _require_project(conn, project)
+            await conn.execute(
+                self.db.upsert(
+                    project_settings, ["project_id"], {"repository_quota": quota}
+                ).values(project_id=project_id, repository_quota=quota)
+            )
+
+    async def update(
+        self,
+        project: str,
+        name: str,
+        *,
+        public: bool | None = None,
+        tag_overwrite: bool | None = None,
+        description: str | None = None,
+        scan_mode: str | None = None,
+    ) -> dict[str, Any]:
+        """Change a repository's settings (its name is fixed once created)."""
+        changes: dict[str, Any] = {}
+        if public is not None:
+            changes["public"] = public
+        if tag_overwrite is not None:
+            changes["tag_overwrite"] = tag_overwrite
+        if description is not None:
+            if len(description) > MAX_DESCRIPTION:
+                raise NameInvalid(f"description is {len(description)} characters; at most 100")
+            changes["description"] = description
+        if scan_mode is not None:
+            if scan_mode not in SCAN_MODES:
+                raise NameInvalid(f"scan mode must be one of {', '.join(SCAN_MODES)}")
+            changes["scan_mode"] = scan_mode
+        async with self.db.write() as conn:
+            project_id = await _require_project(conn, project)
+            result = await conn.execute(
+                repositories.update()
+                .where(repositories.c.project_id == project_id, repositories.c.name == name)
+                .values(**changes, updated_at=utcnow())
+            )
+            if result.rowcount == 0:
+                raise NameUnknown(f"repository {project}/{name} does not exist")
+        self._cache.pop((project, name), None)
+        return await self.show(project, name)
+
+    async def delete(self, project: str, name: str) -> None:
+        """Delete a repository with its images and tags; blob data goes at the next GC."""
+        async with self.db.write() as conn:
+            project_id = await _require_project(conn, project)
+            await ensure_writable(conn, project_id, project)
+            result = await conn.execute(
+                repositories.delete().where(
+                    repositories.c.project_id == project_id, repositories.c.name == name
+                )
+            )
+            if result.rowcount == 0:
+                raise NameUnknown(f"repository {project}/{name} does not exist")
+        self._cache.pop((project, name), None)
+
     async def list(self, project: str) -> list[dict[str, Any]]:
         async with self.db.read() as conn:
             project_id = (
@@ -184,22 +284,10 @@ class Repositories:
             ).scalar()
             if project_id is None:
                 raise NameUnknown(f"project {project!r} does not exist")
-            parent = manifests.alias("parent")
-            is_child = (
-                select(manifest_references.c.digest)
-                .join(parent, parent.c.id == manifest_references.c.manifest_id)
-                .where(
-                    manifest_references.c.is_manifest,
-                    manifest_references.c.digest == manifests.c.digest,
-                    parent.c.repository_id == manifests.c.repository_id,
-                    parent.c.image == manifests.c.image,
-                )
-                .exists()
-            )
             # An image is a top-level manifest: an index's children are not counted again.
             image_counts = (
                 select(manifests.c.repository_id, func.count().label("images"))
-                .where(~is_child)
+                .where(~is_index_child())
                 .group_by(manifests.c.repository_id)
                 .subquery()
             )
@@ -216,6 +304,15 @@ class Repositories:
             if repository["name"] == name:
                 return repository
         raise NameUnknown(f"repository {project}/{name} does not exist")
+
+
+async def _require_project(conn: AsyncConnection, project: str) -> int:
+    project_id = (
+        await conn.execute(select(projects.c.id).where(projects.c.name == project))
+    ).scalar()
+    if project_id is None:
+        raise NameUnknown(f"project {project!r} does not exist")
+    return int(project_id)
 
 
 def name_unknown(name: ImageName, *, project_exists: bool) -> NameUnknown:
