@@ -1,0 +1,142 @@
+"""Repository limits as a client meets them: the image limit and fixed (non-overwritable) tags."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
+
+import httpx
+import pytest
+
+from tests.clients.commands import Skopeo
+from tests.clients.layouts import TestImage
+from tests.clients.registry import ImageRef, Registry
+from tests.clients.tools import CommandFailed
+from tests.oci import OCI_CONFIG, OCI_LAYER, OCI_MANIFEST, Blob, digest_of, push_bytes
+from tests.servers import BerthServer
+
+pytestmark = pytest.mark.clients
+
+
+def distinct_manifests(client: httpx.Client, name: str, count: int) -> list[bytes]:
+    """`count` different images sharing one config and layer (they differ by an annotation)."""
+    config, layer = (
+        Blob(b'{"architecture":"amd64","os":"linux"}', OCI_CONFIG),
+        Blob(b"x", OCI_LAYER),
+    )
+    push_bytes(client, name, config.data)
+    push_bytes(client, name, layer.data)
+    return [
+        json.dumps(
+            {
+                "schemaVersion": 2,
+                "mediaType": OCI_MANIFEST,
+                "config": config.descriptor(),
+                "layers": [layer.descriptor()],
+                "annotations": {"n": str(i)},
+            }
+        ).encode()
+        for i in range(count)
+    ]
+
+
+def put_all(registry: Registry, name: str, bodies: list[bytes], workers: int = 8) -> None:
+    def put(chunk: list[bytes]) -> None:
+        with registry.http() as client:
+            for body in chunk:
+                response = client.put(
+                    f"/v2/{name}/manifests/{digest_of(body)}",
+                    content=body,
+                    headers={"Content-Type": OCI_MANIFEST},
+                )
+                assert response.status_code == 201, response.text
+
+    with ThreadPoolExecutor(workers) as pool:
+        list(pool.map(put, [bodies[i::workers] for i in range(workers)]))
+
+
+def test_the_push_past_ten_thousand_images_is_refused_and_nothing_kept(
+    skopeo: Skopeo, registry: Registry, test_image: TestImage
+) -> None:
+    """At the real default (max_images_per_repository = 10,000)."""
+    ref = registry.new_image("many")
+    with registry.http() as client:
+        bodies = distinct_manifests(client, ref.name, 10_000)
+    put_all(registry, ref.name, bodies)
+
+    with pytest.raises(CommandFailed, match="limit of 10,000 images"):
+        skopeo.copy(test_image.oci_ref, f"docker://{ref}")
+    with registry.http() as client:
+        kept = client.head(f"/v2/{ref.name}/manifests/{test_image.manifest_digest}")
+        assert kept.status_code == 404
+        assert client.head(f"/v2/{ref.name}/manifests/{ref.tag}").status_code == 404
+        # Re-pushing an image that is already stored adds nothing, so it is still accepted.
+        again = client.put(
+            f"/v2/{ref.name}/manifests/again",
+            content=bodies[0],
+            headers={"Content-Type": OCI_MANIFEST},
+        )
+        assert again.status_code == 201, again.text
+
+
+def test_a_lowered_limit_refuses_the_next_image(
+    skopeo: Skopeo, test_image: TestImage, berth_with_limit: Registry
+) -> None:
+    ref = berth_with_limit.new_image("few")
+    with berth_with_limit.http() as client:
+        put_all(berth_with_limit, ref.name, distinct_manifests(client, ref.name, 2), workers=1)
+    with pytest.raises(CommandFailed, match="limit of 2 images"):
+        skopeo.at(berth_with_limit).copy(test_image.oci_ref, f"docker://{ref}")
+
+
+@pytest.fixture(scope="module")
+def berth_with_limit(registry: Registry) -> Iterator[Registry]:
+    """A repository limit lowered through the setting needs its own server (path style)."""
+    server = BerthServer(
+        registry.server.data_dir.parent / f"limited-{uuid.uuid4().hex[:6]}",
+        host=registry.server.host,
+        tls=registry.server.tls,
+        extra_env={**registry.server.extra_env, "BERTH_MAX_IMAGES_PER_REPOSITORY": "2"},
+    ).start()
+    project = "limited"
+    server.create_project(project)
+    yield replace(
+        registry,
+        server=server,
+        project=project,
+        credentials=server.access_key(project),
+        host_style=False,
+    )
+    server.stop()
+
+
+def test_a_fixed_tag_refuses_another_image_and_accepts_the_same_one(
+    skopeo: Skopeo, registry: Registry, test_image: TestImage
+) -> None:
+    repository = "fixed" + uuid.uuid4().hex[:6]
+    registry.server.create_repository(registry.project, repository, tag_overwrite=False)
+    ref = ImageRef(registry.address, registry.name(repository, "app"), "1.0")
+    skopeo.copy(test_image.oci_ref, f"docker://{ref}")
+    skopeo.copy(test_image.oci_ref, f"docker://{ref}")  # the same digest again: fine
+    with registry.http() as client:
+        other = distinct_manifests(client, ref.name, 1)[0]
+        moved = client.put(
+            f"/v2/{ref.name}/manifests/{ref.tag}",
+            content=other,
+            headers={"Content-Type": OCI_MANIFEST},
+        )
+        assert moved.status_code == 403
+        assert "tag overwrite is disabled" in moved.text
+    # A client moving the tag the other way round sees the same refusal.
+    other_ref = ref.with_tag("2.0")
+    with registry.http() as client:
+        client.put(
+            f"/v2/{ref.name}/manifests/{other_ref.tag}",
+            content=other,
+            headers={"Content-Type": OCI_MANIFEST},
+        ).raise_for_status()
+    with pytest.raises(CommandFailed, match="tag overwrite is disabled"):
+        skopeo.copy(test_image.oci_ref, f"docker://{other_ref}")
