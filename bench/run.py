@@ -703,6 +703,19 @@ def token_report() -> str:
     )
 
 
+def extra_report(script: str) -> str:
+    """The section another benchmark in bench/ renders of itself (`--json`, then its report())."""
+    path = Path(__file__).resolve().parent / script
+    if not path.exists():
+        return ""
+    run = subprocess.run(
+        [sys.executable, str(path), "--json"], capture_output=True, text=True, check=True
+    )
+    module = importlib.import_module(path.stem)
+    section: str = module.report(json.loads(run.stdout))
+    return "\n" + section
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
     p.add_argument("--workers", type=int, default=DEFAULT_WORKERS, help="Berth granian workers")
@@ -717,7 +730,7 @@ def main() -> None:
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
     with tempfile.TemporaryDirectory(prefix="berth-bench-") as tmp:
         results = measure(args, Path(tmp))
-    text = report(results) + token_report()
+    text = report(results) + token_report() + extra_report("metering.py")
     args.output.write_text(text)
     print(text)
     print(f"wrote {args.output}")

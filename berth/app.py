@@ -10,9 +10,10 @@ from sqlalchemy import text
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
-from starlette.routing import Route
+from starlette.routing import Mount, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from berth.api.app import MOUNT_PATH, create_api
 from berth.auth.routes import routes as auth_routes
 from berth.config import Settings, load_settings
 from berth.domain.errors import RegistryError
@@ -72,12 +73,14 @@ async def _registry_error(request: Request, exc: Exception) -> Response:
 
 def create_app(settings: Settings | None = None) -> Starlette:
     settings = settings or load_settings()
+    api = create_api()
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         services = Services.build(settings)
         services.start()
         app.state.services = services
+        api.state.services = services
         try:
             yield
         finally:
@@ -89,6 +92,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
             Route("/readyz", readyz),
             *auth_routes,
             *registry_routes,
+            Mount(MOUNT_PATH, app=api),  # after /v2: the registry's hot path is matched first
         ],
         exception_handlers={RegistryError: _registry_error},
         lifespan=lifespan,

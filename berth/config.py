@@ -35,6 +35,9 @@ class Settings(BaseSettings):
     )
     token_ttl: int = Field(300, ge=30, description="lifetime of registry tokens, seconds")
     refresh_token_ttl: int = Field(30 * 86400, ge=60, description="refresh token lifetime")
+    api_token_ttl: int = Field(
+        12 * 3600, ge=60, description="lifetime of management API tokens (POST /api/v1/auth/tokens)"
+    )
     max_access_keys: int = Field(2, ge=1, description="access keys per user per project")
     token_signing_key: Path | None = Field(
         None, description="EC P-256 PEM key that signs tokens; default {data_dir}/keys/"
@@ -45,6 +48,33 @@ class Settings(BaseSettings):
     max_images_per_repository: int = Field(10_000, ge=1, description="images per repository")
     repository_quota: int = Field(
         100, ge=0, description="repositories per project, unless the project sets its own"
+    )
+    traffic_metering: bool = Field(
+        True, description="count outbound traffic (off only to measure what counting costs)"
+    )
+    traffic_flush_interval: float = Field(
+        5.0, gt=0, description="seconds between writes of the outbound traffic counters"
+    )
+    traffic_retention_days: int = Field(
+        124, ge=92, description="days of outbound traffic kept (at least 92)"
+    )
+    traffic_price_per_gb: float = Field(
+        0.0, ge=0, description="price of outbound traffic per GB (10^9 bytes), for estimates"
+    )
+    traffic_free_gb: float = Field(
+        0.0, ge=0, description="outbound GB per project and month that are not charged"
+    )
+    storage_collect_interval: int = Field(
+        1800, ge=1, description="seconds between scheduled storage usage collections"
+    )
+    gc_grace_period: int = Field(
+        3600,
+        ge=0,
+        description="seconds a blob or image stays safe from garbage collection after its push",
+    )
+    gc_test_pause: str = Field(
+        "",
+        description="testing only: 'marking=SECONDS' or 'sweeping=SECONDS' holds each GC run there",
     )
     login_failures_per_key: int = Field(10, ge=1, description="failed logins a minute per key")
     login_failures_per_client: int = Field(30, ge=1, description="failed logins a minute per IP")

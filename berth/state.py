@@ -8,11 +8,15 @@ from berth.auth.keyring import Keyring
 from berth.auth.throttle import LoginThrottle
 from berth.auth.tokens import Tokens
 from berth.config import Settings
+from berth.jobs import Job, Scheduler
 from berth.metadata.database import Database
+from berth.services.gc import GarbageCollector
 from berth.services.identity import Identity
+from berth.services.metering import TrafficMeter
 from berth.services.registry import Registry
 from berth.services.repositories import Repositories
 from berth.services.uploads import Uploads
+from berth.services.usage import Pricing, Usage
 from berth.storage.base import BlobStore
 from berth.storage.filesystem import FilesystemBlobStore
 
@@ -28,12 +32,24 @@ class Services:
     identity: Identity
     tokens: Tokens
     throttle: LoginThrottle
+    traffic: TrafficMeter
+    usage: Usage
+    jobs: Scheduler
+    gc: GarbageCollector
 
     @classmethod
     def build(cls, settings: Settings) -> Services:
         db = Database(settings.resolved_database_url)
         store = FilesystemBlobStore(settings.blob_dir)
         keyring = Keyring(settings.signing_key_file, settings.secret_key_file)
+        usage = Usage(
+            db,
+            default_quota=settings.repository_quota,
+            max_images_per_repository=settings.max_images_per_repository,
+            pricing=Pricing(settings.traffic_price_per_gb, settings.traffic_free_gb),
+            traffic_retention_days=settings.traffic_retention_days,
+            storage_collect_interval=settings.storage_collect_interval,
+        )
         return cls(
             settings=settings,
             db=db,
@@ -45,6 +61,25 @@ class Services:
             tokens=Tokens(keyring, settings.token_ttl, settings.refresh_token_ttl),
             throttle=LoginThrottle(
                 settings.login_failures_per_key, settings.login_failures_per_client
+            ),
+            traffic=TrafficMeter(
+                db,
+                enabled=settings.traffic_metering,
+                flush_interval=settings.traffic_flush_interval,
+            ),
+            usage=usage,
+            jobs=Scheduler(
+                db,
+                [
+                    Job("storage-collect", settings.storage_collect_interval, usage.collect_all),
+                    Job("usage-prune", 86_400, usage.prune),
+                ],
+            ),
+            gc=GarbageCollector(
+                db,
+                store,
+                grace_period=settings.gc_grace_period,
+                test_pause=settings.gc_test_pause,
             ),
         )
 
@@ -63,7 +98,13 @@ class Services:
     def start(self) -> None:
         """Background work of a serving process (not of CLI verbs)."""
         self.identity.start()
+        self.traffic.start()
+        self.jobs.start()
+        self.gc.start()
 
     async def close(self) -> None:
+        await self.gc.stop()
+        await self.jobs.stop()
+        await self.traffic.stop()
         await self.identity.stop()
         await self.db.dispose()

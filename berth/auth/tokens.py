@@ -18,6 +18,10 @@ from berth.auth.keyring import Keyring
 
 ISSUER = "berth"
 ALGORITHM = "ES256"
+# Management API tokens (POST /api/v1/auth/tokens): their own audience and type, so that one
+# is never taken for a registry token or the other way round.
+API_AUDIENCE = "berth-api"
+API_TOKEN_TYPE = "api"
 MAX_CACHED_TOKENS = 10_000
 
 
@@ -116,6 +120,8 @@ class Tokens:
         claims = self._decode(token, service)
         if claims.get("typ") == "refresh":
             raise InvalidToken("a refresh token is not an access token")
+        if claims.get("typ") == API_TOKEN_TYPE:
+            raise InvalidToken("a management API token is not a registry token")
         access: dict[tuple[str, str], frozenset[str]] = {}
         for entry in claims.get("access") or []:
             if isinstance(entry, dict):
@@ -133,6 +139,36 @@ class Tokens:
         while len(self._verified) > MAX_CACHED_TOKENS:
             self._verified.popitem(last=False)
         return verified
+
+    def issue_api(
+        self, *, user_id: int, user: str, key_id: str, ttl_seconds: int
+    ) -> tuple[str, int]:
+        """A management API token for an access key; returns (token, expiry as a Unix time).
+        It works while the key does (checked on every request)."""
+        now = int(time.time())
+        expires = now + ttl_seconds
+        token = self._sign(
+            {
+                "iss": ISSUER,
+                "sub": user,
+                "aud": API_AUDIENCE,
+                "iat": now,
+                "nbf": now - 5,
+                "exp": expires,
+                "jti": uuid.uuid4().hex,
+                "typ": API_TOKEN_TYPE,
+                "uid": user_id,
+                "key": key_id,
+            }
+        )
+        return token, expires
+
+    def verify_api(self, token: str) -> dict[str, Any]:
+        """The claims of a valid management API token (InvalidToken otherwise)."""
+        claims = self._decode(token, API_AUDIENCE)
+        if claims.get("typ") != API_TOKEN_TYPE or not claims.get("key"):
+            raise InvalidToken("not a management API token")
+        return claims
 
     def verify_refresh(self, token: str, service: str) -> dict[str, Any]:
         claims = self._decode(token, service)

@@ -18,9 +18,11 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from berth.cli.gc import gc_app
 from berth.config import Settings, load_settings
-from berth.domain.errors import RegistryError
+from berth.domain.errors import NameUnknown, RegistryError
 from berth.metadata.migrate import upgrade
+from berth.services.images import Images
 from berth.services.repositories import Conflict
 from berth.state import Services
 
@@ -35,6 +37,11 @@ app.add_typer(repo_app, name="repo")
 app.add_typer(user_app, name="user")
 app.add_typer(member_app, name="member")
 app.add_typer(key_app, name="key")
+app.add_typer(gc_app, name="gc")
+image_app = typer.Typer(help="Images in a repository and their history.", no_args_is_help=True)
+tag_app = typer.Typer(help="Tags: restore a removed tag.", no_args_is_help=True)
+app.add_typer(image_app, name="image")
+app.add_typer(tag_app, name="tag")
 
 console = Console()
 errors = Console(stderr=True)
@@ -217,6 +224,205 @@ def _done(json_output: bool, value: dict[str, Any], message: str) -> None:
         console.print(message)
 
 
+REPOSITORY_COLUMNS = [
+    "name",
+    "description",
+    "images",
+    "scan_mode",
+    "tag_overwrite",
+    "visibility",
+    "updated_at",
+]
+
+
+def _show_repository(found: dict[str, Any], title: str) -> None:
+    table = Table(title=title, show_header=False)
+    table.add_column("setting", style="bold")
+    table.add_column("value")
+    for column in ["project", *REPOSITORY_COLUMNS, "created_at"]:
+        table.add_row(column.replace("_", " "), str(found[column]))
+    console.print(table)
+
+
+@repo_app.command("show")
+def repo_show(
+    name: Annotated[str, typer.Argument(help="PROJECT/REPOSITORY")], json_output: JsonFlag = False
+) -> None:
+    """Show a repository's settings and image count."""
+    project, repository = _split_repo(name)
+    found = _run(lambda s: s.repositories.show(project, repository))
+    if json_output:
+        _print_json(found)
+    else:
+        _show_repository(found, f"Repository {name}")
+
+
+@repo_app.command("update")
+def repo_update(
+    name: Annotated[str, typer.Argument(help="PROJECT/REPOSITORY")],
+    public: Annotated[
+        bool | None, typer.Option("--public/--private", help="Visibility.", show_default=False)
+    ] = None,
+    tag_overwrite: Annotated[
+        bool | None,
+        typer.Option(
+            "--tag-overwrite/--no-tag-overwrite", help="Allow moving tags.", show_default=False
+        ),
+    ] = None,
+    description: Annotated[str | None, typer.Option(help="Up to 100 characters.")] = None,
+    scan: Annotated[str | None, typer.Option(help="Image scan: auto or manual.")] = None,
+    json_output: JsonFlag = False,
+) -> None:
+    """Change a repository's settings (the name is fixed once created)."""
+    project, repository = _split_repo(name)
+    updated = _run(
+        lambda s: s.repositories.update(
+            project,
+            repository,
+            public=public,
+            tag_overwrite=tag_overwrite,
+            description=description,
+            scan_mode=scan,
+        )
+    )
+    if json_output:
+        _print_json(updated)
+    else:
+        _show_repository(updated, f"Updated repository {name}")
+
+
+@repo_app.command("delete")
+def repo_delete(
+    name: Annotated[str, typer.Argument(help="PROJECT/REPOSITORY")],
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
+    json_output: JsonFlag = False,
+) -> None:
+    """Delete a repository with its images and tags (their data goes at the next GC)."""
+    project, repository = _split_repo(name)
+    if not yes and not typer.confirm(f"Delete {name} with all its images?"):
+        raise typer.Exit(1)
+    _run(lambda s: s.repositories.delete(project, repository))
+    _done(json_output, {"repository": name, "deleted": True}, f"Deleted repository {name}")
+
+
+def _split_image(value: str) -> tuple[str, str, str]:
+    """PROJECT/REPOSITORY[/IMAGE...] -> (project, repository, image)."""
+    project, repository = _split_repo(value)
+    repository, _, image = repository.partition("/")
+    return project, repository, image
+
+
+async def _repository_ref(s: Services, project: str, repository: str) -> Any:
+    _project_id, repo = await s.repositories.lookup(project, repository)
+    if repo is None:
+        raise NameUnknown(f"repository {project}/{repository} does not exist")
+    return repo
+
+
+def _short(digest: str | None) -> str:
+    return digest.split(":", 1)[-1][:12] if digest else ""
+
+
+@image_app.command("list")
+def image_list(
+    name: Annotated[str, typer.Argument(help="PROJECT/REPOSITORY[/IMAGE]")],
+    page: Annotated[int, typer.Option(min=1, help="Page number.")] = 1,
+    per_page: Annotated[int, typer.Option(min=1, max=1000, help="Images per page.")] = 50,
+    json_output: JsonFlag = False,
+) -> None:
+    """List a repository's images, newest first (an index counts once, with its platforms)."""
+    project, repository, image = _split_image(name)
+
+    async def work(s: Services) -> tuple[list[dict[str, Any]], int]:
+        repo = await _repository_ref(s, project, repository)
+        return await Images(s.db).list_images(
+            repo, image=image or None, page=page, per_page=per_page
+        )
+
+    items, total = _run(work)
+    if json_output:
+        _print_json({"items": items, "page": page, "per_page": per_page, "total": total})
+        return
+    table = Table(title=f"Images in {name} ({total} in all, page {page})")
+    for column in ("image", "digest", "tags", "size", "platforms", "referrers", "pushed at"):
+        table.add_column(column)
+    for item in items:
+        table.add_row(
+            item["image"] or "-",
+            _short(item["digest"]),
+            ", ".join(item["tags"]),
+            f"{item['size']:,}",
+            ", ".join(item["platforms"]),
+            ", ".join(r["artifact_type"] or _short(r["digest"]) for r in item["referrers"]),
+            item["pushed_at"],
+        )
+    console.print(table)
+
+
+@image_app.command("history")
+def image_history(
+    name: Annotated[str, typer.Argument(help="PROJECT/REPOSITORY[/IMAGE]")],
+    tag: Annotated[str | None, typer.Option(help="Only this tag's events.")] = None,
+    digest: Annotated[str | None, typer.Option(help="Only events of this digest.")] = None,
+    limit: Annotated[int, typer.Option(min=1, max=10_000, help="How many, newest first.")] = 100,
+    json_output: JsonFlag = False,
+) -> None:
+    """Show image and tag history: pushes, tags, untags, moves, deletes and restores."""
+    project, repository, image = _split_image(name)
+
+    async def work(s: Services) -> list[dict[str, Any]]:
+        repo = await _repository_ref(s, project, repository)
+        items, _total = await Images(s.db).history(
+            repo,
+            image=image or None,
+            tag=tag,
+            digest=digest,
+            per_page=limit,
+        )
+        return items
+
+    found = _run(work)
+    if json_output:
+        _print_json(found)
+        return
+    table = Table(title=f"History of {name}")
+    for column in ("at", "actor", "action", "image", "tag", "old", "new", "restorable"):
+        table.add_column(column)
+    for event in found:
+        table.add_row(
+            event["at"],
+            event["actor"],
+            event["action"],
+            event["image"] or "-",
+            event["tag"] or "",
+            _short(event["old_digest"]),
+            _short(event["new_digest"]),
+            "yes" if event["restorable"] else "",
+        )
+    console.print(table)
+
+
+@tag_app.command("restore")
+def tag_restore(
+    name: Annotated[str, typer.Argument(help="PROJECT/REPOSITORY[/IMAGE]")],
+    tag: str,
+    json_output: JsonFlag = False,
+) -> None:
+    """Put a removed tag back on the image it last named (while that image is stored)."""
+    project, repository, image = _split_image(name)
+
+    async def work(s: Services) -> str:
+        repo = await _repository_ref(s, project, repository)
+        return await s.registry.restore_tag(repo, image, tag, actor="cli")
+
+    digest = _run(work)
+    _done(
+        json_output,
+        {"repository": f"{project}/{repository}", "image": image, "tag": tag, "digest": digest},
+        f"Restored {name}:{tag} -> {digest}",
+    )
+
+
 @user_app.command("create")
 def user_create(
     name: str,
@@ -366,6 +572,107 @@ def audit(
         _print_json(found)
     else:
         _table(found, ["at", "actor", "action", "target", "client"], f"Audit log of {project}")
+
+
+def _size(value: int) -> str:
+    """Bytes in decimal units (GB = 10^9, as traffic is charged)."""
+    if value < 1000:
+        return f"{value:,} B"
+    amount = value / 1000
+    for unit in ("kB", "MB", "GB"):
+        if amount < 1000:
+            return f"{amount:,.2f} {unit}"
+        amount /= 1000
+    return f"{amount:,.2f} TB"
+
+
+def _change(month: dict[str, Any]) -> str:
+    percent = month["change_percent"]
+    shown = f"{percent:+.1f}%" if percent is not None else "n/a"
+    delta = month["change_bytes"]
+    return f"{shown} ({'+' if delta >= 0 else '-'}{_size(abs(delta))})"
+
+
+@app.command()
+def usage(
+    project: str,
+    days: Annotated[int, typer.Option(help="Days of storage and traffic series to show.")] = 14,
+    collect: Annotated[
+        bool, typer.Option("--collect", help="Collect storage usage now, first.")
+    ] = False,
+    json_output: JsonFlag = False,
+) -> None:
+    """Show a project's management summary, storage usage and outbound traffic."""
+
+    async def gather(s: Services) -> dict[str, Any]:
+        if collect:
+            await s.usage.collect(project)
+        return {
+            "summary": await s.usage.summary(project),
+            "storage": await s.usage.storage(project, days),
+            "traffic": await s.usage.traffic(project, days=min(days, 92)),
+        }
+
+    found = _run(gather)
+    if json_output:
+        _print_json(found)
+        return
+    summary, storage, traffic = found["summary"], found["storage"], found["traffic"]
+    repos, images, stored = summary["repositories"], summary["images"], summary["storage"]
+    this_month = traffic["this_month"]
+    table = Table(title=f"Project {project}", show_header=False)
+    table.add_column("item", style="bold")
+    table.add_column("value")
+    table.add_row("Repositories", f"{repos['stored']} / {repos['maximum']}")
+    table.add_row(
+        "Images", f"{images['stored']:,} (at most {images['limit_per_repository']:,} a repository)"
+    )
+    collected = stored["collected_at"] or "not collected yet (measured now)"
+    table.add_row("Storage used", f"{_size(stored['bytes'])} in {stored['blobs']:,} blobs")
+    table.add_row("Storage collected", collected)
+    table.add_row(
+        f"Outbound traffic {this_month['month']}",
+        f"{_size(this_month['bytes'])}, {_change(this_month)} over the previous month",
+    )
+    table.add_row("Estimated charge", f"{this_month['estimated_charge']:,.2f}")
+    table.add_row("Last garbage collection", summary["last_gc_at"] or "never")
+    console.print(table)
+
+    # One storage row a day (the day's last sample): the schedule takes 48 a day by default.
+    by_day: dict[str, dict[str, Any]] = {}
+    for sample in storage["samples"]:
+        by_day[sample["collected_at"][:10]] = sample
+    series = Table(title=f"Storage, last {days} days (last sample of each day)")
+    for column in ("day", "collected at", "storage", "blobs", "images"):
+        series.add_column(column)
+    for day, sample in by_day.items():
+        series.add_row(
+            day,
+            sample["collected_at"][11:19],
+            _size(sample["bytes"]),
+            f"{sample['blobs']:,}",
+            f"{sample['images']:,}",
+        )
+    console.print(series)
+
+    daily = Table(title=f"Outbound traffic, last {len(traffic['daily'])} days (UTC)")
+    for column in ("day", "bytes", "requests"):
+        daily.add_column(column)
+    for day in traffic["daily"]:
+        daily.add_row(day["day"], _size(day["bytes"]), f"{day['requests']:,}")
+    console.print(daily)
+    monthly = Table(title="Outbound traffic by month")
+    for column in ("month", "bytes", "requests", "change", "estimated charge"):
+        monthly.add_column(column)
+    for month in traffic["months"]:
+        monthly.add_row(
+            month["month"],
+            _size(month["bytes"]),
+            f"{month['requests']:,}",
+            _change(month),
+            f"{month['estimated_charge']:,.2f}",
+        )
+    console.print(monthly)
 
 
 if __name__ == "__main__":

@@ -267,6 +267,11 @@ gc_runs = Table(
     Column("progress_total", Integer, nullable=False, default=0),
     Column("actor", String(64), nullable=False, default=""),
     Column("error", Text),
+    # The project's figures above count blobs the project no longer holds; these count what
+    # left storage (blobs no project links any more) and abandoned uploads removed.
+    Column("storage_blobs_deleted", Integer, nullable=False, default=0, server_default="0"),
+    Column("storage_bytes_freed", BigInteger, nullable=False, default=0, server_default="0"),
+    Column("uploads_deleted", Integer, nullable=False, default=0, server_default="0"),
     Index(None, "project_id", "started_at"),
 )
 
@@ -300,4 +305,19 @@ job_leases = Table(
     Column("name", String(64), primary_key=True),
     Column("holder", String(64), nullable=False),
     Column("expires_at", UTCDateTime, nullable=False),
+)
+
+# ---------------------------------------------------------------- garbage collection
+
+# What a GC run must still remove once the restriction is lifted: blobs whose links it removed
+# (`kind` blob, `name` the digest; their rows and files go if no repository links them by
+# then) and upload scratch files (`kind` upload, `name` the upload id). Rows go as the files
+# do, so a run cut short resumes where it stopped.
+gc_sweep = Table(
+    "gc_sweep",
+    metadata,
+    Column("run_id", ForeignKey("gc_runs.id", ondelete="CASCADE"), primary_key=True),
+    Column("kind", String(8), primary_key=True),
+    Column("name", DIGEST, primary_key=True),
+    Column("size", BigInteger, nullable=False, default=0),
 )

@@ -2,19 +2,28 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import anyio
-from starlette.types import Receive, Scope, Send
+from starlette.responses import FileResponse, Response
+from starlette.types import Message, Receive, Scope, Send
 
 CHUNK = 1024 * 1024
+
+# Called with the number of body bytes sent once they have been handed to the server (outbound
+# traffic metering); a HEAD sends none.
+OnSent = Callable[[int], None]
 
 
 class BlobFileResponse:
     """A whole blob from a local file. Its headers are known up front (content-addressed: the
     digest is the ETag), and with ASGI pathsend the server sends the file without Python."""
 
-    def __init__(self, path: str, size: int, digest: str) -> None:
+    def __init__(self, path: str, size: int, digest: str, on_sent: OnSent | None = None) -> None:
         self.path = path
         self.size = size
+        self.on_sent = on_sent
         self.headers = [
             (b"content-type", b"application/octet-stream"),
             (b"content-length", str(size).encode()),
@@ -29,16 +38,62 @@ class BlobFileResponse:
             await send({"type": "http.response.body", "body": b""})
         elif "http.response.pathsend" in scope.get("extensions", {}):
             await send({"type": "http.response.pathsend", "path": self.path})
+            if self.on_sent is not None:
+                self.on_sent(self.size)
         else:
             async with await anyio.open_file(self.path, "rb") as handle:
                 remaining = self.size
-                while remaining > 0:
-                    chunk = await handle.read(min(CHUNK, remaining))
-                    if not chunk:
-                        break
-                    remaining -= len(chunk)
-                    await send(
-                        {"type": "http.response.body", "body": chunk, "more_body": remaining > 0}
-                    )
+                try:
+                    while remaining > 0:
+                        chunk = await handle.read(min(CHUNK, remaining))
+                        if not chunk:
+                            break
+                        await send(
+                            {
+                                "type": "http.response.body",
+                                "body": chunk,
+                                "more_body": remaining > len(chunk),
+                            }
+                        )
+                        remaining -= len(chunk)
+                finally:
+                    if self.on_sent is not None:
+                        self.on_sent(self.size - remaining)
             if remaining:
                 await send({"type": "http.response.body", "body": b""})
+
+
+class MeteredFileResponse(FileResponse):
+    """Starlette's FileResponse (byte ranges), counting the body bytes it sends."""
+
+    def __init__(self, *args: Any, on_sent: OnSent, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.on_sent = on_sent
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        sent = 0
+
+        async def counting(message: Message) -> None:
+            nonlocal sent
+            await send(message)
+            if message["type"] == "http.response.body":
+                sent += len(message.get("body", b""))
+
+        try:
+            await super().__call__(scope, receive, counting)
+        finally:
+            self.on_sent(sent)
+
+
+class MeteredResponse(Response):
+    """A 200 with its whole body in memory (a manifest), counted once it is sent."""
+
+    def __init__(
+        self, content: bytes, headers: dict[str, str], media_type: str, on_sent: OnSent
+    ) -> None:
+        super().__init__(content, 200, headers, media_type)
+        self.on_sent = on_sent
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await super().__call__(scope, receive, send)
+        self.on_sent(len(self.body))

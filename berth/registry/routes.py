@@ -6,6 +6,7 @@ import json
 import os
 import re
 from collections.abc import AsyncIterator
+from functools import partial
 from typing import Any
 from urllib.parse import urlencode
 
@@ -25,7 +26,12 @@ from berth.domain.errors import (
 )
 from berth.domain.manifests import MAX_MANIFEST_BYTES, OCI_INDEX, accepts, manifest_too_large
 from berth.domain.names import ImageName, split_name
-from berth.registry.responses import BlobFileResponse
+from berth.registry.responses import (
+    BlobFileResponse,
+    MeteredFileResponse,
+    MeteredResponse,
+    OnSent,
+)
 from berth.services.registry import Page
 from berth.services.repositories import RepositoryRef, name_unknown
 from berth.state import Services
@@ -172,6 +178,12 @@ def _inverted_range(value: str | None) -> bool:
     return match is not None and int(match.group(1)) > int(match.group(2))
 
 
+def _traffic(services: Services, repo: RepositoryRef) -> OnSent | None:
+    """What counts a download's outbound bytes, or None when metering is off."""
+    meter = services.traffic
+    return partial(meter.count, repo.project_id, repo.id) if meter.enabled else None
+
+
 async def get_blob(request: Request) -> Response | BlobFileResponse:
     services, _name, repo = await _target(request)
     digest = request.path_params["digest"]
@@ -184,10 +196,19 @@ async def get_blob(request: Request) -> Response | BlobFileResponse:
     except FileNotFoundError:
         raise BlobUnknown(f"blob {digest} is missing from storage", {"digest": digest}) from None
     byte_range = request.headers.get("range")
+    on_sent = _traffic(services, repo)
     if byte_range is None:
-        return BlobFileResponse(str(path), size, digest)
+        return BlobFileResponse(str(path), size, digest, on_sent)
     if _inverted_range(byte_range):
         return Response(status_code=416, headers={"Content-Range": f"bytes */{stat.st_size}"})
+    if on_sent is not None:
+        return MeteredFileResponse(
+            path,
+            stat_result=stat,
+            media_type="application/octet-stream",
+            headers={"Docker-Content-Digest": digest},
+            on_sent=on_sent,
+        )
     return FileResponse(
         path,
         stat_result=stat,
@@ -320,8 +341,12 @@ async def get_manifest(request: Request) -> Response:
         "ETag": f'"{manifest.digest}"',
         "Content-Length": str(len(manifest.content)),
     }
-    content = b"" if request.method == "HEAD" else manifest.content
-    return Response(content, 200, headers, manifest.media_type)
+    if request.method == "HEAD":
+        return Response(b"", 200, headers, manifest.media_type)
+    on_sent = _traffic(services, repo)
+    if on_sent is not None:
+        return MeteredResponse(manifest.content, headers, manifest.media_type, on_sent)
+    return Response(manifest.content, 200, headers, manifest.media_type)
 
 
 async def _read_limited(request: Request, limit: int) -> bytes:

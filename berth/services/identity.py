@@ -185,7 +185,9 @@ class Identity:
             self._flusher = None
         await self.flush_audit()
 
-    async def audit_entries(self, project: str, limit: int = 200) -> list[dict[str, Any]]:
+    async def audit_entries(
+        self, project: str, limit: int = 200, offset: int = 0
+    ) -> list[dict[str, Any]]:
         async with self.db.read() as conn:
             project_id = await _project_id(conn, project)
             rows = await conn.execute(
@@ -193,6 +195,7 @@ class Identity:
                 .where(audit_log.c.project_id == project_id)
                 .order_by(audit_log.c.at.desc(), audit_log.c.id.desc())
                 .limit(limit)
+                .offset(offset)
             )
             return [
                 {
@@ -205,6 +208,16 @@ class Identity:
                 }
                 for r in rows
             ]
+
+    async def count_audit_entries(self, project: str) -> int:
+        async with self.db.read() as conn:
+            project_id = await _project_id(conn, project)
+            count = await conn.execute(
+                select(func.count())
+                .select_from(audit_log)
+                .where(audit_log.c.project_id == project_id)
+            )
+            return int(count.scalar() or 0)
 
     # ------------------------------------------------------------------ users
 
@@ -277,6 +290,18 @@ class Identity:
             return None
         return Principal(row.id, row.name, row.is_admin, None, None)
 
+    async def get_user(self, name: str) -> dict[str, Any] | None:
+        async with self.db.read() as conn:
+            row = (await conn.execute(select(users).where(users.c.name == name))).first()
+        if row is None:
+            return None
+        return {
+            "name": row.name,
+            "admin": row.is_admin,
+            "service_account": row.is_service_account,
+            "created_at": row.created_at.isoformat(),
+        }
+
     async def list_users(self) -> list[dict[str, Any]]:
         async with self.db.read() as conn:
             rows = await conn.execute(select(users).order_by(users.c.name))
@@ -330,6 +355,11 @@ class Identity:
     ) -> None:
         if await _has_role(conn, project_id, user_id):
             return
+        is_admin = (
+            await conn.execute(select(users.c.is_admin).where(users.c.id == user_id))
+        ).scalar()
+        if is_admin:
+            return  # a server administrator's keys need no project role
         deleted = await conn.execute(
             delete(access_keys)
             .where(access_keys.c.project_id == project_id, access_keys.c.user_id == user_id)
@@ -407,6 +437,36 @@ class Identity:
             )
         self._roles.clear()
         self._keys.clear()
+
+    async def project_roles(self, user_id: int) -> dict[int, str]:
+        """project id -> the user's role there, for every project they are a member of."""
+        async with self.db.read() as conn:
+            rows = await conn.execute(
+                select(memberships.c.project_id, memberships.c.role).where(
+                    memberships.c.user_id == user_id
+                )
+            )
+            return {int(r.project_id): str(r.role) for r in rows}
+
+    async def list_grants(self, project: str, repository: str) -> list[dict[str, Any]]:
+        """Users with a role on one repository (not through a project role)."""
+        async with self.db.read() as conn:
+            project_id = await _project_id(conn, project)
+            repository_id = await _repository_id(conn, project_id, project, repository)
+            rows = await conn.execute(
+                select(users.c.name, repository_grants.c.role, repository_grants.c.created_at)
+                .join(users, users.c.id == repository_grants.c.user_id)
+                .where(repository_grants.c.repository_id == repository_id)
+                .order_by(users.c.name)
+            )
+            return [
+                {"user": r.name, "role": r.role, "since": r.created_at.isoformat()} for r in rows
+            ]
+
+    async def has_any_role(self, user_id: int, project_id: int) -> bool:
+        """A project role or a role on one of the project's repositories."""
+        async with self.db.read() as conn:
+            return await _has_role(conn, project_id, user_id)
 
     async def project_role(self, user_id: int, project_id: int) -> str | None:
         hit, role = self._roles.get(("p", user_id, project_id))
@@ -557,6 +617,31 @@ class Identity:
             }
             for r in rows
         ]
+
+    async def key_owner(self, key_id: str) -> dict[str, Any] | None:
+        """Whose key it is and where it works: user, service_account, project, project_id."""
+        async with self.db.read() as conn:
+            row = (
+                await conn.execute(
+                    select(
+                        users.c.name.label("user"),
+                        users.c.is_service_account,
+                        projects.c.name.label("project"),
+                        access_keys.c.project_id,
+                    )
+                    .join(users, users.c.id == access_keys.c.user_id)
+                    .join(projects, projects.c.id == access_keys.c.project_id)
+                    .where(access_keys.c.id == key_id)
+                )
+            ).first()
+        if row is None:
+            return None
+        return {
+            "user": row.user,
+            "service_account": row.is_service_account,
+            "project": row.project,
+            "project_id": row.project_id,
+        }
 
     async def set_key_disabled(self, key_id: str, disabled: bool, *, actor: str = "cli") -> None:
         async with self.db.write() as conn:

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import and_, bindparam, delete, func, select
+from sqlalchemy.exc import IntegrityError
 
 from berth.domain.digests import digest_bytes, is_digest, parse_digest
 from berth.domain.errors import (
@@ -148,15 +149,22 @@ class Registry:
             holder = holder.join(
                 repositories, repositories.c.id == repository_blobs.c.repository_id
             ).where(repositories.c.project_id == repo.project_id)
-        async with self.db.write() as conn:
-            await ensure_writable(conn, repo.project_id, repo.project)
-            if (await conn.execute(holder.limit(1))).first() is None:
-                return False
-            await conn.execute(
-                self.db.insert_ignore(repository_blobs).values(
-                    repository_id=repo.id, digest=digest, linked_at=utcnow()
+        now = utcnow()
+        try:
+            async with self.db.write() as conn:
+                await ensure_writable(conn, repo.project_id, repo.project)
+                if (await conn.execute(holder.limit(1))).first() is None:
+                    return False
+                # A fresh link time, as for an upload: the grace period covers this push.
+                await conn.execute(
+                    self.db.upsert(
+                        repository_blobs, ["repository_id", "digest"], {"linked_at": now}
+                    ).values(repository_id=repo.id, digest=digest, linked_at=now)
                 )
-            )
+        except IntegrityError:
+            # Garbage collection of another project removed the blob's last link and row
+            # between the check and the link (PostgreSQL): the client uploads it instead.
+            return False
         return True
 
     # ------------------------------------------------------------------ manifests

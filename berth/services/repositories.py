@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import builtins
 import time
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import bindparam, func, select
+from sqlalchemy import ColumnElement, bindparam, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -15,10 +17,12 @@ from berth.domain.names import ImageName, is_valid_component
 from berth.metadata.database import Database
 from berth.metadata.queries import is_index_child
 from berth.metadata.tables import (
+    UTCDateTime,
     manifests,
     project_settings,
     projects,
     repositories,
+    tags,
     utcnow,
 )
 from berth.services.restrictions import ensure_writable
@@ -27,7 +31,10 @@ from berth.services.restrictions import ensure_writable
 # take effect after this long; keeps one query off every pull.
 REPOSITORY_CACHE_SECONDS = 1.0
 MAX_DESCRIPTION = 100
+# A repository name leaves room for the project and an image path in a 255-character OCI name.
+MAX_REPOSITORY_NAME = 128
 SCAN_MODES = ("auto", "manual")
+REPOSITORY_SORTS = ("name", "images", "updated_at")
 
 
 class Conflict(RegistryError):
@@ -103,6 +110,14 @@ class Repositories:
         self._cache[key] = (now + REPOSITORY_CACHE_SECONDS, ref)
         return ref.project_id, ref
 
+    async def project_id(self, project: str) -> int | None:
+        """A project's id, or None when there is no such project."""
+        async with self.db.read() as conn:
+            found = (
+                await conn.execute(select(projects.c.id).where(projects.c.name == project))
+            ).scalar()
+        return int(found) if found is not None else None
+
     async def project_name(self, project_id: int) -> str | None:
         async with self.db.read() as conn:
             name = (
@@ -147,10 +162,10 @@ class Repositories:
         description: str = "",
         scan_mode: str = "manual",
     ) -> dict[str, Any]:
-        if not is_valid_component(name):
+        if not is_valid_component(name) or len(name) > MAX_REPOSITORY_NAME:
             raise NameInvalid(
                 f"invalid repository name {name!r}: lowercase letters and digits, "
-                "with '.', '_', '__' or '-' between them"
+                f"with '.', '_', '__' or '-' between them, up to {MAX_REPOSITORY_NAME} characters"
             )
         if len(description) > MAX_DESCRIPTION:
             raise NameInvalid(f"description is {len(description)} characters; at most 100")
@@ -278,32 +293,146 @@ class Repositories:
         self._cache.pop((project, name), None)
 
     async def list(self, project: str) -> list[dict[str, Any]]:
+        """Every repository of a project, by name."""
         async with self.db.read() as conn:
-            project_id = (
-                await conn.execute(select(projects.c.id).where(projects.c.name == project))
-            ).scalar()
-            if project_id is None:
-                raise NameUnknown(f"project {project!r} does not exist")
-            # An image is a top-level manifest: an index's children are not counted again.
-            image_counts = (
-                select(manifests.c.repository_id, func.count().label("images"))
-                .where(~is_index_child())
-                .group_by(manifests.c.repository_id)
-                .subquery()
-            )
-            rows = await conn.execute(
-                select(repositories, func.coalesce(image_counts.c.images, 0).label("images"))
-                .outerjoin(image_counts, image_counts.c.repository_id == repositories.c.id)
-                .where(repositories.c.project_id == project_id)
-                .order_by(repositories.c.name)
-            )
+            project_id = await _require_project(conn, project)
+            rows = await conn.execute(self._listing(project_id).order_by(repositories.c.name))
             return [_repository_dict(project, r) for r in rows]
 
+    async def page(
+        self,
+        project: str,
+        *,
+        page: int = 1,
+        per_page: int = 20,
+        sort: str = "name",
+        descending: bool = False,
+        query: str | None = None,
+    ) -> tuple[builtins.list[dict[str, Any]], int]:
+        """One page of a project's repositories and how many there are in all: sorted by
+        name, image count or last modification, optionally only names containing `query`."""
+        if sort not in REPOSITORY_SORTS:
+            raise NameInvalid(f"sort must be one of {', '.join(REPOSITORY_SORTS)}")
+        async with self.db.read() as conn:
+            project_id = await _require_project(conn, project)
+            listing = self._listing(project_id).subquery()
+            matching = select(listing)
+            if query:
+                matching = matching.where(listing.c.name.contains(query.lower(), autoescape=True))
+            key = listing.c[sort]
+            rows = await conn.execute(
+                matching.order_by(
+                    key.desc() if descending else key.asc(),
+                    listing.c.name.desc() if descending else listing.c.name.asc(),
+                )
+                .limit(per_page)
+                .offset((page - 1) * per_page)
+            )
+            items = [_repository_dict(project, r) for r in rows]
+            total = (
+                await conn.execute(select(func.count()).select_from(matching.subquery()))
+            ).scalar()
+        return items, int(total or 0)
+
+    def _listing(self, project_id: int) -> Any:
+        """Repositories of a project with their image count and when they last changed (the
+        settings, or the latest push or tag), computed in one grouped pass per table."""
+        in_project = select(repositories.c.id).where(repositories.c.project_id == project_id)
+        # An image is a top-level manifest: an index's children are not counted again.
+        image_stats = (
+            select(
+                manifests.c.repository_id,
+                func.count().label("images"),
+                func.max(manifests.c.pushed_at).label("pushed_at"),
+            )
+            .where(manifests.c.repository_id.in_(in_project), ~is_index_child())
+            .group_by(manifests.c.repository_id)
+            .subquery()
+        )
+        tag_stats = (
+            select(tags.c.repository_id, func.max(tags.c.updated_at).label("tagged_at"))
+            .where(tags.c.repository_id.in_(in_project))
+            .group_by(tags.c.repository_id)
+            .subquery()
+        )
+        changed = self._latest(
+            repositories.c.updated_at,
+            func.coalesce(image_stats.c.pushed_at, repositories.c.updated_at),
+            func.coalesce(tag_stats.c.tagged_at, repositories.c.updated_at),
+        )
+        return (
+            select(
+                repositories.c.id,
+                repositories.c.name,
+                repositories.c.description,
+                repositories.c.public,
+                repositories.c.tag_overwrite,
+                repositories.c.scan_mode,
+                repositories.c.created_at,
+                func.coalesce(image_stats.c.images, 0).label("images"),
+                changed.label("updated_at"),
+            )
+            .outerjoin(image_stats, image_stats.c.repository_id == repositories.c.id)
+            .outerjoin(tag_stats, tag_stats.c.repository_id == repositories.c.id)
+            .where(repositories.c.project_id == project_id)
+        )
+
+    def _latest(self, *values: Any) -> ColumnElement[Any]:
+        """The latest of several timestamps (SQLite's many-argument max, else greatest)."""
+        if self.db.is_sqlite:
+            return func.max(*values, type_=UTCDateTime)
+        return func.greatest(*values, type_=UTCDateTime)
+
     async def show(self, project: str, name: str) -> dict[str, Any]:
-        for repository in await self.list(project):
-            if repository["name"] == name:
-                return repository
-        raise NameUnknown(f"repository {project}/{name} does not exist")
+        async with self.db.read() as conn:
+            project_id = await _require_project(conn, project)
+            row = (
+                await conn.execute(self._listing(project_id).where(repositories.c.name == name))
+            ).first()
+        if row is None:
+            raise NameUnknown(f"repository {project}/{name} does not exist")
+        return _repository_dict(project, row)
+
+    async def project_details(
+        self, project_ids: Collection[int] | None = None
+    ) -> builtins.list[dict[str, Any]]:
+        """Projects (all, or those with these ids) with their repository count and maximum."""
+        counts = (
+            select(repositories.c.project_id, func.count().label("repositories"))
+            .group_by(repositories.c.project_id)
+            .subquery()
+        )
+        query = (
+            select(
+                projects.c.id,
+                projects.c.name,
+                projects.c.created_at,
+                func.coalesce(counts.c.repositories, 0).label("repositories"),
+                project_settings.c.repository_quota,
+            )
+            .outerjoin(counts, counts.c.project_id == projects.c.id)
+            .outerjoin(project_settings, project_settings.c.project_id == projects.c.id)
+            .order_by(projects.c.name)
+        )
+        if project_ids is not None:
+            query = query.where(projects.c.id.in_(project_ids))
+        async with self.db.read() as conn:
+            rows = (await conn.execute(query)).all()
+        return [
+            {
+                "id": r.id,
+                "name": r.name,
+                "created_at": r.created_at.isoformat(),
+                "repositories": int(r.repositories),
+                "repository_quota": (
+                    int(r.repository_quota)
+                    if r.repository_quota is not None
+                    else self.default_quota
+                ),
+                "quota_is_default": r.repository_quota is None,
+            }
+            for r in rows
+        ]
 
 
 async def _require_project(conn: AsyncConnection, project: str) -> int:

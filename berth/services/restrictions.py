@@ -3,7 +3,7 @@ transaction that adds content, so a check and the write it guards cannot be spli
 
 from __future__ import annotations
 
-from sqlalchemy import select
+from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from berth.domain.errors import Denied
@@ -12,8 +12,20 @@ from berth.metadata.tables import project_settings
 GC_IN_PROGRESS = "garbage collection in progress"
 
 
+# PostgreSQL advisory lock namespace (first key) for a project's write gate; the second key is
+# the project id. Writers hold it shared until they commit; GC takes it exclusively to switch
+# the restriction on, so no write that checked before the switch is still in flight after it.
+WRITE_GATE_LOCK = 0x6763  # "gc"
+
+
 async def ensure_writable(conn: AsyncConnection, project_id: int, project: str) -> None:
     """Refuse (DENIED) while a garbage collection holds the project's write restriction."""
+    if conn.dialect.name == "postgresql":
+        # SQLite needs nothing: its one writer already orders this after GC's switch.
+        await conn.execute(
+            text("SELECT pg_advisory_xact_lock_shared(:gate, :project)"),
+            {"gate": WRITE_GATE_LOCK, "project": project_id},
+        )
     holder = (
         await conn.execute(
             select(project_settings.c.gc_restricted_by).where(

@@ -8,6 +8,7 @@ buffer, so one push keeps both cores busy. The running hash lives in memory; whe
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import hashlib
 import re
 import uuid
@@ -228,21 +229,40 @@ class Uploads:
                 )
             await self.store.commit_upload(upload.id, actual)
             now = utcnow()
-            async with self.db.write() as conn:
-                await conn.execute(
-                    self.db.insert_ignore(blobs).values(
-                        digest=actual, size=upload.offset, created_at=now
-                    )
-                )
-                await conn.execute(
-                    self.db.insert_ignore(repository_blobs).values(
-                        repository_id=repo.id, digest=actual, linked_at=now
-                    )
-                )
-                await conn.execute(delete(uploads).where(uploads.c.id == upload.id))
+            try:
+                await self._record(repo, upload, actual, now)
+            finally:
+                # Gone whatever happened, as if it had been renamed into place: a client
+                # must not go on writing into the blob's file.
+                await self.store.delete_upload(upload.id)
             self._hashes.drop(upload.id)
             self._locks.pop(upload.id, None)
             return actual
+
+    async def _record(
+        self, repo: RepositoryRef, upload: Upload, actual: str, now: dt.datetime
+    ) -> None:
+        """The committed blob in the metadata: its row, the repository's link, no upload."""
+        async with self.db.write() as conn:
+            # The blob's row, locked (an upsert; SQLite has one writer anyway). Garbage
+            # collection removes a blob's file only while it holds the same row, so once
+            # we hold it, the file stays; if a sweep removed it just before, commit again
+            # from the scratch file, which is still there.
+            await conn.execute(
+                self.db.upsert(blobs, ["digest"], {"size": upload.offset}).values(
+                    digest=actual, size=upload.offset, created_at=now
+                )
+            )
+            if await self.store.stat(actual) is None:
+                await self.store.commit_upload(upload.id, actual)
+            # A fresh link time even when the link existed: the grace period protects
+            # this push's blob from garbage collection until its manifest arrives.
+            await conn.execute(
+                self.db.upsert(
+                    repository_blobs, ["repository_id", "digest"], {"linked_at": now}
+                ).values(repository_id=repo.id, digest=actual, linked_at=now)
+            )
+            await conn.execute(delete(uploads).where(uploads.c.id == upload.id))
 
     async def _final_digest(self, upload: Upload, algorithm: str) -> str:
         if algorithm == "sha256":

@@ -29,7 +29,9 @@ class BlobStore(abc.ABC):
 
     @abc.abstractmethod
     async def commit_upload(self, upload_id: str, digest: str) -> None:
-        """Make the upload's bytes the blob `digest`, atomically. Dedups if already present."""
+        """Make the upload's bytes the blob `digest`, atomically. Dedups if already present.
+        The scratch object stays until `delete_upload`, so a commit can be made again (after
+        garbage collection removed the blob meanwhile, or when a client retries)."""
 
     @abc.abstractmethod
     async def delete_upload(self, upload_id: str) -> None: ...
@@ -48,6 +50,11 @@ class BlobStore(abc.ABC):
 
     @abc.abstractmethod
     async def delete(self, digest: str) -> None: ...
+
+    async def delete_many(self, digests: list[str]) -> None:
+        """Delete several blobs (garbage collection); absent ones are no error."""
+        for digest in digests:
+            await self.delete(digest)
 
     @abc.abstractmethod
     def iter_digests(self) -> AsyncIterator[str]:

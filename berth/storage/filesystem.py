@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import shutil
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -53,7 +54,14 @@ class FilesystemBlobStore(BlobStore):
 
     async def open_upload(self, upload_id: str, offset: int) -> UploadWriter:
         def _open() -> int:
-            fd = os.open(self._upload_path(upload_id), os.O_WRONLY | os.O_CREAT, 0o640)
+            path = self._upload_path(upload_id)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o640)
+            if os.fstat(fd).st_nlink > 1:
+                # Committed as a blob already (the process died before recording it): go on
+                # in a copy of its own, never in the blob's file.
+                os.close(fd)
+                _unshare(path)
+                fd = os.open(path, os.O_WRONLY, 0o640)
             os.ftruncate(fd, offset)
             os.lseek(fd, offset, os.SEEK_SET)
             return fd
@@ -75,7 +83,9 @@ class FilesystemBlobStore(BlobStore):
             finally:
                 os.close(fd)
             target.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(source, target)
+            # A hard link, not a rename: the scratch file stays for a commit made again.
+            with contextlib.suppress(FileExistsError):  # the same digest, the same bytes
+                os.link(source, target)
             dir_fd = os.open(target.parent, os.O_RDONLY)
             try:
                 os.fsync(dir_fd)
@@ -107,6 +117,16 @@ class FilesystemBlobStore(BlobStore):
         with contextlib.suppress(FileNotFoundError):
             await asyncio.to_thread(os.unlink, self._blob_path(digest))
 
+    async def delete_many(self, digests: list[str]) -> None:
+        paths = [self._blob_path(digest) for digest in digests]
+
+        def _unlink_all() -> None:  # one thread hop for the lot, not one per file
+            for path in paths:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(path)
+
+        await asyncio.to_thread(_unlink_all)
+
     async def iter_digests(self) -> AsyncIterator[str]:
         for algorithm in ("sha256", "sha512"):
             base = self.root / algorithm
@@ -115,6 +135,13 @@ class FilesystemBlobStore(BlobStore):
             for prefix in sorted(base.iterdir()):
                 for blob in sorted(prefix.iterdir()):
                     yield f"{algorithm}:{blob.name}"
+
+
+def _unshare(path: Path) -> None:
+    """Give a hard-linked file a copy of its own under the same name."""
+    copy = path.with_name(path.name + ".copy")
+    shutil.copyfile(path, copy)
+    os.replace(copy, path)
 
 
 async def _read_file(path: Path, start: int, end: int | None) -> AsyncIterator[bytes]:

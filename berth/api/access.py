@@ -1,0 +1,279 @@
+"""Access: access keys, project members, repository permissions and the audit log.
+
+Users manage their own access keys (anyone with a role in the project, repository roles
+included); project admins also create keys for service accounts and may disable, enable or
+delete any key in their project. Members and repository permissions are managed by project
+admins; the audit log is theirs to read.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Query, Response
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from berth.api.deps import (
+    COMPONENT_PATTERN,
+    AdminProject,
+    AnyRoleProject,
+    KeyId,
+    Page,
+    PagingDep,
+    ProjectContext,
+    ReadProject,
+    RepositoryName,
+    UserName,
+)
+from berth.api.problems import FieldError, responses
+from berth.domain.errors import Denied, NameUnknown
+from berth.metadata.tables import utcnow
+
+router = APIRouter(prefix="/projects/{project}", tags=["access"])
+
+ProjectRole = Literal["admin", "member", "reader"]
+RepositoryRole = Literal["member", "viewer"]
+
+
+# ---------------------------------------------------------------- access keys
+
+
+class AccessKey(BaseModel):
+    access_key_id: str
+    user: str
+    project: str
+    created_at: dt.datetime
+    last_used_at: dt.datetime | None
+    expires_at: dt.datetime | None
+    state: Literal["active", "disabled", "expired"]
+
+
+class NewAccessKey(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    user: str | None = Field(
+        None,
+        pattern=COMPONENT_PATTERN,
+        max_length=64,
+        description="whose key: the caller (the default), or a service account (project admins)",
+    )
+    expires_at: dt.datetime | None = Field(
+        None, description="when it stops working (UTC when no zone is given); never when null"
+    )
+
+    @field_validator("expires_at")
+    @classmethod
+    def _in_utc(cls, value: dt.datetime | None) -> dt.datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=dt.UTC)
+        try:
+            return value.astimezone(dt.UTC)
+        except OverflowError:
+            raise ValueError("date out of range") from None
+
+
+class CreatedAccessKey(BaseModel):
+    access_key_id: str
+    secret_access_key: str = Field(description="shown only now: it is stored as a hash")
+    user: str
+    project: str
+    expires_at: dt.datetime | None
+
+
+def _can_manage_key(ctx: ProjectContext, owner: dict[str, Any]) -> bool:
+    return owner["user"] == ctx.actor or ctx.is_project_admin
+
+
+async def _key_in_project(ctx: ProjectContext, key_id: str) -> dict[str, Any]:
+    owner = await ctx.services.identity.key_owner(key_id)
+    if owner is None or owner["project_id"] != ctx.project_id:
+        raise NameUnknown(f"access key {key_id} does not exist in project {ctx.project!r}")
+    if not _can_manage_key(ctx, owner):
+        raise Denied(
+            f"access key {key_id} belongs to {owner['user']!r}; users manage their own keys, "
+            "project admins every key in the project"
+        )
+    return owner
+
+
+async def _key(ctx: ProjectContext, key_id: str) -> AccessKey:
+    for key in await ctx.services.identity.list_keys(project=ctx.project):
+        if key["access_key_id"] == key_id:
+            return AccessKey.model_validate(key)
+    raise NameUnknown(f"access key {key_id} does not exist in project {ctx.project!r}")
+
+
+@router.get("/keys", tags=["access keys"])
+async def list_keys(
+    ctx: AnyRoleProject,
+    user: Annotated[str | None, Query(pattern=COMPONENT_PATTERN, max_length=64)] = None,
+) -> list[AccessKey]:
+    """Access keys in the project (never their secrets): the caller's own, or, for project
+    admins, everyone's (optionally one user's)."""
+    if not ctx.is_project_admin:
+        if user is not None and user != ctx.actor:
+            raise Denied("only project admins see other users' access keys")
+        user = ctx.actor
+    found = await ctx.services.identity.list_keys(user=user, project=ctx.project)
+    return [AccessKey.model_validate(k) for k in found]
+
+
+@router.post("/keys", status_code=201, tags=["access keys"], responses=responses(404))
+async def create_key(ctx: AnyRoleProject, body: NewAccessKey) -> CreatedAccessKey:
+    """Create an access key: its secret is in this answer and never again. At most
+    `max_access_keys` (2) per user per project."""
+    owner = body.user or ctx.actor
+    if owner != ctx.actor:
+        if not ctx.is_project_admin:
+            raise Denied(
+                "users create their own access keys; project admins also service accounts'"
+            )
+        target = await ctx.services.identity.get_user(owner)
+        if target is None:
+            raise NameUnknown(f"user {owner!r} does not exist")
+        if not target["service_account"] and not ctx.is_server_admin:
+            raise Denied(
+                f"user {owner!r} is not a service account: people create their own access keys"
+            )
+    if body.expires_at is not None and body.expires_at <= utcnow():
+        raise FieldError("expires_at", "the expiry date must be in the future")
+    created = await ctx.services.identity.create_key(
+        owner, ctx.project, expires_at=body.expires_at, actor=ctx.actor
+    )
+    return CreatedAccessKey.model_validate(created.as_dict())
+
+
+@router.post("/keys/{key_id}/disable", tags=["access keys"], responses=responses(404))
+async def disable_key(ctx: AnyRoleProject, key_id: KeyId) -> AccessKey:
+    """Disable a key: it stops working within a second, and can be enabled again."""
+    await _key_in_project(ctx, key_id)
+    await ctx.services.identity.set_key_disabled(key_id, True, actor=ctx.actor)
+    return await _key(ctx, key_id)
+
+
+@router.post("/keys/{key_id}/enable", tags=["access keys"], responses=responses(404))
+async def enable_key(ctx: AnyRoleProject, key_id: KeyId) -> AccessKey:
+    await _key_in_project(ctx, key_id)
+    await ctx.services.identity.set_key_disabled(key_id, False, actor=ctx.actor)
+    return await _key(ctx, key_id)
+
+
+@router.delete("/keys/{key_id}", status_code=204, tags=["access keys"], responses=responses(404))
+async def delete_key(ctx: AnyRoleProject, key_id: KeyId) -> Response:
+    await _key_in_project(ctx, key_id)
+    await ctx.services.identity.delete_key(key_id, actor=ctx.actor)
+    return Response(status_code=204)
+
+
+# ---------------------------------------------------------------- members
+
+
+class Member(BaseModel):
+    user: str
+    role: ProjectRole
+    since: dt.datetime
+
+
+class RoleRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    role: ProjectRole
+
+
+class GrantRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    role: RepositoryRole = Field(description="member: push and pull; viewer: pull")
+
+
+class Grant(BaseModel):
+    user: str
+    role: RepositoryRole
+    since: dt.datetime
+
+
+@router.get("/members", tags=["members"])
+async def list_members(ctx: ReadProject) -> list[Member]:
+    return [Member.model_validate(m) for m in await ctx.services.identity.list_members(ctx.project)]
+
+
+@router.put("/members/{user}", tags=["members"], responses=responses(404))
+async def set_member(ctx: AdminProject, user: UserName, body: RoleRequest) -> Member:
+    """Add a user to the project, or change their role (project admins)."""
+    await ctx.services.identity.add_member(ctx.project, user, body.role, actor=ctx.actor)
+    for member in await ctx.services.identity.list_members(ctx.project):
+        if member["user"] == user:
+            return Member.model_validate(member)
+    raise NameUnknown(f"user {user!r} is not a member of project {ctx.project!r}")
+
+
+@router.delete("/members/{user}", status_code=204, tags=["members"], responses=responses(404))
+async def remove_member(ctx: AdminProject, user: UserName) -> Response:
+    """Remove a user from the project; their access keys here stop working at once."""
+    await ctx.services.identity.remove_member(ctx.project, user, actor=ctx.actor)
+    return Response(status_code=204)
+
+
+@router.get(
+    "/repositories/{repository}/grants", tags=["repository permissions"], responses=responses(404)
+)
+async def list_grants(ctx: ReadProject, repository: RepositoryName) -> list[Grant]:
+    """Users outside the project with a role on this repository."""
+    found = await ctx.services.identity.list_grants(ctx.project, repository)
+    return [Grant.model_validate(g) for g in found]
+
+
+@router.put(
+    "/repositories/{repository}/grants/{user}",
+    tags=["repository permissions"],
+    responses=responses(404),
+)
+async def set_grant(
+    ctx: AdminProject, repository: RepositoryName, user: UserName, body: GrantRequest
+) -> Grant:
+    """Give a user a role on one repository (project admins)."""
+    await ctx.services.identity.grant(ctx.project, repository, user, body.role, actor=ctx.actor)
+    for grant in await ctx.services.identity.list_grants(ctx.project, repository):
+        if grant["user"] == user:
+            return Grant.model_validate(grant)
+    raise NameUnknown(f"user {user!r} has no role on {ctx.project}/{repository}")
+
+
+@router.delete(
+    "/repositories/{repository}/grants/{user}",
+    status_code=204,
+    tags=["repository permissions"],
+    responses=responses(404),
+)
+async def remove_grant(ctx: AdminProject, repository: RepositoryName, user: UserName) -> Response:
+    await ctx.services.identity.revoke(ctx.project, repository, user, actor=ctx.actor)
+    return Response(status_code=204)
+
+
+# ---------------------------------------------------------------- audit
+
+
+class AuditEntry(BaseModel):
+    at: dt.datetime
+    actor: str
+    action: str
+    target: str
+    detail: dict[str, Any] | None
+    client: str | None
+
+
+@router.get("/audit", tags=["audit"])
+async def audit(ctx: AdminProject, paging: PagingDep) -> Page[AuditEntry]:
+    """The project's audit log, newest first: logins, keys, roles and repository changes
+    (project admins)."""
+    identity = ctx.services.identity
+    entries = await identity.audit_entries(ctx.project, paging.per_page, paging.offset)
+    return Page[AuditEntry](
+        items=[AuditEntry.model_validate(e) for e in entries],
+        page=paging.page,
+        per_page=paging.per_page,
+        total=await identity.count_audit_entries(ctx.project),
+    )

@@ -1,0 +1,112 @@
+"""The management API: a FastAPI application mounted at /api/v1 of the server's Starlette app.
+
+Its OpenAPI document is at /api/v1/openapi.json and its interactive documentation at
+/api/v1/docs (served from this process: no CDN). Routers live one per module of this
+package; a module listed in ROUTER_MODULES contributes its module-level `router` (an
+`APIRouter`), and optional ones (being written alongside) are skipped while they are absent.
+"""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+from typing import Any
+
+import fastapi_offline
+from fastapi import APIRouter, FastAPI, Request
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.openapi.utils import get_openapi
+from fastapi.staticfiles import StaticFiles
+from starlette.responses import HTMLResponse
+
+from berth import __version__
+from berth.api import problems
+
+MOUNT_PATH = "/api/v1"
+# Routers in the order their endpoints appear in the document.
+ROUTER_MODULES = ("auth", "projects", "repositories", "images", "access", "gc", "usage")
+OPTIONAL_MODULES = frozenset({"gc", "usage"})
+_DOCS_STATIC = Path(fastapi_offline.__file__).parent / "static"
+
+DESCRIPTION = """\
+Manage a Berth registry: projects, repositories, images and tags, access keys, members and
+permissions, the audit log, garbage collection and usage.
+
+**Authentication**: HTTP Basic with an access key ID and secret access key (or a user name and
+password), or `Authorization: Bearer` with a token from `POST /api/v1/auth/tokens`.
+
+**Errors** are RFC 9457 problem documents (`application/problem+json`) whose `errors` list
+names the request fields at fault.
+"""
+
+
+def routers() -> list[APIRouter]:
+    found = []
+    for name in ROUTER_MODULES:
+        qualified = f"berth.api.{name}"
+        try:
+            module = importlib.import_module(qualified)
+        except ModuleNotFoundError as exc:
+            if name in OPTIONAL_MODULES and exc.name == qualified:
+                continue
+            raise
+        found.append(module.router)
+    return found
+
+
+def create_api() -> FastAPI:
+    api = FastAPI(
+        title="Berth management API",
+        version=__version__,
+        description=DESCRIPTION,
+        openapi_url="/openapi.json",
+        docs_url=None,
+        redoc_url=None,
+        responses=problems.responses(401, 403, 422),
+    )
+    problems.install(api)
+    for router in routers():
+        api.include_router(router)
+
+    def openapi() -> dict[str, Any]:
+        if api.openapi_schema is None:
+            schema = get_openapi(
+                title=api.title,
+                version=api.version,
+                description=api.description,
+                routes=api.routes,
+                servers=[{"url": MOUNT_PATH}],
+            )
+            schema["components"] = schema.get("components") or {}
+            schema["components"]["securitySchemes"] = {
+                "accessKey": {
+                    "type": "http",
+                    "scheme": "basic",
+                    "description": "access key ID and secret access key (or user and password)",
+                },
+                "apiToken": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "bearerFormat": "JWT",
+                    "description": "a token from POST /api/v1/auth/tokens",
+                },
+            }
+            schema["security"] = [{"accessKey": []}, {"apiToken": []}]
+            api.openapi_schema = problems.document_problems(schema)
+        return api.openapi_schema
+
+    api.openapi = openapi  # type: ignore[method-assign]
+    api.mount("/docs/static", StaticFiles(directory=_DOCS_STATIC), name="docs-static")
+
+    @api.get("/docs", include_in_schema=False)
+    async def docs(request: Request) -> HTMLResponse:
+        root = request.scope.get("root_path", "").rstrip("/")
+        return get_swagger_ui_html(
+            openapi_url=f"{root}/openapi.json",
+            title="Berth management API",
+            swagger_js_url=f"{root}/docs/static/swagger-ui-bundle.js",
+            swagger_css_url=f"{root}/docs/static/swagger-ui.css",
+            swagger_favicon_url=f"{root}/docs/static/favicon.png",
+        )
+
+    return api

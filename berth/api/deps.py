@@ -1,0 +1,365 @@
+"""What every management API router shares: who is calling, what they may do in a project,
+path and paging parameters, and the page envelope.
+
+Plugging a router in (`berth/api/gc.py`, `berth/api/usage.py`, ...): the module defines a
+module-level `router = APIRouter(...)` whose paths start at the API root (`/api/v1` is the
+mount point, so `/projects/{project}/gc` is served at `/api/v1/projects/{project}/gc`), and
+its name is listed in `berth/api/app.py:ROUTER_MODULES`. Handlers take a context dependency
+and call services; errors are raised as `RegistryError`s (or `FieldError` for one request
+field) and become RFC 9457 problems:
+
+    from berth.api.deps import ManageProject, ReadProject
+
+    router = APIRouter(prefix="/projects/{project}/gc", tags=["garbage collection"])
+
+    @router.post("/runs", status_code=202)
+    async def start(ctx: ManageProject, body: StartRun) -> Run:
+        return Run(**await ctx.services.gc.start(ctx.project, actor=ctx.actor, ...))
+
+Authorization (from `berth/auth/policy.py`): server administrators and project admins and
+members manage a project (`ManageProject`), project readers read it (`ReadProject`), project
+admins also manage members and permissions (`AdminProject`); users with only repository roles
+use the registry with their keys and have no management access (they may still manage their
+own access keys: `AnyRoleProject`). An access key works only in its own project, through
+every surface. Authorization is decided before existence: a caller without a role learns
+nothing about a project.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated, Generic, TypeVar
+
+from fastapi import Depends, Path, Query, Request
+from pydantic import BaseModel, Field
+
+from berth.auth.guard import authenticate_basic, basic_credentials, client_address
+from berth.auth.policy import PROJECT_ROLES, Principal, can_manage_project
+from berth.auth.tokens import InvalidToken
+from berth.domain.errors import Denied, NameUnknown, Unauthorized
+from berth.services.images import Images
+from berth.services.repositories import RepositoryRef
+from berth.state import Services
+
+# ---------------------------------------------------------------- names in paths and queries
+
+COMPONENT = r"[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*"
+COMPONENT_PATTERN = rf"^{COMPONENT}$"
+IMAGE_PATTERN = rf"^(?:{COMPONENT}(?:/{COMPONENT})*)?$"
+TAG_PATTERN = r"^[a-zA-Z0-9_][a-zA-Z0-9._-]{0,127}$"
+DIGEST_PATTERN = r"^[a-z0-9]+(?:[+._-][a-z0-9]+)*:[a-zA-Z0-9=_-]+$"
+KEY_ID_PATTERN = r"^[A-Za-z0-9]{1,32}$"
+# Free text typed by people (descriptions, searches): no control characters.
+TEXT_PATTERN = r"^[^\x00-\x1f\x7f]*$"
+
+ProjectName = Annotated[
+    str, Path(pattern=COMPONENT_PATTERN, max_length=63, description="project name")
+]
+RepositoryName = Annotated[
+    str, Path(pattern=COMPONENT_PATTERN, max_length=128, description="repository name")
+]
+UserName = Annotated[str, Path(pattern=COMPONENT_PATTERN, max_length=64, description="user name")]
+KeyId = Annotated[str, Path(pattern=KEY_ID_PATTERN, description="access key ID")]
+Digest = Annotated[str, Path(pattern=DIGEST_PATTERN, max_length=160, description="digest")]
+TagName = Annotated[str, Path(pattern=TAG_PATTERN, description="tag")]
+ImageFilter = Annotated[
+    str | None,
+    Query(
+        pattern=IMAGE_PATTERN,
+        max_length=255,
+        description="image name inside the repository (`` for the repository's own name)",
+    ),
+]
+ImageName = Annotated[
+    str,
+    Query(
+        pattern=IMAGE_PATTERN,
+        max_length=255,
+        description="image name inside the repository; empty (the default) when the image is "
+        "the repository itself (`{project}/{repository}:tag`)",
+    ),
+]
+
+# ---------------------------------------------------------------- services
+
+
+def get_services(request: Request) -> Services:
+    """The process's services (set on the API app's state when the server starts)."""
+    services: Services = request.app.state.services
+    return services
+
+
+ServicesDep = Annotated[Services, Depends(get_services)]
+
+
+def get_images(services: ServicesDep) -> Images:
+    return Images(services.db)
+
+
+ImagesDep = Annotated[Images, Depends(get_images)]
+
+# ---------------------------------------------------------------- who is calling
+
+# The console's session (issue 5) plugs in here: a middleware in front of the API that has
+# checked the session cookie (and, for unsafe methods, the CSRF token) stores the signed-in
+# user's Principal (key_id and key_project_id None) under this key of the ASGI scope.
+SESSION_SCOPE_KEY = "berth.session_principal"
+API_REALM = 'Bearer realm="berth-api"'
+
+
+@dataclass(frozen=True, slots=True)
+class ApiCaller:
+    """An authenticated caller of the management API."""
+
+    principal: Principal
+    via: str  # access_key | api_token | password | session
+
+    @property
+    def user(self) -> str:
+        """The user name: what audit entries and image history record as the actor."""
+        return self.principal.user
+
+
+def unauthorized(message: str) -> Unauthorized:
+    error = Unauthorized(message)
+    error.headers["WWW-Authenticate"] = API_REALM
+    return error
+
+
+def _is_key_id(name: str) -> bool:
+    """Access key IDs are upper case; user names never are."""
+    return name != name.lower()
+
+
+async def _password_principal(
+    services: Services, request: Request, user: str, password: str
+) -> Principal:
+    client = client_address(request)
+    services.throttle.check(user, client)
+    principal = await services.identity.verify_password(user, password)
+    if principal is None:
+        services.throttle.failed(user, client)
+        raise unauthorized("invalid user name or password")
+    return principal
+
+
+async def _token_principal(services: Services, token: str) -> Principal:
+    try:
+        claims = services.tokens.verify_api(token)
+    except InvalidToken:
+        raise unauthorized(
+            "the API token is invalid or expired; request a new one (POST /api/v1/auth/tokens)"
+        ) from None
+    key_id = str(claims["key"])
+    if not await services.identity.key_is_active(key_id):
+        raise unauthorized(f"access key {key_id}, which this token was issued for, no longer works")
+    return await services.identity.principal_for_token(
+        int(claims["uid"]), str(claims["sub"]), key_id
+    )
+
+
+async def authenticate(request: Request, services: Services) -> ApiCaller | None:
+    """The caller of an API request, or None when the request carries no credentials.
+
+    In order: `Authorization: Bearer` with an API token; `Authorization: Basic` with an access
+    key ID and secret, or with a user name and password; the console's session (see
+    SESSION_SCOPE_KEY). Wrong credentials are UNAUTHORIZED (never silently anonymous).
+    """
+    header = request.headers.get("authorization")
+    if header:
+        scheme, _, value = header.partition(" ")
+        if scheme.lower() == "bearer":
+            return ApiCaller(await _token_principal(services, value.strip()), "api_token")
+        credentials = basic_credentials(header)
+        if credentials is None:
+            raise unauthorized(
+                "unsupported Authorization header: use Basic (access key ID and secret, or user "
+                "and password) or Bearer (an API token)"
+            )
+        name, secret = credentials
+        if _is_key_id(name):
+            try:
+                principal = await authenticate_basic(services, request, name, secret)
+            except Unauthorized as exc:
+                raise unauthorized(exc.message) from None
+            return ApiCaller(principal, "access_key")
+        return ApiCaller(await _password_principal(services, request, name, secret), "password")
+    session = request.scope.get(SESSION_SCOPE_KEY)
+    if isinstance(session, Principal):
+        return ApiCaller(session, "session")
+    return None
+
+
+async def current_caller(request: Request, services: ServicesDep) -> ApiCaller:
+    """The authenticated caller; 401 without credentials."""
+    caller = await authenticate(request, services)
+    if caller is None:
+        raise unauthorized(
+            "authentication required: send an access key (Basic), an API token (Bearer) or "
+            "sign in to the console"
+        )
+    return caller
+
+
+CallerDep = Annotated[ApiCaller, Depends(current_caller)]
+
+
+async def server_admin(caller: CallerDep) -> ApiCaller:
+    if not caller.principal.is_admin:
+        raise Denied(f"user {caller.user!r} is not a server administrator")
+    return caller
+
+
+ServerAdmin = Annotated[ApiCaller, Depends(server_admin)]
+
+# ---------------------------------------------------------------- what they may do in a project
+
+
+@dataclass(frozen=True, slots=True)
+class ProjectContext:
+    """The caller's standing in the project named in the path."""
+
+    caller: ApiCaller
+    services: Services
+    project: str
+    project_id: int
+    role: str | None  # admin | member | reader; None: a server admin, or repository roles only
+
+    @property
+    def actor(self) -> str:
+        return self.caller.user
+
+    @property
+    def is_server_admin(self) -> bool:
+        return self.caller.principal.is_admin
+
+    @property
+    def can_read(self) -> bool:
+        return self.is_server_admin or self.role in PROJECT_ROLES
+
+    @property
+    def can_manage(self) -> bool:
+        return can_manage_project(self.caller.principal, self.role)
+
+    @property
+    def is_project_admin(self) -> bool:
+        return self.is_server_admin or self.role == "admin"
+
+    async def repository(self, name: str) -> RepositoryRef:
+        """A repository of this project, or NAME_UNKNOWN (404)."""
+        _project_id, repo = await self.services.repositories.lookup(self.project, name)
+        if repo is None:
+            raise NameUnknown(f"repository {self.project}/{name} does not exist")
+        return repo
+
+
+async def project_context(
+    project: ProjectName, caller: CallerDep, services: ServicesDep
+) -> ProjectContext:
+    """Any role in the project (a project role or a role on one of its repositories)."""
+    principal = caller.principal
+    project_id = await services.repositories.project_id(project)
+    if principal.key_project_id is not None and principal.key_project_id != project_id:
+        key_project = await services.repositories.project_name(principal.key_project_id)
+        raise Denied(
+            f"access key {principal.key_id} works only in project {key_project!r}; "
+            f"use an access key for project {project!r}"
+        )
+    if project_id is None:
+        if principal.is_admin:
+            raise NameUnknown(f"project {project!r} does not exist")
+        raise Denied(f"user {principal.user!r} has no role in project {project!r}")
+    role = await services.identity.project_role(principal.user_id, project_id)
+    if (
+        role is None
+        and not principal.is_admin
+        and not await services.identity.has_any_role(principal.user_id, project_id)
+    ):
+        raise Denied(f"user {principal.user!r} has no role in project {project!r}")
+    return ProjectContext(caller, services, project, project_id, role)
+
+
+AnyRoleProject = Annotated[ProjectContext, Depends(project_context)]
+
+
+async def readable_project(ctx: AnyRoleProject) -> ProjectContext:
+    """Project readers, members and admins, and server administrators."""
+    if not ctx.can_read:
+        raise Denied(
+            f"user {ctx.actor!r} has only repository roles in project {ctx.project!r}: they "
+            "give registry access (docker, podman, ...), not the management API"
+        )
+    return ctx
+
+
+ReadProject = Annotated[ProjectContext, Depends(readable_project)]
+
+
+async def managed_project(ctx: ReadProject) -> ProjectContext:
+    """Project members and admins, and server administrators."""
+    if not ctx.can_manage:
+        raise Denied(
+            f"user {ctx.actor!r} is a reader of project {ctx.project!r}; managing it needs "
+            "the admin or member role"
+        )
+    return ctx
+
+
+ManageProject = Annotated[ProjectContext, Depends(managed_project)]
+
+
+async def administered_project(ctx: ReadProject) -> ProjectContext:
+    """Project admins and server administrators."""
+    if not ctx.is_project_admin:
+        raise Denied(
+            f"user {ctx.actor!r} is a {ctx.role} of project {ctx.project!r}; this needs the "
+            "project admin role"
+        )
+    return ctx
+
+
+AdminProject = Annotated[ProjectContext, Depends(administered_project)]
+
+
+async def server_admin_project(ctx: AnyRoleProject) -> ProjectContext:
+    """Server administrators (with credentials valid in this project)."""
+    if not ctx.is_server_admin:
+        raise Denied(f"user {ctx.actor!r} is not a server administrator")
+    return ctx
+
+
+ServerAdminProject = Annotated[ProjectContext, Depends(server_admin_project)]
+
+# ---------------------------------------------------------------- paging
+
+T = TypeVar("T")
+MAX_PER_PAGE = 100
+
+
+@dataclass(frozen=True, slots=True)
+class Paging:
+    page: int
+    per_page: int
+
+    @property
+    def offset(self) -> int:
+        return (self.page - 1) * self.per_page
+
+
+def paging(
+    page: Annotated[int, Query(ge=1, le=100_000, description="page number, from 1")] = 1,
+    per_page: Annotated[int, Query(ge=1, le=MAX_PER_PAGE, description="items per page")] = 20,
+) -> Paging:
+    return Paging(page, per_page)
+
+
+PagingDep = Annotated[Paging, Depends(paging)]
+
+
+class Page(BaseModel, Generic[T]):
+    """One page of a listing."""
+
+    items: list[T]
+    page: int = Field(description="this page's number, from 1")
+    per_page: int
+    total: int = Field(description="items on every page together")

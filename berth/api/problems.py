@@ -1,0 +1,174 @@
+"""Errors of the management API as RFC 9457 problem documents (`application/problem+json`).
+
+Every 4xx (and the rare 5xx) answer has the same shape:
+
+    {"type": "urn:berth:problem:quota-exceeded", "title": "Quota exceeded", "status": 403,
+     "detail": "project 'acme' already has 100 of its maximum 100 repositories ...",
+     "code": "QUOTA_EXCEEDED", "errors": [{"field": "name", "message": "..."}]}
+
+`errors` names the request fields at fault (body fields by name, `query.page`, `path.project`
+for the others); it is empty when no one field is. Services raise `RegistryError`s; this module
+turns them into problems, with the service's message as the `detail`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from pydantic import BaseModel, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import JSONResponse, Response
+
+from berth.domain.errors import RegistryError
+
+PROBLEM_TYPE = "application/problem+json"
+
+TITLES = {
+    400: "Bad request",
+    401: "Authentication required",
+    403: "Forbidden",
+    404: "Not found",
+    405: "Method not allowed",
+    409: "Conflict",
+    413: "Request too large",
+    415: "Unsupported media type",
+    416: "Range not satisfiable",
+    422: "Invalid request",
+    429: "Too many requests",
+    500: "Internal server error",
+}
+
+
+class FieldProblem(BaseModel):
+    field: str = Field(description="the request field at fault, e.g. `description`, `query.page`")
+    message: str
+
+
+class Problem(BaseModel):
+    """An RFC 9457 problem document."""
+
+    type: str = Field(description="a URI naming the kind of problem")
+    title: str
+    status: int
+    detail: str = Field(description="what went wrong, for a person")
+    code: str = Field(description="a stable machine-readable code, e.g. CONFLICT")
+    errors: list[FieldProblem] = Field(default_factory=list)
+
+
+class FieldError(RegistryError):
+    """A request field the API refuses after parsing (e.g. a date in the past): 422 naming it."""
+
+    code = "VALIDATION_FAILED"
+    status = 422
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}", [{"field": field, "message": message}])
+
+
+def problem(
+    status: int,
+    detail: str,
+    code: str,
+    errors: list[dict[str, str]] | None = None,
+    headers: dict[str, str] | None = None,
+) -> Response:
+    body = {
+        "type": f"urn:berth:problem:{code.lower().replace('_', '-')}",
+        "title": TITLES.get(status, "Error"),
+        "status": status,
+        "detail": detail,
+        "code": code,
+        "errors": errors or [],
+    }
+    return JSONResponse(body, status, headers=headers, media_type=PROBLEM_TYPE)
+
+
+def _field_name(location: tuple[Any, ...]) -> str:
+    """`("body", "description")` -> `description`; `("query", "page")` -> `query.page`."""
+    if not location:
+        return "body"
+    where, *rest = location
+    path = ".".join(str(part) for part in rest)
+    if where == "body":
+        return path or "body"
+    return f"{where}.{path}" if path else str(where)
+
+
+async def _validation_problem(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, RequestValidationError)
+    errors = []
+    for error in exc.errors():
+        message = str(error.get("msg", "invalid value"))
+        field = _field_name(tuple(error.get("loc", ())))
+        if error.get("type") == "json_invalid":
+            field, message = "body", "the body is not valid JSON"
+        errors.append({"field": field, "message": message})
+    detail = "; ".join(f"{e['field']}: {e['message']}" for e in errors) or "invalid request"
+    return problem(422, detail, "VALIDATION_FAILED", errors)
+
+
+async def _registry_problem(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, RegistryError)
+    errors: list[dict[str, str]] = []
+    if isinstance(exc, FieldError):
+        errors = exc.detail
+    status = exc.status if 400 <= exc.status < 600 else 500
+    if exc.code == "NAME_INVALID" and status == 400:
+        status = 422  # a name the service refuses: a request field, as validation errors are
+    return problem(status, exc.message, exc.code, errors, exc.headers or None)
+
+
+async def _http_problem(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, StarletteHTTPException)
+    codes = {404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED"}
+    detail = exc.detail if isinstance(exc.detail, str) else TITLES.get(exc.status_code, "Error")
+    if exc.status_code == 404:
+        detail = f"no API endpoint at {request.url.path}"
+    return problem(
+        exc.status_code,
+        detail,
+        codes.get(exc.status_code, "HTTP_ERROR"),
+        headers=dict(exc.headers) if exc.headers else None,
+    )
+
+
+async def _server_problem(request: Request, exc: Exception) -> Response:
+    return problem(500, "the server failed to handle this request", "INTERNAL_ERROR")
+
+
+def install(app: FastAPI) -> None:
+    app.add_exception_handler(RequestValidationError, _validation_problem)
+    app.add_exception_handler(RegistryError, _registry_problem)
+    app.add_exception_handler(StarletteHTTPException, _http_problem)
+    app.add_exception_handler(Exception, _server_problem)
+
+
+def responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI `responses` entries for problem answers, for a route or router."""
+    return {
+        status: {"model": Problem, "description": TITLES.get(status, "Error")}
+        for status in statuses
+    }
+
+
+def document_problems(schema: dict[str, Any]) -> dict[str, Any]:
+    """Make the OpenAPI document say what is sent: every 4xx/5xx answer is a `Problem` as
+    `application/problem+json` (FastAPI would document `application/json`, and its own
+    validation error shape for 422)."""
+    problem_ref = {"$ref": "#/components/schemas/Problem"}
+    for operations in schema.get("paths", {}).values():
+        for operation in operations.values():
+            for status, answer in operation.get("responses", {}).items():
+                if str(status)[0] not in "45":
+                    continue
+                answer["content"] = {PROBLEM_TYPE: {"schema": problem_ref}}
+    components = schema.setdefault("components", {}).setdefault("schemas", {})
+    components.pop("HTTPValidationError", None)
+    components.pop("ValidationError", None)
+    if "Problem" not in components:
+        own = Problem.model_json_schema(ref_template="#/components/schemas/{model}")
+        components.update(own.pop("$defs", {}))
+        components["Problem"] = own
+    return schema

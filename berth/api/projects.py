@@ -1,0 +1,126 @@
+"""Projects: the ones the caller may see, one project, and its repository quota."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from fastapi import APIRouter
+from pydantic import BaseModel, Field
+
+from berth.api.deps import (
+    COMPONENT_PATTERN,
+    CallerDep,
+    ProjectContext,
+    ReadProject,
+    ServerAdmin,
+    ServerAdminProject,
+    ServicesDep,
+)
+from berth.api.problems import responses
+from berth.domain.errors import Denied
+from berth.state import Services
+
+router = APIRouter(prefix="/projects", tags=["projects"])
+
+
+class Project(BaseModel):
+    name: str
+    created_at: dt.datetime
+    role: str | None = Field(
+        description="the caller's project role (admin, member, reader); null for a server "
+        "administrator who is not a member"
+    )
+    server_admin: bool = Field(description="the caller administers the whole server")
+    can_manage: bool = Field(description="the caller may manage repositories and images")
+    repositories: int = Field(description="repositories stored")
+    repository_quota: int = Field(description="the most repositories the project may hold")
+    quota_is_default: bool = Field(description="the quota is the server's default")
+    registry_host: str = Field(
+        description="the project's registry host, `{project}.{region}.{domain}` (docker login "
+        "it; add the port the server listens on when it is not 443)"
+    )
+
+
+class NewProject(BaseModel):
+    name: str = Field(
+        pattern=COMPONENT_PATTERN,
+        max_length=63,
+        description="lowercase letters, digits, '-' and '_' (it becomes part of a host name)",
+    )
+
+
+class QuotaUpdate(BaseModel):
+    repository_quota: int | None = Field(
+        ge=0,
+        le=1_000_000,
+        description="the most repositories the project may hold; null for the server default",
+    )
+
+
+def _project(
+    services: Services, details: dict[str, Any], role: str | None, server_admin: bool
+) -> Project:
+    return Project(
+        name=details["name"],
+        created_at=details["created_at"],
+        role=role,
+        server_admin=server_admin,
+        can_manage=server_admin or role in ("admin", "member"),
+        repositories=details["repositories"],
+        repository_quota=details["repository_quota"],
+        quota_is_default=details["quota_is_default"],
+        registry_host=details["name"] + services.settings.project_host_suffix,
+    )
+
+
+async def _describe(ctx: ProjectContext) -> Project:
+    [details] = await ctx.services.repositories.project_details([ctx.project_id])
+    return _project(ctx.services, details, ctx.role, ctx.is_server_admin)
+
+
+@router.get("")
+async def list_projects(caller: CallerDep, services: ServicesDep) -> list[Project]:
+    """Projects where the caller has a project role (every project for a server
+    administrator); an access key (or a token for one) sees only its own project."""
+    principal = caller.principal
+    roles = await services.identity.project_roles(principal.user_id)
+    if principal.key_project_id is not None:
+        ids: list[int] | None = [principal.key_project_id]
+    elif principal.is_admin:
+        ids = None
+    else:
+        ids = list(roles)
+    found = await services.repositories.project_details(ids)
+    return [
+        _project(services, details, roles.get(details["id"]), principal.is_admin)
+        for details in found
+        if principal.is_admin or details["id"] in roles
+    ]
+
+
+@router.get("/{project}", responses=responses(404))
+async def show_project(ctx: ReadProject) -> Project:
+    """A project with the caller's role, its repository count and quota."""
+    return await _describe(ctx)
+
+
+@router.put("/{project}/quota", responses=responses(404))
+async def set_quota(ctx: ServerAdminProject, body: QuotaUpdate) -> Project:
+    """Set the project's repository quota (server administrators)."""
+    await ctx.services.repositories.set_quota(ctx.project, body.repository_quota)
+    return await _describe(ctx)
+
+
+@router.post("", status_code=201, responses=responses(409))
+async def create_project(caller: ServerAdmin, services: ServicesDep, body: NewProject) -> Project:
+    """Create a project (server administrators)."""
+    if caller.principal.key_project_id is not None:
+        raise Denied(
+            f"access key {caller.principal.key_id} works only in its own project; create "
+            "projects signed in with a password, or with the CLI"
+        )
+    await services.repositories.create_project(body.name)
+    project_id = await services.repositories.project_id(body.name)
+    [details] = await services.repositories.project_details([project_id or 0])
+    return _project(services, details, None, True)

@@ -1,0 +1,175 @@
+"""Repositories: create, list (paged, sorted, searched), show, update all but the name, delete."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Query, Response
+from pydantic import BaseModel, ConfigDict, Field
+
+from berth.api.deps import (
+    COMPONENT_PATTERN,
+    TEXT_PATTERN,
+    ManageProject,
+    Page,
+    PagingDep,
+    ReadProject,
+    RepositoryName,
+)
+from berth.api.problems import FieldError, responses
+from berth.services.repositories import MAX_DESCRIPTION, MAX_REPOSITORY_NAME
+
+router = APIRouter(prefix="/projects/{project}/repositories", tags=["repositories"])
+
+Visibility = Literal["public", "private"]
+ScanMode = Literal["auto", "manual"]
+Description = Annotated[
+    str,
+    Field(
+        max_length=MAX_DESCRIPTION,
+        pattern=TEXT_PATTERN,
+        description=f"at most {MAX_DESCRIPTION} characters",
+    ),
+]
+
+
+class NewRepository(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(
+        pattern=COMPONENT_PATTERN,
+        max_length=MAX_REPOSITORY_NAME,
+        description="lowercase letters and digits with '.', '_', '__' or '-' between them; "
+        "fixed once created",
+    )
+    visibility: Visibility = Field("private", description="public: anyone may pull")
+    description: Description = ""
+    tag_overwrite: bool = Field(True, description="false: an existing tag cannot be moved")
+    scan_mode: ScanMode = Field("manual", description="image scan: on push (auto) or on request")
+
+
+class RepositoryUpdate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str | None = Field(None, description="fixed once created: only the same name is accepted")
+    visibility: Visibility | None = None
+    description: Description | None = None
+    tag_overwrite: bool | None = None
+    scan_mode: ScanMode | None = None
+
+
+class Repository(BaseModel):
+    project: str
+    name: str
+    description: str
+    visibility: Visibility
+    tag_overwrite: bool
+    scan_mode: ScanMode
+    images: int = Field(description="images stored (an index and its platform images count once)")
+    created_at: dt.datetime
+    updated_at: dt.datetime = Field(
+        description="last modified: settings changed, or an image pushed or tagged"
+    )
+
+
+def _repository(found: dict[str, Any]) -> Repository:
+    return Repository.model_validate(found)
+
+
+@router.get("", responses=responses(404))
+async def list_repositories(
+    ctx: ReadProject,
+    paging: PagingDep,
+    sort: Annotated[
+        Literal["name", "images", "updated_at"], Query(description="sort key")
+    ] = "name",
+    order: Annotated[Literal["asc", "desc"], Query(description="sort order")] = "asc",
+    q: Annotated[
+        str | None,
+        Query(max_length=MAX_REPOSITORY_NAME, pattern=TEXT_PATTERN, description="name contains"),
+    ] = None,
+) -> Page[Repository]:
+    """A page of the project's repositories."""
+    items, total = await ctx.services.repositories.page(
+        ctx.project,
+        page=paging.page,
+        per_page=paging.per_page,
+        sort=sort,
+        descending=order == "desc",
+        query=q or None,
+    )
+    return Page[Repository](
+        items=[_repository(i) for i in items],
+        page=paging.page,
+        per_page=paging.per_page,
+        total=total,
+    )
+
+
+@router.post("", status_code=201, responses=responses(404, 409))
+async def create_repository(
+    ctx: ManageProject, body: NewRepository, response: Response
+) -> Repository:
+    """Create a repository; images can be pushed into it afterwards. Past the project's
+    repository quota this is refused (403, code QUOTA_EXCEEDED)."""
+    created = await ctx.services.repositories.create(
+        ctx.project,
+        body.name,
+        public=body.visibility == "public",
+        tag_overwrite=body.tag_overwrite,
+        description=body.description,
+        scan_mode=body.scan_mode,
+    )
+    await ctx.services.identity.record(
+        ctx.actor,
+        "repository.create",
+        project_id=ctx.project_id,
+        target=body.name,
+        detail={"visibility": body.visibility},
+    )
+    response.headers["Location"] = f"/api/v1/projects/{ctx.project}/repositories/{body.name}"
+    return _repository(created)
+
+
+@router.get("/{repository}", responses=responses(404))
+async def show_repository(ctx: ReadProject, repository: RepositoryName) -> Repository:
+    return _repository(await ctx.services.repositories.show(ctx.project, repository))
+
+
+@router.patch("/{repository}", responses=responses(404))
+async def update_repository(
+    ctx: ManageProject, repository: RepositoryName, body: RepositoryUpdate
+) -> Repository:
+    """Change a repository's settings; fields left out stay as they are."""
+    if body.name is not None and body.name != repository:
+        raise FieldError("name", "a repository's name is fixed once created")
+    changes = body.model_dump(exclude_unset=True, exclude_none=True, exclude={"name"})
+    updated = await ctx.services.repositories.update(
+        ctx.project,
+        repository,
+        public=body.visibility == "public" if body.visibility is not None else None,
+        tag_overwrite=body.tag_overwrite,
+        description=body.description,
+        scan_mode=body.scan_mode,
+    )
+    if changes:
+        await ctx.services.identity.record(
+            ctx.actor,
+            "repository.update",
+            project_id=ctx.project_id,
+            target=repository,
+            detail=changes,
+        )
+    return _repository(updated)
+
+
+@router.delete("/{repository}", status_code=204, responses=responses(404))
+async def delete_repository(ctx: ManageProject, repository: RepositoryName) -> Response:
+    """Delete a repository with its images and tags (their data goes at the next garbage
+    collection)."""
+    await ctx.services.repositories.delete(ctx.project, repository)
+    await ctx.services.identity.record(
+        ctx.actor, "repository.delete", project_id=ctx.project_id, target=repository
+    )
+    return Response(status_code=204)

@@ -1,0 +1,207 @@
+"""`berth gc run|status|history`: garbage collection of a project, carried out in this process.
+
+`run` works on the metadata database and blob storage directly (the settings of `serve`), like
+every admin verb, with a progress bar on standard error; a server running meanwhile refuses
+pushes to the project while the run holds its write restriction, and recovers the run should
+this process die.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import getpass
+import json
+import sys
+from collections.abc import Awaitable, Callable
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn
+from rich.table import Table
+
+from berth.config import load_settings
+from berth.domain.errors import RegistryError
+from berth.metadata.migrate import upgrade
+from berth.services.gc import FAILED, ROLLED_BACK
+from berth.state import Services
+
+gc_app = typer.Typer(help="Garbage collection: free storage no image needs.", no_args_is_help=True)
+
+console = Console()
+errors = Console(stderr=True)
+T = TypeVar("T")
+JsonFlag = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
+
+COLUMNS = [
+    ("id", "run"),
+    ("started_at", "started (UTC)"),
+    ("state", "state"),
+    ("dry_run", "dry"),
+    ("duration_seconds", "secs"),
+    ("restricted_seconds", "refused (s)"),
+    ("images_deleted", "images"),
+    ("blobs_deleted", "blobs"),
+    ("bytes_freed", "bytes freed"),
+]
+
+
+def _run(work: Callable[[Services], Awaitable[T]]) -> T:
+    settings = load_settings()
+    upgrade(settings.resolved_database_url)
+
+    async def main() -> T:
+        services = Services.build(settings)
+        try:
+            return await work(services)
+        finally:
+            await services.close()
+
+    try:
+        return asyncio.run(main())
+    except RegistryError as exc:
+        errors.print(f"[red]error:[/] {exc.message}")
+        raise typer.Exit(1) from None
+
+
+def _print_json(value: Any) -> None:
+    sys.stdout.write(json.dumps(value, indent=2) + "\n")
+
+
+def _show(run: dict[str, Any]) -> None:
+    table = Table(
+        title=f"Garbage collection run {run['id']} in {run['project']}", show_header=False
+    )
+    table.add_column("item", style="bold")
+    table.add_column("value")
+    state = run["state"] + (f" ({run['phase']})" if run["state"] == "running" else "")
+    table.add_row("State", state + (" — dry run, nothing changed" if run["dry_run"] else ""))
+    table.add_row("Started", f"{run['started_at']} by {run['actor'] or '?'}")
+    table.add_row("Finished", run["finished_at"] or "-")
+    table.add_row("Duration", f"{run['duration_seconds']:.3f} s")
+    restricted = run["restricted_seconds"]
+    table.add_row("Writes refused for", f"{restricted:.3f} s" if restricted is not None else "-")
+    verb = "would be deleted" if run["dry_run"] else "deleted"
+    table.add_row(f"Images {verb}", f"{run['images_deleted']:,}")
+    table.add_row(
+        f"Blobs {verb} from the project",
+        f"{run['blobs_deleted']:,} ({run['bytes_freed']:,} bytes)",
+    )
+    table.add_row(
+        f"Blobs {verb} from storage",
+        f"{run['storage_blobs_deleted']:,} ({run['storage_bytes_freed']:,} bytes)",
+    )
+    table.add_row(f"Abandoned uploads {verb}", f"{run['uploads_deleted']:,}")
+    if run["progress_total"]:
+        table.add_row("Files removed", f"{run['progress_done']:,} / {run['progress_total']:,}")
+    if run["error"]:
+        table.add_row("Error", f"[red]{run['error']}[/]")
+    console.print(table)
+
+
+@gc_app.command("run")
+def gc_run(
+    project: str,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Report what would be deleted; change nothing.")
+    ] = False,
+    delete_untagged: Annotated[
+        bool,
+        typer.Option(
+            "--delete-untagged", help="Also delete images with no tag that no image references."
+        ),
+    ] = False,
+    json_output: JsonFlag = False,
+) -> None:
+    """Collect a project's garbage now, here, with a progress bar."""
+    actor = f"cli:{getpass.getuser()}"[:64]
+
+    async def work(services: Services, progress: Progress | None) -> dict[str, Any]:
+        task = None
+        if progress is not None:
+            task = progress.add_task("deciding what goes (writes refused)", total=None)
+
+        def advance(run: dict[str, Any]) -> None:
+            if progress is not None and task is not None:
+                progress.update(
+                    task,
+                    description="removing files",
+                    completed=run["progress_done"],
+                    total=run["progress_total"],
+                )
+
+        return await services.gc.run(
+            project,
+            dry_run=dry_run,
+            delete_untagged=delete_untagged,
+            actor=actor,
+            progress=advance,
+        )
+
+    if json_output:
+        run = _run(lambda s: work(s, None))
+        _print_json(run)
+    else:
+        with Progress(
+            SpinnerColumn(),
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            console=errors,
+            transient=True,
+        ) as progress:
+            run = _run(lambda s: work(s, progress))
+        _show(run)
+    if run["state"] in (FAILED, ROLLED_BACK):
+        raise typer.Exit(1)
+
+
+@gc_app.command("status")
+def gc_status(project: str, json_output: JsonFlag = False) -> None:
+    """The project's running collection, or else its last one."""
+
+    async def work(services: Services) -> dict[str, Any] | None:
+        current = await services.gc.current(project)
+        if current is not None:
+            return current
+        last = await services.gc.history(project, limit=1)
+        return last[0] if last else None
+
+    run = _run(work)
+    if json_output:
+        _print_json(run)
+    elif run is None:
+        console.print(f"No garbage collection has run in {project} yet.")
+    else:
+        _show(run)
+
+
+@gc_app.command("history")
+def gc_history(
+    project: str,
+    limit: Annotated[int, typer.Option(help="How many runs, newest first.")] = 20,
+    json_output: JsonFlag = False,
+) -> None:
+    """A project's garbage collection runs, newest first."""
+    runs = _run(lambda s: s.gc.history(project, limit=limit))
+    if json_output:
+        _print_json(runs)
+        return
+    table = Table(title=f"Garbage collection in {project}")
+    for _, title in COLUMNS:
+        table.add_column(title)
+    for run in runs:
+        table.add_row(*(_cell(run[key]) for key, _ in COLUMNS))
+    console.print(table)
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, str) and len(value) > 19 and value[10] == "T":
+        return value[:19].replace("T", " ")  # an ISO time, to the second
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return str(value)

@@ -1,0 +1,113 @@
+"""Scheduled jobs: every serving process runs this scheduler; the job leases make sure that,
+across all processes and nodes, one of them runs each job at a time, once per interval."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import logging
+import os
+import random
+import socket
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
+from typing import Any
+
+from berth.jobs.leases import Leases
+from berth.metadata.database import Database
+from berth.metadata.tables import utcnow
+
+logger = logging.getLogger("berth.jobs")
+
+# A run holds its job for this long at a time (or the interval, if shorter), renewing the hold
+# while it works: a runner that dies mid-run frees the job this soon for another to redo.
+HOLD_SECONDS = 30.0
+# Waiting nodes look again at least this often, and this long after a database error.
+MAX_WAIT_SECONDS = 60.0
+RETRY_SECONDS = 5.0
+
+
+@dataclass(frozen=True)
+class Job:
+    name: str
+    interval: float  # seconds from the start of one run to the start of the next
+    run: Callable[[], Coroutine[Any, Any, object]]
+
+    @property
+    def hold(self) -> float:
+        return min(self.interval, HOLD_SECONDS)
+
+
+def default_holder() -> str:
+    return f"{socket.gethostname()[:40]}:{os.getpid()}"
+
+
+class Scheduler:
+    def __init__(self, db: Database, jobs: list[Job], holder: str | None = None) -> None:
+        self.jobs = jobs
+        self.leases = Leases(db, holder or default_holder())
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def start(self) -> None:
+        for job in self.jobs:
+            self._tasks.append(asyncio.create_task(self._schedule(job), name=f"job {job.name}"))
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks.clear()
+
+    async def _schedule(self, job: Job) -> None:
+        while True:
+            try:
+                due = await self.leases.due_at(job.name)
+                if due is None:
+                    await self.leases.ensure(job.name)
+                    continue
+                wait = (due - utcnow()).total_seconds()
+                if wait <= 0:
+                    if await self.leases.claim(job.name, job.hold):
+                        await self._run(job)
+                    continue
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                logger.exception("job %s: could not read or take its lease", job.name)
+                wait = RETRY_SECONDS
+            # A little jitter, so that the nodes waking for the same due time do not collide.
+            await asyncio.sleep(min(wait, MAX_WAIT_SECONDS) + random.uniform(0.0, 0.05))
+
+    async def _run(self, job: Job) -> None:
+        """Run the job, renewing the hold while it works; then set when it is next due."""
+        started = utcnow()
+        next_due = started + dt.timedelta(seconds=job.interval)
+        work: asyncio.Task[object] = asyncio.create_task(job.run(), name=f"run {job.name}")
+        try:
+            while not work.done():
+                await asyncio.wait({work}, timeout=job.hold / 3)
+                if work.done():
+                    break
+                until = utcnow() + dt.timedelta(seconds=job.hold)
+                try:
+                    renewed = await self.leases.extend(job.name, until)
+                except Exception:
+                    logger.warning("job %s: could not renew its lease; still running", job.name)
+                    continue
+                if not renewed:
+                    logger.warning("job %s: lost its lease mid-run; stopping this run", job.name)
+                    work.cancel()
+                    return
+            if work.exception() is not None:
+                logger.error("job %s failed", job.name, exc_info=work.exception())
+        except asyncio.CancelledError:
+            # This process is stopping: free the job at once for another node to run.
+            work.cancel()
+            next_due = utcnow()
+            raise
+        finally:
+            with contextlib.suppress(Exception):
+                await self.leases.extend(job.name, next_due)

@@ -1,0 +1,462 @@
+"""Read models of a repository's content for the management API and CLI: images (top-level
+manifests) with their tags, sizes, platforms and referrers, tag listings and the image and
+tag history. Writes (delete, untag, restore) stay in `registry.py`, on the push path's rules.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from sqlalchemy import Select, and_, func, select
+
+from berth.domain.digests import parse_digest
+from berth.domain.errors import ManifestUnknown
+from berth.domain.manifests import INDEX_TYPES, parse_manifest
+from berth.metadata.database import Database
+from berth.metadata.queries import is_index_child
+from berth.metadata.tables import (
+    blobs,
+    image_events,
+    manifest_references,
+    manifests,
+    tags,
+)
+from berth.services.repositories import RepositoryRef
+
+IMAGE_SORTS = ("pushed_at", "image", "size")
+
+
+def platform_name(platform: dict[str, Any] | None) -> str | None:
+    """`os/architecture[/variant]` of an index entry's platform, as docker prints it."""
+    if not platform:
+        return None
+    parts = [platform.get("os"), platform.get("architecture"), platform.get("variant")]
+    return "/".join(str(p) for p in parts if p) or None
+
+
+def _iso(value: Any) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
+class Images:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    # ------------------------------------------------------------------ images
+
+    def _top_level(self, repo: RepositoryRef, image: str | None, referrers: bool) -> Select[Any]:
+        query = select(
+            manifests.c.id,
+            manifests.c.image,
+            manifests.c.digest,
+            manifests.c.media_type,
+            manifests.c.artifact_type,
+            manifests.c.subject_digest,
+            manifests.c.size,
+            manifests.c.pushed_at,
+        ).where(manifests.c.repository_id == repo.id, ~is_index_child())
+        if image is not None:
+            query = query.where(manifests.c.image == image)
+        if not referrers:
+            query = query.where(manifests.c.subject_digest.is_(None))
+        return query
+
+    async def list_images(
+        self,
+        repo: RepositoryRef,
+        *,
+        image: str | None = None,
+        referrers: bool = True,
+        page: int = 1,
+        per_page: int = 20,
+        descending: bool = True,
+    ) -> tuple[list[dict[str, Any]], int]:
+        """One page of a repository's images (newest first) and how many there are: each with
+        its tags, size (manifest and every blob it needs, an index's platform manifests
+        included), platforms (for an index) and referrers. With `referrers` off, manifests
+        that refer to another (signatures, SBOMs) are left out of the page (they are still
+        listed under their subject)."""
+        listing = self._top_level(repo, image, referrers).subquery()
+        order = (listing.c.pushed_at, listing.c.id)
+        async with self.db.read() as conn:
+            total = (await conn.execute(select(func.count()).select_from(listing))).scalar()
+            rows = (
+                await conn.execute(
+                    select(listing)
+                    .order_by(*(c.desc() if descending else c.asc() for c in order))
+                    .limit(per_page)
+                    .offset((page - 1) * per_page)
+                )
+            ).all()
+            items = await self._describe(conn, repo, rows, detail=False)
+        return items, int(total or 0)
+
+    async def image(self, repo: RepositoryRef, image: str, digest: str) -> dict[str, Any]:
+        """One stored manifest (top-level or not) with its children, layers and referrers."""
+        parse_digest(digest)
+        async with self.db.read() as conn:
+            row = (
+                await conn.execute(
+                    select(
+                        manifests.c.id,
+                        manifests.c.image,
+                        manifests.c.digest,
+                        manifests.c.media_type,
+                        manifests.c.artifact_type,
+                        manifests.c.subject_digest,
+                        manifests.c.size,
+                        manifests.c.pushed_at,
+                    ).where(
+                        manifests.c.repository_id == repo.id,
+                        manifests.c.image == image,
+                        manifests.c.digest == digest,
+                    )
+                )
+            ).first()
+            if row is None:
+                where = f"image {image!r} of " if image else ""
+                raise ManifestUnknown(
+                    f"manifest {digest} is not in {where}repository {repo.project}/{repo.name}",
+                    {"digest": digest},
+                )
+            [described] = await self._describe(conn, repo, [row], detail=True)
+        return described
+
+    async def parents(self, repo: RepositoryRef, image: str, digest: str) -> list[str]:
+        """Digests of the stored indexes (same repository and image) that list `digest`."""
+        async with self.db.read() as conn:
+            found = await conn.execute(
+                select(manifests.c.digest)
+                .join(manifest_references, manifest_references.c.manifest_id == manifests.c.id)
+                .where(
+                    manifests.c.repository_id == repo.id,
+                    manifests.c.image == image,
+                    manifest_references.c.digest == digest,
+                    manifest_references.c.is_manifest,
+                )
+                .order_by(manifests.c.digest)
+            )
+            return [str(d) for d in found.scalars()]
+
+    async def _describe(
+        self, conn: Any, repo: RepositoryRef, rows: Sequence[Any], *, detail: bool
+    ) -> list[dict[str, Any]]:
+        if not rows:
+            return []
+        ids = [r.id for r in rows]
+        digests = {r.digest for r in rows}
+        images = {r.image for r in rows}
+
+        # Children of indexes (same repository and image), and their own references.
+        child_refs: dict[int, list[str]] = defaultdict(list)
+        for ref in await conn.execute(
+            select(manifest_references.c.manifest_id, manifest_references.c.digest).where(
+                manifest_references.c.manifest_id.in_(ids), manifest_references.c.is_manifest
+            )
+        ):
+            child_refs[ref.manifest_id].append(ref.digest)
+        child_digests = {d for refs in child_refs.values() for d in refs}
+        children: dict[tuple[str, str], Any] = {}
+        if child_digests:
+            for child in await conn.execute(
+                select(
+                    manifests.c.id,
+                    manifests.c.image,
+                    manifests.c.digest,
+                    manifests.c.media_type,
+                    manifests.c.size,
+                ).where(
+                    manifests.c.repository_id == repo.id,
+                    manifests.c.image.in_(sorted(images)),
+                    manifests.c.digest.in_(sorted(child_digests)),
+                )
+            ):
+                children[(child.image, child.digest)] = child
+
+        # Blob sizes of every manifest involved.
+        all_ids = ids + [c.id for c in children.values()]
+        blob_sizes: dict[int, dict[str, int]] = defaultdict(dict)
+        for ref in await conn.execute(
+            select(manifest_references.c.manifest_id, blobs.c.digest, blobs.c.size)
+            .join(blobs, blobs.c.digest == manifest_references.c.digest)
+            .where(
+                manifest_references.c.manifest_id.in_(all_ids),
+                ~manifest_references.c.is_manifest,
+            )
+        ):
+            blob_sizes[ref.manifest_id][ref.digest] = int(ref.size)
+
+        # Index content, for the platforms of its entries.
+        index_ids = [r.id for r in rows if r.media_type in INDEX_TYPES]
+        platforms: dict[int, dict[str, str | None]] = {}
+        if index_ids:
+            for content in await conn.execute(
+                select(manifests.c.id, manifests.c.content).where(manifests.c.id.in_(index_ids))
+            ):
+                platforms[content.id] = _entry_platforms(bytes(content.content))
+
+        tag_names = await self._tags_of(conn, repo, images, digests)
+        referrers = await self._referrers_of(conn, repo, images, digests)
+
+        described = []
+        for row in rows:
+            tree_blobs = dict(blob_sizes.get(row.id, {}))
+            size = int(row.size)
+            entries = []
+            # The index's own order (platforms as its author listed them).
+            listed = list(platforms.get(row.id, {}))
+            refs = child_refs.get(row.id, [])
+            ordered = [d for d in listed if d in refs] + [d for d in refs if d not in listed]
+            for child_digest in ordered:
+                child = children.get((row.image, child_digest))
+                if child is None:
+                    continue
+                size += int(child.size)
+                child_blobs = blob_sizes.get(child.id, {})
+                tree_blobs.update(child_blobs)
+                entries.append(
+                    {
+                        "digest": child.digest,
+                        "media_type": child.media_type,
+                        "platform": platforms.get(row.id, {}).get(child.digest),
+                        "size": int(child.size) + sum(child_blobs.values()),
+                    }
+                )
+            size += sum(tree_blobs.values())
+            item: dict[str, Any] = {
+                "image": row.image,
+                "digest": row.digest,
+                "media_type": row.media_type,
+                "artifact_type": row.artifact_type,
+                "subject": row.subject_digest,
+                "tags": tag_names.get((row.image, row.digest), []),
+                "size": size,
+                "platforms": [e["platform"] for e in entries if e["platform"]],
+                "pushed_at": _iso(row.pushed_at),
+                "referrers": referrers.get((row.image, row.digest), []),
+            }
+            if detail:
+                item["manifest_size"] = int(row.size)
+                item["children"] = entries
+                item["layers"] = await self._layers(conn, row.id, blob_sizes.get(row.id, {}))
+            described.append(item)
+        return described
+
+    async def _layers(self, conn: Any, manifest_id: int, sizes: dict[str, int]) -> list[Any]:
+        """The blobs an image manifest lists, in its order, with their media types."""
+        content = (
+            await conn.execute(
+                select(manifests.c.content, manifests.c.media_type).where(
+                    manifests.c.id == manifest_id
+                )
+            )
+        ).first()
+        try:
+            parsed = parse_manifest(bytes(content.content), content.media_type)
+        except Exception:  # stored manifests parsed on push; be lenient in a read model
+            return []
+        return [
+            {
+                "digest": blob.digest,
+                "media_type": blob.media_type,
+                "size": sizes.get(blob.digest, blob.size),
+            }
+            for blob in parsed.blobs
+        ]
+
+    async def _tags_of(
+        self, conn: Any, repo: RepositoryRef, images: Iterable[str], digests: Iterable[str]
+    ) -> dict[tuple[str, str], list[str]]:
+        found: dict[tuple[str, str], list[str]] = defaultdict(list)
+        for tag in await conn.execute(
+            select(tags.c.image, tags.c.digest, tags.c.name)
+            .where(
+                tags.c.repository_id == repo.id,
+                tags.c.image.in_(list(images)),
+                tags.c.digest.in_(list(digests)),
+            )
+            .order_by(tags.c.name)
+        ):
+            found[(tag.image, tag.digest)].append(tag.name)
+        return found
+
+    async def _referrers_of(
+        self, conn: Any, repo: RepositoryRef, images: Iterable[str], digests: Iterable[str]
+    ) -> dict[tuple[str, str], list[dict[str, Any]]]:
+        found: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
+        for ref in await conn.execute(
+            select(
+                manifests.c.image,
+                manifests.c.digest,
+                manifests.c.subject_digest,
+                manifests.c.media_type,
+                manifests.c.artifact_type,
+                manifests.c.size,
+                manifests.c.pushed_at,
+            )
+            .where(
+                manifests.c.repository_id == repo.id,
+                manifests.c.image.in_(list(images)),
+                manifests.c.subject_digest.in_(list(digests)),
+            )
+            .order_by(manifests.c.pushed_at, manifests.c.id)
+        ):
+            found[(ref.image, ref.subject_digest)].append(
+                {
+                    "digest": ref.digest,
+                    "media_type": ref.media_type,
+                    "artifact_type": ref.artifact_type,
+                    "size": int(ref.size),
+                    "pushed_at": _iso(ref.pushed_at),
+                }
+            )
+        return found
+
+    # ------------------------------------------------------------------ tags
+
+    async def list_tags(
+        self, repo: RepositoryRef, *, image: str | None = None, page: int = 1, per_page: int = 20
+    ) -> tuple[list[dict[str, Any]], int]:
+        """Tags of a repository (or of one image name in it), by image name and tag."""
+        query = select(tags.c.image, tags.c.name, tags.c.digest, tags.c.updated_at).where(
+            tags.c.repository_id == repo.id
+        )
+        if image is not None:
+            query = query.where(tags.c.image == image)
+        listing = query.subquery()
+        async with self.db.read() as conn:
+            total = (await conn.execute(select(func.count()).select_from(listing))).scalar()
+            rows = await conn.execute(
+                select(listing)
+                .order_by(listing.c.image, listing.c.name)
+                .limit(per_page)
+                .offset((page - 1) * per_page)
+            )
+            items = [
+                {
+                    "image": r.image,
+                    "tag": r.name,
+                    "digest": r.digest,
+                    "updated_at": _iso(r.updated_at),
+                }
+                for r in rows
+            ]
+        return items, int(total or 0)
+
+    # ------------------------------------------------------------------ history
+
+    async def history(
+        self,
+        repo: RepositoryRef,
+        *,
+        image: str | None = None,
+        tag: str | None = None,
+        digest: str | None = None,
+        page: int = 1,
+        per_page: int = 50,
+    ) -> tuple[list[dict[str, Any]], int]:
+        """Image and tag events of a repository, newest first, narrowed to an image name, a
+        tag or a digest (as old or new digest); with whether each removed tag can be restored
+        now (its last event is the removal and its image is still stored)."""
+        query = select(image_events).where(image_events.c.repository_id == repo.id)
+        if image is not None:
+            query = query.where(image_events.c.image == image)
+        if tag is not None:
+            query = query.where(image_events.c.tag == tag)
+        if digest is not None:
+            query = query.where(
+                (image_events.c.old_digest == digest) | (image_events.c.new_digest == digest)
+            )
+        listing = query.subquery()
+        async with self.db.read() as conn:
+            total = (await conn.execute(select(func.count()).select_from(listing))).scalar()
+            rows = (
+                await conn.execute(
+                    select(listing)
+                    .order_by(listing.c.id.desc())
+                    .limit(per_page)
+                    .offset((page - 1) * per_page)
+                )
+            ).all()
+            restorable = await self._restorable(conn, repo, rows)
+        return [
+            {
+                "id": r.id,
+                "image": r.image,
+                "tag": r.tag,
+                "action": r.action,
+                "old_digest": r.old_digest,
+                "new_digest": r.new_digest,
+                "actor": r.actor,
+                "at": _iso(r.at),
+                "restorable": r.id in restorable,
+            }
+            for r in rows
+        ], int(total or 0)
+
+    async def _restorable(self, conn: Any, repo: RepositoryRef, rows: Sequence[Any]) -> set[int]:
+        """Ids of `untag` events that are their tag's latest event and whose image is stored:
+        the tags `Registry.restore_tag` would put back."""
+        untags = [r for r in rows if r.action == "untag" and r.tag is not None]
+        if not untags:
+            return set()
+        keys = {(r.image, r.tag) for r in untags}
+        latest = (
+            select(
+                image_events.c.image, image_events.c.tag, func.max(image_events.c.id).label("id")
+            )
+            .where(
+                image_events.c.repository_id == repo.id,
+                image_events.c.tag.in_(sorted({tag for _, tag in keys})),
+                image_events.c.image.in_(sorted({image for image, _ in keys})),
+            )
+            .group_by(image_events.c.image, image_events.c.tag)
+        )
+        latest_ids = {row.id for row in await conn.execute(latest)}
+        candidates = [r for r in untags if r.id in latest_ids]
+        if not candidates:
+            return set()
+        stored = {
+            (row.image, row.digest)
+            for row in await conn.execute(
+                select(manifests.c.image, manifests.c.digest).where(
+                    manifests.c.repository_id == repo.id,
+                    manifests.c.digest.in_(sorted({r.old_digest for r in candidates})),
+                )
+            )
+        }
+        # A tag's current state: restorable only if no tag of that name exists now.
+        present = {
+            (row.image, row.name)
+            for row in await conn.execute(
+                select(tags.c.image, tags.c.name).where(
+                    tags.c.repository_id == repo.id,
+                    and_(
+                        tags.c.name.in_(sorted({r.tag for r in candidates})),
+                        tags.c.image.in_(sorted({r.image for r in candidates})),
+                    ),
+                )
+            )
+        }
+        return {
+            r.id
+            for r in candidates
+            if (r.image, r.old_digest) in stored and (r.image, r.tag) not in present
+        }
+
+
+def _entry_platforms(content: bytes) -> dict[str, str | None]:
+    """digest -> platform name for each entry of an index document."""
+    try:
+        document = json.loads(content)
+        entries = document.get("manifests") or []
+        return {
+            str(e.get("digest")): platform_name(e.get("platform"))
+            for e in entries
+            if isinstance(e, dict)
+        }
+    except (ValueError, AttributeError):
+        return {}

@@ -1,0 +1,481 @@
+"""What a project uses: its management summary, storage samples and outbound traffic figures.
+
+Storage is measured deduplicated within a project: a blob linked in five of its repositories
+counts once, as does a manifest stored under several names; another project's copy is that
+project's. Samples are taken on a schedule (the `storage-collect` job) and on demand.
+
+Outbound traffic comes from `traffic_daily` (written by `metering.TrafficMeter`). Charges are
+estimated per calendar month (UTC): the bytes past the monthly free allowance, at a price per
+GB of 10^9 bytes.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections import defaultdict
+from dataclasses import dataclass
+from decimal import ROUND_HALF_UP, Decimal
+from typing import Any
+
+from sqlalchemy import delete, func, select
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from berth.domain.errors import NameInvalid, NameUnknown
+from berth.metadata.database import Database
+from berth.metadata.queries import is_index_child
+from berth.metadata.tables import (
+    blobs,
+    manifests,
+    project_settings,
+    projects,
+    repositories,
+    repository_blobs,
+    storage_samples,
+    traffic_daily,
+    utcnow,
+)
+
+GB = 10**9
+STORAGE_SAMPLE_RETENTION_DAYS = 400
+CENT = Decimal("0.01")
+
+
+@dataclass(frozen=True, slots=True)
+class Pricing:
+    price_per_gb: float = 0.0
+    free_gb: float = 0.0  # per project and month
+
+    def charge(self, month_bytes: int) -> Decimal:
+        """The estimated charge for a project's month of outbound bytes."""
+        free = Decimal(str(self.free_gb)) * GB
+        billable = max(Decimal(month_bytes) - free, Decimal(0))
+        return billable / GB * Decimal(str(self.price_per_gb))
+
+
+@dataclass(slots=True)
+class Count:
+    bytes: int = 0
+    requests: int = 0
+
+    def add(self, sent: int, requests: int) -> None:
+        self.bytes += sent
+        self.requests += requests
+
+
+@dataclass(frozen=True, slots=True)
+class StorageFigures:
+    bytes: int
+    blobs: int
+    images: int
+
+
+NOTHING = StorageFigures(0, 0, 0)
+
+
+def _month_start(day: dt.date, back: int = 0) -> dt.date:
+    """The first day of `day`'s month, `back` months earlier."""
+    index = day.year * 12 + day.month - 1 - back
+    return dt.date(index // 12, index % 12 + 1, 1)
+
+
+def _money(value: Decimal) -> float:
+    return float(value.quantize(CENT, rounding=ROUND_HALF_UP))
+
+
+def _change(current: int, previous: int) -> dict[str, Any]:
+    return {
+        "change_bytes": current - previous,
+        "change_percent": round((current - previous) * 100 / previous, 2) if previous else None,
+    }
+
+
+class Usage:
+    def __init__(
+        self,
+        db: Database,
+        *,
+        default_quota: int = 100,
+        max_images_per_repository: int = 10_000,
+        pricing: Pricing | None = None,
+        traffic_retention_days: int = 124,
+        storage_collect_interval: int = 1800,
+    ) -> None:
+        self.db = db
+        self.default_quota = default_quota
+        self.max_images_per_repository = max_images_per_repository
+        self.pricing = pricing or Pricing()
+        self.traffic_retention_days = traffic_retention_days
+        self.storage_collect_interval = storage_collect_interval
+
+    # ------------------------------------------------------------------ storage
+
+    @staticmethod
+    async def _storage(conn: AsyncConnection, project_id: int | None) -> dict[int, StorageFigures]:
+        """Deduplicated storage per project (all projects when `project_id` is None)."""
+
+        def narrowed(query: Any) -> Any:
+            return (
+                query
+                if project_id is None
+                else query.where(repositories.c.project_id == project_id)
+            )
+
+        linked = narrowed(
+            select(repositories.c.project_id, repository_blobs.c.digest)
+            .join(repositories, repositories.c.id == repository_blobs.c.repository_id)
+            .distinct()
+        ).subquery()
+        blob_rows = await conn.execute(
+            select(linked.c.project_id, func.count(), func.coalesce(func.sum(blobs.c.size), 0))
+            .join(blobs, blobs.c.digest == linked.c.digest)
+            .group_by(linked.c.project_id)
+        )
+        stored = narrowed(
+            select(repositories.c.project_id, manifests.c.digest, manifests.c.size)
+            .join(repositories, repositories.c.id == manifests.c.repository_id)
+            .distinct()
+        ).subquery()
+        manifest_rows = await conn.execute(
+            select(stored.c.project_id, func.coalesce(func.sum(stored.c.size), 0)).group_by(
+                stored.c.project_id
+            )
+        )
+        image_rows = await conn.execute(
+            narrowed(
+                select(repositories.c.project_id, func.count())
+                .select_from(manifests)
+                .join(repositories, repositories.c.id == manifests.c.repository_id)
+                .where(~is_index_child())
+                .group_by(repositories.c.project_id)
+            )
+        )
+        blob_totals = {pid: (int(count), int(size)) for pid, count, size in blob_rows}
+        manifest_bytes = {pid: int(size) for pid, size in manifest_rows}
+        images = {pid: int(count) for pid, count in image_rows}
+        return {
+            pid: StorageFigures(
+                bytes=blob_totals.get(pid, (0, 0))[1] + manifest_bytes.get(pid, 0),
+                blobs=blob_totals.get(pid, (0, 0))[0],
+                images=images.get(pid, 0),
+            )
+            for pid in blob_totals.keys() | manifest_bytes.keys() | images.keys()
+        }
+
+    async def collect(self, project: str) -> dict[str, Any]:
+        """Measure one project's storage now and record the sample (on demand)."""
+        async with self.db.read() as conn:
+            project_id = await _project_id(conn, project)
+            figures = (await self._storage(conn, project_id)).get(project_id, NOTHING)
+        at = utcnow()
+        async with self.db.write() as conn:
+            await conn.execute(
+                storage_samples.insert().values(
+                    project_id=project_id,
+                    at=at,
+                    bytes=figures.bytes,
+                    blobs=figures.blobs,
+                    images=figures.images,
+                )
+            )
+        return _sample(at, figures)
+
+    async def collect_all(self) -> int:
+        """Record a storage sample for every project (the scheduled job); returns how many."""
+        async with self.db.read() as conn:
+            project_ids = list((await conn.execute(select(projects.c.id))).scalars())
+            found = await self._storage(conn, None)
+        if not project_ids:
+            return 0
+        at = utcnow()
+        async with self.db.write() as conn:
+            await conn.execute(
+                storage_samples.insert(),
+                [
+                    {
+                        "project_id": pid,
+                        "at": at,
+                        "bytes": found.get(pid, NOTHING).bytes,
+                        "blobs": found.get(pid, NOTHING).blobs,
+                        "images": found.get(pid, NOTHING).images,
+                    }
+                    for pid in project_ids
+                ],
+            )
+        return len(project_ids)
+
+    async def storage(self, project: str, days: int = 30) -> dict[str, Any]:
+        """The storage series of the last `days` days, oldest first, and the last collection."""
+        if not 1 <= days <= STORAGE_SAMPLE_RETENTION_DAYS:
+            raise NameInvalid(
+                f"days must be between 1 and {STORAGE_SAMPLE_RETENTION_DAYS}", {"field": "days"}
+            )
+        since = utcnow() - dt.timedelta(days=days)
+        async with self.db.read() as conn:
+            project_id = await _project_id(conn, project)
+            rows = (
+                await conn.execute(
+                    select(storage_samples)
+                    .where(
+                        storage_samples.c.project_id == project_id, storage_samples.c.at >= since
+                    )
+                    .order_by(storage_samples.c.at, storage_samples.c.id)
+                )
+            ).all()
+            last = rows[-1] if rows else await _last_sample(conn, project_id)
+        return {
+            "project": project,
+            "collected_at": last.at.isoformat() if last is not None else None,
+            "collect_interval_seconds": self.storage_collect_interval,
+            "last": _sample(last.at, StorageFigures(last.bytes, last.blobs, last.images))
+            if last is not None
+            else None,
+            "samples": [_sample(r.at, StorageFigures(r.bytes, r.blobs, r.images)) for r in rows],
+        }
+
+    # ------------------------------------------------------------------ traffic
+
+    async def traffic(
+        self,
+        project: str,
+        *,
+        days: int = 92,
+        repository: str | None = None,
+        today: dt.date | None = None,
+    ) -> dict[str, Any]:
+        """Daily series for the last `days` days (zero-filled), monthly totals of the current
+        month and the two before it with their change over the month before, and the estimated
+        charge; narrowed to one repository when `repository` is given (its share of the
+        project's charge, in proportion to its bytes)."""
+        if not 1 <= days <= self.traffic_retention_days:
+            raise NameInvalid(
+                f"days must be between 1 and {self.traffic_retention_days}", {"field": "days"}
+            )
+        today = today or utcnow().date()
+        first_day = today - dt.timedelta(days=days - 1)
+        # The months shown, oldest first, after the one before them (for the first change).
+        month_starts = [_month_start(today, back) for back in (3, 2, 1, 0)]
+        since = min(first_day, month_starts[0])
+        async with self.db.read() as conn:
+            project_id = await _project_id(conn, project)
+            repository_id = None
+            if repository is not None:
+                repository_id = await _repository_id(conn, project_id, project, repository)
+            rows = (
+                await conn.execute(
+                    select(
+                        traffic_daily.c.repository_id,
+                        traffic_daily.c.day,
+                        traffic_daily.c.bytes,
+                        traffic_daily.c.requests,
+                    ).where(
+                        traffic_daily.c.project_id == project_id,
+                        traffic_daily.c.day >= since,
+                        traffic_daily.c.day <= today,
+                    )
+                )
+            ).all()
+            names = dict(
+                (
+                    await conn.execute(
+                        select(repositories.c.id, repositories.c.name).where(
+                            repositories.c.project_id == project_id
+                        )
+                    )
+                ).all()
+            )
+
+        daily: dict[dt.date, Count] = defaultdict(Count)
+        months: dict[dt.date, Count] = defaultdict(Count)
+        project_months: dict[dt.date, int] = defaultdict(int)  # for the charge
+        by_repository: dict[int, Count] = defaultdict(Count)
+        for row in rows:
+            month = row.day.replace(day=1)
+            project_months[month] += row.bytes
+            if repository_id is not None and row.repository_id != repository_id:
+                continue
+            months[month].add(row.bytes, row.requests)
+            if row.day >= first_day:
+                daily[row.day].add(row.bytes, row.requests)
+                by_repository[row.repository_id].add(row.bytes, row.requests)
+
+        def month_figures(start: dt.date, previous: dt.date) -> dict[str, Any]:
+            count, total = months[start], project_months[start]
+            charge = self.pricing.charge(total)
+            if repository_id is not None:  # the repository's share of the project's charge
+                charge = charge * count.bytes / total if total else Decimal(0)
+            return {
+                "month": start.strftime("%Y-%m"),
+                "bytes": count.bytes,
+                "requests": count.requests,
+                **_change(count.bytes, months[previous].bytes),
+                "estimated_charge": _money(charge),
+            }
+
+        monthly = [month_figures(month_starts[i], month_starts[i - 1]) for i in range(1, 4)]
+        series = [first_day + dt.timedelta(days=i) for i in range(days)]
+        result: dict[str, Any] = {
+            "project": project,
+            "repository": repository,
+            "first_day": first_day.isoformat(),
+            "last_day": today.isoformat(),
+            "daily": [
+                {"day": day.isoformat(), "bytes": daily[day].bytes, "requests": daily[day].requests}
+                for day in series
+            ],
+            "total_bytes": sum(count.bytes for count in daily.values()),
+            "total_requests": sum(count.requests for count in daily.values()),
+            "months": monthly,
+            "this_month": monthly[-1],
+            "pricing": {
+                "price_per_gb": self.pricing.price_per_gb,
+                "free_gb_per_month": self.pricing.free_gb,
+                "gb": GB,
+            },
+        }
+        if repository is None:
+            ranked = sorted(by_repository.items(), key=lambda item: (-item[1].bytes, item[0]))
+            result["repositories"] = [
+                {
+                    "repository": names.get(rid),
+                    "repository_id": rid,
+                    "deleted": rid not in names,
+                    "bytes": count.bytes,
+                    "requests": count.requests,
+                }
+                for rid, count in ranked
+            ]
+        return result
+
+    async def prune(self, today: dt.date | None = None) -> dict[str, int]:
+        """Delete traffic rows past the retention and storage samples past theirs (daily job)."""
+        today = today or utcnow().date()
+        oldest_day = today - dt.timedelta(days=self.traffic_retention_days)
+        oldest_sample = utcnow() - dt.timedelta(days=STORAGE_SAMPLE_RETENTION_DAYS)
+        async with self.db.write() as conn:
+            traffic = await conn.execute(
+                delete(traffic_daily).where(traffic_daily.c.day < oldest_day)
+            )
+            samples = await conn.execute(
+                delete(storage_samples).where(storage_samples.c.at < oldest_sample)
+            )
+        return {"traffic_rows": traffic.rowcount, "storage_samples": samples.rowcount}
+
+    # ------------------------------------------------------------------ summary
+
+    async def summary(self, project: str, *, today: dt.date | None = None) -> dict[str, Any]:
+        """The management summary: repositories stored / maximum, images, storage used (the
+        last collection; measured now if there has been none), this month's outbound traffic,
+        the last garbage collection and the image limit."""
+        today = today or utcnow().date()
+        month = _month_start(today)
+        async with self.db.read() as conn:
+            project_id = await _project_id(conn, project)
+            repository_count = (
+                await conn.execute(
+                    select(func.count())
+                    .select_from(repositories)
+                    .where(repositories.c.project_id == project_id)
+                )
+            ).scalar() or 0
+            images = (
+                await conn.execute(
+                    select(func.count())
+                    .select_from(manifests)
+                    .join(repositories, repositories.c.id == manifests.c.repository_id)
+                    .where(repositories.c.project_id == project_id, ~is_index_child())
+                )
+            ).scalar() or 0
+            settings_row = (
+                await conn.execute(
+                    select(
+                        project_settings.c.repository_quota, project_settings.c.last_gc_at
+                    ).where(project_settings.c.project_id == project_id)
+                )
+            ).first()
+            traffic_row = (
+                await conn.execute(
+                    select(
+                        func.coalesce(func.sum(traffic_daily.c.bytes), 0),
+                        func.coalesce(func.sum(traffic_daily.c.requests), 0),
+                    ).where(
+                        traffic_daily.c.project_id == project_id,
+                        traffic_daily.c.day >= month,
+                        traffic_daily.c.day <= today,
+                    )
+                )
+            ).one()
+            last = await _last_sample(conn, project_id)
+            if last is not None:
+                storage = {
+                    **_sample(last.at, StorageFigures(last.bytes, last.blobs, last.images)),
+                    "measured_now": False,
+                }
+            else:
+                figures = (await self._storage(conn, project_id)).get(project_id, NOTHING)
+                storage = {**_sample(None, figures), "measured_now": True}
+        quota = self.default_quota
+        if settings_row is not None and settings_row.repository_quota is not None:
+            quota = int(settings_row.repository_quota)
+        last_gc = settings_row.last_gc_at if settings_row is not None else None
+        month_bytes = int(traffic_row[0])
+        return {
+            "project": project,
+            "repositories": {"stored": int(repository_count), "maximum": quota},
+            "images": {
+                "stored": int(images),
+                "limit_per_repository": self.max_images_per_repository,
+            },
+            "storage": storage,
+            "traffic_this_month": {
+                "month": month.strftime("%Y-%m"),
+                "bytes": month_bytes,
+                "requests": int(traffic_row[1]),
+                "estimated_charge": _money(self.pricing.charge(month_bytes)),
+            },
+            "last_gc_at": last_gc.isoformat() if last_gc is not None else None,
+            "storage_collect_interval_seconds": self.storage_collect_interval,
+        }
+
+
+def _sample(at: dt.datetime | None, figures: StorageFigures) -> dict[str, Any]:
+    return {
+        "collected_at": at.isoformat() if at is not None else None,
+        "bytes": figures.bytes,
+        "blobs": figures.blobs,
+        "images": figures.images,
+    }
+
+
+async def _last_sample(conn: AsyncConnection, project_id: int) -> Any:
+    return (
+        await conn.execute(
+            select(storage_samples)
+            .where(storage_samples.c.project_id == project_id)
+            .order_by(storage_samples.c.at.desc(), storage_samples.c.id.desc())
+            .limit(1)
+        )
+    ).first()
+
+
+async def _project_id(conn: AsyncConnection, project: str) -> int:
+    found = (await conn.execute(select(projects.c.id).where(projects.c.name == project))).scalar()
+    if found is None:
+        raise NameUnknown(f"project {project!r} does not exist", {"project": project})
+    return int(found)
+
+
+async def _repository_id(
+    conn: AsyncConnection, project_id: int, project: str, repository: str
+) -> int:
+    found = (
+        await conn.execute(
+            select(repositories.c.id).where(
+                repositories.c.project_id == project_id, repositories.c.name == repository
+            )
+        )
+    ).scalar()
+    if found is None:
+        raise NameUnknown(
+            f"repository {project}/{repository} does not exist", {"repository": repository}
+        )
+    return int(found)

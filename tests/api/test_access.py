@@ -1,0 +1,218 @@
+"""Access keys, members, repository permissions and the audit log through the API."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+import httpx
+
+from tests.api.conftest import PASSWORD, Team, api, assert_problem, ok, push_image, until
+
+
+def keys_of(team: Team, actor: str, **params: Any) -> list[dict[str, Any]]:
+    return ok(team[actor].get(team.url("/keys"), params=params))  # type: ignore[no-any-return]
+
+
+def test_users_manage_their_own_keys(team: Team) -> None:
+    member = team.users["member"]
+    with api(team.server, (member, PASSWORD)) as person:
+        # A person signed in with a password (as the console does) makes a key.
+        created = ok(
+            person.post(team.url("/keys"), json={"expires_at": "2099-01-01T00:00:00Z"}), 201
+        )
+        assert created["user"] == member and created["project"] == team.project
+        assert created["access_key_id"].startswith("BK")
+        assert len(created["secret_access_key"]) >= 40
+        assert created["expires_at"].startswith("2099-01-01")
+        mine = keys_of(team, "member")
+        assert {k["access_key_id"] for k in mine} == {
+            team.keys["member"][0],
+            created["access_key_id"],
+        }
+        assert all(k["user"] == member for k in mine)
+        assert created["secret_access_key"] not in str(mine)  # shown once, never listed
+        # The new key works at once (docker login would say Login Succeeded).
+        credentials = (created["access_key_id"], created["secret_access_key"])
+        assert httpx.get(f"{team.server.url}/v2/", auth=credentials).status_code == 200
+
+        # At most two keys per user per project.
+        body = assert_problem(person.post(team.url("/keys"), json={}), 403, code="DENIED")
+        assert "max_access_keys" in body["detail"]
+
+        key_id = created["access_key_id"]
+        disabled = ok(person.post(team.url(f"/keys/{key_id}/disable")))
+        assert disabled["state"] == "disabled"
+        assert until(
+            lambda: httpx.get(f"{team.server.url}/v2/", auth=credentials).status_code == 401
+        )
+        assert ok(person.post(team.url(f"/keys/{key_id}/enable")))["state"] == "active"
+        assert person.delete(team.url(f"/keys/{key_id}")).status_code == 204
+        assert_problem(person.delete(team.url(f"/keys/{key_id}")), 404)
+        assert_problem(person.post(team.url(f"/keys/{key_id}/enable")), 404)
+
+
+def test_key_validation(shared_team: Team) -> None:
+    team = shared_team
+    past = (dt.datetime.now(dt.UTC) - dt.timedelta(days=1)).isoformat()
+    assert_problem(
+        team["reader"].post(team.url("/keys"), json={"expires_at": past}),
+        422,
+        fields=("expires_at",),
+    )
+    assert_problem(
+        team["reader"].post(team.url("/keys"), json={"expires_at": "next tuesday"}),
+        422,
+        fields=("expires_at",),
+    )
+    assert_problem(team["reader"].post(team.url("/keys/BKNOPE/disable")), 404)
+    assert_problem(team["reader"].post(team.url("/keys/not-an-id!/disable")), 422)
+
+
+def test_project_admins_manage_service_account_keys(team: Team) -> None:
+    robot = team.users["robot"]
+    created = ok(team["project-admin"].post(team.url("/keys"), json={"user": robot}), 201)
+    assert created["user"] == robot
+    # People make their own keys: a member cannot make one for the robot, an admin not for a
+    # person.
+    assert_problem(team["member"].post(team.url("/keys"), json={"user": robot}), 403)
+    body = assert_problem(
+        team["project-admin"].post(team.url("/keys"), json={"user": team.users["member"]}), 403
+    )
+    assert "not a service account" in body["detail"]
+    assert_problem(
+        team["project-admin"].post(team.url("/keys"), json={"user": "nobody-at-all"}), 404
+    )
+
+    # Admins see and manage every key in the project; others only their own.
+    everyone = {k["user"] for k in keys_of(team, "project-admin")}
+    assert {robot, team.users["member"], team.users["reader"]} <= everyone
+    assert {k["user"] for k in keys_of(team, "project-admin", user=robot)} == {robot}
+    assert {k["user"] for k in keys_of(team, "reader")} == {team.users["reader"]}
+    assert_problem(team["reader"].get(team.url("/keys"), params={"user": robot}), 403)
+    robot_key = created["access_key_id"]
+    assert_problem(team["member"].post(team.url(f"/keys/{robot_key}/disable")), 403)
+    assert_problem(team["member"].delete(team.url(f"/keys/{robot_key}")), 403)
+    assert ok(team["project-admin"].post(team.url(f"/keys/{robot_key}/disable")))["state"] == (
+        "disabled"
+    )
+    assert team["project-admin"].delete(team.url(f"/keys/{robot_key}")).status_code == 204
+
+    # Someone with only a repository role manages their own keys too.
+    outsider_keys = keys_of(team, "outsider")
+    assert [k["user"] for k in outsider_keys] == [team.users["outsider"]]
+    # A key of another project is not found here.
+    assert_problem(
+        team["project-admin"].post(team.url(f"/keys/{team.keys['stranger'][0]}/disable")), 404
+    )
+
+
+def test_members(team: Team) -> None:
+    members = {m["user"]: m["role"] for m in ok(team["reader"].get(team.url("/members")))}
+    assert members[team.users["member"]] == "member"
+    assert members[team.users["reader"]] == "reader"
+
+    stranger = team.users["stranger"]
+    added = ok(team["project-admin"].put(team.url(f"/members/{stranger}"), json={"role": "reader"}))
+    assert added["user"] == stranger and added["role"] == "reader"
+    changed = ok(
+        team["project-admin"].put(team.url(f"/members/{stranger}"), json={"role": "member"})
+    )
+    assert changed["role"] == "member"
+    with api(team.server, (stranger, PASSWORD)) as person:
+        assert ok(person.get(team.url()))["role"] == "member"
+    assert team["project-admin"].delete(team.url(f"/members/{stranger}")).status_code == 204
+    assert stranger not in {m["user"] for m in ok(team["reader"].get(team.url("/members")))}
+
+    # Project admins only; clear errors.
+    assert_problem(
+        team["member"].put(team.url(f"/members/{stranger}"), json={"role": "admin"}), 403
+    )
+    assert_problem(team["member"].delete(team.url(f"/members/{team.users['reader']}")), 403)
+    assert_problem(
+        team["project-admin"].put(team.url(f"/members/{stranger}"), json={"role": "owner"}),
+        422,
+        fields=("role",),
+    )
+    assert_problem(
+        team["project-admin"].put(team.url("/members/no-such-user"), json={"role": "reader"}),
+        404,
+    )
+    assert_problem(team["project-admin"].delete(team.url(f"/members/{stranger}")), 404)
+    assert_problem(team["outsider"].get(team.url("/members")), 403)
+
+
+def test_removing_a_member_ends_their_keys(team: Team) -> None:
+    key = team.keys["reader"]
+    assert httpx.get(f"{team.server.url}/v2/", auth=key).status_code == 200
+    response = team["project-admin"].delete(team.url(f"/members/{team.users['reader']}"))
+    assert response.status_code == 204
+    assert until(lambda: httpx.get(f"{team.server.url}/v2/", auth=key).status_code == 401)
+
+
+def test_repository_permissions(team: Team) -> None:
+    grants = ok(team["reader"].get(team.repo_url("/grants")))
+    assert [(g["user"], g["role"]) for g in grants] == [(team.users["outsider"], "member")]
+    stranger = team.users["stranger"]
+    granted = ok(
+        team["project-admin"].put(team.repo_url(f"/grants/{stranger}"), json={"role": "viewer"})
+    )
+    assert granted == {**granted, "user": stranger, "role": "viewer"}
+    assert {g["user"] for g in ok(team["reader"].get(team.repo_url("/grants")))} == {
+        team.users["outsider"],
+        stranger,
+    }
+    # The outsider (repository member) pushes with their key, but cannot manage.
+    push_image(team.registry("outsider"), team.oci_name(), "from-outsider")
+    assert_problem(
+        team["outsider"].put(team.repo_url(f"/grants/{stranger}"), json={"role": "member"}), 403
+    )
+    assert_problem(
+        team["member"].put(team.repo_url(f"/grants/{stranger}"), json={"role": "member"}), 403
+    )
+    assert_problem(
+        team["project-admin"].put(team.repo_url(f"/grants/{stranger}"), json={"role": "admin"}),
+        422,
+        fields=("role",),
+    )
+    assert_problem(
+        team["project-admin"].put(
+            team.repo_url(f"/grants/{stranger}", "missing"), json={"role": "viewer"}
+        ),
+        404,
+    )
+    response = team["project-admin"].delete(team.repo_url(f"/grants/{stranger}"))
+    assert response.status_code == 204
+    assert_problem(team["project-admin"].delete(team.repo_url(f"/grants/{stranger}")), 404)
+
+
+def test_audit_names_the_calling_user(team: Team) -> None:
+    ok(
+        team["project-admin"].put(
+            team.url(f"/members/{team.users['stranger']}"), json={"role": "reader"}
+        )
+    )
+    ok(team["member"].post(team.url("/repositories"), json={"name": "audited"}), 201)
+    ok(team["member"].patch(team.repo_url(repository="audited"), json={"description": "d"}))
+    assert team["member"].delete(team.repo_url(repository="audited")).status_code == 204
+    key_id = team.keys["reader"][0]
+    ok(team["reader"].post(team.url(f"/keys/{key_id}/disable")))
+
+    wanted = {
+        ("member.add", team.users["project-admin"]),
+        ("repository.create", team.users["member"]),
+        ("repository.update", team.users["member"]),
+        ("repository.delete", team.users["member"]),
+        ("key.disable", team.users["reader"]),
+    }
+
+    def seen() -> bool:
+        entries = ok(team["project-admin"].get(team.url("/audit"), params={"per_page": 100}))
+        return wanted <= {(e["action"], e["actor"]) for e in entries["items"]}
+
+    assert until(seen)
+    page = ok(team["project-admin"].get(team.url("/audit"), params={"per_page": 2}))
+    assert len(page["items"]) == 2 and page["total"] >= 5
+    # The audit log is for project admins.
+    assert_problem(team["member"].get(team.url("/audit")), 403)
+    assert_problem(team["reader"].get(team.url("/audit")), 401)  # their key is disabled now

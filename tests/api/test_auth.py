@@ -1,0 +1,180 @@
+"""Who may call the management API: access keys, API tokens, passwords; the problem shape."""
+
+from __future__ import annotations
+
+import base64
+import time
+
+import httpx
+import jwt
+import pytest
+
+from tests.api.conftest import PASSWORD, Team, api, assert_problem, ok, services, until
+from tests.servers import ADMIN_PASSWORD, BerthServer
+
+# One request per kind of endpoint, as an anonymous caller makes it.
+ENDPOINTS = [
+    ("GET", "/projects"),
+    ("GET", "/projects/{p}"),
+    ("PUT", "/projects/{p}/quota"),
+    ("GET", "/projects/{p}/repositories"),
+    ("POST", "/projects/{p}/repositories"),
+    ("GET", "/projects/{p}/repositories/app"),
+    ("PATCH", "/projects/{p}/repositories/app"),
+    ("DELETE", "/projects/{p}/repositories/app"),
+    ("GET", "/projects/{p}/repositories/app/images"),
+    ("GET", "/projects/{p}/repositories/app/tags"),
+    ("GET", "/projects/{p}/repositories/app/history"),
+    ("POST", "/projects/{p}/repositories/app/tags/restore"),
+    ("GET", "/projects/{p}/keys"),
+    ("POST", "/projects/{p}/keys"),
+    ("GET", "/projects/{p}/members"),
+    ("GET", "/projects/{p}/audit"),
+    ("POST", "/auth/tokens"),
+]
+
+
+def test_openapi_document_and_offline_docs(server: BerthServer) -> None:
+    with api(server) as client:
+        document = ok(client.get("/openapi.json"))
+        assert document["openapi"].startswith("3.")
+        assert document["servers"] == [{"url": "/api/v1"}]
+        assert "/projects/{project}/repositories" in document["paths"]
+        schemas = document["components"]["schemas"]
+        assert "Problem" in schemas and "HTTPValidationError" not in schemas
+        create = document["paths"]["/projects/{project}/repositories"]["post"]
+        assert "application/problem+json" in create["responses"]["422"]["content"]
+        assert document["components"]["securitySchemes"]["accessKey"]["scheme"] == "basic"
+        docs = client.get("/docs")
+        assert docs.status_code == 200 and "swagger-ui" in docs.text
+        assert "cdn" not in docs.text.lower()  # the page's scripts come from this server
+        assert client.get("/docs/static/swagger-ui-bundle.js").status_code == 200
+
+
+@pytest.mark.parametrize(("method", "path"), ENDPOINTS)
+def test_every_endpoint_needs_credentials(shared_team: Team, method: str, path: str) -> None:
+    with api(shared_team.server) as client:
+        response = client.request(method, path.format(p=shared_team.project), json={})
+        body = assert_problem(response, 401, code="UNAUTHORIZED")
+        assert response.headers["WWW-Authenticate"].startswith("Bearer")
+        assert "authentication required" in body["detail"]
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        "Basic " + base64.b64encode(b"BKNOTAKEY0000000000:wrong").decode(),
+        "Basic " + base64.b64encode(b"nobody:wrong-password").decode(),
+        "Basic !!!",
+        "Bearer not-a-token",
+        "Digest whatever",
+    ],
+)
+def test_wrong_credentials_are_refused(shared_team: Team, header: str) -> None:
+    with api(shared_team.server) as client:
+        response = client.get("/projects", headers={"Authorization": header})
+        assert_problem(response, 401, code="UNAUTHORIZED")
+
+
+def test_access_key_token_and_password_callers(team: Team) -> None:
+    ok(team["member"].get(team.url()))
+    with api(team.server, (team.users["member"], PASSWORD)) as by_password:
+        project = ok(by_password.get(team.url()))
+        assert project["role"] == "member" and project["can_manage"]
+    with api(team.server, (team.users["member"], "wrong password")) as wrong:
+        assert_problem(wrong.get(team.url()), 401)
+    # A password caller sees every project they are a member of; a key only its own.
+    with api(team.server, ("admin", ADMIN_PASSWORD)) as admin:
+        names = {p["name"] for p in ok(admin.get("/projects"))}
+        assert team.project in names
+    assert [p["name"] for p in ok(team["member"].get("/projects"))] == [team.project]
+
+
+def test_api_tokens(team: Team) -> None:
+    issued = ok(team["member"].post("/auth/tokens"), 201)
+    assert issued["token_type"] == "Bearer" and issued["access_key_id"] == team.keys["member"][0]
+    assert issued["expires_in"] == 12 * 3600
+    claims = jwt.decode(issued["token"], options={"verify_signature": False})
+    assert claims["aud"] == "berth-api" and claims["typ"] == "api"
+    assert abs(claims["exp"] - time.time() - 12 * 3600) < 60
+    bearer = {"Authorization": f"Bearer {issued['token']}"}
+    with api(team.server, headers=bearer) as client:
+        assert ok(client.get(team.url()))["role"] == "member"
+        assert [p["name"] for p in ok(client.get("/projects"))] == [team.project]
+        # A token is for the API, not for the registry, and it cannot mint more tokens.
+        assert_problem(client.post("/auth/tokens"), 403)
+    registry = httpx.get(f"{team.server.url}/v2/{team.oci_name()}/tags/list", headers=bearer)
+    assert registry.status_code == 401
+
+    short = ok(team["member"].post("/auth/tokens", json={"expires_in": 120}), 201)
+    assert short["expires_in"] == 120
+    assert_problem(
+        team["member"].post("/auth/tokens", json={"expires_in": 10**9}), 422, fields=("expires_in",)
+    )
+    assert_problem(
+        team["member"].post("/auth/tokens", json={"expires_in": 5}), 422, fields=("expires_in",)
+    )
+    # Only access keys get tokens.
+    with api(team.server, (team.users["member"], PASSWORD)) as by_password:
+        assert_problem(by_password.post("/auth/tokens"), 403, code="DENIED")
+
+    # The token dies with its key.
+    key_id = team.keys["member"][0]
+    ok(team["member"].post(team.url(f"/keys/{key_id}/disable")))
+    with api(team.server, headers=bearer) as client:
+        body = assert_problem(until(lambda: _refused(client, team)), 401)
+        assert key_id in body["detail"]
+
+
+def _refused(client: httpx.Client, team: Team) -> httpx.Response | None:
+    response = client.get(team.url())
+    return response if response.status_code == 401 else None
+
+
+def test_registry_tokens_are_not_api_tokens(team: Team) -> None:
+    realm = httpx.get(f"{team.server.url}/auth/token", auth=team.keys["admin"])
+    token = realm.json()["token"]
+    with api(team.server, headers={"Authorization": f"Bearer {token}"}) as client:
+        assert_problem(client.get("/projects"), 401)
+
+
+def test_a_key_works_only_in_its_own_project(team: Team) -> None:
+    body = assert_problem(team["stranger"].get(team.url()), 403, code="DENIED")
+    assert "works only in project" in body["detail"]
+    # Authorization comes before existence: an unknown project looks the same.
+    assert_problem(team["stranger"].get("/projects/no-such-project"), 403)
+    assert_problem(team["member"].get("/projects/no-such-project"), 403)
+
+
+def test_a_user_without_a_role_learns_nothing(team: Team) -> None:
+    stranger = (team.users["stranger"], PASSWORD)
+    with api(team.server, stranger) as client:
+        assert_problem(client.get(team.url()), 403)
+        assert_problem(client.get("/projects/no-such-project"), 403)
+        assert team.project not in {p["name"] for p in ok(client.get("/projects"))}
+    with api(team.server, ("admin", ADMIN_PASSWORD)) as admin:
+        assert_problem(admin.get("/projects/no-such-project"), 404, code="NAME_UNKNOWN")
+
+
+def test_unknown_paths_and_methods_are_problems(team: Team) -> None:
+    assert_problem(team.admin.get("/nothing-here"), 404)
+    assert_problem(team.admin.put("/projects"), 405)
+
+
+def test_login_through_the_api_is_audited(team: Team) -> None:
+    ok(team["member"].post("/auth/tokens"), 201)
+
+    def logins() -> list[dict[str, object]]:
+        entries = ok(team.admin.get(team.url("/audit")))["items"]
+        return [e for e in entries if e["action"] == "login"]
+
+    found = until(logins)
+    assert found and found[0]["actor"] == team.users["member"]
+
+
+def test_throttles_password_guessing(server: BerthServer) -> None:
+    name = "guessed-" + str(int(time.time() * 1000))
+    services(server, lambda s: s.identity.create_user(name, PASSWORD))
+    with api(server, (name, "wrong-password")) as client:
+        statuses = [client.get("/projects").status_code for _ in range(12)]
+    assert statuses[:10] == [401] * 10 and statuses[-1] == 429

@@ -1,0 +1,255 @@
+"""Images, tags, history and tag restore through the API, over content pushed with /v2."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from tests.api.conftest import Team, assert_problem, blob_total, ok, push_image
+from tests.oci import OCI_INDEX, OCI_MANIFEST, image_index, manifest_path, push_manifest
+
+SIGNATURE = "application/vnd.dev.cosign.artifact.sig.v1+json"
+ACCEPT = {"Accept": f"{OCI_MANIFEST}, {OCI_INDEX}"}
+
+
+def images_of(team: Team, actor: str = "reader", **params: Any) -> dict[str, Any]:
+    return ok(team[actor].get(team.repo_url("/images"), params=params))  # type: ignore[no-any-return]
+
+
+def history_of(team: Team, **params: Any) -> list[dict[str, Any]]:
+    return ok(team["reader"].get(team.repo_url("/history"), params=params))["items"]  # type: ignore[no-any-return]
+
+
+def test_images_tags_platforms_sizes_and_referrers(team: Team) -> None:
+    registry, name = team.registry("member"), team.oci_name()
+    plain = push_image(registry, name, "v1")
+    push_manifest(registry, name, "latest", plain)
+    untagged = push_image(registry, name, None)
+    amd64 = push_image(registry, name, None, architecture="amd64")
+    arm64 = push_image(registry, name, None, architecture="arm64")
+    index = image_index(
+        [
+            amd64.descriptor(platform={"os": "linux", "architecture": "amd64"}),
+            arm64.descriptor(platform={"os": "linux", "architecture": "arm64", "variant": "v8"}),
+        ]
+    )
+    push_manifest(registry, name, "multi", index)
+    signature = push_image(registry, name, None, subject=plain, artifact_type=SIGNATURE)
+
+    listed = images_of(team)
+    assert listed["total"] == 4  # the index's platform manifests are not images of their own
+    by_digest = {i["digest"]: i for i in listed["items"]}
+    assert set(by_digest) == {plain.digest, untagged.digest, index.digest, signature.digest}
+    # Newest first.
+    assert listed["items"][0]["digest"] == signature.digest
+
+    first = by_digest[plain.digest]
+    assert first["tags"] == ["latest", "v1"] and first["image"] == ""
+    assert first["media_type"] == OCI_MANIFEST and first["platforms"] == []
+    assert first["size"] == blob_total(plain)
+    assert first["referrer_count"] == 1
+    [referrer] = first["referrers"]
+    assert referrer["digest"] == signature.digest and referrer["artifact_type"] == SIGNATURE
+    assert by_digest[signature.digest]["subject"] == plain.digest
+    assert by_digest[untagged.digest]["tags"] == []
+
+    multi = by_digest[index.digest]
+    assert multi["tags"] == ["multi"] and multi["platforms"] == ["linux/amd64", "linux/arm64/v8"]
+    assert multi["size"] == index.size + blob_total(amd64) + blob_total(arm64)
+
+    without_referrers = images_of(team, referrers="false")
+    assert without_referrers["total"] == 3
+    assert signature.digest not in {i["digest"] for i in without_referrers["items"]}
+    assert ok(team["reader"].get(team.repo_url()))["images"] == 4
+
+    page = images_of(team, per_page=3, page=2)
+    assert len(page["items"]) == 1 and page["total"] == 4
+    oldest_first = images_of(team, order="asc")["items"]
+    assert oldest_first[0]["digest"] == plain.digest
+
+    detail = ok(team["reader"].get(team.repo_url(f"/images/{index.digest}")))
+    assert [c["platform"] for c in detail["children"]] == ["linux/amd64", "linux/arm64/v8"]
+    assert detail["children"][0]["digest"] == amd64.digest
+    assert detail["children"][0]["size"] == blob_total(amd64)
+    assert detail["manifest_size"] == index.size and detail["parents"] == []
+    child = ok(team["reader"].get(team.repo_url(f"/images/{arm64.digest}")))
+    assert child["parents"] == [index.digest]
+    document = json.loads(plain.data)
+    plain_detail = ok(team["reader"].get(team.repo_url(f"/images/{plain.digest}")))
+    assert [layer["digest"] for layer in plain_detail["layers"]] == [
+        document["config"]["digest"],
+        document["layers"][0]["digest"],
+    ]
+    assert plain_detail["referrers"][0]["digest"] == signature.digest
+
+    # A platform manifest of a stored index goes with its index, not alone.
+    body = assert_problem(
+        team["member"].delete(team.repo_url(f"/images/{arm64.digest}")), 409, code="CONFLICT"
+    )
+    assert index.digest in body["detail"]
+
+    tags = ok(team["reader"].get(team.repo_url("/tags")))
+    assert [(t["tag"], t["digest"]) for t in tags["items"]] == [
+        ("latest", plain.digest),
+        ("multi", index.digest),
+        ("v1", plain.digest),
+    ]
+    assert ok(team["reader"].get(team.repo_url("/tags"), params={"per_page": 1}))["total"] == 3
+
+
+def test_nested_image_names(team: Team) -> None:
+    registry = team.registry()
+    root = push_image(registry, team.oci_name(), "v1")
+    nested = push_image(registry, team.oci_name("team/tool"), "v1")
+    everything = images_of(team)
+    assert {(i["image"], i["digest"]) for i in everything["items"]} == {
+        ("", root.digest),
+        ("team/tool", nested.digest),
+    }
+    only = images_of(team, image="team/tool")
+    assert [i["digest"] for i in only["items"]] == [nested.digest]
+    assert [i["digest"] for i in images_of(team, image="")["items"]] == [root.digest]
+
+    detail = team["reader"].get(
+        team.repo_url(f"/images/{nested.digest}"), params={"image": "team/tool"}
+    )
+    assert ok(detail)["tags"] == ["v1"]
+    # Without the image name, the digest is looked up under the repository's own name.
+    assert_problem(
+        team["reader"].get(team.repo_url(f"/images/{nested.digest}")), 404, code="MANIFEST_UNKNOWN"
+    )
+    response = team["member"].delete(team.repo_url("/tags/v1"), params={"image": "team/tool"})
+    assert response.status_code == 204
+    assert (
+        ok(team["reader"].get(team.repo_url("/tags"), params={"image": "team/tool"}))["items"] == []
+    )
+    assert [t["tag"] for t in ok(team["reader"].get(team.repo_url("/tags")))["items"]] == ["v1"]
+    restored = team["member"].post(
+        team.repo_url("/tags/restore"), json={"image": "team/tool", "tag": "v1"}
+    )
+    assert ok(restored)["digest"] == nested.digest
+    response = team["member"].delete(
+        team.repo_url(f"/images/{nested.digest}"), params={"image": "team/tool"}
+    )
+    assert response.status_code == 204
+    assert [i["image"] for i in images_of(team)["items"]] == [""]
+
+
+def test_restore_flow_with_a_real_pull(team: Team) -> None:
+    registry, name = team.registry("member"), team.oci_name()
+    manifest = push_image(registry, name, "v1")
+    # Untag with the raw registry API, then restore through the management API.
+    assert registry.delete(manifest_path(name, "v1")).status_code == 202
+    assert registry.get(manifest_path(name, "v1"), headers=ACCEPT).status_code == 404
+    events = history_of(team, tag="v1")
+    assert [e["action"] for e in events] == ["untag", "tag"]
+    assert events[0]["restorable"] and not events[1]["restorable"]
+    assert events[0]["old_digest"] == manifest.digest
+
+    restored = ok(team["member"].post(team.repo_url("/tags/restore"), json={"tag": "v1"}))
+    assert restored == {"image": "", "tag": "v1", "digest": manifest.digest}
+    pulled = registry.get(manifest_path(name, "v1"), headers=ACCEPT)
+    assert pulled.status_code == 200 and pulled.content == manifest.data
+    assert pulled.headers["Docker-Content-Digest"] == manifest.digest
+    latest = history_of(team, tag="v1")[0]
+    assert latest["action"] == "restore" and latest["actor"] == team.users["member"]
+    assert latest["new_digest"] == manifest.digest and not latest["restorable"]
+
+    # A tag that exists cannot be restored; one never seen has nothing to restore.
+    assert_problem(
+        team["member"].post(team.repo_url("/tags/restore"), json={"tag": "v1"}),
+        409,
+        code="CONFLICT",
+    )
+    assert_problem(
+        team["member"].post(team.repo_url("/tags/restore"), json={"tag": "never"}),
+        404,
+        code="MANIFEST_UNKNOWN",
+    )
+    # Once the image is deleted, its tags cannot come back.
+    response = team["member"].delete(team.repo_url(f"/images/{manifest.digest}"))
+    assert response.status_code == 204
+    assert [e["action"] for e in history_of(team)][:2] == ["delete", "untag"]
+    assert not any(e["restorable"] for e in history_of(team))
+    body = assert_problem(
+        team["member"].post(team.repo_url("/tags/restore"), json={"tag": "v1"}), 404
+    )
+    assert "no longer stored" in body["detail"]
+    assert_problem(team["member"].delete(team.repo_url(f"/images/{manifest.digest}")), 404)
+    assert_problem(team["member"].delete(team.repo_url("/tags/v1")), 404)
+
+
+def test_history_records_every_change_with_its_actor(team: Team) -> None:
+    member, admin = team.registry("member"), team.registry("admin")
+    name = team.oci_name()
+    first = push_image(member, name, "stable")
+    second = push_image(admin, name, None)
+    push_manifest(admin, name, "stable", second)  # a tag move
+    response = team["project-admin"].delete(team.repo_url("/tags/stable"))
+    assert response.status_code == 204
+
+    events = history_of(team)
+    assert [(e["action"], e["tag"], e["actor"]) for e in events] == [
+        ("untag", "stable", team.users["project-admin"]),
+        ("move", "stable", "admin"),
+        ("push", None, "admin"),
+        ("tag", "stable", team.users["member"]),
+        ("push", None, team.users["member"]),
+    ]
+    move = events[1]
+    assert (move["old_digest"], move["new_digest"]) == (first.digest, second.digest)
+    by_digest = history_of(team, digest=first.digest)
+    assert [e["action"] for e in by_digest] == ["move", "tag", "push"]
+    paged = ok(team["reader"].get(team.repo_url("/history"), params={"per_page": 2, "page": 2}))
+    assert paged["total"] == 5 and [e["action"] for e in paged["items"]] == ["push", "tag"]
+    assert history_of(team, image="other/image") == []
+
+
+def test_who_may_read_and_change_images(team: Team) -> None:
+    registry = team.registry()
+    manifest = push_image(registry, team.oci_name(), "v1")
+    ok(team["reader"].get(team.repo_url("/images")))
+    ok(team["reader"].get(team.repo_url("/history")))
+    for actor in ("reader", "outsider", "stranger"):
+        assert_problem(team[actor].delete(team.repo_url("/tags/v1")), 403)
+        assert_problem(team[actor].delete(team.repo_url(f"/images/{manifest.digest}")), 403)
+        assert_problem(team[actor].post(team.repo_url("/tags/restore"), json={"tag": "v1"}), 403)
+    for actor in ("outsider", "stranger"):
+        assert_problem(team[actor].get(team.repo_url("/images")), 403)
+        assert_problem(team[actor].get(team.repo_url("/history")), 403)
+    assert [i["tags"] for i in images_of(team)["items"]] == [["v1"]]
+
+
+@pytest.mark.parametrize(
+    ("path", "params", "status", "field"),
+    [
+        ("/images/sha256:nothex", {}, 400, None),  # digest grammar, but not a sha256
+        ("/images/not-a-digest", {}, 422, "path.digest"),
+        ("/images", {"image": "Upper/Case"}, 422, "query.image"),
+        ("/images", {"per_page": 1000}, 422, "query.per_page"),
+        ("/history", {"digest": "nope"}, 422, "query.digest"),
+        ("/images/sha256:" + "0" * 64, {}, 404, None),
+    ],
+)
+def test_image_request_errors(
+    shared_team: Team, path: str, params: dict[str, Any], status: int, field: str | None
+) -> None:
+    team = shared_team
+    response = team["reader"].get(team.repo_url(path), params=params)
+    assert_problem(response, status, fields=(field,) if field else ())
+
+
+def test_unknown_repository(shared_team: Team) -> None:
+    team = shared_team
+    for path in ("/images", "/history", "/tags"):
+        assert_problem(team["reader"].get(team.repo_url(path, "missing")), 404, code="NAME_UNKNOWN")
+    assert_problem(
+        team["member"].post(team.repo_url("/tags/restore", "missing"), json={"tag": "v1"}), 404
+    )
+    assert_problem(
+        team["member"].post(team.repo_url("/tags/restore"), json={"tag": "-bad"}),
+        422,
+        fields=("tag",),
+    )

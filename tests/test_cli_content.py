@@ -1,0 +1,88 @@
+"""The CLI verbs over repositories, images, history and tag restore, against a running server's
+data (content pushed with the raw /v2 API)."""
+
+from __future__ import annotations
+
+import subprocess
+
+import httpx
+
+from tests.api.conftest import push_image
+from tests.oci import manifest_path
+from tests.servers import BERTH, BerthServer
+
+
+def test_repo_show_update_delete(sqlite_server: BerthServer) -> None:
+    berth = sqlite_server
+    berth.create_repository("clidemo", "app")
+    shown = berth.cli_json("repo", "show", "clidemo/app")
+    assert shown["name"] == "app" and shown["visibility"] == "private" and shown["images"] == 0
+    assert "tag overwrite" in berth.cli("repo", "show", "clidemo/app").stdout
+
+    updated = berth.cli_json(
+        "repo",
+        "update",
+        "clidemo/app",
+        "--public",
+        "--no-tag-overwrite",
+        "--description",
+        "the app",
+        "--scan",
+        "auto",
+    )
+    assert updated["visibility"] == "public" and updated["tag_overwrite"] is False
+    assert updated["description"] == "the app" and updated["scan_mode"] == "auto"
+    again = berth.cli_json("repo", "update", "clidemo/app", "--private")
+    assert again["visibility"] == "private" and again["description"] == "the app"
+    bad = berth.cli("repo", "update", "clidemo/app", "--scan", "never", check=False)
+    assert bad.returncode == 1 and "scan mode" in bad.stderr
+    missing = berth.cli("repo", "show", "clidemo/nope", check=False)
+    assert missing.returncode == 1 and "does not exist" in missing.stderr
+
+    declined = subprocess.run(
+        [*BERTH, "repo", "delete", "clidemo/app"],
+        input="n\n",
+        env=berth.env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert declined.returncode == 1 and berth.cli_json("repo", "show", "clidemo/app")
+    assert berth.cli_json("repo", "delete", "clidemo/app", "--yes")["deleted"] is True
+    assert berth.cli_json("repo", "list", "clidemo") == []
+
+
+def test_image_list_history_and_tag_restore(sqlite_server: BerthServer) -> None:
+    berth = sqlite_server
+    berth.create_repository("clidemo2", "app")
+    name = "clidemo2/app"
+    with httpx.Client(base_url=berth.url, auth=berth.access_key("clidemo2"), timeout=60) as client:
+        first = push_image(client, name, "v1")
+        nested = push_image(client, f"{name}/team/tool", "stable")
+        assert client.delete(manifest_path(name, "v1")).status_code == 202
+
+        listed = berth.cli_json("image", "list", name)
+        assert listed["total"] == 2
+        assert {(i["image"], i["digest"]) for i in listed["items"]} == {
+            ("", first.digest),
+            ("team/tool", nested.digest),
+        }
+        only = berth.cli_json("image", "list", f"{name}/team/tool")
+        assert [i["tags"] for i in only["items"]] == [["stable"]]
+        table = berth.cli("image", "list", name).stdout
+        assert "team/tool" in table and "stable" in table
+
+        history = berth.cli_json("image", "history", name, "--tag", "v1")
+        assert [e["action"] for e in history] == ["untag", "tag"] and history[0]["restorable"]
+        assert "untag" in berth.cli("image", "history", name).stdout
+
+        restored = berth.cli_json("tag", "restore", name, "v1")
+        assert restored["digest"] == first.digest
+        pulled = client.get(
+            manifest_path(name, "v1"),
+            headers={"Accept": "application/vnd.oci.image.manifest.v1+json"},
+        )
+        assert pulled.status_code == 200 and pulled.content == first.data
+        assert berth.cli_json("image", "history", name, "--tag", "v1")[0]["actor"] == "cli"
+        again = berth.cli("tag", "restore", name, "v1", check=False)
+        assert again.returncode == 3 and "only a removed tag" in again.stderr

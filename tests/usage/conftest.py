@@ -1,0 +1,110 @@
+"""Fixtures for usage tests: a registry whose metering flushes fast and whose storage
+collection runs every second, with two worker processes (so the job lease is exercised)."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import httpx
+import pytest
+
+from tests.conftest import BACKENDS, database_url_for
+from tests.servers import BerthServer, PostgresCluster
+
+T = TypeVar("T")
+
+FLUSH_SECONDS = 0.3
+COLLECT_SECONDS = 1
+PRICE_PER_GB = 0.5
+FREE_GB = 1.0
+
+METERED_ENV = {
+    "BERTH_WORKERS": "2",
+    "BERTH_TRAFFIC_FLUSH_INTERVAL": str(FLUSH_SECONDS),
+    "BERTH_STORAGE_COLLECT_INTERVAL": str(COLLECT_SECONDS),
+    "BERTH_TRAFFIC_PRICE_PER_GB": str(PRICE_PER_GB),
+    "BERTH_TRAFFIC_FREE_GB": str(FREE_GB),
+}
+
+
+@pytest.fixture(scope="package", params=BACKENDS)
+def metered(
+    request: pytest.FixtureRequest,
+    tmp_path_factory: pytest.TempPathFactory,
+    postgres: PostgresCluster | None,
+) -> Iterator[BerthServer]:
+    url = database_url_for(request.param, postgres)
+    berth = BerthServer(
+        tmp_path_factory.mktemp(f"usage-{request.param}"), url, extra_env=dict(METERED_ENV)
+    )
+    yield start_all_workers(berth)
+    berth.stop()
+
+
+def start_all_workers(server: BerthServer) -> BerthServer:
+    """Start the server and wait until every worker has started: granian does not stop while
+    a worker is still starting (a SIGTERM then waits for the kill timeout)."""
+    server.start()
+    workers = int(server.extra_env.get("BERTH_WORKERS", "1"))
+
+    def started() -> int:
+        log = server.log_tail(400).rpartition("Starting granian")[2]
+        return log.count("Started worker-")
+
+    eventually(started, lambda count: count >= workers, timeout=30)
+    return server
+
+
+@dataclass
+class Project:
+    """A fresh project with repositories, and a registry client (the admin's access key)."""
+
+    server: BerthServer
+    name: str
+    client: httpx.Client
+
+    def repository(self, name: str | None = None) -> str:
+        """Create a repository; returns its name."""
+        repository = name or "r" + uuid.uuid4().hex[:6]
+        self.server.create_repository(self.name, repository)
+        return repository
+
+    def api(self, method: str, path: str, **params: Any) -> Any:
+        """A management API call about this project (`path` after /projects/{project}/)."""
+        response = self.client.request(
+            method, f"/api/v1/projects/{self.name}/{path}", params=params
+        )
+        assert response.is_success, f"{method} {path}: {response.status_code} {response.text}"
+        return response.json()
+
+    def traffic(self, **params: Any) -> dict[str, Any]:
+        found: dict[str, Any] = self.api("GET", "traffic", **params)
+        return found
+
+
+def new_project(server: BerthServer) -> Project:
+    name = "u" + uuid.uuid4().hex[:10]
+    server.create_project(name)
+    client = httpx.Client(base_url=server.url, timeout=60, auth=server.access_key(name))
+    return Project(server, name, client)
+
+
+def eventually(read: Callable[[], T], done: Callable[[T], bool], timeout: float = 15) -> T:
+    """Poll `read` until `done` holds of its value; return the last value either way."""
+    deadline = time.monotonic() + timeout
+    value = read()
+    while not done(value) and time.monotonic() < deadline:
+        time.sleep(0.1)
+        value = read()
+    return value
+
+
+def traffic(server: BerthServer, project: str, **options: Any) -> dict[str, Any]:
+    """The traffic figures as the usage service reads them from the server's database (also
+    while the server is stopped)."""
+    found: dict[str, Any] = server._services(lambda s: s.usage.traffic(project, **options))
+    return found
