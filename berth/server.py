@@ -49,6 +49,7 @@ def serve(settings: Settings) -> None:
     scheme = "https" if tls else "http"
     shown_host = f"[{host}]" if ":" in host else host
     print(f"Berth registry on {scheme}://{shown_host}:{port}  (data in {settings.data_dir})")
+    print(f"Management API and its documentation: {scheme}://{shown_host}:{port}/api/v1/docs")
     _bootstrap_admin(settings, f"{scheme}://{shown_host}:{port}")
     # Replace this process with granian's own launcher: the supervisor then carries only
     # granian (not the CLI, Alembic and the rest), and workers import just the app.
