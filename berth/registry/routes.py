@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import AsyncIterator
 from functools import partial
 from typing import Any
 from urllib.parse import urlencode
@@ -136,10 +135,6 @@ def _page_link(path: str, page: Page, limit: int | None, extra: dict[str, str]) 
     return {"Link": f'<{path}?{query}>; rel="next"'}
 
 
-def _body(request: Request) -> AsyncIterator[bytes]:
-    return request.stream()
-
-
 # ---------------------------------------------------------------- base and catalog
 
 
@@ -260,7 +255,7 @@ async def start_upload(request: Request) -> Response:
     upload = await services.uploads.start(repo, name.image)
     digest = params.get("digest")
     if digest:
-        final = await services.uploads.complete(repo, upload, digest, _body(request), None)
+        final = await services.uploads.complete(repo, upload, digest, request.stream(), None)
         return _blob_created(name, final)
     return Response(status_code=202, headers=_upload_headers(name, upload.id, 0))
 
@@ -292,7 +287,7 @@ async def patch_upload(request: Request) -> Response:
     upload = await services.uploads.get(repo, name.image, request.path_params["upload_id"])
     try:
         upload = await services.uploads.append(
-            upload, _body(request), request.headers.get("content-range")
+            upload, request.stream(), request.headers.get("content-range")
         )
     except RangeNotSatisfiable as exc:
         exc.headers.update(_upload_headers(name, upload.id, exc.current_size))
@@ -308,7 +303,7 @@ async def complete_upload(request: Request) -> Response:
     upload = await services.uploads.get(repo, name.image, request.path_params["upload_id"])
     try:
         final = await services.uploads.complete(
-            repo, upload, digest, _body(request), request.headers.get("content-range")
+            repo, upload, digest, request.stream(), request.headers.get("content-range")
         )
     except RangeNotSatisfiable as exc:
         exc.headers.update(_upload_headers(name, upload.id, exc.current_size))
