@@ -1,4 +1,5 @@
-"""The ASGI application: the registry API and operational endpoints."""
+"""The ASGI application: the registry API, the management API, the console and operational
+endpoints."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from berth.api.app import MOUNT_PATH, create_api
 from berth.auth.routes import routes as auth_routes
 from berth.config import Settings, load_settings
+from berth.console.routes import routes as console_routes
 from berth.domain.errors import RegistryError
 from berth.registry.routes import error_response
 from berth.registry.routes import routes as registry_routes
@@ -93,6 +95,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
             *auth_routes,
             *registry_routes,
             Mount(MOUNT_PATH, app=api),  # after /v2: the registry's hot path is matched first
+            *console_routes(),
         ],
         exception_handlers={RegistryError: _registry_error},
         lifespan=lifespan,

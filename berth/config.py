@@ -38,6 +38,11 @@ class Settings(BaseSettings):
     api_token_ttl: int = Field(
         12 * 3600, ge=60, description="lifetime of management API tokens (POST /api/v1/auth/tokens)"
     )
+    session_ttl: int = Field(
+        12 * 3600,
+        ge=300,
+        description="lifetime of a web console sign-in (its session cookie), seconds",
+    )
     max_access_keys: int = Field(2, ge=1, description="access keys per user per project")
     token_signing_key: Path | None = Field(
         None, description="EC P-256 PEM key that signs tokens; default {data_dir}/keys/"

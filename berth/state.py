@@ -15,6 +15,7 @@ from berth.services.identity import Identity
 from berth.services.metering import TrafficMeter
 from berth.services.registry import Registry
 from berth.services.repositories import Repositories
+from berth.services.sessions import Sessions
 from berth.services.uploads import Uploads
 from berth.services.usage import Pricing, Usage
 from berth.storage.base import BlobStore
@@ -36,6 +37,7 @@ class Services:
     usage: Usage
     jobs: Scheduler
     gc: GarbageCollector
+    sessions: Sessions
 
     @classmethod
     def build(cls, settings: Settings) -> Services:
@@ -81,6 +83,7 @@ class Services:
                 grace_period=settings.gc_grace_period,
                 test_pause=settings.gc_test_pause,
             ),
+            sessions=Sessions(db, settings.session_ttl),
         )
 
     def host_project(self, host: str | None) -> str | None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import json
 import os
@@ -181,7 +182,9 @@ class BerthServer:
             finally:
                 await services.close()
 
-        return asyncio.run(run())
+        # In a thread of its own: the caller may be inside an event loop (Playwright's sync API).
+        with concurrent.futures.ThreadPoolExecutor(1) as thread:
+            return thread.submit(asyncio.run, run()).result()
 
     def create_project(self, project: str) -> None:
         async def create(services: Services) -> None:

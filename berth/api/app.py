@@ -21,10 +21,11 @@ from starlette.responses import HTMLResponse
 
 from berth import __version__
 from berth.api import problems
+from berth.api.session import SESSION_COOKIE, ConsoleSessions
 
 MOUNT_PATH = "/api/v1"
 # Routers in the order their endpoints appear in the document.
-ROUTER_MODULES = ("auth", "projects", "repositories", "images", "access", "gc", "usage")
+ROUTER_MODULES = ("auth", "session", "projects", "repositories", "images", "access", "gc", "usage")
 OPTIONAL_MODULES = frozenset({"gc", "usage"})
 _DOCS_STATIC = Path(fastapi_offline.__file__).parent / "static"
 
@@ -33,7 +34,9 @@ Manage a Berth registry: projects, repositories, images and tags, access keys, m
 permissions, the audit log, garbage collection and usage.
 
 **Authentication**: HTTP Basic with an access key ID and secret access key (or a user name and
-password), or `Authorization: Bearer` with a token from `POST /api/v1/auth/tokens`.
+password), or `Authorization: Bearer` with a token from `POST /api/v1/auth/tokens`. The web console signs
+in with `POST /api/v1/session` and then sends its session cookie; with it, POST, PUT, PATCH and
+DELETE requests also need the session's `csrf_token` in the `X-CSRF-Token` header.
 
 **Errors** are RFC 9457 problem documents (`application/problem+json`) whose `errors` list
 names the request fields at fault.
@@ -65,6 +68,7 @@ def create_api() -> FastAPI:
         responses=problems.responses(401, 403, 422),
     )
     problems.install(api)
+    api.add_middleware(ConsoleSessions)
     for router in routers():
         api.include_router(router)
 
@@ -90,8 +94,15 @@ def create_api() -> FastAPI:
                     "bearerFormat": "JWT",
                     "description": "a token from POST /api/v1/auth/tokens",
                 },
+                "consoleSession": {
+                    "type": "apiKey",
+                    "in": "cookie",
+                    "name": SESSION_COOKIE,
+                    "description": "the web console's session (POST /api/v1/session); POST, "
+                    "PUT, PATCH and DELETE also need its csrf_token in the X-CSRF-Token header",
+                },
             }
-            schema["security"] = [{"accessKey": []}, {"apiToken": []}]
+            schema["security"] = [{"accessKey": []}, {"apiToken": []}, {"consoleSession": []}]
             api.openapi_schema = problems.document_problems(schema)
         return api.openapi_schema
 

@@ -100,9 +100,10 @@ ImagesDep = Annotated[Images, Depends(get_images)]
 
 # ---------------------------------------------------------------- who is calling
 
-# The console's session (issue 5) plugs in here: a middleware in front of the API that has
-# checked the session cookie (and, for unsafe methods, the CSRF token) stores the signed-in
-# user's Principal (key_id and key_project_id None) under this key of the ASGI scope.
+# The console's session plugs in here: the middleware in front of the API
+# (`berth/api/session.py:ConsoleSessions`) that has checked the session cookie (and, for unsafe
+# methods, the CSRF token) stores the signed-in user's Principal (key_id and key_project_id
+# None) under this key of the ASGI scope.
 SESSION_SCOPE_KEY = "berth.session_principal"
 API_REALM = 'Bearer realm="berth-api"'
 
@@ -131,9 +132,10 @@ def _is_key_id(name: str) -> bool:
     return name != name.lower()
 
 
-async def _password_principal(
+async def password_principal(
     services: Services, request: Request, user: str, password: str
 ) -> Principal:
+    """The user with this name and password (401 when wrong, 429 while throttled)."""
     client = client_address(request)
     services.throttle.check(user, client)
     principal = await services.identity.verify_password(user, password)
@@ -183,7 +185,7 @@ async def authenticate(request: Request, services: Services) -> ApiCaller | None
             except Unauthorized as exc:
                 raise unauthorized(exc.message) from None
             return ApiCaller(principal, "access_key")
-        return ApiCaller(await _password_principal(services, request, name, secret), "password")
+        return ApiCaller(await password_principal(services, request, name, secret), "password")
     session = request.scope.get(SESSION_SCOPE_KEY)
     if isinstance(session, Principal):
         return ApiCaller(session, "session")

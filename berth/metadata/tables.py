@@ -321,3 +321,20 @@ gc_sweep = Table(
     Column("name", DIGEST, primary_key=True),
     Column("size", BigInteger, nullable=False, default=0),
 )
+
+# ---------------------------------------------------------------- console
+
+# Signed-in sessions of the web console. `id` is the SHA-256 (hex) of the cookie's random
+# token: the token itself is never stored. A session ends at `expires_at` (or at logout).
+console_sessions = Table(
+    "console_sessions",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("user_id", ForeignKey("users.id", ondelete="CASCADE"), nullable=False),
+    Column("csrf_token", String(64), nullable=False),
+    Column("created_at", UTCDateTime, nullable=False, default=utcnow),
+    Column("expires_at", UTCDateTime, nullable=False),
+    Column("last_seen_at", UTCDateTime),
+    Index(None, "expires_at"),
+    Index(None, "user_id"),
+)

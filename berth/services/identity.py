@@ -281,11 +281,13 @@ class Identity:
     async def verify_password(self, name: str, password: str) -> Principal | None:
         async with self.db.read() as conn:
             row = (await conn.execute(select(users).where(users.c.name == name))).first()
+        # argon2 takes tens of milliseconds of CPU: in a worker thread, not on the event loop.
         if row is None or row.password_hash is None:
-            self.passwords.hash(password)  # same cost whether or not the user exists
+            # same cost whether or not the user exists
+            await asyncio.to_thread(self.passwords.hash, password)
             return None
         try:
-            self.passwords.verify(row.password_hash, password)
+            await asyncio.to_thread(self.passwords.verify, row.password_hash, password)
         except (VerifyMismatchError, InvalidHashError):
             return None
         return Principal(row.id, row.name, row.is_admin, None, None)

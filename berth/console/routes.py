@@ -1,0 +1,68 @@
+"""Serving the console: its files under /console, and `/` sending browsers there.
+
+The console is a single page whose screens are addressed by the URL fragment
+(`/console/#/projects/acme/repositories`), so the server only serves files. Every response
+carries a strict Content-Security-Policy: the page loads nothing from elsewhere, runs no
+inline script and cannot be framed.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse, RedirectResponse, Response
+from starlette.routing import BaseRoute, Mount, Route
+from starlette.staticfiles import StaticFiles
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from berth.state import Services
+
+STATIC_DIR = Path(__file__).parent / "static"
+PATH = "/console"
+
+SECURITY_HEADERS = [
+    (
+        b"content-security-policy",
+        b"default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+        b"connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'",
+    ),
+    (b"x-content-type-options", b"nosniff"),
+    (b"referrer-policy", b"same-origin"),
+    (b"x-frame-options", b"DENY"),
+    # Files change with the server version: revalidate (ETag) rather than serve a stale page.
+    (b"cache-control", b"no-cache"),
+]
+
+
+class SecurityHeaders:
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", []), *SECURITY_HEADERS]
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
+
+
+async def root(request: Request) -> Response:
+    """`/` of the console's host goes to the console; a project host's `/` is the registry's."""
+    services: Services = request.app.state.services
+    project = services.host_project(request.headers.get("host"))
+    if project is not None:
+        return PlainTextResponse(
+            f"This is the registry of project {project}: docker login to this host with an "
+            "access key. The web console is at /console on the server's own address.",
+            status_code=404,
+        )
+    return RedirectResponse(f"{PATH}/", status_code=302)
+
+
+def routes() -> list[BaseRoute]:
+    return [
+        Route("/", root, methods=["GET", "HEAD"]),
+        Mount(PATH, app=SecurityHeaders(StaticFiles(directory=STATIC_DIR, html=True))),
+    ]

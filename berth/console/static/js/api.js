@@ -1,0 +1,91 @@
+// The console's only way to the server: the management REST API under /api/v1.
+// The session cookie is HttpOnly; unsafe requests carry the session's CSRF token in a header.
+
+const BASE = "/api/v1";
+let csrfToken = null;
+let onUnauthorized = () => {};
+
+export class ApiError extends Error {
+  constructor(status, problem) {
+    super(problem.detail || problem.title || `request failed (HTTP ${status})`);
+    this.status = status;
+    this.code = problem.code || "";
+    this.fieldErrors = problem.errors || [];
+  }
+
+  /** The message for one request field (`name`, `description`, ...), if the API named it. */
+  forField(name) {
+    const found = this.fieldErrors.find((e) => e.field === name || e.field === `body.${name}`);
+    return found ? found.message : null;
+  }
+}
+
+export function whenUnauthorized(handler) {
+  onUnauthorized = handler;
+}
+
+async function request(method, path, body) {
+  const headers = { Accept: "application/json" };
+  if (body !== undefined) headers["Content-Type"] = "application/json";
+  if (method !== "GET" && csrfToken) headers["X-CSRF-Token"] = csrfToken;
+  let response;
+  try {
+    response = await fetch(BASE + path, {
+      method,
+      headers,
+      credentials: "same-origin",
+      body: body === undefined ? undefined : JSON.stringify(body),
+    });
+  } catch (err) {
+    throw new ApiError(0, { detail: "the server cannot be reached; check your connection" });
+  }
+  if (response.status === 204) return null;
+  const data = await response.json().catch(() => ({}));
+  if (!response.ok) {
+    if (response.status === 401 && !path.startsWith("/session")) onUnauthorized();
+    throw new ApiError(response.status, data || {});
+  }
+  return data;
+}
+
+export const api = {
+  get: (path) => request("GET", path),
+  post: (path, body = {}) => request("POST", path, body),
+  put: (path, body = {}) => request("PUT", path, body),
+  patch: (path, body = {}) => request("PATCH", path, body),
+  delete: (path) => request("DELETE", path),
+};
+
+/** Encodes a path segment (project, repository, digest, tag, user, key ID). */
+export const seg = encodeURIComponent;
+
+/** A query string from an object, leaving out empty values. */
+export function query(params) {
+  const pairs = Object.entries(params).filter(([, v]) => v !== undefined && v !== null && v !== "");
+  return pairs.length ? "?" + new URLSearchParams(pairs).toString() : "";
+}
+
+export async function currentSession() {
+  try {
+    const session = await request("GET", "/session");
+    csrfToken = session.csrf_token;
+    return session;
+  } catch (err) {
+    if (err.status === 401) return null;
+    throw err;
+  }
+}
+
+export async function signIn(user, password) {
+  const session = await request("POST", "/session", { user, password });
+  csrfToken = session.csrf_token;
+  return session;
+}
+
+export async function signOut() {
+  try {
+    await request("DELETE", "/session");
+  } finally {
+    csrfToken = null;
+  }
+}

@@ -1,0 +1,174 @@
+// The console's shell: the session, the hash router, the header and the project menu.
+// Each screen is a view in ./views/ that renders into <main> from the API's answers.
+
+import { api, currentSession, seg, signOut, whenUnauthorized } from "./api.js";
+import { clear, errorBox, h, toast } from "./ui.js";
+import { loginView } from "./views/login.js";
+import { projectsView } from "./views/projects.js";
+import { repositoriesView } from "./views/repositories.js";
+import { repositoryView } from "./views/repository.js";
+import { managementView } from "./views/management.js";
+import { monitoringView } from "./views/monitoring.js";
+import { keysView } from "./views/keys.js";
+import { membersView, auditView } from "./views/members.js";
+
+const root = document.getElementById("app");
+const state = { session: null, projects: null, leave: [] };
+
+// [pattern, view, menu entry it belongs to]
+const ROUTES = [
+  [/^\/projects\/([^/]+)\/repositories$/, repositoriesView, "repositories"],
+  [/^\/projects\/([^/]+)\/repositories\/([^/]+)(?:\/([a-z]+))?$/, repositoryView, "repositories"],
+  [/^\/projects\/([^/]+)\/management$/, managementView, "management"],
+  [/^\/projects\/([^/]+)\/monitoring$/, monitoringView, "monitoring"],
+  [/^\/projects\/([^/]+)\/keys$/, keysView, "keys"],
+  [/^\/projects\/([^/]+)\/members$/, membersView, "members"],
+  [/^\/projects\/([^/]+)\/audit$/, auditView, "audit"],
+];
+
+export function navigate(path, params = null) {
+  const search = params ? new URLSearchParams(Object.entries(params).filter(([, v]) => v !== "" && v != null)).toString() : "";
+  const target = "#" + path + (search ? "?" + search : "");
+  if (location.hash === target) render();
+  else location.hash = target;
+}
+
+function currentRoute() {
+  const raw = location.hash.replace(/^#/, "") || "/";
+  const [path, search = ""] = raw.split("?");
+  return { path: path || "/", query: Object.fromEntries(new URLSearchParams(search)) };
+}
+
+whenUnauthorized(() => {
+  state.session = null;
+  const { path } = currentRoute();
+  if (path !== "/login") navigate("/login", { next: location.hash.slice(1) });
+});
+
+function menu(project, active) {
+  const base = `/projects/${seg(project.name)}`;
+  const entries = [
+    ["repositories", "Repositories"],
+    ["management", "Management"],
+    ["monitoring", "Monitoring"],
+    ["keys", "Access keys"],
+    ["members", "Members"],
+  ];
+  if (project.role === "admin" || project.server_admin) entries.push(["audit", "Audit log"]);
+  return h(
+    "nav",
+    { class: "sidenav", "aria-label": "Project" },
+    h("p", { class: "sidenav-project" }, h("span", { class: "muted" }, "Project"), h("strong", {}, project.name)),
+    h(
+      "ul",
+      {},
+      entries.map(([key, label]) =>
+        h("li", {}, h("a", { href: `#${base}/${key}`, "aria-current": key === active ? "page" : false }, label)),
+      ),
+    ),
+  );
+}
+
+function header(projectName) {
+  const projects = state.projects || [];
+  const switcher =
+    projects.length > 1
+      ? h(
+          "label",
+          { class: "switcher" },
+          h("span", { class: "sr-only" }, "Project"),
+          h(
+            "select",
+            { onchange: (e) => navigate(`/projects/${seg(e.target.value)}/repositories`) },
+            projectName ? null : h("option", { value: "" }, "Choose a project"),
+            projects.map((p) => h("option", { value: p.name, selected: p.name === projectName }, p.name)),
+          ),
+        )
+      : null;
+  return h(
+    "header",
+    { class: "topbar" },
+    h("a", { class: "brand", href: "#/" }, h("img", { src: "favicon.svg", alt: "", width: 24, height: 24 }), "Berth"),
+    h("span", { class: "product muted" }, "Container Registry"),
+    switcher,
+    h("span", { class: "spacer" }),
+    h("span", { class: "user", "data-testid": "signed-in-user" }, state.session.user, state.session.server_admin ? h("span", { class: "badge" }, "server admin") : null),
+    h(
+      "button",
+      {
+        type: "button",
+        class: "small",
+        onclick: async () => {
+          await signOut().catch(() => {});
+          state.session = null;
+          state.projects = null;
+          navigate("/login");
+        },
+      },
+      "Sign out",
+    ),
+  );
+}
+
+async function loadProjects(force = false) {
+  if (!state.projects || force) state.projects = await api.get("/projects");
+  return state.projects;
+}
+
+let renderCount = 0;
+
+async function render() {
+  const ticket = ++renderCount;
+  for (const leave of state.leave.splice(0)) leave();
+  const { path, query } = currentRoute();
+  const stale = () => ticket !== renderCount;
+  const ctx = { query, navigate, stale, onLeave: (fn) => state.leave.push(fn), refresh: render };
+
+  if (state.session === null) state.session = await currentSession().catch(() => null);
+  if (stale()) return;
+  root.removeAttribute("aria-busy");
+  if (path === "/login" || !state.session) {
+    if (state.session && path === "/login") return navigate("/");
+    if (path !== "/login") return navigate("/login", { next: path === "/" ? "" : location.hash.slice(1) });
+    document.title = "Sign in · Berth";
+    return loginView(root, {
+      ...ctx,
+      signedIn(session) {
+        state.session = session;
+        state.projects = null;
+        const next = query.next && query.next.startsWith("/") ? query.next : "/";
+        location.hash = "#" + next;
+      },
+    });
+  }
+
+  const main = h("main", { id: "main", tabindex: "-1" });
+  try {
+    await loadProjects();
+    if (stale()) return;
+    if (path === "/") {
+      clear(root, header(null), h("div", { class: "layout no-menu" }, main));
+      document.title = "Projects · Berth";
+      return await projectsView(main, { ...ctx, projects: state.projects, session: state.session, reloadProjects: () => loadProjects(true) });
+    }
+    for (const [pattern, view, active] of ROUTES) {
+      const match = path.match(pattern);
+      if (!match) continue;
+      const [, projectName, ...rest] = match.map((m) => (m === undefined ? m : decodeURIComponent(m)));
+      const project = await api.get(`/projects/${seg(projectName)}`);
+      if (stale()) return;
+      clear(root, header(project.name), h("div", { class: "layout" }, menu(project, active), main));
+      return await view(main, { ...ctx, project, params: rest, session: state.session });
+    }
+    clear(root, header(null), h("div", { class: "layout no-menu" }, main));
+    clear(main, h("h1", {}, "Page not found"), h("p", {}, h("a", { href: "#/" }, "Back to your projects")));
+  } catch (err) {
+    if (stale() || err.status === 401) return;
+    if (!root.contains(main)) clear(root, header(null), h("div", { class: "layout no-menu" }, main));
+    clear(main, h("h1", {}, "Something went wrong"), errorBox(err), h("p", {}, h("a", { href: "#/" }, "Back to your projects")));
+  }
+}
+
+window.addEventListener("hashchange", render);
+window.addEventListener("unhandledrejection", (e) => toast(e.reason?.message || String(e.reason), "error"));
+render();

@@ -1,0 +1,332 @@
+// Small DOM helpers: elements built from data (never from HTML strings), dialogs, toasts,
+// tables, copy buttons and the formats every screen shares.
+
+/**
+ * h("button", {class: "primary", onclick: fn}, "Save") -> <button class="primary">Save</button>
+ * Props: `class`, `text`, `dataset`, `on<event>` handlers, booleans, everything else an
+ * attribute. Children: nodes, strings, numbers, arrays of them; null/false are skipped.
+ */
+export function h(tag, props = {}, ...children) {
+  const svg = tag.startsWith("svg:");
+  const el = svg
+    ? document.createElementNS("http://www.w3.org/2000/svg", tag.slice(4))
+    : document.createElement(tag);
+  for (const [key, value] of Object.entries(props || {})) {
+    if (value === undefined || value === null || value === false) continue;
+    if (key === "class") el.setAttribute("class", value);
+    else if (key === "text") el.textContent = value;
+    else if (key === "dataset") Object.assign(el.dataset, value);
+    else if (key.startsWith("on") && typeof value === "function") el.addEventListener(key.slice(2), value);
+    else if (value === true) el.setAttribute(key, "");
+    else if (!svg && key in el && typeof el[key] !== "object") el[key] = value;
+    else el.setAttribute(key, String(value));
+  }
+  append(el, children);
+  return el;
+}
+
+export function append(el, children) {
+  for (const child of children.flat(Infinity)) {
+    if (child === null || child === undefined || child === false) continue;
+    el.append(child instanceof Node ? child : String(child));
+  }
+  return el;
+}
+
+export function clear(el, ...children) {
+  el.replaceChildren();
+  return append(el, children);
+}
+
+// ------------------------------------------------------------------ formats
+
+const UNITS = ["B", "kB", "MB", "GB", "TB", "PB"];
+
+/** Bytes in decimal units (a GB is 10^9 bytes, as traffic is priced). */
+export function bytes(n) {
+  if (n === null || n === undefined) return "–";
+  let value = Number(n);
+  let unit = 0;
+  while (Math.abs(value) >= 1000 && unit < UNITS.length - 1) {
+    value /= 1000;
+    unit += 1;
+  }
+  const digits = unit === 0 || value >= 100 ? 0 : value >= 10 ? 1 : 2;
+  return `${value.toFixed(digits)} ${UNITS[unit]}`;
+}
+
+export function number(n) {
+  return Number(n).toLocaleString("en-US");
+}
+
+const pad = (n) => String(n).padStart(2, "0");
+
+/** `2026-11-27 16:05` in the browser's time zone. */
+export function datetime(iso) {
+  if (!iso) return "–";
+  const d = new Date(iso);
+  return `${d.getFullYear()}-${pad(d.getMonth() + 1)}-${pad(d.getDate())} ${pad(d.getHours())}:${pad(d.getMinutes())}`;
+}
+
+export function timeElement(iso) {
+  if (!iso) return h("span", { class: "muted" }, "–");
+  return h("time", { datetime: iso, title: new Date(iso).toString() }, datetime(iso));
+}
+
+export function duration(seconds) {
+  if (seconds === null || seconds === undefined) return "–";
+  if (seconds < 1) return `${Math.round(seconds * 1000)} ms`;
+  if (seconds < 120) return `${seconds.toFixed(1)} s`;
+  return `${Math.floor(seconds / 60)} min ${Math.round(seconds % 60)} s`;
+}
+
+export function shortDigest(digest) {
+  if (!digest) return "–";
+  const [algorithm, hex] = digest.split(":");
+  return `${algorithm}:${hex.slice(0, 12)}`;
+}
+
+export function plural(n, word, many = word + "s") {
+  return `${number(n)} ${n === 1 ? word : many}`;
+}
+
+// ------------------------------------------------------------------ feedback
+
+export function toast(message, kind = "info") {
+  const region = document.getElementById("toasts");
+  const item = h("div", { class: `toast ${kind}` }, message);
+  region.append(item);
+  setTimeout(() => item.remove(), kind === "error" ? 8000 : 4000);
+}
+
+/** An error where it happened: the API's detail and the fields it named. */
+export function errorBox(err) {
+  const fields = (err.fieldErrors || []).filter((e) => e.field);
+  return h(
+    "div",
+    { class: "alert error", role: "alert" },
+    h("strong", {}, err.message || String(err)),
+    fields.length ? h("ul", {}, fields.map((e) => h("li", {}, `${e.field}: ${e.message}`))) : null,
+  );
+}
+
+export function emptyState(title, ...body) {
+  return h("div", { class: "empty" }, h("p", { class: "empty-title" }, title), ...body);
+}
+
+export function badge(text, kind = "") {
+  return h("span", { class: `badge ${kind}` }, text);
+}
+
+// ------------------------------------------------------------------ copy
+
+async function copyText(text) {
+  if (navigator.clipboard && window.isSecureContext) {
+    try {
+      await navigator.clipboard.writeText(text);
+      return true;
+    } catch (err) {
+      // fall through to the selection way (permissions differ between browsers)
+    }
+  }
+  const area = h("textarea", { class: "offscreen", readOnly: true }, text);
+  document.body.append(area);
+  area.select();
+  const done = document.execCommand("copy");
+  area.remove();
+  return done;
+}
+
+export function copyButton(text, label = "Copy") {
+  const button = h("button", { type: "button", class: "small", "aria-label": `${label}: ${text}` }, label);
+  button.addEventListener("click", async () => {
+    const done = await copyText(typeof text === "function" ? text() : text);
+    button.textContent = done ? "Copied" : "Select and copy";
+    setTimeout(() => (button.textContent = label), 1500);
+  });
+  return button;
+}
+
+/** A read-only command or value with a copy button. */
+export function copyable(text, { label = "Copy", testid = null } = {}) {
+  return h(
+    "div",
+    { class: "copyable" },
+    h("code", { "data-testid": testid }, text),
+    copyButton(text, label),
+  );
+}
+
+// ------------------------------------------------------------------ dialogs
+
+/**
+ * A modal <dialog> (focus kept inside, Esc closes). `build(close)` returns its body; the
+ * returned promise resolves with what `close(value)` was called with (undefined on Esc).
+ */
+export function openDialog({ title, build, wide = false, label = null }) {
+  return new Promise((resolve) => {
+    let result;
+    const dialog = h("dialog", { class: wide ? "wide" : "", "aria-label": label || title });
+    const close = (value) => {
+      result = value;
+      dialog.close();
+    };
+    dialog.addEventListener("close", () => {
+      dialog.remove();
+      resolve(result);
+    });
+    append(dialog, [
+      h(
+        "header",
+        {},
+        h("h2", {}, title),
+        h("button", { type: "button", class: "icon", "aria-label": "Close", onclick: () => close(undefined) }, "×"),
+      ),
+      build(close),
+    ]);
+    document.body.append(dialog);
+    dialog.showModal();
+  });
+}
+
+/**
+ * Asks before something that cannot be undone. With `phrase`, the confirm button stays
+ * disabled until the user types it. `action` runs on confirm; its error stays in the dialog.
+ * Resolves true once confirmed (and done), false or undefined when cancelled.
+ */
+export function confirmDialog({ title, body, confirmLabel = "Delete", phrase = null, danger = true, action }) {
+  return openDialog({
+    title,
+    build(close) {
+      const problem = h("div");
+      const confirm = h("button", { type: "submit", class: danger ? "danger" : "primary", disabled: !!phrase }, confirmLabel);
+      const typed = phrase
+        ? h("input", {
+            type: "text",
+            autocomplete: "off",
+            spellcheck: false,
+            "aria-label": `Type ${phrase} to confirm`,
+            placeholder: phrase,
+            oninput: (e) => (confirm.disabled = e.target.value.trim() !== phrase),
+          })
+        : null;
+      const form = h(
+        "form",
+        { method: "dialog" },
+        h("div", { class: "dialog-body" }, body, phrase ? h("label", { class: "field" }, h("span", {}, ["To confirm, type ", h("strong", {}, phrase)]), typed) : null, problem),
+        h(
+          "footer",
+          {},
+          h("button", { type: "button", onclick: () => close(false) }, "Cancel"),
+          confirm,
+        ),
+      );
+      form.addEventListener("submit", async (e) => {
+        e.preventDefault();
+        if (confirm.disabled) return;
+        confirm.disabled = true;
+        try {
+          if (action) await action();
+          close(true);
+        } catch (err) {
+          clear(problem, errorBox(err));
+          confirm.disabled = false;
+        }
+      });
+      return form;
+    },
+  });
+}
+
+// ------------------------------------------------------------------ tables and paging
+
+/**
+ * columns: [{title, cell: (row) => node|string, class?}]; an empty list shows `empty`.
+ */
+export function table(columns, rows, { empty = "Nothing here yet.", caption = null, rowKey = null } = {}) {
+  if (!rows.length) return typeof empty === "string" ? emptyState(empty) : empty;
+  return h(
+    "div",
+    { class: "table-wrap" },
+    h(
+      "table",
+      {},
+      caption ? h("caption", { class: "sr-only" }, caption) : null,
+      h("thead", {}, h("tr", {}, columns.map((c) => h("th", { scope: "col", class: c.class || "" }, c.title)))),
+      h(
+        "tbody",
+        {},
+        rows.map((row) =>
+          h(
+            "tr",
+            { dataset: rowKey ? { key: rowKey(row) } : undefined },
+            columns.map((c) => h("td", { class: c.class || "", "data-label": c.title }, c.cell(row))),
+          ),
+        ),
+      ),
+    ),
+  );
+}
+
+export function pager({ page, per_page: perPage, total }, go) {
+  if (total <= perPage) return null;
+  const first = (page - 1) * perPage + 1;
+  const last = Math.min(total, page * perPage);
+  return h(
+    "nav",
+    { class: "pager", "aria-label": "Pages" },
+    h("span", {}, `${number(first)}–${number(last)} of ${number(total)}`),
+    h("button", { type: "button", class: "small", disabled: page <= 1, onclick: () => go(page - 1) }, "Previous"),
+    h("button", { type: "button", class: "small", disabled: last >= total, onclick: () => go(page + 1) }, "Next"),
+  );
+}
+
+// ------------------------------------------------------------------ forms
+
+/** A labelled field with room for its error (`field.setError(message)`); `control` is what
+ * is shown when it is not the input itself (a textarea with its counter). */
+export function field(label, input, hint = null, control = input) {
+  const error = h("span", { class: "field-error", role: "alert" });
+  const id = input.id || `f-${Math.random().toString(36).slice(2, 9)}`;
+  input.id = id;
+  const hintEl = hint ? h("span", { class: "hint", id: `${id}-hint` }, hint) : null;
+  if (hintEl) input.setAttribute("aria-describedby", `${id}-hint`);
+  const wrap = h("div", { class: "field" }, h("label", { for: id }, label), control, hintEl, error);
+  wrap.setError = (message) => {
+    error.textContent = message || "";
+    input.toggleAttribute("aria-invalid", !!message);
+  };
+  return wrap;
+}
+
+/** Radio buttons as one labelled group; `.value` reads the choice. */
+export function radios(name, legend, options, value) {
+  const group = h(
+    "fieldset",
+    { class: "radios" },
+    h("legend", {}, legend),
+    options.map(([optionValue, label, hint]) =>
+      h(
+        "label",
+        {},
+        h("input", { type: "radio", name, value: optionValue, checked: optionValue === value }),
+        h("span", {}, label),
+        hint ? h("span", { class: "hint" }, hint) : null,
+      ),
+    ),
+  );
+  Object.defineProperty(group, "value", {
+    get: () => group.querySelector("input:checked")?.value,
+  });
+  return group;
+}
+
+/** A textarea with a live `n/max` counter. */
+export function countedText(max, value = "", props = {}) {
+  const area = h("textarea", { maxLength: max, rows: 2, ...props }, value);
+  const counter = h("span", { class: "counter", "aria-live": "polite" }, `${value.length}/${max}`);
+  area.addEventListener("input", () => (counter.textContent = `${area.value.length}/${max}`));
+  const wrap = h("div", { class: "counted" }, area, counter);
+  wrap.area = area;
+  return wrap;
+}

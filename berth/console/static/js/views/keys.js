@@ -1,0 +1,145 @@
+import { api, seg } from "../api.js";
+import { dockerLogin, loginAddress, pullSecret } from "../registry.js";
+import { badge, clear, confirmDialog, copyable, emptyState, errorBox, field, h, openDialog, table, timeElement, toast } from "../ui.js";
+
+export async function keysView(main, ctx) {
+  const { project, session } = ctx;
+  const base = `/projects/${seg(project.name)}/keys`;
+  const admin = project.role === "admin" || project.server_admin;
+  document.title = `Access keys · ${project.name} · Berth`;
+  const body = h("div", { class: "loading" }, "Loading access keys…");
+  clear(
+    main,
+    h(
+      "div",
+      { class: "page-head" },
+      h(
+        "div",
+        {},
+        h("h1", {}, "Access keys"),
+        h("p", { class: "muted" }, "docker, podman, containerd and Kubernetes sign in to ", h("code", {}, loginAddress(project)), " with an access key ID and its secret access key. ", admin ? "You see every key in the project." : "These are your keys in this project."),
+      ),
+      h("button", { type: "button", class: "primary", onclick: () => createKey(ctx, base) }, "Create access key"),
+    ),
+    body,
+  );
+  const keys = await api.get(base);
+  if (ctx.stale()) return;
+  const mine = (k) => k.user === session.user;
+  clear(
+    body,
+    table(
+      [
+        { title: "Access key ID", cell: (k) => h("code", {}, k.access_key_id) },
+        admin ? { title: "User", cell: (k) => k.user } : null,
+        { title: "Created", cell: (k) => timeElement(k.created_at) },
+        { title: "Last used", cell: (k) => (k.last_used_at ? timeElement(k.last_used_at) : h("span", { class: "muted" }, "never")) },
+        { title: "Expires", cell: (k) => (k.expires_at ? timeElement(k.expires_at) : h("span", { class: "muted" }, "never")) },
+        { title: "State", cell: (k) => badge({ active: "Active", disabled: "Disabled", expired: "Expired" }[k.state], k.state) },
+        {
+          title: "Actions",
+          cell: (k) =>
+            admin || mine(k)
+              ? h(
+                  "span",
+                  { class: "actions" },
+                  k.state === "disabled"
+                    ? h("button", { type: "button", class: "small", onclick: () => setState(ctx, base, k, "enable") }, "Enable")
+                    : h("button", { type: "button", class: "small", onclick: () => setState(ctx, base, k, "disable") }, "Disable"),
+                  h("button", { type: "button", class: "small danger-text", onclick: () => deleteKey(ctx, base, k) }, "Delete"),
+                )
+              : null,
+        },
+      ].filter(Boolean),
+      keys,
+      {
+        caption: "Access keys",
+        rowKey: (k) => k.access_key_id,
+        empty: emptyState("No access keys yet", h("p", {}, "Create one to sign in with docker login or to make a Kubernetes pull secret.")),
+      },
+    ),
+  );
+}
+
+async function setState(ctx, base, key, action) {
+  try {
+    await api.post(`${base}/${seg(key.access_key_id)}/${action}`);
+    toast(`Access key ${key.access_key_id} ${action}d`);
+    ctx.refresh();
+  } catch (err) {
+    toast(err.message, "error");
+  }
+}
+
+async function deleteKey(ctx, base, key) {
+  const done = await confirmDialog({
+    title: "Delete access key",
+    body: h("p", {}, "Delete ", h("code", {}, key.access_key_id), "? Every client signed in with it stops working."),
+    action: () => api.delete(`${base}/${seg(key.access_key_id)}`),
+  });
+  if (done) {
+    toast(`Access key ${key.access_key_id} deleted`);
+    ctx.refresh();
+  }
+}
+
+async function createKey(ctx, base) {
+  const created = await openDialog({
+    title: "Create access key",
+    build(close) {
+      const expires = h("input", { type: "date", min: new Date(Date.now() + 86400000).toISOString().slice(0, 10) });
+      const expiresField = field("Expires (optional)", expires, "Leave empty for a key that does not expire. At most 2 keys per user per project.");
+      const problem = h("div");
+      const form = h(
+        "form",
+        {},
+        h("div", { class: "dialog-body" }, h("p", {}, `A new access key for ${ctx.session.user} in project ${ctx.project.name}.`), expiresField, problem),
+        h("footer", {}, h("button", { type: "button", onclick: () => close() }, "Cancel"), h("button", { type: "submit", class: "primary" }, "Create")),
+      );
+      form.addEventListener("submit", async (e) => {
+        e.preventDefault();
+        clear(problem);
+        try {
+          close(await api.post(base, { expires_at: expires.value ? `${expires.value}T23:59:59` : null }));
+        } catch (err) {
+          expiresField.setError(err.forField?.("expires_at"));
+          clear(problem, errorBox(err));
+        }
+      });
+      return form;
+    },
+  });
+  if (!created) return;
+  await showSecret(ctx, created);
+  ctx.refresh();
+}
+
+function showSecret(ctx, key) {
+  const { project } = ctx;
+  return openDialog({
+    title: "Access key created",
+    wide: true,
+    label: "Access key created",
+    build(close) {
+      return h(
+        "div",
+        {},
+        h(
+          "div",
+          { class: "dialog-body" },
+          h("div", { class: "alert caution", role: "note" }, h("strong", {}, "The secret access key is shown only now."), " Copy it and keep it safe: it cannot be shown again. If it is lost, delete this key and create another."),
+          h("h3", {}, "Access key ID"),
+          copyable(key.access_key_id, { testid: "new-key-id" }),
+          h("h3", {}, "Secret access key"),
+          copyable(key.secret_access_key, { testid: "new-key-secret" }),
+          h("h3", {}, "Sign in with docker"),
+          copyable(dockerLogin(project, key.access_key_id, key.secret_access_key), { testid: "docker-login-command" }),
+          h("h3", {}, "Kubernetes pull secret"),
+          copyable(pullSecret(project, key.access_key_id, key.secret_access_key), { testid: "pull-secret-command" }),
+          h("p", { class: "hint" }, "Then list the secret under imagePullSecrets in the pod spec."),
+        ),
+        h("footer", {}, h("button", { type: "button", class: "primary", onclick: () => close() }, "Done")),
+      );
+    },
+  });
+}

@@ -1,0 +1,212 @@
+import { api, query, seg } from "../api.js";
+import { badge, bytes, clear, duration, emptyState, errorBox, h, number, openDialog, pager, plural, table, timeElement, toast } from "../ui.js";
+
+const PHRASE = "data deletion";
+const PHASES = {
+  queued: "Queued",
+  marking: "Deciding what to delete (writes restricted)",
+  sweeping: "Removing files (writes allowed again)",
+  done: "Done",
+};
+const STATES = { running: "Running", succeeded: "Succeeded", failed: "Failed", rolled_back: "Rolled back" };
+
+export async function managementView(main, ctx) {
+  const { project } = ctx;
+  const base = `/projects/${seg(project.name)}`;
+  document.title = `Management · ${project.name} · Berth`;
+  const summaryBox = h("div", { class: "loading" }, "Loading the summary…");
+  const runBox = h("div", { "data-testid": "gc-current" });
+  const historyBox = h("div");
+  clear(
+    main,
+    h("div", { class: "page-head" }, h("div", {}, h("h1", {}, "Management"), h("p", { class: "muted" }, "What the registry of this project holds, and garbage collection."))),
+    summaryBox,
+    h("h2", {}, "Garbage collection"),
+    runBox,
+    h("h3", {}, "History"),
+    historyBox,
+  );
+
+  let polling = null;
+  ctx.onLeave(() => clearTimeout(polling));
+
+  async function loadSummary() {
+    const summary = await api.get(`${base}/summary`);
+    if (ctx.stale()) return;
+    clear(summaryBox, summaryTable(ctx, summary, { startGc, collect }));
+  }
+
+  async function loadHistory() {
+    const page = Math.max(1, Number(ctx.query.page) || 1);
+    const runs = await api.get(`${base}/gc/runs${query({ page, per_page: 10 })}`);
+    if (ctx.stale()) return;
+    clear(historyBox, historyTable(runs), pager(runs, (p) => ctx.navigate(`${base}/management`, { page: p })));
+  }
+
+  async function follow(runId) {
+    const run = runId ? await api.get(`${base}/gc/runs/${runId}`) : await api.get(`${base}/gc/current`);
+    if (ctx.stale()) return;
+    if (run === null) {
+      clear(runBox);
+      return;
+    }
+    clear(runBox, runCard(run));
+    if (run.state === "running") {
+      polling = setTimeout(() => follow(run.id).catch((err) => clear(runBox, errorBox(err))), 700);
+    } else {
+      await Promise.all([loadSummary(), loadHistory()]);
+    }
+  }
+
+  async function startGc() {
+    const run = await gcDialog(project, base);
+    if (!run) return;
+    toast("Garbage collection started");
+    clearTimeout(polling);
+    await follow(run.id);
+    await loadHistory();
+  }
+
+  async function collect(button) {
+    button.disabled = true;
+    try {
+      await api.post(`${base}/storage/collect`);
+      await loadSummary();
+      toast("Storage usage collected");
+    } catch (err) {
+      toast(err.message, "error");
+      button.disabled = false;
+    }
+  }
+
+  await Promise.all([loadSummary(), loadHistory(), follow(null)]);
+}
+
+function summaryTable(ctx, summary, { startGc, collect }) {
+  const { project } = ctx;
+  const storage = summary.storage;
+  const gcButton = project.can_manage
+    ? h("button", { type: "button", class: "primary", onclick: startGc }, "Garbage collection")
+    : h("span", { class: "muted" }, "Project admins and members run it.");
+  const collectButton = h("button", { type: "button", class: "small", onclick: (e) => collect(e.target) }, "Collect now");
+  const row = (item, value, description) => h("tr", {}, h("th", { scope: "row" }, item), h("td", { class: "value" }, value), h("td", { class: "muted" }, description));
+  return h(
+    "div",
+    { class: "table-wrap" },
+    h(
+      "table",
+      { class: "summary", "data-testid": "management-summary" },
+      h("thead", {}, h("tr", {}, h("th", { scope: "col" }, "Item"), h("th", { scope: "col" }, "Value"), h("th", { scope: "col" }, "Description"))),
+      h(
+        "tbody",
+        {},
+        row("Repository", h("span", { "data-testid": "summary-repositories" }, `${number(summary.repositories.stored)} / ${number(summary.repositories.maximum)}`), "Repositories stored in the registry / maximum number"),
+        row("Image", h("span", { "data-testid": "summary-images" }, number(summary.images.stored)), `Images stored in the registry. Up to ${number(summary.images.limit_per_repository)} images can be created per repository.`),
+        row(
+          "Storage",
+          h("span", {}, h("span", { "data-testid": "summary-storage" }, bytes(storage.bytes)), " ", collectButton),
+          ["Object usage by the registry (each layer counted once). Collected ", storage.collected_at ? timeElement(storage.collected_at) : "not yet", storage.measured_now ? " (measured now)" : "", `; every ${duration(summary.storage_collect_interval_seconds)} it is collected again.`],
+        ),
+        row("Outbound traffic", bytes(summary.traffic_this_month.bytes), `This month so far, ${plural(summary.traffic_this_month.requests, "download")}.`),
+        row("Garbage collection", gcButton, ["Deletes layer data no image references. Last finished: ", summary.last_gc_at ? timeElement(summary.last_gc_at) : "never", "."]),
+      ),
+    ),
+  );
+}
+
+function gcDialog(project, base) {
+  return openDialog({
+    title: "Garbage collection",
+    wide: true,
+    build(close) {
+      const phrase = h("input", { type: "text", autocomplete: "off", spellcheck: false, placeholder: PHRASE, "aria-label": `Type ${PHRASE} to confirm` });
+      const execute = h("button", { type: "submit", class: "danger", disabled: true }, "Execute");
+      phrase.addEventListener("input", () => (execute.disabled = phrase.value.trim() !== PHRASE));
+      const untagged = h("input", { type: "checkbox", name: "delete_untagged" });
+      const dryRun = h("input", { type: "checkbox", name: "dry_run" });
+      const problem = h("div");
+      const form = h(
+        "form",
+        {},
+        h(
+          "div",
+          { class: "dialog-body" },
+          h("p", {}, "Garbage collection deletes the layer data stored in project ", h("strong", {}, project.name), "'s registry that no remaining image references. Manifests of images that are still referenced are not affected."),
+          h(
+            "div",
+            { class: "alert caution", role: "note" },
+            h("strong", {}, "Caution"),
+            h(
+              "ul",
+              {},
+              h("li", {}, "Images with multi-architecture manifests may be deleted: with “also delete untagged images”, an untagged index goes with the platform images only it lists. (The platform images of a kept index and the signatures of a kept image always stay.)"),
+              h("li", {}, "Registry use (repository creation, repository deletion, image push and tag addition) is restricted until garbage collection has finished deciding what to delete. Pulls keep working."),
+              h("li", {}, "After garbage collection, tags cannot be restored to the state they were in before it ran."),
+            ),
+          ),
+          h("label", { class: "check" }, untagged, h("span", {}, "Also delete untagged images that no other image references")),
+          h("label", { class: "check" }, dryRun, h("span", {}, "Dry run: only report what would be deleted")),
+          h("label", { class: "field" }, h("span", {}, "To run it, type ", h("strong", {}, PHRASE)), phrase),
+          problem,
+        ),
+        h("footer", {}, h("button", { type: "button", onclick: () => close() }, "Cancel"), execute),
+      );
+      form.addEventListener("submit", async (e) => {
+        e.preventDefault();
+        if (execute.disabled) return;
+        execute.disabled = true;
+        try {
+          close(await api.post(`${base}/gc`, { delete_untagged: untagged.checked, dry_run: dryRun.checked }));
+        } catch (err) {
+          clear(problem, errorBox(err));
+          execute.disabled = false;
+        }
+      });
+      return form;
+    },
+  });
+}
+
+function runCard(run) {
+  const running = run.state === "running";
+  const total = run.progress_total || 0;
+  const percent = total ? Math.round((run.progress_done / total) * 100) : running ? null : 100;
+  return h(
+    "section",
+    { class: `run-card ${run.state}`, "aria-live": "polite", "data-state": run.state, "data-phase": run.phase },
+    h("h3", {}, running ? "Garbage collection is running" : `Last run: ${STATES[run.state]}`, run.dry_run ? badge("dry run") : null),
+    running
+      ? [
+          h("p", {}, PHASES[run.phase] || run.phase, ` · started ${new Date(run.started_at).toLocaleTimeString()} by ${run.actor}`),
+          h("progress", { max: 100, value: percent ?? undefined, "aria-label": "Progress" }),
+          h("p", { class: "muted" }, total ? `${number(run.progress_done)} of ${number(total)} files removed` : "Marking…", run.phase === "marking" ? " · pushes, new tags and repository changes are refused meanwhile" : ""),
+        ]
+      : h(
+          "dl",
+          { class: "facts", "data-testid": "gc-result" },
+          h("div", {}, h("dt", {}, run.dry_run ? "Images that would go" : "Images deleted"), h("dd", {}, number(run.images_deleted))),
+          h("div", {}, h("dt", {}, run.dry_run ? "Blobs that would go" : "Blobs deleted"), h("dd", {}, number(run.blobs_deleted))),
+          h("div", {}, h("dt", {}, run.dry_run ? "Would free" : "Freed"), h("dd", { "data-testid": "gc-freed" }, bytes(run.bytes_freed))),
+          h("div", {}, h("dt", {}, "Duration"), h("dd", {}, duration(run.duration_seconds))),
+          h("div", {}, h("dt", {}, "Writes restricted"), h("dd", {}, duration(run.restricted_seconds))),
+          run.error ? h("div", {}, h("dt", {}, "Error"), h("dd", {}, run.error)) : null,
+        ),
+  );
+}
+
+function historyTable(runs) {
+  return table(
+    [
+      { title: "Started", cell: (r) => timeElement(r.started_at) },
+      { title: "By", cell: (r) => r.actor },
+      { title: "State", cell: (r) => h("span", {}, badge(STATES[r.state] || r.state, r.state), r.dry_run ? badge("dry run") : null) },
+      { title: "Images deleted", cell: (r) => number(r.images_deleted), class: "num" },
+      { title: "Blobs deleted", cell: (r) => number(r.blobs_deleted), class: "num" },
+      { title: "Freed", cell: (r) => bytes(r.bytes_freed), class: "num" },
+      { title: "Duration", cell: (r) => duration(r.duration_seconds), class: "num" },
+      { title: "Writes restricted", cell: (r) => duration(r.restricted_seconds), class: "num" },
+    ],
+    runs.items,
+    { caption: "Garbage collection runs", rowKey: (r) => String(r.id), empty: emptyState("No garbage collection has run in this project yet") },
+  );
+}

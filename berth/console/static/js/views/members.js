@@ -1,0 +1,120 @@
+import { api, query, seg } from "../api.js";
+import { clear, confirmDialog, errorBox, field, h, pager, table, timeElement, toast } from "../ui.js";
+
+const ROLES = {
+  admin: "Admin: everything, including members and permissions",
+  member: "Member: repositories, images, push and pull, garbage collection",
+  reader: "Reader: view and pull",
+};
+
+export async function membersView(main, ctx) {
+  const { project, session } = ctx;
+  const base = `/projects/${seg(project.name)}/members`;
+  const admin = project.role === "admin" || project.server_admin;
+  document.title = `Members · ${project.name} · Berth`;
+  const body = h("div", { class: "loading" }, "Loading members…");
+  clear(
+    main,
+    h("div", { class: "page-head" }, h("div", {}, h("h1", {}, "Members"), h("p", { class: "muted" }, "People and service accounts with a role in the whole project. Roles on a single repository are under each repository's Permissions."))),
+    body,
+  );
+  const members = await api.get(base);
+  if (ctx.stale()) return;
+  const roleSelect = (m) => {
+    const select = h(
+      "select",
+      { "aria-label": `Role of ${m.user}` },
+      Object.keys(ROLES).map((r) => h("option", { value: r, selected: r === m.role }, r)),
+    );
+    select.addEventListener("change", async () => {
+      try {
+        await api.put(`${base}/${seg(m.user)}`, { role: select.value });
+        toast(`${m.user} is now ${select.value}`);
+      } catch (err) {
+        toast(err.message, "error");
+        select.value = m.role;
+      }
+    });
+    return select;
+  };
+  clear(
+    body,
+    table(
+      [
+        { title: "User", cell: (m) => [m.user, m.user === session.user ? h("span", { class: "muted" }, " (you)") : null] },
+        { title: "Role", cell: (m) => (admin ? roleSelect(m) : m.role) },
+        { title: "Since", cell: (m) => timeElement(m.since) },
+        admin
+          ? {
+              title: "Actions",
+              cell: (m) =>
+                h("button", {
+                  type: "button",
+                  class: "small danger-text",
+                  onclick: async () => {
+                    const done = await confirmDialog({ title: "Remove member", confirmLabel: "Remove", body: h("p", {}, `Remove ${m.user} from ${project.name}? Their access keys here stop working at once.`), action: () => api.delete(`${base}/${seg(m.user)}`) });
+                    if (done) ctx.refresh();
+                  },
+                }, "Remove"),
+            }
+          : null,
+      ].filter(Boolean),
+      members,
+      { caption: "Members", rowKey: (m) => m.user, empty: "No members." },
+    ),
+    admin ? addMemberForm(ctx, base) : null,
+    h("dl", { class: "roles" }, Object.entries(ROLES).map(([role, text]) => h("div", {}, h("dt", {}, role), h("dd", {}, text.split(": ")[1])))),
+  );
+}
+
+function addMemberForm(ctx, base) {
+  const user = h("input", { type: "text", required: true, autocomplete: "off", placeholder: "user name" });
+  const role = h("select", {}, Object.keys(ROLES).map((r) => h("option", { value: r, selected: r === "member" }, r)));
+  const problem = h("div");
+  const form = h(
+    "form",
+    { class: "inline-form", "aria-label": "Add a member" },
+    field("User", user),
+    field("Role", role),
+    h("button", { type: "submit", class: "primary" }, "Add member"),
+    problem,
+  );
+  form.addEventListener("submit", async (e) => {
+    e.preventDefault();
+    clear(problem);
+    try {
+      await api.put(`${base}/${seg(user.value.trim())}`, { role: role.value });
+      toast(`${user.value.trim()} added as ${role.value}`);
+      ctx.refresh();
+    } catch (err) {
+      clear(problem, errorBox(err));
+    }
+  });
+  return form;
+}
+
+export async function auditView(main, ctx) {
+  const { project } = ctx;
+  const page = Math.max(1, Number(ctx.query.page) || 1);
+  document.title = `Audit log · ${project.name} · Berth`;
+  const found = await api.get(`/projects/${seg(project.name)}/audit${query({ page, per_page: 50 })}`);
+  if (ctx.stale()) return;
+  clear(
+    main,
+    h("div", { class: "page-head" }, h("div", {}, h("h1", {}, "Audit log"), h("p", { class: "muted" }, "Sign-ins, access keys, roles and repository changes, newest first."))),
+    table(
+      [
+        { title: "When", cell: (e) => timeElement(e.at) },
+        { title: "Who", cell: (e) => e.actor },
+        { title: "Action", cell: (e) => h("code", {}, e.action) },
+        { title: "Target", cell: (e) => e.target || "–" },
+        { title: "Detail", cell: (e) => (e.detail ? h("code", { class: "detail" }, JSON.stringify(e.detail)) : "–"), class: "wrap" },
+        { title: "Client", cell: (e) => e.client || "–" },
+      ],
+      found.items,
+      { caption: "Audit log", empty: "Nothing recorded yet." },
+    ),
+    pager(found, (p) => ctx.navigate(`/projects/${seg(project.name)}/audit`, { page: p })),
+  );
+}
+

@@ -1,0 +1,134 @@
+import { api, query, seg } from "../api.js";
+import { barChart, lineChart } from "../charts.js";
+import { bytes, clear, datetime, emptyState, h, number, table, timeElement } from "../ui.js";
+
+const STORAGE_DAYS = 30;
+
+export async function monitoringView(main, ctx) {
+  const { project } = ctx;
+  const base = `/projects/${seg(project.name)}`;
+  const repository = ctx.query.repository || "";
+  document.title = `Monitoring · ${project.name} · Berth`;
+  const trafficBox = h("div", { class: "loading" }, "Loading outbound traffic…");
+  const storageBox = h("div", { class: "loading" }, "Loading storage usage…");
+  clear(
+    main,
+    h("div", { class: "page-head" }, h("div", {}, h("h1", {}, "Monitoring"), h("p", { class: "muted" }, "Outbound traffic and storage usage of this project's registry."))),
+    h(
+      "div",
+      { class: "alert info", role: "note" },
+      h("strong", {}, "Info"),
+      h(
+        "ul",
+        {},
+        h("li", {}, "Outbound traffic is charged by the registry's outbound traffic price; the usage shown here may differ slightly from the actual billed usage."),
+        h("li", {}, "For storage usage, it takes approximately 30 minutes for actual usage to be collected and reflected."),
+      ),
+    ),
+    h("h2", {}, "Outbound traffic"),
+    trafficBox,
+    h("h2", {}, "Storage usage"),
+    storageBox,
+  );
+  const [traffic, storage] = await Promise.all([
+    api.get(`${base}/traffic${query({ days: 92, repository })}`),
+    api.get(`${base}/storage${query({ days: STORAGE_DAYS })}`),
+  ]);
+  if (ctx.stale()) return;
+  clear(trafficBox, trafficSection(ctx, traffic, repository));
+  clear(storageBox, storageSection(storage));
+}
+
+function money(value) {
+  return value.toLocaleString("en-US", { minimumFractionDigits: 2, maximumFractionDigits: 2 });
+}
+
+function change(month) {
+  if (month.change_percent === null) return month.bytes ? "new" : "–";
+  const sign = month.change_percent > 0 ? "+" : "";
+  const arrow = month.change_percent > 0 ? "▲" : month.change_percent < 0 ? "▼" : "";
+  return `${arrow} ${sign}${month.change_percent.toFixed(1)}%`;
+}
+
+function trafficSection(ctx, traffic, repository) {
+  const { project } = ctx;
+  const names = (traffic.repositories || []).filter((r) => r.repository).map((r) => r.repository);
+  const select = h(
+    "select",
+    { "aria-label": "Repository", onchange: (e) => ctx.navigate(`/projects/${seg(project.name)}/monitoring`, { repository: e.target.value }) },
+    h("option", { value: "" }, "All repositories"),
+    [...new Set([...names, repository].filter(Boolean))].map((n) => h("option", { value: n, selected: n === repository }, n)),
+  );
+  const points = traffic.daily.map((d) => ({
+    label: d.day.slice(5),
+    value: d.bytes,
+    title: `${d.day}: ${bytes(d.bytes)} in ${number(d.requests)} downloads`,
+  }));
+  const month = traffic.this_month;
+  const pricing = traffic.pricing;
+  return h(
+    "div",
+    { class: "panel" },
+    h("div", { class: "toolbar" }, select, h("span", { class: "muted" }, `${traffic.first_day} – ${traffic.last_day} (UTC days)`)),
+    h(
+      "dl",
+      { class: "facts big" },
+      h("div", {}, h("dt", {}, "Past three months"), h("dd", { "data-testid": "traffic-total" }, bytes(traffic.total_bytes))),
+      h("div", {}, h("dt", {}, "This month"), h("dd", {}, bytes(month.bytes))),
+      h("div", {}, h("dt", {}, "Change over last month"), h("dd", {}, change(month))),
+      h("div", {}, h("dt", {}, "Estimated charge this month"), h("dd", { "data-testid": "traffic-charge" }, money(month.estimated_charge))),
+    ),
+    barChart(points, { label: `Outbound traffic per day, ${traffic.first_day} to ${traffic.last_day}`, format: bytes, every: 14, testid: "traffic-chart" }),
+    h("h3", {}, "By month"),
+    table(
+      [
+        { title: "Month", cell: (m) => m.month },
+        { title: "Outbound traffic", cell: (m) => bytes(m.bytes), class: "num" },
+        { title: "Downloads", cell: (m) => number(m.requests), class: "num" },
+        { title: "Change", cell: (m) => change(m), class: "num" },
+        { title: "Estimated charge", cell: (m) => money(m.estimated_charge), class: "num" },
+      ],
+      traffic.months,
+      { caption: "Outbound traffic by month" },
+    ),
+    h("p", { class: "hint" }, `Estimated charge: traffic past ${pricing.free_gb_per_month} GB a month, at ${pricing.price_per_gb} per GB (1 GB = ${number(pricing.gb)} bytes).`),
+    traffic.repositories && traffic.repositories.length
+      ? [
+          h("h3", {}, "By repository"),
+          table(
+            [
+              { title: "Repository", cell: (r) => r.repository || h("span", { class: "muted" }, "(deleted)") },
+              { title: "Outbound traffic", cell: (r) => bytes(r.bytes), class: "num" },
+              { title: "Downloads", cell: (r) => number(r.requests), class: "num" },
+            ],
+            traffic.repositories,
+            { caption: "Outbound traffic by repository" },
+          ),
+        ]
+      : null,
+  );
+}
+
+function storageSection(storage) {
+  if (!storage.samples.length) {
+    return emptyState("No storage usage collected yet", h("p", {}, "It is collected every 30 minutes, or now from Management."));
+  }
+  const points = storage.samples.map((s) => ({
+    label: datetime(s.collected_at).slice(5, 10),
+    value: s.bytes,
+    title: `${datetime(s.collected_at)}: ${bytes(s.bytes)}, ${number(s.images)} images, ${number(s.blobs)} blobs`,
+  }));
+  const every = Math.max(1, Math.ceil(points.length / 10));
+  return h(
+    "div",
+    { class: "panel" },
+    h(
+      "dl",
+      { class: "facts big" },
+      h("div", {}, h("dt", {}, "Storage used"), h("dd", { "data-testid": "storage-used" }, bytes(storage.last.bytes))),
+      h("div", {}, h("dt", {}, "Images"), h("dd", {}, number(storage.last.images))),
+      h("div", {}, h("dt", {}, "Collected"), h("dd", {}, timeElement(storage.collected_at))),
+    ),
+    lineChart(points, { label: `Storage used over the past ${STORAGE_DAYS} days`, format: bytes, every, testid: "storage-chart" }),
+  );
+}

@@ -1,0 +1,369 @@
+import { api, query, seg } from "../api.js";
+import { imageName } from "../registry.js";
+import {
+  badge, bytes, clear, confirmDialog, copyButton, copyable, emptyState, errorBox, field, h, number, pager, shortDigest, table, timeElement, toast,
+} from "../ui.js";
+import { descriptionProblem, readRepositoryFields, repositoryFields } from "./repositories.js";
+
+const TABS = [
+  ["images", "Images"],
+  ["tags", "Tags"],
+  ["history", "History"],
+  ["permissions", "Permissions"],
+  ["settings", "Settings"],
+];
+const PER_PAGE = 20;
+
+export async function repositoryView(main, ctx) {
+  const { project } = ctx;
+  const [name, tabName] = ctx.params;
+  const tab = TABS.some(([t]) => t === tabName) ? tabName : "images";
+  const base = `/projects/${seg(project.name)}/repositories/${seg(name)}`;
+  const repo = await api.get(base);
+  if (ctx.stale()) return;
+  document.title = `${repo.name} · ${project.name} · Berth`;
+
+  const panel = h("section", { class: "tab-panel", id: "tab-panel", role: "tabpanel", "aria-label": tab });
+  clear(
+    main,
+    h("nav", { class: "breadcrumbs", "aria-label": "Breadcrumbs" }, h("a", { href: `#/projects/${seg(project.name)}/repositories` }, "Repositories"), " / ", h("span", {}, repo.name)),
+    h(
+      "div",
+      { class: "page-head" },
+      h(
+        "div",
+        {},
+        h("h1", {}, repo.name, " ", badge(repo.visibility === "public" ? "Public" : "Private", repo.visibility)),
+        h("p", { class: "muted" }, repo.description || "No description."),
+      ),
+    ),
+    h(
+      "dl",
+      { class: "facts" },
+      fact("Images", h("span", { "data-testid": "image-count" }, number(repo.images))),
+      fact("Tag overwrite", repo.tag_overwrite ? "Enabled" : "Disabled"),
+      fact("Image scan", repo.scan_mode === "auto" ? "Auto" : "Manual"),
+      fact("Created", timeElement(repo.created_at)),
+      fact("Last modified", timeElement(repo.updated_at)),
+    ),
+    h("div", { class: "pull" }, h("span", { class: "muted" }, "Pull"), copyable(`docker pull ${imageName(project, repo.name)}:TAG`, { testid: "pull-command" })),
+    h(
+      "div",
+      { class: "tabs", role: "tablist" },
+      TABS.filter(([t]) => t !== "settings" || project.can_manage).map(([t, label]) =>
+        h("a", { role: "tab", href: `#${base}/${t}`, "aria-selected": t === tab ? "true" : "false", "aria-controls": "tab-panel" }, label),
+      ),
+    ),
+    panel,
+  );
+  const tabCtx = { ...ctx, repo, base, panel };
+  await { images: imagesTab, tags: tagsTab, history: historyTab, permissions: permissionsTab, settings: settingsTab }[tab](tabCtx);
+}
+
+function fact(label, value) {
+  return h("div", {}, h("dt", {}, label), h("dd", {}, value));
+}
+
+function pageOf(ctx) {
+  return Math.max(1, Number(ctx.query.page) || 1);
+}
+
+// ------------------------------------------------------------------ images
+
+async function imagesTab(ctx) {
+  const { project, repo, base, panel } = ctx;
+  const page = pageOf(ctx);
+  clear(panel, h("p", { class: "loading" }, "Loading images…"));
+  const found = await api.get(`${base}/images${query({ page, per_page: PER_PAGE })}`);
+  if (ctx.stale()) return;
+  const showImageName = found.items.some((i) => i.image);
+  const columns = [
+    showImageName ? { title: "Image", cell: (i) => i.image || h("span", { class: "muted" }, "(repository)") } : null,
+    { title: "Digest", cell: (i) => h("span", { class: "digest" }, h("code", { title: i.digest }, shortDigest(i.digest)), copyButton(i.digest)) },
+    { title: "Tags", cell: (i) => (i.tags.length ? h("span", { class: "chips" }, i.tags.map((t) => badge(t, "tag"))) : h("span", { class: "muted" }, "untagged")) },
+    { title: "Size", cell: (i) => bytes(i.size), class: "num" },
+    { title: "Platforms", cell: (i) => (i.platforms.length ? h("span", { class: "chips" }, i.platforms.map((p) => badge(p, "platform"))) : kindOf(i)) },
+    { title: "Pushed", cell: (i) => timeElement(i.pushed_at) },
+    { title: "Referrers", cell: (i) => referrers(i) },
+    {
+      title: "Actions",
+      cell: (i) =>
+        h(
+          "span",
+          { class: "actions" },
+          copyButton(`docker pull ${imageName(project, repo.name, i.image)}@${i.digest}`, "Copy pull"),
+          project.can_manage ? h("button", { type: "button", class: "small danger-text", onclick: () => deleteImage(ctx, i) }, "Delete") : null,
+        ),
+    },
+  ].filter(Boolean);
+  clear(
+    panel,
+    table(columns, found.items, {
+      caption: "Images",
+      rowKey: (i) => i.digest,
+      empty: emptyState(
+        "No images in this repository yet",
+        h("p", {}, "Sign in with an access key, then push:"),
+        copyable(`docker push ${imageName(project, repo.name)}/IMAGE:TAG`),
+      ),
+    }),
+    pager(found, (p) => ctx.navigate(`${base}/images`, { page: p })),
+  );
+}
+
+function kindOf(image) {
+  if (image.artifact_type) return h("span", { class: "muted" }, image.artifact_type);
+  return h("span", { class: "muted" }, image.media_type.includes("index") || image.media_type.includes("list") ? "index" : "single platform");
+}
+
+function referrers(image) {
+  if (!image.referrers.length) return h("span", { class: "muted" }, "–");
+  return h(
+    "details",
+    {},
+    h("summary", {}, `${image.referrers.length}`),
+    h("ul", { class: "plain" }, image.referrers.map((r) => h("li", {}, h("code", { title: r.digest }, shortDigest(r.digest)), " ", r.artifact_type || r.media_type, " · ", bytes(r.size)))),
+  );
+}
+
+async function deleteImage(ctx, image) {
+  const done = await confirmDialog({
+    title: "Delete image",
+    body: h(
+      "div",
+      {},
+      h("p", {}, "Delete ", h("code", {}, shortDigest(image.digest)), image.tags.length ? [" and its tags ", image.tags.join(", ")] : null, "?"),
+      h("p", { class: "muted" }, "Its tags can be restored from the history until garbage collection removes the image's data."),
+    ),
+    action: () => api.delete(`${ctx.base}/images/${seg(image.digest)}${query({ image: image.image })}`),
+  });
+  if (done) {
+    toast("Image deleted");
+    ctx.refresh();
+  }
+}
+
+// ------------------------------------------------------------------ tags
+
+async function tagsTab(ctx) {
+  const { project, repo, base, panel } = ctx;
+  const page = pageOf(ctx);
+  clear(panel, h("p", { class: "loading" }, "Loading tags…"));
+  const found = await api.get(`${base}/tags${query({ page, per_page: PER_PAGE })}`);
+  if (ctx.stale()) return;
+  clear(
+    panel,
+    table(
+      [
+        { title: "Tag", cell: (t) => badge(t.tag, "tag") },
+        { title: "Image", cell: (t) => t.image || h("span", { class: "muted" }, "(repository)") },
+        { title: "Digest", cell: (t) => h("code", { title: t.digest }, shortDigest(t.digest)) },
+        { title: "Updated", cell: (t) => timeElement(t.updated_at) },
+        {
+          title: "Actions",
+          cell: (t) =>
+            h(
+              "span",
+              { class: "actions" },
+              copyButton(`docker pull ${imageName(project, repo.name, t.image)}:${t.tag}`, "Copy pull"),
+              project.can_manage ? h("button", { type: "button", class: "small danger-text", onclick: () => deleteTag(ctx, t) }, "Delete") : null,
+            ),
+        },
+      ],
+      found.items,
+      { caption: "Tags", rowKey: (t) => `${t.image}:${t.tag}`, empty: "No tags." },
+    ),
+    pager(found, (p) => ctx.navigate(`${base}/tags`, { page: p })),
+  );
+}
+
+async function deleteTag(ctx, tag) {
+  const done = await confirmDialog({
+    title: "Delete tag",
+    body: h("p", {}, "Remove the tag ", h("strong", {}, tag.tag), "? The image stays, and the tag can be restored from the history."),
+    action: () => api.delete(`${ctx.base}/tags/${seg(tag.tag)}${query({ image: tag.image })}`),
+  });
+  if (done) {
+    toast(`Tag ${tag.tag} deleted`);
+    ctx.refresh();
+  }
+}
+
+// ------------------------------------------------------------------ history
+
+const ACTIONS = { push: "Pushed", tag: "Tagged", untag: "Tag deleted", move: "Tag moved", delete: "Image deleted", restore: "Tag restored" };
+
+async function historyTab(ctx) {
+  const { project, base, panel } = ctx;
+  const page = pageOf(ctx);
+  clear(panel, h("p", { class: "loading" }, "Loading history…"));
+  const found = await api.get(`${base}/history${query({ page, per_page: PER_PAGE })}`);
+  if (ctx.stale()) return;
+  const digest = (d) => (d ? h("code", { title: d }, shortDigest(d)) : h("span", { class: "muted" }, "–"));
+  clear(
+    panel,
+    h("p", { class: "muted" }, "Every push, tag, tag deletion and restore, newest first. A deleted tag can be restored while its image is stored (garbage collection ends that)."),
+    table(
+      [
+        { title: "When", cell: (e) => timeElement(e.at) },
+        { title: "Action", cell: (e) => ACTIONS[e.action] || e.action },
+        { title: "Image", cell: (e) => e.image || h("span", { class: "muted" }, "(repository)") },
+        { title: "Tag", cell: (e) => (e.tag ? badge(e.tag, "tag") : h("span", { class: "muted" }, "–")) },
+        { title: "Old digest", cell: (e) => digest(e.old_digest) },
+        { title: "New digest", cell: (e) => digest(e.new_digest) },
+        { title: "By", cell: (e) => e.actor },
+        {
+          title: "Restore",
+          cell: (e) =>
+            e.restorable && project.can_manage
+              ? h("button", { type: "button", class: "small", onclick: () => restoreTag(ctx, e) }, `Restore ${e.tag}`)
+              : h("span", { class: "muted" }, "–"),
+        },
+      ],
+      found.items,
+      { caption: "History", rowKey: (e) => String(e.id), empty: "Nothing has happened in this repository yet." },
+    ),
+    pager(found, (p) => ctx.navigate(`${base}/history`, { page: p })),
+  );
+}
+
+async function restoreTag(ctx, event) {
+  const done = await confirmDialog({
+    title: "Restore tag",
+    confirmLabel: "Restore",
+    danger: false,
+    body: h("p", {}, "Put the tag ", h("strong", {}, event.tag), " back on ", h("code", {}, shortDigest(event.old_digest)), "?"),
+    action: () => api.post(`${ctx.base}/tags/restore`, { image: event.image, tag: event.tag }),
+  });
+  if (done) {
+    toast(`Tag ${event.tag} restored`);
+    ctx.refresh();
+  }
+}
+
+// ------------------------------------------------------------------ permissions
+
+async function permissionsTab(ctx) {
+  const { project, base, panel, repo } = ctx;
+  clear(panel, h("p", { class: "loading" }, "Loading permissions…"));
+  const grants = await api.get(`${base}/grants`);
+  if (ctx.stale()) return;
+  const admin = project.role === "admin" || project.server_admin;
+  const form = admin ? grantForm(ctx) : null;
+  clear(
+    panel,
+    h("p", { class: "muted" }, `Project members reach every repository by their project role. Here, give people outside the project a role on ${repo.name} alone: member (push and pull) or viewer (pull).`),
+    table(
+      [
+        { title: "User", cell: (g) => g.user },
+        { title: "Role", cell: (g) => (g.role === "member" ? "Member (push and pull)" : "Viewer (pull)") },
+        { title: "Since", cell: (g) => timeElement(g.since) },
+        admin
+          ? {
+              title: "Actions",
+              cell: (g) =>
+                h("button", {
+                  type: "button",
+                  class: "small danger-text",
+                  onclick: async () => {
+                    const done = await confirmDialog({ title: "Remove permission", confirmLabel: "Remove", body: h("p", {}, `Remove ${g.user}'s role on ${repo.name}? Their access keys stop working here.`), action: () => api.delete(`${base}/grants/${seg(g.user)}`) });
+                    if (done) ctx.refresh();
+                  },
+                }, "Remove"),
+            }
+          : null,
+      ].filter(Boolean),
+      grants,
+      { caption: "Repository permissions", empty: "Nobody outside the project has a role on this repository." },
+    ),
+    form,
+  );
+}
+
+function grantForm(ctx) {
+  const user = h("input", { type: "text", required: true, autocomplete: "off", placeholder: "user name" });
+  const role = h("select", {}, h("option", { value: "viewer" }, "Viewer (pull)"), h("option", { value: "member" }, "Member (push and pull)"));
+  const problem = h("div");
+  const form = h(
+    "form",
+    { class: "inline-form", "aria-label": "Give a user a role on this repository" },
+    field("User", user),
+    field("Role", role),
+    h("button", { type: "submit", class: "primary" }, "Add permission"),
+    problem,
+  );
+  form.addEventListener("submit", async (e) => {
+    e.preventDefault();
+    clear(problem);
+    try {
+      await api.put(`${ctx.base}/grants/${seg(user.value.trim())}`, { role: role.value });
+      toast(`${user.value.trim()} is now a ${role.value} of ${ctx.repo.name}`);
+      ctx.refresh();
+    } catch (err) {
+      clear(problem, errorBox(err));
+    }
+  });
+  return form;
+}
+
+// ------------------------------------------------------------------ settings
+
+async function settingsTab(ctx) {
+  const { project, repo, base, panel } = ctx;
+  const fields = repositoryFields(repo);
+  const problem = h("div");
+  const save = h("button", { type: "submit", class: "primary" }, "Save changes");
+  const form = h(
+    "form",
+    { class: "settings", novalidate: true },
+    field("Repository name", h("input", { type: "text", value: repo.name, disabled: true }), "Fixed once created."),
+    fields.visibility,
+    fields.descriptionField,
+    fields.tag_overwrite,
+    fields.scan_mode,
+    problem,
+    h("div", { class: "form-actions" }, save),
+  );
+  form.addEventListener("submit", async (e) => {
+    e.preventDefault();
+    clear(problem);
+    const descriptionError = descriptionProblem(fields.description.area.value);
+    fields.descriptionField.setError(descriptionError);
+    if (descriptionError) return;
+    try {
+      await api.patch(base, readRepositoryFields(fields));
+      toast("Settings saved");
+      ctx.refresh();
+    } catch (err) {
+      fields.descriptionField.setError(err.forField?.("description"));
+      clear(problem, errorBox(err));
+    }
+  });
+  const remove = h(
+    "section",
+    { class: "danger-zone" },
+    h("h2", {}, "Delete repository"),
+    h("p", {}, "Deletes the repository with all its images and tags. Their data is freed at the next garbage collection. This cannot be undone."),
+    h(
+      "button",
+      {
+        type: "button",
+        class: "danger",
+        onclick: async () => {
+          const done = await confirmDialog({
+            title: "Delete repository",
+            phrase: repo.name,
+            body: h("p", {}, "Delete ", h("strong", {}, `${project.name}/${repo.name}`), ` and its ${number(repo.images)} images?`),
+            action: () => api.delete(base),
+          });
+          if (done) {
+            toast(`Repository ${repo.name} deleted`);
+            ctx.navigate(`/projects/${seg(project.name)}/repositories`);
+          }
+        },
+      },
+      "Delete repository",
+    ),
+  );
+  clear(panel, form, remove);
+}

@@ -1,0 +1,159 @@
+"""Browser tests of the web console: Playwright for Python driving Debian's Chromium.
+
+One `berth serve` for the module's tests (plain HTTP on 127.0.0.1: docker treats loopback
+registries as insecure and falls back to HTTP, skopeo is told `--tls-verify=false`), with
+garbage collection held 4 s in its marking phase (so the pop-up's progress and the refused
+push can be seen) and no grace period (so there is something to collect). Each test signs in
+as a user of its own project, made with the same services the CLI uses.
+
+Screenshots of the main screens go to `test-artifacts/console/` (the README shows a few).
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+from playwright.sync_api import Browser, BrowserContext, Page, Playwright, expect, sync_playwright
+
+from tests.clients.tools import require_binary
+from tests.servers import ROOT, BerthServer
+
+CHROMIUM = "/usr/bin/chromium"
+# This machine reaches no outside host: without these, Chromium keeps trying Google's.
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+PASSWORD = "console-password-for-tests"
+GC_HOLD_SECONDS = 4
+SCREENSHOTS = ROOT / "test-artifacts" / "console"
+DESKTOP = {"width": 1280, "height": 860}
+PHONE = {"width": 390, "height": 844}
+
+
+@pytest.fixture(scope="session")
+def console_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BerthServer]:
+    server = BerthServer(
+        tmp_path_factory.mktemp("console"),
+        extra_env={
+            "BERTH_GC_TEST_PAUSE": f"marking={GC_HOLD_SECONDS}",
+            "BERTH_GC_GRACE_PERIOD": "0",
+            "BERTH_TRAFFIC_FLUSH_INTERVAL": "0.3",
+        },
+    )
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def playwright() -> Iterator[Playwright]:
+    with sync_playwright() as driver:
+        yield driver
+
+
+@pytest.fixture(scope="session")
+def browser(playwright: Playwright) -> Iterator[Browser]:
+    if not Path(CHROMIUM).exists():
+        require_binary("chromium")
+    browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+    yield browser
+    browser.close()
+
+
+@dataclass
+class Tenant:
+    """A fresh project with a user of the given role who signs in with a password."""
+
+    server: BerthServer
+    project: str
+    user: str
+    role: str
+
+    @property
+    def console(self) -> str:
+        return f"{self.server.url}/console/"
+
+    def api(self) -> httpx.Client:
+        """The management API as the server administrator (to set up and to check)."""
+        key = self.server.access_key(self.project)
+        return httpx.Client(base_url=f"{self.server.url}/api/v1", auth=key, timeout=30)
+
+
+@pytest.fixture
+def tenant_factory(console_server: BerthServer) -> Callable[[str], Tenant]:
+    def make(role: str = "admin") -> Tenant:
+        suffix = uuid.uuid4().hex[:8]
+        project, user = f"web{suffix}", f"{role}-{suffix}"
+        console_server.create_project(project)
+        console_server.create_user(user, PASSWORD)
+        console_server.add_member(project, user, role)
+        return Tenant(console_server, project, user, role)
+
+    return make
+
+
+@pytest.fixture
+def tenant(tenant_factory: Callable[[str], Tenant]) -> Tenant:
+    return tenant_factory("admin")
+
+
+@pytest.fixture
+def context(browser: Browser) -> Iterator[BrowserContext]:
+    context = browser.new_context(viewport=DESKTOP)
+    yield context
+    context.close()
+
+
+@pytest.fixture
+def page(context: BrowserContext) -> Iterator[Page]:
+    """A tab that fails the test on any uncaught script error or refused resource."""
+    page = context.new_page()
+    problems: list[str] = []
+    page.on("pageerror", lambda error: problems.append(f"page error: {error}"))
+    page.on(
+        "console",
+        lambda message: (
+            problems.append(f"console {message.type}: {message.text}")
+            if message.type == "error" and "Failed to load resource" not in message.text
+            else None
+        ),
+    )
+    yield page
+    assert not problems, "\n".join(problems)
+
+
+def sign_in(page: Page, tenant: Tenant, user: str | None = None) -> None:
+    page.goto(tenant.console)
+    expect(page.get_by_role("heading", name="Sign in to the console")).to_be_visible()
+    page.get_by_label("User name").fill(user or tenant.user)
+    page.get_by_label("Password").fill(PASSWORD)
+    page.get_by_role("button", name="Sign in").click()
+    expect(page.get_by_test_id("signed-in-user")).to_contain_text(user or tenant.user)
+
+
+def open_project_page(page: Page, tenant: Tenant, menu: str) -> None:
+    page.get_by_role("navigation", name="Project").get_by_role("link", name=menu).click()
+    expect(page.get_by_role("heading", level=1, name=menu)).to_be_visible()
+
+
+def screenshot(page: Page, name: str, full_page: bool = True) -> Path:
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    path = SCREENSHOTS / f"{name}.png"
+    page.screenshot(path=str(path), full_page=full_page)
+    return path
+
+
+def hash_path(page: Page) -> str:
+    return re.sub(r"^[^#]*#", "", page.url)

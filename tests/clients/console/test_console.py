@@ -1,0 +1,429 @@
+"""A new user's way through the console, clicked in a real browser, with real clients."""
+
+from __future__ import annotations
+
+import hashlib
+import http.server
+import shlex
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from playwright.sync_api import Browser, Page, expect
+
+from tests.clients.console.conftest import (
+    GC_HOLD_SECONDS,
+    PHONE,
+    Tenant,
+    hash_path,
+    open_project_page,
+    screenshot,
+    sign_in,
+)
+from tests.clients.daemons import Dockerd
+from tests.clients.layouts import TestImage
+from tests.clients.tools import output, require_binary, run
+from tests.servers import free_port
+
+
+def skopeo_push(
+    tenant: Tenant, image: TestImage, name: str, key: tuple[str, str] | None = None
+) -> str:
+    """Push the test image as `{project}/{name}` path style; returns skopeo's output."""
+    key = key or tenant.server.access_key(tenant.project)
+    result = run(
+        [
+            require_binary("skopeo"),
+            "copy",
+            "--dest-tls-verify=false",
+            f"--dest-creds={key[0]}:{key[1]}",
+            image.oci_ref,
+            f"docker://{tenant.server.address}/{tenant.project}/{name}",
+        ],
+        check=False,
+    )
+    return output(result)
+
+
+# ------------------------------------------------------------------ signing in
+
+
+def test_a_visitor_is_sent_to_sign_in_and_back(page: Page, tenant: Tenant) -> None:
+    wanted = f"/projects/{tenant.project}/management"
+    page.goto(f"{tenant.console}#{wanted}")
+    expect(page.get_by_role("heading", name="Sign in to the console")).to_be_visible()
+    assert hash_path(page).startswith("/login")
+    screenshot(page, "login")
+
+    page.get_by_label("User name").fill(tenant.user)
+    page.get_by_label("Password").fill("not the password")
+    page.get_by_role("button", name="Sign in").click()
+    expect(page.get_by_role("alert")).to_contain_text("Wrong user name or password")
+
+    page.get_by_label("Password").fill("console-password-for-tests")
+    page.get_by_role("button", name="Sign in").click()
+    expect(page.get_by_role("heading", level=1, name="Management")).to_be_visible()
+    assert hash_path(page) == wanted
+
+    page.get_by_role("button", name="Sign out").click()
+    expect(page.get_by_role("heading", name="Sign in to the console")).to_be_visible()
+    page.goto(f"{tenant.console}#{wanted}")
+    expect(page.get_by_role("heading", name="Sign in to the console")).to_be_visible()
+
+
+def test_the_root_of_the_server_opens_the_console(page: Page, tenant: Tenant) -> None:
+    page.goto(f"{tenant.server.url}/")
+    expect(page.get_by_role("heading", name="Sign in to the console")).to_be_visible()
+    assert page.url.startswith(f"{tenant.server.url}/console/")
+
+
+# ------------------------------------------------------------------ the first day
+
+
+def test_create_a_repository_and_a_key_then_docker_login_and_push(
+    page: Page, tenant: Tenant, dockerd: Dockerd, test_image: TestImage, tmp_path: Path
+) -> None:
+    sign_in(page, tenant)
+    # One project: the console opens its repositories, empty.
+    expect(page.get_by_role("heading", level=1, name="Repositories")).to_be_visible()
+    expect(page.get_by_text("No repositories yet")).to_be_visible()
+
+    page.get_by_role("button", name="Create repository").first.click()
+    dialog = page.get_by_role("dialog", name="Create repository")
+    dialog.get_by_label("Repository name").fill("Bad Name")
+    dialog.get_by_role("button", name="Create").click()
+    expect(dialog.get_by_role("alert").filter(has_text="lowercase letters")).to_be_visible()
+    dialog.get_by_label("Repository name").fill("web")
+    dialog.get_by_label("Description (optional)").fill("The web front end")
+    expect(dialog.get_by_text("17/100")).to_be_visible()
+    dialog.get_by_label("Disabled").check()  # tag overwrite
+    screenshot(page, "create-repository", full_page=False)
+    dialog.get_by_role("button", name="Create").click()
+
+    expect(page.get_by_role("heading", level=1, name="web")).to_be_visible()
+    expect(page.get_by_test_id("image-count")).to_have_text("0")
+    expect(page.get_by_test_id("pull-command")).to_contain_text(
+        f"docker pull {tenant.server.address}/{tenant.project}/web:TAG"
+    )
+
+    open_project_page(page, tenant, "Access keys")
+    expect(page.get_by_text("No access keys yet")).to_be_visible()
+    page.get_by_role("button", name="Create access key").click()
+    page.get_by_role("dialog", name="Create access key").get_by_role(
+        "button", name="Create"
+    ).click()
+    created = page.get_by_role("dialog", name="Access key created")
+    expect(created.get_by_text("shown only now")).to_be_visible()
+    key_id = created.get_by_test_id("new-key-id").inner_text()
+    secret = created.get_by_test_id("new-key-secret").inner_text()
+    login = created.get_by_test_id("docker-login-command").inner_text()
+    pull_secret = created.get_by_test_id("pull-secret-command").inner_text()
+    assert login == (
+        f"docker login {tenant.server.address} --username {key_id} --password {secret}"
+    )
+    assert f"--docker-server={tenant.server.address}" in pull_secret
+    assert f"--docker-password={secret}" in pull_secret
+    screenshot(page, "access-key-created", full_page=False)
+    created.get_by_role("button", name="Done").click()
+    row = page.get_by_role("row").filter(has_text=key_id)
+    expect(row).to_contain_text("Active")
+    expect(page.get_by_text(secret)).to_have_count(0)  # never shown again
+
+    # The command from the dialog, as a user pastes it.
+    docker_env = {**dockerd.env, "DOCKER_CONFIG": str(tmp_path / "docker-config")}
+    (tmp_path / "docker-config").mkdir()
+    (tmp_path / "docker-config" / "config.json").write_text('{"auths": {}}\n')
+    assert "Login Succeeded" in run(shlex.split(login), docker_env).stdout
+    reference = f"{tenant.server.address}/{tenant.project}/web/app:v1"
+    run(
+        [dockerd.cli, "import", test_image.rootfs_tar(tmp_path / "rootfs.tar"), reference],
+        docker_env,
+    )
+    pushed = run([dockerd.cli, "push", reference], docker_env)
+    assert "v1: digest: sha256:" in pushed.stdout
+
+    open_project_page(page, tenant, "Repositories")
+    row = page.get_by_role("row").filter(has_text="The web front end")
+    expect(row.get_by_role("cell").nth(2)).to_have_text("1")
+    screenshot(page, "repositories")
+    row.get_by_role("link", name="web").click()
+    expect(page.get_by_test_id("image-count")).to_have_text("1")
+    images = page.get_by_role("table", name="Images")
+    expect(images).to_contain_text("v1")
+    expect(images).to_contain_text("app")
+    screenshot(page, "repository-images")
+
+    open_project_page(page, tenant, "Management")
+    expect(page.get_by_test_id("summary-repositories")).to_have_text("1 / 100")
+    expect(page.get_by_test_id("summary-images")).to_have_text("1")
+    expect(page.get_by_test_id("management-summary")).to_contain_text(
+        "Up to 10,000 images can be created per repository"
+    )
+
+
+# ------------------------------------------------------------------ garbage collection
+
+
+def test_garbage_collection_through_the_pop_up(
+    page: Page, tenant: Tenant, test_image: TestImage
+) -> None:
+    admin = tenant.api()
+    admin.post(f"/projects/{tenant.project}/repositories", json={"name": "old"}).raise_for_status()
+    assert "Writing manifest" in skopeo_push(tenant, test_image, "old/app:v1")
+    # Deleting the image leaves its layer data for garbage collection.
+    images = admin.get(f"/projects/{tenant.project}/repositories/old/images").json()["items"]
+    digest = images[0]["digest"]
+    admin.delete(
+        f"/projects/{tenant.project}/repositories/old/images/{digest}", params={"image": "app"}
+    ).raise_for_status()
+
+    sign_in(page, tenant)
+    open_project_page(page, tenant, "Management")
+    expect(page.get_by_text("No garbage collection has run in this project yet")).to_be_visible()
+    page.get_by_role("button", name="Garbage collection").click()
+    dialog = page.get_by_role("dialog", name="Garbage collection")
+    expect(dialog).to_contain_text("multi-architecture manifests may be deleted")
+    expect(dialog).to_contain_text("image push and tag addition")
+    expect(dialog).to_contain_text("tags cannot be restored")
+    execute = dialog.get_by_role("button", name="Execute")
+    expect(execute).to_be_disabled()
+    phrase = dialog.get_by_label("Type data deletion to confirm")
+    phrase.fill("data deletio")
+    expect(execute).to_be_disabled()
+    phrase.fill("data deletion")
+    expect(execute).to_be_enabled()
+    screenshot(page, "garbage-collection-pop-up", full_page=False)
+    phrase.press("Enter")  # the keyboard works as well as the button
+
+    current = page.get_by_test_id("gc-current")
+    expect(current).to_contain_text("Garbage collection is running")
+    expect(current.locator("[data-phase=marking]")).to_be_visible()
+    screenshot(page, "garbage-collection-running")
+    # While it decides what to delete, a push into the project is refused.
+    refused = skopeo_push(tenant, test_image, "old/app:v2")
+    assert "garbage collection in progress" in refused
+
+    expect(current).to_contain_text("Last run: Succeeded", timeout=(GC_HOLD_SECONDS + 20) * 1000)
+    freed = page.get_by_test_id("gc-freed").inner_text()
+    assert freed != "0 B"
+    history = page.get_by_role("table", name="Garbage collection runs")
+    expect(history.get_by_role("row")).to_have_count(2)  # header and the run
+    expect(history).to_contain_text(tenant.user)
+    screenshot(page, "management")
+    # After the run, pushing works again.
+    assert "Writing manifest" in skopeo_push(tenant, test_image, "old/app:v3")
+
+
+# ------------------------------------------------------------------ traffic
+
+
+def test_the_traffic_chart_shows_the_bytes_pulled(
+    page: Page, tenant: Tenant, test_image: TestImage
+) -> None:
+    admin = tenant.api()
+    admin.post(
+        f"/projects/{tenant.project}/repositories", json={"name": "pulled"}
+    ).raise_for_status()
+    assert "Writing manifest" in skopeo_push(tenant, test_image, "pulled:v1")
+    key = tenant.server.access_key(tenant.project)
+    pulled = 0
+    with httpx.Client(base_url=f"{tenant.server.url}/v2/{tenant.project}/pulled", auth=key) as v2:
+        for _ in range(3):
+            manifest = v2.get(
+                "/manifests/v1", headers={"Accept": "application/vnd.oci.image.manifest.v1+json"}
+            )
+            manifest.raise_for_status()
+            pulled += len(manifest.content)
+            body = manifest.json()
+            for blob in [body["config"], *body["layers"]]:
+                response = v2.get(f"/blobs/{blob['digest']}")
+                response.raise_for_status()
+                assert hashlib.sha256(response.content).hexdigest() == blob["digest"][7:]
+                pulled += len(response.content)
+
+    sign_in(page, tenant)
+    open_project_page(page, tenant, "Monitoring")
+    expect(page.get_by_text("may differ slightly from the actual billed usage")).to_be_visible()
+    expect(page.get_by_text("approximately 30 minutes")).to_be_visible()
+    chart = page.get_by_test_id("traffic-chart")
+    today = chart.locator(".mark").last
+    for _ in range(20):  # counters are written every 0.3 s here
+        if today.get_attribute("data-value") == str(pulled):
+            break
+        page.wait_for_timeout(300)
+        page.reload()
+        today = page.get_by_test_id("traffic-chart").locator(".mark").last
+    assert today.get_attribute("data-value") == str(pulled)
+    expect(today.locator("title")).to_contain_text(" downloads")
+    expect(page.get_by_role("table", name="Outbound traffic by repository")).to_contain_text(
+        "pulled"
+    )
+    screenshot(page, "monitoring")
+
+
+# ------------------------------------------------------------------ history
+
+
+def test_restore_a_deleted_tag_from_the_history(
+    page: Page, tenant: Tenant, test_image: TestImage
+) -> None:
+    admin = tenant.api()
+    admin.post(f"/projects/{tenant.project}/repositories", json={"name": "app"}).raise_for_status()
+    assert "Writing manifest" in skopeo_push(tenant, test_image, "app:stable")
+
+    sign_in(page, tenant)
+    page.get_by_role("link", name="app", exact=True).click()
+    page.get_by_role("tab", name="Tags").click()
+    tags = page.get_by_role("table", name="Tags")
+    tags.get_by_role("row").filter(has_text="stable").get_by_role("button", name="Delete").click()
+    page.get_by_role("dialog", name="Delete tag").get_by_role("button", name="Delete").click()
+    expect(page.get_by_text("No tags.")).to_be_visible()
+    manifest_url = f"/v2/{tenant.project}/app/manifests/stable"
+    key = tenant.server.access_key(tenant.project)
+    with httpx.Client(base_url=tenant.server.url, auth=key) as v2:
+        assert v2.head(manifest_url).status_code == 404
+
+        page.get_by_role("tab", name="History").click()
+        history = page.get_by_role("table", name="History")
+        expect(history).to_contain_text("Tag deleted")
+        screenshot(page, "repository-history")
+        history.get_by_role("button", name="Restore stable").click()
+        page.get_by_role("dialog", name="Restore tag").get_by_role("button", name="Restore").click()
+        expect(history).to_contain_text("Tag restored")
+        expect(history.get_by_role("button", name="Restore stable")).to_have_count(0)
+        assert v2.head(manifest_url).status_code == 200
+
+
+# ------------------------------------------------------------------ roles
+
+
+def test_a_reader_sees_no_management_buttons(
+    page: Page, tenant_factory: Callable[[str], Tenant], test_image: TestImage
+) -> None:
+    reader = tenant_factory("reader")
+    admin = reader.api()
+    admin.post(
+        f"/projects/{reader.project}/repositories", json={"name": "shared"}
+    ).raise_for_status()
+    assert "Writing manifest" in skopeo_push(reader, test_image, "shared:v1")
+    admin.delete(f"/projects/{reader.project}/repositories/shared/tags/v1").raise_for_status()
+
+    sign_in(page, reader)
+    expect(page.get_by_role("heading", level=1, name="Repositories")).to_be_visible()
+    expect(page.get_by_role("link", name="shared")).to_be_visible()
+    expect(page.get_by_role("button", name="Create repository")).to_have_count(0)
+
+    page.get_by_role("link", name="shared").click()
+    expect(page.get_by_role("tab", name="Images")).to_be_visible()
+    expect(page.get_by_role("tab", name="Settings")).to_have_count(0)
+    expect(page.get_by_role("button", name="Delete")).to_have_count(0)
+    page.get_by_role("tab", name="History").click()
+    expect(page.get_by_role("table", name="History")).to_contain_text("Tag deleted")
+    expect(page.get_by_role("button", name="Restore v1")).to_have_count(0)
+
+    open_project_page(page, reader, "Management")
+    expect(page.get_by_test_id("management-summary")).to_be_visible()
+    expect(page.get_by_role("button", name="Garbage collection")).to_have_count(0)
+
+    open_project_page(page, reader, "Members")
+    expect(page.get_by_role("table", name="Members")).to_contain_text(reader.user)
+    expect(page.get_by_role("button", name="Add member")).to_have_count(0)
+    expect(page.get_by_role("link", name="Audit log")).to_have_count(0)
+    # A reader still manages their own access keys.
+    open_project_page(page, reader, "Access keys")
+    expect(page.get_by_role("button", name="Create access key")).to_be_visible()
+
+
+def test_a_project_admin_adds_a_member(page: Page, tenant: Tenant) -> None:
+    newcomer = f"dev-{tenant.project[3:]}"
+    tenant.server.create_user(newcomer, "newcomer-password")
+    sign_in(page, tenant)
+    open_project_page(page, tenant, "Members")
+    form = page.get_by_role("form", name="Add a member")
+    form.get_by_label("User").fill(newcomer)
+    form.get_by_label("Role").select_option("reader")
+    form.get_by_role("button", name="Add member").click()
+    row = page.get_by_role("table", name="Members").get_by_role("row").filter(has_text=newcomer)
+    expect(row.get_by_role("combobox")).to_have_value("reader")
+    screenshot(page, "members")
+    members = tenant.api().get(f"/projects/{tenant.project}/members").json()
+    assert {"user": newcomer, "role": "reader"}.items() <= next(
+        m for m in members if m["user"] == newcomer
+    ).items()
+
+
+# ------------------------------------------------------------------ cross-site requests
+
+
+@pytest.fixture
+def attacker_site() -> Iterator[Callable[[str], str]]:
+    """Another origin (another port) serving one page; returns its URL for given HTML."""
+    pages: dict[str, bytes] = {}
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = pages.get(self.path, b"")
+            self.send_response(200 if body else 404)
+            self.send_header("Content-Type", "text/html")
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    port = free_port()
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", port), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+
+    def serve(html: str) -> str:
+        pages["/"] = html.encode()
+        return f"http://127.0.0.1:{port}/"
+
+    yield serve
+    server.shutdown()
+
+
+def test_a_cross_site_form_post_is_refused(
+    page: Page, tenant: Tenant, attacker_site: Callable[[str], str]
+) -> None:
+    sign_in(page, tenant)  # the browser holds a session cookie for the console
+    target = f"{tenant.server.url}/api/v1/projects/{tenant.project}/repositories"
+    url = attacker_site(
+        f'<form id="f" method="post" action="{target}">'
+        '<input name="name" value="planted"></form>'
+        "<script>document.getElementById('f').submit()</script>"
+    )
+    with page.expect_response(target) as answer:
+        page.goto(url)
+    assert answer.value.status == 403
+    assert "CSRF" in answer.value.text() or "cross-site" in answer.value.text()
+    names = [
+        r["name"]
+        for r in tenant.api().get(f"/projects/{tenant.project}/repositories").json()["items"]
+    ]
+    assert "planted" not in names
+
+
+# ------------------------------------------------------------------ layout
+
+
+def test_the_console_fits_a_phone(browser: Browser, tenant: Tenant, test_image: TestImage) -> None:
+    admin = tenant.api()
+    admin.post(
+        f"/projects/{tenant.project}/repositories",
+        json={"name": "mobile", "description": "Seen on a phone"},
+    ).raise_for_status()
+    context = browser.new_context(viewport=PHONE, is_mobile=True, has_touch=True)
+    try:
+        page = context.new_page()
+        sign_in(page, tenant)
+        expect(page.get_by_role("link", name="mobile")).to_be_visible()
+        overflow = page.evaluate("document.documentElement.scrollWidth - window.innerWidth")
+        assert overflow <= 0, f"the page is {overflow}px wider than the phone"
+        screenshot(page, "phone-repositories")
+        open_project_page(page, tenant, "Management")
+        assert page.evaluate("document.documentElement.scrollWidth - window.innerWidth") <= 0
+    finally:
+        context.close()
