@@ -32,8 +32,9 @@ def _bootstrap_admin(settings: Settings, url: str) -> None:
     else:
         print("  password: the one given in BERTH_ADMIN_PASSWORD", flush=True)
     print(
-        f"  Give yourself registry access: berth key create --user {name} --project PROJECT,\n"
-        f"  then: docker login {url.split('://', 1)[1]} --username KEY_ID --password SECRET",
+        f"  Sign in to the console at {url}/console/ as {name!r}; create a project there (or\n"
+        f"  berth project create PROJECT), then an access key under Access keys, and\n"
+        f"  docker login {url.split('://', 1)[1]} --username KEY_ID --password SECRET",
         flush=True,
     )
 
@@ -48,9 +49,11 @@ def serve(settings: Settings) -> None:
     tls = settings.tls_cert is not None and settings.tls_key is not None
     scheme = "https" if tls else "http"
     shown_host = f"[{host}]" if ":" in host else host
-    print(f"Berth registry on {scheme}://{shown_host}:{port}  (data in {settings.data_dir})")
-    print(f"Management API and its documentation: {scheme}://{shown_host}:{port}/api/v1/docs")
-    _bootstrap_admin(settings, f"{scheme}://{shown_host}:{port}")
+    base = f"{scheme}://{shown_host}:{port}"
+    print(f"Berth registry on {base}  (data in {settings.data_dir})")
+    print(f"Web console: {base}/console/  (sign in as admin with its password)")
+    print(f"Management API and its documentation: {base}/api/v1/docs")
+    _bootstrap_admin(settings, base)
     # Replace this process with granian's own launcher: the supervisor then carries only
     # granian (not the CLI, Alembic and the rest), and workers import just the app.
     arguments = [

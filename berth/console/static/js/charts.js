@@ -17,6 +17,13 @@ function ticks(max) {
   return [0, 1, 2, 3, 4].map((i) => i * step);
 }
 
+/** The first and last x labels lean inwards, so they stay clear of the axis and the edge. */
+function anchor(i, count) {
+  if (count > 1 && i === 0) return "start";
+  if (count > 1 && i === count - 1) return "end";
+  return "middle";
+}
+
 function frame(label, yTicks, format, plot) {
   const innerH = HEIGHT - MARGIN.top - MARGIN.bottom;
   const top = yTicks[yTicks.length - 1];
@@ -53,7 +60,7 @@ export function barChart(points, { label, format, every = 7, testid = null }) {
         { class: "mark", "data-label": p.label, "data-value": p.value },
         h("svg:rect", { class: "bar", x, y: top, width: barW, height: Math.max(0, y(0) - top) }, h("svg:title", {}, p.title)),
         i % every === 0 || i === points.length - 1
-          ? h("svg:text", { class: "x-label", x: x + barW / 2, y: HEIGHT - MARGIN.bottom + 18, "text-anchor": "middle" }, p.label)
+          ? h("svg:text", { class: "x-label", x: x + barW / 2, y: HEIGHT - MARGIN.bottom + 18, "text-anchor": anchor(i, points.length) }, p.label)
           : null,
       );
     }),
@@ -75,7 +82,7 @@ export function lineChart(points, { label, format, every = 1, testid = null }) {
         { class: "mark", "data-label": p.label, "data-value": p.value },
         h("svg:circle", { class: "dot", cx: x(i), cy: y(p.value), r: 4 }, h("svg:title", {}, p.title)),
         i % every === 0 || i === points.length - 1
-          ? h("svg:text", { class: "x-label", x: x(i), y: HEIGHT - MARGIN.bottom + 18, "text-anchor": "middle" }, p.label)
+          ? h("svg:text", { class: "x-label", x: x(i), y: HEIGHT - MARGIN.bottom + 18, "text-anchor": anchor(i, points.length) }, p.label)
           : null,
       ),
     ),

@@ -105,13 +105,23 @@ function summaryTable(ctx, summary, { startGc, collect }) {
         row(
           "Storage",
           h("span", {}, h("span", { "data-testid": "summary-storage" }, bytes(storage.bytes)), " ", collectButton),
-          ["Object usage by the registry (each layer counted once). Collected ", storage.collected_at ? timeElement(storage.collected_at) : "not yet", storage.measured_now ? " (measured now)" : "", `; every ${duration(summary.storage_collect_interval_seconds)} it is collected again.`],
+          [
+            "Object usage by the registry (each layer counted once). ",
+            storage.measured_now || !storage.collected_at ? "Measured just now; " : ["Collected ", timeElement(storage.collected_at), "; "],
+            `collected every ${every(summary.storage_collect_interval_seconds)}.`,
+          ],
         ),
         row("Outbound traffic", bytes(summary.traffic_this_month.bytes), `This month so far, ${plural(summary.traffic_this_month.requests, "download")}.`),
         row("Garbage collection", gcButton, ["Deletes layer data no image references. Last finished: ", summary.last_gc_at ? timeElement(summary.last_gc_at) : "never", "."]),
       ),
     ),
   );
+}
+
+function every(seconds) {
+  if (seconds % 3600 === 0) return plural(seconds / 3600, "hour");
+  if (seconds % 60 === 0) return plural(seconds / 60, "minute");
+  return plural(seconds, "second");
 }
 
 function gcDialog(project, base) {

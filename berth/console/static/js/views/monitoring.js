@@ -91,7 +91,13 @@ function trafficSection(ctx, traffic, repository) {
       traffic.months,
       { caption: "Outbound traffic by month" },
     ),
-    h("p", { class: "hint" }, `Estimated charge: traffic past ${pricing.free_gb_per_month} GB a month, at ${pricing.price_per_gb} per GB (1 GB = ${number(pricing.gb)} bytes).`),
+    h(
+      "p",
+      { class: "hint" },
+      pricing.price_per_gb > 0
+        ? `Estimated charge: traffic past ${pricing.free_gb_per_month} GB a month, at ${pricing.price_per_gb} per GB (1 GB = ${number(pricing.gb)} bytes).`
+        : "No price per GB is set on this server (setting traffic_price_per_gb), so the estimated charge is 0.",
+    ),
     traffic.repositories && traffic.repositories.length
       ? [
           h("h3", {}, "By repository"),
