@@ -25,6 +25,17 @@ from tests.clients.console.conftest import (
 from tests.clients.daemons import Dockerd
 from tests.clients.layouts import TestImage
 from tests.clients.tools import output, require_binary, run
+from tests.oci import (
+    Blob,
+    diff_id,
+    image_config,
+    image_index,
+    image_manifest,
+    layer,
+    push_blobs,
+    push_manifest,
+    random_blob,
+)
 from tests.servers import free_port
 
 
@@ -437,3 +448,155 @@ def test_the_console_fits_a_phone(browser: Browser, tenant: Tenant, test_image: 
         assert page.evaluate(width) <= PHONE["width"], "the page is wider than the phone"
     finally:
         context.close()
+
+
+# ------------------------------------------------------------------ images, settings, keys
+
+
+def push_index_with_signature(tenant: Tenant, repository: str) -> str:
+    """A two-platform index tagged `multi`, and a signature referring to it; its digest."""
+    key = tenant.server.access_key(tenant.project)
+    name = f"{tenant.project}/{repository}"
+    with httpx.Client(base_url=tenant.server.url, auth=key, timeout=30) as v2:
+        children = []
+        for architecture in ("amd64", "arm64"):
+            blob = layer({"arch": architecture.encode()})
+            config = image_config(architecture=architecture, diff_ids=[diff_id(blob)])
+            push_blobs(v2, name, [blob, config])
+            manifest = image_manifest(config.descriptor(), [blob.descriptor()])
+            push_manifest(v2, name, manifest.digest, manifest)
+            children.append(
+                manifest.descriptor(platform={"os": "linux", "architecture": architecture})
+            )
+        index = image_index(children)
+        push_manifest(v2, name, "multi", index)
+        signature_config = Blob(b"{}", "application/vnd.oci.empty.v1+json")
+        payload = random_blob(64)
+        push_blobs(v2, name, [signature_config, payload])
+        signature = image_manifest(
+            signature_config.descriptor(),
+            [payload.descriptor()],
+            artifact_type="application/vnd.dev.cosign.artifact.sig.v1+json",
+            subject=index.descriptor(),
+        )
+        push_manifest(v2, name, signature.digest, signature)
+    return index.digest
+
+
+def test_an_index_shows_its_platforms_and_signature(page: Page, tenant: Tenant) -> None:
+    admin = tenant.api()
+    admin.post(
+        f"/projects/{tenant.project}/repositories", json={"name": "multi"}
+    ).raise_for_status()
+    digest = push_index_with_signature(tenant, "multi")
+
+    sign_in(page, tenant)
+    page.get_by_role("link", name="multi", exact=True).click()
+    images = page.get_by_role("table", name="Images")
+    row = images.get_by_role("row").filter(has_text=digest[:19])
+    expect(row).to_contain_text("linux/amd64")
+    expect(row).to_contain_text("linux/arm64")
+    expect(row).to_contain_text("multi")
+    row.get_by_text("1", exact=True).click()  # the referrers' summary opens the list
+    expect(row).to_contain_text("application/vnd.dev.cosign.artifact.sig.v1+json")
+    expect(
+        row.get_by_role(
+            "button",
+            name=f"Copy pull: docker pull {tenant.server.address}/{tenant.project}/multi@{digest}",
+        )
+    ).to_be_visible()
+
+
+def test_change_settings_then_delete_the_repository(page: Page, tenant: Tenant) -> None:
+    admin = tenant.api()
+    admin.post(f"/projects/{tenant.project}/repositories", json={"name": "tmp"}).raise_for_status()
+    sign_in(page, tenant)
+    page.get_by_role("link", name="tmp", exact=True).click()
+    page.get_by_role("tab", name="Settings").click()
+    expect(page.get_by_label("Repository name")).to_be_disabled()
+    page.get_by_label("Public").check()
+    page.get_by_label("Description (optional)").fill("x" * 120)  # the field stops at 100
+    expect(page.get_by_text("100/100")).to_be_visible()
+    page.get_by_label("Description (optional)").fill("Scratch space")
+    page.get_by_role("radio", name="Auto").check()
+    page.get_by_role("button", name="Save changes").click()
+    expect(page.get_by_text("Settings saved")).to_be_visible()
+    expect(page.get_by_role("heading", level=1)).to_contain_text("Public")
+    saved = admin.get(f"/projects/{tenant.project}/repositories/tmp").json()
+    assert (saved["visibility"], saved["description"], saved["scan_mode"]) == (
+        "public",
+        "Scratch space",
+        "auto",
+    )
+
+    page.get_by_role("button", name="Delete repository").click()
+    dialog = page.get_by_role("dialog", name="Delete repository")
+    confirm = dialog.get_by_role("button", name="Delete")
+    expect(confirm).to_be_disabled()
+    dialog.get_by_label("Type tmp to confirm").fill("tmp")
+    confirm.click()
+    expect(page.get_by_role("heading", level=1, name="Repositories")).to_be_visible()
+    expect(page.get_by_text("No repositories yet")).to_be_visible()
+    assert admin.get(f"/projects/{tenant.project}/repositories/tmp").status_code == 404
+
+
+def test_disable_enable_and_delete_an_access_key(page: Page, tenant: Tenant) -> None:
+    sign_in(page, tenant)
+    open_project_page(page, tenant, "Access keys")
+    page.get_by_role("button", name="Create access key").click()
+    page.get_by_role("dialog", name="Create access key").get_by_role(
+        "button", name="Create"
+    ).click()
+    created = page.get_by_role("dialog", name="Access key created")
+    key = (
+        created.get_by_test_id("new-key-id").inner_text(),
+        created.get_by_test_id("new-key-secret").inner_text(),
+    )
+    created.get_by_role("button", name="Done").click()
+
+    def registry_answers() -> int:
+        with httpx.Client(base_url=tenant.server.url, auth=key) as v2:
+            return v2.get(f"/v2/{tenant.project}/anything/tags/list").status_code
+
+    assert registry_answers() == 404  # signed in: the repository does not exist
+    row = page.get_by_role("row").filter(has_text=key[0])
+    row.get_by_role("button", name="Disable").click()
+    expect(row).to_contain_text("Disabled")
+    page.wait_for_timeout(1100)  # a disabled key stops working within a second
+    assert registry_answers() == 401
+    row.get_by_role("button", name="Enable").click()
+    expect(row).to_contain_text("Active")
+    page.wait_for_timeout(1100)
+    assert registry_answers() == 404
+    row.get_by_role("button", name="Delete").click()
+    page.get_by_role("dialog", name="Delete access key").get_by_role(
+        "button", name="Delete"
+    ).click()
+    expect(page.get_by_text("No access keys yet")).to_be_visible()
+    assert registry_answers() == 401
+
+
+def test_give_an_outsider_a_role_on_one_repository(page: Page, tenant: Tenant) -> None:
+    admin = tenant.api()
+    admin.post(f"/projects/{tenant.project}/repositories", json={"name": "lib"}).raise_for_status()
+    outsider = f"guest-{tenant.project[3:]}"
+    tenant.server.create_user(outsider, "guest-password")
+    sign_in(page, tenant)
+    page.get_by_role("link", name="lib", exact=True).click()
+    page.get_by_role("tab", name="Permissions").click()
+    expect(page.get_by_text("Nobody outside the project has a role")).to_be_visible()
+    form = page.get_by_role("form", name="Give a user a role on this repository")
+    form.get_by_label("User").fill(outsider)
+    form.get_by_label("Role").select_option("viewer")
+    form.get_by_role("button", name="Add permission").click()
+    grants = page.get_by_role("table", name="Repository permissions")
+    expect(grants.get_by_role("row").filter(has_text=outsider)).to_contain_text("Viewer")
+    assert (
+        admin.get(f"/projects/{tenant.project}/repositories/lib/grants").json()[0]["user"]
+        == outsider
+    )
+    grants.get_by_role("button", name="Remove").click()
+    page.get_by_role("dialog", name="Remove permission").get_by_role(
+        "button", name="Remove"
+    ).click()
+    expect(page.get_by_text("Nobody outside the project has a role")).to_be_visible()
