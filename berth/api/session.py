@@ -41,26 +41,31 @@ router = APIRouter(prefix="/session", tags=["console session"])
 # ---------------------------------------------------------------- same-site checks
 
 
-def _origin(scheme: str, host: str) -> str:
-    """scheme://host[:port], lower case, without the scheme's default port."""
+def _host(scheme: str, host: str) -> str:
+    """host[:port], lower case, without the scheme's default port."""
     scheme, host = scheme.lower(), host.lower()
     default = {"http": ":80", "https": ":443"}.get(scheme)
     if default and host.endswith(default):
         host = host[: -len(default)]
-    return f"{scheme}://{host}"
+    return host
 
 
 def cross_site_refusal(scope: Scope, headers: Headers) -> str | None:
     """Why a request is refused as cross-site (a foreign `Origin`, or `Sec-Fetch-Site:
-    cross-site`); None when it is not."""
+    cross-site`); None when it is not.
+
+    The Origin's host and port must be this server's (as the Host header names it). Its scheme
+    is not compared: behind a proxy that ends TLS, the browser's https Origin reaches a server
+    that itself speaks http, and the host alone already tells another site apart.
+    """
     if headers.get("sec-fetch-site", "").strip().lower() == "cross-site":
         return "cross-site request refused (Sec-Fetch-Site: cross-site)"
     origin = headers.get("origin")
     if origin is None:
         return None
-    own = _origin(scope.get("scheme", "http"), headers.get("host", ""))
+    own = _host(scope.get("scheme", "http"), headers.get("host", ""))
     scheme, separator, host = origin.strip().partition("://")
-    if not separator or _origin(scheme, host) != own:
+    if not separator or _host(scheme, host) != own:
         return f"cross-site request refused: Origin {origin[:200]!r} is not this server ({own})"
     return None
 

@@ -36,7 +36,7 @@ from tests.oci import (
     push_manifest,
     random_blob,
 )
-from tests.servers import free_port
+from tests.servers import ADMIN_PASSWORD, free_port
 
 
 def skopeo_push(
@@ -600,3 +600,21 @@ def test_give_an_outsider_a_role_on_one_repository(page: Page, tenant: Tenant) -
         "button", name="Remove"
     ).click()
     expect(page.get_by_text("Nobody outside the project has a role")).to_be_visible()
+
+
+def test_the_server_administrator_creates_a_project(page: Page, tenant: Tenant) -> None:
+    page.goto(tenant.console)
+    page.get_by_label("User name").fill("admin")
+    page.get_by_label("Password").fill(ADMIN_PASSWORD)
+    page.get_by_role("button", name="Sign in").click()
+    expect(page.get_by_role("heading", level=1, name="Projects")).to_be_visible()
+    expect(page.get_by_role("link", name=tenant.project)).to_be_visible()
+    name = f"new{tenant.project[3:]}"
+    page.get_by_role("button", name="Create project").click()
+    dialog = page.get_by_role("dialog", name="Create project")
+    dialog.get_by_label("Project name").fill(name)
+    dialog.get_by_role("button", name="Create").click()
+    expect(page.get_by_role("heading", level=1, name="Repositories")).to_be_visible()
+    expect(page.get_by_role("navigation", name="Project")).to_contain_text(name)
+    page.get_by_role("link", name="Berth").click()
+    expect(page.get_by_role("link", name=name)).to_be_visible()
