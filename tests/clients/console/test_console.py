@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import http.server
+import json
 import shlex
 import threading
 from collections.abc import Callable, Iterator
@@ -137,6 +139,9 @@ def test_create_a_repository_and_a_key_then_docker_login_and_push(
     assert f"--docker-server={tenant.server.address}" in pull_secret
     assert f"--docker-password={secret}" in pull_secret
     screenshot(page, "access-key-created", full_page=False)
+    page.context.grant_permissions(["clipboard-read", "clipboard-write"])
+    created.get_by_role("button", name=f"Copy: {secret}").click()
+    assert page.evaluate("navigator.clipboard.readText()") == secret
     created.get_by_role("button", name="Done").click()
     row = page.get_by_role("row").filter(has_text=key_id)
     expect(row).to_contain_text("Active")
@@ -154,6 +159,24 @@ def test_create_a_repository_and_a_key_then_docker_login_and_push(
     )
     pushed = run([dockerd.cli, "push", reference], docker_env)
     assert "v1: digest: sha256:" in pushed.stdout
+
+    # The pull secret command from the dialog, as kubectl runs it, gives working credentials.
+    require_binary("kubectl")
+    secret_json = run(
+        [*shlex.split(pull_secret.replace("\\\n", " ")), "--dry-run=client", "-o", "json"]
+    ).stdout
+    docker_config = base64.b64decode(json.loads(secret_json)["data"][".dockerconfigjson"])
+    (tmp_path / "pull-secret.json").write_bytes(docker_config)
+    inspected = run(
+        [
+            require_binary("skopeo"),
+            "inspect",
+            "--tls-verify=false",
+            f"--authfile={tmp_path / 'pull-secret.json'}",
+            f"docker://{reference}",
+        ]
+    )
+    assert json.loads(inspected.stdout)["Name"] == reference.rsplit(":", 1)[0]
 
     open_project_page(page, tenant, "Repositories")
     row = page.get_by_role("row").filter(has_text="The web front end")
@@ -618,3 +641,75 @@ def test_the_server_administrator_creates_a_project(page: Page, tenant: Tenant) 
     expect(page.get_by_role("navigation", name="Project")).to_contain_text(name)
     page.get_by_role("link", name="Berth").click()
     expect(page.get_by_role("link", name=name)).to_be_visible()
+
+
+def test_search_and_sort_the_repositories(
+    page: Page, tenant: Tenant, test_image: TestImage
+) -> None:
+    admin = tenant.api()
+    for name in ("alpha", "beta", "gamma-tools"):
+        admin.post(
+            f"/projects/{tenant.project}/repositories", json={"name": name}
+        ).raise_for_status()
+    assert "Writing manifest" in skopeo_push(tenant, test_image, "beta:v1")
+    sign_in(page, tenant)
+    table = page.get_by_role("table", name="Repositories")
+
+    def names() -> list[str]:
+        return [row.get_attribute("data-key") or "" for row in table.locator("tbody tr").all()]
+
+    expect(table.locator("tbody tr")).to_have_count(3)
+    assert names() == ["alpha", "beta", "gamma-tools"]
+    page.get_by_label("Sort by").select_option("images")
+    page.get_by_role("button", name="Ascending; switch to descending").click()
+    expect(table.locator("tbody tr").first).to_have_attribute("data-key", "beta")
+    page.get_by_label("Search repositories by name").fill("ga")
+    expect(table.locator("tbody tr")).to_have_count(1)
+    assert names() == ["gamma-tools"]
+    page.get_by_label("Search repositories by name").fill("nothing-like-it")
+    expect(page.get_by_text("No repository name contains “nothing-like-it”")).to_be_visible()
+    page.get_by_role("button", name="Clear the search").click()
+    expect(table.locator("tbody tr")).to_have_count(3)
+
+
+def test_the_audit_log_shows_what_the_project_admin_did(page: Page, tenant: Tenant) -> None:
+    sign_in(page, tenant)
+    page.get_by_role("button", name="Create repository").first.click()
+    dialog = page.get_by_role("dialog", name="Create repository")
+    dialog.get_by_label("Repository name").fill("audited")
+    dialog.get_by_role("button", name="Create").click()
+    expect(page.get_by_role("heading", level=1, name="audited")).to_be_visible()
+    open_project_page(page, tenant, "Audit log")
+    entry = (
+        page.get_by_role("table", name="Audit log")
+        .get_by_role("row")
+        .filter(has_text="repository.create")
+    )
+    expect(entry).to_contain_text(tenant.user)
+    expect(entry).to_contain_text("audited")
+
+
+def test_a_project_admin_makes_a_key_for_a_service_account(page: Page, tenant: Tenant) -> None:
+    robot = f"ci-{tenant.project[3:]}"
+    tenant.server.create_user(robot, None, service_account=True)
+    tenant.server.add_member(tenant.project, robot, "member")
+    person = f"person-{tenant.project[3:]}"
+    tenant.server.create_user(person, "person-password")
+    tenant.server.add_member(tenant.project, person, "member")
+    sign_in(page, tenant)
+    open_project_page(page, tenant, "Access keys")
+
+    page.get_by_role("button", name="Create access key").click()
+    dialog = page.get_by_role("dialog", name="Create access key")
+    dialog.get_by_label("For (optional)").fill(person)
+    dialog.get_by_role("button", name="Create").click()
+    expect(dialog.get_by_role("alert").filter(has_text="is not a service account")).to_be_visible()
+
+    dialog.get_by_label("For (optional)").fill(robot)
+    dialog.get_by_role("button", name="Create").click()
+    created = page.get_by_role("dialog", name="Access key created")
+    expect(created.get_by_test_id("new-key-user")).to_have_text(robot)
+    key_id = created.get_by_test_id("new-key-id").inner_text()
+    created.get_by_role("button", name="Done").click()
+    row = page.get_by_role("row").filter(has_text=key_id)
+    expect(row.get_by_role("cell").nth(1)).to_have_text(robot)

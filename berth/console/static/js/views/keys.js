@@ -87,22 +87,28 @@ async function createKey(ctx, base) {
   const created = await openDialog({
     title: "Create access key",
     build(close) {
+      const admin = ctx.project.role === "admin" || ctx.project.server_admin;
+      const owner = h("input", { type: "text", autocomplete: "off", spellcheck: false, placeholder: ctx.session.user });
+      const ownerField = admin ? field("For (optional)", owner, "Leave empty for your own key, or name a service account of this project (for CI).") : null;
       const expires = h("input", { type: "date", min: new Date(Date.now() + 86400000).toISOString().slice(0, 10) });
       const expiresField = field("Expires (optional)", expires, "Leave empty for a key that does not expire. At most 2 keys per user per project.");
       const problem = h("div");
       const form = h(
         "form",
         {},
-        h("div", { class: "dialog-body" }, h("p", {}, `A new access key for ${ctx.session.user} in project ${ctx.project.name}.`), expiresField, problem),
+        h("div", { class: "dialog-body" }, h("p", {}, `A new access key in project ${ctx.project.name}.`), ownerField, expiresField, problem),
         h("footer", {}, h("button", { type: "button", onclick: () => close() }, "Cancel"), h("button", { type: "submit", class: "primary" }, "Create")),
       );
       form.addEventListener("submit", async (e) => {
         e.preventDefault();
         clear(problem);
         try {
-          close(await api.post(base, { expires_at: expires.value ? `${expires.value}T23:59:59` : null }));
+          const body = { expires_at: expires.value ? `${expires.value}T23:59:59` : null };
+          if (owner.value.trim()) body.user = owner.value.trim();
+          close(await api.post(base, body));
         } catch (err) {
           expiresField.setError(err.forField?.("expires_at"));
+          ownerField?.setError(err.forField?.("user"));
           clear(problem, errorBox(err));
         }
       });
@@ -127,6 +133,7 @@ function showSecret(ctx, key) {
         h(
           "div",
           { class: "dialog-body" },
+          h("p", {}, "A new access key of ", h("strong", { "data-testid": "new-key-user" }, key.user), " in project ", h("strong", {}, project.name), key.expires_at ? [", until ", timeElement(key.expires_at)] : null, "."),
           h("div", { class: "alert caution", role: "note" }, h("strong", {}, "The secret access key is shown only now."), " Copy it and keep it safe: it cannot be shown again. If it is lost, delete this key and create another."),
           h("h3", {}, "Access key ID"),
           copyable(key.access_key_id, { testid: "new-key-id" }),
