@@ -6,6 +6,7 @@ import base64
 import hashlib
 import http.server
 import json
+import re
 import shlex
 import threading
 from collections.abc import Callable, Iterator
@@ -235,11 +236,13 @@ def test_garbage_collection_through_the_pop_up(
     expect(current).to_contain_text("Garbage collection is running")
     expect(current.locator("[data-phase=marking]")).to_be_visible()
     screenshot(page, "garbage-collection-running")
+    expect(page.get_by_test_id("gc-button")).to_be_disabled()  # one run at a time
     # While it decides what to delete, a push into the project is refused.
     refused = skopeo_push(tenant, test_image, "old/app:v2")
     assert "garbage collection in progress" in refused
 
     expect(current).to_contain_text("Last run: Succeeded", timeout=(GC_HOLD_SECONDS + 20) * 1000)
+    expect(page.get_by_test_id("gc-button")).to_be_enabled()
     freed = page.get_by_test_id("gc-freed").inner_text()
     assert freed != "0 B"
     history = page.get_by_role("table", name="Garbage collection runs")
@@ -521,7 +524,13 @@ def test_an_index_shows_its_platforms_and_signature(page: Page, tenant: Tenant) 
     expect(row).to_contain_text("linux/arm64")
     expect(row).to_contain_text("multi")
     row.get_by_text("1", exact=True).click()  # the referrers' summary opens the list
-    expect(row).to_contain_text("application/vnd.dev.cosign.artifact.sig.v1+json")
+    expect(row).to_contain_text("signature")
+    signature_digest = row.locator("li code")
+    expect(signature_digest).to_have_attribute(
+        "title", re.compile(r"application/vnd\.dev\.cosign\.artifact\.sig\.v1\+json")
+    )
+    expect(images.get_by_role("row")).to_have_count(2)  # the signature is not an image row
+    screenshot(page, "repository-index")
     expect(
         row.get_by_role(
             "button",

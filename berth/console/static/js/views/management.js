@@ -51,6 +51,9 @@ export async function managementView(main, ctx) {
       return;
     }
     clear(runBox, runCard(run));
+    // One run at a time: the button waits for this one to end.
+    const button = summaryBox.querySelector("[data-testid=gc-button]");
+    if (button) button.disabled = run.state === "running";
     if (run.state === "running") {
       polling = setTimeout(() => follow(run.id).catch((err) => clear(runBox, errorBox(err))), 700);
     } else {
@@ -79,14 +82,15 @@ export async function managementView(main, ctx) {
     }
   }
 
-  await Promise.all([loadSummary(), loadHistory(), follow(null)]);
+  await Promise.all([loadSummary(), loadHistory()]);
+  await follow(null);
 }
 
 function summaryTable(ctx, summary, { startGc, collect }) {
   const { project } = ctx;
   const storage = summary.storage;
   const gcButton = project.can_manage
-    ? h("button", { type: "button", class: "primary", onclick: startGc }, "Garbage collection")
+    ? h("button", { type: "button", class: "primary", "data-testid": "gc-button", onclick: startGc }, "Garbage collection")
     : h("span", { class: "muted" }, "Project admins and members run it.");
   const collectButton = h("button", { type: "button", class: "small", onclick: (e) => collect(e.target) }, "Collect now");
   const row = (item, value, description) => h("tr", {}, h("th", { scope: "row" }, item), h("td", { class: "value" }, value), h("td", { class: "muted" }, description));

@@ -74,7 +74,8 @@ async function imagesTab(ctx) {
   const { project, repo, base, panel } = ctx;
   const page = pageOf(ctx);
   clear(panel, h("p", { class: "loading" }, "Loading images…"));
-  const found = await api.get(`${base}/images${query({ page, per_page: PER_PAGE })}`);
+  // Signatures, SBOMs and other referrers are listed under the image they refer to.
+  const found = await api.get(`${base}/images${query({ page, per_page: PER_PAGE, referrers: false })}`);
   if (ctx.stale()) return;
   const showImageName = found.items.some((i) => i.image);
   const columns = [
@@ -111,8 +112,17 @@ async function imagesTab(ctx) {
   );
 }
 
+/** A short name for an artifact type: signature, SBOM, attestation, or its last part. */
+function artifactLabel(type) {
+  const lower = type.toLowerCase();
+  if (lower.includes("sig")) return "signature";
+  if (/sbom|spdx|cyclonedx/.test(lower)) return "SBOM";
+  if (/attestation|in-toto|intoto/.test(lower)) return "attestation";
+  return type.split("/").pop().replace(/^vnd\./, "").split("+")[0];
+}
+
 function kindOf(image) {
-  if (image.artifact_type) return h("span", { class: "muted" }, image.artifact_type);
+  if (image.artifact_type) return h("span", { class: "muted", title: image.artifact_type }, artifactLabel(image.artifact_type));
   return h("span", { class: "muted" }, image.media_type.includes("index") || image.media_type.includes("list") ? "index" : "single platform");
 }
 
@@ -122,7 +132,13 @@ function referrers(image) {
     "details",
     {},
     h("summary", {}, `${image.referrers.length}`),
-    h("ul", { class: "plain" }, image.referrers.map((r) => h("li", {}, h("code", { title: r.digest }, shortDigest(r.digest)), " ", r.artifact_type || r.media_type, " · ", bytes(r.size)))),
+    h(
+      "ul",
+      { class: "plain" },
+      image.referrers.map((r) =>
+        h("li", {}, badge(artifactLabel(r.artifact_type || r.media_type), "referrer"), " ", h("code", { title: `${r.digest}\n${r.artifact_type || r.media_type}` }, shortDigest(r.digest))),
+      ),
+    ),
   );
 }
 
