@@ -2,7 +2,7 @@
 
 One `berth serve` for the module's tests (plain HTTP on 127.0.0.1: docker treats loopback
 registries as insecure and falls back to HTTP, skopeo is told `--tls-verify=false`), with
-garbage collection held 4 s in its marking phase (so the pop-up's progress and the refused
+garbage collection held 6 s in its marking phase (so the pop-up's progress and the refused
 push can be seen) and no grace period (so there is something to collect). Each test signs in
 as a user of its own project, made with the same services the CLI uses.
 
@@ -36,7 +36,7 @@ CHROMIUM_ARGS = [
     "--disable-sync",
 ]
 PASSWORD = "console-password-for-tests"
-GC_HOLD_SECONDS = 4
+GC_HOLD_SECONDS = 6
 SCREENSHOTS = ROOT / "test-artifacts" / "console"
 DESKTOP = {"width": 1280, "height": 860}
 PHONE = {"width": 390, "height": 844}
