@@ -19,6 +19,7 @@ import ctypes
 import datetime
 import hashlib
 import importlib.metadata
+import importlib.util
 import json
 import os
 import platform
@@ -711,7 +712,12 @@ def extra_report(script: str) -> str:
     run = subprocess.run(
         [sys.executable, str(path), "--json"], capture_output=True, text=True, check=True
     )
-    module = importlib.import_module(path.stem)
+    # Loaded by path under its own name: `gc` would otherwise be the standard library's.
+    spec = importlib.util.spec_from_file_location(f"bench_{path.stem}", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
     section: str = module.report(json.loads(run.stdout))
     return "\n" + section
 
@@ -730,7 +736,7 @@ def main() -> None:
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
     with tempfile.TemporaryDirectory(prefix="berth-bench-") as tmp:
         results = measure(args, Path(tmp))
-    text = report(results) + token_report() + extra_report("metering.py")
+    text = report(results) + token_report() + extra_report("gc.py") + extra_report("metering.py")
     args.output.write_text(text)
     print(text)
     print(f"wrote {args.output}")
