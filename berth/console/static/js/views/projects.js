@@ -22,7 +22,7 @@ export async function projectsView(main, ctx) {
       projects,
       {
         empty: emptyState(
-          "You are not in any project yet",
+          session.server_admin ? "No projects yet" : "You are not in any project yet",
           h("p", {}, session.server_admin ? "Create the first project." : "Ask a project admin to add you as a member."),
         ),
       },
