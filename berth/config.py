@@ -81,7 +81,9 @@ class Settings(BaseSettings):
         "",
         description="testing only: 'marking=SECONDS' or 'sweeping=SECONDS' holds each GC run there",
     )
-    login_failures_per_key: int = Field(10, ge=1, description="failed logins a minute per key")
+    login_failures_per_key: int = Field(
+        10, ge=1, description="failed logins a minute per key (or user) from one address"
+    )
     login_failures_per_client: int = Field(30, ge=1, description="failed logins a minute per IP")
     log_level: str = Field("info")
 

@@ -964,7 +964,7 @@ def test_no_secret_reaches_the_server_log(world: World) -> None:
 
 
 def test_failed_logins_are_throttled(tmp_path: Path) -> None:
-    """Failed logins are limited per access key ID, then per client address: 429
+    """Failed logins are limited per access key ID from one address, then per address: 429
     TOOMANYREQUESTS with Retry-After, even for the right secret, until the window passes."""
     per_key, per_client = 3, 6
     server = BerthServer(
@@ -995,6 +995,10 @@ def test_failed_logins_are_throttled(tmp_path: Path) -> None:
                 assert "access key" in message(response) and "try again in" in message(response)
             basic = http.get("/v2/", auth=target)
             assert basic.status_code == 429 and "Retry-After" in basic.headers
+            # The key's owner, elsewhere, is not locked out by someone who knows its ID.
+            elsewhere = httpx.HTTPTransport(local_address="127.0.0.2")
+            with httpx.Client(base_url=server.url, timeout=30, transport=elsewhere) as owner:
+                assert token_response(owner, target, f"repository:{P}/app:pull").status_code == 200
             # Another key from the same address still works, until the address is over its own
             # limit (unknown key IDs count as failures too).
             assert token(spare).status_code == 200

@@ -1,4 +1,10 @@
-"""Failed-login throttling per access key ID and per client address (in memory, per node)."""
+"""Failed-login throttling per access key ID and per client address (in memory, per node).
+
+The per-key limit counts a key's failures from one address: someone who knows a key ID (IDs
+are not secret: they show in logs and configs) cannot lock its owner out from elsewhere. The
+per-address limit, over every key and user name, is what slows a guesser down; a secret is
+long and random, so guessing one is hopeless anyway.
+"""
 
 from __future__ import annotations
 
@@ -21,10 +27,16 @@ class LoginThrottle:
             failures.popleft()
         return failures
 
+    @staticmethod
+    def _counters(key_id: str | None, client: str | None) -> tuple[tuple[str, str | None], ...]:
+        key = f"{key_id}@{client or ''}" if key_id else None
+        return (("key", key), ("client", client))
+
     def check(self, key_id: str | None, client: str | None) -> None:
-        """Refuse (429 with Retry-After) while either the key or the client is over its limit."""
+        """Refuse (429 with Retry-After) while the key (from this client) or the client is
+        over its limit."""
         now = time.monotonic()
-        for kind, value in (("key", key_id), ("client", client)):
+        for kind, value in self._counters(key_id, client):
             if not value:
                 continue
             failures = self._recent(kind, value, now)
@@ -41,6 +53,6 @@ class LoginThrottle:
         now = time.monotonic()
         if len(self._failures) > 100_000:
             self._failures.clear()
-        for kind, value in (("key", key_id), ("client", client)):
+        for kind, value in self._counters(key_id, client):
             if value:
                 self._recent(kind, value, now).append(now)
