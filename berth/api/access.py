@@ -267,8 +267,8 @@ class AuditEntry(BaseModel):
 
 @router.get("/audit", tags=["audit"])
 async def audit(ctx: AdminProject, paging: PagingDep) -> Page[AuditEntry]:
-    """The project's audit log, newest first: logins, keys, roles and repository changes
-    (project admins)."""
+    """The project's audit log, newest first: logins, keys, roles, repository changes, image
+    and tag deletes and tag restores (project admins)."""
     identity = ctx.services.identity
     entries = await identity.audit_entries(ctx.project, paging.per_page, paging.offset)
     return Page[AuditEntry](

@@ -10,7 +10,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Query, Response
+from fastapi import APIRouter, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from berth.api.deps import (
@@ -29,6 +29,7 @@ from berth.api.deps import (
     TagName,
 )
 from berth.api.problems import responses
+from berth.auth.guard import client_address
 from berth.services.repositories import Conflict
 
 router = APIRouter(prefix="/projects/{project}/repositories/{repository}", tags=["images"])
@@ -166,6 +167,7 @@ async def show_image(
 
 @router.delete("/images/{digest}", status_code=204, responses=responses(404, 409))
 async def delete_image(
+    request: Request,
     ctx: ManageProject,
     repository: RepositoryName,
     digest: Digest,
@@ -182,6 +184,9 @@ async def delete_image(
             {"parents": parents},
         )
     await ctx.services.registry.delete_manifest(repo, image, digest, actor=ctx.actor)
+    await ctx.services.identity.record_content_change(
+        ctx.actor, "image.delete", repo, image, digest, client_address(request)
+    )
     return Response(status_code=204)
 
 
@@ -208,22 +213,32 @@ async def list_tags(
 
 @router.delete("/tags/{tag}", status_code=204, responses=responses(404))
 async def delete_tag(
-    ctx: ManageProject, repository: RepositoryName, tag: TagName, image: ImageName = ""
+    request: Request,
+    ctx: ManageProject,
+    repository: RepositoryName,
+    tag: TagName,
+    image: ImageName = "",
 ) -> Response:
     """Remove a tag (the image stays); it can be restored while the image is stored."""
     repo = await ctx.repository(repository)
     await ctx.services.registry.delete_manifest(repo, image, tag, actor=ctx.actor)
+    await ctx.services.identity.record_content_change(
+        ctx.actor, "tag.delete", repo, image, tag, client_address(request)
+    )
     return Response(status_code=204)
 
 
 @router.post("/tags/restore", responses=responses(404, 409))
 async def restore_tag(
-    ctx: ManageProject, repository: RepositoryName, body: RestoreRequest
+    request: Request, ctx: ManageProject, repository: RepositoryName, body: RestoreRequest
 ) -> RestoredTag:
     """Put a removed tag back on the image it last named, while that image is stored: 409
     when the tag exists, 404 when it has no history or its image is gone."""
     repo = await ctx.repository(repository)
     digest = await ctx.services.registry.restore_tag(repo, body.image, body.tag, actor=ctx.actor)
+    await ctx.services.identity.record_content_change(
+        ctx.actor, "tag.restore", repo, body.image, body.tag, client_address(request)
+    )
     return RestoredTag(image=body.image, tag=body.tag, digest=digest)
 
 

@@ -13,7 +13,8 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Route
 
-from berth.auth.guard import Caller, identify, refuse, require_authenticated
+from berth.auth.guard import Caller, client_address, identify, refuse, require_authenticated
+from berth.domain.digests import is_digest
 from berth.domain.errors import (
     BlobUnknown,
     DigestInvalid,
@@ -381,8 +382,12 @@ async def put_manifest(request: Request) -> Response:
 
 async def delete_manifest(request: Request) -> Response:
     services, name, repo = await _target(request)
-    await services.registry.delete_manifest(
-        repo, name.image, request.path_params["reference"], actor=_actor(request)
+    reference = request.path_params["reference"]
+    actor = _actor(request)
+    await services.registry.delete_manifest(repo, name.image, reference, actor=actor)
+    action = "image.delete" if is_digest(reference) else "tag.delete"
+    await services.identity.record_content_change(
+        actor, action, repo, name.image, reference, client_address(request)
     )
     return Response(status_code=202)
 

@@ -157,6 +157,27 @@ class Identity:
         else:
             self._pending.append(entry)
 
+    async def record_content_change(
+        self,
+        actor: str,
+        action: str,
+        repo: RepositoryRef,
+        image: str,
+        reference: str,
+        client: str | None = None,
+    ) -> None:
+        """Audit an image delete (`reference` a digest) or a tag delete or restore (a tag);
+        the target names it as a client would: `repository[/image]@digest` or `...:tag`."""
+        name = f"{repo.name}/{image}" if image else repo.name
+        separator = "@" if ":" in reference else ":"
+        await self.record(
+            actor,
+            action,
+            project_id=repo.project_id,
+            target=f"{name}{separator}{reference}"[:255],
+            client=client,
+        )
+
     async def flush_audit(self) -> None:
         pending, self._pending = self._pending, []
         if pending:

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from tests.api.conftest import Team, assert_problem, blob_total, ok, push_image
+from tests.api.conftest import Team, assert_problem, blob_total, ok, push_image, until
 from tests.oci import OCI_INDEX, OCI_MANIFEST, image_index, manifest_path, push_manifest
 
 SIGNATURE = "application/vnd.dev.cosign.artifact.sig.v1+json"
@@ -179,6 +179,23 @@ def test_restore_flow_with_a_real_pull(team: Team) -> None:
     assert "no longer stored" in body["detail"]
     assert_problem(team["member"].delete(team.repo_url(f"/images/{manifest.digest}")), 404)
     assert_problem(team["member"].delete(team.repo_url("/tags/v1")), 404)
+
+    # Deletes (through /v2 or the API) and restores are in the audit log too.
+    wanted = {
+        ("tag.delete", f"{team.repository}:v1"),
+        ("tag.restore", f"{team.repository}:v1"),
+        ("image.delete", f"{team.repository}@{manifest.digest}"),
+    }
+
+    def audited() -> bool:
+        entries = ok(team["project-admin"].get(team.url("/audit"), params={"per_page": 100}))
+        found = {(e["action"], e["target"]) for e in entries["items"]}
+        actors = {
+            e["actor"] for e in entries["items"] if e["action"].startswith(("tag.", "image."))
+        }
+        return wanted <= found and actors == {team.users["member"]}
+
+    assert until(audited)
 
 
 def test_history_records_every_change_with_its_actor(team: Team) -> None:

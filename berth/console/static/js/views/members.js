@@ -101,7 +101,7 @@ export async function auditView(main, ctx) {
   if (ctx.stale()) return;
   clear(
     main,
-    h("div", { class: "page-head" }, h("div", {}, h("h1", {}, "Audit log"), h("p", { class: "muted" }, "Sign-ins, access keys, roles and repository changes, newest first."))),
+    h("div", { class: "page-head" }, h("div", {}, h("h1", {}, "Audit log"), h("p", { class: "muted" }, "Sign-ins, access keys, roles, repository changes, image and tag deletes and restores, newest first."))),
     table(
       [
         { title: "When", cell: (e) => timeElement(e.at) },
