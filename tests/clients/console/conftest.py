@@ -90,6 +90,12 @@ class Tenant:
         key = self.server.access_key(self.project)
         return httpx.Client(base_url=f"{self.server.url}/api/v1", auth=key, timeout=30)
 
+    def create_repository(self, name: str, **fields: str) -> None:
+        with self.api() as admin:
+            admin.post(
+                f"/projects/{self.project}/repositories", json={"name": name, **fields}
+            ).raise_for_status()
+
 
 @pytest.fixture
 def tenant_factory(console_server: BerthServer) -> Callable[[str], Tenant]:

@@ -205,7 +205,7 @@ def test_garbage_collection_through_the_pop_up(
     page: Page, tenant: Tenant, test_image: TestImage
 ) -> None:
     admin = tenant.api()
-    admin.post(f"/projects/{tenant.project}/repositories", json={"name": "old"}).raise_for_status()
+    tenant.create_repository("old")
     assert "Writing manifest" in skopeo_push(tenant, test_image, "old/app:v1")
     # Deleting the image leaves its layer data for garbage collection.
     images = admin.get(f"/projects/{tenant.project}/repositories/old/images").json()["items"]
@@ -259,10 +259,7 @@ def test_garbage_collection_through_the_pop_up(
 def test_the_traffic_chart_shows_the_bytes_pulled(
     page: Page, tenant: Tenant, test_image: TestImage
 ) -> None:
-    admin = tenant.api()
-    admin.post(
-        f"/projects/{tenant.project}/repositories", json={"name": "pulled"}
-    ).raise_for_status()
+    tenant.create_repository("pulled")
     assert "Writing manifest" in skopeo_push(tenant, test_image, "pulled:v1")
     key = tenant.server.access_key(tenant.project)
     pulled = 0
@@ -316,8 +313,7 @@ def test_the_traffic_chart_shows_the_bytes_pulled(
 def test_restore_a_deleted_tag_from_the_history(
     page: Page, tenant: Tenant, test_image: TestImage
 ) -> None:
-    admin = tenant.api()
-    admin.post(f"/projects/{tenant.project}/repositories", json={"name": "app"}).raise_for_status()
+    tenant.create_repository("app")
     assert "Writing manifest" in skopeo_push(tenant, test_image, "app:stable")
 
     sign_in(page, tenant)
@@ -351,9 +347,7 @@ def test_a_reader_sees_no_management_buttons(
 ) -> None:
     reader = tenant_factory("reader")
     admin = reader.api()
-    admin.post(
-        f"/projects/{reader.project}/repositories", json={"name": "shared"}
-    ).raise_for_status()
+    reader.create_repository("shared")
     assert "Writing manifest" in skopeo_push(reader, test_image, "shared:v1")
     admin.delete(f"/projects/{reader.project}/repositories/shared/tags/v1").raise_for_status()
 
@@ -457,11 +451,7 @@ def test_a_cross_site_form_post_is_refused(
 
 
 def test_the_console_fits_a_phone(browser: Browser, tenant: Tenant, test_image: TestImage) -> None:
-    admin = tenant.api()
-    admin.post(
-        f"/projects/{tenant.project}/repositories",
-        json={"name": "mobile", "description": "Seen on a phone"},
-    ).raise_for_status()
+    tenant.create_repository("mobile", description="Seen on a phone")
     context = browser.new_context(viewport=PHONE, is_mobile=True, has_touch=True)
     try:
         page = context.new_page()
@@ -510,10 +500,7 @@ def push_index_with_signature(tenant: Tenant, repository: str) -> str:
 
 
 def test_an_index_shows_its_platforms_and_signature(page: Page, tenant: Tenant) -> None:
-    admin = tenant.api()
-    admin.post(
-        f"/projects/{tenant.project}/repositories", json={"name": "multi"}
-    ).raise_for_status()
+    tenant.create_repository("multi")
     digest = push_index_with_signature(tenant, "multi")
 
     sign_in(page, tenant)
@@ -541,7 +528,7 @@ def test_an_index_shows_its_platforms_and_signature(page: Page, tenant: Tenant) 
 
 def test_change_settings_then_delete_the_repository(page: Page, tenant: Tenant) -> None:
     admin = tenant.api()
-    admin.post(f"/projects/{tenant.project}/repositories", json={"name": "tmp"}).raise_for_status()
+    tenant.create_repository("tmp")
     sign_in(page, tenant)
     page.get_by_role("link", name="tmp", exact=True).click()
     page.get_by_role("tab", name="Settings").click()
@@ -615,7 +602,7 @@ def test_disable_enable_and_delete_an_access_key(page: Page, tenant: Tenant) -> 
 
 def test_give_an_outsider_a_role_on_one_repository(page: Page, tenant: Tenant) -> None:
     admin = tenant.api()
-    admin.post(f"/projects/{tenant.project}/repositories", json={"name": "lib"}).raise_for_status()
+    tenant.create_repository("lib")
     outsider = f"guest-{tenant.project[3:]}"
     tenant.server.create_user(outsider, "guest-password")
     sign_in(page, tenant)
@@ -660,11 +647,8 @@ def test_the_server_administrator_creates_a_project(page: Page, tenant: Tenant) 
 def test_search_and_sort_the_repositories(
     page: Page, tenant: Tenant, test_image: TestImage
 ) -> None:
-    admin = tenant.api()
     for name in ("alpha", "beta", "gamma-tools"):
-        admin.post(
-            f"/projects/{tenant.project}/repositories", json={"name": name}
-        ).raise_for_status()
+        tenant.create_repository(name)
     assert "Writing manifest" in skopeo_push(tenant, test_image, "beta:v1")
     sign_in(page, tenant)
     table = page.get_by_role("table", name="Repositories")

@@ -1,5 +1,6 @@
 import { api, query, seg } from "../api.js";
-import { clear, confirmDialog, errorBox, field, h, pager, table, timeElement, toast } from "../ui.js";
+import { clear, h, pager, table, timeElement, toast } from "../ui.js";
+import { removeButton, userRoleForm } from "./roles.js";
 
 const ROLES = {
   admin: "Admin: everything, including members and permissions",
@@ -48,14 +49,11 @@ export async function membersView(main, ctx) {
           ? {
               title: "Actions",
               cell: (m) =>
-                h("button", {
-                  type: "button",
-                  class: "small danger-text",
-                  onclick: async () => {
-                    const done = await confirmDialog({ title: "Remove member", confirmLabel: "Remove", body: h("p", {}, `Remove ${m.user} from ${project.name}? Their access keys here stop working at once.`), action: () => api.delete(`${base}/${seg(m.user)}`) });
-                    if (done) ctx.refresh();
-                  },
-                }, "Remove"),
+                removeButton(ctx, {
+                  title: "Remove member",
+                  message: `Remove ${m.user} from ${project.name}? Their access keys here stop working at once.`,
+                  remove: () => api.delete(`${base}/${seg(m.user)}`),
+                }),
             }
           : null,
       ].filter(Boolean),
@@ -68,29 +66,16 @@ export async function membersView(main, ctx) {
 }
 
 function addMemberForm(ctx, base) {
-  const user = h("input", { type: "text", required: true, autocomplete: "off", placeholder: "user name" });
-  const role = h("select", {}, Object.keys(ROLES).map((r) => h("option", { value: r, selected: r === "member" }, r)));
-  const problem = h("div");
-  const form = h(
-    "form",
-    { class: "inline-form", "aria-label": "Add a member" },
-    field("User", user),
-    field("Role", role),
-    h("button", { type: "submit", class: "primary" }, "Add member"),
-    problem,
-  );
-  form.addEventListener("submit", async (e) => {
-    e.preventDefault();
-    clear(problem);
-    try {
-      await api.put(`${base}/${seg(user.value.trim())}`, { role: role.value });
-      toast(`${user.value.trim()} added as ${role.value}`);
-      ctx.refresh();
-    } catch (err) {
-      clear(problem, errorBox(err));
-    }
+  return userRoleForm(ctx, {
+    label: "Add a member",
+    roles: Object.keys(ROLES).map((r) => [r, r]),
+    initial: "member",
+    submitLabel: "Add member",
+    save: async (user, role) => {
+      await api.put(`${base}/${seg(user)}`, { role });
+      return `${user} added as ${role}`;
+    },
   });
-  return form;
 }
 
 export async function auditView(main, ctx) {

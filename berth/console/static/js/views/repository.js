@@ -4,6 +4,7 @@ import {
   badge, bytes, clear, confirmDialog, copyButton, copyable, emptyState, errorBox, field, h, number, pager, shortDigest, table, timeElement, toast,
 } from "../ui.js";
 import { descriptionProblem, readRepositoryFields, repositoryFields } from "./repositories.js";
+import { removeButton, userRoleForm } from "./roles.js";
 
 const TABS = [
   ["images", "Images"],
@@ -278,14 +279,11 @@ async function permissionsTab(ctx) {
           ? {
               title: "Actions",
               cell: (g) =>
-                h("button", {
-                  type: "button",
-                  class: "small danger-text",
-                  onclick: async () => {
-                    const done = await confirmDialog({ title: "Remove permission", confirmLabel: "Remove", body: h("p", {}, `Remove ${g.user}'s role on ${repo.name}? Their access keys stop working here.`), action: () => api.delete(`${base}/grants/${seg(g.user)}`) });
-                    if (done) ctx.refresh();
-                  },
-                }, "Remove"),
+                removeButton(ctx, {
+                  title: "Remove permission",
+                  message: `Remove ${g.user}'s role on ${repo.name}? Their access keys stop working here.`,
+                  remove: () => api.delete(`${base}/grants/${seg(g.user)}`),
+                }),
             }
           : null,
       ].filter(Boolean),
@@ -297,29 +295,16 @@ async function permissionsTab(ctx) {
 }
 
 function grantForm(ctx) {
-  const user = h("input", { type: "text", required: true, autocomplete: "off", placeholder: "user name" });
-  const role = h("select", {}, h("option", { value: "viewer" }, "Viewer (pull)"), h("option", { value: "member" }, "Member (push and pull)"));
-  const problem = h("div");
-  const form = h(
-    "form",
-    { class: "inline-form", "aria-label": "Give a user a role on this repository" },
-    field("User", user),
-    field("Role", role),
-    h("button", { type: "submit", class: "primary" }, "Add permission"),
-    problem,
-  );
-  form.addEventListener("submit", async (e) => {
-    e.preventDefault();
-    clear(problem);
-    try {
-      await api.put(`${ctx.base}/grants/${seg(user.value.trim())}`, { role: role.value });
-      toast(`${user.value.trim()} is now a ${role.value} of ${ctx.repo.name}`);
-      ctx.refresh();
-    } catch (err) {
-      clear(problem, errorBox(err));
-    }
+  return userRoleForm(ctx, {
+    label: "Give a user a role on this repository",
+    roles: [["viewer", "Viewer (pull)"], ["member", "Member (push and pull)"]],
+    initial: "viewer",
+    submitLabel: "Add permission",
+    save: async (user, role) => {
+      await api.put(`${ctx.base}/grants/${seg(user)}`, { role });
+      return `${user} is now a ${role} of ${ctx.repo.name}`;
+    },
   });
-  return form;
 }
 
 // ------------------------------------------------------------------ settings
