@@ -9,6 +9,7 @@ import json
 import re
 import shlex
 import threading
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -16,6 +17,7 @@ import httpx
 import pytest
 from playwright.sync_api import Browser, Page, expect
 
+from tests.clients.conftest import Projects
 from tests.clients.console.conftest import (
     GC_HOLD_SECONDS,
     PHONE,
@@ -27,6 +29,8 @@ from tests.clients.console.conftest import (
 )
 from tests.clients.daemons import Dockerd
 from tests.clients.layouts import TestImage
+from tests.clients.machine import DockerCertsDirs
+from tests.clients.registry import project_host
 from tests.clients.tools import output, require_binary, run
 from tests.oci import (
     Blob,
@@ -39,7 +43,7 @@ from tests.oci import (
     push_manifest,
     random_blob,
 )
-from tests.servers import ADMIN_PASSWORD, free_port
+from tests.servers import ADMIN_PASSWORD, BerthServer, free_port
 
 
 def skopeo_push(
@@ -716,3 +720,51 @@ def test_a_project_admin_makes_a_key_for_a_service_account(page: Page, tenant: T
     created.get_by_role("button", name="Done").click()
     row = page.get_by_role("row").filter(has_text=key_id)
     expect(row.get_by_role("cell").nth(1)).to_have_text(robot)
+
+
+# ------------------------------------------------------------------ a project host over TLS
+
+
+def test_on_a_project_host_the_commands_name_the_project_host(
+    browser: Browser,
+    berth: BerthServer,
+    projects: Projects,
+    dockerd: Dockerd,
+    docker_certs: DockerCertsDirs,
+    tmp_path: Path,
+) -> None:
+    """Reached at `https://{project}.{region}.{domain}:PORT/console/` (the clients' TLS server),
+    the console gives the seed's `docker login {project}.{region}.{domain}` and it works."""
+    user = f"web-{uuid.uuid4().hex[:8]}"
+    berth.create_user(user, "host-style-password")
+    berth.add_member(projects.main, user, "admin")
+    host = f"{project_host(projects.main)}:{berth.port}"
+    context = browser.new_context(viewport={"width": 1280, "height": 860}, ignore_https_errors=True)
+    try:
+        page = context.new_page()
+        page.goto(f"https://{host}/console/#/projects/{projects.main}/keys")
+        expect(page.get_by_label("User name")).to_be_focused()
+        page.keyboard.type(user)
+        page.keyboard.press("Tab")
+        page.keyboard.type("host-style-password")
+        page.keyboard.press("Enter")
+        expect(page.get_by_role("heading", level=1, name="Access keys")).to_be_visible()
+        page.get_by_role("button", name="Create access key").click()
+        page.get_by_role("dialog", name="Create access key").get_by_role(
+            "button", name="Create"
+        ).click()
+        created = page.get_by_role("dialog", name="Access key created")
+        key_id = created.get_by_test_id("new-key-id").inner_text()
+        secret = created.get_by_test_id("new-key-secret").inner_text()
+        login = created.get_by_test_id("docker-login-command").inner_text()
+        assert login == f"docker login {host} --username {key_id} --password {secret}"
+        assert (
+            f"--docker-server={host}" in created.get_by_test_id("pull-secret-command").inner_text()
+        )
+    finally:
+        context.close()
+    config = tmp_path / "docker-config"
+    config.mkdir()
+    (config / "config.json").write_text('{"auths": {}}\n')
+    result = run(shlex.split(login), {**dockerd.env, "DOCKER_CONFIG": str(config)})
+    assert "Login Succeeded" in result.stdout
