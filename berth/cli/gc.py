@@ -8,30 +8,19 @@ this process die.
 
 from __future__ import annotations
 
-import asyncio
 import getpass
-import json
-import sys
-from collections.abc import Awaitable, Callable
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn
 from rich.table import Table
 
-from berth.config import load_settings
-from berth.domain.errors import RegistryError
-from berth.metadata.migrate import upgrade
+from berth.cli.common import JsonFlag, console, errors, print_json, run_service
 from berth.services.gc import FAILED, ROLLED_BACK
 from berth.state import Services
 
 gc_app = typer.Typer(help="Garbage collection: free storage no image needs.", no_args_is_help=True)
 
-console = Console()
-errors = Console(stderr=True)
-T = TypeVar("T")
-JsonFlag = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
 
 COLUMNS = [
     ("id", "run"),
@@ -44,28 +33,6 @@ COLUMNS = [
     ("blobs_deleted", "blobs"),
     ("bytes_freed", "bytes freed"),
 ]
-
-
-def _run(work: Callable[[Services], Awaitable[T]]) -> T:
-    settings = load_settings()
-    upgrade(settings.resolved_database_url)
-
-    async def main() -> T:
-        services = Services.build(settings)
-        try:
-            return await work(services)
-        finally:
-            await services.close()
-
-    try:
-        return asyncio.run(main())
-    except RegistryError as exc:
-        errors.print(f"[red]error:[/] {exc.message}")
-        raise typer.Exit(1) from None
-
-
-def _print_json(value: Any) -> None:
-    sys.stdout.write(json.dumps(value, indent=2) + "\n")
 
 
 def _show(run: dict[str, Any]) -> None:
@@ -139,8 +106,8 @@ def gc_run(
         )
 
     if json_output:
-        run = _run(lambda s: work(s, None))
-        _print_json(run)
+        run = run_service(lambda s: work(s, None))
+        print_json(run)
     else:
         with Progress(
             SpinnerColumn(),
@@ -150,7 +117,7 @@ def gc_run(
             console=errors,
             transient=True,
         ) as progress:
-            run = _run(lambda s: work(s, progress))
+            run = run_service(lambda s: work(s, progress))
         _show(run)
     if run["state"] in (FAILED, ROLLED_BACK):
         raise typer.Exit(1)
@@ -167,9 +134,9 @@ def gc_status(project: str, json_output: JsonFlag = False) -> None:
         last = await services.gc.history(project, limit=1)
         return last[0] if last else None
 
-    run = _run(work)
+    run = run_service(work)
     if json_output:
-        _print_json(run)
+        print_json(run)
     elif run is None:
         console.print(f"No garbage collection has run in {project} yet.")
     else:
@@ -183,9 +150,9 @@ def gc_history(
     json_output: JsonFlag = False,
 ) -> None:
     """A project's garbage collection runs, newest first."""
-    runs = _run(lambda s: s.gc.history(project, limit=limit))
+    runs = run_service(lambda s: s.gc.history(project, limit=limit))
     if json_output:
-        _print_json(runs)
+        print_json(runs)
         return
     table = Table(title=f"Garbage collection in {project}")
     for _, title in COLUMNS:

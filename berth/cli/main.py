@@ -6,24 +6,19 @@ Every verb takes --json for scripts. Exit codes: 0 ok, 1 error, 3 already exists
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
-import json
 import sys
-from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
+from berth.cli.common import JsonFlag, console, print_json, run_service
 from berth.cli.gc import gc_app
 from berth.config import Settings, load_settings
-from berth.domain.errors import NameUnknown, RegistryError
-from berth.metadata.migrate import upgrade
+from berth.domain.errors import NameUnknown
 from berth.services.images import Images
-from berth.services.repositories import Conflict
 from berth.state import Services
 
 app = typer.Typer(help="Berth: a multi-tenant OCI container registry.", no_args_is_help=True)
@@ -42,34 +37,6 @@ image_app = typer.Typer(help="Images in a repository and their history.", no_arg
 tag_app = typer.Typer(help="Tags: restore a removed tag.", no_args_is_help=True)
 app.add_typer(image_app, name="image")
 app.add_typer(tag_app, name="tag")
-
-console = Console()
-errors = Console(stderr=True)
-T = TypeVar("T")
-JsonFlag = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
-
-
-def _run(work: Callable[[Services], Awaitable[T]]) -> T:
-    """Run one service call against the configured database, migrated to the current schema."""
-    settings = load_settings()
-    upgrade(settings.resolved_database_url)
-
-    async def main() -> T:
-        services = Services.build(settings)
-        try:
-            return await work(services)
-        finally:
-            await services.close()
-
-    try:
-        return asyncio.run(main())
-    except RegistryError as exc:
-        errors.print(f"[red]error:[/] {exc.message}")
-        raise typer.Exit(3 if isinstance(exc, Conflict) else 1) from None
-
-
-def _print_json(value: Any) -> None:
-    sys.stdout.write(json.dumps(value, indent=2) + "\n")
 
 
 def _table(rows: list[dict[str, Any]], columns: list[str], title: str) -> None:
@@ -111,9 +78,9 @@ def serve(
 @project_app.command("create")
 def project_create(name: str, json_output: JsonFlag = False) -> None:
     """Create a project."""
-    created = _run(lambda s: s.repositories.create_project(name))
+    created = run_service(lambda s: s.repositories.create_project(name))
     if json_output:
-        _print_json(created)
+        print_json(created)
     else:
         console.print(f"Created project [bold]{name}[/]")
 
@@ -121,9 +88,9 @@ def project_create(name: str, json_output: JsonFlag = False) -> None:
 @project_app.command("list")
 def project_list(json_output: JsonFlag = False) -> None:
     """List projects."""
-    found = _run(lambda s: s.repositories.list_projects())
+    found = run_service(lambda s: s.repositories.list_projects())
     if json_output:
-        _print_json(found)
+        print_json(found)
     else:
         _table(found, ["name", "created_at"], "Projects")
 
@@ -148,7 +115,7 @@ def repo_create(
 ) -> None:
     """Create a repository; images can be pushed into it afterwards."""
     project, repository = _split_repo(name)
-    created = _run(
+    created = run_service(
         lambda s: s.repositories.create(
             project,
             repository,
@@ -159,7 +126,7 @@ def repo_create(
         )
     )
     if json_output:
-        _print_json(created)
+        print_json(created)
     else:
         console.print(
             f"Created repository [bold]{project}/{repository}[/] ({created['visibility']})"
@@ -169,9 +136,9 @@ def repo_create(
 @repo_app.command("list")
 def repo_list(project: str, json_output: JsonFlag = False) -> None:
     """List a project's repositories."""
-    found = _run(lambda s: s.repositories.list(project))
+    found = run_service(lambda s: s.repositories.list(project))
     if json_output:
-        _print_json(found)
+        print_json(found)
     else:
         _table(
             found,
@@ -197,7 +164,7 @@ def repo_grant(
 ) -> None:
     """Give a user outside the project a role on one repository."""
     project, repository = _split_repo(name)
-    _run(lambda s: s.identity.grant(project, repository, user, role))
+    run_service(lambda s: s.identity.grant(project, repository, user, role))
     _done(
         json_output,
         {"repository": name, "user": user, "role": role},
@@ -213,13 +180,13 @@ def repo_revoke(
 ) -> None:
     """Remove a user's role on a repository."""
     project, repository = _split_repo(name)
-    _run(lambda s: s.identity.revoke(project, repository, user))
+    run_service(lambda s: s.identity.revoke(project, repository, user))
     _done(json_output, {"repository": name, "user": user}, f"{user} has no role on {name} now")
 
 
 def _done(json_output: bool, value: dict[str, Any], message: str) -> None:
     if json_output:
-        _print_json(value)
+        print_json(value)
     else:
         console.print(message)
 
@@ -250,9 +217,9 @@ def repo_show(
 ) -> None:
     """Show a repository's settings and image count."""
     project, repository = _split_repo(name)
-    found = _run(lambda s: s.repositories.show(project, repository))
+    found = run_service(lambda s: s.repositories.show(project, repository))
     if json_output:
-        _print_json(found)
+        print_json(found)
     else:
         _show_repository(found, f"Repository {name}")
 
@@ -275,7 +242,7 @@ def repo_update(
 ) -> None:
     """Change a repository's settings (the name is fixed once created)."""
     project, repository = _split_repo(name)
-    updated = _run(
+    updated = run_service(
         lambda s: s.repositories.update(
             project,
             repository,
@@ -286,7 +253,7 @@ def repo_update(
         )
     )
     if json_output:
-        _print_json(updated)
+        print_json(updated)
     else:
         _show_repository(updated, f"Updated repository {name}")
 
@@ -301,7 +268,7 @@ def repo_delete(
     project, repository = _split_repo(name)
     if not yes and not typer.confirm(f"Delete {name} with all its images?"):
         raise typer.Exit(1)
-    _run(lambda s: s.repositories.delete(project, repository))
+    run_service(lambda s: s.repositories.delete(project, repository))
     _done(json_output, {"repository": name, "deleted": True}, f"Deleted repository {name}")
 
 
@@ -339,9 +306,9 @@ def image_list(
             repo, image=image or None, page=page, per_page=per_page
         )
 
-    items, total = _run(work)
+    items, total = run_service(work)
     if json_output:
-        _print_json({"items": items, "page": page, "per_page": per_page, "total": total})
+        print_json({"items": items, "page": page, "per_page": per_page, "total": total})
         return
     table = Table(title=f"Images in {name} ({total} in all, page {page})")
     for column in ("image", "digest", "tags", "size", "platforms", "referrers", "pushed at"):
@@ -381,9 +348,9 @@ def image_history(
         )
         return items
 
-    found = _run(work)
+    found = run_service(work)
     if json_output:
-        _print_json(found)
+        print_json(found)
         return
     table = Table(title=f"History of {name}")
     for column in ("at", "actor", "action", "image", "tag", "old", "new", "restorable"):
@@ -415,7 +382,7 @@ def tag_restore(
         repo = await _repository_ref(s, project, repository)
         return await s.registry.restore_tag(repo, image, tag, actor="cli")
 
-    digest = _run(work)
+    digest = run_service(work)
     _done(
         json_output,
         {"repository": f"{project}/{repository}", "image": image, "tag": tag, "digest": digest},
@@ -442,7 +409,7 @@ def user_create(
             password = sys.stdin.readline().rstrip("\n")
         else:
             password = typer.prompt("Password", hide_input=True, confirmation_prompt=True)
-    created = _run(
+    created = run_service(
         lambda s: s.identity.create_user(
             name, password, is_admin=admin, service_account=service_account
         )
@@ -453,9 +420,9 @@ def user_create(
 @user_app.command("list")
 def user_list(json_output: JsonFlag = False) -> None:
     """List users."""
-    found = _run(lambda s: s.identity.list_users())
+    found = run_service(lambda s: s.identity.list_users())
     if json_output:
-        _print_json(found)
+        print_json(found)
     else:
         _table(found, ["name", "admin", "service_account", "created_at"], "Users")
 
@@ -468,7 +435,7 @@ def member_add(
     json_output: JsonFlag = False,
 ) -> None:
     """Add a user to a project, or change their role."""
-    _run(lambda s: s.identity.add_member(project, user, role))
+    run_service(lambda s: s.identity.add_member(project, user, role))
     _done(
         json_output,
         {"project": project, "user": user, "role": role},
@@ -479,16 +446,16 @@ def member_add(
 @member_app.command("remove")
 def member_remove(project: str, user: str, json_output: JsonFlag = False) -> None:
     """Remove a user from a project; their access keys there stop working."""
-    _run(lambda s: s.identity.remove_member(project, user))
+    run_service(lambda s: s.identity.remove_member(project, user))
     _done(json_output, {"project": project, "user": user}, f"{user} left {project}")
 
 
 @member_app.command("list")
 def member_list(project: str, json_output: JsonFlag = False) -> None:
     """List a project's members."""
-    found = _run(lambda s: s.identity.list_members(project))
+    found = run_service(lambda s: s.identity.list_members(project))
     if json_output:
-        _print_json(found)
+        print_json(found)
     else:
         _table(found, ["user", "role", "since"], f"Members of {project}")
 
@@ -504,9 +471,9 @@ def key_create(
 ) -> None:
     """Create an access key. The secret is shown now and never again."""
     expires_at = expires.replace(tzinfo=dt.UTC) if expires else None
-    created = _run(lambda s: s.identity.create_key(user, project, expires_at=expires_at))
+    created = run_service(lambda s: s.identity.create_key(user, project, expires_at=expires_at))
     if json_output:
-        _print_json(created.as_dict())
+        print_json(created.as_dict())
         return
     console.print(f"Access key ID:     [bold]{created.key_id}[/]")
     console.print(f"Secret access key: [bold]{created.secret}[/]")
@@ -520,9 +487,9 @@ def key_list(
     json_output: JsonFlag = False,
 ) -> None:
     """List access keys (never their secrets)."""
-    found = _run(lambda s: s.identity.list_keys(user=user, project=project))
+    found = run_service(lambda s: s.identity.list_keys(user=user, project=project))
     if json_output:
-        _print_json(found)
+        print_json(found)
     else:
         _table(
             found,
@@ -542,21 +509,21 @@ def key_list(
 @key_app.command("disable")
 def key_disable(key_id: str, json_output: JsonFlag = False) -> None:
     """Disable a key; it stops working at once and can be enabled again."""
-    _run(lambda s: s.identity.set_key_disabled(key_id, True))
+    run_service(lambda s: s.identity.set_key_disabled(key_id, True))
     _done(json_output, {"access_key_id": key_id, "state": "disabled"}, f"Disabled {key_id}")
 
 
 @key_app.command("enable")
 def key_enable(key_id: str, json_output: JsonFlag = False) -> None:
     """Enable a disabled key."""
-    _run(lambda s: s.identity.set_key_disabled(key_id, False))
+    run_service(lambda s: s.identity.set_key_disabled(key_id, False))
     _done(json_output, {"access_key_id": key_id, "state": "active"}, f"Enabled {key_id}")
 
 
 @key_app.command("delete")
 def key_delete(key_id: str, json_output: JsonFlag = False) -> None:
     """Delete a key for good."""
-    _run(lambda s: s.identity.delete_key(key_id))
+    run_service(lambda s: s.identity.delete_key(key_id))
     _done(json_output, {"access_key_id": key_id, "deleted": True}, f"Deleted {key_id}")
 
 
@@ -567,9 +534,9 @@ def audit(
     json_output: JsonFlag = False,
 ) -> None:
     """Show a project's audit log: logins, key and role changes."""
-    found = _run(lambda s: s.identity.audit_entries(project, limit))
+    found = run_service(lambda s: s.identity.audit_entries(project, limit))
     if json_output:
-        _print_json(found)
+        print_json(found)
     else:
         _table(found, ["at", "actor", "action", "target", "client"], f"Audit log of {project}")
 
@@ -613,9 +580,9 @@ def usage(
             "traffic": await s.usage.traffic(project, days=min(days, 92)),
         }
 
-    found = _run(gather)
+    found = run_service(gather)
     if json_output:
-        _print_json(found)
+        print_json(found)
         return
     summary, storage, traffic = found["summary"], found["storage"], found["traffic"]
     repos, images, stored = summary["repositories"], summary["images"], summary["storage"]
