@@ -610,17 +610,13 @@ class GarbageCollector:
             )
             .values(gc_restricted_by=None, last_gc_at=now)
         )
-        to_sweep = (
-            await conn.execute(
-                select(func.count()).select_from(gc_sweep).where(gc_sweep.c.run_id == run.id)
-            )
-        ).scalar_one()
+        # progress_total is set by _list_for_sweep, which always comes next: counting the
+        # sweep list here would only lengthen the window in which writes are refused.
         moved = await conn.execute(
             update(gc_runs)
             .where(gc_runs.c.id == run.id, gc_runs.c.state == RUNNING, gc_runs.c.phase == MARKING)
             .values(
                 phase=SWEEPING,
-                progress_total=to_sweep,
                 images_deleted=decision.images,
                 uploads_deleted=decision.uploads,
             )

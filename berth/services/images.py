@@ -41,6 +41,19 @@ def _iso(value: Any) -> str | None:
     return value.isoformat() if value is not None else None
 
 
+# What an image listing and an image's details read of a manifest.
+_IMAGE_COLUMNS = (
+    manifests.c.id,
+    manifests.c.image,
+    manifests.c.digest,
+    manifests.c.media_type,
+    manifests.c.artifact_type,
+    manifests.c.subject_digest,
+    manifests.c.size,
+    manifests.c.pushed_at,
+)
+
+
 class Images:
     def __init__(self, db: Database) -> None:
         self.db = db
@@ -48,16 +61,9 @@ class Images:
     # ------------------------------------------------------------------ images
 
     def _top_level(self, repo: RepositoryRef, image: str | None, referrers: bool) -> Select[Any]:
-        query = select(
-            manifests.c.id,
-            manifests.c.image,
-            manifests.c.digest,
-            manifests.c.media_type,
-            manifests.c.artifact_type,
-            manifests.c.subject_digest,
-            manifests.c.size,
-            manifests.c.pushed_at,
-        ).where(manifests.c.repository_id == repo.id, ~is_index_child())
+        query = select(*_IMAGE_COLUMNS).where(
+            manifests.c.repository_id == repo.id, ~is_index_child()
+        )
         if image is not None:
             query = query.where(manifests.c.image == image)
         if not referrers:
@@ -100,16 +106,7 @@ class Images:
         async with self.db.read() as conn:
             row = (
                 await conn.execute(
-                    select(
-                        manifests.c.id,
-                        manifests.c.image,
-                        manifests.c.digest,
-                        manifests.c.media_type,
-                        manifests.c.artifact_type,
-                        manifests.c.subject_digest,
-                        manifests.c.size,
-                        manifests.c.pushed_at,
-                    ).where(
+                    select(*_IMAGE_COLUMNS).where(
                         manifests.c.repository_id == repo.id,
                         manifests.c.image == image,
                         manifests.c.digest == digest,

@@ -152,9 +152,9 @@ class Registry:
         now = utcnow()
         try:
             async with self.db.write() as conn:
-                await ensure_writable(conn, repo.project_id, repo.project)
                 if (await conn.execute(holder.limit(1))).first() is None:
-                    return False
+                    return False  # a miss writes nothing: no restriction to check
+                await ensure_writable(conn, repo.project_id, repo.project)
                 # A fresh link time, as for an upload: the grace period covers this push.
                 await conn.execute(
                     self.db.upsert(
@@ -476,7 +476,8 @@ class Registry:
                         image_events.c.image == image,
                         image_events.c.tag == tag,
                     )
-                    .order_by(image_events.c.at.desc(), image_events.c.id.desc())
+                    # By id, as Images decides "restorable": clocks of nodes may differ.
+                    .order_by(image_events.c.id.desc())
                     .limit(1)
                 )
             ).first()
@@ -502,41 +503,6 @@ class Registry:
                 )
             await self._move_tag(conn, repo, image, tag, digest, actor, action="restore")
             return str(digest)
-
-    async def history(
-        self,
-        repo: RepositoryRef,
-        *,
-        image: str | None = None,
-        digest: str | None = None,
-        limit: int = 100,
-        before_id: int | None = None,
-    ) -> list[dict[str, Any]]:
-        """Image and tag events, newest first; narrowed to an image name or one digest."""
-        query = select(image_events).where(image_events.c.repository_id == repo.id)
-        if image is not None:
-            query = query.where(image_events.c.image == image)
-        if digest is not None:
-            query = query.where(
-                (image_events.c.old_digest == digest) | (image_events.c.new_digest == digest)
-            )
-        if before_id is not None:
-            query = query.where(image_events.c.id < before_id)
-        async with self.db.read() as conn:
-            rows = await conn.execute(query.order_by(image_events.c.id.desc()).limit(limit))
-            return [
-                {
-                    "id": r.id,
-                    "image": r.image,
-                    "tag": r.tag,
-                    "action": r.action,
-                    "old_digest": r.old_digest,
-                    "new_digest": r.new_digest,
-                    "actor": r.actor,
-                    "at": r.at.isoformat(),
-                }
-                for r in rows
-            ]
 
     # ------------------------------------------------------------------ listing
 

@@ -19,13 +19,20 @@ WRITE_GATE_LOCK = 0x6763  # "gc"
 
 
 async def ensure_writable(conn: AsyncConnection, project_id: int, project: str) -> None:
-    """Refuse (DENIED) while a garbage collection holds the project's write restriction."""
+    """Refuse (DENIED) while a garbage collection holds the project's write restriction; in a
+    write transaction, which then cannot overlap GC's switching the restriction on."""
     if conn.dialect.name == "postgresql":
         # SQLite needs nothing: its one writer already orders this after GC's switch.
         await conn.execute(
             text("SELECT pg_advisory_xact_lock_shared(:gate, :project)"),
             {"gate": WRITE_GATE_LOCK, "project": project_id},
         )
+    await refuse_if_restricted(conn, project_id, project)
+
+
+async def refuse_if_restricted(conn: AsyncConnection, project_id: int, project: str) -> None:
+    """The check alone, without the write gate: an early answer to a client (the write that
+    follows checks again with `ensure_writable`)."""
     holder = (
         await conn.execute(
             select(project_settings.c.gc_restricted_by).where(

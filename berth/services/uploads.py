@@ -29,7 +29,7 @@ from berth.domain.errors import (
 from berth.metadata.database import Database
 from berth.metadata.tables import blobs, repository_blobs, uploads, utcnow
 from berth.services.repositories import RepositoryRef
-from berth.services.restrictions import ensure_writable
+from berth.services.restrictions import refuse_if_restricted
 from berth.storage.base import BlobStore, UploadWriter
 
 BUFFER_BYTES = 4 * 1024 * 1024
@@ -121,7 +121,7 @@ class Uploads:
         upload = Upload(uuid.uuid4().hex, repo.id, image, 0, None)
         # Refused up front while garbage collection runs, so clients see why at once.
         async with self.db.read() as conn:
-            await ensure_writable(conn, repo.project_id, repo.project)
+            await refuse_if_restricted(conn, repo.project_id, repo.project)
         # The scratch object exists from the start, so any node can pick the upload up.
         writer = await self.store.open_upload(upload.id, 0)
         await writer.close()

@@ -59,7 +59,8 @@ def load_server(
         tmp_path_factory.mktemp(f"gc-load-{request.param}"),
         url,
         tls=(cert, key),
-        extra_env={"BERTH_GC_GRACE_PERIOD": str(GRACE)},
+        # Each run holds its write restriction 0.3 s at least, so pushes surely meet it.
+        extra_env={"BERTH_GC_GRACE_PERIOD": str(GRACE), "BERTH_GC_TEST_PAUSE": "marking=0.3"},
     )
     server.start()
     yield server
@@ -402,6 +403,7 @@ def test_gc_under_load_keeps_every_pushed_image_whole(
     assert not ledger.failures, ledger.failures[:5]
     assert ledger.pushes > 20
     assert len(runs) >= 3
+    assert ledger.refusals > 0, "no push met a run's write restriction: nothing was raced"
     assert all(run["state"] == "succeeded" for run in runs), [
         r for r in runs if r["state"] != "succeeded"
     ]

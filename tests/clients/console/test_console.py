@@ -183,9 +183,32 @@ def test_create_a_repository_and_a_key_then_docker_login_and_push(
     )
     assert json.loads(inspected.stdout)["Name"] == reference.rsplit(":", 1)[0]
 
+    open_project_page(page, tenant, "Access keys")  # shown already: the menu loads it again
+    row = page.get_by_role("row").filter(has_text=key_id)
+    cells = row.get_by_role("cell")
+    # ID, user, created, last used (docker just used it), expires, state
+    expect(cells.nth(2)).to_have_text(re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d$"))
+    expect(cells.nth(3)).not_to_have_text("never")
+    expect(cells.nth(4)).to_have_text("never")
+    expect(cells.nth(5)).to_have_text("Active")
+
     open_project_page(page, tenant, "Repositories")
+    headers = page.get_by_role("table", name="Repositories").get_by_role("columnheader")
+    expect(headers).to_have_text(
+        [
+            "Name",
+            "Description",
+            "Images",
+            "Image scan",
+            "Tag overwrite",
+            "Visibility",
+            "Last modified",
+        ]
+    )
     row = page.get_by_role("row").filter(has_text="The web front end")
-    expect(row.get_by_role("cell").nth(2)).to_have_text("1")
+    expect(row.get_by_role("cell")).to_have_text(
+        ["web", "The web front end", "1", "Manual", "Disabled", "Private", re.compile(r"\d{4}-")]
+    )
     screenshot(page, "repositories")
     row.get_by_role("link", name="web").click()
     expect(page.get_by_test_id("image-count")).to_have_text("1")
@@ -247,8 +270,12 @@ def test_garbage_collection_through_the_pop_up(
 
     expect(current).to_contain_text("Last run: Succeeded", timeout=(GC_HOLD_SECONDS + 20) * 1000)
     expect(page.get_by_test_id("gc-button")).to_be_enabled()
-    freed = page.get_by_test_id("gc-freed").inner_text()
-    assert freed != "0 B"
+    [run_record] = admin.get(f"/projects/{tenant.project}/gc/runs").json()["items"]
+    assert run_record["state"] == "succeeded" and run_record["bytes_freed"] > 0
+    freed = page.get_by_test_id("gc-freed")
+    expect(freed).to_have_attribute("data-bytes", str(run_record["bytes_freed"]))
+    expect(page.get_by_test_id("gc-blobs")).to_have_text(f"{run_record['blobs_deleted']:,}")
+    expect(page.get_by_test_id("gc-images")).to_have_text(f"{run_record['images_deleted']:,}")
     history = page.get_by_role("table", name="Garbage collection runs")
     expect(history.get_by_role("row")).to_have_count(2)  # header and the run
     expect(history).to_contain_text(tenant.user)
@@ -286,13 +313,18 @@ def test_the_traffic_chart_shows_the_bytes_pulled(
     expect(page.get_by_test_id("summary-storage")).to_be_visible()
     page.get_by_role("button", name="Collect now").click()
     expect(page.get_by_text("Storage usage collected")).to_be_visible()
-    stored = page.get_by_test_id("summary-storage").inner_text()
-    assert stored != "0 B"
+    expect(page.get_by_test_id("storage-collected-at")).to_be_visible()  # with its time
+    with tenant.api() as admin:
+        collected = admin.get(f"/projects/{tenant.project}/storage").json()["last"]
+    assert collected["bytes"] > 0
+    summary_storage = page.get_by_test_id("summary-storage")
+    expect(summary_storage).to_have_attribute("data-bytes", str(collected["bytes"]))
+    stored = summary_storage.inner_text()
 
     open_project_page(page, tenant, "Monitoring")
     expect(page.get_by_test_id("storage-used")).to_have_text(stored)
     storage_marks = page.get_by_test_id("storage-chart").locator(".mark")
-    assert int(storage_marks.last.get_attribute("data-value") or 0) > 0
+    expect(storage_marks.last).to_have_attribute("data-value", str(collected["bytes"]))
     expect(page.get_by_text("may differ slightly from the actual billed usage")).to_be_visible()
     expect(page.get_by_text("approximately 30 minutes")).to_be_visible()
     chart = page.get_by_test_id("traffic-chart")
@@ -305,6 +337,19 @@ def test_the_traffic_chart_shows_the_bytes_pulled(
         today = page.get_by_test_id("traffic-chart").locator(".mark").last
     assert today.get_attribute("data-value") == str(pulled)
     expect(today.locator("title")).to_contain_text(" downloads")
+    # The month's total, its trend (nothing the month before) and the charge (no price is set
+    # on this server) are the API's.
+    this_month = (
+        page.get_by_role("table", name="Outbound traffic by month").locator("tbody tr").last
+    )
+    expect(this_month.locator("[data-bytes]")).to_have_attribute("data-bytes", str(pulled))
+    expect(page.get_by_test_id("traffic-change")).to_have_text("new")
+    with tenant.api() as admin:
+        traffic = admin.get(f"/projects/{tenant.project}/traffic").json()
+    assert traffic["this_month"]["bytes"] == pulled
+    expect(page.get_by_test_id("traffic-charge")).to_have_text(
+        f"{traffic['this_month']['estimated_charge']:.2f}"
+    )
     expect(page.get_by_role("table", name="Outbound traffic by repository")).to_contain_text(
         "pulled"
     )

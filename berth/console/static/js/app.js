@@ -45,6 +45,14 @@ whenUnauthorized(() => {
   if (path !== "/login") navigate("/login", { next: location.hash.slice(1) });
 });
 
+/** A menu link to the page already shown loads it again (no hashchange would fire). */
+function reloadIfHere(event) {
+  if (event.currentTarget.getAttribute("href") === location.hash) {
+    event.preventDefault();
+    render();
+  }
+}
+
 function menu(project, active) {
   const base = `/projects/${seg(project.name)}`;
   const entries = [
@@ -63,7 +71,7 @@ function menu(project, active) {
       "ul",
       {},
       entries.map(([key, label]) =>
-        h("li", {}, h("a", { href: `#${base}/${key}`, "aria-current": key === active ? "page" : false }, label)),
+        h("li", {}, h("a", { href: `#${base}/${key}`, "aria-current": key === active ? "page" : false, onclick: reloadIfHere }, label)),
       ),
     ),
   );

@@ -108,10 +108,12 @@ function summaryTable(ctx, summary, { startGc, collect }) {
         row("Image", h("span", { "data-testid": "summary-images" }, number(summary.images.stored)), `Images stored in the registry. Up to ${number(summary.images.limit_per_repository)} images can be created per repository.`),
         row(
           "Storage",
-          h("span", {}, h("span", { "data-testid": "summary-storage" }, bytes(storage.bytes)), " ", collectButton),
+          h("span", {}, h("span", { "data-testid": "summary-storage", "data-bytes": storage.bytes }, bytes(storage.bytes)), " ", collectButton),
           [
             "Object usage by the registry (each layer counted once). ",
-            storage.measured_now || !storage.collected_at ? "Measured just now; " : ["Collected ", timeElement(storage.collected_at), "; "],
+            storage.measured_now || !storage.collected_at
+              ? "Measured just now; "
+              : ["Collected ", h("span", { "data-testid": "storage-collected-at" }, timeElement(storage.collected_at)), "; "],
             `collected every ${every(summary.storage_collect_interval_seconds)}.`,
           ],
         ),
@@ -198,9 +200,9 @@ function runCard(run) {
       : h(
           "dl",
           { class: "facts", "data-testid": "gc-result" },
-          h("div", {}, h("dt", {}, run.dry_run ? "Images that would go" : "Images deleted"), h("dd", {}, number(run.images_deleted))),
-          h("div", {}, h("dt", {}, run.dry_run ? "Blobs that would go" : "Blobs deleted"), h("dd", {}, number(run.blobs_deleted))),
-          h("div", {}, h("dt", {}, run.dry_run ? "Would free" : "Freed"), h("dd", { "data-testid": "gc-freed" }, bytes(run.bytes_freed))),
+          h("div", {}, h("dt", {}, run.dry_run ? "Images that would go" : "Images deleted"), h("dd", { "data-testid": "gc-images" }, number(run.images_deleted))),
+          h("div", {}, h("dt", {}, run.dry_run ? "Blobs that would go" : "Blobs deleted"), h("dd", { "data-testid": "gc-blobs" }, number(run.blobs_deleted))),
+          h("div", {}, h("dt", {}, run.dry_run ? "Would free" : "Freed"), h("dd", { "data-testid": "gc-freed", "data-bytes": run.bytes_freed }, bytes(run.bytes_freed))),
           h("div", {}, h("dt", {}, "Duration"), h("dd", {}, duration(run.duration_seconds))),
           h("div", {}, h("dt", {}, "Writes restricted"), h("dd", {}, duration(run.restricted_seconds))),
           run.error ? h("div", {}, h("dt", {}, "Error"), h("dd", {}, run.error)) : null,

@@ -75,7 +75,7 @@ function trafficSection(ctx, traffic, repository) {
       { class: "facts big" },
       h("div", {}, h("dt", {}, "Past three months"), h("dd", { "data-testid": "traffic-total" }, bytes(traffic.total_bytes))),
       h("div", {}, h("dt", {}, "This month"), h("dd", {}, bytes(month.bytes))),
-      h("div", {}, h("dt", {}, "Change over last month"), h("dd", {}, change(month))),
+      h("div", {}, h("dt", {}, "Change over last month"), h("dd", { "data-testid": "traffic-change" }, change(month))),
       h("div", {}, h("dt", {}, "Estimated charge this month"), h("dd", { "data-testid": "traffic-charge" }, money(month.estimated_charge))),
     ),
     barChart(points, { label: `Outbound traffic per day, ${traffic.first_day} to ${traffic.last_day}`, format: bytes, every: 14, testid: "traffic-chart" }),
@@ -83,13 +83,13 @@ function trafficSection(ctx, traffic, repository) {
     table(
       [
         { title: "Month", cell: (m) => m.month },
-        { title: "Outbound traffic", cell: (m) => bytes(m.bytes), class: "num" },
+        { title: "Outbound traffic", cell: (m) => h("span", { "data-bytes": m.bytes }, bytes(m.bytes)), class: "num" },
         { title: "Downloads", cell: (m) => number(m.requests), class: "num" },
         { title: "Change", cell: (m) => change(m), class: "num" },
         { title: "Estimated charge", cell: (m) => money(m.estimated_charge), class: "num" },
       ],
       traffic.months,
-      { caption: "Outbound traffic by month" },
+      { caption: "Outbound traffic by month", rowKey: (m) => m.month },
     ),
     h(
       "p",
