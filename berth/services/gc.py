@@ -41,7 +41,7 @@ from sqlalchemy import Integer, String, delete, func, literal, or_, select, text
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from berth.domain.errors import NameUnknown, RegistryError
+from berth.domain.errors import RegistryError
 from berth.metadata.database import Database
 from berth.metadata.tables import (
     blobs,
@@ -59,6 +59,7 @@ from berth.metadata.tables import (
     uploads,
     utcnow,
 )
+from berth.services.repositories import require_project
 from berth.services.restrictions import WRITE_GATE_LOCK
 from berth.storage.base import BlobStore
 
@@ -917,12 +918,7 @@ class GarbageCollector:
 
     async def _project_id(self, project: str) -> int:
         async with self.db.read() as conn:
-            found = (
-                await conn.execute(select(projects.c.id).where(projects.c.name == project))
-            ).scalar()
-        if found is None:
-            raise NameUnknown(f"project {project!r} does not exist", {"project": project})
-        return int(found)
+            return await require_project(conn, project)
 
     async def _load(self, run_id: int) -> _Run:
         async with self.db.read() as conn:

@@ -32,7 +32,7 @@ from berth.metadata.tables import (
     users,
     utcnow,
 )
-from berth.services.repositories import Conflict, RepositoryRef
+from berth.services.repositories import Conflict, RepositoryRef, require_project
 
 # Access checks reuse a lookup this long; a removed member or a disabled key stops working
 # within it on every node.
@@ -210,7 +210,7 @@ class Identity:
         self, project: str, limit: int = 200, offset: int = 0
     ) -> list[dict[str, Any]]:
         async with self.db.read() as conn:
-            project_id = await _project_id(conn, project)
+            project_id = await require_project(conn, project)
             rows = await conn.execute(
                 select(audit_log)
                 .where(audit_log.c.project_id == project_id)
@@ -232,7 +232,7 @@ class Identity:
 
     async def count_audit_entries(self, project: str) -> int:
         async with self.db.read() as conn:
-            project_id = await _project_id(conn, project)
+            project_id = await require_project(conn, project)
             count = await conn.execute(
                 select(func.count())
                 .select_from(audit_log)
@@ -344,7 +344,7 @@ class Identity:
         if role not in PROJECT_ROLES:
             raise NameInvalid(f"project role must be one of {', '.join(PROJECT_ROLES)}")
         async with self.db.write() as conn:
-            project_id = await _project_id(conn, project)
+            project_id = await require_project(conn, project)
             user_id = await _user_id(conn, user)
             await conn.execute(
                 self.db.upsert(memberships, ["project_id", "user_id"], {"role": role}).values(
@@ -359,7 +359,7 @@ class Identity:
     async def remove_member(self, project: str, user: str, *, actor: str = "cli") -> None:
         """Remove a user from a project; their access keys there stop working at once."""
         async with self.db.write() as conn:
-            project_id = await _project_id(conn, project)
+            project_id = await require_project(conn, project)
             user_id = await _user_id(conn, user)
             result = await conn.execute(
                 delete(memberships).where(
@@ -400,7 +400,7 @@ class Identity:
 
     async def list_members(self, project: str) -> list[dict[str, Any]]:
         async with self.db.read() as conn:
-            project_id = await _project_id(conn, project)
+            project_id = await require_project(conn, project)
             rows = await conn.execute(
                 select(users.c.name, memberships.c.role, memberships.c.created_at)
                 .join(users, users.c.id == memberships.c.user_id)
@@ -417,7 +417,7 @@ class Identity:
         if role not in REPOSITORY_ROLES:
             raise NameInvalid(f"repository role must be one of {', '.join(REPOSITORY_ROLES)}")
         async with self.db.write() as conn:
-            project_id = await _project_id(conn, project)
+            project_id = await require_project(conn, project)
             repository_id = await _repository_id(conn, project_id, project, repository)
             user_id = await _user_id(conn, user)
             await conn.execute(
@@ -439,7 +439,7 @@ class Identity:
 
     async def revoke(self, project: str, repository: str, user: str, *, actor: str = "cli") -> None:
         async with self.db.write() as conn:
-            project_id = await _project_id(conn, project)
+            project_id = await require_project(conn, project)
             repository_id = await _repository_id(conn, project_id, project, repository)
             user_id = await _user_id(conn, user)
             result = await conn.execute(
@@ -474,7 +474,7 @@ class Identity:
     async def list_grants(self, project: str, repository: str) -> list[dict[str, Any]]:
         """Users with a role on one repository (not through a project role)."""
         async with self.db.read() as conn:
-            project_id = await _project_id(conn, project)
+            project_id = await require_project(conn, project)
             repository_id = await _repository_id(conn, project_id, project, repository)
             rows = await conn.execute(
                 select(users.c.name, repository_grants.c.role, repository_grants.c.created_at)
@@ -563,7 +563,7 @@ class Identity:
         secret = new_secret()
         key_id = new_key_id()
         async with self.db.write() as conn:
-            project_id = await _project_id(conn, project)
+            project_id = await require_project(conn, project)
             user_row = (await conn.execute(select(users).where(users.c.name == user))).first()
             if user_row is None:
                 raise NameUnknown(f"user {user!r} does not exist")
@@ -762,15 +762,6 @@ class Identity:
             await conn.execute(
                 update(access_keys).where(access_keys.c.id == key_id).values(last_used_at=utcnow())
             )
-
-
-async def _project_id(conn: AsyncConnection, project: str) -> int:
-    project_id = (
-        await conn.execute(select(projects.c.id).where(projects.c.name == project))
-    ).scalar()
-    if project_id is None:
-        raise NameUnknown(f"project {project!r} does not exist")
-    return int(project_id)
 
 
 async def _user_id(conn: AsyncConnection, user: str) -> int:

@@ -228,14 +228,14 @@ class Repositories:
 
     async def quota(self, project: str) -> int:
         async with self.db.read() as conn:
-            return await self._quota(conn, await _require_project(conn, project))
+            return await self._quota(conn, await require_project(conn, project))
 
     async def set_quota(self, project: str, quota: int | None) -> None:
         """A project's own repository maximum; None returns it to the server default."""
         if quota is not None and quota < 0:
             raise NameInvalid("the repository quota cannot be negative")
         async with self.db.write() as conn:
-            project_id = await _require_project(conn, project)
+            project_id = await require_project(conn, project)
             await conn.execute(
                 self.db.upsert(
                     project_settings, ["project_id"], {"repository_quota": quota}
@@ -267,7 +267,7 @@ class Repositories:
                 raise NameInvalid(f"scan mode must be one of {', '.join(SCAN_MODES)}")
             changes["scan_mode"] = scan_mode
         async with self.db.write() as conn:
-            project_id = await _require_project(conn, project)
+            project_id = await require_project(conn, project)
             result = await conn.execute(
                 repositories.update()
                 .where(repositories.c.project_id == project_id, repositories.c.name == name)
@@ -281,7 +281,7 @@ class Repositories:
     async def delete(self, project: str, name: str) -> None:
         """Delete a repository with its images and tags; blob data goes at the next GC."""
         async with self.db.write() as conn:
-            project_id = await _require_project(conn, project)
+            project_id = await require_project(conn, project)
             await ensure_writable(conn, project_id, project)
             result = await conn.execute(
                 repositories.delete().where(
@@ -295,7 +295,7 @@ class Repositories:
     async def list(self, project: str) -> list[dict[str, Any]]:
         """Every repository of a project, by name."""
         async with self.db.read() as conn:
-            project_id = await _require_project(conn, project)
+            project_id = await require_project(conn, project)
             rows = await conn.execute(self._listing(project_id).order_by(repositories.c.name))
             return [_repository_dict(project, r) for r in rows]
 
@@ -314,7 +314,7 @@ class Repositories:
         if sort not in REPOSITORY_SORTS:
             raise NameInvalid(f"sort must be one of {', '.join(REPOSITORY_SORTS)}")
         async with self.db.read() as conn:
-            project_id = await _require_project(conn, project)
+            project_id = await require_project(conn, project)
             listing = self._listing(project_id).subquery()
             matching = select(listing)
             if query:
@@ -385,7 +385,7 @@ class Repositories:
 
     async def show(self, project: str, name: str) -> dict[str, Any]:
         async with self.db.read() as conn:
-            project_id = await _require_project(conn, project)
+            project_id = await require_project(conn, project)
             row = (
                 await conn.execute(self._listing(project_id).where(repositories.c.name == name))
             ).first()
@@ -435,12 +435,13 @@ class Repositories:
         ]
 
 
-async def _require_project(conn: AsyncConnection, project: str) -> int:
+async def require_project(conn: AsyncConnection, project: str) -> int:
+    """The id of a project by name, or NAME_UNKNOWN naming it."""
     project_id = (
         await conn.execute(select(projects.c.id).where(projects.c.name == project))
     ).scalar()
     if project_id is None:
-        raise NameUnknown(f"project {project!r} does not exist")
+        raise NameUnknown(f"project {project!r} does not exist", {"project": project})
     return int(project_id)
 
 

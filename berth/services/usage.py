@@ -34,6 +34,7 @@ from berth.metadata.tables import (
     traffic_daily,
     utcnow,
 )
+from berth.services.repositories import require_project
 
 GB = 10**9
 STORAGE_SAMPLE_RETENTION_DAYS = 400
@@ -164,7 +165,7 @@ class Usage:
     async def collect(self, project: str) -> dict[str, Any]:
         """Measure one project's storage now and record the sample (on demand)."""
         async with self.db.read() as conn:
-            project_id = await _project_id(conn, project)
+            project_id = await require_project(conn, project)
             figures = (await self._storage(conn, project_id)).get(project_id, NOTHING)
         at = utcnow()
         async with self.db.write() as conn:
@@ -211,7 +212,7 @@ class Usage:
             )
         since = utcnow() - dt.timedelta(days=days)
         async with self.db.read() as conn:
-            project_id = await _project_id(conn, project)
+            project_id = await require_project(conn, project)
             rows = (
                 await conn.execute(
                     select(storage_samples)
@@ -256,7 +257,7 @@ class Usage:
         month_starts = [_month_start(today, back) for back in (3, 2, 1, 0)]
         since = min(first_day, month_starts[0])
         async with self.db.read() as conn:
-            project_id = await _project_id(conn, project)
+            project_id = await require_project(conn, project)
             repository_id = None
             if repository is not None:
                 repository_id = await _repository_id(conn, project_id, project, repository)
@@ -369,7 +370,7 @@ class Usage:
         today = today or utcnow().date()
         month = _month_start(today)
         async with self.db.read() as conn:
-            project_id = await _project_id(conn, project)
+            project_id = await require_project(conn, project)
             repository_count = (
                 await conn.execute(
                     select(func.count())
@@ -455,13 +456,6 @@ async def _last_sample(conn: AsyncConnection, project_id: int) -> Any:
             .limit(1)
         )
     ).first()
-
-
-async def _project_id(conn: AsyncConnection, project: str) -> int:
-    found = (await conn.execute(select(projects.c.id).where(projects.c.name == project))).scalar()
-    if found is None:
-        raise NameUnknown(f"project {project!r} does not exist", {"project": project})
-    return int(found)
 
 
 async def _repository_id(
