@@ -5,7 +5,12 @@ from __future__ import annotations
 import json
 import subprocess
 from pathlib import Path
+from typing import Any
 
+import typer
+from typer.testing import CliRunner
+
+from berth.cli.main import app
 from tests.servers import BERTH, BerthServer
 
 
@@ -69,3 +74,35 @@ def test_users_members_keys_and_audit(tmp_path: Path) -> None:
     assert berth.cli_json("key", "list") == []
     actions = [entry["action"] for entry in berth.cli_json("audit", "demo")]
     assert actions == ["key.delete", "key.disable", "key.create", "member.add"]
+
+
+def _verbs(command: Any, path: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+    """Every verb and sub-verb of the CLI, as the words a user types."""
+    found = [path]
+    if hasattr(command, "commands"):  # a group of verbs
+        for name, sub in command.commands.items():
+            found += _verbs(sub, (*path, name))
+    return found
+
+
+def test_help_of_every_verb_and_sub_verb() -> None:
+    runner = CliRunner()
+    verbs = _verbs(typer.main.get_command(app))
+    assert ("image", "list") in verbs and ("tag", "restore") in verbs
+    for verb in verbs:
+        result = runner.invoke(app, [*verb, "--help"], prog_name="berth", env={"COLUMNS": "80"})
+        shown = " ".join(verb)
+        assert result.exit_code == 0, f"berth {shown} --help: {result.output}{result.exception}"
+        assert "Usage: berth" in result.output, shown
+        assert "<bool>" not in result.output, f"berth {shown} --help shows <bool>"
+    image_list = runner.invoke(app, ["image", "list", "--help"]).output
+    assert "PROJECT/REPO[/IMAGE]" in image_list
+    assert "PROJECT/REPO" in runner.invoke(app, ["repo", "show", "--help"]).output
+
+
+def test_help_as_typed_in_a_shell() -> None:
+    shown = subprocess.run(
+        [*BERTH, "tag", "restore", "--help"], capture_output=True, text=True, check=False
+    )
+    assert shown.returncode == 0, shown.stderr
+    assert "PROJECT/REPO[/IMAGE]" in shown.stdout and "TAG" in shown.stdout

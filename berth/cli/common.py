@@ -21,6 +21,10 @@ console = Console()
 errors = Console(stderr=True)
 T = TypeVar("T")
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
+ProjectArg = Annotated[str, typer.Argument(metavar="PROJECT")]
+UserArg = Annotated[str, typer.Argument(metavar="USER")]
+TagArg = Annotated[str, typer.Argument(metavar="TAG")]
+KeyIdArg = Annotated[str, typer.Argument(metavar="KEY_ID", help="The access key ID.")]
 
 
 def run_service(work: Callable[[Services], Awaitable[T]]) -> T:

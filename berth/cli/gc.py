@@ -15,7 +15,7 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn
 from rich.table import Table
 
-from berth.cli.common import JsonFlag, console, errors, print_json, run_service
+from berth.cli.common import JsonFlag, ProjectArg, console, errors, print_json, run_service
 from berth.services.gc import FAILED, ROLLED_BACK
 from berth.state import Services
 
@@ -68,7 +68,7 @@ def _show(run: dict[str, Any]) -> None:
 
 @gc_app.command("run")
 def gc_run(
-    project: str,
+    project: ProjectArg,
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Report what would be deleted; change nothing.")
     ] = False,
@@ -124,7 +124,7 @@ def gc_run(
 
 
 @gc_app.command("status")
-def gc_status(project: str, json_output: JsonFlag = False) -> None:
+def gc_status(project: ProjectArg, json_output: JsonFlag = False) -> None:
     """The project's running collection, or else its last one."""
 
     async def work(services: Services) -> dict[str, Any] | None:
@@ -145,7 +145,7 @@ def gc_status(project: str, json_output: JsonFlag = False) -> None:
 
 @gc_app.command("history")
 def gc_history(
-    project: str,
+    project: ProjectArg,
     limit: Annotated[int, typer.Option(help="How many runs, newest first.")] = 20,
     json_output: JsonFlag = False,
 ) -> None:

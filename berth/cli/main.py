@@ -14,14 +14,29 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from berth.cli.common import JsonFlag, console, print_json, run_service
+from berth.cli.common import (
+    JsonFlag,
+    KeyIdArg,
+    ProjectArg,
+    TagArg,
+    UserArg,
+    console,
+    print_json,
+    run_service,
+)
 from berth.cli.gc import gc_app
 from berth.config import Settings, load_settings
 from berth.domain.errors import NameUnknown
 from berth.services.images import Images
 from berth.state import Services
 
-app = typer.Typer(help="Berth: a multi-tenant OCI container registry.", no_args_is_help=True)
+# Plain help text (no Rich markup): brackets in argument names such as PROJECT/REPO[/IMAGE]
+# are text, and flags show no value type.
+app = typer.Typer(
+    help="Berth: a multi-tenant OCI container registry.",
+    no_args_is_help=True,
+    rich_markup_mode=None,
+)
 project_app = typer.Typer(help="Projects (tenants).", no_args_is_help=True)
 repo_app = typer.Typer(help="Repositories in a project.", no_args_is_help=True)
 user_app = typer.Typer(help="Users and service accounts.", no_args_is_help=True)
@@ -76,7 +91,7 @@ def serve(
 
 
 @project_app.command("create")
-def project_create(name: str, json_output: JsonFlag = False) -> None:
+def project_create(name: ProjectArg, json_output: JsonFlag = False) -> None:
     """Create a project."""
     created = run_service(lambda s: s.repositories.create_project(name))
     if json_output:
@@ -104,7 +119,7 @@ def _split_repo(value: str) -> tuple[str, str]:
 
 @repo_app.command("create")
 def repo_create(
-    name: Annotated[str, typer.Argument(help="PROJECT/REPOSITORY")],
+    name: Annotated[str, typer.Argument(metavar="PROJECT/REPO")],
     public: Annotated[bool, typer.Option("--public", help="Anyone may pull.")] = False,
     no_tag_overwrite: Annotated[
         bool, typer.Option("--no-tag-overwrite", help="Refuse to move an existing tag.")
@@ -134,7 +149,7 @@ def repo_create(
 
 
 @repo_app.command("list")
-def repo_list(project: str, json_output: JsonFlag = False) -> None:
+def repo_list(project: ProjectArg, json_output: JsonFlag = False) -> None:
     """List a project's repositories."""
     found = run_service(lambda s: s.repositories.list(project))
     if json_output:
@@ -157,8 +172,8 @@ def repo_list(project: str, json_output: JsonFlag = False) -> None:
 
 @repo_app.command("grant")
 def repo_grant(
-    name: Annotated[str, typer.Argument(help="PROJECT/REPOSITORY")],
-    user: str,
+    name: Annotated[str, typer.Argument(metavar="PROJECT/REPO")],
+    user: UserArg,
     role: Annotated[str, typer.Option(help="member (push, pull) or viewer (pull).")],
     json_output: JsonFlag = False,
 ) -> None:
@@ -174,8 +189,8 @@ def repo_grant(
 
 @repo_app.command("revoke")
 def repo_revoke(
-    name: Annotated[str, typer.Argument(help="PROJECT/REPOSITORY")],
-    user: str,
+    name: Annotated[str, typer.Argument(metavar="PROJECT/REPO")],
+    user: UserArg,
     json_output: JsonFlag = False,
 ) -> None:
     """Remove a user's role on a repository."""
@@ -213,7 +228,7 @@ def _show_repository(found: dict[str, Any], title: str) -> None:
 
 @repo_app.command("show")
 def repo_show(
-    name: Annotated[str, typer.Argument(help="PROJECT/REPOSITORY")], json_output: JsonFlag = False
+    name: Annotated[str, typer.Argument(metavar="PROJECT/REPO")], json_output: JsonFlag = False
 ) -> None:
     """Show a repository's settings and image count."""
     project, repository = _split_repo(name)
@@ -226,7 +241,7 @@ def repo_show(
 
 @repo_app.command("update")
 def repo_update(
-    name: Annotated[str, typer.Argument(help="PROJECT/REPOSITORY")],
+    name: Annotated[str, typer.Argument(metavar="PROJECT/REPO")],
     public: Annotated[
         bool | None, typer.Option("--public/--private", help="Visibility.", show_default=False)
     ] = None,
@@ -260,7 +275,7 @@ def repo_update(
 
 @repo_app.command("delete")
 def repo_delete(
-    name: Annotated[str, typer.Argument(help="PROJECT/REPOSITORY")],
+    name: Annotated[str, typer.Argument(metavar="PROJECT/REPO")],
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
     json_output: JsonFlag = False,
 ) -> None:
@@ -292,7 +307,7 @@ def _short(digest: str | None) -> str:
 
 @image_app.command("list")
 def image_list(
-    name: Annotated[str, typer.Argument(help="PROJECT/REPOSITORY[/IMAGE]")],
+    name: Annotated[str, typer.Argument(metavar="PROJECT/REPO[/IMAGE]")],
     page: Annotated[int, typer.Option(min=1, help="Page number.")] = 1,
     per_page: Annotated[int, typer.Option(min=1, max=1000, help="Images per page.")] = 50,
     json_output: JsonFlag = False,
@@ -328,7 +343,7 @@ def image_list(
 
 @image_app.command("history")
 def image_history(
-    name: Annotated[str, typer.Argument(help="PROJECT/REPOSITORY[/IMAGE]")],
+    name: Annotated[str, typer.Argument(metavar="PROJECT/REPO[/IMAGE]")],
     tag: Annotated[str | None, typer.Option(help="Only this tag's events.")] = None,
     digest: Annotated[str | None, typer.Option(help="Only events of this digest.")] = None,
     limit: Annotated[int, typer.Option(min=1, max=10_000, help="How many, newest first.")] = 100,
@@ -371,8 +386,8 @@ def image_history(
 
 @tag_app.command("restore")
 def tag_restore(
-    name: Annotated[str, typer.Argument(help="PROJECT/REPOSITORY[/IMAGE]")],
-    tag: str,
+    name: Annotated[str, typer.Argument(metavar="PROJECT/REPO[/IMAGE]")],
+    tag: TagArg,
     json_output: JsonFlag = False,
 ) -> None:
     """Put a removed tag back on the image it last named (while that image is stored)."""
@@ -392,7 +407,7 @@ def tag_restore(
 
 @user_app.command("create")
 def user_create(
-    name: str,
+    name: UserArg,
     password_stdin: Annotated[
         bool, typer.Option("--password-stdin", help="Read the password from standard input.")
     ] = False,
@@ -429,8 +444,8 @@ def user_list(json_output: JsonFlag = False) -> None:
 
 @member_app.command("add")
 def member_add(
-    project: str,
-    user: str,
+    project: ProjectArg,
+    user: UserArg,
     role: Annotated[str, typer.Option(help="admin, member or reader.")],
     json_output: JsonFlag = False,
 ) -> None:
@@ -444,14 +459,14 @@ def member_add(
 
 
 @member_app.command("remove")
-def member_remove(project: str, user: str, json_output: JsonFlag = False) -> None:
+def member_remove(project: ProjectArg, user: UserArg, json_output: JsonFlag = False) -> None:
     """Remove a user from a project; their access keys there stop working."""
     run_service(lambda s: s.identity.remove_member(project, user))
     _done(json_output, {"project": project, "user": user}, f"{user} left {project}")
 
 
 @member_app.command("list")
-def member_list(project: str, json_output: JsonFlag = False) -> None:
+def member_list(project: ProjectArg, json_output: JsonFlag = False) -> None:
     """List a project's members."""
     found = run_service(lambda s: s.identity.list_members(project))
     if json_output:
@@ -507,21 +522,21 @@ def key_list(
 
 
 @key_app.command("disable")
-def key_disable(key_id: str, json_output: JsonFlag = False) -> None:
+def key_disable(key_id: KeyIdArg, json_output: JsonFlag = False) -> None:
     """Disable a key; it stops working at once and can be enabled again."""
     run_service(lambda s: s.identity.set_key_disabled(key_id, True))
     _done(json_output, {"access_key_id": key_id, "state": "disabled"}, f"Disabled {key_id}")
 
 
 @key_app.command("enable")
-def key_enable(key_id: str, json_output: JsonFlag = False) -> None:
+def key_enable(key_id: KeyIdArg, json_output: JsonFlag = False) -> None:
     """Enable a disabled key."""
     run_service(lambda s: s.identity.set_key_disabled(key_id, False))
     _done(json_output, {"access_key_id": key_id, "state": "active"}, f"Enabled {key_id}")
 
 
 @key_app.command("delete")
-def key_delete(key_id: str, json_output: JsonFlag = False) -> None:
+def key_delete(key_id: KeyIdArg, json_output: JsonFlag = False) -> None:
     """Delete a key for good."""
     run_service(lambda s: s.identity.delete_key(key_id))
     _done(json_output, {"access_key_id": key_id, "deleted": True}, f"Deleted {key_id}")
@@ -529,7 +544,7 @@ def key_delete(key_id: str, json_output: JsonFlag = False) -> None:
 
 @app.command()
 def audit(
-    project: str,
+    project: ProjectArg,
     limit: Annotated[int, typer.Option(help="How many entries, newest first.")] = 100,
     json_output: JsonFlag = False,
 ) -> None:
@@ -562,7 +577,7 @@ def _change(month: dict[str, Any]) -> str:
 
 @app.command()
 def usage(
-    project: str,
+    project: ProjectArg,
     days: Annotated[int, typer.Option(help="Days of storage and traffic series to show.")] = 14,
     collect: Annotated[
         bool, typer.Option("--collect", help="Collect storage usage now, first.")
