@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field
 from pydantic_settings import (
@@ -85,7 +85,9 @@ class Settings(BaseSettings):
         10, ge=1, description="failed logins a minute per key (or user) from one address"
     )
     login_failures_per_client: int = Field(30, ge=1, description="failed logins a minute per IP")
-    log_level: str = Field("info")
+    log_level: Literal["critical", "error", "warning", "info", "debug"] = Field(
+        "info", description="server log level"
+    )
 
     @classmethod
     def settings_customise_sources(

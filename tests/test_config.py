@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import httpx
 import pytest
 
-from berth.config import load_settings
-from tests.servers import BerthServer
+from berth.config import Settings, load_settings
+from tests.servers import ROOT, BerthServer
 from tests.tls import make_ca_and_cert
 
 
@@ -57,3 +58,12 @@ def test_serve_flags_override_the_environment(tmp_path: Path) -> None:
         assert httpx.get(f"{server.url}/healthz").text == "ok"
     finally:
         server.stop()
+
+
+def test_every_setting_is_in_the_readme_configuration_table() -> None:
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("## Configuration", 1)[1].split("\n## ", 1)[0]
+    rows = [line for line in section.splitlines() if line.startswith("| `")]
+    documented = {name for row in rows for name in re.findall(r"`(\w+)`", row.split("|")[1])}
+    assert sorted(set(Settings.model_fields) - documented) == [], "settings missing from README"
+    assert sorted(documented - set(Settings.model_fields)) == [], "README names no such setting"
