@@ -11,7 +11,9 @@ $(UV):
 	$(VENV)/bin/pip install -q "uv==0.13.9"
 
 install: $(UV)
-	UV_PROJECT_ENVIRONMENT=$(VENV) $(UV) sync -q --frozen --no-dev
+	# --inexact: keep what is installed already (the dev tools of install-dev) when `make run`
+	# only needs the server's packages.
+	UV_PROJECT_ENVIRONMENT=$(VENV) $(UV) sync -q --frozen --no-dev --inexact
 
 install-dev: $(UV)
 	UV_PROJECT_ENVIRONMENT=$(VENV) $(UV) sync -q --frozen
