@@ -10,9 +10,9 @@ $(UV):
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install -q "uv==0.13.9"
 
+# --inexact: keep what is installed already (the dev tools of install-dev): `make run` only
+# needs the server's packages.
 install: $(UV)
-	# --inexact: keep what is installed already (the dev tools of install-dev) when `make run`
-	# only needs the server's packages.
 	UV_PROJECT_ENVIRONMENT=$(VENV) $(UV) sync -q --frozen --no-dev --inexact
 
 install-dev: $(UV)
