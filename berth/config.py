@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import os
+import tomllib
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -31,7 +33,9 @@ class Settings(BaseSettings):
     )
     workers: int = Field(1, ge=1, description="server worker processes")
     admin_password: str | None = Field(
-        None, description="password for the `admin` user created on first start (else random)"
+        None,
+        min_length=8,
+        description="password for the `admin` user created on first start (else random)",
     )
     token_ttl: int = Field(300, ge=30, description="lifetime of registry tokens, seconds")
     refresh_token_ttl: int = Field(30 * 86400, ge=60, description="refresh token lifetime")
@@ -89,6 +93,16 @@ class Settings(BaseSettings):
         "info", description="server log level"
     )
 
+    @field_validator("listen")
+    @classmethod
+    def _host_and_port(cls, value: str) -> str:
+        host, colon, port = value.rpartition(":")
+        if not colon or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError("must be HOST:PORT with a port from 1 to 65535, e.g. 127.0.0.1:5000")
+        if host.startswith("[") != host.endswith("]"):
+            raise ValueError("needs brackets around an IPv6 address, e.g. [::1]:5000")
+        return value
+
     @classmethod
     def settings_customise_sources(
         cls,
@@ -142,5 +156,65 @@ class Settings(BaseSettings):
         return env
 
 
+class SettingsError(ValueError):
+    """A setting whose value cannot work, said as the user wrote it (flag, variable or file)."""
+
+
+def config_file() -> Path:
+    """The TOML file settings are read from (it need not exist)."""
+    return Path(os.environ.get(CONFIG_FILE_ENV, "berth.toml")).absolute()
+
+
+def setting_source(name: str, flags: Collection[str] = ()) -> str:
+    """Where a setting's value came from, as the user would write it."""
+    if name in flags:
+        return f"--{name.replace('_', '-')}"
+    variable = f"BERTH_{name.upper()}"
+    if any(key.upper() == variable for key in os.environ):
+        return variable
+    return f"{name} in {config_file()}"
+
+
+SECRET_SETTINGS = {"admin_password"}  # never printed back
+
+# Pydantic's words for a few common problems, said plainly.
+_PROBLEMS = {
+    "int_parsing": "is not a whole number",
+    "int_from_float": "is not a whole number",
+    "float_parsing": "is not a number",
+    "bool_parsing": "is not true or false",
+    "path_type": "is not a path",
+}
+
+
+def _problem(error: Any) -> str:
+    context = error.get("ctx") or {}
+    if error["type"] in _PROBLEMS:
+        return str(_PROBLEMS[error["type"]])
+    if error["type"] == "string_too_short":
+        return f"is too short: at least {context.get('min_length')} characters"
+    if error["type"] in ("greater_than_equal", "greater_than"):
+        limit = context.get("ge", context.get("gt"))
+        return f"must be {'at least' if 'ge' in context else 'more than'} {limit}"
+    if error["type"] == "literal_error":
+        return f"must be one of {context.get('expected')}"
+    if error["type"] == "value_error":
+        return str(context.get("error", error["msg"]))
+    return str(error["msg"])[0].lower() + str(error["msg"])[1:]
+
+
 def load_settings(**overrides: Any) -> Settings:
-    return Settings(**{k: v for k, v in overrides.items() if v is not None})
+    """The settings, or SettingsError naming each bad value, where it was given and why."""
+    given = {k: v for k, v in overrides.items() if v is not None}
+    try:
+        return Settings(**given)
+    except tomllib.TOMLDecodeError as exc:
+        raise SettingsError(f"{config_file()} is not valid TOML: {exc}") from None
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors():
+            name = str(error["loc"][0]) if error["loc"] else "?"
+            source = setting_source(name, set(given))
+            shown = "(hidden)" if name in SECRET_SETTINGS else repr(error["input"])
+            problems.append(f"{source}: {shown} {_problem(error)}")
+        raise SettingsError("; ".join(problems)) from None

@@ -4,11 +4,15 @@ through ASGI pathsend without copying them through Python."""
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
+import socket
+import ssl
 import sys
+from collections.abc import Collection
 
-from berth.config import Settings
-from berth.metadata.migrate import upgrade
+from berth.config import Settings, SettingsError, setting_source
+from berth.data_location import create_data
 from berth.state import Services
 
 
@@ -39,21 +43,101 @@ def _bootstrap_admin(settings: Settings, url: str) -> None:
     )
 
 
-def serve(settings: Settings) -> None:
-    settings.data_dir = settings.data_dir.resolve()
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
-    upgrade(settings.resolved_database_url)
-    # Worker processes build their own Settings; hand them exactly what was resolved here.
-    os.environ.update(settings.to_environ())
+def base_url(settings: Settings) -> str:
     host, port = settings.host_and_port
-    tls = settings.tls_cert is not None and settings.tls_key is not None
-    scheme = "https" if tls else "http"
-    shown_host = f"[{host}]" if ":" in host else host
-    base = f"{scheme}://{shown_host}:{port}"
+    scheme = "https" if settings.tls_cert is not None else "http"
+    return f"{scheme}://{f'[{host}]' if ':' in host else host}:{port}"
+
+
+def initialise(settings: Settings) -> None:
+    """Create the data directory and database (where missing) and, on an empty database, the
+    administrator: what `berth init` does, and `berth serve` before serving."""
+    create_data(settings)
+    _bootstrap_admin(settings, base_url(settings))
+
+
+def _check_tls(settings: Settings, flags: Collection[str]) -> None:
+    cert, key = settings.tls_cert, settings.tls_key
+    if (cert is None) != (key is None):
+        given, missing = ("tls_cert", "tls_key") if key is None else ("tls_key", "tls_cert")
+        raise SettingsError(
+            f"{setting_source(given, flags)} is set but {missing} is not: HTTPS takes both the "
+            "certificate and its private key (--tls-cert and --tls-key)"
+        )
+    if cert is None or key is None:
+        return
+    for name, path, marker, what in (
+        ("tls_cert", cert, b"-----BEGIN CERTIFICATE-----", "PEM certificate"),
+        ("tls_key", key, b"PRIVATE KEY-----", "PEM private key"),
+    ):
+        try:
+            content = path.read_bytes()
+        except OSError as exc:
+            problem = (exc.strerror or str(exc)).lower()
+            raise SettingsError(
+                f"{setting_source(name, flags)}: {str(path)!r}: {problem}"
+            ) from None
+        if marker not in content:
+            raise SettingsError(f"{setting_source(name, flags)}: {str(path)!r} holds no {what}")
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+
+    def no_password() -> bytes:
+        raise SettingsError(
+            f"{setting_source('tls_key', flags)}: {str(key)!r} is encrypted; give an "
+            "unencrypted key"
+        )
+
+    try:
+        context.load_cert_chain(cert, key, password=no_password)
+    except ssl.SSLError as exc:
+        problem = {
+            "KEY_VALUES_MISMATCH": "the private key does not belong to the certificate",
+        }.get(exc.reason or "", f"they cannot be loaded ({exc.reason or exc})")
+        raise SettingsError(
+            f"{setting_source('tls_cert', flags)} {str(cert)!r} with "
+            f"{setting_source('tls_key', flags)} {str(key)!r}: {problem}"
+        ) from None
+
+
+def _check_address(settings: Settings, flags: Collection[str]) -> None:
+    """Refuse an address another process listens on: granian binds with SO_REUSEPORT, so a
+    second server would start and quietly take half the connections."""
+    host, port = settings.host_and_port
+    address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        socket.create_server((host, port), family=family).close()  # SO_REUSEADDR, no REUSEPORT
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            raise SettingsError(f"address {address} is already in use") from None
+        problem = {
+            errno.EACCES: "permission denied (ports below 1024 need root or CAP_NET_BIND_SERVICE)",
+            errno.EADDRNOTAVAIL: "no such address on this machine",
+        }.get(exc.errno or 0, exc.strerror or str(exc))
+        raise SettingsError(
+            f"{setting_source('listen', flags)}: cannot serve on {address}: {problem}"
+        ) from None
+
+
+def check(settings: Settings, flags: Collection[str] = ()) -> None:
+    """Everything that would stop the server, found before anything is created or served.
+    `flags` names the settings given as flags, to say where a bad value came from."""
+    _check_tls(settings, flags)
+    _check_address(settings, flags)
+
+
+def serve(settings: Settings, flags: Collection[str] = ()) -> None:
+    check(settings, flags)
+    settings.data_dir = settings.data_dir.resolve()
+    base = base_url(settings)
     print(f"Berth registry on {base}  (data in {settings.data_dir})")
     print(f"Web console: {base}/console/  (sign in as admin with its password)")
     print(f"Management API and its documentation: {base}/api/v1/docs")
-    _bootstrap_admin(settings, base)
+    initialise(settings)
+    # Worker processes build their own Settings; hand them exactly what was resolved here.
+    os.environ.update(settings.to_environ())
+    host, port = settings.host_and_port
+    tls = settings.tls_cert is not None
     # Replace this process with granian's own launcher: the supervisor then carries only
     # granian (not the CLI, Alembic and the rest), and workers import just the app.
     arguments = [

@@ -3,19 +3,24 @@
 from __future__ import annotations
 
 import json
+import os
+import stat
 import subprocess
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pytest
 import typer
 from typer.testing import CliRunner
 
 from berth.cli.main import app
-from tests.servers import BERTH, BerthServer
+from tests.servers import BERTH, BerthServer, PostgresCluster
 
 
 def test_project_and_repository_admin_verbs(tmp_path: Path) -> None:
     berth = BerthServer(tmp_path / "data")
+    berth.cli("init")
     assert "Created project demo" in berth.cli("project", "create", "demo").stdout
     assert berth.cli("project", "create", "demo", check=False).returncode == 3
     created = berth.cli_json(
@@ -34,6 +39,7 @@ def test_project_and_repository_admin_verbs(tmp_path: Path) -> None:
 
 def test_cli_errors_are_clear(tmp_path: Path) -> None:
     berth = BerthServer(tmp_path / "data")
+    berth.cli("init")
     missing = berth.cli("repo", "create", "nope/app", check=False)
     assert missing.returncode == 1
     assert "project 'nope' does not exist" in missing.stderr
@@ -47,6 +53,7 @@ def test_cli_errors_are_clear(tmp_path: Path) -> None:
 
 def test_users_members_keys_and_audit(tmp_path: Path) -> None:
     berth = BerthServer(tmp_path / "data")
+    berth.cli("init")
     berth.cli("project", "create", "demo")
     created = subprocess.run(
         [*BERTH, "user", "create", "alice", "--password-stdin", "--json"],
@@ -106,3 +113,89 @@ def test_help_as_typed_in_a_shell() -> None:
     )
     assert shown.returncode == 0, shown.stderr
     assert "PROJECT/REPO[/IMAGE]" in shown.stdout and "TAG" in shown.stdout
+
+
+@dataclass
+class Typed:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def _berth_in(directory: Path, *args: str, **env: str) -> Typed:
+    """`berth ARGS` typed in `directory` with no BERTH_* settings but `env`: in this process
+    (a new interpreter takes seconds to import the CLI), with the same output."""
+    settings = {k: None for k in os.environ if k.startswith("BERTH_")}
+    previous = Path.cwd()
+    os.chdir(directory)
+    try:
+        result = CliRunner().invoke(
+            app, list(args), prog_name="berth", env={**settings, "COLUMNS": "300", **env}
+        )
+    finally:
+        os.chdir(previous)
+    if result.exception and not isinstance(result.exception, SystemExit):
+        raise result.exception
+    return Typed(result.exit_code, result.stdout, result.stderr)
+
+
+def test_admin_verbs_never_create_a_data_directory(tmp_path: Path) -> None:
+    typed = subprocess.run(
+        [*BERTH, "project", "create", "oops"],
+        env={k: v for k, v in os.environ.items() if not k.startswith("BERTH_")},
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+    )
+    assert typed.returncode == 1 and "no Berth data directory at" in typed.stderr
+    for verb in (["project", "create", "oops"], ["key", "list"], ["gc", "run", "oops"]):
+        refused = _berth_in(tmp_path, *verb)
+        assert refused.returncode == 1, refused.stdout
+        assert f"no Berth data directory at {tmp_path / 'berth-data'}" in refused.stderr
+        for way in ("--data-dir", "BERTH_DATA_DIR", "BERTH_CONFIG", "berth init"):
+            assert way in refused.stderr, (way, refused.stderr)
+        assert "Created" not in refused.stdout
+    assert list(tmp_path.iterdir()) == []
+
+    created = _berth_in(tmp_path, "init", BERTH_ADMIN_PASSWORD="admin-password")
+    assert created.returncode == 0, created.stderr
+    data = tmp_path / "berth-data"
+    assert stat.S_IMODE(data.stat().st_mode) == 0o700
+    assert stat.S_IMODE((data / "berth.db").stat().st_mode) == 0o600
+    assert _berth_in(tmp_path, "init").returncode == 3  # there already: nothing touched
+
+    verbose = _berth_in(tmp_path, "--verbose", "project", "create", "demo")
+    assert verbose.returncode == 0, verbose.stderr
+    assert f"Using SQLite {data / 'berth.db'}" in verbose.stderr
+    status = json.loads(_berth_in(tmp_path, "status", "--json").stdout)
+    assert status["database"] == f"SQLite {data / 'berth.db'}" and status["data_found"]
+
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    moved = _berth_in(elsewhere, "project", "list")  # another directory: refused, not created
+    assert moved.returncode == 1 and "no Berth data directory" in moved.stderr
+    assert list(elsewhere.iterdir()) == []
+    assert not (elsewhere / "berth-data").exists()
+    named = _berth_in(elsewhere, "--data-dir", str(data), "project", "list", "--json")
+    assert [p["name"] for p in json.loads(named.stdout)] == ["demo"]
+    by_env = _berth_in(elsewhere, "project", "list", "--json", BERTH_DATA_DIR=str(data))
+    assert [p["name"] for p in json.loads(by_env.stdout)] == ["demo"]
+    missing = _berth_in(tmp_path, "status")
+    assert missing.returncode == 0 and str(data / "berth.db") in missing.stdout
+
+
+def test_admin_verbs_refuse_an_empty_database(
+    tmp_path: Path, postgres: PostgresCluster | None
+) -> None:
+    if postgres is None:
+        pytest.skip("PostgreSQL not installed")
+    url = postgres.create_database()
+    (tmp_path / "data").mkdir()
+    env = {"BERTH_DATA_DIR": str(tmp_path / "data"), "BERTH_DATABASE_URL": url}
+    refused = _berth_in(tmp_path, "project", "create", "oops", **env)
+    assert refused.returncode == 1
+    assert "holds no Berth data" in refused.stderr and "berth init" in refused.stderr
+    assert "postgres@127.0.0.1" in refused.stderr
+    assert _berth_in(tmp_path, "init", BERTH_ADMIN_PASSWORD="admin-password", **env).returncode == 0
+    created = _berth_in(tmp_path, "project", "create", "demo", **env)
+    assert created.returncode == 0, created.stderr

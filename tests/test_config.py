@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import os
 import re
+import signal
+import stat
+import subprocess
 from pathlib import Path
 
 import httpx
 import pytest
 
 from berth.config import Settings, load_settings
-from tests.servers import ROOT, BerthServer
+from tests.servers import BERTH, ROOT, BerthServer, free_port
 from tests.tls import make_ca_and_cert
 
 
@@ -67,3 +71,90 @@ def test_every_setting_is_in_the_readme_configuration_table() -> None:
     documented = {name for row in rows for name in re.findall(r"`(\w+)`", row.split("|")[1])}
     assert sorted(set(Settings.model_fields) - documented) == [], "settings missing from README"
     assert sorted(documented - set(Settings.model_fields)) == [], "README names no such setting"
+
+
+def test_bad_settings_are_named_before_serving(tmp_path: Path) -> None:
+    _ca, cert, key = make_ca_and_cert(tmp_path / "tls", ["localhost"])
+    _ca, other_cert, _key = make_ca_and_cert(tmp_path / "other-tls", ["localhost"])
+    config = tmp_path / "berth.toml"
+    config.write_text('workers = "many"\n')
+    cases = {
+        "missing certificate": (
+            ["--tls-cert", "/nonexistent.crt", "--tls-key", str(key)],
+            {},
+            "--tls-cert: '/nonexistent.crt': no such file or directory",
+        ),
+        "certificate without key": (
+            ["--tls-cert", str(cert)],
+            {},
+            "--tls-cert is set but tls_key is not",
+        ),
+        "key of another certificate": (
+            ["--tls-cert", str(other_cert), "--tls-key", str(key)],
+            {},
+            "the private key does not belong to the certificate",
+        ),
+        "workers not a number": (
+            [],
+            {"BERTH_WORKERS": "abc"},
+            "BERTH_WORKERS: 'abc' is not a whole number",
+        ),
+        "workers in the file": (
+            [],
+            {"BERTH_CONFIG": str(config)},
+            f"workers in {config}: 'many' is not a whole number",
+        ),
+    }
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("BERTH_")}
+    started = {}
+    for case, (flags, env, _) in cases.items():
+        data = tmp_path / case.replace(" ", "-")
+        started[case] = subprocess.Popen(
+            [*BERTH, "serve", *flags],
+            env={
+                **clean,
+                "BERTH_DATA_DIR": str(data),
+                "BERTH_LISTEN": f"127.0.0.1:{free_port()}",
+                **env,
+            },
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+        )
+    for case, process in started.items():
+        try:
+            out, err = process.communicate(timeout=120)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            out, err = process.communicate()
+        expected = cases[case][2]
+        assert process.returncode == 2, (case, out, err)
+        assert err.startswith("error: ") and expected in err, (case, err)
+        assert "Usage:" not in err + out and "pydantic" not in err, (case, err)
+        assert not (tmp_path / case.replace(" ", "-")).exists(), f"{case}: data created"
+
+
+def test_a_second_server_on_a_taken_address_refuses(tmp_path: Path) -> None:
+    fresh = tmp_path / "new-data"
+    first = BerthServer(tmp_path / "first", serve_args=["--data-dir", str(fresh)]).start()
+    try:
+        # The data directory serve created is private, and so is the database in it.
+        assert stat.S_IMODE(fresh.stat().st_mode) == 0o700
+        assert stat.S_IMODE((fresh / "berth.db").stat().st_mode) == 0o600
+        second = subprocess.run(
+            [*BERTH, "serve", "--data-dir", str(tmp_path / "second")],
+            env=first.env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert second.returncode != 0
+        assert f"error: address {first.address} is already in use" in second.stderr
+        assert not (tmp_path / "second").exists()
+        with httpx.Client(base_url=first.url) as client:
+            answers = [client.get("/healthz").status_code for _ in range(20)]
+        assert answers == [200] * 20
+        assert first.process is not None and first.process.poll() is None
+    finally:
+        first.stop()

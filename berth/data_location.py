@@ -1,0 +1,95 @@
+"""Where a deployment's data lives: the data directory and the metadata database.
+
+Only `berth serve` and `berth init` create them; admin verbs refuse to work on data that is not
+there (a verb run from the wrong directory must not start a new, empty registry). The data
+directory is private to the server's user (0700), and so is an SQLite database (0600): it
+holds password and key hashes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+from pathlib import Path
+
+from sqlalchemy import inspect
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import create_async_engine
+
+from berth.config import Settings, config_file, setting_source
+from berth.metadata.migrate import upgrade
+
+
+def sqlite_file(settings: Settings) -> Path | None:
+    """The SQLite database file, or None for a database server."""
+    url = make_url(settings.resolved_database_url)
+    if url.get_backend_name() != "sqlite" or not url.database:
+        return None
+    return Path(url.database).absolute()
+
+
+def shown_database(settings: Settings) -> str:
+    """The database as a person reads it: the file, or the URL without its password."""
+    path = sqlite_file(settings)
+    if path is not None:
+        return f"SQLite {path}"
+    return make_url(settings.resolved_database_url).render_as_string(hide_password=True)
+
+
+async def _has_schema(url: str) -> bool:
+    engine = create_async_engine(url)
+    try:
+        async with engine.connect() as connection:
+            return await connection.run_sync(
+                lambda sync: inspect(sync).has_table("alembic_version")
+            )
+    finally:
+        await engine.dispose()
+
+
+def missing_data(settings: Settings) -> str | None:
+    """Why there is no Berth data where the settings point, or None when there is."""
+    data_dir = settings.data_dir.absolute()
+    if not data_dir.is_dir():
+        return f"no Berth data directory at {data_dir}"
+    database = sqlite_file(settings)
+    if database is not None:
+        return None if database.is_file() else f"no Berth database at {database}"
+    try:
+        if asyncio.run(_has_schema(settings.resolved_database_url)):
+            return None
+    except Exception as exc:  # any driver's refusal: said, not shown as a traceback
+        return f"cannot open the database {shown_database(settings)}: {exc}"
+    return f"the database {shown_database(settings)} holds no Berth data"
+
+
+def where_to_point(flags: set[str] | frozenset[str] = frozenset()) -> str:
+    """How to point a verb at existing data, or make new data, for a refusal's second line."""
+    source = setting_source("data_dir", flags)
+    if source.startswith("data_dir in") and not config_file().is_file():
+        source = f"the default, berth-data in the working directory {Path.cwd()}"
+    return (
+        f"(data_dir: {source}; config file: {config_file()}"
+        f"{'' if config_file().is_file() else ', not found'})\n"
+        "Point berth at the server's data with `berth --data-dir DIR ...`, BERTH_DATA_DIR=DIR, "
+        "or data_dir (and database_url) in the file named by BERTH_CONFIG; "
+        "`berth init` (or `berth serve`) creates new data there."
+    )
+
+
+def create_data(settings: Settings) -> None:
+    """Create the data directory and database where missing; bring the schema up to date."""
+    data_dir = settings.data_dir.absolute()
+    if not data_dir.is_dir():
+        data_dir.mkdir(mode=0o700, parents=True)
+        data_dir.chmod(0o700)  # whatever the umask
+    database = sqlite_file(settings)
+    if database is not None:
+        database.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        try:
+            os.close(os.open(database, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        except FileExistsError:
+            with contextlib.suppress(PermissionError):  # not ours to change
+                database.chmod(0o600)  # one made by an older Berth was 0644
+    upgrade(settings.resolved_database_url)
