@@ -81,6 +81,7 @@ def launch(work: Path, metering: bool) -> Server:
         "BERTH_TRAFFIC_METERING": "true" if metering else "false",
     }
     for argv in (
+        [str(BERTH), "init"],  # admin verbs work only on data that exists
         [str(BERTH), "project", "create", PROJECT],
         [str(BERTH), "repo", "create", f"{PROJECT}/{REPOSITORY}"],
     ):

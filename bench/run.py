@@ -187,6 +187,7 @@ def launch_berth(work: Path, workers: int) -> Server:
         "BERTH_TOKEN_TTL": "3600",  # registry tokens outlive the run (settings ignore unknowns)
     }
     for argv in (
+        [str(BERTH), "init"],  # admin verbs work only on data that exists
         [str(BERTH), "project", "create", PROJECT],
         [str(BERTH), "repo", "create", f"{PROJECT}/{REPOSITORY}"],
     ):
