@@ -847,12 +847,12 @@ def test_on_a_project_host_the_commands_name_the_project_host(
         page.goto(f"https://{host}/")  # a registry host's root opens the console there
         expect(page.get_by_label("User name")).to_be_focused()
         assert page.url.startswith(f"https://{host}/console/")
-        page.goto(f"https://{host}/console/#/projects/{projects.main}/keys")
-        expect(page.get_by_label("User name")).to_be_focused()
         page.keyboard.type(user)
         page.keyboard.press("Tab")
         page.keyboard.type("host-style-password")
         page.keyboard.press("Enter")
+        expect(page.get_by_test_id("signed-in-user")).to_contain_text(user)
+        page.goto(f"https://{host}/console/#/projects/{projects.main}/keys")
         expect(page.get_by_role("heading", level=1, name="Access keys")).to_be_visible()
         page.get_by_role("button", name="Create access key").click()
         page.get_by_role("dialog", name="Create access key").get_by_role(
