@@ -15,10 +15,12 @@ from starlette.routing import Mount, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from berth.api.app import MOUNT_PATH, create_api
+from berth.api.problems import problem
 from berth.auth.routes import routes as auth_routes
 from berth.config import Settings, load_settings
 from berth.console.routes import routes as console_routes
-from berth.domain.errors import RegistryError
+from berth.domain.errors import HostInvalid, RegistryError
+from berth.domain.names import normalized_host
 from berth.registry.routes import error_response
 from berth.registry.routes import routes as registry_routes
 from berth.state import Services
@@ -43,6 +45,47 @@ class RegistryHeaders:
             await send(message)
 
         await self.app(scope, receive, send_with_header)
+
+
+class HostCheck:
+    """Refuses a request whose Host header is not a host name or address (with an optional
+    port) before anything uses it (token realm and service, project routing, links), and
+    hands the rest on with the host in lowercase: host names are case-insensitive."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = scope.get("headers", [])
+        hosts = [value for name, value in headers if name == b"host"]
+        if not hosts:
+            await self.app(scope, receive, send)
+            return
+        host = normalized_host(hosts[0].decode("latin-1")) if len(hosts) == 1 else None
+        if host is None:
+            await _bad_host(scope)(scope, receive, send)
+            return
+        scope = dict(scope)
+        scope["headers"] = [
+            (name, host.encode() if name == b"host" else value) for name, value in headers
+        ]
+        await self.app(scope, receive, send)
+
+
+def _bad_host(scope: Scope) -> Response:
+    message = (
+        "the Host header must be one host name or IP address, with an optional port "
+        "(e.g. demo.kr-central-2.kcr.dev or 127.0.0.1:5000)"
+    )
+    path: str = scope.get("path", "")
+    if path.startswith(("/v2", "/auth")):
+        return error_response(HostInvalid(message))
+    if path.startswith(MOUNT_PATH):
+        return problem(400, message, HostInvalid.code)
+    return PlainTextResponse(message + "\n", status_code=400)
 
 
 async def healthz(request: Request) -> Response:
@@ -101,4 +144,5 @@ def create_app(settings: Settings | None = None) -> Starlette:
         lifespan=lifespan,
     )
     app.add_middleware(RegistryHeaders)
+    app.add_middleware(HostCheck)  # added last: runs first
     return app

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import ipaddress
 import os
 import socket
 import ssl
@@ -43,17 +44,40 @@ def _bootstrap_admin(settings: Settings, url: str) -> None:
     )
 
 
-def base_url(settings: Settings) -> str:
+def public_url(settings: Settings) -> str:
+    """Where users reach this server: with a domain configured, its registry host
+    `{region}.{domain}` (which a certificate for the domain covers, unlike 127.0.0.1), with the
+    port unless it is the scheme's own; else the address it listens on."""
     host, port = settings.host_and_port
-    scheme = "https" if settings.tls_cert is not None else "http"
-    return f"{scheme}://{f'[{host}]' if ':' in host else host}:{port}"
+    tls = settings.tls_cert is not None and settings.tls_key is not None
+    scheme = "https" if tls else "http"
+    if has_domain(settings):
+        default_port = 443 if tls else 80
+        name = settings.project_host_suffix.lstrip(".")
+        return f"{scheme}://{name}" + ("" if port == default_port else f":{port}")
+    shown_host = f"[{host}]" if ":" in host else host
+    return f"{scheme}://{shown_host}:{port}"
+
+
+def has_domain(settings: Settings) -> bool:
+    """A domain of the server's own (not the default `localhost`, not an IP address)."""
+    domain = settings.domain.strip(".").lower()
+    return domain not in ("localhost", "") and not _is_ip_address(domain)
+
+
+def _is_ip_address(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text.strip("[]"))
+    except ValueError:
+        return False
+    return True
 
 
 def initialise(settings: Settings) -> None:
     """Create the data directory and database (where missing) and, on an empty database, the
     administrator: what `berth init` does, and `berth serve` before serving."""
     create_data(settings)
-    _bootstrap_admin(settings, base_url(settings))
+    _bootstrap_admin(settings, public_url(settings))
 
 
 def _check_tls(settings: Settings, flags: Collection[str]) -> None:
@@ -129,7 +153,7 @@ def check(settings: Settings, flags: Collection[str] = ()) -> None:
 def serve(settings: Settings, flags: Collection[str] = ()) -> None:
     check(settings, flags)
     settings.data_dir = settings.data_dir.resolve()
-    base = base_url(settings)
+    base = public_url(settings)
     print(f"Berth registry on {base}  (data in {settings.data_dir})")
     print(f"Web console: {base}/console/  (sign in as admin with its password)")
     print(f"Management API and its documentation: {base}/api/v1/docs")

@@ -8,6 +8,7 @@ from berth.auth.keyring import Keyring
 from berth.auth.throttle import LoginThrottle
 from berth.auth.tokens import Tokens
 from berth.config import Settings
+from berth.domain.names import RegistryAddress, hostname_of, registry_address
 from berth.jobs import Job, Scheduler
 from berth.metadata.database import Database
 from berth.services.gc import GarbageCollector
@@ -87,16 +88,27 @@ class Services:
         )
 
     def host_project(self, host: str | None) -> str | None:
-        """The project a `{project}.{region}.{domain}[:port]` Host names; None for path style."""
+        """The project a `{project}.{region}.{domain}[:port]` Host names; None for path style.
+
+        Host names are case-insensitive: `DEMO.{region}.{domain}` is project `demo`.
+        """
         if not host:
             return None
-        hostname = host.rsplit(":", 1)[0] if not host.endswith("]") else host
-        suffix = self.settings.project_host_suffix
+        hostname = hostname_of(host).lower()
+        suffix = self.settings.project_host_suffix.lower()
         if hostname.endswith(suffix):
             project = hostname[: -len(suffix)]
             if project and "." not in project:
                 return project
         return None
+
+    def registry_address(self, project: str, host: str | None) -> RegistryAddress:
+        """Where clients that reached this server at `host` find `project`'s registry (the
+        address the server listens on when the request named no host)."""
+        if not host:
+            listen_host, port = self.settings.host_and_port
+            host = f"[{listen_host}]:{port}" if ":" in listen_host else f"{listen_host}:{port}"
+        return registry_address(project, host, self.settings.project_host_suffix)
 
     def start(self) -> None:
         """Background work of a serving process (not of CLI verbs)."""

@@ -497,6 +497,73 @@ def test_a_key_works_only_in_its_own_project(world: World) -> None:
     assert refused(replayed)
 
 
+def login_token(world: World, credentials: Credentials, host: str | None = None) -> httpx.Response:
+    """docker login's token request (no scope) on `host` (path style without)."""
+    host = host or world.server.address
+    return world.http.get(
+        "/auth/token",
+        params={"service": host, "account": credentials[0], "client_id": "docker"},
+        auth=credentials,
+        headers={"Host": host},
+    )
+
+
+def test_signing_in_on_a_project_host_fails_for_another_project_or_no_project(
+    world: World,
+) -> None:
+    """docker login's two requests, the token request and GET /v2/ with Basic credentials,
+    are refused at once on a project host that is not the key's project or no project."""
+    acme = f"{P}.local.localhost:{world.server.port}"
+    nope = f"nope.local.localhost:{world.server.port}"
+    globex_key = world.keys["other-project-key"]  # an acme admin's key made for globex
+    acme_key = world.keys["project-reader"]
+    for host, credentials, said in [
+        (acme, globex_key, f"belongs to project '{Q}', not '{P}'"),
+        (nope, acme_key, "there is no project 'nope'"),
+    ]:
+        token = login_token(world, credentials, host)
+        assert token.status_code == 401 and error_codes(token) == ["UNAUTHORIZED"], token.text
+        assert said in message(token)
+        basic = world.http.get("/v2/", auth=credentials, headers={"Host": host})
+        assert_unauthorized(basic)
+        assert said in message(basic)
+    text = message(login_token(world, globex_key, acme))
+    assert f"sign in to {Q}.local.localhost with it" in text
+    # The same keys on their own project's host, and anywhere in path style, sign in.
+    assert login_token(world, acme_key, acme).status_code == 200
+    assert world.http.get("/v2/", auth=acme_key, headers={"Host": acme}).status_code == 200
+    assert login_token(world, globex_key).status_code == 200
+    # Host names are case-insensitive: ACME.LOCAL.LOCALHOST is acme's host.
+    upper = {"Host": acme.upper(), **ACCEPT}
+    assert world.http.get("/v2/", auth=acme_key, headers=upper).status_code == 200
+    pulled = world.http.get("/v2/priv/manifests/seed", auth=acme_key, headers=upper)
+    assert pulled.status_code == 200, pulled.text
+
+
+def test_a_refused_push_names_the_role_that_may_not_push(world: World) -> None:
+    name = world.repos["private"]
+    with world.client_as("project-reader", "basic", "") as reader:
+        refused_push = reader.post(uploads_path(name), headers={"Content-Length": "0"})
+    assert_denied(refused_push)
+    text = message(refused_push)
+    assert f"their role reader in project '{P}' may only pull" in text, text
+    assert "ask a project admin for a role that may push" in text
+    with world.client_as("repository-viewer", "basic", "") as viewer:
+        refused_push = viewer.post(uploads_path(name), headers={"Content-Length": "0"})
+    assert f"their role viewer on repository {name} may only pull" in message(refused_push)
+
+
+def test_a_user_password_is_not_an_access_key(world: World) -> None:
+    """docker login with the console's user name and password: told to use an access key."""
+    for credentials in (("admin", ADMIN_PASSWORD), (world.users["project-member"], PASSWORD)):
+        response = world.http.get("/v2/", auth=credentials)
+        assert_unauthorized(response)
+        text = message(response)
+        assert text.startswith("invalid access key ID or secret access key")
+        assert "not with a user name and password" in text, text
+        assert "not with a user name and password" in message(login_token(world, credentials))
+
+
 @pytest.mark.parametrize("mode", ["token", "basic"])
 def test_a_repository_role_does_not_reach_other_repositories_blobs(world: World, mode: str) -> None:
     """A repository member may push to acme/priv but not read acme/second: neither a mount

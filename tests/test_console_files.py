@@ -18,11 +18,12 @@ def test_root_redirects_browsers_to_the_console(sqlite_server: BerthServer) -> N
         assert client.get("/console").status_code in (301, 302, 307, 308)
 
 
-def test_a_project_host_root_is_not_the_console(sqlite_server: BerthServer) -> None:
+def test_a_project_host_root_opens_the_console(sqlite_server: BerthServer) -> None:
+    """A browser opening a registry host (a project's too) lands on the console there."""
     with httpx.Client(base_url=sqlite_server.url) as client:
         answer = client.get("/", headers={"Host": f"demo.local.localhost:{sqlite_server.port}"})
-    assert answer.status_code == 404
-    assert "registry of project demo" in answer.text
+    assert answer.status_code == 302
+    assert answer.headers["location"] == "/console/"
 
 
 def test_the_page_and_its_modules_load_only_from_the_server(sqlite_server: BerthServer) -> None:

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from berth.domain.digests import parse_digest
-from berth.domain.errors import DigestInvalid, ManifestInvalid, NameInvalid
+from berth.domain.errors import DigestInvalid, ManifestInvalid, NameInvalid, NameUnknown
 from berth.domain.manifests import (
     DOCKER_MANIFEST,
     OCI_INDEX,
@@ -16,7 +16,13 @@ from berth.domain.manifests import (
     parse_manifest,
     stored_blobs,
 )
-from berth.domain.names import is_valid_tag, split_name
+from berth.domain.names import (
+    is_valid_tag,
+    normalized_host,
+    project_name_problem,
+    registry_address,
+    split_name,
+)
 
 DIGEST = "sha256:" + "a" * 64
 
@@ -42,8 +48,76 @@ def test_host_style_name_has_no_project_component() -> None:
 
 
 def test_path_style_needs_a_project_and_repository() -> None:
-    with pytest.raises(NameInvalid, match="project first"):
+    # NAME_UNKNOWN: docker gives up at once on it (it retries NAME_INVALID for ~50 s).
+    with pytest.raises(NameUnknown, match="project first"):
         split_name("onlyone", None)
+
+
+@pytest.mark.parametrize("name", ["demo", "a", "0", "my-proj", "a1-b2-c3", "a" * 63])
+def test_project_names_are_dns_labels(name: str) -> None:
+    assert project_name_problem(name) is None
+
+
+@pytest.mark.parametrize(
+    ("name", "why"),
+    [
+        ("my_proj", "it contains '_'"),
+        ("a.b", "it contains '.'"),
+        ("-demo", "starts or ends with '-'"),
+        ("demo-", "starts or ends with '-'"),
+        ("Demo", "uppercase"),
+        ("a" * 64, "64 characters"),
+        ("", "empty"),
+        ("dé", "it contains 'é'"),
+    ],
+)
+def test_a_project_name_that_is_no_dns_label_is_refused_readably(name: str, why: str) -> None:
+    problem = project_name_problem(name)
+    assert problem is not None
+    assert why in problem
+    assert "lowercase letters, digits and '-' (not first or last), at most 63" in problem
+    assert "^[" not in problem and "pattern" not in problem  # never a regular expression
+
+
+@pytest.mark.parametrize(
+    ("host", "normalized"),
+    [
+        ("demo.kr-central-2.kcr.dev", "demo.kr-central-2.kcr.dev"),
+        ("DEMO.Kr-Central-2.KCR.dev:443", "demo.kr-central-2.kcr.dev:443"),
+        ("127.0.0.1:5000", "127.0.0.1:5000"),
+        ("[::1]:5000", "[::1]:5000"),
+        ("localhost", "localhost"),
+        ('a",realm="http://evil.example/x', None),
+        ("a b", None),
+        ("a/b", None),
+        ("a,b", None),
+        ("", None),
+        ("a:", None),
+        ("a:123456", None),
+        ("x" * 300, None),
+    ],
+)
+def test_the_host_header_grammar(host: str, normalized: str | None) -> None:
+    assert normalized_host(host) == normalized
+
+
+@pytest.mark.parametrize(
+    ("host", "login", "prefix"),
+    [
+        # Reached under the region's domain: the project's own host, with the port used.
+        ("kr-central-2.kcr.dev", "demo.kr-central-2.kcr.dev", "demo.kr-central-2.kcr.dev"),
+        ("web.kr-central-2.kcr.dev:8443", "demo.kr-central-2.kcr.dev:8443", None),
+        # Anywhere else: path style on that same host and port.
+        ("localhost:5000", "localhost:5000", "localhost:5000/demo"),
+        ("127.0.0.1:5000", "127.0.0.1:5000", "127.0.0.1:5000/demo"),
+        ("berth.corp:5000", "berth.corp:5000", "berth.corp:5000/demo"),
+        ("[::1]:5000", "[::1]:5000", "[::1]:5000/demo"),
+    ],
+)
+def test_the_registry_address_of_a_project(host: str, login: str, prefix: str | None) -> None:
+    address = registry_address("demo", host, ".kr-central-2.kcr.dev")
+    assert address.login == login
+    assert address.prefix == (prefix or login)
 
 
 @pytest.mark.parametrize("tag", ["latest", "v1.0", "_x", "A" * 128])

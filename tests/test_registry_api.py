@@ -55,11 +55,66 @@ def test_push_into_a_missing_repository_says_how_to_create_it(repo: Repo) -> Non
     response = repo.client.post(f"/v2/{repo.project}/missing/blobs/uploads/")
     assert response.status_code == 404
     assert error_code(response) == "NAME_UNKNOWN"
-    assert f"berth repo create {repo.project}/missing" in response.json()["errors"][0]["message"]
+    text = response.json()["errors"][0]["message"]
+    # Said to someone who may hold only an access key: the console or the API, not the CLI.
+    assert f"repository 'missing' does not exist in project '{repo.project}'" in text
+    assert "web console" in text and f"/api/v1/projects/{repo.project}/repositories" in text
+    assert "berth " not in text
     # Another project (existing or not) is none of this key's business: refused, nothing leaks.
     response = repo.client.post("/v2/noproject/missing/blobs/uploads/")
     assert response.status_code == 403
     assert error_code(response) == "DENIED"
+
+
+def test_a_project_host_name_that_repeats_the_project_says_so(repo: Repo) -> None:
+    """`demo.{region}.{domain}/demo/app/hello`: the project is in the host already."""
+    host = f"{repo.project}.local.localhost:{repo.server.port}"
+    response = repo.client.post(
+        f"/v2/{repo.project}/{repo.repository}/hello/blobs/uploads/", headers={"Host": host}
+    )
+    assert response.status_code == 404 and error_code(response) == "NAME_UNKNOWN"
+    text = response.json()["errors"][0]["message"]
+    assert f"this host already names project '{repo.project}'" in text, text
+    assert f"HOST/{repo.repository}/hello, not HOST/{repo.project}/{repo.repository}/hello" in text
+
+
+def test_a_name_without_a_repository_part_is_name_unknown(repo: Repo) -> None:
+    """`docker push 127.0.0.1:5000/hello:v1`: NAME_UNKNOWN, which docker does not retry."""
+    response = repo.client.post("/v2/hello/blobs/uploads/")
+    assert response.status_code == 404 and error_code(response) == "NAME_UNKNOWN"
+    assert "needs the project first" in response.json()["errors"][0]["message"]
+
+
+@pytest.mark.parametrize(
+    "host",
+    [
+        'a",realm="http://evil.example/x',
+        "evil.example/x",
+        "a b",
+        "a,b",
+        "a:port",
+        "x..example",
+    ],
+)
+def test_a_host_header_that_is_not_a_host_is_refused(repo: Repo, host: str) -> None:
+    """Nothing from a malformed Host reaches a challenge, a token, a link or the routing."""
+    for path in ("/v2/", f"/v2/{repo.name}/tags/list", "/auth/token"):
+        response = repo.client.get(path, headers={"Host": host})
+        assert response.status_code == 400, (path, response.status_code, response.text)
+        assert error_code(response) == "HOST_INVALID"
+        assert "evil" not in response.headers.get("www-authenticate", "")
+    api = repo.client.get("/api/v1/projects", headers={"Host": host})
+    assert api.status_code == 400 and api.json()["code"] == "HOST_INVALID"
+    assert api.headers["content-type"] == "application/problem+json"
+    assert repo.client.get("/console/", headers={"Host": host}).status_code == 400
+
+
+def test_the_challenge_names_the_host_in_lowercase(repo: Repo) -> None:
+    host = f"{repo.project.upper()}.LOCAL.localhost:{repo.server.port}"
+    anonymous = httpx.Client(base_url=repo.server.url)
+    challenge = anonymous.get("/v2/", headers={"Host": host}).headers["www-authenticate"]
+    lower = host.lower()
+    assert f'realm="http://{lower}/auth/token",service="{lower}"' in challenge
 
 
 def test_blob_is_stored_once_across_projects(server: BerthServer) -> None:

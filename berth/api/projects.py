@@ -5,11 +5,10 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from pydantic import BaseModel, Field
 
 from berth.api.deps import (
-    COMPONENT_PATTERN,
     CallerDep,
     ProjectContext,
     ReadProject,
@@ -17,8 +16,9 @@ from berth.api.deps import (
     ServerAdminProject,
     ServicesDep,
 )
-from berth.api.problems import responses
+from berth.api.problems import FieldError, responses
 from berth.domain.errors import Denied
+from berth.domain.names import PROJECT_NAME_RULE, project_name_problem
 from berth.state import Services
 
 router = APIRouter(prefix="/projects", tags=["projects"])
@@ -37,17 +37,22 @@ class Project(BaseModel):
     repository_quota: int = Field(description="the most repositories the project may hold")
     quota_is_default: bool = Field(description="the quota is the server's default")
     registry_host: str = Field(
-        description="the project's registry host, `{project}.{region}.{domain}` (docker login "
-        "it; add the port the server listens on when it is not 443)"
+        description="the project's own host name, `{project}.{region}.{domain}` (without port)"
+    )
+    registry_address: str = Field(
+        description="what `docker login` takes to reach this project's registry, with port: the "
+        "project's host when the request came through a host under `{region}.{domain}`, else "
+        "the host the request came to (path style)"
+    )
+    image_prefix: str = Field(
+        description="what this project's image names start with: `{registry_address}` (host "
+        "style) or `{registry_address}/{project}` (path style), then `/{repository}/{image}:{tag}`"
     )
 
 
 class NewProject(BaseModel):
-    name: str = Field(
-        pattern=COMPONENT_PATTERN,
-        max_length=63,
-        description="lowercase letters, digits, '-' and '_' (it becomes part of a host name)",
-    )
+    # Checked by the one project name grammar (berth.domain.names), which says what is wrong.
+    name: str = Field(max_length=255, description=PROJECT_NAME_RULE)
 
 
 class QuotaUpdate(BaseModel):
@@ -59,8 +64,13 @@ class QuotaUpdate(BaseModel):
 
 
 def _project(
-    services: Services, details: dict[str, Any], role: str | None, server_admin: bool
+    services: Services,
+    request: Request,
+    details: dict[str, Any],
+    role: str | None,
+    server_admin: bool,
 ) -> Project:
+    address = services.registry_address(details["name"], request.headers.get("host"))
     return Project(
         name=details["name"],
         created_at=details["created_at"],
@@ -71,16 +81,20 @@ def _project(
         repository_quota=details["repository_quota"],
         quota_is_default=details["quota_is_default"],
         registry_host=details["name"] + services.settings.project_host_suffix,
+        registry_address=address.login,
+        image_prefix=address.prefix,
     )
 
 
-async def _describe(ctx: ProjectContext) -> Project:
+async def _describe(ctx: ProjectContext, request: Request) -> Project:
     [details] = await ctx.services.repositories.project_details([ctx.project_id])
-    return _project(ctx.services, details, ctx.role, ctx.is_server_admin)
+    return _project(ctx.services, request, details, ctx.role, ctx.is_server_admin)
 
 
 @router.get("")
-async def list_projects(caller: CallerDep, services: ServicesDep) -> list[Project]:
+async def list_projects(
+    caller: CallerDep, services: ServicesDep, request: Request
+) -> list[Project]:
     """Projects where the caller has a project role (every project for a server
     administrator); an access key (or a token for one) sees only its own project."""
     principal = caller.principal
@@ -93,34 +107,40 @@ async def list_projects(caller: CallerDep, services: ServicesDep) -> list[Projec
         ids = list(roles)
     found = await services.repositories.project_details(ids)
     return [
-        _project(services, details, roles.get(details["id"]), principal.is_admin)
+        _project(services, request, details, roles.get(details["id"]), principal.is_admin)
         for details in found
         if principal.is_admin or details["id"] in roles
     ]
 
 
 @router.get("/{project}", responses=responses(404))
-async def show_project(ctx: ReadProject) -> Project:
-    """A project with the caller's role, its repository count and quota."""
-    return await _describe(ctx)
+async def show_project(ctx: ReadProject, request: Request) -> Project:
+    """A project with the caller's role, its repository count and quota, and the address of
+    its registry."""
+    return await _describe(ctx, request)
 
 
 @router.put("/{project}/quota", responses=responses(404))
-async def set_quota(ctx: ServerAdminProject, body: QuotaUpdate) -> Project:
+async def set_quota(ctx: ServerAdminProject, body: QuotaUpdate, request: Request) -> Project:
     """Set the project's repository quota (server administrators)."""
     await ctx.services.repositories.set_quota(ctx.project, body.repository_quota)
-    return await _describe(ctx)
+    return await _describe(ctx, request)
 
 
 @router.post("", status_code=201, responses=responses(409))
-async def create_project(caller: ServerAdmin, services: ServicesDep, body: NewProject) -> Project:
+async def create_project(
+    caller: ServerAdmin, services: ServicesDep, body: NewProject, request: Request
+) -> Project:
     """Create a project (server administrators)."""
     if caller.principal.key_project_id is not None:
         raise Denied(
             f"access key {caller.principal.key_id} works only in its own project; create "
             "projects signed in with a password, or with the CLI"
         )
+    problem = project_name_problem(body.name)
+    if problem is not None:
+        raise FieldError("name", problem)
     await services.repositories.create_project(body.name)
     project_id = await services.repositories.project_id(body.name)
     [details] = await services.repositories.project_details([project_id or 0])
-    return _project(services, details, None, True)
+    return _project(services, request, details, None, True)

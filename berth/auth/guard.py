@@ -12,6 +12,7 @@ from starlette.requests import Request
 from berth.auth.policy import Principal
 from berth.auth.tokens import InvalidToken, TokenClaims
 from berth.domain.errors import Denied, RegistryError, Unauthorized
+from berth.domain.names import hostname_of
 from berth.services.identity import KeyNotUsable
 from berth.state import Services
 
@@ -107,6 +108,28 @@ def _unauthorized(request: Request, message: str, scope: str | None = None) -> R
     return error
 
 
+async def check_login_host(services: Services, request: Request, principal: Principal) -> None:
+    """A sign-in on a project's host works only for that project: on a host that names no
+    project, or with an access key of another project, it fails now, saying why, rather than
+    at the first push or pull."""
+    project = services.host_project(request.headers.get("host"))
+    if project is None:
+        return  # path style: the project is in each name
+    project_id = await services.repositories.project_id(project)
+    if project_id is None:
+        raise Unauthorized(
+            f"there is no project {project!r}: {hostname_of(request.headers['host'])} names a "
+            "project that does not exist; check the host name"
+        )
+    if principal.key_project_id not in (None, project_id):
+        key_project = await services.repositories.project_name(principal.key_project_id)
+        raise Unauthorized(
+            f"access key {principal.key_id} belongs to project {key_project!r}, not "
+            f"{project!r}: sign in to {key_project}{services.settings.project_host_suffix} "
+            f"with it, or create an access key in project {project!r}"
+        )
+
+
 def require_authenticated(request: Request, caller: Caller) -> None:
     if caller.principal is None:
         raise _unauthorized(request, "authentication required: docker login with an access key")
@@ -120,8 +143,10 @@ def refuse(
     allowed: frozenset[str],
     project_id: int | None = None,
     key_project: str | None = None,
+    role: str | None = None,
 ) -> RegistryError:
-    """The error for a caller who lacks `needed` on `scope`'s repository."""
+    """The error for a caller who lacks `needed` on `scope`'s repository; `role` says which
+    role the caller has there (e.g. `reader in project 'demo'`)."""
     if caller.principal is None:
         return _unauthorized(
             request,
@@ -141,6 +166,10 @@ def refuse(
             f": access key {principal.key_id} works only in project {key_project!r}; "
             "create an access key for this project"
         )
+    elif role and allowed:
+        may = " and ".join(sorted(allowed))
+        hint = f": their role {role} may only {may}; ask a project admin for a role that may"
+        hint += f" {wanted.split()[0]}"
     else:
         hint = "" if allowed else "; ask a project admin for a role"
     return Denied(

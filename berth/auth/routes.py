@@ -14,6 +14,7 @@ from berth.auth.guard import (
     TOKEN_PATH,
     authenticate_basic,
     basic_credentials,
+    check_login_host,
     client_address,
     service_name,
 )
@@ -92,6 +93,7 @@ async def _login(services: Services, request: Request, key_id: str, secret: str)
         )
         exc.headers["WWW-Authenticate"] = 'Basic realm="Berth token service"'
         raise
+    await check_login_host(services, request, principal)
     await services.identity.record(
         principal.user,
         "login",
@@ -155,6 +157,7 @@ async def post_token(request: Request) -> Response:
         principal = await services.identity.principal_for_token(
             int(claims["uid"]), str(claims["sub"]), key_id
         )
+        await check_login_host(services, request, principal)
     else:
         raise Unsupported("grant_type must be password or refresh_token", status=400)
     scopes = parse_scopes([field.get("scope", "")])

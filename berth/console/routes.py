@@ -11,12 +11,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from starlette.requests import Request
-from starlette.responses import PlainTextResponse, RedirectResponse, Response
+from starlette.responses import RedirectResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
-
-from berth.state import Services
 
 STATIC_DIR = Path(__file__).parent / "static"
 PATH = "/console"
@@ -49,15 +47,8 @@ class SecurityHeaders:
 
 
 async def root(request: Request) -> Response:
-    """`/` of the console's host goes to the console; a project host's `/` is the registry's."""
-    services: Services = request.app.state.services
-    project = services.host_project(request.headers.get("host"))
-    if project is not None:
-        return PlainTextResponse(
-            f"This is the registry of project {project}: docker login to this host with an "
-            "access key. The web console is at /console on the server's own address.",
-            status_code=404,
-        )
+    """`/` of any host of the server, a project's registry host included, opens the console
+    (on the same host: its certificate is the one the browser already trusts)."""
     return RedirectResponse(f"{PATH}/", status_code=302)
 
 

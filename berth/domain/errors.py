@@ -87,6 +87,13 @@ class Denied(RegistryError):
     status = 403
 
 
+class HostInvalid(RegistryError):
+    """A Host header that is not a host name or address (not an OCI code: none fits)."""
+
+    code = "HOST_INVALID"
+    status = 400
+
+
 class Unsupported(RegistryError):
     code = "UNSUPPORTED"
     status = 405

@@ -1,11 +1,12 @@
-"""Name, tag and reference grammar from the OCI Distribution Specification."""
+"""Names: the OCI Distribution grammar of names, tags and references, the grammar of project
+names (each becomes a DNS label of its registry host) and of the Host header."""
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
 
-from berth.domain.errors import NameInvalid
+from berth.domain.errors import NameInvalid, NameUnknown
 
 _COMPONENT = r"[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*"
 NAME_RE = re.compile(rf"{_COMPONENT}(?:/{_COMPONENT})*")
@@ -13,6 +14,86 @@ COMPONENT_RE = re.compile(_COMPONENT)
 TAG_RE = re.compile(r"[a-zA-Z0-9_][a-zA-Z0-9._-]{0,127}")
 # Hostnames are not part of a repository name; 255 is what docker allows for the whole reference.
 MAX_NAME_LENGTH = 255
+
+
+# A project is the first label of its host, `{project}.{region}.{domain}`: RFC 1123 label rules,
+# in lowercase (host names are case-insensitive; registry names are not).
+PROJECT_RE = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
+MAX_PROJECT_LENGTH = 63
+PROJECT_NAME_RULE = (
+    "lowercase letters, digits and '-' (not first or last), at most 63 characters: "
+    "it becomes the first label of the project's host name"
+)
+
+# What a Host header may be: a DNS name, an IPv4 address or a bracketed IPv6 address, with an
+# optional port. Anything else (quotes, spaces, commas, paths) is refused before it is used.
+_LABEL = r"[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?"
+HOST_RE = re.compile(rf"(?:(?:{_LABEL}\.)*{_LABEL}\.?|\[[0-9A-Fa-f:.]+\])(?::[0-9]{{1,5}})?")
+MAX_HOST_LENGTH = 260  # 253 for the name, a port
+
+
+def project_name_problem(name: str) -> str | None:
+    """Why `name` cannot name a project, for a person; None when it can."""
+    if PROJECT_RE.fullmatch(name) is not None:
+        return None
+    shown = name if len(name) <= 80 else name[:77] + "..."
+    if len(name) > MAX_PROJECT_LENGTH:
+        why = f"it has {len(name)} characters"
+    elif not name:
+        why = "it is empty"
+    elif name != name.lower() and PROJECT_RE.fullmatch(name.lower()):
+        why = "it has uppercase letters"
+    elif name[0] == "-" or name[-1] == "-":
+        why = "it starts or ends with '-'"
+    else:
+        bad = sorted(
+            {c for c in name if not (c.isascii() and (c.islower() or c.isdigit()))} - {"-"}
+        )
+        why = "it contains " + ", ".join(repr(c) for c in bad)
+    return f"invalid project name {shown!r} ({why}): use {PROJECT_NAME_RULE}"
+
+
+def normalized_host(host: str) -> str | None:
+    """The Host header in lowercase, or None when it is not a host name or address with an
+    optional port."""
+    if len(host) > MAX_HOST_LENGTH or HOST_RE.fullmatch(host) is None:
+        return None
+    return host.lower()
+
+
+def hostname_of(host: str) -> str:
+    """`name:port` -> `name`; `[::1]:port` -> `[::1]`."""
+    if host.startswith("["):
+        return host[: host.index("]") + 1]
+    return host.rsplit(":", 1)[0]
+
+
+@dataclass(frozen=True, slots=True)
+class RegistryAddress:
+    """How a client names a project's registry: `login` is what `docker login` takes, `prefix`
+    what an image name starts with (`{prefix}/{repository}/{image}:{tag}`)."""
+
+    login: str
+    prefix: str
+    host_style: bool
+
+
+def registry_address(project: str, host: str, project_host_suffix: str) -> RegistryAddress:
+    """The address of `project`'s registry for a client that reached this server at `host`.
+
+    A client that reached a host under `{region}.{domain}` (or that name itself) resolves the
+    project hosts too, so it gets the project's own host `{project}.{region}.{domain}`, with
+    the port it used; any other host (localhost, an IP address, another name) is path style on
+    that same host, the project being the first path component. Both are what the registry
+    routes (`Services.host_project`).
+    """
+    hostname = hostname_of(host).lower()
+    port = host[len(hostname) :]
+    suffix = project_host_suffix.lower()
+    if hostname == suffix.lstrip(".") or hostname.endswith(suffix):
+        own = f"{project}{suffix}{port}"
+        return RegistryAddress(own, own, host_style=True)
+    return RegistryAddress(host, f"{host}/{project}", host_style=False)
 
 
 def is_valid_name(name: str) -> bool:
@@ -39,6 +120,7 @@ class ImageName:
     repository: str
     image: str
     display: str
+    host_style: bool = False  # the project came from the host, not from the name
 
 
 def split_name(name: str, host_project: str | None) -> ImageName:
@@ -56,11 +138,12 @@ def split_name(name: str, host_project: str | None) -> ImageName:
     parts = name.split("/")
     if host_project is None:
         if len(parts) < 2:
-            raise NameInvalid(
-                f"repository name {name!r} needs the project first: {{project}}/{{repository}}[/image]",
+            # NAME_UNKNOWN, not NAME_INVALID: docker retries NAME_INVALID for about 50 s before
+            # it shows the message, and stops at once on NAME_UNKNOWN.
+            raise NameUnknown(
+                f"repository name {name!r} needs the project first: "
+                f"{{project}}/{{repository}}[/image], e.g. PROJECT/{name}",
                 {"name": name},
             )
-        project, parts = parts[0], parts[1:]
-    else:
-        project = host_project
-    return ImageName(project, parts[0], "/".join(parts[1:]), name)
+        return ImageName(parts[0], parts[1], "/".join(parts[2:]), name)
+    return ImageName(host_project, parts[0], "/".join(parts[1:]), name, host_style=True)

@@ -13,7 +13,16 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Route
 
-from berth.auth.guard import Caller, client_address, identify, refuse, require_authenticated
+from berth.auth.guard import (
+    Caller,
+    challenge,
+    check_login_host,
+    client_address,
+    identify,
+    refuse,
+    require_authenticated,
+)
+from berth.auth.policy import Principal
 from berth.domain.digests import is_digest
 from berth.domain.errors import (
     BlobUnknown,
@@ -92,14 +101,34 @@ async def _target(
     current, allowed = await _allowed(services, caller, name, project_id, repo)
     if not needed <= allowed:
         scope = f"repository:{name.display}:{_SCOPE_ACTIONS[min(needed)]}"
-        key_project = None
+        key_project = role = None
         principal = caller.principal
         if principal is not None and principal.key_project_id not in (None, project_id):
             key_project = await services.repositories.project_name(principal.key_project_id)
-        raise refuse(request, caller, scope, needed, current, project_id, key_project)
+        elif principal is not None and project_id is not None and current:
+            role = await _role(services, principal, name, project_id, repo)
+        raise refuse(request, caller, scope, needed, current, project_id, key_project, role)
     if repo is None:
         raise name_unknown(name, project_exists=project_id is not None)
     return services, name, repo
+
+
+async def _role(
+    services: Services,
+    principal: Principal,
+    name: ImageName,
+    project_id: int,
+    repo: RepositoryRef | None,
+) -> str | None:
+    """The caller's role here, for a refusal: `reader in project 'demo'`."""
+    role = await services.identity.project_role(principal.user_id, project_id)
+    if role is not None:
+        return f"{role} in project {name.project!r}"
+    if repo is not None:
+        role = await services.identity.repository_role(principal.user_id, repo.id)
+        if role is not None:
+            return f"{role} on repository {name.project}/{name.repository}"
+    return None
 
 
 def _actor(request: Request) -> str:
@@ -140,7 +169,16 @@ def _page_link(path: str, page: Page, limit: int | None, extra: dict[str, str]) 
 
 
 async def base(request: Request) -> Response:
-    require_authenticated(request, await identify(_services(request), request))
+    """The login check of every client: signed in, and (on a project host) for this project."""
+    services = _services(request)
+    caller = await identify(services, request)
+    require_authenticated(request, caller)
+    assert caller.principal is not None
+    try:
+        await check_login_host(services, request, caller.principal)
+    except RegistryError as exc:
+        exc.headers["WWW-Authenticate"] = challenge(request)
+        raise
     return _json({})
 
 

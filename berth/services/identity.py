@@ -103,6 +103,19 @@ def new_key_id() -> str:
     return "BK" + "".join(secrets.choice(_KEY_ID_ALPHABET) for _ in range(18))
 
 
+def looks_like_key_id(text: str) -> bool:
+    """The shape of an access key ID (`BK` and 18 capitals or digits), which no user name has."""
+    return len(text) == 20 and text.startswith("BK") and text.isalnum() and text.isupper()
+
+
+# What a registry client that signed in with a user name and password is told.
+NOT_A_KEY = (
+    "invalid access key ID or secret access key: registry clients (docker, podman, ...) sign "
+    "in with an access key ID (BK...) and its secret, not with a user name and password; "
+    "create an access key under Access keys in the web console"
+)
+
+
 def new_secret() -> str:
     return secrets.token_urlsafe(30)
 
@@ -723,6 +736,8 @@ class Identity:
         # Compare against a stand-in hash when the key is unknown, so timing tells nothing.
         stored = record.secret_hash if record else self.keyring.hash_secret("\0")
         if not self.keyring.secret_matches(secret, stored) or record is None:
+            if not looks_like_key_id(key_id):
+                raise Unauthorized(NOT_A_KEY)
             raise Unauthorized("invalid access key ID or secret access key")
         if record.disabled:
             raise KeyNotUsable(f"access key {key_id} is disabled; enable it or create another")

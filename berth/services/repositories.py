@@ -13,7 +13,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from berth.domain.errors import NameInvalid, NameUnknown, RegistryError
-from berth.domain.names import ImageName, is_valid_component
+from berth.domain.names import ImageName, is_valid_component, project_name_problem
 from berth.metadata.database import Database
 from berth.metadata.queries import is_index_child
 from berth.metadata.tables import (
@@ -133,11 +133,9 @@ class Repositories:
         return repo
 
     async def create_project(self, name: str) -> dict[str, Any]:
-        if not is_valid_component(name) or len(name) > 63 or "." in name:
-            raise NameInvalid(
-                f"invalid project name {name!r}: lowercase letters, digits, '-' and '_', "
-                "up to 63 characters (it becomes part of a host name)"
-            )
+        problem = project_name_problem(name)
+        if problem is not None:
+            raise NameInvalid(problem, {"name": name[:80]})
         try:
             async with self.db.write() as conn:
                 await conn.execute(projects.insert().values(name=name, created_at=utcnow()))
@@ -448,10 +446,21 @@ async def require_project(conn: AsyncConnection, project: str) -> int:
 def name_unknown(name: ImageName, *, project_exists: bool) -> NameUnknown:
     if not project_exists:
         return NameUnknown(f"project {name.project!r} does not exist", {"project": name.project})
+    detail = {"project": name.project, "repository": name.repository}
+    if name.host_style and name.repository == name.project:
+        rest = name.display.split("/", 1)[1] if "/" in name.display else "REPOSITORY/IMAGE"
+        return NameUnknown(
+            f"repository {name.repository!r} does not exist in project {name.project!r}; this "
+            f"host already names project {name.project!r}, so leave it out of the image name: "
+            f"HOST/{rest}, not HOST/{name.project}/{rest}",
+            detail,
+        )
+    # Said to registry clients, who may hold only an access key: no server commands.
     return NameUnknown(
-        f"repository {name.repository!r} does not exist in project {name.project!r}; "
-        f"create it first (berth repo create {name.project}/{name.repository})",
-        {"project": name.project, "repository": name.repository},
+        f"repository {name.repository!r} does not exist in project {name.project!r}; a project "
+        "member creates it first, in the web console (Repositories, Create repository) or with "
+        f"POST /api/v1/projects/{name.project}/repositories",
+        detail,
     )
 
 

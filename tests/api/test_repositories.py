@@ -221,6 +221,17 @@ def test_projects(team: Team) -> None:
     ]
     shown = ok(team["project-admin"].get(team.url()))
     assert shown["role"] == "admin" and shown["registry_host"] == f"{team.project}.local.localhost"
+    # Where clients reach it, as the server routes it: path style on the address used here,
+    # the project's own host (with the port) when reached under the region's domain.
+    address = team.server.address
+    assert (shown["registry_address"], shown["image_prefix"]) == (
+        address,
+        f"{address}/{team.project}",
+    )
+    own_host = f"{team.project}.local.localhost:{team.server.port}"
+    for reached_at in (f"local.localhost:{team.server.port}", own_host.upper()):
+        via_domain = ok(team["reader"].get(team.url(), headers={"Host": reached_at}))
+        assert (via_domain["registry_address"], via_domain["image_prefix"]) == (own_host, own_host)
     # Project creation is for server administrators signed in without a project key.
     assert_problem(team["project-admin"].post("/projects", json={"name": "nope"}), 403)
     assert_problem(team.admin.post("/projects", json={"name": "nope"}), 403)
@@ -232,4 +243,16 @@ def test_projects(team: Team) -> None:
         assert created["server_admin"] and created["role"] is None
         assert_problem(admin.post("/projects", json={"name": name}), 409, code="CONFLICT")
         assert_problem(admin.post("/projects", json={"name": "Bad"}), 422, fields=("name",))
+        # A project name becomes a host name label: one readable message, never a pattern.
+        for bad, why in [("my_proj", "'_'"), ("a.b", "'.'"), ("-x", "'-'"), ("a" * 64, "64")]:
+            body = assert_problem(
+                admin.post("/projects", json={"name": bad}), 422, fields=("name",)
+            )
+            [field_problem] = body["errors"]
+            assert why in field_problem["message"]
+            assert (
+                "lowercase letters, digits and '-' (not first or last), at most 63"
+                in (field_problem["message"])
+            )
+            assert "pattern" not in body["detail"] and "^" not in body["detail"]
         assert name in {p["name"] for p in ok(admin.get("/projects"))}

@@ -62,22 +62,28 @@ class Projects:
 
     main: str  # the round trips of every client, as the administrator
     auth: str  # logins, logouts, wrong secrets and pull secrets
+    missing: str  # never created: its host resolves, and names no project
 
     @property
     def all(self) -> list[str]:
         return [self.main, self.auth]
 
+    @property
+    def hosts(self) -> list[str]:
+        """Every project name whose host the clients resolve."""
+        return [*self.all, self.missing]
+
 
 @pytest.fixture(scope="session")
 def projects() -> Projects:
     suffix = uuid.uuid4().hex[:8]
-    return Projects(main=f"clients{suffix}", auth=f"auth{suffix}")
+    return Projects(main=f"clients{suffix}", auth=f"auth{suffix}", missing=f"nope{suffix}")
 
 
 @pytest.fixture(scope="session")
 def project_hosts(projects: Projects) -> Iterator[HostsEntries]:
     """`127.0.0.1 {project}.kr-central-2.kcr.test ...` in /etc/hosts for the session."""
-    entries = HostsEntries([project_host(p) for p in projects.all])
+    entries = HostsEntries([project_host(p) for p in projects.hosts])
     entries.add()
     yield entries
     entries.remove()
@@ -144,7 +150,7 @@ def auth_registry(berth: BerthServer, projects: Projects, trust: Trust) -> Regis
 @pytest.fixture(scope="session")
 def registry_addresses(berth: BerthServer, projects: Projects) -> list[str]:
     """Every `host:port` the session's clients use to reach Berth."""
-    return [f"{project_host(p)}:{berth.port}" for p in projects.all] + [berth.address]
+    return [f"{project_host(p)}:{berth.port}" for p in projects.hosts] + [berth.address]
 
 
 # ----------------------------------------------------------------------------- test content

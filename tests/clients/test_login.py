@@ -9,17 +9,21 @@ use a key of their own: failed logins are throttled per key.
 from __future__ import annotations
 
 import json
+import time
+import uuid
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from tests.clients.commands import Docker, Podman, Result, Skopeo
+from tests.clients.conftest import Projects
 from tests.clients.layouts import OciLayout, TestImage
 from tests.clients.machine import DockerCertsDirs
 from tests.clients.registry import Registry, Trust
 from tests.clients.tools import output
-from tests.servers import BerthServer, free_port
+from tests.servers import ADMIN_PASSWORD, BerthServer, free_port
 
 pytestmark = pytest.mark.clients
 
@@ -100,6 +104,69 @@ def test_docker_push_and_pull_work_after_login_and_fail_after_logout(
     pull = failed(docker_client("pull", str(ref), check=False))
     assert_asked_to_authenticate(push)
     assert_asked_to_authenticate(pull)
+
+
+def test_docker_login_on_a_host_of_no_project_fails_at_login(
+    docker_client: Docker, auth_registry: Registry, projects: Projects
+) -> None:
+    """`nope.{region}.{domain}` resolves (a wildcard DNS name) but names no project."""
+    assert auth_registry.credentials
+    key_id, secret = auth_registry.credentials
+    nowhere = replace(auth_registry, project=projects.missing).address
+
+    result = docker_client(
+        "login", nowhere, "--username", key_id, "--password", secret, check=False
+    )
+
+    printed = failed(result)
+    assert f"unauthorized: there is no project '{projects.missing}'" in printed, printed
+    assert "check the host name" in printed
+
+
+def test_docker_login_with_a_key_of_another_project_fails_at_login(
+    docker_client: Docker, registry: Registry, auth_registry: Registry
+) -> None:
+    assert auth_registry.credentials
+    key_id, secret = auth_registry.credentials  # a key of the auth project
+
+    result = docker_client(
+        "login", registry.address, "--username", key_id, "--password", secret, check=False
+    )
+
+    printed = failed(result)
+    said = f"access key {key_id} belongs to project '{auth_registry.project}', not '{registry.project}'"
+    assert said in printed, printed
+    # The same key on its own project's host signs in.
+    assert "Login Succeeded" in docker_client.login().stdout
+
+
+def test_docker_login_with_a_user_password_says_to_use_an_access_key(
+    docker_client: Docker, auth_registry: Registry
+) -> None:
+    result = docker_client(
+        "login", auth_registry.address, "--username", "admin", "--password", ADMIN_PASSWORD,
+        check=False,
+    )  # fmt: skip
+
+    printed = failed(result)
+    assert "not with a user name and password" in printed, printed
+
+
+def test_docker_push_without_a_repository_part_fails_at_once(
+    docker: Docker, registry: Registry, test_image: TestImage, tmp_path: Path
+) -> None:
+    """`docker push 127.0.0.1:PORT/hello:v1` (path style: no project and repository): docker
+    retries NAME_INVALID for ~50 s; Berth's answer stops it at once with the reason."""
+    path_style = registry.path_style()
+    reference = f"{path_style.address}/hello{uuid.uuid4().hex[:6]}:v1"
+    docker.import_image(test_image, reference, tmp_path)
+
+    started = time.monotonic()
+    printed = failed(docker("push", reference, check=False))
+    took = time.monotonic() - started
+
+    assert "needs the project first" in printed, printed
+    assert took < 5, f"docker push took {took:.1f} s: {printed}"
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from playwright.sync_api import Browser, Page, expect
+from playwright.sync_api import Browser, Locator, Page, expect
 
 from tests.clients.conftest import Projects
 from tests.clients.console.conftest import (
@@ -122,9 +122,8 @@ def test_create_a_repository_and_a_key_then_docker_login_and_push(
 
     expect(page.get_by_role("heading", level=1, name="web")).to_be_visible()
     expect(page.get_by_test_id("image-count")).to_have_text("0")
-    expect(page.get_by_test_id("pull-command")).to_contain_text(
-        f"docker pull {tenant.server.address}/{tenant.project}/web:TAG"
-    )
+    # No image yet: no pull command (it would name an image that does not exist).
+    expect(page.get_by_test_id("pull-command")).to_have_count(0)
 
     open_project_page(page, tenant, "Access keys")
     expect(page.get_by_text("No access keys yet")).to_be_visible()
@@ -575,6 +574,50 @@ def test_an_index_shows_its_platforms_and_signature(page: Page, tenant: Tenant) 
     ).to_be_visible()
 
 
+def test_every_command_on_the_repository_page_works_as_shown(
+    page: Page,
+    tenant: Tenant,
+    dockerd: Dockerd,
+    test_image: TestImage,
+    tmp_path: Path,
+) -> None:
+    """Each pull command the page shows, copied with its button and run by docker, pulls."""
+    tenant.create_repository("web")
+    assert "Writing manifest" in skopeo_push(tenant, test_image, "web/frontend:v1")
+    sign_in(page, tenant)
+    page.context.grant_permissions(["clipboard-read", "clipboard-write"])
+    page.get_by_role("link", name="web", exact=True).click()
+    expect(page.get_by_test_id("image-count")).to_have_text("1")
+
+    def copied(button: Locator) -> str:
+        button.click()
+        return str(page.evaluate("navigator.clipboard.readText()"))
+
+    image = f"{tenant.server.address}/{tenant.project}/web/frontend"
+    main = page.locator(".pull")
+    commands = [copied(main.get_by_role("button", name=re.compile("^Copy")))]
+    assert commands[0] == f"docker pull {image}:v1"  # the image under the repository
+    images = page.get_by_role("table", name="Images")
+    commands.append(copied(images.get_by_role("button", name=re.compile("^Copy pull"))))
+    page.get_by_role("tab", name="Tags").click()
+    tags = page.get_by_role("table", name="Tags")
+    commands.append(copied(tags.get_by_role("button", name=re.compile("^Copy pull"))))
+    assert commands[1].startswith(f"docker pull {image}@sha256:")
+    assert commands[2] == f"docker pull {image}:v1"
+
+    config = tmp_path / "docker-config"
+    config.mkdir()
+    (config / "config.json").write_text('{"auths": {}}\n')
+    env = {**dockerd.env, "DOCKER_CONFIG": str(config)}
+    key_id, secret = tenant.server.access_key(tenant.project)
+    login = [dockerd.cli, "login", tenant.server.address, "-u", key_id, "--password-stdin"]
+    assert "Login Succeeded" in run(login, env, input=secret).stdout
+    for command in commands:
+        pulled = run(shlex.split(command), env, check=False)
+        assert pulled.returncode == 0, f"{command}: {output(pulled)}"
+        run([dockerd.cli, "rmi", "-f", command.split()[-1]], env, check=False)
+
+
 def test_change_settings_then_delete_the_repository(page: Page, tenant: Tenant) -> None:
     admin = tenant.api()
     tenant.create_repository("tmp")
@@ -682,9 +725,23 @@ def test_the_server_administrator_creates_a_project(page: Page, tenant: Tenant) 
     page.get_by_role("button", name="Sign in").click()
     expect(page.get_by_role("heading", level=1, name="Projects")).to_be_visible()
     expect(page.get_by_role("link", name=tenant.project)).to_be_visible()
+    # The registry each project is reached at, as the server says it (here: path style on the
+    # address the browser used, with its port).
+    row = page.get_by_role("row").filter(has=page.get_by_role("link", name=tenant.project))
+    expect(row.get_by_test_id("project-registry")).to_have_text(
+        f"{tenant.server.address}/{tenant.project}"
+    )
     name = f"new{tenant.project[3:]}"
     page.get_by_role("button", name="Create project").click()
     dialog = page.get_by_role("dialog", name="Create project")
+    # A name that cannot be a host name: the server's one readable message, said once.
+    dialog.get_by_label("Project name").fill(f"my_{name}")
+    dialog.get_by_role("button", name="Create").click()
+    said = f"invalid project name 'my_{name}' (it contains '_')"
+    expect(dialog.get_by_text(said)).to_have_count(1)
+    expect(dialog.locator(".field-error")).to_contain_text("at most 63 characters")
+    expect(dialog.locator(".alert")).to_have_count(0)  # not repeated in a box below
+    expect(dialog).not_to_contain_text("should match pattern")
     dialog.get_by_label("Project name").fill(name)
     dialog.get_by_role("button", name="Create").click()
     expect(page.get_by_role("heading", level=1, name="Repositories")).to_be_visible()
@@ -787,12 +844,15 @@ def test_on_a_project_host_the_commands_name_the_project_host(
     context = browser.new_context(viewport={"width": 1280, "height": 860}, ignore_https_errors=True)
     try:
         page = context.new_page()
-        page.goto(f"https://{host}/console/#/projects/{projects.main}/keys")
+        page.goto(f"https://{host}/")  # a registry host's root opens the console there
         expect(page.get_by_label("User name")).to_be_focused()
+        assert page.url.startswith(f"https://{host}/console/")
         page.keyboard.type(user)
         page.keyboard.press("Tab")
         page.keyboard.type("host-style-password")
         page.keyboard.press("Enter")
+        expect(page.get_by_test_id("signed-in-user")).to_contain_text(user)
+        page.goto(f"https://{host}/console/#/projects/{projects.main}/keys")
         expect(page.get_by_role("heading", level=1, name="Access keys")).to_be_visible()
         page.get_by_role("button", name="Create access key").click()
         page.get_by_role("dialog", name="Create access key").get_by_role(
@@ -806,6 +866,11 @@ def test_on_a_project_host_the_commands_name_the_project_host(
         assert (
             f"--docker-server={host}" in created.get_by_test_id("pull-secret-command").inner_text()
         )
+        created.get_by_role("button", name="Done").click()
+        page.get_by_role("navigation", name="Project").get_by_role(
+            "link", name="Repositories"
+        ).click()
+        expect(page.get_by_text(f"push to {host}/REPOSITORY/IMAGE:TAG")).to_be_visible()
     finally:
         context.close()
     config = tmp_path / "docker-config"

@@ -1,22 +1,15 @@
-// How clients name this project's registry. On a real domain a project is a host,
-// `{project}.{region}.{domain}`; reached by IP address or `localhost` (a laptop, a test), the
-// same server takes path-style names, `host:port/{project}/...`.
-
-function pathStyle() {
-  const host = location.hostname;
-  return host === "localhost" || /^[\d.]+$/.test(host) || host.startsWith("[");
-}
+// How clients name a project's registry. The server decides (host style `{project}.{region}.{domain}`
+// or path style `host:port/{project}`, with the port) and says it in each project: the console
+// prints what it is given and computes nothing.
 
 /** What `docker login` takes. */
 export function loginAddress(project) {
-  if (pathStyle()) return location.host;
-  return project.registry_host + (location.port ? `:${location.port}` : "");
+  return project.registry_address;
 }
 
 /** `address/` before a repository name (path style: with the project). */
 export function imagePrefix(project) {
-  if (pathStyle()) return `${location.host}/${project.name}/`;
-  return `${loginAddress(project)}/`;
+  return `${project.image_prefix}/`;
 }
 
 export function imageName(project, repository, image = "") {

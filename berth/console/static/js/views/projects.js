@@ -17,7 +17,7 @@ export async function projectsView(main, ctx) {
         { title: "Project", cell: (p) => h("a", { href: `#/projects/${seg(p.name)}/repositories` }, p.name) },
         { title: "Your role", cell: (p) => p.role || (p.server_admin ? "server admin" : "–") },
         { title: "Repositories", cell: (p) => `${number(p.repositories)} / ${number(p.repository_quota)}`, class: "num" },
-        { title: "Registry", cell: (p) => h("code", {}, p.registry_host) },
+        { title: "Registry", cell: (p) => h("code", { "data-testid": "project-registry" }, p.image_prefix) },
       ],
       projects,
       {
@@ -35,7 +35,7 @@ function createProject(ctx) {
     title: "Create project",
     build(close) {
       const name = h("input", { type: "text", required: true, maxLength: 63, autocomplete: "off" });
-      const nameField = field("Project name", name, "Lowercase letters, digits, '-' and '_'. It becomes part of the registry host name.");
+      const nameField = field("Project name", name, "Lowercase letters, digits and '-', up to 63 characters. It becomes the first part of the project's registry host name.");
       const problem = h("div");
       const form = h(
         "form",
@@ -53,8 +53,10 @@ function createProject(ctx) {
           toast(`Project ${project.name} created`);
           ctx.navigate(`/projects/${seg(project.name)}/repositories`);
         } catch (err) {
-          nameField.setError(err.forField?.("name"));
-          clear(problem, errorBox(err));
+          // A refused name is said once, under the field; anything else in the box below.
+          const nameProblem = err.forField?.("name");
+          nameField.setError(nameProblem);
+          if (!nameProblem) clear(problem, errorBox(err));
         }
       });
       return form;

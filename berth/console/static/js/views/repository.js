@@ -21,6 +21,7 @@ export async function repositoryView(main, ctx) {
   const tab = TABS.some(([t]) => t === tabName) ? tabName : "images";
   const base = `/projects/${seg(project.name)}/repositories/${seg(name)}`;
   const repo = await api.get(base);
+  const pull = await pullCommand(project, repo, base);
   if (ctx.stale()) return;
   document.title = `${repo.name} · ${project.name} · Berth`;
 
@@ -47,7 +48,7 @@ export async function repositoryView(main, ctx) {
       fact("Created", timeElement(repo.created_at)),
       fact("Last modified", timeElement(repo.updated_at)),
     ),
-    h("div", { class: "pull" }, h("span", { class: "muted" }, "Pull"), copyable(`docker pull ${imageName(project, repo.name)}:TAG`, { testid: "pull-command" })),
+    pull ? h("div", { class: "pull" }, h("span", { class: "muted" }, "Pull"), copyable(pull, { testid: "pull-command" })) : null,
     h(
       "div",
       { class: "tabs", role: "tablist" },
@@ -59,6 +60,17 @@ export async function repositoryView(main, ctx) {
   );
   const tabCtx = { ...ctx, repo, base, panel };
   await { images: imagesTab, tags: tagsTab, history: historyTab, permissions: permissionsTab, settings: settingsTab }[tab](tabCtx);
+}
+
+/** `docker pull` of the newest image (by a tag when it has one): a command that works as
+ * shown. Images live under the repository (`repository/image`), so none is named without one. */
+async function pullCommand(project, repo, base) {
+  if (!repo.images) return null;
+  const found = await api.get(`${base}/images${query({ page: 1, per_page: PER_PAGE, referrers: false })}`);
+  const newest = found.items.find((i) => i.tags.length) || found.items[0];
+  if (!newest) return null;
+  const reference = newest.tags.length ? `:${newest.tags[0]}` : `@${newest.digest}`;
+  return `docker pull ${imageName(project, repo.name, newest.image)}${reference}`;
 }
 
 function fact(label, value) {

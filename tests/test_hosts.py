@@ -1,0 +1,66 @@
+"""Where users reach the server: the console's address in the start-up banner, project names
+that are host names, from the CLI as from the API."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import httpx
+import pytest
+
+from berth.config import Settings
+from berth.server import public_url
+from tests.servers import BerthServer
+from tests.tls import make_ca_and_cert
+
+
+def test_with_a_domain_and_tls_the_banner_names_the_console_on_the_domain(
+    tmp_path: Path,
+) -> None:
+    hosts = ["kr-central-2.kcr.test", "*.kr-central-2.kcr.test", "127.0.0.1"]
+    _, certificate, key = make_ca_and_cert(tmp_path / "tls", hosts)
+    server = BerthServer(
+        tmp_path / "data",
+        tls=(certificate, key),
+        extra_env={"BERTH_DOMAIN": "kcr.test", "BERTH_REGION": "kr-central-2"},
+    )
+    server.start()
+    try:
+        banner = (server.data_dir / "server.log").read_text()
+        # The certificate names the domain, not 127.0.0.1: the banner gives the domain's name.
+        assert f"Web console: https://kr-central-2.kcr.test:{server.port}/console/" in banner
+        assert f"https://127.0.0.1:{server.port}/console" not in banner
+        assert f"docker login kr-central-2.kcr.test:{server.port}" in banner
+        # A browser opening a registry host's root (a project's host too) goes to the console.
+        with httpx.Client(base_url=server.url, verify=server.ssl_context()) as client:
+            for host in ("kr-central-2.kcr.test", "demo.kr-central-2.kcr.test"):
+                root = client.get("/", headers={"Host": f"{host}:{server.port}"})
+                assert root.status_code == 302 and root.headers["location"] == "/console/"
+    finally:
+        server.stop()
+
+
+@pytest.mark.parametrize(
+    ("settings", "url"),
+    [
+        ({}, "http://127.0.0.1:5000"),
+        ({"listen": "[::1]:5000"}, "http://[::1]:5000"),
+        ({"domain": "kcr.dev", "region": "kr-central-2"}, "http://kr-central-2.kcr.dev:5000"),
+        (
+            {"domain": "kcr.dev", "listen": "0.0.0.0:443", "tls_cert": "c", "tls_key": "k"},
+            "https://local.kcr.dev",
+        ),
+        ({"domain": "10.0.0.5", "listen": "0.0.0.0:80"}, "http://0.0.0.0:80"),
+    ],
+)
+def test_the_public_url(settings: dict[str, str], url: str) -> None:
+    assert public_url(Settings(**settings)) == url
+
+
+def test_the_cli_refuses_a_project_name_that_is_no_host_name(sqlite_server: BerthServer) -> None:
+    refused = sqlite_server.cli("project", "create", "my_proj", check=False)
+    assert refused.returncode != 0
+    printed = " ".join((refused.stdout + refused.stderr).split())  # Rich wraps at 80 columns
+    assert "invalid project name 'my_proj'" in printed, printed
+    assert "lowercase letters, digits and '-'" in printed
+    assert "Traceback" not in printed
