@@ -16,7 +16,7 @@ from berth.domain.digests import parse_digest
 from berth.domain.errors import ManifestUnknown
 from berth.domain.manifests import INDEX_TYPES, parse_manifest
 from berth.metadata.database import Database
-from berth.metadata.queries import is_index_child
+from berth.metadata.queries import is_image, is_index_child
 from berth.metadata.tables import (
     blobs,
     image_events,
@@ -62,12 +62,10 @@ class Images:
 
     def _top_level(self, repo: RepositoryRef, image: str | None, referrers: bool) -> Select[Any]:
         query = select(*_IMAGE_COLUMNS).where(
-            manifests.c.repository_id == repo.id, ~is_index_child()
+            manifests.c.repository_id == repo.id, ~is_index_child() if referrers else is_image()
         )
         if image is not None:
             query = query.where(manifests.c.image == image)
-        if not referrers:
-            query = query.where(manifests.c.subject_digest.is_(None))
         return query
 
     async def list_images(
@@ -75,16 +73,15 @@ class Images:
         repo: RepositoryRef,
         *,
         image: str | None = None,
-        referrers: bool = True,
+        referrers: bool = False,
         page: int = 1,
         per_page: int = 20,
         descending: bool = True,
     ) -> tuple[list[dict[str, Any]], int]:
-        """One page of a repository's images (newest first) and how many there are: each with
-        its tags, size (manifest and every blob it needs, an index's platform manifests
-        included), platforms (for an index) and referrers. With `referrers` off, manifests
-        that refer to another (signatures, SBOMs) are left out of the page (they are still
-        listed under their subject)."""
+        """One page of a repository's images (newest first; `queries.is_image`) and how many
+        there are: each with its tags, size (manifest and every blob it needs, an index's
+        platform manifests included), platforms and referrers (signatures, SBOMs: listed under
+        their subject). With `referrers`, referrers get rows of their own as well."""
         listing = self._top_level(repo, image, referrers).subquery()
         order = (listing.c.pushed_at, listing.c.id)
         async with self.db.read() as conn:

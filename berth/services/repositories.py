@@ -15,7 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from berth.domain.errors import NameInvalid, NameUnknown, RegistryError
 from berth.domain.names import ImageName, is_valid_component
 from berth.metadata.database import Database
-from berth.metadata.queries import is_index_child
+from berth.metadata.queries import is_image
 from berth.metadata.tables import (
     UTCDateTime,
     manifests,
@@ -345,7 +345,7 @@ class Repositories:
                 func.count().label("images"),
                 func.max(manifests.c.pushed_at).label("pushed_at"),
             )
-            .where(manifests.c.repository_id.in_(in_project), ~is_index_child())
+            .where(manifests.c.repository_id.in_(in_project), is_image())
             .group_by(manifests.c.repository_id)
             .subquery()
         )

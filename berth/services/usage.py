@@ -22,7 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from berth.domain.errors import NameInvalid, NameUnknown
 from berth.metadata.database import Database
-from berth.metadata.queries import is_index_child
+from berth.metadata.queries import is_image
 from berth.metadata.tables import (
     blobs,
     manifests,
@@ -146,7 +146,7 @@ class Usage:
                 select(repositories.c.project_id, func.count())
                 .select_from(manifests)
                 .join(repositories, repositories.c.id == manifests.c.repository_id)
-                .where(~is_index_child())
+                .where(is_image())
                 .group_by(repositories.c.project_id)
             )
         )
@@ -383,7 +383,7 @@ class Usage:
                     select(func.count())
                     .select_from(manifests)
                     .join(repositories, repositories.c.id == manifests.c.repository_id)
-                    .where(repositories.c.project_id == project_id, ~is_index_child())
+                    .where(repositories.c.project_id == project_id, is_image())
                 )
             ).scalar() or 0
             settings_row = (
