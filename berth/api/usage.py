@@ -30,12 +30,6 @@ class StorageSample(BaseModel):
     images: int = Field(description="images stored (an index and its platform images count once)")
 
 
-class SummaryStorage(StorageSample):
-    measured_now: bool = Field(
-        description="true when no collection has happened yet and this was measured now"
-    )
-
-
 class RepositoryCount(BaseModel):
     stored: int
     maximum: int = Field(description="the project's repository quota")
@@ -59,7 +53,7 @@ class Summary(BaseModel):
     project: str
     repositories: RepositoryCount
     images: ImageCount
-    storage: SummaryStorage = Field(description="the last collection")
+    storage: StorageSample = Field(description="the last collection")
     traffic_this_month: MonthTraffic = Field(
         description="outbound traffic so far this month (written every few seconds)"
     )

@@ -166,6 +166,10 @@ class Usage:
         """Measure one project's storage now and record the sample (on demand)."""
         async with self.db.read() as conn:
             project_id = await require_project(conn, project)
+        return await self._collect(project_id)
+
+    async def _collect(self, project_id: int) -> dict[str, Any]:
+        async with self.db.read() as conn:
             figures = (await self._storage(conn, project_id)).get(project_id, NOTHING)
         at = utcnow()
         async with self.db.write() as conn:
@@ -204,15 +208,25 @@ class Usage:
             )
         return len(project_ids)
 
+    async def _first_sample(self, project_id: int) -> None:
+        """A project with no sample yet gets one now, recorded: the summary and the storage
+        series then show the same sample (never a figure of their own)."""
+        async with self.db.read() as conn:
+            last = await _last_sample(conn, project_id)
+        if last is None:
+            await self._collect(project_id)
+
     async def storage(self, project: str, days: int = 30) -> dict[str, Any]:
         """The storage series of the last `days` days, oldest first, and the last collection."""
         if not 1 <= days <= STORAGE_SAMPLE_RETENTION_DAYS:
             raise NameInvalid(
                 f"days must be between 1 and {STORAGE_SAMPLE_RETENTION_DAYS}", {"field": "days"}
             )
-        since = utcnow() - dt.timedelta(days=days)
         async with self.db.read() as conn:
             project_id = await require_project(conn, project)
+        await self._first_sample(project_id)
+        since = utcnow() - dt.timedelta(days=days)
+        async with self.db.read() as conn:
             rows = (
                 await conn.execute(
                     select(storage_samples)
@@ -365,12 +379,14 @@ class Usage:
 
     async def summary(self, project: str, *, today: dt.date | None = None) -> dict[str, Any]:
         """The management summary: repositories stored / maximum, images, storage used (the
-        last collection; measured now if there has been none), this month's outbound traffic,
+        last sample, as the storage series shows it; taken now if there has been none), this month's outbound traffic,
         the last garbage collection and the image limit."""
         today = today or utcnow().date()
         month = _month_start(today)
         async with self.db.read() as conn:
             project_id = await require_project(conn, project)
+        await self._first_sample(project_id)
+        async with self.db.read() as conn:
             repository_count = (
                 await conn.execute(
                     select(func.count())
@@ -406,14 +422,7 @@ class Usage:
                 )
             ).one()
             last = await _last_sample(conn, project_id)
-            if last is not None:
-                storage = {
-                    **_sample(last.at, StorageFigures(last.bytes, last.blobs, last.images)),
-                    "measured_now": False,
-                }
-            else:
-                figures = (await self._storage(conn, project_id)).get(project_id, NOTHING)
-                storage = {**_sample(None, figures), "measured_now": True}
+            storage = _sample(last.at, StorageFigures(last.bytes, last.blobs, last.images))
         quota = self.default_quota
         if settings_row is not None and settings_row.repository_quota is not None:
             quota = int(settings_row.repository_quota)

@@ -111,9 +111,10 @@ function summaryTable(ctx, summary, { startGc, collect }) {
           h("span", {}, h("span", { "data-testid": "summary-storage", "data-bytes": storage.bytes }, bytes(storage.bytes)), " ", collectButton),
           [
             "Object usage by the registry (each layer counted once). ",
-            storage.measured_now || !storage.collected_at
-              ? "Measured just now; "
-              : ["Collected ", h("span", { "data-testid": "storage-collected-at" }, timeElement(storage.collected_at)), "; "],
+            // The same sample Monitoring shows (the server records the first one).
+            "Collected ",
+            h("span", { "data-testid": "storage-collected-at" }, timeElement(storage.collected_at)),
+            "; ",
             `collected every ${every(summary.storage_collect_interval_seconds)}.`,
           ],
         ),
