@@ -54,7 +54,10 @@ class Image(BaseModel):
         description="bytes of the manifest and every blob it needs (an index: with its "
         "platform manifests), each blob counted once"
     )
-    platforms: list[str] = Field(description="for an index: os/architecture of each entry")
+    platforms: list[str] = Field(
+        description="os/architecture[/variant]: of each entry of an index; of a single-platform "
+        "image, its own (from its config)"
+    )
     pushed_at: dt.datetime
     referrer_count: int
     referrers: list[Referrer] = Field(description="signatures, SBOMs, ... that refer to it")

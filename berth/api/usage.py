@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import datetime as dt
-from typing import Annotated
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query
 from pydantic import BaseModel, Field
@@ -47,6 +47,15 @@ class MonthTraffic(BaseModel):
     estimated_charge: float = Field(
         description="bytes past the monthly free allowance times the price per GB (10^9 bytes)"
     )
+    currency: str = Field(description="ISO 4217 code of the charge (setting currency)")
+
+
+class FinishedRun(BaseModel):
+    id: int
+    state: Literal["succeeded", "failed", "rolled_back"]
+    dry_run: bool
+    delete_untagged: bool
+    finished_at: dt.datetime
 
 
 class Summary(BaseModel):
@@ -57,7 +66,15 @@ class Summary(BaseModel):
     traffic_this_month: MonthTraffic = Field(
         description="outbound traffic so far this month (written every few seconds)"
     )
-    last_gc_at: dt.datetime | None = Field(description="when garbage collection last finished")
+    last_gc_at: dt.datetime | None = Field(
+        description="when a garbage collection that deleted (not a dry run) last succeeded"
+    )
+    gc_grace_period_seconds: int = Field(
+        description="garbage collection keeps what was pushed more recently than this"
+    )
+    last_gc_run: FinishedRun | None = Field(
+        description="the last run that finished, of any kind (as the GC history lists it)"
+    )
     storage_collect_interval_seconds: int
 
 
@@ -92,6 +109,7 @@ class Pricing(BaseModel):
     price_per_gb: float
     free_gb_per_month: float = Field(description="per project")
     gb: int = Field(description="bytes in a GB")
+    currency: str = Field(description="ISO 4217 code of prices and charges (setting currency)")
 
 
 class Traffic(BaseModel):

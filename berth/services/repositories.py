@@ -18,6 +18,7 @@ from berth.metadata.database import Database
 from berth.metadata.queries import is_image
 from berth.metadata.tables import (
     UTCDateTime,
+    image_events,
     manifests,
     project_settings,
     projects,
@@ -336,7 +337,8 @@ class Repositories:
 
     def _listing(self, project_id: int) -> Any:
         """Repositories of a project with their image count and when they last changed (the
-        settings, or the latest push or tag), computed in one grouped pass per table."""
+        settings, or the latest push, tag, tag deletion or image deletion), computed in one
+        grouped pass per table."""
         in_project = select(repositories.c.id).where(repositories.c.project_id == project_id)
         # An image is a top-level manifest: an index's children are not counted again.
         image_stats = (
@@ -355,10 +357,19 @@ class Repositories:
             .group_by(tags.c.repository_id)
             .subquery()
         )
+        # Content changes that leave no row behind (a tag or an image deleted, also by GC)
+        # count too: the image history records every one.
+        event_stats = (
+            select(image_events.c.repository_id, func.max(image_events.c.at).label("event_at"))
+            .where(image_events.c.repository_id.in_(in_project))
+            .group_by(image_events.c.repository_id)
+            .subquery()
+        )
         changed = self._latest(
             repositories.c.updated_at,
             func.coalesce(image_stats.c.pushed_at, repositories.c.updated_at),
             func.coalesce(tag_stats.c.tagged_at, repositories.c.updated_at),
+            func.coalesce(event_stats.c.event_at, repositories.c.updated_at),
         )
         return (
             select(
@@ -374,6 +385,7 @@ class Repositories:
             )
             .outerjoin(image_stats, image_stats.c.repository_id == repositories.c.id)
             .outerjoin(tag_stats, tag_stats.c.repository_id == repositories.c.id)
+            .outerjoin(event_stats, event_stats.c.repository_id == repositories.c.id)
             .where(repositories.c.project_id == project_id)
         )
 

@@ -25,6 +25,7 @@ from berth.metadata.database import Database
 from berth.metadata.queries import is_image
 from berth.metadata.tables import (
     blobs,
+    gc_runs,
     manifests,
     project_settings,
     projects,
@@ -45,6 +46,7 @@ CENT = Decimal("0.01")
 class Pricing:
     price_per_gb: float = 0.0
     free_gb: float = 0.0  # per project and month
+    currency: str = "USD"  # ISO 4217
 
     def charge(self, month_bytes: int) -> Decimal:
         """The estimated charge for a project's month of outbound bytes."""
@@ -100,6 +102,7 @@ class Usage:
         pricing: Pricing | None = None,
         traffic_retention_days: int = 124,
         storage_collect_interval: int = 1800,
+        gc_grace_period: int = 3600,
     ) -> None:
         self.db = db
         self.default_quota = default_quota
@@ -107,6 +110,7 @@ class Usage:
         self.pricing = pricing or Pricing()
         self.traffic_retention_days = traffic_retention_days
         self.storage_collect_interval = storage_collect_interval
+        self.gc_grace_period = gc_grace_period
 
     # ------------------------------------------------------------------ storage
 
@@ -324,6 +328,7 @@ class Usage:
                 "requests": count.requests,
                 **_change(count.bytes, months[previous].bytes),
                 "estimated_charge": _money(charge),
+                "currency": self.pricing.currency,
             }
 
         monthly = [month_figures(month_starts[i], month_starts[i - 1]) for i in range(1, 4)]
@@ -345,6 +350,7 @@ class Usage:
                 "price_per_gb": self.pricing.price_per_gb,
                 "free_gb_per_month": self.pricing.free_gb,
                 "gb": GB,
+                "currency": self.pricing.currency,
             },
         }
         if repository is None:
@@ -421,6 +427,20 @@ class Usage:
                     )
                 )
             ).one()
+            last_run = (
+                await conn.execute(
+                    select(
+                        gc_runs.c.id,
+                        gc_runs.c.state,
+                        gc_runs.c.dry_run,
+                        gc_runs.c.delete_untagged,
+                        gc_runs.c.finished_at,
+                    )
+                    .where(gc_runs.c.project_id == project_id, gc_runs.c.finished_at.is_not(None))
+                    .order_by(gc_runs.c.finished_at.desc(), gc_runs.c.id.desc())
+                    .limit(1)
+                )
+            ).first()
             last = await _last_sample(conn, project_id)
             storage = _sample(last.at, StorageFigures(last.bytes, last.blobs, last.images))
         quota = self.default_quota
@@ -441,8 +461,19 @@ class Usage:
                 "bytes": month_bytes,
                 "requests": int(traffic_row[1]),
                 "estimated_charge": _money(self.pricing.charge(month_bytes)),
+                "currency": self.pricing.currency,
             },
+            "gc_grace_period_seconds": self.gc_grace_period,
             "last_gc_at": last_gc.isoformat() if last_gc is not None else None,
+            "last_gc_run": {
+                "id": last_run.id,
+                "state": last_run.state,
+                "dry_run": last_run.dry_run,
+                "delete_untagged": last_run.delete_untagged,
+                "finished_at": last_run.finished_at.isoformat(),
+            }
+            if last_run is not None
+            else None,
             "storage_collect_interval_seconds": self.storage_collect_interval,
         }
 

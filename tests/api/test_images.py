@@ -57,7 +57,8 @@ def test_images_tags_platforms_sizes_and_referrers(team: Team) -> None:
 
     first = by_digest[plain.digest]
     assert first["tags"] == ["latest", "v1"] and first["image"] == ""
-    assert first["media_type"] == OCI_MANIFEST and first["platforms"] == []
+    # A single-platform image names its platform (from its config), as an index's entries do.
+    assert first["media_type"] == OCI_MANIFEST and first["platforms"] == ["linux/amd64"]
     assert first["size"] == blob_total(plain)
     assert first["referrer_count"] == 1
     [referrer] = first["referrers"]
