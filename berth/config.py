@@ -73,6 +73,11 @@ class Settings(BaseSettings):
     traffic_free_gb: float = Field(
         0.0, ge=0, description="outbound GB per project and month that are not charged"
     )
+    currency: str = Field(
+        "USD",
+        pattern=r"^[A-Z]{3}$",
+        description="ISO 4217 code (e.g. USD, EUR, KRW) of the traffic price and charge estimates",
+    )
     storage_collect_interval: int = Field(
         1800, ge=1, description="seconds between scheduled storage usage collections"
     )

@@ -49,9 +49,12 @@ class Services:
             db,
             default_quota=settings.repository_quota,
             max_images_per_repository=settings.max_images_per_repository,
-            pricing=Pricing(settings.traffic_price_per_gb, settings.traffic_free_gb),
+            pricing=Pricing(
+                settings.traffic_price_per_gb, settings.traffic_free_gb, settings.currency
+            ),
             traffic_retention_days=settings.traffic_retention_days,
             storage_collect_interval=settings.storage_collect_interval,
+            gc_grace_period=settings.gc_grace_period,
         )
         return cls(
             settings=settings,

@@ -93,7 +93,7 @@ ServicesDep = Annotated[Services, Depends(get_services)]
 
 
 def get_images(services: ServicesDep) -> Images:
-    return Images(services.db)
+    return Images(services.db, services.store)
 
 
 ImagesDep = Annotated[Images, Depends(get_images)]

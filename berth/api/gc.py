@@ -6,11 +6,13 @@ from __future__ import annotations
 import datetime as dt
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Path
+from fastapi import APIRouter, Path, Request
 from pydantic import BaseModel, ConfigDict, Field
 
 from berth.api.deps import ManageProject, Page, PagingDep, ReadProject
 from berth.api.problems import responses
+from berth.auth.guard import client_address
+from berth.services.gc import audit_gc_run
 
 router = APIRouter(prefix="/projects/{project}/gc", tags=["garbage collection"])
 
@@ -38,7 +40,9 @@ class Run(BaseModel):
     )
     phase: Literal["queued", "marking", "sweeping", "done"] = Field(
         description="marking: deciding and deleting metadata while the project's writes are "
-        "refused; sweeping: removing files, writes allowed again"
+        "refused (a dry run: deciding, writes allowed); sweeping: removing files, writes "
+        "allowed again. A run only moves forward: queued, marking, sweeping, done (a dry run "
+        "skips sweeping); a failed or rolled-back run keeps the phase it stopped in"
     )
     dry_run: bool
     delete_untagged: bool
@@ -58,16 +62,32 @@ class Run(BaseModel):
     )
     storage_bytes_freed: int
     uploads_deleted: int = Field(description="abandoned uploads removed")
+    grace_period_seconds: float | None = Field(
+        description="the server's gc_grace_period when the run started: what was pushed or "
+        "linked more recently is kept"
+    )
+    young_images_kept: int = Field(
+        description="untagged images kept only because they were pushed within the grace "
+        "period (with delete_untagged)"
+    )
+    young_blobs_kept: int = Field(
+        description="blobs no image references, kept only because they were linked within the "
+        "grace period"
+    )
+    young_collectable_at: dt.datetime | None = Field(
+        description="from when every one of those can be collected (null when none was kept)"
+    )
     progress_done: int = Field(description="files removed so far")
     progress_total: int = Field(description="files to remove")
     error: str | None
 
 
 @router.post("", status_code=202, responses=responses(404, 409))
-async def start_gc(ctx: ManageProject, body: StartRun | None = None) -> Run:
+async def start_gc(request: Request, ctx: ManageProject, body: StartRun | None = None) -> Run:
     """Start garbage collection in the project (project admins and members). It runs in the
     background: follow it with `GET .../gc/current` or `GET .../gc/runs/{id}`. One run per
-    project at a time: while one runs, this is refused (409, code GC_RUNNING)."""
+    project at a time: while one runs, this is refused (409, code GC_RUNNING). The audit log
+    records who started it, from where, with which options."""
     options = body or StartRun()
     run = await ctx.services.gc.launch(
         ctx.project,
@@ -75,6 +95,7 @@ async def start_gc(ctx: ManageProject, body: StartRun | None = None) -> Run:
         delete_untagged=options.delete_untagged,
         actor=ctx.actor,
     )
+    await audit_gc_run(ctx.services, run, ctx.actor, client_address(request))
     return Run.model_validate(run)
 
 

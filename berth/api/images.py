@@ -54,7 +54,10 @@ class Image(BaseModel):
         description="bytes of the manifest and every blob it needs (an index: with its "
         "platform manifests), each blob counted once"
     )
-    platforms: list[str] = Field(description="for an index: os/architecture of each entry")
+    platforms: list[str] = Field(
+        description="os/architecture[/variant]: of each entry of an index; of a single-platform "
+        "image, its own (from its config)"
+    )
     pushed_at: dt.datetime
     referrer_count: int
     referrers: list[Referrer] = Field(description="signatures, SBOMs, ... that refer to it")
@@ -126,14 +129,17 @@ async def list_images(
     referrers: Annotated[
         bool,
         Query(
-            description="false: leave out signatures, SBOMs and other referrers (they are "
-            "still listed under the images they refer to)"
+            description="true: also list signatures, SBOMs and other referrers as rows of "
+            "their own (they are always listed under the images they refer to, and are not "
+            "images: the total and every image count leave them out)"
         ),
-    ] = True,
+    ] = False,
     order: Annotated[Literal["asc", "desc"], Query(description="by push time")] = "desc",
 ) -> Page[Image]:
-    """A page of the repository's images, newest first: every top-level manifest (an index
-    counts once with its platform manifests)."""
+    """A page of the repository's images, newest first. An image is a top-level manifest: an
+    index counts once with its platform manifests; a referrer (signature, SBOM) is listed
+    under its subject. The repository's image count, the project summary and the image limit
+    count the same."""
     repo = await ctx.repository(repository)
     items, total = await images.list_images(
         repo,

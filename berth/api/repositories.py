@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Query, Response
+from fastapi import APIRouter, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from berth.api.deps import (
@@ -18,6 +18,7 @@ from berth.api.deps import (
     RepositoryName,
 )
 from berth.api.problems import FieldError, responses
+from berth.auth.guard import client_address
 from berth.services.repositories import MAX_DESCRIPTION, MAX_REPOSITORY_NAME
 
 router = APIRouter(prefix="/projects/{project}/repositories", tags=["repositories"])
@@ -165,11 +166,17 @@ async def update_repository(
 
 
 @router.delete("/{repository}", status_code=204, responses=responses(404))
-async def delete_repository(ctx: ManageProject, repository: RepositoryName) -> Response:
+async def delete_repository(
+    request: Request, ctx: ManageProject, repository: RepositoryName
+) -> Response:
     """Delete a repository with its images and tags (their data goes at the next garbage
     collection)."""
     await ctx.services.repositories.delete(ctx.project, repository)
     await ctx.services.identity.record(
-        ctx.actor, "repository.delete", project_id=ctx.project_id, target=repository
+        ctx.actor,
+        "repository.delete",
+        project_id=ctx.project_id,
+        target=repository,
+        client=client_address(request),
     )
     return Response(status_code=204)

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import datetime as dt
-from typing import Annotated
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query
 from pydantic import BaseModel, Field
@@ -30,12 +30,6 @@ class StorageSample(BaseModel):
     images: int = Field(description="images stored (an index and its platform images count once)")
 
 
-class SummaryStorage(StorageSample):
-    measured_now: bool = Field(
-        description="true when no collection has happened yet and this was measured now"
-    )
-
-
 class RepositoryCount(BaseModel):
     stored: int
     maximum: int = Field(description="the project's repository quota")
@@ -53,17 +47,34 @@ class MonthTraffic(BaseModel):
     estimated_charge: float = Field(
         description="bytes past the monthly free allowance times the price per GB (10^9 bytes)"
     )
+    currency: str = Field(description="ISO 4217 code of the charge (setting currency)")
+
+
+class FinishedRun(BaseModel):
+    id: int
+    state: Literal["succeeded", "failed", "rolled_back"]
+    dry_run: bool
+    delete_untagged: bool
+    finished_at: dt.datetime
 
 
 class Summary(BaseModel):
     project: str
     repositories: RepositoryCount
     images: ImageCount
-    storage: SummaryStorage = Field(description="the last collection")
+    storage: StorageSample = Field(description="the last collection")
     traffic_this_month: MonthTraffic = Field(
         description="outbound traffic so far this month (written every few seconds)"
     )
-    last_gc_at: dt.datetime | None = Field(description="when garbage collection last finished")
+    last_gc_at: dt.datetime | None = Field(
+        description="when a garbage collection that deleted (not a dry run) last succeeded"
+    )
+    gc_grace_period_seconds: int = Field(
+        description="garbage collection keeps what was pushed more recently than this"
+    )
+    last_gc_run: FinishedRun | None = Field(
+        description="the last run that finished, of any kind (as the GC history lists it)"
+    )
     storage_collect_interval_seconds: int
 
 
@@ -98,6 +109,7 @@ class Pricing(BaseModel):
     price_per_gb: float
     free_gb_per_month: float = Field(description="per project")
     gb: int = Field(description="bytes in a GB")
+    currency: str = Field(description="ISO 4217 code of prices and charges (setting currency)")
 
 
 class Traffic(BaseModel):

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import getpass
 import json
+import socket
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -92,3 +94,12 @@ def run_service(work: Callable[[Services], Awaitable[T]]) -> T:
 
 def print_json(value: Any) -> None:
     sys.stdout.write(json.dumps(value, indent=2) + "\n")
+
+
+def cli_actor() -> str:
+    """Who runs an admin verb, as the audit log and GC history name them."""
+    return f"cli:{getpass.getuser()}"[:64]
+
+
+# Where an admin verb comes from, in the audit log's "client" (an address for HTTP callers).
+CLI_CLIENT = f"cli on {socket.gethostname()}"[:64]

@@ -8,15 +8,24 @@ this process die.
 
 from __future__ import annotations
 
-import getpass
+from collections.abc import Awaitable
 from typing import Annotated, Any
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn
 from rich.table import Table
 
-from berth.cli.common import JsonFlag, ProjectArg, console, errors, print_json, run_service
-from berth.services.gc import FAILED, ROLLED_BACK
+from berth.cli.common import (
+    CLI_CLIENT,
+    JsonFlag,
+    ProjectArg,
+    cli_actor,
+    console,
+    errors,
+    print_json,
+    run_service,
+)
+from berth.services.gc import FAILED, ROLLED_BACK, audit_gc_run
 from berth.state import Services
 
 gc_app = typer.Typer(help="Garbage collection: free storage no image needs.", no_args_is_help=True)
@@ -27,11 +36,13 @@ COLUMNS = [
     ("started_at", "started (UTC)"),
     ("state", "state"),
     ("dry_run", "dry"),
+    ("delete_untagged", "untagged"),
     ("duration_seconds", "secs"),
     ("restricted_seconds", "refused (s)"),
     ("images_deleted", "images"),
     ("blobs_deleted", "blobs"),
     ("bytes_freed", "bytes freed"),
+    ("young_images_kept", "young images kept"),
 ]
 
 
@@ -43,6 +54,7 @@ def _show(run: dict[str, Any]) -> None:
     table.add_column("value")
     state = run["state"] + (f" ({run['phase']})" if run["state"] == "running" else "")
     table.add_row("State", state + (" — dry run, nothing changed" if run["dry_run"] else ""))
+    table.add_row("Delete untagged", "yes" if run["delete_untagged"] else "no")
     table.add_row("Started", f"{run['started_at']} by {run['actor'] or '?'}")
     table.add_row("Finished", run["finished_at"] or "-")
     table.add_row("Duration", f"{run['duration_seconds']:.3f} s")
@@ -59,6 +71,7 @@ def _show(run: dict[str, Any]) -> None:
         f"{run['storage_blobs_deleted']:,} ({run['storage_bytes_freed']:,} bytes)",
     )
     table.add_row(f"Abandoned uploads {verb}", f"{run['uploads_deleted']:,}")
+    table.add_row("Kept: younger than the grace period", young_kept(run))
     if run["progress_total"]:
         table.add_row("Files removed", f"{run['progress_done']:,} / {run['progress_total']:,}")
     if run["error"]:
@@ -81,7 +94,7 @@ def gc_run(
     json_output: JsonFlag = False,
 ) -> None:
     """Collect a project's garbage now, here, with a progress bar."""
-    actor = f"cli:{getpass.getuser()}"[:64]
+    actor = cli_actor()
 
     async def work(services: Services, progress: Progress | None) -> dict[str, Any]:
         task = None
@@ -97,12 +110,16 @@ def gc_run(
                     total=run["progress_total"],
                 )
 
+        def started(run: dict[str, Any]) -> Awaitable[None]:
+            return audit_gc_run(services, run, actor, CLI_CLIENT)
+
         return await services.gc.run(
             project,
             dry_run=dry_run,
             delete_untagged=delete_untagged,
             actor=actor,
             progress=advance,
+            started=started,
         )
 
     if json_output:
@@ -160,6 +177,19 @@ def gc_history(
     for run in runs:
         table.add_row(*(_cell(run[key]) for key, _ in COLUMNS))
     console.print(table)
+
+
+def young_kept(run: dict[str, Any]) -> str:
+    """What a run kept only for being younger than the grace period, and from when it goes."""
+    grace = run["grace_period_seconds"]
+    period = f"{grace:g} s" if grace is not None else "the grace period"
+    images, blobs = run["young_images_kept"], run["young_blobs_kept"]
+    if not images and not blobs:
+        return f"nothing (gc_grace_period {period})"
+    kept = f"{images:,} image{'s' * (images != 1)} and {blobs:,} blob{'s' * (blobs != 1)}"
+    until = run["young_collectable_at"]
+    when = f"; collectable from {_cell(until)} UTC on" if until else ""
+    return f"{kept} (gc_grace_period {period}){when}"
 
 
 def _cell(value: Any) -> str:

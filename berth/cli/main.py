@@ -19,12 +19,14 @@ from rich.text import Text
 
 from berth.cli.common import (
     BAD_SETTING,
+    CLI_CLIENT,
     JsonFlag,
     KeyIdArg,
     Options,
     ProjectArg,
     TagArg,
     UserArg,
+    cli_actor,
     console,
     fail,
     print_json,
@@ -373,7 +375,18 @@ def repo_delete(
     project, repository = _split_repo(name)
     if not yes and not typer.confirm(f"Delete {name} with all its images?"):
         raise typer.Exit(1)
-    run_service(lambda s: s.repositories.delete(project, repository))
+
+    async def work(s: Services) -> None:
+        await s.repositories.delete(project, repository)
+        await s.identity.record(
+            cli_actor(),
+            "repository.delete",
+            project_id=await s.repositories.project_id(project),
+            target=repository,
+            client=CLI_CLIENT,
+        )
+
+    run_service(work)
     _done(json_output, {"repository": name, "deleted": True}, f"Deleted repository {name}")
 
 
@@ -407,7 +420,7 @@ def image_list(
 
     async def work(s: Services) -> tuple[list[dict[str, Any]], int]:
         repo = await _repository_ref(s, project, repository)
-        return await Images(s.db).list_images(
+        return await Images(s.db, s.store).list_images(
             repo, image=image or None, page=page, per_page=per_page
         )
 
@@ -485,7 +498,10 @@ def tag_restore(
 
     async def work(s: Services) -> str:
         repo = await _repository_ref(s, project, repository)
-        return await s.registry.restore_tag(repo, image, tag, actor="cli")
+        actor = cli_actor()
+        digest = await s.registry.restore_tag(repo, image, tag, actor=actor)
+        await s.identity.record_content_change(actor, "tag.restore", repo, image, tag, CLI_CLIENT)
+        return digest
 
     digest = run_service(work)
     _done(
@@ -706,7 +722,9 @@ def usage(
         f"Outbound traffic {this_month['month']}",
         f"{_size(this_month['bytes'])}, {_change(this_month)} over the previous month",
     )
-    table.add_row("Estimated charge", f"{this_month['estimated_charge']:,.2f}")
+    table.add_row(
+        "Estimated charge", f"{this_month['estimated_charge']:,.2f} {this_month['currency']}"
+    )
     table.add_row("Last garbage collection", summary["last_gc_at"] or "never")
     console.print(table)
 
@@ -742,7 +760,7 @@ def usage(
             _size(month["bytes"]),
             f"{month['requests']:,}",
             _change(month),
-            f"{month['estimated_charge']:,.2f}",
+            f"{month['estimated_charge']:,.2f} {month['currency']}",
         )
     console.print(monthly)
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sqlalchemy import Exists, select
+from sqlalchemy import ColumnElement, Exists, and_, select
 
 from berth.metadata.tables import manifest_references, manifests
 
@@ -10,7 +10,7 @@ from berth.metadata.tables import manifest_references, manifests
 def is_index_child() -> Exists:
     """For a row of `manifests`: some index of the same repository and image lists it.
 
-    An image is a top-level manifest, so `~is_index_child()` selects what counts as images.
+    Part of what an image is: see `is_image()`.
     """
     parent = manifests.alias("parent")
     return (
@@ -24,3 +24,11 @@ def is_index_child() -> Exists:
         )
         .exists()
     )
+
+
+def is_image() -> ColumnElement[bool]:
+    """For a row of `manifests`: it is an image. The one definition every count and listing
+    uses (the summary, the repository page, the image list, the image limit, GC's figures):
+    a top-level manifest, that is neither a platform manifest of a stored index (it counts
+    with its index) nor a referrer (a signature or SBOM: it is listed under its subject)."""
+    return and_(manifests.c.subject_digest.is_(None), ~is_index_child())

@@ -272,6 +272,13 @@ gc_runs = Table(
     Column("storage_blobs_deleted", Integer, nullable=False, default=0, server_default="0"),
     Column("storage_bytes_freed", BigInteger, nullable=False, default=0, server_default="0"),
     Column("uploads_deleted", Integer, nullable=False, default=0, server_default="0"),
+    # Kept only because younger than the grace period (`grace_seconds`, the run's setting):
+    # untagged images nothing else keeps, and blob links nothing references. All of them are
+    # collectable from `young_collectable_at` on.
+    Column("grace_seconds", Float),
+    Column("young_images_kept", Integer, nullable=False, default=0, server_default="0"),
+    Column("young_blobs_kept", Integer, nullable=False, default=0, server_default="0"),
+    Column("young_collectable_at", UTCDateTime),
     Index(None, "project_id", "started_at"),
 )
 

@@ -252,8 +252,12 @@ async def get_blob(request: Request) -> Response | BlobFileResponse:
 
 
 async def delete_blob(request: Request) -> Response:
-    services, _name, repo = await _target(request)
-    await services.registry.delete_blob(repo, request.path_params["digest"])
+    services, name, repo = await _target(request)
+    digest = request.path_params["digest"]
+    await services.registry.delete_blob(repo, digest)
+    await services.identity.record_content_change(
+        _actor(request), "blob.delete", repo, name.image, digest, client_address(request)
+    )
     return Response(status_code=202)
 
 

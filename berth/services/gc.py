@@ -33,9 +33,9 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from sqlalchemy import Integer, String, delete, func, literal, or_, select, text, update
 from sqlalchemy.exc import DBAPIError, IntegrityError
@@ -62,6 +62,9 @@ from berth.metadata.tables import (
 from berth.services.repositories import require_project
 from berth.services.restrictions import WRITE_GATE_LOCK
 from berth.storage.base import BlobStore
+
+if TYPE_CHECKING:
+    from berth.state import Services
 
 logger = logging.getLogger("berth.gc")
 
@@ -93,12 +96,26 @@ class GcRunUnknown(RegistryError):
 
 
 @dataclass(frozen=True, slots=True)
+class Young:
+    """What step 2 kept only because it is younger than the grace period."""
+
+    images: int = 0  # untagged images nothing else keeps (`queries.is_image`)
+    blobs: int = 0  # blobs linked in a repository that no manifest of it references
+    newest: dt.datetime | None = None  # push or link time of the youngest of them
+
+    def merged(self, other: Young) -> Young:
+        times = [t for t in (self.newest, other.newest) if t is not None]
+        return Young(self.images + other.images, self.blobs + other.blobs, max(times, default=None))
+
+
+@dataclass(frozen=True, slots=True)
 class Decision:
     """What step 2 deleted (or, in a dry run, would delete)."""
 
-    images: int  # images deleted (an index's children are not counted again)
+    images: int  # images deleted (`queries.is_image`: platform manifests, referrers not again)
     uploads: int  # abandoned uploads
     unlinked: frozenset[str]  # digests of the project's blob links it removed
+    young: Young = Young()
 
 
 @dataclass(frozen=True, slots=True)
@@ -229,11 +246,15 @@ class GarbageCollector:
         delete_untagged: bool = False,
         actor: str,
         progress: Progress | None = None,
+        started: Callable[[dict[str, Any]], Awaitable[None]] | None = None,
     ) -> dict[str, Any]:
-        """Start a run and carry it out here (the CLI); returns it finished."""
+        """Start a run and carry it out here (the CLI); returns it finished. `started` is
+        told of the run before it begins (to audit it)."""
         run = await self.start_run(
             project, dry_run=dry_run, delete_untagged=delete_untagged, actor=actor, here=True
         )
+        if started is not None:
+            await started(run)
         return await self.execute(int(run["id"]), progress)
 
     async def start_run(
@@ -279,6 +300,7 @@ class GarbageCollector:
                         delete_untagged=delete_untagged,
                         started_at=now,
                         actor=actor[:64],
+                        grace_seconds=self.grace_period,
                     )
                     .returning(gc_runs.c.id)
                 )
@@ -320,7 +342,7 @@ class GarbageCollector:
                 unlinked = await self._mark(run)
             await self._list_for_sweep(run, unlinked)
             await self._sweep(run, progress)
-            await self._finish(run_id)
+            await self._finish(run)
         except asyncio.CancelledError:
             # This process is stopping: leave the run as any other process can pick it up.
             with contextlib.suppress(Exception):
@@ -376,6 +398,8 @@ class GarbageCollector:
 
     async def _dry_run(self, run: _Run) -> None:
         """The deciding transaction, rolled back: figures, no changes, no restriction."""
+        async with self.db.write() as conn:
+            await self._set_phase(conn, run.id, MARKING)
         try:
             await self._decide(run, dry_run=True)
             raise AssertionError("a dry run ends in _DryRunDone")
@@ -396,8 +420,20 @@ class GarbageCollector:
                     bytes_freed=figures.bytes,
                     storage_blobs_deleted=figures.storage_blobs,
                     storage_bytes_freed=figures.storage_bytes,
+                    **self._young_values(decision.young),
                 )
             )
+
+    def _young_values(self, young: Young) -> dict[str, Any]:
+        """A run's record of what it kept for being young, and from when that can go."""
+        collectable = None
+        if young.newest is not None:
+            collectable = young.newest + dt.timedelta(seconds=self.grace_period)
+        return {
+            "young_images_kept": young.images,
+            "young_blobs_kept": young.blobs,
+            "young_collectable_at": collectable,
+        }
 
     async def _decide(self, run: _Run, *, dry_run: bool) -> Decision:
         """Step 2 in one transaction, retried when PostgreSQL aborts it (a deadlock)."""
@@ -423,9 +459,9 @@ class GarbageCollector:
         figures and the list of blobs to sweep are made after it is lifted."""
         cutoff = utcnow() - dt.timedelta(seconds=self.grace_period)
         in_project = select(repositories.c.id).where(repositories.c.project_id == run.project_id)
-        images = 0
+        images, young = 0, Young()
         if run.delete_untagged:
-            images = await self._delete_images(conn, run, in_project, cutoff)
+            images, young = await self._delete_images(conn, run, in_project, cutoff)
 
         # The project's links that no manifest of their repository references, past the
         # grace. Written so that both planners go from the link to the references of its
@@ -454,6 +490,16 @@ class GarbageCollector:
             .returning(repository_blobs.c.digest)
         )
         digests = frozenset(unlinked.scalars())
+        # What stays unreferenced now is younger than the grace period: say so, and until when.
+        young_links = (
+            await conn.execute(
+                select(
+                    func.count(func.distinct(repository_blobs.c.digest)),
+                    func.max(repository_blobs.c.linked_at),
+                ).where(repository_blobs.c.repository_id.in_(in_project), ~referenced)
+            )
+        ).one()
+        young = young.merged(Young(0, int(young_links[0]), young_links[1]))
 
         # Uploads nobody has touched for the grace period: their scratch files are swept.
         await conn.execute(
@@ -471,7 +517,7 @@ class GarbageCollector:
             gc_sweep.c.run_id == run.id, gc_sweep.c.kind == "upload"
         )
         removed_uploads = await conn.execute(delete(uploads).where(uploads.c.id.in_(abandoned)))
-        return Decision(images, int(removed_uploads.rowcount or 0), digests)
+        return Decision(images, int(removed_uploads.rowcount or 0), digests, young)
 
     async def _blob_figures(
         self, conn: AsyncConnection, run: _Run, digests: frozenset[str], *, storage: bool
@@ -507,8 +553,9 @@ class GarbageCollector:
 
     async def _delete_images(
         self, conn: AsyncConnection, run: _Run, in_project: Any, cutoff: dt.datetime
-    ) -> int:
-        """Delete the project's manifests nothing keeps; returns how many images that was.
+    ) -> tuple[int, Young]:
+        """Delete the project's manifests nothing keeps; returns how many images that was,
+        and what was kept only for being pushed within the grace period.
 
         Kept: tagged manifests and those pushed within the grace period (a push in flight
         uploads an index's children, or an image before its signature, untagged), and,
@@ -534,12 +581,14 @@ class GarbageCollector:
                     manifests.c.image,
                     manifests.c.digest,
                     manifests.c.subject_digest,
+                    manifests.c.pushed_at,
+                    tagged.label("tagged"),
                     or_(manifests.c.pushed_at >= cutoff, tagged).label("root"),
                 ).where(manifests.c.repository_id.in_(in_project))
             )
         ).all()
         if not rows:
-            return 0
+            return 0, Young()
         by_key = {(r.repository_id, r.image, r.digest): r.id for r in rows}
         edges: dict[int, list[int]] = {}
         for r in rows:
@@ -567,16 +616,30 @@ class GarbageCollector:
             if child is not None:
                 edges.setdefault(ref.id, []).append(child)
                 children.add(child)
-        kept = {r.id for r in rows if r.root}
-        frontier = list(kept)
-        while frontier:
-            for reached in edges.get(frontier.pop(), ()):
-                if reached not in kept:
-                    kept.add(reached)
-                    frontier.append(reached)
+
+        def reached_from(roots: set[int]) -> set[int]:
+            kept = set(roots)
+            frontier = list(kept)
+            while frontier:
+                for reached in edges.get(frontier.pop(), ()):
+                    if reached not in kept:
+                        kept.add(reached)
+                        frontier.append(reached)
+            return kept
+
+        def is_image(r: Any) -> bool:  # as `queries.is_image`
+            return r.id not in children and r.subject_digest is None
+
+        kept = reached_from({r.id for r in rows if r.root})
+        kept_by_tags = reached_from({r.id for r in rows if r.tagged})
+        only_young = [r for r in rows if r.id in kept and r.id not in kept_by_tags]
+        young = Young(
+            images=sum(1 for r in only_young if is_image(r)),
+            newest=max((r.pushed_at for r in only_young), default=None),
+        )
         doomed = [r for r in rows if r.id not in kept]
         if not doomed:
-            return 0
+            return 0, young
         images = [r for r in doomed if r.id not in children]  # an index counts for its children
         now = utcnow()
         if images:
@@ -598,18 +661,17 @@ class GarbageCollector:
             )
         for chunk in _chunks([r.id for r in doomed]):
             await conn.execute(delete(manifests).where(manifests.c.id.in_(chunk)))
-        return len(images)
+        return sum(1 for r in images if is_image(r)), young
 
     async def _lift(self, conn: AsyncConnection, run: _Run, decision: Decision) -> None:
         """End of step 2, in its transaction: lift the restriction and record the figures."""
-        now = utcnow()
         await conn.execute(
             update(project_settings)
             .where(
                 project_settings.c.project_id == run.project_id,
                 project_settings.c.gc_restricted_by == run.id,
             )
-            .values(gc_restricted_by=None, last_gc_at=now)
+            .values(gc_restricted_by=None)
         )
         # progress_total is set by _list_for_sweep, which always comes next: counting the
         # sweep list here would only lengthen the window in which writes are refused.
@@ -620,6 +682,7 @@ class GarbageCollector:
                 phase=SWEEPING,
                 images_deleted=decision.images,
                 uploads_deleted=decision.uploads,
+                **self._young_values(decision.young),
             )
         )
         if moved.rowcount != 1:
@@ -749,13 +812,21 @@ class GarbageCollector:
             )
         return len(removed), freed
 
-    async def _finish(self, run_id: int) -> None:
+    async def _finish(self, run: _Run) -> None:
+        """The run succeeded: it and the project's last collection say so at the same time."""
+        now = utcnow()
         async with self.db.write() as conn:
-            await conn.execute(
+            finished = await conn.execute(
                 update(gc_runs)
-                .where(gc_runs.c.id == run_id, gc_runs.c.state == RUNNING)
-                .values(state=SUCCEEDED, phase=DONE, finished_at=utcnow())
+                .where(gc_runs.c.id == run.id, gc_runs.c.state == RUNNING)
+                .values(state=SUCCEEDED, phase=DONE, finished_at=now)
             )
+            if finished.rowcount:
+                await conn.execute(
+                    update(project_settings)
+                    .where(project_settings.c.project_id == run.project_id)
+                    .values(last_gc_at=now)
+                )
 
     async def _fail(self, run_id: int, exc: BaseException) -> None:
         """Record a failure; the restriction is lifted whatever happened."""
@@ -1002,6 +1073,25 @@ class GarbageCollector:
         return runs, int(total)
 
 
+async def audit_gc_run(
+    services: Services, run: dict[str, Any], actor: str, client: str | None
+) -> None:
+    """A started run in the project's audit log: who, from where, with which options (it
+    deletes images). Its outcome is in the GC history under the same id."""
+    await services.identity.record(
+        actor,
+        "gc.dry_run" if run["dry_run"] else "gc.run",
+        project_id=await services.repositories.project_id(run["project"]),
+        target=f"run {run['id']}",
+        detail={
+            "run": run["id"],
+            "dry_run": run["dry_run"],
+            "delete_untagged": run["delete_untagged"],
+        },
+        client=client,
+    )
+
+
 def _linked_anywhere() -> Any:
     """For a row of `blobs`: some repository, of any project, links it."""
     return select(literal(1)).where(repository_blobs.c.digest == blobs.c.digest).exists()
@@ -1030,6 +1120,12 @@ def run_dict(row: Any) -> dict[str, Any]:
         "storage_blobs_deleted": row.storage_blobs_deleted,
         "storage_bytes_freed": row.storage_bytes_freed,
         "uploads_deleted": row.uploads_deleted,
+        "grace_period_seconds": row.grace_seconds,
+        "young_images_kept": row.young_images_kept,
+        "young_blobs_kept": row.young_blobs_kept,
+        "young_collectable_at": (
+            row.young_collectable_at.isoformat() if row.young_collectable_at else None
+        ),
         "progress_done": row.progress_done,
         "progress_total": row.progress_total,
         "error": row.error,
@@ -1044,4 +1140,5 @@ __all__ = [
     "GarbageCollector",
     "GcAlreadyRunning",
     "GcRunUnknown",
+    "audit_gc_run",
 ]

@@ -16,7 +16,7 @@ from berth.domain.digests import parse_digest
 from berth.domain.errors import ManifestUnknown
 from berth.domain.manifests import INDEX_TYPES, parse_manifest
 from berth.metadata.database import Database
-from berth.metadata.queries import is_index_child
+from berth.metadata.queries import is_image, is_index_child
 from berth.metadata.tables import (
     blobs,
     image_events,
@@ -25,8 +25,17 @@ from berth.metadata.tables import (
     tags,
 )
 from berth.services.repositories import RepositoryRef
+from berth.storage.base import BlobStore
 
 IMAGE_SORTS = ("pushed_at", "image", "size")
+# Config media types that say an image's platform (os, architecture, variant).
+IMAGE_CONFIG_TYPES = frozenset(
+    {"application/vnd.oci.image.config.v1+json", "application/vnd.docker.container.image.v1+json"}
+)
+MAX_CONFIG_READ = 1 << 20  # a config larger than this is not read for its platform
+# Platform by config digest: content-addressed, so an entry never goes stale.
+_config_platforms: dict[str, str | None] = {}
+_CONFIG_CACHE_SIZE = 4096
 
 
 def platform_name(platform: dict[str, Any] | None) -> str | None:
@@ -55,19 +64,18 @@ _IMAGE_COLUMNS = (
 
 
 class Images:
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, store: BlobStore | None = None) -> None:
         self.db = db
+        self.store = store  # to read image configs for their platform
 
     # ------------------------------------------------------------------ images
 
     def _top_level(self, repo: RepositoryRef, image: str | None, referrers: bool) -> Select[Any]:
         query = select(*_IMAGE_COLUMNS).where(
-            manifests.c.repository_id == repo.id, ~is_index_child()
+            manifests.c.repository_id == repo.id, ~is_index_child() if referrers else is_image()
         )
         if image is not None:
             query = query.where(manifests.c.image == image)
-        if not referrers:
-            query = query.where(manifests.c.subject_digest.is_(None))
         return query
 
     async def list_images(
@@ -75,16 +83,15 @@ class Images:
         repo: RepositoryRef,
         *,
         image: str | None = None,
-        referrers: bool = True,
+        referrers: bool = False,
         page: int = 1,
         per_page: int = 20,
         descending: bool = True,
     ) -> tuple[list[dict[str, Any]], int]:
-        """One page of a repository's images (newest first) and how many there are: each with
-        its tags, size (manifest and every blob it needs, an index's platform manifests
-        included), platforms (for an index) and referrers. With `referrers` off, manifests
-        that refer to another (signatures, SBOMs) are left out of the page (they are still
-        listed under their subject)."""
+        """One page of a repository's images (newest first; `queries.is_image`) and how many
+        there are: each with its tags, size (manifest and every blob it needs, an index's
+        platform manifests included), platforms and referrers (signatures, SBOMs: listed under
+        their subject). With `referrers`, referrers get rows of their own as well."""
         listing = self._top_level(repo, image, referrers).subquery()
         order = (listing.c.pushed_at, listing.c.id)
         async with self.db.read() as conn:
@@ -195,6 +202,9 @@ class Images:
             ):
                 platforms[content.id] = _entry_platforms(bytes(content.content))
 
+        own_platforms = await self._own_platforms(
+            conn, [r.id for r in rows if r.media_type not in INDEX_TYPES]
+        )
         tag_names = await self._tags_of(conn, repo, images, digests)
         referrers = await self._referrers_of(conn, repo, images, digests)
 
@@ -231,7 +241,11 @@ class Images:
                 "subject": row.subject_digest,
                 "tags": tag_names.get((row.image, row.digest), []),
                 "size": size,
-                "platforms": [e["platform"] for e in entries if e["platform"]],
+                "platforms": [e["platform"] for e in entries if e["platform"]]
+                if row.media_type in INDEX_TYPES
+                else [own_platforms[row.id]]
+                if own_platforms.get(row.id)
+                else [],
                 "pushed_at": _iso(row.pushed_at),
                 "referrers": referrers.get((row.image, row.digest), []),
             }
@@ -241,6 +255,40 @@ class Images:
                 item["layers"] = await self._layers(conn, row.id, blob_sizes.get(row.id, {}))
             described.append(item)
         return described
+
+    async def _own_platforms(self, conn: Any, ids: list[int]) -> dict[int, str | None]:
+        """The platform of each single-platform image manifest, from its config blob."""
+        if self.store is None or not ids:
+            return {}
+        configs: dict[int, tuple[str, int]] = {}
+        for row in await conn.execute(
+            select(manifests.c.id, manifests.c.content, manifests.c.media_type).where(
+                manifests.c.id.in_(ids)
+            )
+        ):
+            try:
+                parsed = parse_manifest(bytes(row.content), row.media_type)
+            except Exception:  # stored manifests parsed on push; be lenient in a read model
+                continue
+            if parsed.blobs and parsed.blobs[0].media_type in IMAGE_CONFIG_TYPES:
+                configs[row.id] = (parsed.blobs[0].digest, parsed.blobs[0].size)
+        found: dict[int, str | None] = {}
+        for manifest_id, (digest, size) in configs.items():
+            if digest not in _config_platforms and size <= MAX_CONFIG_READ:
+                if len(_config_platforms) >= _CONFIG_CACHE_SIZE:
+                    _config_platforms.clear()
+                _config_platforms[digest] = await self._config_platform(digest)
+            found[manifest_id] = _config_platforms.get(digest)
+        return found
+
+    async def _config_platform(self, digest: str) -> str | None:
+        assert self.store is not None
+        try:
+            content = b"".join([chunk async for chunk in self.store.read(digest)])
+            document = json.loads(content)
+        except (OSError, ValueError):
+            return None  # missing or unreadable: no platform shown, nothing else fails
+        return platform_name(document) if isinstance(document, dict) else None
 
     async def _layers(self, conn: Any, manifest_id: int, sizes: dict[str, int]) -> list[Any]:
         """The blobs an image manifest lists, in its order, with their media types."""

@@ -30,7 +30,7 @@ from berth.domain.manifests import (
 )
 from berth.domain.names import is_valid_tag
 from berth.metadata.database import Database
-from berth.metadata.queries import is_index_child
+from berth.metadata.queries import is_image
 from berth.metadata.tables import (
     blobs,
     image_events,
@@ -104,7 +104,7 @@ async def count_images(conn: Any, repository_id: int) -> int:
     count = await conn.execute(
         select(func.count())
         .select_from(manifests)
-        .where(manifests.c.repository_id == repository_id, ~is_index_child())
+        .where(manifests.c.repository_id == repository_id, is_image())
     )
     return int(count.scalar() or 0)
 

@@ -15,9 +15,10 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from berth.domain.errors import NameInvalid, NameUnknown, RegistryError
 from berth.domain.names import ImageName, is_valid_component, project_name_problem
 from berth.metadata.database import Database
-from berth.metadata.queries import is_index_child
+from berth.metadata.queries import is_image
 from berth.metadata.tables import (
     UTCDateTime,
+    image_events,
     manifests,
     project_settings,
     projects,
@@ -334,7 +335,8 @@ class Repositories:
 
     def _listing(self, project_id: int) -> Any:
         """Repositories of a project with their image count and when they last changed (the
-        settings, or the latest push or tag), computed in one grouped pass per table."""
+        settings, or the latest push, tag, tag deletion or image deletion), computed in one
+        grouped pass per table."""
         in_project = select(repositories.c.id).where(repositories.c.project_id == project_id)
         # An image is a top-level manifest: an index's children are not counted again.
         image_stats = (
@@ -343,7 +345,7 @@ class Repositories:
                 func.count().label("images"),
                 func.max(manifests.c.pushed_at).label("pushed_at"),
             )
-            .where(manifests.c.repository_id.in_(in_project), ~is_index_child())
+            .where(manifests.c.repository_id.in_(in_project), is_image())
             .group_by(manifests.c.repository_id)
             .subquery()
         )
@@ -353,10 +355,19 @@ class Repositories:
             .group_by(tags.c.repository_id)
             .subquery()
         )
+        # Content changes that leave no row behind (a tag or an image deleted, also by GC)
+        # count too: the image history records every one.
+        event_stats = (
+            select(image_events.c.repository_id, func.max(image_events.c.at).label("event_at"))
+            .where(image_events.c.repository_id.in_(in_project))
+            .group_by(image_events.c.repository_id)
+            .subquery()
+        )
         changed = self._latest(
             repositories.c.updated_at,
             func.coalesce(image_stats.c.pushed_at, repositories.c.updated_at),
             func.coalesce(tag_stats.c.tagged_at, repositories.c.updated_at),
+            func.coalesce(event_stats.c.event_at, repositories.c.updated_at),
         )
         return (
             select(
@@ -372,6 +383,7 @@ class Repositories:
             )
             .outerjoin(image_stats, image_stats.c.repository_id == repositories.c.id)
             .outerjoin(tag_stats, tag_stats.c.repository_id == repositories.c.id)
+            .outerjoin(event_stats, event_stats.c.repository_id == repositories.c.id)
             .where(repositories.c.project_id == project_id)
         )
 

@@ -22,9 +22,10 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from berth.domain.errors import NameInvalid, NameUnknown
 from berth.metadata.database import Database
-from berth.metadata.queries import is_index_child
+from berth.metadata.queries import is_image
 from berth.metadata.tables import (
     blobs,
+    gc_runs,
     manifests,
     project_settings,
     projects,
@@ -45,6 +46,7 @@ CENT = Decimal("0.01")
 class Pricing:
     price_per_gb: float = 0.0
     free_gb: float = 0.0  # per project and month
+    currency: str = "USD"  # ISO 4217
 
     def charge(self, month_bytes: int) -> Decimal:
         """The estimated charge for a project's month of outbound bytes."""
@@ -100,6 +102,7 @@ class Usage:
         pricing: Pricing | None = None,
         traffic_retention_days: int = 124,
         storage_collect_interval: int = 1800,
+        gc_grace_period: int = 3600,
     ) -> None:
         self.db = db
         self.default_quota = default_quota
@@ -107,6 +110,7 @@ class Usage:
         self.pricing = pricing or Pricing()
         self.traffic_retention_days = traffic_retention_days
         self.storage_collect_interval = storage_collect_interval
+        self.gc_grace_period = gc_grace_period
 
     # ------------------------------------------------------------------ storage
 
@@ -146,7 +150,7 @@ class Usage:
                 select(repositories.c.project_id, func.count())
                 .select_from(manifests)
                 .join(repositories, repositories.c.id == manifests.c.repository_id)
-                .where(~is_index_child())
+                .where(is_image())
                 .group_by(repositories.c.project_id)
             )
         )
@@ -166,6 +170,10 @@ class Usage:
         """Measure one project's storage now and record the sample (on demand)."""
         async with self.db.read() as conn:
             project_id = await require_project(conn, project)
+        return await self._collect(project_id)
+
+    async def _collect(self, project_id: int) -> dict[str, Any]:
+        async with self.db.read() as conn:
             figures = (await self._storage(conn, project_id)).get(project_id, NOTHING)
         at = utcnow()
         async with self.db.write() as conn:
@@ -204,15 +212,25 @@ class Usage:
             )
         return len(project_ids)
 
+    async def _first_sample(self, project_id: int) -> None:
+        """A project with no sample yet gets one now, recorded: the summary and the storage
+        series then show the same sample (never a figure of their own)."""
+        async with self.db.read() as conn:
+            last = await _last_sample(conn, project_id)
+        if last is None:
+            await self._collect(project_id)
+
     async def storage(self, project: str, days: int = 30) -> dict[str, Any]:
         """The storage series of the last `days` days, oldest first, and the last collection."""
         if not 1 <= days <= STORAGE_SAMPLE_RETENTION_DAYS:
             raise NameInvalid(
                 f"days must be between 1 and {STORAGE_SAMPLE_RETENTION_DAYS}", {"field": "days"}
             )
-        since = utcnow() - dt.timedelta(days=days)
         async with self.db.read() as conn:
             project_id = await require_project(conn, project)
+        await self._first_sample(project_id)
+        since = utcnow() - dt.timedelta(days=days)
+        async with self.db.read() as conn:
             rows = (
                 await conn.execute(
                     select(storage_samples)
@@ -310,6 +328,7 @@ class Usage:
                 "requests": count.requests,
                 **_change(count.bytes, months[previous].bytes),
                 "estimated_charge": _money(charge),
+                "currency": self.pricing.currency,
             }
 
         monthly = [month_figures(month_starts[i], month_starts[i - 1]) for i in range(1, 4)]
@@ -331,6 +350,7 @@ class Usage:
                 "price_per_gb": self.pricing.price_per_gb,
                 "free_gb_per_month": self.pricing.free_gb,
                 "gb": GB,
+                "currency": self.pricing.currency,
             },
         }
         if repository is None:
@@ -365,12 +385,14 @@ class Usage:
 
     async def summary(self, project: str, *, today: dt.date | None = None) -> dict[str, Any]:
         """The management summary: repositories stored / maximum, images, storage used (the
-        last collection; measured now if there has been none), this month's outbound traffic,
+        last sample, as the storage series shows it; taken now if there has been none), this month's outbound traffic,
         the last garbage collection and the image limit."""
         today = today or utcnow().date()
         month = _month_start(today)
         async with self.db.read() as conn:
             project_id = await require_project(conn, project)
+        await self._first_sample(project_id)
+        async with self.db.read() as conn:
             repository_count = (
                 await conn.execute(
                     select(func.count())
@@ -383,7 +405,7 @@ class Usage:
                     select(func.count())
                     .select_from(manifests)
                     .join(repositories, repositories.c.id == manifests.c.repository_id)
-                    .where(repositories.c.project_id == project_id, ~is_index_child())
+                    .where(repositories.c.project_id == project_id, is_image())
                 )
             ).scalar() or 0
             settings_row = (
@@ -405,15 +427,22 @@ class Usage:
                     )
                 )
             ).one()
+            last_run = (
+                await conn.execute(
+                    select(
+                        gc_runs.c.id,
+                        gc_runs.c.state,
+                        gc_runs.c.dry_run,
+                        gc_runs.c.delete_untagged,
+                        gc_runs.c.finished_at,
+                    )
+                    .where(gc_runs.c.project_id == project_id, gc_runs.c.finished_at.is_not(None))
+                    .order_by(gc_runs.c.finished_at.desc(), gc_runs.c.id.desc())
+                    .limit(1)
+                )
+            ).first()
             last = await _last_sample(conn, project_id)
-            if last is not None:
-                storage = {
-                    **_sample(last.at, StorageFigures(last.bytes, last.blobs, last.images)),
-                    "measured_now": False,
-                }
-            else:
-                figures = (await self._storage(conn, project_id)).get(project_id, NOTHING)
-                storage = {**_sample(None, figures), "measured_now": True}
+            storage = _sample(last.at, StorageFigures(last.bytes, last.blobs, last.images))
         quota = self.default_quota
         if settings_row is not None and settings_row.repository_quota is not None:
             quota = int(settings_row.repository_quota)
@@ -432,8 +461,19 @@ class Usage:
                 "bytes": month_bytes,
                 "requests": int(traffic_row[1]),
                 "estimated_charge": _money(self.pricing.charge(month_bytes)),
+                "currency": self.pricing.currency,
             },
+            "gc_grace_period_seconds": self.gc_grace_period,
             "last_gc_at": last_gc.isoformat() if last_gc is not None else None,
+            "last_gc_run": {
+                "id": last_run.id,
+                "state": last_run.state,
+                "dry_run": last_run.dry_run,
+                "delete_untagged": last_run.delete_untagged,
+                "finished_at": last_run.finished_at.isoformat(),
+            }
+            if last_run is not None
+            else None,
             "storage_collect_interval_seconds": self.storage_collect_interval,
         }
 

@@ -140,3 +140,41 @@ def test_a_fixed_tag_refuses_another_image_and_accepts_the_same_one(
         ).raise_for_status()
     with pytest.raises(CommandFailed, match="tag overwrite is disabled"):
         skopeo.copy(test_image.oci_ref, f"docker://{other_ref}")
+
+
+def test_a_signature_is_not_an_image_under_the_limit(berth_with_limit: Registry) -> None:
+    """The limit counts images as every page does: a signature is listed under its subject."""
+    ref = berth_with_limit.new_image("signed")
+    with berth_with_limit.http() as client:
+        first, second, third = distinct_manifests(client, ref.name, 3)
+        put_all(berth_with_limit, ref.name, [first, second], workers=1)
+        config = Blob(b"{}", "application/vnd.oci.empty.v1+json")
+        push_bytes(client, ref.name, config.data)
+        subject = {"mediaType": OCI_MANIFEST, "digest": digest_of(first), "size": len(first)}
+        signature = json.dumps(
+            {
+                "schemaVersion": 2,
+                "mediaType": OCI_MANIFEST,
+                "artifactType": "application/vnd.dev.cosign.artifact.sig.v1+json",
+                "config": config.descriptor(),
+                "layers": [config.descriptor()],
+                "subject": subject,
+            }
+        ).encode()
+        signed = client.put(
+            f"/v2/{ref.name}/manifests/{digest_of(signature)}",
+            content=signature,
+            headers={"Content-Type": OCI_MANIFEST},
+        )
+        assert signed.status_code == 201, signed.text
+        refused = client.put(
+            f"/v2/{ref.name}/manifests/{digest_of(third)}",
+            content=third,
+            headers={"Content-Type": OCI_MANIFEST},
+        )
+        assert refused.status_code == 403 and "limit of 2 images" in refused.text
+        repository = ref.name.split("/")[1]
+        shown = client.get(
+            f"/api/v1/projects/{berth_with_limit.project}/repositories/{repository}"
+        ).json()
+        assert shown["images"] == 2

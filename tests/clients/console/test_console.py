@@ -9,6 +9,7 @@ import json
 import re
 import shlex
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -250,7 +251,10 @@ def test_garbage_collection_through_the_pop_up(
     expect(dialog).to_contain_text("tags cannot be restored")
     execute = dialog.get_by_role("button", name="Execute")
     expect(execute).to_be_disabled()
+    expect(dialog.get_by_test_id("gc-grace")).to_contain_text("the grace period (0 seconds")
     phrase = dialog.get_by_label("Type data deletion to confirm")
+    # An empty box looks empty: no placeholder repeating the phrase.
+    assert (phrase.get_attribute("placeholder") or "") != "data deletion"
     phrase.fill("data deletio")
     expect(execute).to_be_disabled()
     phrase.fill("data deletion")
@@ -267,20 +271,63 @@ def test_garbage_collection_through_the_pop_up(
     refused = skopeo_push(tenant, test_image, "old/app:v2")
     assert "garbage collection in progress" in refused
 
-    expect(current).to_contain_text("Last run: Succeeded", timeout=(GC_HOLD_SECONDS + 20) * 1000)
+    # Until it ends, the panel, the history's row and the summary's last run agree at every
+    # look, and the run only moves forward.
+    history = page.get_by_role("table", name="Garbage collection runs")
+    seen = watch_gc_panel(page, timeout=GC_HOLD_SECONDS + 20)
+    assert seen[-1] == ("succeeded", "done") and ("running", "marking") in seen, seen
+    expect(current).to_contain_text("Last run: Succeeded")
     expect(page.get_by_test_id("gc-button")).to_be_enabled()
+    expect(page.get_by_test_id("gc-last-run")).to_contain_text("Succeeded")
+    expect(history.locator("thead")).to_contain_text("Delete untagged")
     [run_record] = admin.get(f"/projects/{tenant.project}/gc/runs").json()["items"]
     assert run_record["state"] == "succeeded" and run_record["bytes_freed"] > 0
     freed = page.get_by_test_id("gc-freed")
     expect(freed).to_have_attribute("data-bytes", str(run_record["bytes_freed"]))
     expect(page.get_by_test_id("gc-blobs")).to_have_text(f"{run_record['blobs_deleted']:,}")
     expect(page.get_by_test_id("gc-images")).to_have_text(f"{run_record['images_deleted']:,}")
-    history = page.get_by_role("table", name="Garbage collection runs")
     expect(history.get_by_role("row")).to_have_count(2)  # header and the run
     expect(history).to_contain_text(tenant.user)
     screenshot(page, "management")
     # After the run, pushing works again.
     assert "Writing manifest" in skopeo_push(tenant, test_image, "old/app:v3")
+
+
+PHASE_ORDER = ("queued", "marking", "sweeping", "done")
+
+
+def watch_gc_panel(page: Page, timeout: float) -> list[tuple[str, str]]:
+    """The GC panel's (state, phase) at each look until the run ends, checking at every look
+    that the history's newest row and the summary's last run say the same and that nothing
+    goes back."""
+    look = """() => {
+      const card = document.querySelector("[data-testid=gc-current] section");
+      const row = document.querySelector("table tbody tr [data-state]");
+      const last = document.querySelector("[data-testid=gc-last-run]");
+      return card && row ? [card.dataset.state, card.dataset.phase, row.dataset.state,
+                            row.dataset.phase, last.textContent] : null;
+    }"""
+    seen: list[tuple[str, str]] = []
+    rank = (0, 0)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = page.evaluate(look)
+        if found is not None:
+            state, phase, row_state, row_phase, last = found
+            assert (state, phase) == (row_state, row_phase), found
+            if state == "running":
+                assert "Succeeded" not in last or seen == [], found
+            else:
+                assert "Succeeded" in last or state != "succeeded", found
+            now = (state != "running", PHASE_ORDER.index(phase))
+            assert now >= rank, (seen, found)
+            rank = now
+            if not seen or seen[-1] != (state, phase):
+                seen.append((state, phase))
+            if state != "running":
+                return seen
+        page.wait_for_timeout(100)
+    raise AssertionError(f"the run never ended: {seen}")
 
 
 # ------------------------------------------------------------------ traffic
@@ -347,7 +394,7 @@ def test_the_traffic_chart_shows_the_bytes_pulled(
         traffic = admin.get(f"/projects/{tenant.project}/traffic").json()
     assert traffic["this_month"]["bytes"] == pulled
     expect(page.get_by_test_id("traffic-charge")).to_have_text(
-        f"{traffic['this_month']['estimated_charge']:.2f}"
+        f"{traffic['this_month']['estimated_charge']:.2f} USD"  # the currency setting's default
     )
     expect(page.get_by_role("table", name="Outbound traffic by repository")).to_contain_text(
         "pulled"

@@ -61,11 +61,17 @@ export function number(n) {
 
 const pad = (n) => String(n).padStart(2, "0");
 
-/** `2026-11-27 16:05` in the browser's time zone. */
+/** The browser's zone at that moment, as `UTC`, `GMT+9` or `PST`. */
+function zoneName(d) {
+  const part = new Intl.DateTimeFormat("en-US", { timeZoneName: "short" }).formatToParts(d).find((p) => p.type === "timeZoneName");
+  return part ? part.value : "";
+}
+
+/** `2026-11-27 16:05 GMT+9`, in the browser's time zone: the one format of every time shown. */
 export function datetime(iso) {
   if (!iso) return "–";
   const d = new Date(iso);
-  return `${d.getFullYear()}-${pad(d.getMonth() + 1)}-${pad(d.getDate())} ${pad(d.getHours())}:${pad(d.getMinutes())}`;
+  return `${d.getFullYear()}-${pad(d.getMonth() + 1)}-${pad(d.getDate())} ${pad(d.getHours())}:${pad(d.getMinutes())} ${zoneName(d)}`.trimEnd();
 }
 
 export function timeElement(iso) {

@@ -17,6 +17,7 @@ export async function managementView(main, ctx) {
   const summaryBox = h("div", { class: "loading" }, "Loading the summary…");
   const runBox = h("div", { "data-testid": "gc-current" });
   const historyBox = h("div");
+  const lastRun = h("span", { "data-testid": "gc-last-run" }, "…");
   clear(
     main,
     h("div", { class: "page-head" }, h("div", {}, h("h1", {}, "Management"), h("p", { class: "muted" }, "What the registry of this project holds, and garbage collection."))),
@@ -28,46 +29,60 @@ export async function managementView(main, ctx) {
   );
 
   let polling = null;
+  let followed = null; // the run the panel shows
+  let running = false;
+  let refreshing = Promise.resolve();
+  let generation = 0;
+  let graceSeconds = null;
   ctx.onLeave(() => clearTimeout(polling));
 
   async function loadSummary() {
     const summary = await api.get(`${base}/summary`);
     if (ctx.stale()) return;
-    clear(summaryBox, summaryTable(ctx, summary, { startGc, collect }));
-  }
-
-  async function loadHistory() {
-    const page = Math.max(1, Number(ctx.query.page) || 1);
-    const runs = await api.get(`${base}/gc/runs${query({ page, per_page: 10 })}`);
-    if (ctx.stale()) return;
-    clear(historyBox, historyTable(runs), pager(runs, (p) => ctx.navigate(`${base}/management`, { page: p })));
-  }
-
-  async function follow(runId) {
-    const run = runId ? await api.get(`${base}/gc/runs/${runId}`) : await api.get(`${base}/gc/current`);
-    if (ctx.stale()) return;
-    if (run === null) {
-      clear(runBox);
-      return;
-    }
-    clear(runBox, runCard(run));
-    // One run at a time: the button waits for this one to end.
+    graceSeconds = summary.gc_grace_period_seconds;
+    clear(summaryBox, summaryTable(ctx, summary, lastRun, { startGc, collect }));
     const button = summaryBox.querySelector("[data-testid=gc-button]");
-    if (button) button.disabled = run.state === "running";
-    if (run.state === "running") {
-      polling = setTimeout(() => follow(run.id).catch((err) => clear(runBox, errorBox(err))), 700);
-    } else {
-      await Promise.all([loadSummary(), loadHistory()]);
+    if (button) button.disabled = running;
+  }
+
+  // The run panel, the last run in the summary and the history are drawn from one read of
+  // the history's first page (the running run, if any, is its first row), so they always
+  // agree; a run shown once is never shown in an earlier state afterwards.
+  async function refresh() {
+    clearTimeout(polling);
+    const mine = ++generation; // only the latest read is drawn
+    const page = Math.max(1, Number(ctx.query.page) || 1);
+    const first = await api.get(`${base}/gc/runs${query({ page: 1, per_page: 10 })}`);
+    const shown = page === 1 ? first : await api.get(`${base}/gc/runs${query({ page, per_page: 10 })}`);
+    if (ctx.stale() || mine !== generation) return;
+    const current = first.items.find((r) => r.state === "running") || null;
+    const run = current || (followed && first.items.find((r) => r.id === followed)) || first.items[0] || null;
+    const finished = first.items.find((r) => r.state !== "running") || null;
+    running = current !== null;
+    clear(runBox, run ? runCard(run) : null);
+    clear(historyBox, historyTable(shown), pager(shown, (p) => ctx.navigate(`${base}/management`, { page: p })));
+    clear(lastRun, finished ? lastRunText(finished) : "never");
+    const button = summaryBox.querySelector("[data-testid=gc-button]");
+    if (button) button.disabled = running;
+    if (running) {
+      followed = current.id;
+      polling = setTimeout(() => {
+        refreshing = refresh().catch((err) => clear(runBox, errorBox(err)));
+      }, 700);
+    } else if (followed !== null && run && run.id === followed && run.state !== "running") {
+      followed = null;
+      await loadSummary(); // the run changed what is stored
     }
   }
 
   async function startGc() {
-    const run = await gcDialog(project, base);
+    const run = await gcDialog(project, base, graceSeconds);
     if (!run) return;
     toast("Garbage collection started");
-    clearTimeout(polling);
-    await follow(run.id);
-    await loadHistory();
+    followed = run.id;
+    await refreshing;
+    refreshing = refresh();
+    await refreshing;
   }
 
   async function collect(button) {
@@ -82,11 +97,26 @@ export async function managementView(main, ctx) {
     }
   }
 
-  await Promise.all([loadSummary(), loadHistory()]);
-  await follow(null);
+  await loadSummary();
+  refreshing = refresh();
+  await refreshing;
 }
 
-function summaryTable(ctx, summary, { startGc, collect }) {
+function lastRunText(run) {
+  return h(
+    "span",
+    {},
+    `${STATES[run.state] || run.state}${run.dry_run ? " (dry run)" : ""}, `,
+    timeElement(run.finished_at),
+  );
+}
+
+function graceText(seconds) {
+  if (seconds === null || seconds === undefined) return "the grace period";
+  return `the grace period (${every(seconds)}, setting gc_grace_period)`;
+}
+
+function summaryTable(ctx, summary, lastRun, { startGc, collect }) {
   const { project } = ctx;
   const storage = summary.storage;
   const gcButton = project.can_manage
@@ -111,31 +141,34 @@ function summaryTable(ctx, summary, { startGc, collect }) {
           h("span", {}, h("span", { "data-testid": "summary-storage", "data-bytes": storage.bytes }, bytes(storage.bytes)), " ", collectButton),
           [
             "Object usage by the registry (each layer counted once). ",
-            storage.measured_now || !storage.collected_at
-              ? "Measured just now; "
-              : ["Collected ", h("span", { "data-testid": "storage-collected-at" }, timeElement(storage.collected_at)), "; "],
+            // The same sample Monitoring shows (the server records the first one).
+            "Collected ",
+            h("span", { "data-testid": "storage-collected-at" }, timeElement(storage.collected_at)),
+            "; ",
             `collected every ${every(summary.storage_collect_interval_seconds)}.`,
           ],
         ),
         row("Outbound traffic", bytes(summary.traffic_this_month.bytes), `This month so far, ${plural(summary.traffic_this_month.requests, "download")}.`),
-        row("Garbage collection", gcButton, ["Deletes layer data no image references. Last finished: ", summary.last_gc_at ? timeElement(summary.last_gc_at) : "never", "."]),
+        row("Garbage collection", gcButton, ["Deletes layer data no image references. Last run: ", lastRun, "."]),
       ),
     ),
   );
 }
 
 function every(seconds) {
+  if (seconds === 0) return "0 seconds";
   if (seconds % 3600 === 0) return plural(seconds / 3600, "hour");
   if (seconds % 60 === 0) return plural(seconds / 60, "minute");
   return plural(seconds, "second");
 }
 
-function gcDialog(project, base) {
+function gcDialog(project, base, graceSeconds) {
   return openDialog({
     title: "Garbage collection",
     wide: true,
     build(close) {
-      const phrase = h("input", { type: "text", autocomplete: "off", spellcheck: false, placeholder: PHRASE, "aria-label": `Type ${PHRASE} to confirm` });
+      // No placeholder: the phrase itself would make the box look filled in.
+      const phrase = h("input", { type: "text", autocomplete: "off", spellcheck: false, "aria-label": `Type ${PHRASE} to confirm` });
       const execute = h("button", { type: "submit", class: "danger", disabled: true }, "Execute");
       phrase.addEventListener("input", () => (execute.disabled = phrase.value.trim() !== PHRASE));
       const untagged = h("input", { type: "checkbox", name: "delete_untagged" });
@@ -158,6 +191,7 @@ function gcDialog(project, base) {
               h("li", {}, "Images with multi-architecture manifests may be deleted: with “also delete untagged images”, an untagged index goes with the platform images only it lists. (The platform images of a kept index and the signatures of a kept image always stay.)"),
               h("li", {}, "Registry use (repository creation, repository deletion, image push and tag addition) is restricted until garbage collection has finished deciding what to delete. Pulls keep working."),
               h("li", {}, "After garbage collection, tags cannot be restored to the state they were in before it ran."),
+              h("li", { "data-testid": "gc-grace" }, `Images and layer data pushed within ${graceText(graceSeconds)} are kept, tagged or not; the result says how many and from when they can be collected.`),
             ),
           ),
           h("label", { class: "check" }, untagged, h("span", {}, "Also delete untagged images that no other image references")),
@@ -187,26 +221,46 @@ function runCard(run) {
   const running = run.state === "running";
   const total = run.progress_total || 0;
   const percent = total ? Math.round((run.progress_done / total) * 100) : running ? null : 100;
+  const marking = run.phase === "marking";
+  let detail;
+  if (run.phase === "sweeping") detail = total ? `${number(run.progress_done)} of ${number(total)} files removed` : "Listing the files to remove…";
+  else if (marking) detail = run.dry_run ? "Deciding what would be deleted (a dry run: nothing changes, writes go on)" : "Deciding what to delete · pushes, new tags and repository changes are refused meanwhile";
+  else detail = "Waiting to start…";
   return h(
     "section",
-    { class: `run-card ${run.state}`, "aria-live": "polite", "data-state": run.state, "data-phase": run.phase },
-    h("h3", {}, running ? "Garbage collection is running" : `Last run: ${STATES[run.state]}`, run.dry_run ? badge("dry run") : null),
+    { class: `run-card ${run.state}`, "aria-live": "polite", "data-state": run.state, "data-phase": run.phase, "data-run": run.id },
+    h("h3", {}, running ? "Garbage collection is running" : `Last run: ${STATES[run.state]}`, run.dry_run ? badge("dry run") : null, run.delete_untagged ? badge("delete untagged") : null),
     running
       ? [
-          h("p", {}, PHASES[run.phase] || run.phase, ` · started ${new Date(run.started_at).toLocaleTimeString()} by ${run.actor}`),
+          h("p", {}, run.dry_run && marking ? "Deciding what would be deleted" : PHASES[run.phase] || run.phase, " · started ", timeElement(run.started_at), ` by ${run.actor}`),
           h("progress", { max: 100, value: percent ?? undefined, "aria-label": "Progress" }),
-          h("p", { class: "muted" }, total ? `${number(run.progress_done)} of ${number(total)} files removed` : "Marking…", run.phase === "marking" ? " · pushes, new tags and repository changes are refused meanwhile" : ""),
+          h("p", { class: "muted" }, detail),
         ]
-      : h(
-          "dl",
-          { class: "facts", "data-testid": "gc-result" },
-          h("div", {}, h("dt", {}, run.dry_run ? "Images that would go" : "Images deleted"), h("dd", { "data-testid": "gc-images" }, number(run.images_deleted))),
-          h("div", {}, h("dt", {}, run.dry_run ? "Blobs that would go" : "Blobs deleted"), h("dd", { "data-testid": "gc-blobs" }, number(run.blobs_deleted))),
-          h("div", {}, h("dt", {}, run.dry_run ? "Would free" : "Freed"), h("dd", { "data-testid": "gc-freed", "data-bytes": run.bytes_freed }, bytes(run.bytes_freed))),
-          h("div", {}, h("dt", {}, "Duration"), h("dd", {}, duration(run.duration_seconds))),
-          h("div", {}, h("dt", {}, "Writes restricted"), h("dd", {}, duration(run.restricted_seconds))),
-          run.error ? h("div", {}, h("dt", {}, "Error"), h("dd", {}, run.error)) : null,
-        ),
+      : [
+          h(
+            "dl",
+            { class: "facts", "data-testid": "gc-result" },
+            h("div", {}, h("dt", {}, run.dry_run ? "Images that would go" : "Images deleted"), h("dd", { "data-testid": "gc-images" }, number(run.images_deleted))),
+            h("div", {}, h("dt", {}, run.dry_run ? "Blobs that would go" : "Blobs deleted"), h("dd", { "data-testid": "gc-blobs" }, number(run.blobs_deleted))),
+            h("div", {}, h("dt", {}, run.dry_run ? "Would free" : "Freed"), h("dd", { "data-testid": "gc-freed", "data-bytes": run.bytes_freed }, bytes(run.bytes_freed))),
+            h("div", {}, h("dt", {}, "Duration"), h("dd", {}, duration(run.duration_seconds))),
+            h("div", {}, h("dt", {}, "Writes restricted"), h("dd", {}, duration(run.restricted_seconds))),
+            run.error ? h("div", {}, h("dt", {}, "Error"), h("dd", {}, run.error)) : null,
+          ),
+          keptText(run),
+        ],
+  );
+}
+
+/** What the run kept only because it was younger than the grace period, and from when it goes. */
+function keptText(run) {
+  if (!run.young_images_kept && !run.young_blobs_kept) return null;
+  return h(
+    "p",
+    { class: "hint", "data-testid": "gc-kept-young" },
+    `Kept ${plural(run.young_images_kept, "image")} and ${plural(run.young_blobs_kept, "blob")} because they are younger than ${graceText(run.grace_period_seconds)}; they can be collected from `,
+    timeElement(run.young_collectable_at),
+    " on.",
   );
 }
 
@@ -215,10 +269,12 @@ function historyTable(runs) {
     [
       { title: "Started", cell: (r) => timeElement(r.started_at) },
       { title: "By", cell: (r) => r.actor },
-      { title: "State", cell: (r) => h("span", {}, badge(STATES[r.state] || r.state, r.state), r.dry_run ? badge("dry run") : null) },
+      { title: "State", cell: (r) => h("span", { "data-state": r.state, "data-phase": r.phase }, badge(STATES[r.state] || r.state, r.state), r.dry_run ? badge("dry run") : null) },
+      { title: "Delete untagged", cell: (r) => (r.delete_untagged ? "yes" : "no") },
       { title: "Images deleted", cell: (r) => number(r.images_deleted), class: "num" },
       { title: "Blobs deleted", cell: (r) => number(r.blobs_deleted), class: "num" },
       { title: "Freed", cell: (r) => bytes(r.bytes_freed), class: "num" },
+      { title: "Kept (too young)", cell: (r) => `${number(r.young_images_kept)} images, ${number(r.young_blobs_kept)} blobs`, class: "num" },
       { title: "Duration", cell: (r) => duration(r.duration_seconds), class: "num" },
       { title: "Writes restricted", cell: (r) => duration(r.restricted_seconds), class: "num" },
     ],

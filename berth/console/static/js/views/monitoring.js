@@ -39,8 +39,9 @@ export async function monitoringView(main, ctx) {
   clear(storageBox, storageSection(storage));
 }
 
-function money(value) {
-  return value.toLocaleString("en-US", { minimumFractionDigits: 2, maximumFractionDigits: 2 });
+/** `1,234.50 USD`: the amount with the server's currency (setting currency). */
+function money(value, currency) {
+  return `${value.toLocaleString("en-US", { minimumFractionDigits: 2, maximumFractionDigits: 2 })} ${currency}`;
 }
 
 function change(month) {
@@ -76,7 +77,7 @@ function trafficSection(ctx, traffic, repository) {
       h("div", {}, h("dt", {}, "Past three months"), h("dd", { "data-testid": "traffic-total" }, bytes(traffic.total_bytes))),
       h("div", {}, h("dt", {}, "This month"), h("dd", {}, bytes(month.bytes))),
       h("div", {}, h("dt", {}, "Change over last month"), h("dd", { "data-testid": "traffic-change" }, change(month))),
-      h("div", {}, h("dt", {}, "Estimated charge this month"), h("dd", { "data-testid": "traffic-charge" }, money(month.estimated_charge))),
+      h("div", {}, h("dt", {}, "Estimated charge this month"), h("dd", { "data-testid": "traffic-charge" }, money(month.estimated_charge, month.currency))),
     ),
     barChart(points, { label: `Outbound traffic per day, ${traffic.first_day} to ${traffic.last_day}`, format: bytes, every: 14, testid: "traffic-chart" }),
     h("h3", {}, "By month"),
@@ -86,7 +87,7 @@ function trafficSection(ctx, traffic, repository) {
         { title: "Outbound traffic", cell: (m) => h("span", { "data-bytes": m.bytes }, bytes(m.bytes)), class: "num" },
         { title: "Downloads", cell: (m) => number(m.requests), class: "num" },
         { title: "Change", cell: (m) => change(m), class: "num" },
-        { title: "Estimated charge", cell: (m) => money(m.estimated_charge), class: "num" },
+        { title: "Estimated charge", cell: (m) => money(m.estimated_charge, m.currency), class: "num" },
       ],
       traffic.months,
       { caption: "Outbound traffic by month", rowKey: (m) => m.month },
@@ -95,7 +96,7 @@ function trafficSection(ctx, traffic, repository) {
       "p",
       { class: "hint" },
       pricing.price_per_gb > 0
-        ? `Estimated charge: traffic past ${pricing.free_gb_per_month} GB a month, at ${pricing.price_per_gb} per GB (1 GB = ${number(pricing.gb)} bytes).`
+        ? `Estimated charge: traffic past ${pricing.free_gb_per_month} GB a month, at ${pricing.price_per_gb} ${pricing.currency} per GB (1 GB = ${number(pricing.gb)} bytes).`
         : "No price per GB is set on this server (setting traffic_price_per_gb), so the estimated charge is 0.",
     ),
     traffic.repositories && traffic.repositories.length
@@ -117,7 +118,7 @@ function trafficSection(ctx, traffic, repository) {
 
 function storageSection(storage) {
   if (!storage.samples.length) {
-    return emptyState("No storage usage collected yet", h("p", {}, "It is collected every 30 minutes, or now from Management."));
+    return emptyState("No storage usage collected yet", h("p", {}, `It is collected every ${Math.round(storage.collect_interval_seconds / 60)} minutes, or now from Management.`));
   }
   const points = storage.samples.map((s) => ({
     label: datetime(s.collected_at).slice(5, 10),

@@ -136,7 +136,8 @@ function artifactLabel(type) {
 
 function kindOf(image) {
   if (image.artifact_type) return h("span", { class: "muted", title: image.artifact_type }, artifactLabel(image.artifact_type));
-  return h("span", { class: "muted" }, image.media_type.includes("index") || image.media_type.includes("list") ? "index" : "single platform");
+  // A single-platform image lists its own platform (from its config); this is for the rest.
+  return h("span", { class: "muted" }, image.media_type.includes("index") || image.media_type.includes("list") ? "index" : "no platform");
 }
 
 function referrers(image) {
