@@ -99,8 +99,25 @@ class _TTLCache:
         self._items.clear()
 
 
+# What the audit log names instead of a failed login's key ID when that value cannot be one
+# (a secret pasted into the ID field must not be stored), and as the actor of any failed login
+# (an unverified name is nobody).
+NOT_A_KEY_ID = "(not a key ID)"
+UNVERIFIED_ACTOR = "(unverified)"
+_KEY_ID_LENGTH = 20
+
+
 def new_key_id() -> str:
-    return "BK" + "".join(secrets.choice(_KEY_ID_ALPHABET) for _ in range(18))
+    return "BK" + "".join(secrets.choice(_KEY_ID_ALPHABET) for _ in range(_KEY_ID_LENGTH - 2))
+
+
+def has_key_id_format(value: str) -> bool:
+    """`BK` and 18 characters of the key ID alphabet: what `new_key_id` makes."""
+    return (
+        len(value) == _KEY_ID_LENGTH
+        and value.startswith("BK")
+        and all(c in _KEY_ID_ALPHABET for c in value[2:])
+    )
 
 
 def new_secret() -> str:
