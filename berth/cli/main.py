@@ -14,6 +14,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
+from berth.cli import accounts
 from berth.cli.common import JsonFlag, console, print_json, run_service
 from berth.cli.gc import gc_app
 from berth.config import Settings, load_settings
@@ -641,6 +642,10 @@ def usage(
         )
     console.print(monthly)
 
+
+project_app.command("delete")(accounts.project_delete)
+user_app.command("set-password")(accounts.user_set_password)
+user_app.command("delete")(accounts.user_delete)
 
 if __name__ == "__main__":
     app()
