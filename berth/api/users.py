@@ -33,9 +33,7 @@ from berth.services.sessions import ConsoleSession
 
 router = APIRouter(tags=["users"])
 
-Password = Annotated[
-    str, Field(min_length=MIN_PASSWORD_LENGTH, max_length=MAX_PASSWORD_LENGTH, repr=False)
-]
+Password = Annotated[str, Field(min_length=MIN_PASSWORD_LENGTH, max_length=MAX_PASSWORD_LENGTH)]
 
 
 class User(BaseModel):
@@ -75,7 +73,7 @@ class PasswordReset(BaseModel):
 class PasswordChange(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    current_password: str = Field(min_length=1, max_length=MAX_PASSWORD_LENGTH, repr=False)
+    current_password: str = Field(min_length=1, max_length=MAX_PASSWORD_LENGTH)
     new_password: Password
 
 
