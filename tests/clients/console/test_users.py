@@ -36,7 +36,7 @@ def test_a_project_admin_picks_a_member_from_the_users_found(page: Page, tenant:
     # Typing part of a name lists the users it matches; picking one fills the field.
     user.fill("")
     user.press_sequentially(f"-x{suffix}"[:6])
-    found = page.get_by_role("listbox", name="Matching users")
+    found = page.get_by_role("listbox", name="Matching names")
     expect(found.get_by_role("option")).to_have_count(2)
     screenshot(page, "member-picker", full_page=False)
     found.get_by_role("option", name=f"ann-x{suffix}").click()

@@ -24,7 +24,7 @@ export function userPicker() {
     "aria-controls": listId,
     placeholder: "search users",
   });
-  const list = h("ul", { id: listId, class: "picker-list", role: "listbox", "aria-label": "Matching users", hidden: true });
+  const list = h("ul", { id: listId, class: "picker-list", role: "listbox", "aria-label": "Matching names", hidden: true });
   let found = [];
   let active = -1;
   let searching = null;
