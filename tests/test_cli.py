@@ -10,12 +10,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import typer
 from typer.testing import CliRunner
 
 from berth.cli.main import app
-from tests.servers import BERTH, BerthServer, PostgresCluster
+from berth.config import Settings
+from berth.metadata.migrate import upgrade
+from tests.servers import ADMIN_PASSWORD, BERTH, BerthServer, PostgresCluster
 
 
 def test_project_and_repository_admin_verbs(tmp_path: Path) -> None:
@@ -199,3 +202,52 @@ def test_admin_verbs_refuse_an_empty_database(
     assert _berth_in(tmp_path, "init", BERTH_ADMIN_PASSWORD="admin-password", **env).returncode == 0
     created = _berth_in(tmp_path, "project", "create", "demo", **env)
     assert created.returncode == 0, created.stderr
+
+
+def _run(berth: BerthServer, *args: str, stdin: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*BERTH, *args], input=stdin, env=berth.env, capture_output=True, text=True, timeout=120
+    )
+
+
+def test_a_lost_administrator_password_is_reset_on_the_server(server: BerthServer) -> None:
+    with httpx.Client(base_url=f"{server.url}/api/v1", timeout=30) as api:
+        assert api.get("/projects", auth=("admin", ADMIN_PASSWORD)).status_code == 200
+        reset = _run(
+            server, "user", "set-password", "admin", "--password-stdin", stdin="lost-and-found\n"
+        )
+        assert reset.returncode == 0, reset.stderr
+        assert "Set the password of admin" in reset.stdout
+        # The running server takes the new password at once; the old one is refused.
+        assert api.get("/projects", auth=("admin", "lost-and-found")).status_code == 200
+        assert api.get("/projects", auth=("admin", ADMIN_PASSWORD)).status_code == 401
+        server._services(lambda s: s.identity.set_password("admin", ADMIN_PASSWORD))
+
+
+def test_deleting_users_and_projects(tmp_path: Path) -> None:
+    berth = BerthServer(tmp_path / "data")
+    berth.data_dir.mkdir()
+    upgrade(Settings(data_dir=berth.data_dir).resolved_database_url)
+    berth.create_repository("demo", "app")
+    berth.create_project("empty")
+    berth.create_user("bob", "bob-password")
+    berth.create_user("root", "root-password", is_admin=True)
+    berth.add_member("demo", "bob", "member")
+    key_id, _secret = berth.access_key("demo", "bob")
+
+    assert berth.cli("user", "delete", "bob", "--yes").stdout.strip() == "Deleted user bob"
+    assert berth._services(lambda s: s.identity.list_keys()) == []
+    audit = [(e["action"], e["target"]) for e in berth.cli_json("audit", "demo")]
+    assert audit[:2] == [("user.delete", "bob"), ("key.delete", key_id)]
+    last_admin = berth.cli("user", "delete", "root", "--yes", check=False)
+    assert last_admin.returncode == 1 and "last server administrator" in last_admin.stderr
+
+    # A project that holds repositories goes only once its name is typed again.
+    wrong = _run(berth, "project", "delete", "demo", stdin="demo2\n")
+    assert wrong.returncode == 1 and "nothing was deleted" in wrong.stderr
+    assert "holds 1 repository" in wrong.stdout
+    typed = _run(berth, "project", "delete", "demo", stdin="demo\n")
+    assert typed.returncode == 0, typed.stderr
+    assert "Deleted project demo and its 1 repository" in typed.stdout
+    assert berth.cli_json("project", "delete", "empty", "--yes")["deleted"] is True
+    assert berth._services(lambda s: s.repositories.list_projects()) == []

@@ -25,7 +25,17 @@ from berth.api.session import SESSION_COOKIE, ConsoleSessions
 
 MOUNT_PATH = "/api/v1"
 # Routers in the order their endpoints appear in the document.
-ROUTER_MODULES = ("auth", "session", "projects", "repositories", "images", "access", "gc", "usage")
+ROUTER_MODULES = (
+    "auth",
+    "session",
+    "projects",
+    "repositories",
+    "images",
+    "access",
+    "gc",
+    "usage",
+    "users",
+)
 OPTIONAL_MODULES = frozenset({"gc", "usage"})
 _DOCS_STATIC = Path(fastapi_offline.__file__).parent / "static"
 

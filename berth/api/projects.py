@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Query, Request, Response
 from pydantic import BaseModel, Field
 
 from berth.api.deps import (
@@ -17,6 +17,7 @@ from berth.api.deps import (
     ServicesDep,
 )
 from berth.api.problems import FieldError, responses
+from berth.auth.guard import client_address
 from berth.domain.errors import Denied
 from berth.domain.names import PROJECT_NAME_RULE, project_name_problem
 from berth.state import Services
@@ -144,3 +145,35 @@ async def create_project(
     project_id = await services.repositories.project_id(body.name)
     [details] = await services.repositories.project_details([project_id or 0])
     return _project(services, request, details, None, True)
+
+
+@router.delete("/{project}", status_code=204, responses=responses(404, 409))
+async def delete_project(
+    request: Request,
+    ctx: ServerAdminProject,
+    confirm: Annotated[
+        str | None,
+        Query(
+            max_length=63,
+            description="the project's name, required while it holds repositories",
+        ),
+    ] = None,
+) -> Response:
+    """Delete a project with its repositories, images, access keys, roles and audit log
+    (server administrators). Refused while it holds repositories unless `confirm` repeats its
+    name; blobs no other project uses are removed by the next garbage collection."""
+    principal = ctx.caller.principal
+    if principal.key_project_id is not None:
+        raise Denied(
+            f"access key {principal.key_id} cannot delete the project it works in; sign in "
+            "with a password, or use the CLI"
+        )
+    repositories = await ctx.services.repositories.delete_project(ctx.project, confirm=confirm)
+    await ctx.services.identity.record(
+        ctx.actor,
+        "project.delete",
+        target=ctx.project,
+        detail={"repositories": repositories},
+        client=client_address(request),
+    )
+    return Response(status_code=204)

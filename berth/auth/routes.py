@@ -23,6 +23,7 @@ from berth.auth.tokens import InvalidToken
 from berth.domain.errors import RegistryError, Unauthorized, Unsupported
 from berth.domain.names import split_name
 from berth.domain.scopes import Scope, parse_scopes
+from berth.services.identity import NOT_A_KEY_ID, UNVERIFIED_ACTOR, has_key_id_format
 from berth.state import Services
 
 EVERY_ACTION = frozenset({"pull", "push", "delete"})
@@ -83,11 +84,12 @@ async def _login(services: Services, request: Request, key_id: str, secret: str)
     try:
         principal = await authenticate_basic(services, request, key_id, secret)
     except Unauthorized as exc:
+        well_formed = has_key_id_format(key_id)
         await services.identity.record(
-            key_id[:64],
+            UNVERIFIED_ACTOR,
             "login.failed",
-            project_id=await services.identity.key_project_id(key_id),
-            target=key_id[:64],
+            project_id=await services.identity.key_project_id(key_id) if well_formed else None,
+            target=key_id if well_formed else NOT_A_KEY_ID,
             detail={"reason": exc.message},
             client=client_address(request),
         )

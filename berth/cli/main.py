@@ -17,6 +17,7 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
+from berth.cli import accounts
 from berth.cli.common import (
     BAD_SETTING,
     CLI_CLIENT,
@@ -764,6 +765,10 @@ def usage(
         )
     console.print(monthly)
 
+
+project_app.command("delete")(accounts.project_delete)
+user_app.command("set-password")(accounts.user_set_password)
+user_app.command("delete")(accounts.user_delete)
 
 if __name__ == "__main__":
     app()

@@ -25,6 +25,7 @@ from berth.metadata.database import Database
 from berth.metadata.tables import (
     access_keys,
     audit_log,
+    console_sessions,
     memberships,
     projects,
     repositories,
@@ -39,6 +40,8 @@ from berth.services.repositories import Conflict, RepositoryRef, require_project
 CACHE_SECONDS = 1.0
 AUDIT_FLUSH_SECONDS = 0.25
 LAST_USED_RESOLUTION = 60.0
+MIN_PASSWORD_LENGTH = 8
+MAX_PASSWORD_LENGTH = 1024  # what sign-in accepts
 logger = logging.getLogger(__name__)
 _KEY_ID_ALPHABET = "ABCDEFGHJKLMNPQRSTUVWXYZ23456789"
 
@@ -99,8 +102,25 @@ class _TTLCache:
         self._items.clear()
 
 
+# What the audit log names instead of a failed login's key ID when that value cannot be one
+# (a secret pasted into the ID field must not be stored), and as the actor of any failed login
+# (an unverified name is nobody).
+NOT_A_KEY_ID = "(not a key ID)"
+UNVERIFIED_ACTOR = "(unverified)"
+_KEY_ID_LENGTH = 20
+
+
 def new_key_id() -> str:
-    return "BK" + "".join(secrets.choice(_KEY_ID_ALPHABET) for _ in range(18))
+    return "BK" + "".join(secrets.choice(_KEY_ID_ALPHABET) for _ in range(_KEY_ID_LENGTH - 2))
+
+
+def has_key_id_format(value: str) -> bool:
+    """`BK` and 18 characters of the key ID alphabet: what `new_key_id` makes."""
+    return (
+        len(value) == _KEY_ID_LENGTH
+        and value.startswith("BK")
+        and all(c in _KEY_ID_ALPHABET for c in value[2:])
+    )
 
 
 def looks_like_key_id(text: str) -> bool:
@@ -270,8 +290,8 @@ class Identity:
             )
         if password is None and not service_account:
             raise NameInvalid("a user needs a password (service accounts have none)")
-        if password is not None and len(password) < 8:
-            raise NameInvalid("password must be at least 8 characters")
+        if password is not None:
+            _check_password(password)
         password_hash = self.passwords.hash(password) if password is not None else None
         async with self.db.write() as conn:
             exists = (await conn.execute(select(users.c.id).where(users.c.name == name))).first()
@@ -350,6 +370,114 @@ class Identity:
                 }
                 for r in rows
             ]
+
+    async def search_users(self, query: str = "", limit: int = 20) -> list[dict[str, Any]]:
+        """Users whose name contains `query`, by name: what a member picker offers."""
+        statement = select(users).order_by(users.c.name).limit(limit)
+        if query:
+            statement = statement.where(users.c.name.contains(query.lower(), autoescape=True))
+        async with self.db.read() as conn:
+            rows = await conn.execute(statement)
+            return [
+                {
+                    "name": r.name,
+                    "admin": r.is_admin,
+                    "service_account": r.is_service_account,
+                    "created_at": r.created_at.isoformat(),
+                }
+                for r in rows
+            ]
+
+    async def set_password(
+        self, name: str, password: str, *, actor: str = "cli", keep_session: str | None = None
+    ) -> None:
+        """Set a user's password (their own change, or an administrator's reset). The user's
+        console sessions end, but for `keep_session` (the one that changed it)."""
+        _check_password(password)
+        password_hash = await asyncio.to_thread(self.passwords.hash, password)
+        async with self.db.write() as conn:
+            row = (await conn.execute(select(users).where(users.c.name == name))).first()
+            if row is None:
+                raise NameUnknown(f"user {name!r} does not exist")
+            if row.is_service_account:
+                raise Denied(
+                    f"user {name!r} is a service account: it signs in with access keys only"
+                )
+            await conn.execute(
+                update(users).where(users.c.id == row.id).values(password_hash=password_hash)
+            )
+            ended = delete(console_sessions).where(console_sessions.c.user_id == row.id)
+            if keep_session is not None:
+                ended = ended.where(console_sessions.c.id != keep_session)
+            await conn.execute(ended)
+            await self._audit(
+                conn,
+                actor,
+                "user.password",
+                target=name,
+                detail={"by": "self" if actor == name else "administrator"},
+            )
+
+    async def delete_user(self, name: str, *, actor: str = "cli") -> None:
+        """Delete a user: their access keys, console sessions and roles go with them at once.
+        Each project they had a role in audits it (and each key deleted)."""
+        async with self.db.write() as conn:
+            row = (await conn.execute(select(users).where(users.c.name == name))).first()
+            if row is None:
+                raise NameUnknown(f"user {name!r} does not exist")
+            if name == actor:
+                raise Denied("you cannot delete yourself; another administrator can")
+            if row.is_admin:
+                admins = (
+                    await conn.execute(
+                        select(func.count()).select_from(users).where(users.c.is_admin)
+                    )
+                ).scalar()
+                if (admins or 0) <= 1:
+                    raise Denied(f"user {name!r} is the last server administrator")
+            keys = (
+                await conn.execute(
+                    delete(access_keys)
+                    .where(access_keys.c.user_id == row.id)
+                    .returning(access_keys.c.id, access_keys.c.project_id)
+                )
+            ).all()
+            project_ids = {int(r.project_id) for r in keys}
+            project_ids.update(
+                (
+                    await conn.execute(
+                        select(memberships.c.project_id).where(memberships.c.user_id == row.id)
+                    )
+                ).scalars()
+            )
+            project_ids.update(
+                (
+                    await conn.execute(
+                        select(repositories.c.project_id)
+                        .join(
+                            repository_grants,
+                            repository_grants.c.repository_id == repositories.c.id,
+                        )
+                        .where(repository_grants.c.user_id == row.id)
+                    )
+                ).scalars()
+            )
+            for table in (console_sessions, memberships, repository_grants):
+                await conn.execute(delete(table).where(table.c.user_id == row.id))
+            await conn.execute(delete(users).where(users.c.id == row.id))
+            for key in keys:
+                await self._audit(
+                    conn,
+                    actor,
+                    "key.delete",
+                    project_id=key.project_id,
+                    target=key.id,
+                    detail={"reason": "user deleted", "user": name},
+                )
+            for project_id in sorted({None, *project_ids}, key=lambda p: p or 0):
+                await self._audit(conn, actor, "user.delete", project_id=project_id, target=name)
+        self._roles.clear()
+        self._keys.clear()
 
     # ------------------------------------------------------------------ roles
 
@@ -777,6 +905,13 @@ class Identity:
             await conn.execute(
                 update(access_keys).where(access_keys.c.id == key_id).values(last_used_at=utcnow())
             )
+
+
+def _check_password(password: str) -> None:
+    if len(password) < MIN_PASSWORD_LENGTH:
+        raise NameInvalid(f"password must be at least {MIN_PASSWORD_LENGTH} characters")
+    if len(password) > MAX_PASSWORD_LENGTH:
+        raise NameInvalid(f"password must be at most {MAX_PASSWORD_LENGTH} characters")
 
 
 async def _user_id(conn: AsyncConnection, user: str) -> int:

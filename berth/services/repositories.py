@@ -18,6 +18,7 @@ from berth.metadata.database import Database
 from berth.metadata.queries import is_image
 from berth.metadata.tables import (
     UTCDateTime,
+    gc_runs,
     image_events,
     manifests,
     project_settings,
@@ -240,6 +241,45 @@ class Repositories:
                     project_settings, ["project_id"], {"repository_quota": quota}
                 ).values(project_id=project_id, repository_quota=quota)
             )
+
+    async def delete_project(self, project: str, *, confirm: str | None = None) -> int:
+        """Delete a project with everything in it (repositories, images, keys, roles, its
+        audit log); blobs no other project links go at the next garbage collection. Refused
+        while it holds repositories unless `confirm` repeats its name, and while a garbage
+        collection runs in it. Returns how many repositories went."""
+        async with self.db.write() as conn:
+            project_id = await require_project(conn, project)
+            await ensure_writable(conn, project_id, project)
+            running = (
+                await conn.execute(
+                    select(gc_runs.c.id).where(
+                        gc_runs.c.project_id == project_id, gc_runs.c.state == "running"
+                    )
+                )
+            ).first()
+            if running is not None:
+                raise Conflict(
+                    f"a garbage collection is running in project {project!r}; delete the "
+                    "project once it has finished"
+                )
+            held = (
+                await conn.execute(
+                    select(func.count())
+                    .select_from(repositories)
+                    .where(repositories.c.project_id == project_id)
+                )
+            ).scalar() or 0
+            if held and confirm != project:
+                raise Conflict(
+                    f"project {project!r} holds {held} "
+                    f"{'repository' if held == 1 else 'repositories'}; to delete it with "
+                    "all of them, confirm by typing the project's name",
+                    {"repositories": held},
+                )
+            await conn.execute(projects.delete().where(projects.c.id == project_id))
+        for key in [k for k in self._cache if k[0] == project]:
+            self._cache.pop(key, None)
+        return int(held)
 
     async def update(
         self,

@@ -8,7 +8,10 @@ import time
 import httpx
 import jwt
 import pytest
+from sqlalchemy import select
 
+from berth.metadata.tables import audit_log
+from berth.state import Services
 from tests.api.conftest import PASSWORD, Team, api, assert_problem, ok, services, until
 from tests.servers import ADMIN_PASSWORD, BerthServer
 
@@ -178,3 +181,32 @@ def test_throttles_password_guessing(server: BerthServer) -> None:
     with api(server, (name, "wrong-password")) as client:
         statuses = [client.get("/projects").status_code for _ in range(12)]
     assert statuses[:10] == [401] * 10 and statuses[-1] == 429
+
+
+def test_a_failed_login_never_stores_what_was_typed_as_the_key_id(team: Team) -> None:
+    key_id, secret = team.keys["member"]
+    with httpx.Client(base_url=team.server.url, timeout=30) as registry:
+        # A real key ID with a wrong secret, and the secret pasted into the ID field (IDs
+        # and secrets swapped).
+        assert registry.get("/auth/token", auth=(key_id, "wrong-secret")).status_code == 401
+        assert registry.get("/auth/token", auth=(secret, key_id)).status_code == 401
+
+    def failures() -> list[dict[str, object]]:
+        entries = ok(team.admin.get(team.url("/audit"), params={"per_page": 100}))["items"]
+        return [e for e in entries if e["action"] == "login.failed"]
+
+    [failed] = until(failures)
+    # The well-formed ID is the target; nobody unverified is named as the actor.
+    assert failed["target"] == key_id and failed["actor"] == "(unverified)"
+
+    async def every_entry(s: Services) -> list[str]:
+        async with s.db.read() as conn:
+            rows = await conn.execute(select(audit_log))
+            return [" ".join(str(value) for value in row) for row in rows]
+
+    def swapped_login_recorded() -> list[str]:
+        return [e for e in services(team.server, every_entry) if "(not a key ID)" in e]
+
+    assert until(swapped_login_recorded)
+    stored = "\n".join(services(team.server, every_entry))
+    assert secret not in stored and secret[:20] not in stored

@@ -11,6 +11,8 @@ import { managementView } from "./views/management.js";
 import { monitoringView } from "./views/monitoring.js";
 import { keysView } from "./views/keys.js";
 import { membersView, auditView } from "./views/members.js";
+import { adminView } from "./views/admin.js";
+import { changePasswordDialog } from "./views/account.js";
 
 const root = document.getElementById("app");
 const state = { session: null, projects: null, leave: [] };
@@ -100,7 +102,9 @@ function header(projectName) {
     h("span", { class: "product muted" }, "Container Registry"),
     switcher,
     h("span", { class: "spacer" }),
+    state.session.server_admin ? h("a", { class: "admin-link", href: "#/admin", onclick: reloadIfHere }, "Server administration") : null,
     h("span", { class: "user", "data-testid": "signed-in-user" }, state.session.user, state.session.server_admin ? h("span", { class: "badge" }, "server admin") : null),
+    h("button", { type: "button", class: "small", onclick: () => changePasswordDialog() }, "Change password"),
     h(
       "button",
       {
@@ -158,6 +162,10 @@ async function render() {
       clear(root, header(null), h("div", { class: "layout no-menu" }, main));
       document.title = "Projects · Berth";
       return await projectsView(main, { ...ctx, projects: state.projects, session: state.session, reloadProjects: () => loadProjects(true) });
+    }
+    if (path === "/admin") {
+      clear(root, header(null), h("div", { class: "layout no-menu" }, main));
+      return await adminView(main, { ...ctx, session: state.session, reloadProjects: () => loadProjects(true) });
     }
     for (const [pattern, view, active] of ROUTES) {
       const match = path.match(pattern);

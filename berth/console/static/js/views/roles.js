@@ -1,20 +1,110 @@
 // What Members and a repository's Permissions share: the form that gives a user a role, and
 // the button that takes it away.
 
-import { clear, confirmDialog, errorBox, field, h, toast } from "../ui.js";
+import { api, query } from "../api.js";
+import { badge, clear, confirmDialog, errorBox, field, h, toast } from "../ui.js";
+
+const SUGGESTIONS = 8;
+
+/**
+ * A user name input that searches existing users as it is typed (GET /users) and offers them
+ * in a list to pick from (mouse, or arrow keys and Enter). `input.existing()` resolves the
+ * typed name once it names an existing user, null otherwise.
+ */
+export function userPicker() {
+  const listId = `users-${Math.random().toString(36).slice(2, 9)}`;
+  const input = h("input", {
+    type: "text",
+    required: true,
+    autocomplete: "off",
+    spellcheck: false,
+    role: "combobox",
+    "aria-autocomplete": "list",
+    "aria-expanded": "false",
+    "aria-controls": listId,
+    placeholder: "search users",
+  });
+  const list = h("ul", { id: listId, class: "picker-list", role: "listbox", "aria-label": "Matching names", hidden: true });
+  let found = [];
+  let active = -1;
+  let searching = null;
+  const show = (open) => {
+    list.hidden = !open;
+    input.setAttribute("aria-expanded", String(open));
+    if (!open) input.removeAttribute("aria-activedescendant");
+  };
+  const pick = (name) => {
+    input.value = name;
+    show(false);
+  };
+  const highlight = (index) => {
+    active = index;
+    [...list.children].forEach((li, i) => li.setAttribute("aria-selected", String(i === index)));
+    if (index >= 0) input.setAttribute("aria-activedescendant", list.children[index].id);
+  };
+  const search = async (text) => (text ? api.get(`/users${query({ query: text, limit: SUGGESTIONS })}`) : []);
+  const refresh = async () => {
+    const text = input.value.trim().toLowerCase();
+    const ticket = (searching = {});
+    const users = await search(text).catch(() => []);
+    if (ticket !== searching) return;
+    found = users;
+    clear(
+      list,
+      users.map((u, i) =>
+        h(
+          "li",
+          { id: `${listId}-${i}`, role: "option", "aria-selected": "false", onmousedown: (e) => (e.preventDefault(), pick(u.name)) },
+          u.name,
+          u.service_account ? badge("service account") : null,
+        ),
+      ),
+    );
+    active = -1;
+    show(users.length > 0 && !(users.length === 1 && users[0].name === text));
+  };
+  let timer = null;
+  input.addEventListener("input", () => {
+    clearTimeout(timer);
+    timer = setTimeout(refresh, 150);
+  });
+  input.addEventListener("blur", () => show(false));
+  input.addEventListener("keydown", (e) => {
+    if (list.hidden || !found.length) return;
+    if (e.key === "ArrowDown" || e.key === "ArrowUp") {
+      e.preventDefault();
+      const step = e.key === "ArrowDown" ? 1 : -1;
+      highlight((active + step + found.length) % found.length);
+    } else if (e.key === "Enter" && active >= 0) {
+      e.preventDefault();
+      pick(found[active].name);
+    } else if (e.key === "Escape") {
+      e.preventDefault();
+      show(false);
+    }
+  });
+  input.existing = async () => {
+    const name = input.value.trim().toLowerCase();
+    const users = await search(name);
+    return users.some((u) => u.name === name) ? name : null;
+  };
+  const wrap = h("div", { class: "picker" }, input, list);
+  return { input, control: wrap };
+}
 
 /**
  * An inline form: a user name, a role (`roles`: [[value, label]]) and a submit button.
  * `save(user, role)` calls the API and returns the message to show; the view then refreshes.
  */
 export function userRoleForm(ctx, { label, roles, initial, submitLabel, save }) {
-  const user = h("input", { type: "text", required: true, autocomplete: "off", placeholder: "user name" });
+  const { input: user, control } = userPicker();
+  const userField = field("User", user, null, control);
   const role = h("select", {}, roles.map(([value, text]) => h("option", { value, selected: value === initial }, text)));
   const problem = h("div");
   const form = h(
     "form",
     { class: "inline-form", "aria-label": label },
-    field("User", user),
+    userField,
     field("Role", role),
     h("button", { type: "submit", class: "primary" }, submitLabel),
     problem,
@@ -22,8 +112,14 @@ export function userRoleForm(ctx, { label, roles, initial, submitLabel, save }) 
   form.addEventListener("submit", async (e) => {
     e.preventDefault();
     clear(problem);
+    userField.setError("");
     try {
-      toast(await save(user.value.trim(), role.value));
+      const name = await user.existing();
+      if (!name) {
+        userField.setError(`There is no user named ${user.value.trim()}: pick one from the list (server administrators create users).`);
+        return;
+      }
+      toast(await save(name, role.value));
       ctx.refresh();
     } catch (err) {
       clear(problem, errorBox(err));

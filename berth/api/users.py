@@ -1,0 +1,173 @@
+"""Users: finding them (the member picker), creating them, resetting and changing passwords,
+deleting them.
+
+Server administrators manage users; project admins may search them to add members. Anyone
+who signs in with a password changes their own (`PUT /account/password`). Server-wide changes
+need the caller's password or console session: an access key (or an API token for one) works
+only in its own project.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Query, Request, Response
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from berth.api.deps import (
+    COMPONENT_PATTERN,
+    TEXT_PATTERN,
+    ApiCaller,
+    CallerDep,
+    ServerAdmin,
+    ServicesDep,
+    UserName,
+)
+from berth.api.problems import FieldError, responses
+from berth.api.session import SESSION_RECORD_KEY
+from berth.auth.guard import client_address
+from berth.domain.errors import Denied, NameUnknown
+from berth.services.identity import MAX_PASSWORD_LENGTH, MIN_PASSWORD_LENGTH
+from berth.services.sessions import ConsoleSession
+
+router = APIRouter(tags=["users"])
+
+Password = Annotated[str, Field(min_length=MIN_PASSWORD_LENGTH, max_length=MAX_PASSWORD_LENGTH)]
+
+
+class User(BaseModel):
+    name: str
+    admin: bool = Field(description="administers every project")
+    service_account: bool = Field(description="a robot user: access keys only, no password")
+    created_at: dt.datetime
+
+
+class NewUser(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(
+        pattern=COMPONENT_PATTERN,
+        max_length=64,
+        description="lowercase letters, digits, '.', '_' or '-'",
+    )
+    password: Password | None = Field(None, description="required unless a service account")
+    admin: bool = False
+    service_account: bool = False
+
+    @model_validator(mode="after")
+    def _password_or_robot(self) -> NewUser:
+        if self.service_account and self.password is not None:
+            raise ValueError("a service account has no password: it uses access keys")
+        if not self.service_account and self.password is None:
+            raise ValueError("a user who signs in needs a password")
+        return self
+
+
+class PasswordReset(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    password: Password
+
+
+class PasswordChange(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    current_password: str = Field(min_length=1, max_length=MAX_PASSWORD_LENGTH)
+    new_password: Password
+
+
+def _signed_in_with_password(caller: ApiCaller) -> None:
+    if caller.principal.key_project_id is not None:
+        raise Denied(
+            f"access key {caller.principal.key_id} works only in its own project; manage users "
+            "signed in with a password (or the console), or with the CLI on the server"
+        )
+
+
+async def user_manager(caller: ServerAdmin) -> ApiCaller:
+    """A server administrator, signed in with a password or the console."""
+    _signed_in_with_password(caller)
+    return caller
+
+
+UserManager = Annotated[ApiCaller, Depends(user_manager)]
+
+
+@router.get("/users")
+async def search_users(
+    caller: CallerDep,
+    services: ServicesDep,
+    query: Annotated[
+        str,
+        Query(max_length=64, pattern=TEXT_PATTERN, description="part of the user name"),
+    ] = "",
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+) -> list[User]:
+    """Users whose name contains `query`, by name (server administrators, and project
+    admins choosing new members)."""
+    principal = caller.principal
+    if not principal.is_admin:
+        roles = await services.identity.project_roles(principal.user_id)
+        admin_of = {p for p, role in roles.items() if role == "admin"}
+        if principal.key_project_id is not None:
+            admin_of &= {principal.key_project_id}
+        if not admin_of:
+            raise Denied("finding users is for server administrators and project admins")
+    found = await services.identity.search_users(query, limit)
+    return [User.model_validate(u) for u in found]
+
+
+@router.post("/users", status_code=201, responses=responses(409))
+async def create_user(caller: UserManager, services: ServicesDep, body: NewUser) -> User:
+    """Create a user or a service account (server administrators)."""
+    await services.identity.create_user(
+        body.name,
+        body.password,
+        is_admin=body.admin,
+        service_account=body.service_account,
+        actor=caller.user,
+    )
+    created = await services.identity.get_user(body.name)
+    return User.model_validate(created)
+
+
+@router.put("/users/{user}/password", status_code=204, responses=responses(404))
+async def reset_password(
+    caller: UserManager, services: ServicesDep, user: UserName, body: PasswordReset
+) -> Response:
+    """Set a user's password (server administrators): their console sessions end."""
+    await services.identity.set_password(user, body.password, actor=caller.user)
+    return Response(status_code=204)
+
+
+@router.delete("/users/{user}", status_code=204, responses=responses(404))
+async def delete_user(caller: UserManager, services: ServicesDep, user: UserName) -> Response:
+    """Delete a user (server administrators): their access keys and console sessions stop
+    working at once, their roles go; each project they were in audits it."""
+    if await services.identity.get_user(user) is None:
+        raise NameUnknown(f"user {user!r} does not exist")
+    await services.identity.delete_user(user, actor=caller.user)
+    return Response(status_code=204)
+
+
+@router.put("/account/password", status_code=204, responses=responses(429))
+async def change_own_password(
+    request: Request, caller: CallerDep, services: ServicesDep, body: PasswordChange
+) -> Response:
+    """Change your own password, giving the current one. Your other console sessions end;
+    the one that made the change stays signed in."""
+    _signed_in_with_password(caller)
+    user, client = caller.user, client_address(request)
+    services.throttle.check(user, client)
+    if await services.identity.verify_password(user, body.current_password) is None:
+        services.throttle.failed(user, client)
+        raise FieldError("current_password", "this is not your current password")
+    session = request.scope.get(SESSION_RECORD_KEY)
+    await services.identity.set_password(
+        user,
+        body.new_password,
+        actor=user,
+        keep_session=session.id if isinstance(session, ConsoleSession) else None,
+    )
+    return Response(status_code=204)

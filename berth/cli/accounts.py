@@ -1,0 +1,88 @@
+"""`berth user set-password`, `berth user delete` and `berth project delete`: on the database
+directly, so a lost administrator password is recovered on the server."""
+
+from __future__ import annotations
+
+import sys
+from typing import Annotated, Any
+
+import typer
+
+from berth.cli.common import JsonFlag, console, errors, print_json, run_service
+from berth.state import Services
+
+CLI_ACTOR = "cli"
+YesFlag = Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")]
+
+
+def _done(json_output: bool, value: dict[str, Any], message: str) -> None:
+    if json_output:
+        print_json(value)
+    else:
+        console.print(message)
+
+
+def user_set_password(
+    name: str,
+    password_stdin: Annotated[
+        bool, typer.Option("--password-stdin", help="Read the password from standard input.")
+    ] = False,
+    json_output: JsonFlag = False,
+) -> None:
+    """Set a user's password (a reset, or a lost administrator password).
+
+    Their console sessions end. Prompts for the password unless --password-stdin."""
+    if password_stdin:
+        password = sys.stdin.readline().rstrip("\n")
+    else:
+        password = typer.prompt("New password", hide_input=True, confirmation_prompt=True)
+    run_service(lambda s: s.identity.set_password(name, password, actor=CLI_ACTOR))
+    _done(
+        json_output,
+        {"name": name, "password_set": True},
+        f"Set the password of [bold]{name}[/]; their console sessions ended",
+    )
+
+
+def user_delete(name: str, yes: YesFlag = False, json_output: JsonFlag = False) -> None:
+    """Delete a user: their access keys and console sessions stop working at once."""
+    if not yes and not typer.confirm(f"Delete user {name} with their access keys?"):
+        raise typer.Exit(1)
+    run_service(lambda s: s.identity.delete_user(name, actor=CLI_ACTOR))
+    _done(json_output, {"name": name, "deleted": True}, f"Deleted user [bold]{name}[/]")
+
+
+def project_delete(name: str, yes: YesFlag = False, json_output: JsonFlag = False) -> None:
+    """Delete a project with its repositories, images, access keys and roles.
+
+    One that holds repositories goes only once its name is typed again (or with --yes).
+
+    Blobs no other project uses are removed by the next garbage collection."""
+    held = len(run_service(lambda s: s.repositories.list(name)))
+    confirm = name if yes else None
+    if held and not yes:
+        typed = typer.prompt(
+            f"Project {name} holds {held} {'repository' if held == 1 else 'repositories'}. "
+            "Type its name to delete it with all of them"
+        )
+        if typed != name:
+            errors.print(f"[red]error:[/] {typed!r} is not {name!r}; nothing was deleted")
+            raise typer.Exit(1)
+        confirm = typed
+    elif not held and not yes and not typer.confirm(f"Delete project {name}?"):
+        raise typer.Exit(1)
+
+    async def work(s: Services) -> int:
+        deleted = await s.repositories.delete_project(name, confirm=confirm)
+        await s.identity.record(
+            CLI_ACTOR, "project.delete", target=name, detail={"repositories": deleted}
+        )
+        return deleted
+
+    deleted = run_service(work)
+    _done(
+        json_output,
+        {"name": name, "deleted": True, "repositories": deleted},
+        f"Deleted project [bold]{name}[/] and its {deleted} "
+        f"{'repository' if deleted == 1 else 'repositories'}",
+    )

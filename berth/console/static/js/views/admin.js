@@ -1,0 +1,183 @@
+// Server administration (server administrators): users (create, reset a password, delete)
+// and projects (delete).
+
+import { api, query, seg } from "../api.js";
+import { badge, clear, confirmDialog, errorBox, field, h, number, openDialog, plural, radios, table, timeElement, toast } from "../ui.js";
+import { newPasswordFields } from "./account.js";
+
+const PER_PAGE = 100;
+
+export async function adminView(main, ctx) {
+  const { session } = ctx;
+  document.title = "Server administration · Berth";
+  if (!session.server_admin) {
+    clear(main, h("h1", {}, "Server administration"), h("p", {}, "This page is for server administrators."));
+    return;
+  }
+  const search = ctx.query.query || "";
+  const [users, projects] = await Promise.all([api.get(`/users${query({ query: search, limit: PER_PAGE })}`), api.get("/projects")]);
+  if (ctx.stale()) return;
+  const searchBox = h("input", { type: "search", value: search, "aria-label": "Search users", placeholder: "Search users" });
+  const searchForm = h("form", { class: "toolbar", role: "search" }, searchBox, h("button", { type: "submit" }, "Search"));
+  searchForm.addEventListener("submit", (e) => {
+    e.preventDefault();
+    ctx.navigate("/admin", { query: searchBox.value.trim() });
+  });
+  clear(
+    main,
+    h(
+      "div",
+      { class: "page-head" },
+      h("div", {}, h("h1", {}, "Server administration"), h("p", { class: "muted" }, "Users of every project, and the projects themselves.")),
+      h("button", { type: "button", class: "primary", onclick: () => createUser(ctx) }, "Create user"),
+    ),
+    h("h2", {}, "Users"),
+    searchForm,
+    table(
+      [
+        { title: "User", cell: (u) => [u.name, u.name === session.user ? h("span", { class: "muted" }, " (you)") : null] },
+        { title: "Kind", cell: (u) => [u.service_account ? badge("service account") : "person", u.admin ? badge("server admin") : null] },
+        { title: "Created", cell: (u) => timeElement(u.created_at) },
+        {
+          title: "Actions",
+          cell: (u) => [
+            u.service_account ? null : h("button", { type: "button", class: "small", onclick: () => resetPassword(u) }, "Reset password"),
+            u.name === session.user ? null : h("button", { type: "button", class: "small danger-text", onclick: () => deleteUser(ctx, u) }, "Delete"),
+          ],
+        },
+      ],
+      users,
+      { caption: "Users", rowKey: (u) => u.name, empty: search ? `No user name contains ${search}.` : "No users." },
+    ),
+    h("h2", {}, "Projects"),
+    table(
+      [
+        { title: "Project", cell: (p) => h("a", { href: `#/projects/${seg(p.name)}/repositories` }, p.name) },
+        { title: "Repositories", cell: (p) => number(p.repositories), class: "num" },
+        { title: "Created", cell: (p) => timeElement(p.created_at) },
+        { title: "Actions", cell: (p) => h("button", { type: "button", class: "small danger-text", onclick: () => deleteProject(ctx, p) }, "Delete") },
+      ],
+      projects,
+      { caption: "Projects", rowKey: (p) => p.name, empty: "No projects yet." },
+    ),
+  );
+}
+
+function createUser(ctx) {
+  openDialog({
+    title: "Create user",
+    build(close) {
+      const name = h("input", { type: "text", required: true, maxLength: 64, autocomplete: "off", spellcheck: false });
+      const nameField = field("User name", name, "Lowercase letters, digits, '.', '_' or '-'.");
+      const kind = radios("kind", "Kind", [
+        ["person", "Person", "signs in to the console with a password and makes their own access keys"],
+        ["service", "Service account", "for CI: access keys only, no password"],
+      ], "person");
+      const admin = h("input", { type: "checkbox" });
+      const password = newPasswordFields("Password");
+      const passwordBox = h("div", {}, password.fields);
+      kind.addEventListener("change", () => (passwordBox.hidden = kind.value !== "person"));
+      const problem = h("div");
+      const form = h(
+        "form",
+        {},
+        h(
+          "div",
+          { class: "dialog-body" },
+          nameField,
+          kind,
+          h("label", { class: "check" }, admin, " Server administrator (administers every project)"),
+          passwordBox,
+          problem,
+        ),
+        h("footer", {}, h("button", { type: "button", onclick: () => close() }, "Cancel"), h("button", { type: "submit", class: "primary" }, "Create user")),
+      );
+      form.addEventListener("submit", async (e) => {
+        e.preventDefault();
+        clear(problem);
+        nameField.setError("");
+        const person = kind.value === "person";
+        const secret = person ? password.check() : null;
+        if (person && secret === null) return;
+        try {
+          const body = { name: name.value.trim(), admin: admin.checked, service_account: !person };
+          if (person) body.password = secret;
+          const user = await api.post("/users", body);
+          close(user);
+          toast(`User ${user.name} created`);
+          ctx.refresh();
+        } catch (err) {
+          nameField.setError(err.forField?.("name"));
+          password.setError(err.forField?.("password"));
+          clear(problem, errorBox(err));
+        }
+      });
+      return form;
+    },
+  });
+}
+
+function resetPassword(user) {
+  openDialog({
+    title: `Reset the password of ${user.name}`,
+    label: "Reset password",
+    build(close) {
+      const password = newPasswordFields();
+      const problem = h("div");
+      const form = h(
+        "form",
+        {},
+        h("div", { class: "dialog-body" }, h("p", {}, `${user.name} is signed out of the console and signs in with the new password.`), password.fields, problem),
+        h("footer", {}, h("button", { type: "button", onclick: () => close() }, "Cancel"), h("button", { type: "submit", class: "primary" }, "Set password")),
+      );
+      form.addEventListener("submit", async (e) => {
+        e.preventDefault();
+        clear(problem);
+        const secret = password.check();
+        if (secret === null) return;
+        try {
+          await api.put(`/users/${seg(user.name)}/password`, { password: secret });
+          close(true);
+          toast(`Password of ${user.name} set`);
+        } catch (err) {
+          password.setError(err.forField?.("password"));
+          clear(problem, errorBox(err));
+        }
+      });
+      return form;
+    },
+  });
+}
+
+async function deleteUser(ctx, user) {
+  const done = await confirmDialog({
+    title: "Delete user",
+    body: h("p", {}, `Delete ${user.name}? Their access keys and console sessions stop working at once, and they lose every role.`),
+    action: () => api.delete(`/users/${seg(user.name)}`),
+  });
+  if (done) {
+    toast(`User ${user.name} deleted`);
+    ctx.refresh();
+  }
+}
+
+async function deleteProject(ctx, project) {
+  const held = project.repositories;
+  const done = await confirmDialog({
+    title: "Delete project",
+    body: h(
+      "p",
+      {},
+      held
+        ? `Delete ${project.name} with its ${plural(held, "repository", "repositories")}, their images, access keys and members? Stored data no other project uses is removed by the next garbage collection.`
+        : `Delete ${project.name} with its access keys and members?`,
+    ),
+    phrase: held ? project.name : null,
+    action: () => api.delete(`/projects/${seg(project.name)}${query({ confirm: held ? project.name : null })}`),
+  });
+  if (done) {
+    toast(`Project ${project.name} deleted`);
+    await ctx.reloadProjects();
+    ctx.refresh();
+  }
+}

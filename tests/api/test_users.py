@@ -1,0 +1,209 @@
+"""Users through the API: create, find, reset and change passwords, delete; deleting a
+project (SQLite and PostgreSQL, over real HTTP)."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from contextlib import closing
+from typing import Any
+
+import httpx
+from sqlalchemy import select
+
+from berth.metadata.tables import audit_log, blobs, repository_blobs
+from berth.state import Services
+from tests.api.conftest import (
+    PASSWORD,
+    Team,
+    api,
+    assert_problem,
+    ok,
+    push_image,
+    services,
+    until,
+)
+from tests.servers import ADMIN_PASSWORD, BerthServer
+
+NEW_PASSWORD = "a-new-password-for-today"
+
+
+def administrator(server: BerthServer) -> httpx.Client:
+    """The server administrator, signed in with a password (not a project's access key)."""
+    return api(server, ("admin", ADMIN_PASSWORD))
+
+
+def sign_in(server: BerthServer, user: str, password: str) -> tuple[httpx.Client, Any]:
+    client = api(server)
+    response = client.post("/session", json={"user": user, "password": password})
+    return client, response
+
+
+def server_audit(server: BerthServer, action: str, target: str) -> list[dict[str, Any]]:
+    """Audit entries outside any project (user administration)."""
+
+    async def read(s: Services) -> list[dict[str, Any]]:
+        async with s.db.read() as conn:
+            rows = await conn.execute(
+                select(audit_log).where(audit_log.c.action == action, audit_log.c.target == target)
+            )
+            return [dict(r._mapping) for r in rows]
+
+    return services(server, read)  # type: ignore[no-any-return]
+
+
+def test_an_administrator_creates_a_user_and_resets_their_password(team: Team) -> None:
+    name = "u" + uuid.uuid4().hex[:8]
+    with administrator(team.server) as admin:
+        created = ok(admin.post("/users", json={"name": name, "password": PASSWORD}), 201)
+        assert created["name"] == name and created["admin"] is False
+        assert_problem(admin.post("/users", json={"name": name, "password": PASSWORD}), 409)
+        assert_problem(admin.post("/users", json={"name": "x" + name}), 422)
+        assert_problem(
+            admin.post("/users", json={"name": "y" + name, "password": "short"}),
+            422,
+            fields=("password",),
+        )
+        robot = ok(admin.post("/users", json={"name": "r" + name, "service_account": True}), 201)
+        assert robot["service_account"] is True
+
+        client, response = sign_in(team.server, name, PASSWORD)
+        ok(response, 201)
+        with closing(client):
+            # The reset ends the user's sessions; the old password stops working.
+            assert (
+                admin.put(f"/users/{name}/password", json={"password": NEW_PASSWORD}).status_code
+                == 204
+            )
+            assert_problem(client.get("/session"), 401)
+        assert_problem(sign_in(team.server, name, PASSWORD)[1], 401)
+        ok(sign_in(team.server, name, NEW_PASSWORD)[1], 201)
+        assert_problem(
+            admin.put("/users/nobody-here/password", json={"password": NEW_PASSWORD}), 404
+        )
+        assert_problem(admin.put(f"/users/r{name}/password", json={"password": NEW_PASSWORD}), 403)
+    assert until(lambda: server_audit(team.server, "user.password", name))
+
+    # Only server administrators, and not with a project's access key.
+    assert_problem(team.admin.post("/users", json={"name": "z" + name, "password": PASSWORD}), 403)
+    assert_problem(team["member"].put(f"/users/{name}/password", json={"password": PASSWORD}), 403)
+    assert_problem(team["project-admin"].delete(f"/users/{name}"), 403)
+
+
+def test_a_user_changes_their_own_password(team: Team) -> None:
+    name = "c" + uuid.uuid4().hex[:8]
+    team.server.create_user(name, PASSWORD)
+    first, response = sign_in(team.server, name, PASSWORD)
+    csrf = ok(response, 201)["csrf_token"]
+    other, response = sign_in(team.server, name, PASSWORD)
+    ok(response, 201)
+    with closing(first), closing(other):
+        wrong = first.put(
+            "/account/password",
+            json={"current_password": "not-my-password", "new_password": NEW_PASSWORD},
+            headers={"X-CSRF-Token": csrf},
+        )
+        assert_problem(wrong, 422, fields=("current_password",))
+        changed = first.put(
+            "/account/password",
+            json={"current_password": PASSWORD, "new_password": NEW_PASSWORD},
+            headers={"X-CSRF-Token": csrf},
+        )
+        assert changed.status_code == 204, changed.text
+        # The session that changed it stays; the user's other session ends.
+        assert ok(first.get("/session"))["user"] == name
+        assert_problem(other.get("/session"), 401)
+    assert_problem(sign_in(team.server, name, PASSWORD)[1], 401)
+    ok(sign_in(team.server, name, NEW_PASSWORD)[1], 201)
+    # With a password over Basic too; an access key cannot change it.
+    with api(team.server, (name, NEW_PASSWORD)) as basic:
+        back = basic.put(
+            "/account/password",
+            json={"current_password": NEW_PASSWORD, "new_password": PASSWORD},
+        )
+        assert back.status_code == 204, back.text
+    refused = team["member"].put(
+        "/account/password", json={"current_password": PASSWORD, "new_password": NEW_PASSWORD}
+    )
+    assert_problem(refused, 403)
+
+
+def test_deleting_a_user_stops_their_keys_and_sessions_at_once(team: Team) -> None:
+    name = "d" + uuid.uuid4().hex[:8]
+    team.server.create_user(name, PASSWORD)
+    team.server.add_member(team.project, name, "member")
+    key = team.server.access_key(team.project, name)
+    session, response = sign_in(team.server, name, PASSWORD)
+    ok(response, 201)
+    with closing(session), api(team.server, key) as keyed, team.registry() as registry:
+        ok(keyed.get(team.url()))
+        ok(session.get(team.url()))
+        scope = f"repository:{team.oci_name()}:pull"
+        token = ok(registry.get("/auth/token", auth=key, params={"scope": scope}))["token"]
+        pulled = httpx.get(
+            team.server.url + f"/v2/{team.oci_name()}/tags/list",
+            headers={"Authorization": f"Bearer {token}"},
+        )
+        assert pulled.status_code == 200
+        with administrator(team.server) as admin:
+            assert admin.delete(f"/users/{name}").status_code == 204
+            assert_problem(admin.delete(f"/users/{name}"), 404)
+            assert_problem(admin.delete("/users/admin"), 403)  # not yourself
+        assert_problem(session.get(team.url()), 401)
+        assert_problem(keyed.get(team.url()), 401)
+        tags = f"/v2/{team.oci_name()}/tags/list"
+        assert registry.get(tags, auth=key).status_code == 401
+        bearer = httpx.get(team.server.url + tags, headers={"Authorization": f"Bearer {token}"})
+        assert bearer.status_code == 401
+    assert name not in {m["user"] for m in ok(team.admin.get(team.url("/members")))}
+
+    def audited() -> set[tuple[str, str]]:
+        entries = ok(team.admin.get(team.url("/audit"), params={"per_page": 100}))["items"]
+        return {(e["action"], e["target"]) for e in entries if e["actor"] == "admin"}
+
+    assert until(lambda: {("user.delete", name), ("key.delete", key[0])} <= audited())
+
+
+def test_project_admins_find_users_to_add(team: Team) -> None:
+    member = team.users["member"]
+    found = ok(team["project-admin"].get("/users", params={"query": member[:-2]}))
+    assert member in {u["name"] for u in found}
+    assert ok(team["project-admin"].get("/users", params={"query": "no-such-user-x"})) == []
+    assert_problem(team["member"].get("/users"), 403)
+    assert_problem(team["reader"].get("/users", params={"query": "a"}), 403)
+
+
+def test_deleting_a_project_needs_its_name_while_it_holds_repositories(team: Team) -> None:
+    manifest = push_image(team.registry(), team.oci_name(), "v1")
+    layer = json.loads(manifest.data)["layers"][0]["digest"]
+    with administrator(team.server) as admin:
+        refused = assert_problem(admin.delete(team.url()), 409)
+        assert "confirm by typing the project's name" in refused["detail"]
+        assert_problem(admin.delete(team.url(), params={"confirm": "other"}), 409)
+        assert_problem(team.admin.delete(team.url(), params={"confirm": team.project}), 403)
+        assert_problem(team["project-admin"].delete(team.url()), 403)
+        assert admin.delete(team.url(), params={"confirm": team.project}).status_code == 204
+        assert_problem(admin.get(team.url()), 404)
+        assert team.project not in {p["name"] for p in ok(admin.get("/projects"))}
+        assert_problem(admin.delete(team.url()), 404)
+    # Its keys stop; its blobs are left to garbage collection (no repository links them).
+    assert_problem(team["member"].get(team.url()), 401)
+
+    async def links(s: Services) -> tuple[int, int]:
+        async with s.db.read() as conn:
+            linked = await conn.execute(
+                select(repository_blobs).where(repository_blobs.c.digest == layer)
+            )
+            stored = await conn.execute(select(blobs).where(blobs.c.digest == layer))
+            return len(linked.all()), len(stored.all())
+
+    assert services(team.server, links) == (0, 1)
+    assert until(lambda: server_audit(team.server, "project.delete", team.project))
+
+
+def test_an_empty_project_is_deleted_without_confirmation(server: BerthServer) -> None:
+    project = "e" + uuid.uuid4().hex[:8]
+    server.create_project(project)
+    with administrator(server) as admin:
+        assert admin.delete(f"/projects/{project}").status_code == 204
+        assert_problem(admin.get(f"/projects/{project}"), 404)

@@ -1,0 +1,147 @@
+"""Users in the console: picking an existing user as a member, changing one's own password,
+and the server administrator's users and projects."""
+
+from __future__ import annotations
+
+import httpx
+from playwright.sync_api import Page, expect
+
+from tests.clients.console.conftest import PASSWORD, Tenant, open_project_page, screenshot, sign_in
+from tests.servers import ADMIN_PASSWORD
+
+NEW_PASSWORD = "a-fresh-console-password"
+
+
+def sign_in_with(page: Page, tenant: Tenant, user: str, password: str) -> None:
+    page.goto(tenant.console)
+    page.get_by_label("User name").fill(user)
+    page.get_by_label("Password").fill(password)
+    page.get_by_role("button", name="Sign in").click()
+
+
+def test_a_project_admin_picks_a_member_from_the_users_found(page: Page, tenant: Tenant) -> None:
+    suffix = tenant.project[3:]
+    tenant.server.create_user(f"ann-x{suffix}", "ann-password")
+    tenant.server.create_user(f"andy-x{suffix}", "andy-password")
+    sign_in(page, tenant)
+    open_project_page(page, tenant, "Members")
+    form = page.get_by_role("form", name="Add a member")
+    user = form.get_by_role("combobox", name="User")
+
+    # A name that is no user is refused in the form, before anything is asked of the API.
+    user.fill(f"nobody-{suffix}")
+    form.get_by_role("button", name="Add member").click()
+    expect(form.get_by_role("alert")).to_contain_text(f"There is no user named nobody-{suffix}")
+
+    # Typing part of a name lists the users it matches; picking one fills the field.
+    user.fill("")
+    user.press_sequentially(f"-x{suffix}"[:6])
+    found = page.get_by_role("listbox", name="Matching names")
+    expect(found.get_by_role("option")).to_have_count(2)
+    screenshot(page, "member-picker", full_page=False)
+    found.get_by_role("option", name=f"ann-x{suffix}").click()
+    expect(user).to_have_value(f"ann-x{suffix}")
+    expect(found).to_be_hidden()
+    form.get_by_label("Role").select_option("reader")
+    form.get_by_role("button", name="Add member").click()
+    row = (
+        page.get_by_role("table", name="Members")
+        .get_by_role("row")
+        .filter(has_text=f"ann-x{suffix}")
+    )
+    expect(row.get_by_role("combobox")).to_have_value("reader")
+
+    # By keyboard: arrow down to the first match, Enter picks it.
+    user.press_sequentially(f"andy-x{suffix}"[:8])
+    expect(found.get_by_role("option")).to_have_count(1)
+    user.press("ArrowDown")
+    user.press("Enter")
+    expect(user).to_have_value(f"andy-x{suffix}")
+
+
+def test_a_user_changes_their_password(page: Page, tenant: Tenant) -> None:
+    name = f"pw-{tenant.project[3:]}"
+    tenant.server.create_user(name, PASSWORD)
+    tenant.server.add_member(tenant.project, name, "member")
+    sign_in(page, tenant, name)
+    page.get_by_role("button", name="Change password").click()
+    dialog = page.get_by_role("dialog", name="Change your password")
+    dialog.get_by_label("Current password").fill("not-my-password")
+    dialog.get_by_label("New password").fill(NEW_PASSWORD)
+    dialog.get_by_label("Repeat the password").fill(NEW_PASSWORD + "x")
+    dialog.get_by_role("button", name="Change password").click()
+    expect(dialog.get_by_text("The two passwords differ.")).to_be_visible()
+    dialog.get_by_label("Repeat the password").fill(NEW_PASSWORD)
+    dialog.get_by_role("button", name="Change password").click()
+    expect(dialog.get_by_text("this is not your current password")).to_be_visible()
+    dialog.get_by_label("Current password").fill(PASSWORD)
+    dialog.get_by_role("button", name="Change password").click()
+    expect(dialog).to_be_hidden()
+    expect(page.get_by_text("Password changed")).to_be_visible()
+
+    page.get_by_role("button", name="Sign out").click()
+    sign_in_with(page, tenant, name, PASSWORD)
+    expect(page.get_by_role("alert")).to_contain_text("Wrong user name or password")
+    sign_in_with(page, tenant, name, NEW_PASSWORD)
+    expect(page.get_by_test_id("signed-in-user")).to_contain_text(name)
+
+
+def test_the_server_administrator_manages_users_and_deletes_a_project(
+    page: Page, tenant: Tenant
+) -> None:
+    suffix = tenant.project[3:]
+    tenant.create_repository("app")
+    doomed = f"gone-{suffix}"
+    tenant.server.create_user(doomed, PASSWORD)
+    sign_in_with(page, tenant, "admin", ADMIN_PASSWORD)
+    page.get_by_role("link", name="Server administration").click()
+    expect(page.get_by_role("heading", level=1, name="Server administration")).to_be_visible()
+
+    # Create a person, who then signs in.
+    created = f"new-{suffix}"
+    page.get_by_role("button", name="Create user").click()
+    dialog = page.get_by_role("dialog", name="Create user")
+    dialog.get_by_label("User name").fill(created)
+    dialog.get_by_label("Password", exact=True).fill(NEW_PASSWORD)
+    dialog.get_by_label("Repeat the password").fill(NEW_PASSWORD)
+    dialog.get_by_role("button", name="Create user").click()
+    users = page.get_by_role("table", name="Users")
+    expect(users.get_by_role("row").filter(has_text=created)).to_contain_text("person")
+
+    # Reset the tenant user's password.
+    users.get_by_role("row").filter(has_text=tenant.user).get_by_role(
+        "button", name="Reset password"
+    ).click()
+    reset = page.get_by_role("dialog", name="Reset password")
+    reset.get_by_label("New password").fill(NEW_PASSWORD)
+    reset.get_by_label("Repeat the password").fill(NEW_PASSWORD)
+    reset.get_by_role("button", name="Set password").click()
+    expect(page.get_by_text(f"Password of {tenant.user} set")).to_be_visible()
+
+    # Delete a user.
+    users.get_by_role("row").filter(has_text=doomed).get_by_role("button", name="Delete").click()
+    page.get_by_role("dialog", name="Delete user").get_by_role("button", name="Delete").click()
+    expect(users.get_by_role("row").filter(has_text=doomed)).to_have_count(0)
+
+    # A project with a repository goes once its name is typed.
+    projects = page.get_by_role("table", name="Projects")
+    projects.get_by_role("row").filter(has_text=tenant.project).get_by_role(
+        "button", name="Delete"
+    ).click()
+    confirm = page.get_by_role("dialog", name="Delete project")
+    expect(confirm).to_contain_text("1 repository")
+    expect(confirm.get_by_role("button", name="Delete")).to_be_disabled()
+    confirm.get_by_label(f"Type {tenant.project} to confirm").fill(tenant.project)
+    screenshot(page, "delete-project", full_page=False)
+    confirm.get_by_role("button", name="Delete").click()
+    expect(projects.get_by_role("row").filter(has_text=tenant.project)).to_have_count(0)
+    with httpx.Client(
+        base_url=f"{tenant.server.url}/api/v1", auth=("admin", ADMIN_PASSWORD), timeout=30
+    ) as api:
+        assert api.get(f"/projects/{tenant.project}").status_code == 404
+        names = {u["name"] for u in api.get("/users", params={"query": suffix}).json()}
+    assert created in names and doomed not in names
+
+    page.get_by_role("button", name="Sign out").click()
+    sign_in_with(page, tenant, created, NEW_PASSWORD)
+    expect(page.get_by_test_id("signed-in-user")).to_contain_text(created)
