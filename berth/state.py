@@ -16,6 +16,7 @@ from berth.services.metering import TrafficMeter
 from berth.services.registry import Registry
 from berth.services.repositories import Repositories
 from berth.services.sessions import Sessions
+from berth.services.storage_check import StorageCheck
 from berth.services.uploads import Uploads
 from berth.services.usage import Pricing, Usage
 from berth.storage.base import BlobStore
@@ -38,6 +39,7 @@ class Services:
     jobs: Scheduler
     gc: GarbageCollector
     sessions: Sessions
+    storage_check: StorageCheck
 
     @classmethod
     def build(cls, settings: Settings) -> Services:
@@ -52,6 +54,7 @@ class Services:
             traffic_retention_days=settings.traffic_retention_days,
             storage_collect_interval=settings.storage_collect_interval,
         )
+        storage_check = StorageCheck(db, store, orphan_age=settings.gc_grace_period)
         return cls(
             settings=settings,
             db=db,
@@ -75,6 +78,7 @@ class Services:
                 [
                     Job("storage-collect", settings.storage_collect_interval, usage.collect_all),
                     Job("usage-prune", 86_400, usage.prune),
+                    Job("storage-scrub", settings.storage_scrub_interval, storage_check.run),
                 ],
             ),
             gc=GarbageCollector(
@@ -84,6 +88,7 @@ class Services:
                 test_pause=settings.gc_test_pause,
             ),
             sessions=Sessions(db, settings.session_ttl),
+            storage_check=storage_check,
         )
 
     def host_project(self, host: str | None) -> str | None:
