@@ -188,7 +188,9 @@ class Registry:
         damaged bytes are never served under its digest."""
         stored = await self.store.stat(digest)
         if stored is None:
-            raise BlobUnknown(f"blob {digest} is missing from storage", {"digest": digest})
+            raise BlobUnknown(
+                f"blob {digest} is missing from storage; push it again", {"digest": digest}
+            )
         content = None
         if stored == size and size <= VERIFY_ON_READ_BYTES:
             path = self.store.local_path(digest)

@@ -153,17 +153,21 @@ class Uploads:
             raise
         await writer.close()
         now = utcnow()
-        async with self.db.write() as conn:
-            await conn.execute(
-                uploads.insert().values(
-                    id=upload.id,
-                    repository_id=repo.id,
-                    image=image,
-                    offset=0,
-                    started_at=now,
-                    updated_at=now,
+        try:
+            async with self.db.write() as conn:
+                await conn.execute(
+                    uploads.insert().values(
+                        id=upload.id,
+                        repository_id=repo.id,
+                        image=image,
+                        offset=0,
+                        started_at=now,
+                        updated_at=now,
+                    )
                 )
-            )
+        except BaseException:
+            await self.store.delete_upload(upload.id)  # no row names it: leave no file
+            raise
         self._hashes.put(upload.id, 0, hashlib.sha256())
         return upload
 
