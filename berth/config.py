@@ -81,6 +81,12 @@ class Settings(BaseSettings):
     storage_collect_interval: int = Field(
         1800, ge=1, description="seconds between scheduled storage usage collections"
     )
+    storage_scrub_interval: int = Field(
+        86_400,
+        ge=60,
+        description="seconds between storage checks that hash every blob and set damaged ones "
+        "aside (pushing them again repairs them)",
+    )
     gc_grace_period: int = Field(
         3600,
         ge=0,

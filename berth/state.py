@@ -17,6 +17,7 @@ from berth.services.metering import TrafficMeter
 from berth.services.registry import Registry
 from berth.services.repositories import Repositories
 from berth.services.sessions import Sessions
+from berth.services.storage_check import StorageCheck
 from berth.services.uploads import Uploads
 from berth.services.usage import Pricing, Usage
 from berth.storage.base import BlobStore
@@ -39,6 +40,7 @@ class Services:
     jobs: Scheduler
     gc: GarbageCollector
     sessions: Sessions
+    storage_check: StorageCheck
 
     @classmethod
     def build(cls, settings: Settings) -> Services:
@@ -56,6 +58,7 @@ class Services:
             storage_collect_interval=settings.storage_collect_interval,
             gc_grace_period=settings.gc_grace_period,
         )
+        storage_check = StorageCheck(db, store, orphan_age=settings.gc_grace_period)
         return cls(
             settings=settings,
             db=db,
@@ -79,6 +82,7 @@ class Services:
                 [
                     Job("storage-collect", settings.storage_collect_interval, usage.collect_all),
                     Job("usage-prune", 86_400, usage.prune),
+                    Job("storage-scrub", settings.storage_scrub_interval, storage_check.run),
                 ],
             ),
             gc=GarbageCollector(
@@ -88,6 +92,7 @@ class Services:
                 test_pause=settings.gc_test_pause,
             ),
             sessions=Sessions(db, settings.session_ttl),
+            storage_check=storage_check,
         )
 
     def host_project(self, host: str | None) -> str | None:

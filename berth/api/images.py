@@ -30,7 +30,6 @@ from berth.api.deps import (
 )
 from berth.api.problems import responses
 from berth.auth.guard import client_address
-from berth.services.repositories import Conflict
 
 router = APIRouter(prefix="/projects/{project}/repositories/{repository}", tags=["images"])
 
@@ -177,18 +176,11 @@ async def delete_image(
     ctx: ManageProject,
     repository: RepositoryName,
     digest: Digest,
-    images: ImagesDep,
     image: ImageName = "",
 ) -> Response:
     """Delete an image and every tag on it (its data goes at the next garbage collection). A
     platform manifest of a stored index cannot be deleted on its own: delete the index."""
     repo = await ctx.repository(repository)
-    parents = await images.parents(repo, image, digest)
-    if parents:
-        raise Conflict(
-            f"{digest} is a platform manifest of index {parents[0]}; delete the index instead",
-            {"parents": parents},
-        )
     await ctx.services.registry.delete_manifest(repo, image, digest, actor=ctx.actor)
     await ctx.services.identity.record_content_change(
         ctx.actor, "image.delete", repo, image, digest, client_address(request)

@@ -35,6 +35,7 @@ from berth.cli.common import (
     settings_or_exit,
 )
 from berth.cli.gc import gc_app
+from berth.cli.storage import storage_app
 from berth.config import SettingsError, config_file
 from berth.data_location import missing_data, shown_database, where_to_point
 from berth.domain.errors import NameUnknown
@@ -59,6 +60,7 @@ app.add_typer(user_app, name="user")
 app.add_typer(member_app, name="member")
 app.add_typer(key_app, name="key")
 app.add_typer(gc_app, name="gc")
+app.add_typer(storage_app, name="storage")
 image_app = typer.Typer(help="Images in a repository and their history.", no_args_is_help=True)
 tag_app = typer.Typer(help="Tags: restore a removed tag.", no_args_is_help=True)
 app.add_typer(image_app, name="image")

@@ -117,3 +117,21 @@ class RangeNotSatisfiable(BlobUploadInvalid):
     def __init__(self, message: str, current_size: int) -> None:
         super().__init__(message)
         self.current_size = current_size
+
+
+class StorageFull(RegistryError):
+    """The blob store (or the database) has no space left: nothing was stored."""
+
+    code = "STORAGE_FULL"
+    status = 507
+
+
+class Unavailable(RegistryError):
+    """A transient condition (the database is locked by another writer): try again soon."""
+
+    code = "UNAVAILABLE"
+    status = 503
+
+    def __init__(self, message: str, retry_after: int) -> None:
+        super().__init__(message, {"retryAfter": retry_after})
+        self.headers["Retry-After"] = str(retry_after)

@@ -78,6 +78,8 @@ def _descriptor(value: Any, where: str) -> Descriptor:
     if not isinstance(size, int) or isinstance(size, bool) or size < 0:
         raise ManifestInvalid(f"{where}.size must be a non-negative integer")
     artifact_type = value.get("artifactType")
+    if "\x00" in media_type or (isinstance(artifact_type, str) and "\x00" in artifact_type):
+        raise ManifestInvalid(f"{where}: media types must not contain NUL characters")
     platform = value.get("platform")
     annotations = value.get("annotations")
     return Descriptor(
@@ -107,6 +109,8 @@ def parse_manifest(body: bytes, content_type: str | None) -> ParsedManifest:
         document = json.loads(body)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ManifestInvalid(f"manifest is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise ManifestInvalid("manifest JSON is nested too deeply") from None
     if not isinstance(document, dict):
         raise ManifestInvalid("manifest must be a JSON object")
 
@@ -131,7 +135,12 @@ def parse_manifest(body: bytes, content_type: str | None) -> ParsedManifest:
     artifact_type = document.get("artifactType")
     if artifact_type is not None and not isinstance(artifact_type, str):
         raise ManifestInvalid("artifactType must be a string")
+    if artifact_type and "\x00" in artifact_type:
+        raise ManifestInvalid("artifactType must not contain NUL characters")
     annotations = document.get("annotations")
+    if isinstance(annotations, dict):
+        # A string-to-string map (spec); anything else is not reported by the referrers API.
+        annotations = {k: v for k, v in annotations.items() if isinstance(v, str)} or None
     parsed = ParsedManifest(
         media_type=media_type,
         artifact_type=artifact_type,

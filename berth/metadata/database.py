@@ -15,13 +15,23 @@ from typing import Any
 
 from sqlalchemy import Select, Table, event
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.sql.dml import Insert
+
+from berth.domain.errors import StorageFull, Unavailable
+
+# How long a write waits for SQLite's write lock (held by another process) and for this
+# process's writer connection, before it is refused as "busy, retry" (503 + Retry-After).
+WRITE_LOCK_SECONDS = 5
+WRITER_QUEUE_SECONDS = 10
+RETRY_AFTER_SECONDS = 5
 
 SQLITE_PRAGMAS = (
     "PRAGMA journal_mode=WAL",
     "PRAGMA synchronous=NORMAL",
-    "PRAGMA busy_timeout=30000",
+    f"PRAGMA busy_timeout={WRITE_LOCK_SECONDS * 1000}",
     "PRAGMA foreign_keys=ON",
 )
 
@@ -31,7 +41,8 @@ def _sqlite_engine(url: str, *, writer: bool) -> AsyncEngine:
         url,
         pool_size=1 if writer else 16,
         max_overflow=0 if writer else 48,
-        connect_args={"timeout": 30},
+        pool_timeout=WRITER_QUEUE_SECONDS if writer else 30,
+        connect_args={"timeout": WRITE_LOCK_SECONDS},
     )
 
     @event.listens_for(engine.sync_engine, "connect")
@@ -83,6 +94,20 @@ class _SqlitePointReader:
             self._connection.close()
 
 
+def _write_condition(exc: OperationalError) -> Exception | None:
+    """The registry error a lock or full-disk failure stands for, if it is one."""
+    message = str(exc.orig if exc.orig is not None else exc).lower()
+    if "database is locked" in message or "database is busy" in message:
+        return Unavailable(
+            f"the database is locked by another writer (waited {WRITE_LOCK_SECONDS} s); "
+            "try again shortly",
+            RETRY_AFTER_SECONDS,
+        )
+    if "database or disk is full" in message or "no space left on device" in message:
+        return StorageFull("the database's disk is full; nothing was stored")
+    return None
+
+
 class Database:
     def __init__(self, url: str) -> None:
         self.url = url
@@ -99,9 +124,22 @@ class Database:
 
     @asynccontextmanager
     async def write(self) -> AsyncIterator[AsyncConnection]:
-        """A write transaction: committed on success, rolled back on any exception."""
-        async with self.writer.begin() as connection:
-            yield connection
+        """A write transaction: committed on success, rolled back on any exception.
+
+        A write lock held elsewhere for too long, or a full disk, is a clear error (503 with
+        Retry-After, 507), not a bare server error."""
+        try:
+            async with self.writer.begin() as connection:
+                yield connection
+        except OperationalError as exc:
+            condition = _write_condition(exc)
+            if condition is None:
+                raise
+            raise condition from None
+        except PoolTimeout:
+            raise Unavailable(
+                "the database is busy with other writes; try again shortly", RETRY_AFTER_SECONDS
+            ) from None
 
     @asynccontextmanager
     async def read(self) -> AsyncIterator[AsyncConnection]:

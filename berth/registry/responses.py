@@ -63,6 +63,21 @@ class BlobFileResponse:
                 await send({"type": "http.response.body", "body": b""})
 
 
+class BlobBytesResponse(BlobFileResponse):
+    """A whole small blob whose bytes were read (and verified) already: sent from memory."""
+
+    def __init__(self, content: bytes, digest: str, on_sent: OnSent | None = None) -> None:
+        super().__init__("", len(content), digest, on_sent)
+        self.content = content
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": self.headers})
+        body = b"" if scope["method"] == "HEAD" else self.content
+        await send({"type": "http.response.body", "body": body})
+        if self.on_sent is not None and body:
+            self.on_sent(len(body))
+
+
 class MeteredFileResponse(FileResponse):
     """Starlette's FileResponse (byte ranges), counting the body bytes it sends."""
 

@@ -36,6 +36,7 @@ from berth.domain.errors import (
 from berth.domain.manifests import MAX_MANIFEST_BYTES, OCI_INDEX, accepts, manifest_too_large
 from berth.domain.names import ImageName, split_name
 from berth.registry.responses import (
+    BlobBytesResponse,
     BlobFileResponse,
     MeteredFileResponse,
     MeteredResponse,
@@ -149,12 +150,21 @@ def _json(
     return Response(json.dumps(body, separators=(",", ":")), status, headers, media_type)
 
 
+# The largest page a client may ask for (`?n=`); larger pages are refused, not truncated.
+MAX_PAGE = 10_000
+
+
 def _limit(request: Request) -> int | None:
     raw = request.query_params.get("n")
     if raw is None or raw == "":
         return None
-    if not raw.isdigit():
-        raise PaginationNumberInvalid(f"n must be a non-negative integer, not {raw!r}")
+    # ASCII digits only: str.isdigit() also admits '²', which int() refuses.
+    if not (raw.isascii() and raw.isdigit()):
+        raise PaginationNumberInvalid(f"n must be a non-negative integer, not {raw[:40]!r}")
+    if len(raw) > len(str(MAX_PAGE)) or int(raw) > MAX_PAGE:
+        raise PaginationNumberInvalid(
+            f"n must be at most {MAX_PAGE:,}; follow the Link header for more", {"max": MAX_PAGE}
+        )
     return int(raw)
 
 
@@ -225,6 +235,7 @@ async def get_blob(request: Request) -> Response | BlobFileResponse:
     path = services.registry.blob_path(digest)
     if path is None:
         raise BlobUnknown("blob storage has no local path")  # S3 driver streams instead
+    content = await services.registry.verified_blob(digest, size)
     try:
         stat = os.stat(path)
     except FileNotFoundError:
@@ -232,6 +243,8 @@ async def get_blob(request: Request) -> Response | BlobFileResponse:
     byte_range = request.headers.get("range")
     on_sent = _traffic(services, repo)
     if byte_range is None:
+        if content is not None:  # verified: these bytes, not the file's (changed since?)
+            return BlobBytesResponse(content, digest, on_sent)
         return BlobFileResponse(str(path), size, digest, on_sent)
     if _inverted_range(byte_range):
         return Response(status_code=416, headers={"Content-Range": f"bytes */{stat.st_size}"})
@@ -355,7 +368,8 @@ async def complete_upload(request: Request) -> Response:
 
 
 async def cancel_upload(request: Request) -> Response:
-    services, name, repo = await _target(request)
+    # Cancelling an upload is part of pushing (it deletes no stored content).
+    services, name, repo = await _target(request, PUSH)
     upload = await services.uploads.get(repo, name.image, request.path_params["upload_id"])
     await services.uploads.cancel(upload)
     return Response(status_code=204)

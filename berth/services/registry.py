@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 import json
-from collections.abc import Awaitable, Callable
+import logging
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import and_, bindparam, delete, func, select
+from sqlalchemy import and_, bindparam, delete, false, func, select, update
 from sqlalchemy.exc import IntegrityError
 
 from berth.domain.digests import digest_bytes, is_digest, parse_digest
@@ -44,7 +47,25 @@ from berth.metadata.tables import (
 )
 from berth.services.repositories import Conflict, RepositoryRef
 from berth.services.restrictions import ensure_writable
+from berth.services.storage_check import blob_is_whole
 from berth.storage.base import BlobStore
+
+logger = logging.getLogger("berth.registry")
+
+# Blobs up to this size are hashed before each download (configs, small layers); larger ones
+# are checked by size here and fully by the storage check (`berth storage check`, the scrub).
+VERIFY_ON_READ_BYTES = 1024 * 1024
+
+
+def _read_if_whole(path: Path, digest: str) -> bytes | None:
+    """The file's bytes if they hash to `digest`, else None."""
+    parsed = parse_digest(digest)
+    try:
+        with open(path, "rb") as handle:
+            content = handle.read()
+    except FileNotFoundError:
+        return None
+    return content if hashlib.new(parsed.algorithm, content).hexdigest() == parsed.hex else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,6 +120,39 @@ _MANIFEST_BY_TAG = (
 )
 
 
+async def _in_use(
+    conn: Any, repo: RepositoryRef, what: str, users: Sequence[Any], *, index: bool = False
+) -> Conflict:
+    """The refusal to delete content that stored manifests (`users`: image, digest rows) still
+    reference, naming them and their tags, so the caller knows what to delete first."""
+    first = users[0]
+    names = (
+        (
+            await conn.execute(
+                select(tags.c.name)
+                .where(
+                    tags.c.repository_id == repo.id,
+                    tags.c.image == first.image,
+                    tags.c.digest == first.digest,
+                )
+                .order_by(tags.c.name)
+                .limit(3)
+            )
+        )
+        .scalars()
+        .all()
+    )
+    oci_name = "/".join(part for part in (repo.project, repo.name, first.image) if part)
+    tagged = f" (tagged {', '.join(names)})" if names else ""
+    others = f" and {len(users) - 1} more" if len(users) > 1 else ""
+    kind = "index" if index else "manifest"
+    todo = "delete the index instead" if index else "delete those images first"
+    return Conflict(
+        f"{what} is referenced by {kind} {oci_name}@{first.digest}{tagged}{others}; {todo}",
+        {"referencedBy": [row.digest for row in users]},
+    )
+
+
 async def count_images(conn: Any, repository_id: int) -> int:
     """Images in a repository: top-level manifests (an index's children are not counted)."""
     count = await conn.execute(
@@ -127,10 +181,54 @@ class Registry:
     def blob_path(self, digest: str) -> Path | None:
         return self.store.local_path(digest)
 
+    async def verified_blob(self, digest: str, size: int) -> bytes | None:
+        """Check a blob before serving it: stored, of its recorded size and, when small, with
+        bytes that hash to its digest (then returned, to be served from memory). A blob that
+        fails is set aside (missing: pushing it again repairs it) and BLOB_UNKNOWN raised, so
+        damaged bytes are never served under its digest."""
+        stored = await self.store.stat(digest)
+        if stored is None:
+            raise BlobUnknown(
+                f"blob {digest} is missing from storage; push it again", {"digest": digest}
+            )
+        content = None
+        if stored == size and size <= VERIFY_ON_READ_BYTES:
+            path = self.store.local_path(digest)
+            if path is not None:
+                content = await asyncio.to_thread(_read_if_whole, path, digest)
+                whole = content is not None
+            else:
+                whole = await blob_is_whole(self.store, digest, size)
+        else:
+            whole = stored == size
+        if not whole:
+            await self.store.quarantine(digest)
+            logger.error("blob %s is damaged in storage: set aside until pushed again", digest)
+            raise BlobUnknown(
+                f"blob {digest} is damaged in storage and was set aside; push it again",
+                {"digest": digest},
+            )
+        return content
+
     async def delete_blob(self, repo: RepositoryRef, digest: str) -> None:
-        """Unlink a blob from a repository; its bytes go at the next garbage collection."""
+        """Unlink a blob from a repository; its bytes go at the next garbage collection.
+        Refused while a manifest of the repository uses it: that image would no longer pull."""
         parse_digest(digest)
         async with self.db.write() as conn:
+            users = (
+                await conn.execute(
+                    select(manifests.c.image, manifests.c.digest)
+                    .join(manifest_references, manifest_references.c.manifest_id == manifests.c.id)
+                    .where(
+                        manifests.c.repository_id == repo.id,
+                        manifest_references.c.digest == digest,
+                        ~manifest_references.c.is_manifest,
+                    )
+                    .order_by(manifests.c.id)
+                )
+            ).all()
+            if users:
+                raise await _in_use(conn, repo, f"blob {digest}", users)
             result = await conn.execute(
                 delete(repository_blobs).where(
                     repository_blobs.c.repository_id == repo.id, repository_blobs.c.digest == digest
@@ -149,6 +247,8 @@ class Registry:
             holder = holder.join(
                 repositories, repositories.c.id == repository_blobs.c.repository_id
             ).where(repositories.c.project_id == repo.project_id)
+        if await self.store.stat(digest) is None:
+            return False  # recorded, but its bytes are missing (set aside): upload them
         now = utcnow()
         try:
             async with self.db.write() as conn:
@@ -175,14 +275,23 @@ class Registry:
             statement = _MANIFEST_BY_DIGEST
         else:
             statement = _MANIFEST_BY_TAG
-        row = await self.db.first(
-            statement, repository_id=repo.id, image=image, reference=reference
-        )
+        row = None
+        if is_digest(reference) or is_valid_tag(reference):  # no other tag can be stored
+            row = await self.db.first(
+                statement, repository_id=repo.id, image=image, reference=reference
+            )
         if row is None:
             raise ManifestUnknown(
                 f"manifest {reference!r} is not in this repository", {"reference": reference}
             )
-        return StoredManifest(row[0], row[1], bytes(row[2]))
+        content = bytes(row[2])
+        if digest_bytes(content, parse_digest(row[0]).algorithm) != row[0]:
+            logger.error("manifest %s is damaged in the database", row[0])
+            raise ManifestUnknown(
+                f"manifest {row[0]} is damaged in storage; push it again",
+                {"digest": row[0]},
+            )
+        return StoredManifest(row[0], row[1], content)
 
     async def put_manifest(
         self,
@@ -223,13 +332,18 @@ class Registry:
             await self._check_references(conn, repo, image, parsed, project_wide)
             known = (
                 await conn.execute(
-                    select(manifests.c.id).where(
+                    select(manifests.c.id, manifests.c.content).where(
                         manifests.c.repository_id == repo.id,
                         manifests.c.image == image,
                         manifests.c.digest == digest,
                     )
                 )
-            ).scalar()
+            ).first()
+            if known is not None and bytes(known.content) != body:
+                # Stored bytes damaged since: these match the digest, so they repair it.
+                await conn.execute(
+                    update(manifests).where(manifests.c.id == known.id).values(content=body)
+                )
             if known is None:
                 await self._lock_repository(conn, repo)
                 await self._insert_manifest(conn, repo, image, digest, body, parsed)
@@ -412,10 +526,29 @@ class Registry:
     async def delete_manifest(
         self, repo: RepositoryRef, image: str, reference: str, *, actor: str = "anonymous"
     ) -> None:
-        """By digest: the manifest and every tag on it. By tag: just the tag."""
+        """By digest: the manifest and every tag on it. By tag: just the tag. A platform
+        manifest that a stored index lists is refused: delete the index."""
         async with self.db.write() as conn:
             if is_digest(reference):
                 parse_digest(reference)
+                parents = (
+                    await conn.execute(
+                        select(manifests.c.image, manifests.c.digest)
+                        .join(
+                            manifest_references,
+                            manifest_references.c.manifest_id == manifests.c.id,
+                        )
+                        .where(
+                            manifests.c.repository_id == repo.id,
+                            manifests.c.image == image,
+                            manifest_references.c.digest == reference,
+                            manifest_references.c.is_manifest,
+                        )
+                        .order_by(manifests.c.id)
+                    )
+                ).all()
+                if parents:
+                    raise await _in_use(conn, repo, f"manifest {reference}", parents, index=True)
                 tagged = (
                     (
                         await conn.execute(
@@ -515,7 +648,9 @@ class Registry:
             .order_by(tags.c.name)
         )
         if last:
-            query = query.where(tags.c.name > last)
+            # Tags hold no NUL (PostgreSQL text cannot): what sorts after `last` sorts after
+            # the part before its first NUL.
+            query = query.where(tags.c.name > last.split("\x00", 1)[0])
         if limit is not None:
             query = query.limit(limit + 1)
         async with self.db.read() as conn:
@@ -541,7 +676,11 @@ class Registry:
             manifests.c.subject_digest == digest,
         )
         if artifact_type:
-            query = query.where(manifests.c.artifact_type == artifact_type)
+            # No stored artifact type holds a NUL (PostgreSQL text cannot): match nothing.
+            matches = false() if "\x00" in artifact_type else None
+            query = query.where(
+                manifests.c.artifact_type == artifact_type if matches is None else matches
+            )
         async with self.db.read() as conn:
             rows = (await conn.execute(query.order_by(manifests.c.pushed_at, manifests.c.id))).all()
         descriptors = []

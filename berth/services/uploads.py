@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import errno
 import hashlib
 import re
 import uuid
@@ -25,6 +26,7 @@ from berth.domain.errors import (
     BlobUploadUnknown,
     DigestInvalid,
     RangeNotSatisfiable,
+    StorageFull,
 )
 from berth.metadata.database import Database
 from berth.metadata.tables import blobs, repository_blobs, uploads, utcnow
@@ -110,6 +112,25 @@ async def _pipe(writer: UploadWriter, hasher: Any, body: AsyncIterator[bytes]) -
     return written
 
 
+def _is_storage_full(exc: OSError) -> bool:
+    return exc.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
+def _storage_full() -> StorageFull:
+    return StorageFull(
+        "the registry's storage is full: the upload was discarded and nothing was stored; "
+        "push again once space has been freed"
+    )
+
+
+def _data_lost(upload_id: str) -> BlobUploadUnknown:
+    # Docker and the other clients retry BLOB_UPLOAD_UNKNOWN by starting a new upload.
+    return BlobUploadUnknown(
+        f"upload {upload_id!r} lost its data (abandoned uploads are removed by garbage "
+        "collection); start the upload again"
+    )
+
+
 class Uploads:
     def __init__(self, db: Database, store: BlobStore) -> None:
         self.db = db
@@ -123,20 +144,30 @@ class Uploads:
         async with self.db.read() as conn:
             await refuse_if_restricted(conn, repo.project_id, repo.project)
         # The scratch object exists from the start, so any node can pick the upload up.
-        writer = await self.store.open_upload(upload.id, 0)
+        try:
+            writer = await self.store.open_upload(upload.id, 0)
+        except OSError as exc:
+            if _is_storage_full(exc):
+                await self.store.delete_upload(upload.id)
+                raise _storage_full() from None
+            raise
         await writer.close()
         now = utcnow()
-        async with self.db.write() as conn:
-            await conn.execute(
-                uploads.insert().values(
-                    id=upload.id,
-                    repository_id=repo.id,
-                    image=image,
-                    offset=0,
-                    started_at=now,
-                    updated_at=now,
+        try:
+            async with self.db.write() as conn:
+                await conn.execute(
+                    uploads.insert().values(
+                        id=upload.id,
+                        repository_id=repo.id,
+                        image=image,
+                        offset=0,
+                        started_at=now,
+                        updated_at=now,
+                    )
                 )
-            )
+        except BaseException:
+            await self.store.delete_upload(upload.id)  # no row names it: leave no file
+            raise
         self._hashes.put(upload.id, 0, hashlib.sha256())
         return upload
 
@@ -175,15 +206,25 @@ class Uploads:
                         "send chunks in order",
                         upload.offset,
                     )
-            hasher = await self._hasher_at(upload)
-            writer = await self.store.open_upload(upload.id, upload.offset)
+            try:
+                hasher = await self._hasher_at(upload)
+                writer = await self.store.open_upload(upload.id, upload.offset)
+            except FileNotFoundError:
+                await self._discard(upload.id)
+                raise _data_lost(upload.id) from None
+            full = False
             try:
                 written = await _pipe(writer, hasher, body)
-            except BaseException:
+            except BaseException as exc:
                 self._hashes.drop(upload.id)  # the stored bytes past `offset` are discarded
-                raise
+                if not (isinstance(exc, OSError) and _is_storage_full(exc)):
+                    raise
+                full = True
             finally:
                 await writer.close()
+            if full:
+                await self._discard(upload.id)  # its space back at once
+                raise _storage_full()
             upload.offset += written
             upload.digest_at_offset = "sha256:" + hasher.copy().hexdigest()
             self._hashes.put(upload.id, upload.offset, hasher)
@@ -220,21 +261,31 @@ class Uploads:
             upload = await self.append(upload, body, content_range)
         async with self._lock(upload.id):
             upload = await self._refresh(upload)
-            actual = await self._final_digest(upload, expected.algorithm)
-            if actual != str(expected):
-                await self._discard(upload.id)
-                raise DigestInvalid(
-                    f"uploaded content has digest {actual}, not {expected}; upload discarded",
-                    {"expected": str(expected), "actual": actual},
-                )
-            await self.store.commit_upload(upload.id, actual)
-            now = utcnow()
             try:
-                await self._record(repo, upload, actual, now)
-            finally:
-                # Gone whatever happened, as if it had been renamed into place: a client
-                # must not go on writing into the blob's file.
-                await self.store.delete_upload(upload.id)
+                actual = await self._final_digest(upload, expected.algorithm)
+                if actual != str(expected):
+                    await self._discard(upload.id)
+                    raise DigestInvalid(
+                        f"uploaded content has digest {actual}, not {expected}; upload discarded",
+                        {"expected": str(expected), "actual": actual},
+                    )
+                await self.store.commit_upload(upload.id, actual)
+                now = utcnow()
+                try:
+                    await self._record(repo, upload, actual, now)
+                finally:
+                    # Gone whatever happened, as if it had been renamed into place: a client
+                    # must not go on writing into the blob's file.
+                    await self.store.delete_upload(upload.id)
+            except FileNotFoundError:
+                # Garbage collection removed the upload as abandoned while it was finishing.
+                await self._discard(upload.id)
+                raise _data_lost(upload.id) from None
+            except OSError as exc:
+                if not _is_storage_full(exc):
+                    raise
+                await self._discard(upload.id)
+                raise _storage_full() from None
             self._hashes.drop(upload.id)
             self._locks.pop(upload.id, None)
             return actual

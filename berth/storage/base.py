@@ -37,6 +37,11 @@ class BlobStore(abc.ABC):
     async def delete_upload(self, upload_id: str) -> None: ...
 
     @abc.abstractmethod
+    async def list_uploads(self) -> list[tuple[str, float]]:
+        """(upload id, last modified as a Unix time) of every scratch object, to find those
+        no upload names any more; never on a request path."""
+
+    @abc.abstractmethod
     async def stat(self, digest: str) -> int | None:
         """Size of the stored blob, or None."""
 
@@ -50,6 +55,11 @@ class BlobStore(abc.ABC):
 
     @abc.abstractmethod
     async def delete(self, digest: str) -> None: ...
+
+    @abc.abstractmethod
+    async def quarantine(self, digest: str) -> None:
+        """Set a damaged blob's bytes aside (kept for inspection, never served): the blob is
+        then missing, so the next upload of its digest stores it again."""
 
     async def delete_many(self, digests: list[str]) -> None:
         """Delete several blobs (garbage collection); absent ones are no error."""

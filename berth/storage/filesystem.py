@@ -1,6 +1,7 @@
 """Local filesystem driver: content-addressed files, uploads in a scratch dir on the same fs.
 
-Layout under the root: `{algorithm}/{hex[:2]}/{hex}` for blobs, `_uploads/{id}` for uploads.
+Layout under the root: `{algorithm}/{hex[:2]}/{hex}` for blobs, `_uploads/{id}` for uploads,
+`_damaged/{algorithm}-{hex}` for blobs set aside because their bytes no longer match.
 Because both sit on one filesystem, committing an upload is an atomic rename.
 """
 
@@ -41,6 +42,7 @@ class FilesystemBlobStore(BlobStore):
     def __init__(self, root: Path) -> None:
         self.root = root
         self.uploads = root / "_uploads"
+        self.damaged = root / "_damaged"  # blobs whose bytes no longer match their digest
         self.uploads.mkdir(parents=True, exist_ok=True)
 
     def _blob_path(self, digest: str) -> Path:
@@ -55,7 +57,12 @@ class FilesystemBlobStore(BlobStore):
     async def open_upload(self, upload_id: str, offset: int) -> UploadWriter:
         def _open() -> int:
             path = self._upload_path(upload_id)
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o640)
+            # Created only at the start: a scratch file removed since (an abandoned upload
+            # swept by garbage collection) must not come back as zeros up to `offset`.
+            fd = os.open(path, os.O_WRONLY | (os.O_CREAT if offset == 0 else 0), 0o640)
+            if os.fstat(fd).st_size < offset:
+                os.close(fd)
+                raise FileNotFoundError(f"upload {upload_id} has lost data before {offset}")
             if os.fstat(fd).st_nlink > 1:
                 # Committed as a blob already (the process died before recording it): go on
                 # in a copy of its own, never in the blob's file.
@@ -84,8 +91,18 @@ class FilesystemBlobStore(BlobStore):
                 os.close(fd)
             target.parent.mkdir(parents=True, exist_ok=True)
             # A hard link, not a rename: the scratch file stays for a commit made again.
-            with contextlib.suppress(FileExistsError):  # the same digest, the same bytes
+            try:
                 os.link(source, target)
+            except FileExistsError:
+                # The same digest: replace the stored file (atomically) with these verified
+                # bytes, so pushing a blob again repairs a copy damaged on disk.
+                temporary = source.with_name(source.name + ".commit")
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(temporary)
+                os.link(source, temporary)
+                os.replace(temporary, target)
+                with contextlib.suppress(FileNotFoundError):  # left if they were one file
+                    os.unlink(temporary)
             dir_fd = os.open(target.parent, os.O_RDONLY)
             try:
                 os.fsync(dir_fd)
@@ -93,6 +110,17 @@ class FilesystemBlobStore(BlobStore):
                 os.close(dir_fd)
 
         await asyncio.to_thread(_commit)
+
+    async def list_uploads(self) -> list[tuple[str, float]]:
+        def _list() -> list[tuple[str, float]]:
+            found = []
+            for entry in os.scandir(self.uploads):
+                with contextlib.suppress(FileNotFoundError):
+                    if entry.is_file() and entry.name.isalnum():
+                        found.append((entry.name, entry.stat().st_mtime))
+            return found
+
+        return await asyncio.to_thread(_list)
 
     async def delete_upload(self, upload_id: str) -> None:
         with contextlib.suppress(FileNotFoundError):
@@ -112,6 +140,18 @@ class FilesystemBlobStore(BlobStore):
     ) -> AsyncIterator[bytes]:
         async for chunk in _read_file(self._blob_path(digest), start, end):
             yield chunk
+
+    async def quarantine(self, digest: str) -> None:
+        parsed = parse_digest(digest)
+        source = self._blob_path(digest)
+        target = self.damaged / f"{parsed.algorithm}-{parsed.hex}"
+
+        def _move() -> None:
+            self.damaged.mkdir(exist_ok=True)
+            with contextlib.suppress(FileNotFoundError):
+                os.replace(source, target)
+
+        await asyncio.to_thread(_move)
 
     async def delete(self, digest: str) -> None:
         with contextlib.suppress(FileNotFoundError):

@@ -1,0 +1,292 @@
+"""Storage faults: damaged blobs and manifests, a full disk, a locked database, uploads that lose
+their scratch file, and scratch files no upload names."""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import subprocess
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.conftest import Repo, new_repo
+from tests.oci import (
+    OCI_MANIFEST,
+    Blob,
+    digest_of,
+    error_code,
+    push_bytes,
+    put_manifest,
+    random_image,
+)
+from tests.servers import BerthServer
+
+ACCEPT = {"Accept": OCI_MANIFEST}
+MIB = 1024 * 1024
+
+
+def blob_file(server: BerthServer, digest: str) -> Path:
+    algorithm, hex_digest = digest.split(":", 1)
+    return server.data_dir / "blobs" / algorithm / hex_digest[:2] / hex_digest
+
+
+def damage(path: Path) -> None:
+    """Flip one byte in the middle: the size stays, only the digest tells."""
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def scratch_files(server: BerthServer) -> list[str]:
+    uploads = server.data_dir / "blobs" / "_uploads"
+    return sorted(p.name for p in uploads.iterdir() if p.is_file())
+
+
+def storage_check(server: BerthServer) -> tuple[int, dict[str, Any]]:
+    result = server.cli("storage", "check", "--json", check=False)
+    return result.returncode, json.loads(result.stdout)
+
+
+# ---------------------------------------------------------------- damaged content
+
+
+def test_a_damaged_small_blob_is_never_served_and_a_push_repairs_it(repo: Repo) -> None:
+    data = os.urandom(64 * 1024)
+    digest = push_bytes(repo.client, repo.name, data)
+    damage(blob_file(repo.server, digest))
+
+    response = repo.client.get(repo.url(f"blobs/{digest}"))
+    assert response.status_code == 404 and error_code(response) == "BLOB_UNKNOWN"
+    message = response.json()["errors"][0]["message"]
+    assert "damaged in storage" in message and "push it again" in message, message
+    # Set aside: clients now see it missing (so they upload it again).
+    assert repo.client.head(repo.url(f"blobs/{digest}")).status_code == 404
+
+    push_bytes(repo.client, repo.name, data)  # what a client does after a HEAD of 404
+    assert repo.client.get(repo.url(f"blobs/{digest}")).content == data
+
+
+def test_a_forced_upload_of_the_right_bytes_replaces_a_damaged_large_blob(repo: Repo) -> None:
+    """Large blobs are not hashed on each download; uploading them again still repairs them."""
+    data = os.urandom(3 * MIB)
+    digest = push_bytes(repo.client, repo.name, data)
+    damage(blob_file(repo.server, digest))
+    push_bytes(repo.client, repo.name, data)
+    assert blob_file(repo.server, digest).read_bytes() == data
+    assert repo.client.get(repo.url(f"blobs/{digest}")).content == data
+
+
+def test_a_truncated_large_blob_is_never_served(repo: Repo) -> None:
+    data = os.urandom(2 * MIB)
+    digest = push_bytes(repo.client, repo.name, data)
+    path = blob_file(repo.server, digest)
+    path.write_bytes(data[: MIB // 2])
+    response = repo.client.get(repo.url(f"blobs/{digest}"))
+    assert response.status_code == 404 and error_code(response) == "BLOB_UNKNOWN"
+    assert not path.exists()
+
+
+def test_storage_check_sets_damaged_blobs_aside_until_pushed_again(server: BerthServer) -> None:
+    repo = new_repo(server)
+    body = random_image(repo.client, repo.name)
+    large = os.urandom(2 * MIB)  # beyond what a download verifies
+    large_digest = push_bytes(repo.client, repo.name, large)
+    document = json.loads(body)
+    document["layers"].append(Blob(large).descriptor())
+    body = json.dumps(document).encode()
+    assert put_manifest(repo.client, repo.name, "v1", body).status_code == 201
+    damage(blob_file(server, large_digest))
+
+    code, report = storage_check(server)
+    assert code == 1 and report["damaged"] == [large_digest], report
+    # Set aside: the blob is missing, so a client uploads it again, even by mount.
+    assert repo.client.head(repo.url(f"blobs/{large_digest}")).status_code == 404
+    other = new_repo(server)
+    mounted = other.client.post(
+        other.url("blobs/uploads/"), params={"mount": large_digest, "from": repo.name}
+    )
+    assert mounted.status_code == 202
+    printed = server.cli("storage", "check", check=False)
+    assert printed.returncode == 1 and f"missing: {large_digest}" in printed.stdout
+
+    push_bytes(repo.client, repo.name, large)
+    assert repo.client.get(repo.url(f"blobs/{large_digest}")).content == large
+    _code, report = storage_check(server)
+    assert large_digest not in [*report["missing"], *report["damaged"]], report
+
+
+def test_a_damaged_manifest_is_never_served_and_a_push_repairs_it(
+    sqlite_server: BerthServer,
+) -> None:
+    repo = new_repo(sqlite_server)
+    body = random_image(repo.client, repo.name)
+    assert put_manifest(repo.client, repo.name, "v1", body).status_code == 201
+    with sqlite3.connect(sqlite_server.data_dir / "berth.db") as db:
+        db.execute(
+            "UPDATE manifests SET content = ? WHERE digest = ?",
+            (body.replace(b'"schemaVersion"', b'"schemaVersioN"'), digest_of(body)),
+        )
+    response = repo.client.get(repo.url("manifests/v1"), headers=ACCEPT)
+    assert response.status_code == 404 and "damaged" in response.text
+    assert put_manifest(repo.client, repo.name, "v1", body).status_code == 201
+    assert repo.client.get(repo.url("manifests/v1"), headers=ACCEPT).content == body
+
+
+# ---------------------------------------------------------------- uploads and scratch files
+
+
+def test_a_commit_whose_scratch_file_is_gone_is_a_retryable_upload_error(repo: Repo) -> None:
+    data = os.urandom(100_000)
+    for with_body in (False, True):
+        location = repo.client.post(repo.url("blobs/uploads/")).headers["Location"]
+        patched = repo.client.patch(location, content=data[:50_000])
+        assert patched.status_code == 202
+        upload_id = location.rsplit("/", 1)[1]
+        # What garbage collection does to an upload it found abandoned.
+        (repo.server.data_dir / "blobs" / "_uploads" / upload_id).unlink()
+        rest = data[50_000:] if with_body else b""
+        response = repo.client.put(location, params={"digest": digest_of(data)}, content=rest)
+        assert response.status_code == 404, response.text
+        assert error_code(response) == "BLOB_UPLOAD_UNKNOWN"
+        assert "start the upload again" in response.text
+        assert repo.client.head(repo.url(f"blobs/{digest_of(data)}")).status_code == 404
+        assert repo.client.get(location).status_code == 404
+    push_bytes(repo.client, repo.name, data)  # the client's retry
+    assert repo.client.get(repo.url(f"blobs/{digest_of(data)}")).content == data
+
+
+def test_storage_check_removes_scratch_files_no_upload_names(repo: Repo) -> None:
+    uploads = repo.server.data_dir / "blobs" / "_uploads"
+    hour_ago = time.time() - 7200
+    orphan, fresh = uuid.uuid4().hex, uuid.uuid4().hex
+    (uploads / orphan).write_bytes(b"left by a crash")
+    (uploads / fresh).write_bytes(b"an upload starting now")
+    os.utime(uploads / orphan, (hour_ago, hour_ago))
+    live = repo.client.post(repo.url("blobs/uploads/")).headers["Location"]
+    live_id = live.rsplit("/", 1)[1]
+    assert repo.client.patch(live, content=b"some bytes").status_code == 202
+    os.utime(uploads / live_id, (hour_ago, hour_ago))  # old, but its upload still names it
+
+    _code, report = storage_check(repo.server)
+    assert report["orphan_uploads_removed"] >= 1, report
+    remaining = scratch_files(repo.server)
+    assert orphan not in remaining and fresh in remaining and live_id in remaining
+    finished = repo.client.put(live, params={"digest": digest_of(b"some bytes")})
+    assert finished.status_code == 201
+    (uploads / fresh).unlink()
+
+
+@pytest.fixture(scope="module")
+def racing_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BerthServer]:
+    server = BerthServer(
+        tmp_path_factory.mktemp("race"), extra_env={"BERTH_GC_GRACE_PERIOD": "0"}
+    ).start()
+    yield server
+    server.stop()
+
+
+def test_pushes_racing_garbage_collection_get_no_server_error(racing_server: BerthServer) -> None:
+    """With no grace period, GC removes uploads in flight: their commits must answer an error
+    the client retries, never a 500."""
+    repo = new_repo(racing_server)
+    stop = time.monotonic() + 8
+    statuses: list[int] = []
+
+    def push() -> None:
+        with httpx.Client(base_url=racing_server.url, auth=repo.client.auth, timeout=30) as c:
+            while time.monotonic() < stop:
+                data = os.urandom(20_000)
+                started = c.post(repo.url("blobs/uploads/"))
+                statuses.append(started.status_code)
+                if started.status_code != 202:
+                    continue
+                location = started.headers["Location"]
+                statuses.append(c.patch(location, content=data).status_code)
+                done = c.put(location, params={"digest": digest_of(data)})
+                statuses.append(done.status_code)
+
+    def collect() -> None:
+        with httpx.Client(base_url=racing_server.url, auth=repo.client.auth, timeout=30) as c:
+            while time.monotonic() < stop:
+                c.post(f"/api/v1/projects/{repo.project}/gc", json={"delete_untagged": True})
+                time.sleep(0.05)
+
+    threads = [threading.Thread(target=push) for _ in range(3)] + [threading.Thread(target=collect)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert statuses and all(s < 500 for s in statuses), sorted(set(statuses))
+
+
+# ---------------------------------------------------------------- a full disk, a locked database
+
+
+@pytest.fixture(scope="module")
+def small_disk_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BerthServer]:
+    """A server whose blob store is a real 8 MiB filesystem (tmpfs)."""
+    data_dir = tmp_path_factory.mktemp("full")
+    blobs = data_dir / "blobs"
+    blobs.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(blobs)])
+    if mounted.returncode != 0:
+        pytest.skip("cannot mount a small tmpfs here (needs root)")
+    server = BerthServer(data_dir)
+    try:
+        yield server.start()
+    finally:
+        server.stop()
+        subprocess.run(["umount", "-l", str(blobs)], check=False)
+
+
+@pytest.mark.parametrize("mode", ["monolithic", "chunked"])
+def test_a_full_disk_refuses_the_push_clearly_and_keeps_nothing(
+    small_disk_server: BerthServer, mode: str
+) -> None:
+    repo = new_repo(small_disk_server)
+    data = os.urandom(12 * MIB)
+    digest = digest_of(data)
+    if mode == "monolithic":
+        response = repo.client.post(
+            repo.url("blobs/uploads/"), params={"digest": digest}, content=data
+        )
+    else:
+        location = repo.client.post(repo.url("blobs/uploads/")).headers["Location"]
+        response = repo.client.patch(location, content=data)
+        assert repo.client.get(location).status_code == 404  # discarded: its space is back
+    assert response.status_code == 507, response.text
+    assert error_code(response) == "STORAGE_FULL"
+    assert "storage is full" in response.json()["errors"][0]["message"]
+    assert scratch_files(small_disk_server) == []
+    assert repo.client.head(repo.url(f"blobs/{digest}")).status_code == 404
+    # The space is free again: a push that fits succeeds.
+    assert push_bytes(repo.client, repo.name, os.urandom(MIB))
+
+
+def test_a_database_locked_elsewhere_answers_503_with_retry_after(
+    sqlite_server: BerthServer,
+) -> None:
+    repo = new_repo(sqlite_server)
+    holder = sqlite3.connect(sqlite_server.data_dir / "berth.db", isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")  # another process holds the write lock
+    try:
+        started = time.monotonic()
+        response = repo.client.post(repo.url("blobs/uploads/"))
+        waited = time.monotonic() - started
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    assert response.status_code == 503, response.text
+    assert response.headers["Retry-After"].isdigit()
+    assert error_code(response) == "UNAVAILABLE"
+    assert waited < 12, waited
+    assert scratch_files(sqlite_server) == []  # nothing half-written
+    assert repo.client.post(repo.url("blobs/uploads/")).status_code == 202
