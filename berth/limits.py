@@ -31,6 +31,7 @@ REGISTRY_PREFIX = "/v2/"
 # a body timeout then ends the drain without replacing that answer.
 ANSWERED = "berth.answered"
 API_PREFIX = "/api/v1"
+TRANSPORT_CLOSED = "ASGI transport closed"
 
 
 @dataclass(frozen=True, slots=True)
@@ -181,11 +182,15 @@ class RequestLimits:
 
         try:
             await self.app(scope, guarded_receive, guarded_send)
-        except (ClientDisconnect, OSError) as exc:
+        except ClientDisconnect:
             if refusal is None:
-                _log_disconnect(scope, client, exc)
-        except Exception:
-            if refusal is None:
+                _log_disconnect(scope, client)
+        except Exception as exc:
+            if refusal is not None:
+                pass  # the app's reaction to the refusal; the refusal is the answer
+            elif _transport_closed(exc):
+                _log_disconnect(scope, client)
+            else:
                 raise
         if refusal is not None and not started:
             await self._refuse(send, path, refusal)
@@ -200,8 +205,9 @@ class RequestLimits:
         try:
             for message in _refusal_messages(path, refusal, retry_after):
                 await send(message)
-        except OSError:  # the client is gone already
-            pass
+        except (OSError, RuntimeError) as exc:  # the client is gone already
+            if isinstance(exc, RuntimeError) and not _transport_closed(exc):
+                raise
 
 
 def _too_large(limit: int) -> Refusal:
@@ -210,8 +216,10 @@ def _too_large(limit: int) -> Refusal:
     )
 
 
-def _log_disconnect(scope: Scope, client: str, exc: BaseException) -> None:
-    why = "" if isinstance(exc, ClientDisconnect) else f" ({type(exc).__name__})"
-    logger.warning(
-        "client %s went away during %s %s%s", client, scope["method"], scope["path"], why
-    )
+def _transport_closed(exc: BaseException) -> bool:
+    """granian's error for a response sent to a client that has gone away."""
+    return isinstance(exc, RuntimeError) and str(exc) == TRANSPORT_CLOSED
+
+
+def _log_disconnect(scope: Scope, client: str) -> None:
+    logger.warning("client %s went away during %s %s", client, scope["method"], scope["path"])

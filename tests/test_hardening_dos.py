@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import socket
 import threading
 import time
@@ -20,7 +21,7 @@ import pytest
 from berth.auth.throttle import LoginThrottle
 from tests.auth import bearer, fetch_token
 from tests.conftest import new_repo
-from tests.oci import blob_path, manifest_path, put_manifest, random_image, uploads_path
+from tests.oci import blob_path, manifest_path, push_bytes, put_manifest, random_image, uploads_path
 from tests.servers import BerthServer
 
 MiB = 1024 * 1024
@@ -308,6 +309,14 @@ def test_a_client_going_away_mid_body_is_one_short_log_line(server: BerthServer)
         with connect(server) as sock:
             sock.sendall(request.encode() + b"a" * 100)
             time.sleep(0.3)
+    # A download the client abandons is no error either.
+    big = push_bytes(repo.client, repo.name, os.urandom(8 * MiB))
+    with connect(server) as sock:
+        sock.sendall(
+            f"GET {blob_path(repo.name, big)} HTTP/1.1\r\nHost: {server.address}\r\n"
+            f"Authorization: Basic {basic}\r\n\r\n".encode()
+        )
+        assert sock.recv(100).startswith(b"HTTP/1.1 200")
     time.sleep(0.5)
     written = log.read_bytes()[offset:].decode(errors="replace")
     assert "Traceback" not in written, written
