@@ -3,6 +3,7 @@ endpoints."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -21,6 +22,7 @@ from berth.config import Settings, load_settings
 from berth.console.routes import routes as console_routes
 from berth.domain.errors import HostInvalid, RegistryError
 from berth.domain.names import normalized_host
+from berth.limits import ANSWERED, RequestLimits
 from berth.registry.routes import error_response
 from berth.registry.routes import routes as registry_routes
 from berth.state import Services
@@ -99,20 +101,24 @@ async def readyz(request: Request) -> Response:
     return PlainTextResponse("ready")
 
 
-# A refused upload's unread body is drained up to this much, so the client (still sending)
-# reads the error instead of a broken connection; past it, the connection is closed.
+# A refused upload's unread body is drained up to this much and for this long, so the client
+# (still sending) reads the error instead of a broken connection; past either, the connection
+# is closed: a client trickling a body that is refused anyway does not hold it.
 DRAIN_LIMIT = 256 * 1024 * 1024
+DRAIN_SECONDS = 5.0
 
 
 async def _registry_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, RegistryError)
     if request.method in ("PUT", "PATCH", "POST"):
+        request.scope[ANSWERED] = True
         with contextlib.suppress(Exception):  # consumed already, or the client went away
             drained = 0
-            async for chunk in request.stream():
-                drained += len(chunk)
-                if drained > DRAIN_LIMIT:
-                    break
+            async with asyncio.timeout(DRAIN_SECONDS):
+                async for chunk in request.stream():
+                    drained += len(chunk)
+                    if drained > DRAIN_LIMIT:
+                        break
     return error_response(exc)
 
 
@@ -144,5 +150,11 @@ def create_app(settings: Settings | None = None) -> Starlette:
         lifespan=lifespan,
     )
     app.add_middleware(RegistryHeaders)
-    app.add_middleware(HostCheck)  # added last: runs first
+    app.add_middleware(HostCheck)
+    # Added last, so it runs first: bodies are bounded before any route or authentication.
+    app.add_middleware(
+        RequestLimits,
+        body_read_timeout=settings.body_read_timeout,
+        max_requests_per_client=settings.max_requests_per_client,
+    )
     return app

@@ -100,6 +100,21 @@ class Settings(BaseSettings):
         10, ge=1, description="failed logins a minute per key (or user) from one address"
     )
     login_failures_per_client: int = Field(30, ge=1, description="failed logins a minute per IP")
+    max_connections: int = Field(
+        8192, ge=64, description="connections each worker process holds open at once"
+    )
+    header_read_timeout: float = Field(
+        10.0, gt=0, le=60, description="seconds a client may take to send its request headers"
+    )
+    body_read_timeout: float = Field(
+        20.0,
+        gt=0,
+        description="seconds a client may take to send a small body (form, JSON), or pause "
+        "while sending an upload",
+    )
+    max_requests_per_client: int = Field(
+        256, ge=0, description="requests in progress per client address and worker (0: no limit)"
+    )
     log_level: Literal["critical", "error", "warning", "info", "debug"] = Field(
         "info", description="server log level"
     )

@@ -7,6 +7,7 @@ import asyncio
 import errno
 import ipaddress
 import os
+import resource
 import socket
 import ssl
 import sys
@@ -42,6 +43,37 @@ def _bootstrap_admin(settings: Settings, url: str) -> None:
         f"  docker login {url.split('://', 1)[1]} --username KEY_ID --password SECRET",
         flush=True,
     )
+
+
+def _allow_open_files(connections: int) -> None:
+    """Raise this process's open-file limit (inherited by the workers) so it can hold
+    `connections` sockets per worker besides its own files; the soft limit is often 1024."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = connections + 1024
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+        if target > soft:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        if target < wanted:
+            print(
+                f"warning: the open-file limit ({hard}) allows fewer than max_connections "
+                f"({connections}) connections per worker; raise it (ulimit -n, LimitNOFILE)",
+                flush=True,
+            )
+
+
+def _connection_limits(settings: Settings) -> list[str]:
+    """granian's options for slow and numerous clients: the connections each worker holds
+    (each keeps its slot while open), and how long a client may take to send its headers."""
+    _allow_open_files(settings.max_connections * settings.workers)
+    return [
+        "--backlog",
+        str(max(1024, min(settings.max_connections, 65535))),
+        "--backpressure",
+        str(settings.max_connections),
+        "--http1-header-read-timeout",
+        str(round(settings.header_read_timeout * 1000)),
+    ]
 
 
 def public_url(settings: Settings) -> str:
@@ -181,6 +213,7 @@ def serve(settings: Settings, flags: Collection[str] = ()) -> None:
         settings.log_level,
         "--no-access-log",  # an access log would carry query strings; nothing secret is logged
         "--respawn-failed-workers",
+        *_connection_limits(settings),
     ]
     if tls:
         arguments += [

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import re
 from dataclasses import dataclass
 
 from starlette.requests import Request
@@ -17,6 +18,8 @@ from berth.services.identity import KeyNotUsable
 from berth.state import Services
 
 TOKEN_PATH = "/auth/token"
+# What an access key ID can look like (the management API's path pattern for one, too).
+_KEY_ID_SHAPE = re.compile(r"[A-Za-z0-9]{1,32}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +66,11 @@ async def authenticate_basic(
 ) -> Principal:
     """Check an access key, throttling failures per key and per client address."""
     client = client_address(request)
+    if _KEY_ID_SHAPE.fullmatch(key_id) is None:
+        # No key has this ID: refused at once, remembering nothing (not even in the throttle),
+        # so a stream of made-up IDs costs no memory.
+        services.throttle.check(None, client)
+        raise Unauthorized("invalid access key ID or secret access key")
     services.throttle.check(key_id, client)
     try:
         return await services.identity.authenticate_key(key_id, secret)

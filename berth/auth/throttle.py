@@ -4,32 +4,55 @@ The per-key limit counts a key's failures from one address: someone who knows a 
 are not secret: they show in logs and configs) cannot lock its owner out from elsewhere. The
 per-address limit, over every key and user name, is what slows a guesser down; a secret is
 long and random, so guessing one is hopeless anyway.
+
+The memory is bounded: a name that cannot be a key ID or user name is counted only against its
+address, a refused attempt remembers nothing new, and at most `max_tracked` counters are kept
+(the least recently failed are forgotten first).
 """
 
 from __future__ import annotations
 
 import math
+import re
 import time
-from collections import deque
+from collections import OrderedDict, deque
 
 from berth.domain.errors import TooManyRequests
 
+MAX_TRACKED = 20_000
+# Key IDs and user names: what is longer or carries other characters cannot log in.
+_PLAUSIBLE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+
 
 class LoginThrottle:
-    def __init__(self, per_key: int, per_client: int, window_seconds: float = 60.0) -> None:
+    def __init__(
+        self,
+        per_key: int,
+        per_client: int,
+        window_seconds: float = 60.0,
+        max_tracked: int = MAX_TRACKED,
+    ) -> None:
         self.limits = {"key": per_key, "client": per_client}
         self.window = window_seconds
-        self._failures: dict[tuple[str, str], deque[float]] = {}
+        self.max_tracked = max_tracked
+        self._failures: OrderedDict[tuple[str, str], deque[float]] = OrderedDict()
+
+    def __len__(self) -> int:
+        """How many counters are kept (for the bound's sake)."""
+        return len(self._failures)
 
     def _recent(self, kind: str, value: str, now: float) -> deque[float]:
-        failures = self._failures.setdefault((kind, value), deque())
+        failures = self._failures.get((kind, value))
+        if failures is None:
+            return deque()
         while failures and failures[0] <= now - self.window:
             failures.popleft()
         return failures
 
     @staticmethod
     def _counters(key_id: str | None, client: str | None) -> tuple[tuple[str, str | None], ...]:
-        key = f"{key_id}@{client or ''}" if key_id else None
+        plausible = key_id is not None and _PLAUSIBLE_NAME.fullmatch(key_id) is not None
+        key = f"{key_id}@{client or ''}" if plausible else None
         return (("key", key), ("client", client))
 
     def check(self, key_id: str | None, client: str | None) -> None:
@@ -51,8 +74,12 @@ class LoginThrottle:
 
     def failed(self, key_id: str | None, client: str | None) -> None:
         now = time.monotonic()
-        if len(self._failures) > 100_000:
-            self._failures.clear()
         for kind, value in self._counters(key_id, client):
-            if value:
-                self._recent(kind, value, now).append(now)
+            if not value:
+                continue
+            failures = self._recent(kind, value, now)
+            failures.append(now)
+            self._failures[(kind, value)] = failures
+            self._failures.move_to_end((kind, value))
+        while len(self._failures) > self.max_tracked:
+            self._failures.popitem(last=False)
