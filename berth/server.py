@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import errno
-import ipaddress
 import os
 import resource
 import socket
@@ -13,6 +12,7 @@ import ssl
 import sys
 from collections.abc import Collection
 
+from berth.addresses import public_url
 from berth.config import Settings, SettingsError, setting_source
 from berth.data_location import create_data
 from berth.state import Services
@@ -74,35 +74,6 @@ def _connection_limits(settings: Settings) -> list[str]:
         "--http1-header-read-timeout",
         str(round(settings.header_read_timeout * 1000)),
     ]
-
-
-def public_url(settings: Settings) -> str:
-    """Where users reach this server: with a domain configured, its registry host
-    `{region}.{domain}` (which a certificate for the domain covers, unlike 127.0.0.1), with the
-    port unless it is the scheme's own; else the address it listens on."""
-    host, port = settings.host_and_port
-    tls = settings.tls_cert is not None and settings.tls_key is not None
-    scheme = "https" if tls else "http"
-    if has_domain(settings):
-        default_port = 443 if tls else 80
-        name = settings.project_host_suffix.lstrip(".")
-        return f"{scheme}://{name}" + ("" if port == default_port else f":{port}")
-    shown_host = f"[{host}]" if ":" in host else host
-    return f"{scheme}://{shown_host}:{port}"
-
-
-def has_domain(settings: Settings) -> bool:
-    """A domain of the server's own (not the default `localhost`, not an IP address)."""
-    domain = settings.domain.strip(".").lower()
-    return domain not in ("localhost", "") and not _is_ip_address(domain)
-
-
-def _is_ip_address(text: str) -> bool:
-    try:
-        ipaddress.ip_address(text.strip("[]"))
-    except ValueError:
-        return False
-    return True
 
 
 def initialise(settings: Settings) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from berth.addresses import public_url
 from berth.auth.keyring import Keyring
 from berth.auth.throttle import LoginThrottle
 from berth.auth.tokens import Tokens
@@ -111,11 +112,10 @@ class Services:
         return None
 
     def registry_address(self, project: str, host: str | None) -> RegistryAddress:
-        """Where clients that reached this server at `host` find `project`'s registry (the
-        address the server listens on when the request named no host)."""
+        """Where clients that reached this server at `host` find `project`'s registry (from
+        the server's public URL when there is no request: the CLI)."""
         if not host:
-            listen_host, port = self.settings.host_and_port
-            host = f"[{listen_host}]:{port}" if ":" in listen_host else f"{listen_host}:{port}"
+            host = public_url(self.settings).split("://", 1)[1]
         return registry_address(project, host, self.settings.project_host_suffix)
 
     def start(self) -> None:

@@ -87,6 +87,7 @@ def test_a_project_name_that_is_no_dns_label_is_refused_readably(name: str, why:
         ("127.0.0.1:5000", "127.0.0.1:5000"),
         ("[::1]:5000", "[::1]:5000"),
         ("localhost", "localhost"),
+        ("Demo.kr-central-2.kcr.dev.:8443", "demo.kr-central-2.kcr.dev:8443"),
         ('a",realm="http://evil.example/x', None),
         ("a b", None),
         ("a/b", None),

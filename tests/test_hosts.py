@@ -8,8 +8,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from berth.addresses import public_url
 from berth.config import Settings
-from berth.server import public_url
 from tests.servers import BerthServer
 from tests.tls import make_ca_and_cert
 

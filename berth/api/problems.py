@@ -22,6 +22,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse, Response
 
 from berth.domain.errors import RegistryError
+from berth.domain.names import PROJECT_NAME_RULE
 
 PROBLEM_TYPE = "application/problem+json"
 
@@ -96,12 +97,23 @@ def _field_name(location: tuple[Any, ...]) -> str:
     return f"{where}.{path}" if path else str(where)
 
 
+def _form_problem(field: str) -> str:
+    last = field.rsplit(".", 1)[-1]
+    if last == "project":
+        return f"not a project name: {PROJECT_NAME_RULE}"
+    if last in ("repository", "name", "user"):
+        return "use lowercase letters and digits, with '.', '_', '__' or '-' between them"
+    return "this value does not have the form this field takes (see the API documentation)"
+
+
 async def _validation_problem(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, RequestValidationError)
     errors = []
     for error in exc.errors():
         message = str(error.get("msg", "invalid value"))
         field = _field_name(tuple(error.get("loc", ())))
+        if error.get("type") == "string_pattern_mismatch":
+            message = _form_problem(field)  # a person reads this: never the regular expression
         if error.get("type") == "json_invalid":
             field, message = "body", "the body is not valid JSON"
         errors.append({"field": field, "message": message})

@@ -136,7 +136,7 @@ async def create_project(
     if caller.principal.key_project_id is not None:
         raise Denied(
             f"access key {caller.principal.key_id} works only in its own project; create "
-            "projects signed in with a password, or with the CLI"
+            "projects signed in with your password, in the web console"
         )
     problem = project_name_problem(body.name)
     if problem is not None:

@@ -54,10 +54,13 @@ def project_name_problem(name: str) -> str | None:
 
 
 def normalized_host(host: str) -> str | None:
-    """The Host header in lowercase, or None when it is not a host name or address with an
-    optional port."""
+    """The Host header in lowercase (without a final dot), or None when it is not a host name
+    or address with an optional port."""
     if len(host) > MAX_HOST_LENGTH or HOST_RE.fullmatch(host) is None:
         return None
+    name = hostname_of(host)
+    if name.endswith("."):  # the absolute form of the same name
+        host = name[:-1] + host[len(name) :]
     return host.lower()
 
 

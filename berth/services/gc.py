@@ -285,8 +285,9 @@ class GarbageCollector:
             if active is not None:
                 raise GcAlreadyRunning(
                     f"garbage collection run {active} is already running in project "
-                    f"{project!r}; one run per project at a time. Follow it with "
-                    f"`berth gc status {project}` and start another when it has finished.",
+                    f"{project!r}; one run per project at a time. Follow it under Management "
+                    f"in the console (or GET /api/v1/projects/{project}/gc/current) and start "
+                    "another when it has finished.",
                     {"run": active},
                 )
             run_id = (

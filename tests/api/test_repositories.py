@@ -256,3 +256,11 @@ def test_projects(team: Team) -> None:
             )
             assert "pattern" not in body["detail"] and "^" not in body["detail"]
         assert name in {p["name"] for p in ok(admin.get("/projects"))}
+    # Nor any other name in a path or body: the rule in words, not the pattern.
+    for response in (
+        team.admin.get("/projects/Bad_Name"),
+        team["member"].post(team.url("/repositories"), json={"name": "Bad Name"}),
+    ):
+        body = assert_problem(response, 422)
+        assert "lowercase letters" in body["detail"], body
+        assert "pattern" not in body["detail"] and "[a-z0-9]" not in body["detail"]

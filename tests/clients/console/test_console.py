@@ -125,6 +125,11 @@ def test_create_a_repository_and_a_key_then_docker_login_and_push(
     expect(page.get_by_test_id("image-count")).to_have_text("0")
     # No image yet: no pull command (it would name an image that does not exist).
     expect(page.get_by_test_id("pull-command")).to_have_count(0)
+    # What to push is a name to fill in, not a command offered for pasting.
+    expect(page.get_by_test_id("push-name")).to_have_text(
+        f"{tenant.server.address}/{tenant.project}/web/IMAGE:TAG"
+    )
+    expect(page.get_by_role("button", name=re.compile("IMAGE:TAG"))).to_have_count(0)
 
     open_project_page(page, tenant, "Access keys")
     expect(page.get_by_text("No access keys yet")).to_be_visible()

@@ -117,8 +117,8 @@ async function imagesTab(ctx) {
       rowKey: (i) => i.digest,
       empty: emptyState(
         "No images in this repository yet",
-        h("p", {}, "Sign in with an access key, then push:"),
-        copyable(`docker push ${imageName(project, repo.name)}/IMAGE:TAG`),
+        // A name pattern, not a command to paste: IMAGE and TAG are the user's to choose.
+        h("p", {}, "Sign in with an access key, then push an image named ", h("code", { "data-testid": "push-name" }, `${imageName(project, repo.name)}/IMAGE:TAG`), "."),
       ),
     }),
     pager(found, (p) => ctx.navigate(`${base}/images`, { page: p })),
