@@ -290,3 +290,44 @@ def test_a_database_locked_elsewhere_answers_503_with_retry_after(
     assert waited < 12, waited
     assert scratch_files(sqlite_server) == []  # nothing half-written
     assert repo.client.post(repo.url("blobs/uploads/")).status_code == 202
+
+
+# ---------------------------------------------------------------- the scheduled jobs
+
+
+def until(check: Any, seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if check():
+            return True
+        time.sleep(0.2)
+    return False
+
+
+def test_the_scheduled_jobs_remove_orphaned_scratch_files_and_set_damaged_blobs_aside(
+    tmp_path: Path,
+) -> None:
+    uploads = tmp_path / "blobs" / "_uploads"
+    uploads.mkdir(parents=True)
+    orphan = uploads / uuid.uuid4().hex
+    orphan.write_bytes(b"left by a crash before its upload row")
+    os.utime(orphan, (time.time() - 7200, time.time() - 7200))
+    server = BerthServer(tmp_path).start()
+    try:
+        assert until(lambda: not orphan.exists(), 15), "the orphan-uploads job did not run"
+        repo = new_repo(server)
+        data = os.urandom(2 * MIB)
+        digest = push_bytes(repo.client, repo.name, data)
+        damage(blob_file(server, digest))
+        server.stop()
+        with sqlite3.connect(tmp_path / "berth.db") as db:  # the scrub is due again
+            db.execute(
+                "UPDATE job_leases SET expires_at = '2000-01-01 00:00:00' "
+                "WHERE name = 'storage-scrub'"
+            )
+        server.start()
+        assert until(lambda: not blob_file(server, digest).exists(), 15), server.log_tail()
+        assert (tmp_path / "blobs" / "_damaged" / digest.replace(":", "-")).exists()
+        assert repo.client.head(repo.url(f"blobs/{digest}")).status_code == 404
+    finally:
+        server.stop()

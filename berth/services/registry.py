@@ -146,7 +146,7 @@ async def _in_use(
     tagged = f" (tagged {', '.join(names)})" if names else ""
     others = f" and {len(users) - 1} more" if len(users) > 1 else ""
     kind = "index" if index else "manifest"
-    todo = "delete the index instead" if index else "delete those images first"
+    todo = "delete the index instead" if index else "delete the images that use it first"
     return Conflict(
         f"{what} is referenced by {kind} {oci_name}@{first.digest}{tagged}{others}; {todo}",
         {"referencedBy": [row.digest for row in users]},

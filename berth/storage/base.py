@@ -21,7 +21,8 @@ class BlobStore(abc.ABC):
     @abc.abstractmethod
     async def open_upload(self, upload_id: str, offset: int) -> UploadWriter:
         """A writer appending at `offset`; anything stored past it (a write the client was
-        never told succeeded) is discarded."""
+        never told succeeded) is discarded. FileNotFoundError when the scratch object no
+        longer holds `offset` bytes (removed since): the upload cannot go on."""
 
     @abc.abstractmethod
     def read_upload(self, upload_id: str, length: int) -> AsyncIterator[bytes]:
