@@ -15,11 +15,14 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from berth.api.access import AuditEntry
 from berth.api.deps import (
     COMPONENT_PATTERN,
     TEXT_PATTERN,
     ApiCaller,
     CallerDep,
+    Page,
+    PagingDep,
     ServerAdmin,
     ServicesDep,
     UserName,
@@ -171,3 +174,18 @@ async def change_own_password(
         keep_session=session.id if isinstance(session, ConsoleSession) else None,
     )
     return Response(status_code=204)
+
+
+@router.get("/audit", tags=["audit"])
+async def server_audit(
+    caller: UserManager, services: ServicesDep, paging: PagingDep
+) -> Page[AuditEntry]:
+    """The audit log outside any project, newest first: users created and deleted, passwords
+    set, projects deleted (server administrators)."""
+    entries, total = await services.identity.server_audit_entries(paging.per_page, paging.offset)
+    return Page[AuditEntry](
+        items=[AuditEntry.model_validate(e) for e in entries],
+        page=paging.page,
+        per_page=paging.per_page,
+        total=total,
+    )

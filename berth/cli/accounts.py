@@ -74,7 +74,7 @@ def project_delete(name: str, yes: YesFlag = False, json_output: JsonFlag = Fals
 
     async def work(s: Services) -> int:
         deleted = await s.repositories.delete_project(name, confirm=confirm)
-        await s.identity.record(
+        await s.identity.record_now(
             CLI_ACTOR, "project.delete", target=name, detail={"repositories": deleted}
         )
         return deleted
