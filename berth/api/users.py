@@ -30,7 +30,7 @@ from berth.api.deps import (
 from berth.api.problems import FieldError, responses
 from berth.api.session import SESSION_RECORD_KEY
 from berth.auth.guard import client_address
-from berth.domain.errors import Denied, NameUnknown
+from berth.domain.errors import Denied
 from berth.services.identity import MAX_PASSWORD_LENGTH, MIN_PASSWORD_LENGTH
 from berth.services.sessions import ConsoleSession
 
@@ -148,8 +148,6 @@ async def reset_password(
 async def delete_user(caller: UserManager, services: ServicesDep, user: UserName) -> Response:
     """Delete a user (server administrators): their access keys and console sessions stop
     working at once, their roles go; each project they were in audits it."""
-    if await services.identity.get_user(user) is None:
-        raise NameUnknown(f"user {user!r} does not exist")
     await services.identity.delete_user(user, actor=caller.user)
     return Response(status_code=204)
 
