@@ -149,6 +149,7 @@ async def delete_project(
             "with a password, or use the CLI"
         )
     repositories = await ctx.services.repositories.delete_project(ctx.project, confirm=confirm)
+    ctx.services.identity.forget_cached()
     await ctx.services.identity.record_now(
         ctx.actor,
         "project.delete",

@@ -177,6 +177,11 @@ class Identity:
         else:
             self._pending.append(entry)
 
+    def forget_cached(self) -> None:
+        """Drop cached keys and roles (after something else deleted some: a project)."""
+        self._keys.clear()
+        self._roles.clear()
+
     async def record_now(self, actor: str, action: str, **fields: Any) -> None:
         """Audit a rare event at once, not in the next batch (a deleted project: the next
         page shown lists it)."""

@@ -46,7 +46,8 @@ export async function adminView(main, ctx) {
         {
           title: "Actions",
           cell: (u) => [
-            u.service_account ? null : h("button", { type: "button", class: "small", onclick: () => resetPassword(u) }, "Reset password"),
+            // Your own password: Change password at the top (it asks for the current one).
+            u.service_account || u.name === session.user ? null : h("button", { type: "button", class: "small", onclick: () => resetPassword(u) }, "Reset password"),
             u.name === session.user ? null : h("button", { type: "button", class: "small danger-text", onclick: () => deleteUser(ctx, u) }, "Delete"),
           ],
         },
