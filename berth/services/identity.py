@@ -284,7 +284,9 @@ class Identity:
             raise NameInvalid("a user needs a password (service accounts have none)")
         if password is not None:
             _check_password(password)
-        password_hash = self.passwords.hash(password) if password is not None else None
+        password_hash = (
+            await asyncio.to_thread(self.passwords.hash, password) if password is not None else None
+        )
         async with self.db.write() as conn:
             exists = (await conn.execute(select(users.c.id).where(users.c.name == name))).first()
             if exists:
