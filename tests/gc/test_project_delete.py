@@ -18,6 +18,16 @@ def test_a_deleted_projects_blobs_go_at_the_next_collection(
     own = gc_project.push_blob(b"only the deleted project has this " + os.urandom(16))
     shared = layer_blob("shared")
     gc_project.push(shared)
+    upload = gc_project.registry.post(f"/v2/{gc_project.name()}/blobs/uploads/")
+    assert upload.status_code == 202, upload.text
+    written = gc_project.registry.patch(
+        upload.headers["Location"],
+        content=b"half an upload",
+        headers={"Content-Type": "application/octet-stream"},
+    )
+    assert written.status_code == 202, written.text
+    scratch = gc_server.data_dir / "blobs" / "_uploads" / upload.headers["Docker-Upload-UUID"]
+    assert scratch.exists()
     other = new_project(gc_server)
     try:
         push_image(other, shared, reference="v1")  # the other project's tagged image uses it
@@ -29,6 +39,7 @@ def test_a_deleted_projects_blobs_go_at_the_next_collection(
             )
             assert deleted.status_code == 204, deleted.text
         assert gc_project.blob_file(own).exists()  # until a collection runs
+        assert not scratch.exists()  # an upload in progress went with the project
         wait_past_grace()
 
         run = other.gc()
