@@ -168,12 +168,15 @@ async def delete_project(
             f"access key {principal.key_id} cannot delete the project it works in; sign in "
             "with a password, or use the CLI"
         )
-    repositories = await ctx.services.repositories.delete_project(ctx.project, confirm=confirm)
-    await ctx.services.identity.record(
+    deleted = await ctx.services.repositories.delete_project(ctx.project, confirm=confirm)
+    ctx.services.identity.forget_cached()
+    for upload_id in deleted.upload_ids:
+        await ctx.services.store.delete_upload(upload_id)
+    await ctx.services.identity.record_now(
         ctx.actor,
         "project.delete",
         target=ctx.project,
-        detail={"repositories": repositories},
+        detail={"repositories": deleted.repositories},
         client=client_address(request),
     )
     return Response(status_code=204)

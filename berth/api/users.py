@@ -15,11 +15,14 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from berth.api.access import AuditEntry
 from berth.api.deps import (
     COMPONENT_PATTERN,
     TEXT_PATTERN,
     ApiCaller,
     CallerDep,
+    Page,
+    PagingDep,
     ServerAdmin,
     ServicesDep,
     UserName,
@@ -27,7 +30,7 @@ from berth.api.deps import (
 from berth.api.problems import FieldError, responses
 from berth.api.session import SESSION_RECORD_KEY
 from berth.auth.guard import client_address
-from berth.domain.errors import Denied, NameUnknown
+from berth.domain.errors import Denied
 from berth.services.identity import MAX_PASSWORD_LENGTH, MIN_PASSWORD_LENGTH
 from berth.services.sessions import ConsoleSession
 
@@ -145,8 +148,6 @@ async def reset_password(
 async def delete_user(caller: UserManager, services: ServicesDep, user: UserName) -> Response:
     """Delete a user (server administrators): their access keys and console sessions stop
     working at once, their roles go; each project they were in audits it."""
-    if await services.identity.get_user(user) is None:
-        raise NameUnknown(f"user {user!r} does not exist")
     await services.identity.delete_user(user, actor=caller.user)
     return Response(status_code=204)
 
@@ -171,3 +172,18 @@ async def change_own_password(
         keep_session=session.id if isinstance(session, ConsoleSession) else None,
     )
     return Response(status_code=204)
+
+
+@router.get("/audit", tags=["audit"])
+async def server_audit(
+    caller: UserManager, services: ServicesDep, paging: PagingDep
+) -> Page[AuditEntry]:
+    """The audit log outside any project, newest first: users created and deleted, passwords
+    set, projects deleted (server administrators)."""
+    entries, total = await services.identity.server_audit_entries(paging.per_page, paging.offset)
+    return Page[AuditEntry](
+        items=[AuditEntry.model_validate(e) for e in entries],
+        page=paging.page,
+        per_page=paging.per_page,
+        total=total,
+    )

@@ -74,10 +74,12 @@ def project_delete(name: str, yes: YesFlag = False, json_output: JsonFlag = Fals
 
     async def work(s: Services) -> int:
         deleted = await s.repositories.delete_project(name, confirm=confirm)
-        await s.identity.record(
-            CLI_ACTOR, "project.delete", target=name, detail={"repositories": deleted}
+        for upload_id in deleted.upload_ids:
+            await s.store.delete_upload(upload_id)
+        await s.identity.record_now(
+            CLI_ACTOR, "project.delete", target=name, detail={"repositories": deleted.repositories}
         )
-        return deleted
+        return deleted.repositories
 
     deleted = run_service(work)
     _done(

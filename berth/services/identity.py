@@ -14,7 +14,7 @@ from typing import Any
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerifyMismatchError
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import ColumnElement, delete, func, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from berth.auth.keyring import Keyring
@@ -190,6 +190,17 @@ class Identity:
         else:
             self._pending.append(entry)
 
+    def forget_cached(self) -> None:
+        """Drop cached keys and roles (after something else deleted some: a project)."""
+        self._keys.clear()
+        self._roles.clear()
+
+    async def record_now(self, actor: str, action: str, **fields: Any) -> None:
+        """Audit a rare event at once, not in the next batch (a deleted project: the next
+        page shown lists it)."""
+        async with self.db.write() as conn:
+            await self._audit(conn, actor, action, **fields)
+
     async def record_content_change(
         self,
         actor: str,
@@ -244,24 +255,18 @@ class Identity:
     ) -> list[dict[str, Any]]:
         async with self.db.read() as conn:
             project_id = await require_project(conn, project)
-            rows = await conn.execute(
-                select(audit_log)
-                .where(audit_log.c.project_id == project_id)
-                .order_by(audit_log.c.at.desc(), audit_log.c.id.desc())
-                .limit(limit)
-                .offset(offset)
-            )
-            return [
-                {
-                    "at": r.at.isoformat(),
-                    "actor": r.actor,
-                    "action": r.action,
-                    "target": r.target,
-                    "detail": json.loads(r.detail) if r.detail else None,
-                    "client": r.client,
-                }
-                for r in rows
-            ]
+            return await _audit_page(conn, audit_log.c.project_id == project_id, limit, offset)
+
+    async def server_audit_entries(
+        self, limit: int = 200, offset: int = 0
+    ) -> tuple[list[dict[str, Any]], int]:
+        """Entries outside any project (users created, passwords set, projects deleted),
+        newest first, and how many there are."""
+        outside = audit_log.c.project_id.is_(None)
+        async with self.db.read() as conn:
+            entries = await _audit_page(conn, outside, limit, offset)
+            count = await conn.execute(select(func.count()).select_from(audit_log).where(outside))
+            return entries, int(count.scalar() or 0)
 
     async def count_audit_entries(self, project: str) -> int:
         async with self.db.read() as conn:
@@ -292,7 +297,9 @@ class Identity:
             raise NameInvalid("a user needs a password (service accounts have none)")
         if password is not None:
             _check_password(password)
-        password_hash = self.passwords.hash(password) if password is not None else None
+        password_hash = (
+            await asyncio.to_thread(self.passwords.hash, password) if password is not None else None
+        )
         async with self.db.write() as conn:
             exists = (await conn.execute(select(users.c.id).where(users.c.name == name))).first()
             if exists:
@@ -905,6 +912,29 @@ class Identity:
             await conn.execute(
                 update(access_keys).where(access_keys.c.id == key_id).values(last_used_at=utcnow())
             )
+
+
+async def _audit_page(
+    conn: AsyncConnection, where: ColumnElement[bool], limit: int, offset: int
+) -> list[dict[str, Any]]:
+    rows = await conn.execute(
+        select(audit_log)
+        .where(where)
+        .order_by(audit_log.c.at.desc(), audit_log.c.id.desc())
+        .limit(limit)
+        .offset(offset)
+    )
+    return [
+        {
+            "at": r.at.isoformat(),
+            "actor": r.actor,
+            "action": r.action,
+            "target": r.target,
+            "detail": json.loads(r.detail) if r.detail else None,
+            "client": r.client,
+        }
+        for r in rows
+    ]
 
 
 def _check_password(password: str) -> None:

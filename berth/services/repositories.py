@@ -25,6 +25,7 @@ from berth.metadata.tables import (
     projects,
     repositories,
     tags,
+    uploads,
     utcnow,
 )
 from berth.services.restrictions import ensure_writable
@@ -37,6 +38,12 @@ MAX_DESCRIPTION = 100
 MAX_REPOSITORY_NAME = 128
 SCAN_MODES = ("auto", "manual")
 REPOSITORY_SORTS = ("name", "images", "updated_at")
+
+
+@dataclass(frozen=True, slots=True)
+class DeletedProject:
+    repositories: int
+    upload_ids: list[str]  # uploads that were in progress: their scratch files remain
 
 
 class Conflict(RegistryError):
@@ -242,11 +249,11 @@ class Repositories:
                 ).values(project_id=project_id, repository_quota=quota)
             )
 
-    async def delete_project(self, project: str, *, confirm: str | None = None) -> int:
+    async def delete_project(self, project: str, *, confirm: str | None = None) -> DeletedProject:
         """Delete a project with everything in it (repositories, images, keys, roles, its
         audit log); blobs no other project links go at the next garbage collection. Refused
         while it holds repositories unless `confirm` repeats its name, and while a garbage
-        collection runs in it. Returns how many repositories went."""
+        collection runs in it. The caller removes the scratch files of its uploads."""
         async with self.db.write() as conn:
             project_id = await require_project(conn, project)
             await ensure_writable(conn, project_id, project)
@@ -276,10 +283,16 @@ class Repositories:
                     "all of them, confirm by typing the project's name",
                     {"repositories": held},
                 )
+            in_progress = await conn.execute(
+                select(uploads.c.id)
+                .join(repositories, repositories.c.id == uploads.c.repository_id)
+                .where(repositories.c.project_id == project_id)
+            )
+            upload_ids = list(in_progress.scalars())
             await conn.execute(projects.delete().where(projects.c.id == project_id))
         for key in [k for k in self._cache if k[0] == project]:
             self._cache.pop(key, None)
-        return int(held)
+        return DeletedProject(int(held), upload_ids)
 
     async def update(
         self,

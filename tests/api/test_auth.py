@@ -33,6 +33,13 @@ ENDPOINTS = [
     ("POST", "/projects/{p}/keys"),
     ("GET", "/projects/{p}/members"),
     ("GET", "/projects/{p}/audit"),
+    ("DELETE", "/projects/{p}"),
+    ("GET", "/users"),
+    ("POST", "/users"),
+    ("PUT", "/users/someone/password"),
+    ("DELETE", "/users/someone"),
+    ("PUT", "/account/password"),
+    ("GET", "/audit"),
     ("POST", "/auth/tokens"),
 ]
 

@@ -11,7 +11,7 @@ from typing import Any
 import httpx
 from sqlalchemy import select
 
-from berth.metadata.tables import audit_log, blobs, repository_blobs
+from berth.metadata.tables import blobs, repository_blobs
 from berth.state import Services
 from tests.api.conftest import (
     PASSWORD,
@@ -40,16 +40,10 @@ def sign_in(server: BerthServer, user: str, password: str) -> tuple[httpx.Client
 
 
 def server_audit(server: BerthServer, action: str, target: str) -> list[dict[str, Any]]:
-    """Audit entries outside any project (user administration)."""
-
-    async def read(s: Services) -> list[dict[str, Any]]:
-        async with s.db.read() as conn:
-            rows = await conn.execute(
-                select(audit_log).where(audit_log.c.action == action, audit_log.c.target == target)
-            )
-            return [dict(r._mapping) for r in rows]
-
-    return services(server, read)  # type: ignore[no-any-return]
+    """Audit entries outside any project (user administration, deleted projects)."""
+    with administrator(server) as admin:
+        entries = ok(admin.get("/audit", params={"per_page": 100}))["items"]
+    return [e for e in entries if e["action"] == action and e["target"] == target]
 
 
 def test_an_administrator_creates_a_user_and_resets_their_password(team: Team) -> None:
@@ -82,7 +76,10 @@ def test_an_administrator_creates_a_user_and_resets_their_password(team: Team) -
             admin.put("/users/nobody-here/password", json={"password": NEW_PASSWORD}), 404
         )
         assert_problem(admin.put(f"/users/r{name}/password", json={"password": NEW_PASSWORD}), 403)
-    assert until(lambda: server_audit(team.server, "user.password", name))
+    [reset] = until(lambda: server_audit(team.server, "user.password", name))
+    assert reset["actor"] == "admin" and reset["detail"] == {"by": "administrator"}
+    assert until(lambda: server_audit(team.server, "user.create", name))
+    assert_problem(team.admin.get("/audit"), 403)  # a project's key sees only its project
 
     # Only server administrators, and not with a project's access key.
     assert_problem(team.admin.post("/users", json={"name": "z" + name, "password": PASSWORD}), 403)
@@ -198,7 +195,8 @@ def test_deleting_a_project_needs_its_name_while_it_holds_repositories(team: Tea
             return len(linked.all()), len(stored.all())
 
     assert services(team.server, links) == (0, 1)
-    assert until(lambda: server_audit(team.server, "project.delete", team.project))
+    [deleted] = until(lambda: server_audit(team.server, "project.delete", team.project))
+    assert deleted["actor"] == "admin" and deleted["detail"] == {"repositories": 1}
 
 
 def test_an_empty_project_is_deleted_without_confirmation(server: BerthServer) -> None:

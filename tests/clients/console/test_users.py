@@ -142,6 +142,12 @@ def test_the_server_administrator_manages_users_and_deletes_a_project(
         names = {u["name"] for u in api.get("/users", params={"query": suffix}).json()}
     assert created in names and doomed not in names
 
+    audit = page.get_by_role("table", name="Server audit log")
+    expect(audit.get_by_role("row").filter(has_text=tenant.project)).to_contain_text(
+        "project.delete"
+    )
+    expect(audit.get_by_role("row").filter(has_text="user.delete")).to_contain_text(doomed)
+
     page.get_by_role("button", name="Sign out").click()
     sign_in_with(page, tenant, created, NEW_PASSWORD)
     expect(page.get_by_test_id("signed-in-user")).to_contain_text(created)

@@ -2,7 +2,7 @@
 // and projects (delete).
 
 import { api, query, seg } from "../api.js";
-import { badge, clear, confirmDialog, errorBox, field, h, number, openDialog, plural, radios, table, timeElement, toast } from "../ui.js";
+import { badge, clear, confirmDialog, errorBox, field, h, number, openDialog, pager, plural, radios, table, timeElement, toast } from "../ui.js";
 import { newPasswordFields } from "./account.js";
 
 const PER_PAGE = 100;
@@ -15,7 +15,12 @@ export async function adminView(main, ctx) {
     return;
   }
   const search = ctx.query.query || "";
-  const [users, projects] = await Promise.all([api.get(`/users${query({ query: search, limit: PER_PAGE })}`), api.get("/projects")]);
+  const auditPage = Math.max(1, Number(ctx.query.audit_page) || 1);
+  const [users, projects, audit] = await Promise.all([
+    api.get(`/users${query({ query: search, limit: PER_PAGE })}`),
+    api.get("/projects"),
+    api.get(`/audit${query({ page: auditPage, per_page: 20 })}`),
+  ]);
   if (ctx.stale()) return;
   const searchBox = h("input", { type: "search", value: search, "aria-label": "Search users", placeholder: "Search users" });
   const searchForm = h("form", { class: "toolbar", role: "search" }, searchBox, h("button", { type: "submit" }, "Search"));
@@ -41,7 +46,8 @@ export async function adminView(main, ctx) {
         {
           title: "Actions",
           cell: (u) => [
-            u.service_account ? null : h("button", { type: "button", class: "small", onclick: () => resetPassword(u) }, "Reset password"),
+            // Your own password: Change password at the top (it asks for the current one).
+            u.service_account || u.name === session.user ? null : h("button", { type: "button", class: "small", onclick: () => resetPassword(u) }, "Reset password"),
             u.name === session.user ? null : h("button", { type: "button", class: "small danger-text", onclick: () => deleteUser(ctx, u) }, "Delete"),
           ],
         },
@@ -60,6 +66,21 @@ export async function adminView(main, ctx) {
       projects,
       { caption: "Projects", rowKey: (p) => p.name, empty: "No projects yet." },
     ),
+    h("h2", {}, "Audit log outside projects"),
+    h("p", { class: "muted" }, "Users created and deleted, passwords set, projects deleted and sign-ins with what is no access key ID, newest first. Each project's own events are in its Audit log."),
+    table(
+      [
+        { title: "When", cell: (e) => timeElement(e.at) },
+        { title: "Who", cell: (e) => e.actor },
+        { title: "Action", cell: (e) => h("code", {}, e.action) },
+        { title: "Target", cell: (e) => e.target || "–" },
+        { title: "Detail", cell: (e) => (e.detail ? h("code", { class: "detail" }, JSON.stringify(e.detail)) : "–"), class: "wrap" },
+        { title: "Client", cell: (e) => e.client || "–" },
+      ],
+      audit.items,
+      { caption: "Server audit log", empty: "Nothing recorded yet." },
+    ),
+    pager(audit, (p) => ctx.navigate("/admin", { query: search, audit_page: p })),
   );
 }
 

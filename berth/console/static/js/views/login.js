@@ -16,6 +16,7 @@ export function loginView(root, ctx) {
     problem,
     submit,
     h("p", { class: "hint" }, "docker, podman and Kubernetes sign in with an access key, created here after you sign in."),
+    h("p", { class: "hint" }, "Forgot your password? A server administrator sets a new one. A lost administrator password is set on the server: ", h("code", {}, "berth user set-password admin"), "."),
   );
   form.addEventListener("submit", async (e) => {
     e.preventDefault();
