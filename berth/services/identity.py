@@ -123,11 +123,6 @@ def has_key_id_format(value: str) -> bool:
     )
 
 
-def looks_like_key_id(text: str) -> bool:
-    """The shape of an access key ID (`BK` and 18 capitals or digits), which no user name has."""
-    return len(text) == 20 and text.startswith("BK") and text.isalnum() and text.isupper()
-
-
 # What a registry client that signed in with a user name and password is told.
 NOT_A_KEY = (
     "invalid access key ID or secret access key: registry clients (docker, podman, ...) sign "
@@ -871,7 +866,7 @@ class Identity:
         # Compare against a stand-in hash when the key is unknown, so timing tells nothing.
         stored = record.secret_hash if record else self.keyring.hash_secret("\0")
         if not self.keyring.secret_matches(secret, stored) or record is None:
-            if not looks_like_key_id(key_id):
+            if not has_key_id_format(key_id):
                 raise Unauthorized(NOT_A_KEY)
             raise Unauthorized("invalid access key ID or secret access key")
         if record.disabled:
