@@ -15,7 +15,15 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn
 from rich.table import Table
 
-from berth.cli.common import JsonFlag, ProjectArg, console, errors, print_json, run_service
+from berth.cli.common import (
+    JsonFlag,
+    ProjectArg,
+    console,
+    errors,
+    print_json,
+    run_service,
+    when,
+)
 from berth.services.gc import FAILED, ROLLED_BACK
 from berth.state import Services
 
@@ -24,7 +32,7 @@ gc_app = typer.Typer(help="Garbage collection: free storage no image needs.", no
 
 COLUMNS = [
     ("id", "run"),
-    ("started_at", "started (UTC)"),
+    ("started_at", "started"),
     ("state", "state"),
     ("dry_run", "dry"),
     ("duration_seconds", "secs"),
@@ -43,8 +51,8 @@ def _show(run: dict[str, Any]) -> None:
     table.add_column("value")
     state = run["state"] + (f" ({run['phase']})" if run["state"] == "running" else "")
     table.add_row("State", state + (" — dry run, nothing changed" if run["dry_run"] else ""))
-    table.add_row("Started", f"{run['started_at']} by {run['actor'] or '?'}")
-    table.add_row("Finished", run["finished_at"] or "-")
+    table.add_row("Started", f"{when(run['started_at'])} by {run['actor'] or '?'}")
+    table.add_row("Finished", when(run["finished_at"], "-"))
     table.add_row("Duration", f"{run['duration_seconds']:.3f} s")
     restricted = run["restricted_seconds"]
     table.add_row("Writes refused for", f"{restricted:.3f} s" if restricted is not None else "-")
@@ -166,7 +174,7 @@ def _cell(value: Any) -> str:
     if value is None:
         return "-"
     if isinstance(value, str) and len(value) > 19 and value[10] == "T":
-        return value[:19].replace("T", " ")  # an ISO time, to the second
+        return when(value)
     if isinstance(value, bool):
         return "yes" if value else "no"
     if isinstance(value, int):
