@@ -90,6 +90,8 @@ def create_data(settings: Settings) -> None:
         try:
             os.close(os.open(database, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
         except FileExistsError:
-            with contextlib.suppress(PermissionError):  # not ours to change
-                database.chmod(0o600)  # one made by an older Berth was 0644
+            # One made by an older Berth was 0644 (its WAL files too, while they last).
+            for path in (database, *database.parent.glob(f"{database.name}-*")):
+                with contextlib.suppress(PermissionError, FileNotFoundError):  # not ours
+                    path.chmod(0o600)
     upgrade(settings.resolved_database_url)

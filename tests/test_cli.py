@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import stat
 import subprocess
 from dataclasses import dataclass
@@ -160,7 +161,8 @@ def test_admin_verbs_never_create_a_data_directory(tmp_path: Path) -> None:
         assert "Created" not in refused.stdout
     assert list(tmp_path.iterdir()) == []
 
-    created = _berth_in(tmp_path, "init", BERTH_ADMIN_PASSWORD="admin-password")
+    env = {"BERTH_ADMIN_PASSWORD": "admin-password"}
+    created = _berth_in(tmp_path, "init", **env)
     assert created.returncode == 0, created.stderr
     data = tmp_path / "berth-data"
     assert stat.S_IMODE(data.stat().st_mode) == 0o700
@@ -185,6 +187,9 @@ def test_admin_verbs_never_create_a_data_directory(tmp_path: Path) -> None:
     assert [p["name"] for p in json.loads(by_env.stdout)] == ["demo"]
     missing = _berth_in(tmp_path, "status")
     assert missing.returncode == 0 and str(data / "berth.db") in missing.stdout
+    third = tmp_path / "third"
+    assert _berth_in(elsewhere, "--data-dir", str(third), "init", **env).returncode == 0
+    assert (third / "berth.db").is_file() and list(elsewhere.iterdir()) == []
 
 
 def test_admin_verbs_refuse_an_empty_database(
@@ -251,3 +256,37 @@ def test_deleting_users_and_projects(tmp_path: Path) -> None:
     assert "Deleted project demo and its 1 repository" in typed.stdout
     assert berth.cli_json("project", "delete", "empty", "--yes")["deleted"] is True
     assert berth._services(lambda s: s.repositories.list_projects()) == []
+
+
+def test_tables_fit_80_columns_with_whole_ids_and_times_to_the_minute(tmp_path: Path) -> None:
+    env = {"BERTH_ADMIN_PASSWORD": "admin-password"}
+    assert _berth_in(tmp_path, "init", **env).returncode == 0
+    _berth_in(tmp_path, "project", "create", "a-project-with-a-long-name")
+    for _ in range(2):
+        made = _berth_in(
+            tmp_path, "key", "create", "--user", "admin", "--project", "a-project-with-a-long-name"
+        )
+        assert made.returncode == 0, made.stderr
+    keys = json.loads(_berth_in(tmp_path, "key", "list", "--json").stdout)
+    _berth_in(tmp_path, "key", "disable", keys[0]["access_key_id"])
+
+    def typed(*args: str) -> str:
+        shown = subprocess.run(
+            [*BERTH, *args],
+            env={**os.environ, "BERTH_DATA_DIR": str(tmp_path / "berth-data"), "COLUMNS": "80"},
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        assert max(map(len, shown.splitlines())) <= 80, shown
+        assert "…" not in shown and "None" not in shown, shown
+        return shown
+
+    listed = typed("key", "list")
+    for key in keys:
+        assert key["access_key_id"] in listed, listed
+    assert "never" in listed and "disabled" in listed
+    audit = typed("audit", "a-project-with-a-long-name")
+    times = re.findall(r"\d{4}-\d\d-\d\d \d\d:\d\d(?::\d\d)? ?\S*", audit)
+    assert times and all(re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d [A-Z+\-0-9]+", t) for t in times)
+    assert keys[0]["access_key_id"] in audit

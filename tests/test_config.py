@@ -13,6 +13,7 @@ import httpx
 import pytest
 
 from berth.config import Settings, load_settings
+from berth.data_location import create_data
 from tests.servers import BERTH, ROOT, BerthServer, free_port
 from tests.tls import make_ca_and_cert
 
@@ -142,15 +143,21 @@ def test_a_second_server_on_a_taken_address_refuses(tmp_path: Path) -> None:
         # The data directory serve created is private, and so is the database in it.
         assert stat.S_IMODE(fresh.stat().st_mode) == 0o700
         assert stat.S_IMODE((fresh / "berth.db").stat().st_mode) == 0o600
-        second = subprocess.run(
+        second = subprocess.Popen(
             [*BERTH, "serve", "--data-dir", str(tmp_path / "second")],
             env=first.env,
-            capture_output=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
             text=True,
-            timeout=120,
+            start_new_session=True,  # should it serve after all, its workers go with it
         )
+        try:
+            _out, err = second.communicate(timeout=120)
+        except subprocess.TimeoutExpired:
+            os.killpg(second.pid, signal.SIGKILL)
+            _out, err = second.communicate()
         assert second.returncode != 0
-        assert f"error: address {first.address} is already in use" in second.stderr
+        assert f"error: address {first.address} is already in use" in err
         assert not (tmp_path / "second").exists()
         with httpx.Client(base_url=first.url) as client:
             answers = [client.get("/healthz").status_code for _ in range(20)]
@@ -158,3 +165,12 @@ def test_a_second_server_on_a_taken_address_refuses(tmp_path: Path) -> None:
         assert first.process is not None and first.process.poll() is None
     finally:
         first.stop()
+
+
+def test_serving_makes_an_older_database_private(tmp_path: Path) -> None:
+    settings = Settings(data_dir=tmp_path / "data")
+    create_data(settings)
+    database = tmp_path / "data" / "berth.db"
+    database.chmod(0o644)  # as Berth made it before
+    create_data(settings)  # what `berth serve` does before serving
+    assert stat.S_IMODE(database.stat().st_mode) == 0o600

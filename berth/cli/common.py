@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import getpass
 import json
+import re
 import socket
 import sys
 from collections.abc import Awaitable, Callable
@@ -12,7 +14,9 @@ from pathlib import Path
 from typing import Annotated, Any, NoReturn, TypeVar
 
 import typer
+from rich import box
 from rich.console import Console
+from rich.table import Table
 from rich.text import Text
 
 from berth.config import Settings, SettingsError, load_settings
@@ -51,7 +55,8 @@ def fail(message: str, code: int = 1) -> NoReturn:
 
 def settings_or_exit(**overrides: Any) -> Settings:
     """The settings (with the options before the verb), or exit naming the bad value."""
-    overrides.setdefault("data_dir", Options.data_dir)
+    if overrides.get("data_dir") is None:
+        overrides["data_dir"] = Options.data_dir
     try:
         return load_settings(**overrides)
     except SettingsError as exc:
@@ -68,7 +73,10 @@ def existing_settings() -> Settings:
         fail(f"{missing}\n{where_to_point(flags)}")
     if Options.verbose:
         errors.print(
-            Text(f"Using {shown_database(settings)}, data directory {settings.data_dir.absolute()}")
+            Text(
+                f"Using {shown_database(settings)}, data directory {settings.data_dir.absolute()}"
+            ),
+            soft_wrap=True,
         )
     return settings
 
@@ -90,6 +98,54 @@ def run_service(work: Callable[[Services], Awaitable[T]]) -> T:
         return asyncio.run(main())
     except RegistryError as exc:
         fail(exc.message, 3 if isinstance(exc, Conflict) else 1)
+
+
+# Shown in full whatever the terminal's width: the values a user copies into the next command.
+ID_COLUMNS = {"access_key_id", "target"}
+# Empty times the console also says "never" for; any other empty value is a dash.
+NEVER_COLUMNS = {"last_used_at", "expires_at", "last_gc_at", "finished_at"}
+_ISO_TIME = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d")
+
+
+def when(value: str | None, empty: str = "never") -> str:
+    """An ISO time as the CLI prints times: to the minute, in the local time zone, named."""
+    if not value:
+        return empty
+    moment = dt.datetime.fromisoformat(value)
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=dt.UTC)  # the database keeps UTC
+    return moment.astimezone().strftime("%Y-%m-%d %H:%M %Z")
+
+
+def cell(value: Any, column: str = "") -> str:
+    """One value in a table: times to the minute with their zone, yes/no, and empty values as
+    the console says them ("never" for a time that has not come, else a dash)."""
+    if value is None or value == "":
+        return "never" if column in NEVER_COLUMNS else "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, str) and _ISO_TIME.match(value):
+        return when(value)
+    return str(value)
+
+
+def data_table(rows: list[dict[str, Any]], columns: list[str], title: str) -> Table:
+    """A table of `rows` that fits 80 columns: ID columns are never cut, times break only
+    between the date and the time, other columns wrap."""
+    shown = Table(title=title, box=box.SIMPLE_HEAD, padding=0, show_edge=False)
+    for column in columns:
+        values = [cell(row[column], column) for row in rows]
+        header = column.replace("_", " ").removesuffix(" at") if column != "at" else "at"
+        if column in ID_COLUMNS:
+            longest = max(map(len, values), default=0)
+            shown.add_column(header, no_wrap=True, min_width=longest)
+        elif any(_ISO_TIME.match(str(row[column] or "")) for row in rows):
+            shown.add_column(header, min_width=len("2026-12-01"))  # the date on one line
+        else:
+            shown.add_column(header, overflow="fold")
+    for row in rows:
+        shown.add_row(*(Text(cell(row[c], c)) for c in columns))
+    return shown
 
 
 def print_json(value: Any) -> None:

@@ -24,6 +24,7 @@ from berth.cli.common import (
     errors,
     print_json,
     run_service,
+    when,
 )
 from berth.services.gc import FAILED, ROLLED_BACK, audit_gc_run
 from berth.state import Services
@@ -33,7 +34,7 @@ gc_app = typer.Typer(help="Garbage collection: free storage no image needs.", no
 
 COLUMNS = [
     ("id", "run"),
-    ("started_at", "started (UTC)"),
+    ("started_at", "started"),
     ("state", "state"),
     ("dry_run", "dry"),
     ("delete_untagged", "untagged"),
@@ -55,8 +56,8 @@ def _show(run: dict[str, Any]) -> None:
     state = run["state"] + (f" ({run['phase']})" if run["state"] == "running" else "")
     table.add_row("State", state + (" — dry run, nothing changed" if run["dry_run"] else ""))
     table.add_row("Delete untagged", "yes" if run["delete_untagged"] else "no")
-    table.add_row("Started", f"{run['started_at']} by {run['actor'] or '?'}")
-    table.add_row("Finished", run["finished_at"] or "-")
+    table.add_row("Started", f"{when(run['started_at'])} by {run['actor'] or '?'}")
+    table.add_row("Finished", when(run["finished_at"], "-"))
     table.add_row("Duration", f"{run['duration_seconds']:.3f} s")
     restricted = run["restricted_seconds"]
     table.add_row("Writes refused for", f"{restricted:.3f} s" if restricted is not None else "-")
@@ -196,7 +197,7 @@ def _cell(value: Any) -> str:
     if value is None:
         return "-"
     if isinstance(value, str) and len(value) > 19 and value[10] == "T":
-        return value[:19].replace("T", " ")  # an ISO time, to the second
+        return when(value)
     if isinstance(value, bool):
         return "yes" if value else "no"
     if isinstance(value, int):

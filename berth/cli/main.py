@@ -8,6 +8,8 @@ Exit codes: 0 ok, 1 error, 2 a bad setting or flag, 3 already exists.
 from __future__ import annotations
 
 import datetime as dt
+import ipaddress
+import shlex
 import socket
 import sys
 from pathlib import Path
@@ -27,16 +29,19 @@ from berth.cli.common import (
     ProjectArg,
     TagArg,
     UserArg,
+    cell,
     cli_actor,
     console,
+    data_table,
     fail,
     print_json,
     run_service,
     settings_or_exit,
+    when,
 )
 from berth.cli.gc import gc_app
 from berth.cli.storage import storage_app
-from berth.config import SettingsError, config_file
+from berth.config import Settings, SettingsError, config_file
 from berth.data_location import missing_data, shown_database, where_to_point
 from berth.domain.errors import NameUnknown
 from berth.services.images import Images
@@ -68,12 +73,7 @@ app.add_typer(tag_app, name="tag")
 
 
 def _table(rows: list[dict[str, Any]], columns: list[str], title: str) -> None:
-    table = Table(title=title)
-    for column in columns:
-        table.add_column(column.replace("_", " "))
-    for row in rows:
-        table.add_row(*(str(row[c]) for c in columns))
-    console.print(table)
+    console.print(data_table(rows, columns, title))
 
 
 @app.callback()
@@ -317,7 +317,7 @@ def _show_repository(found: dict[str, Any], title: str) -> None:
     table.add_column("setting", style="bold")
     table.add_column("value")
     for column in ["project", *REPOSITORY_COLUMNS, "created_at"]:
-        table.add_row(column.replace("_", " "), str(found[column]))
+        table.add_row(column.replace("_", " "), Text(cell(found[column], column)))
     console.print(table)
 
 
@@ -442,7 +442,7 @@ def image_list(
             f"{item['size']:,}",
             ", ".join(item["platforms"]),
             ", ".join(r["artifact_type"] or _short(r["digest"]) for r in item["referrers"]),
-            item["pushed_at"],
+            when(item["pushed_at"], "-"),
         )
     console.print(table)
 
@@ -478,7 +478,7 @@ def image_history(
         table.add_column(column)
     for event in found:
         table.add_row(
-            event["at"],
+            when(event["at"]),
             event["actor"],
             event["action"],
             event["image"] or "-",
@@ -602,6 +602,41 @@ def key_create(
     console.print(f"Access key ID:     [bold]{created.key_id}[/]")
     console.print(f"Secret access key: [bold]{created.secret}[/]")
     console.print("[yellow]The secret is shown only now: store it safely.[/]")
+    address = login_address(settings_or_exit(), project)
+    # Printed as plain lines, never wrapped to the terminal: they are pasted as they are.
+    sys.stdout.write(
+        "\nSign in with docker:\n"
+        f"  echo {shlex.quote(created.secret)} | docker login {address} "
+        f"--username {created.key_id} --password-stdin\n"
+        "\nKubernetes pull secret (then name it under imagePullSecrets in the pod spec):\n"
+        f"  kubectl create secret docker-registry {project}-pull \\\n"
+        f"    --docker-server={address} \\\n"
+        f"    --docker-username={created.key_id} \\\n"
+        f"    --docker-password={shlex.quote(created.secret)}\n"
+    )
+
+
+def login_address(settings: Settings, project: str) -> str:
+    """What `docker login` takes for a project: its own host `{project}.{region}.{domain}` on a
+    real domain, else (localhost, an IP address) the server's address, where the first path
+    component names the project. The port is left out only where it is the scheme's own."""
+    host, port = settings.host_and_port
+    tls = settings.tls_cert is not None
+    if settings.domain == "localhost" or _is_ip(settings.domain):
+        if host in ("0.0.0.0", "::", ""):
+            host = "127.0.0.1"  # every address: this machine's own reaches it
+        name = f"[{host}]" if ":" in host else host
+    else:
+        name = f"{project}{settings.project_host_suffix}"
+    return name if port == (443 if tls else 80) else f"{name}:{port}"
+
+
+def _is_ip(name: str) -> bool:
+    try:
+        ipaddress.ip_address(name.strip("[]"))
+    except ValueError:
+        return False
+    return True
 
 
 @key_app.command("list")
@@ -718,7 +753,7 @@ def usage(
     table.add_row(
         "Images", f"{images['stored']:,} (at most {images['limit_per_repository']:,} a repository)"
     )
-    collected = stored["collected_at"] or "not collected yet (measured now)"
+    collected = when(stored["collected_at"], "not collected yet (measured now)")
     table.add_row("Storage used", f"{_size(stored['bytes'])} in {stored['blobs']:,} blobs")
     table.add_row("Storage collected", collected)
     table.add_row(
@@ -728,7 +763,7 @@ def usage(
     table.add_row(
         "Estimated charge", f"{this_month['estimated_charge']:,.2f} {this_month['currency']}"
     )
-    table.add_row("Last garbage collection", summary["last_gc_at"] or "never")
+    table.add_row("Last garbage collection", when(summary["last_gc_at"]))
     console.print(table)
 
     # One storage row a day (the day's last sample): the schedule takes 48 a day by default.
