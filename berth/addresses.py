@@ -18,7 +18,9 @@ def public_url(settings: Settings) -> str:
         default_port = 443 if tls else 80
         name = settings.project_host_suffix.lstrip(".")
         return f"{scheme}://{name}" + ("" if port == default_port else f":{port}")
-    shown_host = f"[{host}]" if ":" in host else host
+    if host in ("0.0.0.0", "::", "[::]", ""):
+        host = "127.0.0.1"  # listening on every address: this machine's own reaches it
+    shown_host = f"[{host.strip('[]')}]" if ":" in host else host
     return f"{scheme}://{shown_host}:{port}"
 
 

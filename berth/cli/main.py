@@ -8,7 +8,6 @@ Exit codes: 0 ok, 1 error, 2 a bad setting or flag, 3 already exists.
 from __future__ import annotations
 
 import datetime as dt
-import ipaddress
 import shlex
 import socket
 import sys
@@ -19,6 +18,7 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
+from berth.addresses import public_url
 from berth.cli import accounts
 from berth.cli.common import (
     BAD_SETTING,
@@ -41,9 +41,10 @@ from berth.cli.common import (
 )
 from berth.cli.gc import gc_app
 from berth.cli.storage import storage_app
-from berth.config import Settings, SettingsError, config_file
+from berth.config import SettingsError, config_file
 from berth.data_location import missing_data, shown_database, where_to_point
 from berth.domain.errors import NameUnknown
+from berth.domain.names import registry_address
 from berth.services.images import Images
 from berth.state import Services
 
@@ -602,7 +603,9 @@ def key_create(
     console.print(f"Access key ID:     [bold]{created.key_id}[/]")
     console.print(f"Secret access key: [bold]{created.secret}[/]")
     console.print("[yellow]The secret is shown only now: store it safely.[/]")
-    address = login_address(settings_or_exit(), project)
+    settings = settings_or_exit()
+    host = public_url(settings).split("://", 1)[1]
+    address = registry_address(project, host, settings.project_host_suffix).login
     # Printed as plain lines, never wrapped to the terminal: they are pasted as they are.
     sys.stdout.write(
         "\nSign in with docker:\n"
@@ -614,29 +617,6 @@ def key_create(
         f"    --docker-username={created.key_id} \\\n"
         f"    --docker-password={shlex.quote(created.secret)}\n"
     )
-
-
-def login_address(settings: Settings, project: str) -> str:
-    """What `docker login` takes for a project: its own host `{project}.{region}.{domain}` on a
-    real domain, else (localhost, an IP address) the server's address, where the first path
-    component names the project. The port is left out only where it is the scheme's own."""
-    host, port = settings.host_and_port
-    tls = settings.tls_cert is not None
-    if settings.domain == "localhost" or _is_ip(settings.domain):
-        if host in ("0.0.0.0", "::", ""):
-            host = "127.0.0.1"  # every address: this machine's own reaches it
-        name = f"[{host}]" if ":" in host else host
-    else:
-        name = f"{project}{settings.project_host_suffix}"
-    return name if port == (443 if tls else 80) else f"{name}:{port}"
-
-
-def _is_ip(name: str) -> bool:
-    try:
-        ipaddress.ip_address(name.strip("[]"))
-    except ValueError:
-        return False
-    return True
 
 
 @key_app.command("list")
