@@ -50,7 +50,7 @@ def test_with_a_domain_and_tls_the_banner_names_the_console_on_the_domain(
             {"domain": "kcr.dev", "listen": "0.0.0.0:443", "tls_cert": "c", "tls_key": "k"},
             "https://local.kcr.dev",
         ),
-        ({"domain": "10.0.0.5", "listen": "0.0.0.0:80"}, "http://0.0.0.0:80"),
+        ({"domain": "10.0.0.5", "listen": "0.0.0.0:80"}, "http://127.0.0.1:80"),
     ],
 )
 def test_the_public_url(settings: dict[str, str], url: str) -> None:
