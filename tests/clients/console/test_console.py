@@ -622,6 +622,26 @@ def test_an_index_shows_its_platforms_and_signature(page: Page, tenant: Tenant) 
     ).to_be_visible()
 
 
+def test_a_single_platform_image_shows_its_platform_and_times_their_zone(
+    page: Page, tenant: Tenant, test_image: TestImage
+) -> None:
+    tenant.create_repository("single")
+    assert "Writing manifest" in skopeo_push(tenant, test_image, "single:v1")
+    platform = "{os}/{architecture}".format(**test_image.platform)
+
+    sign_in(page, tenant)
+    page.get_by_role("link", name="single", exact=True).click()
+    images = page.get_by_role("table", name="Images")
+    row = images.locator("tbody tr").first
+    expect(row).to_contain_text(platform)
+    expect(row).not_to_contain_text("single platform")
+    # Every time in a table carries its zone, in the one format the GC panel uses too.
+    pushed = row.locator("time")
+    expect(pushed).to_have_text(
+        re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d (UTC|GMT[+-][\d:]+|[A-Z]{3,4})$")
+    )
+
+
 def test_change_settings_then_delete_the_repository(page: Page, tenant: Tenant) -> None:
     admin = tenant.api()
     tenant.create_repository("tmp")
