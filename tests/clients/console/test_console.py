@@ -46,6 +46,9 @@ from tests.oci import (
 )
 from tests.servers import ADMIN_PASSWORD, BerthServer, free_port
 
+# How every time is shown: to the minute, with the browser's zone.
+TIME_SHOWN = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d (UTC|GMT[+-][\d:]+|[A-Z]{3,4})$")
+
 
 def skopeo_push(
     tenant: Tenant, image: TestImage, name: str, key: tuple[str, str] | None = None
@@ -188,7 +191,7 @@ def test_create_a_repository_and_a_key_then_docker_login_and_push(
     row = page.get_by_role("row").filter(has_text=key_id)
     cells = row.get_by_role("cell")
     # ID, user, created, last used (docker just used it), expires, state
-    expect(cells.nth(2)).to_have_text(re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d$"))
+    expect(cells.nth(2)).to_have_text(TIME_SHOWN)
     expect(cells.nth(3)).not_to_have_text("never")
     expect(cells.nth(4)).to_have_text("never")
     expect(cells.nth(5)).to_have_text("Active")
@@ -637,9 +640,7 @@ def test_a_single_platform_image_shows_its_platform_and_times_their_zone(
     expect(row).not_to_contain_text("single platform")
     # Every time in a table carries its zone, in the one format the GC panel uses too.
     pushed = row.locator("time")
-    expect(pushed).to_have_text(
-        re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d (UTC|GMT[+-][\d:]+|[A-Z]{3,4})$")
-    )
+    expect(pushed).to_have_text(TIME_SHOWN)
 
 
 def test_change_settings_then_delete_the_repository(page: Page, tenant: Tenant) -> None:
