@@ -41,7 +41,6 @@ COLUMNS = [
     ("images_deleted", "images"),
     ("blobs_deleted", "blobs"),
     ("bytes_freed", "bytes freed"),
-    ("young_images_kept", "young images kept"),
 ]
 
 
