@@ -43,7 +43,6 @@ COLUMNS = [
     ("images_deleted", "images"),
     ("blobs_deleted", "blobs"),
     ("bytes_freed", "bytes freed"),
-    ("young_images_kept", "young images kept"),
 ]
 
 

@@ -401,6 +401,7 @@ class GarbageCollector:
         """The deciding transaction, rolled back: figures, no changes, no restriction."""
         async with self.db.write() as conn:
             await self._set_phase(conn, run.id, MARKING)
+        await self._pause_in(MARKING)
         try:
             await self._decide(run, dry_run=True)
             raise AssertionError("a dry run ends in _DryRunDone")

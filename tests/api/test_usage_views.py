@@ -117,4 +117,8 @@ def test_deleting_a_tag_changes_last_modified_and_every_delete_is_audited(team: 
     assert restored["target"] == f"{team.repository}:v1"
     assert restored["actor"].startswith("cli:") and restored["client"].startswith("cli on ")
     assert ok(team["reader"].get(team.repo_url("/tags")))["total"] == 2
+    team.server.create_repository(team.project, "old")
+    team.server.cli("repo", "delete", f"{team.project}/old", "--yes")
+    [removed] = audit_of(team, "repository.delete")
+    assert removed["target"] == "old" and removed["client"].startswith("cli on ")
     assert image.digest

@@ -35,6 +35,7 @@ from tests.oci import (
 from tests.servers import BerthServer
 from tests.usage.conftest import (
     COLLECT_SECONDS,
+    CURRENCY,
     FREE_GB,
     PRICE_PER_GB,
     Project,
@@ -134,7 +135,9 @@ def test_traffic_series_months_change_and_charge(metered: BerthServer) -> None:
         "price_per_gb": PRICE_PER_GB,
         "free_gb_per_month": FREE_GB,
         "gb": GB,
+        "currency": CURRENCY,  # the currency setting
     }
+    assert {m["currency"] for m in months} == {CURRENCY}
     in_window = {
         name: sum(size for n, day, size in rows if n == name and day >= first) for name in (web, db)
     }
@@ -273,10 +276,12 @@ def test_scheduled_collection_takes_one_sample_per_interval(metered: BerthServer
     wanted = 6
     found = eventually(
         lambda: project.api("GET", "storage"),
-        lambda storage: len(storage["samples"]) >= wanted,
+        lambda storage: len(storage["samples"]) >= wanted + 1,
         timeout=wanted * COLLECT_SECONDS + 10,
     )
-    times = [dt.datetime.fromisoformat(s["collected_at"]) for s in found["samples"]]
+    # The first look took a sample of its own (so Management and Monitoring show one sample,
+    # tests/api/test_usage_views.py); the schedule's are the rest.
+    times = [dt.datetime.fromisoformat(s["collected_at"]) for s in found["samples"]][1:]
     assert len(times) >= wanted
     gaps = [(b - a).total_seconds() for a, b in itertools.pairwise(times)]
     # Two collectors would leave gaps near zero, or twice the samples in the same time.
@@ -425,6 +430,7 @@ def test_berth_usage_cli(metered: BerthServer) -> None:
     table = metered.cli("usage", project.name, "--days", "3").stdout
     assert "Repositories" in table and "1 / 100" in table
     assert "3.00 GB" in table and "Outbound traffic by month" in table
+    assert f"1.00 {CURRENCY}" in table  # (3 - 1 free) GB at 0.5, in the server's currency
     missing = metered.cli("usage", "no-such-project", check=False)
     assert missing.returncode == 1 and "does not exist" in missing.stderr
 
