@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sqlalchemy import ColumnElement, Exists, and_, select
+from sqlalchemy import ColumnElement, Exists, Select, and_, select
 
 from berth.metadata.tables import manifest_references, manifests
 
@@ -32,3 +32,18 @@ def is_image() -> ColumnElement[bool]:
     a top-level manifest, that is neither a platform manifest of a stored index (it counts
     with its index) nor a referrer (a signature or SBOM: it is listed under its subject)."""
     return and_(manifests.c.subject_digest.is_(None), ~is_index_child())
+
+
+def indexes_listing(repository_id: int, image: str, digest: str) -> Select[tuple[str, str]]:
+    """The stored indexes of one image name that list the manifest `digest` (image, digest):
+    what keeps a platform manifest from being deleted on its own."""
+    return (
+        select(manifests.c.image, manifests.c.digest)
+        .join(manifest_references, manifest_references.c.manifest_id == manifests.c.id)
+        .where(
+            manifests.c.repository_id == repository_id,
+            manifests.c.image == image,
+            manifest_references.c.digest == digest,
+            manifest_references.c.is_manifest,
+        )
+    )

@@ -110,6 +110,15 @@ UNVERIFIED_ACTOR = "(unverified)"
 _KEY_ID_LENGTH = 20
 
 
+def _user_row(row: Any) -> dict[str, Any]:
+    return {
+        "name": row.name,
+        "admin": row.is_admin,
+        "service_account": row.is_service_account,
+        "created_at": row.created_at.isoformat(),
+    }
+
+
 def new_key_id() -> str:
     return "BK" + "".join(secrets.choice(_KEY_ID_ALPHABET) for _ in range(_KEY_ID_LENGTH - 2))
 
@@ -363,15 +372,7 @@ class Identity:
     async def list_users(self) -> list[dict[str, Any]]:
         async with self.db.read() as conn:
             rows = await conn.execute(select(users).order_by(users.c.name))
-            return [
-                {
-                    "name": r.name,
-                    "admin": r.is_admin,
-                    "service_account": r.is_service_account,
-                    "created_at": r.created_at.isoformat(),
-                }
-                for r in rows
-            ]
+            return [_user_row(r) for r in rows]
 
     async def search_users(self, query: str = "", limit: int = 20) -> list[dict[str, Any]]:
         """Users whose name contains `query`, by name: what a member picker offers."""
@@ -380,15 +381,7 @@ class Identity:
             statement = statement.where(users.c.name.contains(query.lower(), autoescape=True))
         async with self.db.read() as conn:
             rows = await conn.execute(statement)
-            return [
-                {
-                    "name": r.name,
-                    "admin": r.is_admin,
-                    "service_account": r.is_service_account,
-                    "created_at": r.created_at.isoformat(),
-                }
-                for r in rows
-            ]
+            return [_user_row(r) for r in rows]
 
     async def set_password(
         self, name: str, password: str, *, actor: str = "cli", keep_session: str | None = None

@@ -16,7 +16,7 @@ from berth.domain.digests import parse_digest
 from berth.domain.errors import ManifestUnknown
 from berth.domain.manifests import INDEX_TYPES, parse_manifest
 from berth.metadata.database import Database
-from berth.metadata.queries import is_image, is_index_child
+from berth.metadata.queries import indexes_listing, is_image, is_index_child
 from berth.metadata.tables import (
     blobs,
     image_events,
@@ -133,17 +133,9 @@ class Images:
         """Digests of the stored indexes (same repository and image) that list `digest`."""
         async with self.db.read() as conn:
             found = await conn.execute(
-                select(manifests.c.digest)
-                .join(manifest_references, manifest_references.c.manifest_id == manifests.c.id)
-                .where(
-                    manifests.c.repository_id == repo.id,
-                    manifests.c.image == image,
-                    manifest_references.c.digest == digest,
-                    manifest_references.c.is_manifest,
-                )
-                .order_by(manifests.c.digest)
+                indexes_listing(repo.id, image, digest).order_by(manifests.c.digest)
             )
-            return [str(d) for d in found.scalars()]
+            return [str(row.digest) for row in found]
 
     async def _describe(
         self, conn: Any, repo: RepositoryRef, rows: Sequence[Any], *, detail: bool

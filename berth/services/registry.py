@@ -33,7 +33,7 @@ from berth.domain.manifests import (
 )
 from berth.domain.names import is_valid_tag
 from berth.metadata.database import Database
-from berth.metadata.queries import is_image
+from berth.metadata.queries import indexes_listing, is_image
 from berth.metadata.tables import (
     blobs,
     image_events,
@@ -533,18 +533,7 @@ class Registry:
                 parse_digest(reference)
                 parents = (
                     await conn.execute(
-                        select(manifests.c.image, manifests.c.digest)
-                        .join(
-                            manifest_references,
-                            manifest_references.c.manifest_id == manifests.c.id,
-                        )
-                        .where(
-                            manifests.c.repository_id == repo.id,
-                            manifests.c.image == image,
-                            manifest_references.c.digest == reference,
-                            manifest_references.c.is_manifest,
-                        )
-                        .order_by(manifests.c.id)
+                        indexes_listing(repo.id, image, reference).order_by(manifests.c.id)
                     )
                 ).all()
                 if parents:

@@ -4,6 +4,7 @@
 import { api, query, seg } from "../api.js";
 import { badge, clear, confirmDialog, errorBox, field, h, number, openDialog, pager, plural, radios, table, timeElement, toast } from "../ui.js";
 import { newPasswordFields } from "./account.js";
+import { auditTable } from "./members.js";
 
 const PER_PAGE = 100;
 
@@ -68,18 +69,7 @@ export async function adminView(main, ctx) {
     ),
     h("h2", {}, "Audit log outside projects"),
     h("p", { class: "muted" }, "Users created and deleted, passwords set, projects deleted and sign-ins with what is no access key ID, newest first. Each project's own events are in its Audit log."),
-    table(
-      [
-        { title: "When", cell: (e) => timeElement(e.at) },
-        { title: "Who", cell: (e) => e.actor },
-        { title: "Action", cell: (e) => h("code", {}, e.action) },
-        { title: "Target", cell: (e) => e.target || "–" },
-        { title: "Detail", cell: (e) => (e.detail ? h("code", { class: "detail" }, JSON.stringify(e.detail)) : "–"), class: "wrap" },
-        { title: "Client", cell: (e) => e.client || "–" },
-      ],
-      audit.items,
-      { caption: "Server audit log", empty: "Nothing recorded yet." },
-    ),
+    auditTable(audit.items, "Server audit log"),
     pager(audit, (p) => ctx.navigate("/admin", { query: search, audit_page: p })),
   );
 }

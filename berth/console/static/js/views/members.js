@@ -87,19 +87,23 @@ export async function auditView(main, ctx) {
   clear(
     main,
     h("div", { class: "page-head" }, h("div", {}, h("h1", {}, "Audit log"), h("p", { class: "muted" }, "Sign-ins, access keys, roles, repository changes, image and tag deletes and restores, newest first."))),
-    table(
-      [
-        { title: "When", cell: (e) => timeElement(e.at) },
-        { title: "Who", cell: (e) => e.actor },
-        { title: "Action", cell: (e) => h("code", {}, e.action) },
-        { title: "Target", cell: (e) => e.target || "–" },
-        { title: "Detail", cell: (e) => (e.detail ? h("code", { class: "detail" }, JSON.stringify(e.detail)) : "–"), class: "wrap" },
-        { title: "Client", cell: (e) => e.client || "–" },
-      ],
-      found.items,
-      { caption: "Audit log", empty: "Nothing recorded yet." },
-    ),
+    auditTable(found.items, "Audit log"),
     pager(found, (p) => ctx.navigate(`/projects/${seg(project.name)}/audit`, { page: p })),
   );
 }
 
+// One audit log table for a project's log and the server's own.
+export function auditTable(entries, caption) {
+  return table(
+    [
+      { title: "When", cell: (e) => timeElement(e.at) },
+      { title: "Who", cell: (e) => e.actor },
+      { title: "Action", cell: (e) => h("code", {}, e.action) },
+      { title: "Target", cell: (e) => e.target || "–" },
+      { title: "Detail", cell: (e) => (e.detail ? h("code", { class: "detail" }, JSON.stringify(e.detail)) : "–"), class: "wrap" },
+      { title: "Client", cell: (e) => e.client || "–" },
+    ],
+    entries,
+    { caption, empty: "Nothing recorded yet." },
+  );
+}
