@@ -70,10 +70,12 @@ class HostCheck:
         if host is None:
             await _bad_host(scope)(scope, receive, send)
             return
-        scope = dict(scope)
-        scope["headers"] = [
-            (name, host.encode() if name == b"host" else value) for name, value in headers
-        ]
+        if host.encode() != hosts[0]:
+            # In place, not on a copy: the middleware outside reads flags the app sets in the
+            # scope (limits.ANSWERED).
+            scope["headers"] = [
+                (name, host.encode() if name == b"host" else value) for name, value in headers
+            ]
         await self.app(scope, receive, send)
 
 

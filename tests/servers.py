@@ -32,6 +32,13 @@ ADMIN_PASSWORD = "admin-password-for-tests"
 BERTH = [sys.executable, "-m", "berth.cli.main"]
 
 
+def in_own_thread(work: Callable[[], T]) -> T:
+    """Run `work` in a thread of its own: code that calls asyncio.run() needs a thread with no
+    running event loop, and the browser tests' Playwright keeps one in the main thread."""
+    with concurrent.futures.ThreadPoolExecutor(1) as thread:
+        return thread.submit(work).result()
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     with socket.socket(family) as sock:

@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 from berth.cli.main import app
 from berth.config import Settings
 from berth.metadata.migrate import upgrade
-from tests.servers import ADMIN_PASSWORD, BERTH, BerthServer, PostgresCluster
+from tests.servers import ADMIN_PASSWORD, BERTH, BerthServer, PostgresCluster, in_own_thread
 
 
 def test_project_and_repository_admin_verbs(tmp_path: Path) -> None:
@@ -133,8 +133,10 @@ def _berth_in(directory: Path, *args: str, **env: str) -> Typed:
     previous = Path.cwd()
     os.chdir(directory)
     try:
-        result = CliRunner().invoke(
-            app, list(args), prog_name="berth", env={**settings, "COLUMNS": "300", **env}
+        result = in_own_thread(
+            lambda: CliRunner().invoke(
+                app, list(args), prog_name="berth", env={**settings, "COLUMNS": "300", **env}
+            )
         )
     finally:
         os.chdir(previous)
@@ -232,7 +234,7 @@ def test_a_lost_administrator_password_is_reset_on_the_server(server: BerthServe
 def test_deleting_users_and_projects(tmp_path: Path) -> None:
     berth = BerthServer(tmp_path / "data")
     berth.data_dir.mkdir()
-    upgrade(Settings(data_dir=berth.data_dir).resolved_database_url)
+    in_own_thread(lambda: upgrade(Settings(data_dir=berth.data_dir).resolved_database_url))
     berth.create_repository("demo", "app")
     berth.create_project("empty")
     berth.create_user("bob", "bob-password")

@@ -14,7 +14,7 @@ import pytest
 
 from berth.config import Settings, load_settings
 from berth.data_location import create_data
-from tests.servers import BERTH, ROOT, BerthServer, free_port
+from tests.servers import BERTH, ROOT, BerthServer, free_port, in_own_thread
 from tests.tls import make_ca_and_cert
 
 
@@ -169,8 +169,8 @@ def test_a_second_server_on_a_taken_address_refuses(tmp_path: Path) -> None:
 
 def test_serving_makes_an_older_database_private(tmp_path: Path) -> None:
     settings = Settings(data_dir=tmp_path / "data")
-    create_data(settings)
+    in_own_thread(lambda: create_data(settings))
     database = tmp_path / "data" / "berth.db"
     database.chmod(0o644)  # as Berth made it before
-    create_data(settings)  # what `berth serve` does before serving
+    in_own_thread(lambda: create_data(settings))  # what `berth serve` does before serving
     assert stat.S_IMODE(database.stat().st_mode) == 0o600
