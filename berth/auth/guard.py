@@ -14,7 +14,7 @@ from berth.auth.policy import Principal
 from berth.auth.tokens import InvalidToken, TokenClaims
 from berth.domain.errors import Denied, RegistryError, Unauthorized
 from berth.domain.names import hostname_of
-from berth.services.identity import KeyNotUsable
+from berth.services.identity import NOT_A_KEY, KeyNotUsable
 from berth.state import Services
 
 TOKEN_PATH = "/auth/token"
@@ -70,7 +70,7 @@ async def authenticate_basic(
         # No key has this ID: refused at once, remembering nothing (not even in the throttle),
         # so a stream of made-up IDs costs no memory.
         services.throttle.check(None, client)
-        raise Unauthorized("invalid access key ID or secret access key")
+        raise Unauthorized(NOT_A_KEY)
     services.throttle.check(key_id, client)
     try:
         return await services.identity.authenticate_key(key_id, secret)

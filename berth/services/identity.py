@@ -132,6 +132,15 @@ def has_key_id_format(value: str) -> bool:
     )
 
 
+def looks_like_key_id(text: str) -> bool:
+    """The shape of an access key ID (`BK` and 18 capitals or digits), which no user name has:
+    whether a failed sign-in is told that registry clients take an access key, not a password.
+    Looser than `has_key_id_format` (a mistyped key is still a key)."""
+    return (
+        len(text) == _KEY_ID_LENGTH and text.startswith("BK") and text.isalnum() and text.isupper()
+    )
+
+
 # What a registry client that signed in with a user name and password is told.
 NOT_A_KEY = (
     "invalid access key ID or secret access key: registry clients (docker, podman, ...) sign "
@@ -859,7 +868,7 @@ class Identity:
         # Compare against a stand-in hash when the key is unknown, so timing tells nothing.
         stored = record.secret_hash if record else self.keyring.hash_secret("\0")
         if not self.keyring.secret_matches(secret, stored) or record is None:
-            if not has_key_id_format(key_id):
+            if not looks_like_key_id(key_id):
                 raise Unauthorized(NOT_A_KEY)
             raise Unauthorized("invalid access key ID or secret access key")
         if record.disabled:
