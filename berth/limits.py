@@ -54,6 +54,15 @@ def _declared_length(scope: Scope) -> int | None:
     return None
 
 
+def _has_body(scope: Scope) -> bool:
+    """Whether the request says it carries a body (RFC 9112: Content-Length other than 0, or
+    Transfer-Encoding); without either it has none."""
+    for name, value in scope["headers"]:
+        if name == b"transfer-encoding" or (name == b"content-length" and value.strip() != b"0"):
+            return True
+    return False
+
+
 def _client(scope: Scope) -> str:
     client = scope.get("client")
     return str(client[0]) if client else "unknown"
@@ -126,13 +135,27 @@ class RequestLimits:
             return
         self._in_flight[client] = in_flight + 1
         try:
-            await self._guarded(scope, receive, send, path, client, limit)
+            if _has_body(scope):
+                await self._guarded(scope, receive, send, path, client, limit)
+            else:
+                # No body to bound or time (every pull): nothing to wrap on the hot path.
+                await self._unguarded(scope, receive, send, client)
         finally:
             remaining = self._in_flight[client] - 1
             if remaining:
                 self._in_flight[client] = remaining
             else:
                 del self._in_flight[client]
+
+    async def _unguarded(self, scope: Scope, receive: Receive, send: Send, client: str) -> None:
+        try:
+            await self.app(scope, receive, send)
+        except ClientDisconnect:
+            _log_disconnect(scope, client)
+        except Exception as exc:
+            if not _transport_closed(exc):
+                raise
+            _log_disconnect(scope, client)
 
     async def _guarded(
         self, scope: Scope, receive: Receive, send: Send, path: str, client: str, limit: int | None

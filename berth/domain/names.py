@@ -3,6 +3,7 @@ names (each becomes a DNS label of its registry host) and of the Host header."""
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 
@@ -53,6 +54,7 @@ def project_name_problem(name: str) -> str | None:
     return f"invalid project name {shown!r} ({why}): use {PROJECT_NAME_RULE}"
 
 
+@functools.lru_cache(maxsize=1024)  # checked on every request; a server sees few hosts
 def normalized_host(host: str) -> str | None:
     """The Host header in lowercase (without a final dot), or None when it is not a host name
     or address with an optional port."""

@@ -235,17 +235,17 @@ async def get_blob(request: Request) -> Response | BlobFileResponse:
     path = services.registry.blob_path(digest)
     if path is None:
         raise BlobUnknown("blob storage has no local path")  # S3 driver streams instead
-    content = await services.registry.verified_blob(digest, size)
-    try:
-        stat = os.stat(path)
-    except FileNotFoundError:
-        raise BlobUnknown(f"blob {digest} is missing from storage", {"digest": digest}) from None
+    content = await services.registry.verified_blob(digest, size, path)
     byte_range = request.headers.get("range")
     on_sent = _traffic(services, repo)
     if byte_range is None:
         if content is not None:  # verified: these bytes, not the file's (changed since?)
             return BlobBytesResponse(content, digest, on_sent)
         return BlobFileResponse(str(path), size, digest, on_sent)
+    try:
+        stat = os.stat(path)
+    except FileNotFoundError:
+        raise BlobUnknown(f"blob {digest} is missing from storage", {"digest": digest}) from None
     if _inverted_range(byte_range):
         return Response(status_code=416, headers={"Content-Range": f"bytes */{stat.st_size}"})
     if on_sent is not None:

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import logging
+import os
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,7 +48,6 @@ from berth.metadata.tables import (
 )
 from berth.services.repositories import Conflict, RepositoryRef
 from berth.services.restrictions import ensure_writable
-from berth.services.storage_check import blob_is_whole
 from berth.storage.base import BlobStore
 
 logger = logging.getLogger("berth.registry")
@@ -55,17 +55,16 @@ logger = logging.getLogger("berth.registry")
 # Blobs up to this size are hashed before each download (configs, small layers); larger ones
 # are checked by size here and fully by the storage check (`berth storage check`, the scrub).
 VERIFY_ON_READ_BYTES = 1024 * 1024
+# Verified on the event loop itself up to this size (about 20 µs), in a thread above it.
+INLINE_VERIFY_BYTES = 64 * 1024
+VERIFIED_FILES_KEPT = 100_000  # about 15 MB of (digest, inode, mtime)
 
 
 def _read_if_whole(path: Path, digest: str) -> bytes | None:
-    """The file's bytes if they hash to `digest`, else None."""
-    parsed = parse_digest(digest)
-    try:
-        with open(path, "rb") as handle:
-            content = handle.read()
-    except FileNotFoundError:
-        return None
-    return content if hashlib.new(parsed.algorithm, content).hexdigest() == parsed.hex else None
+    """The file's bytes if they hash to `digest`, else None (FileNotFoundError if it is gone:
+    removed, not damaged)."""
+    content = path.read_bytes()
+    return content if digest_bytes(content, parse_digest(digest).algorithm) == digest else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,6 +167,8 @@ class Registry:
         self.db = db
         self.store = store
         self.max_images = max_images
+        # digest -> (inode, mtime) of the blob file last found whole (see verified_blob).
+        self._verified: OrderedDict[str, tuple[int, int]] = OrderedDict()
 
     # ------------------------------------------------------------------ blobs
 
@@ -181,34 +182,52 @@ class Registry:
     def blob_path(self, digest: str) -> Path | None:
         return self.store.local_path(digest)
 
-    async def verified_blob(self, digest: str, size: int) -> bytes | None:
-        """Check a blob before serving it: stored, of its recorded size and, when small, with
-        bytes that hash to its digest (then returned, to be served from memory). A blob that
-        fails is set aside (missing: pushing it again repairs it) and BLOB_UNKNOWN raised, so
-        damaged bytes are never served under its digest."""
-        stored = await self.store.stat(digest)
-        if stored is None:
+    async def verified_blob(self, digest: str, size: int, path: Path) -> bytes | None:
+        """Check a blob's file before serving it: there, of its recorded size and, when small,
+        with bytes that hash to its digest. Freshly hashed bytes are returned, to be served
+        from memory; None means "serve the file". A file that fails is set aside (missing:
+        pushing it again repairs it) and BLOB_UNKNOWN raised, so damaged bytes are never
+        served under the digest.
+
+        A file hashed once is not hashed again while it stays the same file (inode and
+        modification time): a rewrite or a replaced file is checked anew, bit rot in place is
+        the scrub's to find (`berth storage check`)."""
+        try:
+            stored = os.stat(path)
+        except FileNotFoundError:
             raise BlobUnknown(
                 f"blob {digest} is missing from storage; push it again", {"digest": digest}
-            )
-        content = None
-        if stored == size and size <= VERIFY_ON_READ_BYTES:
-            path = self.store.local_path(digest)
-            if path is not None:
-                content = await asyncio.to_thread(_read_if_whole, path, digest)
-                whole = content is not None
-            else:
-                whole = await blob_is_whole(self.store, digest, size)
-        else:
-            whole = stored == size
-        if not whole:
-            await self.store.quarantine(digest)
-            logger.error("blob %s is damaged in storage: set aside until pushed again", digest)
-            raise BlobUnknown(
-                f"blob {digest} is damaged in storage and was set aside; push it again",
-                {"digest": digest},
-            )
-        return content
+            ) from None
+        if stored.st_size == size:
+            if size > VERIFY_ON_READ_BYTES:
+                return None
+            identity = (stored.st_ino, stored.st_mtime_ns)
+            if self._verified.get(digest) == identity:
+                self._verified.move_to_end(digest)
+                return None
+            try:
+                if size <= INLINE_VERIFY_BYTES:
+                    # Once per file and process (then remembered): a page-cache read and a
+                    # hash of a few kB cost less than a thread hop.
+                    content = _read_if_whole(path, digest)
+                else:
+                    content = await asyncio.to_thread(_read_if_whole, path, digest)
+            except FileNotFoundError:  # removed meanwhile (garbage collection): not damaged
+                raise BlobUnknown(
+                    f"blob {digest} is missing from storage; push it again", {"digest": digest}
+                ) from None
+            if content is not None:
+                self._verified[digest] = identity
+                if len(self._verified) > VERIFIED_FILES_KEPT:
+                    self._verified.popitem(last=False)
+                return content
+        self._verified.pop(digest, None)
+        await self.store.quarantine(digest)
+        logger.error("blob %s is damaged in storage: set aside until pushed again", digest)
+        raise BlobUnknown(
+            f"blob {digest} is damaged in storage and was set aside; push it again",
+            {"digest": digest},
+        )
 
     async def delete_blob(self, repo: RepositoryRef, digest: str) -> None:
         """Unlink a blob from a repository; its bytes go at the next garbage collection.
