@@ -54,13 +54,10 @@ def _declared_length(scope: Scope) -> int | None:
     return None
 
 
-def _has_body(scope: Scope) -> bool:
-    """Whether the request says it carries a body (RFC 9112: Content-Length other than 0, or
-    Transfer-Encoding); without either it has none."""
-    for name, value in scope["headers"]:
-        if name == b"transfer-encoding" or (name == b"content-length" and value.strip() != b"0"):
-            return True
-    return False
+def _may_carry_body(scope: Scope) -> bool:
+    """Whether a request may carry a body that some route reads: any method but GET and HEAD.
+    (Headers cannot tell: an HTTP/2 body needs neither Content-Length nor Transfer-Encoding.)"""
+    return scope["method"] not in ("GET", "HEAD")
 
 
 def _client(scope: Scope) -> str:
@@ -68,9 +65,10 @@ def _client(scope: Scope) -> str:
     return str(client[0]) if client else "unknown"
 
 
-def _refusal_messages(path: str, refusal: Refusal, retry_after: int | None) -> list[Message]:
+def _refusal_messages(scope: Scope, refusal: Refusal, retry_after: int | None) -> list[Message]:
     """The refusal in the format of the surface asked: an RFC 9457 problem on the management
     API, an OCI error everywhere else (the registry and its token endpoint)."""
+    path: str = scope["path"]
     if path.startswith(API_PREFIX):
         document: dict[str, object] = {
             "type": f"urn:berth:problem:{refusal.code.lower().replace('_', '-')}",
@@ -90,9 +88,11 @@ def _refusal_messages(path: str, refusal: Refusal, retry_after: int | None) -> l
     headers = [
         (b"content-type", media_type),
         (b"content-length", str(len(body)).encode()),
-        # The rest of the body is not read: the connection cannot carry another request.
-        (b"connection", b"close"),
     ]
+    if scope.get("http_version", "1.1").startswith("1"):
+        # The rest of the body is not read: the connection cannot carry another request.
+        # (HTTP/2 forbids the header: the stream alone ends.)
+        headers.append((b"connection", b"close"))
     if retry_after is not None:
         headers.append((b"retry-after", str(retry_after).encode()))
     return [
@@ -121,7 +121,7 @@ class RequestLimits:
         limit = body_limit(path)
         declared = _declared_length(scope)
         if limit is not None and declared is not None and declared > limit:
-            await self._refuse(send, path, _too_large(limit))
+            await self._refuse(send, scope, _too_large(limit))
             return
         in_flight = self._in_flight.get(client, 0)
         if self.max_requests_per_client and in_flight >= self.max_requests_per_client:
@@ -131,14 +131,14 @@ class RequestLimits:
                 f"too many requests in progress from {client} (at most "
                 f"{self.max_requests_per_client} at once); try again when some have finished",
             )
-            await self._refuse(send, path, refusal, retry_after=1)
+            await self._refuse(send, scope, refusal, retry_after=1)
             return
         self._in_flight[client] = in_flight + 1
         try:
-            if _has_body(scope):
+            if _may_carry_body(scope):
                 await self._guarded(scope, receive, send, path, client, limit)
             else:
-                # No body to bound or time (every pull): nothing to wrap on the hot path.
+                # No body any route reads (every pull): nothing to wrap on the hot path.
                 await self._unguarded(scope, receive, send, client)
         finally:
             remaining = self._in_flight[client] - 1
@@ -209,24 +209,24 @@ class RequestLimits:
             if refusal is None:
                 _log_disconnect(scope, client)
         except Exception as exc:
-            if refusal is not None:
-                pass  # the app's reaction to the refusal; the refusal is the answer
+            if refusal is not None:  # the app's reaction to the refusal; the refusal answers
+                logger.debug("after refusing %s %s: %r", scope["method"], path, exc)
             elif _transport_closed(exc):
                 _log_disconnect(scope, client)
             else:
                 raise
         if refusal is not None and not started:
-            await self._refuse(send, path, refusal)
+            await self._refuse(send, scope, refusal)
 
     @staticmethod
     async def _refuse(
         send: Callable[[Message], Awaitable[None]],
-        path: str,
+        scope: Scope,
         refusal: Refusal,
         retry_after: int | None = None,
     ) -> None:
         try:
-            for message in _refusal_messages(path, refusal, retry_after):
+            for message in _refusal_messages(scope, refusal, retry_after):
                 await send(message)
         except (OSError, RuntimeError) as exc:  # the client is gone already
             if isinstance(exc, RuntimeError) and not _transport_closed(exc):

@@ -528,7 +528,16 @@ def test_signing_in_on_a_project_host_fails_for_another_project_or_no_project(
         assert_unauthorized(basic)
         assert said in message(basic)
     text = message(login_token(world, globex_key, acme))
-    assert f"sign in to {Q}.local.localhost with it" in text
+    # The host to sign in to, as docker login takes it: with the port the client used.
+    assert f"sign in to {Q}.local.localhost:{world.server.port} with it" in text
+    # Refused for the host, the login is audited as failed in the key's project.
+    deadline = time.monotonic() + 10
+    while not any(
+        e["action"] == "login.failed" and "belongs to project" in (e["detail"] or {})["reason"]
+        for e in world.server.cli_json("audit", Q)
+    ):
+        assert time.monotonic() < deadline, "no login.failed entry for the refused host"
+        time.sleep(0.2)
     # The same keys on their own project's host, and anywhere in path style, sign in.
     assert login_token(world, acme_key, acme).status_code == 200
     assert world.http.get("/v2/", auth=acme_key, headers={"Host": acme}).status_code == 200

@@ -215,3 +215,11 @@ def test_accept_negotiation() -> None:
     assert accepts("*/*", OCI_INDEX)
     assert accepts(f"{DOCKER_MANIFEST}, {OCI_INDEX}", OCI_INDEX)
     assert not accepts(DOCKER_MANIFEST, OCI_INDEX)
+
+
+def test_an_overlong_host_is_refused_before_the_host_cache_keeps_it() -> None:
+    from berth.domain import names
+
+    cached = names._normalized_host.cache_info().currsize
+    assert names.normalized_host("a" * 400_000) is None
+    assert names._normalized_host.cache_info().currsize == cached

@@ -133,7 +133,8 @@ async def check_login_host(services: Services, request: Request, principal: Prin
         key_project = await services.repositories.project_name(principal.key_project_id)
         raise Unauthorized(
             f"access key {principal.key_id} belongs to project {key_project!r}, not "
-            f"{project!r}: sign in to {key_project}{services.settings.project_host_suffix} "
+            f"{project!r}: sign in to "
+            f"{services.registry_address(key_project or '', request.headers['host']).login} "
             f"with it, or create an access key in project {project!r}"
         )
 

@@ -83,6 +83,7 @@ def _token_body(
 async def _login(services: Services, request: Request, key_id: str, secret: str) -> Principal:
     try:
         principal = await authenticate_basic(services, request, key_id, secret)
+        await check_login_host(services, request, principal)
     except Unauthorized as exc:
         well_formed = has_key_id_format(key_id)
         await services.identity.record(
@@ -95,7 +96,6 @@ async def _login(services: Services, request: Request, key_id: str, secret: str)
         )
         exc.headers["WWW-Authenticate"] = 'Basic realm="Berth token service"'
         raise
-    await check_login_host(services, request, principal)
     await services.identity.record(
         principal.user,
         "login",

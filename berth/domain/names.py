@@ -54,11 +54,17 @@ def project_name_problem(name: str) -> str | None:
     return f"invalid project name {shown!r} ({why}): use {PROJECT_NAME_RULE}"
 
 
-@functools.lru_cache(maxsize=1024)  # checked on every request; a server sees few hosts
 def normalized_host(host: str) -> str | None:
     """The Host header in lowercase (without a final dot), or None when it is not a host name
     or address with an optional port."""
-    if len(host) > MAX_HOST_LENGTH or HOST_RE.fullmatch(host) is None:
+    if len(host) > MAX_HOST_LENGTH:  # before the cache: it would keep huge values alive
+        return None
+    return _normalized_host(host)
+
+
+@functools.lru_cache(maxsize=1024)  # checked on every request; a server sees few hosts
+def _normalized_host(host: str) -> str | None:
+    if HOST_RE.fullmatch(host) is None:
         return None
     name = hostname_of(host)
     if name.endswith("."):  # the absolute form of the same name

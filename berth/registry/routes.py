@@ -184,11 +184,12 @@ async def base(request: Request) -> Response:
     caller = await identify(services, request)
     require_authenticated(request, caller)
     assert caller.principal is not None
-    try:
-        await check_login_host(services, request, caller.principal)
-    except RegistryError as exc:
-        exc.headers["WWW-Authenticate"] = challenge(request)
-        raise
+    if caller.token is None:  # a token was issued for this host, after this same check
+        try:
+            await check_login_host(services, request, caller.principal)
+        except RegistryError as exc:
+            exc.headers["WWW-Authenticate"] = challenge(request)
+            raise
     return _json({})
 
 
