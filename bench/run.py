@@ -738,6 +738,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="berth-bench-") as tmp:
         results = measure(args, Path(tmp))
     text = report(results) + token_report() + extra_report("gc.py") + extra_report("metering.py")
+    text += extra_report("hardening.py")
     args.output.write_text(text)
     print(text)
     print(f"wrote {args.output}")
