@@ -7,6 +7,7 @@ import os
 import re
 import stat
 import subprocess
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
+from berth.cli.gc import young_kept
 from berth.cli.main import app
 from berth.config import Settings
 from berth.metadata.migrate import upgrade
@@ -292,3 +294,58 @@ def test_tables_fit_80_columns_with_whole_ids_and_times_to_the_minute(tmp_path: 
     times = re.findall(r"\d{4}-\d\d-\d\d \d\d:\d\d(?::\d\d)? ?\S*", audit)
     assert times and all(re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d [A-Z+\-0-9]+", t) for t in times)
     assert keys[0]["access_key_id"] in audit
+
+    # A long audit target (a repository role: REPOSITORY:USER) folds, every character kept,
+    # beside every other column; the key ID stays whole.
+    project = "a-project-with-a-long-name"
+    repository = "nightly-builds-of-the-web-frontend-and-its-companion-services-in-all-the-regions"
+    description = "2024-05-01T12:00 nightly build"  # text that starts like a time
+    created = _berth_in(
+        tmp_path, "repo", "create", f"{project}/{repository}", "--description", description
+    )
+    assert created.returncode == 0, created.stderr
+    assert _berth_in(tmp_path, "user", "create", "bob", "--service-account").returncode == 0
+    granted = _berth_in(
+        tmp_path, "repo", "grant", f"{project}/{repository}", "bob", "--role", "viewer"
+    )
+    assert granted.returncode == 0, granted.stderr
+    target = f"{repository}:bob"
+    assert len(target) > 80
+    audit = typed("audit", project)
+    header = next(line for line in audit.splitlines() if "target" in line)
+    assert header.split() == ["at", "actor", "action", "target", "client"], audit
+    start, end = header.index("target"), header.index("client")
+    column = "".join(line[start:end].strip() for line in audit.splitlines())
+    assert target in column, audit
+    assert keys[0]["access_key_id"] in audit
+
+    # A description that starts like a time is shown as written.
+    assert "nightly" in typed("repo", "list", project)  # folded at 80 columns
+    assert description in typed("repo", "show", f"{project}/{repository}")
+
+    # Garbage collection history: times and states whole, like every other table.
+    assert _berth_in(tmp_path, "gc", "run", project, "--dry-run").returncode == 0
+    history = typed("gc", "history", project)
+    assert "succeeded" in history, history
+    # The start time, to the minute with its zone (at 80 columns, the time under the date).
+    assert re.search(r"\b\d{4}-\d\d-\d\d\b", history), history
+    assert re.search(r"\b\d\d:\d\d [A-Z+\-0-9]+", history), history
+    assert not re.search(r"\d\d:\d\d:\d\d", history), history
+
+
+def test_young_kept_names_the_zone_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TZ", "Asia/Seoul")
+    time.tzset()
+    try:
+        kept = young_kept(
+            {
+                "grace_period_seconds": 3600,
+                "young_images_kept": 1,
+                "young_blobs_kept": 2,
+                "young_collectable_at": "2026-12-01T03:00:00+00:00",
+            }
+        )
+    finally:
+        monkeypatch.undo()
+        time.tzset()
+    assert kept.endswith("; collectable from 2026-12-01 12:00 KST on"), kept
