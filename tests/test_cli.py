@@ -19,8 +19,6 @@ from typer.testing import CliRunner
 
 from berth.cli.gc import young_kept
 from berth.cli.main import app
-from berth.config import Settings
-from berth.metadata.migrate import upgrade
 from tests.servers import ADMIN_PASSWORD, BERTH, BerthServer, PostgresCluster, in_own_thread
 
 
@@ -61,13 +59,8 @@ def test_users_members_keys_and_audit(tmp_path: Path) -> None:
     berth = BerthServer(tmp_path / "data")
     berth.cli("init")
     berth.cli("project", "create", "demo")
-    created = subprocess.run(
-        [*BERTH, "user", "create", "alice", "--password-stdin", "--json"],
-        input="correct horse battery\n",
-        env=berth.env,
-        capture_output=True,
-        text=True,
-        check=True,
+    created = berth.cli(
+        "user", "create", "alice", "--password-stdin", "--json", input="correct horse battery\n"
     )
     assert json.loads(created.stdout)["name"] == "alice"
     no_role = berth.cli("key", "create", "--user", "alice", "--project", "demo", check=False)
@@ -213,17 +206,11 @@ def test_admin_verbs_refuse_an_empty_database(
     assert created.returncode == 0, created.stderr
 
 
-def _run(berth: BerthServer, *args: str, stdin: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [*BERTH, *args], input=stdin, env=berth.env, capture_output=True, text=True, timeout=120
-    )
-
-
 def test_a_lost_administrator_password_is_reset_on_the_server(server: BerthServer) -> None:
     with httpx.Client(base_url=f"{server.url}/api/v1", timeout=30) as api:
         assert api.get("/projects", auth=("admin", ADMIN_PASSWORD)).status_code == 200
-        reset = _run(
-            server, "user", "set-password", "admin", "--password-stdin", stdin="lost-and-found\n"
+        reset = server.cli(
+            "user", "set-password", "admin", "--password-stdin", input="lost-and-found\n"
         )
         assert reset.returncode == 0, reset.stderr
         assert "Set the password of admin" in reset.stdout
@@ -235,8 +222,7 @@ def test_a_lost_administrator_password_is_reset_on_the_server(server: BerthServe
 
 def test_deleting_users_and_projects(tmp_path: Path) -> None:
     berth = BerthServer(tmp_path / "data")
-    berth.data_dir.mkdir()
-    in_own_thread(lambda: upgrade(Settings(data_dir=berth.data_dir).resolved_database_url))
+    berth.cli("init")  # with the administrator `admin`
     berth.create_repository("demo", "app")
     berth.create_project("empty")
     berth.create_user("bob", "bob-password")
@@ -248,14 +234,15 @@ def test_deleting_users_and_projects(tmp_path: Path) -> None:
     assert berth._services(lambda s: s.identity.list_keys()) == []
     audit = [(e["action"], e["target"]) for e in berth.cli_json("audit", "demo")]
     assert audit[:2] == [("user.delete", "bob"), ("key.delete", key_id)]
-    last_admin = berth.cli("user", "delete", "root", "--yes", check=False)
+    assert berth.cli("user", "delete", "root", "--yes").returncode == 0
+    last_admin = berth.cli("user", "delete", "admin", "--yes", check=False)
     assert last_admin.returncode == 1 and "last server administrator" in last_admin.stderr
 
     # A project that holds repositories goes only once its name is typed again.
-    wrong = _run(berth, "project", "delete", "demo", stdin="demo2\n")
+    wrong = berth.cli("project", "delete", "demo", input="demo2\n", check=False)
     assert wrong.returncode == 1 and "nothing was deleted" in wrong.stderr
     assert "holds 1 repository" in wrong.stdout
-    typed = _run(berth, "project", "delete", "demo", stdin="demo\n")
+    typed = berth.cli("project", "delete", "demo", input="demo\n")
     assert typed.returncode == 0, typed.stderr
     assert "Deleted project demo and its 1 repository" in typed.stdout
     assert berth.cli_json("project", "delete", "empty", "--yes")["deleted"] is True
