@@ -138,11 +138,10 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        toml_file = os.environ.get(CONFIG_FILE_ENV, "berth.toml")
         return (
             init_settings,
             env_settings,
-            TomlConfigSettingsSource(settings_cls, toml_file=toml_file),
+            TomlConfigSettingsSource(settings_cls, toml_file=config_file()),
         )
 
     @property
@@ -167,6 +166,11 @@ class Settings(BaseSettings):
     def host_and_port(self) -> tuple[str, int]:
         host, _, port = self.listen.rpartition(":")
         return host.strip("[]") or "127.0.0.1", int(port)
+
+    @property
+    def tls(self) -> bool:
+        """Whether the server speaks HTTPS: with a certificate and its key."""
+        return self.tls_cert is not None and self.tls_key is not None
 
     @property
     def project_host_suffix(self) -> str:
@@ -213,20 +217,35 @@ _PROBLEMS = {
 }
 
 
-def _problem(error: Any) -> str:
+# What a value of a setting with a pattern looks like, instead of the regular expression.
+_PATTERNS = {"currency": "must be 3 capital letters, e.g. USD"}
+
+
+def _number(limit: Any) -> str:
+    """A limit as a person writes it: 60, not 60.0."""
+    return f"{limit:g}" if isinstance(limit, float) else str(limit)
+
+
+def _problem(name: str, error: Any) -> str:
     context = error.get("ctx") or {}
+    if error["type"] == "string_pattern_mismatch":
+        return _PATTERNS.get(name, "is not in the expected form")
     if error["type"] in _PROBLEMS:
         return str(_PROBLEMS[error["type"]])
     if error["type"] == "string_too_short":
         return f"is too short: at least {context.get('min_length')} characters"
     if error["type"] in ("greater_than_equal", "greater_than"):
         limit = context.get("ge", context.get("gt"))
-        return f"must be {'at least' if 'ge' in context else 'more than'} {limit}"
+        return f"must be {'at least' if 'ge' in context else 'more than'} {_number(limit)}"
+    if error["type"] in ("less_than_equal", "less_than"):
+        limit = context.get("le", context.get("lt"))
+        return f"must be {'at most' if 'le' in context else 'less than'} {_number(limit)}"
     if error["type"] == "literal_error":
         return f"must be one of {context.get('expected')}"
     if error["type"] == "value_error":
         return str(context.get("error", error["msg"]))
-    return str(error["msg"])[0].lower() + str(error["msg"])[1:]
+    message = str(error["msg"]).removeprefix("Input ")  # the value is shown before it
+    return message[0].lower() + message[1:]
 
 
 def load_settings(**overrides: Any) -> Settings:
@@ -242,5 +261,5 @@ def load_settings(**overrides: Any) -> Settings:
             name = str(error["loc"][0]) if error["loc"] else "?"
             source = setting_source(name, set(given))
             shown = "(hidden)" if name in SECRET_SETTINGS else repr(error["input"])
-            problems.append(f"{source}: {shown} {_problem(error)}")
+            problems.append(f"{source}: {shown} {_problem(name, error)}")
         raise SettingsError("; ".join(problems)) from None

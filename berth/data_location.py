@@ -48,6 +48,22 @@ async def _has_schema(url: str) -> bool:
         await engine.dispose()
 
 
+def unreachable_database(settings: Settings) -> str | None:
+    """Why the database server cannot be reached, or None when it can (or is an SQLite file,
+    which `create_data` makes)."""
+    if sqlite_file(settings) is not None:
+        return None
+    try:
+        asyncio.run(_has_schema(settings.resolved_database_url))
+    except Exception as exc:  # any driver's refusal: said, not shown as a traceback
+        return _cannot_open(settings, exc)
+    return None
+
+
+def _cannot_open(settings: Settings, exc: Exception) -> str:
+    return f"cannot open the database {shown_database(settings)}: {exc}"
+
+
 def missing_data(settings: Settings) -> str | None:
     """Why there is no Berth data where the settings point, or None when there is."""
     data_dir = settings.data_dir.absolute()
@@ -60,18 +76,18 @@ def missing_data(settings: Settings) -> str | None:
         if asyncio.run(_has_schema(settings.resolved_database_url)):
             return None
     except Exception as exc:  # any driver's refusal: said, not shown as a traceback
-        return f"cannot open the database {shown_database(settings)}: {exc}"
+        return _cannot_open(settings, exc)
     return f"the database {shown_database(settings)} holds no Berth data"
 
 
 def where_to_point(flags: set[str] | frozenset[str] = frozenset()) -> str:
     """How to point a verb at existing data, or make new data, for a refusal's second line."""
     source = setting_source("data_dir", flags)
-    if source.startswith("data_dir in") and not config_file().is_file():
+    config, found = config_file(), config_file().is_file()
+    if source.startswith("data_dir in") and not found:
         source = f"the default, berth-data in the working directory {Path.cwd()}"
     return (
-        f"(data_dir: {source}; config file: {config_file()}"
-        f"{'' if config_file().is_file() else ', not found'})\n"
+        f"(data_dir: {source}; config file: {config}{'' if found else ', not found'})\n"
         "Point berth at the server's data with `berth --data-dir DIR ...`, BERTH_DATA_DIR=DIR, "
         "or data_dir (and database_url) in the file named by BERTH_CONFIG; "
         "`berth init` (or `berth serve`) creates new data there."
@@ -81,9 +97,10 @@ def where_to_point(flags: set[str] | frozenset[str] = frozenset()) -> str:
 def create_data(settings: Settings) -> None:
     """Create the data directory and database where missing; bring the schema up to date."""
     data_dir = settings.data_dir.absolute()
-    if not data_dir.is_dir():
-        data_dir.mkdir(mode=0o700, parents=True)
-        data_dir.chmod(0o700)  # whatever the umask
+    data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    # Whatever the umask, and one an older Berth made (or a user made beforehand) too.
+    with contextlib.suppress(PermissionError):  # not ours: left as it is
+        data_dir.chmod(0o700)
     database = sqlite_file(settings)
     if database is not None:
         database.parent.mkdir(mode=0o700, parents=True, exist_ok=True)

@@ -12,9 +12,9 @@ import ssl
 import sys
 from collections.abc import Collection
 
-from berth.addresses import public_url
+from berth.addresses import public_host, public_url
 from berth.config import Settings, SettingsError, setting_source
-from berth.data_location import create_data
+from berth.data_location import create_data, unreachable_database
 from berth.state import Services
 
 
@@ -40,14 +40,15 @@ def _bootstrap_admin(settings: Settings, url: str) -> None:
     print(
         f"  Sign in to the console at {url}/console/ as {name!r}; create a project there (or\n"
         f"  berth project create PROJECT), then an access key under Access keys, and\n"
-        f"  docker login {url.split('://', 1)[1]} --username KEY_ID --password SECRET",
+        f"  docker login {public_host(settings)} --username KEY_ID --password SECRET",
         flush=True,
     )
 
 
 def _allow_open_files(connections: int) -> None:
-    """Raise this process's open-file limit (inherited by the workers) so it can hold
-    `connections` sockets per worker besides its own files; the soft limit is often 1024."""
+    """Raise the open-file limit so each worker can hold `connections` sockets besides its own
+    files; the soft limit is often 1024. The limit is per process and the workers inherit it:
+    one worker's connections, not all workers' together."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     wanted = connections + 1024
     if soft != resource.RLIM_INFINITY and soft < wanted:
@@ -65,7 +66,6 @@ def _allow_open_files(connections: int) -> None:
 def _connection_limits(settings: Settings) -> list[str]:
     """granian's options for slow and numerous clients: the connections each worker holds
     (each keeps its slot while open), and how long a client may take to send its headers."""
-    _allow_open_files(settings.max_connections * settings.workers)
     return [
         "--backlog",
         str(max(1024, min(settings.max_connections, 65535))),
@@ -151,20 +151,23 @@ def check(settings: Settings, flags: Collection[str] = ()) -> None:
     `flags` names the settings given as flags, to say where a bad value came from."""
     _check_tls(settings, flags)
     _check_address(settings, flags)
+    problem = unreachable_database(settings)
+    if problem is not None:
+        raise SettingsError(f"{setting_source('database_url', flags)}: {problem}")
 
 
 def serve(settings: Settings, flags: Collection[str] = ()) -> None:
     check(settings, flags)
     settings.data_dir = settings.data_dir.resolve()
+    initialise(settings)
     base = public_url(settings)
     print(f"Berth registry on {base}  (data in {settings.data_dir})")
     print(f"Web console: {base}/console/  (sign in as admin with its password)")
     print(f"Management API and its documentation: {base}/api/v1/docs")
-    initialise(settings)
+    _allow_open_files(settings.max_connections)
     # Worker processes build their own Settings; hand them exactly what was resolved here.
     os.environ.update(settings.to_environ())
     host, port = settings.host_and_port
-    tls = settings.tls_cert is not None
     # Replace this process with granian's own launcher: the supervisor then carries only
     # granian (not the CLI, Alembic and the rest), and workers import just the app.
     arguments = [
@@ -186,7 +189,7 @@ def serve(settings: Settings, flags: Collection[str] = ()) -> None:
         "--respawn-failed-workers",
         *_connection_limits(settings),
     ]
-    if tls:
+    if settings.tls:
         arguments += [
             "--ssl-certificate",
             str(settings.tls_cert),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from berth.addresses import public_url
+from berth.addresses import public_host
 from berth.auth.keyring import Keyring
 from berth.auth.throttle import LoginThrottle
 from berth.auth.tokens import Tokens
@@ -117,7 +117,7 @@ class Services:
         """Where clients that reached this server at `host` find `project`'s registry (from
         the server's public URL when there is no request: the CLI)."""
         if not host:
-            host = public_url(self.settings).split("://", 1)[1]
+            host = public_host(self.settings)
         return registry_address(project, host, self.settings.project_host_suffix)
 
     def start(self) -> None:

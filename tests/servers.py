@@ -165,10 +165,18 @@ class BerthServer:
             else ""
         )
 
-    def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        """Run a `berth` CLI verb against this server's data."""
+    def cli(
+        self, *args: str, check: bool = True, input: str | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        """Run a `berth` CLI verb against this server's data (`input` on its standard input)."""
         result = subprocess.run(
-            [*BERTH, *args], env=self.env, capture_output=True, text=True, cwd=ROOT, timeout=120
+            [*BERTH, *args],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+            timeout=120,
+            input=input,
         )
         if check and result.returncode != 0:
             raise AssertionError(f"berth {' '.join(args)} failed: {result.stdout}{result.stderr}")

@@ -7,6 +7,7 @@ import os
 import re
 import stat
 import subprocess
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,9 +17,8 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
+from berth.cli.gc import young_kept
 from berth.cli.main import app
-from berth.config import Settings
-from berth.metadata.migrate import upgrade
 from tests.servers import ADMIN_PASSWORD, BERTH, BerthServer, PostgresCluster, in_own_thread
 
 
@@ -59,13 +59,8 @@ def test_users_members_keys_and_audit(tmp_path: Path) -> None:
     berth = BerthServer(tmp_path / "data")
     berth.cli("init")
     berth.cli("project", "create", "demo")
-    created = subprocess.run(
-        [*BERTH, "user", "create", "alice", "--password-stdin", "--json"],
-        input="correct horse battery\n",
-        env=berth.env,
-        capture_output=True,
-        text=True,
-        check=True,
+    created = berth.cli(
+        "user", "create", "alice", "--password-stdin", "--json", input="correct horse battery\n"
     )
     assert json.loads(created.stdout)["name"] == "alice"
     no_role = berth.cli("key", "create", "--user", "alice", "--project", "demo", check=False)
@@ -211,17 +206,11 @@ def test_admin_verbs_refuse_an_empty_database(
     assert created.returncode == 0, created.stderr
 
 
-def _run(berth: BerthServer, *args: str, stdin: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [*BERTH, *args], input=stdin, env=berth.env, capture_output=True, text=True, timeout=120
-    )
-
-
 def test_a_lost_administrator_password_is_reset_on_the_server(server: BerthServer) -> None:
     with httpx.Client(base_url=f"{server.url}/api/v1", timeout=30) as api:
         assert api.get("/projects", auth=("admin", ADMIN_PASSWORD)).status_code == 200
-        reset = _run(
-            server, "user", "set-password", "admin", "--password-stdin", stdin="lost-and-found\n"
+        reset = server.cli(
+            "user", "set-password", "admin", "--password-stdin", input="lost-and-found\n"
         )
         assert reset.returncode == 0, reset.stderr
         assert "Set the password of admin" in reset.stdout
@@ -233,8 +222,7 @@ def test_a_lost_administrator_password_is_reset_on_the_server(server: BerthServe
 
 def test_deleting_users_and_projects(tmp_path: Path) -> None:
     berth = BerthServer(tmp_path / "data")
-    berth.data_dir.mkdir()
-    in_own_thread(lambda: upgrade(Settings(data_dir=berth.data_dir).resolved_database_url))
+    berth.cli("init")  # with the administrator `admin`
     berth.create_repository("demo", "app")
     berth.create_project("empty")
     berth.create_user("bob", "bob-password")
@@ -246,14 +234,15 @@ def test_deleting_users_and_projects(tmp_path: Path) -> None:
     assert berth._services(lambda s: s.identity.list_keys()) == []
     audit = [(e["action"], e["target"]) for e in berth.cli_json("audit", "demo")]
     assert audit[:2] == [("user.delete", "bob"), ("key.delete", key_id)]
-    last_admin = berth.cli("user", "delete", "root", "--yes", check=False)
+    assert berth.cli("user", "delete", "root", "--yes").returncode == 0
+    last_admin = berth.cli("user", "delete", "admin", "--yes", check=False)
     assert last_admin.returncode == 1 and "last server administrator" in last_admin.stderr
 
     # A project that holds repositories goes only once its name is typed again.
-    wrong = _run(berth, "project", "delete", "demo", stdin="demo2\n")
+    wrong = berth.cli("project", "delete", "demo", input="demo2\n", check=False)
     assert wrong.returncode == 1 and "nothing was deleted" in wrong.stderr
     assert "holds 1 repository" in wrong.stdout
-    typed = _run(berth, "project", "delete", "demo", stdin="demo\n")
+    typed = berth.cli("project", "delete", "demo", input="demo\n")
     assert typed.returncode == 0, typed.stderr
     assert "Deleted project demo and its 1 repository" in typed.stdout
     assert berth.cli_json("project", "delete", "empty", "--yes")["deleted"] is True
@@ -292,3 +281,58 @@ def test_tables_fit_80_columns_with_whole_ids_and_times_to_the_minute(tmp_path: 
     times = re.findall(r"\d{4}-\d\d-\d\d \d\d:\d\d(?::\d\d)? ?\S*", audit)
     assert times and all(re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d [A-Z+\-0-9]+", t) for t in times)
     assert keys[0]["access_key_id"] in audit
+
+    # A long audit target (a repository role: REPOSITORY:USER) folds, every character kept,
+    # beside every other column; the key ID stays whole.
+    project = "a-project-with-a-long-name"
+    repository = "nightly-builds-of-the-web-frontend-and-its-companion-services-in-all-the-regions"
+    description = "2024-05-01T12:00 nightly build"  # text that starts like a time
+    created = _berth_in(
+        tmp_path, "repo", "create", f"{project}/{repository}", "--description", description
+    )
+    assert created.returncode == 0, created.stderr
+    assert _berth_in(tmp_path, "user", "create", "bob", "--service-account").returncode == 0
+    granted = _berth_in(
+        tmp_path, "repo", "grant", f"{project}/{repository}", "bob", "--role", "viewer"
+    )
+    assert granted.returncode == 0, granted.stderr
+    target = f"{repository}:bob"
+    assert len(target) > 80
+    audit = typed("audit", project)
+    header = next(line for line in audit.splitlines() if "target" in line)
+    assert header.split() == ["at", "actor", "action", "target", "client"], audit
+    start, end = header.index("target"), header.index("client")
+    column = "".join(line[start:end].strip() for line in audit.splitlines())
+    assert target in column, audit
+    assert keys[0]["access_key_id"] in audit
+
+    # A description that starts like a time is shown as written.
+    assert "nightly" in typed("repo", "list", project)  # folded at 80 columns
+    assert description in typed("repo", "show", f"{project}/{repository}")
+
+    # Garbage collection history: times and states whole, like every other table.
+    assert _berth_in(tmp_path, "gc", "run", project, "--dry-run").returncode == 0
+    history = typed("gc", "history", project)
+    assert "succeeded" in history, history
+    # The start time, to the minute with its zone (at 80 columns, the time under the date).
+    assert re.search(r"\b\d{4}-\d\d-\d\d\b", history), history
+    assert re.search(r"\b\d\d:\d\d [A-Z+\-0-9]+", history), history
+    assert not re.search(r"\d\d:\d\d:\d\d", history), history
+
+
+def test_young_kept_names_the_zone_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TZ", "Asia/Seoul")
+    time.tzset()
+    try:
+        kept = young_kept(
+            {
+                "grace_period_seconds": 3600,
+                "young_images_kept": 1,
+                "young_blobs_kept": 2,
+                "young_collectable_at": "2026-12-01T03:00:00+00:00",
+            }
+        )
+    finally:
+        monkeypatch.undo()
+        time.tzset()
+    assert kept.endswith("; collectable from 2026-12-01 12:00 KST on"), kept

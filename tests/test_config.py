@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import resource
 import signal
 import stat
 import subprocess
@@ -12,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from berth.config import Settings, load_settings
+from berth.config import Settings, SettingsError, load_settings
 from berth.data_location import create_data
 from tests.servers import BERTH, ROOT, BerthServer, free_port, in_own_thread
 from tests.tls import make_ca_and_cert
@@ -58,11 +59,30 @@ def test_serve_flags_override_the_environment(tmp_path: Path) -> None:
     server = BerthServer(tmp_path / "data")
     server.extra_env["BERTH_LISTEN"] = "127.0.0.1:1"  # flags on `serve` must win over this
     server.serve_args = ["--listen", server.address]
+    # The open-file limit is per process: each of two workers needs room for its own
+    # max_connections, not for both workers' together (which would exceed the hard limit).
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard > 4096:
+        server.extra_env["BERTH_WORKERS"] = "2"
+        server.extra_env["BERTH_MAX_CONNECTIONS"] = str(hard - 2048)
     server.start()
     try:
         assert httpx.get(f"{server.url}/healthz").text == "ok"
+        assert "open-file limit" not in server.log_tail(), server.log_tail()
     finally:
         server.stop()
+
+
+def test_setting_problems_are_said_plainly(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BERTH_CURRENCY", "usd")
+    with pytest.raises(SettingsError) as currency:
+        load_settings()
+    assert str(currency.value) == "BERTH_CURRENCY: 'usd' must be 3 capital letters, e.g. USD"
+    monkeypatch.delenv("BERTH_CURRENCY")
+    monkeypatch.setenv("BERTH_HEADER_READ_TIMEOUT", "100")
+    with pytest.raises(SettingsError) as timeout:
+        load_settings()
+    assert str(timeout.value) == "BERTH_HEADER_READ_TIMEOUT: '100' must be at most 60"
 
 
 def test_every_setting_is_in_the_readme_configuration_table() -> None:
@@ -100,6 +120,11 @@ def test_bad_settings_are_named_before_serving(tmp_path: Path) -> None:
             {"BERTH_WORKERS": "abc"},
             "BERTH_WORKERS: 'abc' is not a whole number",
         ),
+        "database unreachable": (
+            [],
+            {"BERTH_DATABASE_URL": "postgresql+asyncpg://x@127.0.0.1:1/x"},
+            "BERTH_DATABASE_URL: cannot open the database postgresql+asyncpg://x@127.0.0.1:1/x",
+        ),
         "workers in the file": (
             [],
             {"BERTH_CONFIG": str(config)},
@@ -133,6 +158,7 @@ def test_bad_settings_are_named_before_serving(tmp_path: Path) -> None:
         assert process.returncode == 2, (case, out, err)
         assert err.startswith("error: ") and expected in err, (case, err)
         assert "Usage:" not in err + out and "pydantic" not in err, (case, err)
+        assert "Traceback" not in err and "Berth registry on" not in out, (case, out, err)
         assert not (tmp_path / case.replace(" ", "-")).exists(), f"{case}: data created"
 
 
@@ -159,8 +185,8 @@ def test_a_second_server_on_a_taken_address_refuses(tmp_path: Path) -> None:
         assert second.returncode != 0
         assert f"error: address {first.address} is already in use" in err
         assert not (tmp_path / "second").exists()
-        with httpx.Client(base_url=first.url) as client:
-            answers = [client.get("/healthz").status_code for _ in range(20)]
+        # A new connection for each request: a second listener would take some of them.
+        answers = [httpx.get(f"{first.url}/healthz").status_code for _ in range(20)]
         assert answers == [200] * 20
         assert first.process is not None and first.process.poll() is None
     finally:
@@ -172,5 +198,7 @@ def test_serving_makes_an_older_database_private(tmp_path: Path) -> None:
     in_own_thread(lambda: create_data(settings))
     database = tmp_path / "data" / "berth.db"
     database.chmod(0o644)  # as Berth made it before
+    (tmp_path / "data").chmod(0o755)  # likewise its data directory, or one made by hand
     in_own_thread(lambda: create_data(settings))  # what `berth serve` does before serving
     assert stat.S_IMODE(database.stat().st_mode) == 0o600
+    assert stat.S_IMODE((tmp_path / "data").stat().st_mode) == 0o700

@@ -6,7 +6,6 @@ import asyncio
 import datetime as dt
 import getpass
 import json
-import re
 import socket
 import sys
 from collections.abc import Awaitable, Callable
@@ -100,11 +99,17 @@ def run_service(work: Callable[[Services], Awaitable[T]]) -> T:
         fail(exc.message, 3 if isinstance(exc, Conflict) else 1)
 
 
-# Shown in full whatever the terminal's width: the values a user copies into the next command.
-ID_COLUMNS = {"access_key_id", "target"}
+# Never broken whatever the terminal's width: the value a user copies into the next command
+# (other columns fold, keeping every character).
+ID_COLUMNS = {"access_key_id"}
 # Empty times the console also says "never" for; any other empty value is a dash.
 NEVER_COLUMNS = {"last_used_at", "expires_at", "last_gc_at", "finished_at"}
-_ISO_TIME = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d")
+
+
+def is_time_column(column: str) -> bool:
+    """Columns that hold times, known by name: a value that merely looks like a date (a
+    description starting with one) is text."""
+    return column in ("at", "since") or column.endswith("_at")
 
 
 def when(value: str | None, empty: str = "never") -> str:
@@ -124,28 +129,57 @@ def cell(value: Any, column: str = "") -> str:
         return "never" if column in NEVER_COLUMNS else "-"
     if isinstance(value, bool):
         return "yes" if value else "no"
-    if isinstance(value, str) and _ISO_TIME.match(value):
-        return when(value)
+    if isinstance(value, str) and is_time_column(column):
+        try:
+            return when(value)
+        except ValueError:  # not a time after all: shown as it is
+            return value
     return str(value)
 
 
-def data_table(rows: list[dict[str, Any]], columns: list[str], title: str) -> Table:
+def data_table(
+    rows: list[dict[str, Any]],
+    columns: list[str],
+    title: str,
+    headers: dict[str, str] | None = None,
+) -> Table:
     """A table of `rows` that fits 80 columns: ID columns are never cut, times break only
-    between the date and the time, other columns wrap."""
+    between the date and the time, other columns fold. `headers` names columns otherwise
+    named after their key."""
     shown = Table(title=title, box=box.SIMPLE_HEAD, padding=0, show_edge=False)
     for column in columns:
         values = [cell(row[column], column) for row in rows]
         header = column.replace("_", " ").removesuffix(" at") if column != "at" else "at"
+        header = (headers or {}).get(column, header)
         if column in ID_COLUMNS:
             longest = max(map(len, values), default=0)
             shown.add_column(header, no_wrap=True, min_width=longest)
-        elif any(_ISO_TIME.match(str(row[column] or "")) for row in rows):
+        elif is_time_column(column):
             shown.add_column(header, min_width=len("2026-12-01"))  # the date on one line
         else:
             shown.add_column(header, overflow="fold")
     for row in rows:
         shown.add_row(*(Text(cell(row[c], c)) for c in columns))
     return shown
+
+
+def done(json_output: bool, value: dict[str, Any], message: str) -> None:
+    """What a verb that changes something prints: `value` as JSON, or `message`."""
+    if json_output:
+        print_json(value)
+    else:
+        console.print(message)
+
+
+YesFlag = Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")]
+
+
+def read_password(stdin: bool, prompt: str = "Password") -> str:
+    """A password from standard input's first line (--password-stdin), else asked for twice
+    without echo."""
+    if stdin:
+        return sys.stdin.readline().rstrip("\n")
+    return str(typer.prompt(prompt, hide_input=True, confirmation_prompt=True))
 
 
 def print_json(value: Any) -> None:

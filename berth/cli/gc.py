@@ -21,6 +21,7 @@ from berth.cli.common import (
     ProjectArg,
     cli_actor,
     console,
+    data_table,
     errors,
     print_json,
     run_service,
@@ -171,12 +172,20 @@ def gc_history(
     if json_output:
         print_json(runs)
         return
-    table = Table(title=f"Garbage collection in {project}")
-    for _, title in COLUMNS:
-        table.add_column(title)
-    for run in runs:
-        table.add_row(*(_cell(run[key]) for key, _ in COLUMNS))
-    console.print(table)
+    rows = [{key: _figure(run[key]) for key, _ in COLUMNS} for run in runs]
+    console.print(
+        data_table(
+            rows, [key for key, _ in COLUMNS], f"Garbage collection in {project}", dict(COLUMNS)
+        )
+    )
+
+
+def _figure(value: Any) -> Any:
+    """Counts with thousands separators and seconds to the millisecond; anything else as the
+    table shows it."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return value
+    return f"{value:,}" if isinstance(value, int) else f"{value:.3f}"
 
 
 def young_kept(run: dict[str, Any]) -> str:
@@ -188,17 +197,5 @@ def young_kept(run: dict[str, Any]) -> str:
         return f"nothing (gc_grace_period {period})"
     kept = f"{images:,} image{'s' * (images != 1)} and {blobs:,} blob{'s' * (blobs != 1)}"
     until = run["young_collectable_at"]
-    when = f"; collectable from {_cell(until)} UTC on" if until else ""
-    return f"{kept} (gc_grace_period {period}){when}"
-
-
-def _cell(value: Any) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, str) and len(value) > 19 and value[10] == "T":
-        return when(value)
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    if isinstance(value, int):
-        return f"{value:,}"
-    return str(value)
+    collectable = f"; collectable from {when(until)} on" if until else ""
+    return f"{kept} (gc_grace_period {period}){collectable}"

@@ -18,7 +18,6 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
-from berth.addresses import public_url
 from berth.cli import accounts
 from berth.cli.common import (
     BAD_SETTING,
@@ -33,8 +32,10 @@ from berth.cli.common import (
     cli_actor,
     console,
     data_table,
+    done,
     fail,
     print_json,
+    read_password,
     run_service,
     settings_or_exit,
     when,
@@ -44,7 +45,7 @@ from berth.cli.storage import storage_app
 from berth.config import SettingsError, config_file
 from berth.data_location import missing_data, shown_database, where_to_point
 from berth.domain.errors import NameUnknown
-from berth.domain.names import registry_address
+from berth.services.identity import CreatedKey
 from berth.services.images import Images
 from berth.state import Services
 
@@ -276,7 +277,7 @@ def repo_grant(
     """Give a user outside the project a role on one repository."""
     project, repository = _split_repo(name)
     run_service(lambda s: s.identity.grant(project, repository, user, role))
-    _done(
+    done(
         json_output,
         {"repository": name, "user": user, "role": role},
         f"{user} is now repository {role} of {name}",
@@ -292,14 +293,7 @@ def repo_revoke(
     """Remove a user's role on a repository."""
     project, repository = _split_repo(name)
     run_service(lambda s: s.identity.revoke(project, repository, user))
-    _done(json_output, {"repository": name, "user": user}, f"{user} has no role on {name} now")
-
-
-def _done(json_output: bool, value: dict[str, Any], message: str) -> None:
-    if json_output:
-        print_json(value)
-    else:
-        console.print(message)
+    done(json_output, {"repository": name, "user": user}, f"{user} has no role on {name} now")
 
 
 REPOSITORY_COLUMNS = [
@@ -316,7 +310,7 @@ REPOSITORY_COLUMNS = [
 def _show_repository(found: dict[str, Any], title: str) -> None:
     table = Table(title=title, show_header=False)
     table.add_column("setting", style="bold")
-    table.add_column("value")
+    table.add_column("value", overflow="fold")  # a long name whole, on two lines
     for column in ["project", *REPOSITORY_COLUMNS, "created_at"]:
         table.add_row(column.replace("_", " "), Text(cell(found[column], column)))
     console.print(table)
@@ -391,7 +385,7 @@ def repo_delete(
         )
 
     run_service(work)
-    _done(json_output, {"repository": name, "deleted": True}, f"Deleted repository {name}")
+    done(json_output, {"repository": name, "deleted": True}, f"Deleted repository {name}")
 
 
 def _split_image(value: str) -> tuple[str, str, str]:
@@ -508,7 +502,7 @@ def tag_restore(
         return digest
 
     digest = run_service(work)
-    _done(
+    done(
         json_output,
         {"repository": f"{project}/{repository}", "image": image, "tag": tag, "digest": digest},
         f"Restored {name}:{tag} -> {digest}",
@@ -530,16 +524,13 @@ def user_create(
     """Create a user (prompts for the password unless --password-stdin or --service-account)."""
     password: str | None = None
     if not service_account:
-        if password_stdin:
-            password = sys.stdin.readline().rstrip("\n")
-        else:
-            password = typer.prompt("Password", hide_input=True, confirmation_prompt=True)
+        password = read_password(password_stdin)
     created = run_service(
         lambda s: s.identity.create_user(
             name, password, is_admin=admin, service_account=service_account
         )
     )
-    _done(json_output, created, f"Created user [bold]{name}[/]")
+    done(json_output, created, f"Created user [bold]{name}[/]")
 
 
 @user_app.command("list")
@@ -561,7 +552,7 @@ def member_add(
 ) -> None:
     """Add a user to a project, or change their role."""
     run_service(lambda s: s.identity.add_member(project, user, role))
-    _done(
+    done(
         json_output,
         {"project": project, "user": user, "role": role},
         f"{user} is now {role} of {project}",
@@ -572,7 +563,7 @@ def member_add(
 def member_remove(project: ProjectArg, user: UserArg, json_output: JsonFlag = False) -> None:
     """Remove a user from a project; their access keys there stop working."""
     run_service(lambda s: s.identity.remove_member(project, user))
-    _done(json_output, {"project": project, "user": user}, f"{user} left {project}")
+    done(json_output, {"project": project, "user": user}, f"{user} left {project}")
 
 
 @member_app.command("list")
@@ -596,16 +587,18 @@ def key_create(
 ) -> None:
     """Create an access key. The secret is shown now and never again."""
     expires_at = expires.replace(tzinfo=dt.UTC) if expires else None
-    created = run_service(lambda s: s.identity.create_key(user, project, expires_at=expires_at))
+
+    async def work(s: Services) -> tuple[CreatedKey, str]:
+        created = await s.identity.create_key(user, project, expires_at=expires_at)
+        return created, s.registry_address(project, None).login
+
+    created, address = run_service(work)
     if json_output:
         print_json(created.as_dict())
         return
     console.print(f"Access key ID:     [bold]{created.key_id}[/]")
     console.print(f"Secret access key: [bold]{created.secret}[/]")
     console.print("[yellow]The secret is shown only now: store it safely.[/]")
-    settings = settings_or_exit()
-    host = public_url(settings).split("://", 1)[1]
-    address = registry_address(project, host, settings.project_host_suffix).login
     # Printed as plain lines, never wrapped to the terminal: they are pasted as they are.
     sys.stdout.write(
         "\nSign in with docker:\n"
@@ -649,21 +642,21 @@ def key_list(
 def key_disable(key_id: KeyIdArg, json_output: JsonFlag = False) -> None:
     """Disable a key; it stops working at once and can be enabled again."""
     run_service(lambda s: s.identity.set_key_disabled(key_id, True))
-    _done(json_output, {"access_key_id": key_id, "state": "disabled"}, f"Disabled {key_id}")
+    done(json_output, {"access_key_id": key_id, "state": "disabled"}, f"Disabled {key_id}")
 
 
 @key_app.command("enable")
 def key_enable(key_id: KeyIdArg, json_output: JsonFlag = False) -> None:
     """Enable a disabled key."""
     run_service(lambda s: s.identity.set_key_disabled(key_id, False))
-    _done(json_output, {"access_key_id": key_id, "state": "active"}, f"Enabled {key_id}")
+    done(json_output, {"access_key_id": key_id, "state": "active"}, f"Enabled {key_id}")
 
 
 @key_app.command("delete")
 def key_delete(key_id: KeyIdArg, json_output: JsonFlag = False) -> None:
     """Delete a key for good."""
     run_service(lambda s: s.identity.delete_key(key_id))
-    _done(json_output, {"access_key_id": key_id, "deleted": True}, f"Deleted {key_id}")
+    done(json_output, {"access_key_id": key_id, "deleted": True}, f"Deleted {key_id}")
 
 
 @app.command()
