@@ -630,7 +630,8 @@ class GarbageCollector:
             return kept
 
         def is_image(r: Any) -> bool:  # as `queries.is_image`
-            return r.id not in children and r.subject_digest is None
+            is_referrer = (r.repository_id, r.image, r.subject_digest) in by_key
+            return r.id not in children and not is_referrer
 
         kept = reached_from({r.id for r in rows if r.root})
         kept_by_tags = reached_from({r.id for r in rows if r.tagged})
