@@ -163,6 +163,23 @@ def test_a_referrer_pushed_before_its_subject_is_an_image_until_the_subject_arri
     assert image["referrer_count"] == 1
 
 
+def test_a_blob_many_images_use_is_refused_naming_a_few(team: Team) -> None:
+    registry, name = team.registry("member"), team.oci_name()
+    config = Blob(f'{{"os":"linux","n":"{uuid.uuid4().hex}"}}'.encode(), OCI_CONFIG)
+    layer = Blob(uuid.uuid4().bytes, OCI_LAYER)
+    push_blob(registry, name, config)
+    push_blob(registry, name, layer)
+    for n in range(12):
+        image = image_manifest(config.descriptor(), [layer.descriptor()], annotations={"n": f"{n}"})
+        push_manifest(registry, name, image.digest, image)
+
+    refused = registry.delete(f"/v2/{name}/blobs/{layer.digest}")
+    assert refused.status_code == 409, refused.text
+    [error] = refused.json()["errors"]
+    assert "and 11 more; delete the images that use it first" in error["message"]
+    assert len(error["detail"]["referencedBy"]) == 10
+
+
 def test_nested_image_names(team: Team) -> None:
     registry = team.registry()
     root = push_image(registry, team.oci_name(), "v1")
