@@ -83,7 +83,13 @@ class Services:
                 [
                     Job("storage-collect", settings.storage_collect_interval, usage.collect_all),
                     Job("usage-prune", 86_400, usage.prune),
-                    Job("storage-scrub", settings.storage_scrub_interval, storage_check.run),
+                    # Hashes every blob: first due one interval after the first start.
+                    Job(
+                        "storage-scrub",
+                        settings.storage_scrub_interval,
+                        storage_check.check_blobs,
+                        first_after_interval=True,
+                    ),
                     # Cheap (a directory listing): scratch files left by a crash go within hours.
                     Job("orphan-uploads", 3600, storage_check.remove_orphan_uploads),
                 ],

@@ -3,6 +3,8 @@ their scratch file, and scratch files no upload names."""
 
 from __future__ import annotations
 
+import asyncio
+import datetime as dt
 import json
 import os
 import sqlite3
@@ -17,6 +19,9 @@ from typing import Any
 import httpx
 import pytest
 
+from berth.domain.errors import Unavailable
+from berth.metadata import database
+from berth.metadata.database import Database
 from tests.conftest import Repo, new_repo
 from tests.oci import (
     OCI_MANIFEST,
@@ -166,21 +171,30 @@ def test_a_commit_whose_scratch_file_is_gone_is_a_retryable_upload_error(repo: R
 def test_storage_check_removes_scratch_files_no_upload_names(repo: Repo) -> None:
     uploads = repo.server.data_dir / "blobs" / "_uploads"
     hour_ago = time.time() - 7200
-    orphan, fresh = uuid.uuid4().hex, uuid.uuid4().hex
+    orphan, fresh, crashed = uuid.uuid4().hex, uuid.uuid4().hex, uuid.uuid4().hex
     (uploads / orphan).write_bytes(b"left by a crash")
     (uploads / fresh).write_bytes(b"an upload starting now")
-    os.utime(uploads / orphan, (hour_ago, hour_ago))
+    # The temporary files of a commit or a copy that a crash interrupted.
+    temporary = [f"{orphan}.commit", f"{crashed}.copy", f"{crashed}.commit"]
+    for name in [orphan, *temporary]:
+        (uploads / name).write_bytes(b"left by a crash")
+        os.utime(uploads / name, (hour_ago, hour_ago))
     live = repo.client.post(repo.url("blobs/uploads/")).headers["Location"]
     live_id = live.rsplit("/", 1)[1]
     assert repo.client.patch(live, content=b"some bytes").status_code == 202
     os.utime(uploads / live_id, (hour_ago, hour_ago))  # old, but its upload still names it
+    (uploads / f"{live_id}.copy").write_bytes(b"some")
+    os.utime(uploads / f"{live_id}.copy", (hour_ago, hour_ago))
 
     _code, report = storage_check(repo.server)
-    assert report["orphan_uploads_removed"] >= 1, report
+    assert report["orphan_uploads_removed"] >= 2, report
     remaining = scratch_files(repo.server)
     assert orphan not in remaining and fresh in remaining and live_id in remaining
+    assert not set(temporary) & set(remaining), remaining
+    assert f"{live_id}.copy" in remaining  # its upload goes on: it goes with the upload
     finished = repo.client.put(live, params={"digest": digest_of(b"some bytes")})
     assert finished.status_code == 201
+    assert f"{live_id}.copy" not in scratch_files(repo.server)
     (uploads / fresh).unlink()
 
 
@@ -199,6 +213,7 @@ def test_pushes_racing_garbage_collection_get_no_server_error(racing_server: Ber
     repo = new_repo(racing_server)
     stop = time.monotonic() + 8
     statuses: list[int] = []
+    lost: list[str] = []  # the codes of the commits and chunks that met a collected upload
 
     def push() -> None:
         with httpx.Client(base_url=racing_server.url, auth=repo.client.auth, timeout=30) as c:
@@ -209,9 +224,13 @@ def test_pushes_racing_garbage_collection_get_no_server_error(racing_server: Ber
                 if started.status_code != 202:
                     continue
                 location = started.headers["Location"]
-                statuses.append(c.patch(location, content=data).status_code)
-                done = c.put(location, params={"digest": digest_of(data)})
-                statuses.append(done.status_code)
+                for response in (
+                    c.patch(location, content=data),
+                    c.put(location, params={"digest": digest_of(data)}),
+                ):
+                    statuses.append(response.status_code)
+                    if response.status_code == 404:
+                        lost.append(error_code(response))
 
     def collect() -> None:
         with httpx.Client(base_url=racing_server.url, auth=repo.client.auth, timeout=30) as c:
@@ -225,6 +244,8 @@ def test_pushes_racing_garbage_collection_get_no_server_error(racing_server: Ber
     for thread in threads:
         thread.join()
     assert statuses and all(s < 500 for s in statuses), sorted(set(statuses))
+    # The race was met: some uploads were collected while in flight.
+    assert "BLOB_UPLOAD_UNKNOWN" in lost, (sorted(set(statuses)), lost)
 
 
 # ---------------------------------------------------------------- a full disk, a locked database
@@ -292,6 +313,28 @@ def test_a_database_locked_elsewhere_answers_503_with_retry_after(
     assert repo.client.post(repo.url("blobs/uploads/")).status_code == 202
 
 
+def test_a_write_queued_behind_this_process_writer_for_too_long_is_a_503(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SQLite: one writer connection per process; a write that waits too long for it is
+    refused as busy (503, Retry-After), not a server error."""
+    monkeypatch.setattr(database, "WRITER_QUEUE_SECONDS", 0.2)
+    db = Database(f"sqlite+aiosqlite:///{tmp_path / 'queue.db'}")
+
+    async def queue() -> Unavailable:
+        try:
+            async with db.write():  # holds the writer
+                with pytest.raises(Unavailable) as refused:
+                    async with db.write():
+                        pass
+            return refused.value
+        finally:
+            await db.dispose()
+
+    refused = asyncio.run(queue())
+    assert refused.status == 503 and refused.headers["Retry-After"].isdigit()
+
+
 # ---------------------------------------------------------------- the scheduled jobs
 
 
@@ -302,6 +345,18 @@ def until(check: Any, seconds: float) -> bool:
             return True
         time.sleep(0.2)
     return False
+
+
+def scrub_lease(data_dir: Path) -> tuple[str, dt.datetime] | None:
+    """Who last ran the storage-scrub job ('' for nobody yet), and when it is next due."""
+    with sqlite3.connect(data_dir / "berth.db") as db:
+        found = db.execute(
+            "SELECT holder, expires_at FROM job_leases WHERE name = 'storage-scrub'"
+        ).fetchone()
+    if found is None:
+        return None
+    due = dt.datetime.fromisoformat(found[1])
+    return found[0], due if due.tzinfo else due.replace(tzinfo=dt.UTC)
 
 
 def test_the_scheduled_jobs_remove_orphaned_scratch_files_and_set_damaged_blobs_aside(
@@ -315,6 +370,11 @@ def test_the_scheduled_jobs_remove_orphaned_scratch_files_and_set_damaged_blobs_
     server = BerthServer(tmp_path).start()
     try:
         assert until(lambda: not orphan.exists(), 15), "the orphan-uploads job did not run"
+        # The scrub hashes every blob: a first start does not run it at once.
+        assert until(lambda: scrub_lease(tmp_path) is not None, 15)
+        holder, due = scrub_lease(tmp_path) or ("?", None)
+        assert holder == "" and due is not None
+        assert due > dt.datetime.now(dt.UTC) + dt.timedelta(hours=23)
         repo = new_repo(server)
         data = os.urandom(2 * MIB)
         digest = push_bytes(repo.client, repo.name, data)

@@ -12,7 +12,6 @@ from pydantic import BaseModel, ConfigDict, Field
 from berth.api.deps import ManageProject, Page, PagingDep, ReadProject
 from berth.api.problems import responses
 from berth.auth.guard import client_address
-from berth.services.gc import audit_gc_run
 
 router = APIRouter(prefix="/projects/{project}/gc", tags=["garbage collection"])
 
@@ -94,8 +93,8 @@ async def start_gc(request: Request, ctx: ManageProject, body: StartRun | None =
         dry_run=options.dry_run,
         delete_untagged=options.delete_untagged,
         actor=ctx.actor,
+        client=client_address(request),
     )
-    await audit_gc_run(ctx.services, run, ctx.actor, client_address(request))
     return Run.model_validate(run)
 
 

@@ -8,7 +8,6 @@ this process die.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable
 from typing import Annotated, Any
 
 import typer
@@ -27,7 +26,7 @@ from berth.cli.common import (
     run_service,
     when,
 )
-from berth.services.gc import FAILED, ROLLED_BACK, audit_gc_run
+from berth.services.gc import FAILED, ROLLED_BACK
 from berth.state import Services
 
 gc_app = typer.Typer(help="Garbage collection: free storage no image needs.", no_args_is_help=True)
@@ -111,16 +110,13 @@ def gc_run(
                     total=run["progress_total"],
                 )
 
-        def started(run: dict[str, Any]) -> Awaitable[None]:
-            return audit_gc_run(services, run, actor, CLI_CLIENT)
-
         return await services.gc.run(
             project,
             dry_run=dry_run,
             delete_untagged=delete_untagged,
             actor=actor,
+            client=CLI_CLIENT,
             progress=advance,
-            started=started,
         )
 
     if json_output:

@@ -24,11 +24,13 @@ class Leases:
         self.db = db
         self.holder = holder[:64]
 
-    async def ensure(self, name: str) -> None:
-        """Create the job's row if it is new: due at once."""
+    async def ensure(self, name: str, due: dt.datetime | None = None) -> None:
+        """Create the job's row if it is new: due at once, or at `due`."""
         async with self.db.write() as conn:
             await conn.execute(
-                self.db.insert_ignore(job_leases).values(name=name, holder="", expires_at=_LONG_AGO)
+                self.db.insert_ignore(job_leases).values(
+                    name=name, holder="", expires_at=due or _LONG_AGO
+                )
             )
 
     async def due_at(self, name: str) -> dt.datetime | None:

@@ -33,6 +33,9 @@ class Job:
     name: str
     interval: float  # seconds from the start of one run to the start of the next
     run: Callable[[], Coroutine[Any, Any, object]]
+    # A new job is due at once, or, with this, one interval after it is first scheduled (a
+    # heavy job that should not run on a server's first start).
+    first_after_interval: bool = False
 
     @property
     def hold(self) -> float:
@@ -66,7 +69,10 @@ class Scheduler:
             try:
                 due = await self.leases.due_at(job.name)
                 if due is None:
-                    await self.leases.ensure(job.name)
+                    first = None
+                    if job.first_after_interval:
+                        first = utcnow() + dt.timedelta(seconds=job.interval)
+                    await self.leases.ensure(job.name, first)
                     continue
                 wait = (due - utcnow()).total_seconds()
                 if wait <= 0:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sqlalchemy import ColumnElement, Exists, Select, and_, select
+from sqlalchemy import ColumnElement, Exists, Select, and_, or_, select
 
 from berth.metadata.tables import manifest_references, manifests
 
@@ -30,12 +30,29 @@ def is_index_child() -> Exists:
     )
 
 
+def is_stored_referrer() -> Exists:
+    """For a row of `manifests`: its subject is stored in the same repository and image (a
+    lookup in their unique index). A referrer pushed before its subject (OCI allows it) is
+    not one yet: until the subject arrives it is an image of its own."""
+    subject = manifests.alias("subject")
+    return (
+        select(subject.c.id)
+        .where(
+            subject.c.repository_id == manifests.c.repository_id,
+            subject.c.image == manifests.c.image,
+            subject.c.digest == manifests.c.subject_digest,
+        )
+        .exists()
+    )
+
+
 def is_image() -> ColumnElement[bool]:
     """For a row of `manifests`: it is an image. The one definition every count and listing
     uses (the summary, the repository page, the image list, the image limit, GC's figures):
     a top-level manifest, that is neither a platform manifest of a stored index (it counts
-    with its index) nor a referrer (a signature or SBOM: it is listed under its subject)."""
-    return and_(manifests.c.subject_digest.is_(None), ~is_index_child())
+    with its index) nor a referrer of a stored subject (a signature or SBOM: it is listed
+    under its subject)."""
+    return and_(or_(manifests.c.subject_digest.is_(None), ~is_stored_referrer()), ~is_index_child())
 
 
 def indexes_listing(repository_id: int, image: str, digest: str) -> Select[tuple[str, str]]:

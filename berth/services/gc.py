@@ -29,21 +29,23 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import json
 import logging
 import os
 import socket
 import time
-from collections.abc import Awaitable, Callable, Iterable, Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, TypeVar
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, replace
+from typing import Any, TypeVar
 
-from sqlalchemy import Integer, String, delete, func, literal, or_, select, text, update
+from sqlalchemy import Integer, String, delete, func, literal, select, text, update
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from berth.domain.errors import RegistryError
 from berth.metadata.database import Database
 from berth.metadata.tables import (
+    audit_log,
     blobs,
     gc_runs,
     gc_sweep,
@@ -62,9 +64,6 @@ from berth.metadata.tables import (
 from berth.services.repositories import require_project
 from berth.services.restrictions import WRITE_GATE_LOCK
 from berth.storage.base import BlobStore
-
-if TYPE_CHECKING:
-    from berth.state import Services
 
 logger = logging.getLogger("berth.gc")
 
@@ -102,10 +101,6 @@ class Young:
     images: int = 0  # untagged images nothing else keeps (`queries.is_image`)
     blobs: int = 0  # blobs linked in a repository that no manifest of it references
     newest: dt.datetime | None = None  # push or link time of the youngest of them
-
-    def merged(self, other: Young) -> Young:
-        times = [t for t in (self.newest, other.newest) if t is not None]
-        return Young(self.images + other.images, self.blobs + other.blobs, max(times, default=None))
 
 
 @dataclass(frozen=True, slots=True)
@@ -229,11 +224,22 @@ class GarbageCollector:
     # ------------------------------------------------------------------ starting runs
 
     async def launch(
-        self, project: str, *, dry_run: bool = False, delete_untagged: bool = False, actor: str
+        self,
+        project: str,
+        *,
+        dry_run: bool = False,
+        delete_untagged: bool = False,
+        actor: str,
+        client: str | None = None,
     ) -> dict[str, Any]:
         """Start a run in the background of this process (the API); returns it as queued."""
         run = await self.start_run(
-            project, dry_run=dry_run, delete_untagged=delete_untagged, actor=actor, here=False
+            project,
+            dry_run=dry_run,
+            delete_untagged=delete_untagged,
+            actor=actor,
+            client=client,
+            here=False,
         )
         self._spawn(int(run["id"]))
         return run
@@ -245,24 +251,35 @@ class GarbageCollector:
         dry_run: bool = False,
         delete_untagged: bool = False,
         actor: str,
+        client: str | None = None,
         progress: Progress | None = None,
-        started: Callable[[dict[str, Any]], Awaitable[None]] | None = None,
     ) -> dict[str, Any]:
-        """Start a run and carry it out here (the CLI); returns it finished. `started` is
-        told of the run before it begins (to audit it)."""
+        """Start a run and carry it out here (the CLI); returns it finished."""
         run = await self.start_run(
-            project, dry_run=dry_run, delete_untagged=delete_untagged, actor=actor, here=True
+            project,
+            dry_run=dry_run,
+            delete_untagged=delete_untagged,
+            actor=actor,
+            client=client,
+            here=True,
         )
-        if started is not None:
-            await started(run)
         return await self.execute(int(run["id"]), progress)
 
     async def start_run(
-        self, project: str, *, dry_run: bool, delete_untagged: bool, actor: str, here: bool
+        self,
+        project: str,
+        *,
+        dry_run: bool,
+        delete_untagged: bool,
+        actor: str,
+        client: str | None = None,
+        here: bool,
     ) -> dict[str, Any]:
         """Record a new run and take the project's GC lease; refused while one is running.
         An interrupted run of the project is recovered first (finished `here`, or in the
-        background, when its sweep was under way: then this one is refused)."""
+        background, when its sweep was under way: then this one is refused). The project's
+        audit log records the run with it: who, from where (`client`), with which options
+        (it deletes images); its outcome is in the GC history under the same id."""
         project_id = await self._project_id(project)
         await self.recover(project_id, resume_here=here)
         name = lease_name(project_id)
@@ -306,6 +323,19 @@ class GarbageCollector:
                     .returning(gc_runs.c.id)
                 )
             ).scalar_one()
+            await conn.execute(
+                audit_log.insert().values(
+                    at=now,
+                    project_id=project_id,
+                    actor=actor[:64],
+                    action="gc.dry_run" if dry_run else "gc.run",
+                    target=f"run {run_id}",
+                    detail=json.dumps(
+                        {"run": run_id, "dry_run": dry_run, "delete_untagged": delete_untagged}
+                    ),
+                    client=client[:64] if client else None,
+                )
+            )
             if not dry_run:
                 # Files a failed run of this project left to sweep become this run's work.
                 await conn.execute(
@@ -447,6 +477,10 @@ class GarbageCollector:
                         figures = await self._blob_figures(
                             conn, run, decision.unlinked, storage=True
                         )
+                        links, linked_at = await self._young_links(conn, run)
+                        times = [t for t in (decision.young.newest, linked_at) if t is not None]
+                        young = Young(decision.young.images, links, max(times, default=None))
+                        decision = replace(decision, young=young)
                         raise _DryRunDone(decision, figures)  # rolls the transaction back
                     await self._lift(conn, run, decision)
                 return decision
@@ -465,43 +499,17 @@ class GarbageCollector:
         if run.delete_untagged:
             images, young = await self._delete_images(conn, run, in_project, cutoff)
 
-        # The project's links that no manifest of their repository references, past the
-        # grace. Written so that both planners go from the link to the references of its
-        # digest (an index) and then to each referencing manifest (its key): joined the other
-        # way round, SQLite scanned the repository's manifests for every link.
-        manifest_repository = (
-            select(manifests.c.repository_id)
-            .where(manifests.c.id == manifest_references.c.manifest_id)
-            .scalar_subquery()
-        )
-        referenced = (
-            select(literal(1))
-            .where(
-                manifest_references.c.digest == repository_blobs.c.digest,
-                manifest_repository == repository_blobs.c.repository_id,
-            )
-            .exists()
-        )
+        # The project's links that no manifest of their repository references, past the grace.
         unlinked = await conn.execute(
             delete(repository_blobs)
             .where(
                 repository_blobs.c.repository_id.in_(in_project),
                 repository_blobs.c.linked_at < cutoff,
-                ~referenced,
+                ~_link_referenced(),
             )
             .returning(repository_blobs.c.digest)
         )
         digests = frozenset(unlinked.scalars())
-        # What stays unreferenced now is younger than the grace period: say so, and until when.
-        young_links = (
-            await conn.execute(
-                select(
-                    func.count(func.distinct(repository_blobs.c.digest)),
-                    func.max(repository_blobs.c.linked_at),
-                ).where(repository_blobs.c.repository_id.in_(in_project), ~referenced)
-            )
-        ).one()
-        young = young.merged(Young(0, int(young_links[0]), young_links[1]))
 
         # Uploads nobody has touched for the grace period: their scratch files are swept.
         await conn.execute(
@@ -520,6 +528,22 @@ class GarbageCollector:
         )
         removed_uploads = await conn.execute(delete(uploads).where(uploads.c.id.in_(abandoned)))
         return Decision(images, int(removed_uploads.rowcount or 0), digests, young)
+
+    async def _young_links(
+        self, conn: AsyncConnection, run: _Run
+    ) -> tuple[int, dt.datetime | None]:
+        """The project's blobs linked but referenced by no manifest of their repository: after
+        step 2, those are younger than the grace period. How many, and the newest link."""
+        in_project = select(repositories.c.id).where(repositories.c.project_id == run.project_id)
+        row = (
+            await conn.execute(
+                select(
+                    func.count(func.distinct(repository_blobs.c.digest)),
+                    func.max(repository_blobs.c.linked_at),
+                ).where(repository_blobs.c.repository_id.in_(in_project), ~_link_referenced())
+            )
+        ).one()
+        return int(row[0]), row[1]
 
     async def _blob_figures(
         self, conn: AsyncConnection, run: _Run, digests: frozenset[str], *, storage: bool
@@ -585,7 +609,6 @@ class GarbageCollector:
                     manifests.c.subject_digest,
                     manifests.c.pushed_at,
                     tagged.label("tagged"),
-                    or_(manifests.c.pushed_at >= cutoff, tagged).label("root"),
                 ).where(manifests.c.repository_id.in_(in_project))
             )
         ).all()
@@ -630,9 +653,10 @@ class GarbageCollector:
             return kept
 
         def is_image(r: Any) -> bool:  # as `queries.is_image`
-            return r.id not in children and r.subject_digest is None
+            is_referrer = (r.repository_id, r.image, r.subject_digest) in by_key
+            return r.id not in children and not is_referrer
 
-        kept = reached_from({r.id for r in rows if r.root})
+        kept = reached_from({r.id for r in rows if r.tagged or r.pushed_at >= cutoff})
         kept_by_tags = reached_from({r.id for r in rows if r.tagged})
         only_young = [r for r in rows if r.id in kept and r.id not in kept_by_tags]
         young = Young(
@@ -698,6 +722,17 @@ class GarbageCollector:
         those, and no project's run would find them through its own links."""
         async with self.db.read() as conn:
             figures = await self._blob_figures(conn, run, unlinked, storage=False)
+            # What stays unreferenced is younger than the grace period: say so, and until when
+            # (counted here, not while the project's writes were refused).
+            young_blobs, linked_at = await self._young_links(conn, run)
+            collectable = (
+                await conn.execute(
+                    select(gc_runs.c.young_collectable_at).where(gc_runs.c.id == run.id)
+                )
+            ).scalar()
+        if linked_at is not None:
+            links_collectable = linked_at + dt.timedelta(seconds=self.grace_period)
+            collectable = max(collectable or links_collectable, links_collectable)
         for chunk in _chunks(sorted(unlinked)):
             async with self.db.write() as conn:
                 await conn.execute(
@@ -734,7 +769,11 @@ class GarbageCollector:
                 )
             )
             to_sweep = select(func.count()).where(gc_sweep.c.run_id == run.id).scalar_subquery()
-            values: dict[str, Any] = {"progress_total": gc_runs.c.progress_done + to_sweep}
+            values: dict[str, Any] = {
+                "progress_total": gc_runs.c.progress_done + to_sweep,
+                "young_blobs_kept": young_blobs,
+                "young_collectable_at": collectable,
+            }
             if unlinked:
                 values.update(blobs_deleted=figures.blobs, bytes_freed=figures.bytes)
             await conn.execute(update(gc_runs).where(gc_runs.c.id == run.id).values(**values))
@@ -1075,22 +1114,23 @@ class GarbageCollector:
         return runs, int(total)
 
 
-async def audit_gc_run(
-    services: Services, run: dict[str, Any], actor: str, client: str | None
-) -> None:
-    """A started run in the project's audit log: who, from where, with which options (it
-    deletes images). Its outcome is in the GC history under the same id."""
-    await services.identity.record(
-        actor,
-        "gc.dry_run" if run["dry_run"] else "gc.run",
-        project_id=await services.repositories.project_id(run["project"]),
-        target=f"run {run['id']}",
-        detail={
-            "run": run["id"],
-            "dry_run": run["dry_run"],
-            "delete_untagged": run["delete_untagged"],
-        },
-        client=client,
+def _link_referenced() -> Any:
+    """For a row of `repository_blobs`: some manifest of its repository references the blob.
+    Written so that both planners go from the link to the references of its digest (an
+    index) and then to each referencing manifest (its key): joined the other way round,
+    SQLite scanned the repository's manifests for every link."""
+    manifest_repository = (
+        select(manifests.c.repository_id)
+        .where(manifests.c.id == manifest_references.c.manifest_id)
+        .scalar_subquery()
+    )
+    return (
+        select(literal(1))
+        .where(
+            manifest_references.c.digest == repository_blobs.c.digest,
+            manifest_repository == repository_blobs.c.repository_id,
+        )
+        .exists()
     )
 
 
@@ -1142,5 +1182,4 @@ __all__ = [
     "GarbageCollector",
     "GcAlreadyRunning",
     "GcRunUnknown",
-    "audit_gc_run",
 ]

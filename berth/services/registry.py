@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import and_, bindparam, delete, false, func, select, update
+from sqlalchemy import Select, and_, bindparam, delete, false, func, select, update
 from sqlalchemy.exc import IntegrityError
 
 from berth.domain.digests import digest_bytes, is_digest, parse_digest
@@ -119,11 +119,32 @@ _MANIFEST_BY_TAG = (
 )
 
 
+# A refusal to delete content in use names this many of the manifests that use it.
+REFERENCED_BY_SHOWN = 10
+
+
+async def _users(conn: Any, query: Select[Any]) -> tuple[Sequence[Any], int]:
+    """The first few rows of `query` (manifests that use some content), and how many in all."""
+    users = (await conn.execute(query.limit(REFERENCED_BY_SHOWN))).all()
+    total = len(users)
+    if total == REFERENCED_BY_SHOWN:
+        counted = select(func.count()).select_from(query.order_by(None).subquery())
+        total = int((await conn.execute(counted)).scalar_one())
+    return users, total
+
+
 async def _in_use(
-    conn: Any, repo: RepositoryRef, what: str, users: Sequence[Any], *, index: bool = False
+    conn: Any,
+    repo: RepositoryRef,
+    what: str,
+    users: Sequence[Any],
+    total: int,
+    *,
+    index: bool = False,
 ) -> Conflict:
-    """The refusal to delete content that stored manifests (`users`: image, digest rows) still
-    reference, naming them and their tags, so the caller knows what to delete first."""
+    """The refusal to delete content that stored manifests (`users`: image, digest rows, the
+    first few of `total`) still reference, naming them and the first one's tags, so the
+    caller knows what to delete first."""
     first = users[0]
     names = (
         (
@@ -143,7 +164,7 @@ async def _in_use(
     )
     oci_name = "/".join(part for part in (repo.project, repo.name, first.image) if part)
     tagged = f" (tagged {', '.join(names)})" if names else ""
-    others = f" and {len(users) - 1} more" if len(users) > 1 else ""
+    others = f" and {total - 1:,} more" if total > 1 else ""
     kind = "index" if index else "manifest"
     todo = "delete the index instead" if index else "delete the images that use it first"
     return Conflict(
@@ -234,20 +255,19 @@ class Registry:
         Refused while a manifest of the repository uses it: that image would no longer pull."""
         parse_digest(digest)
         async with self.db.write() as conn:
-            users = (
-                await conn.execute(
-                    select(manifests.c.image, manifests.c.digest)
-                    .join(manifest_references, manifest_references.c.manifest_id == manifests.c.id)
-                    .where(
-                        manifests.c.repository_id == repo.id,
-                        manifest_references.c.digest == digest,
-                        ~manifest_references.c.is_manifest,
-                    )
-                    .order_by(manifests.c.id)
+            users, total = await _users(
+                conn,
+                select(manifests.c.image, manifests.c.digest)
+                .join(manifest_references, manifest_references.c.manifest_id == manifests.c.id)
+                .where(
+                    manifests.c.repository_id == repo.id,
+                    manifest_references.c.digest == digest,
+                    ~manifest_references.c.is_manifest,
                 )
-            ).all()
+                .order_by(manifests.c.id),
+            )
             if users:
-                raise await _in_use(conn, repo, f"blob {digest}", users)
+                raise await _in_use(conn, repo, f"blob {digest}", users, total)
             result = await conn.execute(
                 delete(repository_blobs).where(
                     repository_blobs.c.repository_id == repo.id, repository_blobs.c.digest == digest
@@ -550,13 +570,13 @@ class Registry:
         async with self.db.write() as conn:
             if is_digest(reference):
                 parse_digest(reference)
-                parents = (
-                    await conn.execute(
-                        indexes_listing(repo.id, image, reference).order_by(manifests.c.id)
-                    )
-                ).all()
+                parents, total = await _users(
+                    conn, indexes_listing(repo.id, image, reference).order_by(manifests.c.id)
+                )
                 if parents:
-                    raise await _in_use(conn, repo, f"manifest {reference}", parents, index=True)
+                    raise await _in_use(
+                        conn, repo, f"manifest {reference}", parents, total, index=True
+                    )
                 tagged = (
                     (
                         await conn.execute(

@@ -65,7 +65,15 @@ class StorageCheck:
         self.orphan_age = max(orphan_age, MIN_ORPHAN_AGE_SECONDS)
 
     async def run(self) -> CheckReport:
-        """Check every recorded blob, set damaged ones aside, remove orphaned scratch files."""
+        """Check every recorded blob, set damaged ones aside, remove orphaned scratch files
+        (`berth storage check`)."""
+        report = await self.check_blobs()
+        report.orphan_uploads_removed = await self.remove_orphan_uploads()
+        return report
+
+    async def check_blobs(self) -> CheckReport:
+        """Check every recorded blob and set damaged ones aside (the `storage-scrub` job;
+        orphaned scratch files are the `orphan-uploads` job's)."""
         report = CheckReport()
         after = ""
         while True:
@@ -83,7 +91,6 @@ class StorageCheck:
             for digest, size in rows:
                 await self._check(report, digest, int(size))
             after = rows[-1][0]
-        report.orphan_uploads_removed = await self.remove_orphan_uploads()
         if report.damaged or report.missing:
             logger.warning(
                 "storage check: %d blobs damaged (set aside; pushing them again repairs them), "

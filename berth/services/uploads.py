@@ -8,6 +8,7 @@ buffer, so one push keeps both cores busy. The running hash lives in memory; whe
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import errno
 import hashlib
@@ -144,14 +145,9 @@ class Uploads:
         async with self.db.read() as conn:
             await refuse_if_restricted(conn, repo.project_id, repo.project)
         # The scratch object exists from the start, so any node can pick the upload up.
-        try:
+        async with self._storage_faults(upload.id):
             writer = await self.store.open_upload(upload.id, 0)
-        except OSError as exc:
-            if _is_storage_full(exc):
-                await self.store.delete_upload(upload.id)
-                raise _storage_full() from None
-            raise
-        await writer.close()
+            await writer.close()
         now = utcnow()
         try:
             async with self.db.write() as conn:
@@ -206,25 +202,16 @@ class Uploads:
                         "send chunks in order",
                         upload.offset,
                     )
-            try:
+            async with self._storage_faults(upload.id):
                 hasher = await self._hasher_at(upload)
                 writer = await self.store.open_upload(upload.id, upload.offset)
-            except FileNotFoundError:
-                await self._discard(upload.id)
-                raise _data_lost(upload.id) from None
-            full = False
-            try:
-                written = await _pipe(writer, hasher, body)
-            except BaseException as exc:
-                self._hashes.drop(upload.id)  # the stored bytes past `offset` are discarded
-                if not (isinstance(exc, OSError) and _is_storage_full(exc)):
+                try:
+                    written = await _pipe(writer, hasher, body)
+                except BaseException:
+                    self._hashes.drop(upload.id)  # the stored bytes past `offset` are discarded
                     raise
-                full = True
-            finally:
-                await writer.close()
-            if full:
-                await self._discard(upload.id)  # its space back at once
-                raise _storage_full()
+                finally:
+                    await writer.close()
             upload.offset += written
             upload.digest_at_offset = "sha256:" + hasher.copy().hexdigest()
             self._hashes.put(upload.id, upload.offset, hasher)
@@ -261,7 +248,7 @@ class Uploads:
             upload = await self.append(upload, body, content_range)
         async with self._lock(upload.id):
             upload = await self._refresh(upload)
-            try:
+            async with self._storage_faults(upload.id):
                 actual = await self._final_digest(upload, expected.algorithm)
                 if actual != str(expected):
                     await self._discard(upload.id)
@@ -277,15 +264,6 @@ class Uploads:
                     # Gone whatever happened, as if it had been renamed into place: a client
                     # must not go on writing into the blob's file.
                     await self.store.delete_upload(upload.id)
-            except FileNotFoundError:
-                # Garbage collection removed the upload as abandoned while it was finishing.
-                await self._discard(upload.id)
-                raise _data_lost(upload.id) from None
-            except OSError as exc:
-                if not _is_storage_full(exc):
-                    raise
-                await self._discard(upload.id)
-                raise _storage_full() from None
             self._hashes.drop(upload.id)
             self._locks.pop(upload.id, None)
             return actual
@@ -331,6 +309,23 @@ class Uploads:
         async with self._lock(upload.id):
             await self._discard(upload.id)
         self._locks.pop(upload.id, None)
+
+    @contextlib.asynccontextmanager
+    async def _storage_faults(self, upload_id: str) -> AsyncIterator[None]:
+        """What storage does to an upload, as its client should see it; the upload is
+        discarded either way. Its scratch file gone (garbage collection removed the upload
+        as abandoned while it was in use): BLOB_UPLOAD_UNKNOWN, which clients retry with a new
+        upload. The disk full: STORAGE_FULL, and its space back at once."""
+        try:
+            yield
+        except FileNotFoundError:
+            await self._discard(upload_id)
+            raise _data_lost(upload_id) from None
+        except OSError as exc:
+            if not _is_storage_full(exc):
+                raise
+            await self._discard(upload_id)
+            raise _storage_full() from None
 
     async def _discard(self, upload_id: str) -> None:
         async with self.db.write() as conn:

@@ -173,6 +173,9 @@ class Usage:
         return await self._collect(project_id)
 
     async def _collect(self, project_id: int) -> dict[str, Any]:
+        return _sample(*await self._record(project_id))
+
+    async def _record(self, project_id: int) -> tuple[dt.datetime, StorageFigures]:
         async with self.db.read() as conn:
             figures = (await self._storage(conn, project_id)).get(project_id, NOTHING)
         at = utcnow()
@@ -186,7 +189,7 @@ class Usage:
                     images=figures.images,
                 )
             )
-        return _sample(at, figures)
+        return at, figures
 
     async def collect_all(self) -> int:
         """Record a storage sample for every project (the scheduled job); returns how many."""
@@ -212,13 +215,16 @@ class Usage:
             )
         return len(project_ids)
 
-    async def _first_sample(self, project_id: int) -> None:
-        """A project with no sample yet gets one now, recorded: the summary and the storage
-        series then show the same sample (never a figure of their own)."""
+    async def _first_sample(self, project: str) -> tuple[int, dt.datetime, StorageFigures]:
+        """The project's id and its latest storage sample. A project with no sample yet gets
+        one now, recorded: the summary and the storage series then show the same sample
+        (never a figure of their own)."""
         async with self.db.read() as conn:
+            project_id = await require_project(conn, project)
             last = await _last_sample(conn, project_id)
         if last is None:
-            await self._collect(project_id)
+            return project_id, *await self._record(project_id)
+        return project_id, last.at, StorageFigures(last.bytes, last.blobs, last.images)
 
     async def storage(self, project: str, days: int = 30) -> dict[str, Any]:
         """The storage series of the last `days` days, oldest first, and the last collection."""
@@ -226,9 +232,7 @@ class Usage:
             raise NameInvalid(
                 f"days must be between 1 and {STORAGE_SAMPLE_RETENTION_DAYS}", {"field": "days"}
             )
-        async with self.db.read() as conn:
-            project_id = await require_project(conn, project)
-        await self._first_sample(project_id)
+        project_id, at, figures = await self._first_sample(project)
         since = utcnow() - dt.timedelta(days=days)
         async with self.db.read() as conn:
             rows = (
@@ -240,14 +244,16 @@ class Usage:
                     .order_by(storage_samples.c.at, storage_samples.c.id)
                 )
             ).all()
-            last = rows[-1] if rows else await _last_sample(conn, project_id)
+        if rows:  # the newest, should one have been collected since
+            at, figures = (
+                rows[-1].at,
+                StorageFigures(rows[-1].bytes, rows[-1].blobs, rows[-1].images),
+            )
         return {
             "project": project,
-            "collected_at": last.at.isoformat() if last is not None else None,
+            "collected_at": at.isoformat(),
             "collect_interval_seconds": self.storage_collect_interval,
-            "last": _sample(last.at, StorageFigures(last.bytes, last.blobs, last.images))
-            if last is not None
-            else None,
+            "last": _sample(at, figures),
             "samples": [_sample(r.at, StorageFigures(r.bytes, r.blobs, r.images)) for r in rows],
         }
 
@@ -389,9 +395,7 @@ class Usage:
         the last garbage collection and the image limit."""
         today = today or utcnow().date()
         month = _month_start(today)
-        async with self.db.read() as conn:
-            project_id = await require_project(conn, project)
-        await self._first_sample(project_id)
+        project_id, sampled_at, sampled = await self._first_sample(project)
         async with self.db.read() as conn:
             repository_count = (
                 await conn.execute(
@@ -441,8 +445,7 @@ class Usage:
                     .limit(1)
                 )
             ).first()
-            last = await _last_sample(conn, project_id)
-            storage = _sample(last.at, StorageFigures(last.bytes, last.blobs, last.images))
+        storage = _sample(sampled_at, sampled)
         quota = self.default_quota
         if settings_row is not None and settings_row.repository_quota is not None:
             quota = int(settings_row.repository_quota)

@@ -18,6 +18,10 @@ from berth.domain.digests import parse_digest
 from berth.storage.base import BlobStore, UploadWriter
 
 READ_CHUNK = 1024 * 1024
+# Temporary files next to an upload's scratch file `{id}`: `{id}.commit` replaces a stored blob
+# (commit_upload), `{id}.copy` gives the scratch file a copy of its own (_unshare).
+_COMMIT, _COPY = ".commit", ".copy"
+_TEMPORARY = (_COMMIT, _COPY)
 
 
 class _FileUploadWriter(UploadWriter):
@@ -60,10 +64,11 @@ class FilesystemBlobStore(BlobStore):
             # Created only at the start: a scratch file removed since (an abandoned upload
             # swept by garbage collection) must not come back as zeros up to `offset`.
             fd = os.open(path, os.O_WRONLY | (os.O_CREAT if offset == 0 else 0), 0o640)
-            if os.fstat(fd).st_size < offset:
+            stat = os.fstat(fd)
+            if stat.st_size < offset:
                 os.close(fd)
                 raise FileNotFoundError(f"upload {upload_id} has lost data before {offset}")
-            if os.fstat(fd).st_nlink > 1:
+            if stat.st_nlink > 1:
                 # Committed as a blob already (the process died before recording it): go on
                 # in a copy of its own, never in the blob's file.
                 os.close(fd)
@@ -96,7 +101,7 @@ class FilesystemBlobStore(BlobStore):
             except FileExistsError:
                 # The same digest: replace the stored file (atomically) with these verified
                 # bytes, so pushing a blob again repairs a copy damaged on disk.
-                temporary = source.with_name(source.name + ".commit")
+                temporary = source.with_name(source.name + _COMMIT)
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(temporary)
                 os.link(source, temporary)
@@ -113,18 +118,30 @@ class FilesystemBlobStore(BlobStore):
 
     async def list_uploads(self) -> list[tuple[str, float]]:
         def _list() -> list[tuple[str, float]]:
-            found = []
+            # An upload's temporary files (`{id}.commit`, `{id}.copy`, left by a crash) are
+            # listed as the upload: they go with it.
+            found: dict[str, float] = {}
             for entry in os.scandir(self.uploads):
+                upload_id, dot, suffix = entry.name.partition(".")
+                if not upload_id.isalnum() or (dot and dot + suffix not in _TEMPORARY):
+                    continue
                 with contextlib.suppress(FileNotFoundError):
-                    if entry.is_file() and entry.name.isalnum():
-                        found.append((entry.name, entry.stat().st_mtime))
-            return found
+                    if entry.is_file():
+                        modified = entry.stat().st_mtime
+                        found[upload_id] = max(found.get(upload_id, modified), modified)
+            return list(found.items())
 
         return await asyncio.to_thread(_list)
 
     async def delete_upload(self, upload_id: str) -> None:
-        with contextlib.suppress(FileNotFoundError):
-            await asyncio.to_thread(os.unlink, self._upload_path(upload_id))
+        path = self._upload_path(upload_id)
+
+        def _unlink_all() -> None:  # the scratch file and any temporary file of it
+            for name in (path.name, *(path.name + suffix for suffix in _TEMPORARY)):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(path.with_name(name))
+
+        await asyncio.to_thread(_unlink_all)
 
     async def stat(self, digest: str) -> int | None:
         try:
@@ -179,7 +196,7 @@ class FilesystemBlobStore(BlobStore):
 
 def _unshare(path: Path) -> None:
     """Give a hard-linked file a copy of its own under the same name."""
-    copy = path.with_name(path.name + ".copy")
+    copy = path.with_name(path.name + _COPY)
     shutil.copyfile(path, copy)
     os.replace(copy, path)
 

@@ -3,12 +3,34 @@
 from __future__ import annotations
 
 import json
+import uuid
 from typing import Any
 
 import pytest
 
-from tests.api.conftest import Team, assert_problem, blob_total, ok, push_image, until
-from tests.oci import OCI_INDEX, OCI_MANIFEST, image_index, manifest_path, push_manifest
+from berth.services.registry import count_images
+from berth.state import Services
+from tests.api.conftest import (
+    Team,
+    assert_problem,
+    blob_total,
+    ok,
+    push_image,
+    services,
+    until,
+)
+from tests.oci import (
+    OCI_CONFIG,
+    OCI_INDEX,
+    OCI_LAYER,
+    OCI_MANIFEST,
+    Blob,
+    image_index,
+    image_manifest,
+    manifest_path,
+    push_blob,
+    push_manifest,
+)
 
 SIGNATURE = "application/vnd.dev.cosign.artifact.sig.v1+json"
 ACCEPT = {"Accept": f"{OCI_MANIFEST}, {OCI_INDEX}"}
@@ -103,6 +125,59 @@ def test_images_tags_platforms_sizes_and_referrers(team: Team) -> None:
         ("v1", plain.digest),
     ]
     assert ok(team["reader"].get(team.repo_url("/tags"), params={"per_page": 1}))["total"] == 3
+
+
+def test_a_referrer_pushed_before_its_subject_is_an_image_until_the_subject_arrives(
+    team: Team,
+) -> None:
+    """OCI lets a signature be pushed before its subject: until the subject is stored, the
+    signature is an image of its own (listed, counted, and counted against the image limit)."""
+    registry, name = team.registry("member"), team.oci_name()
+    config = Blob(f'{{"os":"linux","n":"{uuid.uuid4().hex}"}}'.encode(), OCI_CONFIG)
+    layer = Blob(uuid.uuid4().bytes, OCI_LAYER)
+    push_blob(registry, name, config)
+    push_blob(registry, name, layer)
+    subject = image_manifest(config.descriptor(), [layer.descriptor()])
+    signature = push_image(registry, name, "sig", subject=subject, artifact_type=SIGNATURE)
+
+    async def limit_count(s: Services) -> int:
+        _, repo = await s.repositories.lookup(team.project, team.repository)
+        assert repo is not None
+        async with s.db.read() as conn:
+            return await count_images(conn, repo.id)  # what the image limit compares
+
+    def counted() -> tuple[set[str], int, int, int]:
+        listed = images_of(team)
+        stored = ok(team["reader"].get(team.url("/summary")))["images"]["stored"]
+        return (
+            {i["digest"] for i in listed["items"]},
+            listed["total"],
+            stored,
+            services(team.server, limit_count),
+        )
+
+    assert counted() == ({signature.digest}, 1, 1, 1)
+    push_manifest(registry, name, "v1", subject)
+    assert counted() == ({subject.digest}, 1, 1, 1)
+    [image] = images_of(team)["items"]
+    assert image["referrer_count"] == 1
+
+
+def test_a_blob_many_images_use_is_refused_naming_a_few(team: Team) -> None:
+    registry, name = team.registry("member"), team.oci_name()
+    config = Blob(f'{{"os":"linux","n":"{uuid.uuid4().hex}"}}'.encode(), OCI_CONFIG)
+    layer = Blob(uuid.uuid4().bytes, OCI_LAYER)
+    push_blob(registry, name, config)
+    push_blob(registry, name, layer)
+    for n in range(12):
+        image = image_manifest(config.descriptor(), [layer.descriptor()], annotations={"n": f"{n}"})
+        push_manifest(registry, name, image.digest, image)
+
+    refused = registry.delete(f"/v2/{name}/blobs/{layer.digest}")
+    assert refused.status_code == 409, refused.text
+    [error] = refused.json()["errors"]
+    assert "and 11 more; delete the images that use it first" in error["message"]
+    assert len(error["detail"]["referencedBy"]) == 10
 
 
 def test_nested_image_names(team: Team) -> None:

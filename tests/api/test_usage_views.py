@@ -72,9 +72,10 @@ def test_gc_says_what_it_kept_for_being_young_and_is_audited(team: Team) -> None
     images = {i["digest"] for i in ok(team["reader"].get(team.repo_url("/images")))["items"]}
     assert {first.digest, second.digest} <= images
 
-    # Who started it, from where, with which options.
-    [entry] = until(lambda: audit_of(team, "gc.dry_run"))
+    # Who started it, from where, with which options: written with the run itself.
+    [entry] = audit_of(team, "gc.dry_run")
     assert entry["actor"] == "admin" and entry["client"] == "127.0.0.1"
+    assert entry["target"] == f"run {run['id']}"
     assert entry["detail"] == {"run": run["id"], "dry_run": True, "delete_untagged": True}
 
     if team.server.database_url is not None:
