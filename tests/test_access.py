@@ -462,6 +462,20 @@ def test_wrong_credentials_are_refused_clearly(world: World) -> None:
         assert message(token) == "invalid access key ID or secret access key"
 
 
+def test_a_mistyped_key_id_is_told_it_is_wrong(world: World) -> None:
+    """A key ID with a typo is still key-shaped (`BK` and 18 capitals or digits): it is told
+    the key ID or secret is wrong, not that registry clients take an access key. `O` and `1`
+    are outside the key alphabet, so no key has these IDs."""
+    key_id, secret = world.keys["project-reader"]
+    for typo in (key_id[:-1] + "O", key_id[:7] + "1" + key_id[8:]):
+        assert typo != key_id and len(typo) == len(key_id)
+        response = world.http.get("/v2/", auth=(typo, secret))
+        assert_unauthorized(response)
+        assert message(response) == "invalid access key ID or secret access key"
+        token = token_response(world.http, (typo, secret), f"repository:{P}/priv:pull")
+        assert message(token) == "invalid access key ID or secret access key"
+
+
 @pytest.mark.parametrize(
     "header",
     [

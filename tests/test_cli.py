@@ -232,8 +232,14 @@ def test_deleting_users_and_projects(tmp_path: Path) -> None:
 
     assert berth.cli("user", "delete", "bob", "--yes").stdout.strip() == "Deleted user bob"
     assert berth._services(lambda s: s.identity.list_keys()) == []
-    audit = [(e["action"], e["target"]) for e in berth.cli_json("audit", "demo")]
+    entries = berth.cli_json("audit", "demo")
+    audit = [(e["action"], e["target"]) for e in entries]
     assert audit[:2] == [("user.delete", "bob"), ("key.delete", key_id)]
+    # Audited as who ran it, from where (as other admin verbs are): a user named `cli` is
+    # nobody's self.
+    assert entries[0]["actor"].startswith("cli:") and entries[0]["client"].startswith("cli on ")
+    berth.create_user("cli", "cli-password")
+    assert berth.cli("user", "delete", "cli", "--yes").stdout.strip() == "Deleted user cli"
     assert berth.cli("user", "delete", "root", "--yes").returncode == 0
     last_admin = berth.cli("user", "delete", "admin", "--yes", check=False)
     assert last_admin.returncode == 1 and "last server administrator" in last_admin.stderr

@@ -164,7 +164,7 @@ async def enable_key(ctx: AnyRoleProject, key_id: KeyId) -> AccessKey:
 @router.delete("/keys/{key_id}", status_code=204, tags=["access keys"], responses=responses(404))
 async def delete_key(ctx: AnyRoleProject, key_id: KeyId) -> Response:
     await _key_in_project(ctx, key_id)
-    await ctx.services.identity.delete_key(key_id, actor=ctx.actor)
+    await ctx.services.identity.delete_key(key_id, actor=ctx.actor, client=ctx.caller.client)
     return Response(status_code=204)
 
 
@@ -213,7 +213,9 @@ async def set_member(ctx: AdminProject, user: UserName, body: RoleRequest) -> Me
 @router.delete("/members/{user}", status_code=204, tags=["members"], responses=responses(404))
 async def remove_member(ctx: AdminProject, user: UserName) -> Response:
     """Remove a user from the project; their access keys here stop working at once."""
-    await ctx.services.identity.remove_member(ctx.project, user, actor=ctx.actor)
+    await ctx.services.identity.remove_member(
+        ctx.project, user, actor=ctx.actor, client=ctx.caller.client
+    )
     return Response(status_code=204)
 
 
@@ -249,7 +251,9 @@ async def set_grant(
     responses=responses(404),
 )
 async def remove_grant(ctx: AdminProject, repository: RepositoryName, user: UserName) -> Response:
-    await ctx.services.identity.revoke(ctx.project, repository, user, actor=ctx.actor)
+    await ctx.services.identity.revoke(
+        ctx.project, repository, user, actor=ctx.actor, client=ctx.caller.client
+    )
     return Response(status_code=204)
 
 

@@ -37,6 +37,7 @@ from berth.auth.guard import authenticate_basic, basic_credentials, client_addre
 from berth.auth.policy import PROJECT_ROLES, Principal, can_manage_project
 from berth.auth.tokens import InvalidToken
 from berth.domain.errors import Denied, NameUnknown, Unauthorized
+from berth.services.identity import KEY_ID_PATTERN
 from berth.services.images import Images
 from berth.services.repositories import RepositoryRef
 from berth.state import Services
@@ -48,7 +49,6 @@ COMPONENT_PATTERN = rf"^{COMPONENT}$"
 IMAGE_PATTERN = rf"^(?:{COMPONENT}(?:/{COMPONENT})*)?$"
 TAG_PATTERN = r"^[a-zA-Z0-9_][a-zA-Z0-9._-]{0,127}$"
 DIGEST_PATTERN = r"^[a-z0-9]+(?:[+._-][a-z0-9]+)*:[a-zA-Z0-9=_-]+$"
-KEY_ID_PATTERN = r"^[A-Za-z0-9]{1,32}$"
 # Free text typed by people (descriptions, searches): no control characters.
 TEXT_PATTERN = r"^[^\x00-\x1f\x7f]*$"
 
@@ -114,6 +114,7 @@ class ApiCaller:
 
     principal: Principal
     via: str  # access_key | api_token | password | session
+    client: str | None = None  # the address it came from, for the audit log
 
     @property
     def user(self) -> str:
@@ -128,7 +129,8 @@ def unauthorized(message: str) -> Unauthorized:
 
 
 def _is_key_id(name: str) -> bool:
-    """Access key IDs are upper case; user names never are."""
+    """Which check a Basic sign-in goes to: access key IDs are upper case, user names never
+    are. Not a shape check: `authenticate_basic` refuses what cannot be a key ID."""
     return name != name.lower()
 
 
@@ -168,10 +170,12 @@ async def authenticate(request: Request, services: Services) -> ApiCaller | None
     SESSION_SCOPE_KEY). Wrong credentials are UNAUTHORIZED (never silently anonymous).
     """
     header = request.headers.get("authorization")
+    client = client_address(request)
     if header:
         scheme, _, value = header.partition(" ")
         if scheme.lower() == "bearer":
-            return ApiCaller(await _token_principal(services, value.strip()), "api_token")
+            principal = await _token_principal(services, value.strip())
+            return ApiCaller(principal, "api_token", client)
         credentials = basic_credentials(header)
         if credentials is None:
             raise unauthorized(
@@ -184,11 +188,12 @@ async def authenticate(request: Request, services: Services) -> ApiCaller | None
                 principal = await authenticate_basic(services, request, name, secret)
             except Unauthorized as exc:
                 raise unauthorized(exc.message) from None
-            return ApiCaller(principal, "access_key")
-        return ApiCaller(await password_principal(services, request, name, secret), "password")
+            return ApiCaller(principal, "access_key", client)
+        principal = await password_principal(services, request, name, secret)
+        return ApiCaller(principal, "password", client)
     session = request.scope.get(SESSION_SCOPE_KEY)
     if isinstance(session, Principal):
-        return ApiCaller(session, "session")
+        return ApiCaller(session, "session", client)
     return None
 
 
@@ -213,6 +218,34 @@ async def server_admin(caller: CallerDep) -> ApiCaller:
 
 
 ServerAdmin = Annotated[ApiCaller, Depends(server_admin)]
+
+
+def _refuse_access_key(caller: ApiCaller) -> None:
+    if caller.principal.key_project_id is not None:
+        raise Denied(
+            f"access key {caller.principal.key_id} works only in its own project; do this "
+            "signed in with your password (or the web console), or with the CLI on the server"
+        )
+
+
+async def signed_in_caller(caller: CallerDep) -> ApiCaller:
+    """A caller who signed in with a password or the console: server-wide things (users,
+    projects, one's own password) are not for an access key, which works only in its own
+    project."""
+    _refuse_access_key(caller)
+    return caller
+
+
+SignedIn = Annotated[ApiCaller, Depends(signed_in_caller)]
+
+
+async def server_manager(caller: ServerAdmin) -> ApiCaller:
+    """A server administrator, signed in with a password or the console."""
+    _refuse_access_key(caller)
+    return caller
+
+
+ServerManager = Annotated[ApiCaller, Depends(server_manager)]
 
 # ---------------------------------------------------------------- what they may do in a project
 
@@ -331,6 +364,16 @@ async def server_admin_project(ctx: AnyRoleProject) -> ProjectContext:
 
 
 ServerAdminProject = Annotated[ProjectContext, Depends(server_admin_project)]
+
+
+async def server_managed_project(ctx: ServerAdminProject) -> ProjectContext:
+    """Server administrators signed in with a password or the console (not an access key,
+    even one of this project): for what reaches beyond the project, such as deleting it."""
+    _refuse_access_key(ctx.caller)
+    return ctx
+
+
+ServerManagerProject = Annotated[ProjectContext, Depends(server_managed_project)]
 
 # ---------------------------------------------------------------- paging
 

@@ -12,13 +12,12 @@ from berth.api.deps import (
     CallerDep,
     ProjectContext,
     ReadProject,
-    ServerAdmin,
     ServerAdminProject,
+    ServerManager,
+    ServerManagerProject,
     ServicesDep,
 )
 from berth.api.problems import FieldError, responses
-from berth.auth.guard import client_address
-from berth.domain.errors import Denied
 from berth.domain.names import PROJECT_NAME_RULE, project_name_problem
 from berth.state import Services
 
@@ -130,14 +129,9 @@ async def set_quota(ctx: ServerAdminProject, body: QuotaUpdate, request: Request
 
 @router.post("", status_code=201, responses=responses(409))
 async def create_project(
-    caller: ServerAdmin, services: ServicesDep, body: NewProject, request: Request
+    caller: ServerManager, services: ServicesDep, body: NewProject, request: Request
 ) -> Project:
     """Create a project (server administrators)."""
-    if caller.principal.key_project_id is not None:
-        raise Denied(
-            f"access key {caller.principal.key_id} works only in its own project; create "
-            "projects signed in with your password, in the web console"
-        )
     problem = project_name_problem(body.name)
     if problem is not None:
         raise FieldError("name", problem)
@@ -149,8 +143,7 @@ async def create_project(
 
 @router.delete("/{project}", status_code=204, responses=responses(404, 409))
 async def delete_project(
-    request: Request,
-    ctx: ServerAdminProject,
+    ctx: ServerManagerProject,
     confirm: Annotated[
         str | None,
         Query(
@@ -162,21 +155,11 @@ async def delete_project(
     """Delete a project with its repositories, images, access keys, roles and audit log
     (server administrators). Refused while it holds repositories unless `confirm` repeats its
     name; blobs no other project uses are removed by the next garbage collection."""
-    principal = ctx.caller.principal
-    if principal.key_project_id is not None:
-        raise Denied(
-            f"access key {principal.key_id} cannot delete the project it works in; sign in "
-            "with a password, or use the CLI"
-        )
-    deleted = await ctx.services.repositories.delete_project(ctx.project, confirm=confirm)
-    ctx.services.identity.forget_cached()
-    for upload_id in deleted.upload_ids:
-        await ctx.services.store.delete_upload(upload_id)
-    await ctx.services.identity.record_now(
-        ctx.actor,
-        "project.delete",
-        target=ctx.project,
-        detail={"repositories": deleted.repositories},
-        client=client_address(request),
+    await ctx.services.identity.delete_project(
+        ctx.services.repositories,
+        ctx.project,
+        confirm=confirm,
+        actor=ctx.actor,
+        client=ctx.caller.client,
     )
     return Response(status_code=204)

@@ -12,25 +12,25 @@ from __future__ import annotations
 import datetime as dt
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi import APIRouter, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from berth.api.access import AuditEntry
 from berth.api.deps import (
     COMPONENT_PATTERN,
     TEXT_PATTERN,
-    ApiCaller,
     CallerDep,
     Page,
     PagingDep,
-    ServerAdmin,
+    ServerManager,
     ServicesDep,
+    SignedIn,
     UserName,
+    password_principal,
 )
 from berth.api.problems import FieldError, responses
 from berth.api.session import SESSION_RECORD_KEY
-from berth.auth.guard import client_address
-from berth.domain.errors import Denied
+from berth.domain.errors import Denied, Unauthorized
 from berth.services.identity import MAX_PASSWORD_LENGTH, MIN_PASSWORD_LENGTH
 from berth.services.sessions import ConsoleSession
 
@@ -80,23 +80,6 @@ class PasswordChange(BaseModel):
     new_password: Password
 
 
-def _signed_in_with_password(caller: ApiCaller) -> None:
-    if caller.principal.key_project_id is not None:
-        raise Denied(
-            f"access key {caller.principal.key_id} works only in its own project; manage users "
-            "signed in with a password (or the console), or with the CLI on the server"
-        )
-
-
-async def user_manager(caller: ServerAdmin) -> ApiCaller:
-    """A server administrator, signed in with a password or the console."""
-    _signed_in_with_password(caller)
-    return caller
-
-
-UserManager = Annotated[ApiCaller, Depends(user_manager)]
-
-
 @router.get("/users")
 async def search_users(
     caller: CallerDep,
@@ -122,61 +105,63 @@ async def search_users(
 
 
 @router.post("/users", status_code=201, responses=responses(409))
-async def create_user(caller: UserManager, services: ServicesDep, body: NewUser) -> User:
+async def create_user(caller: ServerManager, services: ServicesDep, body: NewUser) -> User:
     """Create a user or a service account (server administrators)."""
-    await services.identity.create_user(
+    created = await services.identity.create_user(
         body.name,
         body.password,
         is_admin=body.admin,
         service_account=body.service_account,
         actor=caller.user,
+        client=caller.client,
     )
-    created = await services.identity.get_user(body.name)
     return User.model_validate(created)
 
 
 @router.put("/users/{user}/password", status_code=204, responses=responses(404))
 async def reset_password(
-    caller: UserManager, services: ServicesDep, user: UserName, body: PasswordReset
+    caller: ServerManager, services: ServicesDep, user: UserName, body: PasswordReset
 ) -> Response:
     """Set a user's password (server administrators): their console sessions end."""
-    await services.identity.set_password(user, body.password, actor=caller.user)
+    await services.identity.set_password(
+        user, body.password, actor=caller.user, client=caller.client
+    )
     return Response(status_code=204)
 
 
 @router.delete("/users/{user}", status_code=204, responses=responses(404))
-async def delete_user(caller: UserManager, services: ServicesDep, user: UserName) -> Response:
+async def delete_user(caller: ServerManager, services: ServicesDep, user: UserName) -> Response:
     """Delete a user (server administrators): their access keys and console sessions stop
     working at once, their roles go; each project they were in audits it."""
-    await services.identity.delete_user(user, actor=caller.user)
+    await services.identity.delete_user(user, actor=caller.user, client=caller.client)
     return Response(status_code=204)
 
 
 @router.put("/account/password", status_code=204, responses=responses(429))
 async def change_own_password(
-    request: Request, caller: CallerDep, services: ServicesDep, body: PasswordChange
+    request: Request, caller: SignedIn, services: ServicesDep, body: PasswordChange
 ) -> Response:
     """Change your own password, giving the current one. Your other console sessions end;
     the one that made the change stays signed in."""
-    _signed_in_with_password(caller)
-    user, client = caller.user, client_address(request)
-    services.throttle.check(user, client)
-    if await services.identity.verify_password(user, body.current_password) is None:
-        services.throttle.failed(user, client)
-        raise FieldError("current_password", "this is not your current password")
+    user = caller.user
+    try:
+        await password_principal(services, request, user, body.current_password)
+    except Unauthorized:
+        raise FieldError("current_password", "this is not your current password") from None
     session = request.scope.get(SESSION_RECORD_KEY)
     await services.identity.set_password(
         user,
         body.new_password,
         actor=user,
         keep_session=session.id if isinstance(session, ConsoleSession) else None,
+        client=caller.client,
     )
     return Response(status_code=204)
 
 
 @router.get("/audit", tags=["audit"])
 async def server_audit(
-    caller: UserManager, services: ServicesDep, paging: PagingDep
+    caller: ServerManager, services: ServicesDep, paging: PagingDep
 ) -> Page[AuditEntry]:
     """The audit log outside any project, newest first: users created and deleted, passwords
     set, projects deleted (server administrators)."""

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import re
 from dataclasses import dataclass
 
 from starlette.requests import Request
@@ -14,12 +13,10 @@ from berth.auth.policy import Principal
 from berth.auth.tokens import InvalidToken, TokenClaims
 from berth.domain.errors import Denied, RegistryError, Unauthorized
 from berth.domain.names import hostname_of
-from berth.services.identity import NOT_A_KEY, KeyNotUsable
+from berth.services.identity import NOT_A_KEY, KeyNotUsable, may_be_key_id
 from berth.state import Services
 
 TOKEN_PATH = "/auth/token"
-# What an access key ID can look like (the management API's path pattern for one, too).
-_KEY_ID_SHAPE = re.compile(r"[A-Za-z0-9]{1,32}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,7 +63,7 @@ async def authenticate_basic(
 ) -> Principal:
     """Check an access key, throttling failures per key and per client address."""
     client = client_address(request)
-    if _KEY_ID_SHAPE.fullmatch(key_id) is None:
+    if not may_be_key_id(key_id):
         # No key has this ID: refused at once, remembering nothing (not even in the throttle),
         # so a stream of made-up IDs costs no memory.
         services.throttle.check(None, client)

@@ -8,10 +8,16 @@ from typing import Annotated, Any
 
 import typer
 
-from berth.cli.common import JsonFlag, console, errors, print_json, run_service
-from berth.state import Services
+from berth.cli.common import (
+    CLI_CLIENT,
+    JsonFlag,
+    cli_actor,
+    console,
+    errors,
+    print_json,
+    run_service,
+)
 
-CLI_ACTOR = "cli"
 YesFlag = Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")]
 
 
@@ -36,7 +42,9 @@ def user_set_password(
         password = sys.stdin.readline().rstrip("\n")
     else:
         password = typer.prompt("New password", hide_input=True, confirmation_prompt=True)
-    run_service(lambda s: s.identity.set_password(name, password, actor=CLI_ACTOR))
+    run_service(
+        lambda s: s.identity.set_password(name, password, actor=cli_actor(), client=CLI_CLIENT)
+    )
     _done(
         json_output,
         {"name": name, "password_set": True},
@@ -48,7 +56,7 @@ def user_delete(name: str, yes: YesFlag = False, json_output: JsonFlag = False) 
     """Delete a user: their access keys and console sessions stop working at once."""
     if not yes and not typer.confirm(f"Delete user {name} with their access keys?"):
         raise typer.Exit(1)
-    run_service(lambda s: s.identity.delete_user(name, actor=CLI_ACTOR))
+    run_service(lambda s: s.identity.delete_user(name, actor=cli_actor(), client=CLI_CLIENT))
     _done(json_output, {"name": name, "deleted": True}, f"Deleted user [bold]{name}[/]")
 
 
@@ -72,16 +80,11 @@ def project_delete(name: str, yes: YesFlag = False, json_output: JsonFlag = Fals
     elif not held and not yes and not typer.confirm(f"Delete project {name}?"):
         raise typer.Exit(1)
 
-    async def work(s: Services) -> int:
-        deleted = await s.repositories.delete_project(name, confirm=confirm)
-        for upload_id in deleted.upload_ids:
-            await s.store.delete_upload(upload_id)
-        await s.identity.record_now(
-            CLI_ACTOR, "project.delete", target=name, detail={"repositories": deleted.repositories}
+    deleted = run_service(
+        lambda s: s.identity.delete_project(
+            s.repositories, name, confirm=confirm, actor=cli_actor(), client=CLI_CLIENT
         )
-        return deleted.repositories
-
-    deleted = run_service(work)
+    )
     _done(
         json_output,
         {"name": name, "deleted": True, "repositories": deleted},

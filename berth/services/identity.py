@@ -7,6 +7,7 @@ import contextlib
 import datetime as dt
 import json
 import logging
+import re
 import secrets
 import time
 from dataclasses import dataclass
@@ -33,7 +34,7 @@ from berth.metadata.tables import (
     users,
     utcnow,
 )
-from berth.services.repositories import Conflict, RepositoryRef, require_project
+from berth.services.repositories import Conflict, Repositories, RepositoryRef, require_project
 
 # Access checks reuse a lookup this long; a removed member or a disabled key stops working
 # within it on every node.
@@ -44,6 +45,17 @@ MIN_PASSWORD_LENGTH = 8
 MAX_PASSWORD_LENGTH = 1024  # what sign-in accepts
 logger = logging.getLogger(__name__)
 _KEY_ID_ALPHABET = "ABCDEFGHJKLMNPQRSTUVWXYZ23456789"
+_KEY_ID_LENGTH = 20
+# Every key ID shape check derives from these (ASCII only: str.isalnum and str.isupper also
+# accept other scripts' letters and digits).
+# What a key ID may be at all (the management API's path pattern for one, too): anything else
+# names no key and is refused before a lookup or the throttle remembers it.
+KEY_ID_PATTERN = r"^[A-Za-z0-9]{1,32}$"
+_ANY_KEY_ID = re.compile(KEY_ID_PATTERN)
+# What `new_key_id` makes: `BK` and 18 characters of the alphabet.
+_KEY_ID = re.compile(rf"^BK[{_KEY_ID_ALPHABET}]{{{_KEY_ID_LENGTH - 2}}}$")
+# A key ID, perhaps mistyped: `BK` and 18 capitals or digits, which no user name has.
+_KEY_ID_LIKE = re.compile(rf"^BK[A-Z0-9]{{{_KEY_ID_LENGTH - 2}}}$")
 
 
 class KeyNotUsable(Unauthorized):
@@ -107,7 +119,6 @@ class _TTLCache:
 # (an unverified name is nobody).
 NOT_A_KEY_ID = "(not a key ID)"
 UNVERIFIED_ACTOR = "(unverified)"
-_KEY_ID_LENGTH = 20
 
 
 def _user_row(row: Any) -> dict[str, Any]:
@@ -125,20 +136,20 @@ def new_key_id() -> str:
 
 def has_key_id_format(value: str) -> bool:
     """`BK` and 18 characters of the key ID alphabet: what `new_key_id` makes."""
-    return (
-        len(value) == _KEY_ID_LENGTH
-        and value.startswith("BK")
-        and all(c in _KEY_ID_ALPHABET for c in value[2:])
-    )
+    return _KEY_ID.fullmatch(value) is not None
 
 
 def looks_like_key_id(text: str) -> bool:
     """The shape of an access key ID (`BK` and 18 capitals or digits), which no user name has:
     whether a failed sign-in is told that registry clients take an access key, not a password.
     Looser than `has_key_id_format` (a mistyped key is still a key)."""
-    return (
-        len(text) == _KEY_ID_LENGTH and text.startswith("BK") and text.isalnum() and text.isupper()
-    )
+    return _KEY_ID_LIKE.fullmatch(text) is not None
+
+
+def may_be_key_id(text: str) -> bool:
+    """Could name an access key at all (ASCII letters and digits, at most 32): anything else
+    is refused without a lookup."""
+    return _ANY_KEY_ID.fullmatch(text) is not None
 
 
 # What a registry client that signed in with a user name and password is told.
@@ -204,15 +215,36 @@ class Identity:
             self._pending.append(entry)
 
     def forget_cached(self) -> None:
-        """Drop cached keys and roles (after something else deleted some: a project)."""
+        """Drop cached keys and roles (after some were deleted)."""
         self._keys.clear()
         self._roles.clear()
 
-    async def record_now(self, actor: str, action: str, **fields: Any) -> None:
-        """Audit a rare event at once, not in the next batch (a deleted project: the next
-        page shown lists it)."""
+    async def delete_project(
+        self,
+        repositories: Repositories,
+        project: str,
+        *,
+        confirm: str | None = None,
+        actor: str = "cli",
+        client: str | None = None,
+    ) -> int:
+        """Delete a project with everything in it and audit it (server-wide: the project's own
+        audit log goes with it) in one transaction; returns how many repositories it held.
+        Refused as `Repositories.delete_project_rows` says. The scratch files of uploads that
+        were in progress go with the hourly orphan-uploads job."""
         async with self.db.write() as conn:
-            await self._audit(conn, actor, action, **fields)
+            held = await repositories.delete_project_rows(conn, project, confirm=confirm)
+            await self._audit(
+                conn,
+                actor,
+                "project.delete",
+                target=project,
+                detail={"repositories": held},
+                client=client,
+            )
+        repositories.forget_project(project)
+        self.forget_cached()
+        return held
 
     async def record_content_change(
         self,
@@ -301,7 +333,9 @@ class Identity:
         is_admin: bool = False,
         service_account: bool = False,
         actor: str = "cli",
+        client: str | None = None,
     ) -> dict[str, Any]:
+        """Create a user; returns it as `get_user` does."""
         if not is_valid_component(name) or len(name) > 64:
             raise NameInvalid(
                 f"invalid user name {name!r}: lowercase letters, digits, '.', '_' or '-'"
@@ -317,23 +351,28 @@ class Identity:
             exists = (await conn.execute(select(users.c.id).where(users.c.name == name))).first()
             if exists:
                 raise Conflict(f"user {name!r} already exists")
-            await conn.execute(
-                users.insert().values(
-                    name=name,
-                    password_hash=password_hash,
-                    is_admin=is_admin,
-                    is_service_account=service_account,
-                    created_at=utcnow(),
+            created = (
+                await conn.execute(
+                    users.insert()
+                    .values(
+                        name=name,
+                        password_hash=password_hash,
+                        is_admin=is_admin,
+                        is_service_account=service_account,
+                        created_at=utcnow(),
+                    )
+                    .returning(users)
                 )
-            )
+            ).one()
             await self._audit(
                 conn,
                 actor,
                 "user.create",
                 target=name,
                 detail={"admin": is_admin, "service_account": service_account},
+                client=client,
             )
-        return {"name": name, "admin": is_admin, "service_account": service_account}
+        return _user_row(created)
 
     async def has_users(self) -> bool:
         async with self.db.read() as conn:
@@ -369,14 +408,7 @@ class Identity:
     async def get_user(self, name: str) -> dict[str, Any] | None:
         async with self.db.read() as conn:
             row = (await conn.execute(select(users).where(users.c.name == name))).first()
-        if row is None:
-            return None
-        return {
-            "name": row.name,
-            "admin": row.is_admin,
-            "service_account": row.is_service_account,
-            "created_at": row.created_at.isoformat(),
-        }
+        return None if row is None else _user_row(row)
 
     async def list_users(self) -> list[dict[str, Any]]:
         async with self.db.read() as conn:
@@ -393,7 +425,13 @@ class Identity:
             return [_user_row(r) for r in rows]
 
     async def set_password(
-        self, name: str, password: str, *, actor: str = "cli", keep_session: str | None = None
+        self,
+        name: str,
+        password: str,
+        *,
+        actor: str = "cli",
+        keep_session: str | None = None,
+        client: str | None = None,
     ) -> None:
         """Set a user's password (their own change, or an administrator's reset). The user's
         console sessions end, but for `keep_session` (the one that changed it)."""
@@ -420,11 +458,15 @@ class Identity:
                 "user.password",
                 target=name,
                 detail={"by": "self" if actor == name else "administrator"},
+                client=client,
             )
 
-    async def delete_user(self, name: str, *, actor: str = "cli") -> None:
-        """Delete a user: their access keys, console sessions and roles go with them at once.
-        Each project they had a role in audits it (and each key deleted)."""
+    async def delete_user(
+        self, name: str, *, actor: str = "cli", client: str | None = None
+    ) -> None:
+        """Delete a user: their access keys, console sessions and roles go with them at once
+        (the database cascades them). Each project they had a role in audits it (and each key
+        deleted)."""
         async with self.db.write() as conn:
             row = (await conn.execute(select(users).where(users.c.name == name))).first()
             if row is None:
@@ -466,8 +508,6 @@ class Identity:
                     )
                 ).scalars()
             )
-            for table in (console_sessions, memberships, repository_grants):
-                await conn.execute(delete(table).where(table.c.user_id == row.id))
             await conn.execute(delete(users).where(users.c.id == row.id))
             for key in keys:
                 await self._audit(
@@ -477,11 +517,13 @@ class Identity:
                     project_id=key.project_id,
                     target=key.id,
                     detail={"reason": "user deleted", "user": name},
+                    client=client,
                 )
             for project_id in sorted({None, *project_ids}, key=lambda p: p or 0):
-                await self._audit(conn, actor, "user.delete", project_id=project_id, target=name)
-        self._roles.clear()
-        self._keys.clear()
+                await self._audit(
+                    conn, actor, "user.delete", project_id=project_id, target=name, client=client
+                )
+        self.forget_cached()
 
     # ------------------------------------------------------------------ roles
 
@@ -501,7 +543,9 @@ class Identity:
             )
         self._roles.clear()
 
-    async def remove_member(self, project: str, user: str, *, actor: str = "cli") -> None:
+    async def remove_member(
+        self, project: str, user: str, *, actor: str = "cli", client: str | None = None
+    ) -> None:
         """Remove a user from a project; their access keys there stop working at once."""
         async with self.db.write() as conn:
             project_id = await require_project(conn, project)
@@ -513,13 +557,19 @@ class Identity:
             )
             if result.rowcount == 0:
                 raise NameUnknown(f"user {user!r} is not a member of project {project!r}")
-            await self._delete_keys_without_role(conn, project_id, user_id, actor)
-            await self._audit(conn, actor, "member.remove", project_id=project_id, target=user)
-        self._roles.clear()
-        self._keys.clear()
+            await self._delete_keys_without_role(conn, project_id, user_id, actor, client)
+            await self._audit(
+                conn, actor, "member.remove", project_id=project_id, target=user, client=client
+            )
+        self.forget_cached()
 
     async def _delete_keys_without_role(
-        self, conn: AsyncConnection, project_id: int, user_id: int, actor: str
+        self,
+        conn: AsyncConnection,
+        project_id: int,
+        user_id: int,
+        actor: str,
+        client: str | None = None,
     ) -> None:
         if await _has_role(conn, project_id, user_id):
             return
@@ -541,6 +591,7 @@ class Identity:
                 project_id=project_id,
                 target=key_id,
                 detail={"reason": "user left the project"},
+                client=client,
             )
 
     async def list_members(self, project: str) -> list[dict[str, Any]]:
@@ -582,7 +633,15 @@ class Identity:
             )
         self._roles.clear()
 
-    async def revoke(self, project: str, repository: str, user: str, *, actor: str = "cli") -> None:
+    async def revoke(
+        self,
+        project: str,
+        repository: str,
+        user: str,
+        *,
+        actor: str = "cli",
+        client: str | None = None,
+    ) -> None:
         async with self.db.write() as conn:
             project_id = await require_project(conn, project)
             repository_id = await _repository_id(conn, project_id, project, repository)
@@ -595,16 +654,16 @@ class Identity:
             )
             if result.rowcount == 0:
                 raise NameUnknown(f"user {user!r} has no role on {project}/{repository}")
-            await self._delete_keys_without_role(conn, project_id, user_id, actor)
+            await self._delete_keys_without_role(conn, project_id, user_id, actor, client)
             await self._audit(
                 conn,
                 actor,
                 "repository.revoke",
                 project_id=project_id,
                 target=f"{repository}:{user}",
+                client=client,
             )
-        self._roles.clear()
-        self._keys.clear()
+        self.forget_cached()
 
     async def project_roles(self, user_id: int) -> dict[int, str]:
         """project id -> the user's role there, for every project they are a member of."""
@@ -826,11 +885,15 @@ class Identity:
             )
         self._keys.clear()
 
-    async def delete_key(self, key_id: str, *, actor: str = "cli") -> None:
+    async def delete_key(
+        self, key_id: str, *, actor: str = "cli", client: str | None = None
+    ) -> None:
         async with self.db.write() as conn:
             project_id = await _key_project(conn, key_id)
             await conn.execute(delete(access_keys).where(access_keys.c.id == key_id))
-            await self._audit(conn, actor, "key.delete", project_id=project_id, target=key_id)
+            await self._audit(
+                conn, actor, "key.delete", project_id=project_id, target=key_id, client=client
+            )
         self._keys.clear()
 
     async def _key_record(self, key_id: str) -> _KeyRecord | None:
@@ -864,7 +927,7 @@ class Identity:
 
     async def authenticate_key(self, key_id: str, secret: str) -> Principal:
         """The principal behind an access key, or UNAUTHORIZED saying what is wrong."""
-        record = await self._key_record(key_id) if key_id.isalnum() and len(key_id) <= 32 else None
+        record = await self._key_record(key_id) if may_be_key_id(key_id) else None
         # Compare against a stand-in hash when the key is unknown, so timing tells nothing.
         stored = record.secret_hash if record else self.keyring.hash_secret("\0")
         if not self.keyring.secret_matches(secret, stored) or record is None:
@@ -891,7 +954,7 @@ class Identity:
         )
 
     async def key_project_id(self, key_id: str) -> int | None:
-        record = await self._key_record(key_id) if key_id.isalnum() and len(key_id) <= 32 else None
+        record = await self._key_record(key_id) if may_be_key_id(key_id) else None
         return record.project_id if record else None
 
     async def principal_for_token(self, user_id: int, user: str, key_id: str | None) -> Principal:

@@ -25,7 +25,6 @@ from berth.metadata.tables import (
     projects,
     repositories,
     tags,
-    uploads,
     utcnow,
 )
 from berth.services.restrictions import ensure_writable
@@ -38,12 +37,6 @@ MAX_DESCRIPTION = 100
 MAX_REPOSITORY_NAME = 128
 SCAN_MODES = ("auto", "manual")
 REPOSITORY_SORTS = ("name", "images", "updated_at")
-
-
-@dataclass(frozen=True, slots=True)
-class DeletedProject:
-    repositories: int
-    upload_ids: list[str]  # uploads that were in progress: their scratch files remain
 
 
 class Conflict(RegistryError):
@@ -249,50 +242,50 @@ class Repositories:
                 ).values(project_id=project_id, repository_quota=quota)
             )
 
-    async def delete_project(self, project: str, *, confirm: str | None = None) -> DeletedProject:
+    async def delete_project_rows(
+        self, conn: AsyncConnection, project: str, *, confirm: str | None = None
+    ) -> int:
         """Delete a project with everything in it (repositories, images, keys, roles, its
-        audit log); blobs no other project links go at the next garbage collection. Refused
-        while it holds repositories unless `confirm` repeats its name, and while a garbage
-        collection runs in it. The caller removes the scratch files of its uploads."""
-        async with self.db.write() as conn:
-            project_id = await require_project(conn, project)
-            await ensure_writable(conn, project_id, project)
-            running = (
-                await conn.execute(
-                    select(gc_runs.c.id).where(
-                        gc_runs.c.project_id == project_id, gc_runs.c.state == "running"
-                    )
+        audit log) in the caller's write transaction; returns how many repositories it held.
+        Blobs no other project links go at the next garbage collection, the scratch files of
+        its uploads with the orphan-uploads job. Refused while it holds repositories unless
+        `confirm` repeats its name, and while a garbage collection runs in it.
+        `Identity.delete_project` is what deletes a project (and audits it)."""
+        project_id = await require_project(conn, project)
+        await ensure_writable(conn, project_id, project)
+        running = (
+            await conn.execute(
+                select(gc_runs.c.id).where(
+                    gc_runs.c.project_id == project_id, gc_runs.c.state == "running"
                 )
-            ).first()
-            if running is not None:
-                raise Conflict(
-                    f"a garbage collection is running in project {project!r}; delete the "
-                    "project once it has finished"
-                )
-            held = (
-                await conn.execute(
-                    select(func.count())
-                    .select_from(repositories)
-                    .where(repositories.c.project_id == project_id)
-                )
-            ).scalar() or 0
-            if held and confirm != project:
-                raise Conflict(
-                    f"project {project!r} holds {held} "
-                    f"{'repository' if held == 1 else 'repositories'}; to delete it with "
-                    "all of them, confirm by typing the project's name",
-                    {"repositories": held},
-                )
-            in_progress = await conn.execute(
-                select(uploads.c.id)
-                .join(repositories, repositories.c.id == uploads.c.repository_id)
+            )
+        ).first()
+        if running is not None:
+            raise Conflict(
+                f"a garbage collection is running in project {project!r}; delete the "
+                "project once it has finished"
+            )
+        held = (
+            await conn.execute(
+                select(func.count())
+                .select_from(repositories)
                 .where(repositories.c.project_id == project_id)
             )
-            upload_ids = list(in_progress.scalars())
-            await conn.execute(projects.delete().where(projects.c.id == project_id))
+        ).scalar() or 0
+        if held and confirm != project:
+            raise Conflict(
+                f"project {project!r} holds {held} "
+                f"{'repository' if held == 1 else 'repositories'}; to delete it with "
+                "all of them, confirm by typing the project's name",
+                {"repositories": held},
+            )
+        await conn.execute(projects.delete().where(projects.c.id == project_id))
+        return int(held)
+
+    def forget_project(self, project: str) -> None:
+        """Drop the project's cached repositories (once it is deleted)."""
         for key in [k for k in self._cache if k[0] == project]:
             self._cache.pop(key, None)
-        return DeletedProject(int(held), upload_ids)
 
     async def update(
         self,
@@ -409,18 +402,20 @@ class Repositories:
             .subquery()
         )
         # Content changes that leave no row behind (a tag or an image deleted, also by GC)
-        # count too: the image history records every one.
-        event_stats = (
-            select(image_events.c.repository_id, func.max(image_events.c.at).label("event_at"))
-            .where(image_events.c.repository_id.in_(in_project))
-            .group_by(image_events.c.repository_id)
-            .subquery()
+        # count too: the image history records every one. Per repository, from its index
+        # (repository_id, image, at): the history is append-only, so a grouped pass over the
+        # project's would read all of it for every repository shown, even one.
+        event_at = (
+            select(func.max(image_events.c.at))
+            .where(image_events.c.repository_id == repositories.c.id)
+            .correlate(repositories)
+            .scalar_subquery()
         )
         changed = self._latest(
             repositories.c.updated_at,
             func.coalesce(image_stats.c.pushed_at, repositories.c.updated_at),
             func.coalesce(tag_stats.c.tagged_at, repositories.c.updated_at),
-            func.coalesce(event_stats.c.event_at, repositories.c.updated_at),
+            func.coalesce(event_at, repositories.c.updated_at),
         )
         return (
             select(
@@ -436,7 +431,6 @@ class Repositories:
             )
             .outerjoin(image_stats, image_stats.c.repository_id == repositories.c.id)
             .outerjoin(tag_stats, tag_stats.c.repository_id == repositories.c.id)
-            .outerjoin(event_stats, event_stats.c.repository_id == repositories.c.id)
             .where(repositories.c.project_id == project_id)
         )
 

@@ -11,6 +11,12 @@ import pytest
 from sqlalchemy import select
 
 from berth.metadata.tables import audit_log
+from berth.services.identity import (
+    has_key_id_format,
+    looks_like_key_id,
+    may_be_key_id,
+    new_key_id,
+)
 from berth.state import Services
 from tests.api.conftest import PASSWORD, Team, api, assert_problem, ok, services, until
 from tests.servers import ADMIN_PASSWORD, BerthServer
@@ -217,3 +223,17 @@ def test_a_failed_login_never_stores_what_was_typed_as_the_key_id(team: Team) ->
     assert until(swapped_login_recorded)
     stored = "\n".join(services(team.server, every_entry))
     assert secret not in stored and secret[:20] not in stored
+
+
+def test_key_id_shapes_are_ascii() -> None:
+    """One definition of what a key ID looks like, in ASCII: other scripts' capitals and
+    digits (which `str.isalnum` and `str.isupper` accept) are no key ID."""
+    key = new_key_id()
+    assert has_key_id_format(key) and looks_like_key_id(key) and may_be_key_id(key)
+    mistyped = key[:-1] + "O"  # outside the alphabet: no key has it, but it is a key's shape
+    assert not has_key_id_format(mistyped) and looks_like_key_id(mistyped)
+    for foreign in ("BK" + "\u00c4" * 18, "BK" + "\u0663" * 18, "BK" + "\uff21" * 18):
+        assert not looks_like_key_id(foreign) and not may_be_key_id(foreign), foreign
+    assert may_be_key_id("alice") and not looks_like_key_id("alice")
+    assert not may_be_key_id("user-1") and not may_be_key_id("A" * 33)
+    assert not may_be_key_id(key + "\n")

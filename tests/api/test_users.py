@@ -9,9 +9,9 @@ from contextlib import closing
 from typing import Any
 
 import httpx
-from sqlalchemy import select
+from sqlalchemy import select, update
 
-from berth.metadata.tables import blobs, repository_blobs
+from berth.metadata.tables import blobs, gc_runs, projects, repository_blobs
 from berth.state import Services
 from tests.api.conftest import (
     PASSWORD,
@@ -159,6 +159,9 @@ def test_deleting_a_user_stops_their_keys_and_sessions_at_once(team: Team) -> No
         return {(e["action"], e["target"]) for e in entries if e["actor"] == "admin"}
 
     assert until(lambda: {("user.delete", name), ("key.delete", key[0])} <= audited())
+    # Where it came from, as for every change an administrator makes over HTTP.
+    [deleted] = server_audit(team.server, "user.delete", name)
+    assert deleted["client"] == "127.0.0.1", deleted
 
 
 def test_project_admins_find_users_to_add(team: Team) -> None:
@@ -205,3 +208,37 @@ def test_an_empty_project_is_deleted_without_confirmation(server: BerthServer) -
     with administrator(server) as admin:
         assert admin.delete(f"/projects/{project}").status_code == 204
         assert_problem(admin.get(f"/projects/{project}"), 404)
+
+
+def test_a_project_is_not_deleted_while_a_garbage_collection_runs_in_it(
+    server: BerthServer,
+) -> None:
+    project = "g" + uuid.uuid4().hex[:8]
+    server.create_project(project)
+
+    async def collecting(s: Services, running: bool) -> None:
+        async with s.db.write() as conn:
+            project_id = (
+                await conn.execute(select(projects.c.id).where(projects.c.name == project))
+            ).scalar_one()
+            if running:
+                await conn.execute(
+                    gc_runs.insert().values(project_id=project_id, state="running", actor="test")
+                )
+            else:
+                await conn.execute(
+                    update(gc_runs)
+                    .where(gc_runs.c.project_id == project_id)
+                    .values(state="succeeded")
+                )
+
+    services(server, lambda s: collecting(s, True))
+    with administrator(server) as admin:
+        refused = assert_problem(admin.delete(f"/projects/{project}"), 409)
+        assert "a garbage collection is running" in refused["detail"]
+        ok(admin.get(f"/projects/{project}"))
+        assert not server_audit(server, "project.delete", project)
+        services(server, lambda s: collecting(s, False))
+        assert admin.delete(f"/projects/{project}").status_code == 204
+    [deleted] = server_audit(server, "project.delete", project)
+    assert deleted["client"] == "127.0.0.1" and deleted["detail"] == {"repositories": 0}

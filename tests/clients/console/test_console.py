@@ -282,7 +282,9 @@ def test_garbage_collection_through_the_pop_up(
     # Until it ends, the panel, the history's row and the summary's last run agree at every
     # look, and the run only moves forward.
     history = page.get_by_role("table", name="Garbage collection runs")
-    seen = watch_gc_panel(page, timeout=GC_HOLD_SECONDS + 20)
+    seen = watch_gc_panel(
+        page, admin, f"/projects/{tenant.project}/gc/runs", timeout=GC_HOLD_SECONDS + 20
+    )
     assert seen[-1] == ("succeeded", "done") and ("running", "marking") in seen, seen
     expect(current).to_contain_text("Last run: Succeeded")
     expect(page.get_by_test_id("gc-button")).to_be_enabled()
@@ -304,16 +306,20 @@ def test_garbage_collection_through_the_pop_up(
 PHASE_ORDER = ("queued", "marking", "sweeping", "done")
 
 
-def watch_gc_panel(page: Page, timeout: float) -> list[tuple[str, str]]:
+def watch_gc_panel(
+    page: Page, api: httpx.Client, runs: str, timeout: float
+) -> list[tuple[str, str]]:
     """The GC panel's (state, phase) at each look until the run ends, checking at every look
-    that the history's newest row and the summary's last run say the same and that nothing
-    goes back."""
+    that the history's newest row and the summary's last run say the same, that the API
+    (`{runs}/{id}`, asked after the look) is where the card is or further on, and that nothing
+    goes back. The card and the row are drawn from one response: only the API can show that
+    what they say is the run's."""
     look = """() => {
       const card = document.querySelector("[data-testid=gc-current] section");
       const row = document.querySelector("table tbody tr [data-state]");
       const last = document.querySelector("[data-testid=gc-last-run]");
       return card && row ? [card.dataset.state, card.dataset.phase, row.dataset.state,
-                            row.dataset.phase, last.textContent] : null;
+                            row.dataset.phase, last.textContent, card.dataset.run] : null;
     }"""
     seen: list[tuple[str, str]] = []
     rank = (0, 0)
@@ -321,8 +327,13 @@ def watch_gc_panel(page: Page, timeout: float) -> list[tuple[str, str]]:
     while time.monotonic() < deadline:
         found = page.evaluate(look)
         if found is not None:
-            state, phase, row_state, row_phase, last = found
+            state, phase, row_state, row_phase, last, run_id = found
             assert (state, phase) == (row_state, row_phase), found
+            record = api.get(f"{runs}/{run_id}").raise_for_status().json()
+            served = (record["state"] != "running", PHASE_ORDER.index(record["phase"]))
+            assert served >= (state != "running", PHASE_ORDER.index(phase)), (found, record)
+            if state != "running":
+                assert (record["state"], record["phase"]) == (state, phase), (found, record)
             if state == "running":
                 assert "Succeeded" not in last or seen == [], found
             else:

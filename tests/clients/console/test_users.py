@@ -28,10 +28,10 @@ def test_a_project_admin_picks_a_member_from_the_users_found(page: Page, tenant:
     form = page.get_by_role("form", name="Add a member")
     user = form.get_by_role("combobox", name="User")
 
-    # A name that is no user is refused in the form, before anything is asked of the API.
+    # A name that is no user: the API's refusal is shown on the User field.
     user.fill(f"nobody-{suffix}")
     form.get_by_role("button", name="Add member").click()
-    expect(form.get_by_role("alert")).to_contain_text(f"There is no user named nobody-{suffix}")
+    expect(form.get_by_role("alert")).to_contain_text(f"user 'nobody-{suffix}' does not exist")
 
     # Typing part of a name lists the users it matches; picking one fills the field.
     user.fill("")

@@ -165,7 +165,7 @@ async function render() {
     }
     if (path === "/admin") {
       clear(root, header(null), h("div", { class: "layout no-menu" }, main));
-      return await adminView(main, { ...ctx, session: state.session, reloadProjects: () => loadProjects(true) });
+      return await adminView(main, { ...ctx, projects: state.projects, session: state.session, reloadProjects: () => loadProjects(true) });
     }
     for (const [pattern, view, active] of ROUTES) {
       const match = path.match(pattern);

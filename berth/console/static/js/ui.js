@@ -61,9 +61,12 @@ export function number(n) {
 
 const pad = (n) => String(n).padStart(2, "0");
 
+// Made once: building a formatter costs far more than using one, and every time shown uses it.
+const zoneFormat = new Intl.DateTimeFormat("en-US", { timeZoneName: "short" });
+
 /** The browser's zone at that moment, as `UTC`, `GMT+9` or `PST`. */
 function zoneName(d) {
-  const part = new Intl.DateTimeFormat("en-US", { timeZoneName: "short" }).formatToParts(d).find((p) => p.type === "timeZoneName");
+  const part = zoneFormat.formatToParts(d).find((p) => p.type === "timeZoneName");
   return part ? part.value : "";
 }
 

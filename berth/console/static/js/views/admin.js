@@ -9,7 +9,7 @@ import { auditTable } from "./members.js";
 const PER_PAGE = 100;
 
 export async function adminView(main, ctx) {
-  const { session } = ctx;
+  const { session, projects } = ctx; // the projects app.js holds (reloaded after a change)
   document.title = "Server administration · Berth";
   if (!session.server_admin) {
     clear(main, h("h1", {}, "Server administration"), h("p", {}, "This page is for server administrators."));
@@ -17,9 +17,8 @@ export async function adminView(main, ctx) {
   }
   const search = ctx.query.query || "";
   const auditPage = Math.max(1, Number(ctx.query.audit_page) || 1);
-  const [users, projects, audit] = await Promise.all([
+  const [users, audit] = await Promise.all([
     api.get(`/users${query({ query: search, limit: PER_PAGE })}`),
-    api.get("/projects"),
     api.get(`/audit${query({ page: auditPage, per_page: 20 })}`),
   ]);
   if (ctx.stale()) return;

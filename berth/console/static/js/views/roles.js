@@ -8,8 +8,8 @@ const SUGGESTIONS = 8;
 
 /**
  * A user name input that searches existing users as it is typed (GET /users) and offers them
- * in a list to pick from (mouse, or arrow keys and Enter). `input.existing()` resolves the
- * typed name once it names an existing user, null otherwise.
+ * in a list to pick from (mouse, or arrow keys and Enter). Whether the typed name is a user
+ * is the API's to say when the form is sent (the list shows only the first few matches).
  */
 export function userPicker() {
   const listId = `users-${Math.random().toString(36).slice(2, 9)}`;
@@ -83,11 +83,6 @@ export function userPicker() {
       show(false);
     }
   });
-  input.existing = async () => {
-    const name = input.value.trim().toLowerCase();
-    const users = await search(name);
-    return users.some((u) => u.name === name) ? name : null;
-  };
   const wrap = h("div", { class: "picker" }, input, list);
   return { input, control: wrap };
 }
@@ -114,15 +109,15 @@ export function userRoleForm(ctx, { label, roles, initial, submitLabel, save }) 
     clear(problem);
     userField.setError("");
     try {
-      const name = await user.existing();
-      if (!name) {
-        userField.setError(`There is no user named ${user.value.trim()}: pick one from the list (server administrators create users).`);
-        return;
-      }
-      toast(await save(name, role.value));
+      toast(await save(user.value.trim().toLowerCase(), role.value));
       ctx.refresh();
     } catch (err) {
-      clear(problem, errorBox(err));
+      if (err.status === 404 && err.message.startsWith("user ")) {
+        // The API's "user 'x' does not exist": said on the field it is about.
+        userField.setError(`${err.message}: pick one from the list (server administrators create users).`);
+      } else {
+        clear(problem, errorBox(err));
+      }
     }
   });
   return form;
