@@ -9,7 +9,7 @@ from berth.auth.keyring import Keyring
 from berth.auth.throttle import LoginThrottle
 from berth.auth.tokens import Tokens
 from berth.config import Settings
-from berth.domain.names import RegistryAddress, hostname_of, registry_address
+from berth.domain.names import RegistryAddress, host_project, registry_address
 from berth.jobs import Job, Scheduler
 from berth.metadata.database import Database
 from berth.services.gc import GarbageCollector
@@ -105,19 +105,8 @@ class Services:
         )
 
     def host_project(self, host: str | None) -> str | None:
-        """The project a `{project}.{region}.{domain}[:port]` Host names; None for path style.
-
-        Host names are case-insensitive: `DEMO.{region}.{domain}` is project `demo`.
-        """
-        if not host:
-            return None
-        hostname = hostname_of(host).lower()
-        suffix = self.settings.project_host_suffix.lower()
-        if hostname.endswith(suffix):
-            project = hostname[: -len(suffix)]
-            if project and "." not in project:
-                return project
-        return None
+        """The project this server's Host names (`domain.names.host_project`)."""
+        return host_project(host, self.settings.project_host_suffix)
 
     def registry_address(self, project: str, host: str | None) -> RegistryAddress:
         """Where clients that reached this server at `host` find `project`'s registry (from

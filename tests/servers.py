@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 import httpx
 
 from berth.config import Settings
-from berth.services.repositories import Conflict
+from berth.domain.errors import Conflict
 from berth.state import Services
 
 T = TypeVar("T")

@@ -37,9 +37,9 @@ from berth.auth.guard import authenticate_basic, basic_credentials, client_addre
 from berth.auth.policy import PROJECT_ROLES, Principal, can_manage_project
 from berth.auth.tokens import InvalidToken
 from berth.domain.errors import Denied, NameUnknown, Unauthorized
+from berth.domain.references import RepositoryRef
 from berth.services.identity import KEY_ID_PATTERN
 from berth.services.images import Images
-from berth.services.repositories import RepositoryRef
 from berth.state import Services
 
 # ---------------------------------------------------------------- names in paths and queries

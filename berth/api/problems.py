@@ -21,7 +21,7 @@ from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse, Response
 
-from berth.domain.errors import RegistryError
+from berth.domain.errors import InvalidValue, RegistryError
 from berth.domain.names import PROJECT_NAME_RULE
 
 PROBLEM_TYPE = "application/problem+json"
@@ -124,7 +124,7 @@ async def _validation_problem(request: Request, exc: Exception) -> Response:
 async def _registry_problem(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, RegistryError)
     errors: list[dict[str, str]] = []
-    if isinstance(exc, FieldError):
+    if isinstance(exc, (FieldError, InvalidValue)) and exc.detail:
         errors = exc.detail
     status = exc.status if 400 <= exc.status < 600 else 500
     if exc.code == "NAME_INVALID" and status == 400:

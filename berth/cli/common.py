@@ -20,9 +20,8 @@ from rich.text import Text
 
 from berth.config import Settings, SettingsError, load_settings
 from berth.data_location import missing_data, shown_database, where_to_point
-from berth.domain.errors import RegistryError
+from berth.domain.errors import Conflict, RegistryError
 from berth.metadata.migrate import upgrade
-from berth.services.repositories import Conflict
 from berth.state import Services
 
 console = Console()

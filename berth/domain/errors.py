@@ -94,6 +94,35 @@ class HostInvalid(RegistryError):
     status = 400
 
 
+class InvalidValue(RegistryError):
+    """A value that is not a name but is out of range or not one of the choices (a short
+    password, an unknown role, a negative quota): the API answers 422 naming the field."""
+
+    code = "INVALID_VALUE"
+    status = 422
+
+    def __init__(self, message: str, field: str | None = None) -> None:
+        super().__init__(message, [{"field": field, "message": message}] if field else None)
+        self.field = field
+
+
+class NotFound(RegistryError):
+    """Something that is not registry content (a user, an access key) does not exist."""
+
+    code = "NOT_FOUND"
+    status = 404
+
+
+class Conflict(RegistryError):
+    code = "CONFLICT"
+    status = 409
+
+
+class QuotaExceeded(RegistryError):
+    code = "QUOTA_EXCEEDED"
+    status = 403
+
+
 class Unsupported(RegistryError):
     code = "UNSUPPORTED"
     status = 405

@@ -96,7 +96,7 @@ def registry_address(project: str, host: str, project_host_suffix: str) -> Regis
     project hosts too, so it gets the project's own host `{project}.{region}.{domain}`, with
     the port it used; any other host (localhost, an IP address, another name) is path style on
     that same host, the project being the first path component. Both are what the registry
-    routes (`Services.host_project`).
+    routes (`host_project`).
     """
     hostname = hostname_of(host).lower()
     port = host[len(hostname) :]
@@ -105,6 +105,23 @@ def registry_address(project: str, host: str, project_host_suffix: str) -> Regis
         own = f"{project}{suffix}{port}"
         return RegistryAddress(own, own, host_style=True)
     return RegistryAddress(host, f"{host}/{project}", host_style=False)
+
+
+def host_project(host: str | None, project_host_suffix: str) -> str | None:
+    """The project a `{project}.{region}.{domain}[:port]` Host names; None for path style.
+
+    Host names are case-insensitive: `DEMO.{region}.{domain}` is project `demo`. The inverse
+    of `registry_address`.
+    """
+    if not host:
+        return None
+    hostname = hostname_of(host).lower()
+    suffix = project_host_suffix.lower()
+    if hostname.endswith(suffix):
+        project = hostname[: -len(suffix)]
+        if project and "." not in project:
+            return project
+    return None
 
 
 def is_valid_name(name: str) -> bool:

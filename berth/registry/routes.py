@@ -35,6 +35,7 @@ from berth.domain.errors import (
 )
 from berth.domain.manifests import MAX_MANIFEST_BYTES, OCI_INDEX, accepts, manifest_too_large
 from berth.domain.names import ImageName, split_name
+from berth.domain.references import RepositoryRef
 from berth.registry.responses import (
     BlobBytesResponse,
     BlobFileResponse,
@@ -43,7 +44,7 @@ from berth.registry.responses import (
     OnSent,
 )
 from berth.services.registry import Page
-from berth.services.repositories import RepositoryRef, name_unknown
+from berth.services.repositories import name_unknown
 from berth.state import Services
 
 JSON_TYPE = "application/json"

@@ -44,6 +44,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from berth.domain.errors import RegistryError
 from berth.metadata.database import Database
+from berth.metadata.lookups import require_project
 from berth.metadata.tables import (
     audit_log,
     blobs,
@@ -61,7 +62,6 @@ from berth.metadata.tables import (
     uploads,
     utcnow,
 )
-from berth.services.repositories import require_project
 from berth.services.restrictions import WRITE_GATE_LOCK
 from berth.storage.base import BlobStore
 

@@ -20,9 +20,19 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from berth.auth.keyring import Keyring
 from berth.auth.policy import PROJECT_ROLES, REPOSITORY_ROLES, Principal, repository_actions
-from berth.domain.errors import Denied, NameInvalid, NameUnknown, Unauthorized
+from berth.domain.errors import (
+    Conflict,
+    Denied,
+    InvalidValue,
+    NameInvalid,
+    NameUnknown,
+    NotFound,
+    Unauthorized,
+)
 from berth.domain.names import is_valid_component
+from berth.domain.references import RepositoryRef
 from berth.metadata.database import Database
+from berth.metadata.lookups import require_project
 from berth.metadata.tables import (
     access_keys,
     audit_log,
@@ -34,7 +44,7 @@ from berth.metadata.tables import (
     users,
     utcnow,
 )
-from berth.services.repositories import Conflict, Repositories, RepositoryRef, require_project
+from berth.services.repositories import Repositories
 
 # Access checks reuse a lookup this long; a removed member or a disabled key stops working
 # within it on every node.
@@ -341,7 +351,7 @@ class Identity:
                 f"invalid user name {name!r}: lowercase letters, digits, '.', '_' or '-'"
             )
         if password is None and not service_account:
-            raise NameInvalid("a user needs a password (service accounts have none)")
+            raise InvalidValue("a user needs a password (service accounts have none)", "password")
         if password is not None:
             _check_password(password)
         password_hash = (
@@ -440,7 +450,7 @@ class Identity:
         async with self.db.write() as conn:
             row = (await conn.execute(select(users).where(users.c.name == name))).first()
             if row is None:
-                raise NameUnknown(f"user {name!r} does not exist")
+                raise NotFound(f"user {name!r} does not exist")
             if row.is_service_account:
                 raise Denied(
                     f"user {name!r} is a service account: it signs in with access keys only"
@@ -470,7 +480,7 @@ class Identity:
         async with self.db.write() as conn:
             row = (await conn.execute(select(users).where(users.c.name == name))).first()
             if row is None:
-                raise NameUnknown(f"user {name!r} does not exist")
+                raise NotFound(f"user {name!r} does not exist")
             if name == actor:
                 raise Denied("you cannot delete yourself; another administrator can")
             if row.is_admin:
@@ -529,7 +539,7 @@ class Identity:
 
     async def add_member(self, project: str, user: str, role: str, *, actor: str = "cli") -> None:
         if role not in PROJECT_ROLES:
-            raise NameInvalid(f"project role must be one of {', '.join(PROJECT_ROLES)}")
+            raise InvalidValue(f"project role must be one of {', '.join(PROJECT_ROLES)}", "role")
         async with self.db.write() as conn:
             project_id = await require_project(conn, project)
             user_id = await _user_id(conn, user)
@@ -611,7 +621,9 @@ class Identity:
         self, project: str, repository: str, user: str, role: str, *, actor: str = "cli"
     ) -> None:
         if role not in REPOSITORY_ROLES:
-            raise NameInvalid(f"repository role must be one of {', '.join(REPOSITORY_ROLES)}")
+            raise InvalidValue(
+                f"repository role must be one of {', '.join(REPOSITORY_ROLES)}", "role"
+            )
         async with self.db.write() as conn:
             project_id = await require_project(conn, project)
             repository_id = await _repository_id(conn, project_id, project, repository)
@@ -763,14 +775,14 @@ class Identity:
         actor: str = "cli",
     ) -> CreatedKey:
         if expires_at is not None and expires_at <= utcnow():
-            raise NameInvalid("the expiry date must be in the future")
+            raise InvalidValue("the expiry date must be in the future", "expires_at")
         secret = new_secret()
         key_id = new_key_id()
         async with self.db.write() as conn:
             project_id = await require_project(conn, project)
             user_row = (await conn.execute(select(users).where(users.c.name == user))).first()
             if user_row is None:
-                raise NameUnknown(f"user {user!r} does not exist")
+                raise NotFound(f"user {user!r} does not exist")
             if not user_row.is_admin and not await _has_role(conn, project_id, user_row.id):
                 raise Denied(
                     f"user {user!r} has no role in project {project!r}; add them as a member "
@@ -999,15 +1011,17 @@ async def _audit_page(
 
 def _check_password(password: str) -> None:
     if len(password) < MIN_PASSWORD_LENGTH:
-        raise NameInvalid(f"password must be at least {MIN_PASSWORD_LENGTH} characters")
+        raise InvalidValue(
+            f"password must be at least {MIN_PASSWORD_LENGTH} characters", "password"
+        )
     if len(password) > MAX_PASSWORD_LENGTH:
-        raise NameInvalid(f"password must be at most {MAX_PASSWORD_LENGTH} characters")
+        raise InvalidValue(f"password must be at most {MAX_PASSWORD_LENGTH} characters", "password")
 
 
 async def _user_id(conn: AsyncConnection, user: str) -> int:
     user_id = (await conn.execute(select(users.c.id).where(users.c.name == user))).scalar()
     if user_id is None:
-        raise NameUnknown(f"user {user!r} does not exist")
+        raise NotFound(f"user {user!r} does not exist")
     return int(user_id)
 
 
@@ -1031,7 +1045,7 @@ async def _key_project(conn: AsyncConnection, key_id: str) -> int:
         await conn.execute(select(access_keys.c.project_id).where(access_keys.c.id == key_id))
     ).scalar()
     if project_id is None:
-        raise NameUnknown(f"access key {key_id!r} does not exist")
+        raise NotFound(f"access key {key_id!r} does not exist")
     return int(project_id)
 
 

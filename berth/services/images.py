@@ -15,6 +15,7 @@ from sqlalchemy import Select, and_, func, select
 from berth.domain.digests import parse_digest
 from berth.domain.errors import ManifestUnknown
 from berth.domain.manifests import INDEX_TYPES, parse_manifest
+from berth.domain.references import RepositoryRef
 from berth.metadata.database import Database
 from berth.metadata.queries import indexes_listing, is_image, is_index_child
 from berth.metadata.tables import (
@@ -24,7 +25,6 @@ from berth.metadata.tables import (
     manifests,
     tags,
 )
-from berth.services.repositories import RepositoryRef
 from berth.storage.base import BlobStore
 
 IMAGE_SORTS = ("pushed_at", "image", "size")

@@ -18,6 +18,7 @@ from sqlalchemy.exc import IntegrityError
 from berth.domain.digests import digest_bytes, is_digest, parse_digest
 from berth.domain.errors import (
     BlobUnknown,
+    Conflict,
     Denied,
     DigestInvalid,
     ManifestBlobUnknown,
@@ -33,6 +34,7 @@ from berth.domain.manifests import (
     stored_blobs,
 )
 from berth.domain.names import is_valid_tag
+from berth.domain.references import RepositoryRef
 from berth.metadata.database import Database
 from berth.metadata.queries import indexes_listing, is_image
 from berth.metadata.tables import (
@@ -46,7 +48,6 @@ from berth.metadata.tables import (
     tags,
     utcnow,
 )
-from berth.services.repositories import Conflict, RepositoryRef
 from berth.services.restrictions import ensure_writable
 from berth.storage.base import BlobStore
 

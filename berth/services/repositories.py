@@ -5,16 +5,17 @@ from __future__ import annotations
 import builtins
 import time
 from collections.abc import Collection
-from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import ColumnElement, bindparam, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from berth.domain.errors import NameInvalid, NameUnknown, RegistryError
+from berth.domain.errors import Conflict, InvalidValue, NameInvalid, NameUnknown, QuotaExceeded
 from berth.domain.names import ImageName, is_valid_component, project_name_problem
+from berth.domain.references import RepositoryRef
 from berth.metadata.database import Database
+from berth.metadata.lookups import require_project
 from berth.metadata.queries import is_image
 from berth.metadata.tables import (
     UTCDateTime,
@@ -37,26 +38,6 @@ MAX_DESCRIPTION = 100
 MAX_REPOSITORY_NAME = 128
 SCAN_MODES = ("auto", "manual")
 REPOSITORY_SORTS = ("name", "images", "updated_at")
-
-
-class Conflict(RegistryError):
-    code = "CONFLICT"
-    status = 409
-
-
-class QuotaExceeded(RegistryError):
-    code = "QUOTA_EXCEEDED"
-    status = 403
-
-
-@dataclass(frozen=True, slots=True)
-class RepositoryRef:
-    id: int
-    project_id: int
-    project: str
-    name: str
-    public: bool
-    tag_overwrite: bool
 
 
 _REPOSITORY = (
@@ -168,9 +149,11 @@ class Repositories:
                 f"with '.', '_', '__' or '-' between them, up to {MAX_REPOSITORY_NAME} characters"
             )
         if len(description) > MAX_DESCRIPTION:
-            raise NameInvalid(f"description is {len(description)} characters; at most 100")
+            raise InvalidValue(
+                f"description is {len(description)} characters; at most 100", "description"
+            )
         if scan_mode not in SCAN_MODES:
-            raise NameInvalid(f"scan mode must be one of {', '.join(SCAN_MODES)}")
+            raise InvalidValue(f"scan mode must be one of {', '.join(SCAN_MODES)}", "scan_mode")
         now = utcnow()
         async with self.db.write() as conn:
             project_id = (
@@ -233,7 +216,7 @@ class Repositories:
     async def set_quota(self, project: str, quota: int | None) -> None:
         """A project's own repository maximum; None returns it to the server default."""
         if quota is not None and quota < 0:
-            raise NameInvalid("the repository quota cannot be negative")
+            raise InvalidValue("the repository quota cannot be negative", "repository_quota")
         async with self.db.write() as conn:
             project_id = await require_project(conn, project)
             await conn.execute(
@@ -305,11 +288,13 @@ class Repositories:
             changes["tag_overwrite"] = tag_overwrite
         if description is not None:
             if len(description) > MAX_DESCRIPTION:
-                raise NameInvalid(f"description is {len(description)} characters; at most 100")
+                raise InvalidValue(
+                    f"description is {len(description)} characters; at most 100", "description"
+                )
             changes["description"] = description
         if scan_mode is not None:
             if scan_mode not in SCAN_MODES:
-                raise NameInvalid(f"scan mode must be one of {', '.join(SCAN_MODES)}")
+                raise InvalidValue(f"scan mode must be one of {', '.join(SCAN_MODES)}", "scan_mode")
             changes["scan_mode"] = scan_mode
         async with self.db.write() as conn:
             project_id = await require_project(conn, project)
@@ -357,7 +342,7 @@ class Repositories:
         """One page of a project's repositories and how many there are in all: sorted by
         name, image count or last modification, optionally only names containing `query`."""
         if sort not in REPOSITORY_SORTS:
-            raise NameInvalid(f"sort must be one of {', '.join(REPOSITORY_SORTS)}")
+            raise InvalidValue(f"sort must be one of {', '.join(REPOSITORY_SORTS)}", "sort")
         async with self.db.read() as conn:
             project_id = await require_project(conn, project)
             listing = self._listing(project_id).subquery()
@@ -490,16 +475,6 @@ class Repositories:
             }
             for r in rows
         ]
-
-
-async def require_project(conn: AsyncConnection, project: str) -> int:
-    """The id of a project by name, or NAME_UNKNOWN naming it."""
-    project_id = (
-        await conn.execute(select(projects.c.id).where(projects.c.name == project))
-    ).scalar()
-    if project_id is None:
-        raise NameUnknown(f"project {project!r} does not exist", {"project": project})
-    return int(project_id)
 
 
 def name_unknown(name: ImageName, *, project_exists: bool) -> NameUnknown:

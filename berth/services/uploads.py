@@ -29,9 +29,9 @@ from berth.domain.errors import (
     RangeNotSatisfiable,
     StorageFull,
 )
+from berth.domain.references import RepositoryRef
 from berth.metadata.database import Database
 from berth.metadata.tables import blobs, repository_blobs, uploads, utcnow
-from berth.services.repositories import RepositoryRef
 from berth.services.restrictions import refuse_if_restricted
 from berth.storage.base import BlobStore, UploadWriter
 

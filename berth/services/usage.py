@@ -20,8 +20,9 @@ from typing import Any
 from sqlalchemy import delete, func, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from berth.domain.errors import NameInvalid, NameUnknown
+from berth.domain.errors import InvalidValue, NameUnknown
 from berth.metadata.database import Database
+from berth.metadata.lookups import require_project
 from berth.metadata.queries import is_image
 from berth.metadata.tables import (
     blobs,
@@ -35,7 +36,6 @@ from berth.metadata.tables import (
     traffic_daily,
     utcnow,
 )
-from berth.services.repositories import require_project
 
 GB = 10**9
 STORAGE_SAMPLE_RETENTION_DAYS = 400
@@ -229,8 +229,8 @@ class Usage:
     async def storage(self, project: str, days: int = 30) -> dict[str, Any]:
         """The storage series of the last `days` days, oldest first, and the last collection."""
         if not 1 <= days <= STORAGE_SAMPLE_RETENTION_DAYS:
-            raise NameInvalid(
-                f"days must be between 1 and {STORAGE_SAMPLE_RETENTION_DAYS}", {"field": "days"}
+            raise InvalidValue(
+                f"days must be between 1 and {STORAGE_SAMPLE_RETENTION_DAYS}", "days"
             )
         project_id, at, figures = await self._first_sample(project)
         since = utcnow() - dt.timedelta(days=days)
@@ -272,9 +272,7 @@ class Usage:
         charge; narrowed to one repository when `repository` is given (its share of the
         project's charge, in proportion to its bytes)."""
         if not 1 <= days <= self.traffic_retention_days:
-            raise NameInvalid(
-                f"days must be between 1 and {self.traffic_retention_days}", {"field": "days"}
-            )
+            raise InvalidValue(f"days must be between 1 and {self.traffic_retention_days}", "days")
         today = today or utcnow().date()
         first_day = today - dt.timedelta(days=days - 1)
         # The months shown, oldest first, after the one before them (for the first change).
