@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime as dt
 import json
 import logging
@@ -31,6 +30,7 @@ from berth.domain.errors import (
 )
 from berth.domain.names import is_valid_component
 from berth.domain.references import RepositoryRef
+from berth.jobs.periodic import Periodic
 from berth.metadata.database import Database
 from berth.metadata.lookups import require_project
 from berth.metadata.tables import (
@@ -184,7 +184,12 @@ class Identity:
         self._roles = _TTLCache(CACHE_SECONDS)
         self._last_used: dict[str, float] = {}
         self._pending: list[dict[str, Any]] = []
-        self._flusher: asyncio.Task[None] | None = None
+        self._flusher = Periodic(
+            "audit flush",
+            AUDIT_FLUSH_SECONDS,
+            self.flush_audit,
+            failure="could not write audit entries",
+        )
 
     # ------------------------------------------------------------------ audit
 
@@ -218,7 +223,7 @@ class Identity:
         entry = {"at": utcnow(), "actor": actor, "action": action, "target": "", **fields}
         if "detail" in entry:
             entry["detail"] = json.dumps(entry["detail"])
-        if self._flusher is None:
+        if not self._flusher.running:
             async with self.db.write() as conn:
                 await conn.execute(audit_log.insert().values(**entry))
         else:
@@ -286,23 +291,11 @@ class Identity:
                     [{"project_id": None, "detail": None, "client": None, **e} for e in pending],
                 )
 
-    async def _flush_forever(self) -> None:
-        while True:
-            await asyncio.sleep(AUDIT_FLUSH_SECONDS)
-            try:
-                await self.flush_audit()
-            except Exception:
-                logger.exception("could not write audit entries")
-
     def start(self) -> None:
-        self._flusher = asyncio.create_task(self._flush_forever())
+        self._flusher.start()
 
     async def stop(self) -> None:
-        if self._flusher is not None:
-            self._flusher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._flusher
-            self._flusher = None
+        await self._flusher.stop()
         await self.flush_audit()
 
     async def audit_entries(

@@ -9,7 +9,6 @@ of every node adds into the same rows. A write that fails keeps its counts for t
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime as dt
 import logging
 import time
@@ -19,6 +18,7 @@ from sqlalchemy import select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 
+from berth.jobs.periodic import Periodic
 from berth.metadata.database import Database
 from berth.metadata.tables import projects, traffic_daily
 
@@ -44,8 +44,12 @@ class TrafficMeter:
         self.flush_interval = flush_interval
         self._pending: dict[Key, list[int]] = {}
         self._lock = asyncio.Lock()  # one write at a time: the periodic one and the last one
-        self._stopping: asyncio.Event | None = None
-        self._flusher: asyncio.Task[None] | None = None
+        self._flusher = Periodic(
+            "traffic flush",
+            flush_interval,
+            self.flush,
+            failure="could not write outbound traffic counts; kept for the next try",
+        )
 
     def count(self, project_id: int, repository_id: int, sent: int) -> None:
         """Add one download of `sent` bytes. The hot path: a dict lookup and two additions."""
@@ -127,27 +131,14 @@ class TrafficMeter:
 
     # ------------------------------------------------------------------ the flusher
 
-    async def _flush_forever(self, stopping: asyncio.Event) -> None:
-        while not stopping.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stopping.wait(), self.flush_interval)
-            try:
-                await self.flush()
-            except Exception:
-                logger.exception("could not write outbound traffic counts; kept for the next try")
-
     def start(self) -> None:
         """Flush every `flush_interval` seconds, in this process's event loop."""
-        if self.enabled and self._flusher is None:
-            self._stopping = asyncio.Event()
-            self._flusher = asyncio.create_task(self._flush_forever(self._stopping))
+        if self.enabled:
+            self._flusher.start()
 
     async def stop(self) -> None:
-        """Stop the flusher after one last flush (never cancelled in the middle of a write)."""
-        if self._flusher is not None and self._stopping is not None:
-            self._stopping.set()
-            await self._flusher
-            self._flusher = None
+        """Stop the flusher, then flush once more (never cancelled in the middle of a write)."""
+        await self._flusher.stop()
         for attempt in range(3):
             try:
                 await self.flush()

@@ -1,0 +1,68 @@
+"""A task that does some work every few seconds in this process (flushing buffers, looking for
+interrupted runs): one loop for all of them, so each stops the same way.
+
+Unlike `Scheduler` jobs, this work is per process: every node flushes its own buffers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+
+logger = logging.getLogger(__name__)
+
+
+class Periodic:
+    """Runs `work` every `interval` seconds (first at once when `at_start`) until stopped.
+
+    A failure is logged as `failure` and the loop goes on; a stop never cancels `work` in the
+    middle: it waits for the current call to end.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        interval: float,
+        work: Callable[[], Awaitable[object]],
+        *,
+        failure: str,
+        at_start: bool = False,
+    ) -> None:
+        self.name = name
+        self.interval = interval
+        self._work = work
+        self._failure = failure
+        self._at_start = at_start
+        self._stopping = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def running(self) -> bool:
+        return self._task is not None
+
+    def start(self) -> None:
+        if self._task is None:
+            self._stopping = asyncio.Event()
+            self._task = asyncio.create_task(self._loop(), name=self.name)
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._stopping.set()
+            await self._task
+            self._task = None
+
+    async def _loop(self) -> None:
+        first = self._at_start
+        while not self._stopping.is_set():
+            if not first:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stopping.wait(), self.interval)
+                if self._stopping.is_set():
+                    return
+            first = False
+            try:
+                await self._work()
+            except Exception:
+                logger.exception(self._failure)
