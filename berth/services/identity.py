@@ -31,6 +31,7 @@ from berth.domain.errors import (
 from berth.domain.names import is_valid_component
 from berth.domain.references import RepositoryRef
 from berth.jobs.periodic import Periodic
+from berth.metadata.audit import write_audit_entry
 from berth.metadata.database import Database
 from berth.metadata.lookups import require_project
 from berth.metadata.tables import (
@@ -204,16 +205,14 @@ class Identity:
         detail: dict[str, Any] | None = None,
         client: str | None = None,
     ) -> None:
-        await conn.execute(
-            audit_log.insert().values(
-                at=utcnow(),
-                project_id=project_id,
-                actor=actor,
-                action=action,
-                target=target,
-                detail=json.dumps(detail) if detail else None,
-                client=client,
-            )
+        await write_audit_entry(
+            conn,
+            actor,
+            action,
+            project_id=project_id,
+            target=target,
+            detail=detail,
+            client=client,
         )
 
     async def record(self, actor: str, action: str, **fields: Any) -> None:

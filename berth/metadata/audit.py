@@ -1,0 +1,34 @@
+"""The audit log's one writer: a service records what it changed in the same transaction as the
+change, so an entry exists exactly when the change does, whichever surface asked for it."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from berth.metadata.tables import audit_log, utcnow
+
+
+async def write_audit_entry(
+    conn: AsyncConnection,
+    actor: str,
+    action: str,
+    *,
+    project_id: int | None = None,
+    target: str = "",
+    detail: dict[str, Any] | None = None,
+    client: str | None = None,
+) -> None:
+    await conn.execute(
+        audit_log.insert().values(
+            at=utcnow(),
+            project_id=project_id,
+            actor=actor,
+            action=action,
+            target=target,
+            detail=json.dumps(detail) if detail else None,
+            client=client,
+        )
+    )
