@@ -26,7 +26,7 @@ from berth.cli.common import (
     run_service,
     when,
 )
-from berth.services.gc import FAILED, ROLLED_BACK
+from berth.services.gc import FAILED, ROLLED_BACK, Run
 from berth.state import Services
 
 gc_app = typer.Typer(help="Garbage collection: free storage no image needs.", no_args_is_help=True)
@@ -96,18 +96,18 @@ def gc_run(
     """Collect a project's garbage now, here, with a progress bar."""
     actor = cli_actor()
 
-    async def work(services: Services, progress: Progress | None) -> dict[str, Any]:
+    async def work(services: Services, progress: Progress | None) -> Run:
         task = None
         if progress is not None:
             task = progress.add_task("deciding what goes (writes refused)", total=None)
 
-        def advance(run: dict[str, Any]) -> None:
+        def advance(run: Run) -> None:
             if progress is not None and task is not None:
                 progress.update(
                     task,
                     description="removing files",
-                    completed=run["progress_done"],
-                    total=run["progress_total"],
+                    completed=run.progress_done,
+                    total=run.progress_total,
                 )
 
         return await services.gc.run(
@@ -120,7 +120,7 @@ def gc_run(
         )
 
     if json_output:
-        run = run_service(lambda s: work(s, None))
+        run = run_service(lambda s: work(s, None)).as_json()
         print_json(run)
     else:
         with Progress(
@@ -131,7 +131,7 @@ def gc_run(
             console=errors,
             transient=True,
         ) as progress:
-            run = run_service(lambda s: work(s, progress))
+            run = run_service(lambda s: work(s, progress)).as_json()
         _show(run)
     if run["state"] in (FAILED, ROLLED_BACK):
         raise typer.Exit(1)
@@ -144,9 +144,9 @@ def gc_status(project: ProjectArg, json_output: JsonFlag = False) -> None:
     async def work(services: Services) -> dict[str, Any] | None:
         current = await services.gc.current(project)
         if current is not None:
-            return current
+            return current.as_json()
         last = await services.gc.history(project, limit=1)
-        return last[0] if last else None
+        return last[0].as_json() if last else None
 
     run = run_service(work)
     if json_output:
@@ -164,7 +164,7 @@ def gc_history(
     json_output: JsonFlag = False,
 ) -> None:
     """A project's garbage collection runs, newest first."""
-    runs = run_service(lambda s: s.gc.history(project, limit=limit))
+    runs = [run.as_json() for run in run_service(lambda s: s.gc.history(project, limit=limit))]
     if json_output:
         print_json(runs)
         return

@@ -1,22 +1,60 @@
-"""Job leases: which node runs a scheduled job, and until when nobody else may start it.
+"""Job leases: which process runs a job, and until when nobody else may start it.
 
-One `job_leases` row per job. Its `expires_at` is both the lock and the schedule: while a run is
-in progress it is a short lease the runner keeps extending; when the run ends it becomes the
-time the next run is due. Starting a run is one conditional UPDATE (`expires_at <= now`), which
-the database applies to one caller only: SQLite has one writer, and PostgreSQL re-checks the
-condition on the row a concurrent winner has just changed.
+One `job_leases` row per job. Its `expires_at` is both the lock and, for scheduled jobs, the
+schedule: while a run is in progress it is a short lease the runner keeps extending; when the run
+ends it becomes the time the next run is due. Starting a run is one conditional UPDATE
+(`expires_at <= now`, or, to take over a lease seen lapsed, "still as seen"), which the database
+applies to one caller only: SQLite has one writer, and PostgreSQL re-checks the condition on the
+row a concurrent winner has just changed.
+
+Scheduled jobs (`scheduler.py`) and garbage collection runs (one lease per project) both hold
+their work this way.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import os
+import socket
+from collections.abc import Iterable
+from dataclasses import dataclass
 
 from sqlalchemy import select, update
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from berth.metadata.database import Database
 from berth.metadata.tables import job_leases, utcnow
 
 _LONG_AGO = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+HOST = socket.gethostname()[:40]
+
+
+def default_holder() -> str:
+    """This process, as a lease names its holder: `host:pid`."""
+    return f"{HOST}:{os.getpid()}"
+
+
+def holder_process_gone(holder: str) -> bool:
+    """Whether a lease's holder is a process of this machine that no longer exists: its lease
+    can be taken over at once, whatever its expiry says (a restart recovers without waiting).
+    A holder on another machine is never known to be gone: only its lease's expiry tells."""
+    host, _, pid = holder.rpartition(":")
+    if host != HOST or not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
+@dataclass(frozen=True, slots=True)
+class Lease:
+    name: str
+    holder: str
+    expires_at: dt.datetime
 
 
 class Leases:
@@ -27,11 +65,16 @@ class Leases:
     async def ensure(self, name: str, due: dt.datetime | None = None) -> None:
         """Create the job's row if it is new: due at once, or at `due`."""
         async with self.db.write() as conn:
-            await conn.execute(
-                self.db.insert_ignore(job_leases).values(
-                    name=name, holder="", expires_at=due or _LONG_AGO
-                )
+            await self._ensure_in(conn, name, due)
+
+    async def _ensure_in(
+        self, conn: AsyncConnection, name: str, due: dt.datetime | None = None
+    ) -> None:
+        await conn.execute(
+            self.db.insert_ignore(job_leases).values(
+                name=name, holder="", expires_at=due or _LONG_AGO
             )
+        )
 
     async def due_at(self, name: str) -> dt.datetime | None:
         """When the job may next be started (None: it has no row yet)."""
@@ -40,6 +83,12 @@ class Leases:
                 await conn.execute(select(job_leases.c.expires_at).where(job_leases.c.name == name))
             ).scalar()
         return value if isinstance(value, dt.datetime) else None
+
+    async def read(self, names: Iterable[str]) -> dict[str, Lease]:
+        """The leases of these jobs that have a row, by name."""
+        async with self.db.read() as conn:
+            rows = await conn.execute(select(job_leases).where(job_leases.c.name.in_(list(names))))
+            return {row.name: Lease(row.name, row.holder, row.expires_at) for row in rows}
 
     async def claim(self, name: str, seconds: float) -> bool:
         """Start a run if the job is due: hold it for `seconds`. True when this node won."""
@@ -52,6 +101,46 @@ class Leases:
             )
         return bool(result.rowcount)
 
+    async def take_over(self, name: str, seen: Lease | None, seconds: float) -> bool:
+        """Compare-and-set: hold the job for `seconds` if its lease is still as `seen` (None:
+        it had no row). True when this node won; of several callers, one does."""
+        until = utcnow() + dt.timedelta(seconds=seconds)
+        async with self.db.write() as conn:
+            if seen is None:
+                result = await conn.execute(
+                    self.db.insert_ignore(job_leases).values(
+                        name=name, holder=self.holder, expires_at=until
+                    )
+                )
+            else:
+                result = await conn.execute(
+                    update(job_leases)
+                    .where(
+                        job_leases.c.name == name,
+                        job_leases.c.holder == seen.holder,
+                        job_leases.c.expires_at == seen.expires_at,
+                    )
+                    .values(holder=self.holder, expires_at=until)
+                )
+        return bool(result.rowcount)
+
+    async def lock_in(self, conn: AsyncConnection, name: str) -> None:
+        """In the caller's write transaction, lock the job's row (made if new) until it
+        commits: two such transactions for one job queue here (PostgreSQL; SQLite has one
+        writer). The caller then decides whether to `hold_in`."""
+        await self._ensure_in(conn, name)
+        await conn.execute(
+            select(job_leases.c.name).where(job_leases.c.name == name).with_for_update()
+        )
+
+    async def hold_in(self, conn: AsyncConnection, name: str, seconds: float) -> None:
+        """In the caller's transaction (after `lock_in`): hold the job for `seconds`."""
+        await conn.execute(
+            update(job_leases)
+            .where(job_leases.c.name == name)
+            .values(holder=self.holder, expires_at=utcnow() + dt.timedelta(seconds=seconds))
+        )
+
     async def extend(self, name: str, until: dt.datetime) -> bool:
         """Move the end of this node's lease; False when the lease is no longer ours."""
         async with self.db.write() as conn:
@@ -61,3 +150,11 @@ class Leases:
                 .values(expires_at=until)
             )
         return bool(result.rowcount)
+
+    async def renew(self, name: str, seconds: float) -> bool:
+        """Hold this node's lease for `seconds` from now; False when it is no longer ours."""
+        return await self.extend(name, utcnow() + dt.timedelta(seconds=seconds))
+
+    async def release(self, name: str) -> bool:
+        """End this node's lease now: anyone may take the job."""
+        return await self.extend(name, utcnow())

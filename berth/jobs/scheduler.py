@@ -7,14 +7,12 @@ import asyncio
 import contextlib
 import datetime as dt
 import logging
-import os
 import random
-import socket
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
-from berth.jobs.leases import Leases
+from berth.jobs.leases import Leases, default_holder
 from berth.metadata.database import Database
 from berth.metadata.tables import utcnow
 
@@ -40,10 +38,6 @@ class Job:
     @property
     def hold(self) -> float:
         return min(self.interval, HOLD_SECONDS)
-
-
-def default_holder() -> str:
-    return f"{socket.gethostname()[:40]}:{os.getpid()}"
 
 
 class Scheduler:

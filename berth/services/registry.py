@@ -48,7 +48,7 @@ from berth.metadata.tables import (
     tags,
     utcnow,
 )
-from berth.services.restrictions import ensure_writable
+from berth.services.gc.restrictions import ensure_writable
 from berth.storage.base import BlobStore
 
 logger = logging.getLogger("berth.registry")

@@ -28,7 +28,7 @@ from berth.metadata.tables import (
     tags,
     utcnow,
 )
-from berth.services.restrictions import ensure_writable
+from berth.services.gc.restrictions import ensure_writable
 
 # How long a resolved repository is reused. Settings changed by another node or the admin CLI
 # take effect after this long; keeps one query off every pull.

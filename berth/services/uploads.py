@@ -32,7 +32,7 @@ from berth.domain.errors import (
 from berth.domain.references import RepositoryRef
 from berth.metadata.database import Database
 from berth.metadata.tables import blobs, repository_blobs, uploads, utcnow
-from berth.services.restrictions import refuse_if_restricted
+from berth.services.gc.restrictions import refuse_if_restricted
 from berth.storage.base import BlobStore, UploadWriter
 
 BUFFER_BYTES = 4 * 1024 * 1024

@@ -3,10 +3,11 @@ transaction that adds content, so a check and the write it guards cannot be spli
 
 from __future__ import annotations
 
-from sqlalchemy import select, text
+from sqlalchemy import select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from berth.domain.errors import Denied
+from berth.metadata.database import Database
 from berth.metadata.tables import project_settings
 
 GC_IN_PROGRESS = "garbage collection in progress"
@@ -46,3 +47,34 @@ async def refuse_if_restricted(conn: AsyncConnection, project_id: int, project: 
             "are refused until it finishes (usually seconds); pulls keep working. Retry shortly.",
             {"gc_run": holder},
         )
+
+
+async def impose_restriction(
+    db: Database, conn: AsyncConnection, project_id: int, run_id: int
+) -> None:
+    """Step 1 of a run, in its own transaction: from its commit on, every write in the project
+    is refused until `lift_restriction`."""
+    if not db.is_sqlite:
+        # Waits for the project's writes that already passed their check: once this commits,
+        # every write in the project sees the restriction.
+        await conn.execute(
+            text("SELECT pg_advisory_xact_lock(:gate, :project)"),
+            {"gate": WRITE_GATE_LOCK, "project": project_id},
+        )
+    await conn.execute(
+        db.upsert(project_settings, ["project_id"], {"gc_restricted_by": run_id}).values(
+            project_id=project_id, gc_restricted_by=run_id
+        )
+    )
+
+
+async def lift_restriction(conn: AsyncConnection, project_id: int, run_id: int) -> None:
+    """Lift the run's restriction, if it still holds it (a later run's stays)."""
+    await conn.execute(
+        update(project_settings)
+        .where(
+            project_settings.c.project_id == project_id,
+            project_settings.c.gc_restricted_by == run_id,
+        )
+        .values(gc_restricted_by=None)
+    )

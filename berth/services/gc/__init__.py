@@ -1,0 +1,53 @@
+"""Garbage collection per project: what no remaining image needs leaves metadata and storage.
+
+A run goes through three steps (docs/architecture.md, "Garbage collection"):
+
+1. **Restrict.** `project_settings.gc_restricted_by` is set to the run, so pushes, new tags and
+   repository changes in the project are refused (`restrictions.py`); pulls go on.
+2. **Decide and delete, in one transaction.** With delete-untagged, the images nothing keeps
+   (no tag, pushed before the grace period, not a child, referrer or subject of a kept image);
+   then the project's repository blob links that no manifest of their repository references
+   and that are older than the grace period; abandoned uploads. The same transaction lifts
+   the restriction, so the restricted window is just this step, and a crash leaves all of it
+   done or none of it.
+3. **Sweep**, with writes allowed again. The blobs that lost a link, and any blob no
+   repository links that is older than the grace period, are listed in `gc_sweep`; batch by
+   batch, the rows of those that no repository links by then are deleted and their files
+   removed, in one transaction. That conditional delete is the compare-and-set against a
+   concurrent push of the same digest: a push that linked the blob first keeps row and file;
+   a push after it waits for the deleted row, finds it gone, and commits its file again
+   (`services/uploads.py`). Upload scratch files go the same way (`sweep.py`).
+
+One run per project at a time. A run holds a lease (`job_leases`, `gc:{project id}`) that it
+renews while it works; a run whose lease lapsed, or whose holder process on this machine is
+gone, is recovered by any server process: before step 2 committed, it is rolled back (the
+restriction lifted, nothing changed); after, its sweep is finished (`recovery.py`, on the lease
+protocol of `jobs/leases.py`).
+
+The modules: `collector.py` starts and carries out runs; `runs.py` is a run's record (`Run`, what
+the API and the CLI show) and its state machine; `reachability.py` the rules of what may go, as a
+pure function; `decide.py` step 2; `sweep.py` step 3; `recovery.py` leases and recovery;
+`restrictions.py` the write restriction every content write checks.
+"""
+
+from berth.services.gc.collector import GarbageCollector
+from berth.services.gc.runs import (
+    FAILED,
+    ROLLED_BACK,
+    RUNNING,
+    SUCCEEDED,
+    GcAlreadyRunning,
+    GcRunUnknown,
+    Run,
+)
+
+__all__ = [
+    "FAILED",
+    "ROLLED_BACK",
+    "RUNNING",
+    "SUCCEEDED",
+    "GarbageCollector",
+    "GcAlreadyRunning",
+    "GcRunUnknown",
+    "Run",
+]

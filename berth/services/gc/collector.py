@@ -1,0 +1,355 @@
+"""`GarbageCollector`: starts runs and carries them out, step by step (see the package's docstring).
+
+The steps themselves live beside it: the restriction in `restrictions.py`, the decision in
+`decide.py` (rules in `reachability.py`), the sweep in `sweep.py`, the run's states in `runs.py`,
+leases and recovery in `recovery.py`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from typing import Any
+
+from sqlalchemy import select, update
+
+from berth.jobs.leases import Leases, default_holder
+from berth.jobs.periodic import Periodic
+from berth.metadata.database import Database
+from berth.metadata.tables import audit_log, gc_runs, gc_sweep, utcnow
+from berth.services.gc.decide import Decider, DryRunDone, RunLost
+from berth.services.gc.recovery import LEASE_SECONDS, RECOVERY_SECONDS, Recovery, lease_name
+from berth.services.gc.restrictions import impose_restriction
+from berth.services.gc.runs import (
+    BEFORE_DELETING,
+    MARKING,
+    QUEUED,
+    RUNNING,
+    SWEEPING,
+    GcAlreadyRunning,
+    Progress,
+    Run,
+    RunBook,
+    RunRow,
+    young_values,
+)
+from berth.services.gc.sweep import Sweeper
+from berth.storage.base import BlobStore
+
+logger = logging.getLogger("berth.gc")
+
+
+def parse_test_pause(value: str) -> tuple[str, float] | None:
+    """`marking=5` -> ("marking", 5.0): a test hook that holds each run in that phase."""
+    if not value:
+        return None
+    phase, _, seconds = value.partition("=")
+    if phase not in (MARKING, SWEEPING):
+        raise ValueError(f"gc_test_pause: phase must be {MARKING} or {SWEEPING}, not {phase!r}")
+    return phase, float(seconds or 0)
+
+
+class GarbageCollector:
+    def __init__(
+        self,
+        db: Database,
+        store: BlobStore,
+        *,
+        grace_period: float = 3600,
+        test_pause: str = "",
+    ) -> None:
+        self.db = db
+        self.store = store
+        self.grace_period = grace_period
+        self._pause = parse_test_pause(test_pause)
+        self.leases = Leases(db, default_holder())
+        self.runs = RunBook(db)
+        self.decider = Decider(db, self.runs, grace_period)
+        self.sweeper = Sweeper(db, store, self.runs, self.decider, self._pause_sweeping)
+        self.recovery = Recovery(
+            db,
+            self.leases,
+            self.runs,
+            finish_here=self.execute,
+            finish_in_background=self._spawn,
+        )
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._recovering = Periodic(
+            "gc recovery",
+            RECOVERY_SECONDS,
+            self.recovery.recover,
+            failure="gc: could not look for interrupted runs",
+            at_start=True,
+        )
+
+    @property
+    def holder(self) -> str:
+        return self.leases.holder
+
+    # ------------------------------------------------------------------ serving process
+
+    def start(self) -> None:
+        """Recover interrupted runs now and every few seconds (runs of a crashed process)."""
+        self._recovering.start()
+
+    async def stop(self) -> None:
+        await self._recovering.stop()
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+
+    def _spawn(self, run_id: int) -> None:
+        task = asyncio.create_task(self.execute(run_id), name=f"gc run {run_id}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # ------------------------------------------------------------------ starting runs
+
+    async def launch(
+        self,
+        project: str,
+        *,
+        dry_run: bool = False,
+        delete_untagged: bool = False,
+        actor: str,
+        client: str | None = None,
+    ) -> Run:
+        """Start a run in the background of this process (the API); returns it as queued."""
+        run = await self.start_run(
+            project,
+            dry_run=dry_run,
+            delete_untagged=delete_untagged,
+            actor=actor,
+            client=client,
+            here=False,
+        )
+        self._spawn(run.id)
+        return run
+
+    async def run(
+        self,
+        project: str,
+        *,
+        dry_run: bool = False,
+        delete_untagged: bool = False,
+        actor: str,
+        client: str | None = None,
+        progress: Progress | None = None,
+    ) -> Run:
+        """Start a run and carry it out here (the CLI); returns it finished."""
+        run = await self.start_run(
+            project,
+            dry_run=dry_run,
+            delete_untagged=delete_untagged,
+            actor=actor,
+            client=client,
+            here=True,
+        )
+        return await self.execute(run.id, progress)
+
+    async def start_run(
+        self,
+        project: str,
+        *,
+        dry_run: bool,
+        delete_untagged: bool,
+        actor: str,
+        client: str | None = None,
+        here: bool,
+    ) -> Run:
+        """Record a new run and take the project's GC lease; refused while one is running.
+        An interrupted run of the project is recovered first (finished `here`, or in the
+        background, when its sweep was under way: then this one is refused). The project's
+        audit log records the run with it: who, from where (`client`), with which options
+        (it deletes images); its outcome is in the GC history under the same id."""
+        project_id = await self.runs.project_id(project)
+        await self.recovery.recover(project_id, resume_here=here)
+        name = lease_name(project_id)
+        now = utcnow()
+        async with self.db.write() as conn:
+            await self.leases.lock_in(conn, name)
+            active = (
+                await conn.execute(
+                    select(gc_runs.c.id).where(
+                        gc_runs.c.project_id == project_id, gc_runs.c.state == RUNNING
+                    )
+                )
+            ).scalar()
+            if active is not None:
+                raise GcAlreadyRunning(
+                    f"garbage collection run {active} is already running in project "
+                    f"{project!r}; one run per project at a time. Follow it under Management "
+                    f"in the console (or GET /api/v1/projects/{project}/gc/current) and start "
+                    "another when it has finished.",
+                    {"run": active},
+                )
+            run_id = (
+                await conn.execute(
+                    gc_runs.insert()
+                    .values(
+                        project_id=project_id,
+                        state=RUNNING,
+                        phase=QUEUED,
+                        dry_run=dry_run,
+                        delete_untagged=delete_untagged,
+                        started_at=now,
+                        actor=actor[:64],
+                        grace_seconds=self.grace_period,
+                    )
+                    .returning(gc_runs.c.id)
+                )
+            ).scalar_one()
+            await conn.execute(
+                audit_log.insert().values(
+                    at=now,
+                    project_id=project_id,
+                    actor=actor[:64],
+                    action="gc.dry_run" if dry_run else "gc.run",
+                    target=f"run {run_id}",
+                    detail=json.dumps(
+                        {"run": run_id, "dry_run": dry_run, "delete_untagged": delete_untagged}
+                    ),
+                    client=client[:64] if client else None,
+                )
+            )
+            if not dry_run:
+                # Files a failed run of this project left to sweep become this run's work.
+                await conn.execute(
+                    update(gc_sweep)
+                    .where(
+                        gc_sweep.c.run_id.in_(
+                            select(gc_runs.c.id).where(
+                                gc_runs.c.project_id == project_id, gc_runs.c.state != RUNNING
+                            )
+                        )
+                    )
+                    .values(run_id=run_id)
+                )
+            await self.leases.hold_in(conn, name, LEASE_SECONDS)
+        return await self.runs.get(project, int(run_id))
+
+    # ------------------------------------------------------------------ carrying a run out
+
+    async def execute(self, run_id: int, progress: Progress | None = None) -> Run:
+        """Carry out (or finish) a run whose lease this process holds. Never raises for the
+        run's own failures: they are recorded in it."""
+        run = await self.runs.load(run_id)
+        self.recovery.active.add(run_id)
+        heartbeat = self.recovery.heartbeat(run.project_id)
+        heartbeat.start()
+        try:
+            unlinked: frozenset[str] = frozenset()
+            if run.phase in BEFORE_DELETING:
+                if run.dry_run:
+                    await self._dry_run(run)
+                    return await self.runs.record(run_id)
+                unlinked = await self._mark(run)
+            await self.sweeper.list_for_sweep(run, unlinked)
+            await self.sweeper.sweep(run, progress)
+            await self.runs.finish(run)
+        except asyncio.CancelledError:
+            # This process is stopping: leave the run as any other process can pick it up.
+            with contextlib.suppress(Exception):
+                await asyncio.shield(self._interrupted(run_id))
+            raise
+        except RunLost:
+            logger.warning("gc run %s was taken over by another process", run_id)
+        except Exception as exc:
+            logger.exception("gc run %s failed", run_id)
+            await self.runs.fail(run_id, exc)
+        finally:
+            with contextlib.suppress(Exception):
+                await heartbeat.stop()
+            self.recovery.active.discard(run_id)
+            with contextlib.suppress(Exception):
+                await self.recovery.release(run.project_id)
+        return await self.runs.record(run_id)
+
+    async def _mark(self, run: RunRow) -> frozenset[str]:
+        """Steps 1 and 2: restrict, decide and delete, lift the restriction. Returns the
+        digests whose links were removed."""
+        async with self.db.write() as conn:
+            await impose_restriction(self.db, conn, run.project_id, run.id)
+            await self.runs.set_phase(conn, run.id, MARKING)
+        restricted_at = time.monotonic()
+        await self._pause_in(MARKING)
+        decision = await self.decider.decide(run, dry_run=False)
+        restricted = time.monotonic() - restricted_at
+        async with self.db.write() as conn:
+            await conn.execute(
+                update(gc_runs).where(gc_runs.c.id == run.id).values(restricted_seconds=restricted)
+            )
+        logger.info(
+            "gc run %s: %s images and %s blob links deleted; writes refused for %.3f s",
+            run.id,
+            decision.images,
+            len(decision.unlinked),
+            restricted,
+        )
+        return decision.unlinked
+
+    async def _dry_run(self, run: RunRow) -> None:
+        """The deciding transaction, rolled back: figures, no changes, no restriction."""
+        async with self.db.write() as conn:
+            await self.runs.set_phase(conn, run.id, MARKING)
+        await self._pause_in(MARKING)
+        try:
+            await self.decider.decide(run, dry_run=True)
+            raise AssertionError("a dry run ends in DryRunDone")
+        except DryRunDone as done:
+            decision, figures = done.decision, done.figures
+        await self.runs.succeed(
+            run.id,
+            {
+                "restricted_seconds": 0.0,
+                "images_deleted": decision.images,
+                "uploads_deleted": decision.uploads,
+                "blobs_deleted": figures.blobs,
+                "bytes_freed": figures.bytes,
+                "storage_blobs_deleted": figures.storage_blobs,
+                "storage_bytes_freed": figures.storage_bytes,
+                **young_values(decision.young, self.grace_period),
+            },
+        )
+
+    async def _interrupted(self, run_id: int) -> None:
+        """This process is stopping mid-run. Before step 2 committed: roll back. After: leave
+        the sweep for whichever process recovers it first (the lease is freed now)."""
+        run = await self.runs.load(run_id)
+        if run.phase in BEFORE_DELETING:
+            await self.runs.roll_back(
+                run, "interrupted (the server stopped) before deleting anything"
+            )
+
+    async def _pause_in(self, phase: str) -> None:
+        if self._pause is not None and self._pause[0] == phase:
+            logger.warning("gc: test pause of %.1f s in %s", self._pause[1], phase)
+            await asyncio.sleep(self._pause[1])
+
+    async def _pause_sweeping(self) -> None:
+        await self._pause_in(SWEEPING)
+
+    # ------------------------------------------------------------------ reading runs
+
+    async def get_run(self, project: str, run_id: int) -> Run:
+        return await self.runs.get(project, run_id)
+
+    async def current(self, project: str) -> Run | None:
+        """The project's running run, if any."""
+        runs = await self.runs.history(project, limit=1, state=RUNNING)
+        return runs[0] if runs else None
+
+    async def history(self, project: str, *, limit: int = 50, offset: int = 0) -> list[Run]:
+        """The project's runs, newest first."""
+        return await self.runs.history(project, limit=limit, offset=offset)
+
+    async def history_page(self, project: str, *, offset: int, limit: int) -> tuple[list[Run], int]:
+        """A page of the project's runs, newest first, and how many runs there are."""
+        runs = await self.runs.history(project, limit=limit, offset=offset)
+        return runs, await self.runs.count(project)

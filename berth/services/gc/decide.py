@@ -1,0 +1,341 @@
+"""Step 2 of a run: decide and delete, in one transaction, under the project's restriction.
+
+The rules are those of `reachability.py`. The manifest rule runs there, on the project's
+manifests and index children read here; the link and blob rules run as the SQL below, written
+from them, because they cover every link and blob of a project (too many rows to carry over).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any, TypeVar
+
+from sqlalchemy import Integer, String, delete, func, literal, select
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from berth.metadata.database import Database
+from berth.metadata.tables import (
+    blobs,
+    gc_sweep,
+    image_events,
+    manifest_references,
+    manifests,
+    repositories,
+    repository_blobs,
+    tags,
+    uploads,
+    utcnow,
+)
+from berth.services.gc.reachability import (
+    Manifest,
+    Reference,
+    Young,
+    grace_cutoff,
+    judge_manifests,
+)
+from berth.services.gc.restrictions import lift_restriction
+from berth.services.gc.runs import RunBook, RunRow, young_values
+
+logger = logging.getLogger("berth.gc")
+
+ID_CHUNK = 5000  # values per IN (...) list, well under SQLite's and asyncpg's parameter limits
+DECIDE_ATTEMPTS = 3  # the deciding transaction is retried after a deadlock or a lost race
+ACTOR = "gc"  # the actor of the image events a run records
+
+T = TypeVar("T")
+
+
+def chunks(values: Sequence[T], size: int = ID_CHUNK) -> Iterable[Sequence[T]]:
+    for start in range(0, len(values), size):
+        yield values[start : start + size]
+
+
+# ---------------------------------------------------------------- the link and blob rules in SQL
+
+
+def in_project(project_id: int) -> Any:
+    return select(repositories.c.id).where(repositories.c.project_id == project_id)
+
+
+def link_referenced() -> Any:
+    """For a row of `repository_blobs`: some manifest of its repository references the blob.
+    Written so that both planners go from the link to the references of its digest (an
+    index) and then to each referencing manifest (its key): joined the other way round,
+    SQLite scanned the repository's manifests for every link."""
+    manifest_repository = (
+        select(manifests.c.repository_id)
+        .where(manifests.c.id == manifest_references.c.manifest_id)
+        .scalar_subquery()
+    )
+    return (
+        select(literal(1))
+        .where(
+            manifest_references.c.digest == repository_blobs.c.digest,
+            manifest_repository == repository_blobs.c.repository_id,
+        )
+        .exists()
+    )
+
+
+def linked_anywhere() -> Any:
+    """For a row of `blobs`: some repository, of any project, links it."""
+    return select(literal(1)).where(repository_blobs.c.digest == blobs.c.digest).exists()
+
+
+def collectable_link(project_id: int, cutoff: dt.datetime) -> Any:
+    """The link rule: a link of the project made before the cutoff that no manifest of its
+    repository references (run after the doomed manifests are deleted)."""
+    return (
+        repository_blobs.c.repository_id.in_(in_project(project_id))
+        & (repository_blobs.c.linked_at < cutoff)
+        & ~link_referenced()
+    )
+
+
+def stale_unlinked_blob(cutoff: dt.datetime) -> Any:
+    """Half of the blob rule: stored before the cutoff and linked nowhere (the other half is
+    the blobs whose links the run removed; the sweep checks `~linked_anywhere()` again)."""
+    return (blobs.c.created_at < cutoff) & ~linked_anywhere()
+
+
+# ---------------------------------------------------------------- the decision
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """What step 2 deleted (or, in a dry run, would delete)."""
+
+    images: int  # images deleted (`queries.is_image`: platform manifests, referrers not again)
+    uploads: int  # abandoned uploads
+    unlinked: frozenset[str]  # digests of the project's blob links it removed
+    young: Young = field(default_factory=Young)
+
+
+@dataclass(frozen=True, slots=True)
+class BlobFigures:
+    blobs: int = 0  # distinct blobs the project no longer holds
+    bytes: int = 0  # their size: what the project's storage use drops by
+    storage_blobs: int = 0  # blobs no project holds any more: their files leave storage
+    storage_bytes: int = 0
+
+
+class DryRunDone(Exception):
+    """Raised at the end of a dry run's transaction to roll it back, carrying its figures."""
+
+    def __init__(self, decision: Decision, figures: BlobFigures) -> None:
+        super().__init__("dry run")
+        self.decision = decision
+        self.figures = figures
+
+
+class RunLost(Exception):
+    """The run was taken over (its lease lapsed and another process recovered it)."""
+
+
+class Decider:
+    def __init__(self, db: Database, runs: RunBook, grace_period: float) -> None:
+        self.db = db
+        self.runs = runs
+        self.grace_period = grace_period
+
+    def cutoff(self) -> dt.datetime:
+        return grace_cutoff(utcnow(), self.grace_period)
+
+    async def decide(self, run: RunRow, *, dry_run: bool) -> Decision:
+        """Step 2 in one transaction, retried when PostgreSQL aborts it (a deadlock). A dry
+        run ends in `DryRunDone`, its transaction rolled back. Otherwise the same transaction
+        lifts the restriction and moves the run to sweeping (`RunLost` if it was recovered
+        meanwhile)."""
+        for attempt in range(1, DECIDE_ATTEMPTS + 1):
+            try:
+                async with self.db.write() as conn:
+                    decision = await self._decide_in(conn, run)
+                    if dry_run:
+                        figures = await self.blob_figures(
+                            conn, run.project_id, decision.unlinked, storage=True
+                        )
+                        links, linked_at = await self.young_links(conn, run.project_id)
+                        times = [t for t in (decision.young.newest, linked_at) if t is not None]
+                        young = Young(decision.young.images, links, max(times, default=None))
+                        raise DryRunDone(replace(decision, young=young), figures)
+                    await lift_restriction(conn, run.project_id, run.id)
+                    # progress_total is set by the sweep's listing, which always comes next:
+                    # counting it here would only lengthen the window in which writes are
+                    # refused.
+                    moved = await self.runs.to_sweeping(
+                        conn,
+                        run.id,
+                        {
+                            "images_deleted": decision.images,
+                            "uploads_deleted": decision.uploads,
+                            **young_values(decision.young, self.grace_period),
+                        },
+                    )
+                    if not moved:
+                        raise RunLost()  # recovered meanwhile as interrupted: roll this back
+                return decision
+            except DBAPIError:
+                if attempt == DECIDE_ATTEMPTS or self.db.is_sqlite:
+                    raise
+                logger.warning("gc run %s: deciding transaction aborted; retrying", run.id)
+        raise AssertionError("unreachable")
+
+    async def _decide_in(self, conn: AsyncConnection, run: RunRow) -> Decision:
+        """Step 2's deletions. Only what must be decided under the restriction is here; the
+        figures and the list of blobs to sweep are made after it is lifted."""
+        cutoff = self.cutoff()
+        project = in_project(run.project_id)
+        images, young = 0, Young()
+        if run.delete_untagged:
+            images, young = await self._delete_images(conn, project, cutoff)
+
+        unlinked = await conn.execute(
+            delete(repository_blobs)
+            .where(collectable_link(run.project_id, cutoff))
+            .returning(repository_blobs.c.digest)
+        )
+        digests = frozenset(unlinked.scalars())
+
+        # Uploads nobody has touched for the grace period: their scratch files are swept.
+        await conn.execute(
+            self.db.insert_ignore(gc_sweep).from_select(
+                ["run_id", "kind", "name", "size"],
+                select(
+                    literal(run.id, Integer),
+                    literal("upload", String),
+                    uploads.c.id,
+                    uploads.c.offset,
+                ).where(uploads.c.repository_id.in_(project), uploads.c.updated_at < cutoff),
+            )
+        )
+        abandoned = select(gc_sweep.c.name).where(
+            gc_sweep.c.run_id == run.id, gc_sweep.c.kind == "upload"
+        )
+        removed_uploads = await conn.execute(delete(uploads).where(uploads.c.id.in_(abandoned)))
+        return Decision(images, int(removed_uploads.rowcount or 0), digests, young)
+
+    async def _delete_images(
+        self, conn: AsyncConnection, project: Any, cutoff: dt.datetime
+    ) -> tuple[int, Young]:
+        """Delete the project's manifests nothing keeps (`reachability.judge_manifests`);
+        returns how many images that was, and what was kept only for being young. The graph
+        is walked in Python rather than in a recursive query: one read of the project's
+        manifests, and PostgreSQL and SQLite differ in what recursion they allow."""
+        tagged = (
+            select(literal(1))
+            .where(
+                tags.c.repository_id == manifests.c.repository_id,
+                tags.c.image == manifests.c.image,
+                tags.c.digest == manifests.c.digest,
+            )
+            .exists()
+        )
+        rows = await conn.execute(
+            select(
+                manifests.c.id,
+                manifests.c.repository_id,
+                manifests.c.image,
+                manifests.c.digest,
+                manifests.c.subject_digest,
+                manifests.c.pushed_at,
+                tagged.label("tagged"),
+            ).where(manifests.c.repository_id.in_(project))
+        )
+        found = [
+            Manifest(
+                r.id,
+                r.repository_id,
+                r.image,
+                r.digest,
+                r.pushed_at,
+                bool(r.tagged),
+                r.subject_digest,
+            )
+            for r in rows
+        ]
+        if not found:
+            return 0, Young()
+        children = await conn.execute(
+            select(manifest_references.c.manifest_id, manifest_references.c.digest)
+            .join(manifests, manifests.c.id == manifest_references.c.manifest_id)
+            .where(manifest_references.c.is_manifest, manifests.c.repository_id.in_(project))
+        )
+        verdict = judge_manifests(
+            found, [Reference(r.manifest_id, r.digest, True) for r in children], cutoff
+        )
+        if verdict.removed:
+            now = utcnow()
+            await conn.execute(
+                image_events.insert(),
+                [
+                    {
+                        "repository_id": m.repository_id,
+                        "image": m.image,
+                        "tag": None,
+                        "action": "delete",
+                        "old_digest": m.digest,
+                        "new_digest": None,
+                        "actor": ACTOR,
+                        "at": now,
+                    }
+                    for m in verdict.removed
+                ],
+            )
+        for chunk in chunks([m.id for m in verdict.doomed]):
+            await conn.execute(delete(manifests).where(manifests.c.id.in_(chunk)))
+        return verdict.images, verdict.young
+
+    # ---------------------------------------------------------------- figures
+
+    async def young_links(
+        self, conn: AsyncConnection, project_id: int
+    ) -> tuple[int, dt.datetime | None]:
+        """The project's blobs linked but referenced by no manifest of their repository: after
+        step 2, those are younger than the grace period. How many, and the newest link."""
+        row = (
+            await conn.execute(
+                select(
+                    func.count(func.distinct(repository_blobs.c.digest)),
+                    func.max(repository_blobs.c.linked_at),
+                ).where(
+                    repository_blobs.c.repository_id.in_(in_project(project_id)),
+                    ~link_referenced(),
+                )
+            )
+        ).one()
+        return int(row[0]), row[1]
+
+    async def blob_figures(
+        self, conn: AsyncConnection, project_id: int, digests: frozenset[str], *, storage: bool
+    ) -> BlobFigures:
+        """Of these blobs, what the project no longer holds and (with `storage`) what no
+        project holds any more."""
+        held = (
+            select(literal(1))
+            .where(
+                repository_blobs.c.digest == blobs.c.digest,
+                repository_blobs.c.repository_id.in_(in_project(project_id)),
+            )
+            .exists()
+        )
+        totals = [0, 0, 0, 0]
+        for chunk in chunks(sorted(digests)):
+            sums = [func.count(), func.coalesce(func.sum(blobs.c.size), 0)]
+            freed = (
+                await conn.execute(select(*sums).where(blobs.c.digest.in_(chunk), ~held))
+            ).one()
+            totals[0] += int(freed[0])
+            totals[1] += int(freed[1])
+            if storage:
+                gone = (
+                    await conn.execute(
+                        select(*sums).where(blobs.c.digest.in_(chunk), ~linked_anywhere())
+                    )
+                ).one()
+                totals[2] += int(gone[0])
+                totals[3] += int(gone[1])
+        return BlobFigures(*totals)

@@ -1,0 +1,104 @@
+"""One run per project at a time, and no run left behind, on the lease protocol of `jobs/leases.py`.
+
+A run holds its project's lease (`gc:{project id}`) and renews it while it works. A run whose
+lease lapsed, or whose holder process on this machine is gone, is recovered by any serving
+process: before step 2 committed it is rolled back (the restriction lifted, nothing changed);
+after, its sweep is finished.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+
+from sqlalchemy import select
+
+from berth.jobs.leases import Lease, Leases, holder_process_gone
+from berth.jobs.periodic import Periodic
+from berth.metadata.database import Database
+from berth.metadata.tables import gc_runs, utcnow
+from berth.services.gc.runs import BEFORE_DELETING, RUNNING, RunBook
+
+logger = logging.getLogger("berth.gc")
+
+LEASE_SECONDS = 30.0  # a run nobody renews for this long is taken over by another process
+HEARTBEAT_SECONDS = 5.0
+RECOVERY_SECONDS = 10.0  # how often a serving process looks for interrupted runs
+
+
+def lease_name(project_id: int) -> str:
+    return f"gc:{project_id}"
+
+
+class Recovery:
+    """The leases of this process's runs, and the recovery of other processes' runs."""
+
+    def __init__(
+        self,
+        db: Database,
+        leases: Leases,
+        runs: RunBook,
+        *,
+        finish_here: Callable[[int], Awaitable[object]],
+        finish_in_background: Callable[[int], None],
+    ) -> None:
+        self.db = db
+        self.leases = leases
+        self.runs = runs
+        self._finish_here = finish_here
+        self._finish_in_background = finish_in_background
+        self.active: set[int] = set()  # runs this process is executing
+
+    @property
+    def holder(self) -> str:
+        return self.leases.holder
+
+    def heartbeat(self, project_id: int) -> Periodic:
+        """Renews the run's lease while it works (start it; stop it when the run ends)."""
+        name = lease_name(project_id)
+        return Periodic(
+            f"gc lease {name}",
+            HEARTBEAT_SECONDS,
+            lambda: self.leases.renew(name, LEASE_SECONDS),
+            failure=f"gc: could not renew the lease {name}",
+        )
+
+    async def release(self, project_id: int) -> None:
+        await self.leases.release(lease_name(project_id))
+
+    def _holder_alive(self, lease: Lease, run_id: int) -> bool:
+        """Whether a lease's holder may still be working on the run."""
+        if lease.holder == self.holder:
+            return run_id in self.active
+        return not holder_process_gone(lease.holder)
+
+    async def recover(self, project_id: int | None = None, *, resume_here: bool = False) -> None:
+        """Take over the runs whose holder is gone: roll back those that had not committed
+        their deletions; finish the sweep of the others (here, or in the background)."""
+        query = select(gc_runs.c.id, gc_runs.c.project_id).where(gc_runs.c.state == RUNNING)
+        if project_id is not None:
+            query = query.where(gc_runs.c.project_id == project_id)
+        async with self.db.read() as conn:
+            running = (await conn.execute(query)).all()
+        if not running:
+            return
+        leases = await self.leases.read(lease_name(r.project_id) for r in running)
+        now = utcnow()
+        for row in running:
+            name = lease_name(row.project_id)
+            lease = leases.get(name)
+            if lease is not None and lease.expires_at > now and self._holder_alive(lease, row.id):
+                continue  # its holder is at work
+            if not await self.leases.take_over(name, lease, LEASE_SECONDS):
+                continue
+            run = await self.runs.load(row.id)
+            if run.phase in BEFORE_DELETING:
+                logger.warning("gc run %s was interrupted before deleting: rolling back", run.id)
+                await self.runs.roll_back(run, "interrupted (its process stopped) before deleting")
+                await self.release(run.project_id)
+                continue
+            logger.warning("gc run %s was interrupted while sweeping: finishing it", run.id)
+            if resume_here:
+                await self._finish_here(run.id)
+            else:
+                self._finish_in_background(run.id)

@@ -1,0 +1,184 @@
+"""Step 3 of a run, with writes allowed again: list what leaves storage, then remove it.
+
+The blobs that lost a link in step 2, and any blob no repository links that is older than the
+grace period, are listed in `gc_sweep`; batch by batch, the rows of those that no repository
+links by then are deleted and their files removed, in one transaction. That conditional delete is
+the compare-and-set against a concurrent push of the same digest: a push that linked the blob
+first keeps row and file; a push after it waits for the deleted row, finds it gone, and commits
+its file again (`services/uploads.py`). Upload scratch files go the same way.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from sqlalchemy import Integer, String, delete, func, literal, select, update
+from sqlalchemy.exc import IntegrityError
+
+from berth.metadata.database import Database
+from berth.metadata.tables import blobs, gc_runs, gc_sweep
+from berth.services.gc.decide import Decider, chunks, linked_anywhere, stale_unlinked_blob
+from berth.services.gc.reachability import collectable_from
+from berth.services.gc.runs import Progress, RunBook, RunRow
+from berth.storage.base import BlobStore
+
+logger = logging.getLogger("berth.gc")
+
+SWEEP_BATCH = 500  # files removed per transaction (and per progress update)
+
+
+class Sweeper:
+    def __init__(
+        self,
+        db: Database,
+        store: BlobStore,
+        runs: RunBook,
+        decider: Decider,
+        pause: Callable[[], Awaitable[None]],
+    ) -> None:
+        self.db = db
+        self.store = store
+        self.runs = runs
+        self.decider = decider
+        self._pause = pause  # the test hook that holds a run in its sweep
+
+    async def list_for_sweep(self, run: RunRow, unlinked: frozenset[str]) -> None:
+        """After step 2, with writes allowed again: the project's figures, and the sweep's
+        list. On it go the blobs whose links step 2 removed, and every blob no repository
+        links at all that is older than the grace period (its last repository was deleted,
+        its link removed by a blob DELETE, or a run died before listing it): nobody can reach
+        those, and no project's run would find them through its own links."""
+        grace = self.decider.grace_period
+        async with self.db.read() as conn:
+            figures = await self.decider.blob_figures(conn, run.project_id, unlinked, storage=False)
+            # What stays unreferenced is younger than the grace period: say so, and until when
+            # (counted here, not while the project's writes were refused).
+            young_blobs, linked_at = await self.decider.young_links(conn, run.project_id)
+            collectable = (
+                await conn.execute(
+                    select(gc_runs.c.young_collectable_at).where(gc_runs.c.id == run.id)
+                )
+            ).scalar()
+        links_collectable = collectable_from(linked_at, grace)
+        if links_collectable is not None:
+            collectable = max(collectable or links_collectable, links_collectable)
+        for chunk in chunks(sorted(unlinked)):
+            async with self.db.write() as conn:
+                await conn.execute(
+                    self.db.insert_ignore(gc_sweep).from_select(
+                        ["run_id", "kind", "name", "size"],
+                        select(
+                            literal(run.id, Integer),
+                            literal("blob", String),
+                            blobs.c.digest,
+                            blobs.c.size,
+                        ).where(blobs.c.digest.in_(chunk)),
+                    )
+                )
+        listed = (
+            select(literal(1))
+            .where(
+                gc_sweep.c.run_id == run.id,
+                gc_sweep.c.kind == "blob",  # the whole key: one index probe per blob
+                gc_sweep.c.name == blobs.c.digest,
+            )
+            .exists()
+        )
+        async with self.db.write() as conn:
+            await conn.execute(
+                gc_sweep.insert().from_select(
+                    ["run_id", "kind", "name", "size"],
+                    select(
+                        literal(run.id, Integer),
+                        literal("blob", String),
+                        blobs.c.digest,
+                        blobs.c.size,
+                    ).where(stale_unlinked_blob(self.decider.cutoff()), ~listed),
+                )
+            )
+            to_sweep = select(func.count()).where(gc_sweep.c.run_id == run.id).scalar_subquery()
+            values: dict[str, Any] = {
+                "progress_total": gc_runs.c.progress_done + to_sweep,
+                "young_blobs_kept": young_blobs,
+                "young_collectable_at": collectable,
+            }
+            if unlinked:
+                values.update(blobs_deleted=figures.blobs, bytes_freed=figures.bytes)
+            await conn.execute(update(gc_runs).where(gc_runs.c.id == run.id).values(**values))
+
+    async def sweep(self, run: RunRow, progress: Progress | None) -> None:
+        """Remove the listed blobs no repository links by now, rows and files, and the listed
+        upload scratch files; a batch per transaction, recording progress."""
+        paused = False
+        while True:
+            async with self.db.read() as conn:
+                batch = (
+                    await conn.execute(
+                        select(gc_sweep.c.kind, gc_sweep.c.name)
+                        .where(gc_sweep.c.run_id == run.id)
+                        .order_by(gc_sweep.c.kind, gc_sweep.c.name)
+                        .limit(SWEEP_BATCH)
+                    )
+                ).all()
+            if not batch:
+                return
+            digests = [b.name for b in batch if b.kind == "blob"]
+            upload_ids = [b.name for b in batch if b.kind == "upload"]
+            for upload_id in upload_ids:  # their rows are gone: nobody can resume them
+                await self.store.delete_upload(upload_id)
+            try:
+                removed, freed = await self._sweep_batch(run, digests, upload_ids)
+            except IntegrityError:
+                # PostgreSQL: a push of another project linked one of these blobs while the
+                # batch deleted its row (the foreign key refused). Again, the push is seen.
+                logger.info("gc run %s: a blob was linked meanwhile; sweeping again", run.id)
+                removed, freed = await self._sweep_batch(run, digests, upload_ids)
+            logger.debug("gc run %s: removed %s blobs (%s bytes)", run.id, removed, freed)
+            if progress is not None:
+                progress(await self.runs.record(run.id))
+            if not paused:
+                paused = True
+                await self._pause()
+
+    async def _sweep_batch(
+        self, run: RunRow, digests: list[str], upload_ids: list[str]
+    ) -> tuple[int, int]:
+        async with self.db.write() as conn:
+            removed: list[tuple[str, int]] = []
+            if digests:
+                # The compare-and-set: a blob's row goes only while no repository links it, and
+                # its file with it, before this commits. A push that linked it first keeps
+                # both. A push of the same digest after this waits for the deleted row until
+                # we commit, then finds it gone and commits its file again.
+                deleted = await conn.execute(
+                    delete(blobs)
+                    .where(blobs.c.digest.in_(digests), ~linked_anywhere())
+                    .returning(blobs.c.digest, blobs.c.size)
+                )
+                removed = [(row.digest, int(row.size)) for row in deleted]
+                if removed:
+                    await self.store.delete_many([digest for digest, _ in removed])
+            for kind, names in (("blob", digests), ("upload", upload_ids)):
+                if names:
+                    # The batch is a run of the list's order: deleted as a key range (an IN
+                    # list of hundreds of names made PostgreSQL compare each row to each).
+                    await conn.execute(
+                        delete(gc_sweep).where(
+                            gc_sweep.c.run_id == run.id,
+                            gc_sweep.c.kind == kind,
+                            gc_sweep.c.name.between(names[0], names[-1]),
+                        )
+                    )
+            freed = sum(size for _, size in removed)
+            await conn.execute(
+                update(gc_runs)
+                .where(gc_runs.c.id == run.id)
+                .values(
+                    progress_done=gc_runs.c.progress_done + len(digests) + len(upload_ids),
+                    storage_blobs_deleted=gc_runs.c.storage_blobs_deleted + len(removed),
+                    storage_bytes_freed=gc_runs.c.storage_bytes_freed + freed,
+                )
+            )
+        return len(removed), freed
