@@ -269,10 +269,12 @@ async def bench(settings: Settings) -> dict[str, Any]:
         print(f"built {before[0]:,} blobs and {before[1]:,} manifests in {setup:.1f} s", flush=True)
 
         started = time.monotonic()
-        dry = await services.gc.run(PROJECT, dry_run=True, delete_untagged=True, actor="bench")
+        dry = (
+            await services.gc.run(PROJECT, dry_run=True, delete_untagged=True, actor="bench")
+        ).as_json()
         dry_seconds = time.monotonic() - started
         started = time.monotonic()
-        run = await services.gc.run(PROJECT, delete_untagged=True, actor="bench")
+        run = (await services.gc.run(PROJECT, delete_untagged=True, actor="bench")).as_json()
         seconds = time.monotonic() - started
 
         after = await count(services)

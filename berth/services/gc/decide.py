@@ -86,9 +86,15 @@ def linked_anywhere() -> Any:
     return select(literal(1)).where(repository_blobs.c.digest == blobs.c.digest).exists()
 
 
+def unreferenced_link(project_id: int) -> Any:
+    """A link of the project that no manifest of its repository references (once the doomed
+    manifests are deleted): collectable when made before the cutoff, young otherwise."""
+    return repository_blobs.c.repository_id.in_(in_project(project_id)) & ~link_referenced()
+
+
 def collectable_link(project_id: int, cutoff: dt.datetime) -> Any:
-    """The link rule: a link of the project made before the cutoff that no manifest of its
-    repository references (run after the doomed manifests are deleted)."""
+    """The link rule: an unreferenced link made before the cutoff (the cheap comparison
+    written ahead of the EXISTS it saves evaluating)."""
     return (
         repository_blobs.c.repository_id.in_(in_project(project_id))
         & (repository_blobs.c.linked_at < cutoff)
@@ -301,10 +307,7 @@ class Decider:
                 select(
                     func.count(func.distinct(repository_blobs.c.digest)),
                     func.max(repository_blobs.c.linked_at),
-                ).where(
-                    repository_blobs.c.repository_id.in_(in_project(project_id)),
-                    ~link_referenced(),
-                )
+                ).where(unreferenced_link(project_id))
             )
         ).one()
         return int(row[0]), row[1]

@@ -1,0 +1,181 @@
+"""A run's lease, recovery and write restriction, in-process on SQLite: one named case per test.
+
+A second `GarbageCollector` in this process stands for another serving process: it shares the
+first one's holder name (`host:pid`) but not its runs, so it sees them as interrupted, as a
+restarted server would."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select, update
+
+from berth.domain.errors import Denied
+from berth.jobs.leases import Leases
+from berth.metadata.database import Database
+from berth.metadata.tables import gc_runs, job_leases, project_settings, utcnow
+from berth.services.gc import GarbageCollector, GcAlreadyRunning
+from berth.services.gc.recovery import lease_name
+from berth.services.gc.restrictions import ensure_writable
+from berth.storage.filesystem import FilesystemBlobStore
+from tests.unit.gc.on_sqlite import open_registry, what_is_left
+from tests.unit.gc.scenarios import GRACE, OLD, PROJECT, Content, digest
+
+
+def content_with_an_orphan_blob() -> Content:
+    content = Content()
+    content.repository()
+    content.stored("orphan", at=OLD)
+    return content
+
+
+async def registry(tmp_path: Path) -> tuple[Database, FilesystemBlobStore]:
+    return await open_registry(tmp_path, content_with_an_orphan_blob())
+
+
+async def restricted_by(db: Database) -> int | None:
+    async with db.read() as conn:
+        value = (await conn.execute(select(project_settings.c.gc_restricted_by))).scalar()
+    return int(value) if value is not None else None
+
+
+async def hand_lease_to(db: Database, holder: str, expires_at: dt.datetime) -> None:
+    async with db.write() as conn:
+        await conn.execute(update(job_leases).values(holder=holder, expires_at=expires_at))
+
+
+def test_one_run_per_project_at_a_time(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        db, store = await registry(tmp_path)
+        try:
+            collector = GarbageCollector(db, store, grace_period=GRACE, test_pause="marking=0.3")
+            first = await collector.launch(PROJECT, actor="a")
+            with pytest.raises(GcAlreadyRunning):
+                await collector.launch(PROJECT, actor="b")
+            while (await collector.get_run(PROJECT, first.id)).state == "running":
+                await asyncio.sleep(0.02)
+            assert (await collector.get_run(PROJECT, first.id)).state == "succeeded"
+            second = await collector.run(PROJECT, actor="b")
+            assert second.state == "succeeded"
+            await collector.stop()
+        finally:
+            await db.dispose()
+
+    asyncio.run(scenario())
+
+
+def test_a_run_whose_process_stopped_before_deleting_is_rolled_back(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        db, store = await registry(tmp_path)
+        try:
+            stopped = GarbageCollector(db, store, grace_period=GRACE)
+            run = await stopped.start_run(
+                PROJECT, dry_run=False, delete_untagged=False, actor="a", here=False
+            )
+            restarted = GarbageCollector(db, store, grace_period=GRACE)
+            await restarted.recovery.recover()
+            after = await restarted.get_run(PROJECT, run.id)
+            assert after.state == "rolled_back"
+            assert after.error is not None and "nothing changed" in after.error
+            assert digest("orphan") in (await what_is_left(db, store)).files
+            # The lease is free again: a new run starts at once.
+            again = await restarted.run(PROJECT, actor="b")
+            assert again.state == "succeeded"
+            assert digest("orphan") not in (await what_is_left(db, store)).files
+        finally:
+            await db.dispose()
+
+    asyncio.run(scenario())
+
+
+def test_a_run_interrupted_while_sweeping_is_finished_by_recovery(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        db, store = await registry(tmp_path)
+        try:
+            stopped = GarbageCollector(db, store, grace_period=GRACE)
+            run = await stopped.start_run(
+                PROJECT, dry_run=False, delete_untagged=False, actor="a", here=False
+            )
+            async with db.write() as conn:  # as if step 2 had committed before the crash
+                await conn.execute(update(gc_runs).values(phase="sweeping"))
+            restarted = GarbageCollector(db, store, grace_period=GRACE)
+            await restarted.recovery.recover(resume_here=True)
+            after = await restarted.get_run(PROJECT, run.id)
+            assert after.state == "succeeded"
+            assert after.storage_blobs_deleted == 1
+            assert digest("orphan") not in (await what_is_left(db, store)).files
+        finally:
+            await db.dispose()
+
+    asyncio.run(scenario())
+
+
+def test_a_run_another_machine_holds_is_left_alone_until_its_lease_lapses(
+    tmp_path: Path,
+) -> None:
+    async def scenario() -> None:
+        db, store = await registry(tmp_path)
+        try:
+            collector = GarbageCollector(db, store, grace_period=GRACE)
+            run = await collector.start_run(
+                PROJECT, dry_run=False, delete_untagged=False, actor="a", here=False
+            )
+            elsewhere = "another-machine:1"
+            await hand_lease_to(db, elsewhere, utcnow() + dt.timedelta(minutes=1))
+            await collector.recovery.recover()
+            assert (await collector.get_run(PROJECT, run.id)).state == "running"
+
+            await hand_lease_to(db, elsewhere, utcnow() - dt.timedelta(seconds=1))
+            await collector.recovery.recover()
+            assert (await collector.get_run(PROJECT, run.id)).state == "rolled_back"
+            leases = await Leases(db, "reader").read([lease_name(1)])
+            assert leases[lease_name(1)].holder == collector.holder
+        finally:
+            await db.dispose()
+
+    asyncio.run(scenario())
+
+
+def test_writes_are_refused_while_the_run_decides_and_allowed_after(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        db, store = await registry(tmp_path)
+        try:
+            collector = GarbageCollector(db, store, grace_period=GRACE, test_pause="marking=0.3")
+            run = await collector.launch(PROJECT, actor="a")
+            while (await collector.get_run(PROJECT, run.id)).phase != "marking":
+                await asyncio.sleep(0.02)
+            assert await restricted_by(db) == run.id
+            with pytest.raises(Denied, match="garbage collection in progress"):
+                async with db.write() as conn:
+                    await ensure_writable(conn, 1, PROJECT)
+            while (await collector.get_run(PROJECT, run.id)).state == "running":
+                await asyncio.sleep(0.02)
+            assert await restricted_by(db) is None
+            async with db.write() as conn:
+                await ensure_writable(conn, 1, PROJECT)
+            await collector.stop()
+        finally:
+            await db.dispose()
+
+    asyncio.run(scenario())
+
+
+def test_a_stopping_server_rolls_back_the_run_it_was_deciding(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        db, store = await registry(tmp_path)
+        try:
+            collector = GarbageCollector(db, store, grace_period=GRACE, test_pause="marking=5")
+            run = await collector.launch(PROJECT, actor="a")
+            while (await collector.get_run(PROJECT, run.id)).phase != "marking":
+                await asyncio.sleep(0.02)
+            await collector.stop()
+            after = await collector.get_run(PROJECT, run.id)
+            assert after.state == "rolled_back"
+            assert await restricted_by(db) is None
+        finally:
+            await db.dispose()
+
+    asyncio.run(scenario())
