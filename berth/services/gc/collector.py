@@ -105,6 +105,9 @@ class GarbageCollector:
                 await task
 
     def _spawn(self, run_id: int) -> None:
+        # Ours from now on, not once the task gets going: a recovery in between (another
+        # start in the project) would otherwise take the run for an interrupted one.
+        self.recovery.active.add(run_id)
         task = asyncio.create_task(self.execute(run_id), name=f"gc run {run_id}")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -239,8 +242,8 @@ class GarbageCollector:
     async def execute(self, run_id: int, progress: Progress | None = None) -> Run:
         """Carry out (or finish) a run whose lease this process holds. Never raises for the
         run's own failures: they are recorded in it."""
-        run = await self.runs.load(run_id)
         self.recovery.active.add(run_id)
+        run = await self.runs.load(run_id)
         heartbeat = self.recovery.heartbeat(run.project_id)
         heartbeat.start()
         try:

@@ -1,7 +1,8 @@
 """Every scenario of `test_reachability.py` again, through a real run: the content written to a
 fresh SQLite database and blob directory, `GarbageCollector.run` carried out in-process, and what
 is left compared with what the pure rules decided (rows and files). The SQL of the link and blob
-rules, and the run's figures, are held to the rules this way."""
+rules, and the run's figures, are held to the rules this way; a dry run first must change
+nothing and report the run's figures."""
 
 from __future__ import annotations
 
@@ -34,14 +35,34 @@ def expected(content: Content, verdict: Verdict) -> Left:
 
 async def collect_on_sqlite(
     directory: Path, content: Content, *, delete_untagged: bool
-) -> tuple[Left, Run]:
+) -> tuple[Left, Run, Run]:
+    """A dry run (which must change nothing), then the run; what is left after them."""
     db, store = await open_registry(directory, content)
     try:
         collector = GarbageCollector(db, store, grace_period=GRACE)
+        before = await what_is_left(db, store)
+        dry = await collector.run(
+            PROJECT, dry_run=True, delete_untagged=delete_untagged, actor="test"
+        )
+        assert await what_is_left(db, store) == before
         run = await collector.run(PROJECT, delete_untagged=delete_untagged, actor="test")
-        return await what_is_left(db, store), run
+        return await what_is_left(db, store), dry, run
     finally:
         await db.dispose()
+
+
+# What a dry run reports as the run would. Not the storage figures: a dry run counts the blobs
+# whose links it would remove, not those no repository links any more (a deleted repository's),
+# which the run's sweep also removes.
+FIGURES = [
+    "images_deleted",
+    "blobs_deleted",
+    "bytes_freed",
+    "uploads_deleted",
+    "young_images_kept",
+    "young_blobs_kept",
+    "young_collectable_at",
+]
 
 
 SCENARIOS: list[Callable[[], None]] = [
@@ -61,10 +82,12 @@ def test_a_run_deletes_what_the_rules_decide(
         verdict = decide(content.graph(), CUTOFF, delete_untagged=delete_untagged)
         directory = tmp_path / str(next(runs))
         directory.mkdir()
-        left, run = asyncio.run(
+        left, dry, run = asyncio.run(
             collect_on_sqlite(directory, content, delete_untagged=delete_untagged)
         )
-        assert run.state == "succeeded", run.error
+        assert run.state == dry.state == "succeeded", (dry.error, run.error)
+        assert [getattr(dry, f) for f in FIGURES] == [getattr(run, f) for f in FIGURES]
+        assert dry.storage_blobs_deleted <= run.storage_blobs_deleted
         assert left == expected(content, verdict)
         assert run.images_deleted == verdict.images
         assert run.uploads_deleted == len(verdict.uploads)
