@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import time
 from typing import Any
@@ -18,8 +17,9 @@ from sqlalchemy import select, update
 
 from berth.jobs.leases import Leases, default_holder
 from berth.jobs.periodic import Periodic
+from berth.metadata.audit import write_audit_entry
 from berth.metadata.database import Database
-from berth.metadata.tables import audit_log, gc_runs, gc_sweep, utcnow
+from berth.metadata.tables import gc_runs, gc_sweep, utcnow
 from berth.services.gc.decide import Decider, DryRunDone, RunLost
 from berth.services.gc.recovery import LEASE_SECONDS, RECOVERY_SECONDS, Recovery, lease_name
 from berth.services.gc.restrictions import impose_restriction
@@ -208,18 +208,14 @@ class GarbageCollector:
                     .returning(gc_runs.c.id)
                 )
             ).scalar_one()
-            await conn.execute(
-                audit_log.insert().values(
-                    at=now,
-                    project_id=project_id,
-                    actor=actor[:64],
-                    action="gc.dry_run" if dry_run else "gc.run",
-                    target=f"run {run_id}",
-                    detail=json.dumps(
-                        {"run": run_id, "dry_run": dry_run, "delete_untagged": delete_untagged}
-                    ),
-                    client=client[:64] if client else None,
-                )
+            await write_audit_entry(
+                conn,
+                actor[:64],
+                "gc.dry_run" if dry_run else "gc.run",
+                project_id=project_id,
+                target=f"run {run_id}",
+                detail={"run": run_id, "dry_run": dry_run, "delete_untagged": delete_untagged},
+                client=client[:64] if client else None,
             )
             if not dry_run:
                 # Files a failed run of this project left to sweep become this run's work.

@@ -13,7 +13,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
-from sqlalchemy import Integer, String, delete, func, literal, select
+from sqlalchemy import Insert, Integer, String, delete, func, literal, select
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -102,10 +102,26 @@ def collectable_link(project_id: int, cutoff: dt.datetime) -> Any:
     )
 
 
+def abandoned_upload(project_id: int, cutoff: dt.datetime) -> Any:
+    """The upload rule: an upload of the project nobody has touched since before the cutoff."""
+    return uploads.c.repository_id.in_(in_project(project_id)) & (uploads.c.updated_at < cutoff)
+
+
 def stale_unlinked_blob(cutoff: dt.datetime) -> Any:
     """Half of the blob rule: stored before the cutoff and linked nowhere (the other half is
     the blobs whose links the run removed; the sweep checks `~linked_anywhere()` again)."""
     return (blobs.c.created_at < cutoff) & ~linked_anywhere()
+
+
+def sweep_listing(
+    insert: Insert, run_id: int, kind: str, name: Any, size: Any, *where: Any
+) -> Insert:
+    """`insert` (into `gc_sweep`) of what the run will remove: the `kind` rows named `name`, of
+    `size` bytes, that match `where`."""
+    return insert.from_select(
+        ["run_id", "kind", "name", "size"],
+        select(literal(run_id, Integer), literal(kind, String), name, size).where(*where),
+    )
 
 
 # ---------------------------------------------------------------- the decision
@@ -208,14 +224,13 @@ class Decider:
 
         # Uploads nobody has touched for the grace period: their scratch files are swept.
         await conn.execute(
-            self.db.insert_ignore(gc_sweep).from_select(
-                ["run_id", "kind", "name", "size"],
-                select(
-                    literal(run.id, Integer),
-                    literal("upload", String),
-                    uploads.c.id,
-                    uploads.c.offset,
-                ).where(uploads.c.repository_id.in_(project), uploads.c.updated_at < cutoff),
+            sweep_listing(
+                self.db.insert_ignore(gc_sweep),
+                run.id,
+                "upload",
+                uploads.c.id,
+                uploads.c.offset,
+                abandoned_upload(run.project_id, cutoff),
             )
         )
         abandoned = select(gc_sweep.c.name).where(

@@ -14,12 +14,18 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from sqlalchemy import Integer, String, delete, func, literal, select, update
+from sqlalchemy import delete, func, literal, select, update
 from sqlalchemy.exc import IntegrityError
 
 from berth.metadata.database import Database
 from berth.metadata.tables import blobs, gc_runs, gc_sweep
-from berth.services.gc.decide import Decider, chunks, linked_anywhere, stale_unlinked_blob
+from berth.services.gc.decide import (
+    Decider,
+    chunks,
+    linked_anywhere,
+    stale_unlinked_blob,
+    sweep_listing,
+)
 from berth.services.gc.reachability import collectable_from
 from berth.services.gc.runs import Progress, RunBook, RunRow
 from berth.storage.base import BlobStore
@@ -67,14 +73,13 @@ class Sweeper:
         for chunk in chunks(sorted(unlinked)):
             async with self.db.write() as conn:
                 await conn.execute(
-                    self.db.insert_ignore(gc_sweep).from_select(
-                        ["run_id", "kind", "name", "size"],
-                        select(
-                            literal(run.id, Integer),
-                            literal("blob", String),
-                            blobs.c.digest,
-                            blobs.c.size,
-                        ).where(blobs.c.digest.in_(chunk)),
+                    sweep_listing(
+                        self.db.insert_ignore(gc_sweep),
+                        run.id,
+                        "blob",
+                        blobs.c.digest,
+                        blobs.c.size,
+                        blobs.c.digest.in_(chunk),
                     )
                 )
         listed = (
@@ -88,14 +93,14 @@ class Sweeper:
         )
         async with self.db.write() as conn:
             await conn.execute(
-                gc_sweep.insert().from_select(
-                    ["run_id", "kind", "name", "size"],
-                    select(
-                        literal(run.id, Integer),
-                        literal("blob", String),
-                        blobs.c.digest,
-                        blobs.c.size,
-                    ).where(stale_unlinked_blob(self.decider.cutoff()), ~listed),
+                sweep_listing(
+                    gc_sweep.insert(),
+                    run.id,
+                    "blob",
+                    blobs.c.digest,
+                    blobs.c.size,
+                    stale_unlinked_blob(self.decider.cutoff()),
+                    ~listed,
                 )
             )
             to_sweep = select(func.count()).where(gc_sweep.c.run_id == run.id).scalar_subquery()

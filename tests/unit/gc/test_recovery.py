@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
@@ -17,7 +18,7 @@ from berth.domain.errors import Denied
 from berth.jobs.leases import Leases
 from berth.metadata.database import Database
 from berth.metadata.tables import gc_runs, job_leases, project_settings, utcnow
-from berth.services.gc import GarbageCollector, GcAlreadyRunning
+from berth.services.gc import GarbageCollector, GcAlreadyRunning, Run
 from berth.services.gc.recovery import lease_name
 from berth.services.gc.restrictions import ensure_writable
 from berth.storage.filesystem import FilesystemBlobStore
@@ -32,8 +33,20 @@ def content_with_an_orphan_blob() -> Content:
     return content
 
 
-async def registry(tmp_path: Path) -> tuple[Database, FilesystemBlobStore]:
-    return await open_registry(tmp_path, content_with_an_orphan_blob())
+Scenario = Callable[[Database, FilesystemBlobStore], Awaitable[None]]
+
+
+def on_registry(tmp_path: Path, scenario: Scenario) -> None:
+    """Play `scenario` on a registry holding one project with an old orphan blob."""
+
+    async def play() -> None:
+        db, store = await open_registry(tmp_path, content_with_an_orphan_blob())
+        try:
+            await scenario(db, store)
+        finally:
+            await db.dispose()
+
+    asyncio.run(play())
 
 
 async def restricted_by(db: Database) -> int | None:
@@ -42,140 +55,126 @@ async def restricted_by(db: Database) -> int | None:
     return int(value) if value is not None else None
 
 
+async def until(collector: GarbageCollector, run_id: int, done: Callable[[Run], bool]) -> Run:
+    """The run once `done` says so (polled: runs here take milliseconds)."""
+    while not done(run := await collector.get_run(PROJECT, run_id)):
+        await asyncio.sleep(0.02)
+    return run
+
+
+def deciding(run: Run) -> bool:
+    return run.phase == "marking"
+
+
+def finished(run: Run) -> bool:
+    return run.state != "running"
+
+
 async def hand_lease_to(db: Database, holder: str, expires_at: dt.datetime) -> None:
     async with db.write() as conn:
         await conn.execute(update(job_leases).values(holder=holder, expires_at=expires_at))
 
 
 def test_one_run_per_project_at_a_time(tmp_path: Path) -> None:
-    async def scenario() -> None:
-        db, store = await registry(tmp_path)
-        try:
-            collector = GarbageCollector(db, store, grace_period=GRACE, test_pause="marking=0.3")
-            first = await collector.launch(PROJECT, actor="a")
-            with pytest.raises(GcAlreadyRunning):
-                await collector.launch(PROJECT, actor="b")
-            while (await collector.get_run(PROJECT, first.id)).state == "running":
-                await asyncio.sleep(0.02)
-            assert (await collector.get_run(PROJECT, first.id)).state == "succeeded"
-            second = await collector.run(PROJECT, actor="b")
-            assert second.state == "succeeded"
-            await collector.stop()
-        finally:
-            await db.dispose()
+    async def scenario(db: Database, store: FilesystemBlobStore) -> None:
+        collector = GarbageCollector(db, store, grace_period=GRACE, test_pause="marking=0.3")
+        first = await collector.launch(PROJECT, actor="a")
+        with pytest.raises(GcAlreadyRunning):
+            await collector.launch(PROJECT, actor="b")
+        assert (await until(collector, first.id, finished)).state == "succeeded"
+        second = await collector.run(PROJECT, actor="b")
+        assert second.state == "succeeded"
+        await collector.stop()
 
-    asyncio.run(scenario())
+    on_registry(tmp_path, scenario)
 
 
 def test_a_run_whose_process_stopped_before_deleting_is_rolled_back(tmp_path: Path) -> None:
-    async def scenario() -> None:
-        db, store = await registry(tmp_path)
-        try:
-            stopped = GarbageCollector(db, store, grace_period=GRACE)
-            run = await stopped.start_run(
-                PROJECT, dry_run=False, delete_untagged=False, actor="a", here=False
-            )
-            restarted = GarbageCollector(db, store, grace_period=GRACE)
-            await restarted.recovery.recover()
-            after = await restarted.get_run(PROJECT, run.id)
-            assert after.state == "rolled_back"
-            assert after.error is not None and "nothing changed" in after.error
-            assert digest("orphan") in (await what_is_left(db, store)).files
-            # The lease is free again: a new run starts at once.
-            again = await restarted.run(PROJECT, actor="b")
-            assert again.state == "succeeded"
-            assert digest("orphan") not in (await what_is_left(db, store)).files
-        finally:
-            await db.dispose()
+    async def scenario(db: Database, store: FilesystemBlobStore) -> None:
+        stopped = GarbageCollector(db, store, grace_period=GRACE)
+        run = await stopped.start_run(
+            PROJECT, dry_run=False, delete_untagged=False, actor="a", here=False
+        )
+        restarted = GarbageCollector(db, store, grace_period=GRACE)
+        await restarted.recovery.recover()
+        after = await restarted.get_run(PROJECT, run.id)
+        assert after.state == "rolled_back"
+        assert after.error is not None and "nothing changed" in after.error
+        assert digest("orphan") in (await what_is_left(db, store)).files
+        # The lease is free again: a new run starts at once.
+        again = await restarted.run(PROJECT, actor="b")
+        assert again.state == "succeeded"
+        assert digest("orphan") not in (await what_is_left(db, store)).files
 
-    asyncio.run(scenario())
+    on_registry(tmp_path, scenario)
 
 
 def test_a_run_interrupted_while_sweeping_is_finished_by_recovery(tmp_path: Path) -> None:
-    async def scenario() -> None:
-        db, store = await registry(tmp_path)
-        try:
-            stopped = GarbageCollector(db, store, grace_period=GRACE)
-            run = await stopped.start_run(
-                PROJECT, dry_run=False, delete_untagged=False, actor="a", here=False
-            )
-            async with db.write() as conn:  # as if step 2 had committed before the crash
-                await conn.execute(update(gc_runs).values(phase="sweeping"))
-            restarted = GarbageCollector(db, store, grace_period=GRACE)
-            await restarted.recovery.recover(resume_here=True)
-            after = await restarted.get_run(PROJECT, run.id)
-            assert after.state == "succeeded"
-            assert after.storage_blobs_deleted == 1
-            assert digest("orphan") not in (await what_is_left(db, store)).files
-        finally:
-            await db.dispose()
+    async def scenario(db: Database, store: FilesystemBlobStore) -> None:
+        stopped = GarbageCollector(db, store, grace_period=GRACE)
+        run = await stopped.start_run(
+            PROJECT, dry_run=False, delete_untagged=False, actor="a", here=False
+        )
+        async with db.write() as conn:  # as if step 2 had committed before the crash
+            await conn.execute(update(gc_runs).values(phase="sweeping"))
+        restarted = GarbageCollector(db, store, grace_period=GRACE)
+        await restarted.recovery.recover(resume_here=True)
+        after = await restarted.get_run(PROJECT, run.id)
+        assert after.state == "succeeded"
+        assert after.storage_blobs_deleted == 1
+        assert digest("orphan") not in (await what_is_left(db, store)).files
 
-    asyncio.run(scenario())
+    on_registry(tmp_path, scenario)
 
 
 def test_a_run_another_machine_holds_is_left_alone_until_its_lease_lapses(
     tmp_path: Path,
 ) -> None:
-    async def scenario() -> None:
-        db, store = await registry(tmp_path)
-        try:
-            collector = GarbageCollector(db, store, grace_period=GRACE)
-            run = await collector.start_run(
-                PROJECT, dry_run=False, delete_untagged=False, actor="a", here=False
-            )
-            elsewhere = "another-machine:1"
-            await hand_lease_to(db, elsewhere, utcnow() + dt.timedelta(minutes=1))
-            await collector.recovery.recover()
-            assert (await collector.get_run(PROJECT, run.id)).state == "running"
+    async def scenario(db: Database, store: FilesystemBlobStore) -> None:
+        collector = GarbageCollector(db, store, grace_period=GRACE)
+        run = await collector.start_run(
+            PROJECT, dry_run=False, delete_untagged=False, actor="a", here=False
+        )
+        elsewhere = "another-machine:1"
+        await hand_lease_to(db, elsewhere, utcnow() + dt.timedelta(minutes=1))
+        await collector.recovery.recover()
+        assert (await collector.get_run(PROJECT, run.id)).state == "running"
 
-            await hand_lease_to(db, elsewhere, utcnow() - dt.timedelta(seconds=1))
-            await collector.recovery.recover()
-            assert (await collector.get_run(PROJECT, run.id)).state == "rolled_back"
-            leases = await Leases(db, "reader").read([lease_name(1)])
-            assert leases[lease_name(1)].holder == collector.holder
-        finally:
-            await db.dispose()
+        await hand_lease_to(db, elsewhere, utcnow() - dt.timedelta(seconds=1))
+        await collector.recovery.recover()
+        assert (await collector.get_run(PROJECT, run.id)).state == "rolled_back"
+        leases = await Leases(db, "reader").read([lease_name(1)])
+        assert leases[lease_name(1)].holder == collector.holder
 
-    asyncio.run(scenario())
+    on_registry(tmp_path, scenario)
 
 
 def test_writes_are_refused_while_the_run_decides_and_allowed_after(tmp_path: Path) -> None:
-    async def scenario() -> None:
-        db, store = await registry(tmp_path)
-        try:
-            collector = GarbageCollector(db, store, grace_period=GRACE, test_pause="marking=0.3")
-            run = await collector.launch(PROJECT, actor="a")
-            while (await collector.get_run(PROJECT, run.id)).phase != "marking":
-                await asyncio.sleep(0.02)
-            assert await restricted_by(db) == run.id
-            with pytest.raises(Denied, match="garbage collection in progress"):
-                async with db.write() as conn:
-                    await ensure_writable(conn, 1, PROJECT)
-            while (await collector.get_run(PROJECT, run.id)).state == "running":
-                await asyncio.sleep(0.02)
-            assert await restricted_by(db) is None
+    async def scenario(db: Database, store: FilesystemBlobStore) -> None:
+        collector = GarbageCollector(db, store, grace_period=GRACE, test_pause="marking=0.3")
+        run = await collector.launch(PROJECT, actor="a")
+        await until(collector, run.id, deciding)
+        assert await restricted_by(db) == run.id
+        with pytest.raises(Denied, match="garbage collection in progress"):
             async with db.write() as conn:
                 await ensure_writable(conn, 1, PROJECT)
-            await collector.stop()
-        finally:
-            await db.dispose()
+        await until(collector, run.id, finished)
+        assert await restricted_by(db) is None
+        async with db.write() as conn:
+            await ensure_writable(conn, 1, PROJECT)
+        await collector.stop()
 
-    asyncio.run(scenario())
+    on_registry(tmp_path, scenario)
 
 
 def test_a_stopping_server_rolls_back_the_run_it_was_deciding(tmp_path: Path) -> None:
-    async def scenario() -> None:
-        db, store = await registry(tmp_path)
-        try:
-            collector = GarbageCollector(db, store, grace_period=GRACE, test_pause="marking=5")
-            run = await collector.launch(PROJECT, actor="a")
-            while (await collector.get_run(PROJECT, run.id)).phase != "marking":
-                await asyncio.sleep(0.02)
-            await collector.stop()
-            after = await collector.get_run(PROJECT, run.id)
-            assert after.state == "rolled_back"
-            assert await restricted_by(db) is None
-        finally:
-            await db.dispose()
+    async def scenario(db: Database, store: FilesystemBlobStore) -> None:
+        collector = GarbageCollector(db, store, grace_period=GRACE, test_pause="marking=5")
+        run = await collector.launch(PROJECT, actor="a")
+        await until(collector, run.id, deciding)
+        await collector.stop()
+        after = await collector.get_run(PROJECT, run.id)
+        assert after.state == "rolled_back"
+        assert await restricted_by(db) is None
 
-    asyncio.run(scenario())
+    on_registry(tmp_path, scenario)
