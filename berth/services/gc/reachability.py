@@ -162,8 +162,10 @@ class Graph:
 
 @dataclass(frozen=True, slots=True)
 class Verdict:
+    """What a run deletes, and what it keeps only for being young."""
+
     manifests: frozenset[int] = frozenset()  # ids of the manifests deleted
-    images: int = 0
+    images: int = 0  # of those, images as `queries.is_image` counts them
     links: frozenset[tuple[int, str]] = frozenset()  # (repository id, digest) links removed
     blobs: frozenset[str] = frozenset()  # blobs whose rows and files go
     uploads: frozenset[str] = frozenset()
