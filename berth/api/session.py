@@ -201,7 +201,7 @@ async def sign_in(
         await services.sessions.delete(session_id(previous))
     await services.sessions.purge()
     token, session = await services.sessions.create(principal)
-    await services.identity.record(
+    await services.identity.audit.record(
         principal.user, "login", detail={"via": "console"}, client=client_address(request)
     )
     response.headers.append("set-cookie", _cookie(request, token, services.settings.session_ttl))
