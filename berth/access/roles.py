@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from cachetools import TTLCache
-from sqlalchemy import select
+from sqlalchemy import Select, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from berth.access.permissions import Action
@@ -64,34 +64,29 @@ class Roles:
         self._cache.clear()
 
     async def project_role(self, user_id: int, project_id: int) -> str | None:
-        cached = self._cache.get(("p", user_id, project_id), _MISSING)
-        if cached is not _MISSING:
-            return cached  # type: ignore[no-any-return]
-        async with self.db.read() as conn:
-            role = (
-                await conn.execute(
-                    select(memberships.c.role).where(
-                        memberships.c.user_id == user_id, memberships.c.project_id == project_id
-                    )
-                )
-            ).scalar()
-        self._cache[("p", user_id, project_id)] = role
-        return role
+        return await self._role(
+            ("p", user_id, project_id),
+            select(memberships.c.role).where(
+                memberships.c.user_id == user_id, memberships.c.project_id == project_id
+            ),
+        )
 
     async def repository_role(self, user_id: int, repository_id: int) -> str | None:
-        cached = self._cache.get(("r", user_id, repository_id), _MISSING)
+        return await self._role(
+            ("r", user_id, repository_id),
+            select(repository_grants.c.role).where(
+                repository_grants.c.user_id == user_id,
+                repository_grants.c.repository_id == repository_id,
+            ),
+        )
+
+    async def _role(self, key: tuple[str, int, int], query: Select[Any]) -> str | None:
+        cached = self._cache.get(key, _MISSING)
         if cached is not _MISSING:
             return cached  # type: ignore[no-any-return]
         async with self.db.read() as conn:
-            role = (
-                await conn.execute(
-                    select(repository_grants.c.role).where(
-                        repository_grants.c.user_id == user_id,
-                        repository_grants.c.repository_id == repository_id,
-                    )
-                )
-            ).scalar()
-        self._cache[("r", user_id, repository_id)] = role
+            role: str | None = (await conn.execute(query)).scalar()
+        self._cache[key] = role
         return role
 
     async def has_any_role(self, user_id: int, project_id: int) -> bool:
