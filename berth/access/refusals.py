@@ -10,6 +10,9 @@ from berth.access.policy import Principal
 from berth.domain.errors import Denied, RegistryError, Unauthorized
 
 TOKEN_PATH = "/auth/token"
+# The management API's challenge: it takes Basic credentials or an API token, and has no
+# token endpoint to send a client to.
+API_REALM = 'Bearer realm="berth-api"'
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,6 +43,13 @@ class Realm:
         error = Unauthorized(message)
         error.headers["WWW-Authenticate"] = self.challenge(scope)
         return error
+
+
+def api_unauthorized(message: str) -> Unauthorized:
+    """UNAUTHORIZED from the management API."""
+    error = Unauthorized(message)
+    error.headers["WWW-Authenticate"] = API_REALM
+    return error
 
 
 def refusal(

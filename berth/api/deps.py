@@ -38,6 +38,7 @@ from berth.access.credentials import KEY_ID_PATTERN
 from berth.access.identify import Surface, Via
 from berth.access.permissions import ProjectAccess
 from berth.access.policy import Principal, project_access
+from berth.access.refusals import api_unauthorized
 from berth.auth.guard import client_address
 from berth.domain.errors import Denied, NameUnknown, Unauthorized
 from berth.domain.references import RepositoryRef
@@ -107,7 +108,6 @@ ImagesDep = Annotated[Images, Depends(get_images)]
 # methods, the CSRF token) stores the signed-in user's Principal (key_id and key_project_id
 # None) under this key of the ASGI scope.
 SESSION_SCOPE_KEY = "berth.session_principal"
-API_REALM = 'Bearer realm="berth-api"'
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,12 +124,6 @@ class ApiCaller:
         return self.principal.user
 
 
-def unauthorized(message: str) -> Unauthorized:
-    error = Unauthorized(message)
-    error.headers["WWW-Authenticate"] = API_REALM
-    return error
-
-
 async def password_principal(
     services: Services, request: Request, user: str, password: str
 ) -> Principal:
@@ -137,7 +131,7 @@ async def password_principal(
     try:
         return await services.authenticator.login_password(user, password, client_address(request))
     except Unauthorized as exc:
-        raise unauthorized(exc.message) from None
+        raise api_unauthorized(exc.message) from None
 
 
 async def authenticate(request: Request, services: Services) -> ApiCaller | None:
@@ -157,7 +151,7 @@ async def authenticate(request: Request, services: Services) -> ApiCaller | None
             session=session if isinstance(session, Principal) else None,
         )
     except Unauthorized as exc:
-        raise unauthorized(exc.message) from None
+        raise api_unauthorized(exc.message) from None
     if identified.principal is None:
         return None
     return ApiCaller(identified.principal, identified.via, client)
@@ -167,7 +161,7 @@ async def current_caller(request: Request, services: ServicesDep) -> ApiCaller:
     """The authenticated caller; 401 without credentials."""
     caller = await authenticate(request, services)
     if caller is None:
-        raise unauthorized(
+        raise api_unauthorized(
             "authentication required: send an access key (Basic), an API token (Bearer) or "
             "sign in to the console"
         )
