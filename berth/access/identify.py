@@ -34,7 +34,6 @@ class Via(StrEnum):
     PASSWORD = "password"
     REGISTRY_TOKEN = "registry_token"
     API_TOKEN = "api_token"
-    REFRESH_TOKEN = "refresh_token"
     SESSION = "session"
 
 

@@ -88,10 +88,6 @@ def project_access(principal: Principal, role: str | None) -> frozenset[ProjectA
     return frozenset(granted)
 
 
-def can_manage_project(principal: Principal | None, project_role: str | None) -> bool:
-    return principal is not None and ProjectAccess.MANAGE in project_access(principal, project_role)
-
-
 def can_manage_key(actor: str, key_owner: str, is_project_admin: bool) -> bool:
     """Users manage their own access keys; project admins every key in their project."""
     return key_owner == actor or is_project_admin

@@ -11,7 +11,6 @@ from typing import Any
 from berth.access.permissions import EVERY_ACTION, Action
 from berth.access.policy import Principal, can_list_catalog, requested_actions
 
-ACTIONS = frozenset({"pull", "push", "delete", "*"})
 CATALOG = ("registry", "catalog")
 # The scope a refusal's challenge asks for, by the action that was missing.
 _CHALLENGE_ACTIONS = {Action.PULL: "pull", Action.PUSH: "pull,push", Action.DELETE: "delete"}
