@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from berth.access.identify import Authenticator
+from berth.access.keyring import Keyring
+from berth.access.throttle import LoginThrottle
+from berth.access.tokens import Tokens
 from berth.addresses import public_host
-from berth.auth.keyring import Keyring
-from berth.auth.throttle import LoginThrottle
-from berth.auth.tokens import Tokens
 from berth.config import Settings
 from berth.domain.names import RegistryAddress, host_project, registry_address
 from berth.jobs import Job, Scheduler
@@ -34,6 +35,7 @@ class Services:
     registry: Registry
     uploads: Uploads
     identity: Identity
+    authenticator: Authenticator
     tokens: Tokens
     throttle: LoginThrottle
     traffic: TrafficMeter
@@ -60,6 +62,11 @@ class Services:
             gc_grace_period=settings.gc_grace_period,
         )
         storage_check = StorageCheck(db, store, orphan_age=settings.gc_grace_period)
+        identity = Identity(db, keyring, settings.max_access_keys)
+        tokens = Tokens(keyring, settings.token_ttl, settings.refresh_token_ttl)
+        throttle = LoginThrottle(
+            settings.login_failures_per_key, settings.login_failures_per_client
+        )
         return cls(
             settings=settings,
             db=db,
@@ -67,11 +74,10 @@ class Services:
             repositories=Repositories(db, settings.repository_quota),
             registry=Registry(db, store, settings.max_images_per_repository),
             uploads=Uploads(db, store),
-            identity=Identity(db, keyring, settings.max_access_keys),
-            tokens=Tokens(keyring, settings.token_ttl, settings.refresh_token_ttl),
-            throttle=LoginThrottle(
-                settings.login_failures_per_key, settings.login_failures_per_client
-            ),
+            identity=identity,
+            authenticator=Authenticator(identity.credentials, tokens, throttle),
+            tokens=tokens,
+            throttle=throttle,
             traffic=TrafficMeter(
                 db,
                 enabled=settings.traffic_metering,

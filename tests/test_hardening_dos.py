@@ -19,7 +19,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from berth.auth.throttle import LoginThrottle
+from berth.access.throttle import LoginThrottle
 from tests.auth import bearer, fetch_token
 from tests.conftest import new_repo
 from tests.oci import blob_path, manifest_path, push_bytes, put_manifest, random_image, uploads_path

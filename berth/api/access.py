@@ -14,6 +14,7 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Query, Response
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from berth.access.policy import can_manage_key
 from berth.api.deps import (
     COMPONENT_PATTERN,
     AdminProject,
@@ -83,15 +84,11 @@ class CreatedAccessKey(BaseModel):
     expires_at: dt.datetime | None
 
 
-def _can_manage_key(ctx: ProjectContext, owner: dict[str, Any]) -> bool:
-    return owner["user"] == ctx.actor or ctx.is_project_admin
-
-
 async def _key_in_project(ctx: ProjectContext, key_id: str) -> dict[str, Any]:
-    owner = await ctx.services.identity.key_owner(key_id)
+    owner = await ctx.services.identity.keys.key_owner(key_id)
     if owner is None or owner["project_id"] != ctx.project_id:
         raise NameUnknown(f"access key {key_id} does not exist in project {ctx.project!r}")
-    if not _can_manage_key(ctx, owner):
+    if not can_manage_key(ctx.actor, owner["user"], ctx.is_project_admin):
         raise Denied(
             f"access key {key_id} belongs to {owner['user']!r}; users manage their own keys, "
             "project admins every key in the project"
@@ -100,7 +97,7 @@ async def _key_in_project(ctx: ProjectContext, key_id: str) -> dict[str, Any]:
 
 
 async def _key(ctx: ProjectContext, key_id: str) -> AccessKey:
-    for key in await ctx.services.identity.list_keys(project=ctx.project):
+    for key in await ctx.services.identity.keys.list_keys(project=ctx.project):
         if key["access_key_id"] == key_id:
             return AccessKey.model_validate(key)
     raise NameUnknown(f"access key {key_id} does not exist in project {ctx.project!r}")
@@ -117,7 +114,7 @@ async def list_keys(
         if user is not None and user != ctx.actor:
             raise Denied("only project admins see other users' access keys")
         user = ctx.actor
-    found = await ctx.services.identity.list_keys(user=user, project=ctx.project)
+    found = await ctx.services.identity.keys.list_keys(user=user, project=ctx.project)
     return [AccessKey.model_validate(k) for k in found]
 
 
@@ -131,7 +128,7 @@ async def create_key(ctx: AnyRoleProject, body: NewAccessKey) -> CreatedAccessKe
             raise Denied(
                 "users create their own access keys; project admins also service accounts'"
             )
-        target = await ctx.services.identity.get_user(owner)
+        target = await ctx.services.identity.users.get_user(owner)
         if target is None:
             raise NameUnknown(f"user {owner!r} does not exist")
         if not target["service_account"] and not ctx.is_server_admin:
@@ -140,7 +137,7 @@ async def create_key(ctx: AnyRoleProject, body: NewAccessKey) -> CreatedAccessKe
             )
     if body.expires_at is not None and body.expires_at <= utcnow():
         raise FieldError("expires_at", "the expiry date must be in the future")
-    created = await ctx.services.identity.create_key(
+    created = await ctx.services.identity.keys.create_key(
         owner, ctx.project, expires_at=body.expires_at, actor=ctx.actor
     )
     return CreatedAccessKey.model_validate(created.as_dict())
@@ -150,21 +147,21 @@ async def create_key(ctx: AnyRoleProject, body: NewAccessKey) -> CreatedAccessKe
 async def disable_key(ctx: AnyRoleProject, key_id: KeyId) -> AccessKey:
     """Disable a key: it stops working within a second, and can be enabled again."""
     await _key_in_project(ctx, key_id)
-    await ctx.services.identity.set_key_disabled(key_id, True, actor=ctx.actor)
+    await ctx.services.identity.keys.set_key_disabled(key_id, True, actor=ctx.actor)
     return await _key(ctx, key_id)
 
 
 @router.post("/keys/{key_id}/enable", tags=["access keys"], responses=responses(404))
 async def enable_key(ctx: AnyRoleProject, key_id: KeyId) -> AccessKey:
     await _key_in_project(ctx, key_id)
-    await ctx.services.identity.set_key_disabled(key_id, False, actor=ctx.actor)
+    await ctx.services.identity.keys.set_key_disabled(key_id, False, actor=ctx.actor)
     return await _key(ctx, key_id)
 
 
 @router.delete("/keys/{key_id}", status_code=204, tags=["access keys"], responses=responses(404))
 async def delete_key(ctx: AnyRoleProject, key_id: KeyId) -> Response:
     await _key_in_project(ctx, key_id)
-    await ctx.services.identity.delete_key(key_id, actor=ctx.actor, client=ctx.caller.client)
+    await ctx.services.identity.keys.delete_key(key_id, actor=ctx.actor, client=ctx.caller.client)
     return Response(status_code=204)
 
 
@@ -197,14 +194,17 @@ class Grant(BaseModel):
 
 @router.get("/members", tags=["members"])
 async def list_members(ctx: ReadProject) -> list[Member]:
-    return [Member.model_validate(m) for m in await ctx.services.identity.list_members(ctx.project)]
+    return [
+        Member.model_validate(m)
+        for m in await ctx.services.identity.members.list_members(ctx.project)
+    ]
 
 
 @router.put("/members/{user}", tags=["members"], responses=responses(404))
 async def set_member(ctx: AdminProject, user: UserName, body: RoleRequest) -> Member:
     """Add a user to the project, or change their role (project admins)."""
-    await ctx.services.identity.add_member(ctx.project, user, body.role, actor=ctx.actor)
-    for member in await ctx.services.identity.list_members(ctx.project):
+    await ctx.services.identity.members.add_member(ctx.project, user, body.role, actor=ctx.actor)
+    for member in await ctx.services.identity.members.list_members(ctx.project):
         if member["user"] == user:
             return Member.model_validate(member)
     raise NameUnknown(f"user {user!r} is not a member of project {ctx.project!r}")
@@ -213,7 +213,7 @@ async def set_member(ctx: AdminProject, user: UserName, body: RoleRequest) -> Me
 @router.delete("/members/{user}", status_code=204, tags=["members"], responses=responses(404))
 async def remove_member(ctx: AdminProject, user: UserName) -> Response:
     """Remove a user from the project; their access keys here stop working at once."""
-    await ctx.services.identity.remove_member(
+    await ctx.services.identity.members.remove_member(
         ctx.project, user, actor=ctx.actor, client=ctx.caller.client
     )
     return Response(status_code=204)
@@ -224,7 +224,7 @@ async def remove_member(ctx: AdminProject, user: UserName) -> Response:
 )
 async def list_grants(ctx: ReadProject, repository: RepositoryName) -> list[Grant]:
     """Users outside the project with a role on this repository."""
-    found = await ctx.services.identity.list_grants(ctx.project, repository)
+    found = await ctx.services.identity.members.list_grants(ctx.project, repository)
     return [Grant.model_validate(g) for g in found]
 
 
@@ -237,8 +237,10 @@ async def set_grant(
     ctx: AdminProject, repository: RepositoryName, user: UserName, body: GrantRequest
 ) -> Grant:
     """Give a user a role on one repository (project admins)."""
-    await ctx.services.identity.grant(ctx.project, repository, user, body.role, actor=ctx.actor)
-    for grant in await ctx.services.identity.list_grants(ctx.project, repository):
+    await ctx.services.identity.members.grant(
+        ctx.project, repository, user, body.role, actor=ctx.actor
+    )
+    for grant in await ctx.services.identity.members.list_grants(ctx.project, repository):
         if grant["user"] == user:
             return Grant.model_validate(grant)
     raise NameUnknown(f"user {user!r} has no role on {ctx.project}/{repository}")
@@ -251,7 +253,7 @@ async def set_grant(
     responses=responses(404),
 )
 async def remove_grant(ctx: AdminProject, repository: RepositoryName, user: UserName) -> Response:
-    await ctx.services.identity.revoke(
+    await ctx.services.identity.members.revoke(
         ctx.project, repository, user, actor=ctx.actor, client=ctx.caller.client
     )
     return Response(status_code=204)
@@ -273,11 +275,11 @@ class AuditEntry(BaseModel):
 async def audit(ctx: AdminProject, paging: PagingDep) -> Page[AuditEntry]:
     """The project's audit log, newest first: logins, keys, roles, repository changes, image
     and tag deletes and tag restores (project admins)."""
-    identity = ctx.services.identity
-    entries = await identity.audit_entries(ctx.project, paging.per_page, paging.offset)
+    audit_log = ctx.services.identity.audit
+    entries = await audit_log.entries(ctx.project, paging.per_page, paging.offset)
     return Page[AuditEntry](
         items=[AuditEntry.model_validate(e) for e in entries],
         page=paging.page,
         per_page=paging.per_page,
-        total=await identity.count_audit_entries(ctx.project),
+        total=await audit_log.count(ctx.project),
     )

@@ -8,6 +8,7 @@ from typing import Annotated
 from fastapi import APIRouter, Body, Request
 from pydantic import BaseModel, Field
 
+from berth.access.identify import Via
 from berth.api.deps import CallerDep, ServicesDep
 from berth.api.problems import FieldError, responses
 from berth.auth.guard import client_address
@@ -48,7 +49,7 @@ async def issue_token(
     rights and stops working as soon as the key does (disabled, deleted, expired, or its
     user left the project)."""
     principal = caller.principal
-    if caller.via != "access_key" or principal.key_id is None:
+    if caller.via is not Via.ACCESS_KEY or principal.key_id is None:
         raise Denied(
             "API tokens are issued for access keys: authenticate with an access key ID and "
             "secret access key (HTTP Basic)"
@@ -60,7 +61,7 @@ async def issue_token(
     token, expires = services.tokens.issue_api(
         user_id=principal.user_id, user=principal.user, key_id=principal.key_id, ttl_seconds=ttl
     )
-    await services.identity.record(
+    await services.identity.audit.record(
         principal.user,
         "login",
         project_id=principal.key_project_id,

@@ -16,13 +16,14 @@ field) and become RFC 9457 problems:
     async def start(ctx: ManageProject, body: StartRun) -> Run:
         return Run(**await ctx.services.gc.start(ctx.project, actor=ctx.actor, ...))
 
-Authorization (from `berth/auth/policy.py`): server administrators and project admins and
-members manage a project (`ManageProject`), project readers read it (`ReadProject`), project
-admins also manage members and permissions (`AdminProject`); users with only repository roles
-use the registry with their keys and have no management access (they may still manage their
-own access keys: `AnyRoleProject`). An access key works only in its own project, through
-every surface. Authorization is decided before existence: a caller without a role learns
-nothing about a project.
+Authorization: each route names what it needs in the project of its path by the context it
+takes, one per `berth.access.permissions.ProjectAccess` (the rules: `berth.access.policy.
+project_access`): `ManageProject` (project members and admins, server administrators),
+`ReadProject` (readers too), `AdminProject` (project admins: members and permissions),
+`AnyRoleProject` (repository roles too: their own access keys), `ServerAdminProject`. Users
+with only repository roles use the registry with their keys. An access key works only in its
+own project, through every surface. Authorization is decided before existence: a caller
+without a role learns nothing about a project.
 """
 
 from __future__ import annotations
@@ -33,12 +34,14 @@ from typing import Annotated, Generic, TypeVar
 from fastapi import Depends, Path, Query, Request
 from pydantic import BaseModel, Field
 
-from berth.auth.guard import authenticate_basic, basic_credentials, client_address
-from berth.auth.policy import PROJECT_ROLES, Principal, can_manage_project
-from berth.auth.tokens import InvalidToken
+from berth.access.credentials import KEY_ID_PATTERN
+from berth.access.identify import Surface, Via
+from berth.access.permissions import ProjectAccess
+from berth.access.policy import Principal, project_access
+from berth.access.refusals import api_unauthorized
+from berth.auth.guard import client_address
 from berth.domain.errors import Denied, NameUnknown, Unauthorized
 from berth.domain.references import RepositoryRef
-from berth.services.identity import KEY_ID_PATTERN
 from berth.services.images import Images
 from berth.state import Services
 
@@ -105,7 +108,6 @@ ImagesDep = Annotated[Images, Depends(get_images)]
 # methods, the CSRF token) stores the signed-in user's Principal (key_id and key_project_id
 # None) under this key of the ASGI scope.
 SESSION_SCOPE_KEY = "berth.session_principal"
-API_REALM = 'Bearer realm="berth-api"'
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,7 +115,7 @@ class ApiCaller:
     """An authenticated caller of the management API."""
 
     principal: Principal
-    via: str  # access_key | api_token | password | session
+    via: Via  # access_key | api_token | password | session
     client: str | None = None  # the address it came from, for the audit log
 
     @property
@@ -122,44 +124,14 @@ class ApiCaller:
         return self.principal.user
 
 
-def unauthorized(message: str) -> Unauthorized:
-    error = Unauthorized(message)
-    error.headers["WWW-Authenticate"] = API_REALM
-    return error
-
-
-def _is_key_id(name: str) -> bool:
-    """Which check a Basic sign-in goes to: access key IDs are upper case, user names never
-    are. Not a shape check: `authenticate_basic` refuses what cannot be a key ID."""
-    return name != name.lower()
-
-
 async def password_principal(
     services: Services, request: Request, user: str, password: str
 ) -> Principal:
     """The user with this name and password (401 when wrong, 429 while throttled)."""
-    client = client_address(request)
-    services.throttle.check(user, client)
-    principal = await services.identity.verify_password(user, password)
-    if principal is None:
-        services.throttle.failed(user, client)
-        raise unauthorized("invalid user name or password")
-    return principal
-
-
-async def _token_principal(services: Services, token: str) -> Principal:
     try:
-        claims = services.tokens.verify_api(token)
-    except InvalidToken:
-        raise unauthorized(
-            "the API token is invalid or expired; request a new one (POST /api/v1/auth/tokens)"
-        ) from None
-    key_id = str(claims["key"])
-    if not await services.identity.key_is_active(key_id):
-        raise unauthorized(f"access key {key_id}, which this token was issued for, no longer works")
-    return await services.identity.principal_for_token(
-        int(claims["uid"]), str(claims["sub"]), key_id
-    )
+        return await services.authenticator.login_password(user, password, client_address(request))
+    except Unauthorized as exc:
+        raise api_unauthorized(exc.message) from None
 
 
 async def authenticate(request: Request, services: Services) -> ApiCaller | None:
@@ -169,39 +141,27 @@ async def authenticate(request: Request, services: Services) -> ApiCaller | None
     key ID and secret, or with a user name and password; the console's session (see
     SESSION_SCOPE_KEY). Wrong credentials are UNAUTHORIZED (never silently anonymous).
     """
-    header = request.headers.get("authorization")
     client = client_address(request)
-    if header:
-        scheme, _, value = header.partition(" ")
-        if scheme.lower() == "bearer":
-            principal = await _token_principal(services, value.strip())
-            return ApiCaller(principal, "api_token", client)
-        credentials = basic_credentials(header)
-        if credentials is None:
-            raise unauthorized(
-                "unsupported Authorization header: use Basic (access key ID and secret, or user "
-                "and password) or Bearer (an API token)"
-            )
-        name, secret = credentials
-        if _is_key_id(name):
-            try:
-                principal = await authenticate_basic(services, request, name, secret)
-            except Unauthorized as exc:
-                raise unauthorized(exc.message) from None
-            return ApiCaller(principal, "access_key", client)
-        principal = await password_principal(services, request, name, secret)
-        return ApiCaller(principal, "password", client)
     session = request.scope.get(SESSION_SCOPE_KEY)
-    if isinstance(session, Principal):
-        return ApiCaller(session, "session", client)
-    return None
+    try:
+        identified = await services.authenticator.identify(
+            request.headers.get("authorization"),
+            surface=Surface.API,
+            client=client,
+            session=session if isinstance(session, Principal) else None,
+        )
+    except Unauthorized as exc:
+        raise api_unauthorized(exc.message) from None
+    if identified.principal is None:
+        return None
+    return ApiCaller(identified.principal, identified.via, client)
 
 
 async def current_caller(request: Request, services: ServicesDep) -> ApiCaller:
     """The authenticated caller; 401 without credentials."""
     caller = await authenticate(request, services)
     if caller is None:
-        raise unauthorized(
+        raise api_unauthorized(
             "authentication required: send an access key (Basic), an API token (Bearer) or "
             "sign in to the console"
         )
@@ -269,16 +229,20 @@ class ProjectContext:
         return self.caller.principal.is_admin
 
     @property
+    def access(self) -> frozenset[ProjectAccess]:
+        return project_access(self.caller.principal, self.role)
+
+    @property
     def can_read(self) -> bool:
-        return self.is_server_admin or self.role in PROJECT_ROLES
+        return ProjectAccess.READ in self.access
 
     @property
     def can_manage(self) -> bool:
-        return can_manage_project(self.caller.principal, self.role)
+        return ProjectAccess.MANAGE in self.access
 
     @property
     def is_project_admin(self) -> bool:
-        return self.is_server_admin or self.role == "admin"
+        return ProjectAccess.ADMINISTER in self.access
 
     async def repository(self, name: str) -> RepositoryRef:
         """A repository of this project, or NAME_UNKNOWN (404)."""
@@ -304,11 +268,12 @@ async def project_context(
         if principal.is_admin:
             raise NameUnknown(f"project {project!r} does not exist")
         raise Denied(f"user {principal.user!r} has no role in project {project!r}")
-    role = await services.identity.project_role(principal.user_id, project_id)
+    roles = services.identity.roles
+    role = await roles.project_role(principal.user_id, project_id)
     if (
         role is None
         and not principal.is_admin
-        and not await services.identity.has_any_role(principal.user_id, project_id)
+        and not await roles.has_any_role(principal.user_id, project_id)
     ):
         raise Denied(f"user {principal.user!r} has no role in project {project!r}")
     return ProjectContext(caller, services, project, project_id, role)
@@ -358,7 +323,7 @@ AdminProject = Annotated[ProjectContext, Depends(administered_project)]
 
 async def server_admin_project(ctx: AnyRoleProject) -> ProjectContext:
     """Server administrators (with credentials valid in this project)."""
-    if not ctx.is_server_admin:
+    if ProjectAccess.SERVER_ADMIN not in ctx.access:
         raise Denied(f"user {ctx.actor!r} is not a server administrator")
     return ctx
 

@@ -23,7 +23,8 @@ from starlette.requests import HTTPConnection
 from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from berth.api.deps import SESSION_SCOPE_KEY, ServicesDep, password_principal, unauthorized
+from berth.access.refusals import api_unauthorized
+from berth.api.deps import SESSION_SCOPE_KEY, ServicesDep, password_principal
 from berth.api.problems import problem, responses
 from berth.auth.guard import client_address
 from berth.domain.errors import Denied
@@ -169,7 +170,7 @@ def _cookie(request: Request, value: str, max_age: int) -> str:
 def _current(request: Request) -> ConsoleSession:
     session = request.scope.get(SESSION_RECORD_KEY)
     if not isinstance(session, ConsoleSession):
-        raise unauthorized("not signed in to the console (or the session ended): POST /session")
+        raise api_unauthorized("not signed in to the console (or the session ended): POST /session")
     return session
 
 
@@ -201,7 +202,7 @@ async def sign_in(
         await services.sessions.delete(session_id(previous))
     await services.sessions.purge()
     token, session = await services.sessions.create(principal)
-    await services.identity.record(
+    await services.identity.audit.record(
         principal.user, "login", detail={"via": "console"}, client=client_address(request)
     )
     response.headers.append("set-cookie", _cookie(request, token, services.settings.session_ttl))

@@ -31,8 +31,8 @@ from berth.api.deps import (
 from berth.api.problems import FieldError, responses
 from berth.api.session import SESSION_RECORD_KEY
 from berth.domain.errors import Denied, Unauthorized
-from berth.services.identity import MAX_PASSWORD_LENGTH, MIN_PASSWORD_LENGTH
 from berth.services.sessions import ConsoleSession
+from berth.services.users import MAX_PASSWORD_LENGTH, MIN_PASSWORD_LENGTH
 
 router = APIRouter(tags=["users"])
 
@@ -94,20 +94,20 @@ async def search_users(
     admins choosing new members)."""
     principal = caller.principal
     if not principal.is_admin:
-        roles = await services.identity.project_roles(principal.user_id)
+        roles = await services.identity.roles.project_roles(principal.user_id)
         admin_of = {p for p, role in roles.items() if role == "admin"}
         if principal.key_project_id is not None:
             admin_of &= {principal.key_project_id}
         if not admin_of:
             raise Denied("finding users is for server administrators and project admins")
-    found = await services.identity.search_users(query, limit)
+    found = await services.identity.users.search_users(query, limit)
     return [User.model_validate(u) for u in found]
 
 
 @router.post("/users", status_code=201, responses=responses(409))
 async def create_user(caller: ServerManager, services: ServicesDep, body: NewUser) -> User:
     """Create a user or a service account (server administrators)."""
-    created = await services.identity.create_user(
+    created = await services.identity.users.create_user(
         body.name,
         body.password,
         is_admin=body.admin,
@@ -123,7 +123,7 @@ async def reset_password(
     caller: ServerManager, services: ServicesDep, user: UserName, body: PasswordReset
 ) -> Response:
     """Set a user's password (server administrators): their console sessions end."""
-    await services.identity.set_password(
+    await services.identity.users.set_password(
         user, body.password, actor=caller.user, client=caller.client
     )
     return Response(status_code=204)
@@ -133,7 +133,7 @@ async def reset_password(
 async def delete_user(caller: ServerManager, services: ServicesDep, user: UserName) -> Response:
     """Delete a user (server administrators): their access keys and console sessions stop
     working at once, their roles go; each project they were in audits it."""
-    await services.identity.delete_user(user, actor=caller.user, client=caller.client)
+    await services.identity.users.delete_user(user, actor=caller.user, client=caller.client)
     return Response(status_code=204)
 
 
@@ -149,7 +149,7 @@ async def change_own_password(
     except Unauthorized:
         raise FieldError("current_password", "this is not your current password") from None
     session = request.scope.get(SESSION_RECORD_KEY)
-    await services.identity.set_password(
+    await services.identity.users.set_password(
         user,
         body.new_password,
         actor=user,
@@ -165,7 +165,7 @@ async def server_audit(
 ) -> Page[AuditEntry]:
     """The audit log outside any project, newest first: users created and deleted, passwords
     set, projects deleted (server administrators)."""
-    entries, total = await services.identity.server_audit_entries(paging.per_page, paging.offset)
+    entries, total = await services.identity.audit.server_entries(paging.per_page, paging.offset)
     return Page[AuditEntry](
         items=[AuditEntry.model_validate(e) for e in entries],
         page=paging.page,

@@ -1,1 +1,2 @@
-"""Authentication and authorization: server keys, tokens, the access policy, the token endpoint."""
+"""The registry's door: the Docker token endpoint (`routes`) and the guard of `/v2` (`guard`),
+which read requests and apply `berth.access`."""

@@ -10,23 +10,16 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from berth.auth.guard import (
-    TOKEN_PATH,
-    authenticate_basic,
-    basic_credentials,
-    check_login_host,
-    client_address,
-    service_name,
-)
-from berth.auth.policy import Principal
-from berth.auth.tokens import InvalidToken
+from berth.access.credentials import has_key_id_format
+from berth.access.identify import basic_credentials
+from berth.access.policy import Principal
+from berth.access.scopes import Scope, grant, parse_scopes, scope_string
+from berth.auth.guard import TOKEN_PATH, check_login_host, client_address, service_name
 from berth.domain.errors import RegistryError, Unauthorized, Unsupported
 from berth.domain.names import split_name
-from berth.domain.scopes import Scope, parse_scopes
-from berth.services.identity import NOT_A_KEY_ID, UNVERIFIED_ACTOR, has_key_id_format
+from berth.services.audit import NOT_A_KEY_ID, UNVERIFIED_ACTOR
 from berth.state import Services
 
-EVERY_ACTION = frozenset({"pull", "push", "delete"})
 MAX_FORM_BYTES = 64 * 1024
 
 
@@ -40,26 +33,18 @@ async def _grant(
 ) -> list[dict[str, Any]]:
     """The intersection of what was asked for and what the caller may do."""
     host_project = services.host_project(request.headers.get("host"))
-    access = []
-    for scope in scopes:
-        if scope.type == "registry" and scope.name == "catalog":
-            if principal is not None:
-                access.append({"type": "registry", "name": "catalog", "actions": ["*"]})
-            continue
-        if scope.type != "repository":
-            continue
+
+    async def actions_on(repository: str) -> frozenset[str] | None:
         try:
-            name = split_name(scope.name, host_project)
+            name = split_name(repository, host_project)
         except RegistryError:
-            continue
+            return None
         project_id, repo = await services.repositories.lookup(name.project, name.repository)
         if project_id is None:
-            continue
-        requested = EVERY_ACTION if "*" in scope.actions else scope.actions
-        granted = requested & await services.identity.actions(principal, project_id, repo)
-        if granted:
-            access.append({"type": "repository", "name": scope.name, "actions": sorted(granted)})
-    return access
+            return None
+        return await services.identity.roles.actions(principal, project_id, repo)
+
+    return await grant(principal, scopes, actions_on)
 
 
 def _token_body(
@@ -82,21 +67,23 @@ def _token_body(
 
 async def _login(services: Services, request: Request, key_id: str, secret: str) -> Principal:
     try:
-        principal = await authenticate_basic(services, request, key_id, secret)
+        principal = await services.authenticator.login_key(key_id, secret, client_address(request))
         await check_login_host(services, request, principal)
     except Unauthorized as exc:
         well_formed = has_key_id_format(key_id)
-        await services.identity.record(
+        await services.identity.audit.record(
             UNVERIFIED_ACTOR,
             "login.failed",
-            project_id=await services.identity.key_project_id(key_id) if well_formed else None,
+            project_id=await services.identity.credentials.key_project_id(key_id)
+            if well_formed
+            else None,
             target=key_id if well_formed else NOT_A_KEY_ID,
             detail={"reason": exc.message},
             client=client_address(request),
         )
         exc.headers["WWW-Authenticate"] = 'Basic realm="Berth token service"'
         raise
-    await services.identity.record(
+    await services.identity.audit.record(
         principal.user,
         "login",
         project_id=principal.key_project_id,
@@ -149,23 +136,14 @@ async def post_token(request: Request) -> Response:
             services, request, field.get("username", ""), field.get("password", "")
         )
     elif grant_type == "refresh_token":
-        try:
-            claims = services.tokens.verify_refresh(field.get("refresh_token", ""), service)
-        except InvalidToken:
-            raise Unauthorized("the refresh token is invalid or expired; log in again") from None
-        key_id = claims.get("key")
-        if not key_id or not await services.identity.key_is_active(key_id):
-            raise Unauthorized("the access key behind this refresh token no longer works")
-        principal = await services.identity.principal_for_token(
-            int(claims["uid"]), str(claims["sub"]), key_id
-        )
+        principal = await services.authenticator.refresh(field.get("refresh_token", ""), service)
         await check_login_host(services, request, principal)
     else:
         raise Unsupported("grant_type must be password or refresh_token", status=400)
     scopes = parse_scopes([field.get("scope", "")])
     access = await _grant(services, request, principal, scopes)
     token = _token_body(services, principal, service, access)
-    token["scope"] = " ".join(f"{a['type']}:{a['name']}:{','.join(a['actions'])}" for a in access)
+    token["scope"] = scope_string(access)
     if grant_type == "refresh_token":
         token["refresh_token"] = field["refresh_token"]
     elif field.get("access_type") == "offline":

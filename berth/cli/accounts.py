@@ -43,7 +43,9 @@ def user_set_password(
     else:
         password = typer.prompt("New password", hide_input=True, confirmation_prompt=True)
     run_service(
-        lambda s: s.identity.set_password(name, password, actor=cli_actor(), client=CLI_CLIENT)
+        lambda s: s.identity.users.set_password(
+            name, password, actor=cli_actor(), client=CLI_CLIENT
+        )
     )
     _done(
         json_output,
@@ -56,7 +58,7 @@ def user_delete(name: str, yes: YesFlag = False, json_output: JsonFlag = False) 
     """Delete a user: their access keys and console sessions stop working at once."""
     if not yes and not typer.confirm(f"Delete user {name} with their access keys?"):
         raise typer.Exit(1)
-    run_service(lambda s: s.identity.delete_user(name, actor=cli_actor(), client=CLI_CLIENT))
+    run_service(lambda s: s.identity.users.delete_user(name, actor=cli_actor(), client=CLI_CLIENT))
     _done(json_output, {"name": name, "deleted": True}, f"Deleted user [bold]{name}[/]")
 
 

@@ -13,16 +13,19 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Route
 
+from berth.access.permissions import Action
+from berth.access.scopes import CATALOG
 from berth.auth.guard import (
     Caller,
+    allowed_actions,
+    authorize,
     challenge,
     check_login_host,
     client_address,
     identify,
-    refuse,
+    refuse_catalog,
     require_authenticated,
 )
-from berth.auth.policy import Principal
 from berth.domain.digests import is_digest
 from berth.domain.errors import (
     BlobUnknown,
@@ -55,40 +58,16 @@ def _services(request: Request) -> Services:
     return services
 
 
-PULL = frozenset({"pull"})
-PUSH = frozenset({"push"})
-DELETE = frozenset({"delete"})
-_NEEDED = {"GET": PULL, "HEAD": PULL, "DELETE": DELETE}
-_SCOPE_ACTIONS = {"pull": "pull", "push": "pull,push", "delete": "delete"}
-
-
-async def _allowed(
-    services: Services,
-    caller: Caller,
-    name: ImageName,
-    project_id: int | None,
-    repo: RepositoryRef | None,
-) -> tuple[frozenset[str], frozenset[str]]:
-    """(what the caller may do now, what this request's credentials allow).
-
-    A token allows what it grants, but never more than its holder's current rights: a
-    demotion applies to tokens already issued (role lookups are cached for a second).
-    """
-    if project_id is None:
-        return frozenset(), frozenset()
-    current = await services.identity.actions(caller.principal, project_id, repo)
-    if caller.token is None:
-        return current, current
-    granted = caller.token.access.get(("repository", name.display), frozenset())
-    if "*" in granted:
-        granted = frozenset({"pull", "push", "delete"})
-    return current, granted & current
+# What each route needs, said where the route is (`_target(request, NEEDS_PUSH)`).
+NEEDS_PULL = frozenset({Action.PULL})
+NEEDS_PUSH = frozenset({Action.PUSH})
+NEEDS_DELETE = frozenset({Action.DELETE})
 
 
 async def _target(
-    request: Request, needed: frozenset[str] | None = None
+    request: Request, needed: frozenset[Action]
 ) -> tuple[Services, ImageName, RepositoryRef]:
-    """Resolve the OCI name in the path and check the caller may do what the method needs.
+    """Resolve the OCI name in the path and check the caller may do what the route needs.
 
     Authorization comes before the existence check, so nothing about a project leaks to
     callers who may not see it.
@@ -96,41 +75,13 @@ async def _target(
     services = _services(request)
     host_project = services.host_project(request.headers.get("host"))
     name = split_name(request.path_params["name"], host_project)
-    needed = needed or _NEEDED.get(request.method, PUSH)
     caller = await identify(services, request)
     request.state.caller = caller
     project_id, repo = await services.repositories.lookup(name.project, name.repository)
-    current, allowed = await _allowed(services, caller, name, project_id, repo)
-    if not needed <= allowed:
-        scope = f"repository:{name.display}:{_SCOPE_ACTIONS[min(needed)]}"
-        key_project = role = None
-        principal = caller.principal
-        if principal is not None and principal.key_project_id not in (None, project_id):
-            key_project = await services.repositories.project_name(principal.key_project_id)
-        elif principal is not None and project_id is not None and current:
-            role = await _role(services, principal, name, project_id, repo)
-        raise refuse(request, caller, scope, needed, current, project_id, key_project, role)
+    await authorize(services, request, caller, name, project_id, repo, needed)
     if repo is None:
         raise name_unknown(name, project_exists=project_id is not None)
     return services, name, repo
-
-
-async def _role(
-    services: Services,
-    principal: Principal,
-    name: ImageName,
-    project_id: int,
-    repo: RepositoryRef | None,
-) -> str | None:
-    """The caller's role here, for a refusal: `reader in project 'demo'`."""
-    role = await services.identity.project_role(principal.user_id, project_id)
-    if role is not None:
-        return f"{role} in project {name.project!r}"
-    if repo is not None:
-        role = await services.identity.repository_role(principal.user_id, repo.id)
-        if role is not None:
-            return f"{role} on repository {name.project}/{name.repository}"
-    return None
 
 
 def _actor(request: Request) -> str:
@@ -142,7 +93,7 @@ async def _sees_project(request: Request, services: Services, repo: RepositoryRe
     """Whether the caller may use any blob in the project (project roles), or only what is
     in this repository (repository roles)."""
     caller: Caller = request.state.caller
-    return await services.identity.sees_project(caller.principal, repo.project_id)
+    return await services.identity.roles.sees_project(caller.principal, repo.project_id)
 
 
 def _json(
@@ -198,13 +149,15 @@ async def catalog(request: Request) -> Response:
     services = _services(request)
     caller = await identify(services, request)
     require_authenticated(request, caller)
-    if caller.token is not None and ("registry", "catalog") not in caller.token.access:
-        raise refuse(request, caller, "registry:catalog:*", PULL, PULL)
+    if caller.token is not None and CATALOG not in caller.token.access:
+        raise refuse_catalog(request, caller)
     limit = _limit(request)
     project = services.host_project(request.headers.get("host"))
 
     async def visible(project_id: int, repo: RepositoryRef) -> bool:
-        return "pull" in await services.identity.actions(caller.principal, project_id, repo)
+        return Action.PULL in await services.identity.roles.actions(
+            caller.principal, project_id, repo
+        )
 
     page = await services.registry.catalog(
         project, limit, request.query_params.get("last"), visible
@@ -231,7 +184,7 @@ def _traffic(services: Services, repo: RepositoryRef) -> OnSent | None:
 
 
 async def get_blob(request: Request) -> Response | BlobFileResponse:
-    services, _name, repo = await _target(request)
+    services, _name, repo = await _target(request, NEEDS_PULL)
     digest = request.path_params["digest"]
     size = await services.registry.blob_size(repo, digest)
     path = services.registry.blob_path(digest)
@@ -267,7 +220,7 @@ async def get_blob(request: Request) -> Response | BlobFileResponse:
 
 
 async def delete_blob(request: Request) -> Response:
-    services, name, repo = await _target(request)
+    services, name, repo = await _target(request, NEEDS_DELETE)
     digest = request.path_params["digest"]
     await services.registry.delete_blob(repo, digest)
     await services.identity.record_content_change(
@@ -295,7 +248,7 @@ def _blob_created(name: ImageName, digest: str) -> Response:
 
 
 async def start_upload(request: Request) -> Response:
-    services, name, repo = await _target(request)
+    services, name, repo = await _target(request, NEEDS_PUSH)
     params = request.query_params
     mount = params.get("mount")
     if mount:
@@ -326,8 +279,8 @@ async def _mount_source(
         source = split_name(source_name, services.host_project(request.headers.get("host")))
         caller: Caller = request.state.caller
         project_id, repo = await services.repositories.lookup(source.project, source.repository)
-        _current, allowed = await _allowed(services, caller, source, project_id, repo)
-        if repo is not None and "pull" in allowed:
+        _current, allowed = await allowed_actions(services, caller, source, project_id, repo)
+        if repo is not None and Action.PULL in allowed:
             return repo
     except RegistryError:
         pass
@@ -335,13 +288,14 @@ async def _mount_source(
 
 
 async def upload_status(request: Request) -> Response:
-    services, name, repo = await _target(request)
+    # Reading an upload's progress has needed pull only (its ID is the secret); kept so.
+    services, name, repo = await _target(request, NEEDS_PULL)
     upload = await services.uploads.get(repo, name.image, request.path_params["upload_id"])
     return Response(status_code=204, headers=_upload_headers(name, upload.id, upload.offset))
 
 
 async def patch_upload(request: Request) -> Response:
-    services, name, repo = await _target(request)
+    services, name, repo = await _target(request, NEEDS_PUSH)
     upload = await services.uploads.get(repo, name.image, request.path_params["upload_id"])
     try:
         upload = await services.uploads.append(
@@ -354,7 +308,7 @@ async def patch_upload(request: Request) -> Response:
 
 
 async def complete_upload(request: Request) -> Response:
-    services, name, repo = await _target(request)
+    services, name, repo = await _target(request, NEEDS_PUSH)
     digest = request.query_params.get("digest")
     if not digest:
         raise DigestInvalid("the final PUT of an upload needs ?digest=<digest>")
@@ -371,7 +325,7 @@ async def complete_upload(request: Request) -> Response:
 
 async def cancel_upload(request: Request) -> Response:
     # Cancelling an upload is part of pushing (it deletes no stored content).
-    services, name, repo = await _target(request, PUSH)
+    services, name, repo = await _target(request, NEEDS_PUSH)
     upload = await services.uploads.get(repo, name.image, request.path_params["upload_id"])
     await services.uploads.cancel(upload)
     return Response(status_code=204)
@@ -381,7 +335,7 @@ async def cancel_upload(request: Request) -> Response:
 
 
 async def get_manifest(request: Request) -> Response:
-    services, _name, repo = await _target(request)
+    services, _name, repo = await _target(request, NEEDS_PULL)
     reference = request.path_params["reference"]
     manifest = await services.registry.get_manifest(repo, _name.image, reference)
     if not accepts(",".join(request.headers.getlist("accept")), manifest.media_type):
@@ -418,7 +372,7 @@ async def _read_limited(request: Request, limit: int) -> bytes:
 
 
 async def put_manifest(request: Request) -> Response:
-    services, name, repo = await _target(request)
+    services, name, repo = await _target(request, NEEDS_PUSH)
     body = await _read_limited(request, MAX_MANIFEST_BYTES)
     pushed = await services.registry.put_manifest(
         repo,
@@ -439,7 +393,7 @@ async def put_manifest(request: Request) -> Response:
 
 
 async def delete_manifest(request: Request) -> Response:
-    services, name, repo = await _target(request)
+    services, name, repo = await _target(request, NEEDS_DELETE)
     reference = request.path_params["reference"]
     actor = _actor(request)
     await services.registry.delete_manifest(repo, name.image, reference, actor=actor)
@@ -454,7 +408,7 @@ async def delete_manifest(request: Request) -> Response:
 
 
 async def list_tags(request: Request) -> Response:
-    services, name, repo = await _target(request)
+    services, name, repo = await _target(request, NEEDS_PULL)
     limit = _limit(request)
     page = await services.registry.list_tags(
         repo, name.image, limit, request.query_params.get("last")
@@ -464,7 +418,7 @@ async def list_tags(request: Request) -> Response:
 
 
 async def referrers(request: Request) -> Response:
-    services, name, repo = await _target(request)
+    services, name, repo = await _target(request, NEEDS_PULL)
     artifact_type = request.query_params.get("artifactType")
     index = await services.registry.referrers(
         repo, name.image, request.path_params["digest"], artifact_type

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from sqlalchemy import delete, select, update
 
-from berth.auth.policy import Principal
+from berth.access.policy import Principal
 from berth.metadata.database import Database
 from berth.metadata.tables import console_sessions, users, utcnow
 

@@ -10,13 +10,9 @@ import jwt
 import pytest
 from sqlalchemy import select
 
+from berth.access.credentials import has_key_id_format, looks_like_key_id, may_be_key_id
 from berth.metadata.tables import audit_log
-from berth.services.identity import (
-    has_key_id_format,
-    looks_like_key_id,
-    may_be_key_id,
-    new_key_id,
-)
+from berth.services.keys import new_key_id
 from berth.state import Services
 from tests.api.conftest import PASSWORD, Team, api, assert_problem, ok, services, until
 from tests.servers import ADMIN_PASSWORD, BerthServer

@@ -1,20 +1,21 @@
 """Signed JWTs for the Docker token flow (ES256), and their verification.
 
-A verified token is cached by its string until it expires: the signature check is the costly
-part, and a token's claims cannot change.
+A verified token is cached by its string until it expires (a `cachetools.TLRUCache` whose
+entries live until the token's `exp`): the signature check is the costly part, and a token's
+claims cannot change.
 """
 
 from __future__ import annotations
 
 import time
 import uuid
-from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
 import jwt
+from cachetools import TLRUCache
 
-from berth.auth.keyring import Keyring
+from berth.access.keyring import Keyring
 
 ISSUER = "berth"
 ALGORITHM = "ES256"
@@ -39,12 +40,18 @@ class InvalidToken(Exception):
     pass
 
 
+def _until_expiry(_token: str, claims: TokenClaims, _now: float) -> float:
+    return claims.expires_at
+
+
 class Tokens:
     def __init__(self, keyring: Keyring, ttl_seconds: int, refresh_ttl_seconds: int) -> None:
         self.keyring = keyring
         self.ttl = ttl_seconds
         self.refresh_ttl = refresh_ttl_seconds
-        self._verified: OrderedDict[str, TokenClaims] = OrderedDict()
+        self._verified: TLRUCache[str, TokenClaims] = TLRUCache(
+            MAX_CACHED_TOKENS, _until_expiry, timer=time.time
+        )
 
     def _sign(self, claims: dict[str, Any]) -> str:
         return jwt.encode(
@@ -113,10 +120,8 @@ class Tokens:
 
     def verify(self, token: str, service: str) -> TokenClaims:
         cached = self._verified.get(token)
-        if cached is not None:
-            if cached.expires_at > time.time() and cached.service == service:
-                return cached
-            self._verified.pop(token, None)
+        if cached is not None and cached.service == service:
+            return cached
         claims = self._decode(token, service)
         if claims.get("typ") == "refresh":
             raise InvalidToken("a refresh token is not an access token")
@@ -136,8 +141,6 @@ class Tokens:
             access,
         )
         self._verified[token] = verified
-        while len(self._verified) > MAX_CACHED_TOKENS:
-            self._verified.popitem(last=False)
         return verified
 
     def issue_api(

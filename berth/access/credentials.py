@@ -1,0 +1,191 @@
+"""Checking a credential: an access key's ID and secret, or a user's name and password.
+
+What an access key ID may look like lives here too: the management API's path pattern, the
+throttle's and the token endpoint's shape checks all derive from it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import re
+import time
+from dataclasses import dataclass
+
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerifyMismatchError
+from sqlalchemy import select, update
+
+from berth.access.keyring import Keyring
+from berth.access.policy import Principal
+from berth.access.roles import has_role, short_lived_cache
+from berth.domain.errors import Unauthorized
+from berth.metadata.database import Database
+from berth.metadata.tables import access_keys, users, utcnow
+
+LAST_USED_RESOLUTION = 60.0
+KEY_ID_ALPHABET = "ABCDEFGHJKLMNPQRSTUVWXYZ23456789"
+KEY_ID_LENGTH = 20
+# Every key ID shape check derives from these (ASCII only: str.isalnum and str.isupper also
+# accept other scripts' letters and digits).
+# What a key ID may be at all (the management API's path pattern for one, too): anything else
+# names no key and is refused before a lookup or the throttle remembers it.
+KEY_ID_PATTERN = r"^[A-Za-z0-9]{1,32}$"
+_ANY_KEY_ID = re.compile(KEY_ID_PATTERN)
+# What `keys.new_key_id` makes: `BK` and 18 characters of the alphabet.
+_KEY_ID = re.compile(rf"^BK[{KEY_ID_ALPHABET}]{{{KEY_ID_LENGTH - 2}}}$")
+# A key ID, perhaps mistyped: `BK` and 18 capitals or digits, which no user name has.
+_KEY_ID_LIKE = re.compile(rf"^BK[A-Z0-9]{{{KEY_ID_LENGTH - 2}}}$")
+_MISSING = object()
+
+# What a registry client that signed in with a user name and password is told.
+NOT_A_KEY = (
+    "invalid access key ID or secret access key: registry clients (docker, podman, ...) sign "
+    "in with an access key ID (BK...) and its secret, not with a user name and password; "
+    "create an access key under Access keys in the web console"
+)
+
+
+class KeyNotUsable(Unauthorized):
+    """The right secret for a key that is disabled, expired or orphaned: not a guess, so it
+    does not count toward the failed-login throttle."""
+
+
+def has_key_id_format(value: str) -> bool:
+    """`BK` and 18 characters of the key ID alphabet: what `new_key_id` makes."""
+    return _KEY_ID.fullmatch(value) is not None
+
+
+def looks_like_key_id(text: str) -> bool:
+    """The shape of an access key ID (`BK` and 18 capitals or digits), which no user name has:
+    whether a failed sign-in is told that registry clients take an access key, not a password.
+    Looser than `has_key_id_format` (a mistyped key is still a key)."""
+    return _KEY_ID_LIKE.fullmatch(text) is not None
+
+
+def may_be_key_id(text: str) -> bool:
+    """Could name an access key at all (ASCII letters and digits, at most 32): anything else
+    is refused without a lookup."""
+    return _ANY_KEY_ID.fullmatch(text) is not None
+
+
+@dataclass(frozen=True, slots=True)
+class KeyRecord:
+    key_id: str
+    user_id: int
+    user: str
+    is_admin: bool
+    project_id: int
+    secret_hash: str
+    expires_at: dt.datetime | None
+    disabled: bool
+    has_role: bool
+
+    @property
+    def active(self) -> bool:
+        return (
+            not self.disabled
+            and self.has_role
+            and (self.expires_at is None or self.expires_at > utcnow())
+        )
+
+
+class Credentials:
+    """Access keys and passwords, checked. Key lookups are kept for a second, like roles."""
+
+    def __init__(self, db: Database, keyring: Keyring, passwords: PasswordHasher) -> None:
+        self.db = db
+        self.keyring = keyring
+        self.passwords = passwords  # argon2id
+        self._keys = short_lived_cache()
+        self._last_used: dict[str, float] = {}
+
+    def forget(self) -> None:
+        """Drop cached keys (after some changed)."""
+        self._keys.clear()
+
+    async def key_record(self, key_id: str) -> KeyRecord | None:
+        cached = self._keys.get(key_id, _MISSING)
+        if cached is not _MISSING:
+            return cached  # type: ignore[no-any-return]
+        async with self.db.read() as conn:
+            row = (
+                await conn.execute(
+                    select(access_keys, users.c.name.label("user"), users.c.is_admin)
+                    .join(users, users.c.id == access_keys.c.user_id)
+                    .where(access_keys.c.id == key_id)
+                )
+            ).first()
+            record = None
+            if row is not None:
+                role = bool(row.is_admin) or await has_role(conn, row.project_id, row.user_id)
+                record = KeyRecord(
+                    row.id,
+                    row.user_id,
+                    row.user,
+                    row.is_admin,
+                    row.project_id,
+                    row.secret_hash,
+                    row.expires_at,
+                    row.disabled,
+                    role,
+                )
+        self._keys[key_id] = record
+        return record
+
+    async def authenticate_key(self, key_id: str, secret: str) -> Principal:
+        """The principal behind an access key, or UNAUTHORIZED saying what is wrong."""
+        record = await self.key_record(key_id) if may_be_key_id(key_id) else None
+        # Compare against a stand-in hash when the key is unknown, so timing tells nothing.
+        stored = record.secret_hash if record else self.keyring.hash_secret("\0")
+        if not self.keyring.secret_matches(secret, stored) or record is None:
+            if not looks_like_key_id(key_id):
+                raise Unauthorized(NOT_A_KEY)
+            raise Unauthorized("invalid access key ID or secret access key")
+        if record.disabled:
+            raise KeyNotUsable(f"access key {key_id} is disabled; enable it or create another")
+        if record.expires_at is not None and record.expires_at <= utcnow():
+            raise KeyNotUsable(f"access key {key_id} expired on {record.expires_at:%Y-%m-%d}")
+        if not record.has_role:
+            raise KeyNotUsable(f"access key {key_id} belongs to a user who left the project")
+        await self._touch(key_id)
+        return Principal(record.user_id, record.user, record.is_admin, key_id, record.project_id)
+
+    async def key_is_active(self, key_id: str) -> bool:
+        """For tokens: the key they were issued for still works (checked each request)."""
+        record = await self.key_record(key_id)
+        return record is not None and record.active
+
+    async def key_project_id(self, key_id: str) -> int | None:
+        record = await self.key_record(key_id) if may_be_key_id(key_id) else None
+        return record.project_id if record else None
+
+    async def principal_for_token(self, user_id: int, user: str, key_id: str | None) -> Principal:
+        record = await self.key_record(key_id) if key_id else None
+        is_admin = record.is_admin if record else False
+        return Principal(user_id, user, is_admin, key_id, record.project_id if record else None)
+
+    async def verify_password(self, name: str, password: str) -> Principal | None:
+        async with self.db.read() as conn:
+            row = (await conn.execute(select(users).where(users.c.name == name))).first()
+        # argon2 takes tens of milliseconds of CPU: in a worker thread, not on the event loop.
+        if row is None or row.password_hash is None:
+            # same cost whether or not the user exists
+            await asyncio.to_thread(self.passwords.hash, password)
+            return None
+        try:
+            await asyncio.to_thread(self.passwords.verify, row.password_hash, password)
+        except (VerifyMismatchError, InvalidHashError):
+            return None
+        return Principal(row.id, row.name, row.is_admin, None, None)
+
+    async def _touch(self, key_id: str) -> None:
+        """Record last use, at most once a minute per key per process (not a write per request)."""
+        now = time.monotonic()
+        if now - self._last_used.get(key_id, -LAST_USED_RESOLUTION) < LAST_USED_RESOLUTION:
+            return
+        self._last_used[key_id] = now
+        async with self.db.write() as conn:
+            await conn.execute(
+                update(access_keys).where(access_keys.c.id == key_id).values(last_used_at=utcnow())
+            )

@@ -1,0 +1,103 @@
+"""The access policy, pure: what a caller may do, from their roles. Every surface asks here.
+
+Repositories: project admins and members (and server administrators) have every action;
+project readers and repository viewers pull; repository members push and pull. Public
+repositories can be pulled by anyone, signed in or not. An access key grants nothing outside
+its own project.
+
+Projects (the management API): readers, members and admins read a project, members and
+admins manage it, admins also manage its members and permissions; server administrators do
+everything. Users with only repository roles use the registry and manage their own keys.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from berth.access.permissions import (
+    EVERY_ACTION,
+    NO_ACTION,
+    PULL_ONLY,
+    PULL_PUSH,
+    WILDCARD,
+    Action,
+    ProjectAccess,
+    ProjectRole,
+    RepositoryRole,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """Who is calling: a user acting through one of their access keys (or anonymous = None)."""
+
+    user_id: int
+    user: str
+    is_admin: bool
+    key_id: str | None
+    key_project_id: int | None  # an access key works only in its own project
+
+
+def key_works_in(principal: Principal, project_id: int | None) -> bool:
+    """An access key works only in its own project; a password or session works everywhere."""
+    return principal.key_project_id is None or principal.key_project_id == project_id
+
+
+def repository_actions(
+    principal: Principal | None,
+    *,
+    project_id: int,
+    public: bool,
+    project_role: str | None,
+    repository_role: str | None,
+) -> frozenset[Action]:
+    """Actions `principal` may take on a repository of project `project_id`."""
+    anyone = PULL_ONLY if public else NO_ACTION
+    if principal is None or not key_works_in(principal, project_id):
+        return anyone
+    if principal.is_admin or project_role in (ProjectRole.ADMIN, ProjectRole.MEMBER):
+        return EVERY_ACTION
+    if repository_role == RepositoryRole.MEMBER:
+        return PULL_PUSH
+    if project_role == ProjectRole.READER or repository_role == RepositoryRole.VIEWER:
+        return PULL_ONLY
+    return anyone
+
+
+def sees_whole_project(principal: Principal | None, project_id: int, role: str | None) -> bool:
+    """Project-wide standing (a project role, or a server administrator, with credentials
+    valid in this project), as opposed to roles on single repositories: whether blobs of the
+    whole project may be mounted and referenced."""
+    if principal is None or not key_works_in(principal, project_id):
+        return False
+    return principal.is_admin or role is not None
+
+
+def project_access(principal: Principal, role: str | None) -> frozenset[ProjectAccess]:
+    """What a caller with some role in a project (`role`: their project role, None for a
+    server administrator or for repository roles only) may do there through the API."""
+    if principal.is_admin:
+        return frozenset(ProjectAccess)
+    granted = {ProjectAccess.ANY_ROLE}
+    if role in (ProjectRole.ADMIN, ProjectRole.MEMBER, ProjectRole.READER):
+        granted.add(ProjectAccess.READ)
+    if role in (ProjectRole.ADMIN, ProjectRole.MEMBER):
+        granted.add(ProjectAccess.MANAGE)
+    if role == ProjectRole.ADMIN:
+        granted.add(ProjectAccess.ADMINISTER)
+    return frozenset(granted)
+
+
+def can_manage_key(actor: str, key_owner: str, is_project_admin: bool) -> bool:
+    """Users manage their own access keys; project admins every key in their project."""
+    return key_owner == actor or is_project_admin
+
+
+def can_list_catalog(principal: Principal | None) -> bool:
+    """The catalog is for signed-in callers (it then lists only what they may pull)."""
+    return principal is not None
+
+
+def requested_actions(actions: frozenset[str]) -> frozenset[str]:
+    """What a scope's actions ask for: `*` is every action."""
+    return EVERY_ACTION if WILDCARD in actions else actions

@@ -1,0 +1,136 @@
+"""The audit log: recording events (a login, an image delete) and reading the log back.
+
+A change made in its own transaction writes its entry there (`metadata.audit.write_audit_entry`);
+events that change nothing else are recorded here, in batches while a server runs.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from sqlalchemy import ColumnElement, func, select
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from berth.domain.references import RepositoryRef
+from berth.jobs.periodic import Periodic
+from berth.metadata.database import Database
+from berth.metadata.lookups import require_project
+from berth.metadata.tables import audit_log, utcnow
+
+AUDIT_FLUSH_SECONDS = 0.25
+# What the audit log names instead of a failed login's key ID when that value cannot be one
+# (a secret pasted into the ID field must not be stored), and as the actor of any failed login
+# (an unverified name is nobody).
+NOT_A_KEY_ID = "(not a key ID)"
+UNVERIFIED_ACTOR = "(unverified)"
+
+
+class AuditLog:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+        self._pending: list[dict[str, Any]] = []
+        self._flusher = Periodic(
+            "audit flush", AUDIT_FLUSH_SECONDS, self.flush, failure="could not write audit entries"
+        )
+
+    async def record(self, actor: str, action: str, **fields: Any) -> None:
+        """Audit an event that changes nothing else (a login). In a server these are written
+        in batches a few times a second: one transaction per token request would cap the token
+        endpoint at the writer's commit rate. A crash can lose the last fraction of a second."""
+        entry = {"at": utcnow(), "actor": actor, "action": action, "target": "", **fields}
+        if "detail" in entry:
+            entry["detail"] = json.dumps(entry["detail"])
+        if not self._flusher.running:
+            async with self.db.write() as conn:
+                await conn.execute(audit_log.insert().values(**entry))
+        else:
+            self._pending.append(entry)
+
+    async def record_content_change(
+        self,
+        actor: str,
+        action: str,
+        repo: RepositoryRef,
+        image: str,
+        reference: str,
+        client: str | None = None,
+    ) -> None:
+        """Audit an image delete (`reference` a digest) or a tag delete or restore (a tag);
+        the target names it as a client would: `repository[/image]@digest` or `...:tag`."""
+        name = f"{repo.name}/{image}" if image else repo.name
+        separator = "@" if ":" in reference else ":"
+        await self.record(
+            actor,
+            action,
+            project_id=repo.project_id,
+            target=f"{name}{separator}{reference}"[:255],
+            client=client,
+        )
+
+    async def flush(self) -> None:
+        pending, self._pending = self._pending, []
+        if pending:
+            async with self.db.write() as conn:
+                await conn.execute(
+                    audit_log.insert(),
+                    [{"project_id": None, "detail": None, "client": None, **e} for e in pending],
+                )
+
+    def start(self) -> None:
+        self._flusher.start()
+
+    async def stop(self) -> None:
+        await self._flusher.stop()
+        await self.flush()
+
+    async def entries(
+        self, project: str, limit: int = 200, offset: int = 0
+    ) -> list[dict[str, Any]]:
+        async with self.db.read() as conn:
+            project_id = await require_project(conn, project)
+            return await _page(conn, audit_log.c.project_id == project_id, limit, offset)
+
+    async def server_entries(
+        self, limit: int = 200, offset: int = 0
+    ) -> tuple[list[dict[str, Any]], int]:
+        """Entries outside any project (users created, passwords set, projects deleted),
+        newest first, and how many there are."""
+        outside = audit_log.c.project_id.is_(None)
+        async with self.db.read() as conn:
+            entries = await _page(conn, outside, limit, offset)
+            count = await conn.execute(select(func.count()).select_from(audit_log).where(outside))
+            return entries, int(count.scalar() or 0)
+
+    async def count(self, project: str) -> int:
+        async with self.db.read() as conn:
+            project_id = await require_project(conn, project)
+            count = await conn.execute(
+                select(func.count())
+                .select_from(audit_log)
+                .where(audit_log.c.project_id == project_id)
+            )
+            return int(count.scalar() or 0)
+
+
+async def _page(
+    conn: AsyncConnection, where: ColumnElement[bool], limit: int, offset: int
+) -> list[dict[str, Any]]:
+    rows = await conn.execute(
+        select(audit_log)
+        .where(where)
+        .order_by(audit_log.c.at.desc(), audit_log.c.id.desc())
+        .limit(limit)
+        .offset(offset)
+    )
+    return [
+        {
+            "at": r.at.isoformat(),
+            "actor": r.actor,
+            "action": r.action,
+            "target": r.target,
+            "detail": json.loads(r.detail) if r.detail else None,
+            "client": r.client,
+        }
+        for r in rows
+    ]

@@ -1,0 +1,210 @@
+"""Who has a role where: project members and repository grants (role lookups for access
+checks are `berth.access.roles`). Losing one's last role in a project deletes one's access keys
+there."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from sqlalchemy import delete, select
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from berth.access.permissions import PROJECT_ROLES, REPOSITORY_ROLES
+from berth.access.roles import Roles, has_role
+from berth.domain.errors import InvalidValue, NameUnknown, NotFound
+from berth.metadata.audit import write_audit_entry
+from berth.metadata.database import Database
+from berth.metadata.lookups import require_project
+from berth.metadata.tables import (
+    access_keys,
+    memberships,
+    repositories,
+    repository_grants,
+    users,
+    utcnow,
+)
+
+
+class Members:
+    def __init__(self, db: Database, roles: Roles, forget_access: Callable[[], None]) -> None:
+        self.db = db
+        self.roles = roles
+        self._forget_access = forget_access  # removed roles and deleted keys stop working
+
+    async def add_member(self, project: str, user: str, role: str, *, actor: str = "cli") -> None:
+        if role not in PROJECT_ROLES:
+            raise InvalidValue(f"project role must be one of {', '.join(PROJECT_ROLES)}", "role")
+        async with self.db.write() as conn:
+            project_id = await require_project(conn, project)
+            user_id = await _user_id(conn, user)
+            await conn.execute(
+                self.db.upsert(memberships, ["project_id", "user_id"], {"role": role}).values(
+                    project_id=project_id, user_id=user_id, role=role, created_at=utcnow()
+                )
+            )
+            await write_audit_entry(
+                conn, actor, "member.add", project_id=project_id, target=user, detail={"role": role}
+            )
+        self.roles.forget()
+
+    async def remove_member(
+        self, project: str, user: str, *, actor: str = "cli", client: str | None = None
+    ) -> None:
+        """Remove a user from a project; their access keys there stop working at once."""
+        async with self.db.write() as conn:
+            project_id = await require_project(conn, project)
+            user_id = await _user_id(conn, user)
+            result = await conn.execute(
+                delete(memberships).where(
+                    memberships.c.project_id == project_id, memberships.c.user_id == user_id
+                )
+            )
+            if result.rowcount == 0:
+                raise NameUnknown(f"user {user!r} is not a member of project {project!r}")
+            await self._delete_keys_without_role(conn, project_id, user_id, actor, client)
+            await write_audit_entry(
+                conn, actor, "member.remove", project_id=project_id, target=user, client=client
+            )
+        self._forget_access()
+
+    async def _delete_keys_without_role(
+        self,
+        conn: AsyncConnection,
+        project_id: int,
+        user_id: int,
+        actor: str,
+        client: str | None = None,
+    ) -> None:
+        if await has_role(conn, project_id, user_id):
+            return
+        is_admin = (
+            await conn.execute(select(users.c.is_admin).where(users.c.id == user_id))
+        ).scalar()
+        if is_admin:
+            return  # a server administrator's keys need no project role
+        deleted = await conn.execute(
+            delete(access_keys)
+            .where(access_keys.c.project_id == project_id, access_keys.c.user_id == user_id)
+            .returning(access_keys.c.id)
+        )
+        for key_id in deleted.scalars():
+            await write_audit_entry(
+                conn,
+                actor,
+                "key.delete",
+                project_id=project_id,
+                target=key_id,
+                detail={"reason": "user left the project"},
+                client=client,
+            )
+
+    async def list_members(self, project: str) -> list[dict[str, Any]]:
+        async with self.db.read() as conn:
+            project_id = await require_project(conn, project)
+            rows = await conn.execute(
+                select(users.c.name, memberships.c.role, memberships.c.created_at)
+                .join(users, users.c.id == memberships.c.user_id)
+                .where(memberships.c.project_id == project_id)
+                .order_by(users.c.name)
+            )
+            return [
+                {"user": r.name, "role": r.role, "since": r.created_at.isoformat()} for r in rows
+            ]
+
+    async def grant(
+        self, project: str, repository: str, user: str, role: str, *, actor: str = "cli"
+    ) -> None:
+        if role not in REPOSITORY_ROLES:
+            raise InvalidValue(
+                f"repository role must be one of {', '.join(REPOSITORY_ROLES)}", "role"
+            )
+        async with self.db.write() as conn:
+            project_id = await require_project(conn, project)
+            repository_id = await _repository_id(conn, project_id, project, repository)
+            user_id = await _user_id(conn, user)
+            await conn.execute(
+                self.db.upsert(
+                    repository_grants, ["repository_id", "user_id"], {"role": role}
+                ).values(
+                    repository_id=repository_id, user_id=user_id, role=role, created_at=utcnow()
+                )
+            )
+            await write_audit_entry(
+                conn,
+                actor,
+                "repository.grant",
+                project_id=project_id,
+                target=f"{repository}:{user}",
+                detail={"role": role},
+            )
+        self.roles.forget()
+
+    async def revoke(
+        self,
+        project: str,
+        repository: str,
+        user: str,
+        *,
+        actor: str = "cli",
+        client: str | None = None,
+    ) -> None:
+        async with self.db.write() as conn:
+            project_id = await require_project(conn, project)
+            repository_id = await _repository_id(conn, project_id, project, repository)
+            user_id = await _user_id(conn, user)
+            result = await conn.execute(
+                delete(repository_grants).where(
+                    repository_grants.c.repository_id == repository_id,
+                    repository_grants.c.user_id == user_id,
+                )
+            )
+            if result.rowcount == 0:
+                raise NameUnknown(f"user {user!r} has no role on {project}/{repository}")
+            await self._delete_keys_without_role(conn, project_id, user_id, actor, client)
+            await write_audit_entry(
+                conn,
+                actor,
+                "repository.revoke",
+                project_id=project_id,
+                target=f"{repository}:{user}",
+                client=client,
+            )
+        self._forget_access()
+
+    async def list_grants(self, project: str, repository: str) -> list[dict[str, Any]]:
+        """Users with a role on one repository (not through a project role)."""
+        async with self.db.read() as conn:
+            project_id = await require_project(conn, project)
+            repository_id = await _repository_id(conn, project_id, project, repository)
+            rows = await conn.execute(
+                select(users.c.name, repository_grants.c.role, repository_grants.c.created_at)
+                .join(users, users.c.id == repository_grants.c.user_id)
+                .where(repository_grants.c.repository_id == repository_id)
+                .order_by(users.c.name)
+            )
+            return [
+                {"user": r.name, "role": r.role, "since": r.created_at.isoformat()} for r in rows
+            ]
+
+
+async def _user_id(conn: AsyncConnection, user: str) -> int:
+    user_id = (await conn.execute(select(users.c.id).where(users.c.name == user))).scalar()
+    if user_id is None:
+        raise NotFound(f"user {user!r} does not exist")
+    return int(user_id)
+
+
+async def _repository_id(
+    conn: AsyncConnection, project_id: int, project: str, repository: str
+) -> int:
+    repository_id = (
+        await conn.execute(
+            select(repositories.c.id).where(
+                repositories.c.project_id == project_id, repositories.c.name == repository
+            )
+        )
+    ).scalar()
+    if repository_id is None:
+        raise NameUnknown(f"repository {project}/{repository} does not exist")
+    return int(repository_id)

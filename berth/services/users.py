@@ -1,0 +1,242 @@
+"""Users: creating them (and the first administrator), finding them, setting passwords,
+deleting them. Signing in with a password is checked in `berth.access.credentials`."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from collections.abc import Callable
+from typing import Any
+
+from argon2 import PasswordHasher
+from sqlalchemy import delete, func, select, update
+
+from berth.domain.errors import Conflict, Denied, InvalidValue, NameInvalid, NotFound
+from berth.domain.names import is_valid_component
+from berth.metadata.audit import write_audit_entry
+from berth.metadata.database import Database
+from berth.metadata.tables import (
+    access_keys,
+    console_sessions,
+    memberships,
+    repositories,
+    repository_grants,
+    users,
+    utcnow,
+)
+
+MIN_PASSWORD_LENGTH = 8
+MAX_PASSWORD_LENGTH = 1024  # what sign-in accepts
+
+
+def _user_row(row: Any) -> dict[str, Any]:
+    return {
+        "name": row.name,
+        "admin": row.is_admin,
+        "service_account": row.is_service_account,
+        "created_at": row.created_at.isoformat(),
+    }
+
+
+def _check_password(password: str) -> None:
+    if len(password) < MIN_PASSWORD_LENGTH:
+        raise InvalidValue(
+            f"password must be at least {MIN_PASSWORD_LENGTH} characters", "password"
+        )
+    if len(password) > MAX_PASSWORD_LENGTH:
+        raise InvalidValue(f"password must be at most {MAX_PASSWORD_LENGTH} characters", "password")
+
+
+class Users:
+    def __init__(
+        self, db: Database, passwords: PasswordHasher, forget_access: Callable[[], None]
+    ) -> None:
+        self.db = db
+        self.passwords = passwords  # argon2id
+        self._forget_access = forget_access  # a deleted user's keys and roles stop working
+
+    async def create_user(
+        self,
+        name: str,
+        password: str | None,
+        *,
+        is_admin: bool = False,
+        service_account: bool = False,
+        actor: str = "cli",
+        client: str | None = None,
+    ) -> dict[str, Any]:
+        """Create a user; returns it as `get_user` does."""
+        if not is_valid_component(name) or len(name) > 64:
+            raise NameInvalid(
+                f"invalid user name {name!r}: lowercase letters, digits, '.', '_' or '-'"
+            )
+        if password is None and not service_account:
+            raise InvalidValue("a user needs a password (service accounts have none)", "password")
+        if password is not None:
+            _check_password(password)
+        password_hash = (
+            await asyncio.to_thread(self.passwords.hash, password) if password is not None else None
+        )
+        async with self.db.write() as conn:
+            exists = (await conn.execute(select(users.c.id).where(users.c.name == name))).first()
+            if exists:
+                raise Conflict(f"user {name!r} already exists")
+            created = (
+                await conn.execute(
+                    users.insert()
+                    .values(
+                        name=name,
+                        password_hash=password_hash,
+                        is_admin=is_admin,
+                        is_service_account=service_account,
+                        created_at=utcnow(),
+                    )
+                    .returning(users)
+                )
+            ).one()
+            await write_audit_entry(
+                conn,
+                actor,
+                "user.create",
+                target=name,
+                detail={"admin": is_admin, "service_account": service_account},
+                client=client,
+            )
+        return _user_row(created)
+
+    async def has_users(self) -> bool:
+        async with self.db.read() as conn:
+            return bool((await conn.execute(select(func.count()).select_from(users))).scalar())
+
+    async def bootstrap_admin(self, password: str | None) -> tuple[str, str | None] | None:
+        """On an empty server, create `admin`; returns (name, generated password or None)."""
+        if await self.has_users():
+            return None
+        generated = None
+        if not password:
+            password = generated = secrets.token_urlsafe(18)
+        try:
+            await self.create_user("admin", password, is_admin=True, actor="server")
+        except Conflict:
+            return None  # another node or worker got there first
+        return "admin", generated
+
+    async def get_user(self, name: str) -> dict[str, Any] | None:
+        async with self.db.read() as conn:
+            row = (await conn.execute(select(users).where(users.c.name == name))).first()
+        return None if row is None else _user_row(row)
+
+    async def list_users(self) -> list[dict[str, Any]]:
+        async with self.db.read() as conn:
+            rows = await conn.execute(select(users).order_by(users.c.name))
+            return [_user_row(r) for r in rows]
+
+    async def search_users(self, query: str = "", limit: int = 20) -> list[dict[str, Any]]:
+        """Users whose name contains `query`, by name: what a member picker offers."""
+        statement = select(users).order_by(users.c.name).limit(limit)
+        if query:
+            statement = statement.where(users.c.name.contains(query.lower(), autoescape=True))
+        async with self.db.read() as conn:
+            rows = await conn.execute(statement)
+            return [_user_row(r) for r in rows]
+
+    async def set_password(
+        self,
+        name: str,
+        password: str,
+        *,
+        actor: str = "cli",
+        keep_session: str | None = None,
+        client: str | None = None,
+    ) -> None:
+        """Set a user's password (their own change, or an administrator's reset). The user's
+        console sessions end, but for `keep_session` (the one that changed it)."""
+        _check_password(password)
+        password_hash = await asyncio.to_thread(self.passwords.hash, password)
+        async with self.db.write() as conn:
+            row = (await conn.execute(select(users).where(users.c.name == name))).first()
+            if row is None:
+                raise NotFound(f"user {name!r} does not exist")
+            if row.is_service_account:
+                raise Denied(
+                    f"user {name!r} is a service account: it signs in with access keys only"
+                )
+            await conn.execute(
+                update(users).where(users.c.id == row.id).values(password_hash=password_hash)
+            )
+            ended = delete(console_sessions).where(console_sessions.c.user_id == row.id)
+            if keep_session is not None:
+                ended = ended.where(console_sessions.c.id != keep_session)
+            await conn.execute(ended)
+            await write_audit_entry(
+                conn,
+                actor,
+                "user.password",
+                target=name,
+                detail={"by": "self" if actor == name else "administrator"},
+                client=client,
+            )
+
+    async def delete_user(
+        self, name: str, *, actor: str = "cli", client: str | None = None
+    ) -> None:
+        """Delete a user: their access keys, console sessions and roles go with them at once
+        (the database cascades them). Each project they had a role in audits it (and each key
+        deleted)."""
+        async with self.db.write() as conn:
+            row = (await conn.execute(select(users).where(users.c.name == name))).first()
+            if row is None:
+                raise NotFound(f"user {name!r} does not exist")
+            if name == actor:
+                raise Denied("you cannot delete yourself; another administrator can")
+            if row.is_admin:
+                admins = (
+                    await conn.execute(
+                        select(func.count()).select_from(users).where(users.c.is_admin)
+                    )
+                ).scalar()
+                if (admins or 0) <= 1:
+                    raise Denied(f"user {name!r} is the last server administrator")
+            keys = (
+                await conn.execute(
+                    delete(access_keys)
+                    .where(access_keys.c.user_id == row.id)
+                    .returning(access_keys.c.id, access_keys.c.project_id)
+                )
+            ).all()
+            project_ids = {int(r.project_id) for r in keys}
+            project_ids.update(
+                (
+                    await conn.execute(
+                        select(memberships.c.project_id).where(memberships.c.user_id == row.id)
+                    )
+                ).scalars()
+            )
+            project_ids.update(
+                (
+                    await conn.execute(
+                        select(repositories.c.project_id)
+                        .join(
+                            repository_grants,
+                            repository_grants.c.repository_id == repositories.c.id,
+                        )
+                        .where(repository_grants.c.user_id == row.id)
+                    )
+                ).scalars()
+            )
+            await conn.execute(delete(users).where(users.c.id == row.id))
+            for key in keys:
+                await write_audit_entry(
+                    conn,
+                    actor,
+                    "key.delete",
+                    project_id=key.project_id,
+                    target=key.id,
+                    detail={"reason": "user deleted", "user": name},
+                    client=client,
+                )
+            for project_id in sorted({None, *project_ids}, key=lambda p: p or 0):
+                await write_audit_entry(
+                    conn, actor, "user.delete", project_id=project_id, target=name, client=client
+                )
+        self._forget_access()
