@@ -181,9 +181,8 @@ async def delete_image(
     """Delete an image and every tag on it (its data goes at the next garbage collection). A
     platform manifest of a stored index cannot be deleted on its own: delete the index."""
     repo = await ctx.repository(repository)
-    await ctx.services.registry.delete_manifest(repo, image, digest, actor=ctx.actor)
-    await ctx.services.identity.record_content_change(
-        ctx.actor, "image.delete", repo, image, digest, client_address(request)
+    await ctx.services.registry.delete_manifest(
+        repo, image, digest, actor=ctx.actor, client=client_address(request)
     )
     return Response(status_code=204)
 
@@ -219,9 +218,8 @@ async def delete_tag(
 ) -> Response:
     """Remove a tag (the image stays); it can be restored while the image is stored."""
     repo = await ctx.repository(repository)
-    await ctx.services.registry.delete_manifest(repo, image, tag, actor=ctx.actor)
-    await ctx.services.identity.record_content_change(
-        ctx.actor, "tag.delete", repo, image, tag, client_address(request)
+    await ctx.services.registry.delete_manifest(
+        repo, image, tag, actor=ctx.actor, client=client_address(request)
     )
     return Response(status_code=204)
 
@@ -233,9 +231,8 @@ async def restore_tag(
     """Put a removed tag back on the image it last named, while that image is stored: 409
     when the tag exists, 404 when it has no history or its image is gone."""
     repo = await ctx.repository(repository)
-    digest = await ctx.services.registry.restore_tag(repo, body.image, body.tag, actor=ctx.actor)
-    await ctx.services.identity.record_content_change(
-        ctx.actor, "tag.restore", repo, body.image, body.tag, client_address(request)
+    digest = await ctx.services.registry.restore_tag(
+        repo, body.image, body.tag, actor=ctx.actor, client=client_address(request)
     )
     return RestoredTag(image=body.image, tag=body.tag, digest=digest)
 

@@ -140,12 +140,11 @@ async def show_repository(ctx: ReadProject, repository: RepositoryName) -> Repos
 
 @router.patch("/{repository}", responses=responses(404))
 async def update_repository(
-    ctx: ManageProject, repository: RepositoryName, body: RepositoryUpdate
+    request: Request, ctx: ManageProject, repository: RepositoryName, body: RepositoryUpdate
 ) -> Repository:
     """Change a repository's settings; fields left out stay as they are."""
     if body.name is not None and body.name != repository:
         raise FieldError("name", "a repository's name is fixed once created")
-    changes = body.model_dump(exclude_unset=True, exclude_none=True, exclude={"name"})
     updated = await ctx.services.repositories.update(
         ctx.project,
         repository,
@@ -153,15 +152,9 @@ async def update_repository(
         tag_overwrite=body.tag_overwrite,
         description=body.description,
         scan_mode=body.scan_mode,
+        actor=ctx.actor,
+        client=client_address(request),
     )
-    if changes:
-        await ctx.services.identity.record(
-            ctx.actor,
-            "repository.update",
-            project_id=ctx.project_id,
-            target=repository,
-            detail=changes,
-        )
     return _repository(updated)
 
 
@@ -171,12 +164,7 @@ async def delete_repository(
 ) -> Response:
     """Delete a repository with its images and tags (their data goes at the next garbage
     collection)."""
-    await ctx.services.repositories.delete(ctx.project, repository)
-    await ctx.services.identity.record(
-        ctx.actor,
-        "repository.delete",
-        project_id=ctx.project_id,
-        target=repository,
-        client=client_address(request),
+    await ctx.services.repositories.delete(
+        ctx.project, repository, actor=ctx.actor, client=client_address(request)
     )
     return Response(status_code=204)

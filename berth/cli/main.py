@@ -355,6 +355,8 @@ def repo_update(
             tag_overwrite=tag_overwrite,
             description=description,
             scan_mode=scan,
+            actor=cli_actor(),
+            client=CLI_CLIENT,
         )
     )
     if json_output:
@@ -375,14 +377,7 @@ def repo_delete(
         raise typer.Exit(1)
 
     async def work(s: Services) -> None:
-        await s.repositories.delete(project, repository)
-        await s.identity.record(
-            cli_actor(),
-            "repository.delete",
-            project_id=await s.repositories.project_id(project),
-            target=repository,
-            client=CLI_CLIENT,
-        )
+        await s.repositories.delete(project, repository, actor=cli_actor(), client=CLI_CLIENT)
 
     run_service(work)
     done(json_output, {"repository": name, "deleted": True}, f"Deleted repository {name}")
@@ -496,10 +491,7 @@ def tag_restore(
 
     async def work(s: Services) -> str:
         repo = await _repository_ref(s, project, repository)
-        actor = cli_actor()
-        digest = await s.registry.restore_tag(repo, image, tag, actor=actor)
-        await s.identity.record_content_change(actor, "tag.restore", repo, image, tag, CLI_CLIENT)
-        return digest
+        return await s.registry.restore_tag(repo, image, tag, actor=cli_actor(), client=CLI_CLIENT)
 
     digest = run_service(work)
     done(

@@ -23,7 +23,6 @@ from berth.auth.guard import (
     require_authenticated,
 )
 from berth.auth.policy import Principal
-from berth.domain.digests import is_digest
 from berth.domain.errors import (
     BlobUnknown,
     DigestInvalid,
@@ -269,9 +268,8 @@ async def get_blob(request: Request) -> Response | BlobFileResponse:
 async def delete_blob(request: Request) -> Response:
     services, name, repo = await _target(request)
     digest = request.path_params["digest"]
-    await services.registry.delete_blob(repo, digest)
-    await services.identity.record_content_change(
-        _actor(request), "blob.delete", repo, name.image, digest, client_address(request)
+    await services.registry.delete_blob(
+        repo, name.image, digest, actor=_actor(request), client=client_address(request)
     )
     return Response(status_code=202)
 
@@ -441,11 +439,8 @@ async def put_manifest(request: Request) -> Response:
 async def delete_manifest(request: Request) -> Response:
     services, name, repo = await _target(request)
     reference = request.path_params["reference"]
-    actor = _actor(request)
-    await services.registry.delete_manifest(repo, name.image, reference, actor=actor)
-    action = "image.delete" if is_digest(reference) else "tag.delete"
-    await services.identity.record_content_change(
-        actor, action, repo, name.image, reference, client_address(request)
+    await services.registry.delete_manifest(
+        repo, name.image, reference, actor=_actor(request), client=client_address(request)
     )
     return Response(status_code=202)
 

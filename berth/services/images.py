@@ -10,6 +10,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from cachetools import LRUCache
 from sqlalchemy import Select, and_, func, select
 
 from berth.domain.digests import parse_digest
@@ -27,15 +28,13 @@ from berth.metadata.tables import (
 )
 from berth.storage.base import BlobStore
 
-IMAGE_SORTS = ("pushed_at", "image", "size")
 # Config media types that say an image's platform (os, architecture, variant).
 IMAGE_CONFIG_TYPES = frozenset(
     {"application/vnd.oci.image.config.v1+json", "application/vnd.docker.container.image.v1+json"}
 )
 MAX_CONFIG_READ = 1 << 20  # a config larger than this is not read for its platform
 # Platform by config digest: content-addressed, so an entry never goes stale.
-_config_platforms: dict[str, str | None] = {}
-_CONFIG_CACHE_SIZE = 4096
+_config_platforms: LRUCache[str, str | None] = LRUCache(maxsize=4096)
 
 
 def platform_name(platform: dict[str, Any] | None) -> str | None:
@@ -267,8 +266,6 @@ class Images:
         found: dict[int, str | None] = {}
         for manifest_id, (digest, size) in configs.items():
             if digest not in _config_platforms and size <= MAX_CONFIG_READ:
-                if len(_config_platforms) >= _CONFIG_CACHE_SIZE:
-                    _config_platforms.clear()
                 _config_platforms[digest] = await self._config_platform(digest)
             found[manifest_id] = _config_platforms.get(digest)
         return found

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import builtins
-import time
 from collections.abc import Collection
 from typing import Any
 
+from cachetools import TTLCache
 from sqlalchemy import ColumnElement, bindparam, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -14,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from berth.domain.errors import Conflict, InvalidValue, NameInvalid, NameUnknown, QuotaExceeded
 from berth.domain.names import ImageName, is_valid_component, project_name_problem
 from berth.domain.references import RepositoryRef
+from berth.metadata.audit import write_audit_entry
 from berth.metadata.database import Database
 from berth.metadata.lookups import require_project
 from berth.metadata.queries import is_image
@@ -33,6 +34,7 @@ from berth.services.restrictions import ensure_writable
 # How long a resolved repository is reused. Settings changed by another node or the admin CLI
 # take effect after this long; keeps one query off every pull.
 REPOSITORY_CACHE_SECONDS = 1.0
+REPOSITORY_CACHE_SIZE = 10_000
 MAX_DESCRIPTION = 100
 # A repository name leaves room for the project and an image path in a 255-character OCI name.
 MAX_REPOSITORY_NAME = 128
@@ -57,7 +59,10 @@ class Repositories:
     def __init__(self, db: Database, default_quota: int = 100) -> None:
         self.db = db
         self.default_quota = default_quota
-        self._cache: dict[tuple[str, str], tuple[float, RepositoryRef]] = {}
+        # Found repositories by (project, name), as `lookup` says.
+        self._cache: TTLCache[tuple[str, str], RepositoryRef] = TTLCache(
+            maxsize=REPOSITORY_CACHE_SIZE, ttl=REPOSITORY_CACHE_SECONDS
+        )
 
     async def lookup(
         self, project: str, repository: str
@@ -66,39 +71,25 @@ class Repositories:
         repositories are cached briefly; absences are not, so a new repository works at once."""
         key = (project, repository)
         cached = self._cache.get(key)
-        now = time.monotonic()
-        if cached and cached[0] > now:
-            return cached[1].project_id, cached[1]
+        if cached is not None:
+            return cached.project_id, cached
         async with self.db.read() as conn:
             row = (
-                await conn.execute(
-                    select(
-                        repositories.c.id,
-                        repositories.c.project_id,
-                        repositories.c.public,
-                        repositories.c.tag_overwrite,
-                    )
-                    .join(projects, projects.c.id == repositories.c.project_id)
-                    .where(projects.c.name == project, repositories.c.name == repository)
-                )
+                await conn.execute(_REPOSITORY, {"project": project, "repository": repository})
             ).first()
             if row is None:
-                project_id = (
-                    await conn.execute(select(projects.c.id).where(projects.c.name == project))
-                ).scalar()
+                project_id = (await conn.execute(_PROJECT_ID, {"project": project})).scalar()
                 return project_id, None
         ref = RepositoryRef(
             row.id, row.project_id, project, repository, row.public, row.tag_overwrite
         )
-        self._cache[key] = (now + REPOSITORY_CACHE_SECONDS, ref)
+        self._cache[key] = ref
         return ref.project_id, ref
 
     async def project_id(self, project: str) -> int | None:
         """A project's id, or None when there is no such project."""
         async with self.db.read() as conn:
-            found = (
-                await conn.execute(select(projects.c.id).where(projects.c.name == project))
-            ).scalar()
+            found = (await conn.execute(_PROJECT_ID, {"project": project})).scalar()
         return int(found) if found is not None else None
 
     async def project_name(self, project_id: int) -> str | None:
@@ -148,17 +139,11 @@ class Repositories:
                 f"invalid repository name {name!r}: lowercase letters and digits, "
                 f"with '.', '_', '__' or '-' between them, up to {MAX_REPOSITORY_NAME} characters"
             )
-        if len(description) > MAX_DESCRIPTION:
-            raise InvalidValue(
-                f"description is {len(description)} characters; at most 100", "description"
-            )
-        if scan_mode not in SCAN_MODES:
-            raise InvalidValue(f"scan mode must be one of {', '.join(SCAN_MODES)}", "scan_mode")
+        _check_description(description)
+        _check_scan_mode(scan_mode)
         now = utcnow()
         async with self.db.write() as conn:
-            project_id = (
-                await conn.execute(select(projects.c.id).where(projects.c.name == project))
-            ).scalar()
+            project_id = (await conn.execute(_PROJECT_ID, {"project": project})).scalar()
             if project_id is None:
                 raise NameUnknown(f"project {project!r} does not exist")
             exists = (
@@ -267,7 +252,7 @@ class Repositories:
 
     def forget_project(self, project: str) -> None:
         """Drop the project's cached repositories (once it is deleted)."""
-        for key in [k for k in self._cache if k[0] == project]:
+        for key in [k for k in list(self._cache) if k[0] == project]:
             self._cache.pop(key, None)
 
     async def update(
@@ -279,23 +264,25 @@ class Repositories:
         tag_overwrite: bool | None = None,
         description: str | None = None,
         scan_mode: str | None = None,
+        actor: str,
+        client: str | None,
     ) -> dict[str, Any]:
-        """Change a repository's settings (its name is fixed once created)."""
+        """Change a repository's settings (its name is fixed once created); the change is
+        audited (`repository.update`, its detail the settings given) when there is one."""
         changes: dict[str, Any] = {}
+        # The settings as the API names them, in its order.
+        audited: dict[str, Any] = {}
         if public is not None:
             changes["public"] = public
-        if tag_overwrite is not None:
-            changes["tag_overwrite"] = tag_overwrite
+            audited["visibility"] = "public" if public else "private"
         if description is not None:
-            if len(description) > MAX_DESCRIPTION:
-                raise InvalidValue(
-                    f"description is {len(description)} characters; at most 100", "description"
-                )
-            changes["description"] = description
+            _check_description(description)
+            changes["description"] = audited["description"] = description
+        if tag_overwrite is not None:
+            changes["tag_overwrite"] = audited["tag_overwrite"] = tag_overwrite
         if scan_mode is not None:
-            if scan_mode not in SCAN_MODES:
-                raise InvalidValue(f"scan mode must be one of {', '.join(SCAN_MODES)}", "scan_mode")
-            changes["scan_mode"] = scan_mode
+            _check_scan_mode(scan_mode)
+            changes["scan_mode"] = audited["scan_mode"] = scan_mode
         async with self.db.write() as conn:
             project_id = await require_project(conn, project)
             result = await conn.execute(
@@ -305,11 +292,22 @@ class Repositories:
             )
             if result.rowcount == 0:
                 raise NameUnknown(f"repository {project}/{name} does not exist")
+            if audited:
+                await write_audit_entry(
+                    conn,
+                    actor,
+                    "repository.update",
+                    project_id=project_id,
+                    target=name,
+                    detail=audited,
+                    client=client,
+                )
         self._cache.pop((project, name), None)
         return await self.show(project, name)
 
-    async def delete(self, project: str, name: str) -> None:
-        """Delete a repository with its images and tags; blob data goes at the next GC."""
+    async def delete(self, project: str, name: str, *, actor: str, client: str | None) -> None:
+        """Delete a repository with its images and tags, and audit it; blob data goes at the
+        next GC."""
         async with self.db.write() as conn:
             project_id = await require_project(conn, project)
             await ensure_writable(conn, project_id, project)
@@ -320,6 +318,9 @@ class Repositories:
             )
             if result.rowcount == 0:
                 raise NameUnknown(f"repository {project}/{name} does not exist")
+            await write_audit_entry(
+                conn, actor, "repository.delete", project_id=project_id, target=name, client=client
+            )
         self._cache.pop((project, name), None)
 
     async def list(self, project: str) -> list[dict[str, Any]]:
@@ -475,6 +476,19 @@ class Repositories:
             }
             for r in rows
         ]
+
+
+def _check_description(description: str) -> None:
+    if len(description) > MAX_DESCRIPTION:
+        raise InvalidValue(
+            f"description is {len(description)} characters; at most {MAX_DESCRIPTION}",
+            "description",
+        )
+
+
+def _check_scan_mode(scan_mode: str) -> None:
+    if scan_mode not in SCAN_MODES:
+        raise InvalidValue(f"scan mode must be one of {', '.join(SCAN_MODES)}", "scan_mode")
 
 
 def name_unknown(name: ImageName, *, project_exists: bool) -> NameUnknown:
