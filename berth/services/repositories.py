@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import builtins
+import datetime as dt
 from collections.abc import Collection
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Literal, get_args
 
 from cachetools import TTLCache
+from pydantic import Field
 from sqlalchemy import ColumnElement, bindparam, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -29,6 +32,7 @@ from berth.metadata.tables import (
     tags,
     utcnow,
 )
+from berth.services.records import Record
 from berth.services.restrictions import ensure_writable
 
 # How long a resolved repository is reused. Settings changed by another node or the admin CLI
@@ -38,8 +42,40 @@ REPOSITORY_CACHE_SIZE = 10_000
 MAX_DESCRIPTION = 100
 # A repository name leaves room for the project and an image path in a 255-character OCI name.
 MAX_REPOSITORY_NAME = 128
-SCAN_MODES = ("auto", "manual")
+Visibility = Literal["public", "private"]
+ScanMode = Literal["auto", "manual"]
+SCAN_MODES: tuple[str, ...] = get_args(ScanMode)
 REPOSITORY_SORTS = ("name", "images", "updated_at")
+
+
+class Repository(Record):
+    project: str
+    name: str
+    description: str
+    visibility: Visibility
+    tag_overwrite: bool
+    scan_mode: ScanMode
+    images: int = Field(description="images stored (an index and its platform images count once)")
+    created_at: dt.datetime
+    updated_at: dt.datetime = Field(
+        description="last modified: settings changed, or an image pushed or tagged"
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class ProjectEntry:
+    name: str
+    created_at: dt.datetime
+
+
+@dataclass(frozen=True, slots=True)
+class ProjectDetails:
+    id: int
+    name: str
+    created_at: dt.datetime
+    repositories: int
+    repository_quota: int  # its own, else the server default
+    quota_is_default: bool
 
 
 _REPOSITORY = (
@@ -106,7 +142,7 @@ class Repositories:
             raise name_unknown(name, project_exists=project_id is not None)
         return repo
 
-    async def create_project(self, name: str) -> dict[str, Any]:
+    async def create_project(self, name: str) -> None:
         problem = project_name_problem(name)
         if problem is not None:
             raise NameInvalid(problem, {"name": name[:80]})
@@ -115,14 +151,13 @@ class Repositories:
                 await conn.execute(projects.insert().values(name=name, created_at=utcnow()))
         except IntegrityError:
             raise Conflict(f"project {name!r} already exists") from None
-        return {"name": name}
 
-    async def list_projects(self) -> list[dict[str, Any]]:
+    async def list_projects(self) -> list[ProjectEntry]:
         async with self.db.read() as conn:
             rows = await conn.execute(
                 select(projects.c.name, projects.c.created_at).order_by(projects.c.name)
             )
-            return [{"name": r.name, "created_at": r.created_at.isoformat()} for r in rows]
+            return [ProjectEntry(r.name, r.created_at) for r in rows]
 
     async def create(
         self,
@@ -133,7 +168,7 @@ class Repositories:
         tag_overwrite: bool = True,
         description: str = "",
         scan_mode: str = "manual",
-    ) -> dict[str, Any]:
+    ) -> Repository:
         if not is_valid_component(name) or len(name) > MAX_REPOSITORY_NAME:
             raise NameInvalid(
                 f"invalid repository name {name!r}: lowercase letters and digits, "
@@ -266,7 +301,7 @@ class Repositories:
         scan_mode: str | None = None,
         actor: str,
         client: str | None,
-    ) -> dict[str, Any]:
+    ) -> Repository:
         """Change a repository's settings (its name is fixed once created); the change is
         audited (`repository.update`, its detail the settings given) when there is one."""
         changes: dict[str, Any] = {}
@@ -323,12 +358,12 @@ class Repositories:
             )
         self._cache.pop((project, name), None)
 
-    async def list(self, project: str) -> list[dict[str, Any]]:
+    async def list(self, project: str) -> list[Repository]:
         """Every repository of a project, by name."""
         async with self.db.read() as conn:
             project_id = await require_project(conn, project)
             rows = await conn.execute(self._listing(project_id).order_by(repositories.c.name))
-            return [_repository_dict(project, r) for r in rows]
+            return [_repository(project, r) for r in rows]
 
     async def page(
         self,
@@ -339,7 +374,7 @@ class Repositories:
         sort: str = "name",
         descending: bool = False,
         query: str | None = None,
-    ) -> tuple[builtins.list[dict[str, Any]], int]:
+    ) -> tuple[builtins.list[Repository], int]:
         """One page of a project's repositories and how many there are in all: sorted by
         name, image count or last modification, optionally only names containing `query`."""
         if sort not in REPOSITORY_SORTS:
@@ -359,7 +394,7 @@ class Repositories:
                 .limit(per_page)
                 .offset((page - 1) * per_page)
             )
-            items = [_repository_dict(project, r) for r in rows]
+            items = [_repository(project, r) for r in rows]
             total = (
                 await conn.execute(select(func.count()).select_from(matching.subquery()))
             ).scalar()
@@ -426,7 +461,7 @@ class Repositories:
             return func.max(*values, type_=UTCDateTime)
         return func.greatest(*values, type_=UTCDateTime)
 
-    async def show(self, project: str, name: str) -> dict[str, Any]:
+    async def show(self, project: str, name: str) -> Repository:
         async with self.db.read() as conn:
             project_id = await require_project(conn, project)
             row = (
@@ -434,11 +469,11 @@ class Repositories:
             ).first()
         if row is None:
             raise NameUnknown(f"repository {project}/{name} does not exist")
-        return _repository_dict(project, row)
+        return _repository(project, row)
 
     async def project_details(
         self, project_ids: Collection[int] | None = None
-    ) -> builtins.list[dict[str, Any]]:
+    ) -> builtins.list[ProjectDetails]:
         """Projects (all, or those with these ids) with their repository count and maximum."""
         counts = (
             select(repositories.c.project_id, func.count().label("repositories"))
@@ -462,18 +497,18 @@ class Repositories:
         async with self.db.read() as conn:
             rows = (await conn.execute(query)).all()
         return [
-            {
-                "id": r.id,
-                "name": r.name,
-                "created_at": r.created_at.isoformat(),
-                "repositories": int(r.repositories),
-                "repository_quota": (
+            ProjectDetails(
+                id=r.id,
+                name=r.name,
+                created_at=r.created_at,
+                repositories=int(r.repositories),
+                repository_quota=(
                     int(r.repository_quota)
                     if r.repository_quota is not None
                     else self.default_quota
                 ),
-                "quota_is_default": r.repository_quota is None,
-            }
+                quota_is_default=r.repository_quota is None,
+            )
             for r in rows
         ]
 
@@ -512,15 +547,15 @@ def name_unknown(name: ImageName, *, project_exists: bool) -> NameUnknown:
     )
 
 
-def _repository_dict(project: str, row: Any) -> dict[str, Any]:
-    return {
-        "project": project,
-        "name": row.name,
-        "description": row.description,
-        "visibility": "public" if row.public else "private",
-        "tag_overwrite": row.tag_overwrite,
-        "scan_mode": row.scan_mode,
-        "images": row.images,
-        "created_at": row.created_at.isoformat(),
-        "updated_at": row.updated_at.isoformat(),
-    }
+def _repository(project: str, row: Any) -> Repository:
+    return Repository(
+        project=project,
+        name=row.name,
+        description=row.description,
+        visibility="public" if row.public else "private",
+        tag_overwrite=row.tag_overwrite,
+        scan_mode=row.scan_mode,
+        images=row.images,
+        created_at=row.created_at,
+        updated_at=row.updated_at,
+    )
