@@ -712,7 +712,7 @@ def usage(
             "traffic": await s.usage.traffic(project, days=min(days, 92)),
         }
 
-    found = run_service(gather)
+    found = plain(run_service(gather))
     if json_output:
         print_json(found)
         return
