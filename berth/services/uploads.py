@@ -15,7 +15,7 @@ import hashlib
 import re
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from cachetools import LRUCache
@@ -41,7 +41,7 @@ _UPLOAD_ID_RE = re.compile(r"[0-9a-f]{32}")
 _CONTENT_RANGE_RE = re.compile(r"(?:bytes[ =])?(\d+)-(\d+)(?:/(?:\d+|\*))?")
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
 class Upload:
     id: str
     repository_id: int
@@ -210,8 +210,11 @@ class Uploads:
                     raise
                 finally:
                     await writer.close()
-            upload.offset += written
-            upload.digest_at_offset = "sha256:" + hasher.copy().hexdigest()
+            upload = replace(
+                upload,
+                offset=upload.offset + written,
+                digest_at_offset="sha256:" + hasher.copy().hexdigest(),
+            )
             self._hashes.put(upload.id, upload.offset, hasher)
             async with self.db.write() as conn:
                 await conn.execute(
