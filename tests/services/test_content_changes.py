@@ -5,7 +5,6 @@ leaves none. In-process, on SQLite, in milliseconds."""
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import json
 from collections.abc import Awaitable, Callable
@@ -20,12 +19,12 @@ from berth.domain.digests import digest_bytes
 from berth.domain.errors import Conflict, ManifestUnknown, NameUnknown
 from berth.domain.references import RepositoryRef
 from berth.metadata.database import Database
-from berth.metadata.migrate import upgrade
 from berth.metadata.tables import audit_log, blobs, repository_blobs
 from berth.services.records import plain
 from berth.services.registry import Registry
 from berth.services.repositories import ProjectEntry, Repositories
 from berth.storage.filesystem import FilesystemBlobStore
+from tests.services.conftest import run_on_database
 
 CLIENT = "192.0.2.7"
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
@@ -86,22 +85,18 @@ class Scene:
 
 
 def run(tmp_path: Path, scenario: Callable[[Scene], Awaitable[None]]) -> None:
-    async def main() -> None:
-        url = f"sqlite+aiosqlite:///{tmp_path / 'berth.db'}"
-        await asyncio.to_thread(upgrade, url)
-        db = Database(url)
-        try:
-            repositories = Repositories(db)
-            await repositories.create_project("acme")
-            await repositories.create("acme", "app")
-            _, repo = await repositories.lookup("acme", "app")
-            assert repo is not None
-            registry = Registry(db, FilesystemBlobStore(tmp_path / "blobs"))
-            await scenario(Scene(db, repositories, registry, repo))
-        finally:
-            await db.dispose()
+    """Run `scenario` with project acme holding an empty repository app."""
 
-    asyncio.run(main())
+    async def in_scene(db: Database) -> None:
+        repositories = Repositories(db)
+        await repositories.create_project("acme")
+        await repositories.create("acme", "app")
+        _, repo = await repositories.lookup("acme", "app")
+        assert repo is not None
+        registry = Registry(db, FilesystemBlobStore(tmp_path / "blobs"))
+        await scenario(Scene(db, repositories, registry, repo))
+
+    run_on_database(tmp_path, in_scene)
 
 
 def test_deletes_and_a_restore_are_audited_with_who_and_from_where(tmp_path: Path) -> None:
