@@ -20,6 +20,8 @@ __all__ = ["Page", "PushedManifest", "Registry", "StoredManifest", "count_images
 
 
 class Registry(BlobContent, ManifestContent, ContentListings):
+    """The parts hold no state of their own: what they share is set here."""
+
     def __init__(self, db: Database, store: BlobStore, max_images: int = 10_000) -> None:
         self.db = db
         self.store = store
