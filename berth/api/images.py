@@ -7,8 +7,7 @@ name); digests and tags are path segments.
 
 from __future__ import annotations
 
-import datetime as dt
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
@@ -30,75 +29,9 @@ from berth.api.deps import (
 )
 from berth.api.problems import responses
 from berth.auth.guard import client_address
+from berth.services.image_records import Event, Image, ImageDetail, Tag
 
 router = APIRouter(prefix="/projects/{project}/repositories/{repository}", tags=["images"])
-
-
-class Referrer(BaseModel):
-    digest: str
-    media_type: str
-    artifact_type: str | None = Field(description="e.g. a signature's or an SBOM's type")
-    size: int
-    pushed_at: dt.datetime
-
-
-class Image(BaseModel):
-    image: str = Field(description="image name inside the repository ('' for the repository)")
-    digest: str
-    media_type: str
-    artifact_type: str | None
-    subject: str | None = Field(description="for a referrer: the digest it refers to")
-    tags: list[str]
-    size: int = Field(
-        description="bytes of the manifest and every blob it needs (an index: with its "
-        "platform manifests), each blob counted once"
-    )
-    platforms: list[str] = Field(
-        description="os/architecture[/variant]: of each entry of an index; of a single-platform "
-        "image, its own (from its config)"
-    )
-    pushed_at: dt.datetime
-    referrer_count: int
-    referrers: list[Referrer] = Field(description="signatures, SBOMs, ... that refer to it")
-
-
-class Child(BaseModel):
-    digest: str
-    media_type: str
-    platform: str | None
-    size: int
-
-
-class Layer(BaseModel):
-    digest: str
-    media_type: str
-    size: int
-
-
-class ImageDetail(Image):
-    manifest_size: int
-    children: list[Child] = Field(description="for an index: its platform manifests")
-    layers: list[Layer] = Field(description="for an image manifest: its config and layers")
-    parents: list[str] = Field(description="digests of the indexes that list this manifest")
-
-
-class Tag(BaseModel):
-    image: str
-    tag: str
-    digest: str
-    updated_at: dt.datetime
-
-
-class Event(BaseModel):
-    id: int
-    image: str
-    tag: str | None = Field(description="null for events on an image (push, delete)")
-    action: Literal["push", "tag", "untag", "move", "delete", "restore"]
-    old_digest: str | None
-    new_digest: str | None
-    actor: str
-    at: dt.datetime
-    restorable: bool = Field(description="an untag whose tag can be restored now")
 
 
 class RestoreRequest(BaseModel):
@@ -112,10 +45,6 @@ class RestoredTag(BaseModel):
     image: str
     tag: str
     digest: str
-
-
-def _image(item: dict[str, Any]) -> Image:
-    return Image.model_validate({**item, "referrer_count": len(item["referrers"])})
 
 
 @router.get("/images", responses=responses(404))
@@ -148,9 +77,7 @@ async def list_images(
         per_page=paging.per_page,
         descending=order == "desc",
     )
-    return Page[Image](
-        items=[_image(i) for i in items], page=paging.page, per_page=paging.per_page, total=total
-    )
+    return Page[Image](items=items, page=paging.page, per_page=paging.per_page, total=total)
 
 
 @router.get("/images/{digest}", responses=responses(404))
@@ -162,12 +89,7 @@ async def show_image(
     image: ImageName = "",
 ) -> ImageDetail:
     """One manifest with its tags, platform manifests, layers and referrers."""
-    repo = await ctx.repository(repository)
-    found = await images.image(repo, image, digest)
-    parents = await images.parents(repo, image, digest)
-    return ImageDetail.model_validate(
-        {**found, "referrer_count": len(found["referrers"]), "parents": parents}
-    )
+    return await images.image(await ctx.repository(repository), image, digest)
 
 
 @router.delete("/images/{digest}", status_code=204, responses=responses(404, 409))
@@ -181,9 +103,8 @@ async def delete_image(
     """Delete an image and every tag on it (its data goes at the next garbage collection). A
     platform manifest of a stored index cannot be deleted on its own: delete the index."""
     repo = await ctx.repository(repository)
-    await ctx.services.registry.delete_manifest(repo, image, digest, actor=ctx.actor)
-    await ctx.services.identity.record_content_change(
-        ctx.actor, "image.delete", repo, image, digest, client_address(request)
+    await ctx.services.registry.delete_manifest(
+        repo, image, digest, actor=ctx.actor, client=client_address(request)
     )
     return Response(status_code=204)
 
@@ -201,12 +122,7 @@ async def list_tags(
     items, total = await images.list_tags(
         repo, image=image, page=paging.page, per_page=paging.per_page
     )
-    return Page[Tag](
-        items=[Tag.model_validate(i) for i in items],
-        page=paging.page,
-        per_page=paging.per_page,
-        total=total,
-    )
+    return Page[Tag](items=items, page=paging.page, per_page=paging.per_page, total=total)
 
 
 @router.delete("/tags/{tag}", status_code=204, responses=responses(404))
@@ -219,9 +135,8 @@ async def delete_tag(
 ) -> Response:
     """Remove a tag (the image stays); it can be restored while the image is stored."""
     repo = await ctx.repository(repository)
-    await ctx.services.registry.delete_manifest(repo, image, tag, actor=ctx.actor)
-    await ctx.services.identity.record_content_change(
-        ctx.actor, "tag.delete", repo, image, tag, client_address(request)
+    await ctx.services.registry.delete_manifest(
+        repo, image, tag, actor=ctx.actor, client=client_address(request)
     )
     return Response(status_code=204)
 
@@ -233,9 +148,8 @@ async def restore_tag(
     """Put a removed tag back on the image it last named, while that image is stored: 409
     when the tag exists, 404 when it has no history or its image is gone."""
     repo = await ctx.repository(repository)
-    digest = await ctx.services.registry.restore_tag(repo, body.image, body.tag, actor=ctx.actor)
-    await ctx.services.identity.record_content_change(
-        ctx.actor, "tag.restore", repo, body.image, body.tag, client_address(request)
+    digest = await ctx.services.registry.restore_tag(
+        repo, body.image, body.tag, actor=ctx.actor, client=client_address(request)
     )
     return RestoredTag(image=body.image, tag=body.tag, digest=digest)
 
@@ -256,9 +170,4 @@ async def history(
     items, total = await images.history(
         repo, image=image, tag=tag, digest=digest, page=paging.page, per_page=paging.per_page
     )
-    return Page[Event](
-        items=[Event.model_validate(i) for i in items],
-        page=paging.page,
-        per_page=paging.per_page,
-        total=total,
-    )
+    return Page[Event](items=items, page=paging.page, per_page=paging.per_page, total=total)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Query, Request, Response
 from pydantic import BaseModel, Field
@@ -19,6 +19,7 @@ from berth.api.deps import (
 )
 from berth.api.problems import FieldError, responses
 from berth.domain.names import PROJECT_NAME_RULE, project_name_problem
+from berth.services.repositories import ProjectDetails
 from berth.state import Services
 
 router = APIRouter(prefix="/projects", tags=["projects"])
@@ -66,21 +67,21 @@ class QuotaUpdate(BaseModel):
 def _project(
     services: Services,
     request: Request,
-    details: dict[str, Any],
+    details: ProjectDetails,
     role: str | None,
     server_admin: bool,
 ) -> Project:
-    address = services.registry_address(details["name"], request.headers.get("host"))
+    address = services.registry_address(details.name, request.headers.get("host"))
     return Project(
-        name=details["name"],
-        created_at=details["created_at"],
+        name=details.name,
+        created_at=details.created_at,
         role=role,
         server_admin=server_admin,
         can_manage=server_admin or role in ("admin", "member"),
-        repositories=details["repositories"],
-        repository_quota=details["repository_quota"],
-        quota_is_default=details["quota_is_default"],
-        registry_host=details["name"] + services.settings.project_host_suffix,
+        repositories=details.repositories,
+        repository_quota=details.repository_quota,
+        quota_is_default=details.quota_is_default,
+        registry_host=details.name + services.settings.project_host_suffix,
         registry_address=address.login,
         image_prefix=address.prefix,
     )
@@ -107,9 +108,9 @@ async def list_projects(
         ids = list(roles)
     found = await services.repositories.project_details(ids)
     return [
-        _project(services, request, details, roles.get(details["id"]), principal.is_admin)
+        _project(services, request, details, roles.get(details.id), principal.is_admin)
         for details in found
-        if principal.is_admin or details["id"] in roles
+        if principal.is_admin or details.id in roles
     ]
 
 

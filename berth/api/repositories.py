@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import datetime as dt
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
@@ -19,12 +18,16 @@ from berth.api.deps import (
 )
 from berth.api.problems import FieldError, responses
 from berth.auth.guard import client_address
-from berth.services.repositories import MAX_DESCRIPTION, MAX_REPOSITORY_NAME
+from berth.services.repositories import (
+    MAX_DESCRIPTION,
+    MAX_REPOSITORY_NAME,
+    Repository,
+    ScanMode,
+    Visibility,
+)
 
 router = APIRouter(prefix="/projects/{project}/repositories", tags=["repositories"])
 
-Visibility = Literal["public", "private"]
-ScanMode = Literal["auto", "manual"]
 Description = Annotated[
     str,
     Field(
@@ -60,24 +63,6 @@ class RepositoryUpdate(BaseModel):
     scan_mode: ScanMode | None = None
 
 
-class Repository(BaseModel):
-    project: str
-    name: str
-    description: str
-    visibility: Visibility
-    tag_overwrite: bool
-    scan_mode: ScanMode
-    images: int = Field(description="images stored (an index and its platform images count once)")
-    created_at: dt.datetime
-    updated_at: dt.datetime = Field(
-        description="last modified: settings changed, or an image pushed or tagged"
-    )
-
-
-def _repository(found: dict[str, Any]) -> Repository:
-    return Repository.model_validate(found)
-
-
 @router.get("", responses=responses(404))
 async def list_repositories(
     ctx: ReadProject,
@@ -100,12 +85,7 @@ async def list_repositories(
         descending=order == "desc",
         query=q or None,
     )
-    return Page[Repository](
-        items=[_repository(i) for i in items],
-        page=paging.page,
-        per_page=paging.per_page,
-        total=total,
-    )
+    return Page[Repository](items=items, page=paging.page, per_page=paging.per_page, total=total)
 
 
 @router.post("", status_code=201, responses=responses(404, 409))
@@ -130,39 +110,31 @@ async def create_repository(
         detail={"visibility": body.visibility},
     )
     response.headers["Location"] = f"/api/v1/projects/{ctx.project}/repositories/{body.name}"
-    return _repository(created)
+    return created
 
 
 @router.get("/{repository}", responses=responses(404))
 async def show_repository(ctx: ReadProject, repository: RepositoryName) -> Repository:
-    return _repository(await ctx.services.repositories.show(ctx.project, repository))
+    return await ctx.services.repositories.show(ctx.project, repository)
 
 
 @router.patch("/{repository}", responses=responses(404))
 async def update_repository(
-    ctx: ManageProject, repository: RepositoryName, body: RepositoryUpdate
+    request: Request, ctx: ManageProject, repository: RepositoryName, body: RepositoryUpdate
 ) -> Repository:
     """Change a repository's settings; fields left out stay as they are."""
     if body.name is not None and body.name != repository:
         raise FieldError("name", "a repository's name is fixed once created")
-    changes = body.model_dump(exclude_unset=True, exclude_none=True, exclude={"name"})
-    updated = await ctx.services.repositories.update(
+    return await ctx.services.repositories.update(
         ctx.project,
         repository,
         public=body.visibility == "public" if body.visibility is not None else None,
         tag_overwrite=body.tag_overwrite,
         description=body.description,
         scan_mode=body.scan_mode,
+        actor=ctx.actor,
+        client=client_address(request),
     )
-    if changes:
-        await ctx.services.identity.record(
-            ctx.actor,
-            "repository.update",
-            project_id=ctx.project_id,
-            target=repository,
-            detail=changes,
-        )
-    return _repository(updated)
 
 
 @router.delete("/{repository}", status_code=204, responses=responses(404))
@@ -171,12 +143,7 @@ async def delete_repository(
 ) -> Response:
     """Delete a repository with its images and tags (their data goes at the next garbage
     collection)."""
-    await ctx.services.repositories.delete(ctx.project, repository)
-    await ctx.services.identity.record(
-        ctx.actor,
-        "repository.delete",
-        project_id=ctx.project_id,
-        target=repository,
-        client=client_address(request),
+    await ctx.services.repositories.delete(
+        ctx.project, repository, actor=ctx.actor, client=client_address(request)
     )
     return Response(status_code=204)

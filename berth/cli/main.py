@@ -47,6 +47,7 @@ from berth.data_location import missing_data, shown_database, where_to_point
 from berth.domain.errors import NameUnknown
 from berth.services.identity import CreatedKey
 from berth.services.images import Images
+from berth.services.records import plain
 from berth.state import Services
 
 # Plain help text (no Rich markup): brackets in argument names such as PROJECT/REPO[/IMAGE]
@@ -190,9 +191,9 @@ def status(json_output: JsonFlag = False) -> None:
 @project_app.command("create")
 def project_create(name: ProjectArg, json_output: JsonFlag = False) -> None:
     """Create a project."""
-    created = run_service(lambda s: s.repositories.create_project(name))
+    run_service(lambda s: s.repositories.create_project(name))
     if json_output:
-        print_json(created)
+        print_json({"name": name})
     else:
         console.print(f"Created project [bold]{name}[/]")
 
@@ -200,7 +201,7 @@ def project_create(name: ProjectArg, json_output: JsonFlag = False) -> None:
 @project_app.command("list")
 def project_list(json_output: JsonFlag = False) -> None:
     """List projects."""
-    found = run_service(lambda s: s.repositories.list_projects())
+    found = plain(run_service(lambda s: s.repositories.list_projects()))
     if json_output:
         print_json(found)
     else:
@@ -227,14 +228,16 @@ def repo_create(
 ) -> None:
     """Create a repository; images can be pushed into it afterwards."""
     project, repository = _split_repo(name)
-    created = run_service(
-        lambda s: s.repositories.create(
-            project,
-            repository,
-            public=public,
-            tag_overwrite=not no_tag_overwrite,
-            description=description,
-            scan_mode=scan,
+    created = plain(
+        run_service(
+            lambda s: s.repositories.create(
+                project,
+                repository,
+                public=public,
+                tag_overwrite=not no_tag_overwrite,
+                description=description,
+                scan_mode=scan,
+            )
         )
     )
     if json_output:
@@ -248,7 +251,7 @@ def repo_create(
 @repo_app.command("list")
 def repo_list(project: ProjectArg, json_output: JsonFlag = False) -> None:
     """List a project's repositories."""
-    found = run_service(lambda s: s.repositories.list(project))
+    found = plain(run_service(lambda s: s.repositories.list(project)))
     if json_output:
         print_json(found)
     else:
@@ -322,7 +325,7 @@ def repo_show(
 ) -> None:
     """Show a repository's settings and image count."""
     project, repository = _split_repo(name)
-    found = run_service(lambda s: s.repositories.show(project, repository))
+    found = plain(run_service(lambda s: s.repositories.show(project, repository)))
     if json_output:
         print_json(found)
     else:
@@ -347,14 +350,18 @@ def repo_update(
 ) -> None:
     """Change a repository's settings (the name is fixed once created)."""
     project, repository = _split_repo(name)
-    updated = run_service(
-        lambda s: s.repositories.update(
-            project,
-            repository,
-            public=public,
-            tag_overwrite=tag_overwrite,
-            description=description,
-            scan_mode=scan,
+    updated = plain(
+        run_service(
+            lambda s: s.repositories.update(
+                project,
+                repository,
+                public=public,
+                tag_overwrite=tag_overwrite,
+                description=description,
+                scan_mode=scan,
+                actor=cli_actor(),
+                client=CLI_CLIENT,
+            )
         )
     )
     if json_output:
@@ -375,14 +382,7 @@ def repo_delete(
         raise typer.Exit(1)
 
     async def work(s: Services) -> None:
-        await s.repositories.delete(project, repository)
-        await s.identity.record(
-            cli_actor(),
-            "repository.delete",
-            project_id=await s.repositories.project_id(project),
-            target=repository,
-            client=CLI_CLIENT,
-        )
+        await s.repositories.delete(project, repository, actor=cli_actor(), client=CLI_CLIENT)
 
     run_service(work)
     done(json_output, {"repository": name, "deleted": True}, f"Deleted repository {name}")
@@ -418,9 +418,11 @@ def image_list(
 
     async def work(s: Services) -> tuple[list[dict[str, Any]], int]:
         repo = await _repository_ref(s, project, repository)
-        return await Images(s.db, s.store).list_images(
+        found, total = await Images(s.db, s.store).list_images(
             repo, image=image or None, page=page, per_page=per_page
         )
+        # The CLI's listing shows the referrers themselves, not their count.
+        return [plain(i.model_dump(exclude={"referrer_count"})) for i in found], total
 
     items, total = run_service(work)
     if json_output:
@@ -462,7 +464,8 @@ def image_history(
             digest=digest,
             per_page=limit,
         )
-        return items
+        events: list[dict[str, Any]] = plain(items)
+        return events
 
     found = run_service(work)
     if json_output:
@@ -496,10 +499,7 @@ def tag_restore(
 
     async def work(s: Services) -> str:
         repo = await _repository_ref(s, project, repository)
-        actor = cli_actor()
-        digest = await s.registry.restore_tag(repo, image, tag, actor=actor)
-        await s.identity.record_content_change(actor, "tag.restore", repo, image, tag, CLI_CLIENT)
-        return digest
+        return await s.registry.restore_tag(repo, image, tag, actor=cli_actor(), client=CLI_CLIENT)
 
     digest = run_service(work)
     done(
@@ -712,7 +712,7 @@ def usage(
             "traffic": await s.usage.traffic(project, days=min(days, 92)),
         }
 
-    found = run_service(gather)
+    found = plain(run_service(gather))
     if json_output:
         print_json(found)
         return

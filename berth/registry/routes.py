@@ -26,7 +26,6 @@ from berth.auth.guard import (
     refuse_catalog,
     require_authenticated,
 )
-from berth.domain.digests import is_digest
 from berth.domain.errors import (
     BlobUnknown,
     DigestInvalid,
@@ -222,9 +221,8 @@ async def get_blob(request: Request) -> Response | BlobFileResponse:
 async def delete_blob(request: Request) -> Response:
     services, name, repo = await _target(request, NEEDS_DELETE)
     digest = request.path_params["digest"]
-    await services.registry.delete_blob(repo, digest)
-    await services.identity.record_content_change(
-        _actor(request), "blob.delete", repo, name.image, digest, client_address(request)
+    await services.registry.delete_blob(
+        repo, name.image, digest, actor=_actor(request), client=client_address(request)
     )
     return Response(status_code=202)
 
@@ -395,11 +393,8 @@ async def put_manifest(request: Request) -> Response:
 async def delete_manifest(request: Request) -> Response:
     services, name, repo = await _target(request, NEEDS_DELETE)
     reference = request.path_params["reference"]
-    actor = _actor(request)
-    await services.registry.delete_manifest(repo, name.image, reference, actor=actor)
-    action = "image.delete" if is_digest(reference) else "tag.delete"
-    await services.identity.record_content_change(
-        actor, action, repo, name.image, reference, client_address(request)
+    await services.registry.delete_manifest(
+        repo, name.image, reference, actor=_actor(request), client=client_address(request)
     )
     return Response(status_code=202)
 

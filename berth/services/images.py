@@ -1,6 +1,7 @@
 """Read models of a repository's content for the management API and CLI: images (top-level
 manifests) with their tags, sizes, platforms and referrers, tag listings and the image and
-tag history. Writes (delete, untag, restore) stay in `registry.py`, on the push path's rules.
+tag history (records in `image_records.py`). Writes (delete, untag, restore) stay in
+`manifests.py`, on the push path's rules.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from cachetools import LRUCache
 from sqlalchemy import Select, and_, func, select
 
 from berth.domain.digests import parse_digest
@@ -25,17 +27,16 @@ from berth.metadata.tables import (
     manifests,
     tags,
 )
+from berth.services.image_records import Child, Event, Image, ImageDetail, Layer, Referrer, Tag
 from berth.storage.base import BlobStore
 
-IMAGE_SORTS = ("pushed_at", "image", "size")
 # Config media types that say an image's platform (os, architecture, variant).
 IMAGE_CONFIG_TYPES = frozenset(
     {"application/vnd.oci.image.config.v1+json", "application/vnd.docker.container.image.v1+json"}
 )
 MAX_CONFIG_READ = 1 << 20  # a config larger than this is not read for its platform
 # Platform by config digest: content-addressed, so an entry never goes stale.
-_config_platforms: dict[str, str | None] = {}
-_CONFIG_CACHE_SIZE = 4096
+_config_platforms: LRUCache[str, str | None] = LRUCache(maxsize=4096)
 
 
 def platform_name(platform: dict[str, Any] | None) -> str | None:
@@ -44,10 +45,6 @@ def platform_name(platform: dict[str, Any] | None) -> str | None:
         return None
     parts = [platform.get("os"), platform.get("architecture"), platform.get("variant")]
     return "/".join(str(p) for p in parts if p) or None
-
-
-def _iso(value: Any) -> str | None:
-    return value.isoformat() if value is not None else None
 
 
 # What an image listing and an image's details read of a manifest.
@@ -87,7 +84,7 @@ class Images:
         page: int = 1,
         per_page: int = 20,
         descending: bool = True,
-    ) -> tuple[list[dict[str, Any]], int]:
+    ) -> tuple[list[Image], int]:
         """One page of a repository's images (newest first; `queries.is_image`) and how many
         there are: each with its tags, size (manifest and every blob it needs, an index's
         platform manifests included), platforms and referrers (signatures, SBOMs: listed under
@@ -104,11 +101,12 @@ class Images:
                     .offset((page - 1) * per_page)
                 )
             ).all()
-            items = await self._describe(conn, repo, rows, detail=False)
+            items = await self._describe(conn, repo, rows)
         return items, int(total or 0)
 
-    async def image(self, repo: RepositoryRef, image: str, digest: str) -> dict[str, Any]:
-        """One stored manifest (top-level or not) with its children, layers and referrers."""
+    async def image(self, repo: RepositoryRef, image: str, digest: str) -> ImageDetail:
+        """One stored manifest (top-level or not) with its children, layers, referrers and the
+        indexes that list it."""
         parse_digest(digest)
         async with self.db.read() as conn:
             row = (
@@ -126,20 +124,25 @@ class Images:
                     f"manifest {digest} is not in {where}repository {repo.project}/{repo.name}",
                     {"digest": digest},
                 )
-            [described] = await self._describe(conn, repo, [row], detail=True)
-        return described
-
-    async def parents(self, repo: RepositoryRef, image: str, digest: str) -> list[str]:
-        """Digests of the stored indexes (same repository and image) that list `digest`."""
-        async with self.db.read() as conn:
-            found = await conn.execute(
+            parents = await conn.execute(
                 indexes_listing(repo.id, image, digest).order_by(manifests.c.digest)
             )
-            return [str(row.digest) for row in found]
+            [described] = await self._describe(
+                conn, repo, [row], parents=[str(parent.digest) for parent in parents]
+            )
+        assert isinstance(described, ImageDetail)
+        return described
 
     async def _describe(
-        self, conn: Any, repo: RepositoryRef, rows: Sequence[Any], *, detail: bool
-    ) -> list[dict[str, Any]]:
+        self,
+        conn: Any,
+        repo: RepositoryRef,
+        rows: Sequence[Any],
+        *,
+        parents: list[str] | None = None,
+    ) -> list[Image]:
+        """Images for manifest rows; with `parents` (the indexes listing the one row given),
+        the details of one."""
         if not rows:
             return []
         ids = [r.id for r in rows]
@@ -200,7 +203,7 @@ class Images:
         tag_names = await self._tags_of(conn, repo, images, digests)
         referrers = await self._referrers_of(conn, repo, images, digests)
 
-        described = []
+        described: list[Image] = []
         for row in rows:
             tree_blobs = dict(blob_sizes.get(row.id, {}))
             size = int(row.size)
@@ -217,15 +220,17 @@ class Images:
                 child_blobs = blob_sizes.get(child.id, {})
                 tree_blobs.update(child_blobs)
                 entries.append(
-                    {
-                        "digest": child.digest,
-                        "media_type": child.media_type,
-                        "platform": platforms.get(row.id, {}).get(child.digest),
-                        "size": int(child.size) + sum(child_blobs.values()),
-                    }
+                    Child(
+                        digest=child.digest,
+                        media_type=child.media_type,
+                        platform=platforms.get(row.id, {}).get(child.digest),
+                        size=int(child.size) + sum(child_blobs.values()),
+                    )
                 )
             size += sum(tree_blobs.values())
-            item: dict[str, Any] = {
+            own = own_platforms.get(row.id)
+            its_referrers = referrers.get((row.image, row.digest), [])
+            fields: dict[str, Any] = {
                 "image": row.image,
                 "digest": row.digest,
                 "media_type": row.media_type,
@@ -233,19 +238,27 @@ class Images:
                 "subject": row.subject_digest,
                 "tags": tag_names.get((row.image, row.digest), []),
                 "size": size,
-                "platforms": [e["platform"] for e in entries if e["platform"]]
+                "platforms": [e.platform for e in entries if e.platform]
                 if row.media_type in INDEX_TYPES
-                else [own_platforms[row.id]]
-                if own_platforms.get(row.id)
+                else [own]
+                if own
                 else [],
-                "pushed_at": _iso(row.pushed_at),
-                "referrers": referrers.get((row.image, row.digest), []),
+                "pushed_at": row.pushed_at,
+                "referrer_count": len(its_referrers),
+                "referrers": its_referrers,
             }
-            if detail:
-                item["manifest_size"] = int(row.size)
-                item["children"] = entries
-                item["layers"] = await self._layers(conn, row.id, blob_sizes.get(row.id, {}))
-            described.append(item)
+            if parents is None:
+                described.append(Image(**fields))
+            else:
+                described.append(
+                    ImageDetail(
+                        **fields,
+                        manifest_size=int(row.size),
+                        children=entries,
+                        layers=await self._layers(conn, row.id, blob_sizes.get(row.id, {})),
+                        parents=parents,
+                    )
+                )
         return described
 
     async def _own_platforms(self, conn: Any, ids: list[int]) -> dict[int, str | None]:
@@ -267,8 +280,6 @@ class Images:
         found: dict[int, str | None] = {}
         for manifest_id, (digest, size) in configs.items():
             if digest not in _config_platforms and size <= MAX_CONFIG_READ:
-                if len(_config_platforms) >= _CONFIG_CACHE_SIZE:
-                    _config_platforms.clear()
                 _config_platforms[digest] = await self._config_platform(digest)
             found[manifest_id] = _config_platforms.get(digest)
         return found
@@ -282,7 +293,7 @@ class Images:
             return None  # missing or unreadable: no platform shown, nothing else fails
         return platform_name(document) if isinstance(document, dict) else None
 
-    async def _layers(self, conn: Any, manifest_id: int, sizes: dict[str, int]) -> list[Any]:
+    async def _layers(self, conn: Any, manifest_id: int, sizes: dict[str, int]) -> list[Layer]:
         """The blobs an image manifest lists, in its order, with their media types."""
         content = (
             await conn.execute(
@@ -296,11 +307,11 @@ class Images:
         except Exception:  # stored manifests parsed on push; be lenient in a read model
             return []
         return [
-            {
-                "digest": blob.digest,
-                "media_type": blob.media_type,
-                "size": sizes.get(blob.digest, blob.size),
-            }
+            Layer(
+                digest=blob.digest,
+                media_type=blob.media_type,
+                size=sizes.get(blob.digest, blob.size),
+            )
             for blob in parsed.blobs
         ]
 
@@ -322,8 +333,8 @@ class Images:
 
     async def _referrers_of(
         self, conn: Any, repo: RepositoryRef, images: Iterable[str], digests: Iterable[str]
-    ) -> dict[tuple[str, str], list[dict[str, Any]]]:
-        found: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
+    ) -> dict[tuple[str, str], list[Referrer]]:
+        found: dict[tuple[str, str], list[Referrer]] = defaultdict(list)
         for ref in await conn.execute(
             select(
                 manifests.c.image,
@@ -342,13 +353,13 @@ class Images:
             .order_by(manifests.c.pushed_at, manifests.c.id)
         ):
             found[(ref.image, ref.subject_digest)].append(
-                {
-                    "digest": ref.digest,
-                    "media_type": ref.media_type,
-                    "artifact_type": ref.artifact_type,
-                    "size": int(ref.size),
-                    "pushed_at": _iso(ref.pushed_at),
-                }
+                Referrer(
+                    digest=ref.digest,
+                    media_type=ref.media_type,
+                    artifact_type=ref.artifact_type,
+                    size=int(ref.size),
+                    pushed_at=ref.pushed_at,
+                )
             )
         return found
 
@@ -356,7 +367,7 @@ class Images:
 
     async def list_tags(
         self, repo: RepositoryRef, *, image: str | None = None, page: int = 1, per_page: int = 20
-    ) -> tuple[list[dict[str, Any]], int]:
+    ) -> tuple[list[Tag], int]:
         """Tags of a repository (or of one image name in it), by image name and tag."""
         query = select(tags.c.image, tags.c.name, tags.c.digest, tags.c.updated_at).where(
             tags.c.repository_id == repo.id
@@ -373,12 +384,7 @@ class Images:
                 .offset((page - 1) * per_page)
             )
             items = [
-                {
-                    "image": r.image,
-                    "tag": r.name,
-                    "digest": r.digest,
-                    "updated_at": _iso(r.updated_at),
-                }
+                Tag(image=r.image, tag=r.name, digest=r.digest, updated_at=r.updated_at)
                 for r in rows
             ]
         return items, int(total or 0)
@@ -394,7 +400,7 @@ class Images:
         digest: str | None = None,
         page: int = 1,
         per_page: int = 50,
-    ) -> tuple[list[dict[str, Any]], int]:
+    ) -> tuple[list[Event], int]:
         """Image and tag events of a repository, newest first, narrowed to an image name, a
         tag or a digest (as old or new digest); with whether each removed tag can be restored
         now (its last event is the removal and its image is still stored)."""
@@ -420,17 +426,17 @@ class Images:
             ).all()
             restorable = await self._restorable(conn, repo, rows)
         return [
-            {
-                "id": r.id,
-                "image": r.image,
-                "tag": r.tag,
-                "action": r.action,
-                "old_digest": r.old_digest,
-                "new_digest": r.new_digest,
-                "actor": r.actor,
-                "at": _iso(r.at),
-                "restorable": r.id in restorable,
-            }
+            Event(
+                id=r.id,
+                image=r.image,
+                tag=r.tag,
+                action=r.action,
+                old_digest=r.old_digest,
+                new_digest=r.new_digest,
+                actor=r.actor,
+                at=r.at,
+                restorable=r.id in restorable,
+            )
             for r in rows
         ], int(total or 0)
 

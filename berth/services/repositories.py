@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import builtins
-import time
+import datetime as dt
 from collections.abc import Collection
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Literal, get_args
 
+from cachetools import TTLCache
+from pydantic import Field
 from sqlalchemy import ColumnElement, bindparam, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -14,6 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from berth.domain.errors import Conflict, InvalidValue, NameInvalid, NameUnknown, QuotaExceeded
 from berth.domain.names import ImageName, is_valid_component, project_name_problem
 from berth.domain.references import RepositoryRef
+from berth.metadata.audit import write_audit_entry
 from berth.metadata.database import Database
 from berth.metadata.lookups import require_project
 from berth.metadata.queries import is_image
@@ -29,15 +33,49 @@ from berth.metadata.tables import (
     utcnow,
 )
 from berth.services.gc.restrictions import ensure_writable
+from berth.services.records import Record
 
 # How long a resolved repository is reused. Settings changed by another node or the admin CLI
 # take effect after this long; keeps one query off every pull.
 REPOSITORY_CACHE_SECONDS = 1.0
+REPOSITORY_CACHE_SIZE = 10_000
 MAX_DESCRIPTION = 100
 # A repository name leaves room for the project and an image path in a 255-character OCI name.
 MAX_REPOSITORY_NAME = 128
-SCAN_MODES = ("auto", "manual")
+Visibility = Literal["public", "private"]
+ScanMode = Literal["auto", "manual"]
+SCAN_MODES: tuple[str, ...] = get_args(ScanMode)
 REPOSITORY_SORTS = ("name", "images", "updated_at")
+
+
+class Repository(Record):
+    project: str
+    name: str
+    description: str
+    visibility: Visibility
+    tag_overwrite: bool
+    scan_mode: ScanMode
+    images: int = Field(description="images stored (an index and its platform images count once)")
+    created_at: dt.datetime
+    updated_at: dt.datetime = Field(
+        description="last modified: settings changed, or an image pushed or tagged"
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class ProjectEntry:
+    name: str
+    created_at: dt.datetime
+
+
+@dataclass(frozen=True, slots=True)
+class ProjectDetails:
+    id: int
+    name: str
+    created_at: dt.datetime
+    repositories: int
+    repository_quota: int  # its own, else the server default
+    quota_is_default: bool
 
 
 _REPOSITORY = (
@@ -57,7 +95,10 @@ class Repositories:
     def __init__(self, db: Database, default_quota: int = 100) -> None:
         self.db = db
         self.default_quota = default_quota
-        self._cache: dict[tuple[str, str], tuple[float, RepositoryRef]] = {}
+        # Found repositories by (project, name), as `lookup` says.
+        self._cache: TTLCache[tuple[str, str], RepositoryRef] = TTLCache(
+            maxsize=REPOSITORY_CACHE_SIZE, ttl=REPOSITORY_CACHE_SECONDS
+        )
 
     async def lookup(
         self, project: str, repository: str
@@ -66,39 +107,25 @@ class Repositories:
         repositories are cached briefly; absences are not, so a new repository works at once."""
         key = (project, repository)
         cached = self._cache.get(key)
-        now = time.monotonic()
-        if cached and cached[0] > now:
-            return cached[1].project_id, cached[1]
+        if cached is not None:
+            return cached.project_id, cached
         async with self.db.read() as conn:
             row = (
-                await conn.execute(
-                    select(
-                        repositories.c.id,
-                        repositories.c.project_id,
-                        repositories.c.public,
-                        repositories.c.tag_overwrite,
-                    )
-                    .join(projects, projects.c.id == repositories.c.project_id)
-                    .where(projects.c.name == project, repositories.c.name == repository)
-                )
+                await conn.execute(_REPOSITORY, {"project": project, "repository": repository})
             ).first()
             if row is None:
-                project_id = (
-                    await conn.execute(select(projects.c.id).where(projects.c.name == project))
-                ).scalar()
+                project_id = (await conn.execute(_PROJECT_ID, {"project": project})).scalar()
                 return project_id, None
         ref = RepositoryRef(
             row.id, row.project_id, project, repository, row.public, row.tag_overwrite
         )
-        self._cache[key] = (now + REPOSITORY_CACHE_SECONDS, ref)
+        self._cache[key] = ref
         return ref.project_id, ref
 
     async def project_id(self, project: str) -> int | None:
         """A project's id, or None when there is no such project."""
         async with self.db.read() as conn:
-            found = (
-                await conn.execute(select(projects.c.id).where(projects.c.name == project))
-            ).scalar()
+            found = (await conn.execute(_PROJECT_ID, {"project": project})).scalar()
         return int(found) if found is not None else None
 
     async def project_name(self, project_id: int) -> str | None:
@@ -115,7 +142,7 @@ class Repositories:
             raise name_unknown(name, project_exists=project_id is not None)
         return repo
 
-    async def create_project(self, name: str) -> dict[str, Any]:
+    async def create_project(self, name: str) -> None:
         problem = project_name_problem(name)
         if problem is not None:
             raise NameInvalid(problem, {"name": name[:80]})
@@ -124,14 +151,13 @@ class Repositories:
                 await conn.execute(projects.insert().values(name=name, created_at=utcnow()))
         except IntegrityError:
             raise Conflict(f"project {name!r} already exists") from None
-        return {"name": name}
 
-    async def list_projects(self) -> list[dict[str, Any]]:
+    async def list_projects(self) -> list[ProjectEntry]:
         async with self.db.read() as conn:
             rows = await conn.execute(
                 select(projects.c.name, projects.c.created_at).order_by(projects.c.name)
             )
-            return [{"name": r.name, "created_at": r.created_at.isoformat()} for r in rows]
+            return [ProjectEntry(r.name, r.created_at) for r in rows]
 
     async def create(
         self,
@@ -142,23 +168,17 @@ class Repositories:
         tag_overwrite: bool = True,
         description: str = "",
         scan_mode: str = "manual",
-    ) -> dict[str, Any]:
+    ) -> Repository:
         if not is_valid_component(name) or len(name) > MAX_REPOSITORY_NAME:
             raise NameInvalid(
                 f"invalid repository name {name!r}: lowercase letters and digits, "
                 f"with '.', '_', '__' or '-' between them, up to {MAX_REPOSITORY_NAME} characters"
             )
-        if len(description) > MAX_DESCRIPTION:
-            raise InvalidValue(
-                f"description is {len(description)} characters; at most 100", "description"
-            )
-        if scan_mode not in SCAN_MODES:
-            raise InvalidValue(f"scan mode must be one of {', '.join(SCAN_MODES)}", "scan_mode")
+        _check_description(description)
+        _check_scan_mode(scan_mode)
         now = utcnow()
         async with self.db.write() as conn:
-            project_id = (
-                await conn.execute(select(projects.c.id).where(projects.c.name == project))
-            ).scalar()
+            project_id = (await conn.execute(_PROJECT_ID, {"project": project})).scalar()
             if project_id is None:
                 raise NameUnknown(f"project {project!r} does not exist")
             exists = (
@@ -267,7 +287,7 @@ class Repositories:
 
     def forget_project(self, project: str) -> None:
         """Drop the project's cached repositories (once it is deleted)."""
-        for key in [k for k in self._cache if k[0] == project]:
+        for key in [k for k in list(self._cache) if k[0] == project]:
             self._cache.pop(key, None)
 
     async def update(
@@ -279,23 +299,25 @@ class Repositories:
         tag_overwrite: bool | None = None,
         description: str | None = None,
         scan_mode: str | None = None,
-    ) -> dict[str, Any]:
-        """Change a repository's settings (its name is fixed once created)."""
+        actor: str,
+        client: str | None,
+    ) -> Repository:
+        """Change a repository's settings (its name is fixed once created); the change is
+        audited (`repository.update`, its detail the settings given) when there is one."""
         changes: dict[str, Any] = {}
+        # The settings as the API names them, in its order.
+        audited: dict[str, Any] = {}
         if public is not None:
             changes["public"] = public
-        if tag_overwrite is not None:
-            changes["tag_overwrite"] = tag_overwrite
+            audited["visibility"] = "public" if public else "private"
         if description is not None:
-            if len(description) > MAX_DESCRIPTION:
-                raise InvalidValue(
-                    f"description is {len(description)} characters; at most 100", "description"
-                )
-            changes["description"] = description
+            _check_description(description)
+            changes["description"] = audited["description"] = description
+        if tag_overwrite is not None:
+            changes["tag_overwrite"] = audited["tag_overwrite"] = tag_overwrite
         if scan_mode is not None:
-            if scan_mode not in SCAN_MODES:
-                raise InvalidValue(f"scan mode must be one of {', '.join(SCAN_MODES)}", "scan_mode")
-            changes["scan_mode"] = scan_mode
+            _check_scan_mode(scan_mode)
+            changes["scan_mode"] = audited["scan_mode"] = scan_mode
         async with self.db.write() as conn:
             project_id = await require_project(conn, project)
             result = await conn.execute(
@@ -305,11 +327,22 @@ class Repositories:
             )
             if result.rowcount == 0:
                 raise NameUnknown(f"repository {project}/{name} does not exist")
+            if audited:
+                await write_audit_entry(
+                    conn,
+                    actor,
+                    "repository.update",
+                    project_id=project_id,
+                    target=name,
+                    detail=audited,
+                    client=client,
+                )
         self._cache.pop((project, name), None)
         return await self.show(project, name)
 
-    async def delete(self, project: str, name: str) -> None:
-        """Delete a repository with its images and tags; blob data goes at the next GC."""
+    async def delete(self, project: str, name: str, *, actor: str, client: str | None) -> None:
+        """Delete a repository with its images and tags, and audit it; blob data goes at the
+        next GC."""
         async with self.db.write() as conn:
             project_id = await require_project(conn, project)
             await ensure_writable(conn, project_id, project)
@@ -320,14 +353,17 @@ class Repositories:
             )
             if result.rowcount == 0:
                 raise NameUnknown(f"repository {project}/{name} does not exist")
+            await write_audit_entry(
+                conn, actor, "repository.delete", project_id=project_id, target=name, client=client
+            )
         self._cache.pop((project, name), None)
 
-    async def list(self, project: str) -> list[dict[str, Any]]:
+    async def list(self, project: str) -> list[Repository]:
         """Every repository of a project, by name."""
         async with self.db.read() as conn:
             project_id = await require_project(conn, project)
             rows = await conn.execute(self._listing(project_id).order_by(repositories.c.name))
-            return [_repository_dict(project, r) for r in rows]
+            return [_repository(project, r) for r in rows]
 
     async def page(
         self,
@@ -338,7 +374,7 @@ class Repositories:
         sort: str = "name",
         descending: bool = False,
         query: str | None = None,
-    ) -> tuple[builtins.list[dict[str, Any]], int]:
+    ) -> tuple[builtins.list[Repository], int]:
         """One page of a project's repositories and how many there are in all: sorted by
         name, image count or last modification, optionally only names containing `query`."""
         if sort not in REPOSITORY_SORTS:
@@ -358,7 +394,7 @@ class Repositories:
                 .limit(per_page)
                 .offset((page - 1) * per_page)
             )
-            items = [_repository_dict(project, r) for r in rows]
+            items = [_repository(project, r) for r in rows]
             total = (
                 await conn.execute(select(func.count()).select_from(matching.subquery()))
             ).scalar()
@@ -425,7 +461,7 @@ class Repositories:
             return func.max(*values, type_=UTCDateTime)
         return func.greatest(*values, type_=UTCDateTime)
 
-    async def show(self, project: str, name: str) -> dict[str, Any]:
+    async def show(self, project: str, name: str) -> Repository:
         async with self.db.read() as conn:
             project_id = await require_project(conn, project)
             row = (
@@ -433,11 +469,11 @@ class Repositories:
             ).first()
         if row is None:
             raise NameUnknown(f"repository {project}/{name} does not exist")
-        return _repository_dict(project, row)
+        return _repository(project, row)
 
     async def project_details(
         self, project_ids: Collection[int] | None = None
-    ) -> builtins.list[dict[str, Any]]:
+    ) -> builtins.list[ProjectDetails]:
         """Projects (all, or those with these ids) with their repository count and maximum."""
         counts = (
             select(repositories.c.project_id, func.count().label("repositories"))
@@ -461,20 +497,33 @@ class Repositories:
         async with self.db.read() as conn:
             rows = (await conn.execute(query)).all()
         return [
-            {
-                "id": r.id,
-                "name": r.name,
-                "created_at": r.created_at.isoformat(),
-                "repositories": int(r.repositories),
-                "repository_quota": (
+            ProjectDetails(
+                id=r.id,
+                name=r.name,
+                created_at=r.created_at,
+                repositories=int(r.repositories),
+                repository_quota=(
                     int(r.repository_quota)
                     if r.repository_quota is not None
                     else self.default_quota
                 ),
-                "quota_is_default": r.repository_quota is None,
-            }
+                quota_is_default=r.repository_quota is None,
+            )
             for r in rows
         ]
+
+
+def _check_description(description: str) -> None:
+    if len(description) > MAX_DESCRIPTION:
+        raise InvalidValue(
+            f"description is {len(description)} characters; at most {MAX_DESCRIPTION}",
+            "description",
+        )
+
+
+def _check_scan_mode(scan_mode: str) -> None:
+    if scan_mode not in SCAN_MODES:
+        raise InvalidValue(f"scan mode must be one of {', '.join(SCAN_MODES)}", "scan_mode")
 
 
 def name_unknown(name: ImageName, *, project_exists: bool) -> NameUnknown:
@@ -498,15 +547,15 @@ def name_unknown(name: ImageName, *, project_exists: bool) -> NameUnknown:
     )
 
 
-def _repository_dict(project: str, row: Any) -> dict[str, Any]:
-    return {
-        "project": project,
-        "name": row.name,
-        "description": row.description,
-        "visibility": "public" if row.public else "private",
-        "tag_overwrite": row.tag_overwrite,
-        "scan_mode": row.scan_mode,
-        "images": row.images,
-        "created_at": row.created_at.isoformat(),
-        "updated_at": row.updated_at.isoformat(),
-    }
+def _repository(project: str, row: Any) -> Repository:
+    return Repository(
+        project=project,
+        name=row.name,
+        description=row.description,
+        visibility="public" if row.public else "private",
+        tag_overwrite=row.tag_overwrite,
+        scan_mode=row.scan_mode,
+        images=row.images,
+        created_at=row.created_at,
+        updated_at=row.updated_at,
+    )

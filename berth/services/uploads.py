@@ -14,11 +14,11 @@ import errno
 import hashlib
 import re
 import uuid
-from collections import OrderedDict
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
+from cachetools import LRUCache
 from sqlalchemy import delete, select, update
 
 from berth.domain.digests import parse_digest
@@ -41,7 +41,7 @@ _UPLOAD_ID_RE = re.compile(r"[0-9a-f]{32}")
 _CONTENT_RANGE_RE = re.compile(r"(?:bytes[ =])?(\d+)-(\d+)(?:/(?:\d+|\*))?")
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
 class Upload:
     id: str
     repository_id: int
@@ -54,7 +54,7 @@ class _HashStates:
     """In-memory sha256 states by upload id, each valid at one offset. Bounded (LRU)."""
 
     def __init__(self) -> None:
-        self._states: OrderedDict[str, tuple[int, Any]] = OrderedDict()
+        self._states: LRUCache[str, tuple[int, Any]] = LRUCache(maxsize=MAX_HASH_STATES)
 
     def take(self, upload_id: str, offset: int) -> Any | None:
         state = self._states.pop(upload_id, None)
@@ -62,8 +62,6 @@ class _HashStates:
 
     def put(self, upload_id: str, offset: int, hasher: Any) -> None:
         self._states[upload_id] = (offset, hasher)
-        while len(self._states) > MAX_HASH_STATES:
-            self._states.popitem(last=False)
 
     def drop(self, upload_id: str) -> None:
         self._states.pop(upload_id, None)
@@ -212,8 +210,11 @@ class Uploads:
                     raise
                 finally:
                     await writer.close()
-            upload.offset += written
-            upload.digest_at_offset = "sha256:" + hasher.copy().hexdigest()
+            upload = replace(
+                upload,
+                offset=upload.offset + written,
+                digest_at_offset="sha256:" + hasher.copy().hexdigest(),
+            )
             self._hashes.put(upload.id, upload.offset, hasher)
             async with self.db.write() as conn:
                 await conn.execute(

@@ -36,6 +36,7 @@ from berth.metadata.tables import (
     traffic_daily,
     utcnow,
 )
+from berth.services import usage_records as records
 
 GB = 10**9
 STORAGE_SAMPLE_RETENTION_DAYS = 400
@@ -83,13 +84,6 @@ def _month_start(day: dt.date, back: int = 0) -> dt.date:
 
 def _money(value: Decimal) -> float:
     return float(value.quantize(CENT, rounding=ROUND_HALF_UP))
-
-
-def _change(current: int, previous: int) -> dict[str, Any]:
-    return {
-        "change_bytes": current - previous,
-        "change_percent": round((current - previous) * 100 / previous, 2) if previous else None,
-    }
 
 
 class Usage:
@@ -166,13 +160,13 @@ class Usage:
             for pid in blob_totals.keys() | manifest_bytes.keys() | images.keys()
         }
 
-    async def collect(self, project: str) -> dict[str, Any]:
+    async def collect(self, project: str) -> records.StorageSample:
         """Measure one project's storage now and record the sample (on demand)."""
         async with self.db.read() as conn:
             project_id = await require_project(conn, project)
         return await self._collect(project_id)
 
-    async def _collect(self, project_id: int) -> dict[str, Any]:
+    async def _collect(self, project_id: int) -> records.StorageSample:
         return _sample(*await self._record(project_id))
 
     async def _record(self, project_id: int) -> tuple[dt.datetime, StorageFigures]:
@@ -226,7 +220,7 @@ class Usage:
             return project_id, *await self._record(project_id)
         return project_id, last.at, StorageFigures(last.bytes, last.blobs, last.images)
 
-    async def storage(self, project: str, days: int = 30) -> dict[str, Any]:
+    async def storage(self, project: str, days: int = 30) -> records.StorageUsage:
         """The storage series of the last `days` days, oldest first, and the last collection."""
         if not 1 <= days <= STORAGE_SAMPLE_RETENTION_DAYS:
             raise InvalidValue(
@@ -249,13 +243,13 @@ class Usage:
                 rows[-1].at,
                 StorageFigures(rows[-1].bytes, rows[-1].blobs, rows[-1].images),
             )
-        return {
-            "project": project,
-            "collected_at": at.isoformat(),
-            "collect_interval_seconds": self.storage_collect_interval,
-            "last": _sample(at, figures),
-            "samples": [_sample(r.at, StorageFigures(r.bytes, r.blobs, r.images)) for r in rows],
-        }
+        return records.StorageUsage(
+            project=project,
+            collected_at=at,
+            collect_interval_seconds=self.storage_collect_interval,
+            last=_sample(at, figures),
+            samples=[_sample(r.at, StorageFigures(r.bytes, r.blobs, r.images)) for r in rows],
+        )
 
     # ------------------------------------------------------------------ traffic
 
@@ -266,7 +260,7 @@ class Usage:
         days: int = 92,
         repository: str | None = None,
         today: dt.date | None = None,
-    ) -> dict[str, Any]:
+    ) -> records.Traffic:
         """Daily series for the last `days` days (zero-filled), monthly totals of the current
         month and the two before it with their change over the month before, and the estimated
         charge; narrowed to one repository when `repository` is given (its share of the
@@ -321,55 +315,58 @@ class Usage:
                 daily[row.day].add(row.bytes, row.requests)
                 by_repository[row.repository_id].add(row.bytes, row.requests)
 
-        def month_figures(start: dt.date, previous: dt.date) -> dict[str, Any]:
+        def month_figures(start: dt.date, previous: dt.date) -> records.MonthTrend:
             count, total = months[start], project_months[start]
             charge = self.pricing.charge(total)
             if repository_id is not None:  # the repository's share of the project's charge
                 charge = charge * count.bytes / total if total else Decimal(0)
-            return {
-                "month": start.strftime("%Y-%m"),
-                "bytes": count.bytes,
-                "requests": count.requests,
-                **_change(count.bytes, months[previous].bytes),
-                "estimated_charge": _money(charge),
-                "currency": self.pricing.currency,
-            }
+            before = months[previous].bytes
+            return records.MonthTrend(
+                month=start.strftime("%Y-%m"),
+                bytes=count.bytes,
+                requests=count.requests,
+                change_bytes=count.bytes - before,
+                change_percent=round((count.bytes - before) * 100 / before, 2) if before else None,
+                estimated_charge=_money(charge),
+                currency=self.pricing.currency,
+            )
 
         monthly = [month_figures(month_starts[i], month_starts[i - 1]) for i in range(1, 4)]
         series = [first_day + dt.timedelta(days=i) for i in range(days)]
-        result: dict[str, Any] = {
-            "project": project,
-            "repository": repository,
-            "first_day": first_day.isoformat(),
-            "last_day": today.isoformat(),
-            "daily": [
-                {"day": day.isoformat(), "bytes": daily[day].bytes, "requests": daily[day].requests}
-                for day in series
-            ],
-            "total_bytes": sum(count.bytes for count in daily.values()),
-            "total_requests": sum(count.requests for count in daily.values()),
-            "months": monthly,
-            "this_month": monthly[-1],
-            "pricing": {
-                "price_per_gb": self.pricing.price_per_gb,
-                "free_gb_per_month": self.pricing.free_gb,
-                "gb": GB,
-                "currency": self.pricing.currency,
-            },
-        }
+        shares = None  # per repository: for the whole project only
         if repository is None:
             ranked = sorted(by_repository.items(), key=lambda item: (-item[1].bytes, item[0]))
-            result["repositories"] = [
-                {
-                    "repository": names.get(rid),
-                    "repository_id": rid,
-                    "deleted": rid not in names,
-                    "bytes": count.bytes,
-                    "requests": count.requests,
-                }
+            shares = [
+                records.RepositoryTraffic(
+                    repository=names.get(rid),
+                    repository_id=rid,
+                    deleted=rid not in names,
+                    bytes=count.bytes,
+                    requests=count.requests,
+                )
                 for rid, count in ranked
             ]
-        return result
+        return records.Traffic(
+            project=project,
+            repository=repository,
+            first_day=first_day,
+            last_day=today,
+            daily=[
+                records.DayTraffic(day=day, bytes=daily[day].bytes, requests=daily[day].requests)
+                for day in series
+            ],
+            total_bytes=sum(count.bytes for count in daily.values()),
+            total_requests=sum(count.requests for count in daily.values()),
+            months=monthly,
+            this_month=monthly[-1],
+            pricing=records.Pricing(
+                price_per_gb=self.pricing.price_per_gb,
+                free_gb_per_month=self.pricing.free_gb,
+                gb=GB,
+                currency=self.pricing.currency,
+            ),
+            repositories=shares,
+        )
 
     async def prune(self, today: dt.date | None = None) -> dict[str, int]:
         """Delete traffic rows past the retention and storage samples past theirs (daily job)."""
@@ -387,7 +384,7 @@ class Usage:
 
     # ------------------------------------------------------------------ summary
 
-    async def summary(self, project: str, *, today: dt.date | None = None) -> dict[str, Any]:
+    async def summary(self, project: str, *, today: dt.date | None = None) -> records.Summary:
         """The management summary: repositories stored / maximum, images, storage used (the
         last sample, as the storage series shows it; taken now if there has been none), this month's outbound traffic,
         the last garbage collection and the image limit."""
@@ -449,43 +446,39 @@ class Usage:
             quota = int(settings_row.repository_quota)
         last_gc = settings_row.last_gc_at if settings_row is not None else None
         month_bytes = int(traffic_row[0])
-        return {
-            "project": project,
-            "repositories": {"stored": int(repository_count), "maximum": quota},
-            "images": {
-                "stored": int(images),
-                "limit_per_repository": self.max_images_per_repository,
-            },
-            "storage": storage,
-            "traffic_this_month": {
-                "month": month.strftime("%Y-%m"),
-                "bytes": month_bytes,
-                "requests": int(traffic_row[1]),
-                "estimated_charge": _money(self.pricing.charge(month_bytes)),
-                "currency": self.pricing.currency,
-            },
-            "gc_grace_period_seconds": self.gc_grace_period,
-            "last_gc_at": last_gc.isoformat() if last_gc is not None else None,
-            "last_gc_run": {
-                "id": last_run.id,
-                "state": last_run.state,
-                "dry_run": last_run.dry_run,
-                "delete_untagged": last_run.delete_untagged,
-                "finished_at": last_run.finished_at.isoformat(),
-            }
+        return records.Summary(
+            project=project,
+            repositories=records.RepositoryCount(stored=int(repository_count), maximum=quota),
+            images=records.ImageCount(
+                stored=int(images), limit_per_repository=self.max_images_per_repository
+            ),
+            storage=storage,
+            traffic_this_month=records.MonthTraffic(
+                month=month.strftime("%Y-%m"),
+                bytes=month_bytes,
+                requests=int(traffic_row[1]),
+                estimated_charge=_money(self.pricing.charge(month_bytes)),
+                currency=self.pricing.currency,
+            ),
+            gc_grace_period_seconds=self.gc_grace_period,
+            last_gc_at=last_gc,
+            last_gc_run=records.FinishedRun(
+                id=last_run.id,
+                state=last_run.state,
+                dry_run=last_run.dry_run,
+                delete_untagged=last_run.delete_untagged,
+                finished_at=last_run.finished_at,
+            )
             if last_run is not None
             else None,
-            "storage_collect_interval_seconds": self.storage_collect_interval,
-        }
+            storage_collect_interval_seconds=self.storage_collect_interval,
+        )
 
 
-def _sample(at: dt.datetime | None, figures: StorageFigures) -> dict[str, Any]:
-    return {
-        "collected_at": at.isoformat() if at is not None else None,
-        "bytes": figures.bytes,
-        "blobs": figures.blobs,
-        "images": figures.images,
-    }
+def _sample(at: dt.datetime | None, figures: StorageFigures) -> records.StorageSample:
+    return records.StorageSample(
+        collected_at=at, bytes=figures.bytes, blobs=figures.blobs, images=figures.images
+    )
 
 
 async def _last_sample(conn: AsyncConnection, project_id: int) -> Any:

@@ -12,6 +12,7 @@ from typing import Any, TypeVar
 import httpx
 import pytest
 
+from berth.services.records import plain
 from tests.conftest import BACKENDS, database_url_for
 from tests.servers import BerthServer, PostgresCluster
 
@@ -108,5 +109,5 @@ def eventually(read: Callable[[], T], done: Callable[[T], bool], timeout: float 
 def traffic(server: BerthServer, project: str, **options: Any) -> dict[str, Any]:
     """The traffic figures as the usage service reads them from the server's database (also
     while the server is stopped)."""
-    found: dict[str, Any] = server._services(lambda s: s.usage.traffic(project, **options))
+    found: dict[str, Any] = plain(server._services(lambda s: s.usage.traffic(project, **options)))
     return found

@@ -1,0 +1,182 @@
+"""Blobs of a repository: their size, checking a blob's file before it is served, unlinking
+and cross-repository mounts."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from pathlib import Path
+
+from cachetools import LRUCache
+from sqlalchemy import bindparam, delete, select
+from sqlalchemy.exc import IntegrityError
+
+from berth.domain.digests import digest_bytes, parse_digest
+from berth.domain.errors import BlobUnknown
+from berth.domain.references import RepositoryRef
+from berth.metadata.database import Database
+from berth.metadata.tables import (
+    blobs,
+    manifest_references,
+    manifests,
+    repositories,
+    repository_blobs,
+    utcnow,
+)
+from berth.services.content_audit import audit_content_change
+from berth.services.content_in_use import in_use_refusal, manifests_using
+from berth.services.gc.restrictions import ensure_writable
+from berth.storage.base import BlobStore
+
+logger = logging.getLogger("berth.registry")
+
+# Blobs up to this size are hashed before each download (configs, small layers); larger ones
+# are checked by size here and fully by the storage check (`berth storage check`, the scrub).
+VERIFY_ON_READ_BYTES = 1024 * 1024
+# Verified on the event loop itself up to this size (about 20 µs), in a thread above it.
+INLINE_VERIFY_BYTES = 64 * 1024
+VERIFIED_FILES_KEPT = 100_000  # about 15 MB of (digest, inode, mtime)
+
+
+def _read_if_whole(path: Path, digest: str) -> bytes | None:
+    """The file's bytes if they hash to `digest`, else None (FileNotFoundError if it is gone:
+    removed, not damaged)."""
+    content = path.read_bytes()
+    return content if digest_bytes(content, parse_digest(digest).algorithm) == digest else None
+
+
+# The pull path's statements, built once (bindparams); Database.first runs them fastest.
+_BLOB_SIZE = (
+    select(blobs.c.size)
+    .join(repository_blobs, repository_blobs.c.digest == blobs.c.digest)
+    .where(
+        repository_blobs.c.repository_id == bindparam("repository_id"),
+        blobs.c.digest == bindparam("digest"),
+    )
+)
+
+
+class BlobContent:
+    """Blobs: a part of `Registry`."""
+
+    db: Database
+    store: BlobStore
+    # digest -> (inode, mtime) of the blob file last found whole (see verified_blob).
+    _verified: LRUCache[str, tuple[int, int]]
+
+    async def blob_size(self, repo: RepositoryRef, digest: str) -> int:
+        parse_digest(digest)
+        row = await self.db.first(_BLOB_SIZE, repository_id=repo.id, digest=digest)
+        if row is None:
+            raise BlobUnknown(f"blob {digest} is not in this repository", {"digest": digest})
+        return int(row[0])
+
+    def blob_path(self, digest: str) -> Path | None:
+        return self.store.local_path(digest)
+
+    async def verified_blob(self, digest: str, size: int, path: Path) -> bytes | None:
+        """Check a blob's file before serving it: there, of its recorded size and, when small,
+        with bytes that hash to its digest. Freshly hashed bytes are returned, to be served
+        from memory; None means "serve the file". A file that fails is set aside (missing:
+        pushing it again repairs it) and BLOB_UNKNOWN raised, so damaged bytes are never
+        served under the digest.
+
+        A file hashed once is not hashed again while it stays the same file (inode and
+        modification time): a rewrite or a replaced file is checked anew, bit rot in place is
+        the scrub's to find (`berth storage check`)."""
+        try:
+            stored = os.stat(path)
+        except FileNotFoundError:
+            raise BlobUnknown(
+                f"blob {digest} is missing from storage; push it again", {"digest": digest}
+            ) from None
+        if stored.st_size == size:
+            if size > VERIFY_ON_READ_BYTES:
+                return None
+            identity = (stored.st_ino, stored.st_mtime_ns)
+            if self._verified.get(digest) == identity:
+                return None
+            try:
+                if size <= INLINE_VERIFY_BYTES:
+                    # Once per file and process (then remembered): a page-cache read and a
+                    # hash of a few kB cost less than a thread hop.
+                    content = _read_if_whole(path, digest)
+                else:
+                    content = await asyncio.to_thread(_read_if_whole, path, digest)
+            except FileNotFoundError:  # removed meanwhile (garbage collection): not damaged
+                raise BlobUnknown(
+                    f"blob {digest} is missing from storage; push it again", {"digest": digest}
+                ) from None
+            if content is not None:
+                self._verified[digest] = identity
+                return content
+        self._verified.pop(digest, None)
+        await self.store.quarantine(digest)
+        logger.error("blob %s is damaged in storage: set aside until pushed again", digest)
+        raise BlobUnknown(
+            f"blob {digest} is damaged in storage and was set aside; push it again",
+            {"digest": digest},
+        )
+
+    async def delete_blob(
+        self, repo: RepositoryRef, image: str, digest: str, *, actor: str, client: str | None
+    ) -> None:
+        """Unlink a blob from a repository (asked for under an image name of it) and audit it;
+        its bytes go at the next garbage collection. Refused while a manifest of the
+        repository uses it: that image would no longer pull."""
+        parse_digest(digest)
+        async with self.db.write() as conn:
+            users, total = await manifests_using(
+                conn,
+                select(manifests.c.image, manifests.c.digest)
+                .join(manifest_references, manifest_references.c.manifest_id == manifests.c.id)
+                .where(
+                    manifests.c.repository_id == repo.id,
+                    manifest_references.c.digest == digest,
+                    ~manifest_references.c.is_manifest,
+                )
+                .order_by(manifests.c.id),
+            )
+            if users:
+                raise await in_use_refusal(conn, repo, f"blob {digest}", users, total)
+            result = await conn.execute(
+                delete(repository_blobs).where(
+                    repository_blobs.c.repository_id == repo.id, repository_blobs.c.digest == digest
+                )
+            )
+            if result.rowcount == 0:
+                raise BlobUnknown(f"blob {digest} is not in this repository", {"digest": digest})
+            await audit_content_change(
+                conn, "blob.delete", repo, image, digest, actor=actor, client=client
+            )
+
+    async def mount(self, repo: RepositoryRef, digest: str, source: RepositoryRef | None) -> bool:
+        """Link a blob held by `source` (or, without one, anywhere in the project) to `repo`."""
+        parse_digest(digest)
+        holder = select(repository_blobs.c.repository_id).where(repository_blobs.c.digest == digest)
+        if source is not None:
+            holder = holder.where(repository_blobs.c.repository_id == source.id)
+        else:
+            holder = holder.join(
+                repositories, repositories.c.id == repository_blobs.c.repository_id
+            ).where(repositories.c.project_id == repo.project_id)
+        if await self.store.stat(digest) is None:
+            return False  # recorded, but its bytes are missing (set aside): upload them
+        now = utcnow()
+        try:
+            async with self.db.write() as conn:
+                if (await conn.execute(holder.limit(1))).first() is None:
+                    return False  # a miss writes nothing: no restriction to check
+                await ensure_writable(conn, repo.project_id, repo.project)
+                # A fresh link time, as for an upload: the grace period covers this push.
+                await conn.execute(
+                    self.db.upsert(
+                        repository_blobs, ["repository_id", "digest"], {"linked_at": now}
+                    ).values(repository_id=repo.id, digest=digest, linked_at=now)
+                )
+        except IntegrityError:
+            # Garbage collection of another project removed the blob's last link and row
+            # between the check and the link (PostgreSQL): the client uploads it instead.
+            return False
+        return True

@@ -1,0 +1,469 @@
+"""Manifests and tags of a repository: fetching, pushing (with its checks: references present,
+image limit, tag overwrite), deleting, and restoring a removed tag. Every change is written to
+the image history in its transaction."""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import and_, bindparam, delete, func, select, update
+
+from berth.domain.digests import digest_bytes, is_digest, parse_digest
+from berth.domain.errors import (
+    Conflict,
+    Denied,
+    DigestInvalid,
+    ManifestBlobUnknown,
+    ManifestInvalid,
+    ManifestUnknown,
+)
+from berth.domain.manifests import (
+    MAX_MANIFEST_BYTES,
+    ParsedManifest,
+    manifest_too_large,
+    parse_manifest,
+    stored_blobs,
+)
+from berth.domain.names import is_valid_tag
+from berth.domain.references import RepositoryRef
+from berth.metadata.database import Database
+from berth.metadata.queries import indexes_listing, is_image
+from berth.metadata.tables import (
+    image_events,
+    manifest_references,
+    manifests,
+    repositories,
+    repository_blobs,
+    tags,
+    utcnow,
+)
+from berth.services.content_audit import audit_content_change
+from berth.services.content_in_use import in_use_refusal, manifests_using
+from berth.services.gc.restrictions import ensure_writable
+
+logger = logging.getLogger("berth.registry")
+
+
+@dataclass(frozen=True, slots=True)
+class StoredManifest:
+    digest: str
+    media_type: str
+    content: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class PushedManifest:
+    digest: str
+    subject: str | None
+
+
+_MANIFEST_COLUMNS = (manifests.c.digest, manifests.c.media_type, manifests.c.content)
+_MANIFEST_BY_DIGEST = select(*_MANIFEST_COLUMNS).where(
+    manifests.c.repository_id == bindparam("repository_id"),
+    manifests.c.image == bindparam("image"),
+    manifests.c.digest == bindparam("reference"),
+)
+_MANIFEST_BY_TAG = (
+    select(*_MANIFEST_COLUMNS)
+    .join(
+        tags,
+        and_(
+            tags.c.repository_id == manifests.c.repository_id,
+            tags.c.image == manifests.c.image,
+            tags.c.digest == manifests.c.digest,
+        ),
+    )
+    .where(
+        tags.c.repository_id == bindparam("repository_id"),
+        tags.c.image == bindparam("image"),
+        tags.c.name == bindparam("reference"),
+    )
+)
+
+
+async def count_images(conn: Any, repository_id: int) -> int:
+    """Images in a repository: top-level manifests (an index's children are not counted)."""
+    count = await conn.execute(
+        select(func.count())
+        .select_from(manifests)
+        .where(manifests.c.repository_id == repository_id, is_image())
+    )
+    return int(count.scalar() or 0)
+
+
+class ManifestContent:
+    """Manifests and tags: a part of `Registry`."""
+
+    db: Database
+    max_images: int
+
+    async def get_manifest(self, repo: RepositoryRef, image: str, reference: str) -> StoredManifest:
+        if is_digest(reference):
+            parse_digest(reference)
+            statement = _MANIFEST_BY_DIGEST
+        else:
+            statement = _MANIFEST_BY_TAG
+        row = None
+        if is_digest(reference) or is_valid_tag(reference):  # no other tag can be stored
+            row = await self.db.first(
+                statement, repository_id=repo.id, image=image, reference=reference
+            )
+        if row is None:
+            raise ManifestUnknown(
+                f"manifest {reference!r} is not in this repository", {"reference": reference}
+            )
+        content = bytes(row[2])
+        if digest_bytes(content, parse_digest(row[0]).algorithm) != row[0]:
+            logger.error("manifest %s is damaged in the database", row[0])
+            raise ManifestUnknown(
+                f"manifest {row[0]} is damaged in storage; push it again",
+                {"digest": row[0]},
+            )
+        return StoredManifest(row[0], row[1], content)
+
+    async def put_manifest(
+        self,
+        repo: RepositoryRef,
+        image: str,
+        reference: str,
+        body: bytes,
+        content_type: str | None,
+        *,
+        project_wide: bool = True,
+        actor: str = "anonymous",
+    ) -> PushedManifest:
+        """Store a manifest (and move its tag). Its blobs must be in the project, or, with
+        `project_wide` off (a pusher with only a repository role), in this repository."""
+        if len(body) > MAX_MANIFEST_BYTES:
+            raise manifest_too_large()
+        tag: str | None = None
+        if is_digest(reference):
+            expected = parse_digest(reference)
+            digest = digest_bytes(body, expected.algorithm)
+            if digest != reference:
+                raise DigestInvalid(
+                    f"manifest content has digest {digest}, not {reference}",
+                    {"expected": reference, "actual": digest},
+                )
+        else:
+            if not is_valid_tag(reference):
+                raise ManifestInvalid(
+                    f"invalid tag {reference!r}: up to 128 letters, digits, '_', '.' and '-', "
+                    "not starting with '.' or '-'",
+                    {"tag": reference},
+                )
+            tag = reference
+            digest = digest_bytes(body)
+        parsed = parse_manifest(body, content_type)
+        async with self.db.write() as conn:
+            await ensure_writable(conn, repo.project_id, repo.project)
+            await self._check_references(conn, repo, image, parsed, project_wide)
+            known = (
+                await conn.execute(
+                    select(manifests.c.id, manifests.c.content).where(
+                        manifests.c.repository_id == repo.id,
+                        manifests.c.image == image,
+                        manifests.c.digest == digest,
+                    )
+                )
+            ).first()
+            if known is not None and bytes(known.content) != body:
+                # Stored bytes damaged since: these match the digest, so they repair it.
+                await conn.execute(
+                    update(manifests).where(manifests.c.id == known.id).values(content=body)
+                )
+            if known is None:
+                await self._lock_repository(conn, repo)
+                await self._insert_manifest(conn, repo, image, digest, body, parsed)
+                await self._check_image_limit(conn, repo)
+                await self._event(conn, repo, image, None, "push", None, digest, actor)
+            if tag is not None:
+                await self._move_tag(conn, repo, image, tag, digest, actor)
+        return PushedManifest(digest, parsed.subject.digest if parsed.subject else None)
+
+    async def _lock_repository(self, conn: Any, repo: RepositoryRef) -> None:
+        """Serialize pushes to one repository, so the image count cannot be raced past its
+        limit (SQLite's single writer does this already)."""
+        if not self.db.is_sqlite:
+            await conn.execute(
+                select(repositories.c.id).where(repositories.c.id == repo.id).with_for_update()
+            )
+
+    async def _check_image_limit(self, conn: Any, repo: RepositoryRef) -> None:
+        """After inserting a manifest: refuse (rolling it back) past the repository's limit."""
+        limit = self.max_images
+        total = (
+            await conn.execute(
+                select(func.count())
+                .select_from(manifests)
+                .where(manifests.c.repository_id == repo.id)
+            )
+        ).scalar()
+        if total <= limit:
+            return  # images never outnumber manifests: no need for the exact count
+        if await count_images(conn, repo.id) > limit:
+            raise Denied(
+                f"repository {repo.project}/{repo.name} has reached its limit of {limit:,} images "
+                "(max_images_per_repository); delete images or run garbage collection first",
+                {"limit": limit},
+            )
+
+    async def _event(
+        self,
+        conn: Any,
+        repo: RepositoryRef,
+        image: str,
+        tag: str | None,
+        action: str,
+        old: str | None,
+        new: str | None,
+        actor: str,
+    ) -> None:
+        await conn.execute(
+            image_events.insert().values(
+                repository_id=repo.id,
+                image=image,
+                tag=tag,
+                action=action,
+                old_digest=old,
+                new_digest=new,
+                actor=actor,
+                at=utcnow(),
+            )
+        )
+
+    async def _check_references(
+        self, conn: Any, repo: RepositoryRef, image: str, parsed: ParsedManifest, project_wide: bool
+    ) -> None:
+        needed = stored_blobs(parsed)
+        if needed:
+            holders = select(repository_blobs.c.digest).where(repository_blobs.c.digest.in_(needed))
+            if project_wide:
+                holders = holders.join(
+                    repositories, repositories.c.id == repository_blobs.c.repository_id
+                ).where(repositories.c.project_id == repo.project_id)
+            else:
+                holders = holders.where(repository_blobs.c.repository_id == repo.id)
+            found = set((await conn.execute(holders.distinct())).scalars())
+            missing = [d for d in needed if d not in found]
+            if missing:
+                where = "this project" if project_wide else "this repository"
+                raise ManifestBlobUnknown(
+                    f"manifest references blob {missing[0]}, which is not in {where}; "
+                    "push the blob first",
+                    {"missing": missing},
+                )
+        children = [child.digest for child in parsed.children]
+        if children:
+            found = set(
+                (
+                    await conn.execute(
+                        select(manifests.c.digest).where(
+                            manifests.c.repository_id == repo.id,
+                            manifests.c.image == image,
+                            manifests.c.digest.in_(children),
+                        )
+                    )
+                ).scalars()
+            )
+            missing = [d for d in children if d not in found]
+            if missing:
+                raise ManifestBlobUnknown(
+                    f"index references manifest {missing[0]}, which is not in this repository; "
+                    "push the platform manifests first",
+                    {"missing": missing},
+                )
+
+    async def _insert_manifest(
+        self,
+        conn: Any,
+        repo: RepositoryRef,
+        image: str,
+        digest: str,
+        body: bytes,
+        parsed: ParsedManifest,
+    ) -> None:
+        now = utcnow()
+        result = await conn.execute(
+            manifests.insert().values(
+                repository_id=repo.id,
+                image=image,
+                digest=digest,
+                media_type=parsed.media_type,
+                artifact_type=parsed.artifact_type,
+                subject_digest=parsed.subject.digest if parsed.subject else None,
+                size=len(body),
+                content=body,
+                annotations=json.dumps(parsed.annotations) if parsed.annotations else None,
+                pushed_at=now,
+            )
+        )
+        manifest_id = int(result.inserted_primary_key[0])
+        references = {d: False for d in stored_blobs(parsed)}
+        references.update({child.digest: True for child in parsed.children})
+        if references:
+            await conn.execute(
+                manifest_references.insert(),
+                [
+                    {"manifest_id": manifest_id, "digest": d, "is_manifest": is_manifest}
+                    for d, is_manifest in references.items()
+                ],
+            )
+        blob_links = [d for d, is_manifest in references.items() if not is_manifest]
+        if blob_links:
+            await conn.execute(
+                self.db.insert_ignore(repository_blobs),
+                [{"repository_id": repo.id, "digest": d, "linked_at": now} for d in blob_links],
+            )
+
+    async def _move_tag(
+        self,
+        conn: Any,
+        repo: RepositoryRef,
+        image: str,
+        tag: str,
+        digest: str,
+        actor: str,
+        action: str | None = None,
+    ) -> None:
+        current = (
+            await conn.execute(
+                select(tags.c.digest).where(
+                    tags.c.repository_id == repo.id, tags.c.image == image, tags.c.name == tag
+                )
+            )
+        ).scalar()
+        if current == digest:
+            return
+        if current is not None and not repo.tag_overwrite:
+            raise Denied(
+                f"tag {tag!r} already exists and tag overwrite is disabled for repository "
+                f"{repo.project}/{repo.name}; push a new tag",
+                {"tag": tag, "digest": current},
+            )
+        await conn.execute(
+            self.db.upsert(
+                tags, ["repository_id", "image", "name"], {"digest": digest, "updated_at": utcnow()}
+            ).values(
+                repository_id=repo.id, image=image, name=tag, digest=digest, updated_at=utcnow()
+            )
+        )
+        action = action or ("tag" if current is None else "move")
+        await self._event(conn, repo, image, tag, action, current, digest, actor)
+
+    async def delete_manifest(
+        self, repo: RepositoryRef, image: str, reference: str, *, actor: str, client: str | None
+    ) -> None:
+        """By digest: the manifest and every tag on it (audited as `image.delete`). By tag:
+        just the tag (`tag.delete`). A platform manifest that a stored index lists is refused:
+        delete the index."""
+        async with self.db.write() as conn:
+            if is_digest(reference):
+                parse_digest(reference)
+                parents, total = await manifests_using(
+                    conn, indexes_listing(repo.id, image, reference).order_by(manifests.c.id)
+                )
+                if parents:
+                    raise await in_use_refusal(
+                        conn, repo, f"manifest {reference}", parents, total, index=True
+                    )
+                tagged = (
+                    (
+                        await conn.execute(
+                            delete(tags)
+                            .where(
+                                tags.c.repository_id == repo.id,
+                                tags.c.image == image,
+                                tags.c.digest == reference,
+                            )
+                            .returning(tags.c.name)
+                        )
+                    )
+                    .scalars()
+                    .all()
+                )
+                result = await conn.execute(
+                    delete(manifests).where(
+                        manifests.c.repository_id == repo.id,
+                        manifests.c.image == image,
+                        manifests.c.digest == reference,
+                    )
+                )
+                if result.rowcount:
+                    for name in tagged:
+                        await self._event(conn, repo, image, name, "untag", reference, None, actor)
+                    await self._event(conn, repo, image, None, "delete", reference, None, actor)
+            else:
+                old = (
+                    await conn.execute(
+                        delete(tags)
+                        .where(
+                            tags.c.repository_id == repo.id,
+                            tags.c.image == image,
+                            tags.c.name == reference,
+                        )
+                        .returning(tags.c.digest)
+                    )
+                ).scalar()
+                result = None
+                if old is not None:
+                    await self._event(conn, repo, image, reference, "untag", old, None, actor)
+            if (result.rowcount if result is not None else old is not None) == 0:
+                raise ManifestUnknown(
+                    f"manifest {reference!r} is not in this repository", {"reference": reference}
+                )
+            action = "image.delete" if is_digest(reference) else "tag.delete"
+            await audit_content_change(
+                conn, action, repo, image, reference, actor=actor, client=client
+            )
+
+    async def restore_tag(
+        self, repo: RepositoryRef, image: str, tag: str, *, actor: str, client: str | None
+    ) -> str:
+        """Put a removed tag back on the image it last named, while that image is stored, and
+        audit it (`tag.restore`); returns that image's digest."""
+        async with self.db.write() as conn:
+            await ensure_writable(conn, repo.project_id, repo.project)
+            last = (
+                await conn.execute(
+                    select(
+                        image_events.c.action, image_events.c.old_digest, image_events.c.new_digest
+                    )
+                    .where(
+                        image_events.c.repository_id == repo.id,
+                        image_events.c.image == image,
+                        image_events.c.tag == tag,
+                    )
+                    # By id, as Images decides "restorable": clocks of nodes may differ.
+                    .order_by(image_events.c.id.desc())
+                    .limit(1)
+                )
+            ).first()
+            if last is None:
+                raise ManifestUnknown(f"tag {tag!r} has no history in this repository")
+            if last.action != "untag":
+                raise Conflict(f"tag {tag!r} exists; only a removed tag can be restored")
+            digest = last.old_digest
+            stored = (
+                await conn.execute(
+                    select(manifests.c.id).where(
+                        manifests.c.repository_id == repo.id,
+                        manifests.c.image == image,
+                        manifests.c.digest == digest,
+                    )
+                )
+            ).first()
+            if stored is None:
+                raise ManifestUnknown(
+                    f"tag {tag!r} named {digest}, which is no longer stored (deleted or garbage "
+                    "collected); it cannot be restored",
+                    {"digest": digest},
+                )
+            await self._move_tag(conn, repo, image, tag, digest, actor, action="restore")
+            await audit_content_change(
+                conn, "tag.restore", repo, image, tag, actor=actor, client=client
+            )
+            return str(digest)
