@@ -71,7 +71,9 @@ class Services:
             settings=settings,
             db=db,
             store=store,
-            repositories=Repositories(db, settings.repository_quota),
+            repositories=Repositories(
+                db, settings.repository_quota, store=store, forget_access=identity.forget_cached
+            ),
             registry=Registry(db, store, settings.max_images_per_repository),
             uploads=Uploads(db, store),
             identity=identity,

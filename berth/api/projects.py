@@ -156,8 +156,7 @@ async def delete_project(
     """Delete a project with its repositories, images, access keys, roles and audit log
     (server administrators). Refused while it holds repositories unless `confirm` repeats its
     name; blobs no other project uses are removed by the next garbage collection."""
-    await ctx.services.identity.delete_project(
-        ctx.services.repositories,
+    await ctx.services.repositories.delete_project(
         ctx.project,
         confirm=confirm,
         actor=ctx.actor,

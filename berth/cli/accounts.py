@@ -83,8 +83,8 @@ def project_delete(name: str, yes: YesFlag = False, json_output: JsonFlag = Fals
         raise typer.Exit(1)
 
     deleted = run_service(
-        lambda s: s.identity.delete_project(
-            s.repositories, name, confirm=confirm, actor=cli_actor(), client=CLI_CLIENT
+        lambda s: s.repositories.delete_project(
+            name, confirm=confirm, actor=cli_actor(), client=CLI_CLIENT
         )
     )
     _done(

@@ -175,3 +175,24 @@ def split_name(name: str, host_project: str | None) -> ImageName:
             )
         return ImageName(parts[0], parts[1], "/".join(parts[2:]), name)
     return ImageName(host_project, parts[0], "/".join(parts[1:]), name, host_style=True)
+
+
+def name_unknown(name: ImageName, *, project_exists: bool) -> NameUnknown:
+    if not project_exists:
+        return NameUnknown(f"project {name.project!r} does not exist", {"project": name.project})
+    detail = {"project": name.project, "repository": name.repository}
+    if name.host_style and name.repository == name.project:
+        rest = name.display.split("/", 1)[1] if "/" in name.display else "REPOSITORY/IMAGE"
+        return NameUnknown(
+            f"repository {name.repository!r} does not exist in project {name.project!r}; this "
+            f"host already names project {name.project!r}, so leave it out of the image name: "
+            f"HOST/{rest}, not HOST/{name.project}/{rest}",
+            detail,
+        )
+    # Said to registry clients, who may hold only an access key: no server commands.
+    return NameUnknown(
+        f"repository {name.repository!r} does not exist in project {name.project!r}; a project "
+        "member creates it first, in the web console (Repositories, Create repository) or with "
+        f"POST /api/v1/projects/{name.project}/repositories",
+        detail,
+    )

@@ -36,7 +36,7 @@ from berth.domain.errors import (
     Unsupported,
 )
 from berth.domain.manifests import MAX_MANIFEST_BYTES, OCI_INDEX, accepts, manifest_too_large
-from berth.domain.names import ImageName, split_name
+from berth.domain.names import ImageName, name_unknown, split_name
 from berth.domain.references import RepositoryRef
 from berth.registry.responses import (
     BlobBytesResponse,
@@ -46,7 +46,6 @@ from berth.registry.responses import (
     OnSent,
 )
 from berth.services.registry import Page
-from berth.services.repositories import name_unknown
 from berth.state import Services
 
 JSON_TYPE = "application/json"

@@ -13,12 +13,10 @@ from argon2 import PasswordHasher
 from berth.access.credentials import Credentials
 from berth.access.keyring import Keyring
 from berth.access.roles import Roles
-from berth.metadata.audit import write_audit_entry
 from berth.metadata.database import Database
 from berth.services.audit import AuditLog
 from berth.services.keys import CreatedKey, Keys
 from berth.services.members import Members
-from berth.services.repositories import Repositories
 from berth.services.users import Users
 
 __all__ = ["CreatedKey", "Identity"]
@@ -61,30 +59,3 @@ class Identity:
         """Drop cached keys and roles (after some were deleted)."""
         self.credentials.forget()
         self.roles.forget()
-
-    async def delete_project(
-        self,
-        repositories: Repositories,
-        project: str,
-        *,
-        confirm: str | None = None,
-        actor: str = "cli",
-        client: str | None = None,
-    ) -> int:
-        """Delete a project with everything in it and audit it (server-wide: the project's own
-        audit log goes with it) in one transaction; returns how many repositories it held.
-        Refused as `Repositories.delete_project_rows` says. The scratch files of uploads that
-        were in progress go with the hourly orphan-uploads job."""
-        async with self.db.write() as conn:
-            held = await repositories.delete_project_rows(conn, project, confirm=confirm)
-            await write_audit_entry(
-                conn,
-                actor,
-                "project.delete",
-                target=project,
-                detail={"repositories": held},
-                client=client,
-            )
-        repositories.forget_project(project)
-        self.forget_cached()
-        return held

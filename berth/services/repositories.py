@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import builtins
 import datetime as dt
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from typing import Any, Literal, get_args
 
@@ -15,7 +15,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from berth.domain.errors import Conflict, InvalidValue, NameInvalid, NameUnknown, QuotaExceeded
-from berth.domain.names import ImageName, is_valid_component, project_name_problem
+from berth.domain.names import ImageName, is_valid_component, name_unknown, project_name_problem
 from berth.domain.references import RepositoryRef
 from berth.metadata.audit import write_audit_entry
 from berth.metadata.database import Database
@@ -30,10 +30,12 @@ from berth.metadata.tables import (
     projects,
     repositories,
     tags,
+    uploads,
     utcnow,
 )
 from berth.services.gc.restrictions import ensure_writable
 from berth.services.records import Record
+from berth.storage.base import BlobStore
 
 # How long a resolved repository is reused. Settings changed by another node or the admin CLI
 # take effect after this long; keeps one query off every pull.
@@ -92,9 +94,20 @@ _PROJECT_ID = select(projects.c.id).where(projects.c.name == bindparam("project"
 
 
 class Repositories:
-    def __init__(self, db: Database, default_quota: int = 100) -> None:
+    def __init__(
+        self,
+        db: Database,
+        default_quota: int = 100,
+        *,
+        store: BlobStore | None = None,
+        forget_access: Callable[[], None] | None = None,
+    ) -> None:
         self.db = db
         self.default_quota = default_quota
+        # A deleted project's uploads in progress lose their scratch files (when a store is
+        # given), and cached access to it (keys, roles) is dropped through `forget_access`.
+        self.store = store
+        self.forget_access = forget_access
         # Found repositories by (project, name), as `lookup` says.
         self._cache: TTLCache[tuple[str, str], RepositoryRef] = TTLCache(
             maxsize=REPOSITORY_CACHE_SIZE, ttl=REPOSITORY_CACHE_SECONDS
@@ -245,15 +258,42 @@ class Repositories:
                 ).values(project_id=project_id, repository_quota=quota)
             )
 
-    async def delete_project_rows(
-        self, conn: AsyncConnection, project: str, *, confirm: str | None = None
+    async def delete_project(
+        self,
+        project: str,
+        *,
+        confirm: str | None = None,
+        actor: str = "cli",
+        client: str | None = None,
     ) -> int:
         """Delete a project with everything in it (repositories, images, keys, roles, its
-        audit log) in the caller's write transaction; returns how many repositories it held.
-        Blobs no other project links go at the next garbage collection, the scratch files of
-        its uploads with the orphan-uploads job. Refused while it holds repositories unless
-        `confirm` repeats its name, and while a garbage collection runs in it.
-        `Identity.delete_project` is what deletes a project (and audits it)."""
+        audit log) and audit it server-wide, in one transaction; returns how many
+        repositories it held. Blobs no other project links go at the next garbage
+        collection; the scratch files of its uploads in progress go now. Refused while it
+        holds repositories unless `confirm` repeats its name, and while a garbage collection
+        runs in it."""
+        async with self.db.write() as conn:
+            held, upload_ids = await self._delete_project_rows(conn, project, confirm)
+            await write_audit_entry(
+                conn,
+                actor,
+                "project.delete",
+                target=project,
+                detail={"repositories": held},
+                client=client,
+            )
+        self.forget_project(project)
+        if self.forget_access is not None:
+            self.forget_access()
+        if self.store is not None:
+            for upload_id in upload_ids:
+                await self.store.delete_upload(upload_id)
+        return held
+
+    async def _delete_project_rows(
+        self, conn: AsyncConnection, project: str, confirm: str | None
+    ) -> tuple[int, list[str]]:
+        """(repositories held, ids of uploads in progress) of the project, deleted."""
         project_id = await require_project(conn, project)
         await ensure_writable(conn, project_id, project)
         running = (
@@ -282,8 +322,14 @@ class Repositories:
                 "all of them, confirm by typing the project's name",
                 {"repositories": held},
             )
+        in_progress = await conn.execute(
+            select(uploads.c.id)
+            .join(repositories, repositories.c.id == uploads.c.repository_id)
+            .where(repositories.c.project_id == project_id)
+        )
+        upload_ids = list(in_progress.scalars())
         await conn.execute(projects.delete().where(projects.c.id == project_id))
-        return int(held)
+        return int(held), upload_ids
 
     def forget_project(self, project: str) -> None:
         """Drop the project's cached repositories (once it is deleted)."""
@@ -524,27 +570,6 @@ def _check_description(description: str) -> None:
 def _check_scan_mode(scan_mode: str) -> None:
     if scan_mode not in SCAN_MODES:
         raise InvalidValue(f"scan mode must be one of {', '.join(SCAN_MODES)}", "scan_mode")
-
-
-def name_unknown(name: ImageName, *, project_exists: bool) -> NameUnknown:
-    if not project_exists:
-        return NameUnknown(f"project {name.project!r} does not exist", {"project": name.project})
-    detail = {"project": name.project, "repository": name.repository}
-    if name.host_style and name.repository == name.project:
-        rest = name.display.split("/", 1)[1] if "/" in name.display else "REPOSITORY/IMAGE"
-        return NameUnknown(
-            f"repository {name.repository!r} does not exist in project {name.project!r}; this "
-            f"host already names project {name.project!r}, so leave it out of the image name: "
-            f"HOST/{rest}, not HOST/{name.project}/{rest}",
-            detail,
-        )
-    # Said to registry clients, who may hold only an access key: no server commands.
-    return NameUnknown(
-        f"repository {name.repository!r} does not exist in project {name.project!r}; a project "
-        "member creates it first, in the web console (Repositories, Create repository) or with "
-        f"POST /api/v1/projects/{name.project}/repositories",
-        detail,
-    )
 
 
 def _repository(project: str, row: Any) -> Repository:
