@@ -32,7 +32,7 @@ from tests.oci import (
     put_manifest,
     random_image,
 )
-from tests.servers import BerthServer
+from tests.servers import BerthServer, server_fixture
 
 ACCEPT = {"Accept": OCI_MANIFEST}
 MIB = 1024 * 1024
@@ -198,13 +198,7 @@ def test_storage_check_removes_scratch_files_no_upload_names(repo: Repo) -> None
     (uploads / fresh).unlink()
 
 
-@pytest.fixture(scope="module")
-def racing_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BerthServer]:
-    server = BerthServer(
-        tmp_path_factory.mktemp("race"), extra_env={"BERTH_GC_GRACE_PERIOD": "0"}
-    ).start()
-    yield server
-    server.stop()
+racing_server = server_fixture("race", env={"BERTH_GC_GRACE_PERIOD": "0"})
 
 
 def test_pushes_racing_garbage_collection_get_no_server_error(racing_server: BerthServer) -> None:
