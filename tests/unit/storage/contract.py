@@ -2,8 +2,10 @@
 `registry/storage/driver/testsuites`).
 
 A driver's test file subclasses `BlobStoreContract` and says how to make an empty store in
-`make_store`; pytest then runs every test below against it. The tests use only the
-`BlobStore` interface, so a driver that passes them can stand in for any other.
+`make_store` (or overrides the `store` fixture, which may be async, for a store that needs
+setting up and removing); pytest then runs every test below against it. The tests use only
+the `BlobStore` interface, so a driver that passes them can stand in for any other. Each test
+runs in one event loop (anyio's pytest plugin), as a server process uses its store.
 """
 
 from __future__ import annotations
@@ -13,25 +15,15 @@ import asyncio
 import hashlib
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import TypeVar
 
 import pytest
 
 from berth.domain.errors import DigestInvalid
 from berth.storage.base import BlobStore
 
-T = TypeVar("T")
 MiB = 1024 * 1024
-
-
-def run(work: Awaitable[T]) -> T:
-    return asyncio.run(_awaited(work))
-
-
-async def _awaited(work: Awaitable[T]) -> T:
-    return await work
 
 
 def digest_of(data: bytes) -> str:
@@ -90,6 +82,8 @@ def payload(size: int, seed: int = 0) -> bytes:
 class BlobStoreContract(abc.ABC):
     """Run against `make_store`'s store by subclassing (as `TestFilesystemBlobStore`)."""
 
+    pytestmark = pytest.mark.anyio
+
     @abc.abstractmethod
     def make_store(self, tmp_path: Path) -> BlobStore:
         """An empty store of the driver under test, private to one test."""
@@ -101,192 +95,178 @@ class BlobStoreContract(abc.ABC):
     # ------------------------------------------------------------ writing and reading back
 
     @pytest.mark.parametrize("size", [0, 1, 4096, 5 * MiB + 3], ids=["empty", "1B", "4k", "5MiB"])
-    def test_a_committed_blob_reads_back_whole(self, store: BlobStore, size: int) -> None:
+    async def test_a_committed_blob_reads_back_whole(self, store: BlobStore, size: int) -> None:
         data = payload(size)
-        digest = run(put(store, data))
-        assert run(store.stat(digest)) == size
-        assert run(read_all(store, digest)) == data
+        digest = await put(store, data)
+        assert await store.stat(digest) == size
+        assert await read_all(store, digest) == data
 
-    def test_writes_of_any_size_append_in_order(self, store: BlobStore) -> None:
+    async def test_writes_of_any_size_append_in_order(self, store: BlobStore) -> None:
         data = payload(3 * MiB + 17, seed=1)
-        upload_id = run(write_upload(store, data, chunk=MiB - 1))
-        assert run(collect(store.read_upload(upload_id, len(data)))) == data
+        upload_id = await write_upload(store, data, chunk=MiB - 1)
+        assert await collect(store.read_upload(upload_id, len(data))) == data
 
-    def test_a_local_path_if_given_holds_the_blob(self, store: BlobStore) -> None:
+    async def test_a_local_path_if_given_holds_the_blob(self, store: BlobStore) -> None:
         data = payload(10_000)
-        digest = run(put(store, data))
+        digest = await put(store, data)
         path = store.local_path(digest)
         assert path is None or path.read_bytes() == data
 
     # ------------------------------------------------------------ uploads are invisible
 
-    def test_an_upload_is_no_blob_until_committed(self, store: BlobStore) -> None:
+    async def test_an_upload_is_no_blob_until_committed(self, store: BlobStore) -> None:
         data = payload(2 * MiB, seed=2)
-        upload_id = run(write_upload(store, data))
+        upload_id = await write_upload(store, data)
         digest = digest_of(data)
-        assert run(store.stat(digest)) is None
-        assert digest not in run(listed(store))
+        assert await store.stat(digest) is None
+        assert digest not in await listed(store)
         with pytest.raises(FileNotFoundError):
-            run(read_all(store, digest))
-        run(store.commit_upload(upload_id, digest))
-        assert run(store.stat(digest)) == len(data)
-        assert run(listed(store)) == {digest}
+            await read_all(store, digest)
+        await store.commit_upload(upload_id, digest)
+        assert await store.stat(digest) == len(data)
+        assert await listed(store) == {digest}
 
-    def test_a_half_written_upload_is_never_visible(self, store: BlobStore) -> None:
+    async def test_a_half_written_upload_is_never_visible(self, store: BlobStore) -> None:
         data = payload(MiB, seed=3)
         digest = digest_of(data)
+        writer = await store.open_upload(new_upload_id(), 0)
+        try:
+            await writer.write(data[: len(data) // 2])
+            assert await store.stat(digest) is None
+            assert await listed(store) == set()
+        finally:
+            await writer.close()
 
-        async def write_half_then_look() -> tuple[int | None, set[str]]:
-            writer = await store.open_upload(new_upload_id(), 0)
-            try:
-                await writer.write(data[: len(data) // 2])
-                return await store.stat(digest), await listed(store)
-            finally:
-                await writer.close()
-
-        assert run(write_half_then_look()) == (None, set())
-
-    def test_an_upload_goes_on_at_its_offset_and_drops_bytes_past_it(
+    async def test_an_upload_goes_on_at_its_offset_and_drops_bytes_past_it(
         self, store: BlobStore
     ) -> None:
         """A client resumes where the server last said it was: bytes stored past that (a
         write it was never told succeeded) are discarded, not kept in the middle."""
         first, lost, rest = b"a" * 1000, b"LOST" * 10, b"b" * 500
-        upload_id = run(write_upload(store, first + lost))
+        upload_id = await write_upload(store, first + lost)
+        writer = await store.open_upload(upload_id, len(first))
+        try:
+            await writer.write(rest)
+        finally:
+            await writer.close()
+        assert await collect(store.read_upload(upload_id, 10_000)) == first + rest
+        assert await collect(store.read_upload(upload_id, 10)) == first[:10]
 
-        async def resume() -> None:
-            writer = await store.open_upload(upload_id, len(first))
-            try:
-                await writer.write(rest)
-            finally:
-                await writer.close()
-
-        run(resume())
-        assert run(collect(store.read_upload(upload_id, 10_000))) == first + rest
-        assert run(collect(store.read_upload(upload_id, 10))) == first[:10]
-
-    def test_an_upload_that_lost_its_bytes_cannot_go_on(self, store: BlobStore) -> None:
-        upload_id = run(write_upload(store, b"x" * 100))
+    async def test_an_upload_that_lost_its_bytes_cannot_go_on(self, store: BlobStore) -> None:
+        upload_id = await write_upload(store, b"x" * 100)
         with pytest.raises(FileNotFoundError):
-            run(store.open_upload(upload_id, 101))
-        run(store.delete_upload(upload_id))
+            await store.open_upload(upload_id, 101)
+        await store.delete_upload(upload_id)
         with pytest.raises(FileNotFoundError):
-            run(store.open_upload(upload_id, 50))  # removed: never comes back as zeros
-        assert upload_id not in dict(run(store.list_uploads()))
+            await store.open_upload(upload_id, 50)  # removed: never comes back as zeros
+        assert upload_id not in dict(await store.list_uploads())
 
-    def test_reading_a_missing_upload_fails(self, store: BlobStore) -> None:
+    async def test_reading_a_missing_upload_fails(self, store: BlobStore) -> None:
         with pytest.raises(FileNotFoundError):
-            run(collect(store.read_upload(new_upload_id(), 10)))
+            await collect(store.read_upload(new_upload_id(), 10))
 
     # ------------------------------------------------------------ commit
 
-    def test_a_commit_can_be_made_again(self, store: BlobStore) -> None:
+    async def test_a_commit_can_be_made_again(self, store: BlobStore) -> None:
         """The scratch object stays until deleted: a retried commit, or one made after
         garbage collection removed the blob meanwhile, stores the blob again."""
         data = payload(70_000, seed=4)
         digest = digest_of(data)
-        upload_id = run(write_upload(store, data))
-        run(store.commit_upload(upload_id, digest))
-        run(store.commit_upload(upload_id, digest))
-        assert run(read_all(store, digest)) == data
-        run(store.delete(digest))
-        run(store.commit_upload(upload_id, digest))
-        assert run(read_all(store, digest)) == data
+        upload_id = await write_upload(store, data)
+        await store.commit_upload(upload_id, digest)
+        await store.commit_upload(upload_id, digest)
+        assert await read_all(store, digest) == data
+        await store.delete(digest)
+        await store.commit_upload(upload_id, digest)
+        assert await read_all(store, digest) == data
 
-    def test_a_committed_blob_never_changes_when_its_upload_goes_on(self, store: BlobStore) -> None:
+    async def test_a_committed_blob_never_changes_when_its_upload_goes_on(
+        self, store: BlobStore
+    ) -> None:
         data = payload(50_000, seed=5)
         digest = digest_of(data)
-        upload_id = run(write_upload(store, data))
-        run(store.commit_upload(upload_id, digest))
+        upload_id = await write_upload(store, data)
+        await store.commit_upload(upload_id, digest)
+        # The process died before recording the commit: the client goes on from 1000.
+        writer = await store.open_upload(upload_id, 1000)
+        try:
+            await writer.write(b"z" * 5000)
+        finally:
+            await writer.close()
+        assert await read_all(store, digest) == data
+        await store.delete_upload(upload_id)
+        assert await read_all(store, digest) == data
 
-        async def write_more() -> None:  # the process died before recording the commit
-            writer = await store.open_upload(upload_id, 1000)
-            try:
-                await writer.write(b"z" * 5000)
-            finally:
-                await writer.close()
-
-        run(write_more())
-        assert run(read_all(store, digest)) == data
-        run(store.delete_upload(upload_id))
-        assert run(read_all(store, digest)) == data
-
-    def test_committing_the_same_content_again_keeps_one_blob(self, store: BlobStore) -> None:
+    async def test_committing_the_same_content_again_keeps_one_blob(self, store: BlobStore) -> None:
         data = payload(30_000, seed=6)
-        first, second = run(put(store, data)), run(put(store, data))
+        first, second = await put(store, data), await put(store, data)
         assert first == second
-        assert run(listed(store)) == {first}
-        assert run(read_all(store, first)) == data
+        assert await listed(store) == {first}
+        assert await read_all(store, first) == data
 
-    def test_concurrent_writers_of_the_same_content(self, store: BlobStore) -> None:
+    async def test_concurrent_writers_of_the_same_content(self, store: BlobStore) -> None:
         data = payload(2 * MiB + 5, seed=7)
         digest = digest_of(data)
+        await asyncio.gather(*(put(store, data) for _ in range(8)))
+        assert await read_all(store, digest) == data
+        assert await listed(store) == {digest}
+        assert await store.list_uploads() == []
 
-        async def many() -> None:
-            await asyncio.gather(*(put(store, data) for _ in range(8)))
-
-        run(many())
-        assert run(read_all(store, digest)) == data
-        assert run(listed(store)) == {digest}
-        assert run(store.list_uploads()) == []
-
-    def test_concurrent_commits_of_one_upload(self, store: BlobStore) -> None:
+    async def test_concurrent_commits_of_one_upload(self, store: BlobStore) -> None:
         """A client retrying a PUT while the first is still being committed (two processes)."""
         data = payload(MiB, seed=8)
         digest = digest_of(data)
-        upload_id = run(write_upload(store, data))
-
-        async def commit_many() -> None:
-            await asyncio.gather(*(store.commit_upload(upload_id, digest) for _ in range(8)))
-
+        upload_id = await write_upload(store, data)
         for _ in range(5):
             # A damaged copy first (other bytes under the digest): the commits repair it.
-            damaged = run(write_upload(store, b"rotten" + data[6:]))
-            run(store.commit_upload(damaged, digest))
-            run(store.delete_upload(damaged))
-            run(commit_many())
-            assert run(read_all(store, digest)) == data
-        run(store.delete_upload(upload_id))
-        assert run(read_all(store, digest)) == data
+            damaged = await write_upload(store, b"rotten" + data[6:])
+            await store.commit_upload(damaged, digest)
+            await store.delete_upload(damaged)
+            await asyncio.gather(*(store.commit_upload(upload_id, digest) for _ in range(8)))
+            assert await read_all(store, digest) == data
+        await store.delete_upload(upload_id)
+        assert await read_all(store, digest) == data
 
-    def test_pushing_a_blob_again_repairs_a_damaged_copy(self, store: BlobStore) -> None:
+    async def test_pushing_a_blob_again_repairs_a_damaged_copy(self, store: BlobStore) -> None:
         data = payload(40_000, seed=9)
-        digest = run(put(store, data))
-        run(store.quarantine(digest))
-        assert run(store.stat(digest)) is None
-        assert digest not in run(listed(store))
-        assert run(put(store, data)) == digest
-        assert run(read_all(store, digest)) == data
+        digest = await put(store, data)
+        await store.quarantine(digest)
+        assert await store.stat(digest) is None
+        assert digest not in await listed(store)
+        assert await put(store, data) == digest
+        assert await read_all(store, digest) == data
 
     # ------------------------------------------------------------ digests
 
     @pytest.mark.parametrize(
         "digest", ["sha256:../../etc/passwd", "sha256:" + "A" * 64, "md5:" + "a" * 32, "x"]
     )
-    def test_a_malformed_digest_is_refused_everywhere(self, store: BlobStore, digest: str) -> None:
-        upload_id = run(write_upload(store, b"data"))
+    async def test_a_malformed_digest_is_refused_everywhere(
+        self, store: BlobStore, digest: str
+    ) -> None:
+        upload_id = await write_upload(store, b"data")
         with pytest.raises(DigestInvalid):
-            run(store.commit_upload(upload_id, digest))
+            await store.commit_upload(upload_id, digest)
         with pytest.raises(DigestInvalid):
-            run(store.stat(digest))
+            await store.stat(digest)
         with pytest.raises(DigestInvalid):
-            run(read_all(store, digest))
+            await read_all(store, digest)
         with pytest.raises(DigestInvalid):
-            run(store.delete(digest))
+            await store.delete(digest)
 
-    def test_sha512_blobs_are_stored_and_listed(self, store: BlobStore) -> None:
+    async def test_sha512_blobs_are_stored_and_listed(self, store: BlobStore) -> None:
         data = payload(1000, seed=10)
         digest = "sha512:" + hashlib.sha512(data).hexdigest()
-        upload_id = run(write_upload(store, data))
-        run(store.commit_upload(upload_id, digest))
-        assert run(read_all(store, digest)) == data
-        assert run(listed(store)) == {digest}
+        upload_id = await write_upload(store, data)
+        await store.commit_upload(upload_id, digest)
+        assert await read_all(store, digest) == data
+        assert await listed(store) == {digest}
 
     # ------------------------------------------------------------ ranges
 
-    def test_ranges_read_exactly_their_bytes(self, store: BlobStore) -> None:
+    async def test_ranges_read_exactly_their_bytes(self, store: BlobStore) -> None:
         data = payload(3 * MiB + 11, seed=11)
-        digest = run(put(store, data))
+        digest = await put(store, data)
         size = len(data)
         for start, end in [
             (0, 1),
@@ -299,58 +279,60 @@ class BlobStoreContract(abc.ABC):
             (size, size),
             (7, 7),
         ]:
-            assert run(read_all(store, digest, start, end)) == data[start:end], (start, end)
+            assert await read_all(store, digest, start, end) == data[start:end], (start, end)
 
-    def test_a_range_past_the_end_stops_at_the_end(self, store: BlobStore) -> None:
+    async def test_a_range_past_the_end_stops_at_the_end(self, store: BlobStore) -> None:
         data = payload(1000, seed=12)
-        digest = run(put(store, data))
-        assert run(read_all(store, digest, 900, 5000)) == data[900:]
-        assert run(read_all(store, digest, 2000, 3000)) == b""
+        digest = await put(store, data)
+        assert await read_all(store, digest, 900, 5000) == data[900:]
+        assert await read_all(store, digest, 2000, 3000) == b""
 
     # ------------------------------------------------------------ deleting
 
-    def test_deleting_is_idempotent(self, store: BlobStore) -> None:
+    async def test_deleting_is_idempotent(self, store: BlobStore) -> None:
         data = payload(100, seed=13)
-        digest = run(put(store, data))
-        run(store.delete(digest))
-        run(store.delete(digest))
-        assert run(store.stat(digest)) is None
+        digest = await put(store, data)
+        await store.delete(digest)
+        await store.delete(digest)
+        assert await store.stat(digest) is None
         with pytest.raises(FileNotFoundError):
-            run(read_all(store, digest))
-        run(store.delete(digest_of(b"never stored")))
-        run(store.delete_upload(new_upload_id()))
-        run(store.quarantine(digest_of(b"never stored either")))
+            await read_all(store, digest)
+        await store.delete(digest_of(b"never stored"))
+        await store.delete_upload(new_upload_id())
+        await store.quarantine(digest_of(b"never stored either"))
 
-    def test_delete_many_removes_those_named_and_skips_absent_ones(self, store: BlobStore) -> None:
-        digests = [run(put(store, payload(100 + n, seed=n))) for n in range(5)]
-        run(store.delete_many([*digests[:3], digest_of(b"absent")]))
-        assert run(listed(store)) == set(digests[3:])
-        run(store.delete_many(digests[:3]))
-        assert run(listed(store)) == set(digests[3:])
+    async def test_delete_many_removes_those_named_and_skips_absent_ones(
+        self, store: BlobStore
+    ) -> None:
+        digests = [await put(store, payload(100 + n, seed=n)) for n in range(5)]
+        await store.delete_many([*digests[:3], digest_of(b"absent")])
+        assert await listed(store) == set(digests[3:])
+        await store.delete_many(digests[:3])
+        assert await listed(store) == set(digests[3:])
 
-    def test_deleting_an_upload_keeps_the_blob_it_made(self, store: BlobStore) -> None:
+    async def test_deleting_an_upload_keeps_the_blob_it_made(self, store: BlobStore) -> None:
         data = payload(10_000, seed=14)
         digest = digest_of(data)
-        upload_id = run(write_upload(store, data))
-        run(store.commit_upload(upload_id, digest))
-        run(store.delete_upload(upload_id))
-        assert run(read_all(store, digest)) == data
+        upload_id = await write_upload(store, data)
+        await store.commit_upload(upload_id, digest)
+        await store.delete_upload(upload_id)
+        assert await read_all(store, digest) == data
         with pytest.raises(FileNotFoundError):
-            run(collect(store.read_upload(upload_id, 10)))
+            await collect(store.read_upload(upload_id, 10))
 
     # ------------------------------------------------------------ listing
 
-    def test_every_blob_is_listed_once_and_nothing_else(self, store: BlobStore) -> None:
-        assert run(listed(store)) == set()
-        digests = {run(put(store, payload(10 + n, seed=100 + n))) for n in range(40)}
-        run(write_upload(store, b"an upload is not a blob"))
-        walked = run(collect_digests(store))
+    async def test_every_blob_is_listed_once_and_nothing_else(self, store: BlobStore) -> None:
+        assert await listed(store) == set()
+        digests = {await put(store, payload(10 + n, seed=100 + n)) for n in range(40)}
+        await write_upload(store, b"an upload is not a blob")
+        walked = await collect_digests(store)
         assert sorted(walked) == sorted(digests)
 
-    def test_uploads_are_listed_with_their_age(self, store: BlobStore) -> None:
-        assert run(store.list_uploads()) == []
-        kept, removed = run(write_upload(store, b"one")), run(write_upload(store, b"two"))
-        run(store.delete_upload(removed))
-        uploads = dict(run(store.list_uploads()))
+    async def test_uploads_are_listed_with_their_age(self, store: BlobStore) -> None:
+        assert await store.list_uploads() == []
+        kept, removed = await write_upload(store, b"one"), await write_upload(store, b"two")
+        await store.delete_upload(removed)
+        uploads = dict(await store.list_uploads())
         assert set(uploads) == {kept}
         assert abs(uploads[kept] - time.time()) < 3600  # last modified, as a Unix time
