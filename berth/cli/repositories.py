@@ -13,6 +13,7 @@ from berth.cli.common import (
     JsonFlag,
     ProjectArg,
     UserArg,
+    YesFlag,
     cell,
     cli_actor,
     console,
@@ -167,7 +168,7 @@ def repo_update(
 @repo_app.command("delete")
 def repo_delete(
     name: Annotated[str, typer.Argument(metavar="PROJECT/REPO")],
-    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
+    yes: YesFlag = False,
     json_output: JsonFlag = False,
 ) -> None:
     """Delete a repository with its images and tags (their data goes at the next GC)."""
