@@ -194,8 +194,14 @@ def cli_actor() -> str:
 CLI_CLIENT = f"cli on {socket.gethostname()}"[:64]
 
 
-def print_table(rows: list[dict[str, Any]], columns: list[str], title: str) -> None:
-    console.print(data_table(rows, columns, title))
+def show_rows(
+    json_output: bool, rows: list[dict[str, Any]], columns: list[str], title: str
+) -> None:
+    """What a verb that lists things prints: the rows as JSON, or a table of `columns`."""
+    if json_output:
+        print_json(rows)
+    else:
+        console.print(data_table(rows, columns, title))
 
 
 def split_repo(value: str) -> tuple[str, str]:

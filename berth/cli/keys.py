@@ -15,8 +15,8 @@ from berth.cli.common import (
     console,
     done,
     print_json,
-    print_table,
     run_service,
+    show_rows,
 )
 from berth.services.identity import CreatedKey
 from berth.state import Services
@@ -68,22 +68,20 @@ def key_list(
 ) -> None:
     """List access keys (never their secrets)."""
     found = run_service(lambda s: s.identity.list_keys(user=user, project=project))
-    if json_output:
-        print_json(found)
-    else:
-        print_table(
-            found,
-            [
-                "access_key_id",
-                "user",
-                "project",
-                "created_at",
-                "last_used_at",
-                "expires_at",
-                "state",
-            ],
-            "Access keys",
-        )
+    show_rows(
+        json_output,
+        found,
+        [
+            "access_key_id",
+            "user",
+            "project",
+            "created_at",
+            "last_used_at",
+            "expires_at",
+            "state",
+        ],
+        "Access keys",
+    )
 
 
 @key_app.command("disable")

@@ -14,8 +14,8 @@ from berth.cli.common import (
     console,
     done,
     print_json,
-    print_table,
     run_service,
+    show_rows,
 )
 
 project_app = typer.Typer(help="Projects (tenants).", no_args_is_help=True)
@@ -36,10 +36,7 @@ def project_create(name: ProjectArg, json_output: JsonFlag = False) -> None:
 def project_list(json_output: JsonFlag = False) -> None:
     """List projects."""
     found = run_service(lambda s: s.repositories.list_projects())
-    if json_output:
-        print_json(found)
-    else:
-        print_table(found, ["name", "created_at"], "Projects")
+    show_rows(json_output, found, ["name", "created_at"], "Projects")
 
 
 @member_app.command("add")
@@ -69,10 +66,7 @@ def member_remove(project: ProjectArg, user: UserArg, json_output: JsonFlag = Fa
 def member_list(project: ProjectArg, json_output: JsonFlag = False) -> None:
     """List a project's members."""
     found = run_service(lambda s: s.identity.list_members(project))
-    if json_output:
-        print_json(found)
-    else:
-        print_table(found, ["user", "role", "since"], f"Members of {project}")
+    show_rows(json_output, found, ["user", "role", "since"], f"Members of {project}")
 
 
 project_app.command("delete")(accounts.project_delete)

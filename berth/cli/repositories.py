@@ -19,8 +19,8 @@ from berth.cli.common import (
     console,
     done,
     print_json,
-    print_table,
     run_service,
+    show_rows,
     split_repo,
 )
 from berth.state import Services
@@ -74,10 +74,7 @@ def repo_create(
 def repo_list(project: ProjectArg, json_output: JsonFlag = False) -> None:
     """List a project's repositories."""
     found = run_service(lambda s: s.repositories.list(project))
-    if json_output:
-        print_json(found)
-    else:
-        print_table(found, REPOSITORY_COLUMNS, f"Repositories in {project}")
+    show_rows(json_output, found, REPOSITORY_COLUMNS, f"Repositories in {project}")
 
 
 @repo_app.command("grant")

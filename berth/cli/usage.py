@@ -12,8 +12,8 @@ from berth.cli.common import (
     ProjectArg,
     console,
     print_json,
-    print_table,
     run_service,
+    show_rows,
     when,
 )
 from berth.state import Services
@@ -26,10 +26,9 @@ def audit(
 ) -> None:
     """Show a project's audit log: logins, key and role changes."""
     found = run_service(lambda s: s.identity.audit_entries(project, limit))
-    if json_output:
-        print_json(found)
-    else:
-        print_table(found, ["at", "actor", "action", "target", "client"], f"Audit log of {project}")
+    show_rows(
+        json_output, found, ["at", "actor", "action", "target", "client"], f"Audit log of {project}"
+    )
 
 
 def _size(value: int) -> str:

@@ -11,10 +11,9 @@ from berth.cli.common import (
     JsonFlag,
     UserArg,
     done,
-    print_json,
-    print_table,
     read_password,
     run_service,
+    show_rows,
 )
 
 user_app = typer.Typer(help="Users and service accounts.", no_args_is_help=True)
@@ -48,10 +47,7 @@ def user_create(
 def user_list(json_output: JsonFlag = False) -> None:
     """List users."""
     found = run_service(lambda s: s.identity.list_users())
-    if json_output:
-        print_json(found)
-    else:
-        print_table(found, ["name", "admin", "service_account", "created_at"], "Users")
+    show_rows(json_output, found, ["name", "admin", "service_account", "created_at"], "Users")
 
 
 user_app.command("set-password")(accounts.user_set_password)
