@@ -28,6 +28,7 @@ lint: install-dev
 	$(VENV)/bin/ruff check berth tests $(wildcard bench)
 	$(VENV)/bin/ruff format --check berth tests $(wildcard bench)
 	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
 
 test: install-dev test-deps lint
 	$(VENV)/bin/pytest -q -rfEs; rc=$$?; [ $$rc -eq 5 ] && rc=0; exit $$rc

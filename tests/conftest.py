@@ -11,9 +11,8 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.servers import BerthServer, PostgresCluster
-
-BACKENDS = ["sqlite", "postgres"]
+from tests.servers import BACKENDS, BerthServer, PostgresCluster, server_fixture
+from tests.servers import database_url_for as database_url_for  # tests/gc imports it here
 
 
 @pytest.fixture(scope="session")
@@ -28,33 +27,13 @@ def postgres() -> Iterator[PostgresCluster | None]:
     cluster.stop()
 
 
-def database_url_for(backend: str, postgres: PostgresCluster | None) -> str | None:
-    if backend == "sqlite":
-        return None
-    if postgres is None:
-        pytest.skip("PostgreSQL not installed")
-    return postgres.create_database()
-
-
-@pytest.fixture(scope="module", params=BACKENDS)
-def server(
-    request: pytest.FixtureRequest,
-    tmp_path_factory: pytest.TempPathFactory,
-    postgres: PostgresCluster | None,
-) -> Iterator[BerthServer]:
-    """A running registry, once on SQLite and once on PostgreSQL, shared by a test module."""
-    url = database_url_for(request.param, postgres)
-    berth = BerthServer(tmp_path_factory.mktemp(f"berth-{request.param}"), url).start()
-    yield berth
-    berth.stop()
-
-
-@pytest.fixture(scope="module")
-def sqlite_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BerthServer]:
-    """A running registry on the embedded defaults, for tests where the backend is not the point."""
-    berth = BerthServer(tmp_path_factory.mktemp("berth")).start()
-    yield berth
-    berth.stop()
+server = server_fixture(
+    backends=BACKENDS,
+    doc="A running registry, once on SQLite and once on PostgreSQL, shared by a test module.",
+)
+sqlite_server = server_fixture(
+    doc="A running registry on the embedded defaults, for tests where the backend is not the point."
+)
 
 
 @dataclass

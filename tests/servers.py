@@ -15,12 +15,13 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import httpx
+import pytest
 
 from berth.config import Settings
 from berth.domain.errors import Conflict
@@ -292,3 +293,68 @@ class PostgresCluster:
             capture_output=True,
         )
         shutil.rmtree(self.base, ignore_errors=True)
+
+
+# ----------------------------------------------------------------------------- fixtures
+
+BACKENDS = ["sqlite", "postgres"]
+Scope = Literal["function", "module", "package", "session"]
+
+
+def database_url_for(backend: str, postgres: PostgresCluster | None) -> str | None:
+    """The database URL of a fresh database on `backend` (None: SQLite in the data
+    directory); skips the test when PostgreSQL is not installed."""
+    if backend == "sqlite":
+        return None
+    if postgres is None:
+        pytest.skip("PostgreSQL not installed")
+    return postgres.create_database()
+
+
+@contextlib.contextmanager
+def running_server(
+    request: pytest.FixtureRequest,
+    name: str,
+    backend: str = "sqlite",
+    *,
+    start: Callable[[BerthServer], BerthServer] = BerthServer.start,
+    **options: Any,
+) -> Iterator[BerthServer]:
+    """A started `berth serve` on `backend`, in a fresh data directory named after `name`,
+    stopped on leaving (also when it fails to start). `options` go to `BerthServer`; `start`
+    replaces `BerthServer.start` (to wait for every worker, say)."""
+    postgres = request.getfixturevalue("postgres") if backend == "postgres" else None
+    url = database_url_for(backend, postgres)
+    data_dir = request.getfixturevalue("tmp_path_factory").mktemp(f"{name}-{backend}")
+    server = BerthServer(data_dir, url, **options)
+    try:
+        yield start(server)
+    finally:
+        server.stop()
+
+
+def server_fixture(
+    name: str = "berth",
+    *,
+    backends: Sequence[str] = ("sqlite",),
+    scope: Scope = "module",
+    env: Mapping[str, str] | None = None,
+    start: Callable[[BerthServer], BerthServer] = BerthServer.start,
+    doc: str = "",
+) -> Any:
+    """A fixture of a running registry shared by `scope`, once per backend in `backends`
+    (the test ids name the backend when there are several), with `env` as its extra
+    environment: `my_server = server_fixture("mine", env={"BERTH_...": "1"})` in a test
+    module or conftest. A server that needs other fixtures (certificates, projects made
+    before the tests) is made with `running_server` in a fixture of its own."""
+
+    @pytest.fixture(scope=scope, params=list(backends) if len(backends) > 1 else None)
+    def fixture(request: pytest.FixtureRequest) -> Iterator[BerthServer]:
+        backend = request.param if len(backends) > 1 else backends[0]
+        with running_server(
+            request, name, backend, start=start, extra_env=dict(env or {})
+        ) as server:
+            yield server
+
+    fixture.__doc__ = doc or f"A running registry ({', '.join(backends)}), one a {scope}."
+    return fixture

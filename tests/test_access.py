@@ -45,7 +45,6 @@ from tests.auth import (
     token_response,
     unsigned,
 )
-from tests.conftest import BACKENDS, database_url_for
 from tests.oci import (
     OCI_LAYER,
     OCI_MANIFEST,
@@ -60,7 +59,7 @@ from tests.oci import (
     put_upload,
     uploads_path,
 )
-from tests.servers import ADMIN_PASSWORD, BerthServer, PostgresCluster
+from tests.servers import ADMIN_PASSWORD, BACKENDS, BerthServer, server_fixture
 
 PASSWORD = "correct-horse-battery-staple"
 P, Q = "acme", "globex"
@@ -173,23 +172,14 @@ class World:
         return name, credentials
 
 
-@pytest.fixture(scope="module", params=BACKENDS)
-def registry(
-    request: pytest.FixtureRequest,
-    tmp_path_factory: pytest.TempPathFactory,
-    postgres: PostgresCluster | None,
-) -> Iterator[BerthServer]:
-    """A running registry per backend. Every test here calls from 127.0.0.1, and several fail
+registry = server_fixture(
+    "access",
+    backends=BACKENDS,
+    env={"BERTH_LOGIN_FAILURES_PER_CLIENT": "100000"},
+    doc="""A running registry per backend. Every test here calls from 127.0.0.1, and several fail
     logins on purpose: the per-address limit is raised so they do not lock each other out
-    (`test_failed_logins_are_throttled` checks the limits on a server of its own)."""
-    url = database_url_for(request.param, postgres)
-    server = BerthServer(
-        tmp_path_factory.mktemp(f"access-{request.param}"),
-        url,
-        extra_env={"BERTH_LOGIN_FAILURES_PER_CLIENT": "100000"},
-    ).start()
-    yield server
-    server.stop()
+    (`test_failed_logins_are_throttled` checks the limits on a server of its own).""",
+)
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,6 @@ import os
 import re
 import stat
 import subprocess
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,7 +16,6 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from berth.cli.gc import young_kept
 from berth.cli.main import app
 from tests.servers import ADMIN_PASSWORD, BERTH, BerthServer, PostgresCluster, in_own_thread
 
@@ -324,21 +322,3 @@ def test_tables_fit_80_columns_with_whole_ids_and_times_to_the_minute(tmp_path: 
     assert re.search(r"\b\d{4}-\d\d-\d\d\b", history), history
     assert re.search(r"\b\d\d:\d\d [A-Z+\-0-9]+", history), history
     assert not re.search(r"\d\d:\d\d:\d\d", history), history
-
-
-def test_young_kept_names_the_zone_once(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("TZ", "Asia/Seoul")
-    time.tzset()
-    try:
-        kept = young_kept(
-            {
-                "grace_period_seconds": 3600,
-                "young_images_kept": 1,
-                "young_blobs_kept": 2,
-                "young_collectable_at": "2026-12-01T03:00:00+00:00",
-            }
-        )
-    finally:
-        monkeypatch.undo()
-        time.tzset()
-    assert kept.endswith("; collectable from 2026-12-01 12:00 KST on"), kept

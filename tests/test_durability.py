@@ -12,20 +12,15 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import database_url_for
 from tests.oci import digest_of, error_code, put_manifest, random_image
-from tests.servers import BerthServer, PostgresCluster
+from tests.servers import BACKENDS, BerthServer, running_server
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
-def restartable(
-    request: pytest.FixtureRequest, tmp_path: Path, postgres: PostgresCluster | None
-) -> Iterator[BerthServer]:
-    server = BerthServer(tmp_path / "data", database_url_for(request.param, postgres))
-    server.start()
-    server.create_repository("crash", "repo")
-    yield server
-    server.stop()
+@pytest.fixture(params=BACKENDS)
+def restartable(request: pytest.FixtureRequest) -> Iterator[BerthServer]:
+    with running_server(request, "restartable", request.param) as server:
+        server.create_repository("crash", "repo")
+        yield server
 
 
 def client_for(server: BerthServer, timeout: float) -> httpx.Client:

@@ -12,7 +12,6 @@ import socket
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
 from contextlib import ExitStack
 from pathlib import Path
 
@@ -23,25 +22,21 @@ from berth.access.throttle import LoginThrottle
 from tests.auth import bearer, fetch_token
 from tests.conftest import new_repo
 from tests.oci import blob_path, manifest_path, push_bytes, put_manifest, random_image, uploads_path
-from tests.servers import BerthServer
+from tests.servers import BerthServer, server_fixture
 
 MiB = 1024 * 1024
 TIMEOUT = 2  # the server's header and body read timeouts here, seconds
 PER_CLIENT = 64
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BerthServer]:
-    berth = BerthServer(
-        tmp_path_factory.mktemp("berth-dos"),
-        extra_env={
-            "BERTH_HEADER_READ_TIMEOUT": str(TIMEOUT),
-            "BERTH_BODY_READ_TIMEOUT": str(TIMEOUT),
-            "BERTH_MAX_REQUESTS_PER_CLIENT": str(PER_CLIENT),
-        },
-    ).start()
-    yield berth
-    berth.stop()
+server = server_fixture(
+    "berth-dos",
+    env={
+        "BERTH_HEADER_READ_TIMEOUT": str(TIMEOUT),
+        "BERTH_BODY_READ_TIMEOUT": str(TIMEOUT),
+        "BERTH_MAX_REQUESTS_PER_CLIENT": str(PER_CLIENT),
+    },
+)
 
 
 # ---------------------------------------------------------------- helpers

@@ -6,10 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import httpx
-import pytest
 
-from berth.addresses import public_url
-from berth.config import Settings
 from tests.servers import BerthServer
 from tests.tls import make_ca_and_cert
 
@@ -38,23 +35,6 @@ def test_with_a_domain_and_tls_the_banner_names_the_console_on_the_domain(
                 assert root.status_code == 302 and root.headers["location"] == "/console/"
     finally:
         server.stop()
-
-
-@pytest.mark.parametrize(
-    ("settings", "url"),
-    [
-        ({}, "http://127.0.0.1:5000"),
-        ({"listen": "[::1]:5000"}, "http://[::1]:5000"),
-        ({"domain": "kcr.dev", "region": "kr-central-2"}, "http://kr-central-2.kcr.dev:5000"),
-        (
-            {"domain": "kcr.dev", "listen": "0.0.0.0:443", "tls_cert": "c", "tls_key": "k"},
-            "https://local.kcr.dev",
-        ),
-        ({"domain": "10.0.0.5", "listen": "0.0.0.0:80"}, "http://127.0.0.1:80"),
-    ],
-)
-def test_the_public_url(settings: dict[str, str], url: str) -> None:
-    assert public_url(Settings(**settings)) == url
 
 
 def test_the_cli_refuses_a_project_name_that_is_no_host_name(sqlite_server: BerthServer) -> None:

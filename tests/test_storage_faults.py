@@ -3,7 +3,6 @@ their scratch file, and scratch files no upload names."""
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import json
 import os
@@ -19,9 +18,6 @@ from typing import Any
 import httpx
 import pytest
 
-from berth.domain.errors import Unavailable
-from berth.metadata import database
-from berth.metadata.database import Database
 from tests.conftest import Repo, new_repo
 from tests.oci import (
     OCI_MANIFEST,
@@ -32,7 +28,7 @@ from tests.oci import (
     put_manifest,
     random_image,
 )
-from tests.servers import BerthServer
+from tests.servers import BerthServer, server_fixture
 
 ACCEPT = {"Accept": OCI_MANIFEST}
 MIB = 1024 * 1024
@@ -198,13 +194,7 @@ def test_storage_check_removes_scratch_files_no_upload_names(repo: Repo) -> None
     (uploads / fresh).unlink()
 
 
-@pytest.fixture(scope="module")
-def racing_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BerthServer]:
-    server = BerthServer(
-        tmp_path_factory.mktemp("race"), extra_env={"BERTH_GC_GRACE_PERIOD": "0"}
-    ).start()
-    yield server
-    server.stop()
+racing_server = server_fixture("race", env={"BERTH_GC_GRACE_PERIOD": "0"})
 
 
 def test_pushes_racing_garbage_collection_get_no_server_error(racing_server: BerthServer) -> None:
@@ -311,28 +301,6 @@ def test_a_database_locked_elsewhere_answers_503_with_retry_after(
     assert waited < 12, waited
     assert scratch_files(sqlite_server) == []  # nothing half-written
     assert repo.client.post(repo.url("blobs/uploads/")).status_code == 202
-
-
-def test_a_write_queued_behind_this_process_writer_for_too_long_is_a_503(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """SQLite: one writer connection per process; a write that waits too long for it is
-    refused as busy (503, Retry-After), not a server error."""
-    monkeypatch.setattr(database, "WRITER_QUEUE_SECONDS", 0.2)
-    db = Database(f"sqlite+aiosqlite:///{tmp_path / 'queue.db'}")
-
-    async def queue() -> Unavailable:
-        try:
-            async with db.write():  # holds the writer
-                with pytest.raises(Unavailable) as refused:
-                    async with db.write():
-                        pass
-            return refused.value
-        finally:
-            await db.dispose()
-
-    refused = asyncio.run(queue())
-    assert refused.status == 503 and refused.headers["Retry-After"].isdigit()
 
 
 # ---------------------------------------------------------------- the scheduled jobs

@@ -192,3 +192,21 @@ def cli_actor() -> str:
 
 # Where an admin verb comes from, in the audit log's "client" (an address for HTTP callers).
 CLI_CLIENT = f"cli on {socket.gethostname()}"[:64]
+
+
+def show_rows(
+    json_output: bool, rows: list[dict[str, Any]], columns: list[str], title: str
+) -> None:
+    """What a verb that lists things prints: the rows as JSON, or a table of `columns`."""
+    if json_output:
+        print_json(rows)
+    else:
+        console.print(data_table(rows, columns, title))
+
+
+def split_repo(value: str) -> tuple[str, str]:
+    """A PROJECT/REPOSITORY argument (the repository part may hold more slashes)."""
+    project, _, repository = value.partition("/")
+    if not project or not repository:
+        raise typer.BadParameter(f"expected PROJECT/REPOSITORY, got {value!r}")
+    return project, repository

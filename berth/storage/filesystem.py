@@ -99,15 +99,8 @@ class FilesystemBlobStore(BlobStore):
             try:
                 os.link(source, target)
             except FileExistsError:
-                # The same digest: replace the stored file (atomically) with these verified
-                # bytes, so pushing a blob again repairs a copy damaged on disk.
-                temporary = source.with_name(source.name + _COMMIT)
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(temporary)
-                os.link(source, temporary)
-                os.replace(temporary, target)
-                with contextlib.suppress(FileNotFoundError):  # left if they were one file
-                    os.unlink(temporary)
+                if not os.path.samefile(source, target):  # else committed from it already
+                    _replace_with_link(source, target)
             dir_fd = os.open(target.parent, os.O_RDONLY)
             try:
                 os.fsync(dir_fd)
@@ -192,6 +185,24 @@ class FilesystemBlobStore(BlobStore):
             for prefix in sorted(base.iterdir()):
                 for blob in sorted(prefix.iterdir()):
                     yield f"{algorithm}:{blob.name}"
+
+
+def _replace_with_link(source: Path, target: Path) -> None:
+    """The same digest stored already: replace the stored file (atomically) with the upload's
+    verified bytes, so pushing a blob again repairs a copy damaged on disk."""
+    temporary = source.with_name(source.name + _COMMIT)
+    try:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temporary)
+        os.link(source, temporary)
+        os.replace(temporary, target)
+    except (FileExistsError, FileNotFoundError):
+        # A commit of this upload racing with this one (a client's retry handled by another
+        # process) took the temporary name: it is done when the blob is the upload's file.
+        if not os.path.samefile(source, target):
+            raise
+    with contextlib.suppress(FileNotFoundError):  # left if they were one file
+        os.unlink(temporary)
 
 
 def _unshare(path: Path) -> None:

@@ -33,7 +33,7 @@ from tests.clients.layouts import TestImage, umoci_image
 from tests.clients.machine import DockerCertsDirs, HostsEntries
 from tests.clients.registry import DOMAIN, REGION, Registry, Trust, project_host
 from tests.clients.tools import require_binary
-from tests.servers import BerthServer
+from tests.servers import BerthServer, running_server
 from tests.tls import make_ca_and_cert
 
 
@@ -107,25 +107,22 @@ def trust(server_tls: tuple[Path, Path, Path], tmp_path_factory: pytest.TempPath
 
 @pytest.fixture(scope="session")
 def berth(
-    tmp_path_factory: pytest.TempPathFactory,
+    request: pytest.FixtureRequest,
     server_tls: tuple[Path, Path, Path],
     projects: Projects,
     project_hosts: HostsEntries,
 ) -> Iterator[BerthServer]:
     """`berth serve` over TLS on 127.0.0.1, answering for `*.kr-central-2.kcr.test`."""
     _, certificate, key = server_tls
-    server = BerthServer(
-        tmp_path_factory.mktemp("berth"),
+    with running_server(
+        request,
+        "berth",
         tls=(certificate, key),
         extra_env={"BERTH_DOMAIN": DOMAIN, "BERTH_REGION": REGION},
-    )
-    try:
-        server.start()
+    ) as server:
         for project in projects.all:
             server.create_project(project)
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture(scope="session")

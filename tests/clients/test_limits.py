@@ -16,7 +16,7 @@ from tests.clients.layouts import TestImage
 from tests.clients.registry import ImageRef, Registry
 from tests.clients.tools import CommandFailed
 from tests.oci import OCI_CONFIG, OCI_LAYER, OCI_MANIFEST, Blob, digest_of, push_bytes
-from tests.servers import BerthServer
+from tests.servers import running_server
 
 pytestmark = pytest.mark.clients
 
@@ -93,24 +93,24 @@ def test_a_lowered_limit_refuses_the_next_image(
 
 
 @pytest.fixture(scope="module")
-def berth_with_limit(registry: Registry) -> Iterator[Registry]:
+def berth_with_limit(request: pytest.FixtureRequest, registry: Registry) -> Iterator[Registry]:
     """A repository limit lowered through the setting needs its own server (path style)."""
-    server = BerthServer(
-        registry.server.data_dir.parent / f"limited-{uuid.uuid4().hex[:6]}",
+    with running_server(
+        request,
+        "limited",
         host=registry.server.host,
         tls=registry.server.tls,
         extra_env={**registry.server.extra_env, "BERTH_MAX_IMAGES_PER_REPOSITORY": "2"},
-    ).start()
-    project = "limited"
-    server.create_project(project)
-    yield replace(
-        registry,
-        server=server,
-        project=project,
-        credentials=server.access_key(project),
-        host_style=False,
-    )
-    server.stop()
+    ) as server:
+        project = "limited"
+        server.create_project(project)
+        yield replace(
+            registry,
+            server=server,
+            project=project,
+            credentials=server.access_key(project),
+            host_style=False,
+        )
 
 
 def test_a_fixed_tag_refuses_another_image_and_accepts_the_same_one(

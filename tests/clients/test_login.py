@@ -23,7 +23,7 @@ from tests.clients.layouts import OciLayout, TestImage
 from tests.clients.machine import DockerCertsDirs
 from tests.clients.registry import Registry, Trust
 from tests.clients.tools import output
-from tests.servers import ADMIN_PASSWORD, BerthServer, free_port
+from tests.servers import ADMIN_PASSWORD, free_port, running_server
 
 pytestmark = pytest.mark.clients
 
@@ -171,19 +171,15 @@ def test_docker_push_without_a_repository_part_fails_at_once(
 
 @pytest.fixture
 def ipv6_berth(
-    tmp_path: Path, server_tls: tuple[Path, Path, Path], trust: Trust
+    request: pytest.FixtureRequest, server_tls: tuple[Path, Path, Path], trust: Trust
 ) -> Iterator[Registry]:
     """A second Berth on [::1] with the same certificate, and a project with an access key."""
     _, certificate, key = server_tls
-    server = BerthServer(
-        tmp_path / "berth-ipv6", host="::1", port=free_port("::1"), tls=(certificate, key)
-    )
-    try:
-        server.start()
+    with running_server(
+        request, "berth-ipv6", host="::1", port=free_port("::1"), tls=(certificate, key)
+    ) as server:
         server.create_project("ipv6")
         yield Registry(server, "ipv6", trust, server.access_key("ipv6"), host_style=False)
-    finally:
-        server.stop()
 
 
 def test_docker_verifies_the_certificate_of_a_registry_on_ipv6_loopback(

@@ -5,16 +5,14 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import httpx
-import pytest
 
 from berth.services.records import plain
-from tests.conftest import BACKENDS, database_url_for
-from tests.servers import BerthServer, PostgresCluster
+from tests.servers import BACKENDS, BerthServer, server_fixture
 
 T = TypeVar("T")
 
@@ -34,20 +32,6 @@ METERED_ENV = {
 }
 
 
-@pytest.fixture(scope="package", params=BACKENDS)
-def metered(
-    request: pytest.FixtureRequest,
-    tmp_path_factory: pytest.TempPathFactory,
-    postgres: PostgresCluster | None,
-) -> Iterator[BerthServer]:
-    url = database_url_for(request.param, postgres)
-    berth = BerthServer(
-        tmp_path_factory.mktemp(f"usage-{request.param}"), url, extra_env=dict(METERED_ENV)
-    )
-    yield start_all_workers(berth)
-    berth.stop()
-
-
 def start_all_workers(server: BerthServer) -> BerthServer:
     """Start the server and wait until every worker has started: granian does not stop while
     a worker is still starting (a SIGTERM then waits for the kill timeout)."""
@@ -60,6 +44,16 @@ def start_all_workers(server: BerthServer) -> BerthServer:
 
     eventually(started, lambda count: count >= workers, timeout=30)
     return server
+
+
+metered = server_fixture(
+    "usage",
+    backends=BACKENDS,
+    scope="package",
+    env=METERED_ENV,
+    start=start_all_workers,
+    doc="Fast metering and storage collection, two workers; once per backend.",
+)
 
 
 @dataclass

@@ -14,7 +14,6 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import BACKENDS, database_url_for
 from tests.oci import (
     OCI_CONFIG,
     OCI_LAYER,
@@ -24,7 +23,7 @@ from tests.oci import (
     push_bytes,
     push_manifest,
 )
-from tests.servers import BerthServer, PostgresCluster
+from tests.servers import BACKENDS, BerthServer, running_server
 from tests.usage.conftest import (
     Project,
     eventually,
@@ -159,17 +158,13 @@ def test_a_real_client_pull_is_counted(metered: BerthServer, tmp_path: Path) -> 
 
 
 @pytest.fixture(params=BACKENDS)
-def unflushed(
-    request: pytest.FixtureRequest,
-    tmp_path_factory: pytest.TempPathFactory,
-    postgres: PostgresCluster | None,
-) -> Iterator[BerthServer]:
+def unflushed(request: pytest.FixtureRequest) -> Iterator[BerthServer]:
     """A registry that writes its traffic counters only at shutdown (two workers)."""
-    url = database_url_for(request.param, postgres)
     env = {"BERTH_WORKERS": "2", "BERTH_TRAFFIC_FLUSH_INTERVAL": "3600"}
-    berth = BerthServer(tmp_path_factory.mktemp("unflushed"), url, extra_env=env)
-    yield start_all_workers(berth)
-    berth.stop()
+    with running_server(
+        request, "unflushed", request.param, extra_env=env, start=start_all_workers
+    ) as berth:
+        yield berth
 
 
 def test_a_clean_shutdown_loses_nothing(unflushed: BerthServer) -> None:

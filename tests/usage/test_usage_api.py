@@ -14,13 +14,12 @@ import uuid
 from typing import Any
 
 import httpx
-import pytest
 from sqlalchemy import select
 
 from berth.jobs import Job, Scheduler
 from berth.jobs.leases import Leases
 from berth.metadata.tables import project_settings, repositories, traffic_daily, utcnow
-from berth.services.usage import Pricing, Usage
+from berth.services.usage import Usage
 from berth.state import Services
 from tests.oci import (
     OCI_CONFIG,
@@ -433,10 +432,3 @@ def test_berth_usage_cli(metered: BerthServer) -> None:
     assert f"1.00 {CURRENCY}" in table  # (3 - 1 free) GB at 0.5, in the server's currency
     missing = metered.cli("usage", "no-such-project", check=False)
     assert missing.returncode == 1 and "does not exist" in missing.stderr
-
-
-def test_pricing_arithmetic() -> None:
-    pricing = Pricing(price_per_gb=0.09, free_gb=10)
-    assert pricing.charge(0) == 0
-    assert pricing.charge(10 * GB) == 0
-    assert float(pricing.charge(110 * GB)) == pytest.approx(9.0)

@@ -22,7 +22,7 @@ import pytest
 from playwright.sync_api import Browser, BrowserContext, Page, Playwright, expect, sync_playwright
 
 from tests.clients.tools import require_binary
-from tests.servers import ROOT, BerthServer
+from tests.servers import ROOT, BerthServer, server_fixture
 
 CHROMIUM = "/usr/bin/chromium"
 # This machine reaches no outside host: without these, Chromium keeps trying Google's.
@@ -42,19 +42,15 @@ DESKTOP = {"width": 1280, "height": 860}
 PHONE = {"width": 390, "height": 844}
 
 
-@pytest.fixture(scope="session")
-def console_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BerthServer]:
-    server = BerthServer(
-        tmp_path_factory.mktemp("console"),
-        extra_env={
-            "BERTH_GC_TEST_PAUSE": f"marking={GC_HOLD_SECONDS}",
-            "BERTH_GC_GRACE_PERIOD": "0",
-            "BERTH_TRAFFIC_FLUSH_INTERVAL": "0.3",
-        },
-    )
-    server.start()
-    yield server
-    server.stop()
+console_server = server_fixture(
+    "console",
+    scope="session",
+    env={
+        "BERTH_GC_TEST_PAUSE": f"marking={GC_HOLD_SECONDS}",
+        "BERTH_GC_GRACE_PERIOD": "0",
+        "BERTH_TRAFFIC_FLUSH_INTERVAL": "0.3",
+    },
+)
 
 
 @pytest.fixture(scope="session")

@@ -1,21 +1,10 @@
-"""Pure domain rules: names, tags, digests, manifest parsing. No server."""
+"""Names, tags, hosts and registry addresses (`berth.domain.names`)."""
 
 from __future__ import annotations
 
-import json
-
 import pytest
 
-from berth.domain.digests import parse_digest
-from berth.domain.errors import DigestInvalid, ManifestInvalid, NameInvalid, NameUnknown
-from berth.domain.manifests import (
-    DOCKER_MANIFEST,
-    OCI_INDEX,
-    OCI_MANIFEST,
-    accepts,
-    parse_manifest,
-    stored_blobs,
-)
+from berth.domain.errors import NameInvalid, NameUnknown
 from berth.domain.names import (
     is_valid_tag,
     normalized_host,
@@ -23,8 +12,6 @@ from berth.domain.names import (
     registry_address,
     split_name,
 )
-
-DIGEST = "sha256:" + "a" * 64
 
 
 @pytest.mark.parametrize("name", ["a/b", "proj/repo/team/app", "a-b/c__d", "a.b/c_d", "a/b--c"])
@@ -129,92 +116,6 @@ def test_valid_tags(tag: str) -> None:
 @pytest.mark.parametrize("tag", ["", ".x", "-x", "a" * 129, "a/b", "a:b"])
 def test_invalid_tags(tag: str) -> None:
     assert not is_valid_tag(tag)
-
-
-@pytest.mark.parametrize(
-    "digest",
-    [
-        "sha256:" + "A" * 64,
-        "sha256:" + "a" * 63,
-        "md5:" + "a" * 32,
-        "sha256:../../etc/passwd",
-        "sha512:" + "a" * 64,
-        "sha256:" + "a" * 64 + "/x",
-    ],
-)
-def test_bad_digests_are_refused(digest: str) -> None:
-    with pytest.raises(DigestInvalid):
-        parse_digest(digest)
-
-
-def test_sha512_digest_is_accepted() -> None:
-    assert parse_digest("sha512:" + "b" * 128).algorithm == "sha512"
-
-
-def _manifest(**fields: object) -> bytes:
-    base: dict[str, object] = {
-        "schemaVersion": 2,
-        "mediaType": OCI_MANIFEST,
-        "config": {
-            "mediaType": "application/vnd.oci.image.config.v1+json",
-            "digest": DIGEST,
-            "size": 2,
-        },
-        "layers": [
-            {"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": DIGEST, "size": 2}
-        ],
-    }
-    base.update(fields)
-    return json.dumps(base).encode()
-
-
-def test_image_manifest_references_its_blobs_once() -> None:
-    parsed = parse_manifest(_manifest(), None)
-    assert stored_blobs(parsed) == [DIGEST]
-    assert parsed.artifact_type == "application/vnd.oci.image.config.v1+json"
-
-
-def test_index_lists_children_and_subject() -> None:
-    body = json.dumps(
-        {
-            "schemaVersion": 2,
-            "mediaType": OCI_INDEX,
-            "manifests": [{"mediaType": OCI_MANIFEST, "digest": DIGEST, "size": 10}],
-            "subject": {"mediaType": OCI_MANIFEST, "digest": DIGEST, "size": 10},
-        }
-    ).encode()
-    parsed = parse_manifest(body, OCI_INDEX)
-    assert parsed.is_index and [c.digest for c in parsed.children] == [DIGEST]
-    assert parsed.subject is not None and parsed.subject.digest == DIGEST
-
-
-@pytest.mark.parametrize(
-    ("body", "message"),
-    [
-        (b"{not json", "not valid JSON"),
-        (b"[]", "JSON object"),
-        (_manifest(schemaVersion=1), "schemaVersion"),
-        (_manifest(layers="x"), "list of descriptors"),
-        (_manifest(config={"mediaType": "x", "digest": "sha256:zz", "size": 1}), "digest"),
-        (_manifest(config={"mediaType": "x", "digest": DIGEST, "size": -1}), "size"),
-        (_manifest(mediaType="application/vnd.example+json"), "unsupported"),
-    ],
-)
-def test_malformed_manifests_are_refused_with_a_reason(body: bytes, message: str) -> None:
-    with pytest.raises(ManifestInvalid, match=message):
-        parse_manifest(body, None)
-
-
-def test_content_type_must_match_declared_media_type() -> None:
-    with pytest.raises(ManifestInvalid, match="does not match"):
-        parse_manifest(_manifest(), DOCKER_MANIFEST)
-
-
-def test_accept_negotiation() -> None:
-    assert accepts(None, OCI_INDEX)
-    assert accepts("*/*", OCI_INDEX)
-    assert accepts(f"{DOCKER_MANIFEST}, {OCI_INDEX}", OCI_INDEX)
-    assert not accepts(DOCKER_MANIFEST, OCI_INDEX)
 
 
 def test_an_overlong_host_is_refused_before_the_host_cache_keeps_it() -> None:

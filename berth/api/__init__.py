@@ -1,0 +1,1 @@
+"""The HTTP management API under /api/v1, used by the web console and scripts."""

@@ -1,0 +1,149 @@
+"""`berth image` and `berth tag`: a repository's images, their history, and restoring a tag."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from berth.cli.common import (
+    CLI_CLIENT,
+    JsonFlag,
+    TagArg,
+    cli_actor,
+    console,
+    done,
+    print_json,
+    run_service,
+    split_repo,
+    when,
+)
+from berth.domain.errors import NameUnknown
+from berth.services.images import Images
+from berth.services.records import plain
+from berth.state import Services
+
+image_app = typer.Typer(help="Images in a repository and their history.", no_args_is_help=True)
+tag_app = typer.Typer(help="Tags: restore a removed tag.", no_args_is_help=True)
+
+
+def _split_image(value: str) -> tuple[str, str, str]:
+    """PROJECT/REPOSITORY[/IMAGE...] -> (project, repository, image)."""
+    project, repository = split_repo(value)
+    repository, _, image = repository.partition("/")
+    return project, repository, image
+
+
+async def _repository_ref(s: Services, project: str, repository: str) -> Any:
+    _project_id, repo = await s.repositories.lookup(project, repository)
+    if repo is None:
+        raise NameUnknown(f"repository {project}/{repository} does not exist")
+    return repo
+
+
+def _short(digest: str | None) -> str:
+    return digest.split(":", 1)[-1][:12] if digest else ""
+
+
+@image_app.command("list")
+def image_list(
+    name: Annotated[str, typer.Argument(metavar="PROJECT/REPO[/IMAGE]")],
+    page: Annotated[int, typer.Option(min=1, help="Page number.")] = 1,
+    per_page: Annotated[int, typer.Option(min=1, max=1000, help="Images per page.")] = 50,
+    json_output: JsonFlag = False,
+) -> None:
+    """List a repository's images, newest first (an index counts once, with its platforms)."""
+    project, repository, image = _split_image(name)
+
+    async def work(s: Services) -> tuple[list[dict[str, Any]], int]:
+        repo = await _repository_ref(s, project, repository)
+        found, total = await Images(s.db, s.store).list_images(
+            repo, image=image or None, page=page, per_page=per_page
+        )
+        # The CLI's listing shows the referrers themselves, not their count.
+        return [plain(i.model_dump(exclude={"referrer_count"})) for i in found], total
+
+    items, total = run_service(work)
+    if json_output:
+        print_json({"items": items, "page": page, "per_page": per_page, "total": total})
+        return
+    table = Table(title=f"Images in {name} ({total} in all, page {page})")
+    for column in ("image", "digest", "tags", "size", "platforms", "referrers", "pushed at"):
+        table.add_column(column)
+    for item in items:
+        table.add_row(
+            item["image"] or "-",
+            _short(item["digest"]),
+            ", ".join(item["tags"]),
+            f"{item['size']:,}",
+            ", ".join(item["platforms"]),
+            ", ".join(r["artifact_type"] or _short(r["digest"]) for r in item["referrers"]),
+            when(item["pushed_at"], "-"),
+        )
+    console.print(table)
+
+
+@image_app.command("history")
+def image_history(
+    name: Annotated[str, typer.Argument(metavar="PROJECT/REPO[/IMAGE]")],
+    tag: Annotated[str | None, typer.Option(help="Only this tag's events.")] = None,
+    digest: Annotated[str | None, typer.Option(help="Only events of this digest.")] = None,
+    limit: Annotated[int, typer.Option(min=1, max=10_000, help="How many, newest first.")] = 100,
+    json_output: JsonFlag = False,
+) -> None:
+    """Show image and tag history: pushes, tags, untags, moves, deletes and restores."""
+    project, repository, image = _split_image(name)
+
+    async def work(s: Services) -> list[dict[str, Any]]:
+        repo = await _repository_ref(s, project, repository)
+        items, _total = await Images(s.db).history(
+            repo,
+            image=image or None,
+            tag=tag,
+            digest=digest,
+            per_page=limit,
+        )
+        events: list[dict[str, Any]] = plain(items)
+        return events
+
+    found = run_service(work)
+    if json_output:
+        print_json(found)
+        return
+    table = Table(title=f"History of {name}")
+    for column in ("at", "actor", "action", "image", "tag", "old", "new", "restorable"):
+        table.add_column(column)
+    for event in found:
+        table.add_row(
+            when(event["at"]),
+            event["actor"],
+            event["action"],
+            event["image"] or "-",
+            event["tag"] or "",
+            _short(event["old_digest"]),
+            _short(event["new_digest"]),
+            "yes" if event["restorable"] else "",
+        )
+    console.print(table)
+
+
+@tag_app.command("restore")
+def tag_restore(
+    name: Annotated[str, typer.Argument(metavar="PROJECT/REPO[/IMAGE]")],
+    tag: TagArg,
+    json_output: JsonFlag = False,
+) -> None:
+    """Put a removed tag back on the image it last named (while that image is stored)."""
+    project, repository, image = _split_image(name)
+
+    async def work(s: Services) -> str:
+        repo = await _repository_ref(s, project, repository)
+        return await s.registry.restore_tag(repo, image, tag, actor=cli_actor(), client=CLI_CLIENT)
+
+    digest = run_service(work)
+    done(
+        json_output,
+        {"repository": f"{project}/{repository}", "image": image, "tag": tag, "digest": digest},
+        f"Restored {name}:{tag} -> {digest}",
+    )

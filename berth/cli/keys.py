@@ -1,0 +1,105 @@
+"""`berth key`: access keys for docker login and other clients."""
+
+from __future__ import annotations
+
+import datetime as dt
+import shlex
+import sys
+from typing import Annotated
+
+import typer
+
+from berth.cli.common import (
+    JsonFlag,
+    KeyIdArg,
+    console,
+    done,
+    print_json,
+    run_service,
+    show_rows,
+)
+from berth.services.identity import CreatedKey
+from berth.state import Services
+
+key_app = typer.Typer(help="Access keys for docker login and other clients.", no_args_is_help=True)
+
+
+@key_app.command("create")
+def key_create(
+    user: Annotated[str, typer.Option(help="Whose key.")],
+    project: Annotated[str, typer.Option(help="The project the key works in.")],
+    expires: Annotated[
+        dt.datetime | None, typer.Option(help="Expiry date (YYYY-MM-DD), UTC.")
+    ] = None,
+    json_output: JsonFlag = False,
+) -> None:
+    """Create an access key. The secret is shown now and never again."""
+    expires_at = expires.replace(tzinfo=dt.UTC) if expires else None
+
+    async def work(s: Services) -> tuple[CreatedKey, str]:
+        created = await s.identity.create_key(user, project, expires_at=expires_at)
+        return created, s.registry_address(project, None).login
+
+    created, address = run_service(work)
+    if json_output:
+        print_json(created.as_dict())
+        return
+    console.print(f"Access key ID:     [bold]{created.key_id}[/]")
+    console.print(f"Secret access key: [bold]{created.secret}[/]")
+    console.print("[yellow]The secret is shown only now: store it safely.[/]")
+    # Printed as plain lines, never wrapped to the terminal: they are pasted as they are.
+    sys.stdout.write(
+        "\nSign in with docker:\n"
+        f"  echo {shlex.quote(created.secret)} | docker login {address} "
+        f"--username {created.key_id} --password-stdin\n"
+        "\nKubernetes pull secret (then name it under imagePullSecrets in the pod spec):\n"
+        f"  kubectl create secret docker-registry {project}-pull \\\n"
+        f"    --docker-server={address} \\\n"
+        f"    --docker-username={created.key_id} \\\n"
+        f"    --docker-password={shlex.quote(created.secret)}\n"
+    )
+
+
+@key_app.command("list")
+def key_list(
+    user: Annotated[str | None, typer.Option(help="Only this user's keys.")] = None,
+    project: Annotated[str | None, typer.Option(help="Only keys for this project.")] = None,
+    json_output: JsonFlag = False,
+) -> None:
+    """List access keys (never their secrets)."""
+    found = run_service(lambda s: s.identity.list_keys(user=user, project=project))
+    show_rows(
+        json_output,
+        found,
+        [
+            "access_key_id",
+            "user",
+            "project",
+            "created_at",
+            "last_used_at",
+            "expires_at",
+            "state",
+        ],
+        "Access keys",
+    )
+
+
+@key_app.command("disable")
+def key_disable(key_id: KeyIdArg, json_output: JsonFlag = False) -> None:
+    """Disable a key; it stops working at once and can be enabled again."""
+    run_service(lambda s: s.identity.set_key_disabled(key_id, True))
+    done(json_output, {"access_key_id": key_id, "state": "disabled"}, f"Disabled {key_id}")
+
+
+@key_app.command("enable")
+def key_enable(key_id: KeyIdArg, json_output: JsonFlag = False) -> None:
+    """Enable a disabled key."""
+    run_service(lambda s: s.identity.set_key_disabled(key_id, False))
+    done(json_output, {"access_key_id": key_id, "state": "active"}, f"Enabled {key_id}")
+
+
+@key_app.command("delete")
+def key_delete(key_id: KeyIdArg, json_output: JsonFlag = False) -> None:
+    """Delete a key for good."""
+    run_service(lambda s: s.identity.delete_key(key_id))
+    done(json_output, {"access_key_id": key_id, "deleted": True}, f"Deleted {key_id}")

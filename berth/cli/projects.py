@@ -1,0 +1,73 @@
+"""`berth project` and `berth member`: projects (tenants) and the roles of their members."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from berth.cli import accounts
+from berth.cli.common import (
+    JsonFlag,
+    ProjectArg,
+    UserArg,
+    console,
+    done,
+    print_json,
+    run_service,
+    show_rows,
+)
+from berth.services.records import plain
+
+project_app = typer.Typer(help="Projects (tenants).", no_args_is_help=True)
+member_app = typer.Typer(help="Project members and their roles.", no_args_is_help=True)
+
+
+@project_app.command("create")
+def project_create(name: ProjectArg, json_output: JsonFlag = False) -> None:
+    """Create a project."""
+    run_service(lambda s: s.repositories.create_project(name))
+    if json_output:
+        print_json({"name": name})
+    else:
+        console.print(f"Created project [bold]{name}[/]")
+
+
+@project_app.command("list")
+def project_list(json_output: JsonFlag = False) -> None:
+    """List projects."""
+    found = plain(run_service(lambda s: s.repositories.list_projects()))
+    show_rows(json_output, found, ["name", "created_at"], "Projects")
+
+
+@member_app.command("add")
+def member_add(
+    project: ProjectArg,
+    user: UserArg,
+    role: Annotated[str, typer.Option(help="admin, member or reader.")],
+    json_output: JsonFlag = False,
+) -> None:
+    """Add a user to a project, or change their role."""
+    run_service(lambda s: s.identity.add_member(project, user, role))
+    done(
+        json_output,
+        {"project": project, "user": user, "role": role},
+        f"{user} is now {role} of {project}",
+    )
+
+
+@member_app.command("remove")
+def member_remove(project: ProjectArg, user: UserArg, json_output: JsonFlag = False) -> None:
+    """Remove a user from a project; their access keys there stop working."""
+    run_service(lambda s: s.identity.remove_member(project, user))
+    done(json_output, {"project": project, "user": user}, f"{user} left {project}")
+
+
+@member_app.command("list")
+def member_list(project: ProjectArg, json_output: JsonFlag = False) -> None:
+    """List a project's members."""
+    found = run_service(lambda s: s.identity.list_members(project))
+    show_rows(json_output, found, ["user", "role", "since"], f"Members of {project}")
+
+
+project_app.command("delete")(accounts.project_delete)

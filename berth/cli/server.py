@@ -1,0 +1,113 @@
+"""`berth serve`, `berth init` and `berth status`: start a registry, create its data, and say
+which data the other verbs use."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+from rich.text import Text
+
+from berth.cli.common import (
+    BAD_SETTING,
+    JsonFlag,
+    Options,
+    console,
+    fail,
+    print_json,
+    settings_or_exit,
+)
+from berth.config import SettingsError, config_file
+from berth.data_location import missing_data, shown_database, where_to_point
+
+
+def serve(
+    data_dir: Annotated[Path | None, typer.Option(help="Data directory.")] = None,
+    listen: Annotated[str | None, typer.Option(help="host:port to listen on.")] = None,
+    domain: Annotated[str | None, typer.Option(help="Registry domain.")] = None,
+    region: Annotated[str | None, typer.Option(help="Region name.")] = None,
+    tls_cert: Annotated[Path | None, typer.Option(help="TLS certificate (PEM).")] = None,
+    tls_key: Annotated[Path | None, typer.Option(help="TLS private key (PEM).")] = None,
+    database_url: Annotated[str | None, typer.Option(help="SQLAlchemy database URL.")] = None,
+    workers: Annotated[int | None, typer.Option(help="Worker processes.")] = None,
+) -> None:
+    """Start the registry (creating its data directory and database on first start)."""
+    from berth.server import serve as run_server
+
+    flags = {
+        "data_dir": data_dir,
+        "listen": listen,
+        "domain": domain,
+        "region": region,
+        "tls_cert": tls_cert,
+        "tls_key": tls_key,
+        "database_url": database_url,
+        "workers": workers,
+    }
+    settings = settings_or_exit(**flags)
+    given = {name for name, value in flags.items() if value is not None}
+    if Options.data_dir is not None:
+        given.add("data_dir")
+    try:
+        run_server(settings, given)
+    except SettingsError as exc:
+        fail(str(exc), BAD_SETTING)
+
+
+def init(
+    data_dir: Annotated[Path | None, typer.Option(help="Data directory.")] = None,
+    database_url: Annotated[str | None, typer.Option(help="SQLAlchemy database URL.")] = None,
+) -> None:
+    """Create the data directory, the database and the administrator, without serving."""
+    from berth.server import initialise
+
+    settings = settings_or_exit(data_dir=data_dir, database_url=database_url)
+    if missing_data(settings) is None:
+        fail(f"Berth data exists already: {shown_database(settings)}", 3)
+    initialise(settings)
+    console.print(
+        Text(f"Created Berth data in {settings.data_dir.absolute()} ({shown_database(settings)})")
+    )
+
+
+def status(json_output: JsonFlag = False) -> None:
+    """Say which settings file, data directory and database the verbs use, and whether a server
+    answers on the configured address."""
+    settings = settings_or_exit()
+    missing = missing_data(settings)
+    host, port = settings.host_and_port
+    try:
+        socket.create_connection((host, port), timeout=1).close()
+        listening = True
+    except OSError:
+        listening = False
+    config, database = config_file(), shown_database(settings)
+    data_dir = str(settings.data_dir.absolute())
+    if json_output:
+        print_json(
+            {
+                "config_file": str(config),
+                "config_file_found": config.is_file(),
+                "data_dir": data_dir,
+                "database": database,
+                "data_found": missing is None,
+                "listen": settings.listen,
+                "server_listening": listening,
+            }
+        )
+    else:
+        table = Table(title="Berth", show_header=False)
+        table.add_column("item", style="bold")
+        table.add_column("value", overflow="fold")
+        table.add_row("Config file", Text(f"{config}{'' if config.is_file() else ' (not found)'}"))
+        table.add_row("Data directory", Text(data_dir))
+        table.add_row("Database", Text(database + ("" if missing is None else " (not found)")))
+        answers = " (a server answers)" if listening else " (nothing listening)"
+        table.add_row("Listen", Text(settings.listen + answers))
+        console.print(table)
+    if missing is not None:
+        flags = {"data_dir"} if Options.data_dir is not None else set()
+        fail(f"{missing}\n{where_to_point(flags)}")

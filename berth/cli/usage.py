@@ -1,0 +1,134 @@
+"""`berth audit` and `berth usage`: a project's audit log, and its storage and traffic."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from berth.cli.common import (
+    JsonFlag,
+    ProjectArg,
+    console,
+    print_json,
+    run_service,
+    show_rows,
+    when,
+)
+from berth.services.records import plain
+from berth.state import Services
+
+
+def audit(
+    project: ProjectArg,
+    limit: Annotated[int, typer.Option(help="How many entries, newest first.")] = 100,
+    json_output: JsonFlag = False,
+) -> None:
+    """Show a project's audit log: logins, key and role changes."""
+    found = run_service(lambda s: s.identity.audit_entries(project, limit))
+    show_rows(
+        json_output, found, ["at", "actor", "action", "target", "client"], f"Audit log of {project}"
+    )
+
+
+def _size(value: int) -> str:
+    """Bytes in decimal units (GB = 10^9, as traffic is charged)."""
+    if value < 1000:
+        return f"{value:,} B"
+    amount = value / 1000
+    for unit in ("kB", "MB", "GB"):
+        if amount < 1000:
+            return f"{amount:,.2f} {unit}"
+        amount /= 1000
+    return f"{amount:,.2f} TB"
+
+
+def _change(month: dict[str, Any]) -> str:
+    percent = month["change_percent"]
+    shown = f"{percent:+.1f}%" if percent is not None else "n/a"
+    delta = month["change_bytes"]
+    return f"{shown} ({'+' if delta >= 0 else '-'}{_size(abs(delta))})"
+
+
+def usage(
+    project: ProjectArg,
+    days: Annotated[int, typer.Option(help="Days of storage and traffic series to show.")] = 14,
+    collect: Annotated[
+        bool, typer.Option("--collect", help="Collect storage usage now, first.")
+    ] = False,
+    json_output: JsonFlag = False,
+) -> None:
+    """Show a project's management summary, storage usage and outbound traffic."""
+
+    async def gather(s: Services) -> dict[str, Any]:
+        if collect:
+            await s.usage.collect(project)
+        return {
+            "summary": await s.usage.summary(project),
+            "storage": await s.usage.storage(project, days),
+            "traffic": await s.usage.traffic(project, days=min(days, 92)),
+        }
+
+    found = plain(run_service(gather))
+    if json_output:
+        print_json(found)
+        return
+    summary, storage, traffic = found["summary"], found["storage"], found["traffic"]
+    repos, images, stored = summary["repositories"], summary["images"], summary["storage"]
+    this_month = traffic["this_month"]
+    table = Table(title=f"Project {project}", show_header=False)
+    table.add_column("item", style="bold")
+    table.add_column("value")
+    table.add_row("Repositories", f"{repos['stored']} / {repos['maximum']}")
+    table.add_row(
+        "Images", f"{images['stored']:,} (at most {images['limit_per_repository']:,} a repository)"
+    )
+    collected = when(stored["collected_at"], "not collected yet (measured now)")
+    table.add_row("Storage used", f"{_size(stored['bytes'])} in {stored['blobs']:,} blobs")
+    table.add_row("Storage collected", collected)
+    table.add_row(
+        f"Outbound traffic {this_month['month']}",
+        f"{_size(this_month['bytes'])}, {_change(this_month)} over the previous month",
+    )
+    table.add_row(
+        "Estimated charge", f"{this_month['estimated_charge']:,.2f} {this_month['currency']}"
+    )
+    table.add_row("Last garbage collection", when(summary["last_gc_at"]))
+    console.print(table)
+
+    # One storage row a day (the day's last sample): the schedule takes 48 a day by default.
+    by_day: dict[str, dict[str, Any]] = {}
+    for sample in storage["samples"]:
+        by_day[sample["collected_at"][:10]] = sample
+    series = Table(title=f"Storage, last {days} days (last sample of each day)")
+    for column in ("day", "collected at", "storage", "blobs", "images"):
+        series.add_column(column)
+    for day, sample in by_day.items():
+        series.add_row(
+            day,
+            sample["collected_at"][11:19],
+            _size(sample["bytes"]),
+            f"{sample['blobs']:,}",
+            f"{sample['images']:,}",
+        )
+    console.print(series)
+
+    daily = Table(title=f"Outbound traffic, last {len(traffic['daily'])} days (UTC)")
+    for column in ("day", "bytes", "requests"):
+        daily.add_column(column)
+    for day in traffic["daily"]:
+        daily.add_row(day["day"], _size(day["bytes"]), f"{day['requests']:,}")
+    console.print(daily)
+    monthly = Table(title="Outbound traffic by month")
+    for column in ("month", "bytes", "requests", "change", "estimated charge"):
+        monthly.add_column(column)
+    for month in traffic["months"]:
+        monthly.add_row(
+            month["month"],
+            _size(month["bytes"]),
+            f"{month['requests']:,}",
+            _change(month),
+            f"{month['estimated_charge']:,.2f} {month['currency']}",
+        )
+    console.print(monthly)

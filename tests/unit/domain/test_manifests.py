@@ -1,0 +1,85 @@
+"""Manifest parsing and content negotiation (`berth.domain.manifests`)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from berth.domain.errors import ManifestInvalid
+from berth.domain.manifests import (
+    DOCKER_MANIFEST,
+    OCI_INDEX,
+    OCI_MANIFEST,
+    accepts,
+    parse_manifest,
+    stored_blobs,
+)
+
+DIGEST = "sha256:" + "a" * 64
+
+
+def _manifest(**fields: object) -> bytes:
+    base: dict[str, object] = {
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "config": {
+            "mediaType": "application/vnd.oci.image.config.v1+json",
+            "digest": DIGEST,
+            "size": 2,
+        },
+        "layers": [
+            {"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": DIGEST, "size": 2}
+        ],
+    }
+    base.update(fields)
+    return json.dumps(base).encode()
+
+
+def test_image_manifest_references_its_blobs_once() -> None:
+    parsed = parse_manifest(_manifest(), None)
+    assert stored_blobs(parsed) == [DIGEST]
+    assert parsed.artifact_type == "application/vnd.oci.image.config.v1+json"
+
+
+def test_index_lists_children_and_subject() -> None:
+    body = json.dumps(
+        {
+            "schemaVersion": 2,
+            "mediaType": OCI_INDEX,
+            "manifests": [{"mediaType": OCI_MANIFEST, "digest": DIGEST, "size": 10}],
+            "subject": {"mediaType": OCI_MANIFEST, "digest": DIGEST, "size": 10},
+        }
+    ).encode()
+    parsed = parse_manifest(body, OCI_INDEX)
+    assert parsed.is_index and [c.digest for c in parsed.children] == [DIGEST]
+    assert parsed.subject is not None and parsed.subject.digest == DIGEST
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        (b"{not json", "not valid JSON"),
+        (b"[]", "JSON object"),
+        (_manifest(schemaVersion=1), "schemaVersion"),
+        (_manifest(layers="x"), "list of descriptors"),
+        (_manifest(config={"mediaType": "x", "digest": "sha256:zz", "size": 1}), "digest"),
+        (_manifest(config={"mediaType": "x", "digest": DIGEST, "size": -1}), "size"),
+        (_manifest(mediaType="application/vnd.example+json"), "unsupported"),
+    ],
+)
+def test_malformed_manifests_are_refused_with_a_reason(body: bytes, message: str) -> None:
+    with pytest.raises(ManifestInvalid, match=message):
+        parse_manifest(body, None)
+
+
+def test_content_type_must_match_declared_media_type() -> None:
+    with pytest.raises(ManifestInvalid, match="does not match"):
+        parse_manifest(_manifest(), DOCKER_MANIFEST)
+
+
+def test_accept_negotiation() -> None:
+    assert accepts(None, OCI_INDEX)
+    assert accepts("*/*", OCI_INDEX)
+    assert accepts(f"{DOCKER_MANIFEST}, {OCI_INDEX}", OCI_INDEX)
+    assert not accepts(DOCKER_MANIFEST, OCI_INDEX)
