@@ -12,7 +12,6 @@ import httpx
 import pytest
 
 from tests.servers import BACKENDS, BerthServer, PostgresCluster, server_fixture
-from tests.servers import database_url_for as database_url_for  # tests/gc imports it here
 
 
 @pytest.fixture(scope="session")

@@ -4,28 +4,19 @@ directly, so a lost administrator password is recovered on the server."""
 from __future__ import annotations
 
 import sys
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
 from berth.cli.common import (
     CLI_CLIENT,
     JsonFlag,
+    YesFlag,
     cli_actor,
-    console,
+    done,
     errors,
-    print_json,
     run_service,
 )
-
-YesFlag = Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")]
-
-
-def _done(json_output: bool, value: dict[str, Any], message: str) -> None:
-    if json_output:
-        print_json(value)
-    else:
-        console.print(message)
 
 
 def user_set_password(
@@ -47,7 +38,7 @@ def user_set_password(
             name, password, actor=cli_actor(), client=CLI_CLIENT
         )
     )
-    _done(
+    done(
         json_output,
         {"name": name, "password_set": True},
         f"Set the password of [bold]{name}[/]; their console sessions ended",
@@ -59,7 +50,7 @@ def user_delete(name: str, yes: YesFlag = False, json_output: JsonFlag = False) 
     if not yes and not typer.confirm(f"Delete user {name} with their access keys?"):
         raise typer.Exit(1)
     run_service(lambda s: s.identity.users.delete_user(name, actor=cli_actor(), client=CLI_CLIENT))
-    _done(json_output, {"name": name, "deleted": True}, f"Deleted user [bold]{name}[/]")
+    done(json_output, {"name": name, "deleted": True}, f"Deleted user [bold]{name}[/]")
 
 
 def project_delete(name: str, yes: YesFlag = False, json_output: JsonFlag = False) -> None:
@@ -87,7 +78,7 @@ def project_delete(name: str, yes: YesFlag = False, json_output: JsonFlag = Fals
             name, confirm=confirm, actor=cli_actor(), client=CLI_CLIENT
         )
     )
-    _done(
+    done(
         json_output,
         {"name": name, "deleted": True, "repositories": deleted},
         f"Deleted project [bold]{name}[/] and its {deleted} "

@@ -5,8 +5,8 @@ from __future__ import annotations
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from berth.domain.errors import NameUnknown
-from berth.metadata.tables import projects
+from berth.domain.errors import NameUnknown, NotFound
+from berth.metadata.tables import projects, repositories, users
 
 
 async def require_project(conn: AsyncConnection, project: str) -> int:
@@ -17,3 +17,29 @@ async def require_project(conn: AsyncConnection, project: str) -> int:
     if project_id is None:
         raise NameUnknown(f"project {project!r} does not exist", {"project": project})
     return int(project_id)
+
+
+async def require_repository(
+    conn: AsyncConnection, project_id: int, project: str, repository: str
+) -> int:
+    """The id of a repository of a project, or NAME_UNKNOWN naming it."""
+    repository_id = (
+        await conn.execute(
+            select(repositories.c.id).where(
+                repositories.c.project_id == project_id, repositories.c.name == repository
+            )
+        )
+    ).scalar()
+    if repository_id is None:
+        raise NameUnknown(
+            f"repository {project}/{repository} does not exist", {"repository": repository}
+        )
+    return int(repository_id)
+
+
+async def require_user(conn: AsyncConnection, user: str) -> int:
+    """The id of a user by name, or NOT_FOUND naming them."""
+    user_id = (await conn.execute(select(users.c.id).where(users.c.name == user))).scalar()
+    if user_id is None:
+        raise NotFound(f"user {user!r} does not exist")
+    return int(user_id)

@@ -12,7 +12,6 @@ from typing import Any
 from sqlalchemy import ColumnElement, func, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from berth.domain.references import RepositoryRef
 from berth.jobs.periodic import Periodic
 from berth.metadata.database import Database
 from berth.metadata.lookups import require_project
@@ -46,27 +45,6 @@ class AuditLog:
                 await conn.execute(audit_log.insert().values(**entry))
         else:
             self._pending.append(entry)
-
-    async def record_content_change(
-        self,
-        actor: str,
-        action: str,
-        repo: RepositoryRef,
-        image: str,
-        reference: str,
-        client: str | None = None,
-    ) -> None:
-        """Audit an image delete (`reference` a digest) or a tag delete or restore (a tag);
-        the target names it as a client would: `repository[/image]@digest` or `...:tag`."""
-        name = f"{repo.name}/{image}" if image else repo.name
-        separator = "@" if ":" in reference else ":"
-        await self.record(
-            actor,
-            action,
-            project_id=repo.project_id,
-            target=f"{name}{separator}{reference}"[:255],
-            client=client,
-        )
 
     async def flush(self) -> None:
         pending, self._pending = self._pending, []

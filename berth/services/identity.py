@@ -36,7 +36,6 @@ class Identity:
         # The calls made on `services.identity` by the CLI, the server, the content surfaces
         # and the tests' fixtures.
         self.record = self.audit.record
-        self.record_content_change = self.audit.record_content_change
         self.audit_entries = self.audit.entries
         self.start = self.audit.start
         self.stop = self.audit.stop

@@ -12,14 +12,13 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from berth.access.permissions import PROJECT_ROLES, REPOSITORY_ROLES
 from berth.access.roles import Roles, has_role
-from berth.domain.errors import InvalidValue, NameUnknown, NotFound
+from berth.domain.errors import InvalidValue, NameUnknown
 from berth.metadata.audit import write_audit_entry
 from berth.metadata.database import Database
-from berth.metadata.lookups import require_project
+from berth.metadata.lookups import require_project, require_repository, require_user
 from berth.metadata.tables import (
     access_keys,
     memberships,
-    repositories,
     repository_grants,
     users,
     utcnow,
@@ -37,7 +36,7 @@ class Members:
             raise InvalidValue(f"project role must be one of {', '.join(PROJECT_ROLES)}", "role")
         async with self.db.write() as conn:
             project_id = await require_project(conn, project)
-            user_id = await _user_id(conn, user)
+            user_id = await require_user(conn, user)
             await conn.execute(
                 self.db.upsert(memberships, ["project_id", "user_id"], {"role": role}).values(
                     project_id=project_id, user_id=user_id, role=role, created_at=utcnow()
@@ -54,7 +53,7 @@ class Members:
         """Remove a user from a project; their access keys there stop working at once."""
         async with self.db.write() as conn:
             project_id = await require_project(conn, project)
-            user_id = await _user_id(conn, user)
+            user_id = await require_user(conn, user)
             result = await conn.execute(
                 delete(memberships).where(
                     memberships.c.project_id == project_id, memberships.c.user_id == user_id
@@ -121,8 +120,8 @@ class Members:
             )
         async with self.db.write() as conn:
             project_id = await require_project(conn, project)
-            repository_id = await _repository_id(conn, project_id, project, repository)
-            user_id = await _user_id(conn, user)
+            repository_id = await require_repository(conn, project_id, project, repository)
+            user_id = await require_user(conn, user)
             await conn.execute(
                 self.db.upsert(
                     repository_grants, ["repository_id", "user_id"], {"role": role}
@@ -151,8 +150,8 @@ class Members:
     ) -> None:
         async with self.db.write() as conn:
             project_id = await require_project(conn, project)
-            repository_id = await _repository_id(conn, project_id, project, repository)
-            user_id = await _user_id(conn, user)
+            repository_id = await require_repository(conn, project_id, project, repository)
+            user_id = await require_user(conn, user)
             result = await conn.execute(
                 delete(repository_grants).where(
                     repository_grants.c.repository_id == repository_id,
@@ -176,7 +175,7 @@ class Members:
         """Users with a role on one repository (not through a project role)."""
         async with self.db.read() as conn:
             project_id = await require_project(conn, project)
-            repository_id = await _repository_id(conn, project_id, project, repository)
+            repository_id = await require_repository(conn, project_id, project, repository)
             rows = await conn.execute(
                 select(users.c.name, repository_grants.c.role, repository_grants.c.created_at)
                 .join(users, users.c.id == repository_grants.c.user_id)
@@ -186,25 +185,3 @@ class Members:
             return [
                 {"user": r.name, "role": r.role, "since": r.created_at.isoformat()} for r in rows
             ]
-
-
-async def _user_id(conn: AsyncConnection, user: str) -> int:
-    user_id = (await conn.execute(select(users.c.id).where(users.c.name == user))).scalar()
-    if user_id is None:
-        raise NotFound(f"user {user!r} does not exist")
-    return int(user_id)
-
-
-async def _repository_id(
-    conn: AsyncConnection, project_id: int, project: str, repository: str
-) -> int:
-    repository_id = (
-        await conn.execute(
-            select(repositories.c.id).where(
-                repositories.c.project_id == project_id, repositories.c.name == repository
-            )
-        )
-    ).scalar()
-    if repository_id is None:
-        raise NameUnknown(f"repository {project}/{repository} does not exist")
-    return int(repository_id)

@@ -20,9 +20,9 @@ from typing import Any
 from sqlalchemy import delete, func, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from berth.domain.errors import InvalidValue, NameUnknown
+from berth.domain.errors import InvalidValue
 from berth.metadata.database import Database
-from berth.metadata.lookups import require_project
+from berth.metadata.lookups import require_project, require_repository
 from berth.metadata.queries import is_image
 from berth.metadata.tables import (
     blobs,
@@ -276,7 +276,7 @@ class Usage:
             project_id = await require_project(conn, project)
             repository_id = None
             if repository is not None:
-                repository_id = await _repository_id(conn, project_id, project, repository)
+                repository_id = await require_repository(conn, project_id, project, repository)
             rows = (
                 await conn.execute(
                     select(
@@ -490,20 +490,3 @@ async def _last_sample(conn: AsyncConnection, project_id: int) -> Any:
             .limit(1)
         )
     ).first()
-
-
-async def _repository_id(
-    conn: AsyncConnection, project_id: int, project: str, repository: str
-) -> int:
-    found = (
-        await conn.execute(
-            select(repositories.c.id).where(
-                repositories.c.project_id == project_id, repositories.c.name == repository
-            )
-        )
-    ).scalar()
-    if found is None:
-        raise NameUnknown(
-            f"repository {project}/{repository} does not exist", {"repository": repository}
-        )
-    return int(found)

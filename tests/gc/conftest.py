@@ -29,9 +29,8 @@ from berth.metadata.tables import (
     utcnow,
 )
 from berth.state import Services
-from tests.conftest import database_url_for
 from tests.oci import Blob, assert_status, blob_path, describe, digest_of, uploads_path
-from tests.servers import BerthServer, PostgresCluster
+from tests.servers import BACKENDS, BerthServer, server_fixture
 
 GRACE = 1  # seconds: the servers' gc_grace_period
 RUN_TIMEOUT = 60.0
@@ -46,18 +45,12 @@ def wait_past_grace() -> None:
     time.sleep(GRACE + 0.3)
 
 
-@pytest.fixture(scope="module", params=["sqlite", "postgres"])
-def gc_server(
-    request: pytest.FixtureRequest,
-    tmp_path_factory: pytest.TempPathFactory,
-    postgres: PostgresCluster | None,
-) -> Iterator[BerthServer]:
-    """A registry with a 1-second GC grace period, once per backend, shared by a module."""
-    url = database_url_for(request.param, postgres)
-    server = BerthServer(tmp_path_factory.mktemp(f"gc-{request.param}"), url, extra_env=gc_env())
-    server.start()
-    yield server
-    server.stop()
+gc_server = server_fixture(
+    "gc",
+    backends=BACKENDS,
+    env=gc_env(),
+    doc="A registry with a 1-second GC grace period, once per backend, shared by a module.",
+)
 
 
 def in_process(server: BerthServer, work: Any) -> Any:

@@ -33,10 +33,9 @@ from tests.clients.commands import ContainersConfig, Skopeo
 from tests.clients.layouts import TestImage, umoci_image
 from tests.clients.registry import Registry, Trust
 from tests.clients.tools import require_binary
-from tests.conftest import database_url_for
 from tests.gc.conftest import GcProject, in_process, new_project
 from tests.oci import OCI_CONFIG, OCI_EMPTY, OCI_LAYER, Blob, image_index, image_manifest
-from tests.servers import BerthServer, PostgresCluster
+from tests.servers import BACKENDS, BerthServer, running_server
 from tests.tls import make_ca_and_cert
 
 GRACE = 3  # seconds; a push here takes well under a second
@@ -46,25 +45,21 @@ GC_TEXT = "garbage collection in progress"
 SIGNATURE = "application/vnd.dev.cosign.artifact.sig.v1+json"
 
 
-@pytest.fixture(scope="module", params=["sqlite", "postgres"])
+@pytest.fixture(scope="module", params=BACKENDS)
 def load_server(
-    request: pytest.FixtureRequest,
-    tmp_path_factory: pytest.TempPathFactory,
-    postgres: PostgresCluster | None,
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[BerthServer]:
     """A registry of its own (storage is checked file for file), over TLS for skopeo."""
-    url = database_url_for(request.param, postgres)
     _ca, cert, key = make_ca_and_cert(tmp_path_factory.mktemp("tls"), ["127.0.0.1"])
-    server = BerthServer(
-        tmp_path_factory.mktemp(f"gc-load-{request.param}"),
-        url,
+    with running_server(
+        request,
+        "gc-load",
+        request.param,
         tls=(cert, key),
         # Each run holds its write restriction 0.3 s at least, so pushes surely meet it.
         extra_env={"BERTH_GC_GRACE_PERIOD": str(GRACE), "BERTH_GC_TEST_PAUSE": "marking=0.3"},
-    )
-    server.start()
-    yield server
-    server.stop()
+    ) as server:
+        yield server
 
 
 @dataclass

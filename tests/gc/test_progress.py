@@ -5,34 +5,20 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterator
 from typing import Any
 
-import pytest
-
-from tests.conftest import database_url_for
 from tests.gc.conftest import GcProject, gc_env, new_project, wait_past_grace
-from tests.servers import BerthServer, PostgresCluster
+from tests.servers import BACKENDS, BerthServer, server_fixture
 
 PHASES = ("queued", "marking", "sweeping", "done")
 
 
-@pytest.fixture(scope="module", params=["sqlite", "postgres"])
-def held_server(
-    request: pytest.FixtureRequest,
-    tmp_path_factory: pytest.TempPathFactory,
-    postgres: PostgresCluster | None,
-) -> Iterator[BerthServer]:
-    """Runs held a moment while deciding, so a poll sees them at work."""
-    url = database_url_for(request.param, postgres)
-    server = BerthServer(
-        tmp_path_factory.mktemp(f"gc-held-{request.param}"),
-        url,
-        extra_env=gc_env(BERTH_GC_TEST_PAUSE="marking=1.5"),
-    )
-    server.start()
-    yield server
-    server.stop()
+held_server = server_fixture(
+    "gc-held",
+    backends=BACKENDS,
+    env=gc_env(BERTH_GC_TEST_PAUSE="marking=1.5"),
+    doc="Runs held a moment while deciding, so a poll sees them at work.",
+)
 
 
 def rank(run: dict[str, Any]) -> tuple[bool, int]:

@@ -15,10 +15,9 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import database_url_for
 from tests.gc.conftest import GcProject, gc_env, new_project, wait_past_grace
 from tests.oci import OCI_LAYER, Blob, image_manifest, uploads_path
-from tests.servers import BerthServer, PostgresCluster
+from tests.servers import BerthServer, PostgresCluster, database_url_for
 
 GC_TEXT = "garbage collection in progress"
 HOLD = "60"  # seconds a run is held: far longer than any test waits for it
