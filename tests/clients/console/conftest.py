@@ -53,13 +53,16 @@ console_server = server_fixture(
 )
 
 
-@pytest.fixture(scope="session")
+# Package-scoped: Playwright's sync API runs an event loop in the main thread while it is
+# open, and the in-process tests after this package (tests/unit, tests/services) start their
+# own loops there.
+@pytest.fixture(scope="package")
 def playwright() -> Iterator[Playwright]:
     with sync_playwright() as driver:
         yield driver
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def browser(playwright: Playwright) -> Iterator[Browser]:
     if not Path(CHROMIUM).exists():
         require_binary("chromium")
