@@ -48,7 +48,7 @@ class Services:
     @classmethod
     def build(cls, settings: Settings) -> Services:
         db = Database(settings.resolved_database_url)
-        store = FilesystemBlobStore(settings.blob_dir)
+        store = _blob_store(settings)
         keyring = Keyring(settings.signing_key_file, settings.secret_key_file)
         usage = Usage(
             db,
@@ -135,4 +135,27 @@ class Services:
         await self.jobs.stop()
         await self.traffic.stop()
         await self.identity.stop()
+        await self.store.close()
         await self.db.dispose()
+
+
+def _blob_store(settings: Settings) -> BlobStore:
+    """The one place that knows which storage drivers exist."""
+    if settings.storage == "s3":
+        assert settings.s3_bucket is not None  # the settings refuse s3 without a bucket
+        # Imported here: the S3 client takes a second or more to import, which no CLI verb
+        # on the filesystem store should pay.
+        from berth.storage.s3 import S3BlobStore, S3Location
+
+        return S3BlobStore(
+            S3Location(
+                bucket=settings.s3_bucket,
+                endpoint=settings.s3_endpoint,
+                region=settings.s3_region,
+                prefix=settings.s3_prefix,
+                access_key_id=settings.s3_access_key_id,
+                secret_access_key=settings.s3_secret_access_key,
+                path_style=settings.s3_path_style,
+            )
+        )
+    return FilesystemBlobStore(settings.blob_dir)

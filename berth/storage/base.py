@@ -70,3 +70,6 @@ class BlobStore(abc.ABC):
     @abc.abstractmethod
     def iter_digests(self) -> AsyncIterator[str]:
         """Every stored blob, for repair and GC tools; never on a request path."""
+
+    async def close(self) -> None:  # noqa: B027 (most drivers hold nothing to release)
+        """Release connections (the process is done with the store)."""
