@@ -170,6 +170,9 @@ class S3BlobStore(BlobStore):
                 self._client = client
         return self._client
 
+    async def check(self) -> None:
+        await self._s3()  # the client is made by checking the bucket
+
     async def close(self) -> None:
         self._client = None
         await self._client_stack.aclose()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,7 +24,7 @@ from tests.oci import (
     start_upload,
 )
 from tests.s3 import BUCKET, SeaweedFS
-from tests.servers import BerthServer, running_server
+from tests.servers import BERTH, BerthServer, free_port, running_server
 
 pytestmark = pytest.mark.clients
 
@@ -135,3 +136,31 @@ def test_a_chunked_upload_of_odd_sized_patches_and_ranged_reads(s3_server: Berth
         beyond = client.get(blob_path(name, digest), headers={"Range": f"bytes={len(data)}-"})
         assert beyond.status_code == 416
         assert beyond.headers["content-range"] == f"bytes */{len(data)}"
+
+
+@pytest.mark.parametrize(
+    ("changes", "problem"),
+    [
+        ({"BERTH_S3_SECRET_ACCESS_KEY": "not-the-secret"}, "refused the credentials"),
+        ({"BERTH_S3_BUCKET": "no-such-bucket"}, "'no-such-bucket'"),
+    ],
+    ids=["wrong-secret", "missing-bucket"],
+)
+def test_serve_refuses_a_store_it_cannot_use_before_serving(
+    seaweedfs: SeaweedFS, tmp_path: Path, changes: dict[str, str], problem: str
+) -> None:
+    env = {
+        **os.environ,
+        **seaweedfs.settings_environ(),
+        **changes,
+        "BERTH_DATA_DIR": str(tmp_path / "data"),
+        "BERTH_CONFIG": str(tmp_path / "berth.toml"),
+        "BERTH_LISTEN": f"127.0.0.1:{free_port()}",
+    }
+    refused = subprocess.run(
+        [*BERTH, "serve"], env=env, capture_output=True, text=True, timeout=120, check=False
+    )
+    assert refused.returncode == 2, refused.stdout + refused.stderr
+    assert problem in refused.stderr and seaweedfs.endpoint in refused.stderr
+    assert "Traceback" not in refused.stderr
+    assert not (tmp_path / "data").exists()  # refused before anything was created
