@@ -112,6 +112,9 @@ class BlobStreamResponse:
         finally:
             if self.on_sent is not None:
                 self.on_sent(sent)
+            close = getattr(self.chunks, "aclose", None)  # a client gone: release the read
+            if close is not None:
+                await close()
         await send({"type": "http.response.body", "body": b""})
 
 

@@ -224,6 +224,13 @@ async def _chunks_of(content: bytes) -> AsyncIterator[bytes]:
 
 
 async def _following(first: bytes, rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
-    yield first
-    async for chunk in rest:
-        yield chunk
+    try:
+        yield first
+        async for chunk in rest:
+            yield chunk
+    finally:
+        # Closed with this stream (a client gone mid-download): the store's response goes
+        # back to its connection pool now, not when the garbage collector finds it.
+        close = getattr(rest, "aclose", None)
+        if close is not None:
+            await close()

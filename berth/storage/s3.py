@@ -288,11 +288,13 @@ class S3BlobStore(BlobStore):
 
     # ------------------------------------------------------------ uploads
 
-    async def _pieces(self, upload_id: str) -> list[_Piece]:
-        """The pieces of an upload that follow on from offset 0, in order."""
+    async def _pieces(self, upload_id: str) -> tuple[list[_Piece], list[str]]:
+        """The pieces of an upload that follow on from offset 0, in order, and the key of
+        every object the upload has (one listing for both)."""
         prefix = self._upload_prefix(upload_id)
-        found = []
+        found, keys = [], []
         async for entry in self._list(prefix):
+            keys.append(entry["Key"])
             name = entry["Key"][len(prefix) :]
             if name.isdigit():
                 found.append(_Piece(int(name), int(entry["Size"]), entry["Key"]))
@@ -302,19 +304,16 @@ class S3BlobStore(BlobStore):
             if piece.start != (following[-1].end if following else 0):
                 break  # pieces past a gap are left by a write that was never acknowledged
             following.append(piece)
-        return following
-
-    async def _all_piece_keys(self, upload_id: str) -> list[str]:
-        return [entry["Key"] async for entry in self._list(self._upload_prefix(upload_id))]
+        return following, keys
 
     async def open_upload(self, upload_id: str, offset: int) -> UploadWriter:
         if offset == 0:
             # An empty piece marks the upload as started, so an upload of no bytes exists
             # (and can be committed as the empty blob) while a removed one stays removed.
-            await self._delete_keys(await self._all_piece_keys(upload_id))
+            await self._delete_keys((await self._pieces(upload_id))[1])
             await self._put(self._piece_key(upload_id, 0), b"")
             return _PieceWriter(self, upload_id, 0)
-        pieces = await self._pieces(upload_id)
+        pieces, keys = await self._pieces(upload_id)
         if not pieces or pieces[-1].end < offset:
             raise FileNotFoundError(f"upload {upload_id} has lost data before {offset}")
         kept = {piece.key for piece in pieces if piece.end <= offset}
@@ -323,11 +322,11 @@ class S3BlobStore(BlobStore):
             head = b"".join([chunk async for chunk in self._stream(cut.key, 0, offset - cut.start)])
             await self._put(cut.key, head)
             kept.add(cut.key)
-        await self._delete_keys([k for k in await self._all_piece_keys(upload_id) if k not in kept])
+        await self._delete_keys([key for key in keys if key not in kept])
         return _PieceWriter(self, upload_id, offset)
 
     async def read_upload(self, upload_id: str, length: int) -> AsyncIterator[bytes]:
-        pieces = await self._pieces(upload_id)
+        pieces, _ = await self._pieces(upload_id)
         if not pieces:
             raise FileNotFoundError(f"no upload {upload_id}")
         for piece in pieces:
@@ -341,10 +340,11 @@ class S3BlobStore(BlobStore):
 
     async def commit_upload(self, upload_id: str, digest: str) -> None:
         key = self._blob_key(digest)
-        pieces = [piece for piece in await self._pieces(upload_id) if piece.size]
-        total = sum(piece.size for piece in pieces)
-        if not pieces and not await self._all_piece_keys(upload_id):
+        following, keys = await self._pieces(upload_id)
+        if not keys:
             raise FileNotFoundError(f"no upload {upload_id}")
+        pieces = [piece for piece in following if piece.size]
+        total = sum(piece.size for piece in pieces)
         if await self._size(key) == total:
             return  # stored already: content addressed, so the same bytes
         s3 = await self._s3()
@@ -404,7 +404,7 @@ class S3BlobStore(BlobStore):
             raise
 
     async def delete_upload(self, upload_id: str) -> None:
-        await self._delete_keys(await self._all_piece_keys(upload_id))
+        await self._delete_keys((await self._pieces(upload_id))[1])
 
     async def list_uploads(self) -> list[tuple[str, float]]:
         prefix = f"{self._prefix}uploads/"
