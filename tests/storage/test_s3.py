@@ -4,6 +4,7 @@ any size, multipart commits and ranged reads."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -212,3 +213,84 @@ async def test_ranged_reads_of_a_large_blob(s3_store: S3BlobStore) -> None:
     assert await read_all(s3_store, digest, len(data) + 10, None) == b""
     with pytest.raises(FileNotFoundError):
         await read_all(s3_store, digest_of(b"absent"), 5, 10)
+
+
+# ------------------------------------------------------------ retries
+
+
+class FaultyProxy:
+    """A loopback TCP proxy in front of the S3 server that fails its first connections, as
+    a busy or flaky store does: `slow_down` of them answered 503 SlowDown, then `drop` of
+    them closed without an answer; every later connection is passed through unchanged (the
+    requests' signatures name the proxy's address, so the server accepts them)."""
+
+    def __init__(self, target_port: int, slow_down: int = 0, drop: int = 0) -> None:
+        self.target_port = target_port
+        self.slow_down, self.drop = slow_down, drop
+        self.failed = 0
+        self.server: asyncio.Server | None = None
+
+    async def __aenter__(self) -> FaultyProxy:
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self.server is not None
+        self.server.close()
+
+    @property
+    def endpoint(self) -> str:
+        assert self.server is not None
+        return f"http://127.0.0.1:{self.server.sockets[0].getsockname()[1]}"
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            if self.slow_down:
+                self.slow_down -= 1
+                self.failed += 1
+                await reader.readuntil(b"\r\n\r\n")
+                body = b"<Error><Code>SlowDown</Code><Message>Reduce your rate</Message></Error>"
+                writer.write(
+                    b"HTTP/1.1 503 Slow Down\r\nContent-Type: application/xml\r\n"
+                    b"Content-Length: %d\r\nConnection: close\r\n\r\n%s" % (len(body), body)
+                )
+                await writer.drain()
+                return
+            if self.drop:
+                self.drop -= 1
+                self.failed += 1
+                return
+            upstream_reader, upstream_writer = await asyncio.open_connection(
+                "127.0.0.1", self.target_port
+            )
+            await asyncio.gather(_pipe(reader, upstream_writer), _pipe(upstream_reader, writer))
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            writer.close()
+
+
+async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    try:
+        while data := await reader.read(65536):
+            writer.write(data)
+            await writer.drain()
+    finally:
+        writer.close()
+
+
+@pytest.mark.parametrize(
+    ("slow_down", "drop"), [(3, 0), (0, 3)], ids=["503-slow-down", "connection-dropped"]
+)
+async def test_throttling_and_dropped_connections_are_retried(
+    seaweedfs: SeaweedFS, slow_down: int, drop: int
+) -> None:
+    async with FaultyProxy(seaweedfs.s3_port, slow_down=slow_down, drop=drop) as proxy:
+        store = S3BlobStore(seaweedfs.location(endpoint=proxy.endpoint))
+        try:
+            data = payload(100_000, seed=40)
+            digest = await put(store, data)
+            assert await read_all(store, digest) == data
+        finally:
+            await store.close()
+    assert proxy.failed == slow_down + drop  # every fault was met, and retried past
