@@ -227,6 +227,7 @@ async def _streamed_blob(
     """A blob from a store with no local path (S3): read through the store, by byte range
     when one is asked for (one range; a request for several gets the whole blob)."""
     if request.method == "HEAD":
+        await services.registry.ensure_stored(digest, size)
         return BlobFileResponse("", size, digest)  # headers only: no path is read
     start, end, content_range = 0, size, None
     match = _SINGLE_RANGE_RE.fullmatch((request.headers.get("range") or "").strip())

@@ -107,6 +107,12 @@ class BlobContent:
             return _chunks_of(b"")
         return _following(first, chunks)
 
+    async def ensure_stored(self, digest: str, size: int) -> None:
+        """BLOB_UNKNOWN unless the store holds the blob at its recorded size: a HEAD must
+        not tell a client to skip pushing a blob that storage has lost."""
+        if await self.store.stat(digest) != size:
+            raise _missing(digest)
+
     async def verified_blob(self, digest: str, size: int, path: Path) -> bytes | None:
         """Check a blob's file before serving it: there, of its recorded size and, when small,
         with bytes that hash to its digest. Freshly hashed bytes are returned, to be served

@@ -164,3 +164,30 @@ def test_serve_refuses_a_store_it_cannot_use_before_serving(
     assert problem in refused.stderr and seaweedfs.endpoint in refused.stderr
     assert "Traceback" not in refused.stderr
     assert not (tmp_path / "data").exists()  # refused before anything was created
+
+
+def test_a_blob_lost_from_the_bucket_is_unknown_to_head_and_get(
+    s3_server: BerthServer, seaweedfs: SeaweedFS
+) -> None:
+    """A HEAD must not tell a client to skip pushing a blob the store no longer has."""
+    s3_server.create_repository("s3proj", "lost")
+    name = "s3proj/lost"
+    data = os.urandom(3 * 1024 * 1024)
+    digest = sha256(data)
+    with httpx.Client(
+        base_url=s3_server.url, auth=s3_server.access_key("s3proj"), timeout=60
+    ) as client:
+        assert_status(put_upload(client, location(start_upload(client, name)), digest, data), 201)
+        assert_status(client.head(blob_path(name, digest)), 200)
+        hex_digest = digest.split(":", 1)[1]
+        prefix = s3_server.extra_env["BERTH_S3_PREFIX"]
+        seaweedfs.client().delete_object(
+            Bucket=BUCKET, Key=f"{prefix}/blobs/sha256/{hex_digest[:2]}/{hex_digest}"
+        )
+        assert_status(client.head(blob_path(name, digest)), 404)
+        missing = client.get(blob_path(name, digest))
+        assert_status(missing, 404)
+        assert missing.json()["errors"][0]["code"] == "BLOB_UNKNOWN"
+        # Pushing it again stores it again.
+        assert_status(put_upload(client, location(start_upload(client, name)), digest, data), 201)
+        assert client.get(blob_path(name, digest)).content == data
