@@ -10,6 +10,11 @@ going back to an offset deletes (or shortens) the pieces past it. S3's 5 MiB min
 stays inside: committing turns the pieces into one multipart upload, copying pieces of 5 MiB
 or more server-side (UploadPartCopy) and streaming smaller ones together into parts. The blob
 appears only when S3 completes the upload, so it is never half visible.
+
+Not covered yet (the multi-node step of issue 11): a piece PUT that reaches S3 after its PATCH
+was abandoned (the node killed mid-request) can replace the piece a retry wrote at the same
+offset, and the commit trusts the recorded hash state rather than re-reading the pieces.
+Pieces are written one at a time (never pipelined) to keep that window to one request.
 """
 
 from __future__ import annotations
