@@ -8,7 +8,7 @@ from collections.abc import Collection
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -118,6 +118,29 @@ class Settings(BaseSettings):
     log_level: Literal["critical", "error", "warning", "info", "debug"] = Field(
         "info", description="server log level"
     )
+    storage: Literal["filesystem", "s3"] = Field(
+        "filesystem", description="where blobs live: `blobs` in data_dir, or an S3 bucket"
+    )
+    s3_endpoint: str | None = Field(
+        None, description="S3 endpoint URL, e.g. http://127.0.0.1:8333; unset: AWS's own"
+    )
+    # Checked even when unset (validate_default), so `storage = "s3"` without it is refused.
+    s3_bucket: str | None = Field(
+        None, validate_default=True, description="bucket of the blobs (storage = s3)"
+    )
+    s3_region: str = Field("us-east-1", description="region of the bucket (signs requests)")
+    s3_prefix: str = Field(
+        "", description="key prefix of every object, so two installs can share a bucket"
+    )
+    s3_access_key_id: str | None = Field(
+        None, description="S3 access key; unset: the AWS environment or profile chain"
+    )
+    s3_secret_access_key: str | None = Field(
+        None, description="S3 secret key; unset: the AWS environment or profile chain"
+    )
+    s3_path_style: bool = Field(
+        False, description="path-style bucket addressing (most self-hosted stores need it)"
+    )
 
     @field_validator("listen")
     @classmethod
@@ -127,6 +150,16 @@ class Settings(BaseSettings):
             raise ValueError("must be HOST:PORT with a port from 1 to 65535, e.g. 127.0.0.1:5000")
         if host.startswith("[") != host.endswith("]"):
             raise ValueError("needs brackets around an IPv6 address, e.g. [::1]:5000")
+        return value
+
+    @field_validator("s3_bucket")
+    @classmethod
+    def _bucket_for_s3(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if info.data.get("storage") == "s3" and not value:
+            raise ValueError(
+                f'is needed with storage = "s3": name the bucket of the blobs in '
+                f"s3_bucket in {config_file()} or BERTH_S3_BUCKET"
+            )
         return value
 
     @classmethod
@@ -205,7 +238,7 @@ def setting_source(name: str, flags: Collection[str] = ()) -> str:
     return f"{name} in {config_file()}"
 
 
-SECRET_SETTINGS = {"admin_password"}  # never printed back
+SECRET_SETTINGS = {"admin_password", "s3_secret_access_key"}  # never printed back
 
 # Pydantic's words for a few common problems, said plainly.
 _PROBLEMS = {
@@ -259,6 +292,9 @@ def load_settings(**overrides: Any) -> Settings:
         problems = []
         for error in exc.errors():
             name = str(error["loc"][0]) if error["loc"] else "?"
+            if error["input"] is None:  # a setting another one needs, left unset
+                problems.append(f"{name} {_problem(name, error)}")
+                continue
             source = setting_source(name, set(given))
             shown = "(hidden)" if name in SECRET_SETTINGS else repr(error["input"])
             problems.append(f"{source}: {shown} {_problem(name, error)}")

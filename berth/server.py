@@ -15,7 +15,7 @@ from collections.abc import Collection
 from berth.addresses import public_host, public_url
 from berth.config import Settings, SettingsError, setting_source
 from berth.data_location import create_data, unreachable_database
-from berth.state import Services
+from berth.state import Services, unusable_storage
 
 
 def _bootstrap_admin(settings: Settings, url: str) -> None:
@@ -154,6 +154,9 @@ def check(settings: Settings, flags: Collection[str] = ()) -> None:
     problem = unreachable_database(settings)
     if problem is not None:
         raise SettingsError(f"{setting_source('database_url', flags)}: {problem}")
+    problem = unusable_storage(settings)
+    if problem is not None:
+        raise SettingsError(problem)
 
 
 def serve(settings: Settings, flags: Collection[str] = ()) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 
 from berth.access.identify import Authenticator
@@ -48,7 +49,7 @@ class Services:
     @classmethod
     def build(cls, settings: Settings) -> Services:
         db = Database(settings.resolved_database_url)
-        store = FilesystemBlobStore(settings.blob_dir)
+        store = blob_store(settings)
         keyring = Keyring(settings.signing_key_file, settings.secret_key_file)
         usage = Usage(
             db,
@@ -135,4 +136,47 @@ class Services:
         await self.jobs.stop()
         await self.traffic.stop()
         await self.identity.stop()
+        await self.store.close()
         await self.db.dispose()
+
+
+def unusable_storage(settings: Settings) -> str | None:
+    """Why the configured blob store cannot be used (a bucket missing, credentials refused,
+    the endpoint unreachable), or None: checked before serving."""
+    if settings.storage == "filesystem":
+        return None  # its directory is made with the data directory (data_location)
+
+    async def probe() -> None:
+        store = blob_store(settings)
+        try:
+            await store.check()
+        finally:
+            await store.close()
+
+    try:
+        asyncio.run(probe())
+    except OSError as exc:
+        return str(exc)
+    return None
+
+
+def blob_store(settings: Settings) -> BlobStore:
+    """The one place that knows which storage drivers exist."""
+    if settings.storage == "s3":
+        assert settings.s3_bucket is not None  # the settings refuse s3 without a bucket
+        # Imported here: the S3 client takes a second or more to import, which no CLI verb
+        # on the filesystem store should pay.
+        from berth.storage.s3 import S3BlobStore, S3Location
+
+        return S3BlobStore(
+            S3Location(
+                bucket=settings.s3_bucket,
+                endpoint=settings.s3_endpoint,
+                region=settings.s3_region,
+                prefix=settings.s3_prefix,
+                access_key_id=settings.s3_access_key_id,
+                secret_access_key=settings.s3_secret_access_key,
+                path_style=settings.s3_path_style,
+            )
+        )
+    return FilesystemBlobStore(settings.blob_dir)

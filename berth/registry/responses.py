@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import anyio
@@ -76,6 +76,46 @@ class BlobBytesResponse(BlobFileResponse):
         await send({"type": "http.response.body", "body": body})
         if self.on_sent is not None and body:
             self.on_sent(len(body))
+
+
+class BlobStreamResponse:
+    """A blob, or one range of it, streamed from a store without local files (S3)."""
+
+    def __init__(
+        self,
+        chunks: AsyncIterator[bytes],
+        digest: str,
+        length: int,
+        content_range: str | None = None,
+        on_sent: OnSent | None = None,
+    ) -> None:
+        self.chunks = chunks
+        self.on_sent = on_sent
+        self.status = 206 if content_range else 200
+        self.headers = [
+            (b"content-type", b"application/octet-stream"),
+            (b"content-length", str(length).encode()),
+            (b"docker-content-digest", digest.encode()),
+            (b"etag", f'"{digest}"'.encode()),
+            (b"accept-ranges", b"bytes"),
+        ]
+        if content_range:
+            self.headers.append((b"content-range", content_range.encode()))
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await send({"type": "http.response.start", "status": self.status, "headers": self.headers})
+        sent = 0
+        try:
+            async for chunk in self.chunks:
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                sent += len(chunk)
+        finally:
+            if self.on_sent is not None:
+                self.on_sent(sent)
+            close = getattr(self.chunks, "aclose", None)  # a client gone: release the read
+            if close is not None:
+                await close()
+        await send({"type": "http.response.body", "body": b""})
 
 
 class MeteredFileResponse(FileResponse):

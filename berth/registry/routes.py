@@ -41,6 +41,7 @@ from berth.domain.references import RepositoryRef
 from berth.registry.responses import (
     BlobBytesResponse,
     BlobFileResponse,
+    BlobStreamResponse,
     MeteredFileResponse,
     MeteredResponse,
     OnSent,
@@ -181,13 +182,13 @@ def _traffic(services: Services, repo: RepositoryRef) -> OnSent | None:
     return partial(meter.count, repo.project_id, repo.id) if meter.enabled else None
 
 
-async def get_blob(request: Request) -> Response | BlobFileResponse:
+async def get_blob(request: Request) -> Response | BlobFileResponse | BlobStreamResponse:
     services, _name, repo = await _target(request, NEEDS_PULL)
     digest = request.path_params["digest"]
     size = await services.registry.blob_size(repo, digest)
     path = services.registry.blob_path(digest)
     if path is None:
-        raise BlobUnknown("blob storage has no local path")  # S3 driver streams instead
+        return await _streamed_blob(request, services, repo, digest, size)
     content = await services.registry.verified_blob(digest, size, path)
     byte_range = request.headers.get("range")
     on_sent = _traffic(services, repo)
@@ -215,6 +216,33 @@ async def get_blob(request: Request) -> Response | BlobFileResponse:
         media_type="application/octet-stream",
         headers={"Docker-Content-Digest": digest},
     )
+
+
+_SINGLE_RANGE_RE = re.compile(r"bytes=(\d*)-(\d*)")
+
+
+async def _streamed_blob(
+    request: Request, services: Services, repo: RepositoryRef, digest: str, size: int
+) -> Response | BlobFileResponse | BlobStreamResponse:
+    """A blob from a store with no local path (S3): read through the store, by byte range
+    when one is asked for (one range; a request for several gets the whole blob)."""
+    if request.method == "HEAD":
+        await services.registry.ensure_stored(digest, size)
+        return BlobFileResponse("", size, digest)  # headers only: no path is read
+    start, end, content_range = 0, size, None
+    match = _SINGLE_RANGE_RE.fullmatch((request.headers.get("range") or "").strip())
+    if match and (match.group(1) or match.group(2)):
+        first, last = match.group(1), match.group(2)
+        if not first:  # `bytes=-N`: the last N bytes
+            start = max(size - int(last), 0)
+        else:
+            start = int(first)
+            end = min(int(last) + 1, size) if last else size
+        if start >= end:
+            return Response(status_code=416, headers={"Content-Range": f"bytes */{size}"})
+        content_range = f"bytes {start}-{end - 1}/{size}"
+    chunks = await services.registry.blob_stream(digest, size, start, end)
+    return BlobStreamResponse(chunks, digest, end - start, content_range, _traffic(services, repo))
 
 
 async def delete_blob(request: Request) -> Response:

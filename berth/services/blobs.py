@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 from cachetools import LRUCache
@@ -74,6 +75,43 @@ class BlobContent:
 
     def blob_path(self, digest: str) -> Path | None:
         return self.store.local_path(digest)
+
+    async def blob_stream(
+        self, digest: str, size: int, start: int, end: int
+    ) -> AsyncIterator[bytes]:
+        """Bytes [start, end) of a blob from a store without local files (S3). Its first
+        chunk is read here, so a blob missing from storage is BLOB_UNKNOWN before any byte is
+        sent; a small blob sent whole is hashed first, and set aside if damaged, as
+        `verified_blob` does for files."""
+        if start == 0 and end == size and size <= VERIFY_ON_READ_BYTES:
+            try:
+                content = b"".join([chunk async for chunk in self.store.read(digest)])
+            except FileNotFoundError:
+                raise _missing(digest) from None
+            if len(content) == size and digest_bytes(content, parse_digest(digest).algorithm) == (
+                digest
+            ):
+                return _chunks_of(content)
+            await self.store.quarantine(digest)
+            logger.error("blob %s is damaged in storage: set aside until pushed again", digest)
+            raise BlobUnknown(
+                f"blob {digest} is damaged in storage and was set aside; push it again",
+                {"digest": digest},
+            )
+        chunks = aiter(self.store.read(digest, start, end))
+        try:
+            first = await anext(chunks)
+        except FileNotFoundError:
+            raise _missing(digest) from None
+        except StopAsyncIteration:
+            return _chunks_of(b"")
+        return _following(first, chunks)
+
+    async def ensure_stored(self, digest: str, size: int) -> None:
+        """BLOB_UNKNOWN unless the store holds the blob at its recorded size: a HEAD must
+        not tell a client to skip pushing a blob that storage has lost."""
+        if await self.store.stat(digest) != size:
+            raise _missing(digest)
 
     async def verified_blob(self, digest: str, size: int, path: Path) -> bytes | None:
         """Check a blob's file before serving it: there, of its recorded size and, when small,
@@ -180,3 +218,25 @@ class BlobContent:
             # between the check and the link (PostgreSQL): the client uploads it instead.
             return False
         return True
+
+
+def _missing(digest: str) -> BlobUnknown:
+    return BlobUnknown(f"blob {digest} is missing from storage; push it again", {"digest": digest})
+
+
+async def _chunks_of(content: bytes) -> AsyncIterator[bytes]:
+    if content:
+        yield content
+
+
+async def _following(first: bytes, rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    try:
+        yield first
+        async for chunk in rest:
+            yield chunk
+    finally:
+        # Closed with this stream (a client gone mid-download): the store's response goes
+        # back to its connection pool now, not when the garbage collector finds it.
+        close = getattr(rest, "aclose", None)
+        if close is not None:
+            await close()

@@ -70,3 +70,10 @@ class BlobStore(abc.ABC):
     @abc.abstractmethod
     def iter_digests(self) -> AsyncIterator[str]:
         """Every stored blob, for repair and GC tools; never on a request path."""
+
+    async def check(self) -> None:  # noqa: B027 (a local directory is made, not checked)
+        """Raise OSError, saying why, when the store cannot be used as configured (a remote
+        store unreachable, its credentials refused): run before serving."""
+
+    async def close(self) -> None:  # noqa: B027 (most drivers hold nothing to release)
+        """Release connections (the process is done with the store)."""

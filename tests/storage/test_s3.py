@@ -1,0 +1,296 @@
+"""The S3 driver against the blob store contract on a real S3 server (SeaweedFS), plus what
+only it promises: refusing bad credentials and a missing bucket clearly, uploads in pieces of
+any size, multipart commits and ranged reads."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from berth.storage.base import BlobStore
+from berth.storage.s3 import MIN_PART_BYTES, PIECE_BYTES, ObjectStoreError, S3BlobStore
+from tests.s3 import BUCKET, SeaweedFS
+from tests.unit.storage.contract import (
+    BlobStoreContract,
+    MiB,
+    collect,
+    digest_of,
+    listed,
+    new_upload_id,
+    payload,
+    put,
+    read_all,
+    write_upload,
+)
+
+pytestmark = pytest.mark.anyio
+
+
+class TestS3BlobStore(BlobStoreContract):
+    def make_store(self, tmp_path: Path) -> BlobStore:
+        raise NotImplementedError("an S3 store needs the SeaweedFS server: see `store`")
+
+    @pytest.fixture
+    async def store(self, seaweedfs: SeaweedFS) -> AsyncIterator[BlobStore]:
+        store = S3BlobStore(seaweedfs.location())  # a prefix of its own: an empty store
+        yield store
+        await store.close()
+
+
+@pytest.fixture
+async def s3_store(seaweedfs: SeaweedFS) -> AsyncIterator[S3BlobStore]:
+    store = S3BlobStore(seaweedfs.location())
+    yield store
+    await store.close()
+
+
+def object_keys(seaweedfs: SeaweedFS, prefix: str) -> list[str]:
+    answer = seaweedfs.client().list_objects_v2(Bucket=BUCKET, Prefix=prefix)
+    return [entry["Key"] for entry in answer.get("Contents", [])]
+
+
+async def append(store: BlobStore, upload_id: str, offset: int, data: bytes) -> None:
+    """One PATCH: open at the acknowledged offset, write, close (as the upload service does)."""
+    writer = await store.open_upload(upload_id, offset)
+    try:
+        await writer.write(data)
+    finally:
+        await writer.close()
+
+
+# ------------------------------------------------------------ refusals that say why
+
+
+async def test_a_wrong_secret_is_refused_naming_the_bucket_and_endpoint(
+    seaweedfs: SeaweedFS,
+) -> None:
+    store = S3BlobStore(seaweedfs.location(secret_access_key="not-the-secret"))
+    try:
+        with pytest.raises(ObjectStoreError) as refused:
+            await store.stat(digest_of(b"anything"))
+    finally:
+        await store.close()
+    message = str(refused.value)
+    assert "refused the credentials" in message
+    assert BUCKET in message and seaweedfs.endpoint in message
+
+
+async def test_a_missing_bucket_is_refused_naming_it(seaweedfs: SeaweedFS) -> None:
+    store = S3BlobStore(seaweedfs.location(bucket="no-such-bucket"))
+    try:
+        with pytest.raises(ObjectStoreError) as refused:
+            await write_upload(store, b"data")
+    finally:
+        await store.close()
+    assert "'no-such-bucket'" in str(refused.value)
+    assert "does not exist" in str(refused.value)
+
+
+async def test_an_unreachable_endpoint_is_an_error_naming_it(seaweedfs: SeaweedFS) -> None:
+    endpoint = "http://127.0.0.1:9"  # discard: nothing listens there
+    store = S3BlobStore(seaweedfs.location(endpoint=endpoint, attempts=2))
+    try:
+        with pytest.raises(ObjectStoreError, match=endpoint):
+            await store.stat(digest_of(b"anything"))
+    finally:
+        await store.close()
+
+
+async def test_a_ca_bundle_in_the_environment_does_not_matter_over_plain_http(
+    seaweedfs: SeaweedFS, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """AWS_CA_BUNDLE (set on many machines, for Go clients) only concerns HTTPS."""
+    monkeypatch.setenv("AWS_CA_BUNDLE", str(tmp_path / "no-such-bundle.pem"))
+    store = S3BlobStore(seaweedfs.location())
+    try:
+        digest = await put(store, b"over plain http")
+        assert await read_all(store, digest) == b"over plain http"
+    finally:
+        await store.close()
+
+
+# ------------------------------------------------------------ uploads in pieces
+
+
+async def test_pieces_of_odd_sizes_from_separate_requests_commit_to_the_right_bytes(
+    s3_store: S3BlobStore,
+) -> None:
+    """Each PATCH may land on another node: every one stands alone in the bucket, and S3's
+    5 MiB minimum part size never shows to a client sending chunks of any size."""
+    chunks = [payload(MiB, seed=1), b"abc", payload(7 * MiB, seed=2), b"z", payload(5, seed=3)]
+    data = b"".join(chunks)
+    upload_id, offset = new_upload_id(), 0
+    await append(s3_store, upload_id, 0, b"")
+    for chunk in chunks:
+        await append(s3_store, upload_id, offset, chunk)
+        offset += len(chunk)
+    digest = digest_of(data)
+    await s3_store.commit_upload(upload_id, digest)
+    assert await s3_store.stat(digest) == len(data)
+    assert await read_all(s3_store, digest) == data
+
+
+async def test_a_multipart_commit_copies_large_pieces_and_streams_small_ones(
+    s3_store: S3BlobStore, seaweedfs: SeaweedFS
+) -> None:
+    # Two pieces over 5 MiB (copied server-side), then small ones gathered into a part.
+    chunks = [payload(PIECE_BYTES, seed=4), payload(6 * MiB + 1, seed=5)]
+    chunks += [payload(MiB + n, seed=6 + n) for n in range(4)]
+    data = b"".join(chunks)
+    upload_id, offset = new_upload_id(), 0
+    await append(s3_store, upload_id, 0, b"")
+    for chunk in chunks:
+        await append(s3_store, upload_id, offset, chunk)
+        offset += len(chunk)
+    digest = digest_of(data)
+    await s3_store.commit_upload(upload_id, digest)
+    assert await read_all(s3_store, digest) == data
+    head = seaweedfs.client().head_object(Bucket=BUCKET, Key=s3_store._blob_key(digest))
+    assert head["ContentLength"] == len(data)
+    assert head["ETag"].strip('"').endswith("-3")  # copy, copy, then the small ones together
+
+
+async def test_a_large_write_is_stored_in_bounded_pieces(
+    s3_store: S3BlobStore, seaweedfs: SeaweedFS
+) -> None:
+    data = payload(2 * PIECE_BYTES + 3, seed=20)
+    upload_id = await write_upload(s3_store, data, chunk=4 * MiB)
+    pieces = object_keys(seaweedfs, s3_store._upload_prefix(upload_id))
+    assert len(pieces) == 3
+    assert await collect(s3_store.read_upload(upload_id, len(data))) == data
+
+
+async def test_going_back_inside_a_piece_keeps_the_bytes_before_the_offset(
+    s3_store: S3BlobStore,
+) -> None:
+    data = payload(3 * MiB, seed=21)
+    upload_id = await write_upload(s3_store, data, chunk=MiB)
+    await append(s3_store, upload_id, MiB + 5, b"tail")
+    expected = data[: MiB + 5] + b"tail"
+    assert await collect(s3_store.read_upload(upload_id, 10 * MiB)) == expected
+    await s3_store.commit_upload(upload_id, digest_of(expected))
+    assert await read_all(s3_store, digest_of(expected)) == expected
+
+
+async def test_blobs_sit_under_the_prefix_by_algorithm_and_hex(
+    s3_store: S3BlobStore, seaweedfs: SeaweedFS
+) -> None:
+    digest = await put(s3_store, b"layer")
+    hex_digest = digest.split(":", 1)[1]
+    prefix = s3_store.location.prefix
+    assert object_keys(seaweedfs, prefix + "/") == [
+        f"{prefix}/blobs/sha256/{hex_digest[:2]}/{hex_digest}"
+    ]
+
+
+async def test_a_damaged_blob_is_kept_aside(s3_store: S3BlobStore, seaweedfs: SeaweedFS) -> None:
+    digest = await put(s3_store, b"bytes that rotted")
+    await s3_store.quarantine(digest)
+    kept = f"{s3_store.location.prefix}/_damaged/{digest.replace(':', '-')}"
+    answer = seaweedfs.client().get_object(Bucket=BUCKET, Key=kept)
+    assert answer["Body"].read() == b"bytes that rotted"
+
+
+async def test_delete_many_deletes_more_than_one_batch(s3_store: S3BlobStore) -> None:
+    digests = [await put(s3_store, f"blob {n}".encode()) for n in range(20)]
+    absent = [digest_of(uuid.uuid4().bytes) for _ in range(1500)]  # over 1,000 keys
+    await s3_store.delete_many([*absent, *digests])
+    assert await listed(s3_store) == set()
+
+
+# ------------------------------------------------------------ ranged reads
+
+
+async def test_ranged_reads_of_a_large_blob(s3_store: S3BlobStore) -> None:
+    data = payload(MIN_PART_BYTES * 2 + 99, seed=30)
+    digest = await put(s3_store, data)
+    for start, end in [(0, 10), (MIN_PART_BYTES - 3, MIN_PART_BYTES + 3), (len(data) - 1, None)]:
+        assert await read_all(s3_store, digest, start, end) == data[start:end]
+    assert await read_all(s3_store, digest, len(data) + 10, None) == b""
+    with pytest.raises(FileNotFoundError):
+        await read_all(s3_store, digest_of(b"absent"), 5, 10)
+
+
+# ------------------------------------------------------------ retries
+
+
+class FaultyProxy:
+    """A loopback TCP proxy in front of the S3 server that fails its first connections, as
+    a busy or flaky store does: `slow_down` of them answered 503 SlowDown, then `drop` of
+    them closed without an answer; every later connection is passed through unchanged (the
+    requests' signatures name the proxy's address, so the server accepts them)."""
+
+    def __init__(self, target_port: int, slow_down: int = 0, drop: int = 0) -> None:
+        self.target_port = target_port
+        self.slow_down, self.drop = slow_down, drop
+        self.failed = 0
+        self.server: asyncio.Server | None = None
+
+    async def __aenter__(self) -> FaultyProxy:
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self.server is not None
+        self.server.close()
+
+    @property
+    def endpoint(self) -> str:
+        assert self.server is not None
+        return f"http://127.0.0.1:{self.server.sockets[0].getsockname()[1]}"
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            if self.slow_down:
+                self.slow_down -= 1
+                self.failed += 1
+                await reader.readuntil(b"\r\n\r\n")
+                body = b"<Error><Code>SlowDown</Code><Message>Reduce your rate</Message></Error>"
+                writer.write(
+                    b"HTTP/1.1 503 Slow Down\r\nContent-Type: application/xml\r\n"
+                    b"Content-Length: %d\r\nConnection: close\r\n\r\n%s" % (len(body), body)
+                )
+                await writer.drain()
+                return
+            if self.drop:
+                self.drop -= 1
+                self.failed += 1
+                return
+            upstream_reader, upstream_writer = await asyncio.open_connection(
+                "127.0.0.1", self.target_port
+            )
+            await asyncio.gather(_pipe(reader, upstream_writer), _pipe(upstream_reader, writer))
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            writer.close()
+
+
+async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    try:
+        while data := await reader.read(65536):
+            writer.write(data)
+            await writer.drain()
+    finally:
+        writer.close()
+
+
+@pytest.mark.parametrize(
+    ("slow_down", "drop"), [(3, 0), (0, 3)], ids=["503-slow-down", "connection-dropped"]
+)
+async def test_throttling_and_dropped_connections_are_retried(
+    seaweedfs: SeaweedFS, slow_down: int, drop: int
+) -> None:
+    async with FaultyProxy(seaweedfs.s3_port, slow_down=slow_down, drop=drop) as proxy:
+        store = S3BlobStore(seaweedfs.location(endpoint=proxy.endpoint))
+        try:
+            data = payload(100_000, seed=40)
+            digest = await put(store, data)
+            assert await read_all(store, digest) == data
+        finally:
+            await store.close()
+    assert proxy.failed == slow_down + drop  # every fault was met, and retried past

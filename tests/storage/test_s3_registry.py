@@ -1,0 +1,193 @@
+"""`berth serve` with `storage = "s3"` on SeaweedFS: a real client pushes and pulls an image,
+and the bytes come back exactly, from blobs that live in the bucket."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.clients.commands import ContainersConfig
+from tests.clients.layouts import OciLayout, layer_files, umoci_image
+from tests.clients.tools import require_binary, run
+from tests.oci import (
+    assert_status,
+    blob_path,
+    location,
+    patch_upload,
+    put_upload,
+    start_upload,
+)
+from tests.s3 import BUCKET, SeaweedFS
+from tests.servers import BERTH, BerthServer, free_port, running_server
+
+pytestmark = pytest.mark.clients
+
+
+@pytest.fixture(scope="module")
+def s3_server(request: pytest.FixtureRequest, seaweedfs: SeaweedFS) -> Iterator[BerthServer]:
+    with running_server(request, "s3", extra_env=seaweedfs.settings_environ()) as server:
+        yield server
+
+
+def sha256(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def test_skopeo_pushes_and_pulls_an_image_stored_in_the_bucket(
+    s3_server: BerthServer, seaweedfs: SeaweedFS, tmp_path: Path
+) -> None:
+    require_binary("skopeo")
+    require_binary("umoci")
+    files = {
+        "big.bin": os.urandom(9 * 1024 * 1024),  # incompressible: a layer over 5 MiB
+        "hello.txt": b"stored in S3\n",
+    }
+    image = umoci_image(tmp_path / "layout", "v1", files)
+    s3_server.create_repository("s3proj", "app")
+    key_id, secret = s3_server.access_key("s3proj")
+    config = ContainersConfig.create(tmp_path / "containers")
+    skopeo = ["skopeo", "--policy", str(config.policy), "copy"]
+    remote = f"docker://{s3_server.address}/s3proj/app:v1"
+
+    run(
+        [
+            *skopeo,
+            "--dest-tls-verify=false",
+            f"--dest-creds={key_id}:{secret}",
+            image.oci_ref,
+            remote,
+        ],
+        config.env,
+    )
+    pulled = OciLayout(tmp_path / "pulled")
+    run(
+        [
+            *skopeo,
+            "--src-tls-verify=false",
+            f"--src-creds={key_id}:{secret}",
+            remote,
+            f"oci:{pulled.path}:v1",
+        ],
+        config.env,
+    )
+
+    assert pulled.resolve("v1")["digest"] == image.manifest_digest
+    assert pulled.manifest("v1") == image.manifest
+    for digest in [image.config_digest, *image.layer_digests]:
+        assert sha256(pulled.blob(digest)) == digest
+    assert layer_files(pulled.blob(image.layer_digests[0])) == files
+
+    # The blobs are objects in the bucket, and no upload is left behind.
+    prefix = s3_server.extra_env["BERTH_S3_PREFIX"]
+    listing = seaweedfs.client().list_objects_v2(Bucket=BUCKET, Prefix=f"{prefix}/")
+    keys = {entry["Key"] for entry in listing.get("Contents", [])}
+    for digest in [image.config_digest, *image.layer_digests]:
+        hex_digest = digest.split(":", 1)[1]
+        assert f"{prefix}/blobs/sha256/{hex_digest[:2]}/{hex_digest}" in keys
+    assert not [key for key in keys if "/uploads/" in key]
+
+    # A ranged GET reads just its bytes from the stored layer.
+    layer = image.layout.blob(image.layer_digests[0])
+    ranged = httpx.get(
+        f"{s3_server.url}/v2/s3proj/app/blobs/{image.layer_digests[0]}",
+        headers={"Range": "bytes=1000-5242999"},
+        auth=(key_id, secret),
+        follow_redirects=True,
+        timeout=60,
+    )
+    assert ranged.status_code == 206
+    assert ranged.content == layer[1000:5243000]
+
+
+def test_a_chunked_upload_of_odd_sized_patches_and_ranged_reads(s3_server: BerthServer) -> None:
+    s3_server.create_repository("s3proj", "chunks")
+    name = "s3proj/chunks"
+    chunks = [os.urandom(1024 * 1024), b"abc", os.urandom(7 * 1024 * 1024)]
+    data = b"".join(chunks)
+    digest = sha256(data)
+    with httpx.Client(
+        base_url=s3_server.url, auth=s3_server.access_key("s3proj"), timeout=60
+    ) as client:
+        upload = location(start_upload(client, name))
+        offset = 0
+        for chunk in chunks:
+            patched = patch_upload(client, upload, chunk, f"{offset}-{offset + len(chunk) - 1}")
+            assert_status(patched, 202)
+            offset += len(chunk)
+            upload = location(patched)
+        assert_status(put_upload(client, upload, digest), 201)
+
+        whole = client.get(blob_path(name, digest))
+        assert whole.status_code == 200 and whole.content == data
+        head = client.head(blob_path(name, digest))
+        assert head.status_code == 200
+        assert head.headers["content-length"] == str(len(data))
+        last = client.get(blob_path(name, digest), headers={"Range": "bytes=-10"})
+        assert last.status_code == 206 and last.content == data[-10:]
+        assert (
+            last.headers["content-range"] == f"bytes {len(data) - 10}-{len(data) - 1}/{len(data)}"
+        )
+        beyond = client.get(blob_path(name, digest), headers={"Range": f"bytes={len(data)}-"})
+        assert beyond.status_code == 416
+        assert beyond.headers["content-range"] == f"bytes */{len(data)}"
+
+
+@pytest.mark.parametrize(
+    ("changes", "problem"),
+    [
+        ({"BERTH_S3_SECRET_ACCESS_KEY": "not-the-secret"}, "refused the credentials"),
+        ({"BERTH_S3_BUCKET": "no-such-bucket"}, "'no-such-bucket'"),
+    ],
+    ids=["wrong-secret", "missing-bucket"],
+)
+def test_serve_refuses_a_store_it_cannot_use_before_serving(
+    seaweedfs: SeaweedFS, tmp_path: Path, changes: dict[str, str], problem: str
+) -> None:
+    env = {
+        **os.environ,
+        **seaweedfs.settings_environ(),
+        **changes,
+        "BERTH_DATA_DIR": str(tmp_path / "data"),
+        "BERTH_CONFIG": str(tmp_path / "berth.toml"),
+        "BERTH_LISTEN": f"127.0.0.1:{free_port()}",
+    }
+    refused = subprocess.run(
+        [*BERTH, "serve"], env=env, capture_output=True, text=True, timeout=120, check=False
+    )
+    assert refused.returncode == 2, refused.stdout + refused.stderr
+    assert problem in refused.stderr and seaweedfs.endpoint in refused.stderr
+    assert "Traceback" not in refused.stderr
+    assert not (tmp_path / "data").exists()  # refused before anything was created
+
+
+def test_a_blob_lost_from_the_bucket_is_unknown_to_head_and_get(
+    s3_server: BerthServer, seaweedfs: SeaweedFS
+) -> None:
+    """A HEAD must not tell a client to skip pushing a blob the store no longer has."""
+    s3_server.create_repository("s3proj", "lost")
+    name = "s3proj/lost"
+    data = os.urandom(3 * 1024 * 1024)
+    digest = sha256(data)
+    with httpx.Client(
+        base_url=s3_server.url, auth=s3_server.access_key("s3proj"), timeout=60
+    ) as client:
+        assert_status(put_upload(client, location(start_upload(client, name)), digest, data), 201)
+        assert_status(client.head(blob_path(name, digest)), 200)
+        hex_digest = digest.split(":", 1)[1]
+        prefix = s3_server.extra_env["BERTH_S3_PREFIX"]
+        seaweedfs.client().delete_object(
+            Bucket=BUCKET, Key=f"{prefix}/blobs/sha256/{hex_digest[:2]}/{hex_digest}"
+        )
+        assert_status(client.head(blob_path(name, digest)), 404)
+        missing = client.get(blob_path(name, digest))
+        assert_status(missing, 404)
+        assert missing.json()["errors"][0]["code"] == "BLOB_UNKNOWN"
+        # Pushing it again stores it again.
+        assert_status(put_upload(client, location(start_upload(client, name)), digest, data), 201)
+        assert client.get(blob_path(name, digest)).content == data
