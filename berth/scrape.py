@@ -19,7 +19,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry
+from prometheus_client import CONTENT_TYPE_PLAIN_0_0_4, CollectorRegistry
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 from starlette.requests import Request
@@ -131,7 +131,7 @@ async def metrics_endpoint(request: Request) -> Response:
     if refusal is not None:
         return refusal
     figures: ScrapeFigures = request.app.state.scrape_figures
-    return Response(await exposition(figures), media_type=CONTENT_TYPE_LATEST)
+    return Response(await exposition(figures), media_type=CONTENT_TYPE_PLAIN_0_0_4)
 
 
 # ------------------------------------------------------------------ the listener of its own
@@ -148,7 +148,7 @@ async def _answer(
         if method not in (b"GET", b"HEAD") or path != b"/metrics":
             status, media, body = b"404 Not Found", b"text/plain", b"only /metrics is here\n"
         else:
-            status, media = b"200 OK", CONTENT_TYPE_LATEST.encode()
+            status, media = b"200 OK", CONTENT_TYPE_PLAIN_0_0_4.encode()
             body = await exposition(figures)
         writer.write(
             b"HTTP/1.1 "
