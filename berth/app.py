@@ -142,9 +142,13 @@ def create_app(settings: Settings | None = None) -> Starlette:
         api.state.services = services
         app.state.scrape_figures = figures = ScrapeFigures(services)
         listener = await start_listener(figures)
+        flushing = asyncio.create_task(metrics.flush_periodically())
         try:
             yield
         finally:
+            flushing.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await flushing
             if listener is not None:
                 listener.close()
             await services.close()

@@ -12,7 +12,6 @@ scope (`note`), the route template (never the raw path in metrics), status, byte
 from __future__ import annotations
 
 import json
-import logging
 import re
 import time
 import uuid
@@ -20,9 +19,7 @@ import uuid
 from starlette.routing import Mount
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from berth.observability import metrics
-
-logger = logging.getLogger("berth.access")
+from berth.observability import logs, metrics
 
 REQUEST_ID = "berth.request_id"
 CALLER = "berth.caller"
@@ -150,7 +147,7 @@ class RequestObserver:
             surface = metrics.surface_of(path)
             route = route_template(scope)
             metrics.request_done(surface, route, scope["method"], status, seconds, received, sent)
-            if logger.isEnabledFor(logging.INFO):
+            if logs.access.enabled:
                 _log(scope, rid, surface, route, status, received, sent, seconds)
 
 
@@ -196,25 +193,19 @@ def _log(
     seconds: float,
 ) -> None:
     client = scope.get("client")
-    logger.info(
-        "%s %s %s",
-        scope["method"],
-        scope["path"],
-        status,
-        extra={
-            "request": {
-                "request_id": rid,
-                "method": scope["method"],
-                "path": scope["path"],
-                "route": route,
-                "surface": surface,
-                "status": status,
-                "received_bytes": received,
-                "sent_bytes": sent,
-                "duration_ms": round(seconds * 1000, 3),
-                "caller": scope.get(CALLER),
-                "project": scope.get(PROJECT),
-                "client": client[0] if client else None,
-            }
-        },
+    logs.access.write(
+        {
+            "request_id": rid,
+            "method": scope["method"],
+            "path": scope["path"],
+            "route": route,
+            "surface": surface,
+            "status": status,
+            "received_bytes": received,
+            "sent_bytes": sent,
+            "duration_ms": round(seconds * 1000, 3),
+            "caller": scope.get(CALLER),
+            "project": scope.get(PROJECT),
+            "client": client[0] if client else None,
+        }
     )

@@ -3,6 +3,7 @@ must sum what both counted) and JSON logs."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -10,6 +11,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from berth.observability.metrics import FLUSH_SECONDS
 from tests.gc.conftest import GcProject, gc_env, new_project
 from tests.servers import BerthServer, running_server
 
@@ -32,7 +34,9 @@ def project(observed: BerthServer) -> Iterator[GcProject]:
 
 
 def scrape(server: BerthServer, **options: Any) -> Samples:
-    """Every sample of /metrics by (name, labels)."""
+    """Every sample of /metrics by (name, labels), once every worker has written what it
+    counted (each adds requests up in memory and writes them every FLUSH_SECONDS)."""
+    time.sleep(FLUSH_SECONDS + 0.3)
     response = httpx.get(f"{server.url}/metrics", timeout=30, **options)
     assert response.status_code == 200, response.text
     assert response.headers["content-type"].startswith("text/plain; version=0.0.4")
