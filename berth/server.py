@@ -156,6 +156,12 @@ def check(settings: Settings, flags: Collection[str] = ()) -> None:
     _check_tls(settings, flags)
     _check_address(settings, flags)
     if settings.metrics_listen:
+        if settings.metrics_host_and_port == settings.host_and_port:
+            raise SettingsError(
+                f"{setting_source('metrics_listen', flags)} is the address the registry serves "
+                "on; give the metrics a port of their own (or leave metrics_listen unset: "
+                "/metrics is on the main address too)"
+            )
         _check_address(settings, flags, "metrics_listen")
     problem = unreachable_database(settings)
     if problem is not None:

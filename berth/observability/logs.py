@@ -22,6 +22,9 @@ _encode = json.JSONEncoder(separators=(",", ":"), default=str).encode
 _PLAIN = re.compile(r"[!#-~]+")  # printable, no space, no quote: written as is in text lines
 # Shown in a text line's message, not again as fields.
 _IN_MESSAGE = frozenset({"method", "path", "status"})
+# Fields a client's request decides (the rest are numbers, or words the server chose or
+# checked): quoted in text lines when they are not one plain token.
+_FROM_CLIENT = frozenset({"path", "caller", "project", "method"})
 
 
 class _Clock:
@@ -96,13 +99,13 @@ class AccessLog:
                 | fields
             )
         else:
-            path = text_value(fields["path"])
+            method, path = text_value(fields["method"]), text_value(fields["path"])
             rest = " ".join(
-                f"{name}={text_value(value)}"
+                f"{name}={text_value(value) if name in _FROM_CLIENT else value}"
                 for name, value in fields.items()
                 if value is not None and name not in _IN_MESSAGE
             )
-            line = f"{stamp} [INFO] {ACCESS_LOGGER}: {fields['method']} {path} {fields['status']} {rest}"
+            line = f"{stamp} [INFO] {ACCESS_LOGGER}: {method} {path} {fields['status']} {rest}"
         try:
             self.stream.write(line + "\n")
             self.stream.flush()

@@ -12,9 +12,9 @@ scope (`note`), the route template (never the raw path in metrics), status, byte
 from __future__ import annotations
 
 import json
+import os
 import re
 import time
-import uuid
 
 from starlette.routing import Mount
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -48,8 +48,11 @@ def route_template(scope: Scope) -> str:
     with the prefix of the mount it is in; `unmatched` for paths no route matched."""
     route = scope.get("route")
     path = getattr(route, "path", None)
-    if route is None or path is None or isinstance(route, Mount):
+    if route is None or path is None:
         return metrics.UNMATCHED
+    if isinstance(route, Mount):
+        # A mount of routes none of which matched, or a mount of files (the console's).
+        return metrics.UNMATCHED if route.routes else f"{path}/{{path:path}}"
     root: str = scope.get("root_path", "")
     app_root = scope.get("app_root_path", "")
     if app_root and root.startswith(app_root):
@@ -63,7 +66,7 @@ def _incoming_id(scope: Scope) -> str:
             if _SANE_ID.fullmatch(value):
                 return str(value.decode())
             break
-    return uuid.uuid4().hex
+    return os.urandom(16).hex()
 
 
 def _with_request_id(body: bytes, rid: str) -> bytes | None:
@@ -102,8 +105,9 @@ class RequestObserver:
             kind = message["type"]
             if kind == "http.response.start":
                 status = message["status"]
-                headers = start_headers = message.setdefault("headers", [])
-                headers.append((HEADER, rid_header))
+                # A new list: a response object may be sent again (its list is its own).
+                headers = start_headers = [*message.get("headers", ()), (HEADER, rid_header)]
+                message["headers"] = headers
                 if status >= 400 and may_hold and _json_error(headers):
                     held = message
                     return
