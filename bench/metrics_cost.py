@@ -142,6 +142,7 @@ def measure(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         "on": medians["on"],
         "off": medians["off"],
         "ratio_on_over_off": paired,
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "load_start": load_start,
         "load_end": os.getloadavg(),
         "hot_path": hot_path_cost(medians["off"]["manifest_rps"]),
@@ -214,7 +215,8 @@ def report(figures: dict[str, Any]) -> str:
         f"written to a file in both) identical but for `BERTH_METRICS`, alternated over "
         f"{figures['rounds']} rounds of wrk ({figures['wrk_seconds']} s, "
         f"{figures['connections']} connections); medians, and the median of each round's on / "
-        f"off. Load average {' '.join(f'{x:.2f}' for x in figures['load_start'])} at the start, "
+        f"off. Measured {figures.get('date', '')} with the load average at "
+        f"{' '.join(f'{x:.2f}' for x in figures['load_start'])} at the start, "
         f"{' '.join(f'{x:.2f}' for x in figures['load_end'])} at the end.",
         "",
         "| figure | metrics on | metrics off | on / off | target | met |",
