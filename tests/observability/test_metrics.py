@@ -3,11 +3,13 @@ was done, summed over both worker processes; label sets stay bounded; who may sc
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
 
 import httpx
 import pytest
+from prometheus_client.mmap_dict import MmapedDict
 
 from tests.gc.conftest import GcProject, wait_past_grace
 from tests.observability.conftest import moved, parse, scrape, value
@@ -62,6 +64,36 @@ def test_pushes_and_pulls_are_counted_with_their_bytes(
     assert moved(before, after, received, **registry(upload_route["route"], "POST")) == upload_bytes
     durations = "berth_http_request_duration_seconds_count"
     assert moved(before, after, durations, **registry(MANIFEST_ROUTE, "GET")) == 4
+
+
+def test_every_workers_counts_are_in_one_scrape(observed: BerthServer) -> None:
+    """Forty requests on forty connections, which the kernel spreads over both workers
+    (SO_REUSEPORT): each worker counts into files of its own, and one scrape sums them."""
+    labels = {"surface": "other", "route": "/healthz", "method": "GET", "status": "200"}
+    before, counted_before = scrape(observed), healthz_by_worker(observed)
+    for _ in range(40):
+        with httpx.Client(base_url=observed.url) as client:  # a new connection each time
+            assert client.get("/healthz").status_code == 200
+    after, counted_after = scrape(observed), healthz_by_worker(observed)
+    assert moved(before, after, "berth_http_requests_total", **labels) == 40
+    by_worker = {
+        worker: count - counted_before.get(worker, 0)
+        for worker, count in counted_after.items()
+        if count > counted_before.get(worker, 0)
+    }
+    assert len(by_worker) == 2, by_worker  # both workers answered some
+    assert sum(by_worker.values()) == 40
+
+
+def healthz_by_worker(server: BerthServer) -> dict[str, float]:
+    """The /healthz requests each worker has written to its own file of counters."""
+    found: dict[str, float] = {}
+    for path in (server.data_dir / "metrics").glob("counter_*.db"):
+        for key, count, *_ in MmapedDict.read_all_values_from_file(str(path)):
+            name, _sample, labels, _help = json.loads(key)
+            if name == "berth_http_requests" and labels.get("route") == "/healthz":
+                found[path.stem] = found.get(path.stem, 0) + count
+    return found
 
 
 def test_uploads_in_progress(observed: BerthServer, project: GcProject) -> None:
