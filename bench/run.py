@@ -737,7 +737,13 @@ def main() -> None:
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
     with tempfile.TemporaryDirectory(prefix="berth-bench-") as tmp:
         results = measure(args, Path(tmp))
-    text = report(results) + token_report() + extra_report("gc.py") + extra_report("metering.py")
+    text = (
+        report(results)
+        + token_report()
+        + extra_report("gc.py")
+        + extra_report("metering.py")
+        + extra_report("metrics_cost.py")
+    )
     text += extra_report("hardening.py")
     args.output.write_text(text)
     print(text)

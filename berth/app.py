@@ -23,8 +23,11 @@ from berth.console.routes import routes as console_routes
 from berth.domain.errors import HostInvalid, RegistryError
 from berth.domain.names import normalized_host
 from berth.limits import ANSWERED, RequestLimits
+from berth.observability import logs, metrics
+from berth.observability.requests import RequestObserver
 from berth.registry.routes import error_response
 from berth.registry.routes import routes as registry_routes
+from berth.scrape import ScrapeFigures, metrics_endpoint, start_listener
 from berth.state import Services
 
 API_VERSION_HEADER = (b"docker-distribution-api-version", b"registry/2.0")
@@ -126,23 +129,35 @@ async def _registry_error(request: Request, exc: Exception) -> Response:
 
 def create_app(settings: Settings | None = None) -> Starlette:
     settings = settings or load_settings()
+    logs.configure(settings.log_format, settings.log_level)
+    metrics.set_enabled(settings.metrics)
     api = create_api()
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        metrics.forget_dead_processes()  # a worker restarted: its predecessor's gauges go
         services = Services.build(settings)
         services.start()
         app.state.services = services
         api.state.services = services
+        app.state.scrape_figures = figures = ScrapeFigures(services)
+        listener = await start_listener(figures)
+        flushing = asyncio.create_task(metrics.flush_periodically())
         try:
             yield
         finally:
+            flushing.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await flushing
+            if listener is not None:
+                listener.close()
             await services.close()
 
     app = Starlette(
         routes=[
             Route("/healthz", healthz),
             Route("/readyz", readyz),
+            Route("/metrics", metrics_endpoint),
             *auth_routes,
             *registry_routes,
             Mount(MOUNT_PATH, app=api),  # after /v2: the registry's hot path is matched first
@@ -159,4 +174,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         body_read_timeout=settings.body_read_timeout,
         max_requests_per_client=settings.max_requests_per_client,
     )
+    # Outermost: every answer, refusals of the limits included, is counted, logged and given
+    # its request ID.
+    app.add_middleware(RequestObserver)
     return app

@@ -116,7 +116,25 @@ class Settings(BaseSettings):
         256, ge=0, description="requests in progress per client address and worker (0: no limit)"
     )
     log_level: Literal["critical", "error", "warning", "info", "debug"] = Field(
-        "info", description="server log level"
+        "info", description="server log level (info logs one line per request)"
+    )
+    log_format: Literal["text", "json"] = Field(
+        "text", description="server log lines: text, or json (one JSON object a line)"
+    )
+    metrics: bool = Field(
+        True,
+        description="Prometheus metrics at /metrics (off only to measure what counting costs)",
+    )
+    metrics_listen: str | None = Field(
+        None,
+        description="host:port of a separate listener serving only /metrics, to anyone who "
+        "reaches it (bind it to a private address)",
+    )
+    metrics_loopback: bool = Field(
+        True,
+        description="/metrics on the main address answers loopback clients without "
+        "credentials (turn off behind a reverse proxy on the same host); others need a "
+        "server administrator",
     )
     storage: Literal["filesystem", "s3"] = Field(
         "filesystem", description="where blobs live: `blobs` in data_dir, or an S3 bucket"
@@ -142,9 +160,11 @@ class Settings(BaseSettings):
         False, description="path-style bucket addressing (most self-hosted stores need it)"
     )
 
-    @field_validator("listen")
+    @field_validator("listen", "metrics_listen")
     @classmethod
-    def _host_and_port(cls, value: str) -> str:
+    def _host_and_port(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
         host, colon, port = value.rpartition(":")
         if not colon or not port.isdigit() or not 0 < int(port) < 65536:
             raise ValueError("must be HOST:PORT with a port from 1 to 65535, e.g. 127.0.0.1:5000")
@@ -197,8 +217,16 @@ class Settings(BaseSettings):
 
     @property
     def host_and_port(self) -> tuple[str, int]:
-        host, _, port = self.listen.rpartition(":")
-        return host.strip("[]") or "127.0.0.1", int(port)
+        return _split_address(self.listen)
+
+    @property
+    def metrics_host_and_port(self) -> tuple[str, int] | None:
+        return _split_address(self.metrics_listen) if self.metrics_listen else None
+
+    @property
+    def metrics_dir(self) -> Path:
+        """Where the server's worker processes keep their metric values (emptied at start)."""
+        return self.data_dir.resolve() / "metrics"
 
     @property
     def tls(self) -> bool:
@@ -217,6 +245,11 @@ class Settings(BaseSettings):
             if value is not None and name != "admin_password":
                 env[f"BERTH_{name.upper()}"] = str(value)
         return env
+
+
+def _split_address(address: str) -> tuple[str, int]:
+    host, _, port = address.rpartition(":")
+    return host.strip("[]") or "127.0.0.1", int(port)
 
 
 class SettingsError(ValueError):

@@ -7,6 +7,7 @@ import asyncio
 import errno
 import os
 import resource
+import shutil
 import socket
 import ssl
 import sys
@@ -15,6 +16,7 @@ from collections.abc import Collection
 from berth.addresses import public_host, public_url
 from berth.config import Settings, SettingsError, setting_source
 from berth.data_location import create_data, unreachable_database
+from berth.observability import metrics
 from berth.state import Services, unusable_storage
 
 
@@ -126,10 +128,12 @@ def _check_tls(settings: Settings, flags: Collection[str]) -> None:
         ) from None
 
 
-def _check_address(settings: Settings, flags: Collection[str]) -> None:
+def _check_address(settings: Settings, flags: Collection[str], setting: str = "listen") -> None:
     """Refuse an address another process listens on: granian binds with SO_REUSEPORT, so a
     second server would start and quietly take half the connections."""
-    host, port = settings.host_and_port
+    host, port = (
+        settings.host_and_port if setting == "listen" else settings.metrics_host_and_port or ("", 0)
+    )
     address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     try:
@@ -142,7 +146,7 @@ def _check_address(settings: Settings, flags: Collection[str]) -> None:
             errno.EADDRNOTAVAIL: "no such address on this machine",
         }.get(exc.errno or 0, exc.strerror or str(exc))
         raise SettingsError(
-            f"{setting_source('listen', flags)}: cannot serve on {address}: {problem}"
+            f"{setting_source(setting, flags)}: cannot serve on {address}: {problem}"
         ) from None
 
 
@@ -151,12 +155,29 @@ def check(settings: Settings, flags: Collection[str] = ()) -> None:
     `flags` names the settings given as flags, to say where a bad value came from."""
     _check_tls(settings, flags)
     _check_address(settings, flags)
+    if settings.metrics_listen:
+        if settings.metrics_host_and_port == settings.host_and_port:
+            raise SettingsError(
+                f"{setting_source('metrics_listen', flags)} is the address the registry serves "
+                "on; give the metrics a port of their own (or leave metrics_listen unset: "
+                "/metrics is on the main address too)"
+            )
+        _check_address(settings, flags, "metrics_listen")
     problem = unreachable_database(settings)
     if problem is not None:
         raise SettingsError(f"{setting_source('database_url', flags)}: {problem}")
     problem = unusable_storage(settings)
     if problem is not None:
         raise SettingsError(problem)
+
+
+def _prepare_metrics(settings: Settings) -> None:
+    """The workers' metric files go in a directory of the data directory, emptied now: the
+    counters of a previous run of the server are not this one's (Prometheus sees a restart)."""
+    directory = settings.metrics_dir
+    shutil.rmtree(directory, ignore_errors=True)
+    directory.mkdir(mode=0o700, parents=True)
+    os.environ[metrics.MULTIPROC_ENV] = str(directory)
 
 
 def serve(settings: Settings, flags: Collection[str] = ()) -> None:
@@ -170,6 +191,7 @@ def serve(settings: Settings, flags: Collection[str] = ()) -> None:
     _allow_open_files(settings.max_connections)
     # Worker processes build their own Settings; hand them exactly what was resolved here.
     os.environ.update(settings.to_environ())
+    _prepare_metrics(settings)
     host, port = settings.host_and_port
     # Replace this process with granian's own launcher: the supervisor then carries only
     # granian (not the CLI, Alembic and the rest), and workers import just the app.

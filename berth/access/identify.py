@@ -19,6 +19,7 @@ from berth.access.policy import Principal
 from berth.access.throttle import LoginThrottle
 from berth.access.tokens import InvalidToken, TokenClaims, Tokens
 from berth.domain.errors import Unauthorized
+from berth.observability import metrics
 
 
 class Surface(StrEnum):
@@ -114,6 +115,7 @@ class Authenticator:
             # No key has this ID: refused at once, remembering nothing (not even in the
             # throttle), so a stream of made-up IDs costs no memory.
             self.throttle.check(None, client)
+            metrics.login_failed("access_key")
             raise Unauthorized(NOT_A_KEY)
         self.throttle.check(key_id, client)
         try:
@@ -122,6 +124,7 @@ class Authenticator:
             raise
         except Unauthorized:
             self.throttle.failed(key_id, client)
+            metrics.login_failed("access_key")
             raise
 
     async def login_password(self, user: str, password: str, client: str | None) -> Principal:
@@ -130,6 +133,7 @@ class Authenticator:
         principal = await self.credentials.verify_password(user, password)
         if principal is None:
             self.throttle.failed(user, client)
+            metrics.login_failed("password")
             raise Unauthorized("invalid user name or password")
         return principal
 

@@ -16,6 +16,7 @@ import jwt
 from cachetools import TLRUCache
 
 from berth.access.keyring import Keyring
+from berth.observability import metrics
 
 ISSUER = "berth"
 ALGORITHM = "ES256"
@@ -86,10 +87,12 @@ class Tokens:
                 "access": access,
             }
         )
+        metrics.token_issued("registry")
         return token, self.ttl, now
 
     def issue_refresh(self, *, user_id: int, user: str, key_id: str | None, service: str) -> str:
         now = int(time.time())
+        metrics.token_issued("refresh")
         return self._sign(
             {
                 "iss": ISSUER,
@@ -164,6 +167,7 @@ class Tokens:
                 "key": key_id,
             }
         )
+        metrics.token_issued("api")
         return token, expires
 
     def verify_api(self, token: str) -> dict[str, Any]:

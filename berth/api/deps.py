@@ -39,9 +39,10 @@ from berth.access.identify import Surface, Via
 from berth.access.permissions import ProjectAccess
 from berth.access.policy import Principal, project_access
 from berth.access.refusals import api_unauthorized
-from berth.auth.guard import client_address
+from berth.auth.guard import client_address, note_principal
 from berth.domain.errors import Denied, NameUnknown, Unauthorized
 from berth.domain.references import RepositoryRef
+from berth.observability.requests import note
 from berth.services.images import Images
 from berth.state import Services
 
@@ -154,6 +155,7 @@ async def authenticate(request: Request, services: Services) -> ApiCaller | None
         raise api_unauthorized(exc.message) from None
     if identified.principal is None:
         return None
+    note_principal(request, identified.principal)
     return ApiCaller(identified.principal, identified.via, client)
 
 
@@ -253,10 +255,11 @@ class ProjectContext:
 
 
 async def project_context(
-    project: ProjectName, caller: CallerDep, services: ServicesDep
+    request: Request, project: ProjectName, caller: CallerDep, services: ServicesDep
 ) -> ProjectContext:
     """Any role in the project (a project role or a role on one of its repositories)."""
     principal = caller.principal
+    note(request.scope, project=project)
     project_id = await services.repositories.project_id(project)
     if principal.key_project_id is not None and principal.key_project_id != project_id:
         key_project = await services.repositories.project_name(principal.key_project_id)

@@ -4,9 +4,10 @@ Every 4xx (and the rare 5xx) answer has the same shape:
 
     {"type": "urn:berth:problem:quota-exceeded", "title": "Quota exceeded", "status": 403,
      "detail": "project 'acme' already has 100 of its maximum 100 repositories ...",
-     "code": "QUOTA_EXCEEDED", "errors": [{"field": "name", "message": "..."}]}
+     "code": "QUOTA_EXCEEDED", "errors": [{"field": "name", "message": "..."}],
+     "request_id": "387ea0ad58424270b3c9fefd98f34e7a"}
 
-`errors` names the request fields at fault (body fields by name, `query.page`, `path.project`
+`request_id` is added to every problem as it is sent (`observability/requests.py`). `errors` names the request fields at fault (body fields by name, `query.page`, `path.project`
 for the others); it is empty when no one field is. Services raise `RegistryError`s; this module
 turns them into problems, with the service's message as the `detail`.
 """
@@ -56,6 +57,11 @@ class Problem(BaseModel):
     detail: str = Field(description="what went wrong, for a person")
     code: str = Field(description="a stable machine-readable code, e.g. CONFLICT")
     errors: list[FieldProblem] = Field(default_factory=list)
+    request_id: str | None = Field(
+        None,
+        description="the request's ID, also in the X-Request-ID header: quote it when reporting "
+        "a problem (added to every problem as it is sent)",
+    )
 
 
 class FieldError(RegistryError):

@@ -14,6 +14,7 @@ from berth.access.scopes import challenge_scope, downscope
 from berth.domain.errors import RegistryError, Unauthorized
 from berth.domain.names import ImageName, hostname_of
 from berth.domain.references import RepositoryRef
+from berth.observability.requests import note
 from berth.state import Services
 
 __all__ = ["TOKEN_PATH", "Caller", "client_address", "identify", "service_name"]
@@ -42,7 +43,7 @@ def challenge(request: Request, scope: str | None = None, error: str | None = No
 async def identify(services: Services, request: Request) -> Caller:
     """The caller from the Authorization header; no header is an anonymous caller."""
     try:
-        return await services.authenticator.identify(
+        caller = await services.authenticator.identify(
             request.headers.get("authorization"),
             surface=Surface.REGISTRY,
             client=client_address(request),
@@ -50,6 +51,14 @@ async def identify(services: Services, request: Request) -> Caller:
         )
     except Unauthorized as exc:
         raise realm(request).unauthorized(exc.message) from None
+    note_principal(request, caller.principal)
+    return caller
+
+
+def note_principal(request: Request, principal: Principal | None) -> None:
+    """Name the caller in the request's log line: its access key ID, else its user name."""
+    if principal is not None:
+        note(request.scope, caller=principal.key_id or principal.user)
 
 
 async def check_login_host(services: Services, request: Request, principal: Principal) -> None:

@@ -14,7 +14,13 @@ from berth.access.credentials import has_key_id_format
 from berth.access.identify import basic_credentials
 from berth.access.policy import Principal
 from berth.access.scopes import Scope, grant, parse_scopes, scope_string
-from berth.auth.guard import TOKEN_PATH, check_login_host, client_address, service_name
+from berth.auth.guard import (
+    TOKEN_PATH,
+    check_login_host,
+    client_address,
+    note_principal,
+    service_name,
+)
 from berth.domain.errors import RegistryError, Unauthorized, Unsupported
 from berth.domain.names import split_name
 from berth.services.audit import NOT_A_KEY_ID, UNVERIFIED_ACTOR
@@ -83,6 +89,7 @@ async def _login(services: Services, request: Request, key_id: str, secret: str)
         )
         exc.headers["WWW-Authenticate"] = 'Basic realm="Berth token service"'
         raise
+    note_principal(request, principal)
     await services.identity.audit.record(
         principal.user,
         "login",

@@ -21,12 +21,14 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 from sqlalchemy.sql.dml import Insert
 
 from berth.domain.errors import StorageFull, Unavailable
+from berth.observability import metrics
 
 # How long a write waits for SQLite's write lock (held by another process) and for this
 # process's writer connection, before it is refused as "busy, retry" (503 + Retry-After).
 WRITE_LOCK_SECONDS = 5
 WRITER_QUEUE_SECONDS = 10
 RETRY_AFTER_SECONDS = 5
+READERS = 16  # SQLite reader connections kept open (more open when busy)
 
 SQLITE_PRAGMAS = (
     "PRAGMA journal_mode=WAL",
@@ -39,7 +41,7 @@ SQLITE_PRAGMAS = (
 def _sqlite_engine(url: str, *, writer: bool) -> AsyncEngine:
     engine = create_async_engine(
         url,
-        pool_size=1 if writer else 16,
+        pool_size=1 if writer else READERS,
         max_overflow=0 if writer else 48,
         pool_timeout=WRITER_QUEUE_SECONDS if writer else 30,
         connect_args={"timeout": WRITE_LOCK_SECONDS},
@@ -117,10 +119,13 @@ class Database:
             self.writer = _sqlite_engine(url, writer=True)
             self.reader = _sqlite_engine(url, writer=False)
             self._point_reader = _SqlitePointReader(url.split(":///", 1)[1])
+            metrics.watch_pool(self.writer.sync_engine.pool, "writer", 1)
+            metrics.watch_pool(self.reader.sync_engine.pool, "reader", READERS)
         else:
             self.writer = self.reader = create_async_engine(
                 url, pool_size=10, max_overflow=10, pool_pre_ping=True
             )
+            metrics.watch_pool(self.writer.sync_engine.pool, "shared", 10)
 
     @asynccontextmanager
     async def write(self) -> AsyncIterator[AsyncConnection]:

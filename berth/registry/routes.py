@@ -38,6 +38,7 @@ from berth.domain.errors import (
 from berth.domain.manifests import MAX_MANIFEST_BYTES, OCI_INDEX, accepts, manifest_too_large
 from berth.domain.names import ImageName, name_unknown, split_name
 from berth.domain.references import RepositoryRef
+from berth.observability.requests import note
 from berth.registry.responses import (
     BlobBytesResponse,
     BlobFileResponse,
@@ -74,6 +75,7 @@ async def _target(
     services = _services(request)
     host_project = services.host_project(request.headers.get("host"))
     name = split_name(request.path_params["name"], host_project)
+    note(request.scope, project=name.project)
     caller = await identify(services, request)
     request.state.caller = caller
     project_id, repo = await services.repositories.lookup(name.project, name.repository)

@@ -19,7 +19,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from cachetools import LRUCache
-from sqlalchemy import delete, select, update
+from sqlalchemy import delete, func, select, update
 
 from berth.domain.digests import parse_digest
 from berth.domain.errors import (
@@ -164,6 +164,11 @@ class Uploads:
             raise
         self._hashes.put(upload.id, 0, hashlib.sha256())
         return upload
+
+    async def in_progress(self) -> int:
+        """Uploads started and neither finished nor cancelled, on every node."""
+        async with self.db.read() as conn:
+            return int((await conn.execute(select(func.count()).select_from(uploads))).scalar_one())
 
     async def get(self, repo: RepositoryRef, image: str, upload_id: str) -> Upload:
         if _UPLOAD_ID_RE.fullmatch(upload_id):

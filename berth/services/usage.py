@@ -209,6 +209,25 @@ class Usage:
             )
         return len(project_ids)
 
+    async def latest_storage(self) -> dict[str, tuple[int, dt.datetime]]:
+        """Each project's bytes stored and when, from its latest sample (what /metrics
+        shows): one indexed lookup per project, no measuring."""
+        latest = (
+            select(storage_samples.c.id)
+            .where(storage_samples.c.project_id == projects.c.id)
+            .order_by(storage_samples.c.at.desc(), storage_samples.c.id.desc())
+            .limit(1)
+            .correlate(projects)
+            .scalar_subquery()
+        )
+        async with self.db.read() as conn:
+            rows = await conn.execute(
+                select(projects.c.name, storage_samples.c.bytes, storage_samples.c.at).join(
+                    storage_samples, storage_samples.c.id == latest
+                )
+            )
+            return {name: (int(size), at) for name, size, at in rows}
+
     async def _first_sample(self, project: str) -> tuple[int, dt.datetime, StorageFigures]:
         """The project's id and its latest storage sample. A project with no sample yet gets
         one now, recorded: the summary and the storage series then show the same sample

@@ -1,0 +1,129 @@
+"""The format of Berth's own log lines (`berth.*` loggers): `text` (the default), one line a
+record, or `json`, one JSON object a line for log shippers. The level is `log_level`.
+
+The request lines (`berth.access`, one a request) are written by `AccessLog`, straight to
+standard error in the same format: through `logging` a line costs several times as much CPU
+(the caller's frame is looked up, the record built and formatted), which a registry answering
+thousands of pulls a second pays on every one.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import sys
+import time
+from typing import Any, TextIO
+
+FORMATS = ("text", "json")
+ACCESS_LOGGER = "berth.access"
+_encode = json.JSONEncoder(separators=(",", ":"), default=str).encode
+_PLAIN = re.compile(r"[!#-~]+")  # printable, no space, no quote: written as is in text lines
+# Shown in a text line's message, not again as fields.
+_IN_MESSAGE = frozenset({"method", "path", "status"})
+# Fields a client's request decides (the rest are numbers, or words the server chose or
+# checked): quoted in text lines when they are not one plain token.
+_FROM_CLIENT = frozenset({"path", "caller", "project", "method"})
+
+
+class _Clock:
+    """UTC timestamps with milliseconds, the seconds part formatted once a second."""
+
+    def __init__(self) -> None:
+        self._current = (-1, "")  # one tuple: a thread never sees a second with another's text
+
+    def stamp(self, now: float) -> str:
+        second = int(now)
+        current = self._current
+        if current[0] != second:
+            current = self._current = (
+                second,
+                time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second)),
+            )
+        return f"{current[1]}.{int((now - second) * 1000):03d}Z"
+
+
+_clock = _Clock()
+
+
+def text_value(value: Any) -> str:
+    """A field's value in a text line: as is when it is one plain token, else quoted and
+    escaped as a JSON string (a path can hold spaces or newlines; a line stays one line)."""
+    text = str(value)
+    return text if _PLAIN.fullmatch(text) else json.dumps(text)
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        document: dict[str, Any] = {
+            "time": _clock.stamp(record.created),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            document["exception"] = self.formatException(record.exc_info)
+        return _encode(document)
+
+
+class TextFormatter(logging.Formatter):
+    """`2026-12-01T11:46:29.194Z [INFO] berth.gc: message`."""
+
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s [%(levelname)s] %(name)s: %(message)s")
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
+        return _clock.stamp(record.created)
+
+
+class AccessLog:
+    """One line a request, at `info`."""
+
+    def __init__(self) -> None:
+        self.enabled = True
+        self.json = False
+        self.stream: TextIO = sys.stderr
+
+    def configure(self, log_format: str, level: str) -> None:
+        self.json = log_format == "json"
+        self.enabled = logging.getLevelName(level.upper()) <= logging.INFO
+        self.stream = sys.stderr
+
+    def write(self, fields: dict[str, Any]) -> None:
+        stamp = _clock.stamp(time.time())
+        if self.json:
+            message = f"{fields['method']} {fields['path']} {fields['status']}"
+            line = _encode(
+                {"time": stamp, "level": "info", "logger": ACCESS_LOGGER, "message": message}
+                | fields
+            )
+        else:
+            method, path = text_value(fields["method"]), text_value(fields["path"])
+            rest = " ".join(
+                f"{name}={text_value(value) if name in _FROM_CLIENT else value}"
+                for name, value in fields.items()
+                if value is not None and name not in _IN_MESSAGE
+            )
+            line = f"{stamp} [INFO] {ACCESS_LOGGER}: {method} {path} {fields['status']} {rest}"
+        try:
+            self.stream.write(line + "\n")
+            self.stream.flush()
+        except (OSError, ValueError):  # standard error closed or full: the request stands
+            pass
+
+
+access = AccessLog()
+
+
+def configure(log_format: str, level: str) -> None:
+    """Send the `berth` loggers to standard error in `log_format` at `level` (once a process)."""
+    berth = logging.getLogger("berth")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter() if log_format == "json" else TextFormatter())
+    for old in list(berth.handlers):
+        berth.removeHandler(old)
+    berth.addHandler(handler)
+    berth.setLevel(level.upper())
+    berth.propagate = False
+    access.configure(log_format, level)

@@ -1,0 +1,230 @@
+"""/metrics after real pushes, pulls, sign-ins and a GC run: the counters move by exactly what
+was done, summed over both worker processes; label sets stay bounded; who may scrape."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+
+import httpx
+import pytest
+from prometheus_client.mmap_dict import MmapedDict
+
+from tests.gc.conftest import GcProject, wait_past_grace
+from tests.observability.conftest import moved, parse, scrape, value
+from tests.oci import blob_path, diff_id, image_config, image_manifest, layer, uploads_path
+from tests.servers import ADMIN_PASSWORD, BerthServer, free_port, running_server
+
+MANIFEST_ROUTE = "/v2/{name:path}/manifests/{reference}"
+BLOB_ROUTE = "/v2/{name:path}/blobs/{digest}"
+
+
+def registry(route: str, method: str, status: str = "") -> dict[str, str]:
+    labels = {"surface": "registry", "route": route, "method": method}
+    return {**labels, "status": status} if status else labels
+
+
+def test_pushes_and_pulls_are_counted_with_their_bytes(
+    observed: BerthServer, project: GcProject
+) -> None:
+    blob = layer({"hello.txt": b"hello metrics"})
+    config = image_config(diff_ids=[diff_id(blob)])
+    manifest = image_manifest(config.descriptor(), [blob.descriptor()])
+    before = scrape(observed)
+    project.push(config)
+    project.push(blob)
+    assert project.put_manifest(manifest, "v1").status_code == 201
+    for _ in range(3):
+        pulled = project.registry.get(
+            f"/v2/{project.name()}/manifests/v1", headers={"Accept": manifest.media_type}
+        )
+        assert pulled.status_code == 200
+    for _ in range(2):
+        assert project.registry.get(blob_path(project.name(), blob.digest)).status_code == 200
+    missing = project.registry.get(f"/v2/{project.name()}/manifests/nope")
+    assert missing.status_code == 404
+    after = scrape(observed)
+
+    requests = "berth_http_requests_total"
+    assert moved(before, after, requests, **registry(MANIFEST_ROUTE, "GET", "200")) == 3
+    assert moved(before, after, requests, **registry(MANIFEST_ROUTE, "GET", "404")) == 1
+    assert moved(before, after, requests, **registry(MANIFEST_ROUTE, "PUT", "201")) == 1
+    assert moved(before, after, requests, **registry(BLOB_ROUTE, "GET", "200")) == 2
+    upload_route = registry("/v2/{name:path}/blobs/uploads/", "POST", "201")
+    assert moved(before, after, requests, **upload_route) == 2
+    sent = "berth_http_sent_bytes_total"
+    received = "berth_http_received_bytes_total"
+    assert moved(before, after, sent, **registry(BLOB_ROUTE, "GET")) == 2 * blob.size
+    assert moved(before, after, sent, **registry(MANIFEST_ROUTE, "GET")) == (
+        3 * manifest.size + len(missing.content)
+    )
+    assert moved(before, after, received, **registry(MANIFEST_ROUTE, "PUT")) == manifest.size
+    upload_bytes = config.size + blob.size
+    assert moved(before, after, received, **registry(upload_route["route"], "POST")) == upload_bytes
+    durations = "berth_http_request_duration_seconds_count"
+    assert moved(before, after, durations, **registry(MANIFEST_ROUTE, "GET")) == 4
+
+
+def test_every_workers_counts_are_in_one_scrape(observed: BerthServer) -> None:
+    """Forty requests on forty connections, which the kernel spreads over both workers
+    (SO_REUSEPORT): each worker counts into files of its own, and one scrape sums them."""
+    labels = {"surface": "other", "route": "/healthz", "method": "GET", "status": "200"}
+    before, counted_before = scrape(observed), healthz_by_worker(observed)
+    for _ in range(40):
+        with httpx.Client(base_url=observed.url) as client:  # a new connection each time
+            assert client.get("/healthz").status_code == 200
+    after, counted_after = scrape(observed), healthz_by_worker(observed)
+    assert moved(before, after, "berth_http_requests_total", **labels) == 40
+    by_worker = {
+        worker: count - counted_before.get(worker, 0)
+        for worker, count in counted_after.items()
+        if count > counted_before.get(worker, 0)
+    }
+    assert len(by_worker) == 2, by_worker  # both workers answered some
+    assert sum(by_worker.values()) == 40
+
+
+def healthz_by_worker(server: BerthServer) -> dict[str, float]:
+    """The /healthz requests each worker has written to its own file of counters."""
+    found: dict[str, float] = {}
+    for path in (server.data_dir / "metrics").glob("counter_*.db"):
+        for key, count, *_ in MmapedDict.read_all_values_from_file(str(path)):
+            name, _sample, labels, _help = json.loads(key)
+            if name == "berth_http_requests" and labels.get("route") == "/healthz":
+                found[path.stem] = found.get(path.stem, 0) + count
+    return found
+
+
+def test_uploads_in_progress(observed: BerthServer, project: GcProject) -> None:
+    before = value(scrape(observed), "berth_uploads_in_progress")
+    started = project.registry.post(uploads_path(project.name()))
+    assert started.status_code == 202
+    assert value(scrape(observed), "berth_uploads_in_progress") == before + 1
+    assert project.registry.delete(started.headers["location"]).status_code == 204
+    assert value(scrape(observed), "berth_uploads_in_progress") == before
+
+
+def test_tokens_and_login_failures(observed: BerthServer, project: GcProject) -> None:
+    key_id, secret = observed.access_key(project.project)
+    token_url = f"{observed.url}/auth/token"
+    scope = {"scope": f"repository:{project.name()}:pull", "service": observed.address}
+    before = scrape(observed)
+    for _ in range(2):
+        assert httpx.get(token_url, params=scope, auth=(key_id, secret)).status_code == 200
+    assert httpx.get(token_url, params=scope, auth=(key_id, "wrong")).status_code == 401
+    assert httpx.get(f"{observed.url}/api/v1/projects", auth=("admin", "wrong")).status_code == 401
+    after = scrape(observed)
+    assert moved(before, after, "berth_tokens_issued_total", kind="registry") == 2
+    assert moved(before, after, "berth_login_failures_total", method="access_key") == 1
+    assert moved(before, after, "berth_login_failures_total", method="password") == 1
+
+
+def test_gc_run_figures(observed: BerthServer, project: GcProject) -> None:
+    garbage = b"unreferenced bytes for the collector" * 10
+    project.push_blob(garbage)
+    wait_past_grace()
+    before = scrape(observed)
+    run = project.gc()
+    after = scrape(observed)
+    assert run["storage_bytes_freed"] == len(garbage)
+    assert moved(before, after, "berth_gc_runs_total", outcome="succeeded") == 1
+    assert moved(before, after, "berth_gc_run_duration_seconds_count") == 1
+    assert moved(before, after, "berth_gc_restricted_seconds_count") == 1
+    assert moved(before, after, "berth_gc_restricted_seconds_sum") == pytest.approx(
+        run["restricted_seconds"], abs=0.001
+    )
+    assert moved(before, after, "berth_gc_freed_bytes_total") == run["bytes_freed"]
+    assert moved(before, after, "berth_gc_storage_freed_bytes_total") == len(garbage)
+
+
+def test_storage_per_project_from_the_latest_sample(
+    observed: BerthServer, project: GcProject
+) -> None:
+    project.push_blob(b"stored bytes" * 100)
+    sample = project.api.post(f"/projects/{project.project}/storage/collect")
+    assert sample.status_code == 201
+    stored = sample.json()["bytes"]
+    assert stored > 0
+    deadline = time.monotonic() + 15  # a scrape reads the samples at most every 10 s
+    while value(scrape(observed), "berth_storage_bytes", project=project.project) != stored:
+        assert time.monotonic() < deadline, "the new sample never showed"
+        time.sleep(0.5)
+
+
+def test_database_pools(observed: BerthServer) -> None:
+    deadline = time.monotonic() + 30
+    while value(samples := scrape(observed), "berth_db_pool_size", pool="writer") < 2:
+        assert time.monotonic() < deadline, "the second worker never started"
+        time.sleep(0.2)
+    assert value(samples, "berth_db_pool_size", pool="reader") == 2 * 16  # both workers
+    assert value(samples, "berth_db_pool_size", pool="writer") == 2
+    assert value(samples, "berth_db_pool_connections_in_use", pool="writer") >= 0
+
+
+def test_labels_stay_bounded_over_distinct_paths(observed: BerthServer) -> None:
+    kinds = ("/nothing-{}", "/api/v1/no-{}/x", "/v2/p/r/q{}", "/console/no-{}.js")
+    paths = [kinds[i % 4].format(i) for i in range(1000)]
+    before = scrape(observed)
+    with httpx.Client(base_url=observed.url, timeout=30) as client:
+        for path in paths:
+            assert client.get(path).status_code in (401, 404)
+    after = scrape(observed)
+    routes = {dict(labels)["route"] for name, labels in after if name.startswith("berth_http")}
+    assert len(routes) < 40, routes
+    assert not any(marker in route for route in routes for marker in ("no-", "nothing-", "/q"))
+    requests = "berth_http_requests_total"
+
+    def count(surface: str, route: str) -> float:
+        return sum(
+            moved(before, after, requests, surface=surface, route=route, method="GET", status=s)
+            for s in ("401", "404")
+        )
+
+    assert count("other", "unmatched") == 250
+    assert count("api", "unmatched") == 250
+    assert count("registry", "/v2/{path:path}") == 250  # the registry's catch-all route
+    assert count("console", "/console/{path:path}") == 250
+    assert len(after) - len(before) < 200
+
+
+# ------------------------------------------------------------------ who may scrape
+
+METRICS_PORT = free_port()
+
+
+@pytest.fixture(scope="module")
+def guarded(request: pytest.FixtureRequest) -> Iterator[BerthServer]:
+    """Loopback is not trusted (as behind a reverse proxy on the same host); a separate
+    metrics address."""
+    env = {"BERTH_METRICS_LOOPBACK": "false", "BERTH_METRICS_LISTEN": f"127.0.0.1:{METRICS_PORT}"}
+    with running_server(request, "guarded", extra_env=env) as server:
+        yield server
+
+
+def test_metrics_only_for_administrators(guarded: BerthServer) -> None:
+    url = f"{guarded.url}/metrics"
+    anonymous = httpx.get(url)
+    assert anonymous.status_code == 401
+    assert anonymous.headers["www-authenticate"].startswith("Basic")
+    assert "berth_" not in anonymous.text
+    assert httpx.get(url, auth=("admin", "wrong-password")).status_code == 401
+    guarded.create_project("watched")
+    guarded.create_user("dev", "dev-password-123")
+    guarded.add_member("watched", "dev", "admin")  # a project's admin is no server admin
+    assert httpx.get(url, auth=guarded.access_key("watched", "dev")).status_code == 403
+    assert httpx.get(url, auth=("dev", "dev-password-123")).status_code == 403
+    by_key = httpx.get(url, auth=guarded.access_key("watched"))
+    assert by_key.status_code == 200
+    assert "berth_http_requests_total" in by_key.text
+    assert httpx.get(url, auth=("admin", ADMIN_PASSWORD)).status_code == 200
+
+
+def test_separate_metrics_address(guarded: BerthServer) -> None:
+    listener = f"http://127.0.0.1:{METRICS_PORT}"
+    scraped = httpx.get(f"{listener}/metrics")
+    assert scraped.status_code == 200
+    samples = parse(scraped.text)
+    assert any(name == "berth_http_requests_total" for name, _ in samples)
+    assert httpx.get(f"{listener}/v2/").status_code == 404
+    assert httpx.get(f"{listener}/api/v1/projects").status_code == 404

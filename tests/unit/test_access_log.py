@@ -1,0 +1,58 @@
+"""The request log line in both formats: one line a request whatever the path holds."""
+
+from __future__ import annotations
+
+import io
+import json
+
+from berth.observability.logs import AccessLog
+
+FIELDS = {
+    "request_id": "abc123",
+    "method": "GET",
+    "path": "/v2/demo/app/manifests/v1",
+    "route": "/v2/{name:path}/manifests/{reference}",
+    "surface": "registry",
+    "status": 200,
+    "received_bytes": 0,
+    "sent_bytes": 528,
+    "duration_ms": 1.5,
+    "caller": "AKEXAMPLE",
+    "project": None,
+    "client": "127.0.0.1",
+}
+
+
+def written(log_format: str, fields: dict[str, object]) -> str:
+    log = AccessLog()
+    log.configure(log_format, "info")
+    log.stream = io.StringIO()
+    log.write(fields)
+    text = log.stream.getvalue()
+    assert text.endswith("\n") and text.count("\n") == 1, text
+    return text
+
+
+def test_json_lines_carry_every_field() -> None:
+    line = json.loads(written("json", FIELDS))
+    assert line["logger"] == "berth.access" and line["level"] == "info"
+    assert line["message"] == "GET /v2/demo/app/manifests/v1 200"
+    assert {k: line[k] for k in FIELDS} == FIELDS
+    assert line["time"].endswith("Z")
+
+
+def test_text_lines_quote_what_a_client_chose() -> None:
+    line = written("text", FIELDS)
+    assert " [INFO] berth.access: GET /v2/demo/app/manifests/v1 200 request_id=abc123 " in line
+    assert "caller=AKEXAMPLE" in line and "project=" not in line  # None is left out
+    odd = written("text", {**FIELDS, "path": "/v2/a b\nstatus=500", "caller": 'x" y'})
+    assert 'GET "/v2/a b\\nstatus=500" 200' in odd
+    assert 'caller="x\\" y"' in odd
+
+
+def test_levels_above_info_write_no_request_lines() -> None:
+    log = AccessLog()
+    log.configure("text", "warning")
+    assert not log.enabled
+    log.configure("json", "debug")
+    assert log.enabled
