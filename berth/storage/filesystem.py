@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import secrets
 import shutil
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -116,7 +117,8 @@ class FilesystemBlobStore(BlobStore):
             found: dict[str, float] = {}
             for entry in os.scandir(self.uploads):
                 upload_id, dot, suffix = entry.name.partition(".")
-                if not upload_id.isalnum() or (dot and dot + suffix not in _TEMPORARY):
+                kind = dot + suffix.partition(".")[0]  # `.commit.{token}` is a `.commit`
+                if not upload_id.isalnum() or (dot and kind not in _TEMPORARY):
                     continue
                 with contextlib.suppress(FileNotFoundError):
                     if entry.is_file():
@@ -133,6 +135,9 @@ class FilesystemBlobStore(BlobStore):
             for name in (path.name, *(path.name + suffix for suffix in _TEMPORARY)):
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(path.with_name(name))
+            for temporary in path.parent.glob(f"{path.name}{_COMMIT}.*"):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(temporary)
 
         await asyncio.to_thread(_unlink_all)
 
@@ -190,15 +195,14 @@ class FilesystemBlobStore(BlobStore):
 def _replace_with_link(source: Path, target: Path) -> None:
     """The same digest stored already: replace the stored file (atomically) with the upload's
     verified bytes, so pushing a blob again repairs a copy damaged on disk."""
-    temporary = source.with_name(source.name + _COMMIT)
+    # A name of its own: commits of this upload racing with this one (a client's retry
+    # handled by another process) each replace the blob with the same file.
+    temporary = source.with_name(f"{source.name}{_COMMIT}.{secrets.token_hex(8)}")
     try:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(temporary)
         os.link(source, temporary)
         os.replace(temporary, target)
-    except (FileExistsError, FileNotFoundError):
-        # A commit of this upload racing with this one (a client's retry handled by another
-        # process) took the temporary name: it is done when the blob is the upload's file.
+    except FileNotFoundError:
+        # The scratch file went meanwhile: done if the blob is already the upload's file.
         if not os.path.samefile(source, target):
             raise
     with contextlib.suppress(FileNotFoundError):  # left if they were one file
