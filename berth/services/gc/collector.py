@@ -106,8 +106,8 @@ class GarbageCollector:
                 await task
 
     def _spawn(self, run_id: int) -> None:
-        # Ours from now on, not once the task gets going: a recovery in between (another
-        # start in the project) would otherwise take the run for an interrupted one.
+        # A run recovered here is ours from now on (a new one from its insert), not once the
+        # task gets going: a recovery in between would take it for an interrupted one.
         self.recovery.active.add(run_id)
         task = asyncio.create_task(self.execute(run_id), name=f"gc run {run_id}")
         self._tasks.add(task)
@@ -125,7 +125,7 @@ class GarbageCollector:
         client: str | None = None,
     ) -> Run:
         """Start a run in the background of this process (the API); returns it as queued."""
-        run = await self.start_run(
+        run_id = await self._record_run(
             project,
             dry_run=dry_run,
             delete_untagged=delete_untagged,
@@ -133,8 +133,8 @@ class GarbageCollector:
             client=client,
             here=False,
         )
-        self._spawn(run.id)
-        return run
+        self._spawn(run_id)
+        return await self.runs.get(project, run_id)
 
     async def run(
         self,
@@ -147,7 +147,7 @@ class GarbageCollector:
         progress: Progress | None = None,
     ) -> Run:
         """Start a run and carry it out here (the CLI); returns it finished."""
-        run = await self.start_run(
+        run_id = await self._record_run(
             project,
             dry_run=dry_run,
             delete_untagged=delete_untagged,
@@ -155,7 +155,7 @@ class GarbageCollector:
             client=client,
             here=True,
         )
-        return await self.execute(run.id, progress)
+        return await self.execute(run_id, progress)
 
     async def start_run(
         self,
@@ -167,72 +167,105 @@ class GarbageCollector:
         client: str | None = None,
         here: bool,
     ) -> Run:
+        """Record a new run, as `launch` and `run` do, without carrying it out (the run of a
+        process that stopped at once); returns it as queued."""
+        run_id = await self._record_run(
+            project,
+            dry_run=dry_run,
+            delete_untagged=delete_untagged,
+            actor=actor,
+            client=client,
+            here=here,
+        )
+        return await self.runs.get(project, run_id)
+
+    async def _record_run(
+        self,
+        project: str,
+        *,
+        dry_run: bool,
+        delete_untagged: bool,
+        actor: str,
+        client: str | None,
+        here: bool,
+    ) -> int:
         """Record a new run and take the project's GC lease; refused while one is running.
         An interrupted run of the project is recovered first (finished `here`, or in the
         background, when its sweep was under way: then this one is refused). The project's
         audit log records the run with it: who, from where (`client`), with which options
-        (it deletes images); its outcome is in the GC history under the same id."""
+        (it deletes images); its outcome is in the GC history under the same id.
+
+        The run is this process's (`recovery.active`) before its row commits: a recovery
+        here between the commit and the caller's `execute` (the periodic one, or another
+        start in the project) would otherwise roll the new run back as interrupted."""
         project_id = await self.runs.project_id(project)
         await self.recovery.recover(project_id, resume_here=here)
         name = lease_name(project_id)
         now = utcnow()
-        async with self.db.write() as conn:
-            await self.leases.lock_in(conn, name)
-            active = (
-                await conn.execute(
-                    select(gc_runs.c.id).where(
-                        gc_runs.c.project_id == project_id, gc_runs.c.state == RUNNING
-                    )
-                )
-            ).scalar()
-            if active is not None:
-                raise GcAlreadyRunning(
-                    f"garbage collection run {active} is already running in project "
-                    f"{project!r}; one run per project at a time. Follow it under Management "
-                    f"in the console (or GET /api/v1/projects/{project}/gc/current) and start "
-                    "another when it has finished.",
-                    {"run": active},
-                )
-            run_id = (
-                await conn.execute(
-                    gc_runs.insert()
-                    .values(
-                        project_id=project_id,
-                        state=RUNNING,
-                        phase=QUEUED,
-                        dry_run=dry_run,
-                        delete_untagged=delete_untagged,
-                        started_at=now,
-                        actor=actor[:64],
-                        grace_seconds=self.grace_period,
-                    )
-                    .returning(gc_runs.c.id)
-                )
-            ).scalar_one()
-            await write_audit_entry(
-                conn,
-                actor[:64],
-                "gc.dry_run" if dry_run else "gc.run",
-                project_id=project_id,
-                target=f"run {run_id}",
-                detail={"run": run_id, "dry_run": dry_run, "delete_untagged": delete_untagged},
-                client=client[:64] if client else None,
-            )
-            if not dry_run:
-                # Files a failed run of this project left to sweep become this run's work.
-                await conn.execute(
-                    update(gc_sweep)
-                    .where(
-                        gc_sweep.c.run_id.in_(
-                            select(gc_runs.c.id).where(
-                                gc_runs.c.project_id == project_id, gc_runs.c.state != RUNNING
-                            )
+        run_id: int | None = None
+        try:
+            async with self.db.write() as conn:
+                await self.leases.lock_in(conn, name)
+                active = (
+                    await conn.execute(
+                        select(gc_runs.c.id).where(
+                            gc_runs.c.project_id == project_id, gc_runs.c.state == RUNNING
                         )
                     )
-                    .values(run_id=run_id)
+                ).scalar()
+                if active is not None:
+                    raise GcAlreadyRunning(
+                        f"garbage collection run {active} is already running in project "
+                        f"{project!r}; one run per project at a time. Follow it under Management "
+                        f"in the console (or GET /api/v1/projects/{project}/gc/current) and start "
+                        "another when it has finished.",
+                        {"run": active},
+                    )
+                run_id = (
+                    await conn.execute(
+                        gc_runs.insert()
+                        .values(
+                            project_id=project_id,
+                            state=RUNNING,
+                            phase=QUEUED,
+                            dry_run=dry_run,
+                            delete_untagged=delete_untagged,
+                            started_at=now,
+                            actor=actor[:64],
+                            grace_seconds=self.grace_period,
+                        )
+                        .returning(gc_runs.c.id)
+                    )
+                ).scalar_one()
+                self.recovery.active.add(run_id)
+                await write_audit_entry(
+                    conn,
+                    actor[:64],
+                    "gc.dry_run" if dry_run else "gc.run",
+                    project_id=project_id,
+                    target=f"run {run_id}",
+                    detail={"run": run_id, "dry_run": dry_run, "delete_untagged": delete_untagged},
+                    client=client[:64] if client else None,
                 )
-            await self.leases.hold_in(conn, name, LEASE_SECONDS)
-        return await self.runs.get(project, int(run_id))
+                if not dry_run:
+                    # Files a failed run of this project left to sweep become this run's work.
+                    await conn.execute(
+                        update(gc_sweep)
+                        .where(
+                            gc_sweep.c.run_id.in_(
+                                select(gc_runs.c.id).where(
+                                    gc_runs.c.project_id == project_id, gc_runs.c.state != RUNNING
+                                )
+                            )
+                        )
+                        .values(run_id=run_id)
+                    )
+                await self.leases.hold_in(conn, name, LEASE_SECONDS)
+        except BaseException:
+            if run_id is not None:
+                self.recovery.active.discard(run_id)
+            raise
+        return run_id
 
     # ------------------------------------------------------------------ carrying a run out
 

@@ -127,6 +127,22 @@ def test_a_run_interrupted_while_sweeping_is_finished_by_recovery(tmp_path: Path
     on_registry(tmp_path, scenario)
 
 
+def test_a_new_run_is_its_process_s_before_it_is_carried_out(tmp_path: Path) -> None:
+    async def scenario(db: Database, store: FilesystemBlobStore) -> None:
+        collector = GarbageCollector(db, store, grace_period=GRACE)
+        run = await collector.start_run(
+            PROJECT, dry_run=False, delete_untagged=False, actor="a", here=False
+        )
+        # This process's periodic recovery, looking before the run's task gets going (a
+        # launch under load once lost its run so: rolled back, never restricted).
+        await collector.recovery.recover()
+        assert (await collector.get_run(PROJECT, run.id)).state == "running"
+        assert (await collector.execute(run.id)).state == "succeeded"
+        assert digest("orphan") not in (await what_is_left(db, store)).files
+
+    on_registry(tmp_path, scenario)
+
+
 def test_a_run_another_machine_holds_is_left_alone_until_its_lease_lapses(
     tmp_path: Path,
 ) -> None:
