@@ -308,8 +308,9 @@ class GarbageCollector:
         """Steps 1 and 2: restrict, decide and delete, lift the restriction. Returns the
         digests whose links were removed."""
         async with self.db.write() as conn:
+            if not await self.runs.to_marking(conn, run.id):
+                raise RunLost()
             await impose_restriction(self.db, conn, run.project_id, run.id)
-            await self.runs.set_phase(conn, run.id, MARKING)
         restricted_at = time.monotonic()
         await self._pause_in(MARKING)
         decision = await self.decider.decide(run, dry_run=False)
@@ -330,7 +331,8 @@ class GarbageCollector:
     async def _dry_run(self, run: RunRow) -> None:
         """The deciding transaction, rolled back: figures, no changes, no restriction."""
         async with self.db.write() as conn:
-            await self.runs.set_phase(conn, run.id, MARKING)
+            if not await self.runs.to_marking(conn, run.id):
+                raise RunLost()
         await self._pause_in(MARKING)
         try:
             await self.decider.decide(run, dry_run=True)

@@ -238,8 +238,20 @@ class RunBook:
 
     # ------------------------------------------------------------------ transitions
 
-    async def set_phase(self, conn: AsyncConnection, run_id: int, phase: str) -> None:
-        await conn.execute(update(gc_runs).where(gc_runs.c.id == run_id).values(phase=phase))
+    async def to_marking(self, conn: AsyncConnection, run_id: int) -> bool:
+        """Queued -> marking, in the transaction that restricts writes. False when the run is
+        no longer running (recovered meanwhile as interrupted): the caller must then neither
+        restrict nor decide, as nothing would lift the restriction."""
+        moved = await conn.execute(
+            update(gc_runs)
+            .where(
+                gc_runs.c.id == run_id,
+                gc_runs.c.state == RUNNING,
+                gc_runs.c.phase.in_(BEFORE_DELETING),
+            )
+            .values(phase=MARKING)
+        )
+        return moved.rowcount == 1
 
     async def to_sweeping(self, conn: AsyncConnection, run_id: int, values: dict[str, Any]) -> bool:
         """Marking -> sweeping, with the figures of the decision, in its transaction. False

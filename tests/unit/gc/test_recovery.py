@@ -143,6 +143,26 @@ def test_a_new_run_is_its_process_s_before_it_is_carried_out(tmp_path: Path) -> 
     on_registry(tmp_path, scenario)
 
 
+def test_a_run_recovered_before_its_process_carries_it_out_restricts_nothing(
+    tmp_path: Path,
+) -> None:
+    async def scenario(db: Database, store: FilesystemBlobStore) -> None:
+        late = GarbageCollector(db, store, grace_period=GRACE)
+        run = await late.start_run(
+            PROJECT, dry_run=False, delete_untagged=False, actor="a", here=False
+        )
+        restarted = GarbageCollector(db, store, grace_period=GRACE)
+        await restarted.recovery.recover()
+        # The process that started it gets going only now: it must not restrict writes for a
+        # run that can no longer lift the restriction.
+        after = await late.execute(run.id)
+        assert after.state == "rolled_back"
+        assert await restricted_by(db) is None
+        assert digest("orphan") in (await what_is_left(db, store)).files
+
+    on_registry(tmp_path, scenario)
+
+
 def test_a_run_another_machine_holds_is_left_alone_until_its_lease_lapses(
     tmp_path: Path,
 ) -> None:
