@@ -95,7 +95,9 @@ def run_service(work: Callable[[Services], Awaitable[T]]) -> T:
     try:
         return asyncio.run(main())
     except RegistryError as exc:
-        fail(exc.message, 3 if isinstance(exc, Conflict) else 1)
+        # str(): what the operator is told, which may say more than a client's message (the
+        # blob store's address).
+        fail(str(exc), 3 if isinstance(exc, Conflict) else 1)
 
 
 # Never broken whatever the terminal's width: the value a user copies into the next command

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,11 +32,14 @@ from aiobotocore.session import get_session
 from botocore.exceptions import BotoCoreError, ClientError
 
 from berth.domain.digests import parse_digest
+from berth.domain.errors import Unavailable
 from berth.storage.base import BlobStore, UploadWriter
 
 if TYPE_CHECKING:
     from types_aiobotocore_s3 import S3Client
     from types_aiobotocore_s3.type_defs import CompletedPartTypeDef
+
+logger = logging.getLogger("berth.storage")
 
 MiB = 1024 * 1024
 READ_CHUNK = MiB
@@ -43,6 +47,7 @@ READ_CHUNK = MiB
 # are copied server-side on commit, and a 100 GiB blob stays within S3's 10,000 parts.
 PIECE_BYTES = 16 * MiB
 MIN_PART_BYTES = 5 * MiB  # S3's minimum size of every part but the last
+RETRY_AFTER_SECONDS = 5  # what a client is told to wait when the store cannot be reached
 DELETE_BATCH = 1000  # DeleteObjects takes at most this many keys
 PARALLEL_PARTS = 4
 
@@ -58,9 +63,22 @@ _REFUSED = {
 }
 
 
-class ObjectStoreError(OSError):
+class ObjectStoreError(Unavailable, OSError):
     """The object store cannot be used as configured: unreachable, the bucket missing, or
-    the credentials refused. The message names the endpoint and bucket."""
+    the credentials refused. `str()` names the endpoint and bucket (the server's log, the
+    refusal to serve, the CLI, a GC run's error); a client is answered 503 with Retry-After
+    and told only that storage is unavailable: the store's address is not its business."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(
+            "the registry's storage is unavailable; try again shortly", RETRY_AFTER_SECONDS
+        )
+        self.reason = reason
+        # Logged where it happens: the answer no longer carries it, nor a traceback.
+        logger.warning("blob store: %s", reason)
+
+    def __str__(self) -> str:
+        return self.reason
 
 
 @dataclass(frozen=True)

@@ -5,12 +5,14 @@ any size, multipart commits and ranged reads."""
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
+from berth.domain.errors import Unavailable
 from berth.storage.base import BlobStore
 from berth.storage.s3 import MIN_PART_BYTES, PIECE_BYTES, ObjectStoreError, S3BlobStore
 from tests.s3 import BUCKET, SeaweedFS
@@ -94,10 +96,15 @@ async def test_an_unreachable_endpoint_is_an_error_naming_it(seaweedfs: SeaweedF
     endpoint = "http://127.0.0.1:9"  # discard: nothing listens there
     store = S3BlobStore(seaweedfs.location(endpoint=endpoint, attempts=2))
     try:
-        with pytest.raises(ObjectStoreError, match=endpoint):
+        with pytest.raises(ObjectStoreError, match=endpoint) as refused:
             await store.stat(digest_of(b"anything"))
     finally:
         await store.close()
+    # Mid-request, a client is told to come back, not where the store lives.
+    error = refused.value
+    assert isinstance(error, Unavailable)
+    assert (error.status, error.headers["Retry-After"]) == (503, "5")
+    assert "127.0.0.1:9" not in json.dumps(error.body())
 
 
 async def test_a_ca_bundle_in_the_environment_does_not_matter_over_plain_http(
