@@ -171,7 +171,7 @@ def test_storage_check_removes_scratch_files_no_upload_names(repo: Repo) -> None
     (uploads / orphan).write_bytes(b"left by a crash")
     (uploads / fresh).write_bytes(b"an upload starting now")
     # The temporary files of a commit or a copy that a crash interrupted.
-    temporary = [f"{orphan}.commit", f"{crashed}.copy", f"{crashed}.commit"]
+    temporary = [f"{orphan}.commit.0123456789abcdef", f"{crashed}.copy", f"{crashed}.commit.01"]
     for name in [orphan, *temporary]:
         (uploads / name).write_bytes(b"left by a crash")
         os.utime(uploads / name, (hour_ago, hour_ago))

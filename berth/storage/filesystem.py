@@ -19,10 +19,10 @@ from berth.domain.digests import parse_digest
 from berth.storage.base import BlobStore, UploadWriter
 
 READ_CHUNK = 1024 * 1024
-# Temporary files next to an upload's scratch file `{id}`: `{id}.commit` replaces a stored blob
-# (commit_upload), `{id}.copy` gives the scratch file a copy of its own (_unshare).
+# Temporary files next to an upload's scratch file `{id}`, all named `{id}.…`:
+# `{id}.commit.{token}` replaces a stored blob (commit_upload), `{id}.copy` gives the scratch
+# file a copy of its own (_unshare).
 _COMMIT, _COPY = ".commit", ".copy"
-_TEMPORARY = (_COMMIT, _COPY)
 
 
 class _FileUploadWriter(UploadWriter):
@@ -112,13 +112,12 @@ class FilesystemBlobStore(BlobStore):
 
     async def list_uploads(self) -> list[tuple[str, float]]:
         def _list() -> list[tuple[str, float]]:
-            # An upload's temporary files (`{id}.commit`, `{id}.copy`, left by a crash) are
-            # listed as the upload: they go with it.
+            # An upload's temporary files (`{id}.…`, left by a crash) are listed as the
+            # upload: they go with it.
             found: dict[str, float] = {}
             for entry in os.scandir(self.uploads):
-                upload_id, dot, suffix = entry.name.partition(".")
-                kind = dot + suffix.partition(".")[0]  # `.commit.{token}` is a `.commit`
-                if not upload_id.isalnum() or (dot and kind not in _TEMPORARY):
+                upload_id = entry.name.partition(".")[0]
+                if not upload_id.isalnum():
                     continue
                 with contextlib.suppress(FileNotFoundError):
                     if entry.is_file():
@@ -132,12 +131,9 @@ class FilesystemBlobStore(BlobStore):
         path = self._upload_path(upload_id)
 
         def _unlink_all() -> None:  # the scratch file and any temporary file of it
-            for name in (path.name, *(path.name + suffix for suffix in _TEMPORARY)):
+            for name in (path, *path.parent.glob(f"{path.name}.*")):
                 with contextlib.suppress(FileNotFoundError):
-                    os.unlink(path.with_name(name))
-            for temporary in path.parent.glob(f"{path.name}{_COMMIT}.*"):
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(temporary)
+                    os.unlink(name)
 
         await asyncio.to_thread(_unlink_all)
 

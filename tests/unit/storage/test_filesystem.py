@@ -27,11 +27,11 @@ async def test_blobs_sit_under_their_algorithm_and_hex_prefix(tmp_path: Path) ->
 
 
 async def test_a_crash_mid_commit_leaves_files_that_go_with_their_upload(tmp_path: Path) -> None:
-    """`{id}.commit` and `{id}.copy` (left by a process that died) are listed as the upload
-    and removed with it."""
+    """`{id}.commit.{token}` and `{id}.copy` (left by a process that died) are listed as the
+    upload and removed with it."""
     store = FilesystemBlobStore(tmp_path)
     upload_id = await write_upload(store, b"data")
-    for suffix in (".commit", ".copy"):
+    for suffix in (".commit.0123456789abcdef", ".commit.fedcba9876543210", ".copy"):
         (store.uploads / f"{upload_id}{suffix}").write_bytes(b"left over")
     (store.uploads / "not-an-upload.tmp").write_bytes(b"someone else's")
     assert [found for found, _ in await store.list_uploads()] == [upload_id]
