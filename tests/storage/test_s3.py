@@ -64,6 +64,17 @@ async def append(store: BlobStore, upload_id: str, offset: int, data: bytes) -> 
         await writer.close()
 
 
+async def upload_in_requests(store: BlobStore, chunks: list[bytes]) -> str:
+    """A new upload started empty (the POST), then each chunk as a PATCH of its own; returns
+    the upload id."""
+    upload_id, offset = new_upload_id(), 0
+    await append(store, upload_id, 0, b"")
+    for chunk in chunks:
+        await append(store, upload_id, offset, chunk)
+        offset += len(chunk)
+    return upload_id
+
+
 # ------------------------------------------------------------ refusals that say why
 
 
@@ -130,11 +141,7 @@ async def test_pieces_of_odd_sizes_from_separate_requests_commit_to_the_right_by
     5 MiB minimum part size never shows to a client sending chunks of any size."""
     chunks = [payload(MiB, seed=1), b"abc", payload(7 * MiB, seed=2), b"z", payload(5, seed=3)]
     data = b"".join(chunks)
-    upload_id, offset = new_upload_id(), 0
-    await append(s3_store, upload_id, 0, b"")
-    for chunk in chunks:
-        await append(s3_store, upload_id, offset, chunk)
-        offset += len(chunk)
+    upload_id = await upload_in_requests(s3_store, chunks)
     digest = digest_of(data)
     await s3_store.commit_upload(upload_id, digest)
     assert await s3_store.stat(digest) == len(data)
@@ -148,11 +155,7 @@ async def test_a_multipart_commit_copies_large_pieces_and_streams_small_ones(
     chunks = [payload(PIECE_BYTES, seed=4), payload(6 * MiB + 1, seed=5)]
     chunks += [payload(MiB + n, seed=6 + n) for n in range(4)]
     data = b"".join(chunks)
-    upload_id, offset = new_upload_id(), 0
-    await append(s3_store, upload_id, 0, b"")
-    for chunk in chunks:
-        await append(s3_store, upload_id, offset, chunk)
-        offset += len(chunk)
+    upload_id = await upload_in_requests(s3_store, chunks)
     digest = digest_of(data)
     await s3_store.commit_upload(upload_id, digest)
     assert await read_all(s3_store, digest) == data
