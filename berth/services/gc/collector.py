@@ -124,7 +124,9 @@ class GarbageCollector:
         actor: str,
         client: str | None = None,
     ) -> Run:
-        """Start a run in the background of this process (the API); returns it as queued."""
+        """Start a run in the background of this process (the API); returns it as it then is
+        (queued, or just under way: it is spawned first, so that nothing can keep it from
+        being carried out once recorded)."""
         run_id = await self._record_run(
             project,
             dry_run=dry_run,
