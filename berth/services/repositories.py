@@ -242,10 +242,6 @@ class Repositories:
         ).scalar()
         return int(own) if own is not None else self.default_quota
 
-    async def quota(self, project: str) -> int:
-        async with self.db.read() as conn:
-            return await self._quota(conn, await require_project(conn, project))
-
     async def set_quota(self, project: str, quota: int | None) -> None:
         """A project's own repository maximum; None returns it to the server default."""
         if quota is not None and quota < 0:
