@@ -181,6 +181,8 @@ class Repositories:
         tag_overwrite: bool = True,
         description: str = "",
         scan_mode: str = "manual",
+        actor: str = "cli",
+        client: str | None = None,
     ) -> Repository:
         if not is_valid_component(name) or len(name) > MAX_REPOSITORY_NAME:
             raise NameInvalid(
@@ -229,6 +231,15 @@ class Repositories:
                     created_at=now,
                     updated_at=now,
                 )
+            )
+            await write_audit_entry(
+                conn,
+                actor,
+                "repository.create",
+                project_id=project_id,
+                target=name,
+                detail={"visibility": "public" if public else "private"},
+                client=client,
             )
         return await self.show(project, name)
 

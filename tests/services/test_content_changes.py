@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from berth.domain.digests import digest_bytes
 from berth.domain.errors import Conflict, ManifestUnknown, NameUnknown
@@ -36,11 +36,15 @@ class Scene:
     repositories: Repositories
     registry: Registry
     repo: RepositoryRef  # acme/app, empty
+    since: int  # the last audit entry of the setting up (app's creation)
 
     async def audit(self) -> list[tuple[str, str, str, str | None, Any]]:
-        """(action, target, actor, client, detail) of every entry, oldest first."""
+        """(action, target, actor, client, detail) of every entry since the setting up, oldest
+        first."""
         async with self.db.read() as conn:
-            rows = await conn.execute(select(audit_log).order_by(audit_log.c.id))
+            rows = await conn.execute(
+                select(audit_log).where(audit_log.c.id > self.since).order_by(audit_log.c.id)
+            )
             return [
                 (r.action, r.target, r.actor, r.client, json.loads(r.detail) if r.detail else None)
                 for r in rows
@@ -94,7 +98,9 @@ def run(tmp_path: Path, scenario: Callable[[Scene], Awaitable[None]]) -> None:
         _, repo = await repositories.lookup("acme", "app")
         assert repo is not None
         registry = Registry(db, FilesystemBlobStore(tmp_path / "blobs"))
-        await scenario(Scene(db, repositories, registry, repo))
+        async with db.read() as conn:
+            since = (await conn.execute(select(func.max(audit_log.c.id)))).scalar() or 0
+        await scenario(Scene(db, repositories, registry, repo, since))
 
     run_on_database(tmp_path, in_scene)
 
@@ -114,6 +120,20 @@ def test_deletes_and_a_restore_are_audited_with_who_and_from_where(tmp_path: Pat
             ("tag.restore", "app:v1", "bob", None, None),
             ("image.delete", f"app@{manifest}", "alice", CLIENT, None),
             ("blob.delete", f"app@{layer}", "carol", CLIENT, None),
+        ]
+
+    run(tmp_path, scenario)
+
+
+def test_creating_a_repository_is_audited_by_the_service_and_a_refused_one_is_not(
+    tmp_path: Path,
+) -> None:
+    async def scenario(scene: Scene) -> None:
+        await scene.repositories.create("acme", "web", public=True, actor="alice", client=CLIENT)
+        with pytest.raises(Conflict):  # exists already
+            await scene.repositories.create("acme", "web", actor="alice", client=CLIENT)
+        assert await scene.audit() == [
+            ("repository.create", "web", "alice", CLIENT, {"visibility": "public"})
         ]
 
     run(tmp_path, scenario)
