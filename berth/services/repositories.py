@@ -155,6 +155,13 @@ class Repositories:
             raise name_unknown(name, project_exists=project_id is not None)
         return repo
 
+    async def require(self, project: str, name: str) -> RepositoryRef:
+        """A repository by its project and name (as `lookup`, cached), or NAME_UNKNOWN."""
+        _project_id, repo = await self.lookup(project, name)
+        if repo is None:
+            raise NameUnknown(f"repository {project}/{name} does not exist")
+        return repo
+
     async def create_project(self, name: str) -> None:
         problem = project_name_problem(name)
         if problem is not None:
