@@ -51,16 +51,22 @@ class Scene:
             ]
 
     async def blob(self, content: bytes) -> str:
-        """A blob of the repository (its row and link: what an upload leaves)."""
+        """A blob of the repository (its row and link: what an upload leaves); pushed again,
+        the same row and link."""
         digest = digest_bytes(content)
+        size = len(content)
         async with self.db.write() as conn:
-            await conn.execute(blobs.insert().values(digest=digest, size=len(content)))
             await conn.execute(
-                repository_blobs.insert().values(repository_id=self.repo.id, digest=digest)
+                self.db.upsert(blobs, ["digest"], {"size": size}).values(digest=digest, size=size)
+            )
+            await conn.execute(
+                self.db.upsert(
+                    repository_blobs, ["repository_id", "digest"], {"digest": digest}
+                ).values(repository_id=self.repo.id, digest=digest)
             )
         return digest
 
-    async def push_image(self, tag: str) -> tuple[str, str]:
+    async def push_image(self, tag: str, image: str = "") -> tuple[str, str]:
         """An image tagged `tag`: (manifest digest, layer digest)."""
         config = await self.blob(b'{"architecture": "amd64", "os": "linux"}')
         layer = await self.blob(b"layer of " + tag.encode())
@@ -83,7 +89,7 @@ class Scene:
             }
         ).encode()
         pushed = await self.registry.put_manifest(
-            self.repo, "", tag, manifest, OCI_MANIFEST, actor="pusher"
+            self.repo, image, tag, manifest, OCI_MANIFEST, actor="pusher"
         )
         return pushed.digest, layer
 
