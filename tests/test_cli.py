@@ -32,6 +32,9 @@ def test_project_and_repository_admin_verbs(tmp_path: Path) -> None:
     assert created["tag_overwrite"] is False
     assert created["description"] == "web app"
     assert created["images"] == 0
+    # Audited by the service, as from the API: the CLI's create is in the log too.
+    [entry] = berth.cli_json("audit", "demo")
+    assert (entry["action"], entry["target"]) == ("repository.create", "app")
     assert [p["name"] for p in berth.cli_json("project", "list")] == ["demo"]
     listed = berth.cli_json("repo", "list", "demo")
     assert [r["name"] for r in listed] == ["app"]

@@ -71,6 +71,9 @@ def test_image_list_history_and_tag_restore(sqlite_server: BerthServer) -> None:
         assert [i["tags"] for i in only["items"]] == [["stable"]]
         table = berth.cli("image", "list", name).stdout
         assert "team/tool" in table and "stable" in table
+        missing = berth.cli("image", "list", "clidemo2/nope", check=False)
+        assert missing.returncode == 1
+        assert "repository clidemo2/nope does not exist" in missing.stderr
 
         history = berth.cli_json("image", "history", name, "--tag", "v1")
         assert [e["action"] for e in history] == ["untag", "tag"] and history[0]["restorable"]

@@ -248,10 +248,7 @@ class ProjectContext:
 
     async def repository(self, name: str) -> RepositoryRef:
         """A repository of this project, or NAME_UNKNOWN (404)."""
-        _project_id, repo = await self.services.repositories.lookup(self.project, name)
-        if repo is None:
-            raise NameUnknown(f"repository {self.project}/{name} does not exist")
-        return repo
+        return await self.services.repositories.require(self.project, name)
 
 
 async def project_context(

@@ -101,13 +101,8 @@ async def create_repository(
         tag_overwrite=body.tag_overwrite,
         description=body.description,
         scan_mode=body.scan_mode,
-    )
-    await ctx.services.identity.record(
-        ctx.actor,
-        "repository.create",
-        project_id=ctx.project_id,
-        target=body.name,
-        detail={"visibility": body.visibility},
+        actor=ctx.actor,
+        client=ctx.caller.client,
     )
     response.headers["Location"] = f"/api/v1/projects/{ctx.project}/repositories/{body.name}"
     return created

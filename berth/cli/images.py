@@ -19,7 +19,6 @@ from berth.cli.common import (
     split_repo,
     when,
 )
-from berth.domain.errors import NameUnknown
 from berth.services.images import Images
 from berth.services.records import plain
 from berth.state import Services
@@ -33,13 +32,6 @@ def _split_image(value: str) -> tuple[str, str, str]:
     project, repository = split_repo(value)
     repository, _, image = repository.partition("/")
     return project, repository, image
-
-
-async def _repository_ref(s: Services, project: str, repository: str) -> Any:
-    _project_id, repo = await s.repositories.lookup(project, repository)
-    if repo is None:
-        raise NameUnknown(f"repository {project}/{repository} does not exist")
-    return repo
 
 
 def _short(digest: str | None) -> str:
@@ -57,7 +49,7 @@ def image_list(
     project, repository, image = _split_image(name)
 
     async def work(s: Services) -> tuple[list[dict[str, Any]], int]:
-        repo = await _repository_ref(s, project, repository)
+        repo = await s.repositories.require(project, repository)
         found, total = await Images(s.db, s.store).list_images(
             repo, image=image or None, page=page, per_page=per_page
         )
@@ -96,7 +88,7 @@ def image_history(
     project, repository, image = _split_image(name)
 
     async def work(s: Services) -> list[dict[str, Any]]:
-        repo = await _repository_ref(s, project, repository)
+        repo = await s.repositories.require(project, repository)
         items, _total = await Images(s.db).history(
             repo,
             image=image or None,
@@ -138,7 +130,7 @@ def tag_restore(
     project, repository, image = _split_image(name)
 
     async def work(s: Services) -> str:
-        repo = await _repository_ref(s, project, repository)
+        repo = await s.repositories.require(project, repository)
         return await s.registry.restore_tag(repo, image, tag, actor=cli_actor(), client=CLI_CLIENT)
 
     digest = run_service(work)

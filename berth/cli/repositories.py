@@ -62,6 +62,8 @@ def repo_create(
                 tag_overwrite=not no_tag_overwrite,
                 description=description,
                 scan_mode=scan,
+                actor=cli_actor(),
+                client=CLI_CLIENT,
             )
         )
     )

@@ -16,21 +16,26 @@ CHUNK = 1024 * 1024
 OnSent = Callable[[int], None]
 
 
+def _blob_headers(digest: str, length: int) -> list[tuple[bytes, bytes]]:
+    """A blob's headers, known up front: content-addressed, so the digest is the ETag."""
+    return [
+        (b"content-type", b"application/octet-stream"),
+        (b"content-length", str(length).encode()),
+        (b"docker-content-digest", digest.encode()),
+        (b"etag", f'"{digest}"'.encode()),
+        (b"accept-ranges", b"bytes"),
+    ]
+
+
 class BlobFileResponse:
-    """A whole blob from a local file. Its headers are known up front (content-addressed: the
-    digest is the ETag), and with ASGI pathsend the server sends the file without Python."""
+    """A whole blob from a local file; with ASGI pathsend the server sends the file without
+    Python."""
 
     def __init__(self, path: str, size: int, digest: str, on_sent: OnSent | None = None) -> None:
         self.path = path
         self.size = size
         self.on_sent = on_sent
-        self.headers = [
-            (b"content-type", b"application/octet-stream"),
-            (b"content-length", str(size).encode()),
-            (b"docker-content-digest", digest.encode()),
-            (b"etag", f'"{digest}"'.encode()),
-            (b"accept-ranges", b"bytes"),
-        ]
+        self.headers = _blob_headers(digest, size)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         await send({"type": "http.response.start", "status": 200, "headers": self.headers})
@@ -92,13 +97,7 @@ class BlobStreamResponse:
         self.chunks = chunks
         self.on_sent = on_sent
         self.status = 206 if content_range else 200
-        self.headers = [
-            (b"content-type", b"application/octet-stream"),
-            (b"content-length", str(length).encode()),
-            (b"docker-content-digest", digest.encode()),
-            (b"etag", f'"{digest}"'.encode()),
-            (b"accept-ranges", b"bytes"),
-        ]
+        self.headers = _blob_headers(digest, length)
         if content_range:
             self.headers.append((b"content-range", content_range.encode()))
 

@@ -27,7 +27,6 @@ from berth.auth.guard import (
     require_authenticated,
 )
 from berth.domain.errors import (
-    BlobUnknown,
     DigestInvalid,
     ManifestUnknown,
     PaginationNumberInvalid,
@@ -47,6 +46,7 @@ from berth.registry.responses import (
     MeteredResponse,
     OnSent,
 )
+from berth.services.blobs import missing_blob
 from berth.services.registry import Page
 from berth.state import Services
 
@@ -201,7 +201,7 @@ async def get_blob(request: Request) -> Response | BlobFileResponse | BlobStream
     try:
         stat = os.stat(path)
     except FileNotFoundError:
-        raise BlobUnknown(f"blob {digest} is missing from storage", {"digest": digest}) from None
+        raise missing_blob(digest) from None
     if _inverted_range(byte_range):
         return Response(status_code=416, headers={"Content-Range": f"bytes */{stat.st_size}"})
     if on_sent is not None:

@@ -40,11 +40,15 @@ INLINE_VERIFY_BYTES = 64 * 1024
 VERIFIED_FILES_KEPT = 100_000  # about 15 MB of (digest, inode, mtime)
 
 
+def _is_whole(content: bytes, digest: str) -> bool:
+    return digest_bytes(content, parse_digest(digest).algorithm) == digest
+
+
 def _read_if_whole(path: Path, digest: str) -> bytes | None:
     """The file's bytes if they hash to `digest`, else None (FileNotFoundError if it is gone:
     removed, not damaged)."""
     content = path.read_bytes()
-    return content if digest_bytes(content, parse_digest(digest).algorithm) == digest else None
+    return content if _is_whole(content, digest) else None
 
 
 # The pull path's statements, built once (bindparams); Database.first runs them fastest.
@@ -87,22 +91,15 @@ class BlobContent:
             try:
                 content = b"".join([chunk async for chunk in self.store.read(digest)])
             except FileNotFoundError:
-                raise _missing(digest) from None
-            if len(content) == size and digest_bytes(content, parse_digest(digest).algorithm) == (
-                digest
-            ):
+                raise missing_blob(digest) from None
+            if len(content) == size and _is_whole(content, digest):
                 return _chunks_of(content)
-            await self.store.quarantine(digest)
-            logger.error("blob %s is damaged in storage: set aside until pushed again", digest)
-            raise BlobUnknown(
-                f"blob {digest} is damaged in storage and was set aside; push it again",
-                {"digest": digest},
-            )
+            raise await self._set_aside(digest)
         chunks = aiter(self.store.read(digest, start, end))
         try:
             first = await anext(chunks)
         except FileNotFoundError:
-            raise _missing(digest) from None
+            raise missing_blob(digest) from None
         except StopAsyncIteration:
             return _chunks_of(b"")
         return _following(first, chunks)
@@ -111,7 +108,7 @@ class BlobContent:
         """BLOB_UNKNOWN unless the store holds the blob at its recorded size: a HEAD must
         not tell a client to skip pushing a blob that storage has lost."""
         if await self.store.stat(digest) != size:
-            raise _missing(digest)
+            raise missing_blob(digest)
 
     async def verified_blob(self, digest: str, size: int, path: Path) -> bytes | None:
         """Check a blob's file before serving it: there, of its recorded size and, when small,
@@ -126,9 +123,7 @@ class BlobContent:
         try:
             stored = os.stat(path)
         except FileNotFoundError:
-            raise BlobUnknown(
-                f"blob {digest} is missing from storage; push it again", {"digest": digest}
-            ) from None
+            raise missing_blob(digest) from None
         if stored.st_size == size:
             if size > VERIFY_ON_READ_BYTES:
                 return None
@@ -143,16 +138,19 @@ class BlobContent:
                 else:
                     content = await asyncio.to_thread(_read_if_whole, path, digest)
             except FileNotFoundError:  # removed meanwhile (garbage collection): not damaged
-                raise BlobUnknown(
-                    f"blob {digest} is missing from storage; push it again", {"digest": digest}
-                ) from None
+                raise missing_blob(digest) from None
             if content is not None:
                 self._verified[digest] = identity
                 return content
         self._verified.pop(digest, None)
+        raise await self._set_aside(digest)
+
+    async def _set_aside(self, digest: str) -> BlobUnknown:
+        """Quarantine a blob found damaged (pushing it again repairs it) and return the error
+        to raise: its damaged bytes are never served under the digest."""
         await self.store.quarantine(digest)
         logger.error("blob %s is damaged in storage: set aside until pushed again", digest)
-        raise BlobUnknown(
+        return BlobUnknown(
             f"blob {digest} is damaged in storage and was set aside; push it again",
             {"digest": digest},
         )
@@ -220,7 +218,8 @@ class BlobContent:
         return True
 
 
-def _missing(digest: str) -> BlobUnknown:
+def missing_blob(digest: str) -> BlobUnknown:
+    """The error for a blob recorded in a repository whose bytes storage does not hold."""
     return BlobUnknown(f"blob {digest} is missing from storage; push it again", {"digest": digest})
 
 

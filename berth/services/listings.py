@@ -113,13 +113,19 @@ class ContentListings:
             query = query.where(projects.c.name == project)
         async with self.db.read() as conn:
             rows = (await conn.execute(query)).all()
-        admitted = []
+        # Asked once per repository, not once per image of it: visibility is a repository's.
+        shown: dict[int, bool] = {}
         for row in rows:
-            ref = RepositoryRef(
-                row.id, row.project_id, row.project, row.repository, row.public, row.tag_overwrite
-            )
-            if await visible(row.project_id, ref):
-                admitted.append(row)
+            if row.id not in shown:
+                ref = RepositoryRef(
+                    row.id,
+                    row.project_id,
+                    row.project,
+                    row.repository,
+                    row.public,
+                    row.tag_overwrite,
+                )
+                shown[row.id] = await visible(row.project_id, ref)
         names = sorted(
             "/".join(
                 part
@@ -130,7 +136,8 @@ class ContentListings:
                 )
                 if part
             )
-            for row in admitted
+            for row in rows
+            if shown[row.id]
         )
         if last:
             names = [n for n in names if n > last]

@@ -392,7 +392,8 @@ class ManifestContent:
                         manifests.c.digest == reference,
                     )
                 )
-                if result.rowcount:
+                found = bool(result.rowcount)
+                if found:
                     for name in tagged:
                         await self._event(conn, repo, image, name, "untag", reference, None, actor)
                     await self._event(conn, repo, image, None, "delete", reference, None, actor)
@@ -408,10 +409,10 @@ class ManifestContent:
                         .returning(tags.c.digest)
                     )
                 ).scalar()
-                result = None
-                if old is not None:
+                found = old is not None
+                if found:
                     await self._event(conn, repo, image, reference, "untag", old, None, actor)
-            if (result.rowcount if result is not None else old is not None) == 0:
+            if not found:
                 raise ManifestUnknown(
                     f"manifest {reference!r} is not in this repository", {"reference": reference}
                 )

@@ -155,6 +155,13 @@ class Repositories:
             raise name_unknown(name, project_exists=project_id is not None)
         return repo
 
+    async def require(self, project: str, name: str) -> RepositoryRef:
+        """A repository by its project and name (as `lookup`, cached), or NAME_UNKNOWN."""
+        _project_id, repo = await self.lookup(project, name)
+        if repo is None:
+            raise NameUnknown(f"repository {project}/{name} does not exist")
+        return repo
+
     async def create_project(self, name: str) -> None:
         problem = project_name_problem(name)
         if problem is not None:
@@ -181,6 +188,8 @@ class Repositories:
         tag_overwrite: bool = True,
         description: str = "",
         scan_mode: str = "manual",
+        actor: str = "cli",
+        client: str | None = None,
     ) -> Repository:
         if not is_valid_component(name) or len(name) > MAX_REPOSITORY_NAME:
             raise NameInvalid(
@@ -230,6 +239,15 @@ class Repositories:
                     updated_at=now,
                 )
             )
+            await write_audit_entry(
+                conn,
+                actor,
+                "repository.create",
+                project_id=project_id,
+                target=name,
+                detail={"visibility": "public" if public else "private"},
+                client=client,
+            )
         return await self.show(project, name)
 
     async def _quota(self, conn: AsyncConnection, project_id: int) -> int:
@@ -241,10 +259,6 @@ class Repositories:
             )
         ).scalar()
         return int(own) if own is not None else self.default_quota
-
-    async def quota(self, project: str) -> int:
-        async with self.db.read() as conn:
-            return await self._quota(conn, await require_project(conn, project))
 
     async def set_quota(self, project: str, quota: int | None) -> None:
         """A project's own repository maximum; None returns it to the server default."""

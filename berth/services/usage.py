@@ -164,9 +164,6 @@ class Usage:
         """Measure one project's storage now and record the sample (on demand)."""
         async with self.db.read() as conn:
             project_id = await require_project(conn, project)
-        return await self._collect(project_id)
-
-    async def _collect(self, project_id: int) -> records.StorageSample:
         return _sample(*await self._record(project_id))
 
     async def _record(self, project_id: int) -> tuple[dt.datetime, StorageFigures]:

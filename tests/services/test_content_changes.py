@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from berth.domain.digests import digest_bytes
 from berth.domain.errors import Conflict, ManifestUnknown, NameUnknown
@@ -36,27 +36,37 @@ class Scene:
     repositories: Repositories
     registry: Registry
     repo: RepositoryRef  # acme/app, empty
+    since: int  # the last audit entry of the setting up (app's creation)
 
     async def audit(self) -> list[tuple[str, str, str, str | None, Any]]:
-        """(action, target, actor, client, detail) of every entry, oldest first."""
+        """(action, target, actor, client, detail) of every entry since the setting up, oldest
+        first."""
         async with self.db.read() as conn:
-            rows = await conn.execute(select(audit_log).order_by(audit_log.c.id))
+            rows = await conn.execute(
+                select(audit_log).where(audit_log.c.id > self.since).order_by(audit_log.c.id)
+            )
             return [
                 (r.action, r.target, r.actor, r.client, json.loads(r.detail) if r.detail else None)
                 for r in rows
             ]
 
     async def blob(self, content: bytes) -> str:
-        """A blob of the repository (its row and link: what an upload leaves)."""
+        """A blob of the repository (its row and link: what an upload leaves); pushed again,
+        the same row and link."""
         digest = digest_bytes(content)
+        size = len(content)
         async with self.db.write() as conn:
-            await conn.execute(blobs.insert().values(digest=digest, size=len(content)))
             await conn.execute(
-                repository_blobs.insert().values(repository_id=self.repo.id, digest=digest)
+                self.db.upsert(blobs, ["digest"], {"size": size}).values(digest=digest, size=size)
+            )
+            await conn.execute(
+                self.db.upsert(
+                    repository_blobs, ["repository_id", "digest"], {"digest": digest}
+                ).values(repository_id=self.repo.id, digest=digest)
             )
         return digest
 
-    async def push_image(self, tag: str) -> tuple[str, str]:
+    async def push_image(self, tag: str, image: str = "") -> tuple[str, str]:
         """An image tagged `tag`: (manifest digest, layer digest)."""
         config = await self.blob(b'{"architecture": "amd64", "os": "linux"}')
         layer = await self.blob(b"layer of " + tag.encode())
@@ -79,7 +89,7 @@ class Scene:
             }
         ).encode()
         pushed = await self.registry.put_manifest(
-            self.repo, "", tag, manifest, OCI_MANIFEST, actor="pusher"
+            self.repo, image, tag, manifest, OCI_MANIFEST, actor="pusher"
         )
         return pushed.digest, layer
 
@@ -94,7 +104,9 @@ def run(tmp_path: Path, scenario: Callable[[Scene], Awaitable[None]]) -> None:
         _, repo = await repositories.lookup("acme", "app")
         assert repo is not None
         registry = Registry(db, FilesystemBlobStore(tmp_path / "blobs"))
-        await scenario(Scene(db, repositories, registry, repo))
+        async with db.read() as conn:
+            since = (await conn.execute(select(func.max(audit_log.c.id)))).scalar() or 0
+        await scenario(Scene(db, repositories, registry, repo, since))
 
     run_on_database(tmp_path, in_scene)
 
@@ -114,6 +126,20 @@ def test_deletes_and_a_restore_are_audited_with_who_and_from_where(tmp_path: Pat
             ("tag.restore", "app:v1", "bob", None, None),
             ("image.delete", f"app@{manifest}", "alice", CLIENT, None),
             ("blob.delete", f"app@{layer}", "carol", CLIENT, None),
+        ]
+
+    run(tmp_path, scenario)
+
+
+def test_creating_a_repository_is_audited_by_the_service_and_a_refused_one_is_not(
+    tmp_path: Path,
+) -> None:
+    async def scenario(scene: Scene) -> None:
+        await scene.repositories.create("acme", "web", public=True, actor="alice", client=CLIENT)
+        with pytest.raises(Conflict):  # exists already
+            await scene.repositories.create("acme", "web", actor="alice", client=CLIENT)
+        assert await scene.audit() == [
+            ("repository.create", "web", "alice", CLIENT, {"visibility": "public"})
         ]
 
     run(tmp_path, scenario)

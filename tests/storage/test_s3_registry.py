@@ -191,3 +191,30 @@ def test_a_blob_lost_from_the_bucket_is_unknown_to_head_and_get(
         # Pushing it again stores it again.
         assert_status(put_upload(client, location(start_upload(client, name)), digest, data), 201)
         assert client.get(blob_path(name, digest)).content == data
+
+
+def test_a_small_blob_damaged_in_the_bucket_is_set_aside_not_served(
+    s3_server: BerthServer, seaweedfs: SeaweedFS
+) -> None:
+    """A small blob read whole from the bucket is hashed first: damaged bytes of the right
+    size are refused (BLOB_UNKNOWN), the object is set aside, and pushing it again repairs it."""
+    s3_server.create_repository("s3proj", "damaged")
+    name = "s3proj/damaged"
+    data = os.urandom(4096)
+    digest = sha256(data)
+    hex_digest = digest.split(":", 1)[1]
+    prefix = s3_server.extra_env["BERTH_S3_PREFIX"]
+    key = f"{prefix}/blobs/sha256/{hex_digest[:2]}/{hex_digest}"
+    s3 = seaweedfs.client()
+    with httpx.Client(
+        base_url=s3_server.url, auth=s3_server.access_key("s3proj"), timeout=60
+    ) as client:
+        assert_status(put_upload(client, location(start_upload(client, name)), digest, data), 201)
+        s3.put_object(Bucket=BUCKET, Key=key, Body=bytes(len(data)))  # same size, other bytes
+        damaged = client.get(blob_path(name, digest))
+        assert_status(damaged, 404)
+        assert damaged.json()["errors"][0]["code"] == "BLOB_UNKNOWN"
+        assert "set aside" in damaged.json()["errors"][0]["message"]
+        assert_status(client.head(blob_path(name, digest)), 404)  # no longer in the bucket
+        assert_status(put_upload(client, location(start_upload(client, name)), digest, data), 201)
+        assert client.get(blob_path(name, digest)).content == data

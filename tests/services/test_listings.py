@@ -1,0 +1,31 @@
+"""The catalog: every image of a visible repository is listed, and visibility (a repository's)
+is asked once per repository, not once per image. In-process, on SQLite."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from berth.domain.references import RepositoryRef
+from tests.services.test_content_changes import Scene, run
+
+
+def test_the_catalog_asks_once_per_repository_and_lists_each_image(tmp_path: Path) -> None:
+    async def scenario(scene: Scene) -> None:
+        await scene.repositories.create("acme", "hidden")
+        _, hidden = await scene.repositories.lookup("acme", "hidden")
+        assert hidden is not None
+        for image in ("", "team/tool", "team/other"):
+            await scene.push_image("v1", image)
+        asked: list[str] = []
+
+        async def visible(project_id: int, repo: RepositoryRef) -> bool:
+            asked.append(repo.name)
+            return repo.name == "app"
+
+        scene.repo = hidden
+        await scene.push_image("v1")
+        page = await scene.registry.catalog(None, None, None, visible)
+        assert page.items == ["acme/app", "acme/app/team/other", "acme/app/team/tool"]
+        assert sorted(asked) == ["app", "hidden"]
+
+    run(tmp_path, scenario)
