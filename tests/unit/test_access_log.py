@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 import json
 
-from berth.observability.logs import AccessLog
+from berth.observability.logs import BUFFER_LIMIT, AccessLog
 
 FIELDS = {
     "request_id": "abc123",
@@ -28,6 +28,8 @@ def written(log_format: str, fields: dict[str, object]) -> str:
     log.configure(log_format, "info")
     log.stream = io.StringIO()
     log.write(fields)
+    assert log.stream.getvalue() == ""  # buffered until the next flush
+    log.flush()
     text = log.stream.getvalue()
     assert text.endswith("\n") and text.count("\n") == 1, text
     return text
@@ -56,3 +58,15 @@ def test_levels_above_info_write_no_request_lines() -> None:
     assert not log.enabled
     log.configure("json", "debug")
     assert log.enabled
+
+
+def test_lines_are_written_together_when_enough_are_waiting() -> None:
+    log = AccessLog()
+    log.configure("text", "info")
+    log.stream = io.StringIO()
+    for _ in range(BUFFER_LIMIT // 100 + 1):  # each line is over 100 characters
+        log.write(FIELDS)
+    written = log.stream.getvalue().splitlines()
+    assert written and all("request_id=abc123" in line for line in written)
+    log.flush()
+    assert len(log.stream.getvalue().splitlines()) == BUFFER_LIMIT // 100 + 1
