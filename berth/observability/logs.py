@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import re
 import sys
 import time
 from typing import Any, TextIO
@@ -23,7 +22,6 @@ from typing import Any, TextIO
 FORMATS = ("text", "json")
 ACCESS_LOGGER = "berth.access"
 _encode = json.JSONEncoder(separators=(",", ":"), default=str).encode
-_PLAIN = re.compile(r"[!#-~]+")  # printable, no space, no quote: written as is in text lines
 # Shown in a text line's message, not again as fields.
 _IN_MESSAGE = frozenset({"method", "path", "status"})
 # Fields a client's request decides (the rest are numbers, or words the server chose or
@@ -57,7 +55,9 @@ def text_value(value: Any) -> str:
     """A field's value in a text line: as is when it is one plain token, else quoted and
     escaped as a JSON string (a path can hold spaces or newlines; a line stays one line)."""
     text = str(value)
-    return text if _PLAIN.fullmatch(text) else json.dumps(text)
+    # The same test as `[!#-~]+`, in string methods: a regex match was a fifth of a line's cost.
+    plain = text.isascii() and text.isprintable() and " " not in text and '"' not in text
+    return text if plain and text else json.dumps(text)
 
 
 class JsonFormatter(logging.Formatter):
@@ -109,10 +109,12 @@ class AccessLog:
             )
         else:
             method, path = text_value(fields["method"]), text_value(fields["path"])
-            rest = " ".join(
-                f"{name}={text_value(value) if name in _FROM_CLIENT else value}"
-                for name, value in fields.items()
-                if value is not None and name not in _IN_MESSAGE
+            rest = " ".join(  # a list, not a generator: join makes one anyway
+                [
+                    f"{name}={text_value(value) if name in _FROM_CLIENT else value}"
+                    for name, value in fields.items()
+                    if value is not None and name not in _IN_MESSAGE
+                ]
             )
             line = f"{stamp} [INFO] {ACCESS_LOGGER}: {method} {path} {fields['status']} {rest}"
         self._lines.append(line)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 import json
 
-from berth.observability.logs import BUFFER_LIMIT, AccessLog
+from berth.observability.logs import BUFFER_LIMIT, AccessLog, text_value
 
 FIELDS = {
     "request_id": "abc123",
@@ -70,3 +70,16 @@ def test_lines_are_written_together_when_enough_are_waiting() -> None:
     assert written and all("request_id=abc123" in line for line in written)
     log.flush()
     assert len(log.stream.getvalue().splitlines()) == BUFFER_LIMIT // 100 + 1
+
+
+def test_a_value_is_written_as_is_only_when_it_is_one_plain_token() -> None:
+    plain = {chr(code) for code in range(0x21, 0x7F)} - {'"'}
+    for code in range(0x200):
+        char = chr(code)
+        expected = char if char in plain else json.dumps(char)
+        assert text_value(char) == expected, repr(char)
+        assert text_value(f"a{char}b") == (
+            f"a{char}b" if char in plain else json.dumps(f"a{char}b")
+        )
+    assert text_value("") == '""'
+    assert text_value(200) == "200"
