@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import io
 import json
 
+from berth.observability import logs
 from berth.observability.logs import BUFFER_LIMIT, AccessLog, text_value
 
 FIELDS = {
@@ -83,3 +86,22 @@ def test_a_value_is_written_as_is_only_when_it_is_one_plain_token() -> None:
         )
     assert text_value("") == '""'
     assert text_value(200) == "200"
+
+
+def test_the_periodic_flush_writes_what_waits_when_it_is_stopped() -> None:
+    async def serve_and_stop() -> str:
+        stream = io.StringIO()
+        logs.access.configure("text", "info")
+        logs.access.stream = stream
+        flushing = asyncio.create_task(logs.flush_periodically())
+        await asyncio.sleep(0)
+        logs.access.write(FIELDS)  # answered just before the server stops
+        flushing.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await flushing
+        return stream.getvalue()
+
+    try:
+        assert "request_id=abc123" in asyncio.run(serve_and_stop())
+    finally:
+        logs.access.configure("text", "info")  # back to standard error
