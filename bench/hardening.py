@@ -32,7 +32,6 @@ import datetime
 import http.client
 import json
 import os
-import signal
 import socket
 import statistics
 import subprocess
@@ -43,12 +42,12 @@ import time
 import urllib.parse
 from contextlib import ExitStack
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import pairs
 import regbench  # the team's registry-neutral benchmark
-from run import BERTH, IMAGE_NAME, PROJECT, REPOSITORY, Server, log_in_berth, spawn, wait_ready
+from run import IMAGE_NAME, Server
 
 MIB = 1 << 20
 MB = 1_000_000
@@ -66,31 +65,6 @@ TARGET_HTTP2_MB = 32
 
 
 # ---------------------------------------------------------------- server and memory
-
-
-def launch(work: Path) -> Server:
-    """A Berth with the bench project and repository (defaults otherwise), ready, logged in."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    env = {k: v for k, v in os.environ.items() if not k.startswith("BERTH_")}
-    env |= {
-        "BERTH_CONFIG": str(work / "no-berth.toml"),
-        "BERTH_DATA_DIR": str(work / "berth-data"),
-        "BERTH_LISTEN": f"127.0.0.1:{port}",
-        "BERTH_WORKERS": "1",
-        "BERTH_TOKEN_TTL": "3600",
-    }
-    for argv in (
-        [str(BERTH), "init"],
-        [str(BERTH), "project", "create", PROJECT],
-        [str(BERTH), "repo", "create", f"{PROJECT}/{REPOSITORY}"],
-    ):
-        subprocess.run(argv, env=env, cwd=work, check=True, capture_output=True)
-    server = spawn("Berth", [str(BERTH), "serve"], env, work / "berth.log", port)
-    wait_ready(server)
-    log_in_berth(server)
-    return server
 
 
 def worker_pid(server: Server) -> int:
@@ -386,7 +360,7 @@ def log(message: str) -> None:
 
 
 def measure(work: Path) -> dict[str, Any]:
-    server = launch(work)
+    server = pairs.launch(work / "berth", "Berth")
     try:
         started = time.monotonic()
         large = large_bodies(server)
@@ -470,15 +444,11 @@ def report(figures: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _exit_on_sigterm(signum: int, frame: FrameType | None) -> None:
-    raise SystemExit(128 + signum)
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
     p.add_argument("--json", action="store_true", help="print the figures as JSON only")
     args = p.parse_args()
-    signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    pairs.stop_servers_on_sigterm()
     with tempfile.TemporaryDirectory(prefix="berth-hardening-") as tmp:
         figures = measure(Path(tmp))
     if args.json:

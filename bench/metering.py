@@ -29,8 +29,6 @@ import json
 import os
 import re
 import shutil
-import signal
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -38,22 +36,13 @@ import time
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import pairs
 import regbench  # the team's registry-neutral benchmark
-from run import (
-    BERTH,
-    PROJECT,
-    REPOSITORY,
-    ROOT,
-    Server,
-    free_port,
-    log_in_berth,
-    spawn,
-    wait_ready,
-)
+from pairs import FIGURES, SMALL_BLOB
+from run import BERTH, PROJECT, ROOT, Server, spawn, wait_ready
 
 sys.path.insert(0, str(ROOT))
 from starlette.responses import Response
@@ -63,45 +52,6 @@ from berth.registry.responses import BlobFileResponse, MeteredResponse
 from berth.services.metering import TrafficMeter
 
 TARGET_RATIO = 0.95
-SMALL_BLOB = 4096
-FIGURES = {"manifest_rps": "manifest GET by tag (wrk)", "small_blob_rps": "4 KiB blob GET (wrk)"}
-
-
-def launch(work: Path, metering: bool) -> Server:
-    """A Berth with the bench project and repository, metering on or off, ready and logged in."""
-    work.mkdir()
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("BERTH_")}
-    env |= {
-        "BERTH_CONFIG": str(work / "no-berth.toml"),
-        "BERTH_DATA_DIR": str(work / "berth-data"),
-        "BERTH_LISTEN": f"127.0.0.1:{port}",
-        "BERTH_WORKERS": "1",
-        "BERTH_TOKEN_TTL": "3600",
-        "BERTH_TRAFFIC_METERING": "true" if metering else "false",
-    }
-    for argv in (
-        [str(BERTH), "init"],  # admin verbs work only on data that exists
-        [str(BERTH), "project", "create", PROJECT],
-        [str(BERTH), "repo", "create", f"{PROJECT}/{REPOSITORY}"],
-    ):
-        subprocess.run(argv, env=env, cwd=work, check=True, capture_output=True)
-    name = "metered" if metering else "unmetered"
-    server = spawn(name, [str(BERTH), "serve"], env, work / "berth.log", port)
-    wait_ready(server)
-    log_in_berth(server)
-    return server
-
-
-def prepare(server: Server) -> tuple[regbench.Target, str]:
-    """Push the 4 KiB blob and a manifest tagged `bench`; returns the target and the blob."""
-    target = regbench.Target(
-        server.url, f"{PROJECT}/{REPOSITORY}/img", server.user, server.password
-    )
-    regbench.authenticate(target)
-    small = regbench.push_blob_bytes(target, os.urandom(SMALL_BLOB))
-    regbench.put_manifest(target, small, SMALL_BLOB, "bench")
-    return target, small
 
 
 def wrk_requests(target: regbench.Target, path: str, args: argparse.Namespace) -> int:
@@ -134,40 +84,18 @@ def counted(server: Server) -> dict[str, int]:
 def measure(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     servers: list[Server] = []
     try:
-        metered = launch(work / "metered", metering=True)
+        metered = pairs.launch(work / "metered", "metered", {"BERTH_TRAFFIC_METERING": "true"})
         servers.append(metered)
-        unmetered = launch(work / "unmetered", metering=False)
+        unmetered = pairs.launch(
+            work / "unmetered", "unmetered", {"BERTH_TRAFFIC_METERING": "false"}
+        )
         servers.append(unmetered)
-        targets = {"on": prepare(metered), "off": prepare(unmetered)}
-        rounds: dict[str, list[dict[str, float]]] = {"on": [], "off": []}
-        for index in range(args.rounds):
-            order = ("on", "off") if index % 2 == 0 else ("off", "on")
-            for side in order:
-                target, small = targets[side]
-                manifest_rps, _ = regbench.wrk(
-                    target, "manifests/bench", args.wrk_seconds, args.connections,
-                    regbench.MANIFEST_TYPE,
-                )  # fmt: skip
-                blob_rps, _ = regbench.wrk(
-                    target, f"blobs/{small}", args.wrk_seconds, args.connections, None
-                )
-                rounds[side].append({"manifest_rps": manifest_rps, "small_blob_rps": blob_rps})
-                print(
-                    f"round {index + 1} metering {side:3}: manifest {manifest_rps:9,.0f} req/s, "
-                    f"4 KiB blob {blob_rps:9,.0f} req/s",
-                    file=sys.stderr,
-                    flush=True,
-                )
-        medians = {
-            side: {k: statistics.median(r[k] for r in found) for k in FIGURES}
-            for side, found in rounds.items()
-        }
-        paired = {
-            k: statistics.median(
-                on[k] / off[k] for on, off in zip(rounds["on"], rounds["off"], strict=True)
-            )
-            for k in FIGURES
-        }
+        targets = {"on": pairs.prepare(metered), "off": pairs.prepare(unmetered)}
+        rounds = pairs.alternate(
+            targets, args.rounds, args.wrk_seconds, args.connections, "metering"
+        )
+        medians = pairs.medians(rounds)
+        paired = pairs.paired_ratios(rounds, "on", "off")
         # The counters' accuracy: the difference across one more run whose answers wrk counts.
         metered.stop()
         before = counted(metered)
@@ -305,10 +233,6 @@ def report(figures: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _exit_on_sigterm(signum: int, frame: FrameType | None) -> None:
-    raise SystemExit(128 + signum)
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
     p.add_argument("--rounds", type=int, default=20)
@@ -318,7 +242,7 @@ def main() -> None:
     args = p.parse_args()
     if not shutil.which("wrk"):
         sys.exit("wrk is missing: apt-get install -y wrk")
-    signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    pairs.stop_servers_on_sigterm()
     with tempfile.TemporaryDirectory(prefix="berth-metering-") as tmp:
         figures = measure(args, Path(tmp))
     if args.json:

@@ -23,29 +23,16 @@ import atexit
 import json
 import os
 import shutil
-import signal
-import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import regbench  # the team's registry-neutral benchmark
-from run import (
-    BERTH,
-    PROJECT,
-    REPOSITORY,
-    ROOT,
-    Server,
-    free_port,
-    log_in_berth,
-    spawn,
-    wait_ready,
-)
+import pairs
+from pairs import FIGURES
+from run import ROOT, Server
 
 sys.path.insert(0, str(ROOT))
 # The in-process measure counts as a server's worker does: into files (multiprocess mode).
@@ -56,92 +43,30 @@ from berth.observability import logs, metrics  # noqa: E402 - after the variable
 from berth.observability.requests import RequestObserver  # noqa: E402
 
 TARGET_RATIO = 0.95
-SMALL_BLOB = 4096
-FIGURES = {"manifest_rps": "manifest GET by tag (wrk)", "small_blob_rps": "4 KiB blob GET (wrk)"}
-
-
-def launch(work: Path, on: bool) -> Server:
-    """A Berth with the bench project and repository, metrics on or off, ready and logged in."""
-    work.mkdir()
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("BERTH_")}
-    env |= {
-        "BERTH_CONFIG": str(work / "no-berth.toml"),
-        "BERTH_DATA_DIR": str(work / "berth-data"),
-        "BERTH_LISTEN": f"127.0.0.1:{port}",
-        "BERTH_WORKERS": "1",
-        "BERTH_TOKEN_TTL": "3600",
-        "BERTH_METRICS": "true" if on else "false",
-    }
-    for argv in (
-        [str(BERTH), "init"],
-        [str(BERTH), "project", "create", PROJECT],
-        [str(BERTH), "repo", "create", f"{PROJECT}/{REPOSITORY}"],
-    ):
-        subprocess.run(argv, env=env, cwd=work, check=True, capture_output=True)
-    server = spawn("metrics-on" if on else "metrics-off", [str(BERTH), "serve"], env,
-                   work / "berth.log", port)  # fmt: skip
-    wait_ready(server)
-    log_in_berth(server)
-    return server
-
-
-def prepare(server: Server) -> tuple[regbench.Target, str]:
-    target = regbench.Target(
-        server.url, f"{PROJECT}/{REPOSITORY}/img", server.user, server.password
-    )
-    regbench.authenticate(target)
-    small = regbench.push_blob_bytes(target, os.urandom(SMALL_BLOB))
-    regbench.put_manifest(target, small, SMALL_BLOB, "bench")
-    return target, small
 
 
 def measure(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     servers: list[Server] = []
     load_start = os.getloadavg()
     try:
-        servers.append(launch(work / "on", on=True))
-        servers.append(launch(work / "off", on=False))
-        targets = {"on": prepare(servers[0]), "off": prepare(servers[1])}
-        rounds: dict[str, list[dict[str, float]]] = {"on": [], "off": []}
-        for index in range(args.rounds):
-            order = ("on", "off") if index % 2 == 0 else ("off", "on")
-            for side in order:
-                target, small = targets[side]
-                manifest_rps, _ = regbench.wrk(
-                    target, "manifests/bench", args.wrk_seconds, args.connections,
-                    regbench.MANIFEST_TYPE,
-                )  # fmt: skip
-                blob_rps, _ = regbench.wrk(
-                    target, f"blobs/{small}", args.wrk_seconds, args.connections, None
-                )
-                rounds[side].append({"manifest_rps": manifest_rps, "small_blob_rps": blob_rps})
-                print(
-                    f"round {index + 1} metrics {side:3}: manifest {manifest_rps:9,.0f} req/s, "
-                    f"4 KiB blob {blob_rps:9,.0f} req/s",
-                    file=sys.stderr,
-                    flush=True,
-                )
+        for side in ("on", "off"):
+            setting = {"BERTH_METRICS": "true" if side == "on" else "false"}
+            servers.append(pairs.launch(work / side, f"metrics-{side}", setting))
+        targets = {"on": pairs.prepare(servers[0]), "off": pairs.prepare(servers[1])}
+        rounds = pairs.alternate(
+            targets, args.rounds, args.wrk_seconds, args.connections, "metrics"
+        )
     finally:
         for server in servers:
             server.stop()
-    medians = {
-        side: {k: statistics.median(r[k] for r in found) for k in FIGURES}
-        for side, found in rounds.items()
-    }
-    paired = {
-        k: statistics.median(
-            on[k] / off[k] for on, off in zip(rounds["on"], rounds["off"], strict=True)
-        )
-        for k in FIGURES
-    }
+    medians = pairs.medians(rounds)
     return {
         "rounds": args.rounds,
         "wrk_seconds": args.wrk_seconds,
         "connections": args.connections,
         "on": medians["on"],
         "off": medians["off"],
-        "ratio_on_over_off": paired,
+        "ratio_on_over_off": pairs.paired_ratios(rounds, "on", "off"),
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "load_start": load_start,
         "load_end": os.getloadavg(),
@@ -244,10 +169,6 @@ def report(figures: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _exit_on_sigterm(signum: int, frame: FrameType | None) -> None:
-    raise SystemExit(128 + signum)
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
     p.add_argument("--rounds", type=int, default=10)
@@ -257,7 +178,7 @@ def main() -> None:
     args = p.parse_args()
     if not shutil.which("wrk"):
         sys.exit("wrk is missing: apt-get install -y wrk")
-    signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    pairs.stop_servers_on_sigterm()
     with tempfile.TemporaryDirectory(prefix="berth-metrics-") as tmp:
         figures = measure(args, Path(tmp))
     if args.json:

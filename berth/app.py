@@ -142,13 +142,17 @@ def create_app(settings: Settings | None = None) -> Starlette:
         api.state.services = services
         app.state.scrape_figures = figures = ScrapeFigures(services)
         listener = await start_listener(figures)
-        flushing = asyncio.create_task(metrics.flush_periodically())
+        flushing = [
+            asyncio.create_task(metrics.flush_periodically()),
+            asyncio.create_task(logs.flush_periodically()),
+        ]
         try:
             yield
         finally:
-            flushing.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await flushing
+            for task in flushing:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
             if listener is not None:
                 listener.close()
             await services.close()

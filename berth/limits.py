@@ -22,6 +22,8 @@ from dataclasses import dataclass
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from berth.observability.requests import with_request_id
+
 logger = logging.getLogger("berth.requests")
 
 # A token form, a console sign-in or a management API document is a few kB.
@@ -84,7 +86,7 @@ def _refusal_messages(scope: Scope, refusal: Refusal, retry_after: int | None) -
     else:
         document = {"errors": [{"code": refusal.code, "message": refusal.message}]}
         media_type = b"application/json"
-    body = json.dumps(document).encode()
+    body = json.dumps(with_request_id(document)).encode()
     headers = [
         (b"content-type", media_type),
         (b"content-length", str(len(body)).encode()),

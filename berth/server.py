@@ -128,25 +128,23 @@ def _check_tls(settings: Settings, flags: Collection[str]) -> None:
         ) from None
 
 
-def _check_address(settings: Settings, flags: Collection[str], setting: str = "listen") -> None:
-    """Refuse an address another process listens on: granian binds with SO_REUSEPORT, so a
-    second server would start and quietly take half the connections."""
-    host, port = (
-        settings.host_and_port if setting == "listen" else settings.metrics_host_and_port or ("", 0)
-    )
-    address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+def _check_address(address: tuple[str, int], setting: str, flags: Collection[str]) -> None:
+    """Refuse an address (of the `setting`) another process listens on: granian binds with
+    SO_REUSEPORT, so a second server would start and quietly take half the connections."""
+    host, port = address
+    shown = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     try:
         socket.create_server((host, port), family=family).close()  # SO_REUSEADDR, no REUSEPORT
     except OSError as exc:
         if exc.errno == errno.EADDRINUSE:
-            raise SettingsError(f"address {address} is already in use") from None
+            raise SettingsError(f"address {shown} is already in use") from None
         problem = {
             errno.EACCES: "permission denied (ports below 1024 need root or CAP_NET_BIND_SERVICE)",
             errno.EADDRNOTAVAIL: "no such address on this machine",
         }.get(exc.errno or 0, exc.strerror or str(exc))
         raise SettingsError(
-            f"{setting_source(setting, flags)}: cannot serve on {address}: {problem}"
+            f"{setting_source(setting, flags)}: cannot serve on {shown}: {problem}"
         ) from None
 
 
@@ -154,15 +152,16 @@ def check(settings: Settings, flags: Collection[str] = ()) -> None:
     """Everything that would stop the server, found before anything is created or served.
     `flags` names the settings given as flags, to say where a bad value came from."""
     _check_tls(settings, flags)
-    _check_address(settings, flags)
-    if settings.metrics_listen:
-        if settings.metrics_host_and_port == settings.host_and_port:
+    _check_address(settings.host_and_port, "listen", flags)
+    metrics_address = settings.metrics_host_and_port
+    if metrics_address is not None:
+        if metrics_address == settings.host_and_port:
             raise SettingsError(
                 f"{setting_source('metrics_listen', flags)} is the address the registry serves "
                 "on; give the metrics a port of their own (or leave metrics_listen unset: "
                 "/metrics is on the main address too)"
             )
-        _check_address(settings, flags, "metrics_listen")
+        _check_address(metrics_address, "metrics_listen", flags)
     problem = unreachable_database(settings)
     if problem is not None:
         raise SettingsError(f"{setting_source('database_url', flags)}: {problem}")

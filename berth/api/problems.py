@@ -24,6 +24,7 @@ from starlette.responses import JSONResponse, Response
 
 from berth.domain.errors import InvalidValue, RegistryError
 from berth.domain.names import PROJECT_NAME_RULE
+from berth.observability.requests import with_request_id
 
 PROBLEM_TYPE = "application/problem+json"
 
@@ -89,7 +90,7 @@ def problem(
         "code": code,
         "errors": errors or [],
     }
-    return JSONResponse(body, status, headers=headers, media_type=PROBLEM_TYPE)
+    return JSONResponse(with_request_id(body), status, headers=headers, media_type=PROBLEM_TYPE)
 
 
 def _field_name(location: tuple[Any, ...]) -> str:

@@ -260,8 +260,8 @@ def _alive(pid: int) -> bool:
 
 def exposition(extra: Callable[[CollectorRegistry], None] | None = None) -> bytes:
     """The text format of every process's metrics, and of what `extra` registers (figures
-    read at scrape time)."""
-    flush_requests()
+    read at scrape time). Reads every worker's files: call it off the event loop, after
+    `flush_requests` on it."""
     directory = multiprocess_dir()
     if directory is not None:
         registry = CollectorRegistry()

@@ -1,9 +1,10 @@
 """Every request counted, timed and logged, with a request ID.
 
 `RequestObserver` is the outermost middleware (pure ASGI, so a pull pays a few microseconds):
-it takes the client's `X-Request-ID` when it is a sane token, else makes one, sends it back as
-`X-Request-ID`, and writes it into every JSON error body (the registry's OCI errors and the
-API's problems) as a top-level `request_id` member that clients ignore and people can quote.
+it takes the client's `X-Request-ID` when it is a sane token, else makes one and sends it back
+as `X-Request-ID`. The error renderers (the registry's OCI errors, the API's problems, the
+limits' refusals) put it into their JSON bodies as a top-level `request_id` member that clients
+ignore and people can quote (`with_request_id`): this layer reads no response body.
 When the response is done it reports the request to the metrics and writes one log line: the
 caller (access key ID or user name, never a secret) and project that the surfaces noted in the
 scope (`note`), the route template (never the raw path in metrics), status, bytes and duration.
@@ -11,10 +12,11 @@ scope (`note`), the route template (never the raw path in metrics), status, byte
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import time
+from contextvars import ContextVar
+from typing import Any
 
 from starlette.routing import Mount
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -26,8 +28,9 @@ CALLER = "berth.caller"
 PROJECT = "berth.project"
 HEADER = b"x-request-id"
 _SANE_ID = re.compile(rb"[A-Za-z0-9._:@+=-]{1,128}")
-JSON_ERRORS = (b"application/json", b"application/problem+json")
-MAX_ERROR_BODY = 1024 * 1024  # error documents are small; a larger body is passed on as is
+# The ID of the request this task (or a thread it handed work to) is answering: the error
+# renderers are called far from the scope.
+_current_id: ContextVar[str | None] = ContextVar("berth.request_id", default=None)
 
 
 def note(scope: Scope, *, caller: str | None = None, project: str | None = None) -> None:
@@ -41,6 +44,14 @@ def note(scope: Scope, *, caller: str | None = None, project: str | None = None)
 def request_id(scope: Scope) -> str | None:
     value = scope.get(REQUEST_ID)
     return value if isinstance(value, str) else None
+
+
+def with_request_id(document: dict[str, Any]) -> dict[str, Any]:
+    """An error document with the ID of the request being answered (as is outside one)."""
+    rid = _current_id.get()
+    if rid is not None:
+        document["request_id"] = rid
+    return document
 
 
 def route_template(scope: Scope) -> str:
@@ -69,17 +80,6 @@ def _incoming_id(scope: Scope) -> str:
     return os.urandom(16).hex()
 
 
-def _with_request_id(body: bytes, rid: str) -> bytes | None:
-    try:
-        document = json.loads(body)
-    except ValueError:
-        return None
-    if not isinstance(document, dict):
-        return None
-    document["request_id"] = rid
-    return json.dumps(document, separators=(",", ":")).encode()
-
-
 class RequestObserver:
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -91,38 +91,22 @@ class RequestObserver:
         started = time.perf_counter()
         rid = _incoming_id(scope)
         scope[REQUEST_ID] = rid
+        current = _current_id.set(rid)
         rid_header = rid.encode()
         status = 0
         sent = 0
         received = 0
         start_headers: list[tuple[bytes, bytes]] = []
-        held: Message | None = None  # an error's start, until its body is rewritten
-        held_body: list[bytes] = []
-        may_hold = scope["method"] != "HEAD"
 
         async def observed_send(message: Message) -> None:
-            nonlocal status, sent, held, start_headers
+            nonlocal status, sent, start_headers
             kind = message["type"]
             if kind == "http.response.start":
                 status = message["status"]
                 # A new list: a response object may be sent again (its list is its own).
-                headers = start_headers = [*message.get("headers", ()), (HEADER, rid_header)]
-                message["headers"] = headers
-                if status >= 400 and may_hold and _json_error(headers):
-                    held = message
-                    return
+                start_headers = [*message.get("headers", ()), (HEADER, rid_header)]
+                message["headers"] = start_headers
             elif kind == "http.response.body":
-                if held is not None:
-                    held_body.append(message.get("body", b""))
-                    if (
-                        message.get("more_body", False)
-                        and sum(map(len, held_body)) < MAX_ERROR_BODY
-                    ):
-                        return
-                    more = message.get("more_body", False)
-                    sent += await _release(send, held, held_body, more, rid)
-                    held = None
-                    return
                 sent += len(message.get("body", b""))
             elif kind == "http.response.pathsend":
                 sent += _content_length(start_headers)
@@ -146,6 +130,7 @@ class RequestObserver:
                 status = 500
             raise
         finally:
+            _current_id.reset(current)
             seconds = time.perf_counter() - started
             path: str = scope["path"]
             surface = metrics.surface_of(path)
@@ -155,35 +140,12 @@ class RequestObserver:
                 _log(scope, rid, surface, route, status, received, sent, seconds)
 
 
-def _json_error(headers: list[tuple[bytes, bytes]]) -> bool:
-    for name, value in headers:
-        if name == b"content-type":
-            return value.split(b";", 1)[0].strip() in JSON_ERRORS
-    return False
-
-
 def _content_length(headers: list[tuple[bytes, bytes]]) -> int:
     """The length of a file handed to the server (ASGI pathsend): its Content-Length."""
     for name, value in headers:
         if name == b"content-length":
             return int(value) if value.isdigit() else 0
     return 0
-
-
-async def _release(send: Send, start: Message, chunks: list[bytes], more: bool, rid: str) -> int:
-    """Send a held error response, its JSON body with the request ID where it parses;
-    returns the body's length."""
-    body = b"".join(chunks)
-    rewritten = None if more else _with_request_id(body, rid)
-    if rewritten is not None:
-        body = rewritten
-        start["headers"] = [
-            (name, str(len(body)).encode() if name == b"content-length" else value)
-            for name, value in start["headers"]
-        ]
-    await send(start)
-    await send({"type": "http.response.body", "body": body, "more_body": more})
-    return len(body)
 
 
 def _log(

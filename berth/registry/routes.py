@@ -37,7 +37,7 @@ from berth.domain.errors import (
 from berth.domain.manifests import MAX_MANIFEST_BYTES, OCI_INDEX, accepts, manifest_too_large
 from berth.domain.names import ImageName, name_unknown, split_name
 from berth.domain.references import RepositoryRef
-from berth.observability.requests import note
+from berth.observability.requests import note, with_request_id
 from berth.registry.responses import (
     BlobBytesResponse,
     BlobFileResponse,
@@ -456,7 +456,7 @@ async def not_found(request: Request) -> Response:
 
 
 def error_response(exc: RegistryError) -> Response:
-    return JSONResponse(exc.body(), exc.status, exc.headers)
+    return JSONResponse(with_request_id(exc.body()), exc.status, exc.headers)
 
 
 NAME = "/v2/{name:path}"

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
 import httpx
 
@@ -30,8 +29,19 @@ from tests.oci import (
     uploads_path,
 )
 
-if TYPE_CHECKING:
-    pass
+
+def check_upload_closed(
+    client: httpx.Client, closed: httpx.Response, digest: str, data: bytes, bad: bool
+) -> None:
+    """The request that closed an upload: 201 with the digest and a Location serving the
+    data; or, for a wrong digest (`bad`), 400 DIGEST_INVALID."""
+    if bad:
+        assert_status(closed, 400)
+        check_error(closed, "DIGEST_INVALID")
+        return
+    assert_status(closed, 201)
+    check_digest_header(closed, digest)
+    verify_location(client, location(closed), data)
 
 
 def push_post_put(
@@ -41,13 +51,7 @@ def push_post_put(
     started = client.post(uploads_path(name))
     assert_status(started, 202)
     done = put_upload(client, location(started), digest, data)
-    if bad:
-        assert_status(done, 400)
-        check_error(done, "DIGEST_INVALID")
-        return
-    assert_status(done, 201)
-    check_digest_header(done, digest)
-    verify_location(client, location(done), data)
+    check_upload_closed(client, done, digest, data, bad)
 
 
 def push_post_only(
@@ -135,13 +139,7 @@ def push_chunked(
             session = location(patched)
     if final is None:
         final = put_upload(client, session, digest)
-    if bad:
-        assert_status(final, 400)
-        check_error(final, "DIGEST_INVALID")
-        return
-    assert_status(final, 201)
-    check_digest_header(final, digest)
-    verify_location(client, location(final), data)
+    check_upload_closed(client, final, digest, data, bad)
 
 
 def push_stream(
@@ -156,13 +154,7 @@ def push_stream(
     )
     assert_status(patched, 202)
     done = put_upload(client, location(patched), digest)
-    if bad:
-        assert_status(done, 400)
-        check_error(done, "DIGEST_INVALID")
-        return
-    assert_status(done, 201)
-    check_digest_header(done, digest)
-    verify_location(client, location(done), data)
+    check_upload_closed(client, done, digest, data, bad)
 
 
 # The ways to push a blob, used in turn to push data sets (upstream `TestPushBlobAny` also

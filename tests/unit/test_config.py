@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import os
+import socket
 from pathlib import Path
 
 import pytest
 
 from berth.config import SettingsError, load_settings
+from berth.server import check
 
 
 def test_setting_problems_are_said_plainly(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -35,3 +38,21 @@ def test_s3_storage_without_a_bucket_is_refused_saying_where_to_set_it(
     (tmp_path / "berth.toml").write_text('s3_bucket = "blobs"\ns3_path_style = true\n')
     settings = load_settings()
     assert (settings.storage, settings.s3_bucket, settings.s3_path_style) == ("s3", "blobs", True)
+
+
+def test_a_metrics_address_that_is_taken_or_the_registrys_is_refused(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("BERTH_CONFIG", str(tmp_path / "berth.toml"))
+    monkeypatch.setenv("BERTH_DATA_DIR", str(tmp_path / "data"))
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        monkeypatch.setenv("BERTH_LISTEN", f"127.0.0.1:{port + 1 if port < 65535 else port - 1}")
+        monkeypatch.setenv("BERTH_METRICS_LISTEN", f"127.0.0.1:{port}")
+        with pytest.raises(SettingsError) as in_use:
+            check(load_settings())
+        assert str(in_use.value) == f"address 127.0.0.1:{port} is already in use"
+    monkeypatch.setenv("BERTH_METRICS_LISTEN", os.environ["BERTH_LISTEN"])
+    with pytest.raises(SettingsError) as same:
+        check(load_settings())
+    assert str(same.value).startswith("BERTH_METRICS_LISTEN is the address the registry serves on")

@@ -1,0 +1,110 @@
+"""What the benches that compare Berth servers side by side share: a server on a fresh data
+directory with the bench project and repository, the 4 KiB blob and manifest they read, and
+wrk rounds alternating between the servers (the order flips every round, so drift in the
+machine's load falls on both alike), summed up as medians and the median of paired ratios."""
+
+from __future__ import annotations
+
+import os
+import signal
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+from types import FrameType
+
+import regbench  # the team's registry-neutral benchmark
+from run import BERTH, PROJECT, REPOSITORY, Server, free_port, log_in_berth, spawn, wait_ready
+
+SMALL_BLOB = 4096
+FIGURES = {"manifest_rps": "manifest GET by tag (wrk)", "small_blob_rps": "4 KiB blob GET (wrk)"}
+Rounds = dict[str, list[dict[str, float]]]
+
+
+def launch(work: Path, name: str, settings: dict[str, str] | None = None) -> Server:
+    """A Berth on `work` (created) with the bench project and repository, ready and logged in:
+    SQLite, one worker, one-hour tokens, and `settings` (BERTH_* variables) on top."""
+    work.mkdir()
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BERTH_")}
+    env |= {
+        "BERTH_CONFIG": str(work / "no-berth.toml"),
+        "BERTH_DATA_DIR": str(work / "berth-data"),
+        "BERTH_LISTEN": f"127.0.0.1:{port}",
+        "BERTH_WORKERS": "1",
+        "BERTH_TOKEN_TTL": "3600",
+        **(settings or {}),
+    }
+    for argv in (
+        [str(BERTH), "init"],  # admin verbs work only on data that exists
+        [str(BERTH), "project", "create", PROJECT],
+        [str(BERTH), "repo", "create", f"{PROJECT}/{REPOSITORY}"],
+    ):
+        subprocess.run(argv, env=env, cwd=work, check=True, capture_output=True)
+    server = spawn(name, [str(BERTH), "serve"], env, work / "berth.log", port)
+    wait_ready(server)
+    log_in_berth(server)
+    return server
+
+
+def prepare(server: Server) -> tuple[regbench.Target, str]:
+    """Push the 4 KiB blob and a manifest tagged `bench`; returns the target and the blob."""
+    target = regbench.Target(
+        server.url, f"{PROJECT}/{REPOSITORY}/img", server.user, server.password
+    )
+    regbench.authenticate(target)
+    small = regbench.push_blob_bytes(target, os.urandom(SMALL_BLOB))
+    regbench.put_manifest(target, small, SMALL_BLOB, "bench")
+    return target, small
+
+
+def alternate(
+    targets: dict[str, tuple[regbench.Target, str]],
+    rounds: int,
+    seconds: int,
+    connections: int,
+    what: str,
+) -> Rounds:
+    """wrk's manifest GET and 4 KiB blob GET rates of each target, `rounds` times, the order of
+    the targets flipping every round; progress on standard error."""
+    found: Rounds = {side: [] for side in targets}
+    sides = list(targets)
+    for index in range(rounds):
+        for side in sides if index % 2 == 0 else sides[::-1]:
+            target, small = targets[side]
+            manifest_rps, _ = regbench.wrk(
+                target, "manifests/bench", seconds, connections, regbench.MANIFEST_TYPE
+            )
+            blob_rps, _ = regbench.wrk(target, f"blobs/{small}", seconds, connections, None)
+            found[side].append({"manifest_rps": manifest_rps, "small_blob_rps": blob_rps})
+            print(
+                f"round {index + 1} {what} {side:3}: manifest {manifest_rps:9,.0f} req/s, "
+                f"4 KiB blob {blob_rps:9,.0f} req/s",
+                file=sys.stderr,
+                flush=True,
+            )
+    return found
+
+
+def medians(found: Rounds) -> dict[str, dict[str, float]]:
+    return {
+        side: {k: statistics.median(r[k] for r in runs) for k in FIGURES}
+        for side, runs in found.items()
+    }
+
+
+def paired_ratios(found: Rounds, top: str, bottom: str) -> dict[str, float]:
+    """The median over rounds of top / bottom, each round's pair run back to back."""
+    return {
+        k: statistics.median(a[k] / b[k] for a, b in zip(found[top], found[bottom], strict=True))
+        for k in FIGURES
+    }
+
+
+def _exit_on_sigterm(signum: int, frame: FrameType | None) -> None:
+    raise SystemExit(128 + signum)
+
+
+def stop_servers_on_sigterm() -> None:
+    """A SIGTERM unwinds like an exception, so the `finally` that stops the servers runs."""
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
