@@ -102,7 +102,7 @@ async def create_repository(
         description=body.description,
         scan_mode=body.scan_mode,
     )
-    await ctx.services.identity.record(
+    await ctx.services.identity.audit.record(
         ctx.actor,
         "repository.create",
         project_id=ctx.project_id,
