@@ -212,7 +212,7 @@ async def set_member(ctx: AdminProject, user: UserName, body: RoleRequest) -> Me
 
 @router.delete("/members/{user}", status_code=204, tags=["members"], responses=responses(404))
 async def remove_member(ctx: AdminProject, user: UserName) -> Response:
-    """Remove a user from the project; their access keys here stop working at once."""
+    """Remove a user from the project; their access keys here stop working within a second."""
     await ctx.services.identity.members.remove_member(
         ctx.project, user, actor=ctx.actor, client=ctx.caller.client
     )

@@ -86,7 +86,7 @@ def key_list(
 
 @key_app.command("disable")
 def key_disable(key_id: KeyIdArg, json_output: JsonFlag = False) -> None:
-    """Disable a key; it stops working at once and can be enabled again."""
+    """Disable a key; it stops working within a second and can be enabled again."""
     run_service(lambda s: s.identity.keys.set_key_disabled(key_id, True))
     done(json_output, {"access_key_id": key_id, "state": "disabled"}, f"Disabled {key_id}")
 

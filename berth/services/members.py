@@ -50,7 +50,8 @@ class Members:
     async def remove_member(
         self, project: str, user: str, *, actor: str = "cli", client: str | None = None
     ) -> None:
-        """Remove a user from a project; their access keys there stop working at once."""
+        """Remove a user from a project; their access keys there are deleted and stop working
+        within a second (other processes cache key records for up to 1 s)."""
         async with self.db.write() as conn:
             project_id = await require_project(conn, project)
             user_id = await require_user(conn, user)
