@@ -67,7 +67,7 @@ def member_remove(project: ProjectArg, user: UserArg, json_output: JsonFlag = Fa
 def member_list(project: ProjectArg, json_output: JsonFlag = False) -> None:
     """List a project's members."""
     found = run_service(lambda s: s.identity.members.list_members(project))
-    show_rows(json_output, found, ["user", "role", "since"], f"Members of {project}")
+    show_rows(json_output, plain(found), ["user", "role", "since"], f"Members of {project}")
 
 
 project_app.command("delete")(accounts.project_delete)
