@@ -121,7 +121,7 @@ class Berth:
             try:
                 await services.repositories.create_project(PROJECT)
                 await services.repositories.create(PROJECT, REPOSITORY)
-                created = await services.identity.create_key(USER, PROJECT)
+                created = await services.identity.keys.create_key(USER, PROJECT)
                 return created.key_id, created.secret
             finally:
                 await services.close()
@@ -134,7 +134,7 @@ class Berth:
         async def work() -> int:
             services = Services.build(settings)
             try:
-                entries = await services.identity.audit_entries(PROJECT, limit=10_000_000)
+                entries = await services.identity.audit.entries(PROJECT, limit=10_000_000)
                 return sum(1 for entry in entries if entry["action"] == "login")
             finally:
                 await services.close()

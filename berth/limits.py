@@ -17,11 +17,12 @@ import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from berth.api.problems import PROBLEM_TYPE, problem_body
+from berth.domain.errors import RegistryError, RequestTimeout, SizeInvalid, TooManyRequests
 from berth.observability.requests import with_request_id
 
 logger = logging.getLogger("berth.requests")
@@ -34,13 +35,6 @@ REGISTRY_PREFIX = "/v2/"
 ANSWERED = "berth.answered"
 API_PREFIX = "/api/v1"
 TRANSPORT_CLOSED = "ASGI transport closed"
-
-
-@dataclass(frozen=True, slots=True)
-class Refusal:
-    status: int
-    code: str  # an OCI error code; the API's problem documents carry it too
-    message: str
 
 
 def body_limit(path: str) -> int | None:
@@ -67,24 +61,17 @@ def _client(scope: Scope) -> str:
     return str(client[0]) if client else "unknown"
 
 
-def _refusal_messages(scope: Scope, refusal: Refusal, retry_after: int | None) -> list[Message]:
+def _refusal_messages(scope: Scope, refusal: RegistryError) -> list[Message]:
     """The refusal in the format of the surface asked: an RFC 9457 problem on the management
-    API, an OCI error everywhere else (the registry and its token endpoint)."""
+    API, an OCI error everywhere else (the registry and its token endpoint). These answers are
+    sent before routing, so not through the API's or the registry's error handlers, but the
+    documents are theirs."""
     path: str = scope["path"]
     if path.startswith(API_PREFIX):
-        document: dict[str, object] = {
-            "type": f"urn:berth:problem:{refusal.code.lower().replace('_', '-')}",
-            "title": {408: "Request timeout", 413: "Request too large"}.get(
-                refusal.status, "Too many requests"
-            ),
-            "status": refusal.status,
-            "detail": refusal.message,
-            "code": refusal.code,
-            "errors": [],
-        }
-        media_type = b"application/problem+json"
+        document = problem_body(refusal.status, refusal.message, refusal.code)
+        media_type = PROBLEM_TYPE.encode()
     else:
-        document = {"errors": [{"code": refusal.code, "message": refusal.message}]}
+        document = refusal.body()
         media_type = b"application/json"
     body = json.dumps(with_request_id(document)).encode()
     headers = [
@@ -95,8 +82,9 @@ def _refusal_messages(scope: Scope, refusal: Refusal, retry_after: int | None) -
         # The rest of the body is not read: the connection cannot carry another request.
         # (HTTP/2 forbids the header: the stream alone ends.)
         headers.append((b"connection", b"close"))
-    if retry_after is not None:
-        headers.append((b"retry-after", str(retry_after).encode()))
+    headers.extend(
+        (name.lower().encode(), value.encode()) for name, value in refusal.headers.items()
+    )
     return [
         {"type": "http.response.start", "status": refusal.status, "headers": headers},
         {"type": "http.response.body", "body": body},
@@ -127,13 +115,12 @@ class RequestLimits:
             return
         in_flight = self._in_flight.get(client, 0)
         if self.max_requests_per_client and in_flight >= self.max_requests_per_client:
-            refusal = Refusal(
-                429,
-                "TOOMANYREQUESTS",
+            refusal = TooManyRequests(
                 f"too many requests in progress from {client} (at most "
                 f"{self.max_requests_per_client} at once); try again when some have finished",
             )
-            await self._refuse(send, scope, refusal, retry_after=1)
+            refusal.headers["Retry-After"] = "1"
+            await self._refuse(send, scope, refusal)
             return
         self._in_flight[client] = in_flight + 1
         try:
@@ -162,7 +149,7 @@ class RequestLimits:
     async def _guarded(
         self, scope: Scope, receive: Receive, send: Send, path: str, client: str, limit: int | None
     ) -> None:
-        refusal: Refusal | None = None
+        refusal: RegistryError | None = None
         body_done = False
         received = 0
         started = False
@@ -183,9 +170,7 @@ class RequestLimits:
                 async with asyncio.timeout(wait):
                     message = await receive()
             except TimeoutError:
-                refusal = Refusal(
-                    408,
-                    "REQUEST_TIMEOUT",
+                refusal = RequestTimeout(
                     f"the request body did not arrive within {self.body_read_timeout:g} seconds",
                 )
                 return {"type": "http.disconnect"}
@@ -224,20 +209,19 @@ class RequestLimits:
     async def _refuse(
         send: Callable[[Message], Awaitable[None]],
         scope: Scope,
-        refusal: Refusal,
-        retry_after: int | None = None,
+        refusal: RegistryError,
     ) -> None:
         try:
-            for message in _refusal_messages(scope, refusal, retry_after):
+            for message in _refusal_messages(scope, refusal):
                 await send(message)
         except (OSError, RuntimeError) as exc:  # the client is gone already
             if isinstance(exc, RuntimeError) and not _transport_closed(exc):
                 raise
 
 
-def _too_large(limit: int) -> Refusal:
-    return Refusal(
-        413, "SIZE_INVALID", f"the request body is larger than this endpoint takes ({limit} bytes)"
+def _too_large(limit: int) -> RegistryError:
+    return SizeInvalid(
+        f"the request body is larger than this endpoint takes ({limit} bytes)", status=413
     )
 
 

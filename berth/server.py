@@ -26,7 +26,7 @@ def _bootstrap_admin(settings: Settings, url: str) -> None:
     async def bootstrap() -> tuple[str, str | None] | None:
         services = Services.build(settings)  # also creates the server keys, before any worker
         try:
-            return await services.identity.bootstrap_admin(settings.admin_password)
+            return await services.identity.users.bootstrap_admin(settings.admin_password)
         finally:
             await services.close()
 

@@ -126,7 +126,7 @@ class Services:
 
     def start(self) -> None:
         """Background work of a serving process (not of CLI verbs)."""
-        self.identity.start()
+        self.identity.audit.start()
         self.traffic.start()
         self.jobs.start()
         self.gc.start()
@@ -135,7 +135,7 @@ class Services:
         await self.gc.stop()
         await self.jobs.stop()
         await self.traffic.stop()
-        await self.identity.stop()
+        await self.identity.audit.stop()
         await self.store.close()
         await self.db.dispose()
 

@@ -156,14 +156,14 @@ class World:
         name = "u" + uuid.uuid4().hex[:10]
 
         async def create(s: Services) -> Credentials | None:
-            await s.identity.create_user(name, PASSWORD)
+            await s.identity.users.create_user(name, PASSWORD)
             if repository is None:
-                await s.identity.add_member(P, name, role)
+                await s.identity.members.add_member(P, name, role)
             else:
-                await s.identity.grant(P, repository, name, role)
+                await s.identity.members.grant(P, repository, name, role)
             if not key:
                 return None
-            created = await s.identity.create_key(name, P)
+            created = await s.identity.keys.create_key(name, P)
             return created.key_id, created.secret
 
         credentials = self.server._services(create)
@@ -200,21 +200,25 @@ def world(registry: BerthServer) -> Iterator[World]:
         await s.repositories.create(P, "second")
         await s.repositories.create(Q, "app")
         for actor in ("project-admin", "project-member", "project-reader"):
-            await s.identity.create_user(actor, PASSWORD)
-            await s.identity.add_member(P, actor, actor.removeprefix("project-"))
+            await s.identity.users.create_user(actor, PASSWORD)
+            await s.identity.members.add_member(P, actor, actor.removeprefix("project-"))
         for actor in ("repository-member", "repository-viewer"):
-            await s.identity.create_user(actor, PASSWORD)
+            await s.identity.users.create_user(actor, PASSWORD)
             for repository in ("pub", "priv"):
-                await s.identity.grant(P, repository, actor, actor.removeprefix("repository-"))
-        await s.identity.create_user("service-account", None, service_account=True)
-        await s.identity.add_member(P, "service-account", "member")
+                await s.identity.members.grant(
+                    P, repository, actor, actor.removeprefix("repository-")
+                )
+        await s.identity.users.create_user("service-account", None, service_account=True)
+        await s.identity.members.add_member(P, "service-account", "member")
         # An admin of both projects, signing in with the key made for the other one.
-        await s.identity.create_user("other-project-key", PASSWORD)
-        await s.identity.add_member(P, "other-project-key", "admin")
-        await s.identity.add_member(Q, "other-project-key", "admin")
+        await s.identity.users.create_user("other-project-key", PASSWORD)
+        await s.identity.members.add_member(P, "other-project-key", "admin")
+        await s.identity.members.add_member(Q, "other-project-key", "admin")
         keys = {}
         for actor, user in users.items():
-            created = await s.identity.create_key(user, Q if actor == "other-project-key" else P)
+            created = await s.identity.keys.create_key(
+                user, Q if actor == "other-project-key" else P
+            )
             keys[actor] = (created.key_id, created.secret)
         return keys
 
@@ -642,7 +646,7 @@ def test_an_expired_key_stops_working(world: World) -> None:
 
     async def create(s: Services) -> tuple[Credentials, dt.datetime]:
         expires_at = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=1.5)
-        created = await s.identity.create_key(user, P, expires_at=expires_at)
+        created = await s.identity.keys.create_key(user, P, expires_at=expires_at)
         return (created.key_id, created.secret), expires_at
 
     credentials, expires_at = world.server._services(create)
@@ -656,7 +660,7 @@ def test_an_expired_key_stops_working(world: World) -> None:
     assert "expired" in message(response)
     assert "expired" in message(private_pull_token(world, credentials))
     assert_unauthorized(pull_with_token(world, token))
-    listed = world.server._services(lambda s: s.identity.list_keys(project=P))
+    listed = world.server._services(lambda s: s.identity.keys.list_keys(project=P))
     assert {k["access_key_id"]: k["state"] for k in listed}[credentials[0]] == "expired"
 
 
@@ -665,14 +669,14 @@ def test_a_disabled_key_stops_working_and_works_again_when_enabled(world: World)
     assert credentials is not None
     token = fetch_token(world.http, credentials, f"repository:{world.repos['private']}:pull")
     assert pull_with(world, credentials).status_code == 200
-    world.server._services(lambda s: s.identity.set_key_disabled(credentials[0], True))
+    world.server._services(lambda s: s.identity.keys.set_key_disabled(credentials[0], True))
     response, _ = until(lambda: pull_with(world, credentials), refused)
     assert_unauthorized(response)
     assert "disabled" in message(response)
     assert_unauthorized(pull_with_token(world, token))
     refused_token = private_pull_token(world, credentials)
     assert refused_token.status_code == 401 and "disabled" in message(refused_token)
-    world.server._services(lambda s: s.identity.set_key_disabled(credentials[0], False))
+    world.server._services(lambda s: s.identity.keys.set_key_disabled(credentials[0], False))
     # Watched through the token: each refused Basic login would count against the key's
     # failed-login limit.
     response, _ = until(lambda: pull_with_token(world, token), succeeded)
@@ -686,7 +690,7 @@ def test_a_deleted_key_stops_working(world: World) -> None:
     assert credentials is not None
     token = fetch_token(world.http, credentials, f"repository:{world.repos['private']}:pull")
     assert pull_with(world, credentials).status_code == 200
-    world.server._services(lambda s: s.identity.delete_key(credentials[0]))
+    world.server._services(lambda s: s.identity.keys.delete_key(credentials[0]))
     response, _ = until(lambda: pull_with(world, credentials), refused)
     assert_unauthorized(response)
     assert message(response) == "invalid access key ID or secret access key"
@@ -699,12 +703,12 @@ def test_leaving_the_project_ends_the_users_keys_within_a_second(world: World) -
     assert credentials is not None
     token = fetch_token(world.http, credentials, f"repository:{world.repos['private']}:pull")
     assert pull_with_token(world, token).status_code == 200
-    world.server._services(lambda s: s.identity.remove_member(P, user))
+    world.server._services(lambda s: s.identity.members.remove_member(P, user))
     response, waited = until(lambda: pull_with_token(world, token), refused)
     assert_unauthorized(response)
     assert waited <= TAKES_EFFECT_WITHIN
     assert_unauthorized(pull_with(world, credentials))
-    listed = world.server._services(lambda s: s.identity.list_keys(user=user))
+    listed = world.server._services(lambda s: s.identity.keys.list_keys(user=user))
     assert listed == []
 
 
@@ -712,7 +716,7 @@ def test_losing_the_last_repository_role_ends_the_users_keys(world: World) -> No
     user, credentials = world.new_user("viewer", repository="priv")
     assert credentials is not None
     assert pull_with(world, credentials).status_code == 200
-    world.server._services(lambda s: s.identity.revoke(P, "priv", user))
+    world.server._services(lambda s: s.identity.members.revoke(P, "priv", user))
     response, _ = until(lambda: pull_with(world, credentials), refused)
     assert_unauthorized(response)
 
@@ -729,13 +733,13 @@ def test_a_role_change_applies_to_keys_and_outstanding_tokens(world: World) -> N
         return world.http.post(uploads_path(name), headers={**auth, "Content-Length": "0"})
 
     assert start_upload(bearer(token)).status_code == 202
-    world.server._services(lambda s: s.identity.add_member(P, user, "reader"))
+    world.server._services(lambda s: s.identity.members.add_member(P, user, "reader"))
     response, _ = until(lambda: start_upload(basic_header(*credentials)), refused)
     assert_denied(response)
     response, _ = until(lambda: start_upload(bearer(token)), refused)
     assert_denied(response)
     # Promoted again: the key can push again.
-    world.server._services(lambda s: s.identity.add_member(P, user, "admin"))
+    world.server._services(lambda s: s.identity.members.add_member(P, user, "admin"))
     response, _ = until(lambda: start_upload(basic_header(*credentials)), succeeded)
     assert response.status_code == 202
 
@@ -906,10 +910,10 @@ def test_refresh_token_flow(world: World) -> None:
     )
     assert wrong_password.status_code == 401 and error_codes(wrong_password) == ["UNAUTHORIZED"]
     # Disabling the key ends the refresh token too; enabling brings it back.
-    world.server._services(lambda s: s.identity.set_key_disabled(credentials[0], True))
+    world.server._services(lambda s: s.identity.keys.set_key_disabled(credentials[0], True))
     response, _ = until(lambda: refresh(f"repository:{name}:pull"), refused)
     assert response.status_code == 401 and error_codes(response) == ["UNAUTHORIZED"]
-    world.server._services(lambda s: s.identity.set_key_disabled(credentials[0], False))
+    world.server._services(lambda s: s.identity.keys.set_key_disabled(credentials[0], False))
     response, _ = until(lambda: refresh(f"repository:{name}:pull"), succeeded)
     assert response.status_code == 200
 
@@ -980,20 +984,20 @@ def test_audit_log_shows_logins_keys_and_role_changes(world: World) -> None:
     user, viewer = "auditee", "audit-viewer"
 
     async def scene(s: Services) -> Credentials:
-        await s.identity.create_user(user, PASSWORD)
-        await s.identity.create_user(viewer, PASSWORD)
-        await s.identity.add_member(project, user, "reader")
-        await s.identity.add_member(project, user, "member")
-        await s.identity.grant(project, "app", viewer, "viewer")
-        created = await s.identity.create_key(user, project)
+        await s.identity.users.create_user(user, PASSWORD)
+        await s.identity.users.create_user(viewer, PASSWORD)
+        await s.identity.members.add_member(project, user, "reader")
+        await s.identity.members.add_member(project, user, "member")
+        await s.identity.members.grant(project, "app", viewer, "viewer")
+        created = await s.identity.keys.create_key(user, project)
         return created.key_id, created.secret
 
     key_id, secret = world.server._services(scene)
     world.secrets.append(secret)
     fetch_token(world.http, (key_id, secret), f"repository:{project}/app:pull")
-    world.server._services(lambda s: s.identity.grant(project, "app", viewer, "member"))
-    world.server._services(lambda s: s.identity.delete_key(key_id))
-    world.server._services(lambda s: s.identity.remove_member(project, user))
+    world.server._services(lambda s: s.identity.members.grant(project, "app", viewer, "member"))
+    world.server._services(lambda s: s.identity.keys.delete_key(key_id))
+    world.server._services(lambda s: s.identity.members.remove_member(project, user))
     entries = world.server.cli_json("audit", project)
     assert secret not in json.dumps(entries)
     seen = [(e["action"], e["target"], (e["detail"] or {}).get("role")) for e in reversed(entries)]

@@ -218,7 +218,7 @@ def test_a_lost_administrator_password_is_reset_on_the_server(server: BerthServe
         # The running server takes the new password at once; the old one is refused.
         assert api.get("/projects", auth=("admin", "lost-and-found")).status_code == 200
         assert api.get("/projects", auth=("admin", ADMIN_PASSWORD)).status_code == 401
-        server._services(lambda s: s.identity.set_password("admin", ADMIN_PASSWORD))
+        server._services(lambda s: s.identity.users.set_password("admin", ADMIN_PASSWORD))
 
 
 def test_deleting_users_and_projects(tmp_path: Path) -> None:
@@ -232,7 +232,7 @@ def test_deleting_users_and_projects(tmp_path: Path) -> None:
     key_id, _secret = berth.access_key("demo", "bob")
 
     assert berth.cli("user", "delete", "bob", "--yes").stdout.strip() == "Deleted user bob"
-    assert berth._services(lambda s: s.identity.list_keys()) == []
+    assert berth._services(lambda s: s.identity.keys.list_keys()) == []
     entries = berth.cli_json("audit", "demo")
     audit = [(e["action"], e["target"]) for e in entries]
     assert audit[:2] == [("user.delete", "bob"), ("key.delete", key_id)]

@@ -151,19 +151,17 @@ class Credentials:
         await self._touch(key_id)
         return Principal(record.user_id, record.user, record.is_admin, key_id, record.project_id)
 
-    async def key_is_active(self, key_id: str) -> bool:
-        """For tokens: the key they were issued for still works (checked each request)."""
+    async def token_principal(self, user_id: int, user: str, key_id: str) -> Principal | None:
+        """The principal a token issued for `key_id` acts as, while that key still works
+        (checked each request, through the short-lived key cache); None once it does not."""
         record = await self.key_record(key_id)
-        return record is not None and record.active
+        if record is None or not record.active:
+            return None
+        return Principal(user_id, user, record.is_admin, key_id, record.project_id)
 
     async def key_project_id(self, key_id: str) -> int | None:
         record = await self.key_record(key_id) if may_be_key_id(key_id) else None
         return record.project_id if record else None
-
-    async def principal_for_token(self, user_id: int, user: str, key_id: str | None) -> Principal:
-        record = await self.key_record(key_id) if key_id else None
-        is_admin = record.is_admin if record else False
-        return Principal(user_id, user, is_admin, key_id, record.project_id if record else None)
 
     async def verify_password(self, name: str, password: str) -> Principal | None:
         async with self.db.read() as conn:

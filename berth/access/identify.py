@@ -144,11 +144,14 @@ class Authenticator:
         except InvalidToken:
             raise Unauthorized("the refresh token is invalid or expired; log in again") from None
         key_id = claims.get("key")
-        if not key_id or not await self.credentials.key_is_active(key_id):
+        principal = None
+        if key_id:
+            principal = await self.credentials.token_principal(
+                int(claims["uid"]), str(claims["sub"]), str(key_id)
+            )
+        if principal is None:
             raise Unauthorized("the access key behind this refresh token no longer works")
-        return await self.credentials.principal_for_token(
-            int(claims["uid"]), str(claims["sub"]), key_id
-        )
+        return principal
 
     async def _registry_token(self, token: str, service: str) -> Identified:
         try:
@@ -157,11 +160,11 @@ class Authenticator:
             raise Unauthorized("the token is invalid or expired; log in again") from None
         if claims.key_id is None:
             return Identified(None, Via.REGISTRY_TOKEN, claims)  # anonymous: public pulls only
-        if not await self.credentials.key_is_active(claims.key_id):
-            raise Unauthorized("the access key behind this token no longer works")
-        principal = await self.credentials.principal_for_token(
+        principal = await self.credentials.token_principal(
             claims.user_id, claims.user, claims.key_id
         )
+        if principal is None:
+            raise Unauthorized("the access key behind this token no longer works")
         return Identified(principal, Via.REGISTRY_TOKEN, claims)
 
     async def _api_token(self, token: str) -> Identified:
@@ -172,11 +175,11 @@ class Authenticator:
                 "the API token is invalid or expired; request a new one (POST /api/v1/auth/tokens)"
             ) from None
         key_id = str(claims["key"])
-        if not await self.credentials.key_is_active(key_id):
+        principal = await self.credentials.token_principal(
+            int(claims["uid"]), str(claims["sub"]), key_id
+        )
+        if principal is None:
             raise Unauthorized(
                 f"access key {key_id}, which this token was issued for, no longer works"
             )
-        principal = await self.credentials.principal_for_token(
-            int(claims["uid"]), str(claims["sub"]), key_id
-        )
         return Identified(principal, Via.API_TOKEN)

@@ -30,6 +30,7 @@ from berth.api.deps import (
 from berth.api.problems import FieldError, responses
 from berth.domain.errors import Denied, NameUnknown
 from berth.metadata.tables import utcnow
+from berth.services.members import Grant, Member
 
 router = APIRouter(prefix="/projects/{project}", tags=["access"])
 
@@ -168,12 +169,6 @@ async def delete_key(ctx: AnyRoleProject, key_id: KeyId) -> Response:
 # ---------------------------------------------------------------- members
 
 
-class Member(BaseModel):
-    user: str
-    role: ProjectRole
-    since: dt.datetime
-
-
 class RoleRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -186,18 +181,9 @@ class GrantRequest(BaseModel):
     role: RepositoryRole = Field(description="member: push and pull; viewer: pull")
 
 
-class Grant(BaseModel):
-    user: str
-    role: RepositoryRole
-    since: dt.datetime
-
-
 @router.get("/members", tags=["members"])
 async def list_members(ctx: ReadProject) -> list[Member]:
-    return [
-        Member.model_validate(m)
-        for m in await ctx.services.identity.members.list_members(ctx.project)
-    ]
+    return await ctx.services.identity.members.list_members(ctx.project)
 
 
 @router.put("/members/{user}", tags=["members"], responses=responses(404))
@@ -205,14 +191,14 @@ async def set_member(ctx: AdminProject, user: UserName, body: RoleRequest) -> Me
     """Add a user to the project, or change their role (project admins)."""
     await ctx.services.identity.members.add_member(ctx.project, user, body.role, actor=ctx.actor)
     for member in await ctx.services.identity.members.list_members(ctx.project):
-        if member["user"] == user:
-            return Member.model_validate(member)
+        if member.user == user:
+            return member
     raise NameUnknown(f"user {user!r} is not a member of project {ctx.project!r}")
 
 
 @router.delete("/members/{user}", status_code=204, tags=["members"], responses=responses(404))
 async def remove_member(ctx: AdminProject, user: UserName) -> Response:
-    """Remove a user from the project; their access keys here stop working at once."""
+    """Remove a user from the project; their access keys here stop working within a second."""
     await ctx.services.identity.members.remove_member(
         ctx.project, user, actor=ctx.actor, client=ctx.caller.client
     )
@@ -224,8 +210,7 @@ async def remove_member(ctx: AdminProject, user: UserName) -> Response:
 )
 async def list_grants(ctx: ReadProject, repository: RepositoryName) -> list[Grant]:
     """Users outside the project with a role on this repository."""
-    found = await ctx.services.identity.members.list_grants(ctx.project, repository)
-    return [Grant.model_validate(g) for g in found]
+    return await ctx.services.identity.members.list_grants(ctx.project, repository)
 
 
 @router.put(
@@ -241,8 +226,8 @@ async def set_grant(
         ctx.project, repository, user, body.role, actor=ctx.actor
     )
     for grant in await ctx.services.identity.members.list_grants(ctx.project, repository):
-        if grant["user"] == user:
-            return Grant.model_validate(grant)
+        if grant.user == user:
+            return grant
     raise NameUnknown(f"user {user!r} has no role on {ctx.project}/{repository}")
 
 

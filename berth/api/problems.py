@@ -34,6 +34,7 @@ TITLES = {
     403: "Forbidden",
     404: "Not found",
     405: "Method not allowed",
+    408: "Request timeout",
     409: "Conflict",
     413: "Request too large",
     415: "Unsupported media type",
@@ -82,7 +83,15 @@ def problem(
     errors: list[dict[str, str]] | None = None,
     headers: dict[str, str] | None = None,
 ) -> Response:
-    body = {
+    body = with_request_id(problem_body(status, detail, code, errors))
+    return JSONResponse(body, status, headers=headers, media_type=PROBLEM_TYPE)
+
+
+def problem_body(
+    status: int, detail: str, code: str, errors: list[dict[str, str]] | None = None
+) -> dict[str, Any]:
+    """The problem document itself (also sent by `berth/limits.py`, in front of the API)."""
+    return {
         "type": f"urn:berth:problem:{code.lower().replace('_', '-')}",
         "title": TITLES.get(status, "Error"),
         "status": status,
@@ -90,7 +99,6 @@ def problem(
         "code": code,
         "errors": errors or [],
     }
-    return JSONResponse(with_request_id(body), status, headers=headers, media_type=PROBLEM_TYPE)
 
 
 def _field_name(location: tuple[Any, ...]) -> str:

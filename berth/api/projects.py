@@ -99,7 +99,7 @@ async def list_projects(
     """Projects where the caller has a project role (every project for a server
     administrator); an access key (or a token for one) sees only its own project."""
     principal = caller.principal
-    roles = await services.identity.project_roles(principal.user_id)
+    roles = await services.identity.roles.project_roles(principal.user_id)
     if principal.key_project_id is not None:
         ids: list[int] | None = [principal.key_project_id]
     elif principal.is_admin:

@@ -132,7 +132,7 @@ async def reset_password(
 @router.delete("/users/{user}", status_code=204, responses=responses(404))
 async def delete_user(caller: ServerManager, services: ServicesDep, user: UserName) -> Response:
     """Delete a user (server administrators): their access keys and console sessions stop
-    working at once, their roles go; each project they were in audits it."""
+    working within a second, their roles go; each project they were in audits it."""
     await services.identity.users.delete_user(user, actor=caller.user, client=caller.client)
     return Response(status_code=204)
 

@@ -46,7 +46,7 @@ def user_set_password(
 
 
 def user_delete(name: str, yes: YesFlag = False, json_output: JsonFlag = False) -> None:
-    """Delete a user: their access keys and console sessions stop working at once."""
+    """Delete a user: their access keys and console sessions stop working within a second."""
     if not yes and not typer.confirm(f"Delete user {name} with their access keys?"):
         raise typer.Exit(1)
     run_service(lambda s: s.identity.users.delete_user(name, actor=cli_actor(), client=CLI_CLIENT))

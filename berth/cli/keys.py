@@ -18,7 +18,7 @@ from berth.cli.common import (
     run_service,
     show_rows,
 )
-from berth.services.identity import CreatedKey
+from berth.services.keys import CreatedKey
 from berth.state import Services
 
 key_app = typer.Typer(help="Access keys for docker login and other clients.", no_args_is_help=True)
@@ -37,7 +37,7 @@ def key_create(
     expires_at = expires.replace(tzinfo=dt.UTC) if expires else None
 
     async def work(s: Services) -> tuple[CreatedKey, str]:
-        created = await s.identity.create_key(user, project, expires_at=expires_at)
+        created = await s.identity.keys.create_key(user, project, expires_at=expires_at)
         return created, s.registry_address(project, None).login
 
     created, address = run_service(work)
@@ -67,7 +67,7 @@ def key_list(
     json_output: JsonFlag = False,
 ) -> None:
     """List access keys (never their secrets)."""
-    found = run_service(lambda s: s.identity.list_keys(user=user, project=project))
+    found = run_service(lambda s: s.identity.keys.list_keys(user=user, project=project))
     show_rows(
         json_output,
         found,
@@ -86,20 +86,20 @@ def key_list(
 
 @key_app.command("disable")
 def key_disable(key_id: KeyIdArg, json_output: JsonFlag = False) -> None:
-    """Disable a key; it stops working at once and can be enabled again."""
-    run_service(lambda s: s.identity.set_key_disabled(key_id, True))
+    """Disable a key; it stops working within a second and can be enabled again."""
+    run_service(lambda s: s.identity.keys.set_key_disabled(key_id, True))
     done(json_output, {"access_key_id": key_id, "state": "disabled"}, f"Disabled {key_id}")
 
 
 @key_app.command("enable")
 def key_enable(key_id: KeyIdArg, json_output: JsonFlag = False) -> None:
     """Enable a disabled key."""
-    run_service(lambda s: s.identity.set_key_disabled(key_id, False))
+    run_service(lambda s: s.identity.keys.set_key_disabled(key_id, False))
     done(json_output, {"access_key_id": key_id, "state": "active"}, f"Enabled {key_id}")
 
 
 @key_app.command("delete")
 def key_delete(key_id: KeyIdArg, json_output: JsonFlag = False) -> None:
     """Delete a key for good."""
-    run_service(lambda s: s.identity.delete_key(key_id))
+    run_service(lambda s: s.identity.keys.delete_key(key_id))
     done(json_output, {"access_key_id": key_id, "deleted": True}, f"Deleted {key_id}")

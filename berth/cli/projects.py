@@ -48,7 +48,7 @@ def member_add(
     json_output: JsonFlag = False,
 ) -> None:
     """Add a user to a project, or change their role."""
-    run_service(lambda s: s.identity.add_member(project, user, role))
+    run_service(lambda s: s.identity.members.add_member(project, user, role))
     done(
         json_output,
         {"project": project, "user": user, "role": role},
@@ -59,15 +59,15 @@ def member_add(
 @member_app.command("remove")
 def member_remove(project: ProjectArg, user: UserArg, json_output: JsonFlag = False) -> None:
     """Remove a user from a project; their access keys there stop working."""
-    run_service(lambda s: s.identity.remove_member(project, user))
+    run_service(lambda s: s.identity.members.remove_member(project, user))
     done(json_output, {"project": project, "user": user}, f"{user} left {project}")
 
 
 @member_app.command("list")
 def member_list(project: ProjectArg, json_output: JsonFlag = False) -> None:
     """List a project's members."""
-    found = run_service(lambda s: s.identity.list_members(project))
-    show_rows(json_output, found, ["user", "role", "since"], f"Members of {project}")
+    found = run_service(lambda s: s.identity.members.list_members(project))
+    show_rows(json_output, plain(found), ["user", "role", "since"], f"Members of {project}")
 
 
 project_app.command("delete")(accounts.project_delete)

@@ -91,7 +91,7 @@ def repo_grant(
 ) -> None:
     """Give a user outside the project a role on one repository."""
     project, repository = split_repo(name)
-    run_service(lambda s: s.identity.grant(project, repository, user, role))
+    run_service(lambda s: s.identity.members.grant(project, repository, user, role))
     done(
         json_output,
         {"repository": name, "user": user, "role": role},
@@ -107,7 +107,7 @@ def repo_revoke(
 ) -> None:
     """Remove a user's role on a repository."""
     project, repository = split_repo(name)
-    run_service(lambda s: s.identity.revoke(project, repository, user))
+    run_service(lambda s: s.identity.members.revoke(project, repository, user))
     done(json_output, {"repository": name, "user": user}, f"{user} has no role on {name} now")
 
 

@@ -26,7 +26,7 @@ def audit(
     json_output: JsonFlag = False,
 ) -> None:
     """Show a project's audit log: logins, key and role changes."""
-    found = run_service(lambda s: s.identity.audit_entries(project, limit))
+    found = run_service(lambda s: s.identity.audit.entries(project, limit))
     show_rows(
         json_output, found, ["at", "actor", "action", "target", "client"], f"Audit log of {project}"
     )

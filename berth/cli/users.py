@@ -36,7 +36,7 @@ def user_create(
     if not service_account:
         password = read_password(password_stdin)
     created = run_service(
-        lambda s: s.identity.create_user(
+        lambda s: s.identity.users.create_user(
             name, password, is_admin=admin, service_account=service_account
         )
     )
@@ -46,7 +46,7 @@ def user_create(
 @user_app.command("list")
 def user_list(json_output: JsonFlag = False) -> None:
     """List users."""
-    found = run_service(lambda s: s.identity.list_users())
+    found = run_service(lambda s: s.identity.users.list_users())
     show_rows(json_output, found, ["name", "admin", "service_account", "created_at"], "Users")
 
 

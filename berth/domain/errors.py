@@ -133,6 +133,13 @@ class TooManyRequests(RegistryError):
     status = 429
 
 
+class RequestTimeout(RegistryError):
+    """A request body that did not arrive in time (not an OCI code: none fits)."""
+
+    code = "REQUEST_TIMEOUT"
+    status = 408
+
+
 class PaginationNumberInvalid(RegistryError):
     code = "PAGINATION_NUMBER_INVALID"
     status = 400

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from sqlalchemy import select
+from typing import Any
+
+from sqlalchemy import Row, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from berth.domain.errors import NameUnknown, NotFound
@@ -37,9 +39,14 @@ async def require_repository(
     return int(repository_id)
 
 
+async def require_user_row(conn: AsyncConnection, user: str) -> Row[Any]:
+    """A user's row by name, or NOT_FOUND naming them."""
+    row = (await conn.execute(select(users).where(users.c.name == user))).first()
+    if row is None:
+        raise NotFound(f"user {user!r} does not exist")
+    return row
+
+
 async def require_user(conn: AsyncConnection, user: str) -> int:
     """The id of a user by name, or NOT_FOUND naming them."""
-    user_id = (await conn.execute(select(users.c.id).where(users.c.name == user))).scalar()
-    if user_id is None:
-        raise NotFound(f"user {user!r} does not exist")
-    return int(user_id)
+    return int((await require_user_row(conn, user)).id)

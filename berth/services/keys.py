@@ -16,7 +16,7 @@ from berth.access.roles import has_role
 from berth.domain.errors import Denied, InvalidValue, NotFound
 from berth.metadata.audit import write_audit_entry
 from berth.metadata.database import Database
-from berth.metadata.lookups import require_project
+from berth.metadata.lookups import require_project, require_user_row
 from berth.metadata.tables import access_keys, projects, users, utcnow
 
 
@@ -67,9 +67,7 @@ class Keys:
         key_id = new_key_id()
         async with self.db.write() as conn:
             project_id = await require_project(conn, project)
-            user_row = (await conn.execute(select(users).where(users.c.name == user))).first()
-            if user_row is None:
-                raise NotFound(f"user {user!r} does not exist")
+            user_row = await require_user_row(conn, user)
             if not user_row.is_admin and not await has_role(conn, project_id, user_row.id):
                 raise Denied(
                     f"user {user!r} has no role in project {project!r}; add them as a member "

@@ -4,13 +4,15 @@ there."""
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Callable
 from typing import Any
 
-from sqlalchemy import delete, select
+from pydantic import Field
+from sqlalchemy import Select, delete, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from berth.access.permissions import PROJECT_ROLES, REPOSITORY_ROLES
+from berth.access.permissions import PROJECT_ROLES, REPOSITORY_ROLES, ProjectRole, RepositoryRole
 from berth.access.roles import Roles, has_role
 from berth.domain.errors import InvalidValue, NameUnknown
 from berth.metadata.audit import write_audit_entry
@@ -23,6 +25,23 @@ from berth.metadata.tables import (
     users,
     utcnow,
 )
+from berth.services.records import Record
+
+
+class Member(Record):
+    """A project member."""
+
+    user: str
+    role: ProjectRole
+    since: dt.datetime
+
+
+class Grant(Record):
+    """A user's role on one repository."""
+
+    user: str
+    role: RepositoryRole = Field(description="member: push and pull; viewer: pull")
+    since: dt.datetime
 
 
 class Members:
@@ -50,7 +69,8 @@ class Members:
     async def remove_member(
         self, project: str, user: str, *, actor: str = "cli", client: str | None = None
     ) -> None:
-        """Remove a user from a project; their access keys there stop working at once."""
+        """Remove a user from a project; their access keys there are deleted and stop working
+        within a second (other processes cache key records for up to 1 s)."""
         async with self.db.write() as conn:
             project_id = await require_project(conn, project)
             user_id = await require_user(conn, user)
@@ -98,18 +118,13 @@ class Members:
                 client=client,
             )
 
-    async def list_members(self, project: str) -> list[dict[str, Any]]:
+    async def list_members(self, project: str) -> list[Member]:
         async with self.db.read() as conn:
             project_id = await require_project(conn, project)
             rows = await conn.execute(
-                select(users.c.name, memberships.c.role, memberships.c.created_at)
-                .join(users, users.c.id == memberships.c.user_id)
-                .where(memberships.c.project_id == project_id)
-                .order_by(users.c.name)
+                _holders(memberships).where(memberships.c.project_id == project_id)
             )
-            return [
-                {"user": r.name, "role": r.role, "since": r.created_at.isoformat()} for r in rows
-            ]
+            return [Member.model_validate(r, from_attributes=True) for r in rows]
 
     async def grant(
         self, project: str, repository: str, user: str, role: str, *, actor: str = "cli"
@@ -171,17 +186,23 @@ class Members:
             )
         self._forget_access()
 
-    async def list_grants(self, project: str, repository: str) -> list[dict[str, Any]]:
+    async def list_grants(self, project: str, repository: str) -> list[Grant]:
         """Users with a role on one repository (not through a project role)."""
         async with self.db.read() as conn:
             project_id = await require_project(conn, project)
             repository_id = await require_repository(conn, project_id, project, repository)
             rows = await conn.execute(
-                select(users.c.name, repository_grants.c.role, repository_grants.c.created_at)
-                .join(users, users.c.id == repository_grants.c.user_id)
-                .where(repository_grants.c.repository_id == repository_id)
-                .order_by(users.c.name)
+                _holders(repository_grants).where(
+                    repository_grants.c.repository_id == repository_id
+                )
             )
-            return [
-                {"user": r.name, "role": r.role, "since": r.created_at.isoformat()} for r in rows
-            ]
+            return [Grant.model_validate(r, from_attributes=True) for r in rows]
+
+
+def _holders(roles: Any) -> Select[Any]:
+    """Who holds a role in a table of roles (memberships or repository grants), by name."""
+    return (
+        select(users.c.name.label("user"), roles.c.role, roles.c.created_at.label("since"))
+        .join(users, users.c.id == roles.c.user_id)
+        .order_by(users.c.name)
+    )

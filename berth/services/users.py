@@ -11,10 +11,11 @@ from typing import Any
 from argon2 import PasswordHasher
 from sqlalchemy import delete, func, select, update
 
-from berth.domain.errors import Conflict, Denied, InvalidValue, NameInvalid, NotFound
+from berth.domain.errors import Conflict, Denied, InvalidValue, NameInvalid
 from berth.domain.names import is_valid_component
 from berth.metadata.audit import write_audit_entry
 from berth.metadata.database import Database
+from berth.metadata.lookups import require_user_row
 from berth.metadata.tables import (
     access_keys,
     console_sessions,
@@ -154,9 +155,7 @@ class Users:
         _check_password(password)
         password_hash = await asyncio.to_thread(self.passwords.hash, password)
         async with self.db.write() as conn:
-            row = (await conn.execute(select(users).where(users.c.name == name))).first()
-            if row is None:
-                raise NotFound(f"user {name!r} does not exist")
+            row = await require_user_row(conn, name)
             if row.is_service_account:
                 raise Denied(
                     f"user {name!r} is a service account: it signs in with access keys only"
@@ -184,9 +183,7 @@ class Users:
         (the database cascades them). Each project they had a role in audits it (and each key
         deleted)."""
         async with self.db.write() as conn:
-            row = (await conn.execute(select(users).where(users.c.name == name))).first()
-            if row is None:
-                raise NotFound(f"user {name!r} does not exist")
+            row = await require_user_row(conn, name)
             if name == actor:
                 raise Denied("you cannot delete yourself; another administrator can")
             if row.is_admin:

@@ -98,17 +98,19 @@ def new_team(server: BerthServer) -> Team:
                 continue
             if actor in WITH_PASSWORD:
                 if new_people:
-                    await s.identity.create_user(name, PASSWORD)
+                    await s.identity.users.create_user(name, PASSWORD)
             else:
-                await s.identity.create_user(name, None, service_account=True)
+                await s.identity.users.create_user(name, None, service_account=True)
             if actor in roles:
-                await s.identity.add_member(project, name, roles[actor])
-        await s.identity.grant(project, repository, users["outsider"], "member")
+                await s.identity.members.add_member(project, name, roles[actor])
+        await s.identity.members.grant(project, repository, users["outsider"], "member")
         # The stranger has no role here: their key is for a project of their own.
-        await s.identity.add_member(other, users["stranger"], "admin")
+        await s.identity.members.add_member(other, users["stranger"], "admin")
         keys = {}
         for actor, name in users.items():
-            created = await s.identity.create_key(name, other if actor == "stranger" else project)
+            created = await s.identity.keys.create_key(
+                name, other if actor == "stranger" else project
+            )
             keys[actor] = (created.key_id, created.secret)
         return keys
 

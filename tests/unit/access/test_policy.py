@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from berth.access.permissions import Action, ProjectAccess
+from berth.access.permissions import Action, ProjectAccess, ProjectRole, RepositoryRole
 from berth.access.policy import (
     Principal,
     can_list_catalog,
@@ -17,41 +17,66 @@ from berth.access.policy import (
 PROJECT = 1
 OTHER_PROJECT = 2
 
-# who: (server admin?, project role, repository role)
+# who: (server admin?, project role, repository role); a user may hold a project role and
+# a role on one repository at once, so every pair is a row.
 WHO = {
     "server-admin": (True, None, None),
     "project-admin": (False, "admin", None),
+    "project-admin+repository-member": (False, "admin", "member"),
+    "project-admin+repository-viewer": (False, "admin", "viewer"),
     "project-member": (False, "member", None),
+    "project-member+repository-member": (False, "member", "member"),
+    "project-member+repository-viewer": (False, "member", "viewer"),
     "project-reader": (False, "reader", None),
+    "project-reader+repository-member": (False, "reader", "member"),
+    "project-reader+repository-viewer": (False, "reader", "viewer"),
+    "no-role": (False, None, None),
     "repository-member": (False, None, "member"),
     "repository-viewer": (False, None, "viewer"),
-    "no-role": (False, None, None),
 }
 
-# who               credentials  private repository   public repository
+# who                             credentials  private repository   public repository
 MATRIX = """
-server-admin        password     pull,push,delete     pull,push,delete
-server-admin        own-key      pull,push,delete     pull,push,delete
-server-admin        other-key    -                    pull
-project-admin       password     pull,push,delete     pull,push,delete
-project-admin       own-key      pull,push,delete     pull,push,delete
-project-admin       other-key    -                    pull
-project-member      password     pull,push,delete     pull,push,delete
-project-member      own-key      pull,push,delete     pull,push,delete
-project-member      other-key    -                    pull
-project-reader      password     pull                 pull
-project-reader      own-key      pull                 pull
-project-reader      other-key    -                    pull
-repository-member   password     pull,push            pull,push
-repository-member   own-key      pull,push            pull,push
-repository-member   other-key    -                    pull
-repository-viewer   password     pull                 pull
-repository-viewer   own-key      pull                 pull
-repository-viewer   other-key    -                    pull
-no-role             password     -                    pull
-no-role             own-key      -                    pull
-no-role             other-key    -                    pull
-anonymous           -            -                    pull
+server-admin                      password     pull,push,delete     pull,push,delete
+server-admin                      own-key      pull,push,delete     pull,push,delete
+server-admin                      other-key    -                    pull
+project-admin                     password     pull,push,delete     pull,push,delete
+project-admin                     own-key      pull,push,delete     pull,push,delete
+project-admin                     other-key    -                    pull
+project-admin+repository-member   password     pull,push,delete     pull,push,delete
+project-admin+repository-member   own-key      pull,push,delete     pull,push,delete
+project-admin+repository-member   other-key    -                    pull
+project-admin+repository-viewer   password     pull,push,delete     pull,push,delete
+project-admin+repository-viewer   own-key      pull,push,delete     pull,push,delete
+project-admin+repository-viewer   other-key    -                    pull
+project-member                    password     pull,push,delete     pull,push,delete
+project-member                    own-key      pull,push,delete     pull,push,delete
+project-member                    other-key    -                    pull
+project-member+repository-member  password     pull,push,delete     pull,push,delete
+project-member+repository-member  own-key      pull,push,delete     pull,push,delete
+project-member+repository-member  other-key    -                    pull
+project-member+repository-viewer  password     pull,push,delete     pull,push,delete
+project-member+repository-viewer  own-key      pull,push,delete     pull,push,delete
+project-member+repository-viewer  other-key    -                    pull
+project-reader                    password     pull                 pull
+project-reader                    own-key      pull                 pull
+project-reader                    other-key    -                    pull
+project-reader+repository-member  password     pull,push            pull,push
+project-reader+repository-member  own-key      pull,push            pull,push
+project-reader+repository-member  other-key    -                    pull
+project-reader+repository-viewer  password     pull                 pull
+project-reader+repository-viewer  own-key      pull                 pull
+project-reader+repository-viewer  other-key    -                    pull
+no-role                           password     -                    pull
+no-role                           own-key      -                    pull
+no-role                           other-key    -                    pull
+repository-member                 password     pull,push            pull,push
+repository-member                 own-key      pull,push            pull,push
+repository-member                 other-key    -                    pull
+repository-viewer                 password     pull                 pull
+repository-viewer                 own-key      pull                 pull
+repository-viewer                 other-key    -                    pull
+anonymous                         -            -                    pull
 """
 
 
@@ -75,6 +100,12 @@ def test_the_matrix_covers_every_role_and_credential() -> None:
     covered = {(who, credentials) for who, credentials, _private, _public in ROWS}
     expected = {(w, c) for w in WHO for c in ("password", "own-key", "other-key")}
     assert covered == expected | {("anonymous", "-")}
+    held = {(project, repository) for admin, project, repository in WHO.values() if not admin}
+    assert held == {
+        (project, repository)
+        for project in (None, *ProjectRole)
+        for repository in (None, *RepositoryRole)
+    }
 
 
 @pytest.mark.parametrize(("who", "credentials", "private", "public"), ROWS)

@@ -162,7 +162,7 @@ function resetPassword(user) {
 async function deleteUser(ctx, user) {
   const done = await confirmDialog({
     title: "Delete user",
-    body: h("p", {}, `Delete ${user.name}? Their access keys and console sessions stop working at once, and they lose every role.`),
+    body: h("p", {}, `Delete ${user.name}? Their access keys and console sessions stop working within a second, and they lose every role.`),
     action: () => api.delete(`/users/${seg(user.name)}`),
   });
   if (done) {

@@ -51,7 +51,7 @@ export async function membersView(main, ctx) {
               cell: (m) =>
                 removeButton(ctx, {
                   title: "Remove member",
-                  message: `Remove ${m.user} from ${project.name}? Their access keys here stop working at once.`,
+                  message: `Remove ${m.user} from ${project.name}? Their access keys here stop working within a second.`,
                   remove: () => api.delete(`${base}/${seg(m.user)}`),
                 }),
             }
