@@ -159,6 +159,19 @@ class Settings(BaseSettings):
     s3_path_style: bool = Field(
         False, description="path-style bucket addressing (most self-hosted stores need it)"
     )
+    blob_redirect: Literal["off", "presigned", "accel"] = Field(
+        "off",
+        description="blob downloads: off (Berth sends the bytes), presigned (storage = s3: a 307 "
+        "to a short-lived presigned URL of the object) or accel (filesystem behind nginx: an "
+        "X-Accel-Redirect to its internal /_berth_blobs/ location); the bytes are counted as "
+        "outbound traffic when the redirect is issued",
+    )
+    blob_redirect_ttl: int = Field(
+        300,
+        ge=10,
+        le=7 * 86400,
+        description="seconds a presigned blob URL stays valid (blob_redirect = presigned)",
+    )
 
     @field_validator("listen", "metrics_listen")
     @classmethod
@@ -179,6 +192,22 @@ class Settings(BaseSettings):
             raise ValueError(
                 f'is needed with storage = "s3": name the bucket of the blobs in '
                 f"s3_bucket in {config_file()} or BERTH_S3_BUCKET"
+            )
+        return value
+
+    @field_validator("blob_redirect")
+    @classmethod
+    def _redirect_fits_storage(cls, value: str, info: ValidationInfo) -> str:
+        storage = info.data.get("storage")
+        if value == "presigned" and storage != "s3":
+            raise ValueError(
+                'needs storage = "s3" (presigned URLs are the object store\'s); behind nginx '
+                'on the filesystem store use blob_redirect = "accel"'
+            )
+        if value == "accel" and storage == "s3":
+            raise ValueError(
+                'needs storage = "filesystem" (nginx sends local files); on S3 use '
+                'blob_redirect = "presigned"'
             )
         return value
 

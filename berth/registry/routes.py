@@ -188,6 +188,8 @@ async def get_blob(request: Request) -> Response | BlobFileResponse | BlobStream
     services, _name, repo = await _target(request, NEEDS_PULL)
     digest = request.path_params["digest"]
     size = await services.registry.blob_size(repo, digest)
+    if services.settings.blob_redirect != "off" and request.method == "GET":
+        return await _redirected_blob(request, services, repo, digest, size)
     path = services.registry.blob_path(digest)
     if path is None:
         return await _streamed_blob(request, services, repo, digest, size)
@@ -231,20 +233,70 @@ async def _streamed_blob(
     if request.method == "HEAD":
         await services.registry.ensure_stored(digest, size)
         return BlobFileResponse("", size, digest)  # headers only: no path is read
-    start, end, content_range = 0, size, None
-    match = _SINGLE_RANGE_RE.fullmatch((request.headers.get("range") or "").strip())
-    if match and (match.group(1) or match.group(2)):
-        first, last = match.group(1), match.group(2)
-        if not first:  # `bytes=-N`: the last N bytes
-            start = max(size - int(last), 0)
-        else:
-            start = int(first)
-            end = min(int(last) + 1, size) if last else size
-        if start >= end:
-            return Response(status_code=416, headers={"Content-Range": f"bytes */{size}"})
-        content_range = f"bytes {start}-{end - 1}/{size}"
+    wanted = _single_range(request.headers.get("range"), size)
+    if wanted is None:
+        return _unsatisfiable(size)
+    start, end, content_range = wanted
     chunks = await services.registry.blob_stream(digest, size, start, end)
     return BlobStreamResponse(chunks, digest, end - start, content_range, _traffic(services, repo))
+
+
+def _single_range(header: str | None, size: int) -> tuple[int, int, str | None] | None:
+    """The bytes [start, end) one Range asks for and their Content-Range (None when the whole
+    blob is asked for: no Range, or several ranges), or None when it cannot be satisfied."""
+    start, end = 0, size
+    match = _SINGLE_RANGE_RE.fullmatch((header or "").strip())
+    if not (match and (match.group(1) or match.group(2))):
+        return 0, size, None
+    first, last = match.group(1), match.group(2)
+    if not first:  # `bytes=-N`: the last N bytes
+        start = max(size - int(last), 0)
+    else:
+        start = int(first)
+        end = min(int(last) + 1, size) if last else size
+    if start >= end:
+        return None
+    return start, end, f"bytes {start}-{end - 1}/{size}"
+
+
+def _unsatisfiable(size: int) -> Response:
+    return Response(status_code=416, headers={"Content-Range": f"bytes */{size}"})
+
+
+ACCEL_LOCATION = "/_berth_blobs/"  # nginx's internal location of the blob directory
+
+
+async def _redirected_blob(
+    request: Request, services: Services, repo: RepositoryRef, digest: str, size: int
+) -> Response:
+    """A blob GET answered by redirect (`blob_redirect`): a 307 to a presigned URL of the
+    object, or an X-Accel-Redirect that nginx serves from the blob directory. Either way the
+    bytes asked for are counted as sent now: Berth never sees them go."""
+    wanted = _single_range(request.headers.get("range"), size)
+    if wanted is None:
+        return _unsatisfiable(size)
+    start, end, _content_range = wanted
+    settings = services.settings
+    if settings.blob_redirect == "presigned":
+        url = await services.registry.download_url(digest, size, settings.blob_redirect_ttl)
+        response = Response(
+            status_code=307, headers={"Location": url, "Docker-Content-Digest": digest}
+        )
+    else:
+        relative = await services.registry.accel_path(digest, size)
+        # nginx serves the file (a Range too) and keeps these headers (see deploy/).
+        response = Response(
+            headers={
+                "X-Accel-Redirect": ACCEL_LOCATION + relative,
+                "Content-Type": "application/octet-stream",
+                "Docker-Content-Digest": digest,
+                "ETag": f'"{digest}"',
+            }
+        )
+    on_sent = _traffic(services, repo)
+    if on_sent is not None:
+        on_sent(end - start)
+    return response
 
 
 async def delete_blob(request: Request) -> Response:

@@ -110,6 +110,26 @@ class BlobContent:
         if await self.store.stat(digest) != size:
             raise missing_blob(digest)
 
+    async def download_url(self, digest: str, size: int, ttl: int) -> str:
+        """A URL the client fetches the blob from itself, valid `ttl` seconds
+        (`blob_redirect = "presigned"`); BLOB_UNKNOWN, as for a download through Berth,
+        when the store has lost it."""
+        await self.ensure_stored(digest, size)
+        url = await self.store.download_url(digest, ttl)
+        if url is None:  # the settings refuse presigned redirects on such a store
+            raise RuntimeError("this blob store gives no download URLs")
+        return url
+
+    async def accel_path(self, digest: str, size: int) -> str:
+        """The blob's file relative to the blob directory, for nginx to send
+        (`blob_redirect = "accel"`), once checked as for a download through Berth: a missing
+        or damaged file is BLOB_UNKNOWN (and set aside)."""
+        path, relative = self.store.local_path(digest), self.store.relative_path(digest)
+        if path is None or relative is None:  # the settings refuse accel on such a store
+            raise RuntimeError("this blob store has no local files")
+        await self.verified_blob(digest, size, path)
+        return relative
+
     async def verified_blob(self, digest: str, size: int, path: Path) -> bytes | None:
         """Check a blob's file before serving it: there, of its recorded size and, when small,
         with bytes that hash to its digest. Freshly hashed bytes are returned, to be served

@@ -71,6 +71,16 @@ class BlobStore(abc.ABC):
     def iter_digests(self) -> AsyncIterator[str]:
         """Every stored blob, for repair and GC tools; never on a request path."""
 
+    async def download_url(self, digest: str, ttl: int) -> str | None:
+        """A URL a client can GET the blob from, itself, for `ttl` seconds (a presigned
+        object URL), or None for drivers that cannot give one."""
+        return None
+
+    def relative_path(self, digest: str) -> str | None:
+        """The blob's file relative to the store's root directory (what a web server in front,
+        given that root, sends by X-Accel-Redirect), or None for drivers without local files."""
+        return None
+
     async def check(self) -> None:  # noqa: B027 (a local directory is made, not checked)
         """Raise OSError, saying why, when the store cannot be used as configured (a remote
         store unreachable, its credentials refused): run before serving."""

@@ -146,6 +146,9 @@ class FilesystemBlobStore(BlobStore):
     def local_path(self, digest: str) -> Path | None:
         return self._blob_path(digest)
 
+    def relative_path(self, digest: str) -> str:
+        return self._blob_path(digest).relative_to(self.root).as_posix()
+
     async def read(
         self, digest: str, start: int = 0, end: int | None = None
     ) -> AsyncIterator[bytes]:

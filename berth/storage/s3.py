@@ -160,6 +160,9 @@ class S3BlobStore(BlobStore):
                 location = self.location
                 config = AioConfig(
                     region_name=location.region,
+                    # SigV4 for presigned URLs too (botocore may presign with SigV2, whose
+                    # URLs some stores refuse and whose lifetime is not capped at 7 days).
+                    signature_version="s3v4",
                     # Standard mode backs off exponentially on throttling (503 SlowDown) and
                     # on connection errors.
                     retries={"mode": "standard", "max_attempts": location.attempts},
@@ -452,6 +455,18 @@ class S3BlobStore(BlobStore):
     ) -> AsyncIterator[bytes]:
         async for chunk in self._stream(self._blob_key(digest), start, end):
             yield chunk
+
+    async def download_url(self, digest: str, ttl: int) -> str:
+        """A presigned GetObject URL: signed here, without a request to the store. Whoever
+        holds it reads the blob (a Range included) until it expires."""
+        s3 = await self._s3()
+        with self._errors():
+            url: str = await s3.generate_presigned_url(
+                "get_object",
+                Params={"Bucket": self.location.bucket, "Key": self._blob_key(digest)},
+                ExpiresIn=ttl,
+            )
+        return url
 
     async def delete(self, digest: str) -> None:
         key = self._blob_key(digest)

@@ -40,6 +40,27 @@ def test_s3_storage_without_a_bucket_is_refused_saying_where_to_set_it(
     assert (settings.storage, settings.s3_bucket, settings.s3_path_style) == ("s3", "blobs", True)
 
 
+def test_a_blob_redirect_the_storage_cannot_give_is_refused(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("BERTH_CONFIG", str(tmp_path / "berth.toml"))
+    monkeypatch.setenv("BERTH_BLOB_REDIRECT", "presigned")
+    with pytest.raises(SettingsError) as presigned:
+        load_settings()
+    assert str(presigned.value) == (
+        "BERTH_BLOB_REDIRECT: 'presigned' needs storage = \"s3\" (presigned URLs are the object "
+        'store\'s); behind nginx on the filesystem store use blob_redirect = "accel"'
+    )
+    monkeypatch.setenv("BERTH_BLOB_REDIRECT", "accel")
+    assert load_settings().blob_redirect == "accel"
+    (tmp_path / "berth.toml").write_text('storage = "s3"\ns3_bucket = "blobs"\n')
+    with pytest.raises(SettingsError) as accel:
+        load_settings()
+    assert "BERTH_BLOB_REDIRECT: 'accel' needs storage = \"filesystem\"" in str(accel.value)
+    monkeypatch.setenv("BERTH_BLOB_REDIRECT", "presigned")
+    assert load_settings().blob_redirect == "presigned"
+
+
 def test_a_metrics_address_that_is_taken_or_the_registrys_is_refused(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:

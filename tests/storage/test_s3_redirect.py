@@ -1,0 +1,145 @@
+"""`blob_redirect = "presigned"` on SeaweedFS: blob GETs answer 307 to a presigned URL of the
+object, which real clients follow for the right bytes (a Range too); the store refuses the URL
+once expired or tampered with; the bytes are counted as outbound traffic when redirected."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import httpx
+import pytest
+
+from berth.storage.s3 import S3BlobStore
+from tests.clients.commands import ContainersConfig
+from tests.clients.layouts import OciLayout, umoci_image
+from tests.clients.tools import require_binary, run
+from tests.oci import blob_path, push_bytes
+from tests.s3 import SeaweedFS
+from tests.servers import BerthServer, running_server
+from tests.storage.test_s3_registry import sha256
+from tests.usage.conftest import eventually, traffic
+
+pytestmark = pytest.mark.clients
+
+
+@pytest.fixture(scope="module")
+def presigned(request: pytest.FixtureRequest, seaweedfs: SeaweedFS) -> Iterator[BerthServer]:
+    env = {
+        **seaweedfs.settings_environ(),
+        "BERTH_BLOB_REDIRECT": "presigned",
+        "BERTH_TRAFFIC_FLUSH_INTERVAL": "0.2",
+    }
+    with running_server(request, "presigned", "postgres", extra_env=env) as server:
+        yield server
+
+
+def counted_bytes(server: BerthServer, project: str, at_least: int) -> int:
+    found = eventually(
+        lambda: traffic(server, project, days=1)["total_bytes"], lambda n: n >= at_least
+    )
+    return int(found)
+
+
+def with_query(url: str, **changes: str) -> str:
+    parts = urlsplit(url)
+    query = dict(parse_qsl(parts.query))
+    query.update(changes)
+    return urlunsplit(parts._replace(query=urlencode(query)))
+
+
+def test_skopeo_pulls_an_image_through_presigned_redirects(
+    presigned: BerthServer, tmp_path: Path
+) -> None:
+    require_binary("skopeo")
+    require_binary("umoci")
+    files = {"big.bin": os.urandom(6 * 1024 * 1024), "note.txt": b"via a presigned URL\n"}
+    image = umoci_image(tmp_path / "layout", "v1", files)
+    presigned.create_repository("redir", "app")
+    key_id, secret = presigned.access_key("redir")
+    config = ContainersConfig.create(tmp_path / "containers")
+    skopeo = ["skopeo", "--policy", str(config.policy), "copy"]
+    remote = f"docker://{presigned.address}/redir/app:v1"
+    run([*skopeo, "--dest-tls-verify=false", f"--dest-creds={key_id}:{secret}", image.oci_ref,
+         remote], config.env)  # fmt: skip
+    pulled = OciLayout(tmp_path / "pulled")
+    run([*skopeo, "--src-tls-verify=false", f"--src-creds={key_id}:{secret}", remote,
+         f"oci:{pulled.path}:v1"], config.env)  # fmt: skip
+
+    assert pulled.resolve("v1")["digest"] == image.manifest_digest
+    blobs = [image.config_digest, *image.layer_digests]
+    for digest in blobs:
+        assert sha256(pulled.blob(digest)) == digest
+    # Every blob byte skopeo read was counted when its redirect was issued, with the manifest.
+    expected = image.manifest_descriptor["size"] + sum(len(image.layout.blob(d)) for d in blobs)
+    assert counted_bytes(presigned, "redir", expected) == expected
+
+
+def test_a_blob_get_redirects_to_a_url_the_store_serves_and_guards(
+    presigned: BerthServer, seaweedfs: SeaweedFS
+) -> None:
+    presigned.create_repository("redir", "raw")
+    name = "redir/raw"
+    data = os.urandom(3 * 1024 * 1024 + 17)
+    with httpx.Client(
+        base_url=presigned.url, auth=presigned.access_key("redir"), timeout=60
+    ) as client:
+        digest = push_bytes(client, name, data)
+        before = traffic(presigned, "redir", days=1)["total_bytes"]
+
+        head = client.head(blob_path(name, digest))  # answered by Berth itself
+        assert head.status_code == 200 and head.headers["content-length"] == str(len(data))
+
+        redirect = client.get(blob_path(name, digest))
+        assert redirect.status_code == 307, redirect.text
+        url = redirect.headers["location"]
+        assert url.startswith(seaweedfs.endpoint) and "X-Amz-Signature=" in url
+        assert redirect.headers["docker-content-digest"] == digest
+
+        # The client sends its Range on to the store, which answers with just those bytes.
+        ranged = client.get(
+            blob_path(name, digest), headers={"Range": "bytes=100-1048675"}, follow_redirects=True
+        )
+        assert ranged.status_code == 206 and ranged.content == data[100:1048676]
+        beyond = client.get(blob_path(name, digest), headers={"Range": f"bytes={len(data)}-"})
+        assert beyond.status_code == 416  # refused by Berth: nothing redirected or counted
+
+        assert httpx.get(url, timeout=30).content == data  # no Berth credentials needed
+        signature = dict(parse_qsl(urlsplit(url).query))["X-Amz-Signature"]
+        tampered = with_query(url, **{"X-Amz-Signature": ("0" if signature[0] != "0" else "1")
+                                      + signature[1:]})  # fmt: skip
+        assert httpx.get(tampered, timeout=30).status_code == 403
+        longer = with_query(url, **{"X-Amz-Expires": "604800"})  # a lifetime of one's own
+        assert httpx.get(longer, timeout=30).status_code == 403
+
+    # Counted when redirected: the whole blob (though that redirect was followed only later,
+    # straight to the store), and the range; the 416 and the HEAD count nothing.
+    expected = before + len(data) + 1048576
+    assert counted_bytes(presigned, "redir", expected) == expected
+
+
+def test_an_expired_presigned_url_is_refused_by_the_store(seaweedfs: SeaweedFS) -> None:
+    data = os.urandom(4096)
+    digest = sha256(data)
+
+    async def presign() -> str:
+        store = S3BlobStore(seaweedfs.location())
+        try:
+            upload_id = "expiry" + os.urandom(4).hex()
+            writer = await store.open_upload(upload_id, 0)
+            await writer.write(data)
+            await writer.close()
+            await store.commit_upload(upload_id, digest)
+            return await store.download_url(digest, 1)
+        finally:
+            await store.close()
+
+    url = asyncio.run(presign())
+    assert httpx.get(url, timeout=30).content == data
+    time.sleep(2.5)
+    expired = httpx.get(url, timeout=30)
+    assert expired.status_code == 403, expired.text
