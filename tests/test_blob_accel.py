@@ -1,0 +1,220 @@
+"""`blob_redirect = "accel"`: Debian's nginx, configured with deploy/nginx-accel.conf, in front of
+one `berth serve`. Clients pull through nginx and get the right bytes (a Range too), while Berth
+sends no blob body: it answers with X-Accel-Redirect and counts the bytes as outbound traffic."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.clients.commands import ContainersConfig
+from tests.clients.layouts import OciLayout, layer_files, umoci_image
+from tests.clients.tools import require_binary, run
+from tests.observability.conftest import moved, scrape
+from tests.oci import blob_path, push_bytes
+from tests.servers import ROOT, BerthServer, free_port, running_server, wait_for
+from tests.storage.test_s3_registry import sha256
+from tests.usage.conftest import eventually, traffic
+
+BLOB_ROUTE = "/v2/{name:path}/blobs/{digest}"
+SENT = "berth_http_sent_bytes_total"
+SNIPPET = ROOT / "deploy" / "nginx-accel.conf"
+
+
+@dataclass
+class Nginx:
+    port: int
+    process: subprocess.Popen[bytes]
+    directory: Path
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.address}"
+
+
+def nginx_binary() -> str:
+    found = shutil.which("nginx") or (
+        "/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None
+    )
+    if found is None:
+        pytest.skip("nginx is not installed (apt-get install nginx)")
+    return found
+
+
+@pytest.fixture(scope="module")
+def berth(request: pytest.FixtureRequest) -> Iterator[BerthServer]:
+    env = {
+        "BERTH_BLOB_REDIRECT": "accel",
+        "BERTH_TRAFFIC_FLUSH_INTERVAL": "0.2",
+        "BERTH_MAX_REQUESTS_PER_CLIENT": "0",  # behind a proxy (docs/deployment.md)
+    }
+    with running_server(request, "accel", extra_env=env) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def nginx(berth: BerthServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Nginx]:
+    binary = nginx_binary()
+    directory = tmp_path_factory.mktemp("nginx")
+    blobs = (berth.data_dir / "blobs").resolve()
+    # The deployed snippet as shipped, pointed at this server's blob directory.
+    snippet = SNIPPET.read_text().replace("alias /var/lib/berth/blobs/;", f"alias {blobs}/;")
+    assert f"alias {blobs}/;" in snippet
+    (directory / "berth-accel.conf").write_text(snippet)
+    port = free_port()
+    temp = "\n".join(
+        f"    {kind}_temp_path {directory}/{kind};"
+        for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
+    )
+    (directory / "nginx.conf").write_text(
+        f"""
+{"user root;" if os.geteuid() == 0 else ""}
+worker_processes 1;
+pid {directory}/nginx.pid;
+error_log {directory}/error.log;
+daemon off;
+events {{}}
+http {{
+    access_log {directory}/access.log;
+{temp}
+    server {{
+        listen 127.0.0.1:{port};
+        proxy_http_version 1.1;
+        proxy_set_header Host $http_host;
+        proxy_set_header Connection "";
+        location /v2/ {{
+            client_max_body_size 0;
+            proxy_request_buffering off;
+            proxy_buffering off;
+            proxy_pass http://{berth.address};
+        }}
+        location / {{
+            proxy_pass http://{berth.address};
+        }}
+        include {directory}/berth-accel.conf;
+    }}
+}}
+"""
+    )
+    process = subprocess.Popen(
+        [binary, "-p", str(directory), "-c", str(directory / "nginx.conf")],
+        stdout=subprocess.DEVNULL,
+        stderr=open(directory / "stderr.log", "wb"),  # noqa: SIM115 - lives with the process
+        start_new_session=True,
+    )
+    try:
+        wait_for(lambda: httpx.get(f"http://127.0.0.1:{port}/healthz").status_code == 200, 20,
+                 f"nginx ({(directory / 'stderr.log').read_text()})")  # fmt: skip
+        yield Nginx(port, process, directory)
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(10)
+
+
+def test_skopeo_pulls_through_nginx_while_berth_sends_no_blob_bytes(
+    berth: BerthServer, nginx: Nginx, tmp_path: Path
+) -> None:
+    require_binary("skopeo")
+    require_binary("umoci")
+    layers = [
+        {"big.bin": os.urandom(5 * 1024 * 1024)},
+        {"more.bin": os.urandom(2 * 1024 * 1024), "hello.txt": b"sent by nginx\n"},
+    ]
+    image = umoci_image(tmp_path / "layout", "v1", layers[0])
+    second = tmp_path / "second"
+    for file_name, content in layers[1].items():
+        (second / file_name).parent.mkdir(parents=True, exist_ok=True)
+        (second / file_name).write_bytes(content)
+    run(["umoci", "insert", "--image", f"{image.layout.path}:v1", second, "/"])
+    assert len(image.layer_digests) == 2
+    berth.create_repository("accel", "app")
+    key_id, secret = berth.access_key("accel")
+    config = ContainersConfig.create(tmp_path / "containers")
+    skopeo = ["skopeo", "--policy", str(config.policy), "copy"]
+    remote = f"docker://{nginx.address}/accel/app:v1"
+    run([*skopeo, "--dest-tls-verify=false", f"--dest-creds={key_id}:{secret}", image.oci_ref,
+         remote], config.env)  # fmt: skip
+    before = scrape(berth)
+    pulled = OciLayout(tmp_path / "pulled")
+    run([*skopeo, "--src-tls-verify=false", f"--src-creds={key_id}:{secret}", remote,
+         f"oci:{pulled.path}:v1"], config.env)  # fmt: skip
+    after = scrape(berth)
+
+    assert pulled.manifest("v1") == image.manifest
+    blobs = [image.config_digest, *image.layer_digests]
+    for digest in blobs:
+        assert sha256(pulled.blob(digest)) == digest
+    assert [layer_files(pulled.blob(d)) for d in image.layer_digests] == layers
+    blob_bytes = sum(len(image.layout.blob(digest)) for digest in blobs)
+    # Berth answered every blob GET without a body: nginx sent the bytes.
+    labels = {"surface": "registry", "route": BLOB_ROUTE, "method": "GET"}
+    assert moved(before, after, SENT, **labels) == 0
+    # ... and counted them, with the manifest, as outbound traffic.
+    expected = image.manifest_descriptor["size"] + blob_bytes
+    counted = eventually(lambda: traffic(berth, "accel", days=1)["total_bytes"],
+                         lambda n: n >= expected)  # fmt: skip
+    assert counted == expected
+
+
+def test_ranges_headers_and_the_internal_location(berth: BerthServer, nginx: Nginx) -> None:
+    berth.create_repository("accel", "raw")
+    name = "accel/raw"
+    data = os.urandom(3 * 1024 * 1024 + 5)
+    auth = berth.access_key("accel")
+    before = traffic(berth, "accel", days=1)["total_bytes"]
+    with httpx.Client(base_url=nginx.url, auth=auth, timeout=60) as through_nginx:
+        digest = push_bytes(through_nginx, name, data)
+        hex_digest = digest.split(":", 1)[1]
+
+        whole = through_nginx.get(blob_path(name, digest))
+        assert whole.status_code == 200 and whole.content == data
+        assert whole.headers["docker-content-digest"] == digest
+        assert whole.headers["etag"] == f'"{digest}"'
+        assert whole.headers["content-type"] == "application/octet-stream"
+
+        ranged = through_nginx.get(blob_path(name, digest), headers={"Range": "bytes=10-1000009"})
+        assert ranged.status_code == 206 and ranged.content == data[10:1000010]
+        assert ranged.headers["content-range"] == f"bytes 10-1000009/{len(data)}"
+        tail = through_nginx.get(blob_path(name, digest), headers={"Range": "bytes=-7"})
+        assert tail.status_code == 206 and tail.content == data[-7:]
+        beyond = through_nginx.get(
+            blob_path(name, digest), headers={"Range": f"bytes={len(data)}-"}
+        )
+        assert beyond.status_code == 416
+
+        head = through_nginx.head(blob_path(name, digest))  # answered by Berth
+        assert head.status_code == 200 and head.headers["content-length"] == str(len(data))
+
+        # Asked for directly, the internal location does not exist.
+        direct = through_nginx.get(f"/_berth_blobs/sha256/{hex_digest[:2]}/{hex_digest}")
+        assert direct.status_code == 404
+
+    # What Berth itself answers: the redirect, no body, the client's headers to keep.
+    with httpx.Client(base_url=berth.url, auth=auth, timeout=60) as to_berth:
+        answer = to_berth.get(blob_path(name, digest))
+        assert answer.status_code == 200 and answer.content == b""
+        assert answer.headers["x-accel-redirect"] == (
+            f"/_berth_blobs/sha256/{hex_digest[:2]}/{hex_digest}"
+        )
+        assert answer.headers["docker-content-digest"] == digest
+        other = to_berth.get(blob_path(name, "sha256:" + "0" * 64))
+        assert other.status_code == 404 and "x-accel-redirect" not in other.headers
+
+    # Two whole downloads (one of them Berth's bare answer) and the two ranges; the HEAD, the
+    # 416 and the unknown blob count nothing.
+    expected = before + 2 * len(data) + 1000000 + 7
+    counted = eventually(lambda: traffic(berth, "accel", days=1)["total_bytes"],
+                         lambda n: n >= expected)  # fmt: skip
+    assert counted == expected
