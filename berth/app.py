@@ -8,7 +8,6 @@ import contextlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from sqlalchemy import text
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
@@ -100,9 +99,11 @@ async def healthz(request: Request) -> Response:
 
 
 async def readyz(request: Request) -> Response:
+    """503 while the database or the blob store cannot be reached: take the node out."""
     services: Services = request.app.state.services
-    async with services.db.read() as conn:
-        await conn.execute(text("SELECT 1"))
+    problems = await services.readiness.problems()
+    if problems:
+        return PlainTextResponse(f"not ready: {'; '.join(problems)}\n", status_code=503)
     return PlainTextResponse("ready")
 
 

@@ -17,6 +17,7 @@ from berth.metadata.database import Database
 from berth.services.gc import GarbageCollector
 from berth.services.identity import Identity
 from berth.services.metering import TrafficMeter
+from berth.services.readiness import Readiness
 from berth.services.registry import Registry
 from berth.services.repositories import Repositories
 from berth.services.sessions import Sessions
@@ -45,6 +46,7 @@ class Services:
     gc: GarbageCollector
     sessions: Sessions
     storage_check: StorageCheck
+    readiness: Readiness
 
     @classmethod
     def build(cls, settings: Settings) -> Services:
@@ -111,6 +113,7 @@ class Services:
             ),
             sessions=Sessions(db, settings.session_ttl),
             storage_check=storage_check,
+            readiness=Readiness(db, store),
         )
 
     def host_project(self, host: str | None) -> str | None:

@@ -85,5 +85,10 @@ class BlobStore(abc.ABC):
         """Raise OSError, saying why, when the store cannot be used as configured (a remote
         store unreachable, its credentials refused): run before serving."""
 
+    async def probe(self) -> None:
+        """Raise OSError unless the store answers now: one cheap request (readiness checks,
+        which call it every few seconds)."""
+        await self.check()
+
     async def close(self) -> None:  # noqa: B027 (most drivers hold nothing to release)
         """Release connections (the process is done with the store)."""

@@ -59,6 +59,9 @@ class FilesystemBlobStore(BlobStore):
             raise ValueError(f"bad upload id {upload_id!r}")
         return self.uploads / upload_id
 
+    async def probe(self) -> None:
+        await asyncio.to_thread(os.stat, self.uploads)  # the directory is there and reachable
+
     async def open_upload(self, upload_id: str, offset: int) -> UploadWriter:
         def _open() -> int:
             path = self._upload_path(upload_id)

@@ -199,6 +199,12 @@ class S3BlobStore(BlobStore):
     async def check(self) -> None:
         await self._s3()  # the client is made by checking the bucket
 
+    async def probe(self) -> None:
+        """HeadBucket (the caller bounds its retries by a timeout)."""
+        s3 = await self._s3()
+        with self._errors():
+            await s3.head_bucket(Bucket=self.location.bucket)
+
     async def close(self) -> None:
         self._client = None
         await self._client_stack.aclose()

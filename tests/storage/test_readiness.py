@@ -1,0 +1,103 @@
+"""`/readyz` of a node on S3 and PostgreSQL: 503 while the object store or the database cannot
+be reached (SeaweedFS SIGKILLed, PostgreSQL stopped), ready again once they are back; the
+store is asked at most every few seconds however often the probe comes.
+
+On PostgreSQL: several nodes on S3 share one, so that is how S3 is run."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from berth.services.readiness import STORE_CACHE_SECONDS
+from tests.s3 import SeaweedFS
+from tests.servers import BerthServer, PostgresCluster
+
+
+@pytest.fixture
+def own_seaweedfs(tmp_path: Path) -> Iterator[SeaweedFS]:
+    """A SeaweedFS of this test's own: it is killed."""
+    server = SeaweedFS(tmp_path / "seaweedfs").start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def own_postgres() -> Iterator[PostgresCluster]:
+    """A PostgreSQL cluster of this test's own: it is stopped."""
+    if not PostgresCluster.available():
+        pytest.skip("PostgreSQL not installed")
+    cluster = PostgresCluster().start()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+def pg_ctl(cluster: PostgresCluster, action: str) -> None:
+    options = f"-p {cluster.port} -k {cluster.base} -c listen_addresses=127.0.0.1 -c fsync=off"
+    cluster._as_postgres(
+        str(cluster.BIN / "pg_ctl"), "-D", str(cluster.data), "-l", str(cluster.base / "pg.log"),
+        "-w", "-m", "immediate", "-o", options, action,
+    )  # fmt: skip
+
+
+def readiness(server: BerthServer) -> httpx.Response:
+    return httpx.get(f"{server.url}/readyz", timeout=30)
+
+
+def becomes(server: BerthServer, status: int, timeout: float = 30) -> httpx.Response:
+    deadline = time.monotonic() + timeout
+    answer = readiness(server)
+    while answer.status_code != status and time.monotonic() < deadline:
+        time.sleep(0.2)
+        answer = readiness(server)
+    assert answer.status_code == status, answer.text
+    return answer
+
+
+def test_readyz_follows_the_object_store_and_the_database(
+    own_seaweedfs: SeaweedFS, own_postgres: PostgresCluster, tmp_path: Path
+) -> None:
+    server = BerthServer(
+        tmp_path / "berth",
+        own_postgres.create_database(),
+        extra_env=own_seaweedfs.settings_environ(),
+    ).start()
+    try:
+        assert readiness(server).text == "ready"
+
+        own_seaweedfs.kill()
+        killed_at = time.monotonic()
+        unready = becomes(server, 503)
+        # Noticed within the cache's lifetime and a check's timeout, not after minutes.
+        assert time.monotonic() - killed_at < STORE_CACHE_SECONDS + 10
+        assert unready.text == "not ready: the blob store is unavailable\n"
+        assert own_seaweedfs.endpoint.split("//")[1] not in unready.text  # no address shown
+        assert httpx.get(f"{server.url}/healthz").status_code == 200  # alive, only not ready
+
+        # Probes in a burst share the store's last answer: each failed check is logged once.
+        log = server.data_dir / "server.log"
+        checks_before = log.read_text().count("blob store")
+        started = time.monotonic()
+        for _ in range(50):
+            assert readiness(server).status_code == 503
+        elapsed = time.monotonic() - started
+        checks = log.read_text().count("blob store") - checks_before
+        assert checks <= elapsed / STORE_CACHE_SECONDS + 1, (checks, elapsed)
+
+        own_seaweedfs.start()
+        assert becomes(server, 200).text == "ready"
+
+        pg_ctl(own_postgres, "stop")
+        assert becomes(server, 503).text == "not ready: the database is unreachable\n"
+        pg_ctl(own_postgres, "start")
+        assert becomes(server, 200).text == "ready"
+    finally:
+        server.stop()
