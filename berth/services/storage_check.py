@@ -1,10 +1,11 @@
-"""Storage integrity: find blobs whose stored bytes no longer match their digest, and scratch
-files no upload names.
+"""Storage integrity: find blobs whose stored bytes no longer match their digest or are gone,
+stored blobs no metadata names (orphans), and scratch files no upload names.
 
 A damaged blob is set aside (the store's quarantine), which makes it missing: HEAD answers 404,
 so the next push of the right bytes uploads and stores them again. Its metadata stays, so the
 images that use it come back whole once it is pushed again. Run by the `storage-scrub` job and
-by `berth storage check`.
+by `berth storage check`, which also lists the store (a bucket listing on S3) for orphans and,
+asked to repair, removes those older than the grace period.
 """
 
 from __future__ import annotations
@@ -16,11 +17,12 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import delete, select
 
 from berth.domain.digests import parse_digest
 from berth.metadata.database import Database
-from berth.metadata.tables import blobs, uploads
+from berth.metadata.lookups import require_project
+from berth.metadata.tables import blobs, repositories, repository_blobs, uploads, utcnow
 from berth.storage.base import BlobStore
 
 logger = logging.getLogger("berth.storage")
@@ -33,11 +35,16 @@ BATCH = 500
 
 @dataclass
 class CheckReport:
+    project: str | None = None  # None: every blob of the install
     blobs_checked: int = 0
     bytes_checked: int = 0
     missing: list[str] = field(default_factory=list)  # recorded, but no file
     damaged: list[str] = field(default_factory=list)  # bytes differ from the digest: set aside
     orphan_uploads_removed: int = 0
+    # Stored, but no metadata names them (whole-install checks only: a blob belongs to no one
+    # project). Kept unless repairing; younger ones always (a push may be recording them).
+    orphans: list[str] = field(default_factory=list)
+    orphans_removed: list[str] = field(default_factory=list)
 
     @property
     def healthy(self) -> bool:
@@ -63,27 +70,41 @@ class StorageCheck:
         self.db = db
         self.store = store
         self.orphan_age = max(orphan_age, MIN_ORPHAN_AGE_SECONDS)
+        # No floor for blobs: their removal is a compare-and-set against a push recording
+        # them (_remove_orphan); the age only leaves a push in flight its blob untouched.
+        self.orphan_blob_age = orphan_age
 
-    async def run(self) -> CheckReport:
-        """Check every recorded blob, set damaged ones aside, remove orphaned scratch files
-        (`berth storage check`)."""
-        report = await self.check_blobs()
-        report.orphan_uploads_removed = await self.remove_orphan_uploads()
+    async def run(self, project: str | None = None, *, repair: bool = False) -> CheckReport:
+        """`berth storage check`: check every blob the project's repositories link (or, with
+        no project, every recorded blob) and set damaged ones aside. Of the whole install,
+        also list the stored blobs no metadata names, removing those older than the grace
+        period when repairing, and remove orphaned scratch files."""
+        report = await self.check_blobs(project)
+        if project is None:
+            await self._find_orphans(report, repair)
+            report.orphan_uploads_removed = await self.remove_orphan_uploads()
         return report
 
-    async def check_blobs(self) -> CheckReport:
-        """Check every recorded blob and set damaged ones aside (the `storage-scrub` job;
-        orphaned scratch files are the `orphan-uploads` job's)."""
-        report = CheckReport()
+    async def check_blobs(self, project: str | None = None) -> CheckReport:
+        """Check every recorded blob (of `project`'s repositories) and set damaged ones aside
+        (the `storage-scrub` job; orphaned scratch files are the `orphan-uploads` job's)."""
+        report = CheckReport(project=project)
+        recorded = select(blobs.c.digest, blobs.c.size)
+        if project is not None:
+            async with self.db.read() as conn:
+                project_id = await require_project(conn, project)
+            linked = (
+                select(repository_blobs.c.digest)
+                .join(repositories, repositories.c.id == repository_blobs.c.repository_id)
+                .where(repositories.c.project_id == project_id)
+            )
+            recorded = recorded.where(blobs.c.digest.in_(linked))
         after = ""
         while True:
             async with self.db.read() as conn:
                 rows = (
                     await conn.execute(
-                        select(blobs.c.digest, blobs.c.size)
-                        .where(blobs.c.digest > after)
-                        .order_by(blobs.c.digest)
-                        .limit(BATCH)
+                        recorded.where(blobs.c.digest > after).order_by(blobs.c.digest).limit(BATCH)
                     )
                 ).all()
             if not rows:
@@ -110,6 +131,60 @@ class StorageCheck:
         if not await blob_is_whole(self.store, digest, size):
             await self.store.quarantine(digest)
             report.damaged.append(digest)
+
+    async def _find_orphans(self, report: CheckReport, repair: bool) -> None:
+        """Stored blobs with no row in `blobs`, listed from the store in batches."""
+        cutoff = time.time() - self.orphan_blob_age
+        batch: list[tuple[str, float]] = []
+
+        async def settle() -> None:
+            async with self.db.read() as conn:
+                known = set(
+                    (
+                        await conn.execute(
+                            select(blobs.c.digest).where(
+                                blobs.c.digest.in_([digest for digest, _ in batch])
+                            )
+                        )
+                    ).scalars()
+                )
+            for digest, modified in batch:
+                if digest in known:
+                    continue
+                report.orphans.append(digest)
+                if repair and modified < cutoff and await self._remove_orphan(digest):
+                    report.orphans_removed.append(digest)
+            batch.clear()
+
+        async for entry in self.store.list_blobs():
+            batch.append(entry)
+            if len(batch) >= BATCH:
+                await settle()
+        if batch:
+            await settle()
+        if report.orphans:
+            logger.warning(
+                "storage check: %d stored blobs no metadata names (%d removed)",
+                len(report.orphans),
+                len(report.orphans_removed),
+            )
+
+    async def _remove_orphan(self, digest: str) -> bool:
+        """Remove a blob no row names, unless a push records it meanwhile. The compare-and-set
+        of garbage collection's sweep: a placeholder row, inserted only if there is none,
+        holds the digest while the object goes; a push upserting the row waits for it, then
+        finds the object gone and commits its upload again (`services/uploads.py`)."""
+        async with self.db.write() as conn:
+            held = await conn.execute(
+                self.db.insert_ignore(blobs)
+                .values(digest=digest, size=0, created_at=utcnow())
+                .returning(blobs.c.digest)
+            )
+            if held.first() is None:
+                return False  # recorded since it was listed: no orphan
+            await self.store.delete(digest)
+            await conn.execute(delete(blobs).where(blobs.c.digest == digest))
+        return True
 
     async def remove_orphan_uploads(self) -> int:
         """Remove scratch files that no upload names (left by a crash or a full disk)."""

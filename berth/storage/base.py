@@ -81,6 +81,11 @@ class BlobStore(abc.ABC):
         given that root, sends by X-Accel-Redirect), or None for drivers without local files."""
         return None
 
+    @abc.abstractmethod
+    def list_blobs(self) -> AsyncIterator[tuple[str, float]]:
+        """(digest, last modified as a Unix time) of every stored blob, to find those no
+        metadata names (`berth storage check`); never on a request path."""
+
     async def check(self) -> None:  # noqa: B027 (a local directory is made, not checked)
         """Raise OSError, saying why, when the store cannot be used as configured (a remote
         store unreachable, its credentials refused): run before serving."""

@@ -193,6 +193,14 @@ class FilesystemBlobStore(BlobStore):
                 for blob in sorted(prefix.iterdir()):
                     yield f"{algorithm}:{blob.name}"
 
+    async def list_blobs(self) -> AsyncIterator[tuple[str, float]]:
+        async for digest in self.iter_digests():
+            try:
+                modified = (await asyncio.to_thread(os.stat, self._blob_path(digest))).st_mtime
+            except FileNotFoundError:  # removed since it was listed
+                continue
+            yield digest, modified
+
 
 def _replace_with_link(source: Path, target: Path) -> None:
     """The same digest stored already: replace the stored file (atomically) with the upload's

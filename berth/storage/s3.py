@@ -500,12 +500,16 @@ class S3BlobStore(BlobStore):
         await self.delete(digest)
 
     async def iter_digests(self) -> AsyncIterator[str]:
+        async for digest, _modified in self.list_blobs():
+            yield digest
+
+    async def list_blobs(self) -> AsyncIterator[tuple[str, float]]:
         prefix = f"{self._prefix}blobs/"
         async for entry in self._list(prefix):
             algorithm, _, rest = entry["Key"][len(prefix) :].partition("/")
             hex_digest = rest.rpartition("/")[2]
             if algorithm in ("sha256", "sha512") and hex_digest:
-                yield f"{algorithm}:{hex_digest}"
+                yield f"{algorithm}:{hex_digest}", entry["LastModified"].timestamp()
 
 
 def _plain_http(endpoint: str | None) -> bool:

@@ -328,6 +328,14 @@ class BlobStoreContract(abc.ABC):
         walked = await collect_digests(store)
         assert sorted(walked) == sorted(digests)
 
+    async def test_blobs_are_listed_with_their_age(self, store: BlobStore) -> None:
+        digests = {await put(store, payload(20 + n, seed=200 + n)) for n in range(3)}
+        await write_upload(store, b"not a blob")
+        await store.quarantine(digests.pop())  # set aside: no longer a blob
+        blobs = dict([entry async for entry in store.list_blobs()])
+        assert set(blobs) == digests
+        assert all(abs(modified - time.time()) < 3600 for modified in blobs.values())
+
     async def test_uploads_are_listed_with_their_age(self, store: BlobStore) -> None:
         assert await store.list_uploads() == []
         kept, removed = await write_upload(store, b"one"), await write_upload(store, b"two")
