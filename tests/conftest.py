@@ -6,12 +6,25 @@ import os
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import pytest
 
 from tests.servers import BACKENDS, BerthServer, PostgresCluster, server_fixture
+
+if TYPE_CHECKING:
+    from tests.s3 import SeaweedFS
+
+
+@pytest.fixture(scope="session")
+def seaweedfs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedFS]:
+    """A SeaweedFS S3 server for the session (`tests/s3.py`): started by the first test on
+    `storage = "s3"`; each user takes a prefix of its own."""
+    from tests.s3 import seaweedfs_server  # imports the S3 client: only when needed
+
+    with seaweedfs_server(tmp_path_factory.mktemp("seaweedfs")) as server:
+        yield server
 
 
 @pytest.fixture(scope="session")

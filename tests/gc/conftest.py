@@ -8,6 +8,7 @@ and what the tests read from the metadata database and the blob directory.
 
 from __future__ import annotations
 
+import functools
 import os
 import time
 import uuid
@@ -145,6 +146,22 @@ class GcProject:
         algorithm, hex_digest = digest.split(":", 1)
         return self.server.data_dir / "blobs" / algorithm / hex_digest[:2] / hex_digest
 
+    def stored(self, digest: str) -> bool:
+        """Whether the blob store holds the blob: its file, or its object in the bucket."""
+        env = self.server.extra_env
+        if env.get("BERTH_STORAGE") != "s3":
+            return self.blob_file(digest).exists()
+        from tests.s3 import BUCKET  # the S3 client: imported only on S3
+
+        algorithm, hex_digest = digest.split(":", 1)
+        key = f"{env['BERTH_S3_PREFIX']}/blobs/{algorithm}/{hex_digest[:2]}/{hex_digest}"
+        listing = _s3_client(
+            env["BERTH_S3_ENDPOINT"],
+            env["BERTH_S3_ACCESS_KEY_ID"],
+            env["BERTH_S3_SECRET_ACCESS_KEY"],
+        ).list_objects_v2(Bucket=BUCKET, Prefix=key)
+        return bool(listing.get("KeyCount", 0))
+
     def blob_row(self, digest: str) -> bool:
         """Whether the metadata database has a `blobs` row for the digest."""
 
@@ -224,6 +241,16 @@ class GcProject:
     def close(self) -> None:
         self.registry.close()
         self.api.close()
+
+
+@functools.cache
+def _s3_client(endpoint: str, key_id: str, secret: str) -> Any:
+    """One client per store (made once: a new one takes most of a second, which the tests'
+    1-second grace period cannot spare)."""
+    from tests.s3 import SeaweedFS
+
+    port = int(endpoint.rpartition(":")[2])
+    return SeaweedFS(Path(), key_id, secret, port).client()
 
 
 def new_project(server: BerthServer) -> GcProject:

@@ -1,4 +1,5 @@
-"""What garbage collection deletes and what it keeps, through the API, on SQLite and PostgreSQL."""
+"""What garbage collection deletes and what it keeps, through the API, on SQLite and PostgreSQL,
+and on S3 (SeaweedFS, with PostgreSQL, as nodes sharing a bucket run)."""
 
 from __future__ import annotations
 
@@ -6,11 +7,12 @@ import json
 import os
 import time
 import uuid
+from collections.abc import Iterator
 
 import httpx
 import pytest
 
-from tests.gc.conftest import GcProject, new_project, wait_past_grace
+from tests.gc.conftest import GcProject, gc_env, new_project, wait_past_grace
 from tests.oci import (
     EMPTY_JSON,
     OCI_CONFIG,
@@ -22,9 +24,20 @@ from tests.oci import (
     referrers_path,
     start_upload,
 )
-from tests.servers import BerthServer
+from tests.servers import BACKENDS, BerthServer, running_server
 
 SIGNATURE = "application/vnd.dev.cosign.artifact.sig.v1+json"
+
+
+@pytest.fixture(scope="module", params=[*BACKENDS, "postgres-s3"])
+def gc_server(request: pytest.FixtureRequest) -> Iterator[BerthServer]:
+    """The package's GC registry (tests/gc/conftest.py), here also with blobs in S3."""
+    backend, _, storage = request.param.partition("-")
+    env = gc_env()
+    if storage == "s3":
+        env.update(request.getfixturevalue("seaweedfs").settings_environ())
+    with running_server(request, f"gc-{storage or 'fs'}", backend, extra_env=env) as server:
+        yield server
 
 
 def layer_blob(label: str = "") -> Blob:
@@ -84,11 +97,11 @@ def test_unreferenced_blobs_go_and_referenced_or_shared_ones_stay(
         run = gc_project.gc()
 
         assert not gc_project.has_blob(junk)
-        assert not gc_project.blob_file(junk).exists()
+        assert not gc_project.stored(junk)
         assert not gc_project.blob_row(junk)
         assert not gc_project.has_blob(shared)
         assert other.has_blob(shared), "another project's blob was lost"
-        assert gc_project.blob_file(shared).exists()
+        assert gc_project.stored(shared)
         assert gc_project.blob_row(shared)
         assert other.blob_bytes(shared) == shared_data
         assert gc_project.has_blob(fresh), "a blob within the grace period was deleted"
@@ -191,7 +204,7 @@ def test_dry_run_reports_what_a_run_deletes_and_changes_nothing(gc_project: GcPr
     assert dry["restricted_seconds"] == 0
     assert gc_project.has_manifest(untagged.digest)
     assert gc_project.has_blob(junk)
-    assert gc_project.blob_file(junk).exists()
+    assert gc_project.stored(junk)
     assert gc_project.registry.get(upload.headers["Location"]).status_code == 204
     assert gc_project.settings_row() is None or gc_project.settings_row().last_gc_at is None
 
