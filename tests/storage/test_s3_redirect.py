@@ -19,7 +19,7 @@ from tests.clients.commands import ContainersConfig
 from tests.clients.layouts import OciLayout, umoci_image
 from tests.clients.tools import require_binary, run
 from tests.oci import blob_path, push_bytes
-from tests.s3 import SeaweedFS
+from tests.s3 import BUCKET, SeaweedFS
 from tests.servers import BerthServer, running_server
 from tests.storage.test_s3_registry import sha256
 from tests.usage.conftest import eventually, traffic
@@ -116,8 +116,19 @@ def test_a_blob_get_redirects_to_a_url_the_store_serves_and_guards(
         longer = with_query(url, **{"X-Amz-Expires": "604800"})  # a lifetime of one's own
         assert httpx.get(longer, timeout=30).status_code == 403
 
+        # A blob the bucket lost is BLOB_UNKNOWN from Berth, not a redirect to a 404.
+        lost = push_bytes(client, name, os.urandom(1000))
+        hex_digest = lost.split(":", 1)[1]
+        prefix = presigned.extra_env["BERTH_S3_PREFIX"]
+        seaweedfs.client().delete_object(
+            Bucket=BUCKET, Key=f"{prefix}/blobs/sha256/{hex_digest[:2]}/{hex_digest}"
+        )
+        missing = client.get(blob_path(name, lost))
+        assert missing.status_code == 404
+        assert missing.json()["errors"][0]["code"] == "BLOB_UNKNOWN"
+
     # Counted when redirected: the whole blob (though that redirect was followed only later,
-    # straight to the store), and the range; the 416 and the HEAD count nothing.
+    # straight to the store), and the range; the 416, the HEAD and the lost blob count nothing.
     expected = before + len(data) + 1048576
     assert counted_bytes(presigned, "redir", expected) == expected
 
