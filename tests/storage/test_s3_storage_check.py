@@ -8,8 +8,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import subprocess
 import time
 from collections.abc import Iterator
+from subprocess import CompletedProcess
 from typing import Any
 
 import httpx
@@ -17,14 +19,12 @@ import pytest
 
 from tests.oci import blob_path, push_bytes
 from tests.s3 import BUCKET, SeaweedFS
-from tests.servers import BerthServer, running_server
-
-GRACE_SECONDS = 25  # a CLI run takes seconds on a busy machine
+from tests.servers import BERTH, ROOT, BerthServer, running_server
 
 
 @pytest.fixture(scope="module")
 def checked(request: pytest.FixtureRequest, seaweedfs: SeaweedFS) -> Iterator[BerthServer]:
-    env = {**seaweedfs.settings_environ(), "BERTH_GC_GRACE_PERIOD": str(GRACE_SECONDS)}
+    env = seaweedfs.settings_environ()  # and the default gc_grace_period, an hour
     with running_server(request, "s3check", "postgres", extra_env=env) as server:
         yield server
 
@@ -34,10 +34,21 @@ def blob_key(server: BerthServer, digest: str) -> str:
     return f"{server.extra_env['BERTH_S3_PREFIX']}/blobs/sha256/{hex_digest[:2]}/{hex_digest}"
 
 
-def check(server: BerthServer, *args: str) -> tuple[int, dict[str, Any]]:
-    result = server.cli("storage", "check", *args, "--json", check=False)
+def cli(server: BerthServer, *args: str, grace: int | None = None) -> CompletedProcess[str]:
+    """`berth storage check ARGS` on the server's data, with another gc_grace_period if given."""
+    env = {**server.env, **({"BERTH_GC_GRACE_PERIOD": str(grace)} if grace is not None else {})}
+    command = [*BERTH, "storage", "check", *args]
+    return subprocess.run(command, env=env, capture_output=True, text=True, cwd=ROOT, timeout=120)
+
+
+def check(server: BerthServer, *args: str, grace: int | None = None) -> tuple[int, dict[str, Any]]:
+    result = cli(server, *args, "--json", grace=grace)
     assert result.stdout, result.stderr
     return result.returncode, json.loads(result.stdout)
+
+
+def printed(result: CompletedProcess[str]) -> str:
+    return " ".join(result.stdout.split())  # as one line, however the table wrapped it
 
 
 def test_missing_and_orphaned_objects_are_found_and_repaired(
@@ -61,9 +72,8 @@ def test_missing_and_orphaned_objects_are_found_and_repaired(
     assert code == 1
     assert report["project"] == "first" and report["blobs_checked"] == 1
     assert report["missing"] == [lost_digest] and report["orphans"] == []
-    printed = " ".join(checked.cli("storage", "check", "first", check=False).stdout.split())
-    assert f"missing: {lost_digest} (push it again to repair)" in printed
-    unknown = checked.cli("storage", "check", "nope", check=False)
+    assert f"missing: {lost_digest} (push it again to repair)" in printed(cli(checked, "first"))
+    unknown = cli(checked, "nope")
     assert unknown.returncode == 1 and "project 'nope' does not exist" in unknown.stderr
 
     # An object no metadata names, as a crashed push or an old install leaves behind.
@@ -79,13 +89,11 @@ def test_missing_and_orphaned_objects_are_found_and_repaired(
     assert report["orphans_removed"] == []  # younger than the grace period: a push in flight?
     assert s3.head_object(Bucket=BUCKET, Key=blob_key(checked, orphan_digest))
 
-    time.sleep(max(0.0, GRACE_SECONDS + 1 - (time.monotonic() - stored_at)))
-    code, report = check(checked)  # the whole install without --repair: reported, kept
+    code, report = check(checked, grace=0)  # the whole install without --repair: kept
     assert report["orphans"] == [orphan_digest] and report["orphans_removed"] == []
-    printed = " ".join(
-        checked.cli("storage", "check", "--all", "--repair", check=False).stdout.split()
-    )
-    assert f"orphan removed: {orphan_digest}" in printed
+    time.sleep(max(0.0, 2.5 - (time.monotonic() - stored_at)))  # S3 times are in seconds
+    repaired = printed(cli(checked, "--all", "--repair", grace=1))
+    assert f"orphan removed: {orphan_digest}" in repaired
     listing = s3.list_objects_v2(Bucket=BUCKET, Prefix=blob_key(checked, orphan_digest))
     assert listing.get("KeyCount", 0) == 0
 
