@@ -22,6 +22,7 @@ from berth.services.webhook_addresses import check_url
 from berth.services.webhook_events import (
     EVENT_TYPES,
     TEST,
+    CloudEvent,
     EventData,
     event_json,
     new_event,
@@ -82,6 +83,7 @@ class Delivery(Record):
     next_attempt_at: dt.datetime | None
     finished_at: dt.datetime | None
     attempt_log: list[Attempt]
+    event: CloudEvent = Field(description="the body sent (the same on every attempt)")
 
 
 def _webhook(row: Any, project: str) -> Webhook:
@@ -385,6 +387,7 @@ class Webhooks:
                 next_attempt_at=row.next_attempt_at,
                 finished_at=row.finished_at,
                 attempt_log=attempts[row.id],
+                event=CloudEvent.model_validate_json(row.payload),
             )
             for row in rows
         ], int(total)
