@@ -216,17 +216,26 @@ class WebhookDelivery:
         if secret is not None:
             headers[SIGNATURE_HEADER] = signature(secret, body)
         extensions = {"sni_hostname": target.host} if target.scheme == "https" else {}
+        request = client.build_request(
+            "POST", target.pinned_url, content=body, headers=headers, extensions=extensions
+        )
         try:
-            response = await client.post(
-                target.pinned_url, content=body, headers=headers, extensions=extensions
-            )
-        except httpx.TimeoutException:
+            # The whole exchange within the timeout (httpx's applies to each read); the
+            # answer's body is never read: only its status counts.
+            status = await asyncio.wait_for(self._status(client, request), self.timeout)
+        except (TimeoutError, httpx.TimeoutException):
             return Outcome(False, None, _ms(started), f"no answer within {self.timeout:g} s")
         except httpx.HTTPError as exc:
             return Outcome(False, None, _ms(started), f"{type(exc).__name__}: {exc}"[:500])
-        delivered = 200 <= response.status_code < 300
-        error = None if delivered else f"the endpoint answered {response.status_code}"
-        return Outcome(delivered, response.status_code, _ms(started), error)
+        delivered = 200 <= status < 300
+        error = None if delivered else f"the endpoint answered {status}"
+        return Outcome(delivered, status, _ms(started), error)
+
+    @staticmethod
+    async def _status(client: httpx.AsyncClient, request: httpx.Request) -> int:
+        response = await client.send(request, stream=True)
+        await response.aclose()
+        return response.status_code
 
     def retry_wait(self, attempts: int) -> float:
         """Seconds before the next attempt after `attempts` refused ones."""

@@ -20,6 +20,7 @@ server = server_fixture(
         "BERTH_WEBHOOK_ALLOW_PRIVATE": "true",
         "BERTH_WEBHOOK_RETRY_BASE": "0.3",
         "BERTH_WEBHOOK_TIMEOUT": "2",
+        "BERTH_MAX_IMAGES_PER_REPOSITORY": "12",
     },
 )
 
@@ -81,6 +82,45 @@ def test_retries_in_order(team: Team, receiver: Receiver) -> None:
     assert [a["status_code"] for a in first["attempt_log"]] == [200, 500, 500]
     assert first["attempt_log"][1]["next_attempt_at"] is not None
     assert first["event"]["data"]["tag"] == "one"
+
+
+def test_every_event_type(team: Team, receiver: Receiver) -> None:
+    """Image delete, tag delete and restore, a GC run, and the two refusals each send theirs."""
+    add_webhook(team, receiver.url)
+    admin = team["project-admin"]
+    name = team.oci_name()
+    with team.registry() as registry:
+        kept = push_image(registry, name, "kept")
+        gone = push_image(registry, name, "gone")
+        response = registry.delete(f"/v2/{name}/manifests/{gone.digest}")
+        assert response.status_code == 202, response.text
+        assert registry.delete(f"/v2/{name}/manifests/kept").status_code == 202
+    restore = {"image": "", "tag": "kept"}
+    ok(admin.post(team.repo_url("/tags/restore"), json=restore))
+    ok(admin.post(team.url("/gc"), json={"dry_run": True}), 202)
+    ok(team.admin.put(team.url("/quota"), json={"repository_quota": 1}))  # a server admin
+    refused = admin.post(team.url("/repositories"), json={"name": "second"})
+    assert_problem(refused, 403, code="QUOTA_EXCEEDED")
+    with team.registry() as registry:
+        for n in range(11):  # with `kept`, the repository's limit of 12
+            push_image(registry, name, f"n{n}")
+        with pytest.raises(AssertionError, match="limit of 12 images"):
+            push_image(registry, name, "over")
+    received = receiver.wait_for(19, timeout=30)
+    events = {}
+    for r in received:
+        events.setdefault(r.event["type"], r.event)
+    assert events["io.berth.image.deleted"]["data"]["digest"] == gone.digest
+    assert events["io.berth.image.deleted"]["data"]["tags"] == ["gone"]
+    assert events["io.berth.tag.deleted"]["data"]["digest"] == kept.digest
+    assert events["io.berth.tag.restored"]["subject"] == f"{team.repository}:kept"
+    run = events["io.berth.gc.finished"]["data"]["gc_run"]
+    assert run["state"] == "succeeded" and run["dry_run"] is True
+    quota = events["io.berth.quota.refused"]["data"]
+    assert quota["repository"] == "second" and quota["limit"] == 1
+    limit = events["io.berth.image_limit.refused"]["data"]
+    assert limit["tag"] == "over" and limit["limit"] == 12 and "12 images" in limit["message"]
+    assert events["io.berth.image_limit.refused"]["data"]["actor"] == "admin"
 
 
 def push_seconds(team: Team, images: int) -> float:
@@ -145,6 +185,15 @@ def test_only_project_admins(team: Team, receiver: Receiver) -> None:
     for actor in ("member", "reader"):
         assert_problem(team[actor].get(team.url("/webhooks")), 403)
         assert_problem(team[actor].post(team.url("/webhooks"), json={"url": receiver.url}), 403)
+    with httpx.Client(base_url=f"{team.server.url}/api/v1") as anonymous:
+        for method, path in (
+            ("GET", ""),
+            ("POST", ""),
+            ("GET", "/1/deliveries"),
+            ("POST", "/1/test"),
+        ):
+            response = anonymous.request(method, team.url(f"/webhooks{path}"), json={})
+            assert_problem(response, 401, code="UNAUTHORIZED")
     types = ok(team["project-admin"].get(team.url("/webhooks/event-types")))
     assert "io.berth.image.pushed" in [t["type"] for t in types]
 

@@ -1,17 +1,18 @@
 """The console's Webhooks page in a real browser: add an endpoint (its secret shown once), send
-it a test event, and read the outcome in the delivery log; the endpoint is a real HTTP server
-on loopback."""
+it a test event, push with skopeo, and read the outcomes in the delivery log; the endpoint is
+a real HTTP server on loopback."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 
-import httpx
 import pytest
 from playwright.sync_api import Page, expect
 
-from tests.api.conftest import push_image
 from tests.clients.console.conftest import Tenant, open_project_page, screenshot, sign_in
+from tests.clients.console.test_console import skopeo_push
+from tests.clients.layouts import TestImage
 from tests.webhook_receiver import Receiver, receiving
 
 
@@ -20,8 +21,8 @@ def receiver() -> Iterator[Receiver]:
     yield from receiving()
 
 
-def test_add_a_webhook_and_send_it_a_test_event(
-    page: Page, tenant: Tenant, receiver: Receiver
+def test_add_a_webhook_send_it_a_test_event_then_push_with_skopeo(
+    page: Page, tenant: Tenant, receiver: Receiver, test_image: TestImage
 ) -> None:
     sign_in(page, tenant)
     open_project_page(page, tenant, "Webhooks")
@@ -51,14 +52,23 @@ def test_add_a_webhook_and_send_it_a_test_event(
     expect(log).to_contain_text("200")
     assert secret not in page.content()  # shown once, in the dialog only
 
-    # A push shows in the log too once the page is loaded again.
+    # A skopeo push sends exactly one push event, and shows in the log once it is reloaded.
     tenant.create_repository("app")
-    key = tenant.server.access_key(tenant.project)
-    with httpx.Client(base_url=tenant.server.url, auth=key, timeout=30) as registry:
-        push_image(registry, f"{tenant.project}/app", "v1")
+    skopeo_push(tenant, test_image, "app")
     receiver.wait_for(2)
+    time.sleep(1.5)  # a second push event would have come by now
+    pushed = receiver.received[1:]
+    assert [r.event["type"] for r in pushed] == ["io.berth.image.pushed"]
+    assert pushed[0].signed_with(secret)
+    data = pushed[0].event["data"]
+    assert (data["project"], data["repository"], data["tag"], data["digest"]) == (
+        tenant.project,
+        "app",
+        "latest",
+        test_image.manifest_digest,
+    )
     row.get_by_role("button", name="Delivery log").click()
-    expect(log.get_by_role("row").filter(has_text="image.pushed")).to_contain_text("app:v1")
+    expect(log.get_by_role("row").filter(has_text="image.pushed")).to_contain_text("app:latest")
     screenshot(page, "webhooks")
 
     row.get_by_role("button", name="Disable").click()

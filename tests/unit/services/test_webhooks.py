@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import time
 from collections.abc import Awaitable, Callable, Iterator
-from typing import Any, TypeVar
+from typing import Any, TypeVar, get_args
 
 import pytest
 
@@ -15,7 +16,14 @@ from berth.metadata.database import Database
 from berth.services.repositories import Repositories
 from berth.services.webhook_addresses import refused_address
 from berth.services.webhook_delivery import WebhookDelivery
-from berth.services.webhook_events import IMAGE_PUSHED, TAG_DELETED, EventData, enqueue_event_now
+from berth.services.webhook_events import (
+    EVENT_TYPES,
+    IMAGE_PUSHED,
+    TAG_DELETED,
+    EventData,
+    EventType,
+    enqueue_event_now,
+)
 from berth.services.webhooks import Webhooks
 from tests.webhook_receiver import Receiver, receiving
 
@@ -205,3 +213,36 @@ def test_bad_urls_refused(database_url: str) -> None:
     assert "http:// or https://" in problems[0]
     assert "user name or password" in problems[1]
     assert "no host" in problems[2]
+
+
+def test_a_dead_endpoint_holds_up_only_itself(database_url: str, receiver: Receiver) -> None:
+    """One pass: the endpoint that never answers costs its timeout once; the other endpoint
+    gets both its events meanwhile."""
+    clock = Clock()
+
+    async def work(db: Database, silent: Receiver) -> Any:
+        hooks = Webhooks(db, allow_private=True)
+        dead = await hooks.create("acme", silent.url, actor="alice")
+        await hooks.create("acme", receiver.url, actor="alice")
+        await push_event(db, "v1")
+        await push_event(db, "v2")
+        job = WebhookDelivery(db, allow_private=True, timeout=1.0, retry_base=10.0, clock=clock)
+        started = time.monotonic()
+        await job.run()
+        elapsed = time.monotonic() - started
+        log, _ = await hooks.deliveries("acme", dead.id)
+        return elapsed, log
+
+    for silent in receiving(silent=True):
+        elapsed, log = run(database_url, lambda db, silent=silent: work(db, silent))
+        assert len(silent.received) == 1  # v2 waits behind v1
+    assert [e["data"]["tag"] for e in receiver.events()] == ["v1", "v2"]
+    assert elapsed < 3.0
+    first = log[1].attempt_log[0]
+    assert first.outcome == "retry" and first.error == "no answer within 1 s"
+    assert first.status_code is None and 900 <= first.duration_ms < 3000
+    assert log[0].attempts == 0
+
+
+def test_event_types_documented_once() -> None:
+    assert set(get_args(EventType)) == set(EVENT_TYPES)
