@@ -10,6 +10,7 @@ import httpx
 import pytest
 
 from tests.api.conftest import Team, assert_problem, ok, push_image, until
+from tests.observability.conftest import moved, scrape
 from tests.servers import BACKENDS, BerthServer, server_fixture
 from tests.webhook_receiver import Receiver, receiving
 
@@ -64,6 +65,7 @@ def test_push_sends_one_signed_event(team: Team, receiver: Receiver) -> None:
 def test_retries_in_order(team: Team, receiver: Receiver) -> None:
     """500 twice, then 200: the first event arrives three times, and the next one after it."""
     receiver.statuses = [500, 500]
+    before = scrape(team.server)
     created = add_webhook(team, receiver.url, event_types=["io.berth.tag.deleted"])
     admin = team["project-admin"]
     with team.registry() as registry:
@@ -82,6 +84,10 @@ def test_retries_in_order(team: Team, receiver: Receiver) -> None:
     assert [a["status_code"] for a in first["attempt_log"]] == [200, 500, 500]
     assert first["attempt_log"][1]["next_attempt_at"] is not None
     assert first["event"]["data"]["tag"] == "one"
+    after = scrape(team.server)
+    counter = "berth_webhook_deliveries_total"
+    assert moved(before, after, counter, outcome="delivered") == 2
+    assert moved(before, after, counter, outcome="retry") >= 2
 
 
 def test_every_event_type(team: Team, receiver: Receiver) -> None:

@@ -246,3 +246,21 @@ def test_a_dead_endpoint_holds_up_only_itself(database_url: str, receiver: Recei
 
 def test_event_types_documented_once() -> None:
     assert set(get_args(EventType)) == set(EVENT_TYPES)
+
+
+def test_finished_deliveries_kept_a_week(database_url: str, receiver: Receiver) -> None:
+    clock = Clock()
+
+    async def work(db: Database) -> Any:
+        hooks = Webhooks(db, allow_private=True)
+        created = await hooks.create("acme", receiver.url, actor="alice")
+        job = delivery(db, clock)
+        await push_event(db, "v1")
+        await job.run()
+        clock.advance(6 * 86400)
+        kept = await job.prune()
+        clock.advance(86400 + 1)
+        pruned = await job.prune()
+        return kept, pruned, (await hooks.deliveries("acme", created.id))[1]
+
+    assert run(database_url, work) == (0, 1, 0)
