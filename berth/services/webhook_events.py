@@ -7,6 +7,7 @@ request's path."""
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import uuid
 from typing import Any, Literal
 
@@ -17,6 +18,8 @@ from berth.domain.errors import RegistryError
 from berth.domain.references import RepositoryRef
 from berth.metadata.database import Database
 from berth.metadata.tables import utcnow, webhook_events
+
+logger = logging.getLogger("berth.webhooks")
 
 IMAGE_PUSHED = "io.berth.image.pushed"
 IMAGE_DELETED = "io.berth.image.deleted"
@@ -140,9 +143,15 @@ async def enqueue_event_now(
     data: EventData,
     subject: str | None = None,
 ) -> None:
-    """Queue an event in a transaction of its own (after a refusal rolled its own back)."""
-    async with db.write() as conn:
-        await enqueue_event(conn, project_id, event_type, data, subject)
+    """Queue an event in a transaction of its own (after a refusal rolled its own back, or a
+    run ended). A failure is logged, never raised: the caller's answer stands either way."""
+    try:
+        async with db.write() as conn:
+            await enqueue_event(conn, project_id, event_type, data, subject)
+    except Exception:
+        logger.exception(
+            "could not queue the webhook event %s of project %s", event_type, project_id
+        )
 
 
 def content_data(repo: RepositoryRef, image: str, actor: str, **fields: Any) -> EventData:

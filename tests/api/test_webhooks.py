@@ -144,7 +144,8 @@ def test_dead_endpoint_does_not_slow_pushes(team: Team) -> None:
         add_webhook(team, silent.url)
         with_dead = push_seconds(team, 5)
         silent.wait_for(1)  # deliveries were tried (and hung) while the pushes ran
-    assert with_dead < baseline * 2 + 1.0, (baseline, with_dead)
+    # Waiting on the endpoint would cost its 2 s timeout a push (10 s); the margin is noise.
+    assert with_dead < baseline * 2 + 3.0, (baseline, with_dead)
 
 
 def test_secret_shown_once_and_changes_audited(team: Team, receiver: Receiver) -> None:
@@ -200,6 +201,9 @@ def test_only_project_admins(team: Team, receiver: Receiver) -> None:
         ):
             response = anonymous.request(method, team.url(f"/webhooks{path}"), json={})
             assert_problem(response, 401, code="UNAUTHORIZED")
+    schemas = ok(team.admin.get("/openapi.json"))["components"]["schemas"]
+    assert {"CloudEvent", "EventData", "Delivery", "CreatedWebhook"} <= set(schemas)
+    assert "secret" not in schemas["Webhook"]["properties"]
     types = ok(team["project-admin"].get(team.url("/webhooks/event-types")))
     assert "io.berth.image.pushed" in [t["type"] for t in types]
 
