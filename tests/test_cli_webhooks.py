@@ -46,6 +46,10 @@ def test_webhook_verbs(hooks_server: BerthServer, receiver: Receiver) -> None:
     shown = hooks_server.cli("webhook", "deliveries", "clihooks", "1").stdout
     assert "delivered" in shown and "200" in shown
 
+    renewed = hooks_server.cli_json("webhook", "new-secret", "clihooks", "1")["secret"]
+    assert (
+        renewed != secret and renewed not in hooks_server.cli("webhook", "list", "clihooks").stdout
+    )
     hooks_server.cli("webhook", "update", "clihooks", "1", "--disable", "--all-events")
     (webhook,) = hooks_server.cli_json("webhook", "list", "clihooks")
     assert webhook["enabled"] is False and webhook["event_types"] == []

@@ -127,6 +127,37 @@ async def delete_webhook(ctx: AdminProject, webhook_id: WebhookId) -> Response:
     return Response(status_code=204)
 
 
+class NewSecret(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    secret: str | None = Field(
+        None,
+        min_length=MIN_SECRET_LENGTH,
+        max_length=MAX_SECRET_LENGTH,
+        description="your own new secret; without one, a secret is made",
+    )
+
+
+class SigningSecret(BaseModel):
+    secret: str = Field(description="the new signing secret: shown only now")
+
+
+@router.post("/{webhook_id}/secret", responses=responses(422))
+async def new_secret(
+    ctx: AdminProject, webhook_id: WebhookId, body: NewSecret | None = None
+) -> SigningSecret:
+    """Replace the endpoint's signing secret (also for an unsigned endpoint: it is signed from
+    now on). The new secret is in the answer, and never shown again. Audited."""
+    secret = await ctx.services.webhooks.new_secret(
+        ctx.project,
+        webhook_id,
+        secret=body.secret if body else None,
+        actor=ctx.actor,
+        client=ctx.caller.client,
+    )
+    return SigningSecret(secret=secret)
+
+
 @router.get("/{webhook_id}/deliveries")
 async def list_deliveries(
     ctx: AdminProject, webhook_id: WebhookId, paging: PagingDep

@@ -127,6 +127,34 @@ def webhook_update(
     done(json_output, plain(changed), f"Updated webhook {webhook_id}")
 
 
+@webhook_app.command("new-secret")
+def webhook_new_secret(
+    project: ProjectArg,
+    webhook_id: WebhookIdArg,
+    secret_stdin: Annotated[
+        bool,
+        typer.Option(
+            "--secret-stdin", help="Read the new secret from standard input's first line."
+        ),
+    ] = False,
+    json_output: JsonFlag = False,
+) -> None:
+    """Give a webhook a new signing secret, shown now and never again."""
+    own = sys.stdin.readline().rstrip("\n") if secret_stdin else None
+    secret = run_service(
+        lambda s: s.webhooks.new_secret(
+            project, webhook_id, secret=own, actor=cli_actor(), client=CLI_CLIENT
+        )
+    )
+    if json_output:
+        print_json({"id": webhook_id, "secret": secret})
+    elif own is None:
+        sys.stdout.write(f"Signing secret: {secret}\n")
+        console.print("[yellow]The secret is shown only now: store it with the endpoint.[/]")
+    else:
+        console.print(f"Webhook {webhook_id} signs with the new secret from now on.")
+
+
 @webhook_app.command("delete")
 def webhook_delete(
     project: ProjectArg, webhook_id: WebhookIdArg, json_output: JsonFlag = False

@@ -276,6 +276,40 @@ class Webhooks:
             row = await self._row(conn, project_id, project, webhook_id)
         return _webhook(row, project)
 
+    async def new_secret(
+        self,
+        project: str,
+        webhook_id: int,
+        *,
+        secret: str | None = None,
+        actor: str,
+        client: str | None = None,
+    ) -> str:
+        """Give the endpoint a new signing secret (made, or `secret`), returned now and never
+        again; deliveries from now on are signed with it. Audited."""
+        if secret is not None:
+            _check_secret(secret)
+        else:
+            secret = secrets.token_urlsafe(32)
+        async with self.db.write() as conn:
+            project_id = await require_project(conn, project)
+            row = await self._row(conn, project_id, project, webhook_id)
+            await conn.execute(
+                update(webhooks)
+                .where(webhooks.c.id == webhook_id)
+                .values(secret=secret, updated_at=utcnow())
+            )
+            await write_audit_entry(
+                conn,
+                actor,
+                "webhook.secret",
+                project_id=project_id,
+                target=str(row.url)[:255],
+                detail={"id": webhook_id},
+                client=client,
+            )
+        return secret
+
     async def delete(
         self, project: str, webhook_id: int, *, actor: str, client: str | None = None
     ) -> None:

@@ -157,6 +157,11 @@ def test_secret_shown_once_and_changes_audited(team: Team, receiver: Receiver) -
     listed = ok(admin.get(team.url("/webhooks")))
     assert "secret" not in shown and all("secret" not in w for w in listed)
     assert "my-own-secret-of-20" not in admin.get(team.url("/webhooks")).text
+    renewed = ok(admin.post(f"{path}/secret"))["secret"]
+    assert renewed != created["secret"] and len(renewed) >= 32
+    ok(admin.post(f"{path}/test"), 202)
+    (received,) = receiver.wait_for(1)
+    assert received.signed_with(renewed) and not received.signed_with("my-own-secret-of-20")
     changed = ok(admin.patch(path, json={"enabled": False, "event_types": []}))
     assert changed["enabled"] is False
     assert_problem(admin.post(f"{path}/test"), 409)
@@ -167,9 +172,10 @@ def test_secret_shown_once_and_changes_audited(team: Team, receiver: Receiver) -
         entries = ok(admin.get(team.url("/audit"), params={"per_page": 100}))["items"]
         return [e["action"] for e in entries if e["action"].startswith("webhook.")]
 
-    assert until(lambda: actions() == ["webhook.delete", "webhook.update", "webhook.create"])
+    expected = ["webhook.delete", "webhook.update", "webhook.secret", "webhook.create"]
+    assert until(lambda: actions() == expected)
     audit_text = admin.get(team.url("/audit"), params={"per_page": 100}).text
-    assert "my-own-secret-of-20" not in audit_text
+    assert "my-own-secret-of-20" not in audit_text and renewed not in audit_text
 
 
 def test_send_test_event(team: Team, receiver: Receiver) -> None:
