@@ -136,6 +136,20 @@ class Settings(BaseSettings):
         "credentials (turn off behind a reverse proxy on the same host); others need a "
         "server administrator",
     )
+    webhook_allow_private: bool = Field(
+        False,
+        description="webhook URLs may reach loopback, link-local (the cloud metadata address "
+        "169.254.169.254) and private addresses (refused by default)",
+    )
+    webhook_timeout: float = Field(
+        5.0, gt=0, le=60, description="seconds a webhook endpoint has to answer a delivery"
+    )
+    webhook_retry_base: float = Field(
+        10.0,
+        gt=0,
+        description="seconds before a failed webhook delivery is retried; each retry waits "
+        "twice as long (at most an hour), for up to a day",
+    )
     storage: Literal["filesystem", "s3"] = Field(
         "filesystem", description="where blobs live: `blobs` in data_dir, or an S3 bucket"
     )

@@ -24,6 +24,8 @@ from berth.services.sessions import Sessions
 from berth.services.storage_check import StorageCheck
 from berth.services.uploads import Uploads
 from berth.services.usage import Pricing, Usage
+from berth.services.webhook_delivery import WebhookDelivery
+from berth.services.webhooks import Webhooks
 from berth.storage.base import BlobStore
 from berth.storage.filesystem import FilesystemBlobStore
 
@@ -47,6 +49,8 @@ class Services:
     sessions: Sessions
     storage_check: StorageCheck
     readiness: Readiness
+    webhooks: Webhooks
+    webhook_delivery: WebhookDelivery
 
     @classmethod
     def build(cls, settings: Settings) -> Services:
@@ -67,6 +71,12 @@ class Services:
         storage_check = StorageCheck(db, store, orphan_age=settings.gc_grace_period)
         identity = Identity(db, keyring, settings.max_access_keys)
         tokens = Tokens(keyring, settings.token_ttl, settings.refresh_token_ttl)
+        webhook_delivery = WebhookDelivery(
+            db,
+            allow_private=settings.webhook_allow_private,
+            timeout=settings.webhook_timeout,
+            retry_base=settings.webhook_retry_base,
+        )
         throttle = LoginThrottle(
             settings.login_failures_per_key, settings.login_failures_per_client
         )
@@ -103,6 +113,9 @@ class Services:
                     ),
                     # Cheap (a directory listing): scratch files left by a crash go within hours.
                     Job("orphan-uploads", 3600, storage_check.remove_orphan_uploads),
+                    # One node sends webhooks, every second: events wait a second at most.
+                    Job("webhook-delivery", 1.0, webhook_delivery.run),
+                    Job("webhook-prune", 3600, webhook_delivery.prune),
                 ],
             ),
             gc=GarbageCollector(
@@ -114,6 +127,8 @@ class Services:
             sessions=Sessions(db, settings.session_ttl),
             storage_check=storage_check,
             readiness=Readiness(db, store),
+            webhooks=Webhooks(db, allow_private=settings.webhook_allow_private),
+            webhook_delivery=webhook_delivery,
         )
 
     def host_project(self, host: str | None) -> str | None:

@@ -35,6 +35,7 @@ ROUTER_MODULES = (
     "gc",
     "usage",
     "users",
+    "webhooks",
 )
 OPTIONAL_MODULES = frozenset({"gc", "usage"})
 _DOCS_STATIC = Path(fastapi_offline.__file__).parent / "static"

@@ -22,6 +22,7 @@ from berth.cli.server import init, serve, status
 from berth.cli.storage import storage_app
 from berth.cli.usage import audit, usage
 from berth.cli.users import user_app
+from berth.cli.webhooks import webhook_app
 
 # Plain help text (no Rich markup): brackets in argument names such as PROJECT/REPO[/IMAGE]
 # are text, and flags show no value type.
@@ -42,6 +43,7 @@ app.add_typer(gc_app, name="gc")
 app.add_typer(storage_app, name="storage")
 app.add_typer(image_app, name="image")
 app.add_typer(tag_app, name="tag")
+app.add_typer(webhook_app, name="webhook")
 
 
 @app.callback()

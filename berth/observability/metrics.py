@@ -88,6 +88,12 @@ GC_FREED = Counter(
 GC_STORAGE_FREED = Counter(
     "berth_gc_storage_freed_bytes", "bytes of blob files garbage collection removed from storage"
 )
+WEBHOOK_DELIVERIES = Counter(
+    "berth_webhook_deliveries",
+    "webhook delivery attempts, by outcome (delivered; retry: refused or unanswered, tried "
+    "again later; failed: given up after a day)",
+    ["outcome"],
+)
 POOL_IN_USE = Gauge(
     "berth_db_pool_connections_in_use",
     "database connections checked out of the pools, by pool (reader, writer)",
@@ -205,6 +211,10 @@ def gc_run_finished(
             GC_RESTRICTED.observe(restricted)
         GC_FREED.inc(freed)
         GC_STORAGE_FREED.inc(storage_freed)
+
+
+def webhook_attempted(outcome: str) -> None:
+    WEBHOOK_DELIVERIES.labels(outcome).inc()
 
 
 def watch_pool(pool: Any, name: str, capacity: int) -> None:

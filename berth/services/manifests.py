@@ -43,6 +43,17 @@ from berth.metadata.tables import (
 from berth.services.content_audit import audit_content_change
 from berth.services.content_in_use import in_use_refusal, manifests_using
 from berth.services.gc.restrictions import ensure_writable
+from berth.services.webhook_events import (
+    IMAGE_DELETED,
+    IMAGE_LIMIT_REFUSED,
+    IMAGE_PUSHED,
+    TAG_DELETED,
+    TAG_RESTORED,
+    content_data,
+    content_subject,
+    enqueue_event,
+    enqueue_event_now,
+)
 
 logger = logging.getLogger("berth.registry")
 
@@ -52,6 +63,14 @@ class StoredManifest:
     digest: str
     media_type: str
     content: bytes
+
+
+class ImageLimitReached(Denied):
+    """A push past the repository's image limit (`max_images_per_repository`)."""
+
+    def __init__(self, message: str, limit: int) -> None:
+        super().__init__(message, {"limit": limit})
+        self.limit = limit
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,6 +177,42 @@ class ManifestContent:
             tag = reference
             digest = digest_bytes(body)
         parsed = parse_manifest(body, content_type)
+        try:
+            await self._store_manifest(
+                repo, image, tag, digest, body, parsed, project_wide=project_wide, actor=actor
+            )
+        except ImageLimitReached as refusal:
+            data = content_data(
+                repo,
+                image,
+                actor,
+                tag=tag,
+                digest=digest,
+                message=refusal.message,
+                limit=refusal.limit,
+            )
+            await enqueue_event_now(
+                self.db,
+                repo.project_id,
+                IMAGE_LIMIT_REFUSED,
+                data,
+                content_subject(repo, image, reference),
+            )
+            raise
+        return PushedManifest(digest, parsed.subject.digest if parsed.subject else None)
+
+    async def _store_manifest(
+        self,
+        repo: RepositoryRef,
+        image: str,
+        tag: str | None,
+        digest: str,
+        body: bytes,
+        parsed: ParsedManifest,
+        *,
+        project_wide: bool,
+        actor: str,
+    ) -> None:
         async with self.db.write() as conn:
             await ensure_writable(conn, repo.project_id, repo.project)
             await self._check_references(conn, repo, image, parsed, project_wide)
@@ -175,14 +230,26 @@ class ManifestContent:
                 await conn.execute(
                     update(manifests).where(manifests.c.id == known.id).values(content=body)
                 )
+            changed = known is None
             if known is None:
                 await self._lock_repository(conn, repo)
                 await self._insert_manifest(conn, repo, image, digest, body, parsed)
                 await self._check_image_limit(conn, repo)
                 await self._event(conn, repo, image, None, "push", None, digest, actor)
-            if tag is not None:
-                await self._move_tag(conn, repo, image, tag, digest, actor)
-        return PushedManifest(digest, parsed.subject.digest if parsed.subject else None)
+            if tag is not None and await self._move_tag(conn, repo, image, tag, digest, actor):
+                changed = True
+            if changed:
+                data = content_data(
+                    repo,
+                    image,
+                    actor,
+                    tag=tag,
+                    digest=digest,
+                    media_type=parsed.media_type,
+                    size=len(body),
+                )
+                subject = content_subject(repo, image, tag or digest)
+                await enqueue_event(conn, repo.project_id, IMAGE_PUSHED, data, subject)
 
     async def _lock_repository(self, conn: Any, repo: RepositoryRef) -> None:
         """Serialize pushes to one repository, so the image count cannot be raced past its
@@ -205,10 +272,10 @@ class ManifestContent:
         if total <= limit:
             return  # images never outnumber manifests: no need for the exact count
         if await count_images(conn, repo.id) > limit:
-            raise Denied(
+            raise ImageLimitReached(
                 f"repository {repo.project}/{repo.name} has reached its limit of {limit:,} images "
                 "(max_images_per_repository); delete images or run garbage collection first",
-                {"limit": limit},
+                limit,
             )
 
     async def _event(
@@ -328,7 +395,8 @@ class ManifestContent:
         digest: str,
         actor: str,
         action: str | None = None,
-    ) -> None:
+    ) -> bool:
+        """Point the tag at `digest`; False when it named it already."""
         current = (
             await conn.execute(
                 select(tags.c.digest).where(
@@ -337,7 +405,7 @@ class ManifestContent:
             )
         ).scalar()
         if current == digest:
-            return
+            return False
         if current is not None and not repo.tag_overwrite:
             raise Denied(
                 f"tag {tag!r} already exists and tag overwrite is disabled for repository "
@@ -353,6 +421,7 @@ class ManifestContent:
         )
         action = action or ("tag" if current is None else "move")
         await self._event(conn, repo, image, tag, action, current, digest, actor)
+        return True
 
     async def delete_manifest(
         self, repo: RepositoryRef, image: str, reference: str, *, actor: str, client: str | None
@@ -397,6 +466,9 @@ class ManifestContent:
                     for name in tagged:
                         await self._event(conn, repo, image, name, "untag", reference, None, actor)
                     await self._event(conn, repo, image, None, "delete", reference, None, actor)
+                    data = content_data(repo, image, actor, digest=reference, tags=list(tagged))
+                    subject = content_subject(repo, image, reference)
+                    await enqueue_event(conn, repo.project_id, IMAGE_DELETED, data, subject)
             else:
                 old = (
                     await conn.execute(
@@ -412,6 +484,9 @@ class ManifestContent:
                 found = old is not None
                 if found:
                     await self._event(conn, repo, image, reference, "untag", old, None, actor)
+                    data = content_data(repo, image, actor, tag=reference, digest=old)
+                    subject = content_subject(repo, image, reference)
+                    await enqueue_event(conn, repo.project_id, TAG_DELETED, data, subject)
             if not found:
                 raise ManifestUnknown(
                     f"manifest {reference!r} is not in this repository", {"reference": reference}
@@ -467,4 +542,7 @@ class ManifestContent:
             await audit_content_change(
                 conn, "tag.restore", repo, image, tag, actor=actor, client=client
             )
+            data = content_data(repo, image, actor, tag=tag, digest=digest)
+            subject = content_subject(repo, image, tag)
+            await enqueue_event(conn, repo.project_id, TAG_RESTORED, data, subject)
             return str(digest)

@@ -35,6 +35,8 @@ from berth.metadata.tables import (
 )
 from berth.services.gc.restrictions import ensure_writable
 from berth.services.records import Record
+from berth.services.repository_quota import check_repository_quota
+from berth.services.webhook_events import QUOTA_REFUSED, report_refusal
 from berth.storage.base import BlobStore
 
 # How long a resolved repository is reused. Settings changed by another node or the admin CLI
@@ -199,66 +201,51 @@ class Repositories:
         _check_description(description)
         _check_scan_mode(scan_mode)
         now = utcnow()
-        async with self.db.write() as conn:
-            project_id = (await conn.execute(_PROJECT_ID, {"project": project})).scalar()
-            if project_id is None:
-                raise NameUnknown(f"project {project!r} does not exist")
-            exists = (
+        project_id = None
+        try:
+            async with self.db.write() as conn:
+                project_id = (await conn.execute(_PROJECT_ID, {"project": project})).scalar()
+                if project_id is None:
+                    raise NameUnknown(f"project {project!r} does not exist")
+                exists = (
+                    await conn.execute(
+                        select(repositories.c.id).where(
+                            repositories.c.project_id == project_id, repositories.c.name == name
+                        )
+                    )
+                ).first()
+                if exists:
+                    raise Conflict(f"repository {project}/{name} already exists")
+                await ensure_writable(conn, project_id, project)
+                await check_repository_quota(conn, project_id, project, self.default_quota)
                 await conn.execute(
-                    select(repositories.c.id).where(
-                        repositories.c.project_id == project_id, repositories.c.name == name
+                    repositories.insert().values(
+                        project_id=project_id,
+                        name=name,
+                        description=description,
+                        public=public,
+                        tag_overwrite=tag_overwrite,
+                        scan_mode=scan_mode,
+                        created_at=now,
+                        updated_at=now,
                     )
                 )
-            ).first()
-            if exists:
-                raise Conflict(f"repository {project}/{name} already exists")
-            await ensure_writable(conn, project_id, project)
-            quota = await self._quota(conn, project_id)
-            stored = (
-                await conn.execute(
-                    select(func.count())
-                    .select_from(repositories)
-                    .where(repositories.c.project_id == project_id)
-                )
-            ).scalar() or 0
-            if stored >= quota:
-                raise QuotaExceeded(
-                    f"project {project!r} already has {stored} of its maximum {quota} "
-                    "repositories (repository quota); delete one or raise the quota",
-                    {"quota": quota, "stored": stored},
-                )
-            await conn.execute(
-                repositories.insert().values(
+                await write_audit_entry(
+                    conn,
+                    actor,
+                    "repository.create",
                     project_id=project_id,
-                    name=name,
-                    description=description,
-                    public=public,
-                    tag_overwrite=tag_overwrite,
-                    scan_mode=scan_mode,
-                    created_at=now,
-                    updated_at=now,
+                    target=name,
+                    detail={"visibility": "public" if public else "private"},
+                    client=client,
                 )
-            )
-            await write_audit_entry(
-                conn,
-                actor,
-                "repository.create",
-                project_id=project_id,
-                target=name,
-                detail={"visibility": "public" if public else "private"},
-                client=client,
-            )
+        except QuotaExceeded as refusal:
+            if project_id is not None:
+                await report_refusal(
+                    self.db, project_id, QUOTA_REFUSED, project, actor, refusal, name
+                )
+            raise
         return await self.show(project, name)
-
-    async def _quota(self, conn: AsyncConnection, project_id: int) -> int:
-        own = (
-            await conn.execute(
-                select(project_settings.c.repository_quota).where(
-                    project_settings.c.project_id == project_id
-                )
-            )
-        ).scalar()
-        return int(own) if own is not None else self.default_quota
 
     async def set_quota(self, project: str, quota: int | None) -> None:
         """A project's own repository maximum; None returns it to the server default."""

@@ -38,6 +38,7 @@ from berth.services.gc.runs import (
     young_values,
 )
 from berth.services.gc.sweep import Sweeper
+from berth.services.webhook_events import GC_FINISHED, EventData, GcRunSummary, enqueue_event_now
 from berth.storage.base import BlobStore
 
 logger = logging.getLogger("berth.gc")
@@ -283,7 +284,7 @@ class GarbageCollector:
             if run.phase in BEFORE_DELETING:
                 if run.dry_run:
                     await self._dry_run(run)
-                    return _reported(await self.runs.record(run_id))
+                    return await self._ended(run.project_id, run_id)
                 unlinked = await self._mark(run)
             await self.sweeper.list_for_sweep(run, unlinked)
             await self.sweeper.sweep(run, progress)
@@ -304,7 +305,24 @@ class GarbageCollector:
             self.recovery.active.discard(run_id)
             with contextlib.suppress(Exception):
                 await self.recovery.release(run.project_id)
-        return _reported(await self.runs.record(run_id))
+        return await self._ended(run.project_id, run_id)
+
+    async def _ended(self, project_id: int, run_id: int) -> Run:
+        """The run as it ended: counted in the metrics, and its webhook event queued."""
+        ended = _reported(await self.runs.record(run_id))
+        if ended.state != RUNNING:
+            summary = GcRunSummary(
+                id=ended.id,
+                state=ended.state,
+                dry_run=ended.dry_run,
+                images_deleted=ended.images_deleted,
+                blobs_deleted=ended.blobs_deleted,
+                bytes_freed=ended.bytes_freed,
+                duration_seconds=ended.duration_seconds,
+            )
+            data = EventData(project=ended.project, actor=ended.actor, gc_run=summary)
+            await enqueue_event_now(self.db, project_id, GC_FINISHED, data, f"gc/runs/{ended.id}")
+        return ended
 
     async def _mark(self, run: RunRow) -> frozenset[str]:
         """Steps 1 and 2: restrict, decide and delete, lift the restriction. Returns the

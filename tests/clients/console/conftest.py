@@ -49,6 +49,7 @@ console_server = server_fixture(
         "BERTH_GC_TEST_PAUSE": f"marking={GC_HOLD_SECONDS}",
         "BERTH_GC_GRACE_PERIOD": "0",
         "BERTH_TRAFFIC_FLUSH_INTERVAL": "0.3",
+        "BERTH_WEBHOOK_ALLOW_PRIVATE": "true",  # the webhook test's endpoint is on loopback
     },
 )
 

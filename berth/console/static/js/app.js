@@ -12,6 +12,7 @@ import { monitoringView } from "./views/monitoring.js";
 import { keysView } from "./views/keys.js";
 import { membersView, auditView } from "./views/members.js";
 import { adminView } from "./views/admin.js";
+import { webhooksView } from "./views/webhooks.js";
 import { changePasswordDialog } from "./views/account.js";
 
 const root = document.getElementById("app");
@@ -26,6 +27,7 @@ const ROUTES = [
   [/^\/projects\/([^/]+)\/keys$/, keysView, "keys"],
   [/^\/projects\/([^/]+)\/members$/, membersView, "members"],
   [/^\/projects\/([^/]+)\/audit$/, auditView, "audit"],
+  [/^\/projects\/([^/]+)\/webhooks$/, webhooksView, "webhooks"],
 ];
 
 export function navigate(path, params = null) {
@@ -64,7 +66,7 @@ function menu(project, active) {
     ["keys", "Access keys"],
     ["members", "Members"],
   ];
-  if (project.role === "admin" || project.server_admin) entries.push(["audit", "Audit log"]);
+  if (project.role === "admin" || project.server_admin) entries.push(["audit", "Audit log"], ["webhooks", "Webhooks"]);
   return h(
     "nav",
     { class: "sidenav", "aria-label": "Project" },

@@ -1,0 +1,178 @@
+"""Webhooks: a project's endpoints (project admins), their delivery log, and a test event.
+
+Each delivery's body is a CloudEvents 1.0 event (the `CloudEvent` schema, shown with every
+delivery in the log), POSTed with `X-Berth-Signature: sha256=<hex HMAC-SHA256 of the body under
+the endpoint's secret>`. docs/operations.md says how to check it, and how retries work.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Path, Response
+from pydantic import BaseModel, ConfigDict, Field
+
+from berth.api.deps import TEXT_PATTERN, AdminProject, Page, PagingDep
+from berth.api.problems import responses
+from berth.services.webhook_events import EVENT_TYPES, EventType
+from berth.services.webhooks import (
+    MAX_DESCRIPTION,
+    MAX_SECRET_LENGTH,
+    MIN_SECRET_LENGTH,
+    CreatedWebhook,
+    Delivery,
+    Webhook,
+)
+
+router = APIRouter(
+    prefix="/projects/{project}/webhooks", tags=["webhooks"], responses=responses(403, 404)
+)
+
+WebhookId = Annotated[int, Path(ge=1, le=2**31 - 1, description="webhook id")]
+
+
+class NewWebhook(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    url: str = Field(
+        max_length=2048,
+        description="http(s) URL the events are POSTed to; its host must resolve to public "
+        "addresses unless the server allows private ones (webhook_allow_private)",
+    )
+    event_types: list[EventType] = Field(
+        default_factory=list, description="the event types to send; empty: every type"
+    )
+    secret: str | None = Field(
+        None,
+        min_length=MIN_SECRET_LENGTH,
+        max_length=MAX_SECRET_LENGTH,
+        description="your own signing secret; without one, a secret is made (with `sign`)",
+    )
+    sign: bool = Field(
+        True, description="sign deliveries (X-Berth-Signature); false, with no secret: unsigned"
+    )
+    enabled: bool = True
+    description: str = Field("", max_length=MAX_DESCRIPTION, pattern=TEXT_PATTERN)
+
+
+class WebhookChange(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    url: str | None = Field(None, max_length=2048)
+    event_types: list[EventType] | None = Field(None, description="empty: every type")
+    enabled: bool | None = None
+    description: str | None = Field(None, max_length=MAX_DESCRIPTION, pattern=TEXT_PATTERN)
+
+
+class EventTypeInfo(BaseModel):
+    type: str
+    description: str
+
+
+@router.get("")
+async def list_webhooks(ctx: AdminProject) -> list[Webhook]:
+    """The project's webhook endpoints (never their secrets)."""
+    return await ctx.services.webhooks.list_webhooks(ctx.project)
+
+
+@router.post("", status_code=201, responses=responses(422))
+async def create_webhook(ctx: AdminProject, body: NewWebhook) -> CreatedWebhook:
+    """Add an endpoint. The answer carries its signing secret: shown only now. Audited."""
+    return await ctx.services.webhooks.create(
+        ctx.project,
+        body.url,
+        event_types=list(body.event_types),
+        secret=body.secret,
+        sign=body.sign,
+        enabled=body.enabled,
+        description=body.description,
+        actor=ctx.actor,
+        client=ctx.caller.client,
+    )
+
+
+@router.get("/event-types")
+async def list_event_types(ctx: AdminProject) -> list[EventTypeInfo]:
+    """The event types an endpoint may subscribe to."""
+    return [EventTypeInfo(type=name, description=text) for name, text in EVENT_TYPES.items()]
+
+
+@router.get("/{webhook_id}")
+async def get_webhook(ctx: AdminProject, webhook_id: WebhookId) -> Webhook:
+    return await ctx.services.webhooks.get(ctx.project, webhook_id)
+
+
+@router.patch("/{webhook_id}", responses=responses(422))
+async def update_webhook(ctx: AdminProject, webhook_id: WebhookId, body: WebhookChange) -> Webhook:
+    """Change an endpoint (what is given). A disabled endpoint gets no new events; what was
+    queued for it waits until it is enabled again. Audited."""
+    return await ctx.services.webhooks.update(
+        ctx.project,
+        webhook_id,
+        url=body.url,
+        event_types=list(body.event_types) if body.event_types is not None else None,
+        enabled=body.enabled,
+        description=body.description,
+        actor=ctx.actor,
+        client=ctx.caller.client,
+    )
+
+
+@router.delete("/{webhook_id}", status_code=204)
+async def delete_webhook(ctx: AdminProject, webhook_id: WebhookId) -> Response:
+    """Remove an endpoint with its queue and delivery log. Audited."""
+    await ctx.services.webhooks.delete(
+        ctx.project, webhook_id, actor=ctx.actor, client=ctx.caller.client
+    )
+    return Response(status_code=204)
+
+
+class NewSecret(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    secret: str | None = Field(
+        None,
+        min_length=MIN_SECRET_LENGTH,
+        max_length=MAX_SECRET_LENGTH,
+        description="your own new secret; without one, a secret is made",
+    )
+
+
+class SigningSecret(BaseModel):
+    secret: str = Field(description="the new signing secret: shown only now")
+
+
+@router.post("/{webhook_id}/secret", responses=responses(422))
+async def new_secret(
+    ctx: AdminProject, webhook_id: WebhookId, body: NewSecret | None = None
+) -> SigningSecret:
+    """Replace the endpoint's signing secret (also for an unsigned endpoint: it is signed from
+    now on). The new secret is in the answer, and never shown again. Audited."""
+    secret = await ctx.services.webhooks.new_secret(
+        ctx.project,
+        webhook_id,
+        secret=body.secret if body else None,
+        actor=ctx.actor,
+        client=ctx.caller.client,
+    )
+    return SigningSecret(secret=secret)
+
+
+@router.get("/{webhook_id}/deliveries")
+async def list_deliveries(
+    ctx: AdminProject, webhook_id: WebhookId, paging: PagingDep
+) -> Page[Delivery]:
+    """The endpoint's deliveries, newest first, each with its attempts (status, response code,
+    duration, error, next attempt) and the event sent."""
+    items, total = await ctx.services.webhooks.deliveries(
+        ctx.project, webhook_id, offset=paging.offset, limit=paging.per_page
+    )
+    return Page[Delivery](items=items, page=paging.page, per_page=paging.per_page, total=total)
+
+
+@router.post("/{webhook_id}/test", status_code=202, responses=responses(409))
+async def send_test_event(ctx: AdminProject, webhook_id: WebhookId) -> Delivery:
+    """Queue an `io.berth.webhook.test` event for the endpoint (whatever types it takes); it
+    is sent within a second or two, behind anything queued for the endpoint already. Follow
+    it in the delivery log."""
+    return await ctx.services.webhooks.send_test(ctx.project, webhook_id, actor=ctx.actor)

@@ -1,0 +1,211 @@
+"""`berth webhook`: a project's webhook endpoints, their delivery log, and test events.
+
+Deliveries are sent by a running server (`berth serve`), one node of it at a time; these verbs
+change what it sends and show what it sent.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Annotated, Any
+
+import typer
+
+from berth.cli.common import (
+    CLI_CLIENT,
+    JsonFlag,
+    ProjectArg,
+    cli_actor,
+    console,
+    data_table,
+    done,
+    print_json,
+    run_service,
+    show_rows,
+    when,
+)
+from berth.services.records import plain
+from berth.services.webhook_events import EVENT_TYPES
+
+webhook_app = typer.Typer(
+    help="Webhooks: events of a project POSTed to your endpoints.", no_args_is_help=True
+)
+
+WebhookIdArg = Annotated[int, typer.Argument(metavar="WEBHOOK_ID", help="The webhook's id.")]
+EventOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--event",
+        help="An event type to send (repeat for several; none: every type). Types: "
+        + ", ".join(EVENT_TYPES),
+    ),
+]
+COLUMNS = ["id", "url", "events", "enabled", "signed", "description", "created_at"]
+
+
+def _row(webhook: dict[str, Any]) -> dict[str, Any]:
+    return {**webhook, "events": " ".join(webhook["event_types"]) or "all"}
+
+
+@webhook_app.command("create")
+def webhook_create(
+    project: ProjectArg,
+    url: Annotated[str, typer.Argument(metavar="URL", help="Where events are POSTed.")],
+    event: EventOption = None,
+    secret_stdin: Annotated[
+        bool,
+        typer.Option(
+            "--secret-stdin", help="Read your own signing secret from standard input's first line."
+        ),
+    ] = False,
+    sign: Annotated[
+        bool, typer.Option("--sign/--no-sign", help="Sign deliveries (X-Berth-Signature).")
+    ] = True,
+    description: Annotated[str, typer.Option(help="A note: what the endpoint is for.")] = "",
+    json_output: JsonFlag = False,
+) -> None:
+    """Add a webhook endpoint. Its signing secret is shown now and never again."""
+    secret = sys.stdin.readline().rstrip("\n") if secret_stdin else None
+    created = run_service(
+        lambda s: s.webhooks.create(
+            project,
+            url,
+            event_types=event or [],
+            secret=secret,
+            sign=sign,
+            description=description,
+            actor=cli_actor(),
+            client=CLI_CLIENT,
+        )
+    )
+    if json_output:
+        print_json(plain(created))
+        return
+    console.print(f"Webhook [bold]{created.id}[/] sends {_row(plain(created))['events']} events")
+    if created.secret is not None and not secret_stdin:
+        sys.stdout.write(f"Signing secret: {created.secret}\n")
+        console.print("[yellow]The secret is shown only now: store it with the endpoint.[/]")
+    elif created.secret is None:
+        console.print("Deliveries are not signed.")
+    sys.stdout.write(f"\nSend it a test event:\n  berth webhook test {project} {created.id}\n")
+
+
+@webhook_app.command("list")
+def webhook_list(project: ProjectArg, json_output: JsonFlag = False) -> None:
+    """List a project's webhook endpoints (never their secrets)."""
+    found = run_service(lambda s: s.webhooks.list_webhooks(project))
+    show_rows(json_output, [_row(plain(w)) for w in found], COLUMNS, f"Webhooks of {project}")
+
+
+@webhook_app.command("update")
+def webhook_update(
+    project: ProjectArg,
+    webhook_id: WebhookIdArg,
+    url: Annotated[str | None, typer.Option(help="A new URL.")] = None,
+    event: EventOption = None,
+    all_events: Annotated[bool, typer.Option("--all-events", help="Send every type.")] = False,
+    enabled: Annotated[
+        bool | None, typer.Option("--enable/--disable", help="Send events, or hold them.")
+    ] = None,
+    description: Annotated[str | None, typer.Option(help="A new note.")] = None,
+    json_output: JsonFlag = False,
+) -> None:
+    """Change a webhook endpoint. A disabled one gets no new events; queued ones wait."""
+    event_types = [] if all_events else event
+    changed = run_service(
+        lambda s: s.webhooks.update(
+            project,
+            webhook_id,
+            url=url,
+            event_types=event_types,
+            enabled=enabled,
+            description=description,
+            actor=cli_actor(),
+            client=CLI_CLIENT,
+        )
+    )
+    done(json_output, plain(changed), f"Updated webhook {webhook_id}")
+
+
+@webhook_app.command("new-secret")
+def webhook_new_secret(
+    project: ProjectArg,
+    webhook_id: WebhookIdArg,
+    secret_stdin: Annotated[
+        bool,
+        typer.Option(
+            "--secret-stdin", help="Read the new secret from standard input's first line."
+        ),
+    ] = False,
+    json_output: JsonFlag = False,
+) -> None:
+    """Give a webhook a new signing secret, shown now and never again."""
+    own = sys.stdin.readline().rstrip("\n") if secret_stdin else None
+    secret = run_service(
+        lambda s: s.webhooks.new_secret(
+            project, webhook_id, secret=own, actor=cli_actor(), client=CLI_CLIENT
+        )
+    )
+    if json_output:
+        print_json({"id": webhook_id, "secret": secret})
+    elif own is None:
+        sys.stdout.write(f"Signing secret: {secret}\n")
+        console.print("[yellow]The secret is shown only now: store it with the endpoint.[/]")
+    else:
+        console.print(f"Webhook {webhook_id} signs with the new secret from now on.")
+
+
+@webhook_app.command("delete")
+def webhook_delete(
+    project: ProjectArg, webhook_id: WebhookIdArg, json_output: JsonFlag = False
+) -> None:
+    """Remove a webhook endpoint with its queue and delivery log."""
+    run_service(
+        lambda s: s.webhooks.delete(project, webhook_id, actor=cli_actor(), client=CLI_CLIENT)
+    )
+    done(json_output, {"id": webhook_id, "deleted": True}, f"Deleted webhook {webhook_id}")
+
+
+@webhook_app.command("test")
+def webhook_test(
+    project: ProjectArg, webhook_id: WebhookIdArg, json_output: JsonFlag = False
+) -> None:
+    """Queue a test event (io.berth.webhook.test) for the endpoint."""
+    queued = run_service(lambda s: s.webhooks.send_test(project, webhook_id, actor=cli_actor()))
+    if json_output:
+        print_json(plain(queued))
+        return
+    console.print(f"Queued test event {queued.event_id}: a running server sends it within seconds.")
+    sys.stdout.write(f"Follow it with:\n  berth webhook deliveries {project} {webhook_id}\n")
+
+
+@webhook_app.command("deliveries")
+def webhook_deliveries(
+    project: ProjectArg,
+    webhook_id: WebhookIdArg,
+    limit: Annotated[int, typer.Option(min=1, max=100, help="How many, newest first.")] = 20,
+    json_output: JsonFlag = False,
+) -> None:
+    """The endpoint's delivery log: each event sent, its state and its last attempt."""
+    found, _ = run_service(lambda s: s.webhooks.deliveries(project, webhook_id, limit=limit))
+    if json_output:
+        print_json(plain(found))
+        return
+    rows = []
+    for delivery in found:
+        last = delivery.attempt_log[0] if delivery.attempt_log else None
+        rows.append(
+            {
+                "id": delivery.id,
+                "event": delivery.event_type.removeprefix("io.berth."),
+                "state": delivery.state,
+                "attempts": delivery.attempts,
+                "code": last.status_code if last else None,
+                "ms": last.duration_ms if last else None,
+                "error": last.error if last else None,
+                "next": when(plain(delivery.next_attempt_at), "-"),
+                "created_at": plain(delivery.created_at),
+            }
+        )
+    columns = ["id", "event", "state", "attempts", "code", "ms", "error", "next", "created_at"]
+    console.print(data_table(rows, columns, f"Deliveries of webhook {webhook_id}"))

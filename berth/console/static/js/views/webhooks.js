@@ -1,0 +1,190 @@
+// Webhooks (project admins): the project's endpoints, adding one (its secret shown once),
+// sending a test event, and the delivery log of the endpoint chosen.
+
+import { api, query, seg } from "../api.js";
+import { badge, clear, confirmDialog, copyable, emptyState, errorBox, field, h, openDialog, pager, table, timeElement, toast } from "../ui.js";
+
+const STATE_BADGES = { delivered: ["Delivered", "succeeded"], pending: ["Pending", "pending"], failed: ["Failed", "failed"] };
+
+export async function webhooksView(main, ctx) {
+  const { project } = ctx;
+  const base = `/projects/${seg(project.name)}/webhooks`;
+  document.title = `Webhooks · ${project.name} · Berth`;
+  const body = h("div", { class: "loading" }, "Loading webhooks…");
+  clear(
+    main,
+    h(
+      "div",
+      { class: "page-head" },
+      h(
+        "div",
+        {},
+        h("h1", {}, "Webhooks"),
+        h("p", { class: "muted" }, "Pushes, deletes, tag restores, garbage collection runs and refusals in this project are POSTed to these endpoints as CloudEvents, signed with the endpoint's secret (X-Berth-Signature), and retried for a day."),
+      ),
+      h("button", { type: "button", class: "primary", onclick: () => createWebhook(ctx, base) }, "Add webhook"),
+    ),
+    body,
+  );
+  const hooks = await api.get(base);
+  if (ctx.stale()) return;
+  const chosen = hooks.find((w) => String(w.id) === ctx.query.webhook) || hooks[0];
+  const log = h("section", { "aria-label": "Delivery log" });
+  clear(
+    body,
+    table(
+      [
+        { title: "URL", cell: (w) => [h("code", { class: "wrap" }, w.url), w.description ? h("div", { class: "muted" }, w.description) : null] },
+        { title: "Events", cell: (w) => (w.event_types.length ? w.event_types.map((t) => h("div", {}, t.replace(/^io\.berth\./, ""))) : "All") },
+        { title: "State", cell: (w) => (w.enabled ? badge("Enabled", "active") : badge("Disabled", "disabled")) },
+        { title: "Signed", cell: (w) => (w.signed ? "Yes" : "No") },
+        {
+          title: "Actions",
+          cell: (w) =>
+            h(
+              "span",
+              { class: "actions" },
+              h("button", { type: "button", class: "small", disabled: !w.enabled, onclick: () => sendTest(ctx, base, w) }, "Send test event"),
+              h("button", { type: "button", class: "small", onclick: () => ctx.navigate(`/projects/${seg(project.name)}/webhooks`, { webhook: w.id }) }, "Delivery log"),
+              h("button", { type: "button", class: "small", onclick: () => setEnabled(ctx, base, w, !w.enabled) }, w.enabled ? "Disable" : "Enable"),
+              h("button", { type: "button", class: "small danger-text", onclick: () => deleteWebhook(ctx, base, w) }, "Delete"),
+            ),
+        },
+      ],
+      hooks,
+      {
+        caption: "Webhooks",
+        rowKey: (w) => w.id,
+        empty: emptyState("No webhooks yet", h("p", {}, "Add one to tell CI or a deploy tool about pushes.")),
+      },
+    ),
+    chosen ? log : null,
+  );
+  if (chosen) await showLog(ctx, base, chosen, log, Number(ctx.query.page || 1));
+}
+
+async function showLog(ctx, base, webhook, section, page) {
+  const data = await api.get(`${base}/${webhook.id}/deliveries${query({ page, per_page: 20 })}`);
+  if (ctx.stale()) return;
+  const last = (d) => d.attempt_log[0] || null;
+  clear(
+    section,
+    h("h2", {}, "Delivery log ", h("span", { class: "muted" }, webhook.url)),
+    table(
+      [
+        { title: "Event", cell: (d) => h("span", { title: d.event_id }, d.event_type.replace(/^io\.berth\./, "")) },
+        { title: "Subject", cell: (d) => (d.event.subject ? h("code", {}, d.event.subject) : "-") },
+        { title: "State", cell: (d) => badge(...STATE_BADGES[d.state]) },
+        { title: "Attempts", cell: (d) => String(d.attempts) },
+        { title: "Response", cell: (d) => (last(d)?.status_code ? String(last(d).status_code) : "-") },
+        { title: "Duration", cell: (d) => (last(d) ? `${last(d).duration_ms} ms` : "-") },
+        { title: "Error", cell: (d) => last(d)?.error || "-" },
+        { title: "Next attempt", cell: (d) => (d.next_attempt_at && d.state === "pending" ? timeElement(d.next_attempt_at) : "-") },
+        { title: "Queued", cell: (d) => timeElement(d.created_at) },
+      ],
+      data.items,
+      { caption: "Deliveries", rowKey: (d) => d.id, empty: emptyState("Nothing delivered yet", h("p", {}, "Send a test event to try the endpoint.")) },
+    ),
+    pager(data, (p) => ctx.navigate(`/projects/${seg(ctx.project.name)}/webhooks`, { webhook: webhook.id, page: p })),
+  );
+}
+
+async function sendTest(ctx, base, webhook) {
+  try {
+    const queued = await api.post(`${base}/${webhook.id}/test`);
+    toast("Test event queued: it is sent within a few seconds");
+    // Follow it for a while: the delivery log shows its outcome once it has one.
+    for (let i = 0; i < 20 && !ctx.stale(); i++) {
+      await new Promise((resolve) => setTimeout(resolve, 500));
+      const log = await api.get(`${base}/${webhook.id}/deliveries${query({ per_page: 20 })}`);
+      const found = log.items.find((d) => d.id === queued.id);
+      if (!found || found.attempts > 0) break;
+    }
+    if (!ctx.stale()) ctx.navigate(`/projects/${seg(ctx.project.name)}/webhooks`, { webhook: webhook.id });
+  } catch (err) {
+    toast(err.message, "error");
+  }
+}
+
+async function setEnabled(ctx, base, webhook, enabled) {
+  try {
+    await api.patch(`${base}/${webhook.id}`, { enabled });
+    toast(`Webhook ${enabled ? "enabled" : "disabled"}`);
+    ctx.refresh();
+  } catch (err) {
+    toast(err.message, "error");
+  }
+}
+
+async function deleteWebhook(ctx, base, webhook) {
+  const done = await confirmDialog({
+    title: "Delete webhook",
+    body: h("p", {}, "Delete the webhook to ", h("code", {}, webhook.url), " with its delivery log? Events queued for it are not sent."),
+    action: () => api.delete(`${base}/${webhook.id}`),
+  });
+  if (done) {
+    toast("Webhook deleted");
+    ctx.navigate(`/projects/${seg(ctx.project.name)}/webhooks`);
+  }
+}
+
+async function createWebhook(ctx, base) {
+  const types = await api.get(`${base}/event-types`);
+  const created = await openDialog({
+    title: "Add webhook",
+    build(close) {
+      const url = h("input", { type: "url", required: true, autocomplete: "off", spellcheck: false });
+      const urlField = field("Endpoint URL", url, "An HTTPS (or HTTP) URL that events are POSTed to. Its host must have public addresses unless the server allows private ones.");
+      const boxes = types.map((t) => h("label", {}, h("input", { type: "checkbox", value: t.type }), h("span", {}, t.type), h("span", { class: "hint" }, t.description)));
+      const events = h("fieldset", { class: "radios" }, h("legend", {}, "Events (none ticked: every event)"), boxes);
+      const sign = h("input", { type: "checkbox", checked: true });
+      const signField = h("fieldset", { class: "radios" }, h("legend", {}, "Signature"), h("label", {}, sign, h("span", {}, "Sign deliveries with a new secret (shown once)")));
+      const description = h("input", { type: "text", maxLength: 100, autocomplete: "off" });
+      const descriptionField = field("Description (optional)", description);
+      const problem = h("div");
+      const form = h(
+        "form",
+        {},
+        h("div", { class: "dialog-body" }, urlField, events, signField, descriptionField, problem),
+        h("footer", {}, h("button", { type: "button", onclick: () => close() }, "Cancel"), h("button", { type: "submit", class: "primary" }, "Add")),
+      );
+      form.addEventListener("submit", async (e) => {
+        e.preventDefault();
+        clear(problem);
+        try {
+          const chosen = [...events.querySelectorAll("input:checked")].map((i) => i.value);
+          close(await api.post(base, { url: url.value.trim(), event_types: chosen, sign: sign.checked, description: description.value }));
+        } catch (err) {
+          urlField.setError(err.forField?.("url"));
+          clear(problem, errorBox(err));
+        }
+      });
+      return form;
+    },
+  });
+  if (!created) return;
+  if (created.secret) await showSecret(created);
+  ctx.navigate(`/projects/${seg(ctx.project.name)}/webhooks`, { webhook: created.id });
+}
+
+function showSecret(webhook) {
+  return openDialog({
+    title: "Webhook added",
+    wide: true,
+    build(close) {
+      return h(
+        "div",
+        {},
+        h(
+          "div",
+          { class: "dialog-body" },
+          h("p", {}, "Deliveries to ", h("code", {}, webhook.url), " carry X-Berth-Signature: sha256= and the HMAC-SHA256 of the body under this secret."),
+          h("div", { class: "alert caution", role: "note" }, h("strong", {}, "The secret is shown only now."), " Give it to the endpoint: it cannot be shown again."),
+          h("h3", {}, "Signing secret"),
+          copyable(webhook.secret, { testid: "new-webhook-secret" }),
+        ),
+        h("footer", {}, h("button", { type: "button", class: "primary", onclick: () => close() }, "Done")),
+      );
+    },
+  });
+}

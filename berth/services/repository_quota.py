@@ -1,0 +1,37 @@
+"""A project's repository quota, checked in the transaction that creates a repository."""
+
+from __future__ import annotations
+
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from berth.domain.errors import QuotaExceeded
+from berth.metadata.tables import project_settings, repositories
+
+
+async def check_repository_quota(
+    conn: AsyncConnection, project_id: int, project: str, default_quota: int
+) -> None:
+    """QuotaExceeded when the project holds as many repositories as its quota (its own, else
+    the server's default) allows."""
+    own = (
+        await conn.execute(
+            select(project_settings.c.repository_quota).where(
+                project_settings.c.project_id == project_id
+            )
+        )
+    ).scalar()
+    quota = int(own) if own is not None else default_quota
+    stored = (
+        await conn.execute(
+            select(func.count())
+            .select_from(repositories)
+            .where(repositories.c.project_id == project_id)
+        )
+    ).scalar() or 0
+    if stored >= quota:
+        raise QuotaExceeded(
+            f"project {project!r} already has {stored} of its maximum {quota} "
+            "repositories (repository quota); delete one or raise the quota",
+            {"quota": quota, "stored": stored},
+        )

@@ -1,0 +1,308 @@
+"""Delivering webhook events: the job one node runs at a time (a scheduled job, so its lease
+decides which), every second.
+
+A pass first turns queued events (the outbox, `webhook_events`) into one delivery per enabled
+endpoint that subscribes to their type, then works through each endpoint's queue in order, the
+endpoints side by side: an endpoint's next delivery waits until the one before it is delivered
+or given up, and a slow or dead endpoint holds up only its own queue (each attempt has
+`timeout` seconds). A refused attempt (no answer, or not 2xx) is retried after `retry_base`
+seconds, then twice as long each time (at most an hour), until a day has passed since the
+event: then the delivery has failed, and the next one goes.
+
+Each delivery is a POST of the CloudEvent (structured JSON) with `X-Berth-Signature:
+sha256=<hex HMAC-SHA256 of the body under the endpoint's secret>` when the endpoint has one,
+and the CloudEvents binary-mode headers `ce-id`, `ce-type`, `ce-source`, `ce-specversion`
+beside it, so a receiver can route without parsing the body.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import hashlib
+import hmac
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+from sqlalchemy import delete, select, update
+
+from berth import __version__
+from berth.domain.errors import RegistryError
+from berth.metadata.database import Database
+from berth.metadata.tables import (
+    utcnow,
+    webhook_attempts,
+    webhook_deliveries,
+    webhook_events,
+    webhooks,
+)
+from berth.observability import metrics
+from berth.services.webhook_addresses import check_url
+from berth.services.webhooks import DELIVERED, FAILED, PENDING
+
+logger = logging.getLogger("berth.webhooks")
+
+RETRY_FOR = dt.timedelta(days=1)
+MAX_RETRY_WAIT = 3600.0
+KEEP_FINISHED = dt.timedelta(days=7)  # delivered and failed deliveries stay this long
+EVENTS_PER_PASS = 500
+DELIVERIES_PER_ENDPOINT_PASS = 50
+SIGNATURE_HEADER = "X-Berth-Signature"
+
+
+def signature(secret: str, body: bytes) -> str:
+    """The X-Berth-Signature value of a body under a secret."""
+    return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    delivered: bool
+    status_code: int | None
+    duration_ms: int
+    error: str | None
+
+
+class WebhookDelivery:
+    def __init__(
+        self,
+        db: Database,
+        *,
+        allow_private: bool,
+        timeout: float,
+        retry_base: float,
+        clock: Callable[[], dt.datetime] = utcnow,
+    ) -> None:
+        self.db = db
+        self.allow_private = allow_private
+        self.timeout = timeout
+        self.retry_base = retry_base
+        self.clock = clock
+
+    async def run(self) -> None:
+        """One pass: fan out the queued events, then deliver what is due."""
+        await self.fan_out()
+        due = await self._endpoints_with_pending()
+        if due:
+            async with httpx.AsyncClient(
+                timeout=self.timeout,
+                follow_redirects=False,
+                trust_env=False,
+                headers={"User-Agent": f"Berth-Webhooks/{__version__}"},
+            ) as client:
+                await asyncio.gather(*(self._drain(client, webhook_id) for webhook_id in due))
+
+    async def fan_out(self) -> int:
+        """Queued events become deliveries of the endpoints that take them; returns how many
+        deliveries were made."""
+        made = 0
+        async with self.db.read() as conn:  # most passes find none: no write lock for them
+            if (await conn.execute(select(webhook_events.c.id).limit(1))).first() is None:
+                return 0
+        async with self.db.write() as conn:
+            events = (
+                await conn.execute(
+                    select(webhook_events).order_by(webhook_events.c.id).limit(EVENTS_PER_PASS)
+                )
+            ).all()
+            if not events:
+                return 0
+            projects = {event.project_id for event in events}
+            endpoints = (
+                await conn.execute(
+                    select(webhooks.c.id, webhooks.c.project_id, webhooks.c.event_types).where(
+                        webhooks.c.project_id.in_(projects), webhooks.c.enabled.is_(True)
+                    )
+                )
+            ).all()
+            now = self.clock()
+            rows: list[dict[str, Any]] = []
+            for event in events:
+                for endpoint in endpoints:
+                    types = endpoint.event_types.split()
+                    if endpoint.project_id == event.project_id and (
+                        not types or event.type in types
+                    ):
+                        rows.append(
+                            {
+                                "webhook_id": endpoint.id,
+                                "event_id": json.loads(event.payload)["id"],
+                                "event_type": event.type,
+                                "payload": event.payload,
+                                "state": PENDING,
+                                "attempts": 0,
+                                "created_at": now,
+                                "next_attempt_at": now,
+                            }
+                        )
+            if rows:
+                await conn.execute(webhook_deliveries.insert(), rows)
+                made = len(rows)
+            # By id: on PostgreSQL an event with a smaller id may commit after these.
+            await conn.execute(
+                delete(webhook_events).where(webhook_events.c.id.in_([e.id for e in events]))
+            )
+        return made
+
+    async def _endpoints_with_pending(self) -> list[int]:
+        async with self.db.read() as conn:
+            found = await conn.execute(
+                select(webhook_deliveries.c.webhook_id)
+                .join(webhooks, webhooks.c.id == webhook_deliveries.c.webhook_id)
+                .where(webhook_deliveries.c.state == PENDING, webhooks.c.enabled.is_(True))
+                .group_by(webhook_deliveries.c.webhook_id)
+            )
+            return [int(webhook_id) for webhook_id in found.scalars()]
+
+    async def _drain(self, client: httpx.AsyncClient, webhook_id: int) -> None:
+        """Send the endpoint's due deliveries in order until one must wait."""
+        try:
+            for _ in range(DELIVERIES_PER_ENDPOINT_PASS):
+                if not await self._deliver_next(client, webhook_id):
+                    return
+        except Exception:
+            logger.exception("webhook %s: delivery failed", webhook_id)
+
+    async def _deliver_next(self, client: httpx.AsyncClient, webhook_id: int) -> bool:
+        """Attempt the endpoint's oldest pending delivery if it is due; False when there is
+        none or it must wait."""
+        async with self.db.read() as conn:
+            head = (
+                await conn.execute(
+                    select(
+                        webhook_deliveries,
+                        webhooks.c.url,
+                        webhooks.c.secret,
+                        webhooks.c.enabled,
+                    )
+                    .join(webhooks, webhooks.c.id == webhook_deliveries.c.webhook_id)
+                    .where(
+                        webhook_deliveries.c.webhook_id == webhook_id,
+                        webhook_deliveries.c.state == PENDING,
+                    )
+                    .order_by(webhook_deliveries.c.id)
+                    .limit(1)
+                )
+            ).first()
+        now = self.clock()
+        if head is None or not head.enabled:
+            return False
+        if head.next_attempt_at is not None and head.next_attempt_at > now:
+            return False
+        outcome = await self.attempt(client, head.url, head.secret, head.payload)
+        return await self._record(head, outcome) != PENDING
+
+    async def attempt(
+        self, client: httpx.AsyncClient, url: str, secret: str | None, payload: str
+    ) -> Outcome:
+        """POST the event to the endpoint once: at the address just checked."""
+        started = time.monotonic()
+        body = payload.encode()
+        event = json.loads(payload)
+        try:
+            target = await check_url(url, allow_private=self.allow_private)
+        except RegistryError as refusal:
+            return Outcome(False, None, _ms(started), refusal.message)
+        headers = {
+            "Host": target.host_header,
+            "Content-Type": "application/cloudevents+json; charset=utf-8",
+            "ce-id": event["id"],
+            "ce-type": event["type"],
+            "ce-source": event["source"],
+            "ce-specversion": event["specversion"],
+        }
+        if secret is not None:
+            headers[SIGNATURE_HEADER] = signature(secret, body)
+        extensions = {"sni_hostname": target.host} if target.scheme == "https" else {}
+        request = client.build_request(
+            "POST", target.pinned_url, content=body, headers=headers, extensions=extensions
+        )
+        try:
+            # The whole exchange within the timeout (httpx's applies to each read); the
+            # answer's body is never read: only its status counts.
+            status = await asyncio.wait_for(self._status(client, request), self.timeout)
+        except (TimeoutError, httpx.TimeoutException):
+            return Outcome(False, None, _ms(started), f"no answer within {self.timeout:g} s")
+        except httpx.HTTPError as exc:
+            return Outcome(False, None, _ms(started), f"{type(exc).__name__}: {exc}"[:500])
+        delivered = 200 <= status < 300
+        error = None if delivered else f"the endpoint answered {status}"
+        return Outcome(delivered, status, _ms(started), error)
+
+    @staticmethod
+    async def _status(client: httpx.AsyncClient, request: httpx.Request) -> int:
+        response = await client.send(request, stream=True)
+        await response.aclose()
+        return response.status_code
+
+    def retry_wait(self, attempts: int) -> float:
+        """Seconds before the next attempt after `attempts` refused ones."""
+        return min(self.retry_base * 2.0 ** (attempts - 1), MAX_RETRY_WAIT)
+
+    async def _record(self, head: Any, outcome: Outcome) -> str:
+        """Log the attempt and move the delivery on; returns its state now."""
+        now = self.clock()
+        attempts = head.attempts + 1
+        next_at: dt.datetime | None = None
+        if outcome.delivered:
+            state, label = DELIVERED, "delivered"
+        else:
+            next_at = now + dt.timedelta(seconds=self.retry_wait(attempts))
+            if next_at > head.created_at + RETRY_FOR:
+                state, label, next_at = FAILED, "failed", None
+            else:
+                state, label = PENDING, "retry"
+        async with self.db.write() as conn:
+            await conn.execute(
+                update(webhook_deliveries)
+                .where(webhook_deliveries.c.id == head.id)
+                .values(
+                    state=state,
+                    attempts=attempts,
+                    next_attempt_at=next_at,
+                    finished_at=None if state == PENDING else now,
+                )
+            )
+            await conn.execute(
+                webhook_attempts.insert().values(
+                    delivery_id=head.id,
+                    at=now,
+                    outcome=label,
+                    status_code=outcome.status_code,
+                    duration_ms=outcome.duration_ms,
+                    error=outcome.error,
+                    next_attempt_at=next_at,
+                )
+            )
+        metrics.webhook_attempted(label)
+        if label != "delivered":
+            logger.info(
+                "webhook %s: delivery %s of %s not accepted (%s); %s",
+                head.webhook_id,
+                head.id,
+                head.event_type,
+                outcome.error,
+                f"next attempt at {next_at.isoformat()}" if next_at else "given up",
+            )
+        return state
+
+    async def prune(self) -> int:
+        """Forget deliveries finished more than a week ago; returns how many."""
+        cutoff = self.clock() - KEEP_FINISHED
+        async with self.db.write() as conn:
+            result = await conn.execute(
+                delete(webhook_deliveries).where(
+                    webhook_deliveries.c.state != PENDING,
+                    webhook_deliveries.c.finished_at < cutoff,
+                )
+            )
+        return int(result.rowcount or 0)
+
+
+def _ms(started: float) -> int:
+    return int((time.monotonic() - started) * 1000)

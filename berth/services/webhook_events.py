@@ -1,0 +1,181 @@
+"""Webhook events: their types, their CloudEvents 1.0 JSON shape, and the one insert that queues
+one. A change writes its event in its own transaction (`enqueue_event`), so an event exists
+exactly when the change does; a refusal (which rolls its transaction back) writes its event in a
+transaction of its own right after. The delivery job (`webhooks.py`) does the rest, off every
+request's path."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import uuid
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from berth.domain.errors import RegistryError
+from berth.domain.references import RepositoryRef
+from berth.metadata.database import Database
+from berth.metadata.tables import utcnow, webhook_events
+
+logger = logging.getLogger("berth.webhooks")
+
+IMAGE_PUSHED = "io.berth.image.pushed"
+IMAGE_DELETED = "io.berth.image.deleted"
+TAG_DELETED = "io.berth.tag.deleted"
+TAG_RESTORED = "io.berth.tag.restored"
+GC_FINISHED = "io.berth.gc.finished"
+QUOTA_REFUSED = "io.berth.quota.refused"
+IMAGE_LIMIT_REFUSED = "io.berth.image_limit.refused"
+# Sent only by "send a test event", whatever the endpoint subscribes to.
+TEST = "io.berth.webhook.test"
+
+EVENT_TYPES: dict[str, str] = {
+    IMAGE_PUSHED: "a manifest was pushed, or a push pointed a tag at a manifest",
+    IMAGE_DELETED: "an image (manifest) was deleted by digest, with its tags",
+    TAG_DELETED: "a tag was deleted (the image stays)",
+    TAG_RESTORED: "a deleted tag was put back",
+    GC_FINISHED: "a garbage collection run ended (succeeded, failed or rolled back)",
+    QUOTA_REFUSED: "a new repository was refused: the project's repository quota is reached",
+    IMAGE_LIMIT_REFUSED: "a push was refused: the repository's image limit is reached",
+}
+EventType = Literal[
+    "io.berth.image.pushed",
+    "io.berth.image.deleted",
+    "io.berth.tag.deleted",
+    "io.berth.tag.restored",
+    "io.berth.gc.finished",
+    "io.berth.quota.refused",
+    "io.berth.image_limit.refused",
+]
+
+
+class GcRunSummary(BaseModel):
+    id: int
+    state: str = Field(description="succeeded, failed or rolled_back")
+    dry_run: bool
+    images_deleted: int
+    blobs_deleted: int
+    bytes_freed: int
+    duration_seconds: float
+
+
+class EventData(BaseModel):
+    """What happened. Fields that do not apply to an event type are absent."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    project: str
+    repository: str | None = Field(None, description="repository name in the project")
+    image: str | None = Field(
+        None, description="image name inside the repository ('' when it is the repository's own)"
+    )
+    tag: str | None = Field(None, description="the tag pushed, deleted or restored")
+    digest: str | None = Field(None, description="the manifest's digest")
+    media_type: str | None = Field(None, description="the manifest's media type")
+    size: int | None = Field(None, description="the manifest's size in bytes")
+    tags: list[str] | None = Field(None, description="image delete: the tags deleted with it")
+    actor: str = Field(description="who made the change (a user name, or `system`)")
+    message: str | None = Field(None, description="refusals: what the client was told")
+    limit: int | None = Field(None, description="refusals: the quota or limit reached")
+    gc_run: GcRunSummary | None = Field(None, description="gc.finished: the run")
+
+
+class CloudEvent(BaseModel):
+    """A webhook delivery's body: a CloudEvents 1.0 event in its structured JSON form."""
+
+    specversion: Literal["1.0"] = "1.0"
+    id: str = Field(description="unique per event; a retried delivery repeats it")
+    source: str = Field(description="`/projects/{project}`")
+    type: str = Field(description="one of the event types, e.g. io.berth.image.pushed")
+    time: dt.datetime
+    subject: str | None = Field(
+        None, description="what the event is about: `repository[/image]:tag` or `@digest`"
+    )
+    datacontenttype: Literal["application/json"] = "application/json"
+    data: EventData
+
+
+def content_subject(repo: RepositoryRef, image: str, reference: str | None) -> str:
+    """`repository[/image]:tag` or `repository[/image]@digest`, as a client names it."""
+    name = f"{repo.name}/{image}" if image else repo.name
+    if reference is None:
+        return name
+    return f"{name}{'@' if ':' in reference else ':'}{reference}"
+
+
+def new_event(event_type: str, data: EventData, subject: str | None) -> CloudEvent:
+    return CloudEvent(
+        id=str(uuid.uuid4()),
+        source=f"/projects/{data.project}",
+        type=event_type,
+        time=utcnow(),
+        subject=subject,
+        data=data,
+    )
+
+
+def event_json(event: CloudEvent) -> str:
+    return event.model_dump_json(exclude_none=True)
+
+
+async def enqueue_event(
+    conn: AsyncConnection,
+    project_id: int,
+    event_type: str,
+    data: EventData,
+    subject: str | None = None,
+) -> None:
+    """Queue an event in the caller's transaction: one insert, whoever listens."""
+    event = new_event(event_type, data, subject)
+    await conn.execute(
+        webhook_events.insert().values(
+            project_id=project_id, type=event_type, payload=event_json(event)
+        )
+    )
+
+
+async def enqueue_event_now(
+    db: Database,
+    project_id: int,
+    event_type: str,
+    data: EventData,
+    subject: str | None = None,
+) -> None:
+    """Queue an event in a transaction of its own (after a refusal rolled its own back, or a
+    run ended). A failure is logged, never raised: the caller's answer stands either way."""
+    try:
+        async with db.write() as conn:
+            await enqueue_event(conn, project_id, event_type, data, subject)
+    except Exception:
+        logger.exception(
+            "could not queue the webhook event %s of project %s", event_type, project_id
+        )
+
+
+def content_data(repo: RepositoryRef, image: str, actor: str, **fields: Any) -> EventData:
+    return EventData(project=repo.project, repository=repo.name, image=image, actor=actor, **fields)
+
+
+async def report_refusal(
+    db: Database,
+    project_id: int,
+    event_type: str,
+    project: str,
+    actor: str,
+    refusal: RegistryError,
+    repository: str | None = None,
+) -> None:
+    """Queue the event of a refused change (a quota or limit reached), after its transaction
+    rolled back."""
+    detail = refusal.detail if isinstance(refusal.detail, dict) else {}
+    limit = detail.get("quota", detail.get("limit"))
+    data = EventData(
+        project=project,
+        repository=repository,
+        actor=actor,
+        message=refusal.message,
+        limit=limit if isinstance(limit, int) else None,
+    )
+    await enqueue_event_now(db, project_id, event_type, data)

@@ -1,0 +1,427 @@
+"""A project's webhook endpoints: making, changing and removing them (audited), their delivery
+log, and a test event. Events are queued by the changes themselves (`webhook_events.py`) and
+delivered by the delivery job (`webhook_delivery.py`)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import secrets
+from typing import Any, Literal
+
+from pydantic import Field
+from sqlalchemy import delete, func, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from berth.domain.errors import Conflict, InvalidValue, NotFound
+from berth.metadata.audit import write_audit_entry
+from berth.metadata.database import Database
+from berth.metadata.lookups import require_project
+from berth.metadata.tables import utcnow, webhook_attempts, webhook_deliveries, webhooks
+from berth.services.records import Record
+from berth.services.webhook_addresses import check_url
+from berth.services.webhook_events import (
+    EVENT_TYPES,
+    TEST,
+    CloudEvent,
+    EventData,
+    event_json,
+    new_event,
+)
+
+MAX_WEBHOOKS = 20  # per project
+MIN_SECRET_LENGTH = 16
+MAX_SECRET_LENGTH = 128
+MAX_DESCRIPTION = 100
+PENDING, DELIVERED, FAILED = "pending", "delivered", "failed"
+
+
+class Webhook(Record):
+    """A webhook endpoint of a project. Its secret is never shown again after creation."""
+
+    id: int
+    project: str
+    url: str
+    event_types: list[str] = Field(description="the event types sent; empty: every type")
+    enabled: bool = Field(description="a disabled endpoint gets no new events; queued ones wait")
+    description: str
+    signed: bool = Field(description="whether deliveries carry X-Berth-Signature (it has a secret)")
+    created_by: str
+    created_at: dt.datetime
+    updated_at: dt.datetime
+
+
+class CreatedWebhook(Webhook):
+    secret: str | None = Field(
+        description="the signing secret: shown only now (null: deliveries are not signed)"
+    )
+
+
+class Attempt(Record):
+    at: dt.datetime
+    outcome: Literal["delivered", "retry", "failed"] = Field(
+        description="retry: not accepted, tried again at next_attempt_at; failed: given up"
+    )
+    status_code: int | None = Field(description="the endpoint's HTTP status (null: no answer)")
+    duration_ms: int
+    error: str | None
+    next_attempt_at: dt.datetime | None
+
+
+class Delivery(Record):
+    """One event sent (or being sent) to one endpoint, with every attempt, newest first."""
+
+    id: int
+    webhook_id: int
+    event_id: str
+    event_type: str
+    state: Literal["pending", "delivered", "failed"] = Field(
+        description="pending: queued or waiting to be retried; delivered: the endpoint "
+        "answered 2xx; failed: given up after a day of retries"
+    )
+    attempts: int
+    created_at: dt.datetime
+    next_attempt_at: dt.datetime | None
+    finished_at: dt.datetime | None
+    attempt_log: list[Attempt]
+    event: CloudEvent = Field(description="the body sent (the same on every attempt)")
+
+
+def _webhook(row: Any, project: str) -> Webhook:
+    return Webhook(
+        id=row.id,
+        project=project,
+        url=row.url,
+        event_types=row.event_types.split(),
+        enabled=row.enabled,
+        description=row.description,
+        signed=row.secret is not None,
+        created_by=row.created_by,
+        created_at=row.created_at,
+        updated_at=row.updated_at,
+    )
+
+
+def _new_id(result: Any) -> int:
+    return int(result.inserted_primary_key[0])
+
+
+def _event_types(types: list[str] | None) -> str:
+    chosen = sorted(set(types or []))
+    for event_type in chosen:
+        if event_type not in EVENT_TYPES:
+            raise InvalidValue(
+                f"unknown event type {event_type!r}; the types are {', '.join(EVENT_TYPES)}",
+                "event_types",
+            )
+    return " ".join(chosen)
+
+
+def _check_secret(secret: str) -> None:
+    if not MIN_SECRET_LENGTH <= len(secret) <= MAX_SECRET_LENGTH or not secret.isprintable():
+        raise InvalidValue(
+            f"a secret is {MIN_SECRET_LENGTH} to {MAX_SECRET_LENGTH} printable characters",
+            "secret",
+        )
+
+
+def _check_description(description: str) -> None:
+    if len(description) > MAX_DESCRIPTION or not description.isprintable():
+        raise InvalidValue(
+            f"a description is up to {MAX_DESCRIPTION} printable characters", "description"
+        )
+
+
+class Webhooks:
+    def __init__(self, db: Database, *, allow_private: bool) -> None:
+        self.db = db
+        self.allow_private = allow_private
+
+    async def create(
+        self,
+        project: str,
+        url: str,
+        *,
+        event_types: list[str] | None = None,
+        secret: str | None = None,
+        sign: bool = True,
+        enabled: bool = True,
+        description: str = "",
+        actor: str,
+        client: str | None = None,
+    ) -> CreatedWebhook:
+        """Add an endpoint. With `sign` and no `secret`, a secret is made; it is returned now
+        and never again."""
+        await check_url(url, allow_private=self.allow_private)
+        types = _event_types(event_types)
+        _check_description(description)
+        if secret is not None:
+            _check_secret(secret)
+        elif sign:
+            secret = secrets.token_urlsafe(32)
+        now = utcnow()
+        async with self.db.write() as conn:
+            project_id = await require_project(conn, project)
+            count = (
+                await conn.execute(
+                    select(func.count())
+                    .select_from(webhooks)
+                    .where(webhooks.c.project_id == project_id)
+                )
+            ).scalar() or 0
+            if count >= MAX_WEBHOOKS:
+                raise InvalidValue(
+                    f"project {project!r} has {MAX_WEBHOOKS} webhooks, the most it may have; "
+                    "delete one first"
+                )
+            result = await conn.execute(
+                webhooks.insert().values(
+                    project_id=project_id,
+                    url=url,
+                    secret=secret,
+                    event_types=types,
+                    enabled=enabled,
+                    description=description,
+                    created_by=actor,
+                    created_at=now,
+                    updated_at=now,
+                )
+            )
+            webhook_id = _new_id(result)
+            await write_audit_entry(
+                conn,
+                actor,
+                "webhook.create",
+                project_id=project_id,
+                target=url[:255],
+                detail={"id": webhook_id, "event_types": types.split(), "enabled": enabled},
+                client=client,
+            )
+            row = await self._row(conn, project_id, project, webhook_id)
+        shown = _webhook(row, project)
+        return CreatedWebhook(**shown.model_dump(), secret=secret)
+
+    async def _row(
+        self, conn: AsyncConnection, project_id: int, project: str, webhook_id: int
+    ) -> Any:
+        row = (
+            await conn.execute(
+                select(webhooks).where(
+                    webhooks.c.id == webhook_id, webhooks.c.project_id == project_id
+                )
+            )
+        ).first()
+        if row is None:
+            raise NotFound(f"project {project!r} has no webhook {webhook_id}")
+        return row
+
+    async def list_webhooks(self, project: str) -> list[Webhook]:
+        async with self.db.read() as conn:
+            project_id = await require_project(conn, project)
+            rows = await conn.execute(
+                select(webhooks).where(webhooks.c.project_id == project_id).order_by(webhooks.c.id)
+            )
+            return [_webhook(row, project) for row in rows]
+
+    async def get(self, project: str, webhook_id: int) -> Webhook:
+        async with self.db.read() as conn:
+            project_id = await require_project(conn, project)
+            return _webhook(await self._row(conn, project_id, project, webhook_id), project)
+
+    async def update(
+        self,
+        project: str,
+        webhook_id: int,
+        *,
+        url: str | None = None,
+        event_types: list[str] | None = None,
+        enabled: bool | None = None,
+        description: str | None = None,
+        actor: str,
+        client: str | None = None,
+    ) -> Webhook:
+        """Change what is given (None: unchanged; `event_types` [] means every type)."""
+        values: dict[str, Any] = {}
+        if url is not None:
+            await check_url(url, allow_private=self.allow_private)
+            values["url"] = url
+        if event_types is not None:
+            values["event_types"] = _event_types(event_types)
+        if enabled is not None:
+            values["enabled"] = enabled
+        if description is not None:
+            _check_description(description)
+            values["description"] = description
+        async with self.db.write() as conn:
+            project_id = await require_project(conn, project)
+            row = await self._row(conn, project_id, project, webhook_id)
+            if values:
+                await conn.execute(
+                    update(webhooks)
+                    .where(webhooks.c.id == webhook_id)
+                    .values(**values, updated_at=utcnow())
+                )
+                changed = {
+                    key: value.split() if key == "event_types" else value
+                    for key, value in values.items()
+                }
+                await write_audit_entry(
+                    conn,
+                    actor,
+                    "webhook.update",
+                    project_id=project_id,
+                    target=str(values.get("url", row.url))[:255],
+                    detail={"id": webhook_id, **changed},
+                    client=client,
+                )
+            row = await self._row(conn, project_id, project, webhook_id)
+        return _webhook(row, project)
+
+    async def new_secret(
+        self,
+        project: str,
+        webhook_id: int,
+        *,
+        secret: str | None = None,
+        actor: str,
+        client: str | None = None,
+    ) -> str:
+        """Give the endpoint a new signing secret (made, or `secret`), returned now and never
+        again; deliveries from now on are signed with it. Audited."""
+        if secret is not None:
+            _check_secret(secret)
+        else:
+            secret = secrets.token_urlsafe(32)
+        async with self.db.write() as conn:
+            project_id = await require_project(conn, project)
+            row = await self._row(conn, project_id, project, webhook_id)
+            await conn.execute(
+                update(webhooks)
+                .where(webhooks.c.id == webhook_id)
+                .values(secret=secret, updated_at=utcnow())
+            )
+            await write_audit_entry(
+                conn,
+                actor,
+                "webhook.secret",
+                project_id=project_id,
+                target=str(row.url)[:255],
+                detail={"id": webhook_id},
+                client=client,
+            )
+        return secret
+
+    async def delete(
+        self, project: str, webhook_id: int, *, actor: str, client: str | None = None
+    ) -> None:
+        """Remove the endpoint with its queue and delivery log."""
+        async with self.db.write() as conn:
+            project_id = await require_project(conn, project)
+            row = await self._row(conn, project_id, project, webhook_id)
+            # Its queue and delivery log go with it (ON DELETE CASCADE).
+            await conn.execute(delete(webhooks).where(webhooks.c.id == webhook_id))
+            await write_audit_entry(
+                conn,
+                actor,
+                "webhook.delete",
+                project_id=project_id,
+                target=str(row.url)[:255],
+                detail={"id": webhook_id},
+                client=client,
+            )
+
+    async def send_test(self, project: str, webhook_id: int, *, actor: str) -> Delivery:
+        """Queue a test event (`io.berth.webhook.test`) for the endpoint, whatever event types
+        it subscribes to; it goes behind what is queued for it already. Refused while the
+        endpoint is disabled (nothing would send it)."""
+        event = new_event(TEST, EventData(project=project, actor=actor), None)
+        now = utcnow()
+        async with self.db.write() as conn:
+            project_id = await require_project(conn, project)
+            row = await self._row(conn, project_id, project, webhook_id)
+            if not row.enabled:
+                raise Conflict(f"webhook {webhook_id} is disabled; enable it to send it events")
+            result = await conn.execute(
+                webhook_deliveries.insert().values(
+                    webhook_id=webhook_id,
+                    event_id=event.id,
+                    event_type=TEST,
+                    payload=event_json(event),
+                    state=PENDING,
+                    attempts=0,
+                    created_at=now,
+                    next_attempt_at=now,
+                )
+            )
+            delivery_id = _new_id(result)
+        sent, _ = await self._deliveries(project, webhook_id, delivery_id=delivery_id)
+        return sent[0]
+
+    async def deliveries(
+        self, project: str, webhook_id: int, *, offset: int = 0, limit: int = 20
+    ) -> tuple[list[Delivery], int]:
+        """The endpoint's deliveries, newest first, and how many it has."""
+        return await self._deliveries(project, webhook_id, offset=offset, limit=limit)
+
+    async def _deliveries(
+        self,
+        project: str,
+        webhook_id: int,
+        *,
+        offset: int = 0,
+        limit: int = 1,
+        delivery_id: int | None = None,
+    ) -> tuple[list[Delivery], int]:
+        async with self.db.read() as conn:
+            project_id = await require_project(conn, project)
+            await self._row(conn, project_id, project, webhook_id)
+            where = [webhook_deliveries.c.webhook_id == webhook_id]
+            if delivery_id is not None:
+                where.append(webhook_deliveries.c.id == delivery_id)
+            total = (
+                await conn.execute(
+                    select(func.count()).select_from(webhook_deliveries).where(*where)
+                )
+            ).scalar() or 0
+            rows = (
+                await conn.execute(
+                    select(webhook_deliveries)
+                    .where(*where)
+                    .order_by(webhook_deliveries.c.id.desc())
+                    .offset(offset)
+                    .limit(limit)
+                )
+            ).all()
+            attempts: dict[int, list[Attempt]] = {row.id: [] for row in rows}
+            if rows:
+                found = await conn.execute(
+                    select(webhook_attempts)
+                    .where(webhook_attempts.c.delivery_id.in_(list(attempts)))
+                    .order_by(webhook_attempts.c.id.desc())
+                )
+                for attempt in found:
+                    attempts[attempt.delivery_id].append(
+                        Attempt(
+                            at=attempt.at,
+                            outcome=attempt.outcome,
+                            status_code=attempt.status_code,
+                            duration_ms=attempt.duration_ms,
+                            error=attempt.error,
+                            next_attempt_at=attempt.next_attempt_at,
+                        )
+                    )
+        return [
+            Delivery(
+                id=row.id,
+                webhook_id=row.webhook_id,
+                event_id=row.event_id,
+                event_type=row.event_type,
+                state=row.state,
+                attempts=row.attempts,
+                created_at=row.created_at,
+                next_attempt_at=row.next_attempt_at,
+                finished_at=row.finished_at,
+                attempt_log=attempts[row.id],
+                event=CloudEvent.model_validate_json(row.payload),
+            )
+            for row in rows
+        ], int(total)

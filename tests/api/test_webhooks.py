@@ -1,0 +1,240 @@
+"""Webhooks over HTTP against a running server (SQLite and PostgreSQL), delivering to a real
+HTTP endpoint on loopback (so the server allows private addresses, as an operator may)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from tests.api.conftest import Team, assert_problem, ok, push_image, until
+from tests.observability.conftest import moved, scrape
+from tests.servers import BACKENDS, BerthServer, server_fixture
+from tests.webhook_receiver import Receiver, receiving
+
+server = server_fixture(
+    "webhooks",
+    backends=BACKENDS,
+    env={
+        "BERTH_WEBHOOK_ALLOW_PRIVATE": "true",
+        "BERTH_WEBHOOK_RETRY_BASE": "0.3",
+        "BERTH_WEBHOOK_TIMEOUT": "2",
+        "BERTH_MAX_IMAGES_PER_REPOSITORY": "12",
+    },
+)
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    yield from receiving()
+
+
+def add_webhook(team: Team, url: str, **fields: object) -> dict[str, object]:
+    created: dict[str, object] = ok(
+        team["project-admin"].post(team.url("/webhooks"), json={"url": url, **fields}), 201
+    )
+    return created
+
+
+def test_push_sends_one_signed_event(team: Team, receiver: Receiver) -> None:
+    created = add_webhook(team, receiver.url)
+    secret = created["secret"]
+    assert isinstance(secret, str) and len(secret) >= 32
+    with team.registry() as registry:
+        manifest = push_image(registry, team.oci_name(), "v1")
+    (received,) = receiver.wait_for(1)
+    time.sleep(1.5)  # a second event would have come by now
+    assert len(receiver.received) == 1
+    assert received.signed_with(secret)
+    assert received.headers["content-type"].startswith("application/cloudevents+json")
+    event = received.event
+    assert event["specversion"] == "1.0" and event["type"] == "io.berth.image.pushed"
+    assert event["source"] == f"/projects/{team.project}"
+    assert event["subject"] == f"{team.repository}:v1"
+    assert received.headers["ce-id"] == event["id"]
+    data = event["data"]
+    assert data["project"] == team.project and data["repository"] == team.repository
+    assert data["tag"] == "v1" and data["digest"] == manifest.digest
+    assert data["size"] == manifest.size
+    assert data["media_type"] == "application/vnd.oci.image.manifest.v1+json"
+    assert data["actor"] == "admin"
+
+
+def test_retries_in_order(team: Team, receiver: Receiver) -> None:
+    """500 twice, then 200: the first event arrives three times, and the next one after it."""
+    receiver.statuses = [500, 500]
+    before = scrape(team.server)
+    created = add_webhook(team, receiver.url, event_types=["io.berth.tag.deleted"])
+    admin = team["project-admin"]
+    with team.registry() as registry:
+        push_image(registry, team.oci_name(), "one")
+        push_image(registry, team.oci_name(), "two")
+        for tag in ("one", "two"):
+            response = registry.delete(f"/v2/{team.oci_name()}/manifests/{tag}")
+            assert response.status_code == 202, response.text
+    received = receiver.wait_for(4)
+    assert [r.event["data"]["tag"] for r in received] == ["one", "one", "one", "two"]
+    assert [r.event["type"] for r in received] == ["io.berth.tag.deleted"] * 4
+    log = ok(admin.get(team.url(f"/webhooks/{created['id']}/deliveries")))
+    assert log["total"] == 2
+    first = log["items"][1]
+    assert first["state"] == "delivered" and first["attempts"] == 3
+    assert [a["status_code"] for a in first["attempt_log"]] == [200, 500, 500]
+    assert first["attempt_log"][1]["next_attempt_at"] is not None
+    assert first["event"]["data"]["tag"] == "one"
+    after = scrape(team.server)
+    counter = "berth_webhook_deliveries_total"
+    assert moved(before, after, counter, outcome="delivered") == 2
+    assert moved(before, after, counter, outcome="retry") >= 2
+
+
+def test_every_event_type(team: Team, receiver: Receiver) -> None:
+    """Image delete, tag delete and restore, a GC run, and the two refusals each send theirs."""
+    add_webhook(team, receiver.url)
+    admin = team["project-admin"]
+    name = team.oci_name()
+    with team.registry() as registry:
+        kept = push_image(registry, name, "kept")
+        gone = push_image(registry, name, "gone")
+        response = registry.delete(f"/v2/{name}/manifests/{gone.digest}")
+        assert response.status_code == 202, response.text
+        assert registry.delete(f"/v2/{name}/manifests/kept").status_code == 202
+    restore = {"image": "", "tag": "kept"}
+    ok(admin.post(team.repo_url("/tags/restore"), json=restore))
+    ok(admin.post(team.url("/gc"), json={"dry_run": True}), 202)
+    ok(team.admin.put(team.url("/quota"), json={"repository_quota": 1}))  # a server admin
+    refused = admin.post(team.url("/repositories"), json={"name": "second"})
+    assert_problem(refused, 403, code="QUOTA_EXCEEDED")
+    with team.registry() as registry:
+        for n in range(11):  # with `kept`, the repository's limit of 12
+            push_image(registry, name, f"n{n}")
+        with pytest.raises(AssertionError, match="limit of 12 images"):
+            push_image(registry, name, "over")
+    received = receiver.wait_for(19, timeout=30)
+    events = {}
+    for r in received:
+        events.setdefault(r.event["type"], r.event)
+    assert events["io.berth.image.deleted"]["data"]["digest"] == gone.digest
+    assert events["io.berth.image.deleted"]["data"]["tags"] == ["gone"]
+    assert events["io.berth.tag.deleted"]["data"]["digest"] == kept.digest
+    assert events["io.berth.tag.restored"]["subject"] == f"{team.repository}:kept"
+    run = events["io.berth.gc.finished"]["data"]["gc_run"]
+    assert run["state"] == "succeeded" and run["dry_run"] is True
+    quota = events["io.berth.quota.refused"]["data"]
+    assert quota["repository"] == "second" and quota["limit"] == 1
+    limit = events["io.berth.image_limit.refused"]["data"]
+    assert limit["tag"] == "over" and limit["limit"] == 12 and "12 images" in limit["message"]
+    assert events["io.berth.image_limit.refused"]["data"]["actor"] == "admin"
+
+
+def push_seconds(team: Team, images: int) -> float:
+    with team.registry() as registry:
+        started = time.monotonic()
+        for n in range(images):
+            push_image(registry, team.oci_name(), f"t{n}")
+        return time.monotonic() - started
+
+
+def test_dead_endpoint_does_not_slow_pushes(team: Team) -> None:
+    """An endpoint that never answers: pushes take as long as with no endpoint at all."""
+    baseline = push_seconds(team, 5)
+    for silent in receiving(silent=True):
+        add_webhook(team, silent.url)
+        with_dead = push_seconds(team, 5)
+        silent.wait_for(1)  # deliveries were tried (and hung) while the pushes ran
+    # Waiting on the endpoint would cost its 2 s timeout a push (10 s); the margin is noise.
+    assert with_dead < baseline * 2 + 3.0, (baseline, with_dead)
+
+
+def test_secret_shown_once_and_changes_audited(team: Team, receiver: Receiver) -> None:
+    admin = team["project-admin"]
+    created = add_webhook(team, receiver.url, secret="my-own-secret-of-20", description="ci")
+    assert created["secret"] == "my-own-secret-of-20" and created["signed"] is True
+    path = team.url(f"/webhooks/{created['id']}")
+    shown = ok(admin.get(path))
+    listed = ok(admin.get(team.url("/webhooks")))
+    assert "secret" not in shown and all("secret" not in w for w in listed)
+    assert "my-own-secret-of-20" not in admin.get(team.url("/webhooks")).text
+    renewed = ok(admin.post(f"{path}/secret"))["secret"]
+    assert renewed != created["secret"] and len(renewed) >= 32
+    ok(admin.post(f"{path}/test"), 202)
+    (received,) = receiver.wait_for(1)
+    assert received.signed_with(renewed) and not received.signed_with("my-own-secret-of-20")
+    changed = ok(admin.patch(path, json={"enabled": False, "event_types": []}))
+    assert changed["enabled"] is False
+    assert_problem(admin.post(f"{path}/test"), 409)
+    assert ok(admin.delete(path), 204) is None
+    assert_problem(admin.get(path), 404)
+
+    def actions() -> list[str]:
+        entries = ok(admin.get(team.url("/audit"), params={"per_page": 100}))["items"]
+        return [e["action"] for e in entries if e["action"].startswith("webhook.")]
+
+    expected = ["webhook.delete", "webhook.update", "webhook.secret", "webhook.create"]
+    assert until(lambda: actions() == expected)
+    audit_text = admin.get(team.url("/audit"), params={"per_page": 100}).text
+    assert "my-own-secret-of-20" not in audit_text and renewed not in audit_text
+
+
+def test_send_test_event(team: Team, receiver: Receiver) -> None:
+    admin = team["project-admin"]
+    created = add_webhook(team, receiver.url, event_types=["io.berth.gc.finished"])
+    queued = ok(admin.post(team.url(f"/webhooks/{created['id']}/test")), 202)
+    assert queued["state"] == "pending" and queued["event_type"] == "io.berth.webhook.test"
+    (received,) = receiver.wait_for(1)
+    assert received.event["type"] == "io.berth.webhook.test"
+    assert received.signed_with(str(created["secret"]))
+
+    def delivered() -> bool:
+        log = ok(admin.get(team.url(f"/webhooks/{created['id']}/deliveries")))
+        return bool(log["items"][0]["state"] == "delivered")
+
+    assert until(delivered)
+
+
+def test_only_project_admins(team: Team, receiver: Receiver) -> None:
+    for actor in ("member", "reader"):
+        assert_problem(team[actor].get(team.url("/webhooks")), 403)
+        assert_problem(team[actor].post(team.url("/webhooks"), json={"url": receiver.url}), 403)
+    with httpx.Client(base_url=f"{team.server.url}/api/v1") as anonymous:
+        for method, path in (
+            ("GET", ""),
+            ("POST", ""),
+            ("GET", "/1/deliveries"),
+            ("POST", "/1/test"),
+        ):
+            response = anonymous.request(method, team.url(f"/webhooks{path}"), json={})
+            assert_problem(response, 401, code="UNAUTHORIZED")
+    schemas = ok(team.admin.get("/openapi.json"))["components"]["schemas"]
+    assert {"CloudEvent", "EventData", "Delivery", "CreatedWebhook"} <= set(schemas)
+    assert "secret" not in schemas["Webhook"]["properties"]
+    types = ok(team["project-admin"].get(team.url("/webhooks/event-types")))
+    assert "io.berth.image.pushed" in [t["type"] for t in types]
+
+
+def test_bad_input(team: Team) -> None:
+    admin = team["project-admin"]
+    body = {"url": "http://127.0.0.1:9/", "event_types": ["io.berth.nothing"]}
+    assert_problem(admin.post(team.url("/webhooks"), json=body), 422, fields=("event_types.0",))
+    body = {"url": "file:///etc/passwd"}
+    assert_problem(admin.post(team.url("/webhooks"), json=body), 422, fields=("url",))
+    body = {"url": "http://127.0.0.1:9/", "secret": "short"}
+    assert_problem(admin.post(team.url("/webhooks"), json=body), 422, fields=("secret",))
+
+
+def test_private_address_refused_by_default(sqlite_server: BerthServer) -> None:
+    """The server without webhook_allow_private refuses loopback, link-local and metadata."""
+    sqlite_server.create_project("hooks")
+    auth = sqlite_server.access_key("hooks")
+    with httpx.Client(base_url=f"{sqlite_server.url}/api/v1", auth=auth, timeout=30) as api:
+        for url, why in (
+            ("http://127.0.0.1:8080/hook", "loopback"),
+            ("http://169.254.169.254/latest/meta-data", "metadata"),
+            ("http://[fe80::1]/", "link-local"),
+            ("http://localhost/", "loopback"),
+        ):
+            response = api.post("/projects/hooks/webhooks", json={"url": url})
+            problem = assert_problem(response, 422, fields=("url",))
+            assert why in problem["detail"] and "webhook_allow_private" in problem["detail"]

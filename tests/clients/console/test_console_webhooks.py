@@ -1,0 +1,80 @@
+"""The console's Webhooks page in a real browser: add an endpoint (its secret shown once), send
+it a test event, push with skopeo, and read the outcomes in the delivery log; the endpoint is
+a real HTTP server on loopback."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+import pytest
+from playwright.sync_api import Page, expect
+
+from tests.clients.console.conftest import Tenant, open_project_page, screenshot, sign_in
+from tests.clients.console.test_console import skopeo_push
+from tests.clients.layouts import TestImage
+from tests.webhook_receiver import Receiver, receiving
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    yield from receiving()
+
+
+def test_add_a_webhook_send_it_a_test_event_then_push_with_skopeo(
+    page: Page, tenant: Tenant, receiver: Receiver, test_image: TestImage
+) -> None:
+    sign_in(page, tenant)
+    open_project_page(page, tenant, "Webhooks")
+    expect(page.get_by_text("No webhooks yet")).to_be_visible()
+    page.get_by_role("button", name="Add webhook").click()
+    dialog = page.get_by_role("dialog", name="Add webhook")
+    dialog.get_by_label("Endpoint URL").fill(receiver.url)
+    dialog.get_by_label("Description (optional)").fill("ci")
+    dialog.get_by_role("button", name="Add").click()
+    added = page.get_by_role("dialog", name="Webhook added")
+    secret = added.get_by_test_id("new-webhook-secret").inner_text()
+    assert len(secret) >= 32
+    added.get_by_role("button", name="Done").click()
+
+    row = (
+        page.get_by_role("table", name="Webhooks").get_by_role("row").filter(has_text=receiver.url)
+    )
+    expect(row).to_contain_text("Enabled")
+    row.get_by_role("button", name="Send test event").click()
+    (received,) = receiver.wait_for(1)
+    assert received.event["type"] == "io.berth.webhook.test"
+    assert received.signed_with(secret)
+    log = page.get_by_role("table", name="Deliveries")
+    expect(log.get_by_role("row").filter(has_text="webhook.test")).to_contain_text(
+        "Delivered", timeout=15_000
+    )
+    expect(log).to_contain_text("200")
+    assert secret not in page.content()  # shown once, in the dialog only
+
+    # A skopeo push sends exactly one push event, and shows in the log once it is reloaded.
+    tenant.create_repository("app")
+    skopeo_push(tenant, test_image, "app")
+    receiver.wait_for(2)
+    time.sleep(1.5)  # a second push event would have come by now
+    pushed = receiver.received[1:]
+    assert [r.event["type"] for r in pushed] == ["io.berth.image.pushed"]
+    assert pushed[0].signed_with(secret)
+    data = pushed[0].event["data"]
+    assert (data["project"], data["repository"], data["tag"], data["digest"]) == (
+        tenant.project,
+        "app",
+        "latest",
+        test_image.manifest_digest,
+    )
+    row.get_by_role("button", name="Delivery log").click()
+    expect(log.get_by_role("row").filter(has_text="image.pushed")).to_contain_text("app:latest")
+    screenshot(page, "webhooks")
+
+    row.get_by_role("button", name="Disable").click()
+    expect(row).to_contain_text("Disabled")
+    expect(row.get_by_role("button", name="Send test event")).to_be_disabled()
+    hooks = tenant.api().get(f"/projects/{tenant.project}/webhooks").json()
+    assert [(h["url"], h["enabled"], h["description"]) for h in hooks] == [
+        (receiver.url, False, "ci")
+    ]

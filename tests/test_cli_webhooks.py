@@ -1,0 +1,69 @@
+"""`berth webhook`: the verbs against a running server's data; the server delivers what they
+queue to a real HTTP endpoint on loopback."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from tests.servers import BerthServer, server_fixture
+from tests.webhook_receiver import Receiver, receiving
+
+hooks_server = server_fixture("cli-webhooks", env={"BERTH_WEBHOOK_ALLOW_PRIVATE": "true"})
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    yield from receiving()
+
+
+def test_webhook_verbs(hooks_server: BerthServer, receiver: Receiver) -> None:
+    hooks_server.create_project("clihooks")
+    created = hooks_server.cli(
+        "webhook", "create", "clihooks", receiver.url, "--event", "io.berth.tag.deleted"
+    ).stdout
+    secret = created.split("Signing secret: ", 1)[1].split()[0]
+    assert "berth webhook test clihooks 1" in created
+    assert secret not in hooks_server.cli("webhook", "list", "clihooks").stdout
+    (webhook,) = hooks_server.cli_json("webhook", "list", "clihooks")
+    assert webhook["event_types"] == ["io.berth.tag.deleted"] and webhook["signed"] is True
+    assert secret not in json.dumps(webhook)
+
+    queued = hooks_server.cli("webhook", "test", "clihooks", "1").stdout
+    assert "berth webhook deliveries clihooks 1" in queued  # the command it prints works:
+    (received,) = receiver.wait_for(1)
+    assert received.event["type"] == "io.berth.webhook.test" and received.signed_with(secret)
+    deadline = time.monotonic() + 10
+    while True:
+        log = hooks_server.cli_json("webhook", "deliveries", "clihooks", "1")
+        if log[0]["state"] == "delivered" or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert log[0]["state"] == "delivered" and log[0]["attempt_log"][0]["status_code"] == 200
+    shown = hooks_server.cli("webhook", "deliveries", "clihooks", "1").stdout
+    assert "delivered" in shown and "200" in shown
+
+    renewed = hooks_server.cli_json("webhook", "new-secret", "clihooks", "1")["secret"]
+    assert (
+        renewed != secret and renewed not in hooks_server.cli("webhook", "list", "clihooks").stdout
+    )
+    hooks_server.cli("webhook", "update", "clihooks", "1", "--disable", "--all-events")
+    (webhook,) = hooks_server.cli_json("webhook", "list", "clihooks")
+    assert webhook["enabled"] is False and webhook["event_types"] == []
+    refused = hooks_server.cli("webhook", "test", "clihooks", "1", check=False)
+    assert refused.returncode == 3 and "disabled" in refused.stderr
+    hooks_server.cli("webhook", "delete", "clihooks", "1")
+    assert hooks_server.cli_json("webhook", "list", "clihooks") == []
+
+
+def test_private_url_refused_without_the_setting(sqlite_server: BerthServer) -> None:
+    sqlite_server.create_project("clihooks2")
+    refused = sqlite_server.cli(
+        "webhook", "create", "clihooks2", "http://169.254.169.254/", check=False
+    )
+    assert refused.returncode == 1
+    assert "the cloud metadata address" in refused.stderr
+    assert "webhook_allow_private" in refused.stderr

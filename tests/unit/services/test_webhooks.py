@@ -1,0 +1,266 @@
+"""Webhook delivery against a real SQLite database and a real HTTP endpoint on loopback, with
+the delivery job's clock driven by the test (retries a day long take no time)."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Any, TypeVar, get_args
+
+import pytest
+
+from berth.domain.errors import InvalidValue
+from berth.metadata.database import Database
+from berth.services.repositories import Repositories
+from berth.services.webhook_addresses import refused_address
+from berth.services.webhook_delivery import WebhookDelivery
+from berth.services.webhook_events import (
+    EVENT_TYPES,
+    IMAGE_PUSHED,
+    TAG_DELETED,
+    EventData,
+    EventType,
+    enqueue_event_now,
+)
+from berth.services.webhooks import Webhooks
+from tests.webhook_receiver import Receiver, receiving
+
+T = TypeVar("T")
+START = dt.datetime(2026, 12, 1, 12, 0, tzinfo=dt.UTC)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = START
+
+    def __call__(self) -> dt.datetime:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += dt.timedelta(seconds=seconds)
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    yield from receiving()
+
+
+def run(database_url: str, work: Callable[[Database], Awaitable[T]]) -> T:
+    async def go() -> T:
+        db = Database(database_url)
+        try:
+            await Repositories(db).create_project("acme")
+            return await work(db)
+        finally:
+            await db.dispose()
+
+    return asyncio.run(go())
+
+
+async def push_event(db: Database, tag: str, event_type: str = IMAGE_PUSHED) -> None:
+    data = EventData(project="acme", repository="app", image="", tag=tag, actor="alice")
+    await enqueue_event_now(db, 1, event_type, data, f"app:{tag}")
+
+
+def delivery(db: Database, clock: Clock, *, allow_private: bool = True) -> WebhookDelivery:
+    return WebhookDelivery(
+        db, allow_private=allow_private, timeout=2.0, retry_base=10.0, clock=clock
+    )
+
+
+def test_retries_in_order_with_backoff(database_url: str, receiver: Receiver) -> None:
+    """500 twice then 200: the event arrives three times, and the next event waits behind it."""
+    receiver.statuses = [500, 500]
+    clock = Clock()
+
+    async def work(db: Database) -> Any:
+        hooks = Webhooks(db, allow_private=True)
+        created = await hooks.create("acme", receiver.url, actor="alice")
+        job = delivery(db, clock)
+        await push_event(db, "v1")
+        await push_event(db, "v2")
+        await job.run()  # v1 refused; v2 waits behind it
+        assert [e["data"]["tag"] for e in receiver.events()] == ["v1"]
+        clock.advance(9)
+        await job.run()  # not due yet: 10 s after the first refusal
+        assert len(receiver.received) == 1
+        clock.advance(1)
+        await job.run()  # v1 refused again; the next wait is 20 s
+        clock.advance(19)
+        await job.run()
+        assert len(receiver.received) == 2
+        clock.advance(1)
+        await job.run()  # v1 accepted, then v2 at once
+        log, total = await hooks.deliveries("acme", created.id)
+        return created, log, total
+
+    created, log, total = run(database_url, work)
+    events = receiver.events()
+    assert [e["data"]["tag"] for e in events] == ["v1", "v1", "v1", "v2"]
+    assert len({e["id"] for e in events[:3]}) == 1  # a retry repeats the event's id
+    assert all(r.signed_with(created.secret) for r in receiver.received)
+    assert receiver.received[0].headers["ce-type"] == IMAGE_PUSHED
+    assert total == 2
+    newest, oldest = log
+    assert oldest.state == "delivered" and oldest.attempts == 3
+    assert [a.outcome for a in oldest.attempt_log] == ["delivered", "retry", "retry"]
+    assert [a.status_code for a in oldest.attempt_log] == [200, 500, 500]
+    assert oldest.attempt_log[2].next_attempt_at == START + dt.timedelta(seconds=10)
+    assert newest.state == "delivered" and newest.attempts == 1
+
+
+def test_gives_up_after_a_day_then_sends_the_next(database_url: str, receiver: Receiver) -> None:
+    receiver.statuses = [503] * 1000
+    clock = Clock()
+
+    async def work(db: Database) -> Any:
+        hooks = Webhooks(db, allow_private=True)
+        created = await hooks.create("acme", receiver.url, sign=False, actor="alice")
+        job = delivery(db, clock)
+        await push_event(db, "v1")
+        await job.run()
+        while (await hooks.deliveries("acme", created.id))[0][0].state == "pending":
+            clock.advance(3600)
+            await job.run()
+        receiver.statuses = []
+        await push_event(db, "v2")
+        await job.run()
+        return (await hooks.deliveries("acme", created.id))[0]
+
+    newest, given_up = run(database_url, work)
+    assert given_up.state == "failed"
+    assert given_up.finished_at is not None
+    assert given_up.finished_at - given_up.created_at <= dt.timedelta(days=1)
+    assert given_up.attempt_log[0].outcome == "failed"
+    assert newest.state == "delivered"
+    assert "x-berth-signature" not in receiver.received[-1].headers  # made without a secret
+
+
+def test_subscriptions_filter_and_secret_shown_once(database_url: str, receiver: Receiver) -> None:
+    clock = Clock()
+
+    async def work(db: Database) -> Any:
+        hooks = Webhooks(db, allow_private=True)
+        created = await hooks.create(
+            "acme", receiver.url, event_types=[TAG_DELETED], secret="s" * 20, actor="alice"
+        )
+        await push_event(db, "v1")
+        await push_event(db, "v1", TAG_DELETED)
+        await delivery(db, clock).run()
+        return created, await hooks.list_webhooks("acme"), await hooks.get("acme", created.id)
+
+    created, listed, shown = run(database_url, work)
+    assert created.secret == "s" * 20
+    assert "secret" not in listed[0].model_dump() and "secret" not in shown.model_dump()
+    assert shown.signed and shown.event_types == [TAG_DELETED]
+    assert [e["type"] for e in receiver.events()] == [TAG_DELETED]
+
+
+def test_private_addresses_refused(database_url: str, receiver: Receiver) -> None:
+    """Without webhook_allow_private: refused at creation, and at delivery (an endpoint made
+    while it was allowed)."""
+    clock = Clock()
+
+    async def work(db: Database) -> Any:
+        with pytest.raises(InvalidValue) as refused:
+            await Webhooks(db, allow_private=False).create("acme", receiver.url, actor="alice")
+        created = await Webhooks(db, allow_private=True).create("acme", receiver.url, actor="a")
+        await push_event(db, "v1")
+        await delivery(db, clock, allow_private=False).run()
+        log, _ = await Webhooks(db, allow_private=True).deliveries("acme", created.id)
+        return refused.value, log
+
+    refusal, log = run(database_url, work)
+    assert "127.0.0.1, a loopback address" in refusal.message
+    assert refusal.field == "url"
+    assert receiver.received == []
+    attempt = log[0].attempt_log[0]
+    assert attempt.outcome == "retry" and "loopback" in (attempt.error or "")
+
+
+@pytest.mark.parametrize(
+    ("address", "why"),
+    [
+        ("169.254.169.254", "the cloud metadata address"),
+        ("169.254.1.1", "a link-local address"),
+        ("10.1.2.3", "a private address"),
+        ("::1", "a loopback address"),
+        ("::ffff:127.0.0.1", "a loopback address"),
+        ("fd00::1", "a private address"),
+        ("100.64.0.1", "an address that is not public"),
+        ("93.184.216.34", None),
+    ],
+)
+def test_address_classes(address: str, why: str | None) -> None:
+    import ipaddress
+
+    assert refused_address(ipaddress.ip_address(address)) == why
+
+
+def test_bad_urls_refused(database_url: str) -> None:
+    async def work(db: Database) -> list[str]:
+        hooks = Webhooks(db, allow_private=True)
+        problems = []
+        for url in ("ftp://example.com/", "http://user:pw@127.0.0.1/", "http:///x", "x" * 10):
+            with pytest.raises(InvalidValue) as refused:
+                await hooks.create("acme", url, actor="alice")
+            problems.append(refused.value.message)
+        return problems
+
+    problems = run(database_url, work)
+    assert "http:// or https://" in problems[0]
+    assert "user name or password" in problems[1]
+    assert "no host" in problems[2]
+
+
+def test_a_dead_endpoint_holds_up_only_itself(database_url: str, receiver: Receiver) -> None:
+    """One pass: the endpoint that never answers costs its timeout once; the other endpoint
+    gets both its events meanwhile."""
+    clock = Clock()
+
+    async def work(db: Database, silent: Receiver) -> Any:
+        hooks = Webhooks(db, allow_private=True)
+        dead = await hooks.create("acme", silent.url, actor="alice")
+        await hooks.create("acme", receiver.url, actor="alice")
+        await push_event(db, "v1")
+        await push_event(db, "v2")
+        job = WebhookDelivery(db, allow_private=True, timeout=1.0, retry_base=10.0, clock=clock)
+        started = time.monotonic()
+        await job.run()
+        elapsed = time.monotonic() - started
+        log, _ = await hooks.deliveries("acme", dead.id)
+        return elapsed, log
+
+    for silent in receiving(silent=True):
+        elapsed, log = run(database_url, lambda db, silent=silent: work(db, silent))
+        assert len(silent.received) == 1  # v2 waits behind v1
+    assert [e["data"]["tag"] for e in receiver.events()] == ["v1", "v2"]
+    assert elapsed < 3.0
+    first = log[1].attempt_log[0]
+    assert first.outcome == "retry" and first.error == "no answer within 1 s"
+    assert first.status_code is None and 900 <= first.duration_ms < 3000
+    assert log[0].attempts == 0
+
+
+def test_event_types_documented_once() -> None:
+    assert set(get_args(EventType)) == set(EVENT_TYPES)
+
+
+def test_finished_deliveries_kept_a_week(database_url: str, receiver: Receiver) -> None:
+    clock = Clock()
+
+    async def work(db: Database) -> Any:
+        hooks = Webhooks(db, allow_private=True)
+        created = await hooks.create("acme", receiver.url, actor="alice")
+        job = delivery(db, clock)
+        await push_event(db, "v1")
+        await job.run()
+        clock.advance(6 * 86400)
+        kept = await job.prune()
+        clock.advance(86400 + 1)
+        pruned = await job.prune()
+        return kept, pruned, (await hooks.deliveries("acme", created.id))[1]
+
+    assert run(database_url, work) == (0, 1, 0)
