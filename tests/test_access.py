@@ -1002,6 +1002,7 @@ def test_audit_log_shows_logins_keys_and_role_changes(world: World) -> None:
     assert secret not in json.dumps(entries)
     seen = [(e["action"], e["target"], (e["detail"] or {}).get("role")) for e in reversed(entries)]
     assert seen == [
+        ("repository.create", "app", None),
         ("member.add", user, "reader"),
         ("member.add", user, "member"),
         ("repository.grant", f"app:{viewer}", "viewer"),

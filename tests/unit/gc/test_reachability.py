@@ -19,7 +19,7 @@ def blobs_of(*names: str) -> frozenset[str]:
 
 
 def test_the_cutoff_is_the_grace_period_before_now() -> None:
-    assert grace_cutoff(NOW, GRACE) == NOW - dt.timedelta(hours=1)
+    assert grace_cutoff(NOW, GRACE) == NOW - dt.timedelta(days=1)
 
 
 def test_empty_project_deletes_nothing() -> None:
