@@ -12,6 +12,7 @@ import httpx
 from sqlalchemy import select, update
 
 from berth.metadata.tables import blobs, gc_runs, projects, repository_blobs
+from berth.services.gc.recovery import lease_name
 from berth.state import Services
 from tests.api.conftest import (
     PASSWORD,
@@ -225,6 +226,10 @@ def test_a_project_is_not_deleted_while_a_garbage_collection_runs_in_it(
                 await conn.execute(
                     gc_runs.insert().values(project_id=project_id, state="running", actor="test")
                 )
+                # Held by this (live) process, as a real run's lease is, so the server's
+                # recovery loop leaves the run alone however slowly the test goes on.
+                await s.gc.recovery.leases.lock_in(conn, lease_name(project_id))
+                await s.gc.recovery.leases.hold_in(conn, lease_name(project_id), 600)
             else:
                 await conn.execute(
                     update(gc_runs)
