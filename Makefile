@@ -31,7 +31,7 @@ lint: install-dev
 	$(VENV)/bin/lint-imports
 
 test: install-dev test-deps lint
-	$(VENV)/bin/pytest -q -rfEs; rc=$$?; [ $$rc -eq 5 ] && rc=0; exit $$rc
+	$(VENV)/bin/pytest -q -rfEs -n 2 --dist loadgroup; rc=$$?; [ $$rc -eq 5 ] && rc=0; exit $$rc
 
 bench: install-dev test-deps
 	$(VENV)/bin/python bench/run.py

@@ -17,6 +17,17 @@ if TYPE_CHECKING:
     from tests.s3 import SeaweedFS
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """For `make test`'s workers (pytest-xdist, `--dist loadgroup`): a module's tests run in one
+    worker, so its module-scoped servers start once; and every test under tests/clients/ runs in
+    the same worker, since their session fixtures are machine-wide (dockerd, containerd, the
+    project hosts in /etc/hosts, /etc/docker/certs.d)."""
+    for item in items:
+        module = item.nodeid.split("::")[0]
+        group = "clients" if module.startswith("tests/clients/") else module
+        item.add_marker(pytest.mark.xdist_group(group))
+
+
 @pytest.fixture(scope="session")
 def seaweedfs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedFS]:
     """A SeaweedFS S3 server for the session (`tests/s3.py`): started by the first test on
