@@ -43,15 +43,9 @@ from berth.metadata.tables import (
 from berth.services.content_audit import audit_content_change
 from berth.services.content_in_use import in_use_refusal, manifests_using
 from berth.services.gc.restrictions import ensure_writable
+from berth.services.manifest_cache import ManifestCache, StoredManifest
 
 logger = logging.getLogger("berth.registry")
-
-
-@dataclass(frozen=True, slots=True)
-class StoredManifest:
-    digest: str
-    media_type: str
-    content: bytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,8 +93,13 @@ class ManifestContent:
 
     db: Database
     max_images: int
+    manifest_cache: ManifestCache
 
     async def get_manifest(self, repo: RepositoryRef, image: str, reference: str) -> StoredManifest:
+        cached = self.manifest_cache.get(repo.id, image, reference)
+        if cached is not None:
+            return cached
+        stamp = self.manifest_cache.stamp.read()  # before the read: a change since voids it
         if is_digest(reference):
             parse_digest(reference)
             statement = _MANIFEST_BY_DIGEST
@@ -122,7 +121,9 @@ class ManifestContent:
                 f"manifest {row[0]} is damaged in storage; push it again",
                 {"digest": row[0]},
             )
-        return StoredManifest(row[0], row[1], content)
+        manifest = StoredManifest(row[0], row[1], content)
+        self.manifest_cache.put(repo.id, image, reference, manifest, stamp)
+        return manifest
 
     async def put_manifest(
         self,
@@ -182,6 +183,7 @@ class ManifestContent:
                 await self._event(conn, repo, image, None, "push", None, digest, actor)
             if tag is not None:
                 await self._move_tag(conn, repo, image, tag, digest, actor)
+        self.manifest_cache.changed()
         return PushedManifest(digest, parsed.subject.digest if parsed.subject else None)
 
     async def _lock_repository(self, conn: Any, repo: RepositoryRef) -> None:
@@ -420,6 +422,7 @@ class ManifestContent:
             await audit_content_change(
                 conn, action, repo, image, reference, actor=actor, client=client
             )
+        self.manifest_cache.changed()
 
     async def restore_tag(
         self, repo: RepositoryRef, image: str, tag: str, *, actor: str, client: str | None
@@ -467,4 +470,5 @@ class ManifestContent:
             await audit_content_change(
                 conn, "tag.restore", repo, image, tag, actor=actor, client=client
             )
-            return str(digest)
+        self.manifest_cache.changed()
+        return str(digest)
