@@ -164,7 +164,7 @@ def prepare(work: Path) -> tuple[Path, str, str, int]:
 
 
 async def measure(
-    data_dir: Path, auth: str, digest: str, port: int, requests: int
+    data_dir: Path, auth: str, digest: str, port: int, requests: int, profile: bool = True
 ) -> dict[str, tuple[float, dict[str, float]]]:
     os.environ["BERTH_DATA_DIR"] = str(data_dir)
     os.environ["BERTH_TOKEN_TTL"] = "3600"
@@ -184,7 +184,7 @@ async def measure(
     async with app.router.lifespan_context(app):
         for name, scope in cases.items():
             timed = [(await run_case(app, scope, requests, False))[0] for _ in range(5)]
-            _mean, shares = await run_case(app, scope, requests, True)
+            shares = (await run_case(app, scope, requests, True))[1] if profile else {}
             found[name] = (sorted(timed)[2], shares)
     return found
 
@@ -192,11 +192,14 @@ async def measure(
 def main() -> None:
     p = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
     p.add_argument("--requests", type=int, default=5000)
+    p.add_argument("--no-profile", action="store_true", help="CPU time only, no breakdown")
     args = p.parse_args()
     load_before = Path("/proc/loadavg").read_text().split()[:3]
     with tempfile.TemporaryDirectory(prefix="berth-mprof-") as tmp:
         data_dir, auth, digest, port = prepare(Path(tmp))
-        found = asyncio.run(measure(data_dir, auth, digest, port, args.requests))
+        found = asyncio.run(
+            measure(data_dir, auth, digest, port, args.requests, not args.no_profile)
+        )
     load_after = Path("/proc/loadavg").read_text().split()[:3]
     print(f"load average before {' '.join(load_before)}, after {' '.join(load_after)}")
     for name, (mean_us, shares) in found.items():
