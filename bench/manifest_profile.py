@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import cProfile
+import json
 import os
 import pstats
 import sys
@@ -61,6 +62,10 @@ PARTS: list[tuple[str, str, str]] = [
     ("registry/routes.py", "", "the handler itself"),
     ("domain/names.py", "", "name parsing and host routing"),
     ("berth/state.py", "", "name parsing and host routing"),
+    ("sqlalchemy", "", "SQL statements built per request (SQLAlchemy)"),
+    ("cachetools", "", "cache lookups (cachetools)"),
+    ("asyncio", "", "event loop (asyncio)"),
+    ("manifest_profile.py", "", "this bench's own ASGI calls"),
 ]
 
 
@@ -189,10 +194,43 @@ async def measure(
     return found
 
 
+def report(figures: dict[str, Any]) -> str:
+    """The BENCHMARKS.md section for `--json`'s figures (bench/run.py appends it)."""
+    cases = figures["cases"]
+    names = list(cases)
+    parts = sorted(
+        {part for case in cases.values() for part in case["shares"]},
+        key=lambda part: -max(case["shares"].get(part, 0.0) for case in cases.values()),
+    )
+    lines = [
+        "## What a manifest GET or HEAD costs (bench/manifest_profile.py)",
+        "",
+        "The application called in-process (no HTTP, no socket, no client) on a data directory "
+        "a real server prepared, with a bearer token as docker sends it: CPU time of the process "
+        f"per request (median of 5 runs of {figures['requests']:,}), and from cProfile the share "
+        "of that time in each part of the request's path (cProfile inflates small calls; read "
+        "the shares as relative). Load average before / after: "
+        f"{figures['load_before']} / {figures['load_after']}.",
+        "",
+        "| | " + " | ".join(names) + " |",
+        "| --- |" + " ---: |" * len(names),
+        "| CPU per request | " + " | ".join(f"{cases[n]['cpu_us']:.0f} µs" for n in names) + " |",
+        *(
+            f"| {part} | "
+            + " | ".join(f"{cases[n]['shares'].get(part, 0.0):.1%}" for n in names)
+            + " |"
+            for part in parts
+        ),
+        "",
+    ]
+    return "\n".join(lines)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
     p.add_argument("--requests", type=int, default=5000)
     p.add_argument("--no-profile", action="store_true", help="CPU time only, no breakdown")
+    p.add_argument("--json", action="store_true", help="figures as JSON (for bench/run.py)")
     args = p.parse_args()
     load_before = Path("/proc/loadavg").read_text().split()[:3]
     with tempfile.TemporaryDirectory(prefix="berth-mprof-") as tmp:
@@ -201,6 +239,17 @@ def main() -> None:
             measure(data_dir, auth, digest, port, args.requests, not args.no_profile)
         )
     load_after = Path("/proc/loadavg").read_text().split()[:3]
+    if args.json:
+        figures = {
+            "requests": args.requests,
+            "load_before": " ".join(load_before),
+            "load_after": " ".join(load_after),
+            "cases": {
+                name: {"cpu_us": us, "shares": shares} for name, (us, shares) in found.items()
+            },
+        }
+        print(json.dumps(figures))
+        return
     print(f"load average before {' '.join(load_before)}, after {' '.join(load_after)}")
     for name, (mean_us, shares) in found.items():
         print(

@@ -61,6 +61,8 @@ from servers import (  # noqa: F401
 
 ROOT = Path(__file__).resolve().parent.parent
 REGBENCH = Path(__file__).resolve().parent / "regbench.py"
+# Measurements made by hand (before/after comparisons, investigations), kept in BENCHMARKS.md.
+FINDINGS = Path(__file__).resolve().parent / "findings.md"
 # One worker. On the 2-core reference machine two workers served 20-40% more GETs side by side
 # with one, but no better against Distribution over full runs, with a worse manifest p99 and
 # ~105 MB more RSS; and a blob upload whose PUT reaches the other worker than its POST fails
@@ -539,6 +541,7 @@ def main() -> None:
         if not args.quick:
             text += token_report() + extra_report("gc.py") + extra_report("metering.py")
             text += extra_report("metrics_cost.py") + extra_report("hardening.py")
+            text += extra_report("manifest_profile.py") + FINDINGS.read_text()
         output = args.output
         if output is None:
             output = Path(tmp) / "BENCHMARKS.md" if args.quick else ROOT / "BENCHMARKS.md"
