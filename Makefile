@@ -33,8 +33,9 @@ lint: install-dev
 test: install-dev test-deps lint
 	$(VENV)/bin/pytest -q -rfEs -n 2 --dist loadgroup; rc=$$?; [ $$rc -eq 5 ] && rc=0; exit $$rc
 
+# `make bench BENCH_ARGS=--quick`: a smoke test of the bench itself (figures not kept).
 bench: install-dev test-deps
-	$(VENV)/bin/python bench/run.py
+	$(VENV)/bin/python bench/run.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) berth-data .pytest_cache .mypy_cache .ruff_cache

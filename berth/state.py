@@ -16,6 +16,7 @@ from berth.jobs import Job, Scheduler
 from berth.metadata.database import Database
 from berth.services.gc import GarbageCollector
 from berth.services.identity import Identity
+from berth.services.manifest_cache import ManifestCache, node_stamp
 from berth.services.metering import TrafficMeter
 from berth.services.readiness import Readiness
 from berth.services.registry import Registry
@@ -77,6 +78,13 @@ class Services:
             timeout=settings.webhook_timeout,
             retry_base=settings.webhook_retry_base,
         )
+        manifest_cache = ManifestCache(node_stamp(settings.data_dir))
+
+        def forget_cached() -> None:
+            """Access or content went with a deletion: cached roles, keys and manifests go."""
+            identity.forget_cached()
+            manifest_cache.changed()
+
         throttle = LoginThrottle(
             settings.login_failures_per_key, settings.login_failures_per_client
         )
@@ -85,9 +93,11 @@ class Services:
             db=db,
             store=store,
             repositories=Repositories(
-                db, settings.repository_quota, store=store, forget_access=identity.forget_cached
+                db, settings.repository_quota, store=store, forget_access=forget_cached
             ),
-            registry=Registry(db, store, settings.max_images_per_repository),
+            registry=Registry(
+                db, store, settings.max_images_per_repository, manifest_cache=manifest_cache
+            ),
             uploads=Uploads(db, store),
             identity=identity,
             authenticator=Authenticator(identity.credentials, tokens, throttle),
@@ -123,6 +133,7 @@ class Services:
                 store,
                 grace_period=settings.gc_grace_period,
                 test_pause=settings.gc_test_pause,
+                content_changed=manifest_cache.changed,
             ),
             sessions=Sessions(db, settings.session_ttl),
             storage_check=storage_check,

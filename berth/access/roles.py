@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from cachetools import TTLCache
-from sqlalchemy import Select, select
+from sqlalchemy import Select, bindparam, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from berth.access.permissions import Action
@@ -25,6 +25,15 @@ from berth.metadata.tables import memberships, repositories, repository_grants
 CACHE_SECONDS = 1.0
 CACHE_ENTRIES = 50_000
 _MISSING = object()
+# Built once: building a statement costs more than a cache hit, and every request asks.
+_PROJECT_ROLE = select(memberships.c.role).where(
+    memberships.c.user_id == bindparam("user_id"),
+    memberships.c.project_id == bindparam("target_id"),
+)
+_REPOSITORY_ROLE = select(repository_grants.c.role).where(
+    repository_grants.c.user_id == bindparam("user_id"),
+    repository_grants.c.repository_id == bindparam("target_id"),
+)
 
 
 def short_lived_cache() -> TTLCache[Any, Any]:
@@ -64,28 +73,19 @@ class Roles:
         self._cache.clear()
 
     async def project_role(self, user_id: int, project_id: int) -> str | None:
-        return await self._role(
-            ("p", user_id, project_id),
-            select(memberships.c.role).where(
-                memberships.c.user_id == user_id, memberships.c.project_id == project_id
-            ),
-        )
+        return await self._role(("p", user_id, project_id), _PROJECT_ROLE)
 
     async def repository_role(self, user_id: int, repository_id: int) -> str | None:
-        return await self._role(
-            ("r", user_id, repository_id),
-            select(repository_grants.c.role).where(
-                repository_grants.c.user_id == user_id,
-                repository_grants.c.repository_id == repository_id,
-            ),
-        )
+        return await self._role(("r", user_id, repository_id), _REPOSITORY_ROLE)
 
     async def _role(self, key: tuple[str, int, int], query: Select[Any]) -> str | None:
         cached = self._cache.get(key, _MISSING)
         if cached is not _MISSING:
             return cached  # type: ignore[no-any-return]
         async with self.db.read() as conn:
-            role: str | None = (await conn.execute(query)).scalar()
+            role: str | None = (
+                await conn.execute(query, {"user_id": key[1], "target_id": key[2]})
+            ).scalar()
         self._cache[key] = role
         return role
 

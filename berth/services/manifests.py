@@ -43,6 +43,7 @@ from berth.metadata.tables import (
 from berth.services.content_audit import audit_content_change
 from berth.services.content_in_use import in_use_refusal, manifests_using
 from berth.services.gc.restrictions import ensure_writable
+from berth.services.manifest_cache import ManifestCache, StoredManifest
 from berth.services.webhook_events import (
     IMAGE_DELETED,
     IMAGE_LIMIT_REFUSED,
@@ -56,13 +57,6 @@ from berth.services.webhook_events import (
 )
 
 logger = logging.getLogger("berth.registry")
-
-
-@dataclass(frozen=True, slots=True)
-class StoredManifest:
-    digest: str
-    media_type: str
-    content: bytes
 
 
 class ImageLimitReached(Denied):
@@ -118,8 +112,13 @@ class ManifestContent:
 
     db: Database
     max_images: int
+    manifest_cache: ManifestCache
 
     async def get_manifest(self, repo: RepositoryRef, image: str, reference: str) -> StoredManifest:
+        cached = self.manifest_cache.get(repo.id, image, reference)
+        if cached is not None:
+            return cached
+        stamp = self.manifest_cache.stamp.read()  # before the read: a change since voids it
         if is_digest(reference):
             parse_digest(reference)
             statement = _MANIFEST_BY_DIGEST
@@ -141,7 +140,9 @@ class ManifestContent:
                 f"manifest {row[0]} is damaged in storage; push it again",
                 {"digest": row[0]},
             )
-        return StoredManifest(row[0], row[1], content)
+        manifest = StoredManifest(row[0], row[1], content)
+        self.manifest_cache.put(repo.id, image, reference, manifest, stamp)
+        return manifest
 
     async def put_manifest(
         self,
@@ -250,6 +251,7 @@ class ManifestContent:
                 )
                 subject = content_subject(repo, image, tag or digest)
                 await enqueue_event(conn, repo.project_id, IMAGE_PUSHED, data, subject)
+        self.manifest_cache.changed()
 
     async def _lock_repository(self, conn: Any, repo: RepositoryRef) -> None:
         """Serialize pushes to one repository, so the image count cannot be raced past its
@@ -495,6 +497,7 @@ class ManifestContent:
             await audit_content_change(
                 conn, action, repo, image, reference, actor=actor, client=client
             )
+        self.manifest_cache.changed()
 
     async def restore_tag(
         self, repo: RepositoryRef, image: str, tag: str, *, actor: str, client: str | None
@@ -545,4 +548,5 @@ class ManifestContent:
             data = content_data(repo, image, actor, tag=tag, digest=digest)
             subject = content_subject(repo, image, tag)
             await enqueue_event(conn, repo.project_id, TAG_RESTORED, data, subject)
-            return str(digest)
+        self.manifest_cache.changed()
+        return str(digest)

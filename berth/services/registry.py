@@ -8,12 +8,8 @@ from cachetools import LRUCache
 from berth.metadata.database import Database
 from berth.services.blobs import VERIFIED_FILES_KEPT, BlobContent
 from berth.services.listings import ContentListings, Page
-from berth.services.manifests import (
-    ManifestContent,
-    PushedManifest,
-    StoredManifest,
-    count_images,
-)
+from berth.services.manifest_cache import ManifestCache, StoredManifest
+from berth.services.manifests import ManifestContent, PushedManifest, count_images
 from berth.storage.base import BlobStore
 
 __all__ = ["Page", "PushedManifest", "Registry", "StoredManifest", "count_images"]
@@ -22,8 +18,15 @@ __all__ = ["Page", "PushedManifest", "Registry", "StoredManifest", "count_images
 class Registry(BlobContent, ManifestContent, ContentListings):
     """The parts hold no state of their own: what they share is set here."""
 
-    def __init__(self, db: Database, store: BlobStore, max_images: int = 10_000) -> None:
+    def __init__(
+        self,
+        db: Database,
+        store: BlobStore,
+        max_images: int = 10_000,
+        manifest_cache: ManifestCache | None = None,
+    ) -> None:
         self.db = db
+        self.manifest_cache = manifest_cache or ManifestCache()
         self.store = store
         self.max_images = max_images
         self._verified = LRUCache(maxsize=VERIFIED_FILES_KEPT)

@@ -102,12 +102,12 @@ class Repositories:
         default_quota: int = 100,
         *,
         store: BlobStore | None = None,
-        forget_access: Callable[[], None] | None = None,
+        forget_access: Callable[[], None] = lambda: None,
     ) -> None:
         self.db = db
         self.default_quota = default_quota
         # A deleted project's uploads in progress lose their scratch files (when a store is
-        # given), and cached access to it (keys, roles) is dropped through `forget_access`.
+        # given); what is cached of a deleted project or repository goes by `forget_access`.
         self.store = store
         self.forget_access = forget_access
         # Found repositories by (project, name), as `lookup` says.
@@ -284,8 +284,7 @@ class Repositories:
                 client=client,
             )
         self.forget_project(project)
-        if self.forget_access is not None:
-            self.forget_access()
+        self.forget_access()
         if self.store is not None:
             for upload_id in upload_ids:
                 await self.store.delete_upload(upload_id)
@@ -388,8 +387,7 @@ class Repositories:
         return await self.show(project, name)
 
     async def delete(self, project: str, name: str, *, actor: str, client: str | None) -> None:
-        """Delete a repository with its images and tags, and audit it; blob data goes at the
-        next GC."""
+        """Delete a repository, its images and tags, and audit it; blob data goes at the next GC."""
         async with self.db.write() as conn:
             project_id = await require_project(conn, project)
             await ensure_writable(conn, project_id, project)
@@ -404,6 +402,7 @@ class Repositories:
                 conn, actor, "repository.delete", project_id=project_id, target=name, client=client
             )
         self._cache.pop((project, name), None)
+        self.forget_access()  # its grants, and its cached manifests
 
     async def list(self, project: str) -> list[Repository]:
         """Every repository of a project, by name."""

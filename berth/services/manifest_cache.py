@@ -1,0 +1,121 @@
+"""Manifests kept in memory for pulls, so a manifest GET or HEAD that was answered a moment
+ago needs neither the database nor hashing the manifest again.
+
+Two parts:
+- *content*: a manifest's bytes, media type and digest by (repository id, image, digest),
+  least recently used first out, bounded in bytes. A digest names its bytes, so an entry never
+  goes stale; the bytes were checked against the digest once, when they were read.
+- *fresh*: that a reference (a tag or a digest) named that digest in that repository's image,
+  for at most `FRESH_SECONDS` (the same second access checks are cached for). Only found
+  references are kept: a tag pushed elsewhere is seen at once.
+
+Changes on this node are seen at once: every change of manifests or tags (push, tag move,
+delete, restore, garbage collection, deleting a repository or project) bumps the node's
+`ContentStamp` after its commit, and a fresh entry made under another stamp is not used. The
+stamp is a number in a small file of the data directory that each process maps into memory,
+so the node's other worker processes and its CLI verbs move it too; other nodes see a change
+within `FRESH_SECONDS`.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import random
+import struct
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from cachetools import LRUCache
+
+FRESH_SECONDS = 1.0
+FRESH_ENTRIES = 50_000
+CACHED_BYTES = 32 * 1024 * 1024
+LARGEST_CACHED = 1024 * 1024  # a larger manifest (rare: big indexes) is read every time
+ENTRY_OVERHEAD = 300  # bytes of Python objects around each entry's content, roughly
+STAMP_FILE = "manifest-stamp"
+_STAMP = struct.Struct("<Q")
+
+
+@dataclass(frozen=True, slots=True)
+class StoredManifest:
+    digest: str
+    media_type: str
+    content: bytes
+
+
+class ContentStamp:
+    """A number that every change of manifests or tags on this node changes (to a random
+    value: two changes at once cannot leave it where it was)."""
+
+    def __init__(self, path: Path | None = None) -> None:
+        self._map: mmap.mmap | bytearray = bytearray(_STAMP.size)
+        if path is not None:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+            try:
+                if os.fstat(fd).st_size < _STAMP.size:
+                    os.ftruncate(fd, _STAMP.size)
+                self._map = mmap.mmap(fd, _STAMP.size)
+            finally:
+                os.close(fd)
+
+    def read(self) -> int:
+        value: int = _STAMP.unpack_from(self._map)[0]
+        return value
+
+    def bump(self) -> None:
+        _STAMP.pack_into(self._map, 0, random.getrandbits(64))
+
+
+def node_stamp(data_dir: Path) -> ContentStamp:
+    """The stamp the node's processes share, or one of this process alone when the data
+    directory is not there (a verb that refuses to run anyway)."""
+    if not data_dir.is_dir():
+        return ContentStamp()
+    return ContentStamp(data_dir / STAMP_FILE)
+
+
+def _size(manifest: StoredManifest) -> int:
+    return len(manifest.content) + ENTRY_OVERHEAD
+
+
+CacheKey = tuple[int, str, str]
+
+
+class ManifestCache:
+    def __init__(self, stamp: ContentStamp | None = None) -> None:
+        self.stamp = stamp or ContentStamp()
+        self._content: LRUCache[CacheKey, StoredManifest] = LRUCache(CACHED_BYTES, getsizeof=_size)
+        # reference -> (digest, stamp when it was read, monotonic time it was read)
+        self._fresh: LRUCache[CacheKey, tuple[str, int, float]] = LRUCache(FRESH_ENTRIES)
+
+    def get(self, repository_id: int, image: str, reference: str) -> StoredManifest | None:
+        """The manifest `reference` named within the last second and since the node's last
+        change, or None."""
+        found = self._fresh.get((repository_id, image, reference))
+        if found is None:
+            return None
+        digest, stamp, at = found
+        if stamp != self.stamp.read() or time.monotonic() - at > FRESH_SECONDS:
+            return None
+        return self._content.get((repository_id, image, digest))
+
+    def put(
+        self, repository_id: int, image: str, reference: str, manifest: StoredManifest, stamp: int
+    ) -> None:
+        """Keep what `reference` was found to name; `stamp` is the node's stamp as it was
+        before the lookup began (a change since then makes the entry unusable)."""
+        if len(manifest.content) > LARGEST_CACHED:
+            return
+        self._content[(repository_id, image, manifest.digest)] = manifest
+        self._fresh[(repository_id, image, reference)] = (
+            manifest.digest,
+            stamp,
+            time.monotonic(),
+        )
+
+    def changed(self) -> None:
+        """Manifests or tags changed (committed): nothing fresh on this node is used again."""
+        self.stamp.bump()
+        self._fresh.clear()

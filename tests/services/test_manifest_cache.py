@@ -1,0 +1,122 @@
+"""The manifest cache: a manifest answered a moment ago is served from memory (not read or
+hashed again), and every change of manifests or tags on the node, from any of its processes,
+makes what was cached unusable at once. In-process, on SQLite."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+from sqlalchemy import update
+
+from berth.domain.errors import ManifestUnknown
+from berth.metadata.tables import manifests
+from berth.services.manifest_cache import (
+    FRESH_SECONDS,
+    LARGEST_CACHED,
+    ManifestCache,
+    StoredManifest,
+    node_stamp,
+)
+from tests.services.test_content_changes import Scene, run
+
+OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+
+
+async def damage_stored_manifests(scene: Scene) -> None:
+    async with scene.db.write() as conn:
+        await conn.execute(update(manifests).values(content=b'{"damaged": true}'))
+
+
+def test_a_manifest_just_served_is_served_from_memory_until_the_node_changes_something(
+    tmp_path: Path,
+) -> None:
+    """Shown by damaging the stored bytes behind the cache's back: the copy in memory is still
+    served, by tag and by digest (no read, no hash), until a change on the node; then the
+    damage is found."""
+
+    async def scenario(scene: Scene) -> None:
+        digest, _layer = await scene.push_image("v1")
+        by_tag = await scene.registry.get_manifest(scene.repo, "", "v1")
+        by_digest = await scene.registry.get_manifest(scene.repo, "", digest)
+        assert by_tag == by_digest and by_tag.digest == digest
+        await damage_stored_manifests(scene)
+        assert await scene.registry.get_manifest(scene.repo, "", "v1") == by_tag
+        assert await scene.registry.get_manifest(scene.repo, "", digest) == by_tag
+
+        scene.registry.manifest_cache.changed()
+        with pytest.raises(ManifestUnknown, match="damaged"):
+            await scene.registry.get_manifest(scene.repo, "", "v1")
+
+    run(tmp_path, scenario)
+
+
+def test_a_tag_moved_or_deleted_here_is_seen_at_once(tmp_path: Path) -> None:
+    async def scenario(scene: Scene) -> None:
+        first, _ = await scene.push_image("v1")
+        assert (await scene.registry.get_manifest(scene.repo, "", "v1")).digest == first
+        second, _ = await scene.push_image("v2")
+        await scene.registry.put_manifest(
+            scene.repo,
+            "",
+            "v1",
+            (await scene.registry.get_manifest(scene.repo, "", "v2")).content,
+            OCI_MANIFEST,
+        )
+        assert (await scene.registry.get_manifest(scene.repo, "", "v1")).digest == second
+        await scene.registry.delete_manifest(scene.repo, "", "v1", actor="a", client=None)
+        with pytest.raises(ManifestUnknown):
+            await scene.registry.get_manifest(scene.repo, "", "v1")
+        assert (await scene.registry.get_manifest(scene.repo, "", second)).digest == second
+        await scene.registry.delete_manifest(scene.repo, "", second, actor="a", client=None)
+        with pytest.raises(ManifestUnknown):
+            await scene.registry.get_manifest(scene.repo, "", second)
+        with pytest.raises(ManifestUnknown):
+            await scene.registry.get_manifest(scene.repo, "", "v2")
+
+    run(tmp_path, scenario)
+
+
+def test_a_cached_reference_is_used_for_at_most_a_second(tmp_path: Path) -> None:
+    """What another node changed is seen within FRESH_SECONDS."""
+
+    async def scenario(scene: Scene) -> None:
+        await scene.push_image("v1")
+        served = await scene.registry.get_manifest(scene.repo, "", "v1")
+        await damage_stored_manifests(scene)  # as another node's change would, unannounced
+        time.sleep(FRESH_SECONDS + 0.05)
+        with pytest.raises(ManifestUnknown, match="damaged"):
+            await scene.registry.get_manifest(scene.repo, "", "v1")
+        assert served.content != b'{"damaged": true}'
+
+    run(tmp_path, scenario)
+
+
+def test_a_change_in_another_process_of_the_node_voids_this_ones_cache(tmp_path: Path) -> None:
+    """The node's processes share the stamp through a file each maps: a bump by one (here a
+    second mapping, as a worker or a CLI verb has) is read by the other at once."""
+    here = ManifestCache(node_stamp(tmp_path))
+    there = ManifestCache(node_stamp(tmp_path))
+    manifest = StoredManifest("sha256:" + "a" * 64, OCI_MANIFEST, b"{}")
+    here.put(1, "", "v1", manifest, here.stamp.read())
+    assert here.get(1, "", "v1") == manifest
+    assert here.get(1, "", "v2") is None and here.get(2, "", "v1") is None
+    there.changed()
+    assert here.get(1, "", "v1") is None
+
+
+def test_a_lookup_raced_by_a_change_is_not_kept(tmp_path: Path) -> None:
+    """The stamp is read before the database: a change committed meanwhile voids the entry."""
+    cache = ManifestCache(node_stamp(tmp_path))
+    before = cache.stamp.read()
+    ManifestCache(node_stamp(tmp_path)).changed()
+    cache.put(1, "", "v1", StoredManifest("sha256:" + "b" * 64, OCI_MANIFEST, b"{}"), before)
+    assert cache.get(1, "", "v1") is None
+
+
+def test_a_huge_manifest_is_not_kept() -> None:
+    cache = ManifestCache()
+    huge = StoredManifest("sha256:" + "c" * 64, OCI_MANIFEST, b" " * (LARGEST_CACHED + 1))
+    cache.put(1, "", "v1", huge, cache.stamp.read())
+    assert cache.get(1, "", "v1") is None

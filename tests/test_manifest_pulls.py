@@ -1,0 +1,75 @@
+"""Manifest pulls served from the node's manifest cache answer exactly what the database holds:
+the same bytes and headers every time, a moved tag and a deletion seen at once on the node,
+whichever process of the node made the change."""
+
+from __future__ import annotations
+
+import httpx
+
+from berth.state import Services
+from tests.conftest import Repo
+from tests.oci import OCI_MANIFEST, digest_of, put_manifest, random_image
+
+ACCEPT = {"Accept": OCI_MANIFEST}
+# Headers that differ between any two answers.
+PER_ANSWER = {"date", "x-request-id"}
+
+
+def pull(repo: Repo, reference: str, method: str = "GET") -> httpx.Response:
+    return repo.client.request(method, repo.url(f"manifests/{reference}"), headers=ACCEPT)
+
+
+def answer(response: httpx.Response) -> tuple[int, dict[str, str], bytes]:
+    headers = {k: v for k, v in response.headers.items() if k not in PER_ANSWER}
+    return response.status_code, headers, response.content
+
+
+def test_repeated_pulls_answer_the_same_bytes_and_headers(repo: Repo) -> None:
+    body = random_image(repo.client, repo.name)
+    assert put_manifest(repo.client, repo.name, "v1", body).status_code == 201
+    digest = digest_of(body)
+    for reference in ("v1", digest):
+        first = answer(pull(repo, reference))
+        assert first[0] == 200 and first[2] == body
+        assert first[1]["docker-content-digest"] == digest
+        assert first[1]["content-type"] == OCI_MANIFEST
+        assert first[1]["content-length"] == str(len(body))
+        assert [answer(pull(repo, reference)) for _ in range(3)] == [first] * 3
+        head = answer(pull(repo, reference, "HEAD"))
+        assert head == (200, first[1], b"")
+
+
+def test_a_moved_tag_and_a_deleted_manifest_are_seen_at_once(repo: Repo) -> None:
+    old, new = random_image(repo.client, repo.name), random_image(repo.client, repo.name)
+    assert put_manifest(repo.client, repo.name, "v1", old).status_code == 201
+    assert put_manifest(repo.client, repo.name, "keep", new).status_code == 201
+    assert pull(repo, "v1").content == old  # now cached
+    assert pull(repo, "v1").content == old
+
+    assert put_manifest(repo.client, repo.name, "v1", new).status_code == 201
+    assert pull(repo, "v1").content == new
+    assert pull(repo, "v1", "HEAD").headers["docker-content-digest"] == digest_of(new)
+
+    assert pull(repo, digest_of(new)).status_code == 200  # cached by digest too
+    deleted = repo.client.delete(repo.url(f"manifests/{digest_of(new)}"))
+    assert deleted.status_code == 202
+    for reference in (digest_of(new), "v1", "keep"):
+        assert pull(repo, reference).status_code == 404
+        assert pull(repo, reference, "HEAD").status_code == 404
+
+
+def test_a_change_made_by_another_process_of_the_node_is_seen_at_once(repo: Repo) -> None:
+    """An admin verb (here the same service code in the test's own process, as the CLI runs
+    it) deletes a tag the server has just served: the server's next answer is 404."""
+    body = random_image(repo.client, repo.name)
+    assert put_manifest(repo.client, repo.name, "v1", body).status_code == 201
+    assert pull(repo, "v1").status_code == 200
+    assert pull(repo, "v1").status_code == 200
+
+    async def delete_tag(services: Services) -> None:
+        found = await services.repositories.require(repo.project, repo.repository)
+        await services.registry.delete_manifest(found, "", "v1", actor="admin", client=None)
+
+    repo.server._services(delete_tag)
+    assert pull(repo, "v1").status_code == 404
+    assert pull(repo, digest_of(body)).status_code == 200
