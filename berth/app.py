@@ -34,19 +34,28 @@ API_VERSION_HEADER = (b"docker-distribution-api-version", b"registry/2.0")
 
 
 class RegistryHeaders:
-    """Adds `Docker-Distribution-API-Version` to every /v2 response (pure ASGI: cheap)."""
+    """Adds `Docker-Distribution-API-Version` to every /v2 response, and `X-Berth-Node` (which
+    node answered, behind a load balancer) to every response when the node has a name (pure
+    ASGI: cheap)."""
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, node: str = "") -> None:
         self.app = app
+        self.node_header = [(b"x-berth-node", node.encode())] if node else []
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not scope["path"].startswith("/v2"):
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        added = self.node_header
+        if scope["path"].startswith("/v2"):
+            added = [*added, API_VERSION_HEADER]
+        if not added:
             await self.app(scope, receive, send)
             return
 
         async def send_with_header(message: Message) -> None:
             if message["type"] == "http.response.start":
-                message["headers"] = [*message.get("headers", []), API_VERSION_HEADER]
+                message["headers"] = [*message.get("headers", []), *added]
             await send(message)
 
         await self.app(scope, receive, send_with_header)
@@ -170,7 +179,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         exception_handlers={RegistryError: _registry_error},
         lifespan=lifespan,
     )
-    app.add_middleware(RegistryHeaders)
+    app.add_middleware(RegistryHeaders, node=settings.node)
     app.add_middleware(HostCheck)
     # Added last, so it runs first: bodies are bounded before any route or authentication.
     app.add_middleware(

@@ -10,17 +10,18 @@ by `berth storage check`.
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import hashlib
 import logging
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import delete, select
 
 from berth.domain.digests import parse_digest
 from berth.metadata.database import Database
-from berth.metadata.tables import blobs, uploads
+from berth.metadata.tables import blobs, uploads, utcnow
 from berth.storage.base import BlobStore
 
 logger = logging.getLogger("berth.storage")
@@ -38,6 +39,8 @@ class CheckReport:
     missing: list[str] = field(default_factory=list)  # recorded, but no file
     damaged: list[str] = field(default_factory=list)  # bytes differ from the digest: set aside
     orphan_uploads_removed: int = 0
+    expired_uploads_removed: int = 0  # untouched for upload_expiry: rows and scratch
+    unfinished_commits_aborted: int = 0  # S3 multipart uploads no node completed
 
     @property
     def healthy(self) -> bool:
@@ -59,21 +62,69 @@ async def blob_is_whole(store: BlobStore, digest: str, size: int) -> bool:
 
 
 class StorageCheck:
-    def __init__(self, db: Database, store: BlobStore, orphan_age: float = 3600.0) -> None:
+    def __init__(
+        self,
+        db: Database,
+        store: BlobStore,
+        orphan_age: float = 3600.0,
+        upload_expiry: float = 86_400.0,
+    ) -> None:
         self.db = db
         self.store = store
         self.orphan_age = max(orphan_age, MIN_ORPHAN_AGE_SECONDS)
+        self.upload_expiry = max(upload_expiry, MIN_ORPHAN_AGE_SECONDS)
 
     async def run(self) -> CheckReport:
-        """Check every recorded blob, set damaged ones aside, remove orphaned scratch files
-        (`berth storage check`)."""
+        """Check every recorded blob, set damaged ones aside, remove abandoned uploads and
+        orphaned scratch files (`berth storage check`)."""
         report = await self.check_blobs()
-        report.orphan_uploads_removed = await self.remove_orphan_uploads()
+        await self._remove_abandoned(report)
         return report
+
+    async def remove_abandoned_uploads(self) -> None:
+        """The `abandoned-uploads` job: uploads nobody touched for `upload_expiry`, scratch
+        files no upload names, and commits into the store that no node finished."""
+        await self._remove_abandoned(CheckReport())
+
+    async def _remove_abandoned(self, report: CheckReport) -> None:
+        report.expired_uploads_removed = await self.remove_expired_uploads()
+        report.orphan_uploads_removed = await self.remove_orphan_uploads()
+        report.unfinished_commits_aborted = await self.store.abort_unfinished_commits(
+            time.time() - self.upload_expiry
+        )
+        removed = (
+            report.expired_uploads_removed
+            + report.orphan_uploads_removed
+            + report.unfinished_commits_aborted
+        )
+        if removed:
+            logger.info(
+                "abandoned uploads: %d expired removed, %d orphaned scratch removed, "
+                "%d unfinished commits aborted",
+                report.expired_uploads_removed,
+                report.orphan_uploads_removed,
+                report.unfinished_commits_aborted,
+            )
+
+    async def remove_expired_uploads(self) -> int:
+        """Uploads of any project nobody has touched for `upload_expiry`: the row first (so
+        no node takes the upload on), then its scratch."""
+        cutoff = utcnow() - dt.timedelta(seconds=self.upload_expiry)
+        async with self.db.write() as conn:
+            expired = list(
+                (
+                    await conn.execute(
+                        delete(uploads).where(uploads.c.updated_at < cutoff).returning(uploads.c.id)
+                    )
+                ).scalars()
+            )
+        for upload_id in expired:
+            await self.store.delete_upload(upload_id)
+        return len(expired)
 
     async def check_blobs(self) -> CheckReport:
         """Check every recorded blob and set damaged ones aside (the `storage-scrub` job;
-        orphaned scratch files are the `orphan-uploads` job's)."""
+        abandoned uploads are the `abandoned-uploads` job's)."""
         report = CheckReport()
         after = ""
         while True:
