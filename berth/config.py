@@ -150,6 +150,11 @@ class Settings(BaseSettings):
         description="this node's name in the X-Berth-Node response header; default "
         "HOSTNAME:PORT; empty: no header",
     )
+    trust_forwarded_proto: bool = Field(
+        False,
+        description="take the scheme from X-Forwarded-Proto (a proxy in front ends TLS); "
+        "only when every request comes through that proxy",
+    )
     single_node: bool = Field(
         False,
         description='storage = "s3" with the SQLite database: true to say only this one node '
