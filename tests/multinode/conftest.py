@@ -117,6 +117,18 @@ class Cluster:
     def by_name(self, name: str) -> BerthServer:
         return next(node for node in self.nodes if node.extra_env["BERTH_NODE_NAME"] == name)
 
+    def wait_for_every_node(self, timeout: float = 30) -> None:
+        """Until nginx sends requests to every node again (it skips one that failed for a
+        while: `fail_timeout`)."""
+        seen: set[str] = set()
+        deadline = time.monotonic() + timeout
+        with self.balancer.client() as client:
+            while len(seen) < len(self.nodes) and time.monotonic() < deadline:
+                seen.add(client.get("/healthz").headers.get("x-berth-node", ""))
+                if len(seen) < len(self.nodes):
+                    time.sleep(0.1)
+        assert len(seen) == len(self.nodes), f"nginx reaches only {sorted(seen)}"
+
 
 @contextlib.contextmanager
 def started_nodes(

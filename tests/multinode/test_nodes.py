@@ -5,6 +5,7 @@ through every node counted once."""
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import threading
 import time
@@ -14,9 +15,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.clients.commands import ContainersConfig
+from tests.clients.commands import ContainersConfig, Podman
 from tests.clients.layouts import OciLayout, TestImage
-from tests.clients.tools import require_binary, run
+from tests.clients.tools import output, require_binary, run
 from tests.multinode.conftest import Cluster
 from tests.oci import assert_status, blob_path, location, start_upload
 from tests.servers import BerthServer
@@ -92,9 +93,37 @@ def test_skopeo_pushes_and_pulls_a_multi_layer_image_through_the_balancer(
         assert sha256(pulled.blob(digest)) == digest
 
 
+def test_podman_pushes_and_pulls_through_the_balancer(
+    cluster: Cluster, tmp_path: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    require_binary("podman")
+    require_binary("umoci")
+    image = two_layer_image(
+        tmp_path / "layout", [{"data.bin": os.urandom(6 * MiB)}, {"hello.txt": b"podman\n"}]
+    )
+    key_id, secret = project(cluster, "podman")
+    config = ContainersConfig.create(tmp_path / "containers")
+    storage = tmp_path_factory.mktemp("podman")  # a short path: podman's runroot must be
+    podman = Podman("podman", storage, config, registry=None)  # type: ignore[arg-type]
+    remote = ["--tls-verify=false", f"--creds={key_id}:{secret}"]
+    reference = f"{cluster.balancer.address}/podman/app:v1"
+    image_id = podman("pull", "--quiet", image.oci_ref).stdout.strip()
+    podman("tag", image_id, reference)
+    digest_file = tmp_path / "digest"
+    pushed = podman("push", *remote, "--digestfile", digest_file, reference)
+    assert "Writing manifest to image destination" in output(pushed)
+    podman("rmi", "--force", reference, image_id)
+    podman("pull", *remote, reference)
+    pulled = json.loads(podman("image", "inspect", reference).stdout)[0]
+    assert pulled["Digest"] == digest_file.read_text()
+    assert pulled["RootFS"]["Layers"] == image.diff_ids
+    podman("rmi", "--force", reference)
+
+
 def test_an_upload_whose_patches_land_on_every_node_gives_the_right_digest(
     cluster: Cluster,
 ) -> None:
+    cluster.wait_for_every_node()
     auth = project(cluster, "chunks")
     data = os.urandom(10 * MiB + 12345)
     digest = sha256(data)
@@ -125,6 +154,7 @@ def test_an_upload_whose_patches_land_on_every_node_gives_the_right_digest(
 
 
 def test_traffic_pulled_through_every_node_is_counted_once(cluster: Cluster) -> None:
+    cluster.wait_for_every_node()
     auth = project(cluster, "traffic")
     data = os.urandom(3 * MiB + 7)
     digest = sha256(data)
