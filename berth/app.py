@@ -33,19 +33,28 @@ API_VERSION_HEADER = (b"docker-distribution-api-version", b"registry/2.0")
 
 
 class RegistryHeaders:
-    """Adds `Docker-Distribution-API-Version` to every /v2 response (pure ASGI: cheap)."""
+    """Adds `Docker-Distribution-API-Version` to every /v2 response, and `X-Berth-Node` (which
+    node answered, behind a load balancer) to every response when the node has a name (pure
+    ASGI: cheap)."""
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, node: str = "") -> None:
         self.app = app
+        self.node_header = [(b"x-berth-node", node.encode())] if node else []
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not scope["path"].startswith("/v2"):
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        added = self.node_header
+        if scope["path"].startswith("/v2"):
+            added = [*added, API_VERSION_HEADER]
+        if not added:
             await self.app(scope, receive, send)
             return
 
         async def send_with_header(message: Message) -> None:
             if message["type"] == "http.response.start":
-                message["headers"] = [*message.get("headers", []), API_VERSION_HEADER]
+                message["headers"] = [*message.get("headers", []), *added]
             await send(message)
 
         await self.app(scope, receive, send_with_header)
@@ -54,16 +63,21 @@ class RegistryHeaders:
 class HostCheck:
     """Refuses a request whose Host header is not a host name or address (with an optional
     port) before anything uses it (token realm and service, project routing, links), and
-    hands the rest on with the host in lowercase: host names are case-insensitive."""
+    hands the rest on with the host in lowercase: host names are case-insensitive. With
+    `trust_forwarded_proto`, the scheme is the one a proxy in front names in
+    X-Forwarded-Proto (TLS ends there), so the token realm sends clients back over HTTPS."""
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, trust_forwarded_proto: bool = False) -> None:
         self.app = app
+        self.trust_forwarded_proto = trust_forwarded_proto
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         headers = scope.get("headers", [])
+        if self.trust_forwarded_proto:
+            _take_forwarded_proto(scope, headers)
         hosts = [value for name, value in headers if name == b"host"]
         if not hosts:
             await self.app(scope, receive, send)
@@ -79,6 +93,15 @@ class HostCheck:
                 (name, host.encode() if name == b"host" else value) for name, value in headers
             ]
         await self.app(scope, receive, send)
+
+
+def _take_forwarded_proto(scope: Scope, headers: list[tuple[bytes, bytes]]) -> None:
+    for name, value in headers:
+        if name == b"x-forwarded-proto":
+            proto = value.split(b",", 1)[0].strip().lower()
+            if proto in (b"http", b"https"):
+                scope["scheme"] = proto.decode()
+            return
 
 
 def _bad_host(scope: Scope) -> Response:
@@ -171,8 +194,8 @@ def create_app(settings: Settings | None = None) -> Starlette:
         exception_handlers={RegistryError: _registry_error},
         lifespan=lifespan,
     )
-    app.add_middleware(RegistryHeaders)
-    app.add_middleware(HostCheck)
+    app.add_middleware(RegistryHeaders, node=settings.node)
+    app.add_middleware(HostCheck, trust_forwarded_proto=settings.trust_forwarded_proto)
     # Added last, so it runs first: bodies are bounded before any route or authentication.
     app.add_middleware(
         RequestLimits,

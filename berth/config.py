@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import tomllib
 from collections.abc import Collection
 from pathlib import Path
@@ -92,6 +93,12 @@ class Settings(BaseSettings):
         ge=0,
         description="seconds a blob or image stays safe from garbage collection after its push",
     )
+    upload_expiry: int = Field(
+        86_400,
+        ge=60,
+        description="seconds an upload nobody touches is kept before the hourly job removes "
+        "it (its scratch in the store and, on S3, any commit a node left unfinished)",
+    )
     gc_test_pause: str = Field(
         "",
         description="testing only: 'marking=SECONDS' or 'sweeping=SECONDS' holds each GC run there",
@@ -149,6 +156,23 @@ class Settings(BaseSettings):
         gt=0,
         description="seconds before a failed webhook delivery is retried; each retry waits "
         "twice as long (at most an hour), for up to a day",
+    )
+    node_name: str | None = Field(
+        None,
+        max_length=64,
+        pattern=r"^[A-Za-z0-9._:\[\]-]*$",
+        description="this node's name in the X-Berth-Node response header; default "
+        "HOSTNAME:PORT; empty: no header",
+    )
+    trust_forwarded_proto: bool = Field(
+        False,
+        description="take the scheme from X-Forwarded-Proto (a proxy in front ends TLS); "
+        "only when every request comes through that proxy",
+    )
+    single_node: bool = Field(
+        False,
+        description='storage = "s3" with the SQLite database: true to say only this one node '
+        "serves the bucket (several nodes need PostgreSQL)",
     )
     storage: Literal["filesystem", "s3"] = Field(
         "filesystem", description="where blobs live: `blobs` in data_dir, or an S3 bucket"
@@ -267,6 +291,13 @@ class Settings(BaseSettings):
         return _split_address(self.metrics_listen) if self.metrics_listen else None
 
     @property
+    def node(self) -> str:
+        """The name of this node in responses (`node_name`, else HOSTNAME:PORT); may be empty."""
+        if self.node_name is not None:
+            return self.node_name
+        return f"{socket.gethostname()}:{self.host_and_port[1]}"[:64]
+
+    @property
     def metrics_dir(self) -> Path:
         """Where the server's worker processes keep their metric values (emptied at start)."""
         return self.data_dir.resolve() / "metrics"
@@ -327,7 +358,10 @@ _PROBLEMS = {
 
 
 # What a value of a setting with a pattern looks like, instead of the regular expression.
-_PATTERNS = {"currency": "must be 3 capital letters, e.g. USD"}
+_PATTERNS = {
+    "currency": "must be 3 capital letters, e.g. USD",
+    "node_name": "may hold only letters, digits and . _ : - [ ]",
+}
 
 
 def _number(limit: Any) -> str:

@@ -13,10 +13,13 @@ import ssl
 import sys
 from collections.abc import Collection
 
+from berth.access.keyring import Keyring
 from berth.addresses import public_host, public_url
 from berth.config import Settings, SettingsError, setting_source
 from berth.data_location import create_data, unreachable_database
+from berth.metadata.database import Database
 from berth.observability import metrics
+from berth.services.install import recorded_key_fingerprint
 from berth.state import Services, unusable_storage
 
 
@@ -165,9 +168,51 @@ def check(settings: Settings, flags: Collection[str] = ()) -> None:
     problem = unreachable_database(settings)
     if problem is not None:
         raise SettingsError(f"{setting_source('database_url', flags)}: {problem}")
+    if settings.storage == "s3" and _on_sqlite(settings) and not settings.single_node:
+        raise SettingsError(
+            'storage = "s3" with the SQLite database in data_dir serves one node only, and '
+            "a second node on the same bucket would have metadata of its own: set "
+            "single_node = true (BERTH_SINGLE_NODE=true) if this node is the only one, or "
+            "set database_url to a PostgreSQL database that every node shares (README: "
+            '"Run several nodes")'
+        )
     problem = unusable_storage(settings)
     if problem is not None:
         raise SettingsError(problem)
+
+
+def _on_sqlite(settings: Settings) -> bool:
+    return settings.resolved_database_url.startswith("sqlite")
+
+
+def check_keys(settings: Settings) -> None:
+    """Record the fingerprint of this node's token signing and secret-hashing keys in the
+    database on the first start; on S3 with PostgreSQL (several nodes), refuse to serve with
+    keys that differ from the recorded ones: tokens this node signed would be refused by the
+    others, and access keys made on them would not match here."""
+    keyring = Keyring(settings.signing_key_file, settings.secret_key_file)
+
+    async def recorded() -> str:
+        db = Database(settings.resolved_database_url)
+        try:
+            return await recorded_key_fingerprint(db, keyring.fingerprint)
+        finally:
+            await db.dispose()
+
+    fingerprint = asyncio.run(recorded())
+    if fingerprint == keyring.fingerprint or settings.storage != "s3" or _on_sqlite(settings):
+        return
+    raise SettingsError(
+        f"this node's keys ({settings.signing_key_file} and {settings.secret_key_file}) are "
+        "not the ones the other nodes of this install use (the database recorded keys with "
+        f"the fingerprint {fingerprint[:16]}…, these are {keyring.fingerprint[:16]}…). Give "
+        "every node the same two files: copy them from a node that serves (by default "
+        "DATA_DIR/keys/token-signing.pem and DATA_DIR/keys/secret-hash.key) over this "
+        "node's, or point token_signing_key and secret_hash_key at the same files on every "
+        "node. If the keys of every node were replaced on purpose (access keys made before "
+        "then stop working), clear the record in the database: "
+        "DELETE FROM install_facts WHERE name = 'key_fingerprint';"
+    )
 
 
 def _prepare_metrics(settings: Settings) -> None:
@@ -183,6 +228,7 @@ def serve(settings: Settings, flags: Collection[str] = ()) -> None:
     check(settings, flags)
     settings.data_dir = settings.data_dir.resolve()
     initialise(settings)
+    check_keys(settings)
     base = public_url(settings)
     print(f"Berth registry on {base}  (data in {settings.data_dir})")
     print(f"Web console: {base}/console/  (sign in as admin with its password)")

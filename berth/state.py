@@ -69,7 +69,9 @@ class Services:
             storage_collect_interval=settings.storage_collect_interval,
             gc_grace_period=settings.gc_grace_period,
         )
-        storage_check = StorageCheck(db, store, orphan_age=settings.gc_grace_period)
+        storage_check = StorageCheck(
+            db, store, orphan_age=settings.gc_grace_period, upload_expiry=settings.upload_expiry
+        )
         identity = Identity(db, keyring, settings.max_access_keys)
         tokens = Tokens(keyring, settings.token_ttl, settings.refresh_token_ttl)
         webhook_delivery = WebhookDelivery(
@@ -121,8 +123,9 @@ class Services:
                         storage_check.check_blobs,
                         first_after_interval=True,
                     ),
-                    # Cheap (a directory listing): scratch files left by a crash go within hours.
-                    Job("orphan-uploads", 3600, storage_check.remove_orphan_uploads),
+                    # Cheap (listings): uploads untouched for upload_expiry, scratch files left
+                    # by a crash and commits a dead node began go within the hour after.
+                    Job("abandoned-uploads", 3600, storage_check.remove_abandoned_uploads),
                     # One node sends webhooks, every second: events wait a second at most.
                     Job("webhook-delivery", 1.0, webhook_delivery.run),
                     Job("webhook-prune", 3600, webhook_delivery.prune),

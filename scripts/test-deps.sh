@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# Installs the Debian packages the tests drive: PostgreSQL 15, the real registry clients and
-# Chromium (the console's browser tests drive it with Playwright: no browser download).
+# Installs the Debian packages the tests drive: PostgreSQL 15, the real registry clients, nginx
+# (the multi-node tests balance nodes with it) and Chromium (the console's browser tests drive
+# it with Playwright: no browser download).
 # Idempotent; quiet when everything is already there. Never lets a package start a service.
 set -euo pipefail
 PACKAGES="postgresql-15 docker.io containerd podman skopeo umoci docker-registry apache2-utils
-openssl curl wrk chromium"
+openssl curl wrk chromium nginx"
 missing=()
 for p in $PACKAGES; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")

@@ -187,6 +187,7 @@ class SeaweedFS:
             "BERTH_S3_ACCESS_KEY_ID": self.access_key_id,
             "BERTH_S3_SECRET_ACCESS_KEY": self.secret_access_key,
             "BERTH_S3_PATH_STYLE": "true",
+            "BERTH_SINGLE_NODE": "true",  # on SQLite; the multi-node tests share PostgreSQL
         }
 
 

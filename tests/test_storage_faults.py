@@ -337,7 +337,7 @@ def test_the_scheduled_jobs_remove_orphaned_scratch_files_and_set_damaged_blobs_
     os.utime(orphan, (time.time() - 7200, time.time() - 7200))
     server = BerthServer(tmp_path).start()
     try:
-        assert until(lambda: not orphan.exists(), 15), "the orphan-uploads job did not run"
+        assert until(lambda: not orphan.exists(), 15), "the abandoned-uploads job did not run"
         # The scrub hashes every blob: a first start does not run it at once.
         assert until(lambda: scrub_lease(tmp_path) is not None, 15)
         holder, due = scrub_lease(tmp_path) or ("?", None)

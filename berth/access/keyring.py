@@ -56,6 +56,16 @@ class Keyring:
         self.key_id = hashlib.sha256(public_der).hexdigest()[:16]
         self._secret_key = _load_or_create(secret_key_file, secrets.token_bytes(32))
 
+    @property
+    def fingerprint(self) -> str:
+        """Names this pair of keys without revealing either: the nodes of one install must
+        all have the same (recorded in the database by the first node to start)."""
+        public_der = self.public_key.public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+        secret_tag = hmac.new(self._secret_key, b"berth key fingerprint", hashlib.sha256)
+        return hashlib.sha256(public_der + secret_tag.digest()).hexdigest()
+
     def hash_secret(self, secret: str) -> str:
         return hmac.new(self._secret_key, secret.encode(), hashlib.sha256).hexdigest()
 

@@ -149,8 +149,20 @@ uploads = Table(
     Column("image", String(255), nullable=False),
     Column("offset", BigInteger, nullable=False, default=0),
     Column("digest_at_offset", DIGEST),
+    # The running SHA-256 at `offset` (domain.hash_state), so any node can take the next PATCH.
+    Column("hash_state", LargeBinary),
     Column("started_at", UTCDateTime, nullable=False, default=utcnow),
     Column("updated_at", UTCDateTime, nullable=False, default=utcnow),
+)
+
+# The stored pieces (object names, in order) that hold an upload's first `offset` bytes, on
+# stores that keep an upload as pieces (S3). Recorded with the offset, so a piece written by a
+# PATCH that was never acknowledged (its node died) is never part of the blob.
+upload_pieces = Table(
+    "upload_pieces",
+    metadata,
+    Column("upload_id", ForeignKey("uploads.id", ondelete="CASCADE"), primary_key=True),
+    Column("name", String(128), primary_key=True),
 )
 
 # ---------------------------------------------------------------- identity and access
@@ -312,6 +324,16 @@ job_leases = Table(
     Column("name", String(64), primary_key=True),
     Column("holder", String(64), nullable=False),
     Column("expires_at", UTCDateTime, nullable=False),
+)
+
+# What the nodes of one install must agree on, by name (`key_fingerprint`: a digest of the
+# token signing and secret-hashing keys, written by the first node that starts).
+install_facts = Table(
+    "install_facts",
+    metadata,
+    Column("name", String(64), primary_key=True),
+    Column("value", String(255), nullable=False),
+    Column("recorded_at", UTCDateTime, nullable=False, default=utcnow),
 )
 
 # ---------------------------------------------------------------- garbage collection

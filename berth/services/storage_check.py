@@ -11,6 +11,7 @@ asked to repair, removes those older than the grace period.
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import hashlib
 import logging
 import time
@@ -45,6 +46,8 @@ class CheckReport:
     # project). Kept unless repairing; younger ones always (a push may be recording them).
     orphans: list[str] = field(default_factory=list)
     orphans_removed: list[str] = field(default_factory=list)
+    expired_uploads_removed: int = 0  # untouched for upload_expiry: rows and scratch
+    unfinished_commits_aborted: int = 0  # S3 multipart uploads no node completed
 
     @property
     def healthy(self) -> bool:
@@ -66,10 +69,17 @@ async def blob_is_whole(store: BlobStore, digest: str, size: int) -> bool:
 
 
 class StorageCheck:
-    def __init__(self, db: Database, store: BlobStore, orphan_age: float = 3600.0) -> None:
+    def __init__(
+        self,
+        db: Database,
+        store: BlobStore,
+        orphan_age: float = 3600.0,
+        upload_expiry: float = 86_400.0,
+    ) -> None:
         self.db = db
         self.store = store
         self.orphan_age = max(orphan_age, MIN_ORPHAN_AGE_SECONDS)
+        self.upload_expiry = max(upload_expiry, MIN_ORPHAN_AGE_SECONDS)
         # No floor for blobs: their removal is a compare-and-set against a push recording
         # them (_remove_orphan); the age only leaves a push in flight its blob untouched.
         self.orphan_blob_age = orphan_age
@@ -78,16 +88,57 @@ class StorageCheck:
         """`berth storage check`: check every blob the project's repositories link (or, with
         no project, every recorded blob) and set damaged ones aside. Of the whole install,
         also list the stored blobs no metadata names, removing those older than the grace
-        period when repairing, and remove orphaned scratch files."""
+        period when repairing, and remove abandoned uploads and orphaned scratch files."""
         report = await self.check_blobs(project)
         if project is None:
             await self._find_orphans(report, repair)
-            report.orphan_uploads_removed = await self.remove_orphan_uploads()
+            await self._remove_abandoned(report)
         return report
+
+    async def remove_abandoned_uploads(self) -> None:
+        """The `abandoned-uploads` job: uploads nobody touched for `upload_expiry`, scratch
+        files no upload names, and commits into the store that no node finished."""
+        await self._remove_abandoned(CheckReport())
+
+    async def _remove_abandoned(self, report: CheckReport) -> None:
+        report.expired_uploads_removed = await self.remove_expired_uploads()
+        report.orphan_uploads_removed = await self.remove_orphan_uploads()
+        report.unfinished_commits_aborted = await self.store.abort_unfinished_commits(
+            time.time() - self.upload_expiry
+        )
+        removed = (
+            report.expired_uploads_removed
+            + report.orphan_uploads_removed
+            + report.unfinished_commits_aborted
+        )
+        if removed:
+            logger.info(
+                "abandoned uploads: %d expired removed, %d orphaned scratch removed, "
+                "%d unfinished commits aborted",
+                report.expired_uploads_removed,
+                report.orphan_uploads_removed,
+                report.unfinished_commits_aborted,
+            )
+
+    async def remove_expired_uploads(self) -> int:
+        """Uploads of any project nobody has touched for `upload_expiry`: the row first (so
+        no node takes the upload on), then its scratch."""
+        cutoff = utcnow() - dt.timedelta(seconds=self.upload_expiry)
+        async with self.db.write() as conn:
+            expired = list(
+                (
+                    await conn.execute(
+                        delete(uploads).where(uploads.c.updated_at < cutoff).returning(uploads.c.id)
+                    )
+                ).scalars()
+            )
+        for upload_id in expired:
+            await self.store.delete_upload(upload_id)
+        return len(expired)
 
     async def check_blobs(self, project: str | None = None) -> CheckReport:
         """Check every recorded blob (of `project`'s repositories) and set damaged ones aside
-        (the `storage-scrub` job; orphaned scratch files are the `orphan-uploads` job's)."""
+        (the `storage-scrub` job; abandoned uploads are the `abandoned-uploads` job's)."""
         report = CheckReport(project=project)
         recorded = select(blobs.c.digest, blobs.c.size)
         if project is not None:

@@ -1,8 +1,13 @@
 """Blob uploads: stream to scratch storage while hashing, verify, then commit atomically.
 
 Hashing and writing run in worker threads on large buffers, overlapped with receiving the next
-buffer, so one push keeps both cores busy. The running hash lives in memory; when it is gone
-(restart, another node) it is rebuilt from the bytes already stored.
+buffer, so one push keeps both cores busy. Everything an upload needs to go on is in the
+database, so any node (or worker) can take its next request: the acknowledged offset, the
+running SHA-256 state at that offset (`domain.hash_state`) and, on a store of pieces (S3), the
+pieces that hold those bytes. A PATCH moves the offset on only from the offset it started at
+(compare and set), so of two requests racing from one offset (a client's retry while its first
+try is still on another node), one wins and the other's bytes are never part of the upload. A
+node keeps the hash states it wrote in memory too, to skip reading them back.
 """
 
 from __future__ import annotations
@@ -29,9 +34,10 @@ from berth.domain.errors import (
     RangeNotSatisfiable,
     StorageFull,
 )
+from berth.domain.hash_state import resumable_sha256
 from berth.domain.references import RepositoryRef
 from berth.metadata.database import Database
-from berth.metadata.tables import blobs, repository_blobs, uploads, utcnow
+from berth.metadata.tables import blobs, repository_blobs, upload_pieces, uploads, utcnow
 from berth.services.gc.restrictions import refuse_if_restricted
 from berth.storage.base import BlobStore, UploadWriter
 
@@ -48,6 +54,21 @@ class Upload:
     image: str
     offset: int
     digest_at_offset: str | None
+    hash_state: bytes | None = None
+
+    @classmethod
+    def of(cls, row: Any) -> Upload:
+        return cls(
+            row.id, row.repository_id, row.image, row.offset, row.digest_at_offset, row.hash_state
+        )
+
+
+def _new_sha256() -> Any:
+    return resumable_sha256() if resumable_sha256 is not None else hashlib.sha256()
+
+
+def _saved_state(hasher: Any) -> bytes | None:
+    return hasher.state() if resumable_sha256 is not None else None
 
 
 class _HashStates:
@@ -162,7 +183,7 @@ class Uploads:
         except BaseException:
             await self.store.delete_upload(upload.id)  # no row names it: leave no file
             raise
-        self._hashes.put(upload.id, 0, hashlib.sha256())
+        self._hashes.put(upload.id, 0, _new_sha256())
         return upload
 
     async def in_progress(self) -> int:
@@ -175,9 +196,7 @@ class Uploads:
             async with self.db.read() as conn:
                 row = (await conn.execute(select(uploads).where(uploads.c.id == upload_id))).first()
             if row is not None and row.repository_id == repo.id and row.image == image:
-                return Upload(
-                    row.id, row.repository_id, row.image, row.offset, row.digest_at_offset
-                )
+                return Upload.of(row)
         raise BlobUploadUnknown(f"upload {upload_id!r} is unknown, finished or cancelled")
 
     def _lock(self, upload_id: str) -> asyncio.Lock:
@@ -185,11 +204,29 @@ class Uploads:
 
     async def _hasher_at(self, upload: Upload) -> Any:
         hasher = self._hashes.take(upload.id, upload.offset)
-        if hasher is None:
-            hasher = hashlib.sha256()
-            async for chunk in self.store.read_upload(upload.id, upload.offset):
-                await asyncio.to_thread(hasher.update, chunk)
+        if hasher is not None:
+            return hasher
+        if upload.hash_state is not None and resumable_sha256 is not None:
+            with contextlib.suppress(ValueError):  # saved by a node of another kind
+                return resumable_sha256.from_state(upload.hash_state)
+        if upload.offset == 0:
+            return _new_sha256()
+        hasher = _new_sha256()
+        pieces = await self._pieces(upload.id)
+        async for chunk in self.store.read_upload(upload.id, upload.offset, pieces):
+            await asyncio.to_thread(hasher.update, chunk)
         return hasher
+
+    async def _pieces(self, upload_id: str) -> list[str]:
+        """The recorded pieces of an upload, on a store of pieces (none on a filesystem)."""
+        async with self.db.read() as conn:
+            return list(
+                (
+                    await conn.execute(
+                        select(upload_pieces.c.name).where(upload_pieces.c.upload_id == upload_id)
+                    )
+                ).scalars()
+            )
 
     async def append(
         self, upload: Upload, body: AsyncIterator[bytes], content_range: str | None
@@ -215,30 +252,54 @@ class Uploads:
                     raise
                 finally:
                     await writer.close()
+            started_at = upload.offset
             upload = replace(
                 upload,
                 offset=upload.offset + written,
                 digest_at_offset="sha256:" + hasher.copy().hexdigest(),
+                hash_state=_saved_state(hasher),
             )
-            self._hashes.put(upload.id, upload.offset, hasher)
             async with self.db.write() as conn:
-                await conn.execute(
+                moved = await conn.execute(
                     update(uploads)
-                    .where(uploads.c.id == upload.id)
+                    .where(uploads.c.id == upload.id, uploads.c.offset == started_at)
                     .values(
                         offset=upload.offset,
                         digest_at_offset=upload.digest_at_offset,
+                        hash_state=upload.hash_state,
                         updated_at=utcnow(),
                     )
                 )
+                if moved.rowcount == 1 and writer.pieces:
+                    await conn.execute(
+                        upload_pieces.insert(),
+                        [{"upload_id": upload.id, "name": name} for name in writer.pieces],
+                    )
+            if moved.rowcount != 1:
+                await self._lost_race(upload.id)
+            self._hashes.put(upload.id, upload.offset, hasher)
             return upload
 
+    async def _lost_race(self, upload_id: str) -> None:
+        """Another request moved the upload on (or ended it) while this one was writing:
+        this one's bytes are not part of it."""
+        self._hashes.drop(upload_id)
+        current = await self._refresh_id(upload_id)
+        raise RangeNotSatisfiable(
+            f"another request moved the upload to {current.offset} bytes meanwhile; "
+            "go on from there",
+            current.offset,
+        )
+
     async def _refresh(self, upload: Upload) -> Upload:
+        return await self._refresh_id(upload.id)
+
+    async def _refresh_id(self, upload_id: str) -> Upload:
         async with self.db.read() as conn:
-            row = (await conn.execute(select(uploads).where(uploads.c.id == upload.id))).first()
+            row = (await conn.execute(select(uploads).where(uploads.c.id == upload_id))).first()
         if row is None:
-            raise BlobUploadUnknown(f"upload {upload.id!r} is unknown, finished or cancelled")
-        return Upload(row.id, row.repository_id, row.image, row.offset, row.digest_at_offset)
+            raise BlobUploadUnknown(f"upload {upload_id!r} is unknown, finished or cancelled")
+        return Upload.of(row)
 
     async def complete(
         self,
@@ -254,18 +315,19 @@ class Uploads:
             upload = await self.append(upload, body, content_range)
         async with self._lock(upload.id):
             upload = await self._refresh(upload)
+            pieces = await self._pieces(upload.id)
             async with self._storage_faults(upload.id):
-                actual = await self._final_digest(upload, expected.algorithm)
+                actual = await self._final_digest(upload, expected.algorithm, pieces)
                 if actual != str(expected):
                     await self._discard(upload.id)
                     raise DigestInvalid(
                         f"uploaded content has digest {actual}, not {expected}; upload discarded",
                         {"expected": str(expected), "actual": actual},
                     )
-                await self.store.commit_upload(upload.id, actual)
+                await self.store.commit_upload(upload.id, actual, pieces)
                 now = utcnow()
                 try:
-                    await self._record(repo, upload, actual, now)
+                    await self._record(repo, upload, actual, now, pieces)
                 finally:
                     # Gone whatever happened, as if it had been renamed into place: a client
                     # must not go on writing into the blob's file.
@@ -275,7 +337,12 @@ class Uploads:
             return actual
 
     async def _record(
-        self, repo: RepositoryRef, upload: Upload, actual: str, now: dt.datetime
+        self,
+        repo: RepositoryRef,
+        upload: Upload,
+        actual: str,
+        now: dt.datetime,
+        pieces: list[str],
     ) -> None:
         """The committed blob in the metadata: its row, the repository's link, no upload."""
         async with self.db.write() as conn:
@@ -289,7 +356,7 @@ class Uploads:
                 )
             )
             if await self.store.stat(actual) is None:
-                await self.store.commit_upload(upload.id, actual)
+                await self.store.commit_upload(upload.id, actual, pieces)
             # A fresh link time even when the link existed: the grace period protects
             # this push's blob from garbage collection until its manifest arrives.
             await conn.execute(
@@ -299,7 +366,7 @@ class Uploads:
             )
             await conn.execute(delete(uploads).where(uploads.c.id == upload.id))
 
-    async def _final_digest(self, upload: Upload, algorithm: str) -> str:
+    async def _final_digest(self, upload: Upload, algorithm: str, pieces: list[str]) -> str:
         if algorithm == "sha256":
             hasher = self._hashes.take(upload.id, upload.offset)
             if hasher is not None:
@@ -307,7 +374,7 @@ class Uploads:
             if upload.digest_at_offset:
                 return upload.digest_at_offset
         hasher = hashlib.new(algorithm)
-        async for chunk in self.store.read_upload(upload.id, upload.offset):
+        async for chunk in self.store.read_upload(upload.id, upload.offset, pieces):
             await asyncio.to_thread(hasher.update, chunk)
         return f"{algorithm}:{hasher.hexdigest()}"
 

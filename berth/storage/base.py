@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import abc
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
 
@@ -16,23 +16,36 @@ class UploadWriter(abc.ABC):
     @abc.abstractmethod
     async def close(self) -> None: ...
 
+    @property
+    def pieces(self) -> list[str]:
+        """Names of the pieces this writer stored, in order (once closed), on a store that
+        keeps an upload as pieces; the caller records them with the new offset and hands all
+        recorded pieces back to `read_upload` and `commit_upload`. Empty on other stores."""
+        return []
+
 
 class BlobStore(abc.ABC):
     @abc.abstractmethod
     async def open_upload(self, upload_id: str, offset: int) -> UploadWriter:
         """A writer appending at `offset`; anything stored past it (a write the client was
-        never told succeeded) is discarded. FileNotFoundError when the scratch object no
-        longer holds `offset` bytes (removed since): the upload cannot go on."""
+        never told succeeded) is discarded, or, on a store of pieces, never recorded.
+        FileNotFoundError when the store can tell the scratch object no longer holds `offset`
+        bytes (removed since): the upload cannot go on."""
 
     @abc.abstractmethod
-    def read_upload(self, upload_id: str, length: int) -> AsyncIterator[bytes]:
-        """The first `length` bytes of an upload, to rebuild a hash state that was lost."""
+    def read_upload(
+        self, upload_id: str, length: int, pieces: Sequence[str] = ()
+    ) -> AsyncIterator[bytes]:
+        """The first `length` bytes of an upload (held by the recorded `pieces` on a store
+        of pieces), to rebuild a hash state that was lost. FileNotFoundError if they are
+        not all there."""
 
     @abc.abstractmethod
-    async def commit_upload(self, upload_id: str, digest: str) -> None:
-        """Make the upload's bytes the blob `digest`, atomically. Dedups if already present.
-        The scratch object stays until `delete_upload`, so a commit can be made again (after
-        garbage collection removed the blob meanwhile, or when a client retries)."""
+    async def commit_upload(self, upload_id: str, digest: str, pieces: Sequence[str] = ()) -> None:
+        """Make the upload's bytes (its recorded `pieces`, on a store of pieces) the blob
+        `digest`, atomically. Dedups if already present. The scratch object stays until
+        `delete_upload`, so a commit can be made again (after garbage collection removed the
+        blob meanwhile, or when a client retries)."""
 
     @abc.abstractmethod
     async def delete_upload(self, upload_id: str) -> None: ...
@@ -70,6 +83,11 @@ class BlobStore(abc.ABC):
     @abc.abstractmethod
     def iter_digests(self) -> AsyncIterator[str]:
         """Every stored blob, for repair and GC tools; never on a request path."""
+
+    async def abort_unfinished_commits(self, started_before: float) -> int:
+        """Abandon commits a node began and never finished (S3 multipart uploads left by a
+        node that died), started before the Unix time `started_before`; how many."""
+        return 0
 
     async def download_url(self, digest: str, ttl: int) -> str | None:
         """A URL a client can GET the blob from, itself, for `ttl` seconds (a presigned

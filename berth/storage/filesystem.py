@@ -12,7 +12,7 @@ import contextlib
 import os
 import secrets
 import shutil
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
 from berth.domain.digests import parse_digest
@@ -84,12 +84,18 @@ class FilesystemBlobStore(BlobStore):
 
         return _FileUploadWriter(await asyncio.to_thread(_open))
 
-    async def read_upload(self, upload_id: str, length: int) -> AsyncIterator[bytes]:
+    async def read_upload(
+        self, upload_id: str, length: int, pieces: Sequence[str] = ()
+    ) -> AsyncIterator[bytes]:
         path = self._upload_path(upload_id)
+        found = 0
         async for chunk in _read_file(path, 0, length):
+            found += len(chunk)
             yield chunk
+        if found < length:
+            raise FileNotFoundError(f"upload {upload_id} has lost data before {length}")
 
-    async def commit_upload(self, upload_id: str, digest: str) -> None:
+    async def commit_upload(self, upload_id: str, digest: str, pieces: Sequence[str] = ()) -> None:
         source, target = self._upload_path(upload_id), self._blob_path(digest)
 
         def _commit() -> None:

@@ -1,20 +1,16 @@
 """S3 driver: one object per blob, and an upload as one object per piece written to it.
 
-Layout under the prefix: `blobs/{algorithm}/{hex[:2]}/{hex}` for blobs,
-`uploads/{id}/{start:020d}` for the pieces of an upload (each named by the offset of its first
-byte, so a listing gives them in order), `_damaged/{algorithm}-{hex}` for blobs set aside.
+Layout under the prefix: `blobs/{algorithm}/{hex[:2]}/{hex}` for blobs, `uploads/{id}/{piece}`
+for the pieces of an upload (`s3_pieces`: each key used once, and only the pieces the caller
+recorded with the acknowledged offset make up the upload), `_damaged/{algorithm}-{hex}` for
+blobs set aside.
 
 S3 cannot append to an object, and any node may receive the next PATCH of an upload, so the
-scratch "object" of the interface is the run of pieces in the bucket: appending adds a piece,
-going back to an offset deletes (or shortens) the pieces past it. S3's 5 MiB minimum part size
-stays inside: committing turns the pieces into one multipart upload, copying pieces of 5 MiB
-or more server-side (UploadPartCopy) and streaming smaller ones together into parts. The blob
-appears only when S3 completes the upload, so it is never half visible.
-
-Not covered yet (the multi-node step of issue 11): a piece PUT that reaches S3 after its PATCH
-was abandoned (the node killed mid-request) can replace the piece a retry wrote at the same
-offset, and the commit trusts the recorded hash state rather than re-reading the pieces.
-Pieces are written one at a time (never pipelined) to keep that window to one request.
+scratch "object" of the interface is the run of recorded pieces: appending adds pieces under
+new keys, and going back to an offset is the caller's recording an earlier list. S3's 5 MiB
+minimum part size stays inside: committing turns the pieces into one multipart upload, copying
+pieces of 5 MiB or more server-side (UploadPartCopy) and streaming smaller ones together into
+parts. The blob appears only when S3 completes the upload, so it is never half visible.
 """
 
 from __future__ import annotations
@@ -22,8 +18,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Iterator, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -34,6 +30,14 @@ from botocore.exceptions import BotoCoreError, ClientError
 from berth.domain.digests import parse_digest
 from berth.domain.errors import Unavailable
 from berth.storage.base import BlobStore, UploadWriter
+from berth.storage.s3_pieces import (
+    MIN_PART_BYTES,
+    MiB,
+    Piece,
+    PieceWriter,
+    parts,
+    recorded_pieces,
+)
 
 if TYPE_CHECKING:
     from types_aiobotocore_s3 import S3Client
@@ -41,17 +45,12 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("berth.storage")
 
-MiB = 1024 * 1024
 READ_CHUNK = MiB
-# An upload's bytes are buffered to this size before they become a piece: pieces this large
-# are copied server-side on commit, and a 100 GiB blob stays within S3's 10,000 parts.
-PIECE_BYTES = 16 * MiB
-MIN_PART_BYTES = 5 * MiB  # S3's minimum size of every part but the last
 RETRY_AFTER_SECONDS = 5  # what a client is told to wait when the store cannot be reached
 DELETE_BATCH = 1000  # DeleteObjects takes at most this many keys
 PARALLEL_PARTS = 4
 
-_MISSING_OBJECT = {"404", "NoSuchKey", "NotFound"}
+_MISSING_OBJECT = {"404", "NoSuchKey", "NotFound", "NoSuchUpload"}
 _MISSING_BUCKET = {"NoSuchBucket"}
 _REFUSED = {
     "403",
@@ -99,44 +98,6 @@ class S3Location:
     def shown(self) -> str:
         endpoint = self.endpoint or f"AWS S3 ({self.region})"
         return f"bucket {self.bucket!r} at {endpoint}"
-
-
-@dataclass(frozen=True)
-class _Piece:
-    start: int
-    size: int
-    key: str
-
-    @property
-    def end(self) -> int:
-        return self.start + self.size
-
-
-class _PieceWriter(UploadWriter):
-    def __init__(self, store: S3BlobStore, upload_id: str, position: int) -> None:
-        self._store = store
-        self._upload_id = upload_id
-        self._position = position
-        self._buffer: list[bytes] = []
-        self._buffered = 0
-
-    async def write(self, data: bytes) -> None:
-        self._buffer.append(data)
-        self._buffered += len(data)
-        if self._buffered >= PIECE_BYTES:
-            await self._flush()
-
-    async def close(self) -> None:
-        await self._flush()
-
-    async def _flush(self) -> None:
-        if not self._buffered:
-            return
-        body = b"".join(self._buffer)
-        await self._store._put(self._store._piece_key(self._upload_id, self._position), body)
-        self._position += len(body)
-        self._buffer.clear()
-        self._buffered = 0
 
 
 class S3BlobStore(BlobStore):
@@ -247,9 +208,6 @@ class S3BlobStore(BlobStore):
             raise ValueError(f"bad upload id {upload_id!r}")
         return f"{self._prefix}uploads/{upload_id}/"
 
-    def _piece_key(self, upload_id: str, start: int) -> str:
-        return f"{self._upload_prefix(upload_id)}{start:020d}"
-
     # ------------------------------------------------------------ object primitives
 
     async def _put(self, key: str, body: bytes) -> None:
@@ -320,90 +278,62 @@ class S3BlobStore(BlobStore):
 
     # ------------------------------------------------------------ uploads
 
-    async def _pieces(self, upload_id: str) -> tuple[list[_Piece], list[str]]:
-        """The pieces of an upload that follow on from offset 0, in order, and the key of
-        every object the upload has (one listing for both)."""
-        prefix = self._upload_prefix(upload_id)
-        found, keys = [], []
-        async for entry in self._list(prefix):
-            keys.append(entry["Key"])
-            name = entry["Key"][len(prefix) :]
-            if name.isdigit():
-                found.append(_Piece(int(name), int(entry["Size"]), entry["Key"]))
-        found.sort(key=lambda piece: piece.start)
-        following: list[_Piece] = []
-        for piece in found:
-            if piece.start != (following[-1].end if following else 0):
-                break  # pieces past a gap are left by a write that was never acknowledged
-            following.append(piece)
-        return following, keys
-
     async def open_upload(self, upload_id: str, offset: int) -> UploadWriter:
-        if offset == 0:
-            # An empty piece marks the upload as started, so an upload of no bytes exists
-            # (and can be committed as the empty blob) while a removed one stays removed.
-            await self._delete_keys((await self._pieces(upload_id))[1])
-            await self._put(self._piece_key(upload_id, 0), b"")
-            return _PieceWriter(self, upload_id, 0)
-        pieces, keys = await self._pieces(upload_id)
-        if not pieces or pieces[-1].end < offset:
-            raise FileNotFoundError(f"upload {upload_id} has lost data before {offset}")
-        kept = {piece.key for piece in pieces if piece.end <= offset}
-        cut = next((piece for piece in pieces if piece.start < offset < piece.end), None)
-        if cut is not None:  # a piece holds bytes past the offset: keep only those before it
-            head = b"".join([chunk async for chunk in self._stream(cut.key, 0, offset - cut.start)])
-            await self._put(cut.key, head)
-            kept.add(cut.key)
-        await self._delete_keys([key for key in keys if key not in kept])
-        return _PieceWriter(self, upload_id, offset)
+        prefix = self._upload_prefix(upload_id)
 
-    async def read_upload(self, upload_id: str, length: int) -> AsyncIterator[bytes]:
-        pieces, _ = await self._pieces(upload_id)
-        if not pieces:
-            raise FileNotFoundError(f"no upload {upload_id}")
-        for piece in pieces:
+        async def put(name: str, body: bytes) -> None:
+            await self._put(prefix + name, body)
+
+        # Nothing to discard: pieces past `offset` were never recorded, so never read.
+        return PieceWriter(put, offset)
+
+    def _recorded(self, upload_id: str, names: Sequence[str]) -> list[Piece]:
+        prefix = self._upload_prefix(upload_id)
+        return [replace(piece, name=prefix + piece.name) for piece in recorded_pieces(names)]
+
+    async def read_upload(
+        self, upload_id: str, length: int, pieces: Sequence[str] = ()
+    ) -> AsyncIterator[bytes]:
+        recorded = self._recorded(upload_id, pieces)
+        if (recorded[-1].end if recorded else 0) < length:
+            raise FileNotFoundError(f"upload {upload_id} holds fewer than {length} bytes")
+        for piece in recorded:
             if piece.start >= length:
                 break
-            if piece.size:
-                async for chunk in self._stream(
-                    piece.key, 0, min(piece.size, length - piece.start)
-                ):
-                    yield chunk
+            async for chunk in self._stream(piece.name, 0, min(piece.size, length - piece.start)):
+                yield chunk
 
-    async def commit_upload(self, upload_id: str, digest: str) -> None:
+    async def commit_upload(self, upload_id: str, digest: str, pieces: Sequence[str] = ()) -> None:
         key = self._blob_key(digest)
-        following, keys = await self._pieces(upload_id)
-        if not keys:
-            raise FileNotFoundError(f"no upload {upload_id}")
-        pieces = [piece for piece in following if piece.size]
-        total = sum(piece.size for piece in pieces)
+        recorded = [piece for piece in self._recorded(upload_id, pieces) if piece.size]
+        total = sum(piece.size for piece in recorded)
         if await self._size(key) == total:
             return  # stored already: content addressed, so the same bytes
         s3 = await self._s3()
         bucket = self.location.bucket
-        if not pieces:
+        if not recorded:
             await self._put(key, b"")
-        elif len(pieces) == 1:  # one server-side copy, atomic like every S3 write
-            with self._errors(pieces[0].key):
+        elif len(recorded) == 1:  # one server-side copy, atomic like every S3 write
+            with self._errors(recorded[0].name):
                 await s3.copy_object(
-                    Bucket=bucket, Key=key, CopySource={"Bucket": bucket, "Key": pieces[0].key}
+                    Bucket=bucket, Key=key, CopySource={"Bucket": bucket, "Key": recorded[0].name}
                 )
         elif total < MIN_PART_BYTES:
-            await self._put(key, b"".join([await self._read_whole(piece) for piece in pieces]))
+            await self._put(key, b"".join([await self._read_whole(piece) for piece in recorded]))
         else:
-            await self._multipart(key, pieces)
+            await self._multipart(key, recorded)
 
-    async def _read_whole(self, piece: _Piece) -> bytes:
-        return b"".join([chunk async for chunk in self._stream(piece.key, 0, None)])
+    async def _read_whole(self, piece: Piece) -> bytes:
+        return b"".join([chunk async for chunk in self._stream(piece.name, 0, None)])
 
-    async def _multipart(self, key: str, pieces: list[_Piece]) -> None:
+    async def _multipart(self, key: str, pieces: list[Piece]) -> None:
         s3 = await self._s3()
         bucket = self.location.bucket
         with self._errors(key):
             upload_id = (await s3.create_multipart_upload(Bucket=bucket, Key=key))["UploadId"]
         limit = asyncio.Semaphore(PARALLEL_PARTS)
 
-        async def send(number: int, part: list[_Piece]) -> CompletedPartTypeDef:
+        async def send(number: int, part: list[Piece]) -> CompletedPartTypeDef:
             async with limit:
                 common: dict[str, Any] = {
                     "Bucket": bucket,
@@ -412,9 +342,9 @@ class S3BlobStore(BlobStore):
                     "PartNumber": number,
                 }
                 if len(part) == 1 and part[0].size >= MIN_PART_BYTES:
-                    with self._errors(part[0].key):
+                    with self._errors(part[0].name):
                         copied = await s3.upload_part_copy(
-                            **common, CopySource={"Bucket": bucket, "Key": part[0].key}
+                            **common, CopySource={"Bucket": bucket, "Key": part[0].name}
                         )
                     return {"PartNumber": number, "ETag": copied["CopyPartResult"]["ETag"]}
                 body = b"".join([await self._read_whole(piece) for piece in part])
@@ -423,20 +353,39 @@ class S3BlobStore(BlobStore):
                 return {"PartNumber": number, "ETag": sent["ETag"]}
 
         try:
-            parts = await asyncio.gather(
-                *(send(number, part) for number, part in enumerate(_parts(pieces), start=1))
+            completed = await asyncio.gather(
+                *(send(number, part) for number, part in enumerate(parts(pieces), start=1))
             )
             with self._errors(key):
                 await s3.complete_multipart_upload(
-                    Bucket=bucket, Key=key, UploadId=upload_id, MultipartUpload={"Parts": parts}
+                    Bucket=bucket,
+                    Key=key,
+                    UploadId=upload_id,
+                    MultipartUpload={"Parts": completed},
                 )
         except BaseException:
             with contextlib.suppress(Exception):
                 await s3.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=upload_id)
             raise
 
+    async def abort_unfinished_commits(self, started_before: float) -> int:
+        s3 = await self._s3()
+        bucket = self.location.bucket
+        paginator = s3.get_paginator("list_multipart_uploads")
+        stale = []
+        with self._errors():
+            async for page in paginator.paginate(Bucket=bucket, Prefix=f"{self._prefix}blobs/"):
+                for entry in page.get("Uploads", []):
+                    if entry["Initiated"].timestamp() < started_before:
+                        stale.append((entry["Key"], entry["UploadId"]))
+        for key, multipart_id in stale:
+            with self._errors(key), contextlib.suppress(FileNotFoundError):
+                await s3.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=multipart_id)
+        return len(stale)
+
     async def delete_upload(self, upload_id: str) -> None:
-        await self._delete_keys((await self._pieces(upload_id))[1])
+        prefix = self._upload_prefix(upload_id)
+        await self._delete_keys([entry["Key"] async for entry in self._list(prefix)])
 
     async def list_uploads(self) -> list[tuple[str, float]]:
         prefix = f"{self._prefix}uploads/"
@@ -514,21 +463,3 @@ class S3BlobStore(BlobStore):
 
 def _plain_http(endpoint: str | None) -> bool:
     return endpoint is not None and endpoint.lower().startswith("http://")
-
-
-def _parts(pieces: list[_Piece]) -> Iterator[list[_Piece]]:
-    """The pieces grouped into parts: a piece of 5 MiB or more alone (copied server-side),
-    smaller ones together until the part reaches 5 MiB (only the last part may be smaller)."""
-    gathered: list[_Piece] = []
-    gathered_bytes = 0
-    for piece in pieces:
-        if not gathered and piece.size >= MIN_PART_BYTES:
-            yield [piece]
-            continue
-        gathered.append(piece)
-        gathered_bytes += piece.size
-        if gathered_bytes >= MIN_PART_BYTES:
-            yield gathered
-            gathered, gathered_bytes = [], 0
-    if gathered:
-        yield gathered

@@ -14,15 +14,15 @@ import pytest
 
 from berth.domain.errors import Unavailable
 from berth.storage.base import BlobStore
-from berth.storage.s3 import MIN_PART_BYTES, PIECE_BYTES, ObjectStoreError, S3BlobStore
+from berth.storage.s3 import ObjectStoreError, S3BlobStore
+from berth.storage.s3_pieces import MIN_PART_BYTES, PIECE_BYTES
 from tests.s3 import BUCKET, SeaweedFS
 from tests.unit.storage.contract import (
     BlobStoreContract,
     MiB,
-    collect,
+    Scratch,
     digest_of,
     listed,
-    new_upload_id,
     payload,
     put,
     read_all,
@@ -55,24 +55,13 @@ def object_keys(seaweedfs: SeaweedFS, prefix: str) -> list[str]:
     return [entry["Key"] for entry in answer.get("Contents", [])]
 
 
-async def append(store: BlobStore, upload_id: str, offset: int, data: bytes) -> None:
-    """One PATCH: open at the acknowledged offset, write, close (as the upload service does)."""
-    writer = await store.open_upload(upload_id, offset)
-    try:
-        await writer.write(data)
-    finally:
-        await writer.close()
-
-
-async def upload_in_requests(store: BlobStore, chunks: list[bytes]) -> str:
-    """A new upload started empty (the POST), then each chunk as a PATCH of its own; returns
-    the upload id."""
-    upload_id, offset = new_upload_id(), 0
-    await append(store, upload_id, 0, b"")
+async def upload_in_requests(store: BlobStore, chunks: list[bytes]) -> Scratch:
+    """A new upload started empty (the POST), then each chunk as a PATCH of its own."""
+    scratch = Scratch(store)
+    await scratch.append(b"")
     for chunk in chunks:
-        await append(store, upload_id, offset, chunk)
-        offset += len(chunk)
-    return upload_id
+        await scratch.append(chunk, chunk=len(chunk) or 1)
+    return scratch
 
 
 # ------------------------------------------------------------ refusals that say why
@@ -141,9 +130,9 @@ async def test_pieces_of_odd_sizes_from_separate_requests_commit_to_the_right_by
     5 MiB minimum part size never shows to a client sending chunks of any size."""
     chunks = [payload(MiB, seed=1), b"abc", payload(7 * MiB, seed=2), b"z", payload(5, seed=3)]
     data = b"".join(chunks)
-    upload_id = await upload_in_requests(s3_store, chunks)
+    scratch = await upload_in_requests(s3_store, chunks)
     digest = digest_of(data)
-    await s3_store.commit_upload(upload_id, digest)
+    await scratch.commit(digest)
     assert await s3_store.stat(digest) == len(data)
     assert await read_all(s3_store, digest) == data
 
@@ -155,9 +144,9 @@ async def test_a_multipart_commit_copies_large_pieces_and_streams_small_ones(
     chunks = [payload(PIECE_BYTES, seed=4), payload(6 * MiB + 1, seed=5)]
     chunks += [payload(MiB + n, seed=6 + n) for n in range(4)]
     data = b"".join(chunks)
-    upload_id = await upload_in_requests(s3_store, chunks)
+    scratch = await upload_in_requests(s3_store, chunks)
     digest = digest_of(data)
-    await s3_store.commit_upload(upload_id, digest)
+    await scratch.commit(digest)
     assert await read_all(s3_store, digest) == data
     head = seaweedfs.client().head_object(Bucket=BUCKET, Key=s3_store._blob_key(digest))
     assert head["ContentLength"] == len(data)
@@ -168,22 +157,30 @@ async def test_a_large_write_is_stored_in_bounded_pieces(
     s3_store: S3BlobStore, seaweedfs: SeaweedFS
 ) -> None:
     data = payload(2 * PIECE_BYTES + 3, seed=20)
-    upload_id = await write_upload(s3_store, data, chunk=4 * MiB)
-    pieces = object_keys(seaweedfs, s3_store._upload_prefix(upload_id))
-    assert len(pieces) == 3
-    assert await collect(s3_store.read_upload(upload_id, len(data))) == data
+    scratch = await write_upload(s3_store, data, chunk=4 * MiB)
+    pieces = object_keys(seaweedfs, s3_store._upload_prefix(scratch.id))
+    assert len(pieces) == len(scratch.pieces) == 3
+    assert await scratch.read() == data
 
 
-async def test_going_back_inside_a_piece_keeps_the_bytes_before_the_offset(
-    s3_store: S3BlobStore,
+async def test_a_late_piece_of_an_abandoned_patch_never_joins_the_blob(
+    s3_store: S3BlobStore, seaweedfs: SeaweedFS
 ) -> None:
-    data = payload(3 * MiB, seed=21)
-    upload_id = await write_upload(s3_store, data, chunk=MiB)
-    await append(s3_store, upload_id, MiB + 5, b"tail")
-    expected = data[: MiB + 5] + b"tail"
-    assert await collect(s3_store.read_upload(upload_id, 10 * MiB)) == expected
-    await s3_store.commit_upload(upload_id, digest_of(expected))
-    assert await read_all(s3_store, digest_of(expected)) == expected
+    """A node died mid-PATCH and its piece reached S3 after the client's retry of the same
+    chunk at the same offset (on another node) had been acknowledged: the retry's bytes are
+    committed, and the late piece is only something to clean up."""
+    first, chunk = payload(MiB, seed=22), payload(2 * MiB, seed=23)
+    scratch = await write_upload(s3_store, first)
+    at_offset = scratch.offset
+    await scratch.append(chunk)  # the retry, acknowledged
+    late = Scratch(s3_store, scratch.id, at_offset)
+    await late.append(b"X" * len(chunk), acknowledged=False)  # lands last
+    keys = object_keys(seaweedfs, s3_store._upload_prefix(scratch.id))
+    assert len(keys) == 3  # never the same key twice
+    await scratch.commit(digest_of(first + chunk))
+    assert await read_all(s3_store, digest_of(first + chunk)) == first + chunk
+    await s3_store.delete_upload(scratch.id)
+    assert object_keys(seaweedfs, s3_store._upload_prefix(scratch.id)) == []
 
 
 async def test_blobs_sit_under_the_prefix_by_algorithm_and_hex(

@@ -16,6 +16,7 @@ import hashlib
 import time
 import uuid
 from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -34,26 +35,52 @@ def new_upload_id() -> str:
     return uuid.uuid4().hex  # what the upload service names scratch objects
 
 
-async def write_upload(
-    store: BlobStore, data: bytes, upload_id: str | None = None, chunk: int = 64 * 1024
-) -> str:
-    """Write `data` to a new upload in `chunk`-sized writes; returns the upload id."""
-    upload_id = upload_id or new_upload_id()
-    writer = await store.open_upload(upload_id, 0)
-    try:
-        for start in range(0, len(data), chunk):
-            await writer.write(data[start : start + chunk])
-    finally:
-        await writer.close()
-    return upload_id
+@dataclass
+class Scratch:
+    """An upload as the upload service keeps it: its id, the offset acknowledged to the client
+    and the pieces recorded with it (on a store of pieces)."""
+
+    store: BlobStore
+    id: str = field(default_factory=new_upload_id)
+    offset: int = 0
+    pieces: list[str] = field(default_factory=list)
+
+    async def append(
+        self, data: bytes, chunk: int = 64 * 1024, *, acknowledged: bool = True
+    ) -> None:
+        """One PATCH at the acknowledged offset, in `chunk`-sized writes; a PATCH that is not
+        `acknowledged` (its node died before answering) is not recorded."""
+        writer = await self.store.open_upload(self.id, self.offset)
+        try:
+            for start in range(0, len(data), chunk):
+                await writer.write(data[start : start + chunk])
+        finally:
+            await writer.close()
+        if acknowledged:
+            self.offset += len(data)
+            self.pieces += writer.pieces
+
+    async def read(self, length: int | None = None) -> bytes:
+        length = self.offset if length is None else length
+        return await collect(self.store.read_upload(self.id, length, self.pieces))
+
+    async def commit(self, digest: str) -> None:
+        await self.store.commit_upload(self.id, digest, self.pieces)
+
+
+async def write_upload(store: BlobStore, data: bytes, chunk: int = 64 * 1024) -> Scratch:
+    """Write `data` to a new upload in one PATCH of `chunk`-sized writes."""
+    scratch = Scratch(store)
+    await scratch.append(data, chunk)
+    return scratch
 
 
 async def put(store: BlobStore, data: bytes) -> str:
     """Store `data` as a blob the way a push does: upload, commit, drop the scratch object."""
-    upload_id = await write_upload(store, data)
+    scratch = await write_upload(store, data)
     digest = digest_of(data)
-    await store.commit_upload(upload_id, digest)
-    await store.delete_upload(upload_id)
+    await scratch.commit(digest)
+    await store.delete_upload(scratch.id)
     return digest
 
 
@@ -103,8 +130,9 @@ class BlobStoreContract(abc.ABC):
 
     async def test_writes_of_any_size_append_in_order(self, store: BlobStore) -> None:
         data = payload(3 * MiB + 17, seed=1)
-        upload_id = await write_upload(store, data, chunk=MiB - 1)
-        assert await collect(store.read_upload(upload_id, len(data))) == data
+        scratch = await write_upload(store, data, chunk=MiB - 1)
+        await scratch.append(data[:5], chunk=2)
+        assert await scratch.read() == data + data[:5]
 
     async def test_a_local_path_if_given_holds_the_blob(self, store: BlobStore) -> None:
         data = payload(10_000)
@@ -116,13 +144,13 @@ class BlobStoreContract(abc.ABC):
 
     async def test_an_upload_is_no_blob_until_committed(self, store: BlobStore) -> None:
         data = payload(2 * MiB, seed=2)
-        upload_id = await write_upload(store, data)
+        scratch = await write_upload(store, data)
         digest = digest_of(data)
         assert await store.stat(digest) is None
         assert digest not in await listed(store)
         with pytest.raises(FileNotFoundError):
             await read_all(store, digest)
-        await store.commit_upload(upload_id, digest)
+        await scratch.commit(digest)
         assert await store.stat(digest) == len(data)
         assert await listed(store) == {digest}
 
@@ -143,27 +171,31 @@ class BlobStoreContract(abc.ABC):
         """A client resumes where the server last said it was: bytes stored past that (a
         write it was never told succeeded) are discarded, not kept in the middle."""
         first, lost, rest = b"a" * 1000, b"LOST" * 10, b"b" * 500
-        upload_id = await write_upload(store, first + lost)
-        writer = await store.open_upload(upload_id, len(first))
-        try:
-            await writer.write(rest)
-        finally:
-            await writer.close()
-        assert await collect(store.read_upload(upload_id, 10_000)) == first + rest
-        assert await collect(store.read_upload(upload_id, 10)) == first[:10]
+        scratch = await write_upload(store, first)
+        await scratch.append(lost, acknowledged=False)
+        await scratch.append(rest)
+        assert await scratch.read() == first + rest
+        assert await scratch.read(10) == first[:10]
+        await scratch.commit(digest_of(first + rest))
+        assert await read_all(store, digest_of(first + rest)) == first + rest
 
     async def test_an_upload_that_lost_its_bytes_cannot_go_on(self, store: BlobStore) -> None:
-        upload_id = await write_upload(store, b"x" * 100)
+        """Removed (garbage collection took it as abandoned): it never comes back as zeros;
+        the store says so when the upload is opened, read or committed."""
+        scratch = await write_upload(store, b"x" * 100)
         with pytest.raises(FileNotFoundError):
-            await store.open_upload(upload_id, 101)
-        await store.delete_upload(upload_id)
+            await scratch.read(101)
+        await store.delete_upload(scratch.id)
+        assert scratch.id not in dict(await store.list_uploads())
         with pytest.raises(FileNotFoundError):
-            await store.open_upload(upload_id, 50)  # removed: never comes back as zeros
-        assert upload_id not in dict(await store.list_uploads())
+            await scratch.read(50)
+        with pytest.raises(FileNotFoundError):
+            await scratch.append(b"more")
+            await scratch.commit(digest_of(b"x" * 100 + b"more"))
 
     async def test_reading_a_missing_upload_fails(self, store: BlobStore) -> None:
         with pytest.raises(FileNotFoundError):
-            await collect(store.read_upload(new_upload_id(), 10))
+            await Scratch(store).read(10)
 
     # ------------------------------------------------------------ commit
 
@@ -172,12 +204,12 @@ class BlobStoreContract(abc.ABC):
         garbage collection removed the blob meanwhile, stores the blob again."""
         data = payload(70_000, seed=4)
         digest = digest_of(data)
-        upload_id = await write_upload(store, data)
-        await store.commit_upload(upload_id, digest)
-        await store.commit_upload(upload_id, digest)
+        scratch = await write_upload(store, data)
+        await scratch.commit(digest)
+        await scratch.commit(digest)
         assert await read_all(store, digest) == data
         await store.delete(digest)
-        await store.commit_upload(upload_id, digest)
+        await scratch.commit(digest)
         assert await read_all(store, digest) == data
 
     async def test_a_committed_blob_never_changes_when_its_upload_goes_on(
@@ -185,16 +217,14 @@ class BlobStoreContract(abc.ABC):
     ) -> None:
         data = payload(50_000, seed=5)
         digest = digest_of(data)
-        upload_id = await write_upload(store, data)
-        await store.commit_upload(upload_id, digest)
+        scratch = await write_upload(store, data[:1000])
+        await scratch.append(data[1000:])
+        await scratch.commit(digest)
         # The process died before recording the commit: the client goes on from 1000.
-        writer = await store.open_upload(upload_id, 1000)
-        try:
-            await writer.write(b"z" * 5000)
-        finally:
-            await writer.close()
+        scratch.offset, scratch.pieces = 1000, scratch.pieces[:1]
+        await scratch.append(b"z" * 5000)
         assert await read_all(store, digest) == data
-        await store.delete_upload(upload_id)
+        await store.delete_upload(scratch.id)
         assert await read_all(store, digest) == data
 
     async def test_committing_the_same_content_again_keeps_one_blob(self, store: BlobStore) -> None:
@@ -216,14 +246,14 @@ class BlobStoreContract(abc.ABC):
         """A client retrying a PUT while the first is still being committed (two processes)."""
         data = payload(MiB, seed=8)
         digest = digest_of(data)
-        upload_id = await write_upload(store, data)
+        scratch = await write_upload(store, data)
         for _ in range(5):
             # Stored already from another upload of the same bytes, as after a push elsewhere.
             await store.delete(digest)
             await put(store, data)
-            await asyncio.gather(*(store.commit_upload(upload_id, digest) for _ in range(8)))
+            await asyncio.gather(*(scratch.commit(digest) for _ in range(8)))
             assert await read_all(store, digest) == data
-        await store.delete_upload(upload_id)
+        await store.delete_upload(scratch.id)
         assert await read_all(store, digest) == data
 
     async def test_pushing_a_blob_again_repairs_a_damaged_copy(self, store: BlobStore) -> None:
@@ -243,9 +273,9 @@ class BlobStoreContract(abc.ABC):
     async def test_a_malformed_digest_is_refused_everywhere(
         self, store: BlobStore, digest: str
     ) -> None:
-        upload_id = await write_upload(store, b"data")
+        scratch = await write_upload(store, b"data")
         with pytest.raises(DigestInvalid):
-            await store.commit_upload(upload_id, digest)
+            await scratch.commit(digest)
         with pytest.raises(DigestInvalid):
             await store.stat(digest)
         with pytest.raises(DigestInvalid):
@@ -256,8 +286,8 @@ class BlobStoreContract(abc.ABC):
     async def test_sha512_blobs_are_stored_and_listed(self, store: BlobStore) -> None:
         data = payload(1000, seed=10)
         digest = "sha512:" + hashlib.sha512(data).hexdigest()
-        upload_id = await write_upload(store, data)
-        await store.commit_upload(upload_id, digest)
+        scratch = await write_upload(store, data)
+        await scratch.commit(digest)
         assert await read_all(store, digest) == data
         assert await listed(store) == {digest}
 
@@ -312,12 +342,12 @@ class BlobStoreContract(abc.ABC):
     async def test_deleting_an_upload_keeps_the_blob_it_made(self, store: BlobStore) -> None:
         data = payload(10_000, seed=14)
         digest = digest_of(data)
-        upload_id = await write_upload(store, data)
-        await store.commit_upload(upload_id, digest)
-        await store.delete_upload(upload_id)
+        scratch = await write_upload(store, data)
+        await scratch.commit(digest)
+        await store.delete_upload(scratch.id)
         assert await read_all(store, digest) == data
         with pytest.raises(FileNotFoundError):
-            await collect(store.read_upload(upload_id, 10))
+            await scratch.read(10)
 
     # ------------------------------------------------------------ listing
 
@@ -339,7 +369,7 @@ class BlobStoreContract(abc.ABC):
     async def test_uploads_are_listed_with_their_age(self, store: BlobStore) -> None:
         assert await store.list_uploads() == []
         kept, removed = await write_upload(store, b"one"), await write_upload(store, b"two")
-        await store.delete_upload(removed)
+        await store.delete_upload(removed.id)
         uploads = dict(await store.list_uploads())
-        assert set(uploads) == {kept}
-        assert abs(uploads[kept] - time.time()) < 3600  # last modified, as a Unix time
+        assert set(uploads) == {kept.id}
+        assert abs(uploads[kept.id] - time.time()) < 3600  # last modified, as a Unix time

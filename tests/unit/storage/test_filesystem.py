@@ -30,7 +30,7 @@ async def test_a_crash_mid_commit_leaves_files_that_go_with_their_upload(tmp_pat
     """`{id}.commit.{token}` and `{id}.copy` (left by a process that died) are listed as the
     upload and removed with it."""
     store = FilesystemBlobStore(tmp_path)
-    upload_id = await write_upload(store, b"data")
+    upload_id = (await write_upload(store, b"data")).id
     for suffix in (".commit.0123456789abcdef", ".commit.fedcba9876543210", ".copy"):
         (store.uploads / f"{upload_id}{suffix}").write_bytes(b"left over")
     (store.uploads / "not-an-upload.tmp").write_bytes(b"someone else's")

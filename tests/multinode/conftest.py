@@ -1,0 +1,188 @@
+"""Three `berth serve` nodes on one PostgreSQL database and one SeaweedFS bucket, behind nginx
+running the configuration in deploy/ (its addresses, ports and certificate swapped for the
+test's), as README's "Run several nodes" sets them up."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import contextlib
+import os
+import re
+import shutil
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.s3 import SeaweedFS, seaweedfs_server
+from tests.servers import ROOT, BerthServer, PostgresCluster, free_port, wait_for
+from tests.tls import make_ca_and_cert
+
+NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
+DEPLOY = ROOT / "deploy"
+NODES = 3
+FLUSH_SECONDS = 0.3
+
+
+@dataclass
+class Balancer:
+    """nginx on a free loopback port, from deploy/nginx-berth.conf."""
+
+    directory: Path
+    nodes: list[BerthServer]
+    port: int = field(default_factory=free_port)
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def url(self) -> str:
+        return f"https://{self.address}"
+
+    def render(self, certificate: Path, key: Path) -> str:
+        """The deploy/ site configuration with this test's listener, certificate and nodes."""
+        site = (DEPLOY / "nginx-berth.conf").read_text()
+        site = site.replace("listen 443 ssl;", f"listen {self.address} ssl;")
+        site = site.replace("/etc/berth/tls/registry.crt", str(certificate))
+        site = site.replace("/etc/berth/tls/registry.key", str(key))
+        upstreams = re.findall(r"^\s*server 10\.0\.0\.\d+:5000 ", site, flags=re.M)
+        assert len(upstreams) == len(self.nodes), "deploy/nginx-berth.conf names three nodes"
+        for written, node in zip(upstreams, self.nodes, strict=True):
+            site = site.replace(written, written.replace(written.split()[1], node.address), 1)
+        return site
+
+    def start(self) -> Balancer:
+        certs = make_ca_and_cert(self.directory / "tls", ["127.0.0.1", "localhost"])
+        (self.directory / "berth.conf").write_text(self.render(certs[1], certs[2]))
+        temporary = self.directory / "temp"
+        temporary.mkdir(parents=True, exist_ok=True)
+        (self.directory / "nginx.conf").write_text(
+            "user root;\n"
+            "worker_processes 1;\n"  # one worker: round-robin in one order for every request
+            "daemon off;\n"
+            f"pid {self.directory}/nginx.pid;\n"
+            f"error_log {self.directory}/error.log info;\n"
+            "events { worker_connections 1024; }\n"
+            "http {\n"
+            f"  access_log {self.directory}/access.log;\n"
+            f"  client_body_temp_path {temporary}/body;\n"
+            f"  proxy_temp_path {temporary}/proxy;\n"
+            f"  fastcgi_temp_path {temporary}/fastcgi;\n"
+            f"  uwsgi_temp_path {temporary}/uwsgi;\n"
+            f"  scgi_temp_path {temporary}/scgi;\n"
+            f"  include {self.directory}/berth.conf;\n"
+            "}\n"
+        )
+        command = [NGINX, "-p", str(self.directory), "-c", str(self.directory / "nginx.conf")]
+        checked = subprocess.run([*command, "-t"], capture_output=True, text=True, check=False)
+        assert checked.returncode == 0, checked.stderr
+        self.process = subprocess.Popen(
+            [*command, "-e", str(self.directory / "error.log")], start_new_session=True
+        )
+        wait_for(
+            lambda: httpx.get(f"{self.url}/healthz", verify=False, timeout=2).status_code == 200,
+            20,
+            "nginx",
+        )
+        return self
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, signal.SIGQUIT)
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait(10)
+
+    def client(self, auth: tuple[str, str] | None = None) -> httpx.Client:
+        return httpx.Client(base_url=self.url, verify=False, auth=auth, timeout=60)
+
+
+@dataclass
+class Cluster:
+    nodes: list[BerthServer]
+    balancer: Balancer
+    seaweedfs: SeaweedFS
+    database_url: str
+
+    def by_name(self, name: str) -> BerthServer:
+        return next(node for node in self.nodes if node.extra_env["BERTH_NODE_NAME"] == name)
+
+    def wait_for_every_node(self, timeout: float = 30) -> None:
+        """Until nginx sends requests to every node again (it skips one that failed for a
+        while: `fail_timeout`)."""
+        seen: set[str] = set()
+        deadline = time.monotonic() + timeout
+        with self.balancer.client() as client:
+            while len(seen) < len(self.nodes) and time.monotonic() < deadline:
+                seen.add(client.get("/healthz").headers.get("x-berth-node", ""))
+                if len(seen) < len(self.nodes):
+                    time.sleep(0.1)
+        assert len(seen) == len(self.nodes), f"nginx reaches only {sorted(seen)}"
+
+
+@contextlib.contextmanager
+def started_nodes(
+    base: Path, database_url: str, seaweedfs: SeaweedFS
+) -> Iterator[list[BerthServer]]:
+    prefix = f"multinode-{time.monotonic_ns()}"
+    shared = {
+        # The database, bucket and addresses of this test over deploy/berth.toml's.
+        **seaweedfs.settings_environ(prefix),
+        "BERTH_SINGLE_NODE": "false",
+        "BERTH_TRAFFIC_FLUSH_INTERVAL": str(FLUSH_SECONDS),
+        "BERTH_WORKERS": "1",  # three nodes on the test machine's cores
+    }
+    nodes = [
+        BerthServer(
+            base / f"node{number}",
+            database_url,
+            extra_env={**shared, "BERTH_NODE_NAME": f"node{number}"},
+        )
+        for number in range(1, NODES + 1)
+    ]
+    for node in nodes:  # deploy/berth.toml, with the key files in the node's data directory
+        node.data_dir.mkdir(parents=True)
+        config = (DEPLOY / "berth.toml").read_text()
+        config = config.replace("/etc/berth/keys/", f"{node.data_dir}/keys/")
+        (node.data_dir / "berth.toml").write_text(config)
+    try:
+        nodes[0].start()  # creates the tables and the keys
+        for node in nodes[1:]:  # the first node's keys, as the README says
+            shutil.copytree(nodes[0].data_dir / "keys", node.data_dir / "keys")
+        with concurrent.futures.ThreadPoolExecutor(len(nodes) - 1) as starting:
+            list(starting.map(BerthServer.start, nodes[1:]))
+        yield nodes
+    finally:
+        for node in nodes:
+            node.stop()
+
+
+@pytest.fixture(scope="module")
+def cluster(
+    tmp_path_factory: pytest.TempPathFactory, postgres: PostgresCluster | None
+) -> Iterator[Cluster]:
+    if postgres is None:
+        pytest.skip("PostgreSQL not installed")
+    if not Path(NGINX).exists():
+        pytest.skip("nginx not installed (scripts/test-deps.sh installs it)")
+    base = tmp_path_factory.mktemp("multinode")
+    url = postgres.create_database()
+    with (
+        seaweedfs_server(base / "seaweedfs") as seaweedfs,
+        started_nodes(base, url, seaweedfs) as nodes,
+    ):
+        balancer = Balancer(base / "nginx", nodes).start()
+        try:
+            yield Cluster(nodes, balancer, seaweedfs, url)
+        finally:
+            balancer.stop()

@@ -1,0 +1,164 @@
+"""Uploads on S3 as the upload service runs them, with two services on one database and one
+bucket standing for two nodes: each PATCH may land on either, a racing PATCH from the same
+offset loses cleanly, and abandoned uploads and unfinished commits are cleaned up."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import os
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select, update
+
+from berth.domain.errors import RangeNotSatisfiable
+from berth.domain.references import RepositoryRef
+from berth.metadata.database import Database
+from berth.metadata.tables import metadata, projects, repositories, upload_pieces, uploads
+from berth.services.storage_check import StorageCheck
+from berth.services.uploads import Upload, Uploads
+from berth.storage.s3 import S3BlobStore
+from tests.s3 import BUCKET, SeaweedFS
+from tests.unit.storage.contract import digest_of, read_all
+
+pytestmark = pytest.mark.anyio
+MiB = 1024 * 1024
+
+
+@pytest.fixture
+async def db(tmp_path: Path) -> AsyncIterator[Database]:
+    database = Database(f"sqlite+aiosqlite:///{tmp_path / 'berth.db'}")
+    async with database.write() as conn:
+        await conn.run_sync(metadata.create_all)
+        await conn.execute(projects.insert().values(id=1, name="proj"))
+        await conn.execute(repositories.insert().values(id=1, project_id=1, name="app"))
+    yield database
+    await database.dispose()
+
+
+@pytest.fixture
+async def store(seaweedfs: SeaweedFS) -> AsyncIterator[S3BlobStore]:
+    s3 = S3BlobStore(seaweedfs.location())
+    yield s3
+    await s3.close()
+
+
+REPO = RepositoryRef(1, 1, "proj", "app", False, True)
+
+
+async def body(data: bytes) -> AsyncIterator[bytes]:
+    for start in range(0, len(data), 64 * 1024):
+        yield data[start : start + 64 * 1024]
+
+
+def keys_under(seaweedfs: SeaweedFS, prefix: str) -> list[str]:
+    listing = seaweedfs.client().list_objects_v2(Bucket=BUCKET, Prefix=prefix)
+    return [entry["Key"] for entry in listing.get("Contents", [])]
+
+
+async def test_patches_alternate_between_nodes_without_reading_back_the_bytes(
+    db: Database, store: S3BlobStore, seaweedfs: SeaweedFS
+) -> None:
+    nodes = [Uploads(db, store), Uploads(db, store)]
+    chunks = [os.urandom(MiB + n) for n in range(6)]
+    upload = await nodes[0].start(REPO, "app")
+    for number, chunk in enumerate(chunks):
+        node = nodes[number % 2]
+        upload = await node.append(await node.get(REPO, "app", upload.id), body(chunk), None)
+    # The running hash state is in the database: a node that never saw the upload needs no
+    # byte of it to go on (none of it is in the bucket any more, yet the digest comes out).
+    async with db.read() as conn:
+        names = list((await conn.execute(select(upload_pieces.c.name))).scalars())
+    assert len(names) == len(chunks)
+    third = Uploads(db, store)
+    data = b"".join(chunks)
+    tail = b"tail"
+    saved = {name: await read_all_piece(seaweedfs, store, upload.id, name) for name in names}
+    for name in names:
+        seaweedfs.client().delete_object(Bucket=BUCKET, Key=store._upload_prefix(upload.id) + name)
+    upload = await third.append(await third.get(REPO, "app", upload.id), body(tail), None)
+    for name, content in saved.items():  # back, for the commit
+        seaweedfs.client().put_object(
+            Bucket=BUCKET, Key=store._upload_prefix(upload.id) + name, Body=content
+        )
+    digest = await nodes[1].complete(REPO, upload, digest_of(data + tail), None, None)
+    assert digest == digest_of(data + tail)
+    assert await read_all(store, digest) == data + tail
+    assert keys_under(seaweedfs, store._upload_prefix(upload.id)) == []
+
+
+async def read_all_piece(
+    seaweedfs: SeaweedFS, store: S3BlobStore, upload_id: str, name: str
+) -> bytes:
+    answer = seaweedfs.client().get_object(
+        Bucket=BUCKET, Key=store._upload_prefix(upload_id) + name
+    )
+    return bytes(answer["Body"].read())
+
+
+async def test_of_two_patches_from_one_offset_one_wins_and_the_other_is_told_where_it_is(
+    db: Database, store: S3BlobStore
+) -> None:
+    """A client retried a chunk on another node while its first try was still being written:
+    the first to record its offset wins; the other answers 416 with the upload's offset, and
+    its bytes never join the blob."""
+    first, second = Uploads(db, store), Uploads(db, store)
+    upload = await first.start(REPO, "app")
+    chunk, other = os.urandom(2 * MiB), b"Y" * (2 * MiB)
+    started = asyncio.Event()
+
+    async def slow_retry() -> AsyncIterator[bytes]:
+        started.set()  # the offset (0) was read: this request goes on from there
+        await asyncio.sleep(1.0)
+        async for piece in body(other):
+            yield piece
+
+    async def quick_first_try() -> Upload:
+        await started.wait()
+        return await first.append(upload, body(chunk), None)
+
+    retry = asyncio.ensure_future(second.append(upload, slow_retry(), None))
+    upload = await quick_first_try()
+    with pytest.raises(RangeNotSatisfiable) as refused:
+        await retry
+    assert refused.value.current_size == len(chunk)
+    assert "another request moved the upload" in str(refused.value)
+    digest = await second.complete(REPO, upload, digest_of(chunk), None, None)
+    assert await read_all(store, digest) == chunk
+
+
+async def test_abandoned_uploads_and_unfinished_commits_are_removed(
+    db: Database, store: S3BlobStore, seaweedfs: SeaweedFS
+) -> None:
+    node = Uploads(db, store)
+    kept = await node.start(REPO, "app")
+    await node.append(kept, body(b"recent"), None)
+    abandoned = await node.start(REPO, "app")
+    await node.append(abandoned, body(os.urandom(MiB)), None)
+    async with db.write() as conn:
+        await conn.execute(
+            update(uploads)
+            .where(uploads.c.id == abandoned.id)
+            .values(updated_at=dt.datetime.now(dt.UTC) - dt.timedelta(days=2))
+        )
+    # A commit a node began and never finished (it died between its parts).
+    client = seaweedfs.client()
+    blob_key = store._blob_key(digest_of(b"never finished"))
+    client.create_multipart_upload(Bucket=BUCKET, Key=blob_key)
+    check = StorageCheck(db, store, upload_expiry=86_400)
+    assert await store.abort_unfinished_commits(time.time() - 3600) == 0  # young: kept
+
+    report_before = keys_under(seaweedfs, store._upload_prefix(abandoned.id))
+    assert report_before
+    await check.remove_abandoned_uploads()
+    assert keys_under(seaweedfs, store._upload_prefix(abandoned.id)) == []
+    assert keys_under(seaweedfs, store._upload_prefix(kept.id))
+    async with db.read() as conn:
+        left = set((await conn.execute(select(uploads.c.id))).scalars())
+    assert left == {kept.id}
+    assert await store.abort_unfinished_commits(time.time() + 60) == 1
+    listing = client.list_multipart_uploads(Bucket=BUCKET, Prefix=store._prefix)
+    assert listing.get("Uploads", []) == []
