@@ -11,6 +11,11 @@ from typing import TYPE_CHECKING, Any
 import httpx
 import pytest
 
+# pytest-xdist's workers start with COLUMNS=80, which Rich would fix as the CLI consoles' width
+# when berth.cli is first imported; without it they read COLUMNS per call, as a terminal's CLI
+# does (the in-process CLI tests set it wide).
+os.environ.pop("COLUMNS", None)
+
 from tests.servers import BACKENDS, BerthServer, PostgresCluster, server_fixture
 
 if TYPE_CHECKING:

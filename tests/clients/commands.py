@@ -7,6 +7,7 @@ another registry (path style, another project, other credentials).
 
 from __future__ import annotations
 
+import hashlib
 import subprocess
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -118,11 +119,17 @@ class Podman:
     registry: Registry
 
     @property
+    def runroot(self) -> Path:
+        """podman refuses a runroot over 50 characters, which pytest's base temporary paths
+        exceed under xdist (`.../popen-gw0/podman0/run`): a short one derived from `base`."""
+        return Path("/tmp") / f"podman-run-{hashlib.sha256(bytes(self.base)).hexdigest()[:12]}"
+
+    @property
     def options(self) -> list[str]:
         return [
             "--storage-driver", "vfs",
             "--root", str(self.base / "root"),
-            "--runroot", str(self.base / "run"),
+            "--runroot", str(self.runroot),
             "--tmpdir", str(self.base / "tmp"),
             "--cgroup-manager", "cgroupfs",
             "--events-backend", "file",

@@ -103,7 +103,7 @@ def test_podman_pushes_and_pulls_through_the_balancer(
     )
     key_id, secret = project(cluster, "podman")
     config = ContainersConfig.create(tmp_path / "containers")
-    storage = tmp_path_factory.mktemp("podman")  # a short path: podman's runroot must be
+    storage = tmp_path_factory.mktemp("podman")
     podman = Podman("podman", storage, config, registry=None)  # type: ignore[arg-type]
     remote = ["--tls-verify=false", f"--creds={key_id}:{secret}"]
     reference = f"{cluster.balancer.address}/podman/app:v1"

@@ -137,20 +137,21 @@ def test_an_expired_presigned_url_is_refused_by_the_store(seaweedfs: SeaweedFS) 
     data = os.urandom(4096)
     digest = sha256(data)
 
-    async def presign() -> str:
+    async def presign() -> tuple[str, str]:
+        """URLs of one stored blob: one valid for five minutes, one for a second."""
         store = S3BlobStore(seaweedfs.location())
         try:
             upload_id = "expiry" + os.urandom(4).hex()
             writer = await store.open_upload(upload_id, 0)
             await writer.write(data)
             await writer.close()
-            await store.commit_upload(upload_id, digest)
-            return await store.download_url(digest, 1)
+            await store.commit_upload(upload_id, digest, writer.pieces)
+            return await store.download_url(digest, 300), await store.download_url(digest, 1)
         finally:
             await store.close()
 
-    url = asyncio.run(presign())
-    assert httpx.get(url, timeout=30).content == data
+    lasting, brief = asyncio.run(presign())
+    assert httpx.get(lasting, timeout=30).content == data  # the URLs are sound; only time differs
     time.sleep(2.5)
-    expired = httpx.get(url, timeout=30)
+    expired = httpx.get(brief, timeout=30)
     assert expired.status_code == 403, expired.text
