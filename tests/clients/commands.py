@@ -13,7 +13,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from tests.clients.daemons import Containerd, Dockerd
-from tests.clients.layouts import TestImage
+from tests.clients.layouts import OciLayout, TestImage
 from tests.clients.registry import Registry
 from tests.clients.tools import run, write_json
 
@@ -65,6 +65,20 @@ class ContainersConfig:
             "DOCKER_CONFIG": str(self.docker_config),
             "TMPDIR": str(self.base / "tmp"),
         }
+
+
+def skopeo_round_trip(
+    config: ContainersConfig, source: str, remote: str, credentials: str, into: Path
+) -> OciLayout:
+    """skopeo copies `source` to the plain-HTTP `remote` (`docker://...`) with `credentials`
+    (`KEY_ID:SECRET`), then copies it back into a new OCI layout at `into`."""
+    skopeo = ["skopeo", "--policy", str(config.policy), "copy"]
+    push = ["--dest-tls-verify=false", f"--dest-creds={credentials}", source, remote]
+    run([*skopeo, *push], config.env)
+    pulled = OciLayout(into)
+    pull = ["--src-tls-verify=false", f"--src-creds={credentials}", remote, f"oci:{into}:v1"]
+    run([*skopeo, *pull], config.env)
+    return pulled
 
 
 def remote_flags(registry: Registry, prefix: str = "") -> list[str]:

@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.clients.commands import ContainersConfig, Podman
+from tests.clients.commands import ContainersConfig, Podman, skopeo_round_trip
 from tests.clients.layouts import OciLayout, TestImage
 from tests.clients.tools import output, require_binary, run
 from tests.multinode.conftest import Cluster
@@ -65,28 +65,9 @@ def test_skopeo_pushes_and_pulls_a_multi_layer_image_through_the_balancer(
     assert len(image.layer_digests) == 2
     key_id, secret = project(cluster, "skopeo")
     config = ContainersConfig.create(tmp_path / "containers")
-    skopeo = ["skopeo", "--policy", str(config.policy), "copy"]
     remote = f"docker://{cluster.balancer.address}/skopeo/app:v1"
-    run(
-        [
-            *skopeo,
-            "--dest-tls-verify=false",
-            f"--dest-creds={key_id}:{secret}",
-            image.oci_ref,
-            remote,
-        ],
-        config.env,
-    )
-    pulled = OciLayout(tmp_path / "pulled")
-    run(
-        [
-            *skopeo,
-            "--src-tls-verify=false",
-            f"--src-creds={key_id}:{secret}",
-            remote,
-            f"oci:{pulled.path}:v1",
-        ],
-        config.env,
+    pulled = skopeo_round_trip(
+        config, image.oci_ref, remote, f"{key_id}:{secret}", tmp_path / "pulled"
     )
     assert pulled.resolve("v1")["digest"] == image.manifest_digest
     for digest in [image.config_digest, *image.layer_digests]:

@@ -12,9 +12,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.clients.commands import ContainersConfig
-from tests.clients.layouts import OciLayout, layer_files, umoci_image
-from tests.clients.tools import require_binary, run
+from tests.clients.commands import ContainersConfig, skopeo_round_trip
+from tests.clients.layouts import layer_files, umoci_image
+from tests.clients.tools import require_binary
 from tests.oci import (
     assert_status,
     blob_path,
@@ -52,29 +52,9 @@ def test_skopeo_pushes_and_pulls_an_image_stored_in_the_bucket(
     s3_server.create_repository("s3proj", "app")
     key_id, secret = s3_server.access_key("s3proj")
     config = ContainersConfig.create(tmp_path / "containers")
-    skopeo = ["skopeo", "--policy", str(config.policy), "copy"]
     remote = f"docker://{s3_server.address}/s3proj/app:v1"
-
-    run(
-        [
-            *skopeo,
-            "--dest-tls-verify=false",
-            f"--dest-creds={key_id}:{secret}",
-            image.oci_ref,
-            remote,
-        ],
-        config.env,
-    )
-    pulled = OciLayout(tmp_path / "pulled")
-    run(
-        [
-            *skopeo,
-            "--src-tls-verify=false",
-            f"--src-creds={key_id}:{secret}",
-            remote,
-            f"oci:{pulled.path}:v1",
-        ],
-        config.env,
+    pulled = skopeo_round_trip(
+        config, image.oci_ref, remote, f"{key_id}:{secret}", tmp_path / "pulled"
     )
 
     assert pulled.resolve("v1")["digest"] == image.manifest_digest
