@@ -12,6 +12,8 @@ from typing import Any, TypeVar, get_args
 import pytest
 
 from berth.domain.errors import InvalidValue
+from berth.jobs import Scheduler
+from berth.jobs.leases import Lease, Leases
 from berth.metadata.database import Database
 from berth.services.repositories import Repositories
 from berth.services.webhook_addresses import refused_address
@@ -264,3 +266,60 @@ def test_finished_deliveries_kept_a_week(database_url: str, receiver: Receiver) 
         return kept, pruned, (await hooks.deliveries("acme", created.id))[1]
 
     assert run(database_url, work) == (0, 1, 0)
+
+
+def test_work_is_due_only_at_an_endpoints_head(database_url: str, receiver: Receiver) -> None:
+    """A pass has work when an event is queued or an endpoint's oldest pending delivery is
+    due; not while that one waits for its retry, however many wait behind it."""
+    receiver.statuses = [500]
+    clock = Clock()
+
+    async def work(db: Database) -> list[bool]:
+        hooks = Webhooks(db, allow_private=True)
+        created = await hooks.create("acme", receiver.url, actor="alice")
+        job = delivery(db, clock)
+        seen = [await job.has_work()]  # nothing yet
+        await push_event(db, "v1")
+        await push_event(db, "v2")
+        seen.append(await job.has_work())  # two events queued
+        await job.run()  # v1 refused (its retry in 10 s); v2 behind it
+        seen.append(await job.has_work())
+        clock.advance(10)
+        seen.append(await job.has_work())  # v1's retry is due
+        await hooks.update("acme", created.id, enabled=False, actor="alice")
+        seen.append(await job.has_work())  # a disabled endpoint's queue waits
+        return seen
+
+    assert run(database_url, work) == [False, True, False, True, False]
+
+
+def test_idle_nodes_only_read(database_url: str, receiver: Receiver) -> None:
+    """Two nodes' schedulers with nothing to send leave the delivery job's lease untouched
+    (no write each second on every node); a queued event is claimed and sent by one of them."""
+
+    async def work(db: Database) -> tuple[Lease, Lease, float]:
+        await Webhooks(db, allow_private=True).create("acme", receiver.url, actor="alice")
+        job = WebhookDelivery(db, allow_private=True, timeout=2.0, retry_base=10.0)
+        nodes = [Scheduler(db, job.jobs()[:1], holder=holder) for holder in ("a", "b")]
+        leases = Leases(db, "reader")
+        for node in nodes:
+            node.start()
+        try:
+            await asyncio.sleep(2.5)
+            idle = (await leases.read(["webhook-delivery"]))["webhook-delivery"]
+            queued = time.monotonic()
+            await push_event(db, "v1")
+            while not receiver.received and time.monotonic() - queued < 10:
+                await asyncio.sleep(0.05)
+            waited = time.monotonic() - queued
+            busy = (await leases.read(["webhook-delivery"]))["webhook-delivery"]
+        finally:
+            for node in nodes:
+                await node.stop()
+        return idle, busy, waited
+
+    idle, busy, waited = run(database_url, work)
+    assert idle.holder == "" and idle.expires_at.year == 1970  # never claimed
+    assert busy.holder in ("a", "b")
+    assert [e["data"]["tag"] for e in receiver.events()] == ["v1"]
+    assert waited < 3.0
