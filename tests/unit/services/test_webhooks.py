@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import os
 import time
+import uuid
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any, TypeVar, get_args
 
@@ -27,6 +29,7 @@ from berth.services.webhook_events import (
     enqueue_event_now,
 )
 from berth.services.webhooks import Webhooks
+from tests.clients.machine import HOSTS_FILE, HostsEntries
 from tests.webhook_receiver import Receiver, receiving
 
 T = TypeVar("T")
@@ -323,3 +326,65 @@ def test_idle_nodes_only_read(database_url: str, receiver: Receiver) -> None:
     assert busy.holder in ("a", "b")
     assert [e["data"]["tag"] for e in receiver.events()] == ["v1"]
     assert waited < 3.0
+
+
+class HookHost:
+    """A host name of a test's own in /etc/hosts, which the resolver reads at every look-up:
+    a name whose address changes, for real."""
+
+    def __init__(self) -> None:
+        self.name = f"hook-{uuid.uuid4().hex[:8]}.test"
+        self._entry: HostsEntries | None = None
+
+    def point_at(self, address: str) -> None:
+        self.remove()
+        self._entry = HostsEntries([self.name], address)
+        self._entry.add()
+
+    def remove(self) -> None:
+        if self._entry is not None:
+            self._entry.remove()
+            self._entry = None
+
+
+@pytest.fixture
+def hook_host() -> Iterator[HookHost]:
+    if not os.access(HOSTS_FILE, os.W_OK):
+        pytest.skip("/etc/hosts is not writable here")
+    host = HookHost()
+    try:
+        yield host
+    finally:
+        host.remove()
+
+
+def test_a_name_re_pointed_inside_is_refused_at_delivery(
+    database_url: str, receiver: Receiver, hook_host: HookHost
+) -> None:
+    """A name that resolved to a public address when the endpoint was made, then to loopback
+    (DNS rebinding): the delivery is refused, nothing reaches the receiver behind it. Allowed
+    private addresses, the same delivery goes to the address checked, under the URL's Host."""
+    port = receiver.server.server_address[1]
+    url = f"http://{hook_host.name}:{port}/hook"
+    clock = Clock()
+
+    async def work(db: Database) -> Any:
+        hook_host.point_at("93.184.216.34")  # public: nothing is sent to it here
+        created = await Webhooks(db, allow_private=False).create("acme", url, actor="alice")
+        hook_host.point_at("127.0.0.1")
+        await push_event(db, "v1")
+        await delivery(db, clock, allow_private=False).run()
+        log, _ = await Webhooks(db, allow_private=False).deliveries("acme", created.id)
+        refused = list(receiver.received)
+        clock.advance(10)
+        await delivery(db, clock, allow_private=True).run()
+        return log[0].attempt_log[0], refused
+
+    attempt, refused = run(database_url, work)
+    assert refused == []
+    assert attempt.outcome == "retry"
+    assert f"the host {hook_host.name!r} resolves to 127.0.0.1, a loopback address" in (
+        attempt.error or ""
+    )
+    (sent,) = receiver.received
+    assert sent.headers["host"] == f"{hook_host.name}:{port}"
