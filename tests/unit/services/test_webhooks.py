@@ -388,3 +388,29 @@ def test_a_name_re_pointed_inside_is_refused_at_delivery(
     )
     (sent,) = receiver.received
     assert sent.headers["host"] == f"{hook_host.name}:{port}"
+
+
+def test_an_event_nobody_takes_is_not_queued(database_url: str, receiver: Receiver) -> None:
+    """With no endpoint, a disabled one, or one taking other types, a change queues nothing:
+    the delivery job stays unclaimed. The first endpoint to take the type gets what follows."""
+    clock = Clock()
+
+    async def work(db: Database) -> list[bool]:
+        hooks = Webhooks(db, allow_private=True)
+        job = delivery(db, clock)
+        await push_event(db, "none")
+        seen = [await job.has_work()]
+        created = await hooks.create("acme", receiver.url, event_types=[TAG_DELETED], actor="a")
+        await push_event(db, "other-type")
+        seen.append(await job.has_work())
+        await hooks.update("acme", created.id, enabled=False, actor="a")
+        await push_event(db, "disabled", TAG_DELETED)
+        seen.append(await job.has_work())
+        await hooks.update("acme", created.id, enabled=True, actor="a")
+        await push_event(db, "taken", TAG_DELETED)
+        seen.append(await job.has_work())
+        await job.run()
+        return seen
+
+    assert run(database_url, work) == [False, False, False, True]
+    assert [e["data"]["tag"] for e in receiver.events()] == ["taken"]
