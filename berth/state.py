@@ -126,9 +126,7 @@ class Services:
                     # Cheap (listings): uploads untouched for upload_expiry, scratch files left
                     # by a crash and commits a dead node began go within the hour after.
                     Job("abandoned-uploads", 3600, storage_check.remove_abandoned_uploads),
-                    # One node sends webhooks, every second: events wait a second at most.
-                    Job("webhook-delivery", 1.0, webhook_delivery.run),
-                    Job("webhook-prune", 3600, webhook_delivery.prune),
+                    *webhook_delivery.jobs(),
                 ],
             ),
             gc=GarbageCollector(

@@ -34,6 +34,10 @@ class Job:
     # A new job is due at once, or, with this, one interval after it is first scheduled (a
     # heavy job that should not run on a server's first start).
     first_after_interval: bool = False
+    # For a frequent job that is mostly idle: asked (a read) once it is due, and the lease is
+    # claimed (a write, on every node) only when it answers True; otherwise every node looks
+    # again an interval later, having written nothing.
+    has_work: Callable[[], Coroutine[Any, Any, bool]] | None = None
 
     @property
     def hold(self) -> float:
@@ -70,9 +74,11 @@ class Scheduler:
                     continue
                 wait = (due - utcnow()).total_seconds()
                 if wait <= 0:
-                    if await self.leases.claim(job.name, job.hold):
-                        await self._run(job)
-                    continue
+                    if job.has_work is None or await job.has_work():
+                        if await self.leases.claim(job.name, job.hold):
+                            await self._run(job)
+                        continue
+                    wait = job.interval
             except asyncio.CancelledError:
                 raise
             except Exception:

@@ -30,9 +30,11 @@ from typing import Any
 
 import httpx
 from sqlalchemy import delete, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from berth import __version__
 from berth.domain.errors import RegistryError
+from berth.jobs import Job
 from berth.metadata.database import Database
 from berth.metadata.tables import (
     utcnow,
@@ -47,6 +49,7 @@ from berth.services.webhooks import DELIVERED, FAILED, PENDING
 
 logger = logging.getLogger("berth.webhooks")
 
+PASS_SECONDS = 1.0
 RETRY_FOR = dt.timedelta(days=1)
 MAX_RETRY_WAIT = 3600.0
 KEEP_FINISHED = dt.timedelta(days=7)  # delivered and failed deliveries stay this long
@@ -84,10 +87,18 @@ class WebhookDelivery:
         self.retry_base = retry_base
         self.clock = clock
 
+    def jobs(self) -> list[Job]:
+        """Its scheduled jobs: a pass every second (events wait a second at most), claimed
+        only by a node that finds work (idle, the nodes only read), and the hourly prune."""
+        return [
+            Job("webhook-delivery", PASS_SECONDS, self.run, has_work=self.has_work),
+            Job("webhook-prune", 3600, self.prune),
+        ]
+
     async def run(self) -> None:
         """One pass: fan out the queued events, then deliver what is due."""
         await self.fan_out()
-        due = await self._endpoints_with_pending()
+        due = await self._due_endpoints()
         if due:
             async with httpx.AsyncClient(
                 timeout=self.timeout,
@@ -149,15 +160,38 @@ class WebhookDelivery:
             )
         return made
 
-    async def _endpoints_with_pending(self) -> list[int]:
+    async def has_work(self) -> bool:
+        """Whether a pass would do anything (an event queued, or an endpoint's next delivery
+        due): read by every node each second, so that only a node with work claims the job."""
         async with self.db.read() as conn:
-            found = await conn.execute(
-                select(webhook_deliveries.c.webhook_id)
-                .join(webhooks, webhooks.c.id == webhook_deliveries.c.webhook_id)
-                .where(webhook_deliveries.c.state == PENDING, webhooks.c.enabled.is_(True))
-                .group_by(webhook_deliveries.c.webhook_id)
+            if (await conn.execute(select(webhook_events.c.id).limit(1))).first() is not None:
+                return True
+            return bool(await self._due_endpoints_in(conn, limit=1))
+
+    async def _due_endpoints(self) -> list[int]:
+        async with self.db.read() as conn:
+            return await self._due_endpoints_in(conn)
+
+    async def _due_endpoints_in(self, conn: AsyncConnection, limit: int | None = None) -> list[int]:
+        """The enabled endpoints whose oldest pending delivery is due: from the endpoints (a
+        few per project) through the (webhook_id, state, id) index, not over the log."""
+        head_due_at = (
+            select(webhook_deliveries.c.next_attempt_at)
+            .where(
+                webhook_deliveries.c.webhook_id == webhooks.c.id,
+                webhook_deliveries.c.state == PENDING,
             )
-            return [int(webhook_id) for webhook_id in found.scalars()]
+            .order_by(webhook_deliveries.c.id)
+            .limit(1)
+            .scalar_subquery()
+        )
+        found = await conn.execute(
+            select(webhooks.c.id)
+            .where(webhooks.c.enabled.is_(True), head_due_at <= self.clock())
+            .order_by(webhooks.c.id)
+            .limit(limit)
+        )
+        return [int(webhook_id) for webhook_id in found.scalars()]
 
     async def _drain(self, client: httpx.AsyncClient, webhook_id: int) -> None:
         """Send the endpoint's due deliveries in order until one must wait."""

@@ -12,12 +12,13 @@ import uuid
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from berth.domain.errors import RegistryError
 from berth.domain.references import RepositoryRef
 from berth.metadata.database import Database
-from berth.metadata.tables import utcnow, webhook_events
+from berth.metadata.tables import utcnow, webhook_events, webhooks
 
 logger = logging.getLogger("berth.webhooks")
 
@@ -127,13 +128,9 @@ async def enqueue_event(
     data: EventData,
     subject: str | None = None,
 ) -> None:
-    """Queue an event in the caller's transaction: one insert, whoever listens."""
-    event = new_event(event_type, data, subject)
-    await conn.execute(
-        webhook_events.insert().values(
-            project_id=project_id, type=event_type, payload=event_json(event)
-        )
-    )
+    """Queue an event in the caller's transaction: one insert, if an endpoint takes it."""
+    if await _taken(conn, project_id, event_type):
+        await _insert(conn, project_id, event_type, data, subject)
 
 
 async def enqueue_event_now(
@@ -144,14 +141,45 @@ async def enqueue_event_now(
     subject: str | None = None,
 ) -> None:
     """Queue an event in a transaction of its own (after a refusal rolled its own back, or a
-    run ended). A failure is logged, never raised: the caller's answer stands either way."""
+    run ended), if an endpoint takes it. A failure is logged, never raised: the caller's
+    answer stands either way."""
     try:
+        async with db.read() as conn:
+            if not await _taken(conn, project_id, event_type):
+                return
         async with db.write() as conn:
-            await enqueue_event(conn, project_id, event_type, data, subject)
+            await _insert(conn, project_id, event_type, data, subject)
     except Exception:
         logger.exception(
             "could not queue the webhook event %s of project %s", event_type, project_id
         )
+
+
+async def _taken(conn: AsyncConnection, project_id: int, event_type: str) -> bool:
+    """Whether an enabled endpoint of the project takes this type. Most projects have no
+    webhooks: their pushes and deletes read this (a few rows by index) instead of writing an
+    event that the delivery job would claim its lease and a write transaction to throw away."""
+    found = await conn.execute(
+        select(webhooks.c.event_types).where(
+            webhooks.c.project_id == project_id, webhooks.c.enabled.is_(True)
+        )
+    )
+    return any(not types or event_type in types.split() for types in found.scalars())
+
+
+async def _insert(
+    conn: AsyncConnection,
+    project_id: int,
+    event_type: str,
+    data: EventData,
+    subject: str | None,
+) -> None:
+    event = new_event(event_type, data, subject)
+    await conn.execute(
+        webhook_events.insert().values(
+            project_id=project_id, type=event_type, payload=event_json(event)
+        )
+    )
 
 
 def content_data(repo: RepositoryRef, image: str, actor: str, **fields: Any) -> EventData:

@@ -5,13 +5,17 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import os
 import time
+import uuid
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any, TypeVar, get_args
 
 import pytest
 
 from berth.domain.errors import InvalidValue
+from berth.jobs import Scheduler
+from berth.jobs.leases import Lease, Leases
 from berth.metadata.database import Database
 from berth.services.repositories import Repositories
 from berth.services.webhook_addresses import refused_address
@@ -25,6 +29,7 @@ from berth.services.webhook_events import (
     enqueue_event_now,
 )
 from berth.services.webhooks import Webhooks
+from tests.clients.machine import HOSTS_FILE, HostsEntries
 from tests.webhook_receiver import Receiver, receiving
 
 T = TypeVar("T")
@@ -264,3 +269,148 @@ def test_finished_deliveries_kept_a_week(database_url: str, receiver: Receiver) 
         return kept, pruned, (await hooks.deliveries("acme", created.id))[1]
 
     assert run(database_url, work) == (0, 1, 0)
+
+
+def test_work_is_due_only_at_an_endpoints_head(database_url: str, receiver: Receiver) -> None:
+    """A pass has work when an event is queued or an endpoint's oldest pending delivery is
+    due; not while that one waits for its retry, however many wait behind it."""
+    receiver.statuses = [500]
+    clock = Clock()
+
+    async def work(db: Database) -> list[bool]:
+        hooks = Webhooks(db, allow_private=True)
+        created = await hooks.create("acme", receiver.url, actor="alice")
+        job = delivery(db, clock)
+        seen = [await job.has_work()]  # nothing yet
+        await push_event(db, "v1")
+        await push_event(db, "v2")
+        seen.append(await job.has_work())  # two events queued
+        await job.run()  # v1 refused (its retry in 10 s); v2 behind it
+        seen.append(await job.has_work())
+        clock.advance(10)
+        seen.append(await job.has_work())  # v1's retry is due
+        await hooks.update("acme", created.id, enabled=False, actor="alice")
+        seen.append(await job.has_work())  # a disabled endpoint's queue waits
+        return seen
+
+    assert run(database_url, work) == [False, True, False, True, False]
+
+
+def test_idle_nodes_only_read(database_url: str, receiver: Receiver) -> None:
+    """Two nodes' schedulers with nothing to send leave the delivery job's lease untouched
+    (no write each second on every node); a queued event is claimed and sent by one of them."""
+
+    async def work(db: Database) -> tuple[Lease, Lease, float]:
+        await Webhooks(db, allow_private=True).create("acme", receiver.url, actor="alice")
+        job = WebhookDelivery(db, allow_private=True, timeout=2.0, retry_base=10.0)
+        nodes = [Scheduler(db, job.jobs()[:1], holder=holder) for holder in ("a", "b")]
+        leases = Leases(db, "reader")
+        for node in nodes:
+            node.start()
+        try:
+            await asyncio.sleep(2.5)
+            idle = (await leases.read(["webhook-delivery"]))["webhook-delivery"]
+            queued = time.monotonic()
+            await push_event(db, "v1")
+            while not receiver.received and time.monotonic() - queued < 10:
+                await asyncio.sleep(0.05)
+            waited = time.monotonic() - queued
+            busy = (await leases.read(["webhook-delivery"]))["webhook-delivery"]
+        finally:
+            for node in nodes:
+                await node.stop()
+        return idle, busy, waited
+
+    idle, busy, waited = run(database_url, work)
+    assert idle.holder == "" and idle.expires_at.year == 1970  # never claimed
+    assert busy.holder in ("a", "b")
+    assert [e["data"]["tag"] for e in receiver.events()] == ["v1"]
+    assert waited < 3.0
+
+
+class HookHost:
+    """A host name of a test's own in /etc/hosts, which the resolver reads at every look-up:
+    a name whose address changes, for real."""
+
+    def __init__(self) -> None:
+        self.name = f"hook-{uuid.uuid4().hex[:8]}.test"
+        self._entry: HostsEntries | None = None
+
+    def point_at(self, address: str) -> None:
+        self.remove()
+        self._entry = HostsEntries([self.name], address)
+        self._entry.add()
+
+    def remove(self) -> None:
+        if self._entry is not None:
+            self._entry.remove()
+            self._entry = None
+
+
+@pytest.fixture
+def hook_host() -> Iterator[HookHost]:
+    if not os.access(HOSTS_FILE, os.W_OK):
+        pytest.skip("/etc/hosts is not writable here")
+    host = HookHost()
+    try:
+        yield host
+    finally:
+        host.remove()
+
+
+def test_a_name_re_pointed_inside_is_refused_at_delivery(
+    database_url: str, receiver: Receiver, hook_host: HookHost
+) -> None:
+    """A name that resolved to a public address when the endpoint was made, then to loopback
+    (DNS rebinding): the delivery is refused, nothing reaches the receiver behind it. Allowed
+    private addresses, the same delivery goes to the address checked, under the URL's Host."""
+    port = receiver.server.server_address[1]
+    url = f"http://{hook_host.name}:{port}/hook"
+    clock = Clock()
+
+    async def work(db: Database) -> Any:
+        hook_host.point_at("93.184.216.34")  # public: nothing is sent to it here
+        created = await Webhooks(db, allow_private=False).create("acme", url, actor="alice")
+        hook_host.point_at("127.0.0.1")
+        await push_event(db, "v1")
+        await delivery(db, clock, allow_private=False).run()
+        log, _ = await Webhooks(db, allow_private=False).deliveries("acme", created.id)
+        refused = list(receiver.received)
+        clock.advance(10)
+        await delivery(db, clock, allow_private=True).run()
+        return log[0].attempt_log[0], refused
+
+    attempt, refused = run(database_url, work)
+    assert refused == []
+    assert attempt.outcome == "retry"
+    assert f"the host {hook_host.name!r} resolves to 127.0.0.1, a loopback address" in (
+        attempt.error or ""
+    )
+    (sent,) = receiver.received
+    assert sent.headers["host"] == f"{hook_host.name}:{port}"
+
+
+def test_an_event_nobody_takes_is_not_queued(database_url: str, receiver: Receiver) -> None:
+    """With no endpoint, a disabled one, or one taking other types, a change queues nothing:
+    the delivery job stays unclaimed. The first endpoint to take the type gets what follows."""
+    clock = Clock()
+
+    async def work(db: Database) -> list[bool]:
+        hooks = Webhooks(db, allow_private=True)
+        job = delivery(db, clock)
+        await push_event(db, "none")
+        seen = [await job.has_work()]
+        created = await hooks.create("acme", receiver.url, event_types=[TAG_DELETED], actor="a")
+        await push_event(db, "other-type")
+        seen.append(await job.has_work())
+        await hooks.update("acme", created.id, enabled=False, actor="a")
+        await push_event(db, "disabled", TAG_DELETED)
+        seen.append(await job.has_work())
+        await hooks.update("acme", created.id, enabled=True, actor="a")
+        await push_event(db, "taken", TAG_DELETED)
+        seen.append(await job.has_work())
+        await job.run()
+        return seen
+
+    assert run(database_url, work) == [False, False, False, True]
+    assert [e["data"]["tag"] for e in receiver.events()] == ["taken"]
