@@ -10,8 +10,10 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
 from sqlalchemy import insert
 
+import berth.services.uploads as upload_service
 from berth.domain.errors import RangeNotSatisfiable
 from berth.domain.references import RepositoryRef
 from berth.metadata.database import Database
@@ -85,5 +87,40 @@ def test_of_two_patches_from_one_offset_one_wins_and_the_blob_holds_its_bytes(
         winner = slow_bytes if outcomes[0] is won[0] else quick_bytes
         digest = await first.complete(REPO, won[0], digest_of(winner), None, None)
         assert await read_blob(store, digest) == winner
+
+    run(database_url, tmp_path / "blobs", scenario)
+
+
+@pytest.mark.parametrize(
+    "resumable",
+    [(False, False, False), (True, False, True), (False, True, True)],
+    ids=["no-saved-state", "saved-state-ignored-midway", "no-state-then-saved"],
+)
+def test_a_node_without_the_saved_hash_state_hashes_the_stored_bytes_again(
+    resumable: tuple[bool, bool, bool],
+    database_url: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Where OpenSSL's SHA-256 state cannot be saved (`resumable_sha256` is None), and between
+    nodes of either kind, the node taking the next PATCH hashes the bytes stored so far: each
+    PATCH lands on a node that never saw the upload, and the digest still comes out right."""
+    available = upload_service.resumable_sha256
+    assert available is not None
+    chunks = [os.urandom(MiB + n) for n in range(3)]
+
+    async def scenario(db: Database, store: FilesystemBlobStore) -> None:
+        upload = await Uploads(db, store).start(REPO, "app")
+        for chunk, saves_state in zip(chunks, resumable, strict=True):
+            monkeypatch.setattr(
+                upload_service, "resumable_sha256", available if saves_state else None
+            )
+            node = Uploads(db, store)
+            upload = await node.append(await node.get(REPO, "app", upload.id), body(chunk), None)
+            assert (upload.hash_state is not None) == saves_state
+        data = b"".join(chunks) + b"end"
+        node = Uploads(db, store)
+        digest = await node.complete(REPO, upload, digest_of(data), body(b"end"), None)
+        assert await read_blob(store, digest) == data
 
     run(database_url, tmp_path / "blobs", scenario)
