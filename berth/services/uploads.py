@@ -6,8 +6,10 @@ database, so any node (or worker) can take its next request: the acknowledged of
 running SHA-256 state at that offset (`domain.hash_state`) and, on a store of pieces (S3), the
 pieces that hold those bytes. A PATCH moves the offset on only from the offset it started at
 (compare and set), so of two requests racing from one offset (a client's retry while its first
-try is still on another node), one wins and the other's bytes are never part of the upload. A
-node keeps the hash states it wrote in memory too, to skip reading them back.
+try is still on another node), one wins and the other's bytes are never part of the upload. On
+the filesystem store both would write into the one scratch file, so there requests on one
+upload take turns (`BlobStore.upload_exclusive`, across processes) and the second finds the
+offset moved. A node keeps the hash states it wrote in memory too, to skip reading them back.
 """
 
 from __future__ import annotations
@@ -199,8 +201,14 @@ class Uploads:
                 return Upload.of(row)
         raise BlobUploadUnknown(f"upload {upload_id!r} is unknown, finished or cancelled")
 
-    def _lock(self, upload_id: str) -> asyncio.Lock:
-        return self._locks.setdefault(upload_id, asyncio.Lock())
+    @contextlib.asynccontextmanager
+    async def _lock(self, upload_id: str) -> AsyncIterator[None]:
+        """This process's turn on the upload, then the store's (other processes and nodes)."""
+        async with (
+            self._locks.setdefault(upload_id, asyncio.Lock()),
+            self.store.upload_exclusive(upload_id),
+        ):
+            yield
 
     async def _hasher_at(self, upload: Upload) -> Any:
         hasher = self._hashes.take(upload.id, upload.offset)

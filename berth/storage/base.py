@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import abc
+import contextlib
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
@@ -31,6 +32,14 @@ class BlobStore(abc.ABC):
         never told succeeded) is discarded, or, on a store of pieces, never recorded.
         FileNotFoundError when the store can tell the scratch object no longer holds `offset`
         bytes (removed since): the upload cannot go on."""
+
+    def upload_exclusive(self, upload_id: str) -> contextlib.AbstractAsyncContextManager[None]:
+        """Held by a request while it changes an upload (a PATCH from reading the offset to
+        recording the new one, a commit, a cancel), so that requests in other processes or on
+        other nodes wait for it. A store whose scratch object is one file that every writer
+        writes into needs it; on a store of pieces each request writes keys of its own and
+        the offset's compare-and-set decides, so there is nothing to hold."""
+        return contextlib.nullcontext()
 
     @abc.abstractmethod
     def read_upload(

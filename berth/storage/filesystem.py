@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import os
 import secrets
 import shutil
@@ -19,10 +20,11 @@ from berth.domain.digests import parse_digest
 from berth.storage.base import BlobStore, UploadWriter
 
 READ_CHUNK = 1024 * 1024
-# Temporary files next to an upload's scratch file `{id}`, all named `{id}.…`:
-# `{id}.commit.{token}` replaces a stored blob (commit_upload), `{id}.copy` gives the scratch
-# file a copy of its own (_unshare).
-_COMMIT, _COPY = ".commit", ".copy"
+# Files next to an upload's scratch file `{id}`, all named `{id}.…`: `{id}.commit.{token}`
+# replaces a stored blob (commit_upload), `{id}.copy` gives the scratch file a copy of its own
+# (_unshare), `{id}.lock` is what requests on the upload take turns holding (upload_exclusive).
+_COMMIT, _COPY, _LOCK = ".commit", ".copy", ".lock"
+LOCK_POLL_SECONDS = 0.02
 
 
 class _FileUploadWriter(UploadWriter):
@@ -61,6 +63,26 @@ class FilesystemBlobStore(BlobStore):
 
     async def probe(self) -> None:
         await asyncio.to_thread(os.stat, self.uploads)  # the directory is there and reachable
+
+    @contextlib.asynccontextmanager
+    async def upload_exclusive(self, upload_id: str) -> AsyncIterator[None]:
+        """An exclusive flock on the upload's lock file, which every process (workers, nodes
+        sharing the directory) sees: two PATCHes from one offset would otherwise write into
+        the one scratch file together and leave a mix of their bytes under the winner's
+        digest. Polled rather than waited for in a thread: a waiter must not hold one of the
+        threads the holder needs to finish. The lock goes with the process if it dies."""
+        path = self._upload_path(upload_id).with_name(upload_id + _LOCK)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o640)
+        try:
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    await asyncio.sleep(LOCK_POLL_SECONDS)
+            yield
+        finally:
+            os.close(fd)  # releases the lock
 
     async def open_upload(self, upload_id: str, offset: int) -> UploadWriter:
         def _open() -> int:

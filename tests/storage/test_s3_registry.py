@@ -173,14 +173,15 @@ def test_a_blob_lost_from_the_bucket_is_unknown_to_head_and_get(
         assert client.get(blob_path(name, digest)).content == data
 
 
+@pytest.mark.parametrize("size", [4096, 512 * 1024], ids=["hashed-inline", "hashed-in-a-thread"])
 def test_a_small_blob_damaged_in_the_bucket_is_set_aside_not_served(
-    s3_server: BerthServer, seaweedfs: SeaweedFS
+    s3_server: BerthServer, seaweedfs: SeaweedFS, size: int
 ) -> None:
     """A small blob read whole from the bucket is hashed first: damaged bytes of the right
     size are refused (BLOB_UNKNOWN), the object is set aside, and pushing it again repairs it."""
-    s3_server.create_repository("s3proj", "damaged")
-    name = "s3proj/damaged"
-    data = os.urandom(4096)
+    s3_server.create_repository("s3proj", f"damaged{size}")
+    name = f"s3proj/damaged{size}"
+    data = os.urandom(size)
     digest = sha256(data)
     hex_digest = digest.split(":", 1)[1]
     prefix = s3_server.extra_env["BERTH_S3_PREFIX"]
