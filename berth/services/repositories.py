@@ -402,7 +402,7 @@ class Repositories:
                 conn, actor, "repository.delete", project_id=project_id, target=name, client=client
             )
         self._cache.pop((project, name), None)
-        self.forget_access()  # its grants, and its cached manifests
+        self.forget_access()  # its grants
 
     async def list(self, project: str) -> list[Repository]:
         """Every repository of a project, by name."""
