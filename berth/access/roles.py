@@ -24,7 +24,8 @@ from berth.metadata.tables import memberships, repositories, repository_grants
 # within it on every node.
 CACHE_SECONDS = 1.0
 CACHE_ENTRIES = 50_000
-# Built once: building a statement costs more than a cache hit, and every request asks.
+# Built once (bind parameters), read by `Database.first`: building a statement costs more
+# than a cache hit, and every request asks.
 _PROJECT_ROLE = select(memberships.c.role).where(
     memberships.c.user_id == bindparam("user_id"),
     memberships.c.project_id == bindparam("target_id"),
@@ -79,10 +80,8 @@ class Roles:
             return self._cache[key]  # None too: no role, as read a moment ago
         except KeyError:
             pass
-        async with self.db.read() as conn:
-            role: str | None = (
-                await conn.execute(query, {"user_id": key[1], "target_id": key[2]})
-            ).scalar()
+        row = await self.db.first(query, user_id=key[1], target_id=key[2])
+        role: str | None = row[0] if row is not None else None
         self._cache[key] = role
         return role
 
