@@ -16,44 +16,28 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
-import ctypes
 import json
 import os
 import re
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
-import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from contextlib import suppress
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from servers import Server, free_port, spawn, wait_ready  # noqa: E402 - beside this file
 
 from berth.config import Settings  # noqa: E402 - after the path is set
 from berth.state import Services  # noqa: E402
 
 PROJECT, REPOSITORY, USER = "bench", "app", "admin"
 TARGET_PER_SECOND = 1000
-PR_SET_PDEATHSIG = 1
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def _die_with_parent() -> None:
-    """preexec_fn: the kernel SIGTERMs the server when this process dies, even by SIGKILL."""
-    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 class Berth:
@@ -73,44 +57,20 @@ class Berth:
         if database_url:
             self.env["BERTH_DATABASE_URL"] = database_url
         self.log = data_dir / "server.log"
-        self.process: subprocess.Popen[bytes] | None = None
+        self.server: Server | None = None
 
-    def start(self, timeout: float = 60) -> None:
+    def start(self) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        with open(self.log, "ab") as log:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "berth.cli.main", "serve"],
-                env=self.env,
-                cwd=ROOT,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-                preexec_fn=_die_with_parent,
-            )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                sys.exit(f"berth serve exited:\n{self.log.read_text(errors='replace')}")
-            with (
-                suppress(OSError),
-                urllib.request.urlopen(f"{self.url}/healthz", timeout=2) as response,
-            ):
-                if response.status == 200:
-                    return
-            time.sleep(0.05)
-        sys.exit(f"berth serve not ready after {timeout}s")
+        argv = [sys.executable, "-m", "berth.cli.main", "serve"]
+        self.server = spawn("Berth", argv, self.env, self.log, self.port)
+        try:
+            wait_ready(self.server)
+        except RuntimeError as exc:
+            sys.exit(str(exc))
 
     def stop(self) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        with suppress(ProcessLookupError):
-            os.killpg(self.process.pid, signal.SIGTERM)
-        try:
-            self.process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            with suppress(ProcessLookupError):
-                os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait(timeout=5)
+        if self.server is not None:
+            self.server.stop()
 
     def setup(self) -> tuple[str, str]:
         """Project, repository and an access key for the administrator; (key ID, secret)."""

@@ -81,12 +81,6 @@ class Services:
             retry_base=settings.webhook_retry_base,
         )
         manifest_cache = ManifestCache(node_stamp(settings.data_dir))
-
-        def forget_cached() -> None:
-            """Access or content went with a deletion: cached roles, keys and manifests go."""
-            identity.forget_cached()
-            manifest_cache.changed()
-
         throttle = LoginThrottle(
             settings.login_failures_per_key, settings.login_failures_per_client
         )
@@ -95,7 +89,7 @@ class Services:
             db=db,
             store=store,
             repositories=Repositories(
-                db, settings.repository_quota, store=store, forget_access=forget_cached
+                db, settings.repository_quota, store=store, forget_access=identity.forget_cached
             ),
             registry=Registry(
                 db, store, settings.max_images_per_repository, manifest_cache=manifest_cache
@@ -134,7 +128,6 @@ class Services:
                 store,
                 grace_period=settings.gc_grace_period,
                 test_pause=settings.gc_test_pause,
-                content_changed=manifest_cache.changed,
             ),
             sessions=Sessions(db, settings.session_ttl),
             storage_check=storage_check,

@@ -16,9 +16,10 @@ from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerifyMismatchError
 from sqlalchemy import select, update
 
+from berth.access.expiring import ExpiringCache
 from berth.access.keyring import Keyring
 from berth.access.policy import Principal
-from berth.access.roles import has_role, short_lived_cache
+from berth.access.roles import CACHE_ENTRIES, CACHE_SECONDS, has_role
 from berth.domain.errors import Unauthorized
 from berth.metadata.database import Database
 from berth.metadata.tables import access_keys, users, utcnow
@@ -36,7 +37,6 @@ _ANY_KEY_ID = re.compile(KEY_ID_PATTERN)
 _KEY_ID = re.compile(rf"^BK[{KEY_ID_ALPHABET}]{{{KEY_ID_LENGTH - 2}}}$")
 # A key ID, perhaps mistyped: `BK` and 18 capitals or digits, which no user name has.
 _KEY_ID_LIKE = re.compile(rf"^BK[A-Z0-9]{{{KEY_ID_LENGTH - 2}}}$")
-_MISSING = object()
 
 # What a registry client that signed in with a user name and password is told.
 NOT_A_KEY = (
@@ -97,7 +97,9 @@ class Credentials:
         self.db = db
         self.keyring = keyring
         self.passwords = passwords  # argon2id
-        self._keys = short_lived_cache()
+        self._keys: ExpiringCache[str, KeyRecord | None] = ExpiringCache(
+            CACHE_ENTRIES, CACHE_SECONDS
+        )
         self._last_used: dict[str, float] = {}
 
     def forget(self) -> None:
@@ -105,9 +107,10 @@ class Credentials:
         self._keys.clear()
 
     async def key_record(self, key_id: str) -> KeyRecord | None:
-        cached = self._keys.get(key_id, _MISSING)
-        if cached is not _MISSING:
-            return cached  # type: ignore[no-any-return]
+        try:
+            return self._keys[key_id]  # None too: no such key, as read a moment ago
+        except KeyError:
+            pass
         async with self.db.read() as conn:
             row = (
                 await conn.execute(

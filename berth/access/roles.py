@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from cachetools import TTLCache
 from sqlalchemy import Select, bindparam, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from berth.access.expiring import ExpiringCache
 from berth.access.permissions import Action
 from berth.access.policy import (
     Principal,
@@ -24,8 +24,8 @@ from berth.metadata.tables import memberships, repositories, repository_grants
 # within it on every node.
 CACHE_SECONDS = 1.0
 CACHE_ENTRIES = 50_000
-_MISSING = object()
-# Built once: building a statement costs more than a cache hit, and every request asks.
+# Built once (bind parameters), read by `Database.first`: building a statement costs more
+# than a cache hit, and every request asks.
 _PROJECT_ROLE = select(memberships.c.role).where(
     memberships.c.user_id == bindparam("user_id"),
     memberships.c.project_id == bindparam("target_id"),
@@ -34,11 +34,6 @@ _REPOSITORY_ROLE = select(repository_grants.c.role).where(
     repository_grants.c.user_id == bindparam("user_id"),
     repository_grants.c.repository_id == bindparam("target_id"),
 )
-
-
-def short_lived_cache() -> TTLCache[Any, Any]:
-    """The cache behind access checks (roles, access keys)."""
-    return TTLCache(CACHE_ENTRIES, CACHE_SECONDS)
 
 
 async def has_role(conn: AsyncConnection, project_id: int, user_id: int) -> bool:
@@ -66,7 +61,9 @@ async def has_role(conn: AsyncConnection, project_id: int, user_id: int) -> bool
 class Roles:
     def __init__(self, db: Database) -> None:
         self.db = db
-        self._cache = short_lived_cache()
+        self._cache: ExpiringCache[tuple[str, int, int], str | None] = ExpiringCache(
+            CACHE_ENTRIES, CACHE_SECONDS
+        )
 
     def forget(self) -> None:
         """Drop cached roles (after some changed)."""
@@ -79,13 +76,12 @@ class Roles:
         return await self._role(("r", user_id, repository_id), _REPOSITORY_ROLE)
 
     async def _role(self, key: tuple[str, int, int], query: Select[Any]) -> str | None:
-        cached = self._cache.get(key, _MISSING)
-        if cached is not _MISSING:
-            return cached  # type: ignore[no-any-return]
-        async with self.db.read() as conn:
-            role: str | None = (
-                await conn.execute(query, {"user_id": key[1], "target_id": key[2]})
-            ).scalar()
+        try:
+            return self._cache[key]  # None too: no role, as read a moment ago
+        except KeyError:
+            pass
+        row = await self.db.first(query, user_id=key[1], target_id=key[2])
+        role: str | None = row[0] if row is not None else None
         self._cache[key] = role
         return role
 

@@ -1,7 +1,6 @@
 """Signed JWTs for the Docker token flow (ES256), and their verification.
 
-A verified token is cached by its string until it expires (a `cachetools.TLRUCache` whose
-entries live until the token's `exp`): the signature check is the costly part, and a token's
+A verified token is cached by its string until it expires (its `exp`): the signature check is the costly part, and a token's
 claims cannot change.
 """
 
@@ -13,8 +12,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import jwt
-from cachetools import TLRUCache
 
+from berth.access.expiring import ExpiringCache
 from berth.access.keyring import Keyring
 from berth.observability import metrics
 
@@ -41,17 +40,13 @@ class InvalidToken(Exception):
     pass
 
 
-def _until_expiry(_token: str, claims: TokenClaims, _now: float) -> float:
-    return claims.expires_at
-
-
 class Tokens:
     def __init__(self, keyring: Keyring, ttl_seconds: int, refresh_ttl_seconds: int) -> None:
         self.keyring = keyring
         self.ttl = ttl_seconds
         self.refresh_ttl = refresh_ttl_seconds
-        self._verified: TLRUCache[str, TokenClaims] = TLRUCache(
-            MAX_CACHED_TOKENS, _until_expiry, timer=time.time
+        self._verified: ExpiringCache[str, TokenClaims] = ExpiringCache(
+            MAX_CACHED_TOKENS, timer=time.time
         )
 
     def _sign(self, claims: dict[str, Any]) -> str:
@@ -143,7 +138,7 @@ class Tokens:
             float(claims["exp"]),
             access,
         )
-        self._verified[token] = verified
+        self._verified.put(token, verified, verified.expires_at)
         return verified
 
     def issue_api(

@@ -4,12 +4,16 @@ SQLite gets one writer connection that takes the write lock up front (BEGIN IMME
 writers never deadlock upgrading a read lock) and a pool of readers in WAL mode, in autocommit:
 each read statement sees the latest commit, with no BEGIN/ROLLBACK round trips. PostgreSQL
 gets one pool for both.
+
+A service that keeps what it read in memory (the manifest cache) learns of changes through
+`after_commit`: every insert, update or delete a write transaction runs is noted by its table,
+so no change can forget to say it changed something.
 """
 
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -18,7 +22,8 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
-from sqlalchemy.sql.dml import Insert
+from sqlalchemy.sql.dml import Insert, UpdateBase
+from sqlalchemy.sql.expression import TableClause
 
 from berth.domain.errors import StorageFull, Unavailable
 from berth.observability import metrics
@@ -65,6 +70,14 @@ def _sqlite_engine(url: str, *, writer: bool) -> AsyncEngine:
 
 
 _NAMED_SQLITE = sqlite.dialect(paramstyle="named")
+_WRITTEN = "berth.written_tables"  # in a connection's info: tables its transaction changed
+
+
+def _note_written_table(connection: Any, statement: Any, *_args: Any) -> None:
+    if isinstance(statement, UpdateBase):  # an insert, update or delete
+        table = statement.table
+        name = table.name if isinstance(table, TableClause) else str(table)
+        connection.info.setdefault(_WRITTEN, set()).add(name)
 
 
 class _SqlitePointReader:
@@ -126,6 +139,13 @@ class Database:
                 url, pool_size=10, max_overflow=10, pool_pre_ping=True
             )
             metrics.watch_pool(self.writer.sync_engine.pool, "shared", 10)
+        event.listen(self.writer.sync_engine, "after_execute", _note_written_table)
+        self._after_commit: list[tuple[frozenset[str], Callable[[], None]]] = []
+
+    def after_commit(self, tables: Iterable[str], hook: Callable[[], None]) -> None:
+        """Call `hook` once a write transaction that inserted, updated or deleted rows of any
+        of `tables` has committed (rows a cascade removed count as their parent's table's)."""
+        self._after_commit.append((frozenset(tables), hook))
 
     @asynccontextmanager
     async def write(self) -> AsyncIterator[AsyncConnection]:
@@ -135,7 +155,10 @@ class Database:
         Retry-After, 507), not a bare server error."""
         try:
             async with self.writer.begin() as connection:
+                written: set[str] = connection.info.setdefault(_WRITTEN, set())
+                written.clear()  # what a transaction rolled back on this connection noted
                 yield connection
+                changed = frozenset(written)
         except OperationalError as exc:
             condition = _write_condition(exc)
             if condition is None:
@@ -145,6 +168,9 @@ class Database:
             raise Unavailable(
                 "the database is busy with other writes; try again shortly", RETRY_AFTER_SECONDS
             ) from None
+        for tables, hook in self._after_commit:
+            if tables & changed:
+                hook()
 
     @asynccontextmanager
     async def read(self) -> AsyncIterator[AsyncConnection]:

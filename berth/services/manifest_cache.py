@@ -9,12 +9,13 @@ Two parts:
   for at most `FRESH_SECONDS` (the same second access checks are cached for). Only found
   references are kept: a tag pushed elsewhere is seen at once.
 
-Changes on this node are seen at once: every change of manifests or tags (push, tag move,
-delete, restore, garbage collection, deleting a repository or project) bumps the node's
-`ContentStamp` after its commit, and a fresh entry made under another stamp is not used. The
-stamp is a number in a small file of the data directory that each process maps into memory,
-so the node's other worker processes and its CLI verbs move it too; other nodes see a change
-within `FRESH_SECONDS`.
+Changes on this node are seen at once: every committed write transaction that changed rows of
+`CONTENT_TABLES` (a push, tag move, delete, restore, garbage collection, deleting a repository
+or project: whatever writes them, `Database.after_commit` sees it) bumps the node's
+`ContentStamp`, and a fresh entry made under another stamp is not used. The stamp is a number
+in a small file of the data directory that each process maps into memory (reading it is a
+memory read, no system call), so the node's other worker processes and its CLI verbs move it
+too; other nodes (their own data directories) see a change within `FRESH_SECONDS`.
 """
 
 from __future__ import annotations
@@ -35,6 +36,9 @@ CACHED_BYTES = 32 * 1024 * 1024
 LARGEST_CACHED = 1024 * 1024  # a larger manifest (rare: big indexes) is read every time
 ENTRY_OVERHEAD = 300  # bytes of Python objects around each entry's content, roughly
 STAMP_FILE = "manifest-stamp"
+# What a cached answer depends on: a repository's or a project's delete removes its manifests
+# and tags by cascade.
+CONTENT_TABLES = frozenset({"manifests", "tags", "repositories", "projects"})
 _STAMP = struct.Struct("<Q")
 
 

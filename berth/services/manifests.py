@@ -251,7 +251,6 @@ class ManifestContent:
                 )
                 subject = content_subject(repo, image, tag or digest)
                 await enqueue_event(conn, repo.project_id, IMAGE_PUSHED, data, subject)
-        self.manifest_cache.changed()
 
     async def _lock_repository(self, conn: Any, repo: RepositoryRef) -> None:
         """Serialize pushes to one repository, so the image count cannot be raced past its
@@ -497,7 +496,6 @@ class ManifestContent:
             await audit_content_change(
                 conn, action, repo, image, reference, actor=actor, client=client
             )
-        self.manifest_cache.changed()
 
     async def restore_tag(
         self, repo: RepositoryRef, image: str, tag: str, *, actor: str, client: str | None
@@ -548,5 +546,4 @@ class ManifestContent:
             data = content_data(repo, image, actor, tag=tag, digest=digest)
             subject = content_subject(repo, image, tag)
             await enqueue_event(conn, repo.project_id, TAG_RESTORED, data, subject)
-        self.manifest_cache.changed()
         return str(digest)

@@ -8,7 +8,7 @@ from cachetools import LRUCache
 from berth.metadata.database import Database
 from berth.services.blobs import VERIFIED_FILES_KEPT, BlobContent
 from berth.services.listings import ContentListings, Page
-from berth.services.manifest_cache import ManifestCache, StoredManifest
+from berth.services.manifest_cache import CONTENT_TABLES, ManifestCache, StoredManifest
 from berth.services.manifests import ManifestContent, PushedManifest, count_images
 from berth.storage.base import BlobStore
 
@@ -27,6 +27,7 @@ class Registry(BlobContent, ManifestContent, ContentListings):
     ) -> None:
         self.db = db
         self.manifest_cache = manifest_cache or ManifestCache()
+        db.after_commit(CONTENT_TABLES, self.manifest_cache.changed)
         self.store = store
         self.max_images = max_images
         self._verified = LRUCache(maxsize=VERIFIED_FILES_KEPT)

@@ -8,12 +8,12 @@ from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from typing import Any, Literal, get_args
 
-from cachetools import TTLCache
 from pydantic import Field
 from sqlalchemy import ColumnElement, bindparam, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from berth.access.expiring import ExpiringCache
 from berth.domain.errors import Conflict, InvalidValue, NameInvalid, NameUnknown, QuotaExceeded
 from berth.domain.names import ImageName, is_valid_component, name_unknown, project_name_problem
 from berth.domain.references import RepositoryRef
@@ -111,8 +111,8 @@ class Repositories:
         self.store = store
         self.forget_access = forget_access
         # Found repositories by (project, name), as `lookup` says.
-        self._cache: TTLCache[tuple[str, str], RepositoryRef] = TTLCache(
-            maxsize=REPOSITORY_CACHE_SIZE, ttl=REPOSITORY_CACHE_SECONDS
+        self._cache: ExpiringCache[tuple[str, str], RepositoryRef] = ExpiringCache(
+            REPOSITORY_CACHE_SIZE, REPOSITORY_CACHE_SECONDS
         )
 
     async def lookup(
@@ -333,8 +333,8 @@ class Repositories:
 
     def forget_project(self, project: str) -> None:
         """Drop the project's cached repositories (once it is deleted)."""
-        for key in [k for k in list(self._cache) if k[0] == project]:
-            self._cache.pop(key, None)
+        for key in [k for k in self._cache if k[0] == project]:
+            self._cache.pop(key)
 
     async def update(
         self,
@@ -383,7 +383,7 @@ class Repositories:
                     detail=audited,
                     client=client,
                 )
-        self._cache.pop((project, name), None)
+        self._cache.pop((project, name))
         return await self.show(project, name)
 
     async def delete(self, project: str, name: str, *, actor: str, client: str | None) -> None:
@@ -401,8 +401,8 @@ class Repositories:
             await write_audit_entry(
                 conn, actor, "repository.delete", project_id=project_id, target=name, client=client
             )
-        self._cache.pop((project, name), None)
-        self.forget_access()  # its grants, and its cached manifests
+        self._cache.pop((project, name))
+        self.forget_access()  # its grants
 
     async def list(self, project: str) -> list[Repository]:
         """Every repository of a project, by name."""

@@ -5,13 +5,16 @@ makes what was cached unusable at once. In-process, on SQLite."""
 from __future__ import annotations
 
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
 from sqlalchemy import update
 
 from berth.domain.errors import ManifestUnknown
-from berth.metadata.tables import manifests
+from berth.metadata.database import Database
+from berth.metadata.tables import audit_log, manifests
+from berth.services.gc import GarbageCollector
 from berth.services.manifest_cache import (
     FRESH_SECONDS,
     LARGEST_CACHED,
@@ -25,8 +28,14 @@ OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 
 
 async def damage_stored_manifests(scene: Scene) -> None:
-    async with scene.db.write() as conn:
-        await conn.execute(update(manifests).values(content=b'{"damaged": true}'))
+    """Behind the node's back: through a connection of its own, as another node writes (a
+    write through the node's own database voids the cache, as the test below shows)."""
+    elsewhere = Database(scene.db.url)
+    try:
+        async with elsewhere.write() as conn:
+            await conn.execute(update(manifests).values(content=b'{"damaged": true}'))
+    finally:
+        await elsewhere.dispose()
 
 
 def test_a_manifest_just_served_is_served_from_memory_until_the_node_changes_something(
@@ -74,6 +83,67 @@ def test_a_tag_moved_or_deleted_here_is_seen_at_once(tmp_path: Path) -> None:
             await scene.registry.get_manifest(scene.repo, "", second)
         with pytest.raises(ManifestUnknown):
             await scene.registry.get_manifest(scene.repo, "", "v2")
+
+    run(tmp_path, scenario)
+
+
+async def write_manifests_directly(scene: Scene) -> None:
+    async with scene.db.write() as conn:
+        await conn.execute(update(manifests).values(content=b'{"damaged": true}'))
+
+
+async def delete_repository(scene: Scene) -> None:
+    await scene.repositories.delete("acme", "app", actor="admin", client=None)
+
+
+async def delete_project(scene: Scene) -> None:
+    await scene.repositories.delete_project("acme", confirm="acme", actor="admin")
+
+
+async def collect_garbage(scene: Scene) -> None:
+    collector = GarbageCollector(scene.db, scene.registry.store, grace_period=0)
+    await collector.run("acme", delete_untagged=True, actor="admin")
+
+
+@pytest.mark.parametrize(
+    "change", [write_manifests_directly, delete_repository, delete_project, collect_garbage]
+)
+def test_every_change_of_content_on_the_node_voids_the_cache(
+    tmp_path: Path, change: Callable[[Scene], Awaitable[None]]
+) -> None:
+    """Whatever code commits a write to manifests or tags (or deletes what holds them), the
+    node's cache is voided: no service has to remember to say so. The image is untagged
+    first, so that garbage collection may take it, and served by digest from the cache."""
+
+    async def scenario(scene: Scene) -> None:
+        digest, _layer = await scene.push_image("v1")
+        await scene.registry.delete_manifest(scene.repo, "", "v1", actor="a", client=None)
+        served = await scene.registry.get_manifest(scene.repo, "", digest)
+        assert await scene.registry.get_manifest(scene.repo, "", digest) == served
+
+        await change(scene)
+        with pytest.raises(ManifestUnknown):
+            await scene.registry.get_manifest(scene.repo, "", digest)
+
+    run(tmp_path, scenario)
+
+
+def test_writes_that_change_no_content_keep_the_cache(tmp_path: Path) -> None:
+    """A transaction rolled back, one that writes other tables only, or a push of what is
+    there already (docker pushes every image again) voids nothing."""
+
+    async def scenario(scene: Scene) -> None:
+        await scene.push_image("v1")
+        served = await scene.registry.get_manifest(scene.repo, "", "v1")
+        with pytest.raises(RuntimeError):
+            async with scene.db.write() as conn:
+                await conn.execute(update(manifests).values(content=b'{"damaged": true}'))
+                raise RuntimeError("rolled back")
+        async with scene.db.write() as conn:
+            await conn.execute(update(audit_log).values(client="198.51.100.1"))
+        await scene.registry.put_manifest(scene.repo, "", "v1", served.content, OCI_MANIFEST)
+        await damage_stored_manifests(scene)  # unseen while the cache holds the manifest
+        assert await scene.registry.get_manifest(scene.repo, "", "v1") == served
 
     run(tmp_path, scenario)
 

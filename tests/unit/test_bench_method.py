@@ -56,3 +56,11 @@ def test_a_busy_machine_is_named_in_a_warning_and_a_quiet_one_is_not() -> None:
     assert "run 2 at 1.01, run 3 at 4.52" in warning and "run 1" not in warning
     assert "above 1.00" in warning and "2 cores" in warning
     assert method.load_warning(["1.5 1 1 1/1 1"], cores=4) is None
+
+
+def test_what_was_measured_by_hand_survives_the_next_make_bench() -> None:
+    """`make bench` rewrites BENCHMARKS.md and appends bench/findings.md: a figure written by
+    hand anywhere else in BENCHMARKS.md would be lost at its next run."""
+    findings = (ROOT / "bench" / "findings.md").read_text()
+    assert "(measured by hand)" in findings
+    assert (ROOT / "BENCHMARKS.md").read_text().endswith(findings)

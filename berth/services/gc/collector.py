@@ -11,7 +11,6 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy import select, update
@@ -63,11 +62,8 @@ class GarbageCollector:
         *,
         grace_period: float = 3600,
         test_pause: str = "",
-        content_changed: Callable[[], None] | None = None,
     ) -> None:
         self.db = db
-        # Manifests deleted: cached ones go (services/manifest_cache.py).
-        self.content_changed = content_changed or (lambda: None)
         self.store = store
         self.grace_period = grace_period
         self._pause = parse_test_pause(test_pause)
@@ -338,7 +334,6 @@ class GarbageCollector:
         restricted_at = time.monotonic()
         await self._pause_in(MARKING)
         decision = await self.decider.decide(run, dry_run=False)
-        self.content_changed()
         restricted = time.monotonic() - restricted_at
         async with self.db.write() as conn:
             await conn.execute(
