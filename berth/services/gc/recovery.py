@@ -85,20 +85,36 @@ class Recovery:
         leases = await self.leases.read(lease_name(r.project_id) for r in running)
         now = utcnow()
         for row in running:
+            if row.id in self.active:
+                continue  # this process carries it out, or is taking it over just now
             name = lease_name(row.project_id)
             lease = leases.get(name)
             if lease is not None and lease.expires_at > now and self._holder_alive(lease, row.id):
                 continue  # its holder is at work
-            if not await self.leases.take_over(name, lease, LEASE_SECONDS):
-                continue
-            run = await self.runs.load(row.id)
-            if run.phase in BEFORE_DELETING:
-                logger.warning("gc run %s was interrupted before deleting: rolling back", run.id)
-                await self.runs.roll_back(run, "interrupted (its process stopped) before deleting")
-                await self.release(run.project_id)
-                continue
-            logger.warning("gc run %s was interrupted while sweeping: finishing it", run.id)
-            if resume_here:
-                await self._finish_here(run.id)
-            else:
-                self._finish_in_background(run.id)
+            # Ours before the take-over's first await: another recovery in this process (the
+            # periodic one and a start in the project) would otherwise see our fresh lease
+            # with the run not yet active, take it over again and carry it out twice.
+            self.active.add(row.id)
+            handed_over = False
+            try:
+                if not await self.leases.take_over(name, lease, LEASE_SECONDS):
+                    continue
+                run = await self.runs.load(row.id)
+                if run.phase in BEFORE_DELETING:
+                    logger.warning(
+                        "gc run %s was interrupted before deleting: rolling back", run.id
+                    )
+                    await self.runs.roll_back(
+                        run, "interrupted (its process stopped) before deleting"
+                    )
+                    await self.release(run.project_id)
+                    continue
+                logger.warning("gc run %s was interrupted while sweeping: finishing it", run.id)
+                handed_over = True  # `execute` lets it go when it ends
+                if resume_here:
+                    await self._finish_here(run.id)
+                else:
+                    self._finish_in_background(run.id)
+            finally:
+                if not handed_over:
+                    self.active.discard(row.id)

@@ -21,6 +21,7 @@ from berth.metadata.tables import gc_runs, job_leases, project_settings, utcnow
 from berth.services.gc import GarbageCollector, GcAlreadyRunning, Run
 from berth.services.gc.recovery import lease_name
 from berth.services.gc.restrictions import ensure_writable
+from berth.services.gc.runs import RunRow
 from berth.storage.filesystem import FilesystemBlobStore
 from tests.unit.gc.on_sqlite import open_registry, what_is_left
 from tests.unit.gc.scenarios import GRACE, OLD, PROJECT, Content, digest
@@ -127,6 +128,40 @@ def test_a_run_interrupted_while_sweeping_is_finished_by_recovery(tmp_path: Path
     on_registry(tmp_path, scenario)
 
 
+def test_two_recoveries_in_one_process_take_a_run_over_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def scenario(db: Database, store: FilesystemBlobStore) -> None:
+        stopped = GarbageCollector(db, store, grace_period=GRACE)
+        run = await stopped.start_run(
+            PROJECT, dry_run=False, delete_untagged=False, actor="a", here=False
+        )
+        async with db.write() as conn:  # as if step 2 had committed before the crash
+            await conn.execute(update(gc_runs).values(phase="sweeping"))
+        restarted = GarbageCollector(db, store, grace_period=GRACE)
+        load = restarted.runs.load
+
+        async def slow_load(run_id: int) -> RunRow:
+            await asyncio.sleep(0.3)  # the first recovery holds the fresh lease meanwhile
+            return await load(run_id)
+
+        monkeypatch.setattr(restarted.runs, "load", slow_load)
+
+        async def a_start_in_the_project_a_moment_later() -> None:
+            await asyncio.sleep(0.1)
+            await restarted.recovery.recover(resume_here=True)
+
+        await asyncio.gather(
+            restarted.recovery.recover(resume_here=True), a_start_in_the_project_a_moment_later()
+        )
+        assert (await restarted.get_run(PROJECT, run.id)).state == "succeeded"
+
+    with caplog.at_level("WARNING", logger="berth.gc"):
+        on_registry(tmp_path, scenario)
+    finishing = [r for r in caplog.records if "interrupted while sweeping" in r.getMessage()]
+    assert len(finishing) == 1
+
+
 def test_a_new_run_is_its_process_s_before_it_is_carried_out(tmp_path: Path) -> None:
     async def scenario(db: Database, store: FilesystemBlobStore) -> None:
         collector = GarbageCollector(db, store, grace_period=GRACE)
@@ -167,12 +202,13 @@ def test_a_run_another_machine_holds_is_left_alone_until_its_lease_lapses(
     tmp_path: Path,
 ) -> None:
     async def scenario(db: Database, store: FilesystemBlobStore) -> None:
-        collector = GarbageCollector(db, store, grace_period=GRACE)
-        run = await collector.start_run(
+        started = GarbageCollector(db, store, grace_period=GRACE)
+        run = await started.start_run(
             PROJECT, dry_run=False, delete_untagged=False, actor="a", here=False
         )
         elsewhere = "another-machine:1"
         await hand_lease_to(db, elsewhere, utcnow() + dt.timedelta(minutes=1))
+        collector = GarbageCollector(db, store, grace_period=GRACE)
         await collector.recovery.recover()
         assert (await collector.get_run(PROJECT, run.id)).state == "running"
 
