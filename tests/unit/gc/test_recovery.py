@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import json
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -17,11 +18,12 @@ from sqlalchemy import select, update
 from berth.domain.errors import Denied
 from berth.jobs.leases import Leases
 from berth.metadata.database import Database
-from berth.metadata.tables import gc_runs, job_leases, project_settings, utcnow
+from berth.metadata.tables import gc_runs, job_leases, project_settings, utcnow, webhook_events
 from berth.services.gc import GarbageCollector, GcAlreadyRunning, Run
 from berth.services.gc.recovery import lease_name
 from berth.services.gc.restrictions import ensure_writable
 from berth.services.gc.runs import RunRow
+from berth.services.webhook_events import GC_FINISHED
 from berth.storage.filesystem import FilesystemBlobStore
 from tests.unit.gc.on_sqlite import open_registry, what_is_left
 from tests.unit.gc.scenarios import GRACE, OLD, PROJECT, Content, digest
@@ -71,6 +73,19 @@ def finished(run: Run) -> bool:
     return run.state != "running"
 
 
+async def gc_finished_events(db: Database) -> list[str]:
+    """The states of the runs whose `gc.finished` webhook event is queued, in order."""
+    async with db.read() as conn:
+        payloads = (
+            await conn.execute(
+                select(webhook_events.c.payload)
+                .where(webhook_events.c.type == GC_FINISHED)
+                .order_by(webhook_events.c.id)
+            )
+        ).scalars()
+        return [json.loads(payload)["data"]["gc_run"]["state"] for payload in payloads]
+
+
 async def hand_lease_to(db: Database, holder: str, expires_at: dt.datetime) -> None:
     async with db.write() as conn:
         await conn.execute(update(job_leases).values(holder=holder, expires_at=expires_at))
@@ -101,6 +116,7 @@ def test_a_run_whose_process_stopped_before_deleting_is_rolled_back(tmp_path: Pa
         after = await restarted.get_run(PROJECT, run.id)
         assert after.state == "rolled_back"
         assert after.error is not None and "nothing changed" in after.error
+        assert await gc_finished_events(db) == ["rolled_back"]
         assert digest("orphan") in (await what_is_left(db, store)).files
         # The lease is free again: a new run starts at once.
         again = await restarted.run(PROJECT, actor="b")
@@ -155,6 +171,7 @@ def test_two_recoveries_in_one_process_take_a_run_over_once(
             restarted.recovery.recover(resume_here=True), a_start_in_the_project_a_moment_later()
         )
         assert (await restarted.get_run(PROJECT, run.id)).state == "succeeded"
+        assert await gc_finished_events(db) == ["succeeded"]
 
     with caplog.at_level("WARNING", logger="berth.gc"):
         on_registry(tmp_path, scenario)
@@ -192,6 +209,7 @@ def test_a_run_recovered_before_its_process_carries_it_out_restricts_nothing(
         # run that can no longer lift the restriction.
         after = await late.execute(run.id)
         assert after.state == "rolled_back"
+        assert await gc_finished_events(db) == ["rolled_back"]  # queued by whoever ended it
         assert await restricted_by(db) is None
         assert digest("orphan") in (await what_is_left(db, store)).files
 
@@ -247,6 +265,7 @@ def test_a_stopping_server_rolls_back_the_run_it_was_deciding(tmp_path: Path) ->
         await collector.stop()
         after = await collector.get_run(PROJECT, run.id)
         assert after.state == "rolled_back"
+        assert await gc_finished_events(db) == ["rolled_back"]
         assert await restricted_by(db) is None
 
     on_registry(tmp_path, scenario)
