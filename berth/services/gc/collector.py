@@ -279,7 +279,8 @@ class GarbageCollector:
         run's own failures: they are recorded in it."""
         self.recovery.active.add(run_id)
         run = await self.runs.load(run_id)
-        heartbeat = self.recovery.heartbeat(run.project_id)
+        lost = asyncio.Event()
+        heartbeat = self.recovery.heartbeat(run.project_id, lost)
         heartbeat.start()
         try:
             unlinked: frozenset[str] = frozenset()
@@ -289,7 +290,7 @@ class GarbageCollector:
                     return await self.runs.record(run_id)
                 unlinked = await self._mark(run)
             await self.sweeper.list_for_sweep(run, unlinked)
-            await self.sweeper.sweep(run, progress)
+            await self.sweeper.sweep(run, progress, lost)
             await self.runs.finish(run)
         except asyncio.CancelledError:
             # This process is stopping: leave the run as any other process can pick it up.

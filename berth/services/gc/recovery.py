@@ -8,6 +8,7 @@ after, its sweep is finished.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 
@@ -53,13 +54,20 @@ class Recovery:
     def holder(self) -> str:
         return self.leases.holder
 
-    def heartbeat(self, project_id: int) -> Periodic:
-        """Renews the run's lease while it works (start it; stop it when the run ends)."""
+    def heartbeat(self, project_id: int, lost: asyncio.Event) -> Periodic:
+        """Renews the run's lease while it works (start it; stop it when the run ends). Sets
+        `lost` once the lease is another process's: it took the run over (this one stalled
+        past the lease), and the run is its to finish."""
         name = lease_name(project_id)
+
+        async def renew() -> None:
+            if not await self.leases.renew(name, LEASE_SECONDS):
+                lost.set()
+
         return Periodic(
             f"gc lease {name}",
             HEARTBEAT_SECONDS,
-            lambda: self.leases.renew(name, LEASE_SECONDS),
+            renew,
             failure=f"gc: could not renew the lease {name}",
         )
 

@@ -19,7 +19,7 @@ from berth.domain.errors import Denied
 from berth.jobs.leases import Leases
 from berth.metadata.database import Database
 from berth.metadata.tables import gc_runs, job_leases, project_settings, utcnow, webhook_events
-from berth.services.gc import GarbageCollector, GcAlreadyRunning, Run
+from berth.services.gc import GarbageCollector, GcAlreadyRunning, Run, recovery
 from berth.services.gc.recovery import lease_name
 from berth.services.gc.restrictions import ensure_writable
 from berth.services.gc.runs import RunRow
@@ -235,6 +235,28 @@ def test_a_run_another_machine_holds_is_left_alone_until_its_lease_lapses(
         assert (await collector.get_run(PROJECT, run.id)).state == "rolled_back"
         leases = await Leases(db, "reader").read([lease_name(1)])
         assert leases[lease_name(1)].holder == collector.holder
+
+    on_registry(tmp_path, scenario)
+
+
+def test_a_run_that_lost_its_lease_stops_sweeping_and_leaves_the_run_to_its_new_holder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(recovery, "HEARTBEAT_SECONDS", 0.05)
+
+    async def scenario(db: Database, store: FilesystemBlobStore) -> None:
+        collector = GarbageCollector(db, store, grace_period=GRACE, test_pause="sweeping=0.5")
+        carried_out = asyncio.create_task(collector.run(PROJECT, actor="a"))
+        while (current := await collector.current(PROJECT)) is None or current.phase != "sweeping":
+            await asyncio.sleep(0.02)
+        # This process stalled past its lease; a process elsewhere took the run over.
+        elsewhere = "another-machine:1"
+        await hand_lease_to(db, elsewhere, utcnow() + dt.timedelta(minutes=1))
+        after = await carried_out
+        assert after.state == "running"  # the new holder finishes it, and reports it
+        assert await gc_finished_events(db) == []
+        leases = await Leases(db, "reader").read([lease_name(1)])
+        assert leases[lease_name(1)].holder == elsewhere
 
     on_registry(tmp_path, scenario)
 
