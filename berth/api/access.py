@@ -30,6 +30,7 @@ from berth.api.deps import (
 from berth.api.problems import FieldError, responses
 from berth.domain.errors import Denied, NameUnknown
 from berth.metadata.tables import utcnow
+from berth.services.keys import AccessKey
 from berth.services.members import Grant, Member
 
 router = APIRouter(prefix="/projects/{project}", tags=["access"])
@@ -39,16 +40,6 @@ RepositoryRole = Literal["member", "viewer"]
 
 
 # ---------------------------------------------------------------- access keys
-
-
-class AccessKey(BaseModel):
-    access_key_id: str
-    user: str
-    project: str
-    created_at: dt.datetime
-    last_used_at: dt.datetime | None
-    expires_at: dt.datetime | None
-    state: Literal["active", "disabled", "expired"]
 
 
 class NewAccessKey(BaseModel):
@@ -99,8 +90,8 @@ async def _key_in_project(ctx: ProjectContext, key_id: str) -> dict[str, Any]:
 
 async def _key(ctx: ProjectContext, key_id: str) -> AccessKey:
     for key in await ctx.services.identity.keys.list_keys(project=ctx.project):
-        if key["access_key_id"] == key_id:
-            return AccessKey.model_validate(key)
+        if key.access_key_id == key_id:
+            return key
     raise NameUnknown(f"access key {key_id} does not exist in project {ctx.project!r}")
 
 
@@ -115,8 +106,7 @@ async def list_keys(
         if user is not None and user != ctx.actor:
             raise Denied("only project admins see other users' access keys")
         user = ctx.actor
-    found = await ctx.services.identity.keys.list_keys(user=user, project=ctx.project)
-    return [AccessKey.model_validate(k) for k in found]
+    return await ctx.services.identity.keys.list_keys(user=user, project=ctx.project)
 
 
 @router.post("/keys", status_code=201, tags=["access keys"], responses=responses(404))
