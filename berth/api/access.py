@@ -9,11 +9,12 @@ admins; the audit log is theirs to read.
 from __future__ import annotations
 
 import datetime as dt
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Response
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from berth.access.permissions import ProjectRole, RepositoryRole
 from berth.access.policy import can_manage_key
 from berth.api.deps import (
     COMPONENT_PATTERN,
@@ -34,9 +35,6 @@ from berth.services.keys import AccessKey
 from berth.services.members import Grant, Member
 
 router = APIRouter(prefix="/projects/{project}", tags=["access"])
-
-ProjectRole = Literal["admin", "member", "reader"]
-RepositoryRole = Literal["member", "viewer"]
 
 
 # ---------------------------------------------------------------- access keys
