@@ -661,7 +661,7 @@ def test_an_expired_key_stops_working(world: World) -> None:
     assert "expired" in message(private_pull_token(world, credentials))
     assert_unauthorized(pull_with_token(world, token))
     listed = world.server._services(lambda s: s.identity.keys.list_keys(project=P))
-    assert {k["access_key_id"]: k["state"] for k in listed}[credentials[0]] == "expired"
+    assert {k.access_key_id: k.state for k in listed}[credentials[0]] == "expired"
 
 
 def test_a_disabled_key_stops_working_and_works_again_when_enabled(world: World) -> None:

@@ -9,11 +9,12 @@ admins; the audit log is theirs to read.
 from __future__ import annotations
 
 import datetime as dt
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Response
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from berth.access.permissions import ProjectRole, RepositoryRole
 from berth.access.policy import can_manage_key
 from berth.api.deps import (
     COMPONENT_PATTERN,
@@ -30,25 +31,13 @@ from berth.api.deps import (
 from berth.api.problems import FieldError, responses
 from berth.domain.errors import Denied, NameUnknown
 from berth.metadata.tables import utcnow
+from berth.services.keys import AccessKey
 from berth.services.members import Grant, Member
 
 router = APIRouter(prefix="/projects/{project}", tags=["access"])
 
-ProjectRole = Literal["admin", "member", "reader"]
-RepositoryRole = Literal["member", "viewer"]
-
 
 # ---------------------------------------------------------------- access keys
-
-
-class AccessKey(BaseModel):
-    access_key_id: str
-    user: str
-    project: str
-    created_at: dt.datetime
-    last_used_at: dt.datetime | None
-    expires_at: dt.datetime | None
-    state: Literal["active", "disabled", "expired"]
 
 
 class NewAccessKey(BaseModel):
@@ -99,8 +88,8 @@ async def _key_in_project(ctx: ProjectContext, key_id: str) -> dict[str, Any]:
 
 async def _key(ctx: ProjectContext, key_id: str) -> AccessKey:
     for key in await ctx.services.identity.keys.list_keys(project=ctx.project):
-        if key["access_key_id"] == key_id:
-            return AccessKey.model_validate(key)
+        if key.access_key_id == key_id:
+            return key
     raise NameUnknown(f"access key {key_id} does not exist in project {ctx.project!r}")
 
 
@@ -115,8 +104,7 @@ async def list_keys(
         if user is not None and user != ctx.actor:
             raise Denied("only project admins see other users' access keys")
         user = ctx.actor
-    found = await ctx.services.identity.keys.list_keys(user=user, project=ctx.project)
-    return [AccessKey.model_validate(k) for k in found]
+    return await ctx.services.identity.keys.list_keys(user=user, project=ctx.project)
 
 
 @router.post("/keys", status_code=201, tags=["access keys"], responses=responses(404))

@@ -19,6 +19,7 @@ from berth.cli.common import (
     show_rows,
 )
 from berth.services.keys import CreatedKey
+from berth.services.records import plain
 from berth.state import Services
 
 key_app = typer.Typer(help="Access keys for docker login and other clients.", no_args_is_help=True)
@@ -70,7 +71,7 @@ def key_list(
     found = run_service(lambda s: s.identity.keys.list_keys(user=user, project=project))
     show_rows(
         json_output,
-        found,
+        plain(found),
         [
             "access_key_id",
             "user",

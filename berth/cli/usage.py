@@ -64,9 +64,13 @@ def usage(
     async def gather(s: Services) -> dict[str, Any]:
         if collect:
             await s.usage.collect(project)
+        storage = await s.usage.storage(project, days)
+        # One reading of the last sample for both: the server's scheduled collection may
+        # record a newer one between the two calls.
+        summary = (await s.usage.summary(project)).model_copy(update={"storage": storage.last})
         return {
-            "summary": await s.usage.summary(project),
-            "storage": await s.usage.storage(project, days),
+            "summary": summary,
+            "storage": storage,
             "traffic": await s.usage.traffic(project, days=min(days, 92)),
         }
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import datetime as dt
 import secrets
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -18,6 +18,7 @@ from berth.metadata.audit import write_audit_entry
 from berth.metadata.database import Database
 from berth.metadata.lookups import require_project, require_user_row
 from berth.metadata.tables import access_keys, projects, users, utcnow
+from berth.services.records import Record
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,6 +37,18 @@ class CreatedKey:
             "project": self.project,
             "expires_at": self.expires_at.isoformat() if self.expires_at else None,
         }
+
+
+class AccessKey(Record):
+    """An access key as its owner and project admins see it (never its secret)."""
+
+    access_key_id: str
+    user: str
+    project: str
+    created_at: dt.datetime
+    last_used_at: dt.datetime | None
+    expires_at: dt.datetime | None
+    state: Literal["active", "disabled", "expired"]
 
 
 def new_key_id() -> str:
@@ -111,7 +124,7 @@ class Keys:
 
     async def list_keys(
         self, *, user: str | None = None, project: str | None = None
-    ) -> list[dict[str, Any]]:
+    ) -> list[AccessKey]:
         query = (
             select(access_keys, users.c.name.label("user"), projects.c.name.label("project"))
             .join(users, users.c.id == access_keys.c.user_id)
@@ -126,19 +139,19 @@ class Keys:
         async with self.db.read() as conn:
             rows = (await conn.execute(query)).all()
         return [
-            {
-                "access_key_id": r.id,
-                "user": r.user,
-                "project": r.project,
-                "created_at": r.created_at.isoformat(),
-                "last_used_at": r.last_used_at.isoformat() if r.last_used_at else None,
-                "expires_at": r.expires_at.isoformat() if r.expires_at else None,
-                "state": "disabled"
+            AccessKey(
+                access_key_id=r.id,
+                user=r.user,
+                project=r.project,
+                created_at=r.created_at,
+                last_used_at=r.last_used_at,
+                expires_at=r.expires_at,
+                state="disabled"
                 if r.disabled
                 else "expired"
                 if r.expires_at and r.expires_at <= now
                 else "active",
-            }
+            )
             for r in rows
         ]
 

@@ -20,7 +20,6 @@ from berth.jobs.periodic import Periodic
 from berth.metadata.audit import write_audit_entry
 from berth.metadata.database import Database
 from berth.metadata.tables import gc_runs, gc_sweep, utcnow
-from berth.observability import metrics
 from berth.services.gc.decide import Decider, DryRunDone, RunLost
 from berth.services.gc.recovery import LEASE_SECONDS, RECOVERY_SECONDS, Recovery, lease_name
 from berth.services.gc.restrictions import impose_restriction
@@ -38,7 +37,6 @@ from berth.services.gc.runs import (
     young_values,
 )
 from berth.services.gc.sweep import Sweeper
-from berth.services.webhook_events import GC_FINISHED, EventData, GcRunSummary, enqueue_event_now
 from berth.storage.base import BlobStore
 
 logger = logging.getLogger("berth.gc")
@@ -277,17 +275,18 @@ class GarbageCollector:
         run's own failures: they are recorded in it."""
         self.recovery.active.add(run_id)
         run = await self.runs.load(run_id)
-        heartbeat = self.recovery.heartbeat(run.project_id)
+        lost = asyncio.Event()
+        heartbeat = self.recovery.heartbeat(run.project_id, lost)
         heartbeat.start()
         try:
             unlinked: frozenset[str] = frozenset()
             if run.phase in BEFORE_DELETING:
                 if run.dry_run:
                     await self._dry_run(run)
-                    return await self._ended(run.project_id, run_id)
+                    return await self.runs.record(run_id)
                 unlinked = await self._mark(run)
             await self.sweeper.list_for_sweep(run, unlinked)
-            await self.sweeper.sweep(run, progress)
+            await self.sweeper.sweep(run, progress, lost)
             await self.runs.finish(run)
         except asyncio.CancelledError:
             # This process is stopping: leave the run as any other process can pick it up.
@@ -305,24 +304,7 @@ class GarbageCollector:
             self.recovery.active.discard(run_id)
             with contextlib.suppress(Exception):
                 await self.recovery.release(run.project_id)
-        return await self._ended(run.project_id, run_id)
-
-    async def _ended(self, project_id: int, run_id: int) -> Run:
-        """The run as it ended: counted in the metrics, and its webhook event queued."""
-        ended = _reported(await self.runs.record(run_id))
-        if ended.state != RUNNING:
-            summary = GcRunSummary(
-                id=ended.id,
-                state=ended.state,
-                dry_run=ended.dry_run,
-                images_deleted=ended.images_deleted,
-                blobs_deleted=ended.blobs_deleted,
-                bytes_freed=ended.bytes_freed,
-                duration_seconds=ended.duration_seconds,
-            )
-            data = EventData(project=ended.project, actor=ended.actor, gc_run=summary)
-            await enqueue_event_now(self.db, project_id, GC_FINISHED, data, f"gc/runs/{ended.id}")
-        return ended
+        return await self.runs.record(run_id)
 
     async def _mark(self, run: RunRow) -> frozenset[str]:
         """Steps 1 and 2: restrict, decide and delete, lift the restriction. Returns the
@@ -408,16 +390,3 @@ class GarbageCollector:
         """A page of the project's runs, newest first, and how many runs there are."""
         runs = await self.runs.history(project, limit=limit, offset=offset)
         return runs, await self.runs.count(project)
-
-
-def _reported(run: Run) -> Run:
-    """A finished run counted in the metrics (a run another process took over is not)."""
-    if run.state != RUNNING:
-        metrics.gc_run_finished(
-            "dry_run" if run.dry_run and run.state == "succeeded" else run.state,
-            run.duration_seconds,
-            run.restricted_seconds,
-            run.bytes_freed,
-            run.storage_bytes_freed,
-        )
-    return run

@@ -8,6 +8,7 @@ after, its sweep is finished.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 
@@ -53,13 +54,20 @@ class Recovery:
     def holder(self) -> str:
         return self.leases.holder
 
-    def heartbeat(self, project_id: int) -> Periodic:
-        """Renews the run's lease while it works (start it; stop it when the run ends)."""
+    def heartbeat(self, project_id: int, lost: asyncio.Event) -> Periodic:
+        """Renews the run's lease while it works (start it; stop it when the run ends). Sets
+        `lost` once the lease is another process's: it took the run over (this one stalled
+        past the lease), and the run is its to finish."""
         name = lease_name(project_id)
+
+        async def renew() -> None:
+            if not await self.leases.renew(name, LEASE_SECONDS):
+                lost.set()
+
         return Periodic(
             f"gc lease {name}",
             HEARTBEAT_SECONDS,
-            lambda: self.leases.renew(name, LEASE_SECONDS),
+            renew,
             failure=f"gc: could not renew the lease {name}",
         )
 
@@ -85,20 +93,36 @@ class Recovery:
         leases = await self.leases.read(lease_name(r.project_id) for r in running)
         now = utcnow()
         for row in running:
+            if row.id in self.active:
+                continue  # this process carries it out, or is taking it over just now
             name = lease_name(row.project_id)
             lease = leases.get(name)
             if lease is not None and lease.expires_at > now and self._holder_alive(lease, row.id):
                 continue  # its holder is at work
-            if not await self.leases.take_over(name, lease, LEASE_SECONDS):
-                continue
-            run = await self.runs.load(row.id)
-            if run.phase in BEFORE_DELETING:
-                logger.warning("gc run %s was interrupted before deleting: rolling back", run.id)
-                await self.runs.roll_back(run, "interrupted (its process stopped) before deleting")
-                await self.release(run.project_id)
-                continue
-            logger.warning("gc run %s was interrupted while sweeping: finishing it", run.id)
-            if resume_here:
-                await self._finish_here(run.id)
-            else:
-                self._finish_in_background(run.id)
+            # Ours before the take-over's first await: another recovery in this process (the
+            # periodic one and a start in the project) would otherwise see our fresh lease
+            # with the run not yet active, take it over again and carry it out twice.
+            self.active.add(row.id)
+            handed_over = False
+            try:
+                if not await self.leases.take_over(name, lease, LEASE_SECONDS):
+                    continue
+                run = await self.runs.load(row.id)
+                if run.phase in BEFORE_DELETING:
+                    logger.warning(
+                        "gc run %s was interrupted before deleting: rolling back", run.id
+                    )
+                    await self.runs.roll_back(
+                        run, "interrupted (its process stopped) before deleting"
+                    )
+                    await self.release(run.project_id)
+                    continue
+                logger.warning("gc run %s was interrupted while sweeping: finishing it", run.id)
+                handed_over = True  # `execute` lets it go when it ends
+                if resume_here:
+                    await self._finish_here(run.id)
+                else:
+                    self._finish_in_background(run.id)
+            finally:
+                if not handed_over:
+                    self.active.discard(row.id)

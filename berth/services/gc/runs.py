@@ -3,7 +3,9 @@
 A run only moves forward: `running` through the phases queued, marking, sweeping (a dry run
 skips it), then `succeeded` with phase done; or `failed` / `rolled_back`, keeping the phase it
 stopped in. Each transition is a conditional UPDATE on `state = running` (and the phase it leaves
-where that matters), so a run recovered by another process meanwhile is not moved twice.
+where that matters), so a run recovered by another process meanwhile is not moved twice. The
+transition that ends a run queues its `gc.finished` event in its transaction and counts it in the
+metrics, once, whichever process ended it.
 """
 
 from __future__ import annotations
@@ -21,8 +23,10 @@ from berth.domain.errors import RegistryError
 from berth.metadata.database import Database
 from berth.metadata.lookups import require_project
 from berth.metadata.tables import gc_runs, project_settings, projects, utcnow
+from berth.observability import metrics
 from berth.services.gc.reachability import Young, collectable_from
 from berth.services.gc.restrictions import lift_restriction
+from berth.services.webhook_events import GC_FINISHED, EventData, GcRunSummary, enqueue_event
 
 # States of a run; `phase` says where a running one is.
 RUNNING, SUCCEEDED, FAILED, ROLLED_BACK = "running", "succeeded", "failed", "rolled_back"
@@ -263,36 +267,39 @@ class RunBook:
         )
         return moved.rowcount == 1
 
-    async def succeed(self, run_id: int, values: dict[str, Any]) -> bool:
-        """Running -> succeeded (phase done), with these figures. False when it was not
-        running any more."""
+    async def succeed(self, run_id: int, values: dict[str, Any]) -> None:
+        """Running -> succeeded (phase done), with these figures (nothing when it was not
+        running any more)."""
         async with self.db.write() as conn:
-            return await self.succeed_in(conn, run_id, values)
+            ended = await self._succeed_in(conn, run_id, values)
+        _reported(ended)
 
-    async def succeed_in(
+    async def _succeed_in(
         self,
         conn: AsyncConnection,
         run_id: int,
         values: dict[str, Any],
         now: dt.datetime | None = None,
-    ) -> bool:
+    ) -> Run | None:
         finished = await conn.execute(
             update(gc_runs)
             .where(gc_runs.c.id == run_id, gc_runs.c.state == RUNNING)
             .values(state=SUCCEEDED, phase=DONE, finished_at=now or utcnow(), **values)
         )
-        return bool(finished.rowcount)
+        return await self._ended_in(conn, run_id) if finished.rowcount else None
 
     async def finish(self, run: RunRow) -> None:
         """The run succeeded: it and the project's last collection say so at the same time."""
         now = utcnow()
         async with self.db.write() as conn:
-            if await self.succeed_in(conn, run.id, {}, now):
+            ended = await self._succeed_in(conn, run.id, {}, now)
+            if ended is not None:
                 await conn.execute(
                     update(project_settings)
                     .where(project_settings.c.project_id == run.project_id)
                     .values(last_gc_at=now)
                 )
+        _reported(ended)
 
     async def fail(self, run_id: int, exc: BaseException) -> None:
         """Record a failure; the restriction is lifted whatever happened."""
@@ -303,17 +310,19 @@ class RunBook:
             note = "its deletions stand; the next run removes the files it left"
         async with self.db.write() as conn:
             await lift_restriction(conn, run.project_id, run.id)
-            await conn.execute(
+            failed = await conn.execute(
                 update(gc_runs)
                 .where(gc_runs.c.id == run_id, gc_runs.c.state == RUNNING)
                 .values(state=FAILED, finished_at=utcnow(), error=f"{exc} ({note})"[:2000])
             )
+            ended = await self._ended_in(conn, run_id) if failed.rowcount else None
+        _reported(ended)
 
     async def roll_back(self, run: RunRow, reason: str) -> None:
         """A run interrupted before deleting anything: lift its restriction, say so."""
         async with self.db.write() as conn:
             await lift_restriction(conn, run.project_id, run.id)
-            await conn.execute(
+            rolled_back = await conn.execute(
                 update(gc_runs)
                 .where(
                     gc_runs.c.id == run.id,
@@ -322,3 +331,35 @@ class RunBook:
                 )
                 .values(state=ROLLED_BACK, finished_at=utcnow(), error=f"{reason}; nothing changed")
             )
+            ended = await self._ended_in(conn, run.id) if rolled_back.rowcount else None
+        _reported(ended)
+
+    async def _ended_in(self, conn: AsyncConnection, run_id: int) -> Run:
+        """In the transaction that ended the run: its record, and its `gc.finished` event
+        queued (the event exists exactly when the end does)."""
+        row = (await conn.execute(_with_project().where(gc_runs.c.id == run_id))).one()
+        ended = Run.from_row(row)
+        summary = GcRunSummary(
+            id=ended.id,
+            state=ended.state,
+            dry_run=ended.dry_run,
+            images_deleted=ended.images_deleted,
+            blobs_deleted=ended.blobs_deleted,
+            bytes_freed=ended.bytes_freed,
+            duration_seconds=ended.duration_seconds,
+        )
+        data = EventData(project=ended.project, actor=ended.actor, gc_run=summary)
+        await enqueue_event(conn, row.project_id, GC_FINISHED, data, f"gc/runs/{ended.id}")
+        return ended
+
+
+def _reported(ended: Run | None) -> None:
+    """Count a run that just ended (once committed) in the metrics."""
+    if ended is not None:
+        metrics.gc_run_finished(
+            "dry_run" if ended.dry_run and ended.state == SUCCEEDED else ended.state,
+            ended.duration_seconds,
+            ended.restricted_seconds,
+            ended.bytes_freed,
+            ended.storage_bytes_freed,
+        )

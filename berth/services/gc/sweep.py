@@ -10,6 +10,7 @@ its file again (`services/uploads.py`). Upload scratch files go the same way.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -21,6 +22,7 @@ from berth.metadata.database import Database
 from berth.metadata.tables import blobs, gc_runs, gc_sweep
 from berth.services.gc.decide import (
     Decider,
+    RunLost,
     chunks,
     linked_anywhere,
     stale_unlinked_blob,
@@ -113,11 +115,14 @@ class Sweeper:
                 values.update(blobs_deleted=figures.blobs, bytes_freed=figures.bytes)
             await conn.execute(update(gc_runs).where(gc_runs.c.id == run.id).values(**values))
 
-    async def sweep(self, run: RunRow, progress: Progress | None) -> None:
+    async def sweep(self, run: RunRow, progress: Progress | None, lost: asyncio.Event) -> None:
         """Remove the listed blobs no repository links by now, rows and files, and the listed
-        upload scratch files; a batch per transaction, recording progress."""
+        upload scratch files; a batch per transaction, recording progress. Stops (`RunLost`)
+        once `lost` says another process took the run over."""
         paused = False
         while True:
+            if lost.is_set():
+                raise RunLost()
             async with self.db.read() as conn:
                 batch = (
                     await conn.execute(

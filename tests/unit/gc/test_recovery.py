@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import json
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -17,10 +18,12 @@ from sqlalchemy import select, update
 from berth.domain.errors import Denied
 from berth.jobs.leases import Leases
 from berth.metadata.database import Database
-from berth.metadata.tables import gc_runs, job_leases, project_settings, utcnow
-from berth.services.gc import GarbageCollector, GcAlreadyRunning, Run
+from berth.metadata.tables import gc_runs, job_leases, project_settings, utcnow, webhook_events
+from berth.services.gc import GarbageCollector, GcAlreadyRunning, Run, recovery
 from berth.services.gc.recovery import lease_name
 from berth.services.gc.restrictions import ensure_writable
+from berth.services.gc.runs import RunRow
+from berth.services.webhook_events import GC_FINISHED
 from berth.storage.filesystem import FilesystemBlobStore
 from tests.unit.gc.on_sqlite import open_registry, what_is_left
 from tests.unit.gc.scenarios import GRACE, OLD, PROJECT, Content, digest
@@ -70,6 +73,19 @@ def finished(run: Run) -> bool:
     return run.state != "running"
 
 
+async def gc_finished_events(db: Database) -> list[str]:
+    """The states of the runs whose `gc.finished` webhook event is queued, in order."""
+    async with db.read() as conn:
+        payloads = (
+            await conn.execute(
+                select(webhook_events.c.payload)
+                .where(webhook_events.c.type == GC_FINISHED)
+                .order_by(webhook_events.c.id)
+            )
+        ).scalars()
+        return [json.loads(payload)["data"]["gc_run"]["state"] for payload in payloads]
+
+
 async def hand_lease_to(db: Database, holder: str, expires_at: dt.datetime) -> None:
     async with db.write() as conn:
         await conn.execute(update(job_leases).values(holder=holder, expires_at=expires_at))
@@ -100,6 +116,7 @@ def test_a_run_whose_process_stopped_before_deleting_is_rolled_back(tmp_path: Pa
         after = await restarted.get_run(PROJECT, run.id)
         assert after.state == "rolled_back"
         assert after.error is not None and "nothing changed" in after.error
+        assert await gc_finished_events(db) == ["rolled_back"]
         assert digest("orphan") in (await what_is_left(db, store)).files
         # The lease is free again: a new run starts at once.
         again = await restarted.run(PROJECT, actor="b")
@@ -125,6 +142,41 @@ def test_a_run_interrupted_while_sweeping_is_finished_by_recovery(tmp_path: Path
         assert digest("orphan") not in (await what_is_left(db, store)).files
 
     on_registry(tmp_path, scenario)
+
+
+def test_two_recoveries_in_one_process_take_a_run_over_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def scenario(db: Database, store: FilesystemBlobStore) -> None:
+        stopped = GarbageCollector(db, store, grace_period=GRACE)
+        run = await stopped.start_run(
+            PROJECT, dry_run=False, delete_untagged=False, actor="a", here=False
+        )
+        async with db.write() as conn:  # as if step 2 had committed before the crash
+            await conn.execute(update(gc_runs).values(phase="sweeping"))
+        restarted = GarbageCollector(db, store, grace_period=GRACE)
+        load = restarted.runs.load
+
+        async def slow_load(run_id: int) -> RunRow:
+            await asyncio.sleep(0.3)  # the first recovery holds the fresh lease meanwhile
+            return await load(run_id)
+
+        monkeypatch.setattr(restarted.runs, "load", slow_load)
+
+        async def a_start_in_the_project_a_moment_later() -> None:
+            await asyncio.sleep(0.1)
+            await restarted.recovery.recover(resume_here=True)
+
+        await asyncio.gather(
+            restarted.recovery.recover(resume_here=True), a_start_in_the_project_a_moment_later()
+        )
+        assert (await restarted.get_run(PROJECT, run.id)).state == "succeeded"
+        assert await gc_finished_events(db) == ["succeeded"]
+
+    with caplog.at_level("WARNING", logger="berth.gc"):
+        on_registry(tmp_path, scenario)
+    finishing = [r for r in caplog.records if "interrupted while sweeping" in r.getMessage()]
+    assert len(finishing) == 1
 
 
 def test_a_new_run_is_its_process_s_before_it_is_carried_out(tmp_path: Path) -> None:
@@ -157,6 +209,7 @@ def test_a_run_recovered_before_its_process_carries_it_out_restricts_nothing(
         # run that can no longer lift the restriction.
         after = await late.execute(run.id)
         assert after.state == "rolled_back"
+        assert await gc_finished_events(db) == ["rolled_back"]  # queued by whoever ended it
         assert await restricted_by(db) is None
         assert digest("orphan") in (await what_is_left(db, store)).files
 
@@ -167,12 +220,13 @@ def test_a_run_another_machine_holds_is_left_alone_until_its_lease_lapses(
     tmp_path: Path,
 ) -> None:
     async def scenario(db: Database, store: FilesystemBlobStore) -> None:
-        collector = GarbageCollector(db, store, grace_period=GRACE)
-        run = await collector.start_run(
+        started = GarbageCollector(db, store, grace_period=GRACE)
+        run = await started.start_run(
             PROJECT, dry_run=False, delete_untagged=False, actor="a", here=False
         )
         elsewhere = "another-machine:1"
         await hand_lease_to(db, elsewhere, utcnow() + dt.timedelta(minutes=1))
+        collector = GarbageCollector(db, store, grace_period=GRACE)
         await collector.recovery.recover()
         assert (await collector.get_run(PROJECT, run.id)).state == "running"
 
@@ -181,6 +235,28 @@ def test_a_run_another_machine_holds_is_left_alone_until_its_lease_lapses(
         assert (await collector.get_run(PROJECT, run.id)).state == "rolled_back"
         leases = await Leases(db, "reader").read([lease_name(1)])
         assert leases[lease_name(1)].holder == collector.holder
+
+    on_registry(tmp_path, scenario)
+
+
+def test_a_run_that_lost_its_lease_stops_sweeping_and_leaves_the_run_to_its_new_holder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(recovery, "HEARTBEAT_SECONDS", 0.05)
+
+    async def scenario(db: Database, store: FilesystemBlobStore) -> None:
+        collector = GarbageCollector(db, store, grace_period=GRACE, test_pause="sweeping=0.5")
+        carried_out = asyncio.create_task(collector.run(PROJECT, actor="a"))
+        while (current := await collector.current(PROJECT)) is None or current.phase != "sweeping":
+            await asyncio.sleep(0.02)
+        # This process stalled past its lease; a process elsewhere took the run over.
+        elsewhere = "another-machine:1"
+        await hand_lease_to(db, elsewhere, utcnow() + dt.timedelta(minutes=1))
+        after = await carried_out
+        assert after.state == "running"  # the new holder finishes it, and reports it
+        assert await gc_finished_events(db) == []
+        leases = await Leases(db, "reader").read([lease_name(1)])
+        assert leases[lease_name(1)].holder == elsewhere
 
     on_registry(tmp_path, scenario)
 
@@ -211,6 +287,7 @@ def test_a_stopping_server_rolls_back_the_run_it_was_deciding(tmp_path: Path) ->
         await collector.stop()
         after = await collector.get_run(PROJECT, run.id)
         assert after.state == "rolled_back"
+        assert await gc_finished_events(db) == ["rolled_back"]
         assert await restricted_by(db) is None
 
     on_registry(tmp_path, scenario)
