@@ -12,12 +12,16 @@ Every change is tagged or recorded, so that only what this session added is remo
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import shutil
+import tempfile
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 HOSTS_FILE = Path("/etc/hosts")
+HOSTS_LOCK_FILE = Path(tempfile.gettempdir()) / "berth-tests-etc-hosts.lock"
 DOCKER_CERTS_DIR = Path("/etc/docker/certs.d")
 
 
@@ -26,6 +30,18 @@ def _rewrite_in_place(path: Path, text: str) -> None:
         handle.seek(0)
         handle.write(text)
         handle.truncate()
+
+
+@contextlib.contextmanager
+def _hosts_file_lock() -> Iterator[None]:
+    """Test workers edit /etc/hosts side by side (the client tests and the webhook tests' own
+    names): each read-and-rewrite holds this lock, so no worker's line is lost to another's."""
+    with open(HOSTS_LOCK_FILE, "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 @dataclass
@@ -41,16 +57,18 @@ class HostsEntries:
         return f"{self.address} {' '.join(self.hosts)} {self.tag}"
 
     def add(self) -> None:
-        text = HOSTS_FILE.read_text()
-        separator = "" if not text or text.endswith("\n") else "\n"
-        with HOSTS_FILE.open("a") as handle:
-            handle.write(f"{separator}{self.line}\n")
+        with _hosts_file_lock():
+            text = HOSTS_FILE.read_text()
+            separator = "" if not text or text.endswith("\n") else "\n"
+            with HOSTS_FILE.open("a") as handle:
+                handle.write(f"{separator}{self.line}\n")
 
     def remove(self) -> None:
-        lines = HOSTS_FILE.read_text().splitlines(keepends=True)
-        kept = [line for line in lines if not line.rstrip("\n").endswith(self.tag)]
-        if len(kept) != len(lines):
-            _rewrite_in_place(HOSTS_FILE, "".join(kept))
+        with _hosts_file_lock():
+            lines = HOSTS_FILE.read_text().splitlines(keepends=True)
+            kept = [line for line in lines if not line.rstrip("\n").endswith(self.tag)]
+            if len(kept) != len(lines):
+                _rewrite_in_place(HOSTS_FILE, "".join(kept))
 
 
 @dataclass
