@@ -33,13 +33,14 @@ class ImmutableTagRule:
     repository_pattern: str | None  # None: every repository of the project
 
     def describe(self) -> str:
-        """`rule "v*" (repositories "app/*")`, as refusals name it."""
+        """`rule 'v*' (repositories 'app/*')`, as refusals name it (single quotes: clients that
+        log with logfmt, as skopeo and podman do, print them unescaped)."""
         scope = (
-            f' (repositories "{self.repository_pattern}")'
+            f" (repositories '{self.repository_pattern}')"
             if self.repository_pattern is not None
             else ""
         )
-        return f'rule "{self.tag_pattern}"{scope}'
+        return f"rule '{self.tag_pattern}'{scope}"
 
     def covers(self, repository: str, tag: str) -> bool:
         """Whether the rule protects `tag` of the full name `repository` (`repo` or

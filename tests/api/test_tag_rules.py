@@ -102,7 +102,7 @@ def test_a_protected_tag_cannot_move_or_go_through_v2(team: Team) -> None:
     with team.registry("member") as registry:
         first = push_image(registry, name, "v1")
         add_rule(team, "v*", team.repository)
-        message = 'tag v1 is immutable: rule "v*" (repositories "' + team.repository + '")'
+        message = f"tag v1 is immutable: rule 'v*' (repositories '{team.repository}')"
 
         # The same image again under the tag: nothing moves, so it is accepted.
         again = registry.put(
@@ -167,9 +167,9 @@ def test_api_deletes_are_refused_with_a_conflict_naming_the_rule(team: Team) -> 
     rule = add_rule(team, "v*")
 
     body = assert_problem(member.delete(team.repo_url("/tags/v1")), 409, code="DENIED")
-    assert body["detail"].startswith('tag v1 is immutable: rule "v*";')
+    assert body["detail"].startswith("tag v1 is immutable: rule 'v*';")
     body = assert_problem(member.delete(team.repo_url(f"/images/{kept.digest}")), 409)
-    assert 'rule "v*"' in body["detail"]
+    assert "rule 'v*'" in body["detail"]
 
     # Restoring a removed tag puts it back where it was: it moves nothing, so it is allowed,
     # and from then on the rule holds it.

@@ -51,12 +51,12 @@ def test_the_first_rule_in_order_is_named() -> None:
 def test_a_refusal_names_the_rule_and_its_scope() -> None:
     refusal = TagImmutable("v1", ImmutableTagRule(4, "v*", "app/*"), "moved to another image")
     assert refusal.message == (
-        'tag v1 is immutable: rule "v*" (repositories "app/*"); it cannot be moved to another '
+        "tag v1 is immutable: rule 'v*' (repositories 'app/*'); it cannot be moved to another "
         "image; push a new tag"
     )
     assert refusal.code == "DENIED" and refusal.status == 403 and refusal.api_status == 409
     assert TagImmutable("v1", VERSIONS, "deleted").message == (
-        'tag v1 is immutable: rule "v*"; it cannot be deleted'
+        "tag v1 is immutable: rule 'v*'; it cannot be deleted"
     )
 
 
