@@ -15,13 +15,16 @@ from berth.domain.errors import Conflict, InvalidValue, NotFound
 from berth.domain.tag_rules import (
     MAX_RULES,
     ImmutableTagRule,
+    TagImmutable,
     check_repository_pattern,
     check_tag_pattern,
+    full_name,
+    protecting_rule,
 )
 from berth.metadata.audit import write_audit_entry
 from berth.metadata.database import Database
 from berth.metadata.lookups import require_project
-from berth.metadata.tables import immutable_tag_rules, utcnow
+from berth.metadata.tables import immutable_tag_rules, repositories, tags, utcnow
 from berth.services.records import Record
 
 
@@ -78,6 +81,31 @@ async def immutable_rules(
         return await _rules_in(db, project_id)
     async with db.read() as conn:
         return await _rules_in(conn, project_id)
+
+
+async def refuse_protected_repository(
+    conn: AsyncConnection, project_id: int, repository: str
+) -> None:
+    """TagImmutable when deleting the repository would take a protected tag with it."""
+    rules = await _rules_in(conn, project_id)
+    if not rules:
+        return
+    rows = await conn.execute(
+        select(tags.c.image, tags.c.name)
+        .join(repositories, repositories.c.id == tags.c.repository_id)
+        .where(repositories.c.project_id == project_id, repositories.c.name == repository)
+        .order_by(tags.c.image, tags.c.name)
+    )
+    for image, tag in rows:
+        name = full_name(repository, image)
+        rule = protecting_rule(rules, name, tag)
+        if rule is not None:
+            shown = tag if name == repository else f"{name}:{tag}"
+            raise TagImmutable(
+                shown,
+                rule,
+                f"deleted with repository {repository}; remove the rule first to delete it",
+            )
 
 
 class TagRules:

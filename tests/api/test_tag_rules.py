@@ -195,3 +195,17 @@ def test_the_tag_overwrite_switch_still_fixes_every_tag(team: Team) -> None:
             headers={"Content-Type": other.media_type},
         )
         assert "tag overwrite is disabled" in oci_error(moved, 403, "DENIED")
+
+
+def test_a_repository_holding_a_protected_tag_is_not_deleted(team: Team) -> None:
+    with team.registry() as registry:
+        push_image(registry, team.oci_name("web"), "v3")
+    rule = add_rule(team, "v*")
+    body = assert_problem(team["member"].delete(team.repo_url()), 409, code="DENIED")
+    assert body["detail"] == (
+        f"tag {team.repository}/web:v3 is immutable: rule 'v*'; it cannot be deleted with "
+        f"repository {team.repository}; remove the rule first to delete it"
+    )
+    ok(team["member"].get(team.repo_url()))
+    ok(team["project-admin"].delete(team.url(f"/immutable-tag-rules/{rule['id']}")), 204)
+    assert ok(team["member"].delete(team.repo_url()), 204) is None
