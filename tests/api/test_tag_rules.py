@@ -8,7 +8,7 @@ from typing import Any
 import httpx
 
 from tests.api.conftest import Team, assert_problem, ok, push_image, until
-from tests.oci import manifest_path
+from tests.oci import image_index, manifest_path
 
 
 def add_rule(team: Team, tag_pattern: str, repository_pattern: str | None = None) -> Any:
@@ -209,3 +209,42 @@ def test_a_repository_holding_a_protected_tag_is_not_deleted(team: Team) -> None
     ok(team["member"].get(team.repo_url()))
     ok(team["project-admin"].delete(team.url(f"/immutable-tag-rules/{rule['id']}")), 204)
     assert ok(team["member"].delete(team.repo_url()), 204) is None
+
+
+def test_shared_digests_and_indexes(team: Team) -> None:
+    """One image under a protected and an unprotected tag (Harbor #9215): the unprotected tag
+    moves and goes, the image stays while the protected tag names it. A multi-architecture
+    index under a protected tag keeps its platform manifests too."""
+    name = team.oci_name()
+    add_rule(team, "v*")
+    with team.registry() as registry:
+        shared = push_image(registry, name, "v1")
+        push_manifest_as(registry, name, "latest", shared)
+        other = push_image(registry, name, None)
+        push_manifest_as(registry, name, "latest", other)  # moves: not protected
+        push_manifest_as(registry, name, "latest", shared)
+        assert registry.delete(manifest_path(name, "latest")).status_code == 202
+        assert oci_error(registry.delete(manifest_path(name, shared.digest)), 403, "DENIED")
+        assert digest_of_tag(registry, name, "v1") == shared.digest
+
+        amd64 = push_image(registry, name, None, architecture="amd64")
+        arm64 = push_image(registry, name, None, architecture="arm64")
+        index = image_index(
+            [
+                amd64.descriptor(platform={"os": "linux", "architecture": "amd64"}),
+                arm64.descriptor(platform={"os": "linux", "architecture": "arm64"}),
+            ]
+        )
+        push_manifest_as(registry, name, "v2", index)
+        refusal = oci_error(registry.delete(manifest_path(name, index.digest)), 403, "DENIED")
+        assert refusal.startswith("tag v2 is immutable: rule 'v*'")
+        # A platform manifest goes only with its index, which the rule holds.
+        child = registry.delete(manifest_path(name, amd64.digest))
+        assert child.status_code == 409, child.text
+        moved = registry.put(
+            manifest_path(name, "v2"),
+            content=other.data,
+            headers={"Content-Type": other.media_type},
+        )
+        assert "moved to another image" in oci_error(moved, 403, "DENIED")
+        assert digest_of_tag(registry, name, "v2") == index.digest
