@@ -23,6 +23,7 @@ from berth.services.registry import Registry
 from berth.services.repositories import Repositories
 from berth.services.sessions import Sessions
 from berth.services.storage_check import StorageCheck
+from berth.services.tag_rules import TagRules
 from berth.services.uploads import Uploads
 from berth.services.usage import Pricing, Usage
 from berth.services.webhook_delivery import WebhookDelivery
@@ -52,6 +53,7 @@ class Services:
     readiness: Readiness
     webhooks: Webhooks
     webhook_delivery: WebhookDelivery
+    tag_rules: TagRules
 
     @classmethod
     def build(cls, settings: Settings) -> Services:
@@ -134,6 +136,7 @@ class Services:
             readiness=Readiness(db, store),
             webhooks=Webhooks(db, allow_private=settings.webhook_allow_private),
             webhook_delivery=webhook_delivery,
+            tag_rules=TagRules(db),
         )
 
     def host_project(self, host: str | None) -> str | None:

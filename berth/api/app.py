@@ -36,6 +36,7 @@ ROUTER_MODULES = (
     "usage",
     "users",
     "webhooks",
+    "tag_rules",
 )
 OPTIONAL_MODULES = frozenset({"gc", "usage"})
 _DOCS_STATIC = Path(fastapi_offline.__file__).parent / "static"

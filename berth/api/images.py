@@ -101,7 +101,8 @@ async def delete_image(
     image: ImageName = "",
 ) -> Response:
     """Delete an image and every tag on it (its data goes at the next garbage collection). A
-    platform manifest of a stored index cannot be deleted on its own: delete the index."""
+    platform manifest of a stored index cannot be deleted on its own: delete the index. An
+    image a tag protected by an immutable tag rule names cannot be deleted (409)."""
     repo = await ctx.repository(repository)
     await ctx.services.registry.delete_manifest(
         repo, image, digest, actor=ctx.actor, client=client_address(request)
@@ -125,7 +126,7 @@ async def list_tags(
     return Page[Tag](items=items, page=paging.page, per_page=paging.per_page, total=total)
 
 
-@router.delete("/tags/{tag}", status_code=204, responses=responses(404))
+@router.delete("/tags/{tag}", status_code=204, responses=responses(404, 409))
 async def delete_tag(
     request: Request,
     ctx: ManageProject,
@@ -133,7 +134,8 @@ async def delete_tag(
     tag: TagName,
     image: ImageName = "",
 ) -> Response:
-    """Remove a tag (the image stays); it can be restored while the image is stored."""
+    """Remove a tag (the image stays); it can be restored while the image is stored. A tag
+    protected by an immutable tag rule cannot be removed (409 naming the rule)."""
     repo = await ctx.repository(repository)
     await ctx.services.registry.delete_manifest(
         repo, image, tag, actor=ctx.actor, client=client_address(request)

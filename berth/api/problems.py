@@ -142,6 +142,7 @@ async def _registry_problem(request: Request, exc: Exception) -> Response:
     if isinstance(exc, (FieldError, InvalidValue)) and exc.detail:
         errors = exc.detail
     status = exc.status if 400 <= exc.status < 600 else 500
+    status = getattr(exc, "api_status", status)  # where the API's answer differs from /v2's
     if exc.code == "NAME_INVALID" and status == 400:
         status = 422  # a name the service refuses: a request field, as validation errors are
     return problem(status, exc.message, exc.code, errors, exc.headers or None)

@@ -132,12 +132,12 @@ async def update_repository(
     )
 
 
-@router.delete("/{repository}", status_code=204, responses=responses(404))
+@router.delete("/{repository}", status_code=204, responses=responses(404, 409))
 async def delete_repository(
     request: Request, ctx: ManageProject, repository: RepositoryName
 ) -> Response:
     """Delete a repository with its images and tags (their data goes at the next garbage
-    collection)."""
+    collection). Refused (409) while an immutable tag rule protects one of its tags."""
     await ctx.services.repositories.delete(
         ctx.project, repository, actor=ctx.actor, client=client_address(request)
     )

@@ -15,6 +15,7 @@ import typer
 from berth.cli.common import Options
 from berth.cli.gc import gc_app
 from berth.cli.images import image_app, tag_app
+from berth.cli.immutability import immutability_app
 from berth.cli.keys import key_app
 from berth.cli.projects import member_app, project_app
 from berth.cli.repositories import repo_app
@@ -44,6 +45,7 @@ app.add_typer(storage_app, name="storage")
 app.add_typer(image_app, name="image")
 app.add_typer(tag_app, name="tag")
 app.add_typer(webhook_app, name="webhook")
+app.add_typer(immutability_app, name="immutability")
 
 
 @app.callback()

@@ -432,3 +432,19 @@ webhook_attempts = Table(
     Column("next_attempt_at", UTCDateTime),
     Index(None, "delivery_id"),
 )
+
+# ---------------------------------------------------------------- lifecycle
+
+# A project's immutable tag rules (`domain/tag_rules.py`): a tag matching `tag_pattern`, in a
+# repository matching `repository_pattern` (NULL: every repository), cannot be moved or removed.
+immutable_tag_rules = Table(
+    "immutable_tag_rules",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("project_id", ForeignKey("projects.id", ondelete="CASCADE"), nullable=False),
+    Column("tag_pattern", String(128), nullable=False),
+    Column("repository_pattern", String(255)),
+    Column("created_by", String(64), nullable=False, default=""),
+    Column("created_at", UTCDateTime, nullable=False, default=utcnow),
+    Index(None, "project_id"),
+)

@@ -29,6 +29,7 @@ from berth.domain.manifests import (
 )
 from berth.domain.names import is_valid_tag
 from berth.domain.references import RepositoryRef
+from berth.domain.tag_rules import TagImmutable, full_name, protecting_rule
 from berth.metadata.database import Database
 from berth.metadata.queries import indexes_listing, is_image
 from berth.metadata.tables import (
@@ -44,6 +45,7 @@ from berth.services.content_audit import audit_content_change
 from berth.services.content_in_use import in_use_refusal, manifests_using
 from berth.services.gc.restrictions import ensure_writable
 from berth.services.manifest_cache import ManifestCache, StoredManifest
+from berth.services.tag_rules import immutable_rules
 from berth.services.webhook_events import (
     IMAGE_DELETED,
     IMAGE_LIMIT_REFUSED,
@@ -413,6 +415,8 @@ class ManifestContent:
                 f"{repo.project}/{repo.name}; push a new tag",
                 {"tag": tag, "digest": current},
             )
+        if current is not None:
+            await self._refuse_protected(conn, repo, image, [tag], "moved to another image")
         await conn.execute(
             self.db.upsert(
                 tags, ["repository_id", "image", "name"], {"digest": digest, "updated_at": utcnow()}
@@ -423,6 +427,19 @@ class ManifestContent:
         action = action or ("tag" if current is None else "move")
         await self._event(conn, repo, image, tag, action, current, digest, actor)
         return True
+
+    async def _refuse_protected(
+        self, conn: Any, repo: RepositoryRef, image: str, names: list[str], change: str
+    ) -> None:
+        """TagImmutable when an immutable tag rule of the project protects one of `names`."""
+        if not names:
+            return
+        rules = await immutable_rules(conn, repo.project_id)
+        name = full_name(repo.name, image)
+        for tag in names:
+            rule = protecting_rule(rules, name, tag)
+            if rule is not None:
+                raise TagImmutable(tag, rule, change)
 
     async def delete_manifest(
         self, repo: RepositoryRef, image: str, reference: str, *, actor: str, client: str | None
@@ -455,6 +472,8 @@ class ManifestContent:
                     .scalars()
                     .all()
                 )
+                # Refused after the delete, so no extra query: the refusal rolls it back.
+                await self._refuse_protected(conn, repo, image, sorted(tagged), "deleted")
                 result = await conn.execute(
                     delete(manifests).where(
                         manifests.c.repository_id == repo.id,
@@ -484,6 +503,7 @@ class ManifestContent:
                 ).scalar()
                 found = old is not None
                 if found:
+                    await self._refuse_protected(conn, repo, image, [reference], "deleted")
                     await self._event(conn, repo, image, reference, "untag", old, None, actor)
                     data = content_data(repo, image, actor, tag=reference, digest=old)
                     subject = content_subject(repo, image, reference)

@@ -36,6 +36,7 @@ from berth.metadata.tables import (
 from berth.services.gc.restrictions import ensure_writable
 from berth.services.records import Record
 from berth.services.repository_quota import check_repository_quota
+from berth.services.tag_rules import refuse_protected_repository
 from berth.services.webhook_events import QUOTA_REFUSED, report_refusal
 from berth.storage.base import BlobStore
 
@@ -387,10 +388,12 @@ class Repositories:
         return await self.show(project, name)
 
     async def delete(self, project: str, name: str, *, actor: str, client: str | None) -> None:
-        """Delete a repository, its images and tags, and audit it; blob data goes at the next GC."""
+        """Delete a repository, its images and tags, and audit it; blob data goes at the next GC.
+        Refused while an immutable tag rule protects one of its tags."""
         async with self.db.write() as conn:
             project_id = await require_project(conn, project)
             await ensure_writable(conn, project_id, project)
+            await refuse_protected_repository(conn, project_id, name)
             result = await conn.execute(
                 repositories.delete().where(
                     repositories.c.project_id == project_id, repositories.c.name == name
