@@ -18,7 +18,15 @@ from sqlalchemy import select, update
 from berth.domain.errors import Denied
 from berth.jobs.leases import Leases
 from berth.metadata.database import Database
-from berth.metadata.tables import gc_runs, job_leases, project_settings, utcnow, webhook_events
+from berth.metadata.tables import (
+    gc_runs,
+    job_leases,
+    project_settings,
+    projects,
+    utcnow,
+    webhook_events,
+    webhooks,
+)
 from berth.services.gc import GarbageCollector, GcAlreadyRunning, Run, recovery
 from berth.services.gc.recovery import lease_name
 from berth.services.gc.restrictions import ensure_writable
@@ -40,10 +48,20 @@ Scenario = Callable[[Database, FilesystemBlobStore], Awaitable[None]]
 
 
 def on_registry(tmp_path: Path, scenario: Scenario) -> None:
-    """Play `scenario` on a registry holding one project with an old orphan blob."""
+    """Play `scenario` on a registry holding one project with an old orphan blob, and a
+    webhook endpoint taking its `gc.finished` events (without one, none is queued)."""
 
     async def play() -> None:
         db, store = await open_registry(tmp_path, content_with_an_orphan_blob())
+        async with db.write() as conn:
+            project_id = (
+                await conn.execute(select(projects.c.id).where(projects.c.name == PROJECT))
+            ).scalar_one()
+            await conn.execute(
+                webhooks.insert().values(
+                    project_id=project_id, url="http://hooks.invalid/", event_types=GC_FINISHED
+                )
+            )
         try:
             await scenario(db, store)
         finally:
