@@ -18,6 +18,7 @@ from berth.services.gc import GarbageCollector
 from berth.services.identity import Identity
 from berth.services.manifest_cache import ManifestCache, node_stamp
 from berth.services.metering import TrafficMeter
+from berth.services.pulls import PullRecorder
 from berth.services.readiness import Readiness
 from berth.services.registry import Registry
 from berth.services.repositories import Repositories
@@ -44,6 +45,7 @@ class Services:
     tokens: Tokens
     throttle: LoginThrottle
     traffic: TrafficMeter
+    pulls: PullRecorder
     usage: Usage
     jobs: Scheduler
     gc: GarbageCollector
@@ -104,6 +106,9 @@ class Services:
                 enabled=settings.traffic_metering,
                 flush_interval=settings.traffic_flush_interval,
             ),
+            pulls=PullRecorder(
+                db, enabled=settings.record_pulls, interval=settings.traffic_flush_interval
+            ),
             usage=usage,
             jobs=Scheduler(
                 db,
@@ -151,6 +156,7 @@ class Services:
         """Background work of a serving process (not of CLI verbs)."""
         self.identity.audit.start()
         self.traffic.start()
+        self.pulls.start()
         self.jobs.start()
         self.gc.start()
 
@@ -158,6 +164,7 @@ class Services:
         await self.gc.stop()
         await self.jobs.stop()
         await self.traffic.stop()
+        await self.pulls.stop()
         await self.identity.audit.stop()
         await self.store.close()
         await self.db.dispose()
