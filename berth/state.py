@@ -22,6 +22,7 @@ from berth.services.pulls import PullRecorder
 from berth.services.readiness import Readiness
 from berth.services.registry import Registry
 from berth.services.repositories import Repositories
+from berth.services.retention import Retention
 from berth.services.sessions import Sessions
 from berth.services.storage_check import StorageCheck
 from berth.services.uploads import Uploads
@@ -54,6 +55,7 @@ class Services:
     readiness: Readiness
     webhooks: Webhooks
     webhook_delivery: WebhookDelivery
+    retention: Retention
 
     @classmethod
     def build(cls, settings: Settings) -> Services:
@@ -83,6 +85,10 @@ class Services:
             retry_base=settings.webhook_retry_base,
         )
         manifest_cache = ManifestCache(node_stamp(settings.data_dir))
+        registry = Registry(
+            db, store, settings.max_images_per_repository, manifest_cache=manifest_cache
+        )
+        retention = Retention(db, registry)
         throttle = LoginThrottle(
             settings.login_failures_per_key, settings.login_failures_per_client
         )
@@ -93,9 +99,7 @@ class Services:
             repositories=Repositories(
                 db, settings.repository_quota, store=store, forget_access=identity.forget_cached
             ),
-            registry=Registry(
-                db, store, settings.max_images_per_repository, manifest_cache=manifest_cache
-            ),
+            registry=registry,
             uploads=Uploads(db, store),
             identity=identity,
             authenticator=Authenticator(identity.credentials, tokens, throttle),
@@ -126,6 +130,13 @@ class Services:
                     # by a crash and commits a dead node began go within the hour after.
                     Job("abandoned-uploads", 3600, storage_check.remove_abandoned_uploads),
                     *webhook_delivery.jobs(),
+                    # Projects' scheduled retention runs: looked for every minute (a read).
+                    Job(
+                        "retention-schedule",
+                        settings.retention_check_interval,
+                        retention.run_due,
+                        has_work=retention.has_due,
+                    ),
                 ],
             ),
             gc=GarbageCollector(
@@ -139,6 +150,7 @@ class Services:
             readiness=Readiness(db, store),
             webhooks=Webhooks(db, allow_private=settings.webhook_allow_private),
             webhook_delivery=webhook_delivery,
+            retention=retention,
         )
 
     def host_project(self, host: str | None) -> str | None:

@@ -121,13 +121,17 @@ class Rule:
         scope = f"in {self.repositories}"
         if self.tags is not None:
             scope += f", images tagged {self.tags}"
-        what = {
-            Keep.LAST: f"keep the {self.count} most recently pushed images",
-            Keep.PUSHED_WITHIN: f"keep images pushed within {self.days:g} days",
-            Keep.PULLED_WITHIN: f"keep images pulled within {self.days:g} days",
-            Keep.TAGGED: f"keep images with a tag matching {self.pattern}",
-            Keep.UNTAGGED_WITHIN: f"remove untagged images older than {self.days:g} days",
-        }[self.keep]
+        days = f"{self.days:g}" if self.days is not None else "?"
+        if self.keep is Keep.LAST:
+            what = f"keep the {self.count} most recently pushed images"
+        elif self.keep is Keep.PUSHED_WITHIN:
+            what = f"keep images pushed within {days} days"
+        elif self.keep is Keep.PULLED_WITHIN:
+            what = f"keep images pulled within {days} days"
+        elif self.keep is Keep.TAGGED:
+            what = f"keep images with a tag matching {self.pattern}"
+        else:
+            what = f"remove untagged images older than {days} days"
         return f"{what} ({scope})"
 
 
