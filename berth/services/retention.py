@@ -59,7 +59,7 @@ BATCH = 200  # planned images deleted per write transaction
 SCHEDULE_ACTOR = "schedule"
 AFTER_GC = (
     "Deleted images' storage is freed by the next garbage collection "
-    "(berth gc run PROJECT, or the console's Management page)."
+    "(berth gc run {project}, or the console's Management page)."
 )
 
 
@@ -572,7 +572,7 @@ class Retention:
             kept=result.kept,
             untouched=result.untouched,
             error=error,
-            note=_note(dry_run, len(listed), skipped),
+            note=_note(project, dry_run, len(listed), skipped),
         )
 
     # ------------------------------------------------------------------ history
@@ -630,7 +630,7 @@ class Retention:
             kept=-1,
             untouched=-1,
             error=row.error,
-            note=_note(row.dry_run, row.images_deleted, row.images_skipped),
+            note=_note(project, row.dry_run, row.images_deleted, row.images_skipped),
         )
 
     # ------------------------------------------------------------------ the schedule
@@ -715,10 +715,10 @@ def _keys_in(table: Table, keys: Sequence[tuple[int, str, str]]) -> ColumnElemen
     )
 
 
-def _note(dry_run: bool, images: int, skipped: int) -> str:
+def _note(project: str, dry_run: bool, images: int, skipped: int) -> str:
     if dry_run:
         return f"A real run would delete these {images} images now; nothing was deleted."
     note = f"Deleted {images} images."
     if skipped:
         note += f" {skipped} planned images changed since the run's snapshot and were kept."
-    return f"{note} {AFTER_GC}"
+    return f"{note} {AFTER_GC.format(project=project)}"
