@@ -13,6 +13,7 @@ import { keysView } from "./views/keys.js";
 import { membersView, auditView } from "./views/members.js";
 import { adminView } from "./views/admin.js";
 import { webhooksView } from "./views/webhooks.js";
+import { policiesView } from "./views/policies.js";
 import { changePasswordDialog } from "./views/account.js";
 
 const root = document.getElementById("app");
@@ -28,6 +29,7 @@ const ROUTES = [
   [/^\/projects\/([^/]+)\/members$/, membersView, "members"],
   [/^\/projects\/([^/]+)\/audit$/, auditView, "audit"],
   [/^\/projects\/([^/]+)\/webhooks$/, webhooksView, "webhooks"],
+  [/^\/projects\/([^/]+)\/policies$/, policiesView, "policies"],
 ];
 
 export function navigate(path, params = null) {
@@ -65,6 +67,7 @@ function menu(project, active) {
     ["monitoring", "Monitoring"],
     ["keys", "Access keys"],
     ["members", "Members"],
+    ["policies", "Policies"],
   ];
   if (project.role === "admin" || project.server_admin) entries.push(["audit", "Audit log"], ["webhooks", "Webhooks"]);
   return h(
