@@ -130,7 +130,10 @@ class Run(BaseModel):
     rules: list[Rule]
     images_deleted: int = Field(description="a dry run: how many a real run would delete")
     images_skipped: int = Field(description="planned images that changed since the snapshot")
-    images: list[Image]
+    images: list[Image] = Field(
+        description="what it deleted (a dry run: would delete); empty in the runs listing, "
+        "whose items are fetched one by one for theirs"
+    )
     error: str | None
     note: str
 

@@ -339,14 +339,21 @@ class Retention:
                 )
             )
             ids[(repo.name, m.image, m.digest)] = m.id
-        locked = {repo.name for repo in repos.values() if not repo.tag_overwrite}
         return Snapshot(
             taken_at,
             found,
             ids,
             {repo.name: repo for repo in repos.values()},
-            tag_overwrite_protection(locked),
+            await self.protection(conn, project_id, list(repos.values())),
         )
+
+    async def protection(
+        self, conn: AsyncConnection, project_id: int, repos: list[RepositoryRef]
+    ) -> Protected:
+        """Which (repository path, tag) a run must never delete: every tag of a repository
+        whose tag overwrite is off. (Other rules that make tags immutable join here.)"""
+        locked = {repo.name for repo in repos if not repo.tag_overwrite}
+        return tag_overwrite_protection(locked)
 
     # ------------------------------------------------------------------ runs
 
@@ -589,9 +596,11 @@ class Retention:
                     .where(retention_runs.c.project_id == project_id)
                 )
             ).scalar()
+            # Without the images (a run may list thousands): `get_run` has them.
+            columns = [c for c in retention_runs.c if c.name != "deleted"]
             rows = (
                 await conn.execute(
-                    select(retention_runs)
+                    select(*columns)
                     .where(retention_runs.c.project_id == project_id)
                     .order_by(retention_runs.c.id.desc())
                     .offset(offset)
@@ -626,7 +635,7 @@ class Retention:
             rules=rules_from_json(row.rules),
             images_deleted=row.images_deleted,
             images_skipped=row.images_skipped,
-            deleted=_planned_from_json(row.deleted),
+            deleted=_planned_from_json(row.deleted) if "deleted" in row._fields else [],
             kept=-1,
             untouched=-1,
             error=row.error,
