@@ -168,6 +168,7 @@ def _planned_from_json(text: str) -> list[PlannedImage]:
 
 @dataclass(frozen=True, slots=True)
 class Snapshot:
+    project_id: int
     taken_at: dt.datetime
     manifests: list[Manifest]
     ids: dict[tuple[str, str, str], int]  # (repository, image, digest) -> manifest id
@@ -340,6 +341,7 @@ class Retention:
             )
             ids[(repo.name, m.image, m.digest)] = m.id
         return Snapshot(
+            project_id,
             taken_at,
             found,
             ids,
@@ -434,8 +436,11 @@ class Retention:
     ) -> list[bool]:
         """Delete what is unchanged since the snapshot, in one transaction; per deletion,
         whether its image was deleted."""
-        members = [m for d in batch for m in (d.image, *d.referrers, *d.children)]
-        keys = [(snapshot.repositories[m.repository].id, m.image, m.digest) for m in members]
+        keys = [
+            (snapshot.repositories[m.repository].id, m.image, m.digest)
+            for d in batch
+            for m in (d.image, *d.referrers, *d.children)
+        ]
         async with self.db.write() as conn:
             current_ids = {
                 (row.repository_id, row.image, row.digest): row.id
@@ -468,12 +473,28 @@ class Retention:
                     )
                 )
             }
+            # Protection as it is now: tag overwrite switched off since the snapshot counts.
+            repo_ids = list({k[0] for k in keys})
+            now_locked = [
+                RepositoryRef(r.id, snapshot.project_id, "", r.name, False, r.tag_overwrite)
+                for r in await conn.execute(
+                    select(
+                        repositories.c.id, repositories.c.name, repositories.c.tag_overwrite
+                    ).where(repositories.c.id.in_(repo_ids))
+                )
+            ]
+            protected = await self.protection(conn, snapshot.project_id, now_locked)
             results = []
             chosen: dict[str, list[tuple[str, str]]] = defaultdict(list)
             for deletion in batch:
                 image_key = self._key(snapshot, deletion.image)
-                if image_key in listed or not self._unchanged(
-                    snapshot, deletion.image, image_key, current_ids, current_tags
+                members = (deletion.image, *deletion.referrers, *deletion.children)
+                if (
+                    image_key in listed
+                    or not self._unchanged(
+                        snapshot, deletion.image, image_key, current_ids, current_tags
+                    )
+                    or any(protected(m.path, tag) for m in members for tag in m.tags)
                 ):
                     results.append(False)
                     continue

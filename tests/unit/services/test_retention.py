@@ -18,6 +18,7 @@ from berth.metadata.tables import (
     audit_log,
     image_events,
     manifests,
+    repositories,
     retention_policies,
     retention_runs,
     tags,
@@ -213,5 +214,22 @@ def test_a_due_schedule_runs_once_as_schedule(database_url: str, tmp_path: Path)
         async with db.read() as conn:
             runs = (await conn.execute(select(func.count()).select_from(retention_runs))).scalar()
         assert runs == 1
+
+    run(database_url, tmp_path, scenario)
+
+
+def test_tag_overwrite_switched_off_during_a_run_protects_the_images(
+    database_url: str, tmp_path: Path
+) -> None:
+    async def scenario(db: Database, retention: Retention) -> None:
+        repo = await ensure_repository(db, "p", "app")
+        digests = await seed(db, repo, [(i, [f"v{i}"], 10 - i) for i in range(3)])
+        prepared = await retention.prepare("p", [Rule(Keep.LAST, count=1)])
+        assert len(prepared.plan.deletions) == 2
+        async with db.write() as conn:
+            await conn.execute(update(repositories).values(tag_overwrite=False))
+        result = await retention.carry_out(prepared, dry_run=False, actor="a")
+        assert result.images_deleted == 0 and result.images_skipped == 2
+        assert await stored(db) == set(digests)
 
     run(database_url, tmp_path, scenario)
