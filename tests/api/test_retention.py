@@ -6,7 +6,9 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from tests.api.conftest import Team, assert_problem, ok, push_image, until
+from berth.domain.retention import Keep, Rule
+from tests.api.conftest import Team, assert_problem, ok, push_image, services, until
+from tests.oci import push_manifest
 from tests.servers import BACKENDS, server_fixture
 
 server = server_fixture("retention", backends=BACKENDS, env={"BERTH_TRAFFIC_FLUSH_INTERVAL": "0.2"})
@@ -118,3 +120,24 @@ def test_keep_pulled_within_keeps_what_clients_pulled(team: Team) -> None:
 
     time.sleep(0.3)  # the pull time is written by the next flush, after the answer
     assert until(planned) == [pushed[0].digest, pushed[2].digest]
+
+
+def test_retag_and_push_during_a_run_are_kept(team: Team) -> None:
+    """Between a run's snapshot and its deletes, a client re-tags a planned image and pushes
+    a new one over /v2: the run deletes only what did not change (both databases)."""
+    name = team.oci_name()
+    with team.registry() as registry:
+        pushed = [push_image(registry, name, f"build-{i}") for i in range(3)]
+    rules = [Rule(Keep.LAST, count=0, repositories=team.repository)]
+    prepared = services(team.server, lambda s: s.retention.prepare(team.project, rules))
+    assert [d.image.digest for d in prepared.plan.deletions] == [m.digest for m in pushed]
+    with team.registry() as registry:
+        push_manifest(registry, name, "latest", pushed[0])  # re-tagged since the snapshot
+        fresh = push_image(registry, name, "fresh")  # pushed since the snapshot
+    result = services(
+        team.server, lambda s: s.retention.carry_out(prepared, dry_run=False, actor="test")
+    )
+    assert [i.digest for i in result.deleted] == [pushed[1].digest, pushed[2].digest]
+    assert result.images_skipped == 1
+    assert tags_of(team) == ["build-0", "fresh", "latest"]
+    assert fresh.digest not in {i.digest for i in result.deleted}
