@@ -10,23 +10,29 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
 from sqlalchemy import func, select, update
 
+from berth.domain.references import RepositoryRef
 from berth.domain.retention import Keep, Rule
 from berth.metadata.database import Database
 from berth.metadata.tables import (
     audit_log,
+    blobs,
     image_events,
     manifests,
     repositories,
+    repository_blobs,
     retention_policies,
     retention_runs,
     tags,
     utcnow,
 )
+from berth.services.manifests import ImageLimitReached
 from berth.services.registry import Registry
 from berth.services.retention import SCHEDULE_ACTOR, Retention
 from berth.storage.filesystem import FilesystemBlobStore
+from tests.oci import OCI_CONFIG, OCI_LAYER, OCI_MANIFEST, Blob, image_manifest
 from tests.retention_seed import ensure_repository, seed, seed_one
 
 Scenario = Callable[[Database, Retention], Awaitable[Any]]
@@ -172,9 +178,31 @@ def test_tag_overwrite_off_protects_every_tagged_image(database_url: str, tmp_pa
 
 
 def test_a_full_repository_drains_to_the_rules_n(database_url: str, tmp_path: Path) -> None:
+    """At the 10,000-image limit a push is refused; a run keeping 10 drains the repository,
+    and the same push is taken."""
+
     async def scenario(db: Database, retention: Retention) -> None:
-        repo = await ensure_repository(db, "p", "ci")
-        await seed(db, repo, [(i, [f"c{i}", f"s{i}"], (10_000 - i) / 1000) for i in range(10_000)])
+        registry = retention.registry
+        repo_id = await ensure_repository(db, "p", "ci")
+        await seed(
+            db, repo_id, [(i, [f"c{i}", f"s{i}"], (10_000 - i) / 1000) for i in range(10_000)]
+        )
+        config = Blob(b'{"architecture":"amd64","os":"linux"}', OCI_CONFIG)
+        layer = Blob(b"layer bytes", OCI_LAYER)
+        async with db.write() as conn:
+            for blob in (config, layer):
+                await conn.execute(blobs.insert().values(digest=blob.digest, size=len(blob.data)))
+                await conn.execute(
+                    repository_blobs.insert().values(repository_id=repo_id, digest=blob.digest)
+                )
+        manifest = image_manifest(config.descriptor(), [layer.descriptor()])
+        repo = RepositoryRef(repo_id, 1, "p", "ci", False, True)
+
+        async def push() -> None:
+            await registry.put_manifest(repo, "", "next", manifest.data, OCI_MANIFEST)
+
+        with pytest.raises(ImageLimitReached):
+            await push()
         started = time.perf_counter()
         result = await retention.run(
             "p", dry_run=False, actor="a", rules=[Rule(Keep.LAST, count=10)]
@@ -186,9 +214,10 @@ def test_a_full_repository_drains_to_the_rules_n(database_url: str, tmp_path: Pa
             left_tags = set((await conn.execute(select(tags.c.name))).scalars())
         assert left == 10
         assert left_tags == {f"{p}{i}" for i in range(9_990, 10_000) for p in "cs"}
+        await push()
         print(f"retention run over 10,000 images and 20,000 tags: {elapsed:.1f} s")
 
-    run(database_url, tmp_path, scenario)
+    run(database_url, tmp_path, scenario)  # Registry's limit is the default 10,000
 
 
 def test_a_due_schedule_runs_once_as_schedule(database_url: str, tmp_path: Path) -> None:
