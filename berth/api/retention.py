@@ -20,7 +20,7 @@ router = APIRouter(prefix="/projects/{project}/retention", tags=["retention"])
 RunId = Annotated[int, Path(ge=1, le=2**31 - 1, description="run id")]
 
 
-class Rule(BaseModel):
+class RetentionRule(BaseModel):
     """One rule: its scope (`repositories`, optionally `tags`) and what it keeps of it."""
 
     model_config = ConfigDict(extra="forbid")
@@ -51,7 +51,7 @@ class Rule(BaseModel):
         return DomainRule(**self.model_dump())
 
     @classmethod
-    def of(cls, rule: DomainRule) -> Rule:
+    def of(cls, rule: DomainRule) -> RetentionRule:
         return cls(
             keep=rule.keep,
             repositories=rule.repositories,
@@ -62,10 +62,10 @@ class Rule(BaseModel):
         )
 
 
-class PolicyBody(BaseModel):
+class RetentionPolicyBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    rules: list[Rule] = Field(max_length=MAX_RULES)
+    rules: list[RetentionRule] = Field(max_length=MAX_RULES)
     schedule: str | None = Field(
         None,
         max_length=64,
@@ -74,9 +74,9 @@ class PolicyBody(BaseModel):
     )
 
 
-class PolicyOut(BaseModel):
+class RetentionPolicy(BaseModel):
     project: str
-    rules: list[Rule]
+    rules: list[RetentionRule]
     schedule: str | None
     next_run_at: dt.datetime | None = Field(description="when the schedule next runs it")
     updated_at: dt.datetime | None
@@ -84,10 +84,10 @@ class PolicyOut(BaseModel):
     combination: str = Field(COMBINATION_RULE, description="how the rules combine")
 
     @classmethod
-    def of(cls, policy: Policy) -> PolicyOut:
+    def of(cls, policy: Policy) -> RetentionPolicy:
         return cls(
             project=policy.project,
-            rules=[Rule.of(r) for r in policy.rules],
+            rules=[RetentionRule.of(r) for r in policy.rules],
             schedule=policy.schedule,
             next_run_at=policy.next_run_at,
             updated_at=policy.updated_at,
@@ -96,7 +96,7 @@ class PolicyOut(BaseModel):
         )
 
 
-class Image(BaseModel):
+class RetentionImage(BaseModel):
     repository: str = Field(description="`repository` or `repository/image`")
     digest: str
     tags: list[str]
@@ -106,7 +106,7 @@ class Image(BaseModel):
     platform_manifests: int = Field(description="its index's platform manifests that go with it")
 
     @classmethod
-    def of(cls, item: PlannedImage) -> Image:
+    def of(cls, item: PlannedImage) -> RetentionImage:
         return cls(
             repository=item.repository,
             digest=item.digest,
@@ -118,7 +118,7 @@ class Image(BaseModel):
         )
 
 
-class Run(BaseModel):
+class RetentionRun(BaseModel):
     """A retention run: a dry run lists what a real run would delete; a real run what it did."""
 
     id: int
@@ -127,10 +127,10 @@ class Run(BaseModel):
     dry_run: bool
     started_at: dt.datetime = Field(description="its snapshot: later pushes and tags are safe")
     finished_at: dt.datetime | None
-    rules: list[Rule]
+    rules: list[RetentionRule]
     images_deleted: int = Field(description="a dry run: how many a real run would delete")
     images_skipped: int = Field(description="planned images that changed since the snapshot")
-    images: list[Image] = Field(
+    images: list[RetentionImage] = Field(
         description="what it deleted (a dry run: would delete); empty in the runs listing, "
         "whose items are fetched one by one for theirs"
     )
@@ -138,7 +138,7 @@ class Run(BaseModel):
     note: str
 
     @classmethod
-    def of(cls, run: RunRecord) -> Run:
+    def of(cls, run: RunRecord) -> RetentionRun:
         return cls(
             id=run.id,
             project=run.project,
@@ -146,23 +146,25 @@ class Run(BaseModel):
             dry_run=run.dry_run,
             started_at=run.started_at,
             finished_at=run.finished_at,
-            rules=[Rule.of(r) for r in run.rules],
+            rules=[RetentionRule.of(r) for r in run.rules],
             images_deleted=run.images_deleted,
             images_skipped=run.images_skipped,
-            images=[Image.of(i) for i in run.deleted],
+            images=[RetentionImage.of(i) for i in run.deleted],
             error=run.error,
             note=run.note,
         )
 
 
 @router.get("", responses=responses(404))
-async def get_policy(ctx: ReadProject) -> PolicyOut:
+async def get_policy(ctx: ReadProject) -> RetentionPolicy:
     """The project's retention policy (no rules: retention deletes nothing)."""
-    return PolicyOut.of(await ctx.services.retention.policy(ctx.project))
+    return RetentionPolicy.of(await ctx.services.retention.policy(ctx.project))
 
 
 @router.put("", responses=responses(404, 422))
-async def set_policy(request: Request, ctx: AdminProject, body: PolicyBody) -> PolicyOut:
+async def set_policy(
+    request: Request, ctx: AdminProject, body: RetentionPolicyBody
+) -> RetentionPolicy:
     """Replace the project's rules and schedule (project admins). Audited."""
     policy = await ctx.services.retention.set_policy(
         ctx.project,
@@ -171,42 +173,45 @@ async def set_policy(request: Request, ctx: AdminProject, body: PolicyBody) -> P
         actor=ctx.actor,
         client=client_address(request),
     )
-    return PolicyOut.of(policy)
+    return RetentionPolicy.of(policy)
 
 
 @router.post("/dry-run", responses=responses(404))
-async def dry_run(request: Request, ctx: ManageProject) -> Run:
+async def dry_run(request: Request, ctx: ManageProject) -> RetentionRun:
     """What a run now would delete, image by image; nothing is deleted. Recorded in the history
     and the audit log."""
     record = await ctx.services.retention.run(
         ctx.project, dry_run=True, actor=ctx.actor, client=client_address(request)
     )
-    return Run.of(record)
+    return RetentionRun.of(record)
 
 
 @router.post("/runs", responses=responses(404))
-async def run(request: Request, ctx: AdminProject) -> Run:
+async def run(request: Request, ctx: AdminProject) -> RetentionRun:
     """Apply the policy now (project admins): deletes what a dry run lists, except images
     pushed or re-tagged since the run's snapshot. The storage comes back at the next garbage
     collection."""
     record = await ctx.services.retention.run(
         ctx.project, dry_run=False, actor=ctx.actor, client=client_address(request)
     )
-    return Run.of(record)
+    return RetentionRun.of(record)
 
 
 @router.get("/runs", responses=responses(404))
-async def history(ctx: ReadProject, paging: PagingDep) -> Page[Run]:
+async def history(ctx: ReadProject, paging: PagingDep) -> Page[RetentionRun]:
     """The project's retention runs, dry and real, newest first."""
     runs, total = await ctx.services.retention.history(
         ctx.project, offset=paging.offset, limit=paging.per_page
     )
-    return Page[Run](
-        items=[Run.of(r) for r in runs], page=paging.page, per_page=paging.per_page, total=total
+    return Page[RetentionRun](
+        items=[RetentionRun.of(r) for r in runs],
+        page=paging.page,
+        per_page=paging.per_page,
+        total=total,
     )
 
 
 @router.get("/runs/{run_id}", responses=responses(404))
-async def get_run(ctx: ReadProject, run_id: RunId) -> Run:
+async def get_run(ctx: ReadProject, run_id: RunId) -> RetentionRun:
     """One run of the project, with its images."""
-    return Run.of(await ctx.services.retention.get_run(ctx.project, run_id))
+    return RetentionRun.of(await ctx.services.retention.get_run(ctx.project, run_id))
