@@ -130,6 +130,12 @@ class RetentionRun(BaseModel):
     rules: list[RetentionRule]
     images_deleted: int = Field(description="a dry run: how many a real run would delete")
     images_skipped: int = Field(description="planned images that changed since the snapshot")
+    images_kept: int | None = Field(
+        None, description="images some rule covers and keeps (null in the runs listing)"
+    )
+    images_outside_rules: int | None = Field(
+        None, description="images no rule's scope covers: never touched (null in the listing)"
+    )
     images: list[RetentionImage] = Field(
         description="what it deleted (a dry run: would delete); empty in the runs listing, "
         "whose items are fetched one by one for theirs"
@@ -149,6 +155,8 @@ class RetentionRun(BaseModel):
             rules=[RetentionRule.of(r) for r in run.rules],
             images_deleted=run.images_deleted,
             images_skipped=run.images_skipped,
+            images_kept=run.kept,
+            images_outside_rules=run.untouched,
             images=[RetentionImage.of(i) for i in run.deleted],
             error=run.error,
             note=run.note,

@@ -97,8 +97,8 @@ class RunRecord:
     images_deleted: int
     images_skipped: int
     deleted: list[PlannedImage]
-    kept: int
-    untouched: int
+    kept: int | None  # images in some rule's scope that stay (None: not kept in history)
+    untouched: int | None  # images outside every rule's scope
     error: str | None
     note: str
 
@@ -657,8 +657,8 @@ class Retention:
             images_deleted=row.images_deleted,
             images_skipped=row.images_skipped,
             deleted=_planned_from_json(row.deleted) if "deleted" in row._fields else [],
-            kept=-1,
-            untouched=-1,
+            kept=None,
+            untouched=None,
             error=row.error,
             note=_note(project, row.dry_run, row.images_deleted, row.images_skipped),
         )

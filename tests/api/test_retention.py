@@ -73,6 +73,7 @@ def test_dry_run_and_run_agree_item_for_item(team: Team) -> None:
     ok(admin.put(team.url("/retention"), json={"rules": [{"keep": "last", "count": 2}]}))
     dry = ok(team["member"].post(team.url("/retention/dry-run")))
     assert dry["dry_run"] and dry["actor"] == team.users["member"]
+    assert (dry["images_kept"], dry["images_outside_rules"]) == (2, 0)
     listed = [(i["repository"], i["digest"], i["tags"]) for i in dry["images"]]
     assert listed == [
         (team.repository, pushed[0].digest, ["build-0"]),

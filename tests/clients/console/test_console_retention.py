@@ -37,6 +37,7 @@ def test_retention_rules_dry_run_run_and_history(page: Page, tenant: Tenant) -> 
     expect(preview).to_contain_text("build-0")
     expect(preview).to_contain_text("build-1")
     expect(preview).not_to_contain_text("build-2")
+    expect(page.get_by_text("1 kept by a rule, 0 outside every rule")).to_be_visible()
     screenshot(page, "retention-dry-run")
 
     page.get_by_role("button", name="Run now").click()

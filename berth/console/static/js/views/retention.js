@@ -89,7 +89,8 @@ async function dryRun(ctx, base, preview, history) {
   try {
     const run = await api.post(`${base}/dry-run`);
     if (ctx.stale()) return;
-    clear(preview, h("h3", {}, `Dry run: ${run.images_deleted} images would be deleted`), h("p", { class: "muted" }, run.note), imagesTable(run, "Dry run preview"));
+    const counts = `${run.images_kept} kept by a rule, ${run.images_outside_rules} outside every rule's scope (untouched).`;
+    clear(preview, h("h3", {}, `Dry run: ${run.images_deleted} images would be deleted`), h("p", { class: "muted" }, `${counts} ${run.note}`), imagesTable(run, "Dry run preview"));
     await showHistory(ctx, base, history, 1);
   } catch (err) {
     clear(preview, errorBox(err));
