@@ -461,18 +461,23 @@ class Retention:
             ):
                 current_tags[(row.repository_id, row.image, row.digest)].add(row.name)
             parent = manifests.alias("parent")
-            listed = {
-                (row.repository_id, row.image, row.digest)
-                for row in await conn.execute(
-                    select(parent.c.repository_id, parent.c.image, manifest_references.c.digest)
-                    .join(parent, parent.c.id == manifest_references.c.manifest_id)
-                    .where(
-                        manifest_references.c.is_manifest,
-                        manifest_references.c.digest.in_({k[2] for k in keys}),
-                        parent.c.repository_id.in_({k[0] for k in keys}),
-                    )
+            # (repository id, image, digest) -> the digests of the stored indexes listing it
+            listed: dict[tuple[int, str, str], set[str]] = defaultdict(set)
+            for row in await conn.execute(
+                select(
+                    parent.c.repository_id,
+                    parent.c.image,
+                    parent.c.digest.label("parent"),
+                    manifest_references.c.digest,
                 )
-            }
+                .join(parent, parent.c.id == manifest_references.c.manifest_id)
+                .where(
+                    manifest_references.c.is_manifest,
+                    manifest_references.c.digest.in_({k[2] for k in keys}),
+                    parent.c.repository_id.in_({k[0] for k in keys}),
+                )
+            ):
+                listed[(row.repository_id, row.image, row.digest)].add(row.parent)
             # Protection as it is now: tag overwrite switched off since the snapshot counts.
             repo_ids = list({k[0] for k in keys})
             now_locked = [
@@ -486,11 +491,12 @@ class Retention:
             protected = await self.protection(conn, snapshot.project_id, now_locked)
             results = []
             chosen: dict[str, list[tuple[str, str]]] = defaultdict(list)
+            children: list[Manifest] = []
             for deletion in batch:
                 image_key = self._key(snapshot, deletion.image)
                 members = (deletion.image, *deletion.referrers, *deletion.children)
                 if (
-                    image_key in listed
+                    listed.get(image_key)
                     or not self._unchanged(
                         snapshot, deletion.image, image_key, current_ids, current_tags
                     )
@@ -500,20 +506,22 @@ class Retention:
                     continue
                 repository = deletion.image.repository
                 chosen[repository].append((deletion.image.image, deletion.image.digest))
-                listed.difference_update(
-                    {(image_key[0], image_key[1], c) for c in deletion.image.children}
-                )
+                for digest in deletion.image.children:
+                    listed[(image_key[0], image_key[1], digest)].discard(deletion.image.digest)
                 for referrer in deletion.referrers:
                     key = self._key(snapshot, referrer)
                     if self._unchanged(snapshot, referrer, key, current_ids, current_tags):
                         chosen[repository].append((referrer.image, referrer.digest))
-                for child in deletion.children:
-                    key = self._key(snapshot, child)
-                    if key in listed:
-                        continue  # an index pushed since lists it
-                    if self._unchanged(snapshot, child, key, current_ids, current_tags):
-                        chosen[repository].append((child.image, child.digest))
+                children.extend(deletion.children)
                 results.append(True)
+            # Platform manifests last, once every index of the batch that goes has let go of
+            # them: one still listed (by an index that stays, or was pushed since) stays.
+            for child in children:
+                key = self._key(snapshot, child)
+                if not listed.get(key) and self._unchanged(
+                    snapshot, child, key, current_ids, current_tags
+                ):
+                    chosen[child.repository].append((child.image, child.digest))
             for repository, doomed in chosen.items():
                 await self.registry.delete_images_in(
                     conn, snapshot.repositories[repository], doomed, actor=actor, client=client

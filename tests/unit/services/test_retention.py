@@ -262,3 +262,25 @@ def test_tag_overwrite_switched_off_during_a_run_protects_the_images(
         assert await stored(db) == set(digests)
 
     run(database_url, tmp_path, scenario)
+
+
+def test_an_index_pushed_during_a_run_keeps_the_platform_manifest_it_lists(
+    database_url: str, tmp_path: Path
+) -> None:
+    async def scenario(db: Database, retention: Retention) -> None:
+        repo = await ensure_repository(db, "p", "app")
+        amd = await seed_one(db, repo, 1, age_days=30)
+        arm = await seed_one(db, repo, 2, age_days=30)
+        old = await seed_one(db, repo, 3, ["old"], age_days=30, children=[amd, arm])
+        other = await seed_one(db, repo, 4, ["other"], age_days=30, children=[amd])
+        prepared = await retention.prepare("p", [Rule(Keep.PUSHED_WITHIN, days=7)])
+        assert {d.image.digest for d in prepared.plan.deletions} == {old, other}
+        # The shared amd64 manifest goes with one of them, once.
+        children = [c.digest for d in prepared.plan.deletions for c in d.children]
+        assert sorted(children) == sorted([amd, arm])
+        # A new index listing the arm64 manifest arrives after the snapshot.
+        fresh = await seed_one(db, repo, 5, ["new"], age_days=0, children=[arm])
+        await retention.carry_out(prepared, dry_run=False, actor="a")
+        assert await stored(db) == {arm, fresh}
+
+    run(database_url, tmp_path, scenario)
