@@ -5,9 +5,9 @@ A run reads a snapshot of the project's manifests (no content), plans with
 first checks every planned manifest is still as the snapshot saw it: the same row (not deleted
 and pushed again), no tag on it that the snapshot did not see (re-tagged since), and, for an
 image or a platform manifest, no stored index listing it. What changed is skipped and
-reported. Deleting goes through `Registry.delete_image_in`, the API's image delete, so image
-history, webhook events and the audit log record each image as they do any delete; the space
-comes back at the next garbage collection.
+reported. Deleting goes through `Registry.delete_images_in`, the batch form of the API's image
+delete, so image history, webhook events and the audit log record each image as they do any
+delete; the space comes back at the next garbage collection.
 """
 
 from __future__ import annotations
