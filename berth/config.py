@@ -62,6 +62,16 @@ class Settings(BaseSettings):
     traffic_metering: bool = Field(
         True, description="count outbound traffic (off only to measure what counting costs)"
     )
+    record_pulls: bool = Field(
+        True,
+        description="record each image's last pull time, for retention rules that keep pulled "
+        "images (off only to measure what recording costs)",
+    )
+    retention_check_interval: float = Field(
+        60.0,
+        gt=0,
+        description="seconds between looks for projects whose scheduled retention run is due",
+    )
     traffic_flush_interval: float = Field(
         5.0, gt=0, description="seconds between writes of the outbound traffic counters"
     )

@@ -18,9 +18,11 @@ from berth.services.gc import GarbageCollector
 from berth.services.identity import Identity
 from berth.services.manifest_cache import ManifestCache, node_stamp
 from berth.services.metering import TrafficMeter
+from berth.services.pulls import PullRecorder
 from berth.services.readiness import Readiness
 from berth.services.registry import Registry
 from berth.services.repositories import Repositories
+from berth.services.retention import Retention
 from berth.services.sessions import Sessions
 from berth.services.storage_check import StorageCheck
 from berth.services.tag_rules import TagRules
@@ -45,6 +47,7 @@ class Services:
     tokens: Tokens
     throttle: LoginThrottle
     traffic: TrafficMeter
+    pulls: PullRecorder
     usage: Usage
     jobs: Scheduler
     gc: GarbageCollector
@@ -54,6 +57,7 @@ class Services:
     webhooks: Webhooks
     webhook_delivery: WebhookDelivery
     tag_rules: TagRules
+    retention: Retention
 
     @classmethod
     def build(cls, settings: Settings) -> Services:
@@ -83,6 +87,10 @@ class Services:
             retry_base=settings.webhook_retry_base,
         )
         manifest_cache = ManifestCache(node_stamp(settings.data_dir))
+        registry = Registry(
+            db, store, settings.max_images_per_repository, manifest_cache=manifest_cache
+        )
+        retention = Retention(db, registry)
         throttle = LoginThrottle(
             settings.login_failures_per_key, settings.login_failures_per_client
         )
@@ -93,9 +101,7 @@ class Services:
             repositories=Repositories(
                 db, settings.repository_quota, store=store, forget_access=identity.forget_cached
             ),
-            registry=Registry(
-                db, store, settings.max_images_per_repository, manifest_cache=manifest_cache
-            ),
+            registry=registry,
             uploads=Uploads(db, store),
             identity=identity,
             authenticator=Authenticator(identity.credentials, tokens, throttle),
@@ -105,6 +111,9 @@ class Services:
                 db,
                 enabled=settings.traffic_metering,
                 flush_interval=settings.traffic_flush_interval,
+            ),
+            pulls=PullRecorder(
+                db, enabled=settings.record_pulls, interval=settings.traffic_flush_interval
             ),
             usage=usage,
             jobs=Scheduler(
@@ -123,6 +132,13 @@ class Services:
                     # by a crash and commits a dead node began go within the hour after.
                     Job("abandoned-uploads", 3600, storage_check.remove_abandoned_uploads),
                     *webhook_delivery.jobs(),
+                    # Projects' scheduled retention runs: looked for every minute (a read).
+                    Job(
+                        "retention-schedule",
+                        settings.retention_check_interval,
+                        retention.run_due,
+                        has_work=retention.has_due,
+                    ),
                 ],
             ),
             gc=GarbageCollector(
@@ -137,6 +153,7 @@ class Services:
             webhooks=Webhooks(db, allow_private=settings.webhook_allow_private),
             webhook_delivery=webhook_delivery,
             tag_rules=TagRules(db),
+            retention=retention,
         )
 
     def host_project(self, host: str | None) -> str | None:
@@ -154,6 +171,7 @@ class Services:
         """Background work of a serving process (not of CLI verbs)."""
         self.identity.audit.start()
         self.traffic.start()
+        self.pulls.start()
         self.jobs.start()
         self.gc.start()
 
@@ -161,6 +179,7 @@ class Services:
         await self.gc.stop()
         await self.jobs.stop()
         await self.traffic.stop()
+        await self.pulls.stop()
         await self.identity.audit.stop()
         await self.store.close()
         await self.db.dispose()

@@ -33,6 +33,7 @@ ROUTER_MODULES = (
     "images",
     "access",
     "gc",
+    "retention",
     "usage",
     "users",
     "webhooks",

@@ -19,6 +19,7 @@ from berth.cli.immutability import immutability_app
 from berth.cli.keys import key_app
 from berth.cli.projects import member_app, project_app
 from berth.cli.repositories import repo_app
+from berth.cli.retention import retention_app
 from berth.cli.server import init, serve, status
 from berth.cli.storage import storage_app
 from berth.cli.usage import audit, usage
@@ -41,6 +42,7 @@ app.add_typer(user_app, name="user")
 app.add_typer(member_app, name="member")
 app.add_typer(key_app, name="key")
 app.add_typer(gc_app, name="gc")
+app.add_typer(retention_app, name="retention")
 app.add_typer(storage_app, name="storage")
 app.add_typer(image_app, name="image")
 app.add_typer(tag_app, name="tag")

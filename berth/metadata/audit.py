@@ -32,3 +32,28 @@ async def write_audit_entry(
             client=client,
         )
     )
+
+
+async def write_audit_entries(
+    conn: AsyncConnection, entries: list[dict[str, Any]], *, client: str | None = None
+) -> None:
+    """Many entries in one statement (a retention run's image deletes): each a dict of
+    `actor`, `action`, `project_id`, `target`, optionally `detail`."""
+    if not entries:
+        return
+    at = utcnow()
+    await conn.execute(
+        audit_log.insert(),
+        [
+            {
+                "at": at,
+                "project_id": entry.get("project_id"),
+                "actor": entry["actor"],
+                "action": entry["action"],
+                "target": entry.get("target", ""),
+                "detail": json.dumps(entry["detail"]) if entry.get("detail") else None,
+                "client": client,
+            }
+            for entry in entries
+        ],
+    )

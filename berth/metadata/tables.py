@@ -113,6 +113,8 @@ manifests = Table(
     Column("content", LargeBinary, nullable=False),
     Column("annotations", Text),
     Column("pushed_at", UTCDateTime, nullable=False, default=utcnow),
+    # When a client last GET this manifest, to the minute (services/pulls.py); NULL: never.
+    Column("last_pulled_at", UTCDateTime),
     UniqueConstraint("repository_id", "image", "digest"),
     Index(None, "repository_id", "image", "subject_digest"),
 )
@@ -349,6 +351,38 @@ gc_sweep = Table(
     Column("kind", String(8), primary_key=True),
     Column("name", DIGEST, primary_key=True),
     Column("size", BigInteger, nullable=False, default=0),
+)
+
+# ---------------------------------------------------------------- retention
+
+# A project's retention policy: its rules (JSON, domain/retention.py) and its schedule.
+retention_policies = Table(
+    "retention_policies",
+    metadata,
+    Column("project_id", ForeignKey("projects.id", ondelete="CASCADE"), primary_key=True),
+    Column("rules", Text, nullable=False),
+    Column("schedule", String(64)),  # NULL: runs only by hand; "daily HH:MM" or a cron line
+    Column("next_run_at", UTCDateTime),  # when the schedule next runs the policy
+    Column("updated_at", UTCDateTime, nullable=False, default=utcnow),
+    Column("updated_by", String(64), nullable=False, default=""),
+)
+
+# Every retention run, dry or real: the rules it applied and what it deleted (or would).
+retention_runs = Table(
+    "retention_runs",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("project_id", ForeignKey("projects.id", ondelete="CASCADE"), nullable=False),
+    Column("actor", String(64), nullable=False),  # a user, or "schedule"
+    Column("dry_run", Boolean, nullable=False),
+    Column("started_at", UTCDateTime, nullable=False, default=utcnow),
+    Column("finished_at", UTCDateTime),
+    Column("rules", Text, nullable=False),
+    Column("deleted", Text, nullable=False, default="[]"),  # JSON list of images
+    Column("images_deleted", Integer, nullable=False, default=0),
+    Column("images_skipped", Integer, nullable=False, default=0),
+    Column("error", Text),
+    Index(None, "project_id", "started_at"),
 )
 
 # ---------------------------------------------------------------- console

@@ -430,6 +430,8 @@ async def get_manifest(request: Request) -> Response:
     }
     if request.method == "HEAD":
         return Response(b"", 200, headers, manifest.media_type)
+    if services.pulls.enabled:
+        services.pulls.pulled(repo.id, _name.image, manifest.digest)
     on_sent = _traffic(services, repo)
     if on_sent is not None:
         return MeteredResponse(manifest.content, headers, manifest.media_type, on_sent)

@@ -9,7 +9,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import and_, bindparam, delete, func, select, update
+from sqlalchemy import and_, bindparam, delete, func, or_, select, update
 
 from berth.domain.digests import digest_bytes, is_digest, parse_digest
 from berth.domain.errors import (
@@ -30,6 +30,7 @@ from berth.domain.manifests import (
 from berth.domain.names import is_valid_tag
 from berth.domain.references import RepositoryRef
 from berth.domain.tag_rules import TagImmutable, full_name, protecting_rule
+from berth.metadata.audit import write_audit_entries
 from berth.metadata.database import Database
 from berth.metadata.queries import indexes_listing, is_image
 from berth.metadata.tables import (
@@ -52,10 +53,12 @@ from berth.services.webhook_events import (
     IMAGE_PUSHED,
     TAG_DELETED,
     TAG_RESTORED,
+    EventData,
     content_data,
     content_subject,
     enqueue_event,
     enqueue_event_now,
+    enqueue_events,
 )
 
 logger = logging.getLogger("berth.registry")
@@ -457,38 +460,7 @@ class ManifestContent:
                     raise await in_use_refusal(
                         conn, repo, f"manifest {reference}", parents, total, index=True
                     )
-                tagged = (
-                    (
-                        await conn.execute(
-                            delete(tags)
-                            .where(
-                                tags.c.repository_id == repo.id,
-                                tags.c.image == image,
-                                tags.c.digest == reference,
-                            )
-                            .returning(tags.c.name)
-                        )
-                    )
-                    .scalars()
-                    .all()
-                )
-                # Refused after the delete, so no extra query: the refusal rolls it back.
-                await self._refuse_protected(conn, repo, image, sorted(tagged), "deleted")
-                result = await conn.execute(
-                    delete(manifests).where(
-                        manifests.c.repository_id == repo.id,
-                        manifests.c.image == image,
-                        manifests.c.digest == reference,
-                    )
-                )
-                found = bool(result.rowcount)
-                if found:
-                    for name in tagged:
-                        await self._event(conn, repo, image, name, "untag", reference, None, actor)
-                    await self._event(conn, repo, image, None, "delete", reference, None, actor)
-                    data = content_data(repo, image, actor, digest=reference, tags=list(tagged))
-                    subject = content_subject(repo, image, reference)
-                    await enqueue_event(conn, repo.project_id, IMAGE_DELETED, data, subject)
+                found = await self.delete_image_in(conn, repo, image, reference, actor=actor)
             else:
                 old = (
                     await conn.execute(
@@ -516,6 +488,134 @@ class ManifestContent:
             await audit_content_change(
                 conn, action, repo, image, reference, actor=actor, client=client
             )
+
+    async def delete_image_in(
+        self, conn: Any, repo: RepositoryRef, image: str, digest: str, *, actor: str
+    ) -> bool:
+        """In the caller's write transaction: delete a manifest and every tag on it, with its
+        history events and webhook event (the caller audits it). False when it is not stored.
+        The caller has checked that no stored index lists it."""
+        tagged = (
+            (
+                await conn.execute(
+                    delete(tags)
+                    .where(
+                        tags.c.repository_id == repo.id,
+                        tags.c.image == image,
+                        tags.c.digest == digest,
+                    )
+                    .returning(tags.c.name)
+                )
+            )
+            .scalars()
+            .all()
+        )
+        # Refused after the delete, so no extra query: the refusal rolls it back.
+        await self._refuse_protected(conn, repo, image, sorted(tagged), "deleted")
+        result = await conn.execute(
+            delete(manifests).where(
+                manifests.c.repository_id == repo.id,
+                manifests.c.image == image,
+                manifests.c.digest == digest,
+            )
+        )
+        if not result.rowcount:
+            return False
+        for name in tagged:
+            await self._event(conn, repo, image, name, "untag", digest, None, actor)
+        await self._event(conn, repo, image, None, "delete", digest, None, actor)
+        data = content_data(repo, image, actor, digest=digest, tags=list(tagged))
+        subject = content_subject(repo, image, digest)
+        await enqueue_event(conn, repo.project_id, IMAGE_DELETED, data, subject)
+        return True
+
+    async def delete_images_in(
+        self,
+        conn: Any,
+        repo: RepositoryRef,
+        manifests_to_delete: list[tuple[str, str]],
+        *,
+        actor: str,
+        client: str | None,
+    ) -> set[tuple[str, str]]:
+        """`delete_image_in` for many (image, digest) of one repository at once, audited as
+        `image.delete` each: a handful of statements whatever their number (a retention run).
+        Returns those that were stored."""
+        if not manifests_to_delete:
+            return set()
+        by_image: dict[str, list[str]] = {}
+        for image, digest in manifests_to_delete:
+            by_image.setdefault(image, []).append(digest)
+
+        def pairs(table: Any) -> Any:
+            # Grouped by image: each group is a range of the (repository, image, digest)
+            # index (a row-value IN would scan the table on SQLite).
+            return or_(
+                *(
+                    and_(table.c.image == image, table.c.digest.in_(digests))
+                    for image, digests in by_image.items()
+                )
+            )
+
+        removed_tags: dict[tuple[str, str], list[str]] = {}
+        for image, digest, name in await conn.execute(
+            delete(tags)
+            .where(
+                tags.c.repository_id == repo.id,
+                pairs(tags),
+            )
+            .returning(tags.c.image, tags.c.digest, tags.c.name)
+        ):
+            removed_tags.setdefault((image, digest), []).append(name)
+        found = {
+            (image, digest)
+            for image, digest in await conn.execute(
+                delete(manifests)
+                .where(manifests.c.repository_id == repo.id, pairs(manifests))
+                .returning(manifests.c.image, manifests.c.digest)
+            )
+        }
+        if not found:
+            return found
+        now = utcnow()
+        history: list[tuple[str, str | None, str, str]] = []
+        events: list[tuple[EventData, str | None]] = []
+        audits: list[dict[str, Any]] = []
+        for image, digest in sorted(found):
+            names = sorted(removed_tags.get((image, digest), []))
+            for name in names:
+                history.append((image, name, "untag", digest))
+            history.append((image, None, "delete", digest))
+            data = content_data(repo, image, actor, digest=digest, tags=names)
+            events.append((data, content_subject(repo, image, digest)))
+            name_of = f"{repo.name}/{image}" if image else repo.name
+            audits.append(
+                {
+                    "actor": actor,
+                    "action": "image.delete",
+                    "project_id": repo.project_id,
+                    "target": f"{name_of}@{digest}"[:255],
+                }
+            )
+        await conn.execute(
+            image_events.insert(),
+            [
+                {
+                    "repository_id": repo.id,
+                    "image": image,
+                    "tag": tag,
+                    "action": action,
+                    "old_digest": digest,
+                    "new_digest": None,
+                    "actor": actor,
+                    "at": now,
+                }
+                for image, tag, action, digest in history
+            ],
+        )
+        await enqueue_events(conn, repo.project_id, IMAGE_DELETED, events)
+        await write_audit_entries(conn, audits, client=client)
+        return found
 
     async def restore_tag(
         self, repo: RepositoryRef, image: str, tag: str, *, actor: str, client: str | None

@@ -133,6 +133,28 @@ async def enqueue_event(
         await _insert(conn, project_id, event_type, data, subject)
 
 
+async def enqueue_events(
+    conn: AsyncConnection,
+    project_id: int,
+    event_type: str,
+    events: list[tuple[EventData, str | None]],
+) -> None:
+    """Queue many events of one type (data, subject) in the caller's transaction: one read
+    and, if an endpoint takes them, one insert."""
+    if events and await _taken(conn, project_id, event_type):
+        await conn.execute(
+            webhook_events.insert(),
+            [
+                {
+                    "project_id": project_id,
+                    "type": event_type,
+                    "payload": event_json(new_event(event_type, data, subject)),
+                }
+                for data, subject in events
+            ],
+        )
+
+
 async def enqueue_event_now(
     db: Database,
     project_id: int,

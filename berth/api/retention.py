@@ -1,0 +1,225 @@
+"""Retention: the project's policy (rules and schedule), dry runs, runs and their history."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Annotated
+
+from fastapi import APIRouter, Path, Request
+from pydantic import BaseModel, ConfigDict, Field
+
+from berth.api.deps import AdminProject, ManageProject, Page, PagingDep, ReadProject
+from berth.api.problems import responses
+from berth.auth.guard import client_address
+from berth.domain.retention import COMBINATION_RULE, MAX_RULES, Keep
+from berth.domain.retention import Rule as DomainRule
+from berth.services.retention import PlannedImage, Policy, RunRecord
+
+router = APIRouter(prefix="/projects/{project}/retention", tags=["retention"])
+
+RunId = Annotated[int, Path(ge=1, le=2**31 - 1, description="run id")]
+
+
+class RetentionRule(BaseModel):
+    """One rule: its scope (`repositories`, optionally `tags`) and what it keeps of it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    keep: Keep = Field(
+        description="`last`: the `count` most recently pushed images of each repository; "
+        "`pushed_within` / `pulled_within`: images pushed / pulled within `days`; "
+        "`tagged`: images with a tag matching `pattern`; `untagged_within`: every tagged "
+        "image, and untagged ones pushed within `days` (older untagged images are removed)"
+    )
+    repositories: str = Field(
+        "*",
+        max_length=255,
+        description="repository pattern, matched against `repository` or `repository/image`: "
+        "`*` matches any characters, `?` one",
+    )
+    tags: str | None = Field(
+        None,
+        max_length=255,
+        description="scope the rule to images with a tag matching this pattern; images "
+        "without one are outside this rule",
+    )
+    count: int | None = Field(None, ge=0, le=100_000, description="for `last`")
+    days: float | None = Field(None, ge=0, le=36_500, description="for the `*_within` rules")
+    pattern: str | None = Field(None, max_length=255, description="for `tagged`")
+
+    def to_domain(self) -> DomainRule:
+        return DomainRule(**self.model_dump())
+
+    @classmethod
+    def of(cls, rule: DomainRule) -> RetentionRule:
+        return cls(
+            keep=rule.keep,
+            repositories=rule.repositories,
+            tags=rule.tags,
+            count=rule.count,
+            days=rule.days,
+            pattern=rule.pattern,
+        )
+
+
+class RetentionPolicyBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    rules: list[RetentionRule] = Field(max_length=MAX_RULES)
+    schedule: str | None = Field(
+        None,
+        max_length=64,
+        description="`daily HH:MM` (UTC) or a five-field cron expression (UTC); null: runs "
+        "only when started",
+    )
+
+
+class RetentionPolicy(BaseModel):
+    project: str
+    rules: list[RetentionRule]
+    schedule: str | None
+    next_run_at: dt.datetime | None = Field(description="when the schedule next runs it")
+    updated_at: dt.datetime | None
+    updated_by: str
+    combination: str = Field(COMBINATION_RULE, description="how the rules combine")
+
+    @classmethod
+    def of(cls, policy: Policy) -> RetentionPolicy:
+        return cls(
+            project=policy.project,
+            rules=[RetentionRule.of(r) for r in policy.rules],
+            schedule=policy.schedule,
+            next_run_at=policy.next_run_at,
+            updated_at=policy.updated_at,
+            updated_by=policy.updated_by,
+            combination=policy.combination,
+        )
+
+
+class RetentionImage(BaseModel):
+    repository: str = Field(description="`repository` or `repository/image`")
+    digest: str
+    tags: list[str]
+    pushed_at: dt.datetime
+    last_pulled_at: dt.datetime | None
+    referrers: int = Field(description="referrers (signatures, SBOMs) that go with it")
+    platform_manifests: int = Field(description="its index's platform manifests that go with it")
+
+    @classmethod
+    def of(cls, item: PlannedImage) -> RetentionImage:
+        return cls(
+            repository=item.repository,
+            digest=item.digest,
+            tags=item.tags,
+            pushed_at=item.pushed_at,
+            last_pulled_at=item.last_pulled_at,
+            referrers=item.referrers,
+            platform_manifests=item.platform_manifests,
+        )
+
+
+class RetentionRun(BaseModel):
+    """A retention run: a dry run lists what a real run would delete; a real run what it did."""
+
+    id: int
+    project: str
+    actor: str = Field(description="who started it, or `schedule`")
+    dry_run: bool
+    started_at: dt.datetime = Field(description="its snapshot: later pushes and tags are safe")
+    finished_at: dt.datetime | None
+    rules: list[RetentionRule]
+    images_deleted: int = Field(description="a dry run: how many a real run would delete")
+    images_skipped: int = Field(description="planned images that changed since the snapshot")
+    images_kept: int | None = Field(
+        None, description="images some rule covers and keeps (null in the runs listing)"
+    )
+    images_outside_rules: int | None = Field(
+        None, description="images no rule's scope covers: never touched (null in the listing)"
+    )
+    images: list[RetentionImage] = Field(
+        description="what it deleted (a dry run: would delete); empty in the runs listing, "
+        "whose items are fetched one by one for theirs"
+    )
+    error: str | None
+    note: str
+
+    @classmethod
+    def of(cls, run: RunRecord) -> RetentionRun:
+        return cls(
+            id=run.id,
+            project=run.project,
+            actor=run.actor,
+            dry_run=run.dry_run,
+            started_at=run.started_at,
+            finished_at=run.finished_at,
+            rules=[RetentionRule.of(r) for r in run.rules],
+            images_deleted=run.images_deleted,
+            images_skipped=run.images_skipped,
+            images_kept=run.kept,
+            images_outside_rules=run.untouched,
+            images=[RetentionImage.of(i) for i in run.deleted],
+            error=run.error,
+            note=run.note,
+        )
+
+
+@router.get("", responses=responses(404))
+async def get_policy(ctx: ReadProject) -> RetentionPolicy:
+    """The project's retention policy (no rules: retention deletes nothing)."""
+    return RetentionPolicy.of(await ctx.services.retention.policy(ctx.project))
+
+
+@router.put("", responses=responses(404, 422))
+async def set_policy(
+    request: Request, ctx: AdminProject, body: RetentionPolicyBody
+) -> RetentionPolicy:
+    """Replace the project's rules and schedule (project admins). Audited."""
+    policy = await ctx.services.retention.set_policy(
+        ctx.project,
+        [rule.to_domain() for rule in body.rules],
+        body.schedule,
+        actor=ctx.actor,
+        client=client_address(request),
+    )
+    return RetentionPolicy.of(policy)
+
+
+@router.post("/dry-run", responses=responses(404))
+async def dry_run(request: Request, ctx: ManageProject) -> RetentionRun:
+    """What a run now would delete, image by image; nothing is deleted. Recorded in the history
+    and the audit log."""
+    record = await ctx.services.retention.run(
+        ctx.project, dry_run=True, actor=ctx.actor, client=client_address(request)
+    )
+    return RetentionRun.of(record)
+
+
+@router.post("/runs", responses=responses(404))
+async def run(request: Request, ctx: AdminProject) -> RetentionRun:
+    """Apply the policy now (project admins): deletes what a dry run lists, except images
+    pushed or re-tagged since the run's snapshot. The storage comes back at the next garbage
+    collection."""
+    record = await ctx.services.retention.run(
+        ctx.project, dry_run=False, actor=ctx.actor, client=client_address(request)
+    )
+    return RetentionRun.of(record)
+
+
+@router.get("/runs", responses=responses(404))
+async def history(ctx: ReadProject, paging: PagingDep) -> Page[RetentionRun]:
+    """The project's retention runs, dry and real, newest first."""
+    runs, total = await ctx.services.retention.history(
+        ctx.project, offset=paging.offset, limit=paging.per_page
+    )
+    return Page[RetentionRun](
+        items=[RetentionRun.of(r) for r in runs],
+        page=paging.page,
+        per_page=paging.per_page,
+        total=total,
+    )
+
+
+@router.get("/runs/{run_id}", responses=responses(404))
+async def get_run(ctx: ReadProject, run_id: RunId) -> RetentionRun:
+    """One run of the project, with its images."""
+    return RetentionRun.of(await ctx.services.retention.get_run(ctx.project, run_id))

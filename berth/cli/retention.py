@@ -1,0 +1,167 @@
+"""`berth retention`: a project's retention rules and schedule, dry runs, runs and history."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import typer
+
+from berth.cli.common import (
+    CLI_CLIENT,
+    JsonFlag,
+    ProjectArg,
+    YesFlag,
+    cli_actor,
+    console,
+    fail,
+    print_json,
+    run_service,
+    show_rows,
+)
+from berth.domain.retention import COMBINATION_RULE, Keep, Rule
+from berth.services.records import plain
+from berth.services.retention import RunRecord
+
+retention_app = typer.Typer(
+    help="Retention: rules that keep images; the images no rule keeps are deleted.",
+    no_args_is_help=True,
+)
+
+RULE_HELP = (
+    "A rule, repeat for several: KEEP=VALUE[,repositories=PATTERN][,tags=PATTERN] where KEEP "
+    "is last (a count), pushed_within or pulled_within (days), tagged (a tag pattern) or "
+    "untagged_within (days: older untagged images are removed). Patterns: '*' any "
+    "characters, '?' one. E.g. --rule last=10,repositories='ci/*' --rule tagged='v*'"
+)
+IMAGE_COLUMNS = ["repository", "digest", "tags", "pushed_at", "last_pulled_at"]
+RUN_COLUMNS = ["id", "started_at", "actor", "dry_run", "images_deleted", "images_skipped"]
+
+
+def parse_rule(text: str) -> Rule:
+    """`last=10,repositories=app/*,tags=ci-*` as a rule; exits 2 when it is not one."""
+    fields: dict[str, Any] = {}
+    keep: Keep | None = None
+    for part in text.split(","):
+        name, sep, value = part.partition("=")
+        name = name.strip()
+        if not sep or not value:
+            fail(f"--rule {text!r}: {part!r} is not NAME=VALUE", 2)
+        if keep is None:
+            try:
+                keep = Keep(name)
+            except ValueError:
+                fail(
+                    f"--rule {text!r}: it starts with what it keeps, one of "
+                    + ", ".join(k.value for k in Keep),
+                    2,
+                )
+            try:
+                if keep is Keep.LAST:
+                    fields["count"] = int(value)
+                elif keep is Keep.TAGGED:
+                    fields["pattern"] = value
+                else:
+                    fields["days"] = float(value)
+            except ValueError:
+                fail(f"--rule {text!r}: {value!r} is not a number", 2)
+        elif name in ("repositories", "tags"):
+            fields[name] = value
+        else:
+            fail(f"--rule {text!r}: {name!r} is not repositories or tags", 2)
+    assert keep is not None
+    return Rule(keep, **fields)
+
+
+def _image_rows(run: RunRecord) -> list[dict[str, Any]]:
+    return [{**plain(i), "tags": " ".join(i.tags) or "-"} for i in run.deleted]
+
+
+def _show_rules(rules: list[Rule]) -> None:
+    if not rules:
+        console.print("No rules: retention deletes nothing.")
+    for number, rule in enumerate(rules, start=1):
+        console.print(f"  {number}. {rule.describe()}")
+
+
+@retention_app.command("show")
+def retention_show(project: ProjectArg, json_output: JsonFlag = False) -> None:
+    """Show the project's retention rules and schedule."""
+    policy = run_service(lambda s: s.retention.policy(project))
+    if json_output:
+        print_json(plain(policy))
+        return
+    console.print(f"Retention of {project}: {COMBINATION_RULE}")
+    _show_rules(policy.rules)
+    if policy.schedule:
+        console.print(f"Runs on schedule {policy.schedule} (UTC); next at {policy.next_run_at}")
+    else:
+        console.print(f"Runs only when started: berth retention run {project}")
+
+
+@retention_app.command("set")
+def retention_set(
+    project: ProjectArg,
+    rule: Annotated[list[str] | None, typer.Option("--rule", help=RULE_HELP)] = None,
+    schedule: Annotated[
+        str | None,
+        typer.Option(
+            help="'daily HH:MM' or a five-field cron expression, in UTC; empty: no schedule."
+        ),
+    ] = None,
+    json_output: JsonFlag = False,
+) -> None:
+    """Replace the project's rules (none: retention deletes nothing) and schedule."""
+    rules = [parse_rule(text) for text in rule or []]
+    policy = run_service(
+        lambda s: s.retention.set_policy(
+            project, rules, schedule or None, actor=cli_actor(), client=CLI_CLIENT
+        )
+    )
+    if json_output:
+        print_json(plain(policy))
+        return
+    console.print(f"Saved {len(rules)} retention rules for {project}.")
+    _show_rules(policy.rules)
+    sample = f"berth retention dry-run {project}"
+    console.print(f"See what a run would delete:\n  {sample}")
+
+
+@retention_app.command("dry-run")
+def retention_dry_run(project: ProjectArg, json_output: JsonFlag = False) -> None:
+    """List what a run now would delete; delete nothing."""
+    record = run_service(
+        lambda s: s.retention.run(project, dry_run=True, actor=cli_actor(), client=CLI_CLIENT)
+    )
+    if json_output:
+        print_json(plain(record))
+        return
+    show_rows(False, _image_rows(record), IMAGE_COLUMNS, f"Retention dry run of {project}")
+    console.print(record.note)
+    if record.deleted:
+        console.print(f"Delete them:\n  berth retention run {project}")
+
+
+@retention_app.command("run")
+def retention_run(project: ProjectArg, yes: YesFlag = False, json_output: JsonFlag = False) -> None:
+    """Apply the rules now: delete the images no rule keeps (images pushed or re-tagged
+    during the run are kept)."""
+    if not yes and not json_output:
+        typer.confirm(f"Delete the images of {project} that no retention rule keeps?", abort=True)
+    record = run_service(
+        lambda s: s.retention.run(project, dry_run=False, actor=cli_actor(), client=CLI_CLIENT)
+    )
+    if json_output:
+        print_json(plain(record))
+        return
+    show_rows(False, _image_rows(record), IMAGE_COLUMNS, f"Deleted by retention in {project}")
+    console.print(record.note)
+    if record.error:
+        fail(f"the run stopped: {record.error}")
+
+
+@retention_app.command("history")
+def retention_history(project: ProjectArg, json_output: JsonFlag = False) -> None:
+    """The project's retention runs, newest first."""
+    runs, _total = run_service(lambda s: s.retention.history(project, limit=50))
+    rows = [{k: v for k, v in plain(r).items() if k != "deleted"} for r in runs]
+    show_rows(json_output, rows, RUN_COLUMNS, f"Retention runs of {project}")

@@ -1,0 +1,195 @@
+// Retention (a section of the Policies page): the project's rules and schedule, a dry-run
+// preview of what a run would delete, running it, and the history of runs.
+
+import { api, query, seg } from "../api.js";
+import { badge, clear, confirmDialog, emptyState, errorBox, field, h, openDialog, pager, shortDigest, table, timeElement, toast } from "../ui.js";
+
+// What each kind of rule keeps, and the value it needs.
+const KINDS = {
+  last: { label: "Keep the N most recently pushed images (per repository)", value: "count", unit: "images" },
+  pushed_within: { label: "Keep images pushed within D days", value: "days", unit: "days" },
+  pulled_within: { label: "Keep images pulled within D days", value: "days", unit: "days" },
+  tagged: { label: "Keep images with a tag matching a pattern", value: "pattern", unit: "tag pattern" },
+  untagged_within: { label: "Remove untagged images older than D days (tagged images are kept)", value: "days", unit: "days" },
+};
+
+export function describeRule(rule) {
+  const value = rule[KINDS[rule.keep].value];
+  const what = {
+    last: `Keep the ${value} most recently pushed images`,
+    pushed_within: `Keep images pushed within ${value} days`,
+    pulled_within: `Keep images pulled within ${value} days`,
+    tagged: `Keep images with a tag matching ${value}`,
+    untagged_within: `Remove untagged images older than ${value} days`,
+  }[rule.keep];
+  const scope = `in ${rule.repositories}${rule.tags ? `, images tagged ${rule.tags}` : ""}`;
+  return `${what} (${scope})`;
+}
+
+/** Renders the Retention section into `section`. */
+export async function retentionSection(section, ctx) {
+  const { project } = ctx;
+  const base = `/projects/${seg(project.name)}/retention`;
+  const admin = project.role === "admin" || project.server_admin;
+  const manager = admin || project.role === "member";
+  clear(section, h("h2", {}, "Retention"), h("div", { class: "loading" }, "Loading retention…"));
+  const policy = await api.get(base);
+  if (ctx.stale()) return;
+  const preview = h("div", { "aria-live": "polite" });
+  const history = h("div");
+  clear(
+    section,
+    h("h2", {}, "Retention"),
+    h("p", { class: "combination" }, h("strong", {}, policy.combination)),
+    h(
+      "p",
+      { class: "muted" },
+      "A rule's scope is a repository pattern (matched against repository or repository/image; * matches any characters) and, optionally, a tag pattern. Index platform manifests and referrers (signatures, SBOMs) go with their image; an image with a protected tag (tag overwrite off) is never deleted. Freed storage comes back at the next garbage collection.",
+    ),
+    table(
+      [
+        { title: "#", cell: (r) => String(policy.rules.indexOf(r) + 1) },
+        { title: "Rule", cell: (r) => describeRule(r) },
+      ],
+      policy.rules,
+      { caption: "Retention rules", empty: emptyState("No retention rules", h("p", {}, "Without rules, retention deletes nothing.")) },
+    ),
+    h("p", {}, policy.schedule ? ["Schedule: ", h("code", {}, policy.schedule), " (UTC); next run ", timeElement(policy.next_run_at)] : "No schedule: runs only when started."),
+    h(
+      "div",
+      { class: "actions" },
+      admin ? h("button", { type: "button", onclick: () => editPolicy(ctx, base, policy) }, "Edit rules") : null,
+      manager ? h("button", { type: "button", onclick: () => dryRun(ctx, base, preview, history) }, "Dry run") : null,
+      admin ? h("button", { type: "button", class: "danger", onclick: () => runNow(ctx, base, preview, history) }, "Run now") : null,
+    ),
+    preview,
+    h("h3", {}, "History"),
+    history,
+  );
+  await showHistory(ctx, base, history, 1);
+}
+
+function imagesTable(run, caption) {
+  return table(
+    [
+      { title: "Repository", cell: (i) => h("code", {}, i.repository) },
+      { title: "Digest", cell: (i) => h("code", { title: i.digest }, shortDigest(i.digest)) },
+      { title: "Tags", cell: (i) => (i.tags.length ? i.tags.join(", ") : "untagged") },
+      { title: "Pushed", cell: (i) => timeElement(i.pushed_at) },
+      { title: "Last pulled", cell: (i) => (i.last_pulled_at ? timeElement(i.last_pulled_at) : "never") },
+      { title: "With it", cell: (i) => [i.platform_manifests ? `${i.platform_manifests} platform manifests` : null, i.referrers ? ` ${i.referrers} referrers` : null].filter(Boolean).join(",") || "-" },
+    ],
+    run.images,
+    { caption, rowKey: (i) => `${i.repository}@${i.digest}`, empty: emptyState("Nothing to delete", h("p", {}, "Every image is kept by a rule or outside every rule's scope.")) },
+  );
+}
+
+async function dryRun(ctx, base, preview, history) {
+  clear(preview, h("div", { class: "loading" }, "Planning…"));
+  try {
+    const run = await api.post(`${base}/dry-run`);
+    if (ctx.stale()) return;
+    const counts = `${run.images_kept} kept by a rule, ${run.images_outside_rules} outside every rule's scope (untouched).`;
+    clear(preview, h("h3", {}, `Dry run: ${run.images_deleted} images would be deleted`), h("p", { class: "muted" }, `${counts} ${run.note}`), imagesTable(run, "Dry run preview"));
+    await showHistory(ctx, base, history, 1);
+  } catch (err) {
+    clear(preview, errorBox(err));
+  }
+}
+
+async function runNow(ctx, base, preview, history) {
+  let run = null;
+  const done = await confirmDialog({
+    title: "Run retention",
+    body: h("p", {}, "Delete every image of ", h("strong", {}, ctx.project.name), " that no rule keeps? Images pushed or re-tagged while it runs are kept. Use Dry run first to see the list."),
+    confirmLabel: "Run now",
+    action: async () => {
+      run = await api.post(`${base}/runs`);
+    },
+  });
+  if (!done || !run || ctx.stale()) return;
+  toast(`Retention deleted ${run.images_deleted} images`);
+  clear(preview, h("h3", {}, `Run: ${run.images_deleted} images deleted`), h("p", { class: "muted" }, run.note), imagesTable(run, "Deleted by the run"));
+  await showHistory(ctx, base, history, 1);
+}
+
+async function showHistory(ctx, base, container, page) {
+  const data = await api.get(`${base}/runs${query({ page, per_page: 10 })}`);
+  if (ctx.stale()) return;
+  clear(
+    container,
+    table(
+      [
+        { title: "Started", cell: (r) => timeElement(r.started_at) },
+        { title: "Kind", cell: (r) => (r.dry_run ? badge("Dry run", "pending") : badge("Run", "active")) },
+        { title: "By", cell: (r) => r.actor },
+        { title: "Images", cell: (r) => `${r.images_deleted}${r.dry_run ? " would be deleted" : " deleted"}${r.images_skipped ? `, ${r.images_skipped} kept (changed during the run)` : ""}` },
+        { title: "Rules", cell: (r) => r.rules.map((rule) => h("div", {}, describeRule(rule))) },
+        { title: "Error", cell: (r) => r.error || "-" },
+      ],
+      data.items,
+      { caption: "Retention runs", rowKey: (r) => r.id, empty: emptyState("No runs yet", h("p", {}, "A dry run shows what the rules would delete.")) },
+    ),
+    pager(data, (p) => showHistory(ctx, base, container, p)),
+  );
+}
+
+function ruleRow(rule) {
+  const kind = h("select", { "aria-label": "Rule" }, Object.entries(KINDS).map(([k, v]) => h("option", { value: k, selected: k === rule.keep }, v.label)));
+  const value = h("input", { type: "text", "aria-label": "Value", size: 8, value: rule.keep ? String(rule[KINDS[rule.keep].value] ?? "") : "" });
+  const repositories = h("input", { type: "text", "aria-label": "Repositories", size: 12, value: rule.repositories || "*" });
+  const tags = h("input", { type: "text", "aria-label": "Only images tagged", size: 10, placeholder: "any", value: rule.tags || "" });
+  const row = h("div", { class: "rule-row" }, kind, value, repositories, tags, h("button", { type: "button", class: "small", onclick: () => row.remove() }, "Remove"));
+  row.read = () => {
+    const spec = KINDS[kind.value];
+    const raw = value.value.trim();
+    const out = { keep: kind.value, repositories: repositories.value.trim() || "*", tags: tags.value.trim() || null };
+    out[spec.value] = spec.value === "pattern" ? raw : Number(raw);
+    return out;
+  };
+  return row;
+}
+
+async function editPolicy(ctx, base, policy) {
+  const saved = await openDialog({
+    title: "Retention rules",
+    wide: true,
+    build(close) {
+      const rows = h("div", { class: "rule-rows" }, policy.rules.map((r) => ruleRow(r)));
+      const schedule = h("input", { type: "text", placeholder: "daily 03:00 or 30 3 * * *", value: policy.schedule || "", autocomplete: "off", spellcheck: false });
+      const scheduleField = field("Schedule (optional, UTC)", schedule, "daily HH:MM, or a cron expression of five fields. Empty: runs only when started.");
+      const problem = h("div");
+      const form = h(
+        "form",
+        {},
+        h(
+          "div",
+          { class: "dialog-body" },
+          h("p", {}, h("strong", {}, policy.combination)),
+          h("p", { class: "hint" }, "Each rule: what it keeps, its value, the repositories it covers (* any characters), and optionally only images tagged with a pattern."),
+          rows,
+          h("button", { type: "button", class: "small", onclick: () => rows.append(ruleRow({ keep: "last", repositories: "*" })) }, "Add rule"),
+          scheduleField,
+          problem,
+        ),
+        h("footer", {}, h("button", { type: "button", onclick: () => close() }, "Cancel"), h("button", { type: "submit", class: "primary" }, "Save")),
+      );
+      form.addEventListener("submit", async (e) => {
+        e.preventDefault();
+        clear(problem);
+        try {
+          const rules = [...rows.children].map((r) => r.read());
+          close(await api.put(base, { rules, schedule: schedule.value.trim() || null }));
+        } catch (err) {
+          scheduleField.setError(err.forField?.("schedule"));
+          clear(problem, errorBox(err));
+        }
+      });
+      return form;
+    },
+  });
+  if (saved) {
+    toast("Retention rules saved");
+    ctx.refresh();
+  }
+}

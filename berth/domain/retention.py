@@ -1,0 +1,351 @@
+"""Retention: which images a project's rules keep, and so which a run deletes.
+
+How rules combine, in one sentence (the console and the docs say the same):
+
+    A rule keeps; an image is kept when any rule keeps it, and an image that no rule's scope
+    covers is never touched.
+
+Precisely: each rule has a *scope* (a repository pattern and, optionally, a tag pattern: the rule
+then covers only images with a tag matching it) and one *selector* saying which images of its
+scope it keeps. An image covered by at least one rule's scope and kept by none is deleted; an
+image with a protected tag (tag overwrite off, or an immutable tag rule) is always kept.
+
+The unit is the image (a top-level manifest): its tags go with it, and an image with several
+tags is covered and kept when any of them is. An index's platform manifests go with their index
+(never counted as images of their own, never deleted while an index that stays lists them). A
+referrer (a signature, an SBOM: a manifest whose `subject` is stored) goes with its subject and
+never keeps it alive.
+
+`plan` is a pure function over a snapshot of the project's manifests.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+COMBINATION_RULE = (
+    "A rule keeps; an image is kept when any rule keeps it, and an image that no rule's scope "
+    "covers is never touched."
+)
+MAX_RULES = 20
+
+
+class Keep(StrEnum):
+    """What a rule keeps of the images in its scope."""
+
+    LAST = "last"  # the `count` most recently pushed images of each repository
+    PUSHED_WITHIN = "pushed_within"  # images pushed within `days`
+    PULLED_WITHIN = "pulled_within"  # images pulled within `days`
+    TAGGED = "tagged"  # images with a tag matching `pattern`
+    UNTAGGED_WITHIN = "untagged_within"  # every tagged image; untagged ones pushed within `days`
+
+
+class RuleInvalid(ValueError):
+    """A rule that cannot be applied (said for a person)."""
+
+
+_PATTERN = re.compile(r"[A-Za-z0-9._/*?-]{1,255}")
+
+
+def pattern_problem(pattern: str) -> str | None:
+    if _PATTERN.fullmatch(pattern) is None:
+        return (
+            f"pattern {pattern!r} may hold letters, digits, '.', '_', '-', '/', and the "
+            "wildcards '*' (any characters) and '?' (one character), up to 255 characters"
+        )
+    return None
+
+
+def _compile(pattern: str) -> re.Pattern[str]:
+    parts = []
+    for char in pattern:
+        if char == "*":
+            parts.append(".*")
+        elif char == "?":
+            parts.append(".")
+        else:
+            parts.append(re.escape(char))
+    return re.compile("".join(parts), re.DOTALL)
+
+
+def matches(pattern: str, value: str) -> bool:
+    """`*` matches any characters (slashes too), `?` one character; the rest literally."""
+    return _compile(pattern).fullmatch(value) is not None
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    keep: Keep
+    repositories: str = "*"  # matched against `repository` or `repository/image`
+    tags: str | None = None  # scope: only images with a tag matching this
+    count: int | None = None  # LAST
+    days: float | None = None  # PUSHED_WITHIN, PULLED_WITHIN, UNTAGGED_WITHIN
+    pattern: str | None = None  # TAGGED
+
+    def check(self) -> None:
+        """Raise `RuleInvalid` unless the rule has exactly what its selector needs."""
+        for name, value in (("repositories", self.repositories), ("tags", self.tags)):
+            if value is not None and (problem := pattern_problem(value)) is not None:
+                raise RuleInvalid(f"{name}: {problem}")
+        needs = {
+            Keep.LAST: "count",
+            Keep.PUSHED_WITHIN: "days",
+            Keep.PULLED_WITHIN: "days",
+            Keep.UNTAGGED_WITHIN: "days",
+            Keep.TAGGED: "pattern",
+        }[self.keep]
+        for name in ("count", "days", "pattern"):
+            present = getattr(self, name) is not None
+            if name == needs and not present:
+                raise RuleInvalid(f"a '{self.keep}' rule needs '{name}'")
+            if name != needs and present:
+                raise RuleInvalid(f"a '{self.keep}' rule takes no '{name}' (it needs '{needs}')")
+        if self.count is not None and not 0 <= self.count <= 100_000:
+            raise RuleInvalid("count must be between 0 and 100000")
+        if self.days is not None and not 0 <= self.days <= 36_500:
+            raise RuleInvalid("days must be between 0 and 36500")
+        if self.pattern is not None and (problem := pattern_problem(self.pattern)) is not None:
+            raise RuleInvalid(f"pattern: {problem}")
+
+    def covers(self, image: Image) -> bool:
+        if not matches(self.repositories, image.path):
+            return False
+        return self.tags is None or any(matches(self.tags, tag) for tag in image.tags)
+
+    def describe(self) -> str:
+        scope = f"in {self.repositories}"
+        if self.tags is not None:
+            scope += f", images tagged {self.tags}"
+        days = f"{self.days:g}" if self.days is not None else "?"
+        if self.keep is Keep.LAST:
+            what = f"keep the {self.count} most recently pushed images"
+        elif self.keep is Keep.PUSHED_WITHIN:
+            what = f"keep images pushed within {days} days"
+        elif self.keep is Keep.PULLED_WITHIN:
+            what = f"keep images pulled within {days} days"
+        elif self.keep is Keep.TAGGED:
+            what = f"keep images with a tag matching {self.pattern}"
+        else:
+            what = f"remove untagged images older than {days} days"
+        return f"{what} ({scope})"
+
+
+@dataclass(frozen=True, slots=True)
+class Manifest:
+    """A stored manifest as the snapshot saw it."""
+
+    repository: str
+    image: str
+    digest: str
+    tags: frozenset[str]
+    pushed_at: dt.datetime
+    last_pulled_at: dt.datetime | None = None
+    children: tuple[str, ...] = ()  # an index's platform manifests
+    subject: str | None = None  # a referrer's subject
+
+    @property
+    def path(self) -> str:
+        return f"{self.repository}/{self.image}" if self.image else self.repository
+
+
+@dataclass(frozen=True, slots=True)
+class Image:
+    """A top-level manifest with what goes with it."""
+
+    manifest: Manifest
+    children: tuple[Manifest, ...]  # stored platform manifests its index lists
+    referrers: tuple[Manifest, ...]  # its referrers, and theirs, recursively
+    # (platform manifest digest, its referrers): they go only with that platform manifest
+    child_referrers: tuple[tuple[str, tuple[Manifest, ...]], ...] = ()
+
+    @property
+    def path(self) -> str:
+        return self.manifest.path
+
+    @property
+    def digest(self) -> str:
+        return self.manifest.digest
+
+    @property
+    def tags(self) -> frozenset[str]:
+        """Its own tags and its platform manifests' (its referrers' tags are not its own)."""
+        found = set(self.manifest.tags)
+        for child in self.children:
+            found |= child.tags
+        return frozenset(found)
+
+    @property
+    def pushed_at(self) -> dt.datetime:
+        return self.manifest.pushed_at
+
+    @property
+    def last_pulled_at(self) -> dt.datetime | None:
+        times = [m.last_pulled_at for m in (self.manifest, *self.children) if m.last_pulled_at]
+        return max(times) if times else None
+
+    def every_tag(self) -> Iterable[tuple[str, str]]:
+        """(repository path, tag) of every tag a delete would remove, referrers' included."""
+        every = [self.manifest, *self.children, *self.referrers]
+        for _digest, referrers in self.child_referrers:
+            every.extend(referrers)
+        for member in every:
+            for tag in member.tags:
+                yield member.path, tag
+
+
+@dataclass(frozen=True, slots=True)
+class Deletion:
+    """An image a run deletes: the image, then its referrers, then its platform manifests no
+    other remaining index lists."""
+
+    image: Manifest
+    referrers: tuple[Manifest, ...]
+    children: tuple[Manifest, ...]
+
+    @property
+    def path(self) -> str:
+        return self.image.path
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    deletions: tuple[Deletion, ...]
+    kept: int  # images in some rule's scope that stay
+    protected: int  # of those, kept for a protected tag although no rule keeps them
+    untouched: int  # images no rule's scope covers
+    reasons: dict[tuple[str, str], list[int]] = field(default_factory=dict)
+
+
+Protected = Callable[[str, str], bool]
+
+
+def images_of(snapshot: Sequence[Manifest]) -> list[Image]:
+    """The images among stored manifests: neither a platform manifest of a stored index nor a
+    referrer of a stored subject (as `metadata.queries.is_image` counts them)."""
+    by_key: dict[tuple[str, str], Manifest] = {(m.path, m.digest): m for m in snapshot}
+    listed: set[tuple[str, str]] = set()
+    referrers_of: dict[tuple[str, str], list[Manifest]] = defaultdict(list)
+    for m in snapshot:
+        for child in m.children:
+            if (m.path, child) in by_key:
+                listed.add((m.path, child))
+        if m.subject is not None and (m.path, m.subject) in by_key:
+            referrers_of[(m.path, m.subject)].append(m)
+
+    def referrers(m: Manifest, seen: set[str]) -> list[Manifest]:
+        found = []
+        for r in referrers_of.get((m.path, m.digest), ()):
+            if r.digest not in seen:
+                seen.add(r.digest)
+                found.append(r)
+                found.extend(referrers(r, seen))
+        return found
+
+    images = []
+    for m in snapshot:
+        key = (m.path, m.digest)
+        if key in listed or (m.subject is not None and (m.path, m.subject) in by_key):
+            continue
+        children = tuple(by_key[(m.path, c)] for c in m.children if (m.path, c) in by_key)
+        seen = {m.digest, *(c.digest for c in children)}
+        found = referrers(m, seen)
+        of_children = tuple((c.digest, tuple(referrers(c, seen))) for c in children)
+        images.append(Image(m, children, tuple(found), tuple(r for r in of_children if r[1])))
+    return images
+
+
+def _kept_by(rule: Rule, scope: list[Image], now: dt.datetime) -> set[int]:
+    """Indexes (into `scope`) of the images `rule` keeps."""
+    if rule.keep is Keep.LAST:
+        assert rule.count is not None
+        by_path: dict[str, list[int]] = defaultdict(list)
+        for i, image in enumerate(scope):
+            by_path[image.path].append(i)
+        kept: set[int] = set()
+        for indexes in by_path.values():
+            # Newest first; the digest breaks ties so the choice never depends on row order.
+            indexes.sort(key=lambda i: (scope[i].pushed_at, scope[i].digest), reverse=True)
+            kept.update(indexes[: rule.count])
+        return kept
+    if rule.keep is Keep.TAGGED:
+        assert rule.pattern is not None
+        compiled = _compile(rule.pattern)
+        return {
+            i for i, image in enumerate(scope) if any(compiled.fullmatch(t) for t in image.tags)
+        }
+    assert rule.days is not None
+    since = now - dt.timedelta(days=rule.days)
+    if rule.keep is Keep.PUSHED_WITHIN:
+        return {i for i, image in enumerate(scope) if image.pushed_at >= since}
+    if rule.keep is Keep.PULLED_WITHIN:
+        return {
+            i
+            for i, image in enumerate(scope)
+            if (pulled := image.last_pulled_at) is not None and pulled >= since
+        }
+    return {i for i, image in enumerate(scope) if image.tags or image.pushed_at >= since}
+
+
+def plan(
+    snapshot: Sequence[Manifest],
+    rules: Sequence[Rule],
+    now: dt.datetime,
+    protected: Protected = lambda _path, _tag: False,
+) -> Plan:
+    """What a run over `snapshot` deletes under `rules`, at `now`."""
+    images = images_of(snapshot)
+    covered: list[bool] = [False] * len(images)
+    kept: list[bool] = [False] * len(images)
+    reasons: dict[tuple[str, str], list[int]] = {}
+    for number, rule in enumerate(rules, start=1):
+        scope_indexes = [i for i, image in enumerate(images) if rule.covers(image)]
+        scope = [images[i] for i in scope_indexes]
+        for i in scope_indexes:
+            covered[i] = True
+        for local in _kept_by(rule, scope, now):
+            i = scope_indexes[local]
+            kept[i] = True
+            reasons.setdefault((images[i].path, images[i].digest), []).append(number)
+    protected_count = 0
+    doomed: list[Image] = []
+    for i, image in enumerate(images):
+        if not covered[i] or kept[i]:
+            continue
+        if any(protected(path, tag) for path, tag in image.every_tag()):
+            kept[i] = True
+            protected_count += 1
+            continue
+        doomed.append(image)
+    # A platform manifest goes only when every index listing it goes.
+    doomed_keys = {(image.path, image.digest) for image in doomed}
+    listed_by_remaining: set[tuple[str, str]] = set()
+    for m in snapshot:
+        if (m.path, m.digest) not in doomed_keys:
+            for listed in m.children:
+                listed_by_remaining.add((m.path, listed))
+    deletions = []
+    claimed: set[tuple[str, str]] = set()
+    for image in sorted(doomed, key=lambda im: (im.path, im.pushed_at, im.digest)):
+        children: list[Manifest] = []
+        referrers = list(image.referrers)
+        of_children = dict(image.child_referrers)
+        for child in image.children:
+            key = (child.path, child.digest)
+            if key in listed_by_remaining or key in claimed:
+                continue
+            claimed.add(key)
+            children.append(child)
+            referrers.extend(of_children.get(child.digest, ()))
+        deletions.append(Deletion(image.manifest, tuple(referrers), tuple(children)))
+    return Plan(
+        deletions=tuple(deletions),
+        kept=sum(1 for i in range(len(images)) if covered[i] and kept[i]),
+        protected=protected_count,
+        untouched=sum(1 for c in covered if not c),
+        reasons=reasons,
+    )

@@ -1,0 +1,765 @@
+"""Retention policies: a project's rules, dry runs and runs, their history and their schedule.
+
+A run reads a snapshot of the project's manifests (no content), plans with
+`domain.retention.plan`, and deletes the plan in batches, each in one write transaction that
+first checks every planned manifest is still as the snapshot saw it: the same row (not deleted
+and pushed again), no tag on it that the snapshot did not see (re-tagged since), and, for an
+image or a platform manifest, no stored index listing it. What changed is skipped and
+reported. Deleting goes through `Registry.delete_images_in`, the batch form of the API's image
+delete, so image history, webhook events and the audit log record each image as they do any
+delete; the space comes back at the next garbage collection.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from sqlalchemy import ColumnElement, Table, and_, func, or_, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from berth.domain.errors import InvalidValue, NotFound
+from berth.domain.references import RepositoryRef
+from berth.domain.retention import (
+    COMBINATION_RULE,
+    MAX_RULES,
+    Deletion,
+    Keep,
+    Manifest,
+    Plan,
+    Protected,
+    Rule,
+    RuleInvalid,
+    plan,
+)
+from berth.domain.schedules import Schedule, ScheduleInvalid, parse_schedule
+from berth.domain.tag_rules import ImmutableTagRule, protecting_rule
+from berth.metadata.audit import write_audit_entry
+from berth.metadata.database import Database
+from berth.metadata.lookups import require_project
+from berth.metadata.tables import (
+    manifest_references,
+    manifests,
+    projects,
+    repositories,
+    retention_policies,
+    retention_runs,
+    tags,
+    utcnow,
+)
+from berth.services.registry import Registry
+from berth.services.tag_rules import immutable_rules
+
+logger = logging.getLogger("berth.retention")
+
+BATCH = 200  # planned images deleted per write transaction
+SCHEDULE_ACTOR = "schedule"
+AFTER_GC = (
+    "Deleted images' storage is freed by the next garbage collection "
+    "(berth gc run {project}, or the console's Management page)."
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    project: str
+    rules: list[Rule]
+    schedule: str | None
+    next_run_at: dt.datetime | None
+    updated_at: dt.datetime | None
+    updated_by: str
+    combination: str = COMBINATION_RULE
+
+
+@dataclass(frozen=True, slots=True)
+class PlannedImage:
+    repository: str  # the repository path: repository[/image]
+    digest: str
+    tags: list[str]
+    pushed_at: dt.datetime
+    last_pulled_at: dt.datetime | None
+    referrers: int  # referrers (signatures, SBOMs) deleted with it
+    platform_manifests: int  # platform manifests of its index deleted with it
+
+
+@dataclass(frozen=True, slots=True)
+class RunRecord:
+    id: int
+    project: str
+    actor: str
+    dry_run: bool
+    started_at: dt.datetime
+    finished_at: dt.datetime | None
+    rules: list[Rule]
+    images_deleted: int
+    images_skipped: int
+    deleted: list[PlannedImage]
+    kept: int | None  # images in some rule's scope that stay (None: not kept in history)
+    untouched: int | None  # images outside every rule's scope
+    error: str | None
+    note: str
+
+
+def rules_to_json(rules: Sequence[Rule]) -> str:
+    return json.dumps([{k: v for k, v in asdict(rule).items() if v is not None} for rule in rules])
+
+
+def rules_from_json(text: str) -> list[Rule]:
+    return [Rule(**{**item, "keep": Keep(item["keep"])}) for item in json.loads(text)]
+
+
+def check_rules(rules: Sequence[Rule]) -> None:
+    if len(rules) > MAX_RULES:
+        raise RuleInvalid(f"a policy holds at most {MAX_RULES} rules")
+    for number, rule in enumerate(rules, start=1):
+        try:
+            rule.check()
+        except RuleInvalid as exc:
+            raise RuleInvalid(f"rule {number}: {exc}") from None
+
+
+def _planned(deletion: Deletion) -> PlannedImage:
+    return PlannedImage(
+        repository=deletion.path,
+        digest=deletion.image.digest,
+        tags=sorted(deletion.image.tags | {t for c in deletion.children for t in c.tags}),
+        pushed_at=deletion.image.pushed_at,
+        last_pulled_at=deletion.image.last_pulled_at,
+        referrers=len(deletion.referrers),
+        platform_manifests=len(deletion.children),
+    )
+
+
+def _planned_to_json(items: Sequence[PlannedImage]) -> str:
+    return json.dumps(
+        [
+            {
+                "repository": item.repository,
+                "digest": item.digest,
+                "tags": item.tags,
+                "referrers": item.referrers,
+                "platform_manifests": item.platform_manifests,
+                "pushed_at": item.pushed_at.isoformat(),
+                "last_pulled_at": item.last_pulled_at.isoformat() if item.last_pulled_at else None,
+            }
+            for item in items
+        ]
+    )
+
+
+def _planned_from_json(text: str) -> list[PlannedImage]:
+    found = []
+    for item in json.loads(text):
+        pulled = item.get("last_pulled_at")
+        found.append(
+            PlannedImage(
+                **{
+                    **item,
+                    "pushed_at": dt.datetime.fromisoformat(item["pushed_at"]),
+                    "last_pulled_at": dt.datetime.fromisoformat(pulled) if pulled else None,
+                }
+            )
+        )
+    return found
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    project_id: int
+    taken_at: dt.datetime
+    manifests: list[Manifest]
+    ids: dict[tuple[str, str, str], int]  # (repository, image, digest) -> manifest id
+    repositories: dict[str, RepositoryRef]  # by name
+    protected: Protected
+
+
+@dataclass(frozen=True, slots=True)
+class PreparedRun:
+    project: str
+    project_id: int
+    rules: list[Rule]
+    snapshot: Snapshot
+    plan: Plan
+
+
+def tag_protection(locked: set[str], rules: list[ImmutableTagRule]) -> Protected:
+    """Tags that cannot move: every tag of a repository whose tag overwrite is off, and every
+    tag an immutable tag rule of the project covers."""
+
+    def protected(path: str, tag: str) -> bool:
+        return path.split("/", 1)[0] in locked or protecting_rule(rules, path, tag) is not None
+
+    return protected
+
+
+class Retention:
+    def __init__(self, db: Database, registry: Registry) -> None:
+        self.db = db
+        self.registry = registry
+
+    # ------------------------------------------------------------------ the policy
+
+    async def policy(self, project: str) -> Policy:
+        async with self.db.read() as conn:
+            project_id = await require_project(conn, project)
+            row = (
+                await conn.execute(
+                    select(retention_policies).where(retention_policies.c.project_id == project_id)
+                )
+            ).first()
+        if row is None:
+            return Policy(project, [], None, None, None, "")
+        return Policy(
+            project,
+            rules_from_json(row.rules),
+            row.schedule,
+            row.next_run_at,
+            row.updated_at,
+            row.updated_by,
+        )
+
+    async def set_policy(
+        self,
+        project: str,
+        rules: Sequence[Rule],
+        schedule: str | None,
+        *,
+        actor: str,
+        client: str | None,
+    ) -> Policy:
+        try:
+            check_rules(rules)
+        except RuleInvalid as exc:
+            raise InvalidValue(str(exc), "rules") from None
+        parsed: Schedule | None = None
+        if schedule:
+            try:
+                parsed = parse_schedule(schedule)
+            except ScheduleInvalid as exc:
+                raise InvalidValue(str(exc), "schedule") from None
+        now = utcnow()
+        next_run = parsed.next_after(now) if parsed is not None else None
+        async with self.db.write() as conn:
+            project_id = await require_project(conn, project)
+            values = {
+                "rules": rules_to_json(rules),
+                "schedule": parsed.text if parsed is not None else None,
+                "next_run_at": next_run,
+                "updated_at": now,
+                "updated_by": actor[:64],
+            }
+            await conn.execute(
+                self.db.upsert(retention_policies, ["project_id"], values).values(
+                    project_id=project_id, **values
+                )
+            )
+            await write_audit_entry(
+                conn,
+                actor,
+                "retention.policy",
+                project_id=project_id,
+                target=project,
+                detail={
+                    "rules": [rule.describe() for rule in rules],
+                    "schedule": values["schedule"],
+                },
+                client=client,
+            )
+        return await self.policy(project)
+
+    # ------------------------------------------------------------------ snapshot and plan
+
+    async def snapshot(self, conn: AsyncConnection, project_id: int, project: str) -> Snapshot:
+        taken_at = utcnow()
+        repo_rows = (
+            await conn.execute(
+                select(
+                    repositories.c.id,
+                    repositories.c.name,
+                    repositories.c.public,
+                    repositories.c.tag_overwrite,
+                ).where(repositories.c.project_id == project_id)
+            )
+        ).all()
+        repos = {
+            row.id: RepositoryRef(
+                row.id, project_id, project, row.name, row.public, row.tag_overwrite
+            )
+            for row in repo_rows
+        }
+        in_project = manifests.c.repository_id.in_(list(repos))
+        rows = (
+            await conn.execute(
+                select(
+                    manifests.c.id,
+                    manifests.c.repository_id,
+                    manifests.c.image,
+                    manifests.c.digest,
+                    manifests.c.subject_digest,
+                    manifests.c.pushed_at,
+                    manifests.c.last_pulled_at,
+                ).where(in_project)
+            )
+        ).all()
+        tag_rows = (
+            await conn.execute(
+                select(tags.c.repository_id, tags.c.image, tags.c.digest, tags.c.name).where(
+                    tags.c.repository_id.in_(list(repos))
+                )
+            )
+        ).all()
+        child_rows = (
+            await conn.execute(
+                select(manifest_references.c.manifest_id, manifest_references.c.digest)
+                .join(manifests, manifests.c.id == manifest_references.c.manifest_id)
+                .where(in_project, manifest_references.c.is_manifest)
+            )
+        ).all()
+        tags_of: dict[tuple[int, str, str], set[str]] = defaultdict(set)
+        for t in tag_rows:
+            tags_of[(t.repository_id, t.image, t.digest)].add(t.name)
+        children_of: dict[int, list[str]] = defaultdict(list)
+        for c in child_rows:
+            children_of[c.manifest_id].append(c.digest)
+        found = []
+        ids = {}
+        for m in rows:
+            repo = repos[m.repository_id]
+            found.append(
+                Manifest(
+                    repository=repo.name,
+                    image=m.image,
+                    digest=m.digest,
+                    tags=frozenset(tags_of.get((m.repository_id, m.image, m.digest), ())),
+                    pushed_at=m.pushed_at,
+                    last_pulled_at=m.last_pulled_at,
+                    children=tuple(sorted(children_of.get(m.id, ()))),
+                    subject=m.subject_digest,
+                )
+            )
+            ids[(repo.name, m.image, m.digest)] = m.id
+        return Snapshot(
+            project_id,
+            taken_at,
+            found,
+            ids,
+            {repo.name: repo for repo in repos.values()},
+            await self.protection(conn, project_id, list(repos.values())),
+        )
+
+    async def protection(
+        self, conn: AsyncConnection, project_id: int, repos: list[RepositoryRef]
+    ) -> Protected:
+        """Which (repository path, tag) a run must never delete: every tag of a repository
+        whose tag overwrite is off, and every tag an immutable tag rule covers."""
+        locked = {repo.name for repo in repos if not repo.tag_overwrite}
+        return tag_protection(locked, await immutable_rules(conn, project_id))
+
+    # ------------------------------------------------------------------ runs
+
+    async def prepare(self, project: str, rules: Sequence[Rule] | None = None) -> PreparedRun:
+        """Read the snapshot and plan: what a run started now deletes (the project's policy,
+        or `rules`)."""
+        async with self.db.read() as conn:
+            project_id = await require_project(conn, project)
+            if rules is None:
+                text = (
+                    await conn.execute(
+                        select(retention_policies.c.rules).where(
+                            retention_policies.c.project_id == project_id
+                        )
+                    )
+                ).scalar()
+                rules = rules_from_json(text) if text else []
+            snapshot = await self.snapshot(conn, project_id, project)
+        result = plan(snapshot.manifests, rules, snapshot.taken_at, snapshot.protected)
+        return PreparedRun(project, project_id, list(rules), snapshot, result)
+
+    async def run(
+        self,
+        project: str,
+        *,
+        dry_run: bool,
+        actor: str,
+        client: str | None = None,
+        rules: Sequence[Rule] | None = None,
+    ) -> RunRecord:
+        """Apply the project's policy (or `rules`): a dry run lists what a real run would
+        delete; a real run deletes it, skipping what changed since its snapshot."""
+        prepared = await self.prepare(project, rules)
+        return await self.carry_out(prepared, dry_run=dry_run, actor=actor, client=client)
+
+    async def carry_out(
+        self, prepared: PreparedRun, *, dry_run: bool, actor: str, client: str | None = None
+    ) -> RunRecord:
+        """Record a dry run of `prepared`, or delete its plan and record the run."""
+        result, snapshot = prepared.plan, prepared.snapshot
+        deleted: list[PlannedImage] = []
+        skipped = 0
+        error = None
+        if not dry_run:
+            try:
+                for start in range(0, len(result.deletions), BATCH):
+                    batch = result.deletions[start : start + BATCH]
+                    done = await self._delete_batch(snapshot, batch, actor, client)
+                    for deletion, ok in zip(batch, done, strict=True):
+                        if ok:
+                            deleted.append(_planned(deletion))
+                        else:
+                            skipped += 1
+            except Exception as exc:
+                logger.exception("retention run of project %s failed", prepared.project)
+                error = str(exc) or type(exc).__name__
+        listed = [_planned(d) for d in result.deletions] if dry_run else deleted
+        return await self._record(
+            prepared.project,
+            prepared.project_id,
+            actor,
+            client,
+            dry_run=dry_run,
+            started_at=snapshot.taken_at,
+            rules=prepared.rules,
+            listed=listed,
+            skipped=skipped,
+            result=result,
+            error=error,
+        )
+
+    async def _delete_batch(
+        self,
+        snapshot: Snapshot,
+        batch: Sequence[Deletion],
+        actor: str,
+        client: str | None,
+    ) -> list[bool]:
+        """Delete what is unchanged since the snapshot, in one transaction; per deletion,
+        whether its image was deleted."""
+        keys = [
+            (snapshot.repositories[m.repository].id, m.image, m.digest)
+            for d in batch
+            for m in (d.image, *d.referrers, *d.children)
+        ]
+        async with self.db.write() as conn:
+            current_ids = {
+                (row.repository_id, row.image, row.digest): row.id
+                for row in await conn.execute(
+                    select(
+                        manifests.c.id,
+                        manifests.c.repository_id,
+                        manifests.c.image,
+                        manifests.c.digest,
+                    ).where(_keys_in(manifests, keys))
+                )
+            }
+            current_tags: dict[tuple[int, str, str], set[str]] = defaultdict(set)
+            for row in await conn.execute(
+                select(tags.c.repository_id, tags.c.image, tags.c.digest, tags.c.name).where(
+                    _keys_in(tags, keys)
+                )
+            ):
+                current_tags[(row.repository_id, row.image, row.digest)].add(row.name)
+            parent = manifests.alias("parent")
+            # (repository id, image, digest) -> the digests of the stored indexes listing it
+            listed: dict[tuple[int, str, str], set[str]] = defaultdict(set)
+            for row in await conn.execute(
+                select(
+                    parent.c.repository_id,
+                    parent.c.image,
+                    parent.c.digest.label("parent"),
+                    manifest_references.c.digest,
+                )
+                .join(parent, parent.c.id == manifest_references.c.manifest_id)
+                .where(
+                    manifest_references.c.is_manifest,
+                    manifest_references.c.digest.in_({k[2] for k in keys}),
+                    parent.c.repository_id.in_({k[0] for k in keys}),
+                )
+            ):
+                listed[(row.repository_id, row.image, row.digest)].add(row.parent)
+            # Protection as it is now: tag overwrite switched off since the snapshot counts.
+            repo_ids = list({k[0] for k in keys})
+            now_locked = [
+                RepositoryRef(r.id, snapshot.project_id, "", r.name, False, r.tag_overwrite)
+                for r in await conn.execute(
+                    select(
+                        repositories.c.id, repositories.c.name, repositories.c.tag_overwrite
+                    ).where(repositories.c.id.in_(repo_ids))
+                )
+            ]
+            protected = await self.protection(conn, snapshot.project_id, now_locked)
+            results = []
+            chosen: dict[str, list[tuple[str, str]]] = defaultdict(list)
+            children: list[Manifest] = []
+            for deletion in batch:
+                image_key = self._key(snapshot, deletion.image)
+                members = (deletion.image, *deletion.referrers, *deletion.children)
+                if (
+                    listed.get(image_key)
+                    or not self._unchanged(
+                        snapshot, deletion.image, image_key, current_ids, current_tags
+                    )
+                    or any(protected(m.path, tag) for m in members for tag in m.tags)
+                ):
+                    results.append(False)
+                    continue
+                repository = deletion.image.repository
+                chosen[repository].append((deletion.image.image, deletion.image.digest))
+                for digest in deletion.image.children:
+                    listed[(image_key[0], image_key[1], digest)].discard(deletion.image.digest)
+                for referrer in deletion.referrers:
+                    key = self._key(snapshot, referrer)
+                    if self._unchanged(snapshot, referrer, key, current_ids, current_tags):
+                        chosen[repository].append((referrer.image, referrer.digest))
+                children.extend(deletion.children)
+                results.append(True)
+            # Platform manifests last, once every index of the batch that goes has let go of
+            # them: one still listed (by an index that stays, or was pushed since) stays.
+            for child in children:
+                key = self._key(snapshot, child)
+                if not listed.get(key) and self._unchanged(
+                    snapshot, child, key, current_ids, current_tags
+                ):
+                    chosen[child.repository].append((child.image, child.digest))
+            for repository, doomed in chosen.items():
+                await self.registry.delete_images_in(
+                    conn, snapshot.repositories[repository], doomed, actor=actor, client=client
+                )
+        return results
+
+    @staticmethod
+    def _key(snapshot: Snapshot, m: Manifest) -> tuple[int, str, str]:
+        return (snapshot.repositories[m.repository].id, m.image, m.digest)
+
+    @staticmethod
+    def _unchanged(
+        snapshot: Snapshot,
+        m: Manifest,
+        key: tuple[int, str, str],
+        current_ids: dict[tuple[int, str, str], int],
+        current_tags: dict[tuple[int, str, str], set[str]],
+    ) -> bool:
+        """Still the row the snapshot saw, with no tag the snapshot did not see on it."""
+        if current_ids.get(key) != snapshot.ids[(m.repository, m.image, m.digest)]:
+            return False
+        return current_tags.get(key, set()) <= m.tags
+
+    async def _record(
+        self,
+        project: str,
+        project_id: int,
+        actor: str,
+        client: str | None,
+        *,
+        dry_run: bool,
+        started_at: dt.datetime,
+        rules: list[Rule],
+        listed: list[PlannedImage],
+        skipped: int,
+        result: Plan,
+        error: str | None,
+    ) -> RunRecord:
+        finished = utcnow()
+        async with self.db.write() as conn:
+            inserted = (
+                await conn.execute(
+                    retention_runs.insert().values(
+                        project_id=project_id,
+                        actor=actor[:64],
+                        dry_run=dry_run,
+                        started_at=started_at,
+                        finished_at=finished,
+                        rules=rules_to_json(rules),
+                        deleted=_planned_to_json(listed),
+                        images_deleted=len(listed),
+                        images_skipped=skipped,
+                        error=error,
+                    )
+                )
+            ).inserted_primary_key
+            assert inserted is not None
+            run_id = inserted[0]
+            await write_audit_entry(
+                conn,
+                actor,
+                "retention.dry_run" if dry_run else "retention.run",
+                project_id=project_id,
+                target=project,
+                detail={
+                    "run": run_id,
+                    "images": len(listed),
+                    "skipped": skipped,
+                    **({"error": error} if error else {}),
+                },
+                client=client,
+            )
+        return RunRecord(
+            id=int(run_id),
+            project=project,
+            actor=actor,
+            dry_run=dry_run,
+            started_at=started_at,
+            finished_at=finished,
+            rules=rules,
+            images_deleted=len(listed),
+            images_skipped=skipped,
+            deleted=listed,
+            kept=result.kept,
+            untouched=result.untouched,
+            error=error,
+            note=_note(project, dry_run, len(listed), skipped),
+        )
+
+    # ------------------------------------------------------------------ history
+
+    async def history(
+        self, project: str, *, offset: int = 0, limit: int = 20
+    ) -> tuple[list[RunRecord], int]:
+        async with self.db.read() as conn:
+            project_id = await require_project(conn, project)
+            total = (
+                await conn.execute(
+                    select(func.count())
+                    .select_from(retention_runs)
+                    .where(retention_runs.c.project_id == project_id)
+                )
+            ).scalar()
+            # Without the images (a run may list thousands): `get_run` has them.
+            columns = [c for c in retention_runs.c if c.name != "deleted"]
+            rows = (
+                await conn.execute(
+                    select(*columns)
+                    .where(retention_runs.c.project_id == project_id)
+                    .order_by(retention_runs.c.id.desc())
+                    .offset(offset)
+                    .limit(limit)
+                )
+            ).all()
+        return [self._run_of(project, row) for row in rows], int(total or 0)
+
+    async def get_run(self, project: str, run_id: int) -> RunRecord:
+        async with self.db.read() as conn:
+            project_id = await require_project(conn, project)
+            row = (
+                await conn.execute(
+                    select(retention_runs).where(
+                        retention_runs.c.project_id == project_id, retention_runs.c.id == run_id
+                    )
+                )
+            ).first()
+        if row is None:
+            raise NotFound(f"project {project!r} has no retention run {run_id}")
+        return self._run_of(project, row)
+
+    @staticmethod
+    def _run_of(project: str, row: Any) -> RunRecord:
+        return RunRecord(
+            id=row.id,
+            project=project,
+            actor=row.actor,
+            dry_run=row.dry_run,
+            started_at=row.started_at,
+            finished_at=row.finished_at,
+            rules=rules_from_json(row.rules),
+            images_deleted=row.images_deleted,
+            images_skipped=row.images_skipped,
+            deleted=_planned_from_json(row.deleted) if "deleted" in row._fields else [],
+            kept=None,
+            untouched=None,
+            error=row.error,
+            note=_note(project, row.dry_run, row.images_deleted, row.images_skipped),
+        )
+
+    # ------------------------------------------------------------------ the schedule
+
+    async def run_due(self) -> int:
+        """Run every policy whose schedule is due (the `retention-schedule` job, on one node
+        at a time); returns how many ran. Each run's next time is set before it runs, so a
+        run that fails is not retried in a loop."""
+        now = utcnow()
+        async with self.db.read() as conn:
+            due = (
+                await conn.execute(
+                    select(
+                        projects.c.name,
+                        retention_policies.c.project_id,
+                        retention_policies.c.schedule,
+                    )
+                    .join(projects, projects.c.id == retention_policies.c.project_id)
+                    .where(
+                        retention_policies.c.schedule.is_not(None),
+                        retention_policies.c.next_run_at <= now,
+                    )
+                )
+            ).all()
+        ran = 0
+        for row in due:
+            try:
+                schedule = parse_schedule(row.schedule)
+            except ScheduleInvalid:
+                continue
+            async with self.db.write() as conn:
+                moved = await conn.execute(
+                    update(retention_policies)
+                    .where(
+                        retention_policies.c.project_id == row.project_id,
+                        retention_policies.c.next_run_at <= now,
+                    )
+                    .values(next_run_at=schedule.next_after(now))
+                )
+            if not moved.rowcount:
+                continue
+            try:
+                await self.run(row.name, dry_run=False, actor=SCHEDULE_ACTOR)
+                ran += 1
+            except Exception:
+                logger.exception("scheduled retention run of project %s failed", row.name)
+        return ran
+
+    async def has_due(self) -> bool:
+        async with self.db.read() as conn:
+            found = (
+                await conn.execute(
+                    select(retention_policies.c.project_id)
+                    .where(
+                        and_(
+                            retention_policies.c.schedule.is_not(None),
+                            retention_policies.c.next_run_at <= utcnow(),
+                        )
+                    )
+                    .limit(1)
+                )
+            ).first()
+        return found is not None
+
+
+def _keys_in(table: Table, keys: Sequence[tuple[int, str, str]]) -> ColumnElement[bool]:
+    """Rows of `table` with one of these (repository id, image, digest): grouped by
+    repository and image, so each group is one range of their (repository, image, digest)
+    index (a row-value IN scans the table on SQLite)."""
+    groups: dict[tuple[int, str], list[str]] = defaultdict(list)
+    for repository_id, image, digest in keys:
+        groups[(repository_id, image)].append(digest)
+    return or_(
+        *(
+            and_(
+                table.c.repository_id == repository_id,
+                table.c.image == image,
+                table.c.digest.in_(digests),
+            )
+            for (repository_id, image), digests in groups.items()
+        )
+    )
+
+
+def _note(project: str, dry_run: bool, images: int, skipped: int) -> str:
+    if dry_run:
+        return f"A real run would delete these {images} images now; nothing was deleted."
+    note = f"Deleted {images} images."
+    if skipped:
+        note += f" {skipped} planned images changed since the run's snapshot and were kept."
+    return f"{note} {AFTER_GC.format(project=project)}"

@@ -1,0 +1,144 @@
+"""Retention over HTTP against a running server (SQLite and PostgreSQL): the policy, who may
+change and run it, a dry run compared item for item with the run, and keeping by pull time."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from berth.domain.retention import Keep, Rule
+from tests.api.conftest import Team, assert_problem, ok, push_image, services, until
+from tests.oci import push_manifest
+from tests.servers import BACKENDS, server_fixture
+
+server = server_fixture("retention", backends=BACKENDS, env={"BERTH_TRAFFIC_FLUSH_INTERVAL": "0.2"})
+
+
+def tags_of(team: Team) -> list[str]:
+    with team.registry() as registry:
+        listed = ok(registry.get(f"/v2/{team.oci_name()}/tags/list"))
+    return sorted(listed.get("tags") or [])
+
+
+def test_policy_is_read_by_readers_and_changed_by_admins(team: Team) -> None:
+    empty = ok(team["reader"].get(team.url("/retention")))
+    assert empty["rules"] == [] and empty["schedule"] is None
+    assert empty["combination"].startswith("A rule keeps; an image is kept when any rule keeps")
+    policy = {"rules": [{"keep": "last", "count": 2}], "schedule": "daily 3:30"}
+    assert_problem(team["member"].put(team.url("/retention"), json=policy), 403)
+    saved = ok(team["project-admin"].put(team.url("/retention"), json=policy))
+    assert saved["schedule"] == "daily 03:30" and saved["next_run_at"]
+    assert saved["rules"] == [
+        {
+            "keep": "last",
+            "repositories": "*",
+            "tags": None,
+            "count": 2,
+            "days": None,
+            "pattern": None,
+        }
+    ]
+    assert (
+        ok(team["reader"].get(team.url("/retention")))["updated_by"] == team.users["project-admin"]
+    )
+    assert_problem(team["member"].post(team.url("/retention/runs")), 403)
+    assert_problem(team["reader"].post(team.url("/retention/dry-run")), 403)
+
+
+def test_bad_rules_and_schedules_are_refused_naming_the_field(team: Team) -> None:
+    admin = team["project-admin"]
+    assert_problem(
+        admin.put(team.url("/retention"), json={"rules": [{"keep": "last"}]}),
+        422,
+        fields=("rules",),
+    )
+    assert_problem(
+        admin.put(team.url("/retention"), json={"rules": [{"keep": "sometimes", "count": 1}]}),
+        422,
+    )
+    body = assert_problem(
+        admin.put(team.url("/retention"), json={"rules": [], "schedule": "every day"}),
+        422,
+        fields=("schedule",),
+    )
+    assert "daily HH:MM" in body["detail"]
+
+
+def test_dry_run_and_run_agree_item_for_item(team: Team) -> None:
+    with team.registry() as registry:
+        pushed = [push_image(registry, team.oci_name(), f"build-{i}") for i in range(4)]
+        # One digest with two tags: kept as one image.
+        push_image(registry, team.oci_name(), None)
+    admin = team["project-admin"]
+    ok(admin.put(team.url("/retention"), json={"rules": [{"keep": "last", "count": 2}]}))
+    dry = ok(team["member"].post(team.url("/retention/dry-run")))
+    assert dry["dry_run"] and dry["actor"] == team.users["member"]
+    assert (dry["images_kept"], dry["images_outside_rules"]) == (2, 0)
+    listed = [(i["repository"], i["digest"], i["tags"]) for i in dry["images"]]
+    assert listed == [
+        (team.repository, pushed[0].digest, ["build-0"]),
+        (team.repository, pushed[1].digest, ["build-1"]),
+        (team.repository, pushed[2].digest, ["build-2"]),
+    ]
+    assert tags_of(team) == ["build-0", "build-1", "build-2", "build-3"]  # nothing deleted
+    real = ok(admin.post(team.url("/retention/runs")))
+    assert [(i["repository"], i["digest"], i["tags"]) for i in real["images"]] == listed
+    assert "next garbage collection" in real["note"]
+    assert tags_of(team) == ["build-3"]
+    history = ok(team["reader"].get(team.url("/retention/runs")))
+    assert [(r["dry_run"], r["images_deleted"]) for r in history["items"]] == [
+        (False, 3),
+        (True, 3),
+    ]
+    one = ok(team["reader"].get(team.url(f"/retention/runs/{real['id']}")))
+    assert one["images"] == real["images"]
+    assert_problem(team["reader"].get(team.url("/retention/runs/999999")), 404)
+
+    def audited() -> Any:
+        entries = ok(admin.get(team.url("/audit"), params={"per_page": 100}))["items"]
+        return [e["action"] for e in entries if e["action"].startswith(("retention", "image."))]
+
+    actions = until(audited)
+    assert "retention.run" in actions and "retention.dry_run" in actions
+    assert actions.count("image.delete") == 3
+
+
+def test_keep_pulled_within_keeps_what_clients_pulled(team: Team) -> None:
+    with team.registry() as registry:
+        pushed = [push_image(registry, team.oci_name(), f"t{i}") for i in range(3)]
+        pulled = registry.get(
+            f"/v2/{team.oci_name()}/manifests/t1",
+            headers={"Accept": pushed[1].media_type},
+        )
+        assert pulled.status_code == 200
+    admin = team["project-admin"]
+    ok(admin.put(team.url("/retention"), json={"rules": [{"keep": "pulled_within", "days": 1}]}))
+
+    def planned() -> list[str] | None:
+        dry = ok(admin.post(team.url("/retention/dry-run")))
+        digests = [i["digest"] for i in dry["images"]]
+        return digests if len(digests) == 2 else None
+
+    time.sleep(0.3)  # the pull time is written by the next flush, after the answer
+    assert until(planned) == [pushed[0].digest, pushed[2].digest]
+
+
+def test_retag_and_push_during_a_run_are_kept(team: Team) -> None:
+    """Between a run's snapshot and its deletes, a client re-tags a planned image and pushes
+    a new one over /v2: the run deletes only what did not change (both databases)."""
+    name = team.oci_name()
+    with team.registry() as registry:
+        pushed = [push_image(registry, name, f"build-{i}") for i in range(3)]
+    rules = [Rule(Keep.LAST, count=0, repositories=team.repository)]
+    prepared = services(team.server, lambda s: s.retention.prepare(team.project, rules))
+    assert [d.image.digest for d in prepared.plan.deletions] == [m.digest for m in pushed]
+    with team.registry() as registry:
+        push_manifest(registry, name, "latest", pushed[0])  # re-tagged since the snapshot
+        fresh = push_image(registry, name, "fresh")  # pushed since the snapshot
+    result = services(
+        team.server, lambda s: s.retention.carry_out(prepared, dry_run=False, actor="test")
+    )
+    assert [i.digest for i in result.deleted] == [pushed[1].digest, pushed[2].digest]
+    assert result.images_skipped == 1
+    assert tags_of(team) == ["build-0", "fresh", "latest"]
+    assert fresh.digest not in {i.digest for i in result.deleted}

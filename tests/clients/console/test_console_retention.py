@@ -1,0 +1,53 @@
+"""The console's Policies page in a real browser: set a retention rule, see the dry run's
+preview, run it, and read the history; the images are pushed over /v2."""
+
+from __future__ import annotations
+
+import httpx
+from playwright.sync_api import Page, expect
+
+from tests.api.conftest import push_image
+from tests.clients.console.conftest import Tenant, open_project_page, screenshot, sign_in
+
+
+def test_retention_rules_dry_run_run_and_history(page: Page, tenant: Tenant) -> None:
+    tenant.create_repository("ci")
+    key = tenant.server.access_key(tenant.project)
+    with httpx.Client(base_url=tenant.server.url, auth=key, timeout=30) as registry:
+        pushed = [push_image(registry, f"{tenant.project}/ci", f"build-{i}") for i in range(3)]
+    sign_in(page, tenant)
+    open_project_page(page, tenant, "Policies")
+    expect(
+        page.get_by_text("A rule keeps; an image is kept when any rule keeps it")
+    ).to_be_visible()
+    expect(page.get_by_text("No retention rules")).to_be_visible()
+
+    page.get_by_role("button", name="Edit rules").click()
+    dialog = page.get_by_role("dialog", name="Retention rules")
+    dialog.get_by_role("button", name="Add rule").click()
+    dialog.get_by_label("Value").fill("1")
+    dialog.get_by_label("Repositories").fill("ci")
+    dialog.get_by_role("button", name="Save").click()
+    rules = page.get_by_role("table", name="Retention rules")
+    expect(rules).to_contain_text("Keep the 1 most recently pushed images (in ci)")
+
+    page.get_by_role("button", name="Dry run").click()
+    preview = page.get_by_role("table", name="Dry run preview")
+    expect(preview.get_by_role("row")).to_have_count(3)  # a header and two images
+    expect(preview).to_contain_text("build-0")
+    expect(preview).to_contain_text("build-1")
+    expect(preview).not_to_contain_text("build-2")
+    expect(page.get_by_text("1 kept by a rule, 0 outside every rule")).to_be_visible()
+    screenshot(page, "retention-dry-run")
+
+    page.get_by_role("button", name="Run now").click()
+    page.get_by_role("dialog", name="Run retention").get_by_role("button", name="Run now").click()
+    expect(page.get_by_role("table", name="Deleted by the run")).to_contain_text("build-0")
+    history = page.get_by_role("table", name="Retention runs")
+    expect(history.get_by_role("row")).to_have_count(3)
+    expect(history).to_contain_text("2 deleted")
+    expect(history).to_contain_text("2 would be deleted")
+    with tenant.api() as admin:
+        tags = admin.get(f"/projects/{tenant.project}/repositories/ci/tags").json()
+    assert [t["tag"] for t in tags["items"]] == ["build-2"]
+    assert pushed[2].digest in {t["digest"] for t in tags["items"]}

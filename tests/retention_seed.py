@@ -1,0 +1,158 @@
+"""Seeding a repository's images straight into the metadata database (no HTTP), for retention
+tests and the benchmark: thousands of images in a second."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+from collections.abc import Sequence
+
+from sqlalchemy import select
+
+from berth.metadata.database import Database
+from berth.metadata.tables import (
+    manifest_references,
+    manifests,
+    projects,
+    repositories,
+    tags,
+    utcnow,
+)
+
+MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+INDEX = "application/vnd.oci.image.index.v1+json"
+
+
+def body_of(n: int, *, children: Sequence[str] = (), subject: str | None = None) -> bytes:
+    document: dict[str, object] = {"schemaVersion": 2, "n": n}
+    if children:
+        document["manifests"] = [{"digest": c} for c in children]
+    if subject:
+        document["subject"] = {"digest": subject}
+    return json.dumps(document).encode()
+
+
+def digest_of(body: bytes) -> str:
+    return "sha256:" + hashlib.sha256(body).hexdigest()
+
+
+async def ensure_repository(
+    db: Database, project: str, repository: str, *, tag_overwrite: bool = True
+) -> int:
+    async with db.write() as conn:
+        project_id = (
+            await conn.execute(select(projects.c.id).where(projects.c.name == project))
+        ).scalar()
+        if project_id is None:
+            project_id = (
+                await conn.execute(projects.insert().values(name=project))
+            ).inserted_primary_key[0]  # type: ignore[index]
+        repo_id = (
+            await conn.execute(
+                select(repositories.c.id).where(
+                    repositories.c.project_id == project_id, repositories.c.name == repository
+                )
+            )
+        ).scalar()
+        if repo_id is None:
+            repo_id = (
+                await conn.execute(
+                    repositories.insert().values(
+                        project_id=project_id, name=repository, tag_overwrite=tag_overwrite
+                    )
+                )
+            ).inserted_primary_key[0]  # type: ignore[index]
+    return int(repo_id)
+
+
+async def seed(
+    db: Database,
+    repository_id: int,
+    images: Sequence[tuple[int, Sequence[str], float]],
+    *,
+    image: str = "",
+    now: dt.datetime | None = None,
+) -> list[str]:
+    """Insert images (n, tags, age in days) into a repository; returns their digests."""
+    now = now or utcnow()
+    rows, tag_rows, digests = [], [], []
+    for n, names, age_days in images:
+        body = body_of(n)
+        digest = digest_of(body)
+        digests.append(digest)
+        rows.append(
+            {
+                "repository_id": repository_id,
+                "image": image,
+                "digest": digest,
+                "media_type": MANIFEST,
+                "size": len(body),
+                "content": body,
+                "pushed_at": now - dt.timedelta(days=age_days),
+            }
+        )
+        tag_rows += [
+            {
+                "repository_id": repository_id,
+                "image": image,
+                "name": name,
+                "digest": digest,
+                "updated_at": now - dt.timedelta(days=age_days),
+            }
+            for name in names
+        ]
+    async with db.write() as conn:
+        if rows:
+            await conn.execute(manifests.insert(), rows)
+        if tag_rows:
+            await conn.execute(tags.insert(), tag_rows)
+    return digests
+
+
+async def seed_one(
+    db: Database,
+    repository_id: int,
+    n: int,
+    names: Sequence[str] = (),
+    *,
+    age_days: float = 0,
+    children: Sequence[str] = (),
+    subject: str | None = None,
+    image: str = "",
+) -> str:
+    """One manifest: an index when `children` are given, a referrer when `subject` is."""
+    body = body_of(n, children=children, subject=subject)
+    digest = digest_of(body)
+    at = utcnow() - dt.timedelta(days=age_days)
+    async with db.write() as conn:
+        manifest_id = (
+            await conn.execute(
+                manifests.insert().values(
+                    repository_id=repository_id,
+                    image=image,
+                    digest=digest,
+                    media_type=INDEX if children else MANIFEST,
+                    subject_digest=subject,
+                    size=len(body),
+                    content=body,
+                    pushed_at=at,
+                )
+            )
+        ).inserted_primary_key[0]  # type: ignore[index]
+        if children:
+            await conn.execute(
+                manifest_references.insert(),
+                [{"manifest_id": manifest_id, "digest": c, "is_manifest": True} for c in children],
+            )
+        for name in names:
+            await conn.execute(
+                tags.insert().values(
+                    repository_id=repository_id,
+                    image=image,
+                    name=name,
+                    digest=digest,
+                    updated_at=at,
+                )
+            )
+    return digest

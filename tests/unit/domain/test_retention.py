@@ -1,0 +1,181 @@
+"""The retention planner: one named scenario per pitfall other registries met."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+
+from berth.domain.retention import Keep, Manifest, Rule, RuleInvalid, images_of, plan
+
+NOW = dt.datetime(2026, 12, 1, 12, 0, tzinfo=dt.UTC)
+
+
+def d(n: int) -> str:
+    return f"sha256:{n:064x}"
+
+
+def image(
+    n: int,
+    *tags: str,
+    repo: str = "app",
+    age_days: float = 0,
+    pulled_days: float | None = None,
+    children: tuple[str, ...] = (),
+    subject: str | None = None,
+    sub: str = "",
+) -> Manifest:
+    return Manifest(
+        repository=repo,
+        image=sub,
+        digest=d(n),
+        tags=frozenset(tags),
+        pushed_at=NOW - dt.timedelta(days=age_days),
+        last_pulled_at=None if pulled_days is None else NOW - dt.timedelta(days=pulled_days),
+        children=children,
+        subject=subject,
+    )
+
+
+def deleted(snapshot: list[Manifest], *rules: Rule, **kwargs: object) -> list[str]:
+    result = plan(snapshot, rules, NOW, **kwargs)  # type: ignore[arg-type]
+    return [x.image.digest for x in result.deletions]
+
+
+def test_keep_last_n_keeps_the_newest_per_repository() -> None:
+    snapshot = [image(i, f"b{i}", age_days=10 - i) for i in range(5)]
+    snapshot += [image(100 + i, repo="other", age_days=10 - i) for i in range(3)]
+    assert deleted(snapshot, Rule(Keep.LAST, count=2)) == [d(0), d(1), d(2), d(100)]
+
+
+def test_an_image_no_rule_scopes_is_untouched() -> None:
+    snapshot = [image(1, "old", age_days=100), image(2, "old", repo="infra", age_days=100)]
+    result = plan(snapshot, [Rule(Keep.PUSHED_WITHIN, repositories="app", days=7)], NOW)
+    assert [x.image.digest for x in result.deletions] == [d(1)]
+    assert result.untouched == 1
+
+
+def test_any_rule_keeping_an_image_keeps_it() -> None:
+    snapshot = [image(1, "v1", age_days=100), image(2, "ci-2", age_days=100), image(3, age_days=1)]
+    rules = [Rule(Keep.TAGGED, pattern="v*"), Rule(Keep.PUSHED_WITHIN, days=7)]
+    assert deleted(snapshot, *rules) == [d(2)]
+
+
+def test_shared_digest_several_tags_kept_when_any_tag_keeps_it() -> None:
+    # Harbor #9215: one digest tagged `ci-41` and `v1.2`; a rule keeping v* keeps the image,
+    # and with it its ci tag: nothing on that digest is deleted.
+    snapshot = [image(1, "ci-41", "v1.2", age_days=50), image(2, "ci-42", age_days=40)]
+    result = plan(snapshot, [Rule(Keep.TAGGED, pattern="v*")], NOW)
+    assert [(x.image.digest, x.image.tags) for x in result.deletions] == [
+        (d(2), frozenset({"ci-42"}))
+    ]
+
+
+def test_shared_digest_counts_once_for_keep_last() -> None:
+    snapshot = [image(1, "latest", "v3", age_days=1), image(2, "v2", age_days=2)]
+    snapshot.append(image(3, "v1", age_days=3))
+    assert deleted(snapshot, Rule(Keep.LAST, count=2)) == [d(3)]
+
+
+def test_multi_arch_index_children_go_with_the_index_and_are_not_images() -> None:
+    amd, arm = image(11, age_days=30), image(12, age_days=30)
+    old_index = image(10, "old", age_days=30, children=(d(11), d(12)))
+    # A newer index shares the arm64 manifest.
+    arm2 = image(22, age_days=1)
+    new_index = image(20, "new", age_days=1, children=(d(12), d(22)))
+    snapshot = [amd, arm, old_index, arm2, new_index]
+    assert len(images_of(snapshot)) == 2  # children are not images
+    result = plan(snapshot, [Rule(Keep.LAST, count=1)], NOW)
+    assert len(result.deletions) == 1
+    deletion = result.deletions[0]
+    assert deletion.image.digest == d(10)
+    # The shared child stays while the kept index lists it.
+    assert [c.digest for c in deletion.children] == [d(11)]
+
+
+def test_referrers_go_with_their_subject_and_never_keep_it() -> None:
+    subject = image(1, "v1", age_days=90)
+    signature = image(2, age_days=0, subject=d(1))  # pushed today
+    sbom_signature = image(3, age_days=0, subject=d(2))  # a referrer of the referrer
+    snapshot = [subject, signature, sbom_signature]
+    result = plan(snapshot, [Rule(Keep.PUSHED_WITHIN, days=7)], NOW)
+    assert [x.image.digest for x in result.deletions] == [d(1)]
+    assert [r.digest for r in result.deletions[0].referrers] == [d(2), d(3)]
+
+
+def test_a_kept_image_keeps_its_referrers() -> None:
+    snapshot = [image(1, "v1", age_days=1), image(2, age_days=90, subject=d(1))]
+    assert deleted(snapshot, Rule(Keep.PUSHED_WITHIN, days=7)) == []
+
+
+def test_a_broad_tag_scope_leaves_other_images_alone() -> None:
+    # Harbor #16065: a rule meant for CI tags must not delete releases. With the tag scope
+    # `ci-*`, images without a ci- tag are outside the rule and untouched.
+    snapshot = [image(i, f"ci-{i}", age_days=20 - i) for i in range(5)]
+    snapshot += [image(50, "v1.0", age_days=100), image(51, age_days=100)]
+    result = plan(snapshot, [Rule(Keep.LAST, tags="ci-*", count=2)], NOW)
+    assert [x.image.digest for x in result.deletions] == [d(0), d(1), d(2)]
+    assert result.untouched == 2
+
+
+def test_a_broad_repository_pattern_matches_nested_names() -> None:
+    snapshot = [image(1, "a", sub="web", age_days=9), image(2, "b", repo="apps", age_days=9)]
+    assert deleted(snapshot, Rule(Keep.PUSHED_WITHIN, repositories="app*", days=1)) == [
+        d(1),
+        d(2),
+    ]
+    assert deleted(snapshot, Rule(Keep.PUSHED_WITHIN, repositories="app/*", days=1)) == [d(1)]
+
+
+def test_protected_tags_are_never_deleted() -> None:
+    snapshot = [image(1, "v1", age_days=90), image(2, "ci-1", age_days=90)]
+    result = plan(
+        snapshot,
+        [Rule(Keep.PUSHED_WITHIN, days=7)],
+        NOW,
+        protected=lambda path, tag: tag.startswith("v"),
+    )
+    assert [x.image.digest for x in result.deletions] == [d(2)]
+    assert result.protected == 1
+
+
+def test_a_protected_tag_on_a_referrer_keeps_its_subject() -> None:
+    snapshot = [image(1, age_days=90), image(2, "sig", age_days=90, subject=d(1))]
+    result = plan(
+        snapshot, [Rule(Keep.PUSHED_WITHIN, days=7)], NOW, protected=lambda _p, t: t == "sig"
+    )
+    assert result.deletions == ()
+
+
+def test_untagged_older_than_days_are_removed_and_tagged_stay() -> None:
+    snapshot = [image(1, "v1", age_days=90), image(2, age_days=90), image(3, age_days=1)]
+    assert deleted(snapshot, Rule(Keep.UNTAGGED_WITHIN, days=7)) == [d(2)]
+
+
+def test_keep_by_pull_time() -> None:
+    snapshot = [
+        image(1, "a", age_days=90, pulled_days=1),
+        image(2, "b", age_days=90, pulled_days=30),
+        image(3, "c", age_days=90),
+    ]
+    assert deleted(snapshot, Rule(Keep.PULLED_WITHIN, days=7)) == [d(2), d(3)]
+
+
+def test_rules_are_checked() -> None:
+    with pytest.raises(RuleInvalid, match="needs 'count'"):
+        Rule(Keep.LAST).check()
+    with pytest.raises(RuleInvalid, match="takes no 'days'"):
+        Rule(Keep.LAST, count=1, days=2).check()
+    with pytest.raises(RuleInvalid, match="pattern"):
+        Rule(Keep.TAGGED, pattern="v[0-9]").check()
+    Rule(Keep.TAGGED, repositories="team/*", pattern="release-*").check()
+
+
+def test_ten_thousand_images_plan_quickly() -> None:
+    import time
+
+    snapshot = [image(i, f"ci-{i}", f"sha-{i}", age_days=i / 1000) for i in range(10_000)]
+    started = time.perf_counter()
+    result = plan(snapshot, [Rule(Keep.LAST, count=10)], NOW)
+    assert time.perf_counter() - started < 2.0
+    assert len(result.deletions) == 9_990

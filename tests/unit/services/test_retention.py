@@ -1,0 +1,286 @@
+"""Retention runs against a real SQLite database: dry run and run compared item for item,
+changes during a run, index children and referrers, protected tags, the 10,000-image limit."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import func, select, update
+
+from berth.domain.references import RepositoryRef
+from berth.domain.retention import Keep, Rule
+from berth.metadata.database import Database
+from berth.metadata.tables import (
+    audit_log,
+    blobs,
+    image_events,
+    manifests,
+    repositories,
+    repository_blobs,
+    retention_policies,
+    retention_runs,
+    tags,
+    utcnow,
+)
+from berth.services.manifests import ImageLimitReached
+from berth.services.registry import Registry
+from berth.services.retention import SCHEDULE_ACTOR, Retention
+from berth.storage.filesystem import FilesystemBlobStore
+from tests.oci import OCI_CONFIG, OCI_LAYER, OCI_MANIFEST, Blob, image_manifest
+from tests.retention_seed import ensure_repository, seed, seed_one
+
+Scenario = Callable[[Database, Retention], Awaitable[Any]]
+
+
+def run(url: str, tmp_path: Path, scenario: Scenario) -> Any:
+    async def main() -> Any:
+        db = Database(url)
+        store = FilesystemBlobStore(tmp_path / "blobs")
+        try:
+            return await scenario(db, Retention(db, Registry(db, store)))
+        finally:
+            await store.close()
+            await db.dispose()
+
+    return asyncio.run(main())
+
+
+async def stored(db: Database) -> set[str]:
+    async with db.read() as conn:
+        return set((await conn.execute(select(manifests.c.digest))).scalars())
+
+
+async def tag_names(db: Database) -> set[str]:
+    async with db.read() as conn:
+        return set((await conn.execute(select(tags.c.name))).scalars())
+
+
+KEEP_TWO = [Rule(Keep.LAST, count=2)]
+
+
+def test_dry_run_lists_exactly_what_the_real_run_deletes(database_url: str, tmp_path: Path) -> None:
+    async def scenario(db: Database, retention: Retention) -> None:
+        repo = await ensure_repository(db, "p", "app")
+        digests = await seed(db, repo, [(i, [f"ci-{i}", f"sha-{i}"], 10 - i) for i in range(6)])
+        dry = await retention.run("p", dry_run=True, actor="alice", rules=KEEP_TWO)
+        assert await stored(db) == set(digests)  # a dry run deletes nothing
+        real = await retention.run("p", dry_run=False, actor="alice", rules=KEEP_TWO)
+        assert [(i.repository, i.digest, i.tags) for i in dry.deleted] == [
+            (i.repository, i.digest, i.tags) for i in real.deleted
+        ]
+        assert [i.digest for i in real.deleted] == digests[:4]
+        assert real.deleted[0].tags == ["ci-0", "sha-0"]
+        assert await stored(db) == set(digests[4:])
+        assert await tag_names(db) == {"ci-4", "sha-4", "ci-5", "sha-5"}
+        assert "next garbage collection" in real.note
+        async with db.read() as conn:
+            actions = list(
+                (await conn.execute(select(audit_log.c.action).order_by(audit_log.c.id))).scalars()
+            )
+            events = list(
+                (
+                    await conn.execute(
+                        select(image_events.c.action, image_events.c.actor).where(
+                            image_events.c.action == "delete"
+                        )
+                    )
+                ).all()
+            )
+        assert actions[0] == "retention.dry_run" and actions[-1] == "retention.run"
+        assert actions.count("image.delete") == 4
+        assert events == [("delete", "alice")] * 4
+        history, total = await retention.history("p")
+        assert total == 2 and [r.dry_run for r in history] == [False, True]
+        assert history[0].images_deleted == 4 and history[0].actor == "alice"
+
+    run(database_url, tmp_path, scenario)
+
+
+def test_retag_during_a_run_keeps_the_image(database_url: str, tmp_path: Path) -> None:
+    # Azure ACR #520: an image re-tagged after the run read its state must not be deleted.
+    async def scenario(db: Database, retention: Retention) -> None:
+        repo = await ensure_repository(db, "p", "app")
+        digests = await seed(db, repo, [(i, [f"ci-{i}"], 10 - i) for i in range(4)])
+        prepared = await retention.prepare("p", KEEP_TWO)
+        assert [d.image.digest for d in prepared.plan.deletions] == digests[:2]
+        # `latest` moves onto the oldest image after the snapshot.
+        async with db.write() as conn:
+            await conn.execute(
+                tags.insert().values(repository_id=repo, image="", name="latest", digest=digests[0])
+            )
+        result = await retention.carry_out(prepared, dry_run=False, actor="bob")
+        assert [i.digest for i in result.deleted] == [digests[1]]
+        assert result.images_skipped == 1
+        assert digests[0] in await stored(db)
+        assert "changed since the run's snapshot" in result.note
+
+    run(database_url, tmp_path, scenario)
+
+
+def test_push_during_a_run_is_not_deleted(database_url: str, tmp_path: Path) -> None:
+    async def scenario(db: Database, retention: Retention) -> None:
+        repo = await ensure_repository(db, "p", "app")
+        digests = await seed(db, repo, [(i, [f"ci-{i}"], 10 - i) for i in range(3)])
+        prepared = await retention.prepare("p", [Rule(Keep.LAST, count=0)])
+        # A new image, and the oldest deleted and pushed again (a new row), after the snapshot.
+        fresh = await seed(db, repo, [(100, ["new"], 0)])
+        async with db.write() as conn:
+            await conn.execute(manifests.delete().where(manifests.c.digest == digests[0]))
+        await seed(db, repo, [(0, [], 0)])
+        result = await retention.carry_out(prepared, dry_run=False, actor="bob")
+        assert [i.digest for i in result.deleted] == digests[1:]
+        assert await stored(db) == {digests[0], fresh[0]}
+
+    run(database_url, tmp_path, scenario)
+
+
+def test_index_children_and_referrers_go_with_their_image(
+    database_url: str, tmp_path: Path
+) -> None:
+    async def scenario(db: Database, retention: Retention) -> None:
+        repo = await ensure_repository(db, "p", "app")
+        amd = await seed_one(db, repo, 1, age_days=30)
+        arm = await seed_one(db, repo, 2, age_days=30)
+        index = await seed_one(db, repo, 3, ["old"], age_days=30, children=[amd, arm])
+        signature = await seed_one(db, repo, 4, age_days=0, subject=index)
+        keep = await seed_one(db, repo, 5, ["new"], age_days=0)
+        rules = [Rule(Keep.PUSHED_WITHIN, days=7)]
+        dry = await retention.run("p", dry_run=True, actor="a", rules=rules)
+        assert [(i.digest, i.platform_manifests, i.referrers) for i in dry.deleted] == [
+            (index, 2, 1)
+        ]
+        await retention.run("p", dry_run=False, actor="a", rules=rules)
+        assert await stored(db) == {keep}
+        assert signature not in await stored(db)
+
+    run(database_url, tmp_path, scenario)
+
+
+def test_tag_overwrite_off_protects_every_tagged_image(database_url: str, tmp_path: Path) -> None:
+    async def scenario(db: Database, retention: Retention) -> None:
+        locked = await ensure_repository(db, "p", "locked", tag_overwrite=False)
+        open_repo = await ensure_repository(db, "p", "open")
+        kept = await seed(db, locked, [(1, ["v1"], 90), (2, [], 90)])
+        await seed(db, open_repo, [(3, ["v1"], 90)])
+        result = await retention.run(
+            "p", dry_run=False, actor="a", rules=[Rule(Keep.PUSHED_WITHIN, days=7)]
+        )
+        assert sorted(i.repository for i in result.deleted) == ["locked", "open"]
+        assert await stored(db) == {kept[0]}  # the tagged image of `locked`
+
+    run(database_url, tmp_path, scenario)
+
+
+def test_a_full_repository_drains_to_the_rules_n(database_url: str, tmp_path: Path) -> None:
+    """At the 10,000-image limit a push is refused; a run keeping 10 drains the repository,
+    and the same push is taken."""
+
+    async def scenario(db: Database, retention: Retention) -> None:
+        registry = retention.registry
+        repo_id = await ensure_repository(db, "p", "ci")
+        await seed(
+            db, repo_id, [(i, [f"c{i}", f"s{i}"], (10_000 - i) / 1000) for i in range(10_000)]
+        )
+        config = Blob(b'{"architecture":"amd64","os":"linux"}', OCI_CONFIG)
+        layer = Blob(b"layer bytes", OCI_LAYER)
+        async with db.write() as conn:
+            for blob in (config, layer):
+                await conn.execute(blobs.insert().values(digest=blob.digest, size=len(blob.data)))
+                await conn.execute(
+                    repository_blobs.insert().values(repository_id=repo_id, digest=blob.digest)
+                )
+        manifest = image_manifest(config.descriptor(), [layer.descriptor()])
+        repo = RepositoryRef(repo_id, 1, "p", "ci", False, True)
+
+        async def push() -> None:
+            await registry.put_manifest(repo, "", "next", manifest.data, OCI_MANIFEST)
+
+        with pytest.raises(ImageLimitReached):
+            await push()
+        started = time.perf_counter()
+        result = await retention.run(
+            "p", dry_run=False, actor="a", rules=[Rule(Keep.LAST, count=10)]
+        )
+        elapsed = time.perf_counter() - started
+        assert result.images_deleted == 9_990 and result.error is None
+        async with db.read() as conn:
+            left = (await conn.execute(select(func.count()).select_from(manifests))).scalar()
+            left_tags = set((await conn.execute(select(tags.c.name))).scalars())
+        assert left == 10
+        assert left_tags == {f"{p}{i}" for i in range(9_990, 10_000) for p in "cs"}
+        await push()
+        print(f"retention run over 10,000 images and 20,000 tags: {elapsed:.1f} s")
+
+    run(database_url, tmp_path, scenario)  # Registry's limit is the default 10,000
+
+
+def test_a_due_schedule_runs_once_as_schedule(database_url: str, tmp_path: Path) -> None:
+    async def scenario(db: Database, retention: Retention) -> None:
+        repo = await ensure_repository(db, "p", "app")
+        await seed(db, repo, [(i, [f"ci-{i}"], 10 - i) for i in range(4)])
+        policy = await retention.set_policy(
+            "p", KEEP_TWO, "daily 03:00", actor="alice", client=None
+        )
+        assert policy.schedule == "daily 03:00" and policy.next_run_at is not None
+        assert not await retention.has_due()
+        async with db.write() as conn:
+            await conn.execute(
+                update(retention_policies).values(next_run_at=utcnow() - dt.timedelta(minutes=1))
+            )
+        assert await retention.has_due()
+        assert await retention.run_due() == 1
+        assert await retention.run_due() == 0  # its next time moved to tomorrow
+        history, _ = await retention.history("p")
+        assert [(r.actor, r.images_deleted, r.dry_run) for r in history] == [
+            (SCHEDULE_ACTOR, 2, False)
+        ]
+        async with db.read() as conn:
+            runs = (await conn.execute(select(func.count()).select_from(retention_runs))).scalar()
+        assert runs == 1
+
+    run(database_url, tmp_path, scenario)
+
+
+def test_tag_overwrite_switched_off_during_a_run_protects_the_images(
+    database_url: str, tmp_path: Path
+) -> None:
+    async def scenario(db: Database, retention: Retention) -> None:
+        repo = await ensure_repository(db, "p", "app")
+        digests = await seed(db, repo, [(i, [f"v{i}"], 10 - i) for i in range(3)])
+        prepared = await retention.prepare("p", [Rule(Keep.LAST, count=1)])
+        assert len(prepared.plan.deletions) == 2
+        async with db.write() as conn:
+            await conn.execute(update(repositories).values(tag_overwrite=False))
+        result = await retention.carry_out(prepared, dry_run=False, actor="a")
+        assert result.images_deleted == 0 and result.images_skipped == 2
+        assert await stored(db) == set(digests)
+
+    run(database_url, tmp_path, scenario)
+
+
+def test_an_index_pushed_during_a_run_keeps_the_platform_manifest_it_lists(
+    database_url: str, tmp_path: Path
+) -> None:
+    async def scenario(db: Database, retention: Retention) -> None:
+        repo = await ensure_repository(db, "p", "app")
+        amd = await seed_one(db, repo, 1, age_days=30)
+        arm = await seed_one(db, repo, 2, age_days=30)
+        old = await seed_one(db, repo, 3, ["old"], age_days=30, children=[amd, arm])
+        other = await seed_one(db, repo, 4, ["other"], age_days=30, children=[amd])
+        prepared = await retention.prepare("p", [Rule(Keep.PUSHED_WITHIN, days=7)])
+        assert {d.image.digest for d in prepared.plan.deletions} == {old, other}
+        # The shared amd64 manifest goes with one of them, once.
+        children = [c.digest for d in prepared.plan.deletions for c in d.children]
+        assert sorted(children) == sorted([amd, arm])
+        # A new index listing the arm64 manifest arrives after the snapshot.
+        fresh = await seed_one(db, repo, 5, ["new"], age_days=0, children=[arm])
+        await retention.carry_out(prepared, dry_run=False, actor="a")
+        assert await stored(db) == {arm, fresh}
+
+    run(database_url, tmp_path, scenario)
