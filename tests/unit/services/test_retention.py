@@ -31,6 +31,7 @@ from berth.metadata.tables import (
 from berth.services.manifests import ImageLimitReached
 from berth.services.registry import Registry
 from berth.services.retention import SCHEDULE_ACTOR, Retention
+from berth.services.tag_rules import TagRules
 from berth.storage.filesystem import FilesystemBlobStore
 from tests.oci import OCI_CONFIG, OCI_LAYER, OCI_MANIFEST, Blob, image_manifest
 from tests.retention_seed import ensure_repository, seed, seed_one
@@ -173,6 +174,28 @@ def test_tag_overwrite_off_protects_every_tagged_image(database_url: str, tmp_pa
         )
         assert sorted(i.repository for i in result.deleted) == ["locked", "open"]
         assert await stored(db) == {kept[0]}  # the tagged image of `locked`
+
+    run(database_url, tmp_path, scenario)
+
+
+def test_an_immutable_tag_rule_keeps_the_images_it_covers(
+    database_url: str, tmp_path: Path
+) -> None:
+    """Retention never deletes an image with a tag an immutable tag rule covers; the same tag
+    name in a repository the rule does not cover protects nothing."""
+
+    async def scenario(db: Database, retention: Retention) -> None:
+        app = await ensure_repository(db, "p", "app")
+        other = await ensure_repository(db, "p", "other")
+        app_images = await seed(db, app, [(1, ["v1"], 90), (2, ["latest"], 90)])
+        other_images = await seed(db, other, [(3, ["v1"], 90)])
+        await TagRules(db).create("p", "v*", "app", actor="a")
+        result = await retention.run(
+            "p", dry_run=False, actor="a", rules=[Rule(Keep.PUSHED_WITHIN, days=7)]
+        )
+        deleted = {(i.repository, i.digest) for i in result.deleted}
+        assert deleted == {("app", app_images[1]), ("other", other_images[0])}
+        assert await stored(db) == {app_images[0]}
 
     run(database_url, tmp_path, scenario)
 
