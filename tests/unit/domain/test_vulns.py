@@ -1,0 +1,212 @@
+"""Matching installed packages against genuine OSV records (`berth.domain.vulns`).
+
+The records are in tests/fixtures/osv, copied unmodified (README.md there says from where);
+each expected finding is asserted by its ID and fixing release, and each fixed release is
+asserted to find nothing.
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime as dt
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from berth.domain.vulns import (
+    Affected,
+    Event,
+    InstalledPackage,
+    MalformedRecord,
+    Range,
+    Severity,
+    affected_by,
+    findings_for,
+    parse_advisory,
+)
+
+RECORDS = Path(__file__).parents[2] / "fixtures" / "osv"
+
+
+def record(name: str) -> dict[str, Any]:
+    data: dict[str, Any] = json.loads((RECORDS / f"{name}.json").read_text())
+    return data
+
+
+def everything() -> list[Any]:
+    return [parse_advisory(json.loads(p.read_text())) for p in sorted(RECORDS.glob("*.json"))]
+
+
+def test_a_record_is_read_as_published() -> None:
+    advisory = parse_advisory(record("PYSEC-2023-74"))
+
+    assert advisory.id == "PYSEC-2023-74"
+    assert advisory.source == "PYSEC"
+    assert advisory.aliases == ("CVE-2023-32681", "GHSA-j8r2-6x86-q33q")
+    assert advisory.modified == dt.datetime(2023, 6, 5, 1, 13, 0, 534973, tzinfo=dt.UTC)
+    assert advisory.summary.startswith("Requests is a HTTP library.")
+    assert advisory.link == (
+        "https://github.com/psf/requests/security/advisories/GHSA-j8r2-6x86-q33q"
+    )
+    assert [(a.ecosystem, a.name) for a in advisory.affected] == [("PyPI", "requests")]
+
+
+@pytest.mark.parametrize(
+    ("package", "expected"),
+    [
+        # PYSEC-2023-74: introduced 2.3.0, fixed 2.31.0 (and an explicit versions list).
+        (InstalledPackage("PyPI", "requests", "2.30.0"), [("PYSEC-2023-74", "2.31.0")]),
+        (InstalledPackage("PyPI", "Requests", "2.3.0"), [("PYSEC-2023-74", "2.31.0")]),
+        (InstalledPackage("PyPI", "requests", "2.31.0"), []),
+        (InstalledPackage("PyPI", "requests", "2.2.1"), []),
+        # GHSA-3fx5-fwvr-xrjg: ms before 0.7.1.
+        (InstalledPackage("npm", "ms", "0.7.0"), [("GHSA-3fx5-fwvr-xrjg", "0.7.1")]),
+        (InstalledPackage("npm", "ms", "0.7.1"), []),
+        # GHSA-fhjf-83wg-r2j9: its events are published out of order (introduced 0,
+        # introduced 2.0.0, fixed 2.0.1, fixed 1.3.2); sorted they say < 1.3.2 and 2.0.0.
+        (InstalledPackage("npm", "mixin-deep", "1.3.1"), [("GHSA-fhjf-83wg-r2j9", "1.3.2")]),
+        (InstalledPackage("npm", "mixin-deep", "1.3.2"), []),
+        (InstalledPackage("npm", "mixin-deep", "2.0.0"), [("GHSA-fhjf-83wg-r2j9", "2.0.1")]),
+        (InstalledPackage("npm", "mixin-deep", "2.0.1"), []),
+        # GHSA-mhpp-875w-9cpv: jquery from the prerelease 2.1.1-0 up to 3.0.0.
+        (InstalledPackage("npm", "jquery", "2.1.0"), []),
+        (InstalledPackage("npm", "jquery", "2.1.1"), [("GHSA-mhpp-875w-9cpv", "3.0.0")]),
+        (InstalledPackage("npm", "jquery", "2.2.4"), [("GHSA-mhpp-875w-9cpv", "3.0.0")]),
+        (InstalledPackage("npm", "jquery", "3.0.0"), []),
+        # CVE-2018-5407: Alpine's openssl, fixed in 1.0.2q-r0 (Alpine's own ordering:
+        # 1.0.2p-r0 < 1.0.2q-r0, r-suffixed package releases).
+        (InstalledPackage("Alpine:v3.8", "openssl", "1.0.2p-r0"), [("CVE-2018-5407", "1.0.2q-r0")]),
+        (InstalledPackage("Alpine:v3.8", "openssl", "1.0.2q-r0"), []),
+        (InstalledPackage("Alpine:v3.8", "openssl", "1.0.2q-r1"), []),
+        # The same package in a release the record does not list is not matched.
+        (InstalledPackage("Alpine:v2.7", "openssl", "1.0.2p-r0"), []),
+        # GO-2020-0001: gin before 1.6.0 (Go module versions carry a "v").
+        (
+            InstalledPackage("Go", "github.com/gin-gonic/gin", "v1.5.0"),
+            [("GO-2020-0001", "1.6.0")],
+        ),
+        (InstalledPackage("Go", "github.com/gin-gonic/gin", "v1.6.0"), []),
+    ],
+)
+def test_genuine_records_find_affected_releases_and_not_fixed_ones(
+    package: InstalledPackage, expected: list[tuple[str, str]]
+) -> None:
+    found = findings_for(package, everything())
+
+    assert [(f.advisory_id, f.fixed) for f in found] == expected
+
+
+def test_a_finding_says_what_a_user_sees() -> None:
+    [finding] = findings_for(InstalledPackage("npm", "ms", "0.7.0"), everything())
+
+    assert finding.aliases == ("CVE-2015-8315",)
+    assert finding.package == "ms"
+    assert finding.installed == "0.7.0"
+    assert finding.summary == "Regular Expression Denial of Service in ms"
+    # CVSS:3.0/AV:N/AC:L/PR:N/UI:N/S:U/C:N/I:N/A:H scores 7.5.
+    assert finding.severity is Severity.HIGH
+    assert finding.link == "https://nvd.nist.gov/vuln/detail/CVE-2015-8315"
+
+
+@pytest.mark.parametrize(
+    ("name", "severity"),
+    [
+        ("GHSA-3fx5-fwvr-xrjg", Severity.HIGH),  # CVSS 3.0 vector, 7.5
+        ("CVE-2018-5407", Severity.MEDIUM),  # CVSS 3.1 vector AV:L/AC:H/...: 4.7
+        ("GO-2020-0001", Severity.UNKNOWN),  # neither a vector nor a severity word
+    ],
+)
+def test_severity_comes_from_the_cvss_vector(name: str, severity: Severity) -> None:
+    assert parse_advisory(record(name)).severity is severity
+
+
+def test_the_databases_own_severity_word_counts_without_a_vector() -> None:
+    data = record("GHSA-3fx5-fwvr-xrjg")
+    del data["severity"]  # leaving database_specific.severity "HIGH"
+
+    assert parse_advisory(data).severity is Severity.HIGH
+
+
+def test_a_withdrawn_record_finds_nothing() -> None:
+    data = record("GHSA-3fx5-fwvr-xrjg")
+    data["withdrawn"] = data["modified"]
+
+    found = findings_for(InstalledPackage("npm", "ms", "0.7.0"), [parse_advisory(data)])
+
+    assert found == []
+
+
+def test_without_the_records_nothing_is_found() -> None:
+    others = [a for a in everything() if a.id != "PYSEC-2023-74"]
+
+    assert findings_for(InstalledPackage("PyPI", "requests", "2.30.0"), others) == []
+
+
+# The OSV schema documentation's own range examples (docs/schema.md, "last_affected vs fixed
+# example" and the evaluation pseudocode), on a semver package.
+def test_last_affected_includes_that_version_and_fixed_excludes_it() -> None:
+    up_to = Affected("npm", "x", (Range("ECOSYSTEM", (Event("introduced", "0"),
+                     Event("last_affected", "2.1.214"))),))  # fmt: skip
+    until = Affected("npm", "x", (Range("SEMVER", (Event("introduced", "0"),
+                     Event("fixed", "2.1.214"))),))  # fmt: skip
+
+    assert affected_by(up_to, "2.1.214") == (True, None)
+    assert affected_by(up_to, "2.1.215") == (False, None)
+    assert affected_by(until, "2.1.213") == (True, "2.1.214")
+    assert affected_by(until, "2.1.214") == (False, None)
+
+
+def test_limit_bounds_a_range() -> None:
+    limited = Affected("npm", "x", (Range("SEMVER", (Event("introduced", "1.0.0"),
+                       Event("limit", "2.0.0"))),))  # fmt: skip
+
+    assert affected_by(limited, "1.5.0") == (True, None)
+    assert affected_by(limited, "2.0.0") == (False, None)
+    assert affected_by(limited, "0.9.0") == (False, None)
+
+
+def test_debian_ordering_knows_epochs_tildes_and_security_updates() -> None:
+    # Versions as Debian 12's archive has them (zlib1g: 1:1.2.13.dfsg-1 in main,
+    # 1:1.2.13.dfsg-1+deb12u1 in the security update).
+    fix = Affected("Debian:12", "zlib", (Range("ECOSYSTEM", (Event("introduced", "0"),
+                   Event("fixed", "1:1.2.13.dfsg-1+deb12u1"))),))  # fmt: skip
+
+    assert affected_by(fix, "1:1.2.13.dfsg-1") == (True, "1:1.2.13.dfsg-1+deb12u1")
+    assert affected_by(fix, "1:1.2.13.dfsg-1+deb12u1") == (False, None)
+    assert affected_by(fix, "1.2.14-1") == (True, "1:1.2.13.dfsg-1+deb12u1")  # no epoch: older
+    assert affected_by(fix, "1:1.2.13.dfsg-1~bpo1") == (True, "1:1.2.13.dfsg-1+deb12u1")
+
+
+def test_an_unreadable_installed_version_matches_only_listed_versions() -> None:
+    [requests] = parse_advisory(record("PYSEC-2023-74")).affected
+
+    assert affected_by(requests, "not a version") == (False, None)
+    # A listed version written differently is the same PyPI release.
+    assert affected_by(requests, "2.30")[0] is True
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        (lambda r: r.pop("id"), "id"),
+        (lambda r: r.pop("modified"), "modified"),
+        (lambda r: r.update(modified="yesterday"), "modified"),
+        (lambda r: r.update(aliases="CVE-2023-32681"), "aliases"),
+        (lambda r: r["affected"][0]["package"].pop("name"), "affected[0].package.name"),
+        (
+            lambda r: r["affected"][0]["ranges"][1]["events"][1].update(introduced="2.4"),
+            "affected[0].ranges[1].events[1]",
+        ),
+        (lambda r: r["affected"][0].update(versions=[2]), "affected[0].versions[0]"),
+    ],
+)
+def test_a_malformed_record_names_the_field(change: Any, field: str) -> None:
+    data = copy.deepcopy(record("PYSEC-2023-74"))
+    change(data)
+
+    with pytest.raises(MalformedRecord) as refused:
+        parse_advisory(data)
+
+    assert refused.value.field == field
