@@ -24,6 +24,7 @@ from berth.cli.server import init, serve, status
 from berth.cli.storage import storage_app
 from berth.cli.usage import audit, usage
 from berth.cli.users import user_app
+from berth.cli.vulndb import vulndb_app
 from berth.cli.webhooks import webhook_app
 
 # Plain help text (no Rich markup): brackets in argument names such as PROJECT/REPO[/IMAGE]
@@ -48,6 +49,7 @@ app.add_typer(image_app, name="image")
 app.add_typer(tag_app, name="tag")
 app.add_typer(webhook_app, name="webhook")
 app.add_typer(immutability_app, name="immutability")
+app.add_typer(vulndb_app, name="vulndb")
 
 
 @app.callback()

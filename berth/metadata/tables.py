@@ -482,3 +482,53 @@ immutable_tag_rules = Table(
     Column("created_at", UTCDateTime, nullable=False, default=utcnow),
     Index(None, "project_id"),
 )
+
+# ---------------------------------------------------------------- vulnerability database
+
+# OSV records the operator imported (`berth vulndb import`), one row per advisory ID: a newer
+# `modified` replaces the row, an older or equal one leaves it. `record` is the record's JSON,
+# which matching reads; `vuln_packages` indexes the packages it names, by the key an image's
+# package is looked up by (`domain/vulns.py`: the ecosystem as the record says it, the name
+# normalized where the ecosystem compares names so).
+vuln_advisories = Table(
+    "vuln_advisories",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("advisory_id", String(128), nullable=False, unique=True),
+    Column("source", String(64), nullable=False),
+    Column("modified", UTCDateTime, nullable=False),
+    Column("withdrawn", UTCDateTime),
+    Column("severity", String(16), nullable=False),
+    Column("summary", Text, nullable=False),
+    Column("record", Text, nullable=False),
+    Column("imported_at", UTCDateTime, nullable=False, default=utcnow),
+    Index(None, "source"),
+)
+
+vuln_packages = Table(
+    "vuln_packages",
+    metadata,
+    Column(
+        "advisory_id", ForeignKey("vuln_advisories.id", ondelete="CASCADE"), nullable=False
+    ),
+    Column("ecosystem", String(100), nullable=False),
+    Column("name", String(512), nullable=False),
+    Index(None, "ecosystem", "name"),
+    Index(None, "advisory_id"),
+)
+
+# Each import: what it changed. The newest import that added or replaced a record is the
+# database's state a scan records, so results of an older state can be known as stale.
+vulndb_imports = Table(
+    "vulndb_imports",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("path", Text, nullable=False),
+    Column("actor", String(64), nullable=False),
+    Column("started_at", UTCDateTime, nullable=False),
+    Column("finished_at", UTCDateTime, nullable=False),
+    Column("added", Integer, nullable=False),
+    Column("replaced", Integer, nullable=False),
+    Column("unchanged", Integer, nullable=False),
+    Column("refused", Integer, nullable=False),
+)

@@ -1,0 +1,58 @@
+"""`berth vulndb import` and `berth vulndb status` as an operator runs them, on the genuine
+OSV records of tests/fixtures/osv."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+from tests.servers import BERTH, ROOT
+
+RECORDS = ROOT / "tests" / "fixtures" / "osv"
+
+
+def berth(data_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "BERTH_ADMIN_PASSWORD": "Vulndb-test-pass-1", "COLUMNS": "100", "TZ": "UTC"}
+    env.pop("BERTH_DATABASE_URL", None)
+    return subprocess.run(
+        [*BERTH, "--data-dir", str(data_dir), *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=120,
+    )
+
+
+def test_vulndb_import_and_status(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    assert berth(data, "init").returncode == 0
+    empty = berth(data, "vulndb", "status")
+    assert "The vulnerability database is empty" in empty.stdout
+
+    folder = tmp_path / "osv"
+    shutil.copytree(RECORDS, folder)
+    (folder / "truncated.json").write_text('{"id": "X-1", ')
+    imported = berth(data, "vulndb", "import", str(folder))
+
+    assert imported.returncode == 1
+    assert f"Imported {folder}: 6 added, 0 replaced by newer records, 0 unchanged." in (
+        " ".join(imported.stdout.split())
+    )
+    assert f"refused: {folder / 'truncated.json'}: (file): not JSON" in (
+        " ".join(imported.stderr.split())
+    )
+
+    again = berth(data, "vulndb", "import", str(RECORDS / "PYSEC-2023-74.json"), "--json")
+    assert again.returncode == 0
+    assert json.loads(again.stdout)["unchanged"] == 1
+
+    shown = berth(data, "vulndb", "status")
+    assert shown.returncode == 0
+    lines = [" ".join(line.split()) for line in shown.stdout.splitlines()]
+    assert lines[0].startswith("6 records; last import ")
+    assert "npm 3" in lines and "PyPI 1" in lines and "Go 1" in lines
+    assert any(line.startswith("PYSEC 1 2023-06-05") for line in lines)
