@@ -15,7 +15,12 @@ RECORDS = ROOT / "tests" / "fixtures" / "osv"
 
 
 def berth(data_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "BERTH_ADMIN_PASSWORD": "Vulndb-test-pass-1", "COLUMNS": "100", "TZ": "UTC"}
+    env = {
+        **os.environ,
+        "BERTH_ADMIN_PASSWORD": "Vulndb-test-pass-1",
+        "COLUMNS": "100",
+        "TZ": "UTC",
+    }
     env.pop("BERTH_DATABASE_URL", None)
     return subprocess.run(
         [*BERTH, "--data-dir", str(data_dir), *args],

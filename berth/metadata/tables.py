@@ -508,9 +508,7 @@ vuln_advisories = Table(
 vuln_packages = Table(
     "vuln_packages",
     metadata,
-    Column(
-        "advisory_id", ForeignKey("vuln_advisories.id", ondelete="CASCADE"), nullable=False
-    ),
+    Column("advisory_id", ForeignKey("vuln_advisories.id", ondelete="CASCADE"), nullable=False),
     Column("ecosystem", String(100), nullable=False),
     Column("name", String(512), nullable=False),
     Index(None, "ecosystem", "name"),

@@ -29,9 +29,7 @@ def upgrade() -> None:
         sa.Column("severity", sa.String(length=16), nullable=False),
         sa.Column("summary", sa.Text(), nullable=False),
         sa.Column("record", sa.Text(), nullable=False),
-        sa.Column(
-            "imported_at", berth.metadata.tables.UTCDateTime(timezone=True), nullable=False
-        ),
+        sa.Column("imported_at", berth.metadata.tables.UTCDateTime(timezone=True), nullable=False),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_vuln_advisories")),
         sa.UniqueConstraint("advisory_id", name=op.f("uq_vuln_advisories_advisory_id")),
     )
@@ -61,12 +59,8 @@ def upgrade() -> None:
         sa.Column("id", sa.Integer(), nullable=False),
         sa.Column("path", sa.Text(), nullable=False),
         sa.Column("actor", sa.String(length=64), nullable=False),
-        sa.Column(
-            "started_at", berth.metadata.tables.UTCDateTime(timezone=True), nullable=False
-        ),
-        sa.Column(
-            "finished_at", berth.metadata.tables.UTCDateTime(timezone=True), nullable=False
-        ),
+        sa.Column("started_at", berth.metadata.tables.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("finished_at", berth.metadata.tables.UTCDateTime(timezone=True), nullable=False),
         sa.Column("added", sa.Integer(), nullable=False),
         sa.Column("replaced", sa.Integer(), nullable=False),
         sa.Column("unchanged", sa.Integer(), nullable=False),
