@@ -1,0 +1,164 @@
+"""Reading the package databases an image carries, as packages named by purl.
+
+Pure: each function takes the bytes of one file an image holds (the layer reader in
+`services/scanning` finds them and bounds their size) and says which packages it lists.
+Debian/Ubuntu `var/lib/dpkg/status` (and distroless `status.d/` files), Alpine
+`lib/apk/db/installed`, Python `*.dist-info/METADATA` and `*.egg-info/PKG-INFO`, npm
+`node_modules/**/package.json`, and `etc/os-release`, which says the distribution release
+whose advisories apply to the OS packages.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from email.parser import HeaderParser
+
+from packageurl import PackageURL
+
+from berth.domain.vulns import InstalledPackage, package_key
+
+
+@dataclass(frozen=True)
+class OsRelease:
+    id: str  # "debian", "ubuntu", "alpine", ...
+    version_id: str
+    pretty_name: str
+
+    @property
+    def ecosystem(self) -> str | None:
+        """The OSV ecosystem of this release's packages: Debian:12, Ubuntu:22.04,
+        Alpine:v3.18; None for a distribution without OSV data Berth can match."""
+        if self.id == "debian" and self.version_id:
+            return f"Debian:{self.version_id.split('.', 1)[0]}"
+        if self.id == "ubuntu" and self.version_id:
+            return f"Ubuntu:{self.version_id}"
+        if self.id == "alpine" and self.version_id:
+            return "Alpine:v" + ".".join(self.version_id.split(".")[:2])
+        return None
+
+    @property
+    def distro(self) -> str:
+        """The purl `distro` qualifier, e.g. debian-12."""
+        return f"{self.id}-{self.version_id}" if self.version_id else self.id
+
+
+@dataclass(frozen=True)
+class Package:
+    purl: str
+    type: str  # the purl type: deb, apk, pypi, npm
+    name: str
+    version: str
+    ecosystem: str | None  # the OSV ecosystem its advisories name; None: unknown release
+    path: str  # the file in the image that lists it
+    source: str | None = None  # the source package OS advisories name (deb, apk)
+
+    def installed(self) -> InstalledPackage | None:
+        """What vulnerability matching looks up, or None when the ecosystem is unknown."""
+        if self.ecosystem is None:
+            return None
+        sources = (self.source,) if self.source and self.source != self.name else ()
+        return InstalledPackage(self.ecosystem, self.name, self.version, sources)
+
+
+def parse_os_release(content: bytes) -> OsRelease:
+    values: dict[str, str] = {}
+    for line in content.decode("utf-8", "replace").splitlines():
+        key, sep, value = line.strip().partition("=")
+        if sep and key and not key.startswith("#"):
+            values[key] = value.strip().strip("\"'")
+    return OsRelease(
+        id=values.get("ID", "").lower(),
+        version_id=values.get("VERSION_ID", ""),
+        pretty_name=values.get("PRETTY_NAME", ""),
+    )
+
+
+def _stanzas(content: bytes) -> list[dict[str, str]]:
+    """RFC 822-style stanzas separated by blank lines (dpkg's status); continuation lines
+    are dropped (no field matching needs reads them)."""
+    stanzas: list[dict[str, str]] = []
+    current: dict[str, str] = {}
+    for line in content.decode("utf-8", "replace").splitlines():
+        if not line.strip():
+            if current:
+                stanzas.append(current)
+            current = {}
+        elif not line[0].isspace():
+            key, _, value = line.partition(":")
+            current[key.strip()] = value.strip()
+    if current:
+        stanzas.append(current)
+    return stanzas
+
+
+def parse_dpkg_status(content: bytes, path: str, os: OsRelease | None) -> list[Package]:
+    """Installed packages of a dpkg status file (or one `status.d/` file, which distroless
+    images keep per package and which may lack a Status field)."""
+    packages: list[Package] = []
+    namespace = os.id if os is not None and os.id in ("debian", "ubuntu") else "debian"
+    ecosystem = os.ecosystem if os is not None and os.id in ("debian", "ubuntu") else None
+    for stanza in _stanzas(content):
+        name, version = stanza.get("Package"), stanza.get("Version")
+        status = stanza.get("Status", "install ok installed").split()
+        if not name or not version or "installed" not in status[-1:]:
+            continue
+        # "Source: zlib" or "Source: glibc (2.36-9)" when the source's version differs.
+        source_field = stanza.get("Source", "")
+        match = re.match(r"^(\S+)(?:\s+\((\S+)\))?", source_field)
+        source = match.group(1) if match else name
+        qualifiers = {"arch": stanza["Architecture"]} if stanza.get("Architecture") else {}
+        if os is not None:
+            qualifiers["distro"] = os.distro
+        purl = PackageURL("deb", namespace, name, version, qualifiers or None).to_string()
+        packages.append(Package(purl, "deb", name, version, ecosystem, path, source))
+    return packages
+
+
+def parse_apk_installed(content: bytes, path: str, os: OsRelease | None) -> list[Package]:
+    """Installed packages of Alpine's `lib/apk/db/installed` (one-letter fields: P name,
+    V version, A architecture, o origin, the source package advisories name)."""
+    packages: list[Package] = []
+    ecosystem = os.ecosystem if os is not None and os.id == "alpine" else None
+    for block in re.split(r"\n\s*\n", content.decode("utf-8", "replace")):
+        fields: dict[str, str] = {}
+        for line in block.splitlines():
+            if len(line) > 2 and line[1] == ":" and line[0] not in fields:
+                fields[line[0]] = line[2:].strip()
+        name, version = fields.get("P"), fields.get("V")
+        if not name or not version:
+            continue
+        qualifiers = {"arch": fields["A"]} if fields.get("A") else {}
+        if os is not None:
+            qualifiers["distro"] = os.distro
+        purl = PackageURL("apk", "alpine", name, version, qualifiers or None).to_string()
+        packages.append(Package(purl, "apk", name, version, ecosystem, path, fields.get("o")))
+    return packages
+
+
+def parse_python_metadata(content: bytes, path: str) -> Package | None:
+    """A Python distribution's METADATA or PKG-INFO (email headers: Name, Version)."""
+    headers = HeaderParser().parsestr(content.decode("utf-8", "replace"), headersonly=True)
+    name, version = headers.get("Name"), headers.get("Version")
+    if not name or not version:
+        return None
+    name, version = str(name).strip(), str(version).strip()
+    purl = PackageURL("pypi", None, package_key("PyPI", name), version).to_string()
+    return Package(purl, "pypi", name, version, "PyPI", path)
+
+
+def parse_package_json(content: bytes, path: str) -> Package | None:
+    """An npm package's package.json under node_modules (name and version)."""
+    try:
+        data = json.loads(content)
+    except (ValueError, UnicodeDecodeError):
+        return None
+    if not isinstance(data, dict):
+        return None
+    name, version = data.get("name"), data.get("version")
+    if not isinstance(name, str) or not isinstance(version, str) or not name or not version:
+        return None
+    namespace, _, short = name.rpartition("/")
+    purl = PackageURL("npm", namespace or None, short, version).to_string()
+    return Package(purl, "npm", name, version, "npm", path)

@@ -1,0 +1,1 @@
+"""Image scanning: package inventories read from layers (`layers.py`)."""

@@ -1,0 +1,300 @@
+"""An image's package inventory, read from its layers in order as streams from the blob store.
+
+Nothing is extracted and nothing is written to disk: each layer is read once through
+`tarfile`'s stream mode (gzip, bzip2 and xz layers decompress on the fly), and only the few
+files that list packages are read, each up to a bound; every other entry passes by unread.
+Whiteouts apply as the OCI image spec says: `.wh.NAME` removes NAME (and all under it) of the
+layers below, `.wh..wh..opq` empties its directory of what the layers below put there.
+
+Safety: entry names are never used as paths on this machine. A name with a `..` component is
+ignored (counted in `Inventory.notes`); an absolute name is read relative to the image's root,
+as runtimes do. Links are not followed: a symlink where a package database was leaves none.
+A layer whose headers are too large (a long-name or PAX header meant to exhaust memory), with
+too many entries, or that inflates past a bound is refused with the reason (`LayerRefused`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import posixpath
+import tarfile
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import IO, Any
+
+from berth.domain.manifests import Descriptor
+from berth.domain.packages import (
+    OsRelease,
+    Package,
+    parse_apk_installed,
+    parse_dpkg_status,
+    parse_os_release,
+    parse_package_json,
+    parse_python_metadata,
+)
+from berth.storage.base import BlobStore
+
+WHITEOUT = ".wh."
+OPAQUE = ".wh..wh..opq"
+# Bounds a hostile layer meets (a real image is far inside them).
+MAX_HEADER = 1024 * 1024  # a long name or PAX header
+MAX_ENTRIES = 2_000_000  # entries in one layer
+MAX_LAYER_BYTES = 64 * 1024**3  # the sum of a layer's entry sizes, uncompressed
+MAX_DATABASE = 64 * 1024 * 1024  # dpkg status, apk installed
+MAX_SMALL_FILE = 1024 * 1024  # os-release, METADATA, package.json, a status.d file
+# Compressed bytes tarfile decompresses at a time: gzip inflates up to ~1000-fold, so this
+# bounds the memory a layer of zeros takes (a few MB) whatever its size.
+STREAM_BUFFER = 4096
+
+# Layer media types whose compression tarfile reads (docker's and OCI's; "nondistributable"
+# variants too). zstd layers are refused with a reason until Python reads zstd.
+READABLE_LAYERS = ("tar", "tar+gzip", "tar.gzip", "tar+bzip2", "tar+xz")
+
+
+class LayerRefused(Exception):
+    """A layer the scanner will not read, and why (a user sees this as the scan's failure)."""
+
+
+class Kind(Enum):
+    OS_RELEASE = "os-release"
+    DPKG = "dpkg"
+    APK = "apk"
+    PYTHON = "python"
+    NPM = "npm"
+
+
+def _bound(kind: Kind) -> int:
+    return MAX_DATABASE if kind in (Kind.DPKG, Kind.APK) else MAX_SMALL_FILE
+
+
+def classify(path: str) -> Kind | None:
+    """Which package database `path` (normalized, relative to the image root) is, if any."""
+    if path in ("etc/os-release", "usr/lib/os-release"):
+        return Kind.OS_RELEASE
+    if path == "var/lib/dpkg/status" or (
+        path.startswith("var/lib/dpkg/status.d/") and path.count("/") == 4
+    ):
+        return Kind.DPKG
+    if path == "lib/apk/db/installed":
+        return Kind.APK
+    parts = path.split("/")
+    if (len(parts) >= 2 and parts[-2].endswith(".dist-info") and parts[-1] == "METADATA") or (
+        len(parts) >= 2 and parts[-2].endswith(".egg-info") and parts[-1] == "PKG-INFO"
+    ):
+        return Kind.PYTHON
+    if parts[-1] == "package.json" and len(parts) >= 3:
+        # node_modules/NAME/package.json or node_modules/@SCOPE/NAME/package.json: a
+        # package's own manifest, not one of the files inside it.
+        if parts[-3] == "node_modules" and not parts[-2].startswith("@"):
+            return Kind.NPM
+        if len(parts) >= 4 and parts[-4] == "node_modules" and parts[-3].startswith("@"):
+            return Kind.NPM
+    return None
+
+
+def normalize(name: str) -> str | None:
+    """An entry's name relative to the image root, or None when it climbs out (`..`)."""
+    parts = [p for p in name.replace("\\", "/").split("/") if p not in ("", ".")]
+    if ".." in parts:
+        return None
+    return "/".join(parts)
+
+
+@dataclass
+class LayerChanges:
+    """What one layer does to the files the scanner cares about."""
+
+    files: dict[str, tuple[Kind, bytes]] = field(default_factory=dict)
+    removed: set[str] = field(default_factory=set)  # whiteouts, and links over a wanted file
+    opaque: set[str] = field(default_factory=set)  # directories emptied of lower layers
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Inventory:
+    os: OsRelease | None
+    packages: list[Package]
+    notes: list[str]  # entries skipped and why (a user can see why a package may be missing)
+
+
+class _BoundedTarInfo(tarfile.TarInfo):
+    """Refuses a long-name or PAX header larger than MAX_HEADER before tarfile reads it into
+    memory whole."""
+
+    def _proc_member(self, tarfile_: tarfile.TarFile) -> Any:
+        header_types = (
+            tarfile.GNUTYPE_LONGNAME,
+            tarfile.GNUTYPE_LONGLINK,
+            tarfile.XHDTYPE,
+            tarfile.XGLTYPE,
+            tarfile.SOLARIS_XHDTYPE,
+        )
+        if self.type in header_types and self.size > MAX_HEADER:
+            raise LayerRefused(f"a tar header of {self.size} bytes (more than {MAX_HEADER})")
+        return super()._proc_member(tarfile_)  # type: ignore[misc]
+
+
+def read_layer(stream: IO[bytes], *, max_entries: int = MAX_ENTRIES) -> LayerChanges:
+    """The wanted files, whiteouts and opaque directories of one layer, read as a stream."""
+    changes = LayerChanges()
+    entries = 0
+    inflated = 0
+    try:
+        with tarfile.open(
+            fileobj=stream, mode="r|*", tarinfo=_BoundedTarInfo, bufsize=STREAM_BUFFER
+        ) as tar:
+            while (member := tar.next()) is not None:
+                tar.members.clear()  # type: ignore[attr-defined]  # else it keeps every header
+                entries += 1
+                inflated += max(member.size, 0)
+                if entries > max_entries:
+                    raise LayerRefused(f"more than {max_entries} entries in one layer")
+                if inflated > MAX_LAYER_BYTES:
+                    raise LayerRefused(f"more than {MAX_LAYER_BYTES} bytes uncompressed")
+                _take(tar, member, changes)
+    except (tarfile.TarError, EOFError, OSError, ValueError) as exc:
+        raise LayerRefused(f"not a readable tar layer: {exc}") from None
+    return changes
+
+
+def _take(tar: tarfile.TarFile, member: tarfile.TarInfo, changes: LayerChanges) -> None:
+    path = normalize(member.name)
+    if path is None:
+        changes.notes.append(f"skipped {member.name!r}: it climbs out of the image root")
+        return
+    directory, base = posixpath.split(path)
+    if base == OPAQUE:
+        changes.opaque.add(directory)
+        return
+    if base.startswith(WHITEOUT):
+        changes.removed.add(posixpath.join(directory, base[len(WHITEOUT) :]))
+        return
+    kind = classify(path)
+    if kind is None:
+        return
+    if not member.isreg():
+        # A link or device where a package database was: it no longer lists anything.
+        changes.removed.add(path)
+        changes.files.pop(path, None)
+        return
+    if member.size > _bound(kind):
+        changes.notes.append(f"skipped {path}: {member.size} bytes, more than {_bound(kind)}")
+        changes.removed.add(path)
+        return
+    handle = tar.extractfile(member)
+    if handle is None:
+        return
+    changes.files[path] = (kind, handle.read(_bound(kind)))
+
+
+def _under(path: str, directory: str) -> bool:
+    return directory == "" or path == directory or path.startswith(directory + "/")
+
+
+def apply_layer(files: dict[str, tuple[Kind, bytes]], changes: LayerChanges) -> None:
+    """The files of the layers below with this layer's changes applied."""
+    for directory in changes.opaque:
+        for path in [p for p in files if _under(p, directory) and p != directory]:
+            del files[path]
+    for removed in changes.removed:
+        for path in [p for p in files if _under(p, removed)]:
+            del files[path]
+    files.update(changes.files)
+
+
+def inventory(files: dict[str, tuple[Kind, bytes]], notes: Sequence[str] = ()) -> Inventory:
+    """The packages the merged files list."""
+    os = None
+    for candidate in ("etc/os-release", "usr/lib/os-release"):
+        if candidate in files:
+            os = parse_os_release(files[candidate][1])
+            break
+    packages: list[Package] = []
+    for path in sorted(files):
+        kind, content = files[path]
+        if kind is Kind.DPKG:
+            packages.extend(parse_dpkg_status(content, path, os))
+        elif kind is Kind.APK:
+            packages.extend(parse_apk_installed(content, path, os))
+        elif kind is Kind.PYTHON:
+            found = parse_python_metadata(content, path)
+            packages.extend([found] if found else [])
+        elif kind is Kind.NPM:
+            found = parse_package_json(content, path)
+            packages.extend([found] if found else [])
+    return Inventory(os, packages, list(notes))
+
+
+class _AsyncStream(io.RawIOBase):
+    """A blocking file over a blob store's async reader, for `tarfile` in a worker thread:
+    each read waits for the next chunk from the event loop; nothing is buffered past it."""
+
+    def __init__(self, chunks: AsyncIterator[bytes], loop: asyncio.AbstractEventLoop) -> None:
+        self._chunks = chunks
+        self._loop = loop
+        self._pending = b""
+        self._done = False
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        while not self._pending and not self._done:
+            future = asyncio.run_coroutine_threadsafe(self._next(), self._loop)
+            chunk = future.result()
+            if chunk is None:
+                self._done = True
+            else:
+                self._pending = chunk
+        size = min(len(buffer), len(self._pending))
+        buffer[:size] = self._pending[:size]
+        self._pending = self._pending[size:]
+        return size
+
+    async def _next(self) -> bytes | None:
+        try:
+            return await anext(self._chunks)
+        except StopAsyncIteration:
+            return None
+
+
+def _readable(layer: Descriptor) -> None:
+    media_type = layer.media_type
+    if not any(media_type.endswith("." + suffix) for suffix in READABLE_LAYERS):
+        raise LayerRefused(f"layer {layer.digest} is {media_type}, which the scanner cannot read")
+
+
+async def read_stored_layer(store: BlobStore, layer: Descriptor) -> LayerChanges:
+    """One layer's changes, streamed from the store (its file, where the store keeps blobs
+    as local files; else its reader) in a worker thread."""
+    _readable(layer)
+    path = store.local_path(layer.digest)
+    if path is not None:
+
+        def from_file() -> LayerChanges:
+            try:
+                with path.open("rb") as handle:
+                    return read_layer(handle)
+            except FileNotFoundError:
+                raise LayerRefused(f"layer {layer.digest} is missing from storage") from None
+
+        return await asyncio.to_thread(from_file)
+    chunks = store.read(layer.digest)
+    stream = io.BufferedReader(_AsyncStream(chunks, asyncio.get_running_loop()), 1024 * 1024)
+    try:
+        return await asyncio.to_thread(read_layer, stream)
+    finally:
+        await chunks.aclose()  # type: ignore[attr-defined]
+
+
+async def image_inventory(store: BlobStore, layers: Sequence[Descriptor]) -> Inventory:
+    """The packages of an image whose layers (bottom first) are `layers`."""
+    files: dict[str, tuple[Kind, bytes]] = {}
+    notes: list[str] = []
+    for layer in layers:
+        changes = await read_stored_layer(store, layer)
+        apply_layer(files, changes)
+        notes.extend(changes.notes)
+    return inventory(files, notes)

@@ -1,0 +1,353 @@
+"""Package inventories of images built here from real packages (`berth.services.scanning`).
+
+The layers are made in the test from the unmodified downloads in tests/fixtures/packages
+(tests/fixtures/osv/README.md says where each came from): Debian packages unpacked with their
+dpkg status entries made from their own control files, a Python wheel installed with
+`pip install --target`, npm packages as `npm pack` made them under node_modules. The layers
+go into a real filesystem blob store and are read back as streams.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import hashlib
+import io
+import json
+import lzma
+import subprocess
+import sys
+import tarfile
+import tracemalloc
+from pathlib import Path
+
+import pytest
+
+from berth.domain.manifests import Descriptor
+from berth.domain.packages import Package
+from berth.domain.vulns import findings_for, parse_advisory
+from berth.services.scanning.layers import (
+    Inventory,
+    LayerRefused,
+    image_inventory,
+    read_layer,
+)
+from berth.storage.filesystem import FilesystemBlobStore
+
+FIXTURES = Path(__file__).parents[2] / "fixtures"
+PACKAGES = FIXTURES / "packages"
+SITE = "usr/local/lib/python3.11/site-packages"
+APP = "usr/src/app/node_modules"
+LAYER = "application/vnd.oci.image.layer.v1.tar+gzip"
+
+Entry = tuple[tarfile.TarInfo, bytes | None]
+
+
+# --- building layers ------------------------------------------------------------------------
+
+
+def file_entry(name: str, data: bytes) -> Entry:
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    info.mode = 0o644
+    return info, data
+
+
+def layer(entries: list[Entry]) -> bytes:
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for info, data in entries:
+            tar.addfile(info, io.BytesIO(data) if data is not None else None)
+    return gzip.compress(raw.getvalue(), compresslevel=1)
+
+
+def ar_members(path: Path) -> dict[str, bytes]:
+    """The members of a .deb (an ar archive)."""
+    data = path.read_bytes()
+    assert data.startswith(b"!<arch>\n")
+    members, offset = {}, 8
+    while offset + 60 <= len(data):
+        header = data[offset : offset + 60]
+        name = header[:16].decode().strip().rstrip("/")
+        size = int(header[48:58].decode().strip())
+        members[name] = data[offset + 60 : offset + 60 + size]
+        offset += 60 + size + (size % 2)
+    return members
+
+
+def deb_entries(path: Path) -> tuple[list[Entry], bytes]:
+    """A .deb's files as layer entries, and its dpkg status stanza (its control file with
+    the Status dpkg writes on installing it)."""
+    members = ar_members(path)
+    entries: list[Entry] = []
+    with tarfile.open(fileobj=io.BytesIO(lzma.decompress(members["data.tar.xz"]))) as data:
+        for info in data.getmembers():
+            content = data.extractfile(info).read() if info.isreg() else None  # type: ignore[union-attr]
+            entries.append((info, content))
+    with tarfile.open(fileobj=io.BytesIO(lzma.decompress(members["control.tar.xz"]))) as ctl:
+        control = ctl.extractfile("./control").read().decode()  # type: ignore[union-attr]
+    first, rest = control.split("\n", 1)
+    return entries, f"{first}\nStatus: install ok installed\n{rest}".encode()
+
+
+def debian_base() -> list[Entry]:
+    entries: list[Entry] = []
+    stanzas: list[bytes] = []
+    for deb in ("base-files_12.4+deb12u15_amd64.deb", "zlib1g_1.2.13.dfsg-1_amd64.deb"):
+        files, stanza = deb_entries(PACKAGES / deb)
+        entries.extend(files)
+        stanzas.append(stanza)
+    entries.append(file_entry("./var/lib/dpkg/status", b"\n".join(stanzas)))
+    return entries
+
+
+def pip_installed(wheel: str, target: Path) -> list[Entry]:
+    subprocess.run(
+        [
+            *(sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-index"),
+            *("--no-compile", "--disable-pip-version-check", "--target", str(target)),
+            str(PACKAGES / wheel),
+        ],
+        check=True,
+        timeout=120,
+    )
+    return [
+        file_entry(f"{SITE}/{p.relative_to(target).as_posix()}", p.read_bytes())
+        for p in sorted(target.rglob("*"))
+        if p.is_file()
+    ]
+
+
+def npm_package(tgz: str, name: str) -> list[Entry]:
+    entries: list[Entry] = []
+    with tarfile.open(PACKAGES / tgz) as packed:
+        for info in packed.getmembers():
+            if info.isreg():
+                inside = info.name.split("/", 1)[1]  # npm pack puts all under package/
+                data = packed.extractfile(info).read()  # type: ignore[union-attr]
+                entries.append(file_entry(f"{APP}/{name}/{inside}", data))
+    return entries
+
+
+def whiteout(path: str) -> Entry:
+    directory, _, name = path.rpartition("/")
+    return file_entry(f"{directory}/.wh.{name}", b"")
+
+
+# --- storing and reading --------------------------------------------------------------------
+
+
+class StreamedStore(FilesystemBlobStore):
+    """The filesystem store without its local-file shortcut, as S3 is read: through the
+    store's async reader."""
+
+    def local_path(self, digest: str) -> Path | None:
+        return None
+
+
+async def put(store: FilesystemBlobStore, blob: bytes) -> Descriptor:
+    digest = "sha256:" + hashlib.sha256(blob).hexdigest()
+    upload = hashlib.sha256(blob).hexdigest()[:16]
+    writer = await store.open_upload(upload, 0)
+    await writer.write(blob)
+    await writer.close()
+    await store.commit_upload(upload, digest)
+    return Descriptor(LAYER, digest, len(blob))
+
+
+def scan(store: FilesystemBlobStore, layers: list[bytes]) -> Inventory:
+    async def run() -> Inventory:
+        descriptors = [await put(store, blob) for blob in layers]
+        return await image_inventory(store, descriptors)
+
+    return asyncio.run(run())
+
+
+@pytest.fixture(params=["local file", "streamed"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> FilesystemBlobStore:
+    kind = FilesystemBlobStore if request.param == "local file" else StreamedStore
+    return kind(tmp_path / "blobs")
+
+
+@pytest.fixture(scope="module")
+def image_layers(tmp_path_factory: pytest.TempPathFactory) -> list[bytes]:
+    """A Debian 12 base; requests 2.30.0, ms 0.7.0 and mixin-deep 1.3.1 on it; then a layer
+    that upgrades requests to 2.31.0 (a whiteout of the old dist-info), and replaces the
+    node_modules directory (opaque) with ms 0.7.1 alone."""
+    work = tmp_path_factory.mktemp("site")
+    base = layer(debian_base())
+    apps = layer(
+        pip_installed("requests-2.30.0-py3-none-any.whl", work / "old")
+        + npm_package("ms-0.7.0.tgz", "ms")
+        + npm_package("mixin-deep-1.3.1.tgz", "mixin-deep")
+    )
+    upgrade = layer(
+        [
+            whiteout(f"{SITE}/requests-2.30.0.dist-info"),
+            whiteout(f"{SITE}/requests"),
+            *pip_installed("requests-2.31.0-py3-none-any.whl", work / "new"),
+            file_entry(f"{APP}/.wh..wh..opq", b""),
+            *npm_package("ms-0.7.1.tgz", "ms"),
+        ]
+    )
+    return [base, apps, upgrade]
+
+
+def purls(inventory: Inventory) -> list[str]:
+    return sorted(p.purl for p in inventory.packages)
+
+
+def genuine_findings(packages: list[Package]) -> list[tuple[str, str, str | None]]:
+    advisories = [
+        parse_advisory(json.loads(p.read_text())) for p in sorted((FIXTURES / "osv").glob("*.json"))
+    ]
+    found = []
+    for package in packages:
+        installed = package.installed()
+        assert installed is not None
+        found += [(f.package, f.advisory_id, f.fixed) for f in findings_for(installed, advisories)]
+    return sorted(found)
+
+
+# --- tests ----------------------------------------------------------------------------------
+
+
+def test_packages_of_real_releases_as_purls(
+    store: FilesystemBlobStore, image_layers: list[bytes]
+) -> None:
+    inventory = scan(store, image_layers[:2])
+
+    assert inventory.os is not None
+    assert (inventory.os.id, inventory.os.version_id) == ("debian", "12")
+    assert inventory.os.ecosystem == "Debian:12"
+    assert purls(inventory) == [
+        "pkg:deb/debian/base-files@12.4%2Bdeb12u15?arch=amd64&distro=debian-12",
+        "pkg:deb/debian/zlib1g@1:1.2.13.dfsg-1?arch=amd64&distro=debian-12",
+        "pkg:npm/mixin-deep@1.3.1",
+        "pkg:npm/ms@0.7.0",
+        "pkg:pypi/requests@2.30.0",
+    ]
+    zlib = next(p for p in inventory.packages if p.name == "zlib1g")
+    assert (zlib.source, zlib.ecosystem, zlib.path) == ("zlib", "Debian:12", "var/lib/dpkg/status")
+    requests = next(p for p in inventory.packages if p.name == "requests")
+    assert requests.path == f"{SITE}/requests-2.30.0.dist-info/METADATA"
+    # Matched against the genuine records of those releases.
+    assert genuine_findings(inventory.packages) == [
+        ("mixin-deep", "GHSA-fhjf-83wg-r2j9", "1.3.2"),
+        ("ms", "GHSA-3fx5-fwvr-xrjg", "0.7.1"),
+        ("requests", "PYSEC-2023-74", "2.31.0"),
+    ]
+
+
+def test_a_later_layer_removes_and_replaces_packages_by_whiteouts(
+    store: FilesystemBlobStore, image_layers: list[bytes]
+) -> None:
+    inventory = scan(store, image_layers)
+
+    assert purls(inventory) == [
+        "pkg:deb/debian/base-files@12.4%2Bdeb12u15?arch=amd64&distro=debian-12",
+        "pkg:deb/debian/zlib1g@1:1.2.13.dfsg-1?arch=amd64&distro=debian-12",
+        "pkg:npm/ms@0.7.1",
+        "pkg:pypi/requests@2.31.0",
+    ]
+    assert genuine_findings(inventory.packages) == []
+
+
+def test_names_that_climb_out_and_links_are_never_followed(tmp_path: Path) -> None:
+    base = layer(debian_base())
+    link = tarfile.TarInfo("var/lib/dpkg/status")
+    link.type, link.linkname = tarfile.SYMTYPE, "/etc/shadow"
+    _, stanza = deb_entries(PACKAGES / "zlib1g_1.2.13.dfsg-1_amd64.deb")
+    hostile = layer(
+        [
+            (link, None),
+            file_entry("../../var/lib/dpkg/status", stanza),
+            file_entry("usr/../../etc/os-release", b"ID=alpine\nVERSION_ID=3.18.0\n"),
+        ]
+    )
+
+    inventory = scan(FilesystemBlobStore(tmp_path / "blobs"), [base, hostile])
+
+    # The symlink replaced the status file (no packages listed there any more); the entries
+    # whose names climb out were skipped, and said so.
+    assert [p.type for p in inventory.packages] == []
+    assert inventory.os is not None and inventory.os.id == "debian"
+    assert any("../../var/lib/dpkg/status" in note for note in inventory.notes)
+    assert not (tmp_path / "var").exists() and not (tmp_path.parent / "var").exists()
+
+
+def test_an_absolute_name_is_read_from_the_image_root(tmp_path: Path) -> None:
+    _, stanza = deb_entries(PACKAGES / "zlib1g_1.2.13.dfsg-1_amd64.deb")
+
+    inventory = scan(
+        FilesystemBlobStore(tmp_path / "b"), [layer([file_entry("/var/lib/dpkg/status", stanza)])]
+    )
+
+    assert [p.name for p in inventory.packages] == ["zlib1g"]
+
+
+def test_an_oversized_package_file_is_skipped_unread(tmp_path: Path) -> None:
+    big = json.dumps({"name": "ms", "version": "0.7.0", "pad": "x" * 2_000_000}).encode()
+
+    inventory = scan(
+        FilesystemBlobStore(tmp_path / "b"), [layer([file_entry(f"{APP}/ms/package.json", big)])]
+    )
+
+    assert inventory.packages == []
+    assert any("more than 1048576" in note for note in inventory.notes)
+
+
+def test_a_huge_header_is_refused_before_it_is_read() -> None:
+    info = tarfile.TarInfo("a")
+    info.pax_headers = {"comment": "x" * 2_000_000}
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        tar.addfile(info, io.BytesIO(b""))
+    raw.seek(0)
+
+    with pytest.raises(LayerRefused, match="a tar header of"):
+        read_layer(raw)
+
+
+def test_too_many_entries_are_refused() -> None:
+    many = layer([file_entry(f"f{i}", b"") for i in range(50)])
+
+    with pytest.raises(LayerRefused, match="more than 20 entries"):
+        read_layer(io.BytesIO(many), max_entries=20)
+
+
+def test_a_layer_that_inflates_is_read_in_bounded_memory() -> None:
+    """100 MiB of zeros (about 100 kB compressed) pass through without being held."""
+    size = 100 * 1024 * 1024
+    info = tarfile.TarInfo("usr/share/big")
+    info.size = size
+    compressed = io.BytesIO()
+    with gzip.GzipFile(fileobj=compressed, mode="wb", compresslevel=9) as out:
+        out.write(info.tobuf(format=tarfile.USTAR_FORMAT))
+        zeros = b"\0" * (1024 * 1024)
+        for _ in range(size // len(zeros)):
+            out.write(zeros)
+        out.write(b"\0" * (2 * tarfile.BLOCKSIZE))  # the end of the archive
+    bomb = compressed.getvalue()
+    assert len(bomb) < 1024 * 1024
+
+    tracemalloc.start()
+    try:
+        changes = read_layer(io.BytesIO(bomb))
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+
+    assert changes.files == {}
+    assert peak < 16 * 1024 * 1024, peak
+
+
+def test_a_layer_the_scanner_cannot_read_says_why(tmp_path: Path) -> None:
+    async def run() -> None:
+        store = FilesystemBlobStore(tmp_path / "b")
+        stored = await put(store, layer([]))
+        zstd = Descriptor("application/vnd.oci.image.layer.v1.tar+zstd", stored.digest, 1)
+        await image_inventory(store, [zstd])
+
+    with pytest.raises(LayerRefused, match=r"tar\+zstd, which the scanner cannot read"):
+        asyncio.run(run())
