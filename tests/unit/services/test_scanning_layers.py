@@ -93,7 +93,11 @@ def deb_entries(path: Path) -> tuple[list[Entry], bytes]:
 def debian_base() -> list[Entry]:
     entries: list[Entry] = []
     stanzas: list[bytes] = []
-    for deb in ("base-files_12.4+deb12u15_amd64.deb", "zlib1g_1.2.13.dfsg-1_amd64.deb"):
+    for deb in (
+        "base-files_12.4+deb12u15_amd64.deb",
+        "python3-six_1.16.0-4_all.deb",
+        "zlib1g_1.2.13.dfsg-1_amd64.deb",
+    ):
         files, stanza = deb_entries(PACKAGES / deb)
         entries.extend(files)
         stanzas.append(stanza)
@@ -222,13 +226,17 @@ def test_packages_of_real_releases_as_purls(
     assert inventory.os.ecosystem == "Debian:12"
     assert purls(inventory) == [
         "pkg:deb/debian/base-files@12.4%2Bdeb12u15?arch=amd64&distro=debian-12",
+        "pkg:deb/debian/python3-six@1.16.0-4?arch=all&distro=debian-12",
         "pkg:deb/debian/zlib1g@1:1.2.13.dfsg-1?arch=amd64&distro=debian-12",
         "pkg:npm/mixin-deep@1.3.1",
         "pkg:npm/ms@0.7.0",
         "pkg:pypi/requests@2.30.0",
+        "pkg:pypi/six@1.16.0",
     ]
     zlib = next(p for p in inventory.packages if p.name == "zlib1g")
     assert (zlib.source, zlib.ecosystem, zlib.path) == ("zlib", "Debian:12", "var/lib/dpkg/status")
+    six = next(p for p in inventory.packages if p.type == "pypi" and p.name == "six")
+    assert six.path == "usr/lib/python3/dist-packages/six-1.16.0.egg-info/PKG-INFO"
     requests = next(p for p in inventory.packages if p.name == "requests")
     assert requests.path == f"{SITE}/requests-2.30.0.dist-info/METADATA"
     # Matched against the genuine records of those releases.
@@ -246,9 +254,11 @@ def test_a_later_layer_removes_and_replaces_packages_by_whiteouts(
 
     assert purls(inventory) == [
         "pkg:deb/debian/base-files@12.4%2Bdeb12u15?arch=amd64&distro=debian-12",
+        "pkg:deb/debian/python3-six@1.16.0-4?arch=all&distro=debian-12",
         "pkg:deb/debian/zlib1g@1:1.2.13.dfsg-1?arch=amd64&distro=debian-12",
         "pkg:npm/ms@0.7.1",
         "pkg:pypi/requests@2.31.0",
+        "pkg:pypi/six@1.16.0",
     ]
     assert genuine_findings(inventory.packages) == []
 
@@ -268,9 +278,9 @@ def test_names_that_climb_out_and_links_are_never_followed(tmp_path: Path) -> No
 
     inventory = scan(FilesystemBlobStore(tmp_path / "blobs"), [base, hostile])
 
-    # The symlink replaced the status file (no packages listed there any more); the entries
-    # whose names climb out were skipped, and said so.
-    assert [p.type for p in inventory.packages] == []
+    # The symlink replaced the status file (no Debian packages listed there any more; six's
+    # egg-info is still there); the entries whose names climb out were skipped, and said so.
+    assert [p.purl for p in inventory.packages] == ["pkg:pypi/six@1.16.0"]
     assert inventory.os is not None and inventory.os.id == "debian"
     assert any("../../var/lib/dpkg/status" in note for note in inventory.notes)
     assert not (tmp_path / "var").exists() and not (tmp_path.parent / "var").exists()
@@ -351,3 +361,24 @@ def test_a_layer_the_scanner_cannot_read_says_why(tmp_path: Path) -> None:
 
     with pytest.raises(LayerRefused, match=r"tar\+zstd, which the scanner cannot read"):
         asyncio.run(run())
+
+
+def test_a_real_alpine_layer_lists_its_apk_packages(tmp_path: Path) -> None:
+    """An Alpine 3.16.1 root filesystem layer (xz-compressed, as captured from a container):
+    its 14 installed packages, with the source packages advisories name."""
+    blob = (PACKAGES / "alpine-3.16.1-container-layer.tar.xz").read_bytes()
+
+    inventory = scan(FilesystemBlobStore(tmp_path / "b"), [blob])
+
+    assert inventory.os is not None and inventory.os.ecosystem == "Alpine:v3.16"
+    assert len(inventory.packages) == 14
+    assert {p.type for p in inventory.packages} == {"apk"}
+    libcrypto = next(p for p in inventory.packages if p.name == "libcrypto1.1")
+    assert (
+        libcrypto.purl == "pkg:apk/alpine/libcrypto1.1@1.1.1q-r0?arch=x86_64&distro=alpine-3.16.1"
+    )
+    assert (libcrypto.source, libcrypto.path) == ("openssl", "lib/apk/db/installed")
+    installed = libcrypto.installed()
+    assert installed is not None and installed.sources == ("openssl",)
+    # CVE-2018-5407 names Alpine's openssl in releases up to v3.8, not v3.16.
+    assert genuine_findings(inventory.packages) == []
