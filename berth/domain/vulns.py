@@ -10,6 +10,7 @@ versions with `univers`, which knows each ecosystem's ordering.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -26,7 +27,7 @@ ORDERED_RANGES = ("ECOSYSTEM", "SEMVER")
 EVENT_KINDS = ("introduced", "fixed", "last_affected", "limit")
 
 # The OSV ecosystem (before any ":release" suffix) and the version ordering it uses.
-VERSION_SCHEMES: dict[str, type[Any]] = {
+VERSION_SCHEMES: dict[str, Any] = {
     "Debian": uv.DebianVersion,
     "Ubuntu": uv.DebianVersion,
     "Alpine": uv.AlpineLinuxVersion,
@@ -335,14 +336,17 @@ def record_severity(data: dict[str, Any]) -> Severity:
 # --- matching -------------------------------------------------------------------------------
 
 
-def _parse_version(scheme: type[Any], text: str) -> Any | None:
+@functools.lru_cache(maxsize=65536)
+def _parse_version(scheme: Any, text: str) -> Any | None:
+    """`text` in `scheme`'s ordering (cached: the same versions recur across records and
+    packages, and parsing is most of matching's time), or None when it cannot be read."""
     try:
         return scheme(text)
     except (uv.InvalidVersion, ValueError, TypeError, AttributeError):
         return None
 
 
-def _sorted_events(scheme: type[Any], events: Iterable[Event]) -> list[tuple[Any, Event]]:
+def _sorted_events(scheme: Any, events: Iterable[Event]) -> list[tuple[Any, Event]]:
     """Events with their parsed versions, in version order; `introduced: "0"` (OSV's "from
     the beginning") first. Events whose version the scheme cannot read are left out."""
     parsed: list[tuple[Any, Event]] = []
@@ -358,7 +362,7 @@ def _sorted_events(scheme: type[Any], events: Iterable[Event]) -> list[tuple[Any
     return ordered_zero + rest
 
 
-def _in_range(scheme: type[Any], version: Any, events: Sequence[Event]) -> tuple[bool, str | None]:
+def _in_range(scheme: Any, version: Any, events: Sequence[Event]) -> tuple[bool, str | None]:
     """(affected, the fixing release) of one range, per the OSV schema's evaluation."""
     ordered = _sorted_events(scheme, events)
     limits = [v for v, e in ordered if e.kind == "limit"]
@@ -391,10 +395,7 @@ def affected_by(affected: Affected, installed: str) -> tuple[bool, str | None]:
     version = _parse_version(scheme, installed) if scheme is not None else None
     if scheme is None or version is None:
         return listed, None
-    # "2.3" and "2.3.0" are one PyPI release: compare listed versions in the ecosystem's terms.
-    hit = listed or any(
-        _parse_version(scheme, v) == version for v in affected.versions if v != installed
-    )
+    hit = False
     fixed: str | None = None
     for range_ in affected.ranges:
         if range_.type not in ORDERED_RANGES:
@@ -403,32 +404,49 @@ def affected_by(affected: Affected, installed: str) -> tuple[bool, str | None]:
         if in_range:
             hit = True
             fixed = fixed or fixing
+    # "2.3" and "2.3.0" are one PyPI release: a listed version is compared in the
+    # ecosystem's terms when its text differs.
+    hit = hit or listed or any(_parse_version(scheme, v) == version for v in affected.versions)
     return hit, fixed
 
 
-def findings_for(package: InstalledPackage, advisories: Iterable[Advisory]) -> list[Finding]:
-    """The findings of one installed package among `advisories` (withdrawn ones never count),
-    one per advisory, ordered by ID."""
-    names = {package_key(package.ecosystem, n) for n in (package.name, *package.sources)}
-    found: dict[str, Finding] = {}
-    for advisory in advisories:
-        if advisory.withdrawn is not None or advisory.id in found:
-            continue
-        for affected in advisory.affected:
-            ecosystem, name = affected.key
-            if ecosystem != package.ecosystem or name not in names:
+class AdvisoryIndex:
+    """Advisories by the (ecosystem, package name) keys they name, so that each installed
+    package is compared with its own advisories only."""
+
+    def __init__(self, advisories: Iterable[Advisory]) -> None:
+        self.by_key: dict[tuple[str, str], list[tuple[Advisory, Affected]]] = {}
+        for advisory in advisories:
+            if advisory.withdrawn is not None:
                 continue
-            hit, fixed = affected_by(affected, package.version)
-            if hit:
-                found[advisory.id] = Finding(
-                    advisory_id=advisory.id,
-                    aliases=advisory.aliases,
-                    package=package.name,
-                    installed=package.version,
-                    fixed=fixed,
-                    severity=affected.severity or advisory.severity,
-                    summary=advisory.summary,
-                    link=advisory.link,
-                )
-                break
+            for affected in advisory.affected:
+                self.by_key.setdefault(affected.key, []).append((advisory, affected))
+
+    def candidates(self, package: InstalledPackage) -> list[tuple[Advisory, Affected]]:
+        names = {package_key(package.ecosystem, n) for n in (package.name, *package.sources)}
+        return [c for name in sorted(names) for c in self.by_key.get((package.ecosystem, name), [])]
+
+
+def findings_for(
+    package: InstalledPackage, advisories: Iterable[Advisory] | AdvisoryIndex
+) -> list[Finding]:
+    """The findings of one installed package among `advisories` (withdrawn ones never count),
+    one per advisory, ordered by ID. Pass an `AdvisoryIndex` to match many packages."""
+    index = advisories if isinstance(advisories, AdvisoryIndex) else AdvisoryIndex(advisories)
+    found: dict[str, Finding] = {}
+    for advisory, affected in index.candidates(package):
+        if advisory.id in found:
+            continue
+        hit, fixed = affected_by(affected, package.version)
+        if hit:
+            found[advisory.id] = Finding(
+                advisory_id=advisory.id,
+                aliases=advisory.aliases,
+                package=package.name,
+                installed=package.version,
+                fixed=fixed,
+                severity=affected.severity or advisory.severity,
+                summary=advisory.summary,
+                link=advisory.link,
+            )
     return [found[k] for k in sorted(found)]

@@ -24,6 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from berth.domain.errors import InvalidValue
 from berth.domain.vulns import (
     Advisory,
+    AdvisoryIndex,
     Finding,
     InstalledPackage,
     MalformedRecord,
@@ -335,8 +336,8 @@ class VulnDb:
 
     async def findings(self, packages: list[InstalledPackage]) -> list[Finding]:
         """Every finding among `packages`, package by package."""
-        advisories = await self.advisories_for(packages)
+        index = AdvisoryIndex(await self.advisories_for(packages))
         found: list[Finding] = []
         for package in packages:
-            found.extend(findings_for(package, advisories))
+            found.extend(findings_for(package, index))
         return found
