@@ -382,3 +382,35 @@ def test_a_real_alpine_layer_lists_its_apk_packages(tmp_path: Path) -> None:
     assert installed is not None and installed.sources == ("openssl",)
     # CVE-2018-5407 names Alpine's openssl in releases up to v3.8, not v3.16.
     assert genuine_findings(inventory.packages) == []
+
+
+def test_distroless_status_d_files_list_packages(tmp_path: Path) -> None:
+    """Distroless images keep each package's control file in var/lib/dpkg/status.d/ (no
+    Status field); the files beside them (md5sums) list nothing."""
+    members = ar_members(PACKAGES / "zlib1g_1.2.13.dfsg-1_amd64.deb")
+    with tarfile.open(fileobj=io.BytesIO(lzma.decompress(members["control.tar.xz"]))) as ctl:
+        control = ctl.extractfile("./control").read()  # type: ignore[union-attr]
+        md5sums = ctl.extractfile("./md5sums").read()  # type: ignore[union-attr]
+    blob = layer(
+        [
+            file_entry("var/lib/dpkg/status.d/zlib1g", control),
+            file_entry("var/lib/dpkg/status.d/zlib1g.md5sums", md5sums),
+        ]
+    )
+
+    inventory = scan(FilesystemBlobStore(tmp_path / "b"), [blob])
+
+    assert [(p.name, p.version, p.source) for p in inventory.packages] == [
+        ("zlib1g", "1:1.2.13.dfsg-1", "zlib")
+    ]
+
+
+def test_an_opaque_directory_keeps_what_its_own_layer_puts_there(tmp_path: Path) -> None:
+    """The opaque marker may come after the layer's own files in the tar: it empties the
+    directory of the layers below only."""
+    below = layer(npm_package("mixin-deep-1.3.1.tgz", "mixin-deep"))
+    above = layer([*npm_package("ms-0.7.1.tgz", "ms"), file_entry(f"{APP}/.wh..wh..opq", b"")])
+
+    inventory = scan(FilesystemBlobStore(tmp_path / "b"), [below, above])
+
+    assert purls(inventory) == ["pkg:npm/ms@0.7.1"]
