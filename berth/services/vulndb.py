@@ -10,6 +10,7 @@ refused, naming the file and the field, and nothing of it is imported; the other
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import zipfile
@@ -145,7 +146,11 @@ def parse_document(content: bytes) -> list[_Parsed]:
             if isinstance(data, list):
                 raise MalformedRecord(f"[{index}].{exc.field}", exc.problem) from None
             raise
-        text = content.decode() if len(items) == 1 else json.dumps(item, separators=(",", ":"))
+        text = json.dumps(item, separators=(",", ":"))
+        # Kept as published, where it is UTF-8 (JSON may also come as UTF-16).
+        if len(items) == 1:
+            with contextlib.suppress(UnicodeDecodeError):
+                text = content.decode("utf-8")
         parsed.append(_Parsed(advisory, text))
     return parsed
 
