@@ -101,7 +101,7 @@ class Affected:
     @property
     def key(self) -> tuple[str, str]:
         """What an installed package is looked up by."""
-        return self.ecosystem, package_key(self.ecosystem, self.name)
+        return match_ecosystem(self.ecosystem), package_key(self.ecosystem, self.name)
 
 
 @dataclass(frozen=True)
@@ -149,6 +149,16 @@ class InstalledPackage:
 
 def base_ecosystem(ecosystem: str) -> str:
     return ecosystem.split(":", 1)[0]
+
+
+def match_ecosystem(ecosystem: str) -> str:
+    """A record's ecosystem as an image's packages are labelled: Ubuntu's records say
+    "Ubuntu:22.04:LTS" for what os-release calls 22.04 (its Pro streams, "Ubuntu:Pro:...",
+    cover other packages and stay apart)."""
+    parts = ecosystem.split(":")
+    if len(parts) == 3 and parts[0] == "Ubuntu" and parts[2] == "LTS":
+        return f"Ubuntu:{parts[1]}"
+    return ecosystem
 
 
 def package_key(ecosystem: str, name: str) -> str:

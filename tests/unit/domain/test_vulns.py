@@ -24,6 +24,7 @@ from berth.domain.vulns import (
     Severity,
     affected_by,
     findings_for,
+    match_ecosystem,
     parse_advisory,
 )
 
@@ -210,3 +211,19 @@ def test_a_malformed_record_names_the_field(change: Any, field: str) -> None:
         parse_advisory(data)
 
     assert refused.value.field == field
+
+
+@pytest.mark.parametrize(
+    ("recorded", "image"),
+    [
+        ("Ubuntu:22.04:LTS", "Ubuntu:22.04"),
+        ("Ubuntu:23.10", "Ubuntu:23.10"),
+        ("Ubuntu:Pro:18.04:LTS", "Ubuntu:Pro:18.04:LTS"),
+        ("Debian:12", "Debian:12"),
+        ("Alpine:v3.16", "Alpine:v3.16"),
+    ],
+)
+def test_record_ecosystems_are_matched_as_images_label_their_packages(
+    recorded: str, image: str
+) -> None:
+    assert match_ecosystem(recorded) == image
