@@ -16,6 +16,7 @@ too many entries, or that inflates past a bound is refused with the reason (`Lay
 from __future__ import annotations
 
 import asyncio
+import functools
 import io
 import posixpath
 import tarfile
@@ -43,7 +44,12 @@ MAX_HEADER = 1024 * 1024  # a long name or PAX header
 MAX_ENTRIES = 2_000_000  # entries in one layer
 MAX_LAYER_BYTES = 64 * 1024**3  # the sum of a layer's entry sizes, uncompressed
 MAX_DATABASE = 64 * 1024 * 1024  # dpkg status, apk installed
-MAX_SMALL_FILE = 1024 * 1024  # os-release, METADATA, package.json, a status.d file
+MAX_SMALL_FILE = 1024 * 1024  # os-release, package.json, a status.d file
+# Of a Python METADATA/PKG-INFO only the start is read: Name and Version come first, and a
+# long description after them can be any size.
+PYTHON_HEADERS = 64 * 1024
+# All package databases an image's layers hold, together: what the scanner keeps in memory.
+MAX_RETAINED = 96 * 1024 * 1024
 # Compressed bytes tarfile decompresses at a time: gzip inflates up to ~1000-fold, so this
 # bounds the memory a layer of zeros takes (a few MB) whatever its size.
 STREAM_BUFFER = 4096
@@ -110,6 +116,8 @@ class LayerChanges:
     removed: set[str] = field(default_factory=set)  # whiteouts, and links over a wanted file
     opaque: set[str] = field(default_factory=set)  # directories emptied of lower layers
     notes: list[str] = field(default_factory=list)
+    budget: int = MAX_RETAINED  # bytes of files this layer may keep
+    retained: int = 0
 
 
 @dataclass
@@ -136,9 +144,12 @@ class _BoundedTarInfo(tarfile.TarInfo):
         return super()._proc_member(tarfile_)  # type: ignore[misc]
 
 
-def read_layer(stream: IO[bytes], *, max_entries: int = MAX_ENTRIES) -> LayerChanges:
-    """The wanted files, whiteouts and opaque directories of one layer, read as a stream."""
-    changes = LayerChanges()
+def read_layer(
+    stream: IO[bytes], *, max_entries: int = MAX_ENTRIES, budget: int = MAX_RETAINED
+) -> LayerChanges:
+    """The wanted files, whiteouts and opaque directories of one layer, read as a stream;
+    LayerRefused when the files it keeps would exceed `budget` bytes."""
+    changes = LayerChanges(budget=budget)
     entries = 0
     inflated = 0
     try:
@@ -179,14 +190,21 @@ def _take(tar: tarfile.TarFile, member: tarfile.TarInfo, changes: LayerChanges) 
         changes.removed.add(path)
         changes.files.pop(path, None)
         return
-    if member.size > _bound(kind):
+    if kind is not Kind.PYTHON and member.size > _bound(kind):
         changes.notes.append(f"skipped {path}: {member.size} bytes, more than {_bound(kind)}")
         changes.removed.add(path)
         return
     handle = tar.extractfile(member)
     if handle is None:
         return
-    changes.files[path] = (kind, handle.read(_bound(kind)))
+    content = handle.read(PYTHON_HEADERS if kind is Kind.PYTHON else _bound(kind))
+    previous = changes.files.get(path)
+    changes.retained += len(content) - (len(previous[1]) if previous else 0)
+    if changes.retained > changes.budget:
+        raise LayerRefused(
+            f"the image's package databases take more than {MAX_RETAINED // (1024 * 1024)} MiB"
+        )
+    changes.files[path] = (kind, content)
 
 
 def _under(path: str, directory: str) -> bool:
@@ -266,7 +284,9 @@ def _readable(layer: Descriptor) -> None:
         raise LayerRefused(f"layer {layer.digest} is {media_type}, which the scanner cannot read")
 
 
-async def read_stored_layer(store: BlobStore, layer: Descriptor) -> LayerChanges:
+async def read_stored_layer(
+    store: BlobStore, layer: Descriptor, budget: int = MAX_RETAINED
+) -> LayerChanges:
     """One layer's changes, streamed from the store (its file, where the store keeps blobs
     as local files; else its reader) in a worker thread."""
     _readable(layer)
@@ -276,7 +296,7 @@ async def read_stored_layer(store: BlobStore, layer: Descriptor) -> LayerChanges
         def from_file() -> LayerChanges:
             try:
                 with path.open("rb") as handle:
-                    return read_layer(handle)
+                    return read_layer(handle, budget=budget)
             except FileNotFoundError:
                 raise LayerRefused(f"layer {layer.digest} is missing from storage") from None
 
@@ -284,17 +304,21 @@ async def read_stored_layer(store: BlobStore, layer: Descriptor) -> LayerChanges
     chunks = store.read(layer.digest)
     stream = io.BufferedReader(_AsyncStream(chunks, asyncio.get_running_loop()), 1024 * 1024)
     try:
-        return await asyncio.to_thread(read_layer, stream)
+        return await asyncio.to_thread(functools.partial(read_layer, stream, budget=budget))
     finally:
         await chunks.aclose()  # type: ignore[attr-defined]
 
 
-async def image_inventory(store: BlobStore, layers: Sequence[Descriptor]) -> Inventory:
-    """The packages of an image whose layers (bottom first) are `layers`."""
+async def image_inventory(
+    store: BlobStore, layers: Sequence[Descriptor], budget: int = MAX_RETAINED
+) -> Inventory:
+    """The packages of an image whose layers (bottom first) are `layers`; LayerRefused when
+    a layer cannot be read or their package databases together exceed `budget` bytes."""
     files: dict[str, tuple[Kind, bytes]] = {}
     notes: list[str] = []
     for layer in layers:
-        changes = await read_stored_layer(store, layer)
+        kept = sum(len(content) for _, content in files.values())
+        changes = await read_stored_layer(store, layer, budget - kept)
         apply_layer(files, changes)
         notes.extend(changes.notes)
     return inventory(files, notes)

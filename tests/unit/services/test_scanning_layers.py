@@ -19,6 +19,7 @@ import subprocess
 import sys
 import tarfile
 import tracemalloc
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -414,3 +415,37 @@ def test_an_opaque_directory_keeps_what_its_own_layer_puts_there(tmp_path: Path)
     inventory = scan(FilesystemBlobStore(tmp_path / "b"), [below, above])
 
     assert purls(inventory) == ["pkg:npm/ms@0.7.1"]
+
+
+def test_package_databases_past_the_memory_budget_are_refused(tmp_path: Path) -> None:
+    """Many package files, each within its bound, cannot together take unbounded memory."""
+    manifests = [
+        file_entry(
+            f"{APP}/p{i}/package.json", json.dumps({"name": f"p{i}", "version": "1.0.0"}).encode()
+        )
+        for i in range(100)
+    ]
+    blob = layer(manifests)
+
+    async def run(budget: int) -> Inventory:
+        store = FilesystemBlobStore(tmp_path / "b")
+        return await image_inventory(store, [await put(store, blob)], budget=budget)
+
+    assert len(asyncio.run(run(budget=100_000)).packages) == 100
+    with pytest.raises(LayerRefused, match="package databases take more than"):
+        asyncio.run(run(budget=2_000))
+
+
+def test_only_the_start_of_a_long_python_metadata_file_is_read(tmp_path: Path) -> None:
+    """Name and Version come first; a description of megabytes after them is not kept."""
+    with zipfile.ZipFile(PACKAGES / "requests-2.30.0-py3-none-any.whl") as wheel:
+        metadata = wheel.read("requests-2.30.0.dist-info/METADATA")
+    long = metadata + b"x" * (3 * 1024 * 1024)
+    entries = [file_entry(f"{SITE}/requests-2.30.0.dist-info/METADATA", long)]
+
+    changes = read_layer(io.BytesIO(layer(entries)))
+
+    [(_, kept)] = changes.files.values()
+    assert len(kept) == 64 * 1024
+    inventory = scan(FilesystemBlobStore(tmp_path / "b"), [layer(entries)])
+    assert purls(inventory) == ["pkg:pypi/requests@2.30.0"]
