@@ -364,27 +364,6 @@ def test_a_layer_the_scanner_cannot_read_says_why(tmp_path: Path) -> None:
         asyncio.run(run())
 
 
-def test_a_real_alpine_layer_lists_its_apk_packages(tmp_path: Path) -> None:
-    """An Alpine 3.16.1 root filesystem layer (xz-compressed, as captured from a container):
-    its 14 installed packages, with the source packages advisories name."""
-    blob = (PACKAGES / "alpine-3.16.1-container-layer.tar.xz").read_bytes()
-
-    inventory = scan(FilesystemBlobStore(tmp_path / "b"), [blob])
-
-    assert inventory.os is not None and inventory.os.ecosystem == "Alpine:v3.16"
-    assert len(inventory.packages) == 14
-    assert {p.type for p in inventory.packages} == {"apk"}
-    libcrypto = next(p for p in inventory.packages if p.name == "libcrypto1.1")
-    assert (
-        libcrypto.purl == "pkg:apk/alpine/libcrypto1.1@1.1.1q-r0?arch=x86_64&distro=alpine-3.16.1"
-    )
-    assert (libcrypto.source, libcrypto.path) == ("openssl", "lib/apk/db/installed")
-    installed = libcrypto.installed()
-    assert installed is not None and installed.sources == ("openssl",)
-    # CVE-2018-5407 names Alpine's openssl in releases up to v3.8, not v3.16.
-    assert genuine_findings(inventory.packages) == []
-
-
 def test_distroless_status_d_files_list_packages(tmp_path: Path) -> None:
     """Distroless images keep each package's control file in var/lib/dpkg/status.d/ (no
     Status field); the files beside them (md5sums) list nothing."""
