@@ -72,6 +72,17 @@ class Settings(BaseSettings):
         gt=0,
         description="seconds between looks for projects whose scheduled retention run is due",
     )
+    scan_check_interval: float = Field(
+        10.0,
+        gt=0,
+        description="seconds between looks (one read) for queued image scans; one node runs them",
+    )
+    rescan_interval: int = Field(
+        86_400,
+        ge=60,
+        description="seconds between requeueing scans made before the latest vulnerability "
+        "data import (stale results)",
+    )
     traffic_flush_interval: float = Field(
         5.0, gt=0, description="seconds between writes of the outbound traffic counters"
     )

@@ -23,11 +23,13 @@ from berth.services.readiness import Readiness
 from berth.services.registry import Registry
 from berth.services.repositories import Repositories
 from berth.services.retention import Retention
+from berth.services.scanning.scans import Scans
 from berth.services.sessions import Sessions
 from berth.services.storage_check import StorageCheck
 from berth.services.tag_rules import TagRules
 from berth.services.uploads import Uploads
 from berth.services.usage import Pricing, Usage
+from berth.services.vulndb import VulnDb
 from berth.services.webhook_delivery import WebhookDelivery
 from berth.services.webhooks import Webhooks
 from berth.storage.base import BlobStore
@@ -58,6 +60,8 @@ class Services:
     webhook_delivery: WebhookDelivery
     tag_rules: TagRules
     retention: Retention
+    vulndb: VulnDb
+    scans: Scans
 
     @classmethod
     def build(cls, settings: Settings) -> Services:
@@ -91,6 +95,8 @@ class Services:
             db, store, settings.max_images_per_repository, manifest_cache=manifest_cache
         )
         retention = Retention(db, registry)
+        vulndb = VulnDb(db)
+        scans = Scans(db, store, vulndb)
         throttle = LoginThrottle(
             settings.login_failures_per_key, settings.login_failures_per_client
         )
@@ -139,6 +145,19 @@ class Services:
                         retention.run_due,
                         has_work=retention.has_due,
                     ),
+                    # Queued image scans (auto on push, or requested): a read when idle.
+                    Job(
+                        "scan-queue",
+                        settings.scan_check_interval,
+                        scans.run_queued,
+                        has_work=scans.has_queued,
+                    ),
+                    Job(
+                        "scan-rescan-stale",
+                        settings.rescan_interval,
+                        scans.rescan_stale,
+                        first_after_interval=True,
+                    ),
                 ],
             ),
             gc=GarbageCollector(
@@ -154,6 +173,8 @@ class Services:
             webhook_delivery=webhook_delivery,
             tag_rules=TagRules(db),
             retention=retention,
+            vulndb=vulndb,
+            scans=scans,
         )
 
     def host_project(self, host: str | None) -> str | None:

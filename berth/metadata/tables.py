@@ -530,3 +530,58 @@ vulndb_imports = Table(
     Column("unchanged", Integer, nullable=False),
     Column("refused", Integer, nullable=False),
 )
+
+# An image's scan (services/scanning/scans.py): one per stored manifest, gone with it. `state`
+# is queued, scanning, done or failed (`reason` says why); `vulndb_state` is the vulnerability
+# database's state it matched against (older than the database's: stale).
+scans = Table(
+    "scans",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column(
+        "manifest_id",
+        ForeignKey("manifests.id", ondelete="CASCADE"),
+        nullable=False,
+        unique=True,
+    ),
+    Column("state", String(16), nullable=False),
+    Column("reason", Text),
+    Column("critical", Integer, nullable=False, default=0),
+    Column("high", Integer, nullable=False, default=0),
+    Column("medium", Integer, nullable=False, default=0),
+    Column("low", Integer, nullable=False, default=0),
+    Column("unknown", Integer, nullable=False, default=0),
+    Column("packages", Integer, nullable=False, default=0),
+    Column("vulndb_state", Integer),
+    Column("requested_by", String(64), nullable=False),
+    Column("requested_at", UTCDateTime, nullable=False),
+    Column("started_at", UTCDateTime),
+    Column("finished_at", UTCDateTime),
+    Index(None, "state"),
+)
+
+scan_findings = Table(
+    "scan_findings",
+    metadata,
+    Column("scan_id", ForeignKey("scans.id", ondelete="CASCADE"), nullable=False),
+    Column("purl", Text, nullable=False),
+    Column("name", String(512), nullable=False),
+    Column("installed", String(255), nullable=False),
+    Column("fixed", String(255)),
+    Column("advisory_id", String(128), nullable=False),
+    Column("aliases", Text, nullable=False),  # JSON list
+    Column("summary", Text, nullable=False),
+    Column("severity", String(16), nullable=False),
+    Column("link", Text),
+    Index(None, "scan_id"),
+)
+
+# An image manifest's package inventory (its SBOM) as JSON, per digest: the same bytes hold
+# the same packages in every repository.
+scan_sboms = Table(
+    "scan_sboms",
+    metadata,
+    Column("digest", DIGEST, primary_key=True),
+    Column("inventory", Text, nullable=False),
+    Column("created_at", UTCDateTime, nullable=False, default=utcnow),
+)

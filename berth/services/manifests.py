@@ -46,6 +46,7 @@ from berth.services.content_audit import audit_content_change
 from berth.services.content_in_use import in_use_refusal, manifests_using
 from berth.services.gc.restrictions import ensure_writable
 from berth.services.manifest_cache import ManifestCache, StoredManifest
+from berth.services.scanning.scans import queue_on_push
 from berth.services.tag_rules import immutable_rules
 from berth.services.webhook_events import (
     IMAGE_DELETED,
@@ -239,8 +240,10 @@ class ManifestContent:
             changed = known is None
             if known is None:
                 await self._lock_repository(conn, repo)
-                await self._insert_manifest(conn, repo, image, digest, body, parsed)
+                manifest_id = await self._insert_manifest(conn, repo, image, digest, body, parsed)
                 await self._check_image_limit(conn, repo)
+                if parsed.subject is None:  # referrers (signatures, SBOMs) are not images
+                    await conn.execute(queue_on_push(manifest_id, repo.id, actor))
                 await self._event(conn, repo, image, None, "push", None, digest, actor)
             if tag is not None and await self._move_tag(conn, repo, image, tag, digest, actor):
                 changed = True
@@ -358,7 +361,7 @@ class ManifestContent:
         digest: str,
         body: bytes,
         parsed: ParsedManifest,
-    ) -> None:
+    ) -> int:
         now = utcnow()
         result = await conn.execute(
             manifests.insert().values(
@@ -391,6 +394,7 @@ class ManifestContent:
                 self.db.insert_ignore(repository_blobs),
                 [{"repository_id": repo.id, "digest": d, "linked_at": now} for d in blob_links],
             )
+        return manifest_id
 
     async def _move_tag(
         self,

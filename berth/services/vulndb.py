@@ -315,6 +315,18 @@ class VulnDb:
             state=int(state or 0),
         )
 
+    async def state(self) -> int:
+        """The newest import that changed records (0: none): `VulnDbStatus.state`, read alone."""
+        async with self.db.read() as conn:
+            state = (
+                await conn.execute(
+                    select(func.max(vulndb_imports.c.id)).where(
+                        vulndb_imports.c.added + vulndb_imports.c.replaced > 0
+                    )
+                )
+            ).scalar()
+        return int(state or 0)
+
     async def advisories_for(self, packages: Iterable[InstalledPackage]) -> list[Advisory]:
         """The imported records that name any of `packages` (by ecosystem and name)."""
         keys = sorted(

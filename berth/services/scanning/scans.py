@@ -1,0 +1,470 @@
+"""Image scans: queued on request or on push, run in the background one at a time, results
+stored per manifest.
+
+A scan reads an image manifest's layers (`layers.image_inventory`), keeps the inventory as the
+digest's SBOM, and matches its packages against the imported vulnerability database. An index
+is scanned platform by platform (each child gets its own scan, reused while current); the
+index's findings are the union of its children's. A scan that cannot finish (a layer the
+scanner cannot read, a blob missing from storage) is `failed` with the reason a user sees.
+Each finished scan records the database's state it used: when an import has changed the
+database since, its result is stale, and `rescan_stale` queues it again.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+from typing import Any, Literal
+
+from sqlalchemy import delete, func, insert, literal, select, update
+
+from berth.domain.errors import NotFound
+from berth.domain.manifests import (
+    DOCKER_MANIFEST,
+    OCI_MANIFEST,
+    ParsedManifest,
+    parse_manifest,
+)
+from berth.domain.packages import Package
+from berth.domain.vulns import AdvisoryIndex, Severity, findings_for
+from berth.metadata.database import Database
+from berth.metadata.tables import (
+    manifests,
+    repositories,
+    scan_findings,
+    scan_sboms,
+    scans,
+    utcnow,
+)
+from berth.services.records import Record
+from berth.services.scanning.layers import Inventory, LayerRefused, image_inventory
+from berth.services.vulndb import VulnDb
+from berth.storage.base import BlobStore
+
+logger = logging.getLogger("berth.scans")
+
+ScanState = Literal["queued", "scanning", "done", "failed"]
+COUNTED = ("critical", "high", "medium", "low", "unknown")
+# A scan left "scanning" this long was cut short (its node stopped): it is queued again.
+ABANDONED_AFTER = dt.timedelta(hours=1)
+
+
+class ScanFinding(Record):
+    purl: str
+    name: str
+    installed: str
+    fixed: str | None
+    advisory_id: str
+    aliases: list[str]
+    summary: str
+    severity: str
+    link: str | None
+
+
+class SeverityCounts(Record):
+    critical: int
+    high: int
+    medium: int
+    low: int
+    unknown: int
+
+
+class ScanResult(Record):
+    digest: str
+    state: ScanState
+    reason: str | None
+    stale: bool  # vulnerability data was imported after this result was made
+    counts: SeverityCounts
+    packages: int
+    vulndb_state: int | None
+    requested_by: str
+    requested_at: dt.datetime
+    finished_at: dt.datetime | None
+    findings: list[ScanFinding]
+
+
+class ScanFailed(Exception):
+    """Why a scan could not finish (stored as its reason)."""
+
+
+def queue_on_push(manifest_id: int, repository_id: int, actor: str) -> Any:
+    """The one insert a push runs in its own transaction: queue a scan of the manifest it
+    stored, when its repository scans on push."""
+    now = utcnow()
+    values = select(
+        literal(manifest_id),
+        literal("queued"),
+        *(literal(0) for _ in (*COUNTED, "packages")),
+        literal(actor[:64]),
+        literal(now, scans.c.requested_at.type),
+    ).where(repositories.c.id == repository_id, repositories.c.scan_mode == "auto")
+    return insert(scans).from_select(
+        ["manifest_id", "state", *COUNTED, "packages", "requested_by", "requested_at"], values
+    )
+
+
+def _sbom_document(inventory: Inventory) -> str:
+    os = inventory.os
+    return json.dumps(
+        {
+            "os": None
+            if os is None
+            else {"id": os.id, "version_id": os.version_id, "pretty_name": os.pretty_name},
+            "packages": [
+                {
+                    "purl": p.purl,
+                    "type": p.type,
+                    "name": p.name,
+                    "version": p.version,
+                    "path": p.path,
+                }
+                for p in inventory.packages
+            ],
+            "notes": inventory.notes,
+        },
+        separators=(",", ":"),
+    )
+
+
+def _finding_row(scan_id: int, finding: ScanFinding) -> dict[str, Any]:
+    row = finding.model_dump()
+    row["aliases"] = json.dumps(finding.aliases)
+    row["scan_id"] = scan_id
+    return row
+
+
+def _counts(findings: list[ScanFinding]) -> dict[str, int]:
+    counts = dict.fromkeys(COUNTED, 0)
+    for finding in findings:
+        counts[finding.severity if finding.severity in counts else "unknown"] += 1
+    return counts
+
+
+class Scans:
+    def __init__(self, db: Database, store: BlobStore, vulndb: VulnDb) -> None:
+        self.db = db
+        self.store = store
+        self.vulndb = vulndb
+
+    # --- requests -----------------------------------------------------------------------
+
+    async def _manifest_id(self, repository_id: int, image: str, digest: str) -> int:
+        async with self.db.read() as conn:
+            found = (
+                await conn.execute(
+                    select(manifests.c.id).where(
+                        manifests.c.repository_id == repository_id,
+                        manifests.c.image == image,
+                        manifests.c.digest == digest,
+                    )
+                )
+            ).scalar()
+        if found is None:
+            raise NotFound(f"no image {digest} in this repository")
+        return int(found)
+
+    async def request_scan(self, repository_id: int, image: str, digest: str, actor: str) -> None:
+        """Queue a scan of a stored manifest (a scan already queued or running stays as it is;
+        a finished one is done again)."""
+        manifest_id = await self._manifest_id(repository_id, image, digest)
+        await self._queue(manifest_id, actor)
+
+    async def _queue(self, manifest_id: int, actor: str) -> None:
+        now = utcnow()
+        async with self.db.write() as conn:
+            await conn.execute(
+                self.db.insert_ignore(scans).values(
+                    manifest_id=manifest_id,
+                    state="queued",
+                    requested_by=actor[:64],
+                    requested_at=now,
+                    **dict.fromkeys((*COUNTED, "packages"), 0),
+                )
+            )
+            await conn.execute(
+                update(scans)
+                .where(scans.c.manifest_id == manifest_id, scans.c.state.in_(("done", "failed")))
+                .values(state="queued", requested_by=actor[:64], requested_at=now)
+            )
+
+    async def result(self, repository_id: int, image: str, digest: str) -> ScanResult | None:
+        """The image's scan with its findings; None when it was never scanned."""
+        manifest_id = await self._manifest_id(repository_id, image, digest)
+        current = await self.vulndb.state()
+        async with self.db.read() as conn:
+            row = (
+                await conn.execute(select(scans).where(scans.c.manifest_id == manifest_id))
+            ).first()
+            if row is None:
+                return None
+            found = [
+                ScanFinding(
+                    purl=f.purl,
+                    name=f.name,
+                    installed=f.installed,
+                    fixed=f.fixed,
+                    advisory_id=f.advisory_id,
+                    aliases=json.loads(f.aliases),
+                    summary=f.summary,
+                    severity=f.severity,
+                    link=f.link,
+                )
+                for f in await conn.execute(
+                    select(scan_findings)
+                    .where(scan_findings.c.scan_id == row.id)
+                    .order_by(scan_findings.c.advisory_id, scan_findings.c.purl)
+                )
+            ]
+        order = {s.label: s for s in Severity}
+        found.sort(key=lambda f: (-order.get(f.severity, Severity.UNKNOWN), f.advisory_id, f.purl))
+        return ScanResult(
+            digest=digest,
+            state=row.state,
+            reason=row.reason,
+            stale=row.state == "done" and (row.vulndb_state or 0) < current,
+            counts=SeverityCounts(**{c: getattr(row, c) for c in COUNTED}),
+            packages=row.packages,
+            vulndb_state=row.vulndb_state,
+            requested_by=row.requested_by,
+            requested_at=row.requested_at,
+            finished_at=row.finished_at,
+            findings=found,
+        )
+
+    async def sbom(self, digest: str) -> dict[str, Any] | None:
+        """The stored inventory of an image manifest (None: not scanned yet)."""
+        async with self.db.read() as conn:
+            text = (
+                await conn.execute(
+                    select(scan_sboms.c.inventory).where(scan_sboms.c.digest == digest)
+                )
+            ).scalar()
+        return None if text is None else dict(json.loads(text))
+
+    async def rescan_stale(self, actor: str = "rescan") -> int:
+        """Queue again every finished scan made before the latest import that changed the
+        database; how many."""
+        current = await self.vulndb.state()
+        async with self.db.write() as conn:
+            result = await conn.execute(
+                update(scans)
+                .where(
+                    scans.c.state == "done",
+                    func.coalesce(scans.c.vulndb_state, 0) < current,
+                )
+                .values(state="queued", requested_by=actor, requested_at=utcnow())
+            )
+        return int(result.rowcount or 0)
+
+    async def has_queued(self) -> bool:
+        async with self.db.read() as conn:
+            found = (
+                await conn.execute(select(scans.c.id).where(scans.c.state == "queued").limit(1))
+            ).first()
+        return found is not None
+
+    # --- running ------------------------------------------------------------------------
+
+    async def run_queued(self) -> int:
+        """Scan everything queued, oldest request first; how many scans finished."""
+        await self._requeue_abandoned()
+        done = 0
+        while (claimed := await self._claim()) is not None:
+            await self._run(*claimed)
+            done += 1
+        return done
+
+    async def _requeue_abandoned(self) -> None:
+        async with self.db.write() as conn:
+            await conn.execute(
+                update(scans)
+                .where(
+                    scans.c.state == "scanning",
+                    scans.c.started_at < utcnow() - ABANDONED_AFTER,
+                )
+                .values(state="queued")
+            )
+
+    async def _claim(self) -> tuple[int, int] | None:
+        while True:
+            async with self.db.read() as conn:
+                row = (
+                    await conn.execute(
+                        select(scans.c.id, scans.c.manifest_id)
+                        .where(scans.c.state == "queued")
+                        .order_by(scans.c.requested_at, scans.c.id)
+                        .limit(1)
+                    )
+                ).first()
+            if row is None:
+                return None
+            async with self.db.write() as conn:
+                claimed = await conn.execute(
+                    update(scans)
+                    .where(scans.c.id == row.id, scans.c.state == "queued")
+                    .values(state="scanning", started_at=utcnow(), reason=None)
+                )
+            if claimed.rowcount:
+                return int(row.id), int(row.manifest_id)
+
+    async def _run(self, scan_id: int, manifest_id: int) -> None:
+        state = await self.vulndb.state()
+        try:
+            found, packages = await self._scan_manifest(manifest_id, state)
+        except ScanFailed as failure:
+            await self._finish(scan_id, [], 0, state, str(failure))
+        except Exception as exc:  # a background job: the user sees why, the log has the rest
+            logger.exception("scan of manifest %s failed", manifest_id)
+            await self._finish(scan_id, [], 0, state, f"scan error: {exc}")
+        else:
+            await self._finish(scan_id, found, packages, state, None)
+
+    async def _load(self, manifest_id: int) -> Any:
+        async with self.db.read() as conn:
+            row = (
+                await conn.execute(
+                    select(
+                        manifests.c.repository_id,
+                        manifests.c.image,
+                        manifests.c.digest,
+                        manifests.c.media_type,
+                        manifests.c.content,
+                    ).where(manifests.c.id == manifest_id)
+                )
+            ).first()
+        if row is None:
+            raise ScanFailed("the image was deleted")
+        return row
+
+    async def _scan_manifest(self, manifest_id: int, state: int) -> tuple[list[ScanFinding], int]:
+        row = await self._load(manifest_id)
+        parsed = parse_manifest(bytes(row.content), row.media_type)
+        if parsed.is_index:
+            return await self._scan_index(row, parsed, state)
+        return await self._scan_image(row.digest, parsed)
+
+    async def _scan_image(
+        self, digest: str, parsed: ParsedManifest
+    ) -> tuple[list[ScanFinding], int]:
+        if parsed.media_type not in (DOCKER_MANIFEST, OCI_MANIFEST):
+            raise ScanFailed(f"{parsed.media_type} is not an image the scanner reads")
+        layers = parsed.blobs[1:]  # the config comes first
+        try:
+            inventory = await image_inventory(self.store, layers)
+        except LayerRefused as refused:
+            raise ScanFailed(str(refused)) from None
+        await self._keep_sbom(digest, inventory)
+        return await self._match(inventory.packages), len(inventory.packages)
+
+    async def _scan_index(
+        self, row: Any, parsed: ParsedManifest, state: int
+    ) -> tuple[list[ScanFinding], int]:
+        union: dict[tuple[str, str], ScanFinding] = {}
+        packages = 0
+        for child in parsed.children:
+            platform = child.platform or {}
+            label = "/".join(
+                str(platform[k]) for k in ("os", "architecture", "variant") if platform.get(k)
+            )
+            if platform.get("os") == "unknown":
+                continue  # attestations buildkit stores beside the platforms, not images
+            try:
+                child_id = await self._manifest_id(row.repository_id, row.image, child.digest)
+            except NotFound:
+                raise ScanFailed(f"platform {label or child.digest}: manifest missing") from None
+            found, count = await self._child_result(child_id, state)
+            if isinstance(found, str):
+                raise ScanFailed(f"platform {label or child.digest}: {found}")
+            packages += count
+            for finding in found:
+                union.setdefault((finding.advisory_id, finding.purl), finding)
+        return [union[k] for k in sorted(union)], packages
+
+    async def _child_result(
+        self, manifest_id: int, state: int
+    ) -> tuple[list[ScanFinding] | str, int]:
+        """A platform manifest's findings: its own scan's while current, else scanned now
+        (and stored as its scan); a string says why it failed."""
+        async with self.db.read() as conn:
+            own = (
+                await conn.execute(select(scans).where(scans.c.manifest_id == manifest_id))
+            ).first()
+        if own is None or own.state != "done" or (own.vulndb_state or 0) < state:
+            await self._queue(manifest_id, "index")
+            async with self.db.write() as conn:
+                await conn.execute(
+                    update(scans)
+                    .where(scans.c.manifest_id == manifest_id)
+                    .values(state="scanning", started_at=utcnow(), reason=None)
+                )
+            async with self.db.read() as conn:
+                scan_id = (
+                    await conn.execute(select(scans.c.id).where(scans.c.manifest_id == manifest_id))
+                ).scalar_one()
+            await self._run(scan_id, manifest_id)
+        async with self.db.read() as conn:
+            own = (
+                await conn.execute(select(scans).where(scans.c.manifest_id == manifest_id))
+            ).one()
+            if own.state == "failed":
+                return str(own.reason), 0
+            rows = await conn.execute(
+                select(scan_findings).where(scan_findings.c.scan_id == own.id)
+            )
+            found = [ScanFinding(**{**r._asdict(), "aliases": json.loads(r.aliases)}) for r in rows]
+        return found, int(own.packages)
+
+    async def _keep_sbom(self, digest: str, inventory: Inventory) -> None:
+        document = _sbom_document(inventory)
+        async with self.db.write() as conn:
+            await conn.execute(delete(scan_sboms).where(scan_sboms.c.digest == digest))
+            await conn.execute(
+                insert(scan_sboms).values(digest=digest, inventory=document, created_at=utcnow())
+            )
+
+    async def _match(self, packages: list[Package]) -> list[ScanFinding]:
+        installed = [(p, i) for p in packages if (i := p.installed()) is not None]
+        index = AdvisoryIndex(await self.vulndb.advisories_for([i for _, i in installed]))
+        found: list[ScanFinding] = []
+        for package, wanted in installed:
+            for finding in findings_for(wanted, index):
+                found.append(
+                    ScanFinding(
+                        purl=package.purl,
+                        name=package.name,
+                        installed=package.version,
+                        fixed=finding.fixed,
+                        advisory_id=finding.advisory_id,
+                        aliases=list(finding.aliases),
+                        summary=finding.summary,
+                        severity=finding.severity.label,
+                        link=finding.link,
+                    )
+                )
+        return found
+
+    async def _finish(
+        self,
+        scan_id: int,
+        found: list[ScanFinding],
+        packages: int,
+        state: int,
+        reason: str | None,
+    ) -> None:
+        async with self.db.write() as conn:
+            await conn.execute(delete(scan_findings).where(scan_findings.c.scan_id == scan_id))
+            if found:
+                await conn.execute(insert(scan_findings), [_finding_row(scan_id, f) for f in found])
+            await conn.execute(
+                update(scans)
+                .where(scans.c.id == scan_id)
+                .values(
+                    state="failed" if reason else "done",
+                    reason=reason,
+                    packages=packages,
+                    vulndb_state=state,
+                    finished_at=utcnow(),
+                    **_counts(found),
+                )
+            )

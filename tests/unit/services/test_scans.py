@@ -1,0 +1,283 @@
+"""Image scans on a real SQLite database and filesystem blob store: images built from the real
+packages in tests/fixtures/packages, pushed through the upload and manifest services, matched
+against the genuine OSV records in tests/fixtures/osv imported with the vulndb service."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from berth.domain.references import RepositoryRef
+from berth.metadata.database import Database
+from berth.services.registry import Registry
+from berth.services.repositories import Repositories
+from berth.services.scanning.scans import ScanResult, Scans
+from berth.services.uploads import Uploads
+from berth.services.vulndb import VulnDb
+from berth.storage.filesystem import FilesystemBlobStore
+from tests.oci import OCI_LAYER_GZIP, Blob, image_config, image_index, image_manifest
+from tests.unit.services.test_scanning_layers import (
+    APP,
+    FIXTURES,
+    SITE,
+    debian_base,
+    file_entry,
+    layer,
+    npm_package,
+    pip_installed,
+)
+
+OSV = FIXTURES / "osv"
+
+
+@dataclass
+class World:
+    db: Database
+    store: FilesystemBlobStore
+    repositories: Repositories
+    registry: Registry
+    uploads: Uploads
+    vulndb: VulnDb
+    scans: Scans
+
+
+Scenario = Callable[[World], Awaitable[Any]]
+
+
+def run(url: str, tmp_path: Path, scenario: Scenario) -> Any:
+    async def main() -> Any:
+        db = Database(url)
+        store = FilesystemBlobStore(tmp_path / "blobs")
+        vulndb = VulnDb(db)
+        world = World(
+            db,
+            store,
+            Repositories(db, store=store),
+            Registry(db, store),
+            Uploads(db, store),
+            vulndb,
+            Scans(db, store, vulndb),
+        )
+        try:
+            return await scenario(world)
+        finally:
+            await store.close()
+            await db.dispose()
+
+    return asyncio.run(main())
+
+
+@pytest.fixture(scope="module")
+def app_layers(tmp_path_factory: pytest.TempPathFactory) -> list[bytes]:
+    """A Debian 12 base, then requests 2.30.0, ms 0.7.0 and mixin-deep 1.3.1 (each affected by
+    a genuine record in tests/fixtures/osv)."""
+    work = tmp_path_factory.mktemp("site")
+    return [
+        layer(debian_base()),
+        layer(
+            pip_installed("requests-2.30.0-py3-none-any.whl", work / "old")
+            + npm_package("ms-0.7.0.tgz", "ms")
+            + npm_package("mixin-deep-1.3.1.tgz", "mixin-deep")
+        ),
+    ]
+
+
+@pytest.fixture(scope="module")
+def fixed_layers(tmp_path_factory: pytest.TempPathFactory) -> list[bytes]:
+    """The same releases' fixed versions: requests 2.31.0, ms 0.7.1, mixin-deep 1.3.2."""
+    work = tmp_path_factory.mktemp("site")
+    return [
+        layer(
+            pip_installed("requests-2.31.0-py3-none-any.whl", work / "new")
+            + npm_package("ms-0.7.1.tgz", "ms")
+            + npm_package("mixin-deep-1.3.2.tgz", "mixin-deep")
+            + [file_entry(f"{APP}/.keep", b""), file_entry(f"{SITE}/.keep", b"")]
+        )
+    ]
+
+
+async def _body(data: bytes) -> AsyncIterator[bytes]:
+    yield data
+
+
+async def repository(world: World, scan_mode: str = "manual") -> RepositoryRef:
+    await world.repositories.create_project("p")
+    await world.repositories.create("p", "app", scan_mode=scan_mode)
+    return await world.repositories.require("p", "app")
+
+
+async def push_blob(world: World, repo: RepositoryRef, blob: Blob) -> None:
+    upload = await world.uploads.start(repo, "")
+    await world.uploads.complete(repo, upload, blob.digest, _body(blob.data), None)
+
+
+async def push_image(
+    world: World, repo: RepositoryRef, layers: list[bytes], tag: str, arch: str = "amd64"
+) -> Blob:
+    blobs = [Blob(data, OCI_LAYER_GZIP) for data in layers]
+    config = image_config(architecture=arch)
+    for blob in (config, *blobs):
+        await push_blob(world, repo, blob)
+    manifest = image_manifest(config.descriptor(), [b.descriptor() for b in blobs])
+    await world.registry.put_manifest(repo, "", tag, manifest.data, manifest.media_type)
+    return manifest
+
+
+async def import_records(world: World, tmp_path: Path, names: list[str]) -> None:
+    folder = tmp_path / f"osv-{len(list(tmp_path.glob('osv-*')))}"
+    folder.mkdir()
+    for name in names:
+        shutil.copyfile(OSV / name, folder / name)
+    report = await world.vulndb.import_path(folder, "test")
+    assert report.refused == [] and report.added == len(names)
+
+
+async def scanned(world: World, repo: RepositoryRef, digest: str) -> ScanResult:
+    await world.scans.request_scan(repo.id, "", digest, "alice")
+    assert await world.scans.run_queued() >= 1
+    result = await world.scans.result(repo.id, "", digest)
+    assert result is not None
+    return result
+
+
+def findings(result: ScanResult) -> list[tuple[str, str, str, str | None]]:
+    return sorted((f.name, f.installed, f.advisory_id, f.fixed) for f in result.findings)
+
+
+EXPECTED = [
+    ("mixin-deep", "1.3.1", "GHSA-fhjf-83wg-r2j9", "1.3.2"),
+    ("ms", "0.7.0", "GHSA-3fx5-fwvr-xrjg", "0.7.1"),
+    ("requests", "2.30.0", "PYSEC-2023-74", "2.31.0"),
+]
+ALL_RECORDS = sorted(p.name for p in OSV.glob("*.json"))
+
+
+def test_a_scan_finds_the_published_advisories_of_installed_releases(
+    database_url: str, tmp_path: Path, app_layers: list[bytes]
+) -> None:
+    async def scenario(world: World) -> None:
+        repo = await repository(world)
+        image = await push_image(world, repo, app_layers, "v1")
+        assert await world.scans.result(repo.id, "", image.digest) is None  # manual: not queued
+        await import_records(world, tmp_path, ALL_RECORDS)
+        result = await scanned(world, repo, image.digest)
+        assert result.state == "done" and result.reason is None and not result.stale
+        assert findings(result) == EXPECTED
+        requests = next(f for f in result.findings if f.advisory_id == "PYSEC-2023-74")
+        assert requests.purl == "pkg:pypi/requests@2.30.0"
+        assert requests.aliases == ["CVE-2023-32681", "GHSA-j8r2-6x86-q33q"]
+        counts = result.counts
+        assert counts.critical + counts.high + counts.medium + counts.low + counts.unknown == 3
+        assert result.packages > 3  # the Debian packages are in the inventory too
+        sbom = await world.scans.sbom(image.digest)
+        assert sbom is not None and sbom["os"]["id"] == "debian"
+        assert "pkg:npm/ms@0.7.0" in {p["purl"] for p in sbom["packages"]}
+
+    run(database_url, tmp_path, scenario)
+
+
+def test_fixed_releases_and_an_empty_database_find_nothing(
+    database_url: str, tmp_path: Path, app_layers: list[bytes], fixed_layers: list[bytes]
+) -> None:
+    async def scenario(world: World) -> None:
+        repo = await repository(world)
+        vulnerable = await push_image(world, repo, app_layers, "v1")
+        without_records = await scanned(world, repo, vulnerable.digest)
+        assert without_records.state == "done" and without_records.findings == []
+        await import_records(world, tmp_path, ALL_RECORDS)
+        fixed = await push_image(world, repo, fixed_layers, "v2")
+        result = await scanned(world, repo, fixed.digest)
+        assert result.state == "done" and result.findings == [] and result.packages == 3
+
+    run(database_url, tmp_path, scenario)
+
+
+def test_an_import_makes_results_stale_and_rescan_finds_the_new_records(
+    database_url: str, tmp_path: Path, app_layers: list[bytes]
+) -> None:
+    async def scenario(world: World) -> None:
+        repo = await repository(world)
+        image = await push_image(world, repo, app_layers, "v1")
+        await import_records(world, tmp_path, ["PYSEC-2023-74.json"])
+        first = await scanned(world, repo, image.digest)
+        assert [f.advisory_id for f in first.findings] == ["PYSEC-2023-74"]
+        await import_records(world, tmp_path, ["GHSA-3fx5-fwvr-xrjg.json"])
+        stale = await world.scans.result(repo.id, "", image.digest)
+        assert stale is not None and stale.stale
+        assert await world.scans.rescan_stale() == 1
+        assert await world.scans.rescan_stale() == 0  # queued already
+        assert await world.scans.run_queued() == 1
+        again = await world.scans.result(repo.id, "", image.digest)
+        assert again is not None and not again.stale
+        assert [f.advisory_id for f in again.findings] == ["GHSA-3fx5-fwvr-xrjg", "PYSEC-2023-74"]
+
+    run(database_url, tmp_path, scenario)
+
+
+def test_an_index_is_scanned_per_platform(
+    database_url: str, tmp_path: Path, app_layers: list[bytes], fixed_layers: list[bytes]
+) -> None:
+    async def scenario(world: World) -> None:
+        repo = await repository(world)
+        await import_records(world, tmp_path, ALL_RECORDS)
+        amd64 = await push_image(world, repo, app_layers, "amd64", "amd64")
+        arm64 = await push_image(world, repo, fixed_layers, "arm64", "arm64")
+        index = image_index(
+            [
+                amd64.descriptor(platform={"os": "linux", "architecture": "amd64"}),
+                arm64.descriptor(platform={"os": "linux", "architecture": "arm64"}),
+            ]
+        )
+        await world.registry.put_manifest(repo, "", "multi", index.data, index.media_type)
+        result = await scanned(world, repo, index.digest)
+        assert result.state == "done" and findings(result) == EXPECTED
+        per_platform = await world.scans.result(repo.id, "", arm64.digest)
+        assert per_platform is not None and per_platform.state == "done"
+        assert per_platform.findings == []
+
+    run(database_url, tmp_path, scenario)
+
+
+def test_auto_scan_queues_on_push_and_the_job_scans(
+    database_url: str, tmp_path: Path, app_layers: list[bytes]
+) -> None:
+    async def scenario(world: World) -> None:
+        repo = await repository(world, scan_mode="auto")
+        await import_records(world, tmp_path, ALL_RECORDS)
+        image = await push_image(world, repo, app_layers, "v1")
+        queued = await world.scans.result(repo.id, "", image.digest)
+        assert (
+            queued is not None and queued.state == "queued" and queued.requested_by == "anonymous"
+        )
+        assert await world.scans.has_queued()
+        assert await world.scans.run_queued() == 1
+        assert not await world.scans.has_queued()
+        result = await world.scans.result(repo.id, "", image.digest)
+        assert result is not None and findings(result) == EXPECTED
+
+    run(database_url, tmp_path, scenario)
+
+
+def test_a_scan_that_cannot_read_a_layer_fails_saying_why(
+    database_url: str, tmp_path: Path, app_layers: list[bytes]
+) -> None:
+    async def scenario(world: World) -> None:
+        repo = await repository(world)
+        image = await push_image(world, repo, app_layers, "v1")
+        layer_digest = json.loads(image.data)["layers"][1]["digest"]
+        path = world.store.local_path(layer_digest)
+        assert path is not None
+        path.unlink()  # lost from storage after the push
+        result = await scanned(world, repo, image.digest)
+        assert result.state == "failed"
+        assert result.reason == f"layer {layer_digest} is missing from storage"
+        assert result.findings == []
+
+    run(database_url, tmp_path, scenario)
