@@ -31,6 +31,7 @@ ROUTER_MODULES = (
     "projects",
     "repositories",
     "images",
+    "scans",
     "access",
     "gc",
     "retention",

@@ -20,6 +20,7 @@ from berth.cli.keys import key_app
 from berth.cli.projects import member_app, project_app
 from berth.cli.repositories import repo_app
 from berth.cli.retention import retention_app
+from berth.cli.scans import scan
 from berth.cli.server import init, serve, status
 from berth.cli.storage import storage_app
 from berth.cli.usage import audit, usage
@@ -35,7 +36,7 @@ app = typer.Typer(
     rich_markup_mode=None,
 )
 # The order here is the order `berth --help` lists them in: verbs first, then nouns.
-for verb in (serve, init, status, audit, usage):
+for verb in (serve, init, status, audit, usage, scan):
     app.command()(verb)
 app.add_typer(project_app, name="project")
 app.add_typer(repo_app, name="repo")

@@ -12,6 +12,7 @@ database since, its result is stale, and `rescan_stale` queues it again.
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import json
 import logging
@@ -274,6 +275,30 @@ class Scans:
             await self._run(*claimed)
             done += 1
         return done
+
+    async def scan_now(
+        self, repository_id: int, image: str, digest: str, *, poll: float = 1.0
+    ) -> ScanResult:
+        """Scan the image in this process unless another has claimed its queued scan (then
+        wait for that one): its finished result."""
+        manifest_id = await self._manifest_id(repository_id, image, digest)
+        async with self.db.write() as conn:
+            claimed = await conn.execute(
+                update(scans)
+                .where(scans.c.manifest_id == manifest_id, scans.c.state == "queued")
+                .values(state="scanning", started_at=utcnow(), reason=None)
+                .returning(scans.c.id)
+            )
+            scan_id = claimed.scalar()
+        if scan_id is not None:
+            await self._run(int(scan_id), manifest_id)
+        while True:
+            result = await self.result(repository_id, image, digest)
+            if result is None:
+                raise NotFound(f"image {digest} has no scan requested")
+            if result.state in ("done", "failed"):
+                return result
+            await asyncio.sleep(poll)
 
     async def _requeue_abandoned(self) -> None:
         async with self.db.write() as conn:

@@ -1,0 +1,154 @@
+"""`berth scan`: scan an image for known vulnerabilities, or queue stale results again."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+from rich.table import Table
+from rich.text import Text
+
+from berth.cli.common import (
+    JsonFlag,
+    cli_actor,
+    console,
+    errors,
+    fail,
+    print_json,
+    run_service,
+    split_repo,
+)
+from berth.services.records import plain
+from berth.services.scanning.scans import ScanResult
+from berth.state import Services
+
+SEVERITY_STYLES = {"critical": "bold red", "high": "red", "medium": "yellow", "low": "cyan"}
+
+
+def split_reference(value: str) -> tuple[str, str, str, str]:
+    """PROJECT/REPO[/IMAGE]:TAG or PROJECT/REPO[/IMAGE]@DIGEST -> (project, repository,
+    image, tag or digest)."""
+    name, at, digest = value.partition("@")
+    if at:
+        reference = digest
+    else:
+        slash = name.rfind("/")
+        colon = name.rfind(":")
+        if colon <= slash:
+            raise typer.BadParameter(
+                f"expected PROJECT/REPO[/IMAGE]:TAG or PROJECT/REPO[/IMAGE]@DIGEST, got {value!r}"
+            )
+        name, reference = name[:colon], name[colon + 1 :]
+    project, repository = split_repo(name)
+    repository, _, image = repository.partition("/")
+    return project, repository, image, reference
+
+
+def _print(name: str, result: ScanResult) -> None:
+    if result.state == "failed":
+        errors.print(Text(f"Scan of {name} failed: {result.reason}"), soft_wrap=True)
+        raise typer.Exit(1)
+    counts = result.counts
+    console.print(
+        Text(
+            f"{name}: {result.packages} packages, {len(result.findings)} findings "
+            f"({counts.critical} critical, {counts.high} high, {counts.medium} medium, "
+            f"{counts.low} low, {counts.unknown} unknown)."
+        ),
+        soft_wrap=True,
+    )
+    if not result.findings:
+        return
+    table = Table()
+    # What a user copies (IDs, versions) is never folded; the summary takes what is left.
+    for column in ("severity", "advisory", "package", "installed", "fixed in"):
+        table.add_column(column, no_wrap=True)
+    table.add_column("summary", overflow="fold")
+    for finding in result.findings:
+        table.add_row(
+            Text(finding.severity, SEVERITY_STYLES.get(finding.severity, "")),
+            finding.advisory_id,
+            finding.name,
+            finding.installed,
+            finding.fixed or "-",
+            finding.summary,
+        )
+    console.print(table)
+
+
+def scan(
+    image: Annotated[
+        str | None,
+        typer.Argument(
+            metavar="PROJECT/REPO[/IMAGE]:TAG|@DIGEST",
+            help="The image to scan (an index: each platform).",
+            show_default=False,
+        ),
+    ] = None,
+    wait: Annotated[
+        bool,
+        typer.Option(
+            "--wait",
+            help="Scan now, in this process, and print the findings (else a running server "
+            "scans it in the background).",
+        ),
+    ] = False,
+    rescan_stale: Annotated[
+        bool,
+        typer.Option(
+            "--rescan-stale",
+            help="Queue again every scan made before the latest vulnerability data import "
+            "(with --wait: scan them now).",
+        ),
+    ] = False,
+    json_output: JsonFlag = False,
+) -> None:
+    """Scan an image's packages for known vulnerabilities (OSV records imported with `berth
+    vulndb import`), or queue stale results again."""
+    if rescan_stale:
+        if image is not None:
+            fail("--rescan-stale takes no image", 2)
+
+        async def requeue(s: Services) -> tuple[int, int]:
+            queued = await s.scans.rescan_stale(cli_actor())
+            return queued, (await s.scans.run_queued() if wait else 0)
+
+        queued, scanned = run_service(requeue)
+        if json_output:
+            print_json({"queued": queued, "scanned": scanned})
+        elif wait:
+            console.print(Text(f"Scanned {scanned} images again ({queued} were stale)."))
+        else:
+            console.print(
+                Text(f"Queued {queued} stale scans; a running server scans them in the background.")
+            )
+        return
+    if image is None:
+        fail("name an image (PROJECT/REPO[/IMAGE]:TAG or @DIGEST), or pass --rescan-stale", 2)
+    project, repository, name, reference = split_reference(image)
+
+    async def work(s: Services) -> ScanResult:
+        repo = await s.repositories.require(project, repository)
+        digest = (await s.registry.get_manifest(repo, name, reference)).digest
+        await s.scans.request_scan(repo.id, name, digest, cli_actor())
+        if wait:
+            return await s.scans.scan_now(repo.id, name, digest)
+        result = await s.scans.result(repo.id, name, digest)
+        assert result is not None
+        return result
+
+    result = run_service(work)
+    if json_output:
+        print_json(plain(result))
+        if result.state == "failed":
+            raise typer.Exit(1)
+    elif not wait:
+        console.print(
+            Text(
+                f"Queued a scan of {image} ({result.digest}); a running server scans it in the "
+                f"background. To scan it now and see the findings: berth scan {image} --wait"
+            ),
+            soft_wrap=True,
+        )
+    else:
+        _print(image, result)

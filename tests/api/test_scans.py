@@ -1,0 +1,138 @@
+"""Image scans through a running server: an image built from real packages pushed over /v2
+into a repository that scans on push, found by the server's scan job; results, a manual scan
+and the CycloneDX SBOM through the API; `berth scan ... --wait` as an operator runs it. The
+vulnerability data is the genuine OSV records of tests/fixtures/osv."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from berth.services.vulndb import VulnDb
+from berth.state import Services
+from tests.api.conftest import Team, assert_problem, ok, services
+from tests.oci import OCI_LAYER_GZIP, Blob, image_config, image_manifest, push_blob, push_manifest
+from tests.servers import BerthServer, server_fixture
+from tests.unit.services.test_scanning_layers import (
+    FIXTURES,
+    debian_base,
+    layer,
+    npm_package,
+    pip_installed,
+)
+
+server = server_fixture("scans", env={"BERTH_SCAN_CHECK_INTERVAL": "0.3"})
+
+EXPECTED = [
+    ("mixin-deep", "1.3.1", "GHSA-fhjf-83wg-r2j9", "1.3.2"),
+    ("ms", "0.7.0", "GHSA-3fx5-fwvr-xrjg", "0.7.1"),
+    ("requests", "2.30.0", "PYSEC-2023-74", "2.31.0"),
+]
+
+
+@pytest.fixture(scope="module")
+def app_layers(tmp_path_factory: pytest.TempPathFactory) -> list[Blob]:
+    work = tmp_path_factory.mktemp("site")
+    return [
+        Blob(layer(debian_base()), OCI_LAYER_GZIP),
+        Blob(
+            layer(
+                pip_installed("requests-2.30.0-py3-none-any.whl", work / "old")
+                + npm_package("ms-0.7.0.tgz", "ms")
+                + npm_package("mixin-deep-1.3.1.tgz", "mixin-deep")
+            ),
+            OCI_LAYER_GZIP,
+        ),
+    ]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def records(server: BerthServer) -> None:
+    async def load(s: Services) -> None:
+        report = await VulnDb(s.db).import_path(FIXTURES / "osv", "test")
+        assert report.refused == []
+
+    services(server, load)
+
+
+def push(team: Team, repository: str, layers: list[Blob], tag: str) -> Blob:
+    registry, name = team.registry("member"), team.oci_name(repository=repository)
+    config = image_config()
+    for blob in (config, *layers):
+        push_blob(registry, name, config if blob is config else blob)
+    manifest = image_manifest(config.descriptor(), [b.descriptor() for b in layers])
+    push_manifest(registry, name, tag, manifest)
+    return manifest
+
+
+def findings(result: dict[str, Any]) -> list[tuple[str, str, str, str | None]]:
+    return sorted(
+        (f["name"], f["installed"], f["advisory_id"], f["fixed"]) for f in result["findings"]
+    )
+
+
+def wait_done(client: httpx.Client, url: str, timeout: float = 60) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while True:
+        response = client.get(url)
+        if response.status_code == 200 and response.json()["state"] in ("done", "failed"):
+            return response.json()  # type: ignore[no-any-return]
+        assert time.monotonic() < deadline, f"not scanned in {timeout}s: {response.text}"
+        time.sleep(0.2)
+
+
+def test_a_pushed_image_is_scanned_in_the_background(team: Team, app_layers: list[Blob]) -> None:
+    services(
+        team.server,
+        lambda s: s.repositories.create(team.project, "auto", scan_mode="auto"),
+    )
+    image = push(team, "auto", app_layers, "v1")
+    url = team.repo_url(f"/images/{image.digest}/scan", repository="auto")
+    result = wait_done(team["reader"], url)
+    assert result["state"] == "done" and not result["stale"]
+    assert findings(result) == EXPECTED
+    assert result["requested_by"] == team.users["member"]
+
+    sbom = team["reader"].get(team.repo_url(f"/images/{image.digest}/sbom", repository="auto"))
+    assert sbom.status_code == 200
+    assert sbom.headers["content-type"].startswith("application/vnd.cyclonedx+json")
+    document = sbom.json()
+    assert document["bomFormat"] == "CycloneDX"
+    assert document["metadata"]["component"]["version"] == image.digest
+    purls = {c.get("purl") for c in document["components"]}
+    assert {"pkg:pypi/requests@2.30.0", "pkg:npm/ms@0.7.0"} <= purls
+
+
+def test_a_manual_scan_on_request(team: Team, app_layers: list[Blob]) -> None:
+    image = push(team, team.repository, app_layers, "v1")
+    url = team.repo_url(f"/images/{image.digest}/scan")
+    body = assert_problem(team["reader"].get(url), 404)
+    assert "has not been scanned" in body["detail"]
+    assert_problem(team["reader"].post(url), 403)
+    queued = ok(team["member"].post(url), 202)
+    assert queued["state"] in ("queued", "scanning", "done")
+    assert findings(wait_done(team["reader"], url)) == EXPECTED
+    unknown = team.repo_url("/images/sha256:" + "0" * 64 + "/scan")
+    assert_problem(team["member"].post(unknown), 404)
+
+
+def test_berth_scan_waits_and_prints_the_findings(
+    team: Team, app_layers: list[Blob], tmp_path: Path
+) -> None:
+    push(team, team.repository, app_layers, "v2")
+    name = f"{team.project}/{team.repository}:v2"
+    scanned = team.server.cli("scan", name, "--wait")
+    text = " ".join(scanned.stdout.split())
+    assert f"{name}: " in text and "3 findings" in text
+    for package, installed, advisory, fixed in EXPECTED:
+        assert advisory in text and installed in text and fixed in text and package in text
+    queued = team.server.cli("scan", name)
+    assert f"berth scan {name} --wait" in " ".join(queued.stdout.split())
+    wrong = team.server.cli("scan", f"{team.project}/{team.repository}", check=False)
+    assert wrong.returncode == 2 and "PROJECT/REPO[/IMAGE]:TAG" in wrong.stderr
+    stale = team.server.cli_json("scan", "--rescan-stale")
+    assert stale == {"queued": 0, "scanned": 0}
