@@ -25,7 +25,9 @@ from tests.unit.services.test_scanning_layers import (
     pip_installed,
 )
 
-server = server_fixture("scans", env={"BERTH_SCAN_CHECK_INTERVAL": "0.3"})
+server = server_fixture(
+    "scans", backends=("sqlite", "postgres"), env={"BERTH_SCAN_CHECK_INTERVAL": "0.3"}
+)
 
 EXPECTED = [
     ("mixin-deep", "1.3.1", "GHSA-fhjf-83wg-r2j9", "1.3.2"),

@@ -18,7 +18,7 @@ import json
 import logging
 from typing import Any, Literal
 
-from sqlalchemy import delete, func, insert, literal, select, update
+from sqlalchemy import and_, delete, func, insert, literal, or_, select, update
 
 from berth.domain.errors import NotFound
 from berth.domain.manifests import (
@@ -259,9 +259,15 @@ class Scans:
         return int(result.rowcount or 0)
 
     async def has_queued(self) -> bool:
+        """Whether a scan waits: queued, or left scanning by a node that stopped."""
+        abandoned = and_(
+            scans.c.state == "scanning", scans.c.started_at < utcnow() - ABANDONED_AFTER
+        )
         async with self.db.read() as conn:
             found = (
-                await conn.execute(select(scans.c.id).where(scans.c.state == "queued").limit(1))
+                await conn.execute(
+                    select(scans.c.id).where(or_(scans.c.state == "queued", abandoned)).limit(1)
+                )
             ).first()
         return found is not None
 

@@ -5,6 +5,7 @@ against the genuine OSV records in tests/fixtures/osv imported with the vulndb s
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import json
 import shutil
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -13,9 +14,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy import update
 
 from berth.domain.references import RepositoryRef
 from berth.metadata.database import Database
+from berth.metadata.tables import scans, utcnow
 from berth.services.registry import Registry
 from berth.services.repositories import Repositories
 from berth.services.scanning.scans import ScanResult, Scans
@@ -279,5 +282,25 @@ def test_a_scan_that_cannot_read_a_layer_fails_saying_why(
         assert result.state == "failed"
         assert result.reason == f"layer {layer_digest} is missing from storage"
         assert result.findings == []
+
+    run(database_url, tmp_path, scenario)
+
+
+def test_a_scan_left_scanning_by_a_stopped_node_is_done_again(
+    database_url: str, tmp_path: Path, app_layers: list[bytes]
+) -> None:
+    async def scenario(world: World) -> None:
+        repo = await repository(world)
+        await import_records(world, tmp_path, ALL_RECORDS)
+        image = await push_image(world, repo, app_layers, "v1")
+        await world.scans.request_scan(repo.id, "", image.digest, "alice")
+        async with world.db.write() as conn:  # as a node that claimed it and then died leaves it
+            await conn.execute(
+                update(scans).values(state="scanning", started_at=utcnow() - dt.timedelta(hours=2))
+            )
+        assert await world.scans.has_queued()
+        assert await world.scans.run_queued() == 1
+        result = await world.scans.result(repo.id, "", image.digest)
+        assert result is not None and result.state == "done" and findings(result) == EXPECTED
 
     run(database_url, tmp_path, scenario)
