@@ -6,10 +6,11 @@ parameter (empty, the default, for the repository's own name).
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Request, Response
 
 from berth.api.deps import Digest, ImageName, ManageProject, ReadProject, RepositoryName
 from berth.api.problems import responses
+from berth.auth.guard import client_address
 from berth.domain.errors import NotFound
 from berth.services.scanning.sbom import MEDIA_TYPE, cyclonedx_json
 from berth.services.scanning.scans import ScanResult
@@ -43,12 +44,18 @@ async def scan_result(
 
 @router.post("/scan", status_code=202, responses=responses(404))
 async def request_scan(
-    ctx: ManageProject, repository: RepositoryName, digest: Digest, image: ImageName = ""
+    request: Request,
+    ctx: ManageProject,
+    repository: RepositoryName,
+    digest: Digest,
+    image: ImageName = "",
 ) -> ScanResult:
     """Queue a scan of the image (an index: each platform); it runs in the background. A scan
     already queued or running is left as it is."""
     repo = await ctx.repository(repository)
-    await ctx.services.scans.request_scan(repo.id, image, digest, ctx.actor)
+    await ctx.services.scans.request_scan(
+        repo, image, digest, ctx.actor, client=client_address(request)
+    )
     result = await ctx.services.scans.result(repo.id, image, digest)
     assert result is not None
     return result

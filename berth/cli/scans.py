@@ -9,6 +9,7 @@ from rich.table import Table
 from rich.text import Text
 
 from berth.cli.common import (
+    CLI_CLIENT,
     JsonFlag,
     cli_actor,
     console,
@@ -130,7 +131,7 @@ def scan(
     async def work(s: Services) -> ScanResult:
         repo = await s.repositories.require(project, repository)
         digest = (await s.registry.get_manifest(repo, name, reference)).digest
-        await s.scans.request_scan(repo.id, name, digest, cli_actor())
+        await s.scans.request_scan(repo, name, digest, cli_actor(), client=CLI_CLIENT)
         if wait:
             return await s.scans.scan_now(repo.id, name, digest)
         result = await s.scans.result(repo.id, name, digest)

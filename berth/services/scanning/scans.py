@@ -19,6 +19,7 @@ import logging
 from typing import Any, Literal
 
 from sqlalchemy import and_, delete, func, insert, literal, or_, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from berth.domain.errors import NotFound
 from berth.domain.manifests import (
@@ -28,7 +29,9 @@ from berth.domain.manifests import (
     parse_manifest,
 )
 from berth.domain.packages import Package
+from berth.domain.references import RepositoryRef
 from berth.domain.vulns import AdvisoryIndex, Severity, findings_for
+from berth.metadata.audit import write_audit_entry
 from berth.metadata.database import Database
 from berth.metadata.tables import (
     manifests,
@@ -165,29 +168,45 @@ class Scans:
             raise NotFound(f"no image {digest} in this repository")
         return int(found)
 
-    async def request_scan(self, repository_id: int, image: str, digest: str, actor: str) -> None:
+    async def request_scan(
+        self,
+        repo: RepositoryRef,
+        image: str,
+        digest: str,
+        actor: str,
+        client: str | None = None,
+    ) -> None:
         """Queue a scan of a stored manifest (a scan already queued or running stays as it is;
-        a finished one is done again)."""
-        manifest_id = await self._manifest_id(repository_id, image, digest)
-        await self._queue(manifest_id, actor)
-
-    async def _queue(self, manifest_id: int, actor: str) -> None:
-        now = utcnow()
+        a finished one is done again), audited as `image.scan`."""
+        manifest_id = await self._manifest_id(repo.id, image, digest)
+        name = "/".join(part for part in (repo.name, image) if part)
         async with self.db.write() as conn:
-            await conn.execute(
-                self.db.insert_ignore(scans).values(
-                    manifest_id=manifest_id,
-                    state="queued",
-                    requested_by=actor[:64],
-                    requested_at=now,
-                    **dict.fromkeys((*COUNTED, "packages"), 0),
-                )
+            await self._queue(conn, manifest_id, actor)
+            await write_audit_entry(
+                conn,
+                actor,
+                "image.scan",
+                project_id=repo.project_id,
+                target=f"{name}@{digest}",
+                client=client,
             )
-            await conn.execute(
-                update(scans)
-                .where(scans.c.manifest_id == manifest_id, scans.c.state.in_(("done", "failed")))
-                .values(state="queued", requested_by=actor[:64], requested_at=now)
+
+    async def _queue(self, conn: AsyncConnection, manifest_id: int, actor: str) -> None:
+        now = utcnow()
+        await conn.execute(
+            self.db.insert_ignore(scans).values(
+                manifest_id=manifest_id,
+                state="queued",
+                requested_by=actor[:64],
+                requested_at=now,
+                **dict.fromkeys((*COUNTED, "packages"), 0),
             )
+        )
+        await conn.execute(
+            update(scans)
+            .where(scans.c.manifest_id == manifest_id, scans.c.state.in_(("done", "failed")))
+            .values(state="queued", requested_by=actor[:64], requested_at=now)
+        )
 
     async def result(self, repository_id: int, image: str, digest: str) -> ScanResult | None:
         """The image's scan with its findings; None when it was never scanned."""
@@ -422,8 +441,8 @@ class Scans:
                 await conn.execute(select(scans).where(scans.c.manifest_id == manifest_id))
             ).first()
         if own is None or own.state != "done" or (own.vulndb_state or 0) < state:
-            await self._queue(manifest_id, "index")
             async with self.db.write() as conn:
+                await self._queue(conn, manifest_id, "index")
                 await conn.execute(
                     update(scans)
                     .where(scans.c.manifest_id == manifest_id)

@@ -14,11 +14,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import update
+from sqlalchemy import select, update
 
 from berth.domain.references import RepositoryRef
 from berth.metadata.database import Database
-from berth.metadata.tables import scans, utcnow
+from berth.metadata.tables import audit_log, scans, utcnow
 from berth.services.registry import Registry
 from berth.services.repositories import Repositories
 from berth.services.scanning.scans import ScanResult, Scans
@@ -143,7 +143,7 @@ async def import_records(world: World, tmp_path: Path, names: list[str]) -> None
 
 
 async def scanned(world: World, repo: RepositoryRef, digest: str) -> ScanResult:
-    await world.scans.request_scan(repo.id, "", digest, "alice")
+    await world.scans.request_scan(repo, "", digest, "alice", client="10.0.0.1")
     assert await world.scans.run_queued() >= 1
     result = await world.scans.result(repo.id, "", digest)
     assert result is not None
@@ -182,6 +182,15 @@ def test_a_scan_finds_the_published_advisories_of_installed_releases(
         sbom = await world.scans.sbom(image.digest)
         assert sbom is not None and sbom["os"]["id"] == "debian"
         assert "pkg:npm/ms@0.7.0" in {p["purl"] for p in sbom["packages"]}
+        async with world.db.read() as conn:
+            audited = (
+                await conn.execute(
+                    select(audit_log.c.actor, audit_log.c.action, audit_log.c.target).where(
+                        audit_log.c.action == "image.scan"
+                    )
+                )
+            ).all()
+        assert audited == [("alice", "image.scan", f"app@{image.digest}")]
 
     run(database_url, tmp_path, scenario)
 
@@ -293,7 +302,7 @@ def test_a_scan_left_scanning_by_a_stopped_node_is_done_again(
         repo = await repository(world)
         await import_records(world, tmp_path, ALL_RECORDS)
         image = await push_image(world, repo, app_layers, "v1")
-        await world.scans.request_scan(repo.id, "", image.digest, "alice")
+        await world.scans.request_scan(repo, "", image.digest, "alice")
         async with world.db.write() as conn:  # as a node that claimed it and then died leaves it
             await conn.execute(
                 update(scans).values(state="scanning", started_at=utcnow() - dt.timedelta(hours=2))
