@@ -158,6 +158,7 @@ class Services:
                         scans.rescan_stale,
                         first_after_interval=True,
                     ),
+                    Job("scan-sbom-prune", 86_400, scans.prune_sboms),
                 ],
             ),
             gc=GarbageCollector(

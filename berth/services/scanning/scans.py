@@ -277,6 +277,14 @@ class Scans:
             )
         return int(result.rowcount or 0)
 
+    async def prune_sboms(self) -> int:
+        """Remove the SBOMs of digests no repository holds any more (deleted images: their
+        scans went with them); how many."""
+        held = select(manifests.c.id).where(manifests.c.digest == scan_sboms.c.digest)
+        async with self.db.write() as conn:
+            result = await conn.execute(delete(scan_sboms).where(~held.exists()))
+        return int(result.rowcount or 0)
+
     async def has_queued(self) -> bool:
         """Whether a scan waits: queued, or left scanning by a node that stopped."""
         abandoned = and_(

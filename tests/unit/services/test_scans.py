@@ -313,3 +313,21 @@ def test_a_scan_left_scanning_by_a_stopped_node_is_done_again(
         assert result is not None and result.state == "done" and findings(result) == EXPECTED
 
     run(database_url, tmp_path, scenario)
+
+
+def test_deleting_an_image_removes_its_scan_and_then_its_sbom(
+    database_url: str, tmp_path: Path, app_layers: list[bytes]
+) -> None:
+    async def scenario(world: World) -> None:
+        repo = await repository(world)
+        image = await push_image(world, repo, app_layers, "v1")
+        await scanned(world, repo, image.digest)
+        assert await world.scans.prune_sboms() == 0  # still held
+        await world.registry.delete_manifest(repo, "", image.digest, actor="alice", client=None)
+        async with world.db.read() as conn:
+            assert (await conn.execute(select(scans.c.id))).all() == []
+        assert await world.scans.sbom(image.digest) is not None
+        assert await world.scans.prune_sboms() == 1
+        assert await world.scans.sbom(image.digest) is None
+
+    run(database_url, tmp_path, scenario)
