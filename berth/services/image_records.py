@@ -9,6 +9,7 @@ from typing import Literal
 from pydantic import Field
 
 from berth.services.records import Record
+from berth.services.scanning.scans import ScanSummary
 
 
 class Referrer(Record):
@@ -37,6 +38,10 @@ class Image(Record):
     pushed_at: dt.datetime
     referrer_count: int
     referrers: list[Referrer] = Field(description="signatures, SBOMs, ... that refer to it")
+    scan: ScanSummary = Field(
+        description="its vulnerability scan: state, findings by severity, whether newer "
+        "data was imported since (`GET .../images/{digest}/scan` has the findings)"
+    )
 
 
 class Child(Record):

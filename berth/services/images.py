@@ -28,6 +28,7 @@ from berth.metadata.tables import (
     tags,
 )
 from berth.services.image_records import Child, Event, Image, ImageDetail, Layer, Referrer, Tag
+from berth.services.scanning.scans import NOT_SCANNED, scan_summaries
 from berth.storage.base import BlobStore
 
 # Config media types that say an image's platform (os, architecture, variant).
@@ -202,6 +203,7 @@ class Images:
         )
         tag_names = await self._tags_of(conn, repo, images, digests)
         referrers = await self._referrers_of(conn, repo, images, digests)
+        scanned = await scan_summaries(conn, ids)
 
         described: list[Image] = []
         for row in rows:
@@ -246,6 +248,7 @@ class Images:
                 "pushed_at": row.pushed_at,
                 "referrer_count": len(its_referrers),
                 "referrers": its_referrers,
+                "scan": scanned.get(row.id, NOT_SCANNED),
             }
             if parents is None:
                 described.append(Image(**fields))

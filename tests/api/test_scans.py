@@ -115,9 +115,33 @@ def test_a_manual_scan_on_request(team: Team, app_layers: list[Blob]) -> None:
     body = assert_problem(team["reader"].get(url), 404)
     assert "has not been scanned" in body["detail"]
     assert_problem(team["reader"].post(url), 403)
+    listing = team.repo_url("/images")
+    [listed] = [i for i in ok(team["reader"].get(listing))["items"] if i["digest"] == image.digest]
+    assert listed["scan"] == {
+        "status": "not_scanned",
+        "reason": None,
+        "counts": {"critical": 0, "high": 0, "medium": 0, "low": 0, "unknown": 0},
+        "stale": False,
+        "scanned_at": None,
+    }
     queued = ok(team["member"].post(url), 202)
     assert queued["state"] in ("queued", "scanning", "done")
-    assert findings(wait_done(team["reader"], url)) == EXPECTED
+    result = wait_done(team["reader"], url)
+    assert findings(result) == EXPECTED
+    [listed] = [i for i in ok(team["reader"].get(listing))["items"] if i["digest"] == image.digest]
+    assert listed["scan"]["status"] == "done" and not listed["scan"]["stale"]
+    assert listed["scan"]["counts"] == result["counts"]
+    assert listed["scan"]["counts"]["high"] == 1 and listed["scan"]["counts"]["unknown"] == 2
+    assert listed["scan"]["scanned_at"] == result["finished_at"]
+    schemas = ok(team["reader"].get("/openapi.json"))["components"]["schemas"]
+    assert schemas["Image"]["properties"]["scan"]["$ref"].endswith("/ScanSummary")
+    assert set(schemas["ScanSummary"]["properties"]["status"]["enum"]) == {
+        "not_scanned",
+        "queued",
+        "scanning",
+        "done",
+        "failed",
+    }
     unknown = team.repo_url("/images/sha256:" + "0" * 64 + "/scan")
     assert_problem(team["member"].post(unknown), 404)
 
@@ -136,5 +160,9 @@ def test_berth_scan_waits_and_prints_the_findings(
     assert f"berth scan {name} --wait" in " ".join(queued.stdout.split())
     wrong = team.server.cli("scan", f"{team.project}/{team.repository}", check=False)
     assert wrong.returncode == 2 and "PROJECT/REPO[/IMAGE]:TAG" in wrong.stderr
+    listed = " ".join(
+        team.server.cli("image", "list", f"{team.project}/{team.repository}").stdout.split()
+    )
+    assert "1 high, 2 unknown" in listed
     stale = team.server.cli_json("scan", "--rescan-stale")
     assert stale == {"queued": 0, "scanned": 0}

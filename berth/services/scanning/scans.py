@@ -18,6 +18,7 @@ import json
 import logging
 from typing import Any, Literal
 
+from pydantic import Field
 from sqlalchemy import and_, delete, func, insert, literal, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -40,6 +41,7 @@ from berth.metadata.tables import (
     scan_sboms,
     scans,
     utcnow,
+    vulndb_imports,
 )
 from berth.services.records import Record
 from berth.services.scanning.layers import Inventory, LayerRefused, image_inventory
@@ -72,6 +74,59 @@ class SeverityCounts(Record):
     medium: int
     low: int
     unknown: int
+
+
+class ScanSummary(Record):
+    status: Literal["not_scanned", "queued", "scanning", "done", "failed"]
+    reason: str | None = Field(description="why a `failed` scan could not finish")
+    counts: SeverityCounts = Field(description="findings by severity (zero until `done`)")
+    stale: bool = Field(
+        description="vulnerability data was imported after this scan (the next rescan "
+        "scans it again)"
+    )
+    scanned_at: dt.datetime | None = Field(description="when the last scan finished")
+
+
+NOT_SCANNED = ScanSummary(
+    status="not_scanned",
+    reason=None,
+    counts=SeverityCounts(critical=0, high=0, medium=0, low=0, unknown=0),
+    stale=False,
+    scanned_at=None,
+)
+
+
+async def scan_summaries(conn: AsyncConnection, manifest_ids: list[int]) -> dict[int, ScanSummary]:
+    """The scan state of each of these manifests (absent: never scanned), in one query: the
+    database's current state rides along to say which results are stale."""
+    if not manifest_ids:
+        return {}
+    current = (
+        select(func.max(vulndb_imports.c.id))
+        .where(vulndb_imports.c.added + vulndb_imports.c.replaced > 0)
+        .scalar_subquery()
+    )
+    rows = await conn.execute(
+        select(
+            scans.c.manifest_id,
+            scans.c.state,
+            scans.c.reason,
+            *(scans.c[c] for c in COUNTED),
+            scans.c.vulndb_state,
+            scans.c.finished_at,
+            current.label("current"),
+        ).where(scans.c.manifest_id.in_(manifest_ids))
+    )
+    return {
+        int(row.manifest_id): ScanSummary(
+            status=row.state,
+            reason=row.reason,
+            counts=SeverityCounts(**{c: getattr(row, c) for c in COUNTED}),
+            stale=row.state == "done" and (row.vulndb_state or 0) < (row.current or 0),
+            scanned_at=row.finished_at,
+        )
+        for row in rows
+    }
 
 
 class ScanResult(Record):

@@ -19,6 +19,7 @@ from sqlalchemy import select, update
 from berth.domain.references import RepositoryRef
 from berth.metadata.database import Database
 from berth.metadata.tables import audit_log, scans, utcnow
+from berth.services.images import Images
 from berth.services.registry import Registry
 from berth.services.repositories import Repositories
 from berth.services.scanning.scans import ScanResult, Scans
@@ -336,5 +337,65 @@ def test_deleting_an_image_removes_its_scan_and_then_its_sbom(
         assert await world.scans.sbom(image.digest) is not None
         assert await world.scans.prune_sboms() == 1
         assert await world.scans.sbom(image.digest) is None
+
+    run(database_url, tmp_path, scenario)
+
+
+def test_an_image_listing_carries_each_images_scan_state(
+    database_url: str, tmp_path: Path, app_layers: list[bytes], fixed_layers: list[bytes]
+) -> None:
+    async def scenario(world: World) -> None:
+        repo = await repository(world)
+        listing = Images(world.db, world.store)
+
+        async def states() -> dict[str, Any]:
+            items, _total = await listing.list_images(repo)
+            return {i.tags[0]: i.scan for i in items}
+
+        await import_records(world, tmp_path, ["PYSEC-2023-74.json"])
+        vulnerable = await push_image(world, repo, app_layers, "vulnerable")
+        fixed = await push_image(world, repo, fixed_layers, "fixed")
+        broken = await push_image(world, repo, [layer([file_entry("etc/motd", b"lost")])], "broken")
+        assert {t: s.status for t, s in (await states()).items()} == dict.fromkeys(
+            ("vulnerable", "fixed", "broken"), "not_scanned"
+        )
+        await world.scans.request_scan(repo, "", vulnerable.digest, "alice")
+        assert (await states())["vulnerable"].status == "queued"
+
+        broken_layer = json.loads(broken.data)["layers"][0]["digest"]
+        path = world.store.local_path(broken_layer)
+        assert path is not None
+        path.unlink()
+        for image in (vulnerable, fixed, broken):
+            await world.scans.request_scan(repo, "", image.digest, "alice")
+        assert await world.scans.run_queued() == 3
+        found = await states()
+        assert found["vulnerable"].status == "done" and not found["vulnerable"].stale
+        assert found["vulnerable"].counts.model_dump() == {
+            "critical": 0,
+            "high": 0,
+            "medium": 0,
+            "low": 0,
+            "unknown": 1,  # PYSEC-2023-74 carries no severity
+        }
+        assert found["vulnerable"].scanned_at is not None
+        assert (
+            found["fixed"].status == "done"
+            and sum(found["fixed"].counts.model_dump().values()) == 0
+        )
+        assert found["broken"].status == "failed"
+        assert found["broken"].reason == f"layer {broken_layer} is missing from storage"
+
+        # New data: the finished results are stale until scanned again; GHSA-3fx5 scores high.
+        await import_records(world, tmp_path, ["GHSA-3fx5-fwvr-xrjg.json"])
+        found = await states()
+        assert found["vulnerable"].stale and found["fixed"].stale and not found["broken"].stale
+        assert await world.scans.rescan_stale() == 2
+        assert await world.scans.run_queued() == 2
+        found = await states()
+        assert not found["vulnerable"].stale
+        assert (found["vulnerable"].counts.high, found["vulnerable"].counts.unknown) == (1, 1)
+        detail = await listing.image(repo, "", vulnerable.digest)
+        assert detail.scan == found["vulnerable"]
 
     run(database_url, tmp_path, scenario)
