@@ -50,6 +50,7 @@ console_server = server_fixture(
         "BERTH_GC_GRACE_PERIOD": "0",
         "BERTH_TRAFFIC_FLUSH_INTERVAL": "0.3",
         "BERTH_WEBHOOK_ALLOW_PRIVATE": "true",  # the webhook test's endpoint is on loopback
+        "BERTH_SCAN_CHECK_INTERVAL": "0.5",  # a scan queued by the Scan button starts soon
     },
 )
 

@@ -5,6 +5,7 @@ import {
 } from "../ui.js";
 import { descriptionProblem, readRepositoryFields, repositoryFields } from "./repositories.js";
 import { removeButton, userRoleForm } from "./roles.js";
+import { scanCell } from "./scans.js";
 
 const TABS = [
   ["images", "Images"],
@@ -98,6 +99,7 @@ async function imagesTab(ctx) {
     { title: "Size", cell: (i) => bytes(i.size), class: "num" },
     { title: "Platforms", cell: (i) => (i.platforms.length ? h("span", { class: "chips" }, i.platforms.map((p) => badge(p, "platform"))) : kindOf(i)) },
     { title: "Pushed", cell: (i) => timeElement(i.pushed_at) },
+    { title: "Vulnerabilities", cell: (i) => scanCell(ctx, i) },
     { title: "Referrers", cell: (i) => referrers(i) },
     {
       title: "Actions",

@@ -1,0 +1,204 @@
+// Image scans on the repository page: the severity badge of each image, the Scan button that
+// queues a scan and follows it until it finishes, and the findings of one image.
+import { api, query, seg } from "../api.js";
+import { badge, clear, datetime, h, openDialog, plural, shortDigest, toast } from "../ui.js";
+
+export const SEVERITIES = ["critical", "high", "medium", "low", "unknown"];
+const RANK = Object.fromEntries(SEVERITIES.map((s, i) => [s, SEVERITIES.length - i]));
+const POLL_MS = 1000;
+
+function scanPath(ctx, image) {
+  return `${ctx.base}/images/${seg(image.digest)}/scan${query({ image: image.image })}`;
+}
+
+/** The scan's state in a few badges: its counts by severity, or queued / scanning / failed. */
+export function scanBadge(scan) {
+  if (scan.status === "not_scanned") return h("span", { class: "muted" }, "not scanned");
+  if (scan.status === "queued") return badge("scan queued", "running");
+  if (scan.status === "scanning") return badge("scanning", "running");
+  if (scan.status === "failed") return badge(`failed: ${scan.reason}`, "failed scan-failed");
+  const counts = SEVERITIES.filter((s) => scan.counts[s]).map((s) => badge(`${scan.counts[s]} ${s}`, `sev-${s}`));
+  return h(
+    "span",
+    { class: "chips", title: scan.scanned_at ? `scanned ${datetime(scan.scanned_at)}` : null },
+    counts.length ? counts : badge("no findings", "succeeded"),
+    scan.stale ? h("span", { class: "badge stale", title: "vulnerability data was imported since; the next rescan updates it" }, "stale") : null,
+  );
+}
+
+/** The images table's scan cell: the badge, a Findings button once scanned, and for project
+ * managers a Scan button that queues a scan and keeps the cell current until it finishes. */
+export function scanCell(ctx, image) {
+  const cell = h("span", { class: "scan-cell" });
+  const show = (scan) => {
+    const busy = scan.status === "queued" || scan.status === "scanning";
+    clear(
+      cell,
+      h("span", { "data-testid": "scan-state" }, scanBadge(scan)),
+      scan.status === "done"
+        ? h("button", { type: "button", class: "small", "aria-label": `Findings of ${shortDigest(image.digest)}`, onclick: () => findingsDialog(ctx, image) }, "Findings")
+        : null,
+      ctx.project.can_manage
+        ? h("button", { type: "button", class: "small", disabled: busy, "aria-label": `Scan ${shortDigest(image.digest)}`, onclick: () => requestScan(busy) }, scan.status === "not_scanned" ? "Scan" : "Rescan")
+        : null,
+    );
+    if (busy) follow();
+  };
+  let following = false;
+  const follow = async () => {
+    if (following) return;
+    following = true;
+    try {
+      for (;;) {
+        await new Promise((resolve) => setTimeout(resolve, POLL_MS));
+        if (!cell.isConnected) return; // the user left the page
+        const result = await api.get(scanPath(ctx, image));
+        const scan = summaryOf(result);
+        if (scan.status === "done" || scan.status === "failed") {
+          following = false;
+          show(scan);
+          toast(scan.status === "done" ? `Scanned ${shortDigest(image.digest)}: ${plural(result.findings.length, "finding")}` : `Scan of ${shortDigest(image.digest)} failed: ${scan.reason}`, scan.status === "done" ? "info" : "error");
+          return;
+        }
+        show(scan); // still queued or scanning: this loop goes on following it
+      }
+    } catch (err) {
+      toast(err.message, "error");
+    } finally {
+      following = false;
+    }
+  };
+  const requestScan = async (busy) => {
+    if (busy) return;
+    try {
+      show(summaryOf(await api.post(scanPath(ctx, image))));
+    } catch (err) {
+      toast(err.message, "error");
+    }
+  };
+  show(image.scan);
+  return cell;
+}
+
+/** A full scan result (GET/POST .../scan) as the listing's summary of it. */
+function summaryOf(result) {
+  return { status: result.state, reason: result.reason, counts: result.counts, stale: result.stale, scanned_at: result.finished_at };
+}
+
+// ------------------------------------------------------------------ findings
+
+const COLUMNS = [
+  { key: "package", title: "Package", value: (f) => f.name.toLowerCase() },
+  { key: "installed", title: "Installed", value: (f) => f.installed },
+  { key: "fixed", title: "Fixed in", value: (f) => f.fixed || "" },
+  { key: "severity", title: "Severity", value: (f) => RANK[f.severity] || 0 },
+  { key: "advisory", title: "Advisory", value: (f) => f.advisory_id },
+  { key: "summary", title: "Summary", value: (f) => f.summary.toLowerCase() },
+];
+
+async function findingsDialog(ctx, image) {
+  let result;
+  try {
+    result = await api.get(scanPath(ctx, image));
+  } catch (err) {
+    toast(err.message, "error");
+    return;
+  }
+  const state = { severity: "", fixable: false, sort: "severity", descending: true };
+  await openDialog({
+    title: `Findings · ${shortDigest(image.digest)}`,
+    wide: true,
+    build() {
+      const holder = h("div", { class: "findings" });
+      const severity = h(
+        "select",
+        { onchange: (e) => ((state.severity = e.target.value), render()) },
+        h("option", { value: "" }, "All severities"),
+        SEVERITIES.map((s) => h("option", { value: s }, `${s[0].toUpperCase()}${s.slice(1)} (${result.counts[s]})`)),
+      );
+      const fixable = h("input", { type: "checkbox", onchange: (e) => ((state.fixable = e.target.checked), render()) });
+      const render = () => clear(holder, findingsTable(result.findings, state, render));
+      render();
+      return h(
+        "div",
+        { class: "dialog-body" },
+        h(
+          "p",
+          { class: "muted" },
+          `${plural(result.findings.length, "finding")} in ${plural(result.packages, "package")}, scanned ${datetime(result.finished_at)}`,
+          result.stale ? " (vulnerability data was imported since: the next rescan updates it)" : "",
+          ".",
+        ),
+        h("div", { class: "toolbar" }, h("label", {}, "Severity ", severity), h("label", {}, fixable, " Fix available")),
+        holder,
+      );
+    },
+  });
+}
+
+function findingsTable(findings, state, render) {
+  const shown = findings.filter((f) => (!state.severity || f.severity === state.severity) && (!state.fixable || f.fixed));
+  const column = COLUMNS.find((c) => c.key === state.sort);
+  const sign = state.descending ? -1 : 1;
+  shown.sort((a, b) => {
+    const [x, y] = [column.value(a), column.value(b)];
+    return (x < y ? -1 : x > y ? 1 : 0) * sign || a.advisory_id.localeCompare(b.advisory_id);
+  });
+  const header = (c) =>
+    h(
+      "th",
+      { scope: "col", "aria-sort": c.key === state.sort ? (state.descending ? "descending" : "ascending") : "none" },
+      h(
+        "button",
+        {
+          type: "button",
+          class: "sort",
+          onclick: () => {
+            state.descending = c.key === state.sort ? !state.descending : c.key === "severity";
+            state.sort = c.key;
+            render();
+          },
+        },
+        c.title,
+        c.key === state.sort ? (state.descending ? " ▼" : " ▲") : "",
+      ),
+    );
+  const advisory = (f) =>
+    h(
+      "span",
+      {},
+      f.link ? h("a", { href: f.link, target: "_blank", rel: "noopener noreferrer" }, f.advisory_id) : f.advisory_id,
+      f.aliases.length ? h("span", { class: "muted aliases" }, h("br"), f.aliases.join(", ")) : null,
+    );
+  return [
+    h("p", { class: "muted", "data-testid": "findings-shown" }, `Showing ${shown.length} of ${plural(findings.length, "finding")}`),
+    shown.length
+      ? h(
+          "div",
+          { class: "table-wrap" },
+          h(
+            "table",
+            {},
+            h("caption", { class: "sr-only" }, "Findings"),
+            h("thead", {}, h("tr", {}, COLUMNS.map(header))),
+            h(
+              "tbody",
+              {},
+              shown.map((f) =>
+                h(
+                  "tr",
+                  { dataset: { key: `${f.advisory_id} ${f.purl}` } },
+                  h("td", { "data-label": "Package", title: f.purl }, f.name),
+                  h("td", { "data-label": "Installed" }, h("code", {}, f.installed)),
+                  h("td", { "data-label": "Fixed in" }, f.fixed ? h("code", {}, f.fixed) : h("span", { class: "muted" }, "no fix")),
+                  h("td", { "data-label": "Severity" }, badge(f.severity, `sev-${f.severity}`)),
+                  h("td", { "data-label": "Advisory" }, advisory(f)),
+                  h("td", { "data-label": "Summary", class: "wrap" }, f.summary),
+                ),
+              ),
+            ),
+          ),
+        )
+      : h("p", { class: "empty" }, findings.length ? "No finding matches the filter." : "No known vulnerabilities in this image's packages."),
+  ];
+}
