@@ -29,6 +29,7 @@ TAG_RESTORED = "io.berth.tag.restored"
 GC_FINISHED = "io.berth.gc.finished"
 QUOTA_REFUSED = "io.berth.quota.refused"
 IMAGE_LIMIT_REFUSED = "io.berth.image_limit.refused"
+SCAN_FINISHED = "io.berth.scan.finished"
 # Sent only by "send a test event", whatever the endpoint subscribes to.
 TEST = "io.berth.webhook.test"
 
@@ -40,6 +41,7 @@ EVENT_TYPES: dict[str, str] = {
     GC_FINISHED: "a garbage collection run ended (succeeded, failed or rolled back)",
     QUOTA_REFUSED: "a new repository was refused: the project's repository quota is reached",
     IMAGE_LIMIT_REFUSED: "a push was refused: the repository's image limit is reached",
+    SCAN_FINISHED: "an image's vulnerability scan finished (done, or failed with the reason)",
 }
 EventType = Literal[
     "io.berth.image.pushed",
@@ -49,6 +51,7 @@ EventType = Literal[
     "io.berth.gc.finished",
     "io.berth.quota.refused",
     "io.berth.image_limit.refused",
+    "io.berth.scan.finished",
 ]
 
 
@@ -60,6 +63,22 @@ class GcRunSummary(BaseModel):
     blobs_deleted: int
     bytes_freed: int
     duration_seconds: float
+
+
+class ScanOutcome(BaseModel):
+    status: Literal["done", "failed"]
+    reason: str | None = Field(None, description="failed: why the scan could not finish")
+    counts: dict[str, int] = Field(
+        description="findings by severity: critical, high, medium, low, unknown"
+    )
+    findings: int
+    packages: int = Field(description="packages found in the image")
+    api_path: str = Field(
+        description="the scan result with every finding, under the server's address"
+    )
+    console_path: str = Field(
+        description="the console page showing the findings, under the server's address"
+    )
 
 
 class EventData(BaseModel):
@@ -81,6 +100,7 @@ class EventData(BaseModel):
     message: str | None = Field(None, description="refusals: what the client was told")
     limit: int | None = Field(None, description="refusals: the quota or limit reached")
     gc_run: GcRunSummary | None = Field(None, description="gc.finished: the run")
+    scan: ScanOutcome | None = Field(None, description="scan.finished: its outcome")
 
 
 class CloudEvent(BaseModel):

@@ -6,6 +6,7 @@ vulnerability data is the genuine OSV records of tests/fixtures/osv."""
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,9 +25,15 @@ from tests.unit.services.test_scanning_layers import (
     npm_package,
     pip_installed,
 )
+from tests.webhook_receiver import Receiver, receiving
 
 server = server_fixture(
-    "scans", backends=("sqlite", "postgres"), env={"BERTH_SCAN_CHECK_INTERVAL": "0.3"}
+    "scans",
+    backends=("sqlite", "postgres"),
+    env={
+        "BERTH_SCAN_CHECK_INTERVAL": "0.3",
+        "BERTH_WEBHOOK_ALLOW_PRIVATE": "true",  # the webhook endpoint is on loopback
+    },
 )
 
 EXPECTED = [
@@ -166,3 +173,50 @@ def test_berth_scan_waits_and_prints_the_findings(
     assert "1 high, 2 unknown" in listed
     stale = team.server.cli_json("scan", "--rescan-stale")
     assert stale == {"queued": 0, "scanned": 0}
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    yield from receiving()
+
+
+def test_a_finished_scan_sends_its_webhook_event(
+    team: Team, app_layers: list[Blob], receiver: Receiver
+) -> None:
+    admin = team["project-admin"]
+    pushes = {"url": receiver.url, "event_types": ["io.berth.image.pushed"]}
+    ok(admin.post(team.url("/webhooks"), json=pushes), 201)
+    body = {"url": receiver.url, "event_types": ["io.berth.scan.finished"]}
+    created = ok(admin.post(team.url("/webhooks"), json=body), 201)
+    types = ok(admin.get(team.url("/webhooks/event-types")))
+    assert "io.berth.scan.finished" in [t["type"] for t in types]
+    image = push(team, team.repository, app_layers, "v1")
+    receiver.wait_for(1)  # the push's event, to the first endpoint
+    ok(team["member"].post(team.repo_url(f"/images/{image.digest}/scan")), 202)
+    pushed, finished = receiver.wait_for(2, timeout=60)
+    assert pushed.event["type"] == "io.berth.image.pushed"
+    event = finished.event
+    assert event["type"] == "io.berth.scan.finished"
+    assert finished.signed_with(str(created["secret"]))
+    assert event["subject"] == f"{team.repository}@{image.digest}"
+    data = event["data"]
+    assert (data["project"], data["repository"], data["image"], data["digest"]) == (
+        team.project,
+        team.repository,
+        "",
+        image.digest,
+    )
+    assert data["actor"] == team.users["member"]
+    scan = data["scan"]
+    assert scan["status"] == "done" and "reason" not in scan
+    assert scan["counts"] == {"critical": 0, "high": 1, "medium": 0, "low": 0, "unknown": 2}
+    assert scan["findings"] == 3 and scan["packages"] > 3
+    path = f"/projects/{team.project}/repositories/{team.repository}"
+    assert scan["console_path"] == f"/console/#{path}/images?findings={image.digest}"
+    # The API path, under the server's address, has the findings.
+    result = team["reader"].get(f"{team.server.url}{scan['api_path']}")
+    assert findings(ok(result)) == EXPECTED
+    time.sleep(1)
+    assert len(receiver.received) == 2  # one event per scan, to the endpoint taking the type
+    schemas = ok(team["reader"].get("/openapi.json"))["components"]["schemas"]
+    assert "ScanOutcome" in schemas

@@ -17,6 +17,7 @@ import datetime as dt
 import json
 import logging
 from typing import Any, Literal
+from urllib.parse import quote
 
 from pydantic import Field
 from sqlalchemy import and_, delete, func, insert, literal, or_, select, update
@@ -36,6 +37,7 @@ from berth.metadata.audit import write_audit_entry
 from berth.metadata.database import Database
 from berth.metadata.tables import (
     manifests,
+    projects,
     repositories,
     scan_findings,
     scan_sboms,
@@ -46,6 +48,7 @@ from berth.metadata.tables import (
 from berth.services.records import Record
 from berth.services.scanning.layers import Inventory, LayerRefused, image_inventory
 from berth.services.vulndb import VulnDb
+from berth.services.webhook_events import SCAN_FINISHED, EventData, ScanOutcome, enqueue_event
 from berth.storage.base import BlobStore
 
 logger = logging.getLogger("berth.scans")
@@ -421,17 +424,19 @@ class Scans:
             if claimed.rowcount:
                 return int(row.id), int(row.manifest_id)
 
-    async def _run(self, scan_id: int, manifest_id: int) -> None:
+    async def _run(self, scan_id: int, manifest_id: int, *, announce: bool = True) -> None:
+        """Scan and store the result; `announce`: queue its `scan.finished` webhook event (not
+        for a platform manifest scanned as part of its index: the index's event says it)."""
         state = await self.vulndb.state()
         try:
             found, packages = await self._scan_manifest(manifest_id, state)
         except ScanFailed as failure:
-            await self._finish(scan_id, [], 0, state, str(failure))
+            await self._finish(scan_id, [], 0, state, str(failure), announce)
         except Exception as exc:  # a background job: the user sees why, the log has the rest
             logger.exception("scan of manifest %s failed", manifest_id)
-            await self._finish(scan_id, [], 0, state, f"scan error: {exc}")
+            await self._finish(scan_id, [], 0, state, f"scan error: {exc}", announce)
         else:
-            await self._finish(scan_id, found, packages, state, None)
+            await self._finish(scan_id, found, packages, state, None, announce)
 
     async def _load(self, manifest_id: int) -> Any:
         async with self.db.read() as conn:
@@ -515,7 +520,7 @@ class Scans:
                 scan_id = (
                     await conn.execute(select(scans.c.id).where(scans.c.manifest_id == manifest_id))
                 ).scalar_one()
-            await self._run(scan_id, manifest_id)
+            await self._run(scan_id, manifest_id, announce=False)
         async with self.db.read() as conn:
             own = (
                 await conn.execute(select(scans).where(scans.c.manifest_id == manifest_id))
@@ -564,6 +569,7 @@ class Scans:
         packages: int,
         state: int,
         reason: str | None,
+        announce: bool = True,
     ) -> None:
         async with self.db.write() as conn:
             await conn.execute(delete(scan_findings).where(scan_findings.c.scan_id == scan_id))
@@ -581,3 +587,60 @@ class Scans:
                     **_counts(found),
                 )
             )
+            if announce:
+                await _announce(conn, scan_id, found, packages, reason)
+
+
+async def _announce(
+    conn: AsyncConnection,
+    scan_id: int,
+    found: list[ScanFinding],
+    packages: int,
+    reason: str | None,
+) -> None:
+    """Queue the `scan.finished` webhook event in the transaction that stored the result (if
+    an endpoint of the image's project takes it)."""
+    row = (
+        await conn.execute(
+            select(
+                repositories.c.project_id,
+                projects.c.name.label("project"),
+                repositories.c.name.label("repository"),
+                manifests.c.image,
+                manifests.c.digest,
+                scans.c.requested_by,
+            )
+            .select_from(scans)
+            .join(manifests, manifests.c.id == scans.c.manifest_id)
+            .join(repositories, repositories.c.id == manifests.c.repository_id)
+            .join(projects, projects.c.id == repositories.c.project_id)
+            .where(scans.c.id == scan_id)
+        )
+    ).first()
+    if row is None:
+        return  # the image was deleted meanwhile: nothing left to report on
+    repo_path = (
+        f"/projects/{quote(row.project, safe='')}/repositories/{quote(row.repository, safe='')}"
+    )
+    image_query = f"?image={quote(row.image, safe='')}" if row.image else ""
+    findings_query = f"findings={row.digest}" + (
+        f"&image={quote(row.image, safe='')}" if row.image else ""
+    )
+    name = "/".join(part for part in (row.repository, row.image) if part)
+    data = EventData(
+        project=row.project,
+        repository=row.repository,
+        image=row.image,
+        digest=row.digest,
+        actor=row.requested_by,
+        scan=ScanOutcome(
+            status="failed" if reason else "done",
+            reason=reason,
+            counts=_counts(found),
+            findings=len(found),
+            packages=packages,
+            api_path=f"/api/v1{repo_path}/images/{row.digest}/scan{image_query}",
+            console_path=f"/console/#{repo_path}/images?{findings_query}",
+        ),
+    )
+    await enqueue_event(conn, row.project_id, SCAN_FINISHED, data, f"{name}@{row.digest}")

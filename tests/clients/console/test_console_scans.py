@@ -6,14 +6,16 @@ sorted as a user does."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import pytest
 from playwright.sync_api import Page, expect
 
 from berth.services.vulndb import VulnDb
 from berth.state import Services
-from tests.clients.console.conftest import Tenant, screenshot, sign_in
+from tests.clients.console.conftest import Tenant, hash_path, screenshot, sign_in
 from tests.oci import OCI_LAYER_GZIP, Blob, image_config, image_manifest, push_blob, push_manifest
 from tests.unit.services.test_scanning_layers import (
     FIXTURES,
@@ -22,6 +24,7 @@ from tests.unit.services.test_scanning_layers import (
     npm_package,
     pip_installed,
 )
+from tests.webhook_receiver import Receiver, receiving
 
 
 def push_vulnerable_image(tenant: Tenant, repository: str, work: Path) -> str:
@@ -47,19 +50,27 @@ def push_vulnerable_image(tenant: Tenant, repository: str, work: Path) -> str:
     return manifest.digest
 
 
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    yield from receiving()
+
+
 def column(page: Page, index: int) -> list[str]:
     cells = page.get_by_role("table", name="Findings").locator(f"tbody tr td:nth-child({index})")
     return [text.strip() for text in cells.all_inner_texts()]
 
 
 def test_scan_an_image_with_the_button_and_read_its_findings(
-    page: Page, tenant: Tenant, tmp_path: Path
+    page: Page, tenant: Tenant, tmp_path: Path, receiver: Receiver
 ) -> None:
     async def load(s: Services) -> None:
         assert (await VulnDb(s.db).import_path(FIXTURES / "osv", "tests")).refused == []
 
     tenant.server._services(load)
     tenant.create_repository("app", scan_mode="manual")
+    with tenant.api() as admin:
+        hook = {"url": receiver.url, "event_types": ["io.berth.scan.finished"]}
+        admin.post(f"/projects/{tenant.project}/webhooks", json=hook).raise_for_status()
     digest = push_vulnerable_image(tenant, "app", tmp_path)
     short = digest[:19]
 
@@ -123,7 +134,15 @@ def test_scan_an_image_with_the_button_and_read_its_findings(
     dialog.get_by_label("Severity").select_option("")
     dialog.get_by_label("Fix available").check()
     expect(dialog.get_by_test_id("findings-shown")).to_have_text("Showing 3 of 3 findings")
+    page.keyboard.press("Escape")
+    expect(dialog).to_be_hidden()
 
-    with tenant.api() as admin:
-        listed = admin.get(f"/projects/{tenant.project}/repositories/app/images").json()
-    assert listed["items"][0]["scan"]["counts"]["high"] == 1
+    # The scan.finished webhook event's console link opens the same findings.
+    (delivered,) = receiver.wait_for(1)
+    link = delivered.event["data"]["scan"]["console_path"]
+    page.goto(f"{tenant.server.url}{link}")
+    dialog = page.get_by_role("dialog", name=f"Findings · {short}")
+    expect(dialog.get_by_role("table", name="Findings").locator("tbody tr")).to_have_count(3)
+    page.keyboard.press("Escape")
+    expect(dialog).to_be_hidden()
+    assert hash_path(page) == f"/projects/{tenant.project}/repositories/app/images"

@@ -18,13 +18,14 @@ from sqlalchemy import select, update
 
 from berth.domain.references import RepositoryRef
 from berth.metadata.database import Database
-from berth.metadata.tables import audit_log, scans, utcnow
+from berth.metadata.tables import audit_log, scans, utcnow, webhook_events, webhooks
 from berth.services.images import Images
 from berth.services.registry import Registry
 from berth.services.repositories import Repositories
 from berth.services.scanning.scans import ScanResult, Scans
 from berth.services.uploads import Uploads
 from berth.services.vulndb import VulnDb
+from berth.services.webhook_events import SCAN_FINISHED
 from berth.storage.filesystem import FilesystemBlobStore
 from tests.oci import OCI_LAYER_GZIP, Blob, image_config, image_index, image_manifest
 from tests.unit.services.test_scanning_layers import (
@@ -397,5 +398,97 @@ def test_an_image_listing_carries_each_images_scan_state(
         assert (found["vulnerable"].counts.high, found["vulnerable"].counts.unknown) == (1, 1)
         detail = await listing.image(repo, "", vulnerable.digest)
         assert detail.scan == found["vulnerable"]
+
+    run(database_url, tmp_path, scenario)
+
+
+async def scan_events(world: World) -> list[dict[str, Any]]:
+    """The `scan.finished` webhook events queued, oldest first: their subject and data."""
+    async with world.db.read() as conn:
+        payloads = (
+            await conn.execute(
+                select(webhook_events.c.payload)
+                .where(webhook_events.c.type == SCAN_FINISHED)
+                .order_by(webhook_events.c.id)
+            )
+        ).scalars()
+        return [
+            {"subject": event["subject"], **event["data"]}
+            for event in (json.loads(p) for p in payloads)
+        ]
+
+
+def test_a_finished_scan_queues_its_webhook_event_when_an_endpoint_takes_it(
+    database_url: str, tmp_path: Path, app_layers: list[bytes], fixed_layers: list[bytes]
+) -> None:
+    async def scenario(world: World) -> None:
+        repo = await repository(world)
+        await import_records(world, tmp_path, ALL_RECORDS)
+        amd64 = await push_image(world, repo, app_layers, "amd64", "amd64")
+        arm64 = await push_image(world, repo, fixed_layers, "arm64", "arm64")
+        await scanned(world, repo, amd64.digest)  # no endpoint: nothing queued
+        async with world.db.write() as conn:
+            await conn.execute(
+                webhooks.insert().values(
+                    project_id=repo.project_id,
+                    url="http://hooks.invalid/",
+                    event_types="io.berth.image.pushed",
+                )
+            )
+        await scanned(world, repo, amd64.digest)  # an endpoint of other types only
+        assert await scan_events(world) == []
+
+        async with world.db.write() as conn:
+            await conn.execute(
+                webhooks.insert().values(
+                    project_id=repo.project_id, url="http://hooks.invalid/", event_types=""
+                )
+            )  # every type
+        await scanned(world, repo, amd64.digest)
+        [done] = await scan_events(world)
+        assert done["subject"] == f"app@{amd64.digest}"
+        assert (done["project"], done["repository"], done["image"], done["digest"]) == (
+            "p",
+            "app",
+            "",
+            amd64.digest,
+        )
+        assert done["actor"] == "alice"
+        assert done["scan"]["status"] == "done" and done["scan"]["findings"] == 3
+        assert done["scan"]["counts"] == {
+            "critical": 0,
+            "high": 1,
+            "medium": 0,
+            "low": 0,
+            "unknown": 2,
+        }
+        assert done["scan"]["api_path"] == (
+            f"/api/v1/projects/p/repositories/app/images/{amd64.digest}/scan"
+        )
+
+        # An index: one event for it, none for the platforms scanned with it.
+        index = image_index(
+            [
+                amd64.descriptor(platform={"os": "linux", "architecture": "amd64"}),
+                arm64.descriptor(platform={"os": "linux", "architecture": "arm64"}),
+            ]
+        )
+        await world.registry.put_manifest(repo, "", "multi", index.data, index.media_type)
+        await scanned(world, repo, index.digest)
+        events = await scan_events(world)
+        assert [e["digest"] for e in events] == [amd64.digest, index.digest]
+        assert events[1]["scan"]["findings"] == 3
+
+        # A failed scan says why.
+        lost = await push_image(world, repo, [layer([file_entry("etc/motd", b"lost")])], "lost")
+        lost_layer = json.loads(lost.data)["layers"][0]["digest"]
+        path = world.store.local_path(lost_layer)
+        assert path is not None
+        path.unlink()
+        await scanned(world, repo, lost.digest)
+        failed = (await scan_events(world))[-1]
+        assert failed["digest"] == lost.digest
+        assert failed["scan"]["status"] == "failed" and failed["scan"]["findings"] == 0
+        assert failed["scan"]["reason"] == f"layer {lost_layer} is missing from storage"
 
     run(database_url, tmp_path, scenario)

@@ -5,7 +5,7 @@ import {
 } from "../ui.js";
 import { descriptionProblem, readRepositoryFields, repositoryFields } from "./repositories.js";
 import { removeButton, userRoleForm } from "./roles.js";
-import { scanCell } from "./scans.js";
+import { findingsDialog, scanCell } from "./scans.js";
 
 const TABS = [
   ["images", "Images"],
@@ -125,6 +125,12 @@ async function imagesTab(ctx) {
     }),
     pager(found, (p) => ctx.navigate(`${base}/images`, { page: p })),
   );
+  // `?findings=DIGEST[&image=NAME]`: the link a scan.finished webhook event carries.
+  if (/^[a-z0-9]+:[a-f0-9]+$/.test(ctx.query.findings || "")) {
+    findingsDialog(ctx, { digest: ctx.query.findings, image: ctx.query.image || "" }).then(() => {
+      if (!ctx.stale()) ctx.navigate(`${base}/images`, { page: ctx.query.page });
+    });
+  }
 }
 
 /** A short name for an artifact type: signature, SBOM, attestation, or its last part. */

@@ -96,7 +96,8 @@ const COLUMNS = [
   { key: "summary", title: "Summary", value: (f) => f.summary.toLowerCase() },
 ];
 
-async function findingsDialog(ctx, image) {
+/** The findings of one image in a dialog (it resolves when the dialog closes). */
+export async function findingsDialog(ctx, image) {
   let result;
   try {
     result = await api.get(scanPath(ctx, image));
