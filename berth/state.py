@@ -23,6 +23,7 @@ from berth.services.readiness import Readiness
 from berth.services.registry import Registry
 from berth.services.repositories import Repositories
 from berth.services.retention import Retention
+from berth.services.scanning.policy import PullPolicy
 from berth.services.scanning.scans import Scans
 from berth.services.sessions import Sessions
 from berth.services.storage_check import StorageCheck
@@ -62,6 +63,7 @@ class Services:
     retention: Retention
     vulndb: VulnDb
     scans: Scans
+    pull_policy: PullPolicy
 
     @classmethod
     def build(cls, settings: Settings) -> Services:
@@ -176,6 +178,7 @@ class Services:
             retention=retention,
             vulndb=vulndb,
             scans=scans,
+            pull_policy=PullPolicy(db),
         )
 
     def host_project(self, host: str | None) -> str | None:

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import datetime as dt
-from typing import Annotated
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query, Request, Response
 from pydantic import BaseModel, Field
 
 from berth.api.deps import (
+    AdminProject,
     CallerDep,
     ProjectContext,
     ReadProject,
@@ -20,6 +21,7 @@ from berth.api.deps import (
 from berth.api.problems import FieldError, responses
 from berth.domain.names import PROJECT_NAME_RULE, project_name_problem
 from berth.services.repositories import ProjectDetails
+from berth.services.scanning.policy import POLICY_SEVERITIES, PullPolicySettings
 from berth.state import Services
 
 router = APIRouter(prefix="/projects", tags=["projects"])
@@ -126,6 +128,33 @@ async def set_quota(ctx: ServerAdminProject, body: QuotaUpdate, request: Request
     """Set the project's repository quota (server administrators)."""
     await ctx.services.repositories.set_quota(ctx.project, body.repository_quota)
     return await _describe(ctx, request)
+
+
+class PullPolicyUpdate(BaseModel):
+    refuse_severity: Literal[POLICY_SEVERITIES] | None = Field(  # type: ignore[valid-type]
+        description="refuse pulls (DENIED) of images whose scan found vulnerabilities of this "
+        "severity or above (`unknown`: any finding at all); null turns the policy off"
+    )
+
+
+@router.get("/{project}/pull-policy", responses=responses(404))
+async def pull_policy(ctx: ReadProject) -> PullPolicySettings:
+    """The project's pull policy: `refuse_severity` null when it is off (the default). Images
+    not scanned yet, being scanned, or whose scan failed are let through; an index is refused
+    when its own scan or one of its platforms' has findings at or above the severity."""
+    return await ctx.services.pull_policy.settings(ctx.project)
+
+
+@router.put("/{project}/pull-policy", responses=responses(404))
+async def set_pull_policy(ctx: AdminProject, body: PullPolicyUpdate) -> PullPolicySettings:
+    """Turn the pull policy on at a severity, or off (project admins); audited as
+    `project.pull_policy`. Pulls through this server see it at once, other servers within a
+    second."""
+    settings = await ctx.services.pull_policy.set(
+        ctx.project, body.refuse_severity, ctx.actor, client=ctx.caller.client
+    )
+    ctx.services.repositories.forget_project(ctx.project)
+    return settings
 
 
 @router.post("", status_code=201, responses=responses(409))

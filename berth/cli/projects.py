@@ -8,16 +8,21 @@ import typer
 
 from berth.cli import accounts
 from berth.cli.common import (
+    CLI_CLIENT,
     JsonFlag,
     ProjectArg,
     UserArg,
+    cli_actor,
     console,
     done,
+    fail,
     print_json,
     run_service,
     show_rows,
 )
 from berth.services.records import plain
+from berth.services.scanning.policy import POLICY_SEVERITIES, PullPolicySettings, threshold_words
+from berth.state import Services
 
 project_app = typer.Typer(help="Projects (tenants).", no_args_is_help=True)
 member_app = typer.Typer(help="Project members and their roles.", no_args_is_help=True)
@@ -38,6 +43,44 @@ def project_list(json_output: JsonFlag = False) -> None:
     """List projects."""
     found = plain(run_service(lambda s: s.repositories.list_projects()))
     show_rows(json_output, found, ["name", "created_at"], "Projects")
+
+
+@project_app.command("pull-policy")
+def project_pull_policy(
+    project: ProjectArg,
+    severity: Annotated[
+        str | None,
+        typer.Argument(
+            metavar="[SEVERITY|off]",
+            help="Refuse pulls of images whose scan found vulnerabilities of this severity or "
+            "above: critical, high, medium, low, or unknown (any finding); off lets every "
+            "image through. Without it: show the policy.",
+            show_default=False,
+        ),
+    ] = None,
+    json_output: JsonFlag = False,
+) -> None:
+    """Show or set the project's pull policy (off by default). Images not scanned yet, being
+    scanned, or whose scan failed are let through."""
+    if severity is not None and severity != "off" and severity not in POLICY_SEVERITIES:
+        fail(f"SEVERITY must be one of {', '.join(POLICY_SEVERITIES)}, or off", 2)
+
+    async def work(s: Services) -> PullPolicySettings:
+        if severity is None:
+            return await s.pull_policy.settings(project)
+        wanted = None if severity == "off" else severity
+        return await s.pull_policy.set(project, wanted, cli_actor(), client=CLI_CLIENT)
+
+    policy = run_service(work)
+    if json_output:
+        print_json(plain(policy))
+    elif policy.refuse_severity is None:
+        console.print(f"Project {project}: pulls are not checked against scans (policy off).")
+    else:
+        console.print(
+            f"Project {project}: pulls of images with vulnerability findings "
+            f"{threshold_words(policy.refuse_severity)} are refused."
+        )
 
 
 @member_app.command("add")

@@ -15,3 +15,6 @@ class RepositoryRef:
     name: str
     public: bool
     tag_overwrite: bool
+    # The project's pull policy: pulls of images whose scan found something at least this
+    # severe (a `Severity` value) are refused; None: off. Read with the repository (cached).
+    refuse_pulls_at: int | None = None

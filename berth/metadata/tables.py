@@ -242,6 +242,8 @@ project_settings = Table(
     Column("repository_quota", Integer),  # NULL: the server's default
     Column("gc_restricted_by", Integer),  # the gc_runs.id holding the write restriction
     Column("last_gc_at", UTCDateTime),
+    # Pulls of images whose scan found something this severe or worse are refused; NULL: off.
+    Column("refuse_pulls_severity", String(16)),
 )
 
 # Every push, tag, untag, tag move, delete and restore, for history and tag restore.

@@ -417,6 +417,8 @@ async def get_manifest(request: Request) -> Response:
     services, _name, repo = await _target(request, NEEDS_PULL)
     reference = request.path_params["reference"]
     manifest = await services.registry.get_manifest(repo, _name.image, reference)
+    if repo.refuse_pulls_at is not None:
+        await services.pull_policy.check(repo, _name, manifest)
     if not accepts(",".join(request.headers.getlist("accept")), manifest.media_type):
         raise ManifestUnknown(
             f"manifest {reference!r} is a {manifest.media_type}, which the client's Accept "

@@ -36,6 +36,7 @@ from berth.metadata.tables import (
 from berth.services.gc.restrictions import ensure_writable
 from berth.services.records import Record
 from berth.services.repository_quota import check_repository_quota
+from berth.services.scanning.policy import severity_rank
 from berth.services.tag_rules import refuse_protected_repository
 from berth.services.webhook_events import QUOTA_REFUSED, report_refusal
 from berth.storage.base import BlobStore
@@ -89,8 +90,10 @@ _REPOSITORY = (
         repositories.c.project_id,
         repositories.c.public,
         repositories.c.tag_overwrite,
+        project_settings.c.refuse_pulls_severity,
     )
     .join(projects, projects.c.id == repositories.c.project_id)
+    .outerjoin(project_settings, project_settings.c.project_id == projects.c.id)
     .where(projects.c.name == bindparam("project"), repositories.c.name == bindparam("repository"))
 )
 _PROJECT_ID = select(projects.c.id).where(projects.c.name == bindparam("project"))
@@ -133,7 +136,13 @@ class Repositories:
                 project_id = (await conn.execute(_PROJECT_ID, {"project": project})).scalar()
                 return project_id, None
         ref = RepositoryRef(
-            row.id, row.project_id, project, repository, row.public, row.tag_overwrite
+            row.id,
+            row.project_id,
+            project,
+            repository,
+            row.public,
+            row.tag_overwrite,
+            severity_rank(row.refuse_pulls_severity),
         )
         self._cache[key] = ref
         return ref.project_id, ref

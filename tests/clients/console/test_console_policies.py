@@ -70,3 +70,32 @@ def test_a_reader_sees_the_rules_and_no_controls(
     expect(rules.get_by_role("row").filter(has_text="release-*")).to_contain_text("All")
     expect(page.get_by_role("button", name="Add rule")).to_have_count(0)
     expect(page.get_by_role("button", name="Remove the rule release-*")).to_have_count(0)
+    pull_policy = page.get_by_role("region", name="Vulnerable images")
+    expect(pull_policy).to_contain_text("Off: pulls are not checked against scans")
+    expect(pull_policy).to_contain_text("Project admins change it.")
+    expect(pull_policy.get_by_role("button", name="Save")).to_have_count(0)
+
+
+def test_an_admin_turns_the_pull_policy_on_and_off(page: Page, tenant: Tenant) -> None:
+    sign_in(page, tenant)
+    open_project_page(page, tenant, "Policies")
+    section = page.get_by_role("region", name="Vulnerable images")
+    expect(section).to_contain_text("Images not scanned yet, being scanned, or whose scan failed")
+    choice = section.get_by_label("Refuse pulls of images with")
+    choice.select_option(label="High or critical findings")
+    section.get_by_role("button", name="Save").click()
+    expect(page.get_by_text("Pulls of vulnerable images are refused")).to_be_visible()
+    with tenant.api() as admin:
+        policy = admin.get(f"/projects/{tenant.project}/pull-policy").json()
+        assert policy == {"refuse_severity": "high"}
+        entries = admin.get(f"/projects/{tenant.project}/audit").json()["items"]
+        assert any(e["action"] == "project.pull_policy" for e in entries)
+    page.reload()
+    expect(section.get_by_label("Refuse pulls of images with")).to_have_value("high")
+    section.get_by_label("Refuse pulls of images with").select_option(value="")
+    section.get_by_role("button", name="Save").click()
+    expect(page.get_by_text("Pull policy turned off")).to_be_visible()
+    with tenant.api() as admin:
+        assert admin.get(f"/projects/{tenant.project}/pull-policy").json() == {
+            "refuse_severity": None
+        }

@@ -1,0 +1,222 @@
+"""A project's pull policy through a running server: pulls of an image whose scan found
+vulnerabilities at or above the project's severity are refused with DENIED, naming the count
+and an API address that shows them. The images hold real packages and the vulnerability data
+is the genuine OSV records of tests/fixtures/osv: ms 0.7.0 has one high finding
+(GHSA-3fx5-fwvr-xrjg, CVSS 7.5), mixin-deep 1.3.1 one without severity (GHSA-fhjf-83wg-r2j9)."""
+
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from berth.services.vulndb import VulnDb
+from berth.state import Services
+from tests.api.conftest import Team, assert_problem, ok, services
+from tests.oci import (
+    OCI_INDEX,
+    OCI_LAYER_GZIP,
+    OCI_MANIFEST,
+    Blob,
+    image_config,
+    image_index,
+    image_manifest,
+    push_blob,
+    push_manifest,
+)
+from tests.servers import BerthServer, server_fixture
+from tests.unit.services.test_scanning_layers import FIXTURES, layer, npm_package, pip_installed
+
+server = server_fixture(
+    "pullpolicy", backends=("sqlite", "postgres"), env={"BERTH_SCAN_CHECK_INTERVAL": "0.3"}
+)
+
+ACCEPT = {"Accept": f"{OCI_MANIFEST}, {OCI_INDEX}"}
+# Imported by the test of a rescan after new data, not before.
+LATE_RECORD = "PYSEC-2023-74.json"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def records(server: BerthServer, tmp_path_factory: pytest.TempPathFactory) -> None:
+    osv = tmp_path_factory.mktemp("osv")
+    for record in (FIXTURES / "osv").glob("*.json"):
+        if record.name != LATE_RECORD:
+            shutil.copy(record, osv)
+
+    async def load(s: Services) -> None:
+        assert (await VulnDb(s.db).import_path(osv, "test")).refused == []
+
+    services(server, load)
+
+
+@pytest.fixture(scope="module")
+def npm_layer() -> Blob:
+    return Blob(
+        layer(
+            npm_package("ms-0.7.0.tgz", "ms") + npm_package("mixin-deep-1.3.1.tgz", "mixin-deep")
+        ),
+        OCI_LAYER_GZIP,
+    )
+
+
+def push(team: Team, layers: list[Blob], tag: str, image: str = "") -> Blob:
+    registry, name = team.registry("member"), team.oci_name(image)
+    config = image_config()
+    for blob in (config, *layers):
+        push_blob(registry, name, blob)
+    manifest = image_manifest(config.descriptor(), [b.descriptor() for b in layers])
+    push_manifest(registry, name, tag, manifest)
+    return manifest
+
+
+def scan(team: Team, digest: str, image: str = "", timeout: float = 60) -> dict[str, Any]:
+    params = {"image": image} if image else {}
+    url = team.repo_url(f"/images/{digest}/scan")
+    ok(team["member"].post(url, params=params), 202)
+    deadline = time.monotonic() + timeout
+    while True:
+        result = ok(team["reader"].get(url, params=params))
+        if result["state"] in ("done", "failed"):
+            return result  # type: ignore[no-any-return]
+        assert time.monotonic() < deadline, f"not scanned in {timeout}s: {result}"
+        time.sleep(0.2)
+
+
+def set_policy(team: Team, severity: str | None, actor: str = "project-admin") -> httpx.Response:
+    return team[actor].put(team.url("/pull-policy"), json={"refuse_severity": severity})
+
+
+def pull(team: Team, reference: str, image: str = "", method: str = "GET") -> httpx.Response:
+    with team.registry("reader") as registry:
+        return registry.request(
+            method, f"/v2/{team.oci_name(image)}/manifests/{reference}", headers=ACCEPT
+        )
+
+
+def denied_message(response: httpx.Response) -> str:
+    assert response.status_code == 403, response.text
+    [error] = response.json()["errors"]
+    assert error["code"] == "DENIED"
+    return str(error["message"])
+
+
+def test_the_policy_is_off_by_default_and_only_project_admins_set_it(team: Team) -> None:
+    assert ok(team["reader"].get(team.url("/pull-policy"))) == {"refuse_severity": None}
+    assert_problem(set_policy(team, "high", actor="member"), 403)
+    assert_problem(set_policy(team, "severe"), 422, fields=("refuse_severity",))
+    assert ok(set_policy(team, "high")) == {"refuse_severity": "high"}
+    assert ok(team["reader"].get(team.url("/pull-policy"))) == {"refuse_severity": "high"}
+    entries = ok(team["project-admin"].get(team.url("/audit"), params={"per_page": 100}))
+    [entry] = [e for e in entries["items"] if e["action"] == "project.pull_policy"]
+    assert entry["actor"] == team.users["project-admin"]
+    assert entry["detail"] == {"refuse_severity": "high"}
+
+
+def test_findings_at_or_above_the_severity_refuse_the_pull(team: Team, npm_layer: Blob) -> None:
+    image = push(team, [npm_layer], "v1")
+    assert pull(team, "v1").status_code == 200  # off: nothing is checked
+    result = scan(team, image.digest)
+    assert (result["counts"]["high"], result["counts"]["unknown"]) == (1, 1)
+    assert pull(team, "v1").status_code == 200  # still off
+
+    ok(set_policy(team, "critical"))
+    assert pull(team, "v1").status_code == 200  # nothing critical
+    ok(set_policy(team, "high"))
+    for reference in ("v1", image.digest):
+        message = denied_message(pull(team, reference))
+        assert "has 1 vulnerability finding of high severity or above" in message
+        assert f"{team.oci_name()}@{image.digest}" in message
+    head = pull(team, "v1", method="HEAD")
+    assert head.status_code == 403 and head.content == b""
+    ok(set_policy(team, "medium"))
+    assert "has 1 vulnerability finding of medium severity" in denied_message(pull(team, "v1"))
+    ok(set_policy(team, "unknown"))
+    message = denied_message(pull(team, "v1"))
+    assert "has 2 vulnerability findings of any severity" in message
+
+    # The address the message gives shows the findings, as printed, to the one refused.
+    address = message.split("GET ", 1)[1].split()[0]
+    assert address.startswith("/api/v1/")
+    shown = ok(team["reader"].get(team.server.url + address))
+    assert sorted(f["advisory_id"] for f in shown["findings"]) == [
+        "GHSA-3fx5-fwvr-xrjg",
+        "GHSA-fhjf-83wg-r2j9",
+    ]
+
+    ok(set_policy(team, None))
+    assert pull(team, "v1").status_code == 200
+    assert pull(team, "v1", method="HEAD").status_code == 200
+
+
+def test_unscanned_and_failed_images_are_let_through(team: Team, npm_layer: Blob) -> None:
+    ok(set_policy(team, "unknown"))
+    image = push(team, [npm_layer], "unscanned")
+    assert pull(team, "unscanned").status_code == 200
+    assert pull(team, image.digest).status_code == 200
+    broken = Blob(b"not a tar archive at all", OCI_LAYER_GZIP)
+    push(team, [broken], "broken")
+    failed = scan(team, pull(team, "broken").headers["Docker-Content-Digest"])
+    assert failed["state"] == "failed"
+    assert pull(team, "broken").status_code == 200
+
+
+def test_an_index_is_refused_when_a_platform_is(team: Team, npm_layer: Blob) -> None:
+    platform = push(team, [npm_layer], "amd64", image="multi")
+    index = image_index(
+        [{**platform.descriptor(), "platform": {"os": "linux", "architecture": "amd64"}}]
+    )
+    push_manifest(team.registry("member"), team.oci_name("multi"), "v1", index)
+    scan(team, platform.digest, image="multi")  # the platform only: the index has no scan
+    ok(set_policy(team, "high"))
+    message = denied_message(pull(team, "v1", image="multi"))
+    assert f"{team.oci_name('multi')}@{index.digest} (platform {platform.digest})" in message
+    address = message.split("GET ", 1)[1].split()[0]
+    assert address.endswith(f"/images/{platform.digest}/scan?image=multi")
+    assert ok(team["reader"].get(team.server.url + address))["counts"]["high"] == 1
+    assert pull(team, platform.digest, image="multi").status_code == 403
+
+
+def test_a_rescan_after_new_data_refuses_what_the_old_scan_let_through(
+    team: Team, tmp_path: Path
+) -> None:
+    ok(set_policy(team, "unknown"))
+    requests_layer = Blob(
+        layer(pip_installed("requests-2.30.0-py3-none-any.whl", tmp_path / "site")),
+        OCI_LAYER_GZIP,
+    )
+    image = push(team, [requests_layer], "py")
+    assert scan(team, image.digest)["findings"] == []
+    assert pull(team, "py").status_code == 200
+
+    async def load(s: Services) -> None:
+        report = await VulnDb(s.db).import_path(FIXTURES / "osv" / LATE_RECORD, "test")
+        assert report.refused == []
+
+    services(team.server, load)
+    # Stale, but its findings (none) stand until it is scanned again.
+    assert ok(team["reader"].get(team.repo_url(f"/images/{image.digest}/scan")))["stale"]
+    assert pull(team, "py").status_code == 200
+    assert [f["advisory_id"] for f in scan(team, image.digest)["findings"]] == ["PYSEC-2023-74"]
+    time.sleep(1.1)  # the verdict of the last pull is kept a second
+    assert "has 1 vulnerability finding of any severity" in denied_message(pull(team, "py"))
+
+
+def test_berth_project_pull_policy_sets_it(team: Team, npm_layer: Blob) -> None:
+    if team.server.database_url:
+        pytest.skip("the CLI calls the same service on either database (and takes long)")
+    image = push(team, [npm_layer], "cli")
+    scan(team, image.digest)
+    turned_on = team.server.cli("project", "pull-policy", team.project, "high")
+    assert "findings of high severity or above are refused" in " ".join(turned_on.stdout.split())
+    assert ok(team["reader"].get(team.url("/pull-policy"))) == {"refuse_severity": "high"}
+    time.sleep(1.1)  # the server reads a project's settings again within a second
+    assert "has 1 vulnerability finding" in denied_message(pull(team, "cli"))
+    assert team.server.cli_json("project", "pull-policy", team.project, "off") == {
+        "refuse_severity": None
+    }
+    time.sleep(1.1)
+    assert pull(team, "cli").status_code == 200
