@@ -4,7 +4,8 @@ Pure: each function takes the bytes of one file an image holds (the layer reader
 `services/scanning` finds them and bounds their size) and says which packages it lists.
 Debian/Ubuntu `var/lib/dpkg/status` (and distroless `status.d/` files), Alpine
 `lib/apk/db/installed`, Python `*.dist-info/METADATA` and `*.egg-info/PKG-INFO`, npm
-`node_modules/**/package.json`, and `etc/os-release`, which says the distribution release
+`node_modules/**/package.json`, the build information Go writes into its executables
+(toolchain and module versions), and `etc/os-release`, which says the distribution release
 whose advisories apply to the OS packages.
 """
 
@@ -47,7 +48,7 @@ class OsRelease:
 @dataclass(frozen=True)
 class Package:
     purl: str
-    type: str  # the purl type: deb, apk, pypi, npm
+    type: str  # the purl type: deb, apk, pypi, npm, golang
     name: str
     version: str
     ecosystem: str | None  # the OSV ecosystem its advisories name; None: unknown release
@@ -162,3 +163,93 @@ def parse_package_json(content: bytes, path: str) -> Package | None:
     namespace, _, short = name.rpartition("/")
     purl = PackageURL("npm", namespace or None, short, version).to_string()
     return Package(purl, "npm", name, version, "npm", path)
+
+
+# --- Go executables -------------------------------------------------------------------------
+
+# Go's linker writes a `.go.buildinfo` record into each executable's writable data: this
+# magic, a pointer size and flags byte (32 bytes in all), then, since Go 1.18, the toolchain
+# version and the module list as length-prefixed (uvarint) strings.
+GO_BUILDINFO_MAGIC = b"\xff Go buildinf:"
+GO_BUILDINFO_HEADER = 32
+_GO_FLAG_INLINE_STRINGS = 0x2
+# The module text is wrapped in two 16-byte sentinels; its last line ends before the second.
+_GO_SENTINEL = 16
+# OSV's Go ecosystem names the toolchain's standard library "stdlib".
+GO_STDLIB = "stdlib"
+
+
+@dataclass(frozen=True)
+class GoBuildInfo:
+    go_version: str  # as the toolchain wrote it: "go1.21.5", "go1.22.1 X:boringcrypto"
+    modules: str  # the module text: path, mod, dep, => and build lines
+    length: int  # bytes of the record, from its magic
+
+
+def _uvarint(data: bytes, offset: int) -> tuple[int, int] | None:
+    value, shift = 0, 0
+    for position in range(offset, min(len(data), offset + 10)):
+        byte = data[position]
+        value |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return value, position + 1
+        shift += 7
+    return None
+
+
+def parse_go_buildinfo(blob: bytes) -> GoBuildInfo | None:
+    """The build information record at the start of `blob`; None when it is not one, is cut
+    short, or is of the pointer form Go wrote before 1.18 (its strings lie elsewhere in the
+    executable, which a streamed read cannot reach)."""
+    if len(blob) < GO_BUILDINFO_HEADER or not blob.startswith(GO_BUILDINFO_MAGIC):
+        return None
+    if not blob[len(GO_BUILDINFO_MAGIC) + 1] & _GO_FLAG_INLINE_STRINGS:
+        return None
+    strings: list[bytes] = []
+    offset = GO_BUILDINFO_HEADER
+    for _ in range(2):
+        read = _uvarint(blob, offset)
+        if read is None or read[1] + read[0] > len(blob):
+            return None
+        size, offset = read
+        strings.append(blob[offset : offset + size])
+        offset += size
+    version, modules = strings
+    if len(modules) > 2 * _GO_SENTINEL and modules[-_GO_SENTINEL - 1 : -_GO_SENTINEL] == b"\n":
+        modules = modules[_GO_SENTINEL:-_GO_SENTINEL]
+    else:
+        modules = b""  # built without module support (GOPATH mode): only the toolchain
+    return GoBuildInfo(
+        version.decode("utf-8", "replace"), modules.decode("utf-8", "replace"), offset
+    )
+
+
+def _golang_package(module: str, version: str, path: str) -> Package:
+    namespace, _, name = module.rpartition("/")
+    purl = PackageURL("golang", namespace or None, name, version).to_string()
+    return Package(purl, "golang", module, version, "Go", path)
+
+
+def parse_go_binary(blob: bytes, path: str) -> list[Package]:
+    """The Go toolchain (as `stdlib`, the name Go's advisories give the standard library)
+    and the modules a Go executable was built from. A module replaced by another version
+    (`=>`) is listed as the replacement; one replaced by a local directory, and a main
+    module built from a checkout ("(devel)"), have no version to match and are left out."""
+    info = parse_go_buildinfo(blob)
+    if info is None:
+        return []
+    packages: list[Package] = []
+    toolchain = info.go_version.split(" ", 1)[0]
+    if re.fullmatch(r"go\d+(\.\d+)*([a-z]+\d+)?", toolchain):
+        packages.append(_golang_package(GO_STDLIB, toolchain[2:], path))
+    modules: list[tuple[str, str]] = []
+    for line in info.modules.splitlines():
+        fields = line.split("\t")
+        if fields[0] in ("mod", "dep") and len(fields) >= 3:
+            modules.append((fields[1], fields[2]))
+        elif fields[0] == "=>" and len(fields) >= 3 and modules:
+            modules[-1] = (fields[1], fields[2])
+    for module, version in modules:
+        if module and version.startswith("v"):
+            packages.append(_golang_package(module, version, path))
+    return packages

@@ -3,6 +3,10 @@
 Nothing is extracted and nothing is written to disk: each layer is read once through
 `tarfile`'s stream mode (gzip, bzip2 and xz layers decompress on the fly), and only the few
 files that list packages are read, each up to a bound; every other entry passes by unread.
+Go executables are found by what they are, not by name: of each regular file with an execute
+bit (up to MAX_GO_BINARY bytes), the ELF header and program headers are read, then only its
+writable data segment (up to MAX_GO_DATA_SCAN bytes), where Go's linker puts the build
+information record; the bytes between are skipped as the stream passes them.
 Whiteouts apply as the OCI image spec says: `.wh.NAME` removes NAME (and all under it) of the
 layers below, `.wh..wh..opq` empties its directory of what the layers below put there.
 
@@ -19,6 +23,7 @@ import asyncio
 import functools
 import io
 import posixpath
+import struct
 import tarfile
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
@@ -27,10 +32,13 @@ from typing import IO, Any
 
 from berth.domain.manifests import Descriptor
 from berth.domain.packages import (
+    GO_BUILDINFO_MAGIC,
     OsRelease,
     Package,
     parse_apk_installed,
     parse_dpkg_status,
+    parse_go_binary,
+    parse_go_buildinfo,
     parse_os_release,
     parse_package_json,
     parse_python_metadata,
@@ -48,6 +56,12 @@ MAX_SMALL_FILE = 1024 * 1024  # os-release, package.json, a status.d file
 # Of a Python METADATA/PKG-INFO only the start is read: Name and Version come first, and a
 # long description after them can be any size.
 PYTHON_HEADERS = 64 * 1024
+# Go executables: larger files are skipped (with a note); of one, the writable data segment is
+# searched this far for the build information record, which is at most MAX_GO_BUILDINFO long.
+MAX_GO_BINARY = 1024**3
+MAX_GO_DATA_SCAN = 16 * 1024 * 1024
+MAX_GO_BUILDINFO = 1024 * 1024
+MIN_EXECUTABLE = 1024  # smaller files are scripts or stubs, not Go executables
 # All package databases an image's layers hold, together: what the scanner keeps in memory.
 MAX_RETAINED = 96 * 1024 * 1024
 # Compressed bytes tarfile decompresses at a time: gzip inflates up to ~1000-fold, so this
@@ -69,6 +83,7 @@ class Kind(Enum):
     APK = "apk"
     PYTHON = "python"
     NPM = "npm"
+    GO = "go-binary"
 
 
 def _bound(kind: Kind) -> int:
@@ -118,6 +133,9 @@ class LayerChanges:
     notes: list[str] = field(default_factory=list)
     budget: int = MAX_RETAINED  # bytes of files this layer may keep
     retained: int = 0
+    # Go executables of the layers below: a file this layer puts at one of their paths
+    # replaces it, whatever the new file is.
+    lower_go: frozenset[str] = frozenset()
 
 
 @dataclass
@@ -145,11 +163,16 @@ class _BoundedTarInfo(tarfile.TarInfo):
 
 
 def read_layer(
-    stream: IO[bytes], *, max_entries: int = MAX_ENTRIES, budget: int = MAX_RETAINED
+    stream: IO[bytes],
+    *,
+    max_entries: int = MAX_ENTRIES,
+    budget: int = MAX_RETAINED,
+    lower_go: frozenset[str] = frozenset(),
 ) -> LayerChanges:
     """The wanted files, whiteouts and opaque directories of one layer, read as a stream;
-    LayerRefused when the files it keeps would exceed `budget` bytes."""
-    changes = LayerChanges(budget=budget)
+    LayerRefused when the files it keeps would exceed `budget` bytes. `lower_go`: the paths
+    of Go executables in the layers below."""
+    changes = LayerChanges(budget=budget, lower_go=lower_go)
     entries = 0
     inflated = 0
     try:
@@ -184,6 +207,7 @@ def _take(tar: tarfile.TarFile, member: tarfile.TarInfo, changes: LayerChanges) 
         return
     kind = classify(path)
     if kind is None:
+        _take_executable(tar, member, path, changes)
         return
     if not member.isreg():
         # A link or device where a package database was: it no longer lists anything.
@@ -198,6 +222,10 @@ def _take(tar: tarfile.TarFile, member: tarfile.TarInfo, changes: LayerChanges) 
     if handle is None:
         return
     content = handle.read(PYTHON_HEADERS if kind is Kind.PYTHON else _bound(kind))
+    _keep(changes, path, kind, content)
+
+
+def _keep(changes: LayerChanges, path: str, kind: Kind, content: bytes) -> None:
     previous = changes.files.get(path)
     changes.retained += len(content) - (len(previous[1]) if previous else 0)
     if changes.retained > changes.budget:
@@ -205,6 +233,109 @@ def _take(tar: tarfile.TarFile, member: tarfile.TarInfo, changes: LayerChanges) 
             f"the image's package databases take more than {MAX_RETAINED // (1024 * 1024)} MiB"
         )
     changes.files[path] = (kind, content)
+
+
+def _take_executable(
+    tar: tarfile.TarFile, member: tarfile.TarInfo, path: str, changes: LayerChanges
+) -> None:
+    """Keep the build information of a Go executable at `path`; any other file there
+    replaces a Go executable of a lower layer (or earlier in this one)."""
+    blob = None
+    if member.isreg() and member.mode & 0o111 and member.size >= MIN_EXECUTABLE:
+        if member.size > MAX_GO_BINARY:
+            changes.notes.append(
+                f"skipped {path}: an executable of {member.size} bytes, more than "
+                f"{MAX_GO_BINARY} (a Go program's modules there are not listed)"
+            )
+        else:
+            handle = tar.extractfile(member)
+            blob = go_buildinfo(handle) if handle is not None else None
+    if blob is not None:
+        _keep(changes, path, Kind.GO, blob)
+    elif path in changes.lower_go or path in changes.files:
+        changes.files.pop(path, None)
+        changes.removed.add(path)
+
+
+def _load_segments(head: bytes, table: bytes, endian: str, wide: bool) -> list[tuple[int, int]]:
+    """(file offset, file size) of the writable loadable segments of an ELF program header
+    table, in file order."""
+    segments: list[tuple[int, int]] = []
+    entry = 56 if wide else 32
+    for start in range(0, len(table) - entry + 1, entry):
+        if wide:
+            kind, flags, offset, _, _, size = struct.unpack_from(endian + "IIQQQQ", table, start)
+        else:
+            kind, offset, _, _, size, _, flags = struct.unpack_from(endian + "7I", table, start)
+        if kind == 1 and flags & 0x2 and size > 0:  # PT_LOAD, PF_W
+            segments.append((offset, size))
+    return sorted(segments)
+
+
+def go_buildinfo(handle: IO[bytes]) -> bytes | None:
+    """The Go build information record of an ELF executable read forward only from its
+    start (a tar stream cannot seek back), or None when it is not a Go executable. Reads the
+    headers, skips to the writable data segments and searches only them, at the 16-byte
+    alignment Go's linker gives the record."""
+    head = handle.read(64)
+    if len(head) < 52 or head[:4] != b"\x7fELF" or head[4] not in (1, 2) or head[5] not in (1, 2):
+        return None
+    wide, endian = head[4] == 2, "<" if head[5] == 1 else ">"
+    if wide:
+        (table_at,) = struct.unpack_from(endian + "Q", head, 32)
+        entry_size, entries = struct.unpack_from(endian + "HH", head, 54)
+    else:
+        (table_at,) = struct.unpack_from(endian + "I", head, 28)
+        entry_size, entries = struct.unpack_from(endian + "HH", head, 42)
+    if entry_size != (56 if wide else 32) or not 0 < entries <= 256 or table_at < len(head):
+        return None
+    _skip_to(handle, len(head), table_at)
+    table = handle.read(entry_size * entries)
+    position = table_at + len(table)
+    for offset, size in _load_segments(head, table, endian, wide):
+        if offset < position:
+            continue  # overlaps what was read: not a layout Go's linker writes
+        _skip_to(handle, position, offset)
+        found = _search_segment(handle, offset, min(size, MAX_GO_DATA_SCAN))
+        if found is not None:
+            return found
+        position = offset + min(size, MAX_GO_DATA_SCAN)
+    return None
+
+
+def _skip_to(handle: IO[bytes], position: int, offset: int) -> None:
+    """Read forward from `position` to `offset`, discarding (a tar stream's member cannot
+    seek)."""
+    while position < offset:
+        skipped = len(handle.read(min(1024 * 1024, offset - position)))
+        if not skipped:
+            return
+        position += skipped
+
+
+def _search_segment(handle: IO[bytes], offset: int, size: int) -> bytes | None:
+    """The record in the `size` bytes at file `offset` (where `handle` stands), read in
+    chunks; the bytes after a match are read only as far as the record needs."""
+    window = b""
+    window_at = offset  # the file offset of window[0]
+    remaining = size
+    while remaining > 0:
+        chunk = handle.read(min(64 * 1024, remaining))
+        if not chunk:
+            return None
+        remaining -= len(chunk)
+        window += chunk
+        start = 0
+        while (hit := window.find(GO_BUILDINFO_MAGIC, start)) >= 0:
+            if (window_at + hit) % 16 == 0:
+                record = window[hit:] + handle.read(max(0, MAX_GO_BUILDINFO - (len(window) - hit)))
+                info = parse_go_buildinfo(record)
+                return record[: info.length] if info is not None else None
+            start = hit + 1
+        keep = len(GO_BUILDINFO_MAGIC) - 1
+        window_at += len(window) - keep
+        window = window[-keep:]
+    return None
 
 
 def _under(path: str, directory: str) -> bool:
@@ -242,6 +373,8 @@ def inventory(files: dict[str, tuple[Kind, bytes]], notes: Sequence[str] = ()) -
         elif kind is Kind.NPM:
             found = parse_package_json(content, path)
             packages.extend([found] if found else [])
+        elif kind is Kind.GO:
+            packages.extend(parse_go_binary(content, path))
     return Inventory(os, packages, list(notes))
 
 
@@ -285,7 +418,10 @@ def _readable(layer: Descriptor) -> None:
 
 
 async def read_stored_layer(
-    store: BlobStore, layer: Descriptor, budget: int = MAX_RETAINED
+    store: BlobStore,
+    layer: Descriptor,
+    budget: int = MAX_RETAINED,
+    lower_go: frozenset[str] = frozenset(),
 ) -> LayerChanges:
     """One layer's changes, streamed from the store (its file, where the store keeps blobs
     as local files; else its reader) in a worker thread."""
@@ -296,7 +432,7 @@ async def read_stored_layer(
         def from_file() -> LayerChanges:
             try:
                 with path.open("rb") as handle:
-                    return read_layer(handle, budget=budget)
+                    return read_layer(handle, budget=budget, lower_go=lower_go)
             except FileNotFoundError:
                 raise LayerRefused(f"layer {layer.digest} is missing from storage") from None
 
@@ -304,7 +440,9 @@ async def read_stored_layer(
     chunks = store.read(layer.digest)
     stream = io.BufferedReader(_AsyncStream(chunks, asyncio.get_running_loop()), 1024 * 1024)
     try:
-        return await asyncio.to_thread(functools.partial(read_layer, stream, budget=budget))
+        return await asyncio.to_thread(
+            functools.partial(read_layer, stream, budget=budget, lower_go=lower_go)
+        )
     finally:
         await chunks.aclose()  # type: ignore[attr-defined]
 
@@ -318,7 +456,8 @@ async def image_inventory(
     notes: list[str] = []
     for layer in layers:
         kept = sum(len(content) for _, content in files.values())
-        changes = await read_stored_layer(store, layer, budget - kept)
+        lower_go = frozenset(p for p, (kind, _) in files.items() if kind is Kind.GO)
+        changes = await read_stored_layer(store, layer, budget - kept, lower_go)
         apply_layer(files, changes)
         notes.extend(changes.notes)
     return inventory(files, notes)
