@@ -7,6 +7,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
+import tarfile
 import threading
 import time
 from collections.abc import Iterator
@@ -16,7 +18,8 @@ import httpx
 import pytest
 
 from tests.clients.commands import ContainersConfig, Podman, skopeo_round_trip
-from tests.clients.layouts import OciLayout, TestImage
+from tests.clients.daemons import Dockerd
+from tests.clients.layouts import OciLayout, TestImage, layer_files
 from tests.clients.tools import output, require_binary, run
 from tests.multinode.conftest import Cluster
 from tests.oci import assert_status, blob_path, location, start_upload
@@ -99,6 +102,86 @@ def test_podman_pushes_and_pulls_through_the_balancer(
     assert pulled["Digest"] == digest_file.read_text()
     assert pulled["RootFS"]["Layers"] == image.diff_ids
     podman("rmi", "--force", reference)
+
+
+@pytest.fixture(scope="module")
+def dockerd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Dockerd]:
+    """A dockerd of this module's own. It reaches the balancer at 127.0.0.1:PORT, which docker
+    treats as an insecure registry (HTTPS without verifying the certificate): no /etc/hosts or
+    /etc/docker/certs.d entry is needed."""
+    binary = require_binary("dockerd")
+    cli = "/usr/bin/docker" if Path("/usr/bin/docker").exists() else require_binary("docker")
+    daemon = Dockerd(tmp_path_factory.mktemp("dockerd"), binary=binary, cli=cli)
+    daemon.start()
+    yield daemon
+    daemon.stop()
+
+
+def saved_image_files(archive: Path) -> list[dict[str, bytes]]:
+    """The files of each layer of the one image in a `docker save` archive, in order."""
+    with tarfile.open(archive) as tar:
+        manifest = json.load(tar.extractfile("manifest.json"))  # type: ignore[arg-type]
+        return [
+            layer_files(tar.extractfile(layer).read())  # type: ignore[union-attr]
+            for layer in manifest[0]["Layers"]
+        ]
+
+
+def test_docker_logs_in_pushes_and_pulls_a_multi_layer_image_through_the_balancer(
+    cluster: Cluster, dockerd: Dockerd, tmp_path: Path
+) -> None:
+    require_binary("skopeo")
+    require_binary("umoci")
+    layers = [
+        {"big.bin": os.urandom(5 * MiB)},
+        {"etc/motd": b"docker through nginx\n"},
+        {"hello.txt": b"three nodes\n"},
+    ]
+    image = two_layer_image(tmp_path / "layout", layers)
+    assert len(image.layer_digests) == 3
+    key_id, secret = project(cluster, "docker")
+    reference = f"{cluster.balancer.address}/docker/app:v1"
+    archive = tmp_path / "image.tar"
+    run(
+        ["skopeo", "copy", image.oci_ref, f"docker-archive:{archive}:{reference}"],
+        ContainersConfig.create(tmp_path / "containers").env,
+    )
+
+    def docker(*args: str | Path, input: str | None = None) -> str:
+        return output(run([dockerd.cli, *args], dockerd.env, input=input))
+
+    login = docker(
+        "login", "--username", key_id, "--password-stdin", cluster.balancer.address, input=secret
+    )
+    assert "Login Succeeded" in login
+    docker("load", "--input", archive)
+    diff_ids = json.loads(docker("image", "inspect", reference))[0]["RootFS"]["Layers"]
+    assert diff_ids == image.diff_ids
+
+    pushed = docker("push", reference)
+    assert pushed.count("Pushed") == 3, pushed
+    match = re.search(r"v1: digest: (sha256:[0-9a-f]{64}) size: (\d+)", pushed)
+    assert match, pushed
+    digest, size = match.group(1), int(match.group(2))
+    with cluster.balancer.client((key_id, secret)) as client:
+        served = client.get(
+            "/v2/docker/app/manifests/v1",
+            headers={"Accept": "application/vnd.docker.distribution.manifest.v2+json"},
+        )
+    assert_status(served, 200)
+    assert served.headers["docker-content-digest"] == digest
+    assert len(served.content) == size
+
+    docker("rmi", reference)
+    pulled = docker("pull", reference)
+    assert f"Status: Downloaded newer image for {reference}" in pulled
+    assert f"Digest: {digest}" in pulled
+    inspected = json.loads(docker("image", "inspect", reference))[0]
+    assert inspected["RootFS"]["Layers"] == image.diff_ids
+    assert f"{cluster.balancer.address}/docker/app@{digest}" in inspected["RepoDigests"]
+    docker("save", "--output", tmp_path / "saved.tar", reference)
+    assert saved_image_files(tmp_path / "saved.tar") == layers
+    docker("rmi", reference)
 
 
 def test_an_upload_whose_patches_land_on_every_node_gives_the_right_digest(
