@@ -11,8 +11,10 @@ import re
 import tarfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
+from threading import Event
 
 import httpx
 import pytest
@@ -21,8 +23,20 @@ from tests.clients.commands import ContainersConfig, Podman, skopeo_round_trip
 from tests.clients.daemons import Dockerd
 from tests.clients.layouts import OciLayout, TestImage, layer_files
 from tests.clients.tools import output, require_binary, run
-from tests.multinode.conftest import Cluster
-from tests.oci import assert_status, blob_path, location, start_upload
+from tests.multinode.conftest import GC_GRACE, Cluster
+from tests.oci import (
+    OCI_CONFIG,
+    OCI_LAYER,
+    Blob,
+    assert_status,
+    blob_path,
+    describe,
+    error_codes,
+    image_manifest,
+    location,
+    manifest_path,
+    start_upload,
+)
 from tests.servers import BerthServer
 
 pytestmark = pytest.mark.clients
@@ -317,3 +331,163 @@ def test_a_node_killed_during_a_push_costs_one_retried_chunk(cluster: Cluster) -
     victim = cluster.by_name(killed)
     assert victim.process is not None and victim.process.poll() is not None
     victim.start()  # back for whatever runs next
+
+
+GC_TEXT = "garbage collection in progress"
+
+
+@dataclass
+class PushLog:
+    """What the pushing clients were told: the images pushed under a tag, the refusals."""
+
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    pushed: dict[str, tuple[Blob, dict[str, bytes]]] = field(default_factory=dict)  # tag ->
+    gc_refusals: int = 0  # refused with the GC text, then retried
+    blob_unknown: int = 0  # a manifest whose reused layer GC took meanwhile, pushed again
+    failures: list[str] = field(default_factory=list)
+
+
+def refused_by_gc(response: httpx.Response) -> bool:
+    """GC's write restriction, answered as the README documents it: 403 DENIED, in the OCI
+    error format, saying what happens and to retry."""
+    if response.status_code != 403:
+        return False
+    (error,) = response.json()["errors"]
+    return error["code"] == "DENIED" and GC_TEXT in error["message"] and "Retry" in error["message"]
+
+
+def push_until_accepted(log: PushLog, send: Callable[[], httpx.Response]) -> httpx.Response:
+    """What a client does with GC's refusal: wait a moment and send it again."""
+    for _ in range(300):
+        response = send()
+        if not refused_by_gc(response):
+            return response
+        with log.lock:
+            log.gc_refusals += 1
+        time.sleep(0.05)
+    return response
+
+
+def push_image(
+    client: httpx.Client, log: PushLog, layers: list[Blob], tag: str | None
+) -> Blob | None:
+    """A client's push: each blob unless HEAD finds it already there, then the manifest (by
+    tag, or untagged by digest); the manifest when the registry accepted it, else None."""
+    config = Blob(
+        json.dumps({"architecture": "amd64", "os": "linux", "id": os.urandom(8).hex()}).encode(),
+        OCI_CONFIG,
+    )
+    for blob in (config, *layers):
+        if client.head(blob_path("gcflow/app", blob.digest)).status_code == 200:
+            continue
+        stored = push_until_accepted(
+            log,
+            lambda blob=blob: client.post(  # type: ignore[misc]
+                "/v2/gcflow/app/blobs/uploads/", params={"digest": blob.digest}, content=blob.data
+            ),
+        )
+        if stored.status_code != 201:
+            log.failures.append(f"blob: {describe(stored)}")
+            return None
+    manifest = image_manifest(config.descriptor(), [layer.descriptor() for layer in layers])
+    put = push_until_accepted(
+        log,
+        lambda: client.put(
+            manifest_path("gcflow/app", tag or manifest.digest),
+            content=manifest.data,
+            headers={"Content-Type": manifest.media_type},
+        ),
+    )
+    if put.status_code == 201:
+        return manifest
+    if put.status_code == 400 and error_codes(put) == ["MANIFEST_BLOB_UNKNOWN"]:
+        with log.lock:  # GC took a layer between the client's HEAD and its manifest: push again
+            log.blob_unknown += 1
+    else:
+        log.failures.append(f"manifest: {describe(put)}")
+    return None
+
+
+def pusher(
+    node: BerthServer, auth: tuple[str, str], shared: list[Blob], log: PushLog, stop: Event
+) -> None:
+    """Images pushed to one node until `stop`: each has a layer of its own and one of `shared`
+    (layers of untagged images GC may be taking); every third push is untagged, for later runs
+    to take."""
+    name = node.extra_env["BERTH_NODE_NAME"]
+    with httpx.Client(base_url=node.url, auth=auth, timeout=60) as client:
+        step = 0
+        while not stop.is_set() and not log.failures:
+            step += 1
+            own = Blob(os.urandom(2048 + step), OCI_LAYER)
+            layers = [shared[step % len(shared)], own]
+            tag = f"{name}-{step}" if step % 3 else None
+            for _attempt in range(5):
+                manifest = push_image(client, log, layers, tag)
+                if manifest is not None:
+                    break
+            else:
+                log.failures.append(f"{name}: push {step} never accepted")
+                return
+            if tag is not None:
+                with log.lock:
+                    log.pushed[tag] = (manifest, {b.digest: b.data for b in layers})
+
+
+def test_gc_on_one_node_while_pushes_flow_through_the_others_breaks_no_image(
+    cluster: Cluster,
+) -> None:
+    """GC runs again and again on node 1 (with delete-untagged) while clients push small
+    images to nodes 2 and 3, reusing layers of untagged images GC may be deleting right then.
+    Pushes met by GC's write restriction are refused with the documented error and accepted
+    when sent again; afterwards every image a client was told was pushed pulls complete."""
+    auth = project(cluster, "gcflow")
+    gc_node, *push_nodes = cluster.nodes
+    log = PushLog()
+    shared = [Blob(os.urandom(4096), OCI_LAYER) for _ in range(3)]
+    with httpx.Client(base_url=gc_node.url, auth=auth, timeout=60) as node1:
+        for layer in shared:  # untagged images holding the shared layers: GC can take them
+            assert push_image(node1, log, [layer], tag=None) is not None
+        time.sleep(GC_GRACE + 0.3)
+        stop = Event()
+        threads = [
+            threading.Thread(target=pusher, args=(node, auth, shared, log, stop))
+            for node in push_nodes
+        ]
+        for thread in threads:
+            thread.start()
+        runs = []
+        try:
+            for _ in range(4):
+                started = node1.post("/api/v1/projects/gcflow/gc", json={"delete_untagged": True})
+                assert_status(started, 202)
+                run_id = started.json()["id"]
+                deadline = time.monotonic() + 60
+                while node1.get("/api/v1/projects/gcflow/gc/current").json() is not None:
+                    assert time.monotonic() < deadline, "GC run did not finish"
+                    time.sleep(0.1)
+                runs.append(node1.get(f"/api/v1/projects/gcflow/gc/runs/{run_id}").json())
+                time.sleep(GC_GRACE * 0.6)  # untagged pushes meanwhile age past the grace
+        finally:
+            stop.set()
+            for thread in threads:
+                thread.join(60)
+    assert not log.failures, log.failures
+    assert [run["state"] for run in runs] == ["succeeded"] * 4, runs
+    assert sum(run["images_deleted"] for run in runs) >= len(shared), runs
+    assert log.gc_refusals > 0  # the pushes met the restriction, and were accepted when retried
+    assert len(log.pushed) >= 10
+    with cluster.balancer.client(auth) as client:
+        broken = []
+        for tag, (manifest, layers) in log.pushed.items():
+            served = client.get(
+                manifest_path("gcflow/app", tag), headers={"Accept": manifest.media_type}
+            )
+            if served.status_code != 200 or served.content != manifest.data:
+                broken.append(f"{tag}: manifest {served.status_code}")
+                continue
+            for digest, data in layers.items():
+                blob = client.get(blob_path("gcflow/app", digest))
+                if blob.status_code != 200 or blob.content != data:
+                    broken.append(f"{tag}: layer {digest} {blob.status_code}")
+    assert broken == []
