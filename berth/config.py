@@ -218,6 +218,13 @@ class Settings(BaseSettings):
     s3_path_style: bool = Field(
         False, description="path-style bucket addressing (most self-hosted stores need it)"
     )
+    s3_attempts: int = Field(
+        6,
+        ge=1,
+        le=20,
+        description="tries of each S3 request, backing off exponentially between them, before "
+        "a client is answered 503 (fewer: a quicker answer while the store is down)",
+    )
     blob_redirect: Literal["off", "presigned", "accel"] = Field(
         "off",
         description="blob downloads: off (Berth sends the bytes), presigned (storage = s3: a 307 "

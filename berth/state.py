@@ -247,6 +247,7 @@ def blob_store(settings: Settings) -> BlobStore:
                 access_key_id=settings.s3_access_key_id,
                 secret_access_key=settings.s3_secret_access_key,
                 path_style=settings.s3_path_style,
+                attempts=settings.s3_attempts,
             )
         )
     return FilesystemBlobStore(settings.blob_dir)

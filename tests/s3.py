@@ -198,3 +198,23 @@ def seaweedfs_server(directory: Path) -> Iterator[SeaweedFS]:
         yield server
     finally:
         server.stop()
+
+
+def stored_keys(environ: dict[str, str], area: str) -> list[str]:
+    """The keys under `{s3_prefix}/{area}/` (`blobs`, `uploads`) of a server whose BERTH_S3_*
+    settings are `environ`, read from the bucket itself."""
+    client = botocore.session.get_session().create_client(
+        "s3",
+        endpoint_url=environ["BERTH_S3_ENDPOINT"],
+        region_name="us-east-1",
+        aws_access_key_id=environ["BERTH_S3_ACCESS_KEY_ID"],
+        aws_secret_access_key=environ["BERTH_S3_SECRET_ACCESS_KEY"],
+        config=Config(s3={"addressing_style": "path"}),
+    )
+    keys: list[str] = []
+    pages = client.get_paginator("list_objects_v2").paginate(
+        Bucket=environ["BERTH_S3_BUCKET"], Prefix=f"{environ['BERTH_S3_PREFIX']}/{area}/"
+    )
+    for page in pages:
+        keys += [entry["Key"] for entry in page.get("Contents", [])]
+    return keys

@@ -298,6 +298,9 @@ class PostgresCluster:
 # ----------------------------------------------------------------------------- fixtures
 
 BACKENDS = ["sqlite", "postgres"]
+# Blobs in S3 (the session's SeaweedFS, tests/s3.py, under a prefix of the server's own) with
+# PostgreSQL, as nodes sharing a bucket run: `backends=[*BACKENDS, S3_BACKEND]`.
+S3_BACKEND = "postgres-s3"
 Scope = Literal["function", "module", "package", "session"]
 
 
@@ -320,11 +323,15 @@ def running_server(
     start: Callable[[BerthServer], BerthServer] = BerthServer.start,
     **options: Any,
 ) -> Iterator[BerthServer]:
-    """A started `berth serve` on `backend`, in a fresh data directory named after `name`,
-    stopped on leaving (also when it fails to start). `options` go to `BerthServer`; `start`
-    replaces `BerthServer.start` (to wait for every worker, say)."""
-    postgres = request.getfixturevalue("postgres") if backend == "postgres" else None
-    url = database_url_for(backend, postgres)
+    """A started `berth serve` on `backend` (a database, or `S3_BACKEND`), in a fresh data
+    directory named after `name`, stopped on leaving (also when it fails to start). `options`
+    go to `BerthServer`; `start` replaces `BerthServer.start` (to wait for every worker, say)."""
+    database, _, storage = backend.partition("-")
+    postgres = request.getfixturevalue("postgres") if database == "postgres" else None
+    url = database_url_for(database, postgres)
+    if storage == "s3":
+        store = request.getfixturevalue("seaweedfs").settings_environ()
+        options["extra_env"] = {**store, **options.get("extra_env", {})}
     data_dir = request.getfixturevalue("tmp_path_factory").mktemp(f"{name}-{backend}")
     server = BerthServer(data_dir, url, **options)
     try:

@@ -8,16 +8,16 @@ from typing import TYPE_CHECKING
 import pytest
 
 from tests.conformance.checks import Classic, classic_data
-from tests.servers import BACKENDS, server_fixture
+from tests.servers import BACKENDS, S3_BACKEND, server_fixture
 
 if TYPE_CHECKING:
     from tests.conftest import Repo
 
 server = server_fixture(
     "conformance",
-    backends=BACKENDS,
+    backends=[*BACKENDS, S3_BACKEND],
     scope="package",
-    doc="A running registry per backend, shared by every conformance workflow.",
+    doc="A running registry per backend (blobs in S3 too), shared by every conformance workflow.",
 )
 
 

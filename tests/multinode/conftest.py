@@ -27,6 +27,7 @@ NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
 DEPLOY = ROOT / "deploy"
 NODES = 3
 FLUSH_SECONDS = 0.3
+GC_GRACE = 2  # seconds
 
 
 @dataclass
@@ -141,6 +142,10 @@ def started_nodes(
         "BERTH_SINGLE_NODE": "false",
         "BERTH_TRAFFIC_FLUSH_INTERVAL": str(FLUSH_SECONDS),
         "BERTH_WORKERS": "1",  # three nodes on the test machine's cores
+        # Short enough for a test to see GC take what it pushed; each GC run holds its write
+        # restriction at least 0.5 s, so pushes on the other nodes surely meet it.
+        "BERTH_GC_GRACE_PERIOD": str(GC_GRACE),
+        "BERTH_GC_TEST_PAUSE": "marking=0.5",
     }
     nodes = [
         BerthServer(

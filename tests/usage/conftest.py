@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 import httpx
 
 from berth.services.records import plain
-from tests.servers import BACKENDS, BerthServer, server_fixture
+from tests.servers import BACKENDS, S3_BACKEND, BerthServer, server_fixture
 
 T = TypeVar("T")
 
@@ -48,11 +48,11 @@ def start_all_workers(server: BerthServer) -> BerthServer:
 
 metered = server_fixture(
     "usage",
-    backends=BACKENDS,
+    backends=[*BACKENDS, S3_BACKEND],
     scope="package",
     env=METERED_ENV,
     start=start_all_workers,
-    doc="Fast metering and storage collection, two workers; once per backend.",
+    doc="Fast metering and storage collection, two workers; once per backend (and on S3).",
 )
 
 

@@ -1,0 +1,160 @@
+"""The object store going away in the middle of a push (SeaweedFS SIGKILLed while a layer is
+sent in chunks): the client is told clearly to come back later, nothing of the blob is visible
+anywhere, and once the store is back the same push carries on and the blob pulls exactly."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.oci import assert_status, blob_path, location, start_upload
+from tests.s3 import SeaweedFS
+from tests.servers import BerthServer, running_server
+
+MiB = 1024 * 1024
+
+
+@pytest.fixture
+def own_seaweedfs(tmp_path: Path) -> Iterator[SeaweedFS]:
+    """A SeaweedFS of this test's own: it is killed (the session's is shared)."""
+    server = SeaweedFS(tmp_path / "seaweedfs").start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def outage_server(
+    request: pytest.FixtureRequest, own_seaweedfs: SeaweedFS
+) -> Iterator[BerthServer]:
+    # Two tries of each S3 request: the 503 comes in a second or two, not after ~15 s of
+    # backing off per request (the default's six tries).
+    env = {**own_seaweedfs.settings_environ(), "BERTH_S3_ATTEMPTS": "2"}
+    with running_server(request, "s3-outage", extra_env=env) as server:
+        yield server
+
+
+class KillHalfWay:
+    """A PATCH body that SIGKILLs the object store once half of it has been sent."""
+
+    def __init__(self, chunk: bytes, store: SeaweedFS) -> None:
+        self.chunk = chunk
+        self.store = store
+
+    def __iter__(self) -> Iterator[bytes]:
+        half = len(self.chunk) // 2
+        yield self.chunk[:half]
+        self.store.kill()
+        yield self.chunk[half:]
+
+
+def assert_unavailable(response: httpx.Response, store: SeaweedFS) -> None:
+    """503 UNAVAILABLE with Retry-After, in the OCI error format, naming no internal address."""
+    assert response.status_code == 503, response.text
+    assert int(response.headers["retry-after"]) > 0
+    (error,) = response.json()["errors"]
+    assert error["code"] == "UNAVAILABLE"
+    assert "storage is unavailable" in error["message"]
+    address = store.endpoint.split("//")[1]
+    assert address not in response.text and address not in str(response.headers)
+    assert "127.0.0.1" not in response.text
+
+
+def test_the_store_killed_mid_push_is_a_clear_503_and_the_same_push_succeeds_after(
+    outage_server: BerthServer, own_seaweedfs: SeaweedFS
+) -> None:
+    server = outage_server
+    server.create_repository("outage", "app")
+    name = "outage/app"
+    data = os.urandom(14 * MiB + 321)
+    digest = "sha256:" + hashlib.sha256(data).hexdigest()
+    chunk_size = 6 * MiB
+    with httpx.Client(base_url=server.url, auth=server.access_key("outage"), timeout=120) as client:
+        upload = location(start_upload(client, name))
+        first = data[:chunk_size]
+        patched = client.patch(
+            upload,
+            content=first,
+            headers={
+                "Content-Type": "application/octet-stream",
+                "Content-Range": f"0-{chunk_size - 1}",
+            },
+        )
+        assert_status(patched, 202)
+        upload = location(patched)
+
+        second = data[chunk_size : 2 * chunk_size]
+        started = time.monotonic()
+        failed = client.patch(
+            upload,
+            content=KillHalfWay(second, own_seaweedfs),
+            headers={
+                "Content-Type": "application/octet-stream",
+                "Content-Range": f"{chunk_size}-{2 * chunk_size - 1}",
+            },
+        )
+        assert time.monotonic() - started < 10
+        assert_unavailable(failed, own_seaweedfs)
+        # The rest of the push (the last chunk with the final PUT) meets the same answer, and
+        # so does a blob pushed whole; nothing of either shows anywhere.
+        started = time.monotonic()
+        last = client.put(
+            upload,
+            params={"digest": digest},
+            content=data[chunk_size:],
+            headers={
+                "Content-Type": "application/octet-stream",
+                "Content-Range": f"{chunk_size}-{len(data) - 1}",
+            },
+        )
+        assert time.monotonic() - started < 10
+        assert_unavailable(last, own_seaweedfs)
+        small = os.urandom(1000)
+        small_digest = "sha256:" + hashlib.sha256(small).hexdigest()
+        whole = client.post(
+            f"/v2/{name}/blobs/uploads/", params={"digest": small_digest}, content=small
+        )
+        assert_unavailable(whole, own_seaweedfs)
+        assert_status(client.head(blob_path(name, small_digest)), 404)
+        assert_status(client.head(blob_path(name, digest)), 404)
+        assert_status(client.get(blob_path(name, digest)), 404)
+        usage = client.post("/api/v1/projects/outage/storage/collect")
+        assert_status(usage, 201)
+        assert (usage.json()["bytes"], usage.json()["blobs"]) == (0, 0)
+        images = client.get("/api/v1/projects/outage/repositories/app/images")
+        assert_status(images, 200)
+        assert images.json()["items"] == []
+
+        own_seaweedfs.start()
+        # The client asks where its upload stands, and sends the rest from there.
+        status = client.get(upload)
+        assert_status(status, 204)
+        assert status.headers["range"] == f"0-{chunk_size - 1}"
+        offset = chunk_size
+        upload = location(status)
+        while offset < len(data):
+            chunk = data[offset : offset + chunk_size]
+            patched = client.patch(
+                upload,
+                content=chunk,
+                headers={
+                    "Content-Type": "application/octet-stream",
+                    "Content-Range": f"{offset}-{offset + len(chunk) - 1}",
+                },
+            )
+            assert_status(patched, 202)
+            upload = location(patched)
+            offset += len(chunk)
+        closed = client.put(upload, params={"digest": digest})
+        assert_status(closed, 201)
+        assert closed.headers["docker-content-digest"] == digest
+        pulled = client.get(blob_path(name, digest))
+        assert_status(pulled, 200)
+        assert pulled.content == data
