@@ -4,7 +4,9 @@ Starts both registries side by side on free ports of 127.0.0.1, each on a fresh 
 directory (Berth on its SQLite defaults; Distribution on filesystem storage with the in-memory
 blob descriptor cache), runs the team's registry-neutral `regbench.py compare` (curl and wrk,
 alternating the two) three times, reporting per figure the median ratio over the runs with its
-spread and the load average around each run (warning when the machine was busy), samples Berth's server memory (RSS of the granian main process and its
+spread and the load average around each run (warning when the machine was busy). In each run it
+also pulls the same blob through nginx from a second Berth with `blob_redirect = "accel"` and
+from Distribution, alternating (issue 15's pull figure). It samples Berth's server memory (RSS of the granian main process and its
 workers, from /proc) throughout, measures how much one streamed 1 GiB blob push raises it,
 times single-core SHA-256, and writes the figures, ratios and targets to BENCHMARKS.md. When
 Berth asks for credentials, an access key of the administrator its first start created logs in.
@@ -27,6 +29,7 @@ import platform
 import re
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -48,6 +51,7 @@ from servers import (  # noqa: F401
     BERTH,
     DISTRIBUTION,
     IMAGE_NAME,
+    NGINX,
     PROJECT,
     REPOSITORY,
     Server,
@@ -56,6 +60,7 @@ from servers import (  # noqa: F401
     log_in_berth,
     spawn,
     start_distribution,
+    start_nginx_accel,
     wait_ready,
 )
 
@@ -90,10 +95,19 @@ class Target:
         return f"{'≥' if self.at_least else '≤'} {self.bound:g}x"
 
 
+# The pull through nginx from a second Berth with blob_redirect = "accel" (nginx sends the file
+# with sendfile), measured beside Distribution in each run's own alternating rounds.
+ACCEL_PULL = "accel_pull_MiBps"
+
 # regbench figure -> (label, unit, target); {size} is the blob size in MiB.
 FIGURES: dict[str, tuple[str, str, Target]] = {
     "push_MiBps": ("blob push, {size} MiB, one PUT (curl)", "MiB/s", Target(1.5, True)),
     "pull_MiBps": ("blob pull, {size} MiB (curl)", "MiB/s", Target(1.5, True)),
+    ACCEL_PULL: (
+        "blob pull, {size} MiB, Berth behind nginx with blob_redirect = accel (curl)",
+        "MiB/s",
+        Target(1.5, True),
+    ),
     "manifest_rps": ("manifest GET by tag (wrk)", "req/s", Target(5.0, True)),
     "manifest_p99_ms": ("manifest GET p99", "ms", Target(1.0, False)),
     "small_blob_rps": ("4 KiB blob GET (wrk)", "req/s", Target(5.0, True)),
@@ -178,6 +192,20 @@ def run_regbench(
     return result
 
 
+def pull_rounds(
+    first: regbench.Target, second: regbench.Target, digest: str, size_mib: int, rounds: int
+) -> tuple[float, float]:
+    """Each target's pull rate of the blob `digest` (both hold it) in MiB/s: regbench's pull
+    (curl, best of two) in `rounds` rounds, the order flipping every round; the medians."""
+    found: dict[int, list[float]] = {0: [], 1: []}
+    pair = [(0, first), (1, second)]
+    for index in range(rounds):
+        for side, target in pair if index % 2 == 0 else pair[::-1]:
+            seconds = min(regbench.pull_blob(target, digest) for _ in range(2))
+            found[side].append(size_mib / seconds)
+    return statistics.median(found[0]), statistics.median(found[1])
+
+
 @dataclass
 class Run:
     """One regbench comparison (its rounds alternate the servers) and the load around it."""
@@ -188,13 +216,38 @@ class Run:
 
 
 def measure_runs(
-    berth: Server, distribution: Server, args: argparse.Namespace, work: Path
+    berth: Server,
+    distribution: Server,
+    accel: Server | None,
+    args: argparse.Namespace,
+    work: Path,
 ) -> list[Run]:
+    """Each run: regbench's comparison of Berth and Distribution, then (with nginx) pulls of
+    the same blob through nginx from the accel Berth and from Distribution, alternating."""
     runs = []
+    if accel is not None:
+        # regbench's first blob: Distribution has it from every run's first round.
+        path, digest = regbench.make_blob(args.size_mib, 0)
+        through_nginx = regbench.Target(accel.url, IMAGE_NAME, accel.user, accel.password)
+        regbench.authenticate(through_nginx)
+        regbench.push_blob(through_nginx, path, digest)
+        # curl's pull checks the status only: make sure nginx sends the blob's bytes.
+        status, _, body = regbench._request(
+            "GET", through_nginx.api(f"blobs/{digest}"), through_nginx.headers
+        )
+        if status != 200 or f"sha256:{hashlib.sha256(body).hexdigest()}" != digest:
+            raise RuntimeError(f"nginx (accel) answered HTTP {status} with other bytes")
+        del body
+        plain = regbench.Target(distribution.url, IMAGE_NAME)
+        regbench.authenticate(plain)
     for index in range(args.runs):
         before = loadavg()
         print(f"run {index + 1} of {args.runs}: load average {before}", flush=True)
         figures = run_regbench(berth, distribution, args, work / f"regbench-{index + 1}.json")
+        if accel is not None:
+            a, b = pull_rounds(through_nginx, plain, digest, args.size_mib, args.rounds)
+            figures["a"][ACCEL_PULL], figures["b"][ACCEL_PULL] = a, b
+            print(f"  accel pull: nginx {a:,.0f} MiB/s, Distribution {b:,.0f} MiB/s", flush=True)
         runs.append(Run(figures, before, loadavg()))
     return runs
 
@@ -281,6 +334,8 @@ def throughput_rows(runs: list[Run], size_mib: int) -> list[str]:
     ratio = method.spreads(per_run)
     rows = []
     for key, (label, unit, target) in FIGURES.items():
+        if key not in ratio:
+            continue  # not measured (nginx missing)
         values = [r[key] for r in per_run]
         met = method.met_in(values, target.bound, target.at_least)
         spread = ratio[key]
@@ -307,6 +362,18 @@ def report(r: Results) -> str:
     sha_share = a["push_MiBps"] / r.sha256
     large = _size(r.berth_push.size_mib)
     bp, dp = r.berth_push, r.distribution_push
+    accel = (
+        'The accel row: a second Berth, the same but for `blob_redirect = "accel"`, behind '
+        "Debian's nginx (one worker) with `deploy/nginx-accel.conf` as shipped (its `alias` "
+        "pointed at that Berth's blob directory): Berth authorises the GET and answers "
+        "`X-Accel-Redirect`, nginx sends the file with sendfile. In every run, after "
+        f"regbench, the same {args.size_mib} MiB blob is pulled through nginx and from "
+        f"Distribution in {args.rounds} rounds alternating the two (curl, best of two "
+        "pulls per round, regbench's pull); the run's figure is the median of its rounds."
+        if ACCEL_PULL in a
+        else 'nginx is not installed: Berth behind nginx with `blob_redirect = "accel"` '
+        "was not measured."
+    )
     auth = (
         "Berth requires authentication, so regbench logs in the way docker does (an access "
         "key of the administrator, exchanged for a Bearer token that every request carries and "
@@ -331,6 +398,8 @@ def report(r: Results) -> str:
         "to highest); a target is met when it held in every run. Blobs are random bytes pushed "
         f"in one monolithic PUT; wrk runs {args.wrk_seconds} s with {args.connections} "
         "connections and 2 threads, on the same cores as the servers.",
+        "",
+        accel,
         "",
         *([warning, ""] if warning else []),
         auth,
@@ -428,7 +497,20 @@ def measure(args: argparse.Namespace, work: Path) -> Results:
         dist_mem = MemorySampler(distribution.pid).start()
         samplers.append(dist_mem)
         print(f"Berth ({args.workers} worker(s)) {berth.url}, Distribution {distribution.url}")
-        runs = measure_runs(berth, distribution, args, work)
+        accel: Server | None = None
+        if NGINX.exists():
+            accel_berth = launch_berth(
+                work / "accel", args.workers, {"BERTH_BLOB_REDIRECT": "accel"}, "Berth (accel)"
+            )
+            servers.append(accel_berth)
+            wait_ready(accel_berth)
+            log_in_berth(accel_berth)
+            accel = start_nginx_accel(work / "nginx", accel_berth)
+            servers.append(accel)
+            print(f"Berth (accel) behind nginx {accel.url}")
+        else:
+            print(f"{NGINX} missing: no accel figure", file=sys.stderr)
+        runs = measure_runs(berth, distribution, accel, args, work)
         print(f"one streamed {_size(args.large_mib)} push each, watching memory")
         berth_push = push_streamed(berth, berth_mem, args.large_mib)
         dist_push = push_streamed(distribution, dist_mem, args.large_mib)
@@ -524,6 +606,12 @@ def main() -> None:
     p.add_argument("--large-mib", type=int, default=1024, help="the memory-watched push")
     p.add_argument("--output", type=Path, default=None, help="default: BENCHMARKS.md")
     p.add_argument(
+        "--throughput-only",
+        action="store_true",
+        help="only the side-by-side runs and the memory figures, none of the other benches; "
+        "written to a temporary file unless --output is given",
+    )
+    p.add_argument(
         "--quick",
         action="store_true",
         help="a smoke test (a minute or two): 2 short runs of 1 round, small blobs, none of "
@@ -538,16 +626,17 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="berth-bench-") as tmp:
         results = measure(args, Path(tmp))
         text = report(results)
-        if not args.quick:
+        partial = args.quick or args.throughput_only
+        if not partial:
             text += token_report() + extra_report("gc.py") + extra_report("metering.py")
             text += extra_report("metrics_cost.py") + extra_report("hardening.py")
             text += extra_report("manifest_profile.py") + FINDINGS.read_text()
         output = args.output
         if output is None:
-            output = Path(tmp) / "BENCHMARKS.md" if args.quick else ROOT / "BENCHMARKS.md"
+            output = Path(tmp) / "BENCHMARKS.md" if partial else ROOT / "BENCHMARKS.md"
         output.write_text(text)
     print(text)
-    print(f"wrote {output}" if not args.quick or args.output else "quick run: not kept")
+    print(f"wrote {output}" if not partial or args.output else "partial run: not kept")
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ from __future__ import annotations
 import ctypes
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -107,8 +108,12 @@ def wait_ready(server: Server, timeout: float = 60.0) -> None:
     raise RuntimeError(f"{server.name} not ready after {timeout:.0f}s:\n{server.log_tail()}")
 
 
-def launch_berth(work: Path, workers: int) -> Server:
-    """Create the project and repository, then start `berth serve` (not yet ready)."""
+def launch_berth(
+    work: Path, workers: int, settings: dict[str, str] | None = None, name: str = "Berth"
+) -> Server:
+    """Create the project and repository, then start `berth serve` (not yet ready), with
+    `settings` (BERTH_* variables) over the defaults."""
+    work.mkdir(parents=True, exist_ok=True)
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("BERTH_")}
     env |= {
@@ -117,6 +122,7 @@ def launch_berth(work: Path, workers: int) -> Server:
         "BERTH_LISTEN": f"127.0.0.1:{port}",
         "BERTH_WORKERS": str(workers),
         "BERTH_TOKEN_TTL": "3600",  # registry tokens outlive the run (settings ignore unknowns)
+        **(settings or {}),
     }
     for argv in (
         [str(BERTH), "init"],  # admin verbs work only on data that exists
@@ -124,7 +130,7 @@ def launch_berth(work: Path, workers: int) -> Server:
         [str(BERTH), "repo", "create", f"{PROJECT}/{REPOSITORY}"],
     ):
         subprocess.run(argv, env=env, cwd=work, check=True, capture_output=True)
-    return spawn("Berth", [str(BERTH), "serve"], env, work / "berth.log", port)
+    return spawn(name, [str(BERTH), "serve"], env, work / "berth.log", port)
 
 
 def log_in_berth(server: Server) -> None:
@@ -173,4 +179,58 @@ def start_distribution(work: Path) -> Server:
     argv = [str(DISTRIBUTION), "serve", str(config)]
     server = spawn("Distribution", argv, env, work / "distribution.log", port)
     wait_ready(server)
+    return server
+
+
+NGINX = Path(shutil.which("nginx") or "/usr/sbin/nginx")
+ACCEL_SNIPPET = Path(__file__).resolve().parent.parent / "deploy" / "nginx-accel.conf"
+
+
+def start_nginx_accel(work: Path, berth: Server) -> Server:
+    """Debian's nginx on a free port in front of `berth` (started with blob_redirect = accel),
+    with deploy/nginx-accel.conf as shipped but for its `alias`, pointed at Berth's blob
+    directory: Berth authorises each blob GET and answers X-Accel-Redirect, nginx sends the
+    file with sendfile. Ready, and logged in as `berth` is."""
+    work.mkdir(parents=True)
+    port = free_port()
+    blobs = Path(berth.env["BERTH_DATA_DIR"]).resolve() / "blobs"
+    snippet = ACCEL_SNIPPET.read_text()
+    shipped = "alias /var/lib/berth/blobs/;"
+    if shipped not in snippet:
+        raise RuntimeError(f"{ACCEL_SNIPPET} no longer has `{shipped}`")
+    (work / "berth-accel.conf").write_text(snippet.replace(shipped, f"alias {blobs}/;"))
+    upstream = berth.url.removeprefix("http://")
+    temp = "".join(
+        f"  {kind}_temp_path {work}/{kind};\n"
+        for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
+    )
+    (work / "nginx.conf").write_text(
+        ("user root;\n" if os.geteuid() == 0 else "")
+        + "worker_processes 1;\n"
+        + f"pid {work}/nginx.pid;\n"
+        + f"error_log {work}/error.log warn;\n"
+        + "daemon off;\n"
+        + "events { worker_connections 1024; }\n"
+        + "http {\n"
+        + "  access_log off;\n"
+        + temp
+        + f"  upstream berth {{ server {upstream}; keepalive 64; }}\n"
+        + f"  server {{\n    listen 127.0.0.1:{port};\n"
+        + "    proxy_http_version 1.1;\n"
+        + "    proxy_set_header Host $http_host;\n"
+        + '    proxy_set_header Connection "";\n'
+        + "    location /v2/ {\n"
+        + "      client_max_body_size 0;\n"
+        + "      proxy_request_buffering off;\n"
+        + "      proxy_buffering off;\n"
+        + "      proxy_pass http://berth;\n"
+        + "    }\n"
+        + "    location / { proxy_pass http://berth; }\n"
+        + f"    include {work}/berth-accel.conf;\n"
+        + "  }\n}\n"
+    )
+    argv = [str(NGINX), "-p", str(work), "-c", str(work / "nginx.conf"), "-e", "stderr"]
+    server = spawn("nginx (accel)", argv, {**os.environ}, work / "nginx.log", port)
+    wait_ready(server)
+    server.user, server.password = berth.user, berth.password
     return server

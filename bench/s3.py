@@ -1,0 +1,207 @@
+"""Berth on S3 against Debian's docker-registry (Distribution 2.8) with its `s3` driver, both on
+one SeaweedFS (tests/s3.py's, on loopback), side by side (issue 11's S3 benchmark).
+
+- Berth: one `berth serve` (one worker) on SQLite with `single_node = true` and
+  `storage = "s3"`, blobs streamed through Berth (`blob_redirect = "off"`, the default).
+- Distribution: the `s3` driver on the same bucket under its own root directory, with
+  `storage.redirect.disable: true` (it streams blobs itself, as Berth does by default), the
+  in-memory blob descriptor cache, no auth, access log off. AWS_CA_BUNDLE is unset in its
+  environment: its Go S3 client refuses to start with it set.
+- A second Berth, the same but for `blob_redirect = "presigned"`: a blob GET answers 307 to a
+  presigned URL of the object and curl follows it to SeaweedFS.
+
+The team's `regbench.py compare` (Berth as A) measures push, streamed pull, manifest GET and
+4 KiB blob GET in alternating rounds; then the presigned Berth and Distribution pull the same
+blob in rounds that alternate (regbench's pull: curl -L, best of two). The load average is
+read before and after.
+
+    .venv/bin/python bench/s3.py [--rounds 3] [--size-mib 256] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+BENCH = Path(__file__).resolve().parent
+sys.path.insert(0, str(BENCH.parent))  # tests.s3: the SeaweedFS the tests run
+sys.path.insert(0, str(BENCH))
+
+import regbench  # noqa: E402
+from run import (  # noqa: E402
+    DISTRIBUTION,
+    IMAGE_NAME,
+    Server,
+    free_port,
+    launch_berth,
+    loadavg,
+    log_in_berth,
+    pull_rounds,
+    run_regbench,
+    spawn,
+    wait_ready,
+)
+
+from tests.s3 import BUCKET, SeaweedFS, seaweedfs_server  # noqa: E402
+
+# regbench figure -> (label, unit, target as Berth / Distribution at least; None: none set)
+FIGURES: dict[str, tuple[str, str, float | None]] = {
+    "push_MiBps": ("blob push, {size} MiB, one PUT (curl)", "MiB/s", 1.5),
+    "pull_MiBps": ("blob pull, {size} MiB, streamed (curl)", "MiB/s", 1.5),
+    "presigned_pull_MiBps": (
+        "blob pull, {size} MiB, Berth's 307 to a presigned URL (curl -L)",
+        "MiB/s",
+        None,
+    ),
+    "manifest_rps": ("manifest GET by tag (wrk)", "req/s", 5.0),
+    "manifest_p99_ms": ("manifest GET p99", "ms", None),
+    "small_blob_rps": ("4 KiB blob GET (wrk)", "req/s", None),
+}
+
+DISTRIBUTION_S3_CONFIG = """\
+version: 0.1
+log:
+  level: warn
+  accesslog:
+    disabled: true
+storage:
+  s3:
+    accesskey: {key}
+    secretkey: {secret}
+    region: us-east-1
+    regionendpoint: {endpoint}
+    bucket: {bucket}
+    rootdirectory: /distribution
+    secure: false
+    v4auth: true
+  cache:
+    blobdescriptor: inmemory
+  delete:
+    enabled: true
+  redirect:
+    disable: true
+http:
+  addr: 127.0.0.1:{port}
+"""
+
+
+def start_distribution_s3(work: Path, seaweedfs: SeaweedFS) -> Server:
+    port = free_port()
+    config = work / "distribution-s3.yml"
+    config.write_text(
+        DISTRIBUTION_S3_CONFIG.format(
+            key=seaweedfs.access_key_id,
+            secret=seaweedfs.secret_access_key,
+            endpoint=seaweedfs.endpoint,
+            bucket=BUCKET,
+            port=port,
+        )
+    )
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("REGISTRY_") and k != "AWS_CA_BUNDLE"
+    }
+    argv = [str(DISTRIBUTION), "serve", str(config)]
+    server = spawn("Distribution (s3)", argv, env, work / "distribution.log", port)
+    wait_ready(server)
+    return server
+
+
+def start_berth_s3(work: Path, seaweedfs: SeaweedFS, prefix: str, redirect: str) -> Server:
+    settings = {**seaweedfs.settings_environ(prefix), "BERTH_BLOB_REDIRECT": redirect}
+    server = launch_berth(work / prefix, 1, settings, f"Berth (s3, {redirect})")
+    wait_ready(server)
+    log_in_berth(server)
+    return server
+
+
+def measure(args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    servers: list[Server] = []
+    with seaweedfs_server(work / "seaweedfs") as seaweedfs:
+        try:
+            berth = start_berth_s3(work, seaweedfs, "berth", "off")
+            servers.append(berth)
+            presigned = start_berth_s3(work, seaweedfs, "presigned", "presigned")
+            servers.append(presigned)
+            distribution = start_distribution_s3(work, seaweedfs)
+            servers.append(distribution)
+            before = loadavg()
+            print(f"load average {before}", file=sys.stderr, flush=True)
+            figures = run_regbench(berth, distribution, args, work / "regbench.json")
+            path, digest = regbench.make_blob(args.size_mib, 0)  # Distribution holds it now
+            redirected = regbench.Target(
+                presigned.url, IMAGE_NAME, presigned.user, presigned.password
+            )
+            regbench.authenticate(redirected)
+            regbench.push_blob(redirected, path, digest)
+            plain = regbench.Target(distribution.url, IMAGE_NAME)
+            a, b = pull_rounds(redirected, plain, digest, args.size_mib, args.rounds)
+            figures["a"]["presigned_pull_MiBps"], figures["b"]["presigned_pull_MiBps"] = a, b
+            after = loadavg()
+            for server in servers:
+                if server.process.poll() is not None:
+                    raise RuntimeError(f"{server.name} exited during the benchmark")
+        except BaseException:
+            for server in servers:
+                print(f"--- {server.name} ---\n{server.log_tail()}", file=sys.stderr)
+            raise
+        finally:
+            for server in servers:
+                server.stop()
+    return {
+        "berth": figures["a"],
+        "distribution": figures["b"],
+        "load_before": before,
+        "load_after": after,
+        "size_mib": args.size_mib,
+        "rounds": args.rounds,
+        "wrk_seconds": args.wrk_seconds,
+        "connections": args.connections,
+    }
+
+
+def report(result: dict[str, Any]) -> str:
+    berth, distribution = result["berth"], result["distribution"]
+    rows = []
+    for key, (label, unit, target) in FIGURES.items():
+        ratio = berth[key] / distribution[key]
+        met = "" if target is None else ("yes" if ratio >= target else "**no**")
+        wanted = "" if target is None else f"≥ {target:g}x"
+        rows.append(
+            f"| {label.format(size=result['size_mib'])} | {berth[key]:,.0f} {unit} "
+            f"| {distribution[key]:,.0f} {unit} | **{ratio:.2f}x** | {wanted} | {met} |"
+        )
+    return "\n".join(
+        [
+            "| figure | Berth on S3 | Distribution on S3 | Berth / Distribution | target | met |",
+            "| --- | ---: | ---: | ---: | ---: | :---: |",
+            *rows,
+            "",
+            f"Load average before / after: {result['load_before']} / {result['load_after']}; "
+            f"{result['rounds']} rounds, wrk {result['wrk_seconds']} s with "
+            f"{result['connections']} connections.",
+        ]
+    )
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
+    p.add_argument("--rounds", type=int, default=3, help="regbench rounds (alternating)")
+    p.add_argument("--wrk-seconds", type=int, default=5)
+    p.add_argument("--connections", type=int, default=32)
+    p.add_argument("--size-mib", type=int, default=256)
+    p.add_argument("--json", action="store_true", help="the figures as JSON on standard output")
+    args = p.parse_args()
+    with tempfile.TemporaryDirectory(prefix="berth-bench-s3-") as tmp:
+        result = measure(args, Path(tmp))
+    print(json.dumps(result, indent=2) if args.json else report(result))
+
+
+if __name__ == "__main__":
+    main()
