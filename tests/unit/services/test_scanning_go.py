@@ -200,3 +200,26 @@ def test_go_executables_removed_replaced_or_not_executable_are_not_listed(
         "usr/bin/runc",
     ]
     assert [p.path for p in scan(store, [base, later]).packages] == ["srv/runc"]
+
+
+def test_a_cut_short_or_misleading_executable_lists_nothing(tmp_path: Path) -> None:
+    """The start of a real Go executable (its headers point past its end), and one whose
+    first program header claims a segment far beyond the file: read safely, nothing listed."""
+    if not RUNC.is_file():
+        pytest.skip("Debian's runc is not installed")
+    data = RUNC.read_bytes()
+    misleading = bytearray(data[: 64 * 1024])
+    misleading[64 + 8 : 64 + 16] = (2**62).to_bytes(8, "little")  # p_offset of the first one
+    misleading[64 + 4 : 64 + 8] = (0x6).to_bytes(4, "little")  # flags: readable, writable
+    misleading[64:68] = (1).to_bytes(4, "little")  # PT_LOAD
+    base = write_layer(
+        tmp_path / "l.tar",
+        [
+            ("usr/bin/cut", data[: len(data) // 2], 0o755),
+            ("usr/bin/misleading", bytes(misleading), 0o755),
+        ],
+    )
+
+    inventory = scan(FilesystemBlobStore(tmp_path / "blobs"), [base])
+
+    assert inventory.packages == []
