@@ -474,6 +474,8 @@ def test_a_reader_sees_no_management_buttons(
     expect(page.get_by_role("tab", name="Images")).to_be_visible()
     expect(page.get_by_role("tab", name="Settings")).to_have_count(0)
     expect(page.get_by_role("button", name="Delete")).to_have_count(0)
+    expect(page.get_by_test_id("scan-state")).to_have_text("not scanned")
+    expect(page.get_by_role("button", name=re.compile("^Scan "))).to_have_count(0)
     page.get_by_role("tab", name="History").click()
     expect(page.get_by_role("table", name="History")).to_contain_text("Tag deleted")
     expect(page.get_by_role("button", name="Restore v1")).to_have_count(0)
