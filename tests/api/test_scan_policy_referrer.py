@@ -16,6 +16,7 @@ from typing import Any
 import httpx
 import pytest
 
+from berth.services.gc.restrictions import impose_restriction, lift_restriction
 from berth.services.vulndb import VulnDb
 from berth.state import Services
 from tests.api.conftest import Team, assert_problem, ok, services
@@ -300,3 +301,29 @@ def test_berth_scan_attach_sbom(team: Team, npm_layer: Blob) -> None:
     assert "GHSA-3fx5-fwvr-xrjg" in done  # the findings, then the referrer
     [listed] = referrers(team, image.digest, CYCLONEDX)
     assert f"SBOM attached to {name} as referrer {listed['digest']}" in done
+
+
+def test_attaching_an_sbom_is_a_push_refused_while_garbage_collection_runs(
+    team: Team, npm_layer: Blob
+) -> None:
+    image = push(team, [npm_layer], "v1")
+    scan(team, image.digest)
+
+    async def restrict(s: Services, run_id: int | None) -> None:
+        project_id = await s.repositories.project_id(team.project)
+        assert project_id is not None
+        async with s.db.write() as conn:
+            if run_id is None:
+                await lift_restriction(conn, project_id, 999_999)
+            else:
+                await impose_restriction(s.db, conn, project_id, run_id)
+
+    services(team.server, lambda s: restrict(s, 999_999))
+    attach = team.repo_url(f"/images/{image.digest}/sbom/referrer")
+    try:
+        refused = assert_problem(team["member"].post(attach), 403)
+        assert "garbage collection in progress" in refused["detail"]
+        assert referrers(team, image.digest) == []
+    finally:
+        services(team.server, lambda s: restrict(s, None))
+    ok(team["member"].post(attach), 201)
