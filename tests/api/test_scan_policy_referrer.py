@@ -33,9 +33,12 @@ from tests.oci import (
 )
 from tests.servers import BerthServer, server_fixture
 from tests.unit.services.test_scanning_layers import FIXTURES, layer, npm_package, pip_installed
+from tests.webhook_receiver import receiving
 
 server = server_fixture(
-    "pullpolicy", backends=("sqlite", "postgres"), env={"BERTH_SCAN_CHECK_INTERVAL": "0.3"}
+    "pullpolicy",
+    backends=("sqlite", "postgres"),
+    env={"BERTH_SCAN_CHECK_INTERVAL": "0.3", "BERTH_WEBHOOK_ALLOW_PRIVATE": "true"},
 )
 
 ACCEPT = {"Accept": f"{OCI_MANIFEST}, {OCI_INDEX}"}
@@ -327,3 +330,24 @@ def test_attaching_an_sbom_is_a_push_refused_while_garbage_collection_runs(
     finally:
         services(team.server, lambda s: restrict(s, None))
     ok(team["member"].post(attach), 201)
+
+
+def test_attaching_an_sbom_sends_the_push_webhook_once(team: Team, npm_layer: Blob) -> None:
+    image = push(team, [npm_layer], "v1")
+    scan(team, image.digest)
+    for receiver in receiving():
+        ok(
+            team["project-admin"].post(
+                team.url("/webhooks"),
+                json={"url": receiver.url, "event_types": ["io.berth.image.pushed"]},
+            ),
+            201,
+        )
+        attach = team.repo_url(f"/images/{image.digest}/sbom/referrer")
+        attached = ok(team["member"].post(attach), 201)
+        (received,) = receiver.wait_for(1)
+        data = received.event["data"]
+        assert data["digest"] == attached["digest"] and data["actor"] == team.users["member"]
+        ok(team["member"].post(attach), 200)
+        time.sleep(1.5)  # a second event would have come by now
+        assert len(receiver.received) == 1
