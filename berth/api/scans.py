@@ -12,7 +12,7 @@ from berth.api.deps import Digest, ImageName, ManageProject, ReadProject, Reposi
 from berth.api.problems import responses
 from berth.auth.guard import client_address
 from berth.domain.errors import NotFound
-from berth.services.scanning.referrers import AttachedSbom, SbomReferrers
+from berth.services.sbom_referrers import AttachedSbom, SbomReferrers
 from berth.services.scanning.sbom import MEDIA_TYPE, cyclonedx_json
 from berth.services.scanning.scans import ScanResult
 

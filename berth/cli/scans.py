@@ -20,7 +20,7 @@ from berth.cli.common import (
     split_repo,
 )
 from berth.services.records import plain
-from berth.services.scanning.referrers import AttachedSbom, SbomReferrers
+from berth.services.sbom_referrers import AttachedSbom, SbomReferrers
 from berth.services.scanning.scans import ScanResult
 from berth.state import Services
 
