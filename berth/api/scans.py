@@ -12,6 +12,7 @@ from berth.api.deps import Digest, ImageName, ManageProject, ReadProject, Reposi
 from berth.api.problems import responses
 from berth.auth.guard import client_address
 from berth.domain.errors import NotFound
+from berth.services.sbom_referrers import AttachedSbom, SbomReferrers
 from berth.services.scanning.sbom import MEDIA_TYPE, cyclonedx_json
 from berth.services.scanning.scans import ScanResult
 
@@ -81,3 +82,27 @@ async def sbom(
     if inventory is None:
         raise NotFound(f"image {name}@{digest} has no SBOM yet: scan it (an index: its platforms)")
     return Response(cyclonedx_json(name, digest, inventory), media_type=MEDIA_TYPE)
+
+
+@router.post("/sbom/referrer", status_code=201, responses=responses(404, 409))
+async def attach_sbom(
+    ctx: ManageProject,
+    repository: RepositoryName,
+    digest: Digest,
+    response: Response,
+    image: ImageName = "",
+) -> AttachedSbom:
+    """Attach the image's SBOM to it as an OCI 1.1 referrer in the same repository, so
+    `/v2/<name>/referrers/<digest>` (oras discover, other registries' tools) finds it:
+    `artifactType` `application/vnd.cyclonedx+json`, one layer with the CycloneDX document, the
+    empty config, `subject` the image. A push like any other (garbage collection's write
+    restriction, image limit, webhooks); it goes when the image is deleted. The same SBOM
+    attached again is the same referrer (200, `created` false). 404 until the image has been
+    scanned; an index's platforms each have their own."""
+    repo = await ctx.repository(repository)
+    attached = await SbomReferrers(
+        ctx.services.registry, ctx.services.uploads, ctx.services.scans
+    ).attach(repo, image, digest, ctx.actor)
+    if not attached.created:
+        response.status_code = 200
+    return attached

@@ -20,6 +20,7 @@ from berth.cli.common import (
     split_repo,
 )
 from berth.services.records import plain
+from berth.services.sbom_referrers import AttachedSbom, SbomReferrers
 from berth.services.scanning.scans import ScanResult
 from berth.state import Services
 
@@ -94,6 +95,15 @@ def scan(
             "scans it in the background).",
         ),
     ] = False,
+    attach_sbom: Annotated[
+        bool,
+        typer.Option(
+            "--attach-sbom",
+            help="Attach the image's SBOM to it as an OCI referrer (artifact type "
+            "application/vnd.cyclonedx+json): after the scan with --wait, else the SBOM of its "
+            "last scan. Attaching the same SBOM again adds nothing.",
+        ),
+    ] = False,
     rescan_stale: Annotated[
         bool,
         typer.Option(
@@ -128,22 +138,32 @@ def scan(
         fail("name an image (PROJECT/REPO[/IMAGE]:TAG or @DIGEST), or pass --rescan-stale", 2)
     project, repository, name, reference = split_reference(image)
 
-    async def work(s: Services) -> ScanResult:
+    async def work(s: Services) -> tuple[ScanResult, AttachedSbom | None]:
         repo = await s.repositories.require(project, repository)
         digest = (await s.registry.get_manifest(repo, name, reference)).digest
         await s.scans.request_scan(repo, name, digest, cli_actor(), client=CLI_CLIENT)
         if wait:
-            return await s.scans.scan_now(repo.id, name, digest)
-        result = await s.scans.result(repo.id, name, digest)
-        assert result is not None
-        return result
+            result = await s.scans.scan_now(repo.id, name, digest)
+        else:
+            found = await s.scans.result(repo.id, name, digest)
+            assert found is not None
+            result = found
+        attached = None
+        if attach_sbom and result.state != "failed":
+            referrers = SbomReferrers(s.registry, s.uploads, s.scans)
+            attached = await referrers.attach(repo, name, digest, cli_actor())
+        return result, attached
 
-    result = run_service(work)
+    result, attached = run_service(work)
     if json_output:
-        print_json(plain(result))
+        if attach_sbom:
+            print_json({**plain(result), "sbom_referrer": plain(attached) if attached else None})
+        else:
+            print_json(plain(result))
         if result.state == "failed":
             raise typer.Exit(1)
-    elif not wait:
+        return
+    if not wait:
         console.print(
             Text(
                 f"Queued a scan of {image} ({result.digest}); a running server scans it in the "
@@ -153,3 +173,12 @@ def scan(
         )
     else:
         _print(image, result)
+    if attached is not None:
+        state = "attached" if attached.created else "was already attached"
+        console.print(
+            Text(
+                f"SBOM {state} to {image} as referrer {attached.digest} "
+                f"(artifact type {attached.artifact_type})."
+            ),
+            soft_wrap=True,
+        )

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import Any
+from uuid import UUID
 
 from cyclonedx.model.bom import Bom
 from cyclonedx.model.component import Component, ComponentType
@@ -12,10 +14,21 @@ from packageurl import PackageURL
 MEDIA_TYPE = "application/vnd.cyclonedx+json"
 
 
-def cyclonedx_json(name: str, digest: str, inventory: dict[str, Any]) -> str:
+def cyclonedx_json(
+    name: str,
+    digest: str,
+    inventory: dict[str, Any],
+    *,
+    serial: UUID | None = None,
+    timestamp: dt.datetime | None = None,
+) -> str:
     """The SBOM of the image `name` (project/repository[/image]) with manifest `digest`:
-    the image as the described component, its OS release and each package (by purl, once)."""
-    bom = Bom()
+    the image as the described component, its OS release and each package (by purl, once).
+    Without `serial` the document gets a random serial number and the time now; with it, no
+    time unless `timestamp` is given (the same inventory gives the same bytes)."""
+    bom = Bom(serial_number=serial) if serial is not None else Bom()
+    if serial is not None:
+        bom.metadata.timestamp = timestamp  # type: ignore[assignment]
     image = Component(name=name, version=digest, type=ComponentType.CONTAINER, bom_ref=digest)
     bom.metadata.component = image
     os = inventory.get("os")

@@ -1,8 +1,10 @@
-"""A project's pull policy through a running server: pulls of an image whose scan found
-vulnerabilities at or above the project's severity are refused with DENIED, naming the count
-and an API address that shows them. The images hold real packages and the vulnerability data
-is the genuine OSV records of tests/fixtures/osv: ms 0.7.0 has one high finding
-(GHSA-3fx5-fwvr-xrjg, CVSS 7.5), mixin-deep 1.3.1 one without severity (GHSA-fhjf-83wg-r2j9)."""
+"""What a scan's results do through a running server (one server for both, to keep the suite
+short): a project's pull policy refuses pulls of an image whose scan found vulnerabilities at or
+above its severity with DENIED, naming the count and an API address that shows them; an image's
+SBOM is attached on request as an OCI referrer that the referrers API lists and clients fetch.
+The images hold real packages and the vulnerability data is the genuine OSV records of
+tests/fixtures/osv: ms 0.7.0 has one high finding (GHSA-3fx5-fwvr-xrjg, CVSS 7.5), mixin-deep
+1.3.1 one without severity (GHSA-fhjf-83wg-r2j9)."""
 
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ from typing import Any
 import httpx
 import pytest
 
+from berth.services.gc.restrictions import impose_restriction, lift_restriction
 from berth.services.vulndb import VulnDb
 from berth.state import Services
 from tests.api.conftest import Team, assert_problem, ok, services
@@ -30,9 +33,12 @@ from tests.oci import (
 )
 from tests.servers import BerthServer, server_fixture
 from tests.unit.services.test_scanning_layers import FIXTURES, layer, npm_package, pip_installed
+from tests.webhook_receiver import receiving
 
 server = server_fixture(
-    "pullpolicy", backends=("sqlite", "postgres"), env={"BERTH_SCAN_CHECK_INTERVAL": "0.3"}
+    "pullpolicy",
+    backends=("sqlite", "postgres"),
+    env={"BERTH_SCAN_CHECK_INTERVAL": "0.3", "BERTH_WEBHOOK_ALLOW_PRIVATE": "true"},
 )
 
 ACCEPT = {"Accept": f"{OCI_MANIFEST}, {OCI_INDEX}"}
@@ -220,3 +226,128 @@ def test_berth_project_pull_policy_sets_it(team: Team, npm_layer: Blob) -> None:
     }
     time.sleep(1.1)
     assert pull(team, "cli").status_code == 200
+
+
+# --- the SBOM as an OCI referrer ------------------------------------------------------------
+
+CYCLONEDX = "application/vnd.cyclonedx+json"
+
+
+def referrers(team: Team, digest: str, artifact_type: str | None = None) -> list[dict[str, Any]]:
+    params = {"artifactType": artifact_type} if artifact_type else {}
+    with team.registry("reader") as registry:
+        response = registry.get(f"/v2/{team.oci_name()}/referrers/{digest}", params=params)
+    assert response.status_code == 200, response.text
+    return response.json()["manifests"]  # type: ignore[no-any-return]
+
+
+def test_the_sbom_is_attached_as_a_referrer_once(team: Team, npm_layer: Blob) -> None:
+    image = push(team, [npm_layer], "v1")
+    attach = team.repo_url(f"/images/{image.digest}/sbom/referrer")
+    assert "scan it first" in assert_problem(team["member"].post(attach), 404)["detail"]
+    scan(team, image.digest)
+    assert_problem(team["reader"].post(attach), 403)
+
+    attached = ok(team["member"].post(attach), 201)
+    assert attached["subject"] == image.digest and attached["created"]
+    assert attached["artifact_type"] == CYCLONEDX
+    [listed] = referrers(team, image.digest, CYCLONEDX)
+    assert listed["digest"] == attached["digest"] and listed["artifactType"] == CYCLONEDX
+    assert referrers(team, image.digest, "application/vnd.example.other") == []
+
+    again = ok(team["member"].post(attach), 200)
+    assert again["digest"] == attached["digest"] and not again["created"]
+    assert len(referrers(team, image.digest)) == 1
+
+    with team.registry("reader") as registry:
+        manifest = registry.get(
+            f"/v2/{team.oci_name()}/manifests/{attached['digest']}", headers=ACCEPT
+        ).json()
+        [sbom_layer] = manifest["layers"]
+        sbom = registry.get(f"/v2/{team.oci_name()}/blobs/{sbom_layer['digest']}")
+    assert manifest["artifactType"] == CYCLONEDX and sbom_layer["mediaType"] == CYCLONEDX
+    assert manifest["config"]["mediaType"] == "application/vnd.oci.empty.v1+json"
+    assert manifest["subject"]["digest"] == image.digest
+    document = sbom.json()
+    assert document["bomFormat"] == "CycloneDX"
+    assert document["metadata"]["component"]["version"] == image.digest
+    assert {"pkg:npm/ms@0.7.0", "pkg:npm/mixin-deep@1.3.1"} <= {
+        c.get("purl") for c in document["components"]
+    }
+    # An artifact is not an image: it is not listed as one, and the pull policy lets it by.
+    listed_images = ok(team["reader"].get(team.repo_url("/images")))
+    assert [i["digest"] for i in listed_images["items"]] == [image.digest]
+    ok(set_policy(team, "unknown"))
+    assert pull(team, attached["digest"]).status_code == 200
+    assert pull(team, image.digest).status_code == 403
+
+
+def test_the_sbom_referrer_goes_with_its_image(team: Team, npm_layer: Blob) -> None:
+    image = push(team, [npm_layer], "v1")
+    push(team, [npm_layer], "keep-1", image="other")
+    scan(team, image.digest)
+    attached = ok(team["member"].post(team.repo_url(f"/images/{image.digest}/sbom/referrer")), 201)
+    rules = [{"keep": "tagged", "pattern": "keep-*", "repositories": "*"}]
+    ok(team["project-admin"].put(team.url("/retention"), json={"rules": rules}))
+    ran = ok(team["project-admin"].post(team.url("/retention/runs")))
+    assert [i["digest"] for i in ran["images"]] == [image.digest]
+    assert pull(team, attached["digest"]).status_code == 404
+    assert pull(team, image.digest).status_code == 404
+
+
+def test_berth_scan_attach_sbom(team: Team, npm_layer: Blob) -> None:
+    if team.server.database_url:
+        pytest.skip("the CLI calls the same service on either database (and takes long)")
+    image = push(team, [npm_layer], "v1")
+    name = f"{team.project}/{team.repository}:v1"
+    done = " ".join(team.server.cli("scan", name, "--wait", "--attach-sbom").stdout.split())
+    assert "GHSA-3fx5-fwvr-xrjg" in done  # the findings, then the referrer
+    [listed] = referrers(team, image.digest, CYCLONEDX)
+    assert f"SBOM attached to {name} as referrer {listed['digest']}" in done
+
+
+def test_attaching_an_sbom_is_a_push_refused_while_garbage_collection_runs(
+    team: Team, npm_layer: Blob
+) -> None:
+    image = push(team, [npm_layer], "v1")
+    scan(team, image.digest)
+
+    async def restrict(s: Services, run_id: int | None) -> None:
+        project_id = await s.repositories.project_id(team.project)
+        assert project_id is not None
+        async with s.db.write() as conn:
+            if run_id is None:
+                await lift_restriction(conn, project_id, 999_999)
+            else:
+                await impose_restriction(s.db, conn, project_id, run_id)
+
+    services(team.server, lambda s: restrict(s, 999_999))
+    attach = team.repo_url(f"/images/{image.digest}/sbom/referrer")
+    try:
+        refused = assert_problem(team["member"].post(attach), 403)
+        assert "garbage collection in progress" in refused["detail"]
+        assert referrers(team, image.digest) == []
+    finally:
+        services(team.server, lambda s: restrict(s, None))
+    ok(team["member"].post(attach), 201)
+
+
+def test_attaching_an_sbom_sends_the_push_webhook_once(team: Team, npm_layer: Blob) -> None:
+    image = push(team, [npm_layer], "v1")
+    scan(team, image.digest)
+    for receiver in receiving():
+        ok(
+            team["project-admin"].post(
+                team.url("/webhooks"),
+                json={"url": receiver.url, "event_types": ["io.berth.image.pushed"]},
+            ),
+            201,
+        )
+        attach = team.repo_url(f"/images/{image.digest}/sbom/referrer")
+        attached = ok(team["member"].post(attach), 201)
+        (received,) = receiver.wait_for(1)
+        data = received.event["data"]
+        assert data["digest"] == attached["digest"] and data["actor"] == team.users["member"]
+        ok(team["member"].post(attach), 200)
+        time.sleep(1.5)  # a second event would have come by now
+        assert len(receiver.received) == 1

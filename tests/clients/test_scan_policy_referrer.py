@@ -1,16 +1,19 @@
-"""A project that refuses pulls of vulnerable images, met by real clients: skopeo and podman
-pulling an image whose scan found a high finding (ms 0.7.0, GHSA-3fx5-fwvr-xrjg, from the
-genuine records of tests/fixtures/osv) print Berth's DENIED message; the address it gives shows
-the findings; with the policy off both pull it."""
+"""Scan results met by real clients. A project that refuses pulls of vulnerable images: skopeo
+and podman pulling an image whose scan found a high finding (ms 0.7.0, GHSA-3fx5-fwvr-xrjg,
+from the genuine records of tests/fixtures/osv) print Berth's DENIED message; the address it
+gives shows the findings; with the policy off both pull it. An image's SBOM attached as an OCI
+referrer: oras-py pulls it by digest and gets the CycloneDX document."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import oras.client
 import pytest
 
 from berth.services.scanning.scans import ScanResult
@@ -50,6 +53,25 @@ def npm_image(work: Path) -> OciLayout:
     return layout
 
 
+def pushed_and_scanned(skopeo: Skopeo, registry: Registry, work: Path) -> tuple[ImageRef, str]:
+    """The ms image pushed with skopeo into a new repository and scanned: its ref and digest."""
+    repository = "pol" + uuid.uuid4().hex[:6]
+    registry.server.create_repository(registry.project, repository)
+    layout = npm_image(work)
+    ref = ImageRef(registry.address, registry.name(repository, "app"), "v1")
+    skopeo.copy(f"oci:{layout.path}:v1", f"docker://{ref}")
+    digest = str(layout.resolve("v1")["digest"])
+
+    async def scan(s: Services) -> ScanResult:
+        assert (await VulnDb(s.db).import_path(FIXTURES / "osv", "tests")).refused == []
+        repo = await s.repositories.require(registry.project, repository)
+        await s.scans.request_scan(repo, "app", digest, "tests")
+        return await s.scans.scan_now(repo.id, "app", digest)
+
+    assert registry.server._services(scan).counts.high == 1
+    return ref, digest
+
+
 def set_policy(registry: Registry, severity: str | None) -> None:
     with registry.http() as api:
         response = api.put(
@@ -69,20 +91,8 @@ def policy_off_after(registry: Registry) -> Iterator[None]:
 def test_clients_pulling_a_refused_image_print_why_and_where_to_look(
     skopeo: Skopeo, podman: Podman, registry: Registry, tmp_path: Path, policy_off_after: None
 ) -> None:
-    repository = "pol" + uuid.uuid4().hex[:6]
-    registry.server.create_repository(registry.project, repository)
-    layout = npm_image(tmp_path)
-    ref = ImageRef(registry.address, registry.name(repository, "app"), "v1")
-    skopeo.copy(f"oci:{layout.path}:v1", f"docker://{ref}")
-    digest = layout.resolve("v1")["digest"]
-
-    async def scan(s: Services) -> ScanResult:
-        assert (await VulnDb(s.db).import_path(FIXTURES / "osv", "tests")).refused == []
-        repo = await s.repositories.require(registry.project, repository)
-        await s.scans.request_scan(repo, "app", digest, "tests")
-        return await s.scans.scan_now(repo.id, "app", digest)
-
-    assert registry.server._services(scan).counts.high == 1
+    ref, digest = pushed_and_scanned(skopeo, registry, tmp_path)
+    repository = ref.name.removeprefix(f"{registry.project}/").split("/")[0]
     set_policy(registry, "high")
 
     expected = (
@@ -113,3 +123,33 @@ def test_clients_pulling_a_refused_image_print_why_and_where_to_look(
     pulled = podman.remote("pull", str(ref))
     assert pulled.returncode == 0
     assert podman("image", "inspect", "--format", "{{.Digest}}", str(ref)).stdout.strip() == digest
+
+
+def test_oras_pulls_the_sbom_attached_as_a_referrer(
+    skopeo: Skopeo,
+    oras_client: oras.client.OrasClient,
+    registry: Registry,
+    tmp_path: Path,
+) -> None:
+    ref, digest = pushed_and_scanned(skopeo, registry, tmp_path)
+    repository = ref.name.removeprefix(f"{registry.project}/").split("/")[0]
+    images = f"/api/v1/projects/{registry.project}/repositories/{repository}/images"
+    with registry.http() as api:
+        response = api.post(f"{images}/{digest}/sbom/referrer", params={"image": "app"})
+        assert response.status_code == 201, response.text
+        attached = response.json()
+        listed = api.get(
+            f"/v2/{ref.name}/referrers/{digest}",
+            params={"artifactType": "application/vnd.cyclonedx+json"},
+        ).json()["manifests"]
+    assert [m["digest"] for m in listed] == [attached["digest"]]
+
+    out = tmp_path / "out"
+    pulled = oras_client.pull(target=f"{ref.repository}@{attached['digest']}", outdir=str(out))
+    assert [Path(p).name for p in pulled] == ["sbom.cdx.json"]
+    document = (out / "sbom.cdx.json").read_bytes()
+    assert "sha256:" + hashlib.sha256(document).hexdigest() == attached["sbom_digest"]
+    sbom = json.loads(document)
+    assert sbom["bomFormat"] == "CycloneDX"
+    assert sbom["metadata"]["component"]["version"] == digest
+    assert "pkg:npm/ms@0.7.0" in {c.get("purl") for c in sbom["components"]}
