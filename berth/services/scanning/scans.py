@@ -622,10 +622,9 @@ async def _announce(
     repo_path = (
         f"/projects/{quote(row.project, safe='')}/repositories/{quote(row.repository, safe='')}"
     )
-    image_query = f"?image={quote(row.image, safe='')}" if row.image else ""
-    findings_query = f"findings={row.digest}" + (
-        f"&image={quote(row.image, safe='')}" if row.image else ""
-    )
+    image_param = f"image={quote(row.image, safe='')}" if row.image else ""
+    image_query = f"?{image_param}" if image_param else ""
+    findings_query = f"findings={row.digest}" + (f"&{image_param}" if image_param else "")
     name = "/".join(part for part in (row.repository, row.image) if part)
     data = EventData(
         project=row.project,
