@@ -35,6 +35,7 @@ from berth.domain.errors import (
     DigestInvalid,
     RangeNotSatisfiable,
     StorageFull,
+    Unavailable,
 )
 from berth.domain.hash_state import resumable_sha256
 from berth.domain.references import RepositoryRef
@@ -411,5 +412,8 @@ class Uploads:
     async def _discard(self, upload_id: str) -> None:
         async with self.db.write() as conn:
             await conn.execute(delete(uploads).where(uploads.c.id == upload_id))
-        await self.store.delete_upload(upload_id)
         self._hashes.drop(upload_id)
+        # With the store unreachable the client still hears why its upload ended (a wrong
+        # digest, a cancel); the scratch no row names is the abandoned-uploads job's.
+        with contextlib.suppress(Unavailable):
+            await self.store.delete_upload(upload_id)

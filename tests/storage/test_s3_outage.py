@@ -13,7 +13,14 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.oci import assert_status, blob_path, location, start_upload
+from tests.oci import (
+    assert_status,
+    blob_path,
+    error_codes,
+    location,
+    patch_upload,
+    start_upload,
+)
 from tests.s3 import SeaweedFS
 from tests.servers import BerthServer, running_server
 
@@ -89,6 +96,8 @@ def test_the_store_killed_mid_push_is_a_clear_503_and_the_same_push_succeeds_aft
         )
         assert_status(patched, 202)
         upload = location(patched)
+        other = location(start_upload(client, name))
+        other = location(patch_upload(client, other, b"not the layer", "0-12"))
 
         second = data[chunk_size : 2 * chunk_size]
         started = time.monotonic()
@@ -123,6 +132,11 @@ def test_the_store_killed_mid_push_is_a_clear_503_and_the_same_push_succeeds_aft
         )
         assert_unavailable(whole, own_seaweedfs)
         assert_status(client.head(blob_path(name, small_digest)), 404)
+        # A wrong digest is still told as such (and ends that upload), store or no store.
+        wrong = client.put(other, params={"digest": digest})
+        assert_status(wrong, 400)
+        assert error_codes(wrong) == ["DIGEST_INVALID"]
+        assert_status(client.get(other), 404)
         assert_status(client.head(blob_path(name, digest)), 404)
         assert_status(client.get(blob_path(name, digest)), 404)
         usage = client.post("/api/v1/projects/outage/storage/collect")
