@@ -71,7 +71,8 @@ def npm_layer() -> Blob:
 
 def push(team: Team, layers: list[Blob], tag: str, image: str = "") -> Blob:
     registry, name = team.registry("member"), team.oci_name(image)
-    config = image_config()
+    # Each team's images are its own digests: SBOMs are kept per digest, server-wide.
+    config = image_config(author=team.project)
     for blob in (config, *layers):
         push_blob(registry, name, blob)
     manifest = image_manifest(config.descriptor(), [b.descriptor() for b in layers])
