@@ -11,39 +11,38 @@ import pytest
 from sqlalchemy import select
 
 from berth.access.credentials import has_key_id_format, looks_like_key_id, may_be_key_id
+from berth.api.app import create_api
 from berth.metadata.tables import audit_log
 from berth.services.keys import new_key_id
 from berth.state import Services
 from tests.api.conftest import PASSWORD, Team, api, assert_problem, ok, services, until
 from tests.servers import ADMIN_PASSWORD, BerthServer
 
-# One request per kind of endpoint, as an anonymous caller makes it.
-ENDPOINTS = [
-    ("GET", "/projects"),
-    ("GET", "/projects/{p}"),
-    ("PUT", "/projects/{p}/quota"),
-    ("GET", "/projects/{p}/repositories"),
-    ("POST", "/projects/{p}/repositories"),
-    ("GET", "/projects/{p}/repositories/app"),
-    ("PATCH", "/projects/{p}/repositories/app"),
-    ("DELETE", "/projects/{p}/repositories/app"),
-    ("GET", "/projects/{p}/repositories/app/images"),
-    ("GET", "/projects/{p}/repositories/app/tags"),
-    ("GET", "/projects/{p}/repositories/app/history"),
-    ("POST", "/projects/{p}/repositories/app/tags/restore"),
-    ("GET", "/projects/{p}/keys"),
-    ("POST", "/projects/{p}/keys"),
-    ("GET", "/projects/{p}/members"),
-    ("GET", "/projects/{p}/audit"),
-    ("DELETE", "/projects/{p}"),
-    ("GET", "/users"),
-    ("POST", "/users"),
-    ("PUT", "/users/someone/password"),
-    ("DELETE", "/users/someone"),
-    ("PUT", "/account/password"),
-    ("GET", "/audit"),
-    ("POST", "/auth/tokens"),
-]
+# Every operation of the API's OpenAPI document except those it marks public (`security: []`),
+# so an endpoint added later is checked without anyone remembering to list it here.
+PATH_VALUES = {
+    "repository": "app",
+    "digest": "sha256:" + "0" * 64,
+    "tag": "v1",
+    "user": "someone",
+    "key_id": "BKNOTAKEY0000000000",
+    "run_id": "1",
+    "webhook_id": "1",
+    "rule_id": "1",
+}
+
+
+def _protected_operations() -> list[tuple[str, str]]:
+    document = create_api().openapi()
+    return [
+        (method.upper(), path)
+        for path, operations in document["paths"].items()
+        for method, operation in operations.items()
+        if operation.get("security") != []
+    ]
+
+
+ENDPOINTS = _protected_operations()
 
 
 def test_openapi_document_and_offline_docs(server: BerthServer) -> None:
@@ -66,10 +65,13 @@ def test_openapi_document_and_offline_docs(server: BerthServer) -> None:
 @pytest.mark.parametrize(("method", "path"), ENDPOINTS)
 def test_every_endpoint_needs_credentials(shared_team: Team, method: str, path: str) -> None:
     with api(shared_team.server) as client:
-        response = client.request(method, path.format(p=shared_team.project), json={})
+        values = {**PATH_VALUES, "project": shared_team.project}
+        response = client.request(method, path.format(**values), json={})
         body = assert_problem(response, 401, code="UNAUTHORIZED")
         assert response.headers["WWW-Authenticate"].startswith("Bearer")
-        assert "authentication required" in body["detail"]
+        # The console's session answers in its own words; every other endpoint in one phrase.
+        expected = "not signed in" if path == "/session" else "authentication required"
+        assert expected in body["detail"]
 
 
 @pytest.mark.parametrize(
