@@ -37,6 +37,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
@@ -98,6 +99,7 @@ class Target:
 # The pull through nginx from a second Berth with blob_redirect = "accel" (nginx sends the file
 # with sendfile), measured beside Distribution in each run's own alternating rounds.
 ACCEL_PULL = "accel_pull_MiBps"
+ACCEL_CPU = "accel_pull_cpu_s"  # CPU time of nginx and that Berth, against Distribution's
 
 # regbench figure -> (label, unit, target); {size} is the blob size in MiB.
 FIGURES: dict[str, tuple[str, str, Target]] = {
@@ -107,6 +109,11 @@ FIGURES: dict[str, tuple[str, str, Target]] = {
         "blob pull, {size} MiB, Berth behind nginx with blob_redirect = accel (curl)",
         "MiB/s",
         Target(1.5, True),
+    ),
+    ACCEL_CPU: (
+        "server CPU per {size} MiB pull: nginx + Berth (accel), against Distribution",
+        "s",
+        Target(1.0, False),
     ),
     "manifest_rps": ("manifest GET by tag (wrk)", "req/s", Target(5.0, True)),
     "manifest_p99_ms": ("manifest GET p99", "ms", Target(1.0, False)),
@@ -192,18 +199,55 @@ def run_regbench(
     return result
 
 
+def process_tree_cpu(pids: Sequence[int]) -> float:
+    """User + system CPU seconds spent so far by these processes and their descendants (those
+    still running), from /proc."""
+    processes: dict[int, tuple[int, int]] = {}  # pid -> (parent, clock ticks)
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # gone meanwhile
+        processes[int(stat.parent.name)] = (int(fields[1]), int(fields[11]) + int(fields[12]))
+    tree = set(pids)
+    while more := {pid for pid, (parent, _) in processes.items() if parent in tree} - tree:
+        tree |= more
+    ticks = sum(processes[pid][1] for pid in tree if pid in processes)
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+@dataclass(frozen=True)
+class Pulls:
+    """Two targets' pulls of one blob: each one's MiB/s and its servers' CPU seconds a pull."""
+
+    first_mibps: float
+    second_mibps: float
+    first_cpu: float
+    second_cpu: float
+
+
 def pull_rounds(
-    first: regbench.Target, second: regbench.Target, digest: str, size_mib: int, rounds: int
-) -> tuple[float, float]:
+    first: tuple[regbench.Target, Sequence[int]],
+    second: tuple[regbench.Target, Sequence[int]],
+    digest: str,
+    size_mib: int,
+    rounds: int,
+) -> Pulls:
     """Each target's pull rate of the blob `digest` (both hold it) in MiB/s: regbench's pull
-    (curl, best of two) in `rounds` rounds, the order flipping every round; the medians."""
-    found: dict[int, list[float]] = {0: [], 1: []}
+    (curl, best of two) in `rounds` rounds, the order flipping every round; the medians. With
+    each target come the pids of the processes that serve it: their CPU time per pull (over
+    both pulls of a round, halved), less swayed by other work than MiB/s are."""
+    rates: dict[int, list[float]] = {0: [], 1: []}
+    cpu: dict[int, list[float]] = {0: [], 1: []}
     pair = [(0, first), (1, second)]
     for index in range(rounds):
-        for side, target in pair if index % 2 == 0 else pair[::-1]:
+        for side, (target, pids) in pair if index % 2 == 0 else pair[::-1]:
+            began = process_tree_cpu(pids)
             seconds = min(regbench.pull_blob(target, digest) for _ in range(2))
-            found[side].append(size_mib / seconds)
-    return statistics.median(found[0]), statistics.median(found[1])
+            cpu[side].append((process_tree_cpu(pids) - began) / 2)
+            rates[side].append(size_mib / seconds)
+    median = statistics.median
+    return Pulls(median(rates[0]), median(rates[1]), median(cpu[0]), median(cpu[1]))
 
 
 @dataclass
@@ -218,7 +262,7 @@ class Run:
 def measure_runs(
     berth: Server,
     distribution: Server,
-    accel: Server | None,
+    accel: tuple[Server, Server] | None,
     args: argparse.Namespace,
     work: Path,
 ) -> list[Run]:
@@ -226,9 +270,10 @@ def measure_runs(
     the same blob through nginx from the accel Berth and from Distribution, alternating."""
     runs = []
     if accel is not None:
+        nginx, accel_berth = accel
         # regbench's first blob: Distribution has it from every run's first round.
         path, digest = regbench.make_blob(args.size_mib, 0)
-        through_nginx = regbench.Target(accel.url, IMAGE_NAME, accel.user, accel.password)
+        through_nginx = regbench.Target(nginx.url, IMAGE_NAME, nginx.user, nginx.password)
         regbench.authenticate(through_nginx)
         regbench.push_blob(through_nginx, path, digest)
         # curl's pull checks the status only: make sure nginx sends the blob's bytes.
@@ -245,9 +290,22 @@ def measure_runs(
         print(f"run {index + 1} of {args.runs}: load average {before}", flush=True)
         figures = run_regbench(berth, distribution, args, work / f"regbench-{index + 1}.json")
         if accel is not None:
-            a, b = pull_rounds(through_nginx, plain, digest, args.size_mib, args.rounds)
-            figures["a"][ACCEL_PULL], figures["b"][ACCEL_PULL] = a, b
-            print(f"  accel pull: nginx {a:,.0f} MiB/s, Distribution {b:,.0f} MiB/s", flush=True)
+            pulls = pull_rounds(
+                (through_nginx, [nginx.pid, accel_berth.pid]),
+                (plain, [distribution.pid]),
+                digest,
+                args.size_mib,
+                args.rounds,
+            )
+            a, b = figures["a"], figures["b"]
+            a[ACCEL_PULL], b[ACCEL_PULL] = pulls.first_mibps, pulls.second_mibps
+            a[ACCEL_CPU], b[ACCEL_CPU] = pulls.first_cpu, pulls.second_cpu
+            print(
+                f"  accel pull: nginx {pulls.first_mibps:,.0f} MiB/s "
+                f"({pulls.first_cpu:.2f} s CPU), Distribution {pulls.second_mibps:,.0f} MiB/s "
+                f"({pulls.second_cpu:.2f} s CPU)",
+                flush=True,
+            )
         runs.append(Run(figures, before, loadavg()))
     return runs
 
@@ -369,7 +427,10 @@ def report(r: Results) -> str:
         "`X-Accel-Redirect`, nginx sends the file with sendfile. In every run, after "
         f"regbench, the same {args.size_mib} MiB blob is pulled through nginx and from "
         f"Distribution in {args.rounds} rounds alternating the two (curl, best of two "
-        "pulls per round, regbench's pull); the run's figure is the median of its rounds."
+        "pulls per round, regbench's pull); the run's figure is the median of its rounds. "
+        "The CPU row is the user + system time the serving processes spent per pull (nginx "
+        "and the accel Berth, against Distribution; from /proc): under load, MiB/s mostly "
+        "measure who got the cores, CPU time what each way of sending costs."
         if ACCEL_PULL in a
         else 'nginx is not installed: Berth behind nginx with `blob_redirect = "accel"` '
         "was not measured."
@@ -497,7 +558,7 @@ def measure(args: argparse.Namespace, work: Path) -> Results:
         dist_mem = MemorySampler(distribution.pid).start()
         samplers.append(dist_mem)
         print(f"Berth ({args.workers} worker(s)) {berth.url}, Distribution {distribution.url}")
-        accel: Server | None = None
+        accel: tuple[Server, Server] | None = None
         if NGINX.exists():
             accel_berth = launch_berth(
                 work / "accel", args.workers, {"BERTH_BLOB_REDIRECT": "accel"}, "Berth (accel)"
@@ -505,9 +566,10 @@ def measure(args: argparse.Namespace, work: Path) -> Results:
             servers.append(accel_berth)
             wait_ready(accel_berth)
             log_in_berth(accel_berth)
-            accel = start_nginx_accel(work / "nginx", accel_berth)
-            servers.append(accel)
-            print(f"Berth (accel) behind nginx {accel.url}")
+            nginx = start_nginx_accel(work / "nginx", accel_berth)
+            servers.append(nginx)
+            accel = (nginx, accel_berth)
+            print(f"Berth (accel) behind nginx {nginx.url}")
         else:
             print(f"{NGINX} missing: no accel figure", file=sys.stderr)
         runs = measure_runs(berth, distribution, accel, args, work)

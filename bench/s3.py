@@ -58,6 +58,11 @@ FIGURES: dict[str, tuple[str, str, float | None]] = {
         "MiB/s",
         None,
     ),
+    "presigned_pull_cpu_s": (
+        "CPU per presigned pull (Berth + SeaweedFS; Distribution streaming + SeaweedFS)",
+        "s",
+        None,
+    ),
     "manifest_rps": ("manifest GET by tag (wrk)", "req/s", 5.0),
     "manifest_p99_ms": ("manifest GET p99", "ms", None),
     "small_blob_rps": ("4 KiB blob GET (wrk)", "req/s", None),
@@ -141,8 +146,21 @@ def measure(args: argparse.Namespace, work: Path) -> dict[str, Any]:
             regbench.authenticate(redirected)
             regbench.push_blob(redirected, path, digest)
             plain = regbench.Target(distribution.url, IMAGE_NAME)
-            a, b = pull_rounds(redirected, plain, digest, args.size_mib, args.rounds)
-            figures["a"]["presigned_pull_MiBps"], figures["b"]["presigned_pull_MiBps"] = a, b
+            assert seaweedfs.process is not None
+            store = seaweedfs.process.pid
+            pulls = pull_rounds(
+                (redirected, [presigned.pid, store]),
+                (plain, [distribution.pid, store]),
+                digest,
+                args.size_mib,
+                args.rounds,
+            )
+            a, b = figures["a"], figures["b"]
+            a["presigned_pull_MiBps"], b["presigned_pull_MiBps"] = (
+                pulls.first_mibps,
+                pulls.second_mibps,
+            )
+            a["presigned_pull_cpu_s"], b["presigned_pull_cpu_s"] = pulls.first_cpu, pulls.second_cpu
             after = loadavg()
             for server in servers:
                 if server.process.poll() is not None:
@@ -166,6 +184,10 @@ def measure(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     }
 
 
+def _num(value: float) -> str:
+    return f"{value:,.0f}" if value >= 100 else f"{value:,.2f}"
+
+
 def report(result: dict[str, Any]) -> str:
     berth, distribution = result["berth"], result["distribution"]
     rows = []
@@ -174,8 +196,8 @@ def report(result: dict[str, Any]) -> str:
         met = "" if target is None else ("yes" if ratio >= target else "**no**")
         wanted = "" if target is None else f"≥ {target:g}x"
         rows.append(
-            f"| {label.format(size=result['size_mib'])} | {berth[key]:,.0f} {unit} "
-            f"| {distribution[key]:,.0f} {unit} | **{ratio:.2f}x** | {wanted} | {met} |"
+            f"| {label.format(size=result['size_mib'])} | {_num(berth[key])} {unit} "
+            f"| {_num(distribution[key])} {unit} | **{ratio:.2f}x** | {wanted} | {met} |"
         )
     return "\n".join(
         [
@@ -198,8 +220,14 @@ def main() -> None:
     p.add_argument("--size-mib", type=int, default=256)
     p.add_argument("--json", action="store_true", help="the figures as JSON on standard output")
     args = p.parse_args()
-    with tempfile.TemporaryDirectory(prefix="berth-bench-s3-") as tmp:
-        result = measure(args, Path(tmp))
+    out = os.dup(1)
+    os.dup2(2, 1)  # regbench's own table goes to standard error: standard output is ours
+    try:
+        with tempfile.TemporaryDirectory(prefix="berth-bench-s3-") as tmp:
+            result = measure(args, Path(tmp))
+    finally:
+        sys.stdout.flush()
+        os.dup2(out, 1)
     print(json.dumps(result, indent=2) if args.json else report(result))
 
 
