@@ -167,10 +167,12 @@ def test_berth_scan_waits_and_prints_the_findings(
     assert f"berth scan {name} --wait" in " ".join(queued.stdout.split())
     wrong = team.server.cli("scan", f"{team.project}/{team.repository}", check=False)
     assert wrong.returncode == 2 and "PROJECT/REPO[/IMAGE]:TAG" in wrong.stderr
-    listed = " ".join(
-        team.server.cli("image", "list", f"{team.project}/{team.repository}").stdout.split()
-    )
-    assert "1 high, 2 unknown" in listed
+    listed = team.server.cli_json("image", "list", f"{team.project}/{team.repository}")
+    scans = {item["digest"]: item["scan"] for item in listed["items"]}
+    assert any(
+        scan["status"] == "done" and scan["counts"]["high"] == 1 and scan["counts"]["unknown"] == 2
+        for scan in scans.values()
+    ), scans
     stale = team.server.cli_json("scan", "--rescan-stale")
     assert stale == {"queued": 0, "scanned": 0}
 

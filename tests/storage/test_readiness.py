@@ -19,16 +19,6 @@ from tests.servers import BerthServer, PostgresCluster
 
 
 @pytest.fixture
-def own_seaweedfs(tmp_path: Path) -> Iterator[SeaweedFS]:
-    """A SeaweedFS of this test's own: it is killed."""
-    server = SeaweedFS(tmp_path / "seaweedfs").start()
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
-@pytest.fixture
 def own_postgres() -> Iterator[PostgresCluster]:
     """A PostgreSQL cluster of this test's own: it is stopped."""
     if not PostgresCluster.available():

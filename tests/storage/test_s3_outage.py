@@ -8,7 +8,6 @@ import hashlib
 import os
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import pytest
@@ -25,16 +24,6 @@ from tests.s3 import SeaweedFS
 from tests.servers import BerthServer, running_server
 
 MiB = 1024 * 1024
-
-
-@pytest.fixture
-def own_seaweedfs(tmp_path: Path) -> Iterator[SeaweedFS]:
-    """A SeaweedFS of this test's own: it is killed (the session's is shared)."""
-    server = SeaweedFS(tmp_path / "seaweedfs").start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture
@@ -86,14 +75,7 @@ def test_the_store_killed_mid_push_is_a_clear_503_and_the_same_push_succeeds_aft
     with httpx.Client(base_url=server.url, auth=server.access_key("outage"), timeout=120) as client:
         upload = location(start_upload(client, name))
         first = data[:chunk_size]
-        patched = client.patch(
-            upload,
-            content=first,
-            headers={
-                "Content-Type": "application/octet-stream",
-                "Content-Range": f"0-{chunk_size - 1}",
-            },
-        )
+        patched = patch_upload(client, upload, first, f"0-{chunk_size - 1}")
         assert_status(patched, 202)
         upload = location(patched)
         other = location(start_upload(client, name))
@@ -155,14 +137,7 @@ def test_the_store_killed_mid_push_is_a_clear_503_and_the_same_push_succeeds_aft
         upload = location(status)
         while offset < len(data):
             chunk = data[offset : offset + chunk_size]
-            patched = client.patch(
-                upload,
-                content=chunk,
-                headers={
-                    "Content-Type": "application/octet-stream",
-                    "Content-Range": f"{offset}-{offset + len(chunk) - 1}",
-                },
-            )
+            patched = patch_upload(client, upload, chunk, f"{offset}-{offset + len(chunk) - 1}")
             assert_status(patched, 202)
             upload = location(patched)
             offset += len(chunk)
