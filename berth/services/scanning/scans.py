@@ -99,6 +99,17 @@ NOT_SCANNED = ScanSummary(
 )
 
 
+def is_stale(state: str, vulndb_state: int | None, current: int | None) -> bool:
+    """A finished result made before the latest import that changed the vulnerability data
+    (`rescan_stale` says the same in SQL)."""
+    return state == "done" and (vulndb_state or 0) < (current or 0)
+
+
+def counts_of(row: Any) -> SeverityCounts:
+    """The severity counts of a `scans` row."""
+    return SeverityCounts(**{c: getattr(row, c) for c in COUNTED})
+
+
 async def scan_summaries(conn: AsyncConnection, manifest_ids: list[int]) -> dict[int, ScanSummary]:
     """The scan state of each of these manifests (absent: never scanned), in one query: the
     database's current state rides along to say which results are stale."""
@@ -124,8 +135,8 @@ async def scan_summaries(conn: AsyncConnection, manifest_ids: list[int]) -> dict
         int(row.manifest_id): ScanSummary(
             status=row.state,
             reason=row.reason,
-            counts=SeverityCounts(**{c: getattr(row, c) for c in COUNTED}),
-            stale=row.state == "done" and (row.vulndb_state or 0) < (row.current or 0),
+            counts=counts_of(row),
+            stale=is_stale(row.state, row.vulndb_state, row.current),
             scanned_at=row.finished_at,
         )
         for row in rows
@@ -300,8 +311,8 @@ class Scans:
             digest=digest,
             state=row.state,
             reason=row.reason,
-            stale=row.state == "done" and (row.vulndb_state or 0) < current,
-            counts=SeverityCounts(**{c: getattr(row, c) for c in COUNTED}),
+            stale=is_stale(row.state, row.vulndb_state, current),
+            counts=counts_of(row),
             packages=row.packages,
             vulndb_state=row.vulndb_state,
             requested_by=row.requested_by,
