@@ -98,7 +98,8 @@ class Services:
         )
         retention = Retention(db, registry)
         vulndb = VulnDb(db)
-        scans = Scans(db, store, vulndb)
+        pull_policy = PullPolicy(db)
+        scans = Scans(db, store, vulndb, on_finished=pull_policy.forget_verdicts)
         throttle = LoginThrottle(
             settings.login_failures_per_key, settings.login_failures_per_client
         )
@@ -178,7 +179,7 @@ class Services:
             retention=retention,
             vulndb=vulndb,
             scans=scans,
-            pull_policy=PullPolicy(db),
+            pull_policy=pull_policy,
         )
 
     def host_project(self, host: str | None) -> str | None:

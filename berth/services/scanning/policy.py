@@ -14,7 +14,8 @@ What a pull is checked against:
 The policy travels with the repository lookup every /v2 request makes (`RepositoryRef`,
 cached `REPOSITORY_CACHE_SECONDS`), so with the policy off a pull pays one attribute read.
 With it on, a verdict is kept `VERDICT_SECONDS` per manifest (the same second the access
-caches keep), so a finished scan or a changed policy is seen within about a second.
+caches keep), so a finished scan or a changed policy is seen within about a second on other
+nodes, and at once on the node that stored it.
 """
 
 from __future__ import annotations
@@ -119,8 +120,12 @@ class PullPolicy:
                 detail={"refuse_severity": severity},
                 client=client,
             )
-        self._verdicts.clear()
+        self.forget_verdicts()
         return PullPolicySettings(refuse_severity=severity)
+
+    def forget_verdicts(self) -> None:
+        """Judge every pull afresh (a scan finished or the policy changed on this node)."""
+        self._verdicts.clear()
 
     # --- the check on each pull -------------------------------------------------------------
 

@@ -16,6 +16,7 @@ import asyncio
 import datetime as dt
 import json
 import logging
+from collections.abc import Callable
 from typing import Any, Literal
 from urllib.parse import quote
 
@@ -215,10 +216,19 @@ def _counts(findings: list[ScanFinding]) -> dict[str, int]:
 
 
 class Scans:
-    def __init__(self, db: Database, store: BlobStore, vulndb: VulnDb) -> None:
+    def __init__(
+        self,
+        db: Database,
+        store: BlobStore,
+        vulndb: VulnDb,
+        on_finished: Callable[[], None] | None = None,
+    ) -> None:
         self.db = db
         self.store = store
         self.vulndb = vulndb
+        # Told when a result is stored, so this node's pull-policy verdicts are not a second
+        # late (other nodes keep theirs at most VERDICT_SECONDS).
+        self.on_finished = on_finished
 
     # --- requests -----------------------------------------------------------------------
 
@@ -600,6 +610,8 @@ class Scans:
             )
             if announce:
                 await _announce(conn, scan_id, found, packages, reason)
+        if self.on_finished is not None:
+            self.on_finished()
 
 
 async def _announce(
