@@ -240,7 +240,11 @@ class Uploads:
     async def append(
         self, upload: Upload, body: AsyncIterator[bytes], content_range: str | None
     ) -> Upload:
-        """Append a chunk. A Content-Range that does not start at the current end is a 416."""
+        """Append a chunk. A Content-Range that does not start at the current end is a 416.
+        `upload` is as the request found it: a chunk without a Content-Range starts at its
+        offset, so when another request moved the upload on while this one waited for its
+        turn (a client's retry of the chunk), this one is a 416 too, not appended after it."""
+        arrived_at = upload.offset
         async with self._lock(upload.id):
             upload = await self._refresh(upload)
             if content_range:
@@ -251,6 +255,12 @@ class Uploads:
                         "send chunks in order",
                         upload.offset,
                     )
+            elif arrived_at != upload.offset:
+                raise RangeNotSatisfiable(
+                    f"another request moved the upload from {arrived_at} to {upload.offset} "
+                    "bytes while this one waited; go on from there",
+                    upload.offset,
+                )
             async with self._storage_faults(upload.id):
                 hasher = await self._hasher_at(upload)
                 writer = await self.store.open_upload(upload.id, upload.offset)
@@ -300,6 +310,24 @@ class Uploads:
             current.offset,
         )
 
+    async def _with_pieces(self, upload_id: str) -> tuple[Upload, list[str]]:
+        """The upload and the pieces that hold its bytes, read in one statement (one snapshot):
+        on a store of pieces nothing holds a PATCH back while the upload is committed, and
+        pieces a PATCH recorded between two reads would be committed under the digest of the
+        bytes before them."""
+        query = (
+            select(uploads, upload_pieces.c.name.label("piece"))
+            .select_from(
+                uploads.outerjoin(upload_pieces, upload_pieces.c.upload_id == uploads.c.id)
+            )
+            .where(uploads.c.id == upload_id)
+        )
+        async with self.db.read() as conn:
+            rows = (await conn.execute(query)).all()
+        if not rows:
+            raise BlobUploadUnknown(f"upload {upload_id!r} is unknown, finished or cancelled")
+        return Upload.of(rows[0]), [row.piece for row in rows if row.piece is not None]
+
     async def _refresh(self, upload: Upload) -> Upload:
         return await self._refresh_id(upload.id)
 
@@ -323,8 +351,7 @@ class Uploads:
         if body is not None:
             upload = await self.append(upload, body, content_range)
         async with self._lock(upload.id):
-            upload = await self._refresh(upload)
-            pieces = await self._pieces(upload.id)
+            upload, pieces = await self._with_pieces(upload.id)
             async with self._storage_faults(upload.id):
                 actual = await self._final_digest(upload, expected.algorithm, pieces)
                 if actual != str(expected):
