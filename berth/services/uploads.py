@@ -21,6 +21,7 @@ import errno
 import hashlib
 import re
 import uuid
+import weakref
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
 from typing import Any
@@ -159,7 +160,9 @@ class Uploads:
         self.db = db
         self.store = store
         self._hashes = _HashStates()
-        self._locks: dict[str, asyncio.Lock] = {}
+        # Each upload's lock lives while a request holds or awaits it: none is left behind
+        # by uploads abandoned, failed or finished on another node.
+        self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
 
     async def start(self, repo: RepositoryRef, image: str) -> Upload:
         upload = Upload(uuid.uuid4().hex, repo.id, image, 0, None)
@@ -205,10 +208,10 @@ class Uploads:
     @contextlib.asynccontextmanager
     async def _lock(self, upload_id: str) -> AsyncIterator[None]:
         """This process's turn on the upload, then the store's (other processes and nodes)."""
-        async with (
-            self._locks.setdefault(upload_id, asyncio.Lock()),
-            self.store.upload_exclusive(upload_id),
-        ):
+        lock = self._locks.get(upload_id)
+        if lock is None:
+            lock = self._locks[upload_id] = asyncio.Lock()
+        async with lock, self.store.upload_exclusive(upload_id):
             yield
 
     async def _hasher_at(self, upload: Upload) -> Any:
@@ -369,7 +372,6 @@ class Uploads:
                     # must not go on writing into the blob's file.
                     await self.store.delete_upload(upload.id)
             self._hashes.drop(upload.id)
-            self._locks.pop(upload.id, None)
             return actual
 
     async def _record(
@@ -417,7 +419,6 @@ class Uploads:
     async def cancel(self, upload: Upload) -> None:
         async with self._lock(upload.id):
             await self._discard(upload.id)
-        self._locks.pop(upload.id, None)
 
     @contextlib.asynccontextmanager
     async def _storage_faults(self, upload_id: str) -> AsyncIterator[None]:

@@ -4,6 +4,7 @@ one database and one blob directory stand for two processes (each with its own m
 from __future__ import annotations
 
 import asyncio
+import gc
 import hashlib
 import os
 import time
@@ -202,5 +203,25 @@ def test_of_two_chunks_without_content_range_racing_from_one_offset_the_second_i
         assert outcomes[1].current_size == MiB
         digest = await first.complete(REPO, outcomes[0], digest_of(data), None, None)
         assert await read_blob(store, digest) == data
+
+    run(database_url, tmp_path / "blobs", scenario)
+
+
+def test_a_node_keeps_no_lock_of_uploads_it_is_not_serving(
+    database_url: str, tmp_path: Path
+) -> None:
+    """Uploads abandoned after a chunk, or finished on another node, leave nothing behind in
+    the memory of the node that served their chunks (a long-running node would grow)."""
+
+    async def scenario(db: Database, store: FilesystemBlobStore) -> None:
+        node, other = Uploads(db, store), Uploads(db, store)
+        for number in range(20):
+            upload = await node.start(REPO, "app")
+            upload = await node.append(upload, body(b"chunk %d" % number), None)
+            if number % 2:
+                data = b"chunk %d" % number
+                await other.complete(REPO, upload, digest_of(data), None, None)
+        gc.collect()
+        assert len(node._locks) == 0
 
     run(database_url, tmp_path / "blobs", scenario)
