@@ -168,6 +168,7 @@ class Services:
                 db,
                 store,
                 grace_period=settings.gc_grace_period,
+                upload_expiry=settings.upload_expiry,
                 test_pause=settings.gc_test_pause,
             ),
             sessions=Sessions(db, settings.session_ttl),

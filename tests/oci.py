@@ -18,7 +18,9 @@ import io
 import json
 import os
 import tarfile
-from collections.abc import Iterable, Mapping, Sequence
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -429,3 +431,66 @@ def put_manifest(
 
 def error_code(response: httpx.Response) -> str:
     return str(response.json()["errors"][0]["code"])
+
+
+class SlowBody:
+    """A request body sent in pieces with pauses, so that requests started together are all
+    in flight at once."""
+
+    def __init__(self, data: bytes, pieces: int = 8, pause: float = 0.02) -> None:
+        self.data, self.pieces, self.pause = data, pieces, pause
+
+    def __iter__(self) -> Iterator[bytes]:
+        size = -(-len(self.data) // self.pieces)
+        for start in range(0, len(self.data), size):
+            time.sleep(self.pause)
+            yield self.data[start : start + size]
+
+
+def race_patches(
+    new_client: Callable[[], httpx.Client], upload: str, offset: int, bodies: Sequence[bytes]
+) -> list[httpx.Response]:
+    """PATCH each of `bodies` (all one size) to the upload from `offset`, all at once, each
+    from a client of its own; the responses in the order of `bodies`."""
+    size = len(bodies[0])
+    barrier = threading.Barrier(len(bodies))
+    responses: list[httpx.Response | BaseException | None] = [None] * len(bodies)
+
+    def send(number: int) -> None:
+        try:
+            with new_client() as client:
+                barrier.wait()
+                responses[number] = client.patch(
+                    upload,
+                    content=SlowBody(bodies[number]),
+                    headers={
+                        "Content-Type": OCTET_STREAM,
+                        "Content-Length": str(size),
+                        "Content-Range": f"{offset}-{offset + size - 1}",
+                    },
+                )
+        except BaseException as exc:
+            responses[number] = exc
+
+    threads = [threading.Thread(target=send, args=(n,)) for n in range(len(bodies))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    answered = [r for r in responses if isinstance(r, httpx.Response)]
+    assert len(answered) == len(bodies), responses
+    return answered
+
+
+def assert_one_patch_taken(responses: Sequence[httpx.Response], held: str) -> int:
+    """Of PATCHes raced from one offset, exactly one was taken (202) and every other was
+    refused with 416 BLOB_UPLOAD_INVALID naming the range `held` ("0-<end>"); which was taken."""
+    statuses = [response.status_code for response in responses]
+    taken = [n for n, status in enumerate(statuses) if status == 202]
+    assert len(taken) == 1, statuses
+    for number, response in enumerate(responses):
+        if number != taken[0]:
+            assert response.status_code == 416, describe(response)
+            assert error_code(response) == "BLOB_UPLOAD_INVALID"
+            assert response.headers["Range"] == held
+    return taken[0]

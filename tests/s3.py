@@ -85,6 +85,9 @@ class SeaweedFS:
             "-volume.max=64",
             "-s3",
             f"-s3.config={identities}",
+            # A write into a missing bucket is NoSuchBucket, as on AWS (SeaweedFS would
+            # otherwise make the bucket again, for an admin identity).
+            "-s3.autoCreateBucket=false",
             f"-s3.port={self.s3_port}",
             # Every listener on a free port (the defaults are fixed numbers, and the gRPC
             # ones the HTTP port + 10000), so that test runs side by side never collide.

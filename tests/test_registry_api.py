@@ -16,10 +16,12 @@ from tests.oci import (
     OCI_INDEX,
     OCI_MANIFEST,
     Blob,
+    assert_one_patch_taken,
     digest_of,
     error_code,
     push_bytes,
     put_manifest,
+    race_patches,
     random_image,
 )
 from tests.s3 import stored_keys
@@ -260,6 +262,32 @@ def test_out_of_order_and_repeated_chunks_get_416(repo: Repo, content_range: str
     done = repo.client.put(location, params={"digest": digest_of(b"abcdef")})
     assert done.status_code == 201
     assert repo.client.get(repo.url(f"blobs/{digest_of(b'abcdef')}")).content == b"abcdef"
+
+
+def test_patches_racing_from_one_offset_store_one_body_or_are_refused(repo: Repo) -> None:
+    """Several PATCHes of one upload from the same offset at once (a client retrying a chunk
+    while its first try is still being written): one is taken, every other is a 416 naming
+    the range the upload holds, and the blob holds exactly the bytes taken, never a mix."""
+    size = 512 * 1024
+    for _round in range(2):
+        location = repo.client.post(repo.url("blobs/uploads/")).headers["Location"]
+        first = os.urandom(64 * 1024)
+        patched = repo.client.patch(
+            location, content=first, headers={"Content-Range": f"0-{len(first) - 1}"}
+        )
+        assert patched.status_code == 202
+        bodies = [bytes([n]) * 1000 + os.urandom(size - 1000) for n in range(6)]
+        responses = race_patches(
+            lambda: httpx.Client(base_url=repo.server.url, auth=repo.client.auth, timeout=60),
+            location,
+            len(first),
+            bodies,
+        )
+        taken = assert_one_patch_taken(responses, f"0-{len(first) + size - 1}")
+        data = first + bodies[taken]
+        done = repo.client.put(location, params={"digest": digest_of(data)})
+        assert done.status_code == 201, done.text
+        assert repo.client.get(repo.url(f"blobs/{digest_of(data)}")).content == data
 
 
 def test_sha512_blob(repo: Repo) -> None:

@@ -198,9 +198,20 @@ racing_server = server_fixture("race", env={"BERTH_GC_GRACE_PERIOD": "0"})
 
 
 def test_pushes_racing_garbage_collection_get_no_server_error(racing_server: BerthServer) -> None:
-    """With no grace period, GC removes uploads in flight: their commits must answer an error
-    the client retries, never a 500."""
+    """GC removes uploads in flight that look untouched for longer than upload_expiry (each
+    is aged so as soon as it starts): their commits must answer an error the client retries,
+    never a 500."""
     repo = new_repo(racing_server)
+    database = sqlite3.connect(racing_server.data_dir / "berth.db", check_same_thread=False)
+    ageing = threading.Lock()
+
+    def age(upload_id: str) -> None:
+        with ageing, database:
+            database.execute(
+                "UPDATE uploads SET updated_at = '2000-01-01 00:00:00.000000' WHERE id = ?",
+                (upload_id,),
+            )
+
     stop = time.monotonic() + 8
     statuses: list[int] = []
     lost: list[str] = []  # the codes of the commits and chunks that met a collected upload
@@ -214,6 +225,7 @@ def test_pushes_racing_garbage_collection_get_no_server_error(racing_server: Ber
                 if started.status_code != 202:
                     continue
                 location = started.headers["Location"]
+                age(started.headers["Docker-Upload-UUID"])
                 for response in (
                     c.patch(location, content=data),
                     c.put(location, params={"digest": digest_of(data)}),
@@ -233,6 +245,7 @@ def test_pushes_racing_garbage_collection_get_no_server_error(racing_server: Ber
         thread.start()
     for thread in threads:
         thread.join()
+    database.close()
     assert statuses and all(s < 500 for s in statuses), sorted(set(statuses))
     # The race was met: some uploads were collected while in flight.
     assert "BLOB_UPLOAD_UNKNOWN" in lost, (sorted(set(statuses)), lost)

@@ -22,6 +22,7 @@ logger = logging.getLogger("berth.readiness")
 
 STORE_CACHE_SECONDS = 5.0
 CHECK_TIMEOUT_SECONDS = 3.0
+_UNAVAILABLE = "the blob store is unavailable"
 
 
 class Readiness:
@@ -76,9 +77,10 @@ class Readiness:
                 await self.store.probe()
         except TimeoutError:
             logger.warning("readiness: the blob store did not answer in %gs", self.timeout)
-            return "the blob store is unavailable"
+            return _UNAVAILABLE
         except OSError as exc:  # ObjectStoreError has logged where and why
             if not isinstance(exc, Unavailable):
                 logger.warning("readiness: the blob store cannot be used: %s", exc)
-            return "the blob store is unavailable"
+            refusal = getattr(exc, "refusal", None)  # the store refused: say what to check
+            return f"the blob store is unavailable: {refusal}" if refusal else _UNAVAILABLE
         return None

@@ -21,6 +21,7 @@ import errno
 import hashlib
 import re
 import uuid
+import weakref
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
 from typing import Any
@@ -159,7 +160,9 @@ class Uploads:
         self.db = db
         self.store = store
         self._hashes = _HashStates()
-        self._locks: dict[str, asyncio.Lock] = {}
+        # Each upload's lock lives while a request holds or awaits it: none is left behind
+        # by uploads abandoned, failed or finished on another node.
+        self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
 
     async def start(self, repo: RepositoryRef, image: str) -> Upload:
         upload = Upload(uuid.uuid4().hex, repo.id, image, 0, None)
@@ -205,10 +208,10 @@ class Uploads:
     @contextlib.asynccontextmanager
     async def _lock(self, upload_id: str) -> AsyncIterator[None]:
         """This process's turn on the upload, then the store's (other processes and nodes)."""
-        async with (
-            self._locks.setdefault(upload_id, asyncio.Lock()),
-            self.store.upload_exclusive(upload_id),
-        ):
+        lock = self._locks.get(upload_id)
+        if lock is None:
+            lock = self._locks[upload_id] = asyncio.Lock()
+        async with lock, self.store.upload_exclusive(upload_id):
             yield
 
     async def _hasher_at(self, upload: Upload) -> Any:
@@ -240,7 +243,11 @@ class Uploads:
     async def append(
         self, upload: Upload, body: AsyncIterator[bytes], content_range: str | None
     ) -> Upload:
-        """Append a chunk. A Content-Range that does not start at the current end is a 416."""
+        """Append a chunk. A Content-Range that does not start at the current end is a 416.
+        `upload` is as the request found it: a chunk without a Content-Range starts at its
+        offset, so when another request moved the upload on while this one waited for its
+        turn (a client's retry of the chunk), this one is a 416 too, not appended after it."""
+        arrived_at = upload.offset
         async with self._lock(upload.id):
             upload = await self._refresh(upload)
             if content_range:
@@ -251,6 +258,12 @@ class Uploads:
                         "send chunks in order",
                         upload.offset,
                     )
+            elif arrived_at != upload.offset:
+                raise RangeNotSatisfiable(
+                    f"another request moved the upload from {arrived_at} to {upload.offset} "
+                    "bytes while this one waited; go on from there",
+                    upload.offset,
+                )
             async with self._storage_faults(upload.id):
                 hasher = await self._hasher_at(upload)
                 writer = await self.store.open_upload(upload.id, upload.offset)
@@ -300,6 +313,24 @@ class Uploads:
             current.offset,
         )
 
+    async def _with_pieces(self, upload_id: str) -> tuple[Upload, list[str]]:
+        """The upload and the pieces that hold its bytes, read in one statement (one snapshot):
+        on a store of pieces nothing holds a PATCH back while the upload is committed, and
+        pieces a PATCH recorded between two reads would be committed under the digest of the
+        bytes before them."""
+        query = (
+            select(uploads, upload_pieces.c.name.label("piece"))
+            .select_from(
+                uploads.outerjoin(upload_pieces, upload_pieces.c.upload_id == uploads.c.id)
+            )
+            .where(uploads.c.id == upload_id)
+        )
+        async with self.db.read() as conn:
+            rows = (await conn.execute(query)).all()
+        if not rows:
+            raise BlobUploadUnknown(f"upload {upload_id!r} is unknown, finished or cancelled")
+        return Upload.of(rows[0]), [row.piece for row in rows if row.piece is not None]
+
     async def _refresh(self, upload: Upload) -> Upload:
         return await self._refresh_id(upload.id)
 
@@ -323,8 +354,7 @@ class Uploads:
         if body is not None:
             upload = await self.append(upload, body, content_range)
         async with self._lock(upload.id):
-            upload = await self._refresh(upload)
-            pieces = await self._pieces(upload.id)
+            upload, pieces = await self._with_pieces(upload.id)
             async with self._storage_faults(upload.id):
                 actual = await self._final_digest(upload, expected.algorithm, pieces)
                 if actual != str(expected):
@@ -342,7 +372,6 @@ class Uploads:
                     # must not go on writing into the blob's file.
                     await self.store.delete_upload(upload.id)
             self._hashes.drop(upload.id)
-            self._locks.pop(upload.id, None)
             return actual
 
     async def _record(
@@ -390,7 +419,6 @@ class Uploads:
     async def cancel(self, upload: Upload) -> None:
         async with self._lock(upload.id):
             await self._discard(upload.id)
-        self._locks.pop(upload.id, None)
 
     @contextlib.asynccontextmanager
     async def _storage_faults(self, upload_id: str) -> AsyncIterator[None]:

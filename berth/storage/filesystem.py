@@ -13,8 +13,10 @@ import fcntl
 import os
 import secrets
 import shutil
-from collections.abc import AsyncIterator, Sequence
+import threading
+from collections.abc import AsyncIterator, Coroutine, Sequence
 from pathlib import Path
+from typing import Any
 
 from berth.domain.digests import parse_digest
 from berth.storage.base import BlobStore, UploadWriter
@@ -28,14 +30,50 @@ LOCK_POLL_SECONDS = 0.02
 
 
 class _FileUploadWriter(UploadWriter):
+    """Writes in worker threads. A write its caller gave up on (the client went away
+    mid-PATCH) goes on in its thread, since a thread cannot be stopped: `close` waits for it,
+    even when cancelled, so that the upload is handed to the next request (a retry of the
+    same chunk) only once no byte of this one can land in the scratch file any more."""
+
     def __init__(self, fd: int) -> None:
         self._fd = fd
+        self._busy = threading.Lock()  # held by the thread writing, and by the one closing
+        self._closed = False
+
+    def _write(self, data: bytes) -> None:
+        with self._busy:
+            if self._closed:  # a write that only started once its writer was closed
+                raise ValueError("write to a closed upload writer")
+            _write_all(self._fd, data)
+
+    def _close(self) -> None:
+        with self._busy:
+            if not self._closed:
+                self._closed = True
+                os.close(self._fd)
 
     async def write(self, data: bytes) -> None:
-        await asyncio.to_thread(_write_all, self._fd, data)
+        await asyncio.to_thread(self._write, data)
 
     async def close(self) -> None:
-        os.close(self._fd)
+        await _uncancelled(asyncio.to_thread(self._close))
+
+
+async def _uncancelled(work: Coroutine[Any, Any, None]) -> None:
+    """Run `work` to its end even when the caller is cancelled meanwhile (the cancellation is
+    passed on afterwards)."""
+    task = asyncio.ensure_future(work)
+    cancelled = False
+    while True:
+        try:
+            await asyncio.shield(task)
+            break
+        except asyncio.CancelledError:
+            if task.done():
+                break
+            cancelled = True
+    if cancelled:
+        raise asyncio.CancelledError
 
 
 def _write_all(fd: int, data: bytes) -> None:

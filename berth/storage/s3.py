@@ -62,17 +62,32 @@ _REFUSED = {
 }
 
 
+# What a client and /readyz are told when the store refuses the registry (`refusal`): what
+# its operator has to put right, with no address or bucket name.
+MISSING_BUCKET = "the object store has no bucket for it (the operator should check s3_bucket)"
+REFUSED_CREDENTIALS = (
+    "the object store refused its credentials "
+    "(the operator should check s3_access_key_id and s3_secret_access_key)"
+)
+
+
 class ObjectStoreError(Unavailable, OSError):
     """The object store cannot be used as configured: unreachable, the bucket missing, or
     the credentials refused. `str()` names the endpoint and bucket (the server's log, the
     refusal to serve, the CLI, a GC run's error); a client is answered 503 with Retry-After
-    and told only that storage is unavailable: the store's address is not its business."""
+    and told that storage is unavailable, and when the store refused the registry (`refusal`:
+    the bucket missing, the credentials refused) why, and what its operator should check;
+    the store's address is not its business."""
 
-    def __init__(self, reason: str) -> None:
+    def __init__(self, reason: str, refusal: str | None = None) -> None:
         super().__init__(
-            "the registry's storage is unavailable; try again shortly", RETRY_AFTER_SECONDS
+            f"the registry's storage is unavailable: {refusal}; try again later"
+            if refusal
+            else "the registry's storage is unavailable; try again shortly",
+            RETRY_AFTER_SECONDS,
         )
         self.reason = reason
+        self.refusal = refusal
         # Logged where it happens: the answer no longer carries it, nor a traceback.
         logger.warning("blob store: %s", reason)
 
@@ -182,14 +197,16 @@ class S3BlobStore(BlobStore):
             status = str(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", ""))
             if code in _MISSING_BUCKET or (key is None and status == "404"):
                 raise ObjectStoreError(
-                    f"the {self.location.shown} does not exist: create it, or set s3_bucket"
+                    f"the {self.location.shown} does not exist: create it, or set s3_bucket",
+                    MISSING_BUCKET,
                 ) from None
             if code in _MISSING_OBJECT:
                 raise FileNotFoundError(f"no object {key!r} in the {self.location.shown}") from None
             if code in _REFUSED or status == "403":
                 raise ObjectStoreError(
                     f"the {self.location.shown} refused the credentials "
-                    f"({code or status}): check s3_access_key_id and s3_secret_access_key"
+                    f"({code or status}): check s3_access_key_id and s3_secret_access_key",
+                    REFUSED_CREDENTIALS,
                 ) from None
             raise ObjectStoreError(
                 f"the {self.location.shown} answered {code or status}: {error.get('Message', exc)}"

@@ -8,6 +8,7 @@ and what the tests read from the metadata database and the blob directory.
 
 from __future__ import annotations
 
+import datetime as dt
 import functools
 import os
 import time
@@ -19,7 +20,7 @@ from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from berth.metadata.tables import (
     blobs,
@@ -27,6 +28,7 @@ from berth.metadata.tables import (
     projects,
     repositories,
     repository_blobs,
+    uploads,
     utcnow,
 )
 from berth.state import Services
@@ -199,6 +201,21 @@ class GcProject:
                 ).first()
 
         return in_process(self.server, read)
+
+    def age_upload(self, upload_id: str, seconds: float) -> None:
+        """Make an upload look untouched for `seconds` (its last change moved back): a test
+        cannot wait out `upload_expiry` (a day, a minute at least)."""
+
+        async def write(services: Services) -> None:
+            async with services.db.write() as conn:
+                moved = await conn.execute(
+                    update(uploads)
+                    .where(uploads.c.id == upload_id)
+                    .values(updated_at=utcnow() - dt.timedelta(seconds=seconds))
+                )
+                assert moved.rowcount == 1
+
+        in_process(self.server, write)
 
     def bulk_blobs(self, count: int) -> dict[str, bytes]:
         """`count` unreferenced blobs in the repository, written straight to storage and the

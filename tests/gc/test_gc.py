@@ -192,7 +192,11 @@ def test_dry_run_reports_what_a_run_deletes_and_changes_nothing(gc_project: GcPr
     junk = gc_project.push_blob(b"junk " + os.urandom(32))
     upload = start_upload(gc_project.registry, gc_project.name())
     assert upload.status_code == 202
+    # Older than the grace period, but within upload_expiry (a day): kept, and finishes.
+    paused = start_upload(gc_project.registry, gc_project.name())
+    assert paused.status_code == 202
     wait_past_grace()
+    gc_project.age_upload(upload.headers["Docker-Upload-UUID"], 2 * 86_400)
     fresh_upload = start_upload(gc_project.registry, gc_project.name())
 
     dry = gc_project.gc(delete_untagged=True, dry_run=True)
@@ -224,6 +228,15 @@ def test_dry_run_reports_what_a_run_deletes_and_changes_nothing(gc_project: GcPr
     assert not gc_project.has_manifest(untagged.digest)
     assert not gc_project.has_blob(junk)
     assert gc_project.registry.get(upload.headers["Location"]).status_code == 404
+    paused_data = b"paused between chunks for longer than the grace period"
+    resumed = gc_project.registry.put(
+        paused.headers["Location"],
+        params={"digest": Blob(paused_data).digest},
+        content=paused_data,
+        headers={"Content-Type": "application/octet-stream"},
+    )
+    assert resumed.status_code == 201, resumed.text
+    assert gc_project.blob_bytes(Blob(paused_data).digest) == paused_data
     # An upload started within the grace period finishes as usual.
     finished = gc_project.registry.put(
         touched.headers["Location"],

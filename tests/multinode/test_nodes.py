@@ -20,10 +20,12 @@ from tests.clients.layouts import OciLayout, TestImage
 from tests.clients.tools import output, require_binary, run
 from tests.multinode.conftest import Cluster
 from tests.oci import (
+    assert_one_patch_taken,
     assert_status,
     blob_path,
     location,
     patch_upload,
+    race_patches,
     start_upload,
 )
 from tests.servers import BerthServer
@@ -131,6 +133,28 @@ def test_an_upload_whose_patches_land_on_every_node_gives_the_right_digest(
         assert closed.headers["docker-content-digest"] == digest
         assert client.get(blob_path("chunks/app", digest)).content == data
     assert set(answered_by) == {"node1", "node2", "node3"}, answered_by
+
+
+def test_patches_racing_from_one_offset_on_different_nodes_store_one_body(
+    cluster: Cluster,
+) -> None:
+    """The same chunk sent at once through the balancer (a client's retries landing on other
+    nodes while the first try is still being stored): one is taken, the others are 416 with
+    the range the upload holds, and the blob is exactly the bytes taken."""
+    cluster.wait_for_every_node()
+    auth = project(cluster, "racing")
+    first = os.urandom(MiB)
+    with cluster.balancer.client(auth) as client:
+        upload = location(start_upload(client, "racing/app"))
+        upload = location(patch_upload(client, upload, first, f"0-{MiB - 1}"))
+        bodies = [bytes([n]) * 1000 + os.urandom(MiB - 1000) for n in range(6)]
+        responses = race_patches(lambda: cluster.balancer.client(auth), upload, MiB, bodies)
+        taken = assert_one_patch_taken(responses, f"0-{2 * MiB - 1}")
+        assert len({r.headers["x-berth-node"] for r in responses}) > 1
+        data = first + bodies[taken]
+        closed = client.put(upload, params={"digest": sha256(data)})
+        assert_status(closed, 201)
+        assert client.get(blob_path("racing/app", sha256(data))).content == data
 
 
 def test_traffic_pulled_through_every_node_is_counted_once(cluster: Cluster) -> None:

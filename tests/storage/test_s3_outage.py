@@ -1,6 +1,10 @@
 """The object store going away in the middle of a push (SeaweedFS SIGKILLed while a layer is
-sent in chunks): the client is told clearly to come back later, nothing of the blob is visible
-anywhere, and once the store is back the same push carries on and the blob pulls exactly."""
+sent in chunks), its bucket deleted and the registry's credentials revoked while it serves: the
+client is told clearly to come back later (and, when the store refused the registry, why and
+what its operator should check), /readyz says the same, nothing of the blob is visible
+anywhere, and once the store is back the same push carries on and the blob pulls exactly.
+
+One store and one server for the module: each test leaves the store up and as it found it."""
 
 from __future__ import annotations
 
@@ -20,19 +24,34 @@ from tests.oci import (
     patch_upload,
     start_upload,
 )
-from tests.s3 import SeaweedFS
+from tests.s3 import BUCKET, SeaweedFS, seaweedfs_server
 from tests.servers import BerthServer, running_server
 
 MiB = 1024 * 1024
 
 
+@pytest.fixture(scope="module")
+def module_seaweedfs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedFS]:
+    """A SeaweedFS of this module's own: its tests kill it, delete its bucket, change its keys."""
+    with seaweedfs_server(tmp_path_factory.mktemp("s3-outage") / "seaweedfs") as store:
+        yield store
+
+
 @pytest.fixture
+def own_seaweedfs(module_seaweedfs: SeaweedFS) -> SeaweedFS:
+    """The module's store, up (a test that failed while it was down leaves it down)."""
+    if module_seaweedfs.process is None or module_seaweedfs.process.poll() is not None:
+        module_seaweedfs.start()
+    return module_seaweedfs
+
+
+@pytest.fixture(scope="module")
 def outage_server(
-    request: pytest.FixtureRequest, own_seaweedfs: SeaweedFS
+    request: pytest.FixtureRequest, module_seaweedfs: SeaweedFS
 ) -> Iterator[BerthServer]:
     # Two tries of each S3 request: the 503 comes in a second or two, not after ~15 s of
     # backing off per request (the default's six tries).
-    env = {**own_seaweedfs.settings_environ(), "BERTH_S3_ATTEMPTS": "2"}
+    env = {**module_seaweedfs.settings_environ(), "BERTH_S3_ATTEMPTS": "2"}
     with running_server(request, "s3-outage", extra_env=env) as server:
         yield server
 
@@ -147,3 +166,101 @@ def test_the_store_killed_mid_push_is_a_clear_503_and_the_same_push_succeeds_aft
         pulled = client.get(blob_path(name, digest))
         assert_status(pulled, 200)
         assert pulled.content == data
+
+
+def assert_refused(response: httpx.Response, store: SeaweedFS, *check: str) -> None:
+    """503 UNAVAILABLE saying the store refused the registry and which settings to check,
+    naming neither the store's address nor its bucket."""
+    assert_unavailable(response, store)
+    message = response.json()["errors"][0]["message"]
+    assert all(words in message for words in check), message
+    assert BUCKET not in response.text
+
+
+def becomes_ready(server: BerthServer, ready: bool, timeout: float = 30) -> str:
+    """/readyz once it is (or is not) ready: the store's answer is kept a few seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        answer = httpx.get(f"{server.url}/readyz", timeout=30)
+        if (answer.status_code == 200) == ready or time.monotonic() > deadline:
+            assert answer.status_code == (200 if ready else 503), answer.text
+            return answer.text
+        time.sleep(0.2)
+
+
+def delete_bucket(store: SeaweedFS) -> None:
+    client = store.client()
+    for page in client.get_paginator("list_objects_v2").paginate(Bucket=BUCKET):
+        for entry in page.get("Contents", []):
+            client.delete_object(Bucket=BUCKET, Key=entry["Key"])
+    client.delete_bucket(Bucket=BUCKET)
+
+
+def restart_with_secret(store: SeaweedFS, secret: str) -> None:
+    """The store's identities file changed and the store restarted with it."""
+    store.kill()
+    store.secret_access_key = secret
+    store.start()
+
+
+def test_a_deleted_bucket_and_revoked_credentials_are_clear_503s_and_pushes_succeed_after(
+    outage_server: BerthServer, own_seaweedfs: SeaweedFS
+) -> None:
+    server, store = outage_server, own_seaweedfs
+    server.create_repository("refused", "app")
+    name = "refused/app"
+    kept = os.urandom(1000)
+    kept_digest = "sha256:" + hashlib.sha256(kept).hexdigest()
+    granted = store.secret_access_key
+    faults = {
+        "bucket": (
+            lambda: delete_bucket(store),
+            lambda: store.create_bucket(BUCKET),
+            ("no bucket", "s3_bucket"),
+        ),
+        "credentials": (
+            lambda: restart_with_secret(store, "revoked-" + os.urandom(8).hex()),
+            lambda: restart_with_secret(store, granted),
+            ("refused its credentials", "s3_access_key_id", "s3_secret_access_key"),
+        ),
+    }
+    with httpx.Client(base_url=server.url, auth=server.access_key("refused"), timeout=60) as client:
+        for fault, (break_store, mend_store, check) in faults.items():
+            # A blob stored before the fault, to pull while it lasts.
+            stored = client.post(
+                f"/v2/{name}/blobs/uploads/", params={"digest": kept_digest}, content=kept
+            )
+            assert_status(stored, 201)
+            data = os.urandom(2 * MiB + len(fault))
+            digest = "sha256:" + hashlib.sha256(data).hexdigest()
+            upload = location(start_upload(client, name))
+            break_store()
+
+            refused = patch_upload(client, upload, data, f"0-{len(data) - 1}")
+            assert_refused(refused, store, *check)
+            whole = client.post(
+                f"/v2/{name}/blobs/uploads/", params={"digest": digest}, content=data
+            )
+            assert_refused(whole, store, *check)
+            assert_refused(client.get(blob_path(name, kept_digest)), store, *check)
+            assert_status(client.head(blob_path(name, digest)), 404)
+            not_ready = becomes_ready(server, False)
+            assert all(words in not_ready for words in check), not_ready
+            assert store.endpoint.split("//")[1] not in not_ready and BUCKET not in not_ready
+
+            mend_store()
+            becomes_ready(server, True)
+            # The same push: where the upload stands (nothing taken), then the blob.
+            status = client.get(upload)
+            assert_status(status, 204)
+            assert status.headers["range"] == "0-0"
+            pushed = client.put(
+                location(status),
+                params={"digest": digest},
+                content=data,
+                headers={"Content-Type": "application/octet-stream"},
+            )
+            assert_status(pushed, 201)
+            assert client.get(blob_path(name, digest)).content == data
+            if fault == "credentials":
+                assert client.get(blob_path(name, kept_digest)).content == kept

@@ -108,11 +108,11 @@ async def test_of_two_patches_from_one_offset_one_wins_and_the_other_is_told_whe
     first, second = Uploads(db, store), Uploads(db, store)
     upload = await first.start(REPO, "app")
     chunk, other = os.urandom(2 * MiB), b"Y" * (2 * MiB)
-    started = asyncio.Event()
+    started, first_answered = asyncio.Event(), asyncio.Event()
 
     async def slow_retry() -> AsyncIterator[bytes]:
         started.set()  # the offset (0) was read: this request goes on from there
-        await asyncio.sleep(1.0)
+        await first_answered.wait()  # its bytes arrive after the first try was taken
         async for piece in body(other):
             yield piece
 
@@ -122,6 +122,7 @@ async def test_of_two_patches_from_one_offset_one_wins_and_the_other_is_told_whe
 
     retry = asyncio.ensure_future(second.append(upload, slow_retry(), None))
     upload = await quick_first_try()
+    first_answered.set()
     with pytest.raises(RangeNotSatisfiable) as refused:
         await retry
     assert refused.value.current_size == len(chunk)

@@ -7,9 +7,9 @@ A run goes through three steps (docs/architecture.md, "Garbage collection"):
 2. **Decide and delete, in one transaction.** With delete-untagged, the images nothing keeps
    (no tag, pushed before the grace period, not a child, referrer or subject of a kept image);
    then the project's repository blob links that no manifest of their repository references
-   and that are older than the grace period; abandoned uploads. The same transaction lifts
-   the restriction, so the restricted window is just this step, and a crash leaves all of it
-   done or none of it.
+   and that are older than the grace period; uploads untouched for `upload_expiry` (not the
+   grace period). The same transaction lifts the restriction, so the restricted window is
+   just this step, and a crash leaves all of it done or none of it.
 3. **Sweep**, with writes allowed again. The blobs that lost a link, and any blob no
    repository links that is older than the grace period, are listed in `gc_sweep`; batch by
    batch, the rows of those that no repository links by then are deleted and their files

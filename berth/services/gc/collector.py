@@ -59,6 +59,7 @@ class GarbageCollector:
         store: BlobStore,
         *,
         grace_period: float = 3600,
+        upload_expiry: float = 86_400,
         test_pause: str = "",
     ) -> None:
         self.db = db
@@ -67,7 +68,7 @@ class GarbageCollector:
         self._pause = parse_test_pause(test_pause)
         self.leases = Leases(db, default_holder())
         self.runs = RunBook(db)
-        self.decider = Decider(db, self.runs, grace_period)
+        self.decider = Decider(db, self.runs, grace_period, upload_expiry)
         self.sweeper = Sweeper(db, store, self.runs, self.decider, self._pause_sweeping)
         self.recovery = Recovery(
             db,

@@ -159,13 +159,22 @@ class RunLost(Exception):
 
 
 class Decider:
-    def __init__(self, db: Database, runs: RunBook, grace_period: float) -> None:
+    def __init__(
+        self, db: Database, runs: RunBook, grace_period: float, upload_expiry: float = 86_400
+    ) -> None:
         self.db = db
         self.runs = runs
         self.grace_period = grace_period
+        self.upload_expiry = upload_expiry
 
     def cutoff(self) -> dt.datetime:
         return grace_cutoff(utcnow(), self.grace_period)
+
+    def upload_cutoff(self) -> dt.datetime:
+        """Uploads nobody has touched since before this are abandoned: `upload_expiry`, as
+        for the `abandoned-uploads` job, not the grace period (a client may pause between
+        chunks far longer than content takes to be referenced)."""
+        return grace_cutoff(utcnow(), self.upload_expiry)
 
     async def decide(self, run: RunRow, *, dry_run: bool) -> Decision:
         """Step 2 in one transaction, retried when PostgreSQL aborts it (a deadlock). A dry
@@ -222,7 +231,7 @@ class Decider:
         )
         digests = frozenset(unlinked.scalars())
 
-        # Uploads nobody has touched for the grace period: their scratch files are swept.
+        # Uploads nobody has touched for upload_expiry: their scratch files are swept.
         await conn.execute(
             sweep_listing(
                 self.db.insert_ignore(gc_sweep),
@@ -230,7 +239,7 @@ class Decider:
                 "upload",
                 uploads.c.id,
                 uploads.c.offset,
-                abandoned_upload(run.project_id, cutoff),
+                abandoned_upload(run.project_id, self.upload_cutoff()),
             )
         )
         abandoned = select(gc_sweep.c.name).where(

@@ -16,7 +16,8 @@ The rules:
   cutoff and no kept manifest of its repository references the blob.
 - A **blob** (row and file) goes when no link of any project is left to it and either this run
   removed one of its links or it was stored before the cutoff.
-- An **upload** goes when nobody has touched it since before the cutoff.
+- An **upload** goes when nobody has touched it since before the upload cutoff
+  (`upload_expiry` before now, not the grace period).
 """
 
 from __future__ import annotations
@@ -172,8 +173,16 @@ class Verdict:
     young: Young = field(default_factory=Young)
 
 
-def decide(graph: Graph, cutoff: dt.datetime, *, delete_untagged: bool) -> Verdict:
-    """Everything a run decides, by the rules in this module's docstring."""
+def decide(
+    graph: Graph,
+    cutoff: dt.datetime,
+    *,
+    delete_untagged: bool,
+    upload_cutoff: dt.datetime | None = None,
+) -> Verdict:
+    """Everything a run decides, by the rules in this module's docstring (`upload_cutoff`:
+    the grace `cutoff` when not given)."""
+    upload_cutoff = cutoff if upload_cutoff is None else upload_cutoff
     verdict = ManifestVerdict()
     if delete_untagged:
         verdict = judge_manifests(graph.manifests, graph.references, cutoff)
@@ -202,7 +211,7 @@ def decide(graph: Graph, cutoff: dt.datetime, *, delete_untagged: bool) -> Verdi
     uploads = frozenset(
         u.id
         for u in graph.uploads
-        if u.repository_id in graph.repositories and u.updated_at < cutoff
+        if u.repository_id in graph.repositories and u.updated_at < upload_cutoff
     )
     times = [t for t in (verdict.young.newest, *(ln.linked_at for ln in young_links)) if t]
     young = Young(

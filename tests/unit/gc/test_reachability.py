@@ -206,6 +206,18 @@ def test_abandoned_upload_goes_and_a_recent_one_stays() -> None:
     assert collect(content, delete_untagged=False).uploads == {"abandoned"}
 
 
+def test_an_upload_older_than_the_grace_period_stays_until_the_upload_expiry() -> None:
+    """Uploads follow `upload_expiry` (a day by default), not the grace period (an hour): a
+    client that paused between chunks for two hours finishes its upload."""
+    content = Content()
+    repository = content.repository()
+    content.upload(repository, "paused", at=NOW - dt.timedelta(hours=2))
+    content.upload(repository, "abandoned", at=OLD)
+    hour_of_grace = grace_cutoff(NOW, 3600)
+    verdict = decide(content.graph(), hour_of_grace, delete_untagged=False, upload_cutoff=CUTOFF)
+    assert verdict.uploads == {"abandoned"}
+
+
 def test_old_blob_no_repository_links_goes_and_a_young_one_stays() -> None:
     content = Content()
     content.repository()

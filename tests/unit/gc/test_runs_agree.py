@@ -7,6 +7,7 @@ nothing and report the run's figures."""
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import itertools
 from collections.abc import Callable
 from pathlib import Path
@@ -17,7 +18,7 @@ from berth.services.gc import GarbageCollector, Run
 from berth.services.gc.reachability import Verdict, decide
 from tests.unit.gc import test_reachability
 from tests.unit.gc.on_sqlite import Left, open_registry, what_is_left
-from tests.unit.gc.scenarios import CUTOFF, GRACE, PROJECT, Content
+from tests.unit.gc.scenarios import CUTOFF, GRACE, NOW, OLD, PROJECT, Content
 
 
 def expected(content: Content, verdict: Verdict) -> Left:
@@ -98,3 +99,26 @@ def test_a_run_deletes_what_the_rules_decide(
 
     monkeypatch.setattr(test_reachability, "collect", collect)
     scenario()
+
+
+def test_a_run_removes_uploads_by_the_upload_expiry_not_the_grace_period(tmp_path: Path) -> None:
+    """With an hour of grace and a day of upload expiry, a run keeps an upload last touched
+    two hours ago (and its scratch file) and removes one untouched for two days."""
+    content = Content()
+    repository = content.repository()
+    content.upload(repository, "paused", at=NOW - dt.timedelta(hours=2))
+    content.upload(repository, "abandoned", at=OLD)
+
+    async def collect() -> Left:
+        db, store = await open_registry(tmp_path, content)
+        try:
+            collector = GarbageCollector(db, store, grace_period=3600, upload_expiry=GRACE)
+            run = await collector.run(PROJECT, delete_untagged=True, actor="test")
+            assert run.state == "succeeded", run.error
+            assert run.uploads_deleted == 1
+            return await what_is_left(db, store)
+        finally:
+            await db.dispose()
+
+    left = asyncio.run(collect())
+    assert left.uploads == left.scratch == {"paused"}

@@ -4,8 +4,10 @@ one database and one blob directory stand for two processes (each with its own m
 from __future__ import annotations
 
 import asyncio
+import gc
 import hashlib
 import os
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -19,6 +21,7 @@ from berth.domain.references import RepositoryRef
 from berth.metadata.database import Database
 from berth.metadata.tables import projects, repositories
 from berth.services.uploads import Upload, Uploads
+from berth.storage import filesystem
 from berth.storage.filesystem import FilesystemBlobStore
 
 MiB = 1024 * 1024
@@ -122,5 +125,103 @@ def test_a_node_without_the_saved_hash_state_hashes_the_stored_bytes_again(
         node = Uploads(db, store)
         digest = await node.complete(REPO, upload, digest_of(data), body(b"end"), None)
         assert await read_blob(store, digest) == data
+
+    run(database_url, tmp_path / "blobs", scenario)
+
+
+def test_a_write_left_running_by_a_client_gone_mid_patch_never_lands_in_its_retry(
+    database_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The client went away mid-PATCH while a buffer of its chunk was still being written (a
+    slow disk holds the write; a thread cannot be stopped) and retried the chunk at once:
+    the retry's bytes, and only those, end up in the blob, whatever the left write does."""
+    buffer = upload_service.BUFFER_BYTES
+    gone_bytes, retried_bytes = b"G" * buffer, os.urandom(buffer)
+    write_all = filesystem._write_all
+
+    def slow_disk(fd: int, data: bytes) -> None:
+        if data[:1] != b"G":
+            write_all(fd, data)
+            return
+        # The kernel holds the file while a write blocks: a duplicate descriptor does too.
+        held = os.dup(fd)
+        try:
+            time.sleep(0.5)
+            write_all(held, data)
+        finally:
+            os.close(held)
+
+    monkeypatch.setattr(filesystem, "_write_all", slow_disk)
+
+    async def scenario(db: Database, store: FilesystemBlobStore) -> None:
+        first, second = Uploads(db, store), Uploads(db, store)
+        upload = await first.start(REPO, "app")
+
+        async def cut_short() -> AsyncIterator[bytes]:
+            yield gone_bytes  # a full buffer: handed to the (slow) write
+            await asyncio.sleep(0.05)
+            raise ConnectionResetError("the client went away")
+
+        with pytest.raises(ConnectionResetError):
+            await first.append(upload, cut_short(), None)
+        retried = await second.append(upload, body(retried_bytes), f"0-{buffer - 1}")
+        await asyncio.sleep(0.7)  # long past the left write, wherever it went
+        digest = await second.complete(REPO, retried, digest_of(retried_bytes), None, None)
+        assert await read_blob(store, digest) == retried_bytes
+
+    run(database_url, tmp_path / "blobs", scenario)
+
+
+def test_of_two_chunks_without_content_range_racing_from_one_offset_the_second_is_refused(
+    database_url: str, tmp_path: Path
+) -> None:
+    """A streamed PATCH (no Content-Range) starts where the upload stood when it arrived: one
+    retried while the first try was still being written is refused with the offset the
+    first one reached, not appended after it."""
+
+    async def scenario(db: Database, store: FilesystemBlobStore) -> None:
+        first, second = Uploads(db, store), Uploads(db, store)
+        upload = await first.start(REPO, "app")
+        data = os.urandom(MiB)
+        receiving = asyncio.Event()
+
+        async def slow_body() -> AsyncIterator[bytes]:
+            receiving.set()
+            await asyncio.sleep(0.3)
+            async for piece in body(data):
+                yield piece
+
+        async def retry() -> Upload:
+            await receiving.wait()
+            return await second.append(upload, body(data), None)
+
+        outcomes = await asyncio.gather(
+            first.append(upload, slow_body(), None), retry(), return_exceptions=True
+        )
+        assert isinstance(outcomes[0], Upload) and outcomes[0].offset == MiB, outcomes
+        assert isinstance(outcomes[1], RangeNotSatisfiable), outcomes
+        assert outcomes[1].current_size == MiB
+        digest = await first.complete(REPO, outcomes[0], digest_of(data), None, None)
+        assert await read_blob(store, digest) == data
+
+    run(database_url, tmp_path / "blobs", scenario)
+
+
+def test_a_node_keeps_no_lock_of_uploads_it_is_not_serving(
+    database_url: str, tmp_path: Path
+) -> None:
+    """Uploads abandoned after a chunk, or finished on another node, leave nothing behind in
+    the memory of the node that served their chunks (a long-running node would grow)."""
+
+    async def scenario(db: Database, store: FilesystemBlobStore) -> None:
+        node, other = Uploads(db, store), Uploads(db, store)
+        for number in range(20):
+            upload = await node.start(REPO, "app")
+            upload = await node.append(upload, body(b"chunk %d" % number), None)
+            if number % 2:
+                data = b"chunk %d" % number
+                await other.complete(REPO, upload, digest_of(data), None, None)
+        gc.collect()
+        assert len(node._locks) == 0
 
     run(database_url, tmp_path / "blobs", scenario)
