@@ -115,7 +115,7 @@ class BlobContent:
     async def ensure_stored(self, digest: str, size: int) -> None:
         """BLOB_UNKNOWN unless the store holds the blob at its recorded size: a HEAD must
         not tell a client to skip pushing a blob that storage has lost."""
-        if await self.store.stat(digest) != size:
+        if not await self.store.confirm_stored(digest, size):
             raise missing_blob(digest)
 
     async def download_url(self, digest: str, size: int, ttl: int) -> str:

@@ -68,6 +68,12 @@ class BlobStore(abc.ABC):
     async def stat(self, digest: str) -> int | None:
         """Size of the stored blob, or None."""
 
+    async def confirm_stored(self, digest: str, size: int) -> bool:
+        """Whether the store holds the blob at `size` bytes, for a request that will not read
+        it (a HEAD, a redirect). A remote store may answer from a recent check: see
+        `S3BlobStore`. Anything that must see the store as it is now calls `stat`."""
+        return await self.stat(digest) == size
+
     @abc.abstractmethod
     def local_path(self, digest: str) -> Path | None:
         """A path the server can send directly, for drivers backed by a local filesystem."""

@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
+import time
 from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -26,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 from aiobotocore.config import AioConfig
 from aiobotocore.session import get_session
 from botocore.exceptions import BotoCoreError, ClientError
+from cachetools import LRUCache
 
 from berth.domain.digests import parse_digest
 from berth.domain.errors import Unavailable
@@ -49,6 +52,10 @@ READ_CHUNK = MiB
 RETRY_AFTER_SECONDS = 5  # what a client is told to wait when the store cannot be reached
 DELETE_BATCH = 1000  # DeleteObjects takes at most this many keys
 PARALLEL_PARTS = 4
+# How long a blob found in the store is taken as still there by `confirm_stored`, and how
+# many such answers are kept (about 150 bytes each).
+CONFIRMED_SECONDS = 30.0
+CONFIRMED_KEPT = 100_000
 
 _MISSING_OBJECT = {"404", "NoSuchKey", "NotFound", "NoSuchUpload"}
 _MISSING_BUCKET = {"NoSuchBucket"}
@@ -123,6 +130,7 @@ class S3BlobStore(BlobStore):
         self._client: S3Client | None = None
         self._client_stack = contextlib.AsyncExitStack()
         self._client_lock = asyncio.Lock()
+        self._confirmed: LRUCache[str, float] = LRUCache(maxsize=CONFIRMED_KEPT)
 
     # ------------------------------------------------------------ the client
 
@@ -336,12 +344,20 @@ class S3BlobStore(BlobStore):
                     Bucket=bucket, Key=key, CopySource={"Bucket": bucket, "Key": recorded[0].name}
                 )
         elif total < MIN_PART_BYTES:
-            await self._put(key, b"".join([await self._read_whole(piece) for piece in recorded]))
+            await self._put(key, await self._read_pieces(recorded))
         else:
             await self._multipart(key, recorded)
 
-    async def _read_whole(self, piece: Piece) -> bytes:
-        return b"".join([chunk async for chunk in self._stream(piece.name, 0, None)])
+    async def _read_pieces(self, pieces: list[Piece]) -> bytes:
+        """The bytes of small pieces, to send on as one object or part: all GETs at once
+        (each waits mostly on the store; 1 MiB PATCHes make five pieces to a part), the
+        chunks joined once."""
+
+        async def chunks_of(piece: Piece) -> list[bytes]:
+            return [chunk async for chunk in self._stream(piece.name, 0, None)]
+
+        read = await asyncio.gather(*(chunks_of(piece) for piece in pieces))
+        return b"".join(itertools.chain.from_iterable(read))
 
     async def _multipart(self, key: str, pieces: list[Piece]) -> None:
         s3 = await self._s3()
@@ -364,7 +380,7 @@ class S3BlobStore(BlobStore):
                             **common, CopySource={"Bucket": bucket, "Key": part[0].name}
                         )
                     return {"PartNumber": number, "ETag": copied["CopyPartResult"]["ETag"]}
-                body = b"".join([await self._read_whole(piece) for piece in part])
+                body = await self._read_pieces(part)
                 with self._errors(key):
                     sent = await s3.upload_part(**common, Body=body)
                 return {"PartNumber": number, "ETag": sent["ETag"]}
@@ -419,14 +435,35 @@ class S3BlobStore(BlobStore):
     async def stat(self, digest: str) -> int | None:
         return await self._size(self._blob_key(digest))
 
+    async def confirm_stored(self, digest: str, size: int) -> bool:
+        """A blob found at `size` by a HeadObject less than CONFIRMED_SECONDS ago is taken
+        as still there: a HEAD or a presigned redirect then costs no request to the store.
+        Content-addressed, so the size never changes; only a removal could make the answer
+        wrong, and this node's own removals forget it at once. A blob lost otherwise (set
+        aside by another node, removed from the bucket by hand) is answered as stored for at
+        most that long; a GET streamed through Berth finds out at once, and commits and the
+        storage check ask the store every time (`stat`)."""
+        confirmed = self._confirmed.get(digest)
+        if confirmed is not None and time.monotonic() - confirmed < CONFIRMED_SECONDS:
+            return True
+        if await self.stat(digest) != size:
+            self._confirmed.pop(digest, None)
+            return False
+        self._confirmed[digest] = time.monotonic()
+        return True
+
     def local_path(self, digest: str) -> Path | None:
         return None
 
     async def read(
         self, digest: str, start: int = 0, end: int | None = None
     ) -> AsyncIterator[bytes]:
-        async for chunk in self._stream(self._blob_key(digest), start, end):
-            yield chunk
+        try:
+            async for chunk in self._stream(self._blob_key(digest), start, end):
+                yield chunk
+        except FileNotFoundError:
+            self._confirmed.pop(digest, None)  # found gone: HEADs say so from now on
+            raise
 
     async def download_url(self, digest: str, ttl: int) -> str:
         """A presigned GetObject URL: signed here, without a request to the store. Whoever
@@ -441,15 +478,19 @@ class S3BlobStore(BlobStore):
         return url
 
     async def delete(self, digest: str) -> None:
+        self._confirmed.pop(digest, None)
         key = self._blob_key(digest)
         s3 = await self._s3()
         with self._errors(key), contextlib.suppress(FileNotFoundError):
             await s3.delete_object(Bucket=self.location.bucket, Key=key)
 
     async def delete_many(self, digests: list[str]) -> None:
+        for digest in digests:
+            self._confirmed.pop(digest, None)
         await self._delete_keys([self._blob_key(digest) for digest in digests])
 
     async def quarantine(self, digest: str) -> None:
+        self._confirmed.pop(digest, None)
         parsed = parse_digest(digest)
         key = self._blob_key(digest)
         s3 = await self._s3()

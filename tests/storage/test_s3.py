@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from berth.domain.errors import Unavailable
+from berth.storage import s3 as s3_module
 from berth.storage.base import BlobStore
 from berth.storage.s3 import ObjectStoreError, S3BlobStore
 from berth.storage.s3_pieces import MIN_PART_BYTES, PIECE_BYTES
@@ -301,3 +302,32 @@ async def test_throttling_and_dropped_connections_are_retried(
         finally:
             await store.close()
     assert proxy.failed == slow_down + drop  # every fault was met, and retried past
+
+
+# ------------------------------------------------------------ presence without a request
+
+
+async def test_a_blob_found_stored_is_not_asked_for_again_for_a_while(
+    s3_store: S3BlobStore, seaweedfs: SeaweedFS, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A HEAD or a presigned redirect of a blob found in the store moments ago costs no
+    request to the store; this node's own removal forgets it at once, and after
+    CONFIRMED_SECONDS the store is asked again."""
+    data = b"a layer found just now"
+    digest = await put(s3_store, data)
+    assert not await s3_store.confirm_stored(digest, len(data) + 1)  # the recorded size, or not
+    assert await s3_store.confirm_stored(digest, len(data))
+    seaweedfs.client().delete_object(Bucket=BUCKET, Key=s3_store._blob_key(digest))
+    assert await s3_store.confirm_stored(digest, len(data))  # no request: gone unnoticed
+    monkeypatch.setattr(s3_module, "CONFIRMED_SECONDS", 0.0)
+    assert not await s3_store.confirm_stored(digest, len(data))  # asked again: gone
+
+    monkeypatch.undo()
+    again = await put(s3_store, data)
+    assert await s3_store.confirm_stored(again, len(data))
+    await s3_store.delete(again)
+    assert not await s3_store.confirm_stored(again, len(data))
+    kept = await put(s3_store, data)
+    assert await s3_store.confirm_stored(kept, len(data))
+    await s3_store.quarantine(kept)
+    assert not await s3_store.confirm_stored(kept, len(data))

@@ -149,7 +149,9 @@ def test_serve_refuses_a_store_it_cannot_use_before_serving(
 def test_a_blob_lost_from_the_bucket_is_unknown_to_head_and_get(
     s3_server: BerthServer, seaweedfs: SeaweedFS
 ) -> None:
-    """A HEAD must not tell a client to skip pushing a blob the store no longer has."""
+    """A HEAD must not tell a client to skip pushing a blob the store is known to have lost:
+    a GET finds the loss out, and from then on a HEAD says so too (without a GET, a HEAD
+    trusts the store's answer of the last 30 seconds: `S3BlobStore.confirm_stored`)."""
     s3_server.create_repository("s3proj", "lost")
     name = "s3proj/lost"
     data = os.urandom(3 * 1024 * 1024)
@@ -164,10 +166,10 @@ def test_a_blob_lost_from_the_bucket_is_unknown_to_head_and_get(
         seaweedfs.client().delete_object(
             Bucket=BUCKET, Key=f"{prefix}/blobs/sha256/{hex_digest[:2]}/{hex_digest}"
         )
-        assert_status(client.head(blob_path(name, digest)), 404)
         missing = client.get(blob_path(name, digest))
         assert_status(missing, 404)
         assert missing.json()["errors"][0]["code"] == "BLOB_UNKNOWN"
+        assert_status(client.head(blob_path(name, digest)), 404)
         # Pushing it again stores it again.
         assert_status(put_upload(client, location(start_upload(client, name)), digest, data), 201)
         assert client.get(blob_path(name, digest)).content == data
