@@ -4,7 +4,10 @@ the runs, targets met in every run, and the warning when the machine was busy.""
 from __future__ import annotations
 
 import importlib.util
+import os
+import subprocess
 import sys
+from pathlib import Path
 from types import ModuleType
 
 import pytest
@@ -89,6 +92,27 @@ def test_the_benchs_own_time_counts_its_processes_and_the_children_they_reaped()
     processes = [(1, 0, 1_000), (7, 1, 50), (8, 7, 20), (9, 8, 5), (10, 1, 300)]
     assert method.tree_ticks(processes, 7) == 50 + 20 + 5  # not its parent or sibling
     assert method.tree_ticks(processes, 42) == 0
+
+
+def test_a_finished_client_still_counts_as_the_benchs_own_time() -> None:
+    """curl and wrk end between two samples: their CPU time moves to the process that waited
+    for them, so it is not taken for other work."""
+
+    def own() -> int:
+        stat = Path(f"/proc/{os.getpid()}/stat").read_text()
+        return int(method.process_ticks(stat)[2])
+
+    before = own()
+    subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import time\nend = time.process_time() + 0.5\nwhile time.process_time() < end: pass",
+        ],
+        check=True,
+    )
+    spent = (own() - before) / os.sysconf("SC_CLK_TCK")
+    assert spent >= 0.4
 
 
 def test_what_was_measured_by_hand_survives_the_next_make_bench() -> None:
