@@ -9,8 +9,9 @@ import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-# A run is "not quiet" when the 1-minute load average before it was above this share of the
-# cores: the servers, curl and wrk then share the cores with someone else's work.
+# The machine is "not quiet" when the 1-minute load average before the bench, or the cores other
+# work kept busy during a run, were above this share of the cores: the servers, curl and wrk
+# then share the cores with someone else's work.
 QUIET_LOAD_PER_CORE = 0.5
 
 
@@ -56,20 +57,79 @@ def load_one_minute(loadavg: str) -> float:
     return float(loadavg.split()[0])
 
 
-def load_warning(load_before: Sequence[str], cores: int) -> str | None:
-    """A warning naming the runs that began on a busy machine, or None when all were quiet."""
+def busy_ticks(proc_stat: str) -> int:
+    """The clock ticks all cores spent working (user, nice, system, and steal: time another
+    guest of the host took), from the `cpu` line of /proc/stat's text. Idle and iowait are left
+    out, and so are irq and softirq: on a bench machine they are mostly the bench's own
+    loopback traffic, which its processes' times may not include."""
+    for line in proc_stat.splitlines():
+        fields = line.split()
+        if fields and fields[0] == "cpu":
+            user, nice, system, _idle, _iowait, _irq, _softirq, steal = map(int, fields[1:9])
+            return user + nice + system + steal
+    raise ValueError("no cpu line in /proc/stat")
+
+
+def process_ticks(stat: str) -> tuple[int, int, int]:
+    """A process's pid, parent pid and clock ticks, from /proc/PID/stat's text: its own user and
+    system time plus that of the children it has reaped (so a finished curl or wrk still counts,
+    once, in whichever of the bench's processes waited for it)."""
+    head, tail = stat.rsplit(")", 1)  # the command name may hold spaces and parentheses
+    fields = tail.split()
+    utime, stime, cutime, cstime = map(int, fields[11:15])
+    return int(head.split()[0]), int(fields[1]), utime + stime + cutime + cstime
+
+
+def tree_ticks(processes: Sequence[tuple[int, int, int]], root: int) -> int:
+    """The ticks of `root` and every process descending from it, of `process_ticks` rows."""
+    tree = {root}
+    while more := {pid for pid, parent, _ in processes if parent in tree} - tree:
+        tree |= more
+    return sum(ticks for pid, _, ticks in processes if pid in tree)
+
+
+@dataclass(frozen=True)
+class CpuSample:
+    """What the machine and the bench had spent at one moment: seconds of wall clock, and the
+    busy ticks of all cores and of the bench's own processes (servers and clients included)."""
+
+    seconds: float
+    machine_ticks: int
+    own_ticks: int
+
+
+def other_work(before: CpuSample, after: CpuSample, ticks_per_second: float) -> float:
+    """How many cores other work kept busy on average between two samples: the machine's busy
+    time less the bench's own. The load average cannot tell them apart (the bench loads the
+    machine itself, and its 1-minute figure before a run mostly measures the run before)."""
+    seconds = after.seconds - before.seconds
+    if seconds <= 0:
+        return 0.0
+    others = (after.machine_ticks - before.machine_ticks) - (after.own_ticks - before.own_ticks)
+    return max(0.0, others / ticks_per_second / seconds)
+
+
+def load_warning(load_at_start: str, others: Sequence[float], cores: int) -> str | None:
+    """A warning when the machine was not quiet, or None: the 1-minute load average before the
+    bench began (nothing of the bench's own in it yet) above QUIET_LOAD_PER_CORE per core, or a
+    run during which other work (`other_work`, the bench's own CPU time left out) kept more
+    cores than that busy."""
     limit = QUIET_LOAD_PER_CORE * cores
+    named = []
+    if (start := load_one_minute(load_at_start)) > limit:
+        named.append(f"the 1-minute load average before the bench was {start:.2f}")
     busy = [
-        (index + 1, load_one_minute(load))
-        for index, load in enumerate(load_before)
-        if load_one_minute(load) > limit
+        (index + 1, cores_used) for index, cores_used in enumerate(others) if cores_used > limit
     ]
-    if not busy:
+    if busy:
+        runs = ", ".join(f"run {index} {used:.2f}" for index, used in busy)
+        named.append(f"other work kept busy on average (cores): {runs}")
+    if not named:
         return None
-    named = ", ".join(f"run {index} at {load:.2f}" for index, load in busy)
+    found = "; ".join(named)
     return (
-        f"**Warning: the machine was not quiet.** The 1-minute load average before {named} was "
-        f"above {limit:.2f} ({QUIET_LOAD_PER_CORE:g} per core, {cores} cores): other work shared the "
-        "cores with the servers and the clients, so these figures say little about either "
+        f"**Warning: the machine was not quiet.** {found[0].upper()}{found[1:]}: above "
+        f"{limit:.2f} ({QUIET_LOAD_PER_CORE:g} per core, {cores} cores), so other work shared the "
+        "cores with the servers and the clients, and these figures say little about either "
         "registry. Rerun `make bench` on a quiet machine before drawing conclusions."
     )

@@ -4,7 +4,9 @@ Starts both registries side by side on free ports of 127.0.0.1, each on a fresh 
 directory (Berth on its SQLite defaults; Distribution on filesystem storage with the in-memory
 blob descriptor cache), runs the team's registry-neutral `regbench.py compare` (curl and wrk,
 alternating the two) three times, reporting per figure the median ratio over the runs with its
-spread and the load average around each run (warning when the machine was busy). In each run it
+spread, the load average around each run and the cores other work kept busy during it (warning
+when the machine was busy before the bench or during a run; the bench's own processes do not
+count). In each run it
 also pulls the same blob through nginx from a second Berth with `blob_redirect = "accel"` and
 from Distribution, alternating (issue 15's pull figure). It samples Berth's server memory (RSS of the granian main process and its
 workers, from /proc) throughout, measures how much one streamed 1 GiB blob push raises it,
@@ -257,6 +259,7 @@ class Run:
     figures: dict[str, dict[str, float]]  # regbench's "a", "b" and "ratio_a_over_b"
     load_before: str
     load_after: str
+    others: float  # cores other work kept busy during the run (method.other_work)
 
 
 def measure_runs(
@@ -288,6 +291,7 @@ def measure_runs(
     for index in range(args.runs):
         before = loadavg()
         print(f"run {index + 1} of {args.runs}: load average {before}", flush=True)
+        began = cpu_sample()
         figures = run_regbench(berth, distribution, args, work / f"regbench-{index + 1}.json")
         if accel is not None:
             pulls = pull_rounds(
@@ -306,7 +310,9 @@ def measure_runs(
                 f"({pulls.second_cpu:.2f} s CPU)",
                 flush=True,
             )
-        runs.append(Run(figures, before, loadavg()))
+        others = method.other_work(began, cpu_sample(), os.sysconf("SC_CLK_TCK"))
+        print(f"  other work during run {index + 1}: {others:.2f} cores busy", flush=True)
+        runs.append(Run(figures, before, loadavg(), others))
     return runs
 
 
@@ -327,6 +333,19 @@ def _version(argv: list[str], index: int) -> str:
     except OSError:
         return "unknown"
     return out[index] if len(out) > index else "unknown"
+
+
+def cpu_sample() -> method.CpuSample:
+    """The machine's busy ticks and this bench's own (it, its servers and its clients)."""
+    machine = method.busy_ticks(Path("/proc/stat").read_text())
+    processes = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            processes.append(method.process_ticks(stat.read_text()))
+        except OSError:
+            continue  # gone meanwhile
+    own = method.tree_ticks(processes, os.getpid())
+    return method.CpuSample(time.monotonic(), machine, own)
 
 
 def loadavg() -> str:
@@ -410,9 +429,12 @@ def report(r: Results) -> str:
     a = {k: v.median for k, v in method.spreads([run.figures["a"] for run in r.runs]).items()}
     args = r.args
     rows = throughput_rows(r.runs, args.size_mib)
-    warning = method.load_warning([run.load_before for run in r.runs], os.cpu_count() or 1)
+    warning = method.load_warning(
+        r.machine["load average at start"], [run.others for run in r.runs], os.cpu_count() or 1
+    )
     loads = [
-        f"| load average before / after run {i} | {run.load_before} / {run.load_after} |"
+        f"| load average before / after run {i}; cores other work kept busy during it "
+        f"| {run.load_before} / {run.load_after}; {run.others:.2f} |"
         for i, run in enumerate(r.runs, 1)
     ]
     peak_mb = r.berth_peak / MB
@@ -515,8 +537,11 @@ def report(r: Results) -> str:
         f"| wall time of the run | {r.seconds:.0f} s |",
         "",
         "wrk, curl and both servers share the machine's cores and page cache, and anything "
-        "else running skews every figure (see the load averages): read the ratios, and rerun "
-        "on a quiet machine before drawing conclusions from small differences.",
+        "else running skews every figure: read the ratios, and rerun on a quiet machine "
+        "before drawing conclusions from small differences. Whether it was quiet is judged by "
+        "the load average before the bench began and, during each run, by the cores other work "
+        "kept busy (all cores' busy time from /proc/stat less that of the bench's own "
+        "processes): the load average before a later run mostly measures the run before it.",
         "",
     ]
     return "\n".join(lines)

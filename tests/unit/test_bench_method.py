@@ -4,7 +4,10 @@ the runs, targets met in every run, and the warning when the machine was busy.""
 from __future__ import annotations
 
 import importlib.util
+import os
+import subprocess
 import sys
+from pathlib import Path
 from types import ModuleType
 
 import pytest
@@ -46,16 +49,70 @@ def test_a_target_counts_the_runs_that_met_it() -> None:
 
 
 def test_a_busy_machine_is_named_in_a_warning_and_a_quiet_one_is_not() -> None:
-    quiet = ["0.20 0.30 0.40 1/300 100", "1.00 0.80 0.70 2/300 101"]
-    assert method.load_one_minute(quiet[1]) == 1.0
-    assert method.load_warning(quiet, cores=2) is None  # at most 0.5 per core
-    busy = ["0.20 0.30 0.40 1/300 100", "1.01 0.80 0.70 2/300 101", "4.52 3.0 2.0 1/300 1"]
-    warning = method.load_warning(busy, cores=2)
-    assert warning is not None
-    assert "not quiet" in warning
-    assert "run 2 at 1.01, run 3 at 4.52" in warning and "run 1" not in warning
-    assert "above 1.00" in warning and "2 cores" in warning
-    assert method.load_warning(["1.5 1 1 1/1 1"], cores=4) is None
+    assert method.load_one_minute("1.00 0.80 0.70 2/300 101") == 1.0
+    # At most 0.5 per core before the bench, and during each run from others.
+    assert method.load_warning("1.00 0.80 0.70 2/300 101", [0.2, 1.0, 0.0], cores=2) is None
+    busy = method.load_warning("0.20 0.30 0.40 1/300 100", [0.2, 1.01, 4.52], cores=2)
+    assert busy is not None and "not quiet" in busy
+    assert "run 2 1.01, run 3 4.52" in busy and "run 1" not in busy
+    assert "before the bench" not in busy
+    assert "above 1.00" in busy and "2 cores" in busy
+    assert method.load_warning("1.5 1 1 1/1 1", [1.9], cores=4) is None
+
+
+def test_the_load_before_the_bench_is_judged_not_the_load_the_bench_itself_made() -> None:
+    """Before runs 2 and 3 the 1-minute load average mostly measures run 1: a machine the bench
+    alone kept busy is quiet; one that was busy before the bench began is not."""
+    own_load_only = method.load_warning("0.30 0.20 0.10 1/300 1", [0.05, 0.10, 0.0], cores=2)
+    assert own_load_only is None
+    busy_before = method.load_warning("3.10 2.00 1.00 1/300 1", [0.0, 0.0, 0.0], cores=2)
+    assert busy_before is not None
+    assert "The 1-minute load average before the bench was 3.10" in busy_before
+    assert "run 1" not in busy_before
+
+
+def test_other_work_is_the_machines_busy_time_less_the_benchs_own() -> None:
+    stat = "cpu  100 5 50 9000 40 7 30 20 0 0\ncpu0 50 2 25 4500 20 3 15 10 0 0\n"
+    assert method.busy_ticks(stat) == 100 + 5 + 50 + 20  # user, nice, system, steal
+    with pytest.raises(ValueError):
+        method.busy_ticks("intr 1 2 3\n")
+    before = method.CpuSample(seconds=10.0, machine_ticks=1_000, own_ticks=400)
+    # 4 s later: the machine spent 600 ticks, the bench 200 of them: 400 / 100 Hz / 4 s.
+    after = method.CpuSample(seconds=14.0, machine_ticks=1_600, own_ticks=600)
+    assert method.other_work(before, after, ticks_per_second=100) == pytest.approx(1.0)
+    alone = method.CpuSample(seconds=14.0, machine_ticks=1_600, own_ticks=1_050)
+    assert method.other_work(before, alone, ticks_per_second=100) == 0.0  # never below zero
+    assert method.other_work(before, before, ticks_per_second=100) == 0.0
+
+
+def test_the_benchs_own_time_counts_its_processes_and_the_children_they_reaped() -> None:
+    # pid 7 ("my (odd) name"), parent 1, state S, ... utime 11, stime 4, cutime 30, cstime 5
+    stat = "7 (my (odd) name) S 1 7 7 0 -1 4194560 0 0 0 0 11 4 30 5 20 0 1 0 5 0 0"
+    assert method.process_ticks(stat) == (7, 1, 11 + 4 + 30 + 5)
+    processes = [(1, 0, 1_000), (7, 1, 50), (8, 7, 20), (9, 8, 5), (10, 1, 300)]
+    assert method.tree_ticks(processes, 7) == 50 + 20 + 5  # not its parent or sibling
+    assert method.tree_ticks(processes, 42) == 0
+
+
+def test_a_finished_client_still_counts_as_the_benchs_own_time() -> None:
+    """curl and wrk end between two samples: their CPU time moves to the process that waited
+    for them, so it is not taken for other work."""
+
+    def own() -> int:
+        stat = Path(f"/proc/{os.getpid()}/stat").read_text()
+        return int(method.process_ticks(stat)[2])
+
+    before = own()
+    subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import time\nend = time.process_time() + 0.5\nwhile time.process_time() < end: pass",
+        ],
+        check=True,
+    )
+    spent = (own() - before) / os.sysconf("SC_CLK_TCK")
+    assert spent >= 0.4
 
 
 def test_what_was_measured_by_hand_survives_the_next_make_bench() -> None:
