@@ -257,10 +257,13 @@ def record(
                     f"{method} {host}{path} {headers}", response.status_code, kept, response.content
                 )
             )
-    time.sleep(0.1)
     added = pull_metrics(server) - before
-    server.stop()  # writes out the access log lines still buffered
-    return answers, access_lines(server, since), added
+    deadline = time.monotonic() + 30
+    while len(access_lines(server, since)) < len(answers) and time.monotonic() < deadline:
+        time.sleep(0.2)  # the access log is written out every second
+    lines = access_lines(server, since)
+    server.stop()
+    return answers, lines, added
 
 
 @pytest.fixture(scope="module")
