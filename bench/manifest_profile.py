@@ -1,4 +1,5 @@
-"""What one manifest GET or HEAD costs inside Berth, request by request, with token auth on.
+"""What one manifest GET or HEAD (and a 4 KiB blob GET) costs inside Berth, request by request,
+with token auth on.
 
 A real `berth serve` is started (bench/pairs.py) to create the project, an access key, a bearer
 token, a 4 KiB blob and a manifest tagged `bench`; it is stopped, and the same data directory is
@@ -60,6 +61,7 @@ PARTS: list[tuple[str, str, str]] = [
     ("starlette/applications.py", "", "Starlette middleware plumbing"),
     ("starlette/_exception_handler.py", "", "Starlette middleware plumbing"),
     ("registry/routes.py", "", "the handler itself"),
+    ("registry/fastpath.py", "", "pull fast path (instead of routing)"),
     ("domain/names.py", "", "name parsing and host routing"),
     ("berth/state.py", "", "name parsing and host routing"),
     ("sqlalchemy", "", "SQL statements built per request (SQLAlchemy)"),
@@ -94,6 +96,8 @@ def scope_for(method: str, path: str, headers: dict[str, str], port: int) -> dic
         "client": ("127.0.0.1", 40000),
         "server": ("127.0.0.1", port),
         "state": {},
+        # As granian offers it: a blob file is handed to the server, not read by Berth.
+        "extensions": {"http.response.pathsend": {}},
     }
 
 
@@ -110,6 +114,8 @@ async def call(app: Any, scope: dict[str, Any]) -> tuple[int, bytes]:
             status = message["status"]
         elif message["type"] == "http.response.body":
             body.extend(message.get("body", b""))
+        elif message["type"] == "http.response.pathsend":
+            pass  # the server would send the file: not Berth's CPU
 
     await app(dict(scope, headers=list(scope["headers"])), receive, send)
     return status, bytes(body)
@@ -146,11 +152,12 @@ async def run_case(
     return mean_us, shares
 
 
-def prepare(work: Path) -> tuple[Path, str, str, int]:
-    """A data directory with the bench image; its token and the manifest's digest."""
+def prepare(work: Path) -> tuple[Path, str, str, int, str]:
+    """A data directory with the bench image; its token, the manifest's digest, the port and
+    the 4 KiB blob's digest."""
     server = pairs.launch(work / "server", "Berth")
     try:
-        target, _small = pairs.prepare(server)
+        target, small = pairs.prepare(server)
         status, headers, _ = regbench._request(
             "HEAD",
             target.api("manifests/bench"),
@@ -163,13 +170,20 @@ def prepare(work: Path) -> tuple[Path, str, str, int]:
             target.headers["Authorization"],
             headers["docker-content-digest"],
             port,
+            small,
         )
     finally:
         server.stop()
 
 
 async def measure(
-    data_dir: Path, auth: str, digest: str, port: int, requests: int, profile: bool = True
+    data_dir: Path,
+    auth: str,
+    digest: str,
+    port: int,
+    blob: str,
+    requests: int,
+    profile: bool = True,
 ) -> dict[str, tuple[float, dict[str, float]]]:
     os.environ["BERTH_DATA_DIR"] = str(data_dir)
     os.environ["BERTH_TOKEN_TTL"] = "3600"
@@ -184,6 +198,9 @@ async def measure(
         "GET by tag": scope_for("GET", f"{base}/bench", headers, port),
         "GET by digest": scope_for("GET", f"{base}/{digest}", headers, port),
         "HEAD by tag": scope_for("HEAD", f"{base}/bench", headers, port),
+        "4 KiB blob GET": scope_for(
+            "GET", f"/v2/{pairs.PROJECT}/{pairs.REPOSITORY}/img/blobs/{blob}", headers, port
+        ),
     }
     found: dict[str, tuple[float, dict[str, float]]] = {}
     async with app.router.lifespan_context(app):
@@ -234,9 +251,9 @@ def main() -> None:
     args = p.parse_args()
     load_before = Path("/proc/loadavg").read_text().split()[:3]
     with tempfile.TemporaryDirectory(prefix="berth-mprof-") as tmp:
-        data_dir, auth, digest, port = prepare(Path(tmp))
+        data_dir, auth, digest, port, blob = prepare(Path(tmp))
         found = asyncio.run(
-            measure(data_dir, auth, digest, port, args.requests, not args.no_profile)
+            measure(data_dir, auth, digest, port, blob, args.requests, not args.no_profile)
         )
     load_after = Path("/proc/loadavg").read_text().split()[:3]
     if args.json:

@@ -24,7 +24,8 @@ from berth.domain.names import normalized_host
 from berth.limits import ANSWERED, RequestLimits
 from berth.observability import logs, metrics
 from berth.observability.requests import RequestObserver
-from berth.registry.routes import error_response
+from berth.registry.fastpath import PullFastPath
+from berth.registry.routes import error_response, get_blob, get_manifest
 from berth.registry.routes import routes as registry_routes
 from berth.scrape import ScrapeFigures, metrics_endpoint, start_listener
 from berth.state import Services
@@ -194,6 +195,14 @@ def create_app(settings: Settings | None = None) -> Starlette:
         exception_handlers={RegistryError: _registry_error},
         lifespan=lifespan,
     )
+    if settings.pull_fast_path:
+        # Innermost: pulls skip only Starlette's exception middleware and router.
+        app.add_middleware(
+            PullFastPath,
+            routes=registry_routes,
+            handlers=(get_blob, get_manifest),
+            error_response=error_response,
+        )
     app.add_middleware(RegistryHeaders, node=settings.node)
     app.add_middleware(HostCheck, trust_forwarded_proto=settings.trust_forwarded_proto)
     # Added last, so it runs first: bodies are bounded before any route or authentication.

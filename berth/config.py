@@ -153,6 +153,11 @@ class Settings(BaseSettings):
         True,
         description="Prometheus metrics at /metrics (off only to measure what counting costs)",
     )
+    pull_fast_path: bool = Field(
+        True,
+        description="manifest and blob GETs and HEADs skip the router (same answers, less CPU "
+        "per pull); off only to compare",
+    )
     metrics_listen: str | None = Field(
         None,
         description="host:port of a separate listener serving only /metrics, to anyone who "

@@ -16,7 +16,7 @@ from berth.jobs import Job, Scheduler
 from berth.metadata.database import Database
 from berth.services.gc import GarbageCollector
 from berth.services.identity import Identity
-from berth.services.manifest_cache import ManifestCache, node_stamp
+from berth.services.manifest_cache import BLOB_STAMP_FILE, BlobSizes, ManifestCache, node_stamp
 from berth.services.metering import TrafficMeter
 from berth.services.pulls import PullRecorder
 from berth.services.readiness import Readiness
@@ -94,7 +94,11 @@ class Services:
         )
         manifest_cache = ManifestCache(node_stamp(settings.data_dir))
         registry = Registry(
-            db, store, settings.max_images_per_repository, manifest_cache=manifest_cache
+            db,
+            store,
+            settings.max_images_per_repository,
+            manifest_cache=manifest_cache,
+            blob_sizes=BlobSizes(node_stamp(settings.data_dir, BLOB_STAMP_FILE)),
         )
         retention = Retention(db, registry)
         vulndb = VulnDb(db)

@@ -24,7 +24,8 @@ Caller = Identified
 
 
 def realm(request: Request) -> Realm:
-    return Realm(request.url.scheme, request.headers.get("host"))
+    # The scheme as `request.url` has it, without building the URL on every pull.
+    return Realm(request.scope.get("scheme", "http"), request.headers.get("host"))
 
 
 def service_name(request: Request) -> str:
@@ -33,7 +34,8 @@ def service_name(request: Request) -> str:
 
 
 def client_address(request: Request) -> str | None:
-    return request.client.host if request.client else None
+    client = request.scope.get("client")  # what `request.client` wraps
+    return str(client[0]) if client else None
 
 
 def challenge(request: Request, scope: str | None = None, error: str | None = None) -> str:

@@ -107,6 +107,7 @@ def registry_address(project: str, host: str, project_host_suffix: str) -> Regis
     return RegistryAddress(host, f"{host}/{project}", host_style=False)
 
 
+@functools.lru_cache(maxsize=1024)  # on every request; a server sees few hosts
 def host_project(host: str | None, project_host_suffix: str) -> str | None:
     """The project a `{project}.{region}.{domain}[:port]` Host names; None for path style.
 
@@ -151,6 +152,9 @@ class ImageName:
     host_style: bool = False  # the project came from the host, not from the name
 
 
+@functools.lru_cache(
+    maxsize=4096
+)  # on every request (the result is immutable; errors are not kept)
 def split_name(name: str, host_project: str | None) -> ImageName:
     """Resolve an OCI name to (project, repository, image).
 

@@ -6,7 +6,7 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import anyio
-from starlette.responses import FileResponse, Response
+from starlette.responses import FileResponse
 from starlette.types import Message, Receive, Scope, Send
 
 CHUNK = 1024 * 1024
@@ -139,15 +139,33 @@ class MeteredFileResponse(FileResponse):
             self.on_sent(sent)
 
 
-class MeteredResponse(Response):
-    """A 200 with its whole body in memory (a manifest), counted once it is sent."""
+class ManifestResponse:
+    """A manifest (a HEAD: its headers and no body), with the headers Starlette's `Response`
+    gives it, built straight from the manifest: a pull by tag or digest sends nothing else.
+    With `on_sent`, the body is counted once it is sent."""
 
     def __init__(
-        self, content: bytes, headers: dict[str, str], media_type: str, on_sent: OnSent
+        self,
+        digest: str,
+        media_type: str,
+        content: bytes,
+        *,
+        head: bool = False,
+        on_sent: OnSent | None = None,
     ) -> None:
-        super().__init__(content, 200, headers, media_type)
+        self.body = b"" if head else content
         self.on_sent = on_sent
+        if media_type.startswith("text/") and "charset=" not in media_type.lower():
+            media_type += "; charset=utf-8"  # as Starlette would (no manifest type is text/)
+        self.headers = [
+            (b"docker-content-digest", digest.encode("latin-1")),
+            (b"etag", f'"{digest}"'.encode("latin-1")),
+            (b"content-length", str(len(content)).encode()),
+            (b"content-type", media_type.encode("latin-1")),
+        ]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await super().__call__(scope, receive, send)
-        self.on_sent(len(self.body))
+        await send({"type": "http.response.start", "status": 200, "headers": self.headers})
+        await send({"type": "http.response.body", "body": self.body})
+        if self.on_sent is not None:
+            self.on_sent(len(self.body))

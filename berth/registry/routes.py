@@ -42,8 +42,8 @@ from berth.registry.responses import (
     BlobBytesResponse,
     BlobFileResponse,
     BlobStreamResponse,
+    ManifestResponse,
     MeteredFileResponse,
-    MeteredResponse,
     OnSent,
 )
 from berth.services.blobs import missing_blob
@@ -413,7 +413,7 @@ async def cancel_upload(request: Request) -> Response:
 # ---------------------------------------------------------------- manifests
 
 
-async def get_manifest(request: Request) -> Response:
+async def get_manifest(request: Request) -> ManifestResponse:
     services, _name, repo = await _target(request, NEEDS_PULL)
     reference = request.path_params["reference"]
     manifest = await services.registry.get_manifest(repo, _name.image, reference)
@@ -425,19 +425,12 @@ async def get_manifest(request: Request) -> Response:
             "header does not list",
             {"mediaType": manifest.media_type},
         )
-    headers = {
-        "Docker-Content-Digest": manifest.digest,
-        "ETag": f'"{manifest.digest}"',
-        "Content-Length": str(len(manifest.content)),
-    }
+    digest, media_type, content = manifest.digest, manifest.media_type, manifest.content
     if request.method == "HEAD":
-        return Response(b"", 200, headers, manifest.media_type)
+        return ManifestResponse(digest, media_type, content, head=True)
     if services.pulls.enabled:
-        services.pulls.pulled(repo.id, _name.image, manifest.digest)
-    on_sent = _traffic(services, repo)
-    if on_sent is not None:
-        return MeteredResponse(manifest.content, headers, manifest.media_type, on_sent)
-    return Response(manifest.content, 200, headers, manifest.media_type)
+        services.pulls.pulled(repo.id, _name.image, digest)
+    return ManifestResponse(digest, media_type, content, on_sent=_traffic(services, repo))
 
 
 async def _read_limited(request: Request, limit: int) -> bytes:

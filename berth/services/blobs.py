@@ -28,6 +28,7 @@ from berth.metadata.tables import (
 from berth.services.content_audit import audit_content_change
 from berth.services.content_in_use import in_use_refusal, manifests_using
 from berth.services.gc.restrictions import ensure_writable
+from berth.services.manifest_cache import BlobSizes
 from berth.storage.base import BlobStore
 
 logger = logging.getLogger("berth.registry")
@@ -77,13 +78,20 @@ class BlobContent:
     store: BlobStore
     # digest -> (inode, mtime) of the blob file last found whole (see verified_blob).
     _verified: LRUCache[str, tuple[int, int]]
+    blob_sizes: BlobSizes
 
     async def blob_size(self, repo: RepositoryRef, digest: str) -> int:
+        size = self.blob_sizes.get(repo.id, digest)  # only a digest found before is kept
+        if size is not None:
+            return size
         parse_digest(digest)
+        stamp = self.blob_sizes.stamp.read()  # before the read: a change since voids it
         row = await self.db.first(_BLOB_SIZE, repository_id=repo.id, digest=digest)
         if row is None:
             raise BlobUnknown(f"blob {digest} is not in this repository", {"digest": digest})
-        return int(row[0])
+        size = int(row[0])
+        self.blob_sizes.put(repo.id, digest, size, stamp)
+        return size
 
     def blob_path(self, digest: str) -> Path | None:
         return self.store.local_path(digest)

@@ -72,12 +72,12 @@ class ContentStamp:
         _STAMP.pack_into(self._map, 0, random.getrandbits(64))
 
 
-def node_stamp(data_dir: Path) -> ContentStamp:
+def node_stamp(data_dir: Path, name: str = STAMP_FILE) -> ContentStamp:
     """The stamp the node's processes share, or one of this process alone when the data
     directory is not there (a verb that refuses to run anyway)."""
     if not data_dir.is_dir():
         return ContentStamp()
-    return ContentStamp(data_dir / STAMP_FILE)
+    return ContentStamp(data_dir / name)
 
 
 def _size(manifest: StoredManifest) -> int:
@@ -123,3 +123,40 @@ class ManifestCache:
         """Manifests or tags changed (committed): nothing fresh on this node is used again."""
         self.stamp.bump()
         self._fresh.clear()
+
+
+# What a cached blob size depends on: the link of a blob to a repository (removed by a blob
+# delete, garbage collection, or the cascade of a repository's or project's delete).
+BLOB_TABLES = frozenset({"repository_blobs", "blobs", "repositories", "projects"})
+BLOB_STAMP_FILE = "blob-stamp"
+
+
+class BlobSizes:
+    """That a repository held a blob of some size, for at most `FRESH_SECONDS` and only while
+    the node's blob links have not changed since (its own `ContentStamp`, moved by every
+    committed write of `BLOB_TABLES`, as `ManifestCache`'s is by manifests and tags): a blob
+    GET or HEAD answered a moment ago needs no database read. Only found blobs are kept: a
+    blob pushed elsewhere is seen at once; one unlinked on another node within the second."""
+
+    def __init__(self, stamp: ContentStamp | None = None) -> None:
+        self.stamp = stamp or ContentStamp()
+        # (repository id, digest) -> (size, stamp when it was read, monotonic time it was read)
+        self._sizes: LRUCache[tuple[int, str], tuple[int, int, float]] = LRUCache(FRESH_ENTRIES)
+
+    def get(self, repository_id: int, digest: str) -> int | None:
+        found = self._sizes.get((repository_id, digest))
+        if found is None:
+            return None
+        size, stamp, at = found
+        if stamp != self.stamp.read() or time.monotonic() - at > FRESH_SECONDS:
+            return None
+        return size
+
+    def put(self, repository_id: int, digest: str, size: int, stamp: int) -> None:
+        """Keep a size read from the database; `stamp` is the node's stamp as it was before
+        the read began."""
+        self._sizes[(repository_id, digest)] = (size, stamp, time.monotonic())
+
+    def changed(self) -> None:
+        self.stamp.bump()
+        self._sizes.clear()

@@ -8,7 +8,13 @@ from cachetools import LRUCache
 from berth.metadata.database import Database
 from berth.services.blobs import VERIFIED_FILES_KEPT, BlobContent
 from berth.services.listings import ContentListings, Page
-from berth.services.manifest_cache import CONTENT_TABLES, ManifestCache, StoredManifest
+from berth.services.manifest_cache import (
+    BLOB_TABLES,
+    CONTENT_TABLES,
+    BlobSizes,
+    ManifestCache,
+    StoredManifest,
+)
 from berth.services.manifests import ManifestContent, PushedManifest, count_images
 from berth.storage.base import BlobStore
 
@@ -24,10 +30,13 @@ class Registry(BlobContent, ManifestContent, ContentListings):
         store: BlobStore,
         max_images: int = 10_000,
         manifest_cache: ManifestCache | None = None,
+        blob_sizes: BlobSizes | None = None,
     ) -> None:
         self.db = db
         self.manifest_cache = manifest_cache or ManifestCache()
         db.after_commit(CONTENT_TABLES, self.manifest_cache.changed)
+        self.blob_sizes = blob_sizes or BlobSizes()
+        db.after_commit(BLOB_TABLES, self.blob_sizes.changed)
         self.store = store
         self.max_images = max_images
         self._verified = LRUCache(maxsize=VERIFIED_FILES_KEPT)

@@ -18,10 +18,13 @@ from collections.abc import AsyncIterator, Coroutine, Sequence
 from pathlib import Path
 from typing import Any
 
+from cachetools import LRUCache
+
 from berth.domain.digests import parse_digest
 from berth.storage.base import BlobStore, UploadWriter
 
 READ_CHUNK = 1024 * 1024
+LOCAL_PATHS_KEPT = 10_000  # blob file paths remembered (a path of a digest never changes)
 # Files next to an upload's scratch file `{id}`, all named `{id}.…`: `{id}.commit.{token}`
 # replaces a stored blob (commit_upload), `{id}.copy` gives the scratch file a copy of its own
 # (_unshare), `{id}.lock` is what requests on the upload take turns holding (upload_exclusive).
@@ -88,6 +91,7 @@ class FilesystemBlobStore(BlobStore):
         self.root = root
         self.uploads = root / "_uploads"
         self.damaged = root / "_damaged"  # blobs whose bytes no longer match their digest
+        self._local_paths: LRUCache[str, Path] = LRUCache(LOCAL_PATHS_KEPT)
         self.uploads.mkdir(parents=True, exist_ok=True)
 
     def _blob_path(self, digest: str) -> Path:
@@ -213,7 +217,11 @@ class FilesystemBlobStore(BlobStore):
             return None
 
     def local_path(self, digest: str) -> Path | None:
-        return self._blob_path(digest)
+        # Asked on every blob GET: building the Path costs more than the file's stat.
+        path = self._local_paths.get(digest)
+        if path is None:
+            path = self._local_paths[digest] = self._blob_path(digest)
+        return path
 
     def relative_path(self, digest: str) -> str:
         return self._blob_path(digest).relative_to(self.root).as_posix()

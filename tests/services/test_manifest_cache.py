@@ -9,15 +9,17 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
-from sqlalchemy import update
+from sqlalchemy import delete, update
 
-from berth.domain.errors import ManifestUnknown
+from berth.domain.errors import BlobUnknown, ManifestUnknown
 from berth.metadata.database import Database
-from berth.metadata.tables import audit_log, manifests
+from berth.metadata.tables import audit_log, manifests, repository_blobs
 from berth.services.gc import GarbageCollector
 from berth.services.manifest_cache import (
+    BLOB_STAMP_FILE,
     FRESH_SECONDS,
     LARGEST_CACHED,
+    BlobSizes,
     ManifestCache,
     StoredManifest,
     node_stamp,
@@ -190,3 +192,71 @@ def test_a_huge_manifest_is_not_kept() -> None:
     huge = StoredManifest("sha256:" + "c" * 64, OCI_MANIFEST, b" " * (LARGEST_CACHED + 1))
     cache.put(1, "", "v1", huge, cache.stamp.read())
     assert cache.get(1, "", "v1") is None
+
+
+# ------------------------------------------------------------------ blob sizes (blob GET/HEAD)
+
+
+async def unlink_blobs_elsewhere(scene: Scene) -> None:
+    """Every blob unlinked from the repository through a connection of its own, as another
+    node would."""
+    elsewhere = Database(scene.db.url)
+    try:
+        async with elsewhere.write() as conn:
+            await conn.execute(delete(repository_blobs))
+    finally:
+        await elsewhere.dispose()
+
+
+def test_a_blob_size_just_read_is_kept_until_blob_links_change_on_the_node(
+    tmp_path: Path,
+) -> None:
+    async def scenario(scene: Scene) -> None:
+        loose = await scene.blob(b"a loose blob")
+        kept = await scene.blob(b"another one")
+        assert await scene.registry.blob_size(scene.repo, loose) == 12
+        assert await scene.registry.blob_size(scene.repo, kept) == 11
+        # Deleted here: seen at once.
+        await scene.registry.delete_blob(scene.repo, "", loose, actor="a", client=None)
+        with pytest.raises(BlobUnknown):
+            await scene.registry.blob_size(scene.repo, loose)
+        # Unlinked behind the node's back: the size in memory still answers, until the node
+        # changes a blob link (or the second is over: below).
+        assert await scene.registry.blob_size(scene.repo, kept) == 11
+        await unlink_blobs_elsewhere(scene)
+        assert await scene.registry.blob_size(scene.repo, kept) == 11
+        await scene.blob(b"pushed here")
+        with pytest.raises(BlobUnknown):
+            await scene.registry.blob_size(scene.repo, kept)
+
+    run(tmp_path, scenario)
+
+
+def test_a_blob_size_is_used_for_at_most_a_second(tmp_path: Path) -> None:
+    async def scenario(scene: Scene) -> None:
+        digest = await scene.blob(b"a blob")
+        assert await scene.registry.blob_size(scene.repo, digest) == 6
+        await unlink_blobs_elsewhere(scene)
+        time.sleep(FRESH_SECONDS + 0.05)
+        with pytest.raises(BlobUnknown):
+            await scene.registry.blob_size(scene.repo, digest)
+
+    run(tmp_path, scenario)
+
+
+def test_a_blob_link_change_in_another_process_of_the_node_voids_this_ones_sizes(
+    tmp_path: Path,
+) -> None:
+    here = BlobSizes(node_stamp(tmp_path, BLOB_STAMP_FILE))
+    there = BlobSizes(node_stamp(tmp_path, BLOB_STAMP_FILE))
+    digest = "sha256:" + "d" * 64
+    here.put(1, digest, 42, here.stamp.read())
+    assert here.get(1, digest) == 42 and here.get(2, digest) is None
+    ManifestCache(node_stamp(tmp_path)).changed()  # a manifest or tag change: not a blob link
+    assert here.get(1, digest) == 42
+    there.changed()
+    assert here.get(1, digest) is None
+    before = here.stamp.read()
+    there.changed()  # raced the read: not kept
+    here.put(1, digest, 42, before)
+    assert here.get(1, digest) is None
