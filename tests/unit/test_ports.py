@@ -28,15 +28,28 @@ def test_each_worker_has_ports_of_its_own_outside_the_ephemeral_range(tmp_path: 
     assert worker_ports(None, 1, (32768, 60999)) == worker_ports("gw0", 1, (32768, 60999))
 
 
+def listening_after(port: int) -> socket.socket:
+    """A listener on the first port after `port` that is free (others may be taken by the
+    servers of other tests)."""
+    for candidate in range(port + 1, port + 100):
+        try:
+            return socket.create_server(("127.0.0.1", candidate))
+        except OSError:
+            continue
+    raise AssertionError(f"no free port after {port}")
+
+
 def test_a_process_never_gets_a_port_twice_nor_one_in_use(tmp_path: Path) -> None:
     ports = worker_ports("gw1", 2, ephemeral_range())
     allocator = PortAllocator(ports, tmp_path / "ports.lock")
     try:
         first = allocator.take()
-        with socket.create_server(("127.0.0.1", first + 1)):  # someone listens on the next
+        with listening_after(first) as listener:  # someone listens on a port up next
+            listening = listener.getsockname()[1]
             taken = [first] + [allocator.take() for _ in range(200)]
         assert len(set(taken)) == len(taken)
-        assert first + 1 not in taken
+        assert first < listening < max(taken)
+        assert listening not in taken
         assert all(port in ports for port in taken)
     finally:
         allocator.close()
