@@ -135,7 +135,7 @@ def _check_address(address: tuple[str, int], setting: str, flags: Collection[str
     """Refuse an address (of the `setting`) another process listens on: granian binds with
     SO_REUSEPORT, so a second server would start and quietly take half the connections."""
     host, port = address
-    shown = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    shown = _shown(host, port)
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     try:
         socket.create_server((host, port), family=family).close()  # SO_REUSEADDR, no REUSEPORT
@@ -149,6 +149,51 @@ def _check_address(address: tuple[str, int], setting: str, flags: Collection[str
         raise SettingsError(
             f"{setting_source(setting, flags)}: cannot serve on {shown}: {problem}"
         ) from None
+
+
+def _shown(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def claim_ports(settings: Settings, flags: Collection[str] = ()) -> list[socket.socket]:
+    """Claim the ports of `listen` and `metrics_listen` for this server, before checking that
+    they are free: two `berth serve` started at once would both find a port free (granian binds
+    it a second or more later, with SO_REUSEPORT) and then both serve on it. The claim is a
+    Unix socket bound to the name "berth-serve-port-PORT" in Linux's abstract namespace: that
+    name is unique per network namespace (the scope of the port itself, whichever the user, data
+    directory or private /tmp), and the kernel drops it when the process exits, however it
+    ends. The sockets are inherited through the exec into granian and held as long as it runs;
+    keep the returned list alive until then. One `berth serve` per port: it claims the port for
+    every address, and is refused on a port another one claimed on any address."""
+    if not sys.platform.startswith("linux"):
+        return []  # no abstract namespace: the check of the address alone
+    addresses = [("listen", settings.host_and_port)]
+    if settings.metrics_host_and_port is not None:
+        addresses.append(("metrics_listen", settings.metrics_host_and_port))
+    claimed: dict[int, socket.socket] = {}
+    try:
+        for setting, (host, port) in addresses:
+            if port in claimed:
+                continue  # the same address twice: check() says so
+            claim = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                claim.bind(f"\0berth-serve-port-{port}")
+            except OSError as exc:
+                claim.close()
+                if exc.errno != errno.EADDRINUSE:
+                    raise
+                raise SettingsError(
+                    f"address {_shown(host, port)} is already in use: another `berth serve` "
+                    f"on this machine is starting or serving on port {port} "
+                    f"({setting_source(setting, flags)}); stop it or choose another port"
+                ) from None
+            claim.set_inheritable(True)  # through the exec into granian
+            claimed[port] = claim
+    except BaseException:
+        for claim in claimed.values():
+            claim.close()
+        raise
+    return list(claimed.values())
 
 
 def check(settings: Settings, flags: Collection[str] = ()) -> None:
@@ -225,6 +270,9 @@ def _prepare_metrics(settings: Settings) -> None:
 
 
 def serve(settings: Settings, flags: Collection[str] = ()) -> None:
+    # Before check(): no window between it and granian's bind. Open until the exec, and held
+    # by granian after it.
+    _claims = claim_ports(settings, flags)
     check(settings, flags)
     settings.data_dir = settings.data_dir.resolve()
     initialise(settings)

