@@ -295,8 +295,14 @@ def main() -> None:
         ra: list[dict[str, float]] = []
         rb: list[dict[str, float]] = []
         for i in range(args.runs):
-            ra.append(measure(a, args, i, prep_a))
-            rb.append(measure(b, args, i, prep_b))
+            # Odd rounds measure B first, so neither server always meets the page cache, the
+            # CPU frequency or the other's leftover load in the same state.
+            if i % 2:
+                rb.append(measure(b, args, i, prep_b))
+                ra.append(measure(a, args, i, prep_a))
+            else:
+                ra.append(measure(a, args, i, prep_a))
+                rb.append(measure(b, args, i, prep_b))
         sa, sb = summarize(ra), summarize(rb)
         result = {"a": sa, "b": sb, "ratio_a_over_b": {k: sa[k] / sb[k] for k in sa}}
         print(f"{'figure':18} {'A':>12} {'B':>12} {'A/B':>8}")
