@@ -45,10 +45,9 @@ from pairs import FIGURES, SMALL_BLOB
 from run import BERTH, PROJECT, ROOT, Server, spawn, wait_ready
 
 sys.path.insert(0, str(ROOT))
-from starlette.responses import Response
 
 from berth.metadata.database import Database
-from berth.registry.responses import BlobFileResponse, MeteredResponse
+from berth.registry.responses import BlobFileResponse, ManifestResponse
 from berth.services.metering import TrafficMeter
 
 TARGET_RATIO = 0.95
@@ -133,7 +132,6 @@ def hot_path_cost(work: Path, rates: dict[str, float], calls: int = 50_000) -> d
     blob.write_bytes(os.urandom(SMALL_BLOB))
     digest = "sha256:" + "0" * 64
     content = os.urandom(1200)
-    headers = {"Docker-Content-Digest": digest, "ETag": f'"{digest}"', "Content-Length": "1200"}
     scope = {"type": "http", "method": "GET", "extensions": {"http.response.pathsend": {}}}
 
     async def receive() -> dict[str, Any]:
@@ -143,10 +141,8 @@ def hot_path_cost(work: Path, rates: dict[str, float], calls: int = 50_000) -> d
         return None
 
     def manifest(metered: bool) -> Any:
-        if metered:
-            counter = partial(meter.count, 1, 2)
-            return MeteredResponse(content, headers, regbench.MANIFEST_TYPE, counter)
-        return Response(content, 200, headers, regbench.MANIFEST_TYPE)
+        counter = partial(meter.count, 1, 2) if metered else None
+        return ManifestResponse(digest, regbench.MANIFEST_TYPE, content, on_sent=counter)
 
     def small_blob(metered: bool) -> Any:
         counter = partial(meter.count, 1, 2) if metered else None

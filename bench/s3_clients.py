@@ -32,7 +32,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from berth.storage.s3 import PIECE_BYTES, S3BlobStore  # noqa: E402
+from berth.storage.s3 import S3BlobStore  # noqa: E402
+from berth.storage.s3_pieces import PIECE_BYTES  # noqa: E402
 from tests.s3 import BUCKET, SeaweedFS, seaweedfs_server  # noqa: E402
 
 MiB = 1024 * 1024

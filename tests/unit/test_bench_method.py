@@ -121,3 +121,26 @@ def test_what_was_measured_by_hand_survives_the_next_make_bench() -> None:
     findings = (ROOT / "bench" / "findings.md").read_text()
     assert "(measured by hand)" in findings
     assert (ROOT / "BENCHMARKS.md").read_text().endswith(findings)
+
+
+def test_every_bench_script_imports() -> None:
+    """Bench scripts run only by hand or in `make bench`: an import a change in berth/ broke
+    (a renamed response class, say) shows here rather than at the next measurement."""
+    code = (
+        "import importlib.util, pathlib, sys\n"
+        "bench = pathlib.Path(sys.argv[1])\n"
+        "sys.path.insert(0, str(bench))\n"
+        "for path in sorted(bench.glob('*.py')):\n"
+        "    spec = importlib.util.spec_from_file_location('bench_' + path.stem, path)\n"
+        "    module = importlib.util.module_from_spec(spec)\n"
+        "    sys.modules[spec.name] = module\n"
+        "    spec.loader.exec_module(module)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(ROOT / "bench")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
