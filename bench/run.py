@@ -71,10 +71,9 @@ ROOT = Path(__file__).resolve().parent.parent
 REGBENCH = Path(__file__).resolve().parent / "regbench.py"
 # Measurements made by hand (before/after comparisons, investigations), kept in BENCHMARKS.md.
 FINDINGS = Path(__file__).resolve().parent / "findings.md"
-# One worker. On the 2-core reference machine two workers served 20-40% more GETs side by side
-# with one, but no better against Distribution over full runs, with a worse manifest p99 and
-# ~105 MB more RSS; and a blob upload whose PUT reaches the other worker than its POST fails
-# with HTTP 500 (the PUT looks for a scratch file the POST never created).
+# One worker, Berth's default: two serve manifest and small-blob GETs about twice as fast here
+# (bench/findings.md, "Two granian workers against one") but the server's RSS then passes the
+# 200 MB memory target (315 MB against 187 MB).
 DEFAULT_WORKERS = 1
 MIB = 1 << 20
 MB = 1_000_000
