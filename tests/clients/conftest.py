@@ -28,7 +28,7 @@ from cri_api.v1 import api_pb2_grpc
 
 from tests.clients.commands import ContainersConfig, Ctr, Docker, Podman, Skopeo
 from tests.clients.cri import CriImages
-from tests.clients.daemons import Containerd, Dockerd
+from tests.clients.daemons import Containerd, Dockerd, running_dockerd
 from tests.clients.layouts import TestImage, umoci_image
 from tests.clients.machine import DockerCertsDirs, HostsEntries
 from tests.clients.registry import DOMAIN, REGION, Registry, Trust, project_host
@@ -183,13 +183,8 @@ def docker_certs(registry_addresses: list[str], trust: Trust) -> Iterator[Docker
 def dockerd(
     tmp_path_factory: pytest.TempPathFactory, project_hosts: HostsEntries
 ) -> Iterator[Dockerd]:
-    binary = require_binary("dockerd")
-    # The CLI from the same package as the daemon (a newer docker may also be on PATH).
-    cli = "/usr/bin/docker" if Path("/usr/bin/docker").exists() else require_binary("docker")
-    daemon = Dockerd(tmp_path_factory.mktemp("dockerd"), binary=binary, cli=cli)
-    daemon.start()
-    yield daemon
-    daemon.stop()
+    with running_dockerd(tmp_path_factory.mktemp("dockerd")) as daemon:
+        yield daemon
 
 
 @pytest.fixture(scope="session")

@@ -9,10 +9,12 @@ from __future__ import annotations
 import signal
 import subprocess
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tests.clients.tools import run
+from tests.clients.tools import require_binary, run
 
 READY_TIMEOUT = 60
 STOP_TIMEOUT = 30
@@ -200,3 +202,17 @@ class Containerd(Daemon):
             '  capabilities = ["pull", "resolve", "push"]\n'
             f'  ca = "{ca}"\n'
         )
+
+
+@contextmanager
+def running_dockerd(directory: Path) -> Iterator[Dockerd]:
+    """A dockerd of its own in `directory`, with the CLI from the daemon's package (a newer
+    docker may also be on PATH), stopped on the way out."""
+    binary = require_binary("dockerd")
+    cli = "/usr/bin/docker" if Path("/usr/bin/docker").exists() else require_binary("docker")
+    daemon = Dockerd(directory, binary=binary, cli=cli)
+    daemon.start()
+    try:
+        yield daemon
+    finally:
+        daemon.stop()

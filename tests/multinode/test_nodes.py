@@ -20,7 +20,7 @@ import httpx
 import pytest
 
 from tests.clients.commands import ContainersConfig, Podman, skopeo_round_trip
-from tests.clients.daemons import Dockerd
+from tests.clients.daemons import Dockerd, running_dockerd
 from tests.clients.layouts import OciLayout, TestImage, layer_files
 from tests.clients.tools import output, require_binary, run
 from tests.multinode.conftest import GC_GRACE, Cluster
@@ -126,12 +126,8 @@ def dockerd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Dockerd]:
     """A dockerd of this module's own. It reaches the balancer at 127.0.0.1:PORT, which docker
     treats as an insecure registry (HTTPS without verifying the certificate): no /etc/hosts or
     /etc/docker/certs.d entry is needed."""
-    binary = require_binary("dockerd")
-    cli = "/usr/bin/docker" if Path("/usr/bin/docker").exists() else require_binary("docker")
-    daemon = Dockerd(tmp_path_factory.mktemp("dockerd"), binary=binary, cli=cli)
-    daemon.start()
-    yield daemon
-    daemon.stop()
+    with running_dockerd(tmp_path_factory.mktemp("dockerd")) as daemon:
+        yield daemon
 
 
 def saved_image_files(archive: Path) -> list[dict[str, bytes]]:
