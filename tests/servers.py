@@ -99,7 +99,9 @@ class BerthServer:
         env.update(self.extra_env)
         return env
 
-    def start(self, timeout: float = 60) -> BerthServer:
+    def start(self, timeout: float = 120) -> BerthServer:
+        # Generous: at a load of 10 (CI beside other server modules) a start can pass 60 s.
+        # A server that exits fails at once, not at the deadline.
         self.data_dir.mkdir(parents=True, exist_ok=True)
         log = open(self.data_dir / "server.log", "ab")  # noqa: SIM115 - lives with the process
         self.process = subprocess.Popen(
