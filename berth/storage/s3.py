@@ -117,6 +117,7 @@ class S3Location:
     secret_access_key: str | None = None
     path_style: bool = False
     attempts: int = 6  # tries of each request, backing off between them
+    public_endpoint: str | None = None  # where clients reach the store; unset: `endpoint`
 
     @property
     def shown(self) -> str:
@@ -133,6 +134,7 @@ class S3BlobStore(BlobStore):
         self._client_stack = contextlib.AsyncExitStack()
         self._client_lock = asyncio.Lock()
         self._confirmed: LRUCache[str, float] = LRUCache(maxsize=CONFIRMED_KEPT)
+        self._signer: S3Client | None = None  # for `public_endpoint`, when set
         self._background: set[asyncio.Task[None]] = set()
 
     # ------------------------------------------------------------ the client
@@ -180,6 +182,17 @@ class S3BlobStore(BlobStore):
                 except BaseException:
                     await self._client_stack.aclose()
                     raise
+                if location.public_endpoint is not None:
+                    # Presigns only (no request of its own): see `download_url`.
+                    self._signer = await self._client_stack.enter_async_context(
+                        get_session().create_client(
+                            "s3",
+                            endpoint_url=location.public_endpoint,
+                            aws_access_key_id=location.access_key_id,
+                            aws_secret_access_key=location.secret_access_key,
+                            config=config,
+                        )
+                    )
                 self._client = client
         return self._client
 
@@ -196,7 +209,7 @@ class S3BlobStore(BlobStore):
         for task in list(self._background):
             task.cancel()
         await asyncio.gather(*self._background, return_exceptions=True)
-        self._client = None
+        self._client = self._signer = None
         await self._client_stack.aclose()
 
     @contextlib.contextmanager
@@ -514,10 +527,13 @@ class S3BlobStore(BlobStore):
 
     async def download_url(self, digest: str, ttl: int) -> str:
         """A presigned GetObject URL: signed here, without a request to the store. Whoever
-        holds it reads the blob (a Range included) until it expires."""
+        holds it reads the blob (a Range included) until it expires. Signed for the address
+        clients use (`public_endpoint`, when it differs from the nodes'): SigV4 signs the
+        Host header, so a URL is valid only at the host it names, and a proxy there must pass
+        that Host on to the store unchanged (the path too), for the store checks the same."""
         s3 = await self._s3()
         with self._errors():
-            url: str = await s3.generate_presigned_url(
+            url: str = await (self._signer or s3).generate_presigned_url(
                 "get_object",
                 Params={"Bucket": self.location.bucket, "Key": self._blob_key(digest)},
                 ExpiresIn=ttl,
