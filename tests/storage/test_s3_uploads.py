@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from sqlalchemy import event, select, update
 
-from berth.domain.errors import RangeNotSatisfiable
+from berth.domain.errors import RangeNotSatisfiable, Unavailable
 from berth.domain.references import RepositoryRef
 from berth.metadata.database import Database
 from berth.metadata.tables import metadata, projects, repositories, upload_pieces, uploads
@@ -225,3 +225,34 @@ async def test_the_final_put_commits_the_offset_and_pieces_of_one_moment(
     assert patched_to == [len(data) + len(late)]  # acknowledged, then finished over it
     assert digest == digest_of(data)
     assert await read_all(store, digest) == data
+
+
+async def test_a_row_locked_by_a_stuck_node_is_a_503_after_the_lock_wait_not_a_hang(
+    pg_db: Database, store: S3BlobStore
+) -> None:
+    """Another connection (a node hung mid-transaction) holds the upload's row: a PATCH waits
+    for it only `lock_wait_seconds`, then is told UNAVAILABLE with Retry-After; once the
+    row is free, the same chunk goes on from the same offset."""
+    node_db = Database(pg_db.url, lock_wait_seconds=1)
+    try:
+        node = Uploads(node_db, store)
+        upload = await node.start(REPO, "app")
+        chunk = os.urandom(1000)
+        async with pg_db.write() as stuck:
+            await stuck.execute(
+                select(uploads.c.id).where(uploads.c.id == upload.id).with_for_update()
+            )
+            started = time.monotonic()
+            # (Without a lock wait bound it would wait for the stuck one: at most 20 s here.)
+            with pytest.raises(Unavailable) as refused:
+                async with asyncio.timeout(20):
+                    await node.append(upload, body(chunk), None)
+            waited = time.monotonic() - started
+        assert 1 <= waited < 10
+        assert refused.value.status == 503 and refused.value.code == "UNAVAILABLE"
+        assert int(refused.value.headers["Retry-After"]) > 0
+        assert "locked by another request" in str(refused.value)
+        moved = await node.append(await node.get(REPO, "app", upload.id), body(chunk), None)
+        assert moved.offset == len(chunk)
+    finally:
+        await node_db.dispose()
