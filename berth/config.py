@@ -206,6 +206,11 @@ class Settings(BaseSettings):
     s3_endpoint: str | None = Field(
         None, description="S3 endpoint URL, e.g. http://127.0.0.1:8333; unset: AWS's own"
     )
+    s3_public_endpoint: str | None = Field(
+        None,
+        description="the store's address as clients reach it (presigned blob URLs are signed "
+        "for it; a proxy there must keep the Host header); unset: s3_endpoint",
+    )
     # Checked even when unset (validate_default), so `storage = "s3"` without it is refused.
     s3_bucket: str | None = Field(
         None, validate_default=True, description="bucket of the blobs (storage = s3)"

@@ -254,6 +254,7 @@ def blob_store(settings: Settings) -> BlobStore:
                 secret_access_key=settings.s3_secret_access_key,
                 path_style=settings.s3_path_style,
                 attempts=settings.s3_attempts,
+                public_endpoint=settings.s3_public_endpoint,
             )
         )
     return FilesystemBlobStore(settings.blob_dir)

@@ -54,9 +54,11 @@ from tests.oci import (
     image_manifest,
     location,
     manifest_path,
+    patch_upload,
     push_blob,
     push_manifest,
     put_upload,
+    start_upload,
     uploads_path,
 )
 from tests.servers import ADMIN_PASSWORD, BACKENDS, BerthServer, server_fixture
@@ -568,6 +570,40 @@ def test_a_refused_push_names_the_role_that_may_not_push(world: World) -> None:
     with world.client_as("repository-viewer", "basic", "") as viewer:
         refused_push = viewer.post(uploads_path(name), headers={"Content-Length": "0"})
     assert f"their role viewer on repository {name} may only pull" in message(refused_push)
+
+
+def test_an_upload_is_pushing_a_pull_only_caller_cannot_see_or_touch_it(world: World) -> None:
+    """As on Distribution, every route of an upload needs push: a reader (Basic), and a pull
+    token of a member who may push, are refused its status, a chunk, the final PUT and a
+    cancel, even holding its ID; the upload is left as it was and its pusher finishes it."""
+    name = world.repos["private"]
+    blob = Blob(os.urandom(1000))
+    started = start_upload(world.admin, name)
+    assert started.status_code == 202, started.text
+    upload = location(patch_upload(world.admin, location(started), blob.data[:600], "0-599"))
+    token = fetch_token(world.http, world.keys["project-member"], f"repository:{name}:pull")
+
+    def attempts(client: httpx.Client) -> list[httpx.Response]:
+        chunk = {"Content-Type": "application/octet-stream", "Content-Range": "600-999"}
+        return [
+            client.get(upload),
+            client.patch(upload, content=blob.data[600:], headers=chunk),
+            client.put(upload, params={"digest": blob.digest}, content=blob.data[600:]),
+            client.delete(upload),
+        ]
+
+    with world.client_as("project-reader", "basic", "") as reader:
+        for response in attempts(reader):
+            assert_denied(response)
+            assert f"their role reader in project '{P}' may only pull" in message(response)
+    with httpx.Client(base_url=world.server.url, timeout=30, headers=bearer(token)) as puller:
+        for response in attempts(puller):
+            assert_unauthorized(response, f"repository:{name}:pull,push")
+            assert challenge(response).params.get("error") == "insufficient_scope"
+    status = world.admin.get(upload)
+    assert status.status_code == 204 and status.headers["Range"] == "0-599", status.text
+    finished = put_upload(world.admin, upload, blob.digest, blob.data[600:])
+    assert finished.status_code == 201, finished.text
 
 
 def test_a_user_password_is_not_an_access_key(world: World) -> None:

@@ -19,7 +19,7 @@ from typing import Any
 
 from sqlalchemy import Select, Table, event
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.sql.dml import Insert, UpdateBase
@@ -33,6 +33,11 @@ from berth.observability import metrics
 WRITE_LOCK_SECONDS = 5
 WRITER_QUEUE_SECONDS = 10
 RETRY_AFTER_SECONDS = 5
+# How long a PostgreSQL statement waits for a row lock (`lock_timeout` of every connection):
+# a transaction holding one may be on a node that hangs, and the server notices a peer that
+# went silent only after hours. Then refused as "busy, retry" (503 + Retry-After), like SQLite.
+LOCK_WAIT_SECONDS = WRITE_LOCK_SECONDS + WRITER_QUEUE_SECONDS
+LOCK_NOT_AVAILABLE = "55P03"  # PostgreSQL's SQLSTATE for a lock wait that timed out
 READERS = 16  # SQLite reader connections kept open (more open when busy)
 
 SQLITE_PRAGMAS = (
@@ -109,9 +114,15 @@ class _SqlitePointReader:
             self._connection.close()
 
 
-def _write_condition(exc: OperationalError) -> Exception | None:
+def _write_condition(exc: DBAPIError) -> Exception | None:
     """The registry error a lock or full-disk failure stands for, if it is one."""
     message = str(exc.orig if exc.orig is not None else exc).lower()
+    if getattr(exc.orig, "sqlstate", None) == LOCK_NOT_AVAILABLE:
+        return Unavailable(
+            "the database is busy: what this request changes stayed locked by another "
+            "request too long; try again shortly",
+            RETRY_AFTER_SECONDS,
+        )
     if "database is locked" in message or "database is busy" in message:
         return Unavailable(
             f"the database is locked by another writer (waited {WRITE_LOCK_SECONDS} s); "
@@ -124,7 +135,7 @@ def _write_condition(exc: OperationalError) -> Exception | None:
 
 
 class Database:
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, lock_wait_seconds: float = LOCK_WAIT_SECONDS) -> None:
         self.url = url
         self.is_sqlite = url.startswith("sqlite")
         self._point_reader: _SqlitePointReader | None = None
@@ -136,7 +147,13 @@ class Database:
             metrics.watch_pool(self.reader.sync_engine.pool, "reader", READERS)
         else:
             self.writer = self.reader = create_async_engine(
-                url, pool_size=10, max_overflow=10, pool_pre_ping=True
+                url,
+                pool_size=10,
+                max_overflow=10,
+                pool_pre_ping=True,
+                connect_args={
+                    "server_settings": {"lock_timeout": f"{round(lock_wait_seconds * 1000)}ms"}
+                },
             )
             metrics.watch_pool(self.writer.sync_engine.pool, "shared", 10)
         event.listen(self.writer.sync_engine, "after_execute", _note_written_table)
@@ -159,7 +176,7 @@ class Database:
                 written.clear()  # what a transaction rolled back on this connection noted
                 yield connection
                 changed = frozenset(written)
-        except OperationalError as exc:
+        except DBAPIError as exc:
             condition = _write_condition(exc)
             if condition is None:
                 raise

@@ -367,8 +367,9 @@ async def _mount_source(
 
 
 async def upload_status(request: Request) -> Response:
-    # Reading an upload's progress has needed pull only (its ID is the secret); kept so.
-    services, name, repo = await _target(request, NEEDS_PULL)
+    # An upload is part of pushing, as on Distribution: a caller who may only pull learns
+    # nothing of one, not even that it exists, whoever handed them its ID.
+    services, name, repo = await _target(request, NEEDS_PUSH)
     upload = await services.uploads.get(repo, name.image, request.path_params["upload_id"])
     return Response(status_code=204, headers=_upload_headers(name, upload.id, upload.offset))
 

@@ -269,11 +269,14 @@ class Uploads:
                 writer = await self.store.open_upload(upload.id, upload.offset)
                 try:
                     written = await _pipe(writer, hasher, body)
-                except BaseException:
-                    self._hashes.drop(upload.id)  # the stored bytes past `offset` are discarded
-                    raise
-                finally:
                     await writer.close()
+                except BaseException:
+                    # The chunk failed (its body broke off, the store failed): the writer
+                    # stores nothing more and the client hears the first error, not the
+                    # store's answer to storing the rest. Bytes past `offset` are never read.
+                    self._hashes.drop(upload.id)
+                    await writer.abort()
+                    raise
             started_at = upload.offset
             upload = replace(
                 upload,
@@ -298,6 +301,7 @@ class Uploads:
                         [{"upload_id": upload.id, "name": name} for name in writer.pieces],
                     )
             if moved.rowcount != 1:
+                await writer.abort()  # what it stored is not part of the upload
                 await self._lost_race(upload.id)
             self._hashes.put(upload.id, upload.offset, hasher)
             return upload

@@ -17,6 +17,14 @@ class UploadWriter(abc.ABC):
     @abc.abstractmethod
     async def close(self) -> None: ...
 
+    async def abort(self) -> None:
+        """The write failed (the body broke off, the store failed, another request won the
+        upload): store nothing more, release what `close` would, and remove what this writer
+        stored where the store can (best effort: never raises, so the caller's error stands).
+        Bytes past the acknowledged offset are never read either way."""
+        with contextlib.suppress(Exception):
+            await self.close()
+
     @property
     def pieces(self) -> list[str]:
         """Names of the pieces this writer stored, in order (once closed), on a store that

@@ -20,7 +20,7 @@ import contextlib
 import itertools
 import logging
 import time
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Coroutine, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -56,6 +56,8 @@ PARALLEL_PARTS = 4
 # many such answers are kept (about 150 bytes each).
 CONFIRMED_SECONDS = 30.0
 CONFIRMED_KEPT = 100_000
+# How long the pieces of a failed write are tried again while the store cannot be reached.
+REMOVAL_RETRY_SECONDS = 15 * 60
 
 _MISSING_OBJECT = {"404", "NoSuchKey", "NotFound", "NoSuchUpload"}
 _MISSING_BUCKET = {"NoSuchBucket"}
@@ -115,6 +117,7 @@ class S3Location:
     secret_access_key: str | None = None
     path_style: bool = False
     attempts: int = 6  # tries of each request, backing off between them
+    public_endpoint: str | None = None  # where clients reach the store; unset: `endpoint`
 
     @property
     def shown(self) -> str:
@@ -131,6 +134,8 @@ class S3BlobStore(BlobStore):
         self._client_stack = contextlib.AsyncExitStack()
         self._client_lock = asyncio.Lock()
         self._confirmed: LRUCache[str, float] = LRUCache(maxsize=CONFIRMED_KEPT)
+        self._signer: S3Client | None = None  # for `public_endpoint`, when set
+        self._background: set[asyncio.Task[None]] = set()
 
     # ------------------------------------------------------------ the client
 
@@ -177,6 +182,17 @@ class S3BlobStore(BlobStore):
                 except BaseException:
                     await self._client_stack.aclose()
                     raise
+                if location.public_endpoint is not None:
+                    # Presigns only (no request of its own): see `download_url`.
+                    self._signer = await self._client_stack.enter_async_context(
+                        get_session().create_client(
+                            "s3",
+                            endpoint_url=location.public_endpoint,
+                            aws_access_key_id=location.access_key_id,
+                            aws_secret_access_key=location.secret_access_key,
+                            config=config,
+                        )
+                    )
                 self._client = client
         return self._client
 
@@ -190,7 +206,10 @@ class S3BlobStore(BlobStore):
             await s3.head_bucket(Bucket=self.location.bucket)
 
     async def close(self) -> None:
-        self._client = None
+        for task in list(self._background):
+            task.cancel()
+        await asyncio.gather(*self._background, return_exceptions=True)
+        self._client = self._signer = None
         await self._client_stack.aclose()
 
     @contextlib.contextmanager
@@ -309,8 +328,49 @@ class S3BlobStore(BlobStore):
         async def put(name: str, body: bytes) -> None:
             await self._put(prefix + name, body)
 
+        async def remove(names: list[str]) -> None:
+            await self._remove_unrecorded([prefix + name for name in names])
+
         # Nothing to discard: pieces past `offset` were never recorded, so never read.
-        return PieceWriter(put, offset)
+        return PieceWriter(put, offset, remove)
+
+    async def _remove_unrecorded(self, keys: list[str]) -> None:
+        """Delete the pieces of a failed write, which no upload will ever name. Run to its end
+        even when the request is cancelled (its client gone); with the store unreachable, tried
+        again in the background for a while, so the pieces do not wait for the upload's end
+        (which removes all its pieces) once the store is back."""
+        attempt = self._in_background(self._delete_keys(keys))
+
+        def after(task: asyncio.Task[None]) -> None:
+            if not task.cancelled() and task.exception() is not None:
+                self._in_background(self._remove_later(keys))
+
+        attempt.add_done_callback(after)
+        await asyncio.shield(attempt)
+
+    async def _remove_later(self, keys: list[str]) -> None:
+        deadline = time.monotonic() + REMOVAL_RETRY_SECONDS
+        pause = 1.0
+        while True:
+            await asyncio.sleep(pause)
+            try:
+                await self._delete_keys(keys)
+                return
+            except Exception:
+                if time.monotonic() > deadline:
+                    logger.warning(
+                        "blob store: %d pieces of a failed upload write stay until the upload "
+                        "ends (finished, cancelled or expired)",
+                        len(keys),
+                    )
+                    return
+            pause = min(pause * 2, 30.0)
+
+    def _in_background(self, work: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        task = asyncio.ensure_future(work)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+        return task
 
     def _recorded(self, upload_id: str, names: Sequence[str]) -> list[Piece]:
         prefix = self._upload_prefix(upload_id)
@@ -467,10 +527,13 @@ class S3BlobStore(BlobStore):
 
     async def download_url(self, digest: str, ttl: int) -> str:
         """A presigned GetObject URL: signed here, without a request to the store. Whoever
-        holds it reads the blob (a Range included) until it expires."""
+        holds it reads the blob (a Range included) until it expires. Signed for the address
+        clients use (`public_endpoint`, when it differs from the nodes'): SigV4 signs the
+        Host header, so a URL is valid only at the host it names, and a proxy there must pass
+        that Host on to the store unchanged (the path too), for the store checks the same."""
         s3 = await self._s3()
         with self._errors():
-            url: str = await s3.generate_presigned_url(
+            url: str = await (self._signer or s3).generate_presigned_url(
                 "get_object",
                 Params={"Bucket": self.location.bucket, "Key": self._blob_key(digest)},
                 ExpiresIn=ttl,

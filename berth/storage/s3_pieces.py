@@ -9,6 +9,7 @@ with the offset it acknowledges (`upload_pieces`), and reads and commits only th
 
 from __future__ import annotations
 
+import contextlib
 import re
 import secrets
 from collections.abc import Awaitable, Callable, Iterator, Sequence
@@ -58,15 +59,24 @@ def recorded_pieces(names: Sequence[str]) -> list[Piece]:
 
 class PieceWriter(UploadWriter):
     """Buffers a PATCH's bytes into pieces of PIECE_BYTES (the last one smaller), each PUT
-    under a key of its own, one at a time."""
+    under a key of its own, one at a time. Aborted, it drops what it buffered and hands every
+    piece it began to PUT to `remove` (a PUT cut short may still have landed)."""
 
-    def __init__(self, put: Callable[[str, bytes], Awaitable[None]], position: int) -> None:
+    def __init__(
+        self,
+        put: Callable[[str, bytes], Awaitable[None]],
+        position: int,
+        remove: Callable[[list[str]], Awaitable[None]] | None = None,
+    ) -> None:
         self._put = put
+        self._remove = remove
         self._position = position
         self._token = secrets.token_hex(8)
         self._buffer: list[bytes] = []
         self._buffered = 0
         self._written: list[str] = []
+        self._begun: list[str] = []
+        self._aborted = False
 
     @property
     def pieces(self) -> list[str]:
@@ -81,11 +91,22 @@ class PieceWriter(UploadWriter):
     async def close(self) -> None:
         await self._flush()
 
+    async def abort(self) -> None:
+        self._aborted = True
+        self._buffer.clear()
+        self._buffered = 0
+        begun, self._begun = self._begun, []
+        self._written.clear()
+        if begun and self._remove is not None:
+            with contextlib.suppress(Exception):
+                await self._remove(begun)
+
     async def _flush(self) -> None:
-        if not self._buffered:
+        if not self._buffered or self._aborted:
             return
         body = b"".join(self._buffer)
         name = piece_name(self._position, len(body), self._token)
+        self._begun.append(name)
         await self._put(name, body)
         self._written.append(name)
         self._position += len(body)

@@ -8,10 +8,12 @@ One store and one server for the module: each test leaves the store up and as it
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import os
+import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import httpx
 import pytest
@@ -24,7 +26,7 @@ from tests.oci import (
     patch_upload,
     start_upload,
 )
-from tests.s3 import BUCKET, SeaweedFS, seaweedfs_server
+from tests.s3 import BUCKET, SeaweedFS, seaweedfs_server, stored_keys
 from tests.servers import BerthServer, running_server
 
 MiB = 1024 * 1024
@@ -264,3 +266,132 @@ def test_a_deleted_bucket_and_revoked_credentials_are_clear_503s_and_pushes_succ
             assert client.get(blob_path(name, digest)).content == data
             if fault == "credentials":
                 assert client.get(blob_path(name, kept_digest)).content == kept
+
+
+# ---------------------------------------------------------------- a PATCH that fails midway
+
+PIECE = 16 * MiB  # berth.storage.s3_pieces.PIECE_BYTES: bytes buffered before a piece is PUT
+
+
+def pieces_of(server: BerthServer, upload: str) -> list[tuple[int, int]]:
+    """(start, size) of every piece of the upload at `upload` (its URL) in the bucket."""
+    upload_id = upload.rstrip("/").rsplit("/", 1)[1]
+    keys = stored_keys(server.extra_env, "uploads")
+    names = [key.rsplit("/", 1)[1] for key in keys if f"/uploads/{upload_id}/" in key]
+    return sorted((int(start), int(size)) for start, size, _token in map(split_piece, names))
+
+
+def split_piece(name: str) -> tuple[str, str, str]:
+    start, size, token = name.split("-")
+    return start, size, token
+
+
+def wait_until(check: Callable[[], bool], what: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, f"not {what} after {timeout} s"
+        time.sleep(0.1)
+
+
+def finish_from_acknowledged_offset(
+    server: BerthServer,
+    client: httpx.Client,
+    name: str,
+    upload: str,
+    data: bytes,
+    acknowledged: int,
+) -> None:
+    """What a client does after a failed chunk: ask where the upload stands, send the rest
+    from there (the bucket then holds that upload's two recorded pieces and nothing else),
+    close it; the blob then pulls byte-exact and no piece is left."""
+    status = client.get(upload)
+    assert_status(status, 204)
+    assert status.headers["range"] == f"0-{acknowledged - 1}"
+    rest = patch_upload(
+        client, location(status), data[acknowledged:], f"{acknowledged}-{len(data) - 1}"
+    )
+    assert_status(rest, 202)
+    assert pieces_of(server, upload) == [
+        (0, acknowledged),
+        (acknowledged, len(data) - acknowledged),
+    ]
+    digest = "sha256:" + hashlib.sha256(data).hexdigest()
+    closed = client.put(location(rest), params={"digest": digest})
+    assert_status(closed, 201)
+    assert client.get(blob_path(name, digest)).content == data
+    assert pieces_of(server, upload) == []
+
+
+def test_a_client_gone_mid_patch_leaves_no_piece_and_its_upload_goes_on(
+    outage_server: BerthServer, own_seaweedfs: SeaweedFS
+) -> None:
+    """The client drops the connection after a piece of its chunk was stored and more was
+    buffered: the buffered bytes are not stored, the stored piece is removed, and the client
+    goes on from the offset it was last told."""
+    server = outage_server
+    server.create_repository("gone", "app")
+    name = "gone/app"
+    first = MiB
+    data = os.urandom(first + 3 * MiB)
+    with httpx.Client(base_url=server.url, auth=server.access_key("gone"), timeout=120) as client:
+        upload = location(start_upload(client, name))
+        upload = location(patch_upload(client, upload, data[:first], f"0-{first - 1}"))
+        assert pieces_of(server, upload) == [(0, first)]
+
+        declared = PIECE + 8 * MiB
+        key_id, secret = server.access_key("gone")
+        credentials = base64.b64encode(f"{key_id}:{secret}".encode()).decode()
+        with socket.create_connection((server.host, server.port)) as connection:
+            connection.sendall(
+                f"PATCH {upload} HTTP/1.1\r\nHost: {server.address}\r\n"
+                f"Authorization: Basic {credentials}\r\n"
+                "Content-Type: application/octet-stream\r\n"
+                f"Content-Range: {first}-{first + declared - 1}\r\n"
+                f"Content-Length: {declared}\r\n\r\n".encode()
+            )
+            # A piece stored, and a few MiB more on their way into the next one.
+            connection.sendall(os.urandom(PIECE + 5 * MiB))
+            wait_until(lambda: len(pieces_of(server, upload)) == 2, "a piece stored")
+        # The next request on the upload waits for the broken one to have ended.
+        finish_from_acknowledged_offset(server, client, name, upload, data, first)
+    assert "went away during PATCH" in server.log_tail(200)
+
+
+def test_the_store_killed_mid_patch_is_a_503_and_no_piece_of_the_chunk_stays(
+    outage_server: BerthServer, own_seaweedfs: SeaweedFS
+) -> None:
+    """SeaweedFS SIGKILLed after a piece of a chunk was stored: the client is told UNAVAILABLE
+    (as for any store outage), and once the store is back the piece it can no longer use is
+    removed without waiting for the upload to end; the upload goes on from its offset."""
+    server, store = outage_server, own_seaweedfs
+    server.create_repository("killed", "app")
+    name = "killed/app"
+    first = MiB
+    data = os.urandom(first + 2 * MiB)
+    with httpx.Client(base_url=server.url, auth=server.access_key("killed"), timeout=120) as client:
+        upload = location(start_upload(client, name))
+        upload = location(patch_upload(client, upload, data[:first], f"0-{first - 1}"))
+
+        def chunk() -> Iterator[bytes]:
+            for _ in range(PIECE // MiB + 5):
+                yield os.urandom(MiB)
+            wait_until(lambda: len(pieces_of(server, upload)) == 2, "a piece stored")
+            store.kill()
+            yield os.urandom(MiB)
+
+        sent = PIECE + 6 * MiB
+        started = time.monotonic()
+        failed = client.patch(
+            upload,
+            content=chunk(),
+            headers={
+                "Content-Type": "application/octet-stream",
+                "Content-Range": f"{first}-{first + sent - 1}",
+            },
+        )
+        assert_unavailable(failed, store)
+        assert time.monotonic() - started < 30
+
+        store.start()
+        wait_until(lambda: pieces_of(server, upload) == [(0, first)], "only recorded pieces")
+        finish_from_acknowledged_offset(server, client, name, upload, data, first)

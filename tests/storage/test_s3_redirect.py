@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,14 +16,15 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 import httpx
 import pytest
 
-from berth.storage.s3 import S3BlobStore
+from berth.storage.s3 import S3BlobStore, S3Location
 from tests.clients.commands import ContainersConfig
 from tests.clients.layouts import OciLayout, umoci_image
 from tests.clients.tools import require_binary, run
 from tests.oci import blob_path, push_bytes
 from tests.s3 import BUCKET, SeaweedFS
-from tests.servers import BerthServer, running_server
+from tests.servers import BerthServer, free_port, running_server, wait_for
 from tests.storage.test_s3_registry import sha256
+from tests.test_blob_accel import nginx_binary
 from tests.usage.conftest import eventually, traffic
 
 pytestmark = pytest.mark.clients
@@ -155,3 +158,106 @@ def test_an_expired_presigned_url_is_refused_by_the_store(seaweedfs: SeaweedFS) 
     time.sleep(2.5)
     expired = httpx.get(brief, timeout=30)
     assert expired.status_code == 403, expired.text
+
+
+@pytest.fixture(scope="module")
+def store_proxy(seaweedfs: SeaweedFS, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """Debian's nginx on another loopback address and port, passing every request on to the
+    store with its Host header (and path) as the client sent them: the store's public address."""
+    binary = nginx_binary()
+    directory = tmp_path_factory.mktemp("store-proxy")
+    address = f"127.0.0.2:{free_port()}"
+    temp = "\n".join(
+        f"    {kind}_temp_path {directory}/{kind};"
+        for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
+    )
+    (directory / "nginx.conf").write_text(
+        f"""
+{"user root;" if os.geteuid() == 0 else ""}
+worker_processes 1;
+pid {directory}/nginx.pid;
+error_log {directory}/error.log;
+daemon off;
+events {{}}
+http {{
+    access_log {directory}/access.log;
+{temp}
+    server {{
+        listen {address};
+        location / {{
+            proxy_http_version 1.1;
+            proxy_set_header Host $http_host;
+            proxy_set_header Connection "";
+            proxy_buffering off;
+            proxy_pass {seaweedfs.endpoint};
+        }}
+    }}
+}}
+"""
+    )
+    process = subprocess.Popen(
+        [binary, "-p", str(directory), "-c", str(directory / "nginx.conf")],
+        stdout=subprocess.DEVNULL,
+        stderr=open(directory / "stderr.log", "wb"),  # noqa: SIM115 - lives with the process
+        start_new_session=True,
+    )
+    try:
+        # Any answer from the store through it (an anonymous request is refused: 403).
+        wait_for(lambda: httpx.get(f"http://{address}/").status_code == 403, 20,
+                 f"nginx ({(directory / 'stderr.log').read_text()})")  # fmt: skip
+        yield f"http://{address}"
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(10)
+
+
+def test_presigned_urls_name_the_public_endpoint_and_work_there(
+    request: pytest.FixtureRequest, seaweedfs: SeaweedFS, store_proxy: str
+) -> None:
+    """Nodes reach the store on one address and clients on another (nginx in front of it):
+    with s3_public_endpoint the 307 names the public address, and a client following it gets
+    the blob byte-exact. SigV4 signs the host, so a URL signed for the internal address (what
+    Berth gives without the setting) is refused at the public one."""
+    env = {
+        **seaweedfs.settings_environ(),
+        "BERTH_BLOB_REDIRECT": "presigned",
+        "BERTH_S3_PUBLIC_ENDPOINT": store_proxy,
+    }
+    with running_server(request, "public-endpoint", extra_env=env) as server:
+        server.create_repository("pub", "app")
+        name = "pub/app"
+        data = os.urandom(2 * 1024 * 1024 + 5)
+        with httpx.Client(base_url=server.url, auth=server.access_key("pub"), timeout=60) as client:
+            digest = push_bytes(client, name, data)
+            redirect = client.get(blob_path(name, digest))
+            assert redirect.status_code == 307, redirect.text
+            url = redirect.headers["location"]
+            assert url.startswith(f"{store_proxy}/{BUCKET}/"), url
+            assert dict(parse_qsl(urlsplit(url).query))["X-Amz-SignedHeaders"] == "host"
+            pulled = client.get(blob_path(name, digest), follow_redirects=True)
+            assert pulled.status_code == 200 and pulled.content == data
+            ranged = client.get(
+                blob_path(name, digest), headers={"Range": "bytes=7-70"}, follow_redirects=True
+            )
+            assert ranged.status_code == 206 and ranged.content == data[7:71]
+
+            # The same blob's URL signed for the internal address, sent to the public one.
+            internal = S3BlobStore(server_location(server, seaweedfs))
+            internal_url = asyncio.run(presign_once(internal, digest))
+            assert internal_url.startswith(seaweedfs.endpoint)
+            assert httpx.get(internal_url, timeout=30).content == data  # sound where it points
+            moved = store_proxy + internal_url[len(seaweedfs.endpoint) :]
+            refused = httpx.get(moved, timeout=30)
+            assert refused.status_code == 403 and b"SignatureDoesNotMatch" in refused.content
+
+
+def server_location(server: BerthServer, seaweedfs: SeaweedFS) -> S3Location:
+    """The store as the server's settings name it, without s3_public_endpoint."""
+    return seaweedfs.location(server.extra_env["BERTH_S3_PREFIX"])
+
+
+async def presign_once(store: S3BlobStore, digest: str) -> str:
+    try:
+        return await store.download_url(digest, 300)
+    finally:
+        await store.close()

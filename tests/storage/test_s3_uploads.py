@@ -10,11 +10,12 @@ import os
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
-from sqlalchemy import select, update
+from sqlalchemy import event, select, update
 
-from berth.domain.errors import RangeNotSatisfiable
+from berth.domain.errors import RangeNotSatisfiable, Unavailable
 from berth.domain.references import RepositoryRef
 from berth.metadata.database import Database
 from berth.metadata.tables import metadata, projects, repositories, upload_pieces, uploads
@@ -22,6 +23,7 @@ from berth.services.storage_check import StorageCheck
 from berth.services.uploads import Upload, Uploads
 from berth.storage.s3 import S3BlobStore
 from tests.s3 import BUCKET, SeaweedFS
+from tests.servers import PostgresCluster, database_url_for, in_own_thread
 from tests.unit.storage.contract import digest_of, read_all
 
 pytestmark = pytest.mark.anyio
@@ -163,3 +165,94 @@ async def test_abandoned_uploads_and_unfinished_commits_are_removed(
     assert await store.abort_unfinished_commits(time.time() + 60) == 1
     listing = client.list_multipart_uploads(Bucket=BUCKET, Prefix=store._prefix)
     assert listing.get("Uploads", []) == []
+
+
+@pytest.fixture
+async def pg_db(postgres: PostgresCluster | None) -> AsyncIterator[Database]:
+    database = Database(database_url_for("postgres", postgres) or "")
+    async with database.write() as conn:
+        await conn.run_sync(metadata.create_all)
+        await conn.execute(projects.insert().values(id=1, name="proj"))
+        await conn.execute(repositories.insert().values(id=1, project_id=1, name="app"))
+    yield database
+    await database.dispose()
+
+
+async def test_the_final_put_commits_the_offset_and_pieces_of_one_moment(
+    pg_db: Database, store: S3BlobStore, seaweedfs: SeaweedFS
+) -> None:
+    """On PostgreSQL, another node's PATCH is committed at the exact moment the final PUT
+    has read the upload (an engine hook runs it, from a connection and event loop of its
+    own): the blob is what the client's digest names, the bytes before that PATCH, not those
+    bytes with the PATCH's piece committed under their digest (offset and pieces read apart)."""
+    node = Uploads(pg_db, store)
+    data = os.urandom(MiB + 5)
+    upload = await node.start(REPO, "app")
+    upload = await node.append(upload, body(data), None)
+    late = os.urandom(MiB)
+
+    async def other_node_patches() -> None:
+        database, other_store = Database(pg_db.url), S3BlobStore(store.location)
+        try:
+            other = Uploads(database, other_store)
+            moved = await other.append(await other.get(REPO, "app", upload.id), body(late), None)
+            patched_to.append(moved.offset)
+        finally:
+            await other_store.close()
+            await database.dispose()
+
+    patched: list[str] = []
+    patched_to: list[int] = []  # the offset the other node's PATCH acknowledged
+
+    def after_a_read_of_the_upload(
+        conn: Any, cursor: Any, statement: str, parameters: Any, context: Any, many: bool
+    ) -> None:
+        if (
+            not patched
+            and statement.lstrip().upper().startswith("SELECT")
+            and ("FROM uploads" in statement)
+        ):
+            patched.append(statement)
+            in_own_thread(lambda: asyncio.run(other_node_patches()))
+
+    engine = pg_db.reader.sync_engine
+    event.listen(engine, "after_cursor_execute", after_a_read_of_the_upload)
+    try:
+        digest = await node.complete(REPO, upload, digest_of(data), None, None)
+    finally:
+        event.remove(engine, "after_cursor_execute", after_a_read_of_the_upload)
+    assert patched, "the final PUT read no upload"
+    assert patched_to == [len(data) + len(late)]  # acknowledged, then finished over it
+    assert digest == digest_of(data)
+    assert await read_all(store, digest) == data
+
+
+async def test_a_row_locked_by_a_stuck_node_is_a_503_after_the_lock_wait_not_a_hang(
+    pg_db: Database, store: S3BlobStore
+) -> None:
+    """Another connection (a node hung mid-transaction) holds the upload's row: a PATCH waits
+    for it only `lock_wait_seconds`, then is told UNAVAILABLE with Retry-After; once the
+    row is free, the same chunk goes on from the same offset."""
+    node_db = Database(pg_db.url, lock_wait_seconds=1)
+    try:
+        node = Uploads(node_db, store)
+        upload = await node.start(REPO, "app")
+        chunk = os.urandom(1000)
+        async with pg_db.write() as stuck:
+            await stuck.execute(
+                select(uploads.c.id).where(uploads.c.id == upload.id).with_for_update()
+            )
+            started = time.monotonic()
+            # (Without a lock wait bound it would wait for the stuck one: at most 20 s here.)
+            with pytest.raises(Unavailable) as refused:
+                async with asyncio.timeout(20):
+                    await node.append(upload, body(chunk), None)
+            waited = time.monotonic() - started
+        assert 1 <= waited < 10
+        assert refused.value.status == 503 and refused.value.code == "UNAVAILABLE"
+        assert int(refused.value.headers["Retry-After"]) > 0
+        assert "locked by another request" in str(refused.value)
+        moved = await node.append(await node.get(REPO, "app", upload.id), body(chunk), None)
+        assert moved.offset == len(chunk)
+    finally:
+        await node_db.dispose()
