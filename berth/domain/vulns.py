@@ -17,30 +17,39 @@ from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import Any
 
-from cvss import CVSS2, CVSS3, CVSS4
-from cvss.exceptions import CVSSError
-from univers import versions as uv
-
 # Only these range types order versions; GIT ranges name commits, which an image's package
 # metadata never holds.
 ORDERED_RANGES = ("ECOSYSTEM", "SEMVER")
 EVENT_KINDS = ("introduced", "fixed", "last_affected", "limit")
 
-# The OSV ecosystem (before any ":release" suffix) and the version ordering it uses.
-VERSION_SCHEMES: dict[str, Any] = {
-    "Debian": uv.DebianVersion,
-    "Ubuntu": uv.DebianVersion,
-    "Alpine": uv.AlpineLinuxVersion,
-    "PyPI": uv.PypiVersion,
-    "npm": uv.SemverVersion,
-    "Go": uv.GolangVersion,
-    "Red Hat": uv.RpmVersion,
-    "Rocky Linux": uv.RpmVersion,
-    "AlmaLinux": uv.RpmVersion,
-    "openSUSE": uv.RpmVersion,
-    "SUSE": uv.RpmVersion,
-    "Mageia": uv.RpmVersion,
+# The OSV ecosystem (before any ":release" suffix) and the univers class of the version
+# ordering it uses (by name: univers and cvss are imported at first use, so a server process
+# that never scans or imports advisories does not hold them).
+VERSION_SCHEMES: dict[str, str] = {
+    "Debian": "DebianVersion",
+    "Ubuntu": "DebianVersion",
+    "Alpine": "AlpineLinuxVersion",
+    "PyPI": "PypiVersion",
+    "npm": "SemverVersion",
+    "Go": "GolangVersion",
+    "Red Hat": "RpmVersion",
+    "Rocky Linux": "RpmVersion",
+    "AlmaLinux": "RpmVersion",
+    "openSUSE": "RpmVersion",
+    "SUSE": "RpmVersion",
+    "Mageia": "RpmVersion",
 }
+
+
+@functools.cache
+def version_scheme(ecosystem: str) -> Any | None:
+    """The univers version class ordering `ecosystem`'s versions; None when none is known."""
+    name = VERSION_SCHEMES.get(ecosystem)
+    if name is None:
+        return None
+    from univers import versions as uv  # at first use: see VERSION_SCHEMES
+
+    return getattr(uv, name)
 
 
 class Severity(IntEnum):
@@ -312,6 +321,9 @@ def _score_severity(score: float) -> Severity:
 
 def vector_severity(kind: str, vector: str) -> Severity:
     """The qualitative rating of a CVSS vector's base score; UNKNOWN when it is not one."""
+    from cvss import CVSS2, CVSS3, CVSS4  # at first use: see VERSION_SCHEMES
+    from cvss.exceptions import CVSSError
+
     try:
         if kind == "CVSS_V4":
             return _score_severity(float(CVSS4(vector).base_score))
@@ -350,6 +362,8 @@ def record_severity(data: dict[str, Any]) -> Severity:
 def _parse_version(scheme: Any, text: str) -> Any | None:
     """`text` in `scheme`'s ordering (cached: the same versions recur across records and
     packages, and parsing is most of matching's time), or None when it cannot be read."""
+    from univers import versions as uv  # at first use: see VERSION_SCHEMES
+
     try:
         return scheme(text)
     except (uv.InvalidVersion, ValueError, TypeError, AttributeError):
@@ -401,7 +415,7 @@ def affected_by(affected: Affected, installed: str) -> tuple[bool, str | None]:
     affected; ranges are compared in the ecosystem's ordering. An ecosystem without a known
     ordering, or a version it cannot read, is matched only by the `versions` list."""
     listed = installed in affected.versions
-    scheme = VERSION_SCHEMES.get(base_ecosystem(affected.ecosystem))
+    scheme = version_scheme(base_ecosystem(affected.ecosystem))
     version = _parse_version(scheme, installed) if scheme is not None else None
     if scheme is None or version is None:
         return listed, None

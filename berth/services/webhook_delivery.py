@@ -26,9 +26,8 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import httpx
 from sqlalchemy import delete, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -46,6 +45,9 @@ from berth.metadata.tables import (
 from berth.observability import metrics
 from berth.services.webhook_addresses import check_url
 from berth.services.webhooks import DELIVERED, FAILED, PENDING
+
+if TYPE_CHECKING:
+    import httpx
 
 logger = logging.getLogger("berth.webhooks")
 
@@ -100,6 +102,8 @@ class WebhookDelivery:
         await self.fan_out()
         due = await self._due_endpoints()
         if due:
+            import httpx  # here: a worker that never sends a webhook never loads it (~7 MB)
+
             async with httpx.AsyncClient(
                 timeout=self.timeout,
                 follow_redirects=False,
@@ -235,6 +239,8 @@ class WebhookDelivery:
         self, client: httpx.AsyncClient, url: str, secret: str | None, payload: str
     ) -> Outcome:
         """POST the event to the endpoint once: at the address just checked."""
+        import httpx  # loaded by run() already; here for its exceptions
+
         started = time.monotonic()
         body = payload.encode()
         event = json.loads(payload)

@@ -6,11 +6,6 @@ import datetime as dt
 from typing import Any
 from uuid import UUID
 
-from cyclonedx.model.bom import Bom
-from cyclonedx.model.component import Component, ComponentType
-from cyclonedx.output.json import JsonV1Dot6
-from packageurl import PackageURL
-
 MEDIA_TYPE = "application/vnd.cyclonedx+json"
 
 
@@ -26,6 +21,13 @@ def cyclonedx_json(
     the image as the described component, its OS release and each package (by purl, once).
     Without `serial` the document gets a random serial number and the time now; with it, no
     time unless `timestamp` is given (the same inventory gives the same bytes)."""
+    # Here: cyclonedx-python-lib takes ~3 MB, which a server process that never exports an
+    # SBOM does not hold.
+    from cyclonedx.model.bom import Bom
+    from cyclonedx.model.component import Component, ComponentType
+    from cyclonedx.output.json import JsonV1Dot6
+    from packageurl import PackageURL
+
     bom = Bom(serial_number=serial) if serial is not None else Bom()
     if serial is not None:
         bom.metadata.timestamp = timestamp  # type: ignore[assignment]
