@@ -306,8 +306,13 @@ def serve(settings: Settings, flags: Collection[str] = ()) -> None:
         "--no-access-log",  # an access log would carry query strings; nothing secret is logged
         "--respawn-failed-workers",
         *_connection_limits(settings),
-        # granian's runtime options (runtime threads and mode, HTTP/1 buffer size) stay at their
-        # defaults: measured against them, none sent blob files faster or for less CPU, and
+        # uvloop (a dependency), named: granian's "auto" takes rloop instead whenever it is
+        # importable, and asyncpg cannot run on rloop (every PostgreSQL query fails).
+        "--loop",
+        "uvloop",
+        # granian's runtime options (runtime threads and mode, task implementation, blocking
+        # threads, HTTP/1 buffer size) stay at their defaults: measured against them, none
+        # sent blob files, manifests or small blobs faster or for less CPU per request, and
         # neither did Python bodies of larger reads instead of pathsend (bench/findings.md).
     ]
     if settings.tls:
