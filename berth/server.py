@@ -310,10 +310,13 @@ def serve(settings: Settings, flags: Collection[str] = ()) -> None:
         # importable, and asyncpg cannot run on rloop (every PostgreSQL query fails).
         "--loop",
         "uvloop",
-        # granian's runtime options (runtime threads and mode, task implementation, blocking
-        # threads, HTTP/1 buffer size) stay at their defaults: measured against them, none
-        # sent blob files, manifests or small blobs faster or for less CPU per request, and
-        # neither did Python bodies of larger reads instead of pathsend (bench/findings.md).
+        # granian's runtime options (runtime threads and mode, task implementation, HTTP/1
+        # buffer size, backpressure below max_connections) stay at their defaults: measured
+        # against them, none sent blob files faster, none took the CPU per manifest or 4 KiB
+        # blob request below the spread of the defaults against themselves on a loaded
+        # machine (`--runtime-mode st` and `--task-impl rust` came closest on small blobs), and
+        # Python bodies of larger reads did not beat pathsend (bench/findings.md). More than
+        # one blocking thread is refused for ASGI.
     ]
     if settings.tls:
         arguments += [
