@@ -314,7 +314,7 @@ def serve(settings: Settings, flags: Collection[str] = ()) -> None:
         # buffer size, backpressure below max_connections) stay at their defaults: measured
         # against them, none sent blob files faster, none took the CPU per manifest or 4 KiB
         # blob request below the spread of the defaults against themselves on a loaded
-        # machine (`--runtime-mode st` and `--task-impl rust` came closest on small blobs), and
+        # machine (`--task-impl rust` came closest: 4 KiB blob GETs at 0.86-0.87), and
         # Python bodies of larger reads did not beat pathsend (bench/findings.md). More than
         # one blocking thread is refused for ASGI.
     ]
