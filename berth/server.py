@@ -306,9 +306,17 @@ def serve(settings: Settings, flags: Collection[str] = ()) -> None:
         "--no-access-log",  # an access log would carry query strings; nothing secret is logged
         "--respawn-failed-workers",
         *_connection_limits(settings),
-        # granian's runtime options (runtime threads and mode, HTTP/1 buffer size) stay at their
-        # defaults: measured against them, none sent blob files faster or for less CPU, and
-        # neither did Python bodies of larger reads instead of pathsend (bench/findings.md).
+        # uvloop (a dependency), named: granian's "auto" takes rloop instead whenever it is
+        # importable, and asyncpg cannot run on rloop (every PostgreSQL query fails).
+        "--loop",
+        "uvloop",
+        # granian's runtime options (runtime threads and mode, task implementation, HTTP/1
+        # buffer size, backpressure below max_connections) stay at their defaults: measured
+        # against them, none sent blob files faster, none took the CPU per manifest or 4 KiB
+        # blob request below the spread of the defaults against themselves on a loaded
+        # machine (`--task-impl rust` came closest: 4 KiB blob GETs at 0.86-0.87), and
+        # Python bodies of larger reads did not beat pathsend (bench/findings.md). More than
+        # one blocking thread is refused for ASGI.
     ]
     if settings.tls:
         arguments += [

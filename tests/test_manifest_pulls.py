@@ -4,6 +4,8 @@ whichever process of the node made the change."""
 
 from __future__ import annotations
 
+import subprocess
+
 import httpx
 
 from berth.state import Services
@@ -73,3 +75,62 @@ def test_a_change_made_by_another_process_of_the_node_is_seen_at_once(repo: Repo
     repo.server._services(delete_tag)
     assert pull(repo, "v1").status_code == 404
     assert pull(repo, digest_of(body)).status_code == 200
+
+
+def test_a_conditional_pull_of_the_manifest_held_answers_304_without_a_body(repo: Repo) -> None:
+    """`If-None-Match: "<digest>"` (the ETag a pull answered) gets 304 Not Modified and no
+    body, by tag and by digest, GET and HEAD; any other ETag gets the manifest; after the tag
+    moves, the old ETag gets the new manifest at once."""
+    old, new = random_image(repo.client, repo.name), random_image(repo.client, repo.name)
+    assert put_manifest(repo.client, repo.name, "v1", old).status_code == 201
+    etag = pull(repo, "v1").headers["etag"]
+    assert etag == f'"{digest_of(old)}"'
+    for reference in ("v1", digest_of(old)):
+        for method in ("GET", "HEAD"):
+            for held in (etag, f"W/{etag}", f'"sha256:{"0" * 64}", {etag}', digest_of(old), "*"):
+                response = repo.client.request(
+                    method,
+                    repo.url(f"manifests/{reference}"),
+                    headers={**ACCEPT, "If-None-Match": held},
+                )
+                assert response.status_code == 304, (reference, method, held)
+                assert response.content == b""
+                assert response.headers["etag"] == etag
+                assert response.headers["docker-content-digest"] == digest_of(old)
+                assert "content-type" not in response.headers
+    other = {**ACCEPT, "If-None-Match": f'"sha256:{"0" * 64}"'}
+    response = repo.client.get(repo.url("manifests/v1"), headers=other)
+    assert response.status_code == 200 and response.content == old
+
+    assert put_manifest(repo.client, repo.name, "v1", new).status_code == 201
+    moved = repo.client.get(repo.url("manifests/v1"), headers={**ACCEPT, "If-None-Match": etag})
+    assert moved.status_code == 200 and moved.content == new
+    # Access is checked first: a caller without credentials learns nothing from its ETag.
+    anonymous = httpx.get(
+        f"{repo.server.url}{repo.url('manifests/v1')}",
+        headers={**ACCEPT, "If-None-Match": f'"{digest_of(new)}"'},
+    )
+    assert anonymous.status_code == 401
+
+
+def test_curl_revalidates_a_manifest_with_its_etag(repo: Repo) -> None:
+    body = random_image(repo.client, repo.name)
+    assert put_manifest(repo.client, repo.name, "v1", body).status_code == 201
+    key_id, secret = repo.server.access_key(repo.project)
+    url = f"{repo.server.url}{repo.url('manifests/v1')}"
+    common = ["curl", "-sS", "-u", f"{key_id}:{secret}", "-H", f"Accept: {OCI_MANIFEST}"]
+    first = subprocess.run(
+        [*common, "-D", "-", "-o", "/dev/null", url], capture_output=True, text=True, check=True
+    ).stdout
+    etag = next(
+        line.split(":", 1)[1].strip()
+        for line in first.splitlines()
+        if line.lower().startswith("etag:")
+    )
+    again = subprocess.run(
+        [*common, "-H", f"If-None-Match: {etag}", "-w", "%{http_code} %{size_download}", url],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert again == "304 0"

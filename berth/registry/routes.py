@@ -45,6 +45,7 @@ from berth.registry.responses import (
     ManifestResponse,
     MeteredFileResponse,
     OnSent,
+    etag_matches,
 )
 from berth.services.blobs import missing_blob
 from berth.services.registry import Page
@@ -427,6 +428,10 @@ async def get_manifest(request: Request) -> ManifestResponse:
             {"mediaType": manifest.media_type},
         )
     digest, media_type, content = manifest.digest, manifest.media_type, manifest.content
+    if_none_match = request.headers.getlist("if-none-match")
+    if if_none_match and etag_matches(if_none_match, digest):
+        # The client holds this manifest: nothing sent, so no pull and no traffic counted.
+        return ManifestResponse(digest, media_type, content, not_modified=True)
     if request.method == "HEAD":
         return ManifestResponse(digest, media_type, content, head=True)
     if services.pulls.enabled:

@@ -27,6 +27,7 @@ import struct
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Generic, TypeVar
 
 from cachetools import LRUCache
 
@@ -80,6 +81,42 @@ def node_stamp(data_dir: Path, name: str = STAMP_FILE) -> ContentStamp:
     return ContentStamp(data_dir / name)
 
 
+K = TypeVar("K")
+V = TypeVar("V")
+
+
+class FreshFor(Generic[K, V]):
+    """What a database read found, used for at most `FRESH_SECONDS` and only while `stamp`
+    reads as it did before that read (a change on this node since voids it). Bounded: the
+    least recently used entries go first."""
+
+    __slots__ = ("_entries", "stamp")
+
+    def __init__(self, stamp: ContentStamp) -> None:
+        self.stamp = stamp
+        # key -> (value, stamp when it was read, monotonic time it was read)
+        self._entries: LRUCache[K, tuple[V, int, float]] = LRUCache(FRESH_ENTRIES)
+
+    def get(self, key: K) -> V | None:
+        found = self._entries.get(key)
+        if found is None:
+            return None
+        value, stamp, at = found
+        if stamp != self.stamp.read() or time.monotonic() - at > FRESH_SECONDS:
+            return None
+        return value
+
+    def put(self, key: K, value: V, stamp: int) -> None:
+        """Keep `value`; `stamp` is the stamp as it was before the read began."""
+        self._entries[key] = (value, stamp, time.monotonic())
+
+    def changed(self) -> None:
+        """A committed change: nothing kept is used again, on this node's other processes
+        either."""
+        self.stamp.bump()
+        self._entries.clear()
+
+
 def _size(manifest: StoredManifest) -> int:
     return len(manifest.content) + ENTRY_OVERHEAD
 
@@ -91,17 +128,14 @@ class ManifestCache:
     def __init__(self, stamp: ContentStamp | None = None) -> None:
         self.stamp = stamp or ContentStamp()
         self._content: LRUCache[CacheKey, StoredManifest] = LRUCache(CACHED_BYTES, getsizeof=_size)
-        # reference -> (digest, stamp when it was read, monotonic time it was read)
-        self._fresh: LRUCache[CacheKey, tuple[str, int, float]] = LRUCache(FRESH_ENTRIES)
+        # reference -> the digest it named
+        self._fresh: FreshFor[CacheKey, str] = FreshFor(self.stamp)
 
     def get(self, repository_id: int, image: str, reference: str) -> StoredManifest | None:
         """The manifest `reference` named within the last second and since the node's last
         change, or None."""
-        found = self._fresh.get((repository_id, image, reference))
-        if found is None:
-            return None
-        digest, stamp, at = found
-        if stamp != self.stamp.read() or time.monotonic() - at > FRESH_SECONDS:
+        digest = self._fresh.get((repository_id, image, reference))
+        if digest is None:
             return None
         return self._content.get((repository_id, image, digest))
 
@@ -113,16 +147,11 @@ class ManifestCache:
         if len(manifest.content) > LARGEST_CACHED:
             return
         self._content[(repository_id, image, manifest.digest)] = manifest
-        self._fresh[(repository_id, image, reference)] = (
-            manifest.digest,
-            stamp,
-            time.monotonic(),
-        )
+        self._fresh.put((repository_id, image, reference), manifest.digest, stamp)
 
     def changed(self) -> None:
         """Manifests or tags changed (committed): nothing fresh on this node is used again."""
-        self.stamp.bump()
-        self._fresh.clear()
+        self._fresh.changed()
 
 
 # What a cached blob size depends on: the link of a blob to a repository (removed by a blob
@@ -140,23 +169,16 @@ class BlobSizes:
 
     def __init__(self, stamp: ContentStamp | None = None) -> None:
         self.stamp = stamp or ContentStamp()
-        # (repository id, digest) -> (size, stamp when it was read, monotonic time it was read)
-        self._sizes: LRUCache[tuple[int, str], tuple[int, int, float]] = LRUCache(FRESH_ENTRIES)
+        # (repository id, digest) -> its size
+        self._sizes: FreshFor[tuple[int, str], int] = FreshFor(self.stamp)
 
     def get(self, repository_id: int, digest: str) -> int | None:
-        found = self._sizes.get((repository_id, digest))
-        if found is None:
-            return None
-        size, stamp, at = found
-        if stamp != self.stamp.read() or time.monotonic() - at > FRESH_SECONDS:
-            return None
-        return size
+        return self._sizes.get((repository_id, digest))
 
     def put(self, repository_id: int, digest: str, size: int, stamp: int) -> None:
         """Keep a size read from the database; `stamp` is the node's stamp as it was before
         the read began."""
-        self._sizes[(repository_id, digest)] = (size, stamp, time.monotonic())
+        self._sizes.put((repository_id, digest), size, stamp)
 
     def changed(self) -> None:
-        self.stamp.bump()
-        self._sizes.clear()
+        self._sizes.changed()

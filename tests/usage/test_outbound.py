@@ -90,6 +90,8 @@ def test_counted_bytes_equal_received_bytes(metered: BerthServer) -> None:
     # Nothing is counted for HEADs, missing content, refusals and unsatisfiable ranges.
     assert client.head(blob + big.digest).status_code == 200
     assert client.head(f"/v2/{name}/manifests/v1", headers=accept).status_code == 200
+    held = {**accept, "If-None-Match": f'"{manifest.digest}"'}
+    assert client.get(f"/v2/{name}/manifests/v1", headers=held).status_code == 304
     assert client.get(blob + "sha256:" + "0" * 64).status_code == 404
     assert client.get(blob + big.digest, headers={"Range": "bytes=10-5"}).status_code == 416
     assert httpx.get(f"{metered.url}{blob}{big.digest}").status_code == 401
