@@ -17,7 +17,7 @@ from berth.storage import s3 as s3_module
 from berth.storage.base import BlobStore
 from berth.storage.s3 import ObjectStoreError, S3BlobStore
 from berth.storage.s3_pieces import MIN_PART_BYTES, PIECE_BYTES
-from tests.s3 import BUCKET, SeaweedFS
+from tests.s3 import BUCKET, S3TestServer, SeaweedFS
 from tests.unit.storage.contract import (
     BlobStoreContract,
     MiB,
@@ -35,24 +35,24 @@ pytestmark = pytest.mark.anyio
 
 class TestS3BlobStore(BlobStoreContract):
     def make_store(self, tmp_path: Path) -> BlobStore:
-        raise NotImplementedError("an S3 store needs the SeaweedFS server: see `store`")
+        raise NotImplementedError("an S3 store needs an S3 server: see `store`")
 
     @pytest.fixture
-    async def store(self, seaweedfs: SeaweedFS) -> AsyncIterator[BlobStore]:
-        store = S3BlobStore(seaweedfs.location())  # a prefix of its own: an empty store
+    async def store(self, s3_server: S3TestServer) -> AsyncIterator[BlobStore]:
+        store = S3BlobStore(s3_server.location())  # a prefix of its own: an empty store
         yield store
         await store.close()
 
 
 @pytest.fixture
-async def s3_store(seaweedfs: SeaweedFS) -> AsyncIterator[S3BlobStore]:
-    store = S3BlobStore(seaweedfs.location())
+async def s3_store(s3_server: S3TestServer) -> AsyncIterator[S3BlobStore]:
+    store = S3BlobStore(s3_server.location())
     yield store
     await store.close()
 
 
-def object_keys(seaweedfs: SeaweedFS, prefix: str) -> list[str]:
-    answer = seaweedfs.client().list_objects_v2(Bucket=BUCKET, Prefix=prefix)
+def object_keys(s3_server: S3TestServer, prefix: str) -> list[str]:
+    answer = s3_server.client().list_objects_v2(Bucket=BUCKET, Prefix=prefix)
     return [entry["Key"] for entry in answer.get("Contents", [])]
 
 
@@ -69,9 +69,9 @@ async def upload_in_requests(store: BlobStore, chunks: list[bytes]) -> Scratch:
 
 
 async def test_a_wrong_secret_is_refused_naming_the_bucket_and_endpoint(
-    seaweedfs: SeaweedFS,
+    s3_server: S3TestServer,
 ) -> None:
-    store = S3BlobStore(seaweedfs.location(secret_access_key="not-the-secret"))
+    store = S3BlobStore(s3_server.location(secret_access_key="not-the-secret"))
     try:
         with pytest.raises(ObjectStoreError) as refused:
             await store.stat(digest_of(b"anything"))
@@ -79,11 +79,11 @@ async def test_a_wrong_secret_is_refused_naming_the_bucket_and_endpoint(
         await store.close()
     message = str(refused.value)
     assert "refused the credentials" in message
-    assert BUCKET in message and seaweedfs.endpoint in message
+    assert BUCKET in message and s3_server.endpoint in message
 
 
-async def test_a_missing_bucket_is_refused_naming_it(seaweedfs: SeaweedFS) -> None:
-    store = S3BlobStore(seaweedfs.location(bucket="no-such-bucket"))
+async def test_a_missing_bucket_is_refused_naming_it(s3_server: S3TestServer) -> None:
+    store = S3BlobStore(s3_server.location(bucket="no-such-bucket"))
     try:
         with pytest.raises(ObjectStoreError) as refused:
             await write_upload(store, b"data")
@@ -139,7 +139,7 @@ async def test_pieces_of_odd_sizes_from_separate_requests_commit_to_the_right_by
 
 
 async def test_a_multipart_commit_copies_large_pieces_and_streams_small_ones(
-    s3_store: S3BlobStore, seaweedfs: SeaweedFS
+    s3_store: S3BlobStore, s3_server: S3TestServer
 ) -> None:
     # Two pieces over 5 MiB (copied server-side), then small ones gathered into a part.
     chunks = [payload(PIECE_BYTES, seed=4), payload(6 * MiB + 1, seed=5)]
@@ -149,23 +149,23 @@ async def test_a_multipart_commit_copies_large_pieces_and_streams_small_ones(
     digest = digest_of(data)
     await scratch.commit(digest)
     assert await read_all(s3_store, digest) == data
-    head = seaweedfs.client().head_object(Bucket=BUCKET, Key=s3_store._blob_key(digest))
+    head = s3_server.client().head_object(Bucket=BUCKET, Key=s3_store._blob_key(digest))
     assert head["ContentLength"] == len(data)
     assert head["ETag"].strip('"').endswith("-3")  # copy, copy, then the small ones together
 
 
 async def test_a_large_write_is_stored_in_bounded_pieces(
-    s3_store: S3BlobStore, seaweedfs: SeaweedFS
+    s3_store: S3BlobStore, s3_server: S3TestServer
 ) -> None:
     data = payload(2 * PIECE_BYTES + 3, seed=20)
     scratch = await write_upload(s3_store, data, chunk=4 * MiB)
-    pieces = object_keys(seaweedfs, s3_store._upload_prefix(scratch.id))
+    pieces = object_keys(s3_server, s3_store._upload_prefix(scratch.id))
     assert len(pieces) == len(scratch.pieces) == 3
     assert await scratch.read() == data
 
 
 async def test_a_late_piece_of_an_abandoned_patch_never_joins_the_blob(
-    s3_store: S3BlobStore, seaweedfs: SeaweedFS
+    s3_store: S3BlobStore, s3_server: S3TestServer
 ) -> None:
     """A node died mid-PATCH and its piece reached S3 after the client's retry of the same
     chunk at the same offset (on another node) had been acknowledged: the retry's bytes are
@@ -176,30 +176,30 @@ async def test_a_late_piece_of_an_abandoned_patch_never_joins_the_blob(
     await scratch.append(chunk)  # the retry, acknowledged
     late = Scratch(s3_store, scratch.id, at_offset)
     await late.append(b"X" * len(chunk), acknowledged=False)  # lands last
-    keys = object_keys(seaweedfs, s3_store._upload_prefix(scratch.id))
+    keys = object_keys(s3_server, s3_store._upload_prefix(scratch.id))
     assert len(keys) == 3  # never the same key twice
     await scratch.commit(digest_of(first + chunk))
     assert await read_all(s3_store, digest_of(first + chunk)) == first + chunk
     await s3_store.delete_upload(scratch.id)
-    assert object_keys(seaweedfs, s3_store._upload_prefix(scratch.id)) == []
+    assert object_keys(s3_server, s3_store._upload_prefix(scratch.id)) == []
 
 
 async def test_blobs_sit_under_the_prefix_by_algorithm_and_hex(
-    s3_store: S3BlobStore, seaweedfs: SeaweedFS
+    s3_store: S3BlobStore, s3_server: S3TestServer
 ) -> None:
     digest = await put(s3_store, b"layer")
     hex_digest = digest.split(":", 1)[1]
     prefix = s3_store.location.prefix
-    assert object_keys(seaweedfs, prefix + "/") == [
+    assert object_keys(s3_server, prefix + "/") == [
         f"{prefix}/blobs/sha256/{hex_digest[:2]}/{hex_digest}"
     ]
 
 
-async def test_a_damaged_blob_is_kept_aside(s3_store: S3BlobStore, seaweedfs: SeaweedFS) -> None:
+async def test_a_damaged_blob_is_kept_aside(s3_store: S3BlobStore, s3_server: S3TestServer) -> None:
     digest = await put(s3_store, b"bytes that rotted")
     await s3_store.quarantine(digest)
     kept = f"{s3_store.location.prefix}/_damaged/{digest.replace(':', '-')}"
-    answer = seaweedfs.client().get_object(Bucket=BUCKET, Key=kept)
+    answer = s3_server.client().get_object(Bucket=BUCKET, Key=kept)
     assert answer["Body"].read() == b"bytes that rotted"
 
 
@@ -308,7 +308,7 @@ async def test_throttling_and_dropped_connections_are_retried(
 
 
 async def test_a_blob_found_stored_is_not_asked_for_again_for_a_while(
-    s3_store: S3BlobStore, seaweedfs: SeaweedFS, monkeypatch: pytest.MonkeyPatch
+    s3_store: S3BlobStore, s3_server: S3TestServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A HEAD or a presigned redirect of a blob found in the store moments ago costs no
     request to the store; this node's own removal forgets it at once, and after
@@ -317,7 +317,7 @@ async def test_a_blob_found_stored_is_not_asked_for_again_for_a_while(
     digest = await put(s3_store, data)
     assert not await s3_store.confirm_stored(digest, len(data) + 1)  # the recorded size, or not
     assert await s3_store.confirm_stored(digest, len(data))
-    seaweedfs.client().delete_object(Bucket=BUCKET, Key=s3_store._blob_key(digest))
+    s3_server.client().delete_object(Bucket=BUCKET, Key=s3_store._blob_key(digest))
     assert await s3_store.confirm_stored(digest, len(data))  # no request: gone unnoticed
     monkeypatch.setattr(s3_module, "CONFIRMED_SECONDS", 0.0)
     assert not await s3_store.confirm_stored(digest, len(data))  # asked again: gone
