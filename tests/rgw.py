@@ -30,6 +30,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from tests.ports import free_port
 from tests.s3 import BUCKET, S3TestServer
+from tests.tls import make_ca_and_cert
 
 DAEMONS = ("ceph-mon", "ceph-osd", "radosgw")
 TOOLS = ("monmaptool", "ceph", "radosgw-admin")
@@ -76,7 +77,7 @@ osd objectstore = memstore
 memstore device bytes = {memstore_bytes}
 
 [client.rgw]
-rgw frontends = beast endpoint=127.0.0.1:{s3_port}
+rgw frontends = {frontends}
 rgw thread pool size = 16
 # Buckets of the tests are made and dropped by the tests; no usage log, no lifecycle work.
 rgw enable usage log = false
@@ -94,6 +95,7 @@ class CephRGW(S3TestServer):
     """One monitor, one in-memory OSD and one RGW under `directory`."""
 
     mon_port: int = field(default_factory=free_port)
+    https_port: int = field(default_factory=free_port)  # the same gateway over TLS
     memstore_bytes: int = 2 * 1024**3  # a ceiling: memory is taken only by what is written
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     name = "Ceph RGW"
@@ -102,17 +104,34 @@ class CephRGW(S3TestServer):
     def config(self) -> Path:
         return self.directory / "ceph.conf"
 
+    @property
+    def https_endpoint(self) -> str:
+        return f"https://127.0.0.1:{self.https_port}"
+
+    @property
+    def ca_bundle(self) -> Path:
+        """The CA of the gateway's TLS certificate (for AWS_CA_BUNDLE)."""
+        return self.directory / "tls" / "ca.crt"
+
     def start(self, timeout: float = 120) -> CephRGW:
         deadline = time.monotonic() + timeout
         for name in ("run", "log", "osd.0"):
             (self.directory / name).mkdir(parents=True, exist_ok=True)
+        make_ca_and_cert(self.directory / "tls", ["127.0.0.1"])
         fsid = str(uuid.uuid4())
         self.config.write_text(
             CONFIG.format(
                 fsid=fsid,
                 directory=self.directory,
                 mon_port=self.mon_port,
-                s3_port=self.s3_port,
+                frontends=" ".join(
+                    [
+                        f"beast endpoint=127.0.0.1:{self.s3_port}",
+                        f"ssl_endpoint=127.0.0.1:{self.https_port}",
+                        f"ssl_certificate={self.directory}/tls/server.crt",
+                        f"ssl_private_key={self.directory}/tls/server.key",
+                    ]
+                ),
                 memstore_bytes=self.memstore_bytes,
             )
         )

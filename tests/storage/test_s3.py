@@ -1,4 +1,4 @@
-"""The S3 driver against the blob store contract on a real S3 server (SeaweedFS), plus what
+"""The S3 driver against the blob store contract on real S3 servers (SeaweedFS, Ceph RGW), plus what
 only it promises: refusing bad credentials and a missing bucket clearly, uploads in pieces of
 any size, multipart commits and ranged reads."""
 
@@ -10,13 +10,18 @@ import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import botocore.session
+import httpx
 import pytest
+from botocore.config import Config
+from botocore.exceptions import ClientError
 
 from berth.domain.errors import Unavailable
 from berth.storage import s3 as s3_module
 from berth.storage.base import BlobStore
 from berth.storage.s3 import ObjectStoreError, S3BlobStore
 from berth.storage.s3_pieces import MIN_PART_BYTES, PIECE_BYTES
+from tests.rgw import CephRGW
 from tests.s3 import BUCKET, S3TestServer, SeaweedFS
 from tests.unit.storage.contract import (
     BlobStoreContract,
@@ -221,6 +226,68 @@ async def test_ranged_reads_of_a_large_blob(s3_store: S3BlobStore) -> None:
     assert await read_all(s3_store, digest, len(data) + 10, None) == b""
     with pytest.raises(FileNotFoundError):
         await read_all(s3_store, digest_of(b"absent"), 5, 10)
+
+
+# ------------------------------------------------------------ presigned URLs
+
+
+async def test_a_presigned_url_serves_the_blob_and_a_range_and_nothing_else(
+    s3_store: S3BlobStore, s3_server: S3TestServer
+) -> None:
+    data = payload(MiB + 7, seed=50)
+    digest = await put(s3_store, data)
+    other = await put(s3_store, b"another blob")
+    url = await s3_store.download_url(digest, 300)
+    assert url.startswith(s3_server.endpoint) and "X-Amz-Signature=" in url
+    async with httpx.AsyncClient(timeout=30) as client:
+        whole = await client.get(url)
+        assert whole.status_code == 200 and whole.content == data
+        ranged = await client.get(url, headers={"Range": "bytes=10-1048585"})
+        assert ranged.status_code == 206 and ranged.content == data[10 : 1048585 + 1]
+        # The signature covers the key and itself: neither can be changed.
+        elsewhere = url.replace(digest.split(":")[1], other.split(":")[1])
+        assert (await client.get(elsewhere)).status_code == 403
+        tampered = url.replace("X-Amz-Signature=", "X-Amz-Signature=0")
+        assert (await client.get(tampered)).status_code == 403
+
+
+# ------------------------------------------------------------ Ceph RGW over HTTPS
+
+
+@pytest.mark.ceph_rgw
+async def test_rgw_over_https_takes_uploads_from_the_driver_though_it_refuses_checksum_trailers(
+    rgw: CephRGW, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """botocore (1.36 on) sends a checksum by default with each upload over HTTPS, as a
+    trailer of an aws-chunked body; Ceph 16's RGW refuses that (MissingContentLength). The
+    driver asks for checksums only where S3 requires them (SHA-256 guards every blob), which
+    RGW takes: a multipart commit, reads and batch deletes all work over HTTPS."""
+    monkeypatch.setenv("AWS_CA_BUNDLE", str(rgw.ca_bundle))
+    monkeypatch.delenv("AWS_REQUEST_CHECKSUM_CALCULATION", raising=False)
+    default_client = botocore.session.get_session().create_client(
+        "s3",
+        endpoint_url=rgw.https_endpoint,
+        region_name="us-east-1",
+        aws_access_key_id=rgw.access_key_id,
+        aws_secret_access_key=rgw.secret_access_key,
+        config=Config(s3={"addressing_style": "path"}, retries={"max_attempts": 1}),
+    )
+    with pytest.raises(ClientError, match="MissingContentLength"):  # the quirk itself
+        default_client.put_object(Bucket=BUCKET, Key="checksum-trailer", Body=b"x")
+
+    store = S3BlobStore(rgw.location(endpoint=rgw.https_endpoint))
+    try:
+        chunks = [payload(PIECE_BYTES, seed=60), payload(MiB, seed=61), payload(5 * MiB, seed=62)]
+        data = b"".join(chunks)
+        scratch = await upload_in_requests(store, chunks)
+        digest = digest_of(data)
+        await scratch.commit(digest)
+        assert await read_all(store, digest, 3, None) == data[3:]
+        small = await put(store, b"one piece, one PUT")
+        await store.delete_many([digest, small, digest_of(b"absent")])
+        assert await listed(store) == set()
+    finally:
+        await store.close()
 
 
 # ------------------------------------------------------------ retries
