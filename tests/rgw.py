@@ -98,7 +98,6 @@ class CephRGW(S3TestServer):
     https_port: int = field(default_factory=free_port)  # the same gateway over TLS
     memstore_bytes: int = 2 * 1024**3  # a ceiling: memory is taken only by what is written
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
-    name = "Ceph RGW"
 
     @property
     def config(self) -> Path:

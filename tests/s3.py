@@ -41,8 +41,6 @@ class S3TestServer:
     secret_access_key: str = field(default_factory=lambda: uuid.uuid4().hex)
     s3_port: int = field(default_factory=free_port)
 
-    name = "S3"  # in messages
-
     @property
     def endpoint(self) -> str:
         return f"http://127.0.0.1:{self.s3_port}"
@@ -109,7 +107,6 @@ class SeaweedFS(S3TestServer):
     """One `weed server` process (master, volume, filer and S3 gateway) in `directory`."""
 
     process: subprocess.Popen[bytes] | None = None
-    name = "SeaweedFS"
 
     def start(self, timeout: float = 60) -> SeaweedFS:
         self.directory.mkdir(parents=True, exist_ok=True)
