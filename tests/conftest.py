@@ -58,7 +58,7 @@ def seaweedfs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedFS]:
 @pytest.fixture(scope="session")
 def rgw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CephRGW]:
     """A Ceph RGW S3 server for the session (`tests/rgw.py`), the second store the S3 tests
-    run on (mark its tests `ceph_rgw`, as `s3_server` in tests/storage/conftest.py does)."""
+    run on (mark its tests `ceph_rgw`, as `object_store` in tests/storage/conftest.py does)."""
     from tests.rgw import available, rgw_server
 
     if not available():

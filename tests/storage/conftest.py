@@ -19,7 +19,7 @@ def anyio_backend() -> str:
 @pytest.fixture(
     scope="module", params=["seaweedfs", pytest.param("rgw", marks=pytest.mark.ceph_rgw)]
 )
-def s3_server(request: pytest.FixtureRequest) -> S3TestServer:
+def object_store(request: pytest.FixtureRequest) -> S3TestServer:
     """Each S3 server of the tests in turn: SeaweedFS, then Ceph RGW."""
     server: S3TestServer = request.getfixturevalue(request.param)
     return server

@@ -43,21 +43,21 @@ class TestS3BlobStore(BlobStoreContract):
         raise NotImplementedError("an S3 store needs an S3 server: see `store`")
 
     @pytest.fixture
-    async def store(self, s3_server: S3TestServer) -> AsyncIterator[BlobStore]:
-        store = S3BlobStore(s3_server.location())  # a prefix of its own: an empty store
+    async def store(self, object_store: S3TestServer) -> AsyncIterator[BlobStore]:
+        store = S3BlobStore(object_store.location())  # a prefix of its own: an empty store
         yield store
         await store.close()
 
 
 @pytest.fixture
-async def s3_store(s3_server: S3TestServer) -> AsyncIterator[S3BlobStore]:
-    store = S3BlobStore(s3_server.location())
+async def s3_store(object_store: S3TestServer) -> AsyncIterator[S3BlobStore]:
+    store = S3BlobStore(object_store.location())
     yield store
     await store.close()
 
 
-def object_keys(s3_server: S3TestServer, prefix: str) -> list[str]:
-    answer = s3_server.client().list_objects_v2(Bucket=BUCKET, Prefix=prefix)
+def object_keys(object_store: S3TestServer, prefix: str) -> list[str]:
+    answer = object_store.client().list_objects_v2(Bucket=BUCKET, Prefix=prefix)
     return [entry["Key"] for entry in answer.get("Contents", [])]
 
 
@@ -74,9 +74,9 @@ async def upload_in_requests(store: BlobStore, chunks: list[bytes]) -> Scratch:
 
 
 async def test_a_wrong_secret_is_refused_naming_the_bucket_and_endpoint(
-    s3_server: S3TestServer,
+    object_store: S3TestServer,
 ) -> None:
-    store = S3BlobStore(s3_server.location(secret_access_key="not-the-secret"))
+    store = S3BlobStore(object_store.location(secret_access_key="not-the-secret"))
     try:
         with pytest.raises(ObjectStoreError) as refused:
             await store.stat(digest_of(b"anything"))
@@ -84,11 +84,11 @@ async def test_a_wrong_secret_is_refused_naming_the_bucket_and_endpoint(
         await store.close()
     message = str(refused.value)
     assert "refused the credentials" in message
-    assert BUCKET in message and s3_server.endpoint in message
+    assert BUCKET in message and object_store.endpoint in message
 
 
-async def test_a_missing_bucket_is_refused_naming_it(s3_server: S3TestServer) -> None:
-    store = S3BlobStore(s3_server.location(bucket="no-such-bucket"))
+async def test_a_missing_bucket_is_refused_naming_it(object_store: S3TestServer) -> None:
+    store = S3BlobStore(object_store.location(bucket="no-such-bucket"))
     try:
         with pytest.raises(ObjectStoreError) as refused:
             await write_upload(store, b"data")
@@ -144,7 +144,7 @@ async def test_pieces_of_odd_sizes_from_separate_requests_commit_to_the_right_by
 
 
 async def test_a_multipart_commit_copies_large_pieces_and_streams_small_ones(
-    s3_store: S3BlobStore, s3_server: S3TestServer
+    s3_store: S3BlobStore, object_store: S3TestServer
 ) -> None:
     # Two pieces over 5 MiB (copied server-side), then small ones gathered into a part.
     chunks = [payload(PIECE_BYTES, seed=4), payload(6 * MiB + 1, seed=5)]
@@ -154,23 +154,23 @@ async def test_a_multipart_commit_copies_large_pieces_and_streams_small_ones(
     digest = digest_of(data)
     await scratch.commit(digest)
     assert await read_all(s3_store, digest) == data
-    head = s3_server.client().head_object(Bucket=BUCKET, Key=s3_store._blob_key(digest))
+    head = object_store.client().head_object(Bucket=BUCKET, Key=s3_store._blob_key(digest))
     assert head["ContentLength"] == len(data)
     assert head["ETag"].strip('"').endswith("-3")  # copy, copy, then the small ones together
 
 
 async def test_a_large_write_is_stored_in_bounded_pieces(
-    s3_store: S3BlobStore, s3_server: S3TestServer
+    s3_store: S3BlobStore, object_store: S3TestServer
 ) -> None:
     data = payload(2 * PIECE_BYTES + 3, seed=20)
     scratch = await write_upload(s3_store, data, chunk=4 * MiB)
-    pieces = object_keys(s3_server, s3_store._upload_prefix(scratch.id))
+    pieces = object_keys(object_store, s3_store._upload_prefix(scratch.id))
     assert len(pieces) == len(scratch.pieces) == 3
     assert await scratch.read() == data
 
 
 async def test_a_late_piece_of_an_abandoned_patch_never_joins_the_blob(
-    s3_store: S3BlobStore, s3_server: S3TestServer
+    s3_store: S3BlobStore, object_store: S3TestServer
 ) -> None:
     """A node died mid-PATCH and its piece reached S3 after the client's retry of the same
     chunk at the same offset (on another node) had been acknowledged: the retry's bytes are
@@ -181,30 +181,32 @@ async def test_a_late_piece_of_an_abandoned_patch_never_joins_the_blob(
     await scratch.append(chunk)  # the retry, acknowledged
     late = Scratch(s3_store, scratch.id, at_offset)
     await late.append(b"X" * len(chunk), acknowledged=False)  # lands last
-    keys = object_keys(s3_server, s3_store._upload_prefix(scratch.id))
+    keys = object_keys(object_store, s3_store._upload_prefix(scratch.id))
     assert len(keys) == 3  # never the same key twice
     await scratch.commit(digest_of(first + chunk))
     assert await read_all(s3_store, digest_of(first + chunk)) == first + chunk
     await s3_store.delete_upload(scratch.id)
-    assert object_keys(s3_server, s3_store._upload_prefix(scratch.id)) == []
+    assert object_keys(object_store, s3_store._upload_prefix(scratch.id)) == []
 
 
 async def test_blobs_sit_under_the_prefix_by_algorithm_and_hex(
-    s3_store: S3BlobStore, s3_server: S3TestServer
+    s3_store: S3BlobStore, object_store: S3TestServer
 ) -> None:
     digest = await put(s3_store, b"layer")
     hex_digest = digest.split(":", 1)[1]
     prefix = s3_store.location.prefix
-    assert object_keys(s3_server, prefix + "/") == [
+    assert object_keys(object_store, prefix + "/") == [
         f"{prefix}/blobs/sha256/{hex_digest[:2]}/{hex_digest}"
     ]
 
 
-async def test_a_damaged_blob_is_kept_aside(s3_store: S3BlobStore, s3_server: S3TestServer) -> None:
+async def test_a_damaged_blob_is_kept_aside(
+    s3_store: S3BlobStore, object_store: S3TestServer
+) -> None:
     digest = await put(s3_store, b"bytes that rotted")
     await s3_store.quarantine(digest)
     kept = f"{s3_store.location.prefix}/_damaged/{digest.replace(':', '-')}"
-    answer = s3_server.client().get_object(Bucket=BUCKET, Key=kept)
+    answer = object_store.client().get_object(Bucket=BUCKET, Key=kept)
     assert answer["Body"].read() == b"bytes that rotted"
 
 
@@ -232,13 +234,13 @@ async def test_ranged_reads_of_a_large_blob(s3_store: S3BlobStore) -> None:
 
 
 async def test_a_presigned_url_serves_the_blob_and_a_range_and_nothing_else(
-    s3_store: S3BlobStore, s3_server: S3TestServer
+    s3_store: S3BlobStore, object_store: S3TestServer
 ) -> None:
     data = payload(MiB + 7, seed=50)
     digest = await put(s3_store, data)
     other = await put(s3_store, b"another blob")
     url = await s3_store.download_url(digest, 300)
-    assert url.startswith(s3_server.endpoint) and "X-Amz-Signature=" in url
+    assert url.startswith(object_store.endpoint) and "X-Amz-Signature=" in url
     async with httpx.AsyncClient(timeout=30) as client:
         whole = await client.get(url)
         assert whole.status_code == 200 and whole.content == data
@@ -375,7 +377,7 @@ async def test_throttling_and_dropped_connections_are_retried(
 
 
 async def test_a_blob_found_stored_is_not_asked_for_again_for_a_while(
-    s3_store: S3BlobStore, s3_server: S3TestServer, monkeypatch: pytest.MonkeyPatch
+    s3_store: S3BlobStore, object_store: S3TestServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A HEAD or a presigned redirect of a blob found in the store moments ago costs no
     request to the store; this node's own removal forgets it at once, and after
@@ -384,7 +386,7 @@ async def test_a_blob_found_stored_is_not_asked_for_again_for_a_while(
     digest = await put(s3_store, data)
     assert not await s3_store.confirm_stored(digest, len(data) + 1)  # the recorded size, or not
     assert await s3_store.confirm_stored(digest, len(data))
-    s3_server.client().delete_object(Bucket=BUCKET, Key=s3_store._blob_key(digest))
+    object_store.client().delete_object(Bucket=BUCKET, Key=s3_store._blob_key(digest))
     assert await s3_store.confirm_stored(digest, len(data))  # no request: gone unnoticed
     monkeypatch.setattr(s3_module, "CONFIRMED_SECONDS", 0.0)
     assert not await s3_store.confirm_stored(digest, len(data))  # asked again: gone

@@ -133,13 +133,13 @@ def test_a_blob_get_redirects_to_a_url_the_store_serves_and_guards(
     assert counted_bytes(presigned, "redir", expected) == expected
 
 
-def test_an_expired_presigned_url_is_refused_by_the_store(s3_server: S3TestServer) -> None:
+def test_an_expired_presigned_url_is_refused_by_the_store(object_store: S3TestServer) -> None:
     data = os.urandom(4096)
     digest = sha256(data)
 
     async def presign() -> tuple[str, str]:
         """URLs of one stored blob: one valid for five minutes, one for a second."""
-        store = S3BlobStore(s3_server.location())
+        store = S3BlobStore(object_store.location())
         try:
             upload_id = "expiry" + os.urandom(4).hex()
             writer = await store.open_upload(upload_id, 0)

@@ -23,8 +23,8 @@ from tests.servers import BERTH, ROOT, BerthServer, running_server
 
 
 @pytest.fixture(scope="module")
-def checked(request: pytest.FixtureRequest, s3_server: S3TestServer) -> Iterator[BerthServer]:
-    env = s3_server.settings_environ()  # and the default gc_grace_period, an hour
+def checked(request: pytest.FixtureRequest, object_store: S3TestServer) -> Iterator[BerthServer]:
+    env = object_store.settings_environ()  # and the default gc_grace_period, an hour
     with running_server(request, "s3check", "postgres", extra_env=env) as server:
         yield server
 
@@ -52,9 +52,9 @@ def printed(result: CompletedProcess[str]) -> str:
 
 
 def test_missing_and_orphaned_objects_are_found_and_repaired(
-    checked: BerthServer, s3_server: S3TestServer
+    checked: BerthServer, object_store: S3TestServer
 ) -> None:
-    s3 = s3_server.client()
+    s3 = object_store.client()
     checked.create_repository("first", "app")
     checked.create_repository("second", "app")
     kept, lost, elsewhere = os.urandom(2048), os.urandom(3000), os.urandom(1024)
