@@ -19,6 +19,7 @@ os.environ.pop("COLUMNS", None)
 from tests.servers import BACKENDS, BerthServer, PostgresCluster, server_fixture
 
 if TYPE_CHECKING:
+    from tests.rgw import CephRGW
     from tests.s3 import SeaweedFS
 
 
@@ -31,6 +32,8 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         module = item.nodeid.split("::")[0]
         group = "clients" if module.startswith("tests/clients/") else module
+        if item.get_closest_marker("ceph_rgw"):
+            group = "ceph-rgw"  # one worker, so the session's Ceph cluster starts once
         item.add_marker(pytest.mark.xdist_group(group))
         if os.environ.get("PYTEST_XDIST_WORKER") and hasattr(item, "_id"):
             # xdist passes the group to its scheduler as a suffix of the test's ID, which it
@@ -49,6 +52,18 @@ def seaweedfs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedFS]:
     from tests.s3 import seaweedfs_server  # imports the S3 client: only when needed
 
     with seaweedfs_server(tmp_path_factory.mktemp("seaweedfs")) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def rgw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CephRGW]:
+    """A Ceph RGW S3 server for the session (`tests/rgw.py`), the second store the S3 tests
+    run on (mark its tests `ceph_rgw`, as `object_store` in tests/storage/conftest.py does)."""
+    from tests.rgw import available, rgw_server
+
+    if not available():
+        pytest.skip("Ceph RGW is not installed (scripts/test-deps.sh installs it)")
+    with rgw_server(tmp_path_factory.mktemp("ceph-rgw")) as server:
         yield server
 
 

@@ -32,18 +32,81 @@ BUCKET = "berth-tests"
 
 
 @dataclass
-class SeaweedFS:
-    """One `weed server` process (master, volume, filer and S3 gateway) in `directory`."""
+class S3TestServer:
+    """An S3 server of the tests on loopback (SeaweedFS here, Ceph RGW in tests/rgw.py): one
+    key and secret it accepts, the shared test bucket, and clients and settings for it."""
 
     directory: Path
     access_key_id: str = "berth-test-key"
     secret_access_key: str = field(default_factory=lambda: uuid.uuid4().hex)
     s3_port: int = field(default_factory=free_port)
-    process: subprocess.Popen[bytes] | None = None
 
     @property
     def endpoint(self) -> str:
         return f"http://127.0.0.1:{self.s3_port}"
+
+    def log_tail(self, lines: int = 30) -> str:
+        raise NotImplementedError
+
+    def client(self, secret_access_key: str | None = None) -> Any:
+        """A plain (blocking) botocore client, to set things up and look behind the driver."""
+        return botocore.session.get_session().create_client(
+            "s3",
+            endpoint_url=self.endpoint,
+            region_name="us-east-1",
+            aws_access_key_id=self.access_key_id,
+            aws_secret_access_key=secret_access_key or self.secret_access_key,
+            config=Config(
+                s3={"addressing_style": "path"},
+                retries={"max_attempts": 1},
+                connect_timeout=2,
+                read_timeout=30,
+            ),
+        )
+
+    def create_bucket(self, bucket: str) -> None:
+        try:
+            self.client().create_bucket(Bucket=bucket)
+        except ClientError as exc:
+            if exc.response["Error"]["Code"] not in (
+                "BucketAlreadyOwnedByYou",
+                "BucketAlreadyExists",
+            ):
+                raise
+
+    def location(self, prefix: str | None = None, **changes: Any) -> S3Location:
+        """The shared test bucket under a prefix of its own (new unless given)."""
+        arguments: dict[str, Any] = {
+            "bucket": BUCKET,
+            "endpoint": self.endpoint,
+            "prefix": prefix if prefix is not None else f"test-{uuid.uuid4().hex}",
+            "access_key_id": self.access_key_id,
+            "secret_access_key": self.secret_access_key,
+            "path_style": True,
+        }
+        arguments.update(changes)
+        return S3Location(**arguments)
+
+    def settings_environ(self, prefix: str | None = None) -> dict[str, str]:
+        """BERTH_* variables that put a `berth serve` on this store."""
+        location = self.location(prefix)
+        return {
+            "BERTH_STORAGE": "s3",
+            "BERTH_S3_ENDPOINT": self.endpoint,
+            "BERTH_S3_BUCKET": location.bucket,
+            "BERTH_S3_PREFIX": location.prefix,
+            "BERTH_S3_ACCESS_KEY_ID": self.access_key_id,
+            "BERTH_S3_SECRET_ACCESS_KEY": self.secret_access_key,
+            "BERTH_S3_PATH_STYLE": "true",
+            "BERTH_SINGLE_NODE": "true",  # on SQLite; the multi-node tests share PostgreSQL
+        }
+
+
+@dataclass
+class SeaweedFS(S3TestServer):
+    """One `weed server` process (master, volume, filer and S3 gateway) in `directory`."""
+
+    process: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout: float = 60) -> SeaweedFS:
         self.directory.mkdir(parents=True, exist_ok=True)
@@ -133,59 +196,6 @@ class SeaweedFS:
         path = self.directory / "weed.log"
         text = path.read_text(errors="replace") if path.exists() else ""
         return "\n".join(text.splitlines()[-lines:])
-
-    def client(self, secret_access_key: str | None = None) -> Any:
-        """A plain (blocking) botocore client, to set things up and look behind the driver."""
-        return botocore.session.get_session().create_client(
-            "s3",
-            endpoint_url=self.endpoint,
-            region_name="us-east-1",
-            aws_access_key_id=self.access_key_id,
-            aws_secret_access_key=secret_access_key or self.secret_access_key,
-            config=Config(
-                s3={"addressing_style": "path"},
-                retries={"max_attempts": 1},
-                connect_timeout=2,
-                read_timeout=30,
-            ),
-        )
-
-    def create_bucket(self, bucket: str) -> None:
-        try:
-            self.client().create_bucket(Bucket=bucket)
-        except ClientError as exc:
-            if exc.response["Error"]["Code"] not in (
-                "BucketAlreadyOwnedByYou",
-                "BucketAlreadyExists",
-            ):
-                raise
-
-    def location(self, prefix: str | None = None, **changes: Any) -> S3Location:
-        """The shared test bucket under a prefix of its own (new unless given)."""
-        arguments: dict[str, Any] = {
-            "bucket": BUCKET,
-            "endpoint": self.endpoint,
-            "prefix": prefix if prefix is not None else f"test-{uuid.uuid4().hex}",
-            "access_key_id": self.access_key_id,
-            "secret_access_key": self.secret_access_key,
-            "path_style": True,
-        }
-        arguments.update(changes)
-        return S3Location(**arguments)
-
-    def settings_environ(self, prefix: str | None = None) -> dict[str, str]:
-        """BERTH_* variables that put a `berth serve` on this store."""
-        location = self.location(prefix)
-        return {
-            "BERTH_STORAGE": "s3",
-            "BERTH_S3_ENDPOINT": self.endpoint,
-            "BERTH_S3_BUCKET": location.bucket,
-            "BERTH_S3_PREFIX": location.prefix,
-            "BERTH_S3_ACCESS_KEY_ID": self.access_key_id,
-            "BERTH_S3_SECRET_ACCESS_KEY": self.secret_access_key,
-            "BERTH_S3_PATH_STYLE": "true",
-            "BERTH_SINGLE_NODE": "true",  # on SQLite; the multi-node tests share PostgreSQL
-        }
 
 
 @contextlib.contextmanager

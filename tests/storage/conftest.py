@@ -1,4 +1,4 @@
-"""Storage drivers against real stores: the SeaweedFS S3 server of the session (`seaweedfs`,
+"""Storage drivers against real stores: the S3 servers of the session (`seaweedfs` and `rgw`,
 tests/conftest.py)."""
 
 from __future__ import annotations
@@ -8,12 +8,21 @@ from pathlib import Path
 
 import pytest
 
-from tests.s3 import SeaweedFS
+from tests.s3 import S3TestServer, SeaweedFS
 
 
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"  # the event loop the server uses
+
+
+@pytest.fixture(
+    scope="module", params=["seaweedfs", pytest.param("rgw", marks=pytest.mark.ceph_rgw)]
+)
+def object_store(request: pytest.FixtureRequest) -> S3TestServer:
+    """Each S3 server of the tests in turn: SeaweedFS, then Ceph RGW."""
+    server: S3TestServer = request.getfixturevalue(request.param)
+    return server
 
 
 @pytest.fixture

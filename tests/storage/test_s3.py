@@ -1,4 +1,4 @@
-"""The S3 driver against the blob store contract on a real S3 server (SeaweedFS), plus what
+"""The S3 driver against the blob store contract on real S3 servers (SeaweedFS, Ceph RGW), plus what
 only it promises: refusing bad credentials and a missing bucket clearly, uploads in pieces of
 any size, multipart commits and ranged reads."""
 
@@ -10,14 +10,19 @@ import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import botocore.session
+import httpx
 import pytest
+from botocore.config import Config
+from botocore.exceptions import ClientError
 
 from berth.domain.errors import Unavailable
 from berth.storage import s3 as s3_module
 from berth.storage.base import BlobStore
 from berth.storage.s3 import ObjectStoreError, S3BlobStore
 from berth.storage.s3_pieces import MIN_PART_BYTES, PIECE_BYTES
-from tests.s3 import BUCKET, SeaweedFS
+from tests.rgw import CephRGW
+from tests.s3 import BUCKET, S3TestServer, SeaweedFS
 from tests.unit.storage.contract import (
     BlobStoreContract,
     MiB,
@@ -35,24 +40,24 @@ pytestmark = pytest.mark.anyio
 
 class TestS3BlobStore(BlobStoreContract):
     def make_store(self, tmp_path: Path) -> BlobStore:
-        raise NotImplementedError("an S3 store needs the SeaweedFS server: see `store`")
+        raise NotImplementedError("an S3 store needs an S3 server: see `store`")
 
     @pytest.fixture
-    async def store(self, seaweedfs: SeaweedFS) -> AsyncIterator[BlobStore]:
-        store = S3BlobStore(seaweedfs.location())  # a prefix of its own: an empty store
+    async def store(self, object_store: S3TestServer) -> AsyncIterator[BlobStore]:
+        store = S3BlobStore(object_store.location())  # a prefix of its own: an empty store
         yield store
         await store.close()
 
 
 @pytest.fixture
-async def s3_store(seaweedfs: SeaweedFS) -> AsyncIterator[S3BlobStore]:
-    store = S3BlobStore(seaweedfs.location())
+async def s3_store(object_store: S3TestServer) -> AsyncIterator[S3BlobStore]:
+    store = S3BlobStore(object_store.location())
     yield store
     await store.close()
 
 
-def object_keys(seaweedfs: SeaweedFS, prefix: str) -> list[str]:
-    answer = seaweedfs.client().list_objects_v2(Bucket=BUCKET, Prefix=prefix)
+def object_keys(object_store: S3TestServer, prefix: str) -> list[str]:
+    answer = object_store.client().list_objects_v2(Bucket=BUCKET, Prefix=prefix)
     return [entry["Key"] for entry in answer.get("Contents", [])]
 
 
@@ -69,9 +74,9 @@ async def upload_in_requests(store: BlobStore, chunks: list[bytes]) -> Scratch:
 
 
 async def test_a_wrong_secret_is_refused_naming_the_bucket_and_endpoint(
-    seaweedfs: SeaweedFS,
+    object_store: S3TestServer,
 ) -> None:
-    store = S3BlobStore(seaweedfs.location(secret_access_key="not-the-secret"))
+    store = S3BlobStore(object_store.location(secret_access_key="not-the-secret"))
     try:
         with pytest.raises(ObjectStoreError) as refused:
             await store.stat(digest_of(b"anything"))
@@ -79,11 +84,11 @@ async def test_a_wrong_secret_is_refused_naming_the_bucket_and_endpoint(
         await store.close()
     message = str(refused.value)
     assert "refused the credentials" in message
-    assert BUCKET in message and seaweedfs.endpoint in message
+    assert BUCKET in message and object_store.endpoint in message
 
 
-async def test_a_missing_bucket_is_refused_naming_it(seaweedfs: SeaweedFS) -> None:
-    store = S3BlobStore(seaweedfs.location(bucket="no-such-bucket"))
+async def test_a_missing_bucket_is_refused_naming_it(object_store: S3TestServer) -> None:
+    store = S3BlobStore(object_store.location(bucket="no-such-bucket"))
     try:
         with pytest.raises(ObjectStoreError) as refused:
             await write_upload(store, b"data")
@@ -139,7 +144,7 @@ async def test_pieces_of_odd_sizes_from_separate_requests_commit_to_the_right_by
 
 
 async def test_a_multipart_commit_copies_large_pieces_and_streams_small_ones(
-    s3_store: S3BlobStore, seaweedfs: SeaweedFS
+    s3_store: S3BlobStore, object_store: S3TestServer
 ) -> None:
     # Two pieces over 5 MiB (copied server-side), then small ones gathered into a part.
     chunks = [payload(PIECE_BYTES, seed=4), payload(6 * MiB + 1, seed=5)]
@@ -149,23 +154,23 @@ async def test_a_multipart_commit_copies_large_pieces_and_streams_small_ones(
     digest = digest_of(data)
     await scratch.commit(digest)
     assert await read_all(s3_store, digest) == data
-    head = seaweedfs.client().head_object(Bucket=BUCKET, Key=s3_store._blob_key(digest))
+    head = object_store.client().head_object(Bucket=BUCKET, Key=s3_store._blob_key(digest))
     assert head["ContentLength"] == len(data)
     assert head["ETag"].strip('"').endswith("-3")  # copy, copy, then the small ones together
 
 
 async def test_a_large_write_is_stored_in_bounded_pieces(
-    s3_store: S3BlobStore, seaweedfs: SeaweedFS
+    s3_store: S3BlobStore, object_store: S3TestServer
 ) -> None:
     data = payload(2 * PIECE_BYTES + 3, seed=20)
     scratch = await write_upload(s3_store, data, chunk=4 * MiB)
-    pieces = object_keys(seaweedfs, s3_store._upload_prefix(scratch.id))
+    pieces = object_keys(object_store, s3_store._upload_prefix(scratch.id))
     assert len(pieces) == len(scratch.pieces) == 3
     assert await scratch.read() == data
 
 
 async def test_a_late_piece_of_an_abandoned_patch_never_joins_the_blob(
-    s3_store: S3BlobStore, seaweedfs: SeaweedFS
+    s3_store: S3BlobStore, object_store: S3TestServer
 ) -> None:
     """A node died mid-PATCH and its piece reached S3 after the client's retry of the same
     chunk at the same offset (on another node) had been acknowledged: the retry's bytes are
@@ -176,30 +181,32 @@ async def test_a_late_piece_of_an_abandoned_patch_never_joins_the_blob(
     await scratch.append(chunk)  # the retry, acknowledged
     late = Scratch(s3_store, scratch.id, at_offset)
     await late.append(b"X" * len(chunk), acknowledged=False)  # lands last
-    keys = object_keys(seaweedfs, s3_store._upload_prefix(scratch.id))
+    keys = object_keys(object_store, s3_store._upload_prefix(scratch.id))
     assert len(keys) == 3  # never the same key twice
     await scratch.commit(digest_of(first + chunk))
     assert await read_all(s3_store, digest_of(first + chunk)) == first + chunk
     await s3_store.delete_upload(scratch.id)
-    assert object_keys(seaweedfs, s3_store._upload_prefix(scratch.id)) == []
+    assert object_keys(object_store, s3_store._upload_prefix(scratch.id)) == []
 
 
 async def test_blobs_sit_under_the_prefix_by_algorithm_and_hex(
-    s3_store: S3BlobStore, seaweedfs: SeaweedFS
+    s3_store: S3BlobStore, object_store: S3TestServer
 ) -> None:
     digest = await put(s3_store, b"layer")
     hex_digest = digest.split(":", 1)[1]
     prefix = s3_store.location.prefix
-    assert object_keys(seaweedfs, prefix + "/") == [
+    assert object_keys(object_store, prefix + "/") == [
         f"{prefix}/blobs/sha256/{hex_digest[:2]}/{hex_digest}"
     ]
 
 
-async def test_a_damaged_blob_is_kept_aside(s3_store: S3BlobStore, seaweedfs: SeaweedFS) -> None:
+async def test_a_damaged_blob_is_kept_aside(
+    s3_store: S3BlobStore, object_store: S3TestServer
+) -> None:
     digest = await put(s3_store, b"bytes that rotted")
     await s3_store.quarantine(digest)
     kept = f"{s3_store.location.prefix}/_damaged/{digest.replace(':', '-')}"
-    answer = seaweedfs.client().get_object(Bucket=BUCKET, Key=kept)
+    answer = object_store.client().get_object(Bucket=BUCKET, Key=kept)
     assert answer["Body"].read() == b"bytes that rotted"
 
 
@@ -221,6 +228,68 @@ async def test_ranged_reads_of_a_large_blob(s3_store: S3BlobStore) -> None:
     assert await read_all(s3_store, digest, len(data) + 10, None) == b""
     with pytest.raises(FileNotFoundError):
         await read_all(s3_store, digest_of(b"absent"), 5, 10)
+
+
+# ------------------------------------------------------------ presigned URLs
+
+
+async def test_a_presigned_url_serves_the_blob_and_a_range_and_nothing_else(
+    s3_store: S3BlobStore, object_store: S3TestServer
+) -> None:
+    data = payload(MiB + 7, seed=50)
+    digest = await put(s3_store, data)
+    other = await put(s3_store, b"another blob")
+    url = await s3_store.download_url(digest, 300)
+    assert url.startswith(object_store.endpoint) and "X-Amz-Signature=" in url
+    async with httpx.AsyncClient(timeout=30) as client:
+        whole = await client.get(url)
+        assert whole.status_code == 200 and whole.content == data
+        ranged = await client.get(url, headers={"Range": "bytes=10-1048585"})
+        assert ranged.status_code == 206 and ranged.content == data[10 : 1048585 + 1]
+        # The signature covers the key and itself: neither can be changed.
+        elsewhere = url.replace(digest.split(":")[1], other.split(":")[1])
+        assert (await client.get(elsewhere)).status_code == 403
+        tampered = url.replace("X-Amz-Signature=", "X-Amz-Signature=0")
+        assert (await client.get(tampered)).status_code == 403
+
+
+# ------------------------------------------------------------ Ceph RGW over HTTPS
+
+
+@pytest.mark.ceph_rgw
+async def test_rgw_over_https_takes_uploads_from_the_driver_though_it_refuses_checksum_trailers(
+    rgw: CephRGW, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """botocore (1.36 on) sends a checksum by default with each upload over HTTPS, as a
+    trailer of an aws-chunked body; Ceph 16's RGW refuses that (MissingContentLength). The
+    driver asks for checksums only where S3 requires them (SHA-256 guards every blob), which
+    RGW takes: a multipart commit, reads and batch deletes all work over HTTPS."""
+    monkeypatch.setenv("AWS_CA_BUNDLE", str(rgw.ca_bundle))
+    monkeypatch.delenv("AWS_REQUEST_CHECKSUM_CALCULATION", raising=False)
+    default_client = botocore.session.get_session().create_client(
+        "s3",
+        endpoint_url=rgw.https_endpoint,
+        region_name="us-east-1",
+        aws_access_key_id=rgw.access_key_id,
+        aws_secret_access_key=rgw.secret_access_key,
+        config=Config(s3={"addressing_style": "path"}, retries={"max_attempts": 1}),
+    )
+    with pytest.raises(ClientError, match="MissingContentLength"):  # the quirk itself
+        default_client.put_object(Bucket=BUCKET, Key="checksum-trailer", Body=b"x")
+
+    store = S3BlobStore(rgw.location(endpoint=rgw.https_endpoint))
+    try:
+        chunks = [payload(PIECE_BYTES, seed=60), payload(MiB, seed=61), payload(5 * MiB, seed=62)]
+        data = b"".join(chunks)
+        scratch = await upload_in_requests(store, chunks)
+        digest = digest_of(data)
+        await scratch.commit(digest)
+        assert await read_all(store, digest, 3, None) == data[3:]
+        small = await put(store, b"one piece, one PUT")
+        await store.delete_many([digest, small, digest_of(b"absent")])
+        assert await listed(store) == set()
+    finally:
+        await store.close()
 
 
 # ------------------------------------------------------------ retries
@@ -308,7 +377,7 @@ async def test_throttling_and_dropped_connections_are_retried(
 
 
 async def test_a_blob_found_stored_is_not_asked_for_again_for_a_while(
-    s3_store: S3BlobStore, seaweedfs: SeaweedFS, monkeypatch: pytest.MonkeyPatch
+    s3_store: S3BlobStore, object_store: S3TestServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A HEAD or a presigned redirect of a blob found in the store moments ago costs no
     request to the store; this node's own removal forgets it at once, and after
@@ -317,7 +386,7 @@ async def test_a_blob_found_stored_is_not_asked_for_again_for_a_while(
     digest = await put(s3_store, data)
     assert not await s3_store.confirm_stored(digest, len(data) + 1)  # the recorded size, or not
     assert await s3_store.confirm_stored(digest, len(data))
-    seaweedfs.client().delete_object(Bucket=BUCKET, Key=s3_store._blob_key(digest))
+    object_store.client().delete_object(Bucket=BUCKET, Key=s3_store._blob_key(digest))
     assert await s3_store.confirm_stored(digest, len(data))  # no request: gone unnoticed
     monkeypatch.setattr(s3_module, "CONFIRMED_SECONDS", 0.0)
     assert not await s3_store.confirm_stored(digest, len(data))  # asked again: gone

@@ -21,7 +21,7 @@ from tests.clients.commands import ContainersConfig
 from tests.clients.layouts import OciLayout, umoci_image
 from tests.clients.tools import require_binary, run
 from tests.oci import blob_path, push_bytes
-from tests.s3 import BUCKET, SeaweedFS
+from tests.s3 import BUCKET, S3TestServer, SeaweedFS
 from tests.servers import BerthServer, free_port, running_server, wait_for
 from tests.storage.test_s3_registry import sha256
 from tests.test_blob_accel import nginx_binary
@@ -136,13 +136,13 @@ def test_a_blob_get_redirects_to_a_url_the_store_serves_and_guards(
     assert counted_bytes(presigned, "redir", expected) == expected
 
 
-def test_an_expired_presigned_url_is_refused_by_the_store(seaweedfs: SeaweedFS) -> None:
+def test_an_expired_presigned_url_is_refused_by_the_store(object_store: S3TestServer) -> None:
     data = os.urandom(4096)
     digest = sha256(data)
 
     async def presign() -> tuple[str, str]:
         """URLs of one stored blob: one valid for five minutes, one for a second."""
-        store = S3BlobStore(seaweedfs.location())
+        store = S3BlobStore(object_store.location())
         try:
             upload_id = "expiry" + os.urandom(4).hex()
             writer = await store.open_upload(upload_id, 0)

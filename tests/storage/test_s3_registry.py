@@ -1,5 +1,5 @@
-"""`berth serve` with `storage = "s3"` on SeaweedFS: a real client pushes and pulls an image,
-and the bytes come back exactly, from blobs that live in the bucket."""
+"""`berth serve` with `storage = "s3"` on SeaweedFS and on Ceph RGW: a real client pushes and
+pulls an image, and the bytes come back exactly, from blobs that live in the bucket."""
 
 from __future__ import annotations
 
@@ -23,15 +23,15 @@ from tests.oci import (
     put_upload,
     start_upload,
 )
-from tests.s3 import BUCKET, SeaweedFS
+from tests.s3 import BUCKET, S3TestServer, SeaweedFS
 from tests.servers import BERTH, BerthServer, free_port, running_server
 
 pytestmark = pytest.mark.clients
 
 
 @pytest.fixture(scope="module")
-def s3_server(request: pytest.FixtureRequest, seaweedfs: SeaweedFS) -> Iterator[BerthServer]:
-    with running_server(request, "s3", extra_env=seaweedfs.settings_environ()) as server:
+def s3_server(request: pytest.FixtureRequest, object_store: S3TestServer) -> Iterator[BerthServer]:
+    with running_server(request, "s3", extra_env=object_store.settings_environ()) as server:
         yield server
 
 
@@ -40,7 +40,7 @@ def sha256(data: bytes) -> str:
 
 
 def test_skopeo_pushes_and_pulls_an_image_stored_in_the_bucket(
-    s3_server: BerthServer, seaweedfs: SeaweedFS, tmp_path: Path
+    s3_server: BerthServer, object_store: S3TestServer, tmp_path: Path
 ) -> None:
     require_binary("skopeo")
     require_binary("umoci")
@@ -65,7 +65,7 @@ def test_skopeo_pushes_and_pulls_an_image_stored_in_the_bucket(
 
     # The blobs are objects in the bucket, and no upload is left behind.
     prefix = s3_server.extra_env["BERTH_S3_PREFIX"]
-    listing = seaweedfs.client().list_objects_v2(Bucket=BUCKET, Prefix=f"{prefix}/")
+    listing = object_store.client().list_objects_v2(Bucket=BUCKET, Prefix=f"{prefix}/")
     keys = {entry["Key"] for entry in listing.get("Contents", [])}
     for digest in [image.config_digest, *image.layer_digests]:
         hex_digest = digest.split(":", 1)[1]
@@ -129,6 +129,7 @@ def test_a_chunked_upload_of_odd_sized_patches_and_ranged_reads(s3_server: Berth
 def test_serve_refuses_a_store_it_cannot_use_before_serving(
     seaweedfs: SeaweedFS, tmp_path: Path, changes: dict[str, str], problem: str
 ) -> None:
+    """On SeaweedFS only: RGW's refusals are the driver's tests' (`test_s3.py`)."""
     env = {
         **os.environ,
         **seaweedfs.settings_environ(),
@@ -147,7 +148,7 @@ def test_serve_refuses_a_store_it_cannot_use_before_serving(
 
 
 def test_a_blob_lost_from_the_bucket_is_unknown_to_head_and_get(
-    s3_server: BerthServer, seaweedfs: SeaweedFS
+    s3_server: BerthServer, object_store: S3TestServer
 ) -> None:
     """A HEAD must not tell a client to skip pushing a blob the store is known to have lost:
     a GET finds the loss out, and from then on a HEAD says so too (without a GET, a HEAD
@@ -163,7 +164,7 @@ def test_a_blob_lost_from_the_bucket_is_unknown_to_head_and_get(
         assert_status(client.head(blob_path(name, digest)), 200)
         hex_digest = digest.split(":", 1)[1]
         prefix = s3_server.extra_env["BERTH_S3_PREFIX"]
-        seaweedfs.client().delete_object(
+        object_store.client().delete_object(
             Bucket=BUCKET, Key=f"{prefix}/blobs/sha256/{hex_digest[:2]}/{hex_digest}"
         )
         missing = client.get(blob_path(name, digest))
@@ -177,7 +178,7 @@ def test_a_blob_lost_from_the_bucket_is_unknown_to_head_and_get(
 
 @pytest.mark.parametrize("size", [4096, 512 * 1024], ids=["hashed-inline", "hashed-in-a-thread"])
 def test_a_small_blob_damaged_in_the_bucket_is_set_aside_not_served(
-    s3_server: BerthServer, seaweedfs: SeaweedFS, size: int
+    s3_server: BerthServer, object_store: S3TestServer, size: int
 ) -> None:
     """A small blob read whole from the bucket is hashed first: damaged bytes of the right
     size are refused (BLOB_UNKNOWN), the object is set aside, and pushing it again repairs it."""
@@ -188,7 +189,7 @@ def test_a_small_blob_damaged_in_the_bucket_is_set_aside_not_served(
     hex_digest = digest.split(":", 1)[1]
     prefix = s3_server.extra_env["BERTH_S3_PREFIX"]
     key = f"{prefix}/blobs/sha256/{hex_digest[:2]}/{hex_digest}"
-    s3 = seaweedfs.client()
+    s3 = object_store.client()
     with httpx.Client(
         base_url=s3_server.url, auth=s3_server.access_key("s3proj"), timeout=60
     ) as client:

@@ -1,5 +1,5 @@
-"""`berth storage check PROJECT|--all [--repair]` on SeaweedFS: the metadata compared with the
-bucket. A blob lost from the bucket is reported missing (pushing it again repairs it); an object
+"""`berth storage check PROJECT|--all [--repair]` on SeaweedFS and on Ceph RGW: the metadata
+compared with the bucket. A blob lost from the bucket is reported missing (pushing it again repairs it); an object
 no metadata names is reported as an orphan and, with --repair, removed once older than the
 grace period."""
 
@@ -18,13 +18,13 @@ import httpx
 import pytest
 
 from tests.oci import blob_path, push_bytes
-from tests.s3 import BUCKET, SeaweedFS
+from tests.s3 import BUCKET, S3TestServer
 from tests.servers import BERTH, ROOT, BerthServer, running_server
 
 
 @pytest.fixture(scope="module")
-def checked(request: pytest.FixtureRequest, seaweedfs: SeaweedFS) -> Iterator[BerthServer]:
-    env = seaweedfs.settings_environ()  # and the default gc_grace_period, an hour
+def checked(request: pytest.FixtureRequest, object_store: S3TestServer) -> Iterator[BerthServer]:
+    env = object_store.settings_environ()  # and the default gc_grace_period, an hour
     with running_server(request, "s3check", "postgres", extra_env=env) as server:
         yield server
 
@@ -52,9 +52,9 @@ def printed(result: CompletedProcess[str]) -> str:
 
 
 def test_missing_and_orphaned_objects_are_found_and_repaired(
-    checked: BerthServer, seaweedfs: SeaweedFS
+    checked: BerthServer, object_store: S3TestServer
 ) -> None:
-    s3 = seaweedfs.client()
+    s3 = object_store.client()
     checked.create_repository("first", "app")
     checked.create_repository("second", "app")
     kept, lost, elsewhere = os.urandom(2048), os.urandom(3000), os.urandom(1024)

@@ -22,7 +22,7 @@ from berth.metadata.tables import metadata, projects, repositories, upload_piece
 from berth.services.storage_check import StorageCheck
 from berth.services.uploads import Upload, Uploads
 from berth.storage.s3 import S3BlobStore
-from tests.s3 import BUCKET, SeaweedFS
+from tests.s3 import BUCKET, S3TestServer
 from tests.servers import PostgresCluster, database_url_for, in_own_thread
 from tests.unit.storage.contract import digest_of, read_all
 
@@ -42,8 +42,8 @@ async def db(tmp_path: Path) -> AsyncIterator[Database]:
 
 
 @pytest.fixture
-async def store(seaweedfs: SeaweedFS) -> AsyncIterator[S3BlobStore]:
-    s3 = S3BlobStore(seaweedfs.location())
+async def store(object_store: S3TestServer) -> AsyncIterator[S3BlobStore]:
+    s3 = S3BlobStore(object_store.location())
     yield s3
     await s3.close()
 
@@ -56,13 +56,13 @@ async def body(data: bytes) -> AsyncIterator[bytes]:
         yield data[start : start + 64 * 1024]
 
 
-def keys_under(seaweedfs: SeaweedFS, prefix: str) -> list[str]:
-    listing = seaweedfs.client().list_objects_v2(Bucket=BUCKET, Prefix=prefix)
+def keys_under(object_store: S3TestServer, prefix: str) -> list[str]:
+    listing = object_store.client().list_objects_v2(Bucket=BUCKET, Prefix=prefix)
     return [entry["Key"] for entry in listing.get("Contents", [])]
 
 
 async def test_patches_alternate_between_nodes_without_reading_back_the_bytes(
-    db: Database, store: S3BlobStore, seaweedfs: SeaweedFS
+    db: Database, store: S3BlobStore, object_store: S3TestServer
 ) -> None:
     nodes = [Uploads(db, store), Uploads(db, store)]
     chunks = [os.urandom(MiB + n) for n in range(6)]
@@ -78,24 +78,26 @@ async def test_patches_alternate_between_nodes_without_reading_back_the_bytes(
     third = Uploads(db, store)
     data = b"".join(chunks)
     tail = b"tail"
-    saved = {name: await read_all_piece(seaweedfs, store, upload.id, name) for name in names}
+    saved = {name: await read_all_piece(object_store, store, upload.id, name) for name in names}
     for name in names:
-        seaweedfs.client().delete_object(Bucket=BUCKET, Key=store._upload_prefix(upload.id) + name)
+        object_store.client().delete_object(
+            Bucket=BUCKET, Key=store._upload_prefix(upload.id) + name
+        )
     upload = await third.append(await third.get(REPO, "app", upload.id), body(tail), None)
     for name, content in saved.items():  # back, for the commit
-        seaweedfs.client().put_object(
+        object_store.client().put_object(
             Bucket=BUCKET, Key=store._upload_prefix(upload.id) + name, Body=content
         )
     digest = await nodes[1].complete(REPO, upload, digest_of(data + tail), None, None)
     assert digest == digest_of(data + tail)
     assert await read_all(store, digest) == data + tail
-    assert keys_under(seaweedfs, store._upload_prefix(upload.id)) == []
+    assert keys_under(object_store, store._upload_prefix(upload.id)) == []
 
 
 async def read_all_piece(
-    seaweedfs: SeaweedFS, store: S3BlobStore, upload_id: str, name: str
+    object_store: S3TestServer, store: S3BlobStore, upload_id: str, name: str
 ) -> bytes:
-    answer = seaweedfs.client().get_object(
+    answer = object_store.client().get_object(
         Bucket=BUCKET, Key=store._upload_prefix(upload_id) + name
     )
     return bytes(answer["Body"].read())
@@ -134,7 +136,7 @@ async def test_of_two_patches_from_one_offset_one_wins_and_the_other_is_told_whe
 
 
 async def test_abandoned_uploads_and_unfinished_commits_are_removed(
-    db: Database, store: S3BlobStore, seaweedfs: SeaweedFS
+    db: Database, store: S3BlobStore, object_store: S3TestServer
 ) -> None:
     node = Uploads(db, store)
     kept = await node.start(REPO, "app")
@@ -148,17 +150,17 @@ async def test_abandoned_uploads_and_unfinished_commits_are_removed(
             .values(updated_at=dt.datetime.now(dt.UTC) - dt.timedelta(days=2))
         )
     # A commit a node began and never finished (it died between its parts).
-    client = seaweedfs.client()
+    client = object_store.client()
     blob_key = store._blob_key(digest_of(b"never finished"))
     client.create_multipart_upload(Bucket=BUCKET, Key=blob_key)
     check = StorageCheck(db, store, upload_expiry=86_400)
     assert await store.abort_unfinished_commits(time.time() - 3600) == 0  # young: kept
 
-    report_before = keys_under(seaweedfs, store._upload_prefix(abandoned.id))
+    report_before = keys_under(object_store, store._upload_prefix(abandoned.id))
     assert report_before
     await check.remove_abandoned_uploads()
-    assert keys_under(seaweedfs, store._upload_prefix(abandoned.id)) == []
-    assert keys_under(seaweedfs, store._upload_prefix(kept.id))
+    assert keys_under(object_store, store._upload_prefix(abandoned.id)) == []
+    assert keys_under(object_store, store._upload_prefix(kept.id))
     async with db.read() as conn:
         left = set((await conn.execute(select(uploads.c.id))).scalars())
     assert left == {kept.id}
@@ -179,7 +181,7 @@ async def pg_db(postgres: PostgresCluster | None) -> AsyncIterator[Database]:
 
 
 async def test_the_final_put_commits_the_offset_and_pieces_of_one_moment(
-    pg_db: Database, store: S3BlobStore, seaweedfs: SeaweedFS
+    pg_db: Database, store: S3BlobStore
 ) -> None:
     """On PostgreSQL, another node's PATCH is committed at the exact moment the final PUT
     has read the upload (an engine hook runs it, from a connection and event loop of its
