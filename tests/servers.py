@@ -130,7 +130,9 @@ class BerthServer:
             except Exception:
                 pass
             if time.monotonic() > deadline:
-                raise TimeoutError(f"berth serve not ready: {self.log_tail()}")
+                said = self.log_tail()
+                self._kill_group()  # a server that never came up must not outlive the test
+                raise TimeoutError(f"berth serve not ready: {said}")
             time.sleep(0.05)
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
