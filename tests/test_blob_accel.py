@@ -4,11 +4,12 @@ sends no blob body: it answers with X-Accel-Redirect and counts the bytes as out
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -53,27 +54,12 @@ def nginx_binary() -> str:
     return found
 
 
-@pytest.fixture(scope="module")
-def berth(request: pytest.FixtureRequest) -> Iterator[BerthServer]:
-    env = {
-        "BERTH_BLOB_REDIRECT": "accel",
-        "BERTH_TRAFFIC_FLUSH_INTERVAL": "0.2",
-        "BERTH_MAX_REQUESTS_PER_CLIENT": "0",  # behind a proxy (docs/deployment.md)
-    }
-    with running_server(request, "accel", extra_env=env) as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
-def nginx(berth: BerthServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Nginx]:
-    binary = nginx_binary()
-    directory = tmp_path_factory.mktemp("nginx")
-    blobs = (berth.data_dir / "blobs").resolve()
-    # The deployed snippet as shipped, pointed at this server's blob directory.
-    snippet = SNIPPET.read_text().replace("alias /var/lib/berth/blobs/;", f"alias {blobs}/;")
-    assert f"alias {blobs}/;" in snippet
-    (directory / "berth-accel.conf").write_text(snippet)
-    port = free_port()
+@contextlib.contextmanager
+def running_nginx(
+    directory: Path, server_block: str, ready: Callable[[], bool]
+) -> Iterator[subprocess.Popen[bytes]]:
+    """Debian's nginx in the foreground with its files under `directory`, serving
+    `server_block` (one `server {...}`), until the block ends."""
     temp = "\n".join(
         f"    {kind}_temp_path {directory}/{kind};"
         for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
@@ -89,6 +75,45 @@ events {{}}
 http {{
     access_log {directory}/access.log;
 {temp}
+{server_block}
+}}
+"""
+    )
+    process = subprocess.Popen(
+        [nginx_binary(), "-p", str(directory), "-c", str(directory / "nginx.conf")],
+        stdout=subprocess.DEVNULL,
+        stderr=open(directory / "stderr.log", "wb"),  # noqa: SIM115 - lives with the process
+        start_new_session=True,
+    )
+    try:
+        wait_for(ready, 20, f"nginx ({(directory / 'stderr.log').read_text()})")
+        yield process
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(10)
+
+
+@pytest.fixture(scope="module")
+def berth(request: pytest.FixtureRequest) -> Iterator[BerthServer]:
+    env = {
+        "BERTH_BLOB_REDIRECT": "accel",
+        "BERTH_TRAFFIC_FLUSH_INTERVAL": "0.2",
+        "BERTH_MAX_REQUESTS_PER_CLIENT": "0",  # behind a proxy (docs/deployment.md)
+    }
+    with running_server(request, "accel", extra_env=env) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def nginx(berth: BerthServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Nginx]:
+    directory = tmp_path_factory.mktemp("nginx")
+    blobs = (berth.data_dir / "blobs").resolve()
+    # The deployed snippet as shipped, pointed at this server's blob directory.
+    snippet = SNIPPET.read_text().replace("alias /var/lib/berth/blobs/;", f"alias {blobs}/;")
+    assert f"alias {blobs}/;" in snippet
+    (directory / "berth-accel.conf").write_text(snippet)
+    port = free_port()
+    server_block = f"""
     server {{
         listen 127.0.0.1:{port};
         proxy_http_version 1.1;
@@ -105,22 +130,13 @@ http {{
         }}
         include {directory}/berth-accel.conf;
     }}
-}}
 """
-    )
-    process = subprocess.Popen(
-        [binary, "-p", str(directory), "-c", str(directory / "nginx.conf")],
-        stdout=subprocess.DEVNULL,
-        stderr=open(directory / "stderr.log", "wb"),  # noqa: SIM115 - lives with the process
-        start_new_session=True,
-    )
-    try:
-        wait_for(lambda: httpx.get(f"http://127.0.0.1:{port}/healthz").status_code == 200, 20,
-                 f"nginx ({(directory / 'stderr.log').read_text()})")  # fmt: skip
+    with running_nginx(
+        directory,
+        server_block,
+        lambda: httpx.get(f"http://127.0.0.1:{port}/healthz").status_code == 200,
+    ) as process:
         yield Nginx(port, process, directory)
-    finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        process.wait(10)
 
 
 def test_skopeo_pulls_through_nginx_while_berth_sends_no_blob_bytes(

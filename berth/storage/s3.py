@@ -163,19 +163,23 @@ class S3BlobStore(BlobStore):
                     request_checksum_calculation="when_required",
                     response_checksum_validation="when_required",
                 )
-                client = await self._client_stack.enter_async_context(
-                    get_session().create_client(
-                        "s3",
-                        endpoint_url=location.endpoint,
-                        aws_access_key_id=location.access_key_id,
-                        aws_secret_access_key=location.secret_access_key,
-                        config=config,
-                        # No TLS over plain HTTP, so no CA bundle to load: without this an
-                        # AWS_CA_BUNDLE naming a missing file (set for other clients) fails
-                        # every request even to a loopback endpoint.
-                        verify=False if _plain_http(location.endpoint) else None,
+
+                async def client_for(endpoint: str | None) -> Any:
+                    return await self._client_stack.enter_async_context(
+                        get_session().create_client(
+                            "s3",
+                            endpoint_url=endpoint,
+                            aws_access_key_id=location.access_key_id,
+                            aws_secret_access_key=location.secret_access_key,
+                            config=config,
+                            # No TLS over plain HTTP, so no CA bundle to load: without this an
+                            # AWS_CA_BUNDLE naming a missing file (set for other clients) fails
+                            # every request even to a loopback endpoint.
+                            verify=False if _plain_http(endpoint) else None,
+                        )
                     )
-                )
+
+                client = await client_for(location.endpoint)
                 try:
                     with self._errors():
                         await client.head_bucket(Bucket=location.bucket)
@@ -184,15 +188,7 @@ class S3BlobStore(BlobStore):
                     raise
                 if location.public_endpoint is not None:
                     # Presigns only (no request of its own): see `download_url`.
-                    self._signer = await self._client_stack.enter_async_context(
-                        get_session().create_client(
-                            "s3",
-                            endpoint_url=location.public_endpoint,
-                            aws_access_key_id=location.access_key_id,
-                            aws_secret_access_key=location.secret_access_key,
-                            config=config,
-                        )
-                    )
+                    self._signer = await client_for(location.public_endpoint)
                 self._client = client
         return self._client
 

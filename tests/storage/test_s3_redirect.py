@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import signal
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,9 +20,9 @@ from tests.clients.layouts import OciLayout, umoci_image
 from tests.clients.tools import require_binary, run
 from tests.oci import blob_path, push_bytes
 from tests.s3 import BUCKET, S3TestServer, SeaweedFS
-from tests.servers import BerthServer, free_port, running_server, wait_for
+from tests.servers import BerthServer, free_port, running_server
 from tests.storage.test_s3_registry import sha256
-from tests.test_blob_accel import nginx_binary
+from tests.test_blob_accel import running_nginx
 from tests.usage.conftest import eventually, traffic
 
 pytestmark = pytest.mark.clients
@@ -164,24 +162,9 @@ def test_an_expired_presigned_url_is_refused_by_the_store(object_store: S3TestSe
 def store_proxy(seaweedfs: SeaweedFS, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """Debian's nginx on another loopback address and port, passing every request on to the
     store with its Host header (and path) as the client sent them: the store's public address."""
-    binary = nginx_binary()
     directory = tmp_path_factory.mktemp("store-proxy")
     address = f"127.0.0.2:{free_port()}"
-    temp = "\n".join(
-        f"    {kind}_temp_path {directory}/{kind};"
-        for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
-    )
-    (directory / "nginx.conf").write_text(
-        f"""
-{"user root;" if os.geteuid() == 0 else ""}
-worker_processes 1;
-pid {directory}/nginx.pid;
-error_log {directory}/error.log;
-daemon off;
-events {{}}
-http {{
-    access_log {directory}/access.log;
-{temp}
+    server_block = f"""
     server {{
         listen {address};
         location / {{
@@ -192,23 +175,12 @@ http {{
             proxy_pass {seaweedfs.endpoint};
         }}
     }}
-}}
 """
-    )
-    process = subprocess.Popen(
-        [binary, "-p", str(directory), "-c", str(directory / "nginx.conf")],
-        stdout=subprocess.DEVNULL,
-        stderr=open(directory / "stderr.log", "wb"),  # noqa: SIM115 - lives with the process
-        start_new_session=True,
-    )
-    try:
-        # Any answer from the store through it (an anonymous request is refused: 403).
-        wait_for(lambda: httpx.get(f"http://{address}/").status_code == 403, 20,
-                 f"nginx ({(directory / 'stderr.log').read_text()})")  # fmt: skip
+    # Ready when the store answers through it (an anonymous request is refused: 403).
+    with running_nginx(
+        directory, server_block, lambda: httpx.get(f"http://{address}/").status_code == 403
+    ):
         yield f"http://{address}"
-    finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        process.wait(10)
 
 
 def test_presigned_urls_name_the_public_endpoint_and_work_there(

@@ -30,13 +30,19 @@ pytestmark = pytest.mark.anyio
 MiB = 1024 * 1024
 
 
-@pytest.fixture
-async def db(tmp_path: Path) -> AsyncIterator[Database]:
-    database = Database(f"sqlite+aiosqlite:///{tmp_path / 'berth.db'}")
+async def seeded(url: str) -> Database:
+    """A database with the schema, project 1 and its repository 1."""
+    database = Database(url)
     async with database.write() as conn:
         await conn.run_sync(metadata.create_all)
         await conn.execute(projects.insert().values(id=1, name="proj"))
         await conn.execute(repositories.insert().values(id=1, project_id=1, name="app"))
+    return database
+
+
+@pytest.fixture
+async def db(tmp_path: Path) -> AsyncIterator[Database]:
+    database = await seeded(f"sqlite+aiosqlite:///{tmp_path / 'berth.db'}")
     yield database
     await database.dispose()
 
@@ -171,11 +177,7 @@ async def test_abandoned_uploads_and_unfinished_commits_are_removed(
 
 @pytest.fixture
 async def pg_db(postgres: PostgresCluster | None) -> AsyncIterator[Database]:
-    database = Database(database_url_for("postgres", postgres) or "")
-    async with database.write() as conn:
-        await conn.run_sync(metadata.create_all)
-        await conn.execute(projects.insert().values(id=1, name="proj"))
-        await conn.execute(repositories.insert().values(id=1, project_id=1, name="app"))
+    database = await seeded(database_url_for("postgres", postgres) or "")
     yield database
     await database.dispose()
 
