@@ -212,6 +212,11 @@ def test_ranges_headers_and_the_internal_location(berth: BerthServer, nginx: Ngi
 
         head = through_nginx.head(blob_path(name, digest))  # answered by Berth
         assert head.status_code == 200 and head.headers["content-length"] == str(len(data))
+        held = {"If-None-Match": f'"{digest}"'}
+        for method in ("GET", "HEAD"):  # answered by Berth, no redirect: nothing sent
+            unchanged = through_nginx.request(method, blob_path(name, digest), headers=held)
+            assert unchanged.status_code == 304 and unchanged.content == b""
+            assert unchanged.headers["etag"] == f'"{digest}"'
 
         # Asked for directly, the internal location does not exist.
         direct = through_nginx.get(f"/_berth_blobs/sha256/{hex_digest[:2]}/{hex_digest}")
@@ -229,7 +234,7 @@ def test_ranges_headers_and_the_internal_location(berth: BerthServer, nginx: Ngi
         assert other.status_code == 404 and "x-accel-redirect" not in other.headers
 
     # Two whole downloads (one of them Berth's bare answer) and the two ranges; the HEAD, the
-    # 416 and the unknown blob count nothing.
+    # 304s, the 416 and the unknown blob count nothing.
     expected = before + 2 * len(data) + 1000000 + 7
     counted = eventually(lambda: traffic(berth, "accel", days=1)["total_bytes"],
                          lambda n: n >= expected)  # fmt: skip

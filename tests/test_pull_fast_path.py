@@ -171,6 +171,8 @@ def matrix(world: World) -> list[tuple[str, str, str, dict[str, str]]]:
         {"Range": "bytes=-10"},
         {"Range": "bytes=500-0"},
         {"Range": "bytes=5000-6000"},
+        {"If-None-Match": f'"{world.layer}"'},
+        {"If-None-Match": f'"{world.layer}"', "Range": "bytes=0-99"},
     ]
     requests: list[tuple[str, str, str, dict[str, str]]] = []
     few = ("anonymous", "admin key", "admin token")
@@ -300,6 +302,8 @@ def test_the_fast_path_answers_every_pull_as_the_router_does(
     statuses = Counter(answer.status for answer in fast_answers)
     # The matrix reaches every kind of answer a pull can get.
     assert {200, 206, 304, 401, 403, 404, 400, 416} <= set(statuses), statuses
+    blob_statuses = Counter(answer.status for answer in fast_answers if "/blobs/" in answer.request)
+    assert {200, 206, 304, 416} <= set(blob_statuses), blob_statuses
 
 
 def test_the_fast_path_logs_and_counts_every_pull_as_the_router_does(

@@ -299,6 +299,43 @@ def test_sha512_blob(repo: Repo) -> None:
     assert repo.client.get(repo.url(f"blobs/{digest}")).content == data
 
 
+def test_a_conditional_pull_of_a_blob_held_answers_304_without_a_body(repo: Repo) -> None:
+    """`If-None-Match` naming a blob's ETag (its digest) gets 304 Not Modified and no body,
+    GET and HEAD, with or without a Range, for a blob sent from memory and one sent from its
+    file; any other ETag gets the blob; a blob not in the repository is still 404, and a
+    caller without credentials still 401."""
+    small, large = os.urandom(4096), os.urandom(2 * 1024 * 1024 + 3)
+    for data in (small, large):
+        digest = push_bytes(repo.client, repo.name, data)
+        etag = repo.client.get(repo.url(f"blobs/{digest}")).headers["etag"]
+        assert etag == f'"{digest}"'
+        for method in ("GET", "HEAD"):
+            for held in (etag, f"W/{etag}", f'"sha256:{"0" * 64}", {etag}', digest, "*"):
+                for extra in ({}, {"Range": "bytes=0-99"}):
+                    response = repo.client.request(
+                        method,
+                        repo.url(f"blobs/{digest}"),
+                        headers={"If-None-Match": held, **extra},
+                    )
+                    assert response.status_code == 304, (len(data), method, held, extra)
+                    assert response.content == b""
+                    assert response.headers["etag"] == etag
+                    assert response.headers["docker-content-digest"] == digest
+                    assert "content-length" not in response.headers
+                    assert "content-type" not in response.headers
+        other = {"If-None-Match": f'"sha256:{"0" * 64}"'}
+        response = repo.client.get(repo.url(f"blobs/{digest}"), headers=other)
+        assert response.status_code == 200 and response.content == data
+
+    missing = repo.client.get(repo.url(f"blobs/sha256:{'1' * 64}"), headers={"If-None-Match": "*"})
+    assert missing.status_code == 404 and error_code(missing) == "BLOB_UNKNOWN"
+    anonymous = httpx.get(
+        f"{repo.server.url}{repo.url(f'blobs/{digest_of(small)}')}",
+        headers={"If-None-Match": f'"{digest_of(small)}"'},
+    )
+    assert anonymous.status_code == 401
+
+
 @pytest.mark.parametrize(
     ("path", "code"),
     [

@@ -141,7 +141,7 @@ class MeteredFileResponse(FileResponse):
 
 def etag_matches(if_none_match: list[str], digest: str) -> bool:
     """Whether the If-None-Match header values name the entity tag `"<digest>"` (a manifest's
-    ETag): "*", or any tag of the comma-separated lists, compared weakly as RFC 9110 says for
+    or blob's ETag): "*", or any tag of the comma-separated lists, compared weakly as RFC 9110 says for
     If-None-Match (a W/ prefix is ignored). A bare digest without quotes matches too, as
     Distribution accepts it."""
     for value in if_none_match:
@@ -152,12 +152,26 @@ def etag_matches(if_none_match: list[str], digest: str) -> bool:
     return False
 
 
+class NotModifiedResponse:
+    """304 to a conditional GET or HEAD of a manifest or blob whose If-None-Match names its
+    ETag: the ETag and digest, no body and no content headers. Nothing is sent, so nothing
+    is counted as outbound traffic."""
+
+    def __init__(self, digest: str) -> None:
+        self.headers = [
+            (b"docker-content-digest", digest.encode("latin-1")),
+            (b"etag", f'"{digest}"'.encode("latin-1")),
+        ]
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await send({"type": "http.response.start", "status": 304, "headers": self.headers})
+        await send({"type": "http.response.body", "body": b""})
+
+
 class ManifestResponse:
     """A manifest (a HEAD: its headers and no body), with the headers Starlette's `Response`
     gives it, built straight from the manifest: a pull by tag or digest sends nothing else.
-    With `on_sent`, the body is counted once it is sent. `not_modified`: 304 to a conditional
-    GET or HEAD whose If-None-Match names the manifest's ETag, with the ETag and digest but
-    no body and no content headers."""
+    With `on_sent`, the body is counted once it is sent."""
 
     def __init__(
         self,
@@ -166,19 +180,10 @@ class ManifestResponse:
         content: bytes,
         *,
         head: bool = False,
-        not_modified: bool = False,
         on_sent: OnSent | None = None,
     ) -> None:
-        self.body = b"" if head or not_modified else content
+        self.body = b"" if head else content
         self.on_sent = on_sent
-        if not_modified:
-            self.status = 304
-            self.headers = [
-                (b"docker-content-digest", digest.encode("latin-1")),
-                (b"etag", f'"{digest}"'.encode("latin-1")),
-            ]
-            return
-        self.status = 200
         if media_type.startswith("text/") and "charset=" not in media_type.lower():
             media_type += "; charset=utf-8"  # as Starlette would (no manifest type is text/)
         self.headers = [
@@ -189,7 +194,7 @@ class ManifestResponse:
         ]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await send({"type": "http.response.start", "status": self.status, "headers": self.headers})
+        await send({"type": "http.response.start", "status": 200, "headers": self.headers})
         await send({"type": "http.response.body", "body": self.body})
         if self.on_sent is not None:
             self.on_sent(len(self.body))

@@ -44,6 +44,7 @@ from berth.registry.responses import (
     BlobStreamResponse,
     ManifestResponse,
     MeteredFileResponse,
+    NotModifiedResponse,
     OnSent,
     etag_matches,
 )
@@ -185,10 +186,22 @@ def _traffic(services: Services, repo: RepositoryRef) -> OnSent | None:
     return partial(meter.count, repo.project_id, repo.id) if meter.enabled else None
 
 
-async def get_blob(request: Request) -> Response | BlobFileResponse | BlobStreamResponse:
+def _held(request: Request, digest: str) -> bool:
+    """Whether the request's If-None-Match names the digest's ETag: the client holds it."""
+    if_none_match = request.headers.getlist("if-none-match")
+    return bool(if_none_match) and etag_matches(if_none_match, digest)
+
+
+async def get_blob(
+    request: Request,
+) -> Response | BlobFileResponse | BlobStreamResponse | NotModifiedResponse:
     services, _name, repo = await _target(request, NEEDS_PULL)
     digest = request.path_params["digest"]
     size = await services.registry.blob_size(repo, digest)
+    if _held(request, digest):
+        # Content-addressed, so never modified: answered before any Range or redirect (as
+        # RFC 9110 orders the preconditions), nothing read, nothing counted as sent.
+        return NotModifiedResponse(digest)
     if services.settings.blob_redirect != "off" and request.method == "GET":
         return await _redirected_blob(request, services, repo, digest, size)
     path = services.registry.blob_path(digest)
@@ -415,7 +428,7 @@ async def cancel_upload(request: Request) -> Response:
 # ---------------------------------------------------------------- manifests
 
 
-async def get_manifest(request: Request) -> ManifestResponse:
+async def get_manifest(request: Request) -> ManifestResponse | NotModifiedResponse:
     services, _name, repo = await _target(request, NEEDS_PULL)
     reference = request.path_params["reference"]
     manifest = await services.registry.get_manifest(repo, _name.image, reference)
@@ -428,10 +441,9 @@ async def get_manifest(request: Request) -> ManifestResponse:
             {"mediaType": manifest.media_type},
         )
     digest, media_type, content = manifest.digest, manifest.media_type, manifest.content
-    if_none_match = request.headers.getlist("if-none-match")
-    if if_none_match and etag_matches(if_none_match, digest):
+    if _held(request, digest):
         # The client holds this manifest: nothing sent, so no pull and no traffic counted.
-        return ManifestResponse(digest, media_type, content, not_modified=True)
+        return NotModifiedResponse(digest)
     if request.method == "HEAD":
         return ManifestResponse(digest, media_type, content, head=True)
     if services.pulls.enabled:

@@ -92,6 +92,9 @@ def test_counted_bytes_equal_received_bytes(metered: BerthServer) -> None:
     assert client.head(f"/v2/{name}/manifests/v1", headers=accept).status_code == 200
     held = {**accept, "If-None-Match": f'"{manifest.digest}"'}
     assert client.get(f"/v2/{name}/manifests/v1", headers=held).status_code == 304
+    for layer in (big, small):
+        held = {"If-None-Match": f'"{layer.digest}"'}
+        assert client.get(blob + layer.digest, headers=held).status_code == 304
     assert client.get(blob + "sha256:" + "0" * 64).status_code == 404
     assert client.get(blob + big.digest, headers={"Range": "bytes=10-5"}).status_code == 416
     assert httpx.get(f"{metered.url}{blob}{big.digest}").status_code == 401
