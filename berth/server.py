@@ -312,7 +312,8 @@ def serve(settings: Settings, flags: Collection[str] = ()) -> None:
         "uvloop",
         # granian's runtime options (runtime threads and mode, task implementation, HTTP/1
         # buffer size, backpressure below max_connections) stay at their defaults: measured
-        # against them, none sent blob files faster, none took the CPU per manifest or 4 KiB
+        # against them, none sent blob files faster (pathsend reads 128 KiB pieces whatever
+        # the options; each cost more CPU per pull), none took the CPU per manifest or 4 KiB
         # blob request below the spread of the defaults against themselves on a loaded
         # machine (`--task-impl rust` came closest: 4 KiB blob GETs at 0.86-0.87), and
         # Python bodies of larger reads did not beat pathsend (bench/findings.md). More than
