@@ -95,6 +95,28 @@ def test_a_truncated_large_blob_is_never_served(repo: Repo) -> None:
     assert not path.exists()
 
 
+def test_a_conditional_pull_of_a_blob_storage_lost_is_not_304(repo: Repo) -> None:
+    """A client holding a blob is told 304 only while storage holds it too: once the file is
+    gone (or cut short), If-None-Match gets BLOB_UNKNOWN, as a HEAD does, so the client does
+    not take the registry to hold it still."""
+    held, truncated = os.urandom(2 * MIB), os.urandom(2 * MIB)
+    for data in (held, truncated):
+        digest = push_bytes(repo.client, repo.name, data)
+        etag = {"If-None-Match": f'"{digest}"'}
+        assert repo.client.get(repo.url(f"blobs/{digest}"), headers=etag).status_code == 304
+        if data is held:
+            blob_file(repo.server, digest).unlink()
+        else:
+            blob_file(repo.server, digest).write_bytes(data[:MIB])
+        for method in ("GET", "HEAD"):
+            response = repo.client.request(method, repo.url(f"blobs/{digest}"), headers=etag)
+            assert response.status_code == 404, (method, response.status_code)
+        response = repo.client.get(repo.url(f"blobs/{digest}"), headers=etag)
+        assert error_code(response) == "BLOB_UNKNOWN"
+        push_bytes(repo.client, repo.name, data)  # repaired: held again (and the store clean)
+        assert repo.client.get(repo.url(f"blobs/{digest}"), headers=etag).status_code == 304
+
+
 def test_storage_check_sets_damaged_blobs_aside_until_pushed_again(server: BerthServer) -> None:
     repo = new_repo(server)
     body = random_image(repo.client, repo.name)

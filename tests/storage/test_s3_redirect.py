@@ -127,6 +127,12 @@ def test_a_blob_get_redirects_to_a_url_the_store_serves_and_guards(
         missing = client.get(blob_path(name, lost))
         assert missing.status_code == 404
         assert missing.json()["errors"][0]["code"] == "BLOB_UNKNOWN"
+        # Nor is a client holding it told 304.
+        held = client.get(blob_path(name, lost), headers={"If-None-Match": f'"{lost}"'})
+        assert held.status_code == 404
+        # One that storage holds is: 304, no redirect, nothing counted.
+        unchanged = client.get(blob_path(name, digest), headers={"If-None-Match": f'"{digest}"'})
+        assert unchanged.status_code == 304 and "location" not in unchanged.headers
 
     # Counted when redirected: the whole blob (though that redirect was followed only later,
     # straight to the store), and the range; the 416, the HEAD and the lost blob count nothing.
