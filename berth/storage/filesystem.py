@@ -30,60 +30,30 @@ LOCAL_PATHS_KEPT = 10_000  # blob file paths remembered (a path of a digest neve
 # (_unshare), `{id}.lock` is what requests on the upload take turns holding (upload_exclusive).
 _COMMIT, _COPY, _LOCK = ".commit", ".copy", ".lock"
 LOCK_POLL_SECONDS = 0.02
-# While an upload streams in, its file is synced in the background every this many bytes
-# written, so the fsync before the commit waits only for the tail, not the whole blob.
-WRITEBACK_EVERY = 32 * 1024 * 1024
 
 
 class _FileUploadWriter(UploadWriter):
     """Writes in worker threads. A write its caller gave up on (the client went away
     mid-PATCH) goes on in its thread, since a thread cannot be stopped: `close` waits for it,
     even when cancelled, so that the upload is handed to the next request (a retry of the
-    same chunk) only once no byte of this one can land in the scratch file any more.
-
-    Every WRITEBACK_EVERY bytes a thread of its own fdatasyncs the file while writes go on:
-    the disk writes the upload as it arrives instead of all at the commit's fsync (which
-    stays: it makes the whole file durable). `close` waits for that sync and raises its
-    error: once a sync has reported a write error, a later fsync may not report it again."""
+    same chunk) only once no byte of this one can land in the scratch file any more."""
 
     def __init__(self, fd: int) -> None:
         self._fd = fd
         self._busy = threading.Lock()  # held by the thread writing, and by the one closing
         self._closed = False
-        self._unsynced = 0  # bytes written since the last background sync started
-        self._syncing: threading.Thread | None = None
-        self._sync_error: OSError | None = None
 
     def _write(self, data: bytes) -> None:
         with self._busy:
             if self._closed:  # a write that only started once its writer was closed
                 raise ValueError("write to a closed upload writer")
-            if self._sync_error is not None:
-                raise self._sync_error
             _write_all(self._fd, data)
-            self._unsynced += len(data)
-            if self._unsynced >= WRITEBACK_EVERY and not (
-                self._syncing is not None and self._syncing.is_alive()
-            ):
-                self._unsynced = 0
-                self._syncing = threading.Thread(target=self._sync, daemon=True)
-                self._syncing.start()
-
-    def _sync(self) -> None:
-        try:
-            os.fdatasync(self._fd)  # the descriptor stays open until `_close` joins this
-        except OSError as exc:
-            self._sync_error = exc
 
     def _close(self) -> None:
         with self._busy:
             if not self._closed:
                 self._closed = True
-                if self._syncing is not None:
-                    self._syncing.join()
                 os.close(self._fd)
-                if self._sync_error is not None:
-                    raise self._sync_error
 
     async def write(self, data: bytes) -> None:
         await asyncio.to_thread(self._write, data)
