@@ -15,12 +15,14 @@ from typing import Any
 import pytest
 from sqlalchemy import event, select, update
 
+from berth.config import Settings
 from berth.domain.errors import RangeNotSatisfiable, Unavailable
 from berth.domain.references import RepositoryRef
 from berth.metadata.database import Database
 from berth.metadata.tables import metadata, projects, repositories, upload_pieces, uploads
 from berth.services.storage_check import StorageCheck
 from berth.services.uploads import Upload, Uploads
+from berth.state import Services
 from berth.storage.s3 import S3BlobStore
 from tests.s3 import BUCKET, S3TestServer
 from tests.servers import PostgresCluster, database_url_for, in_own_thread
@@ -232,14 +234,15 @@ async def test_the_final_put_commits_the_offset_and_pieces_of_one_moment(
 
 
 async def test_a_row_locked_by_a_stuck_node_is_a_503_after_the_lock_wait_not_a_hang(
-    pg_db: Database, store: S3BlobStore
+    pg_db: Database, store: S3BlobStore, tmp_path: Path
 ) -> None:
     """Another connection (a node hung mid-transaction) holds the upload's row: a PATCH waits
-    for it only `lock_wait_seconds`, then is told UNAVAILABLE with Retry-After; once the
-    row is free, the same chunk goes on from the same offset."""
-    node_db = Database(pg_db.url, lock_wait_seconds=1)
+    for it only `database_lock_timeout` (1 s here, 15 s unset), then is told UNAVAILABLE with
+    Retry-After; once the row is free, the same chunk goes on from the same offset."""
+    settings = Settings(data_dir=tmp_path / "node", database_url=pg_db.url, database_lock_timeout=1)
+    services = Services.build(settings)  # as a node builds its database from its settings
     try:
-        node = Uploads(node_db, store)
+        node = Uploads(services.db, store)
         upload = await node.start(REPO, "app")
         chunk = os.urandom(1000)
         async with pg_db.write() as stuck:
@@ -259,4 +262,4 @@ async def test_a_row_locked_by_a_stuck_node_is_a_503_after_the_lock_wait_not_a_h
         moved = await node.append(await node.get(REPO, "app", upload.id), body(chunk), None)
         assert moved.offset == len(chunk)
     finally:
-        await node_db.dispose()
+        await services.close()
