@@ -13,18 +13,27 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import event, select, update
+from sqlalchemy import delete, event, select, update
 
 from berth.config import Settings
 from berth.domain.errors import RangeNotSatisfiable, Unavailable
 from berth.domain.references import RepositoryRef
 from berth.metadata.database import Database
-from berth.metadata.tables import metadata, projects, repositories, upload_pieces, uploads
+from berth.metadata.tables import (
+    blob_removals,
+    metadata,
+    projects,
+    repositories,
+    repository_blobs,
+    upload_pieces,
+    uploads,
+)
+from berth.services.gc import GarbageCollector
 from berth.services.storage_check import StorageCheck
 from berth.services.uploads import Upload, Uploads
 from berth.state import Services
 from berth.storage.s3 import S3BlobStore
-from tests.s3 import BUCKET, S3TestServer
+from tests.s3 import BUCKET, FaultyProxy, S3TestServer
 from tests.servers import PostgresCluster, database_url_for, in_own_thread
 from tests.unit.storage.contract import digest_of, read_all
 
@@ -263,3 +272,73 @@ async def test_a_row_locked_by_a_stuck_node_is_a_503_after_the_lock_wait_not_a_h
         assert moved.offset == len(chunk)
     finally:
         await services.close()
+
+
+# ------------------------------------------------------------ garbage collection, store slow
+
+OTHER_REPO = RepositoryRef(2, 1, "proj", "other", False, True)
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+async def any_db(
+    request: pytest.FixtureRequest, tmp_path: Path, postgres: PostgresCluster | None
+) -> AsyncIterator[Database]:
+    url = database_url_for(request.param, postgres) or f"sqlite+aiosqlite:///{tmp_path / 'b.db'}"
+    database = await seeded(url)
+    async with database.write() as conn:
+        await conn.execute(repositories.insert().values(id=2, project_id=1, name="other"))
+    yield database
+    await database.dispose()
+
+
+async def push(node: Uploads, repo: RepositoryRef, data: bytes) -> str:
+    upload = await node.start(repo, repo.name)
+    return await node.complete(repo, upload, digest_of(data), body(data), None)
+
+
+async def test_collection_waiting_on_a_slow_store_holds_up_no_push(
+    any_db: Database, store: S3BlobStore, object_store: S3TestServer
+) -> None:
+    """Garbage collection removes an unlinked blob while the store holds its requests (a slow
+    store). It holds no database lock meanwhile: a push of another blob, to another
+    repository, completes at once; a push of the very blob being removed, on another node
+    whose lock wait is 1 s, waits for the removal to end rather than for a lock (which would
+    refuse it after that second), then stores the blob again: linked and whole."""
+    pusher = Uploads(any_db, store)
+    doomed_data = os.urandom(3000)
+    doomed = await push(pusher, REPO, doomed_data)
+    async with any_db.write() as conn:  # unlinked, as a blob DELETE leaves it
+        await conn.execute(delete(repository_blobs).where(repository_blobs.c.digest == doomed))
+    node_db = Database(any_db.url, lock_wait_seconds=None if any_db.is_sqlite else 1)
+    async with FaultyProxy(object_store.s3_port) as proxy:
+        gc_store = S3BlobStore(
+            object_store.location(prefix=store.location.prefix, endpoint=proxy.endpoint)
+        )
+        try:
+            collector = GarbageCollector(any_db, gc_store, grace_period=0)
+            proxy.hold()
+            run = asyncio.create_task(collector.run("proj", actor="test"))
+            await asyncio.wait_for(proxy.holding.wait(), 30)  # the removal waits on the store
+            other_data = os.urandom(2000)
+            other = await asyncio.wait_for(push(pusher, OTHER_REPO, other_data), 10)
+            again = asyncio.create_task(push(Uploads(node_db, store), OTHER_REPO, doomed_data))
+            await asyncio.sleep(3)
+            assert not again.done(), "the push did not wait for the removal"
+            assert not run.done()
+            proxy.release()
+            assert await asyncio.wait_for(again, 30) == doomed
+            finished = await asyncio.wait_for(run, 30)
+        finally:
+            proxy.release()
+            await gc_store.close()
+            await node_db.dispose()
+    assert finished.state == "succeeded" and finished.storage_blobs_deleted == 1
+    assert await read_all(store, doomed) == doomed_data  # stored again after the removal
+    assert await read_all(store, other) == other_data
+    async with any_db.read() as conn:
+        links = (
+            await conn.execute(select(repository_blobs.c.repository_id, repository_blobs.c.digest))
+        ).all()
+        notes = (await conn.execute(select(blob_removals))).all()
+    assert sorted(links) == sorted([(2, doomed), (2, other)])
+    assert notes == []
