@@ -409,19 +409,26 @@ class Uploads:
         stored it) is not the same row: the push goes round again."""
         deadline = time.monotonic() + REMOVAL_WAIT_SECONDS
         while True:
-            token = await self._hold_blob_row(digest, upload.offset, deadline)
-            await self.store.commit_upload(upload.id, digest, pieces)
+            token, made = await self._hold_blob_row(digest, upload.offset, deadline)
+            try:
+                await self.store.commit_upload(upload.id, digest, pieces)
+            except BaseException:
+                if made:  # a row of a blob that is not stored: not for the storage check
+                    await self._forget_row(digest, token)
+                raise
             if await self._record(repo, upload, digest, token):
                 return
             logger.info("blob %s was collected while it was stored: storing it again", digest)
 
-    async def _hold_blob_row(self, digest: str, size: int, deadline: float) -> str | None:
-        """The token of the blob's row, made if there is none, once no removal of its object
-        from the store is under way (None: a row from before tokens)."""
+    async def _hold_blob_row(
+        self, digest: str, size: int, deadline: float
+    ) -> tuple[str | None, bool]:
+        """The token of the blob's row (None: a row from before tokens) and whether this made
+        the row, once no removal of its object from the store is under way."""
         while True:
             try:
                 async with self.db.write() as conn:
-                    await conn.execute(
+                    made = await conn.execute(
                         self.db.insert_ignore(blobs).values(
                             digest=digest, size=size, created_at=utcnow(), token=uuid.uuid4().hex
                         )
@@ -432,7 +439,7 @@ class Uploads:
                     token: str | None = (
                         await conn.execute(select(blobs.c.token).where(blobs.c.digest == digest))
                     ).scalar_one()
-                    return token
+                    return token, made.rowcount == 1
             except _BeingRemoved:
                 if time.monotonic() >= deadline:
                     raise Unavailable(
@@ -441,6 +448,21 @@ class Uploads:
                         RETRY_AFTER_SECONDS,
                     ) from None
                 await asyncio.sleep(REMOVAL_POLL_SECONDS)
+
+    async def _forget_row(self, digest: str, token: str | None) -> None:
+        """Delete the row this push made for a blob it could not store, unless linked by now
+        (best effort: else garbage collection's, as an unlinked blob)."""
+        with contextlib.suppress(Exception):
+            async with self.db.write() as conn:
+                await conn.execute(
+                    delete(blobs).where(
+                        blobs.c.digest == digest,
+                        blobs.c.token == token,
+                        ~select(repository_blobs.c.digest)
+                        .where(repository_blobs.c.digest == digest)
+                        .exists(),
+                    )
+                )
 
     async def _end_of_removal(self, conn: AsyncConnection, digest: str) -> None:
         """Raise `_BeingRemoved` while a running GC run removes the blob's object; the note

@@ -21,6 +21,7 @@ from berth.domain.references import RepositoryRef
 from berth.metadata.database import Database
 from berth.metadata.tables import (
     blob_removals,
+    blobs,
     metadata,
     projects,
     repositories,
@@ -33,6 +34,8 @@ from berth.services.storage_check import StorageCheck
 from berth.services.uploads import Upload, Uploads
 from berth.state import Services
 from berth.storage.s3 import S3BlobStore
+from berth.storage.s3_pieces import PIECE_BYTES
+from tests.ports import free_port
 from tests.s3 import BUCKET, FaultyProxy, S3TestServer
 from tests.servers import PostgresCluster, database_url_for, in_own_thread
 from tests.unit.storage.contract import digest_of, read_all
@@ -150,6 +153,58 @@ async def test_of_two_patches_from_one_offset_one_wins_and_the_other_is_told_whe
     assert "another request moved the upload" in str(refused.value)
     digest = await second.complete(REPO, upload, digest_of(chunk), None, None)
     assert await read_all(store, digest) == chunk
+
+
+async def test_a_patch_that_loses_the_race_for_the_offset_leaves_no_piece_in_the_bucket(
+    db: Database, store: S3BlobStore, object_store: S3TestServer
+) -> None:
+    """The PATCH that loses the race had stored pieces of its own (a whole piece while its
+    body came, the rest at its end): both are gone before it answers 416, so the bucket
+    holds the winner's recorded piece alone, and after the final PUT nothing."""
+    winner, loser = Uploads(db, store), Uploads(db, store)
+    upload = await winner.start(REPO, "app")
+    chunk, late = os.urandom(MiB), os.urandom(PIECE_BYTES + MiB)
+    offset_read, won = asyncio.Event(), asyncio.Event()
+
+    async def late_body() -> AsyncIterator[bytes]:
+        offset_read.set()
+        await won.wait()
+        async for piece in body(late):
+            yield piece
+
+    losing = asyncio.ensure_future(loser.append(upload, late_body(), None))
+    await offset_read.wait()
+    upload = await winner.append(upload, body(chunk), None)
+    won.set()
+    with pytest.raises(RangeNotSatisfiable):
+        await losing
+    prefix = f"{store.location.prefix}/uploads/{upload.id}/"
+    async with db.read() as conn:
+        recorded = list((await conn.execute(select(upload_pieces.c.name))).scalars())
+    assert len(recorded) == 1
+    assert [key[len(prefix) :] for key in keys_under(object_store, prefix)] == recorded
+    digest = await winner.complete(REPO, upload, digest_of(chunk), None, None)
+    assert await read_all(store, digest) == chunk
+    assert keys_under(object_store, prefix) == []
+
+
+async def test_a_blob_the_store_could_not_take_leaves_no_row(
+    db: Database, store: S3BlobStore, object_store: S3TestServer
+) -> None:
+    """The store unreachable as the final PUT stores the blob: the client is told UNAVAILABLE,
+    and no row names a blob that is not stored (the storage check would call it missing)."""
+    data = os.urandom(1000)
+    node = Uploads(db, store)
+    upload = await node.append(await node.start(REPO, "app"), body(data), None)
+    gone = f"http://127.0.0.1:{free_port()}"
+    cut_off = S3BlobStore(object_store.location(store.location.prefix, endpoint=gone, attempts=1))
+    try:
+        with pytest.raises(Unavailable):
+            await Uploads(db, cut_off).complete(REPO, upload, digest_of(data), None, None)
+    finally:
+        await cut_off.close()
+    async with db.read() as conn:
+        assert (await conn.execute(select(blobs.c.digest))).all() == []
 
 
 async def test_abandoned_uploads_and_unfinished_commits_are_removed(
