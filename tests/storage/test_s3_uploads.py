@@ -397,3 +397,37 @@ async def test_collection_waiting_on_a_slow_store_holds_up_no_push(
         notes = (await conn.execute(select(blob_removals))).all()
     assert sorted(links) == sorted([(2, doomed), (2, other)])
     assert notes == []
+
+
+async def test_what_a_failed_run_left_to_remove_holds_up_no_push_and_the_next_run_removes_it(
+    any_db: Database, store: S3BlobStore, object_store: S3TestServer
+) -> None:
+    """A run that deleted two blobs' rows and then could not reach the store fails with their
+    objects noted as still to remove. Nobody removes them now: a push of one of them goes on
+    at once (and keeps its object); the project's next run removes the other one's."""
+    pusher = Uploads(any_db, store)
+    kept_data, removed_data = os.urandom(1000), os.urandom(1001)
+    kept, removed = await push(pusher, REPO, kept_data), await push(pusher, REPO, removed_data)
+    async with any_db.write() as conn:
+        await conn.execute(delete(repository_blobs))
+    gone = f"http://127.0.0.1:{free_port()}"
+    cut_off = S3BlobStore(object_store.location(store.location.prefix, endpoint=gone, attempts=1))
+    try:
+        failed = await GarbageCollector(any_db, cut_off, grace_period=0).run("proj", actor="t")
+    finally:
+        await cut_off.close()
+    assert failed.state == "failed"
+    async with any_db.read() as conn:
+        assert sorted((await conn.execute(select(blob_removals.c.digest))).scalars()) == sorted(
+            [kept, removed]
+        )
+    started = time.monotonic()
+    assert await push(pusher, OTHER_REPO, kept_data) == kept
+    assert time.monotonic() - started < 5
+    # (A grace period that keeps the blob just pushed, not in any image yet.)
+    finished = await GarbageCollector(any_db, store, grace_period=3600).run("proj", actor="t")
+    assert finished.state == "succeeded"
+    assert await read_all(store, kept) == kept_data
+    assert await store.stat(removed) is None
+    async with any_db.read() as conn:
+        assert (await conn.execute(select(blob_removals))).all() == []
