@@ -435,10 +435,27 @@ class Uploads:
                     )
                     # Read after the insert, which waited for a run deleting the row: its
                     # removal note, committed with that delete, is seen here.
-                    await self._end_of_removal(conn, digest)
-                    token: str | None = (
-                        await conn.execute(select(blobs.c.token).where(blobs.c.digest == digest))
-                    ).scalar_one()
+                    held = (
+                        await conn.execute(
+                            select(
+                                blobs.c.token,
+                                blob_removals.c.digest.label("noted"),
+                                blob_removals.c.run_id,
+                                gc_runs.c.state,
+                            )
+                            .select_from(
+                                blobs.outerjoin(
+                                    blob_removals, blob_removals.c.digest == blobs.c.digest
+                                ).outerjoin(gc_runs, gc_runs.c.id == blob_removals.c.run_id)
+                            )
+                            .where(blobs.c.digest == digest)
+                        )
+                    ).first()
+                    if held is None:  # deleted by a run since the insert found it there
+                        raise _BeingRemoved()
+                    if held.noted is not None:
+                        await self._void_removal(conn, digest, held.run_id, held.state)
+                    token: str | None = held.token
                     return token, made.rowcount == 1
             except _BeingRemoved:
                 if time.monotonic() >= deadline:
@@ -464,26 +481,17 @@ class Uploads:
                     )
                 )
 
-    async def _end_of_removal(self, conn: AsyncConnection, digest: str) -> None:
+    async def _void_removal(
+        self, conn: AsyncConnection, digest: str, run_id: int | None, state: str | None
+    ) -> None:
         """Raise `_BeingRemoved` while a running GC run removes the blob's object; the note
         of a run that ended without removing it (it failed) is void, and goes."""
-        removal = (
-            await conn.execute(
-                select(blob_removals.c.run_id, gc_runs.c.state)
-                .select_from(
-                    blob_removals.outerjoin(gc_runs, gc_runs.c.id == blob_removals.c.run_id)
-                )
-                .where(blob_removals.c.digest == digest)
-            )
-        ).first()
-        if removal is None:
-            return
-        if removal.state == RUNNING:
+        if state == RUNNING:
             raise _BeingRemoved()
         # Only if still that run's: a new run of the project takes over a failed run's notes.
         voided = await conn.execute(
             delete(blob_removals).where(
-                blob_removals.c.digest == digest, blob_removals.c.run_id == removal.run_id
+                blob_removals.c.digest == digest, blob_removals.c.run_id == run_id
             )
         )
         if voided.rowcount != 1:
