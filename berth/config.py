@@ -32,6 +32,14 @@ class Settings(BaseSettings):
     database_url: str | None = Field(
         None, description="SQLAlchemy URL; default sqlite+aiosqlite:///{data_dir}/berth.db"
     )
+    # Declared after database_url: its check reads which database that is.
+    database_lock_timeout: float | None = Field(
+        None,
+        gt=0,
+        description="PostgreSQL only: seconds a statement waits for a row another transaction "
+        "holds locked (its lock_timeout) before the request is answered 503 with Retry-After; "
+        "unset: 15. Refused with SQLite, whose writers wait 5 s for another process's write lock",
+    )
     workers: int = Field(1, ge=1, description="server worker processes")
     admin_password: str | None = Field(
         None,
@@ -259,6 +267,19 @@ class Settings(BaseSettings):
             raise ValueError("must be HOST:PORT with a port from 1 to 65535, e.g. 127.0.0.1:5000")
         if host.startswith("[") != host.endswith("]"):
             raise ValueError("needs brackets around an IPv6 address, e.g. [::1]:5000")
+        return value
+
+    @field_validator("database_lock_timeout")
+    @classmethod
+    def _lock_timeout_for_postgresql(
+        cls, value: float | None, info: ValidationInfo
+    ) -> float | None:
+        url = info.data.get("database_url")
+        if value is not None and (not url or url.startswith("sqlite")):
+            raise ValueError(
+                "applies to PostgreSQL only (set database_url to a postgresql+asyncpg:// URL); "
+                "SQLite has no row locks, its writers wait 5 s for another process's write lock"
+            )
         return value
 
     @field_validator("s3_bucket")

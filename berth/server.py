@@ -238,7 +238,7 @@ def check_keys(settings: Settings) -> None:
     keyring = Keyring(settings.signing_key_file, settings.secret_key_file)
 
     async def recorded() -> str:
-        db = Database(settings.resolved_database_url)
+        db = Database(settings.resolved_database_url, settings.database_lock_timeout)
         try:
             return await recorded_key_fingerprint(db, keyring.fingerprint)
         finally:

@@ -67,7 +67,7 @@ class Services:
 
     @classmethod
     def build(cls, settings: Settings) -> Services:
-        db = Database(settings.resolved_database_url)
+        db = Database(settings.resolved_database_url, settings.database_lock_timeout)
         store = blob_store(settings)
         keyring = Keyring(settings.signing_key_file, settings.secret_key_file)
         usage = Usage(

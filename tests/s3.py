@@ -7,6 +7,7 @@ then `location(prefix)` for an S3Location private to one test within the shared 
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -225,3 +226,86 @@ def stored_keys(environ: dict[str, str], area: str) -> list[str]:
     for page in pages:
         keys += [entry["Key"] for entry in page.get("Contents", [])]
     return keys
+
+
+class FaultyProxy:
+    """A loopback TCP proxy in front of the S3 server that fails its first connections, as
+    a busy or flaky store does: `slow_down` of them answered 503 SlowDown, then `drop` of
+    them closed without an answer; every later connection is passed through unchanged (the
+    requests' signatures name the proxy's address, so the server accepts them). While held
+    (`hold`, until `release`), what clients send waits in the proxy: a store too slow to
+    answer; `holding` is set once a request waits."""
+
+    def __init__(self, target_port: int, slow_down: int = 0, drop: int = 0) -> None:
+        self.target_port = target_port
+        self.slow_down, self.drop = slow_down, drop
+        self.failed = 0
+        self.server: asyncio.Server | None = None
+        self._open = asyncio.Event()
+        self._open.set()
+        self.holding = asyncio.Event()
+
+    def hold(self) -> None:
+        self._open.clear()
+
+    def release(self) -> None:
+        self._open.set()
+
+    async def __aenter__(self) -> FaultyProxy:
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self.server is not None
+        self.server.close()
+
+    @property
+    def endpoint(self) -> str:
+        assert self.server is not None
+        return f"http://127.0.0.1:{self.server.sockets[0].getsockname()[1]}"
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            if self.slow_down:
+                self.slow_down -= 1
+                self.failed += 1
+                await reader.readuntil(b"\r\n\r\n")
+                body = b"<Error><Code>SlowDown</Code><Message>Reduce your rate</Message></Error>"
+                writer.write(
+                    b"HTTP/1.1 503 Slow Down\r\nContent-Type: application/xml\r\n"
+                    b"Content-Length: %d\r\nConnection: close\r\n\r\n%s" % (len(body), body)
+                )
+                await writer.drain()
+                return
+            if self.drop:
+                self.drop -= 1
+                self.failed += 1
+                return
+            upstream_reader, upstream_writer = await asyncio.open_connection(
+                "127.0.0.1", self.target_port
+            )
+            await asyncio.gather(
+                _pipe(reader, upstream_writer, self._open, self.holding),
+                _pipe(upstream_reader, writer),
+            )
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            writer.close()
+
+
+async def _pipe(
+    reader: asyncio.StreamReader,
+    writer: asyncio.StreamWriter,
+    open_: asyncio.Event | None = None,
+    holding: asyncio.Event | None = None,
+) -> None:
+    try:
+        while data := await reader.read(65536):
+            if open_ is not None and holding is not None and not open_.is_set():
+                holding.set()
+                await open_.wait()
+            writer.write(data)
+            await writer.drain()
+    finally:
+        writer.close()

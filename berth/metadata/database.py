@@ -135,7 +135,11 @@ def _write_condition(exc: DBAPIError) -> Exception | None:
 
 
 class Database:
-    def __init__(self, url: str, lock_wait_seconds: float = LOCK_WAIT_SECONDS) -> None:
+    def __init__(self, url: str, lock_wait_seconds: float | None = None) -> None:
+        """`lock_wait_seconds`: PostgreSQL's row lock wait (`database_lock_timeout`); None:
+        `LOCK_WAIT_SECONDS`."""
+        if lock_wait_seconds is None:
+            lock_wait_seconds = LOCK_WAIT_SECONDS
         self.url = url
         self.is_sqlite = url.startswith("sqlite")
         self._point_reader: _SqlitePointReader | None = None

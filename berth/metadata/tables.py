@@ -87,6 +87,10 @@ blobs = Table(
     Column("digest", DIGEST, primary_key=True),
     Column("size", BigInteger, nullable=False),
     Column("created_at", UTCDateTime, nullable=False, default=utcnow),
+    # Made anew with each row (NULL on rows older than it): a push that stored the blob's
+    # object links it only if the row it held before storing is still the same row, not one
+    # garbage collection deleted, with its object, meanwhile (`services/uploads.py`).
+    Column("token", String(32)),
 )
 
 # Which repositories may serve a blob: uploads, mounts and manifest pushes link it.
@@ -353,6 +357,16 @@ gc_sweep = Table(
     Column("kind", String(8), primary_key=True),
     Column("name", DIGEST, primary_key=True),
     Column("size", BigInteger, nullable=False, default=0),
+)
+
+# Blobs whose rows a GC run deleted and whose objects it is removing from the store: a push of
+# one waits for its removal to end before storing it again (`services/uploads.py`). A run's
+# rows go once its objects are gone; those of a run that ended without (it failed) are void.
+blob_removals = Table(
+    "blob_removals",
+    metadata,
+    Column("digest", DIGEST, primary_key=True),
+    Column("run_id", ForeignKey("gc_runs.id", ondelete="SET NULL"), index=True),
 )
 
 # ---------------------------------------------------------------- retention

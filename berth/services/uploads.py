@@ -16,10 +16,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime as dt
 import errno
 import hashlib
+import logging
 import re
+import time
 import uuid
 import weakref
 from collections.abc import AsyncIterator
@@ -28,6 +29,7 @@ from typing import Any
 
 from cachetools import LRUCache
 from sqlalchemy import delete, func, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from berth.domain.digests import parse_digest
 from berth.domain.errors import (
@@ -40,12 +42,27 @@ from berth.domain.errors import (
 )
 from berth.domain.hash_state import resumable_sha256
 from berth.domain.references import RepositoryRef
-from berth.metadata.database import Database
-from berth.metadata.tables import blobs, repository_blobs, upload_pieces, uploads, utcnow
+from berth.metadata.database import RETRY_AFTER_SECONDS, Database
+from berth.metadata.tables import (
+    blob_removals,
+    blobs,
+    gc_runs,
+    repository_blobs,
+    upload_pieces,
+    uploads,
+    utcnow,
+)
 from berth.services.gc.restrictions import refuse_if_restricted
+from berth.services.gc.runs import RUNNING
 from berth.storage.base import BlobStore, UploadWriter
 
+logger = logging.getLogger("berth.uploads")
+
 BUFFER_BYTES = 4 * 1024 * 1024
+# How long a push of a blob that garbage collection is removing from the store waits for the
+# removal (one request to the store) before it is answered 503 with Retry-After.
+REMOVAL_WAIT_SECONDS = 60.0
+REMOVAL_POLL_SECONDS = 0.2
 MAX_HASH_STATES = 4096
 _UPLOAD_ID_RE = re.compile(r"[0-9a-f]{32}")
 _CONTENT_RANGE_RE = re.compile(r"(?:bytes[ =])?(\d+)-(\d+)(?:/(?:\d+|\*))?")
@@ -153,6 +170,10 @@ def _data_lost(upload_id: str) -> BlobUploadUnknown:
         f"upload {upload_id!r} lost its data (abandoned uploads are removed by garbage "
         "collection); start the upload again"
     )
+
+
+class _BeingRemoved(Exception):
+    """A running GC run is removing the blob's object from the store."""
 
 
 class Uploads:
@@ -367,10 +388,8 @@ class Uploads:
                         f"uploaded content has digest {actual}, not {expected}; upload discarded",
                         {"expected": str(expected), "actual": actual},
                     )
-                await self.store.commit_upload(upload.id, actual, pieces)
-                now = utcnow()
                 try:
-                    await self._record(repo, upload, actual, now, pieces)
+                    await self._store_blob(repo, upload, actual, pieces)
                 finally:
                     # Gone whatever happened, as if it had been renamed into place: a client
                     # must not go on writing into the blob's file.
@@ -378,35 +397,133 @@ class Uploads:
             self._hashes.drop(upload.id)
             return actual
 
-    async def _record(
-        self,
-        repo: RepositoryRef,
-        upload: Upload,
-        actual: str,
-        now: dt.datetime,
-        pieces: list[str],
+    async def _store_blob(
+        self, repo: RepositoryRef, upload: Upload, digest: str, pieces: list[str]
     ) -> None:
-        """The committed blob in the metadata: its row, the repository's link, no upload."""
-        async with self.db.write() as conn:
-            # The blob's row, locked (an upsert; SQLite has one writer anyway). Garbage
-            # collection removes a blob's file only while it holds the same row, so once
-            # we hold it, the file stays; if a sweep removed it just before, commit again
-            # from the scratch file, which is still there.
-            await conn.execute(
-                self.db.upsert(blobs, ["digest"], {"size": upload.offset}).values(
-                    digest=actual, size=upload.offset, created_at=now
+        """Store the upload as blob `digest` and record it, making no request to the store
+        while a row is locked (with the store slow, every push of the blob and garbage
+        collection would wait on that lock): hold the blob's row, store the object, then
+        link it if the row is still the one held. Garbage collection deletes a row first and
+        removes its object after, noted in `blob_removals` until done; a push waits for such
+        a removal. A row deleted since it was held (its object maybe removed after this one
+        stored it) is not the same row: the push goes round again."""
+        deadline = time.monotonic() + REMOVAL_WAIT_SECONDS
+        while True:
+            token, made = await self._hold_blob_row(digest, upload.offset, deadline)
+            try:
+                await self.store.commit_upload(upload.id, digest, pieces)
+            except BaseException:
+                if made:  # a row of a blob that is not stored: not for the storage check
+                    await self._forget_row(digest, token)
+                raise
+            if await self._record(repo, upload, digest, token):
+                return
+            logger.info("blob %s was collected while it was stored: storing it again", digest)
+
+    async def _hold_blob_row(
+        self, digest: str, size: int, deadline: float
+    ) -> tuple[str | None, bool]:
+        """The token of the blob's row (None: a row from before tokens) and whether this made
+        the row, once no removal of its object from the store is under way."""
+        while True:
+            try:
+                async with self.db.write() as conn:
+                    made = await conn.execute(
+                        self.db.insert_ignore(blobs).values(
+                            digest=digest, size=size, created_at=utcnow(), token=uuid.uuid4().hex
+                        )
+                    )
+                    # Read after the insert, which waited for a run deleting the row: its
+                    # removal note, committed with that delete, is seen here.
+                    held = (
+                        await conn.execute(
+                            select(
+                                blobs.c.token,
+                                blob_removals.c.digest.label("noted"),
+                                blob_removals.c.run_id,
+                                gc_runs.c.state,
+                            )
+                            .select_from(
+                                blobs.outerjoin(
+                                    blob_removals, blob_removals.c.digest == blobs.c.digest
+                                ).outerjoin(gc_runs, gc_runs.c.id == blob_removals.c.run_id)
+                            )
+                            .where(blobs.c.digest == digest)
+                        )
+                    ).first()
+                    if held is None:  # deleted by a run since the insert found it there
+                        raise _BeingRemoved()
+                    if held.noted is not None:
+                        await self._void_removal(conn, digest, held.run_id, held.state)
+                    token: str | None = held.token
+                    return token, made.rowcount == 1
+            except _BeingRemoved:
+                if time.monotonic() >= deadline:
+                    raise Unavailable(
+                        f"blob {digest} is being removed by garbage collection, which is taking "
+                        "long (the object store is slow); push it again shortly",
+                        RETRY_AFTER_SECONDS,
+                    ) from None
+                await asyncio.sleep(REMOVAL_POLL_SECONDS)
+
+    async def _forget_row(self, digest: str, token: str | None) -> None:
+        """Delete the row this push made for a blob it could not store, unless linked by now
+        (best effort: else garbage collection's, as an unlinked blob)."""
+        with contextlib.suppress(Exception):
+            async with self.db.write() as conn:
+                await conn.execute(
+                    delete(blobs).where(
+                        blobs.c.digest == digest,
+                        blobs.c.token == token,
+                        ~select(repository_blobs.c.digest)
+                        .where(repository_blobs.c.digest == digest)
+                        .exists(),
+                    )
                 )
+
+    async def _void_removal(
+        self, conn: AsyncConnection, digest: str, run_id: int | None, state: str | None
+    ) -> None:
+        """Raise `_BeingRemoved` while a running GC run removes the blob's object; the note
+        of a run that ended without removing it (it failed) is void, and goes."""
+        if state == RUNNING:
+            raise _BeingRemoved()
+        # Only if still that run's: a new run of the project takes over a failed run's notes.
+        voided = await conn.execute(
+            delete(blob_removals).where(
+                blob_removals.c.digest == digest, blob_removals.c.run_id == run_id
             )
-            if await self.store.stat(actual) is None:
-                await self.store.commit_upload(upload.id, actual, pieces)
+        )
+        if voided.rowcount != 1:
+            raise _BeingRemoved()
+
+    async def _record(
+        self, repo: RepositoryRef, upload: Upload, digest: str, token: str | None
+    ) -> bool:
+        """The stored blob in the metadata, if its row is the one held before storing it:
+        the repository's link, and no upload. False if garbage collection deleted the row."""
+        now = utcnow()
+        async with self.db.write() as conn:
+            # Key-share locked until the link commits (as the link's foreign key would):
+            # garbage collection cannot delete the row in between.
+            held = (
+                await conn.execute(
+                    select(blobs.c.token)
+                    .where(blobs.c.digest == digest)
+                    .with_for_update(key_share=True)
+                )
+            ).first()
+            if held is None or held.token != token:
+                return False
             # A fresh link time even when the link existed: the grace period protects
             # this push's blob from garbage collection until its manifest arrives.
             await conn.execute(
                 self.db.upsert(
                     repository_blobs, ["repository_id", "digest"], {"linked_at": now}
-                ).values(repository_id=repo.id, digest=actual, linked_at=now)
+                ).values(repository_id=repo.id, digest=digest, linked_at=now)
             )
             await conn.execute(delete(uploads).where(uploads.c.id == upload.id))
+        return True
 
     async def _final_digest(self, upload: Upload, algorithm: str, pieces: list[str]) -> str:
         if algorithm == "sha256":

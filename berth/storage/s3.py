@@ -56,8 +56,6 @@ PARALLEL_PARTS = 4
 # many such answers are kept (about 150 bytes each).
 CONFIRMED_SECONDS = 30.0
 CONFIRMED_KEPT = 100_000
-# How long the pieces of a failed write are tried again while the store cannot be reached.
-REMOVAL_RETRY_SECONDS = 15 * 60
 
 _MISSING_OBJECT = {"404", "NoSuchKey", "NotFound", "NoSuchUpload"}
 _MISSING_BUCKET = {"NoSuchBucket"}
@@ -331,36 +329,21 @@ class S3BlobStore(BlobStore):
         return PieceWriter(put, offset, remove)
 
     async def _remove_unrecorded(self, keys: list[str]) -> None:
-        """Delete the pieces of a failed write, which no upload will ever name. Run to its end
-        even when the request is cancelled (its client gone); with the store unreachable, tried
-        again in the background for a while, so the pieces do not wait for the upload's end
-        (which removes all its pieces) once the store is back."""
-        attempt = self._in_background(self._delete_keys(keys))
+        """Delete the pieces of a failed write, which no upload will ever name: one try, run
+        to its end even when the request is cancelled (its client gone). Should it fail (the
+        store unreachable), they stay, never read, until the upload ends: finishing,
+        cancelling or expiring an upload deletes all its pieces."""
+        await asyncio.shield(self._in_background(self._delete_unrecorded(keys)))
 
-        def after(task: asyncio.Task[None]) -> None:
-            if not task.cancelled() and task.exception() is not None:
-                self._in_background(self._remove_later(keys))
-
-        attempt.add_done_callback(after)
-        await asyncio.shield(attempt)
-
-    async def _remove_later(self, keys: list[str]) -> None:
-        deadline = time.monotonic() + REMOVAL_RETRY_SECONDS
-        pause = 1.0
-        while True:
-            await asyncio.sleep(pause)
-            try:
-                await self._delete_keys(keys)
-                return
-            except Exception:
-                if time.monotonic() > deadline:
-                    logger.warning(
-                        "blob store: %d pieces of a failed upload write stay until the upload "
-                        "ends (finished, cancelled or expired)",
-                        len(keys),
-                    )
-                    return
-            pause = min(pause * 2, 30.0)
+    async def _delete_unrecorded(self, keys: list[str]) -> None:
+        try:
+            await self._delete_keys(keys)
+        except Exception:
+            logger.info(
+                "blob store: %d pieces of a failed upload write stay until the upload ends "
+                "(finished, cancelled or expired)",
+                len(keys),
+            )
 
     def _in_background(self, work: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         task = asyncio.ensure_future(work)

@@ -4,7 +4,6 @@ any size, multipart commits and ranged reads."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import uuid
 from collections.abc import AsyncIterator
@@ -22,7 +21,7 @@ from berth.storage.base import BlobStore
 from berth.storage.s3 import ObjectStoreError, S3BlobStore
 from berth.storage.s3_pieces import MIN_PART_BYTES, PIECE_BYTES
 from tests.rgw import CephRGW
-from tests.s3 import BUCKET, S3TestServer, SeaweedFS
+from tests.s3 import BUCKET, FaultyProxy, S3TestServer, SeaweedFS
 from tests.unit.storage.contract import (
     BlobStoreContract,
     MiB,
@@ -293,67 +292,6 @@ async def test_rgw_over_https_takes_uploads_from_the_driver_though_it_refuses_ch
 
 
 # ------------------------------------------------------------ retries
-
-
-class FaultyProxy:
-    """A loopback TCP proxy in front of the S3 server that fails its first connections, as
-    a busy or flaky store does: `slow_down` of them answered 503 SlowDown, then `drop` of
-    them closed without an answer; every later connection is passed through unchanged (the
-    requests' signatures name the proxy's address, so the server accepts them)."""
-
-    def __init__(self, target_port: int, slow_down: int = 0, drop: int = 0) -> None:
-        self.target_port = target_port
-        self.slow_down, self.drop = slow_down, drop
-        self.failed = 0
-        self.server: asyncio.Server | None = None
-
-    async def __aenter__(self) -> FaultyProxy:
-        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        assert self.server is not None
-        self.server.close()
-
-    @property
-    def endpoint(self) -> str:
-        assert self.server is not None
-        return f"http://127.0.0.1:{self.server.sockets[0].getsockname()[1]}"
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            if self.slow_down:
-                self.slow_down -= 1
-                self.failed += 1
-                await reader.readuntil(b"\r\n\r\n")
-                body = b"<Error><Code>SlowDown</Code><Message>Reduce your rate</Message></Error>"
-                writer.write(
-                    b"HTTP/1.1 503 Slow Down\r\nContent-Type: application/xml\r\n"
-                    b"Content-Length: %d\r\nConnection: close\r\n\r\n%s" % (len(body), body)
-                )
-                await writer.drain()
-                return
-            if self.drop:
-                self.drop -= 1
-                self.failed += 1
-                return
-            upstream_reader, upstream_writer = await asyncio.open_connection(
-                "127.0.0.1", self.target_port
-            )
-            await asyncio.gather(_pipe(reader, upstream_writer), _pipe(upstream_reader, writer))
-        except (ConnectionError, asyncio.IncompleteReadError):
-            pass
-        finally:
-            writer.close()
-
-
-async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    try:
-        while data := await reader.read(65536):
-            writer.write(data)
-            await writer.drain()
-    finally:
-        writer.close()
 
 
 @pytest.mark.parametrize(

@@ -13,16 +13,30 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import event, select, update
+from sqlalchemy import delete, event, select, update
 
+from berth.config import Settings
 from berth.domain.errors import RangeNotSatisfiable, Unavailable
 from berth.domain.references import RepositoryRef
 from berth.metadata.database import Database
-from berth.metadata.tables import metadata, projects, repositories, upload_pieces, uploads
+from berth.metadata.tables import (
+    blob_removals,
+    blobs,
+    metadata,
+    projects,
+    repositories,
+    repository_blobs,
+    upload_pieces,
+    uploads,
+)
+from berth.services.gc import GarbageCollector
 from berth.services.storage_check import StorageCheck
 from berth.services.uploads import Upload, Uploads
+from berth.state import Services
 from berth.storage.s3 import S3BlobStore
-from tests.s3 import BUCKET, S3TestServer
+from berth.storage.s3_pieces import PIECE_BYTES
+from tests.ports import free_port
+from tests.s3 import BUCKET, FaultyProxy, S3TestServer
 from tests.servers import PostgresCluster, database_url_for, in_own_thread
 from tests.unit.storage.contract import digest_of, read_all
 
@@ -141,6 +155,58 @@ async def test_of_two_patches_from_one_offset_one_wins_and_the_other_is_told_whe
     assert await read_all(store, digest) == chunk
 
 
+async def test_a_patch_that_loses_the_race_for_the_offset_leaves_no_piece_in_the_bucket(
+    db: Database, store: S3BlobStore, object_store: S3TestServer
+) -> None:
+    """The PATCH that loses the race had stored pieces of its own (a whole piece while its
+    body came, the rest at its end): both are gone before it answers 416, so the bucket
+    holds the winner's recorded piece alone, and after the final PUT nothing."""
+    winner, loser = Uploads(db, store), Uploads(db, store)
+    upload = await winner.start(REPO, "app")
+    chunk, late = os.urandom(MiB), os.urandom(PIECE_BYTES + MiB)
+    offset_read, won = asyncio.Event(), asyncio.Event()
+
+    async def late_body() -> AsyncIterator[bytes]:
+        offset_read.set()
+        await won.wait()
+        async for piece in body(late):
+            yield piece
+
+    losing = asyncio.ensure_future(loser.append(upload, late_body(), None))
+    await offset_read.wait()
+    upload = await winner.append(upload, body(chunk), None)
+    won.set()
+    with pytest.raises(RangeNotSatisfiable):
+        await losing
+    prefix = f"{store.location.prefix}/uploads/{upload.id}/"
+    async with db.read() as conn:
+        recorded = list((await conn.execute(select(upload_pieces.c.name))).scalars())
+    assert len(recorded) == 1
+    assert [key[len(prefix) :] for key in keys_under(object_store, prefix)] == recorded
+    digest = await winner.complete(REPO, upload, digest_of(chunk), None, None)
+    assert await read_all(store, digest) == chunk
+    assert keys_under(object_store, prefix) == []
+
+
+async def test_a_blob_the_store_could_not_take_leaves_no_row(
+    db: Database, store: S3BlobStore, object_store: S3TestServer
+) -> None:
+    """The store unreachable as the final PUT stores the blob: the client is told UNAVAILABLE,
+    and no row names a blob that is not stored (the storage check would call it missing)."""
+    data = os.urandom(1000)
+    node = Uploads(db, store)
+    upload = await node.append(await node.start(REPO, "app"), body(data), None)
+    gone = f"http://127.0.0.1:{free_port()}"
+    cut_off = S3BlobStore(object_store.location(store.location.prefix, endpoint=gone, attempts=1))
+    try:
+        with pytest.raises(Unavailable):
+            await Uploads(db, cut_off).complete(REPO, upload, digest_of(data), None, None)
+    finally:
+        await cut_off.close()
+    async with db.read() as conn:
+        assert (await conn.execute(select(blobs.c.digest))).all() == []
+
+
 async def test_abandoned_uploads_and_unfinished_commits_are_removed(
     db: Database, store: S3BlobStore, object_store: S3TestServer
 ) -> None:
@@ -232,14 +298,15 @@ async def test_the_final_put_commits_the_offset_and_pieces_of_one_moment(
 
 
 async def test_a_row_locked_by_a_stuck_node_is_a_503_after_the_lock_wait_not_a_hang(
-    pg_db: Database, store: S3BlobStore
+    pg_db: Database, store: S3BlobStore, tmp_path: Path
 ) -> None:
     """Another connection (a node hung mid-transaction) holds the upload's row: a PATCH waits
-    for it only `lock_wait_seconds`, then is told UNAVAILABLE with Retry-After; once the
-    row is free, the same chunk goes on from the same offset."""
-    node_db = Database(pg_db.url, lock_wait_seconds=1)
+    for it only `database_lock_timeout` (1 s here, 15 s unset), then is told UNAVAILABLE with
+    Retry-After; once the row is free, the same chunk goes on from the same offset."""
+    settings = Settings(data_dir=tmp_path / "node", database_url=pg_db.url, database_lock_timeout=1)
+    services = Services.build(settings)  # as a node builds its database from its settings
     try:
-        node = Uploads(node_db, store)
+        node = Uploads(services.db, store)
         upload = await node.start(REPO, "app")
         chunk = os.urandom(1000)
         async with pg_db.write() as stuck:
@@ -259,4 +326,108 @@ async def test_a_row_locked_by_a_stuck_node_is_a_503_after_the_lock_wait_not_a_h
         moved = await node.append(await node.get(REPO, "app", upload.id), body(chunk), None)
         assert moved.offset == len(chunk)
     finally:
-        await node_db.dispose()
+        await services.close()
+
+
+# ------------------------------------------------------------ garbage collection, store slow
+
+OTHER_REPO = RepositoryRef(2, 1, "proj", "other", False, True)
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+async def any_db(
+    request: pytest.FixtureRequest, tmp_path: Path, postgres: PostgresCluster | None
+) -> AsyncIterator[Database]:
+    url = database_url_for(request.param, postgres) or f"sqlite+aiosqlite:///{tmp_path / 'b.db'}"
+    database = await seeded(url)
+    async with database.write() as conn:
+        await conn.execute(repositories.insert().values(id=2, project_id=1, name="other"))
+    yield database
+    await database.dispose()
+
+
+async def push(node: Uploads, repo: RepositoryRef, data: bytes) -> str:
+    upload = await node.start(repo, repo.name)
+    return await node.complete(repo, upload, digest_of(data), body(data), None)
+
+
+async def test_collection_waiting_on_a_slow_store_holds_up_no_push(
+    any_db: Database, store: S3BlobStore, object_store: S3TestServer
+) -> None:
+    """Garbage collection removes an unlinked blob while the store holds its requests (a slow
+    store). It holds no database lock meanwhile: a push of another blob, to another
+    repository, completes at once; a push of the very blob being removed, on another node
+    whose lock wait is 1 s, waits for the removal to end rather than for a lock (which would
+    refuse it after that second), then stores the blob again: linked and whole."""
+    pusher = Uploads(any_db, store)
+    doomed_data = os.urandom(3000)
+    doomed = await push(pusher, REPO, doomed_data)
+    async with any_db.write() as conn:  # unlinked, as a blob DELETE leaves it
+        await conn.execute(delete(repository_blobs).where(repository_blobs.c.digest == doomed))
+    node_db = Database(any_db.url, lock_wait_seconds=None if any_db.is_sqlite else 1)
+    async with FaultyProxy(object_store.s3_port) as proxy:
+        gc_store = S3BlobStore(
+            object_store.location(prefix=store.location.prefix, endpoint=proxy.endpoint)
+        )
+        try:
+            collector = GarbageCollector(any_db, gc_store, grace_period=0)
+            proxy.hold()
+            run = asyncio.create_task(collector.run("proj", actor="test"))
+            await asyncio.wait_for(proxy.holding.wait(), 30)  # the removal waits on the store
+            other_data = os.urandom(2000)
+            other = await asyncio.wait_for(push(pusher, OTHER_REPO, other_data), 10)
+            again = asyncio.create_task(push(Uploads(node_db, store), OTHER_REPO, doomed_data))
+            await asyncio.sleep(3)
+            assert not again.done(), "the push did not wait for the removal"
+            assert not run.done()
+            proxy.release()
+            assert await asyncio.wait_for(again, 30) == doomed
+            finished = await asyncio.wait_for(run, 30)
+        finally:
+            proxy.release()
+            await gc_store.close()
+            await node_db.dispose()
+    assert finished.state == "succeeded" and finished.storage_blobs_deleted == 1
+    assert await read_all(store, doomed) == doomed_data  # stored again after the removal
+    assert await read_all(store, other) == other_data
+    async with any_db.read() as conn:
+        links = (
+            await conn.execute(select(repository_blobs.c.repository_id, repository_blobs.c.digest))
+        ).all()
+        notes = (await conn.execute(select(blob_removals))).all()
+    assert sorted(links) == sorted([(2, doomed), (2, other)])
+    assert notes == []
+
+
+async def test_what_a_failed_run_left_to_remove_holds_up_no_push_and_the_next_run_removes_it(
+    any_db: Database, store: S3BlobStore, object_store: S3TestServer
+) -> None:
+    """A run that deleted two blobs' rows and then could not reach the store fails with their
+    objects noted as still to remove. Nobody removes them now: a push of one of them goes on
+    at once (and keeps its object); the project's next run removes the other one's."""
+    pusher = Uploads(any_db, store)
+    kept_data, removed_data = os.urandom(1000), os.urandom(1001)
+    kept, removed = await push(pusher, REPO, kept_data), await push(pusher, REPO, removed_data)
+    async with any_db.write() as conn:
+        await conn.execute(delete(repository_blobs))
+    gone = f"http://127.0.0.1:{free_port()}"
+    cut_off = S3BlobStore(object_store.location(store.location.prefix, endpoint=gone, attempts=1))
+    try:
+        failed = await GarbageCollector(any_db, cut_off, grace_period=0).run("proj", actor="t")
+    finally:
+        await cut_off.close()
+    assert failed.state == "failed"
+    async with any_db.read() as conn:
+        assert sorted((await conn.execute(select(blob_removals.c.digest))).scalars()) == sorted(
+            [kept, removed]
+        )
+    started = time.monotonic()
+    assert await push(pusher, OTHER_REPO, kept_data) == kept
+    assert time.monotonic() - started < 5
+    # (A grace period that keeps the blob just pushed, not in any image yet.)
+    finished = await GarbageCollector(any_db, store, grace_period=3600).run("proj", actor="t")
+    assert finished.state == "succeeded"
+    assert await read_all(store, kept) == kept_data
+    assert await store.stat(removed) is None
+    async with any_db.read() as conn:
+        assert (await conn.execute(select(blob_removals))).all() == []

@@ -12,10 +12,11 @@ A run goes through three steps (docs/architecture.md, "Garbage collection"):
    just this step, and a crash leaves all of it done or none of it.
 3. **Sweep**, with writes allowed again. The blobs that lost a link, and any blob no
    repository links that is older than the grace period, are listed in `gc_sweep`; batch by
-   batch, the rows of those that no repository links by then are deleted and their files
-   removed, in one transaction. That conditional delete is the compare-and-set against a
-   concurrent push of the same digest: a push that linked the blob first keeps row and file;
-   a push after it waits for the deleted row, finds it gone, and commits its file again
+   batch, the rows of those that no repository links by then are deleted (each noted in
+   `blob_removals`), and once that has committed their files are removed: no request to the
+   store is made while a row is locked. That conditional delete is the compare-and-set against
+   a concurrent push of the same digest: a push that linked the blob first keeps row and file;
+   a push after it waits until the file is removed, then stores it again
    (`services/uploads.py`). Upload scratch files go the same way (`sweep.py`).
 
 One run per project at a time. A run holds a lease (`job_leases`, `gc:{project id}`) that it

@@ -19,7 +19,7 @@ from berth.jobs.leases import Leases, default_holder
 from berth.jobs.periodic import Periodic
 from berth.metadata.audit import write_audit_entry
 from berth.metadata.database import Database
-from berth.metadata.tables import gc_runs, gc_sweep, utcnow
+from berth.metadata.tables import blob_removals, gc_runs, gc_sweep, utcnow
 from berth.services.gc.decide import Decider, DryRunDone, RunLost
 from berth.services.gc.recovery import LEASE_SECONDS, RECOVERY_SECONDS, Recovery, lease_name
 from berth.services.gc.restrictions import impose_restriction
@@ -255,6 +255,18 @@ class GarbageCollector:
                         update(gc_sweep)
                         .where(
                             gc_sweep.c.run_id.in_(
+                                select(gc_runs.c.id).where(
+                                    gc_runs.c.project_id == project_id, gc_runs.c.state != RUNNING
+                                )
+                            )
+                        )
+                        .values(run_id=run_id)
+                    )
+                    # So do the files of blobs whose rows it deleted (pushes wait for them again).
+                    await conn.execute(
+                        update(blob_removals)
+                        .where(
+                            blob_removals.c.run_id.in_(
                                 select(gc_runs.c.id).where(
                                     gc_runs.c.project_id == project_id, gc_runs.c.state != RUNNING
                                 )

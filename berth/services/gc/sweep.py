@@ -2,10 +2,13 @@
 
 The blobs that lost a link in step 2, and any blob no repository links that is older than the
 grace period, are listed in `gc_sweep`; batch by batch, the rows of those that no repository
-links by then are deleted and their files removed, in one transaction. That conditional delete is
-the compare-and-set against a concurrent push of the same digest: a push that linked the blob
-first keeps row and file; a push after it waits for the deleted row, finds it gone, and commits
-its file again (`services/uploads.py`). Upload scratch files go the same way.
+links by then are deleted, each noted in `blob_removals` in the same transaction; once that has
+committed, their objects are removed from the store and the notes go. No request to the store
+is made while a row is locked: with the store slow, pushes would wait on those locks until
+refused. The conditional delete is the compare-and-set against a concurrent push of the same
+digest: a push that linked the blob first keeps row and object; a push after it waits until
+the note is gone, then stores the object again (`services/uploads.py`). Upload scratch files
+go the same way.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from sqlalchemy import delete, func, literal, select, update
 from sqlalchemy.exc import IntegrityError
 
 from berth.metadata.database import Database
-from berth.metadata.tables import blobs, gc_runs, gc_sweep
+from berth.metadata.tables import blob_removals, blobs, gc_runs, gc_sweep
 from berth.services.gc.decide import (
     Decider,
     RunLost,
@@ -120,6 +123,7 @@ class Sweeper:
         upload scratch files; a batch per transaction, recording progress. Stops (`RunLost`)
         once `lost` says another process took the run over."""
         paused = False
+        await self._remove_objects(run)  # those of a batch a run cut short had deleted
         while True:
             if lost.is_set():
                 raise RunLost()
@@ -145,6 +149,7 @@ class Sweeper:
                 # batch deleted its row (the foreign key refused). Again, the push is seen.
                 logger.info("gc run %s: a blob was linked meanwhile; sweeping again", run.id)
                 removed, freed = await self._sweep_batch(run, digests, upload_ids)
+            await self._remove_objects(run)
             logger.debug("gc run %s: removed %s blobs (%s bytes)", run.id, removed, freed)
             if progress is not None:
                 progress(await self.runs.record(run.id))
@@ -158,10 +163,10 @@ class Sweeper:
         async with self.db.write() as conn:
             removed: list[tuple[str, int]] = []
             if digests:
-                # The compare-and-set: a blob's row goes only while no repository links it, and
-                # its file with it, before this commits. A push that linked it first keeps
+                # The compare-and-set: a blob's row goes only while no repository links it,
+                # noted as being removed from the store. A push that linked it first keeps
                 # both. A push of the same digest after this waits for the deleted row until
-                # we commit, then finds it gone and commits its file again.
+                # we commit, then for the note to go, and stores its object again.
                 deleted = await conn.execute(
                     delete(blobs)
                     .where(blobs.c.digest.in_(digests), ~linked_anywhere())
@@ -169,7 +174,10 @@ class Sweeper:
                 )
                 removed = [(row.digest, int(row.size)) for row in deleted]
                 if removed:
-                    await self.store.delete_many([digest for digest, _ in removed])
+                    await conn.execute(
+                        self.db.upsert(blob_removals, ["digest"], {"run_id": run.id}),
+                        [{"digest": digest, "run_id": run.id} for digest, _ in removed],
+                    )
             for kind, names in (("blob", digests), ("upload", upload_ids)):
                 if names:
                     # The batch is a run of the list's order: deleted as a key range (an IN
@@ -192,3 +200,28 @@ class Sweeper:
                 )
             )
         return len(removed), freed
+
+    async def _remove_objects(self, run: RunRow) -> None:
+        """Remove from the store the objects of the blobs whose rows the run deleted, then
+        their notes, outside any transaction; pushes of those blobs wait for the notes."""
+        while True:
+            async with self.db.read() as conn:
+                digests = list(
+                    (
+                        await conn.execute(
+                            select(blob_removals.c.digest)
+                            .where(blob_removals.c.run_id == run.id)
+                            .order_by(blob_removals.c.digest)
+                            .limit(SWEEP_BATCH)
+                        )
+                    ).scalars()
+                )
+            if not digests:
+                return
+            await self.store.delete_many(digests)
+            async with self.db.write() as conn:
+                await conn.execute(
+                    delete(blob_removals).where(
+                        blob_removals.c.run_id == run.id, blob_removals.c.digest.in_(digests)
+                    )
+                )
