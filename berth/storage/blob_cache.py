@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from berth.domain.digests import parse_digest
+from berth.observability import metrics
 
 logger = logging.getLogger("berth.storage")
 
@@ -102,19 +103,32 @@ class BlobCache:
             found = os.stat(path)
             if found.st_size != size:
                 os.unlink(path)
+                metrics.s3_cache_looked_up(hit=False)
                 return None
             if time.time() - found.st_mtime > RECENCY_STEP_SECONDS:
                 os.utime(path)
-        except FileNotFoundError:
+        except OSError as exc:
+            if not isinstance(exc, FileNotFoundError):  # the pull goes to the bucket instead
+                logger.warning("blob cache: cannot use %s: %s", path, exc)
+            metrics.s3_cache_looked_up(hit=False)
             return None
+        metrics.s3_cache_looked_up(hit=True)
         return path
 
     # ------------------------------------------------------------ filling
 
     def start_fill(self, digest: str, size: int) -> CacheFill | None:
         """A fill of `digest` to write a download's bytes into, or None when there is nothing
-        to fill: the copy is there, another process or request of this node is writing it, or
-        the blob alone is larger than the bound."""
+        to fill: the copy is there, another process or request of this node is writing it,
+        the blob alone is larger than the bound, or the directory cannot be written (said in
+        the log: the download goes on without a copy)."""
+        try:
+            return self._start_fill(digest, size)
+        except OSError as exc:
+            logger.warning("blob cache: cannot write a copy of %s: %s", digest, exc)
+            return None
+
+    def _start_fill(self, digest: str, size: int) -> CacheFill | None:
         name = self._name(digest)
         if size > self.bound or name in self._filling or (self._copies / name).exists():
             return None
@@ -146,8 +160,12 @@ class BlobCache:
 
         def remove() -> None:
             for path in paths:
-                with contextlib.suppress(FileNotFoundError):
+                try:
                     os.unlink(path)
+                except FileNotFoundError:
+                    pass
+                except OSError as exc:  # the store's deletion stands; the copy goes as unused
+                    logger.warning("blob cache: cannot remove %s: %s", path, exc)
 
         if paths:
             await asyncio.to_thread(remove)
@@ -191,6 +209,7 @@ class BlobCache:
                     continue
                 os.unlink(path)
                 evicted += 1
+                metrics.s3_cache_evicted(copy.size)
         return evicted
 
     def _remove_abandoned(self) -> None:
@@ -263,7 +282,17 @@ class CacheFill:
 
     def finish(self) -> bool:
         """Make the copy visible if it holds exactly the blob; whether it does. A mismatch
-        (the store's object is damaged) leaves no copy."""
+        (the store's object is damaged) leaves no copy, and so does a disk that fails here
+        (said in the log; the download itself is done)."""
+        try:
+            return self._keep_if_whole()
+        except OSError as exc:
+            logger.warning("blob cache: cannot keep a copy of %s: %s", self.digest, exc)
+            return False
+        finally:
+            self.cache._finished(self)
+
+    def _keep_if_whole(self) -> bool:
         with self._guard:
             whole = (
                 not self._failed
@@ -274,6 +303,7 @@ class CacheFill:
             if whole:
                 try:
                     os.rename(self._temporary, self.cache.copy_path(self.digest))
+                    metrics.s3_cache_kept(self.size)
                 except OSError as exc:  # removed by a sweep meanwhile, say
                     logger.warning("blob cache: cannot keep a copy of %s: %s", self.digest, exc)
                     whole = False
@@ -288,16 +318,19 @@ class CacheFill:
             if not whole:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(self._temporary)
-        self.cache._finished(self)
         return whole
 
     def abandon(self) -> None:
         """The download stopped before the end (its client went away, the store failed)."""
-        with self._guard:
-            self._close()
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(self._temporary)
-        self.cache._finished(self)
+        try:
+            with self._guard:
+                self._close()
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(self._temporary)
+        except OSError as exc:  # left for the next sweep
+            logger.warning("blob cache: cannot remove %s: %s", self._temporary, exc)
+        finally:
+            self.cache._finished(self)
 
     def _close(self) -> None:
         if not self._closed:

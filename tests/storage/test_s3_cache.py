@@ -140,6 +140,17 @@ def test_a_pulled_blob_is_sent_from_the_node_cache_while_the_store_is_down(
         # Both pulls of each blob, and the range, were counted as sent.
         expected = 2 * (len(big) + len(small)) + 2_000_000
         assert counted(server, "cache", expected) == expected
+        scraped = httpx.get(f"{server.url}/metrics", timeout=30).text  # loopback: no sign-in
+        assert metric(scraped, 'berth_s3_cache_pulls_total{result="hit"}') == 3
+        assert metric(scraped, 'berth_s3_cache_pulls_total{result="miss"}') == 2
+        assert metric(scraped, "berth_s3_cache_kept_bytes_total") == len(big) + len(small)
+
+
+def metric(exposition: str, sample: str) -> float:
+    for line in exposition.splitlines():
+        if line.startswith(sample + " "):
+            return float(line.rsplit(" ", 1)[1])
+    raise AssertionError(f"no {sample} in /metrics")
 
 
 def test_a_blob_larger_than_the_bound_is_streamed_and_not_kept(

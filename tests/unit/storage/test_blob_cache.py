@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import time
 from pathlib import Path
 
@@ -168,3 +169,17 @@ def test_cache_settings_are_refused_where_they_would_do_nothing(tmp_path: Path) 
         load_settings(storage="s3", s3_bucket="b", s3_cache_dir=tmp_path, s3_cache_size="big")
     with pytest.raises(SettingsError, match="must be at least 1048576"):
         load_settings(storage="s3", s3_bucket="b", s3_cache_dir=tmp_path, s3_cache_size="1KiB")
+
+
+def test_a_cache_directory_gone_while_serving_costs_the_copy_not_the_pull(
+    tmp_path: Path,
+) -> None:
+    cache = BlobCache(tmp_path / "cache", 64 * MiB)
+    data = os.urandom(10_000)
+    filling = cache.start_fill(digest_of(data), len(data))
+    assert filling is not None
+    shutil.rmtree(tmp_path / "cache")  # an operator emptying it the wrong way
+    filling.add(data)
+    assert not filling.finish()  # no copy, and no error for the download
+    assert cache.start_fill(digest_of(data), len(data)) is None
+    assert cache.hit(digest_of(data), len(data)) is None
