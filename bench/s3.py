@@ -160,7 +160,9 @@ def start_berth_s3(
 
 def measure(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     servers: list[Server] = []
-    with seaweedfs_server(work / "seaweedfs") as seaweedfs:
+    # Room for every push of the runs (about 2x each blob: its upload's pieces stay until
+    # the upload ends, and SeaweedFS reclaims deleted space only when vacuumed).
+    with seaweedfs_server(work / "seaweedfs", volumes=256) as seaweedfs:
         try:
             berth = start_berth_s3(work, seaweedfs, "berth", "off")
             servers.append(berth)

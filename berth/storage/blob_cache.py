@@ -78,13 +78,16 @@ class BlobCache:
         self.bound = bound
         self._copies = root / "blobs"
         self._scratch = root / "tmp"
-        self._copies.mkdir(parents=True, exist_ok=True)
-        self._scratch.mkdir(parents=True, exist_ok=True)
         self._filling: set[str] = set()  # digests this process is writing
         self._sweeping: asyncio.Task[None] | None = None
         self._sweep_again = False
-        # What a crash left, and copies past a bound made smaller since the last run.
-        self.sweep()
+        try:
+            self._copies.mkdir(parents=True, exist_ok=True)
+            self._scratch.mkdir(parents=True, exist_ok=True)
+            # What a crash left, and copies past a bound made smaller since the last run.
+            self.sweep()
+        except OSError as exc:  # refused before serving (`unusable_storage`), saying why
+            raise OSError(f"cannot use s3_cache_dir {root}: {exc}") from exc
 
     def _name(self, digest: str) -> str:
         parsed = parse_digest(digest)  # validated, so never a path outside the directory

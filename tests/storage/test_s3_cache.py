@@ -10,6 +10,7 @@ import hashlib
 import os
 import socket
 import struct
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -20,7 +21,7 @@ import pytest
 
 from tests.oci import assert_status, blob_path, location, put_upload, start_upload
 from tests.s3 import BUCKET, SeaweedFS
-from tests.servers import BerthServer, running_server
+from tests.servers import BERTH, BerthServer, free_port, running_server
 from tests.usage.conftest import eventually, traffic
 
 MiB = 1024 * 1024
@@ -307,3 +308,23 @@ def test_garbage_collection_removes_the_cached_copy(cached: BerthServer, cache_d
         )
         assert run["state"] == "succeeded", run
         assert not copy_of(cache_dir, digest).exists()
+
+
+def test_serve_refuses_a_cache_directory_it_cannot_make(
+    seaweedfs: SeaweedFS, tmp_path: Path
+) -> None:
+    (tmp_path / "taken").write_bytes(b"a file where the directory should be")
+    env = {
+        **os.environ,
+        **seaweedfs.settings_environ(),
+        "BERTH_S3_CACHE_DIR": str(tmp_path / "taken" / "cache"),
+        "BERTH_DATA_DIR": str(tmp_path / "data"),
+        "BERTH_CONFIG": str(tmp_path / "berth.toml"),
+        "BERTH_LISTEN": f"127.0.0.1:{free_port()}",
+    }
+    refused = subprocess.run(
+        [*BERTH, "serve"], env=env, capture_output=True, text=True, timeout=120, check=False
+    )
+    assert refused.returncode == 2, refused.stdout + refused.stderr
+    assert f"cannot use s3_cache_dir {tmp_path / 'taken' / 'cache'}" in refused.stderr
+    assert "Traceback" not in refused.stderr

@@ -183,3 +183,11 @@ def test_a_cache_directory_gone_while_serving_costs_the_copy_not_the_pull(
     assert not filling.finish()  # no copy, and no error for the download
     assert cache.start_fill(digest_of(data), len(data)) is None
     assert cache.hit(digest_of(data), len(data)) is None
+
+
+def test_a_cache_directory_that_cannot_be_made_is_refused_naming_the_setting(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "file").write_bytes(b"")
+    with pytest.raises(OSError, match=r"cannot use s3_cache_dir .*file/cache"):
+        BlobCache(tmp_path / "file" / "cache", MiB)
