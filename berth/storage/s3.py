@@ -523,12 +523,12 @@ class S3BlobStore(BlobStore):
         client gone) leaves no copy."""
         fill = None if self.cache is None else self.cache.start_fill(digest, size)
         if fill is None:
-            async for chunk in self.read(digest):
+            async for chunk in self.read(digest, 0, size):
                 yield chunk
             return
         writing: asyncio.Future[None] | None = None
         try:
-            async for chunk in self.read(digest):
+            async for chunk in self.read(digest, 0, size):
                 if writing is not None:
                     await writing
                 # Hashed and written in a thread while the chunk goes to the client.
