@@ -9,10 +9,15 @@ one SeaweedFS (tests/s3.py's, on loopback), side by side (issue 11's S3 benchmar
   environment: its Go S3 client refuses to start with it set.
 - A second Berth, the same but for `blob_redirect = "presigned"`: a blob GET answers 307 to a
   presigned URL of the object and curl follows it to SeaweedFS.
+- A third Berth, the same as the first but with a node-local cache (`s3_cache_dir`): pulled
+  warm (its copy on the local disk, sent by pathsend) in rounds alternating with
+  Distribution, and cold (its copy removed before each pull: streamed from SeaweedFS while
+  the copy is written) in rounds alternating with single Distribution pulls.
 
 The team's `regbench.py compare` (Berth as A) measures push, streamed pull, manifest GET and
 4 KiB blob GET in alternating rounds; then the presigned Berth and Distribution pull the same
-blob in rounds that alternate (regbench's pull: curl -L, best of two). The load average is
+blob in rounds that alternate (regbench's pull: curl -L, best of two), then the cached Berth
+warm, then cold. The load average is
 read before and after.
 
     .venv/bin/python bench/s3.py [--rounds 3] [--size-mib 256] [--json]
@@ -23,8 +28,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -61,6 +68,21 @@ FIGURES: dict[str, tuple[str, str, float | None]] = {
     "presigned_pull_cpu_s": (
         "CPU per presigned pull (Berth + SeaweedFS; Distribution streaming + SeaweedFS)",
         "s",
+        None,
+    ),
+    "cached_pull_MiBps": (
+        "blob pull, {size} MiB, streamed by Berth from its node cache, warm (curl)",
+        "MiB/s",
+        1.5,
+    ),
+    "cached_pull_cpu_s": (
+        "CPU per warm cached pull (Berth + SeaweedFS; Distribution streaming + SeaweedFS)",
+        "s",
+        None,
+    ),
+    "cold_pull_MiBps": (
+        "blob pull, {size} MiB, cache cold: streamed from S3 and kept (curl, one pull)",
+        "MiB/s",
         None,
     ),
     "manifest_rps": ("manifest GET by tag (wrk)", "req/s", 5.0),
@@ -118,9 +140,19 @@ def start_distribution_s3(work: Path, seaweedfs: SeaweedFS) -> Server:
     return server
 
 
-def start_berth_s3(work: Path, seaweedfs: SeaweedFS, prefix: str, redirect: str) -> Server:
-    settings = {**seaweedfs.settings_environ(prefix), "BERTH_BLOB_REDIRECT": redirect}
-    server = launch_berth(work / prefix, 1, settings, f"Berth (s3, {redirect})")
+def start_berth_s3(
+    work: Path,
+    seaweedfs: SeaweedFS,
+    prefix: str,
+    redirect: str,
+    extra: dict[str, str] | None = None,
+) -> Server:
+    settings = {
+        **seaweedfs.settings_environ(prefix),
+        "BERTH_BLOB_REDIRECT": redirect,
+        **(extra or {}),
+    }
+    server = launch_berth(work / prefix, 1, settings, f"Berth (s3, {redirect}, {prefix})")
     wait_ready(server)
     log_in_berth(server)
     return server
@@ -128,12 +160,19 @@ def start_berth_s3(work: Path, seaweedfs: SeaweedFS, prefix: str, redirect: str)
 
 def measure(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     servers: list[Server] = []
-    with seaweedfs_server(work / "seaweedfs") as seaweedfs:
+    # Room for every push of the runs (about 2x each blob: its upload's pieces stay until
+    # the upload ends, and SeaweedFS reclaims deleted space only when vacuumed).
+    with seaweedfs_server(work / "seaweedfs", volumes=256) as seaweedfs:
         try:
             berth = start_berth_s3(work, seaweedfs, "berth", "off")
             servers.append(berth)
             presigned = start_berth_s3(work, seaweedfs, "presigned", "presigned")
             servers.append(presigned)
+            cache = work / "node-cache"
+            cached = start_berth_s3(
+                work, seaweedfs, "cached", "off", {"BERTH_S3_CACHE_DIR": str(cache)}
+            )
+            servers.append(cached)
             distribution = start_distribution_s3(work, seaweedfs)
             servers.append(distribution)
             before = loadavg()
@@ -161,6 +200,24 @@ def measure(args: argparse.Namespace, work: Path) -> dict[str, Any]:
                 pulls.second_mibps,
             )
             a["presigned_pull_cpu_s"], b["presigned_pull_cpu_s"] = pulls.first_cpu, pulls.second_cpu
+            from_cache = regbench.Target(cached.url, IMAGE_NAME, cached.user, cached.password)
+            regbench.authenticate(from_cache)
+            regbench.push_blob(from_cache, path, digest)
+            regbench.pull_blob(from_cache, digest)  # the first pull keeps the copy
+            copy = cache / "blobs" / digest.replace(":", "-")
+            if not _eventually_exists(copy):
+                raise RuntimeError(f"the cached Berth kept no copy of {digest}")
+            warm = pull_rounds(
+                (from_cache, [cached.pid, store]),
+                (plain, [distribution.pid, store]),
+                digest,
+                args.size_mib,
+                args.rounds,
+            )
+            a["cached_pull_MiBps"], b["cached_pull_MiBps"] = warm.first_mibps, warm.second_mibps
+            a["cached_pull_cpu_s"], b["cached_pull_cpu_s"] = warm.first_cpu, warm.second_cpu
+            cold_rates = cold_rounds(from_cache, copy, plain, digest, args.size_mib, args.rounds)
+            a["cold_pull_MiBps"], b["cold_pull_MiBps"] = cold_rates
             after = loadavg()
             for server in servers:
                 if server.process.poll() is not None:
@@ -182,6 +239,40 @@ def measure(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         "wrk_seconds": args.wrk_seconds,
         "connections": args.connections,
     }
+
+
+def _eventually_exists(path: Path, timeout: float = 30) -> bool:
+    """The cache renames a copy into place just after the response's last byte."""
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+def cold_rounds(
+    cached: regbench.Target,
+    copy: Path,
+    plain: regbench.Target,
+    digest: str,
+    size_mib: int,
+    rounds: int,
+) -> tuple[float, float]:
+    """Median MiB/s of one pull from the cached Berth with its copy removed first (streamed
+    from the store, the copy written on the way), and of one pull from Distribution, the
+    order flipping every round (one pull each: a second from Berth would be warm)."""
+    rates: dict[int, list[float]] = {0: [], 1: []}
+    for index in range(rounds):
+        for side in (0, 1) if index % 2 == 0 else (1, 0):
+            if side == 0:
+                copy.unlink(missing_ok=True)
+                rates[0].append(size_mib / regbench.pull_blob(cached, digest))
+                if not _eventually_exists(copy):
+                    raise RuntimeError("a cold pull from the cached Berth kept no copy")
+            else:
+                rates[1].append(size_mib / regbench.pull_blob(plain, digest))
+    return statistics.median(rates[0]), statistics.median(rates[1])
 
 
 def _num(value: float) -> str:

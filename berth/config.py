@@ -9,7 +9,7 @@ from collections.abc import Collection
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, ValidationError, ValidationInfo, field_validator
+from pydantic import ByteSize, Field, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -18,6 +18,8 @@ from pydantic_settings import (
 )
 
 CONFIG_FILE_ENV = "BERTH_CONFIG"
+GiB = 1024**3
+DEFAULT_S3_CACHE_SIZE = 10 * GiB
 
 
 class Settings(BaseSettings):
@@ -243,6 +245,19 @@ class Settings(BaseSettings):
         description="tries of each S3 request, backing off exponentially between them, before "
         "a client is answered 503 (fewer: a quicker answer while the store is down)",
     )
+    s3_cache_dir: Path | None = Field(
+        None,
+        description="storage = s3: a directory on this node's disk where blobs it sends "
+        "are kept (up to s3_cache_size), so repeated pulls are sent from local files; unset: "
+        "no cache",
+    )
+    # Unset (not the default written out) so that giving it without s3_cache_dir is refused.
+    s3_cache_size: ByteSize | None = Field(
+        None,
+        ge=1024 * 1024,
+        description="bytes the s3_cache_dir copies may take, e.g. 10GiB or 500MB (least "
+        "recently used copies are removed past it); unset: 10GiB",
+    )
     blob_redirect: Literal["off", "presigned", "accel"] = Field(
         "off",
         description="blob downloads: off (Berth sends the bytes), presigned (storage = s3: a 307 "
@@ -292,6 +307,22 @@ class Settings(BaseSettings):
             )
         return value
 
+    @field_validator("s3_cache_dir")
+    @classmethod
+    def _cache_for_s3(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+        if value is not None and info.data.get("storage") != "s3":
+            raise ValueError(
+                'needs storage = "s3" (the filesystem store sends its own files already)'
+            )
+        return value
+
+    @field_validator("s3_cache_size")
+    @classmethod
+    def _size_for_cache(cls, value: ByteSize | None, info: ValidationInfo) -> ByteSize | None:
+        if value is not None and info.data.get("s3_cache_dir") is None:
+            raise ValueError("bounds the cache of s3_cache_dir, which is unset: set both")
+        return value
+
     @field_validator("blob_redirect")
     @classmethod
     def _redirect_fits_storage(cls, value: str, info: ValidationInfo) -> str:
@@ -328,6 +359,11 @@ class Settings(BaseSettings):
         if self.database_url:
             return self.database_url
         return f"sqlite+aiosqlite:///{self.data_dir.resolve() / 'berth.db'}"
+
+    @property
+    def s3_cache_bound(self) -> int:
+        """The byte bound of the node's blob cache (`s3_cache_size`, else its default)."""
+        return DEFAULT_S3_CACHE_SIZE if self.s3_cache_size is None else int(self.s3_cache_size)
 
     @property
     def blob_dir(self) -> Path:
@@ -413,6 +449,8 @@ _PROBLEMS = {
     "float_parsing": "is not a number",
     "bool_parsing": "is not true or false",
     "path_type": "is not a path",
+    "byte_size": "is not a size: a number of bytes with an optional unit, e.g. 10GiB or 500MB",
+    "byte_size_unit": "has an unknown unit: use B, KB, MB, GB, TB, KiB, MiB, GiB or TiB",
 }
 
 

@@ -242,8 +242,12 @@ def blob_store(settings: Settings) -> BlobStore:
         assert settings.s3_bucket is not None  # the settings refuse s3 without a bucket
         # Imported here: the S3 client takes a second or more to import, which no CLI verb
         # on the filesystem store should pay.
+        from berth.storage.blob_cache import BlobCache
         from berth.storage.s3 import S3BlobStore, S3Location
 
+        cache = None
+        if settings.s3_cache_dir is not None:
+            cache = BlobCache(settings.s3_cache_dir.resolve(), settings.s3_cache_bound)
         return S3BlobStore(
             S3Location(
                 bucket=settings.s3_bucket,
@@ -255,6 +259,7 @@ def blob_store(settings: Settings) -> BlobStore:
                 path_style=settings.s3_path_style,
                 attempts=settings.s3_attempts,
                 public_endpoint=settings.s3_public_endpoint,
-            )
+            ),
+            cache,
         )
     return FilesystemBlobStore(settings.blob_dir)

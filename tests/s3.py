@@ -108,6 +108,8 @@ class SeaweedFS(S3TestServer):
     """One `weed server` process (master, volume, filer and S3 gateway) in `directory`."""
 
     process: subprocess.Popen[bytes] | None = None
+    # Volumes of 64 MB: what it holds before writes fail (deleted space is not reclaimed).
+    volumes: int = 64
 
     def start(self, timeout: float = 60) -> SeaweedFS:
         self.directory.mkdir(parents=True, exist_ok=True)
@@ -140,7 +142,7 @@ class SeaweedFS(S3TestServer):
             "-master.telemetry=false",
             # Volumes of 64 MB: the default 30 GB limit is pointless for test data.
             "-master.volumeSizeLimitMB=64",
-            "-volume.max=64",
+            f"-volume.max={self.volumes}",
             "-s3",
             f"-s3.config={identities}",
             # A write into a missing bucket is NoSuchBucket, as on AWS (SeaweedFS would
@@ -200,8 +202,8 @@ class SeaweedFS(S3TestServer):
 
 
 @contextlib.contextmanager
-def seaweedfs_server(directory: Path) -> Iterator[SeaweedFS]:
-    server = SeaweedFS(directory).start()
+def seaweedfs_server(directory: Path, volumes: int = 64) -> Iterator[SeaweedFS]:
+    server = SeaweedFS(directory, volumes=volumes).start()
     try:
         yield server
     finally:

@@ -94,6 +94,18 @@ WEBHOOK_DELIVERIES = Counter(
     "again later; failed: given up after a day)",
     ["outcome"],
 )
+S3_CACHE_PULLS = Counter(
+    "berth_s3_cache_pulls",
+    "blob GETs on S3 that looked for this node's copy (s3_cache_dir), by result: hit (sent "
+    "from the copy) or miss (read from the bucket)",
+    ["result"],
+)
+S3_CACHE_KEPT = Counter(
+    "berth_s3_cache_kept_bytes", "bytes of the copies written (whole and matching) into the cache"
+)
+S3_CACHE_EVICTED = Counter(
+    "berth_s3_cache_evicted_bytes", "bytes of the copies removed to keep within s3_cache_size"
+)
 POOL_IN_USE = Gauge(
     "berth_db_pool_connections_in_use",
     "database connections checked out of the pools, by pool (reader, writer)",
@@ -215,6 +227,19 @@ def gc_run_finished(
 
 def webhook_attempted(outcome: str) -> None:
     WEBHOOK_DELIVERIES.labels(outcome).inc()
+
+
+def s3_cache_looked_up(hit: bool) -> None:
+    if enabled:
+        S3_CACHE_PULLS.labels("hit" if hit else "miss").inc()
+
+
+def s3_cache_kept(size: int) -> None:
+    S3_CACHE_KEPT.inc(size)
+
+
+def s3_cache_evicted(size: int) -> None:
+    S3_CACHE_EVICTED.inc(size)
 
 
 def watch_pool(pool: Any, name: str, capacity: int) -> None:

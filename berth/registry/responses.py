@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -103,18 +104,33 @@ class BlobStreamResponse:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         await send({"type": "http.response.start", "status": self.status, "headers": self.headers})
+        # granian (ASGI 2.3) drops what is sent after the client went away without a word;
+        # its `receive` says so instead. Watched, so that the store's read stops (and a copy
+        # being kept for the node's cache is dropped) and bytes never sent are not counted.
+        gone = asyncio.Event()
+        watcher = asyncio.ensure_future(_watch_disconnect(receive, gone))
         sent = 0
         try:
             async for chunk in self.chunks:
+                if gone.is_set():
+                    break
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
                 sent += len(chunk)
         finally:
+            watcher.cancel()
             if self.on_sent is not None:
                 self.on_sent(sent)
             close = getattr(self.chunks, "aclose", None)  # a client gone: release the read
             if close is not None:
                 await close()
-        await send({"type": "http.response.body", "body": b""})
+        if not gone.is_set():
+            await send({"type": "http.response.body", "body": b""})
+
+
+async def _watch_disconnect(receive: Receive, gone: asyncio.Event) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass  # the request's (empty) body
+    gone.set()
 
 
 class MeteredFileResponse(FileResponse):

@@ -6,6 +6,7 @@ import json
 import os
 import re
 from functools import partial
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
@@ -210,6 +211,21 @@ async def get_blob(
     if path is None:
         return await _streamed_blob(request, services, repo, digest, size)
     content = await services.registry.verified_blob(digest, size, path)
+    return _file_blob(request, services, repo, digest, path, size, content)
+
+
+def _file_blob(
+    request: Request,
+    services: Services,
+    repo: RepositoryRef,
+    digest: str,
+    path: Path,
+    size: int,
+    content: bytes | None = None,
+) -> Response | BlobFileResponse:
+    """A blob sent from a local file (the filesystem store's, or a node's cached copy of an
+    S3 blob): whole by pathsend, or the `content` already read and verified; a Range by
+    Starlette's FileResponse."""
     byte_range = request.headers.get("range")
     on_sent = _traffic(services, repo)
     if byte_range is None:
@@ -247,8 +263,13 @@ async def _streamed_blob(
     """A blob from a store with no local path (S3): read through the store, by byte range
     when one is asked for (one range; a request for several gets the whole blob)."""
     if request.method == "HEAD":
+        # Asks the store even with a cached copy: a HEAD tells a client whether to push the
+        # blob, which every node needs stored, not only this one.
         await services.registry.ensure_stored(digest, size)
         return BlobFileResponse("", size, digest)  # headers only: no path is read
+    cached = services.registry.cached_blob(digest, size)
+    if cached is not None:
+        return _file_blob(request, services, repo, digest, cached, size)
     wanted = _single_range(request.headers.get("range"), size)
     if wanted is None:
         return _unsatisfiable(size)

@@ -96,22 +96,32 @@ class BlobContent:
     def blob_path(self, digest: str) -> Path | None:
         return self.store.local_path(digest)
 
+    def cached_blob(self, digest: str, size: int) -> Path | None:
+        """This node's copy of a blob of a remote store (`s3_cache_dir`), to send as a file;
+        it was hashed when it was written, and the caller checked the blob is the
+        repository's."""
+        return self.store.cached_path(digest, size)
+
     async def blob_stream(
         self, digest: str, size: int, start: int, end: int
     ) -> AsyncIterator[bytes]:
         """Bytes [start, end) of a blob from a store without local files (S3). Its first
         chunk is read here, so a blob missing from storage is BLOB_UNKNOWN before any byte is
         sent; a small blob sent whole is hashed first, and set aside if damaged, as
-        `verified_blob` does for files."""
-        if start == 0 and end == size and size <= VERIFY_ON_READ_BYTES:
+        `verified_blob` does for files. A whole blob is read as a download (which a node's
+        cache keeps a copy of), a range as just its bytes."""
+        whole = start == 0 and end == size
+        if whole and size <= VERIFY_ON_READ_BYTES:
             try:
-                content = b"".join([chunk async for chunk in self.store.read(digest)])
+                content = b"".join([chunk async for chunk in self.store.download(digest, size)])
             except FileNotFoundError:
                 raise missing_blob(digest) from None
             if len(content) == size and await _hashes_to(content, digest):
                 return _chunks_of(content)
             raise await self._set_aside(digest)
-        chunks = aiter(self.store.read(digest, start, end))
+        chunks = aiter(
+            self.store.download(digest, size) if whole else self.store.read(digest, start, end)
+        )
         try:
             first = await anext(chunks)
         except FileNotFoundError:

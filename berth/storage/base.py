@@ -90,6 +90,18 @@ class BlobStore(abc.ABC):
     def read(self, digest: str, start: int = 0, end: int | None = None) -> AsyncIterator[bytes]:
         """Bytes [start, end) of a blob."""
 
+    def download(self, digest: str, size: int) -> AsyncIterator[bytes]:
+        """The whole blob (`size` bytes, as recorded) for a client's GET. A remote store with
+        a node-local cache keeps a copy as the bytes go by (see `cached_path`); reads for
+        anything else (checks, scans) use `read`, so as not to crowd the cache out. Never more
+        than `size` bytes, whatever the store holds (the answer's length says `size`)."""
+        return self.read(digest, 0, size)
+
+    def cached_path(self, digest: str, size: int) -> Path | None:
+        """A node-local copy of a remote store's blob, at `size` bytes, that the server can
+        send as a file; None when there is none (or the store has local files anyway)."""
+        return None
+
     @abc.abstractmethod
     async def delete(self, digest: str) -> None: ...
 

@@ -33,6 +33,7 @@ from cachetools import LRUCache
 from berth.domain.digests import parse_digest
 from berth.domain.errors import Unavailable
 from berth.storage.base import BlobStore, UploadWriter
+from berth.storage.blob_cache import BlobCache, CacheFill
 from berth.storage.s3_pieces import (
     MIN_PART_BYTES,
     MiB,
@@ -124,8 +125,9 @@ class S3Location:
 
 
 class S3BlobStore(BlobStore):
-    def __init__(self, location: S3Location) -> None:
+    def __init__(self, location: S3Location, cache: BlobCache | None = None) -> None:
         self.location = location
+        self.cache = cache  # this node's copies of pulled blobs (`s3_cache_dir`), if kept
         prefix = location.prefix.strip("/")
         self._prefix = f"{prefix}/" if prefix else ""
         self._client: S3Client | None = None
@@ -494,6 +496,35 @@ class S3BlobStore(BlobStore):
     def local_path(self, digest: str) -> Path | None:
         return None
 
+    def cached_path(self, digest: str, size: int) -> Path | None:
+        return None if self.cache is None else self.cache.hit(digest, size)
+
+    async def download(self, digest: str, size: int) -> AsyncIterator[bytes]:
+        """The blob streamed from the store; with a cache, its bytes are also hashed and
+        written to a copy on the way (no second read from the store), which becomes visible
+        once the whole blob went by and matched its digest. A download stopped early (its
+        client gone) leaves no copy."""
+        fill = None if self.cache is None else self.cache.start_fill(digest, size)
+        if fill is None:
+            async for chunk in self.read(digest, 0, size):
+                yield chunk
+            return
+        writing: asyncio.Future[None] | None = None
+        try:
+            async for chunk in self.read(digest, 0, size):
+                if writing is not None:
+                    await writing
+                # Hashed and written in a thread while the chunk goes to the client.
+                writing = asyncio.ensure_future(asyncio.to_thread(fill.add, chunk))
+                yield chunk
+            if writing is not None:
+                await writing
+        except BaseException:
+            _abandon(fill, writing)
+            raise
+        if await asyncio.to_thread(fill.finish):
+            fill.cache.request_sweep()  # the new copy may take the cache over its bound
+
     async def read(
         self, digest: str, start: int = 0, end: int | None = None
     ) -> AsyncIterator[bytes]:
@@ -521,6 +552,8 @@ class S3BlobStore(BlobStore):
 
     async def delete(self, digest: str) -> None:
         self._confirmed.pop(digest, None)
+        if self.cache is not None:
+            await self.cache.discard([digest])
         key = self._blob_key(digest)
         s3 = await self._s3()
         with self._errors(key), contextlib.suppress(FileNotFoundError):
@@ -529,10 +562,14 @@ class S3BlobStore(BlobStore):
     async def delete_many(self, digests: list[str]) -> None:
         for digest in digests:
             self._confirmed.pop(digest, None)
+        if self.cache is not None:
+            await self.cache.discard(digests)
         await self._delete_keys([self._blob_key(digest) for digest in digests])
 
     async def quarantine(self, digest: str) -> None:
         self._confirmed.pop(digest, None)
+        if self.cache is not None:
+            await self.cache.discard([digest])
         parsed = parse_digest(digest)
         key = self._blob_key(digest)
         s3 = await self._s3()
@@ -559,6 +596,15 @@ class S3BlobStore(BlobStore):
             hex_digest = rest.rpartition("/")[2]
             if algorithm in ("sha256", "sha512") and hex_digest:
                 yield f"{algorithm}:{hex_digest}", entry["LastModified"].timestamp()
+
+
+def _abandon(fill: CacheFill, writing: asyncio.Future[None] | None) -> None:
+    """Drop a copy whose download stopped early, once its last chunk's write is done (the
+    thread cannot be stopped midway; `abandon` waits for it)."""
+    if writing is None or writing.done():
+        fill.abandon()
+    else:
+        writing.add_done_callback(lambda _done: fill.abandon())
 
 
 def _plain_http(endpoint: str | None) -> bool:

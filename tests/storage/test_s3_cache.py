@@ -1,0 +1,330 @@
+"""The node-local blob cache (`s3_cache_dir`) of `berth serve` on SeaweedFS: a full pull keeps a
+copy, which later pulls (and ranges) are sent from, even with the store gone; only whole,
+matching copies become visible; the bound evicts the least recently used; garbage collection
+removes the copy; every pull is still counted as outbound traffic."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+import socket
+import struct
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.oci import assert_status, blob_path, location, put_upload, start_upload
+from tests.s3 import BUCKET, SeaweedFS
+from tests.servers import BERTH, BerthServer, free_port, running_server
+from tests.usage.conftest import eventually, traffic
+
+MiB = 1024 * 1024
+CACHE_SIZE = 10 * MiB
+
+
+def sha256(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def cache_environ(cache: Path, size: int = CACHE_SIZE) -> dict[str, str]:
+    return {
+        "BERTH_S3_CACHE_DIR": str(cache),
+        "BERTH_S3_CACHE_SIZE": str(size),
+        "BERTH_TRAFFIC_FLUSH_INTERVAL": "0.2",
+        "BERTH_GC_GRACE_PERIOD": "0",
+        "BERTH_WORKERS": "2",  # two processes share the directory
+    }
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("s3-cache") / "cache"
+
+
+@pytest.fixture(scope="module")
+def cached(
+    request: pytest.FixtureRequest, seaweedfs: SeaweedFS, cache_dir: Path
+) -> Iterator[BerthServer]:
+    env = {**seaweedfs.settings_environ(), **cache_environ(cache_dir)}
+    with running_server(request, "s3-cache", extra_env=env) as server:
+        yield server
+
+
+def copy_of(cache: Path, digest: str) -> Path:
+    return cache / "blobs" / digest.replace(":", "-")
+
+
+def part_files(cache: Path) -> list[str]:
+    return [name for name in os.listdir(cache / "tmp") if name.endswith(".part")]
+
+
+def settled(cache: Path) -> None:
+    """Wait for the copies being written to be kept or dropped: a client has its response
+    once it has Content-Length bytes, a moment before the server renames the copy."""
+    eventually(lambda: part_files(cache), lambda parts: not parts)
+    assert part_files(cache) == []
+
+
+def kept(cache: Path, digest: str) -> bytes | None:
+    settled(cache)
+    path = copy_of(cache, digest)
+    return path.read_bytes() if path.exists() else None
+
+
+def push(client: httpx.Client, name: str, data: bytes) -> str:
+    digest = sha256(data)
+    assert_status(put_upload(client, location(start_upload(client, name)), digest, data), 201)
+    return digest
+
+
+def counted(server: BerthServer, project: str, expected: int) -> int:
+    found = eventually(
+        lambda: traffic(server, project, days=1)["total_bytes"], lambda n: n >= expected
+    )
+    return int(found)
+
+
+def object_key(server: BerthServer, digest: str) -> str:
+    hex_digest = digest.split(":", 1)[1]
+    return f"{server.extra_env['BERTH_S3_PREFIX']}/blobs/sha256/{hex_digest[:2]}/{hex_digest}"
+
+
+def test_a_pulled_blob_is_sent_from_the_node_cache_while_the_store_is_down(
+    request: pytest.FixtureRequest, own_seaweedfs: SeaweedFS, tmp_path: Path
+) -> None:
+    cache = tmp_path / "cache"
+    (cache / "tmp").mkdir(parents=True)
+    crashed = cache / "tmp" / f"sha256-{'ab' * 32}.k3j4.part"  # a fill a crash cut short
+    crashed.write_bytes(b"partial")
+    env = {
+        **own_seaweedfs.settings_environ(),
+        **cache_environ(cache),
+        "BERTH_S3_ATTEMPTS": "1",  # a quick 503 once the store is down
+    }
+    with running_server(request, "s3-cache-down", extra_env=env) as server:
+        assert not crashed.exists()  # removed when the server started
+        server.create_repository("cache", "app")
+        big, small = os.urandom(3 * MiB + 5), os.urandom(4096)
+        with httpx.Client(
+            base_url=server.url, auth=server.access_key("cache"), timeout=60
+        ) as client:
+            digests = [push(client, "cache/app", data) for data in (big, small)]
+            for data, digest in zip((big, small), digests, strict=True):
+                first = client.get(blob_path("cache/app", digest))
+                assert first.status_code == 200 and first.content == data
+                assert kept(cache, digest) == data
+            own_seaweedfs.stop()
+
+            for data, digest in zip((big, small), digests, strict=True):
+                again = client.get(blob_path("cache/app", digest))
+                assert again.status_code == 200 and again.content == data
+                assert again.headers["docker-content-digest"] == digest
+            ranged = client.get(
+                blob_path("cache/app", digests[0]), headers={"Range": "bytes=1000-2000999"}
+            )
+            assert ranged.status_code == 206 and ranged.content == big[1000:2001000]
+            assert ranged.headers["content-range"] == f"bytes 1000-2000999/{len(big)}"
+            # A HEAD still asks the store (whether to push concerns every node): down, 503.
+            assert client.head(blob_path("cache/app", digests[0])).status_code == 503
+            # The copy answers only for blobs of the repository: the metadata decides.
+            server.create_repository("cache", "other")
+            other = client.get(blob_path("cache/other", digests[0]))
+            assert other.status_code == 404
+            assert other.json()["errors"][0]["code"] == "BLOB_UNKNOWN"
+
+        # Both pulls of each blob, and the range, were counted as sent.
+        expected = 2 * (len(big) + len(small)) + 2_000_000
+        assert counted(server, "cache", expected) == expected
+        scraped = httpx.get(f"{server.url}/metrics", timeout=30).text  # loopback: no sign-in
+        assert metric(scraped, 'berth_s3_cache_pulls_total{result="hit"}') == 3
+        assert metric(scraped, 'berth_s3_cache_pulls_total{result="miss"}') == 2
+        assert metric(scraped, "berth_s3_cache_kept_bytes_total") == len(big) + len(small)
+
+
+def metric(exposition: str, sample: str) -> float:
+    for line in exposition.splitlines():
+        if line.startswith(sample + " "):
+            return float(line.rsplit(" ", 1)[1])
+    raise AssertionError(f"no {sample} in /metrics")
+
+
+def test_a_blob_larger_than_the_bound_is_streamed_and_not_kept(
+    cached: BerthServer, cache_dir: Path
+) -> None:
+    cached.create_repository("cache", "large")
+    data = os.urandom(CACHE_SIZE + MiB)
+    with httpx.Client(base_url=cached.url, auth=cached.access_key("cache"), timeout=60) as client:
+        digest = push(client, "cache/large", data)
+        assert client.get(blob_path("cache/large", digest)).content == data
+    assert kept(cache_dir, digest) is None
+
+
+def hang_up_after(server: BerthServer, path: str, auth: tuple[str, str], read: int) -> None:
+    """GET `path` on a socket with a small receive buffer, read `read` bytes, and close it:
+    a client gone mid-download, long before the server could have sent everything."""
+    credentials = base64.b64encode(f"{auth[0]}:{auth[1]}".encode()).decode()
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16 * 1024)
+        sock.connect((server.host, server.port))
+        sock.sendall(
+            f"GET {path} HTTP/1.1\r\nHost: {server.address}\r\n"
+            f"Authorization: Basic {credentials}\r\n\r\n".encode()
+        )
+        received = 0
+        while received < read:
+            chunk = sock.recv(64 * 1024)
+            assert chunk, "the server closed the connection"
+            received += len(chunk)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+
+
+def test_a_client_gone_mid_pull_leaves_no_copy_and_a_full_pull_keeps_one(
+    request: pytest.FixtureRequest, seaweedfs: SeaweedFS, tmp_path: Path
+) -> None:
+    cache = tmp_path / "cache"
+    env = {**seaweedfs.settings_environ(), **cache_environ(cache, 256 * MiB)}
+    with running_server(request, "s3-cache-gone", extra_env=env) as server:
+        server.create_repository("cache", "gone")
+        data = os.urandom(64 * MiB)
+        auth = server.access_key("cache")
+        with httpx.Client(base_url=server.url, auth=auth, timeout=60) as client:
+            digest = push(client, "cache/gone", data)
+            hang_up_after(server, blob_path("cache/gone", digest), auth, MiB)
+            # The server finds the client gone and drops what it wrote.
+            settled(cache)
+            assert not copy_of(cache, digest).exists()
+
+            whole = client.get(blob_path("cache/gone", digest))
+            assert whole.content == data
+            assert kept(cache, digest) == data
+        # The hung-up pull stopped reading: counted are the bytes sent before it ended, not
+        # the 64 MiB the store would have streamed on.
+        total = counted(server, "cache", len(data) + MiB)
+        assert len(data) + MiB <= total < len(data) + 16 * MiB
+
+
+def test_concurrent_first_pulls_of_one_blob_make_one_whole_copy(
+    cached: BerthServer, cache_dir: Path
+) -> None:
+    cached.create_repository("cache", "crowd")
+    data = os.urandom(5 * MiB)
+    auth = cached.access_key("cache")
+    with httpx.Client(base_url=cached.url, auth=auth, timeout=60) as client:
+        digest = push(client, "cache/crowd", data)
+    results: list[bytes] = []
+
+    def pull() -> None:
+        with httpx.Client(base_url=cached.url, auth=auth, timeout=60) as client:
+            results.append(client.get(blob_path("cache/crowd", digest)).content)
+
+    threads = [threading.Thread(target=pull) for _ in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert results == [data] * 6
+    assert kept(cache_dir, digest) == data
+    assert part_files(cache_dir) == []
+
+
+@pytest.mark.parametrize("size", [4096, 3 * MiB], ids=["verified-small", "streamed-large"])
+def test_a_blob_damaged_in_the_bucket_never_becomes_a_copy(
+    cached: BerthServer, seaweedfs: SeaweedFS, cache_dir: Path, size: int
+) -> None:
+    repository = f"damaged{size}"
+    cached.create_repository("cache", repository)
+    name = f"cache/{repository}"
+    data = os.urandom(size)
+    with httpx.Client(base_url=cached.url, auth=cached.access_key("cache"), timeout=60) as client:
+        digest = push(client, name, data)
+        seaweedfs.client().put_object(
+            Bucket=BUCKET, Key=object_key(cached, digest), Body=bytes(size)
+        )  # same size, other bytes
+        damaged = client.get(blob_path(name, digest))
+        if size <= MiB:
+            # Small blobs are hashed before they are sent, as without a cache: set aside.
+            assert_status(damaged, 404)
+            assert "set aside" in damaged.json()["errors"][0]["message"]
+        else:
+            # Large ones are streamed as they are (the storage check finds them), as before.
+            assert damaged.status_code == 200 and damaged.content == bytes(size)
+        assert kept(cache_dir, digest) is None
+        # Once the bucket holds the right bytes again, a pull keeps a copy of them.
+        seaweedfs.client().put_object(Bucket=BUCKET, Key=object_key(cached, digest), Body=data)
+        assert client.get(blob_path(name, digest)).content == data
+        assert kept(cache_dir, digest) == data
+
+
+def test_pulls_past_the_bound_evict_the_least_recently_used_copy(
+    cached: BerthServer, cache_dir: Path
+) -> None:
+    cached.create_repository("cache", "bound")
+    blobs = [os.urandom(3 * MiB) for _ in range(4)]
+    with httpx.Client(base_url=cached.url, auth=cached.access_key("cache"), timeout=60) as client:
+        # Other tests' copies go first: an empty cache to start from.
+        for path in (cache_dir / "blobs").iterdir():
+            path.unlink()
+        digests = [push(client, "cache/bound", data) for data in blobs]
+        for age, digest, data in zip((900, 600, 300), digests[:3], blobs[:3], strict=True):
+            assert client.get(blob_path("cache/bound", digest)).content == data
+            assert kept(cache_dir, digest) == data
+            # As if pulled `age` seconds ago (past the grace that spares copies in use).
+            then = time.time() - age
+            os.utime(copy_of(cache_dir, digest), (then, then))
+        # A pull of the oldest makes it the most recently used.
+        assert client.get(blob_path("cache/bound", digests[0])).content == blobs[0]
+        # A fourth copy takes the cache past its 10 MiB: the least recently used goes.
+        assert client.get(blob_path("cache/bound", digests[3])).content == blobs[3]
+        eventually(lambda: copy_of(cache_dir, digests[1]).exists(), lambda there: not there)
+        assert not copy_of(cache_dir, digests[1]).exists()
+        assert all(copy_of(cache_dir, digests[i]).exists() for i in (0, 2, 3))
+        assert sum(p.stat().st_size for p in (cache_dir / "blobs").iterdir()) <= CACHE_SIZE
+        # The evicted blob is streamed from the store again, and kept again.
+        assert client.get(blob_path("cache/bound", digests[1])).content == blobs[1]
+
+
+def test_garbage_collection_removes_the_cached_copy(cached: BerthServer, cache_dir: Path) -> None:
+    cached.create_repository("cache", "collected")
+    data = os.urandom(2 * MiB)
+    auth = cached.access_key("cache")
+    with httpx.Client(base_url=cached.url, auth=auth, timeout=60) as client:
+        digest = push(client, "cache/collected", data)
+        assert client.get(blob_path("cache/collected", digest)).content == data
+        assert kept(cache_dir, digest) == data
+        assert_status(client.delete(blob_path("cache/collected", digest)), 202)
+        started = client.post("/api/v1/projects/cache/gc", json={})
+        assert started.status_code == 202, started.text
+        run_id = started.json()["id"]
+        run = eventually(
+            lambda: client.get(f"/api/v1/projects/cache/gc/runs/{run_id}").json(),
+            lambda run: run["state"] != "running",
+            timeout=60,
+        )
+        assert run["state"] == "succeeded", run
+        assert not copy_of(cache_dir, digest).exists()
+
+
+def test_serve_refuses_a_cache_directory_it_cannot_make(
+    seaweedfs: SeaweedFS, tmp_path: Path
+) -> None:
+    (tmp_path / "taken").write_bytes(b"a file where the directory should be")
+    env = {
+        **os.environ,
+        **seaweedfs.settings_environ(),
+        "BERTH_S3_CACHE_DIR": str(tmp_path / "taken" / "cache"),
+        "BERTH_DATA_DIR": str(tmp_path / "data"),
+        "BERTH_CONFIG": str(tmp_path / "berth.toml"),
+        "BERTH_LISTEN": f"127.0.0.1:{free_port()}",
+    }
+    refused = subprocess.run(
+        [*BERTH, "serve"], env=env, capture_output=True, text=True, timeout=120, check=False
+    )
+    assert refused.returncode == 2, refused.stdout + refused.stderr
+    assert f"cannot use s3_cache_dir {tmp_path / 'taken' / 'cache'}" in refused.stderr
+    assert "Traceback" not in refused.stderr

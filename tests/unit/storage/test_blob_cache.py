@@ -1,0 +1,193 @@
+"""The node-local blob cache of the S3 store (`berth.storage.blob_cache`) on a real directory:
+which copies eviction picks, how a copy becomes visible (whole and matching its digest, or not
+at all), and the sizes `s3_cache_size` accepts."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+
+from berth.config import SettingsError, load_settings
+from berth.storage.blob_cache import (
+    EVICTION_GRACE_SECONDS,
+    BlobCache,
+    CachedCopy,
+    copies_to_evict,
+)
+
+MiB = 1024 * 1024
+NOW = 1_000_000.0
+
+
+def digest_of(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def test_eviction_removes_the_least_recently_used_until_the_rest_fit() -> None:
+    copies = [
+        CachedCopy("recent", 4 * MiB, NOW - 100),
+        CachedCopy("oldest", 4 * MiB, NOW - 900),
+        CachedCopy("older", 4 * MiB, NOW - 500),
+    ]
+    assert [c.name for c in copies_to_evict(copies, 12 * MiB, NOW)] == []
+    assert [c.name for c in copies_to_evict(copies, 10 * MiB, NOW)] == ["oldest"]
+    assert [c.name for c in copies_to_evict(copies, 5 * MiB, NOW)] == ["oldest", "older"]
+    assert [c.name for c in copies_to_evict(copies, 0, NOW)] == ["oldest", "older", "recent"]
+
+
+def test_eviction_spares_copies_used_within_the_grace_period_even_over_the_bound() -> None:
+    copies = [
+        CachedCopy("in-use", 8 * MiB, NOW - EVICTION_GRACE_SECONDS / 2),
+        CachedCopy("idle", 1 * MiB, NOW - EVICTION_GRACE_SECONDS * 2),
+    ]
+    # Over by 5 MiB: only the idle copy may go, which leaves the cache over its bound.
+    assert [c.name for c in copies_to_evict(copies, 4 * MiB, NOW)] == ["idle"]
+
+
+def fill(cache: BlobCache, data: bytes, digest: str | None = None) -> bool:
+    started = cache.start_fill(digest or digest_of(data), len(data))
+    assert started is not None
+    for first in range(0, len(data), 64 * 1024):
+        started.add(data[first : first + 64 * 1024])
+    return started.finish()
+
+
+def visible(cache: BlobCache) -> list[str]:
+    return sorted(os.listdir(cache.root / "blobs"))
+
+
+def scratch(cache: BlobCache) -> list[str]:
+    return sorted(os.listdir(cache.root / "tmp"))
+
+
+def test_a_whole_matching_copy_becomes_visible_and_is_found_at_its_size(tmp_path: Path) -> None:
+    cache = BlobCache(tmp_path / "cache", 64 * MiB)
+    data = os.urandom(300_000)
+    digest = digest_of(data)
+    assert cache.hit(digest, len(data)) is None
+    assert fill(cache, data)
+    path = cache.hit(digest, len(data))
+    assert path is not None and path.read_bytes() == data
+    assert scratch(cache) == []  # the lock and the temporary file are gone
+    assert cache.start_fill(digest, len(data)) is None  # there already
+    assert cache.hit(digest, len(data) + 1) is None  # recorded at another size: not this copy
+
+
+def test_bytes_that_do_not_match_the_digest_never_become_a_copy(tmp_path: Path) -> None:
+    cache = BlobCache(tmp_path / "cache", 64 * MiB)
+    data = os.urandom(200_000)
+    damaged = bytes(len(data))
+    assert not fill(cache, damaged, digest_of(data))
+    short = cache.start_fill(digest_of(data), len(data))
+    assert short is not None
+    short.add(data[:1000])  # the store's object ended early
+    assert not short.finish()
+    assert visible(cache) == [] and scratch(cache) == []
+    assert cache.hit(digest_of(data), len(data)) is None
+
+
+def test_an_abandoned_fill_leaves_nothing_and_one_digest_fills_once_at_a_time(
+    tmp_path: Path,
+) -> None:
+    cache = BlobCache(tmp_path / "cache", 64 * MiB)
+    data = os.urandom(100_000)
+    first = cache.start_fill(digest_of(data), len(data))
+    assert first is not None
+    first.add(data[:50_000])
+    assert cache.start_fill(digest_of(data), len(data)) is None  # being written
+    # Another process of the node (its own cache object, the same directory) waits too.
+    assert BlobCache(tmp_path / "cache", 64 * MiB).start_fill(digest_of(data), len(data)) is None
+    assert [name for name in scratch(cache) if name.endswith(".part")]
+    first.abandon()
+    assert visible(cache) == [] and scratch(cache) == []
+    assert fill(cache, data)
+
+
+def test_a_blob_larger_than_the_bound_is_not_kept(tmp_path: Path) -> None:
+    cache = BlobCache(tmp_path / "cache", 2 * MiB)
+    assert cache.start_fill(digest_of(b"x"), 2 * MiB + 1) is None
+
+
+def test_sweep_evicts_the_least_recently_used_and_removes_what_a_crash_left(
+    tmp_path: Path,
+) -> None:
+    cache = BlobCache(tmp_path / "cache", 3 * MiB)
+    blobs = [os.urandom(MiB) for _ in range(4)]
+    for age, data in zip([500, 400, 300, 200], blobs, strict=True):
+        assert fill(cache, data)
+        path = cache.copy_path(digest_of(data))
+        os.utime(path, (time.time() - age, time.time() - age))
+    # A hit makes the oldest the most recently used.
+    assert cache.hit(digest_of(blobs[0]), MiB) is not None
+    # A temporary file whose writer died (no lock held).
+    (cache.root / "tmp" / f"sha256-{'ab' * 32}.x1y2.part").write_bytes(b"partial")
+    assert cache.sweep() == 1
+    assert cache.hit(digest_of(blobs[1]), MiB) is None  # the least recently used went
+    assert all(cache.hit(digest_of(d), MiB) for d in (blobs[0], blobs[2], blobs[3]))
+    assert scratch(cache) == []
+    assert cache.stored_bytes() == 3 * MiB
+
+
+def test_a_new_cache_over_a_smaller_bound_sweeps_at_start(tmp_path: Path) -> None:
+    cache = BlobCache(tmp_path / "cache", 8 * MiB)
+    for data in (os.urandom(MiB), os.urandom(MiB)):
+        assert fill(cache, data)
+        old = time.time() - 600
+        os.utime(cache.copy_path(digest_of(data)), (old, old))
+    (cache.root / "tmp" / f"sha256-{'cd' * 32}.z9.part").write_bytes(b"partial")
+    restarted = BlobCache(tmp_path / "cache", MiB)
+    assert restarted.stored_bytes() == MiB and scratch(restarted) == []
+
+
+@pytest.mark.parametrize(
+    ("given", "bound"),
+    [("10GiB", 10 * 1024**3), ("500MB", 500 * 10**6), ("2097152", 2 * MiB), ("1.5 GiB", 3 * 2**29)],
+)
+def test_cache_sizes_are_read_with_units(given: str, bound: int, tmp_path: Path) -> None:
+    settings = load_settings(
+        storage="s3", s3_bucket="b", s3_cache_dir=tmp_path, s3_cache_size=given
+    )
+    assert settings.s3_cache_bound == bound
+    # Passed to worker processes as a plain number of bytes, read back the same.
+    assert settings.to_environ()["BERTH_S3_CACHE_SIZE"] == str(bound)
+
+
+def test_cache_settings_are_refused_where_they_would_do_nothing(tmp_path: Path) -> None:
+    assert load_settings(storage="s3", s3_bucket="b", s3_cache_dir=tmp_path).s3_cache_bound == (
+        10 * 1024**3
+    )
+    with pytest.raises(SettingsError, match=r's3-cache-dir.*needs storage = "s3"'):
+        load_settings(s3_cache_dir=tmp_path)
+    with pytest.raises(SettingsError, match="s3_cache_dir, which is unset"):
+        load_settings(storage="s3", s3_bucket="b", s3_cache_size="1GiB")
+    with pytest.raises(SettingsError, match="is not a size"):
+        load_settings(storage="s3", s3_bucket="b", s3_cache_dir=tmp_path, s3_cache_size="big")
+    with pytest.raises(SettingsError, match="must be at least 1048576"):
+        load_settings(storage="s3", s3_bucket="b", s3_cache_dir=tmp_path, s3_cache_size="1KiB")
+
+
+def test_a_cache_directory_gone_while_serving_costs_the_copy_not_the_pull(
+    tmp_path: Path,
+) -> None:
+    cache = BlobCache(tmp_path / "cache", 64 * MiB)
+    data = os.urandom(10_000)
+    filling = cache.start_fill(digest_of(data), len(data))
+    assert filling is not None
+    shutil.rmtree(tmp_path / "cache")  # an operator emptying it the wrong way
+    filling.add(data)
+    assert not filling.finish()  # no copy, and no error for the download
+    assert cache.start_fill(digest_of(data), len(data)) is None
+    assert cache.hit(digest_of(data), len(data)) is None
+
+
+def test_a_cache_directory_that_cannot_be_made_is_refused_naming_the_setting(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "file").write_bytes(b"")
+    with pytest.raises(OSError, match=r"cannot use s3_cache_dir .*file/cache"):
+        BlobCache(tmp_path / "file" / "cache", MiB)
