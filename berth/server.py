@@ -276,7 +276,7 @@ def granian_arguments(settings: Settings) -> list[str]:
     arguments = [
         sys.executable,
         "-m",
-        "granian",
+        "berth.supervisor",  # granian's command line, with Berth's modules loaded first
         "--interface",
         "asgi",
         "--factory",
@@ -335,6 +335,6 @@ def serve(settings: Settings, flags: Collection[str] = ()) -> None:
     how_many = "" if settings.workers else " (one per usable core; set workers to change it)"
     print(f"Starting {workers} worker process{'es' if workers != 1 else ''}{how_many}")
     sys.stdout.flush()
-    # Replace this process with granian's own launcher: the supervisor then carries only
-    # granian (not the CLI, Alembic and the rest), and workers import just the app.
+    # Replace this process with granian's supervisor (berth.supervisor): it carries granian
+    # and the app's modules, which the workers it forks share, not the CLI, Alembic and the rest.
     os.execv(sys.executable, granian_arguments(settings))
