@@ -378,7 +378,6 @@ class Results:
     berth_idle: int
     berth_idle_pss: int
     berth_startup_peak: int
-    berth_startup_peak_pss: int
     berth_peak: int
     berth_peak_pss: int
     berth_hwm: int
@@ -527,8 +526,8 @@ def report(r: Results) -> str:
         "which loads Berth's modules first, so they share those pages with it and each "
         f"other. Idle once ready: PSS {r.berth_idle_pss / MB:.1f} MB, RSS "
         f"{r.berth_idle / MB:.1f} MB. Start-up before that (a first start: migrations, "
-        f"creating the administrator) peaked at PSS {r.berth_startup_peak_pss / MB:.1f} MB, "
-        f"RSS {r.berth_startup_peak / MB:.1f} MB; the sum of each process's own peak RSS "
+        f"creating the administrator) peaked at RSS {r.berth_startup_peak / MB:.1f} MB; the "
+        "sum of each process's own peak RSS "
         f"(VmHWM, start-up included) is {r.berth_hwm / MB:.1f} MB.",
         f"- The {large} push (POST, then one PUT streamed by `curl -T`): Berth "
         f"{bp.mibps:,.0f} MiB/s, RSS {bp.baseline / MB:.1f} → {bp.peak / MB:.1f} MB; "
@@ -586,7 +585,7 @@ def measure(args: argparse.Namespace, work: Path) -> Results:
         berth_mem = MemorySampler(berth.pid).start()
         samplers.append(berth_mem)
         wait_ready(berth)
-        startup_peak, startup_peak_pss = berth_mem.restart_peak()
+        startup_peak, _ = berth_mem.restart_peak()  # PSS, read every 0.5 s, misses start-up
         idle, idle_pss = berth_mem.current(), berth_mem.current_pss()
         log_in_berth(berth)
         distribution = start_distribution(work)
@@ -627,7 +626,6 @@ def measure(args: argparse.Namespace, work: Path) -> Results:
             berth_idle=idle,
             berth_idle_pss=idle_pss,
             berth_startup_peak=startup_peak,
-            berth_startup_peak_pss=startup_peak_pss,
             berth_peak=berth_mem.peak,
             berth_peak_pss=berth_mem.peak_pss,
             berth_hwm=berth_mem.summed_hwm(),

@@ -1,11 +1,13 @@
 """A `berth serve`'s memory, this tree's against another commit's, alternated.
 
     .venv/bin/python bench/serve_memory.py --before REF [--rounds 3] [--workers 2]
+        [--after-env NAME=VALUE ...]
 
 Each round starts a Berth of each (on a fresh data directory, SQLite, the given number of
 workers), the order flipping every round so drift in the machine's load falls on both alike.
 REF's tree comes from `git archive` and runs on this virtualenv with PYTHONPATH pointing at
-it. Per server: the memory once ready (idle), its peak while `regbench.py run` pushes and pulls
+it; `--after-env` gives this tree's server environment variables of its own (to compare a
+setting: `--before HEAD --after-env BERTH_...=...`). Per server: the memory once ready (idle), its peak while `regbench.py run` pushes and pulls
 a blob and drives manifest and 4 KiB blob GETs with wrk (load), and after it; each as PSS (the
 proportional set size: a page shared by several processes counts once, split between them)
 summed over granian's supervisor and its workers, with the summed RSS beside it, and the
@@ -51,6 +53,7 @@ def pss_anon_bytes(pids: list[int]) -> int:
 
 def tree_of(ref: str, into: Path) -> Path:
     """`ref`'s files (git archive) in `into`."""
+    into.mkdir(parents=True)
     archive = into / "tree.tar"
     subprocess.run(["git", "archive", "--output", str(archive), ref], cwd=ROOT, check=True)
     with tarfile.open(archive) as tar:
@@ -58,8 +61,10 @@ def tree_of(ref: str, into: Path) -> Path:
     return into / "tree"
 
 
-def measure(work: Path, tree: Path | None, workers: int, size_mib: int) -> dict[str, float]:
-    settings = {"PYTHONPATH": str(tree)} if tree else {}
+def measure(
+    work: Path, tree: Path | None, workers: int, size_mib: int, env: dict[str, str]
+) -> dict[str, float]:
+    settings = {"PYTHONPATH": str(tree)} if tree else env
     server = launch_berth(work, workers, settings)
     sampler = MemorySampler(server.pid)
     try:
@@ -78,10 +83,11 @@ def measure(work: Path, tree: Path | None, workers: int, size_mib: int) -> dict[
         assert server.user and server.password
         credentials = ["--user", server.user, "--password", server.password]
         load = ["--size-mib", str(size_mib), "--runs", "1", "--wrk-seconds", "3"]
-        subprocess.run(
+        ran = subprocess.run(
             [sys.executable, str(REGBENCH), "run", server.url, IMAGE_NAME, *credentials, *load],
             check=True,
             capture_output=True,
+            text=True,
         )
         time.sleep(1)
         sampler.pids = process_tree(server.pid)
@@ -92,6 +98,11 @@ def measure(work: Path, tree: Path | None, workers: int, size_mib: int) -> dict[
             "after_rss": sampler.current() / MB,
             "after_anon": pss_anon_bytes(sampler.pids) / MB,
         }
+        # regbench's figures, to see what a setting costs in speed (loaded: only a hint)
+        for line in ran.stdout.splitlines():
+            name, _, value = line.rpartition(" ")
+            if name.strip().endswith("MiBps"):
+                figures[name.strip()] = float(value)
         return figures
     finally:
         sampler.stop()
@@ -104,7 +115,9 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--size-mib", type=int, default=256, help="regbench's blob")
+    p.add_argument("--after-env", action="append", default=[], metavar="NAME=VALUE")
     args = p.parse_args()
+    after_env = dict(setting.split("=", 1) for setting in args.after_env)
     print(f"{time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime())} UTC, load {os.getloadavg()}")
     with tempfile.TemporaryDirectory(prefix="berth-serve-memory-") as tmp:
         work = Path(tmp)
@@ -114,7 +127,9 @@ def main() -> None:
             order = ["before", "after"] if round_ % 2 == 0 else ["after", "before"]
             for side in order:
                 tree = before if side == "before" else None
-                figures = measure(work / f"{side}-{round_}", tree, args.workers, args.size_mib)
+                figures = measure(
+                    work / f"{side}-{round_}", tree, args.workers, args.size_mib, after_env
+                )
                 results[side].append(figures)
                 shown = ", ".join(f"{k} {v:.1f}" for k, v in figures.items())
                 print(f"round {round_ + 1} {side:6}: {shown}", flush=True)
