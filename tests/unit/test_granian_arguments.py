@@ -78,3 +78,15 @@ def test_tls_options_only_with_a_certificate_and_key(tmp_path: Path) -> None:
     assert option(secured, "--ssl-certificate") == str(cert)
     assert option(secured, "--ssl-keyfile") == str(key)
     assert option(secured, "--ssl-protocol-min") == "tls1.2"
+
+
+def test_several_workers_fork_from_a_supervisor_that_loaded_berths_modules() -> None:
+    """Loaded before the fork, Berth's modules are shared by the workers (berth.supervisor);
+    with one worker there is no one to share them with, and granian runs as it comes."""
+    several = granian_arguments(Settings(workers=2))
+    assert several[1:3] == ["-m", "berth.supervisor"]
+    one = granian_arguments(Settings(workers=1))
+    assert one[1:3] == ["-m", "granian"]
+    # The rest of the command line is the same but for the number of workers.
+    differing = [(a, b) for a, b in zip(one[3:], several[3:], strict=True) if a != b]
+    assert differing == [("1", "2")]
