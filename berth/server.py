@@ -278,7 +278,7 @@ def granian_arguments(settings: Settings) -> list[str]:
         sys.executable,
         "-m",
         # granian's command line. With several workers, berth.supervisor's: Berth's modules
-        # loaded before the fork, shared by the workers (~40 MB less for two, by PSS). One
+        # loaded before the fork, shared by the workers (30-40 MB less for two, by PSS). One
         # worker shares them with no one, and the supervisor would hold a second copy of every
         # page the worker writes to (~8 MB more): granian's own.
         "berth.supervisor" if workers > 1 else "granian",

@@ -1,9 +1,10 @@
 """The supervisor process of `berth serve`: it loads Berth's modules, then runs granian, which
 forks the workers from it. The workers find the modules loaded, in pages they share with the
 supervisor and with each other until one of them writes to a page: with two workers the
-server's memory (PSS) is ~25 MB lower than when each worker imports them itself
-(docs/operations.md, "Memory"). Nothing here opens a file, a connection or a thread: each
-worker builds its own application and services after the fork."""
+server's memory (PSS) is 30-40 MB lower than when each worker imports them itself
+(docs/operations.md, "Memory"). `berth serve` runs it for two workers or more. Nothing here
+opens a file, a connection or a thread: each worker builds its own application and services
+after the fork."""
 
 from __future__ import annotations
 
