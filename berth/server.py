@@ -340,6 +340,7 @@ def serve(settings: Settings, flags: Collection[str] = ()) -> None:
     how_many = "" if settings.workers else " (one per usable core; set workers to change it)"
     print(f"Starting {workers} worker process{'es' if workers != 1 else ''}{how_many}")
     sys.stdout.flush()
-    # Replace this process with granian's supervisor (berth.supervisor): it carries granian
-    # and the app's modules, which the workers it forks share, not the CLI, Alembic and the rest.
+    # Replace this process with granian's supervisor: it carries granian (and with several
+    # workers the app's modules, which the workers it forks share), not the CLI, Alembic and
+    # the rest.
     os.execv(sys.executable, granian_arguments(settings))

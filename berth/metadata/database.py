@@ -204,7 +204,7 @@ class Database:
     @property
     def dialect_package(self) -> Any:
         """SQLAlchemy's package of this database's dialect (its INSERT ... ON CONFLICT).
-        PostgreSQL's is imported only on PostgreSQL: ~4 MB of every worker on SQLite."""
+        PostgreSQL's is imported only on PostgreSQL: 1-2 MB of every worker on SQLite."""
         if self.is_sqlite:
             return sqlite
         from sqlalchemy.dialects import postgresql
