@@ -36,10 +36,15 @@ def test_by_default_one_worker_per_core_the_server_may_use() -> None:
 
 @pytest.mark.parametrize("given", ["1", "3"])
 def test_a_number_of_workers_given_is_the_number_started(
-    monkeypatch: pytest.MonkeyPatch, given: str
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, given: str
 ) -> None:
-    monkeypatch.setenv("BERTH_WORKERS", given)
-    assert option(granian_arguments(load_settings()), "--workers") == given
+    (tmp_path / "berth.toml").write_text(f"workers = {given}\n")
+    monkeypatch.setenv("BERTH_CONFIG", str(tmp_path / "berth.toml"))
+    assert option(granian_arguments(load_settings()), "--workers") == given  # the file
+    monkeypatch.setenv("BERTH_WORKERS", "2")
+    assert option(granian_arguments(load_settings()), "--workers") == "2"  # the environment
+    flagged = load_settings(workers=int(given))  # `berth serve --workers`
+    assert option(granian_arguments(flagged), "--workers") == given
 
 
 def test_a_negative_number_of_workers_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
