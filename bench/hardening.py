@@ -76,7 +76,9 @@ def worker_pid(server: Server) -> int:
             cmdline = (stat.parent / "cmdline").read_bytes()
         except OSError:
             continue
-        if int(fields[1]) == server.pid and (b"granian" in cmdline or b"spawn" in cmdline):
+        if int(fields[1]) == server.pid and (
+            b"berth.app:create_app" in cmdline or b"spawn" in cmdline
+        ):
             workers.append(int(stat.parent.name))
     if len(workers) != 1:
         raise RuntimeError(f"expected one worker process of {server.pid}, found {workers}")

@@ -81,10 +81,13 @@ class MemorySampler:
     def current(self) -> int:
         return sum(rss_bytes(pid) for pid in self.pids)
 
+    def current_pss(self) -> int:
+        return sum(pss_bytes(pid) for pid in self.pids)
+
     def start(self) -> MemorySampler:
         self.pids = process_tree(self.root)
         self.peak = self.window_peak = self.current()
-        self.peak_pss = sum(pss_bytes(pid) for pid in self.pids)
+        self.peak_pss = self.current_pss()
         self._thread = threading.Thread(target=self._run, name="rss-sampler", daemon=True)
         self._thread.start()
         return self
@@ -97,16 +100,17 @@ class MemorySampler:
                 self.pids = process_tree(self.root)
                 rescan_at = now + RESCAN_SECONDS
             if now >= pss_at:
-                self.peak_pss = max(self.peak_pss, sum(pss_bytes(pid) for pid in self.pids))
+                self.peak_pss = max(self.peak_pss, self.current_pss())
                 pss_at = now + PSS_SECONDS
             value = self.current()
             self.peak = max(self.peak, value)
             self.window_peak = max(self.window_peak, value)
 
-    def restart_peak(self) -> int:
-        """Start the peak over from now; returns the peak so far."""
+    def restart_peak(self) -> tuple[int, int]:
+        """Start the peaks over from now; returns the peaks so far (RSS, PSS)."""
         self.pids = process_tree(self.root)
-        before, self.peak = self.peak, self.current()
+        before = self.peak, self.peak_pss
+        self.peak, self.peak_pss = self.current(), self.current_pss()
         return before
 
     def open_window(self) -> int:

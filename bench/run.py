@@ -8,8 +8,10 @@ spread, the load average around each run and the cores other work kept busy duri
 when the machine was busy before the bench or during a run; the bench's own processes do not
 count). In each run it
 also pulls the same blob through nginx from a second Berth with `blob_redirect = "accel"` and
-from Distribution, alternating (issue 15's pull figure). It samples Berth's server memory (RSS of the granian main process and its
-workers, from /proc) throughout, measures how much one streamed 1 GiB blob push raises it,
+from Distribution, alternating (issue 15's pull figure). Berth runs on its defaults, one worker
+per usable core included. It samples Berth's server memory (PSS and RSS of the granian
+supervisor and its workers, from /proc) throughout, measures how much one streamed 1 GiB blob
+push raises the RSS,
 times single-core SHA-256, and writes the figures, ratios and targets to BENCHMARKS.md. When
 Berth asks for credentials, an access key of the administrator its first start created logs in.
 
@@ -47,7 +49,7 @@ from types import FrameType
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import method  # how runs become figures (pure; unit-tested)
 import regbench  # the team's registry-neutral benchmark, copied beside this file
-from memory import PSS_SECONDS, SAMPLE_SECONDS, MemorySampler
+from memory import PSS_SECONDS, SAMPLE_SECONDS, MemorySampler, process_tree
 
 # The servers, here for the other benches too (`from run import Server, ...`).
 from servers import (  # noqa: F401
@@ -71,10 +73,6 @@ ROOT = Path(__file__).resolve().parent.parent
 REGBENCH = Path(__file__).resolve().parent / "regbench.py"
 # Measurements made by hand (before/after comparisons, investigations), kept in BENCHMARKS.md.
 FINDINGS = Path(__file__).resolve().parent / "findings.md"
-# One worker, Berth's default: two serve manifest and small-blob GETs about twice as fast here
-# (bench/findings.md, "Two granian workers against one") but the server's RSS then passes the
-# 200 MB memory target (315 MB against 187 MB).
-DEFAULT_WORKERS = 1
 MIB = 1 << 20
 MB = 1_000_000
 
@@ -376,7 +374,9 @@ class Results:
     args: argparse.Namespace
     runs: list[Run]
     sha256: float
+    berth_workers: int
     berth_idle: int
+    berth_idle_pss: int
     berth_startup_peak: int
     berth_peak: int
     berth_peak_pss: int
@@ -436,7 +436,7 @@ def report(r: Results) -> str:
         f"| {run.load_before} / {run.load_after}; {run.others:.2f} |"
         for i, run in enumerate(r.runs, 1)
     ]
-    peak_mb = r.berth_peak / MB
+    peak_mb, peak_pss_mb = r.berth_peak / MB, r.berth_peak_pss / MB
     push_mb = r.berth_push.increase / MB
     sha_share = a["push_MiBps"] / r.sha256
     large = _size(r.berth_push.size_mib)
@@ -456,6 +456,11 @@ def report(r: Results) -> str:
         else 'nginx is not installed: Berth behind nginx with `blob_redirect = "accel"` '
         "was not measured."
     )
+    workers_given = (
+        "its default: one per usable core"
+        if args.workers is None
+        else f"`--workers {args.workers}`, not Berth's default"
+    )
     auth = (
         "Berth requires authentication, so regbench logs in the way docker does (an access "
         "key of the administrator, exchanged for a Bearer token that every request carries and "
@@ -470,7 +475,8 @@ def report(r: Results) -> str:
         "",
         "Berth against Debian's `docker-registry` (CNCF Distribution), both on 127.0.0.1 of "
         "the same machine, each on a fresh data directory. Berth runs on its defaults (SQLite "
-        f"metadata, filesystem blobs) with **{args.workers} granian worker(s)**; Distribution "
+        f"metadata, filesystem blobs) with **{r.berth_workers} granian worker(s)** "
+        f"({workers_given}); Distribution "
         "on filesystem storage with `storage.cache.blobdescriptor: inmemory`, delete enabled, "
         "no auth, access log off and log level `warn`. The team's `bench/regbench.py compare` "
         f"drives both with curl and wrk: **{args.runs} runs**, each of {args.rounds} rounds "
@@ -499,8 +505,9 @@ def report(r: Results) -> str:
         "",
         "| figure | Berth | target | met |",
         "| --- | ---: | ---: | :---: |",
-        f"| server RSS, peak through the benchmark (serving) | {peak_mb:.1f} MB | < {MEMORY_LIMIT_MB} MB "
-        f"| {_met(peak_mb < MEMORY_LIMIT_MB)} |",
+        "| server memory, peak PSS through the benchmark (serving; summed RSS beside) "
+        f"| {peak_pss_mb:.1f} MB (RSS {peak_mb:.1f} MB) | < {MEMORY_LIMIT_MB} MB "
+        f"| {_met(peak_pss_mb < MEMORY_LIMIT_MB)} |",
         f"| RSS increase during one streamed {large} blob push | {push_mb:.1f} MB "
         f"| < {LARGE_PUSH_LIMIT_MB} MB | {_met(push_mb < LARGE_PUSH_LIMIT_MB)} |",
         f"| {args.size_mib} MiB push / single-core SHA-256 | {sha_share:.0%} "
@@ -509,15 +516,19 @@ def report(r: Results) -> str:
         f"- Single-core SHA-256 here (hashlib, 256 MiB in 4 MiB updates, best of 5): "
         f"**{r.sha256:,.0f} MiB/s**. A push verifies the digest as it streams, so one core's "
         "hashing speed is its ceiling.",
-        "- Server memory is the summed RSS of the granian main process and its workers, read "
-        f"from /proc every {SAMPLE_SECONDS * 1000:.0f} ms from the moment Berth answers to "
-        f"the end of the {large} push. Idle once ready: {r.berth_idle / MB:.1f} MB. Start-up "
-        "before that (a first start: migrations, creating the administrator) peaked at "
-        f"{r.berth_startup_peak / MB:.1f} MB; the sum of each process's own peak (VmHWM, "
-        f"start-up included) is {r.berth_hwm / MB:.1f} MB. Workers are forked from the main "
-        "process, so RSS counts the pages they still share twice; the peak PSS, which splits "
-        f"shared pages between the processes (read every {PSS_SECONDS:g} s), was "
-        f"{r.berth_peak_pss / MB:.1f} MB.",
+        "- Server memory is the PSS (proportional set size: a page shared by several "
+        "processes counts once, split between them) summed over the granian supervisor and "
+        "its workers, from /proc/PID/smaps_rollup every "
+        f"{PSS_SECONDS:g} s from the moment Berth answers to the end of the {large} push: the "
+        "figure the target means, the memory the server takes from the machine. Beside it, "
+        f"the summed RSS (/proc/PID/statm every {SAMPLE_SECONDS * 1000:.0f} ms), which counts "
+        "each shared page once per process: the workers are forked from the supervisor "
+        "(with two or more, after it loaded Berth's modules), so they share pages with it and "
+        f"each other. Idle once ready: PSS {r.berth_idle_pss / MB:.1f} MB, RSS "
+        f"{r.berth_idle / MB:.1f} MB. Start-up before that (a first start: migrations, "
+        f"creating the administrator) peaked at RSS {r.berth_startup_peak / MB:.1f} MB; the "
+        "sum of each process's own peak RSS "
+        f"(VmHWM, start-up included) is {r.berth_hwm / MB:.1f} MB.",
         f"- The {large} push (POST, then one PUT streamed by `curl -T`): Berth "
         f"{bp.mibps:,.0f} MiB/s, RSS {bp.baseline / MB:.1f} → {bp.peak / MB:.1f} MB; "
         f"Distribution {dp.mibps:,.0f} MiB/s, RSS {dp.baseline / MB:.1f} → "
@@ -569,19 +580,19 @@ def measure(args: argparse.Namespace, work: Path) -> Results:
     servers: list[Server] = []
     samplers: list[MemorySampler] = []
     try:
-        berth = launch_berth(work, args.workers)
+        berth = launch_berth(work, args.workers)  # None: Berth's default
         servers.append(berth)
         berth_mem = MemorySampler(berth.pid).start()
         samplers.append(berth_mem)
         wait_ready(berth)
-        startup_peak = berth_mem.restart_peak()
-        idle = berth_mem.current()
+        startup_peak, _ = berth_mem.restart_peak()  # PSS, read every 0.5 s, misses start-up
+        idle, idle_pss = berth_mem.current(), berth_mem.current_pss()
         log_in_berth(berth)
         distribution = start_distribution(work)
         servers.append(distribution)
         dist_mem = MemorySampler(distribution.pid).start()
         samplers.append(dist_mem)
-        print(f"Berth ({args.workers} worker(s)) {berth.url}, Distribution {distribution.url}")
+        print(f"Berth {berth.url}, Distribution {distribution.url}")
         accel: tuple[Server, Server] | None = None
         if NGINX.exists():
             accel_berth = launch_berth(
@@ -610,7 +621,10 @@ def measure(args: argparse.Namespace, work: Path) -> Results:
             args=args,
             runs=runs,
             sha256=sha,
+            # granian's supervisor, and the workers it forked
+            berth_workers=len(process_tree(berth.pid)) - 1,
             berth_idle=idle,
+            berth_idle_pss=idle_pss,
             berth_startup_peak=startup_peak,
             berth_peak=berth_mem.peak,
             berth_peak_pss=berth_mem.peak_pss,
@@ -683,7 +697,12 @@ def extra_report(script: str) -> str:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
-    p.add_argument("--workers", type=int, default=DEFAULT_WORKERS, help="Berth granian workers")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="Berth's granian workers (default: Berth's own, one per usable core)",
+    )
     p.add_argument("--runs", type=int, default=3, help="runs, each a regbench comparison")
     p.add_argument("--rounds", type=int, default=3, help="regbench rounds per run")
     p.add_argument("--wrk-seconds", type=int, default=5)

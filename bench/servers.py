@@ -109,10 +109,11 @@ def wait_ready(server: Server, timeout: float = 60.0) -> None:
 
 
 def launch_berth(
-    work: Path, workers: int, settings: dict[str, str] | None = None, name: str = "Berth"
+    work: Path, workers: int | None, settings: dict[str, str] | None = None, name: str = "Berth"
 ) -> Server:
     """Create the project and repository, then start `berth serve` (not yet ready), with
-    `settings` (BERTH_* variables) over the defaults."""
+    `settings` (BERTH_* variables) over the defaults; `workers` None is Berth's default (one
+    per usable core)."""
     work.mkdir(parents=True, exist_ok=True)
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("BERTH_")}
@@ -120,7 +121,7 @@ def launch_berth(
         "BERTH_CONFIG": str(work / "no-berth.toml"),  # defaults, whatever the cwd holds
         "BERTH_DATA_DIR": str(work / "berth-data"),
         "BERTH_LISTEN": f"127.0.0.1:{port}",
-        "BERTH_WORKERS": str(workers),
+        **({"BERTH_WORKERS": str(workers)} if workers is not None else {}),
         "BERTH_TOKEN_TTL": "3600",  # registry tokens outlive the run (settings ignore unknowns)
         **(settings or {}),
     }

@@ -42,7 +42,11 @@ class Settings(BaseSettings):
         "holds locked (its lock_timeout) before the request is answered 503 with Retry-After; "
         "unset: 15. Refused with SQLite, whose writers wait 5 s for another process's write lock",
     )
-    workers: int = Field(1, ge=1, description="server worker processes")
+    workers: int = Field(
+        0,
+        ge=0,
+        description="server worker processes; 0 (the default): one per core this server may run on",
+    )
     admin_password: str | None = Field(
         None,
         min_length=8,
@@ -355,6 +359,12 @@ class Settings(BaseSettings):
         )
 
     @property
+    def worker_processes(self) -> int:
+        """The worker processes `berth serve` starts: `workers`, or with 0 one per usable
+        core (the CPU affinity, which a container or `taskset` narrows)."""
+        return self.workers or usable_cores()
+
+    @property
     def resolved_database_url(self) -> str:
         if self.database_url:
             return self.database_url
@@ -414,6 +424,13 @@ class Settings(BaseSettings):
             if value is not None and name != "admin_password":
                 env[f"BERTH_{name.upper()}"] = str(value)
         return env
+
+
+def usable_cores() -> int:
+    """The cores this process may run on."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
 
 
 def _split_address(address: str) -> tuple[str, int]:

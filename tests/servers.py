@@ -63,6 +63,8 @@ class BerthServer:
     extra_env: dict[str, str] = field(default_factory=dict)
     tls: tuple[Path, Path] | None = None
     serve_args: list[str] = field(default_factory=list)
+    # One worker: tests start many servers at once on few cores; None leaves Berth's default.
+    workers: int | None = 1
     keys: dict[tuple[str, str], tuple[str, str]] = field(default_factory=dict)
     process: subprocess.Popen[bytes] | None = None
 
@@ -92,6 +94,8 @@ class BerthServer:
         env["BERTH_LISTEN"] = self.address
         env["BERTH_CONFIG"] = str(self.data_dir / "berth.toml")
         env["BERTH_ADMIN_PASSWORD"] = ADMIN_PASSWORD
+        if self.workers is not None:
+            env["BERTH_WORKERS"] = str(self.workers)
         if self.database_url:
             env["BERTH_DATABASE_URL"] = self.database_url
         if self.tls:
@@ -154,6 +158,19 @@ class BerthServer:
         if self.process:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.process.pid, signal.SIGKILL)
+
+    def worker_pids(self) -> list[int]:
+        """The granian worker processes: the children of the server's main process."""
+        assert self.process is not None
+        children = []
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue  # ended meanwhile
+            if int(fields[1]) == self.process.pid:
+                children.append(int(stat.parent.name))
+        return children
 
     def log_tail(self, lines: int = 40) -> str:
         path = self.data_dir / "server.log"

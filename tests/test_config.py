@@ -17,7 +17,7 @@ import pytest
 
 from berth.config import Settings, load_settings
 from berth.data_location import create_data
-from tests.servers import BERTH, ROOT, BerthServer, free_port, in_own_thread
+from tests.servers import BERTH, ROOT, BerthServer, free_port, in_own_thread, wait_for
 from tests.tls import make_ca_and_cert
 
 
@@ -71,6 +71,22 @@ def test_serve_flags_override_the_environment(tmp_path: Path) -> None:
     try:
         assert httpx.get(f"{server.url}/healthz").text == "ok"
         assert "open-file limit" not in server.log_tail(), server.log_tail()
+    finally:
+        server.stop()
+
+
+def test_serve_starts_one_worker_per_usable_core_unless_told(tmp_path: Path) -> None:
+    usable = len(os.sched_getaffinity(0))
+    server = BerthServer(tmp_path / "data", workers=None).start()  # Berth's default
+    try:
+        wait_for(lambda: len(server.worker_pids()) == usable, 60, f"{usable} workers")
+        time.sleep(0.5)  # and no more than that
+        assert len(server.worker_pids()) == usable
+        plural = "es" if usable != 1 else ""
+        assert f"Starting {usable} worker process{plural} (one per usable core" in (
+            server.log_tail()
+        )
+        assert httpx.get(f"{server.url}/healthz").text == "ok"
     finally:
         server.stop()
 

@@ -56,7 +56,7 @@ def worker_pid(server: BerthServer) -> int:
     workers = [
         pid
         for pid in children
-        if b"granian" in Path(f"/proc/{pid}/cmdline").read_bytes()
+        if b"berth.app:create_app" in Path(f"/proc/{pid}/cmdline").read_bytes()
         or b"spawn" in Path(f"/proc/{pid}/cmdline").read_bytes()
     ]
     assert len(workers) == 1, f"worker processes: {children}"

@@ -32,7 +32,9 @@ def serve(
     tls_cert: Annotated[Path | None, typer.Option(help="TLS certificate (PEM).")] = None,
     tls_key: Annotated[Path | None, typer.Option(help="TLS private key (PEM).")] = None,
     database_url: Annotated[str | None, typer.Option(help="SQLAlchemy database URL.")] = None,
-    workers: Annotated[int | None, typer.Option(help="Worker processes.")] = None,
+    workers: Annotated[
+        int | None, typer.Option(help="Worker processes (0: one per usable core, the default).")
+    ] = None,
 ) -> None:
     """Start the registry (creating its data directory and database on first start)."""
     from berth.server import serve as run_server

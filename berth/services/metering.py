@@ -15,7 +15,6 @@ import time
 from typing import Any
 
 from sqlalchemy import select
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 
 from berth.jobs.periodic import Periodic
@@ -90,7 +89,7 @@ class TrafficMeter:
             entry[1] += requests
 
     def _upsert(self) -> Any:
-        dialect: Any = sqlite if self.db.is_sqlite else postgresql
+        dialect: Any = self.db.dialect_package
         statement = dialect.insert(traffic_daily)
         return statement.on_conflict_do_update(
             index_elements=["project_id", "repository_id", "day"],

@@ -9,7 +9,9 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
+from typing import Any
+
+import pytest
 
 # Top-level packages a worker loads only when it does what needs them, with what does.
 LOADED_ON_USE = {
@@ -24,8 +26,9 @@ LOADED_ON_USE = {
     "alembic": "migrations (berth init, berth serve before the workers start)",
 }
 
-# A worker: the app built, its lifespan started (services, jobs: their first pass runs) and
-# stopped, on a data directory whose database has the schema.
+# A worker: after its supervisor's loading (IN_THE_SUPERVISOR, run before it), the app built,
+# its lifespan started (services, jobs: their first pass runs) and stopped, on a data
+# directory whose database has the schema.
 PROBE = """
 import asyncio, json, sys
 
@@ -60,9 +63,22 @@ print(json.dumps({"lifespan": asyncio.run(run_lifespan()), "modules": sorted(sys
 """
 
 
-def test_a_serving_worker_does_not_load_what_only_some_requests_use(tmp_path: Path) -> None:
-    for name in LOADED_ON_USE:  # installed: the test could find each of them loaded
-        assert importlib.util.find_spec(name) is not None, name
+# What granian's supervisor loads (berth.supervisor) before it forks the workers.
+IN_THE_SUPERVISOR = """
+import json, sys
+
+from berth.supervisor import load_modules
+
+load_modules()
+print(json.dumps(sorted(sys.modules)))
+"""
+
+
+@pytest.fixture(scope="module")
+def worker(tmp_path_factory: pytest.TempPathFactory) -> tuple[set[str], dict[str, Any]]:
+    """A worker as `berth serve` starts one: the modules its supervisor loaded before the
+    fork, and what the worker's probe found."""
+    tmp_path = tmp_path_factory.mktemp("worker")
     env = {k: v for k, v in os.environ.items() if not k.startswith("BERTH_")}
     env |= {
         "BERTH_CONFIG": str(tmp_path / "none.toml"),
@@ -70,11 +86,43 @@ def test_a_serving_worker_does_not_load_what_only_some_requests_use(tmp_path: Pa
         "BERTH_LOG_LEVEL": "warning",
     }
     done = subprocess.run(
-        [sys.executable, "-c", PROBE], env=env, capture_output=True, text=True, timeout=120
+        [sys.executable, "-c", IN_THE_SUPERVISOR + PROBE],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert done.returncode == 0, done.stderr[-3000:]
-    found = json.loads(done.stdout.splitlines()[-1])
+    *printed, last = done.stdout.splitlines()
+    found = json.loads(last)
     assert found["lifespan"] == ["lifespan.startup.complete", "lifespan.shutdown.complete"]
     assert "[ERROR]" not in done.stderr, done.stderr[-3000:]
+    return set(json.loads(printed[-1])), found
+
+
+def test_a_serving_worker_does_not_load_what_only_some_requests_use(
+    worker: tuple[set[str], dict[str, Any]],
+) -> None:
+    for name in LOADED_ON_USE:  # installed: the test could find each of them loaded
+        assert importlib.util.find_spec(name) is not None, name
+    _, found = worker
     loaded = {name.split(".")[0] for name in found["modules"]}
+    assert "sqlalchemy.dialects.postgresql" not in found["modules"]  # on SQLite
     assert {name: why for name, why in LOADED_ON_USE.items() if name in loaded} == {}
+
+
+def test_the_supervisor_loads_every_library_and_berth_module_a_worker_starts_with(
+    worker: tuple[set[str], dict[str, Any]],
+) -> None:
+    """Loaded before the fork, a module's pages are shared by the workers; one a worker imports
+    itself is its own, once per worker. The standard library's few left to the workers (the
+    event loop's thread pool's) are small."""
+    in_the_supervisor, found = worker
+    assert "berth.api.projects" in in_the_supervisor  # the API's routers, imported by name
+    assert "aiosqlite" in in_the_supervisor  # the database's driver
+    left_to_the_workers = sorted(
+        name
+        for name in set(found["modules"]) - in_the_supervisor
+        if name.split(".")[0] not in sys.stdlib_module_names and name != "__main__"
+    )
+    assert left_to_the_workers == []
