@@ -250,30 +250,16 @@ class GarbageCollector:
                     client=client[:64] if client else None,
                 )
                 if not dry_run:
-                    # Files a failed run of this project left to sweep become this run's work.
-                    await conn.execute(
-                        update(gc_sweep)
-                        .where(
-                            gc_sweep.c.run_id.in_(
-                                select(gc_runs.c.id).where(
-                                    gc_runs.c.project_id == project_id, gc_runs.c.state != RUNNING
-                                )
-                            )
-                        )
-                        .values(run_id=run_id)
+                    # What a failed run of this project left becomes this run's work: files
+                    # to sweep, and objects of blobs whose rows it deleted (pushes of those
+                    # wait for them again).
+                    failed_runs = select(gc_runs.c.id).where(
+                        gc_runs.c.project_id == project_id, gc_runs.c.state != RUNNING
                     )
-                    # So do the files of blobs whose rows it deleted (pushes wait for them again).
-                    await conn.execute(
-                        update(blob_removals)
-                        .where(
-                            blob_removals.c.run_id.in_(
-                                select(gc_runs.c.id).where(
-                                    gc_runs.c.project_id == project_id, gc_runs.c.state != RUNNING
-                                )
-                            )
+                    for left in (gc_sweep, blob_removals):
+                        await conn.execute(
+                            update(left).where(left.c.run_id.in_(failed_runs)).values(run_id=run_id)
                         )
-                        .values(run_id=run_id)
-                    )
                 await self.leases.hold_in(conn, name, LEASE_SECONDS)
         except BaseException:
             if run_id is not None:
