@@ -46,6 +46,17 @@ SQLITE_PRAGMAS = (
     f"PRAGMA busy_timeout={WRITE_LOCK_SECONDS * 1000}",
     "PRAGMA foreign_keys=ON",
 )
+# A reader reads the database file through a memory map: its pages stay in the kernel's page
+# cache, one copy shared by every connection of every worker, instead of each connection
+# copying what it reads into a page cache of its own (SQLite's default, up to 2 MB each: tens
+# of connections a worker). Pages a reader finds in the WAL still go to its own page cache,
+# bounded small. bench/findings.md, "A serving worker's growth taken apart".
+READER_MAP_BYTES = 256 * 1024 * 1024
+READER_PAGE_CACHE_KIB = 256
+SQLITE_READER_PRAGMAS = (
+    f"PRAGMA mmap_size={READER_MAP_BYTES}",
+    f"PRAGMA cache_size=-{READER_PAGE_CACHE_KIB}",
+)
 
 
 def _sqlite_engine(url: str, *, writer: bool) -> AsyncEngine:
@@ -61,7 +72,7 @@ def _sqlite_engine(url: str, *, writer: bool) -> AsyncEngine:
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
         dbapi_connection.isolation_level = None  # SQLAlchemy emits BEGIN itself, below
         cursor = dbapi_connection.cursor()
-        for pragma in SQLITE_PRAGMAS:
+        for pragma in SQLITE_PRAGMAS if writer else (*SQLITE_PRAGMAS, *SQLITE_READER_PRAGMAS):
             cursor.execute(pragma)
         cursor.close()
 
@@ -101,7 +112,7 @@ class _SqlitePointReader:
     def first(self, statement: Select[Any], params: dict[str, Any]) -> tuple[Any, ...] | None:
         if self._connection is None:
             self._connection = sqlite3.connect(self._path, isolation_level=None)
-            for pragma in (*SQLITE_PRAGMAS, "PRAGMA query_only=1"):
+            for pragma in (*SQLITE_PRAGMAS, *SQLITE_READER_PRAGMAS, "PRAGMA query_only=1"):
                 self._connection.execute(pragma)
         sql = self._compiled.get(statement)
         if sql is None:

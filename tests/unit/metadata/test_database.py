@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import _sqlite3
 import asyncio
+import ctypes
 from pathlib import Path
 
 import pytest
@@ -32,3 +34,46 @@ def test_a_write_queued_behind_this_process_writer_for_too_long_is_a_503(
 
     refused = asyncio.run(queue())
     assert refused.status == 503 and refused.headers["Retry-After"].isdigit()
+
+
+def _sqlite_heap_bytes() -> int:
+    """The bytes SQLite has allocated in this process (sqlite3_memory_used), every connection
+    together: the library Python's sqlite3 module (and aiosqlite with it) runs on."""
+    library = ctypes.CDLL(_sqlite3.__file__)
+    library.sqlite3_memory_used.restype = ctypes.c_int64
+    used: int = library.sqlite3_memory_used()
+    return used
+
+
+def test_reading_a_large_database_keeps_little_in_each_reader_connection(tmp_path: Path) -> None:
+    """A worker keeps up to 16 reader connections open: reading a database far larger than
+    their bound leaves each with a small page cache, not a copy of what it read (SQLite's
+    default page cache holds up to 2 MB a connection)."""
+    db = Database(f"sqlite+aiosqlite:///{tmp_path / 'large.db'}")
+    rows, row_bytes, readers = 2048, 4096, 4  # 8 MiB of rows, read whole by each reader
+
+    async def fill_then_read() -> int:
+        try:
+            async with db.write() as connection:
+                await connection.exec_driver_sql("CREATE TABLE layer (id INTEGER, data BLOB)")
+                for i in range(rows):
+                    await connection.exec_driver_sql(
+                        "INSERT INTO layer VALUES (?, randomblob(?))", (i, row_bytes)
+                    )
+            before = _sqlite_heap_bytes()
+
+            async def read_all() -> int:
+                async with db.read() as connection:
+                    result = await connection.exec_driver_sql("SELECT sum(length(data)) FROM layer")
+                    total: int = result.scalar_one()
+                    await asyncio.sleep(0.1)  # every reader open at once: none reused
+                    return total
+
+            totals = await asyncio.gather(*(read_all() for _ in range(readers)))
+            assert totals == [rows * row_bytes] * readers
+            return _sqlite_heap_bytes() - before
+        finally:
+            await db.dispose()
+
+    grown = asyncio.run(fill_then_read())
+    assert grown < readers * 512 * 1024, f"{grown / readers / 1024:.0f} KiB a reader"
