@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import os
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -174,6 +175,66 @@ def test_a_blob_lost_from_the_bucket_is_unknown_to_head_and_get(
         # Pushing it again stores it again.
         assert_status(put_upload(client, location(start_upload(client, name)), digest, data), 201)
         assert client.get(blob_path(name, digest)).content == data
+
+
+def object_key(server: BerthServer, digest: str) -> str:
+    hex_digest = digest.split(":", 1)[1]
+    return f"{server.extra_env['BERTH_S3_PREFIX']}/blobs/sha256/{hex_digest[:2]}/{hex_digest}"
+
+
+def test_a_layer_pushed_again_is_not_stored_again(
+    s3_server: BerthServer, object_store: S3TestServer
+) -> None:
+    """A layer pushed again, by its repository or another (a shared base layer), leaves the
+    object in the bucket untouched (not copied over itself) and no piece of the upload."""
+    for repository in ("again", "again-other"):
+        s3_server.create_repository("s3proj", repository)
+    data = os.urandom(6 * 1024 * 1024)  # one piece over S3's minimum part size
+    digest = sha256(data)
+    s3 = object_store.client()
+    prefix = s3_server.extra_env["BERTH_S3_PREFIX"]
+    with httpx.Client(
+        base_url=s3_server.url, auth=s3_server.access_key("s3proj"), timeout=60
+    ) as client:
+        first = location(start_upload(client, "s3proj/again"))
+        assert_status(put_upload(client, first, digest, data), 201)
+        stored = s3.head_object(Bucket=BUCKET, Key=object_key(s3_server, digest))
+        time.sleep(1.1)  # a copy made now would have a later LastModified (whole seconds)
+        for name in ("s3proj/again", "s3proj/again-other"):
+            assert_status(
+                put_upload(client, location(start_upload(client, name)), digest, data), 201
+            )
+            after = s3.head_object(Bucket=BUCKET, Key=object_key(s3_server, digest))
+            assert (after["LastModified"], after["ETag"]) == (
+                stored["LastModified"],
+                stored["ETag"],
+            )
+            assert client.get(blob_path(name, digest)).content == data
+    listing = s3.list_objects_v2(Bucket=BUCKET, Prefix=f"{prefix}/uploads/")
+    assert listing.get("KeyCount", 0) == 0, listing.get("Contents")
+
+
+def test_a_blob_deleted_from_the_bucket_is_stored_again_by_a_push(
+    s3_server: BerthServer, object_store: S3TestServer
+) -> None:
+    """Pushed again right after its object went behind the registry's back (a HEAD had just
+    found it, no pull found the loss out): the push asks the bucket, and stores it again."""
+    s3_server.create_repository("s3proj", "relost")
+    name = "s3proj/relost"
+    data = os.urandom(6 * 1024 * 1024)
+    digest = sha256(data)
+    s3 = object_store.client()
+    with httpx.Client(
+        base_url=s3_server.url, auth=s3_server.access_key("s3proj"), timeout=60
+    ) as client:
+        assert_status(put_upload(client, location(start_upload(client, name)), digest, data), 201)
+        assert_status(client.head(blob_path(name, digest)), 200)
+        s3.delete_object(Bucket=BUCKET, Key=object_key(s3_server, digest))
+        assert_status(put_upload(client, location(start_upload(client, name)), digest, data), 201)
+        stored = s3.head_object(Bucket=BUCKET, Key=object_key(s3_server, digest))
+        assert stored["ContentLength"] == len(data)
+        pulled = client.get(blob_path(name, digest))
+        assert pulled.status_code == 200 and pulled.content == data
 
 
 @pytest.mark.parametrize("size", [4096, 512 * 1024], ids=["hashed-inline", "hashed-in-a-thread"])
