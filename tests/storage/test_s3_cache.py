@@ -10,7 +10,6 @@ import hashlib
 import os
 import socket
 import struct
-import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -21,7 +20,7 @@ import pytest
 
 from tests.oci import assert_status, blob_path, location, put_upload, start_upload
 from tests.s3 import BUCKET, SeaweedFS
-from tests.servers import BERTH, BerthServer, free_port, running_server
+from tests.servers import BerthServer, running_server, serve_refused, unstarted_environ
 from tests.usage.conftest import eventually, traffic
 
 MiB = 1024 * 1024
@@ -330,17 +329,9 @@ def test_serve_refuses_a_cache_directory_it_cannot_make(
     seaweedfs: SeaweedFS, tmp_path: Path
 ) -> None:
     (tmp_path / "taken").write_bytes(b"a file where the directory should be")
-    env = {
-        **os.environ,
+    settings = {
         **seaweedfs.settings_environ(),
         "BERTH_S3_CACHE_DIR": str(tmp_path / "taken" / "cache"),
-        "BERTH_DATA_DIR": str(tmp_path / "data"),
-        "BERTH_CONFIG": str(tmp_path / "berth.toml"),
-        "BERTH_LISTEN": f"127.0.0.1:{free_port()}",
     }
-    refused = subprocess.run(
-        [*BERTH, "serve"], env=env, capture_output=True, text=True, timeout=120, check=False
-    )
-    assert refused.returncode == 2, refused.stdout + refused.stderr
-    assert f"cannot use s3_cache_dir {tmp_path / 'taken' / 'cache'}" in refused.stderr
-    assert "Traceback" not in refused.stderr
+    said = serve_refused(unstarted_environ(tmp_path, settings))
+    assert f"cannot use s3_cache_dir {tmp_path / 'taken' / 'cache'}" in said

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,7 +24,7 @@ from tests.oci import (
     start_upload,
 )
 from tests.s3 import BUCKET, S3TestServer, SeaweedFS
-from tests.servers import BERTH, BerthServer, free_port, running_server
+from tests.servers import BerthServer, running_server, serve_refused, unstarted_environ
 
 pytestmark = pytest.mark.clients
 
@@ -131,20 +130,8 @@ def test_serve_refuses_a_store_it_cannot_use_before_serving(
     seaweedfs: SeaweedFS, tmp_path: Path, changes: dict[str, str], problem: str
 ) -> None:
     """On SeaweedFS only: RGW's refusals are the driver's tests' (`test_s3.py`)."""
-    env = {
-        **os.environ,
-        **seaweedfs.settings_environ(),
-        **changes,
-        "BERTH_DATA_DIR": str(tmp_path / "data"),
-        "BERTH_CONFIG": str(tmp_path / "berth.toml"),
-        "BERTH_LISTEN": f"127.0.0.1:{free_port()}",
-    }
-    refused = subprocess.run(
-        [*BERTH, "serve"], env=env, capture_output=True, text=True, timeout=120, check=False
-    )
-    assert refused.returncode == 2, refused.stdout + refused.stderr
-    assert problem in refused.stderr and seaweedfs.endpoint in refused.stderr
-    assert "Traceback" not in refused.stderr
+    said = serve_refused(unstarted_environ(tmp_path, {**seaweedfs.settings_environ(), **changes}))
+    assert problem in said and seaweedfs.endpoint in said
     assert not (tmp_path / "data").exists()  # refused before anything was created
 
 
