@@ -328,6 +328,30 @@ def database_url_for(backend: str, postgres: PostgresCluster | None) -> str | No
     return postgres.create_database()
 
 
+def unstarted_environ(directory: Path, settings: Mapping[str, str]) -> dict[str, str]:
+    """The environment of a `berth serve` run by hand (to see it refuse to start): this
+    process's with `settings`, its data and configuration file under `directory`, listening
+    on a free loopback port."""
+    return {
+        **os.environ,
+        **settings,
+        "BERTH_DATA_DIR": str(directory / "data"),
+        "BERTH_CONFIG": str(directory / "berth.toml"),
+        "BERTH_LISTEN": f"127.0.0.1:{free_port()}",
+    }
+
+
+def serve_refused(env: Mapping[str, str]) -> str:
+    """`berth serve` in `env`, which must refuse to start as a setting's problem does (exit
+    status 2, no traceback): what it said on standard error."""
+    refused = subprocess.run(
+        [*BERTH, "serve"], env=env, capture_output=True, text=True, timeout=120, check=False
+    )
+    assert refused.returncode == 2, refused.stdout + refused.stderr
+    assert "Traceback" not in refused.stderr
+    return refused.stderr
+
+
 @contextlib.contextmanager
 def running_server(
     request: pytest.FixtureRequest,

@@ -75,14 +75,55 @@ def test_a_damaged_small_blob_is_never_served_and_a_push_repairs_it(repo: Repo) 
     assert repo.client.get(repo.url(f"blobs/{digest}")).content == data
 
 
-def test_a_forced_upload_of_the_right_bytes_replaces_a_damaged_large_blob(repo: Repo) -> None:
-    """Large blobs are not hashed on each download; uploading them again still repairs them."""
+def test_a_large_blob_damaged_in_place_is_the_checks_to_set_aside_then_a_push_repairs_it(
+    repo: Repo,
+) -> None:
+    """Large blobs are not hashed on each download, nor on a push of a blob the registry has
+    (a file of the right size is taken as stored): the storage check finds the damage and
+    sets the file aside, and the next push stores the right bytes."""
     data = os.urandom(3 * MIB)
     digest = push_bytes(repo.client, repo.name, data)
     damage(blob_file(repo.server, digest))
     push_bytes(repo.client, repo.name, data)
+    assert blob_file(repo.server, digest).read_bytes() != data
+    code, report = storage_check(repo.server)
+    assert code == 1 and digest in report["damaged"], report
+    push_bytes(repo.client, repo.name, data)
     assert blob_file(repo.server, digest).read_bytes() == data
     assert repo.client.get(repo.url(f"blobs/{digest}")).content == data
+
+
+def test_a_layer_pushed_again_is_not_stored_again(repo: Repo) -> None:
+    """A layer pushed again, by its repository or another (a shared base layer), leaves the
+    stored file as it is (the same file, not rewritten) and its scratch file gone."""
+    data = os.urandom(3 * MIB)
+    digest = push_bytes(repo.client, repo.name, data)
+    before = os.stat(blob_file(repo.server, digest))
+    other = new_repo(repo.server)
+    with other.client:
+        for pusher in (repo, other):
+            assert push_bytes(pusher.client, pusher.name, data) == digest
+            after = os.stat(blob_file(repo.server, digest))
+            assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
+            assert pusher.client.get(pusher.url(f"blobs/{digest}")).content == data
+    assert scratch_files(repo.server) == []
+
+
+@pytest.mark.parametrize("loss", ["deleted", "cut-short"])
+def test_a_blob_lost_on_disk_is_stored_again_by_a_push(repo: Repo, loss: str) -> None:
+    """A push of a blob whose file went behind the registry's back (no pull found it out
+    first) stores it again: a push stays the way to repair a lost blob."""
+    data = os.urandom(2 * MIB)
+    digest = push_bytes(repo.client, repo.name, data)
+    path = blob_file(repo.server, digest)
+    if loss == "deleted":
+        path.unlink()
+    else:
+        path.write_bytes(data[:MIB])
+    push_bytes(repo.client, repo.name, data)
+    assert path.read_bytes() == data
+    assert repo.client.get(repo.url(f"blobs/{digest}")).content == data
+    assert scratch_files(repo.server) == []
 
 
 def test_a_truncated_large_blob_is_never_served(repo: Repo) -> None:

@@ -202,8 +202,9 @@ async def get_blob(
     if _held(request, digest):
         # Content-addressed, so never modified: answered before any Range or redirect (as
         # RFC 9110 orders the preconditions), nothing read, nothing counted as sent. Like a
-        # HEAD, it must not tell the client that storage holds a blob it has lost.
-        await services.registry.ensure_stored(digest, size)
+        # HEAD, it must not tell the client that storage holds a blob it has lost; a copy in
+        # this node's cache, which a GET would be sent from, answers for the store.
+        await services.registry.ensure_held(digest, size)
         return NotModifiedResponse(digest)
     if services.settings.blob_redirect != "off" and request.method == "GET":
         return await _redirected_blob(request, services, repo, digest, size)

@@ -136,6 +136,14 @@ class BlobContent:
         if not await self.store.confirm_stored(digest, size):
             raise missing_blob(digest)
 
+    async def ensure_held(self, digest: str, size: int) -> None:
+        """BLOB_UNKNOWN unless this node can send the blob, for a client that holds it (a
+        conditional request, answered 304): a verified copy in this node's cache answers
+        without a request to the store, as a GET would be sent from that copy; else the
+        store is asked, as for a HEAD (`ensure_stored`)."""
+        if not self.store.holds_cached_copy(digest, size):
+            await self.ensure_stored(digest, size)
+
     async def download_url(self, digest: str, size: int, ttl: int) -> str:
         """A URL the client fetches the blob from itself, valid `ttl` seconds
         (`blob_redirect = "presigned"`); BLOB_UNKNOWN, as for a download through Berth,

@@ -172,6 +172,15 @@ def _data_lost(upload_id: str) -> BlobUploadUnknown:
     )
 
 
+@dataclass(frozen=True, slots=True)
+class _HeldRow:
+    """A blob's row as a push holds it before storing the object."""
+
+    token: str | None  # None: a row from before tokens
+    made: bool  # by this push
+    removal_voided: bool  # a failed GC run's note of removing its object was voided
+
+
 class _BeingRemoved(Exception):
     """A running GC run is removing the blob's object from the store."""
 
@@ -405,26 +414,37 @@ class Uploads:
         collection would wait on that lock): hold the blob's row, store the object, then
         link it if the row is still the one held. Garbage collection deletes a row first and
         removes its object after, noted in `blob_removals` until done; a push waits for such
-        a removal. A row deleted since it was held (its object maybe removed after this one
-        stored it) is not the same row: the push goes round again."""
+        a removal. A blob the registry has already is not stored again (`_stored_already`).
+        A row deleted since it was held (its object maybe removed after this one stored it,
+        or before this one found it stored) is not the same row: the push goes round again."""
         deadline = time.monotonic() + REMOVAL_WAIT_SECONDS
         while True:
-            token, made = await self._hold_blob_row(digest, upload.offset, deadline)
-            try:
-                await self.store.commit_upload(upload.id, digest, pieces)
-            except BaseException:
-                if made:  # a row of a blob that is not stored: not for the storage check
-                    await self._forget_row(digest, token)
-                raise
-            if await self._record(repo, upload, digest, token):
+            held = await self._hold_blob_row(digest, upload.offset, deadline)
+            if not await self._stored_already(held, digest, upload.offset):
+                try:
+                    await self.store.commit_upload(upload.id, digest, pieces)
+                except BaseException:
+                    if held.made:  # a row of a blob that is not stored: not for the check
+                        await self._forget_row(digest, held.token)
+                    raise
+            if await self._record(repo, upload, digest, held.token):
                 return
             logger.info("blob %s was collected while it was stored: storing it again", digest)
 
-    async def _hold_blob_row(
-        self, digest: str, size: int, deadline: float
-    ) -> tuple[str | None, bool]:
-        """The token of the blob's row (None: a row from before tokens) and whether this made
-        the row, once no removal of its object from the store is under way."""
+    async def _stored_already(self, held: _HeldRow, digest: str, size: int) -> bool:
+        """Whether the blob is in the store already, so this push need not store it again
+        (a layer pushed again, here or by another repository): its row was there before this
+        push, no removal of its object was under way, and the store has the object at its
+        size now. A row this push made may name an object left from before (an orphan, one a
+        failed removal was deleting): never trusted. A lost or cut-short object is stored
+        again, so a push repairs what the storage check reports missing; damaged bytes of the
+        right size are the check's to set aside first."""
+        if held.made or held.removal_voided:
+            return False
+        return await self.store.stat(digest) == size
+
+    async def _hold_blob_row(self, digest: str, size: int, deadline: float) -> _HeldRow:
+        """The blob's row, held once no removal of its object from the store is under way."""
         while True:
             try:
                 async with self.db.write() as conn:
@@ -455,8 +475,7 @@ class Uploads:
                         raise _BeingRemoved()
                     if held.noted is not None:
                         await self._void_removal(conn, digest, held.run_id, held.state)
-                    token: str | None = held.token
-                    return token, made.rowcount == 1
+                    return _HeldRow(held.token, made.rowcount == 1, held.noted is not None)
             except _BeingRemoved:
                 if time.monotonic() >= deadline:
                     raise Unavailable(

@@ -60,9 +60,11 @@ class BlobStore(abc.ABC):
     @abc.abstractmethod
     async def commit_upload(self, upload_id: str, digest: str, pieces: Sequence[str] = ()) -> None:
         """Make the upload's bytes (its recorded `pieces`, on a store of pieces) the blob
-        `digest`, atomically. Dedups if already present. The scratch object stays until
-        `delete_upload`, so a commit can be made again (after garbage collection removed the
-        blob meanwhile, or when a client retries)."""
+        `digest`, atomically, replacing any object stored under it: whether the blob is
+        there already is the caller's question (`stat`), asked only where the metadata says
+        it may be. The scratch object stays until `delete_upload`, so a commit can be made
+        again (after garbage collection removed the blob meanwhile, or when a client
+        retries)."""
 
     @abc.abstractmethod
     async def delete_upload(self, upload_id: str) -> None: ...
@@ -74,7 +76,8 @@ class BlobStore(abc.ABC):
 
     @abc.abstractmethod
     async def stat(self, digest: str) -> int | None:
-        """Size of the stored blob, or None."""
+        """Size of the stored blob, or None: the store as it is now (one request to a remote
+        store), for a push deciding whether to store the blob again and for the checks."""
 
     async def confirm_stored(self, digest: str, size: int) -> bool:
         """Whether the store holds the blob at `size` bytes, for a request that will not read
@@ -101,6 +104,11 @@ class BlobStore(abc.ABC):
         """A node-local copy of a remote store's blob, at `size` bytes, that the server can
         send as a file; None when there is none (or the store has local files anyway)."""
         return None
+
+    def holds_cached_copy(self, digest: str, size: int) -> bool:
+        """Whether this node keeps a copy of the blob at `size` bytes (see `cached_path`),
+        without counting it as a use of the copy."""
+        return False
 
     @abc.abstractmethod
     async def delete(self, digest: str) -> None: ...

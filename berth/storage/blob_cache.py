@@ -118,6 +118,16 @@ class BlobCache:
         metrics.s3_cache_looked_up(hit=True)
         return path
 
+    def holds(self, digest: str, size: int) -> bool:
+        """Whether this node holds a copy of `digest` at `size` bytes: one that matched the
+        digest when it was written, so the store held the blob whole. Neither a use of the
+        copy (no recency, no metric) nor a removal of one of another size: `hit` does those
+        when a copy is sent."""
+        try:
+            return os.stat(self.copy_path(digest)).st_size == size
+        except OSError:
+            return False
+
     # ------------------------------------------------------------ filling
 
     def start_fill(self, digest: str, size: int) -> CacheFill | None:

@@ -277,8 +277,8 @@ class FilesystemBlobStore(BlobStore):
 
 
 def _replace_with_link(source: Path, target: Path) -> None:
-    """The same digest stored already: replace the stored file (atomically) with the upload's
-    verified bytes, so pushing a blob again repairs a copy damaged on disk."""
+    """The same digest stored already (cut short, or under a row the push made): replace the
+    stored file (atomically) with the upload's verified bytes."""
     # A name of its own: commits of this upload racing with this one (a client's retry
     # handled by another process) each replace the blob with the same file.
     temporary = source.with_name(f"{source.name}{_COMMIT}.{secrets.token_hex(8)}")

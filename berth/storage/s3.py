@@ -373,8 +373,6 @@ class S3BlobStore(BlobStore):
         key = self._blob_key(digest)
         recorded = [piece for piece in self._recorded(upload_id, pieces) if piece.size]
         total = sum(piece.size for piece in recorded)
-        if await self._size(key) == total:
-            return  # stored already: content addressed, so the same bytes
         s3 = await self._s3()
         bucket = self.location.bucket
         if not recorded:
@@ -498,6 +496,9 @@ class S3BlobStore(BlobStore):
 
     def cached_path(self, digest: str, size: int) -> Path | None:
         return None if self.cache is None else self.cache.hit(digest, size)
+
+    def holds_cached_copy(self, digest: str, size: int) -> bool:
+        return self.cache is not None and self.cache.holds(digest, size)
 
     async def download(self, digest: str, size: int) -> AsyncIterator[bytes]:
         """The blob streamed from the store; with a cache, its bytes are also hashed and

@@ -10,7 +10,6 @@ import hashlib
 import os
 import socket
 import struct
-import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -21,7 +20,7 @@ import pytest
 
 from tests.oci import assert_status, blob_path, location, put_upload, start_upload
 from tests.s3 import BUCKET, SeaweedFS
-from tests.servers import BERTH, BerthServer, free_port, running_server
+from tests.servers import BerthServer, running_server, serve_refused, unstarted_environ
 from tests.usage.conftest import eventually, traffic
 
 MiB = 1024 * 1024
@@ -115,11 +114,24 @@ def test_a_pulled_blob_is_sent_from_the_node_cache_while_the_store_is_down(
             base_url=server.url, auth=server.access_key("cache"), timeout=60
         ) as client:
             digests = [push(client, "cache/app", data) for data in (big, small)]
+            uncached = push(client, "cache/app", os.urandom(4096))  # never pulled: no copy
             for data, digest in zip((big, small), digests, strict=True):
                 first = client.get(blob_path("cache/app", digest))
                 assert first.status_code == 200 and first.content == data
                 assert kept(cache, digest) == data
             own_seaweedfs.stop()
+
+            # A client holding a blob this node has a copy of is told 304 without the store
+            # (the copy was whole when kept, as a GET sent from it would be); without a copy
+            # the store is asked, down: 503.
+            for digest in digests:
+                held = {"If-None-Match": f'"{digest}"'}
+                for method in ("GET", "HEAD"):
+                    answer = client.request(method, blob_path("cache/app", digest), headers=held)
+                    assert answer.status_code == 304, (method, answer.status_code, answer.text)
+                    assert answer.headers["docker-content-digest"] == digest
+            held = {"If-None-Match": f'"{uncached}"'}
+            assert client.get(blob_path("cache/app", uncached), headers=held).status_code == 503
 
             for data, digest in zip((big, small), digests, strict=True):
                 again = client.get(blob_path("cache/app", digest))
@@ -134,11 +146,14 @@ def test_a_pulled_blob_is_sent_from_the_node_cache_while_the_store_is_down(
             assert client.head(blob_path("cache/app", digests[0])).status_code == 503
             # The copy answers only for blobs of the repository: the metadata decides.
             server.create_repository("cache", "other")
-            other = client.get(blob_path("cache/other", digests[0]))
-            assert other.status_code == 404
-            assert other.json()["errors"][0]["code"] == "BLOB_UNKNOWN"
+            held = {"If-None-Match": f'"{digests[0]}"'}
+            for headers in ({}, held):
+                other = client.get(blob_path("cache/other", digests[0]), headers=headers)
+                assert other.status_code == 404
+                assert other.json()["errors"][0]["code"] == "BLOB_UNKNOWN"
 
-        # Both pulls of each blob, and the range, were counted as sent.
+        # Both pulls of each blob, and the range, were counted as sent (a 304 sends nothing;
+        # nor is it a use of the copy).
         expected = 2 * (len(big) + len(small)) + 2_000_000
         assert counted(server, "cache", expected) == expected
         scraped = httpx.get(f"{server.url}/metrics", timeout=30).text  # loopback: no sign-in
@@ -314,17 +329,9 @@ def test_serve_refuses_a_cache_directory_it_cannot_make(
     seaweedfs: SeaweedFS, tmp_path: Path
 ) -> None:
     (tmp_path / "taken").write_bytes(b"a file where the directory should be")
-    env = {
-        **os.environ,
+    settings = {
         **seaweedfs.settings_environ(),
         "BERTH_S3_CACHE_DIR": str(tmp_path / "taken" / "cache"),
-        "BERTH_DATA_DIR": str(tmp_path / "data"),
-        "BERTH_CONFIG": str(tmp_path / "berth.toml"),
-        "BERTH_LISTEN": f"127.0.0.1:{free_port()}",
     }
-    refused = subprocess.run(
-        [*BERTH, "serve"], env=env, capture_output=True, text=True, timeout=120, check=False
-    )
-    assert refused.returncode == 2, refused.stdout + refused.stderr
-    assert f"cannot use s3_cache_dir {tmp_path / 'taken' / 'cache'}" in refused.stderr
-    assert "Traceback" not in refused.stderr
+    said = serve_refused(unstarted_environ(tmp_path, settings))
+    assert f"cannot use s3_cache_dir {tmp_path / 'taken' / 'cache'}" in said

@@ -3,40 +3,23 @@ for one node only, every node must have the install's keys, and each answer name
 
 from __future__ import annotations
 
-import os
 import shutil
 import socket
-import subprocess
 from pathlib import Path
 
 import httpx
 import pytest
 
 from tests.s3 import SeaweedFS
-from tests.servers import BERTH, BerthServer, PostgresCluster, free_port
+from tests.servers import BerthServer, PostgresCluster, serve_refused, unstarted_environ
 
 pytestmark = pytest.mark.clients
-
-
-def serve_refused(env: dict[str, str]) -> str:
-    refused = subprocess.run(
-        [*BERTH, "serve"], env=env, capture_output=True, text=True, timeout=120, check=False
-    )
-    assert refused.returncode == 2, refused.stdout + refused.stderr
-    assert "Traceback" not in refused.stderr
-    return refused.stderr
 
 
 def test_s3_with_sqlite_refuses_unless_one_node_is_intended(
     seaweedfs: SeaweedFS, tmp_path: Path
 ) -> None:
-    env = {
-        **os.environ,
-        **seaweedfs.settings_environ(),
-        "BERTH_DATA_DIR": str(tmp_path / "data"),
-        "BERTH_CONFIG": str(tmp_path / "berth.toml"),
-        "BERTH_LISTEN": f"127.0.0.1:{free_port()}",
-    }
+    env = unstarted_environ(tmp_path, seaweedfs.settings_environ())
     del env["BERTH_SINGLE_NODE"]
     problem = serve_refused(env)
     assert "single_node = true" in problem and "PostgreSQL" in problem

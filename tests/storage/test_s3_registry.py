@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -24,7 +24,7 @@ from tests.oci import (
     start_upload,
 )
 from tests.s3 import BUCKET, S3TestServer, SeaweedFS
-from tests.servers import BERTH, BerthServer, free_port, running_server
+from tests.servers import BerthServer, running_server, serve_refused, unstarted_environ
 
 pytestmark = pytest.mark.clients
 
@@ -130,20 +130,8 @@ def test_serve_refuses_a_store_it_cannot_use_before_serving(
     seaweedfs: SeaweedFS, tmp_path: Path, changes: dict[str, str], problem: str
 ) -> None:
     """On SeaweedFS only: RGW's refusals are the driver's tests' (`test_s3.py`)."""
-    env = {
-        **os.environ,
-        **seaweedfs.settings_environ(),
-        **changes,
-        "BERTH_DATA_DIR": str(tmp_path / "data"),
-        "BERTH_CONFIG": str(tmp_path / "berth.toml"),
-        "BERTH_LISTEN": f"127.0.0.1:{free_port()}",
-    }
-    refused = subprocess.run(
-        [*BERTH, "serve"], env=env, capture_output=True, text=True, timeout=120, check=False
-    )
-    assert refused.returncode == 2, refused.stdout + refused.stderr
-    assert problem in refused.stderr and seaweedfs.endpoint in refused.stderr
-    assert "Traceback" not in refused.stderr
+    said = serve_refused(unstarted_environ(tmp_path, {**seaweedfs.settings_environ(), **changes}))
+    assert problem in said and seaweedfs.endpoint in said
     assert not (tmp_path / "data").exists()  # refused before anything was created
 
 
@@ -174,6 +162,66 @@ def test_a_blob_lost_from_the_bucket_is_unknown_to_head_and_get(
         # Pushing it again stores it again.
         assert_status(put_upload(client, location(start_upload(client, name)), digest, data), 201)
         assert client.get(blob_path(name, digest)).content == data
+
+
+def object_key(server: BerthServer, digest: str) -> str:
+    hex_digest = digest.split(":", 1)[1]
+    return f"{server.extra_env['BERTH_S3_PREFIX']}/blobs/sha256/{hex_digest[:2]}/{hex_digest}"
+
+
+def test_a_layer_pushed_again_is_not_stored_again(
+    s3_server: BerthServer, object_store: S3TestServer
+) -> None:
+    """A layer pushed again, by its repository or another (a shared base layer), leaves the
+    object in the bucket untouched (not copied over itself) and no piece of the upload."""
+    for repository in ("again", "again-other"):
+        s3_server.create_repository("s3proj", repository)
+    data = os.urandom(6 * 1024 * 1024)  # one piece over S3's minimum part size
+    digest = sha256(data)
+    s3 = object_store.client()
+    prefix = s3_server.extra_env["BERTH_S3_PREFIX"]
+    with httpx.Client(
+        base_url=s3_server.url, auth=s3_server.access_key("s3proj"), timeout=60
+    ) as client:
+        first = location(start_upload(client, "s3proj/again"))
+        assert_status(put_upload(client, first, digest, data), 201)
+        stored = s3.head_object(Bucket=BUCKET, Key=object_key(s3_server, digest))
+        time.sleep(1.1)  # a copy made now would have a later LastModified (whole seconds)
+        for name in ("s3proj/again", "s3proj/again-other"):
+            assert_status(
+                put_upload(client, location(start_upload(client, name)), digest, data), 201
+            )
+            after = s3.head_object(Bucket=BUCKET, Key=object_key(s3_server, digest))
+            assert (after["LastModified"], after["ETag"]) == (
+                stored["LastModified"],
+                stored["ETag"],
+            )
+            assert client.get(blob_path(name, digest)).content == data
+    listing = s3.list_objects_v2(Bucket=BUCKET, Prefix=f"{prefix}/uploads/")
+    assert listing.get("KeyCount", 0) == 0, listing.get("Contents")
+
+
+def test_a_blob_deleted_from_the_bucket_is_stored_again_by_a_push(
+    s3_server: BerthServer, object_store: S3TestServer
+) -> None:
+    """Pushed again right after its object went behind the registry's back (a HEAD had just
+    found it, no pull found the loss out): the push asks the bucket, and stores it again."""
+    s3_server.create_repository("s3proj", "relost")
+    name = "s3proj/relost"
+    data = os.urandom(6 * 1024 * 1024)
+    digest = sha256(data)
+    s3 = object_store.client()
+    with httpx.Client(
+        base_url=s3_server.url, auth=s3_server.access_key("s3proj"), timeout=60
+    ) as client:
+        assert_status(put_upload(client, location(start_upload(client, name)), digest, data), 201)
+        assert_status(client.head(blob_path(name, digest)), 200)
+        s3.delete_object(Bucket=BUCKET, Key=object_key(s3_server, digest))
+        assert_status(put_upload(client, location(start_upload(client, name)), digest, data), 201)
+        stored = s3.head_object(Bucket=BUCKET, Key=object_key(s3_server, digest))
+        assert stored["ContentLength"] == len(data)
+        pulled = client.get(blob_path(name, digest))
+        assert pulled.status_code == 200 and pulled.content == data
 
 
 @pytest.mark.parametrize("size", [4096, 512 * 1024], ids=["hashed-inline", "hashed-in-a-thread"])

@@ -49,6 +49,17 @@ def test_eviction_spares_copies_used_within_the_grace_period_even_over_the_bound
     assert [c.name for c in copies_to_evict(copies, 4 * MiB, NOW)] == ["idle"]
 
 
+@pytest.fixture
+def cache_root(tmp_path: Path) -> Path:
+    return tmp_path / "cache"
+
+
+@pytest.fixture
+def cache(cache_root: Path) -> BlobCache:
+    """A cache far larger than what the tests put in it."""
+    return BlobCache(cache_root, 64 * MiB)
+
+
 def fill(cache: BlobCache, data: bytes, digest: str | None = None) -> bool:
     started = cache.start_fill(digest or digest_of(data), len(data))
     assert started is not None
@@ -65,8 +76,7 @@ def scratch(cache: BlobCache) -> list[str]:
     return sorted(os.listdir(cache.root / "tmp"))
 
 
-def test_a_whole_matching_copy_becomes_visible_and_is_found_at_its_size(tmp_path: Path) -> None:
-    cache = BlobCache(tmp_path / "cache", 64 * MiB)
+def test_a_whole_matching_copy_becomes_visible_and_is_found_at_its_size(cache: BlobCache) -> None:
     data = os.urandom(300_000)
     digest = digest_of(data)
     assert cache.hit(digest, len(data)) is None
@@ -78,8 +88,22 @@ def test_a_whole_matching_copy_becomes_visible_and_is_found_at_its_size(tmp_path
     assert cache.hit(digest, len(data) + 1) is None  # recorded at another size: not this copy
 
 
-def test_bytes_that_do_not_match_the_digest_never_become_a_copy(tmp_path: Path) -> None:
-    cache = BlobCache(tmp_path / "cache", 64 * MiB)
+def test_a_copy_held_is_answered_without_counting_as_a_use(cache: BlobCache) -> None:
+    """What a conditional pull asks (is the blob here, whole?): neither the copy's recency
+    (eviction order) nor a copy of another size is touched, as a pull sent from it would."""
+    data = os.urandom(10_000)
+    digest = digest_of(data)
+    assert not cache.holds(digest, len(data))
+    assert fill(cache, data)
+    long_ago = time.time() - 600
+    os.utime(cache.copy_path(digest), (long_ago, long_ago))
+    assert cache.holds(digest, len(data))
+    assert not cache.holds(digest, len(data) + 1)
+    assert cache.copy_path(digest).stat().st_mtime == long_ago
+    assert cache.hit(digest, len(data)) is not None
+
+
+def test_bytes_that_do_not_match_the_digest_never_become_a_copy(cache: BlobCache) -> None:
     data = os.urandom(200_000)
     damaged = bytes(len(data))
     assert not fill(cache, damaged, digest_of(data))
@@ -92,31 +116,30 @@ def test_bytes_that_do_not_match_the_digest_never_become_a_copy(tmp_path: Path) 
 
 
 def test_an_abandoned_fill_leaves_nothing_and_one_digest_fills_once_at_a_time(
-    tmp_path: Path,
+    cache: BlobCache,
 ) -> None:
-    cache = BlobCache(tmp_path / "cache", 64 * MiB)
     data = os.urandom(100_000)
     first = cache.start_fill(digest_of(data), len(data))
     assert first is not None
     first.add(data[:50_000])
     assert cache.start_fill(digest_of(data), len(data)) is None  # being written
     # Another process of the node (its own cache object, the same directory) waits too.
-    assert BlobCache(tmp_path / "cache", 64 * MiB).start_fill(digest_of(data), len(data)) is None
+    assert BlobCache(cache.root, 64 * MiB).start_fill(digest_of(data), len(data)) is None
     assert [name for name in scratch(cache) if name.endswith(".part")]
     first.abandon()
     assert visible(cache) == [] and scratch(cache) == []
     assert fill(cache, data)
 
 
-def test_a_blob_larger_than_the_bound_is_not_kept(tmp_path: Path) -> None:
-    cache = BlobCache(tmp_path / "cache", 2 * MiB)
+def test_a_blob_larger_than_the_bound_is_not_kept(cache_root: Path) -> None:
+    cache = BlobCache(cache_root, 2 * MiB)
     assert cache.start_fill(digest_of(b"x"), 2 * MiB + 1) is None
 
 
 def test_sweep_evicts_the_least_recently_used_and_removes_what_a_crash_left(
-    tmp_path: Path,
+    cache_root: Path,
 ) -> None:
-    cache = BlobCache(tmp_path / "cache", 3 * MiB)
+    cache = BlobCache(cache_root, 3 * MiB)
     blobs = [os.urandom(MiB) for _ in range(4)]
     for age, data in zip([500, 400, 300, 200], blobs, strict=True):
         assert fill(cache, data)
@@ -133,14 +156,14 @@ def test_sweep_evicts_the_least_recently_used_and_removes_what_a_crash_left(
     assert cache.stored_bytes() == 3 * MiB
 
 
-def test_a_new_cache_over_a_smaller_bound_sweeps_at_start(tmp_path: Path) -> None:
-    cache = BlobCache(tmp_path / "cache", 8 * MiB)
+def test_a_new_cache_over_a_smaller_bound_sweeps_at_start(cache_root: Path) -> None:
+    cache = BlobCache(cache_root, 8 * MiB)
     for data in (os.urandom(MiB), os.urandom(MiB)):
         assert fill(cache, data)
         old = time.time() - 600
         os.utime(cache.copy_path(digest_of(data)), (old, old))
     (cache.root / "tmp" / f"sha256-{'cd' * 32}.z9.part").write_bytes(b"partial")
-    restarted = BlobCache(tmp_path / "cache", MiB)
+    restarted = BlobCache(cache_root, MiB)
     assert restarted.stored_bytes() == MiB and scratch(restarted) == []
 
 
@@ -172,13 +195,12 @@ def test_cache_settings_are_refused_where_they_would_do_nothing(tmp_path: Path) 
 
 
 def test_a_cache_directory_gone_while_serving_costs_the_copy_not_the_pull(
-    tmp_path: Path,
+    cache: BlobCache,
 ) -> None:
-    cache = BlobCache(tmp_path / "cache", 64 * MiB)
     data = os.urandom(10_000)
     filling = cache.start_fill(digest_of(data), len(data))
     assert filling is not None
-    shutil.rmtree(tmp_path / "cache")  # an operator emptying it the wrong way
+    shutil.rmtree(cache.root)  # an operator emptying it the wrong way
     filling.add(data)
     assert not filling.finish()  # no copy, and no error for the download
     assert cache.start_fill(digest_of(data), len(data)) is None
