@@ -289,6 +289,7 @@ def test_a_large_blob_found_damaged_by_a_pull_is_set_aside_for_the_next(
 
         # Set aside once the pull ended (a moment after the client had its bytes).
         again = eventually(refused, lambda response: response.status_code == 404)
+        assert_status(again, 404)
         assert again.json()["errors"][0]["code"] == "BLOB_UNKNOWN"
         assert "missing from storage; push it again" in again.json()["errors"][0]["message"]
         assert_status(client.head(blob_path(name, digest)), 404)
