@@ -42,8 +42,8 @@ EVICTION_GRACE_SECONDS = 60.0
 RECENCY_STEP_SECONDS = 10.0
 # A fill's chunks go to its writing thread in batches of about this size, and at most this
 # many bytes wait while a batch is written (see FillFeed).
-FILL_BATCH_BYTES = 2 * 1024 * 1024
-FILL_BACKLOG_BYTES = 8 * 1024 * 1024
+FILL_BATCH_BYTES = 1024 * 1024
+FILL_BACKLOG_BYTES = 4 * 1024 * 1024
 
 
 @dataclass(frozen=True)
