@@ -141,15 +141,16 @@ def main() -> None:
     )
     print(
         "| server | MiB/s | server CPU s/GiB | SeaweedFS CPU s/GiB | curl CPU s/GiB "
-        "| rate / first (paired median) |"
+        "| rate / first (paired median, range) |"
     )
     print("| --- | ---: | ---: | ---: | ---: | ---: |")
     first = sides[0]
     for side in sides:
-        paired = median(a / b for a, b in zip(side.rates, first.rates, strict=True))
+        paired = [a / b for a, b in zip(side.rates, first.rates, strict=True)]
         print(
             f"| {side.name} | {median(side.rates):.0f} | {median(side.server_cpu):.2f} "
-            f"| {median(side.store_cpu):.2f} | {median(side.curl_cpu):.2f} | {paired:.2f}x |"
+            f"| {median(side.store_cpu):.2f} | {median(side.curl_cpu):.2f} "
+            f"| {median(paired):.2f}x ({min(paired):.2f} to {max(paired):.2f}) |"
         )
 
 
