@@ -150,7 +150,7 @@ async def feed(cache: BlobCache, data: bytes, chunk: int, stop_at: int | None = 
 async def test_chunks_fed_in_batches_make_the_whole_copy(tmp_path: Path) -> None:
     cache = BlobCache(tmp_path / "cache", 64 * MiB)
     # Batches of whole chunks and a tail; a chunk as large as the backlog.
-    for data, chunk in ((os.urandom(9 * MiB + 12_345), 250_000), (os.urandom(17 * MiB), 8 * MiB)):
+    for data, chunk in ((os.urandom(5 * MiB + 12_345), 250_000), (os.urandom(9 * MiB), 4 * MiB)):
         assert await feed(cache, data, chunk)
         path = cache.hit(digest_of(data), len(data))
         assert path is not None and path.read_bytes() == data
@@ -160,8 +160,8 @@ async def test_chunks_fed_in_batches_make_the_whole_copy(tmp_path: Path) -> None
 @pytest.mark.anyio
 async def test_a_feed_stopped_midway_leaves_no_copy(tmp_path: Path) -> None:
     cache = BlobCache(tmp_path / "cache", 64 * MiB)
-    data = os.urandom(12 * MiB)
-    assert not await feed(cache, data, 250_000, stop_at=7 * MiB)
+    data = os.urandom(6 * MiB)
+    assert not await feed(cache, data, 250_000, stop_at=3 * MiB)
     for _ in range(100):  # the batch in the thread finishes, then the fill is dropped
         if not scratch(cache):
             break
