@@ -5,9 +5,13 @@ servers (the first one named is the reference of the paired ratios).
 
 Each `--berth NAME[:VAR=VALUE,...]` starts one Berth on S3 (one worker, SQLite, single node,
 `blob_redirect = "off"`) with those extra environment variables, e.g. an older checkout on
-PYTHONPATH to compare against (`--berth base:PYTHONPATH=/tmp/berth-base`).
+PYTHONPATH to compare against (`--berth base:PYTHONPATH=/tmp/berth-base`), or a node cache
+(`--berth cached:BERTH_S3_CACHE_DIR=/tmp/cache`). With `--cold`, a Berth's cached copy is
+deleted before each of its pulls: every pull is a node's first (streamed from S3 while the
+copy is written).
 
-    .venv/bin/python bench/s3_pull.py [--rounds 6] [--size-mib 256] [--berth now] [--no-distribution]
+    .venv/bin/python bench/s3_pull.py [--rounds 6] [--size-mib 256] [--berth now] [--cold]
+        [--no-distribution]
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ class Side:
     name: str
     server: Server
     target: regbench.Target
+    cache: Path | None = None  # its s3_cache_dir, if set
     rates: list[float] = field(default_factory=list)
     server_cpu: list[float] = field(default_factory=list)  # CPU seconds per GiB
     store_cpu: list[float] = field(default_factory=list)
@@ -50,7 +55,15 @@ def _children_cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def pull(side: Side, digest: str, size_mib: int, store_pid: int) -> None:
+def forget_copies(cache: Path) -> None:
+    """A node's first pull again: its cached copies gone (no fill is under way between pulls)."""
+    for copy in (cache / "blobs").glob("*"):
+        copy.unlink()
+
+
+def pull(side: Side, digest: str, size_mib: int, store_pid: int, cold: bool) -> None:
+    if cold and side.cache is not None:
+        forget_copies(side.cache)
     server0, store0, curl0 = (
         process_tree_cpu([side.server.pid]),
         process_tree_cpu([store_pid]),
@@ -69,6 +82,7 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=6)
     p.add_argument("--size-mib", type=int, default=256)
     p.add_argument("--berth", action="append", default=[], help="NAME[:VAR=VALUE,...]")
+    p.add_argument("--cold", action="store_true", help="delete cached copies before each pull")
     p.add_argument("--no-distribution", action="store_true")
     args = p.parse_args()
     berths = args.berth or ["now"]
@@ -82,11 +96,14 @@ def main() -> None:
             try:
                 for spec in berths:
                     name, _, extra = spec.partition(":")
-                    env = dict(item.split("=", 1) for item in extra.split(",") if item)
+                    given = dict(item.split("=", 1) for item in extra.split(",") if item)
+                    # Settings go to Berth's own environment; the rest (PYTHONPATH) through ours.
+                    settings = {k: v for k, v in given.items() if k.startswith("BERTH_")}
+                    env = {k: v for k, v in given.items() if k not in settings}
                     saved = {key: os.environ.get(key) for key in env}
                     os.environ.update(env)
                     try:
-                        server = start_berth_s3(work, seaweedfs, name, "off")
+                        server = start_berth_s3(work, seaweedfs, name, "off", settings)
                     finally:
                         for key, value in saved.items():
                             if value is None:
@@ -94,7 +111,8 @@ def main() -> None:
                             else:
                                 os.environ[key] = value
                     target = regbench.Target(server.url, IMAGE_NAME, server.user, server.password)
-                    sides.append(Side(name, server, target))
+                    cache = settings.get("BERTH_S3_CACHE_DIR")
+                    sides.append(Side(name, server, target, Path(cache) if cache else None))
                 if not args.no_distribution:
                     server = start_distribution_s3(work, seaweedfs)
                     sides.append(
@@ -112,23 +130,27 @@ def main() -> None:
                     if index % 2:
                         order.reverse()
                     for side in order:
-                        pull(side, digest, args.size_mib, store_pid)
+                        pull(side, digest, args.size_mib, store_pid, args.cold)
                 after = loadavg()
             finally:
                 for side in sides:
                     side.server.stop()
-    print(f"load average {before} before, {after} after; {args.rounds} rounds, {args.size_mib} MiB")
+    print(
+        f"load average {before} before, {after} after; {args.rounds} rounds, {args.size_mib} MiB"
+        + (", cold" if args.cold else "")
+    )
     print(
         "| server | MiB/s | server CPU s/GiB | SeaweedFS CPU s/GiB | curl CPU s/GiB "
-        "| rate / first (paired median) |"
+        "| rate / first (paired median, range) |"
     )
     print("| --- | ---: | ---: | ---: | ---: | ---: |")
     first = sides[0]
     for side in sides:
-        paired = median(a / b for a, b in zip(side.rates, first.rates, strict=True))
+        paired = [a / b for a, b in zip(side.rates, first.rates, strict=True)]
         print(
             f"| {side.name} | {median(side.rates):.0f} | {median(side.server_cpu):.2f} "
-            f"| {median(side.store_cpu):.2f} | {median(side.curl_cpu):.2f} | {paired:.2f}x |"
+            f"| {median(side.store_cpu):.2f} | {median(side.curl_cpu):.2f} "
+            f"| {median(paired):.2f}x ({min(paired):.2f} to {max(paired):.2f}) |"
         )
 
 

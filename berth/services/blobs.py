@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 from cachetools import LRUCache
@@ -29,7 +29,7 @@ from berth.services.content_audit import audit_content_change
 from berth.services.content_in_use import in_use_refusal, manifests_using
 from berth.services.gc.restrictions import ensure_writable
 from berth.services.manifest_cache import BlobSizes
-from berth.storage.base import BlobStore
+from berth.storage.base import BlobDamaged, BlobStore
 
 logger = logging.getLogger("berth.registry")
 
@@ -109,13 +109,17 @@ class BlobContent:
         chunk is read here, so a blob missing from storage is BLOB_UNKNOWN before any byte is
         sent; a small blob sent whole is hashed first, and set aside if damaged, as
         `verified_blob` does for files. A whole blob is read as a download (which a node's
-        cache keeps a copy of), a range as just its bytes."""
+        cache keeps a copy of), a range as just its bytes. A larger blob sent whole that a
+        cache's copy found damaged on the way (its bytes went out already: the client sees
+        the digest mismatch) is set aside after the last chunk, so no later pull sends it."""
         whole = start == 0 and end == size
         if whole and size <= VERIFY_ON_READ_BYTES:
             try:
                 content = b"".join([chunk async for chunk in self.store.download(digest, size)])
             except FileNotFoundError:
                 raise missing_blob(digest) from None
+            except BlobDamaged:
+                raise await self._set_aside(digest) from None
             if len(content) == size and await _hashes_to(content, digest):
                 return _chunks_of(content)
             raise await self._set_aside(digest)
@@ -128,7 +132,7 @@ class BlobContent:
             raise missing_blob(digest) from None
         except StopAsyncIteration:
             return _chunks_of(b"")
-        return _following(first, chunks)
+        return _following(first, chunks, lambda: self._set_aside(digest))
 
     async def ensure_stored(self, digest: str, size: int) -> None:
         """BLOB_UNKNOWN unless the store holds the blob at its recorded size: a HEAD must
@@ -282,11 +286,19 @@ async def _chunks_of(content: bytes) -> AsyncIterator[bytes]:
         yield content
 
 
-async def _following(first: bytes, rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+async def _following(
+    first: bytes,
+    rest: AsyncIterator[bytes],
+    set_aside: Callable[[], Awaitable[BlobUnknown]] | None = None,
+) -> AsyncIterator[bytes]:
     try:
         yield first
         async for chunk in rest:
             yield chunk
+    except BlobDamaged:
+        if set_aside is None:
+            raise
+        await set_aside()  # its error is for the next pull: this one's bytes are sent
     finally:
         # Closed with this stream (a client gone mid-download): the store's response goes
         # back to its connection pool now, not when the garbage collector finds it.

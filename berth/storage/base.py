@@ -8,6 +8,15 @@ from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
 
+class BlobDamaged(Exception):
+    """A download read a blob's whole object and its bytes do not match the digest (another
+    size, or another hash): raised after the last chunk, when the bytes are sent already."""
+
+    def __init__(self, digest: str) -> None:
+        super().__init__(f"the stored bytes of blob {digest} do not match its digest")
+        self.digest = digest
+
+
 class UploadWriter(abc.ABC):
     """Appends to an upload's scratch object. Not visible as a blob until committed."""
 
@@ -97,7 +106,9 @@ class BlobStore(abc.ABC):
         """The whole blob (`size` bytes, as recorded) for a client's GET. A remote store with
         a node-local cache keeps a copy as the bytes go by (see `cached_path`); reads for
         anything else (checks, scans) use `read`, so as not to crowd the cache out. Never more
-        than `size` bytes, whatever the store holds (the answer's length says `size`)."""
+        than `size` bytes, whatever the store holds (the answer's length says `size`). A
+        store that hashes the bytes on the way (a cache's copy) raises BlobDamaged after the
+        last chunk when they do not match."""
         return self.read(digest, 0, size)
 
     def cached_path(self, digest: str, size: int) -> Path | None:

@@ -32,8 +32,8 @@ from cachetools import LRUCache
 
 from berth.domain.digests import parse_digest
 from berth.domain.errors import Unavailable
-from berth.storage.base import BlobStore, UploadWriter
-from berth.storage.blob_cache import BlobCache, CacheFill
+from berth.storage.base import BlobDamaged, BlobStore, UploadWriter
+from berth.storage.blob_cache import BlobCache, FillFeed
 from berth.storage.s3_pieces import (
     MIN_PART_BYTES,
     MiB,
@@ -504,27 +504,26 @@ class S3BlobStore(BlobStore):
         """The blob streamed from the store; with a cache, its bytes are also hashed and
         written to a copy on the way (no second read from the store), which becomes visible
         once the whole blob went by and matched its digest. A download stopped early (its
-        client gone) leaves no copy."""
+        client gone) leaves no copy; one whose bytes do not match raises BlobDamaged after
+        its last chunk."""
         fill = None if self.cache is None else self.cache.start_fill(digest, size)
         if fill is None:
             async for chunk in self.read(digest, 0, size):
                 yield chunk
             return
-        writing: asyncio.Future[None] | None = None
+        feed = FillFeed(fill)
         try:
             async for chunk in self.read(digest, 0, size):
-                if writing is not None:
-                    await writing
-                # Hashed and written in a thread while the chunk goes to the client.
-                writing = asyncio.ensure_future(asyncio.to_thread(fill.add, chunk))
+                await feed.add(chunk)  # hashed and written in a thread, in batches
                 yield chunk
-            if writing is not None:
-                await writing
+            await feed.drain()
         except BaseException:
-            _abandon(fill, writing)
+            feed.abandon()
             raise
         if await asyncio.to_thread(fill.finish):
             fill.cache.request_sweep()  # the new copy may take the cache over its bound
+        elif fill.damaged:
+            raise BlobDamaged(digest)
 
     async def read(
         self, digest: str, start: int = 0, end: int | None = None
@@ -597,15 +596,6 @@ class S3BlobStore(BlobStore):
             hex_digest = rest.rpartition("/")[2]
             if algorithm in ("sha256", "sha512") and hex_digest:
                 yield f"{algorithm}:{hex_digest}", entry["LastModified"].timestamp()
-
-
-def _abandon(fill: CacheFill, writing: asyncio.Future[None] | None) -> None:
-    """Drop a copy whose download stopped early, once its last chunk's write is done (the
-    thread cannot be stopped midway; `abandon` waits for it)."""
-    if writing is None or writing.done():
-        fill.abandon()
-    else:
-        writing.add_done_callback(lambda _done: fill.abandon())
 
 
 def _plain_http(endpoint: str | None) -> bool:

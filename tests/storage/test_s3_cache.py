@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
 import os
 import socket
 import struct
@@ -267,11 +268,55 @@ def test_a_blob_damaged_in_the_bucket_never_becomes_a_copy(
             assert_status(damaged, 404)
             assert "set aside" in damaged.json()["errors"][0]["message"]
         else:
-            # Large ones are streamed as they are (the storage check finds them), as before.
+            # Large ones are streamed before their hash is known, and set aside after it.
             assert damaged.status_code == 200 and damaged.content == bytes(size)
+            eventually(lambda: client.get(blob_path(name, digest)).status_code, lambda s: s == 404)
         assert kept(cache_dir, digest) is None
         # Once the bucket holds the right bytes again, a pull keeps a copy of them.
         seaweedfs.client().put_object(Bucket=BUCKET, Key=object_key(cached, digest), Body=data)
+        assert client.get(blob_path(name, digest)).content == data
+        assert kept(cache_dir, digest) == data
+
+
+def test_a_large_blob_found_damaged_by_a_pull_is_set_aside_for_the_next(
+    cached: BerthServer, seaweedfs: SeaweedFS, cache_dir: Path
+) -> None:
+    """A large blob is streamed before its hash is known, so the pull that finds its object
+    damaged sends the damaged bytes (the client sees the digest mismatch); it is set aside
+    then, so the next pull is refused with BLOB_UNKNOWN instead, the storage check names it
+    missing, and pushing it again repairs it."""
+    cached.create_repository("cache", "rotten")
+    name = "cache/rotten"
+    data = os.urandom(3 * MiB)
+    damaged_bytes = bytearray(data)
+    damaged_bytes[len(data) // 2] ^= 0xFF  # one byte flipped: the size stays
+    s3 = seaweedfs.client()
+    with httpx.Client(base_url=cached.url, auth=cached.access_key("cache"), timeout=60) as client:
+        digest = push(client, name, data)
+        s3.put_object(Bucket=BUCKET, Key=object_key(cached, digest), Body=bytes(damaged_bytes))
+        first = client.get(blob_path(name, digest))
+        assert first.status_code == 200 and first.content == damaged_bytes
+        assert sha256(first.content) != first.headers["docker-content-digest"]
+        assert kept(cache_dir, digest) is None
+
+        def refused() -> httpx.Response:
+            return client.get(blob_path(name, digest))
+
+        # Set aside once the pull ended (a moment after the client had its bytes).
+        again = eventually(refused, lambda response: response.status_code == 404)
+        assert_status(again, 404)
+        assert again.json()["errors"][0]["code"] == "BLOB_UNKNOWN"
+        assert "missing from storage; push it again" in again.json()["errors"][0]["message"]
+        assert_status(client.head(blob_path(name, digest)), 404)
+        hex_digest = digest.split(":", 1)[1]
+        aside = f"{cached.extra_env['BERTH_S3_PREFIX']}/_damaged/sha256-{hex_digest}"
+        assert s3.get_object(Bucket=BUCKET, Key=aside)["Body"].read() == damaged_bytes
+
+        checked = cached.cli("storage", "check", "cache", "--json", check=False)
+        assert checked.returncode == 1, checked.stdout + checked.stderr
+        assert digest in json.loads(checked.stdout)["missing"]
+
+        assert_status(put_upload(client, location(start_upload(client, name)), digest, data), 201)
         assert client.get(blob_path(name, digest)).content == data
         assert kept(cache_dir, digest) == data
 

@@ -4,8 +4,10 @@ at all), and the sizes `s3_cache_size` accepts."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import os
+import resource
 import shutil
 import time
 from pathlib import Path
@@ -17,6 +19,7 @@ from berth.storage.blob_cache import (
     EVICTION_GRACE_SECONDS,
     BlobCache,
     CachedCopy,
+    FillFeed,
     copies_to_evict,
 )
 
@@ -113,6 +116,82 @@ def test_bytes_that_do_not_match_the_digest_never_become_a_copy(cache: BlobCache
     assert not short.finish()
     assert visible(cache) == [] and scratch(cache) == []
     assert cache.hit(digest_of(data), len(data)) is None
+
+
+def test_only_a_whole_read_of_other_bytes_is_called_damaged(tmp_path: Path) -> None:
+    cache = BlobCache(tmp_path / "cache", 64 * MiB)
+    data = os.urandom(200_000)
+    for stored in (bytes(len(data)), data[:1000], data + b"x"):
+        damaged = cache.start_fill(digest_of(data), len(data))
+        assert damaged is not None
+        damaged.add(stored)
+        assert not damaged.finish() and damaged.damaged
+    matching = cache.start_fill(digest_of(data), len(data))
+    assert matching is not None
+    matching.add(data)
+    assert matching.finish() and not matching.damaged
+
+
+def test_a_disk_that_refuses_the_copy_still_tells_damaged_bytes_from_whole(
+    tmp_path: Path,
+) -> None:
+    cache = BlobCache(tmp_path / "cache", 64 * MiB)
+    data = os.urandom(300_000)
+    limit = resource.getrlimit(resource.RLIMIT_FSIZE)
+    fills = []
+    # Files may not grow past 100 kB: the kernel refuses the writes (EFBIG), as a full disk.
+    resource.setrlimit(resource.RLIMIT_FSIZE, (100_000, limit[1]))
+    try:
+        for stored in (data, bytes(len(data))):
+            filling = cache.start_fill(digest_of(data), len(data))
+            assert filling is not None
+            filling.add_all([stored[:150_000], stored[150_000:]])
+            fills.append((filling, filling.finish()))
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, limit)
+    (whole, whole_kept), (damaged, damaged_kept) = fills
+    assert not whole_kept and not whole.damaged  # the copy is lost, the bytes were right
+    assert not damaged_kept and damaged.damaged
+    assert visible(cache) == [] and scratch(cache) == []
+
+
+async def feed(cache: BlobCache, data: bytes, chunk: int, stop_at: int | None = None) -> bool:
+    """Chunks of a download fed to a fill as the S3 store does; stopped at `stop_at` bytes
+    (the client gone) if given."""
+    started = cache.start_fill(digest_of(data), len(data))
+    assert started is not None
+    fed = FillFeed(started)
+    for first in range(0, len(data), chunk):
+        if stop_at is not None and first >= stop_at:
+            fed.abandon()
+            return False
+        await fed.add(data[first : first + chunk])
+    await fed.drain()
+    return await asyncio.to_thread(started.finish)
+
+
+@pytest.mark.anyio
+async def test_chunks_fed_in_batches_make_the_whole_copy(tmp_path: Path) -> None:
+    cache = BlobCache(tmp_path / "cache", 64 * MiB)
+    # Batches of whole chunks and a tail; a chunk as large as the backlog.
+    for data, chunk in ((os.urandom(5 * MiB + 12_345), 250_000), (os.urandom(9 * MiB), 4 * MiB)):
+        assert await feed(cache, data, chunk)
+        path = cache.hit(digest_of(data), len(data))
+        assert path is not None and path.read_bytes() == data
+    assert scratch(cache) == []
+
+
+@pytest.mark.anyio
+async def test_a_feed_stopped_midway_leaves_no_copy(tmp_path: Path) -> None:
+    cache = BlobCache(tmp_path / "cache", 64 * MiB)
+    data = os.urandom(6 * MiB)
+    assert not await feed(cache, data, 250_000, stop_at=3 * MiB)
+    for _ in range(100):  # the batch in the thread finishes, then the fill is dropped
+        if not scratch(cache):
+            break
+        await asyncio.sleep(0.01)
+    assert visible(cache) == [] and scratch(cache) == []
+    assert await feed(cache, data, 250_000)  # the digest can be filled again
 
 
 def test_an_abandoned_fill_leaves_nothing_and_one_digest_fills_once_at_a_time(
