@@ -1,15 +1,16 @@
 """Blob uploads: stream to scratch storage while hashing, verify, then commit atomically.
 
-Hashing and writing run in worker threads on large buffers, overlapped with receiving the next
-buffer, so one push keeps both cores busy. Everything an upload needs to go on is in the
-database, so any node (or worker) can take its next request: the acknowledged offset, the
-running SHA-256 state at that offset (`domain.hash_state`) and, on a store of pieces (S3), the
-pieces that hold those bytes. A PATCH moves the offset on only from the offset it started at
-(compare and set), so of two requests racing from one offset (a client's retry while its first
-try is still on another node), one wins and the other's bytes are never part of the upload. On
-the filesystem store both would write into the one scratch file, so there requests on one
-upload take turns (`BlobStore.upload_exclusive`, across processes) and the second finds the
-offset moved. A node keeps the hash states it wrote in memory too, to skip reading them back.
+Hashing and writing run in worker threads on batches of the body's chunks (never joined),
+overlapped with receiving the next batch, so one push keeps both cores busy. Everything an
+upload needs to go on is in the database, so any node (or worker) can take its next request: the
+acknowledged offset, the running SHA-256 state at that offset (`domain.hash_state`) and, on a
+store of pieces (S3), the pieces that hold those bytes. A PATCH moves the offset on only from
+the offset it started at (compare and set), so of two requests racing from one offset (a
+client's retry while its first try is still on another node), one wins and the other's bytes are
+never part of the upload. On the filesystem store both would write into the one scratch file, so
+there requests on one upload take turns (`BlobStore.upload_exclusive`, across processes) and the
+second finds the offset moved. A node keeps the hash states it wrote in memory too, to skip
+reading them back.
 """
 
 from __future__ import annotations
