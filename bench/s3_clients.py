@@ -54,7 +54,7 @@ async def with_driver(server: SeaweedFS, data: bytes, digest: str) -> dict[str, 
         async def write() -> None:
             writer = await store.open_upload(upload_id, 0)
             for start in range(0, len(data), WRITE_BYTES):
-                await writer.write(data[start : start + WRITE_BYTES])
+                await writer.write([data[start : start + WRITE_BYTES]])
             await writer.close()
 
         async def read() -> None:

@@ -219,7 +219,7 @@ async def inventory_of(work: Path, layers: list[Path]) -> tuple[Inventory, float
         writer = await store.open_upload(f"u{number}", 0)
         with path.open("rb") as handle:
             while chunk := handle.read(4 * MIB):
-                await writer.write(chunk)
+                await writer.write([chunk])
         await writer.close()
         await store.commit_upload(f"u{number}", digest)
         descriptors.append(Descriptor(LAYER, digest, path.stat().st_size))

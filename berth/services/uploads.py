@@ -1,15 +1,16 @@
 """Blob uploads: stream to scratch storage while hashing, verify, then commit atomically.
 
-Hashing and writing run in worker threads on large buffers, overlapped with receiving the next
-buffer, so one push keeps both cores busy. Everything an upload needs to go on is in the
-database, so any node (or worker) can take its next request: the acknowledged offset, the
-running SHA-256 state at that offset (`domain.hash_state`) and, on a store of pieces (S3), the
-pieces that hold those bytes. A PATCH moves the offset on only from the offset it started at
-(compare and set), so of two requests racing from one offset (a client's retry while its first
-try is still on another node), one wins and the other's bytes are never part of the upload. On
-the filesystem store both would write into the one scratch file, so there requests on one
-upload take turns (`BlobStore.upload_exclusive`, across processes) and the second finds the
-offset moved. A node keeps the hash states it wrote in memory too, to skip reading them back.
+Hashing and writing run in worker threads on batches of the body's chunks (never joined),
+overlapped with receiving the next batch, so one push keeps both cores busy. Everything an
+upload needs to go on is in the database, so any node (or worker) can take its next request: the
+acknowledged offset, the running SHA-256 state at that offset (`domain.hash_state`) and, on a
+store of pieces (S3), the pieces that hold those bytes. A PATCH moves the offset on only from
+the offset it started at (compare and set), so of two requests racing from one offset (a
+client's retry while its first try is still on another node), one wins and the other's bytes are
+never part of the upload. On the filesystem store both would write into the one scratch file, so
+there requests on one upload take turns (`BlobStore.upload_exclusive`, across processes) and the
+second finds the offset moved. A node keeps the hash states it wrote in memory too, to skip
+reading them back.
 """
 
 from __future__ import annotations
@@ -116,14 +117,21 @@ def parse_content_range(value: str) -> tuple[int, int]:
     return int(match.group(1)), int(match.group(2))
 
 
+def _hash_parts(hasher: Any, parts: list[bytes]) -> None:
+    for part in parts:
+        hasher.update(part)
+
+
 async def _pipe(writer: UploadWriter, hasher: Any, body: AsyncIterator[bytes]) -> int:
-    """Write and hash the body; returns bytes written. Hash and write overlap with receiving."""
+    """Write and hash the body; returns bytes written. Hash and write overlap with receiving.
+    The body's chunks go to both as received, a batch of them at a time (one thread hand-off
+    each for hashing and writing): never copied into one buffer."""
     pending: asyncio.Future[Any] | None = None
     parts: list[bytes] = []
     buffered = written = 0
 
-    async def consume(data: bytes) -> None:
-        await asyncio.gather(asyncio.to_thread(hasher.update, data), writer.write(data))
+    async def consume(batch: list[bytes]) -> None:
+        await asyncio.gather(asyncio.to_thread(_hash_parts, hasher, batch), writer.write(batch))
 
     try:
         async for chunk in body:
@@ -132,20 +140,19 @@ async def _pipe(writer: UploadWriter, hasher: Any, body: AsyncIterator[bytes]) -
             parts.append(chunk)
             buffered += len(chunk)
             if buffered >= BUFFER_BYTES:
-                data = b"".join(parts)
-                parts.clear()
-                buffered = 0
                 if pending is not None:
                     await pending
-                pending = asyncio.ensure_future(consume(data))
-                written += len(data)
+                # A list of its own: the one being filled must not change under the threads.
+                pending = asyncio.ensure_future(consume(parts))
+                parts = []
+                written += buffered
+                buffered = 0
         if pending is not None:
             await pending
             pending = None
         if parts:
-            data = b"".join(parts)
-            await consume(data)
-            written += len(data)
+            await consume(parts)
+            written += buffered
     finally:
         if pending is not None:
             pending.cancel()

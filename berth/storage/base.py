@@ -21,7 +21,9 @@ class UploadWriter(abc.ABC):
     """Appends to an upload's scratch object. Not visible as a blob until committed."""
 
     @abc.abstractmethod
-    async def write(self, data: bytes) -> None: ...
+    async def write(self, parts: Sequence[bytes]) -> None:
+        """Append `parts`, in order. A list, not one buffer: a push hands over the body's
+        chunks as received (a few hundred KiB each), without copying them into one."""
 
     @abc.abstractmethod
     async def close(self) -> None: ...

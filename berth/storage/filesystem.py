@@ -30,6 +30,7 @@ LOCAL_PATHS_KEPT = 10_000  # blob file paths remembered (a path of a digest neve
 # (_unshare), `{id}.lock` is what requests on the upload take turns holding (upload_exclusive).
 _COMMIT, _COPY, _LOCK = ".commit", ".copy", ".lock"
 LOCK_POLL_SECONDS = 0.02
+_IOV_MAX = os.sysconf("SC_IOV_MAX")  # buffers one writev takes
 
 
 class _FileUploadWriter(UploadWriter):
@@ -43,11 +44,11 @@ class _FileUploadWriter(UploadWriter):
         self._busy = threading.Lock()  # held by the thread writing, and by the one closing
         self._closed = False
 
-    def _write(self, data: bytes) -> None:
+    def _write(self, parts: Sequence[bytes]) -> None:
         with self._busy:
             if self._closed:  # a write that only started once its writer was closed
                 raise ValueError("write to a closed upload writer")
-            _write_all(self._fd, data)
+            _write_all(self._fd, parts)
 
     def _close(self) -> None:
         with self._busy:
@@ -55,8 +56,8 @@ class _FileUploadWriter(UploadWriter):
                 self._closed = True
                 os.close(self._fd)
 
-    async def write(self, data: bytes) -> None:
-        await asyncio.to_thread(self._write, data)
+    async def write(self, parts: Sequence[bytes]) -> None:
+        await asyncio.to_thread(self._write, parts)
 
     async def close(self) -> None:
         await _uncancelled(asyncio.to_thread(self._close))
@@ -79,11 +80,20 @@ async def _uncancelled(work: Coroutine[Any, Any, None]) -> None:
         raise asyncio.CancelledError
 
 
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        written = os.write(fd, view)
-        view = view[written:]
+def _write_all(fd: int, parts: Sequence[bytes]) -> None:
+    """Write every part, in order, by gathering writes (at most IOV_MAX parts each); a write
+    that stored less goes on from the first byte it did not store."""
+    pending: list[bytes | memoryview] = [part for part in parts if part]
+    while pending:
+        batch = pending[:_IOV_MAX]
+        written = os.writev(fd, batch)
+        done = 0
+        while done < len(batch) and written >= len(batch[done]):
+            written -= len(batch[done])
+            done += 1
+        del pending[:done]
+        if written:
+            pending[0] = memoryview(pending[0])[written:]
 
 
 class FilesystemBlobStore(BlobStore):

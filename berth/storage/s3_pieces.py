@@ -82,9 +82,9 @@ class PieceWriter(UploadWriter):
     def pieces(self) -> list[str]:
         return list(self._written)
 
-    async def write(self, data: bytes) -> None:
-        self._buffer.append(data)
-        self._buffered += len(data)
+    async def write(self, parts: Sequence[bytes]) -> None:
+        self._buffer.extend(parts)
+        self._buffered += sum(len(part) for part in parts)
         if self._buffered >= PIECE_BYTES:
             await self._flush()
 

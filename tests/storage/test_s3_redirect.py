@@ -150,7 +150,7 @@ def test_an_expired_presigned_url_is_refused_by_the_store(object_store: S3TestSe
         try:
             upload_id = "expiry" + os.urandom(4).hex()
             writer = await store.open_upload(upload_id, 0)
-            await writer.write(data)
+            await writer.write([data])
             await writer.close()
             await store.commit_upload(upload_id, digest, writer.pieces)
             return await store.download_url(digest, 300), await store.download_url(digest, 1)

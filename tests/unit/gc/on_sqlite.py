@@ -115,7 +115,7 @@ async def write_content(db: Database, store: FilesystemBlobStore, content: Conte
     for index, digest in enumerate(content.blobs):
         scratch = f"blob{index}"
         writer = await store.open_upload(scratch, 0)
-        await writer.write(b"x")
+        await writer.write([b"x"])
         await writer.close()
         await store.commit_upload(scratch, digest)
         await store.delete_upload(scratch)

@@ -69,7 +69,7 @@ async def put(store: FilesystemBlobStore, path: Path) -> Descriptor:
     writer = await store.open_upload(upload, 0)
     with path.open("rb") as handle:
         while chunk := handle.read(1024 * 1024):
-            await writer.write(chunk)
+            await writer.write([chunk])
     await writer.close()
     await store.commit_upload(upload, "sha256:" + digest.hexdigest())
     return Descriptor(LAYER, "sha256:" + digest.hexdigest(), path.stat().st_size)

@@ -154,7 +154,7 @@ async def put(store: FilesystemBlobStore, blob: bytes) -> Descriptor:
     digest = "sha256:" + hashlib.sha256(blob).hexdigest()
     upload = hashlib.sha256(blob).hexdigest()[:16]
     writer = await store.open_upload(upload, 0)
-    await writer.write(blob)
+    await writer.write([blob])
     await writer.close()
     await store.commit_upload(upload, digest)
     return Descriptor(LAYER, digest, len(blob))

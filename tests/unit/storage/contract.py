@@ -53,7 +53,7 @@ class Scratch:
         writer = await self.store.open_upload(self.id, self.offset)
         try:
             for start in range(0, len(data), chunk):
-                await writer.write(data[start : start + chunk])
+                await writer.write([data[start : start + chunk]])
         finally:
             await writer.close()
         if acknowledged:
@@ -134,6 +134,26 @@ class BlobStoreContract(abc.ABC):
         await scratch.append(data[:5], chunk=2)
         assert await scratch.read() == data + data[:5]
 
+    async def test_one_write_of_many_parts_appends_them_in_order(self, store: BlobStore) -> None:
+        """A push hands over a batch of the body's chunks as received in one write: thousands
+        of tiny ones (more than one gathering write takes), empty ones, one large one."""
+        data = payload(2 * MiB + 5000, seed=4)
+        sizes = [1, 0, 3, 200] * 1000
+        parts, start = [], 0
+        for size in sizes:
+            parts.append(data[start : start + size])
+            start += size
+        parts.append(data[start:])
+        scratch = Scratch(store)
+        writer = await store.open_upload(scratch.id, 0)
+        try:
+            await writer.write(parts[:2000])
+            await writer.write(parts[2000:])
+        finally:
+            await writer.close()
+        scratch.offset, scratch.pieces = len(data), writer.pieces
+        assert await scratch.read() == data
+
     async def test_a_local_path_if_given_holds_the_blob(self, store: BlobStore) -> None:
         data = payload(10_000)
         digest = await put(store, data)
@@ -159,7 +179,7 @@ class BlobStoreContract(abc.ABC):
         digest = digest_of(data)
         writer = await store.open_upload(new_upload_id(), 0)
         try:
-            await writer.write(data[: len(data) // 2])
+            await writer.write([data[: len(data) // 2]])
             assert await store.stat(digest) is None
             assert await listed(store) == set()
         finally:

@@ -1,0 +1,96 @@
+"""CPU time of the whole server per large blob push (granian's Rust side, the ASGI bridge and
+Berth's Python together), and the push's MiB/s, for two Berth servers side by side.
+
+Two Berth servers ("A" and "B", one worker each) serve two fresh data directories; `--a-env` and
+`--b-env` give either side settings (BERTH_* variables, or PYTHONPATH=DIR to run another
+checkout's `berth` package, e.g. main's exported with `git archive`), `--b-granian` granian
+options. Each round pushes one blob of `--size-mib` MiB (POST, then one PUT streamed by curl,
+as bench/regbench.py does) to each server in turn, the order flipping every round so drift in
+the machine's load falls on both alike, and reads the server's CPU seconds from /proc around
+the PUT: CPU per push is far less disturbed by other load on a shared machine than MiB/s.
+Prints the median CPU seconds and MiB/s of A and B and the median (and range) of the paired
+B/A ratios, with the load average before and after.
+
+    .venv/bin/python bench/push_cpu.py --a-env PYTHONPATH=/tmp/berth-main [--rounds 6]
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import regbench
+from run import process_tree_cpu
+from server_cpu import launch
+from servers import PROJECT, REPOSITORY, Server
+
+
+def push_once(server: Server, target: regbench.Target, size_mib: int, index: int) -> list[float]:
+    """[server CPU seconds, MiB/s] of one push of blob `index` of `size_mib` MiB."""
+    path, digest = regbench.make_blob(size_mib, index)
+    before = process_tree_cpu([server.pid])
+    seconds = regbench.push_blob(target, path, digest)
+    return [process_tree_cpu([server.pid]) - before, size_mib / seconds]
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
+    p.add_argument("--a-granian", default="", help="granian options for A")
+    p.add_argument("--b-granian", default="", help="granian options for B")
+    p.add_argument("--a-env", action="append", default=[], help="NAME=VALUE for A")
+    p.add_argument("--b-env", action="append", default=[], help="NAME=VALUE for B")
+    p.add_argument("--rounds", type=int, default=6)
+    p.add_argument("--size-mib", type=int, default=256)
+    args = p.parse_args()
+    load_before = Path("/proc/loadavg").read_text().split()[:3]
+    found: dict[str, list[list[float]]] = {"A": [], "B": []}
+    with tempfile.TemporaryDirectory(prefix="berth-pushcpu-") as tmp:
+        servers: list[Server] = []
+        try:
+            for name, granian, env in (
+                ("A", args.a_granian, args.a_env),
+                ("B", args.b_granian, args.b_env),
+            ):
+                settings = dict(item.split("=", 1) for item in env)
+                servers.append(launch(Path(tmp) / name, name, shlex.split(granian), settings))
+            targets = []
+            for server in servers:
+                target = regbench.Target(
+                    server.url, f"{PROJECT}/{REPOSITORY}/img", server.user, server.password
+                )
+                regbench.authenticate(target)
+                push_once(server, target, 1, 0)  # warm up: first request's imports, the database
+                targets.append(target)
+            for index in range(args.rounds):
+                for which in (0, 1) if index % 2 == 0 else (1, 0):
+                    figures = push_once(servers[which], targets[which], args.size_mib, index)
+                    found["AB"[which]].append(figures)
+                    print(
+                        f"round {index + 1} {'AB'[which]}: {figures[0]:.3f} s CPU, "
+                        f"{figures[1]:.0f} MiB/s",
+                        file=sys.stderr,
+                        flush=True,
+                    )
+        finally:
+            for server in servers:
+                server.stop()
+    load_after = Path("/proc/loadavg").read_text().split()[:3]
+    print(f"A: {args.a_granian!r} {args.a_env}  B: {args.b_granian!r} {args.b_env}")
+    print(f"load average before {' '.join(load_before)}, after {' '.join(load_after)}")
+    for column, label in ((0, "CPU s/push"), (1, "MiB/s")):
+        a = [r[column] for r in found["A"]]
+        b = [r[column] for r in found["B"]]
+        ratios = [y / x for x, y in zip(a, b, strict=True)]
+        print(
+            f"{label:11} A {statistics.median(a):7.3f}  B {statistics.median(b):7.3f}"
+            f"  B/A {statistics.median(ratios):.3f} ({min(ratios):.3f}-{max(ratios):.3f})"
+        )
+
+
+if __name__ == "__main__":
+    main()
