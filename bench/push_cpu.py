@@ -17,7 +17,6 @@ B/A ratios, with the load average before and after.
 from __future__ import annotations
 
 import argparse
-import shlex
 import statistics
 import sys
 import tempfile
@@ -26,7 +25,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import regbench
 from run import process_tree_cpu
-from server_cpu import launch
+from server_cpu import add_pair_options, launch_pair, print_pair_header
 from servers import PROJECT, REPOSITORY, Server
 
 
@@ -40,10 +39,7 @@ def push_once(server: Server, target: regbench.Target, size_mib: int, index: int
 
 def main() -> None:
     p = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
-    p.add_argument("--a-granian", default="", help="granian options for A")
-    p.add_argument("--b-granian", default="", help="granian options for B")
-    p.add_argument("--a-env", action="append", default=[], help="NAME=VALUE for A")
-    p.add_argument("--b-env", action="append", default=[], help="NAME=VALUE for B")
+    add_pair_options(p)
     p.add_argument("--rounds", type=int, default=6)
     p.add_argument("--size-mib", type=int, default=256)
     args = p.parse_args()
@@ -52,12 +48,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="berth-pushcpu-") as tmp:
         servers: list[Server] = []
         try:
-            for name, granian, env in (
-                ("A", args.a_granian, args.a_env),
-                ("B", args.b_granian, args.b_env),
-            ):
-                settings = dict(item.split("=", 1) for item in env)
-                servers.append(launch(Path(tmp) / name, name, shlex.split(granian), settings))
+            launch_pair(Path(tmp), args, servers)
             targets = []
             for server in servers:
                 target = regbench.Target(
@@ -79,9 +70,7 @@ def main() -> None:
         finally:
             for server in servers:
                 server.stop()
-    load_after = Path("/proc/loadavg").read_text().split()[:3]
-    print(f"A: {args.a_granian!r} {args.a_env}  B: {args.b_granian!r} {args.b_env}")
-    print(f"load average before {' '.join(load_before)}, after {' '.join(load_after)}")
+    print_pair_header(args, load_before)
     for column, label in ((0, "CPU s/push"), (1, "MiB/s")):
         a = [r[column] for r in found["A"]]
         b = [r[column] for r in found["B"]]

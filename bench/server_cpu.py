@@ -138,12 +138,33 @@ def cases_for(server: Server) -> dict[str, tuple[str, str, dict[str, str]]]:
     }
 
 
+def add_pair_options(parser: argparse.ArgumentParser) -> None:
+    """The options naming what the two servers A and B differ in."""
+    parser.add_argument("--a-granian", default="", help="granian options for A")
+    parser.add_argument("--b-granian", default="", help="granian options for B")
+    parser.add_argument("--a-env", action="append", default=[], help="NAME=VALUE for A")
+    parser.add_argument("--b-env", action="append", default=[], help="NAME=VALUE for B")
+
+
+def launch_pair(tmp: Path, args: argparse.Namespace, servers: list[Server]) -> None:
+    """Start A and B as the options say, appended to `servers` (for the caller to stop)."""
+    for name, granian, env in (
+        ("A", args.a_granian, args.a_env),
+        ("B", args.b_granian, args.b_env),
+    ):
+        settings = dict(item.split("=", 1) for item in env)
+        servers.append(launch(tmp / name, name, shlex.split(granian), settings))
+
+
+def print_pair_header(args: argparse.Namespace, load_before: list[str]) -> None:
+    load_after = Path("/proc/loadavg").read_text().split()[:3]
+    print(f"A: {args.a_granian!r} {args.a_env}  B: {args.b_granian!r} {args.b_env}")
+    print(f"load average before {' '.join(load_before)}, after {' '.join(load_after)}")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
-    p.add_argument("--a-granian", default="", help="granian options for A")
-    p.add_argument("--b-granian", default="", help="granian options for B")
-    p.add_argument("--a-env", action="append", default=[], help="NAME=VALUE for A")
-    p.add_argument("--b-env", action="append", default=[], help="NAME=VALUE for B")
+    add_pair_options(p)
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--seconds", type=int, default=3)
     p.add_argument("--connections", type=int, default=32)
@@ -153,12 +174,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="berth-scpu-") as tmp:
         servers = []
         try:
-            for name, granian, env in (
-                ("A", args.a_granian, args.a_env),
-                ("B", args.b_granian, args.b_env),
-            ):
-                settings = dict(item.split("=", 1) for item in env)
-                servers.append(launch(Path(tmp) / name, name, shlex.split(granian), settings))
+            launch_pair(Path(tmp), args, servers)
             cases = [cases_for(server) for server in servers]
             results: dict[str, tuple[list[float], list[float]]] = {}
             for case in cases[0]:
@@ -174,9 +190,7 @@ def main() -> None:
         finally:
             for server in servers:
                 server.stop()
-    load_after = Path("/proc/loadavg").read_text().split()[:3]
-    print(f"A: {args.a_granian!r} {args.a_env}  B: {args.b_granian!r} {args.b_env}")
-    print(f"load average before {' '.join(load_before)}, after {' '.join(load_after)}")
+    print_pair_header(args, load_before)
     for case, (a_us, b_us) in results.items():
         ratios = [b / a for a, b in zip(a_us, b_us, strict=True)]
         print(
