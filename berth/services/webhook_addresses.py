@@ -76,10 +76,49 @@ def check_form(url: str) -> tuple[str, str, int]:
     return parts.scheme, parts.hostname, port or (443 if parts.scheme == "https" else 80)
 
 
+# IPv6 prefixes that carry an IPv4 address in their last 32 bits and lead to it: NAT64's
+# well-known and local-use prefixes (a NAT64 gateway connects to that IPv4 address, a private
+# or metadata one included), SIIT's IPv4-translated form and the deprecated IPv4-compatible one.
+_IPV4_CARRIERS = tuple(
+    ipaddress.ip_network(prefix)
+    for prefix in ("64:ff9b::/96", "64:ff9b:1::/48", "::ffff:0:0:0/96", "::/96")
+)
+# Special-purpose ranges refused whatever Python's `is_global` says: its lists changed between
+# versions (3.11 before 3.11.10 takes these for public).
+_NOT_PUBLIC = tuple(
+    ipaddress.ip_network(prefix)
+    for prefix in (
+        "0.0.0.0/8",
+        "192.0.0.0/24",  # IETF protocol assignments
+        "192.88.99.0/24",  # the 6to4 relay anycast
+        "224.0.0.0/4",  # multicast
+        "240.0.0.0/4",  # reserved, broadcast
+        "ff00::/8",  # multicast
+        "100::/64",  # discard
+        "2001::/23",  # IETF protocol assignments, Teredo included
+        "2001:db8::/32",  # documentation
+    )
+)
+
+
+def _carried_ipv4(address: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
+    """The IPv4 address an IPv6 address leads to (mapped, NAT64, 6to4, IPv4-compatible)."""
+    if address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    if address.sixtofour is not None:
+        return address.sixtofour
+    if int(address) > 1 and any(address in network for network in _IPV4_CARRIERS):
+        return ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
+    return None
+
+
 def refused_address(address: Address) -> str | None:
-    """Why a webhook may not reach this address (None: it is public)."""
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
+    """Why a webhook may not reach this address (None: it is public). An IPv6 address that
+    carries an IPv4 address is judged by that one."""
+    if isinstance(address, ipaddress.IPv6Address):
+        carried = _carried_ipv4(address)
+        if carried is not None:
+            address = carried
     if address == METADATA_ADDRESS:
         return "the cloud metadata address"
     if address.is_loopback:
@@ -88,7 +127,7 @@ def refused_address(address: Address) -> str | None:
         return "a link-local address"
     if address.is_private:
         return "a private address"
-    if not address.is_global:
+    if not address.is_global or any(address in network for network in _NOT_PUBLIC):
         return "an address that is not public"
     return None
 

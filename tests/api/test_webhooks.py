@@ -234,7 +234,8 @@ def test_bad_input(team: Team) -> None:
 
 
 def test_private_address_refused_by_default(sqlite_server: BerthServer) -> None:
-    """The server without webhook_allow_private refuses loopback, link-local and metadata."""
+    """The server without webhook_allow_private refuses loopback, link-local and metadata,
+    however the address is written."""
     sqlite_server.create_project("hooks")
     auth = sqlite_server.access_key("hooks")
     with httpx.Client(base_url=f"{sqlite_server.url}/api/v1", auth=auth, timeout=30) as api:
@@ -243,6 +244,23 @@ def test_private_address_refused_by_default(sqlite_server: BerthServer) -> None:
             ("http://169.254.169.254/latest/meta-data", "metadata"),
             ("http://[fe80::1]/", "link-local"),
             ("http://localhost/", "loopback"),
+            # The same places in other spellings: decimal, octal and hexadecimal IPv4, the
+            # IPv6 forms that lead to an IPv4 address (mapped, NAT64, 6to4, SIIT,
+            # IPv4-compatible), and the unspecified address, which connects to this host.
+            ("http://2130706433/", "loopback"),
+            ("http://0177.0.0.1/", "loopback"),
+            ("http://0x7f000001/", "loopback"),
+            ("http://[::ffff:127.0.0.1]/", "loopback"),
+            ("http://[::1]/", "loopback"),
+            ("http://0.0.0.0:8080/", "private"),
+            ("http://[::]:8080/", "private"),
+            ("http://[64:ff9b::a9fe:a9fe]/latest/meta-data", "metadata"),
+            ("http://[64:ff9b::a00:1]/", "private"),
+            ("http://[2002:7f00:1::]/", "loopback"),
+            ("http://[::ffff:0:7f00:1]/", "loopback"),
+            ("http://[::127.0.0.1]/", "loopback"),
+            ("http://192.0.0.8/", "not public"),
+            ("http://224.0.0.1/", "not public"),
         ):
             response = api.post("/projects/hooks/webhooks", json={"url": url})
             problem = assert_problem(response, 422, fields=("url",))

@@ -195,6 +195,16 @@ def test_private_addresses_refused(database_url: str, receiver: Receiver) -> Non
         ("::ffff:127.0.0.1", "a loopback address"),
         ("fd00::1", "a private address"),
         ("100.64.0.1", "an address that is not public"),
+        ("64:ff9b::a9fe:a9fe", "the cloud metadata address"),  # NAT64
+        ("64:ff9b:1::a00:1", "a private address"),
+        ("2002:7f00:1::", "a loopback address"),  # 6to4
+        ("::ffff:0:7f00:1", "a loopback address"),  # SIIT
+        ("::127.0.0.1", "a loopback address"),  # IPv4-compatible
+        ("192.0.0.8", "an address that is not public"),
+        ("224.0.0.1", "an address that is not public"),
+        ("ff02::1", "an address that is not public"),
+        ("64:ff9b::5db8:d822", None),  # a public IPv4 address through NAT64
+        ("2606:4700::1111", None),
         ("93.184.216.34", None),
     ],
 )
