@@ -239,3 +239,31 @@ def test_ranges_headers_and_the_internal_location(berth: BerthServer, nginx: Ngi
     counted = eventually(lambda: traffic(berth, "accel", days=1)["total_bytes"],
                          lambda n: n >= expected)  # fmt: skip
     assert counted == expected
+
+
+def test_a_range_whose_if_range_nginx_ignores_is_counted_whole(
+    berth: BerthServer, nginx: Nginx
+) -> None:
+    """nginx sends the whole file for a Range whose If-Range names anything but the blob's
+    ETag: counted as the whole blob, not as the one byte the Range asks for (else any blob
+    could be pulled for a byte of outbound traffic each time)."""
+    berth.create_repository("accel", "if-range")
+    name = "accel/if-range"
+    data = os.urandom(1024 * 1024)
+    with httpx.Client(base_url=nginx.url, auth=berth.access_key("accel"), timeout=60) as client:
+        digest = push_bytes(client, name, data)
+        before = traffic(berth, "accel", days=1)["total_bytes"]
+        whole = client.get(blob_path(name, digest), headers={"Range": "bytes=0-0",
+                                                             "If-Range": '"another"'})  # fmt: skip
+        assert whole.status_code == 200 and whole.content == data
+        dated = client.get(blob_path(name, digest), headers={
+            "Range": "bytes=0-0", "If-Range": "Wed, 21 Oct 2015 07:28:00 GMT"})  # fmt: skip
+        assert dated.status_code == 200 and dated.content == data
+        # An If-Range naming the blob keeps the Range, counted as the range.
+        ranged = client.get(blob_path(name, digest), headers={"Range": "bytes=0-0",
+                                                              "If-Range": f'"{digest}"'})  # fmt: skip
+        assert ranged.status_code == 206 and ranged.content == data[:1]
+    expected = before + 2 * len(data) + 1
+    counted = eventually(lambda: traffic(berth, "accel", days=1)["total_bytes"],
+                         lambda n: n >= expected)  # fmt: skip
+    assert counted == expected

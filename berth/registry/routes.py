@@ -297,6 +297,12 @@ def _single_range(header: str | None, size: int) -> tuple[int, int, str | None] 
     return start, end, f"bytes {start}-{end - 1}/{size}"
 
 
+def _if_range_holds(request: Request, digest: str) -> bool:
+    """Whether a Range is to be honoured: no If-Range, or one naming this blob's ETag."""
+    if_range = request.headers.get("if-range")
+    return if_range is None or if_range.strip() == f'"{digest}"'
+
+
 def _unsatisfiable(size: int) -> Response:
     return Response(status_code=416, headers={"Content-Range": f"bytes */{size}"})
 
@@ -309,14 +315,23 @@ async def _redirected_blob(
 ) -> Response:
     """A blob GET answered by redirect (`blob_redirect`): a 307 to a presigned URL of the
     object, or an X-Accel-Redirect that nginx serves from the blob directory. Either way the
-    bytes asked for are counted as sent now: Berth never sees them go."""
-    wanted = _single_range(request.headers.get("range"), size)
+    bytes asked for are counted as sent now: Berth never sees them go, so what is counted must
+    bound what can be sent: a range is counted as a range only when the redirect cannot send
+    more (the URL is signed for that Range; nginx honours it)."""
+    byte_range = request.headers.get("range")
+    wanted = _single_range(byte_range, size)
     if wanted is None:
         return _unsatisfiable(size)
-    start, end, _content_range = wanted
+    start, end, content_range = wanted
+    if content_range is not None and not _if_range_holds(request, digest):
+        # nginx (and a store) send the whole blob for an If-Range naming anything else.
+        start, end, content_range = 0, size, None
     settings = services.settings
     if settings.blob_redirect == "presigned":
-        url = await services.registry.download_url(digest, size, settings.blob_redirect_ttl)
+        signed_range = byte_range.strip() if byte_range and content_range else None
+        url = await services.registry.download_url(
+            digest, size, settings.blob_redirect_ttl, signed_range
+        )
         response = Response(
             status_code=307, headers={"Location": url, "Docker-Content-Digest": digest}
         )

@@ -148,12 +148,14 @@ class BlobContent:
         if not self.store.holds_cached_copy(digest, size):
             await self.ensure_stored(digest, size)
 
-    async def download_url(self, digest: str, size: int, ttl: int) -> str:
+    async def download_url(
+        self, digest: str, size: int, ttl: int, byte_range: str | None = None
+    ) -> str:
         """A URL the client fetches the blob from itself, valid `ttl` seconds
-        (`blob_redirect = "presigned"`); BLOB_UNKNOWN, as for a download through Berth,
-        when the store has lost it."""
+        (`blob_redirect = "presigned"`), only for the Range `byte_range` when one is given;
+        BLOB_UNKNOWN, as for a download through Berth, when the store has lost it."""
         await self.ensure_stored(digest, size)
-        url = await self.store.download_url(digest, ttl)
+        url = await self.store.download_url(digest, ttl, byte_range)
         if url is None:  # the settings refuse presigned redirects on such a store
             raise RuntimeError("this blob store gives no download URLs")
         return url

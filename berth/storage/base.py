@@ -145,9 +145,12 @@ class BlobStore(abc.ABC):
         node that died), started before the Unix time `started_before`; how many."""
         return 0
 
-    async def download_url(self, digest: str, ttl: int) -> str | None:
+    async def download_url(
+        self, digest: str, ttl: int, byte_range: str | None = None
+    ) -> str | None:
         """A URL a client can GET the blob from, itself, for `ttl` seconds (a presigned
-        object URL), or None for drivers that cannot give one."""
+        object URL), or None for drivers that cannot give one. With `byte_range` (a Range
+        header's value) the URL serves only a request sending that same Range."""
         return None
 
     def relative_path(self, digest: str) -> str | None:

@@ -535,18 +535,21 @@ class S3BlobStore(BlobStore):
             self._confirmed.pop(digest, None)  # found gone: HEADs say so from now on
             raise
 
-    async def download_url(self, digest: str, ttl: int) -> str:
+    async def download_url(self, digest: str, ttl: int, byte_range: str | None = None) -> str:
         """A presigned GetObject URL: signed here, without a request to the store. Whoever
-        holds it reads the blob (a Range included) until it expires. Signed for the address
+        holds it reads the blob (a Range included) until it expires; with `byte_range`, the
+        Range header is signed too, so the URL serves only that range (the store refuses the
+        request without it), not the whole blob counted as a range. Signed for the address
         clients use (`public_endpoint`, when it differs from the nodes'): SigV4 signs the
         Host header, so a URL is valid only at the host it names, and a proxy there must pass
         that Host on to the store unchanged (the path too), for the store checks the same."""
         s3 = await self._s3()
+        params = {"Bucket": self.location.bucket, "Key": self._blob_key(digest)}
+        if byte_range is not None:
+            params["Range"] = byte_range
         with self._errors():
             url: str = await (self._signer or s3).generate_presigned_url(
-                "get_object",
-                Params={"Bucket": self.location.bucket, "Key": self._blob_key(digest)},
-                ExpiresIn=ttl,
+                "get_object", Params=params, ExpiresIn=ttl
             )
         return url
 

@@ -239,3 +239,32 @@ async def presign_once(store: S3BlobStore, digest: str) -> str:
         return await store.download_url(digest, 300)
     finally:
         await store.close()
+
+
+def test_a_ranged_redirect_serves_only_that_range(presigned: BerthServer) -> None:
+    """A redirect counted as a range is signed for that Range: the URL fetched without it (or
+    with another) is refused by the store, not the whole blob for the range's count. An
+    If-Range the store may ignore makes it a redirect to the whole blob, counted whole."""
+    presigned.create_repository("redir", "ranged")
+    name = "redir/ranged"
+    data = os.urandom(1024 * 1024)
+    with httpx.Client(
+        base_url=presigned.url, auth=presigned.access_key("redir"), timeout=60
+    ) as client:
+        digest = push_bytes(client, name, data)
+        before = traffic(presigned, "redir", days=1)["total_bytes"]
+        redirect = client.get(blob_path(name, digest), headers={"Range": "bytes=0-0"})
+        assert redirect.status_code == 307
+        url = redirect.headers["location"]
+        assert httpx.get(url, timeout=30).status_code == 403
+        assert httpx.get(url, headers={"Range": "bytes=0-1048575"}, timeout=30).status_code == 403
+        one = httpx.get(url, headers={"Range": "bytes=0-0"}, timeout=30)
+        assert one.status_code == 206 and one.content == data[:1]
+
+        other = client.get(
+            blob_path(name, digest), headers={"Range": "bytes=0-0", "If-Range": '"another"'}
+        )
+        assert other.status_code == 307
+        assert httpx.get(other.headers["location"], timeout=30).content == data
+    expected = before + 1 + len(data)
+    assert counted_bytes(presigned, "redir", expected) == expected
