@@ -61,3 +61,22 @@ def test_vulndb_import_and_status(tmp_path: Path) -> None:
     assert lines[0].startswith("6 records; last import ")
     assert "npm 3" in lines and "PyPI 1" in lines and "Go 1" in lines
     assert any(line.startswith("PYSEC 1 2023-06-05") for line in lines)
+
+
+def test_a_file_nested_too_deeply_is_refused_and_the_others_imported(tmp_path: Path) -> None:
+    """JSON nested deeper than the parser goes is one refused file, not an import that stops
+    with a traceback before the other files."""
+    data = tmp_path / "data"
+    assert berth(data, "init").returncode == 0
+    folder = tmp_path / "osv"
+    shutil.copytree(RECORDS, folder)
+    (folder / "deep.json").write_text("[" * 100_000 + "]" * 100_000)
+    imported = berth(data, "vulndb", "import", str(folder))
+
+    assert imported.returncode == 1, imported.stderr
+    assert "Traceback" not in imported.stderr and "RecursionError" not in imported.stderr
+    assert f"Imported {folder}: 6 added," in " ".join(imported.stdout.split())
+    assert (
+        f"refused: {folder / 'deep.json'}: (file): not an OSV record: JSON nested too deeply"
+        in (" ".join(imported.stderr.split()))
+    )

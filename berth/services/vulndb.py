@@ -137,6 +137,8 @@ def parse_document(content: bytes) -> list[_Parsed]:
         data = json.loads(content)
     except (ValueError, UnicodeDecodeError) as exc:
         raise MalformedRecord("(file)", f"not JSON: {exc}") from None
+    except RecursionError:  # arrays or objects nested thousands deep: no OSV record
+        raise MalformedRecord("(file)", "not an OSV record: JSON nested too deeply") from None
     items = data if isinstance(data, list) else [data]
     parsed: list[_Parsed] = []
     for index, item in enumerate(items):
