@@ -264,6 +264,27 @@ def test_out_of_order_and_repeated_chunks_get_416(repo: Repo, content_range: str
     assert repo.client.get(repo.url(f"blobs/{digest_of(b'abcdef')}")).content == b"abcdef"
 
 
+@pytest.mark.parametrize("content_range", ["0-9", "0-2"])
+def test_a_chunk_longer_or_shorter_than_its_content_range_gets_416(
+    repo: Repo, content_range: str
+) -> None:
+    """Five bytes sent as bytes 0-9 (or 0-2): refused and not stored, so the client does not go
+    on from an offset the upload does not have; the upload stays where it was."""
+    location = repo.client.post(repo.url("blobs/uploads/")).headers["Location"]
+    response = repo.client.patch(
+        location, content=b"12345", headers={"Content-Range": content_range}
+    )
+    assert response.status_code == 416, response.text
+    assert error_code(response) == "BLOB_UPLOAD_INVALID"
+    assert "Content-Range" in response.json()["errors"][0]["message"]
+    status = repo.client.get(location)
+    assert status.status_code == 204 and status.headers["Range"] == "0-0"
+    repo.client.patch(location, content=b"abc", headers={"Content-Range": "0-2"})
+    done = repo.client.put(location, params={"digest": digest_of(b"abc")})
+    assert done.status_code == 201
+    assert repo.client.get(repo.url(f"blobs/{digest_of(b'abc')}")).content == b"abc"
+
+
 def test_patches_racing_from_one_offset_store_one_body_or_are_refused(repo: Repo) -> None:
     """Several PATCHes of one upload from the same offset at once (a client retrying a chunk
     while its first try is still being written): one is taken, every other is a 416 naming

@@ -283,12 +283,16 @@ class Uploads:
         """Append a chunk. A Content-Range that does not start at the current end is a 416.
         `upload` is as the request found it: a chunk without a Content-Range starts at its
         offset, so when another request moved the upload on while this one waited for its
-        turn (a client's retry of the chunk), this one is a 416 too, not appended after it."""
+        turn (a client's retry of the chunk), this one is a 416 too, not appended after it. A
+        chunk of another length than its Content-Range says is a 416 and not stored either
+        (the client would go on from an offset the upload does not have)."""
         arrived_at = upload.offset
+        declared: int | None = None  # the chunk's length, as its Content-Range says
         async with self._lock(upload.id):
             upload = await self._refresh(upload)
             if content_range:
-                start, _end = parse_content_range(content_range)
+                start, end = parse_content_range(content_range)
+                declared = end - start + 1
                 if start != upload.offset:
                     raise RangeNotSatisfiable(
                         f"chunk starts at {start} but the upload has {upload.offset} bytes; "
@@ -306,6 +310,12 @@ class Uploads:
                 writer = await self.store.open_upload(upload.id, upload.offset)
                 try:
                     written = await _pipe(writer, hasher, body)
+                    if declared is not None and written not in (0, declared):
+                        raise RangeNotSatisfiable(
+                            f"the chunk has {written} bytes but its Content-Range "
+                            f"{content_range!r} says {declared}; nothing of it was stored",
+                            upload.offset,
+                        )
                     await writer.close()
                 except BaseException:
                     # The chunk failed (its body broke off, the store failed): the writer
