@@ -297,10 +297,14 @@ def _single_range(header: str | None, size: int) -> tuple[int, int, str | None] 
     return start, end, f"bytes {start}-{end - 1}/{size}"
 
 
-def _if_range_holds(request: Request, digest: str) -> bool:
-    """Whether a Range is to be honoured: no If-Range, or one naming this blob's ETag."""
+def _range_kept(request: Request, digest: str, redirect: str) -> bool:
+    """Whether what the redirect leads to sends only the Range asked for: with an If-Range
+    that does not name its ETag, nginx and object stores send the whole blob. nginx sends
+    Berth's ETag (the digest); an object store's ETag is its own, so any If-Range there."""
     if_range = request.headers.get("if-range")
-    return if_range is None or if_range.strip() == f'"{digest}"'
+    if if_range is None:
+        return True
+    return redirect == "accel" and if_range.strip() == f'"{digest}"'
 
 
 def _unsatisfiable(size: int) -> Response:
@@ -323,10 +327,9 @@ async def _redirected_blob(
     if wanted is None:
         return _unsatisfiable(size)
     start, end, content_range = wanted
-    if content_range is not None and not _if_range_holds(request, digest):
-        # nginx (and a store) send the whole blob for an If-Range naming anything else.
-        start, end, content_range = 0, size, None
     settings = services.settings
+    if content_range is not None and not _range_kept(request, digest, settings.blob_redirect):
+        start, end, content_range = 0, size, None
     if settings.blob_redirect == "presigned":
         signed_range = byte_range.strip() if byte_range and content_range else None
         url = await services.registry.download_url(
