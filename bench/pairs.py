@@ -10,8 +10,10 @@ import signal
 import statistics
 import subprocess
 import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import FrameType
+from typing import TypeVar
 
 import regbench  # the team's registry-neutral benchmark
 from run import BERTH, PROJECT, REPOSITORY, Server, free_port, log_in_berth, spawn, wait_ready
@@ -19,6 +21,8 @@ from run import BERTH, PROJECT, REPOSITORY, Server, free_port, log_in_berth, spa
 SMALL_BLOB = 4096
 FIGURES = {"manifest_rps": "manifest GET by tag (wrk)", "small_blob_rps": "4 KiB blob GET (wrk)"}
 Rounds = dict[str, list[dict[str, float]]]
+Side = TypeVar("Side")
+Figures = TypeVar("Figures")
 
 
 def launch(work: Path, name: str, settings: dict[str, str] | None = None) -> Server:
@@ -67,22 +71,34 @@ def alternate(
 ) -> Rounds:
     """wrk's manifest GET and 4 KiB blob GET rates of each target, `rounds` times, the order of
     the targets flipping every round; progress on standard error."""
-    found: Rounds = {side: [] for side in targets}
-    sides = list(targets)
+
+    def rates(index: int, side: str) -> dict[str, float]:
+        target, small = targets[side]
+        manifest_rps, _ = regbench.wrk(
+            target, "manifests/bench", seconds, connections, regbench.MANIFEST_TYPE
+        )
+        blob_rps, _ = regbench.wrk(target, f"blobs/{small}", seconds, connections, None)
+        print(
+            f"round {index + 1} {what} {side:3}: manifest {manifest_rps:9,.0f} req/s, "
+            f"4 KiB blob {blob_rps:9,.0f} req/s",
+            file=sys.stderr,
+            flush=True,
+        )
+        return {"manifest_rps": manifest_rps, "small_blob_rps": blob_rps}
+
+    return alternate_rounds(list(targets), rounds, rates)
+
+
+def alternate_rounds(
+    sides: Sequence[Side], rounds: int, measure: Callable[[int, Side], Figures]
+) -> dict[Side, list[Figures]]:
+    """`measure(round_index, side)` of every side, `rounds` times, the order of the sides
+    flipping every round so that drift in the machine's load falls on all alike; each side's
+    figures in round order (paired by index across sides)."""
+    found: dict[Side, list[Figures]] = {side: [] for side in sides}
     for index in range(rounds):
         for side in sides if index % 2 == 0 else sides[::-1]:
-            target, small = targets[side]
-            manifest_rps, _ = regbench.wrk(
-                target, "manifests/bench", seconds, connections, regbench.MANIFEST_TYPE
-            )
-            blob_rps, _ = regbench.wrk(target, f"blobs/{small}", seconds, connections, None)
-            found[side].append({"manifest_rps": manifest_rps, "small_blob_rps": blob_rps})
-            print(
-                f"round {index + 1} {what} {side:3}: manifest {manifest_rps:9,.0f} req/s, "
-                f"4 KiB blob {blob_rps:9,.0f} req/s",
-                file=sys.stderr,
-                flush=True,
-            )
+            found[side].append(measure(index, side))
     return found
 
 

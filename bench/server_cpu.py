@@ -180,13 +180,12 @@ def main() -> None:
             for case in cases[0]:
                 if args.only not in case:
                     continue
-                a_us, b_us = [], []
-                for round_index in range(args.rounds):
-                    order = (0, 1) if round_index % 2 == 0 else (1, 0)
-                    for which in order:
-                        us = cpu_per_request(servers[which], cases[which][case], args)
-                        (a_us if which == 0 else b_us).append(us)
-                results[case] = (a_us, b_us)
+
+                def cpu_us(_: int, which: int, case: str = case) -> float:
+                    return cpu_per_request(servers[which], cases[which][case], args)
+
+                by_server = pairs.alternate_rounds((0, 1), args.rounds, cpu_us)
+                results[case] = (by_server[0], by_server[1])
         finally:
             for server in servers:
                 server.stop()
