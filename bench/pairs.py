@@ -5,15 +5,19 @@ machine's load falls on both alike), summed up as medians and the median of pair
 
 from __future__ import annotations
 
+import argparse
+import json
 import os
+import shutil
 import signal
 import statistics
 import subprocess
 import sys
+import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import FrameType
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import regbench  # the team's registry-neutral benchmark
 from run import BERTH, PROJECT, REPOSITORY, Server, free_port, log_in_berth, spawn, wait_ready
@@ -124,3 +128,45 @@ def _exit_on_sigterm(signum: int, frame: FrameType | None) -> None:
 def stop_servers_on_sigterm() -> None:
     """A SIGTERM unwinds like an exception, so the `finally` that stops the servers runs."""
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
+
+
+def on_off_rows(figures: dict[str, Any], on: str, off: str, target: float) -> list[str]:
+    """A markdown table of the wrk figures of an on/off pair (`figures["on"]`, `["off"]` and
+    `["ratio_on_over_off"]`, as `medians` and `paired_ratios` give them), the ratio against
+    `target`; `on` and `off` head the columns."""
+    rows = [
+        f"| figure | {on} | {off} | on / off | target | met |",
+        "| --- | ---: | ---: | ---: | ---: | :---: |",
+    ]
+    for key, label in FIGURES.items():
+        ratio = figures["ratio_on_over_off"][key]
+        met = "yes" if ratio >= target else "**no**"
+        rows.append(
+            f"| {label} | {figures['on'][key]:,.0f} req/s | {figures['off'][key]:,.0f} req/s "
+            f"| {ratio:.3f} | ≥ {target} | {met} |"
+        )
+    return rows
+
+
+def run_on_off_bench(
+    doc: str | None,
+    name: str,
+    rounds: int,
+    measure: Callable[[argparse.Namespace, Path], dict[str, Any]],
+    report: Callable[[dict[str, Any]], str],
+) -> None:
+    """The command line of an on/off wrk bench: `--rounds` (default `rounds`), `--wrk-seconds`,
+    `--connections`, `--json`; `measure(args, work)` on a temporary directory, then its figures
+    as JSON or as `report` words them. The description is the first line of `doc`."""
+    p = argparse.ArgumentParser(description=(doc or "").split("\n")[0])
+    p.add_argument("--rounds", type=int, default=rounds)
+    p.add_argument("--wrk-seconds", type=int, default=2)
+    p.add_argument("--connections", type=int, default=32)
+    p.add_argument("--json", action="store_true", help="print the figures as JSON only")
+    args = p.parse_args()
+    if not shutil.which("wrk"):
+        sys.exit("wrk is missing: apt-get install -y wrk")
+    stop_servers_on_sigterm()
+    with tempfile.TemporaryDirectory(prefix=f"berth-{name}-") as tmp:
+        figures = measure(args, Path(tmp))
+    print(json.dumps(figures, indent=2) if args.json else report(figures))
