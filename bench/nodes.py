@@ -39,6 +39,7 @@ BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH.parent))  # the multi-node tests' cluster
 sys.path.insert(0, str(BENCH))
 
+import method  # noqa: E402
 import pairs  # noqa: E402
 import regbench  # noqa: E402
 from run import IMAGE_NAME, PROJECT, REPOSITORY, loadavg  # noqa: E402
@@ -154,7 +155,7 @@ def measure(args: argparse.Namespace, base: Path) -> dict[str, Any]:
             return taken
 
         try:
-            seconds = pairs.alternate_rounds(list(nodes_of), args.rounds, upload_once)
+            seconds = method.alternate_rounds(list(nodes_of), args.rounds, upload_once)
         finally:
             for client in clients:
                 client.close()

@@ -14,19 +14,18 @@ import statistics
 import subprocess
 import sys
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
-from typing import Any, TypeVar
+from typing import Any
 
+import method
 import regbench  # the team's registry-neutral benchmark
 from run import BERTH, PROJECT, REPOSITORY, Server, free_port, log_in_berth, spawn, wait_ready
 
 SMALL_BLOB = 4096
 FIGURES = {"manifest_rps": "manifest GET by tag (wrk)", "small_blob_rps": "4 KiB blob GET (wrk)"}
 Rounds = dict[str, list[dict[str, float]]]
-Side = TypeVar("Side")
-Figures = TypeVar("Figures")
 
 
 def launch(work: Path, name: str, settings: dict[str, str] | None = None) -> Server:
@@ -90,20 +89,7 @@ def alternate(
         )
         return {"manifest_rps": manifest_rps, "small_blob_rps": blob_rps}
 
-    return alternate_rounds(list(targets), rounds, rates)
-
-
-def alternate_rounds(
-    sides: Sequence[Side], rounds: int, measure: Callable[[int, Side], Figures]
-) -> dict[Side, list[Figures]]:
-    """`measure(round_index, side)` of every side, `rounds` times, the order of the sides
-    flipping every round so that drift in the machine's load falls on all alike; each side's
-    figures in round order (paired by index across sides)."""
-    found: dict[Side, list[Figures]] = {side: [] for side in sides}
-    for index in range(rounds):
-        for side in sides if index % 2 == 0 else sides[::-1]:
-            found[side].append(measure(index, side))
-    return found
+    return method.alternate_rounds(list(targets), rounds, rates)
 
 
 def medians(found: Rounds) -> dict[str, dict[str, float]]:

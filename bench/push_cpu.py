@@ -23,7 +23,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import pairs
+import method
 import regbench
 from run import process_tree_cpu
 from server_cpu import add_pair_options, launch_pair, print_pair_header
@@ -68,7 +68,7 @@ def main() -> None:
                 )
                 return figures
 
-            by_server = pairs.alternate_rounds((0, 1), args.rounds, push)
+            by_server = method.alternate_rounds((0, 1), args.rounds, push)
         finally:
             for server in servers:
                 server.stop()

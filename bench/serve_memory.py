@@ -30,7 +30,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from memory import MemorySampler, process_tree
-from pairs import alternate_rounds
+from method import alternate_rounds
 from servers import IMAGE_NAME, launch_berth, log_in_berth, wait_ready
 
 ROOT = Path(__file__).resolve().parent.parent

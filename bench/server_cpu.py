@@ -29,6 +29,7 @@ import urllib.parse
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import method
 import pairs
 import regbench
 from run import process_tree_cpu
@@ -184,7 +185,7 @@ def main() -> None:
                 def cpu_us(_: int, which: int, case: str = case) -> float:
                     return cpu_per_request(servers[which], cases[which][case], args)
 
-                by_server = pairs.alternate_rounds((0, 1), args.rounds, cpu_us)
+                by_server = method.alternate_rounds((0, 1), args.rounds, cpu_us)
                 results[case] = (by_server[0], by_server[1])
         finally:
             for server in servers:
