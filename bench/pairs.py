@@ -14,7 +14,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -28,9 +28,12 @@ FIGURES = {"manifest_rps": "manifest GET by tag (wrk)", "small_blob_rps": "4 KiB
 Rounds = dict[str, list[dict[str, float]]]
 
 
-def launch(work: Path, name: str, settings: dict[str, str] | None = None) -> Server:
+def launch(
+    work: Path, name: str, settings: dict[str, str] | None = None, serve: Sequence[str] = ()
+) -> Server:
     """A Berth on `work` (created) with the bench project and repository, ready and logged in:
-    SQLite, one worker, one-hour tokens, and `settings` (BERTH_* variables) on top."""
+    SQLite, one worker, one-hour tokens, and `settings` (BERTH_* variables) on top; `serve` is
+    the command that serves it (default: `berth serve`)."""
     work.mkdir()
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("BERTH_")}
@@ -48,7 +51,7 @@ def launch(work: Path, name: str, settings: dict[str, str] | None = None) -> Ser
         [str(BERTH), "repo", "create", f"{PROJECT}/{REPOSITORY}"],
     ):
         subprocess.run(argv, env=env, cwd=work, check=True, capture_output=True)
-    server = spawn(name, [str(BERTH), "serve"], env, work / "berth.log", port)
+    server = spawn(name, list(serve) or [str(BERTH), "serve"], env, work / "berth.log", port)
     wait_ready(server)
     log_in_berth(server)
     return server
