@@ -28,10 +28,8 @@ import asyncio
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from functools import partial
@@ -41,7 +39,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import pairs
 import regbench  # the team's registry-neutral benchmark
-from pairs import FIGURES, SMALL_BLOB
+from pairs import SMALL_BLOB
 from run import BERTH, PROJECT, ROOT, Server, spawn, wait_ready
 
 sys.path.insert(0, str(ROOT))
@@ -196,16 +194,8 @@ def report(figures: dict[str, Any]) -> str:
         f"({figures['wrk_seconds']} s, {figures['connections']} connections); medians, and the "
         "median of each round's on / off.",
         "",
-        "| figure | metering on | metering off | on / off | target | met |",
-        "| --- | ---: | ---: | ---: | ---: | :---: |",
+        *pairs.on_off_rows(figures, "metering on", "metering off", TARGET_RATIO),
     ]
-    for key, label in FIGURES.items():
-        ratio = figures["ratio_on_over_off"][key]
-        met = "yes" if ratio >= TARGET_RATIO else "**no**"
-        lines.append(
-            f"| {label} | {figures['on'][key]:,.0f} req/s | {figures['off'][key]:,.0f} req/s "
-            f"| {ratio:.3f} | ≥ {TARGET_RATIO} | {met} |"
-        )
     hot = figures["hot_path"]
     lines += [
         "",
@@ -230,21 +220,7 @@ def report(figures: dict[str, Any]) -> str:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
-    p.add_argument("--rounds", type=int, default=20)
-    p.add_argument("--wrk-seconds", type=int, default=2)
-    p.add_argument("--connections", type=int, default=32)
-    p.add_argument("--json", action="store_true", help="print the figures as JSON only")
-    args = p.parse_args()
-    if not shutil.which("wrk"):
-        sys.exit("wrk is missing: apt-get install -y wrk")
-    pairs.stop_servers_on_sigterm()
-    with tempfile.TemporaryDirectory(prefix="berth-metering-") as tmp:
-        figures = measure(args, Path(tmp))
-    if args.json:
-        print(json.dumps(figures, indent=2))
-    else:
-        print(report(figures))
+    pairs.run_on_off_bench(__doc__, "metering", 20, measure, report)
 
 
 if __name__ == "__main__":

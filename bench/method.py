@@ -1,18 +1,23 @@
 """How `make bench` turns several runs into figures: per run, the ratio Berth / Distribution
 of each figure; over the runs, the median ratio and its spread (lowest to highest); whether a
 target held in every run; and whether the machine was quiet enough to believe any of it.
-Pure functions (no processes, no clock), so tests/unit/test_bench_method.py checks them."""
+Pure functions (no processes, no clock), so tests/unit/test_bench_method.py checks them; and
+the order every side-by-side bench measures in (`alternate_rounds`)."""
 
 from __future__ import annotations
 
 import statistics
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 # The machine is "not quiet" when the 1-minute load average before the bench, or the cores other
 # work kept busy during a run, were above this share of the cores: the servers, curl and wrk
 # then share the cores with someone else's work.
 QUIET_LOAD_PER_CORE = 0.5
+
+Side = TypeVar("Side")
+Figures = TypeVar("Figures")
 
 
 @dataclass(frozen=True)
@@ -133,3 +138,16 @@ def load_warning(load_at_start: str, others: Sequence[float], cores: int) -> str
         "cores with the servers and the clients, and these figures say little about either "
         "registry. Rerun `make bench` on a quiet machine before drawing conclusions."
     )
+
+
+def alternate_rounds(
+    sides: Sequence[Side], rounds: int, measure: Callable[[int, Side], Figures]
+) -> dict[Side, list[Figures]]:
+    """`measure(round_index, side)` of every side, `rounds` times, the order of the sides
+    flipping every round so that drift in the machine's load falls on all alike; each side's
+    figures in round order (paired by index across sides)."""
+    found: dict[Side, list[Figures]] = {side: [] for side in sides}
+    for index in range(rounds):
+        for side in sides if index % 2 == 0 else sides[::-1]:
+            found[side].append(measure(index, side))
+    return found

@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import atexit
-import json
 import os
 import shutil
 import sys
@@ -31,7 +30,6 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import pairs
-from pairs import FIGURES
 from run import ROOT, Server
 
 sys.path.insert(0, str(ROOT))
@@ -144,16 +142,8 @@ def report(figures: dict[str, Any]) -> str:
         f"{' '.join(f'{x:.2f}' for x in figures['load_start'])} at the start, "
         f"{' '.join(f'{x:.2f}' for x in figures['load_end'])} at the end.",
         "",
-        "| figure | metrics on | metrics off | on / off | target | met |",
-        "| --- | ---: | ---: | ---: | ---: | :---: |",
+        *pairs.on_off_rows(figures, "metrics on", "metrics off", TARGET_RATIO),
     ]
-    for key, label in FIGURES.items():
-        ratio = figures["ratio_on_over_off"][key]
-        met = "yes" if ratio >= TARGET_RATIO else "**no**"
-        lines.append(
-            f"| {label} | {figures['on'][key]:,.0f} req/s | {figures['off'][key]:,.0f} req/s "
-            f"| {ratio:.3f} | ≥ {TARGET_RATIO} | {met} |"
-        )
     hot = figures["hot_path"]
     lines += [
         "",
@@ -170,21 +160,7 @@ def report(figures: dict[str, Any]) -> str:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
-    p.add_argument("--rounds", type=int, default=10)
-    p.add_argument("--wrk-seconds", type=int, default=2)
-    p.add_argument("--connections", type=int, default=32)
-    p.add_argument("--json", action="store_true", help="print the figures as JSON only")
-    args = p.parse_args()
-    if not shutil.which("wrk"):
-        sys.exit("wrk is missing: apt-get install -y wrk")
-    pairs.stop_servers_on_sigterm()
-    with tempfile.TemporaryDirectory(prefix="berth-metrics-") as tmp:
-        figures = measure(args, Path(tmp))
-    if args.json:
-        print(json.dumps(figures, indent=2))
-    else:
-        print(report(figures))
+    pairs.run_on_off_bench(__doc__, "metrics", 10, measure, report)
 
 
 if __name__ == "__main__":

@@ -39,6 +39,7 @@ BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH.parent))  # the multi-node tests' cluster
 sys.path.insert(0, str(BENCH))
 
+import method  # noqa: E402
 import pairs  # noqa: E402
 import regbench  # noqa: E402
 from run import IMAGE_NAME, PROJECT, REPOSITORY, loadavg  # noqa: E402
@@ -141,19 +142,20 @@ def measure(args: argparse.Namespace, base: Path) -> dict[str, Any]:
         clients = [httpx.Client(base_url=node.url, timeout=300) for node in nodes]
         tokens = [authenticated(node.url, user, password).headers for node in nodes]
         each: list[Node] = list(zip(clients, tokens, strict=True))
-        seconds: dict[str, list[float]] = {"one node": [], "three nodes": []}
+        nodes_of = {"one node": each[:1], "three nodes": each}
+
+        def upload_once(index: int, side: str) -> float:
+            data[:16] = os.urandom(16)  # a blob of its own each time
+            taken = upload(nodes_of[side], bytes(data), args.chunk_mib * MIB)
+            print(
+                f"round {index + 1} upload {side}: {size / MIB / taken:,.0f} MiB/s",
+                file=sys.stderr,
+                flush=True,
+            )
+            return taken
+
         try:
-            sides = [("one node", each[:1]), ("three nodes", each)]
-            for index in range(args.rounds):
-                for side, used in sides if index % 2 == 0 else sides[::-1]:
-                    data[:16] = os.urandom(16)  # a blob of its own each time
-                    taken = upload(used, bytes(data), args.chunk_mib * MIB)
-                    seconds[side].append(taken)
-                    print(
-                        f"round {index + 1} upload {side}: {size / MIB / taken:,.0f} MiB/s",
-                        file=sys.stderr,
-                        flush=True,
-                    )
+            seconds = method.alternate_rounds(list(nodes_of), args.rounds, upload_once)
         finally:
             for client in clients:
                 client.close()

@@ -11,8 +11,6 @@ measured in-process, where noise is small: the CPU time `PullRecorder.pulled` ad
 from __future__ import annotations
 
 import argparse
-import json
-import shutil
 import sys
 import tempfile
 import time
@@ -62,28 +60,18 @@ def measure(args: argparse.Namespace, work: Path) -> dict[str, Any]:
             server.stop()
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
-    p.add_argument("--rounds", type=int, default=10)
-    p.add_argument("--wrk-seconds", type=int, default=2)
-    p.add_argument("--connections", type=int, default=32)
-    p.add_argument("--json", action="store_true")
-    args = p.parse_args()
-    if not shutil.which("wrk"):
-        sys.exit("wrk is missing: apt-get install -y wrk")
-    pairs.stop_servers_on_sigterm()
-    with tempfile.TemporaryDirectory(prefix="berth-pulls-") as tmp:
-        figures = measure(args, Path(tmp))
-    if args.json:
-        print(json.dumps(figures, indent=2))
-        return
+def report(figures: dict[str, Any]) -> str:
     ratio = figures["ratio_on_over_off"]["manifest_rps"]
-    print(
+    return (
         f"manifest GET: {figures['on']['manifest_rps']:,.0f} req/s recording, "
         f"{figures['off']['manifest_rps']:,.0f} req/s not; paired ratio {ratio:.3f} "
         f"(target >= {TARGET_RATIO}: {'met' if ratio >= TARGET_RATIO else 'missed'}); "
         f"PullRecorder.pulled {figures['pulled_us']:.2f} µs a call"
     )
+
+
+def main() -> None:
+    pairs.run_on_off_bench(__doc__, "pulls", 10, measure, report)
 
 
 if __name__ == "__main__":

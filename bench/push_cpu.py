@@ -23,6 +23,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import method
 import regbench
 from run import process_tree_cpu
 from server_cpu import add_pair_options, launch_pair, print_pair_header
@@ -44,7 +45,6 @@ def main() -> None:
     p.add_argument("--size-mib", type=int, default=256)
     args = p.parse_args()
     load_before = Path("/proc/loadavg").read_text().split()[:3]
-    found: dict[str, list[list[float]]] = {"A": [], "B": []}
     with tempfile.TemporaryDirectory(prefix="berth-pushcpu-") as tmp:
         servers: list[Server] = []
         try:
@@ -57,23 +57,25 @@ def main() -> None:
                 regbench.authenticate(target)
                 push_once(server, target, 1, 0)  # warm up: first request's imports, the database
                 targets.append(target)
-            for index in range(args.rounds):
-                for which in (0, 1) if index % 2 == 0 else (1, 0):
-                    figures = push_once(servers[which], targets[which], args.size_mib, index)
-                    found["AB"[which]].append(figures)
-                    print(
-                        f"round {index + 1} {'AB'[which]}: {figures[0]:.3f} s CPU, "
-                        f"{figures[1]:.0f} MiB/s",
-                        file=sys.stderr,
-                        flush=True,
-                    )
+
+            def push(index: int, which: int) -> list[float]:
+                figures = push_once(servers[which], targets[which], args.size_mib, index)
+                print(
+                    f"round {index + 1} {'AB'[which]}: {figures[0]:.3f} s CPU, "
+                    f"{figures[1]:.0f} MiB/s",
+                    file=sys.stderr,
+                    flush=True,
+                )
+                return figures
+
+            by_server = method.alternate_rounds((0, 1), args.rounds, push)
         finally:
             for server in servers:
                 server.stop()
     print_pair_header(args, load_before)
     for column, label in ((0, "CPU s/push"), (1, "MiB/s")):
-        a = [r[column] for r in found["A"]]
-        b = [r[column] for r in found["B"]]
+        a = [r[column] for r in by_server[0]]
+        b = [r[column] for r in by_server[1]]
         ratios = [y / x for x, y in zip(a, b, strict=True)]
         print(
             f"{label:11} A {statistics.median(a):7.3f}  B {statistics.median(b):7.3f}"

@@ -236,17 +236,18 @@ def pull_rounds(
     (curl, best of two) in `rounds` rounds, the order flipping every round; the medians. With
     each target come the pids of the processes that serve it: their CPU time per pull (over
     both pulls of a round, halved), less swayed by other work than MiB/s are."""
-    rates: dict[int, list[float]] = {0: [], 1: []}
-    cpu: dict[int, list[float]] = {0: [], 1: []}
-    pair = [(0, first), (1, second)]
-    for index in range(rounds):
-        for side, (target, pids) in pair if index % 2 == 0 else pair[::-1]:
-            began = process_tree_cpu(pids)
-            seconds = min(regbench.pull_blob(target, digest) for _ in range(2))
-            cpu[side].append((process_tree_cpu(pids) - began) / 2)
-            rates[side].append(size_mib / seconds)
-    median = statistics.median
-    return Pulls(median(rates[0]), median(rates[1]), median(cpu[0]), median(cpu[1]))
+
+    def pull(_: int, side: int) -> tuple[float, float]:
+        """MiB/s and CPU seconds per pull of the pair's `side`."""
+        target, pids = (first, second)[side]
+        began = process_tree_cpu(pids)
+        seconds = min(regbench.pull_blob(target, digest) for _ in range(2))
+        return size_mib / seconds, (process_tree_cpu(pids) - began) / 2
+
+    found = method.alternate_rounds((0, 1), rounds, pull)
+    rates = [statistics.median(rate for rate, _ in found[side]) for side in (0, 1)]
+    cpu = [statistics.median(seconds for _, seconds in found[side]) for side in (0, 1)]
+    return Pulls(rates[0], rates[1], cpu[0], cpu[1])
 
 
 @dataclass

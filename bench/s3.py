@@ -39,6 +39,7 @@ BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH.parent))  # tests.s3: the SeaweedFS the tests run
 sys.path.insert(0, str(BENCH))
 
+import method  # noqa: E402
 import regbench  # noqa: E402
 from run import (  # noqa: E402
     DISTRIBUTION,
@@ -262,17 +263,18 @@ def cold_rounds(
     """Median MiB/s of one pull from the cached Berth with its copy removed first (streamed
     from the store, the copy written on the way), and of one pull from Distribution, the
     order flipping every round (one pull each: a second from Berth would be warm)."""
-    rates: dict[int, list[float]] = {0: [], 1: []}
-    for index in range(rounds):
-        for side in (0, 1) if index % 2 == 0 else (1, 0):
-            if side == 0:
-                copy.unlink(missing_ok=True)
-                rates[0].append(size_mib / regbench.pull_blob(cached, digest))
-                if not _eventually_exists(copy):
-                    raise RuntimeError("a cold pull from the cached Berth kept no copy")
-            else:
-                rates[1].append(size_mib / regbench.pull_blob(plain, digest))
-    return statistics.median(rates[0]), statistics.median(rates[1])
+
+    def pull(_: int, side: str) -> float:
+        if side == "plain":
+            return size_mib / regbench.pull_blob(plain, digest)
+        copy.unlink(missing_ok=True)
+        rate = size_mib / regbench.pull_blob(cached, digest)
+        if not _eventually_exists(copy):
+            raise RuntimeError("a cold pull from the cached Berth kept no copy")
+        return rate
+
+    rates = method.alternate_rounds(("cached", "plain"), rounds, pull)
+    return statistics.median(rates["cached"]), statistics.median(rates["plain"])
 
 
 def _num(value: float) -> str:

@@ -46,6 +46,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import method
 from servers import BERTH, PROJECT, Server, free_port, log_in_berth, spawn, wait_ready
 
 from berth.domain.manifests import Descriptor
@@ -386,22 +387,23 @@ def push_rounds(work: Path, layout: Path, rounds: int) -> dict[str, Any]:
     """Push throughput, auto against manual: each push into a fresh server (so that every
     blob is uploaded, not found or mounted), alternating which mode goes first; an auto
     round waits for its scan before the server stops."""
-    pushes: dict[str, list[float]] = {"auto": [], "manual": []}
     loads = []
-    for round_ in range(rounds):
-        order = ["auto", "manual"] if round_ % 2 == 0 else ["manual", "auto"]
-        for mode in order:
-            server = launch(work / f"push-{mode}-{round_}")
-            try:
-                berth(server, "repo", "create", f"{PROJECT}/{mode}", "--scan", mode)
-                before = load()
-                pushes[mode].append(push(server, layout, mode))
-                loads.append(f"{mode}: {before} -> {load()}")
-                if mode == "auto":
-                    wait_for_scans(server.log.parent / "berth-data" / "berth.db", 1)
-            finally:
-                server.stop()
-            shutil.rmtree(server.log.parent / "berth-data", ignore_errors=True)
+
+    def push_into_fresh_server(round_: int, mode: str) -> float:
+        server = launch(work / f"push-{mode}-{round_}")
+        try:
+            berth(server, "repo", "create", f"{PROJECT}/{mode}", "--scan", mode)
+            before = load()
+            seconds = push(server, layout, mode)
+            loads.append(f"{mode}: {before} -> {load()}")
+            if mode == "auto":
+                wait_for_scans(server.log.parent / "berth-data" / "berth.db", 1)
+        finally:
+            server.stop()
+        shutil.rmtree(server.log.parent / "berth-data", ignore_errors=True)
+        return seconds
+
+    pushes = method.alternate_rounds(("auto", "manual"), rounds, push_into_fresh_server)
     return {
         "auto_s": [round(x, 2) for x in pushes["auto"]],
         "manual_s": [round(x, 2) for x in pushes["manual"]],

@@ -30,6 +30,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from memory import MemorySampler, process_tree
+from method import alternate_rounds
 from servers import IMAGE_NAME, launch_berth, log_in_berth, wait_ready
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -122,17 +123,17 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="berth-serve-memory-") as tmp:
         work = Path(tmp)
         before = tree_of(args.before, work / "before")
-        results: dict[str, list[dict[str, float]]] = {"before": [], "after": []}
-        for round_ in range(args.rounds):
-            order = ["before", "after"] if round_ % 2 == 0 else ["after", "before"]
-            for side in order:
-                tree = before if side == "before" else None
-                figures = measure(
-                    work / f"{side}-{round_}", tree, args.workers, args.size_mib, after_env
-                )
-                results[side].append(figures)
-                shown = ", ".join(f"{k} {v:.1f}" for k, v in figures.items())
-                print(f"round {round_ + 1} {side:6}: {shown}", flush=True)
+
+        def measure_side(round_: int, side: str) -> dict[str, float]:
+            tree = before if side == "before" else None
+            figures = measure(
+                work / f"{side}-{round_}", tree, args.workers, args.size_mib, after_env
+            )
+            shown = ", ".join(f"{k} {v:.1f}" for k, v in figures.items())
+            print(f"round {round_ + 1} {side:6}: {shown}", flush=True)
+            return figures
+
+        results = alternate_rounds(["before", "after"], args.rounds, measure_side)
         print(f"load at the end {os.getloadavg()}")
         for figure in ("idle_pss", "peak_pss", "after_pss", "idle_rss", "peak_rss", "idle_anon"):
             a = [r[figure] for r in results["before"]]

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import re
 import shlex
 import statistics
@@ -29,12 +28,12 @@ import urllib.parse
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import method
 import pairs
 import regbench
 from run import process_tree_cpu
-from servers import PROJECT, REPOSITORY, Server, free_port, log_in_berth, spawn, wait_ready
+from servers import Server
 
-BERTH = Path(sys.executable).parent / "berth"
 # `berth serve` with extra arguments given to granian: its exec into granian is intercepted and
 # the arguments put before the application's name (the last argument).
 SERVE_WITH_EXTRA = """
@@ -49,28 +48,8 @@ app()
 
 
 def launch(work: Path, name: str, granian: list[str], settings: dict[str, str]) -> Server:
-    work.mkdir()
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("BERTH_")}
-    env |= {
-        "BERTH_CONFIG": str(work / "no-berth.toml"),
-        "BERTH_DATA_DIR": str(work / "berth-data"),
-        "BERTH_LISTEN": f"127.0.0.1:{port}",
-        "BERTH_WORKERS": "1",
-        "BERTH_TOKEN_TTL": "3600",
-        **settings,
-    }
-    for argv in (
-        [str(BERTH), "init"],
-        [str(BERTH), "project", "create", PROJECT],
-        [str(BERTH), "repo", "create", f"{PROJECT}/{REPOSITORY}"],
-    ):
-        subprocess.run(argv, env=env, cwd=work, check=True, capture_output=True)
-    argv = [sys.executable, "-c", SERVE_WITH_EXTRA, *granian]
-    server = spawn(name, argv, env, work / "berth.log", port)
-    wait_ready(server)
-    log_in_berth(server)
-    return server
+    """The bench's Berth (bench/pairs.py) with `granian` options given to its granian."""
+    return pairs.launch(work, name, settings, [sys.executable, "-c", SERVE_WITH_EXTRA, *granian])
 
 
 async def head_loop(url: str, headers: dict[str, str], seconds: int, conns: int) -> int:
@@ -180,13 +159,12 @@ def main() -> None:
             for case in cases[0]:
                 if args.only not in case:
                     continue
-                a_us, b_us = [], []
-                for round_index in range(args.rounds):
-                    order = (0, 1) if round_index % 2 == 0 else (1, 0)
-                    for which in order:
-                        us = cpu_per_request(servers[which], cases[which][case], args)
-                        (a_us if which == 0 else b_us).append(us)
-                results[case] = (a_us, b_us)
+
+                def cpu_us(_: int, which: int, case: str = case) -> float:
+                    return cpu_per_request(servers[which], cases[which][case], args)
+
+                by_server = method.alternate_rounds((0, 1), args.rounds, cpu_us)
+                results[case] = (by_server[0], by_server[1])
         finally:
             for server in servers:
                 server.stop()

@@ -235,14 +235,6 @@ class ProjectContext:
         return project_access(self.caller.principal, self.role)
 
     @property
-    def can_read(self) -> bool:
-        return ProjectAccess.READ in self.access
-
-    @property
-    def can_manage(self) -> bool:
-        return ProjectAccess.MANAGE in self.access
-
-    @property
     def is_project_admin(self) -> bool:
         return ProjectAccess.ADMINISTER in self.access
 
@@ -282,14 +274,21 @@ async def project_context(
 AnyRoleProject = Annotated[ProjectContext, Depends(project_context)]
 
 
+def _requiring(ctx: ProjectContext, needed: ProjectAccess, refusal: str) -> ProjectContext:
+    """The context when the caller has `needed` in its project; otherwise `refusal` (403)."""
+    if needed not in ctx.access:
+        raise Denied(refusal)
+    return ctx
+
+
 async def readable_project(ctx: AnyRoleProject) -> ProjectContext:
     """Project readers, members and admins, and server administrators."""
-    if not ctx.can_read:
-        raise Denied(
-            f"user {ctx.actor!r} has only repository roles in project {ctx.project!r}: they "
-            "give registry access (docker, podman, ...), not the management API"
-        )
-    return ctx
+    return _requiring(
+        ctx,
+        ProjectAccess.READ,
+        f"user {ctx.actor!r} has only repository roles in project {ctx.project!r}: they "
+        "give registry access (docker, podman, ...), not the management API",
+    )
 
 
 ReadProject = Annotated[ProjectContext, Depends(readable_project)]
@@ -297,12 +296,12 @@ ReadProject = Annotated[ProjectContext, Depends(readable_project)]
 
 async def managed_project(ctx: ReadProject) -> ProjectContext:
     """Project members and admins, and server administrators."""
-    if not ctx.can_manage:
-        raise Denied(
-            f"user {ctx.actor!r} is a reader of project {ctx.project!r}; managing it needs "
-            "the admin or member role"
-        )
-    return ctx
+    return _requiring(
+        ctx,
+        ProjectAccess.MANAGE,
+        f"user {ctx.actor!r} is a reader of project {ctx.project!r}; managing it needs "
+        "the admin or member role",
+    )
 
 
 ManageProject = Annotated[ProjectContext, Depends(managed_project)]
@@ -310,12 +309,12 @@ ManageProject = Annotated[ProjectContext, Depends(managed_project)]
 
 async def administered_project(ctx: ReadProject) -> ProjectContext:
     """Project admins and server administrators."""
-    if not ctx.is_project_admin:
-        raise Denied(
-            f"user {ctx.actor!r} is a {ctx.role} of project {ctx.project!r}; this needs the "
-            "project admin role"
-        )
-    return ctx
+    return _requiring(
+        ctx,
+        ProjectAccess.ADMINISTER,
+        f"user {ctx.actor!r} is a {ctx.role} of project {ctx.project!r}; this needs the "
+        "project admin role",
+    )
 
 
 AdminProject = Annotated[ProjectContext, Depends(administered_project)]
@@ -323,9 +322,9 @@ AdminProject = Annotated[ProjectContext, Depends(administered_project)]
 
 async def server_admin_project(ctx: AnyRoleProject) -> ProjectContext:
     """Server administrators (with credentials valid in this project)."""
-    if ProjectAccess.SERVER_ADMIN not in ctx.access:
-        raise Denied(f"user {ctx.actor!r} is not a server administrator")
-    return ctx
+    return _requiring(
+        ctx, ProjectAccess.SERVER_ADMIN, f"user {ctx.actor!r} is not a server administrator"
+    )
 
 
 ServerAdminProject = Annotated[ProjectContext, Depends(server_admin_project)]

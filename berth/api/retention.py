@@ -13,7 +13,7 @@ from berth.api.problems import responses
 from berth.auth.guard import client_address
 from berth.domain.retention import COMBINATION_RULE, MAX_RULES, Keep
 from berth.domain.retention import Rule as DomainRule
-from berth.services.retention import PlannedImage, Policy, RunRecord
+from berth.services.retention import RunRecord
 
 router = APIRouter(prefix="/projects/{project}/retention", tags=["retention"])
 
@@ -23,7 +23,8 @@ RunId = Annotated[int, Path(ge=1, le=2**31 - 1, description="run id")]
 class RetentionRule(BaseModel):
     """One rule: its scope (`repositories`, optionally `tags`) and what it keeps of it."""
 
-    model_config = ConfigDict(extra="forbid")
+    # Built from the domain's Rule by attribute name (`model_validate`) as well as from JSON.
+    model_config = ConfigDict(extra="forbid", from_attributes=True)
 
     keep: Keep = Field(
         description="`last`: the `count` most recently pushed images of each repository; "
@@ -50,17 +51,6 @@ class RetentionRule(BaseModel):
     def to_domain(self) -> DomainRule:
         return DomainRule(**self.model_dump())
 
-    @classmethod
-    def of(cls, rule: DomainRule) -> RetentionRule:
-        return cls(
-            keep=rule.keep,
-            repositories=rule.repositories,
-            tags=rule.tags,
-            count=rule.count,
-            days=rule.days,
-            pattern=rule.pattern,
-        )
-
 
 class RetentionPolicyBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -75,6 +65,8 @@ class RetentionPolicyBody(BaseModel):
 
 
 class RetentionPolicy(BaseModel):
+    model_config = ConfigDict(from_attributes=True)  # from the service's Policy
+
     project: str
     rules: list[RetentionRule]
     schedule: str | None
@@ -83,20 +75,10 @@ class RetentionPolicy(BaseModel):
     updated_by: str
     combination: str = Field(COMBINATION_RULE, description="how the rules combine")
 
-    @classmethod
-    def of(cls, policy: Policy) -> RetentionPolicy:
-        return cls(
-            project=policy.project,
-            rules=[RetentionRule.of(r) for r in policy.rules],
-            schedule=policy.schedule,
-            next_run_at=policy.next_run_at,
-            updated_at=policy.updated_at,
-            updated_by=policy.updated_by,
-            combination=policy.combination,
-        )
-
 
 class RetentionImage(BaseModel):
+    model_config = ConfigDict(from_attributes=True)  # from the service's PlannedImage
+
     repository: str = Field(description="`repository` or `repository/image`")
     digest: str
     tags: list[str]
@@ -104,18 +86,6 @@ class RetentionImage(BaseModel):
     last_pulled_at: dt.datetime | None
     referrers: int = Field(description="referrers (signatures, SBOMs) that go with it")
     platform_manifests: int = Field(description="its index's platform manifests that go with it")
-
-    @classmethod
-    def of(cls, item: PlannedImage) -> RetentionImage:
-        return cls(
-            repository=item.repository,
-            digest=item.digest,
-            tags=item.tags,
-            pushed_at=item.pushed_at,
-            last_pulled_at=item.last_pulled_at,
-            referrers=item.referrers,
-            platform_manifests=item.platform_manifests,
-        )
 
 
 class RetentionRun(BaseModel):
@@ -152,12 +122,12 @@ class RetentionRun(BaseModel):
             dry_run=run.dry_run,
             started_at=run.started_at,
             finished_at=run.finished_at,
-            rules=[RetentionRule.of(r) for r in run.rules],
+            rules=[RetentionRule.model_validate(r) for r in run.rules],
             images_deleted=run.images_deleted,
             images_skipped=run.images_skipped,
             images_kept=run.kept,
             images_outside_rules=run.untouched,
-            images=[RetentionImage.of(i) for i in run.deleted],
+            images=[RetentionImage.model_validate(i) for i in run.deleted],
             error=run.error,
             note=run.note,
         )
@@ -166,7 +136,7 @@ class RetentionRun(BaseModel):
 @router.get("", responses=responses(404))
 async def get_policy(ctx: ReadProject) -> RetentionPolicy:
     """The project's retention policy (no rules: retention deletes nothing)."""
-    return RetentionPolicy.of(await ctx.services.retention.policy(ctx.project))
+    return RetentionPolicy.model_validate(await ctx.services.retention.policy(ctx.project))
 
 
 @router.put("", responses=responses(404, 422))
@@ -181,7 +151,7 @@ async def set_policy(
         actor=ctx.actor,
         client=client_address(request),
     )
-    return RetentionPolicy.of(policy)
+    return RetentionPolicy.model_validate(policy)
 
 
 @router.post("/dry-run", responses=responses(404))

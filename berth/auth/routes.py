@@ -100,6 +100,13 @@ async def _login(services: Services, request: Request, key_id: str, secret: str)
     return principal
 
 
+def _refresh_token(services: Services, principal: Principal, service: str) -> str:
+    """A refresh token for the signed-in principal (the clients' "offline" token)."""
+    return services.tokens.issue_refresh(
+        user_id=principal.user_id, user=principal.user, key_id=principal.key_id, service=service
+    )
+
+
 def _check_service(request: Request, requested: str | None) -> str:
     service = service_name(request)
     if requested and requested != service:
@@ -121,12 +128,7 @@ async def get_token(request: Request) -> Response:
     access = await _grant(services, request, principal, parse_scopes(params.getlist("scope")))
     body = _token_body(services, principal, service, access)
     if principal is not None and params.get("offline_token") == "true":
-        body["refresh_token"] = services.tokens.issue_refresh(
-            user_id=principal.user_id,
-            user=principal.user,
-            key_id=principal.key_id,
-            service=service,
-        )
+        body["refresh_token"] = _refresh_token(services, principal, service)
     return JSONResponse(body, headers={"Cache-Control": "no-store"})
 
 
@@ -154,12 +156,7 @@ async def post_token(request: Request) -> Response:
     if grant_type == "refresh_token":
         token["refresh_token"] = field["refresh_token"]
     elif field.get("access_type") == "offline":
-        token["refresh_token"] = services.tokens.issue_refresh(
-            user_id=principal.user_id,
-            user=principal.user,
-            key_id=principal.key_id,
-            service=service,
-        )
+        token["refresh_token"] = _refresh_token(services, principal, service)
     return JSONResponse(token, headers={"Cache-Control": "no-store"})
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import Row, select
+from sqlalchemy import Row, Table, func, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from berth.domain.errors import NameUnknown, NotFound
@@ -50,3 +50,11 @@ async def require_user_row(conn: AsyncConnection, user: str) -> Row[Any]:
 async def require_user(conn: AsyncConnection, user: str) -> int:
     """The id of a user by name, or NOT_FOUND naming them."""
     return int((await require_user_row(conn, user)).id)
+
+
+async def count_in_project(conn: AsyncConnection, table: Table, project_id: int) -> int:
+    """How many rows of `table` (one with a `project_id` column) belong to the project."""
+    counted = await conn.execute(
+        select(func.count()).select_from(table).where(table.c.project_id == project_id)
+    )
+    return int(counted.scalar() or 0)

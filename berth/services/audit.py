@@ -14,7 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from berth.jobs.periodic import Periodic
 from berth.metadata.database import Database
-from berth.metadata.lookups import require_project
+from berth.metadata.lookups import count_in_project, require_project
 from berth.metadata.tables import audit_log, utcnow
 
 AUDIT_FLUSH_SECONDS = 0.25
@@ -83,12 +83,7 @@ class AuditLog:
     async def count(self, project: str) -> int:
         async with self.db.read() as conn:
             project_id = await require_project(conn, project)
-            count = await conn.execute(
-                select(func.count())
-                .select_from(audit_log)
-                .where(audit_log.c.project_id == project_id)
-            )
-            return int(count.scalar() or 0)
+            return await count_in_project(conn, audit_log, project_id)
 
 
 async def _page(

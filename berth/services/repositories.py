@@ -19,7 +19,7 @@ from berth.domain.names import ImageName, is_valid_component, name_unknown, proj
 from berth.domain.references import RepositoryRef
 from berth.metadata.audit import write_audit_entry
 from berth.metadata.database import Database
-from berth.metadata.lookups import require_project
+from berth.metadata.lookups import count_in_project, require_project
 from berth.metadata.queries import is_image
 from berth.metadata.tables import (
     UTCDateTime,
@@ -318,13 +318,7 @@ class Repositories:
                 f"a garbage collection is running in project {project!r}; delete the "
                 "project once it has finished"
             )
-        held = (
-            await conn.execute(
-                select(func.count())
-                .select_from(repositories)
-                .where(repositories.c.project_id == project_id)
-            )
-        ).scalar() or 0
+        held = await count_in_project(conn, repositories, project_id)
         if held and confirm != project:
             raise Conflict(
                 f"project {project!r} holds {held} "

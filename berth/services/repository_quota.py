@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from berth.domain.errors import QuotaExceeded
+from berth.metadata.lookups import count_in_project
 from berth.metadata.tables import project_settings, repositories
 
 
@@ -22,13 +23,7 @@ async def check_repository_quota(
         )
     ).scalar()
     quota = int(own) if own is not None else default_quota
-    stored = (
-        await conn.execute(
-            select(func.count())
-            .select_from(repositories)
-            .where(repositories.c.project_id == project_id)
-        )
-    ).scalar() or 0
+    stored = await count_in_project(conn, repositories, project_id)
     if stored >= quota:
         raise QuotaExceeded(
             f"project {project!r} already has {stored} of its maximum {quota} "

@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from sqlalchemy import ColumnElement, Table, and_, func, or_, select, update
+from sqlalchemy import ColumnElement, Table, and_, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from berth.domain.errors import InvalidValue, NotFound
@@ -41,7 +41,7 @@ from berth.domain.schedules import Schedule, ScheduleInvalid, parse_schedule
 from berth.domain.tag_rules import ImmutableTagRule, protecting_rule
 from berth.metadata.audit import write_audit_entry
 from berth.metadata.database import Database
-from berth.metadata.lookups import require_project
+from berth.metadata.lookups import count_in_project, require_project
 from berth.metadata.tables import (
     manifest_references,
     manifests,
@@ -621,13 +621,7 @@ class Retention:
     ) -> tuple[list[RunRecord], int]:
         async with self.db.read() as conn:
             project_id = await require_project(conn, project)
-            total = (
-                await conn.execute(
-                    select(func.count())
-                    .select_from(retention_runs)
-                    .where(retention_runs.c.project_id == project_id)
-                )
-            ).scalar()
+            total = await count_in_project(conn, retention_runs, project_id)
             # Without the images (a run may list thousands): `get_run` has them.
             columns = [c for c in retention_runs.c if c.name != "deleted"]
             rows = (

@@ -22,7 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from berth.domain.errors import InvalidValue
 from berth.metadata.database import Database
-from berth.metadata.lookups import require_project, require_repository
+from berth.metadata.lookups import count_in_project, require_project, require_repository
 from berth.metadata.queries import is_image
 from berth.metadata.tables import (
     blobs,
@@ -408,13 +408,7 @@ class Usage:
         month = _month_start(today)
         project_id, sampled_at, sampled = await self._first_sample(project)
         async with self.db.read() as conn:
-            repository_count = (
-                await conn.execute(
-                    select(func.count())
-                    .select_from(repositories)
-                    .where(repositories.c.project_id == project_id)
-                )
-            ).scalar() or 0
+            repository_count = await count_in_project(conn, repositories, project_id)
             images = (
                 await conn.execute(
                     select(func.count())

@@ -15,7 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from berth.domain.errors import Conflict, InvalidValue, NotFound
 from berth.metadata.audit import write_audit_entry
 from berth.metadata.database import Database
-from berth.metadata.lookups import require_project
+from berth.metadata.lookups import count_in_project, require_project
 from berth.metadata.tables import utcnow, webhook_attempts, webhook_deliveries, webhooks
 from berth.services.records import Record
 from berth.services.webhook_addresses import check_url
@@ -161,13 +161,7 @@ class Webhooks:
         now = utcnow()
         async with self.db.write() as conn:
             project_id = await require_project(conn, project)
-            count = (
-                await conn.execute(
-                    select(func.count())
-                    .select_from(webhooks)
-                    .where(webhooks.c.project_id == project_id)
-                )
-            ).scalar() or 0
+            count = await count_in_project(conn, webhooks, project_id)
             if count >= MAX_WEBHOOKS:
                 raise InvalidValue(
                     f"project {project!r} has {MAX_WEBHOOKS} webhooks, the most it may have; "

@@ -144,3 +144,18 @@ def test_every_bench_script_imports() -> None:
         timeout=120,
     )
     assert done.returncode == 0, done.stderr
+
+
+def test_rounds_alternate_which_side_goes_first_and_pair_up_by_round() -> None:
+    """Every side-by-side bench measures in this order, so that drift in the machine's load
+    falls on both sides alike; a side's figures stay in round order, paired across sides."""
+    measured: list[tuple[int, str]] = []
+
+    def measure(round_index: int, side: str) -> str:
+        measured.append((round_index, side))
+        return f"{side}{round_index}"
+
+    found = method.alternate_rounds(("a", "b"), 3, measure)
+    assert measured == [(0, "a"), (0, "b"), (1, "b"), (1, "a"), (2, "a"), (2, "b")]
+    assert found == {"a": ["a0", "a1", "a2"], "b": ["b0", "b1", "b2"]}
+    assert method.alternate_rounds(("a", "b"), 0, measure) == {"a": [], "b": []}

@@ -16,12 +16,12 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
-from sqlalchemy import Select, func, select, update
+from sqlalchemy import Select, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from berth.domain.errors import RegistryError
 from berth.metadata.database import Database
-from berth.metadata.lookups import require_project
+from berth.metadata.lookups import count_in_project, require_project
 from berth.metadata.tables import gc_runs, project_settings, projects, utcnow
 from berth.observability import metrics
 from berth.services.gc.reachability import Young, collectable_from
@@ -231,14 +231,7 @@ class RunBook:
     async def count(self, project: str) -> int:
         project_id = await self.project_id(project)
         async with self.db.read() as conn:
-            total = (
-                await conn.execute(
-                    select(func.count())
-                    .select_from(gc_runs)
-                    .where(gc_runs.c.project_id == project_id)
-                )
-            ).scalar_one()
-        return int(total)
+            return await count_in_project(conn, gc_runs, project_id)
 
     # ------------------------------------------------------------------ transitions
 

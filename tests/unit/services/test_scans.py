@@ -135,6 +135,30 @@ async def push_image(
     return manifest
 
 
+async def push_platform_index(
+    world: World, repo: RepositoryRef, amd64: Blob, arm64: Blob, tag: str
+) -> Blob:
+    """An index of two pushed images, as linux/amd64 and linux/arm64, pushed as `tag`."""
+    index = image_index(
+        [
+            amd64.descriptor(platform={"os": "linux", "architecture": "amd64"}),
+            arm64.descriptor(platform={"os": "linux", "architecture": "arm64"}),
+        ]
+    )
+    await world.registry.put_manifest(repo, "", tag, index.data, index.media_type)
+    return index
+
+
+def lose_layer(world: World, image: Blob, position: int) -> str:
+    """Delete the image's layer at `position` from storage behind the registry's back (as a
+    disk or bucket might lose it after the push); returns its digest."""
+    digest: str = json.loads(image.data)["layers"][position]["digest"]
+    path = world.store.local_path(digest)
+    assert path is not None
+    path.unlink()
+    return digest
+
+
 async def import_records(world: World, tmp_path: Path, names: list[str]) -> None:
     folder = tmp_path / f"osv-{len(list(tmp_path.glob('osv-*')))}"
     folder.mkdir()
@@ -250,13 +274,7 @@ def test_an_index_is_scanned_per_platform(
         await import_records(world, tmp_path, ALL_RECORDS)
         amd64 = await push_image(world, repo, app_layers, "amd64", "amd64")
         arm64 = await push_image(world, repo, fixed_layers, "arm64", "arm64")
-        index = image_index(
-            [
-                amd64.descriptor(platform={"os": "linux", "architecture": "amd64"}),
-                arm64.descriptor(platform={"os": "linux", "architecture": "arm64"}),
-            ]
-        )
-        await world.registry.put_manifest(repo, "", "multi", index.data, index.media_type)
+        index = await push_platform_index(world, repo, amd64, arm64, "multi")
         result = await scanned(world, repo, index.digest)
         assert result.state == "done" and findings(result) == EXPECTED
         per_platform = await world.scans.result(repo.id, "", arm64.digest)
@@ -292,10 +310,7 @@ def test_a_scan_that_cannot_read_a_layer_fails_saying_why(
     async def scenario(world: World) -> None:
         repo = await repository(world)
         image = await push_image(world, repo, app_layers, "v1")
-        layer_digest = json.loads(image.data)["layers"][1]["digest"]
-        path = world.store.local_path(layer_digest)
-        assert path is not None
-        path.unlink()  # lost from storage after the push
+        layer_digest = lose_layer(world, image, 1)
         result = await scanned(world, repo, image.digest)
         assert result.state == "failed"
         assert result.reason == f"layer {layer_digest} is missing from storage"
@@ -363,10 +378,7 @@ def test_an_image_listing_carries_each_images_scan_state(
         await world.scans.request_scan(repo, "", vulnerable.digest, "alice")
         assert (await states())["vulnerable"].status == "queued"
 
-        broken_layer = json.loads(broken.data)["layers"][0]["digest"]
-        path = world.store.local_path(broken_layer)
-        assert path is not None
-        path.unlink()
+        broken_layer = lose_layer(world, broken, 0)
         for image in (vulnerable, fixed, broken):
             await world.scans.request_scan(repo, "", image.digest, "alice")
         assert await world.scans.run_queued() == 3
@@ -467,13 +479,7 @@ def test_a_finished_scan_queues_its_webhook_event_when_an_endpoint_takes_it(
         )
 
         # An index: one event for it, none for the platforms scanned with it.
-        index = image_index(
-            [
-                amd64.descriptor(platform={"os": "linux", "architecture": "amd64"}),
-                arm64.descriptor(platform={"os": "linux", "architecture": "arm64"}),
-            ]
-        )
-        await world.registry.put_manifest(repo, "", "multi", index.data, index.media_type)
+        index = await push_platform_index(world, repo, amd64, arm64, "multi")
         await scanned(world, repo, index.digest)
         events = await scan_events(world)
         assert [e["digest"] for e in events] == [amd64.digest, index.digest]
@@ -481,10 +487,7 @@ def test_a_finished_scan_queues_its_webhook_event_when_an_endpoint_takes_it(
 
         # A failed scan says why.
         lost = await push_image(world, repo, [layer([file_entry("etc/motd", b"lost")])], "lost")
-        lost_layer = json.loads(lost.data)["layers"][0]["digest"]
-        path = world.store.local_path(lost_layer)
-        assert path is not None
-        path.unlink()
+        lost_layer = lose_layer(world, lost, 0)
         await scanned(world, repo, lost.digest)
         failed = (await scan_events(world))[-1]
         assert failed["digest"] == lost.digest
