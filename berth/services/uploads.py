@@ -606,8 +606,21 @@ class Uploads:
         sent is told DIGEST_INVALID as before; a running hash that went wrong (never seen, but
         a refused intact push would be silent about where) is logged, and the push, whose
         stored bytes are verified now, goes through. Costs one read of the upload, on this
-        path only."""
-        stored = await self._stored_digest(upload, parse_digest(expected).algorithm, pieces)
+        path only; a store that cannot be read leaves the running hash's verdict."""
+        try:
+            stored = await self._stored_digest(upload, parse_digest(expected).algorithm, pieces)
+        except (Unavailable, OSError) as exc:
+            # The store unreachable (or the scratch gone): the client still hears why.
+            logger.info(
+                "upload %s: its stored bytes could not be read again (%s); refused on the "
+                "running hash %s of its %d bytes, not the client's %s",
+                upload.id,
+                type(exc).__name__,
+                running,
+                upload.offset,
+                expected,
+            )
+            return running
         if stored == running:
             logger.info(
                 "upload %s: the %d bytes received hash to %s, not to the client's %s",
