@@ -382,6 +382,12 @@ def _blob_created(name: ImageName, digest: str) -> Response:
     )
 
 
+def _body_length(request: Request) -> int | None:
+    """The body's length its Content-Length declares (None without one: HTTP/2, chunked)."""
+    value = request.headers.get("content-length", "").strip()
+    return int(value) if value.isdigit() else None
+
+
 async def start_upload(request: Request) -> Response:
     services, name, repo = await _target(request, NEEDS_PUSH)
     params = request.query_params
@@ -401,7 +407,9 @@ async def start_upload(request: Request) -> Response:
     upload = await services.uploads.start(repo, name.image)
     digest = params.get("digest")
     if digest:
-        final = await services.uploads.complete(repo, upload, digest, request.stream(), None)
+        final = await services.uploads.complete(
+            repo, upload, digest, request.stream(), None, _body_length(request)
+        )
         return _blob_created(name, final)
     return Response(status_code=202, headers=_upload_headers(name, upload.id, 0))
 
@@ -435,7 +443,10 @@ async def patch_upload(request: Request) -> Response:
     upload = await services.uploads.get(repo, name.image, request.path_params["upload_id"])
     try:
         upload = await services.uploads.append(
-            upload, request.stream(), request.headers.get("content-range")
+            upload,
+            request.stream(),
+            request.headers.get("content-range"),
+            _body_length(request),
         )
     except RangeNotSatisfiable as exc:
         exc.headers.update(_upload_headers(name, upload.id, exc.current_size))
@@ -451,7 +462,12 @@ async def complete_upload(request: Request) -> Response:
     upload = await services.uploads.get(repo, name.image, request.path_params["upload_id"])
     try:
         final = await services.uploads.complete(
-            repo, upload, digest, request.stream(), request.headers.get("content-range")
+            repo,
+            upload,
+            digest,
+            request.stream(),
+            request.headers.get("content-range"),
+            _body_length(request),
         )
     except RangeNotSatisfiable as exc:
         exc.headers.update(_upload_headers(name, upload.id, exc.current_size))

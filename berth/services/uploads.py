@@ -160,6 +160,22 @@ async def _pipe(writer: UploadWriter, hasher: Any, body: AsyncIterator[bytes]) -
     return written
 
 
+def _length_mismatch(upload_id: str, received: int, declared: int) -> BlobUploadInvalid:
+    # The HTTP server frames bodies by their Content-Length, so this is never expected: said
+    # in the log too, since a body cut short or run long would otherwise surface as a wrong
+    # digest, or as a chunk of the wrong size acknowledged.
+    logger.error(
+        "upload %s: the request body held %d bytes, its Content-Length %d; nothing of it stored",
+        upload_id,
+        received,
+        declared,
+    )
+    return BlobUploadInvalid(
+        f"the request body held {received} bytes but its Content-Length said {declared}; "
+        "nothing of it was stored, send the chunk again"
+    )
+
+
 def _is_storage_full(exc: OSError) -> bool:
     return exc.errno in (errno.ENOSPC, errno.EDQUOT)
 
@@ -278,14 +294,20 @@ class Uploads:
             )
 
     async def append(
-        self, upload: Upload, body: AsyncIterator[bytes], content_range: str | None
+        self,
+        upload: Upload,
+        body: AsyncIterator[bytes],
+        content_range: str | None,
+        declared_length: int | None = None,
     ) -> Upload:
         """Append a chunk. A Content-Range that does not start at the current end is a 416.
         `upload` is as the request found it: a chunk without a Content-Range starts at its
         offset, so when another request moved the upload on while this one waited for its
         turn (a client's retry of the chunk), this one is a 416 too, not appended after it. A
         chunk of another length than its Content-Range says is a 416 and not stored either
-        (the client would go on from an offset the upload does not have)."""
+        (the client would go on from an offset the upload does not have).
+        `declared_length`: the request's Content-Length, if it had one; a body of another
+        length is refused and nothing of it stored."""
         arrived_at = upload.offset
         declared: int | None = None  # the chunk's length, as its Content-Range says
         async with self._lock(upload.id):
@@ -310,6 +332,8 @@ class Uploads:
                 writer = await self.store.open_upload(upload.id, upload.offset)
                 try:
                     written = await _pipe(writer, hasher, body)
+                    if declared_length is not None and written != declared_length:
+                        raise _length_mismatch(upload.id, written, declared_length)
                     if declared is not None and written not in (0, declared):
                         raise RangeNotSatisfiable(
                             f"the chunk has {written} bytes but its Content-Range "
@@ -399,20 +423,24 @@ class Uploads:
         digest: str,
         body: AsyncIterator[bytes] | None,
         content_range: str | None,
+        declared_length: int | None = None,
     ) -> str:
         """Finish an upload: append the last chunk, verify the digest, commit, link to repo."""
         expected = parse_digest(digest)
         if body is not None:
-            upload = await self.append(upload, body, content_range)
+            upload = await self.append(upload, body, content_range, declared_length)
         async with self._lock(upload.id):
             upload, pieces = await self._with_pieces(upload.id)
             async with self._storage_faults(upload.id):
-                actual = await self._final_digest(upload, expected.algorithm, pieces)
+                actual, rehashed = await self._final_digest(upload, expected.algorithm, pieces)
+                if actual != str(expected) and not rehashed:
+                    actual = await self._recheck_stored(upload, str(expected), actual, pieces)
                 if actual != str(expected):
                     await self._discard(upload.id)
                     raise DigestInvalid(
-                        f"uploaded content has digest {actual}, not {expected}; upload discarded",
-                        {"expected": str(expected), "actual": actual},
+                        f"uploaded content ({upload.offset} bytes) has digest {actual}, not "
+                        f"{expected}; upload discarded",
+                        {"expected": str(expected), "actual": actual, "size": upload.offset},
                     )
                 try:
                     await self._store_blob(repo, upload, actual, pieces)
@@ -561,17 +589,76 @@ class Uploads:
             await conn.execute(delete(uploads).where(uploads.c.id == upload.id))
         return True
 
-    async def _final_digest(self, upload: Upload, algorithm: str, pieces: list[str]) -> str:
+    async def _final_digest(
+        self, upload: Upload, algorithm: str, pieces: list[str]
+    ) -> tuple[str, bool]:
+        """The upload's digest, and whether it is of its stored bytes read again (else it is
+        the running hash of the bytes as they were received)."""
         if algorithm == "sha256":
             hasher = self._hashes.take(upload.id, upload.offset)
             if hasher is not None:
-                return f"sha256:{hasher.hexdigest()}"
+                return f"sha256:{hasher.hexdigest()}", False
             if upload.digest_at_offset:
-                return upload.digest_at_offset
+                return upload.digest_at_offset, False
+        return await self._stored_digest(upload, algorithm, pieces), True
+
+    async def _stored_digest(self, upload: Upload, algorithm: str, pieces: list[str]) -> str:
         hasher = hashlib.new(algorithm)
         async for chunk in self.store.read_upload(upload.id, upload.offset, pieces):
             await asyncio.to_thread(hasher.update, chunk)
         return f"{algorithm}:{hasher.hexdigest()}"
+
+    async def _recheck_stored(
+        self, upload: Upload, expected: str, running: str, pieces: list[str]
+    ) -> str:
+        """The running hash disagrees with the client's digest: hash the stored bytes, which
+        are what a commit stores, before refusing. A client that hashed other bytes than it
+        sent is told DIGEST_INVALID as before; a running hash that went wrong (never seen, but
+        a refused intact push would be silent about where) is logged, and the push, whose
+        stored bytes are verified now, goes through. Costs one read of the upload, on this
+        path only; a store that cannot be read leaves the running hash's verdict."""
+        try:
+            stored = await self._stored_digest(upload, parse_digest(expected).algorithm, pieces)
+        except (Unavailable, OSError) as exc:
+            # The store unreachable (or the scratch gone): the client still hears why.
+            logger.info(
+                "upload %s: its stored bytes could not be read again (%s); refused on the "
+                "running hash %s of its %d bytes, not the client's %s",
+                upload.id,
+                type(exc).__name__,
+                running,
+                upload.offset,
+                expected,
+            )
+            return running
+        if stored == running:
+            logger.info(
+                "upload %s: the %d bytes received hash to %s, not to the client's %s",
+                upload.id,
+                upload.offset,
+                running,
+                expected,
+            )
+        elif stored == expected:
+            logger.error(
+                "upload %s: its %d stored bytes hash to the client's digest %s but the running "
+                "hash of the bytes as received said %s; stored, as verified now",
+                upload.id,
+                upload.offset,
+                expected,
+                running,
+            )
+        else:
+            logger.error(
+                "upload %s: its %d stored bytes hash to %s, the bytes as received to %s, the "
+                "client's digest is %s: the stored bytes are not the bytes received",
+                upload.id,
+                upload.offset,
+                stored,
+                running,
+                expected,
+            )
+        return stored
 
     async def cancel(self, upload: Upload) -> None:
         async with self._lock(upload.id):
