@@ -63,7 +63,8 @@ def in_process(server: BerthServer, work: Any) -> Any:
 def age_past_grace(server: BerthServer) -> None:
     """Make everything stored so far older than the grace period, as if it had passed: every
     push, link, blob and upload time after `GRACE` + a minute ago moves back to then (what is
-    older stays as it is). Well within `upload_expiry` (a day): uploads are not abandoned by it."""
+    older stays as it is): past this grace period, and any shorter one a module's server has.
+    Well within `upload_expiry` (a day): uploads are not abandoned by it."""
     then = utcnow() - dt.timedelta(seconds=GRACE + 60)
     stamped = (
         (blobs, blobs.c.created_at),
