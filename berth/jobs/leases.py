@@ -155,6 +155,24 @@ class Leases:
         """Hold this node's lease for `seconds` from now; False when it is no longer ours."""
         return await self.extend(name, utcnow() + dt.timedelta(seconds=seconds))
 
+    async def hold_on(self, name: str, seconds: float, margin: float) -> bool:
+        """Before an act another holder must not see done late: hold this node's lease for
+        `seconds` from now if it is still ours with at least `margin` seconds left; one
+        conditional UPDATE, so a take-over commits either before it (False) or after, and
+        then only once the new expiry has passed. False: stop, the job is not surely ours."""
+        now = utcnow()
+        async with self.db.write() as conn:
+            result = await conn.execute(
+                update(job_leases)
+                .where(
+                    job_leases.c.name == name,
+                    job_leases.c.holder == self.holder,
+                    job_leases.c.expires_at >= now + dt.timedelta(seconds=margin),
+                )
+                .values(expires_at=now + dt.timedelta(seconds=seconds))
+            )
+        return bool(result.rowcount)
+
     async def release(self, name: str) -> bool:
         """End this node's lease now: anyone may take the job."""
         return await self.extend(name, utcnow())

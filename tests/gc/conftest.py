@@ -1,7 +1,10 @@
 """Garbage collection against real servers (SQLite and PostgreSQL).
 
-Servers here run with a short grace period (`BERTH_GC_GRACE_PERIOD`), so a test makes content
-"old" by waiting it out, and "fresh" by pushing it after the wait. `GcProject` is one fresh
+Servers here run with a grace period (`BERTH_GC_GRACE_PERIOD`) far longer than any test takes,
+even on a loaded machine: a test makes content "old" by moving its timestamps back in the
+database (`age_past_grace`), not by sleeping, and "fresh" by pushing it after that. (With a
+one-second grace period and a sleep, a run that took over a second on a loaded machine
+collected the "fresh" content.) `GcProject` is one fresh
 project with a repository, a registry client and an API client (the administrator's access key),
 and what the tests read from the metadata database and the blob directory.
 """
@@ -24,6 +27,7 @@ from sqlalchemy import select, update
 
 from berth.metadata.tables import (
     blobs,
+    manifests,
     project_settings,
     projects,
     repositories,
@@ -35,7 +39,7 @@ from berth.state import Services
 from tests.oci import Blob, assert_status, blob_path, describe, digest_of, uploads_path
 from tests.servers import BACKENDS, BerthServer, server_fixture
 
-GRACE = 1  # seconds: the servers' gc_grace_period
+GRACE = 600  # seconds: the servers' gc_grace_period, longer than any test
 RUN_TIMEOUT = 60.0
 
 
@@ -43,22 +47,38 @@ def gc_env(**extra: str) -> dict[str, str]:
     return {"BERTH_GC_GRACE_PERIOD": str(GRACE), **extra}
 
 
-def wait_past_grace() -> None:
-    """Make everything pushed so far older than the grace period."""
-    time.sleep(GRACE + 0.3)
-
-
 gc_server = server_fixture(
     "gc",
     backends=BACKENDS,
     env=gc_env(),
-    doc="A registry with a 1-second GC grace period, once per backend, shared by a module.",
+    doc="A registry with a 10-minute GC grace period, once per backend, shared by a module.",
 )
 
 
 def in_process(server: BerthServer, work: Any) -> Any:
     """One service call against the server's data (database and blob directory)."""
     return server._services(work)
+
+
+def age_past_grace(server: BerthServer) -> None:
+    """Make everything stored so far older than the grace period, as if it had passed: every
+    push, link, blob and upload time after `GRACE` + a minute ago moves back to then (what is
+    older stays as it is): past this grace period, and any shorter one a module's server has.
+    Well within `upload_expiry` (a day): uploads are not abandoned by it."""
+    then = utcnow() - dt.timedelta(seconds=GRACE + 60)
+    stamped = (
+        (blobs, blobs.c.created_at),
+        (repository_blobs, repository_blobs.c.linked_at),
+        (manifests, manifests.c.pushed_at),
+        (uploads, uploads.c.updated_at),
+    )
+
+    async def write(services: Services) -> None:
+        async with services.db.write() as conn:
+            for table, column in stamped:
+                await conn.execute(update(table).where(column > then).values({column.name: then}))
+
+    in_process(server, write)
 
 
 @dataclass
@@ -262,8 +282,7 @@ class GcProject:
 
 @functools.cache
 def _s3_client(endpoint: str, key_id: str, secret: str) -> Any:
-    """One client per store (made once: a new one takes most of a second, which the tests'
-    1-second grace period cannot spare)."""
+    """One client per store (made once: a new one takes most of a second)."""
     from tests.s3 import SeaweedFS
 
     port = int(endpoint.rpartition(":")[2])

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from tests.gc.conftest import GcProject, gc_env, new_project, wait_past_grace
+from tests.gc.conftest import GcProject, age_past_grace, gc_env, new_project
 from tests.oci import (
     EMPTY_JSON,
     OCI_CONFIG,
@@ -91,7 +91,7 @@ def test_unreferenced_blobs_go_and_referenced_or_shared_ones_stay(
     other = new_project(gc_server)
     try:
         other.push_blob(shared_data)
-        wait_past_grace()
+        age_past_grace(gc_project.server)
         fresh = gc_project.push_blob(b"uploaded just now " + os.urandom(16))
 
         run = gc_project.gc()
@@ -152,7 +152,7 @@ def test_delete_untagged_keeps_index_children_and_referrers_of_kept_images(
     untagged_later = push_image(gc_project, layer_blob("was tagged"), reference="old")
     deleted = gc_project.registry.delete(f"/v2/{gc_project.name()}/manifests/old")
     assert deleted.status_code == 202
-    wait_past_grace()
+    age_past_grace(gc_project.server)
     fresh = push_image(gc_project, layer_blob("fresh"))  # untagged, but within the grace
 
     plain = gc_project.gc()
@@ -192,10 +192,11 @@ def test_dry_run_reports_what_a_run_deletes_and_changes_nothing(gc_project: GcPr
     junk = gc_project.push_blob(b"junk " + os.urandom(32))
     upload = start_upload(gc_project.registry, gc_project.name())
     assert upload.status_code == 202
-    # Older than the grace period, but within upload_expiry (a day): kept, and finishes.
+    # Older than the grace period (once aged), but within upload_expiry (a day): kept, and
+    # finishes.
     paused = start_upload(gc_project.registry, gc_project.name())
     assert paused.status_code == 202
-    wait_past_grace()
+    age_past_grace(gc_project.server)
     gc_project.age_upload(upload.headers["Docker-Upload-UUID"], 2 * 86_400)
     fresh_upload = start_upload(gc_project.registry, gc_project.name())
 
@@ -212,8 +213,7 @@ def test_dry_run_reports_what_a_run_deletes_and_changes_nothing(gc_project: GcPr
     assert gc_project.registry.get(upload.headers["Location"]).status_code == 204
     assert gc_project.settings_row() is None or gc_project.settings_row().last_gc_at is None
 
-    # The fresh upload's first chunk arrives now, so it stays inside the one-second grace period
-    # however long the dry run took on a slow machine.
+    # The upload started after the others aged gets a chunk between the runs, the rest after.
     data = b"finished after garbage collection"
     touched = gc_project.registry.patch(
         fresh_upload.headers["Location"],
@@ -297,7 +297,7 @@ def test_cli_runs_it_with_json_output(gc_server: BerthServer, gc_project: GcProj
     if gc_server.database_url is not None:
         pytest.skip("the CLI calls the same service as the API: once, on SQLite, is enough")
     push_image(gc_project, layer_blob("cli"))
-    wait_past_grace()
+    age_past_grace(gc_project.server)
 
     dry = gc_server.cli_json("gc", "run", gc_project.project, "--dry-run", "--delete-untagged")
     assert dry["dry_run"] is True and dry["images_deleted"] == 1

@@ -7,7 +7,7 @@ import os
 import time
 from typing import Any
 
-from tests.gc.conftest import GcProject, gc_env, new_project, wait_past_grace
+from tests.gc.conftest import GcProject, age_past_grace, gc_env, new_project
 from tests.servers import BACKENDS, BerthServer, server_fixture
 
 PHASES = ("queued", "marking", "sweeping", "done")
@@ -71,7 +71,7 @@ def test_state_phase_history_and_summary_agree_while_a_run_works(
     project = new_project(held_server)
     try:
         project.push_blob(b"nobody references this " + os.urandom(16))
-        wait_past_grace()
+        age_past_grace(project.server)
 
         dry = follow(project, dry_run=True, delete_untagged=True)
         assert ("running", "marking") in dry and dry[-1] == ("succeeded", "done"), dry

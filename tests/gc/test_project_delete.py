@@ -7,7 +7,7 @@ import os
 
 import httpx
 
-from tests.gc.conftest import GcProject, new_project, wait_past_grace
+from tests.gc.conftest import GcProject, age_past_grace, new_project
 from tests.gc.test_gc import layer_blob, push_image
 from tests.servers import ADMIN_PASSWORD, BerthServer
 
@@ -40,7 +40,7 @@ def test_a_deleted_projects_blobs_go_at_the_next_collection(
             assert deleted.status_code == 204, deleted.text
         assert gc_project.blob_file(own).exists()  # until a collection runs
         assert not scratch.exists()  # an upload in progress went with the project
-        wait_past_grace()
+        age_past_grace(gc_project.server)
 
         run = other.gc()
 

@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.gc.conftest import GcProject, gc_env, new_project, wait_past_grace
+from tests.gc.conftest import GcProject, age_past_grace, gc_env, new_project
 from tests.oci import OCI_LAYER, Blob, image_manifest, uploads_path
 from tests.servers import BerthServer, PostgresCluster, database_url_for
 
@@ -78,7 +78,7 @@ def test_writes_are_refused_while_a_run_decides_and_a_crash_rolls_it_back(
     manifest = image_manifest(config.descriptor(), [layer.descriptor()])
     assert project.put_manifest(manifest, "v1").status_code == 201
     junk = project.push_blob(b"junk " + os.urandom(8))
-    wait_past_grace()
+    age_past_grace(project.server)
 
     started = project.start_gc()
     assert started.status_code == 202, started.text
@@ -124,7 +124,7 @@ def test_a_crash_while_removing_files_is_finished_on_restart(paused_server: Serv
     project = new_project(server)
     count = 700  # more than one sweep batch (500): the run pauses after the first
     junk = project.bulk_blobs(count)
-    wait_past_grace()
+    age_past_grace(project.server)
 
     run_id = project.start_gc().json()["id"]
     wait_until(project, lambda run: run["phase"] == "sweeping" and run["progress_done"] > 0, run_id)

@@ -11,7 +11,7 @@ import httpx
 import pytest
 from prometheus_client.mmap_dict import MmapedDict
 
-from tests.gc.conftest import GcProject, wait_past_grace
+from tests.gc.conftest import GcProject, age_past_grace
 from tests.observability.conftest import moved, parse, scrape, value
 from tests.oci import blob_path, diff_id, image_config, image_manifest, layer, uploads_path
 from tests.servers import ADMIN_PASSWORD, BerthServer, free_port, running_server
@@ -123,7 +123,7 @@ def test_tokens_and_login_failures(observed: BerthServer, project: GcProject) ->
 def test_gc_run_figures(observed: BerthServer, project: GcProject) -> None:
     garbage = b"unreferenced bytes for the collector" * 10
     project.push_blob(garbage)
-    wait_past_grace()
+    age_past_grace(project.server)
     before = scrape(observed)
     run = project.gc()
     after = scrape(observed)

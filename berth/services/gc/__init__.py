@@ -25,6 +25,18 @@ gone, is recovered by any server process: before step 2 committed, it is rolled 
 restriction lifted, nothing changed); after, its sweep is finished (`recovery.py`, on the lease
 protocol of `jobs/leases.py`).
 
+Removals from the store are fenced by the lease. The heartbeat notices a lost lease only every
+5 s; so right before each batch's removal, one conditional UPDATE confirms that this process
+still holds the lease with `FENCE_MARGIN_SECONDS` (10 s) left and renews it to `LEASE_SECONDS`
+(30 s), or the run stops there (its notes stay for whoever holds the run); the removal is then
+bounded to `DELETE_BOUND_SECONDS` (10 s). What that guarantees: a removal sent without the
+process pausing lands before any other process can have taken the run over, finished it, and
+seen a push store the blob again (the 20 s left cover clock skew between nodes). What remains:
+a process paused for longer than that between the check and its request reaching the store
+(stopped, swapped out, a request held in the network) can still remove such a new object,
+leaving a row without an object (the storage check reports it, a push repairs it). The real
+fix, an object key per blob row so that no late removal can reach a newer object, is not built.
+
 The modules: `collector.py` starts and carries out runs; `runs.py` is a run's record (`Run`, what
 the API and the CLI show) and its state machine; `reachability.py` the rules of what may go, as a
 pure function; `decide.py` step 2; `sweep.py` step 3; `recovery.py` leases and recovery;

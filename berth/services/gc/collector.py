@@ -69,13 +69,15 @@ class GarbageCollector:
         self.leases = Leases(db, default_holder())
         self.runs = RunBook(db)
         self.decider = Decider(db, self.runs, grace_period, upload_expiry)
-        self.sweeper = Sweeper(db, store, self.runs, self.decider, self._pause_sweeping)
         self.recovery = Recovery(
             db,
             self.leases,
             self.runs,
             finish_here=self.execute,
             finish_in_background=self._spawn,
+        )
+        self.sweeper = Sweeper(
+            db, store, self.runs, self.decider, self._pause_sweeping, self.recovery.fence
         )
         self._tasks: set[asyncio.Task[Any]] = set()
         self._recovering = Periodic(
@@ -292,8 +294,8 @@ class GarbageCollector:
             with contextlib.suppress(Exception):
                 await asyncio.shield(self._interrupted(run_id))
             raise
-        except RunLost:
-            logger.warning("gc run %s was taken over by another process", run_id)
+        except RunLost as stopped:
+            logger.warning("gc run %s: %s", run_id, stopped or "taken over by another process")
         except Exception as exc:
             logger.exception("gc run %s failed", run_id)
             await self.runs.fail(run_id, exc)

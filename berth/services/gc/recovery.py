@@ -25,6 +25,14 @@ logger = logging.getLogger("berth.gc")
 LEASE_SECONDS = 30.0  # a run nobody renews for this long is taken over by another process
 HEARTBEAT_SECONDS = 5.0
 RECOVERY_SECONDS = 10.0  # how often a serving process looks for interrupted runs
+# The fence before each removal from the store (`Recovery.fence`): the run's lease must have
+# this much left, or the heartbeat has missed four renewals in a row and the process stops
+# (a healthy run has 25 s or more left). The fence renews the lease to LEASE_SECONDS, and the
+# removal gets DELETE_BOUND_SECONDS: the 20 s between the bound and the lease's end are what a
+# removal cannot land after, spent on clock skew between nodes and on this process being
+# scheduled late. A DeleteObjects of a batch (500 keys) takes well under a second.
+FENCE_MARGIN_SECONDS = 10.0
+DELETE_BOUND_SECONDS = 10.0
 
 
 def lease_name(project_id: int) -> str:
@@ -69,6 +77,14 @@ class Recovery:
             HEARTBEAT_SECONDS,
             renew,
             failure=f"gc: could not renew the lease {name}",
+        )
+
+    async def fence(self, project_id: int) -> bool:
+        """Whether the run may remove objects from the store now: this process still holds
+        its lease with `FENCE_MARGIN_SECONDS` left (renewed to `LEASE_SECONDS` by the same
+        query). False: it stalled or was taken over; whoever holds the run removes them."""
+        return await self.leases.hold_on(
+            lease_name(project_id), LEASE_SECONDS, FENCE_MARGIN_SECONDS
         )
 
     async def release(self, project_id: int) -> None:

@@ -9,6 +9,10 @@ refused. The conditional delete is the compare-and-set against a concurrent push
 digest: a push that linked the blob first keeps row and object; a push after it waits until
 the note is gone, then stores the object again (`services/uploads.py`). Upload scratch files
 go the same way.
+
+Each removal from the store is fenced by the run's lease (`Recovery.fence`, one query per
+batch) and bounded in time: a process that stalled, and whose run another process took over
+and finished (a push then storing the blob again), must not remove that new object late.
 """
 
 from __future__ import annotations
@@ -32,12 +36,17 @@ from berth.services.gc.decide import (
     sweep_listing,
 )
 from berth.services.gc.reachability import collectable_from
+from berth.services.gc.recovery import DELETE_BOUND_SECONDS
 from berth.services.gc.runs import Progress, RunBook, RunRow
 from berth.storage.base import BlobStore
 
 logger = logging.getLogger("berth.gc")
 
 SWEEP_BATCH = 500  # files removed per transaction (and per progress update)
+
+
+class StoreTooSlow(Exception):
+    """A removal from the store took longer than the lease fence allows."""
 
 
 class Sweeper:
@@ -48,12 +57,14 @@ class Sweeper:
         runs: RunBook,
         decider: Decider,
         pause: Callable[[], Awaitable[None]],
+        fence: Callable[[int], Awaitable[bool]],
     ) -> None:
         self.db = db
         self.store = store
         self.runs = runs
         self.decider = decider
         self._pause = pause  # the test hook that holds a run in its sweep
+        self._fence = fence  # whether the project's run is still surely this process's
 
     async def list_for_sweep(self, run: RunRow, unlinked: frozenset[str]) -> None:
         """After step 2, with writes allowed again: the project's figures, and the sweep's
@@ -218,7 +229,18 @@ class Sweeper:
                 )
             if not digests:
                 return
-            await self.store.delete_many(digests)
+            if not await self._fence(run.project_id):
+                raise RunLost("its lease is no longer surely this process's: stopped sweeping")
+            try:
+                async with asyncio.timeout(DELETE_BOUND_SECONDS):
+                    await self.store.delete_many(digests)
+            except TimeoutError:
+                # Given up rather than left to land after the lease could have passed on;
+                # the notes stay, and the run's next run (or a push of one) settles them.
+                raise StoreTooSlow(
+                    f"the blob store did not remove {len(digests)} objects within "
+                    f"{DELETE_BOUND_SECONDS:g} s; the next garbage collection run removes them"
+                ) from None
             async with self.db.write() as conn:
                 await conn.execute(
                     delete(blob_removals).where(

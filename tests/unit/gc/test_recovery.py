@@ -19,6 +19,7 @@ from berth.domain.errors import Denied
 from berth.jobs.leases import Leases
 from berth.metadata.database import Database
 from berth.metadata.tables import (
+    blob_removals,
     gc_runs,
     job_leases,
     project_settings,
@@ -27,7 +28,7 @@ from berth.metadata.tables import (
     webhook_events,
     webhooks,
 )
-from berth.services.gc import GarbageCollector, GcAlreadyRunning, Run, recovery
+from berth.services.gc import GarbageCollector, GcAlreadyRunning, Run, recovery, sweep
 from berth.services.gc.recovery import lease_name
 from berth.services.gc.restrictions import ensure_writable
 from berth.services.gc.runs import RunRow
@@ -277,6 +278,56 @@ def test_a_run_that_lost_its_lease_stops_sweeping_and_leaves_the_run_to_its_new_
         assert leases[lease_name(1)].holder == elsewhere
 
     on_registry(tmp_path, scenario)
+
+
+def test_a_run_taken_over_just_before_a_removal_removes_nothing_and_leaves_it_to_the_new_holder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The fence before each removal from the store: another process takes the run over
+    between two batches, before the heartbeat (every 5 s) has noticed. The next removal finds
+    the lease gone and removes nothing: the object whose row the batch deleted stays, noted,
+    for the new holder, which finishes the run (a late removal by the old holder could hit an
+    object a push stored again after the new holder finished)."""
+    monkeypatch.setattr(sweep, "SWEEP_BATCH", 1)  # one blob a batch: the take-over falls between
+
+    async def play() -> None:
+        content = content_with_an_orphan_blob()
+        content.stored("another orphan", at=OLD)
+        db, store = await open_registry(tmp_path, content)
+        first, second = sorted([digest("orphan"), digest("another orphan")])  # sweep order
+        try:
+            collector = GarbageCollector(db, store, grace_period=GRACE, test_pause="sweeping=1")
+            carried_out = asyncio.create_task(collector.run(PROJECT, actor="a"))
+            while (current := await collector.current(PROJECT)) is None or (
+                current.progress_done < 1
+            ):
+                await asyncio.sleep(0.02)
+            # Paused after the first batch: this process stalls, a process elsewhere takes over.
+            elsewhere = "another-machine:1"
+            await hand_lease_to(db, elsewhere, utcnow() + dt.timedelta(minutes=1))
+            after = await carried_out
+            assert after.state == "running"
+            left = await what_is_left(db, store)
+            assert first not in left.files
+            assert second not in left.blobs  # its row went in the second batch ...
+            assert second in left.files, "a run that had lost its lease removed an object"
+            async with db.read() as conn:
+                noted = set((await conn.execute(select(blob_removals.c.digest))).scalars())
+            assert noted == {second}  # ... and its note stays for the new holder
+            leases = await Leases(db, "reader").read([lease_name(1)])
+            assert leases[lease_name(1)].holder == elsewhere  # the fence renewed nothing
+
+            # The new holder stops in turn; whoever recovers the run finishes it.
+            await hand_lease_to(db, elsewhere, utcnow() - dt.timedelta(seconds=1))
+            restarted = GarbageCollector(db, store, grace_period=GRACE)
+            await restarted.recovery.recover(resume_here=True)
+            finished_run = await restarted.get_run(PROJECT, after.id)
+            assert finished_run.state == "succeeded"
+            assert second not in (await what_is_left(db, store)).files
+        finally:
+            await db.dispose()
+
+    asyncio.run(play())
 
 
 def test_writes_are_refused_while_the_run_decides_and_allowed_after(tmp_path: Path) -> None:
