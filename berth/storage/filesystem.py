@@ -260,22 +260,13 @@ class FilesystemBlobStore(BlobStore):
 
     async def delete_many(self, digests: list[str]) -> None:
         paths = [self._blob_path(digest) for digest in digests]
-        # A thread cannot be cancelled: once the caller gives up (garbage collection bounds
-        # its removals by its lease), the rest of the files are left, not removed late.
-        given_up = threading.Event()
 
         def _unlink_all() -> None:  # one thread hop for the lot, not one per file
             for path in paths:
-                if given_up.is_set():
-                    return
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(path)
 
-        try:
-            await asyncio.to_thread(_unlink_all)
-        except asyncio.CancelledError:
-            given_up.set()
-            raise
+        await asyncio.to_thread(_unlink_all)
 
     async def iter_digests(self) -> AsyncIterator[str]:
         for algorithm in ("sha256", "sha512"):

@@ -28,12 +28,14 @@ protocol of `jobs/leases.py`).
 Removals from the store are fenced by the lease. The heartbeat notices a lost lease only every
 5 s; so right before each batch's removal, one conditional UPDATE confirms that this process
 still holds the lease with `FENCE_MARGIN_SECONDS` (10 s) left and renews it to `LEASE_SECONDS`
-(30 s), or the run stops there (its notes stay for whoever holds the run); the removal is then
-bounded to `DELETE_BOUND_SECONDS` (10 s). What that guarantees: a removal sent without the
-process pausing lands before any other process can have taken the run over, finished it, and
-seen a push store the blob again (the 20 s left cover clock skew between nodes). What remains:
-a process paused for longer than that between the check and its request reaching the store
-(stopped, swapped out, a request held in the network) can still remove such a new object,
+(30 s), or the run stops there (its notes stay for whoever holds the run). The removal is not
+bounded in time: the heartbeat keeps renewing the lease meanwhile, so the run stays running and
+pushes of those blobs wait however slow the store (a run failed on a timeout would free them
+while a request already sent could still land). What that guarantees: no other process takes
+the run over, finishes it and sees a push store the blob again while this one is alive and
+renewing. What remains: a process paused for longer than the lease (30 s) between the check
+and its request reaching the store (stopped, swapped out, a request held in the network) can
+still remove such a new object,
 leaving a row without an object (the storage check reports it, a push repairs it). The real
 fix, an object key per blob row so that no late removal can reach a newer object, is not built.
 

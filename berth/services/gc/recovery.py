@@ -27,12 +27,10 @@ HEARTBEAT_SECONDS = 5.0
 RECOVERY_SECONDS = 10.0  # how often a serving process looks for interrupted runs
 # The fence before each removal from the store (`Recovery.fence`): the run's lease must have
 # this much left, or the heartbeat has missed four renewals in a row and the process stops
-# (a healthy run has 25 s or more left). The fence renews the lease to LEASE_SECONDS, and the
-# removal gets DELETE_BOUND_SECONDS: the 20 s between the bound and the lease's end are what a
-# removal cannot land after, spent on clock skew between nodes and on this process being
-# scheduled late. A DeleteObjects of a batch (500 keys) takes well under a second.
+# (a healthy run has 25 s or more left). The fence renews the lease to LEASE_SECONDS; while the
+# removal is under way the heartbeat goes on renewing it, so no other process can take the run
+# over unless this one stops renewing (it stalled) for LEASE_SECONDS.
 FENCE_MARGIN_SECONDS = 10.0
-DELETE_BOUND_SECONDS = 10.0
 
 
 def lease_name(project_id: int) -> str:
