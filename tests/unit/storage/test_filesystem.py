@@ -3,13 +3,24 @@
 from __future__ import annotations
 
 import os
+import random
+import shutil
+import subprocess
+import tempfile
 from pathlib import Path
 
 import pytest
 
 from berth.storage.base import BlobStore
 from berth.storage.filesystem import FilesystemBlobStore
-from tests.unit.storage.contract import BlobStoreContract, digest_of, put, write_upload
+from tests.unit.storage.contract import (
+    BlobStoreContract,
+    Scratch,
+    digest_of,
+    put,
+    read_all,
+    write_upload,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -45,3 +56,106 @@ async def test_a_damaged_blob_is_kept_aside_for_inspection(tmp_path: Path) -> No
     await store.quarantine(digest)
     assert (store.damaged / digest.replace(":", "-")).read_bytes() == b"bytes that rotted"
     assert digest == digest_of(b"bytes that rotted")
+
+
+def _writes(data: bytes, seed: int) -> list[list[list[bytes]]]:
+    """`data` cut as pushes cut it: PATCHes, each a few write calls, each call a list of the
+    body's chunks, of sizes that leave every offset unaligned somewhere."""
+    rng = random.Random(seed)
+    sizes = [1, 511, 4095, 4096, 4097, 65_536, 262_144, 1_000_003, 3 * 1024 * 1024]
+    patches: list[list[list[bytes]]] = []
+    position = 0
+    while position < len(data):
+        patch: list[list[bytes]] = []
+        for _ in range(rng.randint(1, 3)):
+            parts: list[bytes] = []
+            for _ in range(rng.randint(1, 12)):
+                size = rng.choice(sizes)
+                parts.append(data[position : position + size])
+                position += size
+            patch.append([part for part in parts if part])
+        patches.append(patch)
+    return patches
+
+
+def _scratch_roots(tmp_path: Path) -> list[Path]:
+    """The test's directory, and one on tmpfs (no O_DIRECT) where the machine has one."""
+    roots = [tmp_path / "disk"]
+    if Path("/dev/shm").is_dir():
+        roots.append(Path(tempfile.mkdtemp(dir="/dev/shm", prefix="berth-test-")))
+    return roots
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+async def test_large_writes_at_any_offset_store_exactly_the_bytes(
+    tmp_path: Path, seed: int
+) -> None:
+    """Large writes skip the page cache in aligned blocks; whatever the offsets and sizes of
+    the chunks, PATCHes and write calls, the upload holds exactly the bytes sent, on a disk
+    and on tmpfs alike."""
+    data = os.urandom(14 * 1024 * 1024 + 4321)
+    for root in _scratch_roots(tmp_path):
+        try:
+            store = FilesystemBlobStore(root)
+            scratch = Scratch(store)
+            for patch in _writes(data, seed):
+                writer = await store.open_upload(scratch.id, scratch.offset)
+                for parts in patch:
+                    await writer.write(parts)
+                await writer.close()
+                scratch.offset += sum(len(part) for parts in patch for part in parts)
+            assert scratch.offset == len(data)
+            assert await scratch.read() == data
+            await scratch.commit(digest_of(data))
+            assert await read_all(store, digest_of(data)) == data
+        finally:
+            shutil.rmtree(root, ignore_errors=True)
+
+
+def _resident_bytes(path: Path) -> int:
+    out = subprocess.run(
+        ["fincore", "--bytes", "--noheadings", "--output", "RES", str(path)],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    return int(out.strip())
+
+
+def _has_direct_io(directory: Path) -> bool:
+    try:
+        os.close(os.open(directory / "probe", os.O_WRONLY | os.O_CREAT | os.O_DIRECT, 0o600))
+    except OSError:
+        return False
+    return True
+
+
+@pytest.mark.skipif(shutil.which("fincore") is None, reason="needs util-linux's fincore")
+async def test_a_large_upload_leaves_the_page_cache_to_what_pulls_read(tmp_path: Path) -> None:
+    """A 32 MiB push, written as the upload service writes (batches of the body's chunks),
+    leaves at most a few pages of itself in the page cache, so pushing does not push out the
+    blobs pulls are served from."""
+    if not _has_direct_io(tmp_path):
+        pytest.skip(f"{tmp_path} has no O_DIRECT")
+    store = FilesystemBlobStore(tmp_path / "blobs")
+    data = os.urandom(32 * 1024 * 1024 + 100)
+    chunk, batch = 256 * 1024, 4 * 1024 * 1024
+    writer = await store.open_upload((scratch := Scratch(store)).id, 0)
+    for start in range(0, len(data), batch):
+        piece = data[start : start + batch]
+        await writer.write([piece[at : at + chunk] for at in range(0, len(piece), chunk)])
+    await writer.close()
+    scratch.offset = len(data)
+    assert _resident_bytes(store.uploads / scratch.id) <= 64 * 1024
+    assert await scratch.read() == data
+
+
+async def test_small_writes_still_go_through_the_page_cache(tmp_path: Path) -> None:
+    """Manifests and small layers (the bulk of pushes by count) are written as before: one
+    write of 1 MiB less a byte is never split into aligned blocks."""
+    store = FilesystemBlobStore(tmp_path)
+    data = os.urandom(1024 * 1024 - 1)
+    scratch = await write_upload(store, data, chunk=len(data))
+    assert await scratch.read() == data
+    if shutil.which("fincore") and _has_direct_io(tmp_path):
+        assert _resident_bytes(store.uploads / scratch.id) == len(data) + 1  # whole pages
