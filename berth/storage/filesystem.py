@@ -8,11 +8,8 @@ Because both sit on one filesystem, committing an upload is an atomic rename.
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
-import errno
 import fcntl
-import mmap
 import os
 import secrets
 import shutil
@@ -25,6 +22,7 @@ from cachetools import LRUCache
 
 from berth.domain.digests import parse_digest
 from berth.storage.base import BlobStore, UploadWriter
+from berth.storage.direct_writes import Appender
 
 READ_CHUNK = 1024 * 1024
 LOCAL_PATHS_KEPT = 10_000  # blob file paths remembered (a path of a digest never changes)
@@ -33,13 +31,6 @@ LOCAL_PATHS_KEPT = 10_000  # blob file paths remembered (a path of a digest neve
 # (_unshare), `{id}.lock` is what requests on the upload take turns holding (upload_exclusive).
 _COMMIT, _COPY, _LOCK = ".commit", ".copy", ".lock"
 LOCK_POLL_SECONDS = 0.02
-_IOV_MAX = os.sysconf("SC_IOV_MAX")  # buffers one writev takes
-# An upload's writes of at least DIRECT_WRITE_MIN bytes (a push hands them over in batches of
-# a few MiB) go past the page cache, in DIRECT_BUFFER pieces aligned to DIRECT_ALIGN (a
-# multiple of the logical block size of common disks, 512 or 4096 bytes).
-DIRECT_WRITE_MIN = 1024 * 1024
-DIRECT_ALIGN = 4096
-DIRECT_BUFFER = 4 * 1024 * 1024
 
 
 class _FileUploadWriter(UploadWriter):
@@ -50,10 +41,7 @@ class _FileUploadWriter(UploadWriter):
 
     def __init__(self, fd: int, path: Path, position: int) -> None:
         self._fd = fd
-        self._path = path
-        self._position = position
-        self._direct: _DirectWrites | None = None
-        self._direct_refused = False
+        self._appender = Appender(fd, path, position)
         self._busy = threading.Lock()  # held by the thread writing, and by the one closing
         self._closed = False
 
@@ -61,30 +49,14 @@ class _FileUploadWriter(UploadWriter):
         with self._busy:
             if self._closed:  # a write that only started once its writer was closed
                 raise ValueError("write to a closed upload writer")
-            size = sum(len(part) for part in parts)
-            direct = self._direct_for(size)
-            if direct is None:
-                _write_all(self._fd, parts)
-                self._position += size
-            else:
-                self._position = direct.write(self._fd, self._position, parts)
-                self._direct_refused = direct.refused
-
-    def _direct_for(self, size: int) -> _DirectWrites | None:
-        if size < DIRECT_WRITE_MIN or self._direct_refused:
-            return None
-        if self._direct is None:
-            self._direct = _DirectWrites.open(self._path)
-            self._direct_refused = self._direct is None
-        return self._direct
+            self._appender.write(parts)
 
     def _close(self) -> None:
         with self._busy:
             if not self._closed:
                 self._closed = True
+                self._appender.close()
                 os.close(self._fd)
-                if self._direct is not None:
-                    self._direct.close()
 
     async def write(self, parts: Sequence[bytes]) -> None:
         await asyncio.to_thread(self._write, parts)
@@ -108,99 +80,6 @@ async def _uncancelled(work: Coroutine[Any, Any, None]) -> None:
             cancelled = True
     if cancelled:
         raise asyncio.CancelledError
-
-
-class _DirectWrites:
-    """An upload's large writes, past the page cache (O_DIRECT). Copying a push into the page
-    cache was the largest share of a large push's CPU, and the cached copy of a blob just pushed
-    only pushes out what pulls are served from; the blob is synced before it is visible
-    either way. O_DIRECT needs aligned offsets, lengths and memory: the bytes up to the next
-    aligned offset and the last partial block go through the upload's ordinary descriptor,
-    whole blocks are copied into an aligned buffer and written from it."""
-
-    def __init__(self, fd: int) -> None:
-        self._fd = fd
-        self._buffer = mmap.mmap(-1, DIRECT_BUFFER)  # page-aligned
-        self._view = memoryview(self._buffer)
-        self.refused = False  # the filesystem opened O_DIRECT but refused a write: not again
-
-    @classmethod
-    def open(cls, path: Path) -> _DirectWrites | None:
-        """None where the filesystem has no O_DIRECT (tmpfs)."""
-        try:
-            return cls(os.open(path, os.O_WRONLY | os.O_DIRECT))
-        except OSError:
-            return None
-
-    def write(self, fd: int, position: int, parts: Sequence[bytes]) -> int:
-        """Write `parts` from `position` on; returns the position after them, where `fd` is
-        left for ordinary writes."""
-        pending = collections.deque(memoryview(part) for part in parts if part)
-        for piece in _take(pending, -position % DIRECT_ALIGN):
-            _pwrite_all(fd, piece, position)
-            position += len(piece)
-        while pending:
-            filled = 0
-            for piece in _take(pending, DIRECT_BUFFER):
-                self._view[filled : filled + len(piece)] = piece
-                filled += len(piece)
-            whole = filled - filled % DIRECT_ALIGN  # all of it unless `pending` is empty now
-            self._write_whole_blocks(fd, position, whole)
-            _pwrite_all(fd, self._view[whole:filled], position + whole)
-            position += filled
-        os.lseek(fd, position, os.SEEK_SET)
-        return position
-
-    def _write_whole_blocks(self, fd: int, position: int, length: int) -> None:
-        done = 0
-        while done < length and not self.refused:
-            try:
-                done += os.pwrite(self._fd, self._view[done:length], position + done)
-            except OSError as error:
-                if error.errno != errno.EINVAL:
-                    raise
-                self.refused = True  # e.g. a larger alignment than DIRECT_ALIGN
-        _pwrite_all(fd, self._view[done:length], position + done)
-
-    def close(self) -> None:
-        os.close(self._fd)
-        self._view.release()
-        self._buffer.close()
-
-
-def _pwrite_all(fd: int, data: memoryview, position: int) -> None:
-    done = 0
-    while done < len(data):
-        done += os.pwrite(fd, data[done:], position + done)
-
-
-def _take(pending: collections.deque[memoryview], limit: int) -> list[memoryview]:
-    """Up to `limit` bytes off the front of `pending`, in the pieces they were in."""
-    taken: list[memoryview] = []
-    while pending and limit > 0:
-        piece = pending.popleft()
-        if len(piece) > limit:
-            piece, rest = piece[:limit], piece[limit:]
-            pending.appendleft(rest)
-        taken.append(piece)
-        limit -= len(piece)
-    return taken
-
-
-def _write_all(fd: int, parts: Sequence[bytes]) -> None:
-    """Write every part, in order, by gathering writes (at most IOV_MAX parts each); a write
-    that stored less goes on from the first byte it did not store."""
-    pending: list[bytes | memoryview] = [part for part in parts if part]
-    while pending:
-        batch = pending[:_IOV_MAX]
-        written = os.writev(fd, batch)
-        done = 0
-        while done < len(batch) and written >= len(batch[done]):
-            written -= len(batch[done])
-            done += 1
-        del pending[:done]
-        if written:
-            pending[0] = memoryview(pending[0])[written:]
 
 
 class FilesystemBlobStore(BlobStore):
