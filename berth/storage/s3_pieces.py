@@ -9,6 +9,7 @@ with the offset it acknowledges (`upload_pieces`), and reads and commits only th
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import re
 import secrets
@@ -59,8 +60,11 @@ def recorded_pieces(names: Sequence[str]) -> list[Piece]:
 
 class PieceWriter(UploadWriter):
     """Buffers a PATCH's bytes into pieces of PIECE_BYTES (the last one smaller), each PUT
-    under a key of its own, one at a time. Aborted, it drops what it buffered and hands every
-    piece it began to PUT to `remove` (a PUT cut short may still have landed)."""
+    under a key of its own. A piece's PUT goes on while the next one fills (at most one in
+    flight, so the body keeps arriving while the store takes the last piece); its error
+    surfaces on the next write or on close. Aborted, it drops what it buffered, stops the PUT
+    in flight and hands every piece it began to PUT to `remove` (a PUT cut short may still
+    have landed)."""
 
     def __init__(
         self,
@@ -74,6 +78,7 @@ class PieceWriter(UploadWriter):
         self._token = secrets.token_hex(8)
         self._buffer: list[bytes] = []
         self._buffered = 0
+        self._sending: asyncio.Future[None] | None = None
         self._written: list[str] = []
         self._begun: list[str] = []
         self._aborted = False
@@ -86,32 +91,55 @@ class PieceWriter(UploadWriter):
         self._buffer.extend(parts)
         self._buffered += sum(len(part) for part in parts)
         if self._buffered >= PIECE_BYTES:
-            await self._flush()
+            await self._flush(in_background=True)
 
     async def close(self) -> None:
-        await self._flush()
+        await self._flush(in_background=False)
+        await self._settle()
 
     async def abort(self) -> None:
         self._aborted = True
         self._buffer.clear()
         self._buffered = 0
+        if self._sending is not None:
+            self._sending.cancel()
+            await asyncio.gather(self._sending, return_exceptions=True)
+            self._sending = None
         begun, self._begun = self._begun, []
         self._written.clear()
         if begun and self._remove is not None:
             with contextlib.suppress(Exception):
                 await self._remove(begun)
 
-    async def _flush(self) -> None:
+    async def _flush(self, *, in_background: bool) -> None:
+        await self._settle()  # one PUT at a time: pieces are recorded in order
         if not self._buffered or self._aborted:
             return
         body = b"".join(self._buffer)
         name = piece_name(self._position, len(body), self._token)
         self._begun.append(name)
-        await self._put(name, body)
-        self._written.append(name)
         self._position += len(body)
         self._buffer.clear()
         self._buffered = 0
+        sending = self._send(name, body)
+        if in_background:
+            self._sending = asyncio.ensure_future(sending)
+        else:
+            await sending
+
+    async def _send(self, name: str, body: bytes) -> None:
+        await self._put(name, body)
+        self._written.append(name)
+
+    async def _settle(self) -> None:
+        """Wait for the PUT in flight, if any; its error is raised here. Cancelled meanwhile,
+        the PUT is left to `abort` to wait for before removing what it began."""
+        if self._sending is not None:
+            try:
+                await self._sending
+            finally:
+                if self._sending.done():
+                    self._sending = None
 
 
 def parts(pieces: list[Piece]) -> Iterator[list[Piece]]:
