@@ -67,7 +67,7 @@ async def test_a_failed_put_in_flight_fails_the_next_write_and_abort_removes_it(
 async def test_abort_waits_for_the_put_in_flight_before_removing_what_it_began() -> None:
     bucket = Bucket(gated=True)
     writer = PieceWriter(bucket.put, 0, bucket.remove)
-    await writer.write([b"a" * PIECE_BYTES])
+    await asyncio.wait_for(writer.write([b"a" * PIECE_BYTES]), 1)
     aborting = asyncio.ensure_future(writer.abort())
     await asyncio.sleep(0)
     bucket.release.set()  # a PUT that lands as it is cancelled is removed all the same
