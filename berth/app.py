@@ -203,7 +203,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
             handlers=(get_blob, get_manifest),
             error_response=error_response,
         )
-    app.add_middleware(RegistryHeaders, node=settings.node)
+    app.add_middleware(RegistryHeaders, node=settings.node_name)
     app.add_middleware(HostCheck, trust_forwarded_proto=settings.trust_forwarded_proto)
     # Added last, so it runs first: bodies are bounded before any route or authentication.
     app.add_middleware(

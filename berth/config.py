@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import tomllib
 from collections.abc import Collection
 from pathlib import Path
@@ -197,12 +196,13 @@ class Settings(BaseSettings):
         description="seconds before a failed webhook delivery is retried; each retry waits "
         "twice as long (at most an hour), for up to a day",
     )
-    node_name: str | None = Field(
-        None,
+    node_name: str = Field(
+        "",
         max_length=64,
         pattern=r"^[A-Za-z0-9._:\[\]-]*$",
-        description="this node's name in the X-Berth-Node response header; default "
-        "HOSTNAME:PORT; empty: no header",
+        description="this node's name in an X-Berth-Node header on every response (which "
+        "node answered, behind a load balancer); empty (default): no header, so clients do "
+        "not learn the nodes' names",
     )
     trust_forwarded_proto: bool = Field(
         False,
@@ -394,13 +394,6 @@ class Settings(BaseSettings):
     @property
     def metrics_host_and_port(self) -> tuple[str, int] | None:
         return _split_address(self.metrics_listen) if self.metrics_listen else None
-
-    @property
-    def node(self) -> str:
-        """The name of this node in responses (`node_name`, else HOSTNAME:PORT); may be empty."""
-        if self.node_name is not None:
-            return self.node_name
-        return f"{socket.gethostname()}:{self.host_and_port[1]}"[:64]
 
     @property
     def metrics_dir(self) -> Path:

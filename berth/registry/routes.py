@@ -37,6 +37,7 @@ from berth.domain.errors import (
 )
 from berth.domain.manifests import MAX_MANIFEST_BYTES, OCI_INDEX, accepts, manifest_too_large
 from berth.domain.names import ImageName, name_unknown, split_name
+from berth.domain.ranges import range_honoured
 from berth.domain.references import RepositoryRef
 from berth.observability.requests import note, with_request_id
 from berth.registry.responses import (
@@ -227,7 +228,7 @@ def _file_blob(
     """A blob sent from a local file (the filesystem store's, or a node's cached copy of an
     S3 blob): whole by pathsend, or the `content` already read and verified; a Range by
     Starlette's FileResponse."""
-    byte_range = request.headers.get("range")
+    byte_range = _honoured_range(request, digest)
     on_sent = _traffic(services, repo)
     if byte_range is None:
         if content is not None:  # verified: these bytes, not the file's (changed since?)
@@ -239,19 +240,19 @@ def _file_blob(
         raise missing_blob(digest) from None
     if _inverted_range(byte_range):
         return Response(status_code=416, headers={"Content-Range": f"bytes */{stat.st_size}"})
+    # The blob's own ETag, not one Starlette makes from the file's time: an If-Range left here
+    # names the digest (see `_honoured_range`), which Starlette then honours too.
+    headers = {"Docker-Content-Digest": digest, "ETag": f'"{digest}"'}
     if on_sent is not None:
         return MeteredFileResponse(
             path,
             stat_result=stat,
             media_type="application/octet-stream",
-            headers={"Docker-Content-Digest": digest},
+            headers=headers,
             on_sent=on_sent,
         )
     return FileResponse(
-        path,
-        stat_result=stat,
-        media_type="application/octet-stream",
-        headers={"Docker-Content-Digest": digest},
+        path, stat_result=stat, media_type="application/octet-stream", headers=headers
     )
 
 
@@ -271,7 +272,7 @@ async def _streamed_blob(
     cached = services.registry.cached_blob(digest, size)
     if cached is not None:
         return _file_blob(request, services, repo, digest, cached, size)
-    wanted = _single_range(request.headers.get("range"), size)
+    wanted = _single_range(_honoured_range(request, digest), size)
     if wanted is None:
         return _unsatisfiable(size)
     start, end, content_range = wanted
@@ -297,14 +298,16 @@ def _single_range(header: str | None, size: int) -> tuple[int, int, str | None] 
     return start, end, f"bytes {start}-{end - 1}/{size}"
 
 
-def _range_kept(request: Request, digest: str, redirect: str) -> bool:
-    """Whether what the redirect leads to sends only the Range asked for: with an If-Range
-    that does not name its ETag, nginx and object stores send the whole blob. nginx sends
-    Berth's ETag (the digest); an object store's ETag is its own, so any If-Range there."""
-    if_range = request.headers.get("if-range")
-    if if_range is None:
-        return True
-    return redirect == "accel" and if_range.strip() == f'"{digest}"'
+def _honoured_range(request: Request, sender_etag_digest: str | None) -> str | None:
+    """The request's Range, or None when the whole blob is to be sent instead: an If-Range
+    that does not name the ETag of what sends the bytes turns the Range off (RFC 9110
+    13.1.5; `range_honoured`). Berth's and nginx's ETag of a blob is its digest."""
+    byte_range = request.headers.get("range")
+    if byte_range is None:
+        return None
+    return (
+        byte_range if range_honoured(request.headers.get("if-range"), sender_etag_digest) else None
+    )
 
 
 def _unsatisfiable(size: int) -> Response:
@@ -322,14 +325,14 @@ async def _redirected_blob(
     bytes asked for are counted as sent now: Berth never sees them go, so what is counted must
     bound what can be sent: a range is counted as a range only when the redirect cannot send
     more (the URL is signed for that Range; nginx honours it)."""
-    byte_range = request.headers.get("range")
+    settings = services.settings
+    # nginx's ETag of the blob is Berth's (the digest); an object store's is its own.
+    sender = digest if settings.blob_redirect == "accel" else None
+    byte_range = _honoured_range(request, sender)
     wanted = _single_range(byte_range, size)
     if wanted is None:
         return _unsatisfiable(size)
     start, end, content_range = wanted
-    settings = services.settings
-    if content_range is not None and not _range_kept(request, digest, settings.blob_redirect):
-        start, end, content_range = 0, size, None
     if settings.blob_redirect == "presigned":
         signed_range = byte_range.strip() if byte_range and content_range else None
         url = await services.registry.download_url(

@@ -163,6 +163,27 @@ def test_a_pulled_blob_is_sent_from_the_node_cache_while_the_store_is_down(
         assert metric(scraped, "berth_s3_cache_kept_bytes_total") == len(big) + len(small)
 
 
+def test_a_range_from_the_cached_copy_keeps_to_if_range(
+    cached: BerthServer, cache_dir: Path
+) -> None:
+    """A Range sent from the node's copy follows If-Range as a stream from the store does:
+    not the blob's ETag, the whole blob (counted whole); the ETag, the range."""
+    cached.create_repository("ranges", "app")
+    data = os.urandom(200_000)
+    with httpx.Client(base_url=cached.url, auth=cached.access_key("ranges"), timeout=60) as client:
+        digest = push(client, "ranges/app", data)
+        assert client.get(blob_path("ranges/app", digest)).content == data
+        assert kept(cache_dir, digest) == data  # what follows is sent from the copy
+        asked = {"Range": "bytes=5-9", "If-Range": "Wed, 21 Oct 2015 07:28:00 GMT"}
+        whole = client.get(blob_path("ranges/app", digest), headers=asked)
+        assert whole.status_code == 200 and whole.content == data
+        asked["If-Range"] = f'"{digest}"'
+        ranged = client.get(blob_path("ranges/app", digest), headers=asked)
+        assert ranged.status_code == 206 and ranged.content == data[5:10]
+    expected = 2 * len(data) + 5  # the first pull, the whole blob, the range
+    assert counted(cached, "ranges", expected) == expected
+
+
 def metric(exposition: str, sample: str) -> float:
     for line in exposition.splitlines():
         if line.startswith(sample + " "):

@@ -1,10 +1,10 @@
 """What makes `berth serve` nodes on one bucket safe to run side by side: S3 with SQLite is
-for one node only, every node must have the install's keys, and each answer names its node."""
+for one node only, every node must have the install's keys, and each answer names its node
+(when the node has a name)."""
 
 from __future__ import annotations
 
 import shutil
-import socket
 from pathlib import Path
 
 import httpx
@@ -28,8 +28,7 @@ def test_s3_with_sqlite_refuses_unless_one_node_is_intended(
     server = BerthServer(tmp_path / "one", extra_env={**seaweedfs.settings_environ()})
     try:
         server.start()
-        answer = httpx.get(f"{server.url}/v2/", timeout=10)
-        assert answer.headers["x-berth-node"] == f"{socket.gethostname()}:{server.port}"
+        assert httpx.get(f"{server.url}/v2/", timeout=10).status_code == 401
     finally:
         server.stop()
 

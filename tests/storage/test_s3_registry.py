@@ -24,7 +24,13 @@ from tests.oci import (
     start_upload,
 )
 from tests.s3 import BUCKET, S3TestServer, SeaweedFS
-from tests.servers import BerthServer, running_server, serve_refused, unstarted_environ
+from tests.servers import (
+    BerthServer,
+    free_port,
+    running_server,
+    serve_refused,
+    unstarted_environ,
+)
 
 pytestmark = pytest.mark.clients
 
@@ -250,3 +256,65 @@ def test_a_small_blob_damaged_in_the_bucket_is_set_aside_not_served(
         assert_status(client.head(blob_path(name, digest)), 404)  # no longer in the bucket
         assert_status(put_upload(client, location(start_upload(client, name)), digest, data), 201)
         assert client.get(blob_path(name, digest)).content == data
+
+
+def store_requests(access_log: Path, after: str = "", quiet: float = 1.0) -> list[str]:
+    """The requests the store was sent through the logging proxy, as nginx logged them (once
+    it is answered), when one containing `after` is logged and none has come for `quiet`
+    seconds since."""
+    deadline = time.monotonic() + 60
+    logged: list[str] = []
+    while time.monotonic() < deadline:
+        now = access_log.read_text().splitlines() if access_log.exists() else []
+        if now == logged and any(after in line for line in now):
+            break
+        logged = now
+        time.sleep(quiet)
+    return logged
+
+
+def test_an_upload_costs_the_store_no_request_before_its_first_byte(
+    request: pytest.FixtureRequest, seaweedfs: SeaweedFS, tmp_path: Path
+) -> None:
+    """Bodiless POSTs (what anyone with push rights can send in numbers) make no object and
+    no request to the store: the store is reached through nginx, whose access log shows none.
+    The uploads still work from there: an empty blob, a chunked one, a cancel."""
+    from tests.test_blob_accel import running_nginx  # here: that module imports this one
+
+    address = f"127.0.0.1:{free_port()}"
+    server_block = f"""
+    server {{
+        listen {address};
+        location / {{
+            proxy_http_version 1.1;
+            proxy_set_header Host $http_host;
+            proxy_set_header Connection "";
+            proxy_pass {seaweedfs.endpoint};
+        }}
+    }}
+"""
+    ready = lambda: httpx.get(f"http://{address}/").status_code == 403  # noqa: E731
+    with running_nginx(tmp_path, server_block, ready):
+        env = {**seaweedfs.settings_environ(), "BERTH_S3_ENDPOINT": f"http://{address}"}
+        with running_server(request, "s3-posts", extra_env=env) as server:
+            server.create_repository("posts", "app")
+            auth = server.access_key("posts")
+            with httpx.Client(base_url=server.url, auth=auth, timeout=60) as client:
+                # Once the node's start-up work is done: the abandoned-uploads job runs at
+                # start, and its last request lists the unfinished multipart uploads.
+                before = store_requests(tmp_path / "access.log", after="?uploads&prefix=")
+                started = [start_upload(client, "posts/app") for _ in range(20)]
+                assert [answer.status_code for answer in started] == [202] * 20
+                assert store_requests(tmp_path / "access.log") == before
+                urls = [location(answer) for answer in started]
+
+                empty = put_upload(client, urls[0], sha256(b""))
+                assert_status(empty, 201)
+                assert client.get(blob_path("posts/app", sha256(b""))).content == b""
+                data = os.urandom(300_000)
+                assert_status(patch_upload(client, urls[1], data[:1000], "0-999"), 202)
+                rest = put_upload(client, urls[1], sha256(data), data[1000:])
+                assert_status(rest, 201)
+                assert client.get(blob_path("posts/app", sha256(data))).content == data
+                assert_status(client.delete(urls[2]), 204)
+                assert client.get(urls[2]).status_code == 404

@@ -196,3 +196,29 @@ def test_a_clean_shutdown_loses_nothing(unflushed: BerthServer) -> None:
     assert found["total_requests"] == 30
     start_all_workers(unflushed)
     assert project.traffic(days=1)["total_bytes"] == received  # and through the API
+
+
+def test_a_range_whose_if_range_does_not_match_gets_the_whole_blob(metered: BerthServer) -> None:
+    """RFC 9110 13.1.5, for a blob Berth sends itself (the file, or a stream from S3): a Range
+    whose If-Range is not the blob's ETag (another tag, a weak one, a date) gets the whole
+    blob with 200, counted whole; one naming the ETag gets the range, counted as the range
+    (else a client that asks for a revalidated range gets bytes of a different blob)."""
+    project = new_project(metered)
+    name = f"{project.name}/{project.repository()}"
+    data = os.urandom(300_000)
+    digest = push_bytes(project.client, name, data)
+    blob = f"/v2/{name}/blobs/{digest}"
+    for if_range in ('"another"', f'W/"{digest}"', "Wed, 21 Oct 2015 07:28:00 GMT"):
+        whole = project.client.get(blob, headers={"Range": "bytes=0-9", "If-Range": if_range})
+        assert whole.status_code == 200 and whole.content == data, if_range
+        assert "content-range" not in whole.headers
+    # An If-Range that does not match also turns an unsatisfiable Range off: the whole blob.
+    unsatisfiable = {"Range": "bytes=10-5", "If-Range": '"another"'}
+    assert project.client.get(blob, headers=unsatisfiable).content == data
+    ranged = project.client.get(blob, headers={"Range": "bytes=0-9", "If-Range": f'"{digest}"'})
+    assert ranged.status_code == 206 and ranged.content == data[:10]
+    assert ranged.headers["content-range"] == f"bytes 0-9/{len(data)}"
+    assert ranged.headers["etag"] == f'"{digest}"'
+
+    expected = 4 * len(data) + 10
+    assert total(project, expected)["total_bytes"] == expected
