@@ -141,37 +141,29 @@ class Leases:
             .values(holder=self.holder, expires_at=utcnow() + dt.timedelta(seconds=seconds))
         )
 
-    async def extend(self, name: str, until: dt.datetime) -> bool:
-        """Move the end of this node's lease; False when the lease is no longer ours."""
+    async def extend(
+        self, name: str, until: dt.datetime, *, held_until: dt.datetime | None = None
+    ) -> bool:
+        """Move the end of this node's lease to `until`; False when the lease is no longer
+        ours, or (with `held_until`) when it ends before `held_until`, and then it is left as
+        it was. One conditional UPDATE: a take-over commits either before it (False) or after
+        it, and then only once `until` has passed."""
+        still_ours = [job_leases.c.name == name, job_leases.c.holder == self.holder]
+        if held_until is not None:
+            still_ours.append(job_leases.c.expires_at >= held_until)
         async with self.db.write() as conn:
             result = await conn.execute(
-                update(job_leases)
-                .where(job_leases.c.name == name, job_leases.c.holder == self.holder)
-                .values(expires_at=until)
+                update(job_leases).where(*still_ours).values(expires_at=until)
             )
         return bool(result.rowcount)
 
-    async def renew(self, name: str, seconds: float) -> bool:
-        """Hold this node's lease for `seconds` from now; False when it is no longer ours."""
-        return await self.extend(name, utcnow() + dt.timedelta(seconds=seconds))
-
-    async def hold_on(self, name: str, seconds: float, margin: float) -> bool:
-        """Before an act another holder must not see done late: hold this node's lease for
-        `seconds` from now if it is still ours with at least `margin` seconds left; one
-        conditional UPDATE, so a take-over commits either before it (False) or after, and
-        then only once the new expiry has passed. False: stop, the job is not surely ours."""
+    async def renew(self, name: str, seconds: float, *, margin: float | None = None) -> bool:
+        """Hold this node's lease for `seconds` from now; False when it is no longer ours.
+        With `margin`, before an act another holder must not see done late: only if at least
+        `margin` seconds of it are left (False: stop, the job is not surely ours)."""
         now = utcnow()
-        async with self.db.write() as conn:
-            result = await conn.execute(
-                update(job_leases)
-                .where(
-                    job_leases.c.name == name,
-                    job_leases.c.holder == self.holder,
-                    job_leases.c.expires_at >= now + dt.timedelta(seconds=margin),
-                )
-                .values(expires_at=now + dt.timedelta(seconds=seconds))
-            )
-        return bool(result.rowcount)
+        held_until = None if margin is None else now + dt.timedelta(seconds=margin)
+        return await self.extend(name, now + dt.timedelta(seconds=seconds), held_until=held_until)
 
     async def release(self, name: str) -> bool:
         """End this node's lease now: anyone may take the job."""

@@ -97,9 +97,8 @@ class Scheduler:
                 await asyncio.wait({work}, timeout=job.hold / 3)
                 if work.done():
                     break
-                until = utcnow() + dt.timedelta(seconds=job.hold)
                 try:
-                    renewed = await self.leases.extend(job.name, until)
+                    renewed = await self.leases.renew(job.name, job.hold)
                 except Exception:
                     logger.warning("job %s: could not renew its lease; still running", job.name)
                     continue

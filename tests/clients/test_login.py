@@ -166,7 +166,8 @@ def test_docker_push_without_a_repository_part_fails_at_once(
     took = time.monotonic() - started
 
     assert "needs the project first" in printed, printed
-    assert took < 5, f"docker push took {took:.1f} s: {printed}"
+    # Far below docker's ~50 s of retries, far above what a loaded machine adds to one push.
+    assert took < 20, f"docker push took {took:.1f} s: {printed}"
 
 
 @pytest.fixture

@@ -116,7 +116,10 @@ def test_unreferenced_blobs_go_and_referenced_or_shared_ones_stay(
         assert run["storage_blobs_deleted"] >= 1  # junk (others' orphans may go too)
         assert run["progress_done"] == run["progress_total"] >= 1
         assert run["finished_at"] is not None
-        assert 0 <= run["restricted_seconds"] < 5
+        # Writes were refused for part of the run (not its queueing, not after it ended); how
+        # short that part is depends on the machine's load, not on Berth: tests/gc/
+        # test_progress.py holds a run in it for a known time.
+        assert 0 < run["restricted_seconds"] <= run["duration_seconds"]
         settings = gc_project.settings_row()
         assert settings.gc_restricted_by is None
         assert settings.last_gc_at is not None

@@ -11,12 +11,13 @@ from tests.gc.conftest import GcProject, age_past_grace, gc_env, new_project
 from tests.servers import BACKENDS, BerthServer, server_fixture
 
 PHASES = ("queued", "marking", "sweeping", "done")
+HOLD_SECONDS = 1.5
 
 
 held_server = server_fixture(
     "gc-held",
     backends=BACKENDS,
-    env=gc_env(BERTH_GC_TEST_PAUSE="marking=1.5"),
+    env=gc_env(BERTH_GC_TEST_PAUSE=f"marking={HOLD_SECONDS}"),
     doc="Runs held a moment while deciding, so a poll sees them at work.",
 )
 
@@ -83,5 +84,9 @@ def test_state_phase_history_and_summary_agree_while_a_run_works(
         summary = project.api.get(f"/projects/{project.project}/summary").json()
         assert summary["last_gc_at"] == summary["last_gc_run"]["finished_at"]
         assert summary["last_gc_run"]["dry_run"] is False
+        finished = project.run_info(summary["last_gc_run"]["id"])
+        # The hold is within the restricted window, and the window within the run: the figure
+        # counts the time writes were refused, however long a loaded machine makes either.
+        assert HOLD_SECONDS <= finished["restricted_seconds"] <= finished["duration_seconds"]
     finally:
         project.close()

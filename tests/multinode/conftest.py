@@ -19,6 +19,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.gc.conftest import GRACE
 from tests.s3 import SeaweedFS, seaweedfs_server
 from tests.servers import ROOT, BerthServer, PostgresCluster, free_port, wait_for
 from tests.tls import make_ca_and_cert
@@ -27,7 +28,6 @@ NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
 DEPLOY = ROOT / "deploy"
 NODES = 3
 FLUSH_SECONDS = 0.3
-GC_GRACE = 2  # seconds
 
 
 @dataclass
@@ -142,9 +142,10 @@ def started_nodes(
         "BERTH_SINGLE_NODE": "false",
         "BERTH_TRAFFIC_FLUSH_INTERVAL": str(FLUSH_SECONDS),
         "BERTH_WORKERS": "1",  # three nodes on the test machine's cores
-        # Short enough for a test to see GC take what it pushed; each GC run holds its write
-        # restriction at least 0.5 s, so pushes on the other nodes surely meet it.
-        "BERTH_GC_GRACE_PERIOD": str(GC_GRACE),
+        # Longer than any test: a test makes what it pushed old enough for GC to take with
+        # `age_past_grace` (tests/gc/conftest.py), not by sleeping. Each GC run holds its
+        # write restriction at least 0.5 s, so pushes on the other nodes surely meet it.
+        "BERTH_GC_GRACE_PERIOD": str(GRACE),
         "BERTH_GC_TEST_PAUSE": "marking=0.5",
     }
     nodes = [

@@ -23,7 +23,8 @@ from tests.clients.commands import ContainersConfig, Podman, skopeo_round_trip
 from tests.clients.daemons import Dockerd, running_dockerd
 from tests.clients.layouts import OciLayout, TestImage, layer_files
 from tests.clients.tools import output, require_binary, run
-from tests.multinode.conftest import GC_GRACE, Cluster
+from tests.gc.conftest import age_past_grace
+from tests.multinode.conftest import Cluster
 from tests.oci import (
     OCI_CONFIG,
     OCI_LAYER,
@@ -448,6 +449,16 @@ def pusher(
                     log.pushed[tag] = (manifest, {b.digest: b.data for b in layers})
 
 
+def wait_for_more_pushes(log: PushLog, count: int, timeout: float = 120) -> None:
+    """Until the pushing clients have pushed `count` more tagged images (and an untagged one
+    between every two), however slowly a loaded machine lets them."""
+    wanted = len(log.pushed) + count
+    deadline = time.monotonic() + timeout
+    while len(log.pushed) < wanted and not log.failures:
+        assert time.monotonic() < deadline, f"{len(log.pushed)} images pushed, not {wanted}"
+        time.sleep(0.05)
+
+
 def test_gc_on_one_node_while_pushes_flow_through_the_others_breaks_no_image(
     cluster: Cluster,
 ) -> None:
@@ -462,7 +473,6 @@ def test_gc_on_one_node_while_pushes_flow_through_the_others_breaks_no_image(
     with httpx.Client(base_url=gc_node.url, auth=auth, timeout=60) as node1:
         for layer in shared:  # untagged images holding the shared layers: GC can take them
             assert push_image(node1, log, [layer], tag=None) is not None
-        time.sleep(GC_GRACE + 0.3)
         stop = Event()
         threads = [
             threading.Thread(target=pusher, args=(node, auth, shared, log, stop))
@@ -473,6 +483,10 @@ def test_gc_on_one_node_while_pushes_flow_through_the_others_breaks_no_image(
         runs = []
         try:
             for _ in range(4):
+                wait_for_more_pushes(log, 3)
+                # Everything pushed so far is past the grace period, pushes still in flight
+                # included: this run may take their untagged images and the layers of them.
+                age_past_grace(gc_node)
                 started = node1.post("/api/v1/projects/gcflow/gc", json={"delete_untagged": True})
                 assert_status(started, 202)
                 run_id = started.json()["id"]
@@ -481,7 +495,6 @@ def test_gc_on_one_node_while_pushes_flow_through_the_others_breaks_no_image(
                     assert time.monotonic() < deadline, "GC run did not finish"
                     time.sleep(0.1)
                 runs.append(node1.get(f"/api/v1/projects/gcflow/gc/runs/{run_id}").json())
-                time.sleep(GC_GRACE * 0.6)  # untagged pushes meanwhile age past the grace
         finally:
             stop.set()
             for thread in threads:

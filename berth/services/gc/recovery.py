@@ -81,8 +81,8 @@ class Recovery:
         """Whether the run may remove objects from the store now: this process still holds
         its lease with `FENCE_MARGIN_SECONDS` left (renewed to `LEASE_SECONDS` by the same
         query). False: it stalled or was taken over; whoever holds the run removes them."""
-        return await self.leases.hold_on(
-            lease_name(project_id), LEASE_SECONDS, FENCE_MARGIN_SECONDS
+        return await self.leases.renew(
+            lease_name(project_id), LEASE_SECONDS, margin=FENCE_MARGIN_SECONDS
         )
 
     async def release(self, project_id: int) -> None:
