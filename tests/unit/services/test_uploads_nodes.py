@@ -8,7 +8,7 @@ import gc
 import hashlib
 import os
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +21,7 @@ from berth.domain.references import RepositoryRef
 from berth.metadata.database import Database
 from berth.metadata.tables import projects, repositories
 from berth.services.uploads import Upload, Uploads
-from berth.storage import filesystem
+from berth.storage.direct_writes import Appender
 from berth.storage.filesystem import FilesystemBlobStore
 
 MiB = 1024 * 1024
@@ -137,21 +137,14 @@ def test_a_write_left_running_by_a_client_gone_mid_patch_never_lands_in_its_retr
     the retry's bytes, and only those, end up in the blob, whatever the left write does."""
     buffer = upload_service.BUFFER_BYTES
     gone_bytes, retried_bytes = b"G" * buffer, os.urandom(buffer)
-    write_all = filesystem._write_all
+    write = Appender.write
 
-    def slow_disk(fd: int, data: bytes) -> None:
-        if data[:1] != b"G":
-            write_all(fd, data)
-            return
-        # The kernel holds the file while a write blocks: a duplicate descriptor does too.
-        held = os.dup(fd)
-        try:
-            time.sleep(0.5)
-            write_all(held, data)
-        finally:
-            os.close(held)
+    def slow_disk(appender: Appender, parts: Sequence[bytes]) -> None:
+        if parts and parts[0][:1] == b"G":
+            time.sleep(0.5)  # the write blocks in its thread; the writer's close waits for it
+        write(appender, parts)
 
-    monkeypatch.setattr(filesystem, "_write_all", slow_disk)
+    monkeypatch.setattr(Appender, "write", slow_disk)
 
     async def scenario(db: Database, store: FilesystemBlobStore) -> None:
         first, second = Uploads(db, store), Uploads(db, store)
