@@ -1,8 +1,7 @@
 """Writing large amounts of new data to a file without copying it into the page cache.
 
 Copying a large push into the page cache was the largest share of its CPU (the kernel's copy,
-then its writeback). Once committed, the blob is read into the page cache by the disk
-(`read_ahead`: DMA, no copy through the CPU), where a buffered write would have left it. Writes of at
+then its writeback), and the pages it fills only evict what pulls are reading. Writes of at
 least DIRECT_WRITE_MIN bytes (a push hands the body over in batches of a few MiB) go past the
 page cache in DIRECT_BUFFER pieces aligned to DIRECT_ALIGN (a multiple of the logical block
 size of common disks, 512 or 4096 bytes). Where the filesystem has no O_DIRECT (tmpfs) or
@@ -21,29 +20,7 @@ from pathlib import Path
 DIRECT_WRITE_MIN = 1024 * 1024
 DIRECT_ALIGN = 4096
 DIRECT_BUFFER = 4 * 1024 * 1024
-READ_AHEAD_WINDOW = 8 * 1024 * 1024  # the most one readahead request reads on common disks
 _IOV_MAX = os.sysconf("SC_IOV_MAX")  # buffers one writev takes
-
-
-def read_ahead(path: Path) -> None:
-    """Have the kernel read a file written past the page cache into it, as a buffered write
-    would have left it (a pull soon after a push is served from memory), by DMA: no copy
-    through the CPU. Blocking only while the reads are submitted (about 50 ms per 256 MiB);
-    one window at a time, since one request is capped at the device's readahead size. A file
-    gone meanwhile (removed by garbage collection) is no error."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        size = os.fstat(fd).st_size
-        if size >= DIRECT_WRITE_MIN:
-            for start in range(0, size, READ_AHEAD_WINDOW):
-                os.posix_fadvise(fd, start, READ_AHEAD_WINDOW, os.POSIX_FADV_WILLNEED)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 class Appender:

@@ -22,7 +22,7 @@ from cachetools import LRUCache
 
 from berth.domain.digests import parse_digest
 from berth.storage.base import BlobStore, UploadWriter
-from berth.storage.direct_writes import Appender, read_ahead
+from berth.storage.direct_writes import Appender
 
 READ_CHUNK = 1024 * 1024
 LOCAL_PATHS_KEPT = 10_000  # blob file paths remembered (a path of a digest never changes)
@@ -179,8 +179,6 @@ class FilesystemBlobStore(BlobStore):
                 os.close(dir_fd)
 
         await asyncio.to_thread(_commit)
-        # Not awaited: the push is answered meanwhile; a pull that comes first reads the disk.
-        asyncio.get_running_loop().run_in_executor(None, read_ahead, target)
 
     async def list_uploads(self) -> list[tuple[str, float]]:
         def _list() -> list[tuple[str, float]]:

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 import random
 import shutil
 import subprocess
 import tempfile
-import time
 from pathlib import Path
 
 import pytest
@@ -132,14 +130,11 @@ def _has_direct_io(directory: Path) -> bool:
     return True
 
 
-needs_fincore = pytest.mark.skipif(shutil.which("fincore") is None, reason="needs fincore")
-
-
-@needs_fincore
-async def test_a_large_upload_is_written_past_the_page_cache(tmp_path: Path) -> None:
+@pytest.mark.skipif(shutil.which("fincore") is None, reason="needs util-linux's fincore")
+async def test_a_large_upload_leaves_the_page_cache_to_what_pulls_read(tmp_path: Path) -> None:
     """A 32 MiB push, written as the upload service writes (batches of the body's chunks),
-    leaves at most a few pages of itself in the page cache: the kernel's copy into it was the
-    largest part of a large push's CPU."""
+    leaves at most a few pages of itself in the page cache, so pushing does not push out the
+    blobs pulls are served from."""
     if not _has_direct_io(tmp_path):
         pytest.skip(f"{tmp_path} has no O_DIRECT")
     store = FilesystemBlobStore(tmp_path / "blobs")
@@ -153,33 +148,6 @@ async def test_a_large_upload_is_written_past_the_page_cache(tmp_path: Path) -> 
     scratch.offset = len(data)
     assert _resident_bytes(store.uploads / scratch.id) <= 64 * 1024
     assert await scratch.read() == data
-
-
-@needs_fincore
-async def test_a_committed_blob_is_read_into_the_page_cache_for_the_pulls_after_it(
-    tmp_path: Path,
-) -> None:
-    """Once committed, a blob written past the page cache is read into it by the kernel in
-    the background (as a buffered write would have left it), so a pull right after the push
-    is served from memory."""
-    if not _has_direct_io(tmp_path):
-        pytest.skip(f"{tmp_path} has no O_DIRECT")
-    store = FilesystemBlobStore(tmp_path / "blobs")
-    data = os.urandom(24 * 1024 * 1024)
-    scratch = Scratch(store)
-    writer = await store.open_upload(scratch.id, 0)
-    await writer.write([data[at : at + 4 * 1024 * 1024] for at in range(0, len(data), 4 << 20)])
-    await writer.close()
-    scratch.offset = len(data)
-    assert _resident_bytes(store.uploads / scratch.id) <= 64 * 1024
-    digest = digest_of(data)
-    await scratch.commit(digest)
-    blob = store.local_path(digest)
-    assert blob is not None
-    deadline = time.monotonic() + 10
-    while _resident_bytes(blob) < len(data):
-        assert time.monotonic() < deadline, f"{_resident_bytes(blob)} bytes of {len(data)} read"
-        await asyncio.sleep(0.05)
 
 
 async def test_small_writes_still_go_through_the_page_cache(tmp_path: Path) -> None:
