@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import botocore.session
+import httpx
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
@@ -208,6 +209,30 @@ def seaweedfs_server(directory: Path, volumes: int = 64) -> Iterator[SeaweedFS]:
         yield server
     finally:
         server.stop()
+
+
+@contextlib.contextmanager
+def nginx_in_front_of(store: S3TestServer, directory: Path, address: str) -> Iterator[str]:
+    """Debian's nginx on `address` passing every request on to `store` with its Host header
+    (and path) as the client sent them, its access log in `directory/access.log`; yields its
+    URL once the store answers through it (an anonymous request is refused: 403)."""
+    from tests.test_blob_accel import running_nginx  # here: that module imports this one
+
+    server_block = f"""
+    server {{
+        listen {address};
+        location / {{
+            proxy_http_version 1.1;
+            proxy_set_header Host $http_host;
+            proxy_set_header Connection "";
+            proxy_buffering off;
+            proxy_pass {store.endpoint};
+        }}
+    }}
+"""
+    ready = lambda: httpx.get(f"http://{address}/").status_code == 403  # noqa: E731
+    with running_nginx(directory, server_block, ready):
+        yield f"http://{address}"
 
 
 def stored_keys(environ: dict[str, str], area: str) -> list[str]:

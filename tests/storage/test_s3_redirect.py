@@ -19,10 +19,9 @@ from tests.clients.commands import ContainersConfig
 from tests.clients.layouts import OciLayout, umoci_image
 from tests.clients.tools import require_binary, run
 from tests.oci import blob_path, push_bytes
-from tests.s3 import BUCKET, S3TestServer, SeaweedFS
+from tests.s3 import BUCKET, S3TestServer, SeaweedFS, nginx_in_front_of
 from tests.servers import BerthServer, free_port, running_server
 from tests.storage.test_s3_registry import sha256
-from tests.test_blob_accel import running_nginx
 from tests.usage.conftest import eventually, traffic
 
 pytestmark = pytest.mark.clients
@@ -169,24 +168,8 @@ def store_proxy(seaweedfs: SeaweedFS, tmp_path_factory: pytest.TempPathFactory) 
     """Debian's nginx on another loopback address and port, passing every request on to the
     store with its Host header (and path) as the client sent them: the store's public address."""
     directory = tmp_path_factory.mktemp("store-proxy")
-    address = f"127.0.0.2:{free_port()}"
-    server_block = f"""
-    server {{
-        listen {address};
-        location / {{
-            proxy_http_version 1.1;
-            proxy_set_header Host $http_host;
-            proxy_set_header Connection "";
-            proxy_buffering off;
-            proxy_pass {seaweedfs.endpoint};
-        }}
-    }}
-"""
-    # Ready when the store answers through it (an anonymous request is refused: 403).
-    with running_nginx(
-        directory, server_block, lambda: httpx.get(f"http://{address}/").status_code == 403
-    ):
-        yield f"http://{address}"
+    with nginx_in_front_of(seaweedfs, directory, f"127.0.0.2:{free_port()}") as url:
+        yield url
 
 
 def test_presigned_urls_name_the_public_endpoint_and_work_there(

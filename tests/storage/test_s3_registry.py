@@ -23,7 +23,7 @@ from tests.oci import (
     put_upload,
     start_upload,
 )
-from tests.s3 import BUCKET, S3TestServer, SeaweedFS
+from tests.s3 import BUCKET, S3TestServer, SeaweedFS, nginx_in_front_of
 from tests.servers import (
     BerthServer,
     free_port,
@@ -279,23 +279,8 @@ def test_an_upload_costs_the_store_no_request_before_its_first_byte(
     """Bodiless POSTs (what anyone with push rights can send in numbers) make no object and
     no request to the store: the store is reached through nginx, whose access log shows none.
     The uploads still work from there: an empty blob, a chunked one, a cancel."""
-    from tests.test_blob_accel import running_nginx  # here: that module imports this one
-
-    address = f"127.0.0.1:{free_port()}"
-    server_block = f"""
-    server {{
-        listen {address};
-        location / {{
-            proxy_http_version 1.1;
-            proxy_set_header Host $http_host;
-            proxy_set_header Connection "";
-            proxy_pass {seaweedfs.endpoint};
-        }}
-    }}
-"""
-    ready = lambda: httpx.get(f"http://{address}/").status_code == 403  # noqa: E731
-    with running_nginx(tmp_path, server_block, ready):
-        env = {**seaweedfs.settings_environ(), "BERTH_S3_ENDPOINT": f"http://{address}"}
+    with nginx_in_front_of(seaweedfs, tmp_path, f"127.0.0.1:{free_port()}") as store_url:
+        env = {**seaweedfs.settings_environ(), "BERTH_S3_ENDPOINT": store_url}
         with running_server(request, "s3-posts", extra_env=env) as server:
             server.create_repository("posts", "app")
             auth = server.access_key("posts")
