@@ -15,7 +15,6 @@ import errno
 import mmap
 import os
 from collections.abc import Sequence
-from pathlib import Path
 
 DIRECT_WRITE_MIN = 1024 * 1024
 DIRECT_ALIGN = 4096
@@ -24,34 +23,30 @@ _IOV_MAX = os.sysconf("SC_IOV_MAX")  # buffers one writev takes
 
 
 class Appender:
-    """Appends to an open file from `position` on (blocking: call it in a thread): batches of
-    DIRECT_WRITE_MIN bytes or more past the page cache where the filesystem allows, smaller
-    ones (manifests, small layers, a short last batch) as ordinary gathered writes. The file
-    descriptor stays the caller's."""
+    """Appends to an open file at its descriptor's position (blocking: call it in a thread):
+    batches of DIRECT_WRITE_MIN bytes or more past the page cache where the filesystem allows,
+    smaller ones (manifests, small layers, a short last batch) as ordinary gathered writes.
+    The file descriptor stays the caller's."""
 
-    def __init__(self, fd: int, path: Path, position: int) -> None:
+    def __init__(self, fd: int) -> None:
         self._fd = fd
-        self._path = path
-        self.position = position
         self._direct: DirectWriter | None = None
-        self._direct_refused = False
+        self._no_direct = False  # the filesystem has no O_DIRECT, or refused such a write
 
     def write(self, parts: Sequence[bytes]) -> None:
-        size = sum(len(part) for part in parts)
-        direct = self._direct_for(size)
+        direct = self._direct_for(sum(len(part) for part in parts))
         if direct is None:
             _write_all(self._fd, parts)
-            self.position += size
         else:
-            self.position = direct.write(self._fd, self.position, parts)
-            self._direct_refused = direct.refused
+            direct.write(self._fd, parts)
+            self._no_direct = direct.refused
 
     def _direct_for(self, size: int) -> DirectWriter | None:
-        if size < DIRECT_WRITE_MIN or self._direct_refused:
+        if size < DIRECT_WRITE_MIN or self._no_direct:
             return None
         if self._direct is None:
-            self._direct = DirectWriter.open(self._path)
-            self._direct_refused = self._direct is None
+            self._direct = DirectWriter.reopen(self._fd)
+            self._no_direct = self._direct is None
         return self._direct
 
     def close(self) -> None:
@@ -74,16 +69,17 @@ class DirectWriter:
         self.refused = False  # the filesystem opened O_DIRECT but refused a write: not again
 
     @classmethod
-    def open(cls, path: Path) -> DirectWriter | None:
-        """None where the filesystem has no O_DIRECT (tmpfs)."""
+    def reopen(cls, fd: int) -> DirectWriter | None:
+        """A second descriptor of `fd`'s very file (its inode, whatever became of its name),
+        opened with O_DIRECT; None where the filesystem has no O_DIRECT (tmpfs)."""
         try:
-            return cls(os.open(path, os.O_WRONLY | os.O_DIRECT))
+            return cls(os.open(f"/proc/self/fd/{fd}", os.O_WRONLY | os.O_DIRECT))
         except OSError:
             return None
 
-    def write(self, fd: int, position: int, parts: Sequence[bytes]) -> int:
-        """Write `parts` from `position` on; returns the position after them, where `fd` is
-        left for ordinary writes."""
+    def write(self, fd: int, parts: Sequence[bytes]) -> None:
+        """Write `parts` at `fd`'s position, and leave `fd` after them for ordinary writes."""
+        position = os.lseek(fd, 0, os.SEEK_CUR)
         pending = collections.deque(memoryview(part) for part in parts if part)
         for piece in _take(pending, -position % DIRECT_ALIGN):
             _pwrite_all(fd, piece, position)
@@ -98,7 +94,6 @@ class DirectWriter:
             _pwrite_all(fd, self._view[whole:filled], position + whole)
             position += filled
         os.lseek(fd, position, os.SEEK_SET)
-        return position
 
     def _write_whole_blocks(self, fd: int, position: int, length: int) -> None:
         done = 0

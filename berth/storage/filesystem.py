@@ -39,9 +39,9 @@ class _FileUploadWriter(UploadWriter):
     even when cancelled, so that the upload is handed to the next request (a retry of the
     same chunk) only once no byte of this one can land in the scratch file any more."""
 
-    def __init__(self, fd: int, path: Path, position: int) -> None:
+    def __init__(self, fd: int) -> None:
         self._fd = fd
-        self._appender = Appender(fd, path, position)
+        self._appender = Appender(fd)
         self._busy = threading.Lock()  # held by the thread writing, and by the one closing
         self._closed = False
 
@@ -142,8 +142,7 @@ class FilesystemBlobStore(BlobStore):
             os.lseek(fd, offset, os.SEEK_SET)
             return fd
 
-        path = self._upload_path(upload_id)
-        return _FileUploadWriter(await asyncio.to_thread(_open), path, offset)
+        return _FileUploadWriter(await asyncio.to_thread(_open))
 
     async def read_upload(
         self, upload_id: str, length: int, pieces: Sequence[str] = ()
