@@ -22,7 +22,7 @@ from cachetools import LRUCache
 
 from berth.domain.digests import parse_digest
 from berth.storage.base import BlobStore, UploadWriter
-from berth.storage.direct_writes import Appender
+from berth.storage.direct_writes import DIRECT_WRITE_MIN, Appender, warm_page_cache
 
 READ_CHUNK = 1024 * 1024
 LOCAL_PATHS_KEPT = 10_000  # blob file paths remembered (a path of a digest never changes)
@@ -158,10 +158,11 @@ class FilesystemBlobStore(BlobStore):
     async def commit_upload(self, upload_id: str, digest: str, pieces: Sequence[str] = ()) -> None:
         source, target = self._upload_path(upload_id), self._blob_path(digest)
 
-        def _commit() -> None:
+        def _commit() -> int:
             fd = os.open(source, os.O_RDONLY)
             try:
                 os.fsync(fd)
+                size = os.fstat(fd).st_size
             finally:
                 os.close(fd)
             target.parent.mkdir(parents=True, exist_ok=True)
@@ -176,8 +177,10 @@ class FilesystemBlobStore(BlobStore):
                 os.fsync(dir_fd)
             finally:
                 os.close(dir_fd)
+            return size
 
-        await asyncio.to_thread(_commit)
+        if await asyncio.to_thread(_commit) >= DIRECT_WRITE_MIN:
+            warm_page_cache(target)  # its large writes went past the page cache
 
     async def list_uploads(self) -> list[tuple[str, float]]:
         def _list() -> list[tuple[str, float]]:

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+import mmap
 import os
 import random
 import shutil
+import struct
 import subprocess
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -130,11 +134,14 @@ def _has_direct_io(directory: Path) -> bool:
     return True
 
 
-@pytest.mark.skipif(shutil.which("fincore") is None, reason="needs util-linux's fincore")
-async def test_a_large_upload_leaves_the_page_cache_to_what_pulls_read(tmp_path: Path) -> None:
+needs_fincore = pytest.mark.skipif(shutil.which("fincore") is None, reason="needs fincore")
+
+
+@needs_fincore
+async def test_a_large_upload_is_written_past_the_page_cache(tmp_path: Path) -> None:
     """A 32 MiB push, written as the upload service writes (batches of the body's chunks),
-    leaves at most a few pages of itself in the page cache, so pushing does not push out the
-    blobs pulls are served from."""
+    leaves at most a few pages of itself in the page cache: the kernel's copy into it was the
+    largest part of a large push's CPU."""
     if not _has_direct_io(tmp_path):
         pytest.skip(f"{tmp_path} has no O_DIRECT")
     store = FilesystemBlobStore(tmp_path / "blobs")
@@ -148,6 +155,70 @@ async def test_a_large_upload_leaves_the_page_cache_to_what_pulls_read(tmp_path:
     scratch.offset = len(data)
     assert _resident_bytes(store.uploads / scratch.id) <= 64 * 1024
     assert await scratch.read() == data
+
+
+def _share_in_large_folios(path: Path) -> float:
+    """The share of a file's cached pages that belong to large folios (compound pages), read
+    from /proc/kpageflags through a mapping of the file; -1 where this process may not read
+    page frame numbers (not root)."""
+    size = path.stat().st_size
+    with path.open("rb") as file, mmap.mmap(file.fileno(), size, prot=mmap.PROT_READ) as view:
+        for offset in range(0, size, mmap.PAGESIZE):
+            view[offset]  # map each (already cached) page into this process
+        start = next(
+            int(line.split("-", 1)[0], 16)
+            for line in Path("/proc/self/maps").read_text().splitlines()
+            if line.endswith(" " + str(path.resolve()))
+        )
+        pages = size // mmap.PAGESIZE
+        with open("/proc/self/pagemap", "rb") as pagemap:
+            pagemap.seek(start // mmap.PAGESIZE * 8)
+            entries = struct.unpack(f"<{pages}Q", pagemap.read(pages * 8))
+    frames = [entry & ((1 << 55) - 1) for entry in entries if entry >> 63]
+    if not frames or not any(frames):
+        return -1.0
+    compound = 0
+    with open("/proc/kpageflags", "rb") as flags:
+        for frame in frames:
+            flags.seek(frame * 8)
+            (bits,) = struct.unpack("<Q", flags.read(8))
+            compound += bool(bits & (1 << 15 | 1 << 16))  # KPF_COMPOUND_HEAD, _TAIL
+    return compound / len(frames)
+
+
+@needs_fincore
+async def test_a_committed_blob_is_read_back_into_the_page_cache_in_large_folios(
+    tmp_path: Path,
+) -> None:
+    """Once committed, a blob written past the page cache is read back into it by the disk in
+    the background, so a pull right after the push is served from memory; and in large folios,
+    as a buffered write leaves it (POSIX_FADV_WILLNEED leaves single pages: every later read of
+    the blob is slower)."""
+    if not _has_direct_io(tmp_path):
+        pytest.skip(f"{tmp_path} has no O_DIRECT")
+    if not os.access("/proc/kpageflags", os.R_OK):
+        pytest.skip("reading page flags needs root")
+    written = tmp_path / "written-buffered"
+    written.write_bytes(os.urandom(8 * 1024 * 1024))
+    if _share_in_large_folios(written) < 0.5:
+        pytest.skip(f"{tmp_path}'s filesystem caches files in single pages")
+    store = FilesystemBlobStore(tmp_path / "blobs")
+    data = os.urandom(24 * 1024 * 1024)
+    scratch = Scratch(store)
+    writer = await store.open_upload(scratch.id, 0)
+    await writer.write([data[at : at + 4 * 1024 * 1024] for at in range(0, len(data), 4 << 20)])
+    await writer.close()
+    scratch.offset = len(data)
+    assert _resident_bytes(store.uploads / scratch.id) <= 64 * 1024
+    await scratch.commit(digest_of(data))
+    blob = store.local_path(digest_of(data))
+    assert blob is not None
+    deadline = time.monotonic() + 20
+    while _resident_bytes(blob) < len(data):
+        assert time.monotonic() < deadline, f"{_resident_bytes(blob)} of {len(data)} bytes read"
+        await asyncio.sleep(0.05)
+    assert _share_in_large_folios(blob) >= 0.9
+    assert blob.read_bytes() == data
 
 
 async def test_small_writes_still_go_through_the_page_cache(tmp_path: Path) -> None:
