@@ -221,6 +221,7 @@ def nginx_in_front_of(store: S3TestServer, directory: Path, address: str) -> Ite
     server_block = f"""
     server {{
         listen {address};
+        client_max_body_size 0;
         location / {{
             proxy_http_version 1.1;
             proxy_set_header Host $http_host;
@@ -235,10 +236,18 @@ def nginx_in_front_of(store: S3TestServer, directory: Path, address: str) -> Ite
         yield f"http://{address}"
 
 
-def stored_keys(environ: dict[str, str], area: str) -> list[str]:
-    """The keys under `{s3_prefix}/{area}/` (`blobs`, `uploads`) of a server whose BERTH_S3_*
-    settings are `environ`, read from the bucket itself."""
-    client = botocore.session.get_session().create_client(
+def unfinished_multipart_keys(environ: dict[str, str]) -> list[str]:
+    """The keys of the multipart uploads begun and neither completed nor aborted under the
+    `s3_prefix` of a server whose BERTH_S3_* settings are `environ`."""
+    client = _client_for(environ)
+    answer = client.list_multipart_uploads(
+        Bucket=environ["BERTH_S3_BUCKET"], Prefix=f"{environ['BERTH_S3_PREFIX']}/"
+    )
+    return [entry["Key"] for entry in answer.get("Uploads", [])]
+
+
+def _client_for(environ: dict[str, str]) -> Any:
+    return botocore.session.get_session().create_client(
         "s3",
         endpoint_url=environ["BERTH_S3_ENDPOINT"],
         region_name="us-east-1",
@@ -246,6 +255,12 @@ def stored_keys(environ: dict[str, str], area: str) -> list[str]:
         aws_secret_access_key=environ["BERTH_S3_SECRET_ACCESS_KEY"],
         config=Config(s3={"addressing_style": "path"}),
     )
+
+
+def stored_keys(environ: dict[str, str], area: str) -> list[str]:
+    """The keys under `{s3_prefix}/{area}/` (`blobs`, `uploads`) of a server whose BERTH_S3_*
+    settings are `environ`, read from the bucket itself."""
+    client = _client_for(environ)
     keys: list[str] = []
     pages = client.get_paginator("list_objects_v2").paginate(
         Bucket=environ["BERTH_S3_BUCKET"], Prefix=f"{environ['BERTH_S3_PREFIX']}/{area}/"

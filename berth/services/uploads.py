@@ -24,7 +24,7 @@ import re
 import time
 import uuid
 import weakref
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -32,7 +32,7 @@ from cachetools import LRUCache
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from berth.domain.digests import parse_digest
+from berth.domain.digests import Digest, parse_digest
 from berth.domain.errors import (
     BlobUploadInvalid,
     BlobUploadUnknown,
@@ -55,7 +55,7 @@ from berth.metadata.tables import (
 )
 from berth.services.gc.restrictions import refuse_if_restricted
 from berth.services.gc.runs import RUNNING
-from berth.storage.base import BlobStore, UploadWriter
+from berth.storage.base import BlobStore, BlobWriter, UploadWriter
 
 logger = logging.getLogger("berth.uploads")
 
@@ -427,6 +427,10 @@ class Uploads:
     ) -> str:
         """Finish an upload: append the last chunk, verify the digest, commit, link to repo."""
         expected = parse_digest(digest)
+        if body is not None and upload.offset == 0 and not content_range and declared_length:
+            writer = self.store.blob_writer(str(expected), declared_length)
+            if writer is not None:  # the whole blob in this request, and a store it helps
+                return await self._complete_in_one(repo, upload, expected, writer, body)
         if body is not None:
             upload = await self.append(upload, body, content_range, declared_length)
         async with self._lock(upload.id):
@@ -443,7 +447,12 @@ class Uploads:
                         {"expected": str(expected), "actual": actual, "size": upload.offset},
                     )
                 try:
-                    await self._store_blob(repo, upload, actual, pieces)
+                    await self._store_blob(
+                        repo,
+                        upload,
+                        actual,
+                        lambda: self.store.commit_upload(upload.id, actual, pieces),
+                    )
                 finally:
                     # Gone whatever happened, as if it had been renamed into place: a client
                     # must not go on writing into the blob's file.
@@ -451,8 +460,55 @@ class Uploads:
             self._hashes.drop(upload.id)
             return actual
 
+    async def _complete_in_one(
+        self,
+        repo: RepositoryRef,
+        upload: Upload,
+        expected: Digest,
+        writer: BlobWriter,
+        body: AsyncIterator[bytes],
+    ) -> str:
+        """A whole blob in one request (a push in one PUT, its length declared): written
+        straight where the blob is kept while hashed, committed there once its digest is
+        verified, with no scratch copy to commit from. Nothing of it is visible otherwise."""
+        arrived_at = upload.offset
+        async with self._lock(upload.id):
+            upload = await self._refresh(upload)
+            if upload.offset != arrived_at:
+                raise RangeNotSatisfiable(
+                    f"another request moved the upload from {arrived_at} to {upload.offset} "
+                    "bytes while this one waited; go on from there",
+                    upload.offset,
+                )
+            hasher = hashlib.new(expected.algorithm)
+            try:
+                async with self._storage_faults(upload.id):
+                    length = await _pipe(writer, hasher, body)
+                    await writer.close()
+                    actual = f"{expected.algorithm}:{hasher.hexdigest()}"
+                    if actual != str(expected):
+                        await self._discard(upload.id)
+                        raise DigestInvalid(
+                            f"uploaded content ({length} bytes) has digest {actual}, not "
+                            f"{expected}; upload discarded",
+                            {"expected": str(expected), "actual": actual, "size": length},
+                        )
+                    await self._store_blob(
+                        repo, replace(upload, offset=length), actual, writer.commit, once=True
+                    )
+            finally:
+                await writer.abort()  # nothing to drop once committed
+        self._hashes.drop(upload.id)
+        return str(expected)
+
     async def _store_blob(
-        self, repo: RepositoryRef, upload: Upload, digest: str, pieces: list[str]
+        self,
+        repo: RepositoryRef,
+        upload: Upload,
+        digest: str,
+        store_object: Callable[[], Awaitable[None]],
+        *,
+        once: bool = False,
     ) -> None:
         """Store the upload as blob `digest` and record it, making no request to the store
         while a row is locked (with the store slow, every push of the blob and garbage
@@ -463,11 +519,19 @@ class Uploads:
         A row deleted since it was held (its object maybe removed after this one stored it,
         or before this one found it stored) is not the same row: the push goes round again."""
         deadline = time.monotonic() + REMOVAL_WAIT_SECONDS
+        stored = False
         while True:
             held = await self._hold_blob_row(digest, upload.offset, deadline)
             if not await self._stored_already(held, digest, upload.offset):
+                if stored and once:  # its bytes went into the object, maybe removed since
+                    raise Unavailable(
+                        f"blob {digest} was removed by garbage collection while it was "
+                        "stored; push it again",
+                        RETRY_AFTER_SECONDS,
+                    )
                 try:
-                    await self.store.commit_upload(upload.id, digest, pieces)
+                    await store_object()
+                    stored = True
                 except BaseException:
                     if held.made:  # a row of a blob that is not stored: not for the check
                         await self._forget_row(digest, held.token)

@@ -44,6 +44,15 @@ class UploadWriter(abc.ABC):
         return []
 
 
+class BlobWriter(UploadWriter):
+    """Writes a blob whose digest is known before its bytes (a push in one PUT) straight
+    where the blob is kept, invisible until `commit`: no scratch copy to commit from."""
+
+    @abc.abstractmethod
+    async def commit(self) -> None:
+        """Make the written bytes the blob (after the caller verified their digest), once."""
+
+
 class BlobStore(abc.ABC):
     @abc.abstractmethod
     async def open_upload(self, upload_id: str, offset: int) -> UploadWriter:
@@ -51,6 +60,12 @@ class BlobStore(abc.ABC):
         never told succeeded) is discarded, or, on a store of pieces, never recorded.
         FileNotFoundError when the store can tell the scratch object no longer holds `offset`
         bytes (removed since): the upload cannot go on."""
+
+    def blob_writer(self, digest: str, length: int) -> BlobWriter | None:
+        """A writer of blob `digest` of `length` bytes straight to where it is kept, for a
+        push whose digest comes before its bytes, where that saves the store work (S3: a
+        commit copies the upload's pieces server-side); None: upload and commit as usual."""
+        return None
 
     def upload_exclusive(self, upload_id: str) -> contextlib.AbstractAsyncContextManager[None]:
         """Held by a request while it changes an upload (a PATCH from reading the offset to

@@ -11,6 +11,8 @@ new keys, and going back to an offset is the caller's recording an earlier list.
 minimum part size stays inside: committing turns the pieces into one multipart upload, copying
 pieces of 5 MiB or more server-side (UploadPartCopy) and streaming smaller ones together into
 parts. The blob appears only when S3 completes the upload, so it is never half visible.
+A large push in one PUT (its digest known before its bytes) skips the pieces: its body is
+written as the parts of a multipart upload of the blob's own key, completed once verified.
 """
 
 from __future__ import annotations
@@ -32,10 +34,11 @@ from cachetools import LRUCache
 
 from berth.domain.digests import parse_digest
 from berth.domain.errors import Unavailable
-from berth.storage.base import BlobDamaged, BlobStore, UploadWriter
+from berth.storage.base import BlobDamaged, BlobStore, BlobWriter, UploadWriter
 from berth.storage.blob_cache import BlobCache, FillFeed
 from berth.storage.s3_pieces import (
     MIN_PART_BYTES,
+    PIECE_BYTES,
     MiB,
     Piece,
     PieceWriter,
@@ -330,6 +333,12 @@ class S3BlobStore(BlobStore):
         # Nothing to discard: pieces past `offset` were never recorded, so never read.
         return PieceWriter(put, offset, remove)
 
+    def blob_writer(self, digest: str, length: int) -> BlobWriter | None:
+        # Smaller blobs are one piece, and their commit one server-side copy of it.
+        if length < PIECE_BYTES:
+            return None
+        return _MultipartBlobWriter(self, self._blob_key(digest))
+
     async def _remove_unrecorded(self, keys: list[str]) -> None:
         """Delete the pieces of a failed write, which no upload will ever name: one try, run
         to its end even when the request is cancelled (its client gone). Should it fail (the
@@ -599,6 +608,71 @@ class S3BlobStore(BlobStore):
             hex_digest = rest.rpartition("/")[2]
             if algorithm in ("sha256", "sha512") and hex_digest:
                 yield f"{algorithm}:{hex_digest}", entry["LastModified"].timestamp()
+
+
+class _MultipartBlobWriter(BlobWriter):
+    """A blob written as the parts of a multipart upload of its own key: each piece of the
+    body (PieceWriter's, 16 MiB or more but the last) one part, whose PUT goes on while the
+    next fills. S3 shows the object only once `commit` completes the upload, so a wrong
+    digest, a body cut short or a node that dies leaves nothing visible; an upload never
+    completed is aborted here, or else by the abandoned-uploads job (as a commit's is)."""
+
+    def __init__(self, store: S3BlobStore, key: str) -> None:
+        self._store = store
+        self._key = key
+        self._multipart_id: str | None = None
+        self._parts: list[CompletedPartTypeDef] = []
+        self._committed = False
+        self._pieces = PieceWriter(self._send_part, 0)
+
+    async def write(self, parts: Sequence[bytes]) -> None:
+        await self._pieces.write(parts)
+
+    async def close(self) -> None:
+        await self._pieces.close()
+
+    async def _send_part(self, _name: str, body: bytes) -> None:
+        # Called for one piece at a time, in order: the part numbers follow the bytes.
+        s3 = await self._store._s3()
+        bucket = self._store.location.bucket
+        with self._store._errors(self._key):
+            if self._multipart_id is None:
+                created = await s3.create_multipart_upload(Bucket=bucket, Key=self._key)
+                self._multipart_id = created["UploadId"]
+            number = len(self._parts) + 1
+            sent = await s3.upload_part(
+                Bucket=bucket,
+                Key=self._key,
+                UploadId=self._multipart_id,
+                PartNumber=number,
+                Body=body,
+            )
+        self._parts.append({"PartNumber": number, "ETag": sent["ETag"]})
+
+    async def commit(self) -> None:
+        if self._committed or self._multipart_id is None:
+            raise RuntimeError("commit of a blob writer with nothing written, or again")
+        s3 = await self._store._s3()
+        with self._store._errors(self._key):
+            await s3.complete_multipart_upload(
+                Bucket=self._store.location.bucket,
+                Key=self._key,
+                UploadId=self._multipart_id,
+                MultipartUpload={"Parts": self._parts},
+            )
+        self._committed = True
+
+    async def abort(self) -> None:
+        """Drop what was written unless committed (best effort, never raises)."""
+        await self._pieces.abort()
+        if self._multipart_id is None or self._committed:
+            return
+        multipart_id, self._multipart_id = self._multipart_id, None
+        with contextlib.suppress(Exception):
+            s3 = await self._store._s3()
+            await s3.abort_multipart_upload(
+                Bucket=self._store.location.bucket, Key=self._key, UploadId=multipart_id
+            )
 
 
 def _plain_http(endpoint: str | None) -> bool:

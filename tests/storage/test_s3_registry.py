@@ -3,8 +3,10 @@ pulls an image, and the bytes come back exactly, from blobs that live in the buc
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import os
+import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,7 +25,14 @@ from tests.oci import (
     put_upload,
     start_upload,
 )
-from tests.s3 import BUCKET, S3TestServer, SeaweedFS, nginx_in_front_of
+from tests.s3 import (
+    BUCKET,
+    S3TestServer,
+    SeaweedFS,
+    nginx_in_front_of,
+    stored_keys,
+    unfinished_multipart_keys,
+)
 from tests.servers import (
     BerthServer,
     free_port,
@@ -303,3 +312,122 @@ def test_an_upload_costs_the_store_no_request_before_its_first_byte(
                 assert client.get(blob_path("posts/app", sha256(data))).content == data
                 assert_status(client.delete(urls[2]), 204)
                 assert client.get(urls[2]).status_code == 404
+
+
+MiB = 1024 * 1024
+
+
+def test_a_large_blob_pushed_in_one_put_goes_straight_to_its_key(
+    request: pytest.FixtureRequest, seaweedfs: SeaweedFS, tmp_path: Path
+) -> None:
+    """A push whose digest comes with its whole body (a POST, then one PUT, as containerd
+    and BuildKit push) is written as the parts of a multipart upload of the blob's own key
+    and completed there: no upload pieces, no server-side copy, as nginx's log of the
+    store's requests shows. A chunked push of the same size still goes by pieces."""
+    with nginx_in_front_of(seaweedfs, tmp_path, f"127.0.0.1:{free_port()}") as store_url:
+        env = {**seaweedfs.settings_environ(), "BERTH_S3_ENDPOINT": store_url}
+        with running_server(request, "s3-one-put", extra_env=env) as server:
+            server.create_repository("oneput", "app")
+            with httpx.Client(
+                base_url=server.url, auth=server.access_key("oneput"), timeout=120
+            ) as client:
+                before = store_requests(tmp_path / "access.log", after="?uploads&prefix=")
+                data = os.urandom(40 * MiB)  # parts of 16, 16 and 8 MiB
+                digest = sha256(data)
+                url = location(start_upload(client, "oneput/app"))
+                assert_status(put_upload(client, url, digest, data), 201)
+                sent = store_requests(tmp_path / "access.log")[len(before) :]
+                assert client.get(blob_path("oneput/app", digest)).content == data
+
+                key = f"/blobs/sha256/{digest[7:9]}/{digest[7:]}"
+                assert not [line for line in sent if "/uploads/" in line], sent
+                to_key = [line.split('"')[1] for line in sent if key in line]
+                assert [request.split()[0] for request in to_key] == [
+                    "POST",  # CreateMultipartUpload
+                    "PUT",
+                    "PUT",
+                    "PUT",
+                    "POST",  # CompleteMultipartUpload
+                ], to_key
+                assert all("partNumber=" in request for request in to_key[1:4])
+
+                chunked = os.urandom(20 * MiB)
+                url = location(start_upload(client, "oneput/app"))
+                assert_status(patch_upload(client, url, chunked), 202)
+                assert_status(put_upload(client, url, sha256(chunked)), 201)
+                assert client.get(blob_path("oneput/app", sha256(chunked))).content == chunked
+                later = store_requests(tmp_path / "access.log")[len(before) + len(sent) :]
+                assert [line for line in later if "/uploads/" in line], later  # by pieces
+
+
+def test_a_large_one_put_push_with_a_wrong_digest_leaves_nothing_in_the_store(
+    s3_server: BerthServer,
+) -> None:
+    s3_server.create_repository("oneput-bad", "app")
+    environ = s3_server.extra_env
+    data = os.urandom(20 * MiB)
+    claimed = sha256(b"something else")
+    with httpx.Client(
+        base_url=s3_server.url, auth=s3_server.access_key("oneput-bad"), timeout=120
+    ) as client:
+        url = location(start_upload(client, "oneput-bad/app"))
+        answer = put_upload(client, url, claimed, data)
+        assert_status(answer, 400)
+        assert answer.json()["errors"][0]["code"] == "DIGEST_INVALID"
+        assert client.get(url).status_code == 404  # the upload is discarded
+        for digest in (claimed, sha256(data)):
+            assert_status(client.head(blob_path("oneput-bad/app", digest)), 404)
+    assert not [key for key in stored_keys(environ, "blobs") if sha256(data)[7:] in key]
+    assert unfinished_multipart_keys(environ) == []
+
+
+def test_a_large_one_put_push_of_a_stored_blob_keeps_it(s3_server: BerthServer) -> None:
+    """The same layer pushed again in one PUT (another repository): the blob stays as it
+    was, its second upload is dropped, and both repositories pull it."""
+    for repository in ("first", "second"):
+        s3_server.create_repository("oneput-again", repository)
+    data = os.urandom(17 * MiB)
+    digest = sha256(data)
+    with httpx.Client(
+        base_url=s3_server.url, auth=s3_server.access_key("oneput-again"), timeout=120
+    ) as client:
+        for name in ("oneput-again/first", "oneput-again/second"):
+            assert_status(
+                put_upload(client, location(start_upload(client, name)), digest, data), 201
+            )
+        for name in ("oneput-again/first", "oneput-again/second"):
+            assert client.get(blob_path(name, digest)).content == data
+    assert unfinished_multipart_keys(s3_server.extra_env) == []
+
+
+def test_a_large_one_put_push_cut_short_leaves_nothing_in_the_store(s3_server: BerthServer) -> None:
+    """A client gone after 18 of 24 MiB (one part stored already): no blob appears, the
+    multipart upload is aborted, and the same push sent whole then succeeds."""
+    s3_server.create_repository("oneput-cut", "app")
+    environ = s3_server.extra_env
+    data = os.urandom(24 * MiB)
+    digest = sha256(data)
+    with httpx.Client(
+        base_url=s3_server.url, auth=s3_server.access_key("oneput-cut"), timeout=120
+    ) as client:
+        url = location(start_upload(client, "oneput-cut/app"))
+        key_id, secret = s3_server.access_key("oneput-cut")
+        credentials = base64.b64encode(f"{key_id}:{secret}".encode()).decode()
+        with socket.create_connection((s3_server.host, s3_server.port)) as raw:
+            raw.sendall(
+                f"PUT {url}{'&' if '?' in url else '?'}digest={digest} HTTP/1.1\r\nHost: {s3_server.address}\r\n"
+                f"Authorization: Basic {credentials}\r\n"
+                "Content-Type: application/octet-stream\r\n"
+                f"Content-Length: {len(data)}\r\n\r\n".encode()
+            )
+            raw.sendall(data[: 18 * MiB])
+            time.sleep(1)  # the first part on its way to the store
+        deadline = time.monotonic() + 30
+        while unfinished_multipart_keys(environ):
+            assert time.monotonic() < deadline, unfinished_multipart_keys(environ)
+            time.sleep(0.2)
+        assert_status(client.head(blob_path("oneput-cut/app", digest)), 404)
+        assert_status(
+            put_upload(client, location(start_upload(client, "oneput-cut/app")), digest, data), 201
+        )
+        assert client.get(blob_path("oneput-cut/app", digest)).content == data
