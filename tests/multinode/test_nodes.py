@@ -20,7 +20,7 @@ import httpx
 import pytest
 
 from tests.clients.commands import ContainersConfig, Podman, skopeo_round_trip
-from tests.clients.daemons import Dockerd, running_dockerd
+from tests.clients.daemons import Containerd, Dockerd, running_dockerd
 from tests.clients.layouts import OciLayout, TestImage, layer_files
 from tests.clients.tools import output, require_binary, run
 from tests.gc.conftest import age_past_grace
@@ -120,6 +120,56 @@ def test_podman_pushes_and_pulls_through_the_balancer(
     assert pulled["Digest"] == digest_file.read_text()
     assert pulled["RootFS"]["Layers"] == image.diff_ids
     podman("rmi", "--force", reference)
+
+
+def test_containerd_pushes_a_large_layer_in_one_put_through_the_balancer(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    """containerd (and so BuildKit) sends each blob as a POST and one PUT with its whole
+    body, which for a layer of 16 MiB or more Berth writes straight into a multipart upload
+    of the blob's key (tests/storage/test_s3_registry.py shows the store's requests): the
+    image comes back byte for byte through the balancer."""
+    containerd, ctr = require_binary("containerd"), require_binary("ctr")
+    require_binary("umoci")
+    image = two_layer_image(
+        tmp_path / "layout", [{"big.bin": os.urandom(20 * MiB)}, {"hello.txt": b"containerd\n"}]
+    )
+    key_id, secret = project(cluster, "containerd")
+    repository = f"{cluster.balancer.address}/containerd/app"
+    daemon = Containerd(tmp_path / "containerd", binary=containerd, ctr=ctr)
+    daemon.trust(cluster.balancer.address, cluster.balancer.directory / "tls" / "ca.crt")
+    daemon.start()
+    try:
+        namespaced = [ctr, "--address", daemon.socket, "--namespace", "berth-tests"]
+        archive = image.layout.archive(tmp_path / "image.tar")
+        run([*namespaced, "images", "import", "--base-name", repository, archive])
+        run([*namespaced, "images", "push", f"--hosts-dir={daemon.hosts_dir}",
+             f"--user={key_id}:{secret}", f"{repository}:v1"])  # fmt: skip
+    finally:
+        daemon.stop()
+    with httpx.Client(
+        base_url=cluster.balancer.url,
+        auth=(key_id, secret),
+        verify=str(cluster.balancer.directory / "tls" / "ca.crt"),
+        timeout=60,
+    ) as client:
+        served = client.get(
+            "/v2/containerd/app/manifests/v1",
+            headers={"Accept": "application/vnd.oci.image.manifest.v1+json"},
+        )
+        assert served.headers["docker-content-digest"] == image.manifest_digest
+        for digest in [image.config_digest, *image.layer_digests]:
+            assert sha256(client.get(f"/v2/containerd/app/blobs/{digest}").content) == digest
+    # What containerd sent: no PATCH, each blob in the PUT that closes its upload.
+    sent = [
+        line.split('"')[1]
+        for line in (cluster.balancer.directory / "access.log").read_text().splitlines()
+        if "/v2/containerd/app/blobs/uploads/" in line
+    ]
+    assert not [request for request in sent if request.startswith("PATCH")], sent
+    big = max(image.layer_digests, key=lambda digest: len(image.layout.blob(digest)))
+    assert len(image.layout.blob(big)) >= 16 * MiB
+    assert [request for request in sent if request.startswith("PUT") and big[7:] in request]
 
 
 @pytest.fixture(scope="module")
