@@ -123,7 +123,7 @@ def test_podman_pushes_and_pulls_through_the_balancer(
 
 
 def test_containerd_pushes_a_large_layer_in_one_put_through_the_balancer(
-    cluster: Cluster, tmp_path: Path
+    cluster: Cluster, tmp_path: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
     """containerd (and so BuildKit) sends each blob as a POST and one PUT with its whole
     body, which for a layer of 16 MiB or more Berth writes straight into a multipart upload
@@ -136,7 +136,8 @@ def test_containerd_pushes_a_large_layer_in_one_put_through_the_balancer(
     )
     key_id, secret = project(cluster, "containerd")
     repository = f"{cluster.balancer.address}/containerd/app"
-    daemon = Containerd(tmp_path / "containerd", binary=containerd, ctr=ctr)
+    # A short directory: its sockets' paths must fit in 104 bytes.
+    daemon = Containerd(tmp_path_factory.mktemp("ctrd"), binary=containerd, ctr=ctr)
     daemon.trust(cluster.balancer.address, cluster.balancer.directory / "tls" / "ca.crt")
     daemon.start()
     try:
