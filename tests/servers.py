@@ -107,15 +107,16 @@ class BerthServer:
         # Generous: at a load of 10 (CI beside other server modules) a start can pass 60 s.
         # A server that exits fails at once, not at the deadline.
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        log = open(self.data_dir / "server.log", "ab")  # noqa: SIM115 - lives with the process
-        self.process = subprocess.Popen(
-            [*BERTH, "serve", *self.serve_args],
-            env=self.env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            cwd=ROOT,
-            start_new_session=True,  # its own process group: a crash takes the workers too
-        )
+        # The child gets its own copy of the descriptor: ours is closed once it has started.
+        with open(self.data_dir / "server.log", "ab") as log:
+            self.process = subprocess.Popen(
+                [*BERTH, "serve", *self.serve_args],
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=ROOT,
+                start_new_session=True,  # its own process group: a crash takes the workers too
+            )
         verify: Any = self.ssl_context() if self.tls else False
 
         def up() -> bool:
