@@ -29,7 +29,7 @@ from berth.services.content_audit import audit_content_change
 from berth.services.content_in_use import in_use_refusal, manifests_using
 from berth.services.gc.restrictions import ensure_writable
 from berth.services.manifest_cache import BlobSizes
-from berth.storage.base import BlobDamaged, BlobStore
+from berth.storage.base import BlobDamaged, BlobStore, file_version
 
 logger = logging.getLogger("berth.registry")
 
@@ -203,12 +203,13 @@ class BlobContent:
                 self._verified[digest] = identity
                 return content
         self._verified.pop(digest, None)
-        raise await self._set_aside(digest)
+        raise await self._set_aside(digest, file_version(stored))
 
-    async def _set_aside(self, digest: str) -> BlobUnknown:
+    async def _set_aside(self, digest: str, version: str | None = None) -> BlobUnknown:
         """Quarantine a blob found damaged (pushing it again repairs it) and return the error
-        to raise: its damaged bytes are never served under the digest."""
-        await self.store.quarantine(digest)
+        to raise: its damaged bytes are never served under the digest. With `version`, the
+        copy that was read: one pushed in its place meanwhile stays."""
+        await self.store.quarantine(digest, version)
         logger.error("blob %s is damaged in storage: set aside until pushed again", digest)
         return BlobUnknown(
             f"blob {digest} is damaged in storage and was set aside; push it again",

@@ -177,10 +177,15 @@ class StorageCheck:
         if stored is None:
             report.missing.append(digest)
             return
+        version = await self.store.stored_version(digest)  # the copy about to be read
+        if version is None:  # removed meanwhile (garbage collection)
+            report.missing.append(digest)
+            return
         report.blobs_checked += 1
         report.bytes_checked += stored
         if not await blob_is_whole(self.store, digest, size):
-            await self.store.quarantine(digest)
+            # Only the copy read: a push of the blob during a long read put a good one there.
+            await self.store.quarantine(digest, version)
             report.damaged.append(digest)
 
     async def _find_orphans(self, report: CheckReport, repair: bool) -> None:

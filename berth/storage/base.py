@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import abc
 import contextlib
+import os
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
@@ -15,6 +16,12 @@ class BlobDamaged(Exception):
     def __init__(self, digest: str) -> None:
         super().__init__(f"the stored bytes of blob {digest} do not match its digest")
         self.digest = digest
+
+
+def file_version(stat: os.stat_result) -> str:
+    """The version of a blob kept as a local file (`BlobStore.stored_version`): the file
+    itself and when it was written, so a copy committed in its place has another."""
+    return f"{stat.st_dev}:{stat.st_ino}:{stat.st_mtime_ns}"
 
 
 class UploadWriter(abc.ABC):
@@ -142,9 +149,17 @@ class BlobStore(abc.ABC):
     async def delete(self, digest: str) -> None: ...
 
     @abc.abstractmethod
-    async def quarantine(self, digest: str) -> None:
+    async def stored_version(self, digest: str) -> str | None:
+        """Which copy of the blob the store holds now (None: none), for `quarantine`: a copy
+        stored in its place since (the blob pushed again) has another version."""
+
+    @abc.abstractmethod
+    async def quarantine(self, digest: str, version: str | None = None) -> None:
         """Set a damaged blob's bytes aside (kept for inspection, never served): the blob is
-        then missing, so the next upload of its digest stores it again."""
+        then missing, so the next upload of its digest stores it again. With `version`
+        (`stored_version`, taken before the damaged bytes were read), only that copy is set
+        aside: a good one stored since, by a push of the blob while the damaged copy was
+        being read, stays."""
 
     async def delete_many(self, digests: list[str]) -> None:
         """Delete several blobs (garbage collection); absent ones are no error."""

@@ -14,6 +14,7 @@ import os
 import secrets
 import shutil
 import threading
+import uuid
 from collections.abc import AsyncIterator, Coroutine, Sequence
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,7 @@ from typing import Any
 from cachetools import LRUCache
 
 from berth.domain.digests import parse_digest
-from berth.storage.base import BlobStore, UploadWriter
+from berth.storage.base import BlobStore, UploadWriter, file_version
 from berth.storage.direct_writes import DIRECT_WRITE_MIN, Appender, warm_page_cache
 
 READ_CHUNK = 1024 * 1024
@@ -231,15 +232,37 @@ class FilesystemBlobStore(BlobStore):
         async for chunk in _read_file(self._blob_path(digest), start, end):
             yield chunk
 
-    async def quarantine(self, digest: str) -> None:
+    async def stored_version(self, digest: str) -> str | None:
+        try:
+            return file_version(await asyncio.to_thread(os.stat, self._blob_path(digest)))
+        except FileNotFoundError:
+            return None
+
+    async def quarantine(self, digest: str, version: str | None = None) -> None:
         parsed = parse_digest(digest)
         source = self._blob_path(digest)
         target = self.damaged / f"{parsed.algorithm}-{parsed.hex}"
 
         def _move() -> None:
             self.damaged.mkdir(exist_ok=True)
-            with contextlib.suppress(FileNotFoundError):
-                os.replace(source, target)
+            if version is None:
+                with contextlib.suppress(FileNotFoundError):
+                    os.replace(source, target)
+                return
+            # Moved under a name of its own first, then checked (a check before the move
+            # could be overtaken): a good copy pushed since the damaged one was read is put
+            # back at once, not set aside.
+            aside = target.with_name(f"{target.name}.{uuid.uuid4().hex}")
+            try:
+                os.rename(source, aside)
+            except FileNotFoundError:
+                return
+            if file_version(os.stat(aside)) == version:
+                os.replace(aside, target)
+                return
+            with contextlib.suppress(FileExistsError):  # else committed once more: that stays
+                os.link(aside, source)
+            os.unlink(aside)
 
         await asyncio.to_thread(_move)
 

@@ -63,6 +63,7 @@ CONFIRMED_KEPT = 100_000
 
 _MISSING_OBJECT = {"404", "NoSuchKey", "NotFound", "NoSuchUpload"}
 _MISSING_BUCKET = {"NoSuchBucket"}
+_PRECONDITION_FAILED = {"412", "PreconditionFailed"}
 _REFUSED = {
     "403",
     "AccessDenied",
@@ -71,6 +72,10 @@ _REFUSED = {
     "InvalidToken",
     "ExpiredToken",
 }
+
+
+class _PreconditionFailed(Exception):
+    """The object is no longer the one a conditional request (If-Match) named."""
 
 
 # What a client and /readyz are told when the store refuses the registry (`refusal`): what
@@ -228,6 +233,8 @@ class S3BlobStore(BlobStore):
                 ) from None
             if code in _MISSING_OBJECT:
                 raise FileNotFoundError(f"no object {key!r} in the {self.location.shown}") from None
+            if code in _PRECONDITION_FAILED or status == "412":
+                raise _PreconditionFailed(key) from None
             if code in _REFUSED or status == "403":
                 raise ObjectStoreError(
                     f"the {self.location.shown} refused the credentials "
@@ -578,7 +585,21 @@ class S3BlobStore(BlobStore):
             await self.cache.discard(digests)
         await self._delete_keys([self._blob_key(digest) for digest in digests])
 
-    async def quarantine(self, digest: str) -> None:
+    async def stored_version(self, digest: str) -> str | None:
+        key = self._blob_key(digest)
+        s3 = await self._s3()
+        try:
+            with self._errors(key):
+                head = await s3.head_object(Bucket=self.location.bucket, Key=key)
+        except FileNotFoundError:
+            return None
+        return str(head.get("ETag", ""))
+
+    async def quarantine(self, digest: str, version: str | None = None) -> None:
+        """With `version` (an ETag), the copy and the removal are conditional on it, which
+        AWS S3 and SeaweedFS honour; a store that ignores If-Match (Ceph RGW) is asked for
+        the ETag first, which leaves a few milliseconds' window. An empty ETag (RGW's
+        multipart objects) tells no copy from another: set aside as without `version`."""
         self._confirmed.pop(digest, None)
         if self.cache is not None:
             await self.cache.discard([digest])
@@ -586,16 +607,25 @@ class S3BlobStore(BlobStore):
         key = self._blob_key(digest)
         s3 = await self._s3()
         bucket = self.location.bucket
+        if version is not None and await self.stored_version(digest) != version:
+            return  # pushed again since the damaged copy was read: this one stays
+        copy_if: dict[str, Any] = {"CopySourceIfMatch": version} if version else {}
         try:
             with self._errors(key):
                 await s3.copy_object(
                     Bucket=bucket,
                     Key=f"{self._prefix}_damaged/{parsed.algorithm}-{parsed.hex}",
                     CopySource={"Bucket": bucket, "Key": key},
+                    **copy_if,
                 )
+                if version:
+                    await s3.delete_object(Bucket=bucket, Key=key, IfMatch=version)
         except FileNotFoundError:
             return
-        await self.delete(digest)
+        except _PreconditionFailed:
+            return  # replaced between the ETag's check and the request: this one stays
+        if not version:
+            await self.delete(digest)
 
     async def iter_digests(self) -> AsyncIterator[str]:
         async for digest, _modified in self.list_blobs():

@@ -285,6 +285,28 @@ class BlobStoreContract(abc.ABC):
         assert await put(store, data) == digest
         assert await read_all(store, digest) == data
 
+    async def test_a_good_copy_stored_since_the_damaged_one_was_read_is_not_set_aside(
+        self, store: BlobStore
+    ) -> None:
+        """A pull or the scrub reads a damaged copy while the blob is pushed again: the
+        quarantine of the copy it read must not take the good one stored since."""
+        data = payload(40_000, seed=10)
+        digest = digest_of(data)
+        assert await store.stored_version(digest) is None
+        damaged = await write_upload(store, bytes(len(data)))  # other bytes under the digest
+        await damaged.commit(digest)
+        read = await store.stored_version(digest)
+        assert read is not None
+        assert await put(store, data) == digest  # pushed again: stored in its place
+        now = await store.stored_version(digest)
+        assert now is not None and now != read
+        await store.quarantine(digest, read)
+        assert await read_all(store, digest) == data
+        assert digest in await listed(store)
+        await store.quarantine(digest, now)  # the copy there now, when it is the one read
+        assert await store.stat(digest) is None
+        assert await store.stored_version(digest) is None
+
     # ------------------------------------------------------------ digests
 
     @pytest.mark.parametrize(
