@@ -118,8 +118,8 @@ class BlobContent:
                 content = b"".join([chunk async for chunk in self.store.download(digest, size)])
             except FileNotFoundError:
                 raise missing_blob(digest) from None
-            except BlobDamaged:
-                raise await self._set_aside(digest) from None
+            except BlobDamaged as damaged:
+                raise await self._set_aside(digest, damaged.version) from None
             if len(content) == size and await _hashes_to(content, digest):
                 return _chunks_of(content)
             raise await self._set_aside(digest)
@@ -132,7 +132,7 @@ class BlobContent:
             raise missing_blob(digest) from None
         except StopAsyncIteration:
             return _chunks_of(b"")
-        return _following(first, chunks, lambda: self._set_aside(digest))
+        return _following(first, chunks, lambda version: self._set_aside(digest, version))
 
     async def ensure_stored(self, digest: str, size: int) -> None:
         """BLOB_UNKNOWN unless the store holds the blob at its recorded size: a HEAD must
@@ -292,16 +292,16 @@ async def _chunks_of(content: bytes) -> AsyncIterator[bytes]:
 async def _following(
     first: bytes,
     rest: AsyncIterator[bytes],
-    set_aside: Callable[[], Awaitable[BlobUnknown]] | None = None,
+    set_aside: Callable[[str | None], Awaitable[BlobUnknown]] | None = None,
 ) -> AsyncIterator[bytes]:
     try:
         yield first
         async for chunk in rest:
             yield chunk
-    except BlobDamaged:
+    except BlobDamaged as damaged:
         if set_aside is None:
             raise
-        await set_aside()  # its error is for the next pull: this one's bytes are sent
+        await set_aside(damaged.version)  # its error is for the next pull: this one's are sent
     finally:
         # Closed with this stream (a client gone mid-download): the store's response goes
         # back to its connection pool now, not when the garbage collector finds it.

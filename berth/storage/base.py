@@ -13,9 +13,10 @@ class BlobDamaged(Exception):
     """A download read a blob's whole object and its bytes do not match the digest (another
     size, or another hash): raised after the last chunk, when the bytes are sent already."""
 
-    def __init__(self, digest: str) -> None:
+    def __init__(self, digest: str, version: str | None = None) -> None:
         super().__init__(f"the stored bytes of blob {digest} do not match its digest")
         self.digest = digest
+        self.version = version  # of the copy read (`BlobStore.stored_version`), if known
 
 
 def file_version(stat: os.stat_result) -> str:

@@ -22,7 +22,7 @@ import contextlib
 import itertools
 import logging
 import time
-from collections.abc import AsyncIterator, Coroutine, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -298,8 +298,15 @@ class S3BlobStore(BlobStore):
                     f"{failed[0].get('Key')!r}: {failed[0].get('Code')} {failed[0].get('Message')}"
                 )
 
-    async def _stream(self, key: str, start: int, end: int | None) -> AsyncIterator[bytes]:
-        """Bytes [start, end) of an object, by a ranged GET when not the whole object."""
+    async def _stream(
+        self,
+        key: str,
+        start: int,
+        end: int | None,
+        answered: Callable[[str], object] | None = None,
+    ) -> AsyncIterator[bytes]:
+        """Bytes [start, end) of an object, by a ranged GET when not the whole object;
+        `answered` is given the ETag of the object the GET reads."""
         if end is not None and end <= start:
             if await self._size(key) is None:
                 raise FileNotFoundError(f"no object {key!r} in the {self.location.shown}")
@@ -321,6 +328,8 @@ class S3BlobStore(BlobStore):
         except BotoCoreError:
             with self._errors(key):
                 raise
+        if answered is not None:
+            answered(str(answer.get("ETag", "")))
         async with answer["Body"] as body:
             with self._errors(key):
                 async for chunk in body.iter_chunks(READ_CHUNK):
@@ -528,8 +537,9 @@ class S3BlobStore(BlobStore):
                 yield chunk
             return
         feed = FillFeed(fill)
+        read: list[str] = []  # the ETag of the copy read: only it is set aside if damaged
         try:
-            async for chunk in self.read(digest, 0, size):
+            async for chunk in self._read_blob(digest, 0, size, read.append):
                 await feed.add(chunk)  # hashed and written in a thread, in batches
                 yield chunk
             await feed.drain()
@@ -539,13 +549,23 @@ class S3BlobStore(BlobStore):
         if await asyncio.to_thread(fill.finish):
             fill.cache.request_sweep()  # the new copy may take the cache over its bound
         elif fill.damaged:
-            raise BlobDamaged(digest)
+            raise BlobDamaged(digest, read[0] if read else None)
 
     async def read(
         self, digest: str, start: int = 0, end: int | None = None
     ) -> AsyncIterator[bytes]:
+        async for chunk in self._read_blob(digest, start, end):
+            yield chunk
+
+    async def _read_blob(
+        self,
+        digest: str,
+        start: int,
+        end: int | None,
+        answered: Callable[[str], object] | None = None,
+    ) -> AsyncIterator[bytes]:
         try:
-            async for chunk in self._stream(self._blob_key(digest), start, end):
+            async for chunk in self._stream(self._blob_key(digest), start, end, answered):
                 yield chunk
         except FileNotFoundError:
             self._confirmed.pop(digest, None)  # found gone: HEADs say so from now on

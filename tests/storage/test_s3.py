@@ -16,8 +16,11 @@ from botocore.config import Config
 from botocore.exceptions import ClientError
 
 from berth.domain.errors import Unavailable
+from berth.metadata.database import Database
+from berth.services.registry import Registry
 from berth.storage import s3 as s3_module
 from berth.storage.base import BlobStore
+from berth.storage.blob_cache import BlobCache
 from berth.storage.s3 import ObjectStoreError, S3BlobStore
 from berth.storage.s3_pieces import MIN_PART_BYTES, PIECE_BYTES
 from tests.rgw import CephRGW
@@ -244,6 +247,44 @@ async def test_a_good_copy_stored_after_the_etag_check_stays_where_if_match_is_h
         assert object_keys(seaweedfs, f"{store.location.prefix}/_damaged/") == []
     finally:
         await store.close()
+
+
+class PushedAgainWhilePulled(S3BlobStore):
+    """A large blob's damaged copy is pulled through the node cache (sent before its hash is
+    known) while the blob is pushed again: the good copy is stored just before the pull, at
+    its end, sets aside what it read."""
+
+    good = payload(3 * MiB, seed=32)
+
+    async def quarantine(self, digest: str, version: str | None = None) -> None:
+        await put(self, self.good)
+        await super().quarantine(digest, version)
+
+
+async def test_a_pull_that_found_a_large_blob_damaged_leaves_the_good_copy_pushed_meanwhile(
+    object_store: S3TestServer, tmp_path: Path
+) -> None:
+    store = PushedAgainWhilePulled(object_store.location(), BlobCache(tmp_path / "cache", 64 * MiB))
+    db = Database(f"sqlite+aiosqlite:///{tmp_path / 'unused.db'}")  # blob_stream reads none
+    try:
+        digest = digest_of(store.good)
+        damaged = await write_upload(store, bytes(len(store.good)))  # its size, other bytes
+        await damaged.commit(digest)
+        registry = Registry(db, store)
+        sent = b"".join(
+            [
+                chunk
+                async for chunk in await registry.blob_stream(
+                    digest, len(store.good), 0, len(store.good)
+                )
+            ]
+        )
+        assert sent == bytes(len(store.good))  # sent before the hash could tell
+        assert await read_all(store, digest) == store.good
+        assert object_keys(object_store, f"{store.location.prefix}/_damaged/") == []
+    finally:
+        await store.close()
+        await db.dispose()
 
 
 async def test_delete_many_deletes_more_than_one_batch(s3_store: S3BlobStore) -> None:
