@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import concurrent.futures
 import contextlib
 import json
@@ -241,6 +242,20 @@ class BerthServer:
             created = self._services(lambda s: s.identity.keys.create_key(user, project))
             self.keys[(project, user)] = (created.key_id, created.secret)
         return self.keys[(project, user)]
+
+    def request_head(
+        self, method: str, target: str, auth: tuple[str, str], **headers: str | int
+    ) -> bytes:
+        """An HTTP/1.1 request's head with Basic credentials, for a test that writes the
+        body itself on a raw socket (to send part of it, or stop reading)."""
+        credentials = base64.b64encode(f"{auth[0]}:{auth[1]}".encode()).decode()
+        lines = [
+            f"{method} {target} HTTP/1.1",
+            f"Host: {self.address}",
+            f"Authorization: Basic {credentials}",
+            *(f"{name.replace('_', '-')}: {value}" for name, value in headers.items()),
+        ]
+        return ("\r\n".join(lines) + "\r\n\r\n").encode()
 
 
 class PostgresCluster:

@@ -5,7 +5,6 @@ removes the copy; every pull is still counted as outbound traffic."""
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import json
 import os
@@ -205,14 +204,10 @@ def test_a_blob_larger_than_the_bound_is_streamed_and_not_kept(
 def hang_up_after(server: BerthServer, path: str, auth: tuple[str, str], read: int) -> None:
     """GET `path` on a socket with a small receive buffer, read `read` bytes, and close it:
     a client gone mid-download, long before the server could have sent everything."""
-    credentials = base64.b64encode(f"{auth[0]}:{auth[1]}".encode()).decode()
     with socket.socket() as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16 * 1024)
         sock.connect((server.host, server.port))
-        sock.sendall(
-            f"GET {path} HTTP/1.1\r\nHost: {server.address}\r\n"
-            f"Authorization: Basic {credentials}\r\n\r\n".encode()
-        )
+        sock.sendall(server.request_head("GET", path, auth))
         received = 0
         while received < read:
             chunk = sock.recv(64 * 1024)

@@ -8,7 +8,6 @@ One store and one server for the module: each test leaves the store up and as it
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import os
 import socket
@@ -340,15 +339,16 @@ def test_a_client_gone_mid_patch_leaves_no_piece_and_its_upload_goes_on(
         assert pieces_of(server, upload) == [(0, first)]
 
         declared = PIECE + 8 * MiB
-        key_id, secret = server.access_key("gone")
-        credentials = base64.b64encode(f"{key_id}:{secret}".encode()).decode()
         with socket.create_connection((server.host, server.port)) as connection:
             connection.sendall(
-                f"PATCH {upload} HTTP/1.1\r\nHost: {server.address}\r\n"
-                f"Authorization: Basic {credentials}\r\n"
-                "Content-Type: application/octet-stream\r\n"
-                f"Content-Range: {first}-{first + declared - 1}\r\n"
-                f"Content-Length: {declared}\r\n\r\n".encode()
+                server.request_head(
+                    "PATCH",
+                    upload,
+                    server.access_key("gone"),
+                    Content_Type="application/octet-stream",
+                    Content_Range=f"{first}-{first + declared - 1}",
+                    Content_Length=declared,
+                )
             )
             # A piece stored, and a few MiB more on their way into the next one.
             connection.sendall(os.urandom(PIECE + 5 * MiB))
