@@ -57,10 +57,8 @@ class CheckReport:
         return {**asdict(self), "healthy": self.healthy}
 
 
-async def blob_is_whole(store: BlobStore, digest: str, size: int) -> bool:
-    """Whether the stored bytes of `digest` are `size` long and hash to it."""
-    if await store.stat(digest) != size:
-        return False
+async def hashes_to_digest(store: BlobStore, digest: str) -> bool:
+    """Whether the stored bytes of `digest` hash to it (read whole)."""
     parsed = parse_digest(digest)
     hasher = hashlib.new(parsed.algorithm)
     async for chunk in store.read(digest):
@@ -174,16 +172,13 @@ class StorageCheck:
 
     async def _check(self, report: CheckReport, digest: str, size: int) -> None:
         stored = await self.store.stat(digest)
-        if stored is None:
-            report.missing.append(digest)
-            return
         version = await self.store.stored_version(digest)  # the copy about to be read
-        if version is None:  # removed meanwhile (garbage collection)
+        if stored is None or version is None:  # (or removed meanwhile: garbage collection)
             report.missing.append(digest)
             return
         report.blobs_checked += 1
         report.bytes_checked += stored
-        if not await blob_is_whole(self.store, digest, size):
+        if stored != size or not await hashes_to_digest(self.store, digest):
             # Only the copy read: a push of the blob during a long read put a good one there.
             await self.store.quarantine(digest, version)
             report.damaged.append(digest)
