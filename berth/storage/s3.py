@@ -265,14 +265,18 @@ class S3BlobStore(BlobStore):
         with self._errors(key):
             await s3.put_object(Bucket=self.location.bucket, Key=key, Body=body)
 
-    async def _size(self, key: str) -> int | None:
+    async def _head(self, key: str) -> dict[str, Any] | None:
+        """The object's HeadObject answer, or None when there is no such object."""
         s3 = await self._s3()
         try:
             with self._errors(key):
-                head = await s3.head_object(Bucket=self.location.bucket, Key=key)
+                return dict(await s3.head_object(Bucket=self.location.bucket, Key=key))
         except FileNotFoundError:
             return None
-        return head["ContentLength"]
+
+    async def _size(self, key: str) -> int | None:
+        head = await self._head(key)
+        return None if head is None else int(head["ContentLength"])
 
     async def _list(self, prefix: str) -> AsyncIterator[dict[str, Any]]:
         s3 = await self._s3()
@@ -539,7 +543,7 @@ class S3BlobStore(BlobStore):
         feed = FillFeed(fill)
         read: list[str] = []  # the ETag of the copy read: only it is set aside if damaged
         try:
-            async for chunk in self._read_blob(digest, 0, size, read.append):
+            async for chunk in self.read(digest, 0, size, read.append):
                 await feed.add(chunk)  # hashed and written in a thread, in batches
                 yield chunk
             await feed.drain()
@@ -552,18 +556,13 @@ class S3BlobStore(BlobStore):
             raise BlobDamaged(digest, read[0] if read else None)
 
     async def read(
-        self, digest: str, start: int = 0, end: int | None = None
-    ) -> AsyncIterator[bytes]:
-        async for chunk in self._read_blob(digest, start, end):
-            yield chunk
-
-    async def _read_blob(
         self,
         digest: str,
-        start: int,
-        end: int | None,
+        start: int = 0,
+        end: int | None = None,
         answered: Callable[[str], object] | None = None,
     ) -> AsyncIterator[bytes]:
+        """The interface's, and `answered` given the ETag of the copy read (`download`)."""
         try:
             async for chunk in self._stream(self._blob_key(digest), start, end, answered):
                 yield chunk
@@ -606,14 +605,8 @@ class S3BlobStore(BlobStore):
         await self._delete_keys([self._blob_key(digest) for digest in digests])
 
     async def stored_version(self, digest: str) -> str | None:
-        key = self._blob_key(digest)
-        s3 = await self._s3()
-        try:
-            with self._errors(key):
-                head = await s3.head_object(Bucket=self.location.bucket, Key=key)
-        except FileNotFoundError:
-            return None
-        return str(head.get("ETag", ""))
+        head = await self._head(self._blob_key(digest))
+        return None if head is None else str(head.get("ETag", ""))
 
     async def quarantine(self, digest: str, version: str | None = None) -> None:
         """With `version` (an ETag), the copy and the removal are conditional on it, which

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import uuid
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
@@ -47,49 +48,53 @@ def store(tmp_path: Path) -> PushedAgainWhileRead:
     return PushedAgainWhileRead(tmp_path / "blobs")
 
 
-def test_a_pull_that_finds_the_file_damaged_leaves_the_good_copy_pushed_meanwhile(
-    store: PushedAgainWhileRead, database_url: str
+def run(
+    database_url: str,
+    store: FilesystemBlobStore,
+    scenario: Callable[[Database], Awaitable[None]],
 ) -> None:
-    async def scenario() -> None:
+    async def with_database() -> None:
         db = Database(database_url)
         try:
-            registry = Registry(db, store)
-            await _commit(store, DAMAGED)
-            path = store.local_path(DIGEST)
-            assert path is not None
-            with pytest.raises(BlobUnknown, match="damaged in storage"):
-                await registry.verified_blob(DIGEST, len(GOOD), path)
-            assert path.read_bytes() == GOOD  # the copy pushed meanwhile is still served
-            assert await registry.verified_blob(DIGEST, len(GOOD), path) == GOOD
-            assert [found.read_bytes() for found in store.damaged.iterdir()] == []
+            await scenario(db)
         finally:
             await db.dispose()
             await store.close()
 
-    asyncio.run(scenario())
+    asyncio.run(with_database())
+
+
+def test_a_pull_that_finds_the_file_damaged_leaves_the_good_copy_pushed_meanwhile(
+    store: PushedAgainWhileRead, database_url: str
+) -> None:
+    async def scenario(db: Database) -> None:
+        registry = Registry(db, store)
+        await _commit(store, DAMAGED)
+        path = store.local_path(DIGEST)
+        assert path is not None
+        with pytest.raises(BlobUnknown, match="damaged in storage"):
+            await registry.verified_blob(DIGEST, len(GOOD), path)
+        assert path.read_bytes() == GOOD  # the copy pushed meanwhile is still served
+        assert await registry.verified_blob(DIGEST, len(GOOD), path) == GOOD
+        assert [found.read_bytes() for found in store.damaged.iterdir()] == []
+
+    run(database_url, store, scenario)
 
 
 def test_the_scrub_sets_aside_the_copy_it_read_not_the_one_pushed_meanwhile(
     store: PushedAgainWhileRead, database_url: str
 ) -> None:
-    async def scenario() -> None:
-        db = Database(database_url)
-        try:
-            async with db.write() as conn:
-                await conn.execute(
-                    insert(blobs).values(
-                        digest=DIGEST, size=len(GOOD), created_at=utcnow(), token="t"
-                    )
-                )
-            await _commit(store, DAMAGED)
-            report = await StorageCheck(db, store).check_blobs()
-            assert report.damaged == [DIGEST]  # what it read was damaged: reported
-            path = store.local_path(DIGEST)
-            assert path is not None and path.read_bytes() == GOOD  # and the good copy stays
-            again = await StorageCheck(db, store).check_blobs()
-            assert again.healthy and again.blobs_checked == 1
-        finally:
-            await db.dispose()
-            await store.close()
+    async def scenario(db: Database) -> None:
+        async with db.write() as conn:
+            await conn.execute(
+                insert(blobs).values(digest=DIGEST, size=len(GOOD), created_at=utcnow(), token="t")
+            )
+        await _commit(store, DAMAGED)
+        report = await StorageCheck(db, store).check_blobs()
+        assert report.damaged == [DIGEST]  # what it read was damaged: reported
+        path = store.local_path(DIGEST)
+        assert path is not None and path.read_bytes() == GOOD  # and the good copy stays
+        again = await StorageCheck(db, store).check_blobs()
+        assert again.healthy and again.blobs_checked == 1
 
-    asyncio.run(scenario())
+    run(database_url, store, scenario)
