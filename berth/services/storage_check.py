@@ -171,16 +171,15 @@ class StorageCheck:
         return report
 
     async def _check(self, report: CheckReport, digest: str, size: int) -> None:
-        stored = await self.store.stat(digest)
-        version = await self.store.stored_version(digest)  # the copy about to be read
-        if stored is None or version is None:  # (or removed meanwhile: garbage collection)
+        stored = await self.store.stored_copy(digest)  # the copy about to be read
+        if stored is None:
             report.missing.append(digest)
             return
         report.blobs_checked += 1
-        report.bytes_checked += stored
-        if stored != size or not await hashes_to_digest(self.store, digest):
+        report.bytes_checked += stored.size
+        if stored.size != size or not await hashes_to_digest(self.store, digest):
             # Only the copy read: a push of the blob during a long read put a good one there.
-            await self.store.quarantine(digest, version)
+            await self.store.quarantine(digest, stored.version)
             report.damaged.append(digest)
 
     async def _find_orphans(self, report: CheckReport, repair: bool) -> None:

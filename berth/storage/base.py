@@ -6,6 +6,7 @@ import abc
 import contextlib
 import os
 from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 
@@ -16,12 +17,21 @@ class BlobDamaged(Exception):
     def __init__(self, digest: str, version: str | None = None) -> None:
         super().__init__(f"the stored bytes of blob {digest} do not match its digest")
         self.digest = digest
-        self.version = version  # of the copy read (`BlobStore.stored_version`), if known
+        self.version = version  # of the copy read (`StoredCopy.version`), if known
+
+
+@dataclass(frozen=True)
+class StoredCopy:
+    """The copy of a blob a store holds now (`BlobStore.stored_copy`): its size, and a
+    version that a copy stored in its place since (the blob pushed again) does not share."""
+
+    size: int
+    version: str
 
 
 def file_version(stat: os.stat_result) -> str:
-    """The version of a blob kept as a local file (`BlobStore.stored_version`): the file
-    itself and when it was written, so a copy committed in its place has another."""
+    """The version of a blob kept as a local file (`StoredCopy.version`): the file itself and
+    when it was written, so a copy committed in its place has another."""
     return f"{stat.st_dev}:{stat.st_ino}:{stat.st_mtime_ns}"
 
 
@@ -150,15 +160,15 @@ class BlobStore(abc.ABC):
     async def delete(self, digest: str) -> None: ...
 
     @abc.abstractmethod
-    async def stored_version(self, digest: str) -> str | None:
-        """Which copy of the blob the store holds now (None: none), for `quarantine`: a copy
-        stored in its place since (the blob pushed again) has another version."""
+    async def stored_copy(self, digest: str) -> StoredCopy | None:
+        """The copy of the blob the store holds now (None: none), its size and version (for
+        `quarantine`), in one request."""
 
     @abc.abstractmethod
     async def quarantine(self, digest: str, version: str | None = None) -> None:
         """Set a damaged blob's bytes aside (kept for inspection, never served): the blob is
         then missing, so the next upload of its digest stores it again. With `version`
-        (`stored_version`, taken before the damaged bytes were read), only that copy is set
+        (`stored_copy`'s, taken before the damaged bytes were read), only that copy is set
         aside: a good one stored since, by a push of the blob while the damaged copy was
         being read, stays."""
 

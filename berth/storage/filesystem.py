@@ -22,7 +22,7 @@ from typing import Any
 from cachetools import LRUCache
 
 from berth.domain.digests import parse_digest
-from berth.storage.base import BlobStore, UploadWriter, file_version
+from berth.storage.base import BlobStore, StoredCopy, UploadWriter, file_version
 from berth.storage.direct_writes import DIRECT_WRITE_MIN, Appender, warm_page_cache
 
 READ_CHUNK = 1024 * 1024
@@ -232,11 +232,12 @@ class FilesystemBlobStore(BlobStore):
         async for chunk in _read_file(self._blob_path(digest), start, end):
             yield chunk
 
-    async def stored_version(self, digest: str) -> str | None:
+    async def stored_copy(self, digest: str) -> StoredCopy | None:
         try:
-            return file_version(await asyncio.to_thread(os.stat, self._blob_path(digest)))
+            stat = await asyncio.to_thread(os.stat, self._blob_path(digest))
         except FileNotFoundError:
             return None
+        return StoredCopy(stat.st_size, file_version(stat))
 
     async def quarantine(self, digest: str, version: str | None = None) -> None:
         parsed = parse_digest(digest)

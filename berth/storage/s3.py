@@ -34,7 +34,7 @@ from cachetools import LRUCache
 
 from berth.domain.digests import parse_digest
 from berth.domain.errors import Unavailable
-from berth.storage.base import BlobDamaged, BlobStore, BlobWriter, UploadWriter
+from berth.storage.base import BlobDamaged, BlobStore, BlobWriter, StoredCopy, UploadWriter
 from berth.storage.blob_cache import BlobCache, FillFeed
 from berth.storage.s3_pieces import (
     MIN_PART_BYTES,
@@ -604,15 +604,21 @@ class S3BlobStore(BlobStore):
             await self.cache.discard(digests)
         await self._delete_keys([self._blob_key(digest) for digest in digests])
 
-    async def stored_version(self, digest: str) -> str | None:
+    async def stored_copy(self, digest: str) -> StoredCopy | None:
         head = await self._head(self._blob_key(digest))
-        return None if head is None else str(head.get("ETag", ""))
+        if head is None:
+            return None
+        return StoredCopy(int(head["ContentLength"]), str(head.get("ETag", "")))
 
     async def quarantine(self, digest: str, version: str | None = None) -> None:
         """With `version` (an ETag), the copy and the removal are conditional on it, which
         AWS S3 and SeaweedFS honour; a store that ignores If-Match (Ceph RGW) is asked for
         the ETag first, which leaves a few milliseconds' window. An empty ETag (RGW's
         multipart objects) tells no copy from another: set aside as without `version`."""
+        if version is not None:
+            now = await self.stored_copy(digest)
+            if now is None or now.version != version:
+                return  # gone, or pushed again since the damaged copy was read: that stays
         self._confirmed.pop(digest, None)
         if self.cache is not None:
             await self.cache.discard([digest])
@@ -620,8 +626,6 @@ class S3BlobStore(BlobStore):
         key = self._blob_key(digest)
         s3 = await self._s3()
         bucket = self.location.bucket
-        if version is not None and await self.stored_version(digest) != version:
-            return  # pushed again since the damaged copy was read: this one stays
         copy_if: dict[str, Any] = {"CopySourceIfMatch": version} if version else {}
         try:
             with self._errors(key):

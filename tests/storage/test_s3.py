@@ -19,7 +19,7 @@ from berth.domain.errors import Unavailable
 from berth.metadata.database import Database
 from berth.services.registry import Registry
 from berth.storage import s3 as s3_module
-from berth.storage.base import BlobStore
+from berth.storage.base import BlobStore, StoredCopy
 from berth.storage.blob_cache import BlobCache
 from berth.storage.s3 import ObjectStoreError, S3BlobStore
 from berth.storage.s3_pieces import MIN_PART_BYTES, PIECE_BYTES
@@ -219,12 +219,12 @@ class ReplacedAfterTheCheck(S3BlobStore):
     good = payload(30_000, seed=31)
     quarantining = False
 
-    async def stored_version(self, digest: str) -> str | None:
-        version = await super().stored_version(digest)
+    async def stored_copy(self, digest: str) -> StoredCopy | None:
+        copy = await super().stored_copy(digest)
         if self.quarantining:
             self.quarantining = False
             await put(self, self.good)
-        return version
+        return copy
 
     async def quarantine(self, digest: str, version: str | None = None) -> None:
         self.quarantining = True
@@ -241,8 +241,9 @@ async def test_a_good_copy_stored_after_the_etag_check_stays_where_if_match_is_h
         digest = digest_of(store.good)
         damaged = await write_upload(store, bytes(len(store.good)))
         await damaged.commit(digest)
-        read = await store.stored_version(digest)
-        await store.quarantine(digest, read)
+        read = await store.stored_copy(digest)
+        assert read is not None
+        await store.quarantine(digest, read.version)
         assert await read_all(store, digest) == store.good
         assert object_keys(seaweedfs, f"{store.location.prefix}/_damaged/") == []
     finally:

@@ -292,20 +292,20 @@ class BlobStoreContract(abc.ABC):
         quarantine of the copy it read must not take the good one stored since."""
         data = payload(40_000, seed=10)
         digest = digest_of(data)
-        assert await store.stored_version(digest) is None
+        assert await store.stored_copy(digest) is None
         damaged = await write_upload(store, bytes(len(data)))  # other bytes under the digest
         await damaged.commit(digest)
-        read = await store.stored_version(digest)
-        assert read is not None
+        read = await store.stored_copy(digest)
+        assert read is not None and read.size == len(data)
         assert await put(store, data) == digest  # pushed again: stored in its place
-        now = await store.stored_version(digest)
-        assert now is not None and now != read
-        await store.quarantine(digest, read)
+        now = await store.stored_copy(digest)
+        assert now is not None and now.size == len(data) and now.version != read.version
+        await store.quarantine(digest, read.version)
         assert await read_all(store, digest) == data
         assert digest in await listed(store)
-        await store.quarantine(digest, now)  # the copy there now, when it is the one read
+        await store.quarantine(digest, now.version)  # the copy there now, when it is the one read
         assert await store.stat(digest) is None
-        assert await store.stored_version(digest) is None
+        assert await store.stored_copy(digest) is None
 
     # ------------------------------------------------------------ digests
 
