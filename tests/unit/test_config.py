@@ -10,6 +10,7 @@ import pytest
 
 from berth.config import SettingsError, load_settings
 from berth.server import check
+from tests.ports import free_port
 
 
 def test_setting_problems_are_said_plainly(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -66,9 +67,11 @@ def test_a_metrics_address_that_is_taken_or_the_registrys_is_refused(
 ) -> None:
     monkeypatch.setenv("BERTH_CONFIG", str(tmp_path / "berth.toml"))
     monkeypatch.setenv("BERTH_DATA_DIR", str(tmp_path / "data"))
-    with socket.create_server(("127.0.0.1", 0)) as taken:
+    # Both ports from the test run's allocator: a port next to an ephemeral one may be any
+    # other process's connection, and then the registry's address is the one refused.
+    with socket.create_server(("127.0.0.1", free_port())) as taken:
         port = taken.getsockname()[1]
-        monkeypatch.setenv("BERTH_LISTEN", f"127.0.0.1:{port + 1 if port < 65535 else port - 1}")
+        monkeypatch.setenv("BERTH_LISTEN", f"127.0.0.1:{free_port()}")
         monkeypatch.setenv("BERTH_METRICS_LISTEN", f"127.0.0.1:{port}")
         with pytest.raises(SettingsError) as in_use:
             check(load_settings())
