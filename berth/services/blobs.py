@@ -114,15 +114,18 @@ class BlobContent:
         the digest mismatch) is set aside after the last chunk, so no later pull sends it."""
         whole = start == 0 and end == size
         if whole and size <= VERIFY_ON_READ_BYTES:
+            read: list[str] = []  # the version of the copy read: only it is set aside
             try:
-                content = b"".join([chunk async for chunk in self.store.download(digest, size)])
+                content = b"".join(
+                    [chunk async for chunk in self.store.download(digest, size, read.append)]
+                )
             except FileNotFoundError:
                 raise missing_blob(digest) from None
             except BlobDamaged as damaged:
                 raise await self._set_aside(digest, damaged.version) from None
             if len(content) == size and await _hashes_to(content, digest):
                 return _chunks_of(content)
-            raise await self._set_aside(digest)
+            raise await self._set_aside(digest, read[0] if read else None)
         chunks = aiter(
             self.store.download(digest, size) if whole else self.store.read(digest, start, end)
         )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import abc
 import contextlib
 import os
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -137,13 +137,17 @@ class BlobStore(abc.ABC):
     def read(self, digest: str, start: int = 0, end: int | None = None) -> AsyncIterator[bytes]:
         """Bytes [start, end) of a blob."""
 
-    def download(self, digest: str, size: int) -> AsyncIterator[bytes]:
+    def download(
+        self, digest: str, size: int, answered: Callable[[str], object] | None = None
+    ) -> AsyncIterator[bytes]:
         """The whole blob (`size` bytes, as recorded) for a client's GET. A remote store with
         a node-local cache keeps a copy as the bytes go by (see `cached_path`); reads for
         anything else (checks, scans) use `read`, so as not to crowd the cache out. Never more
         than `size` bytes, whatever the store holds (the answer's length says `size`). A
         store that hashes the bytes on the way (a cache's copy) raises BlobDamaged after the
-        last chunk when they do not match."""
+        last chunk when they do not match. A store that versions its copies gives `answered`
+        the version of the copy read (what `quarantine` takes), so that a caller who finds the
+        bytes damaged sets aside only that copy."""
         return self.read(digest, 0, size)
 
     def cached_path(self, digest: str, size: int) -> Path | None:

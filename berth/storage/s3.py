@@ -529,7 +529,9 @@ class S3BlobStore(BlobStore):
     def holds_cached_copy(self, digest: str, size: int) -> bool:
         return self.cache is not None and self.cache.holds(digest, size)
 
-    async def download(self, digest: str, size: int) -> AsyncIterator[bytes]:
+    async def download(
+        self, digest: str, size: int, answered: Callable[[str], object] | None = None
+    ) -> AsyncIterator[bytes]:
         """The blob streamed from the store; with a cache, its bytes are also hashed and
         written to a copy on the way (no second read from the store), which becomes visible
         once the whole blob went by and matched its digest. A download stopped early (its
@@ -537,13 +539,19 @@ class S3BlobStore(BlobStore):
         its last chunk."""
         fill = None if self.cache is None else self.cache.start_fill(digest, size)
         if fill is None:
-            async for chunk in self.read(digest, 0, size):
+            async for chunk in self.read(digest, 0, size, answered):
                 yield chunk
             return
         feed = FillFeed(fill)
         read: list[str] = []  # the ETag of the copy read: only it is set aside if damaged
+
+        def seen(etag: str) -> None:
+            read.append(etag)
+            if answered is not None:
+                answered(etag)
+
         try:
-            async for chunk in self.read(digest, 0, size, read.append):
+            async for chunk in self.read(digest, 0, size, seen):
                 await feed.add(chunk)  # hashed and written in a thread, in batches
                 yield chunk
             await feed.drain()

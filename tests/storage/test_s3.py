@@ -15,7 +15,7 @@ import pytest
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
-from berth.domain.errors import Unavailable
+from berth.domain.errors import BlobUnknown, Unavailable
 from berth.metadata.database import Database
 from berth.services.registry import Registry
 from berth.storage import s3 as s3_module
@@ -281,6 +281,37 @@ async def test_a_pull_that_found_a_large_blob_damaged_leaves_the_good_copy_pushe
             ]
         )
         assert sent == bytes(len(store.good))  # sent before the hash could tell
+        assert await read_all(store, digest) == store.good
+        assert object_keys(object_store, f"{store.location.prefix}/_damaged/") == []
+    finally:
+        await store.close()
+        await db.dispose()
+
+
+class SmallBlobPushedAgainWhilePulled(S3BlobStore):
+    """A small blob's damaged copy is pulled without a node cache (read whole and hashed
+    before a byte is sent) while the blob is pushed again: the good copy is stored between
+    the pull's GET and its setting aside of what it read."""
+
+    good = payload(4096, seed=33)
+
+    async def quarantine(self, digest: str, version: str | None = None) -> None:
+        await put(self, self.good)
+        await super().quarantine(digest, version)
+
+
+async def test_a_pull_that_found_a_small_blob_damaged_leaves_the_good_copy_pushed_meanwhile(
+    object_store: S3TestServer, tmp_path: Path
+) -> None:
+    store = SmallBlobPushedAgainWhilePulled(object_store.location())
+    db = Database(f"sqlite+aiosqlite:///{tmp_path / 'unused.db'}")  # blob_stream reads none
+    try:
+        digest = digest_of(store.good)
+        damaged = await write_upload(store, bytes(len(store.good)))  # its size, other bytes
+        await damaged.commit(digest)
+        registry = Registry(db, store)
+        with pytest.raises(BlobUnknown, match="damaged in storage"):
+            await registry.blob_stream(digest, len(store.good), 0, len(store.good))
         assert await read_all(store, digest) == store.good
         assert object_keys(object_store, f"{store.location.prefix}/_damaged/") == []
     finally:
