@@ -70,7 +70,7 @@ def token_response(
     query += list(params.items())
     if credentials is not None:
         query.append(("account", credentials[0]))
-    return client.get(found.realm, params=query, auth=credentials)
+    return client.get(found.realm, params=tuple(query), auth=credentials)
 
 
 def fetch_token(client: httpx.Client, credentials: Credentials | None, *scopes: str) -> str:

@@ -61,9 +61,10 @@ def test_a_platform_manifest_a_stored_index_lists_is_not_deleted(repo: Repo) -> 
     assert refused.status_code == 409, refused.text
     message = refused.json()["errors"][0]["message"]
     assert index.digest in message and "tagged multi" in message, message
-    managed = repo.client.delete(
+    managed = repo.client.request(
+        "DELETE",
         f"/api/v1/projects/{repo.project}/repositories/{repo.repository}/images/{children[0].digest}",
-        auth=None,
+        auth=None,  # the bearer token alone (delete() does not take None: request() does)
         headers={"Authorization": f"Bearer {api_token(repo)}"},
     )
     assert managed.status_code == 409 and managed.json()["detail"] == message

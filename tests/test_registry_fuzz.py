@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import os
 import string
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from urllib.parse import quote
 
 import pytest
@@ -131,7 +131,7 @@ def test_manifest_fields_with_nul_characters_are_refused(target: Repo) -> None:
 
 # ---------------------------------------------------------------- property-based
 
-TEXT = st.text(st.characters(exclude_categories=("Cs",)), max_size=40)
+TEXT = st.text(st.characters(exclude_categories=["Cs"]), max_size=40)
 HEADER_TEXT = st.text(st.sampled_from(string.printable.strip() + " "), max_size=40)
 DIGESTS = st.one_of(
     st.just("sha256:" + "0" * 64),
@@ -150,7 +150,7 @@ JSON_VALUES = st.recursive(
 )
 
 
-def manifest_like(draw_fields: dict[str, object]) -> bytes:
+def manifest_like(draw_fields: Mapping[str, object]) -> bytes:
     document: dict[str, object] = {"schemaVersion": 2, "mediaType": OCI_MANIFEST}
     document.update(draw_fields)
     return json.dumps(document).encode()
@@ -188,7 +188,7 @@ def requests(draw: st.DrawFn, name: str) -> tuple[str, str, dict[str, str], dict
         )
     )
     repo_name = draw(st.one_of(st.just(name), SEGMENT, SEGMENT.map(lambda s: f"{name}/{s}")))
-    path = {
+    paths: dict[str, Callable[[], str]] = {
         "blob": lambda: f"/v2/{repo_name}/blobs/{quote(draw(DIGESTS), safe=':')}",
         "manifest": lambda: f"/v2/{repo_name}/manifests/{quote(draw(REFERENCES), safe=':')}",
         "tags": lambda: f"/v2/{repo_name}/tags/list",
@@ -198,7 +198,8 @@ def requests(draw: st.DrawFn, name: str) -> tuple[str, str, dict[str, str], dict
         "catalog": lambda: "/v2/_catalog",
         "name": lambda: f"/v2/{repo_name}",
         "raw": lambda: "/v2/" + draw(SEGMENT),
-    }[shape]()
+    }
+    path = paths[shape]()
     method = draw(st.sampled_from(["GET", "HEAD", "PUT", "PATCH", "POST", "DELETE"]))
     params = draw(st.dictionaries(PARAM_NAMES, st.one_of(TEXT, DIGESTS), max_size=3))
     headers = draw(

@@ -65,8 +65,8 @@ class ResumableSha256:
         self._context = _Context()
         _LIBCRYPTO.SHA256_Init(ctypes.byref(self._context))
 
-    def update(self, data: bytes) -> None:
-        if not isinstance(data, bytes):
+    def update(self, data: bytes | bytearray | memoryview) -> None:
+        if not isinstance(data, bytes):  # ctypes passes bytes without a copy, not other buffers
             data = bytes(data)
         assert _LIBCRYPTO is not None
         _LIBCRYPTO.SHA256_Update(ctypes.byref(self._context), data, len(data))

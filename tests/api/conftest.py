@@ -208,4 +208,5 @@ def blob_total(manifest: Blob) -> int:
     """Bytes of a pushed image manifest and its blobs."""
     document = json.loads(manifest.data)
     blobs = [document["config"], *document["layers"]]
-    return manifest.size + sum(b["size"] for b in blobs)
+    sizes: list[int] = [b["size"] for b in blobs]
+    return manifest.size + sum(sizes)

@@ -136,7 +136,9 @@ def test_api_tokens(team: Team) -> None:
     key_id = team.keys["member"][0]
     ok(team["member"].post(team.url(f"/keys/{key_id}/disable")))
     with api(team.server, headers=bearer) as client:
-        body = assert_problem(until(lambda: _refused(client, team)), 401)
+        refused = until(lambda: _refused(client, team))
+        assert refused is not None, "the token still works after its key was disabled"
+        body = assert_problem(refused, 401)
         assert key_id in body["detail"]
 
 

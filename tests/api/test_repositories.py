@@ -4,11 +4,28 @@ update, delete; the repository quota; who may do what."""
 from __future__ import annotations
 
 import time
+from typing import TypedDict
 
 import pytest
 
 from tests.api.conftest import Team, api, assert_problem, ok, push_image
 from tests.servers import ADMIN_PASSWORD, BerthServer
+
+
+class Listed(TypedDict):
+    """What the paging test reads of a repository in a listing."""
+
+    name: str
+    images: int
+
+
+class RepositoryPage(TypedDict):
+    """A page of GET /projects/{project}/repositories."""
+
+    items: list[Listed]
+    total: int
+    page: int
+    per_page: int
 
 
 def test_create_show_update_delete(team: Team) -> None:
@@ -162,8 +179,9 @@ def test_paging_sorting_and_search(team: Team) -> None:
         push_image(registry, team.oci_name(repository=name), f"t{count}")
         time.sleep(0.01)
 
-    def page(**params: object) -> dict[str, object]:
-        return ok(team["reader"].get(team.url("/repositories"), params=params))  # type: ignore[no-any-return]
+    def page(**params: str | int) -> RepositoryPage:
+        listed: RepositoryPage = ok(team["reader"].get(team.url("/repositories"), params=params))
+        return listed
 
     first = page(per_page=3)
     assert [r["name"] for r in first["items"]] == everything[:3]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import httpx
 import pytest
@@ -113,7 +114,7 @@ def test_every_event_type(team: Team, receiver: Receiver) -> None:
         with pytest.raises(AssertionError, match="limit of 12 images"):
             push_image(registry, name, "over")
     received = receiver.wait_for(19, timeout=30)
-    events = {}
+    events: dict[str, dict[str, Any]] = {}
     for r in received:
         events.setdefault(r.event["type"], r.event)
     assert events["io.berth.image.deleted"]["data"]["digest"] == gone.digest

@@ -60,7 +60,8 @@ def refusal(ref: ImageRef) -> str:
 def still_names(registry: Registry, ref: ImageRef, digest: str) -> bool:
     with registry.http() as client:
         response: httpx.Response = client.head(f"/v2/{ref.name}/manifests/{ref.tag}")
-    return response.headers.get("docker-content-digest") == digest
+    served: str | None = response.headers.get("docker-content-digest")
+    return served == digest
 
 
 def test_skopeo_copy_onto_an_immutable_tag_is_refused(

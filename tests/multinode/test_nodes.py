@@ -141,7 +141,13 @@ def test_containerd_pushes_a_large_layer_in_one_put_through_the_balancer(
     daemon.trust(cluster.balancer.address, cluster.balancer.directory / "tls" / "ca.crt")
     daemon.start()
     try:
-        namespaced = [ctr, "--address", daemon.socket, "--namespace", "berth-tests"]
+        namespaced: list[str | Path] = [
+            ctr,
+            "--address",
+            daemon.socket,
+            "--namespace",
+            "berth-tests",
+        ]
         archive = image.layout.archive(tmp_path / "image.tar")
         run([*namespaced, "images", "import", "--base-name", repository, archive])
         run([*namespaced, "images", "push", f"--hosts-dir={daemon.hosts_dir}",

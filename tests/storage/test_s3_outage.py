@@ -213,7 +213,8 @@ def test_a_deleted_bucket_and_revoked_credentials_are_clear_503s_and_pushes_succ
     kept = os.urandom(1000)
     kept_digest = "sha256:" + hashlib.sha256(kept).hexdigest()
     granted = store.secret_access_key
-    faults = {
+    # Per fault: break the store, mend it, what the refusals and /readyz must name.
+    faults: dict[str, tuple[Callable[[], object], Callable[[], object], tuple[str, ...]]] = {
         "bucket": (
             lambda: delete_bucket(store),
             lambda: store.create_bucket(BUCKET),

@@ -2,10 +2,22 @@
 
 from __future__ import annotations
 
+from typing import TypedDict
+
 import pytest
 
 from berth.addresses import public_url
 from berth.config import Settings
+
+
+class GivenSettings(TypedDict, total=False):
+    """The settings each case gives, as a user would write them."""
+
+    listen: str
+    domain: str
+    region: str
+    tls_cert: str
+    tls_key: str
 
 
 @pytest.mark.parametrize(
@@ -21,5 +33,5 @@ from berth.config import Settings
         ({"domain": "10.0.0.5", "listen": "0.0.0.0:80"}, "http://127.0.0.1:80"),
     ],
 )
-def test_the_public_url(settings: dict[str, str], url: str) -> None:
+def test_the_public_url(settings: GivenSettings, url: str) -> None:
     assert public_url(Settings(**settings)) == url

@@ -19,7 +19,15 @@ from pathlib import Path
 
 import httpx
 import pytest
-from playwright.sync_api import Browser, BrowserContext, Page, Playwright, expect, sync_playwright
+from playwright.sync_api import (
+    Browser,
+    BrowserContext,
+    Page,
+    Playwright,
+    ViewportSize,
+    expect,
+    sync_playwright,
+)
 
 from tests.clients.tools import require_binary
 from tests.servers import ROOT, BerthServer, server_fixture
@@ -38,8 +46,8 @@ CHROMIUM_ARGS = [
 PASSWORD = "console-password-for-tests"
 GC_HOLD_SECONDS = 6
 SCREENSHOTS = ROOT / "test-artifacts" / "console"
-DESKTOP = {"width": 1280, "height": 860}
-PHONE = {"width": 390, "height": 844}
+DESKTOP: ViewportSize = {"width": 1280, "height": 860}
+PHONE: ViewportSize = {"width": 390, "height": 844}
 
 
 console_server = server_fixture(

@@ -60,6 +60,7 @@ def test_a_wrong_secret(world: World) -> None:
 def test_a_password_on_the_api(world: World) -> None:
     caller = identify(world, basic("alice", PASSWORD), Surface.API)
     assert caller.via is Via.PASSWORD
+    assert caller.principal is not None
     assert caller.principal == Principal(caller.principal.user_id, "alice", False, None, None)
     assert refused(world, basic("alice", "not-it"), Surface.API) == "invalid user name or password"
 

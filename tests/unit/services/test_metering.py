@@ -31,12 +31,16 @@ def with_database(url: str, scenario: Scenario) -> Any:
 
 async def add_repository(db: Database, project: str, repository: str) -> tuple[int, int]:
     async with db.write() as conn:
-        project_id = (
+        project_key = (
             await conn.execute(insert(projects).values(name=project))
-        ).inserted_primary_key[0]
-        repository_id = (
+        ).inserted_primary_key
+        assert project_key is not None
+        project_id = project_key[0]
+        repository_key = (
             await conn.execute(insert(repositories).values(project_id=project_id, name=repository))
-        ).inserted_primary_key[0]
+        ).inserted_primary_key
+        assert repository_key is not None
+        repository_id = repository_key[0]
     return project_id, repository_id
 
 
@@ -51,7 +55,7 @@ async def traffic_rows(db: Database) -> list[tuple[int, int, dt.date, int, int]]
                 traffic_daily.c.requests,
             ).order_by(traffic_daily.c.project_id, traffic_daily.c.repository_id)
         )
-        return [tuple(row) for row in rows]  # type: ignore[misc]
+        return [tuple(row) for row in rows]
 
 
 def today() -> dt.date:

@@ -14,10 +14,14 @@ from berth.services.pulls import PullRecorder
 
 async def _manifest(db: Database) -> int:
     async with db.write() as conn:
-        project = (await conn.execute(projects.insert().values(name="p"))).inserted_primary_key[0]
-        repo = (
+        project_key = (await conn.execute(projects.insert().values(name="p"))).inserted_primary_key
+        assert project_key is not None
+        project = project_key[0]
+        repo_key = (
             await conn.execute(repositories.insert().values(project_id=project, name="r"))
-        ).inserted_primary_key[0]
+        ).inserted_primary_key
+        assert repo_key is not None
+        repo = repo_key[0]
         await conn.execute(
             manifests.insert().values(
                 repository_id=repo,

@@ -17,6 +17,7 @@ from sqlalchemy import insert
 
 import berth.services.uploads as upload_service
 from berth.domain.errors import RangeNotSatisfiable
+from berth.domain.hash_state import resumable_sha256
 from berth.domain.references import RepositoryRef
 from berth.metadata.database import Database
 from berth.metadata.tables import projects, repositories
@@ -108,7 +109,7 @@ def test_a_node_without_the_saved_hash_state_hashes_the_stored_bytes_again(
     """Where OpenSSL's SHA-256 state cannot be saved (`resumable_sha256` is None), and between
     nodes of either kind, the node taking the next PATCH hashes the bytes stored so far: each
     PATCH lands on a node that never saw the upload, and the digest still comes out right."""
-    available = upload_service.resumable_sha256
+    available = resumable_sha256
     assert available is not None
     chunks = [os.urandom(MiB + n) for n in range(3)]
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import datetime as dt
+import functools
 import os
 import time
 import uuid
@@ -252,7 +253,7 @@ def test_a_dead_endpoint_holds_up_only_itself(database_url: str, receiver: Recei
         return elapsed, log
 
     for silent in receiving(silent=True):
-        elapsed, log = run(database_url, lambda db, silent=silent: work(db, silent))
+        elapsed, log = run(database_url, functools.partial(work, silent=silent))
         assert len(silent.received) == 1  # v2 waits behind v1
     assert [e["data"]["tag"] for e in receiver.events()] == ["v1", "v2"]
     assert elapsed < 6.0
