@@ -17,8 +17,9 @@ one SeaweedFS (tests/s3.py's, on loopback), side by side (issue 11's S3 benchmar
 The team's `regbench.py compare` (Berth as A) measures push, streamed pull, manifest GET and
 4 KiB blob GET in alternating rounds; then the presigned Berth and Distribution pull the same
 blob in rounds that alternate (regbench's pull: curl -L, best of two), then the cached Berth
-warm, then cold. The load average is
-read before and after.
+warm, then cold; last, Berth and Distribution push new blobs the way docker, podman and
+skopeo do (POST, the whole body in one PATCH, a PUT with the digest and no body), in rounds
+that alternate. The load average is read before and after.
 
     .venv/bin/python bench/s3.py [--rounds 3] [--size-mib 256] [--json]
 """
@@ -29,9 +30,11 @@ import argparse
 import json
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
+import urllib.parse
 from pathlib import Path
 from typing import Any
 
@@ -83,6 +86,11 @@ FIGURES: dict[str, tuple[str, str, float | None]] = {
     ),
     "cold_pull_MiBps": (
         "blob pull, {size} MiB, cache cold: streamed from S3 and kept (curl, one pull)",
+        "MiB/s",
+        None,
+    ),
+    "chunked_push_MiBps": (
+        "blob push, {size} MiB, POST, one PATCH, empty PUT (docker, podman, skopeo)",
         "MiB/s",
         None,
     ),
@@ -219,6 +227,10 @@ def measure(args: argparse.Namespace, work: Path) -> dict[str, Any]:
             a["cached_pull_cpu_s"], b["cached_pull_cpu_s"] = warm.first_cpu, warm.second_cpu
             cold_rates = cold_rounds(from_cache, copy, plain, digest, args.size_mib, args.rounds)
             a["cold_pull_MiBps"], b["cold_pull_MiBps"] = cold_rates
+            streamed = regbench.Target(berth.url, IMAGE_NAME, berth.user, berth.password)
+            regbench.authenticate(streamed)
+            chunked = chunked_push_rounds(streamed, plain, args.size_mib, args.rounds, work)
+            a["chunked_push_MiBps"], b["chunked_push_MiBps"] = chunked
             after = loadavg()
             for server in servers:
                 if server.process.poll() is not None:
@@ -275,6 +287,67 @@ def cold_rounds(
 
     rates = method.alternate_rounds(("cached", "plain"), rounds, pull)
     return statistics.median(rates["cached"]), statistics.median(rates["plain"])
+
+
+def push_in_one_patch(t: regbench.Target, path: str, digest: str, work: Path) -> float:
+    """Seconds for a push as docker, podman and skopeo make it: POST, the whole body in one
+    streamed PATCH (no digest yet), then a PUT with the digest and no body."""
+    start = time.monotonic()
+    status, headers, body = regbench._request("POST", t.api("blobs/uploads/"), t.headers, b"")
+    if status != 202:
+        raise RuntimeError(f"upload start answered HTTP {status} {body[:200]!r}")
+    location = urllib.parse.urljoin(t.url, headers.get("location", ""))
+    answer = work / "patch-headers.txt"
+    code = subprocess.run(
+        [
+            "curl",
+            "-sS",
+            "-o",
+            "/dev/null",
+            "-D",
+            str(answer),
+            "-w",
+            "%{http_code}",
+            "-X",
+            "PATCH",
+            "-H",
+            "Content-Type: application/octet-stream",
+            *regbench.curl_header_args(t),
+            "--data-binary",
+            f"@{path}",
+            location,
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    if code != "202":
+        raise RuntimeError(f"PATCH answered HTTP {code}")
+    for line in answer.read_text().splitlines():
+        if line.lower().startswith("location:"):
+            location = urllib.parse.urljoin(t.url, line.split(":", 1)[1].strip())
+    separator = "&" if "?" in location else "?"
+    status, _, body = regbench._request(
+        "PUT", f"{location}{separator}digest={digest}", {**t.headers, "Content-Length": "0"}, b""
+    )
+    if status != 201:
+        raise RuntimeError(f"closing PUT answered HTTP {status} {body[:200]!r}")
+    return time.monotonic() - start
+
+
+def chunked_push_rounds(
+    berth: regbench.Target, plain: regbench.Target, size_mib: int, rounds: int, work: Path
+) -> tuple[float, float]:
+    """Median MiB/s of pushes in one PATCH to Berth and to Distribution, the order flipping
+    every round; a new blob each round (one both already hold would not be stored again)."""
+
+    def push(index: int, side: str) -> float:
+        path, digest = regbench.make_blob(size_mib, 100 + index)
+        target = berth if side == "berth" else plain
+        return size_mib / push_in_one_patch(target, path, digest, work)
+
+    rates = method.alternate_rounds(("berth", "plain"), rounds, push)
+    return statistics.median(rates["berth"]), statistics.median(rates["plain"])
 
 
 def _num(value: float) -> str:
