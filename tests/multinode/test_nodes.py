@@ -8,6 +8,7 @@ import hashlib
 import json
 import os
 import re
+import ssl
 import tarfile
 import threading
 import time
@@ -157,7 +158,7 @@ def test_containerd_pushes_a_large_layer_in_one_put_through_the_balancer(
     with httpx.Client(
         base_url=cluster.balancer.url,
         auth=(key_id, secret),
-        verify=str(cluster.balancer.directory / "tls" / "ca.crt"),
+        verify=ssl.create_default_context(cafile=cluster.balancer.directory / "tls" / "ca.crt"),
         timeout=60,
     ) as client:
         served = client.get(
