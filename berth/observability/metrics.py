@@ -106,6 +106,24 @@ S3_CACHE_KEPT = Counter(
 S3_CACHE_EVICTED = Counter(
     "berth_s3_cache_evicted_bytes", "bytes of the copies removed to keep within s3_cache_size"
 )
+S3_REQUESTS = Counter(
+    "berth_s3_requests",
+    "requests made to the S3 store, by operation and the store's HTTP status (none: no "
+    "answer after the client's retries: refused connection, timeout)",
+    ["operation", "status"],
+)
+S3_REQUEST_DURATION = Histogram(
+    "berth_s3_request_duration_seconds",
+    "time from sending a request to the S3 store to its answer's head (retries included; a "
+    "GET's body streams after it)",
+    ["operation"],
+    buckets=DURATION_BUCKETS,
+)
+S3_RETRIES = Counter(
+    "berth_s3_retries",
+    "requests to the S3 store sent again by the client (throttled, 5xx, connection errors)",
+    ["operation"],
+)
 POOL_IN_USE = Gauge(
     "berth_db_pool_connections_in_use",
     "database connections checked out of the pools, by pool (reader, writer)",
@@ -240,6 +258,15 @@ def s3_cache_kept(size: int) -> None:
 
 def s3_cache_evicted(size: int) -> None:
     S3_CACHE_EVICTED.inc(size)
+
+
+def s3_request_done(operation: str, status: str, seconds: float, retries: int) -> None:
+    if not enabled:
+        return
+    S3_REQUESTS.labels(operation, status).inc()
+    S3_REQUEST_DURATION.labels(operation).observe(seconds)
+    if retries:
+        S3_RETRIES.labels(operation).inc(retries)
 
 
 def watch_pool(pool: Any, name: str, capacity: int) -> None:

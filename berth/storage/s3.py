@@ -34,6 +34,7 @@ from cachetools import LRUCache
 
 from berth.domain.digests import parse_digest
 from berth.domain.errors import Unavailable
+from berth.observability import metrics
 from berth.storage.base import BlobDamaged, BlobStore, BlobWriter, StoredCopy, UploadWriter
 from berth.storage.blob_cache import BlobCache, FillFeed
 from berth.storage.s3_pieces import (
@@ -162,7 +163,7 @@ class S3BlobStore(BlobStore):
                     signature_version="s3v4",
                     # Standard mode backs off exponentially on throttling (503 SlowDown) and
                     # on connection errors.
-                    retries={"mode": "standard", "max_attempts": location.attempts},
+                    retries={"mode": "standard", "total_max_attempts": location.attempts},
                     s3={"addressing_style": "path" if location.path_style else "auto"},
                     connect_timeout=10,
                     read_timeout=120,
@@ -173,7 +174,7 @@ class S3BlobStore(BlobStore):
                 )
 
                 async def client_for(endpoint: str | None) -> Any:
-                    return await self._client_stack.enter_async_context(
+                    client = await self._client_stack.enter_async_context(
                         get_session().create_client(
                             "s3",
                             endpoint_url=endpoint,
@@ -186,6 +187,8 @@ class S3BlobStore(BlobStore):
                             verify=False if _plain_http(endpoint) else None,
                         )
                     )
+                    _observe_requests(client)
+                    return client
 
                 client = await client_for(location.endpoint)
                 try:
@@ -732,3 +735,36 @@ class _MultipartBlobWriter(BlobWriter):
 
 def _plain_http(endpoint: str | None) -> bool:
     return endpoint is not None and endpoint.lower().startswith("http://")
+
+
+def _observe_requests(client: Any) -> None:
+    """Count every request the client makes to the store in the metrics, by operation and
+    the store's status, with its time and the retries it took (botocore's call events)."""
+    events = client.meta.events
+    events.register("before-call.s3", _request_sent)
+    events.register("after-call.s3", _request_answered)
+    events.register("after-call-error.s3", _request_unanswered)
+
+
+def _request_sent(model: Any, context: dict[str, Any], **_: Any) -> None:
+    # Returns None: a value here would be taken as the request's answer.
+    context["berth_request"] = (model.name, time.monotonic())
+
+
+def _request_answered(
+    http_response: Any, parsed: dict[str, Any], context: dict[str, Any], **_: Any
+) -> None:
+    sent = context.pop("berth_request", None)
+    if sent is not None:
+        operation, started = sent
+        retries = int(parsed.get("ResponseMetadata", {}).get("RetryAttempts", 0))
+        seconds = time.monotonic() - started
+        metrics.s3_request_done(operation, str(http_response.status_code), seconds, retries)
+
+
+def _request_unanswered(context: dict[str, Any], **_: Any) -> None:
+    sent = context.pop("berth_request", None)
+    if sent is not None:
+        operation, started = sent
+        retries = max(0, int(context.get("retries", {}).get("attempt", 1)) - 1)
+        metrics.s3_request_done(operation, "none", time.monotonic() - started, retries)

@@ -5,8 +5,10 @@ any size, multipart commits and ranged reads."""
 from __future__ import annotations
 
 import json
+import socket
 import uuid
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +17,7 @@ import httpx
 import pytest
 from botocore.config import Config
 from botocore.exceptions import ClientError
+from prometheus_client import REGISTRY
 
 from berth.domain.errors import BlobUnknown, Unavailable
 from berth.metadata.database import Database
@@ -24,6 +27,7 @@ from berth.storage.base import BlobStore, StoredCopy
 from berth.storage.blob_cache import BlobCache
 from berth.storage.s3 import ObjectStoreError, S3BlobStore
 from berth.storage.s3_pieces import MIN_PART_BYTES, PIECE_BYTES
+from tests.ports import free_port
 from tests.rgw import CephRGW
 from tests.s3 import BUCKET, FaultyProxy, S3TestServer, SeaweedFS
 from tests.unit.storage.contract import (
@@ -389,6 +393,7 @@ async def test_rgw_over_https_takes_uploads_from_the_driver_though_it_refuses_ch
 async def test_throttling_and_dropped_connections_are_retried(
     seaweedfs: SeaweedFS, slow_down: int, drop: int
 ) -> None:
+    retried_before = s3_retries()
     async with FaultyProxy(seaweedfs.s3_port, slow_down=slow_down, drop=drop) as proxy:
         store = S3BlobStore(seaweedfs.location(endpoint=proxy.endpoint))
         try:
@@ -398,6 +403,71 @@ async def test_throttling_and_dropped_connections_are_retried(
         finally:
             await store.close()
     assert proxy.failed == slow_down + drop  # every fault was met, and retried past
+    # ... and the client's retries counted in the metrics: every 503, and at least one of the
+    # dropped connections (aiohttp itself sends a request again once on a kept-alive
+    # connection found closed, which botocore does not see).
+    retried = s3_retries() - retried_before
+    assert retried == slow_down if slow_down else 1 <= retried <= drop
+
+
+def s3_retries() -> float:
+    """berth_s3_retries_total summed over operations, in this process."""
+    return sum(
+        sample.value
+        for family in REGISTRY.collect()
+        for sample in family.samples
+        if sample.name == "berth_s3_retries_total"
+    )
+
+
+def s3_requests(operation: str, status: str) -> float:
+    return (
+        REGISTRY.get_sample_value(
+            "berth_s3_requests_total", {"operation": operation, "status": status}
+        )
+        or 0.0
+    )
+
+
+async def test_requests_to_the_store_are_counted_by_operation_and_status(
+    s3_store: S3BlobStore,
+) -> None:
+    digest = await put(s3_store, b"a counted blob")
+    absent = digest_of(b"never pushed")
+    found, missing = s3_requests("HeadObject", "200"), s3_requests("HeadObject", "404")
+    read = s3_requests("GetObject", "200")
+    timed = REGISTRY.get_sample_value(
+        "berth_s3_request_duration_seconds_count", {"operation": "GetObject"}
+    )
+    assert await s3_store.stat(digest) == len(b"a counted blob")
+    assert await s3_store.stat(absent) is None
+    assert await read_all(s3_store, digest) == b"a counted blob"
+    assert s3_requests("HeadObject", "200") - found == 1
+    assert s3_requests("HeadObject", "404") - missing == 1
+    assert s3_requests("GetObject", "200") - read == 1
+    assert (
+        REGISTRY.get_sample_value(
+            "berth_s3_request_duration_seconds_count", {"operation": "GetObject"}
+        )
+        == (timed or 0) + 1
+    )
+
+
+async def test_a_store_that_never_answers_is_counted_without_a_status(
+    seaweedfs: SeaweedFS,
+) -> None:
+    with socket.socket() as unused:  # a port nothing listens on: every connection refused
+        unused.bind(("127.0.0.1", free_port()))
+        endpoint = f"http://127.0.0.1:{unused.getsockname()[1]}"
+        store = S3BlobStore(replace(seaweedfs.location(endpoint=endpoint), attempts=2))
+        unanswered, retried = s3_requests("HeadBucket", "none"), s3_retries()
+        try:
+            with pytest.raises(ObjectStoreError):
+                await store.check()
+        finally:
+            await store.close()
+    assert s3_requests("HeadBucket", "none") - unanswered == 1
+    assert s3_retries() - retried == 1  # the second of its two attempts
 
 
 # ------------------------------------------------------------ presence without a request
