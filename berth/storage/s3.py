@@ -751,20 +751,18 @@ def _request_sent(model: Any, context: dict[str, Any], **_: Any) -> None:
     context["berth_request"] = (model.name, time.monotonic())
 
 
-def _request_answered(
-    http_response: Any, parsed: dict[str, Any], context: dict[str, Any], **_: Any
-) -> None:
-    sent = context.pop("berth_request", None)
-    if sent is not None:
-        operation, started = sent
-        retries = int(parsed.get("ResponseMetadata", {}).get("RetryAttempts", 0))
-        seconds = time.monotonic() - started
-        metrics.s3_request_done(operation, str(http_response.status_code), seconds, retries)
+def _request_answered(http_response: Any, context: dict[str, Any], **_: Any) -> None:
+    _request_done(context, str(http_response.status_code))
 
 
 def _request_unanswered(context: dict[str, Any], **_: Any) -> None:
+    _request_done(context, "none")  # no answer after the retries: refused, timed out
+
+
+def _request_done(context: dict[str, Any], status: str) -> None:
     sent = context.pop("berth_request", None)
     if sent is not None:
         operation, started = sent
-        retries = max(0, int(context.get("retries", {}).get("attempt", 1)) - 1)
-        metrics.s3_request_done(operation, "none", time.monotonic() - started, retries)
+        # botocore numbers each try of the request in its context, answered or not.
+        tries = int(context.get("retries", {}).get("attempt", 1))
+        metrics.s3_request_done(operation, status, time.monotonic() - started, tries - 1)
