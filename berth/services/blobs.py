@@ -39,6 +39,17 @@ VERIFY_ON_READ_BYTES = 1024 * 1024
 # Verified on the event loop itself up to this size (about 20 µs), in a thread above it.
 INLINE_VERIFY_BYTES = 64 * 1024
 VERIFIED_FILES_KEPT = 100_000  # about 15 MB of (digest, inode, mtime)
+# Blobs of a store without local files (S3) up to this size are kept in memory once found
+# whole, within SMALL_BLOBS_KEPT_BYTES per worker: every pull of an image fetches its config
+# (a few kB), otherwise a round trip to the store each time.
+SMALL_BLOB_BYTES = 256 * 1024
+SMALL_BLOBS_KEPT_BYTES = 16 * 1024 * 1024
+SMALL_BLOB_OVERHEAD = 150  # bytes of Python objects around each kept blob, roughly
+
+
+def small_blob_size(content: bytes) -> int:
+    """What a blob kept in memory counts against SMALL_BLOBS_KEPT_BYTES."""
+    return len(content) + SMALL_BLOB_OVERHEAD
 
 
 def _is_whole(content: bytes, digest: str) -> bool:
@@ -78,6 +89,8 @@ class BlobContent:
     store: BlobStore
     # digest -> (inode, mtime) of the blob file last found whole (see verified_blob).
     _verified: LRUCache[str, tuple[int, int]]
+    # digest -> the bytes of a small blob of a remote store, found whole (see blob_stream).
+    _small_blobs: LRUCache[str, bytes]
     blob_sizes: BlobSizes
 
     async def blob_size(self, repo: RepositoryRef, digest: str) -> int:
@@ -111,7 +124,16 @@ class BlobContent:
         `verified_blob` does for files. A whole blob is read as a download (which a node's
         cache keeps a copy of), a range as just its bytes. A larger blob sent whole that a
         cache's copy found damaged on the way (its bytes went out already: the client sees
-        the digest mismatch) is set aside after the last chunk, so no later pull sends it."""
+        the digest mismatch) is set aside after the last chunk, so no later pull sends it.
+
+        A small blob found whole is kept in this worker's memory and sent from there after
+        (or any range of it): content-addressed, its bytes never change, and whether the
+        caller may read it was decided by the metadata before (a blob unlinked or collected
+        is unknown there first). A copy the store lost or set aside since is still sent
+        whole from memory; the storage check reports the store's copy."""
+        kept = self._kept_small_blob(digest, size)
+        if kept is not None:
+            return _chunks_of(kept if start == 0 and end == size else kept[start:end])
         whole = start == 0 and end == size
         if whole and size <= VERIFY_ON_READ_BYTES:
             read: list[str] = []  # the version of the copy read: only it is set aside
@@ -124,6 +146,8 @@ class BlobContent:
             except BlobDamaged as damaged:
                 raise await self._set_aside(digest, damaged.version) from None
             if len(content) == size and await _hashes_to(content, digest):
+                if size <= SMALL_BLOB_BYTES:
+                    self._small_blobs[digest] = content
                 return _chunks_of(content)
             raise await self._set_aside(digest, read[0] if read else None)
         chunks = aiter(
@@ -137,6 +161,10 @@ class BlobContent:
             return _chunks_of(b"")
         return _following(first, chunks, lambda version: self._set_aside(digest, version))
 
+    def _kept_small_blob(self, digest: str, size: int) -> bytes | None:
+        kept = self._small_blobs.get(digest)
+        return kept if kept is not None and len(kept) == size else None
+
     async def ensure_stored(self, digest: str, size: int) -> None:
         """BLOB_UNKNOWN unless the store holds the blob at its recorded size: a HEAD must
         not tell a client to skip pushing a blob that storage has lost."""
@@ -145,10 +173,11 @@ class BlobContent:
 
     async def ensure_held(self, digest: str, size: int) -> None:
         """BLOB_UNKNOWN unless this node can send the blob, for a client that holds it (a
-        conditional request, answered 304): a verified copy in this node's cache answers
-        without a request to the store, as a GET would be sent from that copy; else the
-        store is asked, as for a HEAD (`ensure_stored`)."""
-        if not self.store.holds_cached_copy(digest, size):
+        conditional request, answered 304): a verified copy in this worker's memory or this
+        node's cache answers without a request to the store, as a GET would be sent from that
+        copy; else the store is asked, as for a HEAD (`ensure_stored`)."""
+        held = self._kept_small_blob(digest, size) is not None
+        if not held and not self.store.holds_cached_copy(digest, size):
             await self.ensure_stored(digest, size)
 
     async def download_url(

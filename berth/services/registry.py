@@ -6,7 +6,12 @@ from __future__ import annotations
 from cachetools import LRUCache
 
 from berth.metadata.database import Database
-from berth.services.blobs import VERIFIED_FILES_KEPT, BlobContent
+from berth.services.blobs import (
+    SMALL_BLOBS_KEPT_BYTES,
+    VERIFIED_FILES_KEPT,
+    BlobContent,
+    small_blob_size,
+)
 from berth.services.listings import ContentListings, Page
 from berth.services.manifest_cache import (
     BLOB_TABLES,
@@ -40,3 +45,4 @@ class Registry(BlobContent, ManifestContent, ContentListings):
         self.store = store
         self.max_images = max_images
         self._verified = LRUCache(maxsize=VERIFIED_FILES_KEPT)
+        self._small_blobs = LRUCache(maxsize=SMALL_BLOBS_KEPT_BYTES, getsizeof=small_blob_size)

@@ -21,6 +21,7 @@ from prometheus_client import REGISTRY
 
 from berth.domain.errors import BlobUnknown, Unavailable
 from berth.metadata.database import Database
+from berth.services.blobs import SMALL_BLOB_BYTES
 from berth.services.registry import Registry
 from berth.storage import s3 as s3_module
 from berth.storage.base import BlobStore, StoredCopy
@@ -301,6 +302,40 @@ async def test_a_pull_that_found_a_blob_damaged_leaves_the_good_copy_pushed_mean
         await db.dispose()
 
 
+async def pulled(registry: Registry, digest: str, size: int, start: int, end: int) -> bytes:
+    return b"".join([chunk async for chunk in await registry.blob_stream(digest, size, start, end)])
+
+
+async def test_a_small_blob_found_whole_is_sent_again_without_asking_the_store(
+    object_store: S3TestServer, tmp_path: Path
+) -> None:
+    """Every pull of an image fetches its config: once a worker found a small blob whole, it
+    sends it again (and any range of it) from memory, not from the store; a larger blob is
+    read from the store every time."""
+    store = S3BlobStore(object_store.location())
+    db = Database(f"sqlite+aiosqlite:///{tmp_path / 'unused.db'}")  # blob_stream reads none
+    try:
+        config = payload(4096, seed=60)
+        layer = payload(SMALL_BLOB_BYTES + 1, seed=61)
+        config_digest, layer_digest = await put(store, config), await put(store, layer)
+        registry = Registry(db, store)
+        before = s3_reads()
+        assert await pulled(registry, config_digest, len(config), 0, len(config)) == config
+        assert s3_reads() - before == 1
+        assert await pulled(registry, config_digest, len(config), 0, len(config)) == config
+        assert await pulled(registry, config_digest, len(config), 100, 300) == config[100:300]
+        asked = s3_requests("HeadObject", "200")
+        await registry.ensure_held(config_digest, len(config))  # a 304 needs no request either
+        assert s3_requests("HeadObject", "200") == asked
+        assert s3_reads() - before == 1
+        assert await pulled(registry, layer_digest, len(layer), 0, len(layer)) == layer
+        assert await pulled(registry, layer_digest, len(layer), 0, len(layer)) == layer
+        assert s3_reads() - before == 3
+    finally:
+        await store.close()
+        await db.dispose()
+
+
 async def test_delete_many_deletes_more_than_one_batch(s3_store: S3BlobStore) -> None:
     digests = [await put(s3_store, f"blob {n}".encode()) for n in range(20)]
     absent = [digest_of(uuid.uuid4().bytes) for _ in range(1500)]  # over 1,000 keys
@@ -418,6 +453,11 @@ def s3_retries() -> float:
         for sample in family.samples
         if sample.name == "berth_s3_retries_total"
     )
+
+
+def s3_reads() -> float:
+    """GetObject requests answered, whole or ranged (200, 206), in this process."""
+    return s3_requests("GetObject", "200") + s3_requests("GetObject", "206")
 
 
 def s3_requests(operation: str, status: str) -> float:

@@ -266,6 +266,28 @@ def test_a_small_blob_damaged_in_the_bucket_is_set_aside_not_served(
         assert client.get(blob_path(name, digest)).content == data
 
 
+def test_a_small_blob_kept_in_memory_is_unknown_once_unlinked(s3_server: BerthServer) -> None:
+    """A worker sends a small blob it found whole (an image's config, fetched by every pull)
+    from memory after, but the database still decides who may pull it: unlinked from its
+    repository, it is unknown there at once, on every worker."""
+    s3_server.create_repository("s3proj", "kept")
+    name = "s3proj/kept"
+    data = os.urandom(2048)
+    digest = sha256(data)
+    with httpx.Client(
+        base_url=s3_server.url, auth=s3_server.access_key("s3proj"), timeout=60
+    ) as client:
+        assert_status(put_upload(client, location(start_upload(client, name)), digest, data), 201)
+        for _ in range(6):  # on every worker, most likely: each keeps it
+            pulled = client.get(blob_path(name, digest))
+            assert pulled.status_code == 200 and pulled.content == data
+        assert_status(client.delete(blob_path(name, digest)), 202)
+        for _ in range(6):
+            refused = client.get(blob_path(name, digest))
+            assert_status(refused, 404)
+            assert refused.json()["errors"][0]["code"] == "BLOB_UNKNOWN"
+
+
 def store_requests(access_log: Path, after: str = "", quiet: float = 1.0) -> list[str]:
     """The requests the store was sent through the logging proxy, as nginx logged them (once
     it is answered), when one containing `after` is logged and none has come for `quiet`
