@@ -4,8 +4,9 @@ Copying a large push into the page cache was the largest share of its CPU (the k
 then its writeback). Writes of at
 least DIRECT_WRITE_MIN bytes (a push hands the body over in batches of a few MiB) go past the
 page cache in DIRECT_BUFFER pieces aligned to DIRECT_ALIGN (a multiple of the logical block
-size of common disks, 512 or 4096 bytes). Where the filesystem has no O_DIRECT (tmpfs) or
-refuses such a write, the writes are ordinary ones. What the caller syncs is unchanged.
+size of common disks, 512 or 4096 bytes). Where the filesystem has no O_DIRECT (ramfs; tmpfs
+before Linux 6.6) or refuses such a write, the writes are ordinary ones. What the caller syncs
+is unchanged.
 
 Once committed, such a blob is read back into the page cache by the disk (`warm_page_cache`:
 sendfile to /dev/null, so no byte is copied through the CPU), where a buffered write would have
@@ -110,7 +111,8 @@ class DirectWriter:
     @classmethod
     def reopen(cls, fd: int) -> DirectWriter | None:
         """A second descriptor of `fd`'s very file (its inode, whatever became of its name),
-        opened with O_DIRECT; None where the filesystem has no O_DIRECT (tmpfs)."""
+        opened with O_DIRECT; None where the filesystem has no O_DIRECT (ramfs; tmpfs before
+        Linux 6.6)."""
         try:
             return cls(os.open(f"/proc/self/fd/{fd}", os.O_WRONLY | os.O_DIRECT))
         except OSError:

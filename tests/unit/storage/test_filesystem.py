@@ -9,6 +9,7 @@ import random
 import shutil
 import struct
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -83,7 +84,8 @@ def _writes(data: bytes, seed: int) -> list[list[list[bytes]]]:
 
 
 def _scratch_roots(tmp_path: Path) -> list[Path]:
-    """The test's directory, and one on tmpfs (no O_DIRECT) where the machine has one."""
+    """The test's directory, and one on tmpfs (which has O_DIRECT since Linux 6.6) where the
+    machine has one."""
     roots = [tmp_path / "disk"]
     if Path("/dev/shm").is_dir():
         roots.append(Path(tempfile.mkdtemp(dir="/dev/shm", prefix="berth-test-")))
@@ -114,6 +116,74 @@ async def test_large_writes_at_any_offset_store_exactly_the_bytes(
             assert await read_all(store, digest_of(data)) == data
         finally:
             shutil.rmtree(root, ignore_errors=True)
+
+
+_WRITE_WITHOUT_DIRECT_IO = """
+import asyncio, os, sys
+from pathlib import Path
+from berth.storage.filesystem import FilesystemBlobStore
+from tests.unit.storage.contract import Scratch, digest_of, read_all
+
+root = Path(sys.argv[1])
+try:
+    os.close(os.open(root / "probe", os.O_WRONLY | os.O_CREAT | os.O_DIRECT, 0o600))
+    sys.exit("this filesystem takes O_DIRECT")
+except OSError:
+    pass
+
+async def main() -> None:
+    store = FilesystemBlobStore(root / "blobs")
+    data = os.urandom(7 * 1024 * 1024 + 4321)
+    scratch = Scratch(store)
+    # Large batches (past the page cache where O_DIRECT exists) at unaligned offsets.
+    for start, end in [(0, 1536 * 1024 + 3), (1536 * 1024 + 3, 6 << 20), (6 << 20, len(data))]:
+        writer = await store.open_upload(scratch.id, scratch.offset)
+        chunks = range(start, end, 256 * 1024)
+        await writer.write([data[at : min(at + 256 * 1024, end)] for at in chunks])
+        await writer.close()
+        scratch.offset = end
+    assert await scratch.read() == data
+    await scratch.commit(digest_of(data))
+    assert await read_all(store, digest_of(data)) == data
+    print("stored exactly")
+
+asyncio.run(main())
+"""
+
+
+async def test_large_writes_on_a_filesystem_without_o_direct_store_exactly_the_bytes(
+    tmp_path: Path,
+) -> None:
+    """Where the filesystem refuses O_DIRECT (ramfs; tmpfs before Linux 6.6), large writes
+    are ordinary ones and the upload holds exactly the bytes sent. Run in a mount namespace
+    of its own, where a ramfs can be mounted without touching the machine's mounts."""
+    if shutil.which("unshare") is None:
+        pytest.skip("needs unshare (util-linux)")
+    root = tmp_path / "ramfs"
+    root.mkdir()
+    mounted = subprocess.run(
+        [
+            "unshare",
+            "--user",
+            "--map-root-user",
+            "--mount",
+            "sh",
+            "-c",
+            'mount -t ramfs none "$1" || exit 77; exec "$2" -c "$3" "$1"',
+            "sh",
+            str(root),
+            sys.executable,
+            _WRITE_WITHOUT_DIRECT_IO,
+        ],
+        capture_output=True,
+        text=True,
+        cwd=Path(__file__).resolve().parents[3],
+        timeout=120,
+    )
+    if mounted.returncode == 77 or "unshare failed" in mounted.stderr:
+        pytest.skip(f"cannot mount a ramfs in a namespace here: {mounted.stderr.strip()}")
+    assert mounted.returncode == 0, mounted.stdout + mounted.stderr
+    assert mounted.stdout.strip() == "stored exactly"
 
 
 def _resident_bytes(path: Path) -> int:
