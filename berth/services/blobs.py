@@ -130,11 +130,12 @@ class BlobContent:
         (or any range of it): content-addressed, its bytes never change, and whether the
         caller may read it was decided by the metadata before (a blob unlinked or collected
         is unknown there first). A copy the store lost or set aside since is still sent
-        whole from memory; the storage check reports the store's copy."""
+        whole from memory; the storage check reports the store's copy. One this node's
+        cache now holds is not kept again: the caller sends that copy first."""
+        whole = start == 0 and end == size
         kept = self._kept_small_blob(digest, size)
         if kept is not None:
-            return _chunks_of(kept if start == 0 and end == size else kept[start:end])
-        whole = start == 0 and end == size
+            return _chunks_of(kept if whole else kept[start:end])
         if whole and size <= VERIFY_ON_READ_BYTES:
             read: list[str] = []  # the version of the copy read: only it is set aside
             try:
@@ -146,7 +147,7 @@ class BlobContent:
             except BlobDamaged as damaged:
                 raise await self._set_aside(digest, damaged.version) from None
             if len(content) == size and await _hashes_to(content, digest):
-                if size <= SMALL_BLOB_BYTES:
+                if size <= SMALL_BLOB_BYTES and not self.store.holds_cached_copy(digest, size):
                     self._small_blobs[digest] = content
                 return _chunks_of(content)
             raise await self._set_aside(digest, read[0] if read else None)

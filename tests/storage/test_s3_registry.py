@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import socket
 import time
 from collections.abc import Iterator
@@ -267,9 +268,9 @@ def test_a_small_blob_damaged_in_the_bucket_is_set_aside_not_served(
 
 
 def test_a_small_blob_kept_in_memory_is_unknown_once_unlinked(s3_server: BerthServer) -> None:
-    """A worker sends a small blob it found whole (an image's config, fetched by every pull)
-    from memory after, but the database still decides who may pull it: unlinked from its
-    repository, it is unknown there at once, on every worker."""
+    """The server's worker reads a small blob (an image's config, fetched by every pull) from
+    the bucket once and sends it from memory after; the database still decides who may pull
+    it: unlinked from its repository, it is unknown at once."""
     s3_server.create_repository("s3proj", "kept")
     name = "s3proj/kept"
     data = os.urandom(2048)
@@ -278,14 +279,29 @@ def test_a_small_blob_kept_in_memory_is_unknown_once_unlinked(s3_server: BerthSe
         base_url=s3_server.url, auth=s3_server.access_key("s3proj"), timeout=60
     ) as client:
         assert_status(put_upload(client, location(start_upload(client, name)), digest, data), 201)
-        for _ in range(6):  # on every worker, most likely: each keeps it
+        reads = store_reads(s3_server)
+        for _ in range(6):
             pulled = client.get(blob_path(name, digest))
             assert pulled.status_code == 200 and pulled.content == data
+        assert s3_server.workers == 1
+        assert store_reads(s3_server) - reads == 1
         assert_status(client.delete(blob_path(name, digest)), 202)
         for _ in range(6):
             refused = client.get(blob_path(name, digest))
             assert_status(refused, 404)
             assert refused.json()["errors"][0]["code"] == "BLOB_UNKNOWN"
+
+
+def store_reads(server: BerthServer) -> float:
+    """GetObject requests the server made (its /metrics, loopback: no sign-in), whole or
+    ranged."""
+    scraped = httpx.get(f"{server.url}/metrics", timeout=30).text
+    found = re.findall(
+        r'^berth_s3_requests_total\{operation="GetObject",status="20[06]"\} (\S+)$',
+        scraped,
+        re.MULTILINE,
+    )
+    return sum(float(count) for count in found)
 
 
 def store_requests(access_log: Path, after: str = "", quiet: float = 1.0) -> list[str]:
