@@ -11,7 +11,8 @@ import httpx
 import pytest
 
 from tests.api.conftest import Team, assert_problem, ok, push_image, until
-from tests.observability.conftest import moved, scrape
+from tests.metrics import moved
+from tests.observability.conftest import scrape
 from tests.servers import BACKENDS, BerthServer, server_fixture
 from tests.webhook_receiver import Receiver, receiving
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
 import socket
 import struct
 import threading
@@ -19,6 +18,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.metrics import parse, summed, value
 from tests.oci import assert_status, blob_path, location, put_upload, start_upload
 from tests.s3 import BUCKET, SeaweedFS
 from tests.servers import BerthServer, running_server, serve_refused, unstarted_environ
@@ -157,21 +157,19 @@ def test_a_pulled_blob_is_sent_from_the_node_cache_while_the_store_is_down(
         # nor is it a use of the copy).
         expected = 2 * (len(big) + len(small)) + 2_000_000
         assert counted(server, "cache", expected) == expected
-        scraped = httpx.get(f"{server.url}/metrics", timeout=30).text  # loopback: no sign-in
-        assert metric(scraped, 'berth_s3_cache_pulls_total{result="hit"}') == 3
-        assert metric(scraped, 'berth_s3_cache_pulls_total{result="miss"}') == 2
-        assert metric(scraped, "berth_s3_cache_kept_bytes_total") == len(big) + len(small)
+        # loopback: no sign-in
+        scraped = parse(httpx.get(f"{server.url}/metrics", timeout=30).text)
+        assert value(scraped, "berth_s3_cache_pulls_total", result="hit") == 3
+        assert value(scraped, "berth_s3_cache_pulls_total", result="miss") == 2
+        assert value(scraped, "berth_s3_cache_kept_bytes_total") == len(big) + len(small)
         # The store's requests are counted too (the workers' files summed): the two misses'
         # reads (ranged GETs, so 206), and the requests that found the store gone (HeadObject,
         # or HeadBucket from a worker that had not used the store yet: no answer, or a
         # stopping gateway's error status).
-        assert metric(scraped, 'berth_s3_requests_total{operation="GetObject",status="206"}') == 2
-        failed = re.findall(
-            r'^berth_s3_requests_total\{operation="\w+",status="(?!2)[^"]*"\} (\S+)$',
-            scraped,
-            re.MULTILINE,
-        )
-        assert sum(float(count) for count in failed) >= 1, scraped
+        requests = "berth_s3_requests_total"
+        assert value(scraped, requests, operation="GetObject", status="206") == 2
+        failed = summed(scraped, requests, lambda labels: not labels["status"].startswith("2"))
+        assert failed >= 1, scraped
 
 
 def test_a_range_from_the_cached_copy_keeps_to_if_range(
@@ -193,13 +191,6 @@ def test_a_range_from_the_cached_copy_keeps_to_if_range(
         assert ranged.status_code == 206 and ranged.content == data[5:10]
     expected = 2 * len(data) + 5  # the first pull, the whole blob, the range
     assert counted(cached, "ranges", expected) == expected
-
-
-def metric(exposition: str, sample: str) -> float:
-    for line in exposition.splitlines():
-        if line.startswith(sample + " "):
-            return float(line.rsplit(" ", 1)[1])
-    raise AssertionError(f"no {sample} in /metrics")
 
 
 def test_a_blob_larger_than_the_bound_is_streamed_and_not_kept(

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import re
 import socket
 import time
 from collections.abc import Iterator
@@ -17,6 +16,7 @@ import pytest
 from tests.clients.commands import ContainersConfig, skopeo_round_trip
 from tests.clients.layouts import layer_files, umoci_image
 from tests.clients.tools import require_binary
+from tests.metrics import parse, summed
 from tests.oci import (
     assert_status,
     blob_path,
@@ -295,13 +295,12 @@ def test_a_small_blob_kept_in_memory_is_unknown_once_unlinked(s3_server: BerthSe
 def store_reads(server: BerthServer) -> float:
     """GetObject requests the server made (its /metrics, loopback: no sign-in), whole or
     ranged."""
-    scraped = httpx.get(f"{server.url}/metrics", timeout=30).text
-    found = re.findall(
-        r'^berth_s3_requests_total\{operation="GetObject",status="20[06]"\} (\S+)$',
+    scraped = parse(httpx.get(f"{server.url}/metrics", timeout=30).text)
+    return summed(
         scraped,
-        re.MULTILINE,
+        "berth_s3_requests_total",
+        lambda labels: labels["operation"] == "GetObject" and labels["status"] in ("200", "206"),
     )
-    return sum(float(count) for count in found)
 
 
 def store_requests(access_log: Path, after: str = "", quiet: float = 1.0) -> list[str]:
