@@ -4,7 +4,9 @@ so that a repeated pull is sent from a local file (pathsend) instead of streamed
 Blobs are content-addressed and immutable, so a copy is never stale in content; which blob a
 request may read is still decided by the metadata before the cache is asked. A copy becomes
 visible only whole: it is written to a temporary file while a full download streams to its
-client, hashed on the way, and renamed into place only when size and digest match.
+client, then hashed from that file once the client has every byte (the hash is the fill's
+largest cost, and done on the way it held the download back), and renamed into place only
+when size and digest match.
 
 Layout under the cache directory: `blobs/{algorithm}-{hex}` for copies, `tmp/` for copies
 being written (`{algorithm}-{hex}.*.part`) and the per-digest lock files (`.lock`) by which
@@ -44,6 +46,8 @@ RECENCY_STEP_SECONDS = 10.0
 # many bytes wait while a batch is written (see FillFeed).
 FILL_BATCH_BYTES = 1024 * 1024
 FILL_BACKLOG_BYTES = 4 * 1024 * 1024
+# A finished copy is read back for its hash in pieces of this size.
+HASH_READ_BYTES = 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -255,7 +259,8 @@ class BlobCache:
 
 class CacheFill:
     """One copy being written from a download's chunks: `add` each chunk (in a thread: it
-    hashes and writes), then `finish` when the download read the whole blob, or `abandon`."""
+    writes), then `finish` when the download read the whole blob (it hashes the copy), or
+    `abandon`."""
 
     def __init__(
         self,
@@ -275,8 +280,13 @@ class CacheFill:
         self._handle = handle
         self._temporary = temporary
         self._hash = hashlib.new(parse_digest(digest).algorithm)
-        self._received = 0  # bytes hashed (and, unless the disk failed, written)
+        self._received = 0  # bytes the download handed over
+        self._written = 0  # of them, bytes in the copy: all, unless the disk failed
+        # Set when the disk failed: from then on the chunks are hashed as they come (the
+        # copy cannot be read back whole), after what the copy had taken; unless that could
+        # not be read back either (`_unchecked`: the bytes are then neither kept nor judged).
         self._failed = False
+        self._unchecked = False
         # After `finish`: the download read the store's whole object and its bytes are not
         # the blob (another size, or another hash). Only a whole read tells.
         self.damaged = False
@@ -285,48 +295,77 @@ class CacheFill:
         self._guard = threading.Lock()
 
     def add(self, chunk: bytes) -> None:
-        """Hash and write one chunk (blocking: call it in a thread)."""
+        """Write one chunk (blocking: call it in a thread)."""
         self.add_all([chunk])
 
     def add_all(self, chunks: list[bytes]) -> None:
-        """Hash and write chunks in order (blocking: call it in a thread). A disk that fails
-        (full) spoils only this copy; the download goes on, and so does the hash, which still
-        tells whether the store's bytes match the digest."""
+        """Write chunks in order (blocking: call it in a thread). A disk that fails (full)
+        spoils only this copy; the download goes on, and the bytes are hashed from then on,
+        so `finish` still tells whether the store's bytes match the digest."""
         with self._guard:
             if self._closed:
                 return
             for chunk in chunks:
-                self._hash.update(chunk)
                 self._received += len(chunk)
-                if self._failed:
-                    continue
-                try:
-                    view = memoryview(chunk)
-                    while view:
-                        view = view[os.write(self._handle, view) :]
-                except OSError as exc:
-                    self._failed = True
-                    logger.warning("blob cache: cannot write a copy of %s: %s", self.digest, exc)
+                view = memoryview(chunk)
+                if not self._failed:
+                    view = self._write(view)
+                if self._failed and not self._unchecked:
+                    self._hash.update(view)
+
+    def _write(self, view: memoryview) -> memoryview:
+        """What of `view` the disk did not take (nothing, unless it failed)."""
+        try:
+            while view:
+                written = os.write(self._handle, view)
+                self._written += written
+                view = view[written:]
+        except OSError as exc:
+            self._failed = True
+            logger.warning("blob cache: cannot write a copy of %s: %s", self.digest, exc)
+            try:
+                self._hash_copy(self._written)
+            except OSError:
+                self._unchecked = True
+        return view
+
+    def _hash_copy(self, length: int) -> None:
+        """Hash the copy's first `length` bytes, as written (read back from the page cache)."""
+        buffer = bytearray(HASH_READ_BYTES)
+        view = memoryview(buffer)
+        done = 0
+        while done < length:
+            read = os.preadv(self._handle, [view[: min(HASH_READ_BYTES, length - done)]], done)
+            if read == 0:
+                raise OSError(f"the copy of {self.digest} ended at {done} of {length} bytes")
+            self._hash.update(view[:read])
+            done += read
 
     def finish(self) -> bool:
         """Make the copy visible if it holds exactly the blob; whether it does. Called once
-        the download read the store's object to its end: a mismatch (the object is damaged)
-        leaves no copy and sets `damaged`; a disk that failed leaves none either (said in the
-        log; the download itself is done)."""
+        the download read the store's object to its end (its client has every byte): the copy
+        is hashed here. A mismatch (the object is damaged) leaves no copy and sets `damaged`;
+        a disk that failed leaves none either (said in the log; the download itself is
+        done)."""
         try:
             return self._keep_if_whole()
         except OSError as exc:
             logger.warning("blob cache: cannot keep a copy of %s: %s", self.digest, exc)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self._temporary)
             return False
         finally:
+            self._close()
             self.cache._finished(self)
 
     def _keep_if_whole(self) -> bool:
         with self._guard:
+            whole_size = self._received == self.size
+            if whole_size and not self._failed:
+                self._hash_copy(self.size)
             algorithm = parse_digest(self.digest).algorithm
-            self.damaged = not (
-                self._received == self.size
-                and f"{algorithm}:{self._hash.hexdigest()}" == self.digest
+            self.damaged = not whole_size or (
+                not self._unchecked and f"{algorithm}:{self._hash.hexdigest()}" != self.digest
             )
             self._close()
             whole = not self.damaged and not self._failed

@@ -535,9 +535,9 @@ class S3BlobStore(BlobStore):
     async def download(
         self, digest: str, size: int, answered: Callable[[str], object] | None = None
     ) -> AsyncIterator[bytes]:
-        """The blob streamed from the store; with a cache, its bytes are also hashed and
-        written to a copy on the way (no second read from the store), which becomes visible
-        once the whole blob went by and matched its digest. A download stopped early (its
+        """The blob streamed from the store; with a cache, its bytes are also written to a
+        copy on the way (no second read from the store), which is hashed after the last chunk
+        and becomes visible if it matches the digest. A download stopped early (its
         client gone) leaves no copy; one whose bytes do not match raises BlobDamaged after
         its last chunk."""
         fill = None if self.cache is None else self.cache.start_fill(digest, size)
@@ -555,7 +555,7 @@ class S3BlobStore(BlobStore):
 
         try:
             async for chunk in self.read(digest, 0, size, seen):
-                await feed.add(chunk)  # hashed and written in a thread, in batches
+                await feed.add(chunk)  # written in a thread, in batches
                 yield chunk
             await feed.drain()
         except BaseException:

@@ -132,6 +132,25 @@ def test_only_a_whole_read_of_other_bytes_is_called_damaged(tmp_path: Path) -> N
     assert matching.finish() and not matching.damaged
 
 
+def test_the_copy_is_checked_as_written_to_disk(cache: BlobCache) -> None:
+    """The hash is of the file that will be sent later, not of the bytes handed over: a copy
+    changed on disk between the download's last chunk and `finish` is not kept."""
+    data = os.urandom(3 * MiB + 5)
+    digest = digest_of(data)
+    changed = cache.start_fill(digest, len(data))
+    assert changed is not None
+    changed.add_all([data[: 2 * MiB], data[2 * MiB :]])
+    (part,) = (cache.root / "tmp").glob("*.part")
+    with part.open("r+b") as written:
+        written.seek(MiB)
+        written.write(b"\x00" * 16)
+    assert not changed.finish() and changed.damaged
+    assert visible(cache) == [] and scratch(cache) == []
+    assert fill(cache, data)  # the same bytes written faithfully are kept
+    path = cache.hit(digest, len(data))
+    assert path is not None and path.read_bytes() == data
+
+
 def test_a_disk_that_refuses_the_copy_still_tells_damaged_bytes_from_whole(
     tmp_path: Path,
 ) -> None:
