@@ -349,13 +349,13 @@ class CacheFill:
         done)."""
         try:
             return self._keep_if_whole()
-        except OSError as exc:
+        except OSError as exc:  # the copy could not be read back for its hash
             logger.warning("blob cache: cannot keep a copy of %s: %s", self.digest, exc)
-            with contextlib.suppress(FileNotFoundError):
+            with contextlib.suppress(OSError):
+                self._close()
                 os.unlink(self._temporary)
             return False
         finally:
-            self._close()
             self.cache._finished(self)
 
     def _keep_if_whole(self) -> bool:
