@@ -213,8 +213,8 @@ def measure(args: argparse.Namespace, work: Path) -> dict[str, Any]:
             regbench.authenticate(from_cache)
             regbench.push_blob(from_cache, path, digest)
             regbench.pull_blob(from_cache, digest)  # the first pull keeps the copy
-            copy = cache / "blobs" / digest.replace(":", "-")
-            if not _eventually_exists(copy):
+            copy = cached_copy(cache, digest)
+            if not eventually_exists(copy):
                 raise RuntimeError(f"the cached Berth kept no copy of {digest}")
             warm = pull_rounds(
                 (from_cache, [cached.pid, store]),
@@ -254,8 +254,14 @@ def measure(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     }
 
 
-def _eventually_exists(path: Path, timeout: float = 30) -> bool:
-    """The cache renames a copy into place just after the response's last byte."""
+def cached_copy(cache: Path, digest: str) -> Path:
+    """Where a node cache in `cache` (`s3_cache_dir`) keeps its copy of `digest`."""
+    return cache / "blobs" / digest.replace(":", "-")
+
+
+def eventually_exists(path: Path, timeout: float = 30) -> bool:
+    """Whether a node's cached copy is in place within `timeout`: the cache hashes a copy
+    after the response's last byte and renames it into place then."""
     deadline = time.monotonic() + timeout
     while not path.exists():
         if time.monotonic() > deadline:
@@ -281,7 +287,7 @@ def cold_rounds(
             return size_mib / regbench.pull_blob(plain, digest)
         copy.unlink(missing_ok=True)
         rate = size_mib / regbench.pull_blob(cached, digest)
-        if not _eventually_exists(copy):
+        if not eventually_exists(copy):
             raise RuntimeError("a cold pull from the cached Berth kept no copy")
         return rate
 

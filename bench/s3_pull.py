@@ -22,7 +22,6 @@ import resource
 import statistics
 import sys
 import tempfile
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -32,7 +31,7 @@ sys.path.insert(0, str(BENCH))
 
 import regbench  # noqa: E402
 from run import IMAGE_NAME, Server, loadavg, process_tree_cpu  # noqa: E402
-from s3 import start_berth_s3, start_distribution_s3  # noqa: E402
+from s3 import cached_copy, eventually_exists, start_berth_s3, start_distribution_s3  # noqa: E402
 
 from tests.s3 import seaweedfs_server  # noqa: E402
 
@@ -62,17 +61,6 @@ def forget_copies(cache: Path) -> None:
         copy.unlink()
 
 
-def wait_for_copy(cache: Path, digest: str, timeout: float = 30) -> None:
-    """The fill is done once its copy is in place: it is hashed after the client had every
-    byte, so this waits for the work a cold pull leaves behind (counted in its CPU)."""
-    copy = cache / "blobs" / digest.replace(":", "-")
-    deadline = time.monotonic() + timeout
-    while not copy.exists():
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"a cold pull kept no copy in {cache}")
-        time.sleep(0.01)
-
-
 def pull(side: Side, digest: str, size_mib: int, store_pid: int, cold: bool) -> None:
     if cold and side.cache is not None:
         forget_copies(side.cache)
@@ -82,8 +70,9 @@ def pull(side: Side, digest: str, size_mib: int, store_pid: int, cold: bool) -> 
         _children_cpu(),
     )
     seconds = regbench.pull_blob(side.target, digest)
-    if cold and side.cache is not None:
-        wait_for_copy(side.cache, digest)
+    # The copy is hashed after the response: wait for it, so its CPU counts in this pull's.
+    if cold and side.cache is not None and not eventually_exists(cached_copy(side.cache, digest)):
+        raise RuntimeError(f"a cold pull kept no copy in {side.cache}")
     per_gib = GIB / size_mib
     side.rates.append(size_mib / seconds)
     side.server_cpu.append((process_tree_cpu([side.server.pid]) - server0) * per_gib)
