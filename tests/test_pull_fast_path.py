@@ -28,6 +28,7 @@ from sqlalchemy import select
 
 from berth.metadata.tables import manifests, scans
 from berth.state import Services
+from tests.metrics import parse
 from tests.oci import (
     OCI_LAYER_GZIP,
     OCI_MANIFEST,
@@ -42,7 +43,7 @@ from tests.servers import BerthServer, free_port
 PATH_HOST = "registry.test"  # a host that names no project: path-style names
 PROJECT_HOST = "fp.local.localhost"  # `{project}.{region}.{domain}`: project fp
 DOCKER_V2 = "application/vnd.docker.distribution.manifest.v2+json"
-PULL_ROUTES = re.compile(r'route="/v2/\{name:path\}/(manifests|blobs)/')
+PULL_ROUTES = re.compile(r"/v2/\{name:path\}/(manifests|blobs)/")
 
 
 @dataclass(frozen=True)
@@ -67,7 +68,8 @@ def token(server: BerthServer, host: str, scope: str, key: tuple[str, str] | Non
 
 
 # What one server answered: the answers, the access log lines, what /metrics added.
-Recorded = tuple[list["Answer"], list[dict[str, object]], Counter[str]]
+Series = tuple[str, frozenset[tuple[str, str]]]  # a sample's name and labels
+Recorded = tuple[list["Answer"], list[dict[str, object]], Counter[Series]]
 
 
 @dataclass
@@ -223,16 +225,14 @@ def matrix(world: World) -> list[tuple[str, str, str, dict[str, str]]]:
     return requests
 
 
-def pull_metrics(server: BerthServer) -> Counter[str]:
-    text = httpx.get(f"{server.url}/metrics").text
-    found: Counter[str] = Counter()
-    for line in text.splitlines():
-        if line.startswith("#") or not PULL_ROUTES.search(line):
+def pull_metrics(server: BerthServer) -> Counter[Series]:
+    found: Counter[Series] = Counter()
+    for (name, labels), count in parse(httpx.get(f"{server.url}/metrics").text).items():
+        if not PULL_ROUTES.match(dict(labels).get("route", "")):
             continue
-        series, _, value = line.rpartition(" ")
-        if "duration" in series and "_count" not in series:
+        if "duration" in name and not name.endswith("_count"):
             continue  # which bucket a request's time falls in is the clock's
-        found[series] += int(float(value))  # counts and bytes: whole numbers
+        found[(name, labels)] += int(count)  # counts and bytes: whole numbers
     return found
 
 
