@@ -65,7 +65,7 @@ class BlobFileResponse:
                 finally:
                     if self.on_sent is not None:
                         self.on_sent(self.size - remaining)
-            if remaining:
+            if remaining or not self.size:  # the body's end is not sent yet
                 await send({"type": "http.response.body", "body": b""})
 
 
