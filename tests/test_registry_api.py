@@ -209,6 +209,32 @@ def test_malformed_manifest_json_is_manifest_invalid(repo: Repo, body: bytes) ->
     assert error_code(response) == "MANIFEST_INVALID"
 
 
+@pytest.mark.parametrize(
+    "media_type",
+    [
+        "application/vnd.docker.distribution.manifest.v1+prettyjws",
+        "application/vnd.docker.distribution.manifest.v1+json",
+    ],
+)
+def test_a_schema_1_manifest_is_refused_as_such(repo: Repo, media_type: str) -> None:
+    """Schema 1 declares no mediaType: the Content-Type (and schemaVersion) name it, and the
+    refusal says what to push instead rather than only that schemaVersion must be 2."""
+    body = json.dumps(
+        {
+            "schemaVersion": 1,
+            "name": repo.name,
+            "tag": "old",
+            "architecture": "amd64",
+            "fsLayers": [],
+            "history": [],
+        }
+    ).encode()
+    response = put_manifest(repo.client, repo.name, "old", body, media_type)
+    assert response.status_code == 400
+    assert error_code(response) == "MANIFEST_INVALID"
+    assert "schema 1 manifests are not supported" in response.text
+
+
 def test_manifest_pushed_by_wrong_digest_is_refused(repo: Repo) -> None:
     body = random_image(repo.client, repo.name)
     response = put_manifest(repo.client, repo.name, digest_of(b"other"), body)

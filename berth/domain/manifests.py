@@ -13,6 +13,8 @@ DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
 DOCKER_MANIFEST_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
 DOCKER_SCHEMA1 = "application/vnd.docker.distribution.manifest.v1+json"
 DOCKER_SCHEMA1_SIGNED = "application/vnd.docker.distribution.manifest.v1+prettyjws"
+SCHEMA1_TYPES = (DOCKER_SCHEMA1, DOCKER_SCHEMA1_SIGNED)
+SCHEMA1_REFUSED = "Docker schema 1 manifests are not supported; push schema 2 or OCI"
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 OCI_ARTIFACT_MANIFEST = "application/vnd.oci.artifact.manifest.v1+json"
@@ -125,11 +127,14 @@ def parse_manifest(body: bytes, content_type: str | None) -> ParsedManifest:
     media_type = declared or (header if header in MANIFEST_TYPES else None)
     if media_type is None:
         media_type = OCI_INDEX if "manifests" in document else OCI_MANIFEST
-    if media_type in (DOCKER_SCHEMA1, DOCKER_SCHEMA1_SIGNED):
-        raise ManifestInvalid("Docker schema 1 manifests are not supported; push schema 2 or OCI")
+    # A schema 1 manifest declares no mediaType: its Content-Type (or schemaVersion) says so.
+    if media_type in SCHEMA1_TYPES or (not declared and header in SCHEMA1_TYPES):
+        raise ManifestInvalid(SCHEMA1_REFUSED)
     if media_type not in MANIFEST_TYPES:
         raise ManifestInvalid(f"unsupported manifest media type {media_type!r}")
     if media_type != OCI_ARTIFACT_MANIFEST and document.get("schemaVersion") != 2:
+        if document.get("schemaVersion") == 1:
+            raise ManifestInvalid(f"schemaVersion must be 2: {SCHEMA1_REFUSED}")
         raise ManifestInvalid("schemaVersion must be 2")
 
     artifact_type = document.get("artifactType")

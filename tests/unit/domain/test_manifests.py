@@ -9,6 +9,9 @@ import pytest
 from berth.domain.errors import ManifestInvalid
 from berth.domain.manifests import (
     DOCKER_MANIFEST,
+    DOCKER_SCHEMA1,
+    DOCKER_SCHEMA1_SIGNED,
+    OCI_ARTIFACT_MANIFEST,
     OCI_INDEX,
     OCI_MANIFEST,
     accepts,
@@ -61,11 +64,27 @@ def test_index_lists_children_and_subject() -> None:
     [
         (b"{not json", "not valid JSON"),
         (b"[]", "JSON object"),
-        (_manifest(schemaVersion=1), "schemaVersion"),
+        (_manifest(schemaVersion=1), "schemaVersion must be 2: Docker schema 1"),
+        (_manifest(schemaVersion=3), "schemaVersion must be 2$"),
         (_manifest(layers="x"), "list of descriptors"),
         (_manifest(config={"mediaType": "x", "digest": "sha256:zz", "size": 1}), "digest"),
         (_manifest(config={"mediaType": "x", "digest": DIGEST, "size": -1}), "size"),
         (_manifest(mediaType="application/vnd.example+json"), "unsupported"),
+        (_manifest(mediaType=DOCKER_SCHEMA1), "schema 1 manifests are not supported"),
+        (_manifest(mediaType=DOCKER_SCHEMA1_SIGNED), "schema 1 manifests are not supported"),
+        (_manifest(mediaType=2), "mediaType must be a string"),
+        (_manifest(artifactType=["x"]), "artifactType must be a string"),
+        (_manifest(artifactType="application/x\u0000y"), "artifactType must not contain NUL"),
+        (_manifest(layers=None), "no 'layers' list"),
+        (_manifest(layers=["x"]), r"layers\[0\] must be a descriptor object"),
+        (_manifest(config={"mediaType": "", "digest": DIGEST, "size": 1}), "non-empty string"),
+        (_manifest(config={"mediaType": "x", "digest": 7, "size": 1}), "digest must be a string"),
+        (_manifest(config={"mediaType": "x", "digest": DIGEST, "size": True}), "non-negative"),
+        (
+            _manifest(layers=[{"mediaType": "a\u0000b", "digest": DIGEST, "size": 1}]),
+            "must not contain NUL",
+        ),
+        (_manifest(mediaType=OCI_INDEX, manifests=None), "no 'manifests' list"),
     ],
 )
 def test_malformed_manifests_are_refused_with_a_reason(body: bytes, message: str) -> None:
@@ -83,3 +102,25 @@ def test_accept_negotiation() -> None:
     assert accepts("*/*", OCI_INDEX)
     assert accepts(f"{DOCKER_MANIFEST}, {OCI_INDEX}", OCI_INDEX)
     assert not accepts(DOCKER_MANIFEST, OCI_INDEX)
+
+
+def test_the_media_type_comes_from_the_header_or_the_document_when_not_declared() -> None:
+    undeclared = json.loads(_manifest())
+    del undeclared["mediaType"]
+    body = json.dumps(undeclared).encode()
+    assert parse_manifest(body, None).media_type == OCI_MANIFEST
+    assert parse_manifest(body, DOCKER_MANIFEST + "; charset=utf-8").media_type == DOCKER_MANIFEST
+    index = json.dumps({"schemaVersion": 2, "manifests": []}).encode()
+    assert parse_manifest(index, "application/octet-stream").media_type == OCI_INDEX
+    with pytest.raises(ManifestInvalid, match="schema 1"):
+        parse_manifest(json.dumps({"schemaVersion": 1, "fsLayers": []}).encode(), DOCKER_SCHEMA1)
+
+
+def test_an_artifact_manifest_may_have_no_blobs() -> None:
+    body = json.dumps({"mediaType": OCI_ARTIFACT_MANIFEST, "artifactType": "x/y"}).encode()
+    parsed = parse_manifest(body, None)
+    assert (parsed.media_type, parsed.blobs, parsed.artifact_type) == (
+        OCI_ARTIFACT_MANIFEST,
+        [],
+        "x/y",
+    )
