@@ -26,6 +26,7 @@ from berth.domain.vulns import (
     findings_for,
     match_ecosystem,
     parse_advisory,
+    vector_severity,
 )
 
 RECORDS = Path(__file__).parents[2] / "fixtures" / "osv"
@@ -121,6 +122,32 @@ def test_a_finding_says_what_a_user_sees() -> None:
 )
 def test_severity_comes_from_the_cvss_vector(name: str, severity: Severity) -> None:
     assert parse_advisory(record(name)).severity is severity
+
+
+@pytest.mark.parametrize(
+    ("kind", "vector", "severity"),
+    [
+        # NVD's vectors: CVE-2014-0160 (Heartbleed, 5.0), CVE-2014-6271 (Shellshock, 10.0),
+        # CVE-2021-44228 (Log4Shell, 10.0).
+        ("CVSS_V2", "AV:N/AC:L/Au:N/C:P/I:N/A:N", Severity.MEDIUM),
+        ("CVSS_V2", "AV:N/AC:L/Au:N/C:C/I:C/A:C", Severity.CRITICAL),
+        ("CVSS_V3", "CVSS:3.1/AV:N/AC:L/PR:N/UI:N/S:C/C:H/I:H/A:H", Severity.CRITICAL),
+        (
+            "CVSS_V4",
+            "CVSS:4.0/AV:N/AC:L/AT:N/PR:N/UI:N/VC:H/VI:H/VA:H/SC:N/SI:N/SA:N",
+            Severity.CRITICAL,
+        ),
+        ("CVSS_V3", "CVSS:3.1/AV:P/AC:H/PR:H/UI:R/S:U/C:L/I:N/A:N", Severity.LOW),  # 1.6
+        ("CVSS_V3", "CVSS:3.1/AV:N/AC:L/PR:N/UI:N/S:U/C:N/I:N/A:N", Severity.UNKNOWN),  # 0.0
+        ("CVSS_V3", "not a vector", Severity.UNKNOWN),
+        ("CVSS_V4", "CVSS:4.0/AV:N", Severity.UNKNOWN),  # metrics missing
+        ("CVSS_V5", "CVSS:5.0/AV:N", Severity.UNKNOWN),  # a version Berth does not know
+    ],
+)
+def test_each_cvss_version_rates_on_the_qualitative_scale(
+    kind: str, vector: str, severity: Severity
+) -> None:
+    assert vector_severity(kind, vector) is severity
 
 
 def test_the_databases_own_severity_word_counts_without_a_vector() -> None:
