@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 
 from berth.domain.manifests import Descriptor
-from berth.domain.packages import Package
+from berth.domain.packages import Package, parse_os_release
 from berth.domain.vulns import findings_for, parse_advisory
 from berth.services.scanning.layers import (
     Inventory,
@@ -428,3 +428,92 @@ def test_only_the_start_of_a_long_python_metadata_file_is_read(tmp_path: Path) -
     assert len(kept) == 64 * 1024
     inventory = scan(FilesystemBlobStore(tmp_path / "b"), [layer(entries)])
     assert purls(inventory) == ["pkg:pypi/requests@2.30.0"]
+
+
+# Alpine: no genuine Alpine package or installed database is reachable offline (neither the
+# Debian archive, PyPI nor npm carries one), so this layer is written here in the format of
+# apk's installed database (one stanza a package, one-letter fields: P name, V version,
+# A architecture, o origin: the source package Alpine's advisories name) and of Alpine 3.8's
+# os-release. The record it is matched against, CVE-2018-5407, is the genuine one.
+ALPINE_38_OS_RELEASE = b"""NAME="Alpine Linux"
+ID=alpine
+VERSION_ID=3.8.5
+PRETTY_NAME="Alpine Linux v3.8"
+HOME_URL="http://alpinelinux.org"
+BUG_REPORT_URL="http://bugs.alpinelinux.org"
+"""
+APK_INSTALLED = b"""C:Q1aaaaaaaaaaaaaaaaaaaaaaaaaaa=
+P:musl
+V:1.1.19-r11
+A:x86_64
+S:370597
+I:610304
+T:the musl c library (libc) implementation
+U:http://www.musl-libc.org/
+L:MIT
+o:musl
+F:lib
+R:ld-musl-x86_64.so.1
+
+C:Q1bbbbbbbbbbbbbbbbbbbbbbbbbbb=
+P:libcrypto1.0
+V:1.0.2p-r0
+A:x86_64
+S:1758928
+I:2482176
+T:libcrypto library from openssl
+U:http://openssl.org
+L:openssl
+o:openssl
+F:lib
+R:libcrypto.so.1.0.0
+
+C:Q1ccccccccccccccccccccccccccc=
+P:openssl
+V:1.0.2q-r0
+A:x86_64
+o:openssl
+
+P:half-written
+"""
+
+
+def test_an_alpine_image_lists_apk_packages_and_matches_them_by_origin(
+    store: FilesystemBlobStore,
+) -> None:
+    base = layer(
+        [
+            file_entry("etc/os-release", ALPINE_38_OS_RELEASE),
+            file_entry("lib/apk/db/installed", APK_INSTALLED),
+        ]
+    )
+    inventory = scan(store, [base])
+
+    assert inventory.os is not None
+    assert inventory.os.ecosystem == "Alpine:v3.8"
+    assert purls(inventory) == [
+        "pkg:apk/alpine/libcrypto1.0@1.0.2p-r0?arch=x86_64&distro=alpine-3.8.5",
+        "pkg:apk/alpine/musl@1.1.19-r11?arch=x86_64&distro=alpine-3.8.5",
+        "pkg:apk/alpine/openssl@1.0.2q-r0?arch=x86_64&distro=alpine-3.8.5",
+    ]
+    libcrypto = next(p for p in inventory.packages if p.name == "libcrypto1.0")
+    assert (libcrypto.source, libcrypto.path) == ("openssl", "lib/apk/db/installed")
+    # libcrypto1.0 is built from openssl 1.0.2p-r0, which the advisory names; openssl
+    # 1.0.2q-r0 is the fixed release.
+    assert genuine_findings(inventory.packages) == [("libcrypto1.0", "CVE-2018-5407", "1.0.2q-r0")]
+
+
+@pytest.mark.parametrize(
+    ("os_release", "ecosystem"),
+    [
+        (b'ID=ubuntu\nVERSION_ID="22.04"\n', "Ubuntu:22.04"),
+        (b"ID=alpine\nVERSION_ID=3.18.4\n", "Alpine:v3.18"),
+        (b'ID=debian\nVERSION_ID="11"\n', "Debian:11"),
+        (b"ID=debian\n", None),  # testing and sid name no version
+        (b'ID=fedora\nVERSION_ID="39"\n', None),  # no OSV data Berth matches
+    ],
+)
+def test_the_release_names_the_ecosystem_of_its_packages(
+    os_release: bytes, ecosystem: str | None
+) -> None:
+    assert parse_os_release(os_release).ecosystem == ecosystem
