@@ -16,7 +16,7 @@ import pytest
 from berth.domain.errors import InvalidValue
 from berth.domain.vulns import InstalledPackage
 from berth.metadata.database import Database
-from berth.services.vulndb import VulnDb
+from berth.services.vulndb import MAX_RECORD_FILE, VulnDb
 
 RECORDS = Path(__file__).parents[2] / "fixtures" / "osv"
 T = TypeVar("T")
@@ -153,3 +153,40 @@ def test_without_records_nothing_is_found(database_url: str) -> None:
 def test_a_missing_path_is_refused(database_url: str, tmp_path: Path) -> None:
     with pytest.raises(InvalidValue, match="no such file"):
         with_vulndb(database_url, lambda v: v.import_path(tmp_path / "nothing", "test"))
+
+
+def test_a_file_past_the_size_limit_or_unreadable_is_refused_and_the_others_imported(
+    database_url: str, tmp_path: Path
+) -> None:
+    """Each file stands alone: one too large (loose or in an archive, judged before it is
+    read) or damaged inside the archive is refused by name, and the records beside it are
+    imported."""
+    oversized = b'{"id": "X-1", "details": "' + b"a" * MAX_RECORD_FILE + b'"}'
+    folder = copy_records(tmp_path / "osv")
+    (folder / "huge.json").write_bytes(oversized)
+    archive = tmp_path / "all.zip"
+    with zipfile.ZipFile(archive, "w") as out:
+        out.writestr("huge.json", oversized, zipfile.ZIP_DEFLATED)
+        out.writestr("damaged.json", (RECORDS / "GO-2020-0001.json").read_bytes())
+        for record in sorted(RECORDS.glob("PYSEC-*.json")):
+            out.write(record, record.name, zipfile.ZIP_DEFLATED)
+    # Flip one byte of the stored (uncompressed) member: its CRC no longer matches.
+    data = bytearray(archive.read_bytes())
+    at = data.index(b'"GO-2020-0001"')
+    data[at + 1] ^= 0x20
+    archive.write_bytes(bytes(data))
+
+    async def work(vulndb: VulnDb) -> Any:
+        return await vulndb.import_path(folder, "test"), await vulndb.import_path(archive, "t")
+
+    from_folder, from_archive = with_vulndb(database_url, work)
+
+    assert from_folder.added == 6
+    assert [(Path(r.file).name, r.problem) for r in from_folder.refused] == [
+        ("huge.json", "larger than 16 MiB")
+    ]
+    assert sorted((r.file, r.problem.split(":")[0]) for r in from_archive.refused) == [
+        ("all.zip:damaged.json", "cannot be read"),
+        ("all.zip:huge.json", "larger than 16 MiB"),
+    ]
+    assert from_archive.unchanged == 1  # PYSEC-2023-74, imported from the folder already
