@@ -151,6 +151,22 @@ def test_the_copy_is_checked_as_written_to_disk(cache: BlobCache) -> None:
     assert path is not None and path.read_bytes() == data
 
 
+def test_a_copy_cut_short_on_disk_is_dropped_and_not_called_damaged(cache: BlobCache) -> None:
+    """The copy lost its end between the last chunk and `finish` (it cannot be read back
+    whole for its hash): no copy is kept and no scratch file left, and the store's bytes,
+    which the client received whole, are not judged damaged."""
+    data = os.urandom(3 * MiB + 5)
+    digest = digest_of(data)
+    cut = cache.start_fill(digest, len(data))
+    assert cut is not None
+    cut.add_all([data[: 2 * MiB], data[2 * MiB :]])
+    (part,) = (cache.root / "tmp").glob("*.part")
+    os.truncate(part, MiB)
+    assert not cut.finish() and not cut.damaged
+    assert visible(cache) == [] and scratch(cache) == []
+    assert fill(cache, data)
+
+
 def test_a_disk_that_refuses_the_copy_still_tells_damaged_bytes_from_whole(
     tmp_path: Path,
 ) -> None:
