@@ -19,6 +19,7 @@ from berth.storage.blob_cache import (
     EVICTION_GRACE_SECONDS,
     BlobCache,
     CachedCopy,
+    CacheFill,
     FillFeed,
     copies_to_evict,
 )
@@ -132,15 +133,22 @@ def test_only_a_whole_read_of_other_bytes_is_called_damaged(tmp_path: Path) -> N
     assert matching.finish() and not matching.damaged
 
 
+def written_not_finished(cache: BlobCache, data: bytes) -> tuple[CacheFill, Path]:
+    """A fill that took every chunk of `data` (written to disk) and is not finished yet, and
+    the file its copy is in."""
+    filling = cache.start_fill(digest_of(data), len(data))
+    assert filling is not None
+    filling.add_all([data[: 2 * MiB], data[2 * MiB :]])
+    (part,) = (cache.root / "tmp").glob("*.part")
+    return filling, part
+
+
 def test_the_copy_is_checked_as_written_to_disk(cache: BlobCache) -> None:
     """The hash is of the file that will be sent later, not of the bytes handed over: a copy
     changed on disk between the download's last chunk and `finish` is not kept."""
     data = os.urandom(3 * MiB + 5)
     digest = digest_of(data)
-    changed = cache.start_fill(digest, len(data))
-    assert changed is not None
-    changed.add_all([data[: 2 * MiB], data[2 * MiB :]])
-    (part,) = (cache.root / "tmp").glob("*.part")
+    changed, part = written_not_finished(cache, data)
     with part.open("r+b") as written:
         written.seek(MiB)
         written.write(b"\x00" * 16)
@@ -156,11 +164,7 @@ def test_a_copy_cut_short_on_disk_is_dropped_and_not_called_damaged(cache: BlobC
     whole for its hash): no copy is kept and no scratch file left, and the store's bytes,
     which the client received whole, are not judged damaged."""
     data = os.urandom(3 * MiB + 5)
-    digest = digest_of(data)
-    cut = cache.start_fill(digest, len(data))
-    assert cut is not None
-    cut.add_all([data[: 2 * MiB], data[2 * MiB :]])
-    (part,) = (cache.root / "tmp").glob("*.part")
+    cut, part = written_not_finished(cache, data)
     os.truncate(part, MiB)
     assert not cut.finish() and not cut.damaged
     assert visible(cache) == [] and scratch(cache) == []
