@@ -172,6 +172,46 @@ def test_rules_are_checked() -> None:
     Rule(Keep.TAGGED, repositories="team/*", pattern="release-*").check()
 
 
+@pytest.mark.parametrize(
+    ("rule", "refused"),
+    [
+        (Rule(Keep.LAST, count=100_001), "count must be between 0 and 100000"),
+        (Rule(Keep.LAST, count=-1), "count must be between 0 and 100000"),
+        (Rule(Keep.PUSHED_WITHIN, days=36_501), "days must be between 0 and 36500"),
+        (Rule(Keep.UNTAGGED_WITHIN, days=-0.5), "days must be between 0 and 36500"),
+        (Rule(Keep.LAST, count=1, repositories="team app"), "repositories: pattern"),
+        (Rule(Keep.LAST, count=1, tags="v[1]"), "tags: pattern"),
+        (Rule(Keep.TAGGED, pattern="v*", count=3), r"takes no 'count' \(it needs 'pattern'\)"),
+        (Rule(Keep.PULLED_WITHIN), "needs 'days'"),
+    ],
+)
+def test_a_rule_out_of_bounds_is_refused_saying_what(rule: Rule, refused: str) -> None:
+    with pytest.raises(RuleInvalid, match=refused):
+        rule.check()
+
+
+@pytest.mark.parametrize(
+    ("rule", "said"),
+    [
+        (Rule(Keep.LAST, count=5), "keep the 5 most recently pushed images (in *)"),
+        (
+            Rule(Keep.PUSHED_WITHIN, days=30, repositories="app/*"),
+            "keep images pushed within 30 days (in app/*)",
+        ),
+        (Rule(Keep.PULLED_WITHIN, days=7.5), "keep images pulled within 7.5 days (in *)"),
+        (
+            Rule(Keep.TAGGED, pattern="v*", tags="v*"),
+            "keep images with a tag matching v* (in *, images tagged v*)",
+        ),
+        (Rule(Keep.UNTAGGED_WITHIN, days=2), "remove untagged images older than 2 days (in *)"),
+    ],
+)
+def test_each_kind_of_rule_describes_itself(rule: Rule, said: str) -> None:
+    """What `berth retention show` and the console list for a project's rules."""
+    rule.check()
+    assert rule.describe() == said
+
+
 def ci_images(count: int) -> list[Manifest]:
     """`count` images of a CI repository, two tags each, one pushed every 86 seconds."""
     return [image(i, f"ci-{i}", f"sha-{i}", age_days=i / 1000) for i in range(count)]
