@@ -89,6 +89,12 @@ class BerthServer:
         return ssl.create_default_context(cafile=str(self.tls[0].parent / "ca.crt"))
 
     @property
+    def single_worker(self) -> bool:
+        """Whether the server runs one worker process (the environment decides: `workers`,
+        or BERTH_WORKERS in `extra_env`; unset, Berth starts one per core)."""
+        return self.env.get("BERTH_WORKERS") == "1"
+
+    @property
     def env(self) -> dict[str, str]:
         env = dict(os.environ)
         env["BERTH_DATA_DIR"] = str(self.data_dir)

@@ -16,9 +16,8 @@ import pytest
 from tests.clients.commands import ContainersConfig
 from tests.clients.layouts import OciLayout, layer_files, umoci_image
 from tests.clients.tools import require_binary, run
-from tests.metrics import moved
+from tests.metrics import moved, scrape
 from tests.nginx import running_nginx
-from tests.observability.conftest import scrape
 from tests.oci import blob_path, push_bytes
 from tests.servers import ROOT, BerthServer, free_port, running_server
 from tests.storage.test_s3_registry import sha256

@@ -28,7 +28,7 @@ from sqlalchemy import select
 
 from berth.metadata.tables import manifests, scans
 from berth.state import Services
-from tests.metrics import parse
+from tests.metrics import scrape
 from tests.oci import (
     OCI_LAYER_GZIP,
     OCI_MANIFEST,
@@ -227,7 +227,7 @@ def matrix(world: World) -> list[tuple[str, str, str, dict[str, str]]]:
 
 def pull_metrics(server: BerthServer) -> Counter[Series]:
     found: Counter[Series] = Counter()
-    for (name, labels), count in parse(httpx.get(f"{server.url}/metrics").text).items():
+    for (name, labels), count in scrape(server).items():
         if not PULL_ROUTES.match(dict(labels).get("route", "")):
             continue
         if "duration" in name and not name.endswith("_count"):

@@ -124,11 +124,12 @@ def parse_manifest(body: bytes, content_type: str | None) -> ParsedManifest:
         raise ManifestInvalid(
             f"Content-Type {header!r} does not match the manifest's mediaType {declared!r}"
         )
-    media_type = declared or (header if header in MANIFEST_TYPES else None)
+    # A schema 1 manifest declares no mediaType: its Content-Type names it.
+    named = header in MANIFEST_TYPES or header in SCHEMA1_TYPES
+    media_type = declared or (header if named else None)
     if media_type is None:
         media_type = OCI_INDEX if "manifests" in document else OCI_MANIFEST
-    # A schema 1 manifest declares no mediaType: its Content-Type (or schemaVersion) says so.
-    if media_type in SCHEMA1_TYPES or (not declared and header in SCHEMA1_TYPES):
+    if media_type in SCHEMA1_TYPES:
         raise ManifestInvalid(SCHEMA1_REFUSED)
     if media_type not in MANIFEST_TYPES:
         raise ManifestInvalid(f"unsupported manifest media type {media_type!r}")

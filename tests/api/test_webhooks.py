@@ -11,8 +11,7 @@ import httpx
 import pytest
 
 from tests.api.conftest import Team, assert_problem, ok, push_image, until
-from tests.metrics import moved
-from tests.observability.conftest import scrape
+from tests.metrics import moved, scrape
 from tests.servers import BACKENDS, BerthServer, server_fixture
 from tests.webhook_receiver import Receiver, receiving
 

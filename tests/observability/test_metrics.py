@@ -12,8 +12,7 @@ import pytest
 from prometheus_client.mmap_dict import MmapedDict
 
 from tests.gc.conftest import GcProject, age_past_grace
-from tests.metrics import moved, parse, value
-from tests.observability.conftest import scrape
+from tests.metrics import moved, parse, scrape, value
 from tests.oci import blob_path, diff_id, image_config, image_manifest, layer, uploads_path
 from tests.servers import ADMIN_PASSWORD, BerthServer, free_port, running_server
 

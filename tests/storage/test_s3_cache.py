@@ -18,7 +18,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.metrics import parse, summed, value
+from tests.metrics import scrape, summed, value
 from tests.oci import assert_status, blob_path, location, put_upload, start_upload
 from tests.s3 import BUCKET, SeaweedFS
 from tests.servers import BerthServer, running_server, serve_refused, unstarted_environ
@@ -157,8 +157,7 @@ def test_a_pulled_blob_is_sent_from_the_node_cache_while_the_store_is_down(
         # nor is it a use of the copy).
         expected = 2 * (len(big) + len(small)) + 2_000_000
         assert counted(server, "cache", expected) == expected
-        # loopback: no sign-in
-        scraped = parse(httpx.get(f"{server.url}/metrics", timeout=30).text)
+        scraped = scrape(server)  # loopback: no sign-in
         assert value(scraped, "berth_s3_cache_pulls_total", result="hit") == 3
         assert value(scraped, "berth_s3_cache_pulls_total", result="miss") == 2
         assert value(scraped, "berth_s3_cache_kept_bytes_total") == len(big) + len(small)

@@ -16,7 +16,7 @@ import pytest
 from tests.clients.commands import ContainersConfig, skopeo_round_trip
 from tests.clients.layouts import layer_files, umoci_image
 from tests.clients.tools import require_binary
-from tests.metrics import parse, summed
+from tests.metrics import scrape, summed
 from tests.oci import (
     assert_status,
     blob_path,
@@ -295,9 +295,8 @@ def test_a_small_blob_kept_in_memory_is_unknown_once_unlinked(s3_server: BerthSe
 def store_reads(server: BerthServer) -> float:
     """GetObject requests the server made (its /metrics, loopback: no sign-in), whole or
     ranged."""
-    scraped = parse(httpx.get(f"{server.url}/metrics", timeout=30).text)
     return summed(
-        scraped,
+        scrape(server),
         "berth_s3_requests_total",
         lambda labels: labels["operation"] == "GetObject" and labels["status"] in ("200", "206"),
     )
