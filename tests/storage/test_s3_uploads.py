@@ -399,6 +399,49 @@ async def test_collection_waiting_on_a_slow_store_holds_up_no_push(
     assert notes == []
 
 
+async def test_a_push_waiting_too_long_on_a_removal_is_told_to_retry_and_then_succeeds(
+    any_db: Database,
+    store: S3BlobStore,
+    object_store: S3TestServer,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A push of the very blob garbage collection is removing, while the store keeps the
+    removal waiting past the push's wait (a minute; 2 s here): 503 with Retry-After, saying
+    the collection is taking long, and nothing of the blob recorded. Once the removal ends,
+    the same push stores the blob again."""
+    monkeypatch.setattr("berth.services.uploads.REMOVAL_WAIT_SECONDS", 2.0)
+    pusher = Uploads(any_db, store)
+    doomed_data = os.urandom(3000)
+    doomed = await push(pusher, REPO, doomed_data)
+    async with any_db.write() as conn:
+        await conn.execute(delete(repository_blobs).where(repository_blobs.c.digest == doomed))
+    async with FaultyProxy(object_store.s3_port) as proxy:
+        gc_store = S3BlobStore(
+            object_store.location(prefix=store.location.prefix, endpoint=proxy.endpoint)
+        )
+        try:
+            proxy.hold()
+            run = asyncio.create_task(
+                GarbageCollector(any_db, gc_store, grace_period=0).run("proj", actor="test")
+            )
+            await asyncio.wait_for(proxy.holding.wait(), 30)
+            with pytest.raises(Unavailable) as refused:
+                await asyncio.wait_for(push(pusher, OTHER_REPO, doomed_data), 30)
+            async with any_db.read() as conn:
+                linked = (await conn.execute(select(repository_blobs.c.digest))).scalars().all()
+            proxy.release()
+            finished = await asyncio.wait_for(run, 30)
+        finally:
+            proxy.release()
+            await gc_store.close()
+    assert refused.value.status == 503 and refused.value.headers["Retry-After"].isdigit()
+    assert "being removed by garbage collection" in str(refused.value)
+    assert linked == []
+    assert finished.state == "succeeded" and finished.storage_blobs_deleted == 1
+    assert await push(pusher, OTHER_REPO, doomed_data) == doomed
+    assert await read_all(store, doomed) == doomed_data
+
+
 async def test_what_a_failed_run_left_to_remove_holds_up_no_push_and_the_next_run_removes_it(
     any_db: Database, store: S3BlobStore, object_store: S3TestServer
 ) -> None:
