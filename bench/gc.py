@@ -217,7 +217,7 @@ async def insert(services: Services, project: Project, pushed_at: dt.datetime) -
 
     await services.repositories.create_project(PROJECT)
     for n in range(1, REPOSITORIES + 1):
-        await services.repositories.create(PROJECT, f"repo{n}")
+        await services.repositories.create(PROJECT, f"repo{n}", actor="bench")
     async with services.db.read() as conn:
         ids = dict(
             (

@@ -80,8 +80,8 @@ class Berth:
             services = Services.build(settings)
             try:
                 await services.repositories.create_project(PROJECT)
-                await services.repositories.create(PROJECT, REPOSITORY)
-                created = await services.identity.keys.create_key(USER, PROJECT)
+                await services.repositories.create(PROJECT, REPOSITORY, actor="bench")
+                created = await services.identity.keys.create_key(USER, PROJECT, actor="bench")
                 return created.key_id, created.secret
             finally:
                 await services.close()

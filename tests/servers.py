@@ -234,18 +234,24 @@ class BerthServer:
     def create_repository(self, project: str, repository: str, **options: Any) -> None:
         """Create the project (if new) and a repository in it."""
         self.create_project(project)
-        self._services(lambda s: s.repositories.create(project, repository, **options))
+        self._services(
+            lambda s: s.repositories.create(project, repository, actor="test", **options)
+        )
 
     def create_user(self, name: str, password: str | None = None, **options: Any) -> None:
-        self._services(lambda s: s.identity.users.create_user(name, password, **options))
+        self._services(
+            lambda s: s.identity.users.create_user(name, password, actor="test", **options)
+        )
 
     def add_member(self, project: str, user: str, role: str) -> None:
-        self._services(lambda s: s.identity.members.add_member(project, user, role))
+        self._services(lambda s: s.identity.members.add_member(project, user, role, actor="test"))
 
     def access_key(self, project: str, user: str = "admin") -> tuple[str, str]:
         """(access key ID, secret) for `user` in `project`, made once and reused."""
         if (project, user) not in self.keys:
-            created = self._services(lambda s: s.identity.keys.create_key(user, project))
+            created = self._services(
+                lambda s: s.identity.keys.create_key(user, project, actor="test")
+            )
             self.keys[(project, user)] = (created.key_id, created.secret)
         return self.keys[(project, user)]
 

@@ -158,14 +158,14 @@ class World:
         name = "u" + uuid.uuid4().hex[:10]
 
         async def create(s: Services) -> Credentials | None:
-            await s.identity.users.create_user(name, PASSWORD)
+            await s.identity.users.create_user(name, PASSWORD, actor="test")
             if repository is None:
-                await s.identity.members.add_member(P, name, role)
+                await s.identity.members.add_member(P, name, role, actor="test")
             else:
-                await s.identity.members.grant(P, repository, name, role)
+                await s.identity.members.grant(P, repository, name, role, actor="test")
             if not key:
                 return None
-            created = await s.identity.keys.create_key(name, P)
+            created = await s.identity.keys.create_key(name, P, actor="test")
             return created.key_id, created.secret
 
         credentials = self.server._services(create)
@@ -197,29 +197,33 @@ def world(registry: BerthServer) -> Iterator[World]:
     async def populate(s: Services) -> dict[str, Credentials]:
         for project in (P, Q):
             await s.repositories.create_project(project)
-        await s.repositories.create(P, "pub", public=True)
-        await s.repositories.create(P, "priv")
-        await s.repositories.create(P, "second")
-        await s.repositories.create(Q, "app")
+        await s.repositories.create(P, "pub", public=True, actor="test")
+        await s.repositories.create(P, "priv", actor="test")
+        await s.repositories.create(P, "second", actor="test")
+        await s.repositories.create(Q, "app", actor="test")
         for actor in ("project-admin", "project-member", "project-reader"):
-            await s.identity.users.create_user(actor, PASSWORD)
-            await s.identity.members.add_member(P, actor, actor.removeprefix("project-"))
+            await s.identity.users.create_user(actor, PASSWORD, actor="test")
+            await s.identity.members.add_member(
+                P, actor, actor.removeprefix("project-"), actor="test"
+            )
         for actor in ("repository-member", "repository-viewer"):
-            await s.identity.users.create_user(actor, PASSWORD)
+            await s.identity.users.create_user(actor, PASSWORD, actor="test")
             for repository in ("pub", "priv"):
                 await s.identity.members.grant(
-                    P, repository, actor, actor.removeprefix("repository-")
+                    P, repository, actor, actor.removeprefix("repository-"), actor="test"
                 )
-        await s.identity.users.create_user("service-account", None, service_account=True)
-        await s.identity.members.add_member(P, "service-account", "member")
+        await s.identity.users.create_user(
+            "service-account", None, service_account=True, actor="test"
+        )
+        await s.identity.members.add_member(P, "service-account", "member", actor="test")
         # An admin of both projects, signing in with the key made for the other one.
-        await s.identity.users.create_user("other-project-key", PASSWORD)
-        await s.identity.members.add_member(P, "other-project-key", "admin")
-        await s.identity.members.add_member(Q, "other-project-key", "admin")
+        await s.identity.users.create_user("other-project-key", PASSWORD, actor="test")
+        await s.identity.members.add_member(P, "other-project-key", "admin", actor="test")
+        await s.identity.members.add_member(Q, "other-project-key", "admin", actor="test")
         keys = {}
         for actor, user in users.items():
             created = await s.identity.keys.create_key(
-                user, Q if actor == "other-project-key" else P
+                user, Q if actor == "other-project-key" else P, actor="test"
             )
             keys[actor] = (created.key_id, created.secret)
         return keys
@@ -682,7 +686,7 @@ def test_an_expired_key_stops_working(world: World) -> None:
 
     async def create(s: Services) -> tuple[Credentials, dt.datetime]:
         expires_at = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=1.5)
-        created = await s.identity.keys.create_key(user, P, expires_at=expires_at)
+        created = await s.identity.keys.create_key(user, P, expires_at=expires_at, actor="test")
         return (created.key_id, created.secret), expires_at
 
     credentials, expires_at = world.server._services(create)
@@ -705,14 +709,18 @@ def test_a_disabled_key_stops_working_and_works_again_when_enabled(world: World)
     assert credentials is not None
     token = fetch_token(world.http, credentials, f"repository:{world.repos['private']}:pull")
     assert pull_with(world, credentials).status_code == 200
-    world.server._services(lambda s: s.identity.keys.set_key_disabled(credentials[0], True))
+    world.server._services(
+        lambda s: s.identity.keys.set_key_disabled(credentials[0], True, actor="test")
+    )
     response, _ = until(lambda: pull_with(world, credentials), refused)
     assert_unauthorized(response)
     assert "disabled" in message(response)
     assert_unauthorized(pull_with_token(world, token))
     refused_token = private_pull_token(world, credentials)
     assert refused_token.status_code == 401 and "disabled" in message(refused_token)
-    world.server._services(lambda s: s.identity.keys.set_key_disabled(credentials[0], False))
+    world.server._services(
+        lambda s: s.identity.keys.set_key_disabled(credentials[0], False, actor="test")
+    )
     # Watched through the token: each refused Basic login would count against the key's
     # failed-login limit.
     response, _ = until(lambda: pull_with_token(world, token), succeeded)
@@ -726,7 +734,7 @@ def test_a_deleted_key_stops_working(world: World) -> None:
     assert credentials is not None
     token = fetch_token(world.http, credentials, f"repository:{world.repos['private']}:pull")
     assert pull_with(world, credentials).status_code == 200
-    world.server._services(lambda s: s.identity.keys.delete_key(credentials[0]))
+    world.server._services(lambda s: s.identity.keys.delete_key(credentials[0], actor="test"))
     response, _ = until(lambda: pull_with(world, credentials), refused)
     assert_unauthorized(response)
     assert message(response) == "invalid access key ID or secret access key"
@@ -739,7 +747,7 @@ def test_leaving_the_project_ends_the_users_keys_within_a_second(world: World) -
     assert credentials is not None
     token = fetch_token(world.http, credentials, f"repository:{world.repos['private']}:pull")
     assert pull_with_token(world, token).status_code == 200
-    world.server._services(lambda s: s.identity.members.remove_member(P, user))
+    world.server._services(lambda s: s.identity.members.remove_member(P, user, actor="test"))
     response, waited = until(lambda: pull_with_token(world, token), refused)
     assert_unauthorized(response)
     assert waited <= TAKES_EFFECT_WITHIN
@@ -752,7 +760,7 @@ def test_losing_the_last_repository_role_ends_the_users_keys(world: World) -> No
     user, credentials = world.new_user("viewer", repository="priv")
     assert credentials is not None
     assert pull_with(world, credentials).status_code == 200
-    world.server._services(lambda s: s.identity.members.revoke(P, "priv", user))
+    world.server._services(lambda s: s.identity.members.revoke(P, "priv", user, actor="test"))
     response, _ = until(lambda: pull_with(world, credentials), refused)
     assert_unauthorized(response)
 
@@ -769,13 +777,13 @@ def test_a_role_change_applies_to_keys_and_outstanding_tokens(world: World) -> N
         return world.http.post(uploads_path(name), headers={**auth, "Content-Length": "0"})
 
     assert start_upload(bearer(token)).status_code == 202
-    world.server._services(lambda s: s.identity.members.add_member(P, user, "reader"))
+    world.server._services(lambda s: s.identity.members.add_member(P, user, "reader", actor="test"))
     response, _ = until(lambda: start_upload(basic_header(*credentials)), refused)
     assert_denied(response)
     response, _ = until(lambda: start_upload(bearer(token)), refused)
     assert_denied(response)
     # Promoted again: the key can push again.
-    world.server._services(lambda s: s.identity.members.add_member(P, user, "admin"))
+    world.server._services(lambda s: s.identity.members.add_member(P, user, "admin", actor="test"))
     response, _ = until(lambda: start_upload(basic_header(*credentials)), succeeded)
     assert response.status_code == 202
 
@@ -946,10 +954,14 @@ def test_refresh_token_flow(world: World) -> None:
     )
     assert wrong_password.status_code == 401 and error_codes(wrong_password) == ["UNAUTHORIZED"]
     # Disabling the key ends the refresh token too; enabling brings it back.
-    world.server._services(lambda s: s.identity.keys.set_key_disabled(credentials[0], True))
+    world.server._services(
+        lambda s: s.identity.keys.set_key_disabled(credentials[0], True, actor="test")
+    )
     response, _ = until(lambda: refresh(f"repository:{name}:pull"), refused)
     assert response.status_code == 401 and error_codes(response) == ["UNAUTHORIZED"]
-    world.server._services(lambda s: s.identity.keys.set_key_disabled(credentials[0], False))
+    world.server._services(
+        lambda s: s.identity.keys.set_key_disabled(credentials[0], False, actor="test")
+    )
     response, _ = until(lambda: refresh(f"repository:{name}:pull"), succeeded)
     assert response.status_code == 200
 
@@ -1020,20 +1032,22 @@ def test_audit_log_shows_logins_keys_and_role_changes(world: World) -> None:
     user, viewer = "auditee", "audit-viewer"
 
     async def scene(s: Services) -> Credentials:
-        await s.identity.users.create_user(user, PASSWORD)
-        await s.identity.users.create_user(viewer, PASSWORD)
-        await s.identity.members.add_member(project, user, "reader")
-        await s.identity.members.add_member(project, user, "member")
-        await s.identity.members.grant(project, "app", viewer, "viewer")
-        created = await s.identity.keys.create_key(user, project)
+        await s.identity.users.create_user(user, PASSWORD, actor="test")
+        await s.identity.users.create_user(viewer, PASSWORD, actor="test")
+        await s.identity.members.add_member(project, user, "reader", actor="test")
+        await s.identity.members.add_member(project, user, "member", actor="test")
+        await s.identity.members.grant(project, "app", viewer, "viewer", actor="test")
+        created = await s.identity.keys.create_key(user, project, actor="test")
         return created.key_id, created.secret
 
     key_id, secret = world.server._services(scene)
     world.secrets.append(secret)
     fetch_token(world.http, (key_id, secret), f"repository:{project}/app:pull")
-    world.server._services(lambda s: s.identity.members.grant(project, "app", viewer, "member"))
-    world.server._services(lambda s: s.identity.keys.delete_key(key_id))
-    world.server._services(lambda s: s.identity.members.remove_member(project, user))
+    world.server._services(
+        lambda s: s.identity.members.grant(project, "app", viewer, "member", actor="test")
+    )
+    world.server._services(lambda s: s.identity.keys.delete_key(key_id, actor="test"))
+    world.server._services(lambda s: s.identity.members.remove_member(project, user, actor="test"))
     entries = world.server.cli_json("audit", project)
     assert secret not in json.dumps(entries)
     seen = [(e["action"], e["target"], (e["detail"] or {}).get("role")) for e in reversed(entries)]

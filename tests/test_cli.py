@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import getpass
 import json
 import os
 import re
+import socket
 import stat
 import subprocess
 from dataclasses import dataclass
@@ -79,8 +81,12 @@ def test_users_members_keys_and_audit(tmp_path: Path) -> None:
     assert berth.cli_json("key", "list", "--user", "alice")[0]["state"] == "disabled"
     berth.cli("key", "delete", key["access_key_id"])
     assert berth.cli_json("key", "list") == []
-    actions = [entry["action"] for entry in berth.cli_json("audit", "demo")]
+    entries = berth.cli_json("audit", "demo")
+    actions = [entry["action"] for entry in entries]
     assert actions == ["key.delete", "key.disable", "key.create", "member.add"]
+    # Each audited as who ran it and from where, as every admin verb is.
+    assert {entry["actor"] for entry in entries} == {f"cli:{getpass.getuser()}"}
+    assert {entry["client"] for entry in entries} == {f"cli on {socket.gethostname()}"}
 
 
 def _verbs(command: Any, path: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
@@ -218,7 +224,9 @@ def test_a_lost_administrator_password_is_reset_on_the_server(server: BerthServe
         # The running server takes the new password at once; the old one is refused.
         assert api.get("/projects", auth=("admin", "lost-and-found")).status_code == 200
         assert api.get("/projects", auth=("admin", ADMIN_PASSWORD)).status_code == 401
-        server._services(lambda s: s.identity.users.set_password("admin", ADMIN_PASSWORD))
+        server._services(
+            lambda s: s.identity.users.set_password("admin", ADMIN_PASSWORD, actor="test")
+        )
 
 
 def test_deleting_users_and_projects(tmp_path: Path) -> None:

@@ -4,12 +4,13 @@ queue to a real HTTP endpoint on loopback."""
 from __future__ import annotations
 
 import json
+import subprocess
 import time
 from collections.abc import Iterator
 
 import pytest
 
-from tests.servers import BerthServer, server_fixture
+from tests.servers import BERTH, ROOT, BerthServer, server_fixture
 from tests.webhook_receiver import Receiver, receiving
 
 hooks_server = server_fixture("cli-webhooks", env={"BERTH_WEBHOOK_ALLOW_PRIVATE": "true"})
@@ -66,4 +67,22 @@ def test_private_url_refused_without_the_setting(sqlite_server: BerthServer) -> 
     )
     assert refused.returncode == 1
     assert "the cloud metadata address" in refused.stderr
-    assert "webhook_allow_private" in refused.stderr
+    assert "BERTH_WEBHOOK_ALLOW_PRIVATE" in refused.stderr
+
+
+def test_the_setting_the_refusal_names_lets_the_cli_make_a_private_endpoint(
+    sqlite_server: BerthServer,
+) -> None:
+    """The CLI checks the URL with its own settings: the environment variable the refusal
+    names, given to the command, lets it make the endpoint."""
+    sqlite_server.create_project("clihooks3")
+    made = subprocess.run(
+        [*BERTH, "webhook", "create", "clihooks3", "http://127.0.0.1:9/hook", "--json"],
+        env={**sqlite_server.env, "BERTH_WEBHOOK_ALLOW_PRIVATE": "true"},
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=120,
+    )
+    assert made.returncode == 0, made.stderr
+    assert json.loads(made.stdout)["url"] == "http://127.0.0.1:9/hook"

@@ -88,9 +88,11 @@ def test_a_repository_member_cancels_its_own_upload(repo: Repo) -> None:
     user = "u" + uuid.uuid4().hex[:10]
 
     async def create(services: Services) -> tuple[str, str]:
-        await services.identity.users.create_user(user, "pw-" + uuid.uuid4().hex)
-        await services.identity.members.grant(repo.project, repo.repository, user, "member")
-        created = await services.identity.keys.create_key(user, repo.project)
+        await services.identity.users.create_user(user, "pw-" + uuid.uuid4().hex, actor="test")
+        await services.identity.members.grant(
+            repo.project, repo.repository, user, "member", actor="test"
+        )
+        created = await services.identity.keys.create_key(user, repo.project, actor="test")
         return created.key_id, created.secret
 
     key = repo.server._services(create)

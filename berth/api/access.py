@@ -127,7 +127,11 @@ async def create_key(ctx: AnyRoleProject, body: NewAccessKey) -> CreatedAccessKe
     if body.expires_at is not None and body.expires_at <= utcnow():
         raise FieldError("expires_at", "the expiry date must be in the future")
     created = await ctx.services.identity.keys.create_key(
-        owner, ctx.project, expires_at=body.expires_at, actor=ctx.actor
+        owner,
+        ctx.project,
+        expires_at=body.expires_at,
+        actor=ctx.actor,
+        client=ctx.caller.client,
     )
     return CreatedAccessKey.model_validate(created.as_dict())
 
@@ -136,14 +140,18 @@ async def create_key(ctx: AnyRoleProject, body: NewAccessKey) -> CreatedAccessKe
 async def disable_key(ctx: AnyRoleProject, key_id: KeyId) -> AccessKey:
     """Disable a key: it stops working within a second, and can be enabled again."""
     await _key_in_project(ctx, key_id)
-    await ctx.services.identity.keys.set_key_disabled(key_id, True, actor=ctx.actor)
+    await ctx.services.identity.keys.set_key_disabled(
+        key_id, True, actor=ctx.actor, client=ctx.caller.client
+    )
     return await _key(ctx, key_id)
 
 
 @router.post("/keys/{key_id}/enable", tags=["access keys"], responses=responses(404))
 async def enable_key(ctx: AnyRoleProject, key_id: KeyId) -> AccessKey:
     await _key_in_project(ctx, key_id)
-    await ctx.services.identity.keys.set_key_disabled(key_id, False, actor=ctx.actor)
+    await ctx.services.identity.keys.set_key_disabled(
+        key_id, False, actor=ctx.actor, client=ctx.caller.client
+    )
     return await _key(ctx, key_id)
 
 
@@ -177,7 +185,9 @@ async def list_members(ctx: ReadProject) -> list[Member]:
 @router.put("/members/{user}", tags=["members"], responses=responses(404))
 async def set_member(ctx: AdminProject, user: UserName, body: RoleRequest) -> Member:
     """Add a user to the project, or change their role (project admins)."""
-    await ctx.services.identity.members.add_member(ctx.project, user, body.role, actor=ctx.actor)
+    await ctx.services.identity.members.add_member(
+        ctx.project, user, body.role, actor=ctx.actor, client=ctx.caller.client
+    )
     for member in await ctx.services.identity.members.list_members(ctx.project):
         if member.user == user:
             return member
@@ -211,7 +221,7 @@ async def set_grant(
 ) -> Grant:
     """Give a user a role on one repository (project admins)."""
     await ctx.services.identity.members.grant(
-        ctx.project, repository, user, body.role, actor=ctx.actor
+        ctx.project, repository, user, body.role, actor=ctx.actor, client=ctx.caller.client
     )
     for grant in await ctx.services.identity.members.list_grants(ctx.project, repository):
         if grant.user == user:

@@ -10,8 +10,10 @@ from typing import Annotated
 import typer
 
 from berth.cli.common import (
+    CLI_CLIENT,
     JsonFlag,
     KeyIdArg,
+    cli_actor,
     console,
     done,
     print_json,
@@ -38,7 +40,9 @@ def key_create(
     expires_at = expires.replace(tzinfo=dt.UTC) if expires else None
 
     async def work(s: Services) -> tuple[CreatedKey, str]:
-        created = await s.identity.keys.create_key(user, project, expires_at=expires_at)
+        created = await s.identity.keys.create_key(
+            user, project, expires_at=expires_at, actor=cli_actor(), client=CLI_CLIENT
+        )
         return created, s.registry_address(project, None).login
 
     created, address = run_service(work)
@@ -88,19 +92,27 @@ def key_list(
 @key_app.command("disable")
 def key_disable(key_id: KeyIdArg, json_output: JsonFlag = False) -> None:
     """Disable a key; it stops working within a second and can be enabled again."""
-    run_service(lambda s: s.identity.keys.set_key_disabled(key_id, True))
+    run_service(
+        lambda s: s.identity.keys.set_key_disabled(
+            key_id, True, actor=cli_actor(), client=CLI_CLIENT
+        )
+    )
     done(json_output, {"access_key_id": key_id, "state": "disabled"}, f"Disabled {key_id}")
 
 
 @key_app.command("enable")
 def key_enable(key_id: KeyIdArg, json_output: JsonFlag = False) -> None:
     """Enable a disabled key."""
-    run_service(lambda s: s.identity.keys.set_key_disabled(key_id, False))
+    run_service(
+        lambda s: s.identity.keys.set_key_disabled(
+            key_id, False, actor=cli_actor(), client=CLI_CLIENT
+        )
+    )
     done(json_output, {"access_key_id": key_id, "state": "active"}, f"Enabled {key_id}")
 
 
 @key_app.command("delete")
 def key_delete(key_id: KeyIdArg, json_output: JsonFlag = False) -> None:
     """Delete a key for good."""
-    run_service(lambda s: s.identity.keys.delete_key(key_id))
+    run_service(lambda s: s.identity.keys.delete_key(key_id, actor=cli_actor(), client=CLI_CLIENT))
     done(json_output, {"access_key_id": key_id, "deleted": True}, f"Deleted {key_id}")

@@ -91,7 +91,11 @@ def member_add(
     json_output: JsonFlag = False,
 ) -> None:
     """Add a user to a project, or change their role."""
-    run_service(lambda s: s.identity.members.add_member(project, user, role))
+    run_service(
+        lambda s: s.identity.members.add_member(
+            project, user, role, actor=cli_actor(), client=CLI_CLIENT
+        )
+    )
     done(
         json_output,
         {"project": project, "user": user, "role": role},
@@ -102,7 +106,11 @@ def member_add(
 @member_app.command("remove")
 def member_remove(project: ProjectArg, user: UserArg, json_output: JsonFlag = False) -> None:
     """Remove a user from a project; their access keys there stop working."""
-    run_service(lambda s: s.identity.members.remove_member(project, user))
+    run_service(
+        lambda s: s.identity.members.remove_member(
+            project, user, actor=cli_actor(), client=CLI_CLIENT
+        )
+    )
     done(json_output, {"project": project, "user": user}, f"{user} left {project}")
 
 

@@ -91,7 +91,11 @@ def repo_grant(
 ) -> None:
     """Give a user outside the project a role on one repository."""
     project, repository = split_repo(name)
-    run_service(lambda s: s.identity.members.grant(project, repository, user, role))
+    run_service(
+        lambda s: s.identity.members.grant(
+            project, repository, user, role, actor=cli_actor(), client=CLI_CLIENT
+        )
+    )
     done(
         json_output,
         {"repository": name, "user": user, "role": role},
@@ -107,7 +111,11 @@ def repo_revoke(
 ) -> None:
     """Remove a user's role on a repository."""
     project, repository = split_repo(name)
-    run_service(lambda s: s.identity.members.revoke(project, repository, user))
+    run_service(
+        lambda s: s.identity.members.revoke(
+            project, repository, user, actor=cli_actor(), client=CLI_CLIENT
+        )
+    )
     done(json_output, {"repository": name, "user": user}, f"{user} has no role on {name} now")
 
 

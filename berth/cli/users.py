@@ -8,8 +8,10 @@ import typer
 
 from berth.cli import accounts
 from berth.cli.common import (
+    CLI_CLIENT,
     JsonFlag,
     UserArg,
+    cli_actor,
     done,
     read_password,
     run_service,
@@ -37,7 +39,12 @@ def user_create(
         password = read_password(password_stdin)
     created = run_service(
         lambda s: s.identity.users.create_user(
-            name, password, is_admin=admin, service_account=service_account
+            name,
+            password,
+            is_admin=admin,
+            service_account=service_account,
+            actor=cli_actor(),
+            client=CLI_CLIENT,
         )
     )
     done(json_output, created, f"Created user [bold]{name}[/]")

@@ -72,7 +72,8 @@ class Keys:
         project: str,
         *,
         expires_at: dt.datetime | None = None,
-        actor: str = "cli",
+        actor: str,
+        client: str | None = None,
     ) -> CreatedKey:
         if expires_at is not None and expires_at <= utcnow():
             raise InvalidValue("the expiry date must be in the future", "expires_at")
@@ -119,6 +120,7 @@ class Keys:
                 project_id=project_id,
                 target=key_id,
                 detail={"user": user},
+                client=client,
             )
         return CreatedKey(key_id, secret, user, project, expires_at)
 
@@ -180,7 +182,9 @@ class Keys:
             "project_id": row.project_id,
         }
 
-    async def set_key_disabled(self, key_id: str, disabled: bool, *, actor: str = "cli") -> None:
+    async def set_key_disabled(
+        self, key_id: str, disabled: bool, *, actor: str, client: str | None = None
+    ) -> None:
         async with self.db.write() as conn:
             project_id = await _key_project(conn, key_id)
             await conn.execute(
@@ -192,12 +196,11 @@ class Keys:
                 "key.disable" if disabled else "key.enable",
                 project_id=project_id,
                 target=key_id,
+                client=client,
             )
         self.credentials.forget()
 
-    async def delete_key(
-        self, key_id: str, *, actor: str = "cli", client: str | None = None
-    ) -> None:
+    async def delete_key(self, key_id: str, *, actor: str, client: str | None = None) -> None:
         async with self.db.write() as conn:
             project_id = await _key_project(conn, key_id)
             await conn.execute(delete(access_keys).where(access_keys.c.id == key_id))

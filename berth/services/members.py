@@ -50,7 +50,9 @@ class Members:
         self.roles = roles
         self._forget_access = forget_access  # removed roles and deleted keys stop working
 
-    async def add_member(self, project: str, user: str, role: str, *, actor: str = "cli") -> None:
+    async def add_member(
+        self, project: str, user: str, role: str, *, actor: str, client: str | None = None
+    ) -> None:
         if role not in PROJECT_ROLES:
             raise InvalidValue(f"project role must be one of {', '.join(PROJECT_ROLES)}", "role")
         async with self.db.write() as conn:
@@ -62,12 +64,18 @@ class Members:
                 )
             )
             await write_audit_entry(
-                conn, actor, "member.add", project_id=project_id, target=user, detail={"role": role}
+                conn,
+                actor,
+                "member.add",
+                project_id=project_id,
+                target=user,
+                detail={"role": role},
+                client=client,
             )
         self.roles.forget()
 
     async def remove_member(
-        self, project: str, user: str, *, actor: str = "cli", client: str | None = None
+        self, project: str, user: str, *, actor: str, client: str | None = None
     ) -> None:
         """Remove a user from a project; their access keys there are deleted and stop working
         within a second (other processes cache key records for up to 1 s)."""
@@ -127,7 +135,14 @@ class Members:
             return [Member.model_validate(r, from_attributes=True) for r in rows]
 
     async def grant(
-        self, project: str, repository: str, user: str, role: str, *, actor: str = "cli"
+        self,
+        project: str,
+        repository: str,
+        user: str,
+        role: str,
+        *,
+        actor: str,
+        client: str | None = None,
     ) -> None:
         if role not in REPOSITORY_ROLES:
             raise InvalidValue(
@@ -151,6 +166,7 @@ class Members:
                 project_id=project_id,
                 target=f"{repository}:{user}",
                 detail={"role": role},
+                client=client,
             )
         self.roles.forget()
 
@@ -160,7 +176,7 @@ class Members:
         repository: str,
         user: str,
         *,
-        actor: str = "cli",
+        actor: str,
         client: str | None = None,
     ) -> None:
         async with self.db.write() as conn:

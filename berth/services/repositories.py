@@ -200,7 +200,7 @@ class Repositories:
         tag_overwrite: bool = True,
         description: str = "",
         scan_mode: str = "manual",
-        actor: str = "cli",
+        actor: str,
         client: str | None = None,
     ) -> Repository:
         if not is_valid_component(name) or len(name) > MAX_REPOSITORY_NAME:
@@ -274,7 +274,7 @@ class Repositories:
         project: str,
         *,
         confirm: str | None = None,
-        actor: str = "cli",
+        actor: str,
         client: str | None = None,
     ) -> int:
         """Delete a project with everything in it (repositories, images, keys, roles, its

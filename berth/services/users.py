@@ -63,7 +63,7 @@ class Users:
         *,
         is_admin: bool = False,
         service_account: bool = False,
-        actor: str = "cli",
+        actor: str,
         client: str | None = None,
     ) -> dict[str, Any]:
         """Create a user; returns it as `get_user` does."""
@@ -146,7 +146,7 @@ class Users:
         name: str,
         password: str,
         *,
-        actor: str = "cli",
+        actor: str,
         keep_session: str | None = None,
         client: str | None = None,
     ) -> None:
@@ -176,9 +176,7 @@ class Users:
                 client=client,
             )
 
-    async def delete_user(
-        self, name: str, *, actor: str = "cli", client: str | None = None
-    ) -> None:
+    async def delete_user(self, name: str, *, actor: str, client: str | None = None) -> None:
         """Delete a user: their access keys, console sessions and roles go with them at once
         (the database cascades them). Each project they had a role in audits it (and each key
         deleted)."""

@@ -167,7 +167,8 @@ async def check_url(url: str, *, allow_private: bool) -> Target:
             if why is not None:
                 raise AddressRefused(
                     f"the host {host!r} resolves to {address}, {why}; webhooks may reach "
-                    "only public addresses unless the server's webhook_allow_private "
-                    "setting is on"
+                    "only public addresses unless webhook_allow_private is on (in berth.toml, "
+                    "which the server and the berth command both read, or as "
+                    "BERTH_WEBHOOK_ALLOW_PRIVATE in the environment of each)"
                 )
     return Target(url, scheme, host, port, addresses[0])

@@ -92,24 +92,26 @@ def new_team(server: BerthServer) -> Team:
     async def populate(s: Services) -> dict[str, Credentials]:
         await s.repositories.create_project(project)
         await s.repositories.create_project(other)
-        await s.repositories.create(project, repository)
+        await s.repositories.create(project, repository, actor="test")
         for actor, name in users.items():
             if actor == "admin":
                 continue
             if actor in WITH_PASSWORD:
                 if new_people:
-                    await s.identity.users.create_user(name, PASSWORD)
+                    await s.identity.users.create_user(name, PASSWORD, actor="test")
             else:
-                await s.identity.users.create_user(name, None, service_account=True)
+                await s.identity.users.create_user(name, None, service_account=True, actor="test")
             if actor in roles:
-                await s.identity.members.add_member(project, name, roles[actor])
-        await s.identity.members.grant(project, repository, users["outsider"], "member")
+                await s.identity.members.add_member(project, name, roles[actor], actor="test")
+        await s.identity.members.grant(
+            project, repository, users["outsider"], "member", actor="test"
+        )
         # The stranger has no role here: their key is for a project of their own.
-        await s.identity.members.add_member(other, users["stranger"], "admin")
+        await s.identity.members.add_member(other, users["stranger"], "admin", actor="test")
         keys = {}
         for actor, name in users.items():
             created = await s.identity.keys.create_key(
-                name, other if actor == "stranger" else project
+                name, other if actor == "stranger" else project, actor="test"
             )
             keys[actor] = (created.key_id, created.secret)
         return keys

@@ -190,7 +190,7 @@ def test_login_through_the_api_is_audited(team: Team) -> None:
 
 def test_throttles_password_guessing(server: BerthServer) -> None:
     name = "guessed-" + str(int(time.time() * 1000))
-    services(server, lambda s: s.identity.users.create_user(name, PASSWORD))
+    services(server, lambda s: s.identity.users.create_user(name, PASSWORD, actor="test"))
     with api(server, (name, "wrong-password")) as client:
         statuses = [client.get("/projects").status_code for _ in range(12)]
     assert statuses[:10] == [401] * 10 and statuses[-1] == 429

@@ -97,7 +97,7 @@ def wait_done(client: httpx.Client, url: str, timeout: float = 60) -> dict[str, 
 def test_a_pushed_image_is_scanned_in_the_background(team: Team, app_layers: list[Blob]) -> None:
     services(
         team.server,
-        lambda s: s.repositories.create(team.project, "auto", scan_mode="auto"),
+        lambda s: s.repositories.create(team.project, "auto", scan_mode="auto", actor="test"),
     )
     image = push(team, "auto", app_layers, "v1")
     url = team.repo_url(f"/images/{image.digest}/scan", repository="auto")

@@ -100,7 +100,7 @@ def run(tmp_path: Path, scenario: Callable[[Scene], Awaitable[None]]) -> None:
     async def in_scene(db: Database) -> None:
         repositories = Repositories(db)
         await repositories.create_project("acme")
-        await repositories.create("acme", "app")
+        await repositories.create("acme", "app", actor="test")
         _, repo = await repositories.lookup("acme", "app")
         assert repo is not None
         registry = Registry(db, FilesystemBlobStore(tmp_path / "blobs"))

@@ -11,7 +11,7 @@ from tests.services.test_content_changes import Scene, run
 
 def test_the_catalog_asks_once_per_repository_and_lists_each_image(tmp_path: Path) -> None:
     async def scenario(scene: Scene) -> None:
-        await scene.repositories.create("acme", "hidden")
+        await scene.repositories.create("acme", "hidden", actor="test")
         _, hidden = await scene.repositories.lookup("acme", "hidden")
         assert hidden is not None
         for image in ("", "team/tool", "team/other"):

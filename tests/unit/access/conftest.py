@@ -49,12 +49,12 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     async def populate(services: Services) -> tuple[str, str, str]:
         for project in ("demo", "other"):
             await services.repositories.create_project(project)
-            await services.repositories.create(project, "app")
-        await services.identity.users.create_user("alice", PASSWORD)
-        await services.identity.members.add_member("demo", "alice", "member")
-        await services.identity.members.add_member("other", "alice", "reader")
-        key = await services.identity.keys.create_key("alice", "demo")
-        other = await services.identity.keys.create_key("alice", "other")
+            await services.repositories.create(project, "app", actor="test")
+        await services.identity.users.create_user("alice", PASSWORD, actor="test")
+        await services.identity.members.add_member("demo", "alice", "member", actor="test")
+        await services.identity.members.add_member("other", "alice", "reader", actor="test")
+        key = await services.identity.keys.create_key("alice", "demo", actor="test")
+        other = await services.identity.keys.create_key("alice", "other", actor="test")
         return key.key_id, key.secret, other.key_id
 
     world = World(settings, "", "", "")

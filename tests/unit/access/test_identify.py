@@ -170,7 +170,7 @@ def test_tokens_stop_working_with_their_key(world: World) -> None:
             service=SERVICE,
             access=[],
         )[0]
-        await services.identity.keys.set_key_disabled(world.other_key_id, True)
+        await services.identity.keys.set_key_disabled(world.other_key_id, True, actor="test")
         await services.authenticator.identify(
             f"Bearer {token}", surface=Surface.REGISTRY, client=CLIENT, service=SERVICE
         )

@@ -41,8 +41,8 @@ def test_a_role_change_applies_once_the_cache_is_dropped(world: World) -> None:
         assert record is not None
         alice = Principal(record.user_id, "alice", False, None, None)
         assert await roles.actions(alice, other_id, other_app) == PULL_ONLY
-        await services.identity.members.add_member("other", "alice", "member")
+        await services.identity.members.add_member("other", "alice", "member", actor="test")
         assert await roles.actions(alice, other_id, other_app) == EVERY_ACTION
-        await services.identity.members.add_member("other", "alice", "reader")
+        await services.identity.members.add_member("other", "alice", "reader", actor="test")
 
     world.run(check)

@@ -13,10 +13,14 @@ from berth.state import Services
 from tests.unit.access.conftest import World
 
 ASKS: dict[str, Callable[[Services], Awaitable[Any]]] = {
-    "create a key": lambda s: s.identity.keys.create_key("nobody", "demo"),
-    "set a password": lambda s: s.identity.users.set_password("nobody", "long-enough-password"),
+    "create a key": lambda s: s.identity.keys.create_key("nobody", "demo", actor="test"),
+    "set a password": lambda s: s.identity.users.set_password(
+        "nobody", "long-enough-password", actor="test"
+    ),
     "delete a user": lambda s: s.identity.users.delete_user("nobody", actor="admin"),
-    "add a member": lambda s: s.identity.members.add_member("demo", "nobody", "reader"),
+    "add a member": lambda s: s.identity.members.add_member(
+        "demo", "nobody", "reader", actor="test"
+    ),
 }
 
 
@@ -31,6 +35,6 @@ def test_an_unknown_user_is_not_found(world: World, ask: Callable[[Services], An
 
 def test_a_known_user_is_found(world: World) -> None:
     async def work(services: Services) -> None:
-        await services.identity.users.set_password("alice", "another-long-password")
+        await services.identity.users.set_password("alice", "another-long-password", actor="test")
 
     world.run(work)

@@ -114,7 +114,7 @@ async def _body(data: bytes) -> AsyncIterator[bytes]:
 
 async def repository(world: World, scan_mode: str = "manual") -> RepositoryRef:
     await world.repositories.create_project("p")
-    await world.repositories.create("p", "app", scan_mode=scan_mode)
+    await world.repositories.create("p", "app", scan_mode=scan_mode, actor="test")
     return await world.repositories.require("p", "app")
 
 
