@@ -17,13 +17,14 @@ from berth.access.keyring import Keyring
 from berth.addresses import public_host, public_url
 from berth.config import Settings, SettingsError, setting_source
 from berth.data_location import create_data, unreachable_database
+from berth.invocation import berth_command
 from berth.metadata.database import Database
 from berth.observability import metrics
-from berth.services.install import recorded_key_fingerprint
+from berth.services.install import record_served_at, recorded_key_fingerprint
 from berth.state import Services, unusable_storage
 
 
-def _bootstrap_admin(settings: Settings, url: str) -> None:
+def _bootstrap_admin(settings: Settings, url: str, *, serving: bool) -> None:
     """On an empty data directory, create the administrator and say once how to log in."""
 
     async def bootstrap() -> tuple[str, str | None] | None:
@@ -35,6 +36,13 @@ def _bootstrap_admin(settings: Settings, url: str) -> None:
 
     created = asyncio.run(bootstrap())
     if created is None:
+        if settings.admin_password:
+            print(
+                "note: admin_password (BERTH_ADMIN_PASSWORD) is used only when the data is "
+                "created; the administrator exists, with its password unchanged. To change "
+                f"it: {berth_command()} user set-password admin",
+                flush=True,
+            )
         return
     name, generated = created
     print(f"Created the administrator {name!r}.", flush=True)
@@ -42,9 +50,10 @@ def _bootstrap_admin(settings: Settings, url: str) -> None:
         print(f"  password (shown only now): {generated}", flush=True)
     else:
         print("  password: the one given in BERTH_ADMIN_PASSWORD", flush=True)
+    when = "" if serving else f" once `{berth_command()} serve` runs"
     print(
-        f"  Sign in to the console at {url}/console/ as {name!r}; create a project there (or\n"
-        f"  berth project create PROJECT), then an access key under Access keys, and\n"
+        f"  Sign in to the console at {url}/console/{when} as {name!r}; create a project there (or\n"
+        f"  {berth_command()} project create PROJECT), then an access key under Access keys, and\n"
         f"  docker login {public_host(settings)} --username KEY_ID --password SECRET",
         flush=True,
     )
@@ -81,11 +90,11 @@ def _connection_limits(settings: Settings) -> list[str]:
     ]
 
 
-def initialise(settings: Settings) -> None:
+def initialise(settings: Settings, *, serving: bool = False) -> None:
     """Create the data directory and database (where missing) and, on an empty database, the
     administrator: what `berth init` does, and `berth serve` before serving."""
     create_data(settings)
-    _bootstrap_admin(settings, public_url(settings))
+    _bootstrap_admin(settings, public_url(settings), serving=serving)
 
 
 def _check_tls(settings: Settings, flags: Collection[str]) -> None:
@@ -141,7 +150,11 @@ def _check_address(address: tuple[str, int], setting: str, flags: Collection[str
         socket.create_server((host, port), family=family).close()  # SO_REUSEADDR, no REUSEPORT
     except OSError as exc:
         if exc.errno == errno.EADDRINUSE:
-            raise SettingsError(f"address {shown} is already in use") from None
+            raise SettingsError(
+                f"address {shown} is already in use; choose a free one for {setting} "
+                f"(now {setting_source(setting, flags)}): in berth.toml, which the berth command "
+                f"reads as well, or as BERTH_{setting.upper()}=HOST:PORT"
+            ) from None
         problem = {
             errno.EACCES: "permission denied (ports below 1024 need root or CAP_NET_BIND_SERVICE)",
             errno.EADDRNOTAVAIL: "no such address on this machine",
@@ -234,12 +247,14 @@ def check_keys(settings: Settings) -> None:
     """Record the fingerprint of this node's token signing and secret-hashing keys in the
     database on the first start; on S3 with PostgreSQL (several nodes), refuse to serve with
     keys that differ from the recorded ones: tokens this node signed would be refused by the
-    others, and access keys made on them would not match here."""
+    others, and access keys made on them would not match here. Also note where this server
+    is reached, for the commands the CLI prints (`berth key create`)."""
     keyring = Keyring(settings.signing_key_file, settings.secret_key_file)
 
     async def recorded() -> str:
         db = Database(settings.resolved_database_url, settings.database_lock_timeout)
         try:
+            await record_served_at(db, public_host(settings))
             return await recorded_key_fingerprint(db, keyring.fingerprint)
         finally:
             await db.dispose()
@@ -327,11 +342,14 @@ def serve(settings: Settings, flags: Collection[str] = ()) -> None:
     _claims = claim_ports(settings, flags)
     check(settings, flags)
     settings.data_dir = settings.data_dir.resolve()
-    initialise(settings)
+    initialise(settings, serving=True)
     check_keys(settings)
     base = public_url(settings)
     print(f"Berth registry on {base}  (data in {settings.data_dir})")
-    print(f"Web console: {base}/console/  (sign in as admin with its password)")
+    print(
+        f"Web console: {base}/console/  (sign in as admin with its password; lost it? "
+        f"{berth_command()} user set-password admin)"
+    )
     print(f"Management API and its documentation: {base}/api/v1/docs")
     _allow_open_files(settings.max_connections)
     # Worker processes build their own Settings; hand them exactly what was resolved here.

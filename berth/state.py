@@ -16,6 +16,7 @@ from berth.jobs import Job, Scheduler
 from berth.metadata.database import Database
 from berth.services.gc import GarbageCollector
 from berth.services.identity import Identity
+from berth.services.install import served_at
 from berth.services.manifest_cache import BLOB_STAMP_FILE, BlobSizes, ManifestCache, node_stamp
 from berth.services.metering import TrafficMeter
 from berth.services.pulls import PullRecorder
@@ -197,6 +198,15 @@ class Services:
         if not host:
             host = public_host(self.settings)
         return registry_address(project, host, self.settings.project_host_suffix)
+
+    async def printed_registry_address(self, project: str) -> RegistryAddress:
+        """Where clients find `project`'s registry, for a command the CLI prints: the address
+        the last `berth serve` recorded when this command's own settings name none (the
+        server may have been started with a `listen` or `domain` of its own environment)."""
+        host = None
+        if not {"listen", "domain"} & self.settings.model_fields_set:
+            host = await served_at(self.db)
+        return self.registry_address(project, host)
 
     def start(self) -> None:
         """Background work of a serving process (not of CLI verbs)."""

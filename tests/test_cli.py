@@ -24,7 +24,9 @@ from tests.servers import ADMIN_PASSWORD, BERTH, BerthServer, PostgresCluster, i
 
 def test_project_and_repository_admin_verbs(tmp_path: Path) -> None:
     berth = BerthServer(tmp_path / "data")
-    berth.cli("init")
+    initialised = berth.cli("init").stdout
+    # Nothing serves yet: the sign-in hint says when it applies, and with which command.
+    assert re.search(r"/console/ once `(\.venv/bin/)?berth serve` runs as 'admin'", initialised)
     assert "Created project demo" in berth.cli("project", "create", "demo").stdout
     assert berth.cli("project", "create", "demo", check=False).returncode == 3
     created = berth.cli_json(

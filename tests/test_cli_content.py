@@ -3,13 +3,15 @@ data (content pushed with the raw /v2 API)."""
 
 from __future__ import annotations
 
+import json
+import shlex
 import subprocess
 
 import httpx
 
 from tests.api.conftest import push_image
 from tests.oci import manifest_path
-from tests.servers import BERTH, BerthServer
+from tests.servers import BERTH, ROOT, BerthServer
 
 
 def test_repo_show_update_delete(sqlite_server: BerthServer) -> None:
@@ -91,3 +93,39 @@ def test_image_list_history_and_tag_restore(sqlite_server: BerthServer) -> None:
         )
         again = berth.cli("tag", "restore", name, "v1", check=False)
         assert again.returncode == 3 and "only a removed tag" in again.stderr
+
+
+def test_printed_commands_name_where_the_server_serves_and_run_as_printed(
+    sqlite_server: BerthServer,
+) -> None:
+    """A server started with a `listen` of its own environment (`BERTH_LISTEN=... make run`)
+    and the CLI run without it: `berth key create` prints the docker login and kubectl
+    commands with the address the server serves on (the last `berth serve` recorded it), and
+    `berth status` says where that is. The follow-up command `berth webhook create` prints
+    runs as printed, from where the CLI ran."""
+    berth = sqlite_server
+    berth.create_project("printed")
+    env = {name: value for name, value in berth.env.items() if name != "BERTH_LISTEN"}
+    env["BERTH_WEBHOOK_ALLOW_PRIVATE"] = "true"  # for the endpoint on loopback below
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [*BERTH, *args], env=env, capture_output=True, text=True, cwd=ROOT, timeout=120
+        )
+
+    created = run("key", "create", "--user", "admin", "--project", "printed")
+    assert created.returncode == 0, created.stderr
+    assert f"docker login {berth.address} --username BK" in created.stdout
+    assert f"--docker-server={berth.address} " in created.stdout
+    status = run("status", "--json")
+    assert json.loads(status.stdout)["served_at"] == berth.address
+
+    made = run("webhook", "create", "printed", "http://127.0.0.1:9/hook")
+    assert made.returncode == 0, made.stderr
+    lines = made.stdout.splitlines()
+    printed = lines[lines.index("Send it a test event:") + 1].strip()
+    assert printed.split()[1:3] == ["webhook", "test"]
+    tested = subprocess.run(
+        shlex.split(printed), env=env, capture_output=True, text=True, cwd=ROOT, timeout=120
+    )
+    assert tested.returncode == 0, tested.stderr

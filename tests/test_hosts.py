@@ -3,11 +3,13 @@ that are host names, from the CLI as from the API."""
 
 from __future__ import annotations
 
+import shlex
+import subprocess
 from pathlib import Path
 
 import httpx
 
-from tests.servers import BerthServer
+from tests.servers import ROOT, BerthServer
 from tests.tls import make_ca_and_cert
 
 
@@ -44,3 +46,36 @@ def test_the_cli_refuses_a_project_name_that_is_no_host_name(sqlite_server: Bert
     assert "invalid project name 'my_proj'" in printed, printed
     assert "lowercase letters, digits and '-'" in printed
     assert "Traceback" not in printed
+
+
+def test_the_banner_says_how_to_recover_the_password_and_that_a_new_one_given_is_not_used(
+    tmp_path: Path,
+) -> None:
+    """Started again on its data, with BERTH_ADMIN_PASSWORD still set (as `make run` users do
+    to choose it): the server says that setting applies only when the data is created, and
+    the banner names the command that sets a new password, which works as printed."""
+    server = BerthServer(tmp_path / "data")
+    server.start()
+    server.stop()
+    first = (server.data_dir / "server.log").read_text()
+    assert "note: admin_password" not in first  # the first start used it
+    server.start()
+    try:
+        again = (server.data_dir / "server.log").read_text()[len(first) :]
+        assert "note: admin_password (BERTH_ADMIN_PASSWORD) is used only when the data is" in again
+        printed = again.split("lost it? ", 1)[1].split(")", 1)[0]
+        assert printed.endswith("user set-password admin")
+        reset = subprocess.run(
+            [*shlex.split(printed), "--password-stdin"],
+            env=server.env,
+            input="a-new-password-1\n",
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+            timeout=120,
+        )
+        assert reset.returncode == 0, reset.stderr
+        signed_in = httpx.get(f"{server.url}/api/v1/users", auth=("admin", "a-new-password-1"))
+        assert signed_in.status_code == 200
+    finally:
+        server.stop()

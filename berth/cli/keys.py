@@ -43,7 +43,7 @@ def key_create(
         created = await s.identity.keys.create_key(
             user, project, expires_at=expires_at, actor=cli_actor(), client=CLI_CLIENT
         )
-        return created, s.registry_address(project, None).login
+        return created, (await s.printed_registry_address(project)).login
 
     created, address = run_service(work)
     if json_output:

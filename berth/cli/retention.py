@@ -19,6 +19,7 @@ from berth.cli.common import (
     show_rows,
 )
 from berth.domain.retention import COMBINATION_RULE, Keep, Rule
+from berth.invocation import berth_command
 from berth.services.records import plain
 from berth.services.retention import RunRecord
 
@@ -95,7 +96,7 @@ def retention_show(project: ProjectArg, json_output: JsonFlag = False) -> None:
     if policy.schedule:
         console.print(f"Runs on schedule {policy.schedule} (UTC); next at {policy.next_run_at}")
     else:
-        console.print(f"Runs only when started: berth retention run {project}")
+        console.print(f"Runs only when started: {berth_command()} retention run {project}")
 
 
 @retention_app.command("set")
@@ -122,7 +123,7 @@ def retention_set(
         return
     console.print(f"Saved {len(rules)} retention rules for {project}.")
     _show_rules(policy.rules)
-    sample = f"berth retention dry-run {project}"
+    sample = f"{berth_command()} retention dry-run {project}"
     console.print(f"See what a run would delete:\n  {sample}")
 
 
@@ -138,7 +139,7 @@ def retention_dry_run(project: ProjectArg, json_output: JsonFlag = False) -> Non
     show_rows(False, _image_rows(record), IMAGE_COLUMNS, f"Retention dry run of {project}")
     console.print(record.note)
     if record.deleted:
-        console.print(f"Delete them:\n  berth retention run {project}")
+        console.print(f"Delete them:\n  {berth_command()} retention run {project}")
 
 
 @retention_app.command("run")

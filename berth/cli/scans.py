@@ -19,6 +19,7 @@ from berth.cli.common import (
     run_service,
     split_repo,
 )
+from berth.invocation import berth_command
 from berth.services.records import plain
 from berth.services.sbom_referrers import AttachedSbom, SbomReferrers
 from berth.services.scanning.scans import ScanResult
@@ -167,7 +168,8 @@ def scan(
         console.print(
             Text(
                 f"Queued a scan of {image} ({result.digest}); a running server scans it in the "
-                f"background. To scan it now and see the findings: berth scan {image} --wait"
+                f"background. To scan it now and see the findings: "
+                f"{berth_command()} scan {image} --wait"
             ),
             soft_wrap=True,
         )

@@ -3,6 +3,7 @@ which data the other verbs use."""
 
 from __future__ import annotations
 
+import asyncio
 import socket
 from pathlib import Path
 from typing import Annotated
@@ -22,6 +23,8 @@ from berth.cli.common import (
 )
 from berth.config import SettingsError, config_file
 from berth.data_location import missing_data, shown_database, where_to_point
+from berth.metadata.database import Database
+from berth.services.install import served_at
 
 
 def serve(
@@ -86,6 +89,9 @@ def status(json_output: JsonFlag = False) -> None:
         listening = True
     except OSError:
         listening = False
+    served = (
+        None if missing is not None else asyncio.run(_served_at(settings.resolved_database_url))
+    )
     config, database = config_file(), shown_database(settings)
     data_dir = str(settings.data_dir.absolute())
     if json_output:
@@ -98,6 +104,7 @@ def status(json_output: JsonFlag = False) -> None:
                 "data_found": missing is None,
                 "listen": settings.listen,
                 "server_listening": listening,
+                "served_at": served,
             }
         )
     else:
@@ -109,7 +116,17 @@ def status(json_output: JsonFlag = False) -> None:
         table.add_row("Database", Text(database + ("" if missing is None else " (not found)")))
         answers = " (a server answers)" if listening else " (nothing listening)"
         table.add_row("Listen", Text(settings.listen + answers))
+        if served is not None:
+            table.add_row("Served at", Text(f"{served} (where the last berth serve started)"))
         console.print(table)
     if missing is not None:
         flags = {"data_dir"} if Options.data_dir is not None else set()
         fail(f"{missing}\n{where_to_point(flags)}")
+
+
+async def _served_at(database_url: str) -> str | None:
+    db = Database(database_url)
+    try:
+        return await served_at(db)
+    finally:
+        await db.dispose()

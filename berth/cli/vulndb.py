@@ -18,6 +18,7 @@ from berth.cli.common import (
     run_service,
     when,
 )
+from berth.invocation import berth_command
 from berth.services.records import plain
 from berth.services.vulndb import ImportReport, VulnDb, VulnDbStatus
 
@@ -26,7 +27,12 @@ vulndb_app = typer.Typer(
     no_args_is_help=True,
 )
 
-EMPTY = "The vulnerability database is empty: import OSV records with `berth vulndb import PATH`."
+
+def empty_message() -> str:
+    return (
+        "The vulnerability database is empty: import OSV records with "
+        f"`{berth_command()} vulndb import PATH`."
+    )
 
 
 @vulndb_app.command("import")
@@ -74,7 +80,7 @@ def status(json_output: JsonFlag = False) -> None:
         print_json(plain(state))
         return
     if not state.records:
-        console.print(Text(EMPTY), soft_wrap=True)
+        console.print(Text(empty_message()), soft_wrap=True)
         return
     console.print(
         Text(f"{state.records} records; last import {when(plain(state.last_import_at))}."),

@@ -24,6 +24,7 @@ from berth.cli.common import (
     show_rows,
     when,
 )
+from berth.invocation import berth_command
 from berth.services.records import plain
 from berth.services.webhook_events import EVENT_TYPES
 
@@ -87,7 +88,9 @@ def webhook_create(
         console.print("[yellow]The secret is shown only now: store it with the endpoint.[/]")
     elif created.secret is None:
         console.print("Deliveries are not signed.")
-    sys.stdout.write(f"\nSend it a test event:\n  berth webhook test {project} {created.id}\n")
+    sys.stdout.write(
+        f"\nSend it a test event:\n  {berth_command()} webhook test {project} {created.id}\n"
+    )
 
 
 @webhook_app.command("list")
@@ -176,7 +179,9 @@ def webhook_test(
         print_json(plain(queued))
         return
     console.print(f"Queued test event {queued.event_id}: a running server sends it within seconds.")
-    sys.stdout.write(f"Follow it with:\n  berth webhook deliveries {project} {webhook_id}\n")
+    sys.stdout.write(
+        f"Follow it with:\n  {berth_command()} webhook deliveries {project} {webhook_id}\n"
+    )
 
 
 @webhook_app.command("deliveries")

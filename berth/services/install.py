@@ -23,3 +23,28 @@ async def recorded_key_fingerprint(db: Database, fingerprint: str) -> str:
             select(install_facts.c.value).where(install_facts.c.name == KEY_FINGERPRINT)
         )
         return str(recorded.scalar_one())
+
+
+# Facts of the last start, for the CLI run beside a server started with other settings (its
+# own environment, flags): where it answers, for the commands the CLI prints.
+SERVED_AT = "served_at"
+
+
+async def record_served_at(db: Database, host: str) -> None:
+    """Note the host (and port) this server is reached at: the last node to start wins."""
+    async with db.write() as conn:
+        await conn.execute(
+            db.upsert(install_facts, ["name"], {"value": host, "recorded_at": utcnow()}).values(
+                name=SERVED_AT, value=host, recorded_at=utcnow()
+            )
+        )
+
+
+async def served_at(db: Database) -> str | None:
+    """The host (and port) the last server to start is reached at, if one has started."""
+    async with db.read() as conn:
+        recorded = await conn.execute(
+            select(install_facts.c.value).where(install_facts.c.name == SERVED_AT)
+        )
+        value = recorded.scalar()
+        return None if value is None else str(value)

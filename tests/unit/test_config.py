@@ -75,7 +75,11 @@ def test_a_metrics_address_that_is_taken_or_the_registrys_is_refused(
         monkeypatch.setenv("BERTH_METRICS_LISTEN", f"127.0.0.1:{port}")
         with pytest.raises(SettingsError) as in_use:
             check(load_settings())
-        assert str(in_use.value) == f"address 127.0.0.1:{port} is already in use"
+        assert str(in_use.value) == (
+            f"address 127.0.0.1:{port} is already in use; choose a free one for metrics_listen "
+            "(now BERTH_METRICS_LISTEN): in berth.toml, which the berth command reads as well, "
+            "or as BERTH_METRICS_LISTEN=HOST:PORT"
+        )
     monkeypatch.setenv("BERTH_METRICS_LISTEN", os.environ["BERTH_LISTEN"])
     with pytest.raises(SettingsError) as same:
         check(load_settings())
