@@ -124,6 +124,13 @@ async def create_key(ctx: AnyRoleProject, body: NewAccessKey) -> CreatedAccessKe
             raise Denied(
                 f"user {owner!r} is not a service account: people create their own access keys"
             )
+        # Its key would act with server-administrator rights in this project (quota, say):
+        # more than the project admin who made it has.
+        if target["admin"] and not ctx.is_server_admin:
+            raise Denied(
+                f"user {owner!r} is a server administrator: only server administrators create "
+                "its access keys"
+            )
     if body.expires_at is not None and body.expires_at <= utcnow():
         raise FieldError("expires_at", "the expiry date must be in the future")
     created = await ctx.services.identity.keys.create_key(

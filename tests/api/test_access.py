@@ -83,6 +83,15 @@ def test_project_admins_manage_service_account_keys(team: Team) -> None:
     assert_problem(
         team["project-admin"].post(team.url("/keys"), json={"user": "nobody-at-all"}), 404
     )
+    # A service account that is a server administrator: a key of it would give a project
+    # admin rights they lack (the project's quota, say). Only server administrators make one.
+    operator_robot = f"ops-{team.project}"
+    team.server.create_user(operator_robot, None, service_account=True, is_admin=True)
+    body = assert_problem(
+        team["project-admin"].post(team.url("/keys"), json={"user": operator_robot}), 403
+    )
+    assert "is a server administrator" in body["detail"]
+    assert ok(team["admin"].post(team.url("/keys"), json={"user": operator_robot}), 201)
 
     # Admins see and manage every key in the project; others only their own.
     everyone = {k["user"] for k in keys_of(team, "project-admin")}
