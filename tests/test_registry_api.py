@@ -445,6 +445,11 @@ def test_blob_range_requests(repo: Repo) -> None:
     response = repo.client.get(repo.url(f"blobs/{digest}"), headers={"Range": "bytes=100-199"})
     assert response.status_code == 206
     assert response.content == data[100:200]
+    # A unit other than bytes, or a Range that is no byte range set: ignored (RFC 9110 14.2),
+    # the whole blob sent, on every store.
+    for ignored in ("items=0-1", "bytes=abc", "bytes=", "bytes=1-2;3", "bytes 0-1"):
+        whole = repo.client.get(repo.url(f"blobs/{digest}"), headers={"Range": ignored})
+        assert (whole.status_code, whole.content) == (200, data), ignored
     head = repo.client.head(repo.url(f"blobs/{digest}"))
     assert head.headers["Content-Length"] == "5000"
     assert head.headers["Docker-Content-Digest"] == digest

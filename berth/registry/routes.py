@@ -298,12 +298,18 @@ def _single_range(header: str | None, size: int) -> tuple[int, int, str | None] 
     return start, end, f"bytes {start}-{end - 1}/{size}"
 
 
+# A byte range set (RFC 9110 14.1.2): `bytes=` and one or more `first-[last]` or `-suffix`.
+_RANGE_SET_RE = re.compile(r"bytes=\s*(?:\d+-\d*|-\d+)(?:\s*,\s*(?:\d+-\d*|-\d+))*")
+
+
 def _honoured_range(request: Request, sender_etag_digest: str | None) -> str | None:
-    """The request's Range, or None when the whole blob is to be sent instead: an If-Range
-    that does not name the ETag of what sends the bytes turns the Range off (RFC 9110
-    13.1.5; `range_honoured`). Berth's and nginx's ETag of a blob is its digest."""
+    """The request's Range, or None when the whole blob is to be sent instead: a Range in
+    another unit or not of the form of a byte range set is ignored (RFC 9110 14.2: a server
+    must ignore a unit it does not know, and may an invalid one), as is one whose If-Range
+    does not name the ETag of what sends the bytes (13.1.5; `range_honoured`). Berth's and
+    nginx's ETag of a blob is its digest."""
     byte_range = request.headers.get("range")
-    if byte_range is None:
+    if byte_range is None or not _RANGE_SET_RE.fullmatch(byte_range.strip()):
         return None
     return (
         byte_range if range_honoured(request.headers.get("if-range"), sender_etag_digest) else None
