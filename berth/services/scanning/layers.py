@@ -51,6 +51,12 @@ OPAQUE = ".wh..wh..opq"
 MAX_HEADER = 1024 * 1024  # a long name or PAX header
 MAX_ENTRIES = 2_000_000  # entries in one layer
 MAX_LAYER_BYTES = 64 * 1024**3  # the sum of a layer's entry sizes, uncompressed
+# One scan's whole work: every layer it reads, together (a layer listed again is read again,
+# since where it lies in the stack decides what it hides). Real images stay far below both;
+# a manifest listing a highly compressible layer thousands of times would otherwise hold
+# the scanner for days.
+MAX_IMAGE_BYTES = 64 * 1024**3
+MAX_IMAGE_LAYERS = 256  # Docker runs at most about 125
 MAX_DATABASE = 64 * 1024 * 1024  # dpkg status, apk installed
 MAX_SMALL_FILE = 1024 * 1024  # os-release, package.json, a status.d file
 # Of a Python METADATA/PKG-INFO only the start is read: Name and Version come first, and a
@@ -136,6 +142,7 @@ class LayerChanges:
     # Go executables of the layers below: a file this layer puts at one of their paths
     # replaces it, whatever the new file is.
     lower_go: frozenset[str] = frozenset()
+    inflated: int = 0  # the sum of the layer's entry sizes, uncompressed
 
 
 @dataclass
@@ -168,10 +175,11 @@ def read_layer(
     max_entries: int = MAX_ENTRIES,
     budget: int = MAX_RETAINED,
     lower_go: frozenset[str] = frozenset(),
+    max_bytes: int = MAX_LAYER_BYTES,
 ) -> LayerChanges:
     """The wanted files, whiteouts and opaque directories of one layer, read as a stream;
-    LayerRefused when the files it keeps would exceed `budget` bytes. `lower_go`: the paths
-    of Go executables in the layers below."""
+    LayerRefused when the files it keeps would exceed `budget` bytes, or its entries
+    `max_bytes` uncompressed. `lower_go`: the paths of Go executables in the layers below."""
     changes = LayerChanges(budget=budget, lower_go=lower_go)
     entries = 0
     inflated = 0
@@ -187,9 +195,15 @@ def read_layer(
                     raise LayerRefused(f"more than {max_entries} entries in one layer")
                 if inflated > MAX_LAYER_BYTES:
                     raise LayerRefused(f"more than {MAX_LAYER_BYTES} bytes uncompressed")
+                if inflated > max_bytes:
+                    raise LayerRefused(
+                        f"the image's layers hold more than {MAX_IMAGE_BYTES} bytes "
+                        "uncompressed together"
+                    )
                 _take(tar, member, changes)
     except (tarfile.TarError, EOFError, OSError, ValueError) as exc:
         raise LayerRefused(f"not a readable tar layer: {exc}") from None
+    changes.inflated = inflated
     return changes
 
 
@@ -422,6 +436,7 @@ async def read_stored_layer(
     layer: Descriptor,
     budget: int = MAX_RETAINED,
     lower_go: frozenset[str] = frozenset(),
+    max_bytes: int = MAX_LAYER_BYTES,
 ) -> LayerChanges:
     """One layer's changes, streamed from the store (its file, where the store keeps blobs
     as local files; else its reader) in a worker thread."""
@@ -432,7 +447,7 @@ async def read_stored_layer(
         def from_file() -> LayerChanges:
             try:
                 with path.open("rb") as handle:
-                    return read_layer(handle, budget=budget, lower_go=lower_go)
+                    return read_layer(handle, budget=budget, lower_go=lower_go, max_bytes=max_bytes)
             except FileNotFoundError:
                 raise LayerRefused(f"layer {layer.digest} is missing from storage") from None
 
@@ -441,7 +456,9 @@ async def read_stored_layer(
     stream = io.BufferedReader(_AsyncStream(chunks, asyncio.get_running_loop()), 1024 * 1024)
     try:
         return await asyncio.to_thread(
-            functools.partial(read_layer, stream, budget=budget, lower_go=lower_go)
+            functools.partial(
+                read_layer, stream, budget=budget, lower_go=lower_go, max_bytes=max_bytes
+            )
         )
     finally:
         await chunks.aclose()  # type: ignore[attr-defined]
@@ -451,13 +468,22 @@ async def image_inventory(
     store: BlobStore, layers: Sequence[Descriptor], budget: int = MAX_RETAINED
 ) -> Inventory:
     """The packages of an image whose layers (bottom first) are `layers`; LayerRefused when
-    a layer cannot be read or their package databases together exceed `budget` bytes."""
+    a layer cannot be read, their package databases together exceed `budget` bytes, or the
+    image is larger than a scan reads (MAX_IMAGE_LAYERS, MAX_IMAGE_BYTES)."""
+    if len(layers) > MAX_IMAGE_LAYERS:
+        raise LayerRefused(
+            f"the image has {len(layers)} layers; a scan reads at most {MAX_IMAGE_LAYERS}"
+        )
     files: dict[str, tuple[Kind, bytes]] = {}
     notes: list[str] = []
+    inflated = 0
     for layer in layers:
         kept = sum(len(content) for _, content in files.values())
         lower_go = frozenset(p for p, (kind, _) in files.items() if kind is Kind.GO)
-        changes = await read_stored_layer(store, layer, budget - kept, lower_go)
+        changes = await read_stored_layer(
+            store, layer, budget - kept, lower_go, MAX_IMAGE_BYTES - inflated
+        )
+        inflated += changes.inflated
         apply_layer(files, changes)
         notes.extend(changes.notes)
     return inventory(files, notes)

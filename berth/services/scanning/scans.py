@@ -27,6 +27,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from berth.domain.errors import NotFound
 from berth.domain.manifests import (
     DOCKER_MANIFEST,
+    INDEX_TYPES,
     OCI_MANIFEST,
     ParsedManifest,
     parse_manifest,
@@ -58,6 +59,8 @@ ScanState = Literal["queued", "scanning", "done", "failed"]
 COUNTED = ("critical", "high", "medium", "low", "unknown")
 # A scan left "scanning" this long was cut short (its node stopped): it is queued again.
 ABANDONED_AFTER = dt.timedelta(hours=1)
+# Real images nest one index (platforms) or two; deeper chains are refused, not recursed into.
+MAX_INDEX_DEPTH = 8
 
 
 class ScanFinding(Record):
@@ -480,6 +483,7 @@ class Scans:
         row = await self._load(manifest_id)
         parsed = parse_manifest(bytes(row.content), row.media_type)
         if parsed.is_index:
+            await self._refuse_deep_nesting(row, parsed)
             return await self._scan_index(row, parsed, state)
         return await self._scan_image(row.digest, parsed)
 
@@ -495,6 +499,38 @@ class Scans:
             raise ScanFailed(str(refused)) from None
         await self._keep_sbom(digest, inventory)
         return await self._match(inventory.packages), len(inventory.packages)
+
+    async def _refuse_deep_nesting(self, row: Any, parsed: ParsedManifest) -> None:
+        """ScanFailed when indexes below this one nest deeper than MAX_INDEX_DEPTH: the scan
+        of an index scans its children first (each an index's scan of its own), so a chain
+        of thousands would recurse until Python refuses. Checked before any child is
+        scanned, so none is left with a failure that is not its own."""
+        level = [parsed]
+        seen: set[str] = {row.digest}
+        for _ in range(MAX_INDEX_DEPTH):
+            digests = {child.digest for index in level for child in index.children} - seen
+            seen |= digests
+            # What the children are stored as decides, not what their descriptors claim.
+            below = []
+            ordered = sorted(digests)
+            for start in range(0, len(ordered), 500):
+                async with self.db.read() as conn:
+                    rows = await conn.execute(
+                        select(manifests.c.content, manifests.c.media_type).where(
+                            manifests.c.repository_id == row.repository_id,
+                            manifests.c.image == row.image,
+                            manifests.c.digest.in_(ordered[start : start + 500]),
+                            manifests.c.media_type.in_(INDEX_TYPES),
+                        )
+                    )
+                    below += [parse_manifest(bytes(r.content), r.media_type) for r in rows]
+            if not below:
+                return
+            level = below
+        raise ScanFailed(
+            f"indexes nested more than {MAX_INDEX_DEPTH} deep below this one; the scanner "
+            "reads at most that many"
+        )
 
     async def _scan_index(
         self, row: Any, parsed: ParsedManifest, state: int

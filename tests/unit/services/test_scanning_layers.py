@@ -27,6 +27,7 @@ import pytest
 from berth.domain.manifests import Descriptor
 from berth.domain.packages import Package, parse_os_release
 from berth.domain.vulns import findings_for, parse_advisory
+from berth.services.scanning import layers as layers_module
 from berth.services.scanning.layers import (
     Inventory,
     LayerRefused,
@@ -413,6 +414,24 @@ def test_package_databases_past_the_memory_budget_are_refused(tmp_path: Path) ->
     assert len(asyncio.run(run(budget=100_000)).packages) == 100
     with pytest.raises(LayerRefused, match="package databases take more than"):
         asyncio.run(run(budget=2_000))
+
+
+def test_a_scan_reads_a_bounded_amount_however_often_a_manifest_lists_a_layer(
+    store: FilesystemBlobStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A small layer that inflates to much (zeros compress a thousandfold) listed again and
+    again: a layer listed again is read again (its place in the stack matters), so the scan
+    stops once the layers it read hold more than MAX_IMAGE_BYTES together, or when the
+    image lists more than MAX_IMAGE_LAYERS layers, saying which."""
+    monkeypatch.setattr(layers_module, "MAX_IMAGE_BYTES", 3 * 1024 * 1024)
+    zeros = layer([file_entry("zeros", bytes(1024 * 1024))])
+    assert len(zeros) < 16 * 1024
+    assert scan(store, [zeros] * 2).packages == []
+    with pytest.raises(LayerRefused, match="layers hold more than 3145728 bytes uncompressed"):
+        scan(store, [zeros] * 4)
+    monkeypatch.setattr(layers_module, "MAX_IMAGE_LAYERS", 3)
+    with pytest.raises(LayerRefused, match="the image has 4 layers; a scan reads at most 3"):
+        scan(store, [layer([file_entry("a", b"a")])] * 4)
 
 
 def test_only_the_start_of_a_long_python_metadata_file_is_read(tmp_path: Path) -> None:

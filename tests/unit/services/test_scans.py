@@ -22,6 +22,7 @@ from berth.metadata.tables import audit_log, scans, utcnow, webhook_events, webh
 from berth.services.images import Images
 from berth.services.registry import Registry
 from berth.services.repositories import Repositories
+from berth.services.scanning import scans as scans_module
 from berth.services.scanning.scans import ScanResult, Scans
 from berth.services.uploads import Uploads
 from berth.services.vulndb import VulnDb
@@ -280,6 +281,39 @@ def test_an_index_is_scanned_per_platform(
         per_platform = await world.scans.result(repo.id, "", arm64.digest)
         assert per_platform is not None and per_platform.state == "done"
         assert per_platform.findings == []
+
+    run(database_url, tmp_path, scenario)
+
+
+def test_indexes_nested_deeper_than_the_scanner_reads_fail_saying_so(
+    database_url: str,
+    tmp_path: Path,
+    app_layers: list[bytes],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A chain of indexes, each listing the one below (the registry stores any depth): a scan
+    reads at most MAX_INDEX_DEPTH indexes down and fails beyond, saying why, instead of
+    recursing until Python refuses; a chain within the bound is scanned."""
+    monkeypatch.setattr(scans_module, "MAX_INDEX_DEPTH", 3)
+
+    async def scenario(world: World) -> None:
+        repo = await repository(world)
+        await import_records(world, tmp_path, ALL_RECORDS)
+        below = await push_image(world, repo, app_layers, "image")
+        chain = []
+        for level in range(4):
+            below = image_index(
+                [below.descriptor(platform={"os": "linux", "architecture": "amd64"})]
+            )
+            await world.registry.put_manifest(
+                repo, "", f"level{level}", below.data, below.media_type
+            )
+            chain.append(below)
+        within = await scanned(world, repo, chain[2].digest)
+        assert within.state == "done" and findings(within) == EXPECTED
+        beyond = await scanned(world, repo, chain[3].digest)
+        assert beyond.state == "failed"
+        assert "indexes nested more than 3 deep" in (beyond.reason or "")
 
     run(database_url, tmp_path, scenario)
 
