@@ -56,7 +56,7 @@ def test_cli_errors_are_clear(tmp_path: Path) -> None:
     bad = berth.cli("repo", "create", "demo/Bad_Name", check=False)
     assert bad.returncode == 1 and "invalid repository name" in bad.stderr
     long = berth.cli("repo", "create", "demo/app", "--description", "x" * 101, check=False)
-    assert long.returncode == 1 and "at most 100" in long.stderr
+    assert long.returncode == 2 and "at most 100" in long.stderr  # a value out of range
     assert berth.cli("repo", "create", "demo", check=False).returncode == 2
 
 
@@ -70,6 +70,8 @@ def test_users_members_keys_and_audit(tmp_path: Path) -> None:
     assert json.loads(created.stdout)["name"] == "alice"
     no_role = berth.cli("key", "create", "--user", "alice", "--project", "demo", check=False)
     assert no_role.returncode == 1 and "no role in project" in no_role.stderr
+    owner = berth.cli("member", "add", "demo", "alice", "--role", "owner", check=False)
+    assert owner.returncode == 2 and "project role must be one of" in owner.stderr
     berth.cli("member", "add", "demo", "alice", "--role", "member")
     key = berth.cli_json(
         "key", "create", "--user", "alice", "--project", "demo", "--expires", "2099-01-01"
@@ -110,6 +112,10 @@ def test_help_of_every_verb_and_sub_verb() -> None:
         assert result.exit_code == 0, f"berth {shown} --help: {result.output}{result.exception}"
         assert "Usage: berth" in result.output, shown
         assert "<bool>" not in result.output, f"berth {shown} --help shows <bool>"
+        # As the README says: every verb but serve and init answers in JSON for scripts.
+        leaf = not result.output.count("Commands")
+        if leaf and verb and verb not in (("serve",), ("init",)):
+            assert "--json" in result.output, f"berth {shown} takes no --json"
     image_list = runner.invoke(app, ["image", "list", "--help"]).output
     assert "PROJECT/REPO[/IMAGE]" in image_list
     assert "PROJECT/REPO" in runner.invoke(app, ["repo", "show", "--help"]).output

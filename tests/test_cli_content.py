@@ -37,7 +37,7 @@ def test_repo_show_update_delete(sqlite_server: BerthServer) -> None:
     again = berth.cli_json("repo", "update", "clidemo/app", "--private")
     assert again["visibility"] == "private" and again["description"] == "the app"
     bad = berth.cli("repo", "update", "clidemo/app", "--scan", "never", check=False)
-    assert bad.returncode == 1 and "scan mode" in bad.stderr
+    assert bad.returncode == 2 and "scan mode" in bad.stderr  # a value not among the choices
     missing = berth.cli("repo", "show", "clidemo/nope", check=False)
     assert missing.returncode == 1 and "does not exist" in missing.stderr
 

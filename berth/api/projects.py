@@ -19,6 +19,7 @@ from berth.api.deps import (
     ServicesDep,
 )
 from berth.api.problems import FieldError, responses
+from berth.domain.errors import ConfirmationRequired
 from berth.domain.names import PROJECT_NAME_RULE, project_name_problem
 from berth.services.repositories import ProjectDetails
 from berth.services.scanning.policy import POLICY_SEVERITIES, PullPolicySettings
@@ -185,10 +186,15 @@ async def delete_project(
     """Delete a project with its repositories, images, access keys, roles and audit log
     (server administrators). Refused while it holds repositories unless `confirm` repeats its
     name; blobs no other project uses are removed by the next garbage collection."""
-    await ctx.services.repositories.delete_project(
-        ctx.project,
-        confirm=confirm,
-        actor=ctx.actor,
-        client=ctx.caller.client,
-    )
+    try:
+        await ctx.services.repositories.delete_project(
+            ctx.project,
+            confirm=confirm,
+            actor=ctx.actor,
+            client=ctx.caller.client,
+        )
+    except ConfirmationRequired as refused:
+        raise ConfirmationRequired(
+            f"{refused.message} (here: ?confirm={ctx.project})", refused.detail
+        ) from None
     return Response(status_code=204)

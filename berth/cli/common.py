@@ -20,7 +20,7 @@ from rich.text import Text
 
 from berth.config import Settings, SettingsError, load_settings
 from berth.data_location import missing_data, shown_database, where_to_point
-from berth.domain.errors import Conflict, RegistryError
+from berth.domain.errors import Conflict, InvalidValue, RegistryError
 from berth.metadata.migrate import upgrade
 from berth.state import Services
 
@@ -81,7 +81,8 @@ def existing_settings() -> Settings:
 
 def run_service(work: Callable[[Services], Awaitable[T]]) -> T:
     """Run one service call against the configured database, migrated to the current schema.
-    A refusal prints its message and exits 1 (3 when the thing exists already)."""
+    A refusal prints its message and exits 1 (2 for a value out of range or not one of the
+    choices, as for a bad flag; 3 when the thing exists already)."""
     settings = existing_settings()
     upgrade(settings.resolved_database_url)
 
@@ -97,7 +98,10 @@ def run_service(work: Callable[[Services], Awaitable[T]]) -> T:
     except RegistryError as exc:
         # str(): what the operator is told, which may say more than a client's message (the
         # blob store's address).
-        fail(str(exc), 3 if isinstance(exc, Conflict) else 1)
+        fail(
+            str(exc),
+            3 if isinstance(exc, Conflict) else BAD_SETTING if isinstance(exc, InvalidValue) else 1,
+        )
 
 
 # Never broken whatever the terminal's width: the value a user copies into the next command

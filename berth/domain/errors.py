@@ -118,6 +118,11 @@ class Conflict(RegistryError):
     status = 409
 
 
+class ConfirmationRequired(Conflict):
+    """Refused until the caller repeats the name of what it destroys (a project that holds
+    repositories): each surface says how (the API's `confirm`, the CLI's prompt)."""
+
+
 class QuotaExceeded(RegistryError):
     code = "QUOTA_EXCEEDED"
     status = 403

@@ -14,7 +14,14 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from berth.access.expiring import ExpiringCache
-from berth.domain.errors import Conflict, InvalidValue, NameInvalid, NameUnknown, QuotaExceeded
+from berth.domain.errors import (
+    ConfirmationRequired,
+    Conflict,
+    InvalidValue,
+    NameInvalid,
+    NameUnknown,
+    QuotaExceeded,
+)
 from berth.domain.names import ImageName, is_valid_component, name_unknown, project_name_problem
 from berth.domain.references import RepositoryRef
 from berth.metadata.audit import write_audit_entry
@@ -320,7 +327,7 @@ class Repositories:
             )
         held = await count_in_project(conn, repositories, project_id)
         if held and confirm != project:
-            raise Conflict(
+            raise ConfirmationRequired(
                 f"project {project!r} holds {held} "
                 f"{'repository' if held == 1 else 'repositories'}; to delete it with "
                 "all of them, confirm by typing the project's name",

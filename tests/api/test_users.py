@@ -180,6 +180,7 @@ def test_deleting_a_project_needs_its_name_while_it_holds_repositories(team: Tea
     with administrator(team.server) as admin:
         refused = assert_problem(admin.delete(team.url()), 409)
         assert "confirm by typing the project's name" in refused["detail"]
+        assert f"(here: ?confirm={team.project})" in refused["detail"]  # how, on the API
         assert_problem(admin.delete(team.url(), params={"confirm": "other"}), 409)
         assert_problem(team.admin.delete(team.url(), params={"confirm": team.project}), 403)
         assert_problem(team["project-admin"].delete(team.url()), 403)

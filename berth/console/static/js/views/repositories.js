@@ -52,7 +52,7 @@ export async function repositoriesView(main, ctx) {
     h(
       "div",
       { class: "page-head" },
-      h("div", {}, h("h1", {}, "Repositories"), h("p", { class: "muted" }, `${number(project.repositories)} of ${number(project.repository_quota)} repositories · push to `, h("code", {}, imagePrefix(project) + "REPOSITORY/IMAGE:TAG"))),
+      h("div", {}, h("h1", {}, "Repositories"), h("p", { class: "muted" }, `${number(project.repositories)} of ${number(project.repository_quota)} repositories · push to `, h("code", {}, imagePrefix(project) + "REPOSITORY[/IMAGE]:TAG"))),
       create,
     ),
     h("div", { class: "toolbar" }, search, sortSelect, orderButton),
@@ -129,7 +129,7 @@ function createRepository(ctx) {
       const nameField = field("Repository name", name, "Lowercase letters and digits, with '.', '_', '__' or '-' between them. Fixed once created.");
       const preview = h("code", {}, imagePrefix(project) + "…");
       name.addEventListener("input", () => {
-        preview.textContent = imagePrefix(project) + (name.value || "…") + "/IMAGE:TAG";
+        preview.textContent = imagePrefix(project) + (name.value || "…") + "[/IMAGE]:TAG";
         nameField.setError(null);
       });
       const problem = h("div");

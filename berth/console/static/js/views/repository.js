@@ -120,7 +120,7 @@ async function imagesTab(ctx) {
       empty: emptyState(
         "No images in this repository yet",
         // A name pattern, not a command to paste: IMAGE and TAG are the user's to choose.
-        h("p", {}, "Sign in with an access key, then push an image named ", h("code", { "data-testid": "push-name" }, `${imageName(project, repo.name)}/IMAGE:TAG`), "."),
+        h("p", {}, "Sign in with an access key, then push an image named ", h("code", { "data-testid": "push-name" }, `${imageName(project, repo.name)}[/IMAGE]:TAG`), "."),
       ),
     }),
     pager(found, (p) => ctx.navigate(`${base}/images`, { page: p })),
