@@ -127,6 +127,12 @@ class Settings(BaseSettings):
         ge=0,
         description="seconds a blob or image stays safe from garbage collection after its push",
     )
+    max_open_uploads: int = Field(
+        1000,
+        ge=1,
+        description="uploads in progress at once per project; more are refused (429) until "
+        "some finish, are cancelled or expire",
+    )
     upload_expiry: int = Field(
         86_400,
         ge=60,

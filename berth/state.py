@@ -116,7 +116,7 @@ class Services:
                 db, settings.repository_quota, store=store, forget_access=identity.forget_cached
             ),
             registry=registry,
-            uploads=Uploads(db, store),
+            uploads=Uploads(db, store, settings.max_open_uploads),
             identity=identity,
             authenticator=Authenticator(identity.credentials, tokens, throttle),
             tokens=tokens,

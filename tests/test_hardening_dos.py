@@ -27,6 +27,7 @@ from tests.servers import BerthServer, server_fixture
 MiB = 1024 * 1024
 TIMEOUT = 2  # the server's header and body read timeouts here, seconds
 PER_CLIENT = 64
+OPEN_UPLOADS = 3  # per project
 
 
 server = server_fixture(
@@ -35,6 +36,7 @@ server = server_fixture(
         "BERTH_HEADER_READ_TIMEOUT": str(TIMEOUT),
         "BERTH_BODY_READ_TIMEOUT": str(TIMEOUT),
         "BERTH_MAX_REQUESTS_PER_CLIENT": str(PER_CLIENT),
+        "BERTH_MAX_OPEN_UPLOADS": str(OPEN_UPLOADS),
     },
 )
 
@@ -357,3 +359,24 @@ def test_a_client_going_away_mid_body_is_one_short_log_line(server: BerthServer)
     lines = [line for line in written.splitlines() if "went away" in line]
     assert len(lines) == 2, written
     assert f"PATCH {upload.split('?')[0]}" in lines[0] and len(lines[0]) < 200
+
+
+def test_uploads_in_progress_per_project_are_limited(server: BerthServer) -> None:
+    """A key that only ever starts uploads (each keeps a row and a scratch file for a day):
+    past max_open_uploads in its project the next POST is 429 TOOMANYREQUESTS saying why;
+    another project is not held up; an upload ended makes room again."""
+    repo, other = new_repo(server), new_repo(server)
+    started = []
+    for _ in range(OPEN_UPLOADS):
+        answer = repo.client.post(repo.url("blobs/uploads/"))
+        assert answer.status_code == 202
+        started.append(answer.headers["Location"])
+    refused = repo.client.post(repo.url("blobs/uploads/"))
+    assert refused.status_code == 429
+    [error] = refused.json()["errors"]
+    assert error["code"] == "TOOMANYREQUESTS"
+    assert f"has {OPEN_UPLOADS} uploads in progress" in error["message"]
+    assert "max_open_uploads" in error["message"]
+    assert other.client.post(other.url("blobs/uploads/")).status_code == 202
+    assert repo.client.delete(started[0]).status_code == 204
+    assert repo.client.post(repo.url("blobs/uploads/")).status_code == 202

@@ -39,6 +39,7 @@ from berth.domain.errors import (
     DigestInvalid,
     RangeNotSatisfiable,
     StorageFull,
+    TooManyRequests,
     Unavailable,
 )
 from berth.domain.hash_state import resumable_sha256
@@ -48,6 +49,7 @@ from berth.metadata.tables import (
     blob_removals,
     blobs,
     gc_runs,
+    repositories,
     repository_blobs,
     upload_pieces,
     uploads,
@@ -209,9 +211,10 @@ class _BeingRemoved(Exception):
 
 
 class Uploads:
-    def __init__(self, db: Database, store: BlobStore) -> None:
+    def __init__(self, db: Database, store: BlobStore, max_open: int = 1000) -> None:
         self.db = db
         self.store = store
+        self.max_open = max_open  # uploads in progress per project
         self._hashes = _HashStates()
         # Each upload's lock lives while a request holds or awaits it: none is left behind
         # by uploads abandoned, failed or finished on another node.
@@ -222,6 +225,7 @@ class Uploads:
         # Refused up front while garbage collection runs, so clients see why at once.
         async with self.db.read() as conn:
             await refuse_if_restricted(conn, repo.project_id, repo.project)
+            await self._refuse_too_many_open(conn, repo)
         # The scratch object exists from the start, so any node can pick the upload up.
         async with self._storage_faults(upload.id):
             writer = await self.store.open_upload(upload.id, 0)
@@ -244,6 +248,25 @@ class Uploads:
             raise
         self._hashes.put(upload.id, 0, _new_sha256())
         return upload
+
+    async def _refuse_too_many_open(self, conn: AsyncConnection, repo: RepositoryRef) -> None:
+        """Each upload keeps a row and a scratch object until it ends or expires: a client
+        that only ever starts uploads would fill the database and the store for a day."""
+        open_uploads = (
+            await conn.execute(
+                select(func.count())
+                .select_from(
+                    uploads.join(repositories, repositories.c.id == uploads.c.repository_id)
+                )
+                .where(repositories.c.project_id == repo.project_id)
+            )
+        ).scalar_one()
+        if open_uploads >= self.max_open:
+            raise TooManyRequests(
+                f"project {repo.project!r} has {open_uploads} uploads in progress, the most "
+                f"it may (max_open_uploads = {self.max_open}): finish or cancel some, or wait "
+                "for abandoned ones to expire (upload_expiry)"
+            )
 
     async def in_progress(self) -> int:
         """Uploads started and neither finished nor cancelled, on every node."""
