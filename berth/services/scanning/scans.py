@@ -383,7 +383,7 @@ class Scans:
     # --- running ------------------------------------------------------------------------
 
     async def run_queued(self) -> int:
-        """Scan everything queued, oldest request first; how many scans finished."""
+        """Scan everything queued, taking projects in turn (`_claim`); how many finished."""
         await self._requeue_abandoned()
         done = 0
         while (claimed := await self._claim()) is not None:
@@ -427,13 +427,42 @@ class Scans:
             )
 
     async def _claim(self) -> tuple[int, int] | None:
+        """The next queued scan, marked as scanning: of the project whose last scan started
+        longest ago (never first), then the oldest request. Scans run one at a time, so by
+        request order alone one project queueing many large images would hold every other
+        project's scans back behind all of them."""
+        earlier, their_image, their_repository = (
+            scans.alias("earlier"),
+            manifests.alias("their_image"),
+            repositories.alias("their_repository"),
+        )
+        project_last_started = (
+            select(func.max(earlier.c.started_at))
+            .select_from(
+                earlier.join(their_image, their_image.c.id == earlier.c.manifest_id).join(
+                    their_repository, their_repository.c.id == their_image.c.repository_id
+                )
+            )
+            .where(their_repository.c.project_id == repositories.c.project_id)
+            .scalar_subquery()
+        )
         while True:
             async with self.db.read() as conn:
                 row = (
                     await conn.execute(
                         select(scans.c.id, scans.c.manifest_id)
+                        .select_from(
+                            scans.join(manifests, manifests.c.id == scans.c.manifest_id).join(
+                                repositories, repositories.c.id == manifests.c.repository_id
+                            )
+                        )
                         .where(scans.c.state == "queued")
-                        .order_by(scans.c.requested_at, scans.c.id)
+                        .order_by(
+                            project_last_started.is_not(None),
+                            project_last_started,
+                            scans.c.requested_at,
+                            scans.c.id,
+                        )
                         .limit(1)
                     )
                 ).first()

@@ -318,6 +318,37 @@ def test_indexes_nested_deeper_than_the_scanner_reads_fail_saying_so(
     run(database_url, tmp_path, scenario)
 
 
+def test_queued_scans_take_projects_in_turn(
+    database_url: str, tmp_path: Path, app_layers: list[bytes], fixed_layers: list[bytes]
+) -> None:
+    """One project queues three scans, then another project one: the other's runs second,
+    not after all three (scans run one at a time; a project queueing many large images
+    must not hold every other project's back)."""
+
+    async def scenario(world: World) -> None:
+        busy = await repository(world)
+        await world.repositories.create_project("q")
+        await world.repositories.create("q", "app", actor="test")
+        quiet = await world.repositories.require("q", "app")
+        busy_images = [
+            await push_image(world, busy, app_layers, f"v{n}", arch)
+            for n, arch in enumerate(["amd64", "arm64", "riscv64"])
+        ]
+        quiet_image = await push_image(world, quiet, fixed_layers, "v1")
+        for image in busy_images:
+            await world.scans.request_scan(busy, "", image.digest, "alice", client=None)
+        await world.scans.request_scan(quiet, "", quiet_image.digest, "bob", client=None)
+        assert await world.scans.run_queued() == 4
+        finished = []
+        for repo, image in [*((busy, i) for i in busy_images), (quiet, quiet_image)]:
+            result = await world.scans.result(repo.id, "", image.digest)
+            assert result is not None and result.finished_at is not None
+            finished.append((result.finished_at, repo.project))
+        assert [project for _, project in sorted(finished)] == ["p", "q", "p", "p"]
+
+    run(database_url, tmp_path, scenario)
+
+
 def test_auto_scan_queues_on_push_and_the_job_scans(
     database_url: str, tmp_path: Path, app_layers: list[bytes]
 ) -> None:
