@@ -73,6 +73,14 @@ def test_project_admins_manage_service_account_keys(team: Team) -> None:
     robot = team.users["robot"]
     created = ok(team["project-admin"].post(team.url("/keys"), json={"user": robot}), 201)
     assert created["user"] == robot
+    entries = ok(team.admin.get(team.url("/audit"), params={"per_page": 100}))["items"]
+    [made] = [
+        e
+        for e in entries
+        if e["action"] == "key.create" and e["target"] == created["access_key_id"]
+    ]
+    # Audited as who made it, from the address they called from.
+    assert made["actor"] == team.users["project-admin"] and made["client"] == "127.0.0.1"
     # People make their own keys: a member cannot make one for the robot, an admin not for a
     # person.
     assert_problem(team["member"].post(team.url("/keys"), json={"user": robot}), 403)
