@@ -11,6 +11,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 from rich.text import Text
+from sqlalchemy.exc import SQLAlchemyError
 
 from berth.cli.common import (
     BAD_SETTING,
@@ -125,8 +126,12 @@ def status(json_output: JsonFlag = False) -> None:
 
 
 async def _served_at(database_url: str) -> str | None:
+    """Where the last `berth serve` is reached, or None when no server has recorded it (or
+    the database cannot say: status reports what it can)."""
     db = Database(database_url)
     try:
         return await served_at(db)
+    except (SQLAlchemyError, OSError):
+        return None
     finally:
         await db.dispose()
