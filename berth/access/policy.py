@@ -93,6 +93,36 @@ def can_manage_key(actor: str, key_owner: str, is_project_admin: bool) -> bool:
     return key_owner == actor or is_project_admin
 
 
+@dataclass(frozen=True, slots=True)
+class KeyOwner:
+    """The user an access key is asked for, as the key policy sees them."""
+
+    name: str
+    service_account: bool
+    server_admin: bool
+
+
+def key_creation_refusal(
+    actor: str, owner: KeyOwner, *, is_project_admin: bool, is_server_admin: bool
+) -> str | None:
+    """Why `actor` may not create an access key for `owner` in a project, or None. People
+    make their own keys; project admins also service accounts' (their robots), but not a
+    server administrator's: its key would act in the project with rights the admin lacks
+    (the project's quota, say). Server administrators make anyone's."""
+    if owner.name == actor or is_server_admin:
+        return None
+    if not is_project_admin:
+        return "users create their own access keys; project admins also service accounts'"
+    if not owner.service_account:
+        return f"user {owner.name!r} is not a service account: people create their own access keys"
+    if owner.server_admin:
+        return (
+            f"user {owner.name!r} is a server administrator: only server administrators create "
+            "its access keys"
+        )
+    return None
+
+
 def can_list_catalog(principal: Principal | None) -> bool:
     """The catalog is for signed-in callers (it then lists only what they may pull)."""
     return principal is not None

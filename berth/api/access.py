@@ -15,7 +15,7 @@ from fastapi import APIRouter, Query, Response
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from berth.access.permissions import ProjectRole, RepositoryRole
-from berth.access.policy import can_manage_key
+from berth.access.policy import KeyOwner, can_manage_key, key_creation_refusal
 from berth.api.deps import (
     COMPONENT_PATTERN,
     AdminProject,
@@ -113,24 +113,18 @@ async def create_key(ctx: AnyRoleProject, body: NewAccessKey) -> CreatedAccessKe
     `max_access_keys` (2) per user per project."""
     owner = body.user or ctx.actor
     if owner != ctx.actor:
-        if not ctx.is_project_admin:
-            raise Denied(
-                "users create their own access keys; project admins also service accounts'"
-            )
-        target = await ctx.services.identity.users.get_user(owner)
+        # Only admins learn whether the user exists (they may search users anyway).
+        target = await ctx.services.identity.users.get_user(owner) if ctx.is_project_admin else {}
         if target is None:
             raise NameUnknown(f"user {owner!r} does not exist")
-        if not target["service_account"] and not ctx.is_server_admin:
-            raise Denied(
-                f"user {owner!r} is not a service account: people create their own access keys"
-            )
-        # Its key would act with server-administrator rights in this project (quota, say):
-        # more than the project admin who made it has.
-        if target["admin"] and not ctx.is_server_admin:
-            raise Denied(
-                f"user {owner!r} is a server administrator: only server administrators create "
-                "its access keys"
-            )
+        refusal = key_creation_refusal(
+            ctx.actor,
+            KeyOwner(owner, bool(target.get("service_account")), bool(target.get("admin"))),
+            is_project_admin=ctx.is_project_admin,
+            is_server_admin=ctx.is_server_admin,
+        )
+        if refusal is not None:
+            raise Denied(refusal)
     if body.expires_at is not None and body.expires_at <= utcnow():
         raise FieldError("expires_at", "the expiry date must be in the future")
     created = await ctx.services.identity.keys.create_key(

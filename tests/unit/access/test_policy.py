@@ -6,9 +6,11 @@ import pytest
 
 from berth.access.permissions import Action, ProjectAccess, ProjectRole, RepositoryRole
 from berth.access.policy import (
+    KeyOwner,
     Principal,
     can_list_catalog,
     can_manage_key,
+    key_creation_refusal,
     project_access,
     repository_actions,
     sees_whole_project,
@@ -163,6 +165,36 @@ def test_who_may_manage_a_key(
     actor: str, owner: str, is_project_admin: bool, allowed: bool
 ) -> None:
     assert can_manage_key(actor, owner, is_project_admin) is allowed
+
+
+ROBOT = KeyOwner("robot", service_account=True, server_admin=False)
+OPERATOR_ROBOT = KeyOwner("ops", service_account=True, server_admin=True)
+PERSON = KeyOwner("bob", service_account=False, server_admin=False)
+
+
+@pytest.mark.parametrize(
+    ("owner", "is_project_admin", "is_server_admin", "refused_because"),
+    [
+        (KeyOwner("alice", False, False), False, False, None),  # one's own
+        (ROBOT, False, False, "users create their own access keys"),
+        (ROBOT, True, False, None),  # a project admin: the project's robots
+        (PERSON, True, False, "is not a service account"),
+        # Its key would act in the project with rights the project admin lacks.
+        (OPERATOR_ROBOT, True, False, "only server administrators create its access keys"),
+        (OPERATOR_ROBOT, True, True, None),
+        (PERSON, True, True, None),  # server administrators: anyone's
+    ],
+)
+def test_who_may_create_a_key_for_whom(
+    owner: KeyOwner, is_project_admin: bool, is_server_admin: bool, refused_because: str | None
+) -> None:
+    refusal = key_creation_refusal(
+        "alice", owner, is_project_admin=is_project_admin, is_server_admin=is_server_admin
+    )
+    if refused_because is None:
+        assert refusal is None
+    else:
+        assert refusal is not None and refused_because in refusal
 
 
 def test_the_catalog_is_for_signed_in_callers() -> None:
