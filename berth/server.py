@@ -247,14 +247,12 @@ def check_keys(settings: Settings) -> None:
     """Record the fingerprint of this node's token signing and secret-hashing keys in the
     database on the first start; on S3 with PostgreSQL (several nodes), refuse to serve with
     keys that differ from the recorded ones: tokens this node signed would be refused by the
-    others, and access keys made on them would not match here. Also note where this server
-    is reached, for the commands the CLI prints (`berth key create`)."""
+    others, and access keys made on them would not match here."""
     keyring = Keyring(settings.signing_key_file, settings.secret_key_file)
 
     async def recorded() -> str:
         db = Database(settings.resolved_database_url, settings.database_lock_timeout)
         try:
-            await record_served_at(db, public_host(settings))
             return await recorded_key_fingerprint(db, keyring.fingerprint)
         finally:
             await db.dispose()
@@ -273,6 +271,21 @@ def check_keys(settings: Settings) -> None:
         "then stop working), clear the record in the database: "
         "DELETE FROM install_facts WHERE name = 'key_fingerprint';"
     )
+
+
+def _record_served_at(settings: Settings) -> None:
+    """Note where this server is reached, for the commands the CLI prints (`berth key
+    create`) when it runs with other settings than the server (BERTH_LISTEN given only to
+    `make run`)."""
+
+    async def record() -> None:
+        db = Database(settings.resolved_database_url, settings.database_lock_timeout)
+        try:
+            await record_served_at(db, public_host(settings))
+        finally:
+            await db.dispose()
+
+    asyncio.run(record())
 
 
 def _prepare_metrics(settings: Settings) -> None:
@@ -344,6 +357,7 @@ def serve(settings: Settings, flags: Collection[str] = ()) -> None:
     settings.data_dir = settings.data_dir.resolve()
     initialise(settings, serving=True)
     check_keys(settings)
+    _record_served_at(settings)
     base = public_url(settings)
     print(f"Berth registry on {base}  (data in {settings.data_dir})")
     print(

@@ -130,8 +130,9 @@ async def _served_at(database_url: str) -> str | None:
     the database cannot say: status reports what it can)."""
     db = Database(database_url)
     try:
-        return await served_at(db)
-    except (SQLAlchemyError, OSError):
+        # A database that does not answer (PostgreSQL down) must not hold status up.
+        return await asyncio.wait_for(served_at(db), 5)
+    except (SQLAlchemyError, OSError, TimeoutError):
         return None
     finally:
         await db.dispose()

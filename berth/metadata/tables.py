@@ -151,7 +151,13 @@ uploads = Table(
     "uploads",
     metadata,
     Column("id", String(32), primary_key=True),
-    Column("repository_id", ForeignKey("repositories.id", ondelete="CASCADE"), nullable=False),
+    # Indexed: a new upload counts its project's open ones (max_open_uploads).
+    Column(
+        "repository_id",
+        ForeignKey("repositories.id", ondelete="CASCADE"),
+        nullable=False,
+        index=True,
+    ),
     Column("image", String(255), nullable=False),
     Column("offset", BigInteger, nullable=False, default=0),
     Column("digest_at_offset", DIGEST),

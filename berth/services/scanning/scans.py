@@ -431,20 +431,16 @@ class Scans:
         longest ago (never first), then the oldest request. Scans run one at a time, so by
         request order alone one project queueing many large images would hold every other
         project's scans back behind all of them."""
-        earlier, their_image, their_repository = (
-            scans.alias("earlier"),
-            manifests.alias("their_image"),
-            repositories.alias("their_repository"),
+        # Aggregated once per claim, not per queued scan: a rescan of stale results queues
+        # every image of the install.
+        by_project = scans.join(manifests, manifests.c.id == scans.c.manifest_id).join(
+            repositories, repositories.c.id == manifests.c.repository_id
         )
-        project_last_started = (
-            select(func.max(earlier.c.started_at))
-            .select_from(
-                earlier.join(their_image, their_image.c.id == earlier.c.manifest_id).join(
-                    their_repository, their_repository.c.id == their_image.c.repository_id
-                )
-            )
-            .where(their_repository.c.project_id == repositories.c.project_id)
-            .scalar_subquery()
+        last_started = (
+            select(repositories.c.project_id, func.max(scans.c.started_at).label("at"))
+            .select_from(by_project)
+            .group_by(repositories.c.project_id)
+            .subquery()
         )
         while True:
             async with self.db.read() as conn:
@@ -452,14 +448,15 @@ class Scans:
                     await conn.execute(
                         select(scans.c.id, scans.c.manifest_id)
                         .select_from(
-                            scans.join(manifests, manifests.c.id == scans.c.manifest_id).join(
-                                repositories, repositories.c.id == manifests.c.repository_id
+                            by_project.outerjoin(
+                                last_started,
+                                last_started.c.project_id == repositories.c.project_id,
                             )
                         )
                         .where(scans.c.state == "queued")
                         .order_by(
-                            project_last_started.is_not(None),
-                            project_last_started,
+                            last_started.c.at.is_not(None),
+                            last_started.c.at,
                             scans.c.requested_at,
                             scans.c.id,
                         )

@@ -18,6 +18,7 @@ from sqlalchemy import select, update
 
 from berth.domain.references import RepositoryRef
 from berth.metadata.database import Database
+from berth.metadata.migrate import upgrade
 from berth.metadata.tables import audit_log, scans, utcnow, webhook_events, webhooks
 from berth.services.images import Images
 from berth.services.registry import Registry
@@ -29,6 +30,7 @@ from berth.services.vulndb import VulnDb
 from berth.services.webhook_events import SCAN_FINISHED
 from berth.storage.filesystem import FilesystemBlobStore
 from tests.oci import OCI_LAYER_GZIP, Blob, image_config, image_index, image_manifest
+from tests.servers import BACKENDS, PostgresCluster, database_url_for
 from tests.unit.services.test_scanning_layers import (
     APP,
     FIXTURES,
@@ -318,12 +320,21 @@ def test_indexes_nested_deeper_than_the_scanner_reads_fail_saying_so(
     run(database_url, tmp_path, scenario)
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_queued_scans_take_projects_in_turn(
-    database_url: str, tmp_path: Path, app_layers: list[bytes], fixed_layers: list[bytes]
+    backend: str,
+    database_url: str,
+    postgres: PostgresCluster | None,
+    tmp_path: Path,
+    app_layers: list[bytes],
+    fixed_layers: list[bytes],
 ) -> None:
     """One project queues three scans, then another project one: the other's runs second,
     not after all three (scans run one at a time; a project queueing many large images
-    must not hold every other project's back)."""
+    must not hold every other project's back). On both databases: the order is SQL's."""
+    url = database_url_for(backend, postgres) or database_url
+    if backend != "sqlite":
+        upgrade(url)
 
     async def scenario(world: World) -> None:
         busy = await repository(world)
@@ -346,7 +357,7 @@ def test_queued_scans_take_projects_in_turn(
             finished.append((result.finished_at, repo.project))
         assert [project for _, project in sorted(finished)] == ["p", "q", "p", "p"]
 
-    run(database_url, tmp_path, scenario)
+    run(url, tmp_path, scenario)
 
 
 def test_auto_scan_queues_on_push_and_the_job_scans(
