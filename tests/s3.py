@@ -259,14 +259,37 @@ def _client_for(environ: dict[str, str]) -> Any:
 def stored_keys(environ: dict[str, str], area: str) -> list[str]:
     """The keys under `{s3_prefix}/{area}/` (`blobs`, `uploads`) of a server whose BERTH_S3_*
     settings are `environ`, read from the bucket itself."""
+    return list(stored_sizes(environ, area))
+
+
+def stored_sizes(environ: dict[str, str], area: str) -> dict[str, int]:
+    """The size of every object under `{s3_prefix}/{area}/` (see `stored_keys`), by key."""
     client = _client_for(environ)
-    keys: list[str] = []
+    sizes: dict[str, int] = {}
     pages = client.get_paginator("list_objects_v2").paginate(
         Bucket=environ["BERTH_S3_BUCKET"], Prefix=f"{environ['BERTH_S3_PREFIX']}/{area}/"
     )
     for page in pages:
-        keys += [entry["Key"] for entry in page.get("Contents", [])]
-    return keys
+        sizes |= {entry["Key"]: entry["Size"] for entry in page.get("Contents", [])}
+    return sizes
+
+
+def unfinished_objects(environ: dict[str, str], area: str) -> dict[str, int]:
+    """Objects begun as multipart uploads under `{s3_prefix}/{area}/` and neither completed
+    nor aborted: how many parts each holds, by key."""
+    client = _client_for(environ)
+    bucket = environ["BERTH_S3_BUCKET"]
+    answer = client.list_multipart_uploads(
+        Bucket=bucket, Prefix=f"{environ['BERTH_S3_PREFIX']}/{area}/"
+    )
+    return {
+        entry["Key"]: len(
+            client.list_parts(Bucket=bucket, Key=entry["Key"], UploadId=entry["UploadId"]).get(
+                "Parts", []
+            )
+        )
+        for entry in answer.get("Uploads", [])
+    }
 
 
 class FaultyProxy:

@@ -1,4 +1,4 @@
-"""S3 driver: one object per blob, and an upload as one object per piece written to it.
+"""S3 driver: one object per blob, and an upload as one object per PATCH written to it.
 
 Layout under the prefix: `blobs/{algorithm}/{hex[:2]}/{hex}` for blobs, `uploads/{id}/{piece}`
 for the pieces of an upload (`s3_pieces`: each key used once, and only the pieces the caller
@@ -6,13 +6,14 @@ recorded with the acknowledged offset make up the upload), `_damaged/{algorithm}
 blobs set aside.
 
 S3 cannot append to an object, and any node may receive the next PATCH of an upload, so the
-scratch "object" of the interface is the run of recorded pieces: appending adds pieces under
-new keys, and going back to an offset is the caller's recording an earlier list. S3's 5 MiB
-minimum part size stays inside: committing turns the pieces into one multipart upload, copying
-pieces of 5 MiB or more server-side (UploadPartCopy) and streaming smaller ones together into
-parts. The blob appears only when S3 completes the upload, so it is never half visible.
-A large push in one PUT (its digest known before its bytes) skips the pieces: its body is
-written as the parts of a multipart upload of the blob's own key, completed once verified.
+scratch "object" of the interface is the run of recorded pieces: appending adds a piece under
+a new key, and going back to an offset is the caller's recording an earlier list. S3's 5 MiB
+minimum part size stays inside: an upload of one piece is committed by one server-side copy
+(CopyObject), and one of several by a multipart upload, copying pieces of 5 MiB or more
+server-side (UploadPartCopy) and streaming smaller ones together into parts. The blob appears
+only when S3 completes the copy, so it is never half visible. A large push in one PUT (its
+digest known before its bytes) skips the pieces: its body is written as the parts of a
+multipart upload of the blob's own key, completed once verified.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import asyncio
 import contextlib
 import itertools
 import logging
+import secrets
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Sequence
 from dataclasses import dataclass, replace
@@ -38,12 +40,16 @@ from berth.observability import metrics
 from berth.storage.base import BlobDamaged, BlobStore, BlobWriter, StoredCopy, UploadWriter
 from berth.storage.blob_cache import BlobCache, FillFeed
 from berth.storage.s3_pieces import (
+    MAX_COPY_BYTES,
     MIN_PART_BYTES,
     PIECE_BYTES,
     MiB,
+    PartBuffer,
     Piece,
-    PieceWriter,
+    parted_piece_key,
+    parted_piece_name,
     parts,
+    piece_name,
     recorded_pieces,
 )
 
@@ -134,6 +140,10 @@ class S3Location:
 
 
 class S3BlobStore(BlobStore):
+    # The largest piece one server-side copy takes (S3's limit); larger ones are copied in
+    # slices. An attribute so that the slicing can be exercised without 5 GiB objects.
+    max_copy_bytes = MAX_COPY_BYTES
+
     def __init__(self, location: S3Location, cache: BlobCache | None = None) -> None:
         self.location = location
         self.cache = cache  # this node's copies of pulled blobs (`s3_cache_dir`), if kept
@@ -345,16 +355,8 @@ class S3BlobStore(BlobStore):
     # ------------------------------------------------------------ uploads
 
     async def open_upload(self, upload_id: str, offset: int) -> UploadWriter:
-        prefix = self._upload_prefix(upload_id)
-
-        async def put(name: str, body: bytes) -> None:
-            await self._put(prefix + name, body)
-
-        async def remove(names: list[str]) -> None:
-            await self._remove_unrecorded([prefix + name for name in names])
-
         # Nothing to discard: pieces past `offset` were never recorded, so never read.
-        return PieceWriter(put, offset, remove)
+        return _PieceWriter(self, self._upload_prefix(upload_id), offset)
 
     def blob_writer(self, digest: str, length: int) -> BlobWriter | None:
         # Smaller blobs are one piece, and their commit one server-side copy of it.
@@ -387,7 +389,7 @@ class S3BlobStore(BlobStore):
 
     def _recorded(self, upload_id: str, names: Sequence[str]) -> list[Piece]:
         prefix = self._upload_prefix(upload_id)
-        return [replace(piece, name=prefix + piece.name) for piece in recorded_pieces(names)]
+        return [replace(piece, key=prefix + piece.key) for piece in recorded_pieces(names)]
 
     async def read_upload(
         self, upload_id: str, length: int, pieces: Sequence[str] = ()
@@ -398,7 +400,7 @@ class S3BlobStore(BlobStore):
         for piece in recorded:
             if piece.start >= length:
                 break
-            async for chunk in self._stream(piece.name, 0, min(piece.size, length - piece.start)):
+            async for chunk in self._stream(piece.key, 0, min(piece.size, length - piece.start)):
                 yield chunk
 
     async def commit_upload(self, upload_id: str, digest: str, pieces: Sequence[str] = ()) -> None:
@@ -409,10 +411,11 @@ class S3BlobStore(BlobStore):
         bucket = self.location.bucket
         if not recorded:
             await self._put(key, b"")
-        elif len(recorded) == 1:  # one server-side copy, atomic like every S3 write
-            with self._errors(recorded[0].name):
+        elif len(recorded) == 1 and total <= self.max_copy_bytes:
+            # One server-side copy, atomic like every S3 write (by reference on some stores).
+            with self._errors(recorded[0].key):
                 await s3.copy_object(
-                    Bucket=bucket, Key=key, CopySource={"Bucket": bucket, "Key": recorded[0].name}
+                    Bucket=bucket, Key=key, CopySource={"Bucket": bucket, "Key": recorded[0].key}
                 )
         elif total < MIN_PART_BYTES:
             await self._put(key, await self._read_pieces(recorded))
@@ -425,7 +428,8 @@ class S3BlobStore(BlobStore):
         chunks joined once."""
 
         async def chunks_of(piece: Piece) -> list[bytes]:
-            return [chunk async for chunk in self._stream(piece.name, 0, None)]
+            end = None if piece.whole else piece.skip + piece.size
+            return [chunk async for chunk in self._stream(piece.key, piece.skip, end)]
 
         read = await asyncio.gather(*(chunks_of(piece) for piece in pieces))
         return b"".join(itertools.chain.from_iterable(read))
@@ -446,9 +450,13 @@ class S3BlobStore(BlobStore):
                     "PartNumber": number,
                 }
                 if len(part) == 1 and part[0].size >= MIN_PART_BYTES:
-                    with self._errors(part[0].name):
+                    piece = part[0]
+                    if not piece.whole:
+                        last = piece.skip + piece.size - 1
+                        common["CopySourceRange"] = f"bytes={piece.skip}-{last}"
+                    with self._errors(piece.key):
                         copied = await s3.upload_part_copy(
-                            **common, CopySource={"Bucket": bucket, "Key": part[0].name}
+                            **common, CopySource={"Bucket": bucket, "Key": piece.key}
                         )
                     return {"PartNumber": number, "ETag": copied["CopyPartResult"]["ETag"]}
                 body = await self._read_pieces(part)
@@ -458,7 +466,10 @@ class S3BlobStore(BlobStore):
 
         try:
             completed = await asyncio.gather(
-                *(send(number, part) for number, part in enumerate(parts(pieces), start=1))
+                *(
+                    send(number, part)
+                    for number, part in enumerate(parts(pieces, self.max_copy_bytes), start=1)
+                )
             )
             with self._errors(key):
                 await s3.complete_multipart_upload(
@@ -473,15 +484,18 @@ class S3BlobStore(BlobStore):
             raise
 
     async def abort_unfinished_commits(self, started_before: float) -> int:
+        """Multipart uploads of blobs (commits, pushes in one PUT) and of pieces (long
+        PATCHes) that a node began and never completed nor aborted (it died meanwhile)."""
         s3 = await self._s3()
         bucket = self.location.bucket
         paginator = s3.get_paginator("list_multipart_uploads")
         stale = []
         with self._errors():
-            async for page in paginator.paginate(Bucket=bucket, Prefix=f"{self._prefix}blobs/"):
-                for entry in page.get("Uploads", []):
-                    if entry["Initiated"].timestamp() < started_before:
-                        stale.append((entry["Key"], entry["UploadId"]))
+            for area in ("blobs/", "uploads/"):
+                async for page in paginator.paginate(Bucket=bucket, Prefix=self._prefix + area):
+                    for entry in page.get("Uploads", []):
+                        if entry["Initiated"].timestamp() < started_before:
+                            stale.append((entry["Key"], entry["UploadId"]))
         for key, multipart_id in stale:
             with self._errors(key), contextlib.suppress(FileNotFoundError):
                 await s3.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=multipart_id)
@@ -668,69 +682,142 @@ class S3BlobStore(BlobStore):
                 yield f"{algorithm}:{hex_digest}", entry["LastModified"].timestamp()
 
 
-class _MultipartBlobWriter(BlobWriter):
-    """A blob written as the parts of a multipart upload of its own key: each piece of the
-    body (PieceWriter's, 16 MiB or more but the last) one part, whose PUT goes on while the
-    next fills. S3 shows the object only once `commit` completes the upload, so a wrong
-    digest, a body cut short or a node that dies leaves nothing visible; an upload never
-    completed is aborted here, or else by the abandoned-uploads job (as a commit's is)."""
+class _MultipartObject:
+    """An object written as the parts of a multipart upload of its key, one part at a time in
+    order (PartBuffer's bodies); S3 shows it only once `complete` succeeds, so an object cut
+    short is never visible. One never completed is aborted by `abort`, or else by the
+    abandoned-uploads job (`abort_unfinished_commits`)."""
 
     def __init__(self, store: S3BlobStore, key: str) -> None:
         self._store = store
-        self._key = key
+        self.key = key
         self._multipart_id: str | None = None
         self._parts: list[CompletedPartTypeDef] = []
-        self._committed = False
-        self._pieces = PieceWriter(self._send_part, 0)
+        self.completed = False
 
-    async def write(self, parts: Sequence[bytes]) -> None:
-        await self._pieces.write(parts)
+    @property
+    def started(self) -> bool:
+        return self._multipart_id is not None
 
-    async def close(self) -> None:
-        await self._pieces.close()
-
-    async def _send_part(self, _name: str, body: bytes) -> None:
-        # Called for one piece at a time, in order: the part numbers follow the bytes.
+    async def send_part(self, body: bytes) -> None:
         s3 = await self._store._s3()
         bucket = self._store.location.bucket
-        with self._store._errors(self._key):
+        with self._store._errors(self.key):
             if self._multipart_id is None:
-                created = await s3.create_multipart_upload(Bucket=bucket, Key=self._key)
+                created = await s3.create_multipart_upload(Bucket=bucket, Key=self.key)
                 self._multipart_id = created["UploadId"]
             number = len(self._parts) + 1
             sent = await s3.upload_part(
                 Bucket=bucket,
-                Key=self._key,
+                Key=self.key,
                 UploadId=self._multipart_id,
                 PartNumber=number,
                 Body=body,
             )
         self._parts.append({"PartNumber": number, "ETag": sent["ETag"]})
 
-    async def commit(self) -> None:
-        if self._committed or self._multipart_id is None:
-            raise RuntimeError("commit of a blob writer with nothing written, or again")
+    async def complete(self) -> None:
+        if self.completed or self._multipart_id is None:
+            raise RuntimeError("completing a multipart object with no part, or again")
         s3 = await self._store._s3()
-        with self._store._errors(self._key):
+        with self._store._errors(self.key):
             await s3.complete_multipart_upload(
                 Bucket=self._store.location.bucket,
-                Key=self._key,
+                Key=self.key,
                 UploadId=self._multipart_id,
                 MultipartUpload={"Parts": self._parts},
             )
-        self._committed = True
+        self.completed = True
 
     async def abort(self) -> None:
-        """Drop what was written unless committed (best effort, never raises)."""
-        await self._pieces.abort()
-        if self._multipart_id is None or self._committed:
+        """Drop the parts unless completed (best effort, never raises)."""
+        if self._multipart_id is None or self.completed:
             return
         multipart_id, self._multipart_id = self._multipart_id, None
         with contextlib.suppress(Exception):
             s3 = await self._store._s3()
             await s3.abort_multipart_upload(
-                Bucket=self._store.location.bucket, Key=self._key, UploadId=multipart_id
+                Bucket=self._store.location.bucket, Key=self.key, UploadId=multipart_id
             )
+
+
+class _PieceWriter(UploadWriter):
+    """One PATCH's bytes as one piece of the upload (see `s3_pieces`): buffered up to
+    PIECE_BYTES, then, if the PATCH ends there, one PUT; if it goes on, the parts of a
+    multipart upload of the piece's own key, completed when the PATCH's last byte is in."""
+
+    def __init__(self, store: S3BlobStore, prefix: str, start: int) -> None:
+        self._store = store
+        self._prefix = prefix
+        self._start = start
+        self._token = secrets.token_hex(8)
+        self._length = 0
+        self._put_key: str | None = None  # a short PATCH's one PUT, once begun
+        self._object = _MultipartObject(store, prefix + parted_piece_key(start, self._token))
+        self._recorded: str | None = None
+        self._buffer = PartBuffer(self._send)
+
+    @property
+    def pieces(self) -> list[str]:
+        return [self._recorded] if self._recorded else []
+
+    async def write(self, parts: Sequence[bytes]) -> None:
+        await self._buffer.write(parts)
+
+    async def _send(self, body: bytes) -> None:
+        # PartBuffer hands on less than PIECE_BYTES only as the write's last body: if it is
+        # also the first, the whole PATCH is short and goes in one PUT.
+        if not self._object.started and len(body) < PIECE_BYTES:
+            name = piece_name(self._start, len(body), self._token)
+            self._put_key = self._prefix + name
+            await self._store._put(self._put_key, body)
+            self._recorded = name
+        else:
+            await self._object.send_part(body)
+        self._length += len(body)
+
+    async def close(self) -> None:
+        await self._buffer.close()
+        if self._object.started:
+            await self._object.complete()
+            self._recorded = parted_piece_name(self._start, self._length, self._token)
+
+    async def abort(self) -> None:
+        self._recorded = None
+        # A PUT or a completion cut short may still have landed, and one that did (or the
+        # piece of a PATCH that lost the race for the offset) is no part of the upload.
+        begun = [self._put_key] if self._put_key else []
+        if self._object.started:
+            begun.append(self._object.key)
+        await self._buffer.abort()
+        await self._object.abort()
+        if begun:
+            await self._store._remove_unrecorded(begun)
+
+
+class _MultipartBlobWriter(BlobWriter):
+    """A blob written as the parts of a multipart upload of its own key (PartBuffer's bodies,
+    16 MiB or more but the last), whose PUT goes on while the next fills. S3 shows the object
+    only once `commit` completes the upload, so a wrong digest, a body cut short or a node
+    that dies leaves nothing visible."""
+
+    def __init__(self, store: S3BlobStore, key: str) -> None:
+        self._object = _MultipartObject(store, key)
+        self._buffer = PartBuffer(self._object.send_part)
+
+    async def write(self, parts: Sequence[bytes]) -> None:
+        await self._buffer.write(parts)
+
+    async def close(self) -> None:
+        await self._buffer.close()
+
+    async def commit(self) -> None:
+        await self._object.complete()
+
+    async def abort(self) -> None:
+        """Drop what was written unless committed (best effort, never raises)."""
+        await self._buffer.abort()
+        await self._object.abort()
 
 
 def _plain_http(endpoint: str | None) -> bool:

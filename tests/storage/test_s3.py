@@ -167,14 +167,72 @@ async def test_a_multipart_commit_copies_large_pieces_and_streams_small_ones(
     assert head["ETag"].strip('"').endswith("-3")  # copy, copy, then the small ones together
 
 
-async def test_a_large_write_is_stored_in_bounded_pieces(
+async def test_a_long_patch_is_one_object_written_in_bounded_parts(
     s3_store: S3BlobStore, object_store: S3TestServer
 ) -> None:
+    """A PATCH longer than a part is one piece (a multipart upload of its own key, so the
+    memory it holds is one part, and an upload sent in one PATCH, as docker, podman and
+    skopeo send a layer, is committed by one server-side copy of one object)."""
     data = payload(2 * PIECE_BYTES + 3, seed=20)
     scratch = await write_upload(s3_store, data, chunk=4 * MiB)
-    pieces = object_keys(object_store, s3_store._upload_prefix(scratch.id))
-    assert len(pieces) == len(scratch.pieces) == 3
+    keys = object_keys(object_store, s3_store._upload_prefix(scratch.id))
+    assert len(keys) == len(scratch.pieces) == 1
+    head = object_store.client().head_object(Bucket=BUCKET, Key=keys[0])
+    assert head["ContentLength"] == len(data)
     assert await scratch.read() == data
+    assert await scratch.read(PIECE_BYTES + 1) == data[: PIECE_BYTES + 1]
+    digest = digest_of(data)
+    await scratch.commit(digest)
+    assert await read_all(s3_store, digest) == data
+
+
+async def test_a_piece_larger_than_one_copy_takes_is_committed_in_slices(
+    s3_store: S3BlobStore, object_store: S3TestServer
+) -> None:
+    """S3 copies at most 5 GiB per CopyObject or UploadPartCopy: a longer piece is copied in
+    ranged slices (the limit lowered here so that the slices are a few MiB)."""
+    s3_store.max_copy_bytes = 12 * MiB
+    data = payload(PIECE_BYTES + 9 * MiB + 5, seed=24)
+    small = payload(MiB, seed=25)
+    scratch = await write_upload(s3_store, data, chunk=4 * MiB)
+    await scratch.append(small)
+    digest = digest_of(data + small)
+    await scratch.commit(digest)
+    assert await read_all(s3_store, digest) == data + small
+    head = object_store.client().head_object(Bucket=BUCKET, Key=s3_store._blob_key(digest))
+    assert head["ContentLength"] == len(data) + len(small)
+    # Three ranged copies of 8 to 9 MiB, then the small piece sent as the last part.
+    assert head["ETag"].strip('"').endswith("-4")
+
+
+async def test_a_long_patch_after_a_short_one_is_copied_but_for_what_tops_up_a_part(
+    s3_store: S3BlobStore, object_store: S3TestServer
+) -> None:
+    """A 1 MiB chunk, then the rest of the layer in one PATCH: the first part is the chunk
+    and the first 4 MiB of the long piece (read and sent again: S3's parts but the last are
+    5 MiB or more), the second a ranged copy of the rest of it."""
+    chunks = [payload(MiB, seed=27), payload(PIECE_BYTES + 3 * MiB, seed=28)]
+    scratch = await upload_in_requests(s3_store, chunks)
+    digest = digest_of(b"".join(chunks))
+    await scratch.commit(digest)
+    assert await read_all(s3_store, digest) == b"".join(chunks)
+    head = object_store.client().head_object(Bucket=BUCKET, Key=s3_store._blob_key(digest))
+    assert head["ETag"].strip('"').endswith("-2")
+
+
+async def test_a_patch_cut_short_leaves_no_piece_and_no_multipart_upload(
+    s3_store: S3BlobStore, object_store: S3TestServer
+) -> None:
+    scratch = Scratch(s3_store)
+    writer = await s3_store.open_upload(scratch.id, 0)
+    for _ in range(3):
+        await writer.write([payload(8 * MiB, seed=26)])
+    await writer.abort()  # the body broke off after two parts
+    assert writer.pieces == []
+    prefix = s3_store._upload_prefix(scratch.id)
+    assert object_keys(object_store, prefix) == []
+    listing = object_store.client().list_multipart_uploads(Bucket=BUCKET, Prefix=prefix)
+    assert listing.get("Uploads", []) == []
 
 
 async def test_a_late_piece_of_an_abandoned_patch_never_joins_the_blob(

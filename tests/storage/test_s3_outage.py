@@ -25,7 +25,13 @@ from tests.oci import (
     patch_upload,
     start_upload,
 )
-from tests.s3 import BUCKET, SeaweedFS, seaweedfs_server, stored_keys
+from tests.s3 import (
+    BUCKET,
+    SeaweedFS,
+    seaweedfs_server,
+    stored_sizes,
+    unfinished_objects,
+)
 from tests.servers import BerthServer, running_server
 
 MiB = 1024 * 1024
@@ -270,20 +276,29 @@ def test_a_deleted_bucket_and_revoked_credentials_are_clear_503s_and_pushes_succ
 
 # ---------------------------------------------------------------- a PATCH that fails midway
 
-PIECE = 16 * MiB  # berth.storage.s3_pieces.PIECE_BYTES: bytes buffered before a piece is PUT
+PIECE = 16 * MiB  # berth.storage.s3_pieces.PIECE_BYTES: what a PATCH sends as one part
+
+
+def upload_id_of(upload: str) -> str:
+    return upload.rstrip("/").rsplit("/", 1)[1]
 
 
 def pieces_of(server: BerthServer, upload: str) -> list[tuple[int, int]]:
-    """(start, size) of every piece of the upload at `upload` (its URL) in the bucket."""
-    upload_id = upload.rstrip("/").rsplit("/", 1)[1]
-    keys = stored_keys(server.extra_env, "uploads")
-    names = [key.rsplit("/", 1)[1] for key in keys if f"/uploads/{upload_id}/" in key]
-    return sorted((int(start), int(size)) for start, size, _token in map(split_piece, names))
+    """(start, size) of every piece of the upload at `upload` (its URL) in the bucket: a
+    PATCH's bytes, PUT whole (`{start}-{size}-{token}`) or in parts (`{start}-m{token}`)."""
+    sizes = stored_sizes(server.extra_env, "uploads")
+    pieces = []
+    for key, size in sizes.items():
+        if f"/uploads/{upload_id_of(upload)}/" in key:
+            start, *_ = key.rsplit("/", 1)[1].split("-")
+            pieces.append((int(start), size))
+    return sorted(pieces)
 
 
-def split_piece(name: str) -> tuple[str, str, str]:
-    start, size, token = name.split("-")
-    return start, size, token
+def parts_in_flight(server: BerthServer, upload: str) -> list[int]:
+    """How many parts each piece of the upload begun in parts and not completed holds."""
+    unfinished = unfinished_objects(server.extra_env, "uploads")
+    return [parts for key, parts in unfinished.items() if f"/{upload_id_of(upload)}/" in key]
 
 
 def wait_until(check: Callable[[], bool], what: str, timeout: float = 60) -> None:
@@ -300,12 +315,10 @@ def finish_from_acknowledged_offset(
     upload: str,
     data: bytes,
     acknowledged: int,
-    unrecorded: tuple[tuple[int, int], ...] = (),
 ) -> None:
     """What a client does after a failed chunk: ask where the upload stands, send the rest
-    from there (the bucket then holds that upload's two recorded pieces and nothing else but
-    the `unrecorded` ones the failed chunk could not remove), close it; the blob then pulls
-    byte-exact and no piece is left."""
+    from there (the bucket then holds that upload's two recorded pieces and nothing else),
+    close it; the blob then pulls byte-exact and no piece is left."""
     status = client.get(upload)
     assert_status(status, 204)
     assert status.headers["range"] == f"0-{acknowledged - 1}"
@@ -313,9 +326,10 @@ def finish_from_acknowledged_offset(
         client, location(status), data[acknowledged:], f"{acknowledged}-{len(data) - 1}"
     )
     assert_status(rest, 202)
-    assert pieces_of(server, upload) == sorted(
-        [(0, acknowledged), (acknowledged, len(data) - acknowledged), *unrecorded]
-    )
+    assert pieces_of(server, upload) == [
+        (0, acknowledged),
+        (acknowledged, len(data) - acknowledged),
+    ]
     digest = "sha256:" + hashlib.sha256(data).hexdigest()
     closed = client.put(location(rest), params={"digest": digest})
     assert_status(closed, 201)
@@ -326,9 +340,9 @@ def finish_from_acknowledged_offset(
 def test_a_client_gone_mid_patch_leaves_no_piece_and_its_upload_goes_on(
     outage_server: BerthServer, own_seaweedfs: SeaweedFS
 ) -> None:
-    """The client drops the connection after a piece of its chunk was stored and more was
-    buffered: the buffered bytes are not stored, the stored piece is removed, and the client
-    goes on from the offset it was last told."""
+    """The client drops the connection after a part of its chunk was stored and more was
+    buffered: the buffered bytes are not stored, the part is dropped (no piece of the chunk
+    ever visible), and the client goes on from the offset it was last told."""
     server = outage_server
     server.create_repository("gone", "app")
     name = "gone/app"
@@ -351,21 +365,23 @@ def test_a_client_gone_mid_patch_leaves_no_piece_and_its_upload_goes_on(
                     Content_Length=declared,
                 )
             )
-            # A piece stored, and a few MiB more on their way into the next one.
+            # A part stored, and a few MiB more on their way into the next one.
             connection.sendall(os.urandom(PIECE + 5 * MiB))
-            wait_until(lambda: len(pieces_of(server, upload)) == 2, "a piece stored")
+            wait_until(lambda: parts_in_flight(server, upload) == [1], "a part stored")
+            assert pieces_of(server, upload) == [(0, first)]
         # The next request on the upload waits for the broken one to have ended.
         finish_from_acknowledged_offset(server, client, name, upload, data, first)
+        assert parts_in_flight(server, upload) == []
     assert "went away during PATCH" in server.log_tail(200)
 
 
 def test_the_store_killed_mid_patch_is_a_503_and_no_piece_of_the_chunk_stays(
     outage_server: BerthServer, own_seaweedfs: SeaweedFS
 ) -> None:
-    """SeaweedFS SIGKILLed after a piece of a chunk was stored: the client is told UNAVAILABLE
-    (as for any store outage); the piece it can no longer use, which could not be removed with
-    the store gone, is never read, and goes when the upload ends; the upload goes on from its
-    offset."""
+    """SeaweedFS SIGKILLed after a part of a chunk was stored: the client is told UNAVAILABLE
+    (as for any store outage); the unfinished piece, which could not be dropped with the store
+    gone, is never visible nor read (the abandoned-uploads job aborts it after
+    `upload_expiry`); the upload goes on from its offset."""
     server, store = outage_server, own_seaweedfs
     server.create_repository("killed", "app")
     name = "killed/app"
@@ -378,7 +394,7 @@ def test_the_store_killed_mid_patch_is_a_503_and_no_piece_of_the_chunk_stays(
         def chunk() -> Iterator[bytes]:
             for _ in range(PIECE // MiB + 5):
                 yield os.urandom(MiB)
-            wait_until(lambda: len(pieces_of(server, upload)) == 2, "a piece stored")
+            wait_until(lambda: parts_in_flight(server, upload) == [1], "a part stored")
             store.kill()
             yield os.urandom(MiB)
 
@@ -396,6 +412,7 @@ def test_the_store_killed_mid_patch_is_a_503_and_no_piece_of_the_chunk_stays(
         assert time.monotonic() - started < 30
 
         store.start()
-        stale = (first, PIECE)
-        assert pieces_of(server, upload) == [(0, first), stale]
-        finish_from_acknowledged_offset(server, client, name, upload, data, first, (stale,))
+        assert pieces_of(server, upload) == [(0, first)]
+        assert parts_in_flight(server, upload) == [1]
+        finish_from_acknowledged_offset(server, client, name, upload, data, first)
+        assert parts_in_flight(server, upload) == [1]

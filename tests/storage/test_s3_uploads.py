@@ -34,7 +34,7 @@ from berth.services.storage_check import StorageCheck
 from berth.services.uploads import REMOVAL_WAIT_SECONDS, Upload, Uploads
 from berth.state import Services
 from berth.storage.s3 import S3BlobStore
-from berth.storage.s3_pieces import PIECE_BYTES
+from berth.storage.s3_pieces import PIECE_BYTES, parted_piece_key
 from tests.ports import free_port
 from tests.s3 import BUCKET, FaultyProxy, S3TestServer
 from tests.servers import PostgresCluster, database_url_for, in_own_thread
@@ -221,10 +221,12 @@ async def test_abandoned_uploads_and_unfinished_commits_are_removed(
             .where(uploads.c.id == abandoned.id)
             .values(updated_at=dt.datetime.now(dt.UTC) - dt.timedelta(days=2))
         )
-    # A commit a node began and never finished (it died between its parts).
+    # A commit and a long PATCH a node began and never finished (it died between parts).
     client = object_store.client()
     blob_key = store._blob_key(digest_of(b"never finished"))
     client.create_multipart_upload(Bucket=BUCKET, Key=blob_key)
+    piece_key = store._upload_prefix(kept.id) + parted_piece_key(6, "0" * 16)
+    client.create_multipart_upload(Bucket=BUCKET, Key=piece_key)
     check = StorageCheck(db, store, upload_expiry=86_400)
     assert await store.abort_unfinished_commits(time.time() - 3600) == 0  # young: kept
 
@@ -236,7 +238,7 @@ async def test_abandoned_uploads_and_unfinished_commits_are_removed(
     async with db.read() as conn:
         left = set((await conn.execute(select(uploads.c.id))).scalars())
     assert left == {kept.id}
-    assert await store.abort_unfinished_commits(time.time() + 60) == 1
+    assert await store.abort_unfinished_commits(time.time() + 60) == 2
     listing = client.list_multipart_uploads(Bucket=BUCKET, Prefix=store._prefix)
     assert listing.get("Uploads", []) == []
 
