@@ -176,12 +176,19 @@ class _Pending:
 _pending: dict[RequestKey, _Pending] = {}
 
 
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+
 def request_done(
     surface: str, route: str, method: str, status: int, seconds: float, received: int, sent: int
 ) -> None:
     """One request answered."""
     if not enabled:
         return
+    # Any token is a method to HTTP/1.1: one label per name a client makes up would grow the
+    # metrics without bound, so methods no route takes are counted together.
+    if method not in _METHODS:
+        method = "other"
     key = (surface, route, method, status)
     pending = _pending.get(key)
     if pending is None:

@@ -188,6 +188,25 @@ def test_labels_stay_bounded_over_distinct_paths(observed: BerthServer) -> None:
     assert len(after) - len(before) < 200
 
 
+def test_methods_a_client_makes_up_are_counted_as_one(observed: BerthServer) -> None:
+    """Any token is an HTTP/1.1 method: each made-up one is not a label set of its own."""
+    made_up = [f"X{'Q' * 30}{n}" for n in range(50)]
+    before = scrape(observed)
+    with httpx.Client(base_url=observed.url, timeout=30) as client:
+        for method in made_up:
+            assert client.request(method, "/v2/").status_code in (401, 405)
+    after = scrape(observed)
+    methods = {dict(labels).get("method") for name, labels in after}
+    assert not methods & set(made_up)
+    requests = "berth_http_requests_total"
+    counted = sum(
+        moved(before, after, requests, surface="registry", route=route, method="other", status=s)
+        for route in {dict(labels).get("route", "") for name, labels in after}
+        for s in ("401", "405")
+    )
+    assert counted == len(made_up)
+
+
 # ------------------------------------------------------------------ who may scrape
 
 METRICS_PORT = free_port()

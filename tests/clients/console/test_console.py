@@ -13,6 +13,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
@@ -93,6 +94,19 @@ def test_a_visitor_is_sent_to_sign_in_and_back(page: Page, tenant: Tenant) -> No
     expect(page.get_by_role("heading", name="Sign in to the console")).to_be_visible()
     page.goto(f"{tenant.console}#{wanted}")
     expect(page.get_by_role("heading", name="Sign in to the console")).to_be_visible()
+
+
+def test_a_link_with_a_dot_dot_name_acts_on_nothing(page: Page, tenant: Tenant) -> None:
+    """A crafted link naming repository `..` would resolve to the project's own URL (and the
+    repository's Delete button to deleting the project): the console refuses the name."""
+    sign_in(page, tenant)
+    asked: list[str] = []
+    page.on("request", lambda request: asked.append(urlsplit(request.url).path))
+    page.goto(f"{tenant.console}#/projects/{tenant.project}/repositories/..")
+    expect(page.get_by_role("heading", level=1, name="Something went wrong")).to_be_visible()
+    expect(page.get_by_text('".." is not a name')).to_be_visible()
+    project_path = f"/api/v1/projects/{tenant.project}"
+    assert asked.count(project_path) <= 1  # the page's own load of the project, no more
 
 
 def test_the_root_of_the_server_opens_the_console(page: Page, tenant: Tenant) -> None:

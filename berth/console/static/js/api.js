@@ -56,8 +56,14 @@ export const api = {
   delete: (path) => request("DELETE", path),
 };
 
-/** Encodes a path segment (project, repository, digest, tag, user, key ID). */
-export const seg = encodeURIComponent;
+/** Encodes a path segment (project, repository, digest, tag, user, key ID). "." and ".."
+ * are refused: no name is either, and a URL resolves them (encoded too) to another path,
+ * so a crafted console link would act on the parent (a project instead of a repository). */
+export function seg(value) {
+  const text = String(value);
+  if (text === "." || text === "..") throw new Error(`${JSON.stringify(text)} is not a name`);
+  return encodeURIComponent(text);
+}
 
 /** A query string from an object, leaving out empty values. */
 export function query(params) {
