@@ -130,8 +130,8 @@ class Settings(BaseSettings):
     max_open_uploads: int = Field(
         1000,
         ge=1,
-        description="uploads in progress at once per project; more are refused (429) until "
-        "some finish, are cancelled or expire",
+        description="uploads in progress at once per project, half of it per user; more "
+        "are refused (429) until some finish, are cancelled or expire",
     )
     upload_expiry: int = Field(
         86_400,

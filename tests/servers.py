@@ -246,6 +246,12 @@ class BerthServer:
     def add_member(self, project: str, user: str, role: str) -> None:
         self._services(lambda s: s.identity.members.add_member(project, user, role, actor="test"))
 
+    def grant(self, project: str, repository: str, user: str, role: str) -> None:
+        """A role on one repository of the project (not a member of the project)."""
+        self._services(
+            lambda s: s.identity.members.grant(project, repository, user, role, actor="test")
+        )
+
     def access_key(self, project: str, user: str = "admin") -> tuple[str, str]:
         """(access key ID, secret) for `user` in `project`, made once and reused."""
         if (project, user) not in self.keys:

@@ -12,6 +12,7 @@ import socket
 import subprocess
 import threading
 import time
+import uuid
 from contextlib import ExitStack
 from pathlib import Path
 
@@ -27,7 +28,7 @@ from tests.servers import BerthServer, server_fixture
 MiB = 1024 * 1024
 TIMEOUT = 2  # the server's header and body read timeouts here, seconds
 PER_CLIENT = 64
-OPEN_UPLOADS = 3  # per project
+OPEN_UPLOADS = 4  # per project; half of it per user
 
 
 server = server_fixture(
@@ -363,20 +364,46 @@ def test_a_client_going_away_mid_body_is_one_short_log_line(server: BerthServer)
 
 def test_uploads_in_progress_per_project_are_limited(server: BerthServer) -> None:
     """A key that only ever starts uploads (each keeps a row and a scratch file for a day):
-    past max_open_uploads in its project the next POST is 429 TOOMANYREQUESTS saying why;
-    another project is not held up; an upload ended makes room again."""
+    past half of max_open_uploads its user's next POST is 429 TOOMANYREQUESTS saying why, so
+    a user allowed to push to one repository cannot stop the project's other pushes; past
+    max_open_uploads in the project, everyone's; another project is not held up; an upload
+    ended makes room again."""
     repo, other = new_repo(server), new_repo(server)
+    pushers = []
+    names = ["u" + uuid.uuid4().hex[:8], "u" + uuid.uuid4().hex[:8]]
+    for name in names:
+        server.create_user(name, "a-password-for-tests")
+        server.grant(repo.project, repo.repository, name, "member")
+        pushers.append(
+            httpx.Client(base_url=server.url, auth=server.access_key(repo.project, name))
+        )
+    grant_only, second = pushers
     started = []
-    for _ in range(OPEN_UPLOADS):
-        answer = repo.client.post(repo.url("blobs/uploads/"))
+    for _ in range(OPEN_UPLOADS // 2):
+        answer = grant_only.post(repo.url("blobs/uploads/"))
         assert answer.status_code == 202
         started.append(answer.headers["Location"])
-    refused = repo.client.post(repo.url("blobs/uploads/"))
+    refused = grant_only.post(repo.url("blobs/uploads/"))
     assert refused.status_code == 429
     [error] = refused.json()["errors"]
     assert error["code"] == "TOOMANYREQUESTS"
+    assert f"you have {OPEN_UPLOADS // 2} uploads in progress" in error["message"]
+    assert "the most one user may" in error["message"]
+
+    for _ in range(OPEN_UPLOADS // 2):  # the rest of the project's share, by another user
+        assert second.post(repo.url("blobs/uploads/")).status_code == 202
+    refused = repo.client.post(repo.url("blobs/uploads/"))
+    assert refused.status_code == 429
+    [error] = refused.json()["errors"]
     assert f"has {OPEN_UPLOADS} uploads in progress" in error["message"]
     assert "max_open_uploads" in error["message"]
     assert other.client.post(other.url("blobs/uploads/")).status_code == 202
-    assert repo.client.delete(started[0]).status_code == 204
+    assert grant_only.delete(started[0]).status_code == 204
     assert repo.client.post(repo.url("blobs/uploads/")).status_code == 202
+    for client in pushers:
+        client.close()
+
+    # A user's uploads go with the user: nobody else may go on with them.
+    assert repo.client.get(started[1]).status_code == 204
+    server._services(lambda s: s.identity.users.delete_user(names[0], actor="test"))
+    assert repo.client.get(started[1]).status_code == 404

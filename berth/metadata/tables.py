@@ -159,6 +159,9 @@ uploads = Table(
         index=True,
     ),
     Column("image", String(255), nullable=False),
+    # Who started it: one user may hold at most half of the project's open uploads. Their
+    # uploads go with them (no one else may go on with them).
+    Column("started_by", ForeignKey("users.id", ondelete="CASCADE"), index=True),
     Column("offset", BigInteger, nullable=False, default=0),
     Column("digest_at_offset", DIGEST),
     # The running SHA-256 at `offset` (domain.hash_state), so any node can take the next PATCH.

@@ -413,7 +413,9 @@ async def start_upload(request: Request) -> Response:
             repo, mount, None
         ):
             return _blob_created(name, mount)
-    upload = await services.uploads.start(repo, name.image)
+    caller: Caller = request.state.caller
+    started_by = caller.principal.user_id if caller.principal else None
+    upload = await services.uploads.start(repo, name.image, started_by)
     digest = params.get("digest")
     if digest:
         final = await services.uploads.complete(

@@ -220,12 +220,14 @@ class Uploads:
         # by uploads abandoned, failed or finished on another node.
         self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
 
-    async def start(self, repo: RepositoryRef, image: str) -> Upload:
+    async def start(self, repo: RepositoryRef, image: str, started_by: int | None = None) -> Upload:
+        """A new upload; `started_by`: the user whose request starts it (None: no user's,
+        e.g. a tool of the server's own), who may hold half of the project's open uploads."""
         upload = Upload(uuid.uuid4().hex, repo.id, image, 0, None)
         # Refused up front while garbage collection runs, so clients see why at once.
         async with self.db.read() as conn:
             await refuse_if_restricted(conn, repo.project_id, repo.project)
-            await self._refuse_too_many_open(conn, repo)
+            await self._refuse_too_many_open(conn, repo, started_by)
         # The scratch object exists from the start, so any node can pick the upload up.
         async with self._storage_faults(upload.id):
             writer = await self.store.open_upload(upload.id, 0)
@@ -238,6 +240,7 @@ class Uploads:
                         id=upload.id,
                         repository_id=repo.id,
                         image=image,
+                        started_by=started_by,
                         offset=0,
                         started_at=now,
                         updated_at=now,
@@ -249,23 +252,37 @@ class Uploads:
         self._hashes.put(upload.id, 0, _new_sha256())
         return upload
 
-    async def _refuse_too_many_open(self, conn: AsyncConnection, repo: RepositoryRef) -> None:
+    async def _refuse_too_many_open(
+        self, conn: AsyncConnection, repo: RepositoryRef, started_by: int | None
+    ) -> None:
         """Each upload keeps a row and a scratch object until it ends or expires: a client
-        that only ever starts uploads would fill the database and the store for a day."""
-        open_uploads = (
+        that only ever starts uploads would fill the database and the store for a day. One
+        user may hold half the project's share, so that a user allowed to push to one
+        repository cannot stop every push to the project."""
+        in_project = uploads.join(repositories, repositories.c.id == uploads.c.repository_id)
+        counted = (
             await conn.execute(
-                select(func.count())
-                .select_from(
-                    uploads.join(repositories, repositories.c.id == uploads.c.repository_id)
+                select(
+                    func.count(),
+                    func.count().filter(uploads.c.started_by == started_by),
                 )
+                .select_from(in_project)
                 .where(repositories.c.project_id == repo.project_id)
             )
-        ).scalar_one()
+        ).one()
+        open_uploads, users_open = int(counted[0]), int(counted[1])
         if open_uploads >= self.max_open:
             raise TooManyRequests(
                 f"project {repo.project!r} has {open_uploads} uploads in progress, the most "
                 f"it may (max_open_uploads = {self.max_open}): finish or cancel some, or wait "
                 "for abandoned ones to expire (upload_expiry)"
+            )
+        per_user = max(1, self.max_open // 2)
+        if started_by is not None and users_open >= per_user:
+            raise TooManyRequests(
+                f"you have {users_open} uploads in progress in project {repo.project!r}, the "
+                f"most one user may (half of max_open_uploads = {self.max_open}): finish or "
+                "cancel some, or wait for abandoned ones to expire (upload_expiry)"
             )
 
     async def in_progress(self) -> int:
