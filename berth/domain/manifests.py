@@ -65,6 +65,16 @@ class ParsedManifest:
         return self.media_type in INDEX_TYPES
 
 
+def _annotations(value: Any, where: str) -> dict[str, str] | None:
+    """A string-to-string map, as the image spec requires (clients built on it, Distribution
+    among them, cannot read a manifest with anything else there)."""
+    if value is None:
+        return None
+    if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
+        raise ManifestInvalid(f"{where} must be an object whose values are strings")
+    return value or None
+
+
 def _descriptor(value: Any, where: str) -> Descriptor:
     if not isinstance(value, dict):
         raise ManifestInvalid(f"{where} must be a descriptor object")
@@ -83,14 +93,13 @@ def _descriptor(value: Any, where: str) -> Descriptor:
     if "\x00" in media_type or (isinstance(artifact_type, str) and "\x00" in artifact_type):
         raise ManifestInvalid(f"{where}: media types must not contain NUL characters")
     platform = value.get("platform")
-    annotations = value.get("annotations")
     return Descriptor(
         media_type,
         digest,
         size,
         artifact_type if isinstance(artifact_type, str) else None,
         platform if isinstance(platform, dict) else None,
-        annotations if isinstance(annotations, dict) else None,
+        _annotations(value.get("annotations"), f"{where}.annotations"),
     )
 
 
@@ -107,6 +116,9 @@ def _descriptor_list(document: dict[str, Any], key: str, *, required: bool) -> l
 
 def parse_manifest(body: bytes, content_type: str | None) -> ParsedManifest:
     """Parse a pushed manifest; raise ManifestInvalid with a message a person can act on."""
+    if body.startswith(b"\xef\xbb\xbf"):
+        # JSON's RFC 8259 forbids it, and Go's decoder (Distribution, containerd) refuses it.
+        raise ManifestInvalid("manifest starts with a byte order mark: send the JSON without it")
     try:
         document = json.loads(body)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -143,14 +155,10 @@ def parse_manifest(body: bytes, content_type: str | None) -> ParsedManifest:
         raise ManifestInvalid("artifactType must be a string")
     if artifact_type and "\x00" in artifact_type:
         raise ManifestInvalid("artifactType must not contain NUL characters")
-    annotations = document.get("annotations")
-    if isinstance(annotations, dict):
-        # A string-to-string map (spec); anything else is not reported by the referrers API.
-        annotations = {k: v for k, v in annotations.items() if isinstance(v, str)} or None
     parsed = ParsedManifest(
         media_type=media_type,
         artifact_type=artifact_type,
-        annotations=annotations if isinstance(annotations, dict) else None,
+        annotations=_annotations(document.get("annotations"), "annotations"),
     )
     if "subject" in document and document["subject"] is not None:
         parsed.subject = _descriptor(document["subject"], "subject")

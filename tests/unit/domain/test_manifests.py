@@ -124,3 +124,37 @@ def test_an_artifact_manifest_may_have_no_blobs() -> None:
         [],
         "x/y",
     )
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"annotations": ["a", "b"]},
+        {"annotations": {"org.example": {"nested": "x"}}},
+        {"annotations": {"org.example": 1}},
+        {
+            "layers": [
+                {
+                    "mediaType": "application/vnd.oci.image.layer.v1.tar",
+                    "digest": DIGEST,
+                    "size": 2,
+                    "annotations": {"org.example": ["x"]},
+                }
+            ]
+        },
+    ],
+)
+def test_annotations_must_map_strings_to_strings(fields: dict[str, object]) -> None:
+    with pytest.raises(ManifestInvalid, match="annotations must be an object whose values"):
+        parse_manifest(_manifest(**fields), None)
+
+
+def test_annotations_of_strings_are_kept() -> None:
+    parsed = parse_manifest(_manifest(annotations={"org.example": "x"}), None)
+    assert parsed.annotations == {"org.example": "x"}
+    assert parse_manifest(_manifest(annotations={}), None).annotations is None
+
+
+def test_a_byte_order_mark_is_refused() -> None:
+    with pytest.raises(ManifestInvalid, match="byte order mark"):
+        parse_manifest(b"\xef\xbb\xbf" + _manifest(), None)
