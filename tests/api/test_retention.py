@@ -142,3 +142,20 @@ def test_retag_and_push_during_a_run_are_kept(team: Team) -> None:
     assert result.images_skipped == 1
     assert tags_of(team) == ["build-0", "fresh", "latest"]
     assert fresh.digest not in {i.digest for i in result.deleted}
+
+
+def test_a_pattern_with_many_stars_plans_at_once(team: Team) -> None:
+    # A matcher that backtracks took minutes over this pattern and a 128-character tag, in the
+    # event loop of the node that answers (and again in every scheduled run).
+    long_tag = "a" * 128
+    with team.registry() as registry:
+        push_image(registry, team.oci_name(), long_tag)
+        ending_in_b = push_image(registry, team.oci_name(), "a" * 127 + "b")
+    pattern = "*a" * 10 + "*b"
+    policy = {"rules": [{"keep": "last", "count": 0, "tags": pattern}]}
+    ok(team["project-admin"].put(team.url("/retention"), json=policy))
+    started = time.monotonic()
+    dry = ok(team["project-admin"].post(team.url("/retention/dry-run")))
+    assert time.monotonic() - started < 10
+    assert [i["digest"] for i in dry["images"]] == [ending_in_b.digest]
+    assert dry["images_outside_rules"] == 1

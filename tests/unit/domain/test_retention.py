@@ -7,7 +7,15 @@ import time
 
 import pytest
 
-from berth.domain.retention import Keep, Manifest, Rule, RuleInvalid, images_of, plan
+from berth.domain.retention import (
+    Keep,
+    Manifest,
+    Rule,
+    RuleInvalid,
+    images_of,
+    matches,
+    plan,
+)
 
 NOW = dt.datetime(2026, 12, 1, 12, 0, tzinfo=dt.UTC)
 
@@ -210,6 +218,48 @@ def test_each_kind_of_rule_describes_itself(rule: Rule, said: str) -> None:
     """What `berth retention show` and the console list for a project's rules."""
     rule.check()
     assert rule.describe() == said
+
+
+@pytest.mark.parametrize(
+    ("pattern", "value", "matched"),
+    [
+        ("*", "", True),
+        ("*", "app/web/x", True),  # `*` crosses slashes
+        ("app*", "app/web", True),
+        ("app/*", "apps", False),
+        ("v?.0", "v1.0", True),
+        ("v?.0", "v10.0", False),  # `?` is one character
+        ("v1.0", "v1x0", False),  # `.` is literal
+        ("v1.*-rc", "v1.2.3-rc", True),
+        ("*-rc", "v1-rc-2", False),  # the whole value must match
+        ("a[b]", "a[b]", True),  # outside the documented characters, yet literal
+        ("a[b]", "ab", False),
+    ],
+)
+def test_a_pattern_matches_as_documented(pattern: str, value: str, matched: bool) -> None:
+    assert matches(pattern, value) is matched
+
+
+@pytest.mark.parametrize(
+    ("pattern", "matched"),
+    [
+        ("*a*a*a*a*a*a*a*b", False),  # a backtracking matcher: minutes
+        (("*a" * 127)[:254] + "b", False),  # 255 characters, the most a pattern may have
+        ("*?" * 127 + "b", False),
+        ("?*" * 127, True),
+        (("*" + "a" * 10) * 23 + "b", False),
+        ("*a" * 100 + "*", True),
+    ],
+)
+def test_a_pathological_pattern_matches_in_linear_time(pattern: str, matched: bool) -> None:
+    """A project admin chooses the patterns and a run (or a dry run) matches each against
+    every tag of the project: many stars against a long tag must not take exponential time.
+    CPU time, so that other processes on the machine do not count."""
+    value = "a" * 128  # the longest tag
+    started = time.process_time()
+    for candidate in (value, f"{value}/{value}"):
+        assert matches(pattern, candidate) is matched
+    assert time.process_time() - started < 0.25
 
 
 def ci_images(count: int) -> list[Manifest]:
