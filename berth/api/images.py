@@ -102,7 +102,8 @@ async def delete_image(
 ) -> Response:
     """Delete an image and every tag on it (its data goes at the next garbage collection). A
     platform manifest of a stored index cannot be deleted on its own: delete the index. An
-    image a tag protected by an immutable tag rule names cannot be deleted (409)."""
+    image a tag protected by an immutable tag rule, or any tag while the repository's tag
+    overwrite is off, names cannot be deleted (409)."""
     repo = await ctx.repository(repository)
     await ctx.services.registry.delete_manifest(
         repo, image, digest, actor=ctx.actor, client=client_address(request)
@@ -135,7 +136,8 @@ async def delete_tag(
     image: ImageName = "",
 ) -> Response:
     """Remove a tag (the image stays); it can be restored while the image is stored. A tag
-    protected by an immutable tag rule cannot be removed (409 naming the rule)."""
+    protected by an immutable tag rule cannot be removed (409 naming the rule), nor any tag
+    while the repository's tag overwrite is off."""
     repo = await ctx.repository(repository)
     await ctx.services.registry.delete_manifest(
         repo, image, tag, actor=ctx.actor, client=client_address(request)

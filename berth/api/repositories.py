@@ -49,7 +49,9 @@ class NewRepository(BaseModel):
     )
     visibility: Visibility = Field("private", description="public: anyone may pull")
     description: Description = ""
-    tag_overwrite: bool = Field(True, description="false: an existing tag cannot be moved")
+    tag_overwrite: bool = Field(
+        True, description="false: an existing tag cannot be moved or deleted"
+    )
     scan_mode: ScanMode = Field("manual", description="image scan: on push (auto) or on request")
 
 

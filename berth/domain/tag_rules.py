@@ -71,6 +71,35 @@ class TagImmutable(Denied):
         self.rule = rule
 
 
+class TagOverwriteDisabled(Denied):
+    """A change that would move or remove a tag of a repository whose tag overwrite is off:
+    each of its tags is immutable, refused as a rule's are (DENIED on /v2, 409 on the API).
+    Deleting the repository itself stays possible: the switch goes with it."""
+
+    api_status = 409
+
+    def __init__(self, message: str, tag: str, digest: str) -> None:
+        super().__init__(message, {"tag": tag, "digest": digest})
+
+    @classmethod
+    def moved(cls, tag: str, repository: str, digest: str) -> TagOverwriteDisabled:
+        return cls(
+            f"tag {tag!r} already exists and tag overwrite is disabled for repository "
+            f"{repository}; push a new tag",
+            tag,
+            digest,
+        )
+
+    @classmethod
+    def deleted(cls, tag: str, repository: str, digest: str) -> TagOverwriteDisabled:
+        return cls(
+            f"tag {tag} is immutable: tag overwrite is disabled for repository {repository}; "
+            "it cannot be deleted (turn tag overwrite on first to delete it)",
+            tag,
+            digest,
+        )
+
+
 def protecting_rule(
     rules: Iterable[ImmutableTagRule], repository: str, tag: str
 ) -> ImmutableTagRule | None:

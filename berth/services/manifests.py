@@ -29,7 +29,12 @@ from berth.domain.manifests import (
 )
 from berth.domain.names import is_valid_tag
 from berth.domain.references import RepositoryRef
-from berth.domain.tag_rules import TagImmutable, full_name, protecting_rule
+from berth.domain.tag_rules import (
+    TagImmutable,
+    TagOverwriteDisabled,
+    full_name,
+    protecting_rule,
+)
 from berth.metadata.audit import write_audit_entries
 from berth.metadata.database import Database
 from berth.metadata.queries import indexes_listing, is_image
@@ -417,11 +422,7 @@ class ManifestContent:
         if current == digest:
             return False
         if current is not None and not repo.tag_overwrite:
-            raise Denied(
-                f"tag {tag!r} already exists and tag overwrite is disabled for repository "
-                f"{repo.project}/{repo.name}; push a new tag",
-                {"tag": tag, "digest": current},
-            )
+            raise TagOverwriteDisabled.moved(tag, f"{repo.project}/{repo.name}", current)
         if current is not None:
             await self._refuse_protected(conn, repo, image, [tag], "moved to another image")
         await conn.execute(
@@ -479,6 +480,11 @@ class ManifestContent:
                 ).scalar()
                 found = old is not None
                 if found:
+                    # Else a delete and a push would move the tag the switch fixes.
+                    if not repo.tag_overwrite:
+                        raise TagOverwriteDisabled.deleted(
+                            reference, f"{repo.project}/{repo.name}", str(old)
+                        )
                     await self._refuse_protected(conn, repo, image, [reference], "deleted")
                     await self._event(conn, repo, image, reference, "untag", old, None, actor)
                     data = content_data(repo, image, actor, tag=reference, digest=old)
@@ -515,6 +521,8 @@ class ManifestContent:
             .all()
         )
         # Refused after the delete, so no extra query: the refusal rolls it back.
+        if tagged and not repo.tag_overwrite:
+            raise TagOverwriteDisabled.deleted(min(tagged), f"{repo.project}/{repo.name}", digest)
         await self._refuse_protected(conn, repo, image, sorted(tagged), "deleted")
         result = await conn.execute(
             delete(manifests).where(

@@ -197,6 +197,46 @@ def test_the_tag_overwrite_switch_still_fixes_every_tag(team: Team) -> None:
         assert "tag overwrite is disabled" in oci_error(moved, 403, "DENIED")
 
 
+def test_with_tag_overwrite_off_no_tag_is_deleted_and_pushed_elsewhere(team: Team) -> None:
+    """Off, the switch fixes every tag as a rule would: a delete and a push must not move it
+    either, on /v2 or the API. Untagged images go; so does the repository, switch and all."""
+    name = team.oci_name()
+    with team.registry("member") as registry:
+        release = push_image(registry, name, "rel1")
+        push_manifest_as(registry, name, "rel2", release)
+        untagged = push_image(registry, name, None)
+    ok(team["member"].patch(team.repo_url(), json={"tag_overwrite": False}))
+    message = (
+        f"tag rel1 is immutable: tag overwrite is disabled for repository {name}; "
+        "it cannot be deleted (turn tag overwrite on first to delete it)"
+    )
+    with team.registry("member") as registry:
+        assert oci_error(registry.delete(manifest_path(name, "rel1")), 403, "DENIED") == message
+        assert oci_error(registry.delete(manifest_path(name, release.digest)), 403, "DENIED") == (
+            message
+        )
+        moved = registry.put(
+            manifest_path(name, "rel1"),
+            content=untagged.data,
+            headers={"Content-Type": untagged.media_type},
+        )
+        assert "tag overwrite is disabled" in oci_error(moved, 403, "DENIED")
+        assert digest_of_tag(registry, name, "rel1") == release.digest
+
+    member = team["member"]
+    body = assert_problem(member.delete(team.repo_url("/tags/rel2")), 409, code="DENIED")
+    assert body["detail"].startswith("tag rel2 is immutable: tag overwrite is disabled")
+    body = assert_problem(member.delete(team.repo_url(f"/images/{release.digest}")), 409)
+    assert body["detail"] == message
+    assert ok(member.delete(team.repo_url(f"/images/{untagged.digest}")), 204) is None
+
+    ok(member.patch(team.repo_url(), json={"tag_overwrite": True}))
+    assert ok(member.delete(team.repo_url("/tags/rel2")), 204) is None
+    ok(member.patch(team.repo_url(), json={"tag_overwrite": False}))
+    assert ok(member.delete(team.repo_url()), 204) is None
+    assert_problem(member.get(team.repo_url()), 404)
+
+
 def test_a_repository_holding_a_protected_tag_is_not_deleted(team: Team) -> None:
     with team.registry() as registry:
         push_image(registry, team.oci_name("web"), "v3")
