@@ -14,6 +14,7 @@ from tests.conftest import Repo, new_repo
 from tests.oci import (
     OCI_CONFIG,
     OCI_INDEX,
+    OCI_LAYER,
     OCI_MANIFEST,
     Blob,
     assert_one_patch_taken,
@@ -23,6 +24,7 @@ from tests.oci import (
     put_manifest,
     race_patches,
     random_image,
+    to_json,
 )
 from tests.s3 import stored_keys
 from tests.servers import BACKENDS, S3_BACKEND, BerthServer, server_fixture
@@ -193,6 +195,67 @@ def test_index_with_a_missing_child_is_refused(repo: Repo) -> None:
     ).encode()
     response = put_manifest(repo.client, repo.name, "idx", body, OCI_INDEX)
     assert error_code(response) == "MANIFEST_BLOB_UNKNOWN"
+
+
+@pytest.mark.parametrize("where", ["config", "layer"])
+@pytest.mark.parametrize("declared", [2, 2**70])
+def test_a_blob_descriptor_whose_size_is_not_the_blobs_is_refused(
+    repo: Repo, where: str, declared: int
+) -> None:
+    """A size that lies would give an image no client can pull, and readers that trust it
+    (the console's platform from the config) would read far more than declared."""
+    config = Blob(b'{"os": "linux", "architecture": "amd64", "pad": "xxxxxxxx"}', OCI_CONFIG)
+    layer = Blob(os.urandom(1024), OCI_LAYER)
+    push_bytes(repo.client, repo.name, config.data)
+    push_bytes(repo.client, repo.name, layer.data)
+    lying, honest = (config, layer) if where == "config" else (layer, config)
+    descriptors = {
+        lying.digest: lying.descriptor(size=declared),
+        honest.digest: honest.descriptor(),
+    }
+    body = to_json(
+        {
+            "schemaVersion": 2,
+            "mediaType": OCI_MANIFEST,
+            "config": descriptors[config.digest],
+            "layers": [descriptors[layer.digest]],
+        }
+    )
+    response = put_manifest(repo.client, repo.name, "lying", body)
+    assert response.status_code == 400
+    assert error_code(response) == "MANIFEST_INVALID"
+    message = response.json()["errors"][0]["message"]
+    assert lying.digest in message and str(declared) in message and str(lying.size) in message
+    assert repo.client.get(repo.url("manifests/lying")).status_code == 404
+    # The same blobs with their true sizes: accepted.
+    honest_body = to_json(
+        {
+            "schemaVersion": 2,
+            "mediaType": OCI_MANIFEST,
+            "config": config.descriptor(),
+            "layers": [layer.descriptor()],
+        }
+    )
+    assert put_manifest(repo.client, repo.name, "honest", honest_body).status_code == 201
+
+
+def test_an_index_child_whose_size_is_not_the_manifests_is_refused(repo: Repo) -> None:
+    child = Blob(random_image(repo.client, repo.name), OCI_MANIFEST)
+    assert put_manifest(repo.client, repo.name, child.digest, child.data).status_code == 201
+    body = to_json(
+        {
+            "schemaVersion": 2,
+            "mediaType": OCI_INDEX,
+            "manifests": [child.descriptor(size=child.size + 1)],
+        }
+    )
+    response = put_manifest(repo.client, repo.name, "idx", body, OCI_INDEX)
+    assert response.status_code == 400
+    assert error_code(response) == "MANIFEST_INVALID"
+    message = response.json()["errors"][0]["message"]
+    assert child.digest in message and str(child.size + 1) in message and str(child.size) in message
+    good = to_json({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": [child.descriptor()]})
+    assert put_manifest(repo.client, repo.name, "idx", good, OCI_INDEX).status_code == 201
 
 
 def test_oversized_manifest_is_refused(repo: Repo) -> None:

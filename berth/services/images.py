@@ -40,6 +40,21 @@ MAX_CONFIG_READ = 1 << 20  # a config larger than this is not read for its platf
 _config_platforms: LRUCache[str, str | None] = LRUCache(maxsize=4096)
 
 
+async def config_platform(store: BlobStore, digest: str) -> str | None:
+    """The platform an image config blob names; None when it is missing, unreadable or over
+    MAX_CONFIG_READ bytes. Bounded whatever a manifest declares of its size: earlier versions
+    accepted sizes that lie, and the read must not hold a huge blob in memory."""
+    try:
+        # One byte past the limit tells a config too large to read.
+        content = b"".join([chunk async for chunk in store.read(digest, 0, MAX_CONFIG_READ + 1)])
+        if len(content) > MAX_CONFIG_READ:
+            return None
+        document = json.loads(content)
+    except (OSError, ValueError):
+        return None  # missing or unreadable: no platform shown, nothing else fails
+    return platform_name(document) if isinstance(document, dict) else None
+
+
 def platform_name(platform: dict[str, Any] | None) -> str | None:
     """`os/architecture[/variant]` of an index entry's platform, as docker prints it."""
     if not platform:
@@ -283,18 +298,9 @@ class Images:
         found: dict[int, str | None] = {}
         for manifest_id, (digest, size) in configs.items():
             if digest not in _config_platforms and size <= MAX_CONFIG_READ:
-                _config_platforms[digest] = await self._config_platform(digest)
+                _config_platforms[digest] = await config_platform(self.store, digest)
             found[manifest_id] = _config_platforms.get(digest)
         return found
-
-    async def _config_platform(self, digest: str) -> str | None:
-        assert self.store is not None
-        try:
-            content = b"".join([chunk async for chunk in self.store.read(digest)])
-            document = json.loads(content)
-        except (OSError, ValueError):
-            return None  # missing or unreadable: no platform shown, nothing else fails
-        return platform_name(document) if isinstance(document, dict) else None
 
     async def _layers(self, conn: Any, manifest_id: int, sizes: dict[str, int]) -> list[Layer]:
         """The blobs an image manifest lists, in its order, with their media types."""

@@ -22,6 +22,7 @@ from berth.domain.errors import (
 )
 from berth.domain.manifests import (
     MAX_MANIFEST_BYTES,
+    Descriptor,
     ParsedManifest,
     manifest_too_large,
     parse_manifest,
@@ -39,6 +40,7 @@ from berth.metadata.audit import write_audit_entries
 from berth.metadata.database import Database
 from berth.metadata.queries import indexes_listing, is_image
 from berth.metadata.tables import (
+    blobs,
     image_events,
     manifest_references,
     manifests,
@@ -321,14 +323,18 @@ class ManifestContent:
     ) -> None:
         needed = stored_blobs(parsed)
         if needed:
-            holders = select(repository_blobs.c.digest).where(repository_blobs.c.digest.in_(needed))
+            holders = (
+                select(blobs.c.digest, blobs.c.size)
+                .join(repository_blobs, repository_blobs.c.digest == blobs.c.digest)
+                .where(blobs.c.digest.in_(needed))
+            )
             if project_wide:
                 holders = holders.join(
                     repositories, repositories.c.id == repository_blobs.c.repository_id
                 ).where(repositories.c.project_id == repo.project_id)
             else:
                 holders = holders.where(repository_blobs.c.repository_id == repo.id)
-            found = set((await conn.execute(holders.distinct())).scalars())
+            found = {row.digest: row.size for row in await conn.execute(holders.distinct())}
             missing = [d for d in needed if d not in found]
             if missing:
                 where = "this project" if project_wide else "this repository"
@@ -337,19 +343,19 @@ class ManifestContent:
                     "push the blob first",
                     {"missing": missing},
                 )
+            _check_sizes("blob", parsed.blobs, found)
         children = [child.digest for child in parsed.children]
         if children:
-            found = set(
-                (
-                    await conn.execute(
-                        select(manifests.c.digest).where(
-                            manifests.c.repository_id == repo.id,
-                            manifests.c.image == image,
-                            manifests.c.digest.in_(children),
-                        )
+            found = {
+                row.digest: row.size
+                for row in await conn.execute(
+                    select(manifests.c.digest, manifests.c.size).where(
+                        manifests.c.repository_id == repo.id,
+                        manifests.c.image == image,
+                        manifests.c.digest.in_(children),
                     )
-                ).scalars()
-            )
+                )
+            }
             missing = [d for d in children if d not in found]
             if missing:
                 raise ManifestBlobUnknown(
@@ -357,6 +363,7 @@ class ManifestContent:
                     "push the platform manifests first",
                     {"missing": missing},
                 )
+            _check_sizes("manifest", parsed.children, found)
 
     async def _insert_manifest(
         self,
@@ -679,3 +686,16 @@ class ManifestContent:
             subject = content_subject(repo, image, tag)
             await enqueue_event(conn, repo.project_id, TAG_RESTORED, data, subject)
         return str(digest)
+
+
+def _check_sizes(kind: str, descriptors: list[Descriptor], stored: dict[str, int]) -> None:
+    """Refuse a descriptor whose size is not its content's: clients would fail to pull it,
+    and readers that trust the size (a config's platform) would read more than declared."""
+    for descriptor in descriptors:
+        size = stored.get(descriptor.digest)
+        if size is not None and descriptor.size != size:
+            raise ManifestInvalid(
+                f"descriptor of {kind} {descriptor.digest} gives size {descriptor.size}, "
+                f"but the stored {kind} is {size} bytes",
+                {"digest": descriptor.digest, "size": descriptor.size, "stored_size": size},
+            )

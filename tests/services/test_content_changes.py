@@ -68,7 +68,8 @@ class Scene:
 
     async def push_image(self, tag: str, image: str = "") -> tuple[str, str]:
         """An image tagged `tag`: (manifest digest, layer digest)."""
-        config = await self.blob(b'{"architecture": "amd64", "os": "linux"}')
+        config_content = b'{"architecture": "amd64", "os": "linux"}'
+        config = await self.blob(config_content)
         layer = await self.blob(b"layer of " + tag.encode())
 
         def descriptor(media_type: str, digest: str, size: int) -> dict[str, Any]:
@@ -78,7 +79,9 @@ class Scene:
             {
                 "schemaVersion": 2,
                 "mediaType": OCI_MANIFEST,
-                "config": descriptor("application/vnd.oci.image.config.v1+json", config, 41),
+                "config": descriptor(
+                    "application/vnd.oci.image.config.v1+json", config, len(config_content)
+                ),
                 "layers": [
                     descriptor(
                         "application/vnd.oci.image.layer.v1.tar",
