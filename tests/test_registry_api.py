@@ -13,17 +13,22 @@ import pytest
 from tests.conftest import Repo, new_repo
 from tests.oci import (
     OCI_CONFIG,
+    OCI_EMPTY,
     OCI_INDEX,
     OCI_LAYER,
     OCI_MANIFEST,
     Blob,
     assert_one_patch_taken,
+    describe,
     digest_of,
     error_code,
+    image_manifest,
     push_bytes,
+    push_manifest,
     put_manifest,
     race_patches,
     random_image,
+    referrers_path,
     to_json,
 )
 from tests.s3 import stored_keys
@@ -256,6 +261,99 @@ def test_an_index_child_whose_size_is_not_the_manifests_is_refused(repo: Repo) -
     assert child.digest in message and str(child.size + 1) in message and str(child.size) in message
     good = to_json({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": [child.descriptor()]})
     assert put_manifest(repo.client, repo.name, "idx", good, OCI_INDEX).status_code == 201
+
+
+def _push_referrers(
+    repo: Repo, subject: Blob, artifact_types: list[str], annotation_bytes: int = 0
+) -> list[str]:
+    """Push one referrer of `subject` per artifact type given, in order; their digests."""
+    empty = Blob(b"{}", OCI_EMPTY)
+    push_bytes(repo.client, repo.name, empty.data)
+    digests = []
+    for number, artifact_type in enumerate(artifact_types):
+        annotations = {"n": str(number)}
+        if annotation_bytes:
+            annotations["pad"] = "x" * annotation_bytes
+        manifest = image_manifest(
+            empty.descriptor(),
+            [empty.descriptor()],
+            artifact_type=artifact_type,
+            subject=subject.descriptor(),
+            annotations=annotations,
+        )
+        push_manifest(repo.client, repo.name, manifest.digest, manifest)
+        digests.append(manifest.digest)
+    return digests
+
+
+def _all_pages(repo: Repo, subject: Blob, **params: str | int) -> list[httpx.Response]:
+    """The referrers of `subject`, following each page's Link header as clients do."""
+    pages = [repo.client.get(referrers_path(repo.name, subject.digest), params=params)]
+    while "Link" in pages[-1].headers:
+        assert len(pages) < 20, "the Link headers do not end"
+        link = pages[-1].headers["Link"]
+        assert link.startswith("</v2/") and link.endswith('>; rel="next"'), link
+        pages.append(repo.client.get(link[1 : link.index(">")]))
+    for page in pages:
+        assert page.status_code == 200, describe(page)
+        assert page.headers["Content-Type"] == OCI_INDEX
+    return pages
+
+
+def _listed(pages: list[httpx.Response]) -> list[str]:
+    return [d["digest"] for page in pages for d in page.json()["manifests"]]
+
+
+@pytest.fixture
+def subject(repo: Repo) -> Blob:
+    image = Blob(random_image(repo.client, repo.name), OCI_MANIFEST)
+    push_manifest(repo.client, repo.name, "subject", image)
+    return image
+
+
+def test_referrers_are_paged_and_the_link_gives_the_rest_once_each(
+    repo: Repo, subject: Blob
+) -> None:
+    pushed = _push_referrers(repo, subject, ["application/a"] * 5)
+    pages = _all_pages(repo, subject, n=2)
+    assert [len(page.json()["manifests"]) for page in pages] == [2, 2, 1]
+    assert _listed(pages) == pushed  # each once, in push order
+    whole = repo.client.get(referrers_path(repo.name, subject.digest))
+    assert "Link" not in whole.headers
+    assert [d["digest"] for d in whole.json()["manifests"]] == pushed
+
+
+def test_an_artifact_type_filter_holds_across_pages(repo: Repo, subject: Blob) -> None:
+    pushed = _push_referrers(repo, subject, ["application/a", "application/b"] * 3)
+    pages = _all_pages(repo, subject, n=2, artifactType="application/b")
+    assert len(pages) == 2
+    assert _listed(pages) == pushed[1::2]
+    for page in pages:
+        assert page.headers["OCI-Filters-Applied"] == "artifactType"
+        assert {d["artifactType"] for d in page.json()["manifests"]} == {"application/b"}
+
+
+def test_a_page_of_referrers_holds_a_bounded_weight_of_annotations(
+    repo: Repo, subject: Blob
+) -> None:
+    """Annotations of up to 4 MiB each are accepted: a page stops before its annotations pass
+    4 MiB (one referrer always fits), and the Link gives the others."""
+    pushed = _push_referrers(repo, subject, ["application/a"] * 3, annotation_bytes=1536 << 10)
+    pages = _all_pages(repo, subject)
+    assert [len(page.json()["manifests"]) for page in pages] == [2, 1]
+    assert all(len(page.content) < (4 << 20) + 4096 for page in pages)
+    assert _listed(pages) == pushed
+    first = pages[0].json()["manifests"][0]
+    assert first["annotations"] == {"n": "0", "pad": "x" * (1536 << 10)}
+
+
+@pytest.mark.parametrize("after", ["x", "-1", "1" * 40])
+def test_a_referrers_page_start_not_from_a_link_is_refused(
+    repo: Repo, subject: Blob, after: str
+) -> None:
+    response = repo.client.get(referrers_path(repo.name, subject.digest), params={"after": after})
+    assert response.status_code == 400
+    assert error_code(response) == "PAGINATION_NUMBER_INVALID"
 
 
 def test_oversized_manifest_is_refused(repo: Repo) -> None:

@@ -577,14 +577,35 @@ async def list_tags(request: Request) -> Response:
     return _json({"name": name.display, "tags": page.items}, headers=headers)
 
 
+def _after(request: Request) -> int | None:
+    """Where a page of referrers starts: the `after` of the Link header of the one before."""
+    raw = request.query_params.get("after")
+    if raw is None or raw == "":
+        return None
+    if not (raw.isascii() and raw.isdigit() and len(raw) <= 18):
+        raise PaginationNumberInvalid(
+            f"after must be the value a Link header gave, not {raw[:40]!r}", {"after": raw[:40]}
+        )
+    return int(raw)
+
+
 async def referrers(request: Request) -> Response:
     services, name, repo = await _target(request, NEEDS_PULL)
     artifact_type = request.query_params.get("artifactType")
-    index = await services.registry.referrers(
-        repo, name.image, request.path_params["digest"], artifact_type
+    digest = request.path_params["digest"]
+    limit = _limit(request)
+    page = await services.registry.referrers(
+        repo, name.image, digest, artifact_type, limit, _after(request)
     )
     headers = {"OCI-Filters-Applied": "artifactType"} if artifact_type else {}
-    return _json(index, headers=headers, media_type=OCI_INDEX)
+    if page.next_after is not None:
+        query: dict[str, str | int] = {"artifactType": artifact_type} if artifact_type else {}
+        if limit is not None:
+            query["n"] = limit
+        query["after"] = page.next_after
+        path = f"/v2/{name.display}/referrers/{digest}"
+        headers["Link"] = f'<{path}?{urlencode(query)}>; rel="next"'
+    return _json(page.index, headers=headers, media_type=OCI_INDEX)
 
 
 async def not_found(request: Request) -> Response:

@@ -7,7 +7,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import false, select
+from sqlalchemy import false, func, select
 
 from berth.domain.digests import parse_digest
 from berth.domain.manifests import OCI_INDEX
@@ -20,6 +20,19 @@ from berth.metadata.tables import manifests, projects, repositories, tags
 class Page:
     items: list[str]
     next_last: str | None  # set when there is a next page
+
+
+# Bounds of one page of the referrers API (OCI distribution 1.1 lets a registry page it with
+# a Link header): a referrer may carry up to 4 MiB of annotations, so a subject with many
+# would otherwise answer with hundreds of MB, built in memory, to anyone who may pull.
+REFERRERS_PER_PAGE = 1000
+REFERRERS_PAGE_ANNOTATION_BYTES = 4 << 20
+
+
+@dataclass(frozen=True, slots=True)
+class ReferrersPage:
+    index: dict[str, Any]  # the OCI image index answered
+    next_after: int | None  # set when there is a next page: where it starts
 
 
 class ContentListings:
@@ -49,30 +62,67 @@ class ContentListings:
         return Page(names, None)
 
     async def referrers(
-        self, repo: RepositoryRef, image: str, digest: str, artifact_type: str | None
-    ) -> dict[str, Any]:
+        self,
+        repo: RepositoryRef,
+        image: str,
+        digest: str,
+        artifact_type: str | None,
+        limit: int | None = None,
+        after: int | None = None,
+    ) -> ReferrersPage:
+        """One page of a manifest's referrers, in push order, after the referrer `after` (a
+        previous page's `next_after`). A page holds at most `limit` (and REFERRERS_PER_PAGE)
+        descriptors, and annotations of at most REFERRERS_PAGE_ANNOTATION_BYTES (though always
+        one referrer): one response stays bounded whatever the referrers carry."""
         parse_digest(digest)
-        query = select(
-            manifests.c.digest,
-            manifests.c.media_type,
-            manifests.c.size,
-            manifests.c.artifact_type,
-            manifests.c.annotations,
-        ).where(
+        conditions = [
             manifests.c.repository_id == repo.id,
             manifests.c.image == image,
             manifests.c.subject_digest == digest,
-        )
+        ]
         if artifact_type:
             # No stored artifact type holds a NUL (PostgreSQL text cannot): match nothing.
-            matches = false() if "\x00" in artifact_type else None
-            query = query.where(
-                manifests.c.artifact_type == artifact_type if matches is None else matches
+            conditions.append(
+                false() if "\x00" in artifact_type else manifests.c.artifact_type == artifact_type
             )
+        if after is not None:
+            conditions.append(manifests.c.id > after)
+        count = REFERRERS_PER_PAGE if limit is None else min(limit, REFERRERS_PER_PAGE)
+        # Annotations' lengths first, not the annotations: a page's rows could otherwise hold
+        # hundreds of MB. Stored as ASCII JSON, so characters are bytes.
+        query = (
+            select(
+                manifests.c.id,
+                manifests.c.digest,
+                manifests.c.media_type,
+                manifests.c.size,
+                manifests.c.artifact_type,
+                func.coalesce(func.length(manifests.c.annotations), 0).label("annotated"),
+            )
+            .where(*conditions)
+            .order_by(manifests.c.id)
+            .limit(count + 1)
+        )
         async with self.db.read() as conn:
-            rows = (await conn.execute(query.order_by(manifests.c.pushed_at, manifests.c.id))).all()
+            rows = (await conn.execute(query)).all()
+            chosen: list[Any] = []
+            budget = REFERRERS_PAGE_ANNOTATION_BYTES
+            for row in rows[:count]:
+                if chosen and row.annotated > budget:
+                    break
+                budget -= row.annotated
+                chosen.append(row)
+            annotated = [row.id for row in chosen if row.annotated]
+            annotations: dict[int, str] = {}
+            if annotated:
+                found = await conn.execute(
+                    select(manifests.c.id, manifests.c.annotations).where(
+                        manifests.c.id.in_(annotated)
+                    )
+                )
+                annotations = {row.id: row.annotations for row in found}
         descriptors = []
-        for row in rows:
+        for row in chosen:
             descriptor: dict[str, Any] = {
                 "mediaType": row.media_type,
                 "digest": row.digest,
@@ -80,10 +130,14 @@ class ContentListings:
             }
             if row.artifact_type:
                 descriptor["artifactType"] = row.artifact_type
-            if row.annotations:
-                descriptor["annotations"] = json.loads(row.annotations)
+            if annotations.get(row.id):
+                descriptor["annotations"] = json.loads(annotations[row.id])
             descriptors.append(descriptor)
-        return {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": descriptors}
+        more = len(chosen) < len(rows)
+        return ReferrersPage(
+            {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": descriptors},
+            chosen[-1].id if more and chosen else None,
+        )
 
     async def catalog(
         self,
