@@ -21,6 +21,7 @@ from berth.config import Settings, load_settings
 from berth.console.routes import routes as console_routes
 from berth.domain.errors import HostInvalid, RegistryError
 from berth.domain.names import normalized_host
+from berth.forwarded import ForwardedClient
 from berth.limits import ANSWERED, RequestLimits
 from berth.observability import logs, metrics
 from berth.observability.requests import RequestObserver
@@ -214,4 +215,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
     # Outermost: every answer, refusals of the limits included, is counted, logged and given
     # its request ID.
     app.add_middleware(RequestObserver)
+    if settings.trusted_proxies:
+        # Before everything that reads the client's address (logs and limits included).
+        app.add_middleware(ForwardedClient, proxies=settings.trusted_proxy_networks)
     return app

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import tomllib
 from collections.abc import Collection
@@ -144,9 +145,23 @@ class Settings(BaseSettings):
         description="testing only: 'marking=SECONDS' or 'sweeping=SECONDS' holds each GC run there",
     )
     login_failures_per_key: int = Field(
-        10, ge=1, description="failed logins a minute per key (or user) from one address"
+        10,
+        ge=1,
+        description="failed logins a minute per key (or user) from one client address, counted "
+        "by each worker process on its own",
     )
-    login_failures_per_client: int = Field(30, ge=1, description="failed logins a minute per IP")
+    login_failures_per_client: int = Field(
+        30,
+        ge=0,
+        description="failed logins a minute per client address, counted by each worker process "
+        "on its own (0: no limit)",
+    )
+    trusted_proxies: str = Field(
+        "",
+        description="addresses or networks of the proxies in front, comma-separated (e.g. "
+        "'10.0.0.5, 10.0.1.0/24'): a request from one of them is the client's that "
+        "X-Forwarded-For names (login throttle, requests per address, logs, audit)",
+    )
     max_connections: int = Field(
         8192, ge=64, description="connections each worker process holds open at once"
     )
@@ -294,6 +309,25 @@ class Settings(BaseSettings):
             raise ValueError("needs brackets around an IPv6 address, e.g. [::1]:5000")
         return value
 
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _proxy_networks(cls, value: str) -> str:
+        for entry in _comma_separated(value):
+            try:
+                ipaddress.ip_network(entry, strict=False)
+            except ValueError:
+                raise ValueError(
+                    f"{entry!r} is not an IP address or network (e.g. 10.0.0.5 or 10.0.1.0/24)"
+                ) from None
+        return value
+
+    @property
+    def trusted_proxy_networks(self) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+        return [
+            ipaddress.ip_network(entry, strict=False)
+            for entry in _comma_separated(self.trusted_proxies)
+        ]
+
     @field_validator("database_lock_timeout")
     @classmethod
     def _lock_timeout_for_postgresql(
@@ -423,6 +457,10 @@ class Settings(BaseSettings):
             if value is not None and name != "admin_password":
                 env[f"BERTH_{name.upper()}"] = str(value)
         return env
+
+
+def _comma_separated(value: str) -> list[str]:
+    return [entry.strip() for entry in value.split(",") if entry.strip()]
 
 
 def usable_cores() -> int:

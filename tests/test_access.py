@@ -1144,3 +1144,79 @@ def test_failed_logins_are_throttled(tmp_path: Path) -> None:
             assert 1 <= int(response.headers["Retry-After"]) <= 60
     finally:
         server.stop()
+
+
+def test_behind_a_trusted_proxy_failed_logins_count_per_forwarded_client(tmp_path: Path) -> None:
+    """With the proxy in `trusted_proxies`, a login counts against the client X-Forwarded-For
+    names (as nginx appends it, rightmost), not against the proxy: a guesser of a key does not
+    lock its owner out through the same proxy, and with `login_failures_per_client = 0` no
+    number of failures from one address locks anyone else out. A client that is not a trusted
+    proxy cannot pose as another address with the header."""
+    per_key = 3
+    server = BerthServer(
+        tmp_path,
+        extra_env={
+            "BERTH_LOGIN_FAILURES_PER_KEY": str(per_key),
+            "BERTH_LOGIN_FAILURES_PER_CLIENT": "0",
+            "BERTH_TRUSTED_PROXIES": "127.0.0.1, 10.9.0.0/16",
+        },
+    ).start()
+    scope = f"repository:{P}/app:pull"
+    try:
+        server.create_repository(P, "app")
+        target = server.access_key(P, "admin")
+        wrong = (target[0], "not-the-secret")
+
+        def proxied(*forwarded_for: str, source: str = "127.0.0.1") -> httpx.Client:
+            return httpx.Client(
+                base_url=server.url,
+                timeout=30,
+                headers=[("X-Forwarded-For", value) for value in forwarded_for],
+                transport=httpx.HTTPTransport(local_address=source),
+            )
+
+        with proxied("203.0.113.7") as guesser:
+            for _ in range(per_key):
+                assert token_response(guesser, wrong, scope).status_code == 401
+            refusal = token_response(guesser, target, scope)
+            assert refusal.status_code == 429 and "access key" in message(refusal)
+        # What the guesser wrote itself, left of what the proxies appended, is not believed;
+        # a second trusted proxy (10.9.0.3) in the chain is looked past.
+        with proxied("198.51.100.1, 203.0.113.7", "10.9.0.3") as posing:
+            assert token_response(posing, target, scope).status_code == 429
+        # The key's owner, through the same proxy from elsewhere, signs in.
+        with proxied("203.0.113.8") as owner:
+            assert token_response(owner, target, scope).status_code == 200
+        # Far more failures from one address than any per-address limit: nobody else is
+        # refused for them (made-up key IDs are the per-address limit's alone).
+        with proxied("203.0.113.9") as noisy:
+            for n in range(40):
+                assert token_response(noisy, (f"BKUNKNOWN{n}", "x"), scope).status_code == 401
+            assert token_response(noisy, target, scope).status_code == 200
+        # 127.0.0.2 is no trusted proxy: its X-Forwarded-For is ignored and its failures are
+        # its own address's, whichever address it claims.
+        for n in range(per_key):
+            with proxied(f"192.0.2.{n}", source="127.0.0.2") as direct:
+                assert token_response(direct, wrong, scope).status_code == 401
+        with proxied("192.0.2.200", source="127.0.0.2") as direct:
+            assert token_response(direct, target, scope).status_code == 429
+
+        def failed_logins() -> list[dict[str, object]]:
+            with httpx.Client(base_url=server.url, timeout=30) as admin:
+                response = admin.get(
+                    f"/api/v1/projects/{P}/audit",
+                    params={"per_page": 100},
+                    auth=("admin", ADMIN_PASSWORD),
+                )
+            assert response.status_code == 200, response.text
+            items: list[dict[str, object]] = response.json()["items"]
+            return [entry for entry in items if entry["action"] == "login.failed"]
+
+        # The audit log names the client, not the proxy.
+        deadline = time.monotonic() + 10
+        while len(failed_logins()) < 2 * per_key and time.monotonic() < deadline:
+            time.sleep(0.1)
+        clients = {entry["client"] for entry in failed_logins()}
+        assert clients == {"203.0.113.7", "127.0.0.2"}
+    finally:
+        server.stop()

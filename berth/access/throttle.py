@@ -1,9 +1,13 @@
-"""Failed-login throttling per access key ID and per client address (in memory, per node).
+"""Failed-login throttling per access key ID and per client address (in memory, per worker
+process: each worker of each node counts on its own, so a guesser spread over them gets the
+limits once per worker).
 
-The per-key limit counts a key's failures from one address: someone who knows a key ID (IDs
-are not secret: they show in logs and configs) cannot lock its owner out from elsewhere. The
-per-address limit, over every key and user name, is what slows a guesser down; a secret is
-long and random, so guessing one is hopeless anyway.
+The per-key limit counts a key's failures from one client address: someone who knows a key ID
+(IDs are not secret: they show in logs and configs) cannot lock its owner out from another
+address. Behind a proxy that holds only while the proxy is in `trusted_proxies` (so the address
+is the client's it forwards, not the proxy's). The per-address limit, over every key and user
+name, is what slows a guesser down (0 turns it off); a secret is long and random, so guessing
+one is hopeless anyway.
 
 The memory is bounded: a name that cannot be a key ID or user name is counted only against its
 address, a refused attempt remembers nothing new, and at most `max_tracked` counters are kept
@@ -60,7 +64,7 @@ class LoginThrottle:
         over its limit."""
         now = time.monotonic()
         for kind, value in self._counters(key_id, client):
-            if not value:
+            if not value or not self.limits[kind]:
                 continue
             failures = self._recent(kind, value, now)
             if len(failures) >= self.limits[kind]:
@@ -75,8 +79,8 @@ class LoginThrottle:
     def failed(self, key_id: str | None, client: str | None) -> None:
         now = time.monotonic()
         for kind, value in self._counters(key_id, client):
-            if not value:
-                continue
+            if not value or not self.limits[kind]:
+                continue  # a limit of 0 is none: nothing to remember
             failures = self._recent(kind, value, now)
             failures.append(now)
             self._failures[(kind, value)] = failures
