@@ -7,10 +7,11 @@ from dataclasses import dataclass
 
 from berth.access.identify import Authenticator
 from berth.access.keyring import Keyring
+from berth.access.passwords import password_slots
 from berth.access.throttle import LoginThrottle
 from berth.access.tokens import Tokens
 from berth.addresses import public_host
-from berth.config import Settings
+from berth.config import Settings, usable_cores
 from berth.domain.names import RegistryAddress, host_project, registry_address
 from berth.jobs import Job, Scheduler
 from berth.metadata.database import Database
@@ -85,7 +86,12 @@ class Services:
         storage_check = StorageCheck(
             db, store, orphan_age=settings.gc_grace_period, upload_expiry=settings.upload_expiry
         )
-        identity = Identity(db, keyring, settings.max_access_keys)
+        identity = Identity(
+            db,
+            keyring,
+            settings.max_access_keys,
+            password_slots(usable_cores(), settings.worker_processes),
+        )
         tokens = Tokens(keyring, settings.token_ttl, settings.refresh_token_ttl)
         webhook_delivery = WebhookDelivery(
             db,

@@ -19,11 +19,13 @@ from pathlib import Path
 import httpx
 import pytest
 
+from berth.access.passwords import HASH_MEMORY, password_slots
 from berth.access.throttle import LoginThrottle
+from berth.config import usable_cores
 from tests.auth import bearer, fetch_token
 from tests.conftest import new_repo
 from tests.oci import blob_path, manifest_path, push_bytes, put_manifest, random_image, uploads_path
-from tests.servers import BerthServer, server_fixture
+from tests.servers import ADMIN_PASSWORD, BerthServer, server_fixture
 
 MiB = 1024 * 1024
 TIMEOUT = 2  # the server's header and body read timeouts here, seconds
@@ -225,6 +227,37 @@ def test_made_up_key_ids_are_refused_and_not_remembered(server: BerthServer) -> 
         assert growth_mb < 8
         # The real key still logs in: nothing above throttled it.
         assert fetch_token(client, server.access_key(repo.project), f"repository:{repo.name}:pull")
+
+
+def test_many_sign_ins_with_a_password_at_once_are_answered_in_bounded_memory(
+    server: BerthServer,
+) -> None:
+    """Each password check takes 64 MiB (argon2): 48 correct sign-ins at once are all
+    answered, and only a few checks run at once, so the worker's memory stays near its own."""
+    worker = worker_pid(server)
+    with httpx.Client(base_url=server.url, timeout=60) as client:
+        assert client.get("/api/v1/projects", auth=("admin", ADMIN_PASSWORD)).status_code == 200
+    before = memory_kb(worker, "VmRSS")
+    statuses: list[int] = []
+
+    def sign_in() -> None:
+        with httpx.Client(base_url=server.url, timeout=120) as client:
+            for _ in range(2):
+                response = client.get("/api/v1/projects", auth=("admin", ADMIN_PASSWORD))
+                statuses.append(response.status_code)
+
+    threads = [threading.Thread(target=sign_in) for _ in range(48)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    peak_growth_mb = (memory_kb(worker, "VmHWM") - before) / 1024
+    print(f"96 password sign-ins, 48 at once: peak RSS +{peak_growth_mb:.0f} MB")
+    assert statuses == [200] * 96
+    # Unbounded, as many checks as asyncio's threads (cores + 4) held 64 MiB each at once
+    # (+393 MB measured on 2 cores, against +137 MB with the bound).
+    slots = password_slots(usable_cores(), workers=1)
+    assert peak_growth_mb < slots * HASH_MEMORY / MiB + 72
 
 
 def test_the_login_throttle_keeps_a_bounded_number_of_counters() -> None:

@@ -6,18 +6,16 @@ throttle's and the token endpoint's shape checks all derive from it.
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import re
 import time
 from dataclasses import dataclass
 
-from argon2 import PasswordHasher
-from argon2.exceptions import InvalidHashError, VerifyMismatchError
 from sqlalchemy import select, update
 
 from berth.access.expiring import ExpiringCache
 from berth.access.keyring import Keyring
+from berth.access.passwords import Passwords
 from berth.access.policy import Principal
 from berth.access.roles import CACHE_ENTRIES, CACHE_SECONDS, has_role
 from berth.domain.errors import Unauthorized
@@ -93,7 +91,7 @@ class KeyRecord:
 class Credentials:
     """Access keys and passwords, checked. Key lookups are kept for a second, like roles."""
 
-    def __init__(self, db: Database, keyring: Keyring, passwords: PasswordHasher) -> None:
+    def __init__(self, db: Database, keyring: Keyring, passwords: Passwords) -> None:
         self.db = db
         self.keyring = keyring
         self.passwords = passwords  # argon2id
@@ -169,14 +167,11 @@ class Credentials:
     async def verify_password(self, name: str, password: str) -> Principal | None:
         async with self.db.read() as conn:
             row = (await conn.execute(select(users).where(users.c.name == name))).first()
-        # argon2 takes tens of milliseconds of CPU: in a worker thread, not on the event loop.
         if row is None or row.password_hash is None:
             # same cost whether or not the user exists
-            await asyncio.to_thread(self.passwords.hash, password)
+            await self.passwords.hash(password)
             return None
-        try:
-            await asyncio.to_thread(self.passwords.verify, row.password_hash, password)
-        except (VerifyMismatchError, InvalidHashError):
+        if not await self.passwords.verify(row.password_hash, password):
             return None
         return Principal(row.id, row.name, row.is_admin, None, None)
 

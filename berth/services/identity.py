@@ -8,10 +8,9 @@ caches that access checks read; callers use the parts (`services.identity.users.
 
 from __future__ import annotations
 
-from argon2 import PasswordHasher
-
 from berth.access.credentials import Credentials
 from berth.access.keyring import Keyring
+from berth.access.passwords import Passwords
 from berth.access.roles import Roles
 from berth.metadata.database import Database
 from berth.services.audit import AuditLog
@@ -23,9 +22,11 @@ __all__ = ["Identity"]
 
 
 class Identity:
-    def __init__(self, db: Database, keyring: Keyring, max_keys_per_project: int) -> None:
+    def __init__(
+        self, db: Database, keyring: Keyring, max_keys_per_project: int, password_slots: int
+    ) -> None:
         self.db = db
-        passwords = PasswordHasher()  # argon2id
+        passwords = Passwords(password_slots)
         self.credentials = Credentials(db, keyring, passwords)
         self.roles = Roles(db)
         self.audit = AuditLog(db)

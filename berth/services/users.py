@@ -3,14 +3,13 @@ deleting them. Signing in with a password is checked in `berth.access.credential
 
 from __future__ import annotations
 
-import asyncio
 import secrets
 from collections.abc import Callable
 from typing import Any
 
-from argon2 import PasswordHasher
 from sqlalchemy import delete, func, select, update
 
+from berth.access.passwords import Passwords
 from berth.domain.errors import Conflict, Denied, InvalidValue, NameInvalid
 from berth.domain.names import is_valid_component
 from berth.metadata.audit import write_audit_entry
@@ -50,7 +49,7 @@ def _check_password(password: str) -> None:
 
 class Users:
     def __init__(
-        self, db: Database, passwords: PasswordHasher, forget_access: Callable[[], None]
+        self, db: Database, passwords: Passwords, forget_access: Callable[[], None]
     ) -> None:
         self.db = db
         self.passwords = passwords  # argon2id
@@ -75,9 +74,7 @@ class Users:
             raise InvalidValue("a user needs a password (service accounts have none)", "password")
         if password is not None:
             _check_password(password)
-        password_hash = (
-            await asyncio.to_thread(self.passwords.hash, password) if password is not None else None
-        )
+        password_hash = await self.passwords.hash(password) if password is not None else None
         async with self.db.write() as conn:
             exists = (await conn.execute(select(users.c.id).where(users.c.name == name))).first()
             if exists:
@@ -153,7 +150,7 @@ class Users:
         """Set a user's password (their own change, or an administrator's reset). The user's
         console sessions end, but for `keep_session` (the one that changed it)."""
         _check_password(password)
-        password_hash = await asyncio.to_thread(self.passwords.hash, password)
+        password_hash = await self.passwords.hash(password)
         async with self.db.write() as conn:
             row = await require_user_row(conn, name)
             if row.is_service_account:
