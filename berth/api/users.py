@@ -46,6 +46,14 @@ class User(BaseModel):
     created_at: dt.datetime
 
 
+class UserMatch(BaseModel):
+    """What a project admin sees of a user they may add: not whether they administer the
+    server."""
+
+    name: str
+    service_account: bool = Field(description="a robot user: access keys only, no password")
+
+
 class NewUser(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -89,19 +97,22 @@ async def search_users(
         Query(max_length=64, pattern=TEXT_PATTERN, description="part of the user name"),
     ] = "",
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
-) -> list[User]:
-    """Users whose name contains `query`, by name (server administrators, and project
-    admins choosing new members)."""
+) -> list[User] | list[UserMatch]:
+    """Users whose name contains `query`, by name. Server administrators may list every user;
+    project admins choosing new members name at least 3 characters of a name (fewer find only
+    the user of exactly that name) and see names and whether each is a service account."""
     principal = caller.principal
-    if not principal.is_admin:
-        roles = await services.identity.roles.project_roles(principal.user_id)
-        admin_of = {p for p, role in roles.items() if role == "admin"}
-        if principal.key_project_id is not None:
-            admin_of &= {principal.key_project_id}
-        if not admin_of:
-            raise Denied("finding users is for server administrators and project admins")
-    found = await services.identity.users.search_users(query, limit)
-    return [User.model_validate(u) for u in found]
+    if principal.is_admin:
+        found = await services.identity.users.search_users(query, limit)
+        return [User.model_validate(u) for u in found]
+    roles = await services.identity.roles.project_roles(principal.user_id)
+    admin_of = {p for p, role in roles.items() if role == "admin"}
+    if principal.key_project_id is not None:
+        admin_of &= {principal.key_project_id}
+    if not admin_of:
+        raise Denied("finding users is for server administrators and project admins")
+    found = await services.identity.users.find_for_membership(query, limit)
+    return [UserMatch.model_validate(u) for u in found]
 
 
 @router.post("/users", status_code=201, responses=responses(409))

@@ -26,6 +26,9 @@ from berth.metadata.tables import (
 )
 
 MIN_PASSWORD_LENGTH = 8
+# A member picker's search: shorter parts of a name find only the user of exactly that name,
+# so someone who may only add members cannot list the server's users a letter at a time.
+MIN_MEMBER_SEARCH = 3
 MAX_PASSWORD_LENGTH = 1024  # what sign-in accepts
 
 
@@ -130,12 +133,29 @@ class Users:
             return [_user_row(r) for r in rows]
 
     async def search_users(self, query: str = "", limit: int = 20) -> list[dict[str, Any]]:
-        """Users whose name contains `query`, by name: what a member picker offers."""
+        """Users whose name contains `query` (every user when empty), by name: the server
+        administrators' list."""
         statement = select(users).order_by(users.c.name).limit(limit)
         if query:
             statement = statement.where(users.c.name.contains(query.lower(), autoescape=True))
         async with self.db.read() as conn:
             rows = await conn.execute(statement)
+            return [_user_row(r) for r in rows]
+
+    async def find_for_membership(self, query: str, limit: int = 20) -> list[dict[str, Any]]:
+        """Users to add as members, for a project admin: those whose name contains `query` of
+        at least `MIN_MEMBER_SEARCH` characters, else only the one of exactly that name."""
+        query = query.lower()
+        if not query:
+            raise InvalidValue(
+                f"name the user to find: at least {MIN_MEMBER_SEARCH} characters of the name, "
+                "or all of it",
+                "query",
+            )
+        if len(query) >= MIN_MEMBER_SEARCH:
+            return await self.search_users(query, limit)
+        async with self.db.read() as conn:
+            rows = await conn.execute(select(users).where(users.c.name == query))
             return [_user_row(r) for r in rows]
 
     async def set_password(

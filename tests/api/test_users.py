@@ -174,6 +174,32 @@ def test_project_admins_find_users_to_add(team: Team) -> None:
     assert_problem(team["reader"].get("/users", params={"query": "a"}), 403)
 
 
+def test_a_project_admin_cannot_list_the_servers_users(team: Team) -> None:
+    """Only server administrators list every user and see who administers the server; a
+    project admin names 3 characters of a name, or all of a shorter one, and sees what adding
+    a member needs: the name and whether it is a service account."""
+    name = "bo"  # shorter than a search: found by its whole name only
+    with administrator(team.server) as admin:
+        created = admin.post("/users", json={"name": name, "password": PASSWORD})
+        assert created.status_code in (201, 409), created.text
+        everyone = ok(admin.get("/users", params={"limit": 100}))
+        assert {"admin", name, team.users["member"]} <= {u["name"] for u in everyone}
+        assert {"name", "admin", "service_account", "created_at"} <= set(everyone[0])
+        assert ok(admin.get("/users", params={"query": "o", "limit": 100})) != []
+    project_admin = team["project-admin"]
+    for query in ({}, {"query": ""}):
+        problem = assert_problem(project_admin.get("/users", params=query), 422, fields=("query",))
+        assert "at least 3 characters" in problem["detail"]
+    assert ok(project_admin.get("/users", params={"query": "o"})) == []
+    assert ok(project_admin.get("/users", params={"query": name})) == [
+        {"name": name, "service_account": False}
+    ]
+    member = team.users["member"]
+    assert {"name": member, "service_account": False} in ok(
+        project_admin.get("/users", params={"query": member[:3].upper()})
+    )
+
+
 def test_deleting_a_project_needs_its_name_while_it_holds_repositories(team: Team) -> None:
     manifest = push_image(team.registry(), team.oci_name(), "v1")
     layer = json.loads(manifest.data)["layers"][0]["digest"]
