@@ -147,14 +147,14 @@ class Settings(BaseSettings):
     login_failures_per_key: int = Field(
         10,
         ge=1,
-        description="failed logins a minute per key (or user) from one client address, counted "
-        "by each worker process on its own",
+        description="failed logins a minute per key (or user) from one client address, "
+        "counted in the database for every worker and node",
     )
     login_failures_per_client: int = Field(
         30,
         ge=0,
-        description="failed logins a minute per client address, counted by each worker process "
-        "on its own (0: no limit)",
+        description="failed logins a minute per client address, counted in the database for "
+        "every worker and node (0: no limit)",
     )
     trusted_proxies: str = Field(
         "",

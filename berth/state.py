@@ -112,7 +112,7 @@ class Services:
         pull_policy = PullPolicy(db)
         scans = Scans(db, store, vulndb, on_finished=pull_policy.forget_verdicts)
         throttle = LoginThrottle(
-            settings.login_failures_per_key, settings.login_failures_per_client
+            db, settings.login_failures_per_key, settings.login_failures_per_client
         )
         return cls(
             settings=settings,
@@ -173,6 +173,7 @@ class Services:
                         first_after_interval=True,
                     ),
                     Job("scan-sbom-prune", 86_400, scans.prune_sboms),
+                    Job("login-failures-prune", 3600, throttle.prune),
                 ],
             ),
             gc=GarbageCollector(

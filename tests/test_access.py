@@ -61,7 +61,14 @@ from tests.oci import (
     start_upload,
     uploads_path,
 )
-from tests.servers import ADMIN_PASSWORD, BACKENDS, BerthServer, server_fixture
+from tests.servers import (
+    ADMIN_PASSWORD,
+    BACKENDS,
+    BerthServer,
+    running_server,
+    server_fixture,
+    wait_for,
+)
 
 PASSWORD = "correct-horse-battery-staple"
 P, Q = "acme", "globex"
@@ -1144,6 +1151,51 @@ def test_failed_logins_are_throttled(tmp_path: Path) -> None:
             assert 1 <= int(response.headers["Retry-After"]) <= 60
     finally:
         server.stop()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_every_worker_counts_the_same_failed_logins(
+    request: pytest.FixtureRequest, backend: str
+) -> None:
+    """The failed-login counts are in the database: a guesser whose connections land on
+    different workers gets the per-key limit once, and one attempt more per other worker
+    (until that worker has seen the count), not the limit once per worker."""
+    per_key, workers = 4, 2
+
+    def start_every_worker(server: BerthServer) -> BerthServer:
+        server.start()
+
+        def started() -> bool:
+            log = server.log_tail(400).rpartition("Starting granian")[2]
+            return log.count("Started worker-") >= workers
+
+        wait_for(started, 30, "every worker")
+        return server
+
+    with running_server(
+        request,
+        "throttle-workers",
+        backend,
+        workers=workers,
+        start=start_every_worker,
+        extra_env={
+            "BERTH_LOGIN_FAILURES_PER_KEY": str(per_key),
+            "BERTH_LOGIN_FAILURES_PER_CLIENT": "0",
+        },
+    ) as server:
+        server.create_repository(P, "app")
+        key_id, _ = server.access_key(P, "admin")
+        statuses = []
+        for _ in range(4 * per_key):
+            # A connection of its own each time: any worker may take it.
+            with httpx.Client(base_url=server.url, timeout=30) as fresh:
+                response = fresh.get(
+                    "/auth/token", params={"service": server.address}, auth=(key_id, "wrong")
+                )
+            statuses.append(response.status_code)
+        assert statuses[:per_key] == [401] * per_key, statuses
+        assert statuses.count(401) <= per_key + workers - 1, statuses
+        assert statuses[-per_key:] == [429] * per_key, statuses
 
 
 def test_behind_a_trusted_proxy_failed_logins_count_per_forwarded_client(tmp_path: Path) -> None:

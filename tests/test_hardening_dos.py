@@ -20,7 +20,6 @@ import httpx
 import pytest
 
 from berth.access.passwords import HASH_MEMORY, password_slots
-from berth.access.throttle import LoginThrottle
 from berth.config import usable_cores
 from tests.auth import bearer, fetch_token
 from tests.conftest import new_repo
@@ -258,22 +257,6 @@ def test_many_sign_ins_with_a_password_at_once_are_answered_in_bounded_memory(
     # (+393 MB measured on 2 cores, against +137 MB with the bound).
     slots = password_slots(usable_cores(), workers=1)
     assert peak_growth_mb < slots * HASH_MEMORY / MiB + 72
-
-
-def test_the_login_throttle_keeps_a_bounded_number_of_counters() -> None:
-    throttle = LoginThrottle(per_key=3, per_client=1_000_000, max_tracked=1000)
-    for number in range(50_000):
-        key = f"BK{number:018d}"
-        throttle.check(key, f"10.0.{number % 200}.1")
-        throttle.failed(key, f"10.0.{number % 200}.1")
-        throttle.check("x" * 8192, "10.0.0.9")  # cannot be a key ID: not counted by name
-        throttle.failed("x" * 8192, "10.0.0.9")
-    assert len(throttle) <= 1000
-    # The counters kept are the recent ones: the key failing now is still throttled.
-    for _ in range(3):
-        throttle.failed("BKRECENT", "10.0.0.1")
-    with pytest.raises(Exception, match="too many failed logins for this access key"):
-        throttle.check("BKRECENT", "10.0.0.1")
 
 
 # ---------------------------------------------------------------- 23: slow clients

@@ -123,7 +123,7 @@ class Authenticator:
         except KeyNotUsable:
             raise
         except Unauthorized:
-            self.throttle.failed(key_id, client)
+            await self.throttle.failed(key_id, client)
             metrics.login_failed("access_key")
             raise
 
@@ -132,7 +132,7 @@ class Authenticator:
         self.throttle.check(user, client)
         principal = await self.credentials.verify_password(user, password)
         if principal is None:
-            self.throttle.failed(user, client)
+            await self.throttle.failed(user, client)
             metrics.login_failed("password")
             raise Unauthorized("invalid user name or password")
         return principal

@@ -1,6 +1,5 @@
-"""Failed-login throttling per access key ID and per client address (in memory, per worker
-process: each worker of each node counts on its own, so a guesser spread over them gets the
-limits once per worker).
+"""Failed-login throttling per access key ID and per client address, shared by every worker
+and node through the database.
 
 The per-key limit counts a key's failures from one client address: someone who knows a key ID
 (IDs are not secret: they show in logs and configs) cannot lock its owner out from another
@@ -9,81 +8,131 @@ is the client's it forwards, not the proxy's). The per-address limit, over every
 name, is what slows a guesser down (0 turns it off); a secret is long and random, so guessing
 one is hopeless anyway.
 
+Only a failure touches the database: one upsert per counter in a minute's window (the
+`login_failures` table). The count it returns tells this worker when a counter is over its
+limit, and until the window ends the worker refuses from memory, so a sign-in that succeeds
+costs nothing here. Another worker learns it at its own next failure for that counter: a
+guesser spread over the workers gets at most one failure past the limit per worker.
+
 The memory is bounded: a name that cannot be a key ID or user name is counted only against its
-address, a refused attempt remembers nothing new, and at most `max_tracked` counters are kept
-(the least recently failed are forgotten first).
+address, a refused attempt remembers nothing new, and at most `max_tracked` refusals are kept
+(the oldest forgotten first).
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import math
 import re
 import time
-from collections import OrderedDict, deque
+from collections import OrderedDict
+from typing import Any
+
+from sqlalchemy import case, delete
 
 from berth.domain.errors import TooManyRequests
+from berth.metadata.database import Database
+from berth.metadata.tables import login_failures, utcnow
 
 MAX_TRACKED = 20_000
 # Key IDs and user names: what is longer or carries other characters cannot log in.
 _PLAUSIBLE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+_KINDS = {"key": "access key", "client": "address"}
 
 
 class LoginThrottle:
     def __init__(
         self,
+        db: Database,
         per_key: int,
         per_client: int,
         window_seconds: float = 60.0,
         max_tracked: int = MAX_TRACKED,
     ) -> None:
+        self.db = db
         self.limits = {"key": per_key, "client": per_client}
         self.window = window_seconds
         self.max_tracked = max_tracked
-        self._failures: OrderedDict[tuple[str, str], deque[float]] = OrderedDict()
+        # Counter -> when (time.monotonic()) its window ends, for counters over their limit.
+        self._refused_until: OrderedDict[str, float] = OrderedDict()
 
     def __len__(self) -> int:
-        """How many counters are kept (for the bound's sake)."""
-        return len(self._failures)
+        """How many refusals are kept in memory (for the bound's sake)."""
+        return len(self._refused_until)
 
-    def _recent(self, kind: str, value: str, now: float) -> deque[float]:
-        failures = self._failures.get((kind, value))
-        if failures is None:
-            return deque()
-        while failures and failures[0] <= now - self.window:
-            failures.popleft()
-        return failures
-
-    @staticmethod
-    def _counters(key_id: str | None, client: str | None) -> tuple[tuple[str, str | None], ...]:
+    def _counters(self, key_id: str | None, client: str | None) -> list[tuple[str, str]]:
+        """(kind, counter) for each limit this attempt counts against."""
         plausible = key_id is not None and _PLAUSIBLE_NAME.fullmatch(key_id) is not None
-        key = f"{key_id}@{client or ''}" if plausible else None
-        return (("key", key), ("client", client))
+        counters = []
+        if plausible and self.limits["key"]:
+            counters.append(("key", f"key:{key_id}@{client or ''}"))
+        if client and self.limits["client"]:
+            counters.append(("client", f"client:{client}"))
+        return counters
 
     def check(self, key_id: str | None, client: str | None) -> None:
         """Refuse (429 with Retry-After) while the key (from this client) or the client is
         over its limit."""
         now = time.monotonic()
-        for kind, value in self._counters(key_id, client):
-            if not value or not self.limits[kind]:
+        for kind, counter in self._counters(key_id, client):
+            until = self._refused_until.get(counter)
+            if until is None:
                 continue
-            failures = self._recent(kind, value, now)
-            if len(failures) >= self.limits[kind]:
-                retry_after = max(1, math.ceil(failures[0] + self.window - now))
-                error = TooManyRequests(
-                    f"too many failed logins for this {'access key' if kind == 'key' else 'address'}"
-                    f"; try again in {retry_after} seconds"
-                )
-                error.headers["Retry-After"] = str(retry_after)
-                raise error
+            if until <= now:
+                del self._refused_until[counter]
+                continue
+            retry_after = max(1, math.ceil(until - now))
+            error = TooManyRequests(
+                f"too many failed logins for this {_KINDS[kind]}; try again in {retry_after} "
+                "seconds"
+            )
+            error.headers["Retry-After"] = str(retry_after)
+            raise error
 
-    def failed(self, key_id: str | None, client: str | None) -> None:
-        now = time.monotonic()
-        for kind, value in self._counters(key_id, client):
-            if not value or not self.limits[kind]:
-                continue  # a limit of 0 is none: nothing to remember
-            failures = self._recent(kind, value, now)
-            failures.append(now)
-            self._failures[(kind, value)] = failures
-            self._failures.move_to_end((kind, value))
-        while len(self._failures) > self.max_tracked:
-            self._failures.popitem(last=False)
+    async def failed(self, key_id: str | None, client: str | None) -> None:
+        """Count a failed login, for every worker and node."""
+        counters = self._counters(key_id, client)
+        if not counters:
+            return
+        now = utcnow()
+        async with self.db.write() as conn:
+            # Sorted: two workers' upserts lock rows in the same order (no deadlock).
+            for kind, counter in sorted(counters, key=lambda c: c[1]):
+                row = (await conn.execute(self._count(counter, now))).one()
+                if row.failures >= self.limits[kind]:
+                    ends = row.window_start + dt.timedelta(seconds=self.window)
+                    self._refuse(counter, (ends - now).total_seconds())
+
+    def _count(self, counter: str, now: dt.datetime) -> Any:
+        """One more failure in the counter's window, or the first of a new window once its
+        minute has passed; returns the count and when the window started."""
+        statement = self.db.dialect_package.insert(login_failures).values(
+            counter=counter, window_start=now, failures=1
+        )
+        expired = login_failures.c.window_start <= now - dt.timedelta(seconds=self.window)
+        return statement.on_conflict_do_update(
+            index_elements=["counter"],
+            set_={
+                "failures": case((expired, 1), else_=login_failures.c.failures + 1),
+                "window_start": case(
+                    (expired, statement.excluded.window_start), else_=login_failures.c.window_start
+                ),
+            },
+        ).returning(login_failures.c.failures, login_failures.c.window_start)
+
+    def _refuse(self, counter: str, seconds: float) -> None:
+        if seconds <= 0:
+            return
+        self._refused_until[counter] = time.monotonic() + seconds
+        self._refused_until.move_to_end(counter)
+        while len(self._refused_until) > self.max_tracked:
+            self._refused_until.popitem(last=False)
+
+    async def prune(self) -> int:
+        """Delete the counters of windows that have ended (hourly job)."""
+        cutoff = utcnow() - dt.timedelta(seconds=self.window)
+        async with self.db.write() as conn:
+            result = await conn.execute(
+                delete(login_failures).where(login_failures.c.window_start <= cutoff)
+            )
+        return int(result.rowcount or 0)

@@ -343,6 +343,17 @@ job_leases = Table(
     Column("expires_at", UTCDateTime, nullable=False),
 )
 
+# Failed logins in the current minute per throttle counter ("key:NAME@ADDRESS",
+# "client:ADDRESS"): shared by every worker and node (access/throttle.py), written only when a
+# login fails; rows of past minutes are pruned hourly.
+login_failures = Table(
+    "login_failures",
+    metadata,
+    Column("counter", String(200), primary_key=True),
+    Column("window_start", UTCDateTime, nullable=False, index=True),
+    Column("failures", Integer, nullable=False),
+)
+
 # What the nodes of one install must agree on, by name (`key_fingerprint`: a digest of the
 # token signing and secret-hashing keys, written by the first node that starts).
 install_facts = Table(
