@@ -1,7 +1,7 @@
 """login failures: the failed-login throttle's counters, shared by every worker and node
 
-Revision ID: 0016_login_failures
-Revises: 0015_uploads_by_repository
+Revision ID: 0017_login_failures
+Revises: 0016_uploads_started_by
 Create Date: 2026-12-03 18:15:00.000000
 """
 
@@ -12,8 +12,8 @@ from alembic import op
 
 import berth.metadata.tables
 
-revision: str = "0016_login_failures"
-down_revision: str | None = "0015_uploads_by_repository"
+revision: str = "0017_login_failures"
+down_revision: str | None = "0016_uploads_started_by"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
