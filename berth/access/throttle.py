@@ -106,19 +106,16 @@ class LoginThrottle:
     def _count(self, counter: str, now: dt.datetime) -> Any:
         """One more failure in the counter's window, or the first of a new window once its
         minute has passed; returns the count and when the window started."""
-        statement = self.db.dialect_package.insert(login_failures).values(
-            counter=counter, window_start=now, failures=1
-        )
         expired = login_failures.c.window_start <= now - dt.timedelta(seconds=self.window)
-        return statement.on_conflict_do_update(
-            index_elements=["counter"],
-            set_={
-                "failures": case((expired, 1), else_=login_failures.c.failures + 1),
-                "window_start": case(
-                    (expired, statement.excluded.window_start), else_=login_failures.c.window_start
-                ),
-            },
-        ).returning(login_failures.c.failures, login_failures.c.window_start)
+        counted = {
+            "failures": case((expired, 1), else_=login_failures.c.failures + 1),
+            "window_start": case((expired, now), else_=login_failures.c.window_start),
+        }
+        return (
+            self.db.upsert(login_failures, ["counter"], counted)
+            .values(counter=counter, window_start=now, failures=1)
+            .returning(login_failures.c.failures, login_failures.c.window_start)
+        )
 
     def _refuse(self, counter: str, seconds: float) -> None:
         if seconds <= 0:

@@ -78,25 +78,16 @@ class TagOverwriteDisabled(Denied):
 
     api_status = 409
 
-    def __init__(self, message: str, tag: str, digest: str) -> None:
-        super().__init__(message, {"tag": tag, "digest": digest})
-
-    @classmethod
-    def moved(cls, tag: str, repository: str, digest: str) -> TagOverwriteDisabled:
-        return cls(
-            f"tag {tag!r} already exists and tag overwrite is disabled for repository "
-            f"{repository}; push a new tag",
-            tag,
-            digest,
+    def __init__(self, tag: str, repository: str, change: str) -> None:
+        advice = (
+            "; push a new tag"
+            if change.startswith("moved")
+            else f" (turn tag overwrite on first to let it be {change})"
         )
-
-    @classmethod
-    def deleted(cls, tag: str, repository: str, digest: str) -> TagOverwriteDisabled:
-        return cls(
+        super().__init__(
             f"tag {tag} is immutable: tag overwrite is disabled for repository {repository}; "
-            "it cannot be deleted (turn tag overwrite on first to delete it)",
-            tag,
-            digest,
+            f"it cannot be {change}{advice}",
+            {"tag": tag, "tag_overwrite": False},
         )
 
 

@@ -428,8 +428,6 @@ class ManifestContent:
         ).scalar()
         if current == digest:
             return False
-        if current is not None and not repo.tag_overwrite:
-            raise TagOverwriteDisabled.moved(tag, f"{repo.project}/{repo.name}", current)
         if current is not None:
             await self._refuse_protected(conn, repo, image, [tag], "moved to another image")
         await conn.execute(
@@ -446,9 +444,13 @@ class ManifestContent:
     async def _refuse_protected(
         self, conn: Any, repo: RepositoryRef, image: str, names: list[str], change: str
     ) -> None:
-        """TagImmutable when an immutable tag rule of the project protects one of `names`."""
+        """TagOverwriteDisabled when the repository's tag overwrite is off (every tag is
+        fixed), TagImmutable when an immutable tag rule of the project protects one of
+        `names`."""
         if not names:
             return
+        if not repo.tag_overwrite:
+            raise TagOverwriteDisabled(names[0], f"{repo.project}/{repo.name}", change)
         rules = await immutable_rules(conn, repo.project_id)
         name = full_name(repo.name, image)
         for tag in names:
@@ -487,11 +489,6 @@ class ManifestContent:
                 ).scalar()
                 found = old is not None
                 if found:
-                    # Else a delete and a push would move the tag the switch fixes.
-                    if not repo.tag_overwrite:
-                        raise TagOverwriteDisabled.deleted(
-                            reference, f"{repo.project}/{repo.name}", str(old)
-                        )
                     await self._refuse_protected(conn, repo, image, [reference], "deleted")
                     await self._event(conn, repo, image, reference, "untag", old, None, actor)
                     data = content_data(repo, image, actor, tag=reference, digest=old)
@@ -528,8 +525,6 @@ class ManifestContent:
             .all()
         )
         # Refused after the delete, so no extra query: the refusal rolls it back.
-        if tagged and not repo.tag_overwrite:
-            raise TagOverwriteDisabled.deleted(min(tagged), f"{repo.project}/{repo.name}", digest)
         await self._refuse_protected(conn, repo, image, sorted(tagged), "deleted")
         result = await conn.execute(
             delete(manifests).where(

@@ -1,10 +1,10 @@
 """An S3 upload as pieces: one object per PATCH, named so that no two writes share a key.
 
 A piece is the bytes one PATCH stored, as one object under `uploads/{id}/`: a PATCH shorter
-than PIECE_BYTES in one PUT, a longer one as the parts of a multipart upload of its own key
-(visible only once the PATCH's last byte is in, so a PATCH cut short leaves no piece). Its
-recorded name says where it starts, its length, and a token of the writer that stored it:
-`{start:020d}-{size}-{token}` for a piece PUT whole (its key is its name), and
+than PIECE_BYTES in one PUT, one of PIECE_BYTES or more as the parts of a multipart upload of
+its own key (visible only once the PATCH's last byte is in, so a PATCH cut short leaves no
+piece). Its recorded name says where it starts, its length, and a token of the writer that
+stored it: `{start:020d}-{size}-{token}` for a piece PUT whole (its key is its name), and
 `{start:020d}-{size}-m{token}` for one written in parts (its key, chosen before its length was
 known, is `{start:020d}-m{token}`). Keys are never reused, so a piece that reaches S3 after
 its PATCH was abandoned (the node killed mid-request) lands beside the retry's piece instead

@@ -208,7 +208,7 @@ def test_with_tag_overwrite_off_no_tag_is_deleted_and_pushed_elsewhere(team: Tea
     ok(team["member"].patch(team.repo_url(), json={"tag_overwrite": False}))
     message = (
         f"tag rel1 is immutable: tag overwrite is disabled for repository {name}; "
-        "it cannot be deleted (turn tag overwrite on first to delete it)"
+        "it cannot be deleted (turn tag overwrite on first to let it be deleted)"
     )
     with team.registry("member") as registry:
         assert oci_error(registry.delete(manifest_path(name, "rel1")), 403, "DENIED") == message

@@ -177,13 +177,18 @@ async def test_a_long_patch_is_one_object_written_in_bounded_parts(
     scratch = await write_upload(s3_store, data, chunk=4 * MiB)
     keys = object_keys(object_store, s3_store._upload_prefix(scratch.id))
     assert len(keys) == len(scratch.pieces) == 1
-    head = object_store.client().head_object(Bucket=BUCKET, Key=keys[0])
-    assert head["ContentLength"] == len(data)
+    piece = object_store.client().head_object(Bucket=BUCKET, Key=keys[0])
+    assert piece["ContentLength"] == len(data)
+    assert piece["ETag"].strip('"').endswith("-3")  # written in three parts
     assert await scratch.read() == data
     assert await scratch.read(PIECE_BYTES + 1) == data[: PIECE_BYTES + 1]
     digest = digest_of(data)
     await scratch.commit(digest)
     assert await read_all(s3_store, digest) == data
+    # One CopyObject of the piece: the blob is that object (a multipart commit of one part
+    # copied would be a new object, its ETag ending in -1).
+    blob = object_store.client().head_object(Bucket=BUCKET, Key=s3_store._blob_key(digest))
+    assert blob["ETag"] == piece["ETag"]
 
 
 async def test_a_piece_larger_than_one_copy_takes_is_committed_in_slices(
