@@ -13,11 +13,11 @@ import asyncio
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from argon2 import PasswordHasher
+from argon2 import DEFAULT_MEMORY_COST, PasswordHasher
 from argon2.exceptions import InvalidHashError, VerifyMismatchError
 
 T = TypeVar("T")
-HASH_MEMORY = 64 * 1024 * 1024  # argon2-cffi's default memory cost
+HASH_MEMORY = DEFAULT_MEMORY_COST * 1024  # bytes each hash holds (argon2-cffi gives KiB)
 
 
 def password_slots(cores: int, workers: int) -> int:
