@@ -17,8 +17,8 @@ from sqlalchemy import inspect
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from berth.config import Settings, config_file, setting_source
-from berth.metadata.migrate import upgrade
+from berth.config import Settings, SettingsError, config_file, setting_source
+from berth.metadata.migrate import NewerSchema, upgrade
 
 
 def sqlite_file(settings: Settings) -> Path | None:
@@ -111,4 +111,7 @@ def create_data(settings: Settings) -> None:
             for path in (database, *database.parent.glob(f"{database.name}-*")):
                 with contextlib.suppress(PermissionError, FileNotFoundError):  # not ours
                     path.chmod(0o600)
-    upgrade(settings.resolved_database_url)
+    try:
+        upgrade(settings.resolved_database_url)
+    except NewerSchema as exc:
+        raise SettingsError(f"{shown_database(settings)}: {exc}") from None

@@ -7,6 +7,7 @@ import json
 import os
 import re
 import socket
+import sqlite3
 import stat
 import subprocess
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ import typer
 from typer.testing import CliRunner
 
 from berth.cli.main import app
+from tests.ports import free_port
 from tests.servers import ADMIN_PASSWORD, BERTH, BerthServer, PostgresCluster, in_own_thread
 
 
@@ -219,6 +221,22 @@ def test_admin_verbs_refuse_an_empty_database(
     assert _berth_in(tmp_path, "init", BERTH_ADMIN_PASSWORD="admin-password", **env).returncode == 0
     created = _berth_in(tmp_path, "project", "create", "demo", **env)
     assert created.returncode == 0, created.stderr
+
+
+def test_data_a_newer_berth_migrated_is_refused_by_serve_and_the_verbs(tmp_path: Path) -> None:
+    env = {"BERTH_ADMIN_PASSWORD": "admin-password"}
+    assert _berth_in(tmp_path, "init", **env).returncode == 0
+    database = tmp_path / "berth-data" / "berth.db"
+    with sqlite3.connect(database) as connection:
+        connection.execute("UPDATE alembic_version SET version_num = '0999_next_release'")
+    listed = _berth_in(tmp_path, "project", "list")
+    assert listed.returncode == 1
+    assert f"SQLite {database}: the database's schema is at revision 0999_next_release" in (
+        listed.stderr
+    )
+    assert "newer version of Berth" in listed.stderr and "Upgrading" in listed.stderr
+    served = _berth_in(tmp_path, "serve", "--listen", f"127.0.0.1:{free_port()}")
+    assert served.returncode == 2 and "newer version of Berth" in served.stderr
 
 
 def test_a_lost_administrator_password_is_reset_on_the_server(server: BerthServer) -> None:

@@ -21,7 +21,7 @@ from rich.text import Text
 from berth.config import Settings, SettingsError, load_settings
 from berth.data_location import missing_data, shown_database, where_to_point
 from berth.domain.errors import Conflict, InvalidValue, RegistryError
-from berth.metadata.migrate import upgrade
+from berth.metadata.migrate import NewerSchema, upgrade
 from berth.state import Services
 
 console = Console()
@@ -84,7 +84,10 @@ def run_service(work: Callable[[Services], Awaitable[T]]) -> T:
     A refusal prints its message and exits 1 (2 for a value out of range or not one of the
     choices, as for a bad flag; 3 when the thing exists already)."""
     settings = existing_settings()
-    upgrade(settings.resolved_database_url)
+    try:
+        upgrade(settings.resolved_database_url)
+    except NewerSchema as exc:
+        fail(f"{shown_database(settings)}: {exc}")
 
     async def main() -> T:
         services = Services.build(settings)

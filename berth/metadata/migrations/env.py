@@ -5,10 +5,11 @@ from __future__ import annotations
 import asyncio
 
 from alembic import context
-from sqlalchemy import pool
+from sqlalchemy import pool, text
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import create_async_engine
 
+from berth.metadata.migrate import MIGRATION_LOCK, refuse_unknown_revisions
 from berth.metadata.tables import metadata
 
 config = context.config
@@ -21,6 +22,11 @@ def _run(connection: Connection) -> None:
         render_as_batch=connection.dialect.name == "sqlite",
     )
     with context.begin_transaction():
+        if connection.dialect.name == "postgresql":
+            # Held to the end of the transaction, which Alembic commits after the last
+            # migration (PostgreSQL's DDL is transactional). SQLite serves one node only.
+            connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK})
+        refuse_unknown_revisions(context.get_context().get_current_heads(), context.script)
         context.run_migrations()
 
 
