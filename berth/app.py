@@ -14,6 +14,7 @@ from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Mount, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from berth.access.forwarded import ForwardedClient
 from berth.api.app import MOUNT_PATH, create_api
 from berth.api.problems import problem
 from berth.auth.routes import routes as auth_routes
@@ -21,7 +22,6 @@ from berth.config import Settings, load_settings
 from berth.console.routes import routes as console_routes
 from berth.domain.errors import HostInvalid, RegistryError
 from berth.domain.names import normalized_host
-from berth.forwarded import ForwardedClient
 from berth.limits import ANSWERED, RequestLimits
 from berth.observability import logs, metrics
 from berth.observability.requests import RequestObserver

@@ -9,6 +9,8 @@
 - `identify`: every credential kind → a principal, and the throttled logins.
 - `refusals`: the challenge and the refusal a client is told.
 - `keyring`, `tokens`, `throttle`: server keys, signed tokens, failed-login throttling.
+- `forwarded`: the caller's address behind trusted proxies (X-Forwarded-For), as the
+  middleware that sets it before anything reads it.
 
 Nothing here imports a service or a surface: services and surfaces import this.
 """

@@ -1,6 +1,6 @@
 """Every request counted, timed and logged, with a request ID.
 
-`RequestObserver` is the outermost middleware, but for `berth.forwarded`'s when proxies are
+`RequestObserver` is the outermost middleware, but for `berth.access.forwarded`'s when proxies are
 trusted (pure ASGI, so a pull pays a few microseconds):
 it takes the client's `X-Request-ID` when it is a sane token, else makes one and sends it back
 as `X-Request-ID`. The error renderers (the registry's OCI errors, the API's problems, the

@@ -6,8 +6,8 @@ import ipaddress
 
 import pytest
 
+from berth.access.forwarded import forwarded_client
 from berth.config import SettingsError, load_settings
-from berth.forwarded import forwarded_client
 
 PROXIES = [ipaddress.ip_network("10.0.0.5"), ipaddress.ip_network("10.1.0.0/16")]
 
