@@ -194,6 +194,41 @@ def test_a_disk_that_refuses_the_copy_still_tells_damaged_bytes_from_whole(
     assert visible(cache) == [] and scratch(cache) == []
 
 
+def test_a_copy_that_fails_and_cannot_be_read_back_is_dropped_without_judging_the_store(
+    tmp_path: Path,
+) -> None:
+    """The disk refuses a write after the copy lost what it had taken, so the bytes written
+    before cannot be hashed again: the copy is dropped, and the store's blob is called damaged
+    only on what was still known (its size), never on a hash of part of it (which would set a
+    good blob aside in the store, for the next pulls, over a fault of this node's disk)."""
+    cache = BlobCache(tmp_path / "cache", 64 * MiB)
+    data = os.urandom(3 * MiB)
+    limit = resource.getrlimit(resource.RLIMIT_FSIZE)
+    outcomes = []
+    # (what the store sent, what the fill should call it): the blob, other bytes of its size
+    # (not judged: nothing checked them), and an object cut short (its size tells).
+    cases = [(data, False), (bytes(len(data)), False), (data[: 2 * MiB], True)]
+    for stored, _ in cases:
+        filling = cache.start_fill(digest_of(data), len(data))
+        assert filling is not None
+        (part,) = (cache.root / "tmp").glob("*.part")
+        # Files may not grow past 1 MiB: the first MiB is written whole, and the next write,
+        # which starts at the limit, is refused (EFBIG), as a full disk refuses it.
+        resource.setrlimit(resource.RLIMIT_FSIZE, (MiB, limit[1]))
+        try:
+            filling.add_all([stored[:MiB]])
+            os.truncate(part, 1000)  # the copy loses its end (its disk, an operator)
+            filling.add_all([stored[MiB:]])
+        finally:
+            resource.setrlimit(resource.RLIMIT_FSIZE, limit)
+        outcomes.append((filling.finish(), filling.damaged))
+        assert visible(cache) == [] and scratch(cache) == []
+    assert outcomes == [(False, damaged) for _, damaged in cases]
+    assert fill(cache, data)  # the disk is fine again: the same blob is kept whole
+    path = cache.hit(digest_of(data), len(data))
+    assert path is not None and path.read_bytes() == data
+
+
 async def feed(cache: BlobCache, data: bytes, chunk: int, stop_at: int | None = None) -> bool:
     """Chunks of a download fed to a fill as the S3 store does; stopped at `stop_at` bytes
     (the client gone) if given."""
