@@ -6,7 +6,7 @@
 # the MDS and ~50 Python packages).
 # Idempotent; quiet when everything is already there. Never lets a package start a service.
 set -euo pipefail
-PACKAGES="postgresql-15 docker.io containerd podman skopeo umoci docker-registry apache2-utils
+PACKAGES="postgresql-15 docker.io containerd podman skopeo umoci docker-registry apache2-utils sqlite3
 openssl curl wrk chromium nginx"
 BARE_PACKAGES="ceph-mon ceph-osd radosgw"
 missing=() missing_bare=()
