@@ -32,24 +32,25 @@ from berth.scrape import ScrapeFigures, metrics_endpoint, start_listener
 from berth.state import Services
 
 API_VERSION_HEADER = (b"docker-distribution-api-version", b"registry/2.0")
+# /v2 serves back what clients pushed (blobs, manifests): a browser must not sniff it into HTML.
+NOSNIFF_HEADER = (b"x-content-type-options", b"nosniff")
 
 
 class RegistryHeaders:
-    """Adds `Docker-Distribution-API-Version` to every /v2 response, and `X-Berth-Node` (which
-    node answered, behind a load balancer) to every response when the node has a name (pure
-    ASGI: cheap)."""
+    """Adds `Docker-Distribution-API-Version` and `X-Content-Type-Options: nosniff` to every /v2
+    response, and `X-Berth-Node` (which node answered, behind a load balancer) to every
+    response when the node has a name (pure ASGI, the header lists made once: cheap)."""
 
     def __init__(self, app: ASGIApp, node: str = "") -> None:
         self.app = app
         self.node_header = [(b"x-berth-node", node.encode())] if node else []
+        self.registry_headers = [*self.node_header, API_VERSION_HEADER, NOSNIFF_HEADER]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        added = self.node_header
-        if scope["path"].startswith("/v2"):
-            added = [*added, API_VERSION_HEADER]
+        added = self.registry_headers if scope["path"].startswith("/v2") else self.node_header
         if not added:
             await self.app(scope, receive, send)
             return

@@ -621,6 +621,26 @@ def test_every_registry_response_names_the_api_version(repo: Repo) -> None:
         assert response.headers["Docker-Distribution-API-Version"] == "registry/2.0"
 
 
+def test_registry_responses_forbid_content_sniffing(repo: Repo) -> None:
+    """Blobs and manifests are what clients pushed: a browser must take them for what their
+    Content-Type says, never sniff them into HTML (an error answer too)."""
+    html = b"<html><script>alert(1)</script></html>"
+    digest = push_bytes(repo.client, repo.name, html)
+    body = random_image(repo.client, repo.name)
+    put_manifest(repo.client, repo.name, "sniffed", body)
+    answers = {
+        "blob GET": repo.client.get(repo.url(f"blobs/{digest}")),
+        "blob HEAD": repo.client.head(repo.url(f"blobs/{digest}")),
+        "manifest GET": repo.client.get(repo.url("manifests/sniffed")),
+        "manifest HEAD": repo.client.head(repo.url("manifests/sniffed")),
+        "error": repo.client.get(repo.url("manifests/missing")),
+    }
+    assert answers["blob GET"].content == html
+    assert [a.status_code for a in answers.values()] == [200, 200, 200, 200, 404]
+    for what, answer in answers.items():
+        assert answer.headers.get("X-Content-Type-Options") == "nosniff", what
+
+
 def test_accept_header_negotiation(repo: Repo) -> None:
     body = random_image(repo.client, repo.name)
     put_manifest(repo.client, repo.name, "neg", body)
