@@ -907,6 +907,32 @@ def test_forged_tokens_are_refused(world: World, forgery: str) -> None:
     assert response.status_code == 401 and error_codes(response) == ["UNAUTHORIZED"]
 
 
+def test_a_token_request_naming_too_many_scopes_is_refused(world: World) -> None:
+    """A token holds every scope granted: without a bound, one request could have a token of
+    hundreds of KB signed. Repeated scopes are granted once."""
+    credentials = world.keys["project-member"]
+    name = world.repos["private"]
+    repeated = token_response(world.http, credentials, *[f"repository:{name}:pull"] * 100)
+    assert repeated.status_code == 200, repeated.text
+    assert claims(repeated.json()["token"])["access"] == [
+        {"type": "repository", "name": name, "actions": ["pull"]}
+    ]
+    too_many = [f"repository:{P}/r{n}:pull" for n in range(101)]
+    asked = token_response(world.http, credentials, *too_many)
+    assert asked.status_code == 400 and error_codes(asked) == ["UNSUPPORTED"]
+    assert "at most 100 scopes" in asked.json()["errors"][0]["message"]
+    # The OAuth2 form: its one scope field, space-separated.
+    posted = post_token(
+        world,
+        grant_type="password",
+        username=credentials[0],
+        password=credentials[1],
+        scope=" ".join(too_many),
+    )
+    assert posted.status_code == 400 and error_codes(posted) == ["UNSUPPORTED"]
+    assert "at most 100 scopes" in posted.json()["errors"][0]["message"]
+
+
 # ---------------------------------------------------------------- refresh tokens
 
 

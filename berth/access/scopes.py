@@ -10,8 +10,13 @@ from typing import Any
 
 from berth.access.permissions import EVERY_ACTION, Action
 from berth.access.policy import Principal, can_list_catalog, requested_actions
+from berth.domain.errors import Unsupported
 
 CATALOG = ("registry", "catalog")
+# Scopes one token request may name: docker asks for one to a few, buildx for a few more.
+# Every scope granted is a claim in the token, so without a bound one request could have
+# a token of hundreds of KB signed (and then sent with every request).
+MAX_SCOPES_PER_REQUEST = 100
 # The scope a refusal's challenge asks for, by the action that was missing.
 _CHALLENGE_ACTIONS = {Action.PULL: "pull", Action.PUSH: "pull,push", Action.DELETE: "delete"}
 
@@ -38,14 +43,23 @@ def parse_scope(value: str) -> Scope | None:
 
 
 def parse_scopes(values: list[str]) -> list[Scope]:
-    """Scopes from query parameters; each may itself hold several space-separated scopes."""
-    scopes = []
-    for value in values:
-        for part in value.split():
-            scope = parse_scope(part)
-            if scope is not None:
-                scopes.append(scope)
-    return scopes
+    """Scopes from query parameters; each may itself hold several space-separated scopes.
+    Scopes naming the same resource are merged into one (their actions together), in the
+    order first named. More than MAX_SCOPES_PER_REQUEST named is refused."""
+    parts = [part for value in values for part in value.split()]
+    if len(parts) > MAX_SCOPES_PER_REQUEST:
+        raise Unsupported(
+            f"a token request may name at most {MAX_SCOPES_PER_REQUEST} scopes, not {len(parts)}",
+            {"max": MAX_SCOPES_PER_REQUEST},
+            status=400,
+        )
+    merged: dict[tuple[str, str], frozenset[str]] = {}
+    for part in parts:
+        scope = parse_scope(part)
+        if scope is not None:
+            key = (scope.type, scope.name)
+            merged[key] = merged.get(key, frozenset()) | scope.actions
+    return [Scope(kind, name, actions) for (kind, name), actions in merged.items()]
 
 
 # What the caller may do on the repository a scope names; None when there is no such

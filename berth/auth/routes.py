@@ -118,6 +118,7 @@ async def get_token(request: Request) -> Response:
     services = _services(request)
     params = request.query_params
     service = _check_service(request, params.get("service"))
+    scopes = parse_scopes(params.getlist("scope"))  # refused before a password is checked
     principal = None
     header = request.headers.get("authorization")
     if header:
@@ -125,7 +126,7 @@ async def get_token(request: Request) -> Response:
         if credentials is None:
             raise Unauthorized("send the access key ID and secret with HTTP Basic authentication")
         principal = await _login(services, request, *credentials)
-    access = await _grant(services, request, principal, parse_scopes(params.getlist("scope")))
+    access = await _grant(services, request, principal, scopes)
     body = _token_body(services, principal, service, access)
     if principal is not None and params.get("offline_token") == "true":
         body["refresh_token"] = _refresh_token(services, principal, service)
@@ -140,6 +141,7 @@ async def post_token(request: Request) -> Response:
     field = dict(parse_qsl(body.decode(errors="replace")))
     service = _check_service(request, field.get("service"))
     grant_type = field.get("grant_type")
+    scopes = parse_scopes([field.get("scope", "")])  # refused before a password is checked
     if grant_type == "password":
         principal = await _login(
             services, request, field.get("username", ""), field.get("password", "")
@@ -149,7 +151,6 @@ async def post_token(request: Request) -> Response:
         await check_login_host(services, request, principal)
     else:
         raise Unsupported("grant_type must be password or refresh_token", status=400)
-    scopes = parse_scopes([field.get("scope", "")])
     access = await _grant(services, request, principal, scopes)
     token = _token_body(services, principal, service, access)
     token["scope"] = scope_string(access)

@@ -8,7 +8,15 @@ import pytest
 
 from berth.access.permissions import EVERY_ACTION, PULL_ONLY, PULL_PUSH
 from berth.access.policy import Principal
-from berth.access.scopes import Scope, challenge_scope, downscope, grant, parse_scopes
+from berth.access.scopes import (
+    MAX_SCOPES_PER_REQUEST,
+    Scope,
+    challenge_scope,
+    downscope,
+    grant,
+    parse_scopes,
+)
+from berth.domain.errors import Unsupported
 
 ALICE = Principal(1, "alice", False, "BKALICE", 1)
 
@@ -32,6 +40,35 @@ def test_parse_scopes() -> None:
         Scope("repository", "host:5000/demo/app", frozenset({"pull"})),
     ]
     assert str(parsed[0]) == "repository:demo/app:pull,push"
+
+
+def test_scopes_naming_one_resource_are_merged() -> None:
+    parsed = parse_scopes(
+        [
+            "repository:demo/app:pull repository:demo/app:pull",
+            "repository:demo/app:push",
+            "repository(plugin):demo/app:pull",
+            "registry:catalog:*",
+            "repository:demo/lib:pull",
+            "registry:catalog:*",
+        ]
+    )
+    assert parsed == [
+        Scope("repository", "demo/app", frozenset({"pull", "push"})),
+        Scope("registry", "catalog", frozenset({"*"})),
+        Scope("repository", "demo/lib", frozenset({"pull"})),
+    ]
+
+
+def test_a_request_naming_too_many_scopes_is_refused() -> None:
+    names = [f"repository:demo/r{n}:pull" for n in range(MAX_SCOPES_PER_REQUEST + 1)]
+    assert len(parse_scopes(names[:-1])) == MAX_SCOPES_PER_REQUEST
+    # Counted as named, in any number of parameters: repeats and malformed ones too.
+    for over in (names, [" ".join(names)], ["repository:demo/app:pull"] * len(names)):
+        with pytest.raises(Unsupported) as refused:
+            parse_scopes(over)
+        assert refused.value.status == 400
+        assert f"at most {MAX_SCOPES_PER_REQUEST} scopes" in refused.value.message
 
 
 # What the caller may do on each repository; absent: no such repository.
