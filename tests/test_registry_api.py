@@ -263,6 +263,40 @@ def test_an_index_child_whose_size_is_not_the_manifests_is_refused(repo: Repo) -
     assert put_manifest(repo.client, repo.name, "idx", good, OCI_INDEX).status_code == 201
 
 
+def test_a_subject_whose_size_is_not_the_stored_manifests_is_refused(repo: Repo) -> None:
+    """A referrer's subject, when stored, must have the size the descriptor gives; one not
+    stored yet is accepted (OCI 1.1: a referrer may be pushed before its subject)."""
+    empty = Blob(b"{}", OCI_EMPTY)
+    push_bytes(repo.client, repo.name, empty.data)
+    subject = Blob(random_image(repo.client, repo.name), OCI_MANIFEST)
+
+    def referrer(size: int, note: str) -> Blob:
+        return image_manifest(
+            empty.descriptor(),
+            [empty.descriptor()],
+            artifact_type="application/example",
+            subject=subject.descriptor(size=size),
+            annotations={"note": note},
+        )
+
+    before = referrer(subject.size, "before its subject")
+    assert put_manifest(repo.client, repo.name, before.digest, before.data).status_code == 201
+    assert put_manifest(repo.client, repo.name, subject.digest, subject.data).status_code == 201
+
+    lying = referrer(subject.size + 7, "lying")
+    response = put_manifest(repo.client, repo.name, lying.digest, lying.data)
+    assert response.status_code == 400, describe(response)
+    assert error_code(response) == "MANIFEST_INVALID"
+    message = response.json()["errors"][0]["message"]
+    assert subject.digest in message
+    assert str(subject.size + 7) in message and str(subject.size) in message
+    assert repo.client.get(repo.url(f"manifests/{lying.digest}")).status_code == 404
+    honest = referrer(subject.size, "honest")
+    assert put_manifest(repo.client, repo.name, honest.digest, honest.data).status_code == 201
+    listed = repo.client.get(referrers_path(repo.name, subject.digest)).json()["manifests"]
+    assert {d["digest"] for d in listed} == {before.digest, honest.digest}
+
+
 def _push_referrers(
     repo: Repo, subject: Blob, artifact_types: list[str], annotation_bytes: int = 0
 ) -> list[str]:

@@ -364,6 +364,20 @@ class ManifestContent:
                     {"missing": missing},
                 )
             _check_sizes("manifest", parsed.children, found)
+        if parsed.subject is not None:
+            # A subject not stored (yet) is accepted, as OCI 1.1 requires; a stored one must
+            # have the size the descriptor gives, or the referrer names some other content.
+            stored = (
+                await conn.execute(
+                    select(manifests.c.size).where(
+                        manifests.c.repository_id == repo.id,
+                        manifests.c.image == image,
+                        manifests.c.digest == parsed.subject.digest,
+                    )
+                )
+            ).scalar()
+            if stored is not None:
+                _check_sizes("subject manifest", [parsed.subject], {parsed.subject.digest: stored})
 
     async def _insert_manifest(
         self,
