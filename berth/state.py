@@ -122,7 +122,7 @@ class Services:
                 db, settings.repository_quota, store=store, forget_access=identity.forget_cached
             ),
             registry=registry,
-            uploads=Uploads(db, store, settings.max_open_uploads),
+            uploads=Uploads(db, store, settings.max_open_uploads, settings.upload_expiry),
             identity=identity,
             authenticator=Authenticator(identity.credentials, tokens, throttle),
             tokens=tokens,

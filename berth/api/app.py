@@ -39,13 +39,14 @@ ROUTER_MODULES = (
     "users",
     "webhooks",
     "tag_rules",
+    "uploads",
 )
 OPTIONAL_MODULES = frozenset({"gc", "usage"})
 _DOCS_STATIC = Path(fastapi_offline.__file__).parent / "static"
 
 DESCRIPTION = """\
 Manage a Berth registry: projects, repositories, images and tags, access keys, members and
-permissions, the audit log, garbage collection and usage.
+permissions, the audit log, garbage collection, usage and uploads in progress.
 
 **Authentication**: HTTP Basic with an access key ID and secret access key (or a user name and
 password), or `Authorization: Bearer` with a token from `POST /api/v1/auth/tokens`. The web console signs

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import errno
 import hashlib
 import logging
@@ -29,6 +30,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from cachetools import LRUCache
+from pydantic import Field
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -44,7 +46,9 @@ from berth.domain.errors import (
 )
 from berth.domain.hash_state import resumable_sha256
 from berth.domain.references import RepositoryRef
+from berth.metadata.audit import write_audit_entry
 from berth.metadata.database import RETRY_AFTER_SECONDS, Database
+from berth.metadata.lookups import require_project
 from berth.metadata.tables import (
     blob_removals,
     blobs,
@@ -53,10 +57,12 @@ from berth.metadata.tables import (
     repository_blobs,
     upload_pieces,
     uploads,
+    users,
     utcnow,
 )
 from berth.services.gc.restrictions import refuse_if_restricted
 from berth.services.gc.runs import RUNNING
+from berth.services.records import Record
 from berth.storage.base import BlobStore, BlobWriter, UploadWriter
 
 logger = logging.getLogger("berth.uploads")
@@ -85,6 +91,50 @@ class Upload:
         return cls(
             row.id, row.repository_id, row.image, row.offset, row.digest_at_offset, row.hash_state
         )
+
+
+class OpenUpload(Record):
+    """An upload in progress, as the project's admins see it."""
+
+    id: str = Field(description="the upload's ID, as in its /v2/.../blobs/uploads/{id} URL")
+    repository: str
+    image: str = Field(description="the image path inside the repository ('' for its own name)")
+    started_by: str | None = Field(
+        description="the user whose request started it (null: the server's own, e.g. an SBOM)"
+    )
+    started_at: dt.datetime
+    bytes_received: int = Field(description="bytes received and acknowledged so far")
+    updated_at: dt.datetime = Field(description="last activity: started, or a chunk received")
+    expires_at: dt.datetime = Field(
+        description="from when it counts as abandoned unless a chunk arrives first "
+        "(upload_expiry): the hourly abandoned-uploads job removes it"
+    )
+
+
+_WITH_REPOSITORY = uploads.join(repositories, repositories.c.id == uploads.c.repository_id)
+# Uploads with their repository's and starter's names (filtered by project).
+_OPEN_UPLOADS = select(
+    uploads, repositories.c.name.label("repository"), users.c.name.label("user")
+).select_from(_WITH_REPOSITORY.outerjoin(users, users.c.id == uploads.c.started_by))
+
+
+@dataclass(frozen=True, slots=True)
+class _CancelNote:
+    """Who cancels an upload through the management API or the CLI, for the audit log."""
+
+    actor: str
+    client: str | None
+    project_id: int
+    target: str
+    detail: dict[str, Any]
+
+
+def _not_in_progress(project: str, upload_id: str) -> BlobUploadUnknown:
+    return BlobUploadUnknown(
+        f"upload {upload_id!r} is not in progress in project {project!r} "
+        "(unknown, finished or cancelled)",
+        {"project": project, "upload_id": upload_id},
+    )
 
 
 def _new_sha256() -> Any:
@@ -211,10 +261,17 @@ class _BeingRemoved(Exception):
 
 
 class Uploads:
-    def __init__(self, db: Database, store: BlobStore, max_open: int = 1000) -> None:
+    def __init__(
+        self,
+        db: Database,
+        store: BlobStore,
+        max_open: int = 1000,
+        expiry: float = 86_400.0,
+    ) -> None:
         self.db = db
         self.store = store
         self.max_open = max_open  # uploads in progress per project
+        self.expiry = expiry  # upload_expiry: shown as each open upload's expires_at
         self._hashes = _HashStates()
         # Each upload's lock lives while a request holds or awaits it: none is left behind
         # by uploads abandoned, failed or finished on another node.
@@ -289,6 +346,81 @@ class Uploads:
         """Uploads started and neither finished nor cancelled, on every node."""
         async with self.db.read() as conn:
             return int((await conn.execute(select(func.count()).select_from(uploads))).scalar_one())
+
+    async def open_in_project(
+        self, project: str, *, offset: int = 0, limit: int = 20
+    ) -> tuple[list[OpenUpload], int]:
+        """A page of the project's uploads in progress, newest first, and how many there are:
+        what counts against max_open_uploads, and who holds them."""
+        async with self.db.read() as conn:
+            project_id = await require_project(conn, project)
+            in_project = repositories.c.project_id == project_id
+            rows = await conn.execute(
+                _OPEN_UPLOADS.where(in_project)
+                .order_by(uploads.c.started_at.desc(), uploads.c.id.desc())
+                .limit(limit)
+                .offset(offset)
+            )
+            items = [self._open_upload(row) for row in rows]
+            total = await conn.execute(
+                select(func.count()).select_from(_WITH_REPOSITORY).where(in_project)
+            )
+        return items, int(total.scalar_one())
+
+    def _open_upload(self, row: Any) -> OpenUpload:
+        return OpenUpload(
+            id=row.id,
+            repository=row.repository,
+            image=row.image,
+            started_by=row.user,
+            started_at=row.started_at,
+            bytes_received=row.offset,
+            updated_at=row.updated_at,
+            expires_at=row.updated_at + dt.timedelta(seconds=self.expiry),
+        )
+
+    async def in_project(self, project: str, upload_id: str) -> OpenUpload:
+        """One of the project's uploads in progress, or BLOB_UPLOAD_UNKNOWN (404)."""
+        _, row = await self._find_in_project(project, upload_id)
+        return self._open_upload(row)
+
+    async def cancel_in_project(
+        self, project: str, upload_id: str, *, actor: str, client: str | None
+    ) -> OpenUpload:
+        """Cancel one of the project's uploads as its client's DELETE would (its scratch and
+        pieces go), audited as `upload.cancel`; its client's next request is answered
+        BLOB_UPLOAD_UNKNOWN. Returns the upload as it was."""
+        project_id, row = await self._find_in_project(project, upload_id)
+        cancelled = self._open_upload(row)
+        name = "/".join(part for part in (cancelled.repository, cancelled.image) if part)
+        note = _CancelNote(
+            actor,
+            client,
+            project_id,
+            f"{name}@{upload_id}",
+            {"started_by": cancelled.started_by, "bytes_received": cancelled.bytes_received},
+        )
+        if not await self.cancel(Upload.of(row), audited_as=note):
+            raise _not_in_progress(project, upload_id)  # its client ended it meanwhile
+        return cancelled
+
+    async def _find_in_project(self, project: str, upload_id: str) -> tuple[int, Any]:
+        """The project's id and the upload's row (with its repository's and starter's names),
+        or NAME_UNKNOWN for the project, BLOB_UPLOAD_UNKNOWN for the upload."""
+        async with self.db.read() as conn:
+            project_id = await require_project(conn, project)
+            row = None
+            if _UPLOAD_ID_RE.fullmatch(upload_id):
+                row = (
+                    await conn.execute(
+                        _OPEN_UPLOADS.where(
+                            uploads.c.id == upload_id, repositories.c.project_id == project_id
+                        )
+                    )
+                ).first()
+        if row is None:
+            raise _not_in_progress(project, upload_id)
+        return project_id, row
 
     async def get(self, repo: RepositoryRef, image: str, upload_id: str) -> Upload:
         if _UPLOAD_ID_RE.fullmatch(upload_id):
@@ -764,9 +896,11 @@ class Uploads:
             )
         return stored
 
-    async def cancel(self, upload: Upload) -> None:
+    async def cancel(self, upload: Upload, *, audited_as: _CancelNote | None = None) -> bool:
+        """End an upload and remove what it stored (a client's DELETE, or an admin's cancel,
+        audited in the same transaction). False when it had ended already."""
         async with self._lock(upload.id):
-            await self._discard(upload.id)
+            return await self._discard(upload.id, audited_as)
 
     @contextlib.asynccontextmanager
     async def _storage_faults(self, upload_id: str) -> AsyncIterator[None]:
@@ -785,11 +919,22 @@ class Uploads:
             await self._discard(upload_id)
             raise _storage_full() from None
 
-    async def _discard(self, upload_id: str) -> None:
+    async def _discard(self, upload_id: str, audited_as: _CancelNote | None = None) -> bool:
         async with self.db.write() as conn:
-            await conn.execute(delete(uploads).where(uploads.c.id == upload_id))
+            deleted = await conn.execute(delete(uploads).where(uploads.c.id == upload_id))
+            if deleted.rowcount == 1 and audited_as is not None:
+                await write_audit_entry(
+                    conn,
+                    audited_as.actor,
+                    "upload.cancel",
+                    project_id=audited_as.project_id,
+                    target=audited_as.target,
+                    detail=audited_as.detail,
+                    client=audited_as.client,
+                )
         self._hashes.drop(upload_id)
         # With the store unreachable the client still hears why its upload ended (a wrong
         # digest, a cancel); the scratch no row names is the abandoned-uploads job's.
         with contextlib.suppress(Unavailable):
             await self.store.delete_upload(upload_id)
+        return bool(deleted.rowcount == 1)

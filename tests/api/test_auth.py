@@ -29,6 +29,7 @@ PATH_VALUES = {
     "run_id": "1",
     "webhook_id": "1",
     "rule_id": "1",
+    "upload_id": "0" * 32,
 }
 
 
