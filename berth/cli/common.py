@@ -6,6 +6,7 @@ import asyncio
 import datetime as dt
 import getpass
 import json
+import shlex
 import socket
 import sys
 from collections.abc import Awaitable, Callable
@@ -21,6 +22,7 @@ from rich.text import Text
 from berth.config import Settings, SettingsError, load_settings
 from berth.data_location import missing_data, shown_database, where_to_point
 from berth.domain.errors import Conflict, InvalidValue, RegistryError
+from berth.invocation import berth_command
 from berth.metadata.migrate import NewerSchema, upgrade
 from berth.state import Services
 
@@ -197,6 +199,13 @@ def print_json(value: Any) -> None:
 def cli_actor() -> str:
     """Who runs an admin verb, as the audit log and GC history name them."""
     return f"cli:{getpass.getuser()}"[:64]
+
+
+def pasteable(*words: str) -> str:
+    """A `berth` command to print for the user to paste: it runs as printed from where this
+    one ran, on the same data (with this one's --data-dir, when it was given one)."""
+    data_dir = [] if Options.data_dir is None else ["--data-dir", str(Options.data_dir)]
+    return " ".join([berth_command(), *map(shlex.quote, [*data_dir, *words])])
 
 
 # Where an admin verb comes from, in the audit log's "client" (an address for HTTP callers).

@@ -23,6 +23,7 @@ from berth.cli.retention import retention_app
 from berth.cli.scans import scan
 from berth.cli.server import init, serve, status
 from berth.cli.storage import storage_app
+from berth.cli.uploads import upload_app
 from berth.cli.usage import audit, usage
 from berth.cli.users import user_app
 from berth.cli.vulndb import vulndb_app
@@ -46,6 +47,7 @@ app.add_typer(key_app, name="key")
 app.add_typer(gc_app, name="gc")
 app.add_typer(retention_app, name="retention")
 app.add_typer(storage_app, name="storage")
+app.add_typer(upload_app, name="upload")
 app.add_typer(image_app, name="image")
 app.add_typer(tag_app, name="tag")
 app.add_typer(webhook_app, name="webhook")

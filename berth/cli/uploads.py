@@ -1,0 +1,104 @@
+"""`berth upload list|cancel`: a project's blob uploads in progress, who holds them, and
+cancelling one when the project is at max_open_uploads (instead of waiting for upload_expiry)."""
+
+from __future__ import annotations
+
+import sys
+from typing import Annotated
+
+import typer
+
+from berth.cli.common import (
+    CLI_CLIENT,
+    JsonFlag,
+    ProjectArg,
+    cli_actor,
+    console,
+    data_table,
+    done,
+    pasteable,
+    print_json,
+    run_service,
+)
+from berth.services.records import plain
+from berth.services.uploads import OpenUpload
+
+upload_app = typer.Typer(help="Blob uploads in progress in a project.", no_args_is_help=True)
+
+UPLOAD_ID_LENGTH = 32
+# What fits 80 columns beside a whole upload ID; --json has every field (when each started,
+# and from when it counts as abandoned).
+COLUMNS = {
+    "id": "upload",
+    "repository": "repository",
+    "started_by": "by",
+    "bytes_received": "bytes",
+    "updated_at": "last activity",
+}
+UploadIdArg = Annotated[
+    str, typer.Argument(metavar="UPLOAD_ID", help="The upload's ID, as `berth upload list` shows.")
+]
+
+
+def _name(upload: OpenUpload) -> str:
+    """The upload's repository, with the image path inside it when there is one."""
+    return "/".join(part for part in (upload.repository, upload.image) if part)
+
+
+@upload_app.command("list")
+def upload_list(
+    project: ProjectArg,
+    limit: Annotated[
+        int, typer.Option(min=1, max=1000, help="How many uploads, newest first.")
+    ] = 100,
+    json_output: JsonFlag = False,
+) -> None:
+    """A project's uploads in progress, newest first: they count against max_open_uploads."""
+    found, total = run_service(lambda s: s.uploads.open_in_project(project, limit=limit))
+    if json_output:
+        print_json(plain(found))
+        return
+    if not found:
+        console.print(f"No uploads in progress in {project}.")
+        return
+    rows = [
+        {
+            **plain(upload),
+            "repository": _name(upload),
+            "bytes_received": f"{upload.bytes_received:,}",
+        }
+        for upload in found
+    ]
+    title = f"Uploads in progress in {project}"
+    if total > len(found):
+        title += f" (newest {len(found)} of {total})"
+    table = data_table(rows, list(COLUMNS), title, COLUMNS)
+    # The ID is what `berth upload cancel` takes: never broken across lines.
+    table.columns[0].no_wrap = True
+    table.columns[0].min_width = UPLOAD_ID_LENGTH
+    console.print(table)
+    idle = min(found, key=lambda upload: upload.updated_at)
+    sys.stdout.write(
+        "\nCancel the one idle longest (what it stored is deleted):\n"
+        f"  {pasteable('upload', 'cancel', project, idle.id)}\n"
+    )
+
+
+@upload_app.command("cancel")
+def upload_cancel(
+    project: ProjectArg, upload_id: UploadIdArg, json_output: JsonFlag = False
+) -> None:
+    """Cancel an upload as its client's DELETE would: what it stored goes, and its client's
+    next request to it is refused (BLOB_UPLOAD_UNKNOWN). Audited as upload.cancel."""
+    cancelled = run_service(
+        lambda s: s.uploads.cancel_in_project(
+            project, upload_id, actor=cli_actor(), client=CLI_CLIENT
+        )
+    )
+    done(
+        json_output,
+        plain(cancelled),
+        f"Cancelled upload {upload_id} to {project}/{_name(cancelled)} "
+        f"({cancelled.bytes_received:,} bytes received, started by "
+        f"{cancelled.started_by or 'the server'})",
+    )
