@@ -316,12 +316,16 @@ class PostgresCluster:
         )
         return self
 
-    def create_database(self) -> str:
+    def create_database(self, icu_locale: str | None = None) -> str:
+        """A new database; with `icu_locale` (e.g. "en-US") its default collation is that
+        locale's, as on an install whose cluster was made in it (this cluster's default is the
+        environment's locale, C or C.UTF-8 here, which order text by code point)."""
         self.counter += 1
         name = f"berth_{os.getpid()}_{self.counter}"
-        self._as_postgres(
-            "psql", "-h", "127.0.0.1", "-p", str(self.port), "-c", f"CREATE DATABASE {name}"
-        )
+        create = f"CREATE DATABASE {name}"
+        if icu_locale is not None:
+            create += f" TEMPLATE template0 LOCALE_PROVIDER icu ICU_LOCALE '{icu_locale}'"
+        self._as_postgres("psql", "-h", "127.0.0.1", "-p", str(self.port), "-c", create)
         return f"postgresql+asyncpg://postgres@127.0.0.1:{self.port}/{name}"
 
     def stop(self) -> None:
@@ -349,6 +353,9 @@ BACKENDS = ["sqlite", "postgres"]
 # Blobs in S3 (the session's SeaweedFS, tests/s3.py, under a prefix of the server's own) with
 # PostgreSQL, as nodes sharing a bucket run: `backends=[*BACKENDS, S3_BACKEND]`.
 S3_BACKEND = "postgres-s3"
+# PostgreSQL in a database whose default collation is ICU en-US, as on an install whose cluster
+# was made in that locale (text orders unlike code points): `backends=[*BACKENDS, ICU_BACKEND]`.
+ICU_BACKEND = "postgres_icu"
 Scope = Literal["function", "module", "package", "session"]
 
 
@@ -359,7 +366,7 @@ def database_url_for(backend: str, postgres: PostgresCluster | None) -> str | No
         return None
     if postgres is None:
         pytest.skip("PostgreSQL not installed")
-    return postgres.create_database()
+    return postgres.create_database("en-US" if backend == ICU_BACKEND else None)
 
 
 def unstarted_environ(directory: Path, settings: Mapping[str, str]) -> dict[str, str]:
@@ -399,7 +406,7 @@ def running_server(
     directory named after `name`, stopped on leaving (also when it fails to start). `options`
     go to `BerthServer`; `start` replaces `BerthServer.start` (to wait for every worker, say)."""
     database, _, storage = backend.partition("-")
-    postgres = request.getfixturevalue("postgres") if database == "postgres" else None
+    postgres = request.getfixturevalue("postgres") if database.startswith("postgres") else None
     url = database_url_for(database, postgres)
     if storage == "s3":
         store = request.getfixturevalue("seaweedfs").settings_environ()

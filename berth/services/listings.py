@@ -7,7 +7,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import false, func, select
+from sqlalchemy import case, false, func, select
 
 from berth.domain.digests import parse_digest
 from berth.domain.manifests import OCI_INDEX
@@ -27,6 +27,15 @@ class Page:
 # would otherwise answer with hundreds of MB, built in memory, to anyone who may pull.
 REFERRERS_PER_PAGE = 1000
 REFERRERS_PAGE_ANNOTATION_BYTES = 4 << 20
+
+
+# Rows of one catalog query: the first is a page's (and one more), at least
+# CATALOG_FIRST_BATCH; the next, for a caller who sees little, grow to CATALOG_BATCH.
+CATALOG_FIRST_BATCH = 100
+CATALOG_BATCH = 5000
+
+# The (repository, image) names that hold content: a manifest.
+images = select(manifests.c.repository_id, manifests.c.image).distinct().subquery("images")
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,55 +155,75 @@ class ContentListings:
         last: str | None,
         visible: Callable[[int, RepositoryRef], Awaitable[bool]],
     ) -> Page:
-        """OCI names that hold content and that `visible` admits; prefixed with the project in
-        path style."""
+        """OCI names that hold content and that `visible` admits, in code-point order of the
+        name the client sees (prefixed with the project in path style), after `last`.
+
+        The database orders, resumes after `last` and limits, in batches: a call reads about a
+        page of names, not the install's. Visibility is a repository's, asked of `visible`
+        once per repository and only of rows reached. Worst case: a caller who sees none of a
+        large install reads every name, a batch at a time (memory stays a batch's), and the
+        database sorts what is after each batch's cursor once per batch."""
+        # Path style: project/repository[/image]; on a project's host: repository[/image].
+        name = (
+            repositories.c.name
+            if project is not None
+            else projects.c.name + "/" + repositories.c.name
+        )
+        name = name + case((images.c.image == "", ""), else_="/" + images.c.image)
+        if not self.db.is_sqlite:
+            # PostgreSQL's default collation follows the locale (en_US puts `a-b` after `a.b`
+            # and `ab` after `a_b`, ignoring punctuation); "C" compares bytes, which in UTF-8 is
+            # code-point order, Python's and SQLite's (BINARY).
+            name = name.collate("C")
+        name = name.label("name")
         query = (
             select(
+                name,
                 projects.c.name.label("project"),
                 repositories.c.project_id,
                 repositories.c.id,
                 repositories.c.name.label("repository"),
                 repositories.c.public,
                 repositories.c.tag_overwrite,
-                manifests.c.image,
             )
-            .select_from(manifests)
-            .join(repositories, repositories.c.id == manifests.c.repository_id)
+            .select_from(images)
+            .join(repositories, repositories.c.id == images.c.repository_id)
             .join(projects, projects.c.id == repositories.c.project_id)
-            .distinct()
+            .order_by(name)
         )
         if project is not None:
             query = query.where(projects.c.name == project)
-        async with self.db.read() as conn:
-            rows = (await conn.execute(query)).all()
-        # Asked once per repository, not once per image of it: visibility is a repository's.
+        wanted = None if limit is None else limit + 1  # one more: is there a next page?
+        batch = CATALOG_BATCH if wanted is None else max(wanted, CATALOG_FIRST_BATCH)
+        # OCI names hold no NUL (PostgreSQL text cannot): what sorts after `last` sorts after
+        # the part before its first NUL.
+        after = last.split("\x00", 1)[0] if last else None
         shown: dict[int, bool] = {}
-        for row in rows:
-            if row.id not in shown:
-                ref = RepositoryRef(
-                    row.id,
-                    row.project_id,
-                    row.project,
-                    row.repository,
-                    row.public,
-                    row.tag_overwrite,
-                )
-                shown[row.id] = await visible(row.project_id, ref)
-        names = sorted(
-            "/".join(
-                part
-                for part in (
-                    None if project is not None else row.project,
-                    row.repository,
-                    row.image,
-                )
-                if part
-            )
-            for row in rows
-            if shown[row.id]
-        )
-        if last:
-            names = [n for n in names if n > last]
+        names: list[str] = []
+        while wanted is None or len(names) < wanted:
+            batch_query = query if after is None else query.where(name > after)
+            async with self.db.read() as conn:
+                rows = (await conn.execute(batch_query.limit(batch))).all()
+            for row in rows:
+                if row.id not in shown:
+                    ref = RepositoryRef(
+                        row.id,
+                        row.project_id,
+                        row.project,
+                        row.repository,
+                        row.public,
+                        row.tag_overwrite,
+                    )
+                    shown[row.id] = await visible(row.project_id, ref)
+                if shown[row.id]:
+                    names.append(row.name)
+                    if wanted is not None and len(names) == wanted:
+                        break
+            if len(rows) < batch:
+                break
+            after = rows[-1].name
+            # A caller who sees little goes on with larger batches: fewer sorts of the rest.
+            batch = max(batch, min(batch * 2, CATALOG_BATCH))
         if limit is not None and len(names) > limit:
             names = names[:limit]
             return Page(names, names[-1] if names else None)
