@@ -1,4 +1,4 @@
-"""Paging /v2/_catalog with n= and last=: the same code-point order on SQLite, on PostgreSQL and
+"""Paging /v2/_catalog (and a tag list) with n= and last=: the same code-point order on SQLite, on PostgreSQL and
 on PostgreSQL whose default collation is ICU en-US (which orders `_`, `-`, `.` and case
 otherwise); every name once; repositories the caller cannot see skipped without a short page
 being taken for the last."""
@@ -13,7 +13,15 @@ import httpx
 import pytest
 
 from berth.state import Services
-from tests.oci import Blob, image_config, image_manifest, push_blob, push_manifest
+from tests.oci import (
+    OCI_MANIFEST,
+    Blob,
+    image_config,
+    image_manifest,
+    push_blob,
+    push_manifest,
+    tag_list,
+)
 from tests.servers import BACKENDS, ICU_BACKEND, BerthServer, server_fixture
 
 server = server_fixture(
@@ -188,3 +196,41 @@ def test_a_last_that_is_not_a_stored_name_resumes_after_it(install: Install, las
         assert (next_url is not None) == (len(after) > 3), (user, last)
         unpaged, _ = page(install, user, last=last)
         assert unpaged == after, (user, last)
+
+
+# Tags where code-point order and en-US's differ: upper case first, `-` and `.` before digits,
+# `_` after upper case and before lower case.
+TAGS = ["v1", "V1", "v1-rc", "v1.0", "v1_0", "v10", "_x", "a", "A", "B", "b", "Z9", "latest"]
+
+
+def test_tags_page_in_code_point_order_on_every_database(
+    install: Install, server: BerthServer
+) -> None:
+    name = "ab/x/ab"  # one of this module's images, holding only the tag v1 so far
+    with httpx.Client(base_url=server.url, timeout=60, auth=server.access_key("ab")) as admin:
+        manifest = admin.get(f"/v2/{name}/manifests/v1", headers={"Accept": OCI_MANIFEST})
+        assert manifest.status_code == 200
+        for tag in TAGS:
+            pushed = admin.put(
+                f"/v2/{name}/manifests/{tag}",
+                content=manifest.content,
+                headers={"Content-Type": OCI_MANIFEST},
+            )
+            assert pushed.status_code == 201, pushed.text
+        ordered = sorted(TAGS)
+        assert ordered.index("V1") < ordered.index("_x") < ordered.index("a")
+        assert tag_list(admin, name) == ordered
+        for n in (1, 4):
+            seen: list[str] = []
+            last: str | None = None
+            while True:
+                params: dict[str, str | int] = {"n": n} if last is None else {"n": n, "last": last}
+                response = admin.get(f"/v2/{name}/tags/list", params=params)
+                assert response.status_code == 200
+                seen += response.json()["tags"] or []
+                if "link" not in response.headers:
+                    break
+                last = seen[-1]
+            assert seen == ordered, f"n={n}"
+        for last in ("V", "v1-", "_", "a0", "Z"):
+            assert tag_list(admin, name, last=last) == [t for t in ordered if t > last], last

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import case, false, func, select
+from sqlalchemy.sql.elements import ColumnElement
 
 from berth.domain.digests import parse_digest
 from berth.domain.manifests import OCI_INDEX
@@ -49,18 +50,27 @@ class ContentListings:
 
     db: Database
 
+    def _code_point_order(self, text: ColumnElement[str]) -> ColumnElement[str]:
+        """`text` compared and ordered by code point. PostgreSQL's default collation follows
+        the locale (en_US puts `a-b` after `a.b`, `ab` after `a_b` and `B` after `a`); "C"
+        compares bytes, which in UTF-8 is code-point order, Python's and SQLite's (BINARY)."""
+        return text if self.db.is_sqlite else text.collate("C")
+
     async def list_tags(
         self, repo: RepositoryRef, image: str, limit: int | None, last: str | None
     ) -> Page:
+        # Lexical (code-point) order, as OCI asks, whatever PostgreSQL's collation: see
+        # `_code_point_order`.
+        name = self._code_point_order(tags.c.name)
         query = (
             select(tags.c.name)
             .where(tags.c.repository_id == repo.id, tags.c.image == image)
-            .order_by(tags.c.name)
+            .order_by(name)
         )
         if last:
             # Tags hold no NUL (PostgreSQL text cannot): what sorts after `last` sorts after
             # the part before its first NUL.
-            query = query.where(tags.c.name > last.split("\x00", 1)[0])
+            query = query.where(name > last.split("\x00", 1)[0])
         if limit is not None:
             query = query.limit(limit + 1)
         async with self.db.read() as conn:
@@ -170,12 +180,7 @@ class ContentListings:
             else projects.c.name + "/" + repositories.c.name
         )
         name = name + case((images.c.image == "", ""), else_="/" + images.c.image)
-        if not self.db.is_sqlite:
-            # PostgreSQL's default collation follows the locale (en_US puts `a-b` after `a.b`
-            # and `ab` after `a_b`, ignoring punctuation); "C" compares bytes, which in UTF-8 is
-            # code-point order, Python's and SQLite's (BINARY).
-            name = name.collate("C")
-        name = name.label("name")
+        name = self._code_point_order(name).label("name")
         query = (
             select(
                 name,
