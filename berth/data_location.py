@@ -18,6 +18,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from berth.config import Settings, SettingsError, config_file, setting_source
+from berth.invocation import berth_command, pasteable_command
 from berth.metadata.migrate import NewerSchema, upgrade
 
 
@@ -80,17 +81,19 @@ def missing_data(settings: Settings) -> str | None:
     return f"the database {shown_database(settings)} holds no Berth data"
 
 
-def where_to_point(flags: set[str] | frozenset[str] = frozenset()) -> str:
-    """How to point a verb at existing data, or make new data, for a refusal's second line."""
-    source = setting_source("data_dir", flags)
+def where_to_point(data_dir: Path | None = None) -> str:
+    """How to point a verb at existing data, or make new data, for a refusal's second line
+    (`data_dir`: the --data-dir the verb was given, if any)."""
+    source = setting_source("data_dir", set() if data_dir is None else {"data_dir"})
     config, found = config_file(), config_file().is_file()
     if source.startswith("data_dir in") and not found:
         source = f"the default, berth-data in the working directory {Path.cwd()}"
     return (
         f"(data_dir: {source}; config file: {config}{'' if found else ', not found'})\n"
-        "Point berth at the server's data with `berth --data-dir DIR ...`, BERTH_DATA_DIR=DIR, "
-        "or data_dir (and database_url) in the file named by BERTH_CONFIG; "
-        "`berth init` (or `berth serve`) creates new data there."
+        f"Point berth at the server's data with `{berth_command()} --data-dir DIR ...`, "
+        "BERTH_DATA_DIR=DIR, or data_dir (and database_url) in the file named by BERTH_CONFIG; "
+        f"`{pasteable_command('init', data_dir=data_dir)}` "
+        f"(or `{pasteable_command('serve', data_dir=data_dir)}`) creates new data there."
     )
 
 

@@ -24,3 +24,11 @@ def berth_command() -> str:
     if here != Path(here.anchor) and absolute.is_relative_to(here):
         return shlex.quote(str(absolute.relative_to(here)))
     return shlex.quote(str(absolute))
+
+
+def pasteable_command(*words: str, data_dir: Path | None = None) -> str:
+    """A `berth` command to print for the user to paste: it runs as printed from where this
+    one ran, on the same data (with `data_dir`, the --data-dir this one was given, if any:
+    the environment and the config file that named the data still do when pasted)."""
+    given = [] if data_dir is None else ["--data-dir", str(data_dir)]
+    return " ".join([berth_command(), *map(shlex.quote, [*given, *words])])

@@ -12,20 +12,22 @@ import socket
 import ssl
 import sys
 from collections.abc import Collection
+from pathlib import Path
 
 from berth.access.keyring import Keyring
 from berth.addresses import public_host, public_url
 from berth.config import Settings, SettingsError, setting_source
 from berth.data_location import create_data, unreachable_database
-from berth.invocation import berth_command
+from berth.invocation import pasteable_command
 from berth.metadata.database import Database
 from berth.observability import metrics
 from berth.services.install import record_served_at, recorded_key_fingerprint
 from berth.state import Services, unusable_storage
 
 
-def _bootstrap_admin(settings: Settings, url: str, *, serving: bool) -> None:
-    """On an empty data directory, create the administrator and say once how to log in."""
+def _bootstrap_admin(settings: Settings, url: str, *, serving: bool, data_dir: Path | None) -> None:
+    """On an empty data directory, create the administrator and say once how to log in (with
+    commands that carry `data_dir`, the --data-dir given, if any)."""
 
     async def bootstrap() -> tuple[str, str | None] | None:
         services = Services.build(settings)  # also creates the server keys, before any worker
@@ -40,7 +42,7 @@ def _bootstrap_admin(settings: Settings, url: str, *, serving: bool) -> None:
             print(
                 "note: admin_password (BERTH_ADMIN_PASSWORD) is used only when the data is "
                 "created; the administrator exists, with its password unchanged. To change "
-                f"it: {berth_command()} user set-password admin",
+                f"it: {pasteable_command('user', 'set-password', 'admin', data_dir=data_dir)}",
                 flush=True,
             )
         return
@@ -50,10 +52,11 @@ def _bootstrap_admin(settings: Settings, url: str, *, serving: bool) -> None:
         print(f"  password (shown only now): {generated}", flush=True)
     else:
         print("  password: the one given in BERTH_ADMIN_PASSWORD", flush=True)
-    when = "" if serving else f" once `{berth_command()} serve` runs"
+    when = "" if serving else f" once `{pasteable_command('serve', data_dir=data_dir)}` runs"
+    create = pasteable_command("project", "create", "PROJECT", data_dir=data_dir)
     print(
         f"  Sign in to the console at {url}/console/{when} as {name!r}; create a project there (or\n"
-        f"  {berth_command()} project create PROJECT), then an access key under Access keys, and\n"
+        f"  {create}), then an access key under Access keys, and\n"
         f"  docker login {public_host(settings)} --username KEY_ID --password SECRET",
         flush=True,
     )
@@ -90,11 +93,12 @@ def _connection_limits(settings: Settings) -> list[str]:
     ]
 
 
-def initialise(settings: Settings, *, serving: bool = False) -> None:
+def initialise(settings: Settings, *, serving: bool = False, data_dir: Path | None = None) -> None:
     """Create the data directory and database (where missing) and, on an empty database, the
-    administrator: what `berth init` does, and `berth serve` before serving."""
+    administrator: what `berth init` does, and `berth serve` before serving. `data_dir`: the
+    --data-dir given, which the commands printed carry."""
     create_data(settings)
-    _bootstrap_admin(settings, public_url(settings), serving=serving)
+    _bootstrap_admin(settings, public_url(settings), serving=serving, data_dir=data_dir)
 
 
 def _check_tls(settings: Settings, flags: Collection[str]) -> None:
@@ -354,15 +358,16 @@ def serve(settings: Settings, flags: Collection[str] = ()) -> None:
     # by granian after it.
     _claims = claim_ports(settings, flags)
     check(settings, flags)
+    given_dir = settings.data_dir if "data_dir" in flags else None  # as given, for commands
     settings.data_dir = settings.data_dir.resolve()
-    initialise(settings, serving=True)
+    initialise(settings, serving=True, data_dir=given_dir)
     check_keys(settings)
     _record_served_at(settings)
     base = public_url(settings)
     print(f"Berth registry on {base}  (data in {settings.data_dir})")
     print(
         f"Web console: {base}/console/  (sign in as admin with its password; lost it? "
-        f"{berth_command()} user set-password admin)"
+        f"{pasteable_command('user', 'set-password', 'admin', data_dir=given_dir)})"
     )
     print(f"Management API and its documentation: {base}/api/v1/docs")
     _allow_open_files(settings.max_connections)

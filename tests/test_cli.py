@@ -6,6 +6,8 @@ import getpass
 import json
 import os
 import re
+import shlex
+import signal
 import socket
 import sqlite3
 import stat
@@ -359,3 +361,72 @@ def test_tables_fit_80_columns_with_whole_ids_and_times_to_the_minute(tmp_path: 
     assert re.search(r"\b\d{4}-\d\d-\d\d\b", history), history
     assert re.search(r"\b\d\d:\d\d [A-Z+\-0-9]+", history), history
     assert not re.search(r"\d\d:\d\d:\d\d", history), history
+
+
+def _typed(directory: Path, words: list[str], input: str | None = None) -> Typed:
+    """A command line run in `directory` as a shell runs it, with no BERTH_* settings."""
+    done = subprocess.run(
+        words,
+        env={k: v for k, v in os.environ.items() if not k.startswith("BERTH_")},
+        cwd=directory,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        input=input,
+    )
+    return Typed(done.returncode, done.stdout, done.stderr)
+
+
+def test_init_and_the_refusal_print_commands_that_work_with_the_data_directory_given(
+    tmp_path: Path,
+) -> None:
+    """Only --data-dir names the data: the refusal on data that is not there names the init
+    command with that directory, which creates it there; init's sign-in hint names commands
+    with it too, and the project one, pasted, makes a project in that data."""
+    refused = _typed(tmp_path, [*BERTH, "--data-dir", "mine", "project", "list"])
+    assert refused.returncode == 1
+    said = " ".join(refused.stderr.split())
+    printed_init = said.split("new data there")[0].rsplit("; `", 1)[1].split("`", 1)[0]
+    assert shlex.split(printed_init)[1:] == ["--data-dir", "mine", "init"]
+    initialised = _typed(tmp_path, shlex.split(printed_init))
+    assert initialised.returncode == 0, initialised.stderr
+    assert (tmp_path / "mine" / "berth.db").is_file() and not (tmp_path / "berth-data").exists()
+
+    serve = initialised.stdout.split("/console/ once `", 1)[1].split("`", 1)[0]
+    assert shlex.split(serve)[1:] == ["--data-dir", "mine", "serve"]
+    (hint,) = [line for line in initialised.stdout.splitlines() if "project create" in line]
+    create = hint.split("), then an access key", 1)[0].strip()
+    words = ["demo" if word == "PROJECT" else word for word in shlex.split(create)]
+    assert words[1:] == ["--data-dir", "mine", "project", "create", "demo"]
+    created = _typed(tmp_path, words)
+    assert created.returncode == 0, created.stderr
+    listed = _typed(tmp_path, [*BERTH, "--data-dir", "mine", "project", "list", "--json"])
+    assert [p["name"] for p in json.loads(listed.stdout)] == ["demo"]
+
+
+def test_serve_prints_the_password_command_with_the_data_directory_given(
+    tmp_path: Path,
+) -> None:
+    """`berth --data-dir DIR serve`'s banner names the command that sets the administrator's
+    password with that directory: pasted as printed, it sets it there."""
+    command = [*BERTH, "--data-dir", "served", "serve", "--listen", f"127.0.0.1:{free_port()}"]
+    server = subprocess.Popen(
+        command,
+        env={k: v for k, v in os.environ.items() if not k.startswith("BERTH_")},
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        assert server.stdout is not None
+        banner = next(line for line in server.stdout if "lost it? " in line)
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)
+    printed = banner.split("lost it? ", 1)[1].rstrip().removesuffix(")")
+    assert shlex.split(printed)[1:] == ["--data-dir", "served", "user", "set-password", "admin"]
+    reset = _typed(tmp_path, [*shlex.split(printed), "--password-stdin"], "a-new-password-1\n")
+    assert reset.returncode == 0, reset.stderr
+    assert not (tmp_path / "berth-data").exists()

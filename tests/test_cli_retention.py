@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import json
+import re
+
 from sqlalchemy import select
 
 from berth.metadata.tables import repositories
 from berth.state import Services
+from tests.pasting import data_dir_only, line_after
 from tests.retention_seed import seed
 from tests.servers import BerthServer
 
@@ -41,7 +45,7 @@ def test_retention_verbs(sqlite_server: BerthServer) -> None:
     printed = " ".join(sqlite_server.cli("retention", "dry-run", "cliret").stdout.split())
     assert "berth retention run cliret" in printed and "nothing was deleted" in printed
     ran = " ".join(sqlite_server.cli("retention", "run", "cliret", "--yes").stdout.split())
-    assert "next garbage collection (berth gc run cliret," in ran
+    assert re.search(r"next garbage collection \((\.venv/bin/)?berth gc run cliret,", ran)
     history = sqlite_server.cli_json("retention", "history", "cliret")
     assert [(r["dry_run"], r["images_deleted"]) for r in history] == [
         (False, 3),
@@ -49,3 +53,37 @@ def test_retention_verbs(sqlite_server: BerthServer) -> None:
         (True, 3),
     ]
     assert sqlite_server.cli_json("retention", "dry-run", "cliret")["deleted"] == []
+
+
+def test_the_commands_it_prints_work_as_printed_with_the_data_directory_it_was_given(
+    sqlite_server: BerthServer,
+) -> None:
+    """Run with --data-dir (nothing else pointing at the data), each command retention
+    prints names that directory, on a line of its own: pasted as printed, the dry run lists
+    what the rules drop, the run deletes it, and the garbage collection its note names runs."""
+    sqlite_server.create_repository("clipaste", "pasted")
+
+    async def fill(services: Services) -> list[str]:
+        async with services.db.read() as conn:
+            repo = (
+                await conn.execute(select(repositories.c.id).where(repositories.c.name == "pasted"))
+            ).scalar_one()
+        return await seed(services.db, repo, [(i, [f"p{i}"], 10 - i) for i in range(3)])
+
+    digests = sqlite_server._services(fill)
+    only = data_dir_only(sqlite_server)
+    saved = only.berth("retention", "set", "clipaste", "--rule", "last=1").stdout
+    dry = only.paste(line_after(saved, "See what a run would delete:")).stdout
+    assert "nothing was deleted" in dry
+    printed_run = line_after(dry, "Delete them:")
+    shown = only.berth("retention", "show", "clipaste").stdout
+    assert f"Runs only when started: {printed_run}\n" in shown
+    ran = only.paste(printed_run, input="y\n").stdout
+    assert "Deleted 2 images." in ran
+    assert only.berth("image", "list", "clipaste/pasted", "--json").stdout.count("sha256:") == 1
+    assert digests[2] in only.berth("image", "list", "clipaste/pasted", "--json").stdout
+    note = next(line for line in ran.splitlines() if "next garbage collection" in line)
+    printed_gc = note.split("(", 1)[1].split(", or the console", 1)[0]
+    only.paste(printed_gc)
+    (collected,) = json.loads(only.berth("gc", "history", "clipaste", "--json").stdout)
+    assert collected["state"] == "succeeded", collected

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
 import subprocess
 from pathlib import Path
@@ -15,15 +16,21 @@ RECORDS = ROOT / "tests" / "fixtures" / "osv"
 
 
 def berth(data_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return run([*BERTH, "--data-dir", str(data_dir), *args])
+
+
+def run(words: list[str]) -> subprocess.CompletedProcess[str]:
+    """A command, with only its --data-dir pointing at the data."""
     env = {
         **os.environ,
         "BERTH_ADMIN_PASSWORD": "Vulndb-test-pass-1",
         "COLUMNS": "100",
         "TZ": "UTC",
     }
-    env.pop("BERTH_DATABASE_URL", None)
+    for name in ("BERTH_DATA_DIR", "BERTH_CONFIG", "BERTH_DATABASE_URL"):
+        env.pop(name, None)
     return subprocess.run(
-        [*BERTH, "--data-dir", str(data_dir), *args],
+        words,
         env=env,
         capture_output=True,
         text=True,
@@ -80,3 +87,20 @@ def test_a_file_nested_too_deeply_is_refused_and_the_others_imported(tmp_path: P
         f"refused: {folder / 'deep.json'}: (file): not an OSV record: JSON nested too deeply"
         in (" ".join(imported.stderr.split()))
     )
+
+
+def test_the_import_command_it_prints_works_as_printed_with_the_data_directory_it_was_given(
+    tmp_path: Path,
+) -> None:
+    """Run with --data-dir, `vulndb status` on an empty database names the import command with
+    that directory: pasted with a real PATH, it imports there."""
+    data = tmp_path / "data"
+    assert berth(data, "init").returncode == 0
+    empty = " ".join(berth(data, "vulndb", "status").stdout.split())
+    printed = empty.split("import OSV records with `", 1)[1].split("`", 1)[0]
+    assert shlex.split(printed)[1:] == ["--data-dir", str(data), "vulndb", "import", "PATH"]
+    words = [str(RECORDS) if word == "PATH" else word for word in shlex.split(printed)]
+    imported = run(words)
+    assert imported.returncode == 0, imported.stderr
+    assert "6 added" in " ".join(imported.stdout.split())
+    assert "6 records" in " ".join(berth(data, "vulndb", "status").stdout.split())

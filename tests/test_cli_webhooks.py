@@ -10,6 +10,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from tests.pasting import data_dir_only, line_after
 from tests.servers import BERTH, ROOT, BerthServer, server_fixture
 from tests.webhook_receiver import Receiver, receiving
 
@@ -58,6 +59,25 @@ def test_webhook_verbs(hooks_server: BerthServer, receiver: Receiver) -> None:
     assert refused.returncode == 3 and "disabled" in refused.stderr
     hooks_server.cli("webhook", "delete", "clihooks", "1")
     assert hooks_server.cli_json("webhook", "list", "clihooks") == []
+
+
+def test_the_commands_it_prints_work_as_printed_with_the_data_directory_it_was_given(
+    hooks_server: BerthServer, receiver: Receiver
+) -> None:
+    """Run with --data-dir (nothing else pointing at the data), `webhook create` prints the
+    test command and `webhook test` the delivery log's, each naming that directory: pasted
+    as printed, the test event is queued (and delivered), and its delivery listed."""
+    hooks_server.create_project("clihooks4")
+    only = data_dir_only(hooks_server)
+    created = only.berth("webhook", "create", "clihooks4", receiver.url, "--no-sign").stdout
+    printed = line_after(created, "Send it a test event:")
+    assert printed.split()[-3:-1] == ["test", "clihooks4"], printed
+    queued = only.paste(printed).stdout
+    assert "Queued test event" in queued
+    (received,) = receiver.wait_for(1)
+    assert received.event["type"] == "io.berth.webhook.test"
+    deliveries = only.paste(line_after(queued, "Follow it with:")).stdout
+    assert "webhook.test" in deliveries, deliveries
 
 
 def test_private_url_refused_without_the_setting(sqlite_server: BerthServer) -> None:

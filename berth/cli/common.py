@@ -6,7 +6,6 @@ import asyncio
 import datetime as dt
 import getpass
 import json
-import shlex
 import socket
 import sys
 from collections.abc import Awaitable, Callable
@@ -22,7 +21,7 @@ from rich.text import Text
 from berth.config import Settings, SettingsError, load_settings
 from berth.data_location import missing_data, shown_database, where_to_point
 from berth.domain.errors import Conflict, InvalidValue, RegistryError
-from berth.invocation import berth_command
+from berth.invocation import pasteable_command
 from berth.metadata.migrate import NewerSchema, upgrade
 from berth.state import Services
 
@@ -67,10 +66,9 @@ def existing_settings() -> Settings:
     """The settings of data that exists: an admin verb never creates a data directory or a
     database (run from the wrong directory, it would start a new, empty registry)."""
     settings = settings_or_exit()
-    flags = {"data_dir"} if Options.data_dir is not None else set()
     missing = missing_data(settings)
     if missing is not None:
-        fail(f"{missing}\n{where_to_point(flags)}")
+        fail(f"{missing}\n{where_to_point(Options.data_dir)}")
     if Options.verbose:
         errors.print(
             Text(
@@ -204,8 +202,7 @@ def cli_actor() -> str:
 def pasteable(*words: str) -> str:
     """A `berth` command to print for the user to paste: it runs as printed from where this
     one ran, on the same data (with this one's --data-dir, when it was given one)."""
-    data_dir = [] if Options.data_dir is None else ["--data-dir", str(Options.data_dir)]
-    return " ".join([berth_command(), *map(shlex.quote, [*data_dir, *words])])
+    return pasteable_command(*words, data_dir=Options.data_dir)
 
 
 # Where an admin verb comes from, in the audit log's "client" (an address for HTTP callers).

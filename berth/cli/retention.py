@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import sys
 from typing import Annotated, Any
 
 import typer
+from rich.text import Text
 
 from berth.cli.common import (
     CLI_CLIENT,
@@ -14,14 +16,14 @@ from berth.cli.common import (
     cli_actor,
     console,
     fail,
+    pasteable,
     print_json,
     run_service,
     show_rows,
 )
 from berth.domain.retention import COMBINATION_RULE, Keep, Rule
-from berth.invocation import berth_command
 from berth.services.records import plain
-from berth.services.retention import RunRecord
+from berth.services.retention import RunRecord, run_note
 
 retention_app = typer.Typer(
     help="Retention: rules that keep images; the images no rule keeps are deleted.",
@@ -77,6 +79,12 @@ def _image_rows(run: RunRecord) -> list[dict[str, Any]]:
     return [{**plain(i), "tags": " ".join(i.tags) or "-"} for i in run.deleted]
 
 
+def _note(run: RunRecord) -> str:
+    """The run's note, with the garbage collection command as this berth runs it."""
+    gc_command = pasteable("gc", "run", run.project)
+    return run_note(run.project, run.dry_run, run.images_deleted, run.images_skipped, gc_command)
+
+
 def _show_rules(rules: list[Rule]) -> None:
     if not rules:
         console.print("No rules: retention deletes nothing.")
@@ -96,7 +104,7 @@ def retention_show(project: ProjectArg, json_output: JsonFlag = False) -> None:
     if policy.schedule:
         console.print(f"Runs on schedule {policy.schedule} (UTC); next at {policy.next_run_at}")
     else:
-        console.print(f"Runs only when started: {berth_command()} retention run {project}")
+        sys.stdout.write(f"Runs only when started: {pasteable('retention', 'run', project)}\n")
 
 
 @retention_app.command("set")
@@ -123,8 +131,8 @@ def retention_set(
         return
     console.print(f"Saved {len(rules)} retention rules for {project}.")
     _show_rules(policy.rules)
-    sample = f"{berth_command()} retention dry-run {project}"
-    console.print(f"See what a run would delete:\n  {sample}")
+    sample = pasteable("retention", "dry-run", project)
+    sys.stdout.write(f"See what a run would delete:\n  {sample}\n")
 
 
 @retention_app.command("dry-run")
@@ -137,9 +145,9 @@ def retention_dry_run(project: ProjectArg, json_output: JsonFlag = False) -> Non
         print_json(plain(record))
         return
     show_rows(False, _image_rows(record), IMAGE_COLUMNS, f"Retention dry run of {project}")
-    console.print(record.note)
+    console.print(Text(_note(record)), soft_wrap=True)  # its command in one piece
     if record.deleted:
-        console.print(f"Delete them:\n  {berth_command()} retention run {project}")
+        sys.stdout.write(f"Delete them:\n  {pasteable('retention', 'run', project)}\n")
 
 
 @retention_app.command("run")
@@ -155,7 +163,7 @@ def retention_run(project: ProjectArg, yes: YesFlag = False, json_output: JsonFl
         print_json(plain(record))
         return
     show_rows(False, _image_rows(record), IMAGE_COLUMNS, f"Deleted by retention in {project}")
-    console.print(record.note)
+    console.print(Text(_note(record)), soft_wrap=True)  # its command in one piece
     if record.error:
         fail(f"the run stopped: {record.error}")
 

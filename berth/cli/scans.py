@@ -15,11 +15,11 @@ from berth.cli.common import (
     console,
     errors,
     fail,
+    pasteable,
     print_json,
     run_service,
     split_repo,
 )
-from berth.invocation import berth_command
 from berth.services.records import plain
 from berth.services.sbom_referrers import AttachedSbom, SbomReferrers
 from berth.services.scanning.scans import ScanResult
@@ -169,7 +169,7 @@ def scan(
             Text(
                 f"Queued a scan of {image} ({result.digest}); a running server scans it in the "
                 f"background. To scan it now and see the findings: "
-                f"{berth_command()} scan {image} --wait"
+                f"{pasteable('scan', image, '--wait')}"
             ),
             soft_wrap=True,
         )

@@ -73,7 +73,7 @@ def init(
     settings = settings_or_exit(data_dir=data_dir, database_url=database_url)
     if missing_data(settings) is None:
         fail(f"Berth data exists already: {shown_database(settings)}", 3)
-    initialise(settings)
+    initialise(settings, data_dir=data_dir if data_dir is not None else Options.data_dir)
     console.print(
         Text(f"Created Berth data in {settings.data_dir.absolute()} ({shown_database(settings)})")
     )
@@ -121,8 +121,7 @@ def status(json_output: JsonFlag = False) -> None:
             table.add_row("Served at", Text(f"{served} (where the last berth serve started)"))
         console.print(table)
     if missing is not None:
-        flags = {"data_dir"} if Options.data_dir is not None else set()
-        fail(f"{missing}\n{where_to_point(flags)}")
+        fail(f"{missing}\n{where_to_point(Options.data_dir)}")
 
 
 async def _served_at(database_url: str) -> str | None:

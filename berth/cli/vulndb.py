@@ -14,11 +14,11 @@ from berth.cli.common import (
     console,
     data_table,
     errors,
+    pasteable,
     print_json,
     run_service,
     when,
 )
-from berth.invocation import berth_command
 from berth.services.records import plain
 from berth.services.vulndb import ImportReport, VulnDb, VulnDbStatus
 
@@ -31,7 +31,7 @@ vulndb_app = typer.Typer(
 def empty_message() -> str:
     return (
         "The vulnerability database is empty: import OSV records with "
-        f"`{berth_command()} vulndb import PATH`."
+        f"`{pasteable('vulndb', 'import', 'PATH')}`."
     )
 
 

@@ -19,12 +19,12 @@ from berth.cli.common import (
     console,
     data_table,
     done,
+    pasteable,
     print_json,
     run_service,
     show_rows,
     when,
 )
-from berth.invocation import berth_command
 from berth.services.records import plain
 from berth.services.webhook_events import EVENT_TYPES
 
@@ -89,7 +89,7 @@ def webhook_create(
     elif created.secret is None:
         console.print("Deliveries are not signed.")
     sys.stdout.write(
-        f"\nSend it a test event:\n  {berth_command()} webhook test {project} {created.id}\n"
+        f"\nSend it a test event:\n  {pasteable('webhook', 'test', project, str(created.id))}\n"
     )
 
 
@@ -180,7 +180,7 @@ def webhook_test(
         return
     console.print(f"Queued test event {queued.event_id}: a running server sends it within seconds.")
     sys.stdout.write(
-        f"Follow it with:\n  {berth_command()} webhook deliveries {project} {webhook_id}\n"
+        f"Follow it with:\n  {pasteable('webhook', 'deliveries', project, str(webhook_id))}\n"
     )
 
 

@@ -61,7 +61,7 @@ BATCH = 200  # planned images deleted per write transaction
 SCHEDULE_ACTOR = "schedule"
 AFTER_GC = (
     "Deleted images' storage is freed by the next garbage collection "
-    "(berth gc run {project}, or the console's Management page)."
+    "({gc_command}, or the console's Management page)."
 )
 
 
@@ -611,7 +611,7 @@ class Retention:
             kept=result.kept,
             untouched=result.untouched,
             error=error,
-            note=_note(project, dry_run, len(listed), skipped),
+            note=run_note(project, dry_run, len(listed), skipped),
         )
 
     # ------------------------------------------------------------------ history
@@ -665,7 +665,7 @@ class Retention:
             kept=None,
             untouched=None,
             error=row.error,
-            note=_note(project, row.dry_run, row.images_deleted, row.images_skipped),
+            note=run_note(project, row.dry_run, row.images_deleted, row.images_skipped),
         )
 
     # ------------------------------------------------------------------ the schedule
@@ -750,10 +750,16 @@ def _keys_in(table: Table, keys: Sequence[tuple[int, str, str]]) -> ColumnElemen
     )
 
 
-def _note(project: str, dry_run: bool, images: int, skipped: int) -> str:
+def run_note(
+    project: str, dry_run: bool, images: int, skipped: int, gc_command: str | None = None
+) -> str:
+    """What a run's record says of it: what a real run would do, or what this one did and
+    how its storage is freed (`gc_command`, the command that collects the project's garbage
+    as the reader runs it: by default `berth gc run PROJECT`)."""
     if dry_run:
         return f"A real run would delete these {images} images now; nothing was deleted."
     note = f"Deleted {images} images."
     if skipped:
         note += f" {skipped} planned images changed since the run's snapshot and were kept."
-    return f"{note} {AFTER_GC.format(project=project)}"
+    gc_command = gc_command or f"berth gc run {project}"
+    return f"{note} {AFTER_GC.format(gc_command=gc_command)}"

@@ -17,6 +17,7 @@ from berth.services.vulndb import VulnDb
 from berth.state import Services
 from tests.api.conftest import Team, assert_problem, ok, services
 from tests.oci import OCI_LAYER_GZIP, Blob, image_config, image_manifest, push_blob, push_manifest
+from tests.pasting import data_dir_only
 from tests.servers import BerthServer, server_fixture
 from tests.unit.services.test_scanning_layers import (
     FIXTURES,
@@ -180,6 +181,22 @@ def test_berth_scan_waits_and_prints_the_findings(
 @pytest.fixture
 def receiver() -> Iterator[Receiver]:
     yield from receiving()
+
+
+def test_the_scan_command_it_prints_works_as_printed_with_the_data_directory_it_was_given(
+    team: Team, app_layers: list[Blob]
+) -> None:
+    """Run with --data-dir (nothing else pointing at the data), `berth scan` prints the
+    command that scans now with that directory, on one line: pasted, it prints the findings."""
+    push(team, team.repository, app_layers, "v3")
+    name = f"{team.project}/{team.repository}:v3"
+    only = data_dir_only(team.server)
+    queued = only.berth("scan", name).stdout
+    (said,) = [line for line in queued.splitlines() if "see the findings: " in line]
+    printed = said.split("see the findings: ", 1)[1]
+    assert printed.split()[-2:] == [name, "--wait"], printed
+    scanned = " ".join(only.paste(printed).stdout.split())
+    assert f"{name}: " in scanned and "3 findings" in scanned
 
 
 def test_a_finished_scan_sends_its_webhook_event(

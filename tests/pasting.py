@@ -1,0 +1,54 @@
+"""`berth` run as a user runs it with only --data-dir naming a server's data (no environment or
+config file pointing at it), and the commands it prints pasted back exactly as printed."""
+
+from __future__ import annotations
+
+import os
+import shlex
+import subprocess
+from dataclasses import dataclass
+
+from tests.servers import BERTH, ROOT, BerthServer
+
+
+@dataclass(frozen=True)
+class DataDirOnly:
+    """A server's data reached only through `--data-dir DATA_DIR` (relative to ROOT, where
+    every command here runs): a pasted command that drops the option finds no data."""
+
+    env: dict[str, str]
+    data_dir: str
+
+    def berth(self, *args: str, input: str | None = None) -> subprocess.CompletedProcess[str]:
+        """`berth --data-dir DATA_DIR ARGS...`, which must succeed."""
+        return self._run([*BERTH, "--data-dir", self.data_dir, *args], input)
+
+    def paste(self, printed: str, input: str | None = None) -> subprocess.CompletedProcess[str]:
+        """Run a printed command line as a shell would, which must succeed: it names the
+        data directory this one was given."""
+        words = shlex.split(printed)
+        assert words[1:3] == ["--data-dir", self.data_dir], printed
+        return self._run(words, input)
+
+    def _run(self, words: list[str], input: str | None) -> subprocess.CompletedProcess[str]:
+        done = subprocess.run(
+            words, env=self.env, capture_output=True, text=True, cwd=ROOT, timeout=120, input=input
+        )
+        assert done.returncode == 0, (words, done.stdout, done.stderr)
+        return done
+
+
+def data_dir_only(server: BerthServer) -> DataDirOnly:
+    env = {
+        name: value
+        for name, value in server.env.items()
+        if name not in ("BERTH_DATA_DIR", "BERTH_CONFIG")  # a database URL stays named
+    }
+    assert not (ROOT / "berth-data").exists()  # else a command without --data-dir finds it
+    return DataDirOnly(env, os.path.relpath(server.data_dir, ROOT))
+
+
+def line_after(output: str, heading: str) -> str:
+    """The line after the line `heading`, without its indent: a printed command."""
+    lines = output.splitlines()
+    return lines[lines.index(heading) + 1].strip()
