@@ -7,16 +7,19 @@ import os
 import shlex
 import subprocess
 from dataclasses import dataclass
+from pathlib import Path
 
-from tests.servers import BERTH, ROOT, BerthServer
+from tests.servers import BERTH, BerthServer
 
 
 @dataclass(frozen=True)
 class DataDirOnly:
-    """A server's data reached only through `--data-dir DATA_DIR` (relative to ROOT, where
-    every command here runs): a pasted command that drops the option finds no data."""
+    """A server's data reached only through `--data-dir DATA_DIR` (relative to `cwd`, an
+    empty directory where every command here runs): a pasted command that drops the option
+    finds no data."""
 
     env: dict[str, str]
+    cwd: Path
     data_dir: str
 
     def berth(self, *args: str, input: str | None = None) -> subprocess.CompletedProcess[str]:
@@ -32,7 +35,13 @@ class DataDirOnly:
 
     def _run(self, words: list[str], input: str | None) -> subprocess.CompletedProcess[str]:
         done = subprocess.run(
-            words, env=self.env, capture_output=True, text=True, cwd=ROOT, timeout=120, input=input
+            words,
+            env=self.env,
+            capture_output=True,
+            text=True,
+            cwd=self.cwd,
+            timeout=120,
+            input=input,
         )
         assert done.returncode == 0, (words, done.stdout, done.stderr)
         return done
@@ -44,8 +53,12 @@ def data_dir_only(server: BerthServer) -> DataDirOnly:
         for name, value in server.env.items()
         if name not in ("BERTH_DATA_DIR", "BERTH_CONFIG")  # a database URL stays named
     }
-    assert not (ROOT / "berth-data").exists()  # else a command without --data-dir finds it
-    return DataDirOnly(env, os.path.relpath(server.data_dir, ROOT))
+    # Not the checkout: `make run` leaves berth-data there, which a command without
+    # --data-dir would find.
+    cwd = server.data_dir.with_name(f"{server.data_dir.name}-cwd")
+    cwd.mkdir(exist_ok=True)
+    assert not (cwd / "berth-data").exists()
+    return DataDirOnly(env, cwd, os.path.relpath(server.data_dir, cwd))
 
 
 def line_after(output: str, heading: str) -> str:

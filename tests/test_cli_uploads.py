@@ -11,7 +11,8 @@ import subprocess
 import httpx
 
 from tests.oci import digest_of, error_codes, location, patch_upload, put_upload, start_upload
-from tests.servers import BERTH, ROOT, BerthServer, server_fixture
+from tests.pasting import data_dir_only
+from tests.servers import ROOT, BerthServer, server_fixture
 
 uploads_server = server_fixture("cli-uploads")
 
@@ -127,33 +128,11 @@ def test_the_printed_cancel_names_the_data_directory_it_was_given(
     cancel command with that --data-dir: pasted in the same place, it works."""
     berth = uploads_server
     berth.create_repository("cliupdir", "app")
-    env = {
-        name: value
-        for name, value in berth.env.items()
-        if name not in ("BERTH_DATA_DIR", "BERTH_CONFIG", "BERTH_DATABASE_URL")
-    }
-    data_dir = os.path.relpath(berth.data_dir, ROOT)
-
-    def run(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [*BERTH, *args], env=env, capture_output=True, text=True, cwd=ROOT, timeout=120
-        )
-
+    only = data_dir_only(berth)
     with httpx.Client(base_url=berth.url, auth=berth.access_key("cliupdir"), timeout=60) as client:
         upload_id, url = started(client, "cliupdir/app")
-        shown = run("--data-dir", data_dir, "upload", "list", "cliupdir")
-        assert shown.returncode == 0, shown.stderr
+        shown = only.berth("upload", "list", "cliupdir")
         printed = printed_command(shown.stdout)
-        assert printed.split()[1:] == [
-            "--data-dir",
-            data_dir,
-            "upload",
-            "cancel",
-            "cliupdir",
-            upload_id,
-        ]
-        pasted = subprocess.run(
-            shlex.split(printed), env=env, capture_output=True, text=True, cwd=ROOT, timeout=120
-        )
-        assert pasted.returncode == 0, pasted.stderr
+        assert printed.split()[3:] == ["upload", "cancel", "cliupdir", upload_id]
+        only.paste(printed)
         assert_cancelled(client, url)
