@@ -491,7 +491,21 @@ def setting_source(name: str, flags: Collection[str] = ()) -> str:
     variable = f"BERTH_{name.upper()}"
     if any(key.upper() == variable for key in os.environ):
         return variable
-    return f"{name} in {config_file()}"
+    if _file_sets(name):
+        return f"{name} in {config_file()}"
+    return f"{name}, the default"
+
+
+def _file_sets(name: str) -> bool:
+    """Whether the config file gives `name` (an unreadable file: as if it did, since a value
+    that is not the default came from somewhere)."""
+    try:
+        with config_file().open("rb") as handle:
+            return name in tomllib.load(handle)
+    except FileNotFoundError:
+        return False
+    except (OSError, tomllib.TOMLDecodeError):
+        return True
 
 
 SECRET_SETTINGS = {"admin_password", "s3_secret_access_key"}  # never printed back

@@ -86,7 +86,7 @@ def where_to_point(data_dir: Path | None = None) -> str:
     (`data_dir`: the --data-dir the verb was given, if any)."""
     source = setting_source("data_dir", set() if data_dir is None else {"data_dir"})
     config, found = config_file(), config_file().is_file()
-    if source.startswith("data_dir in") and not found:
+    if source.endswith(", the default"):
         source = f"the default, berth-data in the working directory {Path.cwd()}"
     return (
         f"(data_dir: {source}; config file: {config}{'' if found else ', not found'})\n"

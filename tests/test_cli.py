@@ -430,3 +430,28 @@ def test_serve_prints_the_password_command_with_the_data_directory_given(
     reset = _typed(tmp_path, [*shlex.split(printed), "--password-stdin"], "a-new-password-1\n")
     assert reset.returncode == 0, reset.stderr
     assert not (tmp_path / "berth-data").exists()
+
+
+def test_status_tells_this_datas_server_from_another_on_its_address(
+    server: BerthServer, tmp_path: Path
+) -> None:
+    """`berth status` says whether the server answering at `listen` serves this data (its
+    tokens are signed with this data's key), not only that something answers there."""
+    own = json.loads(server.cli("status", "--json").stdout)
+    assert own["server_listening"] and own["server_serves_this_data"] is True
+    assert "with this data's keys" in " ".join(server.cli("status").stdout.split())
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BERTH_")}
+    env["BERTH_LISTEN"] = server.address  # another data directory, the same address
+    other = tmp_path / "other"
+    assert subprocess.run([*BERTH, "--data-dir", str(other), "init"], env=env).returncode == 0
+    shown = subprocess.run(
+        [*BERTH, "--data-dir", str(other), "status"], env=env, capture_output=True, text=True
+    )
+    assert shown.returncode == 0, shown.stderr
+    assert "a server answers, but not this data's" in " ".join(shown.stdout.split())
+    env["BERTH_LISTEN"] = f"127.0.0.1:{free_port()}"
+    quiet = subprocess.run(
+        [*BERTH, "--data-dir", str(other), "status", "--json"], env=env, capture_output=True
+    )
+    assert json.loads(quiet.stdout)["server_listening"] is False

@@ -37,6 +37,24 @@ def _load_or_create(path: Path, create: bytes) -> bytes:
     return path.read_bytes()
 
 
+def _key_id(public_key: ec.EllipticCurvePublicKey) -> str:
+    """The `kid` of the tokens a key signs."""
+    public_der = public_key.public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    return hashlib.sha256(public_der).hexdigest()[:16]
+
+
+def existing_key_id(signing_key_file: Path) -> str | None:
+    """The `kid` of the tokens signed with the key in `signing_key_file`, or None when there
+    is no readable key there (nothing is created)."""
+    try:
+        loaded = serialization.load_pem_private_key(signing_key_file.read_bytes(), password=None)
+    except (OSError, ValueError, TypeError):
+        return None
+    return _key_id(loaded.public_key()) if isinstance(loaded, ec.EllipticCurvePrivateKey) else None
+
+
 class Keyring:
     def __init__(self, signing_key_file: Path, secret_key_file: Path) -> None:
         new_key = ec.generate_private_key(ec.SECP256R1()).private_bytes(
@@ -50,10 +68,7 @@ class Keyring:
             raise ValueError(f"{signing_key_file} must hold an EC (P-256) private key")
         self.signing_key = loaded
         self.public_key = loaded.public_key()
-        public_der = self.public_key.public_bytes(
-            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-        )
-        self.key_id = hashlib.sha256(public_der).hexdigest()[:16]
+        self.key_id = _key_id(self.public_key)
         self._secret_key = _load_or_create(secret_key_file, secrets.token_bytes(32))
 
     @property

@@ -8,11 +8,14 @@ import socket
 from pathlib import Path
 from typing import Annotated
 
+import httpx
+import jwt
 import typer
 from rich.table import Table
 from rich.text import Text
 from sqlalchemy.exc import SQLAlchemyError
 
+from berth.access.keyring import existing_key_id
 from berth.cli.common import (
     BAD_SETTING,
     JsonFlag,
@@ -22,7 +25,7 @@ from berth.cli.common import (
     print_json,
     settings_or_exit,
 )
-from berth.config import SettingsError, config_file
+from berth.config import Settings, SettingsError, config_file
 from berth.data_location import missing_data, shown_database, where_to_point
 from berth.metadata.database import Database
 from berth.services.install import served_at
@@ -84,12 +87,7 @@ def status(json_output: JsonFlag = False) -> None:
     answers on the configured address."""
     settings = settings_or_exit()
     missing = missing_data(settings)
-    host, port = settings.host_and_port
-    try:
-        socket.create_connection((host, port), timeout=1).close()
-        listening = True
-    except OSError:
-        listening = False
+    listening, ours = _who_answers(settings)
     served = (
         None if missing is not None else asyncio.run(_served_at(settings.resolved_database_url))
     )
@@ -105,6 +103,7 @@ def status(json_output: JsonFlag = False) -> None:
                 "data_found": missing is None,
                 "listen": settings.listen,
                 "server_listening": listening,
+                "server_serves_this_data": ours,
                 "served_at": served,
             }
         )
@@ -115,13 +114,43 @@ def status(json_output: JsonFlag = False) -> None:
         table.add_row("Config file", Text(f"{config}{'' if config.is_file() else ' (not found)'}"))
         table.add_row("Data directory", Text(data_dir))
         table.add_row("Database", Text(database + ("" if missing is None else " (not found)")))
-        answers = " (a server answers)" if listening else " (nothing listening)"
+        answers = {
+            True: " (a server answers, with this data's keys)",
+            False: " (a server answers, but not this data's: its tokens are signed with other keys)",
+            None: " (something answers; whether it serves this data is unknown)",
+        }[ours]
+        if not listening:
+            answers = " (nothing listening)"
         table.add_row("Listen", Text(settings.listen + answers))
         if served is not None:
             table.add_row("Served at", Text(f"{served} (where the last berth serve started)"))
         console.print(table)
     if missing is not None:
         fail(f"{missing}\n{where_to_point(Options.data_dir)}")
+
+
+def _who_answers(settings: Settings) -> tuple[bool, bool | None]:
+    """(whether something listens at `listen`, whether it is a Berth server of this data:
+    its tokens' `kid` is this data's signing key's; None when no token came back to compare,
+    or this data has no key yet)."""
+    host, port = settings.host_and_port
+    try:
+        socket.create_connection((host, port), timeout=1).close()
+    except OSError:
+        return False, None
+    ours = existing_key_id(settings.signing_key_file)
+    scheme = "https" if settings.tls_cert else "http"
+    shown = f"[{host}]" if ":" in host else host
+    try:
+        # Anonymous: a token for no scope, which any Berth server signs. Only its header is
+        # read, so the certificate need not be trusted.
+        answer = httpx.get(f"{scheme}://{shown}:{port}/auth/token", timeout=3, verify=False)
+        kid = jwt.get_unverified_header(answer.json()["token"]).get("kid")
+    except (httpx.HTTPError, ValueError, KeyError, TypeError, jwt.PyJWTError):
+        return True, None
+    if ours is None:
+        return True, None
+    return True, kid == ours
 
 
 async def _served_at(database_url: str) -> str | None:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from berth.config import SettingsError, load_settings
+from berth.config import SettingsError, load_settings, setting_source
 from berth.server import check
 from tests.ports import free_port
 
@@ -84,3 +84,21 @@ def test_a_metrics_address_that_is_taken_or_the_registrys_is_refused(
     with pytest.raises(SettingsError) as same:
         check(load_settings())
     assert str(same.value).startswith("BERTH_METRICS_LISTEN is the address the registry serves on")
+
+
+def test_a_setting_is_attributed_to_the_config_file_only_when_the_file_gives_it(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A refusal names where its value came from: the file only when it sets that name."""
+    config = tmp_path / "berth.toml"
+    monkeypatch.setenv("BERTH_CONFIG", str(config))
+    monkeypatch.delenv("BERTH_LISTEN", raising=False)
+    assert setting_source("listen") == "listen, the default"  # no file
+    config.write_text("webhook_allow_private = true\n")
+    assert setting_source("listen") == "listen, the default"
+    assert setting_source("webhook_allow_private") == f"webhook_allow_private in {config}"
+    config.write_text('listen = "127.0.0.1:5999"\n')
+    assert setting_source("listen") == f"listen in {config}"
+    monkeypatch.setenv("BERTH_LISTEN", "127.0.0.1:5998")
+    assert setting_source("listen") == "BERTH_LISTEN"
+    assert setting_source("listen", {"listen"}) == "--listen"
