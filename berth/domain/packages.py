@@ -11,8 +11,11 @@ whose advisories apply to the OS packages.
 
 from __future__ import annotations
 
+import io
+import itertools
 import json
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from email.parser import HeaderParser
 
@@ -76,28 +79,32 @@ def parse_os_release(content: bytes) -> OsRelease:
     )
 
 
-def _stanzas(content: bytes) -> list[dict[str, str]]:
-    """RFC 822-style stanzas separated by blank lines (dpkg's status); continuation lines
-    are dropped (no field matching needs reads them)."""
-    stanzas: list[dict[str, str]] = []
+def _lines(content: bytes) -> Iterator[str]:
+    """The lines of a text file one at a time (a package database may hold millions)."""
+    for line in io.StringIO(content.decode("utf-8", "replace")):
+        yield line.rstrip("\r\n")
+
+
+def _stanzas(content: bytes) -> Iterator[dict[str, str]]:
+    """RFC 822-style stanzas separated by blank lines (dpkg's status), one at a time;
+    continuation lines are dropped (no field matching needs reads them)."""
     current: dict[str, str] = {}
-    for line in content.decode("utf-8", "replace").splitlines():
+    for line in _lines(content):
         if not line.strip():
             if current:
-                stanzas.append(current)
+                yield current
             current = {}
         elif not line[0].isspace():
             key, _, value = line.partition(":")
             current[key.strip()] = value.strip()
     if current:
-        stanzas.append(current)
-    return stanzas
+        yield current
 
 
-def parse_dpkg_status(content: bytes, path: str, os: OsRelease | None) -> list[Package]:
+def parse_dpkg_status(content: bytes, path: str, os: OsRelease | None) -> Iterator[Package]:
     """Installed packages of a dpkg status file (or one `status.d/` file, which distroless
-    images keep per package and which may lack a Status field)."""
-    packages: list[Package] = []
+    images keep per package and which may lack a Status field), one at a time: the caller
+    stops when it has enough."""
     namespace = os.id if os is not None and os.id in ("debian", "ubuntu") else "debian"
     ecosystem = os.ecosystem if os is not None and os.id in ("debian", "ubuntu") else None
     for stanza in _stanzas(content):
@@ -113,29 +120,28 @@ def parse_dpkg_status(content: bytes, path: str, os: OsRelease | None) -> list[P
         if os is not None:
             qualifiers["distro"] = os.distro
         purl = PackageURL("deb", namespace, name, version, qualifiers or None).to_string()
-        packages.append(Package(purl, "deb", name, version, ecosystem, path, source))
-    return packages
+        yield Package(purl, "deb", name, version, ecosystem, path, source)
 
 
-def parse_apk_installed(content: bytes, path: str, os: OsRelease | None) -> list[Package]:
+def parse_apk_installed(content: bytes, path: str, os: OsRelease | None) -> Iterator[Package]:
     """Installed packages of Alpine's `lib/apk/db/installed` (one-letter fields: P name,
-    V version, A architecture, o origin, the source package advisories name)."""
-    packages: list[Package] = []
+    V version, A architecture, o origin, the source package advisories name; blocks apart
+    by blank lines), one at a time: the caller stops when it has enough."""
     ecosystem = os.ecosystem if os is not None and os.id == "alpine" else None
-    for block in re.split(r"\n\s*\n", content.decode("utf-8", "replace")):
-        fields: dict[str, str] = {}
-        for line in block.splitlines():
+    fields: dict[str, str] = {}
+    for line in itertools.chain(_lines(content), [""]):  # a blank line ends the last block
+        if line.strip():
             if len(line) > 2 and line[1] == ":" and line[0] not in fields:
                 fields[line[0]] = line[2:].strip()
-        name, version = fields.get("P"), fields.get("V")
-        if not name or not version:
             continue
-        qualifiers = {"arch": fields["A"]} if fields.get("A") else {}
-        if os is not None:
-            qualifiers["distro"] = os.distro
-        purl = PackageURL("apk", "alpine", name, version, qualifiers or None).to_string()
-        packages.append(Package(purl, "apk", name, version, ecosystem, path, fields.get("o")))
-    return packages
+        name, version = fields.get("P"), fields.get("V")
+        if name and version:
+            qualifiers = {"arch": fields["A"]} if fields.get("A") else {}
+            if os is not None:
+                qualifiers["distro"] = os.distro
+            purl = PackageURL("apk", "alpine", name, version, qualifiers or None).to_string()
+            yield Package(purl, "apk", name, version, ecosystem, path, fields.get("o"))
+        fields = {}
 
 
 def parse_python_metadata(content: bytes, path: str) -> Package | None:
@@ -153,7 +159,7 @@ def parse_package_json(content: bytes, path: str) -> Package | None:
     """An npm package's package.json under node_modules (name and version)."""
     try:
         data = json.loads(content)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):  # nested thousands deep: not one
         return None
     if not isinstance(data, dict):
         return None

@@ -18,7 +18,6 @@ LOADED_ON_USE = {
     "httpx": "sending a webhook",
     "univers": "matching an image's packages against advisories",
     "cvss": "rating an imported advisory",
-    "cyclonedx": "writing an image's SBOM",
     "rich": "the CLI (httpx's own command line imports it)",
     "pygments": "the CLI (through rich)",
     "click": "the CLI (httpx's own command line imports it)",

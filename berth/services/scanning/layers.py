@@ -22,10 +22,11 @@ from __future__ import annotations
 import asyncio
 import functools
 import io
+import itertools
 import posixpath
 import struct
 import tarfile
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import IO, Any
@@ -59,6 +60,10 @@ MAX_IMAGE_BYTES = 64 * 1024**3
 MAX_IMAGE_LAYERS = 256  # Docker runs at most about 125
 MAX_DATABASE = 64 * 1024 * 1024  # dpkg status, apk installed
 MAX_SMALL_FILE = 1024 * 1024  # os-release, package.json, a status.d file
+# Packages one image may list: large images list a few thousand (a big node_modules, many Go
+# programs); the bound keeps a scan's memory and time, its stored SBOM and the CycloneDX
+# document made of it, in bounds (a crafted 63 MB apk database listed 1.4 million).
+MAX_PACKAGES = 50_000
 # Of a Python METADATA/PKG-INFO only the start is read: Name and Version come first, and a
 # long description after them can be any size.
 PYTHON_HEADERS = 64 * 1024
@@ -377,18 +382,24 @@ def inventory(files: dict[str, tuple[Kind, bytes]], notes: Sequence[str] = ()) -
     packages: list[Package] = []
     for path in sorted(files):
         kind, content = files[path]
+        found: Iterable[Package] = ()
         if kind is Kind.DPKG:
-            packages.extend(parse_dpkg_status(content, path, os))
+            found = parse_dpkg_status(content, path, os)
         elif kind is Kind.APK:
-            packages.extend(parse_apk_installed(content, path, os))
+            found = parse_apk_installed(content, path, os)
         elif kind is Kind.PYTHON:
-            found = parse_python_metadata(content, path)
-            packages.extend([found] if found else [])
+            found = filter(None, [parse_python_metadata(content, path)])
         elif kind is Kind.NPM:
-            found = parse_package_json(content, path)
-            packages.extend([found] if found else [])
+            found = filter(None, [parse_package_json(content, path)])
         elif kind is Kind.GO:
-            packages.extend(parse_go_binary(content, path))
+            found = parse_go_binary(content, path)
+        # One more than the bound tells a list past it; the rest of a database is not read.
+        packages.extend(itertools.islice(found, MAX_PACKAGES + 1 - len(packages)))
+        if len(packages) > MAX_PACKAGES:
+            raise LayerRefused(
+                f"the image lists more than {MAX_PACKAGES:,} packages (at {path}); "
+                "a scan reads at most that many"
+            )
     return Inventory(os, packages, list(notes))
 
 
@@ -486,4 +497,5 @@ async def image_inventory(
         inflated += changes.inflated
         apply_layer(files, changes)
         notes.extend(changes.notes)
-    return inventory(files, notes)
+    # Parsing is CPU work (up to MAX_PACKAGES purls): off the event loop that serves requests.
+    return await asyncio.to_thread(inventory, files, notes)

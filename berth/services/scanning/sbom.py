@@ -1,12 +1,20 @@
-"""An image's stored inventory as a CycloneDX SBOM (JSON, spec 1.6), with `cyclonedx-python-lib`."""
+"""An image's stored inventory as a CycloneDX SBOM (JSON, spec 1.6).
+
+Built as plain JSON, in time linear in the packages: cyclonedx-python-lib's Bom registers each
+component's dependency by a linear search (and again when it validates), so 4,000 packages
+took 12 s of one worker's CPU and 50,000 over ten minutes. The tests check the documents
+against the CycloneDX 1.6 JSON schema with that library's validator."""
 
 from __future__ import annotations
 
 import datetime as dt
+import json
+import uuid
 from typing import Any
 from uuid import UUID
 
 MEDIA_TYPE = "application/vnd.cyclonedx+json"
+SCHEMA = "http://cyclonedx.org/schema/bom-1.6.schema.json"
 
 
 def cyclonedx_json(
@@ -21,42 +29,48 @@ def cyclonedx_json(
     the image as the described component, its OS release and each package (by purl, once).
     Without `serial` the document gets a random serial number and the time now; with it, no
     time unless `timestamp` is given (the same inventory gives the same bytes)."""
-    # Here: cyclonedx-python-lib takes ~3 MB, which a server process that never exports an
-    # SBOM does not hold.
-    from cyclonedx.model.bom import Bom
-    from cyclonedx.model.component import Component, ComponentType
-    from cyclonedx.output.json import JsonV1Dot6
-    from packageurl import PackageURL
-
-    bom = Bom(serial_number=serial) if serial is not None else Bom()
-    if serial is not None:
-        bom.metadata.timestamp = timestamp  # type: ignore[assignment]
-    image = Component(name=name, version=digest, type=ComponentType.CONTAINER, bom_ref=digest)
-    bom.metadata.component = image
+    metadata: dict[str, Any] = {
+        "component": {"bom-ref": digest, "name": name, "type": "container", "version": digest}
+    }
+    if serial is None:
+        serial, timestamp = uuid.uuid4(), dt.datetime.now(dt.UTC)
+    if timestamp is not None:
+        metadata["timestamp"] = timestamp.isoformat()
+    components: list[dict[str, Any]] = []
     os = inventory.get("os")
     if os:
-        bom.components.add(
-            Component(
-                name=os["id"],
-                version=os["version_id"] or None,
-                description=os["pretty_name"] or None,
-                type=ComponentType.OPERATING_SYSTEM,
-                bom_ref=f"os:{os['id']}@{os['version_id']}",
-            )
-        )
-    seen: set[str] = set()
-    for package in inventory["packages"]:
-        if package["purl"] in seen:
-            continue
-        seen.add(package["purl"])
-        bom.components.add(
-            Component(
-                name=package["name"],
-                version=package["version"],
-                type=ComponentType.LIBRARY,
-                purl=PackageURL.from_string(package["purl"]),
-                bom_ref=package["purl"],
-            )
-        )
-    bom.register_dependency(image, list(bom.components))  # what the image holds
-    return str(JsonV1Dot6(bom).output_as_string(indent=2))
+        system: dict[str, Any] = {
+            "bom-ref": f"os:{os['id']}@{os['version_id']}",
+            "name": os["id"],
+            "type": "operating-system",
+        }
+        if os["version_id"]:
+            system["version"] = os["version_id"]
+        if os["pretty_name"]:
+            system["description"] = os["pretty_name"]
+        components.append(system)
+    packages = {package["purl"]: package for package in inventory["packages"]}  # once each
+    components += [
+        {
+            "bom-ref": purl,
+            "name": package["name"],
+            "purl": purl,
+            "type": "library",
+            "version": package["version"],
+        }
+        for purl, package in sorted(packages.items())
+    ]
+    refs = [component["bom-ref"] for component in components]
+    document = {
+        "$schema": SCHEMA,
+        "bomFormat": "CycloneDX",
+        "specVersion": "1.6",
+        "serialNumber": serial.urn,
+        "version": 1,
+        "metadata": metadata,
+        "components": components,
+        # What the image holds; each component depends on nothing it lists.
+        "dependencies": [{"ref": ref} for ref in refs]
+        + [{"ref": digest, "dependsOn": refs} if refs else {"ref": digest}],
+    }
+    return json.dumps(document, indent=2)

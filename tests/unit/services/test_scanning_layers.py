@@ -536,3 +536,35 @@ def test_the_release_names_the_ecosystem_of_its_packages(
     os_release: bytes, ecosystem: str | None
 ) -> None:
     assert parse_os_release(os_release).ecosystem == ecosystem
+
+
+def test_an_image_listing_more_packages_than_a_scan_reads_is_refused(tmp_path: Path) -> None:
+    """A package database of a few MB can list a million packages (each a purl, an SBOM
+    component, a match): a scan reads at most MAX_PACKAGES, and past it says so, the rest
+    of the database left unread."""
+    bound = layers_module.MAX_PACKAGES
+
+    def apk_database(count: int) -> bytes:
+        return "".join(f"P:p{i}\nV:1.{i}-r0\nA:x86_64\n\n" for i in range(count)).encode()
+
+    store = FilesystemBlobStore(tmp_path / "b")
+    at_bound = scan(store, [layer([file_entry("lib/apk/db/installed", apk_database(bound))])])
+    assert len(at_bound.packages) == bound
+    over = layer([file_entry("lib/apk/db/installed", apk_database(bound + 1))])
+    with pytest.raises(LayerRefused, match=f"more than {bound:,} packages"):
+        scan(store, [over])
+
+
+def test_a_package_json_nested_too_deeply_is_skipped_and_the_rest_listed(
+    tmp_path: Path,
+) -> None:
+    """JSON nested deeper than the parser goes is not a package, not a failed scan that would
+    hide the image's other packages (and their advisories)."""
+    blob = layer(
+        [
+            file_entry(f"{APP}/deep/package.json", b"[" * 100_000),
+            *npm_package("ms-0.7.0.tgz", "ms"),
+        ]
+    )
+    inventory = scan(FilesystemBlobStore(tmp_path / "b"), [blob])
+    assert purls(inventory) == ["pkg:npm/ms@0.7.0"]
