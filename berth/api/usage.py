@@ -55,11 +55,13 @@ async def storage(
         Query(ge=1, le=STORAGE_SAMPLE_RETENTION_DAYS, description="days of samples, up to now"),
     ] = 30,
 ) -> StorageUsage:
-    """Storage usage samples and the time of the last collection."""
+    """Storage usage samples and the time of the last collection. A window holding more than
+    1,000 samples is shown as the newest sample of each of 1,000 equal stretches of it."""
     return await ctx.services.usage.storage(ctx.project, days)
 
 
 @router.post("/storage/collect", status_code=201)
 async def collect_storage(ctx: ReadProject) -> StorageSample:
-    """Measure the project's storage now and record the sample."""
+    """Measure the project's storage now and record the sample; within a minute of the
+    project's newest sample, the new one replaces it (at most one sample a minute on demand)."""
     return await ctx.services.usage.collect(ctx.project)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
@@ -40,6 +41,12 @@ from berth.services import usage_records as records
 
 GB = 10**9
 STORAGE_SAMPLE_RETENTION_DAYS = 400
+# On-demand collections (any reader may ask) within this many seconds of a project's newest
+# sample replace it instead of adding one: at most one row a minute however often they come.
+ON_DEMAND_COALESCE_SECONDS = 60
+# Points of a storage series: a window holding more samples is shown as the newest sample of
+# each of this many equal stretches of it (a chart has no use for more).
+MAX_SERIES_POINTS = 1000
 CENT = Decimal("0.01")
 
 
@@ -161,25 +168,45 @@ class Usage:
         }
 
     async def collect(self, project: str) -> records.StorageSample:
-        """Measure one project's storage now and record the sample (on demand)."""
+        """Measure one project's storage now and record the sample (on demand: replacing the
+        project's newest sample when that is younger than ON_DEMAND_COALESCE_SECONDS)."""
         async with self.db.read() as conn:
             project_id = await require_project(conn, project)
-        return _sample(*await self._record(project_id))
+        return _sample(*await self._record(project_id, coalesce=True))
 
-    async def _record(self, project_id: int) -> tuple[dt.datetime, StorageFigures]:
+    async def _record(
+        self, project_id: int, *, coalesce: bool = False
+    ) -> tuple[dt.datetime, StorageFigures]:
         async with self.db.read() as conn:
             figures = (await self._storage(conn, project_id)).get(project_id, NOTHING)
         at = utcnow()
+        values = {
+            "at": at,
+            "bytes": figures.bytes,
+            "blobs": figures.blobs,
+            "images": figures.images,
+        }
         async with self.db.write() as conn:
-            await conn.execute(
-                storage_samples.insert().values(
-                    project_id=project_id,
-                    at=at,
-                    bytes=figures.bytes,
-                    blobs=figures.blobs,
-                    images=figures.images,
+            recent = None
+            if coalesce:
+                recent = (
+                    await conn.execute(
+                        select(storage_samples.c.id)
+                        .where(
+                            storage_samples.c.project_id == project_id,
+                            storage_samples.c.at
+                            >= at - dt.timedelta(seconds=ON_DEMAND_COALESCE_SECONDS),
+                        )
+                        .order_by(storage_samples.c.at.desc(), storage_samples.c.id.desc())
+                        .limit(1)
+                    )
+                ).scalar()
+            if recent is not None:
+                await conn.execute(
+                    storage_samples.update().where(storage_samples.c.id == recent).values(values)
                 )
-            )
+            else:
+                await conn.execute(storage_samples.insert().values(project_id=project_id, **values))
         return at, figures
 
     async def collect_all(self) -> int:
@@ -264,7 +291,10 @@ class Usage:
             collected_at=at,
             collect_interval_seconds=self.storage_collect_interval,
             last=_sample(at, figures),
-            samples=[_sample(r.at, StorageFigures(r.bytes, r.blobs, r.images)) for r in rows],
+            samples=[
+                _sample(r.at, StorageFigures(r.bytes, r.blobs, r.images))
+                for r in _thinned(rows, since, utcnow())
+            ],
         )
 
     # ------------------------------------------------------------------ traffic
@@ -500,3 +530,15 @@ async def _last_sample(conn: AsyncConnection, project_id: int) -> Any:
             .limit(1)
         )
     ).first()
+
+
+def _thinned(rows: Sequence[Any], since: dt.datetime, until: dt.datetime) -> Sequence[Any]:
+    """`rows` (oldest first) if there are at most MAX_SERIES_POINTS, else the newest of each
+    of MAX_SERIES_POINTS equal stretches of [since, until] that holds any."""
+    if len(rows) <= MAX_SERIES_POINTS:
+        return rows
+    stretch = (until - since) / MAX_SERIES_POINTS
+    newest: dict[int, Any] = {}
+    for row in rows:  # oldest first: a later row of a stretch replaces an earlier one
+        newest[min(int((row.at - since) / stretch), MAX_SERIES_POINTS - 1)] = row
+    return [newest[key] for key in sorted(newest)]
