@@ -78,7 +78,8 @@ def test_a_backup_taken_while_serving_restores_the_images_keys_and_store(
     replacements = {EXAMPLE_DATA_DIR: str(target.data_dir), EXAMPLE_BACKUP: str(backup)}
     if target.database_url:
         replacements[EXAMPLE_DATABASE] = libpq_url(target.database_url)
-    run_commands(restore[: restore.index(SERVE)], replacements)
+    serve = next(n for n, command in enumerate(restore) if command.startswith(SERVE))
+    run_commands(restore[:serve], replacements)
     try:
         target.start()
         # The same access key signs in: the secret hash key came back with the keys.
@@ -90,7 +91,7 @@ def test_a_backup_taken_while_serving_restores_the_images_keys_and_store(
                 assert blob.status_code == 200 and digest_of(blob.content) == digest
             gone = client.get("/v2/shop/web/manifests/v2")
             assert gone.status_code == 404 and error_code(gone) == "MANIFEST_UNKNOWN"
-        (check,) = restore[restore.index(SERVE) + 1 :]
+        (check,) = restore[serve + 1 :]
         report = json.loads(target.cli(*check.split()[1:], "--json").stdout)
         assert report["missing"] == [] and report["damaged"] == []
         assert set(blob_digests(later)) <= set(report["orphans_removed"])

@@ -455,3 +455,14 @@ def test_status_tells_this_datas_server_from_another_on_its_address(
         [*BERTH, "--data-dir", str(other), "status", "--json"], env=env, capture_output=True
     )
     assert json.loads(quiet.stdout)["server_listening"] is False
+
+
+def test_a_password_asked_for_without_a_terminal_is_refused_with_what_to_do(
+    server: BerthServer,
+) -> None:
+    """Run from a script or a pipe without --password-stdin, the verb cannot ask without
+    echo: it says to use --password-stdin (not Python's warning and an abort)."""
+    refused = server.cli("user", "set-password", "admin", check=False, input="")
+    assert refused.returncode == 2
+    assert "--password-stdin" in refused.stderr and "Warning" not in refused.stderr
+    assert "Traceback" not in refused.stderr

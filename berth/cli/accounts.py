@@ -3,7 +3,6 @@ directly, so a lost administrator password is recovered on the server."""
 
 from __future__ import annotations
 
-import sys
 from typing import Annotated
 
 import typer
@@ -15,6 +14,7 @@ from berth.cli.common import (
     cli_actor,
     done,
     errors,
+    read_password,
     run_service,
 )
 
@@ -29,10 +29,7 @@ def user_set_password(
     """Set a user's password (a reset, or a lost administrator password).
 
     Their console sessions end. Prompts for the password unless --password-stdin."""
-    if password_stdin:
-        password = sys.stdin.readline().rstrip("\n")
-    else:
-        password = typer.prompt("New password", hide_input=True, confirmation_prompt=True)
+    password = read_password(password_stdin, "New password")
     run_service(
         lambda s: s.identity.users.set_password(
             name, password, actor=cli_actor(), client=CLI_CLIENT

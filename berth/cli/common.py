@@ -187,6 +187,11 @@ def read_password(stdin: bool, prompt: str = "Password") -> str:
     without echo."""
     if stdin:
         return sys.stdin.readline().rstrip("\n")
+    if not sys.stdin.isatty():  # nowhere to ask without echo (a pipe, a script)
+        fail(
+            "no terminal to ask for the password on: give it on standard input with --password-stdin",
+            BAD_SETTING,
+        )
     return str(typer.prompt(prompt, hide_input=True, confirmation_prompt=True))
 
 
