@@ -63,10 +63,11 @@ def _print(name: str, result: ScanResult) -> None:
     if not result.findings:
         return
     table = Table()
-    # What a user copies (IDs, versions) is never folded; the summary takes what is left.
+    # What a user copies (IDs, versions) is never folded. Summaries follow the table, one line
+    # each: in a column beside these, 80 columns left them 9 characters, and an advisory
+    # without a summary (its details' first paragraph instead) took dozens of lines.
     for column in ("severity", "advisory", "package", "installed", "fixed in"):
         table.add_column(column, no_wrap=True)
-    table.add_column("summary", overflow="fold")
     for finding in result.findings:
         table.add_row(
             Text(finding.severity, SEVERITY_STYLES.get(finding.severity, "")),
@@ -74,9 +75,13 @@ def _print(name: str, result: ScanResult) -> None:
             finding.name,
             finding.installed,
             finding.fixed or "-",
-            finding.summary,
         )
     console.print(table)
+    summaries = {f.advisory_id: f.summary for f in result.findings if f.summary}
+    for advisory, summary in summaries.items():
+        console.print(Text(f"{advisory}: {summary}"), no_wrap=True, overflow="ellipsis")
+    if summaries:
+        console.print("(summaries cut to one line; --json has them whole)")
 
 
 def scan(

@@ -164,6 +164,12 @@ def test_berth_scan_waits_and_prints_the_findings(
     assert f"{name}: " in text and "3 findings" in text
     for package, installed, advisory, fixed in EXPECTED:
         assert advisory in text and installed in text and fixed in text and package in text
+    # PYSEC-2023-74 has no summary: its details' first paragraph is cut short, not folded
+    # into dozens of 9-character lines.
+    assert len(scanned.stdout.splitlines()) <= 16, scanned.stdout
+    assert max(map(len, scanned.stdout.splitlines()[1:])) <= 80, scanned.stdout
+    assert "GHSA-3fx5-fwvr-xrjg: Regular Expression Denial of Service in ms" in text
+    assert "--json has them whole" in text
     queued = team.server.cli("scan", name)
     assert f"berth scan {name} --wait" in " ".join(queued.stdout.split())
     wrong = team.server.cli("scan", f"{team.project}/{team.repository}", check=False)
