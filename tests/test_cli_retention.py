@@ -14,17 +14,25 @@ from tests.retention_seed import seed
 from tests.servers import BerthServer
 
 
-def test_retention_verbs(sqlite_server: BerthServer) -> None:
-    sqlite_server.create_repository("cliret", "ci")
+def seeded(server: BerthServer, project: str, repository: str, tag: str, count: int) -> list[str]:
+    """A new repository holding `count` images tagged `tag`0, `tag`1, ..., pushed 10, 9, ...
+    days ago: their digests."""
+    server.create_repository(project, repository)
 
     async def fill(services: Services) -> list[str]:
         async with services.db.read() as conn:
             repo = (
-                await conn.execute(select(repositories.c.id).where(repositories.c.name == "ci"))
+                await conn.execute(
+                    select(repositories.c.id).where(repositories.c.name == repository)
+                )
             ).scalar_one()
-        return await seed(services.db, repo, [(i, [f"b{i}"], 10 - i) for i in range(5)])
+        return await seed(services.db, repo, [(i, [f"{tag}{i}"], 10 - i) for i in range(count)])
 
-    digests = sqlite_server._services(fill)
+    return server._services(fill)
+
+
+def test_retention_verbs(sqlite_server: BerthServer) -> None:
+    digests = seeded(sqlite_server, "cliret", "ci", "b", 5)
     refused = sqlite_server.cli("retention", "set", "cliret", "--rule", "sometimes=3", check=False)
     assert refused.returncode == 2 and "it starts with what it keeps" in refused.stderr
     saved = sqlite_server.cli(
@@ -61,16 +69,7 @@ def test_the_commands_it_prints_work_as_printed_with_the_data_directory_it_was_g
     """Run with --data-dir (nothing else pointing at the data), each command retention
     prints names that directory, on a line of its own: pasted as printed, the dry run lists
     what the rules drop, the run deletes it, and the garbage collection its note names runs."""
-    sqlite_server.create_repository("clipaste", "pasted")
-
-    async def fill(services: Services) -> list[str]:
-        async with services.db.read() as conn:
-            repo = (
-                await conn.execute(select(repositories.c.id).where(repositories.c.name == "pasted"))
-            ).scalar_one()
-        return await seed(services.db, repo, [(i, [f"p{i}"], 10 - i) for i in range(3)])
-
-    digests = sqlite_server._services(fill)
+    digests = seeded(sqlite_server, "clipaste", "pasted", "p", 3)
     only = data_dir_only(sqlite_server)
     saved = only.berth("retention", "set", "clipaste", "--rule", "last=1").stdout
     dry = only.paste(line_after(saved, "See what a run would delete:")).stdout
