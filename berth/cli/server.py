@@ -8,7 +8,6 @@ import socket
 from pathlib import Path
 from typing import Annotated
 
-import httpx
 import jwt
 import typer
 from rich.table import Table
@@ -133,6 +132,8 @@ def _who_answers(settings: Settings) -> tuple[bool, bool | None]:
     """(whether something listens at `listen`, whether it is a Berth server of this data:
     its tokens' `kid` is this data's signing key's; None when no token came back to compare,
     or this data has no key yet)."""
+    import httpx  # here: only `berth status` asks a server anything
+
     host, port = settings.host_and_port
     try:
         socket.create_connection((host, port), timeout=1).close()
