@@ -12,6 +12,7 @@ from berth.api.deps import Digest, ImageName, ManageProject, ReadProject, Reposi
 from berth.api.problems import responses
 from berth.auth.guard import client_address
 from berth.domain.errors import NotFound
+from berth.domain.names import joined_name
 from berth.services.sbom_referrers import AttachedSbom, SbomReferrers
 from berth.services.scanning.sbom import MEDIA_TYPE, cyclonedx_json
 from berth.services.scanning.scans import ScanResult
@@ -22,7 +23,7 @@ router = APIRouter(
 
 
 def _full_name(project: str, repository: str, image: str) -> str:
-    return "/".join(part for part in (project, repository, image) if part)
+    return joined_name(project, repository, image)
 
 
 @router.get("/scan", responses=responses(404))

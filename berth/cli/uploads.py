@@ -20,6 +20,7 @@ from berth.cli.common import (
     print_json,
     run_service,
 )
+from berth.domain.names import joined_name
 from berth.services.records import plain
 from berth.services.uploads import OpenUpload
 
@@ -42,7 +43,7 @@ UploadIdArg = Annotated[
 
 def _name(upload: OpenUpload) -> str:
     """The upload's repository, with the image path inside it when there is one."""
-    return "/".join(part for part in (upload.repository, upload.image) if part)
+    return joined_name(upload.repository, upload.image)
 
 
 @upload_app.command("list")

@@ -200,3 +200,9 @@ def name_unknown(name: ImageName, *, project_exists: bool) -> NameUnknown:
         f"POST /api/v1/projects/{name.project}/repositories",
         detail,
     )
+
+
+def joined_name(*parts: str | None) -> str:
+    """An OCI name from its parts (project, repository, image path), the empty ones left out:
+    an image path of "" is the repository's own name."""
+    return "/".join(part for part in parts if part)

@@ -9,6 +9,7 @@ from typing import Any
 from sqlalchemy import Select, func, select
 
 from berth.domain.errors import Conflict
+from berth.domain.names import joined_name
 from berth.domain.references import RepositoryRef
 from berth.metadata.tables import tags
 
@@ -55,7 +56,7 @@ async def in_use_refusal(
         .scalars()
         .all()
     )
-    oci_name = "/".join(part for part in (repo.project, repo.name, first.image) if part)
+    oci_name = joined_name(repo.project, repo.name, first.image)
     tagged = f" (tagged {', '.join(names)})" if names else ""
     others = f" and {total - 1:,} more" if total > 1 else ""
     kind = "index" if index else "manifest"

@@ -18,6 +18,7 @@ from collections.abc import AsyncIterator
 
 from berth.domain.errors import ManifestUnknown, NotFound
 from berth.domain.manifests import OCI_EMPTY_CONFIG, OCI_MANIFEST, parse_manifest
+from berth.domain.names import joined_name
 from berth.domain.references import RepositoryRef
 from berth.services.records import Record
 from berth.services.registry import Registry
@@ -57,7 +58,7 @@ class SbomReferrers:
     ) -> AttachedSbom:
         """Push the SBOM of the image manifest `digest` as its referrer (see the module)."""
         subject = await self.registry.get_manifest(repo, image, digest)
-        name = "/".join(part for part in (repo.project, repo.name, image) if part)
+        name = joined_name(repo.project, repo.name, image)
         if parse_manifest(subject.content, subject.media_type).is_index:
             raise NotFound(
                 f"{name}@{digest} is an index: it has no SBOM of its own; attach each "

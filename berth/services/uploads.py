@@ -45,6 +45,7 @@ from berth.domain.errors import (
     Unavailable,
 )
 from berth.domain.hash_state import resumable_sha256
+from berth.domain.names import joined_name
 from berth.domain.references import RepositoryRef
 from berth.metadata.audit import write_audit_entry
 from berth.metadata.database import RETRY_AFTER_SECONDS, Database
@@ -392,7 +393,7 @@ class Uploads:
         BLOB_UPLOAD_UNKNOWN. Returns the upload as it was."""
         project_id, row = await self._find_in_project(project, upload_id)
         cancelled = self._open_upload(row)
-        name = "/".join(part for part in (cancelled.repository, cancelled.image) if part)
+        name = joined_name(cancelled.repository, cancelled.image)
         note = _CancelNote(
             actor,
             client,

@@ -32,6 +32,7 @@ from berth.domain.manifests import (
     ParsedManifest,
     parse_manifest,
 )
+from berth.domain.names import joined_name
 from berth.domain.packages import Package
 from berth.domain.references import RepositoryRef
 from berth.domain.vulns import AdvisoryIndex, Severity, findings_for
@@ -261,7 +262,7 @@ class Scans:
         """Queue a scan of a stored manifest (a scan already queued or running stays as it is;
         a finished one is done again), audited as `image.scan`."""
         manifest_id = await self._manifest_id(repo.id, image, digest)
-        name = "/".join(part for part in (repo.name, image) if part)
+        name = joined_name(repo.name, image)
         async with self.db.write() as conn:
             await self._queue(conn, manifest_id, actor)
             await write_audit_entry(
@@ -710,7 +711,7 @@ async def _announce(
     image_param = f"image={quote(row.image, safe='')}" if row.image else ""
     image_query = f"?{image_param}" if image_param else ""
     findings_query = f"findings={row.digest}" + (f"&{image_param}" if image_param else "")
-    name = "/".join(part for part in (row.repository, row.image) if part)
+    name = joined_name(row.repository, row.image)
     data = EventData(
         project=row.project,
         repository=row.repository,
