@@ -17,6 +17,7 @@ from berth.cli.common import (
     read_password,
     run_service,
 )
+from berth.domain.wording import counted
 
 
 def user_set_password(
@@ -60,7 +61,7 @@ def project_delete(name: str, yes: YesFlag = False, json_output: JsonFlag = Fals
     confirm = name if yes else None
     if held and not yes:
         typed = typer.prompt(
-            f"Project {name} holds {held} {'repository' if held == 1 else 'repositories'}. "
+            f"Project {name} holds {counted(held, 'repository', 'repositories')}. "
             "Type its name to delete it with all of them"
         )
         if typed != name:
@@ -78,6 +79,5 @@ def project_delete(name: str, yes: YesFlag = False, json_output: JsonFlag = Fals
     done(
         json_output,
         {"name": name, "deleted": True, "repositories": deleted},
-        f"Deleted project [bold]{name}[/] and its {deleted} "
-        f"{'repository' if deleted == 1 else 'repositories'}",
+        f"Deleted project [bold]{name}[/] and its {counted(deleted, 'repository', 'repositories')}",
     )

@@ -26,6 +26,7 @@ from berth.cli.common import (
     run_service,
     when,
 )
+from berth.domain.wording import counted
 from berth.services.gc import FAILED, ROLLED_BACK, Run
 from berth.state import Services
 
@@ -191,7 +192,7 @@ def young_kept(run: dict[str, Any]) -> str:
     images, blobs = run["young_images_kept"], run["young_blobs_kept"]
     if not images and not blobs:
         return f"nothing (gc_grace_period {period})"
-    kept = f"{images:,} image{'s' * (images != 1)} and {blobs:,} blob{'s' * (blobs != 1)}"
+    kept = f"{counted(images, 'image')} and {counted(blobs, 'blob')}"
     until = run["young_collectable_at"]
     collectable = f"; collectable from {when(until)} on" if until else ""
     return f"{kept} (gc_grace_period {period}){collectable}"

@@ -22,6 +22,7 @@ from berth.cli.common import (
     show_rows,
 )
 from berth.domain.retention import COMBINATION_RULE, Keep, Rule
+from berth.domain.wording import counted
 from berth.services.records import plain
 from berth.services.retention import RunRecord, run_note
 
@@ -129,7 +130,7 @@ def retention_set(
     if json_output:
         print_json(plain(policy))
         return
-    console.print(f"Saved {len(rules)} retention rules for {project}.")
+    console.print(f"Saved {counted(len(rules), 'retention rule')} for {project}.")
     _show_rules(policy.rules)
     sample = pasteable("retention", "dry-run", project)
     sys.stdout.write(f"See what a run would delete:\n  {sample}\n")

@@ -20,6 +20,7 @@ from berth.cli.common import (
     run_service,
     split_repo,
 )
+from berth.domain.wording import counted
 from berth.services.records import plain
 from berth.services.sbom_referrers import AttachedSbom, SbomReferrers
 from berth.services.scanning.scans import ScanResult
@@ -54,7 +55,8 @@ def _print(name: str, result: ScanResult) -> None:
     counts = result.counts
     console.print(
         Text(
-            f"{name}: {result.packages} packages, {len(result.findings)} findings "
+            f"{name}: {counted(result.packages, 'package')}, "
+            f"{counted(len(result.findings), 'finding')} "
             f"({counts.critical} critical, {counts.high} high, {counts.medium} medium, "
             f"{counts.low} low, {counts.unknown} unknown)."
         ),
@@ -134,10 +136,13 @@ def scan(
         if json_output:
             print_json({"queued": queued, "scanned": scanned})
         elif wait:
-            console.print(Text(f"Scanned {scanned} images again ({queued} were stale)."))
+            console.print(Text(f"Scanned {counted(scanned, 'image')} again ({queued:,} stale)."))
         else:
             console.print(
-                Text(f"Queued {queued} stale scans; a running server scans them in the background.")
+                Text(
+                    f"Queued {counted(queued, 'stale scan')}; a running server scans them in "
+                    "the background."
+                )
             )
         return
     if image is None:

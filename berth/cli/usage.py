@@ -16,6 +16,7 @@ from berth.cli.common import (
     show_rows,
     when,
 )
+from berth.domain.wording import counted
 from berth.services.records import plain
 from berth.state import Services
 
@@ -89,7 +90,7 @@ def usage(
         "Images", f"{images['stored']:,} (at most {images['limit_per_repository']:,} a repository)"
     )
     collected = when(stored["collected_at"], "not collected yet (measured now)")
-    table.add_row("Storage used", f"{_size(stored['bytes'])} in {stored['blobs']:,} blobs")
+    table.add_row("Storage used", f"{_size(stored['bytes'])} in {counted(stored['blobs'], 'blob')}")
     table.add_row("Storage collected", collected)
     table.add_row(
         f"Outbound traffic {this_month['month']}",
@@ -105,7 +106,7 @@ def usage(
     by_day: dict[str, dict[str, Any]] = {}
     for sample in storage["samples"]:
         by_day[sample["collected_at"][:10]] = sample
-    series = Table(title=f"Storage, last {days} days (last sample of each day)")
+    series = Table(title=f"Storage, last {counted(days, 'day')} (last sample of each day)")
     for column in ("day", "collected at", "storage", "blobs", "images"):
         series.add_column(column)
     for day, sample in by_day.items():
@@ -118,7 +119,7 @@ def usage(
         )
     console.print(series)
 
-    daily = Table(title=f"Outbound traffic, last {len(traffic['daily'])} days (UTC)")
+    daily = Table(title=f"Outbound traffic, last {counted(len(traffic['daily']), 'day')} (UTC)")
     for column in ("day", "bytes", "requests"):
         daily.add_column(column)
     for day in traffic["daily"]:

@@ -19,6 +19,7 @@ from berth.cli.common import (
     run_service,
     when,
 )
+from berth.domain.wording import counted
 from berth.services.records import plain
 from berth.services.vulndb import ImportReport, VulnDb, VulnDbStatus
 
@@ -83,7 +84,9 @@ def status(json_output: JsonFlag = False) -> None:
         console.print(Text(empty_message()), soft_wrap=True)
         return
     console.print(
-        Text(f"{state.records} records; last import {when(plain(state.last_import_at))}."),
+        Text(
+            f"{counted(state.records, 'record')}; last import {when(plain(state.last_import_at))}."
+        ),
         soft_wrap=True,
     )
     console.print(

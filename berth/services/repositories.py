@@ -24,6 +24,7 @@ from berth.domain.errors import (
 )
 from berth.domain.names import ImageName, is_valid_component, name_unknown, project_name_problem
 from berth.domain.references import RepositoryRef
+from berth.domain.wording import counted
 from berth.metadata.audit import write_audit_entry
 from berth.metadata.database import Database
 from berth.metadata.lookups import count_in_project, require_project
@@ -328,8 +329,8 @@ class Repositories:
         held = await count_in_project(conn, repositories, project_id)
         if held and confirm != project:
             raise ConfirmationRequired(
-                f"project {project!r} holds {held} "
-                f"{'repository' if held == 1 else 'repositories'}; to delete it with "
+                f"project {project!r} holds {counted(held, 'repository', 'repositories')}; "
+                "to delete it with "
                 "all of them, confirm by typing the project's name",
                 {"repositories": held},
             )

@@ -39,6 +39,7 @@ from berth.domain.retention import (
 )
 from berth.domain.schedules import Schedule, ScheduleInvalid, parse_schedule
 from berth.domain.tag_rules import ImmutableTagRule, protecting_rule
+from berth.domain.wording import counted
 from berth.metadata.audit import write_audit_entry
 from berth.metadata.database import Database
 from berth.metadata.lookups import count_in_project, require_project
@@ -757,9 +758,14 @@ def run_note(
     how its storage is freed (`gc_command`, the command that collects the project's garbage
     as the reader runs it: by default `berth gc run PROJECT`)."""
     if dry_run:
-        return f"A real run would delete these {images} images now; nothing was deleted."
-    note = f"Deleted {images} images."
+        if not images:
+            return "A real run would delete nothing now."
+        return f"A real run would delete these {counted(images, 'image')} now; nothing was deleted."
+    note = f"Deleted {counted(images, 'image')}."
     if skipped:
-        note += f" {skipped} planned images changed since the run's snapshot and were kept."
+        note += (
+            f" {counted(skipped, 'planned image')} changed since the run's snapshot and "
+            f"{'was' if skipped == 1 else 'were'} kept."
+        )
     gc_command = gc_command or f"berth gc run {project}"
     return f"{note} {AFTER_GC.format(gc_command=gc_command)}"

@@ -415,7 +415,7 @@ def test_the_traffic_chart_shows_the_bytes_pulled(
         page.reload()
         today = page.get_by_test_id("traffic-chart").locator(".mark").last
     assert today.get_attribute("data-value") == str(pulled)
-    expect(today.locator("title")).to_contain_text(" downloads")
+    expect(today.locator("title")).to_contain_text(" download")
     # The month's total, its trend (nothing the month before) and the charge (no price is set
     # on this server) are the API's.
     this_month = (

@@ -1,6 +1,6 @@
 import { api, query, seg } from "../api.js";
 import { barChart, lineChart } from "../charts.js";
-import { bytes, clear, datetime, emptyState, h, number, table, timeElement } from "../ui.js";
+import { bytes, clear, datetime, emptyState, h, number, plural, table, timeElement } from "../ui.js";
 
 const STORAGE_DAYS = 30;
 
@@ -63,7 +63,7 @@ function trafficSection(ctx, traffic, repository) {
   const points = traffic.daily.map((d) => ({
     label: d.day.slice(5),
     value: d.bytes,
-    title: `${d.day}: ${bytes(d.bytes)} in ${number(d.requests)} downloads`,
+    title: `${d.day}: ${bytes(d.bytes)} in ${plural(d.requests, "download")}`,
   }));
   const month = traffic.this_month;
   const pricing = traffic.pricing;
@@ -123,7 +123,7 @@ function storageSection(storage) {
   const points = storage.samples.map((s) => ({
     label: datetime(s.collected_at).slice(5, 10),
     value: s.bytes,
-    title: `${datetime(s.collected_at)}: ${bytes(s.bytes)}, ${number(s.images)} images, ${number(s.blobs)} blobs`,
+    title: `${datetime(s.collected_at)}: ${bytes(s.bytes)}, ${plural(s.images, "image")}, ${plural(s.blobs, "blob")}`,
   }));
   const every = Math.max(1, Math.ceil(points.length / 10));
   return h(

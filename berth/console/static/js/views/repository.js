@@ -1,7 +1,7 @@
 import { api, query, seg } from "../api.js";
 import { imageName } from "../registry.js";
 import {
-  badge, bytes, clear, confirmDialog, copyButton, copyable, emptyState, errorBox, field, h, number, pager, shortDigest, table, timeElement, toast,
+  badge, bytes, clear, confirmDialog, copyButton, copyable, emptyState, errorBox, field, h, number, pager, plural, shortDigest, table, timeElement, toast,
 } from "../ui.js";
 import { descriptionProblem, readRepositoryFields, repositoryFields } from "./repositories.js";
 import { removeButton, userRoleForm } from "./roles.js";
@@ -375,7 +375,7 @@ async function settingsTab(ctx) {
           const done = await confirmDialog({
             title: "Delete repository",
             phrase: repo.name,
-            body: h("p", {}, "Delete ", h("strong", {}, `${project.name}/${repo.name}`), ` and its ${number(repo.images)} images?`),
+            body: h("p", {}, "Delete ", h("strong", {}, `${project.name}/${repo.name}`), ` and its ${plural(repo.images, "image")}?`),
             action: () => api.delete(base),
           });
           if (done) {

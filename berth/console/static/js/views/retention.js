@@ -2,7 +2,7 @@
 // preview of what a run would delete, running it, and the history of runs.
 
 import { api, query, seg } from "../api.js";
-import { badge, clear, confirmDialog, emptyState, errorBox, field, h, openDialog, pager, shortDigest, table, timeElement, toast } from "../ui.js";
+import { badge, clear, confirmDialog, emptyState, errorBox, field, h, number, openDialog, pager, plural, shortDigest, table, timeElement, toast } from "../ui.js";
 
 // What each kind of rule keeps, and the value it needs.
 const KINDS = {
@@ -77,7 +77,7 @@ function imagesTable(run, caption) {
       { title: "Tags", cell: (i) => (i.tags.length ? i.tags.join(", ") : "untagged") },
       { title: "Pushed", cell: (i) => timeElement(i.pushed_at) },
       { title: "Last pulled", cell: (i) => (i.last_pulled_at ? timeElement(i.last_pulled_at) : "never") },
-      { title: "With it", cell: (i) => [i.platform_manifests ? `${i.platform_manifests} platform manifests` : null, i.referrers ? ` ${i.referrers} referrers` : null].filter(Boolean).join(",") || "-" },
+      { title: "With it", cell: (i) => [i.platform_manifests ? plural(i.platform_manifests, "platform manifest") : null, i.referrers ? ` ${plural(i.referrers, "referrer")}` : null].filter(Boolean).join(",") || "-" },
     ],
     run.images,
     { caption, rowKey: (i) => `${i.repository}@${i.digest}`, empty: emptyState("Nothing to delete", h("p", {}, "Every image is kept by a rule or outside every rule's scope.")) },
@@ -89,8 +89,8 @@ async function dryRun(ctx, base, preview, history) {
   try {
     const run = await api.post(`${base}/dry-run`);
     if (ctx.stale()) return;
-    const counts = `${run.images_kept} kept by a rule, ${run.images_outside_rules} outside every rule's scope (untouched).`;
-    clear(preview, h("h3", {}, `Dry run: ${run.images_deleted} images would be deleted`), h("p", { class: "muted" }, `${counts} ${run.note}`), imagesTable(run, "Dry run preview"));
+    const counts = `${number(run.images_kept)} kept by a rule, ${number(run.images_outside_rules)} outside every rule's scope (untouched).`;
+    clear(preview, h("h3", {}, `Dry run: ${plural(run.images_deleted, "image")} would be deleted`), h("p", { class: "muted" }, `${counts} ${run.note}`), imagesTable(run, "Dry run preview"));
     await showHistory(ctx, base, history, 1);
   } catch (err) {
     clear(preview, errorBox(err));
@@ -108,8 +108,8 @@ async function runNow(ctx, base, preview, history) {
     },
   });
   if (!done || !run || ctx.stale()) return;
-  toast(`Retention deleted ${run.images_deleted} images`);
-  clear(preview, h("h3", {}, `Run: ${run.images_deleted} images deleted`), h("p", { class: "muted" }, run.note), imagesTable(run, "Deleted by the run"));
+  toast(`Retention deleted ${plural(run.images_deleted, "image")}`);
+  clear(preview, h("h3", {}, `Run: ${plural(run.images_deleted, "image")} deleted`), h("p", { class: "muted" }, run.note), imagesTable(run, "Deleted by the run"));
   await showHistory(ctx, base, history, 1);
 }
 
