@@ -55,13 +55,20 @@ def repository_actions(
     anyone = PULL_ONLY if public else NO_ACTION
     if principal is None or not key_works_in(principal, project_id):
         return anyone
-    if principal.is_admin or project_role in (ProjectRole.ADMIN, ProjectRole.MEMBER):
+    if principal.is_admin:
+        return EVERY_ACTION
+    return roles_actions(project_role, repository_role) or anyone
+
+
+def roles_actions(project_role: str | None, repository_role: str | None) -> frozenset[Action]:
+    """What a project role and a role on the repository give together (a user's own roles)."""
+    if project_role in (ProjectRole.ADMIN, ProjectRole.MEMBER):
         return EVERY_ACTION
     if repository_role == RepositoryRole.MEMBER:
         return PULL_PUSH
     if project_role == ProjectRole.READER or repository_role == RepositoryRole.VIEWER:
         return PULL_ONLY
-    return anyone
+    return NO_ACTION
 
 
 def sees_whole_project(principal: Principal | None, project_id: int, role: str | None) -> bool:

@@ -215,12 +215,13 @@ async def list_grants(ctx: ReadProject, repository: RepositoryName) -> list[Gran
 @router.put(
     "/repositories/{repository}/grants/{user}",
     tags=["repository permissions"],
-    responses=responses(404),
+    responses=responses(404, 409),
 )
 async def set_grant(
     ctx: AdminProject, repository: RepositoryName, user: UserName, body: GrantRequest
 ) -> Grant:
-    """Give a user a role on one repository (project admins)."""
+    """Give a user a role on one repository (project admins). 409 when the user's project role
+    already gives as much."""
     await ctx.services.identity.members.grant(
         ctx.project, repository, user, body.role, actor=ctx.actor, client=ctx.caller.client
     )

@@ -13,8 +13,9 @@ from sqlalchemy import Select, delete, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from berth.access.permissions import PROJECT_ROLES, REPOSITORY_ROLES, ProjectRole, RepositoryRole
+from berth.access.policy import roles_actions
 from berth.access.roles import Roles, has_role
-from berth.domain.errors import InvalidValue, NameUnknown
+from berth.domain.errors import Conflict, InvalidValue, NameUnknown
 from berth.metadata.audit import write_audit_entry
 from berth.metadata.database import Database
 from berth.metadata.lookups import require_project, require_repository, require_user
@@ -152,6 +153,7 @@ class Members:
             project_id = await require_project(conn, project)
             repository_id = await require_repository(conn, project_id, project, repository)
             user_id = await require_user(conn, user)
+            await _refuse_a_grant_that_adds_nothing(conn, project_id, project, user_id, user, role)
             await conn.execute(
                 self.db.upsert(
                     repository_grants, ["repository_id", "user_id"], {"role": role}
@@ -222,3 +224,25 @@ def _holders(roles: Any) -> Select[Any]:
         .join(users, users.c.id == roles.c.user_id)
         .order_by(users.c.name)
     )
+
+
+async def _refuse_a_grant_that_adds_nothing(
+    conn: AsyncConnection, project_id: int, project: str, user_id: int, user: str, role: str
+) -> None:
+    """A repository role the user's project role already covers would change nothing (and stay
+    behind unseen if the project role went): refused, saying what the user has."""
+    project_role = (
+        await conn.execute(
+            select(memberships.c.role).where(
+                memberships.c.project_id == project_id, memberships.c.user_id == user_id
+            )
+        )
+    ).scalar_one_or_none()
+    if project_role is not None and roles_actions(project_role, role) == roles_actions(
+        project_role, None
+    ):
+        raise Conflict(
+            f"user {user!r} is {project_role} of project {project!r}, which already gives "
+            f"what repository {role} would on every repository of it; change the project "
+            "role instead"
+        )

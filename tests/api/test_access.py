@@ -203,6 +203,25 @@ def test_repository_permissions(team: Team) -> None:
     assert_problem(team["project-admin"].delete(team.repo_url(f"/grants/{stranger}")), 404)
 
 
+def test_a_repository_role_the_project_role_already_covers_is_refused(team: Team) -> None:
+    """Granting a project member a repository role, or a project reader pull, would change
+    nothing: 409 saying what they have. A reader may be given push on one repository."""
+    admin = team["project-admin"]
+    for actor, role in (("member", "member"), ("member", "viewer"), ("reader", "viewer")):
+        refused = assert_problem(
+            admin.put(team.repo_url(f"/grants/{team.users[actor]}"), json={"role": role}), 409
+        )
+        project_role = "reader" if actor == "reader" else "member"
+        assert f"is {project_role} of project {team.project!r}" in refused["detail"], refused
+    granted = ok(
+        admin.put(team.repo_url(f"/grants/{team.users['reader']}"), json={"role": "member"})
+    )
+    assert granted["role"] == "member"
+    push_image(team.registry("reader"), team.oci_name(), "from-a-reader-with-push")
+    listed = {(g["user"], g["role"]) for g in ok(admin.get(team.repo_url("/grants")))}
+    assert listed == {(team.users["outsider"], "member"), (team.users["reader"], "member")}
+
+
 def test_audit_names_the_calling_user(team: Team) -> None:
     ok(
         team["project-admin"].put(
