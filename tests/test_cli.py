@@ -85,13 +85,28 @@ def test_users_members_keys_and_audit(tmp_path: Path) -> None:
     assert [k["access_key_id"] for k in listed] == [key["access_key_id"]]
     assert listed[0]["state"] == "active" and listed[0]["expires_at"].startswith("2099-01-01")
     assert key["secret_access_key"] not in json.dumps(listed)
+    # Printed, the expiry says the moment it means: a date alone is 00:00 UTC.
+    timed = berth.cli(
+        "key", "create", "--user", "alice", "--project", "demo", "--expires", "2099-01-01T12:30:00"
+    ).stdout
+    assert "Expires:           2099-01-01 12:30 UTC\n" in timed, timed
+    timed_id = re.search(r"Access key ID: +(\S+)", timed)
+    assert timed_id is not None
+    berth.cli("key", "delete", timed_id.group(1))
     berth.cli("key", "disable", key["access_key_id"])
     assert berth.cli_json("key", "list", "--user", "alice")[0]["state"] == "disabled"
     berth.cli("key", "delete", key["access_key_id"])
     assert berth.cli_json("key", "list") == []
     entries = berth.cli_json("audit", "demo")
     actions = [entry["action"] for entry in entries]
-    assert actions == ["key.delete", "key.disable", "key.create", "member.add"]
+    assert actions == [
+        "key.delete",
+        "key.disable",
+        "key.delete",
+        "key.create",
+        "key.create",
+        "member.add",
+    ]
     # Each audited as who ran it and from where, as every admin verb is.
     assert {entry["actor"] for entry in entries} == {f"cli:{getpass.getuser()}"}
     assert {entry["client"] for entry in entries} == {f"cli on {socket.gethostname()}"}

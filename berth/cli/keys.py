@@ -32,7 +32,11 @@ def key_create(
     user: Annotated[str, typer.Option(help="Whose key.")],
     project: Annotated[str, typer.Option(help="The project the key works in.")],
     expires: Annotated[
-        dt.datetime | None, typer.Option(help="Expiry date (YYYY-MM-DD), UTC.")
+        dt.datetime | None,
+        typer.Option(
+            help="When the key stops working, in UTC: YYYY-MM-DD (00:00 that day) or "
+            "YYYY-MM-DDTHH:MM:SS."
+        ),
     ] = None,
     json_output: JsonFlag = False,
 ) -> None:
@@ -51,6 +55,8 @@ def key_create(
         return
     console.print(f"Access key ID:     [bold]{created.key_id}[/]")
     console.print(f"Secret access key: [bold]{created.secret}[/]")
+    if created.expires_at is not None:
+        console.print(f"Expires:           {created.expires_at:%Y-%m-%d %H:%M} UTC")
     console.print("[yellow]The secret is shown only now: store it safely.[/]")
     # Printed as plain lines, never wrapped to the terminal: they are pasted as they are.
     sys.stdout.write(
