@@ -14,7 +14,7 @@ from typing import Annotated, Any, NoReturn, TypeVar
 
 import typer
 from rich import box
-from rich.console import Console
+from rich.console import Console, Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
@@ -145,30 +145,67 @@ def cell(value: Any, column: str = "") -> str:
     return str(value)
 
 
+# The narrowest a folding column is read at; a table whose columns need more than the
+# terminal's width is shown as one record per row instead (Rich would cut columns off).
+MIN_FOLD_WIDTH = 8
+TIME_WIDTH = len("2026-12-01")  # a time breaks only between the date and the time
+
+
 def data_table(
     rows: list[dict[str, Any]],
     columns: list[str],
     title: str,
     headers: dict[str, str] | None = None,
-) -> Table:
-    """A table of `rows` that fits 80 columns: ID columns are never cut, times break only
-    between the date and the time, other columns fold. `headers` names columns otherwise
-    named after their key."""
+    ids: frozenset[str] = frozenset(),
+) -> RenderableType:
+    """`rows` as a table that fits the terminal: ID columns (ID_COLUMNS and `ids`, what the
+    next command takes) are never cut, times break only between the date and the time, other
+    columns fold. When the columns cannot fit so, one record per row, every value whole.
+    `headers` names columns otherwise named after their key."""
+    never_broken = ID_COLUMNS | ids
+    named = {column: _header(column, headers) for column in columns}
+    values = {column: [cell(row[column], column) for row in rows] for column in columns}
+    floors = [
+        max(map(len, values[column]), default=0)
+        if column in never_broken
+        else TIME_WIDTH
+        if is_time_column(column)
+        else MIN_FOLD_WIDTH
+        for column in columns
+    ]
+    if sum(floors) + len(columns) - 1 > console.width:
+        return _records(rows, columns, title, named)
     shown = Table(title=title, box=box.SIMPLE_HEAD, padding=0, show_edge=False)
-    for column in columns:
-        values = [cell(row[column], column) for row in rows]
-        header = column.replace("_", " ").removesuffix(" at") if column != "at" else "at"
-        header = (headers or {}).get(column, header)
-        if column in ID_COLUMNS:
-            longest = max(map(len, values), default=0)
-            shown.add_column(header, no_wrap=True, min_width=longest)
+    for column, floor in zip(columns, floors, strict=True):
+        if column in never_broken:
+            shown.add_column(named[column], no_wrap=True, min_width=floor)
         elif is_time_column(column):
-            shown.add_column(header, min_width=len("2026-12-01"))  # the date on one line
+            shown.add_column(named[column], min_width=floor)
         else:
-            shown.add_column(header, overflow="fold")
+            shown.add_column(named[column], overflow="fold")
     for row in rows:
         shown.add_row(*(Text(cell(row[c], c)) for c in columns))
     return shown
+
+
+def _header(column: str, headers: dict[str, str] | None) -> str:
+    header = column.replace("_", " ").removesuffix(" at") if column != "at" else "at"
+    return (headers or {}).get(column, header)
+
+
+def _records(
+    rows: list[dict[str, Any]], columns: list[str], title: str, named: dict[str, str]
+) -> Group:
+    """Each row as `header: value` lines, a blank line between rows."""
+    parts: list[RenderableType] = [Text(title, style="table.title")]
+    for row in rows:
+        record = Table.grid(padding=(0, 1))
+        record.add_column(no_wrap=True)
+        record.add_column(overflow="fold")
+        for column in columns:
+            record.add_row(f"{named[column]}:", Text(cell(row[column], column)))
+        parts += [Text(""), record]
+    return Group(*parts)
 
 
 def done(json_output: bool, value: dict[str, Any], message: str) -> None:

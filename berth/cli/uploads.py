@@ -26,7 +26,6 @@ from berth.services.uploads import OpenUpload
 
 upload_app = typer.Typer(help="Blob uploads in progress in a project.", no_args_is_help=True)
 
-UPLOAD_ID_LENGTH = 32
 # What fits 80 columns beside a whole upload ID; --json has every field (when each started,
 # and from when it counts as abandoned).
 COLUMNS = {
@@ -73,11 +72,8 @@ def upload_list(
     title = f"Uploads in progress in {project}"
     if total > len(found):
         title += f" (newest {len(found)} of {total})"
-    table = data_table(rows, list(COLUMNS), title, COLUMNS)
     # The ID is what `berth upload cancel` takes: never broken across lines.
-    table.columns[0].no_wrap = True
-    table.columns[0].min_width = UPLOAD_ID_LENGTH
-    console.print(table)
+    console.print(data_table(rows, list(COLUMNS), title, COLUMNS, ids=frozenset({"id"})))
     idle = min(found, key=lambda upload: upload.updated_at)
     sys.stdout.write(
         "\nCancel the one idle longest (what it stored is deleted):\n"

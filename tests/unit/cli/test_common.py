@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import io
 import time
 from collections.abc import Iterator
 
 import pytest
 import typer
+from rich.console import Console, RenderableType
 
-from berth.cli.common import cell, split_repo, when
+from berth.cli import common
+from berth.cli.common import cell, data_table, split_repo, when
 
 
 @pytest.fixture
@@ -63,3 +66,48 @@ def test_table_cells(value: object, column: str, shown: str) -> None:
 def test_a_time_column_shows_its_time(in_utc: None) -> None:
     assert cell("2026-12-01T03:04:00+00:00", "created_at") == "2026-12-01 03:04 UTC"
     assert cell("2026-12-01T03:04:00+00:00", "at") == "2026-12-01 03:04 UTC"
+
+
+def _printed(renderable: RenderableType, width: int) -> str:
+    buffer = io.StringIO()
+    Console(width=width, file=buffer, force_terminal=False, color_system=None).print(renderable)
+    return buffer.getvalue()
+
+
+UPLOAD = {
+    "id": "0f" * 16,
+    "repository": "builds/nightly-web-frontend",
+    "target": "sha256:" + "a" * 64,
+    "started_by": "alice-the-builder",
+    "client": "build-runner-17.ci.example.internal",
+    "started_at": "2026-12-04T01:02:03+00:00",
+    "updated_at": "2026-12-04T01:12:03+00:00",
+}
+
+
+def test_a_table_too_wide_for_the_terminal_is_shown_as_records_with_every_value_whole(
+    in_utc: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Rich cuts off what does not fit (here the last column, and the ID's end); records keep
+    every value, each on lines of its own."""
+    monkeypatch.setattr(common, "console", Console(width=80))
+    shown = _printed(data_table([UPLOAD], list(UPLOAD), "Uploads", ids=frozenset({"id"})), 80)
+    lines = [line.rstrip() for line in shown.splitlines()]
+    assert lines[0].strip() == "Uploads"
+    assert f"id:         {UPLOAD['id']}" in lines
+    assert "started by: alice-the-builder" in lines
+    assert "updated:    2026-12-04 01:12 UTC" in lines
+    assert "sha256:" + "a" * 64 in "".join(line.split(": ", 1)[-1].strip() for line in lines)
+    assert all(len(line) <= 80 for line in lines)
+
+
+def test_a_table_that_fits_stays_a_table_with_its_ids_whole(
+    in_utc: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(common, "console", Console(width=80))
+    columns = ["id", "repository", "started_by", "updated_at"]
+    shown = _printed(data_table([UPLOAD], columns, "Uploads", ids=frozenset({"id"})), 80)
+    header = next(line for line in shown.splitlines() if line.startswith("id"))
+    assert header.split() == ["id", "repository", "started", "by", "updated"]
+    assert UPLOAD["id"] in shown  # on one line
+    assert all(len(line) <= 80 for line in shown.splitlines())
