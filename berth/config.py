@@ -8,6 +8,7 @@ import tomllib
 from collections.abc import Collection
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import ByteSize, Field, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import (
@@ -225,6 +226,13 @@ class Settings(BaseSettings):
         "node answered, behind a load balancer); empty (default): no header, so clients do "
         "not learn the nodes' names",
     )
+    public_url: str | None = Field(
+        None,
+        description="the URL users reach Berth at when that is not its own listen address "
+        "(behind a load balancer or proxy): scheme and host, with a port unless the scheme's "
+        "own, e.g. https://kr-central-2.kcr.dev; the start-up banner and the commands the CLI "
+        "prints use it (unset: built from listen, tls and domain)",
+    )
     trust_forwarded_proto: bool = Field(
         False,
         description="take the scheme from X-Forwarded-Proto (a proxy in front ends TLS); "
@@ -308,6 +316,26 @@ class Settings(BaseSettings):
         if host.startswith("[") != host.endswith("]"):
             raise ValueError("needs brackets around an IPv6 address, e.g. [::1]:5000")
         return value
+
+    @field_validator("public_url")
+    @classmethod
+    def _origin(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        url = urlsplit(value)
+        try:
+            port = url.port  # raises ValueError for a port out of range or not a number
+        except ValueError:
+            port = -1
+        if url.scheme not in ("http", "https") or not url.hostname or port == -1:
+            raise ValueError(
+                "must be http:// or https:// then a host, e.g. https://kr-central-2.kcr.dev"
+            )
+        if url.path.strip("/") or url.query or url.fragment or url.username or url.password:
+            raise ValueError(
+                "must be only a scheme and a host (and port): Berth serves at the root of it"
+            )
+        return value.rstrip("/")
 
     @field_validator("trusted_proxies")
     @classmethod

@@ -211,7 +211,7 @@ class Services:
         the last `berth serve` recorded when this command's own settings name none (the
         server may have been started with a `listen` or `domain` of its own environment)."""
         host = None
-        if not {"listen", "domain"} & self.settings.model_fields_set:
+        if not {"listen", "domain", "public_url"} & self.settings.model_fields_set:
             host = await served_at(self.db)
         return self.registry_address(project, host)
 

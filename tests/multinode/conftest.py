@@ -133,12 +133,13 @@ class Cluster:
 
 @contextlib.contextmanager
 def started_nodes(
-    base: Path, database_url: str, seaweedfs: SeaweedFS
+    base: Path, database_url: str, seaweedfs: SeaweedFS, public_url: str
 ) -> Iterator[list[BerthServer]]:
     prefix = f"multinode-{time.monotonic_ns()}"
     shared = {
         # The database, bucket and addresses of this test over deploy/berth.toml's.
         **seaweedfs.settings_environ(prefix),
+        "BERTH_PUBLIC_URL": public_url,
         "BERTH_SINGLE_NODE": "false",
         "BERTH_TRAFFIC_FLUSH_INTERVAL": str(FLUSH_SECONDS),
         "BERTH_WORKERS": "1",  # three nodes on the test machine's cores
@@ -183,11 +184,12 @@ def cluster(
         pytest.skip("nginx not installed (scripts/test-deps.sh installs it)")
     base = tmp_path_factory.mktemp("multinode")
     url = postgres.create_database()
+    balancer_port = free_port()  # the nodes' public_url names it
     with (
         seaweedfs_server(base / "seaweedfs") as seaweedfs,
-        started_nodes(base, url, seaweedfs) as nodes,
+        started_nodes(base, url, seaweedfs, f"https://127.0.0.1:{balancer_port}") as nodes,
     ):
-        balancer = Balancer(base / "nginx", nodes).start()
+        balancer = Balancer(base / "nginx", nodes, balancer_port).start()
         try:
             yield Cluster(nodes, balancer, seaweedfs, url)
         finally:

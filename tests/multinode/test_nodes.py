@@ -211,7 +211,15 @@ def test_docker_logs_in_pushes_and_pulls_a_multi_layer_image_through_the_balance
     ]
     image = two_layer_image(tmp_path / "layout", layers)
     assert len(image.layer_digests) == 3
-    key_id, secret = project(cluster, "docker")
+    cluster.nodes[0].create_repository("docker", "app")
+    # `berth key create` on a node prints the balancer's address (public_url), not the node's.
+    printed = cluster.nodes[1].cli("key", "create", "--user", "admin", "--project", "docker").stdout
+    found = re.search(r"Access key ID: +(\S+)\n.*Secret access key: +(\S+)", printed, re.S)
+    assert found, printed
+    key_id, secret = found.groups()
+    login = next(line.strip() for line in printed.splitlines() if "docker login" in line)
+    assert f"docker login {cluster.balancer.address} " in login, login
+    assert f"--docker-server={cluster.balancer.address} " in printed, printed
     reference = f"{cluster.balancer.address}/docker/app:v1"
     archive = tmp_path / "image.tar"
     run(
@@ -222,10 +230,11 @@ def test_docker_logs_in_pushes_and_pulls_a_multi_layer_image_through_the_balance
     def docker(*args: str | Path, input: str | None = None) -> str:
         return output(run([dockerd.cli, *args], dockerd.env, input=input))
 
-    login = docker(
-        "login", "--username", key_id, "--password-stdin", cluster.balancer.address, input=secret
-    )
-    assert "Login Succeeded" in login
+    bin_dir = tmp_path / "bin"  # the printed `docker` is the daemon's own CLI
+    bin_dir.mkdir()
+    (bin_dir / "docker").symlink_to(dockerd.cli)
+    signed_in = run(["bash", "-c", login], {**dockerd.env, "PATH": f"{bin_dir}:/usr/bin:/bin"})
+    assert "Login Succeeded" in signed_in.stdout
     docker("load", "--input", archive)
     diff_ids = json.loads(docker("image", "inspect", reference))[0]["RootFS"]["Layers"]
     assert diff_ids == image.diff_ids

@@ -5,8 +5,9 @@ from __future__ import annotations
 from typing import TypedDict
 
 import pytest
+from pydantic import ValidationError
 
-from berth.addresses import public_url
+from berth.addresses import public_host, public_url
 from berth.config import Settings
 
 
@@ -18,6 +19,7 @@ class GivenSettings(TypedDict, total=False):
     region: str
     tls_cert: str
     tls_key: str
+    public_url: str
 
 
 @pytest.mark.parametrize(
@@ -35,3 +37,36 @@ class GivenSettings(TypedDict, total=False):
 )
 def test_the_public_url(settings: GivenSettings, url: str) -> None:
     assert public_url(Settings(**settings)) == url
+
+
+@pytest.mark.parametrize(
+    ("given", "url", "host"),
+    [
+        ("https://kr-central-2.kcr.dev/", "https://kr-central-2.kcr.dev", "kr-central-2.kcr.dev"),
+        ("https://127.0.0.1:21443", "https://127.0.0.1:21443", "127.0.0.1:21443"),
+        ("http://[::1]:8080", "http://[::1]:8080", "[::1]:8080"),
+    ],
+)
+def test_a_public_url_behind_a_load_balancer_replaces_the_nodes_own(
+    given: str, url: str, host: str
+) -> None:
+    """A node listening on 0.0.0.0:5000 behind nginx tells users the balancer's address."""
+    settings = Settings(
+        listen="0.0.0.0:5000", domain="kcr.dev", region="kr-central-2", public_url=given
+    )
+    assert (public_url(settings), public_host(settings)) == (url, host)
+
+
+@pytest.mark.parametrize(
+    "given",
+    [
+        "kr-central-2.kcr.dev",
+        "ftp://kcr.dev",
+        "https://",
+        "https://kcr.dev/registry",
+        "https://kcr.dev:99999",
+    ],
+)
+def test_a_public_url_is_a_scheme_and_host_only(given: str) -> None:
+    with pytest.raises(ValidationError, match="public_url"):
+        Settings(public_url=given)
