@@ -83,13 +83,19 @@ def test_users_members_keys_and_audit(tmp_path: Path) -> None:
     assert key["access_key_id"].startswith("BK") and len(key["secret_access_key"]) >= 40
     listed = berth.cli_json("key", "list", "--project", "demo")
     assert [k["access_key_id"] for k in listed] == [key["access_key_id"]]
-    assert listed[0]["state"] == "active" and listed[0]["expires_at"].startswith("2099-01-01")
+    assert listed[0]["state"] == "active"
+    # A date alone: the key works through that day (UTC), as in the console.
+    assert listed[0]["expires_at"].startswith("2099-01-01T23:59:59")
     assert key["secret_access_key"] not in json.dumps(listed)
-    # Printed, the expiry says the moment it means: a date alone is 00:00 UTC.
+    # Printed, the expiry says the moment it means.
     timed = berth.cli(
-        "key", "create", "--user", "alice", "--project", "demo", "--expires", "2099-01-01T12:30:00"
+        "key", "create", "--user", "alice", "--project", "demo", "--expires", "2099-01-01T12:30"
     ).stdout
-    assert "Expires:           2099-01-01 12:30 UTC\n" in timed, timed
+    assert "Expires:           2099-01-01 12:30:00 UTC\n" in timed, timed
+    vague = berth.cli(
+        "key", "create", "--user", "alice", "--project", "demo", "--expires", "soon", check=False
+    )
+    assert vague.returncode == 2 and "is not YYYY-MM-DD" in vague.stderr, vague.stderr
     timed_id = re.search(r"Access key ID: +(\S+)", timed)
     assert timed_id is not None
     berth.cli("key", "delete", timed_id.group(1))

@@ -32,16 +32,17 @@ def key_create(
     user: Annotated[str, typer.Option(help="Whose key.")],
     project: Annotated[str, typer.Option(help="The project the key works in.")],
     expires: Annotated[
-        dt.datetime | None,
+        str | None,
         typer.Option(
-            help="When the key stops working, in UTC: YYYY-MM-DD (00:00 that day) or "
-            "YYYY-MM-DDTHH:MM:SS."
+            metavar="DATE",
+            help="When the key stops working, in UTC: YYYY-MM-DD (it works through that day, "
+            "as in the console) or YYYY-MM-DDTHH:MM[:SS].",
         ),
     ] = None,
     json_output: JsonFlag = False,
 ) -> None:
     """Create an access key. The secret is shown now and never again."""
-    expires_at = expires.replace(tzinfo=dt.UTC) if expires else None
+    expires_at = _expiry(expires) if expires else None
 
     async def work(s: Services) -> tuple[CreatedKey, str]:
         created = await s.identity.keys.create_key(
@@ -56,7 +57,7 @@ def key_create(
     console.print(f"Access key ID:     [bold]{created.key_id}[/]")
     console.print(f"Secret access key: [bold]{created.secret}[/]")
     if created.expires_at is not None:
-        console.print(f"Expires:           {created.expires_at:%Y-%m-%d %H:%M} UTC")
+        console.print(f"Expires:           {created.expires_at:%Y-%m-%d %H:%M:%S} UTC")
     console.print("[yellow]The secret is shown only now: store it safely.[/]")
     # Printed as plain lines, never wrapped to the terminal: they are pasted as they are.
     sys.stdout.write(
@@ -69,6 +70,25 @@ def key_create(
         f"    --docker-username={created.key_id} \\\n"
         f"    --docker-password={shlex.quote(created.secret)}\n"
     )
+
+
+def _expiry(text: str) -> dt.datetime:
+    """--expires as a UTC time: a date alone is the last second of that day."""
+    try:
+        day = dt.date.fromisoformat(text)
+    except ValueError:
+        pass
+    else:
+        return dt.datetime.combine(day, dt.time(23, 59, 59), dt.UTC)
+    try:
+        moment = dt.datetime.fromisoformat(text)
+    except ValueError:
+        raise typer.BadParameter(
+            f"{text!r} is not YYYY-MM-DD or YYYY-MM-DDTHH:MM[:SS]", param_hint="'--expires'"
+        ) from None
+    if moment.tzinfo is not None:
+        return moment.astimezone(dt.UTC)
+    return moment.replace(tzinfo=dt.UTC)
 
 
 @key_app.command("list")
