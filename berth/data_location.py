@@ -19,7 +19,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 from berth.config import Settings, SettingsError, config_file, setting_source
 from berth.invocation import berth_command, pasteable_command
-from berth.metadata.migrate import NewerSchema, upgrade
+from berth.metadata.migrate import MissingPrivilege, NewerSchema, upgrade
 
 
 def sqlite_file(settings: Settings) -> Path | None:
@@ -118,3 +118,18 @@ def create_data(settings: Settings) -> None:
         upgrade(settings.resolved_database_url)
     except NewerSchema as exc:
         raise SettingsError(f"{shown_database(settings)}: {exc}") from None
+    except MissingPrivilege as exc:
+        raise SettingsError(_cannot_migrate(settings, str(exc))) from None
+
+
+def _cannot_migrate(settings: Settings, problem: str) -> str:
+    url = make_url(settings.resolved_database_url)
+    user, database = url.username or "(the user the driver defaults to)", url.database or "berth"
+    return (
+        f"the user {user} may not create Berth's tables in "
+        f"the database {database} ({shown_database(settings)}): {problem}. Since PostgreSQL "
+        "15 only the database's owner may create tables in schema public: the role "
+        f"{user} must own the database (CREATE DATABASE {database} OWNER {user}, or "
+        f"ALTER DATABASE {database} OWNER TO {user}) or have CREATE on schema public "
+        f"(GRANT CREATE ON SCHEMA public TO {user}, in that database)"
+    )

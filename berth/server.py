@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import os
+import pwd
 import resource
 import shutil
 import socket
@@ -14,7 +15,7 @@ import sys
 from collections.abc import Collection
 from pathlib import Path
 
-from berth.access.keyring import Keyring
+from berth.access.keyring import KeyFileUnusable, Keyring
 from berth.addresses import public_host, public_url
 from berth.config import Settings, SettingsError, setting_source
 from berth.data_location import create_data, unreachable_database
@@ -30,19 +31,20 @@ def _bootstrap_admin(settings: Settings, url: str, *, serving: bool, data_dir: P
     commands that carry `data_dir`, the --data-dir given, if any)."""
 
     async def bootstrap() -> tuple[str, str | None] | None:
-        services = Services.build(settings)  # also creates the server keys, before any worker
+        services = Services.build(settings)
         try:
             return await services.identity.users.bootstrap_admin(settings.admin_password)
         finally:
             await services.close()
 
     created = asyncio.run(bootstrap())
+    reset = pasteable_command("user", "set-password", "admin", data_dir=data_dir)
     if created is None:
         if settings.admin_password:
             print(
                 "note: admin_password (BERTH_ADMIN_PASSWORD) is used only when the data is "
                 "created; the administrator exists, with its password unchanged. To change "
-                f"it: {pasteable_command('user', 'set-password', 'admin', data_dir=data_dir)}",
+                f"it: {reset}",
                 flush=True,
             )
         return
@@ -52,7 +54,8 @@ def _bootstrap_admin(settings: Settings, url: str, *, serving: bool, data_dir: P
         print(f"  password (shown only now): {generated}", flush=True)
     else:
         print("  password: the one given in BERTH_ADMIN_PASSWORD", flush=True)
-    when = "" if serving else f" once `{pasteable_command('serve', data_dir=data_dir)}` runs"
+    serve = pasteable_command("serve", data_dir=data_dir)
+    when = "" if serving else f" once `{serve}` runs"
     create = pasteable_command("project", "create", "PROJECT", data_dir=data_dir)
     print(
         f"  Sign in to the console at {url}/console/{when} as {name!r}; create a project there (or\n"
@@ -98,6 +101,7 @@ def initialise(settings: Settings, *, serving: bool = False, data_dir: Path | No
     administrator: what `berth init` does, and `berth serve` before serving. `data_dir`: the
     --data-dir given, which the commands printed carry."""
     create_data(settings)
+    _keyring(settings)  # created here, so that a key file that cannot be is refused plainly
     _bootstrap_admin(settings, public_url(settings), serving=serving, data_dir=data_dir)
 
 
@@ -247,12 +251,35 @@ def _on_sqlite(settings: Settings) -> bool:
     return settings.resolved_database_url.startswith("sqlite")
 
 
+def _keyring(settings: Settings) -> Keyring:
+    """This node's keys, created on its first start; a key file it can neither read nor create
+    is a setting that cannot work (a read-only /etc under systemd's ProtectSystem, a file
+    copied in as root), said instead of a traceback."""
+    try:
+        return Keyring(settings.signing_key_file, settings.secret_key_file)
+    except KeyFileUnusable as exc:
+        user = pwd.getpwuid(os.geteuid()).pw_name
+        if exc.creating:
+            what, remedy = (
+                "create",
+                f"let the user {user} write {exc.path.parent} for the first start (under "
+                "systemd, ReadWritePaths= in berth.service), or copy both key files from a "
+                "node that has them",
+            )
+        else:
+            what, remedy = "read", f"give the user {user} read access to it (owner, mode 0600)"
+        raise SettingsError(
+            f"{setting_source(exc.setting)}: cannot {what} the key file {str(exc.path)!r} "
+            f"({exc.error}): {remedy}"
+        ) from None
+
+
 def check_keys(settings: Settings) -> None:
     """Record the fingerprint of this node's token signing and secret-hashing keys in the
     database on the first start; on S3 with PostgreSQL (several nodes), refuse to serve with
     keys that differ from the recorded ones: tokens this node signed would be refused by the
     others, and access keys made on them would not match here."""
-    keyring = Keyring(settings.signing_key_file, settings.secret_key_file)
+    keyring = _keyring(settings)
 
     async def recorded() -> str:
         db = Database(settings.resolved_database_url, settings.database_lock_timeout)
@@ -365,10 +392,8 @@ def serve(settings: Settings, flags: Collection[str] = ()) -> None:
     _record_served_at(settings)
     base = public_url(settings)
     print(f"Berth registry on {base}  (data in {settings.data_dir})")
-    print(
-        f"Web console: {base}/console/  (sign in as admin with its password; lost it? "
-        f"{pasteable_command('user', 'set-password', 'admin', data_dir=given_dir)})"
-    )
+    reset = pasteable_command("user", "set-password", "admin", data_dir=given_dir)
+    print(f"Web console: {base}/console/  (sign in as admin with its password; lost it? {reset})")
     print(f"Management API and its documentation: {base}/api/v1/docs")
     _allow_open_files(settings.max_connections)
     # Worker processes build their own Settings; hand them exactly what was resolved here.

@@ -325,8 +325,14 @@ class PostgresCluster:
         create = f"CREATE DATABASE {name}"
         if icu_locale is not None:
             create += f" TEMPLATE template0 LOCALE_PROVIDER icu ICU_LOCALE '{icu_locale}'"
-        self._as_postgres("psql", "-h", "127.0.0.1", "-p", str(self.port), "-c", create)
+        self.sql(create)
         return f"postgresql+asyncpg://postgres@127.0.0.1:{self.port}/{name}"
+
+    def sql(self, statement: str, database: str = "postgres") -> None:
+        """Run `statement` in `database` as the superuser `postgres`."""
+        self._as_postgres(
+            "psql", "-h", "127.0.0.1", "-p", str(self.port), "-d", database, "-c", statement
+        )
 
     def stop(self) -> None:
         subprocess.run(

@@ -16,6 +16,14 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 
+class KeyFileUnusable(Exception):
+    """A key file that cannot be read, or on the first start created: `setting` names it."""
+
+    def __init__(self, setting: str, path: Path, creating: bool, error: OSError) -> None:
+        super().__init__(f"{setting}: {path}: {error}")
+        self.setting, self.path, self.creating, self.error = setting, path, creating, error
+
+
 def _write_private(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_suffix(".tmp")
@@ -31,10 +39,14 @@ def _write_private(path: Path, data: bytes) -> None:
         os.unlink(temporary)
 
 
-def _load_or_create(path: Path, create: bytes) -> bytes:
-    if not path.exists():
-        _write_private(path, create)
-    return path.read_bytes()
+def _load_or_create(setting: str, path: Path, create: bytes) -> bytes:
+    creating = not path.exists()
+    try:
+        if creating:
+            _write_private(path, create)
+        return path.read_bytes()
+    except OSError as exc:
+        raise KeyFileUnusable(setting, path, creating, exc) from None
 
 
 def _key_id(public_key: ec.EllipticCurvePublicKey) -> str:
@@ -62,14 +74,16 @@ class Keyring:
             serialization.PrivateFormat.PKCS8,
             serialization.NoEncryption(),
         )
-        pem = _load_or_create(signing_key_file, new_key)
+        pem = _load_or_create("token_signing_key", signing_key_file, new_key)
         loaded = serialization.load_pem_private_key(pem, password=None)
         if not isinstance(loaded, ec.EllipticCurvePrivateKey):
             raise ValueError(f"{signing_key_file} must hold an EC (P-256) private key")
         self.signing_key = loaded
         self.public_key = loaded.public_key()
         self.key_id = _key_id(self.public_key)
-        self._secret_key = _load_or_create(secret_key_file, secrets.token_bytes(32))
+        self._secret_key = _load_or_create(
+            "secret_hash_key", secret_key_file, secrets.token_bytes(32)
+        )
 
     @property
     def fingerprint(self) -> str:

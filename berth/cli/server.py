@@ -75,7 +75,10 @@ def init(
     settings = settings_or_exit(data_dir=data_dir, database_url=database_url)
     if missing_data(settings) is None:
         fail(f"Berth data exists already: {shown_database(settings)}", 3)
-    initialise(settings, data_dir=data_dir if data_dir is not None else Options.data_dir)
+    try:
+        initialise(settings, data_dir=data_dir if data_dir is not None else Options.data_dir)
+    except SettingsError as exc:
+        fail(str(exc), BAD_SETTING)
     console.print(
         Text(f"Created Berth data in {settings.data_dir.absolute()} ({shown_database(settings)})")
     )

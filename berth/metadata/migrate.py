@@ -8,6 +8,7 @@ from pathlib import Path
 from alembic import command
 from alembic.config import Config
 from alembic.script import ScriptDirectory
+from sqlalchemy.exc import DBAPIError
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 
@@ -15,10 +16,15 @@ MIGRATIONS = Path(__file__).parent / "migrations"
 # nodes started together, on a fresh database or after an upgrade, migrate one at a time,
 # and the later ones find the schema current.
 MIGRATION_LOCK = 0x6265727468
+INSUFFICIENT_PRIVILEGE = "42501"  # PostgreSQL's SQLSTATE
 
 
 class NewerSchema(RuntimeError):
     """The database was migrated by a newer Berth than this one."""
+
+
+class MissingPrivilege(RuntimeError):
+    """The database user may not create or change Berth's tables (PostgreSQL's message)."""
 
 
 def alembic_config(database_url: str) -> Config:
@@ -44,8 +50,15 @@ def refuse_unknown_revisions(current: Iterable[str], script: ScriptDirectory) ->
 
 
 def upgrade(database_url: str) -> None:
-    """Bring the schema up to date; NewerSchema if a newer Berth has moved it past this one."""
+    """Bring the schema up to date; NewerSchema if a newer Berth has moved it past this one,
+    MissingPrivilege if the database user may not."""
     if database_url.startswith("sqlite"):
         path = database_url.split(":///", 1)[1]
         Path(path).parent.mkdir(parents=True, exist_ok=True)
-    command.upgrade(alembic_config(database_url), "head")
+    try:
+        command.upgrade(alembic_config(database_url), "head")
+    except DBAPIError as exc:
+        if getattr(exc.orig, "sqlstate", None) != INSUFFICIENT_PRIVILEGE:
+            raise
+        # The driver's own exception says it without the adapter's class name.
+        raise MissingPrivilege(str(exc.orig.__cause__ or exc.orig if exc.orig else exc)) from None

@@ -1,0 +1,102 @@
+"""A node set up as README's "Run several nodes" and deploy/ say: the systemd unit lets Berth
+write what deploy/berth.toml names, and what the unit cannot fix (a key file Berth cannot
+create, a database its user may not create tables in) is refused with exit status 2, which
+the unit does not restart, and a message instead of a traceback."""
+
+from __future__ import annotations
+
+import configparser
+import os
+import re
+import tomllib
+from pathlib import Path, PurePosixPath
+
+import pytest
+from sqlalchemy.engine import make_url
+
+from tests.servers import ROOT, BerthServer, PostgresCluster, serve_refused, unstarted_environ
+
+DEPLOY = ROOT / "deploy"
+
+
+def unit_service_section() -> configparser.SectionProxy:
+    unit = configparser.ConfigParser(strict=False, interpolation=None)
+    unit.optionxform = str  # type: ignore[assignment,method-assign]
+    unit.read_string((DEPLOY / "berth.service").read_text())
+    return unit["Service"]
+
+
+def writable_under_the_unit(path: PurePosixPath) -> bool:
+    """Whether deploy/berth.service (ProtectSystem=strict) lets its process write `path`."""
+    service = unit_service_section()
+    writable = [PurePosixPath(p.lstrip("-")) for p in service.get("ReadWritePaths", "").split()]
+    writable += [PurePosixPath("/var/lib") / d for d in service.get("StateDirectory", "").split()]
+    writable += [PurePosixPath("/var/cache") / d for d in service.get("CacheDirectory", "").split()]
+    return any(path.is_relative_to(directory) for directory in writable)
+
+
+def test_the_unit_lets_berth_write_every_path_the_example_settings_name() -> None:
+    text = (DEPLOY / "berth.toml").read_text()
+    settings = tomllib.loads(text)
+    # The node's blob cache is an example left commented out: an operator uncomments it.
+    (cache_dir,) = re.findall(r'^# s3_cache_dir = "([^"]+)"', text, re.MULTILINE)
+    written = {
+        "data_dir": PurePosixPath(settings["data_dir"]),
+        "token_signing_key": PurePosixPath(settings["token_signing_key"]).parent,
+        "secret_hash_key": PurePosixPath(settings["secret_hash_key"]).parent,
+        "s3_cache_dir": PurePosixPath(cache_dir),
+    }
+    for setting, path in written.items():
+        assert writable_under_the_unit(path), f"berth.service cannot write {setting}: {path}"
+    assert unit_service_section()["ProtectSystem"] == "strict"
+
+
+def test_the_unit_runs_the_berth_the_readme_installs() -> None:
+    executable = unit_service_section()["ExecStart"].split()[0]
+    readme = (ROOT / "README.md").read_text()
+    nodes = readme.split("## Run several nodes\n", 1)[1].split("\n## ", 1)[0]
+    assert f"ln -s /opt/berth/.venv/bin/berth {executable}" in nodes
+
+
+@pytest.mark.parametrize("setting", ["token_signing_key", "secret_hash_key"])
+def test_a_key_file_berth_cannot_create_is_refused_naming_its_setting(
+    tmp_path: Path, setting: str
+) -> None:
+    # A key directory under a regular file: mkdir fails (ENOTDIR), as it fails under a
+    # read-only /etc (EROFS) for a service user, which a test run as root cannot reproduce.
+    (tmp_path / "not-a-directory").write_text("")
+    key_file = tmp_path / "not-a-directory" / "keys" / "key"
+    env = unstarted_environ(tmp_path, {f"BERTH_{setting.upper()}": str(key_file)})
+    problem = " ".join(serve_refused(env).split())
+    assert f"BERTH_{setting.upper()}: cannot create the key file '{key_file}'" in problem
+    assert "Not a directory" in problem and "ReadWritePaths=" in problem
+
+
+def test_a_database_its_user_may_not_create_tables_in_is_refused_until_the_user_owns_it(
+    postgres: PostgresCluster | None, tmp_path: Path
+) -> None:
+    if postgres is None:
+        pytest.skip("PostgreSQL not installed")
+    url = postgres.create_database()  # owned by postgres, as `CREATE DATABASE berth` makes it
+    database = make_url(url).database
+    assert database is not None
+    role = f"berth_{os.getpid()}_guest"
+    postgres.sql(f"CREATE ROLE {role} LOGIN")
+    postgres.sql(f"GRANT CONNECT ON DATABASE {database} TO {role}")
+    guest_url = url.replace("postgres@", f"{role}@", 1)
+
+    env = unstarted_environ(tmp_path, {"BERTH_DATABASE_URL": guest_url})
+    problem = " ".join(serve_refused(env).split())
+    assert "permission denied for schema public" in problem
+    assert f"the user {role} may not create Berth's tables in the database {database}" in problem
+    assert f"CREATE DATABASE {database} OWNER {role}" in problem
+    assert f"GRANT CREATE ON SCHEMA public TO {role}" in problem
+
+    # As the README says: the role owns the database.
+    postgres.sql(f"ALTER DATABASE {database} OWNER TO {role}")
+    node = BerthServer(tmp_path / "owned", guest_url)
+    try:
+        node.start()
+        assert node.cli("project", "list").returncode == 0
+    finally:
+        node.stop()
