@@ -81,20 +81,43 @@ def missing_data(settings: Settings) -> str | None:
     return f"the database {shown_database(settings)} holds no Berth data"
 
 
-def where_to_point(data_dir: Path | None = None) -> str:
+def where_to_point(settings: Settings, data_dir: Path | None = None) -> str:
     """How to point a verb at existing data, or make new data, for a refusal's second line
     (`data_dir`: the --data-dir the verb was given, if any)."""
     source = setting_source("data_dir", set() if data_dir is None else {"data_dir"})
     config, found = config_file(), config_file().is_file()
     if source.endswith(", the default"):
         source = f"the default, berth-data in the working directory {Path.cwd()}"
-    return (
+    point = (
         f"(data_dir: {source}; config file: {config}{'' if found else ', not found'})\n"
         f"Point berth at the server's data with `{berth_command()} --data-dir DIR ...`, "
-        "BERTH_DATA_DIR=DIR, or data_dir (and database_url) in the file named by BERTH_CONFIG; "
-        f"`{pasteable_command('init', data_dir=data_dir)}` "
+        "BERTH_DATA_DIR=DIR, or data_dir (and database_url) in the file named by BERTH_CONFIG"
+    )
+    if _data_may_be_elsewhere(settings):
+        # `init` here would make data of its own: keys that are not the install's, or an
+        # SQLite database beside the node's PostgreSQL one.
+        return (
+            f"{point}; on a node run by systemd, with its settings: BERTH_CONFIG and the "
+            'variables of its EnvironmentFile (README: "Run several nodes").'
+        )
+    return (
+        f"{point}; `{pasteable_command('init', data_dir=data_dir)}` "
         f"(or `{pasteable_command('serve', data_dir=data_dir)}`) creates new data there."
     )
+
+
+def _data_may_be_elsewhere(settings: Settings) -> bool:
+    """Whether the settings may be missing what names an existing install's data: they name a
+    database server that holds Berth data or cannot be asked (a new data directory would
+    have keys of its own), or the data directory holds files but no SQLite database (as a
+    node whose metadata is in PostgreSQL leaves it)."""
+    if sqlite_file(settings) is None:
+        try:
+            return asyncio.run(_has_schema(settings.resolved_database_url))
+        except Exception:  # any driver's refusal: it cannot tell
+            return True
+    data_dir = settings.data_dir.absolute()
+    return data_dir.is_dir() and any(data_dir.iterdir())
 
 
 def create_data(settings: Settings) -> None:

@@ -3,10 +3,13 @@ shell finds this very program by that name (after `make run` it is `.venv/bin/be
 
 from __future__ import annotations
 
+import os
 import shlex
 import shutil
 import sys
 from pathlib import Path
+
+from berth.config import CONFIG_FILE_ENV, config_file
 
 
 def berth_command() -> str:
@@ -26,9 +29,21 @@ def berth_command() -> str:
     return shlex.quote(str(absolute))
 
 
-def pasteable_command(*words: str, data_dir: Path | None = None) -> str:
+def named_config() -> Path | None:
+    """The settings file BERTH_CONFIG names, when it is not the working directory's berth.toml
+    that a pasted command would read anyway: the server's environment (a systemd unit's) is
+    not the shell's its commands are pasted into."""
+    if CONFIG_FILE_ENV not in os.environ:
+        return None
+    named = config_file()
+    return named if named.is_file() and named != Path("berth.toml").absolute() else None
+
+
+def pasteable_command(*words: str, data_dir: Path | None = None, config: Path | None = None) -> str:
     """A `berth` command to print for the user to paste: it runs as printed from where this
-    one ran, on the same data (with `data_dir`, the --data-dir this one was given, if any:
-    the environment and the config file that named the data still do when pasted)."""
+    one ran, on the same data (with `data_dir`, the --data-dir this one was given, if any, and
+    `config`, the settings file BERTH_CONFIG named: the rest of the environment and the config
+    file that named the data still do when pasted)."""
+    named = [] if config is None else [f"{CONFIG_FILE_ENV}={shlex.quote(str(config))}"]
     given = [] if data_dir is None else ["--data-dir", str(data_dir)]
-    return " ".join([berth_command(), *map(shlex.quote, [*given, *words])])
+    return " ".join([*named, berth_command(), *map(shlex.quote, [*given, *words])])

@@ -19,7 +19,7 @@ from berth.access.keyring import KeyFileUnusable, Keyring
 from berth.addresses import public_host, public_url
 from berth.config import Settings, SettingsError, setting_source
 from berth.data_location import create_data, unreachable_database
-from berth.invocation import pasteable_command
+from berth.invocation import named_config, pasteable_command
 from berth.metadata.database import Database
 from berth.observability import metrics
 from berth.services.install import record_served_at, recorded_key_fingerprint
@@ -28,7 +28,9 @@ from berth.state import Services, unusable_storage
 
 def _bootstrap_admin(settings: Settings, url: str, *, serving: bool, data_dir: Path | None) -> None:
     """On an empty data directory, create the administrator and say once how to log in (with
-    commands that carry `data_dir`, the --data-dir given, if any)."""
+    commands that carry `data_dir`, the --data-dir given, if any, and the file BERTH_CONFIG
+    names)."""
+    config = named_config()
 
     async def bootstrap() -> tuple[str, str | None] | None:
         services = Services.build(settings)
@@ -38,7 +40,7 @@ def _bootstrap_admin(settings: Settings, url: str, *, serving: bool, data_dir: P
             await services.close()
 
     created = asyncio.run(bootstrap())
-    reset = pasteable_command("user", "set-password", "admin", data_dir=data_dir)
+    reset = pasteable_command("user", "set-password", "admin", data_dir=data_dir, config=config)
     if created is None:
         if settings.admin_password:
             print(
@@ -54,9 +56,9 @@ def _bootstrap_admin(settings: Settings, url: str, *, serving: bool, data_dir: P
         print(f"  password (shown only now): {generated}", flush=True)
     else:
         print("  password: the one given in BERTH_ADMIN_PASSWORD", flush=True)
-    serve = pasteable_command("serve", data_dir=data_dir)
+    serve = pasteable_command("serve", data_dir=data_dir, config=config)
     when = "" if serving else f" once `{serve}` runs"
-    create = pasteable_command("project", "create", "PROJECT", data_dir=data_dir)
+    create = pasteable_command("project", "create", "PROJECT", data_dir=data_dir, config=config)
     print(
         f"  Sign in to the console at {url}/console/{when} as {name!r}; create a project there (or\n"
         f"  {create}), then an access key under Access keys, and\n"
@@ -392,7 +394,9 @@ def serve(settings: Settings, flags: Collection[str] = ()) -> None:
     _record_served_at(settings)
     base = public_url(settings)
     print(f"Berth registry on {base}  (data in {settings.data_dir})")
-    reset = pasteable_command("user", "set-password", "admin", data_dir=given_dir)
+    reset = pasteable_command(
+        "user", "set-password", "admin", data_dir=given_dir, config=named_config()
+    )
     print(f"Web console: {base}/console/  (sign in as admin with its password; lost it? {reset})")
     print(f"Management API and its documentation: {base}/api/v1/docs")
     _allow_open_files(settings.max_connections)

@@ -453,6 +453,80 @@ def test_serve_prints_the_password_command_with_the_data_directory_given(
     assert not (tmp_path / "berth-data").exists()
 
 
+def test_serve_configured_by_berth_config_prints_commands_that_carry_it(tmp_path: Path) -> None:
+    """A node's unit names its settings file in BERTH_CONFIG, which the operator's shell does
+    not have: the commands `berth serve` prints carry it, and pasted into a shell without it
+    (elsewhere), they work on the node's data."""
+    config = tmp_path / "etc" / "node.toml"
+    config.parent.mkdir()
+    config.write_text(f'data_dir = "{tmp_path / "state"}"\nlisten = "127.0.0.1:{free_port()}"\n')
+    (tmp_path / "service").mkdir()
+    (tmp_path / "shell").mkdir()
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("BERTH_")}
+    server = subprocess.Popen(
+        [*BERTH, "serve"],
+        env={**clean, "BERTH_CONFIG": str(config)},
+        cwd=tmp_path / "service",
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    printed: list[str] = []
+    try:
+        assert server.stdout is not None
+        for line in server.stdout:
+            printed.append(line)
+            if "lost it? " in line:
+                break
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)
+    (hint,) = [line for line in printed if "project create PROJECT" in line]
+    create = hint.split("), then an access key", 1)[0].strip().replace("PROJECT", "demo")
+    reset = printed[-1].split("lost it? ", 1)[1].rstrip().removesuffix(")")
+    for command in (create, reset):
+        assert command.startswith(f"BERTH_CONFIG={config} "), command
+
+    def pasted(command: str, input: str | None = None) -> Typed:
+        return _typed(tmp_path / "shell", ["bash", "-c", command], input)
+
+    assert pasted(create).returncode == 0
+    assert pasted(f"{reset} --password-stdin", "a-new-password-1\n").returncode == 0
+    listed = _typed(tmp_path, [*BERTH, "--data-dir", "state", "project", "list", "--json"])
+    assert [p["name"] for p in json.loads(listed.stdout)] == ["demo"]
+    assert not (tmp_path / "shell" / "berth-data").exists()
+
+
+def test_the_refusal_suggests_no_new_data_where_the_data_may_be_elsewhere(
+    tmp_path: Path,
+) -> None:
+    """A PostgreSQL node's data directory holds files but no SQLite database, and settings that
+    name a database server may lack the install's data directory: there the refusal points at
+    the node's settings instead of `berth init`, which would make an SQLite database (or keys)
+    of its own."""
+    node_data = tmp_path / "var-lib-berth"
+    (node_data / "metrics").mkdir(parents=True)
+    cases = {
+        "node's data directory": [*BERTH, "--data-dir", str(node_data), "project", "list"],
+        "database server named": [
+            "env",
+            "BERTH_DATABASE_URL=postgresql+asyncpg://berth@127.0.0.1:1/berth",
+            *BERTH,
+            "project",
+            "list",
+        ],
+    }
+    for case, words in cases.items():
+        refused = _typed(tmp_path, words)
+        said = " ".join(refused.stderr.split())
+        assert refused.returncode == 1, (case, said)
+        assert "creates new data" not in said and "init`" not in said, (case, said)
+        assert "BERTH_CONFIG and the variables of its EnvironmentFile" in said, (case, said)
+    assert sorted(p.name for p in node_data.iterdir()) == ["metrics"]
+    assert not (tmp_path / "berth-data").exists()
+
+
 def test_status_tells_this_datas_server_from_another_on_its_address(
     server: BerthServer, tmp_path: Path
 ) -> None:

@@ -68,7 +68,7 @@ def existing_settings() -> Settings:
     settings = settings_or_exit()
     missing = missing_data(settings)
     if missing is not None:
-        fail(f"{missing}\n{where_to_point(Options.data_dir)}")
+        fail(f"{missing}\n{where_to_point(settings, Options.data_dir)}")
     if Options.verbose:
         errors.print(
             Text(

@@ -128,7 +128,7 @@ def status(json_output: JsonFlag = False) -> None:
             table.add_row("Served at", Text(f"{served} (where the last berth serve started)"))
         console.print(table)
     if missing is not None:
-        fail(f"{missing}\n{where_to_point(Options.data_dir)}")
+        fail(f"{missing}\n{where_to_point(settings, Options.data_dir)}")
 
 
 def _who_answers(settings: Settings) -> tuple[bool, bool | None]:
