@@ -74,7 +74,8 @@ def project_delete(name: str, yes: YesFlag = False, json_output: JsonFlag = Fals
     deleted = run_service(
         lambda s: s.repositories.delete_project(
             name, confirm=confirm, actor=cli_actor(), client=CLI_CLIENT
-        )
+        ),
+        uses_store=True,  # its uploads' files go
     )
     done(
         json_output,

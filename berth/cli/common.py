@@ -6,6 +6,7 @@ import asyncio
 import datetime as dt
 import getpass
 import json
+import logging
 import socket
 import sys
 from collections.abc import Awaitable, Callable
@@ -79,10 +80,28 @@ def existing_settings() -> Settings:
     return settings
 
 
-def run_service(work: Callable[[Services], Awaitable[T]]) -> T:
+class _UnusableStore(Exception):
+    """The blob store a verb needs cannot be used as configured (checked before it starts)."""
+
+
+async def _check_store(services: Services) -> None:
+    # The store logs a failure where it happens; the refusal says it here, once.
+    store_log = logging.getLogger("berth.storage")
+    was_disabled, store_log.disabled = store_log.disabled, True
+    try:
+        await services.store.check()
+    except OSError as exc:
+        raise _UnusableStore(str(exc)) from None
+    finally:
+        store_log.disabled = was_disabled
+
+
+def run_service(work: Callable[[Services], Awaitable[T]], *, uses_store: bool = False) -> T:
     """Run one service call against the configured database, migrated to the current schema.
     A refusal prints its message and exits 1 (2 for a value out of range or not one of the
-    choices, as for a bad flag; 3 when the thing exists already)."""
+    choices, as for a bad flag; 3 when the thing exists already). A verb that `uses_store`
+    is refused (2) before it changes anything when the blob store cannot be used, as `berth
+    serve` is: half done (rows deleted, files left) it would have to be undone."""
     settings = existing_settings()
     try:
         upgrade(settings.resolved_database_url)
@@ -92,12 +111,16 @@ def run_service(work: Callable[[Services], Awaitable[T]]) -> T:
     async def main() -> T:
         services = Services.build(settings)
         try:
+            if uses_store:
+                await _check_store(services)
             return await work(services)
         finally:
             await services.close()
 
     try:
         return asyncio.run(main())
+    except _UnusableStore as exc:
+        fail(f"the blob store cannot be used: {exc}", BAD_SETTING)
     except RegistryError as exc:
         # str(): what the operator is told, which may say more than a client's message (the
         # blob store's address).

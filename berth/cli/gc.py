@@ -121,7 +121,7 @@ def gc_run(
         )
 
     if json_output:
-        run = run_service(lambda s: work(s, None)).as_json()
+        run = run_service(lambda s: work(s, None), uses_store=True).as_json()
         print_json(run)
     else:
         with Progress(
@@ -132,7 +132,7 @@ def gc_run(
             console=errors,
             transient=True,
         ) as progress:
-            run = run_service(lambda s: work(s, progress)).as_json()
+            run = run_service(lambda s: work(s, progress), uses_store=True).as_json()
         _show(run)
     if run["state"] in (FAILED, ROLLED_BACK):
         raise typer.Exit(1)

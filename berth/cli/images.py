@@ -56,7 +56,7 @@ def image_list(
         # The CLI's listing shows the referrers themselves, not their count.
         return [plain(i.model_dump(exclude={"referrer_count"})) for i in found], total
 
-    items, total = run_service(work)
+    items, total = run_service(work, uses_store=True)  # platforms from image configs
     if json_output:
         print_json({"items": items, "page": page, "per_page": per_page, "total": total})
         return

@@ -132,7 +132,7 @@ def scan(
             queued = await s.scans.rescan_stale(cli_actor())
             return queued, (await s.scans.run_queued() if wait else 0)
 
-        queued, scanned = run_service(requeue)
+        queued, scanned = run_service(requeue, uses_store=wait)
         if json_output:
             print_json({"queued": queued, "scanned": scanned})
         elif wait:
@@ -165,7 +165,7 @@ def scan(
             attached = await referrers.attach(repo, name, digest, cli_actor())
         return result, attached
 
-    result, attached = run_service(work)
+    result, attached = run_service(work, uses_store=wait or attach_sbom)
     if json_output:
         if attach_sbom:
             print_json({**plain(result), "sbom_referrer": plain(attached) if attached else None})

@@ -41,7 +41,7 @@ def storage_check(
     names. Exits 1 when a blob is damaged or missing (orphans only waste space)."""
     if project is not None and all_projects:
         fail("give a PROJECT or --all, not both", 2)
-    report = run_service(lambda s: s.storage_check.run(project, repair=repair))
+    report = run_service(lambda s: s.storage_check.run(project, repair=repair), uses_store=True)
     kept = [digest for digest in report.orphans if digest not in report.orphans_removed]
     if json_output:
         print_json({**report.as_dict(), "orphans_kept": kept})

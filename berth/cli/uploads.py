@@ -90,7 +90,8 @@ def upload_cancel(
     cancelled = run_service(
         lambda s: s.uploads.cancel_in_project(
             project, upload_id, actor=cli_actor(), client=CLI_CLIENT
-        )
+        ),
+        uses_store=True,
     )
     done(
         json_output,

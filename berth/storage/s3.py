@@ -22,6 +22,7 @@ import asyncio
 import contextlib
 import itertools
 import logging
+import os
 import secrets
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Sequence
@@ -31,7 +32,12 @@ from typing import TYPE_CHECKING, Any
 
 from aiobotocore.config import AioConfig
 from aiobotocore.session import get_session
-from botocore.exceptions import BotoCoreError, ClientError
+from botocore.exceptions import (
+    BotoCoreError,
+    ClientError,
+    NoCredentialsError,
+    PartialCredentialsError,
+)
 from cachetools import LRUCache
 
 from berth.domain.digests import parse_digest
@@ -92,6 +98,16 @@ REFUSED_CREDENTIALS = (
     "the object store refused its credentials "
     "(the operator should check s3_access_key_id and s3_secret_access_key)"
 )
+NO_CREDENTIALS = (
+    "the registry has no usable credentials for the object store "
+    "(the operator should check s3_access_key_id and s3_secret_access_key)"
+)
+UNTRUSTED = "the registry cannot verify the object store (the operator should check its CA bundle)"
+# botocore's names of the credentials given explicitly, as the settings that give them.
+_CREDENTIAL_SETTINGS = {
+    "aws_access_key_id": "s3_access_key_id",
+    "aws_secret_access_key": "s3_secret_access_key",
+}
 
 
 class ObjectStoreError(Unavailable, OSError):
@@ -200,9 +216,11 @@ class S3BlobStore(BlobStore):
                     _observe_requests(client)
                     return client
 
-                client = await client_for(location.endpoint)
                 try:
                     with self._errors():
+                        if not _plain_http(location.endpoint):
+                            self._check_ca_bundle()
+                        client = await client_for(location.endpoint)
                         await client.head_bucket(Bucket=location.bucket)
                 except BaseException:
                     await self._client_stack.aclose()
@@ -257,8 +275,40 @@ class S3BlobStore(BlobStore):
             raise ObjectStoreError(
                 f"the {self.location.shown} answered {code or status}: {error.get('Message', exc)}"
             ) from exc
-        except BotoCoreError as exc:  # connection refused, timeouts, no credentials found
+        except NoCredentialsError:
+            raise ObjectStoreError(
+                f"no credentials for the {self.location.shown}: set s3_access_key_id and "
+                "s3_secret_access_key (or give them to the AWS chain: AWS_ACCESS_KEY_ID and "
+                "AWS_SECRET_ACCESS_KEY, a profile, instance metadata)",
+                NO_CREDENTIALS,
+            ) from None
+        except PartialCredentialsError as exc:
+            raise ObjectStoreError(
+                f"{_partial_credentials(exc)}, for the {self.location.shown}", NO_CREDENTIALS
+            ) from None
+        except BotoCoreError as exc:  # connection refused, timeouts
             raise ObjectStoreError(f"cannot use the {self.location.shown}: {exc}") from exc
+
+    def _check_ca_bundle(self) -> None:
+        """Refuse a CA bundle (AWS_CA_BUNDLE, or ca_bundle of the AWS config file) that names
+        no readable file: botocore says only "No such file or directory", on every request."""
+        session = get_session()
+        bundle = session.get_config_variable("ca_bundle")
+        if bundle is None:
+            return
+        try:
+            Path(bundle).open("rb").close()
+        except OSError as exc:
+            source = (
+                "AWS_CA_BUNDLE"
+                if os.environ.get("AWS_CA_BUNDLE")
+                else "ca_bundle of the AWS config file"
+            )
+            raise ObjectStoreError(
+                f"cannot use the {self.location.shown}: the CA bundle {bundle} ({source}) "
+                f"cannot be read ({exc.strerror}): correct or unset {source.split()[0]}",
+                UNTRUSTED,
+            ) from None
 
     # ------------------------------------------------------------ keys
 
@@ -818,6 +868,18 @@ class _MultipartBlobWriter(BlobWriter):
         """Drop what was written unless committed (best effort, never raises)."""
         await self._buffer.abort()
         await self._object.abort()
+
+
+def _partial_credentials(exc: PartialCredentialsError) -> str:
+    """Which credential is missing, as the setting that gives it when given explicitly."""
+    missing = str(exc.kwargs.get("cred_var", ""))
+    if exc.kwargs.get("provider") == "explicit" and missing in _CREDENTIAL_SETTINGS:
+        given = next(s for v, s in _CREDENTIAL_SETTINGS.items() if v != missing)
+        return (
+            f"{given} is set but {_CREDENTIAL_SETTINGS[missing]} is not: set both "
+            "(or neither, and the AWS chain gives them)"
+        )
+    return f"the credentials from {exc.kwargs.get('provider')} lack {missing}: give both parts"
 
 
 def _plain_http(endpoint: str | None) -> bool:

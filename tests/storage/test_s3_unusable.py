@@ -1,0 +1,148 @@
+"""Settings of the object store that cannot work, through the real `berth serve` and CLI on
+SeaweedFS: no credentials, half of them, a wrong secret, an AWS_CA_BUNDLE naming no file. Each
+is refused before anything changes (exit 2), naming what to put right, with no traceback."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.gc.conftest import GcProject, new_project
+from tests.oci import digest_of, put_manifest, random_image
+from tests.s3 import SeaweedFS
+from tests.servers import BERTH, ROOT, BerthServer, running_server, serve_refused, unstarted_environ
+
+WITHOUT_CREDENTIALS = ("BERTH_S3_ACCESS_KEY_ID", "BERTH_S3_SECRET_ACCESS_KEY")
+
+
+@pytest.fixture(scope="module")
+def gc_s3(request: pytest.FixtureRequest) -> Iterator[BerthServer]:
+    """Nodes' settings: PostgreSQL and SeaweedFS; the CLI collects with no grace period."""
+    with running_server(request, "s3-unusable", "postgres-s3") as server:
+        yield server
+
+
+@pytest.fixture
+def project(gc_s3: BerthServer) -> Iterator[GcProject]:
+    created = new_project(gc_s3)
+    yield created
+    created.close()
+
+
+def untagged_image(project: GcProject) -> tuple[str, list[str]]:
+    """An image pushed by digest only (collected with --delete-untagged): its digest, and
+    those of its blobs."""
+    manifest = random_image(project.registry, project.name(), layers=2)
+    digest = digest_of(manifest)
+    pushed = put_manifest(project.registry, project.name(), digest, manifest)
+    assert pushed.status_code == 201, pushed.text
+    document = json.loads(manifest)
+    return digest, [
+        document["config"]["digest"],
+        *(layer["digest"] for layer in document["layers"]),
+    ]
+
+
+def berth(
+    server: BerthServer, *args: str, drop: tuple[str, ...] = (), **settings: str
+) -> subprocess.CompletedProcess[str]:
+    """A CLI verb on the server's data, with environment variables left out or changed."""
+    env = {k: v for k, v in server.env.items() if k not in drop} | {"BERTH_GC_GRACE_PERIOD": "0"}
+    env |= settings
+    return subprocess.run(
+        [*BERTH, *args], env=env, capture_output=True, text=True, cwd=ROOT, timeout=120
+    )
+
+
+def test_verbs_that_use_the_store_refuse_credentials_that_cannot_work_before_changing_anything(
+    gc_s3: BerthServer, project: GcProject
+) -> None:
+    image, digests = untagged_image(project)
+    unusable: dict[str, tuple[dict[str, Any], tuple[str, ...]]] = {
+        "none": (
+            {"drop": WITHOUT_CREDENTIALS, "AWS_EC2_METADATA_DISABLED": "true"},
+            ("no credentials", "s3_access_key_id and s3_secret_access_key"),
+        ),
+        "secret only": (
+            {"drop": ("BERTH_S3_ACCESS_KEY_ID",)},
+            ("s3_secret_access_key is set but s3_access_key_id is not",),
+        ),
+        "wrong secret": (
+            {"BERTH_S3_SECRET_ACCESS_KEY": "not-the-secret"},
+            ("refused the credentials", "s3_access_key_id and s3_secret_access_key"),
+        ),
+    }
+    for case, (settings, named) in unusable.items():
+        for verb in (
+            ("gc", "run", project.project, "--delete-untagged"),
+            ("storage", "check", project.project),
+        ):
+            refused = berth(gc_s3, *verb, **settings)
+            said = " ".join(refused.stderr.split())
+            assert refused.returncode == 2, (case, verb, refused.stdout, refused.stderr)
+            assert "Traceback" not in said and not refused.stdout, (case, verb, said)
+            assert "error: the blob store cannot be used" in said, (case, verb, said)
+            assert all(words in said for words in named), (case, verb, said)
+
+    # Nothing was collected: no run, the image and every object still there.
+    assert gc_s3.cli_json("gc", "history", project.project) == []
+    assert project.has_manifest(image)
+    assert all(project.stored(digest) and project.blob_row(digest) for digest in digests)
+
+
+@pytest.fixture
+def s3_settings(seaweedfs: SeaweedFS, tmp_path: Path) -> dict[str, str]:
+    """A `berth serve` of its own on SeaweedFS, not started."""
+    return unstarted_environ(tmp_path, seaweedfs.settings_environ())
+
+
+def test_serve_refuses_half_the_credentials_naming_the_missing_setting(
+    s3_settings: dict[str, str],
+) -> None:
+    # README "Run several nodes" put only the secret in berth.env.
+    del s3_settings["BERTH_S3_ACCESS_KEY_ID"]
+    said = " ".join(serve_refused(s3_settings).split())
+    assert "s3_secret_access_key is set but s3_access_key_id is not" in said, said
+    s3_settings["BERTH_S3_ACCESS_KEY_ID"] = "berth-test-key"
+    del s3_settings["BERTH_S3_SECRET_ACCESS_KEY"]
+    said = " ".join(serve_refused(s3_settings).split())
+    assert "s3_access_key_id is set but s3_secret_access_key is not" in said, said
+
+
+def test_serve_and_the_cli_refuse_a_ca_bundle_that_names_no_file(
+    s3_settings: dict[str, str], seaweedfs: SeaweedFS, tmp_path: Path
+) -> None:
+    bundle = tmp_path / "no-such-bundle.pem"
+    https = seaweedfs.endpoint.replace("http://", "https://")
+    s3_settings |= {"AWS_CA_BUNDLE": str(bundle), "BERTH_S3_ENDPOINT": https}
+    said = " ".join(serve_refused(s3_settings).split())
+    assert f"the CA bundle {bundle} (AWS_CA_BUNDLE) cannot be read" in said, said
+    assert "Traceback" not in said
+
+    # A CLI verb on the same settings, on data a working serve made.
+    data = tmp_path / "data"
+    made = subprocess.run(
+        [*BERTH, "init"],
+        env={**s3_settings, "BERTH_S3_ENDPOINT": seaweedfs.endpoint},
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=120,
+    )
+    assert made.returncode == 0 and data.is_dir(), made.stdout + made.stderr
+    refused = subprocess.run(
+        [*BERTH, "storage", "check", "--all"],
+        env=s3_settings,
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=120,
+    )
+    said = " ".join(refused.stderr.split())
+    assert refused.returncode == 2 and "Traceback" not in said, said
+    assert f"the CA bundle {bundle} (AWS_CA_BUNDLE) cannot be read" in said, said
