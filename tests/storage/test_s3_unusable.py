@@ -1,6 +1,8 @@
 """Settings of the object store that cannot work, through the real `berth serve` and CLI on
 SeaweedFS: no credentials, half of them, a wrong secret, an AWS_CA_BUNDLE naming no file. Each
-is refused before anything changes (exit 2), naming what to put right, with no traceback."""
+is refused before anything changes (exit 2), naming what to put right, with no traceback; and
+a garbage collection whose removals the store refuses midway fails saying so in one line, and
+never counts as removed the objects still in the bucket."""
 
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ import pytest
 
 from tests.gc.conftest import GcProject, new_project
 from tests.oci import digest_of, put_manifest, random_image
-from tests.s3 import SeaweedFS
+from tests.s3 import READER_KEY_ID, SeaweedFS
 from tests.servers import BERTH, ROOT, BerthServer, running_server, serve_refused, unstarted_environ
 
 WITHOUT_CREDENTIALS = ("BERTH_S3_ACCESS_KEY_ID", "BERTH_S3_SECRET_ACCESS_KEY")
@@ -93,6 +95,45 @@ def test_verbs_that_use_the_store_refuse_credentials_that_cannot_work_before_cha
     assert gc_s3.cli_json("gc", "history", project.project) == []
     assert project.has_manifest(image)
     assert all(project.stored(digest) and project.blob_row(digest) for digest in digests)
+
+
+def test_a_collection_the_store_fails_midway_counts_nothing_removed_and_the_next_removes_it(
+    gc_s3: BerthServer, project: GcProject
+) -> None:
+    _, digests = untagged_image(project)
+    sizes = sum(len(project.blob_bytes(digest)) for digest in digests)
+
+    # A key that may read the bucket (the store is checked) but not delete from it.
+    failed = berth(
+        gc_s3,
+        "gc",
+        "run",
+        project.project,
+        "--delete-untagged",
+        "--json",
+        BERTH_S3_ACCESS_KEY_ID=READER_KEY_ID,
+    )
+    assert failed.returncode == 1, failed.stdout + failed.stderr
+    assert "Traceback" not in failed.stderr, failed.stderr
+    run = json.loads(failed.stdout)
+    failures = [line for line in failed.stderr.splitlines() if "failed" in line]
+    assert failures == [f"gc run {run['id']} failed: {run['error'].rsplit(' (', 1)[0]}"], (
+        failed.stderr
+    )
+    assert run["state"] == "failed" and "AccessDenied" in run["error"], run
+    assert run["images_deleted"] == 1 and run["blobs_deleted"] == len(digests)
+    assert (run["storage_blobs_deleted"], run["storage_bytes_freed"]) == (0, 0), run
+    assert (run["progress_done"], run["progress_total"]) == (0, len(digests)), run
+    assert all(project.stored(digest) for digest in digests)
+
+    # The next run removes what the failed one left, and counts it.
+    done = berth(gc_s3, "gc", "run", project.project, "--json")
+    assert done.returncode == 0, done.stdout + done.stderr
+    run = json.loads(done.stdout)
+    assert run["state"] == "succeeded", run
+    assert (run["storage_blobs_deleted"], run["storage_bytes_freed"]) == (len(digests), sizes)
+    assert (run["progress_done"], run["progress_total"]) == (len(digests), len(digests)), run
+    assert not any(project.stored(digest) for digest in digests)
 
 
 @pytest.fixture

@@ -296,6 +296,9 @@ class GarbageCollector:
             raise
         except RunLost as stopped:
             logger.warning("gc run %s: %s", run_id, stopped or "taken over by another process")
+        except OSError as exc:  # the blob store failed: its message says why, no traceback
+            logger.error("gc run %s failed: %s", run_id, exc)
+            await self.runs.fail(run_id, exc)
         except Exception as exc:
             logger.exception("gc run %s failed", run_id)
             await self.runs.fail(run_id, exc)

@@ -115,8 +115,13 @@ class Sweeper:
                 )
             )
             to_sweep = select(func.count()).where(gc_sweep.c.run_id == run.id).scalar_subquery()
+            # Objects whose rows are gone but which are still in the store: taken over from a
+            # failed run, or of a batch a process that died had deleted.
+            to_remove = (
+                select(func.count()).where(blob_removals.c.run_id == run.id).scalar_subquery()
+            )
             values: dict[str, Any] = {
-                "progress_total": gc_runs.c.progress_done + to_sweep,
+                "progress_total": gc_runs.c.progress_done + to_sweep + to_remove,
                 "young_blobs_kept": young_blobs,
                 "young_collectable_at": collectable,
             }
@@ -180,9 +185,16 @@ class Sweeper:
                 )
                 removed = [(row.digest, int(row.size)) for row in deleted]
                 if removed:
+                    noting = self.db.dialect_package.insert(blob_removals)
                     await conn.execute(
-                        self.db.upsert(blob_removals, ["digest"], {"run_id": run.id}),
-                        [{"digest": digest, "run_id": run.id} for digest, _ in removed],
+                        noting.on_conflict_do_update(
+                            index_elements=["digest"],
+                            set_={"run_id": run.id, "size": noting.excluded.size},
+                        ),
+                        [
+                            {"digest": digest, "run_id": run.id, "size": size}
+                            for digest, size in removed
+                        ],
                     )
             for kind, names in (("blob", digests), ("upload", upload_ids)):
                 if names:
@@ -195,35 +207,34 @@ class Sweeper:
                             gc_sweep.c.name.between(names[0], names[-1]),
                         )
                     )
-            freed = sum(size for _, size in removed)
+            # Done: what stays (linked meanwhile) and the uploads, whose files went before;
+            # a removed blob is counted once its object is gone (`_remove_objects`).
+            handled = len(digests) - len(removed) + len(upload_ids)
             await conn.execute(
                 update(gc_runs)
                 .where(gc_runs.c.id == run.id)
-                .values(
-                    progress_done=gc_runs.c.progress_done + len(digests) + len(upload_ids),
-                    storage_blobs_deleted=gc_runs.c.storage_blobs_deleted + len(removed),
-                    storage_bytes_freed=gc_runs.c.storage_bytes_freed + freed,
-                )
+                .values(progress_done=gc_runs.c.progress_done + handled)
             )
-        return len(removed), freed
+        return len(removed), sum(size for _, size in removed)
 
     async def _remove_objects(self, run: RunRow) -> None:
         """Remove from the store the objects of the blobs whose rows the run deleted, then
-        their notes, outside any transaction; pushes of those blobs wait for the notes."""
+        their notes, outside any transaction; pushes of those blobs wait for the notes. Only
+        then are they counted as removed from storage: a run the store failed never says it
+        removed what is still there."""
         while True:
             async with self.db.read() as conn:
-                digests = list(
-                    (
-                        await conn.execute(
-                            select(blob_removals.c.digest)
-                            .where(blob_removals.c.run_id == run.id)
-                            .order_by(blob_removals.c.digest)
-                            .limit(SWEEP_BATCH)
-                        )
-                    ).scalars()
-                )
-            if not digests:
+                noted = (
+                    await conn.execute(
+                        select(blob_removals.c.digest, blob_removals.c.size)
+                        .where(blob_removals.c.run_id == run.id)
+                        .order_by(blob_removals.c.digest)
+                        .limit(SWEEP_BATCH)
+                    )
+                ).all()
+            if not noted:
                 return
+            digests = [row.digest for row in noted]
             if not await self._fence(run.project_id):
                 raise RunLost("its lease is no longer surely this process's: stopped sweeping")
             # Not bounded in time: while this process is healthy its heartbeat keeps the
@@ -235,5 +246,16 @@ class Sweeper:
                 await conn.execute(
                     delete(blob_removals).where(
                         blob_removals.c.run_id == run.id, blob_removals.c.digest.in_(digests)
+                    )
+                )
+                await conn.execute(
+                    update(gc_runs)
+                    .where(gc_runs.c.id == run.id)
+                    .values(
+                        progress_done=gc_runs.c.progress_done + len(noted),
+                        storage_blobs_deleted=gc_runs.c.storage_blobs_deleted + len(noted),
+                        # A note older than its size column counts no bytes.
+                        storage_bytes_freed=gc_runs.c.storage_bytes_freed
+                        + sum(row.size or 0 for row in noted),
                     )
                 )
