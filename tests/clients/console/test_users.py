@@ -151,3 +151,30 @@ def test_the_server_administrator_manages_users_and_deletes_a_project(
     page.get_by_role("button", name="Sign out").click()
     sign_in_with(page, tenant, created, NEW_PASSWORD)
     expect(page.get_by_test_id("signed-in-user")).to_contain_text(created)
+
+
+def test_the_server_administrator_creates_a_service_account_that_gets_a_key(
+    page: Page, tenant: Tenant
+) -> None:
+    robot = f"ci-{tenant.project[3:]}"
+    sign_in_with(page, tenant, "admin", ADMIN_PASSWORD)
+    page.get_by_role("link", name="Server administration").click()
+    page.get_by_role("button", name="Create user").click()
+    dialog = page.get_by_role("dialog", name="Create user")
+    dialog.get_by_label("User name").fill(robot)
+    dialog.get_by_label("Service account").check()
+    expect(dialog.get_by_label("Password", exact=True)).to_be_hidden()
+    dialog.get_by_role("button", name="Create user").click()
+    expect(dialog).to_be_hidden()
+    users = page.get_by_role("table", name="Users")
+    expect(users.get_by_role("row").filter(has_text=robot)).to_contain_text("service account")
+
+    # A member of a project, it gets an access key there (it has no password to make one).
+    tenant.server.add_member(tenant.project, robot, "member")
+    page.goto(f"{tenant.console}#/projects/{tenant.project}/keys")
+    page.get_by_role("button", name="Create access key").click()
+    create = page.get_by_role("dialog", name="Create access key")
+    create.get_by_label("For (optional)").fill(robot)
+    create.get_by_role("button", name="Create").click()
+    created = page.get_by_role("dialog", name="Access key created")
+    expect(created.get_by_test_id("new-key-user")).to_have_text(robot)

@@ -14,6 +14,11 @@ export function newPasswordFields(label = "New password") {
   return {
     fields: [passwordField, repeatField],
     setError: (message) => passwordField.setError(message),
+    /** Off: not required, not sent, and not checked by the browser (as when hidden). */
+    setEnabled(on) {
+      password.disabled = !on;
+      repeat.disabled = !on;
+    },
     check() {
       passwordField.setError("");
       repeatField.setError("");

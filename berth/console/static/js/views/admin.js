@@ -86,7 +86,11 @@ function createUser(ctx) {
       const admin = h("input", { type: "checkbox" });
       const password = newPasswordFields("Password");
       const passwordBox = h("div", {}, password.fields);
-      kind.addEventListener("change", () => (passwordBox.hidden = kind.value !== "person"));
+      kind.addEventListener("change", () => {
+        // A hidden required field would block the submit with no message: it is disabled too.
+        passwordBox.hidden = kind.value !== "person";
+        password.setEnabled(!passwordBox.hidden);
+      });
       const problem = h("div");
       const form = h(
         "form",
