@@ -19,6 +19,7 @@ import httpx
 import pytest
 from playwright.sync_api import Browser, Locator, Page, expect
 
+from berth.domain.names import MAX_PROJECT_LENGTH
 from tests.clients.conftest import Projects
 from tests.clients.console.conftest import (
     GC_HOLD_SECONDS,
@@ -594,6 +595,26 @@ def test_the_console_fits_a_phone(browser: Browser, tenant: Tenant, test_image: 
         assert page.evaluate(width) <= PHONE["width"], "the page is wider than the phone"
     finally:
         context.close()
+
+
+def test_a_project_name_of_the_longest_length_fits_the_header(page: Page, tenant: Tenant) -> None:
+    longest = f"{tenant.project}-".ljust(MAX_PROJECT_LENGTH, "x")
+    tenant.server.create_project(longest)
+    # The server administrator's header is the fullest: every project, and the admin link.
+    page.goto(f"{tenant.console}#/projects/{longest}/repositories")
+    page.get_by_label("User name").fill("admin")
+    page.get_by_label("Password").fill(ADMIN_PASSWORD)
+    page.get_by_role("button", name="Sign in").click()
+    switcher = page.get_by_role("combobox", name="Project")
+    expect(switcher).to_have_value(longest)
+    width = "document.documentElement.scrollWidth <= window.innerWidth"
+    assert page.evaluate(width), "the page is wider than a desktop window"
+    expect(page.get_by_role("button", name="Sign out")).to_be_in_viewport()
+    page.set_viewport_size({"width": 375, "height": 812})
+    expect(page.get_by_role("button", name="Sign out")).to_be_in_viewport()
+    assert page.evaluate(width), "the page is wider than a phone"
+    # Cut short with an ellipsis, the whole name is its title.
+    expect(switcher).to_have_attribute("title", longest)
 
 
 # ------------------------------------------------------------------ images, settings, keys

@@ -94,7 +94,7 @@ function header(projectName) {
           h("span", { class: "sr-only" }, "Project"),
           h(
             "select",
-            { onchange: (e) => navigate(`/projects/${seg(e.target.value)}/repositories`) },
+            { title: projectName || false, onchange: (e) => navigate(`/projects/${seg(e.target.value)}/repositories`) },
             projectName ? null : h("option", { value: "" }, "Choose a project"),
             projects.map((p) => h("option", { value: p.name, selected: p.name === projectName }, p.name)),
           ),
