@@ -739,6 +739,34 @@ def test_a_single_platform_image_shows_its_platform_and_times_their_zone(
     expect(pushed).to_have_text(TIME_SHOWN)
 
 
+def test_a_description_of_emoji_counts_as_the_server_counts_it(page: Page, tenant: Tenant) -> None:
+    # 60 characters the server accepts (at most 100), 120 UTF-16 units in the browser.
+    emoji = "\N{WHALE}" * 60
+    tenant.create_repository("whales", description=emoji)
+    sign_in(page, tenant)
+    page.get_by_role("link", name="whales", exact=True).click()
+    page.get_by_role("tab", name="Settings").click()
+    expect(page.get_by_text("60/100")).to_be_visible()
+    page.get_by_label("Public").check()
+    page.get_by_role("button", name="Save changes").click()
+    expect(page.get_by_text("Settings saved")).to_be_visible()
+    with tenant.api() as admin:
+        saved = admin.get(f"/projects/{tenant.project}/repositories/whales").json()
+    assert (saved["visibility"], saved["description"]) == ("public", emoji)
+
+    # The Create dialog keeps every one of them.
+    open_project_page(page, tenant, "Repositories")
+    page.get_by_role("button", name="Create repository").click()
+    dialog = page.get_by_role("dialog", name="Create repository")
+    dialog.get_by_label("Repository name").fill("more-whales")
+    dialog.get_by_label("Description (optional)").fill(emoji)
+    dialog.get_by_role("button", name="Create").click()
+    expect(page.get_by_role("heading", level=1)).to_contain_text("more-whales")
+    with tenant.api() as admin:
+        created = admin.get(f"/projects/{tenant.project}/repositories/more-whales").json()
+    assert created["description"] == emoji
+
+
 def test_change_settings_then_delete_the_repository(page: Page, tenant: Tenant) -> None:
     admin = tenant.api()
     tenant.create_repository("tmp")
@@ -747,8 +775,10 @@ def test_change_settings_then_delete_the_repository(page: Page, tenant: Tenant) 
     page.get_by_role("tab", name="Settings").click()
     expect(page.get_by_label("Repository name")).to_be_disabled()
     page.get_by_label("Public").check()
-    page.get_by_label("Description (optional)").fill("x" * 120)  # the field stops at 100
-    expect(page.get_by_text("100/100")).to_be_visible()
+    page.get_by_label("Description (optional)").fill("x" * 120)
+    expect(page.get_by_text("120/100")).to_be_visible()
+    page.get_by_role("button", name="Save changes").click()
+    expect(page.get_by_text("at most 100 characters")).to_be_visible()
     page.get_by_label("Description (optional)").fill("Scratch space")
     page.get_by_role("radio", name="Auto").check()
     page.get_by_role("button", name="Save changes").click()

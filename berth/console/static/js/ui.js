@@ -330,11 +330,17 @@ export function radios(name, legend, options, value) {
   return group;
 }
 
-/** A textarea with a live `n/max` counter. */
+/** Characters as the server counts them (Python's len: code points, an emoji is one). */
+export function characters(text) {
+  return [...text].length;
+}
+
+/** A textarea with a live `n/max` counter in characters. No maxLength: the browser's counts
+ * UTF-16 units (an emoji is two) and would cut a text the server accepts; the form checks. */
 export function countedText(max, value = "", props = {}) {
-  const area = h("textarea", { maxLength: max, rows: 2, ...props }, value);
-  const counter = h("span", { class: "counter", "aria-live": "polite" }, `${value.length}/${max}`);
-  area.addEventListener("input", () => (counter.textContent = `${area.value.length}/${max}`));
+  const area = h("textarea", { rows: 2, ...props }, value);
+  const counter = h("span", { class: "counter", "aria-live": "polite" }, `${characters(value)}/${max}`);
+  area.addEventListener("input", () => (counter.textContent = `${characters(area.value)}/${max}`));
   const wrap = h("div", { class: "counted" }, area, counter);
   wrap.area = area;
   return wrap;

@@ -1,7 +1,7 @@
 import { api, query, seg } from "../api.js";
 import { imagePrefix } from "../registry.js";
 import {
-  badge, clear, countedText, emptyState, errorBox, field, h, number, openDialog, pager, radios, table, timeElement, toast,
+  badge, characters, clear, countedText, emptyState, errorBox, field, h, number, openDialog, pager, radios, table, timeElement, toast,
 } from "../ui.js";
 
 // As the API validates (berth/api/deps.py COMPONENT_PATTERN, services MAX_*).
@@ -12,7 +12,7 @@ const CONTROL = /[\x00-\x1f\x7f]/;
 const PER_PAGE = 20;
 
 export function descriptionProblem(text) {
-  if (text.length > MAX_DESCRIPTION) return `at most ${MAX_DESCRIPTION} characters`;
+  if (characters(text) > MAX_DESCRIPTION) return `at most ${MAX_DESCRIPTION} characters`;
   if (CONTROL.test(text)) return "no line breaks or control characters";
   return null;
 }
