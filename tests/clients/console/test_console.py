@@ -802,6 +802,28 @@ def test_change_settings_then_delete_the_repository(page: Page, tenant: Tenant) 
     assert admin.get(f"/projects/{tenant.project}/repositories/tmp").status_code == 404
 
 
+def test_a_dialog_closes_when_the_browser_goes_back(page: Page, tenant: Tenant) -> None:
+    sign_in(page, tenant)
+    open_project_page(page, tenant, "Access keys")
+    page.get_by_role("button", name="Create access key").click()
+    expect(page.get_by_role("dialog", name="Create access key")).to_be_visible()
+    page.go_back()
+    expect(page.get_by_role("heading", level=1, name="Repositories")).to_be_visible()
+    expect(page.get_by_role("dialog")).to_have_count(0)
+
+    # Nor does the secret stay on screen over another page.
+    page.go_forward()
+    page.get_by_role("button", name="Create access key").click()
+    page.get_by_role("dialog", name="Create access key").get_by_role(
+        "button", name="Create"
+    ).click()
+    expect(page.get_by_role("dialog", name="Access key created")).to_be_visible()
+    page.go_back()
+    expect(page.get_by_role("heading", level=1, name="Repositories")).to_be_visible()
+    expect(page.get_by_role("dialog")).to_have_count(0)
+    expect(page.get_by_test_id("new-key-secret")).to_have_count(0)
+
+
 def test_disable_enable_and_delete_an_access_key(page: Page, tenant: Tenant) -> None:
     sign_in(page, tenant)
     open_project_page(page, tenant, "Access keys")

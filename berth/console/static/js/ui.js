@@ -170,7 +170,8 @@ export function copyable(text, { label = "Copy", testid = null } = {}) {
 
 /**
  * A modal <dialog> (focus kept inside, Esc closes). `build(close)` returns its body; the
- * returned promise resolves with what `close(value)` was called with (undefined on Esc).
+ * returned promise resolves with what `close(value)` was called with (undefined on Esc, or
+ * when the page changes under it: Back, a link, a new URL typed).
  */
 export function openDialog({ title, build, wide = false, label = null }) {
   return new Promise((resolve) => {
@@ -180,7 +181,10 @@ export function openDialog({ title, build, wide = false, label = null }) {
       result = value;
       dialog.close();
     };
+    const leave = () => close(undefined);
+    window.addEventListener("hashchange", leave);
     dialog.addEventListener("close", () => {
+      window.removeEventListener("hashchange", leave);
       dialog.remove();
       resolve(result);
     });
