@@ -468,6 +468,33 @@ def test_restore_a_deleted_tag_from_the_history(
         assert v2.head(manifest_url).status_code == 200
 
 
+def test_tags_that_cannot_be_overwritten_offer_no_delete(page: Page, tenant: Tenant) -> None:
+    with tenant.api() as admin:
+        admin.post(
+            f"/projects/{tenant.project}/repositories",
+            json={"name": "fixed", "tag_overwrite": False},
+        ).raise_for_status()
+    name = f"{tenant.project}/fixed"
+    key = tenant.server.access_key(tenant.project)
+    with httpx.Client(base_url=tenant.server.url, auth=key, timeout=30) as v2:
+        blob = layer({"file": b"fixed"})
+        config = image_config(diff_ids=[diff_id(blob)])
+        push_blobs(v2, name, [blob, config])
+        push_manifest(v2, name, "v1", image_manifest(config.descriptor(), [blob.descriptor()]))
+
+    sign_in(page, tenant)
+    page.get_by_role("link", name="fixed", exact=True).click()
+    page.get_by_role("tab", name="Tags").click()
+    delete = (
+        page.get_by_role("table", name="Tags")
+        .get_by_role("row")
+        .filter(has_text="v1")
+        .get_by_role("button", name="Delete")
+    )
+    expect(delete).to_be_disabled()
+    expect(delete).to_have_attribute("title", re.compile("Tag overwrite is disabled"))
+
+
 # ------------------------------------------------------------------ roles
 
 

@@ -204,7 +204,7 @@ async function tagsTab(ctx) {
               "span",
               { class: "actions" },
               copyButton(`docker pull ${imageName(project, repo.name, t.image)}:${t.tag}`, "Copy pull"),
-              project.can_manage ? h("button", { type: "button", class: "small danger-text", onclick: () => deleteTag(ctx, t) }, "Delete") : null,
+              project.can_manage ? deleteTagButton(ctx, t) : null,
             ),
         },
       ],
@@ -213,6 +213,15 @@ async function tagsTab(ctx) {
     ),
     pager(found, (p) => ctx.navigate(`${base}/tags`, { page: p })),
   );
+}
+
+/** With tag overwrite disabled a tag always names the same image: the server refuses its
+ * deletion, so the button says why instead of offering it. */
+function deleteTagButton(ctx, tag) {
+  if (ctx.repo.tag_overwrite === false) {
+    return h("button", { type: "button", class: "small", disabled: true, title: "Tag overwrite is disabled in this repository's settings: its tags cannot be deleted." }, "Delete");
+  }
+  return h("button", { type: "button", class: "small danger-text", onclick: () => deleteTag(ctx, tag) }, "Delete");
 }
 
 async function deleteTag(ctx, tag) {
