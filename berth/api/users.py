@@ -31,6 +31,7 @@ from berth.api.deps import (
 from berth.api.problems import FieldError, responses
 from berth.api.session import SESSION_RECORD_KEY
 from berth.domain.errors import Denied, Unauthorized
+from berth.domain.names import USER_NAME_RULE
 from berth.services.sessions import ConsoleSession
 from berth.services.users import MAX_PASSWORD_LENGTH, MIN_PASSWORD_LENGTH
 
@@ -60,7 +61,7 @@ class NewUser(BaseModel):
     name: str = Field(
         pattern=COMPONENT_PATTERN,
         max_length=64,
-        description="lowercase letters, digits, '.', '_' or '-'",
+        description=USER_NAME_RULE,
     )
     password: Password | None = Field(None, description="required unless a service account")
     admin: bool = False

@@ -21,6 +21,9 @@ MAX_NAME_LENGTH = 255
 # in lowercase (host names are case-insensitive; registry names are not).
 PROJECT_RE = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
 MAX_PROJECT_LENGTH = 63
+USER_NAME_RULE = (
+    "lowercase letters and digits, with '.', '_', '__' or '-' between them, at most 64 characters"
+)
 PROJECT_NAME_RULE = (
     "lowercase letters, digits and '-' (not first or last), at most 63 characters: "
     "it becomes the first label of the project's host name"

@@ -178,3 +178,23 @@ def test_the_server_administrator_creates_a_service_account_that_gets_a_key(
     create.get_by_role("button", name="Create").click()
     created = page.get_by_role("dialog", name="Access key created")
     expect(created.get_by_test_id("new-key-user")).to_have_text(robot)
+
+
+def test_a_refused_user_name_is_told_once_and_the_hint_states_the_rule(
+    page: Page, tenant: Tenant
+) -> None:
+    sign_in_with(page, tenant, "admin", ADMIN_PASSWORD)
+    page.get_by_role("link", name="Server administration").click()
+    page.get_by_role("button", name="Create user").click()
+    dialog = page.get_by_role("dialog", name="Create user")
+    dialog.get_by_label("User name").fill("Bob!")
+    dialog.get_by_label("Password", exact=True).fill(NEW_PASSWORD)
+    dialog.get_by_label("Repeat the password").fill(NEW_PASSWORD)
+    dialog.get_by_role("button", name="Create user").click()
+    refusal = dialog.get_by_text("use lowercase letters and digits")
+    expect(refusal).to_have_count(1)
+    expect(refusal).to_be_visible()
+    expect(dialog).to_contain_text(
+        "Lowercase letters and digits, with '.', '_', '__' or '-' between them;"
+        " at most 64 characters."
+    )

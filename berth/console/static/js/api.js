@@ -13,10 +13,13 @@ export class ApiError extends Error {
     this.fieldErrors = problem.errors || [];
   }
 
-  /** The message for one request field (`name`, `description`, ...), if the API named it. */
+  /** The message for one request field (`name`, `description`, ...), if the API named it,
+   * to be shown at that field: errorBox then leaves it out. */
   forField(name) {
     const found = this.fieldErrors.find((e) => e.field === name || e.field === `body.${name}`);
-    return found ? found.message : null;
+    if (!found) return null;
+    found.shownAtField = true;
+    return found.message;
   }
 }
 

@@ -108,14 +108,19 @@ export function toast(message, kind = "info") {
   setTimeout(() => item.remove(), kind === "error" ? 8000 : 4000);
 }
 
-/** An error where it happened: the API's detail and the fields it named. */
+/** An error where it happened, each message once: the API's detail, or (when it named
+ * fields) the field messages not already shown at their fields (`err.forField`); null when
+ * every one is. */
 export function errorBox(err) {
-  const fields = (err.fieldErrors || []).filter((e) => e.field);
+  const named = err.fieldErrors || [];
+  const lines = named.length
+    ? [...new Set(named.filter((e) => !e.shownAtField).map((e) => (e.field ? `${e.field}: ${e.message}` : e.message)))]
+    : [err.message || String(err)];
+  if (!lines.length) return null;
   return h(
     "div",
     { class: "alert error", role: "alert" },
-    h("strong", {}, err.message || String(err)),
-    fields.length ? h("ul", {}, fields.map((e) => h("li", {}, `${e.field}: ${e.message}`))) : null,
+    lines.length === 1 ? h("strong", {}, lines[0]) : h("ul", {}, lines.map((line) => h("li", {}, line))),
   );
 }
 

@@ -78,7 +78,7 @@ function createUser(ctx) {
     title: "Create user",
     build(close) {
       const name = h("input", { type: "text", required: true, maxLength: 64, autocomplete: "off", spellcheck: false });
-      const nameField = field("User name", name, "Lowercase letters, digits, '.', '_' or '-'.");
+      const nameField = field("User name", name, "Lowercase letters and digits, with '.', '_', '__' or '-' between them; at most 64 characters.");
       const kind = radios("kind", "Kind", [
         ["person", "Person", "signs in to the console with a password and makes their own access keys"],
         ["service", "Service account", "for CI: access keys only, no password"],
