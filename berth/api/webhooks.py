@@ -12,10 +12,11 @@ from typing import Annotated
 from fastapi import APIRouter, Path, Response
 from pydantic import BaseModel, ConfigDict, Field
 
-from berth.api.deps import TEXT_PATTERN, AdminProject, Page, PagingDep
+from berth.api.deps import AdminProject, Page, PagingDep
 from berth.api.problems import responses
 from berth.services.webhook_events import EVENT_TYPES, EventType
 from berth.services.webhooks import (
+    DESCRIPTION_RULE,
     MAX_DESCRIPTION,
     MAX_SECRET_LENGTH,
     MIN_SECRET_LENGTH,
@@ -52,7 +53,8 @@ class NewWebhook(BaseModel):
         True, description="sign deliveries (X-Berth-Signature); false, with no secret: unsigned"
     )
     enabled: bool = True
-    description: str = Field("", max_length=MAX_DESCRIPTION, pattern=TEXT_PATTERN)
+    # No pattern: the service's refusal says what a description may be (a pattern's cannot).
+    description: str = Field("", max_length=MAX_DESCRIPTION, description=DESCRIPTION_RULE)
 
 
 class WebhookChange(BaseModel):
@@ -61,7 +63,7 @@ class WebhookChange(BaseModel):
     url: str | None = Field(None, max_length=2048)
     event_types: list[EventType] | None = Field(None, description="empty: every type")
     enabled: bool | None = None
-    description: str | None = Field(None, max_length=MAX_DESCRIPTION, pattern=TEXT_PATTERN)
+    description: str | None = Field(None, max_length=MAX_DESCRIPTION, description=DESCRIPTION_RULE)
 
 
 class EventTypeInfo(BaseModel):

@@ -32,6 +32,7 @@ MAX_WEBHOOKS = 20  # per project
 MIN_SECRET_LENGTH = 16
 MAX_SECRET_LENGTH = 128
 MAX_DESCRIPTION = 100
+DESCRIPTION_RULE = f"a description is up to {MAX_DESCRIPTION} printable characters"
 PENDING, DELIVERED, FAILED = "pending", "delivered", "failed"
 
 
@@ -126,9 +127,7 @@ def _check_secret(secret: str) -> None:
 
 def _check_description(description: str) -> None:
     if len(description) > MAX_DESCRIPTION or not description.isprintable():
-        raise InvalidValue(
-            f"a description is up to {MAX_DESCRIPTION} printable characters", "description"
-        )
+        raise InvalidValue(DESCRIPTION_RULE, "description")
 
 
 class Webhooks:

@@ -78,3 +78,19 @@ def test_add_a_webhook_send_it_a_test_event_then_push_with_skopeo(
     assert [(h["url"], h["enabled"], h["description"]) for h in hooks] == [
         (receiver.url, False, "ci")
     ]
+
+
+def test_a_description_with_a_control_character_is_told_once_what_it_may_be(
+    page: Page, tenant: Tenant
+) -> None:
+    sign_in(page, tenant)
+    open_project_page(page, tenant, "Webhooks")
+    page.get_by_role("button", name="Add webhook").click()
+    dialog = page.get_by_role("dialog", name="Add webhook")
+    dialog.get_by_label("Endpoint URL").fill("http://127.0.0.1:9/berth")
+    dialog.get_by_label("Description (optional)").fill("tab\there")
+    dialog.get_by_role("button", name="Add").click()
+    refusal = dialog.get_by_text("a description is up to 100 printable characters")
+    expect(refusal).to_have_count(1)
+    expect(refusal).to_be_visible()
+    expect(page.get_by_text("No webhooks yet")).to_be_visible()

@@ -139,7 +139,7 @@ async function createWebhook(ctx, base) {
       const events = h("fieldset", { class: "radios" }, h("legend", {}, "Events (none ticked: every event)"), boxes);
       const sign = h("input", { type: "checkbox", checked: true });
       const signField = h("fieldset", { class: "radios" }, h("legend", {}, "Signature"), h("label", {}, sign, h("span", {}, "Sign deliveries with a new secret (shown once)")));
-      const description = h("input", { type: "text", maxLength: 100, autocomplete: "off" });
+      const description = h("input", { type: "text", autocomplete: "off" });
       const descriptionField = field("Description (optional)", description);
       const problem = h("div");
       const form = h(
@@ -156,6 +156,7 @@ async function createWebhook(ctx, base) {
           close(await api.post(base, { url: url.value.trim(), event_types: chosen, sign: sign.checked, description: description.value }));
         } catch (err) {
           urlField.setError(err.forField?.("url"));
+          descriptionField.setError(err.forField?.("description"));
           clear(problem, errorBox(err));
         }
       });
