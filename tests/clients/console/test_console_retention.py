@@ -51,3 +51,18 @@ def test_retention_rules_dry_run_run_and_history(page: Page, tenant: Tenant) -> 
         tags = admin.get(f"/projects/{tenant.project}/repositories/ci/tags").json()
     assert [t["tag"] for t in tags["items"]] == ["build-2"]
     assert pushed[2].digest in {t["digest"] for t in tags["items"]}
+
+
+def test_a_rule_value_that_is_no_number_is_told_once(page: Page, tenant: Tenant) -> None:
+    sign_in(page, tenant)
+    open_project_page(page, tenant, "Policies")
+    page.get_by_role("button", name="Edit rules").click()
+    dialog = page.get_by_role("dialog", name="Retention rules")
+    dialog.get_by_role("button", name="Add rule").click()
+    dialog.get_by_label("Value").fill("abc")
+    dialog.get_by_role("button", name="Save").click()
+    refusal = dialog.get_by_text("rule 1: the number of images is a whole number, not 'abc'")
+    expect(refusal).to_have_count(1)
+    expect(dialog.get_by_label("Value")).to_have_attribute("aria-invalid", "")
+    with tenant.api() as admin:
+        assert admin.get(f"/projects/{tenant.project}/retention").json()["rules"] == []

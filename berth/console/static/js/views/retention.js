@@ -147,6 +147,18 @@ function ruleRow(rule) {
     out[spec.value] = spec.value === "pattern" ? raw : Number(raw);
     return out;
   };
+  /** What is wrong with the value, or null: Number("abc") would be sent as null, and the
+   * server's answer ("needs 'count'") would not say that a number was expected. */
+  row.problem = () => {
+    const spec = KINDS[kind.value];
+    const raw = value.value.trim();
+    const whole = spec.value === "count";
+    const ok = spec.value === "pattern" || (whole ? /^\d+$/ : /^\d+(?:\.\d+)?$/).test(raw);
+    value.toggleAttribute("aria-invalid", !ok);
+    if (ok) return null;
+    if (!raw) return `enter the number of ${spec.unit}`;
+    return `the number of ${spec.unit} is ${whole ? "a whole number" : "a number"}, not '${raw}'`;
+  };
   return row;
 }
 
@@ -177,6 +189,11 @@ async function editPolicy(ctx, base, policy) {
       form.addEventListener("submit", async (e) => {
         e.preventDefault();
         clear(problem);
+        const wrong = [...rows.children].map((r, i) => [i + 1, r.problem()]).filter(([, why]) => why).map(([n, why]) => `rule ${n}: ${why}`);
+        if (wrong.length) {
+          clear(problem, errorBox(new Error(wrong.join("; "))));
+          return;
+        }
         try {
           const rules = [...rows.children].map((r) => r.read());
           close(await api.put(base, { rules, schedule: schedule.value.trim() || null }));
