@@ -1024,6 +1024,23 @@ def test_a_project_admin_makes_a_key_for_a_service_account(page: Page, tenant: T
     expect(row.get_by_role("cell").nth(1)).to_have_text(robot)
 
 
+def test_an_access_key_error_goes_once_the_input_changes(page: Page, tenant: Tenant) -> None:
+    person = f"person-{tenant.project[3:]}"
+    tenant.server.create_user(person, "person-password")
+    tenant.server.add_member(tenant.project, person, "member")
+    sign_in(page, tenant)
+    open_project_page(page, tenant, "Access keys")
+    page.get_by_role("button", name="Create access key").click()
+    dialog = page.get_by_role("dialog", name="Create access key")
+    owner = dialog.get_by_label("For (optional)")
+    owner.fill(person)
+    dialog.get_by_role("button", name="Create").click()
+    refusal = dialog.get_by_text("is not a service account")
+    expect(refusal).to_be_visible()
+    owner.fill("")
+    expect(refusal).to_have_count(0)
+
+
 # ------------------------------------------------------------------ a project host over TLS
 
 

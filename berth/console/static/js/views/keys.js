@@ -99,9 +99,16 @@ async function createKey(ctx, base) {
         h("div", { class: "dialog-body" }, h("p", {}, `A new access key in project ${ctx.project.name}.`), ownerField, expiresField, problem),
         h("footer", {}, h("button", { type: "button", onclick: () => close() }, "Cancel"), h("button", { type: "submit", class: "primary" }, "Create")),
       );
+      // An error answers the input it was given: it goes once that changes or is sent again.
+      const clearErrors = () => {
+        clear(problem);
+        expiresField.setError(null);
+        ownerField?.setError(null);
+      };
+      form.addEventListener("input", clearErrors);
       form.addEventListener("submit", async (e) => {
         e.preventDefault();
-        clear(problem);
+        clearErrors();
         try {
           const body = { expires_at: expires.value ? `${expires.value}T23:59:59` : null };
           if (owner.value.trim()) body.user = owner.value.trim();
