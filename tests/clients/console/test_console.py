@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import datetime as dt
 import hashlib
 import http.server
 import json
@@ -1039,6 +1040,32 @@ def test_an_access_key_error_goes_once_the_input_changes(page: Page, tenant: Ten
     expect(refusal).to_be_visible()
     owner.fill("")
     expect(refusal).to_have_count(0)
+
+
+def test_a_key_expiry_date_works_through_that_day_in_utc(page: Page, tenant: Tenant) -> None:
+    day = (dt.datetime.now(dt.UTC) + dt.timedelta(days=10)).date().isoformat()
+    sign_in(page, tenant)
+    open_project_page(page, tenant, "Access keys")
+    page.get_by_role("button", name="Create access key").click()
+    dialog = page.get_by_role("dialog", name="Create access key")
+    expect(dialog).to_contain_text("works through the end of that day (23:59:59 UTC)")
+    dialog.get_by_label("Expires (optional)").fill(day)
+    dialog.get_by_role("button", name="Create").click()
+    created = page.get_by_role("dialog", name="Access key created")
+    expect(created).to_contain_text(f"until the end of {day} UTC")
+    key_id = created.get_by_test_id("new-key-id").inner_text()
+    created.get_by_role("button", name="Done").click()
+
+    row = page.get_by_role("table", name="Access keys").get_by_role("row").filter(has_text=key_id)
+    expect(row.get_by_role("cell").nth(4)).to_have_text(f"the end of {day} UTC")
+    with tenant.api() as admin:
+        (stored,) = [
+            k
+            for k in admin.get(f"/projects/{tenant.project}/keys").json()
+            if k["access_key_id"] == key_id
+        ]
+    expires = dt.datetime.fromisoformat(stored["expires_at"])
+    assert expires == dt.datetime.fromisoformat(f"{day}T23:59:59+00:00")
 
 
 # ------------------------------------------------------------------ a project host over TLS

@@ -1,6 +1,16 @@
 import { api, seg } from "../api.js";
 import { dockerLogin, loginAddress, pullSecret } from "../registry.js";
-import { badge, clear, confirmDialog, copyable, emptyState, errorBox, field, h, openDialog, table, timeElement, toast } from "../ui.js";
+import { badge, clear, confirmDialog, copyable, datetime, emptyState, errorBox, field, h, openDialog, table, timeElement, toast } from "../ui.js";
+
+/** A key's expiry in UTC, as it was chosen: a date works through the end of that day (UTC),
+ * as `berth key create --expires DATE` does; a time given to the CLI is shown to the minute.
+ * The title has it in the browser's time zone. */
+function expiryElement(iso) {
+  const utc = new Date(iso).toISOString(); // 2026-12-04T23:59:59.000Z
+  const [day, time] = [utc.slice(0, 10), utc.slice(11, 19)];
+  const text = time === "23:59:59" ? `the end of ${day} UTC` : `${day} ${time.slice(0, 5)} UTC`;
+  return h("time", { datetime: iso, title: `${datetime(iso)} in your time zone` }, text);
+}
 
 export async function keysView(main, ctx) {
   const { project, session } = ctx;
@@ -34,7 +44,7 @@ export async function keysView(main, ctx) {
         admin ? { title: "User", cell: (k) => k.user } : null,
         { title: "Created", cell: (k) => timeElement(k.created_at) },
         { title: "Last used", cell: (k) => (k.last_used_at ? timeElement(k.last_used_at) : h("span", { class: "muted" }, "never")) },
-        { title: "Expires", cell: (k) => (k.expires_at ? timeElement(k.expires_at) : h("span", { class: "muted" }, "never")) },
+        { title: "Expires", cell: (k) => (k.expires_at ? expiryElement(k.expires_at) : h("span", { class: "muted" }, "never")) },
         { title: "State", cell: (k) => badge({ active: "Active", disabled: "Disabled", expired: "Expired" }[k.state], k.state) },
         {
           title: "Actions",
@@ -91,7 +101,7 @@ async function createKey(ctx, base) {
       const owner = h("input", { type: "text", autocomplete: "off", spellcheck: false, placeholder: ctx.session.user });
       const ownerField = admin ? field("For (optional)", owner, "Leave empty for your own key, or name a service account of this project (for CI).") : null;
       const expires = h("input", { type: "date", min: new Date(Date.now() + 86400000).toISOString().slice(0, 10) });
-      const expiresField = field("Expires (optional)", expires, "Leave empty for a key that does not expire. At most 2 keys per user per project.");
+      const expiresField = field("Expires (optional)", expires, "The key works through the end of that day (23:59:59 UTC). Leave empty for a key that does not expire. At most 2 keys per user per project.");
       const problem = h("div");
       const form = h(
         "form",
@@ -110,7 +120,7 @@ async function createKey(ctx, base) {
         e.preventDefault();
         clearErrors();
         try {
-          const body = { expires_at: expires.value ? `${expires.value}T23:59:59` : null };
+          const body = { expires_at: expires.value ? `${expires.value}T23:59:59Z` : null };
           if (owner.value.trim()) body.user = owner.value.trim();
           close(await api.post(base, body));
         } catch (err) {
@@ -140,7 +150,7 @@ function showSecret(ctx, key) {
         h(
           "div",
           { class: "dialog-body" },
-          h("p", {}, "A new access key of ", h("strong", { "data-testid": "new-key-user" }, key.user), " in project ", h("strong", {}, project.name), key.expires_at ? [", until ", timeElement(key.expires_at)] : null, "."),
+          h("p", {}, "A new access key of ", h("strong", { "data-testid": "new-key-user" }, key.user), " in project ", h("strong", {}, project.name), key.expires_at ? [", until ", expiryElement(key.expires_at)] : null, "."),
           h("div", { class: "alert caution", role: "note" }, h("strong", {}, "The secret access key is shown only now."), " Copy it and keep it safe: it cannot be shown again. If it is lost, delete this key and create another."),
           h("h3", {}, "Access key ID"),
           copyable(key.access_key_id, { testid: "new-key-id" }),
