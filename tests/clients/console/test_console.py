@@ -999,18 +999,28 @@ def test_the_audit_log_shows_what_the_project_admin_did(page: Page, tenant: Tena
     expect(entry).to_contain_text("audited")
 
 
+def a_member_with_a_password(tenant: Tenant) -> str:
+    """A person (not a service account) who is a member of the tenant's project."""
+    person = f"person-{tenant.project[3:]}"
+    tenant.server.create_user(person, "person-password")
+    tenant.server.add_member(tenant.project, person, "member")
+    return person
+
+
+def create_key_dialog(page: Page, tenant: Tenant) -> Locator:
+    """Signed in as the tenant's admin, the open Create access key dialog."""
+    sign_in(page, tenant)
+    open_project_page(page, tenant, "Access keys")
+    page.get_by_role("button", name="Create access key").click()
+    return page.get_by_role("dialog", name="Create access key")
+
+
 def test_a_project_admin_makes_a_key_for_a_service_account(page: Page, tenant: Tenant) -> None:
     robot = f"ci-{tenant.project[3:]}"
     tenant.server.create_user(robot, None, service_account=True)
     tenant.server.add_member(tenant.project, robot, "member")
-    person = f"person-{tenant.project[3:]}"
-    tenant.server.create_user(person, "person-password")
-    tenant.server.add_member(tenant.project, person, "member")
-    sign_in(page, tenant)
-    open_project_page(page, tenant, "Access keys")
-
-    page.get_by_role("button", name="Create access key").click()
-    dialog = page.get_by_role("dialog", name="Create access key")
+    person = a_member_with_a_password(tenant)
+    dialog = create_key_dialog(page, tenant)
     dialog.get_by_label("For (optional)").fill(person)
     dialog.get_by_role("button", name="Create").click()
     expect(dialog.get_by_role("alert").filter(has_text="is not a service account")).to_be_visible()
@@ -1026,13 +1036,8 @@ def test_a_project_admin_makes_a_key_for_a_service_account(page: Page, tenant: T
 
 
 def test_an_access_key_error_goes_once_the_input_changes(page: Page, tenant: Tenant) -> None:
-    person = f"person-{tenant.project[3:]}"
-    tenant.server.create_user(person, "person-password")
-    tenant.server.add_member(tenant.project, person, "member")
-    sign_in(page, tenant)
-    open_project_page(page, tenant, "Access keys")
-    page.get_by_role("button", name="Create access key").click()
-    dialog = page.get_by_role("dialog", name="Create access key")
+    person = a_member_with_a_password(tenant)
+    dialog = create_key_dialog(page, tenant)
     owner = dialog.get_by_label("For (optional)")
     owner.fill(person)
     dialog.get_by_role("button", name="Create").click()
@@ -1044,10 +1049,7 @@ def test_an_access_key_error_goes_once_the_input_changes(page: Page, tenant: Ten
 
 def test_a_key_expiry_date_works_through_that_day_in_utc(page: Page, tenant: Tenant) -> None:
     day = (dt.datetime.now(dt.UTC) + dt.timedelta(days=10)).date().isoformat()
-    sign_in(page, tenant)
-    open_project_page(page, tenant, "Access keys")
-    page.get_by_role("button", name="Create access key").click()
-    dialog = page.get_by_role("dialog", name="Create access key")
+    dialog = create_key_dialog(page, tenant)
     expect(dialog).to_contain_text("works through the end of that day (23:59:59 UTC)")
     dialog.get_by_label("Expires (optional)").fill(day)
     dialog.get_by_role("button", name="Create").click()
