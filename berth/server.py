@@ -13,24 +13,34 @@ import socket
 import ssl
 import sys
 from collections.abc import Collection
+from functools import partial
 from pathlib import Path
 
 from berth.access.keyring import KeyFileUnusable, Keyring
 from berth.addresses import public_host, public_url
 from berth.config import Settings, SettingsError, setting_source
 from berth.data_location import create_data, unreachable_database
-from berth.invocation import named_config, pasteable_command
+from berth.invocation import named_config, pasteable_command, unprinted_database
 from berth.metadata.database import Database
 from berth.observability import metrics
 from berth.services.install import record_served_at, recorded_key_fingerprint
 from berth.state import Services, unusable_storage
 
 
-def _bootstrap_admin(settings: Settings, url: str, *, serving: bool, data_dir: Path | None) -> None:
+def _bootstrap_admin(
+    settings: Settings,
+    url: str,
+    *,
+    serving: bool,
+    data_dir: Path | None,
+    database_url: str | None,
+) -> None:
     """On an empty data directory, create the administrator and say once how to log in (with
-    commands that carry `data_dir`, the --data-dir given, if any, and the file BERTH_CONFIG
-    names)."""
-    config = named_config()
+    commands that carry `data_dir` and `database_url`, the --data-dir and --database-url given,
+    if any, and the file BERTH_CONFIG names)."""
+    command = partial(
+        pasteable_command, data_dir=data_dir, config=named_config(), database_url=database_url
+    )
 
     async def bootstrap() -> tuple[str, str | None] | None:
         services = Services.build(settings)
@@ -40,7 +50,7 @@ def _bootstrap_admin(settings: Settings, url: str, *, serving: bool, data_dir: P
             await services.close()
 
     created = asyncio.run(bootstrap())
-    reset = pasteable_command("user", "set-password", "admin", data_dir=data_dir, config=config)
+    reset = command("user", "set-password", "admin")
     if created is None:
         if settings.admin_password:
             print(
@@ -56,9 +66,11 @@ def _bootstrap_admin(settings: Settings, url: str, *, serving: bool, data_dir: P
         print(f"  password (shown only now): {generated}", flush=True)
     else:
         print("  password: the one given in BERTH_ADMIN_PASSWORD", flush=True)
-    serve = pasteable_command("serve", data_dir=data_dir, config=config)
+    serve = command("serve")
     when = "" if serving else f" once `{serve}` runs"
-    create = pasteable_command("project", "create", "PROJECT", data_dir=data_dir, config=config)
+    create = command("project", "create", "PROJECT")
+    if note := unprinted_database(database_url):
+        print(f"  {note}", flush=True)
     print(
         f"  Sign in to the console at {url}/console/{when} as {name!r}; create a project there (or\n"
         f"  {create}), then an access key under Access keys, and\n"
@@ -98,13 +110,26 @@ def _connection_limits(settings: Settings) -> list[str]:
     ]
 
 
-def initialise(settings: Settings, *, serving: bool = False, data_dir: Path | None = None) -> None:
+def initialise(
+    settings: Settings,
+    *,
+    serving: bool = False,
+    data_dir: Path | None = None,
+    database_url: str | None = None,
+) -> None:
     """Create the data directory and database (where missing) and, on an empty database, the
-    administrator: what `berth init` does, and `berth serve` before serving. `data_dir`: the
-    --data-dir given, which the commands printed carry."""
+    administrator: what `berth init` does, and `berth serve` before serving. `data_dir` and
+    `database_url`: the --data-dir and --database-url given, which the commands printed
+    carry."""
     create_data(settings)
     _keyring(settings)  # created here, so that a key file that cannot be is refused plainly
-    _bootstrap_admin(settings, public_url(settings), serving=serving, data_dir=data_dir)
+    _bootstrap_admin(
+        settings,
+        public_url(settings),
+        serving=serving,
+        data_dir=data_dir,
+        database_url=database_url,
+    )
 
 
 def _check_tls(settings: Settings, flags: Collection[str]) -> None:
@@ -388,15 +413,23 @@ def serve(settings: Settings, flags: Collection[str] = ()) -> None:
     _claims = claim_ports(settings, flags)
     check(settings, flags)
     given_dir = settings.data_dir if "data_dir" in flags else None  # as given, for commands
+    given_url = settings.database_url if "database_url" in flags else None
     settings.data_dir = settings.data_dir.resolve()
-    initialise(settings, serving=True, data_dir=given_dir)
+    initialise(settings, serving=True, data_dir=given_dir, database_url=given_url)
     check_keys(settings)
     _record_served_at(settings)
     base = public_url(settings)
     print(f"Berth registry on {base}  (data in {settings.data_dir})")
     reset = pasteable_command(
-        "user", "set-password", "admin", data_dir=given_dir, config=named_config()
+        "user",
+        "set-password",
+        "admin",
+        data_dir=given_dir,
+        config=named_config(),
+        database_url=given_url,
     )
+    if note := unprinted_database(given_url):
+        print(note)
     print(f"Web console: {base}/console/  (sign in as admin with its password; lost it? {reset})")
     print(f"Management API and its documentation: {base}/api/v1/docs")
     _allow_open_files(settings.max_connections)

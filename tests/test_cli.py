@@ -425,12 +425,71 @@ def test_init_and_the_refusal_print_commands_that_work_with_the_data_directory_g
     assert [p["name"] for p in json.loads(listed.stdout)] == ["demo"]
 
 
-def test_serve_prints_the_password_command_with_the_data_directory_given(
+def _printed_create(stdout: str) -> str:
+    """The `project create` command init's sign-in hint prints, for a project `demo`."""
+    (hint,) = [line for line in stdout.splitlines() if "project create" in line]
+    return hint.split("), then an access key", 1)[0].strip().replace("PROJECT", "demo")
+
+
+def test_init_with_a_database_url_prints_commands_that_carry_it(tmp_path: Path) -> None:
+    """The database given with --database-url is named in the commands init prints, so pasted
+    into a shell without it they work on that database, not a new one in the data directory."""
+    database = tmp_path / "elsewhere.db"
+    url = f"sqlite+aiosqlite:///{database}"
+    initialised = _typed(tmp_path, [*BERTH, "--data-dir", "mine", "init", "--database-url", url])
+    assert initialised.returncode == 0, initialised.stderr
+    create = _printed_create(initialised.stdout)
+    assert shlex.split(create)[0] == f"BERTH_DATABASE_URL={url}"
+    assert _typed(tmp_path, ["bash", "-c", create]).returncode == 0
+    listed = _typed(tmp_path, [*BERTH, "--data-dir", "mine", "project", "list", "--json"])
+    assert listed.returncode == 1 and "no Berth data" in listed.stderr  # not in mine/berth.db
+    named = _typed(
+        tmp_path,
+        ["env", f"BERTH_DATABASE_URL={url}", *BERTH, "--data-dir", "mine", "project", "list"],
+    )
+    assert "demo" in named.stdout, named.stderr
+
+
+def test_init_never_prints_a_database_password_and_says_how_to_name_the_database(
+    tmp_path: Path, postgres: PostgresCluster | None
+) -> None:
+    """A --database-url with a password is not printed (a server's banner goes to its log):
+    init says to set BERTH_DATABASE_URL, and with it set the printed commands work."""
+    if postgres is None:
+        pytest.skip("PostgreSQL not installed")
+    url = postgres.create_database().replace("postgres@", "postgres:pg-secret-9@")
+    initialised = _typed(tmp_path, [*BERTH, "--data-dir", "d", "init", "--database-url", url])
+    assert initialised.returncode == 0, initialised.stderr
+    assert "pg-secret-9" not in initialised.stdout + initialised.stderr
+    assert "once BERTH_DATABASE_URL holds that URL" in initialised.stdout
+    create = _printed_create(initialised.stdout)
+    assert shlex.split(create)[1:] == ["--data-dir", "d", "project", "create", "demo"]
+    pasted = _typed(tmp_path, ["env", f"BERTH_DATABASE_URL={url}", "bash", "-c", create])
+    assert pasted.returncode == 0, pasted.stderr
+
+
+def test_init_on_a_database_server_that_does_not_answer_is_refused_plainly(
     tmp_path: Path,
 ) -> None:
+    url = f"postgresql+asyncpg://berth:pg-secret-9@127.0.0.1:{free_port()}/berth"
+    refused = _typed(tmp_path, [*BERTH, "--data-dir", "d", "init", "--database-url", url])
+    assert refused.returncode == 2
+    assert refused.stderr.startswith("error: --database-url: cannot open the database")
+    assert "Traceback" not in refused.stderr and "pg-secret-9" not in refused.stderr
+    assert not (tmp_path / "d").exists()
+
+
+@pytest.mark.parametrize("database", ["in the data directory", "given by --database-url"])
+def test_serve_prints_the_password_command_with_the_data_directory_given(
+    tmp_path: Path, database: str
+) -> None:
     """`berth --data-dir DIR serve`'s banner names the command that sets the administrator's
-    password with that directory: pasted as printed, it sets it there."""
+    password with that directory (and the --database-url given): pasted as printed, it sets it
+    there."""
     command = [*BERTH, "--data-dir", "served", "serve", "--listen", f"127.0.0.1:{free_port()}"]
+    url = f"sqlite+aiosqlite:///{tmp_path / 'elsewhere.db'}"
+    if database == "given by --database-url":
+        command += ["--database-url", url]
     server = subprocess.Popen(
         command,
         env={k: v for k, v in os.environ.items() if not k.startswith("BERTH_")},
@@ -447,8 +506,12 @@ def test_serve_prints_the_password_command_with_the_data_directory_given(
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(timeout=30)
     printed = banner.split("lost it? ", 1)[1].rstrip().removesuffix(")")
-    assert shlex.split(printed)[1:] == ["--data-dir", "served", "user", "set-password", "admin"]
-    reset = _typed(tmp_path, [*shlex.split(printed), "--password-stdin"], "a-new-password-1\n")
+    words = shlex.split(printed)
+    if database == "given by --database-url":
+        assert words.pop(0) == f"BERTH_DATABASE_URL={url}"
+    assert words[1:] == ["--data-dir", "served", "user", "set-password", "admin"]
+    pasted = ["bash", "-c", f"{printed} --password-stdin"]
+    reset = _typed(tmp_path, pasted, "a-new-password-1\n")
     assert reset.returncode == 0, reset.stderr
     assert not (tmp_path / "berth-data").exists()
 

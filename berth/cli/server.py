@@ -24,8 +24,13 @@ from berth.cli.common import (
     print_json,
     settings_or_exit,
 )
-from berth.config import Settings, SettingsError, config_file
-from berth.data_location import missing_data, shown_database, where_to_point
+from berth.config import Settings, SettingsError, config_file, setting_source
+from berth.data_location import (
+    missing_data,
+    shown_database,
+    unreachable_database,
+    where_to_point,
+)
 from berth.metadata.database import Database
 from berth.services.install import served_at
 
@@ -73,10 +78,17 @@ def init(
     from berth.server import initialise
 
     settings = settings_or_exit(data_dir=data_dir, database_url=database_url)
+    if (problem := unreachable_database(settings)) is not None:
+        given = {"database_url"} if database_url is not None else set()
+        fail(f"{setting_source('database_url', given)}: {problem}", BAD_SETTING)
     if missing_data(settings) is None:
         fail(f"Berth data exists already: {shown_database(settings)}", 3)
     try:
-        initialise(settings, data_dir=data_dir if data_dir is not None else Options.data_dir)
+        initialise(
+            settings,
+            data_dir=data_dir if data_dir is not None else Options.data_dir,
+            database_url=database_url,
+        )
     except SettingsError as exc:
         fail(str(exc), BAD_SETTING)
     console.print(
