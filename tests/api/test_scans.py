@@ -25,6 +25,7 @@ from tests.unit.services.test_scanning_layers import (
     layer,
     npm_package,
     pip_installed,
+    zeros_layer,
 )
 from tests.webhook_receiver import Receiver, receiving
 
@@ -115,6 +116,24 @@ def test_a_pushed_image_is_scanned_in_the_background(team: Team, app_layers: lis
     assert document["metadata"]["component"]["version"] == image.digest
     purls = {c.get("purl") for c in document["components"]}
     assert {"pkg:pypi/requests@2.30.0", "pkg:npm/ms@0.7.0"} <= purls
+
+
+def test_a_decompression_bomb_layer_fails_its_scan_at_once_saying_why(team: Team) -> None:
+    """1 GiB of zeros in a 1 MB gzip layer: the scan fails as it reads the layer's first
+    header, instead of inflating all of it while every other scan waits."""
+    services(
+        team.server,
+        lambda s: s.repositories.create(team.project, "bomb", scan_mode="auto", actor="test"),
+    )
+    bomb = Blob(zeros_layer(1024**3), OCI_LAYER_GZIP)
+    image = push(team, "bomb", [bomb], "v1")
+    result = wait_done(team["reader"], team.repo_url(f"/images/{image.digest}/scan", "bomb"))
+    assert result["state"] == "failed"
+    assert result["reason"].endswith(
+        f"the layer inflates to more than 268,435,456 bytes from {bomb.size:,} compressed "
+        "(a decompression bomb?): a scan reads a layer up to 100 times its compressed size, "
+        "or 256 MiB if that is more"
+    ), result["reason"]
 
 
 def test_a_manual_scan_on_request(team: Team, app_layers: list[Blob]) -> None:

@@ -15,11 +15,14 @@ import hashlib
 import io
 import json
 import lzma
+import struct
 import subprocess
 import sys
 import tarfile
+import time
 import tracemalloc
 import zipfile
+import zlib
 from pathlib import Path
 
 import pytest
@@ -61,6 +64,32 @@ def layer(entries: list[Entry]) -> bytes:
         for info, data in entries:
             tar.addfile(info, io.BytesIO(data) if data is not None else None)
     return gzip.compress(raw.getvalue(), compresslevel=1)
+
+
+def zeros_layer(size: int) -> bytes:
+    """A gzip layer of one file of `size` zeros (a whole number of MiB), about 1000 times
+    smaller: a decompression bomb. Each MiB compresses to the same bytes after a full flush,
+    so it is compressed once and repeated; the stream is a complete gzip file."""
+    info = tarfile.TarInfo("zeros")
+    info.size = size
+    header = info.tobuf(format=tarfile.USTAR_FORMAT)
+    mib = bytes(1024 * 1024)
+    deflate = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
+    start = deflate.compress(header) + deflate.flush(zlib.Z_FULL_FLUSH)
+    deflate.compress(mib)
+    deflate.flush(zlib.Z_FULL_FLUSH)
+    piece = deflate.compress(mib) + deflate.flush(zlib.Z_FULL_FLUSH)
+    assert deflate.compress(mib) + deflate.flush(zlib.Z_FULL_FLUSH) == piece
+    end_of_archive = bytes(2 * tarfile.BLOCKSIZE)
+    end = deflate.compress(end_of_archive) + deflate.flush()
+    crc = zlib.crc32(header)
+    for _ in range(size // len(mib)):
+        crc = zlib.crc32(mib, crc)
+    crc = zlib.crc32(end_of_archive, crc)
+    total = len(header) + size + len(end_of_archive)
+    gzip_header = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x02\xff"
+    trailer = struct.pack("<II", crc, total & 0xFFFFFFFF)
+    return gzip_header + start + piece * (size // len(mib)) + end + trailer
 
 
 def ar_members(path: Path) -> dict[str, bytes]:
@@ -329,7 +358,8 @@ def test_too_many_entries_are_refused() -> None:
 
 
 def test_a_layer_that_inflates_is_read_in_bounded_memory() -> None:
-    """100 MiB of zeros (about 100 kB compressed) pass through without being held."""
+    """100 MiB of zeros (about 100 kB compressed) pass through without being held: a small
+    layer of zeros is read, however far it inflates (MIN_INFLATION_BOUND)."""
     size = 100 * 1024 * 1024
     info = tarfile.TarInfo("usr/share/big")
     info.size = size
@@ -345,13 +375,33 @@ def test_a_layer_that_inflates_is_read_in_bounded_memory() -> None:
 
     tracemalloc.start()
     try:
-        changes = read_layer(io.BytesIO(bomb))
+        changes = read_layer(io.BytesIO(bomb), compressed_size=len(bomb))
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
 
     assert changes.files == {}
     assert peak < 16 * 1024 * 1024, peak
+
+
+def test_a_layer_that_inflates_far_more_than_real_layers_is_refused_at_once() -> None:
+    """1 GiB of zeros from 1 MB: past MAX_INFLATION times its size, it is refused as its
+    header is read, not after the scanner has inflated all of it."""
+    bomb = zeros_layer(1024**3)
+    assert len(bomb) < 1024**3 / 1000
+    with tarfile.open(fileobj=io.BytesIO(zeros_layer(2 * 1024 * 1024)), mode="r:gz") as small:
+        [member] = small.getmembers()  # the builder makes a complete, valid gzip tar
+        assert small.extractfile(member).read() == bytes(2 * 1024 * 1024)  # type: ignore[union-attr]
+
+    started = time.monotonic()
+    with pytest.raises(LayerRefused) as refused:
+        read_layer(io.BytesIO(bomb), compressed_size=len(bomb))
+    assert time.monotonic() - started < 1
+    assert str(refused.value) == (
+        f"the layer inflates to more than 268,435,456 bytes from {len(bomb):,} compressed "
+        "(a decompression bomb?): a scan reads a layer up to 100 times its compressed size, "
+        "or 256 MiB if that is more"
+    )
 
 
 def test_a_layer_the_scanner_cannot_read_says_why(tmp_path: Path) -> None:
@@ -426,6 +476,12 @@ def test_a_scan_reads_a_bounded_amount_however_often_a_manifest_lists_a_layer(
     monkeypatch.setattr(layers_module, "MAX_IMAGE_BYTES", 3 * 1024 * 1024)
     zeros = layer([file_entry("zeros", bytes(1024 * 1024))])
     assert len(zeros) < 16 * 1024
+    assert scan(store, [zeros] * 2).packages == []
+    with pytest.raises(LayerRefused, match="layers hold more than 3145728 bytes uncompressed"):
+        scan(store, [zeros] * 4)
+    # Bounded by what was pushed, too: the layer once, not each time it is listed.
+    monkeypatch.setattr(layers_module, "MAX_IMAGE_BYTES", 64 * 1024**3)
+    monkeypatch.setattr(layers_module, "MIN_INFLATION_BOUND", 3 * 1024 * 1024)
     assert scan(store, [zeros] * 2).packages == []
     with pytest.raises(LayerRefused, match="layers hold more than 3145728 bytes uncompressed"):
         scan(store, [zeros] * 4)
