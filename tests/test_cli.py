@@ -61,6 +61,9 @@ def test_cli_errors_are_clear(tmp_path: Path) -> None:
     assert bad.returncode == 1 and "invalid repository name" in bad.stderr
     long = berth.cli("repo", "create", "demo/app", "--description", "x" * 101, check=False)
     assert long.returncode == 2 and "at most 100" in long.stderr  # a value out of range
+    lines = berth.cli("repo", "create", "demo/app", "--description", "two\nlines", check=False)
+    assert lines.returncode == 2, lines.stderr  # as the API refuses it
+    assert "with no line breaks or control characters; this one has '\\n'" in lines.stderr
     assert berth.cli("repo", "create", "demo", check=False).returncode == 2
 
 

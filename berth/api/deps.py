@@ -28,11 +28,13 @@ without a role learns nothing about a project.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Annotated, Generic, TypeVar
 
 from fastapi import Depends, Path, Query, Request
-from pydantic import BaseModel, Field
+from pydantic import AfterValidator, BaseModel, Field
+from pydantic_core import PydanticCustomError
 
 from berth.access.credentials import KEY_ID_PATTERN
 from berth.access.identify import Surface, Via
@@ -55,6 +57,20 @@ TAG_PATTERN = r"^[a-zA-Z0-9_][a-zA-Z0-9._-]{0,127}$"
 DIGEST_PATTERN = r"^[a-z0-9]+(?:[+._-][a-z0-9]+)*:[a-zA-Z0-9=_-]+$"
 # Free text typed by people (descriptions, searches): no control characters.
 TEXT_PATTERN = r"^[^\x00-\x1f\x7f]*$"
+
+
+def follows(problem: Callable[[str], str | None]) -> AfterValidator:
+    """A check of a text field whose refusal is `problem`'s message (its rule, in words), with
+    the other fields' problems (a pattern's refusal cannot say what the field may hold)."""
+
+    def check(value: str) -> str:
+        message = problem(value)
+        if message is not None:
+            raise PydanticCustomError("rule", "{rule}", {"rule": message})
+        return value
+
+    return AfterValidator(check)
+
 
 ProjectName = Annotated[
     str, Path(pattern=COMPONENT_PATTERN, max_length=63, description="project name")

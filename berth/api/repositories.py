@@ -15,25 +15,30 @@ from berth.api.deps import (
     PagingDep,
     ReadProject,
     RepositoryName,
+    follows,
 )
 from berth.api.problems import FieldError, responses
 from berth.auth.guard import client_address
 from berth.services.repositories import (
+    DESCRIPTION_RULE,
     MAX_DESCRIPTION,
     MAX_REPOSITORY_NAME,
     Repository,
     ScanMode,
     Visibility,
+    description_problem,
 )
 
 router = APIRouter(prefix="/projects/{project}/repositories", tags=["repositories"])
 
+# Checked by the service's own rule, so a refusal says what a description may be; the schema
+# states the same bounds.
 Description = Annotated[
     str,
+    follows(description_problem),
     Field(
-        max_length=MAX_DESCRIPTION,
-        pattern=TEXT_PATTERN,
-        description=f"at most {MAX_DESCRIPTION} characters",
+        description=DESCRIPTION_RULE,
+        json_schema_extra={"maxLength": MAX_DESCRIPTION, "pattern": TEXT_PATTERN},
     ),
 ]
 

@@ -54,6 +54,11 @@ from berth.storage.base import BlobStore
 REPOSITORY_CACHE_SECONDS = 1.0
 REPOSITORY_CACHE_SIZE = 10_000
 MAX_DESCRIPTION = 100
+# In the words the console checks a description with before sending it (views/repositories.js).
+DESCRIPTION_RULE = (
+    f"a description is at most {MAX_DESCRIPTION} characters, with no line breaks or control "
+    "characters"
+)
 # A repository name leaves room for the project and an image path in a 255-character OCI name.
 MAX_REPOSITORY_NAME = 128
 Visibility = Literal["public", "private"]
@@ -573,12 +578,20 @@ class Repositories:
         ]
 
 
-def _check_description(description: str) -> None:
+def description_problem(description: str) -> str | None:
+    """Why `description` cannot describe a repository, for a person; None when it can."""
     if len(description) > MAX_DESCRIPTION:
-        raise InvalidValue(
-            f"description is {len(description)} characters; at most {MAX_DESCRIPTION}",
-            "description",
-        )
+        return f"{DESCRIPTION_RULE}; this one has {len(description)} characters"
+    control = next((c for c in description if c < " " or c == "\x7f"), None)
+    if control is not None:
+        return f"{DESCRIPTION_RULE}; this one has {control!r}"
+    return None
+
+
+def _check_description(description: str) -> None:
+    problem = description_problem(description)
+    if problem is not None:
+        raise InvalidValue(problem, "description")
 
 
 def _check_scan_mode(scan_mode: str) -> None:

@@ -116,6 +116,33 @@ def test_create_validation_names_the_field(
     assert body_["code"] == "VALIDATION_FAILED"
 
 
+RULE = "a description is at most 100 characters, with no line breaks or control characters"
+
+
+def test_a_refused_description_is_told_the_rule_with_the_other_fields(shared_team: Team) -> None:
+    """API users learn what a description may hold, as the console says it, together with
+    what else is wrong."""
+    team = shared_team
+    body = {"name": "Bad_Name", "description": "ring \u0007 the bell"}
+    refused = assert_problem(team.admin.post(team.url("/repositories"), json=body), 422)
+    assert {e["field"]: e["message"] for e in refused["errors"]} == {
+        "name": "use lowercase letters and digits, with '.', '_', '__' or '-' between them",
+        "description": f"{RULE}; this one has '\\x07'",
+    }
+    changes = {"description": "two\nlines"}
+    refused = assert_problem(team.admin.patch(team.repo_url(), json=changes), 422)
+    assert refused["errors"] == [{"field": "description", "message": f"{RULE}; this one has '\\n'"}]
+    refused = assert_problem(
+        team.admin.patch(team.repo_url(), json={"description": "é" * 101}), 422
+    )
+    assert refused["detail"] == f"description: {RULE}; this one has 101 characters"
+    search = team.admin.get(team.url("/repositories"), params={"q": "a\tb"})
+    refused = assert_problem(search, 422)
+    assert refused["errors"] == [
+        {"field": "query.q", "message": "a search has no line breaks or control characters"}
+    ]
+
+
 def test_malformed_bodies_and_parameters(team: Team) -> None:
     response = team.admin.post(
         team.url("/repositories"),
