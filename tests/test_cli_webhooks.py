@@ -88,6 +88,20 @@ def test_private_url_refused_without_the_setting(sqlite_server: BerthServer) -> 
     assert refused.returncode == 2  # a value the settings refuse, as a bad flag
     assert "the cloud metadata address" in refused.stderr
     assert "BERTH_WEBHOOK_ALLOW_PRIVATE" in refused.stderr
+    both = sqlite_server.cli(
+        "webhook",
+        "create",
+        "clihooks2",
+        "ftp://example.com/",
+        "--description",
+        "a\tb",
+        check=False,
+    )
+    assert both.returncode == 2
+    assert (
+        "url: the URL must start with http:// or https://; "
+        "description: a description is up to 100 printable characters"
+    ) in " ".join(both.stderr.split())
 
 
 def test_the_setting_the_refusal_names_lets_the_cli_make_a_private_endpoint(

@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from berth.api.deps import AdminProject, Page, PagingDep
 from berth.api.problems import responses
+from berth.services.webhook_addresses import MAX_URL_LENGTH
 from berth.services.webhook_events import EVENT_TYPES, EventType
 from berth.services.webhooks import (
     DESCRIPTION_RULE,
@@ -35,35 +36,40 @@ WebhookId = Annotated[int, Path(ge=1, le=2**31 - 1, description="webhook id")]
 class NewWebhook(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
+    # Lengths and forms are checked by the service, so one refusal names every field at
+    # fault (with the URL's, which needs the network); the schema states the same bounds.
     url: str = Field(
-        max_length=2048,
         description="http(s) URL the events are POSTed to; its host must resolve to public "
         "addresses unless the server allows private ones (webhook_allow_private)",
+        json_schema_extra={"maxLength": MAX_URL_LENGTH},
     )
     event_types: list[EventType] = Field(
         default_factory=list, description="the event types to send; empty: every type"
     )
     secret: str | None = Field(
         None,
-        min_length=MIN_SECRET_LENGTH,
-        max_length=MAX_SECRET_LENGTH,
         description="your own signing secret; without one, a secret is made (with `sign`)",
+        json_schema_extra={"minLength": MIN_SECRET_LENGTH, "maxLength": MAX_SECRET_LENGTH},
     )
     sign: bool = Field(
         True, description="sign deliveries (X-Berth-Signature); false, with no secret: unsigned"
     )
     enabled: bool = True
     # No pattern: the service's refusal says what a description may be (a pattern's cannot).
-    description: str = Field("", max_length=MAX_DESCRIPTION, description=DESCRIPTION_RULE)
+    description: str = Field(
+        "", description=DESCRIPTION_RULE, json_schema_extra={"maxLength": MAX_DESCRIPTION}
+    )
 
 
 class WebhookChange(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    url: str | None = Field(None, max_length=2048)
+    url: str | None = Field(None, json_schema_extra={"maxLength": MAX_URL_LENGTH})
     event_types: list[EventType] | None = Field(None, description="empty: every type")
     enabled: bool | None = None
-    description: str | None = Field(None, max_length=MAX_DESCRIPTION, description=DESCRIPTION_RULE)
+    description: str | None = Field(
+        None, description=DESCRIPTION_RULE, json_schema_extra={"maxLength": MAX_DESCRIPTION}
+    )
 
 
 class EventTypeInfo(BaseModel):

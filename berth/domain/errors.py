@@ -5,6 +5,8 @@ Services raise these; the HTTP layer renders them as the spec's JSON error body.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any
 
 
@@ -104,6 +106,33 @@ class InvalidValue(RegistryError):
     def __init__(self, message: str, field: str | None = None) -> None:
         super().__init__(message, [{"field": field, "message": message}] if field else None)
         self.field = field
+
+
+class Refusals:
+    """The InvalidValues of several checks, refused as one naming every field at fault, so a
+    user fixes them all at once instead of learning of one per attempt."""
+
+    def __init__(self) -> None:
+        self.found: list[InvalidValue] = []
+
+    @contextlib.contextmanager
+    def check(self) -> Iterator[None]:
+        """Run a check; its InvalidValue is kept for `refuse`."""
+        try:
+            yield
+        except InvalidValue as refusal:
+            self.found.append(refusal)
+
+    def refuse(self) -> None:
+        """Raise what was found: one refusal as it is, several as one InvalidValue."""
+        if len(self.found) == 1:
+            raise self.found[0]
+        if self.found:
+            combined = InvalidValue(
+                "; ".join(f"{r.field}: {r.message}" if r.field else r.message for r in self.found)
+            )
+            combined.detail = [entry for r in self.found for entry in r.detail or []]
+            raise combined
 
 
 class NotFound(RegistryError):

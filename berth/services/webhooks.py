@@ -12,7 +12,7 @@ from pydantic import Field
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from berth.domain.errors import Conflict, InvalidValue, NotFound
+from berth.domain.errors import Conflict, InvalidValue, NotFound, Refusals
 from berth.metadata.audit import write_audit_entry
 from berth.metadata.database import Database
 from berth.metadata.lookups import count_in_project, require_project
@@ -150,12 +150,19 @@ class Webhooks:
     ) -> CreatedWebhook:
         """Add an endpoint. With `sign` and no `secret`, a secret is made; it is returned now
         and never again."""
-        await check_url(url, allow_private=self.allow_private)
-        types = _event_types(event_types)
-        _check_description(description)
+        refusals = Refusals()
+        with refusals.check():
+            await check_url(url, allow_private=self.allow_private)
+        types = ""
+        with refusals.check():
+            types = _event_types(event_types)
+        with refusals.check():
+            _check_description(description)
         if secret is not None:
-            _check_secret(secret)
-        elif sign:
+            with refusals.check():
+                _check_secret(secret)
+        refusals.refuse()
+        if secret is None and sign:
             secret = secrets.token_urlsafe(32)
         now = utcnow()
         async with self.db.write() as conn:
@@ -234,16 +241,21 @@ class Webhooks:
     ) -> Webhook:
         """Change what is given (None: unchanged; `event_types` [] means every type)."""
         values: dict[str, Any] = {}
+        refusals = Refusals()
         if url is not None:
-            await check_url(url, allow_private=self.allow_private)
-            values["url"] = url
+            with refusals.check():
+                await check_url(url, allow_private=self.allow_private)
+                values["url"] = url
         if event_types is not None:
-            values["event_types"] = _event_types(event_types)
+            with refusals.check():
+                values["event_types"] = _event_types(event_types)
         if enabled is not None:
             values["enabled"] = enabled
         if description is not None:
-            _check_description(description)
-            values["description"] = description
+            with refusals.check():
+                _check_description(description)
+                values["description"] = description
+        refusals.refuse()
         async with self.db.write() as conn:
             project_id = await require_project(conn, project)
             row = await self._row(conn, project_id, project, webhook_id)

@@ -234,6 +234,38 @@ def test_bad_input(team: Team) -> None:
     assert_problem(admin.post(team.url("/webhooks"), json=body), 422, fields=("secret",))
 
 
+def test_every_bad_field_is_refused_at_once(team: Team) -> None:
+    """A bad URL, description and secret are refused together, each at its field: fixing one
+    does not reveal the next."""
+    admin = team["project-admin"]
+    rule = "a description is up to 100 printable characters"
+    secrets_are = "a secret is 16 to 128 printable characters"
+    body = {"url": "file:///etc/passwd", "description": "ring \u0007", "secret": "short"}
+    refused = assert_problem(admin.post(team.url("/webhooks"), json=body), 422)
+    assert refused["errors"] == [
+        {"field": "url", "message": "the URL must start with http:// or https://"},
+        {"field": "description", "message": rule},
+        {"field": "secret", "message": secrets_are},
+    ]
+    assert refused["detail"] == (
+        f"url: the URL must start with http:// or https://; description: {rule}; "
+        f"secret: {secrets_are}"
+    )
+    # Lengths too: they were refused first, alone.
+    body = {"url": "http://127.0.0.1:9/" + "x" * 2048, "description": "x" * 101}
+    refused = assert_problem(admin.post(team.url("/webhooks"), json=body), 422)
+    assert [e["field"] for e in refused["errors"]] == ["url", "description"]
+    assert ok(admin.get(team.url("/webhooks"))) == []
+
+    made = ok(admin.post(team.url("/webhooks"), json={"url": "http://127.0.0.1:9/"}), 201)
+    path = team.url(f"/webhooks/{made['id']}")
+    change = {"url": "ftp://127.0.0.1/", "description": "two\nlines", "enabled": False}
+    refused = assert_problem(admin.patch(path, json=change), 422)
+    assert [e["field"] for e in refused["errors"]] == ["url", "description"]
+    unchanged = ok(admin.get(path))
+    assert (unchanged["url"], unchanged["enabled"]) == ("http://127.0.0.1:9/", True)
+
+
 def test_private_address_refused_by_default(sqlite_server: BerthServer) -> None:
     """The server without webhook_allow_private refuses loopback, link-local and metadata,
     however the address is written."""

@@ -94,3 +94,22 @@ def test_a_description_with_a_control_character_is_told_once_what_it_may_be(
     expect(refusal).to_have_count(1)
     expect(refusal).to_be_visible()
     expect(page.get_by_text("No webhooks yet")).to_be_visible()
+
+
+def test_a_bad_url_and_description_are_both_shown_at_their_fields(
+    page: Page, tenant: Tenant
+) -> None:
+    sign_in(page, tenant)
+    open_project_page(page, tenant, "Webhooks")
+    page.get_by_role("button", name="Add webhook").click()
+    dialog = page.get_by_role("dialog", name="Add webhook")
+    dialog.get_by_label("Endpoint URL").fill("ftp://127.0.0.1/berth")
+    dialog.get_by_label("Description (optional)").fill("tab\there")
+    dialog.get_by_role("button", name="Add").click()
+    for refusal in (
+        "the URL must start with http:// or https://",
+        "a description is up to 100 printable characters",
+    ):
+        expect(dialog.get_by_text(refusal)).to_have_count(1)
+        expect(dialog.get_by_text(refusal)).to_be_visible()
+    expect(page.get_by_text("No webhooks yet")).to_be_visible()
