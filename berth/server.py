@@ -12,9 +12,10 @@ import shutil
 import socket
 import ssl
 import sys
-from collections.abc import Collection
+from collections.abc import Awaitable, Callable, Collection
 from functools import partial
 from pathlib import Path
+from typing import TypeVar
 
 from berth.access.keyring import KeyFileUnusable, Keyring
 from berth.addresses import public_host, public_url
@@ -23,8 +24,14 @@ from berth.data_location import create_data, unreachable_database
 from berth.invocation import named_config, pasteable_command, unprinted_database
 from berth.metadata.database import Database
 from berth.observability import metrics
-from berth.services.install import record_served_at, recorded_key_fingerprint
+from berth.services.install import (
+    known_key_fingerprint,
+    record_served_at,
+    recorded_key_fingerprint,
+)
 from berth.state import Services, unusable_storage
+
+T = TypeVar("T")
 
 
 def _bootstrap_admin(
@@ -117,12 +124,12 @@ def initialise(
     data_dir: Path | None = None,
     database_url: str | None = None,
 ) -> None:
-    """Create the data directory and database (where missing) and, on an empty database, the
-    administrator: what `berth init` does, and `berth serve` before serving. `data_dir` and
-    `database_url`: the --data-dir and --database-url given, which the commands printed
-    carry."""
+    """Create the data directory, database and keys (where missing) and, on an empty
+    database, the administrator: what `berth init` does, and `berth serve` before serving.
+    `data_dir` and `database_url`: the --data-dir and --database-url given, which the
+    commands printed carry."""
     create_data(settings)
-    _keyring(settings)  # created here, so that a key file that cannot be is refused plainly
+    check_keys(settings)
     _bootstrap_admin(
         settings,
         public_url(settings),
@@ -302,26 +309,38 @@ def _keyring(settings: Settings) -> Keyring:
 
 
 def check_keys(settings: Settings) -> None:
-    """Record the fingerprint of this node's token signing and secret-hashing keys in the
-    database on the first start; on S3 with PostgreSQL (several nodes), refuse to serve with
-    keys that differ from the recorded ones: tokens this node signed would be refused by the
-    others, and access keys made on them would not match here."""
+    """Create this node's token signing and secret-hashing keys where missing, and record
+    their fingerprint in the database on the first start; on S3 with PostgreSQL (several
+    nodes), refuse to serve with keys that differ from the recorded ones, before creating
+    any: tokens this node signed would be refused by the others, and access keys made on
+    them would not match here."""
+    shared = settings.storage == "s3" and not _on_sqlite(settings)
+    key_files = (settings.signing_key_file, settings.secret_key_file)
+    missing = [str(path) for path in key_files if not path.exists()]
+    if shared and missing:
+        known = _in_database(settings, known_key_fingerprint)
+        if known is not None:  # a key created now could not be the install's
+            raise SettingsError(
+                _not_the_installs_keys(
+                    settings, known, "this node has no " + " and no ".join(missing)
+                )
+            )
     keyring = _keyring(settings)
+    fingerprint = _in_database(
+        settings, lambda db: recorded_key_fingerprint(db, keyring.fingerprint)
+    )
+    if fingerprint != keyring.fingerprint and shared:
+        raise SettingsError(
+            _not_the_installs_keys(settings, fingerprint, f"these are {keyring.fingerprint[:16]}…")
+        )
 
-    async def recorded() -> str:
-        db = Database(settings.resolved_database_url, settings.database_lock_timeout)
-        try:
-            return await recorded_key_fingerprint(db, keyring.fingerprint)
-        finally:
-            await db.dispose()
 
-    fingerprint = asyncio.run(recorded())
-    if fingerprint == keyring.fingerprint or settings.storage != "s3" or _on_sqlite(settings):
-        return
-    raise SettingsError(
+def _not_the_installs_keys(settings: Settings, recorded: str, these: str) -> str:
+    """The refusal of a node whose keys are not the `recorded` ones; `these` says what it has."""
+    return (
         f"this node's keys ({settings.signing_key_file} and {settings.secret_key_file}) are "
         "not the ones the other nodes of this install use (the database recorded keys with "
-        f"the fingerprint {fingerprint[:16]}…, these are {keyring.fingerprint[:16]}…). Give "
+        f"the fingerprint {recorded[:16]}…, {these}). Give "
         "every node the same two files: copy them from a node that serves (by default "
         "DATA_DIR/keys/token-signing.pem and DATA_DIR/keys/secret-hash.key) over this "
         "node's, or point token_signing_key and secret_hash_key at the same files on every "
@@ -331,19 +350,24 @@ def check_keys(settings: Settings) -> None:
     )
 
 
+def _in_database(settings: Settings, call: Callable[[Database], Awaitable[T]]) -> T:
+    """`call` on the configured database, opened for it alone."""
+
+    async def run() -> T:
+        db = Database(settings.resolved_database_url, settings.database_lock_timeout)
+        try:
+            return await call(db)
+        finally:
+            await db.dispose()
+
+    return asyncio.run(run())
+
+
 def _record_served_at(settings: Settings) -> None:
     """Note where this server is reached, for the commands the CLI prints (`berth key
     create`) when it runs with other settings than the server (BERTH_LISTEN given only to
     `make run`)."""
-
-    async def record() -> None:
-        db = Database(settings.resolved_database_url, settings.database_lock_timeout)
-        try:
-            await record_served_at(db, public_host(settings))
-        finally:
-            await db.dispose()
-
-    asyncio.run(record())
+    _in_database(settings, lambda db: record_served_at(db, public_host(settings)))
 
 
 def _prepare_metrics(settings: Settings) -> None:
@@ -416,7 +440,6 @@ def serve(settings: Settings, flags: Collection[str] = ()) -> None:
     given_url = settings.database_url if "database_url" in flags else None
     settings.data_dir = settings.data_dir.resolve()
     initialise(settings, serving=True, data_dir=given_dir, database_url=given_url)
-    check_keys(settings)
     _record_served_at(settings)
     base = public_url(settings)
     print(f"Berth registry on {base}  (data in {settings.data_dir})")

@@ -10,6 +10,12 @@ from berth.metadata.tables import install_facts, utcnow
 KEY_FINGERPRINT = "key_fingerprint"
 
 
+async def known_key_fingerprint(db: Database) -> str | None:
+    """The fingerprint of the install's keys, or None before the first node has recorded it
+    (nothing is recorded now)."""
+    return await _fact(db, KEY_FINGERPRINT)
+
+
 async def recorded_key_fingerprint(db: Database, fingerprint: str) -> str:
     """The fingerprint of the install's keys: `fingerprint` if this is the first node to
     start (it is recorded now), else the one the first node recorded."""
@@ -42,9 +48,13 @@ async def record_served_at(db: Database, host: str) -> None:
 
 async def served_at(db: Database) -> str | None:
     """The host (and port) the last server to start is reached at, if one has started."""
+    return await _fact(db, SERVED_AT)
+
+
+async def _fact(db: Database, name: str) -> str | None:
     async with db.read() as conn:
         recorded = await conn.execute(
-            select(install_facts.c.value).where(install_facts.c.name == SERVED_AT)
+            select(install_facts.c.value).where(install_facts.c.name == name)
         )
         value = recorded.scalar()
         return None if value is None else str(value)

@@ -51,6 +51,7 @@ def test_a_node_with_other_keys_is_refused_until_it_has_the_installs_keys(
         assert "not the ones the other nodes of this install use" in problem
         assert "token_signing_key and secret_hash_key" in problem
         assert "DELETE FROM install_facts WHERE name = 'key_fingerprint';" in problem
+        assert not (second.data_dir / "keys").exists()  # refused before making keys of its own
 
         # As the message says: the first node's key files over the second's.
         shutil.copytree(first.data_dir / "keys", second.data_dir / "keys", dirs_exist_ok=True)
