@@ -35,7 +35,7 @@ from berth.services.usage import Pricing, Usage
 from berth.services.vulndb import VulnDb
 from berth.services.webhook_delivery import WebhookDelivery
 from berth.services.webhooks import Webhooks
-from berth.storage.base import BlobStore
+from berth.storage.base import BlobStore, failures_said_by_caller
 from berth.storage.filesystem import FilesystemBlobStore
 
 
@@ -247,7 +247,8 @@ def unusable_storage(settings: Settings) -> str | None:
             await store.close()
 
     try:
-        asyncio.run(probe())
+        with failures_said_by_caller():  # in the refusal to serve
+            asyncio.run(probe())
     except OSError as exc:
         return str(exc)
     return None

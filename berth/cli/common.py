@@ -6,7 +6,6 @@ import asyncio
 import datetime as dt
 import getpass
 import json
-import logging
 import socket
 import sys
 from collections.abc import Awaitable, Callable
@@ -25,6 +24,7 @@ from berth.domain.errors import Conflict, InvalidValue, RegistryError
 from berth.invocation import pasteable_command
 from berth.metadata.migrate import NewerSchema, upgrade
 from berth.state import Services
+from berth.storage.base import failures_said_by_caller
 
 console = Console()
 errors = Console(stderr=True)
@@ -85,15 +85,10 @@ class _UnusableStore(Exception):
 
 
 async def _check_store(services: Services) -> None:
-    # The store logs a failure where it happens; the refusal says it here, once.
-    store_log = logging.getLogger("berth.storage")
-    was_disabled, store_log.disabled = store_log.disabled, True
     try:
         await services.store.check()
     except OSError as exc:
         raise _UnusableStore(str(exc)) from None
-    finally:
-        store_log.disabled = was_disabled
 
 
 def run_service(work: Callable[[Services], Awaitable[T]], *, uses_store: bool = False) -> T:
@@ -118,7 +113,9 @@ def run_service(work: Callable[[Services], Awaitable[T]], *, uses_store: bool = 
             await services.close()
 
     try:
-        return asyncio.run(main())
+        # A verb says each failure of the store it meets (below, or as a failed GC run).
+        with failures_said_by_caller():
+            return asyncio.run(main())
     except _UnusableStore as exc:
         fail(f"the blob store cannot be used: {exc}", BAD_SETTING)
     except RegistryError as exc:

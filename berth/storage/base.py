@@ -5,9 +5,31 @@ from __future__ import annotations
 import abc
 import contextlib
 import os
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
+
+# Whether a store logs a failure where it happens: in the server's log nothing else may say
+# it (a client is answered 503 without the store's address).
+_failures_logged: ContextVar[bool] = ContextVar("berth_store_failures_logged", default=True)
+
+
+def failures_logged() -> bool:
+    """Whether a store's failure is to be logged where it happens (`failures_said_by_caller`)."""
+    return _failures_logged.get()
+
+
+@contextlib.contextmanager
+def failures_said_by_caller() -> Iterator[None]:
+    """Within it (and the event loops it starts), a store does not log its failures: the
+    caller says each itself (a refusal to serve, a CLI verb's error), which the log line
+    would only repeat."""
+    token = _failures_logged.set(False)
+    try:
+        yield
+    finally:
+        _failures_logged.reset(token)
 
 
 class BlobDamaged(Exception):

@@ -43,7 +43,14 @@ from cachetools import LRUCache
 from berth.domain.digests import parse_digest
 from berth.domain.errors import Unavailable
 from berth.observability import metrics
-from berth.storage.base import BlobDamaged, BlobStore, BlobWriter, StoredCopy, UploadWriter
+from berth.storage.base import (
+    BlobDamaged,
+    BlobStore,
+    BlobWriter,
+    StoredCopy,
+    UploadWriter,
+    failures_logged,
+)
 from berth.storage.blob_cache import BlobCache, FillFeed
 from berth.storage.s3_pieces import (
     MAX_COPY_BYTES,
@@ -128,7 +135,8 @@ class ObjectStoreError(Unavailable, OSError):
         self.reason = reason
         self.refusal = refusal
         # Logged where it happens: the answer no longer carries it, nor a traceback.
-        logger.warning("blob store: %s", reason)
+        if failures_logged():
+            logger.warning("blob store: %s", reason)
 
     def __str__(self) -> str:
         return self.reason

@@ -116,10 +116,10 @@ def test_a_collection_the_store_fails_midway_counts_nothing_removed_and_the_next
     assert failed.returncode == 1, failed.stdout + failed.stderr
     assert "Traceback" not in failed.stderr, failed.stderr
     run = json.loads(failed.stdout)
-    failures = [line for line in failed.stderr.splitlines() if "failed" in line]
-    assert failures == [f"gc run {run['id']} failed: {run['error'].rsplit(' (', 1)[0]}"], (
-        failed.stderr
-    )
+    # One line says it (not the store's warning of the same failure before it).
+    assert failed.stderr.splitlines() == [
+        f"gc run {run['id']} failed: {run['error'].rsplit(' (', 1)[0]}"
+    ], failed.stderr
     assert run["state"] == "failed" and "AccessDenied" in run["error"], run
     assert run["images_deleted"] == 1 and run["blobs_deleted"] == len(digests)
     assert (run["storage_blobs_deleted"], run["storage_bytes_freed"]) == (0, 0), run
@@ -153,6 +153,15 @@ def test_serve_refuses_half_the_credentials_naming_the_missing_setting(
     del s3_settings["BERTH_S3_SECRET_ACCESS_KEY"]
     said = " ".join(serve_refused(s3_settings).split())
     assert "s3_access_key_id is set but s3_secret_access_key is not" in said, said
+
+
+def test_serve_refuses_credentials_the_store_refuses_in_one_error(
+    s3_settings: dict[str, str],
+) -> None:
+    s3_settings["BERTH_S3_SECRET_ACCESS_KEY"] = "not-the-secret"
+    said = serve_refused(s3_settings).splitlines()
+    assert len(said) == 1 and said[0].startswith("error: "), said  # no warning saying it too
+    assert "refused the credentials" in said[0], said
 
 
 def test_serve_and_the_cli_refuse_a_ca_bundle_that_names_no_file(
