@@ -142,12 +142,22 @@ def create_data(settings: Settings) -> None:
     except NewerSchema as exc:
         raise SettingsError(f"{shown_database(settings)}: {exc}") from None
     except MissingPrivilege as exc:
-        raise SettingsError(_cannot_migrate(settings, str(exc))) from None
+        raise SettingsError(cannot_migrate(settings, str(exc))) from None
 
 
-def _cannot_migrate(settings: Settings, problem: str) -> str:
+def cannot_migrate(settings: Settings, problem: str) -> str:
+    """The refusal of a database user that may not bring Berth's tables up to this Berth's
+    schema (`problem`: PostgreSQL's words), saying what lets it."""
     url = make_url(settings.resolved_database_url)
     user, database = url.username or "(the user the driver defaults to)", url.database or "berth"
+    with contextlib.suppress(Exception):  # cannot tell: the advice for a new database
+        if asyncio.run(_has_schema(settings.resolved_database_url)):
+            # Made by an older Berth, as another user: only their owner may change them.
+            return (
+                f"the user {user} may not bring Berth's tables in the database {database} "
+                f"({shown_database(settings)}) up to this Berth's schema: {problem}. Only the user that owns them may: give "
+                "berth the database_url of that user, which the nodes use"
+            )
     return (
         f"the user {user} may not create Berth's tables in "
         f"the database {database} ({shown_database(settings)}): {problem}. Since PostgreSQL "

@@ -1,20 +1,32 @@
 """A node set up as README's "Run several nodes" and deploy/ say: the systemd unit lets Berth
 write what deploy/berth.toml names, and what the unit cannot fix (a key file Berth cannot
-create, a database its user may not create tables in) is refused with exit status 2, which
-the unit does not restart, and a message instead of a traceback."""
+create, a database its user may not create tables in or bring up to this Berth's schema)
+is refused with exit status 2, which the unit does not restart, and a message instead of a
+traceback; so is an admin verb's database user that may not migrate the schema."""
 
 from __future__ import annotations
 
 import configparser
 import os
 import re
+import subprocess
 import tomllib
 from pathlib import Path, PurePosixPath
 
 import pytest
+from alembic import command
+from alembic.script import ScriptDirectory
 from sqlalchemy.engine import make_url
 
-from tests.servers import ROOT, BerthServer, PostgresCluster, serve_refused, unstarted_environ
+from berth.metadata.migrate import alembic_config
+from tests.servers import (
+    BERTH,
+    ROOT,
+    BerthServer,
+    PostgresCluster,
+    serve_refused,
+    unstarted_environ,
+)
 
 DEPLOY = ROOT / "deploy"
 
@@ -100,3 +112,45 @@ def test_a_database_its_user_may_not_create_tables_in_is_refused_until_the_user_
         assert node.cli("project", "list").returncode == 0
     finally:
         node.stop()
+
+
+def test_an_admin_verb_whose_user_may_not_migrate_the_schema_is_refused_naming_the_fix(
+    postgres: PostgresCluster | None, tmp_path: Path
+) -> None:
+    if postgres is None:
+        pytest.skip("PostgreSQL not installed")
+    # Data an older Berth made (the schema a migration behind), owned by postgres; a verb of
+    # this Berth run as a role that may read the schema's revision but change no table.
+    url = postgres.create_database()
+    database = make_url(url).database
+    assert database is not None
+    script = ScriptDirectory.from_config(alembic_config(url))
+    head = script.get_revision(str(script.get_current_head()))
+    assert head is not None and isinstance(head.down_revision, str)
+    command.upgrade(alembic_config(url), head.down_revision)
+    role = f"berth_{os.getpid()}_operator"
+    postgres.sql(f"CREATE ROLE {role} LOGIN")
+    postgres.sql(f"GRANT SELECT, UPDATE ON alembic_version TO {role}", database)
+    guest_url = url.replace("postgres@", f"{role}@", 1)
+    env = unstarted_environ(tmp_path, {"BERTH_DATABASE_URL": guest_url})
+    (tmp_path / "data").mkdir()
+
+    refused = subprocess.run(
+        [*BERTH, "project", "list"], env=env, capture_output=True, text=True, timeout=120
+    )
+    problem = " ".join(refused.stderr.split())
+    assert refused.returncode == 2 and "Traceback" not in problem, refused.stderr
+    assert f"the user {role} may not bring Berth's tables in the database {database}" in problem
+    assert "must be owner of table" in problem and "database_url of that user" in problem
+    served = " ".join(serve_refused(env).split())
+    assert f"the user {role} may not bring Berth's tables in the database {database}" in served
+
+    # As it says: with the user that owns the tables.
+    listed = subprocess.run(
+        [*BERTH, "project", "list"],
+        env={**env, "BERTH_DATABASE_URL": url},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert listed.returncode == 0, listed.stderr

@@ -19,10 +19,10 @@ from rich.table import Table
 from rich.text import Text
 
 from berth.config import Settings, SettingsError, load_settings
-from berth.data_location import missing_data, shown_database, where_to_point
+from berth.data_location import cannot_migrate, missing_data, shown_database, where_to_point
 from berth.domain.errors import Conflict, InvalidValue, RegistryError
 from berth.invocation import pasteable_command
-from berth.metadata.migrate import NewerSchema, upgrade
+from berth.metadata.migrate import MissingPrivilege, NewerSchema, upgrade
 from berth.state import Services
 from berth.storage.base import failures_said_by_caller
 
@@ -96,12 +96,15 @@ def run_service(work: Callable[[Services], Awaitable[T]], *, uses_store: bool = 
     A refusal prints its message and exits 1 (2 for a value out of range or not one of the
     choices, as for a bad flag; 3 when the thing exists already). A verb that `uses_store`
     is refused (2) before it changes anything when the blob store cannot be used, as `berth
-    serve` is: half done (rows deleted, files left) it would have to be undone."""
+    serve` is: half done (rows deleted, files left) it would have to be undone. So is (2) a
+    database user that may not migrate the schema, saying what lets it."""
     settings = existing_settings()
     try:
         upgrade(settings.resolved_database_url)
     except NewerSchema as exc:
         fail(f"{shown_database(settings)}: {exc}")
+    except MissingPrivilege as exc:
+        fail(cannot_migrate(settings, str(exc)), BAD_SETTING)
 
     async def main() -> T:
         services = Services.build(settings)
