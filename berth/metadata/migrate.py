@@ -58,7 +58,8 @@ def upgrade(database_url: str) -> None:
     try:
         command.upgrade(alembic_config(database_url), "head")
     except DBAPIError as exc:
-        if getattr(exc.orig, "sqlstate", None) != INSUFFICIENT_PRIVILEGE:
+        refusal = exc.orig
+        if refusal is None or getattr(refusal, "sqlstate", None) != INSUFFICIENT_PRIVILEGE:
             raise
         # The driver's own exception says it without the adapter's class name.
-        raise MissingPrivilege(str(exc.orig.__cause__ or exc.orig if exc.orig else exc)) from None
+        raise MissingPrivilege(str(refusal.__cause__ or refusal)) from None
