@@ -7,7 +7,7 @@ the endpoint's secret>`. docs/operations.md says how to check it, and how retrie
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Response
 from pydantic import BaseModel, ConfigDict, Field
@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from berth.api.deps import AdminProject, Page, PagingDep
 from berth.api.problems import responses
 from berth.services.webhook_addresses import MAX_URL_LENGTH
-from berth.services.webhook_events import EVENT_TYPES, EventType
+from berth.services.webhook_events import EVENT_TYPES
 from berth.services.webhooks import (
     DESCRIPTION_RULE,
     MAX_DESCRIPTION,
@@ -33,6 +33,11 @@ router = APIRouter(
 WebhookId = Annotated[int, Path(ge=1, le=2**31 - 1, description="webhook id")]
 
 
+# Event types are checked by the service with the other fields (one refusal names them all);
+# the schema lists the types.
+_EVENT_TYPE_ITEMS: dict[str, Any] = {"items": {"type": "string", "enum": list(EVENT_TYPES)}}
+
+
 class NewWebhook(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -43,8 +48,10 @@ class NewWebhook(BaseModel):
         "addresses unless the server allows private ones (webhook_allow_private)",
         json_schema_extra={"maxLength": MAX_URL_LENGTH},
     )
-    event_types: list[EventType] = Field(
-        default_factory=list, description="the event types to send; empty: every type"
+    event_types: list[str] = Field(
+        default_factory=list,
+        description="the event types to send; empty: every type",
+        json_schema_extra=_EVENT_TYPE_ITEMS,
     )
     secret: str | None = Field(
         None,
@@ -65,7 +72,9 @@ class WebhookChange(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     url: str | None = Field(None, json_schema_extra={"maxLength": MAX_URL_LENGTH})
-    event_types: list[EventType] | None = Field(None, description="empty: every type")
+    event_types: list[str] | None = Field(
+        None, description="empty: every type", json_schema_extra=_EVENT_TYPE_ITEMS
+    )
     enabled: bool | None = None
     description: str | None = Field(
         None, description=DESCRIPTION_RULE, json_schema_extra={"maxLength": MAX_DESCRIPTION}

@@ -43,16 +43,6 @@ EVENT_TYPES: dict[str, str] = {
     IMAGE_LIMIT_REFUSED: "a push was refused: the repository's image limit is reached",
     SCAN_FINISHED: "an image's vulnerability scan finished (done, or failed with the reason)",
 }
-EventType = Literal[
-    "io.berth.image.pushed",
-    "io.berth.image.deleted",
-    "io.berth.tag.deleted",
-    "io.berth.tag.restored",
-    "io.berth.gc.finished",
-    "io.berth.quota.refused",
-    "io.berth.image_limit.refused",
-    "io.berth.scan.finished",
-]
 
 
 class GcRunSummary(BaseModel):

@@ -10,6 +10,7 @@ from typing import Any
 import httpx
 import pytest
 
+from berth.services.webhook_events import EVENT_TYPES
 from tests.api.conftest import Team, assert_problem, ok, push_image, until
 from tests.metrics import moved, scrape
 from tests.servers import BACKENDS, BerthServer, server_fixture
@@ -224,10 +225,16 @@ def test_only_project_admins(team: Team, receiver: Receiver) -> None:
     assert "io.berth.image.pushed" in [t["type"] for t in types]
 
 
+UNKNOWN_TYPE = "unknown event type {!r}; the types are " + ", ".join(EVENT_TYPES)
+
+
 def test_bad_input(team: Team) -> None:
     admin = team["project-admin"]
     body = {"url": "http://127.0.0.1:9/", "event_types": ["io.berth.nothing"]}
-    assert_problem(admin.post(team.url("/webhooks"), json=body), 422, fields=("event_types.0",))
+    refused = assert_problem(admin.post(team.url("/webhooks"), json=body), 422)
+    assert refused["errors"] == [
+        {"field": "event_types", "message": UNKNOWN_TYPE.format("io.berth.nothing")}
+    ]
     body = {"url": "file:///etc/passwd"}
     assert_problem(admin.post(team.url("/webhooks"), json=body), 422, fields=("url",))
     body = {"url": "http://127.0.0.1:9/", "secret": "short"}
@@ -240,16 +247,23 @@ def test_every_bad_field_is_refused_at_once(team: Team) -> None:
     admin = team["project-admin"]
     rule = "a description is up to 100 printable characters"
     secrets_are = "a secret is 16 to 128 printable characters"
-    body = {"url": "file:///etc/passwd", "description": "ring \u0007", "secret": "short"}
+    body = {
+        "url": "file:///etc/passwd",
+        "event_types": ["io.berth.image.pushed", "image.pushed"],
+        "description": "ring \u0007",
+        "secret": "short",
+    }
     refused = assert_problem(admin.post(team.url("/webhooks"), json=body), 422)
+    unknown = UNKNOWN_TYPE.format("image.pushed")
     assert refused["errors"] == [
         {"field": "url", "message": "the URL must start with http:// or https://"},
+        {"field": "event_types", "message": unknown},
         {"field": "description", "message": rule},
         {"field": "secret", "message": secrets_are},
     ]
     assert refused["detail"] == (
-        f"url: the URL must start with http:// or https://; description: {rule}; "
-        f"secret: {secrets_are}"
+        f"url: the URL must start with http:// or https://; event_types: {unknown}; "
+        f"description: {rule}; secret: {secrets_are}"
     )
     # Lengths too: they were refused first, alone.
     body = {"url": "http://127.0.0.1:9/" + "x" * 2048, "description": "x" * 101}
