@@ -8,7 +8,7 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from playwright.sync_api import Page, expect
+from playwright.sync_api import Locator, Page, expect
 
 from tests.clients.console.conftest import Tenant, open_project_page, screenshot, sign_in
 from tests.clients.console.test_console import skopeo_push
@@ -80,16 +80,22 @@ def test_add_a_webhook_send_it_a_test_event_then_push_with_skopeo(
     ]
 
 
-def test_a_description_with_a_control_character_is_told_once_what_it_may_be(
-    page: Page, tenant: Tenant
-) -> None:
+def _add_webhook(page: Page, tenant: Tenant, url: str, description: str) -> Locator:
+    """Signed in, the Add webhook dialog sent with `url` and `description`; the dialog."""
     sign_in(page, tenant)
     open_project_page(page, tenant, "Webhooks")
     page.get_by_role("button", name="Add webhook").click()
     dialog = page.get_by_role("dialog", name="Add webhook")
-    dialog.get_by_label("Endpoint URL").fill("http://127.0.0.1:9/berth")
-    dialog.get_by_label("Description (optional)").fill("tab\there")
+    dialog.get_by_label("Endpoint URL").fill(url)
+    dialog.get_by_label("Description (optional)").fill(description)
     dialog.get_by_role("button", name="Add").click()
+    return dialog
+
+
+def test_a_description_with_a_control_character_is_told_once_what_it_may_be(
+    page: Page, tenant: Tenant
+) -> None:
+    dialog = _add_webhook(page, tenant, "http://127.0.0.1:9/berth", "tab\there")
     refusal = dialog.get_by_text("a description is up to 100 printable characters")
     expect(refusal).to_have_count(1)
     expect(refusal).to_be_visible()
@@ -99,13 +105,7 @@ def test_a_description_with_a_control_character_is_told_once_what_it_may_be(
 def test_a_bad_url_and_description_are_both_shown_at_their_fields(
     page: Page, tenant: Tenant
 ) -> None:
-    sign_in(page, tenant)
-    open_project_page(page, tenant, "Webhooks")
-    page.get_by_role("button", name="Add webhook").click()
-    dialog = page.get_by_role("dialog", name="Add webhook")
-    dialog.get_by_label("Endpoint URL").fill("ftp://127.0.0.1/berth")
-    dialog.get_by_label("Description (optional)").fill("tab\there")
-    dialog.get_by_role("button", name="Add").click()
+    dialog = _add_webhook(page, tenant, "ftp://127.0.0.1/berth", "tab\there")
     for refusal in (
         "the URL must start with http:// or https://",
         "a description is up to 100 printable characters",
