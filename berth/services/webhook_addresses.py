@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import logging
 import socket
 from dataclasses import dataclass
 from urllib.parse import urlsplit
@@ -18,6 +19,13 @@ RESOLVE_SECONDS = 5.0
 METADATA_ADDRESS = ipaddress.ip_address("169.254.169.254")
 
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+ONLY_PUBLIC = (
+    "webhooks may reach only public addresses unless webhook_allow_private is on (in "
+    "berth.toml, which the server and the berth command both read, or as "
+    "BERTH_WEBHOOK_ALLOW_PRIVATE in the environment of each)"
+)
+
+logger = logging.getLogger(__name__)
 
 
 class AddressRefused(InvalidValue):
@@ -158,17 +166,36 @@ async def resolve(host: str, port: int) -> list[Address]:
 async def check_url(url: str, *, allow_private: bool) -> Target:
     """The URL checked and resolved, or AddressRefused. Without `allow_private`, every address
     of the host must be public (one private address among public ones is refused too: which
-    one a client would use is not ours to know)."""
+    one a client would use is not ours to know). A name that does not resolve, or resolves
+    inside, is refused in the same words, naming no address: a project admin may not map the
+    server's network through the refusals (the server's log has the address)."""
     scheme, host, port = check_form(url)
-    addresses = await resolve(host, port)
+    try:
+        addresses = await resolve(host, port)
+    except AddressRefused as refusal:
+        if allow_private:
+            raise
+        logger.info("webhook host refused: %s", refusal.message)
+        raise AddressRefused(_not_public(host)) from None
     if not allow_private:
         for address in addresses:
             why = refused_address(address)
-            if why is not None:
-                raise AddressRefused(
-                    f"the host {host!r} resolves to {address}, {why}; webhooks may reach "
-                    "only public addresses unless webhook_allow_private is on (in berth.toml, "
-                    "which the server and the berth command both read, or as "
-                    "BERTH_WEBHOOK_ALLOW_PRIVATE in the environment of each)"
-                )
+            if why is None:
+                continue
+            if not _is_address(host):  # a name: say nothing of where it leads
+                logger.info("webhook host refused: %r resolves to %s, %s", host, address, why)
+                raise AddressRefused(_not_public(host))
+            raise AddressRefused(f"the address {address} is {why}; {ONLY_PUBLIC}")
     return Target(url, scheme, host, port, addresses[0])
+
+
+def _is_address(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+def _not_public(host: str) -> str:
+    return f"the host {host!r} does not resolve to public addresses only; {ONLY_PUBLIC}"
