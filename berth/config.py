@@ -118,6 +118,12 @@ class Settings(BaseSettings):
     storage_collect_interval: int = Field(
         1800, ge=1, description="seconds between scheduled storage usage collections"
     )
+    storage_collect_min_interval: int = Field(
+        5,
+        ge=0,
+        description="seconds after a project's newest storage sample during which a "
+        "collection on demand returns that sample instead of measuring again",
+    )
     storage_scrub_interval: int = Field(
         86_400,
         ge=60,

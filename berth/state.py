@@ -81,6 +81,7 @@ class Services:
             ),
             traffic_retention_days=settings.traffic_retention_days,
             storage_collect_interval=settings.storage_collect_interval,
+            storage_collect_min_interval=settings.storage_collect_min_interval,
             gc_grace_period=settings.gc_grace_period,
         )
         storage_check = StorageCheck(

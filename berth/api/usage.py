@@ -63,5 +63,8 @@ async def storage(
 @router.post("/storage/collect", status_code=201)
 async def collect_storage(ctx: ReadProject) -> StorageSample:
     """Measure the project's storage now and record the sample; within a minute of the
-    project's newest sample, the new one replaces it (at most one sample a minute on demand)."""
+    project's newest sample, the new one replaces it (at most one sample a minute on demand).
+    Within `storage_collect_min_interval` seconds (5) of the project's newest sample, that
+    sample is returned without measuring again, and calls while a measurement is under way
+    get its result."""
     return await ctx.services.usage.collect(ctx.project)

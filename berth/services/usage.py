@@ -11,6 +11,7 @@ GB of 10^9 bytes.
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 from collections import defaultdict
 from collections.abc import Sequence
@@ -103,6 +104,7 @@ class Usage:
         pricing: Pricing | None = None,
         traffic_retention_days: int = 124,
         storage_collect_interval: int = 1800,
+        storage_collect_min_interval: int = 5,
         gc_grace_period: int = 3600,
     ) -> None:
         self.db = db
@@ -111,7 +113,11 @@ class Usage:
         self.pricing = pricing or Pricing()
         self.traffic_retention_days = traffic_retention_days
         self.storage_collect_interval = storage_collect_interval
+        self.storage_collect_min_interval = storage_collect_min_interval
         self.gc_grace_period = gc_grace_period
+        # Per project name, this process's collection on demand under way: callers meanwhile
+        # await it rather than measure again.
+        self._collecting: dict[str, asyncio.Task[records.StorageSample]] = {}
 
     # ------------------------------------------------------------------ storage
 
@@ -168,10 +174,32 @@ class Usage:
         }
 
     async def collect(self, project: str) -> records.StorageSample:
-        """Measure one project's storage now and record the sample (on demand: replacing the
-        project's newest sample when that is younger than ON_DEMAND_COALESCE_SECONDS)."""
+        """The project's storage now: its newest sample when that is younger than
+        `storage_collect_min_interval` seconds (taken by any node, or the schedule), else a
+        measurement recorded as a sample (replacing the project's newest sample when that is
+        younger than ON_DEMAND_COALESCE_SECONDS). Callers while one is under way in this
+        process await that one, so a flood of them measures at most once an interval."""
+        collecting = self._collecting.get(project)
+        if collecting is None:
+            collecting = asyncio.create_task(self._collect_unless_recent(project))
+            self._collecting[project] = collecting
+
+            def done(task: asyncio.Task[records.StorageSample]) -> None:
+                self._collecting.pop(project, None)
+                if not task.cancelled():
+                    task.exception()  # seen, should every caller have gone (they still get it)
+
+            collecting.add_done_callback(done)
+        # A caller that goes away (a closed connection) leaves it to the others.
+        return await asyncio.shield(collecting)
+
+    async def _collect_unless_recent(self, project: str) -> records.StorageSample:
         async with self.db.read() as conn:
             project_id = await require_project(conn, project)
+            last = await _last_sample(conn, project_id)
+        recent = utcnow() - dt.timedelta(seconds=self.storage_collect_min_interval)
+        if last is not None and last.at > recent:
+            return _sample(last.at, StorageFigures(last.bytes, last.blobs, last.images))
         return _sample(*await self._record(project_id, coalesce=True))
 
     async def _record(

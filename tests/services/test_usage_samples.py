@@ -4,6 +4,7 @@ In-process, on SQLite."""
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 from pathlib import Path
 
@@ -34,6 +35,19 @@ def test_collections_on_demand_within_a_minute_replace_the_newest_sample(tmp_pat
             await conn.execute(storage_samples.update().values(at=earlier))
         await usage.collect("acme")
         assert await rows(db) == 2
+
+    run_on_database(tmp_path, scenario)
+
+
+def test_collections_at_once_share_one_measurement(tmp_path: Path) -> None:
+    async def scenario(db: Database) -> None:
+        await Repositories(db).create_project("acme")
+        usage = Usage(db, storage_collect_min_interval=0)  # nothing recent to return
+        samples = await asyncio.gather(*(usage.collect("acme") for _ in range(20)))
+        [measured] = {sample.collected_at for sample in samples}
+        # Once it is done, the next one measures again.
+        again = (await usage.collect("acme")).collected_at
+        assert measured is not None and again is not None and again > measured
 
     run_on_database(tmp_path, scenario)
 
