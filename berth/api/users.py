@@ -2,7 +2,9 @@
 deleting them.
 
 Server administrators manage users; project admins may search them to add members. Anyone
-who signs in with a password changes their own (`PUT /account/password`). Server-wide changes
+who signs in with a password changes their own (`PUT /account/password`); anyone lists their
+own roles on single repositories (`GET /account/repository-roles`), which is all a user with
+only such roles in a project may read of it. Server-wide changes
 need the caller's password or console session: an access key (or an API token for one) works
 only in its own project.
 """
@@ -15,6 +17,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from berth.access.permissions import RepositoryRole
 from berth.api.access import AuditEntry
 from berth.api.deps import (
     COMPONENT_PATTERN,
@@ -32,8 +35,10 @@ from berth.api.problems import FieldError, responses
 from berth.api.session import SESSION_RECORD_KEY
 from berth.domain.errors import Denied, Unauthorized
 from berth.domain.names import USER_NAME_RULE
+from berth.services.members import HeldRepositoryRole
 from berth.services.sessions import ConsoleSession
 from berth.services.users import MAX_PASSWORD_LENGTH, MIN_PASSWORD_LENGTH
+from berth.state import Services
 
 router = APIRouter(tags=["users"])
 
@@ -169,6 +174,60 @@ async def change_own_password(
         client=caller.client,
     )
     return Response(status_code=204)
+
+
+class RepositoryRoleHeld(BaseModel):
+    project: str
+    repository: str
+    role: RepositoryRole = Field(description="member: push and pull; viewer: pull")
+    registry_address: str = Field(
+        description="what `docker login` takes to reach the project's registry, as for projects"
+    )
+    image_prefix: str = Field(
+        description="what the project's image names start with, as for projects"
+    )
+    address: str = Field(
+        description="what the repository's images are named as in docker push and pull: "
+        "`{address}[/{image}]:{tag}`"
+    )
+    newest_tagged_image: str | None = Field(
+        description="the tag set most recently, as `docker pull` takes it "
+        "(`{address}[/{image}]:{tag}`); null while the repository has no tag"
+    )
+
+
+def _role_held(
+    services: Services, request: Request, held: HeldRepositoryRole
+) -> RepositoryRoleHeld:
+    where = services.registry_address(held.project, request.headers.get("host"))
+    address = f"{where.prefix}/{held.repository}"
+    newest = None
+    if held.newest_tag is not None:
+        image = f"{address}/{held.newest_tag_image}" if held.newest_tag_image else address
+        newest = f"{image}:{held.newest_tag}"
+    return RepositoryRoleHeld(
+        project=held.project,
+        repository=held.repository,
+        role=held.role,
+        registry_address=where.login,
+        image_prefix=where.prefix,
+        address=address,
+        newest_tagged_image=newest,
+    )
+
+
+@router.get("/account/repository-roles", tags=["repository permissions"])
+async def own_repository_roles(
+    caller: CallerDep, services: ServicesDep, request: Request
+) -> list[RepositoryRoleHeld]:
+    """Your roles on single repositories, by project and repository, with the addresses docker
+    names them by (project roles are in `GET /projects`); an access key (or a token for one)
+    lists only those of its own project."""
+    principal = caller.principal
+    held = await services.identity.members.repository_roles_of(
+        principal.user_id, project_id=principal.key_project_id
+    )
+    return [_role_held(services, request, h) for h in held]
 
 
 @router.get("/audit", tags=["audit"])

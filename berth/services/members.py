@@ -22,7 +22,10 @@ from berth.metadata.lookups import require_project, require_repository, require_
 from berth.metadata.tables import (
     access_keys,
     memberships,
+    projects,
+    repositories,
     repository_grants,
+    tags,
     users,
     utcnow,
 )
@@ -43,6 +46,20 @@ class Grant(Record):
     user: str
     role: RepositoryRole = Field(description="member: push and pull; viewer: pull")
     since: dt.datetime
+
+
+class HeldRepositoryRole(Record):
+    """One of a user's own roles on a repository, and the tag they would pull first."""
+
+    project: str
+    repository: str
+    role: RepositoryRole = Field(description="member: push and pull; viewer: pull")
+    newest_tag: str | None = Field(
+        description="the tag set most recently in the repository, null while it has none"
+    )
+    newest_tag_image: str | None = Field(
+        description="the image under the repository that tag is of (`` for the repository itself)"
+    )
 
 
 class Members:
@@ -215,6 +232,38 @@ class Members:
                 )
             )
             return [Grant.model_validate(r, from_attributes=True) for r in rows]
+
+    async def repository_roles_of(
+        self, user_id: int, *, project_id: int | None = None
+    ) -> list[HeldRepositoryRole]:
+        """The user's roles on single repositories (in one project, or in all), by project and
+        repository: what they reach through the registry without a project role. Nothing of
+        the project's other repositories."""
+        # Correlated, one row each: the same order for both, so they name the same tag.
+        newest = (
+            select(tags.c.image, tags.c.name)
+            .where(tags.c.repository_id == repositories.c.id)
+            .order_by(tags.c.updated_at.desc(), tags.c.image, tags.c.name)
+            .limit(1)
+        )
+        query = (
+            select(
+                projects.c.name.label("project"),
+                repositories.c.name.label("repository"),
+                repository_grants.c.role,
+                newest.with_only_columns(tags.c.name).scalar_subquery().label("newest_tag"),
+                newest.with_only_columns(tags.c.image).scalar_subquery().label("newest_tag_image"),
+            )
+            .join(repositories, repositories.c.id == repository_grants.c.repository_id)
+            .join(projects, projects.c.id == repositories.c.project_id)
+            .where(repository_grants.c.user_id == user_id)
+            .order_by(projects.c.name, repositories.c.name)
+        )
+        if project_id is not None:
+            query = query.where(repositories.c.project_id == project_id)
+        async with self.db.read() as conn:
+            rows = await conn.execute(query)
+            return [HeldRepositoryRole.model_validate(r, from_attributes=True) for r in rows]
 
 
 def _holders(roles: Any) -> Select[Any]:

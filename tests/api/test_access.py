@@ -7,7 +7,18 @@ from typing import Any
 
 import httpx
 
-from tests.api.conftest import PASSWORD, Team, api, assert_problem, ok, push_image, until
+from berth.state import Services
+from tests.api.conftest import (
+    PASSWORD,
+    Credentials,
+    Team,
+    api,
+    assert_problem,
+    ok,
+    push_image,
+    services,
+    until,
+)
 
 
 def keys_of(team: Team, actor: str, **params: Any) -> list[dict[str, Any]]:
@@ -252,3 +263,80 @@ def test_audit_names_the_calling_user(team: Team) -> None:
     # The audit log is for project admins.
     assert_problem(team["member"].get(team.url("/audit")), 403)
     assert_problem(team["reader"].get(team.url("/audit")), 401)  # their key is disabled now
+
+
+def test_a_user_lists_only_their_own_repository_roles(team: Team) -> None:
+    """A user with only repository roles reads their roles and where docker finds each
+    repository, in every project, and nothing of the repositories they have no role on."""
+    person = f"guest-{team.project[1:]}"
+    other = team.project.replace("p", "q", 1)  # the team's second project
+
+    async def give_roles(s: Services) -> Credentials:
+        await s.identity.users.create_user(person, PASSWORD, actor="test")
+        for project, repository, role in (
+            (team.project, team.repository, "member"),
+            (team.project, "lib", "viewer"),
+            (other, "tools", "viewer"),
+        ):
+            if repository != team.repository:
+                await s.repositories.create(project, repository, actor="test")
+            await s.identity.members.grant(project, repository, person, role, actor="test")
+        await s.repositories.create(team.project, "hidden", actor="test")
+        created = await s.identity.keys.create_key(person, team.project, actor="test")
+        return created.key_id, created.secret
+
+    key = services(team.server, give_roles)
+    registry = team.registry()
+    push_image(registry, team.oci_name(), "v1")
+    push_image(registry, team.oci_name("frontend"), "v2")  # the newest tag
+    push_image(registry, team.oci_name(repository="hidden"), "secret-tag")
+
+    address = team.server.address
+    app = f"{address}/{team.project}/{team.repository}"
+    with api(team.server, (person, PASSWORD)) as signed_in:
+        held = ok(signed_in.get("/account/repository-roles"))
+    assert held == [
+        {
+            "project": team.project,
+            "repository": team.repository,
+            "role": "member",
+            "registry_address": address,
+            "image_prefix": f"{address}/{team.project}",
+            "address": app,
+            "newest_tagged_image": f"{app}/frontend:v2",
+        },
+        {
+            "project": team.project,
+            "repository": "lib",
+            "role": "viewer",
+            "registry_address": address,
+            "image_prefix": f"{address}/{team.project}",
+            "address": f"{address}/{team.project}/lib",
+            "newest_tagged_image": None,
+        },
+        {
+            "project": other,
+            "repository": "tools",
+            "role": "viewer",
+            "registry_address": address,
+            "image_prefix": f"{address}/{other}",
+            "address": f"{address}/{other}/tools",
+            "newest_tagged_image": None,
+        },
+    ]
+    assert "hidden" not in str(held) and "secret-tag" not in str(held)
+
+    # An access key lists its own project's roles; the newest image pulls with it as named.
+    with api(team.server, key) as with_key:
+        assert [r["repository"] for r in ok(with_key.get("/account/repository-roles"))] == [
+            team.repository,
+            "lib",
+        ]
+    reference = held[0]["newest_tagged_image"].removeprefix(f"{address}/")
+    name, tag = reference.rsplit(":", 1)
+    pulled = httpx.get(f"{team.server.url}/v2/{name}/manifests/{tag}", auth=key)
+    assert pulled.status_code == 200, pulled.text
+
+    # Someone with no repository role lists none; nobody unsigned-in lists anything.
+    assert ok(team["reader"].get("/account/repository-roles")) == []
+    assert_problem(api(team.server).get("/account/repository-roles"), 401)
