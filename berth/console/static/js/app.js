@@ -14,18 +14,19 @@ import { membersView, auditView } from "./views/members.js";
 import { adminView } from "./views/admin.js";
 import { webhooksView } from "./views/webhooks.js";
 import { policiesView } from "./views/policies.js";
+import { repositoryOnlyProjects, yourRepositoriesView } from "./views/yourrepositories.js";
 import { changePasswordDialog } from "./views/account.js";
 
 const root = document.getElementById("app");
 const state = { session: null, projects: null, leave: [] };
 
-// [pattern, view, menu entry it belongs to]
+// [pattern, view, menu entry it belongs to, view for a user with only repository roles there]
 const ROUTES = [
-  [/^\/projects\/([^/]+)\/repositories$/, repositoriesView, "repositories"],
+  [/^\/projects\/([^/]+)\/repositories$/, repositoriesView, "repositories", yourRepositoriesView],
   [/^\/projects\/([^/]+)\/repositories\/([^/]+)(?:\/([a-z]+))?$/, repositoryView, "repositories"],
   [/^\/projects\/([^/]+)\/management$/, managementView, "management"],
   [/^\/projects\/([^/]+)\/monitoring$/, monitoringView, "monitoring"],
-  [/^\/projects\/([^/]+)\/keys$/, keysView, "keys"],
+  [/^\/projects\/([^/]+)\/keys$/, keysView, "keys", keysView],
   [/^\/projects\/([^/]+)\/members$/, membersView, "members"],
   [/^\/projects\/([^/]+)\/audit$/, auditView, "audit"],
   [/^\/projects\/([^/]+)\/webhooks$/, webhooksView, "webhooks"],
@@ -61,7 +62,8 @@ function reloadIfHere(event) {
 
 function menu(project, active) {
   const base = `/projects/${seg(project.name)}`;
-  const entries = [
+  // Repository roles alone give the registry and one's own keys, not the project's pages.
+  const entries = project.repository_access_only ? [["repositories", "Your repositories"], ["keys", "Access keys"]] : [
     ["repositories", "Repositories"],
     ["management", "Management"],
     ["monitoring", "Monitoring"],
@@ -73,7 +75,13 @@ function menu(project, active) {
   return h(
     "nav",
     { class: "sidenav", "aria-label": "Project" },
-    h("p", { class: "sidenav-project" }, h("span", { class: "muted" }, "Project"), h("strong", {}, project.name)),
+    h(
+      "p",
+      { class: "sidenav-project" },
+      h("span", { class: "muted" }, "Project"),
+      h("strong", {}, project.name),
+      project.repository_access_only ? h("span", { class: "muted" }, "Repository access only") : null,
+    ),
     h(
       "ul",
       {},
@@ -127,8 +135,13 @@ function header(projectName) {
   );
 }
 
+/** The projects the user has a project role in, and those where they have roles on single
+ * repositories only (marked `repository_access_only`), by name. */
 async function loadProjects(force = false) {
-  if (!state.projects || force) state.projects = await api.get("/projects");
+  if (!state.projects || force) {
+    const [projects, repositoryRoles] = await Promise.all([api.get("/projects"), api.get("/account/repository-roles")]);
+    state.projects = [...projects, ...repositoryOnlyProjects(projects, repositoryRoles)].sort((a, b) => (a.name < b.name ? -1 : 1));
+  }
   return state.projects;
 }
 
@@ -172,14 +185,16 @@ async function render() {
       clear(root, header(null), h("div", { class: "layout no-menu" }, main));
       return await adminView(main, { ...ctx, projects: state.projects, session: state.session, reloadProjects: () => loadProjects(true) });
     }
-    for (const [pattern, view, active] of ROUTES) {
+    for (const [pattern, view, active, repositoryOnlyView] of ROUTES) {
       const match = path.match(pattern);
       if (!match) continue;
       const [, projectName, ...rest] = match.map((m) => (m === undefined ? m : decodeURIComponent(m)));
-      const project = await api.get(`/projects/${seg(projectName)}`);
+      const limited = state.projects.find((p) => p.name === projectName && p.repository_access_only);
+      const project = limited || (await api.get(`/projects/${seg(projectName)}`));
       if (stale()) return;
       clear(root, header(project.name), h("div", { class: "layout" }, menu(project, active), main));
-      return await view(main, { ...ctx, project, params: rest, session: state.session });
+      if (limited && !repositoryOnlyView) return notForRepositoryRoles(main, project);
+      return await (limited ? repositoryOnlyView : view)(main, { ...ctx, project, params: rest, session: state.session });
     }
     clear(root, header(null), h("div", { class: "layout no-menu" }, main));
     clear(main, h("h1", {}, "Page not found"), h("p", {}, h("a", { href: "#/" }, "Back to your projects")));
@@ -188,6 +203,16 @@ async function render() {
     if (!root.contains(main)) clear(root, header(null), h("div", { class: "layout no-menu" }, main));
     clear(main, h("h1", {}, "Something went wrong"), errorBox(err), h("p", {}, h("a", { href: "#/" }, "Back to your projects")));
   }
+}
+
+function notForRepositoryRoles(main, project) {
+  const base = `#/projects/${seg(project.name)}`;
+  clear(
+    main,
+    h("h1", {}, "Not available with repository roles"),
+    h("p", {}, `Your roles in project ${project.name} are on single repositories: they let you pull and push there and manage your own access keys, not this page.`),
+    h("p", {}, h("a", { href: `${base}/repositories` }, "Your repositories"), " · ", h("a", { href: `${base}/keys` }, "Access keys")),
+  );
 }
 
 window.addEventListener("hashchange", render);

@@ -1,5 +1,5 @@
 import { api, seg } from "../api.js";
-import { clear, emptyState, errorBox, field, h, number, openDialog, table, toast } from "../ui.js";
+import { badge, clear, emptyState, errorBox, field, h, number, openDialog, plural, table, toast } from "../ui.js";
 
 export async function projectsView(main, ctx) {
   const { projects, session } = ctx;
@@ -15,8 +15,16 @@ export async function projectsView(main, ctx) {
     table(
       [
         { title: "Project", cell: (p) => h("a", { href: `#/projects/${seg(p.name)}/repositories` }, p.name) },
-        { title: "Your role", cell: (p) => p.role || (p.server_admin ? "server admin" : "–") },
-        { title: "Repositories", cell: (p) => `${number(p.repositories)} / ${number(p.repository_quota)}`, class: "num" },
+        {
+          title: "Your role",
+          cell: (p) => (p.repository_access_only ? badge("Repository access only", "limited") : p.role || (p.server_admin ? "server admin" : "–")),
+        },
+        {
+          title: "Repositories",
+          // Of a project where they hold repository roles only, a user learns only their own.
+          cell: (p) => (p.repository_access_only ? `${plural(p.repositories, "repository", "repositories")} of yours` : `${number(p.repositories)} / ${number(p.repository_quota)}`),
+          class: "num",
+        },
         { title: "Registry", cell: (p) => h("code", { "data-testid": "project-registry" }, p.image_prefix) },
       ],
       projects,
