@@ -47,7 +47,9 @@ class NewAccessKey(BaseModel):
         None,
         pattern=COMPONENT_PATTERN,
         max_length=64,
-        description="whose key: the caller (the default), or a service account (project admins)",
+        description="whose key: the caller (the default); project admins also name a service "
+        "account, server administrators anyone; the owner needs a role in the project unless "
+        "a server administrator",
     )
     expires_at: dt.datetime | None = Field(
         None, description="when it stops working (UTC when no zone is given); never when null"

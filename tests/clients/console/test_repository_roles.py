@@ -1,8 +1,10 @@
 """A user with roles on single repositories only: what the console gives them (their
-repositories, their own keys), used with a real docker."""
+repositories, their own keys), used with a real docker; and whose keys the key dialog offers to
+make."""
 
 from __future__ import annotations
 
+import re
 import shlex
 import uuid
 from pathlib import Path
@@ -21,6 +23,7 @@ from tests.clients.console.test_console import skopeo_push
 from tests.clients.daemons import Dockerd
 from tests.clients.layouts import TestImage
 from tests.clients.tools import output, run
+from tests.servers import ADMIN_PASSWORD
 
 
 def a_user_with_repository_roles(tenant: Tenant, roles: dict[str, str]) -> str:
@@ -138,3 +141,36 @@ def test_a_user_with_repository_roles_in_one_project_lands_on_their_repositories
     expect(page.get_by_role("heading", level=1, name="Your repositories")).to_be_visible()
     assert hash_path(page) == f"/projects/{tenant.project}/repositories"
     expect(page.get_by_role("table", name="Your repositories")).to_contain_text("app")
+
+
+def test_the_key_dialog_says_whose_keys_the_caller_may_make(page: Page, tenant: Tenant) -> None:
+    """A server administrator makes a key for anyone with a role in the project, a person with
+    only a repository role included; a project admin for service accounts."""
+    tenant.create_repository("app")
+    guest = a_user_with_repository_roles(tenant, {"app": "viewer"})
+    page.goto(tenant.console)
+    page.get_by_label("User name").fill("admin")
+    page.get_by_label("Password").fill(ADMIN_PASSWORD)
+    page.get_by_role("button", name="Sign in").click()
+    expect(page.get_by_role("heading", level=1, name="Projects")).to_be_visible()
+    page.goto(f"{tenant.console}#/projects/{tenant.project}/keys")
+    page.get_by_role("button", name="Create access key").click()
+    dialog = page.get_by_role("dialog", name="Create access key")
+    expect(
+        dialog.get_by_text(re.compile("name any user with a role in this project"))
+    ).to_be_visible()
+    dialog.get_by_label("For (optional)").fill(guest)
+    dialog.get_by_role("button", name="Create").click()
+    created = page.get_by_role("dialog", name="Access key created")
+    expect(created.get_by_test_id("new-key-user")).to_have_text(guest)
+    created.get_by_role("button", name="Done").click()
+
+    page.get_by_role("button", name="Sign out").click()
+    sign_in(page, tenant)
+    open_project_page(page, tenant, "Access keys")
+    page.get_by_role("button", name="Create access key").click()
+    dialog = page.get_by_role("dialog", name="Create access key")
+    expect(dialog.get_by_text(re.compile("name a service account with a role"))).to_be_visible()
+    dialog.get_by_label("For (optional)").fill(guest)
+    dialog.get_by_role("button", name="Create").click()
+    expect(dialog.get_by_role("alert").filter(has_text="is not a service account")).to_be_visible()

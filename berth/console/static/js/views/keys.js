@@ -99,7 +99,12 @@ async function createKey(ctx, base) {
     build(close) {
       const admin = ctx.project.role === "admin" || ctx.project.server_admin;
       const owner = h("input", { type: "text", autocomplete: "off", spellcheck: false, placeholder: ctx.session.user });
-      const ownerField = admin ? field("For (optional)", owner, "Leave empty for your own key, or name a service account of this project (for CI).") : null;
+      // What the API allows (berth.access.policy.key_creation_refusal): server administrators
+      // make anyone's keys, project admins those of service accounts.
+      const whom = ctx.project.server_admin
+        ? "Leave empty for your own key, or name any user with a role in this project (repository roles too), or a server administrator."
+        : "Leave empty for your own key, or name a service account with a role in this project (for CI): people make their own.";
+      const ownerField = admin ? field("For (optional)", owner, whom) : null;
       const expires = h("input", { type: "date", min: new Date(Date.now() + 86400000).toISOString().slice(0, 10) });
       const expiresField = field("Expires (optional)", expires, "The key works through the end of that day (23:59:59 UTC). Leave empty for a key that does not expire. At most 2 keys per user per project.");
       const problem = h("div");
