@@ -125,7 +125,7 @@ class Services:
             registry=registry,
             uploads=Uploads(db, store, settings.max_open_uploads, settings.upload_expiry),
             identity=identity,
-            authenticator=Authenticator(identity.credentials, tokens, throttle),
+            authenticator=Authenticator(identity.credentials, tokens, throttle, identity.audit),
             tokens=tokens,
             throttle=throttle,
             traffic=TrafficMeter(

@@ -175,6 +175,11 @@ class Credentials:
             return None
         return Principal(row.id, row.name, row.is_admin, None, None)
 
+    async def user_exists(self, name: str) -> bool:
+        async with self.db.read() as conn:
+            found = await conn.execute(select(users.c.id).where(users.c.name == name))
+            return found.first() is not None
+
     async def _touch(self, key_id: str) -> None:
         """Record last use, at most once a minute per key per process (not a write per request)."""
         now = time.monotonic()

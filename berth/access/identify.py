@@ -4,7 +4,8 @@ The registry (`/v2`, the token endpoint) takes an access key (HTTP Basic) or a r
 (Bearer); the management API takes an access key or a user's password (Basic), an API token
 (Bearer) or the console's session. Refresh tokens are exchanged at the token endpoint. Wrong
 credentials are UNAUTHORIZED (never silently anonymous); the surface adds its challenge.
-Failed logins are throttled per key (or user) and client address.
+Failed logins are throttled per key (or user) and client address, and audited here, whichever
+surface they came through.
 """
 
 from __future__ import annotations
@@ -13,13 +14,34 @@ import base64
 import binascii
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import Any, Protocol
 
-from berth.access.credentials import NOT_A_KEY, Credentials, KeyNotUsable, may_be_key_id
+from berth.access.credentials import (
+    NOT_A_KEY,
+    Credentials,
+    KeyNotUsable,
+    has_key_id_format,
+    may_be_key_id,
+)
 from berth.access.policy import Principal
 from berth.access.throttle import LoginThrottle
 from berth.access.tokens import InvalidToken, TokenClaims, Tokens
 from berth.domain.errors import Unauthorized
 from berth.observability import metrics
+
+# What the audit log names instead of a failed login's key ID when that value cannot be one
+# (a secret pasted into the ID field must not be stored), instead of a user name no user has
+# (it may be a password typed into the user field), and as the actor of any failed login (an
+# unverified name is nobody).
+NOT_A_KEY_ID = "(not a key ID)"
+NOT_A_USER = "(no such user)"
+UNVERIFIED_ACTOR = "(unverified)"
+
+
+class AuditRecorder(Protocol):
+    """Where failed logins are recorded (the audit log, which lives above this layer)."""
+
+    async def record(self, actor: str, action: str, **fields: Any) -> None: ...
 
 
 class Surface(StrEnum):
@@ -76,10 +98,17 @@ def is_key_id_sign_in(name: str) -> bool:
 
 
 class Authenticator:
-    def __init__(self, credentials: Credentials, tokens: Tokens, throttle: LoginThrottle) -> None:
+    def __init__(
+        self,
+        credentials: Credentials,
+        tokens: Tokens,
+        throttle: LoginThrottle,
+        audit: AuditRecorder,
+    ) -> None:
         self.credentials = credentials
         self.tokens = tokens
         self.throttle = throttle
+        self.audit = audit
 
     async def identify(
         self,
@@ -110,31 +139,58 @@ class Authenticator:
         return Identified(await self.login_key(name, secret, client), Via.ACCESS_KEY)
 
     async def login_key(self, key_id: str, secret: str, client: str | None) -> Principal:
-        """Check an access key, throttling failures per key and per client address."""
+        """Check an access key, throttling failures per key and per client address and
+        auditing them (not those the throttle refuses)."""
         if not may_be_key_id(key_id):
             # No key has this ID: refused at once, remembering nothing (not even in the
             # throttle), so a stream of made-up IDs costs no memory.
             self.throttle.check(None, client)
             metrics.login_failed("access_key")
+            await self.record_failed_key_login(key_id, NOT_A_KEY, client)
             raise Unauthorized(NOT_A_KEY)
         self.throttle.check(key_id, client)
         try:
             return await self.credentials.authenticate_key(key_id, secret)
-        except KeyNotUsable:
+        except KeyNotUsable as exc:
+            await self.record_failed_key_login(key_id, exc.message, client)
             raise
-        except Unauthorized:
+        except Unauthorized as exc:
             await self.throttle.failed(key_id, client)
             metrics.login_failed("access_key")
+            await self.record_failed_key_login(key_id, exc.message, client)
             raise
 
+    async def record_failed_key_login(self, key_id: str, reason: str, client: str | None) -> None:
+        """Audit a refused access-key sign-in: in the key's project when the key exists, naming
+        the key only when the ID has a key ID's form."""
+        well_formed = has_key_id_format(key_id)
+        await self.audit.record(
+            UNVERIFIED_ACTOR,
+            "login.failed",
+            project_id=await self.credentials.key_project_id(key_id) if well_formed else None,
+            target=key_id if well_formed else NOT_A_KEY_ID,
+            detail={"reason": reason},
+            client=client,
+        )
+
     async def login_password(self, user: str, password: str, client: str | None) -> Principal:
-        """The user with this name and password (401 when wrong, 429 while throttled)."""
+        """The user with this name and password (401 when wrong, 429 while throttled); a
+        wrong one is audited, naming the user only when there is one by that name."""
         self.throttle.check(user, client)
         principal = await self.credentials.verify_password(user, password)
         if principal is None:
             await self.throttle.failed(user, client)
             metrics.login_failed("password")
-            raise Unauthorized("invalid user name or password")
+            reason = "invalid user name or password"
+            known = await self.credentials.user_exists(user)
+            await self.audit.record(
+                UNVERIFIED_ACTOR,
+                "login.failed",
+                target=user if known else NOT_A_USER,
+                detail={"reason": reason},
+                client=client,
+            )
+            raise Unauthorized(reason)
         return principal
 
     async def refresh(self, token: str, service: str) -> Principal:

@@ -10,7 +10,6 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from berth.access.credentials import has_key_id_format
 from berth.access.identify import basic_credentials
 from berth.access.policy import Principal
 from berth.access.scopes import Scope, grant, parse_scopes, scope_string
@@ -23,7 +22,6 @@ from berth.auth.guard import (
 )
 from berth.domain.errors import RegistryError, Unauthorized, Unsupported
 from berth.domain.names import split_name
-from berth.services.audit import NOT_A_KEY_ID, UNVERIFIED_ACTOR
 from berth.state import Services
 
 MAX_FORM_BYTES = 64 * 1024
@@ -72,21 +70,16 @@ def _token_body(
 
 
 async def _login(services: Services, request: Request, key_id: str, secret: str) -> Principal:
+    client = client_address(request)
     try:
-        principal = await services.authenticator.login_key(key_id, secret, client_address(request))
-        await check_login_host(services, request, principal)
+        principal = await services.authenticator.login_key(key_id, secret, client)
+        try:
+            await check_login_host(services, request, principal)
+        except Unauthorized as exc:
+            # The key is right but not for this host: login_key could not know that.
+            await services.authenticator.record_failed_key_login(key_id, exc.message, client)
+            raise
     except Unauthorized as exc:
-        well_formed = has_key_id_format(key_id)
-        await services.identity.audit.record(
-            UNVERIFIED_ACTOR,
-            "login.failed",
-            project_id=await services.identity.credentials.key_project_id(key_id)
-            if well_formed
-            else None,
-            target=key_id if well_formed else NOT_A_KEY_ID,
-            detail={"reason": exc.message},
-            client=client_address(request),
-        )
         exc.headers["WWW-Authenticate"] = 'Basic realm="Berth token service"'
         raise
     note_principal(request, principal)
@@ -95,7 +88,7 @@ async def _login(services: Services, request: Request, key_id: str, secret: str)
         "login",
         project_id=principal.key_project_id,
         target=key_id,
-        client=client_address(request),
+        client=client,
     )
     return principal
 

@@ -18,11 +18,6 @@ from berth.metadata.lookups import count_in_project, require_project
 from berth.metadata.tables import audit_log, utcnow
 
 AUDIT_FLUSH_SECONDS = 0.25
-# What the audit log names instead of a failed login's key ID when that value cannot be one
-# (a secret pasted into the ID field must not be stored), and as the actor of any failed login
-# (an unverified name is nobody).
-NOT_A_KEY_ID = "(not a key ID)"
-UNVERIFIED_ACTOR = "(unverified)"
 
 
 class AuditLog:

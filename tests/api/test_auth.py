@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import base64
 import time
+from collections.abc import Callable
+from functools import partial
+from typing import Any
 
 import httpx
 import jwt
@@ -13,6 +16,7 @@ from sqlalchemy import select
 from berth.access.credentials import has_key_id_format, looks_like_key_id, may_be_key_id
 from berth.api.app import create_api
 from berth.metadata.tables import audit_log
+from berth.services.audit import AUDIT_FLUSH_SECONDS
 from berth.services.keys import new_key_id
 from berth.state import Services
 from tests.api.conftest import PASSWORD, Team, api, assert_problem, ok, services, until
@@ -195,6 +199,82 @@ def test_throttles_password_guessing(server: BerthServer) -> None:
     with api(server, (name, "wrong-password")) as client:
         statuses = [client.get("/projects").status_code for _ in range(12)]
     assert statuses[:10] == [401] * 10 and statuses[-1] == 429
+    # Each guess is audited; the refusals for too many add nothing.
+    guesses = until(lambda: len(failed_logins_outside_projects(server, name)) >= 10)
+    time.sleep(AUDIT_FLUSH_SECONDS * 2)
+    assert guesses and len(failed_logins_outside_projects(server, name)) == statuses.count(401)
+
+
+NO_SUCH_USER = "(no such user)"  # what a failed login names for a user name nobody has
+
+
+def server_audit(server: BerthServer) -> list[dict[str, Any]]:
+    with api(server, ("admin", ADMIN_PASSWORD)) as admin:
+        items: list[dict[str, Any]] = ok(admin.get("/audit", params={"per_page": 100}))["items"]
+    return items
+
+
+def failed_logins_outside_projects(server: BerthServer, target: str) -> list[dict[str, Any]]:
+    return [
+        entry
+        for entry in server_audit(server)
+        if entry["action"] == "login.failed" and entry["target"] == target
+    ]
+
+
+def failed_logins_in_project(team: Team, target: str) -> list[dict[str, Any]]:
+    entries = ok(team.admin.get(team.url("/audit"), params={"per_page": 100}))["items"]
+    return [e for e in entries if e["action"] == "login.failed" and e["target"] == target]
+
+
+def audited_once(entries: Callable[[], list[dict[str, Any]]], before: int = 0) -> dict[str, Any]:
+    """The one entry `entries()` finds beyond the `before` it found earlier (newest first),
+    once audit entries have been written."""
+    until(lambda: len(entries()) > before)
+    time.sleep(AUDIT_FLUSH_SECONDS * 2)  # a second entry would be written by now
+    found = entries()
+    assert len(found) == before + 1, found
+    return found[0]
+
+
+def test_a_wrong_access_key_secret_is_audited_on_every_surface(team: Team) -> None:
+    """Basic on /v2 and on the management API, not only the token endpoint: once each, in
+    the key's project, naming the key and the client, never as the actor."""
+    by_surface = {"/v2/": team.keys["member"][0], "/api/v1/projects": team.keys["reader"][0]}
+    with httpx.Client(base_url=team.server.url, timeout=30) as client:
+        for path, key_id in by_surface.items():
+            assert client.get(path, auth=(key_id, "wrong-secret")).status_code == 401
+    for key_id in by_surface.values():
+        failed = audited_once(partial(failed_logins_in_project, team, key_id))
+        assert failed["actor"] == "(unverified)" and failed["client"] == "127.0.0.1"
+        assert "invalid" in failed["detail"]["reason"]
+
+
+def test_a_wrong_password_is_audited_naming_only_a_user_that_exists(team: Team) -> None:
+    """Basic on the API and the console's sign-in: the user's name when there is such a
+    user, and nothing of what was typed otherwise (it may be a password)."""
+    member, stranger = team.users["member"], team.users["stranger"]
+    typed_as_user = f"hunter2-{team.project}"  # a password typed into the user field
+    # These users may be other teams' too (see tests/api/conftest.py), with failures of their own.
+    failures_of = {
+        user: partial(failed_logins_outside_projects, team.server, user)
+        for user in (member, stranger)
+    }
+    before = {user: len(failures()) for user, failures in failures_of.items()}
+    with httpx.Client(base_url=f"{team.server.url}/api/v1", timeout=30) as client:
+        assert client.get("/projects", auth=(member, "wrong")).status_code == 401
+        signed_in = client.post("/session", json={"user": stranger, "password": "wrong"})
+        assert signed_in.status_code == 401
+        for user, failures in failures_of.items():
+            failed = audited_once(failures, before[user])
+            assert failed["actor"] == "(unverified)" and failed["client"] == "127.0.0.1"
+        assert client.get("/projects", auth=(typed_as_user, "wrong")).status_code == 401
+
+    def newest_failed_login() -> dict[str, Any]:
+        return next(e for e in server_audit(team.server) if e["action"] == "login.failed")
+
+    assert until(lambda: newest_failed_login()["target"] == NO_SUCH_USER)
+    assert typed_as_user not in str(server_audit(team.server))
 
 
 def test_a_failed_login_never_stores_what_was_typed_as_the_key_id(team: Team) -> None:
