@@ -145,6 +145,10 @@ async def base(request: Request) -> Response:
         try:
             await check_login_host(services, request, caller.principal)
         except RegistryError as exc:
+            key_id = caller.principal.key_id
+            if key_id is not None:  # the key is right, but not for this host
+                client = client_address(request)
+                await services.authenticator.record_failed_key_login(key_id, exc.message, client)
             exc.headers["WWW-Authenticate"] = challenge(request)
             raise
     return _json({})
