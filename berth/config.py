@@ -121,8 +121,8 @@ class Settings(BaseSettings):
     storage_collect_min_interval: int = Field(
         5,
         ge=0,
-        description="seconds after a project's newest storage sample during which a "
-        "collection on demand returns that sample instead of measuring again",
+        description="seconds after a project's newest storage sample before a collection on "
+        "demand measures again (one asked for sooner waits)",
     )
     storage_scrub_interval: int = Field(
         86_400,

@@ -64,7 +64,7 @@ async def storage(
 async def collect_storage(ctx: ReadProject) -> StorageSample:
     """Measure the project's storage now and record the sample; within a minute of the
     project's newest sample, the new one replaces it (at most one sample a minute on demand).
-    Within `storage_collect_min_interval` seconds (5) of the project's newest sample, that
-    sample is returned without measuring again, and calls while a measurement is under way
-    get its result."""
+    A measurement starts at most once every `storage_collect_min_interval` seconds (5) after
+    the project's newest sample: one asked for sooner waits for that moment, and calls
+    waiting meanwhile share it. The answer is always measured after the call."""
     return await ctx.services.usage.collect(ctx.project)

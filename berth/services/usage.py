@@ -174,32 +174,41 @@ class Usage:
         }
 
     async def collect(self, project: str) -> records.StorageSample:
-        """The project's storage now: its newest sample when that is younger than
-        `storage_collect_min_interval` seconds (taken by any node, or the schedule), else a
-        measurement recorded as a sample (replacing the project's newest sample when that is
-        younger than ON_DEMAND_COALESCE_SECONDS). Callers while one is under way in this
-        process await that one, so a flood of them measures at most once an interval."""
-        collecting = self._collecting.get(project)
-        if collecting is None:
-            collecting = asyncio.create_task(self._collect_unless_recent(project))
-            self._collecting[project] = collecting
+        """Measure the project's storage and record the sample (replacing the project's newest
+        sample when that is younger than ON_DEMAND_COALESCE_SECONDS). A measurement starts at
+        most once every `storage_collect_min_interval` seconds after the project's newest
+        sample (taken by any node, or the schedule): one asked for sooner waits for that
+        moment, and callers meanwhile in this process share it. Every answer is measured after
+        it was asked for, so it counts what the caller changed before; a flood of them costs
+        one measurement an interval."""
+        pending = self._collecting.get(project)
+        if pending is None:
+            pending = asyncio.create_task(self._collect_when_due(project))
+            self._collecting[project] = pending
 
             def done(task: asyncio.Task[records.StorageSample]) -> None:
-                self._collecting.pop(project, None)
+                if self._collecting.get(project) is task:
+                    del self._collecting[project]
                 if not task.cancelled():
                     task.exception()  # seen, should every caller have gone (they still get it)
 
-            collecting.add_done_callback(done)
+            pending.add_done_callback(done)
         # A caller that goes away (a closed connection) leaves it to the others.
-        return await asyncio.shield(collecting)
+        return await asyncio.shield(pending)
 
-    async def _collect_unless_recent(self, project: str) -> records.StorageSample:
+    async def _collect_when_due(self, project: str) -> records.StorageSample:
         async with self.db.read() as conn:
             project_id = await require_project(conn, project)
             last = await _last_sample(conn, project_id)
-        recent = utcnow() - dt.timedelta(seconds=self.storage_collect_min_interval)
-        if last is not None and last.at > recent:
-            return _sample(last.at, StorageFigures(last.bytes, last.blobs, last.images))
+        if last is not None:
+            due = last.at + dt.timedelta(seconds=self.storage_collect_min_interval)
+            await asyncio.sleep(
+                min((due - utcnow()).total_seconds(), self.storage_collect_min_interval)
+            )
+        # Measuring from here: a caller asking now may have changed what is being read, so
+        # it waits for the next measurement instead of sharing this one.
+        if self._collecting.get(project) is asyncio.current_task():
+            del self._collecting[project]
         return _sample(*await self._record(project_id, coalesce=True))
 
     async def _record(
