@@ -90,7 +90,14 @@ class Settings(BaseSettings):
     scan_check_interval: float = Field(
         10.0,
         gt=0,
-        description="seconds between looks (one read) for queued image scans; one node runs them",
+        description="seconds between looks (one read) for queued image scans",
+    )
+    scan_workers: int = Field(
+        1,
+        ge=1,
+        le=64,
+        description="image scans run at once across the install (any node may run any of "
+        "them; each takes about a core while it runs)",
     )
     rescan_interval: int = Field(
         86_400,

@@ -26,7 +26,7 @@ from berth.services.registry import Registry
 from berth.services.repositories import Repositories
 from berth.services.retention import Retention
 from berth.services.scanning.policy import PullPolicy
-from berth.services.scanning.scans import Scans
+from berth.services.scanning.scans import Scans, scan_queue_job
 from berth.services.sessions import Sessions
 from berth.services.storage_check import StorageCheck
 from berth.services.tag_rules import TagRules
@@ -160,12 +160,16 @@ class Services:
                         retention.run_due,
                         has_work=retention.has_due,
                     ),
-                    # Queued image scans (auto on push, or requested): a read when idle.
-                    Job(
-                        "scan-queue",
-                        settings.scan_check_interval,
-                        scans.run_queued,
-                        has_work=scans.has_queued,
+                    # Queued image scans (auto on push, or requested): a read when idle. One
+                    # job per worker, so that as many nodes or processes scan at once.
+                    *(
+                        Job(
+                            scan_queue_job(worker),
+                            settings.scan_check_interval,
+                            scans.run_queued,
+                            has_work=scans.has_queued,
+                        )
+                        for worker in range(1, settings.scan_workers + 1)
                     ),
                     Job(
                         "scan-rescan-stale",

@@ -594,6 +594,8 @@ scans = Table(
     Column("requested_by", String(64), nullable=False),
     Column("requested_at", UTCDateTime, nullable=False),
     Column("started_at", UTCDateTime),
+    # Renewed while the scan runs: a "scanning" row not renewed for a while lost its node.
+    Column("alive_at", UTCDateTime),
     Column("finished_at", UTCDateTime),
     Index(None, "state"),
 )

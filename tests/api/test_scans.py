@@ -34,6 +34,7 @@ server = server_fixture(
     backends=("sqlite", "postgres"),
     env={
         "BERTH_SCAN_CHECK_INTERVAL": "0.3",
+        "BERTH_SCAN_WORKERS": "2",
         "BERTH_WEBHOOK_ALLOW_PRIVATE": "true",  # the webhook endpoint is on loopback
     },
 )
@@ -134,6 +135,37 @@ def test_a_decompression_bomb_layer_fails_its_scan_at_once_saying_why(team: Team
         "(a decompression bomb?): a scan reads a layer up to 100 times its compressed size, "
         "or 256 MiB if that is more"
     ), result["reason"]
+
+
+def test_two_scan_workers_run_two_slow_scans_at_once(team: Team) -> None:
+    """With `scan_workers = 2`, two images each taking seconds to scan (a layer of 200 MiB of
+    zeros, under the bomb bound) are seen scanning at the same time, then both finish."""
+    slow = Blob(zeros_layer(200 * 1024**2), OCI_LAYER_GZIP)
+    registry, name = team.registry("member"), team.oci_name(repository="slow")
+    services(
+        team.server,
+        lambda s: s.repositories.create(team.project, "slow", scan_mode="manual", actor="test"),
+    )
+    push_blob(registry, name, slow)
+    urls = []
+    for architecture in ("amd64", "arm64"):
+        config = image_config(architecture=architecture)
+        push_blob(registry, name, config)
+        manifest = image_manifest(config.descriptor(), [slow.descriptor()])
+        push_manifest(registry, name, architecture, manifest)
+        urls.append(team.repo_url(f"/images/{manifest.digest}/scan", repository="slow"))
+    for url in urls:
+        ok(team["member"].post(url), 202)
+    seen: list[tuple[str, ...]] = []
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        states = tuple(ok(team["reader"].get(url))["state"] for url in urls)
+        seen.append(states)
+        if all(state in ("done", "failed") for state in states):
+            break
+        time.sleep(0.1)
+    assert ("scanning", "scanning") in seen, seen
+    assert seen[-1] == ("done", "done"), seen
 
 
 def test_a_manual_scan_on_request(team: Team, app_layers: list[Blob]) -> None:

@@ -1,5 +1,5 @@
-"""Image scans: queued on request or on push, run in the background one at a time, results
-stored per manifest.
+"""Image scans: queued on request or on push, run in the background (`scan_workers` at a
+time across the install, each claimed by one process), results stored per manifest.
 
 A scan reads an image manifest's layers (`layers.image_inventory`), keeps the inventory as the
 digest's SBOM, and matches its packages against the imported vulnerability database. An index
@@ -13,6 +13,7 @@ database since, its result is stale, and `rescan_stale` queues it again.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import json
 import logging
@@ -58,8 +59,10 @@ logger = logging.getLogger("berth.scans")
 
 ScanState = Literal["queued", "scanning", "done", "failed"]
 COUNTED = ("critical", "high", "medium", "low", "unknown")
-# A scan left "scanning" this long was cut short (its node stopped): it is queued again.
-ABANDONED_AFTER = dt.timedelta(hours=1)
+# A running scan renews its `alive_at` this often; one left "scanning" without renewal for
+# ABANDONED_AFTER was cut short (its process stopped) and is queued again.
+ALIVE_EVERY = 60.0
+ABANDONED_AFTER = dt.timedelta(minutes=5)
 # Real images nest one index (platforms) or two; deeper chains are refused, not recursed into.
 MAX_INDEX_DEPTH = 8
 
@@ -108,6 +111,25 @@ def is_stale(state: str, vulndb_state: int | None, current: int | None) -> bool:
     """A finished result made before the latest import that changed the vulnerability data
     (`rescan_stale` says the same in SQL)."""
     return state == "done" and (vulndb_state or 0) < (current or 0)
+
+
+def scan_queue_job(worker: int) -> str:
+    """The name of the scheduled job (and its lease) of scan worker `worker` (from 1): the
+    first keeps the name the single worker had."""
+    return "scan-queue" if worker == 1 else f"scan-queue-{worker}"
+
+
+def _abandoned() -> Any:
+    """A scan whose process stopped: "scanning", not renewed for ABANDONED_AFTER (rows a
+    version without `alive_at` left count from when they started)."""
+    last_seen = func.coalesce(scans.c.alive_at, scans.c.started_at)
+    return and_(scans.c.state == "scanning", last_seen < utcnow() - ABANDONED_AFTER)
+
+
+def _claimed() -> dict[str, Any]:
+    """What claiming a scan writes."""
+    now = utcnow()
+    return {"state": "scanning", "started_at": now, "alive_at": now, "reason": None}
 
 
 def counts_of(row: Any) -> SeverityCounts:
@@ -370,13 +392,10 @@ class Scans:
 
     async def has_queued(self) -> bool:
         """Whether a scan waits: queued, or left scanning by a node that stopped."""
-        abandoned = and_(
-            scans.c.state == "scanning", scans.c.started_at < utcnow() - ABANDONED_AFTER
-        )
         async with self.db.read() as conn:
             found = (
                 await conn.execute(
-                    select(scans.c.id).where(or_(scans.c.state == "queued", abandoned)).limit(1)
+                    select(scans.c.id).where(or_(scans.c.state == "queued", _abandoned())).limit(1)
                 )
             ).first()
         return found is not None
@@ -384,7 +403,8 @@ class Scans:
     # --- running ------------------------------------------------------------------------
 
     async def run_queued(self) -> int:
-        """Scan everything queued, taking projects in turn (`_claim`); how many finished."""
+        """Scan everything queued, taking projects in turn (`_claim`); how many finished here.
+        Several processes may run this at once: each scan is claimed by one of them."""
         await self._requeue_abandoned()
         done = 0
         while (claimed := await self._claim()) is not None:
@@ -398,38 +418,49 @@ class Scans:
         """Scan the image in this process unless another has claimed its queued scan (then
         wait for that one): its finished result."""
         manifest_id = await self._manifest_id(repository_id, image, digest)
-        async with self.db.write() as conn:
-            claimed = await conn.execute(
-                update(scans)
-                .where(scans.c.manifest_id == manifest_id, scans.c.state == "queued")
-                .values(state="scanning", started_at=utcnow(), reason=None)
-                .returning(scans.c.id)
-            )
-            scan_id = claimed.scalar()
-        if scan_id is not None:
-            await self._run(int(scan_id), manifest_id)
+        await self._scan_or_await(manifest_id, poll=poll)
+        result = await self.result(repository_id, image, digest)
+        if result is None:
+            raise NotFound(f"image {digest} has no scan requested")
+        return result
+
+    async def _scan_or_await(
+        self, manifest_id: int, *, poll: float = 1.0, announce: bool = True
+    ) -> None:
+        """Run the manifest's scan here if it is queued (or its process stopped), else wait
+        until the process running it has finished; nothing when it has no scan."""
         while True:
-            result = await self.result(repository_id, image, digest)
-            if result is None:
-                raise NotFound(f"image {digest} has no scan requested")
-            if result.state in ("done", "failed"):
-                return result
+            async with self.db.write() as conn:
+                claimed = await conn.execute(
+                    update(scans)
+                    .where(
+                        scans.c.manifest_id == manifest_id,
+                        or_(scans.c.state == "queued", _abandoned()),
+                    )
+                    .values(**_claimed())
+                    .returning(scans.c.id)
+                )
+                scan_id = claimed.scalar()
+            if scan_id is not None:
+                await self._run(int(scan_id), manifest_id, announce=announce)
+                return
+            async with self.db.read() as conn:
+                state = (
+                    await conn.execute(
+                        select(scans.c.state).where(scans.c.manifest_id == manifest_id)
+                    )
+                ).scalar()
+            if state is None or state in ("done", "failed"):
+                return
             await asyncio.sleep(poll)
 
     async def _requeue_abandoned(self) -> None:
         async with self.db.write() as conn:
-            await conn.execute(
-                update(scans)
-                .where(
-                    scans.c.state == "scanning",
-                    scans.c.started_at < utcnow() - ABANDONED_AFTER,
-                )
-                .values(state="queued")
-            )
+            await conn.execute(update(scans).where(_abandoned()).values(state="queued"))
 
     async def _claim(self) -> tuple[int, int] | None:
         """The next queued scan, marked as scanning: of the project whose last scan started
-        longest ago (never first), then the oldest request. Scans run one at a time, so by
+        longest ago (never first), then the oldest request. Few scans run at a time, so by
         request order alone one project queueing many large images would hold every other
         project's scans back behind all of them."""
         # Aggregated once per claim, not per queued scan: a rescan of stale results queues
@@ -470,7 +501,7 @@ class Scans:
                 claimed = await conn.execute(
                     update(scans)
                     .where(scans.c.id == row.id, scans.c.state == "queued")
-                    .values(state="scanning", started_at=utcnow(), reason=None)
+                    .values(**_claimed())
                 )
             if claimed.rowcount:
                 return int(row.id), int(row.manifest_id)
@@ -478,16 +509,37 @@ class Scans:
     async def _run(self, scan_id: int, manifest_id: int, *, announce: bool = True) -> None:
         """Scan and store the result; `announce`: queue its `scan.finished` webhook event (not
         for a platform manifest scanned as part of its index: the index's event says it)."""
-        state = await self.vulndb.state()
+        alive = asyncio.create_task(self._keep_alive(scan_id), name=f"scan {scan_id} alive")
         try:
-            found, packages = await self._scan_manifest(manifest_id, state)
-        except ScanFailed as failure:
-            await self._finish(scan_id, [], 0, state, str(failure), announce)
-        except Exception as exc:  # a background job: the user sees why, the log has the rest
-            logger.exception("scan of manifest %s failed", manifest_id)
-            await self._finish(scan_id, [], 0, state, f"scan error: {exc}", announce)
-        else:
-            await self._finish(scan_id, found, packages, state, None, announce)
+            state = await self.vulndb.state()
+            try:
+                found, packages = await self._scan_manifest(manifest_id, state)
+            except ScanFailed as failure:
+                await self._finish(scan_id, [], 0, state, str(failure), announce)
+            except Exception as exc:  # a background job: the user sees why, the log has the rest
+                logger.exception("scan of manifest %s failed", manifest_id)
+                await self._finish(scan_id, [], 0, state, f"scan error: {exc}", announce)
+            else:
+                await self._finish(scan_id, found, packages, state, None, announce)
+        finally:
+            alive.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await alive
+
+    async def _keep_alive(self, scan_id: int) -> None:
+        """Renew the running scan's `alive_at` until cancelled, so that no other process takes
+        it for abandoned."""
+        while True:
+            await asyncio.sleep(ALIVE_EVERY)
+            try:
+                async with self.db.write() as conn:
+                    await conn.execute(
+                        update(scans)
+                        .where(scans.c.id == scan_id, scans.c.state == "scanning")
+                        .values(alive_at=utcnow())
+                    )
+            except Exception:  # the next renewal may succeed; the scan goes on meanwhile
+                logger.warning("scan %s: could not renew alive_at", scan_id, exc_info=True)
 
     async def _load(self, manifest_id: int) -> Any:
         async with self.db.read() as conn:
@@ -593,22 +645,17 @@ class Scans:
                 await conn.execute(select(scans).where(scans.c.manifest_id == manifest_id))
             ).first()
         if own is None or own.state != "done" or (own.vulndb_state or 0) < state:
+            # Another index sharing this platform, or the platform's own queued scan, may be
+            # scanning it in another process: then its result is awaited, not made twice.
             async with self.db.write() as conn:
                 await self._queue(conn, manifest_id, "index")
-                await conn.execute(
-                    update(scans)
-                    .where(scans.c.manifest_id == manifest_id)
-                    .values(state="scanning", started_at=utcnow(), reason=None)
-                )
-            async with self.db.read() as conn:
-                scan_id = (
-                    await conn.execute(select(scans.c.id).where(scans.c.manifest_id == manifest_id))
-                ).scalar_one()
-            await self._run(scan_id, manifest_id, announce=False)
+            await self._scan_or_await(manifest_id, announce=False)
         async with self.db.read() as conn:
             own = (
                 await conn.execute(select(scans).where(scans.c.manifest_id == manifest_id))
-            ).one()
+            ).first()
+            if own is None:
+                return "manifest missing", 0
             if own.state == "failed":
                 return str(own.reason), 0
             rows = await conn.execute(

@@ -415,6 +415,104 @@ def test_a_scan_left_scanning_by_a_stopped_node_is_done_again(
     run(database_url, tmp_path, scenario)
 
 
+def test_a_scan_still_renewed_by_its_process_is_left_to_it_however_long_it_runs(
+    database_url: str, tmp_path: Path, app_layers: list[bytes]
+) -> None:
+    """Another worker (a node or process) does not take over a scan whose process renews it,
+    even one started two hours ago; it does once the renewals stopped for ABANDONED_AFTER."""
+
+    async def scenario(world: World) -> None:
+        repo = await repository(world)
+        await import_records(world, tmp_path, ALL_RECORDS)
+        image = await push_image(world, repo, app_layers, "v1")
+        await world.scans.request_scan(repo, "", image.digest, "alice")
+        started = utcnow() - dt.timedelta(hours=2)
+        async with world.db.write() as conn:  # as a long scan in another process leaves it
+            await conn.execute(
+                update(scans).values(state="scanning", started_at=started, alive_at=utcnow())
+            )
+        assert not await world.scans.has_queued()
+        assert await world.scans.run_queued() == 0
+        result = await world.scans.result(repo.id, "", image.digest)
+        assert result is not None and result.state == "scanning"
+
+        silent_since = utcnow() - scans_module.ABANDONED_AFTER - dt.timedelta(seconds=5)
+        async with world.db.write() as conn:  # its process stopped renewing
+            await conn.execute(update(scans).values(alive_at=silent_since))
+        assert await world.scans.has_queued()
+        assert await world.scans.run_queued() == 1
+        result = await world.scans.result(repo.id, "", image.digest)
+        assert result is not None and result.state == "done" and findings(result) == EXPECTED
+
+    run(database_url, tmp_path, scenario)
+
+
+def test_an_index_waits_for_a_platform_another_process_is_scanning(
+    database_url: str, tmp_path: Path, app_layers: list[bytes], fixed_layers: list[bytes]
+) -> None:
+    """A platform being scanned elsewhere (another index sharing it, or its own scan) is not
+    scanned twice: the index's scan waits for it, and takes it over if that process stops."""
+
+    async def scenario(world: World) -> None:
+        repo = await repository(world)
+        await import_records(world, tmp_path, ALL_RECORDS)
+        amd64 = await push_image(world, repo, app_layers, "amd64", "amd64")
+        arm64 = await push_image(world, repo, fixed_layers, "arm64", "arm64")
+        index = await push_platform_index(world, repo, amd64, arm64, "multi")
+        await world.scans.request_scan(repo, "", amd64.digest, "other")
+        claimed_at = utcnow()
+        async with world.db.write() as conn:  # another process claimed the amd64 scan
+            await conn.execute(
+                update(scans).values(state="scanning", started_at=claimed_at, alive_at=claimed_at)
+            )
+        await world.scans.request_scan(repo, "", index.digest, "alice")
+        scanning = asyncio.create_task(world.scans.scan_now(repo.id, "", index.digest, poll=0.05))
+        await asyncio.sleep(1.0)
+        assert not scanning.done()
+        async with world.db.read() as conn:
+            rows = (await conn.execute(select(scans.c.state, scans.c.started_at))).all()
+        # The platform is still the other process's (not claimed again); the index is this
+        # one's, waiting.
+        assert [state for state, _ in rows] == ["scanning", "scanning"]
+        assert claimed_at in [started for _, started in rows]
+
+        silent_since = utcnow() - scans_module.ABANDONED_AFTER - dt.timedelta(seconds=5)
+        async with world.db.write() as conn:  # that process stopped
+            await conn.execute(
+                update(scans).where(scans.c.state == "scanning").values(alive_at=silent_since)
+            )
+        result = await asyncio.wait_for(scanning, 60)
+        assert result.state == "done" and findings(result) == EXPECTED
+        platform = await world.scans.result(repo.id, "", amd64.digest)
+        assert platform is not None and platform.state == "done"
+        assert findings(platform) == EXPECTED
+
+    run(database_url, tmp_path, scenario)
+
+
+def test_two_workers_share_the_queue_each_scan_run_once(
+    database_url: str, tmp_path: Path, app_layers: list[bytes], fixed_layers: list[bytes]
+) -> None:
+    """Two workers draining the queue at once (as `scan_workers = 2` runs it) each take their
+    own scans; every result is whole."""
+
+    async def scenario(world: World) -> None:
+        repo = await repository(world)
+        await import_records(world, tmp_path, ALL_RECORDS)
+        old = await push_image(world, repo, app_layers, "old")
+        new = await push_image(world, repo, fixed_layers, "new")
+        for image in (old, new):
+            await world.scans.request_scan(repo, "", image.digest, "alice")
+        done = await asyncio.gather(world.scans.run_queued(), world.scans.run_queued())
+        assert sorted(done) == [1, 1]
+        first = await world.scans.result(repo.id, "", old.digest)
+        second = await world.scans.result(repo.id, "", new.digest)
+        assert first is not None and findings(first) == EXPECTED
+        assert second is not None and second.state == "done" and second.findings == []
+
+    run(database_url, tmp_path, scenario)
+
+
 def test_deleting_an_image_removes_its_scan_and_then_its_sbom(
     database_url: str, tmp_path: Path, app_layers: list[bytes]
 ) -> None:
