@@ -60,6 +60,18 @@ class Via(StrEnum):
     SESSION = "session"
 
 
+class SignInPath(StrEnum):
+    """Where a sign-in was attempted: what a failed one's audit entry says (`through`)."""
+
+    TOKEN_ENDPOINT = "/auth/token"
+    REGISTRY_BASIC = "/v2 Basic"
+    API_BASIC = "/api/v1 Basic"
+    CONSOLE = "console sign-in"
+    PASSWORD_CHANGE = "password change"  # the current password, asked before a new one
+
+
+_BASIC_PATH = {Surface.REGISTRY: SignInPath.REGISTRY_BASIC, Surface.API: SignInPath.API_BASIC}
+
 # What each surface tells a client whose Authorization header it does not understand.
 _UNSUPPORTED = {
     Surface.REGISTRY: "unsupported Authorization header; use Basic or Bearer",
@@ -134,11 +146,15 @@ class Authenticator:
         if credentials is None:
             raise Unauthorized(_UNSUPPORTED[surface])
         name, secret = credentials
+        through = _BASIC_PATH[surface]
         if surface is Surface.API and not is_key_id_sign_in(name):
-            return Identified(await self.login_password(name, secret, client), Via.PASSWORD)
-        return Identified(await self.login_key(name, secret, client), Via.ACCESS_KEY)
+            principal = await self.login_password(name, secret, client, through)
+            return Identified(principal, Via.PASSWORD)
+        return Identified(await self.login_key(name, secret, client, through), Via.ACCESS_KEY)
 
-    async def login_key(self, key_id: str, secret: str, client: str | None) -> Principal:
+    async def login_key(
+        self, key_id: str, secret: str, client: str | None, through: SignInPath
+    ) -> Principal:
         """Check an access key, throttling failures per key and per client address and
         auditing them (not those the throttle refuses)."""
         if not may_be_key_id(key_id):
@@ -146,21 +162,23 @@ class Authenticator:
             # throttle), so a stream of made-up IDs costs no memory.
             self.throttle.check(None, client)
             metrics.login_failed("access_key")
-            await self.record_failed_key_login(key_id, NOT_A_KEY, client)
+            await self.record_failed_key_login(key_id, NOT_A_KEY, client, through)
             raise Unauthorized(NOT_A_KEY)
         self.throttle.check(key_id, client)
         try:
             return await self.credentials.authenticate_key(key_id, secret)
         except KeyNotUsable as exc:
-            await self.record_failed_key_login(key_id, exc.message, client)
+            await self.record_failed_key_login(key_id, exc.message, client, through)
             raise
         except Unauthorized as exc:
             await self.throttle.failed(key_id, client)
             metrics.login_failed("access_key")
-            await self.record_failed_key_login(key_id, exc.message, client)
+            await self.record_failed_key_login(key_id, exc.message, client, through)
             raise
 
-    async def record_failed_key_login(self, key_id: str, reason: str, client: str | None) -> None:
+    async def record_failed_key_login(
+        self, key_id: str, reason: str, client: str | None, through: SignInPath
+    ) -> None:
         """Audit a refused access-key sign-in: in the key's project when the key exists, naming
         the key only when the ID has a key ID's form."""
         well_formed = has_key_id_format(key_id)
@@ -169,11 +187,13 @@ class Authenticator:
             "login.failed",
             project_id=await self.credentials.key_project_id(key_id) if well_formed else None,
             target=key_id if well_formed else NOT_A_KEY_ID,
-            detail={"reason": reason},
+            detail={"reason": reason, "through": through.value},
             client=client,
         )
 
-    async def login_password(self, user: str, password: str, client: str | None) -> Principal:
+    async def login_password(
+        self, user: str, password: str, client: str | None, through: SignInPath
+    ) -> Principal:
         """The user with this name and password (401 when wrong, 429 while throttled); a
         wrong one is audited, naming the user only when there is one by that name."""
         self.throttle.check(user, client)
@@ -187,7 +207,7 @@ class Authenticator:
                 UNVERIFIED_ACTOR,
                 "login.failed",
                 target=user if known else NOT_A_USER,
-                detail={"reason": reason},
+                detail={"reason": reason, "through": through.value},
                 client=client,
             )
             raise Unauthorized(reason)

@@ -37,7 +37,7 @@ from pydantic import AfterValidator, BaseModel, Field
 from pydantic_core import PydanticCustomError
 
 from berth.access.credentials import KEY_ID_PATTERN
-from berth.access.identify import Surface, Via
+from berth.access.identify import SignInPath, Surface, Via
 from berth.access.permissions import ProjectAccess
 from berth.access.policy import Principal, project_access
 from berth.access.refusals import api_unauthorized
@@ -142,11 +142,12 @@ class ApiCaller:
 
 
 async def password_principal(
-    services: Services, request: Request, user: str, password: str
+    services: Services, request: Request, user: str, password: str, through: SignInPath
 ) -> Principal:
     """The user with this name and password (401 when wrong, 429 while throttled)."""
+    client = client_address(request)
     try:
-        return await services.authenticator.login_password(user, password, client_address(request))
+        return await services.authenticator.login_password(user, password, client, through)
     except Unauthorized as exc:
         raise api_unauthorized(exc.message) from None
 

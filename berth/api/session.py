@@ -23,6 +23,7 @@ from starlette.requests import HTTPConnection
 from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from berth.access.identify import SignInPath
 from berth.access.refusals import api_unauthorized
 from berth.api.deps import SESSION_SCOPE_KEY, ServicesDep, password_principal
 from berth.api.problems import problem, responses
@@ -196,7 +197,9 @@ async def sign_in(
     request: Request, response: Response, body: Credentials, services: ServicesDep
 ) -> SessionInfo:
     """Sign in to the console with a user name and password: sets the session cookie."""
-    principal = await password_principal(services, request, body.user, body.password)
+    principal = await password_principal(
+        services, request, body.user, body.password, SignInPath.CONSOLE
+    )
     previous = request.cookies.get(SESSION_COOKIE)
     if previous:
         await services.sessions.delete(session_id(previous))

@@ -17,6 +17,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from berth.access.identify import SignInPath
 from berth.access.permissions import RepositoryRole
 from berth.api.access import AuditEntry
 from berth.api.deps import (
@@ -162,7 +163,9 @@ async def change_own_password(
     the one that made the change stays signed in."""
     user = caller.user
     try:
-        await password_principal(services, request, user, body.current_password)
+        await password_principal(
+            services, request, user, body.current_password, SignInPath.PASSWORD_CHANGE
+        )
     except Unauthorized:
         raise FieldError("current_password", "this is not your current password") from None
     session = request.scope.get(SESSION_RECORD_KEY)

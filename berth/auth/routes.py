@@ -10,7 +10,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from berth.access.identify import basic_credentials
+from berth.access.identify import SignInPath, basic_credentials
 from berth.access.policy import Principal
 from berth.access.scopes import Scope, grant, parse_scopes, scope_string
 from berth.auth.guard import (
@@ -72,12 +72,16 @@ def _token_body(
 async def _login(services: Services, request: Request, key_id: str, secret: str) -> Principal:
     client = client_address(request)
     try:
-        principal = await services.authenticator.login_key(key_id, secret, client)
+        principal = await services.authenticator.login_key(
+            key_id, secret, client, SignInPath.TOKEN_ENDPOINT
+        )
         try:
             await check_login_host(services, request, principal)
         except Unauthorized as exc:
             # The key is right but not for this host: login_key could not know that.
-            await services.authenticator.record_failed_key_login(key_id, exc.message, client)
+            await services.authenticator.record_failed_key_login(
+                key_id, exc.message, client, SignInPath.TOKEN_ENDPOINT
+            )
             raise
     except Unauthorized as exc:
         exc.headers["WWW-Authenticate"] = 'Basic realm="Berth token service"'

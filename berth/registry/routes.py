@@ -14,6 +14,7 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Route
 
+from berth.access.identify import SignInPath
 from berth.access.permissions import Action
 from berth.access.scopes import CATALOG
 from berth.auth.guard import (
@@ -148,7 +149,9 @@ async def base(request: Request) -> Response:
             key_id = caller.principal.key_id
             if key_id is not None:  # the key is right, but not for this host
                 client = client_address(request)
-                await services.authenticator.record_failed_key_login(key_id, exc.message, client)
+                await services.authenticator.record_failed_key_login(
+                    key_id, exc.message, client, SignInPath.REGISTRY_BASIC
+                )
             exc.headers["WWW-Authenticate"] = challenge(request)
             raise
     return _json({})

@@ -244,10 +244,11 @@ def test_a_wrong_access_key_secret_is_audited_on_every_surface(team: Team) -> No
     with httpx.Client(base_url=team.server.url, timeout=30) as client:
         for path, key_id in by_surface.items():
             assert client.get(path, auth=(key_id, "wrong-secret")).status_code == 401
-    for key_id in by_surface.values():
+    for key_id, through in zip(by_surface.values(), ("/v2 Basic", "/api/v1 Basic"), strict=True):
         failed = audited_once(partial(failed_logins_in_project, team, key_id))
         assert failed["actor"] == "(unverified)" and failed["client"] == "127.0.0.1"
         assert "invalid" in failed["detail"]["reason"]
+        assert failed["detail"]["through"] == through
 
 
 def test_a_wrong_password_is_audited_naming_only_a_user_that_exists(team: Team) -> None:
@@ -265,9 +266,11 @@ def test_a_wrong_password_is_audited_naming_only_a_user_that_exists(team: Team) 
         assert client.get("/projects", auth=(member, "wrong")).status_code == 401
         signed_in = client.post("/session", json={"user": stranger, "password": "wrong"})
         assert signed_in.status_code == 401
+        through = {member: "/api/v1 Basic", stranger: "console sign-in"}
         for user, failures in failures_of.items():
             failed = audited_once(failures, before[user])
             assert failed["actor"] == "(unverified)" and failed["client"] == "127.0.0.1"
+            assert failed["detail"]["through"] == through[user]
         assert client.get("/projects", auth=(typed_as_user, "wrong")).status_code == 401
 
     def newest_failed_login() -> dict[str, Any]:
@@ -285,13 +288,14 @@ def test_a_failed_login_never_stores_what_was_typed_as_the_key_id(team: Team) ->
         assert registry.get("/auth/token", auth=(key_id, "wrong-secret")).status_code == 401
         assert registry.get("/auth/token", auth=(secret, key_id)).status_code == 401
 
-    def failures() -> list[dict[str, object]]:
+    def failures() -> list[dict[str, Any]]:
         entries = ok(team.admin.get(team.url("/audit"), params={"per_page": 100}))["items"]
         return [e for e in entries if e["action"] == "login.failed"]
 
     [failed] = until(failures)
     # The well-formed ID is the target; nobody unverified is named as the actor.
     assert failed["target"] == key_id and failed["actor"] == "(unverified)"
+    assert failed["detail"]["through"] == "/auth/token"
 
     async def every_entry(s: Services) -> list[str]:
         async with s.db.read() as conn:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import uuid
 from contextlib import closing
+from functools import partial
 from typing import Any
 
 import httpx
@@ -24,6 +25,7 @@ from tests.api.conftest import (
     services,
     until,
 )
+from tests.api.test_auth import failed_logins_outside_projects
 from tests.servers import ADMIN_PASSWORD, BerthServer
 
 NEW_PASSWORD = "a-new-password-for-today"
@@ -102,6 +104,9 @@ def test_a_user_changes_their_own_password(team: Team) -> None:
             headers={"X-CSRF-Token": csrf},
         )
         assert_problem(wrong, 422, fields=("current_password",))
+        # Audited as a failed sign-in, saying where it was tried.
+        failed = until(partial(failed_logins_outside_projects, team.server, name))
+        assert [e["detail"]["through"] for e in failed] == ["password change"]
         changed = first.put(
             "/account/password",
             json={"current_password": PASSWORD, "new_password": NEW_PASSWORD},

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import base64
+from functools import partial
 
 import pytest
 
-from berth.access.identify import Identified, Surface, Via
+from berth.access.identify import Identified, SignInPath, Surface, Via
 from berth.access.policy import Principal
 from berth.domain.errors import TooManyRequests, Unauthorized
 from berth.state import Services
@@ -184,12 +185,13 @@ def test_failed_logins_are_throttled(world: World) -> None:
     guesser = "192.0.2.70"
 
     async def guess(services: Services) -> None:
+        login = partial(services.authenticator.login_key, through=SignInPath.TOKEN_ENDPOINT)
         for _ in range(3):
             with pytest.raises(Unauthorized):
-                await services.authenticator.login_key(world.key_id, "guess", guesser)
+                await login(world.key_id, "guess", guesser)
         with pytest.raises(TooManyRequests):
-            await services.authenticator.login_key(world.key_id, world.secret, guesser)
+            await login(world.key_id, world.secret, guesser)
         # Another address is not locked out.
-        await services.authenticator.login_key(world.key_id, world.secret, "192.0.2.8")
+        await login(world.key_id, world.secret, "192.0.2.8")
 
     world.run(guess)
