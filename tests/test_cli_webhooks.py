@@ -100,8 +100,38 @@ def test_private_url_refused_without_the_setting(sqlite_server: BerthServer) -> 
     assert both.returncode == 2
     assert (
         "url: the URL must start with http:// or https://; "
-        "description: a description is up to 100 printable characters"
+        f"description: {DESCRIPTION_RULE}; this one has '\\t'"
     ) in " ".join(both.stderr.split())
+
+
+DESCRIPTION_RULE = (
+    "a description is at most 100 characters, with no line breaks or control characters"
+)
+
+
+def test_a_description_is_any_text_but_control_characters_as_a_repository_s(
+    hooks_server: BerthServer,
+) -> None:
+    """`webhook create` takes a description with a non-breaking space; one with a control
+    character is refused (exit 2) in the words `repo create` refuses it with."""
+    hooks_server.create_project("clihooks5")
+    made = hooks_server.cli_json(
+        "webhook", "create", "clihooks5", "http://127.0.0.1:9/", "--description", "CI\u00a0hook"
+    )
+    assert made["description"] == "CI\u00a0hook"
+    url = "http://127.0.0.1:9/"
+    as_webhook = ("webhook", "create", "clihooks5", url, "--description", "a\u0085b")
+    as_repository = ("repo", "create", "clihooks5/app", "--description", "a\u0085b")
+    for refused in (
+        hooks_server.cli(*as_webhook, check=False),
+        hooks_server.cli(*as_repository, check=False),
+    ):
+        assert refused.returncode == 2, refused.stderr
+        assert f"{DESCRIPTION_RULE}; this one has '\\x85'" in " ".join(refused.stderr.split())
+        assert "Traceback" not in refused.stderr
+    assert [w["description"] for w in hooks_server.cli_json("webhook", "list", "clihooks5")] == [
+        "CI\u00a0hook"
+    ]
 
 
 def test_the_setting_the_refusal_names_lets_the_cli_make_a_private_endpoint(

@@ -19,14 +19,17 @@ from berth.api.deps import (
 )
 from berth.api.problems import FieldError, responses
 from berth.auth.guard import client_address
-from berth.services.repositories import (
+from berth.domain.descriptions import (
+    DESCRIPTION_PATTERN,
     DESCRIPTION_RULE,
     MAX_DESCRIPTION,
+    description_problem,
+)
+from berth.services.repositories import (
     MAX_REPOSITORY_NAME,
     Repository,
     ScanMode,
     Visibility,
-    description_problem,
 )
 
 router = APIRouter(prefix="/projects/{project}/repositories", tags=["repositories"])
@@ -38,7 +41,7 @@ Description = Annotated[
     follows(description_problem),
     Field(
         description=DESCRIPTION_RULE,
-        json_schema_extra={"maxLength": MAX_DESCRIPTION, "pattern": TEXT_PATTERN},
+        json_schema_extra={"maxLength": MAX_DESCRIPTION, "pattern": DESCRIPTION_PATTERN},
     ),
 ]
 

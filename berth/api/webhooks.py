@@ -14,11 +14,10 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from berth.api.deps import AdminProject, Page, PagingDep
 from berth.api.problems import responses
+from berth.domain.descriptions import DESCRIPTION_PATTERN, DESCRIPTION_RULE, MAX_DESCRIPTION
 from berth.services.webhook_addresses import MAX_URL_LENGTH
 from berth.services.webhook_events import EVENT_TYPES
 from berth.services.webhooks import (
-    DESCRIPTION_RULE,
-    MAX_DESCRIPTION,
     MAX_SECRET_LENGTH,
     MIN_SECRET_LENGTH,
     CreatedWebhook,
@@ -36,6 +35,7 @@ WebhookId = Annotated[int, Path(ge=1, le=2**31 - 1, description="webhook id")]
 # Event types are checked by the service with the other fields (one refusal names them all);
 # the schema lists the types.
 _EVENT_TYPE_ITEMS: dict[str, Any] = {"items": {"type": "string", "enum": list(EVENT_TYPES)}}
+_DESCRIPTION_BOUNDS: dict[str, Any] = {"maxLength": MAX_DESCRIPTION, "pattern": DESCRIPTION_PATTERN}
 
 
 class NewWebhook(BaseModel):
@@ -62,9 +62,8 @@ class NewWebhook(BaseModel):
         True, description="sign deliveries (X-Berth-Signature); false, with no secret: unsigned"
     )
     enabled: bool = True
-    # No pattern: the service's refusal says what a description may be (a pattern's cannot).
     description: str = Field(
-        "", description=DESCRIPTION_RULE, json_schema_extra={"maxLength": MAX_DESCRIPTION}
+        "", description=DESCRIPTION_RULE, json_schema_extra=_DESCRIPTION_BOUNDS
     )
 
 
@@ -77,7 +76,7 @@ class WebhookChange(BaseModel):
     )
     enabled: bool | None = None
     description: str | None = Field(
-        None, description=DESCRIPTION_RULE, json_schema_extra={"maxLength": MAX_DESCRIPTION}
+        None, description=DESCRIPTION_RULE, json_schema_extra=_DESCRIPTION_BOUNDS
     )
 
 

@@ -14,6 +14,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from berth.access.expiring import ExpiringCache
+from berth.domain.descriptions import description_problem
 from berth.domain.errors import (
     ConfirmationRequired,
     Conflict,
@@ -53,12 +54,6 @@ from berth.storage.base import BlobStore
 # take effect after this long; keeps one query off every pull.
 REPOSITORY_CACHE_SECONDS = 1.0
 REPOSITORY_CACHE_SIZE = 10_000
-MAX_DESCRIPTION = 100
-# In the words the console checks a description with before sending it (views/repositories.js).
-DESCRIPTION_RULE = (
-    f"a description is at most {MAX_DESCRIPTION} characters, with no line breaks or control "
-    "characters"
-)
 # A repository name leaves room for the project and an image path in a 255-character OCI name.
 MAX_REPOSITORY_NAME = 128
 Visibility = Literal["public", "private"]
@@ -576,16 +571,6 @@ class Repositories:
             )
             for r in rows
         ]
-
-
-def description_problem(description: str) -> str | None:
-    """Why `description` cannot describe a repository, for a person; None when it can."""
-    if len(description) > MAX_DESCRIPTION:
-        return f"{DESCRIPTION_RULE}; this one has {len(description)} characters"
-    control = next((c for c in description if c < " " or c == "\x7f"), None)
-    if control is not None:
-        return f"{DESCRIPTION_RULE}; this one has {control!r}"
-    return None
 
 
 def _check_description(description: str) -> None:

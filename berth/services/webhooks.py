@@ -12,6 +12,7 @@ from pydantic import Field
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from berth.domain.descriptions import description_problem
 from berth.domain.errors import Conflict, InvalidValue, NotFound, Refusals
 from berth.metadata.audit import write_audit_entry
 from berth.metadata.database import Database
@@ -31,8 +32,6 @@ from berth.services.webhook_events import (
 MAX_WEBHOOKS = 20  # per project
 MIN_SECRET_LENGTH = 16
 MAX_SECRET_LENGTH = 128
-MAX_DESCRIPTION = 100
-DESCRIPTION_RULE = f"a description is up to {MAX_DESCRIPTION} printable characters"
 PENDING, DELIVERED, FAILED = "pending", "delivered", "failed"
 
 
@@ -126,8 +125,9 @@ def _check_secret(secret: str) -> None:
 
 
 def _check_description(description: str) -> None:
-    if len(description) > MAX_DESCRIPTION or not description.isprintable():
-        raise InvalidValue(DESCRIPTION_RULE, "description")
+    problem = description_problem(description)
+    if problem is not None:
+        raise InvalidValue(problem, "description")
 
 
 class Webhooks:

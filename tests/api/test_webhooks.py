@@ -241,11 +241,16 @@ def test_bad_input(team: Team) -> None:
     assert_problem(admin.post(team.url("/webhooks"), json=body), 422, fields=("secret",))
 
 
+DESCRIPTION_RULE = (
+    "a description is at most 100 characters, with no line breaks or control characters"
+)
+
+
 def test_every_bad_field_is_refused_at_once(team: Team) -> None:
     """A bad URL, description and secret are refused together, each at its field: fixing one
     does not reveal the next."""
     admin = team["project-admin"]
-    rule = "a description is up to 100 printable characters"
+    rule = f"{DESCRIPTION_RULE}; this one has '\\x07'"
     secrets_are = "a secret is 16 to 128 printable characters"
     body = {
         "url": "file:///etc/passwd",
@@ -278,6 +283,36 @@ def test_every_bad_field_is_refused_at_once(team: Team) -> None:
     assert [e["field"] for e in refused["errors"]] == ["url", "description"]
     unchanged = ok(admin.get(path))
     assert (unchanged["url"], unchanged["enabled"]) == ("http://127.0.0.1:9/", True)
+
+
+def test_a_description_is_any_text_but_control_characters_as_a_repository_s(team: Team) -> None:
+    """A webhook is described as a repository is: any text a person types (a non-breaking
+    space, an em space, an emoji), never a control character or a line break, refused in the
+    words a repository's description is."""
+    admin = team["project-admin"]
+    described = "CI\u00a0hook \N{WHALE}"
+    made = add_webhook(team, "http://127.0.0.1:9/", description=described)
+    assert made["description"] == described
+    path = team.url(f"/webhooks/{made['id']}")
+    assert ok(admin.patch(path, json={"description": "deploy\u2003bot"}))["description"] == (
+        "deploy\u2003bot"
+    )
+    for refused, quoted in [
+        ("ring \u0007", "'\\x07'"),
+        ("a\u0085b", "'\\x85'"),
+        ("a\u2028b", "'\\u2028'"),
+    ]:
+        as_webhook = admin.post(
+            team.url("/webhooks"), json={"url": "http://127.0.0.1:9/", "description": refused}
+        )
+        as_change = admin.patch(path, json={"description": refused})
+        as_repository = admin.patch(team.repo_url(), json={"description": refused})
+        expected = [
+            {"field": "description", "message": f"{DESCRIPTION_RULE}; this one has {quoted}"}
+        ]
+        for answer in (as_webhook, as_change, as_repository):
+            assert assert_problem(answer, 422)["errors"] == expected
+    assert ok(admin.get(path))["description"] == "deploy\u2003bot"
 
 
 def test_private_address_refused_by_default(sqlite_server: BerthServer) -> None:

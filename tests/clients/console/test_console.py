@@ -795,6 +795,29 @@ def test_a_description_of_emoji_counts_as_the_server_counts_it(page: Page, tenan
     assert created["description"] == emoji
 
 
+def test_a_description_is_refused_in_the_words_the_server_uses(page: Page, tenant: Tenant) -> None:
+    """The Create dialog refuses a line separator before sending it, in the API's words (a
+    webhook's description is refused in them too); a non-breaking space is text like any other."""
+    sign_in(page, tenant)
+    open_project_page(page, tenant, "Repositories")
+    page.get_by_role("button", name="Create repository").click()
+    dialog = page.get_by_role("dialog", name="Create repository")
+    dialog.get_by_label("Repository name").fill("described")
+    dialog.get_by_label("Description (optional)").fill("one\u2028two")
+    dialog.get_by_role("button", name="Create").click()
+    refusal = dialog.get_by_text(
+        "a description is at most 100 characters, with no line breaks or control characters; "
+        "this one has '\\u2028'"
+    )
+    expect(refusal).to_be_visible()
+    dialog.get_by_label("Description (optional)").fill("CI\u00a0images")
+    dialog.get_by_role("button", name="Create").click()
+    expect(page.get_by_role("heading", level=1)).to_contain_text("described")
+    with tenant.api() as admin:
+        created = admin.get(f"/projects/{tenant.project}/repositories/described").json()
+    assert created["description"] == "CI\u00a0images"
+
+
 def test_change_settings_then_delete_the_repository(page: Page, tenant: Tenant) -> None:
     admin = tenant.api()
     tenant.create_repository("tmp")

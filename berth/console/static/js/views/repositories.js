@@ -8,12 +8,24 @@ import {
 export const NAME_PATTERN = /^[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*$/;
 export const MAX_NAME = 128;
 export const MAX_DESCRIPTION = 100;
-const CONTROL = /[\x00-\x1f\x7f]/;
+// In the server's words (berth/domain/descriptions.py): control characters and line breaks.
+const DESCRIPTION_RULE = `a description is at most ${MAX_DESCRIPTION} characters, with no line breaks or control characters`;
+const REFUSED = /[\x00-\x1f\x7f-\x9f\u2028\u2029]/;
+const NAMED = { "\t": "\\t", "\n": "\\n", "\r": "\\r" };
 const PER_PAGE = 20;
 
+/** A refused character as the server quotes it: '\n', '\x07', '\u2028'. */
+function quoted(c) {
+  const code = c.charCodeAt(0);
+  const escaped = NAMED[c] || (code < 0x100 ? `\\x${code.toString(16).padStart(2, "0")}` : `\\u${code.toString(16).padStart(4, "0")}`);
+  return `'${escaped}'`;
+}
+
 export function descriptionProblem(text) {
-  if (characters(text) > MAX_DESCRIPTION) return `at most ${MAX_DESCRIPTION} characters`;
-  if (CONTROL.test(text)) return "no line breaks or control characters";
+  const length = characters(text);
+  if (length > MAX_DESCRIPTION) return `${DESCRIPTION_RULE}; this one has ${length} characters`;
+  const refused = text.match(REFUSED);
+  if (refused) return `${DESCRIPTION_RULE}; this one has ${quoted(refused[0])}`;
   return null;
 }
 

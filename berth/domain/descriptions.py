@@ -1,0 +1,32 @@
+"""What a description (of a repository, of a webhook) may hold: one rule, in one wording, for
+the API, the CLI and the console (views/repositories.js checks it in the same words)."""
+
+from __future__ import annotations
+
+import unicodedata
+
+MAX_DESCRIPTION = 100
+DESCRIPTION_RULE = (
+    f"a description is at most {MAX_DESCRIPTION} characters, with no line breaks or control "
+    "characters"
+)
+# Line and paragraph separators break a line as a newline does; any other text (a non-breaking
+# space, an emoji) is what a person may type.
+_LINE_SEPARATORS = "\u2028\u2029"
+# The same characters for a JSON Schema pattern: control characters are category Cc.
+DESCRIPTION_PATTERN = r"^[^\x00-\x1f\x7f-\x9f\u2028\u2029]*$"
+
+
+def refused_character(text: str) -> str | None:
+    """The first control character or line break in `text`; None when it has none."""
+    return next((c for c in text if unicodedata.category(c) == "Cc" or c in _LINE_SEPARATORS), None)
+
+
+def description_problem(description: str) -> str | None:
+    """Why `description` cannot be a description, for a person; None when it can."""
+    if len(description) > MAX_DESCRIPTION:
+        return f"{DESCRIPTION_RULE}; this one has {len(description)} characters"
+    refused = refused_character(description)
+    if refused is not None:
+        return f"{DESCRIPTION_RULE}; this one has {refused!r}"
+    return None
