@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import logging
 import os
 import time
 from collections.abc import AsyncIterator
@@ -399,6 +400,38 @@ async def test_collection_waiting_on_a_slow_store_holds_up_no_push(
         notes = (await conn.execute(select(blob_removals))).all()
     assert sorted(links) == sorted([(2, doomed), (2, other)])
     assert notes == []
+
+
+async def test_a_collection_in_the_server_the_store_fails_is_logged_in_one_line(
+    any_db: Database,
+    store: S3BlobStore,
+    object_store: S3TestServer,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A collection started as the API starts one, whose store cannot be reached (nothing
+    listens at its endpoint, as when the store is stopped), fails; the server's log says so
+    once, in the run's line with the store's reason, not also in the store's warning of it."""
+    doomed = await push(Uploads(any_db, store), REPO, os.urandom(3000))
+    async with any_db.write() as conn:
+        await conn.execute(delete(repository_blobs).where(repository_blobs.c.digest == doomed))
+    endpoint = f"http://127.0.0.1:{free_port()}"
+    stopped = S3BlobStore(
+        object_store.location(prefix=store.location.prefix, endpoint=endpoint, attempts=1)
+    )
+    collector = GarbageCollector(any_db, stopped, grace_period=0)
+    try:
+        with caplog.at_level("INFO"):
+            run = await collector.launch("proj", actor="test")
+            deadline = time.monotonic() + 30
+            while run.state == "running" and time.monotonic() < deadline:
+                await asyncio.sleep(0.1)
+                run = await collector.get_run("proj", run.id)
+    finally:
+        await collector.stop()
+        await stopped.close()
+    assert run.state == "failed" and run.error is not None and endpoint in run.error, run
+    said = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert said == [f"gc run {run.id} failed: {run.error.rsplit(' (', 1)[0]}"], said
 
 
 async def test_a_push_waiting_too_long_on_a_removal_is_told_to_retry_and_then_succeeds(

@@ -37,7 +37,7 @@ from berth.services.gc.runs import (
     young_values,
 )
 from berth.services.gc.sweep import Sweeper
-from berth.storage.base import BlobStore
+from berth.storage.base import BlobStore, failures_said_by_caller
 
 logger = logging.getLogger("berth.gc")
 
@@ -279,35 +279,38 @@ class GarbageCollector:
         lost = asyncio.Event()
         heartbeat = self.recovery.heartbeat(run.project_id, lost)
         heartbeat.start()
-        try:
-            unlinked: frozenset[str] = frozenset()
-            if run.phase in BEFORE_DELETING:
-                if run.dry_run:
-                    await self._dry_run(run)
-                    return await self.runs.record(run_id)
-                unlinked = await self._mark(run)
-            await self.sweeper.list_for_sweep(run, unlinked)
-            await self.sweeper.sweep(run, progress, lost)
-            await self.runs.finish(run)
-        except asyncio.CancelledError:
-            # This process is stopping: leave the run as any other process can pick it up.
-            with contextlib.suppress(Exception):
-                await asyncio.shield(self._interrupted(run_id))
-            raise
-        except RunLost as stopped:
-            logger.warning("gc run %s: %s", run_id, stopped or "taken over by another process")
-        except OSError as exc:  # the blob store failed: its message says why, no traceback
-            logger.error("gc run %s failed: %s", run_id, exc)
-            await self.runs.fail(run_id, exc)
-        except Exception as exc:
-            logger.exception("gc run %s failed", run_id)
-            await self.runs.fail(run_id, exc)
-        finally:
-            with contextlib.suppress(Exception):
-                await heartbeat.stop()
-            self.recovery.active.discard(run_id)
-            with contextlib.suppress(Exception):
-                await self.recovery.release(run.project_id)
+        # A store failing the run is said once, by the run's own line (with its reason), not
+        # also by the store where it happens.
+        with failures_said_by_caller():
+            try:
+                unlinked: frozenset[str] = frozenset()
+                if run.phase in BEFORE_DELETING:
+                    if run.dry_run:
+                        await self._dry_run(run)
+                        return await self.runs.record(run_id)
+                    unlinked = await self._mark(run)
+                await self.sweeper.list_for_sweep(run, unlinked)
+                await self.sweeper.sweep(run, progress, lost)
+                await self.runs.finish(run)
+            except asyncio.CancelledError:
+                # This process is stopping: leave the run as any other process can pick it up.
+                with contextlib.suppress(Exception):
+                    await asyncio.shield(self._interrupted(run_id))
+                raise
+            except RunLost as stopped:
+                logger.warning("gc run %s: %s", run_id, stopped or "taken over by another process")
+            except OSError as exc:  # the blob store failed: its message says why, no traceback
+                logger.error("gc run %s failed: %s", run_id, exc)
+                await self.runs.fail(run_id, exc)
+            except Exception as exc:
+                logger.exception("gc run %s failed", run_id)
+                await self.runs.fail(run_id, exc)
+            finally:
+                with contextlib.suppress(Exception):
+                    await heartbeat.stop()
+                self.recovery.active.discard(run_id)
+                with contextlib.suppress(Exception):
+                    await self.recovery.release(run.project_id)
         return await self.runs.record(run_id)
 
     async def _mark(self, run: RunRow) -> frozenset[str]:
