@@ -29,7 +29,10 @@ def user_set_password(
 ) -> None:
     """Set a user's password (a reset, or a lost administrator password).
 
-    Their console sessions end. Prompts for the password unless --password-stdin."""
+    Their console sessions end. Prompts for the password unless --password-stdin. It acts on
+    the database of the settings it is given: give it those `berth serve` has (`berth
+    --data-dir DIR` or BERTH_DATA_DIR, BERTH_DATABASE_URL, the config file); `berth serve`
+    prints this command with them when it starts."""
     password = read_password(password_stdin, "New password")
     run_service(
         lambda s: s.identity.users.set_password(

@@ -3,11 +3,14 @@ and the server administrator's users and projects."""
 
 from __future__ import annotations
 
+import shlex
+import subprocess
+
 import httpx
 from playwright.sync_api import Page, expect
 
 from tests.clients.console.conftest import PASSWORD, Tenant, open_project_page, screenshot, sign_in
-from tests.servers import ADMIN_PASSWORD
+from tests.servers import ADMIN_PASSWORD, BERTH, ROOT, BerthServer
 
 NEW_PASSWORD = "a-fresh-console-password"
 
@@ -198,3 +201,35 @@ def test_a_refused_user_name_is_told_once_and_the_hint_states_the_rule(
         "Lowercase letters and digits, with '.', '_', '__' or '-' between them;"
         " at most 64 characters."
     )
+
+
+def test_the_sign_in_page_names_the_settings_a_lost_admin_password_needs_not_their_values(
+    page: Page, console_server: BerthServer
+) -> None:
+    """Anyone reads the sign-in page: its hint for a lost administrator password names the
+    settings `berth user set-password admin` must be given (those of `berth serve`), never this
+    server's data directory or database; each command it shows is a real verb."""
+    page.goto(f"{console_server.url}/console/")
+    hint = page.get_by_text("A lost administrator password")
+    for setting in ("BERTH_DATA_DIR", "BERTH_DATABASE_URL", "config file"):
+        expect(hint).to_contain_text(setting)
+    said = hint.inner_text()
+    assert str(console_server.data_dir) not in said
+    assert not console_server.database_url or console_server.database_url not in said
+    shown = [c for c in hint.locator("code").all_inner_texts() if c.startswith("berth ")]
+    assert "berth user set-password admin" in shown
+    assert "berth --data-dir DIR user set-password admin" in shown
+    for command in shown:
+        words = [str(console_server.data_dir) if w == "DIR" else w for w in shlex.split(command)]
+        helped = subprocess.run(
+            [*BERTH, *words[1:], "--help"],
+            env=console_server.env,
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+            timeout=60,
+        )
+        assert helped.returncode == 0, (command, helped.stderr)
+        verb = [w for w in words[1:] if w not in ("--data-dir", str(console_server.data_dir))]
+        verb = verb[:-1] if verb[-1] == "admin" else verb  # the verb's argument
+        assert f"berth.cli.main {' '.join(verb)} [OPTIONS]" in helped.stdout, command

@@ -16,7 +16,8 @@ export function loginView(root, ctx) {
     problem,
     submit,
     h("p", { class: "hint" }, "docker, podman and Kubernetes sign in with an access key, created here after you sign in."),
-    h("p", { class: "hint" }, "Forgot your password? A server administrator sets a new one. A lost administrator password is set on the server: ", h("code", {}, "berth user set-password admin"), "."),
+    // Anyone reads this page: it names the settings the command needs, never their values here.
+    h("p", { class: "hint" }, "Forgot your password? A server administrator sets a new one. A lost administrator password is set on the server with ", h("code", {}, "berth user set-password admin"), ", given the settings ", h("code", {}, "berth serve"), " has: its data directory (", h("code", {}, "berth --data-dir DIR user set-password admin"), ", or BERTH_DATA_DIR), BERTH_DATABASE_URL and config file. ", h("code", {}, "berth serve"), " prints the command with them when it starts."),
   );
   form.addEventListener("submit", async (e) => {
     e.preventDefault();
