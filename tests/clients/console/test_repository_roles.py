@@ -174,3 +174,36 @@ def test_the_key_dialog_says_whose_keys_the_caller_may_make(page: Page, tenant: 
     dialog.get_by_label("For (optional)").fill(guest)
     dialog.get_by_role("button", name="Create").click()
     expect(dialog.get_by_role("alert").filter(has_text="is not a service account")).to_be_visible()
+
+
+def test_roles_given_after_sign_in_show_without_reloading_the_page(
+    page: Page, tenant: Tenant
+) -> None:
+    """Signed in with no role, then given roles: the projects page (the brand link) lists them
+    when next opened, and a link to a project the list lacks adds it, without a page reload."""
+    guest = a_user_with_repository_roles(tenant, {})
+    sign_in(page, tenant, guest)
+    expect(page.get_by_text("You are not in any project yet")).to_be_visible()
+    brand = page.get_by_role("link", name="Berth")
+
+    tenant.server.add_member(tenant.project, guest, "reader")
+    brand.click()  # one project: the page opens it
+    expect(page.get_by_role("heading", level=1, name="Repositories")).to_be_visible()
+    assert hash_path(page) == f"/projects/{tenant.project}/repositories"
+
+    elsewhere, linked = (f"web{uuid.uuid4().hex[:8]}" for _ in range(2))
+    for project in (elsewhere, linked):
+        tenant.server.create_project(project)
+        tenant.server.create_repository(project, "app")
+    tenant.server.grant(elsewhere, "app", guest, "viewer")
+    brand.click()
+    row = page.get_by_role("row").filter(has=page.get_by_role("link", name=tenant.project))
+    expect(row).to_contain_text("reader")
+    limited = page.get_by_role("row").filter(has=page.get_by_role("link", name=elsewhere))
+    expect(limited).to_contain_text("Repository access only")
+
+    tenant.server.add_member(linked, guest, "reader")
+    page.evaluate(f"location.hash = '#/projects/{linked}/repositories'")  # a link sent to them
+    expect(page.get_by_role("heading", level=1, name="Repositories")).to_be_visible()
+    switcher = page.get_by_role("banner").get_by_label("Project")
+    expect(switcher).to_have_value(linked)

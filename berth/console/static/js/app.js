@@ -111,7 +111,7 @@ function header(projectName) {
   return h(
     "header",
     { class: "topbar" },
-    h("a", { class: "brand", href: "#/" }, h("img", { src: "favicon.svg", alt: "", width: 24, height: 24 }), "Berth"),
+    h("a", { class: "brand", href: "#/", onclick: reloadIfHere }, h("img", { src: "favicon.svg", alt: "", width: 24, height: 24 }), "Berth"),
     h("span", { class: "product muted" }, "Container Registry"),
     switcher,
     h("span", { class: "spacer" }),
@@ -174,7 +174,12 @@ async function render() {
 
   const main = h("main", { id: "main", tabindex: "-1" });
   try {
-    await loadProjects();
+    // The projects page always asks again, and so does a project the list lacks: a role
+    // given since sign-in shows without a reload of the page.
+    const wanted = path.match(/^\/projects\/([^/]+)/);
+    const unknown = (name) => !state.projects.some((p) => p.name === name);
+    await loadProjects(path === "/");
+    if (wanted && unknown(decodeURIComponent(wanted[1]))) await loadProjects(true);
     if (stale()) return;
     if (path === "/") {
       clear(root, header(null), h("div", { class: "layout no-menu" }, main));

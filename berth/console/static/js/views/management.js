@@ -86,7 +86,9 @@ export async function managementView(main, ctx) {
   }
 
   async function collect(button) {
+    // The server measures at most once every few seconds: an early request waits its turn.
     button.disabled = true;
+    button.textContent = "Collecting…";
     try {
       await api.post(`${base}/storage/collect`);
       await loadSummary();
@@ -94,6 +96,7 @@ export async function managementView(main, ctx) {
     } catch (err) {
       toast(err.message, "error");
       button.disabled = false;
+      button.textContent = "Collect now";
     }
   }
 
