@@ -755,8 +755,9 @@ def run_note(
     project: str, dry_run: bool, images: int, skipped: int, gc_command: str | None = None
 ) -> str:
     """What a run's record says of it: what a real run would do, or what this one did and
-    how its storage is freed (`gc_command`, the command that collects the project's garbage
-    as the reader runs it: by default `berth gc run PROJECT`)."""
+    how its storage is freed (`gc_command`, what collects the project's garbage as the reader
+    would ask for it: by default the API's request, as the console and API clients read it;
+    the CLI gives its own command)."""
     if dry_run:
         if not images:
             return "A real run would delete nothing now."
@@ -767,5 +768,5 @@ def run_note(
             f" {counted(skipped, 'planned image')} changed since the run's snapshot and "
             f"{'was' if skipped == 1 else 'were'} kept."
         )
-    gc_command = gc_command or f"berth gc run {project}"
+    gc_command = gc_command or f"POST /api/v1/projects/{project}/gc"
     return f"{note} {AFTER_GC.format(gc_command=gc_command)}"

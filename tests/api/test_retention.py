@@ -83,7 +83,12 @@ def test_dry_run_and_run_agree_item_for_item(team: Team) -> None:
     assert tags_of(team) == ["build-0", "build-1", "build-2", "build-3"]  # nothing deleted
     real = ok(admin.post(team.url("/retention/runs")))
     assert [(i["repository"], i["digest"], i["tags"]) for i in real["images"]] == listed
-    assert "next garbage collection" in real["note"]
+    # The request it names frees the storage, as printed.
+    gc_request = f"POST /api/v1/projects/{team.project}/gc"
+    assert f"next garbage collection ({gc_request}, or the console's Management" in real["note"]
+    method, path = gc_request.split()
+    started = admin.request(method, f"{team.server.url}{path}")
+    assert started.status_code == 202, started.text
     assert tags_of(team) == ["build-3"]
     history = ok(team["reader"].get(team.url("/retention/runs")))
     assert [(r["dry_run"], r["images_deleted"]) for r in history["items"]] == [
