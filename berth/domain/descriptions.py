@@ -17,7 +17,7 @@ _LINE_SEPARATORS = "\u2028\u2029"
 DESCRIPTION_PATTERN = r"^[^\x00-\x1f\x7f-\x9f\u2028\u2029]*$"
 
 
-def refused_character(text: str) -> str | None:
+def _refused_character(text: str) -> str | None:
     """The first control character or line break in `text`; None when it has none."""
     return next((c for c in text if unicodedata.category(c) == "Cc" or c in _LINE_SEPARATORS), None)
 
@@ -26,7 +26,7 @@ def description_problem(description: str) -> str | None:
     """Why `description` cannot be a description, for a person; None when it can."""
     if len(description) > MAX_DESCRIPTION:
         return f"{DESCRIPTION_RULE}; this one has {len(description)} characters"
-    refused = refused_character(description)
+    refused = _refused_character(description)
     if refused is not None:
         return f"{DESCRIPTION_RULE}; this one has {refused!r}"
     return None

@@ -13,7 +13,6 @@ database since, its result is stale, and `rescan_stale` queues it again.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime as dt
 import json
 import logging
@@ -37,6 +36,7 @@ from berth.domain.names import joined_name
 from berth.domain.packages import Package
 from berth.domain.references import RepositoryRef
 from berth.domain.vulns import AdvisoryIndex, Severity, findings_for
+from berth.jobs.periodic import Periodic
 from berth.metadata.audit import write_audit_entry
 from berth.metadata.database import Database
 from berth.metadata.tables import (
@@ -509,7 +509,8 @@ class Scans:
     async def _run(self, scan_id: int, manifest_id: int, *, announce: bool = True) -> None:
         """Scan and store the result; `announce`: queue its `scan.finished` webhook event (not
         for a platform manifest scanned as part of its index: the index's event says it)."""
-        alive = asyncio.create_task(self._keep_alive(scan_id), name=f"scan {scan_id} alive")
+        alive = self._keep_alive(scan_id)
+        alive.start()
         try:
             state = await self.vulndb.state()
             try:
@@ -522,24 +523,26 @@ class Scans:
             else:
                 await self._finish(scan_id, found, packages, state, None, announce)
         finally:
-            alive.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await alive
+            await alive.stop()
 
-    async def _keep_alive(self, scan_id: int) -> None:
-        """Renew the running scan's `alive_at` until cancelled, so that no other process takes
-        it for abandoned."""
-        while True:
-            await asyncio.sleep(ALIVE_EVERY)
-            try:
-                async with self.db.write() as conn:
-                    await conn.execute(
-                        update(scans)
-                        .where(scans.c.id == scan_id, scans.c.state == "scanning")
-                        .values(alive_at=utcnow())
-                    )
-            except Exception:  # the next renewal may succeed; the scan goes on meanwhile
-                logger.warning("scan %s: could not renew alive_at", scan_id, exc_info=True)
+    def _keep_alive(self, scan_id: int) -> Periodic:
+        """Renews the running scan's `alive_at` (start it; stop it when the scan ends), so that
+        no other process takes it for abandoned; a failed renewal is logged, the next may do."""
+
+        async def renew() -> None:
+            async with self.db.write() as conn:
+                await conn.execute(
+                    update(scans)
+                    .where(scans.c.id == scan_id, scans.c.state == "scanning")
+                    .values(alive_at=utcnow())
+                )
+
+        return Periodic(
+            f"scan {scan_id} alive",
+            ALIVE_EVERY,
+            renew,
+            failure=f"scan {scan_id}: could not renew alive_at",
+        )
 
     async def _load(self, manifest_id: int) -> Any:
         async with self.db.read() as conn:

@@ -40,6 +40,7 @@ from tests.unit.services.test_scanning_layers import (
     layer,
     npm_package,
     pip_installed,
+    zeros_layer,
 )
 
 OSV = FIXTURES / "osv"
@@ -150,6 +151,19 @@ async def push_platform_index(
     )
     await world.registry.put_manifest(repo, "", tag, index.data, index.media_type)
     return index
+
+
+async def platforms_world(
+    world: World, tmp_path: Path, app_layers: list[bytes], fixed_layers: list[bytes]
+) -> tuple[RepositoryRef, Blob, Blob, Blob]:
+    """Every record imported; the affected releases as linux/amd64, the fixed ones as
+    linux/arm64, and their index tagged `multi`: (repository, amd64, arm64, index)."""
+    repo = await repository(world)
+    await import_records(world, tmp_path, ALL_RECORDS)
+    amd64 = await push_image(world, repo, app_layers, "amd64", "amd64")
+    arm64 = await push_image(world, repo, fixed_layers, "arm64", "arm64")
+    index = await push_platform_index(world, repo, amd64, arm64, "multi")
+    return repo, amd64, arm64, index
 
 
 def lose_layer(world: World, image: Blob, position: int) -> str:
@@ -273,11 +287,7 @@ def test_an_index_is_scanned_per_platform(
     database_url: str, tmp_path: Path, app_layers: list[bytes], fixed_layers: list[bytes]
 ) -> None:
     async def scenario(world: World) -> None:
-        repo = await repository(world)
-        await import_records(world, tmp_path, ALL_RECORDS)
-        amd64 = await push_image(world, repo, app_layers, "amd64", "amd64")
-        arm64 = await push_image(world, repo, fixed_layers, "arm64", "arm64")
-        index = await push_platform_index(world, repo, amd64, arm64, "multi")
+        repo, _, arm64, index = await platforms_world(world, tmp_path, app_layers, fixed_layers)
         result = await scanned(world, repo, index.digest)
         assert result.state == "done" and findings(result) == EXPECTED
         per_platform = await world.scans.result(repo.id, "", arm64.digest)
@@ -433,11 +443,7 @@ def test_an_index_waits_for_a_platform_another_process_is_scanning(
     scanned twice: the index's scan waits for it, and takes it over if that process stops."""
 
     async def scenario(world: World) -> None:
-        repo = await repository(world)
-        await import_records(world, tmp_path, ALL_RECORDS)
-        amd64 = await push_image(world, repo, app_layers, "amd64", "amd64")
-        arm64 = await push_image(world, repo, fixed_layers, "arm64", "arm64")
-        index = await push_platform_index(world, repo, amd64, arm64, "multi")
+        repo, amd64, _, index = await platforms_world(world, tmp_path, app_layers, fixed_layers)
         await world.scans.request_scan(repo, "", amd64.digest, "other")
         claimed_at = utcnow()
         async with world.db.write() as conn:  # another process claimed the amd64 scan
@@ -469,25 +475,28 @@ def test_an_index_waits_for_a_platform_another_process_is_scanning(
     run(database_url, tmp_path, scenario)
 
 
-def test_two_workers_share_the_queue_each_scan_run_once(
-    database_url: str, tmp_path: Path, app_layers: list[bytes], fixed_layers: list[bytes]
+def test_a_running_scan_renews_alive_at_until_it_ends(
+    database_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Two workers draining the queue at once (as `scan_workers = 2` runs it) each take their
-    own scans; every result is whole."""
+    """While a scan that takes seconds (200 MiB of zeros) runs, its `alive_at` moves on past
+    when it started, so no other worker takes it for abandoned."""
+    monkeypatch.setattr(scans_module, "ALIVE_EVERY", 0.1)
 
     async def scenario(world: World) -> None:
         repo = await repository(world)
-        await import_records(world, tmp_path, ALL_RECORDS)
-        old = await push_image(world, repo, app_layers, "old")
-        new = await push_image(world, repo, fixed_layers, "new")
-        for image in (old, new):
-            await world.scans.request_scan(repo, "", image.digest, "alice")
-        done = await asyncio.gather(world.scans.run_queued(), world.scans.run_queued())
-        assert sorted(done) == [1, 1]
-        first = await world.scans.result(repo.id, "", old.digest)
-        second = await world.scans.result(repo.id, "", new.digest)
-        assert first is not None and findings(first) == EXPECTED
-        assert second is not None and second.state == "done" and second.findings == []
+        image = await push_image(world, repo, [zeros_layer(200 * 1024**2)], "slow")
+        await world.scans.request_scan(repo, "", image.digest, "alice")
+        scanning = asyncio.create_task(world.scans.run_queued())
+        renewed = False
+        while not scanning.done() and not renewed:
+            async with world.db.read() as conn:
+                row = (await conn.execute(select(scans.c.started_at, scans.c.alive_at))).one()
+            renewed = row.alive_at is not None and row.alive_at > row.started_at
+            await asyncio.sleep(0.05)
+        assert renewed, "the scan ended before its alive_at was renewed once"
+        assert await scanning == 1
+        result = await world.scans.result(repo.id, "", image.digest)
+        assert result is not None and result.state == "done"
 
     run(database_url, tmp_path, scenario)
 

@@ -177,9 +177,8 @@ async function render() {
     // The projects page always asks again, and so does a project the list lacks: a role
     // given since sign-in shows without a reload of the page.
     const wanted = path.match(/^\/projects\/([^/]+)/);
-    const unknown = (name) => !state.projects.some((p) => p.name === name);
     await loadProjects(path === "/");
-    if (wanted && unknown(decodeURIComponent(wanted[1]))) await loadProjects(true);
+    if (wanted && !state.projects.some((p) => p.name === decodeURIComponent(wanted[1]))) await loadProjects(true);
     if (stale()) return;
     if (path === "/") {
       clear(root, header(null), h("div", { class: "layout no-menu" }, main));
