@@ -120,27 +120,27 @@ def test_a_pushed_image_is_scanned_in_the_background(team: Team, app_layers: lis
 
 
 def test_a_decompression_bomb_layer_fails_its_scan_at_once_saying_why(team: Team) -> None:
-    """1 GiB of zeros in a 1 MB gzip layer: the scan fails as it reads the layer's first
+    """3 GiB of zeros in a 3 MB gzip layer: the scan fails as it reads the layer's first
     header, instead of inflating all of it while every other scan waits."""
     services(
         team.server,
         lambda s: s.repositories.create(team.project, "bomb", scan_mode="auto", actor="test"),
     )
-    bomb = Blob(zeros_layer(1024**3), OCI_LAYER_GZIP)
+    bomb = Blob(zeros_layer(3 * 1024**3), OCI_LAYER_GZIP)
     image = push(team, "bomb", [bomb], "v1")
     result = wait_done(team["reader"], team.repo_url(f"/images/{image.digest}/scan", "bomb"))
     assert result["state"] == "failed"
     assert result["reason"].endswith(
-        f"the layer inflates to more than 268,435,456 bytes from {bomb.size:,} compressed "
+        f"the layer inflates to more than 2,147,483,648 bytes from {bomb.size:,} compressed "
         "(a decompression bomb?): a scan reads a layer up to 100 times its compressed size, "
-        "or 256 MiB if that is more"
+        "or 2 GiB if that is more"
     ), result["reason"]
 
 
 def test_two_scan_workers_run_two_slow_scans_at_once(team: Team) -> None:
-    """With `scan_workers = 2`, two images each taking seconds to scan (a layer of 200 MiB of
+    """With `scan_workers = 2`, two images each taking seconds to scan (a layer of 1.5 GiB of
     zeros, under the bomb bound) are seen scanning at the same time, then both finish."""
-    slow = Blob(zeros_layer(200 * 1024**2), OCI_LAYER_GZIP)
+    slow = Blob(zeros_layer(1536 * 1024**2), OCI_LAYER_GZIP)
     registry, name = team.registry("member"), team.oci_name(repository="slow")
     services(
         team.server,

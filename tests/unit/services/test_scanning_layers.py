@@ -10,6 +10,7 @@ go into a real filesystem blob store and are read back as streams.
 from __future__ import annotations
 
 import asyncio
+import bz2
 import gzip
 import hashlib
 import io
@@ -23,6 +24,7 @@ import time
 import tracemalloc
 import zipfile
 import zlib
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -44,6 +46,7 @@ PACKAGES = FIXTURES / "packages"
 SITE = "usr/local/lib/python3.11/site-packages"
 APP = "usr/src/app/node_modules"
 LAYER = "application/vnd.oci.image.layer.v1.tar+gzip"
+DPKG = "var/lib/dpkg/status"
 
 Entry = tuple[tarfile.TarInfo, bytes | None]
 
@@ -66,11 +69,12 @@ def layer(entries: list[Entry]) -> bytes:
     return gzip.compress(raw.getvalue(), compresslevel=1)
 
 
-def zeros_layer(size: int) -> bytes:
+def zeros_layer(size: int, name: str = "zeros", then: Sequence[Entry] = ()) -> bytes:
     """A gzip layer of one file of `size` zeros (a whole number of MiB), about 1000 times
-    smaller: a decompression bomb. Each MiB compresses to the same bytes after a full flush,
-    so it is compressed once and repeated; the stream is a complete gzip file."""
-    info = tarfile.TarInfo("zeros")
+    smaller: a decompression bomb; the entries `then` follow it. Each MiB compresses to the
+    same bytes after a full flush, so it is compressed once and repeated; the stream is a
+    complete gzip file."""
+    info = tarfile.TarInfo(name)
     info.size = size
     header = info.tobuf(format=tarfile.USTAR_FORMAT)
     mib = bytes(1024 * 1024)
@@ -80,7 +84,12 @@ def zeros_layer(size: int) -> bytes:
     deflate.flush(zlib.Z_FULL_FLUSH)
     piece = deflate.compress(mib) + deflate.flush(zlib.Z_FULL_FLUSH)
     assert deflate.compress(mib) + deflate.flush(zlib.Z_FULL_FLUSH) == piece
-    end_of_archive = bytes(2 * tarfile.BLOCKSIZE)
+    following = io.BytesIO()
+    with tarfile.open(fileobj=following, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+        for entry, data in then:
+            tar.addfile(entry, io.BytesIO(data) if data is not None else None)
+    # tarfile ends what it writes with the end-of-archive blocks, and pads to a whole record.
+    end_of_archive = following.getvalue()
     end = deflate.compress(end_of_archive) + deflate.flush()
     crc = zlib.crc32(header)
     for _ in range(size // len(mib)):
@@ -385,10 +394,10 @@ def test_a_layer_that_inflates_is_read_in_bounded_memory() -> None:
 
 
 def test_a_layer_that_inflates_far_more_than_real_layers_is_refused_at_once() -> None:
-    """1 GiB of zeros from 1 MB: past MAX_INFLATION times its size, it is refused as its
-    header is read, not after the scanner has inflated all of it."""
-    bomb = zeros_layer(1024**3)
-    assert len(bomb) < 1024**3 / 1000
+    """3 GiB of zeros from 3 MB: past MAX_INFLATION times its size and past the floor, it is
+    refused as its header is read, not after the scanner has inflated all of it."""
+    bomb = zeros_layer(3 * 1024**3)
+    assert len(bomb) < 3 * 1024**3 / 1000
     with tarfile.open(fileobj=io.BytesIO(zeros_layer(2 * 1024 * 1024)), mode="r:gz") as small:
         [member] = small.getmembers()  # the builder makes a complete, valid gzip tar
         assert small.extractfile(member).read() == bytes(2 * 1024 * 1024)  # type: ignore[union-attr]
@@ -398,10 +407,61 @@ def test_a_layer_that_inflates_far_more_than_real_layers_is_refused_at_once() ->
         read_layer(io.BytesIO(bomb), compressed_size=len(bomb))
     assert time.monotonic() - started < 1
     assert str(refused.value) == (
-        f"the layer inflates to more than 268,435,456 bytes from {len(bomb):,} compressed "
+        f"the layer inflates to more than 2,147,483,648 bytes from {len(bomb):,} compressed "
         "(a decompression bomb?): a scan reads a layer up to 100 times its compressed size, "
-        "or 256 MiB if that is more"
+        "or 2 GiB if that is more"
     )
+
+
+def test_packages_after_a_large_file_of_zeros_are_listed(store: FilesystemBlobStore) -> None:
+    """`useradd` with UID 1,000,000 writes a /var/log/lastlog of 292 MB of zeros (300 kB
+    gzipped): far past 100 times its size, but under the floor, so the packages after it are
+    listed, read from a local file and streamed."""
+    _, stanza = deb_entries(PACKAGES / "zlib1g_1.2.13.dfsg-1_amd64.deb")
+    lastlog = zeros_layer(279 * 1024 * 1024, "var/log/lastlog", [file_entry(DPKG, stanza)])
+    assert len(lastlog) < 400 * 1024
+
+    found = scan(store, [lastlog])
+
+    assert [(p.name, p.version) for p in found.packages] == [("zlib1g", "1:1.2.13.dfsg-1")]
+
+
+def test_a_layer_is_read_however_runtimes_would_decompress_it() -> None:
+    """A tar as it is, gzip (one stream, or several concatenated, which Go's gzip reader and
+    so containerd read on), bzip2 and xz: each lists the same files."""
+    _, stanza = deb_entries(PACKAGES / "zlib1g_1.2.13.dfsg-1_amd64.deb")
+    entries = [file_entry("etc/os-release", b"ID=debian\nVERSION_ID=12\n")]
+    entries += [file_entry(f"usr/share/doc/f{n}", bytes(5000)) for n in range(20)]
+    entries.append(file_entry(DPKG, stanza))
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for info, data in entries:
+            tar.addfile(info, io.BytesIO(data) if data is not None else None)
+    tar_bytes = raw.getvalue()
+    middle = len(tar_bytes) // 2 // tarfile.BLOCKSIZE * tarfile.BLOCKSIZE + 100
+    variants = {
+        "tar": tar_bytes,
+        "gzip": gzip.compress(tar_bytes),
+        "gzip, two members": gzip.compress(tar_bytes[:middle]) + gzip.compress(tar_bytes[middle:]),
+        "bzip2": bz2.compress(tar_bytes),
+        "xz": lzma.compress(tar_bytes),
+    }
+
+    listed = {name: sorted(read_layer(io.BytesIO(blob)).files) for name, blob in variants.items()}
+
+    assert listed == {name: ["etc/os-release", DPKG] for name in variants}
+
+
+@pytest.mark.parametrize("damage", ["cut short", "corrupted"])
+def test_a_damaged_compressed_layer_is_refused_saying_so(damage: str) -> None:
+    blob = zeros_layer(4 * 1024 * 1024, then=[file_entry(DPKG, b"Package: a\n")])
+    if damage == "cut short":
+        blob = blob[: len(blob) // 2]
+    else:
+        blob = blob[:200] + b"\xff" * 300 + blob[500:]
+
+    with pytest.raises(LayerRefused, match=r"^not a readable tar layer: "):
+        read_layer(io.BytesIO(blob))
 
 
 def test_a_layer_the_scanner_cannot_read_says_why(tmp_path: Path) -> None:

@@ -478,13 +478,13 @@ def test_an_index_waits_for_a_platform_another_process_is_scanning(
 def test_a_running_scan_renews_alive_at_until_it_ends(
     database_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """While a scan that takes seconds (200 MiB of zeros) runs, its `alive_at` moves on past
+    """While a scan that takes seconds (1 GiB of zeros) runs, its `alive_at` moves on past
     when it started, so no other worker takes it for abandoned."""
     monkeypatch.setattr(scans_module, "ALIVE_EVERY", 0.1)
 
     async def scenario(world: World) -> None:
         repo = await repository(world)
-        image = await push_image(world, repo, [zeros_layer(200 * 1024**2)], "slow")
+        image = await push_image(world, repo, [zeros_layer(1024**3)], "slow")
         await world.scans.request_scan(repo, "", image.digest, "alice")
         scanning = asyncio.create_task(world.scans.run_queued())
         renewed = False
