@@ -13,6 +13,7 @@ from berth.access.policy import Principal, can_list_catalog, requested_actions
 from berth.domain.errors import Unsupported
 
 CATALOG = ("registry", "catalog")
+CATALOG_SCOPE = "registry:catalog:*"  # what a client asks a token for, to list the catalog
 # Scopes one token request may name: docker asks for one to a few, buildx for a few more.
 # Every scope granted is a claim in the token, so without a bound one request could have
 # a token of hundreds of KB signed (and then sent with every request).

@@ -10,7 +10,7 @@ from berth.access.identify import Identified, Surface
 from berth.access.permissions import Action
 from berth.access.policy import Principal
 from berth.access.refusals import TOKEN_PATH, Realm, refusal
-from berth.access.scopes import challenge_scope, downscope
+from berth.access.scopes import CATALOG_SCOPE, challenge_scope, downscope
 from berth.domain.errors import RegistryError, Unauthorized
 from berth.domain.names import ImageName, hostname_of
 from berth.domain.references import RepositoryRef
@@ -86,10 +86,12 @@ async def check_login_host(services: Services, request: Request, principal: Prin
         )
 
 
-def require_authenticated(request: Request, caller: Caller) -> None:
+def require_authenticated(request: Request, caller: Caller, scope: str | None = None) -> None:
+    """Refuse an anonymous caller, with a challenge naming `scope` (what a token for this
+    request must grant) when there is one."""
     if caller.principal is None:
         raise realm(request).unauthorized(
-            "authentication required: docker login with an access key"
+            "authentication required: docker login with an access key", scope
         )
 
 
@@ -151,7 +153,7 @@ def refuse_catalog(request: Request, caller: Caller) -> RegistryError:
         realm(request),
         caller.principal,
         caller.token is not None,
-        "registry:catalog:*",
+        CATALOG_SCOPE,
         needed,
         needed,
     )

@@ -157,7 +157,8 @@ def parse_manifest(body: bytes, content_type: str | None) -> ParsedManifest:
         raise ManifestInvalid("artifactType must not contain NUL characters")
     parsed = ParsedManifest(
         media_type=media_type,
-        artifact_type=artifact_type,
+        # An empty artifactType is a missing one (the referrers API falls back as for none).
+        artifact_type=artifact_type or None,
         annotations=_annotations(document.get("annotations"), "annotations"),
     )
     if "subject" in document and document["subject"] is not None:

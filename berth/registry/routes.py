@@ -16,7 +16,7 @@ from starlette.routing import Route
 
 from berth.access.identify import SignInPath
 from berth.access.permissions import Action
-from berth.access.scopes import CATALOG
+from berth.access.scopes import CATALOG, CATALOG_SCOPE
 from berth.auth.guard import (
     Caller,
     allowed_actions,
@@ -160,7 +160,7 @@ async def base(request: Request) -> Response:
 async def catalog(request: Request) -> Response:
     services = _services(request)
     caller = await identify(services, request)
-    require_authenticated(request, caller)
+    require_authenticated(request, caller, CATALOG_SCOPE)
     if caller.token is not None and CATALOG not in caller.token.access:
         raise refuse_catalog(request, caller)
     limit = _limit(request)
@@ -415,12 +415,16 @@ async def start_upload(request: Request) -> Response:
             source = await _mount_source(request, services, source_name)
         if source is not None and await services.registry.mount(repo, mount, source):
             return _blob_created(name, mount)
-        # Automatic mount: the project already holds the blob (for callers who see it all).
-        if await _sees_project(request, services, repo) and await services.registry.mount(
-            repo, mount, None
+        # Automatic mount: the project already holds the blob, for callers who see it all
+        # and whose credentials do so too (a token grants named repositories only).
+        caller: Caller = request.state.caller
+        if (
+            caller.token is None
+            and await _sees_project(request, services, repo)
+            and await services.registry.mount(repo, mount, None)
         ):
             return _blob_created(name, mount)
-    caller: Caller = request.state.caller
+    caller = request.state.caller
     started_by = caller.principal.user_id if caller.principal else None
     upload = await services.uploads.start(repo, name.image, started_by)
     digest = params.get("digest")

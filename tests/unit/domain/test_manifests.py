@@ -45,6 +45,16 @@ def test_image_manifest_references_its_blobs_once() -> None:
     assert parsed.artifact_type == "application/vnd.oci.image.config.v1+json"
 
 
+def test_an_empty_artifact_type_is_a_missing_one() -> None:
+    """The referrers API then reports the config's media type (distribution-spec 1.1)."""
+    config_type = "application/vnd.example.config"
+    config = {"mediaType": config_type, "digest": DIGEST, "size": 2}
+    parsed = parse_manifest(_manifest(artifactType="", config=config), None)
+    assert parsed.artifact_type == config_type
+    index = {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": [], "artifactType": ""}
+    assert parse_manifest(json.dumps(index).encode(), OCI_INDEX).artifact_type is None
+
+
 def test_index_lists_children_and_subject() -> None:
     body = json.dumps(
         {
