@@ -30,7 +30,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Annotated, Generic, TypeVar
+from typing import Annotated, Any, Generic, TypeVar
 
 from fastapi import Depends, Path, Query, Request
 from pydantic import AfterValidator, BaseModel, Field
@@ -42,6 +42,7 @@ from berth.access.permissions import ProjectAccess
 from berth.access.policy import Principal, project_access
 from berth.access.refusals import api_unauthorized
 from berth.auth.guard import client_address, note_principal
+from berth.domain.descriptions import TEXT_PATTERN, search_problem
 from berth.domain.errors import Denied, NameUnknown, Unauthorized
 from berth.domain.references import RepositoryRef
 from berth.observability.requests import note
@@ -55,8 +56,6 @@ COMPONENT_PATTERN = rf"^{COMPONENT}$"
 IMAGE_PATTERN = rf"^(?:{COMPONENT}(?:/{COMPONENT})*)?$"
 TAG_PATTERN = r"^[a-zA-Z0-9_][a-zA-Z0-9._-]{0,127}$"
 DIGEST_PATTERN = r"^[a-z0-9]+(?:[+._-][a-z0-9]+)*:[a-zA-Z0-9=_-]+$"
-# Free text typed by people (descriptions, searches): no control characters.
-TEXT_PATTERN = r"^[^\x00-\x1f\x7f]*$"
 
 
 def follows(problem: Callable[[str], str | None]) -> AfterValidator:
@@ -70,6 +69,13 @@ def follows(problem: Callable[[str], str | None]) -> AfterValidator:
         return value
 
     return AfterValidator(check)
+
+
+# A search refuses what a description refuses, saying which character. A route puts it after
+# its Query (`Annotated[str, Query(..., json_schema_extra=SEARCH_BOUNDS), SEARCH_CHECK]`), so
+# the Query's max_length is checked first, in its own words; the schema states the same rule.
+SEARCH_CHECK = follows(search_problem)
+SEARCH_BOUNDS: dict[str, Any] = {"pattern": TEXT_PATTERN}
 
 
 ProjectName = Annotated[

@@ -118,8 +118,6 @@ def _form_problem(field: str) -> str:
         return f"not a project name: {PROJECT_NAME_RULE}"
     if last in ("repository", "name", "user"):
         return "use lowercase letters and digits, with '.', '_', '__' or '-' between them"
-    if last in ("q", "query"):
-        return "a search has no line breaks or control characters"
     return "this value does not have the form this field takes (see the API documentation)"
 
 

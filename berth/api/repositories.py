@@ -9,7 +9,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from berth.api.deps import (
     COMPONENT_PATTERN,
-    TEXT_PATTERN,
+    SEARCH_BOUNDS,
+    SEARCH_CHECK,
     ManageProject,
     Page,
     PagingDep,
@@ -20,9 +21,9 @@ from berth.api.deps import (
 from berth.api.problems import FieldError, responses
 from berth.auth.guard import client_address
 from berth.domain.descriptions import (
-    DESCRIPTION_PATTERN,
     DESCRIPTION_RULE,
     MAX_DESCRIPTION,
+    TEXT_PATTERN,
     description_problem,
 )
 from berth.services.repositories import (
@@ -41,7 +42,7 @@ Description = Annotated[
     follows(description_problem),
     Field(
         description=DESCRIPTION_RULE,
-        json_schema_extra={"maxLength": MAX_DESCRIPTION, "pattern": DESCRIPTION_PATTERN},
+        json_schema_extra={"maxLength": MAX_DESCRIPTION, "pattern": TEXT_PATTERN},
     ),
 ]
 
@@ -82,9 +83,14 @@ async def list_repositories(
     ] = "name",
     order: Annotated[Literal["asc", "desc"], Query(description="sort order")] = "asc",
     q: Annotated[
-        str | None,
-        Query(max_length=MAX_REPOSITORY_NAME, pattern=TEXT_PATTERN, description="name contains"),
-    ] = None,
+        str,
+        Query(
+            max_length=MAX_REPOSITORY_NAME,
+            description="name contains",
+            json_schema_extra=SEARCH_BOUNDS,
+        ),
+        SEARCH_CHECK,
+    ] = "",
 ) -> Page[Repository]:
     """A page of the project's repositories."""
     items, total = await ctx.services.repositories.page(

@@ -22,7 +22,8 @@ from berth.access.permissions import RepositoryRole
 from berth.api.access import AuditEntry
 from berth.api.deps import (
     COMPONENT_PATTERN,
-    TEXT_PATTERN,
+    SEARCH_BOUNDS,
+    SEARCH_CHECK,
     CallerDep,
     Page,
     PagingDep,
@@ -101,7 +102,8 @@ async def search_users(
     services: ServicesDep,
     query: Annotated[
         str,
-        Query(max_length=64, pattern=TEXT_PATTERN, description="part of the user name"),
+        Query(max_length=64, description="part of the user name", json_schema_extra=SEARCH_BOUNDS),
+        SEARCH_CHECK,
     ] = "",
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
 ) -> list[User] | list[UserMatch]:

@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from berth.api.deps import AdminProject, Page, PagingDep
 from berth.api.problems import responses
-from berth.domain.descriptions import DESCRIPTION_PATTERN, DESCRIPTION_RULE, MAX_DESCRIPTION
+from berth.domain.descriptions import DESCRIPTION_RULE, MAX_DESCRIPTION, TEXT_PATTERN
 from berth.services.webhook_addresses import MAX_URL_LENGTH
 from berth.services.webhook_events import EVENT_TYPES
 from berth.services.webhooks import (
@@ -35,7 +35,7 @@ WebhookId = Annotated[int, Path(ge=1, le=2**31 - 1, description="webhook id")]
 # Event types are checked by the service with the other fields (one refusal names them all);
 # the schema lists the types.
 _EVENT_TYPE_ITEMS: dict[str, Any] = {"items": {"type": "string", "enum": list(EVENT_TYPES)}}
-_DESCRIPTION_BOUNDS: dict[str, Any] = {"maxLength": MAX_DESCRIPTION, "pattern": DESCRIPTION_PATTERN}
+_DESCRIPTION_BOUNDS: dict[str, Any] = {"maxLength": MAX_DESCRIPTION, "pattern": TEXT_PATTERN}
 
 
 class NewWebhook(BaseModel):

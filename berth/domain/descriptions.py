@@ -1,5 +1,6 @@
-"""What a description (of a repository, of a webhook) may hold: one rule, in one wording, for
-the API, the CLI and the console (views/repositories.js checks it in the same words)."""
+"""What text people type may hold: a description (of a repository, of a webhook) and a search
+(of repositories, of users) refuse the same characters, in one wording, for the API, the CLI and
+the console (views/repositories.js checks descriptions in the same words)."""
 
 from __future__ import annotations
 
@@ -10,11 +11,12 @@ DESCRIPTION_RULE = (
     f"a description is at most {MAX_DESCRIPTION} characters, with no line breaks or control "
     "characters"
 )
+SEARCH_RULE = "a search has no line breaks or control characters"
 # Line and paragraph separators break a line as a newline does; any other text (a non-breaking
 # space, an emoji) is what a person may type.
 _LINE_SEPARATORS = "\u2028\u2029"
 # The same characters for a JSON Schema pattern: control characters are category Cc.
-DESCRIPTION_PATTERN = r"^[^\x00-\x1f\x7f-\x9f\u2028\u2029]*$"
+TEXT_PATTERN = r"^[^\x00-\x1f\x7f-\x9f\u2028\u2029]*$"
 
 
 def _refused_character(text: str) -> str | None:
@@ -30,3 +32,9 @@ def description_problem(description: str) -> str | None:
     if refused is not None:
         return f"{DESCRIPTION_RULE}; this one has {refused!r}"
     return None
+
+
+def search_problem(search: str) -> str | None:
+    """Why `search` cannot be searched for, for a person; None when it can."""
+    refused = _refused_character(search)
+    return None if refused is None else f"{SEARCH_RULE}; this one has {refused!r}"

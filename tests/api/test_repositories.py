@@ -136,10 +136,25 @@ def test_a_refused_description_is_told_the_rule_with_the_other_fields(shared_tea
         team.admin.patch(team.repo_url(), json={"description": "é" * 101}), 422
     )
     assert refused["detail"] == f"description: {RULE}; this one has 101 characters"
-    search = team.admin.get(team.url("/repositories"), params={"q": "a\tb"})
-    refused = assert_problem(search, 422)
-    assert refused["errors"] == [
-        {"field": "query.q", "message": "a search has no line breaks or control characters"}
+
+
+def test_a_search_refuses_what_a_description_refuses_and_says_which(shared_team: Team) -> None:
+    """Searching repositories or users for a control character or a line break (U+0085 and
+    U+2028 too, as descriptions refuse them) is refused with the rule and the character; other
+    text people type (a non-breaking space) is searched for."""
+    team = shared_team
+    rule = "a search has no line breaks or control characters"
+    for text, quoted in [("a\tb", "'\\t'"), ("a\u0085b", "'\\x85'"), ("a\u2028b", "'\\u2028'")]:
+        repositories = team.admin.get(team.url("/repositories"), params={"q": text})
+        users = team["project-admin"].get("/users", params={"query": text})
+        for answer, field in ((repositories, "query.q"), (users, "query.query")):
+            assert assert_problem(answer, 422)["errors"] == [
+                {"field": field, "message": f"{rule}; this one has {quoted}"}
+            ]
+    assert ok(team.admin.get(team.url("/repositories"), params={"q": "a\u00a0b"}))["items"] == []
+    too_long = team.admin.get(team.url("/repositories"), params={"q": "a" * 129})
+    assert assert_problem(too_long, 422)["errors"] == [
+        {"field": "query.q", "message": "String should have at most 128 characters"}
     ]
 
 

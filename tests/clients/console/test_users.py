@@ -233,3 +233,27 @@ def test_the_sign_in_page_names_the_settings_a_lost_admin_password_needs_not_the
         verb = [w for w in words[1:] if w not in ("--data-dir", str(console_server.data_dir))]
         verb = verb[:-1] if verb[-1] == "admin" else verb  # the verb's argument
         assert f"berth.cli.main {' '.join(verb)} [OPTIONS]" in helped.stdout, command
+
+
+def test_a_refused_search_is_told_where_its_results_would_be(page: Page, tenant: Tenant) -> None:
+    """A search for a line separator (pasted into the box) is refused in the server's words in
+    the list's place, the page and its search box kept: the repositories' and the users'."""
+    refusal = "a search has no line breaks or control characters; this one has '\\u2028'"
+    tenant.create_repository("alpha")
+    sign_in_with(page, tenant, "admin", ADMIN_PASSWORD)
+    page.get_by_role("link", name=tenant.project).click()
+    repositories = page.get_by_label("Search repositories by name")
+    repositories.fill("al\u2028pha")
+    expect(page.get_by_role("alert")).to_have_text(refusal)
+    expect(page.get_by_role("heading", level=1)).to_have_text("Repositories")
+    repositories.fill("alpha")
+    expect(page.get_by_role("table", name="Repositories").locator("tbody tr")).to_have_count(1)
+    page.goto(f"{tenant.console}#/admin")
+    page.get_by_label("Search users").fill("ad\u2028min")
+    page.get_by_role("button", name="Search").click()
+    expect(page.get_by_role("alert")).to_have_text(refusal)
+    expect(page.get_by_role("table", name="Projects")).to_be_visible()
+    page.get_by_label("Search users").fill("admin")
+    page.get_by_role("button", name="Search").click()
+    users = page.get_by_role("table", name="Users")
+    expect(users.locator("tbody tr[data-key='admin']")).to_be_visible()

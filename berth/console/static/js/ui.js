@@ -124,6 +124,13 @@ export function errorBox(err) {
   );
 }
 
+/** A search the server refused (a control character or line break pasted in): its rule and the
+ * character, in its words, where the results would be, the search box left to correct it. */
+export function searchRefusal(err) {
+  const message = err.fieldErrors?.[0]?.message || err.message;
+  return h("div", { class: "alert error", role: "alert" }, h("strong", {}, message));
+}
+
 export function emptyState(title, ...body) {
   return h("div", { class: "empty" }, h("p", { class: "empty-title" }, title), ...body);
 }

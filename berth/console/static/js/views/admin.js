@@ -2,7 +2,7 @@
 // and projects (delete).
 
 import { api, query, seg } from "../api.js";
-import { badge, clear, confirmDialog, errorBox, field, h, number, openDialog, pager, plural, radios, table, timeElement, toast } from "../ui.js";
+import { badge, clear, confirmDialog, errorBox, field, h, number, openDialog, pager, plural, radios, searchRefusal, table, timeElement, toast } from "../ui.js";
 import { newPasswordFields } from "./account.js";
 import { auditTable } from "./members.js";
 
@@ -18,7 +18,11 @@ export async function adminView(main, ctx) {
   const search = ctx.query.query || "";
   const auditPage = Math.max(1, Number(ctx.query.audit_page) || 1);
   const [users, audit] = await Promise.all([
-    api.get(`/users${query({ query: search, limit: PER_PAGE })}`),
+    // A refused search is shown in the list's place; the rest of the page still works.
+    api.get(`/users${query({ query: search, limit: PER_PAGE })}`).catch((err) => {
+      if (err.status !== 422 || !search) throw err;
+      return err;
+    }),
     api.get(`/audit${query({ page: auditPage, per_page: 20 })}`),
   ]);
   if (ctx.stale()) return;
@@ -38,7 +42,7 @@ export async function adminView(main, ctx) {
     ),
     h("h2", {}, "Users"),
     searchForm,
-    table(
+    users instanceof Error ? searchRefusal(users) : table(
       [
         { title: "User", cell: (u) => [u.name, u.name === session.user ? h("span", { class: "muted" }, " (you)") : null] },
         { title: "Kind", cell: (u) => [u.service_account ? badge("service account") : "person", u.admin ? badge("server admin") : null] },

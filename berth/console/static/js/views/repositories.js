@@ -1,7 +1,7 @@
 import { api, query, seg } from "../api.js";
 import { imagePrefix } from "../registry.js";
 import {
-  badge, characters, clear, countedText, emptyState, errorBox, field, h, number, openDialog, pager, radios, table, timeElement, toast,
+  badge, characters, clear, countedText, emptyState, errorBox, field, h, number, openDialog, pager, radios, searchRefusal, table, timeElement, toast,
 } from "../ui.js";
 
 // As the API validates (berth/api/deps.py COMPONENT_PATTERN, services MAX_*).
@@ -72,7 +72,14 @@ export async function repositoriesView(main, ctx) {
   );
   if (q) search.focus();
 
-  const found = await api.get(`${here}${query({ q, sort, order, page, per_page: PER_PAGE })}`);
+  let found;
+  try {
+    found = await api.get(`${here}${query({ q, sort, order, page, per_page: PER_PAGE })}`);
+  } catch (err) {
+    if (err.status !== 422 || !q) throw err;
+    if (!ctx.stale()) clear(body, searchRefusal(err));
+    return;
+  }
   if (ctx.stale()) return;
   const none = q
     ? emptyState(`No repository name contains “${q}”`, h("button", { type: "button", onclick: () => go({ q: "", page: 1 }) }, "Clear the search"))
