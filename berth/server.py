@@ -36,6 +36,7 @@ T = TypeVar("T")
 
 def _bootstrap_admin(
     settings: Settings,
+    keyring: Keyring,
     url: str,
     *,
     serving: bool,
@@ -50,7 +51,7 @@ def _bootstrap_admin(
     )
 
     async def bootstrap() -> tuple[str, str | None] | None:
-        services = Services.build(settings)
+        services = Services.build(settings, keyring)
         try:
             return await services.identity.users.bootstrap_admin(settings.admin_password)
         finally:
@@ -129,9 +130,10 @@ def initialise(
     `data_dir` and `database_url`: the --data-dir and --database-url given, which the
     commands printed carry."""
     create_data(settings)
-    check_keys(settings)
+    keyring = check_keys(settings)
     _bootstrap_admin(
         settings,
+        keyring,
         public_url(settings),
         serving=serving,
         data_dir=data_dir,
@@ -308,12 +310,12 @@ def _keyring(settings: Settings) -> Keyring:
         ) from None
 
 
-def check_keys(settings: Settings) -> None:
+def check_keys(settings: Settings) -> Keyring:
     """Create this node's token signing and secret-hashing keys where missing, and record
     their fingerprint in the database on the first start; on S3 with PostgreSQL (several
     nodes), refuse to serve with keys that differ from the recorded ones, before creating
     any: tokens this node signed would be refused by the others, and access keys made on
-    them would not match here."""
+    them would not match here. The keys, for the services the start-up builds."""
     shared = settings.storage == "s3" and not _on_sqlite(settings)
     key_files = (settings.signing_key_file, settings.secret_key_file)
     missing = [str(path) for path in key_files if not path.exists()]
@@ -333,6 +335,7 @@ def check_keys(settings: Settings) -> None:
         raise SettingsError(
             _not_the_installs_keys(settings, fingerprint, f"these are {keyring.fingerprint[:16]}…")
         )
+    return keyring
 
 
 def _not_the_installs_keys(settings: Settings, recorded: str, these: str) -> str:
