@@ -1,13 +1,20 @@
 """What `berth serve` and `berth init` do with the server's keys before serving: each key file
-is read once, by the key check, and the services the start-up builds use the keys it read."""
+is read once, by the key check, and the services the start-up builds use the keys it read;
+start-ups at once on one data directory end with one pair of keys."""
 
 from __future__ import annotations
 
 import json
 import os
+import sqlite3
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+
+from berth.config import Settings
+from berth.data_location import create_data, sqlite_file
+from berth.server import check_keys
 
 # One start-up (`initialise`, as `berth init` and `berth serve` run it) in a process of its
 # own, which notes every file it opens (Python's audit events; a hook stays once added).
@@ -51,3 +58,23 @@ def test_a_start_up_reads_each_key_file_once(tmp_path: Path) -> None:
             str(data_dir / "keys" / name) for name in ("token-signing.pem", "secret-hash.key")
         ), start
         assert set(opened.values()) == {1}, (start, opened)
+
+
+def test_start_ups_at_once_on_one_data_directory_share_the_keys_they_record(
+    tmp_path: Path,
+) -> None:
+    """One node on SQLite started twice at once (berth init beside berth serve): both use the
+    keys written first, the ones the database records (the other start-up's are dropped).
+    Several rounds, each on a new data directory: the two seldom write at the same moment."""
+    for round_ in range(10):
+        settings = Settings(data_dir=tmp_path / f"data{round_}")
+        create_data(settings)
+        with ThreadPoolExecutor(2) as pool:
+            keyrings = list(pool.map(check_keys, [settings, settings]))
+        database = sqlite_file(settings)
+        assert database is not None
+        with sqlite3.connect(database) as db:
+            (recorded,) = db.execute(
+                "SELECT value FROM install_facts WHERE name = 'key_fingerprint'"
+            ).fetchone()
+        assert [keyring.fingerprint for keyring in keyrings] == [recorded, recorded]
