@@ -25,7 +25,6 @@ from berth.invocation import named_config, pasteable_command, unprinted_database
 from berth.metadata.database import Database
 from berth.observability import metrics
 from berth.services.install import (
-    known_key_fingerprint,
     record_served_at,
     recorded_key_fingerprint,
 )
@@ -287,12 +286,12 @@ def _on_sqlite(settings: Settings) -> bool:
     return settings.resolved_database_url.startswith("sqlite")
 
 
-def _keyring(settings: Settings) -> Keyring:
-    """This node's keys, created on its first start; a key file it can neither read nor create
-    is a setting that cannot work (a read-only /etc under systemd's ProtectSystem, a file
-    copied in as root), said instead of a traceback."""
+def _keyring(settings: Settings, keys: Callable[[], Keyring]) -> Keyring:
+    """This node's keys, as `keys` reads or writes them; a key file it can neither read nor
+    create is a setting that cannot work (a read-only /etc under systemd's ProtectSystem, a
+    file copied in as root), said instead of a traceback."""
     try:
-        return Keyring(settings.signing_key_file, settings.secret_key_file)
+        return keys()
     except KeyFileUnusable as exc:
         user = pwd.getpwuid(os.geteuid()).pw_name
         if exc.creating:
@@ -313,29 +312,29 @@ def _keyring(settings: Settings) -> Keyring:
 def check_keys(settings: Settings) -> Keyring:
     """Create this node's token signing and secret-hashing keys where missing, and record
     their fingerprint in the database on the first start; on S3 with PostgreSQL (several
-    nodes), refuse to serve with keys that differ from the recorded ones, before creating
+    nodes), refuse to serve with keys that differ from the recorded ones, before writing
     any: tokens this node signed would be refused by the others, and access keys made on
-    them would not match here. The keys, for the services the start-up builds."""
+    them would not match here. Keys made now are recorded before they are written, by an
+    insert only one node wins: of two first nodes starting at once, the other is refused with
+    nothing written. The keys, for the services the start-up builds."""
     shared = settings.storage == "s3" and not _on_sqlite(settings)
-    key_files = (settings.signing_key_file, settings.secret_key_file)
-    missing = [str(path) for path in key_files if not path.exists()]
-    if shared and missing:
-        known = _in_database(settings, known_key_fingerprint)
-        if known is not None:  # a key created now could not be the install's
-            raise SettingsError(
-                _not_the_installs_keys(
-                    settings, known, "this node has no " + " and no ".join(missing)
-                )
-            )
-    keyring = _keyring(settings)
+    # One node (SQLite, or files): keys are written first, so start-ups at once on one data
+    # directory share the first written (and record it). Several: written once recorded.
+    keyring = _keyring(
+        settings,
+        lambda: Keyring(settings.signing_key_file, settings.secret_key_file, save=not shared),
+    )
     fingerprint = _in_database(
         settings, lambda db: recorded_key_fingerprint(db, keyring.fingerprint)
     )
     if fingerprint != keyring.fingerprint and shared:
-        raise SettingsError(
-            _not_the_installs_keys(settings, fingerprint, f"these are {keyring.fingerprint[:16]}…")
+        these = (
+            "this node has no " + " and no ".join(str(path) for path in keyring.unsaved)
+            if keyring.unsaved
+            else f"these are {keyring.fingerprint[:16]}…"
         )
-    return keyring
+        raise SettingsError(_not_the_installs_keys(settings, fingerprint, these))
+    return _keyring(settings, keyring.saved)
 
 
 def _not_the_installs_keys(settings: Settings, recorded: str, these: str) -> str:

@@ -24,30 +24,23 @@ class KeyFileUnusable(Exception):
         self.setting, self.path, self.creating, self.error = setting, path, creating, error
 
 
-def _write_private(path: Path, data: bytes) -> None:
+def _write_private(path: Path, data: bytes) -> bool:
+    """Write `data` to `path` unless another process created it first (False: both then use
+    that process's key)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     # Its own name: another start-up writing the same key at once has another.
     temporary = path.with_name(f"{path.name}.{secrets.token_hex(8)}.tmp")
     fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "wb") as handle:
         handle.write(data)
-    # link() fails if another process created the file first: both then use the same key.
+    # link() fails if another process created the file first.
     try:
         os.link(temporary, path)
     except FileExistsError:
-        pass
+        return False
     finally:
         os.unlink(temporary)
-
-
-def _load_or_create(setting: str, path: Path, create: bytes) -> bytes:
-    creating = not path.exists()
-    try:
-        if creating:
-            _write_private(path, create)
-        return path.read_bytes()
-    except OSError as exc:
-        raise KeyFileUnusable(setting, path, creating, exc) from None
+    return True
 
 
 def _key_id(public_key: ec.EllipticCurvePublicKey) -> str:
@@ -69,22 +62,55 @@ def existing_key_id(signing_key_file: Path) -> str | None:
 
 
 class Keyring:
-    def __init__(self, signing_key_file: Path, secret_key_file: Path) -> None:
+    def __init__(self, signing_key_file: Path, secret_key_file: Path, *, save: bool = True) -> None:
+        """The keys in the two files; a missing one is made and written, or with `save=False`
+        made in memory only (`unsaved` names its file) until `saved()` writes it."""
+        self._files = (signing_key_file, secret_key_file)
+        self._unsaved: list[tuple[str, Path, bytes]] = []
         new_key = ec.generate_private_key(ec.SECP256R1()).private_bytes(
             serialization.Encoding.PEM,
             serialization.PrivateFormat.PKCS8,
             serialization.NoEncryption(),
         )
-        pem = _load_or_create("token_signing_key", signing_key_file, new_key)
+        pem = self._load_or_create("token_signing_key", signing_key_file, new_key, save)
         loaded = serialization.load_pem_private_key(pem, password=None)
         if not isinstance(loaded, ec.EllipticCurvePrivateKey):
             raise ValueError(f"{signing_key_file} must hold an EC (P-256) private key")
         self.signing_key = loaded
         self.public_key = loaded.public_key()
         self.key_id = _key_id(self.public_key)
-        self._secret_key = _load_or_create(
-            "secret_hash_key", secret_key_file, secrets.token_bytes(32)
+        self._secret_key = self._load_or_create(
+            "secret_hash_key", secret_key_file, secrets.token_bytes(32), save
         )
+
+    def _load_or_create(self, setting: str, path: Path, create: bytes, save: bool) -> bytes:
+        creating = not path.exists()
+        if creating and not save:
+            self._unsaved.append((setting, path, create))
+            return create
+        try:
+            if creating:
+                _write_private(path, create)
+            return path.read_bytes()
+        except OSError as exc:
+            raise KeyFileUnusable(setting, path, creating, exc) from None
+
+    @property
+    def unsaved(self) -> list[Path]:
+        """The key files whose keys were made in memory and are not written yet."""
+        return [path for _, path, _ in self._unsaved]
+
+    def saved(self) -> Keyring:
+        """These keys once the ones made in memory are written to their files; where another
+        process on the same files wrote first, the keys as the files hold them."""
+        another_wrote = False
+        for setting, path, data in self._unsaved:
+            try:
+                another_wrote |= not _write_private(path, data)
+            except OSError as exc:
+                raise KeyFileUnusable(setting, path, True, exc) from None
+        self._unsaved = []
+        return Keyring(*self._files) if another_wrote else self
 
     @property
     def fingerprint(self) -> str:

@@ -10,12 +10,6 @@ from berth.metadata.tables import install_facts, utcnow
 KEY_FINGERPRINT = "key_fingerprint"
 
 
-async def known_key_fingerprint(db: Database) -> str | None:
-    """The fingerprint of the install's keys, or None before the first node has recorded it
-    (nothing is recorded now)."""
-    return await _fact(db, KEY_FINGERPRINT)
-
-
 async def recorded_key_fingerprint(db: Database, fingerprint: str) -> str:
     """The fingerprint of the install's keys: `fingerprint` if this is the first node to
     start (it is recorded now), else the one the first node recorded."""

@@ -4,12 +4,20 @@ for one node only, every node must have the install's keys, and each answer name
 
 from __future__ import annotations
 
+import asyncio
 import shutil
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
 import pytest
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import create_async_engine
 
+from berth.access.keyring import Keyring
+from berth.config import Settings, SettingsError
+from berth.data_location import create_data
+from berth.server import check_keys
 from tests.s3 import SeaweedFS
 from tests.servers import BerthServer, PostgresCluster, serve_refused, unstarted_environ
 
@@ -63,3 +71,77 @@ def test_a_node_with_other_keys_is_refused_until_it_has_the_installs_keys(
     finally:
         second.stop()
         first.stop()
+
+
+def _start_ups_at_once(nodes: list[Settings], database_url: str) -> list[Keyring | str]:
+    """The key check of each of `nodes` (as `berth serve` runs it), started at once and let
+    through together once all of them wait to record their keys: each one's keys, or its
+    refusal. The recording is held by a lock on its table, which lets reads through."""
+
+    def start_up(settings: Settings) -> Keyring | str:
+        try:
+            return check_keys(settings)
+        except SettingsError as refused:
+            return str(refused)
+
+    waiting = text(
+        "SELECT count(*) FROM pg_locks WHERE NOT granted AND relation = 'install_facts'::regclass"
+    )
+
+    async def race() -> list[Keyring | str]:
+        loop = asyncio.get_running_loop()
+        engine = create_async_engine(database_url)
+        try:
+            with ThreadPoolExecutor(len(nodes)) as pool:
+                async with engine.begin() as holder:
+                    await holder.execute(
+                        text("LOCK TABLE install_facts IN SHARE ROW EXCLUSIVE MODE")
+                    )
+                    started = [loop.run_in_executor(pool, start_up, node) for node in nodes]
+                    for _ in range(300):
+                        if (await holder.execute(waiting)).scalar_one() == len(nodes):
+                            break
+                        await asyncio.sleep(0.1)
+                    else:
+                        raise AssertionError("the start-ups never reached their record")
+                return list(await asyncio.gather(*started))
+        finally:
+            await engine.dispose()
+
+    return asyncio.run(race())
+
+
+def test_of_two_first_nodes_starting_at_once_one_makes_the_keys_the_other_writes_none(
+    postgres: PostgresCluster | None, tmp_path: Path
+) -> None:
+    """Two nodes of an install that has no keys yet start at once: the one whose keys are
+    recorded first writes them, the other is refused before writing any key file, and told
+    to copy the first's."""
+    if postgres is None:
+        pytest.skip("PostgreSQL not installed")
+    url = postgres.create_database()
+    nodes = [
+        Settings(
+            data_dir=tmp_path / name,
+            database_url=url,
+            storage="s3",
+            s3_bucket="berth",
+            single_node=False,
+        )
+        for name in ("first", "second")
+    ]
+    create_data(nodes[0])
+    outcomes = _start_ups_at_once(nodes, url)
+    (keyring,) = [o for o in outcomes if isinstance(o, Keyring)]
+    (refusal,) = [o for o in outcomes if isinstance(o, str)]
+    winner, loser = nodes if outcomes[0] is keyring else reversed(nodes)
+    assert "not the ones the other nodes of this install use" in refusal
+    assert f"this node has no {loser.signing_key_file} and no {loser.secret_key_file}" in refusal
+    assert "copy them from a node that serves" in refusal
+    assert not (loser.data_dir / "keys").exists()
+    assert Keyring(winner.signing_key_file, winner.secret_key_file).fingerprint == (
+        keyring.fingerprint
+    )
+    # As the refusal says: the first node's key files, and the second starts.
+    shutil.copytree(winner.data_dir / "keys", loser.data_dir / "keys")
+    assert check_keys(loser).fingerprint == keyring.fingerprint
