@@ -13,6 +13,10 @@ from typing import Any
 class RegistryError(Exception):
     code = "UNKNOWN"
     status = 500
+    # The code a registry client is sent where `code` is not one of the spec's (which it
+    # says a client's error MUST carry): docker and podman print an unknown code as
+    # "unknown: MESSAGE". The management API sends `code`.
+    oci_code: str | None = None
 
     def __init__(self, message: str, detail: Any = None, *, status: int | None = None) -> None:
         super().__init__(message)
@@ -23,7 +27,7 @@ class RegistryError(Exception):
         self.headers: dict[str, str] = {}
 
     def body(self) -> dict[str, Any]:
-        error: dict[str, Any] = {"code": self.code, "message": self.message}
+        error: dict[str, Any] = {"code": self.oci_code or self.code, "message": self.message}
         if self.detail is not None:
             error["detail"] = self.detail
         return {"errors": [error]}
@@ -144,6 +148,7 @@ class NotFound(RegistryError):
 
 class Conflict(RegistryError):
     code = "CONFLICT"
+    oci_code = "DENIED"  # a delete refused while the content is in use
     status = 409
 
 
