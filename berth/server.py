@@ -25,6 +25,7 @@ from berth.invocation import named_config, pasteable_command, unprinted_database
 from berth.metadata.database import Database
 from berth.observability import metrics
 from berth.services.install import (
+    forget_key_fingerprint,
     record_served_at,
     recorded_key_fingerprint,
 )
@@ -334,7 +335,12 @@ def check_keys(settings: Settings) -> Keyring:
             else f"these are {keyring.fingerprint[:16]}…"
         )
         raise SettingsError(_not_the_installs_keys(settings, fingerprint, these))
-    return _keyring(settings, keyring.saved)
+    try:
+        return _keyring(settings, keyring.saved)
+    except SettingsError:
+        if keyring.unsaved:  # recorded, never written: no node could ever have them
+            _in_database(settings, lambda db: forget_key_fingerprint(db, keyring.fingerprint))
+        raise
 
 
 def _not_the_installs_keys(settings: Settings, recorded: str, these: str) -> str:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sqlalchemy import select
+from sqlalchemy import delete, select
 
 from berth.metadata.database import Database
 from berth.metadata.tables import install_facts, utcnow
@@ -23,6 +23,17 @@ async def recorded_key_fingerprint(db: Database, fingerprint: str) -> str:
             select(install_facts.c.value).where(install_facts.c.name == KEY_FINGERPRINT)
         )
         return str(recorded.scalar_one())
+
+
+async def forget_key_fingerprint(db: Database, fingerprint: str) -> None:
+    """Take back `fingerprint`'s record (a first node that recorded its keys and then could
+    not write them): the next node to start records its own."""
+    async with db.write() as conn:
+        await conn.execute(
+            delete(install_facts).where(
+                install_facts.c.name == KEY_FINGERPRINT, install_facts.c.value == fingerprint
+            )
+        )
 
 
 # Facts of the last start, for the CLI run beside a server started with other settings (its

@@ -145,3 +145,28 @@ def test_of_two_first_nodes_starting_at_once_one_makes_the_keys_the_other_writes
     # As the refusal says: the first node's key files, and the second starts.
     shutil.copytree(winner.data_dir / "keys", loser.data_dir / "keys")
     assert check_keys(loser).fingerprint == keyring.fingerprint
+
+
+def test_a_first_node_that_cannot_write_its_keys_leaves_no_record_of_them(
+    postgres: PostgresCluster | None, tmp_path: Path
+) -> None:
+    """Its keys are recorded before they are written; when writing fails (here the keys
+    directory is a file) the record goes too, so once the operator fixes the directory the
+    node starts as the first one, instead of being told to copy keys no node has."""
+    if postgres is None:
+        pytest.skip("PostgreSQL not installed")
+    node = Settings(
+        data_dir=tmp_path / "first",
+        database_url=postgres.create_database(),
+        storage="s3",
+        s3_bucket="berth",
+        single_node=False,
+    )
+    create_data(node)
+    blocked = node.signing_key_file.parent
+    blocked.write_text("not a directory")
+    with pytest.raises(SettingsError, match="cannot create the key file"):
+        check_keys(node)
+    blocked.unlink()
+    keyring = check_keys(node)
+    assert Keyring(node.signing_key_file, node.secret_key_file).fingerprint == keyring.fingerprint
