@@ -26,6 +26,7 @@ from berth.metadata.database import Database
 from berth.observability import metrics
 from berth.services.install import (
     forget_key_fingerprint,
+    key_fingerprint,
     record_served_at,
     recorded_key_fingerprint,
 )
@@ -312,29 +313,28 @@ def _keyring(settings: Settings, keys: Callable[[], Keyring]) -> Keyring:
 
 def check_keys(settings: Settings) -> Keyring:
     """Create this node's token signing and secret-hashing keys where missing, and record
-    their fingerprint in the database on the first start; on S3 with PostgreSQL (several
-    nodes), refuse to serve with keys that differ from the recorded ones, before writing
-    any: tokens this node signed would be refused by the others, and access keys made on
-    them would not match here. Keys made now are recorded before they are written, by an
-    insert only one node wins: of two first nodes starting at once, the other is refused with
-    nothing written. The keys, for the services the start-up builds."""
+    their fingerprint in the database on the first start; later, refuse to serve with keys
+    that differ from the recorded ones, before writing any: access keys made on the recorded
+    keys would not match here (on one node, key files a restore or move left behind), and on
+    S3 with PostgreSQL (several nodes) tokens this node signed would be refused by the
+    others. Keys made now are recorded before they are written, by an insert only one node
+    wins: of two first nodes starting at once, the other is refused with nothing written.
+    The keys, for the services the start-up builds."""
     shared = settings.storage == "s3" and not _on_sqlite(settings)
-    # One node (SQLite, or files): keys are written first, so start-ups at once on one data
-    # directory share the first written (and record it). Several: written once recorded.
+    # One node (SQLite, or files) on its first start: keys are written first, so start-ups at
+    # once on one data directory share the first written (and record it). Once recorded, and
+    # with several nodes, a missing key is made in memory and written only once recorded.
+    write_first = not shared and _in_database(settings, key_fingerprint) is None
     keyring = _keyring(
         settings,
-        lambda: Keyring(settings.signing_key_file, settings.secret_key_file, save=not shared),
+        lambda: Keyring(settings.signing_key_file, settings.secret_key_file, save=write_first),
     )
     fingerprint = _in_database(
         settings, lambda db: recorded_key_fingerprint(db, keyring.fingerprint)
     )
-    if fingerprint != keyring.fingerprint and shared:
-        these = (
-            "this node has no " + " and no ".join(str(path) for path in keyring.unsaved)
-            if keyring.unsaved
-            else f"these are {keyring.fingerprint[:16]}…"
-        )
-        raise SettingsError(_not_the_installs_keys(settings, fingerprint, these))
+    if fingerprint != keyring.fingerprint:
+        refusal = _not_the_installs_keys if shared else _not_this_installs_keys
+        raise SettingsError(refusal(settings, fingerprint, keyring))
     try:
         return _keyring(settings, keyring.saved)
     except SettingsError:
@@ -343,19 +343,44 @@ def check_keys(settings: Settings) -> Keyring:
         raise
 
 
-def _not_the_installs_keys(settings: Settings, recorded: str, these: str) -> str:
-    """The refusal of a node whose keys are not the `recorded` ones; `these` says what it has."""
+def _what_this_node_has(keyring: Keyring) -> str:
+    """What a node refused for its keys has instead of the recorded ones."""
+    if keyring.unsaved:
+        return "this node has no " + " and no ".join(str(path) for path in keyring.unsaved)
+    return f"these are {keyring.fingerprint[:16]}…"
+
+
+def _not_the_installs_keys(settings: Settings, recorded: str, keyring: Keyring) -> str:
+    """The refusal of a node of several whose keys are not the `recorded` ones."""
     return (
         f"this node's keys ({settings.signing_key_file} and {settings.secret_key_file}) are "
         "not the ones the other nodes of this install use (the database recorded keys with "
-        f"the fingerprint {recorded[:16]}…, {these}). Give "
+        f"the fingerprint {recorded[:16]}…, {_what_this_node_has(keyring)}). Give "
         "every node the same two files: copy them from a node that serves (by default "
         "DATA_DIR/keys/token-signing.pem and DATA_DIR/keys/secret-hash.key) over this "
         "node's, or point token_signing_key and secret_hash_key at the same files on every "
         "node. If the keys of every node were replaced on purpose (access keys made before "
-        "then stop working), clear the record in the database: "
-        "DELETE FROM install_facts WHERE name = 'key_fingerprint';"
+        f"then stop working), clear the record in the database: {_FORGET_KEYS}"
     )
+
+
+def _not_this_installs_keys(settings: Settings, recorded: str, keyring: Keyring) -> str:
+    """The refusal of a single node whose keys are not the `recorded` ones: its database
+    came without its key files (a restore or move that left them behind)."""
+    return (
+        f"the keys {settings.signing_key_file} and {settings.secret_key_file} are not the "
+        "ones this install's database was used with (it recorded keys with the fingerprint "
+        f"{recorded[:16]}…, {_what_this_node_has(keyring)}): every access key made before "
+        "would be refused. A restore or move that left the key files behind does this: "
+        "restore both files from the backup of the data directory (its keys/ directory), or "
+        "copy them from the old machine, to the paths above (or point token_signing_key and "
+        "secret_hash_key at them). To start over with new keys on purpose (every access key "
+        "stops working), clear the record in the database: "
+        f"{_FORGET_KEYS}"
+    )
+
+
+_FORGET_KEYS = "DELETE FROM install_facts WHERE name = 'key_fingerprint';"
 
 
 def _in_database(settings: Settings, call: Callable[[Database], Awaitable[T]]) -> T:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -12,7 +13,7 @@ import httpx
 import pytest
 
 from tests.oci import digest_of, error_code, put_manifest, random_image
-from tests.servers import BACKENDS, ROOT, BerthServer, running_server
+from tests.servers import BACKENDS, ROOT, BerthServer, running_server, serve_refused
 
 GUIDE = ROOT / "docs" / "operations.md"
 EXAMPLE_DATA_DIR = "/var/lib/berth"
@@ -117,3 +118,42 @@ def guide_setup(tmp_path: Path, backend: str) -> tuple[Path, list[str], list[str
     backup = tmp_path / "backup"
     backup.parent.mkdir(parents=True, exist_ok=True)
     return backup, keys_and_database, [copy_blobs], restore
+
+
+def test_a_restore_without_the_key_files_is_refused_until_they_are_put_back(
+    tmp_path: Path,
+) -> None:
+    """One node on SQLite whose data directory came back without keys/ (a restore or move
+    that left the key files behind): `berth serve` refuses, naming the files, instead of
+    serving with new keys every access key fails on; with the files back, it serves and an
+    access key made before signs in."""
+    server = BerthServer(tmp_path / "data")
+    server.start()
+    try:
+        server.create_repository("shop", "web")
+        key = server.access_key("shop")
+    finally:
+        server.stop()
+    keys = server.data_dir / "keys"
+    kept = keys.rename(tmp_path / "kept-keys")
+
+    problem = " ".join(serve_refused(server.env).split())
+    signing, secret = keys / "token-signing.pem", keys / "secret-hash.key"
+    assert f"this node has no {signing} and no {secret}" in problem
+    assert "restore both files from the backup of the data directory" in problem
+    assert "DELETE FROM install_facts WHERE name = 'key_fingerprint';" in problem
+    assert not keys.exists() or not any(keys.iterdir())  # refused before writing a key
+
+    shutil.rmtree(keys, ignore_errors=True)
+    kept.rename(keys)
+    server.start()
+    try:
+        signed_in = httpx.get(
+            f"{server.url}/auth/token",
+            params={"service": server.address, "account": key[0], "client_id": "docker"},
+            auth=key,
+            timeout=60,
+        )
+        assert signed_in.status_code == 200 and signed_in.json()["token"]
+    finally:
+        server.stop()

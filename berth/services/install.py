@@ -25,6 +25,11 @@ async def recorded_key_fingerprint(db: Database, fingerprint: str) -> str:
         return str(recorded.scalar_one())
 
 
+async def key_fingerprint(db: Database) -> str | None:
+    """The fingerprint of the install's keys, if a node has recorded them."""
+    return await _fact(db, KEY_FINGERPRINT)
+
+
 async def forget_key_fingerprint(db: Database, fingerprint: str) -> None:
     """Take back `fingerprint`'s record (a first node that recorded its keys and then could
     not write them): the next node to start records its own."""
