@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import ipaddress
 import os
 import tomllib
@@ -19,6 +20,10 @@ from pydantic_settings import (
 )
 
 CONFIG_FILE_ENV = "BERTH_CONFIG"
+# BERTH_* variables that are not settings: the config file's path, and the test suite's.
+NOT_SETTINGS_ENV = frozenset(
+    {CONFIG_FILE_ENV, "BERTH_FUZZ_SEED", "BERTH_FUZZ_EXAMPLES", "BERTH_REQUIRE_POSTGRES"}
+)
 GiB = 1024**3
 DEFAULT_S3_CACHE_SIZE = 10 * GiB
 
@@ -597,9 +602,43 @@ def _problem(name: str, error: Any) -> str:
     return message[0].lower() + message[1:]
 
 
+def _unknown_settings() -> list[str]:
+    """Each name in the config file and each BERTH_* variable that is no setting (a typo,
+    or a setting of another version), said with the closest setting: otherwise ignored
+    without a word, it would leave its setting at the default."""
+    names = list(Settings.model_fields)
+    unknown = []
+    try:
+        with config_file().open("rb") as handle:
+            in_file = tomllib.load(handle)
+    except (OSError, tomllib.TOMLDecodeError):  # none, or said when the settings are read
+        in_file = {}
+    for name in in_file:
+        if name not in Settings.model_fields:
+            unknown.append(f"{name} in {config_file()} is not a setting{_closest(name, names)}")
+    variables = [f"BERTH_{name.upper()}" for name in names]
+    for variable in os.environ:
+        upper = variable.upper()
+        if upper.startswith("BERTH_") and upper not in variables + list(NOT_SETTINGS_ENV):
+            unknown.append(
+                f"the environment variable {variable} is not a setting"
+                f"{_closest(upper, variables)}; unset it"
+            )
+    return unknown
+
+
+def _closest(name: str, names: list[str]) -> str:
+    close = difflib.get_close_matches(name, names, n=1)
+    return f" (did you mean {close[0]}?)" if close else ""
+
+
 def load_settings(**overrides: Any) -> Settings:
-    """The settings, or SettingsError naming each bad value, where it was given and why."""
+    """The settings, or SettingsError naming each bad value, where it was given and why, and
+    each name that is no setting."""
     given = {k: v for k, v in overrides.items() if v is not None}
+    unknown = _unknown_settings()
+    if unknown:
+        raise SettingsError("; ".join(unknown))
     try:
         return Settings(**given)
     except tomllib.TOMLDecodeError as exc:

@@ -173,6 +173,46 @@ def test_bad_settings_are_named_before_serving(tmp_path: Path) -> None:
         assert not (tmp_path / case.replace(" ", "-")).exists(), f"{case}: data created"
 
 
+def test_a_name_that_is_no_setting_is_refused_by_every_verb_naming_the_closest(
+    tmp_path: Path,
+) -> None:
+    """A misspelled setting (gc_grace for gc_grace_period), in the file or the environment,
+    is refused with exit status 2 instead of leaving its setting at the default unsaid; the
+    BERTH_* variables that are no settings (the config file's, the test suite's) are not."""
+    config = tmp_path / "berth.toml"
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("BERTH_")}
+    env = {**clean, "BERTH_DATA_DIR": str(tmp_path / "data"), "BERTH_CONFIG": str(config)}
+    listen = ["--listen", f"127.0.0.1:{free_port()}"]
+    verbs = [["status"], ["serve", *listen], ["project", "list"], ["init"]]
+
+    def refusal(verb: list[str], extra: dict[str, str]) -> str:
+        done = subprocess.run(
+            [*BERTH, *verb], env={**env, **extra}, capture_output=True, text=True, timeout=120
+        )
+        assert done.returncode == 2 and "Traceback" not in done.stderr, (verb, done.stderr)
+        return " ".join(done.stderr.split())
+
+    config.write_text("gc_grace = 5\n")
+    for verb in verbs:
+        assert (
+            f"error: gc_grace in {config} is not a setting (did you mean gc_grace_period?)"
+            in refusal(verb, {})
+        ), verb
+    config.write_text("gc_grace_period = 5\n")
+    for verb in verbs:
+        assert (
+            "the environment variable BERTH_GC_GRACE is not a setting (did you mean "
+            "BERTH_GC_GRACE_PERIOD?)" in refusal(verb, {"BERTH_GC_GRACE": "5"})
+        ), verb
+    assert not (tmp_path / "data").exists()
+
+    harness = {"BERTH_FUZZ_SEED": "1", "BERTH_FUZZ_EXAMPLES": "1", "BERTH_REQUIRE_POSTGRES": "1"}
+    initialised = subprocess.run(
+        [*BERTH, "init"], env={**env, **harness}, capture_output=True, text=True, timeout=120
+    )
+    assert initialised.returncode == 0, initialised.stderr
+
+
 def test_a_second_server_on_a_taken_address_refuses(tmp_path: Path) -> None:
     fresh = tmp_path / "new-data"
     first = BerthServer(tmp_path / "first", serve_args=["--data-dir", str(fresh)]).start()
