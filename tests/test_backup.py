@@ -32,13 +32,14 @@ def guide_blocks() -> list[list[str]]:
 
 
 def run_commands(commands: list[str], replacements: dict[str, str]) -> None:
-    for command in commands:
-        for example, actual in replacements.items():
-            command = command.replace(example, actual)
-        done = subprocess.run(
-            ["bash", "-c", command], capture_output=True, text=True, timeout=120, check=False
-        )
-        assert done.returncode == 0, f"{command}: {done.stdout}{done.stderr}"
+    """`commands` in one shell, as pasted into one (a `umask` holds for the ones after it)."""
+    script = "\n".join(commands)
+    for example, actual in replacements.items():
+        script = script.replace(example, actual)
+    done = subprocess.run(
+        ["bash", "-ec", script], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert done.returncode == 0, f"{script}: {done.stdout}{done.stderr}"
 
 
 def libpq_url(database_url: str) -> str:
@@ -70,6 +71,13 @@ def test_a_backup_taken_while_serving_restores_the_images_keys_and_store(
             later = random_image(client, "shop/web", layers=2)
             assert put_manifest(client, "shop/web", "v2", later).status_code == 201
             run_commands(copy_blobs, replacements)
+    # Readable by their owner alone: password hashes, keyed hashes of key secrets, the keys.
+    copies = [backup / "keys" / "secret-hash.key", backup / "keys" / "token-signing.pem"]
+    copies.append(backup / ("berth.db" if backend == "sqlite" else "berth.pgdump"))
+    assert {path.name: oct(path.stat().st_mode & 0o777) for path in copies} == {
+        path.name: "0o600" for path in copies
+    }
+    assert backup.stat().st_mode & 0o077 == 0
 
     target = BerthServer(
         tmp_path / "restored",
