@@ -19,7 +19,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 from berth.config import Settings, SettingsError, config_file, setting_source
 from berth.invocation import berth_command, pasteable_command
-from berth.metadata.migrate import MissingPrivilege, NewerSchema, upgrade
+from berth.metadata.migrate import Migrated, MissingPrivilege, NewerSchema, upgrade
 
 
 def sqlite_file(settings: Settings) -> Path | None:
@@ -71,8 +71,8 @@ def missing_data(settings: Settings) -> str | None:
     if not data_dir.is_dir():
         return f"no Berth data directory at {data_dir}"
     database = sqlite_file(settings)
-    if database is not None:
-        return None if database.is_file() else f"no Berth database at {database}"
+    if database is not None and not database.is_file():
+        return f"no Berth database at {database}"
     try:
         if asyncio.run(_has_schema(settings.resolved_database_url)):
             return None
@@ -120,8 +120,9 @@ def _data_may_be_elsewhere(settings: Settings) -> bool:
     return data_dir.is_dir() and any(data_dir.iterdir())
 
 
-def create_data(settings: Settings) -> None:
-    """Create the data directory and database where missing; bring the schema up to date."""
+def create_data(settings: Settings) -> Migrated | None:
+    """Create the data directory and database where missing; bring the schema up to date,
+    saying from which revision to which (None when it was current)."""
     data_dir = settings.data_dir.absolute()
     data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     # Whatever the umask, and one an older Berth made (or a user made beforehand) too.
@@ -138,7 +139,7 @@ def create_data(settings: Settings) -> None:
                 with contextlib.suppress(PermissionError, FileNotFoundError):  # not ours
                     path.chmod(0o600)
     try:
-        upgrade(settings.resolved_database_url)
+        return upgrade(settings.resolved_database_url)
     except NewerSchema as exc:
         raise SettingsError(f"{shown_database(settings)}: {exc}") from None
     except MissingPrivilege as exc:

@@ -20,7 +20,7 @@ from typing import TypeVar
 from berth.access.keyring import KeyFileUnusable, Keyring
 from berth.addresses import public_host, public_url
 from berth.config import Settings, SettingsError, setting_source
-from berth.data_location import create_data, unreachable_database
+from berth.data_location import create_data, shown_database, unreachable_database
 from berth.invocation import named_config, pasteable_command, unprinted_database
 from berth.metadata.database import Database
 from berth.observability import metrics
@@ -130,7 +130,19 @@ def initialise(
     database, the administrator: what `berth init` does, and `berth serve` before serving.
     `data_dir` and `database_url`: the --data-dir and --database-url given, which the
     commands printed carry."""
-    create_data(settings)
+    migrated = create_data(settings)
+    if migrated is not None:
+        # Said once, by the node that moved the schema: the step an operator looks for when
+        # an upgrade goes wrong (README, "Upgrading").
+        database = shown_database(settings)
+        if migrated.before is None:
+            print(f"Created the schema of {database} at revision {migrated.after}", flush=True)
+        else:
+            print(
+                f"Migrated the schema of {database} from revision {migrated.before} to "
+                f"{migrated.after}",
+                flush=True,
+            )
     keyring = check_keys(settings)
     _bootstrap_admin(
         settings,

@@ -13,17 +13,30 @@ import sqlite3
 import stat
 import subprocess
 from dataclasses import dataclass
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 import typer
+from alembic import command as alembic
+from alembic.script import ScriptDirectory
+from sqlalchemy.engine import make_url
 from typer.testing import CliRunner
 
 from berth.cli.main import app
+from berth.metadata.migrate import alembic_config, current_revision
 from tests.ports import free_port
-from tests.servers import ADMIN_PASSWORD, BERTH, BerthServer, PostgresCluster, in_own_thread
+from tests.servers import (
+    ADMIN_PASSWORD,
+    BACKENDS,
+    BERTH,
+    BerthServer,
+    PostgresCluster,
+    database_url_for,
+    in_own_thread,
+)
 
 
 def test_project_and_repository_admin_verbs(tmp_path: Path) -> None:
@@ -249,6 +262,17 @@ def test_admin_verbs_refuse_an_empty_database(
     assert created.returncode == 0, created.stderr
 
 
+def test_an_empty_sqlite_file_is_no_data_until_init(tmp_path: Path) -> None:
+    data = tmp_path / "berth-data"
+    data.mkdir()
+    (data / "berth.db").touch()
+    refused = _berth_in(tmp_path, "project", "list")
+    assert refused.returncode == 1 and "holds no Berth data" in refused.stderr
+    assert _berth_in(tmp_path, "init", BERTH_ADMIN_PASSWORD="admin-password").returncode == 0
+    created = _berth_in(tmp_path, "project", "create", "demo")
+    assert created.returncode == 0, created.stderr
+
+
 def test_data_a_newer_berth_migrated_is_refused_by_serve_and_the_verbs(tmp_path: Path) -> None:
     env = {"BERTH_ADMIN_PASSWORD": "admin-password"}
     assert _berth_in(tmp_path, "init", **env).returncode == 0
@@ -261,8 +285,59 @@ def test_data_a_newer_berth_migrated_is_refused_by_serve_and_the_verbs(tmp_path:
         listed.stderr
     )
     assert "newer version of Berth" in listed.stderr and "Upgrading" in listed.stderr
+    # What to compare with the other version's: it prints the revision it migrates to.
+    assert "`berth --version`" in listed.stderr
     served = _berth_in(tmp_path, "serve", "--listen", f"127.0.0.1:{free_port()}")
     assert served.returncode == 2 and "newer version of Berth" in served.stderr
+
+
+SCHEMA = ScriptDirectory.from_config(alembic_config("sqlite://"))
+NEWEST = str(SCHEMA.get_current_head())
+
+
+def test_version_names_the_release_and_the_schema_it_migrates_to() -> None:
+    shown = subprocess.run([*BERTH, "--version"], capture_output=True, text=True, check=False)
+    assert shown.returncode == 0, shown.stderr
+    assert shown.stdout == f"berth {version('berth')} (database schema {NEWEST})\n"
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_admin_verbs_refuse_an_older_schema_and_only_serve_migrates_it(
+    tmp_path: Path, backend: str, postgres: PostgresCluster | None
+) -> None:
+    """A newly installed berth's verbs, run while the older version's server may still serve,
+    leave the schema as it is: the older server could not serve on a newer one."""
+    berth = BerthServer(tmp_path / "data", database_url_for(backend, postgres))
+    berth.cli("init")
+    berth.create_project("demo")
+    url = berth.database_url or f"sqlite+aiosqlite:///{berth.data_dir / 'berth.db'}"
+    database = berth.data_dir / "berth.db"
+    shown = make_url(url).render_as_string() if berth.database_url else f"SQLite {database}"
+    # Already current: starting says nothing of the schema.
+    berth.start()
+    berth.stop()
+    assert "Migrated the schema" not in berth.log_tail()
+
+    older = "0005"  # as an older Berth left it
+    alembic.downgrade(alembic_config(url), older)
+    for verb in (("key", "list", "--project", "demo"), ("project", "list")):
+        refused = berth.cli(*verb, check=False)
+        said = " ".join(refused.stderr.split())
+        assert refused.returncode == 2 and "Traceback" not in said, refused.stderr
+        assert f"schema is at revision {older}, older than this Berth's {NEWEST}" in said
+        assert "stop every server that uses this database, back the database up" in said
+        assert "berth serve" in said
+    assert current_revision(url) == older
+
+    berth.start()
+    try:
+        assert f"Migrated the schema of {shown} from revision {older} to {NEWEST}" in (
+            berth.log_tail()
+        )
+        assert [p["name"] for p in berth.cli_json("project", "list")] == ["demo"]
+    finally:
+        berth.stop()
+    assert current_revision(url) == NEWEST
 
 
 def test_a_lost_administrator_password_is_reset_on_the_server(server: BerthServer) -> None:

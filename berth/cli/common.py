@@ -19,10 +19,10 @@ from rich.table import Table
 from rich.text import Text
 
 from berth.config import Settings, SettingsError, load_settings
-from berth.data_location import cannot_migrate, missing_data, shown_database, where_to_point
+from berth.data_location import missing_data, shown_database, where_to_point
 from berth.domain.errors import Conflict, InvalidValue, RegistryError
 from berth.invocation import pasteable_command
-from berth.metadata.migrate import MissingPrivilege, NewerSchema, upgrade
+from berth.metadata.migrate import NewerSchema, OlderSchema, require_current
 from berth.state import Services
 from berth.storage.base import failures_said_by_caller
 
@@ -80,6 +80,16 @@ def existing_settings() -> Settings:
     return settings
 
 
+def _not_migrated(older: OlderSchema) -> str:
+    return (
+        f"{older}, and only `berth serve` migrates it (a server of the older version may "
+        "still be serving on it, and could not once it is migrated). To upgrade: stop every "
+        f"server that uses this database, back the database up, then start this version's "
+        f'`{pasteable("serve")}` (README, "Upgrading"); until then, use the older '
+        "version's berth"
+    )
+
+
 class _UnusableStore(Exception):
     """The blob store a verb needs cannot be used as configured (checked before it starts)."""
 
@@ -92,19 +102,20 @@ async def _check_store(services: Services) -> None:
 
 
 def run_service(work: Callable[[Services], Awaitable[T]], *, uses_store: bool = False) -> T:
-    """Run one service call against the configured database, migrated to the current schema.
-    A refusal prints its message and exits 1 (2 for a value out of range or not one of the
-    choices, as for a bad flag; 3 when the thing exists already). A verb that `uses_store`
-    is refused (2) before it changes anything when the blob store cannot be used, as `berth
-    serve` is: half done (rows deleted, files left) it would have to be undone. So is (2) a
-    database user that may not migrate the schema, saying what lets it."""
+    """Run one service call against the configured database, whose schema must be this
+    Berth's. A refusal prints its message and exits 1 (2 for a value out of range or not one
+    of the choices, as for a bad flag; 3 when the thing exists already). A verb that
+    `uses_store` is refused (2) before it changes anything when the blob store cannot be
+    used, as `berth serve` is: half done (rows deleted, files left) it would have to be
+    undone. So is (2) a schema older than this Berth's: a verb never migrates it, since an
+    older server may still serve on it (README, "Upgrading")."""
     settings = existing_settings()
     try:
-        upgrade(settings.resolved_database_url)
+        require_current(settings.resolved_database_url)
     except NewerSchema as exc:
         fail(f"{shown_database(settings)}: {exc}")
-    except MissingPrivilege as exc:
-        fail(cannot_migrate(settings, str(exc)), BAD_SETTING)
+    except OlderSchema as exc:
+        fail(f"{shown_database(settings)}: {_not_migrated(exc)}", BAD_SETTING)
 
     async def main() -> T:
         services = Services.build(settings)

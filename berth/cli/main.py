@@ -1,12 +1,13 @@
 """`berth`: serve the registry, and administer projects and repositories.
 
 Admin verbs work on the metadata database directly (the same settings as `serve`); they never
-create one (`berth init` or `berth serve` does). Every verb takes --json for scripts.
+create one or migrate its schema (`berth init` or `berth serve` does). Every verb takes --json for scripts.
 Exit codes: 0 ok, 1 error, 2 a bad setting or flag, 3 already exists.
 """
 
 from __future__ import annotations
 
+from importlib.metadata import version
 from pathlib import Path
 from typing import Annotated
 
@@ -28,6 +29,7 @@ from berth.cli.usage import audit, usage
 from berth.cli.users import user_app
 from berth.cli.vulndb import vulndb_app
 from berth.cli.webhooks import webhook_app
+from berth.metadata.migrate import schema_head
 
 # Plain help text (no Rich markup): brackets in argument names such as PROJECT/REPO[/IMAGE]
 # are text, and flags show no value type.
@@ -55,6 +57,13 @@ app.add_typer(immutability_app, name="immutability")
 app.add_typer(vulndb_app, name="vulndb")
 
 
+def _print_version(asked: bool) -> None:
+    if asked:
+        # The schema revision too: what a refusal of a newer or older schema names.
+        print(f"berth {version('berth')} (database schema {schema_head()})")
+        raise typer.Exit()
+
+
 @app.callback()
 def options(
     data_dir: Annotated[
@@ -65,6 +74,15 @@ def options(
     ] = None,
     verbose: Annotated[
         bool, typer.Option("--verbose", "-v", help="Say which database a verb uses.")
+    ] = False,
+    _version: Annotated[
+        bool,
+        typer.Option(
+            "--version",
+            is_eager=True,
+            callback=_print_version,
+            help="Print Berth's version and the database schema revision it migrates to.",
+        ),
     ] = False,
 ) -> None:
     """Berth: a multi-tenant OCI container registry."""

@@ -1,14 +1,21 @@
-"""Apply Alembic migrations programmatically (at `berth serve` and before CLI verbs)."""
+"""Apply Alembic migrations programmatically (at `berth serve` and `berth init`), and check,
+before an admin verb, that the schema is the one this Berth reads (a verb never migrates: an
+older server may still be serving on the database)."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
+from sqlalchemy import pool
 from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import create_async_engine
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 
@@ -23,6 +30,18 @@ class NewerSchema(RuntimeError):
     """The database was migrated by a newer Berth than this one."""
 
 
+class OlderSchema(RuntimeError):
+    """The database's schema is older than this Berth's: `berth serve` (of this version) has
+    not migrated it yet."""
+
+    def __init__(self, current: str | None, head: str) -> None:
+        self.current, self.head = current, head
+        super().__init__(
+            f"the database's schema is at revision {current or '(none)'}, older than this "
+            f"Berth's {head}"
+        )
+
+
 class MissingPrivilege(RuntimeError):
     """The database user may not create or change Berth's tables (PostgreSQL's message)."""
 
@@ -34,6 +53,24 @@ def alembic_config(database_url: str) -> Config:
     return config
 
 
+@dataclass(frozen=True)
+class Migrated:
+    """What an upgrade did: the schema's revision before (None: the database had no schema)
+    and after."""
+
+    before: str | None
+    after: str
+
+
+# Where env.py leaves the revisions it found and left, for upgrade() to say.
+BEFORE, AFTER = "berth_revision_before", "berth_revision_after"
+
+
+def schema_head() -> str:
+    """The revision this Berth brings a database's schema to."""
+    return str(ScriptDirectory(str(MIGRATIONS)).get_current_head())
+
+
 def refuse_unknown_revisions(current: Iterable[str], script: ScriptDirectory) -> None:
     """Refuse a schema at a revision this Berth has no migration for: a newer Berth made it,
     and this one would misread tables it does not know (or fail deep inside Alembic)."""
@@ -43,23 +80,60 @@ def refuse_unknown_revisions(current: Iterable[str], script: ScriptDirectory) ->
             raise NewerSchema(
                 f"the database's schema is at revision {revision}, which this Berth does not "
                 f"know (its newest is {script.get_current_head()}): a newer version of Berth "
-                'has migrated it. Run that version here too (README, "Upgrading"); a schema '
+                "has migrated it. Run that version here too (`berth --version` says which "
+                'schema revision a Berth brings a database to; README, "Upgrading"); a schema '
                 "cannot be taken back to an older version except by restoring a backup of the "
                 "database"
             )
 
 
-def upgrade(database_url: str) -> None:
-    """Bring the schema up to date; NewerSchema if a newer Berth has moved it past this one,
+def upgrade(database_url: str) -> Migrated | None:
+    """Bring the schema up to date, saying from which revision to which (None when it was
+    current already); NewerSchema if a newer Berth has moved it past this one,
     MissingPrivilege if the database user may not."""
     if database_url.startswith("sqlite"):
         path = database_url.split(":///", 1)[1]
         Path(path).parent.mkdir(parents=True, exist_ok=True)
+    config = alembic_config(database_url)
     try:
-        command.upgrade(alembic_config(database_url), "head")
+        command.upgrade(config, "head")
     except DBAPIError as exc:
         refusal = exc.orig
         if refusal is None or getattr(refusal, "sqlstate", None) != INSUFFICIENT_PRIVILEGE:
             raise
         # The driver's own exception says it without the adapter's class name.
         raise MissingPrivilege(str(refusal.__cause__ or refusal)) from None
+    # Read under the migration lock (env.py): a node that found the schema current, another
+    # node having just migrated it, says nothing.
+    before, after = config.attributes.get(BEFORE), config.attributes[AFTER]
+    return None if before == after else Migrated(before, after)
+
+
+def current_revision(database_url: str) -> str | None:
+    """The revision the database's schema is at (None: it has none), read without changing
+    anything."""
+
+    async def read() -> str | None:
+        engine = create_async_engine(database_url, poolclass=pool.NullPool)
+        try:
+            async with engine.connect() as connection:
+                return await connection.run_sync(
+                    lambda sync: MigrationContext.configure(sync).get_current_revision()
+                )
+        finally:
+            await engine.dispose()
+
+    return asyncio.run(read())
+
+
+def require_current(database_url: str) -> None:
+    """Refuse a schema this Berth does not read as it is, without migrating it (what an admin
+    verb checks): NewerSchema, or OlderSchema when this Berth's `berth serve` has yet to
+    migrate it."""
+    current = current_revision(database_url)
+    head = schema_head()
+    if current == head:
+        return
+    if current is not None:
+        refuse_unknown_revisions([current], ScriptDirectory(str(MIGRATIONS)))
+    raise OlderSchema(current, head)

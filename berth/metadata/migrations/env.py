@@ -9,7 +9,7 @@ from sqlalchemy import pool, text
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from berth.metadata.migrate import MIGRATION_LOCK, refuse_unknown_revisions
+from berth.metadata.migrate import AFTER, BEFORE, MIGRATION_LOCK, refuse_unknown_revisions
 from berth.metadata.tables import metadata
 
 config = context.config
@@ -26,8 +26,11 @@ def _run(connection: Connection) -> None:
             # Held to the end of the transaction, which Alembic commits after the last
             # migration (PostgreSQL's DDL is transactional). SQLite serves one node only.
             connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK})
-        refuse_unknown_revisions(context.get_context().get_current_heads(), context.script)
+        migration = context.get_context()
+        refuse_unknown_revisions(migration.get_current_heads(), context.script)
+        config.attributes[BEFORE] = migration.get_current_revision()
         context.run_migrations()
+        config.attributes[AFTER] = migration.get_current_revision()
 
 
 async def _run_async() -> None:
