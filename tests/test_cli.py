@@ -328,6 +328,10 @@ def test_admin_verbs_refuse_an_older_schema_and_only_serve_migrates_it(
         assert "stop every server that uses this database, back the database up" in said
         assert "berth serve" in said
     assert current_revision(url) == older
+    status = berth.cli_json("status")
+    assert (status["schema_revision"], status["schema_current"]) == (older, False)
+    said = " ".join(berth.cli("status").stdout.replace("│", " ").split())  # the table's cells
+    assert f"revision {older} (older than this Berth's {NEWEST}: its berth serve" in said
 
     berth.start()
     try:
@@ -338,6 +342,7 @@ def test_admin_verbs_refuse_an_older_schema_and_only_serve_migrates_it(
     finally:
         berth.stop()
     assert current_revision(url) == NEWEST
+    assert berth.cli_json("status")["schema_current"] is True
 
 
 def test_a_lost_administrator_password_is_reset_on_the_server(server: BerthServer) -> None:

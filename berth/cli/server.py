@@ -32,6 +32,13 @@ from berth.data_location import (
     where_to_point,
 )
 from berth.metadata.database import Database
+from berth.metadata.migrate import (
+    NewerSchema,
+    OlderSchema,
+    current_revision,
+    require_current,
+    schema_head,
+)
 from berth.services.install import served_at
 
 
@@ -107,6 +114,9 @@ def status(json_output: JsonFlag = False) -> None:
     )
     config, database = config_file(), shown_database(settings)
     data_dir = str(settings.data_dir.absolute())
+    revision, standing = (
+        (None, None) if missing is not None else _schema(settings.resolved_database_url)
+    )
     if json_output:
         print_json(
             {
@@ -119,6 +129,8 @@ def status(json_output: JsonFlag = False) -> None:
                 "server_listening": listening,
                 "server_serves_this_data": ours,
                 "served_at": served,
+                "schema_revision": revision,
+                "schema_current": None if missing is not None else standing == "current",
             }
         )
     else:
@@ -128,6 +140,8 @@ def status(json_output: JsonFlag = False) -> None:
         table.add_row("Config file", Text(f"{config}{'' if config.is_file() else ' (not found)'}"))
         table.add_row("Data directory", Text(data_dir))
         table.add_row("Database", Text(database + ("" if missing is None else " (not found)")))
+        if revision is not None:
+            table.add_row("Schema", Text(f"revision {revision} ({standing})"))
         answers = {
             True: " (a server answers, with this data's keys)",
             False: " (a server answers, but not this data's: its tokens are signed with other keys)",
@@ -141,6 +155,19 @@ def status(json_output: JsonFlag = False) -> None:
         console.print(table)
     if missing is not None:
         fail(f"{missing}\n{where_to_point(settings, Options.data_dir)}")
+
+
+def _schema(database_url: str) -> tuple[str | None, str]:
+    """The revision the database's schema is at, and how it stands to this Berth's."""
+    try:
+        require_current(database_url)
+    except NewerSchema:
+        standing = f"newer than this Berth's {schema_head()}: a newer Berth migrated it"
+    except OlderSchema:
+        standing = f"older than this Berth's {schema_head()}: its berth serve migrates it"
+    else:
+        standing = "current"
+    return current_revision(database_url), standing
 
 
 def _who_answers(settings: Settings) -> tuple[bool, bool | None]:
