@@ -607,23 +607,25 @@ def _unknown_settings() -> list[str]:
     or a setting of another version), said with the closest setting: otherwise ignored
     without a word, it would leave its setting at the default."""
     names = list(Settings.model_fields)
-    unknown = []
+    variables = [f"BERTH_{name.upper()}" for name in names]
+    allowed = {*variables, *NOT_SETTINGS_ENV}
+    path = config_file()
     try:
-        with config_file().open("rb") as handle:
+        with path.open("rb") as handle:
             in_file = tomllib.load(handle)
     except (OSError, tomllib.TOMLDecodeError):  # none, or said when the settings are read
         in_file = {}
-    for name in in_file:
-        if name not in Settings.model_fields:
-            unknown.append(f"{name} in {config_file()} is not a setting{_closest(name, names)}")
-    variables = [f"BERTH_{name.upper()}" for name in names]
-    for variable in os.environ:
-        upper = variable.upper()
-        if upper.startswith("BERTH_") and upper not in variables + list(NOT_SETTINGS_ENV):
-            unknown.append(
-                f"the environment variable {variable} is not a setting"
-                f"{_closest(upper, variables)}; unset it"
-            )
+    unknown = [
+        f"{name} in {path} is not a setting{_closest(name, names)}"
+        for name in in_file
+        if name not in Settings.model_fields
+    ]
+    unknown += [
+        f"the environment variable {variable} is not a setting"
+        f"{_closest(variable.upper(), variables)}; unset it"
+        for variable in os.environ
+        if variable.upper().startswith("BERTH_") and variable.upper() not in allowed
+    ]
     return unknown
 
 

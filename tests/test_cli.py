@@ -287,6 +287,10 @@ def test_data_a_newer_berth_migrated_is_refused_by_serve_and_the_verbs(tmp_path:
     assert "newer version of Berth" in listed.stderr and "Upgrading" in listed.stderr
     # What to compare with the other version's: it prints the revision it migrates to.
     assert "`berth --version`" in listed.stderr
+    status = json.loads(_berth_in(tmp_path, "status", "--json").stdout)
+    assert (status["schema_revision"], status["schema_current"]) == ("0999_next_release", False)
+    said = " ".join(_berth_in(tmp_path, "status").stdout.replace("│", " ").split())
+    assert "revision 0999_next_release (newer than this Berth's" in said
     served = _berth_in(tmp_path, "serve", "--listen", f"127.0.0.1:{free_port()}")
     assert served.returncode == 2 and "newer version of Berth" in served.stderr
 

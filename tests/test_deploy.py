@@ -106,12 +106,7 @@ def test_a_database_its_user_may_not_create_tables_in_is_refused_until_the_user_
 
     # As the README says: the role owns the database.
     postgres.sql(f"ALTER DATABASE {database} OWNER TO {role}")
-    node = BerthServer(tmp_path / "owned", guest_url)
-    try:
-        node.start()
-        assert node.cli("project", "list").returncode == 0
-    finally:
-        node.stop()
+    assert_serves(tmp_path / "owned", guest_url)
 
 
 def test_a_node_whose_user_may_not_migrate_the_schema_is_refused_naming_the_fix(
@@ -146,7 +141,12 @@ def test_a_node_whose_user_may_not_migrate_the_schema_is_refused_naming_the_fix(
     assert f"at revision {head.down_revision}, older than" in refused.stderr
 
     # As it says: with the user that owns the tables.
-    node = BerthServer(tmp_path / "owner", url)
+    assert_serves(tmp_path / "owner", url)
+
+
+def assert_serves(data_dir: Path, database_url: str) -> None:
+    """A node on `database_url` starts, and its admin verbs work."""
+    node = BerthServer(data_dir, database_url)
     try:
         node.start()
         assert node.cli("project", "list").returncode == 0

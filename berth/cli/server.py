@@ -32,13 +32,7 @@ from berth.data_location import (
     where_to_point,
 )
 from berth.metadata.database import Database
-from berth.metadata.migrate import (
-    NewerSchema,
-    OlderSchema,
-    current_revision,
-    require_current,
-    schema_head,
-)
+from berth.metadata.migrate import NewerSchema, OlderSchema, require_current, schema_head
 from berth.services.install import served_at
 
 
@@ -160,14 +154,11 @@ def status(json_output: JsonFlag = False) -> None:
 def _schema(database_url: str) -> tuple[str | None, str]:
     """The revision the database's schema is at, and how it stands to this Berth's."""
     try:
-        require_current(database_url)
-    except NewerSchema:
-        standing = f"newer than this Berth's {schema_head()}: a newer Berth migrated it"
-    except OlderSchema:
-        standing = f"older than this Berth's {schema_head()}: its berth serve migrates it"
-    else:
-        standing = "current"
-    return current_revision(database_url), standing
+        return require_current(database_url), "current"
+    except NewerSchema as newer:
+        return newer.revision, f"newer than this Berth's {schema_head()}: a newer Berth migrated it"
+    except OlderSchema as older:
+        return older.current, f"older than this Berth's {older.head}: its berth serve migrates it"
 
 
 def _who_answers(settings: Settings) -> tuple[bool, bool | None]:

@@ -27,7 +27,11 @@ INSUFFICIENT_PRIVILEGE = "42501"  # PostgreSQL's SQLSTATE
 
 
 class NewerSchema(RuntimeError):
-    """The database was migrated by a newer Berth than this one."""
+    """The database was migrated by a newer Berth than this one, to `revision`."""
+
+    def __init__(self, message: str, revision: str) -> None:
+        super().__init__(message)
+        self.revision = revision
 
 
 class OlderSchema(RuntimeError):
@@ -83,7 +87,8 @@ def refuse_unknown_revisions(current: Iterable[str], script: ScriptDirectory) ->
                 "has migrated it. Run that version here too (`berth --version` says which "
                 'schema revision a Berth brings a database to; README, "Upgrading"); a schema '
                 "cannot be taken back to an older version except by restoring a backup of the "
-                "database"
+                "database",
+                revision,
             )
 
 
@@ -126,14 +131,14 @@ def current_revision(database_url: str) -> str | None:
     return asyncio.run(read())
 
 
-def require_current(database_url: str) -> None:
-    """Refuse a schema this Berth does not read as it is, without migrating it (what an admin
+def require_current(database_url: str) -> str:
+    """The schema's revision, this Berth's; else refused without migrating it (what an admin
     verb checks): NewerSchema, or OlderSchema when this Berth's `berth serve` has yet to
     migrate it."""
     current = current_revision(database_url)
     head = schema_head()
     if current == head:
-        return
+        return head
     if current is not None:
         refuse_unknown_revisions([current], ScriptDirectory(str(MIGRATIONS)))
     raise OlderSchema(current, head)

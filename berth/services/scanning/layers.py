@@ -92,6 +92,7 @@ MAX_RETAINED = 96 * 1024 * 1024
 # inflates up to ~1000-fold): together they bound a layer's memory whatever it inflates to.
 COMPRESSED_READ = 64 * 1024
 INFLATED_STEP = 1024 * 1024
+INFLATED_BUFFER = 64 * 1024  # tar headers are read from it, 512 bytes at a time
 
 # Layer media types whose compression tarfile reads (docker's and OCI's; "nondistributable"
 # variants too). zstd layers are refused with a reason until Python reads zstd.
@@ -329,7 +330,7 @@ def read_layer(
     entries = 0
     inflated = 0
     try:
-        inflated_stream = io.BufferedReader(_Inflated(stream), COMPRESSED_READ)
+        inflated_stream = io.BufferedReader(_Inflated(stream), INFLATED_BUFFER)
         with tarfile.open(fileobj=inflated_stream, mode="r:", tarinfo=_BoundedTarInfo) as tar:
             while (member := tar.next()) is not None:
                 tar.members.clear()  # type: ignore[attr-defined]  # else it keeps every header
@@ -448,8 +449,8 @@ def _load_segments(head: bytes, table: bytes, endian: str, wide: bool) -> list[t
 
 def go_buildinfo(handle: IO[bytes]) -> bytes | None:
     """The Go build information record of an ELF executable read forward only from its
-    start (a tar stream cannot seek back), or None when it is not a Go executable. Reads the
-    headers, skips to the writable data segments and searches only them, at the 16-byte
+    start (a layer is never read back), or None when it is not a Go executable. Reads the
+    headers, seeks forward to the writable data segments and searches only them, at the 16-byte
     alignment Go's linker gives the record."""
     head = handle.read(64)
     if len(head) < 52 or head[:4] != b"\x7fELF" or head[4] not in (1, 2) or head[5] not in (1, 2):
@@ -463,28 +464,18 @@ def go_buildinfo(handle: IO[bytes]) -> bytes | None:
         entry_size, entries = struct.unpack_from(endian + "HH", head, 42)
     if entry_size != (56 if wide else 32) or not 0 < entries <= 256 or table_at < len(head):
         return None
-    _skip_to(handle, len(head), table_at)
+    handle.seek(table_at)
     table = handle.read(entry_size * entries)
     position = table_at + len(table)
     for offset, size in _load_segments(head, table, endian, wide):
         if offset < position:
             continue  # overlaps what was read: not a layout Go's linker writes
-        _skip_to(handle, position, offset)
+        handle.seek(offset)
         found = _search_segment(handle, offset, min(size, MAX_GO_DATA_SCAN))
         if found is not None:
             return found
         position = offset + min(size, MAX_GO_DATA_SCAN)
     return None
-
-
-def _skip_to(handle: IO[bytes], position: int, offset: int) -> None:
-    """Read forward from `position` to `offset`, discarding (a tar stream's member cannot
-    seek)."""
-    while position < offset:
-        skipped = len(handle.read(min(1024 * 1024, offset - position)))
-        if not skipped:
-            return
-        position += skipped
 
 
 def _search_segment(handle: IO[bytes], offset: int, size: int) -> bytes | None:
