@@ -344,15 +344,44 @@ def check_keys(settings: Settings) -> Keyring:
     fingerprint = _in_database(
         settings, lambda db: recorded_key_fingerprint(db, keyring.fingerprint)
     )
-    if fingerprint != keyring.fingerprint:
-        refusal = _not_the_installs_keys if shared else _not_this_installs_keys
-        raise SettingsError(refusal(settings, fingerprint, keyring))
+    refuse_other_keys(settings, keyring, fingerprint)
     try:
         return _keyring(settings, keyring.saved)
     except SettingsError:
         if keyring.unsaved:  # recorded, never written: no node could ever have them
             _in_database(settings, lambda db: forget_key_fingerprint(db, keyring.fingerprint))
         raise
+
+
+def refuse_other_keys(settings: Settings, keyring: Keyring, recorded: str | None) -> None:
+    """Refuse (SettingsError, saying what to do) keys that are not the `recorded` ones of
+    this install (None: no node has recorded any yet)."""
+    if recorded is not None and recorded != keyring.fingerprint:
+        shared = settings.storage == "s3" and not _on_sqlite(settings)
+        refusal = _not_the_installs_keys if shared else _not_this_installs_keys
+        raise SettingsError(refusal(settings, recorded, keyring))
+
+
+def existing_keys(settings: Settings) -> Keyring:
+    """The server's keys for an admin verb: read, never made. A verb runs on data a start-up
+    made, which wrote both files; one missing is a restore or move that left it behind (or a
+    setting that points elsewhere), and a key made by the verb would be refused later, by
+    `berth serve`'s check, along with every access key the verb made with it."""
+    keyring = _keyring(
+        settings, lambda: Keyring(settings.signing_key_file, settings.secret_key_file, save=False)
+    )
+    if keyring.unsaved:
+        files = keyring.unsaved
+        raise SettingsError(
+            f"{'the key files' if len(files) > 1 else 'the key file'} "
+            f"{' and '.join(str(path) for path in files)} "
+            f"{'are' if len(files) > 1 else 'is'} missing, and this install's access keys and "
+            "tokens were made with the keys they held: keys made now would not match them "
+            "(only the first start, of berth serve or berth init, makes them). Restore both "
+            "files from the backup of the data directory (its keys/ directory), copy them from "
+            "a node that serves, or point token_signing_key and secret_hash_key at them"
+        )
+    return keyring
 
 
 def _what_this_node_has(keyring: Keyring) -> str:

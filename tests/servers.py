@@ -391,12 +391,25 @@ def unstarted_environ(directory: Path, settings: Mapping[str, str]) -> dict[str,
 def serve_refused(env: Mapping[str, str]) -> str:
     """`berth serve` in `env`, which must refuse to start as a setting's problem does (exit
     status 2, no traceback): what it said on standard error."""
-    refused = subprocess.run(
-        [*BERTH, "serve"], env=env, capture_output=True, text=True, timeout=120, check=False
+    # Its own process group: a server that starts after all (the failure this guards against)
+    # is stopped with its workers when the wait times out, not left serving.
+    process = subprocess.Popen(
+        [*BERTH, "serve"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
     )
-    assert refused.returncode == 2, refused.stdout + refused.stderr
-    assert "Traceback" not in refused.stderr
-    return refused.stderr
+    try:
+        stdout, stderr = process.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        stdout, stderr = process.communicate()
+        raise AssertionError(f"berth serve did not refuse to start: {stdout}{stderr}") from None
+    assert process.returncode == 2, stdout + stderr
+    assert "Traceback" not in stderr
+    return stderr
 
 
 @contextlib.contextmanager

@@ -133,7 +133,9 @@ def test_a_restore_without_the_key_files_is_refused_until_they_are_put_back(
 ) -> None:
     """One node on SQLite whose data directory came back without keys/ (a restore or move
     that left the key files behind): `berth serve` refuses, naming the files, instead of
-    serving with new keys every access key fails on; with the files back, it serves and an
+    serving with new keys every access key fails on, and so does an admin verb, which writes
+    no key either (an access key it made with new keys would fail once the old ones are back);
+    with other keys in their place, both refuse too; with the files back, it serves and an
     access key made before signs in."""
     server = BerthServer(tmp_path / "data")
     server.start()
@@ -152,8 +154,29 @@ def test_a_restore_without_the_key_files_is_refused_until_they_are_put_back(
     assert "DELETE FROM install_facts WHERE name = 'key_fingerprint';" in problem
     assert not keys.exists() or not any(keys.iterdir())  # refused before writing a key
 
-    shutil.rmtree(keys, ignore_errors=True)
+    for verb in (["key", "create", "--user", "admin", "--project", "shop"], ["project", "list"]):
+        refused = server.cli(*verb, check=False)
+        assert refused.returncode == 2, refused.stdout + refused.stderr
+        said = " ".join(refused.stderr.split())
+        assert f"the key files {signing} and {secret} are missing" in said, said
+        assert "Restore both files from the backup of the data directory" in said
+        assert not keys.exists() or not any(keys.iterdir())
+
+    other = BerthServer(tmp_path / "other")
+    other.cli("init")
+    shutil.copytree(other.data_dir / "keys", keys, dirs_exist_ok=True)
+    assert "are not the ones this install's database was used with" in " ".join(
+        serve_refused(server.env).split()
+    )
+    refused = server.cli("project", "list", check=False)
+    assert refused.returncode == 2, refused.stdout + refused.stderr
+    assert "are not the ones this install's database was used with" in " ".join(
+        refused.stderr.split()
+    )
+
+    shutil.rmtree(keys)
     kept.rename(keys)
+    assert [project["name"] for project in server.cli_json("project", "list")] == ["shop"]
     server.start()
     try:
         signed_in = httpx.get(

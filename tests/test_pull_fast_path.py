@@ -7,9 +7,10 @@ project-host addressing, public and private repositories, a repository whose pro
 pulls of the image (DENIED), every kind of credentials (none, access keys with and without a
 role there or from another project, a wrong secret, bearer tokens for the repository, for
 another one and anonymous, a forged one), missing and invalid references, an Accept header
-that does not list the manifest's type, If-None-Match, and byte ranges. Each answer's status,
-headers (but Date) and body must be the same; so must each request's access log line (but its
-duration) and what the requests added to /metrics (but the durations)."""
+that does not list the manifest's type or refuses it (q=0), If-None-Match, and byte ranges.
+Each answer's status, headers (but Date) and body must be the same; so must each request's
+access log line (but its duration) and what the requests added to /metrics (but the
+durations)."""
 
 from __future__ import annotations
 
@@ -165,6 +166,7 @@ def matrix(world: World) -> list[tuple[str, str, str, dict[str, str]]]:
     blob_digests = [world.layer, unknown, "sha256:xyz"]
     manifest_variants: list[dict[str, str]] = [
         {"Accept": DOCKER_V2},
+        {"Accept": f"{OCI_MANIFEST};q=0, */*"},  # refused by its quality
         {},
         {"Accept": OCI_MANIFEST, "If-None-Match": f'"{world.manifest}"'},
     ]

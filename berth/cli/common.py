@@ -23,6 +23,7 @@ from berth.data_location import missing_data, shown_database, where_to_point
 from berth.domain.errors import Conflict, InvalidValue, RegistryError
 from berth.invocation import pasteable_command
 from berth.metadata.migrate import NewerSchema, OlderSchema, require_current
+from berth.services.install import key_fingerprint
 from berth.state import Services
 from berth.storage.base import failures_said_by_caller
 
@@ -117,9 +118,17 @@ def run_service(work: Callable[[Services], Awaitable[T]], *, uses_store: bool = 
     except OlderSchema as exc:
         fail(f"{shown_database(settings)}: {_not_migrated(exc)}", BAD_SETTING)
 
+    from berth.server import existing_keys, refuse_other_keys
+
+    try:
+        keyring = existing_keys(settings)
+    except SettingsError as exc:
+        fail(str(exc), BAD_SETTING)
+
     async def main() -> T:
-        services = Services.build(settings)
+        services = Services.build(settings, keyring)
         try:
+            refuse_other_keys(settings, keyring, await key_fingerprint(services.db))
             if uses_store:
                 await _check_store(services)
             return await work(services)
@@ -132,6 +141,8 @@ def run_service(work: Callable[[Services], Awaitable[T]], *, uses_store: bool = 
             return asyncio.run(main())
     except _UnusableStore as exc:
         fail(f"the blob store cannot be used: {exc}", BAD_SETTING)
+    except SettingsError as exc:
+        fail(str(exc), BAD_SETTING)
     except RegistryError as exc:
         # str(): what the operator is told, which may say more than a client's message (the
         # blob store's address).

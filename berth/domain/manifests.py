@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import json
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -186,15 +188,40 @@ def stored_blobs(parsed: ParsedManifest) -> list[str]:
     return list(seen)
 
 
+# Clients send the same few Accept headers on every pull: parsed once each.
+@functools.lru_cache(maxsize=256)
 def accepts(accept_header: str | None, media_type: str) -> bool:
     """Whether a client's Accept header admits a manifest of this media type.
 
     No header, a wildcard, or a non-manifest list (curl's defaults) admits anything: only a
-    client that names manifest types and leaves this one out is refused.
+    client that names manifest types and leaves this one out is refused, or one that names
+    it (or the wildcard that covers it, the most specific one deciding) with `q=0`, which
+    RFC 9110 makes a refusal.
     """
     if not accept_header:
         return True
-    offered = {part.split(";")[0].strip() for part in accept_header.split(",")}
-    if media_type in offered or "*/*" in offered or "application/*" in offered:
-        return True
-    return not (offered & MANIFEST_TYPES)
+    offered = _offered_types(accept_header)
+    for admitting in (media_type, f"{media_type.partition('/')[0]}/*", "*/*"):
+        quality = offered.get(admitting)
+        if quality is not None:
+            return quality > 0
+    return not any(quality > 0 for kind, quality in offered.items() if kind in MANIFEST_TYPES)
+
+
+# RFC 9110's qvalue.
+_QUALITY = re.compile(r"0(\.[0-9]{0,3})?|1(\.0{0,3})?")
+
+
+def _offered_types(accept_header: str) -> dict[str, float]:
+    """The media types an Accept header names, by their quality (1 where it gives none, or
+    gives one that is not a qvalue)."""
+    offered: dict[str, float] = {}
+    for part in accept_header.split(","):
+        kind, *parameters = part.split(";")
+        quality = 1.0
+        for parameter in parameters:
+            name, _, value = parameter.partition("=")
+            if name.strip().lower() == "q" and _QUALITY.fullmatch(value.strip()):
+                quality = float(value)
+        offered[kind.strip().lower()] = quality
+    return offered

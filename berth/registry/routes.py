@@ -517,7 +517,7 @@ async def get_manifest(request: Request) -> ManifestResponse | NotModifiedRespon
     if not accepts(",".join(request.headers.getlist("accept")), manifest.media_type):
         raise ManifestUnknown(
             f"manifest {reference!r} is a {manifest.media_type}, which the client's Accept "
-            "header does not list",
+            "header does not accept",
             {"mediaType": manifest.media_type},
         )
     digest, media_type, content = manifest.digest, manifest.media_type, manifest.content

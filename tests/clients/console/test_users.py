@@ -36,6 +36,13 @@ def test_a_project_admin_picks_a_member_from_the_users_found(page: Page, tenant:
     form.get_by_role("button", name="Add member").click()
     expect(form.get_by_role("alert")).to_contain_text(f"user 'nobody-{suffix}' does not exist")
 
+    # A search the API refuses (a line separator pasted in) is said on the field, not shown
+    # as a search that matched nobody.
+    user.fill("an\u2028")
+    expect(form.get_by_role("alert")).to_contain_text(
+        "No users found: a search has no line breaks or control characters; this one has '\\u2028'"
+    )
+
     # Typing part of a name lists the users it matches; picking one fills the field.
     user.fill("")
     user.press_sequentially(f"-x{suffix}"[:6])

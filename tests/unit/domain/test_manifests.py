@@ -112,6 +112,22 @@ def test_accept_negotiation() -> None:
     assert accepts("*/*", OCI_INDEX)
     assert accepts(f"{DOCKER_MANIFEST}, {OCI_INDEX}", OCI_INDEX)
     assert not accepts(DOCKER_MANIFEST, OCI_INDEX)
+    assert accepts("text/html, application/json", OCI_INDEX)  # no manifest type named
+
+
+def test_a_type_accepted_with_quality_zero_is_refused() -> None:
+    """RFC 9110: `q=0` means "not acceptable", and the most specific range decides."""
+    assert not accepts(f"{OCI_INDEX};q=0, */*", OCI_INDEX)
+    assert not accepts(f"{DOCKER_MANIFEST}, {OCI_INDEX}; q=0.0", OCI_INDEX)
+    assert not accepts("*/*;q=0", OCI_INDEX)
+    assert not accepts(f"application/*; q=0, {DOCKER_MANIFEST}", OCI_INDEX)
+    assert accepts(f"application/*;q=0, {OCI_INDEX}", OCI_INDEX)  # the type itself decides
+    assert accepts(f"{OCI_INDEX};q=0.1", OCI_INDEX)
+    assert accepts(f"{OCI_INDEX.upper()}", OCI_INDEX)  # media types are case-insensitive
+    # A quality that is not a number is no refusal; a manifest type refused alone is no
+    # choice of types.
+    assert accepts(f"{OCI_INDEX};q=none", OCI_INDEX)
+    assert accepts(f"{DOCKER_MANIFEST};q=0", OCI_INDEX)
 
 
 def test_the_media_type_comes_from_the_header_or_the_document_when_not_declared() -> None:

@@ -9,9 +9,10 @@ const SUGGESTIONS = 8;
 /**
  * A user name input that searches existing users as it is typed (GET /users) and offers them
  * in a list to pick from (mouse, or arrow keys and Enter). Whether the typed name is a user
- * is the API's to say when the form is sent (the list shows only the first few matches).
+ * is the API's to say when the form is sent (the list shows only the first few matches). A
+ * search the API refuses is said through `sayProblem(message)` ("" once one is answered).
  */
-export function userPicker() {
+export function userPicker(sayProblem = () => {}) {
   const listId = `users-${Math.random().toString(36).slice(2, 9)}`;
   const input = h("input", {
     type: "text",
@@ -46,8 +47,15 @@ export function userPicker() {
   const refresh = async () => {
     const text = input.value.trim().toLowerCase();
     const ticket = (searching = {});
-    const users = await search(text).catch(() => []);
+    let users = [];
+    let problem = "";
+    try {
+      users = await search(text);
+    } catch (err) {
+      problem = `No users found: ${err.message || String(err)}`;
+    }
     if (ticket !== searching) return;
+    sayProblem(problem);
     found = users;
     clear(
       list,
@@ -92,8 +100,9 @@ export function userPicker() {
  * `save(user, role)` calls the API and returns the message to show; the view then refreshes.
  */
 export function userRoleForm(ctx, { label, roles, initial, submitLabel, save }) {
-  const { input: user, control } = userPicker();
-  const userField = field("User", user, null, control);
+  let userField = null;
+  const { input: user, control } = userPicker((message) => userField.setError(message));
+  userField = field("User", user, null, control);
   const role = h("select", {}, roles.map(([value, text]) => h("option", { value, selected: value === initial }, text)));
   const problem = h("div");
   const form = h(
