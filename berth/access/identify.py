@@ -196,7 +196,7 @@ class Authenticator:
     ) -> Principal:
         """The user with this name and password (401 when wrong, 429 while throttled); a
         wrong one is audited, naming the user only when there is one by that name."""
-        self.throttle.check(user, client)
+        self.throttle.check(user, client, user=True)
         principal = await self.credentials.verify_password(user, password)
         if principal is None:
             await self.throttle.failed(user, client)

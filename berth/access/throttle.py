@@ -70,9 +70,9 @@ class LoginThrottle:
             counters.append(("client", f"client:{client}"))
         return counters
 
-    def check(self, key_id: str | None, client: str | None) -> None:
+    def check(self, key_id: str | None, client: str | None, *, user: bool = False) -> None:
         """Refuse (429 with Retry-After) while the key (from this client) or the client is
-        over its limit."""
+        over its limit; `user`: `key_id` is a user name signing in with a password."""
         now = time.monotonic()
         for kind, counter in self._counters(key_id, client):
             until = self._refused_until.get(counter)
@@ -82,9 +82,9 @@ class LoginThrottle:
                 del self._refused_until[counter]
                 continue
             retry_after = max(1, math.ceil(until - now))
+            named = "user" if kind == "key" and user else _KINDS[kind]
             error = TooManyRequests(
-                f"too many failed logins for this {_KINDS[kind]}; try again in {retry_after} "
-                "seconds"
+                f"too many failed logins for this {named}; try again in {retry_after} seconds"
             )
             error.headers["Retry-After"] = str(retry_after)
             raise error

@@ -18,6 +18,7 @@ from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.openapi.utils import get_openapi
 from fastapi.staticfiles import StaticFiles
 from starlette.responses import HTMLResponse
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from berth import __version__
 from berth.api import problems
@@ -58,6 +59,38 @@ names the request fields at fault.
 """
 
 
+class PrivateAnswers:
+    """Every answer of the API is private and current: no cache keeps one (some carry a secret
+    shown once: a new access key's, a webhook's, a token), and no page frames one (the
+    interactive documentation runs requests with the browser's session)."""
+
+    HEADERS = (
+        (b"x-frame-options", b"DENY"),
+        (b"content-security-policy", b"frame-ancestors 'none'"),
+    )
+    NO_STORE = (b"cache-control", b"no-store")
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        # The documentation's scripts and styles change only with the version: cacheable.
+        static = scope["path"].startswith((f"{MOUNT_PATH}/docs/static/", "/docs/static/"))
+
+        async def send_private(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = [*message.get("headers", []), *self.HEADERS]
+                if not static and not any(name == b"cache-control" for name, _ in headers):
+                    headers.append(self.NO_STORE)
+                message["headers"] = headers
+            await send(message)
+
+        await self.app(scope, receive, send_private)
+
+
 def routers() -> list[APIRouter]:
     found = []
     for name in ROUTER_MODULES:
@@ -84,6 +117,7 @@ def create_api() -> FastAPI:
     )
     problems.install(api)
     api.add_middleware(ConsoleSessions)
+    api.add_middleware(PrivateAnswers)
     for router in routers():
         api.include_router(router)
 

@@ -52,8 +52,15 @@ async def root(request: Request) -> Response:
     return RedirectResponse(f"{PATH}/", status_code=302)
 
 
+async def console_without_slash(request: Request) -> Response:
+    """`/console` to `/console/`, by a relative address: Starlette's own redirect names the
+    request's Host, which a client (or whoever poisons a shared cache) chooses."""
+    return RedirectResponse(f"{PATH}/", status_code=307)
+
+
 def routes() -> list[BaseRoute]:
     return [
         Route("/", root, methods=["GET", "HEAD"]),
+        Route(PATH, console_without_slash, methods=["GET", "HEAD"]),
         Mount(PATH, app=SecurityHeaders(StaticFiles(directory=STATIC_DIR, html=True))),
     ]

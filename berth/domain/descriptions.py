@@ -12,16 +12,18 @@ DESCRIPTION_RULE = (
     "characters"
 )
 SEARCH_RULE = "a search has no line breaks or control characters"
-# Line and paragraph separators break a line as a newline does; any other text (a non-breaking
-# space, an emoji) is what a person may type.
-_LINE_SEPARATORS = "\u2028\u2029"
+# Line and paragraph separators break a line as a newline does; the bidirectional embedding,
+# override and isolate controls reorder the text shown after them (a description that reads
+# as something else, "Trojan Source"). Any other text (a non-breaking space, an emoji joined
+# by U+200D, a right-to-left mark in Arabic or Hebrew) is what a person may type.
+_ALSO_REFUSED = frozenset("\u2028\u2029\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
 # The same characters for a JSON Schema pattern: control characters are category Cc.
-TEXT_PATTERN = r"^[^\x00-\x1f\x7f-\x9f\u2028\u2029]*$"
+TEXT_PATTERN = r"^[^\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]*$"
 
 
 def _refused_character(text: str) -> str | None:
     """The first control character or line break in `text`; None when it has none."""
-    return next((c for c in text if unicodedata.category(c) == "Cc" or c in _LINE_SEPARATORS), None)
+    return next((c for c in text if unicodedata.category(c) == "Cc" or c in _ALSO_REFUSED), None)
 
 
 def description_problem(description: str) -> str | None:

@@ -29,9 +29,10 @@ def test_users_manage_their_own_keys(team: Team) -> None:
     member = team.users["member"]
     with api(team.server, (member, PASSWORD)) as person:
         # A person signed in with a password (as the console does) makes a key.
-        created = ok(
-            person.post(team.url("/keys"), json={"expires_at": "2099-01-01T00:00:00Z"}), 201
-        )
+        answer = person.post(team.url("/keys"), json={"expires_at": "2099-01-01T00:00:00Z"})
+        created = ok(answer, 201)
+        # The secret is shown once: no cache between the browser and Berth keeps the answer.
+        assert answer.headers["cache-control"] == "no-store"
         assert created["user"] == member and created["project"] == team.project
         assert created["access_key_id"].startswith("BK")
         assert len(created["secret_access_key"]) >= 40

@@ -64,7 +64,20 @@ def test_openapi_document_and_offline_docs(server: BerthServer) -> None:
         docs = client.get("/docs")
         assert docs.status_code == 200 and "swagger-ui" in docs.text
         assert "cdn" not in docs.text.lower()  # the page's scripts come from this server
-        assert client.get("/docs/static/swagger-ui-bundle.js").status_code == 200
+        # It runs requests with the browser's session: no other site may frame it.
+        assert docs.headers["x-frame-options"] == "DENY"
+        assert docs.headers["content-security-policy"] == "frame-ancestors 'none'"
+        assert docs.headers["cache-control"] == "no-store"
+        script = client.get("/docs/static/swagger-ui-bundle.js")
+        assert script.status_code == 200 and "cache-control" not in script.headers
+
+
+def test_the_console_address_without_its_slash_is_sent_on_relatively(
+    server: BerthServer,
+) -> None:
+    """Not to the Host the request named (which a client chooses)."""
+    moved = httpx.get(f"{server.url}/console", headers={"Host": "evil.example"})
+    assert moved.status_code == 307 and moved.headers["location"] == "/console/"
 
 
 @pytest.mark.parametrize(("method", "path"), ENDPOINTS)
@@ -197,8 +210,11 @@ def test_throttles_password_guessing(server: BerthServer) -> None:
     name = "guessed-" + str(int(time.time() * 1000))
     services(server, lambda s: s.identity.users.create_user(name, PASSWORD, actor="test"))
     with api(server, (name, "wrong-password")) as client:
-        statuses = [client.get("/projects").status_code for _ in range(12)]
+        answers = [client.get("/projects") for _ in range(12)]
+    statuses = [answer.status_code for answer in answers]
     assert statuses[:10] == [401] * 10 and statuses[-1] == 429
+    # Said of what was typed: a user name, not an access key.
+    assert "too many failed logins for this user; try again in" in answers[-1].text
     # Each guess is audited; the refusals for too many add nothing.
     guesses = until(lambda: len(failed_logins_outside_projects(server, name)) >= 10)
     time.sleep(AUDIT_FLUSH_SECONDS * 2)

@@ -140,11 +140,16 @@ def test_a_refused_description_is_told_the_rule_with_the_other_fields(shared_tea
 
 def test_a_search_refuses_what_a_description_refuses_and_says_which(shared_team: Team) -> None:
     """Searching repositories or users for a control character or a line break (U+0085 and
-    U+2028 too, as descriptions refuse them) is refused with the rule and the character; other
-    text people type (a non-breaking space) is searched for."""
+    U+2028 too, and the bidirectional controls, as descriptions refuse them) is refused with
+    the rule and the character; other text people type (a non-breaking space) is searched for."""
     team = shared_team
     rule = "a search has no line breaks or control characters"
-    for text, quoted in [("a\tb", "'\\t'"), ("a\u0085b", "'\\x85'"), ("a\u2028b", "'\\u2028'")]:
+    for text, quoted in [
+        ("a\tb", "'\\t'"),
+        ("a\u0085b", "'\\x85'"),
+        ("a\u2028b", "'\\u2028'"),
+        ("a\u2066b", "'\\u2066'"),  # a bidirectional isolate
+    ]:
         repositories = team.admin.get(team.url("/repositories"), params={"q": text})
         users = team["project-admin"].get("/users", params={"query": text})
         for answer, field in ((repositories, "query.q"), (users, "query.query")):

@@ -301,6 +301,8 @@ def test_a_description_is_any_text_but_control_characters_as_a_repository_s(team
         ("ring \u0007", "'\\x07'"),
         ("a\u0085b", "'\\x85'"),
         ("a\u2028b", "'\\u2028'"),
+        # A right-to-left override: "invoice \u202efdp.exe" shows as "invoice exe.pdf".
+        ("invoice \u202efdp.exe", "'\\u202e'"),
     ]:
         as_webhook = admin.post(
             team.url("/webhooks"), json={"url": "http://127.0.0.1:9/", "description": refused}

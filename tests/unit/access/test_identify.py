@@ -189,7 +189,7 @@ def test_failed_logins_are_throttled(world: World) -> None:
         for _ in range(3):
             with pytest.raises(Unauthorized):
                 await login(world.key_id, "guess", guesser)
-        with pytest.raises(TooManyRequests):
+        with pytest.raises(TooManyRequests, match="too many failed logins for this access key"):
             await login(world.key_id, world.secret, guesser)
         # Another address is not locked out.
         await login(world.key_id, world.secret, "192.0.2.8")

@@ -8,9 +8,10 @@ import {
 export const NAME_PATTERN = /^[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*$/;
 export const MAX_NAME = 128;
 export const MAX_DESCRIPTION = 100;
-// In the server's words (berth/domain/descriptions.py): control characters and line breaks.
+// In the server's words (berth/domain/descriptions.py): control characters (bidirectional
+// overrides too) and line breaks.
 const DESCRIPTION_RULE = `a description is at most ${MAX_DESCRIPTION} characters, with no line breaks or control characters`;
-const REFUSED = /[\x00-\x1f\x7f-\x9f\u2028\u2029]/;
+const REFUSED = /[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]/;
 const NAMED = { "\t": "\\t", "\n": "\\n", "\r": "\\r" };
 const PER_PAGE = 20;
 

@@ -52,7 +52,7 @@ export function userPicker(sayProblem = () => {}) {
     try {
       users = await search(text);
     } catch (err) {
-      problem = `No users found: ${err.message || String(err)}`;
+      problem = `No users found: ${err.fieldErrors?.[0]?.message || err.message || String(err)}`;
     }
     if (ticket !== searching) return;
     sayProblem(problem);
