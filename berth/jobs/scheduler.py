@@ -18,9 +18,13 @@ from berth.metadata.tables import utcnow
 
 logger = logging.getLogger("berth.jobs")
 
-# A run holds its job for this long at a time (or the interval, if shorter), renewing the hold
-# while it works: a runner that dies mid-run frees the job this soon for another to redo.
+# A run holds its job for this long at a time (or the interval, if shorter, but never less than
+# MIN_HOLD_SECONDS), renewing the hold while it works: a runner that dies mid-run frees the job
+# this soon for another to redo. The floor: a hold as short as a frequent job's interval (1 s
+# for webhook deliveries) was lost to any stall of the event loop that long (a worker's first
+# import of a library), and another worker then ran the job beside it.
 HOLD_SECONDS = 30.0
+MIN_HOLD_SECONDS = 10.0
 # Waiting nodes look again at least this often, and this long after a database error.
 MAX_WAIT_SECONDS = 60.0
 RETRY_SECONDS = 5.0
@@ -41,7 +45,7 @@ class Job:
 
     @property
     def hold(self) -> float:
-        return min(self.interval, HOLD_SECONDS)
+        return max(min(self.interval, HOLD_SECONDS), MIN_HOLD_SECONDS)
 
 
 class Scheduler:
