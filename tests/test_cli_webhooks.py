@@ -80,6 +80,42 @@ def test_the_commands_it_prints_work_as_printed_with_the_data_directory_it_was_g
     assert "webhook.test" in deliveries, deliveries
 
 
+def test_a_test_event_goes_past_a_failing_queue(hooks_server: BerthServer) -> None:
+    """The endpoint refuses everything: two GC runs' events queue up, the second listed as
+    sent `after` the first rather than at a time long past, and `webhook test` is sent within
+    seconds all the same, once, its refusal in the delivery log."""
+    hooks_server.create_project("clihooks6")
+    for failing in receiving([500] * 1000):
+        made = hooks_server.cli_json(
+            "webhook", "create", "clihooks6", failing.url, "--event", "io.berth.gc.finished"
+        )
+        hook = str(made["id"])
+        for _ in range(2):
+            hooks_server.cli("gc", "run", "clihooks6", "--dry-run")
+        failing.wait_for(1)
+        queued = hooks_server.cli("webhook", "test", "clihooks6", hook).stdout
+        deadline = time.monotonic() + 10
+        while not any(r.event["type"] == "io.berth.webhook.test" for r in failing.received):
+            assert time.monotonic() < deadline, "the test event was not sent"
+            time.sleep(0.05)
+        assert "ahead of the endpoint's queue" in " ".join(queued.split())
+        deadline = time.monotonic() + 10
+        while True:
+            test, second, first = hooks_server.cli_json("webhook", "deliveries", "clihooks6", hook)
+            if test["state"] != "pending" or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        shown = hooks_server.cli("webhook", "deliveries", "clihooks6", hook).stdout
+        sent = [r.event["type"] for r in failing.received]
+    assert test["event_type"] == "io.berth.webhook.test"
+    assert test["state"] == "failed" and test["attempts"] == 1
+    assert test["attempt_log"][0]["status_code"] == 500
+    assert sent.count("io.berth.webhook.test") == 1  # not retried
+    assert first["state"] == "pending" and first["waiting_for"] is None
+    assert second["waiting_for"] == first["id"] and second["next_attempt_at"] is None
+    assert f"after {first['id']}" in shown, shown  # the one waiting: the second
+
+
 def test_private_url_refused_without_the_setting(sqlite_server: BerthServer) -> None:
     sqlite_server.create_project("clihooks2")
     refused = sqlite_server.cli(

@@ -179,7 +179,8 @@ async def list_deliveries(
     ctx: AdminProject, webhook_id: WebhookId, paging: PagingDep
 ) -> Page[Delivery]:
     """The endpoint's deliveries, newest first, each with its attempts (status, response code,
-    duration, error, next attempt) and the event sent."""
+    duration, error, next attempt) and the event sent. One waiting behind an earlier delivery
+    (the endpoint gets its events in order) names it in `waiting_for`."""
     items, total = await ctx.services.webhooks.deliveries(
         ctx.project, webhook_id, offset=paging.offset, limit=paging.per_page
     )
@@ -188,7 +189,9 @@ async def list_deliveries(
 
 @router.post("/{webhook_id}/test", status_code=202, responses=responses(409))
 async def send_test_event(ctx: AdminProject, webhook_id: WebhookId) -> Delivery:
-    """Queue an `io.berth.webhook.test` event for the endpoint (whatever types it takes); it
-    is sent within a second or two, behind anything queued for the endpoint already. Follow
-    it in the delivery log."""
+    """Send an `io.berth.webhook.test` event to the endpoint (whatever types it takes): it is
+    sent within a second or two, ahead of anything queued for the endpoint (a test is outside
+    its order), and attempted once, never retried: send another to try again. Follow its
+    outcome in the delivery log. Accepted, it shows the endpoint is back: the delivery its
+    queue waits for is retried at once, not at the end of its backoff."""
     return await ctx.services.webhooks.send_test(ctx.project, webhook_id, actor=ctx.actor)

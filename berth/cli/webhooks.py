@@ -173,12 +173,17 @@ def webhook_delete(
 def webhook_test(
     project: ProjectArg, webhook_id: WebhookIdArg, json_output: JsonFlag = False
 ) -> None:
-    """Queue a test event (io.berth.webhook.test) for the endpoint."""
+    """Queue a test event (io.berth.webhook.test) for the endpoint: a running server sends it
+    within seconds, ahead of anything queued for the endpoint, and attempts it once (it is not
+    retried). Accepted, the endpoint's waiting queue is retried at once."""
     queued = run_service(lambda s: s.webhooks.send_test(project, webhook_id, actor=cli_actor()))
     if json_output:
         print_json(plain(queued))
         return
-    console.print(f"Queued test event {queued.event_id}: a running server sends it within seconds.")
+    console.print(
+        f"Queued test event {queued.event_id}: a running server sends it within seconds, "
+        "ahead of the endpoint's queue, once (it is not retried)."
+    )
     sys.stdout.write(
         f"Follow it with:\n  {pasteable('webhook', 'deliveries', project, str(webhook_id))}\n"
     )
@@ -191,7 +196,9 @@ def webhook_deliveries(
     limit: Annotated[int, typer.Option(min=1, max=100, help="How many, newest first.")] = 20,
     json_output: JsonFlag = False,
 ) -> None:
-    """The endpoint's delivery log: each event sent, its state and its last attempt."""
+    """The endpoint's delivery log: each event sent, its state and its last attempt. A
+    delivery waiting behind an earlier one (an endpoint gets its events in order) shows
+    `after ID` as its next attempt: it is sent once delivery ID is delivered or given up."""
     found, _ = run_service(lambda s: s.webhooks.deliveries(project, webhook_id, limit=limit))
     if json_output:
         print_json(plain(found))
@@ -208,7 +215,11 @@ def webhook_deliveries(
                 "code": last.status_code if last else None,
                 "ms": last.duration_ms if last else None,
                 "error": last.error if last else None,
-                "next": when(plain(delivery.next_attempt_at), "-"),
+                "next": (
+                    f"after {delivery.waiting_for}"
+                    if delivery.waiting_for is not None
+                    else when(plain(delivery.next_attempt_at), "-")
+                ),
                 "created_at": plain(delivery.created_at),
             }
         )

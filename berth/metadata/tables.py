@@ -473,7 +473,9 @@ webhook_events = Table(
 )
 
 # One event to one endpoint: the queue (state `pending`, delivered in id order per endpoint)
-# and, once `delivered` or `failed`, the record of it.
+# and, once `delivered` or `failed`, the record of it. A test event (`io.berth.webhook.test`)
+# is outside the order: the (state, event_type) index finds the pending ones at once, however
+# long the queues they skip.
 webhook_deliveries = Table(
     "webhook_deliveries",
     metadata,
@@ -488,6 +490,7 @@ webhook_deliveries = Table(
     Column("next_attempt_at", UTCDateTime),
     Column("finished_at", UTCDateTime),
     Index(None, "webhook_id", "state", "id"),
+    Index(None, "state", "event_type"),
 )
 
 # Every attempt at a delivery: its outcome, the endpoint's status code, how long it took.

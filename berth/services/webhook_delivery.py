@@ -9,6 +9,11 @@ or given up, and a slow or dead endpoint holds up only its own queue (each attem
 seconds, then twice as long each time (at most an hour), until a day has passed since the
 event: then the delivery has failed, and the next one goes.
 
+A test event (`io.berth.webhook.test`, sent by an operator) is outside that order: a pass sends
+it first, whatever waits in the endpoint's queue, and attempts it once (a probe: the operator
+sends another). Accepted, it shows the endpoint is back, so the head of its queue is retried
+in the same pass instead of at the end of its backoff (up to an hour away).
+
 Each delivery is a POST of the CloudEvent (structured JSON) with `X-Berth-Signature:
 sha256=<hex HMAC-SHA256 of the body under the endpoint's secret>` when the endpoint has one,
 and the CloudEvents binary-mode headers `ce-id`, `ce-type`, `ce-source`, `ce-specversion`
@@ -28,7 +33,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import Select, delete, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from berth import __version__
@@ -44,7 +49,8 @@ from berth.metadata.tables import (
 )
 from berth.observability import metrics
 from berth.services.webhook_addresses import check_url
-from berth.services.webhooks import DELIVERED, FAILED, PENDING
+from berth.services.webhook_events import TEST
+from berth.services.webhooks import DELIVERED, FAILED, IN_ORDER, PENDING
 
 if TYPE_CHECKING:
     import httpx
@@ -98,9 +104,12 @@ class WebhookDelivery:
         ]
 
     async def run(self) -> None:
-        """One pass: fan out the queued events, then deliver what is due."""
+        """One pass: fan out the queued events, then deliver what is due: each endpoint's test
+        events, then its queue."""
         await self.fan_out()
-        due = await self._due_endpoints()
+        async with self.db.read() as conn:
+            tests = await self._pending_tests_in(conn)
+            due = set(await self._due_endpoints_in(conn)) | set(tests)
         if due:
             import httpx  # here: a worker that never sends a webhook never loads it (~7 MB)
 
@@ -110,7 +119,12 @@ class WebhookDelivery:
                 trust_env=False,
                 headers={"User-Agent": f"Berth-Webhooks/{__version__}"},
             ) as client:
-                await asyncio.gather(*(self._drain(client, webhook_id) for webhook_id in due))
+                await asyncio.gather(
+                    *(
+                        self._drain(client, webhook_id, tests.get(webhook_id, []))
+                        for webhook_id in sorted(due)
+                    )
+                )
 
     async def fan_out(self) -> int:
         """Queued events become deliveries of the endpoints that take them; returns how many
@@ -165,25 +179,47 @@ class WebhookDelivery:
         return made
 
     async def has_work(self) -> bool:
-        """Whether a pass would do anything (an event queued, or an endpoint's next delivery
-        due): read by every node each second, so that only a node with work claims the job."""
+        """Whether a pass would do anything (an event queued, a test event to send, or an
+        endpoint's next delivery due): read by every node each second, so that only a node
+        with work claims the job."""
         async with self.db.read() as conn:
             if (await conn.execute(select(webhook_events.c.id).limit(1))).first() is not None:
                 return True
+            if await self._pending_tests_in(conn, limit=1):
+                return True
             return bool(await self._due_endpoints_in(conn, limit=1))
 
-    async def _due_endpoints(self) -> list[int]:
-        async with self.db.read() as conn:
-            return await self._due_endpoints_in(conn)
+    async def _pending_tests_in(
+        self, conn: AsyncConnection, limit: int | None = None
+    ) -> dict[int, list[int]]:
+        """The test events waiting to be sent to enabled endpoints, oldest first, by endpoint:
+        through the (state, event_type) index, not over the queues they skip."""
+        found = await conn.execute(
+            select(webhook_deliveries.c.webhook_id, webhook_deliveries.c.id)
+            .join(webhooks, webhooks.c.id == webhook_deliveries.c.webhook_id)
+            .where(
+                webhook_deliveries.c.state == PENDING,
+                webhook_deliveries.c.event_type == TEST,
+                webhooks.c.enabled.is_(True),
+            )
+            .order_by(webhook_deliveries.c.id)
+            .limit(limit)
+        )
+        tests: dict[int, list[int]] = {}
+        for webhook_id, delivery_id in found:
+            tests.setdefault(int(webhook_id), []).append(int(delivery_id))
+        return tests
 
     async def _due_endpoints_in(self, conn: AsyncConnection, limit: int | None = None) -> list[int]:
-        """The enabled endpoints whose oldest pending delivery is due: from the endpoints (a
-        few per project) through the (webhook_id, state, id) index, not over the log."""
+        """The enabled endpoints whose oldest pending delivery (in order: tests aside) is due:
+        from the endpoints (a few per project) through the (webhook_id, state, id) index, not
+        over the log."""
         head_due_at = (
             select(webhook_deliveries.c.next_attempt_at)
             .where(
                 webhook_deliveries.c.webhook_id == webhooks.c.id,
                 webhook_deliveries.c.state == PENDING,
+                IN_ORDER,
             )
             .order_by(webhook_deliveries.c.id)
             .limit(1)
@@ -197,31 +233,80 @@ class WebhookDelivery:
         )
         return [int(webhook_id) for webhook_id in found.scalars()]
 
-    async def _drain(self, client: httpx.AsyncClient, webhook_id: int) -> None:
-        """Send the endpoint's due deliveries in order until one must wait."""
+    async def _drain(self, client: httpx.AsyncClient, webhook_id: int, tests: list[int]) -> None:
+        """Send the endpoint's test events, then its due deliveries in order until one must
+        wait."""
         try:
+            if await self._send_tests(client, tests):
+                await self._retry_head_now(webhook_id)
             for _ in range(DELIVERIES_PER_ENDPOINT_PASS):
                 if not await self._deliver_next(client, webhook_id):
                     return
         except Exception:
             logger.exception("webhook %s: delivery failed", webhook_id)
 
-    async def _deliver_next(self, client: httpx.AsyncClient, webhook_id: int) -> bool:
-        """Attempt the endpoint's oldest pending delivery if it is due; False when there is
-        none or it must wait."""
-        async with self.db.read() as conn:
+    async def _send_tests(self, client: httpx.AsyncClient, tests: list[int]) -> bool:
+        """Attempt each of these test events once; whether the endpoint accepted one."""
+        accepted = False
+        for delivery_id in tests:
+            async with self.db.read() as conn:
+                test = (
+                    await conn.execute(
+                        _with_endpoint().where(
+                            webhook_deliveries.c.id == delivery_id,
+                            webhook_deliveries.c.state == PENDING,
+                        )
+                    )
+                ).first()
+            if test is None or not test.enabled:  # removed, or disabled, since it was read
+                continue
+            outcome = await self.attempt(client, test.url, test.secret, test.payload)
+            await self._record(test, outcome)
+            accepted = accepted or outcome.delivered
+        return accepted
+
+    async def _retry_head_now(self, webhook_id: int) -> None:
+        """The endpoint accepted a test event: it is back, so the delivery its queue waits for
+        is due now rather than at the end of its backoff. (Refused again, it waits longer
+        next time, as after any refusal.)"""
+        now = self.clock()
+        async with self.db.write() as conn:
             head = (
                 await conn.execute(
-                    select(
-                        webhook_deliveries,
-                        webhooks.c.url,
-                        webhooks.c.secret,
-                        webhooks.c.enabled,
-                    )
-                    .join(webhooks, webhooks.c.id == webhook_deliveries.c.webhook_id)
+                    select(webhook_deliveries.c.id, webhook_deliveries.c.next_attempt_at)
                     .where(
                         webhook_deliveries.c.webhook_id == webhook_id,
                         webhook_deliveries.c.state == PENDING,
+                        IN_ORDER,
+                    )
+                    .order_by(webhook_deliveries.c.id)
+                    .limit(1)
+                )
+            ).first()
+            if head is None or head.next_attempt_at is None or head.next_attempt_at <= now:
+                return
+            await conn.execute(
+                update(webhook_deliveries)
+                .where(webhook_deliveries.c.id == head.id)
+                .values(next_attempt_at=now)
+            )
+        logger.info(
+            "webhook %s: a test event was accepted; delivery %s is retried now",
+            webhook_id,
+            head.id,
+        )
+
+    async def _deliver_next(self, client: httpx.AsyncClient, webhook_id: int) -> bool:
+        """Attempt the endpoint's oldest pending delivery (in order: tests aside) if it is
+        due; False when there is none or it must wait."""
+        async with self.db.read() as conn:
+            head = (
+                await conn.execute(
+                    _with_endpoint()
+                    .where(
+                        webhook_deliveries.c.webhook_id == webhook_id,
+                        webhook_deliveries.c.state == PENDING,
+                        IN_ORDER,
                     )
                     .order_by(webhook_deliveries.c.id)
                     .limit(1)
@@ -291,6 +376,8 @@ class WebhookDelivery:
         next_at: dt.datetime | None = None
         if outcome.delivered:
             state, label = DELIVERED, "delivered"
+        elif head.event_type == TEST:
+            state, label = FAILED, "failed"  # a probe: the operator sends another
         else:
             next_at = now + dt.timedelta(seconds=self.retry_wait(attempts))
             if next_at > head.created_at + RETRY_FOR:
@@ -321,13 +408,17 @@ class WebhookDelivery:
             )
         metrics.webhook_attempted(label)
         if label != "delivered":
+            if next_at is not None:
+                then = f"next attempt at {next_at.isoformat()}"
+            else:
+                then = "not retried (a test)" if head.event_type == TEST else "given up"
             logger.info(
                 "webhook %s: delivery %s of %s not accepted (%s); %s",
                 head.webhook_id,
                 head.id,
                 head.event_type,
                 outcome.error,
-                f"next attempt at {next_at.isoformat()}" if next_at else "given up",
+                then,
             )
         return state
 
@@ -342,6 +433,13 @@ class WebhookDelivery:
                 )
             )
         return int(result.rowcount or 0)
+
+
+def _with_endpoint() -> Select[Any]:
+    """Deliveries with what sending one needs of its endpoint."""
+    return select(webhook_deliveries, webhooks.c.url, webhooks.c.secret, webhooks.c.enabled).join(
+        webhooks, webhooks.c.id == webhook_deliveries.c.webhook_id
+    )
 
 
 def _ms(started: float) -> int:

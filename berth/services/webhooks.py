@@ -33,6 +33,9 @@ MAX_WEBHOOKS = 20  # per project
 MIN_SECRET_LENGTH = 16
 MAX_SECRET_LENGTH = 128
 PENDING, DELIVERED, FAILED = "pending", "delivered", "failed"
+# The deliveries an endpoint gets in order: all but test events, which are sent at once,
+# whatever waits, and attempted once.
+IN_ORDER = webhook_deliveries.c.event_type != TEST
 
 
 class Webhook(Record):
@@ -59,7 +62,8 @@ class CreatedWebhook(Webhook):
 class Attempt(Record):
     at: dt.datetime
     outcome: Literal["delivered", "retry", "failed"] = Field(
-        description="retry: not accepted, tried again at next_attempt_at; failed: given up"
+        description="retry: not accepted, tried again at next_attempt_at; failed: given up "
+        "(a test event is attempted once: not accepted, it has failed)"
     )
     status_code: int | None = Field(description="the endpoint's HTTP status (null: no answer)")
     duration_ms: int
@@ -75,12 +79,22 @@ class Delivery(Record):
     event_id: str
     event_type: str
     state: Literal["pending", "delivered", "failed"] = Field(
-        description="pending: queued or waiting to be retried; delivered: the endpoint "
-        "answered 2xx; failed: given up after a day of retries"
+        description="pending: queued, waiting to be retried, or waiting behind an earlier "
+        "delivery (waiting_for); delivered: the endpoint answered 2xx; failed: given up after "
+        "a day of retries, or a test event the endpoint did not accept (tests are not retried)"
     )
     attempts: int
     created_at: dt.datetime
-    next_attempt_at: dt.datetime | None
+    next_attempt_at: dt.datetime | None = Field(
+        description="pending: when it is next attempted (due now, if past); null once it has "
+        "ended, and while it waits behind an earlier delivery (waiting_for)"
+    )
+    waiting_for: int | None = Field(
+        description="pending behind an earlier delivery to the endpoint (its oldest pending "
+        "one, being sent or retried): that delivery's id. An endpoint gets its events in "
+        "order, so this one is sent once that one is delivered or given up. Null otherwise "
+        "(a test event never waits)"
+    )
     finished_at: dt.datetime | None
     attempt_log: list[Attempt]
     event: CloudEvent = Field(description="the body sent (the same on every attempt)")
@@ -336,8 +350,11 @@ class Webhooks:
 
     async def send_test(self, project: str, webhook_id: int, *, actor: str) -> Delivery:
         """Queue a test event (`io.berth.webhook.test`) for the endpoint, whatever event types
-        it subscribes to; it goes behind what is queued for it already. Refused while the
-        endpoint is disabled (nothing would send it)."""
+        it subscribes to. The delivery job sends it at its next pass, ahead of what is queued
+        for the endpoint (a test is outside the endpoint's order), and attempts it once: it is
+        a probe, not retried. Accepted, it also brings the retry of the endpoint's queue
+        forward (`WebhookDelivery`). Refused while the endpoint is disabled (nothing would
+        send it)."""
         event = new_event(TEST, EventData(project=project, actor=actor), None)
         now = utcnow()
         async with self.db.write() as conn:
@@ -396,6 +413,19 @@ class Webhooks:
                     .limit(limit)
                 )
             ).all()
+            # The head of the endpoint's ordered queue: the one the others wait for.
+            head = (
+                await conn.execute(
+                    select(webhook_deliveries.c.id)
+                    .where(
+                        webhook_deliveries.c.webhook_id == webhook_id,
+                        webhook_deliveries.c.state == PENDING,
+                        IN_ORDER,
+                    )
+                    .order_by(webhook_deliveries.c.id)
+                    .limit(1)
+                )
+            ).scalar()
             attempts: dict[int, list[Attempt]] = {row.id: [] for row in rows}
             if rows:
                 found = await conn.execute(
@@ -414,19 +444,26 @@ class Webhooks:
                             next_attempt_at=attempt.next_attempt_at,
                         )
                     )
-        return [
-            Delivery(
-                id=row.id,
-                webhook_id=row.webhook_id,
-                event_id=row.event_id,
-                event_type=row.event_type,
-                state=row.state,
-                attempts=row.attempts,
-                created_at=row.created_at,
-                next_attempt_at=row.next_attempt_at,
-                finished_at=row.finished_at,
-                attempt_log=attempts[row.id],
-                event=CloudEvent.model_validate_json(row.payload),
-            )
-            for row in rows
-        ], int(total)
+        return [_delivery(row, head, attempts[row.id]) for row in rows], int(total)
+
+
+def _delivery(row: Any, head: int | None, attempts: list[Attempt]) -> Delivery:
+    """A delivery as shown; one pending behind the head of its endpoint's queue names the
+    head instead of a next attempt (its stored one is when it was queued: long past)."""
+    waiting_for = None
+    if row.state == PENDING and row.event_type != TEST and head is not None and row.id > head:
+        waiting_for = head
+    return Delivery(
+        id=row.id,
+        webhook_id=row.webhook_id,
+        event_id=row.event_id,
+        event_type=row.event_type,
+        state=row.state,
+        attempts=row.attempts,
+        created_at=row.created_at,
+        next_attempt_at=None if waiting_for is not None else row.next_attempt_at,
+        waiting_for=waiting_for,
+        finished_at=row.finished_at,
+        attempt_log=attempts,
+        event=CloudEvent.model_validate_json(row.payload),
+    )

@@ -205,6 +205,53 @@ def test_send_test_event(team: Team, receiver: Receiver) -> None:
     assert until(delivered)
 
 
+def test_a_test_event_is_sent_past_a_failing_delivery(team: Team, receiver: Receiver) -> None:
+    """The endpoint refuses every event: a push's delivery is retried, the next waits behind
+    it (saying which one it waits for, not a next attempt long past), and a test event is
+    sent within seconds all the same, once, its refusal in the log. The endpoint back, the
+    next test event is delivered, and the queue drains."""
+    receiver.statuses = [500] * 1000
+    admin = team["project-admin"]
+    created = add_webhook(team, receiver.url, event_types=["io.berth.image.pushed"])
+    log_path = team.url(f"/webhooks/{created['id']}/deliveries")
+    with team.registry() as registry:
+        push_image(registry, team.oci_name(), "one")
+        push_image(registry, team.oci_name(), "two")
+    receiver.wait_for(1)
+
+    tested = ok(admin.post(team.url(f"/webhooks/{created['id']}/test")), 202)
+
+    def finished(delivery_id: int) -> dict[str, Any] | None:
+        items = ok(admin.get(log_path))["items"]
+        found: dict[str, Any] = next(d for d in items if d["id"] == delivery_id)
+        return None if found["state"] == "pending" else found
+
+    test = until(lambda: finished(tested["id"]), 10)
+    assert test is not None, "the test event is still pending"
+    assert test["state"] == "failed" and test["attempts"] == 1
+    assert test["next_attempt_at"] is None and tested["waiting_for"] is None
+    assert [(a["outcome"], a["status_code"]) for a in test["attempt_log"]] == [("failed", 500)]
+    assert test["attempt_log"][0]["error"] == "the endpoint answered 500"
+    items = ok(admin.get(log_path))["items"]
+    two, one = (d for d in items if d["event_type"] == "io.berth.image.pushed")
+    assert one["event"]["data"]["tag"] == "one" and two["event"]["data"]["tag"] == "two"
+    assert one["state"] == "pending" and one["waiting_for"] is None
+    assert one["next_attempt_at"] is not None and one["attempts"] >= 1
+    assert two["state"] == "pending" and two["attempts"] == 0
+    assert two["waiting_for"] == one["id"] and two["next_attempt_at"] is None
+    tests_sent = [r for r in receiver.received if r.event["type"] == "io.berth.webhook.test"]
+    assert len(tests_sent) == 1  # not retried
+
+    receiver.statuses = []
+    again = ok(admin.post(team.url(f"/webhooks/{created['id']}/test")), 202)
+    accepted = until(lambda: finished(again["id"]), 10)
+    assert accepted is not None and accepted["state"] == "delivered"
+    drained = until(lambda: finished(two["id"]), 15)
+    assert drained is not None and drained["state"] == "delivered"
+    pushes = [r.event for r in receiver.received if r.event["type"] == "io.berth.image.pushed"]
+    assert [e["data"]["tag"] for e in pushes][-2:] == ["one", "two"]
+
+
 def test_only_project_admins(team: Team, receiver: Receiver) -> None:
     for actor in ("member", "reader"):
         assert_problem(team[actor].get(team.url("/webhooks")), 403)

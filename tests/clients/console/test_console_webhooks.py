@@ -7,9 +7,11 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 
+import httpx
 import pytest
 from playwright.sync_api import Locator, Page, expect
 
+from tests.api.conftest import push_image
 from tests.clients.console.conftest import Tenant, open_project_page, screenshot, sign_in
 from tests.clients.console.test_console import skopeo_push
 from tests.clients.layouts import TestImage
@@ -78,6 +80,60 @@ def test_add_a_webhook_send_it_a_test_event_then_push_with_skopeo(
     assert [(h["url"], h["enabled"], h["description"]) for h in hooks] == [
         (receiver.url, False, "ci")
     ]
+
+
+def test_a_test_event_goes_past_a_failing_delivery_and_tells_its_outcome(
+    page: Page, tenant: Tenant
+) -> None:
+    """The endpoint refuses every event: the delivery log shows the push waiting behind the
+    one being retried (not a next attempt long past), and Send test event is sent at once all
+    the same and says the endpoint's answer. The endpoint back, the next test is delivered
+    and the queue drains."""
+    tenant.create_repository("app")
+    for failing in receiving([500] * 1000):
+        with tenant.api() as admin:
+            hooks = f"/projects/{tenant.project}/webhooks"
+            made = admin.post(hooks, json={"url": failing.url}).json()
+            key = tenant.server.access_key(tenant.project)
+            with httpx.Client(base_url=tenant.server.url, auth=key, timeout=60) as registry:
+                for tag in ("one", "two"):
+                    push_image(registry, f"{tenant.project}/app", tag)
+            failing.wait_for(1)
+            one = min(
+                admin.get(f"{hooks}/{made['id']}/deliveries").json()["items"],
+                key=lambda d: int(d["id"]),
+            )
+        sign_in(page, tenant)
+        open_project_page(page, tenant, "Webhooks")
+        log = page.get_by_role("table", name="Deliveries")
+        expect(log.get_by_role("row").filter(has_text="app:two")).to_contain_text(
+            f"After delivery {one['id']}"
+        )
+        row = (
+            page.get_by_role("table", name="Webhooks")
+            .get_by_role("row")
+            .filter(has_text=failing.url)
+        )
+        row.get_by_role("button", name="Send test event").click()
+        expect(
+            page.get_by_text("Test event not accepted: the endpoint answered 500")
+        ).to_be_visible(timeout=15_000)
+        tested = log.get_by_role("row").filter(has_text="webhook.test")
+        expect(tested).to_contain_text("Failed")
+        expect(tested).to_contain_text("500")
+        assert [r.event["type"] for r in failing.received].count("io.berth.webhook.test") == 1
+
+        failing.statuses = []
+        row.get_by_role("button", name="Send test event").click()
+        expect(page.get_by_text("Test event delivered: the endpoint answered 200")).to_be_visible(
+            timeout=15_000
+        )
+        failing.wait_for(5)  # one refused, the first test, the second, then one and two
+        row.get_by_role("button", name="Delivery log").click()
+        expect(log.get_by_role("row").filter(has_text="app:two")).to_contain_text(
+            "Delivered", timeout=15_000
+        )
+    expect(log).not_to_contain_text("After delivery")
 
 
 TAB_REFUSED = (

@@ -25,6 +25,7 @@ from berth.services.webhook_delivery import WebhookDelivery
 from berth.services.webhook_events import (
     IMAGE_PUSHED,
     TAG_DELETED,
+    TEST,
     EventData,
     enqueue_event_now,
 )
@@ -114,6 +115,118 @@ def test_retries_in_order_with_backoff(database_url: str, receiver: Receiver) ->
     assert [a.status_code for a in oldest.attempt_log] == [200, 500, 500]
     assert oldest.attempt_log[2].next_attempt_at == START + dt.timedelta(seconds=10)
     assert newest.state == "delivered" and newest.attempts == 1
+
+
+def test_a_test_event_skips_a_failing_queue_and_is_attempted_once(
+    database_url: str, receiver: Receiver
+) -> None:
+    """v1 refused and waiting for its retry, v2 behind it: a test event is sent at the next
+    pass all the same, once. Refused, it has failed with the endpoint's answer, and is not
+    sent again; the queue waits on, v2 naming the delivery it waits for."""
+    receiver.statuses = [500] * 10
+    clock = Clock()
+
+    async def work(db: Database) -> Any:
+        hooks = Webhooks(db, allow_private=True)
+        created = await hooks.create("acme", receiver.url, actor="alice")
+        job = delivery(db, clock)
+        await push_event(db, "v1")
+        await push_event(db, "v2")
+        await job.run()  # v1 refused: its retry in 10 s
+        queued = await hooks.send_test("acme", created.id, actor="alice")
+        due = await job.has_work()
+        await job.run()
+        sent = [e["type"] for e in receiver.events()]
+        clock.advance(10)
+        await job.run()  # v1's retry is due (a retried test would be too): v1 alone is sent
+        log, _ = await hooks.deliveries("acme", created.id)
+        return queued, due, sent, log, [e["type"] for e in receiver.events()]
+
+    queued, due, sent, log, received = run(database_url, work)
+    assert sent == [IMAGE_PUSHED, TEST]
+    assert due
+    assert queued.state == "pending" and queued.waiting_for is None
+    assert received == [IMAGE_PUSHED, TEST, IMAGE_PUSHED]
+    test, v2, v1 = log
+    assert test.event_type == TEST and test.state == "failed" and test.attempts == 1
+    assert test.next_attempt_at is None and test.waiting_for is None
+    (attempt,) = test.attempt_log
+    assert attempt.outcome == "failed" and attempt.status_code == 500
+    assert attempt.error == "the endpoint answered 500" and attempt.next_attempt_at is None
+    assert v1.state == "pending" and v1.waiting_for is None
+    assert v1.attempts == 2 and v1.next_attempt_at == START + dt.timedelta(seconds=30)
+    assert v2.state == "pending" and v2.attempts == 0
+    assert v2.waiting_for == v1.id and v2.next_attempt_at is None
+
+
+def test_an_accepted_test_event_drains_the_queue_at_once(
+    database_url: str, receiver: Receiver
+) -> None:
+    """The endpoint back (it accepts the test event): the delivery its queue waits for is
+    retried in the same pass, not at the end of its backoff, and the rest follow in order."""
+    receiver.statuses = [500, 500]
+    clock = Clock()
+
+    async def work(db: Database) -> Any:
+        hooks = Webhooks(db, allow_private=True)
+        created = await hooks.create("acme", receiver.url, actor="alice")
+        job = delivery(db, clock)
+        await push_event(db, "v1")
+        await push_event(db, "v2")
+        await job.run()  # v1 refused: retried in 10 s
+        clock.advance(10)
+        await job.run()  # refused again: the next retry in 20 s
+        waiting = await job.has_work()
+        await hooks.send_test("acme", created.id, actor="alice")
+        clock.advance(1)
+        await job.run()
+        log, _ = await hooks.deliveries("acme", created.id)
+        return waiting, log
+
+    waiting, log = run(database_url, work)
+    assert not waiting
+    sent = [(e["type"], e["data"].get("tag")) for e in receiver.events()]
+    assert sent == [
+        (IMAGE_PUSHED, "v1"),
+        (IMAGE_PUSHED, "v1"),
+        (TEST, None),
+        (IMAGE_PUSHED, "v1"),
+        (IMAGE_PUSHED, "v2"),
+    ]
+    test, v2, v1 = log
+    assert [d.state for d in log] == ["delivered"] * 3
+    assert [a.outcome for a in v1.attempt_log] == ["delivered", "retry", "retry"]
+    assert v1.attempt_log[0].at == START + dt.timedelta(seconds=11)  # not 30 s: its backoff
+    assert test.attempts == 1 and v2.attempts == 1
+
+
+def test_a_refused_test_event_leaves_the_backoff_alone(
+    database_url: str, receiver: Receiver
+) -> None:
+    """The endpoint still down (it refuses the test event too): the queue's retry stays where
+    its backoff put it."""
+    receiver.statuses = [500, 500, 500]
+    clock = Clock()
+
+    async def work(db: Database) -> Any:
+        hooks = Webhooks(db, allow_private=True)
+        created = await hooks.create("acme", receiver.url, actor="alice")
+        job = delivery(db, clock)
+        await push_event(db, "v1")
+        await job.run()  # v1 refused: retried in 10 s
+        await hooks.send_test("acme", created.id, actor="alice")
+        clock.advance(1)
+        await job.run()  # the test refused: v1 still waits
+        clock.advance(8)
+        await job.run()  # 9 s: not yet
+        before = len(receiver.received)
+        clock.advance(1)
+        await job.run()  # 10 s: v1's retry
+        return before, [e["type"] for e in receiver.events()]
+
+    before, sent = run(database_url, work)
+    assert before == 2
+    assert sent == [IMAGE_PUSHED, TEST, IMAGE_PUSHED]
 
 
 def test_gives_up_after_a_day_then_sends_the_next(database_url: str, receiver: Receiver) -> None:

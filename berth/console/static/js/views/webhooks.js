@@ -20,7 +20,7 @@ export async function webhooksView(main, ctx) {
         "div",
         {},
         h("h1", {}, "Webhooks"),
-        h("p", { class: "muted" }, "Pushes, deletes, tag restores, garbage collection runs and refusals in this project are POSTed to these endpoints as CloudEvents, signed with the endpoint's secret (X-Berth-Signature), and retried for a day."),
+        h("p", { class: "muted" }, "Pushes, deletes, tag restores, garbage collection runs and refusals in this project are POSTed to these endpoints as CloudEvents, signed with the endpoint's secret (X-Berth-Signature), in order, and retried for a day. A test event goes at once, ahead of anything waiting, and is not retried."),
       ),
       h("button", { type: "button", class: "primary", onclick: () => createWebhook(ctx, base) }, "Add webhook"),
     ),
@@ -72,6 +72,7 @@ async function showLog(ctx, base, webhook, section, page) {
     h("h2", {}, "Delivery log ", h("span", { class: "muted" }, webhook.url)),
     table(
       [
+        { title: "ID", cell: (d) => String(d.id) },
         { title: "Event", cell: (d) => h("span", { title: d.event_id }, d.event_type.replace(/^io\.berth\./, "")) },
         { title: "Subject", cell: (d) => (d.event.subject ? h("code", {}, d.event.subject) : "-") },
         { title: "State", cell: (d) => badge(...STATE_BADGES[d.state]) },
@@ -79,7 +80,7 @@ async function showLog(ctx, base, webhook, section, page) {
         { title: "Response", cell: (d) => (last(d)?.status_code ? String(last(d).status_code) : "-") },
         { title: "Duration", cell: (d) => (last(d) ? `${last(d).duration_ms} ms` : "-") },
         { title: "Error", cell: (d) => last(d)?.error || "-" },
-        { title: "Next attempt", cell: (d) => (d.next_attempt_at && d.state === "pending" ? timeElement(d.next_attempt_at) : "-") },
+        { title: "Next attempt", cell: (d) => nextAttempt(d, webhook) },
         { title: "Queued", cell: (d) => timeElement(d.created_at) },
       ],
       data.items,
@@ -89,18 +90,35 @@ async function showLog(ctx, base, webhook, section, page) {
   );
 }
 
+// A pending delivery waits for its next attempt, or (an endpoint gets its events in order)
+// for the earlier delivery it is queued behind, or for its endpoint to be enabled.
+function nextAttempt(d, webhook) {
+  if (d.state !== "pending") return "-";
+  if (!webhook.enabled) return h("span", { class: "muted" }, "Endpoint disabled");
+  if (d.waiting_for !== null) {
+    const why = `Deliveries to an endpoint go in order: this one is sent once delivery ${d.waiting_for} is delivered or given up`;
+    return h("span", { title: why }, `After delivery ${d.waiting_for}`);
+  }
+  return timeElement(d.next_attempt_at);
+}
+
 async function sendTest(ctx, base, webhook) {
   try {
     const queued = await api.post(`${base}/${webhook.id}/test`);
-    toast("Test event queued: it is sent within a few seconds");
-    // Follow it for a while: the delivery log shows its outcome once it has one.
+    toast("Test event queued: it is sent within a few seconds, ahead of anything waiting");
+    // Follow it for a while: it is attempted once, and its outcome is told and logged.
+    let found = null;
     for (let i = 0; i < 20 && !ctx.stale(); i++) {
       await new Promise((resolve) => setTimeout(resolve, 500));
       const log = await api.get(`${base}/${webhook.id}/deliveries${query({ per_page: 20 })}`);
-      const found = log.items.find((d) => d.id === queued.id);
-      if (!found || found.attempts > 0) break;
+      found = log.items.find((d) => d.id === queued.id) || null;
+      if (!found || found.state !== "pending") break;
     }
-    if (!ctx.stale()) ctx.navigate(`/projects/${seg(ctx.project.name)}/webhooks`, { webhook: webhook.id });
+    if (ctx.stale()) return;
+    const answer = found?.attempt_log[0];
+    if (found?.state === "delivered") toast(`Test event delivered: the endpoint answered ${answer.status_code}`);
+    else if (found?.state === "failed") toast(`Test event not accepted: ${answer.error}. Tests are not retried: send another once the endpoint is fixed.`, "error");
+    ctx.navigate(`/projects/${seg(ctx.project.name)}/webhooks`, { webhook: webhook.id });
   } catch (err) {
     toast(err.message, "error");
   }
