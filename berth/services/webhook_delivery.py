@@ -26,6 +26,7 @@ import asyncio
 import datetime as dt
 import hashlib
 import hmac
+import importlib
 import json
 import logging
 import time
@@ -111,7 +112,10 @@ class WebhookDelivery:
             tests = await self._pending_tests_in(conn)
             due = set(await self._due_endpoints_in(conn)) | set(tests)
         if due:
-            import httpx  # here: a worker that never sends a webhook never loads it (~7 MB)
+            # Loaded here: a worker that never sends a webhook never loads it (~7 MB); in a
+            # thread, as its first import takes a second or more that the worker's requests
+            # would otherwise wait out.
+            httpx = await asyncio.to_thread(importlib.import_module, "httpx")
 
             async with httpx.AsyncClient(
                 timeout=self.timeout,
