@@ -17,6 +17,14 @@ from tests.servers import BerthServer
 def seeded(server: BerthServer, project: str, repository: str, tag: str, count: int) -> list[str]:
     """A new repository holding `count` images tagged `tag`0, `tag`1, ..., pushed 10, 9, ...
     days ago: their digests."""
+    return seeded_with(server, project, repository, [[f"{tag}{i}"] for i in range(count)])
+
+
+def seeded_with(
+    server: BerthServer, project: str, repository: str, tagged: list[list[str]]
+) -> list[str]:
+    """A new repository holding an image for each list of tags, pushed 10, 9, ... days ago:
+    their digests."""
     server.create_repository(project, repository)
 
     async def fill(services: Services) -> list[str]:
@@ -26,7 +34,7 @@ def seeded(server: BerthServer, project: str, repository: str, tag: str, count: 
                     select(repositories.c.id).where(repositories.c.name == repository)
                 )
             ).scalar_one()
-        return await seed(services.db, repo, [(i, [f"{tag}{i}"], 10 - i) for i in range(count)])
+        return await seed(services.db, repo, [(i, tags, 10 - i) for i, tags in enumerate(tagged)])
 
     return server._services(fill)
 
@@ -45,6 +53,7 @@ def test_retention_verbs(sqlite_server: BerthServer) -> None:
         "daily 04:00",
     ).stdout
     assert "keep the 2 most recently pushed images (in ci)" in saved
+    assert "Runs on schedule daily 04:00 (UTC); next at" in saved  # what it saved, said
     assert "berth retention dry-run cliret" in saved  # the command it prints works:
     dry = sqlite_server.cli_json("retention", "dry-run", "cliret")
     assert [i["digest"] for i in dry["deleted"]] == digests[:3]
@@ -53,7 +62,7 @@ def test_retention_verbs(sqlite_server: BerthServer) -> None:
     printed = " ".join(sqlite_server.cli("retention", "dry-run", "cliret").stdout.split())
     assert "berth retention run cliret" in printed and "nothing was deleted" in printed
     ran = " ".join(sqlite_server.cli("retention", "run", "cliret", "--yes").stdout.split())
-    assert re.search(r"next garbage collection \((\.venv/bin/)?berth gc run cliret,", ran)
+    assert re.search(r"next garbage collection \((\.venv/bin/)?berth gc run cliret\)\.", ran)
     history = sqlite_server.cli_json("retention", "history", "cliret")
     assert [(r["dry_run"], r["images_deleted"]) for r in history] == [
         (False, 3),
@@ -82,7 +91,43 @@ def test_the_commands_it_prints_work_as_printed_with_the_data_directory_it_was_g
     assert only.berth("image", "list", "clipaste/pasted", "--json").stdout.count("sha256:") == 1
     assert digests[2] in only.berth("image", "list", "clipaste/pasted", "--json").stdout
     note = next(line for line in ran.splitlines() if "next garbage collection" in line)
-    printed_gc = note.split("(", 1)[1].split(", or the console", 1)[0]
+    printed_gc = note.split("(", 1)[1].rsplit(").", 1)[0]
     only.paste(printed_gc)
     (collected,) = json.loads(only.berth("gc", "history", "clipaste", "--json").stdout)
     assert collected["state"] == "succeeded", collected
+
+
+def test_a_rule_for_ci_tags_leaves_a_promoted_release(sqlite_server: BerthServer) -> None:
+    """An image tagged ci-1 and rel-1 (a CI build promoted by adding a tag) is outside a rule
+    for `ci-*`: the dry run and the run delete only ci-2."""
+    digests = seeded_with(sqlite_server, "cliprom", "mix", [["ci-1", "rel-1"], ["ci-2"], ["ci-3"]])
+    saved = sqlite_server.cli(
+        "retention", "set", "cliprom", "--rule", "last=1,repositories=mix,tags=ci-*"
+    ).stdout
+    said = " ".join(saved.split())
+    assert (
+        "keep the 1 most recently pushed image (in mix, images whose tags all match ci-*)" in said
+    )
+    assert "Runs only when started:" in said
+    dry = sqlite_server.cli_json("retention", "dry-run", "cliprom")
+    assert [(i["digest"], i["tags"]) for i in dry["deleted"]] == [(digests[1], ["ci-2"])]
+    ran = sqlite_server.cli_json("retention", "run", "cliprom", "--yes")
+    assert ran["deleted"] == dry["deleted"]
+    # Its note names this CLI's garbage collection, not the API's request.
+    assert re.search(r"next garbage collection \((\.venv/bin/)?berth gc run cliprom\)", ran["note"])
+    listed = sqlite_server.cli("image", "list", "cliprom/mix", "--json").stdout
+    assert digests[0] in listed and digests[2] in listed and digests[1] not in listed
+
+
+def test_a_rule_that_keeps_nothing_and_a_run_of_no_project_are_refused(
+    sqlite_server: BerthServer,
+) -> None:
+    sqlite_server.create_project("clizero")
+    refused = sqlite_server.cli("retention", "set", "clizero", "--rule", "last=0", check=False)
+    assert refused.returncode == 2
+    assert "last=0 would keep no image" in " ".join(refused.stderr.split())
+    assert sqlite_server.cli_json("retention", "show", "clizero")["rules"] == []
+    # A project that is not there is said before any question (nothing is asked).
+    missing = sqlite_server.cli("retention", "run", "nosuch", check=False, input="y\n")
+    assert missing.returncode == 1 and "nosuch" in missing.stderr
+    assert "Delete the images" not in missing.stdout

@@ -32,20 +32,28 @@ class RetentionRule(BaseModel):
         "`tagged`: images with a tag matching `pattern`; `untagged_within`: every tagged "
         "image, and untagged ones pushed within `days` (older untagged images are removed)"
     )
+    # The bounds here are loose on purpose: rules stored under an older, wider syntax (or
+    # count 0) still load and show; a new policy is checked by the domain, which says why.
     repositories: str = Field(
         "*",
         max_length=255,
-        description="repository pattern, matched against `repository` or `repository/image`: "
-        "`*` matches any characters, `?` one",
+        description="repository pattern, matched against `repository` and `repository/image` "
+        "(so `app` covers every image of the repository app): `*` any characters, `?` one, "
+        "`[abc]` one of, `[!abc]` none of; as immutable tag rules read it",
     )
     tags: str | None = Field(
         None,
         max_length=255,
-        description="scope the rule to images with a tag matching this pattern; images "
-        "without one are outside this rule",
+        description="tag pattern (the same globs): the rule covers only tagged images whose "
+        "every tag matches it; an image carrying a tag outside it (a CI build promoted with a "
+        "release tag) and an untagged image are outside this rule",
     )
-    count: int | None = Field(None, ge=0, le=100_000, description="for `last`")
-    days: float | None = Field(None, ge=0, le=36_500, description="for the `*_within` rules")
+    count: int | None = Field(
+        None, ge=0, le=100_000, description="for `last`: at least 1 (0 is refused)"
+    )
+    days: float | None = Field(
+        None, ge=0, le=36_500, description="for the `*_within` rules: more than 0"
+    )
     pattern: str | None = Field(None, max_length=255, description="for `tagged`")
 
     def to_domain(self) -> DomainRule:

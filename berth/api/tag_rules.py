@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from berth.api.deps import AdminProject, ReadProject
 from berth.api.problems import responses
-from berth.domain.tag_rules import MAX_REPOSITORY_PATTERN, MAX_TAG_PATTERN
+from berth.domain.patterns import MAX_REPOSITORY_PATTERN, MAX_TAG_PATTERN
 from berth.services.tag_rules import TagRule
 
 router = APIRouter(

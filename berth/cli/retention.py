@@ -24,7 +24,7 @@ from berth.cli.common import (
 from berth.domain.retention import COMBINATION_RULE, Keep, Rule
 from berth.domain.wording import counted
 from berth.services.records import plain
-from berth.services.retention import RunRecord, run_note
+from berth.services.retention import Policy, RunRecord, run_note
 
 retention_app = typer.Typer(
     help="Retention: rules that keep images; the images no rule keeps are deleted.",
@@ -33,9 +33,11 @@ retention_app = typer.Typer(
 
 RULE_HELP = (
     "A rule, repeat for several: KEEP=VALUE[,repositories=PATTERN][,tags=PATTERN] where KEEP "
-    "is last (a count), pushed_within or pulled_within (days), tagged (a tag pattern) or "
-    "untagged_within (days: older untagged images are removed). Patterns: '*' any "
-    "characters, '?' one. E.g. --rule last=10,repositories='ci/*' --rule tagged='v*'"
+    "is last (a count, at least 1), pushed_within or pulled_within (days, more than 0), "
+    "tagged (a tag pattern) or untagged_within (days: older untagged images are removed). "
+    "repositories matches the repository or repository/image; tags limits the rule to "
+    "images whose every tag matches. Patterns: '*' any characters, '?' one, '[abc]' one of, "
+    "'[!abc]' none of. E.g. --rule last=10,repositories=ci --rule tagged='v*'"
 )
 IMAGE_COLUMNS = ["repository", "digest", "tags", "pushed_at", "last_pulled_at"]
 RUN_COLUMNS = ["id", "started_at", "actor", "dry_run", "images_deleted", "images_skipped"]
@@ -86,6 +88,11 @@ def _note(run: RunRecord) -> str:
     return run_note(run.project, run.dry_run, run.images_deleted, run.images_skipped, gc_command)
 
 
+def _print_run(run: RunRecord) -> None:
+    """A run as JSON, its note naming this berth's garbage collection command."""
+    print_json({**plain(run), "note": _note(run)})
+
+
 def _show_rules(rules: list[Rule]) -> None:
     if not rules:
         console.print("No rules: retention deletes nothing.")
@@ -102,10 +109,15 @@ def retention_show(project: ProjectArg, json_output: JsonFlag = False) -> None:
         return
     console.print(f"Retention of {project}: {COMBINATION_RULE}")
     _show_rules(policy.rules)
+    _show_schedule(policy)
+
+
+def _show_schedule(policy: Policy) -> None:
     if policy.schedule:
         console.print(f"Runs on schedule {policy.schedule} (UTC); next at {policy.next_run_at}")
     else:
-        sys.stdout.write(f"Runs only when started: {pasteable('retention', 'run', project)}\n")
+        run_command = pasteable("retention", "run", policy.project)
+        sys.stdout.write(f"Runs only when started: {run_command}\n")
 
 
 @retention_app.command("set")
@@ -132,6 +144,7 @@ def retention_set(
         return
     console.print(f"Saved {counted(len(rules), 'retention rule')} for {project}.")
     _show_rules(policy.rules)
+    _show_schedule(policy)
     sample = pasteable("retention", "dry-run", project)
     sys.stdout.write(f"See what a run would delete:\n  {sample}\n")
 
@@ -143,7 +156,7 @@ def retention_dry_run(project: ProjectArg, json_output: JsonFlag = False) -> Non
         lambda s: s.retention.run(project, dry_run=True, actor=cli_actor(), client=CLI_CLIENT)
     )
     if json_output:
-        print_json(plain(record))
+        _print_run(record)
         return
     show_rows(False, _image_rows(record), IMAGE_COLUMNS, f"Retention dry run of {project}")
     console.print(Text(_note(record)), soft_wrap=True)  # its command in one piece
@@ -156,12 +169,14 @@ def retention_run(project: ProjectArg, yes: YesFlag = False, json_output: JsonFl
     """Apply the rules now: delete the images no rule keeps (images pushed or re-tagged
     during the run are kept)."""
     if not yes and not json_output:
+        # Ask only about a project there is: a name mistyped is refused before the question.
+        run_service(lambda s: s.retention.policy(project))
         typer.confirm(f"Delete the images of {project} that no retention rule keeps?", abort=True)
     record = run_service(
         lambda s: s.retention.run(project, dry_run=False, actor=cli_actor(), client=CLI_CLIENT)
     )
     if json_output:
-        print_json(plain(record))
+        _print_run(record)
         return
     show_rows(False, _image_rows(record), IMAGE_COLUMNS, f"Deleted by retention in {project}")
     console.print(Text(_note(record)), soft_wrap=True)  # its command in one piece
@@ -173,5 +188,7 @@ def retention_run(project: ProjectArg, yes: YesFlag = False, json_output: JsonFl
 def retention_history(project: ProjectArg, json_output: JsonFlag = False) -> None:
     """The project's retention runs, newest first."""
     runs, _total = run_service(lambda s: s.retention.history(project, limit=50))
-    rows = [{k: v for k, v in plain(r).items() if k != "deleted"} for r in runs]
+    rows = [
+        {**{k: v for k, v in plain(r).items() if k != "deleted"}, "note": _note(r)} for r in runs
+    ]
     show_rows(json_output, rows, RUN_COLUMNS, f"Retention runs of {project}")

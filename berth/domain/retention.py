@@ -6,12 +6,13 @@ How rules combine, in one sentence (the console and the docs say the same):
     covers is never touched.
 
 Precisely: each rule has a *scope* (a repository pattern and, optionally, a tag pattern: the rule
-then covers only images with a tag matching it) and one *selector* saying which images of its
-scope it keeps. An image covered by at least one rule's scope and kept by none is deleted; an
+then covers only tagged images whose every tag matches it; see `berth.domain.patterns`) and one
+*selector* saying which images of its scope it keeps. An image covered by at least one rule's scope and kept by none is deleted; an
 image with a protected tag (tag overwrite off, or an immutable tag rule) is always kept.
 
 The unit is the image (a top-level manifest): its tags go with it, and an image with several
-tags is covered and kept when any of them is. An index's platform manifests go with their index
+tags is kept when any of them keeps it, but covered by a tag-scoped rule only when all of them
+match its tag pattern (a CI build promoted by adding a release tag leaves a rule for CI tags). An index's platform manifests go with their index
 (never counted as images of their own, never deleted while an index that stays lists them). A
 referrer (a signature, an SBOM: a manifest whose `subject` is stored) goes with its subject and
 never keeps it alive.
@@ -22,13 +23,17 @@ never keeps it alive.
 from __future__ import annotations
 
 import datetime as dt
-import fnmatch
-import functools
-import re
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
+
+from berth.domain.patterns import (
+    glob_matches,
+    repository_matches,
+    repository_pattern_problem,
+    tag_pattern_problem,
+)
 
 COMBINATION_RULE = (
     "A rule keeps; an image is kept when any rule keeps it, and an image that no rule's scope "
@@ -51,47 +56,35 @@ class RuleInvalid(ValueError):
     """A rule that cannot be applied (said for a person)."""
 
 
-_PATTERN = re.compile(r"[A-Za-z0-9._/*?-]{1,255}")
-
-
-def pattern_problem(pattern: str) -> str | None:
-    if _PATTERN.fullmatch(pattern) is None:
-        return (
-            f"pattern {pattern!r} may hold letters, digits, '.', '_', '-', '/', and the "
-            "wildcards '*' (any characters) and '?' (one character), up to 255 characters"
-        )
-    return None
-
-
-@functools.lru_cache(maxsize=256)
-def _compile(pattern: str) -> re.Pattern[str]:
-    # fnmatch translates each `*` into an atomic lazy group (`(?>.*?literal)`), so a match takes
-    # time linear in the value for each part of the pattern: a regex of plain `.*` backtracks
-    # through every way of splitting the value among the stars (`*a*a*a*a*a*a*b` against 128
-    # characters: minutes), and the patterns are a project admin's to choose. Its semantics are
-    # ours (`*` any characters, newlines and slashes too; `?` one) once `[`, which it reads as
-    # a character class, is made literal: `[[]` is a class holding only `[`.
-    return re.compile(fnmatch.translate(pattern.replace("[", "[[]")))
-
-
-def matches(pattern: str, value: str) -> bool:
-    """`*` matches any characters (slashes too), `?` one character; the rest literally."""
-    return _compile(pattern).fullmatch(value) is not None
+# What a rule of `days=0` would do, for its refusal.
+_ZERO_DAYS = {
+    Keep.PUSHED_WITHIN: "would keep no image and delete every image in the rule's scope",
+    Keep.PULLED_WITHIN: "would keep no image and delete every image in the rule's scope",
+    Keep.UNTAGGED_WITHIN: (
+        "would delete each untagged image as soon as a run sees it, the platform manifests "
+        "of a multi-platform push still under way among them"
+    ),
+}
 
 
 @dataclass(frozen=True, slots=True)
 class Rule:
     keep: Keep
-    repositories: str = "*"  # matched against `repository` or `repository/image`
-    tags: str | None = None  # scope: only images with a tag matching this
+    repositories: str = "*"  # a repository pattern (`berth.domain.patterns`)
+    tags: str | None = None  # scope: only tagged images whose every tag matches this
     count: int | None = None  # LAST
     days: float | None = None  # PUSHED_WITHIN, PULLED_WITHIN, UNTAGGED_WITHIN
     pattern: str | None = None  # TAGGED
 
     def check(self) -> None:
         """Raise `RuleInvalid` unless the rule has exactly what its selector needs."""
-        for name, value in (("repositories", self.repositories), ("tags", self.tags)):
-            if value is not None and (problem := pattern_problem(value)) is not None:
+        checks = (
+            ("repositories", self.repositories, repository_pattern_problem),
+            ("tags", self.tags, tag_pattern_problem),
+            ("pattern", self.pattern, tag_pattern_problem),
+        )
+        for name, value, problem_of in checks:
+            if value is not None and (problem := problem_of(value)) is not None:
                 raise RuleInvalid(f"{name}: {problem}")
         needs = {
             Keep.LAST: "count",
@@ -106,25 +99,39 @@ class Rule:
                 raise RuleInvalid(f"a '{self.keep}' rule needs '{name}'")
             if name != needs and present:
                 raise RuleInvalid(f"a '{self.keep}' rule takes no '{name}' (it needs '{needs}')")
-        if self.count is not None and not 0 <= self.count <= 100_000:
-            raise RuleInvalid("count must be between 0 and 100000")
-        if self.days is not None and not 0 <= self.days <= 36_500:
-            raise RuleInvalid("days must be between 0 and 36500")
-        if self.pattern is not None and (problem := pattern_problem(self.pattern)) is not None:
-            raise RuleInvalid(f"pattern: {problem}")
+        # 0 keeps nothing: with the default scope, one typo would delete every image of the
+        # project that no other rule keeps.
+        if self.count is not None and not 1 <= self.count <= 100_000:
+            raise RuleInvalid(
+                "count must be between 1 and 100000 (last=0 would keep no image and delete "
+                "every image in the rule's scope)"
+            )
+        if self.days is not None and not 0 < self.days <= 36_500:
+            raise RuleInvalid(
+                f"days must be more than 0 and at most 36500 ({self.keep}=0 "
+                f"{_ZERO_DAYS[self.keep]})"
+            )
 
     def covers(self, image: Image) -> bool:
-        if not matches(self.repositories, image.path):
+        """Whether `image` is in the rule's scope: its repository pattern covers the image's
+        name and, for a rule with a tag pattern, the image is tagged and every tag of it
+        matches (an image that also carries another tag, such as a CI build promoted by
+        adding a release tag, is outside the rule)."""
+        if not repository_matches(self.repositories, image.path):
             return False
-        return self.tags is None or any(matches(self.tags, tag) for tag in image.tags)
+        if self.tags is None:
+            return True
+        pattern = self.tags
+        return bool(image.tags) and all(glob_matches(pattern, tag) for tag in image.tags)
 
     def describe(self) -> str:
         scope = f"in {self.repositories}"
         if self.tags is not None:
-            scope += f", images tagged {self.tags}"
+            scope += f", images whose tags all match {self.tags}"
         days = f"{self.days:g}" if self.days is not None else "?"
         if self.keep is Keep.LAST:
-            what = f"keep the {self.count} most recently pushed images"
+            count = self.count if self.count is not None else 0
+            what = f"keep the {count} most recently pushed {'image' if count == 1 else 'images'}"
         elif self.keep is Keep.PUSHED_WITHIN:
             what = f"keep images pushed within {days} days"
         elif self.keep is Keep.PULLED_WITHIN:
@@ -274,10 +281,10 @@ def _kept_by(rule: Rule, scope: list[Image], now: dt.datetime) -> set[int]:
             kept.update(indexes[: rule.count])
         return kept
     if rule.keep is Keep.TAGGED:
-        assert rule.pattern is not None
-        compiled = _compile(rule.pattern)
+        pattern = rule.pattern
+        assert pattern is not None
         return {
-            i for i, image in enumerate(scope) if any(compiled.fullmatch(t) for t in image.tags)
+            i for i, image in enumerate(scope) if any(glob_matches(pattern, t) for t in image.tags)
         }
     assert rule.days is not None
     since = now - dt.timedelta(days=rule.days)

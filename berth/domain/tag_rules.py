@@ -1,29 +1,24 @@
 """Immutable tag rules: which tags of a project cannot be moved to another image or removed.
 
-A rule has a tag pattern and an optional repository pattern, both globs (`*` any run of
-characters, `?` one character, `[abc]` / `[!abc]` one of / none of). The tag pattern is matched
-against the whole tag; the repository pattern against the repository and against the full name
-in the project (`repository/image`), so `app` covers the repository app and every image in it,
-and `app/web*` only those images. Matching is case-sensitive, as names and tags are.
+A rule has a tag pattern and an optional repository pattern (no repository pattern: every
+repository of the project). Their syntax and matching are `berth.domain.patterns`', which
+retention rules share.
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable
 from dataclasses import dataclass
-from fnmatch import fnmatchcase
 
 from berth.domain.errors import Denied, InvalidValue
+from berth.domain.patterns import (
+    glob_matches,
+    repository_matches,
+    repository_pattern_problem,
+    tag_pattern_problem,
+)
 
-MAX_TAG_PATTERN = 128  # a tag is at most 128 characters
-MAX_REPOSITORY_PATTERN = 255  # as a name
 MAX_RULES = 100  # per project
-
-# What may stand outside and inside a `[...]` class: the characters of a tag (or a name).
-_TAG_CHARS = "A-Za-z0-9_.-"
-_NAME_CHARS = "a-z0-9_./-"
-_CLASS_RE = re.compile(r"\[!?([^\[\]]+)\]")
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,13 +40,10 @@ class ImmutableTagRule:
     def covers(self, repository: str, tag: str) -> bool:
         """Whether the rule protects `tag` of the full name `repository` (`repo` or
         `repo/image`)."""
-        if not fnmatchcase(tag, self.tag_pattern):
+        if not glob_matches(self.tag_pattern, tag):
             return False
-        if self.repository_pattern is None:
-            return True
-        first = repository.split("/", 1)[0]
-        return fnmatchcase(repository, self.repository_pattern) or fnmatchcase(
-            first, self.repository_pattern
+        return self.repository_pattern is None or repository_matches(
+            self.repository_pattern, repository
         )
 
 
@@ -109,35 +101,12 @@ def full_name(repository: str, image: str) -> str:
 
 def check_tag_pattern(pattern: str) -> str:
     """The pattern, or InvalidValue saying what a tag pattern may be."""
-    return _check(
-        pattern,
-        "tag_pattern",
-        _TAG_CHARS,
-        MAX_TAG_PATTERN,
-        "letters, digits, '_', '.', '-' and the wildcards *, ?, [...]",
-    )
+    if (problem := tag_pattern_problem(pattern)) is not None:
+        raise InvalidValue(problem, "tag_pattern")
+    return pattern
 
 
 def check_repository_pattern(pattern: str) -> str:
-    return _check(
-        pattern,
-        "repository_pattern",
-        _NAME_CHARS,
-        MAX_REPOSITORY_PATTERN,
-        "lowercase letters, digits, '_', '.', '-', '/' and the wildcards *, ?, [...]",
-    )
-
-
-def _check(pattern: str, field: str, allowed: str, most: int, chars: str) -> str:
-    what = field.replace("_", " ")
-    if not pattern.strip():
-        raise InvalidValue(f"a {what} cannot be empty", field)
-    if len(pattern) > most:
-        raise InvalidValue(f"a {what} has at most {most} characters", field)
-    classes_ok = all(re.fullmatch(f"[{allowed}]+", found) for found in _CLASS_RE.findall(pattern))
-    outside = _CLASS_RE.sub("", pattern)
-    if not classes_ok or re.fullmatch(f"[*?{allowed}]*", outside) is None:
-        if "[" in outside or "]" in outside:
-            chars += " (each '[' needs its ']' around at least one character)"
-        raise InvalidValue(f"invalid {what} {pattern!r}: use {chars}", field)
+    if (problem := repository_pattern_problem(pattern)) is not None:
+        raise InvalidValue(problem, "repository_pattern")
     return pattern

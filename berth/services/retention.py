@@ -60,10 +60,7 @@ logger = logging.getLogger("berth.retention")
 
 BATCH = 200  # planned images deleted per write transaction
 SCHEDULE_ACTOR = "schedule"
-AFTER_GC = (
-    "Deleted images' storage is freed by the next garbage collection "
-    "({gc_command}, or the console's Management page)."
-)
+AFTER_GC = "Deleted images' storage is freed by the next garbage collection ({how})."
 
 
 @dataclass(frozen=True, slots=True)
@@ -756,17 +753,20 @@ def run_note(
 ) -> str:
     """What a run's record says of it: what a real run would do, or what this one did and
     how its storage is freed (`gc_command`, what collects the project's garbage as the reader
-    would ask for it: by default the API's request, as the console and API clients read it;
-    the CLI gives its own command)."""
+    would ask for it: by default the API's request and the console's page, as API clients and
+    the console read it; the CLI gives only its own command)."""
     if dry_run:
         if not images:
             return "A real run would delete nothing now."
-        return f"A real run would delete these {counted(images, 'image')} now; nothing was deleted."
+        these = "this" if images == 1 else "these"
+        return (
+            f"A real run would delete {these} {counted(images, 'image')} now; nothing was deleted."
+        )
     note = f"Deleted {counted(images, 'image')}."
     if skipped:
         note += (
             f" {counted(skipped, 'planned image')} changed since the run's snapshot and "
             f"{'was' if skipped == 1 else 'were'} kept."
         )
-    gc_command = gc_command or f"POST /api/v1/projects/{project}/gc"
-    return f"{note} {AFTER_GC.format(gc_command=gc_command)}"
+    how = gc_command or f"POST /api/v1/projects/{project}/gc, or the console's Management page"
+    return f"{note} {AFTER_GC.format(how=how)}"

@@ -3,12 +3,16 @@ change and run it, a dry run compared item for item with the run, and keeping by
 
 from __future__ import annotations
 
+import json
 import time
 from typing import Any
 
+from sqlalchemy import select
+
 from berth.domain.retention import Keep, Rule
+from berth.metadata.tables import projects, retention_policies, utcnow
 from tests.api.conftest import Team, assert_problem, ok, push_image, services, until
-from tests.oci import push_manifest
+from tests.oci import OCI_MANIFEST, push_manifest
 from tests.servers import BACKENDS, server_fixture
 
 server = server_fixture("retention", backends=BACKENDS, env={"BERTH_TRAFFIC_FLUSH_INTERVAL": "0.2"})
@@ -156,11 +160,110 @@ def test_a_pattern_with_many_stars_plans_at_once(team: Team) -> None:
     with team.registry() as registry:
         push_image(registry, team.oci_name(), long_tag)
         ending_in_b = push_image(registry, team.oci_name(), "a" * 127 + "b")
+        push_image(registry, team.oci_name(), "a" * 126 + "bb")  # newer: kept
     pattern = "*a" * 10 + "*b"
-    policy = {"rules": [{"keep": "last", "count": 0, "tags": pattern}]}
+    policy = {"rules": [{"keep": "last", "count": 1, "tags": pattern}]}
     ok(team["project-admin"].put(team.url("/retention"), json=policy))
     started = time.monotonic()
     dry = ok(team["project-admin"].post(team.url("/retention/dry-run")))
     assert time.monotonic() - started < 10
     assert [i["digest"] for i in dry["images"]] == [ending_in_b.digest]
     assert dry["images_outside_rules"] == 1
+
+
+def test_a_rule_for_ci_tags_leaves_a_build_promoted_with_a_release_tag(team: Team) -> None:
+    """The usual promotion adds a release tag to a CI build: a rule scoped to `ci-*` covers
+    only images whose every tag is a ci- tag, so the release stays, in the dry run and the run."""
+    name = team.oci_name()
+    with team.registry() as registry:
+        promoted = push_image(registry, name, "ci-1")
+        push_manifest(registry, name, "rel-1", promoted)
+        older = push_image(registry, name, "ci-2")
+        push_image(registry, name, "ci-3")
+    admin = team["project-admin"]
+    rule = {"keep": "last", "count": 1, "repositories": team.repository, "tags": "ci-*"}
+    ok(admin.put(team.url("/retention"), json={"rules": [rule]}))
+    dry = ok(admin.post(team.url("/retention/dry-run")))
+    assert [(i["digest"], i["tags"]) for i in dry["images"]] == [(older.digest, ["ci-2"])]
+    assert (dry["images_kept"], dry["images_outside_rules"]) == (1, 1)
+    real = ok(admin.post(team.url("/retention/runs")))
+    assert real["images"] == dry["images"]
+    assert tags_of(team) == ["ci-1", "ci-3", "rel-1"]
+    with team.registry() as registry:
+        release = registry.get(f"/v2/{name}/manifests/rel-1", headers={"Accept": OCI_MANIFEST})
+    assert release.status_code == 200 and release.content == promoted.data
+
+
+def test_retention_and_immutability_read_a_repository_pattern_alike(team: Team) -> None:
+    """`repositories=app` covers the images app/appa and app/appb, as an immutable tag rule
+    for `app` protects their tags; both take the same classes (`[a]`)."""
+    admin = team["project-admin"]
+    with team.registry() as registry:
+        for image in ("appa", "appb"):
+            for tag in ("1", "2"):
+                push_image(registry, team.oci_name(image), tag)
+    rule = {"keep": "last", "count": 1, "repositories": team.repository}
+    ok(admin.put(team.url("/retention"), json={"rules": [rule]}))
+    dry = ok(admin.post(team.url("/retention/dry-run")))
+    assert sorted((i["repository"], i["tags"]) for i in dry["images"]) == [
+        (f"{team.repository}/appa", ["1"]),
+        (f"{team.repository}/appb", ["1"]),
+    ]
+    protect = {"tag_pattern": "[1]", "repository_pattern": f"{team.repository}/app[a]"}
+    assert admin.post(team.url("/immutable-tag-rules"), json=protect).status_code == 201
+    dry = ok(admin.post(team.url("/retention/dry-run")))
+    assert [(i["repository"], i["tags"]) for i in dry["images"]] == [
+        (f"{team.repository}/appb", ["1"])
+    ]
+    classes = {**rule, "repositories": f"{team.repository}/app[b]"}
+    ok(admin.put(team.url("/retention"), json={"rules": [classes]}))
+    dry = ok(admin.post(team.url("/retention/dry-run")))
+    assert [(i["repository"], i["tags"]) for i in dry["images"]] == [
+        (f"{team.repository}/appb", ["1"])
+    ]
+
+
+def test_a_rule_that_would_keep_nothing_is_refused(team: Team) -> None:
+    admin = team["project-admin"]
+    for rule, said in (
+        ({"keep": "last", "count": 0}, "last=0 would keep no image"),
+        ({"keep": "pushed_within", "days": 0}, "pushed_within=0 would keep no image"),
+        ({"keep": "untagged_within", "days": 0}, "untagged_within=0 would delete"),
+    ):
+        body = assert_problem(
+            admin.put(team.url("/retention"), json={"rules": [rule]}), 422, fields=("rules",)
+        )
+        assert said in body["detail"], body
+    assert ok(admin.get(team.url("/retention")))["rules"] == []
+
+
+def test_rules_stored_under_the_older_syntax_still_load_and_run(team: Team) -> None:
+    """Rules saved before the syntax was narrowed (count 0, a capital in a repository
+    pattern, a slash in a tag pattern) still show and run; only saving new ones checks."""
+    old = [
+        {"keep": "last", "count": 0, "repositories": "Old"},
+        {"keep": "tagged", "pattern": "x/y", "repositories": "*"},
+    ]
+
+    async def store(s: Any) -> None:
+        async with s.db.write() as conn:
+            project_id = (
+                await conn.execute(select(projects.c.id).where(projects.c.name == team.project))
+            ).scalar_one()
+            await conn.execute(
+                retention_policies.insert().values(
+                    project_id=project_id,
+                    rules=json.dumps(old),
+                    updated_at=utcnow(),
+                    updated_by="then",
+                )
+            )
+
+    services(team.server, store)
+    shown = ok(team["reader"].get(team.url("/retention")))
+    assert [(r["keep"], r["count"], r["repositories"]) for r in shown["rules"]] == [
+        ("last", 0, "Old"),
+        ("tagged", None, "*"),
+    ]
+    dry = ok(team["project-admin"].post(team.url("/retention/dry-run")))
+    assert dry["images"] == [] and len(dry["rules"]) == 2

@@ -29,7 +29,7 @@ def test_retention_rules_dry_run_run_and_history(page: Page, tenant: Tenant) -> 
     dialog.get_by_label("Repositories").fill("ci")
     dialog.get_by_role("button", name="Save").click()
     rules = page.get_by_role("table", name="Retention rules")
-    expect(rules).to_contain_text("Keep the 1 most recently pushed images (in ci)")
+    expect(rules).to_contain_text("Keep the 1 most recently pushed image (in ci)")
 
     page.get_by_role("button", name="Dry run").click()
     preview = page.get_by_role("table", name="Dry run preview")

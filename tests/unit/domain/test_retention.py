@@ -7,15 +7,16 @@ import time
 
 import pytest
 
+from berth.domain.patterns import glob_matches
 from berth.domain.retention import (
     Keep,
     Manifest,
     Rule,
     RuleInvalid,
     images_of,
-    matches,
     plan,
 )
+from berth.domain.tag_rules import ImmutableTagRule
 
 NOW = dt.datetime(2026, 12, 1, 12, 0, tzinfo=dt.UTC)
 
@@ -127,6 +128,81 @@ def test_a_broad_tag_scope_leaves_other_images_alone() -> None:
     assert result.untouched == 2
 
 
+def test_a_promoted_image_is_outside_a_rule_for_other_tags() -> None:
+    # A CI build promoted by adding a release tag carries both: a rule scoped to `ci-*` must
+    # not delete the release with it. Only images whose every tag is a ci- tag are in scope.
+    snapshot = [
+        image(1, "ci-1", "rel-1", age_days=3),
+        image(2, "ci-2", age_days=2),
+        image(3, "ci-3", age_days=1),
+    ]
+    result = plan(snapshot, [Rule(Keep.LAST, count=1, tags="ci-*")], NOW)
+    assert [x.image.digest for x in result.deletions] == [d(2)]
+    assert (result.kept, result.untouched) == (1, 1)
+
+
+def test_a_tag_scoped_rule_leaves_untagged_images_alone() -> None:
+    snapshot = [image(1, age_days=90), image(2, "ci-2", age_days=90), image(3, "ci-3")]
+    result = plan(snapshot, [Rule(Keep.PUSHED_WITHIN, days=7, tags="ci-*")], NOW)
+    assert [x.image.digest for x in result.deletions] == [d(2)]
+    assert result.untouched == 1
+    # Without a tag scope, the untagged image is in the rule's scope (and goes).
+    assert deleted(snapshot, Rule(Keep.PUSHED_WITHIN, days=7)) == [d(1), d(2)]
+
+
+def test_a_platform_manifest_tag_outside_the_scope_keeps_its_index_out_of_it() -> None:
+    # An index's tags are its own and its platform manifests'.
+    snapshot = [
+        image(11, "rel-amd64", age_days=30),
+        image(10, "ci-10", age_days=30, children=(d(11),)),
+        image(20, "ci-20", age_days=30),
+    ]
+    assert deleted(snapshot, Rule(Keep.PUSHED_WITHIN, days=7, tags="ci-*")) == [d(20)]
+
+
+# (repository pattern, full name, covered): retention and immutable tag rules read each the same.
+SHARED_PATTERNS = [
+    ("nest", "nest", True),
+    ("nest", "nest/appa", True),  # a repository covers its images
+    ("nest", "nest/appa/x", True),
+    ("nest", "nested/appa", False),
+    ("nest/*", "nest/appa", True),
+    ("nest/*", "nest", False),
+    ("nest/app[ab]", "nest/appb", True),
+    ("nest/app[ab]", "nest/appc", False),
+    ("nest/app[!a]", "nest/appa", False),
+    ("nest/app?", "nest/appb", True),
+    ("ne*", "nest/appa", True),
+    ("*", "anything/at/all", True),
+]
+
+
+@pytest.mark.parametrize(("pattern", "name", "covered"), SHARED_PATTERNS)
+def test_retention_and_immutable_tag_rules_read_a_repository_pattern_alike(
+    pattern: str, name: str, covered: bool
+) -> None:
+    repository, _, sub = name.partition("/")
+    snapshot = [image(1, "2", repo=repository, sub=sub, age_days=30)]
+    rule = Rule(Keep.PUSHED_WITHIN, repositories=pattern, days=1)
+    rule.check()
+    assert (deleted(snapshot, rule) == [d(1)]) is covered
+    assert ImmutableTagRule(1, "2", pattern).covers(name, "2") is covered
+
+
+@pytest.mark.parametrize(
+    ("pattern", "tag", "matched"),
+    [("v[0-9]*", "v2", True), ("v[0-9]*", "vx", False), ("rel-?", "rel-1", True)],
+)
+def test_retention_and_immutable_tag_rules_read_a_tag_pattern_alike(
+    pattern: str, tag: str, matched: bool
+) -> None:
+    snapshot = [image(1, tag, age_days=30)]
+    rule = Rule(Keep.TAGGED, pattern=pattern)
+    rule.check()
+    assert (deleted(snapshot, rule) == []) is matched
+    assert ImmutableTagRule(1, pattern, None).covers("app", tag) is matched
+
+
 def test_a_broad_repository_pattern_matches_nested_names() -> None:
     snapshot = [image(1, "a", sub="web", age_days=9), image(2, "b", repo="apps", age_days=9)]
     assert deleted(snapshot, Rule(Keep.PUSHED_WITHIN, repositories="app*", days=1)) == [
@@ -176,19 +252,29 @@ def test_rules_are_checked() -> None:
     with pytest.raises(RuleInvalid, match="takes no 'days'"):
         Rule(Keep.LAST, count=1, days=2).check()
     with pytest.raises(RuleInvalid, match="pattern"):
-        Rule(Keep.TAGGED, pattern="v[0-9]").check()
+        Rule(Keep.TAGGED, pattern="v 1").check()
     Rule(Keep.TAGGED, repositories="team/*", pattern="release-*").check()
+    Rule(Keep.TAGGED, repositories="team-[ab]", pattern="v[0-9]*").check()  # classes, as rules'
+    Rule(Keep.LAST, count=1, tags="ci-[!x]*").check()
 
 
 @pytest.mark.parametrize(
     ("rule", "refused"),
     [
-        (Rule(Keep.LAST, count=100_001), "count must be between 0 and 100000"),
-        (Rule(Keep.LAST, count=-1), "count must be between 0 and 100000"),
-        (Rule(Keep.PUSHED_WITHIN, days=36_501), "days must be between 0 and 36500"),
-        (Rule(Keep.UNTAGGED_WITHIN, days=-0.5), "days must be between 0 and 36500"),
-        (Rule(Keep.LAST, count=1, repositories="team app"), "repositories: pattern"),
-        (Rule(Keep.LAST, count=1, tags="v[1]"), "tags: pattern"),
+        (Rule(Keep.LAST, count=100_001), "count must be between 1 and 100000"),
+        (Rule(Keep.LAST, count=-1), "count must be between 1 and 100000"),
+        # One typo would delete every image of the project no other rule keeps.
+        (Rule(Keep.LAST, count=0), r"between 1 and 100000 \(last=0 would keep no image"),
+        (Rule(Keep.PUSHED_WITHIN, days=0), r"more than 0 .*\(pushed_within=0 would keep no"),
+        (Rule(Keep.PULLED_WITHIN, days=0), r"more than 0 .*\(pulled_within=0 would keep no"),
+        (Rule(Keep.UNTAGGED_WITHIN, days=0), r"untagged_within=0 would delete each untagged"),
+        (Rule(Keep.PUSHED_WITHIN, days=36_501), "days must be more than 0 and at most 36500"),
+        (Rule(Keep.UNTAGGED_WITHIN, days=-0.5), "days must be more than 0 and at most 36500"),
+        (Rule(Keep.LAST, count=1, repositories="team app"), "repositories: invalid repository"),
+        (Rule(Keep.LAST, count=1, repositories="App"), "repositories: invalid repository"),
+        (Rule(Keep.LAST, count=1, tags="v/1"), "tags: invalid tag pattern"),
+        (Rule(Keep.LAST, count=1, tags="v[1"), r"each '\[' needs its '\]'"),
+        (Rule(Keep.TAGGED, pattern="v" * 129), "pattern: a tag pattern has at most 128"),
         (Rule(Keep.TAGGED, pattern="v*", count=3), r"takes no 'count' \(it needs 'pattern'\)"),
         (Rule(Keep.PULLED_WITHIN), "needs 'days'"),
     ],
@@ -202,6 +288,7 @@ def test_a_rule_out_of_bounds_is_refused_saying_what(rule: Rule, refused: str) -
     ("rule", "said"),
     [
         (Rule(Keep.LAST, count=5), "keep the 5 most recently pushed images (in *)"),
+        (Rule(Keep.LAST, count=1), "keep the 1 most recently pushed image (in *)"),
         (
             Rule(Keep.PUSHED_WITHIN, days=30, repositories="app/*"),
             "keep images pushed within 30 days (in app/*)",
@@ -209,7 +296,7 @@ def test_a_rule_out_of_bounds_is_refused_saying_what(rule: Rule, refused: str) -
         (Rule(Keep.PULLED_WITHIN, days=7.5), "keep images pulled within 7.5 days (in *)"),
         (
             Rule(Keep.TAGGED, pattern="v*", tags="v*"),
-            "keep images with a tag matching v* (in *, images tagged v*)",
+            "keep images with a tag matching v* (in *, images whose tags all match v*)",
         ),
         (Rule(Keep.UNTAGGED_WITHIN, days=2), "remove untagged images older than 2 days (in *)"),
     ],
@@ -232,12 +319,14 @@ def test_each_kind_of_rule_describes_itself(rule: Rule, said: str) -> None:
         ("v1.0", "v1x0", False),  # `.` is literal
         ("v1.*-rc", "v1.2.3-rc", True),
         ("*-rc", "v1-rc-2", False),  # the whole value must match
-        ("a[b]", "a[b]", True),  # outside the documented characters, yet literal
-        ("a[b]", "ab", False),
+        ("v[0-9]*", "v1.0", True),  # a class, as immutable tag rules read it
+        ("v[0-9]*", "vx", False),
+        ("[!v]*", "latest", True),
+        ("[!v]*", "v1", False),
     ],
 )
 def test_a_pattern_matches_as_documented(pattern: str, value: str, matched: bool) -> None:
-    assert matches(pattern, value) is matched
+    assert glob_matches(pattern, value) is matched
 
 
 @pytest.mark.parametrize(
@@ -258,7 +347,7 @@ def test_a_pathological_pattern_matches_in_linear_time(pattern: str, matched: bo
     value = "a" * 128  # the longest tag
     started = time.process_time()
     for candidate in (value, f"{value}/{value}"):
-        assert matches(pattern, candidate) is matched
+        assert glob_matches(pattern, candidate) is matched
     assert time.process_time() - started < 0.25
 
 

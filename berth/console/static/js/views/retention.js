@@ -16,13 +16,13 @@ const KINDS = {
 export function describeRule(rule) {
   const value = rule[KINDS[rule.keep].value];
   const what = {
-    last: `Keep the ${value} most recently pushed images`,
+    last: `Keep the ${value} most recently pushed ${value === 1 ? "image" : "images"}`,
     pushed_within: `Keep images pushed within ${value} days`,
     pulled_within: `Keep images pulled within ${value} days`,
     tagged: `Keep images with a tag matching ${value}`,
     untagged_within: `Remove untagged images older than ${value} days`,
   }[rule.keep];
-  const scope = `in ${rule.repositories}${rule.tags ? `, images tagged ${rule.tags}` : ""}`;
+  const scope = `in ${rule.repositories}${rule.tags ? `, images whose tags all match ${rule.tags}` : ""}`;
   return `${what} (${scope})`;
 }
 
@@ -44,7 +44,7 @@ export async function retentionSection(section, ctx) {
     h(
       "p",
       { class: "muted" },
-      "A rule's scope is a repository pattern (matched against repository or repository/image; * matches any characters) and, optionally, a tag pattern. Index platform manifests and referrers (signatures, SBOMs) go with their image; an image with a protected tag (tag overwrite off) is never deleted. Freed storage comes back at the next garbage collection.",
+      "A rule's scope is a repository pattern (matched against the repository and repository/image, so app covers every image of app; * any characters, ? one, [abc] one of, as immutable tag rules read it) and, optionally, a tag pattern: the rule then covers only tagged images whose every tag matches it, so an image that also carries another tag (a CI build promoted with a release tag) is outside the rule. Index platform manifests and referrers (signatures, SBOMs) go with their image; an image with a protected tag (tag overwrite off, or an immutable tag rule) is never deleted. Freed storage comes back at the next garbage collection.",
     ),
     table(
       [
@@ -138,7 +138,7 @@ function ruleRow(rule) {
   const kind = h("select", { "aria-label": "Rule" }, Object.entries(KINDS).map(([k, v]) => h("option", { value: k, selected: k === rule.keep }, v.label)));
   const value = h("input", { type: "text", "aria-label": "Value", size: 8, value: rule.keep ? String(rule[KINDS[rule.keep].value] ?? "") : "" });
   const repositories = h("input", { type: "text", "aria-label": "Repositories", size: 12, value: rule.repositories || "*" });
-  const tags = h("input", { type: "text", "aria-label": "Only images tagged", size: 10, placeholder: "any", value: rule.tags || "" });
+  const tags = h("input", { type: "text", "aria-label": "Only images whose tags all match", size: 10, placeholder: "any", value: rule.tags || "" });
   const row = h("div", { class: "rule-row" }, kind, value, repositories, tags, h("button", { type: "button", class: "small", onclick: () => row.remove() }, "Remove"));
   row.read = () => {
     const spec = KINDS[kind.value];
@@ -178,7 +178,7 @@ async function editPolicy(ctx, base, policy) {
           "div",
           { class: "dialog-body" },
           h("p", {}, h("strong", {}, policy.combination)),
-          h("p", { class: "hint" }, "Each rule: what it keeps, its value, the repositories it covers (* any characters), and optionally only images tagged with a pattern."),
+          h("p", { class: "hint" }, "Each rule: what it keeps, its value (a count of at least 1, or more than 0 days), the repositories it covers (* any characters, ? one, [abc] one of), and optionally a tag pattern: then it covers only images whose every tag matches."),
           rows,
           h("button", { type: "button", class: "small", onclick: () => rows.append(ruleRow({ keep: "last", repositories: "*" })) }, "Add rule"),
           scheduleField,
