@@ -23,6 +23,7 @@ from playwright.sync_api import Browser, Locator, Page, expect
 from berth.domain.names import MAX_PROJECT_LENGTH
 from tests.clients.conftest import Projects
 from tests.clients.console.conftest import (
+    DESKTOP,
     GC_HOLD_SECONDS,
     PHONE,
     Tenant,
@@ -77,9 +78,13 @@ def skopeo_push(
 
 def test_a_visitor_is_sent_to_sign_in_and_back(page: Page, tenant: Tenant) -> None:
     wanted = f"/projects/{tenant.project}/management"
+    asked: list[str] = []
+    page.on("request", lambda request: asked.append(urlsplit(request.url).path))
     page.goto(f"{tenant.console}#{wanted}")
     expect(page.get_by_role("heading", name="Sign in to the console")).to_be_visible()
     assert hash_path(page).startswith("/login")
+    # Signed out is known from one question (its 401 is the one error the browser shows).
+    assert asked.count("/api/v1/session") == 1
     screenshot(page, "login")
 
     page.get_by_label("User name").fill(tenant.user)
@@ -96,6 +101,23 @@ def test_a_visitor_is_sent_to_sign_in_and_back(page: Page, tenant: Tenant) -> No
     expect(page.get_by_role("heading", name="Sign in to the console")).to_be_visible()
     page.goto(f"{tenant.console}#{wanted}")
     expect(page.get_by_role("heading", name="Sign in to the console")).to_be_visible()
+
+
+def test_the_skip_link_moves_the_focus_to_the_content(page: Page, tenant: Tenant) -> None:
+    sign_in(page, tenant)
+    open_project_page(page, tenant, "Members")
+    wanted = hash_path(page)
+    page.reload()  # the focus back at the top of the page
+    expect(page.get_by_role("heading", level=1, name="Members")).to_be_visible()
+    page.keyboard.press("Tab")
+    skip = page.get_by_role("link", name="Skip to content")
+    expect(skip).to_be_focused()
+    page.keyboard.press("Enter")
+    expect(page.locator("main")).to_be_focused()
+    assert hash_path(page) == wanted  # the route stays: no "Page not found"
+    expect(page.get_by_role("heading", level=1, name="Members")).to_be_visible()
+    page.keyboard.press("Tab")  # on from there: the content's first control, past the menus
+    expect(page.locator("main :focus")).to_have_count(1)
 
 
 def test_a_link_with_a_dot_dot_name_acts_on_nothing(page: Page, tenant: Tenant) -> None:
@@ -168,8 +190,25 @@ def test_create_a_repository_and_a_key_then_docker_login_and_push(
     assert f"--docker-server={tenant.server.address}" in pull_secret
     assert f"--docker-password={secret}" in pull_secret
     screenshot(page, "access-key-created", full_page=False)
+    # Each copy button says what it copies, never the secret: a screen reader would read it
+    # out again (and the commands with it).
+    names = created.get_by_role("button").evaluate_all(
+        "buttons => buttons.map((b) => b.getAttribute('aria-label') || b.textContent)"
+    )
+    assert [n for n in names if n.startswith("Copy")] == [
+        "Copy access key ID",
+        "Copy secret access key",
+        "Copy docker login command",
+        "Copy Kubernetes pull secret command",
+    ]
+    assert not [n for n in names if secret in n or key_id in n]
+    # Path style: every project shares the address, and docker's one login for it.
+    expect(created.get_by_test_id("one-login-per-host")).to_contain_text(
+        "another project's key replaces this one"
+    )
+    expect(created.get_by_test_id("one-login-per-host")).to_contain_text("DOCKER_CONFIG")
     page.context.grant_permissions(["clipboard-read", "clipboard-write"])
-    created.get_by_role("button", name=f"Copy: {secret}").click()
+    created.get_by_role("button", name="Copy secret access key").click()
     assert page.evaluate("navigator.clipboard.readText()") == secret
     created.get_by_role("button", name="Done").click()
     row = page.get_by_role("row").filter(has_text=key_id)
@@ -452,7 +491,7 @@ def test_restore_a_deleted_tag_from_the_history(
     page.get_by_role("link", name="app", exact=True).click()
     page.get_by_role("tab", name="Tags").click()
     tags = page.get_by_role("table", name="Tags")
-    tags.get_by_role("row").filter(has_text="stable").get_by_role("button", name="Delete").click()
+    tags.get_by_role("button", name="Delete stable", exact=True).click()  # named by its tag
     page.get_by_role("dialog", name="Delete tag").get_by_role("button", name="Delete").click()
     expect(page.get_by_text("No tags.")).to_be_visible()
     manifest_url = f"/v2/{tenant.project}/app/manifests/stable"
@@ -536,6 +575,23 @@ def test_a_reader_sees_no_management_buttons(
     # A reader still manages their own access keys.
     open_project_page(page, reader, "Access keys")
     expect(page.get_by_role("button", name="Create access key")).to_be_visible()
+
+
+@pytest.mark.parametrize(("path", "shown_as"), [("audit", "audit log"), ("webhooks", "webhooks")])
+def test_a_member_opening_an_admin_page_is_told_who_may_see_it(
+    page: Page, tenant_factory: Callable[[str], Tenant], path: str, shown_as: str
+) -> None:
+    """The menu has no entry for it; its link, shared by an admin, opens a page that says so."""
+    member = tenant_factory("member")
+    sign_in(page, member)
+    page.goto(f"{member.console}#/projects/{member.project}/{path}")
+    heading = page.get_by_role("heading", level=1, name="Not available with your role")
+    expect(heading).to_be_visible()
+    expect(page.locator("main")).to_contain_text(
+        f"Only project admins and server administrators see the {shown_as} of project "
+        f"{member.project}. Your role here is member."
+    )
+    expect(page.get_by_text("Something went wrong")).to_have_count(0)
 
 
 def test_a_project_admin_adds_a_member(page: Page, tenant: Tenant) -> None:
@@ -627,6 +683,60 @@ def test_the_console_fits_a_phone(browser: Browser, tenant: Tenant, test_image: 
         context.close()
 
 
+# Every element that scrolls sideways: the page itself, or a table inside it.
+OVERFLOWING = """() => [document.documentElement, ...document.querySelectorAll(".table-wrap")]
+  .filter((e) => e.scrollWidth > e.clientWidth)
+  .map((e) => `${e.className || e.tagName}: ${e.scrollWidth} > ${e.clientWidth}`)"""
+
+
+def test_long_digests_scroll_no_page_sideways(page: Page, tenant: Tenant) -> None:
+    """An audit entry naming a digest and a garbage collection run, on a desktop and on a
+    phone: the audit log, the run history and the repository's tables fit the width, the
+    digest shortened with the whole target in its title."""
+    tenant.create_repository("old")
+    name = f"{tenant.project}/old/app"
+    key = tenant.server.access_key(tenant.project)
+    with httpx.Client(base_url=tenant.server.url, auth=key, timeout=30) as v2:
+        for tag in ("kept", "deleted"):
+            blob = layer({"file": tag.encode()})
+            config = image_config(diff_ids=[diff_id(blob)])
+            push_blobs(v2, name, [blob, config])
+            manifest = image_manifest(config.descriptor(), [blob.descriptor()])
+            push_manifest(v2, name, tag, manifest)
+    runs = f"/projects/{tenant.project}/gc/runs"
+    with tenant.api() as admin:
+        admin.delete(
+            f"/projects/{tenant.project}/repositories/old/images/{manifest.digest}",
+            params={"image": "app"},
+        ).raise_for_status()
+        admin.post(f"/projects/{tenant.project}/gc", json={"dry_run": True}).raise_for_status()
+        deadline = time.monotonic() + GC_HOLD_SECONDS + 20
+        while admin.get(runs).json()["items"][0]["state"] == "running":
+            assert time.monotonic() < deadline, "the run never ended"
+            time.sleep(0.3)
+    target = f"old/app@{manifest.digest}"
+
+    sign_in(page, tenant)
+    for viewport in (DESKTOP, PHONE):
+        page.set_viewport_size(viewport)
+        open_project_page(page, tenant, "Audit log")
+        shown = page.get_by_role("table", name="Audit log").get_by_title(target)
+        for _ in range(10):  # the server writes audit entries in batches, every 0.25 s
+            if shown.count():
+                break
+            page.wait_for_timeout(300)
+            page.reload()
+        expect(shown).to_have_text(f"old/app@{manifest.digest[:19]}…")
+        assert page.evaluate(OVERFLOWING) == [], f"the audit log at {viewport}"
+        open_project_page(page, tenant, "Management")
+        expect(page.get_by_role("table", name="Garbage collection runs")).to_contain_text("dry run")
+        assert page.evaluate(OVERFLOWING) == [], f"the management page at {viewport}"
+        for tab in ("Images", "Tags", "History"):
+            page.goto(f"{tenant.console}#/projects/{tenant.project}/repositories/old/{tab.lower()}")
+            expect(page.get_by_role("table", name=tab)).to_contain_text("kept")
+            assert page.evaluate(OVERFLOWING) == [], f"a repository's {tab} at {viewport}"
+
+
 def test_a_project_name_of_the_longest_length_fits_the_header(page: Page, tenant: Tenant) -> None:
     longest = f"{tenant.project}-".ljust(MAX_PROJECT_LENGTH, "x")
     tenant.server.create_project(longest)
@@ -699,12 +809,12 @@ def test_an_index_shows_its_platforms_and_signature(page: Page, tenant: Tenant) 
     )
     expect(images.get_by_role("row")).to_have_count(2)  # the signature is not an image row
     screenshot(page, "repository-index")
+    # The row's buttons are named by its digest, as its Scan button is.
     expect(
-        row.get_by_role(
-            "button",
-            name=f"Copy pull: docker pull {tenant.server.address}/{tenant.project}/multi@{digest}",
-        )
+        row.get_by_role("button", name=f"Copy pull command of {digest[:19]}", exact=True)
     ).to_be_visible()
+    expect(row.get_by_role("button", name=f"Delete {digest[:19]}", exact=True)).to_be_visible()
+    expect(row.get_by_role("button", name=f"Copy digest {digest[:19]}", exact=True)).to_be_visible()
 
 
 def test_every_command_on_the_repository_page_works_as_shown(
@@ -1135,6 +1245,8 @@ def test_on_a_project_host_the_commands_name_the_project_host(
         secret = created.get_by_test_id("new-key-secret").inner_text()
         login = created.get_by_test_id("docker-login-command").inner_text()
         assert login == f"docker login {host} --username {key_id} --password {secret}"
+        # The project's own host: its login is its own, no other project's replaces it.
+        expect(created.get_by_test_id("one-login-per-host")).to_have_count(0)
         assert (
             f"--docker-server={host}" in created.get_by_test_id("pull-secret-command").inner_text()
         )

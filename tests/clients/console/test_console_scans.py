@@ -2,11 +2,14 @@
 base, requests 2.30.0, ms 0.7.0, mixin-deep 1.3.1) pushed over /v2 into a manual-scan
 repository, scanned with the Scan button; its severity badge and findings (the genuine OSV
 records of tests/fixtures/osv, their IDs, aliases and fixed versions) are read, filtered and
-sorted as a user does."""
+sorted as a user does, and its SBOM downloaded."""
 
 from __future__ import annotations
 
+import json
 import re
+import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,8 +19,17 @@ from playwright.sync_api import Page, expect
 
 from berth.services.vulndb import VulnDb
 from berth.state import Services
-from tests.clients.console.conftest import Tenant, screenshot, sign_in
-from tests.oci import OCI_LAYER_GZIP, Blob, image_config, image_manifest, push_blob, push_manifest
+from tests.clients.console.conftest import PASSWORD, Tenant, screenshot, sign_in
+from tests.oci import (
+    OCI_LAYER_GZIP,
+    Blob,
+    image_config,
+    image_index,
+    image_manifest,
+    push_blob,
+    push_manifest,
+)
+from tests.servers import BerthServer, server_fixture
 from tests.unit.services.test_scanning_layers import (
     FIXTURES,
     debian_base,
@@ -135,6 +147,16 @@ def test_scan_an_image_with_the_button_and_read_its_findings(
     dialog.get_by_label("Severity").select_option("")
     dialog.get_by_label("Fix available").check()
     expect(dialog.get_by_test_id("findings-shown")).to_have_text("Showing 3 of 3 findings")
+
+    # The SBOM: the packages the scan found, as CycloneDX JSON, saved by the browser.
+    with page.expect_download() as download:
+        dialog.get_by_role("button", name="Download SBOM").click()
+    assert download.value.suggested_filename == f"app-{digest.replace(':', '-')[:19]}.cdx.json"
+    sbom = json.loads(Path(download.value.path()).read_text())
+    assert sbom["bomFormat"] == "CycloneDX"
+    assert sbom["metadata"]["component"]["version"] == digest
+    found = {(c["name"], c.get("version")) for c in sbom["components"]}
+    assert {("ms", "0.7.0"), ("mixin-deep", "1.3.1"), ("requests", "2.30.0")} <= found
     page.keyboard.press("Escape")
     expect(dialog).to_be_hidden()
 
@@ -150,3 +172,106 @@ def test_scan_an_image_with_the_button_and_read_its_findings(
     expect(page).to_have_url(
         re.compile(re.escape(f"#/projects/{tenant.project}/repositories/app/images") + "$")
     )
+
+
+def test_an_index_has_an_sbom_per_platform(page: Page, tenant: Tenant) -> None:
+    """An index of two platforms (ms 0.7.0 in each), scanned: its findings offer each
+    platform's SBOM, the document of that platform's manifest."""
+    tenant.create_repository("multi", scan_mode="manual")
+    name = f"{tenant.project}/multi"
+    packages = Blob(layer(npm_package("ms-0.7.0.tgz", "ms")), OCI_LAYER_GZIP)
+    platforms = {}
+    with (
+        tenant.api() as admin,
+        httpx.Client(
+            base_url=tenant.server.url, auth=tenant.server.access_key(tenant.project), timeout=30
+        ) as registry,
+    ):
+        push_blob(registry, name, packages)
+        for architecture in ("amd64", "arm64"):
+            config = image_config(architecture=architecture)
+            push_blob(registry, name, config)
+            manifest = image_manifest(config.descriptor(), [packages.descriptor()])
+            push_manifest(registry, name, manifest.digest, manifest)
+            platforms[f"linux/{architecture}"] = manifest
+        index = image_index(
+            [
+                m.descriptor(platform={"os": "linux", "architecture": p.split("/")[1]})
+                for p, m in platforms.items()
+            ]
+        )
+        push_manifest(registry, name, "v1", index)
+        scan = f"/projects/{tenant.project}/repositories/multi/images/{index.digest}/scan"
+        admin.post(scan).raise_for_status()
+        deadline = time.monotonic() + 60
+        while admin.get(scan).json()["state"] != "done":
+            assert time.monotonic() < deadline, admin.get(scan).json()
+            time.sleep(0.3)
+    short = index.digest[:19]
+
+    sign_in(page, tenant)
+    page.get_by_role("link", name="multi", exact=True).click()
+    row = page.get_by_role("table", name="Images").get_by_role("row").filter(has_text=short)
+    row.get_by_role("button", name=f"Findings of {short}").click()
+    dialog = page.get_by_role("dialog", name=f"Findings · {short}")
+    expect(dialog.get_by_role("button", name=re.compile("^Download SBOM"))).to_have_text(
+        ["linux/amd64", "linux/arm64"]
+    )
+    with page.expect_download() as download:
+        dialog.get_by_role("button", name="Download SBOM linux/arm64").click()
+    sbom = json.loads(Path(download.value.path()).read_text())
+    assert sbom["metadata"]["component"]["version"] == platforms["linux/arm64"].digest
+    assert ("ms", "0.7.0") in {(c["name"], c.get("version")) for c in sbom["components"]}
+
+
+# A server of its own: the record it imports is altered, and the vulnerability database is
+# the server's, shared by every project (the other tests' findings would change with it).
+altered_osv_server = server_fixture(
+    "console-osv", scope="module", env={"BERTH_SCAN_CHECK_INTERVAL": "0.5"}
+)
+
+
+def test_an_advisory_link_that_is_not_http_is_shown_as_text(
+    page: Page, altered_osv_server: BerthServer, tmp_path: Path
+) -> None:
+    """The genuine GHSA-3fx5-fwvr-xrjg record with its references replaced by one
+    `javascript:` URL (the change is this test's, to stand for a hostile or broken import):
+    its advisory is plain text, no link the page would run."""
+    record = json.loads((FIXTURES / "osv" / "GHSA-3fx5-fwvr-xrjg.json").read_text())
+    record["references"] = [{"type": "ADVISORY", "url": "javascript:alert(1)//"}]
+    (tmp_path / "osv").mkdir()
+    (tmp_path / "osv" / "GHSA-3fx5-fwvr-xrjg.json").write_text(json.dumps(record))
+
+    async def load(s: Services) -> None:
+        assert (await VulnDb(s.db).import_path(tmp_path / "osv", "tests")).refused == []
+
+    server = altered_osv_server
+    server._services(load)
+    suffix = uuid.uuid4().hex[:8]
+    tenant = Tenant(server, f"osv{suffix}", f"admin-{suffix}", "admin")
+    server.create_project(tenant.project)
+    server.create_user(tenant.user, PASSWORD)
+    server.add_member(tenant.project, tenant.user, "admin")
+    tenant.create_repository("app", scan_mode="manual")
+    config = image_config()
+    packages = Blob(layer(npm_package("ms-0.7.0.tgz", "ms")), OCI_LAYER_GZIP)
+    with httpx.Client(base_url=server.url, auth=server.access_key(tenant.project)) as registry:
+        for blob in (config, packages):
+            push_blob(registry, f"{tenant.project}/app", blob)
+        manifest = image_manifest(config.descriptor(), [packages.descriptor()])
+        push_manifest(registry, f"{tenant.project}/app", "v1", manifest)
+    short = manifest.digest[:19]
+
+    sign_in(page, tenant)
+    page.get_by_role("link", name="app", exact=True).click()
+    row = page.get_by_role("table", name="Images").get_by_role("row").filter(has_text=short)
+    row.get_by_role("button", name=f"Scan {short}").click()
+    expect(row.get_by_test_id("scan-state")).to_have_text("1 high", timeout=60_000)
+    row.get_by_role("button", name=f"Findings of {short}").click()
+    findings = page.get_by_role("dialog", name=f"Findings · {short}").get_by_role(
+        "table", name="Findings"
+    )
+    expect(findings.locator("tbody tr")).to_have_count(1)
+    expect(findings).to_contain_text("GHSA-3fx5-fwvr-xrjg")
+    expect(findings.get_by_role("link")).to_have_count(0)
+    assert page.locator("a[href^='javascript']").count() == 0

@@ -175,3 +175,59 @@ def test_a_bad_url_and_description_are_both_shown_at_their_fields(
         expect(dialog.get_by_text(refusal)).to_have_count(1)
         expect(dialog.get_by_text(refusal)).to_be_visible()
     expect(page.get_by_text("No webhooks yet")).to_be_visible()
+
+
+def test_edit_a_webhook_then_give_it_a_new_secret(
+    page: Page, tenant: Tenant, receiver: Receiver
+) -> None:
+    """An endpoint moved to another URL with other events and description, then signed with a
+    new secret (shown once): the next delivery goes to the new URL under the new secret."""
+    hooks = f"/projects/{tenant.project}/webhooks"
+    old_url = "http://127.0.0.1:9/retired"
+    with tenant.api() as admin:
+        old = {"url": old_url, "event_types": ["io.berth.image.pushed"], "description": "before"}
+        created = admin.post(hooks, json=old).raise_for_status().json()
+    sign_in(page, tenant)
+    open_project_page(page, tenant, "Webhooks")
+    table = page.get_by_role("table", name="Webhooks")
+    table.get_by_role("row").filter(has_text=old_url).get_by_role("button", name="Edit").click()
+    dialog = page.get_by_role("dialog", name="Edit webhook")
+    url = dialog.get_by_label("Endpoint URL")
+    expect(url).to_have_value(old_url)
+    expect(dialog.get_by_label("Description (optional)")).to_have_value("before")
+    pushed = dialog.get_by_role("checkbox", name="io.berth.image.pushed")
+    expect(pushed).to_be_checked()
+    url.fill(receiver.url)
+    pushed.uncheck()
+    dialog.get_by_role("checkbox", name="io.berth.tag.deleted").check()
+    dialog.get_by_label("Description (optional)").fill("after")
+    dialog.get_by_role("button", name="Save").click()
+    expect(dialog).to_be_hidden()
+    row = table.get_by_role("row").filter(has_text=receiver.url)
+    expect(row).to_contain_text("after")
+    expect(row).to_contain_text("tag.deleted")
+    with tenant.api() as admin:
+        stored = admin.get(f"{hooks}/{created['id']}").json()
+    assert (stored["url"], stored["event_types"], stored["description"]) == (
+        receiver.url,
+        ["io.berth.tag.deleted"],
+        "after",
+    )
+
+    row.get_by_role("button", name="New secret").click()
+    confirm = page.get_by_role("dialog", name="New signing secret")
+    expect(confirm).to_contain_text("signatures under the current one stop")
+    confirm.get_by_role("button", name="Replace the secret").click()
+    shown = page.get_by_role("dialog", name="New signing secret").filter(has_text="shown only now")
+    secret = shown.get_by_test_id("new-webhook-secret").inner_text()
+    assert len(secret) >= 32 and secret != created["secret"]
+    expect(shown.get_by_role("button", name="Copy signing secret")).to_be_visible()
+    shown.get_by_role("button", name="Done").click()
+    expect(page.get_by_role("dialog")).to_have_count(0)
+    assert secret not in page.content()  # shown once, in the dialog only
+
+    row.get_by_role("button", name="Send test event").click()
+    (received,) = receiver.wait_for(1)
+    assert received.event["type"] == "io.berth.webhook.test"
+    assert received.signed_with(secret)
+    assert not received.signed_with(created["secret"])

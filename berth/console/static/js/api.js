@@ -27,8 +27,9 @@ export function whenUnauthorized(handler) {
   onUnauthorized = handler;
 }
 
-async function request(method, path, body) {
-  const headers = { Accept: "application/json" };
+/** `file`: the answer's body as a Blob (a document to save), not JSON; errors are JSON still. */
+async function request(method, path, body, { file = false } = {}) {
+  const headers = { Accept: file ? "*/*" : "application/json" };
   if (body !== undefined) headers["Content-Type"] = "application/json";
   if (method !== "GET" && csrfToken) headers["X-CSRF-Token"] = csrfToken;
   let response;
@@ -42,6 +43,7 @@ async function request(method, path, body) {
   } catch (err) {
     throw new ApiError(0, { detail: "the server cannot be reached; check your connection" });
   }
+  if (response.ok && file) return response.blob();
   if (response.status === 204) return null;
   const data = await response.json().catch(() => ({}));
   if (!response.ok) {
@@ -57,6 +59,7 @@ export const api = {
   put: (path, body = {}) => request("PUT", path, body),
   patch: (path, body = {}) => request("PATCH", path, body),
   delete: (path) => request("DELETE", path),
+  file: (path) => request("GET", path, undefined, { file: true }),
 };
 
 /** Encodes a path segment (project, repository, digest, tag, user, key ID). "." and ".."

@@ -18,9 +18,11 @@ import { repositoryOnlyProjects, yourRepositoriesView } from "./views/yourreposi
 import { changePasswordDialog } from "./views/account.js";
 
 const root = document.getElementById("app");
-const state = { session: null, projects: null, leave: [] };
+// session: undefined until the server is asked (once a page load), null when signed out.
+const state = { session: undefined, projects: null, leave: [] };
 
-// [pattern, view, menu entry it belongs to, view for a user with only repository roles there]
+// [pattern, view, menu entry it belongs to, view for a user with only repository roles there,
+//  what the page is called where it is for project admins only]
 const ROUTES = [
   [/^\/projects\/([^/]+)\/repositories$/, repositoriesView, "repositories", yourRepositoriesView],
   [/^\/projects\/([^/]+)\/repositories\/([^/]+)(?:\/([a-z]+))?$/, repositoryView, "repositories"],
@@ -28,8 +30,8 @@ const ROUTES = [
   [/^\/projects\/([^/]+)\/monitoring$/, monitoringView, "monitoring"],
   [/^\/projects\/([^/]+)\/keys$/, keysView, "keys", keysView],
   [/^\/projects\/([^/]+)\/members$/, membersView, "members"],
-  [/^\/projects\/([^/]+)\/audit$/, auditView, "audit"],
-  [/^\/projects\/([^/]+)\/webhooks$/, webhooksView, "webhooks"],
+  [/^\/projects\/([^/]+)\/audit$/, auditView, "audit", null, "audit log"],
+  [/^\/projects\/([^/]+)\/webhooks$/, webhooksView, "webhooks", null, "webhooks"],
   [/^\/projects\/([^/]+)\/policies$/, policiesView, "policies"],
 ];
 
@@ -71,7 +73,7 @@ function menu(project, active) {
     ["keys", "Access keys"],
     ["members", "Members"],
   ];
-  if (project.role === "admin" || project.server_admin) entries.push(["audit", "Audit log"], ["webhooks", "Webhooks"]);
+  if (projectAdmin(project)) entries.push(["audit", "Audit log"], ["webhooks", "Webhooks"]);
   return h(
     "nav",
     { class: "sidenav", "aria-label": "Project" },
@@ -154,7 +156,8 @@ async function render() {
   const stale = () => ticket !== renderCount;
   const ctx = { query, navigate, stale, onLeave: (fn) => state.leave.push(fn), refresh: render };
 
-  if (state.session === null) state.session = await currentSession().catch(() => null);
+  // Asked once: a signed-out visitor's page goes on to the sign-in page without asking again.
+  if (state.session === undefined) state.session = await currentSession().catch(() => null);
   if (stale()) return;
   root.removeAttribute("aria-busy");
   if (path === "/login" || !state.session) {
@@ -189,7 +192,7 @@ async function render() {
       clear(root, header(null), h("div", { class: "layout no-menu" }, main));
       return await adminView(main, { ...ctx, projects: state.projects, session: state.session, reloadProjects: () => loadProjects(true) });
     }
-    for (const [pattern, view, active, repositoryOnlyView] of ROUTES) {
+    for (const [pattern, view, active, repositoryOnlyView, adminPage] of ROUTES) {
       const match = path.match(pattern);
       if (!match) continue;
       const [, projectName, ...rest] = match.map((m) => (m === undefined ? m : decodeURIComponent(m)));
@@ -198,6 +201,7 @@ async function render() {
       if (stale()) return;
       clear(root, header(project.name), h("div", { class: "layout" }, menu(project, active), main));
       if (limited && !repositoryOnlyView) return notForRepositoryRoles(main, project);
+      if (adminPage && !projectAdmin(project)) return forProjectAdmins(main, project, adminPage);
       return await (limited ? repositoryOnlyView : view)(main, { ...ctx, project, params: rest, session: state.session });
     }
     clear(root, header(null), h("div", { class: "layout no-menu" }, main));
@@ -209,6 +213,20 @@ async function render() {
   }
 }
 
+function projectAdmin(project) {
+  return project.role === "admin" || project.server_admin;
+}
+
+/** A page of project admins opened by its link (the menu has no entry) by another member. */
+function forProjectAdmins(main, project, page) {
+  clear(
+    main,
+    h("h1", {}, "Not available with your role"),
+    h("p", {}, `Only project admins and server administrators see the ${page} of project ${project.name}. Your role here is ${project.role}.`),
+    h("p", {}, h("a", { href: `#/projects/${seg(project.name)}/repositories` }, "Repositories")),
+  );
+}
+
 function notForRepositoryRoles(main, project) {
   const base = `#/projects/${seg(project.name)}`;
   clear(
@@ -218,6 +236,16 @@ function notForRepositoryRoles(main, project) {
     h("p", {}, h("a", { href: `${base}/repositories` }, "Your repositories"), " · ", h("a", { href: `${base}/keys` }, "Access keys")),
   );
 }
+
+// The skip link's `#main` would be taken for a route (and the page not found): it moves the
+// focus to the page's content instead, the route left as it is.
+document.querySelector(".skip-link").addEventListener("click", (event) => {
+  event.preventDefault();
+  const main = root.querySelector("main");
+  if (!main) return; // still loading
+  main.tabIndex = -1;
+  main.focus();
+});
 
 window.addEventListener("hashchange", render);
 window.addEventListener("unhandledrejection", (e) => toast(e.reason?.message || String(e.reason), "error"));

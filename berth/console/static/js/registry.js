@@ -7,6 +7,12 @@ export function loginAddress(project) {
   return project.registry_address;
 }
 
+/** Path style: the login address is the server's, the same for every project (the project is
+ * in the image names), so a client's one login for it serves one project at a time. */
+export function sharedAddress(project) {
+  return project.image_prefix !== project.registry_address;
+}
+
 /** `address/` before a repository name (path style: with the project). */
 export function imagePrefix(project) {
   return `${project.image_prefix}/`;

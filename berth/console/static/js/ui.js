@@ -77,9 +77,13 @@ export function datetime(iso) {
   return `${d.getFullYear()}-${pad(d.getMonth() + 1)}-${pad(d.getDate())} ${pad(d.getHours())}:${pad(d.getMinutes())} ${zoneName(d)}`.trimEnd();
 }
 
+/** The time, its day and its clock each kept on one line: a narrow column (a table as wide
+ * as the page) breaks it between the two, never inside either. */
 export function timeElement(iso) {
   if (!iso) return h("span", { class: "muted" }, "–");
-  return h("time", { datetime: iso, title: new Date(iso).toString() }, datetime(iso));
+  const text = datetime(iso);
+  const split = text.indexOf(" ");
+  return h("time", { datetime: iso, title: new Date(iso).toString() }, h("span", {}, text.slice(0, split)), " ", h("span", {}, text.slice(split + 1)));
 }
 
 export function duration(seconds) {
@@ -93,6 +97,30 @@ export function shortDigest(digest) {
   if (!digest) return "–";
   const [algorithm, hex] = digest.split(":");
   return `${algorithm}:${hex.slice(0, 12)}`;
+}
+
+const DIGEST_IN_TEXT = /\bsha(?:256|384|512):[a-f0-9]{64,128}\b/g;
+
+/** A text that may name digests (an audit target, `app@sha256:…`) with each shortened to
+ * `sha256:0123456789ab…`: a whole digest is wider than a phone. Give the whole text a title. */
+export function shortenDigests(text) {
+  return text.replace(DIGEST_IN_TEXT, (digest) => `${shortDigest(digest)}…`);
+}
+
+/** An address from data (an advisory's reference) as a link only when it is http(s): any
+ * other scheme (`javascript:`, `data:`) would run or open in the console's origin, so it is
+ * shown as text. `text` is what the link says (the address when absent). */
+export function webLink(address, text = address) {
+  let url = null;
+  try {
+    url = new URL(address);
+  } catch (err) {
+    // not an absolute URL: shown as text
+  }
+  if (url && (url.protocol === "https:" || url.protocol === "http:")) {
+    return h("a", { href: url.href, target: "_blank", rel: "noopener noreferrer" }, text);
+  }
+  return h("span", { title: address }, text);
 }
 
 export function plural(n, word, many = word + "s") {
@@ -158,8 +186,11 @@ async function copyText(text) {
   return done;
 }
 
-export function copyButton(text, label = "Copy") {
-  const button = h("button", { type: "button", class: "small", "aria-label": `${label}: ${text}` }, label);
+/** A button that copies `text`. `name` says what it copies for a screen reader ("Copy
+ * secret access key", "Copy pull command of v1"), never the text itself: a secret read out
+ * again, or a long command, is no help. It starts with the button's visible `label`. */
+export function copyButton(text, name, label = "Copy") {
+  const button = h("button", { type: "button", class: "small", "aria-label": name }, label);
   button.addEventListener("click", async () => {
     const done = await copyText(typeof text === "function" ? text() : text);
     button.textContent = done ? "Copied" : "Select and copy";
@@ -168,14 +199,27 @@ export function copyButton(text, label = "Copy") {
   return button;
 }
 
-/** A read-only command or value with a copy button. */
-export function copyable(text, { label = "Copy", testid = null } = {}) {
+/** A read-only command or value with a copy button named `name` (see copyButton). */
+export function copyable(text, { name, label = "Copy", testid = null }) {
   return h(
     "div",
     { class: "copyable" },
     h("code", { "data-testid": testid }, text),
-    copyButton(text, label),
+    copyButton(text, name, label),
   );
+}
+
+// ------------------------------------------------------------------ files
+
+/** Has the browser save `blob` (a file the API gave) as `filename`. */
+export function saveFile(blob, filename) {
+  const url = URL.createObjectURL(blob);
+  const link = h("a", { href: url, download: filename, hidden: true });
+  document.body.append(link);
+  link.click();
+  link.remove();
+  // Revoked once the download has the data (at once, some browsers would lose it).
+  setTimeout(() => URL.revokeObjectURL(url), 60_000);
 }
 
 // ------------------------------------------------------------------ dialogs

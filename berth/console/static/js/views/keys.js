@@ -1,5 +1,5 @@
 import { api, seg } from "../api.js";
-import { dockerLogin, loginAddress, pullSecret } from "../registry.js";
+import { dockerLogin, loginAddress, pullSecret, sharedAddress } from "../registry.js";
 import { badge, clear, confirmDialog, copyable, datetime, emptyState, errorBox, field, h, openDialog, table, timeElement, toast } from "../ui.js";
 
 /** A key's expiry in UTC, as it was chosen: a date works through the end of that day (UTC),
@@ -158,13 +158,24 @@ function showSecret(ctx, key) {
           h("p", {}, "A new access key of ", h("strong", { "data-testid": "new-key-user" }, key.user), " in project ", h("strong", {}, project.name), key.expires_at ? [", until ", expiryElement(key.expires_at)] : null, "."),
           h("div", { class: "alert caution", role: "note" }, h("strong", {}, "The secret access key is shown only now."), " Copy it and keep it safe: it cannot be shown again. If it is lost, delete this key and create another."),
           h("h3", {}, "Access key ID"),
-          copyable(key.access_key_id, { testid: "new-key-id" }),
+          copyable(key.access_key_id, { name: "Copy access key ID", testid: "new-key-id" }),
           h("h3", {}, "Secret access key"),
-          copyable(key.secret_access_key, { testid: "new-key-secret" }),
+          copyable(key.secret_access_key, { name: "Copy secret access key", testid: "new-key-secret" }),
           h("h3", {}, "Sign in with docker"),
-          copyable(dockerLogin(project, key.access_key_id, key.secret_access_key), { testid: "docker-login-command" }),
+          copyable(dockerLogin(project, key.access_key_id, key.secret_access_key), { name: "Copy docker login command", testid: "docker-login-command" }),
+          sharedAddress(project)
+            ? h(
+                "p",
+                { class: "hint", "data-testid": "one-login-per-host" },
+                "Every project shares this address and docker keeps one login per address, so a login with another project's key replaces this one: use a separate ",
+                h("code", {}, "DOCKER_CONFIG"),
+                " (podman, skopeo: ",
+                h("code", {}, "--authfile"),
+                ") for each project.",
+              )
+            : null,
           h("h3", {}, "Kubernetes pull secret"),
-          copyable(pullSecret(project, key.access_key_id, key.secret_access_key), { testid: "pull-secret-command" }),
+          copyable(pullSecret(project, key.access_key_id, key.secret_access_key), { name: "Copy Kubernetes pull secret command", testid: "pull-secret-command" }),
           h("p", { class: "hint" }, "Then list the secret under imagePullSecrets in the pod spec."),
         ),
         h("footer", {}, h("button", { type: "button", class: "primary", onclick: () => close() }, "Done")),

@@ -277,7 +277,8 @@ function historyTable(runs) {
       { title: "Images deleted", cell: (r) => number(r.images_deleted), class: "num" },
       { title: "Blobs deleted", cell: (r) => number(r.blobs_deleted), class: "num" },
       { title: "Freed", cell: (r) => bytes(r.bytes_freed), class: "num" },
-      { title: "Kept (too young)", cell: (r) => `${plural(r.young_images_kept, "image")}, ${plural(r.young_blobs_kept, "blob")}`, class: "num" },
+      // Not `num`: the two counts may go on two lines for the table to fit the page.
+      { title: "Kept (too young)", cell: (r) => `${plural(r.young_images_kept, "image")}, ${plural(r.young_blobs_kept, "blob")}` },
       { title: "Duration", cell: (r) => duration(r.duration_seconds), class: "num" },
       { title: "Writes restricted", cell: (r) => duration(r.restricted_seconds), class: "num" },
     ],

@@ -1,5 +1,5 @@
 import { api, query, seg } from "../api.js";
-import { clear, h, pager, table, timeElement, toast } from "../ui.js";
+import { clear, h, pager, shortenDigests, table, timeElement, toast } from "../ui.js";
 import { removeButton, userRoleForm } from "./roles.js";
 
 const ROLES = {
@@ -99,7 +99,7 @@ export function auditTable(entries, caption) {
       { title: "When", cell: (e) => timeElement(e.at) },
       { title: "Who", cell: (e) => e.actor },
       { title: "Action", cell: (e) => h("code", {}, e.action) },
-      { title: "Target", cell: (e) => e.target || "–" },
+      { title: "Target", cell: (e) => (e.target ? h("span", { title: e.target }, shortenDigests(e.target)) : "–"), class: "wrap" },
       { title: "Detail", cell: (e) => (e.detail ? h("code", { class: "detail" }, JSON.stringify(e.detail)) : "–"), class: "wrap" },
       { title: "Client", cell: (e) => e.client || "–" },
     ],

@@ -49,7 +49,7 @@ export async function repositoryView(main, ctx) {
       fact("Created", timeElement(repo.created_at)),
       fact("Last modified", timeElement(repo.updated_at)),
     ),
-    pull ? h("div", { class: "pull" }, h("span", { class: "muted" }, "Pull"), copyable(pull, { testid: "pull-command" })) : null,
+    pull ? h("div", { class: "pull" }, h("span", { class: "muted" }, "Pull"), copyable(pull, { name: "Copy pull command", testid: "pull-command" })) : null,
     h(
       "div",
       { class: "tabs", role: "tablist" },
@@ -74,6 +74,16 @@ async function pullCommand(project, repo, base) {
   return `docker pull ${imageName(project, repo.name, newest.image)}${reference}`;
 }
 
+/** A row's name for its buttons (as the Scan button names it): `[image@]sha256:0123456789ab`,
+ * `[image:]tag`. */
+function imageLabel(image) {
+  return `${image.image ? `${image.image}@` : ""}${shortDigest(image.digest)}`;
+}
+
+function tagLabel(tag) {
+  return `${tag.image ? `${tag.image}:` : ""}${tag.tag}`;
+}
+
 function fact(label, value) {
   return h("div", {}, h("dt", {}, label), h("dd", {}, value));
 }
@@ -94,7 +104,7 @@ async function imagesTab(ctx) {
   const showImageName = found.items.some((i) => i.image);
   const columns = [
     showImageName ? { title: "Image", cell: (i) => i.image || h("span", { class: "muted" }, "(repository)") } : null,
-    { title: "Digest", cell: (i) => h("span", { class: "digest" }, h("code", { title: i.digest }, shortDigest(i.digest)), copyButton(i.digest)) },
+    { title: "Digest", cell: (i) => h("span", { class: "digest" }, h("code", { title: i.digest }, shortDigest(i.digest)), copyButton(i.digest, `Copy digest ${shortDigest(i.digest)}`)) },
     { title: "Tags", cell: (i) => (i.tags.length ? h("span", { class: "chips" }, i.tags.map((t) => badge(t, "tag"))) : h("span", { class: "muted" }, "untagged")) },
     { title: "Size", cell: (i) => bytes(i.size), class: "num" },
     { title: "Platforms", cell: (i) => (i.platforms.length ? h("span", { class: "chips" }, i.platforms.map((p) => badge(p, "platform"))) : kindOf(i)) },
@@ -107,8 +117,10 @@ async function imagesTab(ctx) {
         h(
           "span",
           { class: "actions" },
-          copyButton(`docker pull ${imageName(project, repo.name, i.image)}@${i.digest}`, "Copy pull"),
-          project.can_manage ? h("button", { type: "button", class: "small danger-text", onclick: () => deleteImage(ctx, i) }, "Delete") : null,
+          copyButton(`docker pull ${imageName(project, repo.name, i.image)}@${i.digest}`, `Copy pull command of ${imageLabel(i)}`, "Copy pull"),
+          project.can_manage
+            ? h("button", { type: "button", class: "small danger-text", "aria-label": `Delete ${imageLabel(i)}`, onclick: () => deleteImage(ctx, i) }, "Delete")
+            : null,
         ),
     },
   ].filter(Boolean);
@@ -203,7 +215,7 @@ async function tagsTab(ctx) {
             h(
               "span",
               { class: "actions" },
-              copyButton(`docker pull ${imageName(project, repo.name, t.image)}:${t.tag}`, "Copy pull"),
+              copyButton(`docker pull ${imageName(project, repo.name, t.image)}:${t.tag}`, `Copy pull command of ${tagLabel(t)}`, "Copy pull"),
               project.can_manage ? deleteTagButton(ctx, t) : null,
             ),
         },
@@ -218,10 +230,11 @@ async function tagsTab(ctx) {
 /** With tag overwrite disabled a tag always names the same image: the server refuses its
  * deletion, so the button says why instead of offering it. */
 function deleteTagButton(ctx, tag) {
+  const name = `Delete ${tagLabel(tag)}`;
   if (ctx.repo.tag_overwrite === false) {
-    return h("button", { type: "button", class: "small", disabled: true, title: "Tag overwrite is disabled in this repository's settings: its tags cannot be deleted." }, "Delete");
+    return h("button", { type: "button", class: "small", disabled: true, "aria-label": name, title: "Tag overwrite is disabled in this repository's settings: its tags cannot be deleted." }, "Delete");
   }
-  return h("button", { type: "button", class: "small danger-text", onclick: () => deleteTag(ctx, tag) }, "Delete");
+  return h("button", { type: "button", class: "small danger-text", "aria-label": name, onclick: () => deleteTag(ctx, tag) }, "Delete");
 }
 
 async function deleteTag(ctx, tag) {

@@ -1,7 +1,7 @@
 // Image scans on the repository page: the severity badge of each image, the Scan button that
 // queues a scan and follows it until it finishes, and the findings of one image.
 import { api, query, seg } from "../api.js";
-import { badge, clear, datetime, h, openDialog, plural, shortDigest, toast } from "../ui.js";
+import { badge, clear, datetime, h, openDialog, plural, saveFile, shortDigest, toast, webLink } from "../ui.js";
 
 export const SEVERITIES = ["critical", "high", "medium", "low", "unknown"];
 const RANK = Object.fromEntries(SEVERITIES.map((s, i) => [s, SEVERITIES.length - i]));
@@ -96,11 +96,16 @@ const COLUMNS = [
   { key: "summary", title: "Summary", value: (f) => f.summary.toLowerCase() },
 ];
 
-/** The findings of one image in a dialog (it resolves when the dialog closes). */
+/** The findings of one image in a dialog (it resolves when the dialog closes), with its SBOM
+ * to download (an index: each platform's). */
 export async function findingsDialog(ctx, image) {
   let result;
+  let detail;
   try {
-    result = await api.get(scanPath(ctx, image));
+    [result, detail] = await Promise.all([
+      api.get(scanPath(ctx, image)),
+      api.get(`${ctx.base}/images/${seg(image.digest)}${query({ image: image.image })}`),
+    ]);
   } catch (err) {
     toast(err.message, "error");
     return;
@@ -130,11 +135,40 @@ export async function findingsDialog(ctx, image) {
           result.stale ? " (vulnerability data was imported since: the next rescan updates it)" : "",
           ".",
         ),
-        h("div", { class: "toolbar" }, h("label", {}, "Severity ", severity), h("label", {}, fixable, " Fix available")),
+        h("div", { class: "toolbar" }, h("label", {}, "Severity ", severity), h("label", {}, fixable, " Fix available"), sbomButtons(ctx, image, detail)),
         holder,
       );
     },
   });
+}
+
+// ------------------------------------------------------------------ SBOM
+
+/** The SBOM (CycloneDX JSON, what the scan found) of an image manifest, or of each platform of
+ * an index: the API has one per manifest. Buildkit's attestations (platform unknown) have none. */
+function sbomButtons(ctx, image, detail) {
+  if (!detail.children.length) {
+    return h("button", { type: "button", class: "small", onclick: () => downloadSbom(ctx, image.image, image.digest) }, "Download SBOM");
+  }
+  const platforms = detail.children.filter((c) => c.platform && !c.platform.startsWith("unknown/"));
+  return h(
+    "span",
+    { class: "actions" },
+    h("span", { class: "muted" }, "Download SBOM:"),
+    platforms.map((c) =>
+      h("button", { type: "button", class: "small", "aria-label": `Download SBOM ${c.platform}`, onclick: () => downloadSbom(ctx, image.image, c.digest) }, c.platform),
+    ),
+  );
+}
+
+async function downloadSbom(ctx, imageName, digest) {
+  try {
+    const sbom = await api.file(`${ctx.base}/images/${seg(digest)}/sbom${query({ image: imageName })}`);
+    const name = [ctx.repo.name, imageName].filter(Boolean).join("-").replaceAll("/", "-");
+    saveFile(sbom, `${name}-${digest.replace(":", "-").slice(0, 19)}.cdx.json`);
+  } catch (err) {
+    toast(err.message, "error");
+  }
 }
 
 function findingsTable(findings, state, render) {
@@ -168,7 +202,7 @@ function findingsTable(findings, state, render) {
     h(
       "span",
       {},
-      f.link ? h("a", { href: f.link, target: "_blank", rel: "noopener noreferrer" }, f.advisory_id) : f.advisory_id,
+      f.link ? webLink(f.link, f.advisory_id) : f.advisory_id,
       f.aliases.length ? h("span", { class: "muted aliases" }, h("br"), f.aliases.join(", ")) : null,
     );
   return [

@@ -1,5 +1,6 @@
-// Webhooks (project admins): the project's endpoints, adding one (its secret shown once),
-// sending a test event, and the delivery log of the endpoint chosen.
+// Webhooks (project admins): the project's endpoints, adding or editing one, a new signing
+// secret (shown once, as when it is added), sending a test event, and the delivery log of the
+// endpoint chosen.
 
 import { api, query, seg } from "../api.js";
 import { badge, clear, confirmDialog, copyable, emptyState, errorBox, field, h, openDialog, pager, table, timeElement, toast } from "../ui.js";
@@ -46,6 +47,8 @@ export async function webhooksView(main, ctx) {
               { class: "actions" },
               h("button", { type: "button", class: "small", disabled: !w.enabled, onclick: () => sendTest(ctx, base, w) }, "Send test event"),
               h("button", { type: "button", class: "small", onclick: () => ctx.navigate(`/projects/${seg(project.name)}/webhooks`, { webhook: w.id }) }, "Delivery log"),
+              h("button", { type: "button", class: "small", onclick: () => editWebhook(ctx, base, w) }, "Edit"),
+              h("button", { type: "button", class: "small", onclick: () => newSecret(ctx, base, w) }, w.signed ? "New secret" : "Add secret"),
               h("button", { type: "button", class: "small", onclick: () => setEnabled(ctx, base, w, !w.enabled) }, w.enabled ? "Disable" : "Enable"),
               h("button", { type: "button", class: "small danger-text", onclick: () => deleteWebhook(ctx, base, w) }, "Delete"),
             ),
@@ -147,31 +150,58 @@ async function deleteWebhook(ctx, base, webhook) {
 }
 
 async function createWebhook(ctx, base) {
-  const types = await api.get(`${base}/event-types`);
-  const created = await openDialog({
+  const created = await webhookDialog(base, {
     title: "Add webhook",
+    submitLabel: "Add",
+    save: (fields, sign) => api.post(base, { ...fields, sign }),
+  });
+  if (!created) return;
+  if (created.secret) await showSecret("Webhook added", created.url, created.secret);
+  ctx.navigate(`/projects/${seg(ctx.project.name)}/webhooks`, { webhook: created.id });
+}
+
+async function editWebhook(ctx, base, webhook) {
+  const saved = await webhookDialog(base, {
+    title: "Edit webhook",
+    submitLabel: "Save",
+    webhook,
+    save: (fields) => api.patch(`${base}/${webhook.id}`, fields),
+  });
+  if (!saved) return;
+  toast("Webhook saved");
+  ctx.navigate(`/projects/${seg(ctx.project.name)}/webhooks`, { webhook: saved.id });
+}
+
+/** The endpoint's URL, events and description, for a new webhook (with whether to sign) or
+ * one to change (`webhook`); `save(fields, sign)` sends them, its answer closes the dialog. */
+async function webhookDialog(base, { title, submitLabel, webhook = null, save }) {
+  const types = await api.get(`${base}/event-types`);
+  const subscribed = new Set(webhook?.event_types || []);
+  return openDialog({
+    title,
     build(close) {
-      const url = h("input", { type: "url", required: true, autocomplete: "off", spellcheck: false });
+      const url = h("input", { type: "url", required: true, autocomplete: "off", spellcheck: false, value: webhook?.url || "" });
       const urlField = field("Endpoint URL", url, "An HTTPS (or HTTP) URL that events are POSTed to. Its host must have public addresses unless the server allows private ones.");
-      const boxes = types.map((t) => h("label", {}, h("input", { type: "checkbox", value: t.type }), h("span", {}, t.type), h("span", { class: "hint" }, t.description)));
+      const boxes = types.map((t) => h("label", {}, h("input", { type: "checkbox", value: t.type, checked: subscribed.has(t.type) }), h("span", {}, t.type), h("span", { class: "hint" }, t.description)));
       const events = h("fieldset", { class: "radios" }, h("legend", {}, "Events (none ticked: every event)"), boxes);
+      // Signing is chosen when it is added; later, New secret (or Add secret) changes it.
       const sign = h("input", { type: "checkbox", checked: true });
-      const signField = h("fieldset", { class: "radios" }, h("legend", {}, "Signature"), h("label", {}, sign, h("span", {}, "Sign deliveries with a new secret (shown once)")));
-      const description = h("input", { type: "text", autocomplete: "off" });
+      const signField = webhook ? null : h("fieldset", { class: "radios" }, h("legend", {}, "Signature"), h("label", {}, sign, h("span", {}, "Sign deliveries with a new secret (shown once)")));
+      const description = h("input", { type: "text", autocomplete: "off", value: webhook?.description || "" });
       const descriptionField = field("Description (optional)", description);
       const problem = h("div");
       const form = h(
         "form",
         {},
         h("div", { class: "dialog-body" }, urlField, events, signField, descriptionField, problem),
-        h("footer", {}, h("button", { type: "button", onclick: () => close() }, "Cancel"), h("button", { type: "submit", class: "primary" }, "Add")),
+        h("footer", {}, h("button", { type: "button", onclick: () => close() }, "Cancel"), h("button", { type: "submit", class: "primary" }, submitLabel)),
       );
       form.addEventListener("submit", async (e) => {
         e.preventDefault();
         clear(problem);
         try {
           const chosen = [...events.querySelectorAll("input:checked")].map((i) => i.value);
-          close(await api.post(base, { url: url.value.trim(), event_types: chosen, sign: sign.checked, description: description.value }));
+          close(await save({ url: url.value.trim(), event_types: chosen, description: description.value }, sign.checked));
         } catch (err) {
           urlField.setError(err.forField?.("url"));
           descriptionField.setError(err.forField?.("description"));
@@ -181,14 +211,33 @@ async function createWebhook(ctx, base) {
       return form;
     },
   });
-  if (!created) return;
-  if (created.secret) await showSecret(created);
-  ctx.navigate(`/projects/${seg(ctx.project.name)}/webhooks`, { webhook: created.id });
 }
 
-function showSecret(webhook) {
+async function newSecret(ctx, base, webhook) {
+  let secret = null;
+  const done = await confirmDialog({
+    title: webhook.signed ? "New signing secret" : "Sign deliveries",
+    confirmLabel: webhook.signed ? "Replace the secret" : "Make a secret",
+    danger: webhook.signed,
+    body: h(
+      "p",
+      {},
+      webhook.signed
+        ? ["Deliveries to ", h("code", {}, webhook.url), " are signed with a new secret from now on: the endpoint must be given it, as signatures under the current one stop."]
+        : ["Deliveries to ", h("code", {}, webhook.url), " are signed from now on, with a new secret the endpoint must be given."],
+    ),
+    action: async () => {
+      secret = (await api.post(`${base}/${webhook.id}/secret`)).secret;
+    },
+  });
+  if (!done) return;
+  await showSecret("New signing secret", webhook.url, secret);
+  ctx.navigate(`/projects/${seg(ctx.project.name)}/webhooks`, { webhook: webhook.id });
+}
+
+function showSecret(title, url, secret) {
   return openDialog({
-    title: "Webhook added",
+    title,
     wide: true,
     build(close) {
       return h(
@@ -197,10 +246,10 @@ function showSecret(webhook) {
         h(
           "div",
           { class: "dialog-body" },
-          h("p", {}, "Deliveries to ", h("code", {}, webhook.url), " carry X-Berth-Signature: sha256= and the HMAC-SHA256 of the body under this secret."),
+          h("p", {}, "Deliveries to ", h("code", {}, url), " carry X-Berth-Signature: sha256= and the HMAC-SHA256 of the body under this secret."),
           h("div", { class: "alert caution", role: "note" }, h("strong", {}, "The secret is shown only now."), " Give it to the endpoint: it cannot be shown again."),
           h("h3", {}, "Signing secret"),
-          copyable(webhook.secret, { testid: "new-webhook-secret" }),
+          copyable(secret, { name: "Copy signing secret", testid: "new-webhook-secret" }),
         ),
         h("footer", {}, h("button", { type: "button", class: "primary", onclick: () => close() }, "Done")),
       );

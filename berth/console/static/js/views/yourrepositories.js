@@ -69,7 +69,7 @@ export async function yourRepositoriesView(main, ctx) {
           title: "Pull",
           cell: (r) =>
             r.newest_tagged_image
-              ? copyable(`docker pull ${r.newest_tagged_image}`, { testid: "pull-command" })
+              ? copyable(`docker pull ${r.newest_tagged_image}`, { name: `Copy pull command of ${r.repository}`, testid: "pull-command" })
               : h("span", { class: "muted" }, "Nothing tagged yet"),
         },
         {
