@@ -163,6 +163,9 @@ def create_app(settings: Settings | None = None) -> Starlette:
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         metrics.forget_dead_processes()  # a worker restarted: its predecessor's gauges go
+        metrics.start_known_series(
+            s3_cache=settings.storage == "s3" and settings.s3_cache_dir is not None
+        )
         services = Services.build(settings)
         services.start()
         app.state.services = services

@@ -26,18 +26,25 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 
 from berth.access.identify import Surface
-from berth.domain.errors import Unauthorized
+from berth.domain.errors import Unauthorized, Unavailable
 from berth.observability import metrics
 from berth.state import Services
 
 logger = logging.getLogger("berth.metrics")
 
 STORAGE_CACHE_SECONDS = 10.0  # the latest samples change every storage_collect_interval
+# A scrape does not wait longer for the database (a host that does not answer at all would
+# hold it for the driver's connect timeout, past Prometheus' scrape timeout).
+DATABASE_READ_SECONDS = 5.0
 
 
 class ScrapeFigures:
     """Figures read from the database at scrape time: uploads in progress (one count) and each
-    project's stored bytes from its latest usage sample (read at most every 10 s)."""
+    project's stored bytes from its latest usage sample (read at most every 10 s).
+
+    While the database cannot be read (unreachable, or not answering within
+    DATABASE_READ_SECONDS) they are left out and `berth_database_up` is 0, as an exporter
+    says its target is down: every other series is still served."""
 
     def __init__(self, services: Services) -> None:
         self.services = services
@@ -45,20 +52,34 @@ class ScrapeFigures:
         self._storage_read = -STORAGE_CACHE_SECONDS
 
     async def read(self) -> Collector:
-        uploads = await self.services.uploads.in_progress()
-        now = time.monotonic()
-        if now - self._storage_read >= STORAGE_CACHE_SECONDS:
-            self._storage = await self.services.usage.latest_storage()
-            self._storage_read = now
+        try:
+            async with asyncio.timeout(DATABASE_READ_SECONDS):
+                uploads = await self.services.uploads.in_progress()
+                now = time.monotonic()
+                if now - self._storage_read >= STORAGE_CACHE_SECONDS:
+                    self._storage = await self.services.usage.latest_storage()
+                    self._storage_read = now
+        except (Unavailable, TimeoutError) as exc:
+            logger.info("metrics: the database figures are left out: %s", exc or "timed out")
+            return _Figures(None, {})
         return _Figures(uploads, dict(self._storage))
 
 
 class _Figures(Collector):
-    def __init__(self, uploads: int, storage: dict[str, tuple[int, Any]]) -> None:
+    def __init__(self, uploads: int | None, storage: dict[str, tuple[int, Any]]) -> None:
+        """`uploads` None: the database could not be read."""
         self.uploads = uploads
         self.storage = storage
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
+        yield GaugeMetricFamily(
+            "berth_database_up",
+            "1 when this scrape read the database's figures, 0 when it could not (they are "
+            "left out)",
+            value=0 if self.uploads is None else 1,
+        )
+        if self.uploads is None:
+            return
         yield GaugeMetricFamily(
             "berth_uploads_in_progress",
             "blob uploads started and neither finished nor cancelled",
@@ -122,6 +143,8 @@ async def _refusal(services: Services, request: Request) -> Response | None:
         )
     except Unauthorized as exc:
         return PlainTextResponse(f"{exc.message}\n", 401, challenge)
+    except Unavailable as exc:  # the database cannot be reached to check the credentials
+        return PlainTextResponse(f"{exc.message}\n", exc.status, exc.headers)
     if identified.principal is None or not identified.principal.is_admin:
         return PlainTextResponse("metrics are for server administrators\n", 403)
     return None

@@ -79,6 +79,19 @@ def postgres() -> Iterator[PostgresCluster | None]:
     cluster.stop()
 
 
+@pytest.fixture
+def own_postgres() -> Iterator[PostgresCluster]:
+    """A PostgreSQL cluster of this test's own, for tests that stop it under a server (the
+    session's is shared)."""
+    if not PostgresCluster.available():
+        pytest.skip("PostgreSQL not installed")
+    cluster = PostgresCluster().start()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
 server = server_fixture(
     backends=BACKENDS,
     doc="A running registry, once on SQLite and once on PostgreSQL, shared by a test module.",

@@ -334,6 +334,15 @@ class PostgresCluster:
             "psql", "-h", "127.0.0.1", "-p", str(self.port), "-d", database, "-c", statement
         )
 
+    def pg_ctl(self, action: str, mode: str = "immediate") -> None:
+        """Stop, start or restart the cluster's server under whatever uses it (`mode`: how
+        a stop ends its sessions; `fast` is pg_ctl's default)."""
+        options = f"-p {self.port} -k {self.base} -c listen_addresses=127.0.0.1 -c fsync=off"
+        self._as_postgres(
+            str(self.BIN / "pg_ctl"), "-D", str(self.data), "-l", str(self.base / "pg.log"),
+            "-w", "-m", mode, "-o", options, action,
+        )  # fmt: skip
+
     def stop(self) -> None:
         subprocess.run(
             [

@@ -16,8 +16,10 @@ import fastapi_offline
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.openapi.utils import get_openapi
+from fastapi.routing import APIRoute
 from fastapi.staticfiles import StaticFiles
 from starlette.responses import HTMLResponse
+from starlette.routing import BaseRoute, Mount, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from berth import __version__
@@ -89,6 +91,23 @@ class PrivateAnswers:
             await send(message)
 
         await self.app(scope, receive, send_private)
+
+
+def _named_in_scope(route: BaseRoute, app: ASGIApp) -> ASGIApp:
+    async def answer(scope: Scope, receive: Receive, send: Send) -> None:
+        scope["route"] = route
+        await app(scope, receive, send)
+
+    return answer
+
+
+def name_plain_routes(api: FastAPI) -> None:
+    """Put the API's plain Starlette routes (the OpenAPI document, the documentation's files)
+    in the request's scope, as FastAPI's router does its own: the request metrics and log
+    lines name a request by the route that answered it, and would say `unmatched`."""
+    for route in api.routes:
+        if isinstance(route, (Route, Mount)) and not isinstance(route, APIRoute):
+            route.app = _named_in_scope(route, route.app)
 
 
 def routers() -> list[APIRouter]:
@@ -169,4 +188,5 @@ def create_api() -> FastAPI:
             swagger_favicon_url=f"{root}/docs/static/favicon.png",
         )
 
+    name_plain_routes(api)
     return api

@@ -42,6 +42,8 @@ TITLES = {
     422: "Invalid request",
     429: "Too many requests",
     500: "Internal server error",
+    503: "Service unavailable",
+    507: "Insufficient storage",
 }
 
 

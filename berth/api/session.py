@@ -28,7 +28,7 @@ from berth.access.refusals import api_unauthorized
 from berth.api.deps import SESSION_SCOPE_KEY, ServicesDep, password_principal
 from berth.api.problems import problem, responses
 from berth.auth.guard import client_address
-from berth.domain.errors import Denied
+from berth.domain.errors import Denied, Unavailable
 from berth.services.sessions import ConsoleSession, session_id
 
 SESSION_COOKIE = "berth_session"
@@ -115,6 +115,10 @@ class ConsoleSessions:
             return
         try:
             session = await services.sessions.lookup(token)
+        except Unavailable as exc:  # the database cannot be reached: try again shortly
+            refused = problem(exc.status, exc.message, exc.code, headers=exc.headers)
+            await refused(scope, receive, send)
+            return
         except Exception:
             logger.exception("could not look up a console session")
             failed = problem(500, "the server failed to handle this request", "INTERNAL_ERROR")

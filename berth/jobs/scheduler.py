@@ -12,6 +12,7 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
+from berth.domain.errors import Unavailable
 from berth.jobs.leases import Leases, default_holder
 from berth.metadata.database import Database
 from berth.metadata.tables import utcnow
@@ -85,6 +86,11 @@ class Scheduler:
                     wait = job.interval
             except asyncio.CancelledError:
                 raise
+            except Unavailable as exc:  # the database away or busy: its log said why
+                logger.warning(
+                    "job %s: could not read or take its lease: %s", job.name, exc.message
+                )
+                wait = RETRY_SECONDS
             except Exception:
                 logger.exception("job %s: could not read or take its lease", job.name)
                 wait = RETRY_SECONDS

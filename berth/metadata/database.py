@@ -12,7 +12,9 @@ so no change can forget to say it changed something.
 
 from __future__ import annotations
 
+import logging
 import sqlite3
+import time
 from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -38,6 +40,11 @@ RETRY_AFTER_SECONDS = 5
 # went silent only after hours. Then refused as "busy, retry" (503 + Retry-After), like SQLite.
 LOCK_WAIT_SECONDS = WRITE_LOCK_SECONDS + WRITER_QUEUE_SECONDS
 LOCK_NOT_AVAILABLE = "55P03"  # PostgreSQL's SQLSTATE for a lock wait that timed out
+# PostgreSQL's SQLSTATEs of a server that is not there to answer: class 08 (connection
+# exception), and the server shutting down, crashed or still starting (57P01-57P03).
+CONNECTION_LOST_STATES = ("08", "57P01", "57P02", "57P03")
+SQLITE_CANNOT_OPEN = "unable to open database file"
+UNREACHABLE_LOG_SECONDS = 10.0  # one warning per this long while the database stays away
 READERS = 16  # SQLite reader connections kept open (more open when busy)
 
 SQLITE_PRAGMAS = (
@@ -53,6 +60,8 @@ SQLITE_PRAGMAS = (
 # bounded small. bench/findings.md, "A serving worker's growth taken apart".
 READER_MAP_BYTES = 256 * 1024 * 1024
 READER_PAGE_CACHE_KIB = 256
+
+logger = logging.getLogger("berth.database")
 SQLITE_READER_PRAGMAS = (
     f"PRAGMA mmap_size={READER_MAP_BYTES}",
     f"PRAGMA cache_size=-{READER_PAGE_CACHE_KIB}",
@@ -111,9 +120,15 @@ class _SqlitePointReader:
 
     def first(self, statement: Select[Any], params: dict[str, Any]) -> tuple[Any, ...] | None:
         if self._connection is None:
-            self._connection = sqlite3.connect(self._path, isolation_level=None)
-            for pragma in (*SQLITE_PRAGMAS, *SQLITE_READER_PRAGMAS, "PRAGMA query_only=1"):
-                self._connection.execute(pragma)
+            try:
+                connection = sqlite3.connect(self._path, isolation_level=None)
+                for pragma in (*SQLITE_PRAGMAS, *SQLITE_READER_PRAGMAS, "PRAGMA query_only=1"):
+                    connection.execute(pragma)
+            except sqlite3.OperationalError as exc:
+                if SQLITE_CANNOT_OPEN not in str(exc):
+                    raise
+                raise _unreachable(exc) from None
+            self._connection = connection
         sql = self._compiled.get(statement)
         if sql is None:
             sql = self._compiled[statement] = str(statement.compile(dialect=_NAMED_SQLITE))
@@ -143,6 +158,43 @@ def _write_condition(exc: DBAPIError) -> Exception | None:
     if "database or disk is full" in message or "no space left on device" in message:
         return StorageFull("the database's disk is full; nothing was stored")
     return None
+
+
+def _connection_lost(exc: BaseException, *, connecting: bool) -> bool:
+    """Whether `exc` says the database cannot be reached (so trying again later may work), as
+    opposed to a statement or program at fault (those stay server errors). `connecting`: it
+    was raised while a connection was being taken from the pool (opened, pinged, begun), where
+    only the driver runs: an OSError there is the driver's (refused, reset, timed out, no such
+    host); in a transaction's body it may be anything's (a blob store's), so it is not taken."""
+    if isinstance(exc, OSError):
+        return connecting
+    if not isinstance(exc, DBAPIError):
+        return False
+    if exc.connection_invalidated:  # the dialect found the connection closed under it
+        return True
+    state = getattr(exc.orig, "sqlstate", None)
+    if isinstance(state, str) and state.startswith(CONNECTION_LOST_STATES):
+        return True
+    if SQLITE_CANNOT_OPEN in str(exc.orig if exc.orig is not None else exc):
+        return True
+    return connecting and isinstance(exc.orig, OSError)
+
+
+_unreachable_logged_at = -UNREACHABLE_LOG_SECONDS
+
+
+def _unreachable(exc: BaseException) -> Unavailable:
+    """The answer to a request while the database cannot be reached: 503 with Retry-After,
+    as for a lock held too long. Why is logged (no more than every few seconds: every request
+    fails alike), never told to the client (it may name hosts and paths)."""
+    global _unreachable_logged_at
+    now = time.monotonic()
+    if now - _unreachable_logged_at >= UNREACHABLE_LOG_SECONDS:
+        _unreachable_logged_at = now
+        logger.warning(
+            "the database cannot be reached: %s: %s", type(exc).__name__, exc or "(no message)"
+        )
+    return Unavailable("the database is unreachable; try again shortly", RETRY_AFTER_SECONDS)
 
 
 class Database:
@@ -184,15 +236,20 @@ class Database:
         """A write transaction: committed on success, rolled back on any exception.
 
         A write lock held elsewhere for too long, or a full disk, is a clear error (503 with
-        Retry-After, 507), not a bare server error."""
+        Retry-After, 507), not a bare server error; so is a database that cannot be reached
+        (503 with Retry-After)."""
+        begun = False
         try:
             async with self.writer.begin() as connection:
+                begun = True
                 written: set[str] = connection.info.setdefault(_WRITTEN, set())
                 written.clear()  # what a transaction rolled back on this connection noted
                 yield connection
                 changed = frozenset(written)
-        except DBAPIError as exc:
-            condition = _write_condition(exc)
+        except (DBAPIError, OSError) as exc:
+            condition = _write_condition(exc) if isinstance(exc, DBAPIError) else None
+            if condition is None and _connection_lost(exc, connecting=not begun):
+                condition = _unreachable(exc)
             if condition is None:
                 raise
             raise condition from None
@@ -206,14 +263,23 @@ class Database:
 
     @asynccontextmanager
     async def read(self) -> AsyncIterator[AsyncConnection]:
-        async with self.reader.connect() as connection:
-            yield connection
+        """A connection for reads; a database that cannot be reached is refused as `write`
+        refuses it (503 with Retry-After)."""
+        connected = False
+        try:
+            async with self.reader.connect() as connection:
+                connected = True
+                yield connection
+        except (DBAPIError, OSError) as exc:
+            if not _connection_lost(exc, connecting=not connected):
+                raise
+            raise _unreachable(exc) from None
 
     async def first(self, statement: Select[Any], **params: Any) -> Any:
         """One row of a read statement built with bindparam()s, by the fastest path there is."""
         if self._point_reader is not None:
             return self._point_reader.first(statement, params)
-        async with self.reader.connect() as connection:
+        async with self.read() as connection:
             return (await connection.execute(statement, params)).first()
 
     @property

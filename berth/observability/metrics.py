@@ -230,6 +230,30 @@ async def flush_periodically() -> None:
         flush_requests()
 
 
+# The label values of counters that count events by a known kind: each is started at 0 when
+# a worker starts (`start_known_series`), so its series exists before the first event and
+# `rate()`, `increase()` and `absent()` see 0 rather than nothing. Every worker starts them
+# and a scrape sums the workers' files: each series appears once.
+KNOWN_LABEL_VALUES: tuple[tuple[Counter, tuple[str, ...]], ...] = (
+    (TOKENS, ("registry", "refresh", "api")),
+    (LOGIN_FAILURES, ("access_key", "password")),
+    (GC_RUNS, ("succeeded", "failed", "rolled_back", "dry_run")),
+    (WEBHOOK_DELIVERIES, ("delivered", "retry", "failed")),
+)
+S3_CACHE_RESULTS = ("hit", "miss")
+
+
+def start_known_series(*, s3_cache: bool) -> None:
+    """Make this process's series of every known label value, at 0; `s3_cache`: the node
+    keeps copies of S3 blobs (`s3_cache_dir`), whose hits and misses are counted."""
+    for counter, values in KNOWN_LABEL_VALUES:
+        for value in values:
+            counter.labels(value)
+    if s3_cache:
+        for result in S3_CACHE_RESULTS:
+            S3_CACHE_PULLS.labels(result)
+
+
 def token_issued(kind: str) -> None:
     TOKENS.labels(kind).inc()
 

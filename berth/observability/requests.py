@@ -62,13 +62,16 @@ def route_template(scope: Scope) -> str:
     path = getattr(route, "path", None)
     if route is None or path is None:
         return metrics.UNMATCHED
-    if isinstance(route, Mount):
-        # A mount of routes none of which matched, or a mount of files (the console's).
-        return metrics.UNMATCHED if route.routes else f"{path}/{{path:path}}"
+    if isinstance(route, Mount) and route.routes:
+        return metrics.UNMATCHED  # a mount of routes none of which matched
     root: str = scope.get("root_path", "")
     app_root = scope.get("app_root_path", "")
     if app_root and root.startswith(app_root):
         root = root[len(app_root) :]
+    if isinstance(route, Mount):
+        # A mount of files (the console's, the API documentation's): the root path is the
+        # mount's own prefix by now.
+        return f"{root}/{{path:path}}"
     return f"{root}{path}"
 
 

@@ -162,6 +162,46 @@ def test_database_pools(observed: BerthServer) -> None:
     assert value(samples, "berth_db_pool_connections_in_use", pool="writer") >= 0
 
 
+def test_counters_of_known_kinds_are_served_before_their_first_event(
+    observed: BerthServer,
+) -> None:
+    """A counter by a known kind has each kind's series from the start (0 until it happens),
+    so `rate()` and `absent()` alerts see it; once each, though every worker makes them."""
+    deadline = time.monotonic() + 30
+    while value(scrape(observed), "berth_db_pool_size", pool="writer") < 2:
+        assert time.monotonic() < deadline, "the second worker never started"
+        time.sleep(0.2)
+    text = httpx.get(f"{observed.url}/metrics", timeout=30).text
+    known = {
+        "berth_tokens_issued_total": ("kind", ("registry", "refresh", "api")),
+        "berth_login_failures_total": ("method", ("access_key", "password")),
+        "berth_gc_runs_total": ("outcome", ("succeeded", "failed", "rolled_back", "dry_run")),
+        "berth_webhook_deliveries_total": ("outcome", ("delivered", "retry", "failed")),
+    }
+    for name, (label, values) in known.items():
+        for label_value in values:
+            series = f'{name}{{{label}="{label_value}"}} '
+            assert text.count(series) == 1, series
+
+
+def test_the_api_documentation_is_counted_by_its_routes(observed: BerthServer) -> None:
+    paths = {
+        "/api/v1/openapi.json": "/api/v1/openapi.json",
+        "/api/v1/docs": "/api/v1/docs",
+        "/api/v1/docs/static/swagger-ui.css": "/api/v1/docs/static/{path:path}",
+    }
+    before = scrape(observed)
+    for path in paths:
+        assert httpx.get(f"{observed.url}{path}").status_code == 200
+    after = scrape(observed)
+    requests = "berth_http_requests_total"
+    for route in paths.values():
+        labels = {"surface": "api", "route": route, "method": "GET", "status": "200"}
+        assert moved(before, after, requests, **labels) == 1, route
+    unmatched = {"surface": "api", "route": "unmatched", "method": "GET", "status": "200"}
+    assert moved(before, after, requests, **unmatched) == 0
+
+
 def test_labels_stay_bounded_over_distinct_paths(observed: BerthServer) -> None:
     kinds = ("/nothing-{}", "/api/v1/no-{}/x", "/v2/p/r/q{}", "/console/no-{}.js")
     paths = [kinds[i % 4].format(i) for i in range(1000)]

@@ -7,35 +7,13 @@ On PostgreSQL: several nodes on S3 share one, so that is how S3 is run."""
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
-import pytest
 
 from berth.services.readiness import STORE_CACHE_SECONDS
 from tests.s3 import SeaweedFS
 from tests.servers import BerthServer, PostgresCluster
-
-
-@pytest.fixture
-def own_postgres() -> Iterator[PostgresCluster]:
-    """A PostgreSQL cluster of this test's own: it is stopped."""
-    if not PostgresCluster.available():
-        pytest.skip("PostgreSQL not installed")
-    cluster = PostgresCluster().start()
-    try:
-        yield cluster
-    finally:
-        cluster.stop()
-
-
-def pg_ctl(cluster: PostgresCluster, action: str) -> None:
-    options = f"-p {cluster.port} -k {cluster.base} -c listen_addresses=127.0.0.1 -c fsync=off"
-    cluster._as_postgres(
-        str(cluster.BIN / "pg_ctl"), "-D", str(cluster.data), "-l", str(cluster.base / "pg.log"),
-        "-w", "-m", "immediate", "-o", options, action,
-    )  # fmt: skip
 
 
 def readiness(server: BerthServer) -> httpx.Response:
@@ -85,9 +63,9 @@ def test_readyz_follows_the_object_store_and_the_database(
         own_seaweedfs.start()
         assert becomes(server, 200).text == "ready"
 
-        pg_ctl(own_postgres, "stop")
+        own_postgres.pg_ctl("stop")
         assert becomes(server, 503).text == "not ready: the database is unreachable\n"
-        pg_ctl(own_postgres, "start")
+        own_postgres.pg_ctl("start")
         assert becomes(server, 200).text == "ready"
     finally:
         server.stop()

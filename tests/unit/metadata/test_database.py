@@ -1,17 +1,22 @@
-"""The metadata database's write path (`berth.metadata.database`), on a real SQLite file."""
+"""The metadata database's write path (`berth.metadata.database`), on a real SQLite file,
+and what a database that cannot be reached is (SQLite and PostgreSQL)."""
 
 from __future__ import annotations
 
 import _sqlite3
 import asyncio
 import ctypes
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
+from sqlalchemy import Integer, bindparam, select, text
+from sqlalchemy.exc import OperationalError, ProgrammingError
 
 from berth.domain.errors import Unavailable
 from berth.metadata import database
 from berth.metadata.database import Database
+from tests.servers import PostgresCluster, free_port
 
 
 def test_a_write_queued_behind_this_process_writer_for_too_long_is_a_503(
@@ -77,3 +82,94 @@ def test_reading_a_large_database_keeps_little_in_each_reader_connection(tmp_pat
 
     grown = asyncio.run(fill_then_read())
     assert grown < readers * 512 * 1024, f"{grown / readers / 1024:.0f} KiB a reader"
+
+
+def _refused_as_unreachable(db: Database, *attempts: Callable[[], Awaitable[object]]) -> None:
+    """Each of `attempts` (on `db`) is refused as the database being unreachable."""
+
+    async def run() -> None:
+        try:
+            for attempt in attempts:
+                with pytest.raises(Unavailable) as refused:
+                    await attempt()
+                assert refused.value.status == 503
+                assert refused.value.headers["Retry-After"] == str(database.RETRY_AFTER_SECONDS)
+                assert "unreachable" in refused.value.message
+        finally:
+            await db.dispose()
+
+    asyncio.run(run())
+
+
+def test_an_sqlite_file_that_cannot_be_opened_is_a_503(tmp_path: Path) -> None:
+    """The data directory gone (a volume unmounted under the server): reads, point reads and
+    writes are refused as unavailable, not failed as server errors."""
+    db = Database(f"sqlite+aiosqlite:///{tmp_path / 'gone' / 'berth.db'}")
+
+    async def read() -> None:
+        async with db.read() as connection:
+            await connection.execute(text("SELECT 1"))
+
+    async def write() -> None:
+        async with db.write() as connection:
+            await connection.execute(text("SELECT 1"))
+
+    async def first() -> None:
+        await db.first(select(bindparam("x", type_=Integer)), x=1)
+
+    _refused_as_unreachable(db, read, write, first)
+
+
+def test_statement_and_other_errors_are_not_taken_for_an_unreachable_database(
+    tmp_path: Path,
+) -> None:
+    """What a statement or the code around it gets wrong stays its own error: a table that
+    does not exist, and an OSError of something else (a blob store's) inside a transaction."""
+    db = Database(f"sqlite+aiosqlite:///{tmp_path / 'here.db'}")
+
+    async def run() -> None:
+        try:
+            with pytest.raises(OperationalError, match="no such table"):
+                async with db.read() as connection:
+                    await connection.execute(text("SELECT * FROM no_such_table"))
+            with pytest.raises(ConnectionRefusedError):
+                async with db.write() as connection:
+                    await connection.execute(text("SELECT 1"))
+                    raise ConnectionRefusedError("the blob store refused")
+        finally:
+            await db.dispose()
+
+    asyncio.run(run())
+
+
+def test_a_postgresql_server_that_is_not_there_is_a_503(
+    postgres: PostgresCluster | None,
+) -> None:
+    """Nothing listening on the database's port: the driver's refused connection is a 503;
+    a statement PostgreSQL refuses on a server that is there is not."""
+    if postgres is None:
+        pytest.skip("PostgreSQL not installed")
+    url = postgres.create_database()
+
+    async def misspelt() -> None:
+        async with there.read() as connection:
+            await connection.execute(text("SELEKT 1"))
+
+    there = Database(url)
+
+    async def refused_statement() -> None:
+        try:
+            with pytest.raises(ProgrammingError):
+                await misspelt()
+        finally:
+            await there.dispose()
+
+    asyncio.run(refused_statement())
+
+    nobody = Database(url.replace(f":{postgres.port}/", f":{free_port()}/"))
+
+    async def read() -> None:
+        async with nobody.read() as connection:
+            await connection.execute(text("SELECT 1"))
+
+    _refused_as_unreachable(nobody, read)

@@ -1,0 +1,110 @@
+"""PostgreSQL stopped under a running server (as `pg_ctl stop` does), then started again: every
+surface answers what a client can act on (503 with Retry-After, in its own error format, with
+the request ID), never a bare 500; /metrics keeps serving what needs no database and says the
+database could not be read; all is as before once it is back."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import httpx
+
+from berth.metadata.database import RETRY_AFTER_SECONDS
+from tests.gc.conftest import GcProject, new_project
+from tests.metrics import parse, value
+from tests.oci import blob_path, digest_of, manifest_path, uploads_path
+from tests.servers import ADMIN_PASSWORD, BerthServer, PostgresCluster
+
+
+def assert_registry_unavailable(response: httpx.Response) -> None:
+    assert response.status_code == 503, response.text
+    assert response.headers["retry-after"] == str(RETRY_AFTER_SECONDS)
+    if response.request.method == "HEAD":
+        return  # no body
+    body = response.json()
+    assert [error["code"] for error in body["errors"]] == ["UNAVAILABLE"]
+    assert "database" in body["errors"][0]["message"]
+    assert body["request_id"] == response.headers["x-request-id"]
+
+
+def assert_api_unavailable(response: httpx.Response) -> None:
+    assert response.status_code == 503, response.text
+    assert response.headers["content-type"] == "application/problem+json"
+    assert response.headers["retry-after"] == str(RETRY_AFTER_SECONDS)
+    problem = response.json()
+    assert (problem["status"], problem["code"]) == (503, "UNAVAILABLE")
+    assert problem["request_id"] == response.headers["x-request-id"]
+
+
+def metrics_text(server: BerthServer) -> str:
+    response = httpx.get(f"{server.url}/metrics", timeout=30)
+    assert response.status_code == 200, response.text
+    return response.text
+
+
+def test_a_stopped_database_is_a_503_on_every_surface(
+    own_postgres: PostgresCluster, tmp_path: Path
+) -> None:
+    server = BerthServer(tmp_path / "berth", own_postgres.create_database()).start()
+    project: GcProject | None = None
+    try:
+        project = new_project(server)
+        pushed = project.push_blob(b"layer bytes of the outage test")
+        signed_in = httpx.post(
+            f"{server.url}/api/v1/session", json={"user": "admin", "password": ADMIN_PASSWORD}
+        )
+        assert signed_in.status_code == 201, signed_in.text
+        console = httpx.Client(base_url=f"{server.url}/api/v1", cookies=signed_in.cookies)
+
+        own_postgres.pg_ctl("stop", mode="fast")
+
+        registry = project.registry
+        assert_registry_unavailable(registry.get("/v2/"))
+        name = project.name()
+        # Pulls, answered by the fast path in front of the router.
+        never_pulled = digest_of(b"a blob nobody pushed")
+        assert_registry_unavailable(registry.get(blob_path(name, never_pulled)))
+        assert_registry_unavailable(registry.head(blob_path(name, pushed)))
+        assert_registry_unavailable(registry.get(manifest_path(name, "never-pushed")))
+        # A push (its body drained, then refused) and a token.
+        assert_registry_unavailable(
+            registry.post(uploads_path(name), params={"digest": pushed}, content=b"x" * 1000)
+        )
+        token = registry.get(
+            "/auth/token",
+            params={"service": server.address, "scope": f"repository:{name}:pull"},
+        )
+        assert_registry_unavailable(token)
+
+        assert_api_unavailable(project.api.get("/projects"))
+        assert_api_unavailable(console.get("/projects"))  # the session's cookie is looked up
+
+        scraped = metrics_text(server)
+        samples = parse(scraped)
+        assert value(samples, "berth_database_up") == 0
+        assert "berth_uploads_in_progress" not in scraped
+        assert "berth_storage_bytes" not in scraped
+        requests = {labels for name, labels in samples if name == "berth_http_requests_total"}
+        assert ("status", "503") in {label for labels in requests for label in labels}
+
+        log = (server.data_dir / "server.log").read_text()
+        assert "Application callable raised an exception" not in log
+        assert "the database cannot be reached" in log
+
+        own_postgres.pg_ctl("start")
+        deadline = time.monotonic() + 30
+        while registry.get("/v2/").status_code != 200:
+            assert time.monotonic() < deadline, "still refused after the database came back"
+            time.sleep(0.2)
+        assert registry.head(blob_path(name, pushed)).status_code == 200
+        assert project.api.get("/projects").status_code == 200
+        assert console.get("/projects").status_code == 200
+        samples = parse(metrics_text(server))
+        assert value(samples, "berth_database_up") == 1
+        assert ("berth_uploads_in_progress", frozenset()) in samples
+        console.close()
+    finally:
+        if project is not None:
+            project.close()
+        server.stop()
