@@ -215,7 +215,7 @@ async def insert(services: Services, project: Project, pushed_at: dt.datetime) -
             async with services.db.write() as conn:
                 await conn.execute(table.insert(), values[start : start + CHUNK])
 
-    await services.repositories.create_project(PROJECT)
+    await services.repositories.create_project(PROJECT, actor="bench")
     for n in range(1, REPOSITORIES + 1):
         await services.repositories.create(PROJECT, f"repo{n}", actor="bench")
     async with services.db.read() as conn:

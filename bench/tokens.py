@@ -80,7 +80,7 @@ class Berth:
         async def work() -> tuple[str, str]:
             services = Services.build(settings)
             try:
-                await services.repositories.create_project(PROJECT)
+                await services.repositories.create_project(PROJECT, actor="bench")
                 await services.repositories.create(PROJECT, REPOSITORY, actor="bench")
                 created = await services.identity.keys.create_key(USER, PROJECT, actor="bench")
                 return created.key_id, created.secret

@@ -12,6 +12,7 @@ from pathlib import Path
 from berth.config import CONFIG_FILE_ENV, config_file
 
 DATABASE_URL_ENV = "BERTH_DATABASE_URL"
+DATA_DIR_ENV = "BERTH_DATA_DIR"
 
 
 def berth_command() -> str:
@@ -39,6 +40,29 @@ def named_config() -> Path | None:
         return None
     named = config_file()
     return named if named.is_file() and named != Path("berth.toml").absolute() else None
+
+
+def _in_environment(variable: str) -> bool:
+    return any(name.upper() == variable for name in os.environ)  # as settings read them
+
+
+def data_dir_to_name(given: Path | None, data_dir: Path) -> Path | None:
+    """The data directory the commands `berth serve` and `berth init` print must name: the
+    --data-dir `given` (as given: they run from where this one ran), else `data_dir` when
+    BERTH_DATA_DIR said it, absolute: the server's environment (a systemd unit's) is not the
+    shell's its commands are pasted into."""
+    if given is not None:
+        return given
+    return data_dir.absolute() if _in_environment(DATA_DIR_ENV) else None
+
+
+def database_url_to_name(given: str | None, database_url: str | None) -> str | None:
+    """The database URL those commands must name: the --database-url `given`, else
+    `database_url` when BERTH_DATABASE_URL said it (for the same reason). One from the config
+    file is read again by the pasted command (as BERTH_CONFIG is carried)."""
+    if given is not None:
+        return given
+    return (database_url or None) if _in_environment(DATABASE_URL_ENV) else None
 
 
 def _holds_password(database_url: str) -> bool:
@@ -69,12 +93,18 @@ def pasteable_command(
     return " ".join([*named, berth_command(), *map(shlex.quote, [*given, *words])])
 
 
-def unprinted_database(database_url: str | None) -> str | None:
-    """What to say before commands printed for a --database-url they cannot name: its
-    password is not printed (a server's banner goes to its log), so the user sets it."""
+def unprinted_database(database_url: str | None, given: bool) -> str | None:
+    """What to say before commands printed for a database URL they cannot name (the
+    --database-url `given`, else BERTH_DATABASE_URL's): its password is never printed (a
+    server's banner goes to its log), so the user sets the variable in their shell. The URL
+    is named with its password masked, to say which database that is."""
     if database_url is None or not _holds_password(database_url):
         return None
+    from sqlalchemy.engine import make_url
+
+    masked = make_url(database_url).render_as_string(hide_password=True)
+    source = "--database-url" if given else DATABASE_URL_ENV
     return (
-        f"note: the commands below work on the database given with --database-url once "
-        f"{DATABASE_URL_ENV} holds that URL in your shell (not printed: it holds a password)"
+        f"note: the commands below work on the database {source} names ({masked}) once "
+        f"{DATABASE_URL_ENV} holds that URL in your shell (its password is not printed)"
     )

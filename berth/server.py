@@ -21,7 +21,13 @@ from berth.access.keyring import KeyFileUnusable, Keyring
 from berth.addresses import public_host, public_url
 from berth.config import Settings, SettingsError, setting_source
 from berth.data_location import create_data, shown_database, unreachable_database
-from berth.invocation import named_config, pasteable_command, unprinted_database
+from berth.invocation import (
+    data_dir_to_name,
+    database_url_to_name,
+    named_config,
+    pasteable_command,
+    unprinted_database,
+)
 from berth.metadata.database import Database
 from berth.observability import metrics
 from berth.services.install import (
@@ -46,9 +52,13 @@ def _bootstrap_admin(
 ) -> None:
     """On an empty data directory, create the administrator and say once how to log in (with
     commands that carry `data_dir` and `database_url`, the --data-dir and --database-url given,
-    if any, and the file BERTH_CONFIG names)."""
+    if any, else those the environment gave, and the file BERTH_CONFIG names)."""
+    named_url = database_url_to_name(database_url, settings.database_url)
     command = partial(
-        pasteable_command, data_dir=data_dir, config=named_config(), database_url=database_url
+        pasteable_command,
+        data_dir=data_dir_to_name(data_dir, settings.data_dir),
+        config=named_config(),
+        database_url=named_url,
     )
 
     async def bootstrap() -> tuple[str, str | None] | None:
@@ -78,7 +88,7 @@ def _bootstrap_admin(
     serve = command("serve")
     when = "" if serving else f" once `{serve}` runs"
     create = command("project", "create", "PROJECT")
-    if note := unprinted_database(database_url):
+    if note := unprinted_database(named_url, given=database_url is not None):
         print(f"  {note}", flush=True)
     print(
         f"  Sign in to the console at {url}/console/{when} as {name!r}; create a project there (or\n"
@@ -517,15 +527,16 @@ def serve(settings: Settings, flags: Collection[str] = ()) -> None:
     _record_served_at(settings)
     base = public_url(settings)
     print(f"Berth registry on {base}  (data in {settings.data_dir})")
+    named_url = database_url_to_name(given_url, settings.database_url)
     reset = pasteable_command(
         "user",
         "set-password",
         "admin",
-        data_dir=given_dir,
+        data_dir=data_dir_to_name(given_dir, settings.data_dir),
         config=named_config(),
-        database_url=given_url,
+        database_url=named_url,
     )
-    if note := unprinted_database(given_url):
+    if note := unprinted_database(named_url, given=given_url is not None):
         print(note)
     print(f"Web console: {base}/console/  (sign in as admin with its password; lost it? {reset})")
     print(f"Management API and its documentation: {base}/api/v1/docs")

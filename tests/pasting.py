@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tests.servers import BERTH, BerthServer
+from tests.terminal import typed_at_terminal
 
 
 @dataclass(frozen=True)
@@ -32,6 +33,14 @@ class DataDirOnly:
         words = shlex.split(printed)
         assert words[1:3] == ["--data-dir", self.data_dir], printed
         return self._run(words, input)
+
+    def paste_at_terminal(self, printed: str, answer: str) -> subprocess.CompletedProcess[str]:
+        """As `paste`, at a terminal where `answer` is typed (to what the command asks)."""
+        words = shlex.split(printed)
+        assert words[1:3] == ["--data-dir", self.data_dir], printed
+        done = typed_at_terminal(words, answer, env=self.env, cwd=self.cwd)
+        assert done.returncode == 0, (words, done.stdout, done.stderr)
+        return done
 
     def _run(self, words: list[str], input: str | None) -> subprocess.CompletedProcess[str]:
         done = subprocess.run(

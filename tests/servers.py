@@ -227,7 +227,7 @@ class BerthServer:
     def create_project(self, project: str) -> None:
         async def create(services: Services) -> None:
             with contextlib.suppress(Conflict):
-                await services.repositories.create_project(project)
+                await services.repositories.create_project(project, actor="test")
 
         self._services(create)
 

@@ -203,7 +203,7 @@ def world(registry: BerthServer) -> Iterator[World]:
 
     async def populate(s: Services) -> dict[str, Credentials]:
         for project in (P, Q):
-            await s.repositories.create_project(project)
+            await s.repositories.create_project(project, actor="test")
         await s.repositories.create(P, "pub", public=True, actor="test")
         await s.repositories.create(P, "priv", actor="test")
         await s.repositories.create(P, "second", actor="test")

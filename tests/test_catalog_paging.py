@@ -62,7 +62,7 @@ def push(client: httpx.Client, name: str, images: list[str]) -> None:
 def install(server: BerthServer) -> Iterator[Install]:
     async def populate(s: Services) -> dict[str, tuple[str, str]]:
         for project in ("ab", "ab-c"):
-            await s.repositories.create_project(project)
+            await s.repositories.create_project(project, actor="test")
         for repository in [*REPOSITORIES, "hidden"]:
             await s.repositories.create("ab", repository, actor="test")
         # Public: the key of project ab sees it.

@@ -37,6 +37,7 @@ from tests.servers import (
     database_url_for,
     in_own_thread,
 )
+from tests.terminal import typed_at_terminal
 
 
 def test_project_and_repository_admin_verbs(tmp_path: Path) -> None:
@@ -390,14 +391,101 @@ def test_deleting_users_and_projects(tmp_path: Path) -> None:
     assert last_admin.returncode == 1 and "last server administrator" in last_admin.stderr
 
     # A project that holds repositories goes only once its name is typed again.
-    wrong = berth.cli("project", "delete", "demo", input="demo2\n", check=False)
+    delete_demo = [*BERTH, "project", "delete", "demo"]
+    wrong = typed_at_terminal(delete_demo, "demo2\n", env=berth.env)
     assert wrong.returncode == 1 and "nothing was deleted" in wrong.stderr
-    assert "holds 1 repository" in wrong.stdout
-    typed = berth.cli("project", "delete", "demo", input="demo\n")
+    assert "holds 1 repository" in wrong.stderr
+    typed = typed_at_terminal(delete_demo, "demo\n", env=berth.env)
     assert typed.returncode == 0, typed.stderr
     assert "Deleted project demo and its 1 repository" in typed.stdout
     assert berth.cli_json("project", "delete", "empty", "--yes")["deleted"] is True
     assert berth._services(lambda s: s.repositories.list_projects()) == []
+
+
+def test_deleting_verbs_ask_at_a_terminal_whatever_json_says_and_refuse_without_one(
+    tmp_path: Path,
+) -> None:
+    """--json changes what a verb prints, not whether it asks: the question goes to standard
+    error (standard output holds the JSON alone), and where nobody can answer (a script, a
+    pipe) the verb refuses, naming --yes, and deletes nothing."""
+    berth = BerthServer(tmp_path / "data")
+    berth.cli("init")
+    berth.create_repository("demo", "app")
+    berth.create_project("empty")
+    berth.create_user("bob", "bob-password")
+    for verb in (
+        ["repo", "delete", "demo/app"],
+        ["retention", "run", "demo"],
+        ["user", "delete", "bob"],
+        ["project", "delete", "empty"],
+        ["project", "delete", "demo"],  # which holds a repository: its name is asked for
+    ):
+        refused = berth.cli(*verb, "--json", input="y\n", check=False)
+        assert refused.returncode == 2 and refused.stdout == "", (verb, refused)
+        said = " ".join(refused.stderr.split())
+        assert said.startswith("error: no terminal to ask on whether to delete"), said
+        assert "give --yes" in said, said
+    assert berth.cli_json("retention", "history", "demo") == []  # no run
+    assert [r["name"] for r in berth.cli_json("repo", "list", "demo")] == ["app"]
+    assert "bob" in {u["name"] for u in berth.cli_json("user", "list")}
+    assert {p["name"] for p in berth.cli_json("project", "list")} == {"demo", "empty"}
+
+    delete_app = [*BERTH, "repo", "delete", "demo/app", "--json"]
+    declined = typed_at_terminal(delete_app, "n\n", env=berth.env)
+    assert declined.returncode == 1 and declined.stdout == ""
+    assert "Delete demo/app with all its images? [y/N]" in declined.stderr
+    assert "nothing was deleted" in declined.stderr
+    retention = typed_at_terminal(
+        [*BERTH, "retention", "run", "demo", "--json"], "n\n", env=berth.env
+    )
+    assert retention.returncode == 1 and retention.stdout == ""
+    assert "Delete the images of demo that no retention rule keeps?" in retention.stderr
+    assert berth.cli_json("retention", "history", "demo") == []
+    deleted = typed_at_terminal(delete_app, "y\n", env=berth.env)
+    assert deleted.returncode == 0, deleted.stderr
+    assert json.loads(deleted.stdout) == {"repository": "demo/app", "deleted": True}
+    assert berth.cli_json("repo", "list", "demo") == []
+
+
+def test_project_create_and_quota_changes_are_audited_and_the_quota_has_a_verb(
+    tmp_path: Path,
+) -> None:
+    berth = BerthServer(tmp_path / "data")
+    berth.cli("init")
+    berth.cli("project", "create", "demo")
+    [created] = [e for e in berth.cli_json("audit") if e["action"] == "project.create"]
+    assert created["target"] == "demo" and created["actor"].startswith("cli:")
+    assert created["client"].startswith("cli on ")
+    assert "project.create" in berth.cli("audit").stdout  # the log outside projects
+
+    shown = " ".join(berth.cli("project", "quota", "demo").stdout.split())
+    assert shown == (
+        "Project demo may hold at most 100 repositories (the server's default); it holds 0."
+    )
+    own = berth.cli_json("project", "quota", "demo", "1")
+    assert own == {
+        "name": "demo",
+        "repositories": 0,
+        "repository_quota": 1,
+        "quota_is_default": False,
+    }
+    berth.cli("repo", "create", "demo/one")
+    refused = berth.cli("repo", "create", "demo/two", check=False)
+    assert refused.returncode == 1 and "repository quota" in refused.stderr
+    assert berth.cli_json("project", "quota", "demo", "default")["quota_is_default"] is True
+    changes = [e for e in berth.cli_json("audit", "demo") if e["action"] == "project.quota"]
+    assert [e["detail"] for e in changes] == [
+        {"old": 1, "old_is_default": False, "new": 100, "new_is_default": True},
+        {"old": 100, "old_is_default": True, "new": 1, "new_is_default": False},
+    ]
+    assert all(e["actor"].startswith("cli:") for e in changes)
+    table = " ".join(berth.cli("audit", "demo").stdout.split())
+    assert "project.quota" in table and "old=1" in table
+
+    bad = berth.cli("project", "quota", "demo", "many", check=False)
+    assert bad.returncode == 2 and "MAXIMUM must be a whole number" in bad.stderr
+    missing = berth.cli("project", "quota", "nope", "5", check=False)
+    assert missing.returncode == 1 and "project 'nope' does not exist" in missing.stderr
 
 
 def test_tables_fit_80_columns_with_whole_ids_and_times_to_the_minute(tmp_path: Path) -> None:
@@ -566,41 +654,103 @@ def test_init_on_a_database_server_that_does_not_answer_is_refused_plainly(
     assert not (tmp_path / "d").exists()
 
 
-@pytest.mark.parametrize("database", ["in the data directory", "given by --database-url"])
-def test_serve_prints_the_password_command_with_the_data_directory_given(
-    tmp_path: Path, database: str
-) -> None:
-    """`berth --data-dir DIR serve`'s banner names the command that sets the administrator's
-    password with that directory (and the --database-url given): pasted as printed, it sets it
-    there."""
-    command = [*BERTH, "--data-dir", "served", "serve", "--listen", f"127.0.0.1:{free_port()}"]
-    url = f"sqlite+aiosqlite:///{tmp_path / 'elsewhere.db'}"
-    if database == "given by --database-url":
-        command += ["--database-url", url]
+def _served_banner(
+    tmp_path: Path, options: list[str], env: dict[str, str], flags: tuple[str, ...] = ()
+) -> list[str]:
+    """What `berth OPTIONS serve FLAGS` prints up to its password command's line (then it is
+    stopped), run in `tmp_path` with no BERTH_* settings but `env`."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("BERTH_")}
     server = subprocess.Popen(
-        command,
-        env={k: v for k, v in os.environ.items() if not k.startswith("BERTH_")},
+        [*BERTH, *options, "serve", "--listen", f"127.0.0.1:{free_port()}", *flags],
+        env={**clean, **env},
         cwd=tmp_path,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
         start_new_session=True,
     )
+    printed: list[str] = []
     try:
         assert server.stdout is not None
-        banner = next(line for line in server.stdout if "lost it? " in line)
+        for line in server.stdout:
+            printed.append(line)
+            if "lost it? " in line:
+                break
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(timeout=30)
-    printed = banner.split("lost it? ", 1)[1].rstrip().removesuffix(")")
-    words = shlex.split(printed)
+    assert "lost it? " in printed[-1], printed
+    return printed
+
+
+def _password_command(banner: list[str]) -> str:
+    return banner[-1].split("lost it? ", 1)[1].rstrip().removesuffix(")")
+
+
+@pytest.mark.parametrize(
+    "database",
+    [
+        "in the data directory",
+        "given by --database-url",
+        "given by BERTH_DATABASE_URL",
+        "in the data directory BERTH_DATA_DIR names",
+    ],
+)
+def test_serve_prints_the_password_command_with_the_data_directory_given(
+    tmp_path: Path, database: str
+) -> None:
+    """`berth --data-dir DIR serve`'s banner names the command that sets the administrator's
+    password with that directory (and the --database-url given): pasted as printed, it sets it
+    there. So with those its environment gave it (a systemd unit's, not the shell's the
+    command is pasted into)."""
+    options = ["--data-dir", "served"]
+    env: dict[str, str] = {}
+    flags: tuple[str, ...] = ()
+    url = f"sqlite+aiosqlite:///{tmp_path / 'elsewhere.db'}"
     if database == "given by --database-url":
+        flags = ("--database-url", url)
+    elif database == "given by BERTH_DATABASE_URL":
+        env["BERTH_DATABASE_URL"] = url
+    elif database == "in the data directory BERTH_DATA_DIR names":
+        options = []
+        env["BERTH_DATA_DIR"] = "served"  # relative to where the server started
+    printed = _password_command(_served_banner(tmp_path, options, env, flags))
+    words = shlex.split(printed)
+    if database in ("given by --database-url", "given by BERTH_DATABASE_URL"):
         assert words.pop(0) == f"BERTH_DATABASE_URL={url}"
-    assert words[1:] == ["--data-dir", "served", "user", "set-password", "admin"]
+    served = str(tmp_path / "served") if "BERTH_DATA_DIR" in database else "served"
+    assert words[1:] == ["--data-dir", served, "user", "set-password", "admin"]
     pasted = ["bash", "-c", f"{printed} --password-stdin"]
-    reset = _typed(tmp_path, pasted, "a-new-password-1\n")
+    shell = tmp_path / "shell"  # elsewhere, as a shell would be
+    shell.mkdir()
+    reset = _typed(shell if "BERTH_DATA_DIR" in database else tmp_path, pasted, "a-new-pw-1\n")
     assert reset.returncode == 0, reset.stderr
-    assert not (tmp_path / "berth-data").exists()
+    assert not (tmp_path / "berth-data").exists() and not (shell / "berth-data").exists()
+
+
+def test_serve_on_a_database_url_with_a_password_from_the_environment_never_prints_it(
+    tmp_path: Path, postgres: PostgresCluster | None
+) -> None:
+    """The banner names the database BERTH_DATABASE_URL gave without its password and says to
+    set the variable: with it set in the shell, the printed command works as printed."""
+    if postgres is None:
+        pytest.skip("PostgreSQL not installed")
+    url = postgres.create_database().replace("postgres@", "postgres:pg-secret-9@")
+    banner = _served_banner(tmp_path, ["--data-dir", "d"], {"BERTH_DATABASE_URL": url})
+    said = "".join(banner)
+    assert "pg-secret-9" not in said
+    masked = make_url(url).render_as_string(hide_password=True)
+    assert f"note: the commands below work on the database BERTH_DATABASE_URL names ({masked})" in (
+        " ".join(said.split())
+    )
+    assert "once BERTH_DATABASE_URL holds that URL in your shell" in " ".join(said.split())
+    printed = _password_command(banner)
+    assert shlex.split(printed)[1:] == ["--data-dir", "d", "user", "set-password", "admin"]
+    unset = _typed(tmp_path, ["bash", "-c", f"{printed} --password-stdin"], "a-new-pw-1\n")
+    assert unset.returncode == 1  # not this database: as the note says, the variable is needed
+    pasted = ["env", f"BERTH_DATABASE_URL={url}", "bash", "-c", f"{printed} --password-stdin"]
+    reset = _typed(tmp_path, pasted, "a-new-pw-1\n")
+    assert reset.returncode == 0, reset.stderr
 
 
 def test_serve_configured_by_berth_config_prints_commands_that_carry_it(tmp_path: Path) -> None:

@@ -12,6 +12,7 @@ import httpx
 from tests.api.conftest import push_image
 from tests.oci import manifest_path
 from tests.servers import BERTH, ROOT, BerthServer
+from tests.terminal import typed_at_terminal
 
 
 def test_repo_show_update_delete(sqlite_server: BerthServer) -> None:
@@ -41,14 +42,7 @@ def test_repo_show_update_delete(sqlite_server: BerthServer) -> None:
     missing = berth.cli("repo", "show", "clidemo/nope", check=False)
     assert missing.returncode == 1 and "does not exist" in missing.stderr
 
-    declined = subprocess.run(
-        [*BERTH, "repo", "delete", "clidemo/app"],
-        input="n\n",
-        env=berth.env,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+    declined = typed_at_terminal([*BERTH, "repo", "delete", "clidemo/app"], "n\n", env=berth.env)
     assert declined.returncode == 1 and berth.cli_json("repo", "show", "clidemo/app")
     assert berth.cli_json("repo", "delete", "clidemo/app", "--yes")["deleted"] is True
     assert berth.cli_json("repo", "list", "clidemo") == []

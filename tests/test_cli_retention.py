@@ -86,7 +86,7 @@ def test_the_commands_it_prints_work_as_printed_with_the_data_directory_it_was_g
     printed_run = line_after(dry, "Delete them:")
     shown = only.berth("retention", "show", "clipaste").stdout
     assert f"Runs only when started: {printed_run}\n" in shown
-    ran = only.paste(printed_run, input="y\n").stdout
+    ran = only.paste_at_terminal(printed_run, "y\n").stdout
     assert "Deleted 2 images." in ran
     assert only.berth("image", "list", "clipaste/pasted", "--json").stdout.count("sha256:") == 1
     assert digests[2] in only.berth("image", "list", "clipaste/pasted", "--json").stdout

@@ -126,8 +126,11 @@ async def show_project(ctx: ReadProject, request: Request) -> Project:
 
 @router.put("/{project}/quota", responses=responses(404))
 async def set_quota(ctx: ServerAdminProject, body: QuotaUpdate, request: Request) -> Project:
-    """Set the project's repository quota (server administrators)."""
-    await ctx.services.repositories.set_quota(ctx.project, body.repository_quota)
+    """Set the project's repository quota (server administrators); audited in the project's
+    log as `project.quota`, with the quota before and after."""
+    await ctx.services.repositories.set_quota(
+        ctx.project, body.repository_quota, actor=ctx.actor, client=ctx.caller.client
+    )
     return await _describe(ctx, request)
 
 
@@ -162,11 +165,12 @@ async def set_pull_policy(ctx: AdminProject, body: PullPolicyUpdate) -> PullPoli
 async def create_project(
     caller: ServerManager, services: ServicesDep, body: NewProject, request: Request
 ) -> Project:
-    """Create a project (server administrators)."""
+    """Create a project (server administrators); audited in the log outside projects as
+    `project.create`."""
     problem = project_name_problem(body.name)
     if problem is not None:
         raise FieldError("name", problem)
-    await services.repositories.create_project(body.name)
+    await services.repositories.create_project(body.name, actor=caller.user, client=caller.client)
     project_id = await services.repositories.project_id(body.name)
     [details] = await services.repositories.project_details([project_id or 0])
     return _project(services, request, details, None, True)

@@ -240,7 +240,7 @@ async def server_audit(
     caller: ServerManager, services: ServicesDep, paging: PagingDep
 ) -> Page[AuditEntry]:
     """The audit log outside any project, newest first: users created and deleted, passwords
-    set, projects deleted (server administrators)."""
+    set, projects created and deleted (server administrators)."""
     entries, total = await services.identity.audit.server_entries(paging.per_page, paging.offset)
     return Page[AuditEntry](
         items=[AuditEntry.model_validate(e) for e in entries],

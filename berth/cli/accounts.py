@@ -11,9 +11,11 @@ from berth.cli.common import (
     CLI_CLIENT,
     JsonFlag,
     YesFlag,
+    ask_on_terminal,
     cli_actor,
+    confirm_deletion,
     done,
-    errors,
+    fail,
     read_password,
     run_service,
 )
@@ -48,8 +50,7 @@ def user_set_password(
 
 def user_delete(name: str, yes: YesFlag = False, json_output: JsonFlag = False) -> None:
     """Delete a user: their access keys and console sessions stop working within a second."""
-    if not yes and not typer.confirm(f"Delete user {name} with their access keys?"):
-        raise typer.Exit(1)
+    confirm_deletion(f"delete user {name} with their access keys", yes)
     run_service(lambda s: s.identity.users.delete_user(name, actor=cli_actor(), client=CLI_CLIENT))
     done(json_output, {"name": name, "deleted": True}, f"Deleted user [bold]{name}[/]")
 
@@ -63,16 +64,16 @@ def project_delete(name: str, yes: YesFlag = False, json_output: JsonFlag = Fals
     held = len(run_service(lambda s: s.repositories.list(name)))
     confirm = name if yes else None
     if held and not yes:
-        typed = typer.prompt(
-            f"Project {name} holds {counted(held, 'repository', 'repositories')}. "
-            "Type its name to delete it with all of them"
+        holds = counted(held, "repository", "repositories")
+        typed = ask_on_terminal(
+            f"delete project {name}, which holds {holds}",
+            f"Project {name} holds {holds}. Type its name to delete it with all of them",
         )
         if typed != name:
-            errors.print(f"[red]error:[/] {typed!r} is not {name!r}; nothing was deleted")
-            raise typer.Exit(1)
+            fail(f"{typed!r} is not {name!r}; nothing was deleted")
         confirm = typed
-    elif not held and not yes and not typer.confirm(f"Delete project {name}?"):
-        raise typer.Exit(1)
+    elif not held:
+        confirm_deletion(f"delete project {name}", yes)
 
     deleted = run_service(
         lambda s: s.repositories.delete_project(

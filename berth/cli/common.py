@@ -264,6 +264,46 @@ def done(json_output: bool, value: dict[str, Any], message: str) -> None:
 YesFlag = Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")]
 
 
+def _terminal_to_ask_on(deleting: str) -> None:
+    """Exit (2, as for a missing flag) when standard input is no terminal: a script or a pipe
+    cannot be asked, and an answer piped in ahead is no confirmation of what is asked."""
+    if not sys.stdin.isatty():
+        fail(
+            f"no terminal to ask on whether to {deleting}: to do it without asking, give --yes",
+            BAD_SETTING,
+        )
+
+
+def _answer(question: str) -> str:
+    """A line typed on the terminal after `question`, which goes to standard error (Click's
+    prompt leaves a space on standard output, in front of the JSON)."""
+    sys.stderr.write(f"{question} ")
+    sys.stderr.flush()
+    line = sys.stdin.readline()
+    if not line:  # end of input (Ctrl-D): no answer
+        sys.stderr.write("\n")
+        fail("no answer: nothing was deleted")
+    return line.strip()
+
+
+def confirm_deletion(deleting: str, yes: bool) -> None:
+    """Unless `yes`, ask on the terminal whether to `deleting` ("delete user bob"); anything
+    but yes exits 1. The question goes to standard error, whatever --json says: standard
+    output holds only the verb's output (its JSON)."""
+    if yes:
+        return
+    _terminal_to_ask_on(deleting)
+    if _answer(f"{deleting[0].upper()}{deleting[1:]}? [y/N]:").lower() not in ("y", "yes"):
+        fail("not confirmed: nothing was deleted")
+
+
+def ask_on_terminal(deleting: str, question: str) -> str:
+    """An answer typed on the terminal to `question` (asked on standard error) before a verb
+    will `deleting`; without a terminal, exit naming --yes."""
+    _terminal_to_ask_on(deleting)
+    return _answer(f"{question}:")
+
+
 def read_password(stdin: bool, prompt: str = "Password") -> str:
     """A password from standard input's first line (--password-stdin), else asked for twice
     without echo."""

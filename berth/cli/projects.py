@@ -20,7 +20,9 @@ from berth.cli.common import (
     run_service,
     show_rows,
 )
+from berth.domain.wording import counted
 from berth.services.records import plain
+from berth.services.repositories import ProjectDetails
 from berth.services.scanning.policy import POLICY_SEVERITIES, PullPolicySettings, threshold_words
 from berth.state import Services
 
@@ -31,7 +33,7 @@ member_app = typer.Typer(help="Project members and their roles.", no_args_is_hel
 @project_app.command("create")
 def project_create(name: ProjectArg, json_output: JsonFlag = False) -> None:
     """Create a project."""
-    run_service(lambda s: s.repositories.create_project(name))
+    run_service(lambda s: s.repositories.create_project(name, actor=cli_actor(), client=CLI_CLIENT))
     if json_output:
         print_json({"name": name})
     else:
@@ -81,6 +83,53 @@ def project_pull_policy(
             f"Project {project}: pulls of images with vulnerability findings "
             f"{threshold_words(policy.refuse_severity)} are refused."
         )
+
+
+@project_app.command("quota")
+def project_quota(
+    project: ProjectArg,
+    maximum: Annotated[
+        str | None,
+        typer.Argument(
+            metavar="[MAXIMUM|default]",
+            help="The most repositories the project may hold (0 or more); default returns it "
+            "to the server's repository_quota. Without it: show the quota.",
+            show_default=False,
+        ),
+    ] = None,
+    json_output: JsonFlag = False,
+) -> None:
+    """Show or set the project's repository quota. Lowering it below what the project holds
+    deletes nothing: new repositories are refused until it holds fewer."""
+    wanted: int | None = None
+    if maximum is not None and maximum != "default":
+        try:
+            wanted = int(maximum)
+        except ValueError:
+            fail(f"MAXIMUM must be a whole number of repositories, or default; not {maximum!r}", 2)
+
+    async def work(s: Services) -> ProjectDetails:
+        if maximum is not None:
+            await s.repositories.set_quota(project, wanted, actor=cli_actor(), client=CLI_CLIENT)
+        return await s.repositories.project(project)
+
+    details = run_service(work)
+    if json_output:
+        print_json(
+            {
+                "name": details.name,
+                "repositories": details.repositories,
+                "repository_quota": details.repository_quota,
+                "quota_is_default": details.quota_is_default,
+            }
+        )
+        return
+    whose = "the server's default" if details.quota_is_default else "its own quota"
+    console.print(
+        f"Project {project} may hold at most "
+        f"{counted(details.repository_quota, 'repository', 'repositories')} ({whose}); it "
+        f"holds {details.repositories}."
+    )
 
 
 @member_app.command("add")

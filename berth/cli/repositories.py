@@ -16,6 +16,7 @@ from berth.cli.common import (
     YesFlag,
     cell,
     cli_actor,
+    confirm_deletion,
     console,
     done,
     print_json,
@@ -187,8 +188,7 @@ def repo_delete(
 ) -> None:
     """Delete a repository with its images and tags (their data goes at the next GC)."""
     project, repository = split_repo(name)
-    if not yes and not typer.confirm(f"Delete {name} with all its images?"):
-        raise typer.Exit(1)
+    confirm_deletion(f"delete {name} with all its images", yes)
 
     async def work(s: Services) -> None:
         await s.repositories.delete(project, repository, actor=cli_actor(), client=CLI_CLIENT)

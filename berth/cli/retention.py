@@ -14,6 +14,7 @@ from berth.cli.common import (
     ProjectArg,
     YesFlag,
     cli_actor,
+    confirm_deletion,
     console,
     fail,
     pasteable,
@@ -168,10 +169,10 @@ def retention_dry_run(project: ProjectArg, json_output: JsonFlag = False) -> Non
 def retention_run(project: ProjectArg, yes: YesFlag = False, json_output: JsonFlag = False) -> None:
     """Apply the rules now: delete the images no rule keeps (images pushed or re-tagged
     during the run are kept)."""
-    if not yes and not json_output:
+    if not yes:
         # Ask only about a project there is: a name mistyped is refused before the question.
         run_service(lambda s: s.retention.policy(project))
-        typer.confirm(f"Delete the images of {project} that no retention rule keeps?", abort=True)
+    confirm_deletion(f"delete the images of {project} that no retention rule keeps", yes)
     record = run_service(
         lambda s: s.retention.run(project, dry_run=False, actor=cli_actor(), client=CLI_CLIENT)
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Annotated, Any
 
 import typer
@@ -22,14 +23,37 @@ from berth.state import Services
 
 
 def audit(
-    project: ProjectArg,
-    limit: Annotated[int, typer.Option(help="How many entries, newest first.")] = 100,
+    project: Annotated[
+        str | None,
+        typer.Argument(
+            metavar="[PROJECT]",
+            help="The project whose log to show; without it: the log outside projects.",
+            show_default=False,
+        ),
+    ] = None,
+    limit: Annotated[int, typer.Option(min=1, help="How many entries, newest first.")] = 100,
     json_output: JsonFlag = False,
 ) -> None:
-    """Show a project's audit log: logins, key and role changes."""
-    found = run_service(lambda s: s.identity.audit.entries(project, limit))
-    show_rows(
-        json_output, found, ["at", "actor", "action", "target", "client"], f"Audit log of {project}"
+    """Show a project's audit log (logins, key, role and settings changes), or without PROJECT
+    the server's: users created and deleted, passwords set, projects created and deleted."""
+    if project is None:
+        found, _total = run_service(lambda s: s.identity.audit.server_entries(limit))
+        title = "Audit log outside projects"
+    else:
+        found = run_service(lambda s: s.identity.audit.entries(project, limit))
+        title = f"Audit log of {project}"
+    rows = [{**entry, "detail": _detail(entry["detail"])} for entry in found]
+    if json_output:
+        print_json(found)
+    else:
+        show_rows(False, rows, ["at", "actor", "action", "target", "detail", "client"], title)
+
+
+def _detail(detail: dict[str, Any] | None) -> str:
+    """An entry's detail in a table cell: `name=value` pairs, values as in --json."""
+    return " ".join(
+        f"{name}={value if isinstance(value, str) else json.dumps(value)}"
+        for name, value in (detail or {}).items()
     )
 
 

@@ -108,7 +108,12 @@ def webhook_update(
     event: EventOption = None,
     all_events: Annotated[bool, typer.Option("--all-events", help="Send every type.")] = False,
     enabled: Annotated[
-        bool | None, typer.Option("--enable/--disable", help="Send events, or hold them.")
+        bool | None,
+        typer.Option(
+            "--enable/--disable",
+            help="Send events, or stop: events raised while disabled are dropped for it "
+            "(not sent later); deliveries queued before wait until it is enabled.",
+        ),
     ] = None,
     description: Annotated[str | None, typer.Option(help="A new note.")] = None,
     json_output: JsonFlag = False,

@@ -67,8 +67,8 @@ class AuditLog:
     async def server_entries(
         self, limit: int = 200, offset: int = 0
     ) -> tuple[list[dict[str, Any]], int]:
-        """Entries outside any project (users created, passwords set, projects deleted),
-        newest first, and how many there are."""
+        """Entries outside any project (users created, passwords set, projects created and
+        deleted), newest first, and how many there are."""
         outside = audit_log.c.project_id.is_(None)
         async with self.db.read() as conn:
             entries = await _page(conn, outside, limit, offset)

@@ -182,13 +182,16 @@ class Repositories:
             raise NameUnknown(f"repository {project}/{name} does not exist")
         return repo
 
-    async def create_project(self, name: str) -> None:
+    async def create_project(self, name: str, *, actor: str, client: str | None = None) -> None:
+        """Create a project, audited server-wide as `project.create` (as its delete is: the
+        project's own log goes with it)."""
         problem = project_name_problem(name)
         if problem is not None:
             raise NameInvalid(problem, {"name": name[:80]})
         try:
             async with self.db.write() as conn:
                 await conn.execute(projects.insert().values(name=name, created_at=utcnow()))
+                await write_audit_entry(conn, actor, "project.create", target=name, client=client)
         except IntegrityError:
             raise Conflict(f"project {name!r} already exists") from None
 
@@ -265,16 +268,41 @@ class Repositories:
             raise
         return await self.show(project, name)
 
-    async def set_quota(self, project: str, quota: int | None) -> None:
-        """A project's own repository maximum; None returns it to the server default."""
+    async def set_quota(
+        self, project: str, quota: int | None, *, actor: str, client: str | None = None
+    ) -> None:
+        """A project's own repository maximum; None returns it to the server default. Audited
+        in the project's log as `project.quota`, with the maximum before and after (`old`,
+        `new`) and whether each was the server default."""
         if quota is not None and quota < 0:
             raise InvalidValue("the repository quota cannot be negative", "repository_quota")
         async with self.db.write() as conn:
             project_id = await require_project(conn, project)
+            own = (
+                await conn.execute(
+                    select(project_settings.c.repository_quota).where(
+                        project_settings.c.project_id == project_id
+                    )
+                )
+            ).scalar()
             await conn.execute(
                 self.db.upsert(
                     project_settings, ["project_id"], {"repository_quota": quota}
                 ).values(project_id=project_id, repository_quota=quota)
+            )
+            await write_audit_entry(
+                conn,
+                actor,
+                "project.quota",
+                project_id=project_id,
+                target=project,
+                detail={
+                    "old": int(own) if own is not None else self.default_quota,
+                    "old_is_default": own is None,
+                    "new": quota if quota is not None else self.default_quota,
+                    "new_is_default": quota is None,
+                },
+                client=client,
             )
 
     async def delete_project(
@@ -530,6 +558,13 @@ class Repositories:
         if row is None:
             raise NameUnknown(f"repository {project}/{name} does not exist")
         return _repository(project, row)
+
+    async def project(self, name: str) -> ProjectDetails:
+        """A project with its repository count and maximum, or NAME_UNKNOWN."""
+        async with self.db.read() as conn:
+            project_id = await require_project(conn, name)
+        [details] = await self.project_details([project_id])
+        return details
 
     async def project_details(
         self, project_ids: Collection[int] | None = None

@@ -90,8 +90,8 @@ def new_team(server: BerthServer) -> Team:
         users[actor] = people.setdefault(actor, f"{actor}-{suffix}")
 
     async def populate(s: Services) -> dict[str, Credentials]:
-        await s.repositories.create_project(project)
-        await s.repositories.create_project(other)
+        await s.repositories.create_project(project, actor="test")
+        await s.repositories.create_project(other, actor="test")
         await s.repositories.create(project, repository, actor="test")
         for actor, name in users.items():
             if actor == "admin":

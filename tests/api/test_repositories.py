@@ -278,6 +278,16 @@ def test_quota(team: Team, server: BerthServer) -> None:
     assert restored["quota_is_default"] and restored["repository_quota"] == 100
     ok(team["member"].post(team.url("/repositories"), json={"name": "third"}), 201)
 
+    # Each change is in the project's log: who, from where, the quota before and after.
+    entries = ok(team["project-admin"].get(team.url("/audit"), params={"per_page": 100}))
+    changes = [e for e in entries["items"] if e["action"] == "project.quota"]
+    assert [e["detail"] for e in changes] == [
+        {"old": 2, "old_is_default": False, "new": 100, "new_is_default": True},
+        {"old": 100, "old_is_default": True, "new": 2, "new_is_default": False},
+    ]
+    assert {(e["actor"], e["target"]) for e in changes} == {("admin", team.project)}
+    assert all(e["client"] for e in changes)
+
 
 def test_projects(team: Team) -> None:
     listed = ok(team["reader"].get("/projects"))
@@ -307,6 +317,10 @@ def test_projects(team: Team) -> None:
         assert created["name"] == name and created["repositories"] == 0
         assert created["server_admin"] and created["role"] is None
         assert_problem(admin.post("/projects", json={"name": name}), 409, code="CONFLICT")
+        # Audited outside projects, once (the refused second create is not).
+        audit = ok(admin.get("/audit", params={"per_page": 100}))["items"]
+        [entry] = [e for e in audit if (e["action"], e["target"]) == ("project.create", name)]
+        assert entry["actor"] == "admin" and entry["client"]
         assert_problem(admin.post("/projects", json={"name": "Bad"}), 422, fields=("name",))
         # A project name becomes a host name label: one readable message, never a pattern.
         for bad, why in [("my_proj", "'_'"), ("a.b", "'.'"), ("-x", "'-'"), ("a" * 64, "64")]:

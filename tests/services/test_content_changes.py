@@ -102,7 +102,7 @@ def run(tmp_path: Path, scenario: Callable[[Scene], Awaitable[None]]) -> None:
 
     async def in_scene(db: Database) -> None:
         repositories = Repositories(db)
-        await repositories.create_project("acme")
+        await repositories.create_project("acme", actor="test")
         await repositories.create("acme", "app", actor="test")
         _, repo = await repositories.lookup("acme", "app")
         assert repo is not None

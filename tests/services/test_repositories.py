@@ -17,7 +17,7 @@ def test_a_change_made_elsewhere_shows_once_the_cached_repository_is_stale(
 ) -> None:
     async def scenario(db: Database) -> None:
         here, elsewhere = Repositories(db), Repositories(db)
-        await here.create_project("acme")
+        await here.create_project("acme", actor="test")
         assert await here.lookup("acme", "app") == (1, None)
         await elsewhere.create("acme", "app", actor="test")
         _, found = await here.lookup("acme", "app")  # an absence was not remembered
@@ -36,7 +36,7 @@ def test_a_change_made_elsewhere_shows_once_the_cached_repository_is_stale(
 def test_a_change_made_here_shows_at_once(tmp_path: Path) -> None:
     async def scenario(db: Database) -> None:
         repositories = Repositories(db)
-        await repositories.create_project("acme")
+        await repositories.create_project("acme", actor="test")
         await repositories.create("acme", "app", actor="test")
         await repositories.lookup("acme", "app")
         await repositories.update("acme", "app", tag_overwrite=False, actor="alice", client=None)

@@ -19,7 +19,7 @@ def test_the_rules_of_a_project_in_order(tmp_path: Path) -> None:
     async def scenario(db: Database) -> None:
         repositories, rules = Repositories(db), TagRules(db)
         for project in ("acme", "other"):
-            await repositories.create_project(project)
+            await repositories.create_project(project, actor="test")
         await rules.create("acme", "v*", "app", actor="alice")
         await rules.create("acme", "release-*", actor="alice")
         await rules.create("other", "*", actor="bob")

@@ -23,7 +23,7 @@ async def rows(db: Database) -> int:
 
 def test_collections_on_demand_within_a_minute_replace_the_newest_sample(tmp_path: Path) -> None:
     async def scenario(db: Database) -> None:
-        await Repositories(db).create_project("acme")
+        await Repositories(db).create_project("acme", actor="test")
         usage = Usage(db)
         samples = [await usage.collect("acme") for _ in range(50)]
         assert await rows(db) == 1
@@ -41,7 +41,7 @@ def test_collections_on_demand_within_a_minute_replace_the_newest_sample(tmp_pat
 
 def test_collections_at_once_share_one_measurement(tmp_path: Path) -> None:
     async def scenario(db: Database) -> None:
-        await Repositories(db).create_project("acme")
+        await Repositories(db).create_project("acme", actor="test")
         usage = Usage(db, storage_collect_min_interval=0)  # nothing recent to return
         samples = await asyncio.gather(*(usage.collect("acme") for _ in range(20)))
         [measured] = {sample.collected_at for sample in samples}
@@ -54,7 +54,7 @@ def test_collections_at_once_share_one_measurement(tmp_path: Path) -> None:
 
 def test_a_window_of_more_samples_than_a_chart_shows_is_thinned(tmp_path: Path) -> None:
     async def scenario(db: Database) -> None:
-        await Repositories(db).create_project("acme")
+        await Repositories(db).create_project("acme", actor="test")
         now = utcnow()
         async with db.write() as conn:
             project_id = await require_project(conn, "acme")

@@ -341,7 +341,7 @@ def test_a_lease_goes_to_one_holder_at_a_time(metered: BerthServer) -> None:
 
 def test_summary_numbers(metered: BerthServer) -> None:
     project = new_project(metered)
-    metered._services(lambda s: s.repositories.set_quota(project.name, 7))
+    metered._services(lambda s: s.repositories.set_quota(project.name, 7, actor="test"))
     app, empty = project.repository(), project.repository()
     name = f"{project.name}/{app}"
     config = Blob(b'{"architecture":"arm64","os":"linux"}', OCI_CONFIG)

@@ -48,7 +48,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
 
     async def populate(services: Services) -> tuple[str, str, str]:
         for project in ("demo", "other"):
-            await services.repositories.create_project(project)
+            await services.repositories.create_project(project, actor="test")
             await services.repositories.create(project, "app", actor="test")
         await services.identity.users.create_user("alice", PASSWORD, actor="test")
         await services.identity.members.add_member("demo", "alice", "member", actor="test")

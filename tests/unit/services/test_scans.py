@@ -117,7 +117,7 @@ async def _body(data: bytes) -> AsyncIterator[bytes]:
 
 
 async def repository(world: World, scan_mode: str = "manual") -> RepositoryRef:
-    await world.repositories.create_project("p")
+    await world.repositories.create_project("p", actor="test")
     await world.repositories.create("p", "app", scan_mode=scan_mode, actor="test")
     return await world.repositories.require("p", "app")
 
@@ -348,7 +348,7 @@ def test_queued_scans_take_projects_in_turn(
 
     async def scenario(world: World) -> None:
         busy = await repository(world)
-        await world.repositories.create_project("q")
+        await world.repositories.create_project("q", actor="test")
         await world.repositories.create("q", "app", actor="test")
         quiet = await world.repositories.require("q", "app")
         busy_images = [

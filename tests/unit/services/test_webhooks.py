@@ -57,7 +57,7 @@ def run(database_url: str, work: Callable[[Database], Awaitable[T]]) -> T:
     async def go() -> T:
         db = Database(database_url)
         try:
-            await Repositories(db).create_project("acme")
+            await Repositories(db).create_project("acme", actor="test")
             return await work(db)
         finally:
             await db.dispose()
