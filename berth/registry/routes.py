@@ -276,7 +276,7 @@ async def _streamed_blob(
         # blob, which every node needs stored, not only this one.
         await services.registry.ensure_stored(digest, size)
         return BlobFileResponse("", size, digest)  # headers only: no path is read
-    cached = services.registry.cached_blob(digest, size)
+    cached = await services.registry.cached_blob(digest, size)
     if cached is not None:
         return _file_blob(request, services, repo, digest, cached, size)
     wanted = _single_range(_honoured_range(request, digest), size)

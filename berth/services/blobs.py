@@ -109,11 +109,19 @@ class BlobContent:
     def blob_path(self, digest: str) -> Path | None:
         return self.store.local_path(digest)
 
-    def cached_blob(self, digest: str, size: int) -> Path | None:
+    async def cached_blob(self, digest: str, size: int) -> Path | None:
         """This node's copy of a blob of a remote store (`s3_cache_dir`), to send as a file;
         it was hashed when it was written, and the caller checked the blob is the
-        repository's."""
+        repository's. Sent only while the store still holds the blob (confirmed at most
+        every 30 s): one set aside by another node is BLOB_UNKNOWN here too, as for a HEAD."""
+        await self._confirm_cached_copy(digest, size)
         return self.store.cached_path(digest, size)
+
+    async def _confirm_cached_copy(self, digest: str, size: int) -> bool:
+        try:
+            return await self.store.confirm_cached_copy(digest, size)
+        except FileNotFoundError:
+            raise missing_blob(digest) from None
 
     async def blob_stream(
         self, digest: str, size: int, start: int, end: int
@@ -175,10 +183,11 @@ class BlobContent:
     async def ensure_held(self, digest: str, size: int) -> None:
         """BLOB_UNKNOWN unless this node can send the blob, for a client that holds it (a
         conditional request, answered 304): a verified copy in this worker's memory or this
-        node's cache answers without a request to the store, as a GET would be sent from that
-        copy; else the store is asked, as for a HEAD (`ensure_stored`)."""
+        node's cache answers as a GET would be sent from that copy (the cache's once the
+        store was found holding the blob in the last 30 s, see `cached_blob`); else the
+        store is asked, as for a HEAD (`ensure_stored`)."""
         held = self._kept_small_blob(digest, size) is not None
-        if not held and not self.store.holds_cached_copy(digest, size):
+        if not held and not await self._confirm_cached_copy(digest, size):
             await self.ensure_stored(digest, size)
 
     async def download_url(

@@ -177,6 +177,12 @@ class BlobStore(abc.ABC):
         send as a file; None when there is none (or the store has local files anyway)."""
         return None
 
+    async def confirm_cached_copy(self, digest: str, size: int) -> bool:
+        """Whether this node holds a copy of the blob (see `cached_path`) that it may send,
+        the store having held the blob recently (see `S3BlobStore`); FileNotFoundError when
+        the store no longer holds it (the copy is removed). Not a use of the copy."""
+        return False
+
     def holds_cached_copy(self, digest: str, size: int) -> bool:
         """Whether this node keeps a copy of the blob at `size` bytes (see `cached_path`),
         without counting it as a use of the copy."""

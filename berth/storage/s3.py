@@ -177,6 +177,13 @@ class S3BlobStore(BlobStore):
         self._client_stack = contextlib.AsyncExitStack()
         self._client_lock = asyncio.Lock()
         self._confirmed: LRUCache[str, float] = LRUCache(maxsize=CONFIRMED_KEPT)
+        # Blobs a pull found whole in the store as it wrote this node's copy: they confirm
+        # the copy (`confirm_cached_copy`), not a HEAD, which asks the store as before.
+        self._filled: LRUCache[str, float] = LRUCache(maxsize=CONFIRMED_KEPT)
+        # A cached copy's confirmation being asked (`confirm_cached_copy`): one per digest.
+        self._confirming: dict[str, asyncio.Task[bool]] = {}
+        # Until when cached copies are sent unconfirmed: the store could not be asked.
+        self._unconfirmable_until = 0.0
         self._signer: S3Client | None = None  # for `public_endpoint`, when set
         self._background: set[asyncio.Task[None]] = set()
 
@@ -423,7 +430,7 @@ class S3BlobStore(BlobStore):
         return _MultipartBlobWriter(self, self._blob_key(digest))
 
     async def _remove_unrecorded(self, keys: list[str]) -> None:
-        """Delete the pieces of a failed write, which no upload will ever name: one try, run
+        """Delete the pieces of a failed write, which no upload will ever name: one call, run
         to its end even when the request is cancelled (its client gone). Should it fail (the
         store unreachable), they stay, never read, until the upload ends: finishing,
         cancelling or expiring an upload deletes all its pieces."""
@@ -584,13 +591,14 @@ class S3BlobStore(BlobStore):
         Content-addressed, so the size never changes; only a removal could make the answer
         wrong, and this node's own removals forget it at once. A blob lost otherwise (set
         aside by another node, removed from the bucket by hand) is answered as stored for at
-        most that long; a GET streamed through Berth finds out at once, and commits and the
-        storage check ask the store every time (`stat`)."""
+        most that long (so is a copy in this node's cache, `confirm_cached_copy`); a GET
+        streamed through Berth finds out at once, and commits and the storage check ask the
+        store every time (`stat`)."""
         confirmed = self._confirmed.get(digest)
         if confirmed is not None and time.monotonic() - confirmed < CONFIRMED_SECONDS:
             return True
         if await self.stat(digest) != size:
-            self._confirmed.pop(digest, None)
+            self._forget(digest)
             return False
         self._confirmed[digest] = time.monotonic()
         return True
@@ -598,8 +606,51 @@ class S3BlobStore(BlobStore):
     def local_path(self, digest: str) -> Path | None:
         return None
 
+    def _forget(self, digest: str) -> None:
+        """The blob found gone or removed here: no earlier answer vouches for it now."""
+        self._confirmed.pop(digest, None)
+        self._filled.pop(digest, None)
+
     def cached_path(self, digest: str, size: int) -> Path | None:
         return None if self.cache is None else self.cache.hit(digest, size)
+
+    async def confirm_cached_copy(self, digest: str, size: int) -> bool:
+        """Whether this node holds a copy of the blob it may send: the copy alone does not
+        say so, for another node may have set the blob aside as damaged (or a blob lost from
+        the bucket is to be pushed again), and a HEAD would answer 404. As `confirm_stored`:
+        a blob found in the store less than CONFIRMED_SECONDS ago is taken as still there, so
+        a copy pulled often costs one HeadObject per that many seconds, shared by the pulls
+        waiting for it. Found gone, the copy is removed and FileNotFoundError raised. A store
+        that cannot be asked (down, refusing) does not show the blob gone: the copy is sent,
+        unconfirmed for the next CONFIRMED_SECONDS, so that while the store is down only one
+        pull in that time waits for the tries of `s3_attempts`."""
+        if self.cache is None or not self.cache.holds(digest, size):
+            return False
+        now = time.monotonic()
+        for confirmed in (self._confirmed.get(digest), self._filled.get(digest)):
+            if confirmed is not None and now - confirmed < CONFIRMED_SECONDS:
+                return True
+        if now < self._unconfirmable_until:
+            return True
+        confirming = self._confirming.get(digest)
+        if confirming is None:
+            confirming = asyncio.ensure_future(self._confirm_copy(digest, size))
+            self._confirming[digest] = confirming
+            confirming.add_done_callback(lambda _: self._confirming.pop(digest, None))
+        # Shielded: a pull whose client went away leaves the answer to the others.
+        if not await asyncio.shield(confirming):
+            raise FileNotFoundError(f"blob {digest} is no longer in the {self.location.shown}")
+        return True
+
+    async def _confirm_copy(self, digest: str, size: int) -> bool:
+        try:
+            stored = await self.confirm_stored(digest, size)
+        except ObjectStoreError:
+            self._unconfirmable_until = time.monotonic() + CONFIRMED_SECONDS
+            return True
+        if not stored and self.cache is not None:
+            await self.cache.discard([digest])
+        return stored
 
     def holds_cached_copy(self, digest: str, size: int) -> bool:
         return self.cache is not None and self.cache.holds(digest, size)
@@ -619,8 +670,11 @@ class S3BlobStore(BlobStore):
             return
         feed = FillFeed(fill)
         read: list[str] = []  # the ETag of the copy read: only it is set aside if damaged
+        answered_at = time.monotonic()
 
         def seen(etag: str) -> None:
+            nonlocal answered_at
+            answered_at = time.monotonic()
             read.append(etag)
             if answered is not None:
                 answered(etag)
@@ -634,6 +688,9 @@ class S3BlobStore(BlobStore):
             feed.abandon()
             raise
         if await asyncio.to_thread(fill.finish):
+            # Whole and matching: the store held the blob when it answered (the copy's next
+            # pulls need not ask again for a while).
+            self._filled[digest] = answered_at
             fill.cache.request_sweep()  # the new copy may take the cache over its bound
         elif fill.damaged:
             raise BlobDamaged(digest, read[0] if read else None)
@@ -650,7 +707,7 @@ class S3BlobStore(BlobStore):
             async for chunk in self._stream(self._blob_key(digest), start, end, answered):
                 yield chunk
         except FileNotFoundError:
-            self._confirmed.pop(digest, None)  # found gone: HEADs say so from now on
+            self._forget(digest)  # found gone: HEADs say so from now on
             raise
 
     async def download_url(self, digest: str, ttl: int, byte_range: str | None = None) -> str:
@@ -672,7 +729,7 @@ class S3BlobStore(BlobStore):
         return url
 
     async def delete(self, digest: str) -> None:
-        self._confirmed.pop(digest, None)
+        self._forget(digest)
         if self.cache is not None:
             await self.cache.discard([digest])
         key = self._blob_key(digest)
@@ -682,7 +739,7 @@ class S3BlobStore(BlobStore):
 
     async def delete_many(self, digests: list[str]) -> None:
         for digest in digests:
-            self._confirmed.pop(digest, None)
+            self._forget(digest)
         if self.cache is not None:
             await self.cache.discard(digests)
         await self._delete_keys([self._blob_key(digest) for digest in digests])
@@ -702,7 +759,7 @@ class S3BlobStore(BlobStore):
             now = await self.stored_copy(digest)
             if now is None or now.version != version:
                 return  # gone, or pushed again since the damaged copy was read: that stays
-        self._confirmed.pop(digest, None)
+        self._forget(digest)
         if self.cache is not None:
             await self.cache.discard([digest])
         parsed = parse_digest(digest)
@@ -752,46 +809,67 @@ class _MultipartObject:
         self._multipart_id: str | None = None
         self._parts: list[CompletedPartTypeDef] = []
         self.completed = False
+        self.store_failed = False  # a part or the completion spent its tries (see `abort`)
 
     @property
     def started(self) -> bool:
         return self._multipart_id is not None
 
     async def send_part(self, body: bytes) -> None:
-        s3 = await self._store._s3()
-        bucket = self._store.location.bucket
-        with self._store._errors(self.key):
-            if self._multipart_id is None:
-                created = await s3.create_multipart_upload(Bucket=bucket, Key=self.key)
-                self._multipart_id = created["UploadId"]
-            number = len(self._parts) + 1
-            sent = await s3.upload_part(
-                Bucket=bucket,
-                Key=self.key,
-                UploadId=self._multipart_id,
-                PartNumber=number,
-                Body=body,
-            )
+        with self._noting_failure():
+            s3 = await self._store._s3()
+            bucket = self._store.location.bucket
+            with self._store._errors(self.key):
+                if self._multipart_id is None:
+                    created = await s3.create_multipart_upload(Bucket=bucket, Key=self.key)
+                    self._multipart_id = created["UploadId"]
+                number = len(self._parts) + 1
+                sent = await s3.upload_part(
+                    Bucket=bucket,
+                    Key=self.key,
+                    UploadId=self._multipart_id,
+                    PartNumber=number,
+                    Body=body,
+                )
         self._parts.append({"PartNumber": number, "ETag": sent["ETag"]})
+
+    @contextlib.contextmanager
+    def _noting_failure(self) -> Iterator[None]:
+        try:
+            yield
+        except ObjectStoreError:
+            self.store_failed = True
+            raise
 
     async def complete(self) -> None:
         if self.completed or self._multipart_id is None:
             raise RuntimeError("completing a multipart object with no part, or again")
-        s3 = await self._store._s3()
-        with self._store._errors(self.key):
-            await s3.complete_multipart_upload(
-                Bucket=self._store.location.bucket,
-                Key=self.key,
-                UploadId=self._multipart_id,
-                MultipartUpload={"Parts": self._parts},
-            )
+        with self._noting_failure():
+            s3 = await self._store._s3()
+            with self._store._errors(self.key):
+                await s3.complete_multipart_upload(
+                    Bucket=self._store.location.bucket,
+                    Key=self.key,
+                    UploadId=self._multipart_id,
+                    MultipartUpload={"Parts": self._parts},
+                )
         self.completed = True
 
     async def abort(self) -> None:
-        """Drop the parts unless completed (best effort, never raises)."""
+        """Drop the parts unless completed (best effort, never raises). After the store
+        failed a part or the completion, in the background: that failure spent a whole
+        `s3_attempts` budget, and the caller's client is told 503 now, not after the abort
+        has spent another (the abandoned-uploads job aborts what it leaves)."""
         if self._multipart_id is None or self.completed:
             return
         multipart_id, self._multipart_id = self._multipart_id, None
+        aborting = self._abort(multipart_id)
+        if self.store_failed:
+            self._store._in_background(aborting)
+        else:
+            await aborting
+
+    async def _abort(self, multipart_id: str) -> None:
         with contextlib.suppress(Exception):
             s3 = await self._store._s3()
             await s3.abort_multipart_upload(
@@ -811,6 +889,7 @@ class _PieceWriter(UploadWriter):
         self._token = secrets.token_hex(8)
         self._length = 0
         self._put_key: str | None = None  # a short PATCH's one PUT, once begun
+        self._put_failed = False  # it spent its tries (see `abort`)
         self._object = _MultipartObject(store, prefix + parted_piece_key(start, self._token))
         self._recorded: str | None = None
         self._buffer = PartBuffer(self._send)
@@ -828,7 +907,11 @@ class _PieceWriter(UploadWriter):
         if not self._object.started and len(body) < PIECE_BYTES:
             name = piece_name(self._start, len(body), self._token)
             self._put_key = self._prefix + name
-            await self._store._put(self._put_key, body)
+            try:
+                await self._store._put(self._put_key, body)
+            except ObjectStoreError:
+                self._put_failed = True
+                raise
             self._recorded = name
         else:
             await self._object.send_part(body)
@@ -849,7 +932,13 @@ class _PieceWriter(UploadWriter):
             begun.append(self._object.key)
         await self._buffer.abort()
         await self._object.abort()
-        if begun:
+        if not begun:
+            return
+        if self._put_failed or self._object.store_failed:
+            # The store has just failed this PATCH after a whole `s3_attempts` budget: its
+            # client is told 503 now, not once the removal has spent another (~15 s each).
+            self._store._in_background(self._store._delete_unrecorded(begun))
+        else:
             await self._store._remove_unrecorded(begun)
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import socket
 import struct
 import threading
@@ -18,10 +19,16 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.metrics import scrape, summed, value
+from tests.metrics import Samples, scrape, summed, value
 from tests.oci import assert_status, blob_path, location, put_upload, start_upload
 from tests.s3 import BUCKET, SeaweedFS
-from tests.servers import BerthServer, running_server, serve_refused, unstarted_environ
+from tests.servers import (
+    BerthServer,
+    PostgresCluster,
+    running_server,
+    serve_refused,
+    unstarted_environ,
+)
 from tests.usage.conftest import eventually, traffic
 
 MiB = 1024 * 1024
@@ -386,6 +393,95 @@ def test_garbage_collection_removes_the_cached_copy(cached: BerthServer, cache_d
         )
         assert run["state"] == "succeeded", run
         assert not copy_of(cache_dir, digest).exists()
+
+
+def requests_to_the_store(scraped: Samples) -> float:
+    return summed(scraped, "berth_s3_requests_total", lambda _labels: True)
+
+
+def test_a_blob_set_aside_by_one_node_is_no_longer_sent_from_another_nodes_copy(
+    seaweedfs: SeaweedFS, postgres: PostgresCluster | None, tmp_path: Path
+) -> None:
+    """Two nodes on one database and bucket, each with its own cache and a copy of a blob.
+    Pulled again, each sends its copy without asking the bucket. Once the storage check
+    (run on the first node) sets the blob aside as damaged, the second node, whose copy the
+    check cannot remove, answers as a HEAD does within the documented 30 s: the whole blob,
+    a range and a conditional GET are BLOB_UNKNOWN there too, and its copy is gone."""
+    if postgres is None:
+        pytest.skip("PostgreSQL not installed")
+    url = postgres.create_database()
+    shared = {
+        **seaweedfs.settings_environ(),
+        "BERTH_SINGLE_NODE": "false",
+        "BERTH_WORKERS": "1",  # one process per node: its requests to the store counted alone
+    }
+    caches = [tmp_path / "cache1", tmp_path / "cache2"]
+    first, second = (
+        BerthServer(
+            tmp_path / f"node{number}",
+            url,
+            extra_env={
+                **cache_environ(cache),
+                **shared,
+                "BERTH_NODE_NAME": f"node{number}",
+            },
+        )
+        for number, cache in enumerate(caches, start=1)
+    )
+    try:
+        first.start()
+        shutil.copytree(first.data_dir / "keys", second.data_dir / "keys")
+        second.start()
+        first.create_repository("shared", "app")
+        name = "shared/app"
+        data = os.urandom(3 * MiB)
+        auth = first.access_key("shared")
+        with (
+            httpx.Client(base_url=first.url, auth=auth, timeout=60) as one,
+            httpx.Client(base_url=second.url, auth=auth, timeout=60) as two,
+        ):
+            digest = push(one, name, data)
+            for client, cache in zip((one, two), caches, strict=True):
+                assert client.get(blob_path(name, digest)).content == data
+                assert kept(cache, digest) == data
+            pulled_at = time.monotonic()  # the second node's copy found the blob in the bucket
+
+            # A copy pulled again costs no request to the bucket.
+            before = scrape(second)
+            for _ in range(3):
+                assert two.get(blob_path(name, digest)).content == data
+            after = scrape(second)
+            assert value(after, "berth_s3_cache_pulls_total", result="hit") == 3
+            assert requests_to_the_store(after) == requests_to_the_store(before)
+
+            damaged = bytearray(data)
+            damaged[MiB] ^= 0xFF  # one byte flipped: the size stays
+            seaweedfs.client().put_object(
+                Bucket=BUCKET, Key=object_key(first, digest), Body=bytes(damaged)
+            )
+            checked = first.cli("storage", "check", "shared", "--json", check=False)
+            assert checked.returncode == 1, checked.stdout + checked.stderr
+            assert json.loads(checked.stdout)["damaged"] == [digest]
+            assert_status(one.head(blob_path(name, digest)), 404)
+            assert_status(one.get(blob_path(name, digest)), 404)
+            assert kept(caches[1], digest) == data  # the second node's copy: out of reach
+
+            refused = eventually(
+                lambda: two.get(blob_path(name, digest)),
+                lambda answer: answer.status_code != 200,
+                timeout=45,
+            )
+            assert_status(refused, 404)
+            assert time.monotonic() - pulled_at < 40  # 30 s, and the time a poll takes
+            assert refused.json()["errors"][0]["code"] == "BLOB_UNKNOWN"
+            ranged = two.get(blob_path(name, digest), headers={"Range": "bytes=0-99"})
+            held = two.get(blob_path(name, digest), headers={"If-None-Match": f'"{digest}"'})
+            for answer in (ranged, held, two.head(blob_path(name, digest))):
+                assert_status(answer, 404)
+            assert kept(caches[1], digest) is None
+    finally:
+        second.stop()
+        first.stop()
 
 
 def test_serve_refuses_a_cache_directory_it_cannot_make(

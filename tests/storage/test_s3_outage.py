@@ -416,3 +416,32 @@ def test_the_store_killed_mid_patch_is_a_503_and_no_piece_of_the_chunk_stays(
         assert parts_in_flight(server, upload) == [1]
         finish_from_acknowledged_offset(server, client, name, upload, data, first)
         assert parts_in_flight(server, upload) == [1]
+
+
+def test_a_patch_with_the_store_down_gives_up_after_one_retry_budget(
+    request: pytest.FixtureRequest, own_seaweedfs: SeaweedFS
+) -> None:
+    """With the default `s3_attempts` (6 tries, about 15 s of backing off), a chunk PATCHed
+    while the store is down is answered 503 once its write has spent its tries: the piece it
+    could not write is not also tried away before the client hears (about 15 s more), and
+    the upload goes on from its offset once the store is back."""
+    env = {**own_seaweedfs.settings_environ(), "BERTH_WORKERS": "1"}
+    with running_server(request, "s3-down-patch", extra_env=env) as server:
+        server.create_repository("down", "app")
+        name = "down/app"
+        data = os.urandom(2 * MiB)
+        with httpx.Client(
+            base_url=server.url, auth=server.access_key("down"), timeout=120
+        ) as client:
+            upload = location(start_upload(client, name))
+            upload = location(patch_upload(client, upload, data[:MiB], f"0-{MiB - 1}"))
+            own_seaweedfs.kill()
+            started = time.monotonic()
+            failed = patch_upload(client, upload, data[MiB:], f"{MiB}-{2 * MiB - 1}")
+            took = time.monotonic() - started
+            assert_unavailable(failed, own_seaweedfs)
+            # One budget of six tries backs off for about 15 s; two take about 30.
+            assert 5 < took < 24, took
+
+            own_seaweedfs.start()
+            finish_from_acknowledged_offset(server, client, name, upload, data, MiB)
