@@ -51,7 +51,7 @@ from berth.metadata.tables import (
 from berth.observability import metrics
 from berth.services.webhook_addresses import check_url
 from berth.services.webhook_events import TEST
-from berth.services.webhooks import DELIVERED, FAILED, IN_ORDER, PENDING
+from berth.services.webhooks import DELIVERED, FAILED, IN_ORDER, PENDING, queue_head
 
 if TYPE_CHECKING:
     import httpx
@@ -277,14 +277,10 @@ class WebhookDelivery:
         async with self.db.write() as conn:
             head = (
                 await conn.execute(
-                    select(webhook_deliveries.c.id, webhook_deliveries.c.next_attempt_at)
-                    .where(
-                        webhook_deliveries.c.webhook_id == webhook_id,
-                        webhook_deliveries.c.state == PENDING,
-                        IN_ORDER,
+                    queue_head(
+                        select(webhook_deliveries.c.id, webhook_deliveries.c.next_attempt_at),
+                        webhook_id,
                     )
-                    .order_by(webhook_deliveries.c.id)
-                    .limit(1)
                 )
             ).first()
             if head is None or head.next_attempt_at is None or head.next_attempt_at <= now:
@@ -304,18 +300,7 @@ class WebhookDelivery:
         """Attempt the endpoint's oldest pending delivery (in order: tests aside) if it is
         due; False when there is none or it must wait."""
         async with self.db.read() as conn:
-            head = (
-                await conn.execute(
-                    _with_endpoint()
-                    .where(
-                        webhook_deliveries.c.webhook_id == webhook_id,
-                        webhook_deliveries.c.state == PENDING,
-                        IN_ORDER,
-                    )
-                    .order_by(webhook_deliveries.c.id)
-                    .limit(1)
-                )
-            ).first()
+            head = (await conn.execute(queue_head(_with_endpoint(), webhook_id))).first()
         now = self.clock()
         if head is None or not head.enabled:
             return False

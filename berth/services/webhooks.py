@@ -9,7 +9,7 @@ import secrets
 from typing import Any, Literal
 
 from pydantic import Field
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import Select, delete, func, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from berth.domain.descriptions import description_problem
@@ -36,6 +36,20 @@ PENDING, DELIVERED, FAILED = "pending", "delivered", "failed"
 # The deliveries an endpoint gets in order: all but test events, which are sent at once,
 # whatever waits, and attempted once.
 IN_ORDER = webhook_deliveries.c.event_type != TEST
+
+
+def queue_head(query: Select[Any], webhook_id: int) -> Select[Any]:
+    """`query` narrowed to the head of the endpoint's ordered queue (test events are outside
+    it): its oldest pending delivery, the one the others wait for."""
+    return (
+        query.where(
+            webhook_deliveries.c.webhook_id == webhook_id,
+            webhook_deliveries.c.state == PENDING,
+            IN_ORDER,
+        )
+        .order_by(webhook_deliveries.c.id)
+        .limit(1)
+    )
 
 
 class Webhook(Record):
@@ -415,16 +429,7 @@ class Webhooks:
             ).all()
             # The head of the endpoint's ordered queue: the one the others wait for.
             head = (
-                await conn.execute(
-                    select(webhook_deliveries.c.id)
-                    .where(
-                        webhook_deliveries.c.webhook_id == webhook_id,
-                        webhook_deliveries.c.state == PENDING,
-                        IN_ORDER,
-                    )
-                    .order_by(webhook_deliveries.c.id)
-                    .limit(1)
-                )
+                await conn.execute(queue_head(select(webhook_deliveries.c.id), webhook_id))
             ).scalar()
             attempts: dict[int, list[Attempt]] = {row.id: [] for row in rows}
             if rows:
