@@ -310,6 +310,11 @@ def _on_sqlite(settings: Settings) -> bool:
     return settings.resolved_database_url.startswith("sqlite")
 
 
+def _several_nodes(settings: Settings) -> bool:
+    """Whether this install may run several nodes (S3 with PostgreSQL), which share keys."""
+    return settings.storage == "s3" and not _on_sqlite(settings)
+
+
 def _keyring(settings: Settings, keys: Callable[[], Keyring]) -> Keyring:
     """This node's keys, as `keys` reads or writes them; a key file it can neither read nor
     create is a setting that cannot work (a read-only /etc under systemd's ProtectSystem, a
@@ -342,7 +347,7 @@ def check_keys(settings: Settings) -> Keyring:
     others. Keys made now are recorded before they are written, by an insert only one node
     wins: of two first nodes starting at once, the other is refused with nothing written.
     The keys, for the services the start-up builds."""
-    shared = settings.storage == "s3" and not _on_sqlite(settings)
+    shared = _several_nodes(settings)
     # One node (SQLite, or files) on its first start: keys are written first, so start-ups at
     # once on one data directory share the first written (and record it). Once recorded, and
     # with several nodes, a missing key is made in memory and written only once recorded.
@@ -367,8 +372,7 @@ def refuse_other_keys(settings: Settings, keyring: Keyring, recorded: str | None
     """Refuse (SettingsError, saying what to do) keys that are not the `recorded` ones of
     this install (None: no node has recorded any yet)."""
     if recorded is not None and recorded != keyring.fingerprint:
-        shared = settings.storage == "s3" and not _on_sqlite(settings)
-        refusal = _not_the_installs_keys if shared else _not_this_installs_keys
+        refusal = _not_the_installs_keys if _several_nodes(settings) else _not_this_installs_keys
         raise SettingsError(refusal(settings, recorded, keyring))
 
 
