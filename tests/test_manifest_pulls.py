@@ -134,3 +134,20 @@ def test_curl_revalidates_a_manifest_with_its_etag(repo: Repo) -> None:
         check=True,
     ).stdout
     assert again == "304 0"
+
+
+def test_a_manifest_type_the_client_refuses_with_q_0_is_not_sent(repo: Repo) -> None:
+    """RFC 9110: `q=0` means "not acceptable", however broad a range beside it accepts."""
+    body = random_image(repo.client, repo.name)
+    assert put_manifest(repo.client, repo.name, "v1", body).status_code == 201
+    refused = {"Accept": f"{OCI_MANIFEST};q=0, */*"}
+    for method in ("GET", "HEAD"):
+        answered = repo.client.request(method, repo.url("manifests/v1"), headers=refused)
+        assert answered.status_code == 404
+        assert "docker-content-digest" not in answered.headers
+        if method == "GET":
+            (error,) = answered.json()["errors"]
+            assert error["code"] == "MANIFEST_UNKNOWN"
+            assert "Accept" in error["message"] and error["detail"]["mediaType"] == OCI_MANIFEST
+    weighed = {"Accept": f"{OCI_MANIFEST};q=0.1"}
+    assert repo.client.get(repo.url("manifests/v1"), headers=weighed).content == body

@@ -17,7 +17,7 @@ import glob
 import os
 from bisect import bisect_left
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal, get_args
 
 from prometheus_client import (
     REGISTRY,
@@ -230,15 +230,20 @@ async def flush_periodically() -> None:
         flush_requests()
 
 
-# The label values of counters that count events by a known kind: each is started at 0 when
-# a worker starts (`start_known_series`), so its series exists before the first event and
-# `rate()`, `increase()` and `absent()` see 0 rather than nothing. Every worker starts them
-# and a scrape sums the workers' files: each series appears once.
+# The kinds each counter counts by. Reporting functions take exactly these (mypy holds the
+# callers to them), and each value's series is started at 0 when a worker starts
+# (`start_known_series`), so it exists before the first event and `rate()`, `increase()` and
+# `absent()` see 0 rather than nothing. Every worker starts them and a scrape sums the workers'
+# files: each series appears once.
+TokenKind = Literal["registry", "refresh", "api"]
+LoginMethod = Literal["access_key", "password"]
+GcOutcome = Literal["succeeded", "failed", "rolled_back", "dry_run"]
+WebhookOutcome = Literal["delivered", "retry", "failed"]
 KNOWN_LABEL_VALUES: tuple[tuple[Counter, tuple[str, ...]], ...] = (
-    (TOKENS, ("registry", "refresh", "api")),
-    (LOGIN_FAILURES, ("access_key", "password")),
-    (GC_RUNS, ("succeeded", "failed", "rolled_back", "dry_run")),
-    (WEBHOOK_DELIVERIES, ("delivered", "retry", "failed")),
+    (TOKENS, get_args(TokenKind)),
+    (LOGIN_FAILURES, get_args(LoginMethod)),
+    (GC_RUNS, get_args(GcOutcome)),
+    (WEBHOOK_DELIVERIES, get_args(WebhookOutcome)),
 )
 S3_CACHE_RESULTS = ("hit", "miss")
 
@@ -254,16 +259,16 @@ def start_known_series(*, s3_cache: bool) -> None:
             S3_CACHE_PULLS.labels(result)
 
 
-def token_issued(kind: str) -> None:
+def token_issued(kind: TokenKind) -> None:
     TOKENS.labels(kind).inc()
 
 
-def login_failed(method: str) -> None:
+def login_failed(method: LoginMethod) -> None:
     LOGIN_FAILURES.labels(method).inc()
 
 
 def gc_run_finished(
-    outcome: str, seconds: float, restricted: float | None, freed: int, storage_freed: int
+    outcome: GcOutcome, seconds: float, restricted: float | None, freed: int, storage_freed: int
 ) -> None:
     GC_RUNS.labels(outcome).inc()
     GC_DURATION.observe(seconds)
@@ -274,7 +279,7 @@ def gc_run_finished(
         GC_STORAGE_FREED.inc(storage_freed)
 
 
-def webhook_attempted(outcome: str) -> None:
+def webhook_attempted(outcome: WebhookOutcome) -> None:
     WEBHOOK_DELIVERIES.labels(outcome).inc()
 
 

@@ -363,6 +363,7 @@ class WebhookDelivery:
         now = self.clock()
         attempts = head.attempts + 1
         next_at: dt.datetime | None = None
+        label: metrics.WebhookOutcome
         if outcome.delivered:
             state, label = DELIVERED, "delivered"
         elif head.event_type == TEST:

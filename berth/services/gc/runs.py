@@ -348,9 +348,9 @@ class RunBook:
 
 def _reported(ended: Run | None) -> None:
     """Count a run that just ended (once committed) in the metrics."""
-    if ended is not None:
+    if ended is not None and ended.state != "running":
         metrics.gc_run_finished(
-            "dry_run" if ended.dry_run and ended.state == SUCCEEDED else ended.state,
+            "dry_run" if ended.dry_run and ended.state == "succeeded" else ended.state,
             ended.duration_seconds,
             ended.restricted_seconds,
             ended.bytes_freed,
