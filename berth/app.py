@@ -12,11 +12,12 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Mount, Route
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from berth.access.forwarded import ForwardedClient
 from berth.api.app import MOUNT_PATH, create_api
 from berth.api.problems import problem
+from berth.asgi_headers import adding_headers
 from berth.auth.routes import routes as auth_routes
 from berth.config import Settings, load_settings
 from berth.console.routes import routes as console_routes
@@ -54,13 +55,7 @@ class RegistryHeaders:
         if not added:
             await self.app(scope, receive, send)
             return
-
-        async def send_with_header(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                message["headers"] = [*message.get("headers", []), *added]
-            await send(message)
-
-        await self.app(scope, receive, send_with_header)
+        await self.app(scope, receive, adding_headers(send, added))
 
 
 class HostCheck:

@@ -20,11 +20,12 @@ from fastapi.routing import APIRoute
 from fastapi.staticfiles import StaticFiles
 from starlette.responses import HTMLResponse
 from starlette.routing import BaseRoute, Mount, Route
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from berth import __version__
 from berth.api import problems
 from berth.api.session import SESSION_COOKIE, ConsoleSessions
+from berth.asgi_headers import adding_headers
 
 MOUNT_PATH = "/api/v1"
 # Routers in the order their endpoints appear in the document.
@@ -81,16 +82,8 @@ class PrivateAnswers:
             return
         # The documentation's scripts and styles change only with the version: cacheable.
         static = scope["path"].startswith((f"{MOUNT_PATH}/docs/static/", "/docs/static/"))
-
-        async def send_private(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                headers = [*message.get("headers", []), *self.HEADERS]
-                if not static and not any(name == b"cache-control" for name, _ in headers):
-                    headers.append(self.NO_STORE)
-                message["headers"] = headers
-            await send(message)
-
-        await self.app(scope, receive, send_private)
+        defaults = () if static else (self.NO_STORE,)
+        await self.app(scope, receive, adding_headers(send, self.HEADERS, defaults))
 
 
 def _named_in_scope(route: BaseRoute, app: ASGIApp) -> ASGIApp:
