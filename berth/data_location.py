@@ -19,7 +19,14 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 from berth.config import Settings, SettingsError, config_file, setting_source
 from berth.invocation import berth_command, pasteable_command
-from berth.metadata.migrate import Migrated, MissingPrivilege, NewerSchema, upgrade
+from berth.metadata.migrate import (
+    Migrated,
+    MissingPrivilege,
+    NewerSchema,
+    ServersServing,
+    upgrade,
+)
+from berth.metadata.presence import LIVE_SECONDS, ServingProcess
 
 
 def sqlite_file(settings: Settings) -> Path | None:
@@ -139,11 +146,20 @@ def create_data(settings: Settings) -> Migrated | None:
                 with contextlib.suppress(PermissionError, FileNotFoundError):  # not ours
                     path.chmod(0o600)
     try:
-        return upgrade(settings.resolved_database_url)
-    except NewerSchema as exc:
+        return upgrade(settings.resolved_database_url, waiting=_say_waiting)
+    except (NewerSchema, ServersServing) as exc:
         raise SettingsError(f"{shown_database(settings)}: {exc}") from None
     except MissingPrivilege as exc:
         raise SettingsError(cannot_migrate(settings, str(exc))) from None
+
+
+def _say_waiting(processes: list[ServingProcess]) -> None:
+    listed = "; ".join(process.describe() for process in processes)
+    print(
+        f"Waiting up to {LIVE_SECONDS:.0f} s for the server processes of the older version to "
+        f"stop before migrating the schema: {listed}",
+        flush=True,
+    )
 
 
 def cannot_migrate(settings: Settings, problem: str) -> str:

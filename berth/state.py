@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass
 
+from berth import __version__
 from berth.access.identify import Authenticator
 from berth.access.keyring import Keyring
 from berth.access.passwords import password_slots
@@ -15,6 +16,7 @@ from berth.config import Settings, usable_cores
 from berth.domain.names import RegistryAddress, host_project, registry_address
 from berth.jobs import Job, Scheduler
 from berth.metadata.database import Database
+from berth.metadata.presence import Presence
 from berth.services.gc import GarbageCollector
 from berth.services.identity import Identity
 from berth.services.install import served_at
@@ -66,6 +68,7 @@ class Services:
     vulndb: VulnDb
     scans: Scans
     pull_policy: PullPolicy
+    presence: Presence
 
     @classmethod
     def build(cls, settings: Settings, keyring: Keyring | None = None) -> Services:
@@ -201,6 +204,7 @@ class Services:
             vulndb=vulndb,
             scans=scans,
             pull_policy=pull_policy,
+            presence=Presence(db, node_name=settings.node_name, version=__version__),
         )
 
     def host_project(self, host: str | None) -> str | None:
@@ -230,8 +234,10 @@ class Services:
         self.pulls.start()
         self.jobs.start()
         self.gc.start()
+        self.presence.start()
 
     async def close(self) -> None:
+        await self.presence.stop()
         await self.gc.stop()
         await self.jobs.stop()
         await self.traffic.stop()

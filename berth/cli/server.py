@@ -32,8 +32,16 @@ from berth.data_location import (
     where_to_point,
 )
 from berth.metadata.database import Database
-from berth.metadata.migrate import NewerSchema, OlderSchema, require_current, schema_head
+from berth.metadata.migrate import (
+    NewerSchema,
+    OlderSchema,
+    live_processes_at,
+    require_current,
+    schema_head,
+)
+from berth.metadata.presence import LIVE_SECONDS, ServingProcess
 from berth.services.install import served_at
+from berth.services.records import plain
 
 
 def serve(
@@ -111,6 +119,7 @@ def status(json_output: JsonFlag = False) -> None:
     revision, standing = (
         (None, None) if missing is not None else _schema(settings.resolved_database_url)
     )
+    serving = [] if missing is not None else live_processes_at(settings.resolved_database_url)
     if json_output:
         print_json(
             {
@@ -125,6 +134,7 @@ def status(json_output: JsonFlag = False) -> None:
                 "served_at": served,
                 "schema_revision": revision,
                 "schema_current": None if missing is not None else standing == "current",
+                "serving_processes": [plain(process) for process in serving],
             }
         )
     else:
@@ -146,9 +156,18 @@ def status(json_output: JsonFlag = False) -> None:
         table.add_row("Listen", Text(settings.listen + answers))
         if served is not None:
             table.add_row("Served at", Text(f"{served} (where the last berth serve started)"))
+        if missing is None:
+            table.add_row("Serving", Text(_serving_processes(serving)))
         console.print(table)
     if missing is not None:
         fail(f"{missing}\n{where_to_point(settings, Options.data_dir)}")
+
+
+def _serving_processes(processes: list[ServingProcess]) -> str:
+    """The server processes serving on this data, a line each (any node's)."""
+    if not processes:
+        return f"no server process (none has said it serves in the last {LIVE_SECONDS:.0f} s)"
+    return "\n".join(process.describe() for process in processes)
 
 
 def _schema(database_url: str) -> tuple[str | None, str]:

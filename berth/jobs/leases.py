@@ -14,8 +14,6 @@ their work this way.
 from __future__ import annotations
 
 import datetime as dt
-import os
-import socket
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -23,31 +21,22 @@ from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from berth.metadata.database import Database
+from berth.metadata.presence import process_gone, this_process
 from berth.metadata.tables import job_leases, utcnow
 
 _LONG_AGO = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
-HOST = socket.gethostname()[:40]
 
 
 def default_holder() -> str:
     """This process, as a lease names its holder: `host:pid`."""
-    return f"{HOST}:{os.getpid()}"
+    return this_process()
 
 
 def holder_process_gone(holder: str) -> bool:
     """Whether a lease's holder is a process of this machine that no longer exists: its lease
     can be taken over at once, whatever its expiry says (a restart recovers without waiting).
     A holder on another machine is never known to be gone: only its lease's expiry tells."""
-    host, _, pid = holder.rpartition(":")
-    if host != HOST or not pid.isdigit():
-        return False
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        return False
-    return False
+    return process_gone(holder)
 
 
 @dataclass(frozen=True, slots=True)

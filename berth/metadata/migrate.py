@@ -5,7 +5,8 @@ older server may still be serving on the database)."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable
+import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +18,8 @@ from sqlalchemy import pool
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import create_async_engine
 
+from berth.metadata.presence import LIVE_SECONDS, ServingProcess, live_processes_sync
+
 MIGRATIONS = Path(__file__).parent / "migrations"
 
 # The PostgreSQL advisory lock every node takes around its migrations ("berth" in ASCII):
@@ -24,6 +27,8 @@ MIGRATIONS = Path(__file__).parent / "migrations"
 # and the later ones find the schema current.
 MIGRATION_LOCK = 0x6265727468
 INSUFFICIENT_PRIVILEGE = "42501"  # PostgreSQL's SQLSTATE
+# How often a node about to migrate looks again whether the older servers have gone.
+WAIT_STEP_SECONDS = 1.0
 
 
 class NewerSchema(RuntimeError):
@@ -46,13 +51,31 @@ class OlderSchema(RuntimeError):
         )
 
 
+class ServersServing(RuntimeError):
+    """Server processes of an older version still serve on the database this Berth would
+    migrate (their rows in `serving_processes` kept being renewed while it waited)."""
+
+    def __init__(self, processes: list[ServingProcess], current: str, head: str) -> None:
+        self.processes = processes
+        listed = "; ".join(process.describe() for process in processes)
+        several = len(processes) != 1
+        super().__init__(
+            f"{len(processes)} server process{'es' if several else ''} of an older Berth "
+            f"still serve{'' if several else 's'} on this database ({listed}). Migrating its "
+            f"schema from revision {current} to {head} under {'them' if several else 'it'} "
+            "would break it: stop every node of the "
+            'older version first, then start this one (README, "Upgrading"); `berth status` '
+            "lists the processes serving"
+        )
+
+
 class MissingPrivilege(RuntimeError):
     """The database user may not create or change Berth's tables (PostgreSQL's message)."""
 
 
-def alembic_config(database_url: str) -> Config:
+def alembic_config(database_url: str, migrations: Path = MIGRATIONS) -> Config:
     config = Config()
-    config.set_main_option("script_location", str(MIGRATIONS))
+    config.set_main_option("script_location", str(migrations))
     config.set_main_option("sqlalchemy.url", database_url.replace("%", "%%"))
     return config
 
@@ -70,9 +93,9 @@ class Migrated:
 BEFORE, AFTER = "berth_revision_before", "berth_revision_after"
 
 
-def schema_head() -> str:
+def schema_head(migrations: Path = MIGRATIONS) -> str:
     """The revision this Berth brings a database's schema to."""
-    return str(ScriptDirectory(str(MIGRATIONS)).get_current_head())
+    return str(ScriptDirectory(str(migrations)).get_current_head())
 
 
 def refuse_unknown_revisions(current: Iterable[str], script: ScriptDirectory) -> None:
@@ -92,14 +115,23 @@ def refuse_unknown_revisions(current: Iterable[str], script: ScriptDirectory) ->
             )
 
 
-def upgrade(database_url: str) -> Migrated | None:
+def upgrade(
+    database_url: str,
+    *,
+    migrations: Path = MIGRATIONS,
+    waiting: Callable[[list[ServingProcess]], None] | None = None,
+    patience: float = LIVE_SECONDS + 2 * WAIT_STEP_SECONDS,
+) -> Migrated | None:
     """Bring the schema up to date, saying from which revision to which (None when it was
     current already); NewerSchema if a newer Berth has moved it past this one,
-    MissingPrivilege if the database user may not."""
+    MissingPrivilege if the database user may not, ServersServing if servers of the older
+    version still serve on it after waiting `patience` seconds for them (`waiting` is told
+    whom it waits for)."""
     if database_url.startswith("sqlite"):
         path = database_url.split(":///", 1)[1]
         Path(path).parent.mkdir(parents=True, exist_ok=True)
-    config = alembic_config(database_url)
+    _wait_for_older_servers(database_url, migrations, waiting, patience)
+    config = alembic_config(database_url, migrations)
     try:
         command.upgrade(config, "head")
     except DBAPIError as exc:
@@ -112,6 +144,47 @@ def upgrade(database_url: str) -> Migrated | None:
     # node having just migrated it, says nothing.
     before, after = config.attributes.get(BEFORE), config.attributes[AFTER]
     return None if before == after else Migrated(before, after)
+
+
+def _wait_for_older_servers(
+    database_url: str,
+    migrations: Path,
+    waiting: Callable[[list[ServingProcess]], None] | None,
+    patience: float,
+) -> None:
+    """Before a migration: wait until no server process of the older version is left on the
+    database (a process killed without stopping counts as gone once its row has not been
+    renewed for LIVE_SECONDS), or refuse. Nothing to wait for on a new database, on one at
+    this Berth's revision, or on one a newer Berth migrated (refused as such)."""
+    current = current_revision(database_url)
+    script = ScriptDirectory(str(migrations))
+    head = str(script.get_current_head())
+    known = {revision.revision for revision in script.walk_revisions()}
+    if current is None or current == head or current not in known:
+        return
+    deadline = time.monotonic() + patience
+    processes = live_processes_at(database_url)
+    if processes and waiting is not None:
+        waiting(processes)
+    while processes and time.monotonic() < deadline:
+        time.sleep(WAIT_STEP_SECONDS)
+        processes = live_processes_at(database_url)
+    if processes:
+        raise ServersServing(processes, current, head)
+
+
+def live_processes_at(database_url: str) -> list[ServingProcess]:
+    """The server processes serving on the database now (none before the schema had them)."""
+
+    async def read() -> list[ServingProcess]:
+        engine = create_async_engine(database_url, poolclass=pool.NullPool)
+        try:
+            async with engine.connect() as connection:
+                return await connection.run_sync(live_processes_sync)
+        finally:
+            await engine.dispose()
+
+    return asyncio.run(read())
 
 
 def current_revision(database_url: str) -> str | None:

@@ -343,6 +343,20 @@ job_leases = Table(
     Column("expires_at", UTCDateTime, nullable=False),
 )
 
+# The server processes serving on this database: each writes its row every few seconds while
+# it serves and deletes it when it stops (metadata/presence.py). `berth nodes` lists them, and a
+# `berth serve` that would migrate the schema waits until none of them is left.
+serving_processes = Table(
+    "serving_processes",
+    metadata,
+    Column("holder", String(64), primary_key=True),  # host:pid, as a job lease names it
+    Column("node_name", String(64), nullable=False),
+    Column("version", String(32), nullable=False),
+    Column("schema_revision", String(64), nullable=False),
+    Column("started_at", UTCDateTime, nullable=False),
+    Column("seen_at", UTCDateTime, nullable=False),
+)
+
 # Failed logins in the current minute per throttle counter ("key:NAME@ADDRESS",
 # "client:ADDRESS"): shared by every worker and node (access/throttle.py), written only when a
 # login fails; rows of past minutes are pruned hourly.
