@@ -1014,14 +1014,15 @@ def test_disable_enable_and_delete_an_access_key(page: Page, tenant: Tenant) -> 
         return status
 
     assert registry_answers(404) == 404  # signed in: the repository does not exist
+    # Each row's buttons name the key they act on (a screen reader lists them out of the row).
     row = page.get_by_role("row").filter(has_text=key[0])
-    row.get_by_role("button", name="Disable").click()
+    page.get_by_role("button", name=f"Disable key {key[0]}", exact=True).click()
     expect(row).to_contain_text("Disabled")
     assert registry_answers(401) == 401
-    row.get_by_role("button", name="Enable").click()
+    page.get_by_role("button", name=f"Enable key {key[0]}", exact=True).click()
     expect(row).to_contain_text("Active")
     assert registry_answers(404) == 404
-    row.get_by_role("button", name="Delete").click()
+    page.get_by_role("button", name=f"Delete key {key[0]}", exact=True).click()
     page.get_by_role("dialog", name="Delete access key").get_by_role(
         "button", name="Delete"
     ).click()

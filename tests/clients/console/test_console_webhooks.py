@@ -231,3 +231,33 @@ def test_edit_a_webhook_then_give_it_a_new_secret(
     assert received.event["type"] == "io.berth.webhook.test"
     assert received.signed_with(secret)
     assert not received.signed_with(created["secret"])
+
+
+def test_each_webhook_row_names_the_endpoint_its_buttons_act_on(page: Page, tenant: Tenant) -> None:
+    """With two endpoints, a screen reader listing the buttons hears which URL each acts on;
+    the Delete named after one endpoint deletes that one only."""
+    hooks = f"/projects/{tenant.project}/webhooks"
+    kept, doomed = "http://127.0.0.1:9/kept", "http://127.0.0.1:9/doomed"
+    with tenant.api() as admin:
+        for url in (kept, doomed):
+            admin.post(hooks, json={"url": url}).raise_for_status()
+    sign_in(page, tenant)
+    open_project_page(page, tenant, "Webhooks")
+    for url in (kept, doomed):
+        for name in (
+            f"Send test event to {url}",
+            f"Delivery log of {url}",
+            f"Edit webhook {url}",
+            f"New secret for {url}",
+            f"Disable webhook {url}",
+            f"Delete webhook {url}",
+        ):
+            expect(page.get_by_role("button", name=name, exact=True)).to_have_count(1)
+    page.get_by_role("button", name=f"Delete webhook {doomed}", exact=True).click()
+    dialog = page.get_by_role("dialog", name="Delete webhook")
+    expect(dialog).to_contain_text(doomed)
+    dialog.get_by_role("button", name="Delete").click()
+    table = page.get_by_role("table", name="Webhooks")
+    expect(table.get_by_role("row").filter(has_text=doomed)).to_have_count(0)
+    expect(table.get_by_role("row").filter(has_text=kept)).to_have_count(1)
+    assert [h["url"] for h in tenant.api().get(hooks).json()] == [kept]

@@ -119,9 +119,8 @@ def test_the_server_administrator_manages_users_and_deletes_a_project(
     expect(users.get_by_role("row").filter(has_text=created)).to_contain_text("person")
 
     # Reset the tenant user's password.
-    users.get_by_role("row").filter(has_text=tenant.user).get_by_role(
-        "button", name="Reset password"
-    ).click()
+    # Row buttons name their user or project (a screen reader lists them out of the row).
+    users.get_by_role("button", name=f"Reset password of {tenant.user}", exact=True).click()
     reset = page.get_by_role("dialog", name="Reset password")
     reset.get_by_label("New password").fill(NEW_PASSWORD)
     reset.get_by_label("Repeat the password").fill(NEW_PASSWORD)
@@ -129,15 +128,13 @@ def test_the_server_administrator_manages_users_and_deletes_a_project(
     expect(page.get_by_text(f"Password of {tenant.user} set")).to_be_visible()
 
     # Delete a user.
-    users.get_by_role("row").filter(has_text=doomed).get_by_role("button", name="Delete").click()
+    users.get_by_role("button", name=f"Delete user {doomed}", exact=True).click()
     page.get_by_role("dialog", name="Delete user").get_by_role("button", name="Delete").click()
     expect(users.get_by_role("row").filter(has_text=doomed)).to_have_count(0)
 
     # A project with a repository goes once its name is typed.
     projects = page.get_by_role("table", name="Projects")
-    projects.get_by_role("row").filter(has_text=tenant.project).get_by_role(
-        "button", name="Delete"
-    ).click()
+    projects.get_by_role("button", name=f"Delete project {tenant.project}", exact=True).click()
     confirm = page.get_by_role("dialog", name="Delete project")
     expect(confirm).to_contain_text("1 repository")
     expect(confirm.get_by_role("button", name="Delete")).to_be_disabled()

@@ -51,8 +51,8 @@ export async function adminView(main, ctx) {
           title: "Actions",
           cell: (u) => [
             // Your own password: Change password at the top (it asks for the current one).
-            u.service_account || u.name === session.user ? null : h("button", { type: "button", class: "small", onclick: () => resetPassword(u) }, "Reset password"),
-            u.name === session.user ? null : h("button", { type: "button", class: "small danger-text", onclick: () => deleteUser(ctx, u) }, "Delete"),
+            u.service_account || u.name === session.user ? null : h("button", { type: "button", class: "small", "aria-label": `Reset password of ${u.name}`, onclick: () => resetPassword(u) }, "Reset password"),
+            u.name === session.user ? null : h("button", { type: "button", class: "small danger-text", "aria-label": `Delete user ${u.name}`, onclick: () => deleteUser(ctx, u) }, "Delete"),
           ],
         },
       ],
@@ -65,7 +65,7 @@ export async function adminView(main, ctx) {
         { title: "Project", cell: (p) => h("a", { href: `#/projects/${seg(p.name)}/repositories` }, p.name) },
         { title: "Repositories", cell: (p) => number(p.repositories), class: "num" },
         { title: "Created", cell: (p) => timeElement(p.created_at) },
-        { title: "Actions", cell: (p) => h("button", { type: "button", class: "small danger-text", onclick: () => deleteProject(ctx, p) }, "Delete") },
+        { title: "Actions", cell: (p) => h("button", { type: "button", class: "small danger-text", "aria-label": `Delete project ${p.name}`, onclick: () => deleteProject(ctx, p) }, "Delete") },
       ],
       projects,
       { caption: "Projects", rowKey: (p) => p.name, empty: "No projects yet." },

@@ -54,9 +54,9 @@ export async function keysView(main, ctx) {
                   "span",
                   { class: "actions" },
                   k.state === "disabled"
-                    ? h("button", { type: "button", class: "small", onclick: () => setState(ctx, base, k, "enable") }, "Enable")
-                    : h("button", { type: "button", class: "small", onclick: () => setState(ctx, base, k, "disable") }, "Disable"),
-                  h("button", { type: "button", class: "small danger-text", onclick: () => deleteKey(ctx, base, k) }, "Delete"),
+                    ? h("button", { type: "button", class: "small", "aria-label": `Enable key ${k.access_key_id}`, onclick: () => setState(ctx, base, k, "enable") }, "Enable")
+                    : h("button", { type: "button", class: "small", "aria-label": `Disable key ${k.access_key_id}`, onclick: () => setState(ctx, base, k, "disable") }, "Disable"),
+                  h("button", { type: "button", class: "small danger-text", "aria-label": `Delete key ${k.access_key_id}`, onclick: () => deleteKey(ctx, base, k) }, "Delete"),
                 )
               : null,
         },
