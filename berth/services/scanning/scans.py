@@ -21,7 +21,7 @@ from typing import Any, Literal
 from urllib.parse import quote
 
 from pydantic import Field
-from sqlalchemy import and_, delete, func, insert, literal, or_, select, update
+from sqlalchemy import and_, case, delete, func, insert, literal, null, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from berth.domain.errors import NotFound
@@ -90,12 +90,18 @@ class SeverityCounts(Record):
 class ScanSummary(Record):
     status: Literal["not_scanned", "queued", "scanning", "done", "failed"]
     reason: str | None = Field(description="why a `failed` scan could not finish")
-    counts: SeverityCounts = Field(description="findings by severity (zero until `done`)")
+    counts: SeverityCounts = Field(
+        description="findings by severity of the result made at `scanned_at`: while a rescan "
+        "is `queued` or `scanning`, the previous scan's (zero when there is none)"
+    )
     stale: bool = Field(
         description="vulnerability data was imported after this scan (the next rescan "
         "scans it again)"
     )
-    scanned_at: dt.datetime | None = Field(description="when the last scan finished")
+    scanned_at: dt.datetime | None = Field(
+        description="when the result (`done`) or failure (`failed`) was made; while `queued` or "
+        "`scanning`, when the previous result was (null: there is none)"
+    )
 
 
 NOT_SCANNED = ScanSummary(
@@ -175,13 +181,21 @@ class ScanResult(Record):
     state: ScanState
     reason: str | None
     stale: bool  # vulnerability data was imported after this result was made
-    counts: SeverityCounts
+    counts: SeverityCounts = Field(
+        description="findings by severity of the result made at `finished_at`: while a rescan "
+        "is `queued` or `scanning`, the previous scan's (zero when there is none)"
+    )
     packages: int
     vulndb_state: int | None
     requested_by: str
     requested_at: dt.datetime
-    finished_at: dt.datetime | None
-    findings: list[ScanFinding]
+    finished_at: dt.datetime | None = Field(
+        description="when the result or failure was made; while `queued` or `scanning`, when "
+        "the previous result was (null: there is none)"
+    )
+    findings: list[ScanFinding] = Field(
+        description="most severe first; while `queued` or `scanning`, the previous result's"
+    )
 
 
 class ScanFailed(Exception):
@@ -307,10 +321,18 @@ class Scans:
                 **dict.fromkeys((*COUNTED, "packages"), 0),
             )
         )
+        # A finished result stays (counts, findings, `finished_at`) until the new one replaces
+        # it: readers show it as the previous scan's. A failed attempt is no result to show.
         await conn.execute(
             update(scans)
             .where(scans.c.manifest_id == manifest_id, scans.c.state.in_(("done", "failed")))
-            .values(state="queued", requested_by=actor[:64], requested_at=now)
+            .values(
+                state="queued",
+                requested_by=actor[:64],
+                requested_at=now,
+                reason=None,
+                finished_at=case((scans.c.state == "failed", null()), else_=scans.c.finished_at),
+            )
         )
 
     async def result(self, repository_id: int, image: str, digest: str) -> ScanResult | None:

@@ -275,3 +275,89 @@ def test_an_advisory_link_that_is_not_http_is_shown_as_text(
     expect(findings).to_contain_text("GHSA-3fx5-fwvr-xrjg")
     expect(findings.get_by_role("link")).to_have_count(0)
     assert page.locator("a[href^='javascript']").count() == 0
+
+
+# A server of its own whose scan job looks once an hour: a scan the console requests stays
+# queued until the test runs it in-process (the code path of `berth scan --wait`).
+held_scans_server = server_fixture(
+    "console-held-scans", scope="module", env={"BERTH_SCAN_CHECK_INTERVAL": "3600"}
+)
+
+
+def test_a_rescan_shows_the_previous_result_as_such_until_its_own(
+    page: Page, held_scans_server: BerthServer, tmp_path: Path
+) -> None:
+    """While a rescan is queued the images table shows the previous result's counts marked as
+    the previous scan's, with its time, and its findings say whose they are; an image never
+    scanned shows only its queued scan. Once the rescan is done the page shows its result."""
+    server = held_scans_server
+
+    async def load(s: Services) -> None:
+        assert (await VulnDb(s.db).import_path(FIXTURES / "osv", "tests")).refused == []
+
+    server._services(load)
+    suffix = uuid.uuid4().hex[:8]
+    tenant = Tenant(server, f"held{suffix}", f"admin-{suffix}", "admin")
+    server.create_project(tenant.project)
+    server.create_user(tenant.user, PASSWORD)
+    server.add_member(tenant.project, tenant.user, "admin")
+    tenant.create_repository("app", scan_mode="manual")
+    digest = push_vulnerable_image(tenant, "app", tmp_path)
+    short = digest[:19]
+
+    async def scan_queued(s: Services) -> int:
+        return await s.scans.run_queued()
+
+    with tenant.api() as admin:
+        scan = f"/projects/{tenant.project}/repositories/app/images/{digest}/scan"
+        admin.post(scan).raise_for_status()
+        assert server._services(scan_queued) == 1
+        first = admin.get(scan).json()
+    assert (first["state"], first["counts"]["high"], first["counts"]["unknown"]) == ("done", 1, 2)
+
+    sign_in(page, tenant)
+    page.get_by_role("link", name="app", exact=True).click()
+    row = page.get_by_role("table", name="Images").get_by_role("row").filter(has_text=short)
+    state = row.get_by_test_id("scan-state")
+    expect(state).to_have_text("1 high2 unknown")
+    row.get_by_role("button", name=f"Scan {short}").click()
+    expect(state).to_have_text(
+        re.compile(r"^scan queuedprevious scan, \d{4}-\d\d-\d\d \d\d:\d\d.*:1 high2 unknown$")
+    )
+    row.get_by_role("button", name=f"Findings of {short}").click()
+    dialog = page.get_by_role("dialog", name=f"Findings · {short}")
+    expect(dialog.get_by_test_id("findings-of")).to_have_text(
+        re.compile(
+            r"^A scan is queued; until it finishes these are the previous scan's: 3 findings "
+            r"in \d+ packages, scanned \d{4}-\d\d-\d\d \d\d:\d\d"
+        )
+    )
+    expect(dialog.get_by_role("table", name="Findings").locator("tbody tr")).to_have_count(3)
+    page.keyboard.press("Escape")
+    expect(dialog).to_be_hidden()
+
+    # The page follows the queued rescan: once done, its own result, no longer "previous".
+    assert server._services(scan_queued) == 1
+    expect(state).to_have_text("1 high2 unknown", timeout=15_000)
+    expect(page.get_by_text(f"Scanned {short}: 3 findings")).to_be_visible()
+
+    # An image scanned for the first time has no result to show until its scan is done: its
+    # findings link (a webhook event's) says so instead of listing none.
+    tenant.create_repository("new", scan_mode="manual")
+    other = push_vulnerable_image(tenant, "new", tmp_path / "new")
+    with tenant.api() as admin:
+        admin.post(
+            f"/projects/{tenant.project}/repositories/new/images/{other}/scan"
+        ).raise_for_status()
+    page.goto(f"{tenant.console}#/projects/{tenant.project}/repositories/new/images")
+    row = page.get_by_role("table", name="Images").get_by_role("row").filter(has_text=other[:19])
+    expect(row.get_by_test_id("scan-state")).to_have_text("scan queued")
+    expect(row.get_by_role("button", name=f"Findings of {other[:19]}")).to_have_count(0)
+    page.goto(
+        f"{tenant.console}#/projects/{tenant.project}/repositories/new/images?findings={other}"
+    )
+    dialog = page.get_by_role("dialog", name=f"Findings · {other[:19]}")
+    expect(dialog.get_by_test_id("findings-of")).to_have_text(
+        "A scan is queued; the image has no findings until it finishes."
+    )
+    expect(dialog.get_by_role("table")).to_have_count(0)

@@ -405,6 +405,39 @@ def test_a_scan_that_cannot_read_a_layer_fails_saying_why(
     run(database_url, tmp_path, scenario)
 
 
+def test_a_rescan_keeps_the_previous_result_until_its_own_and_a_failure_is_none(
+    database_url: str, tmp_path: Path, app_layers: list[bytes]
+) -> None:
+    """While a rescan is queued, the listing and the result still carry the previous result
+    with its time (readers show it as the previous scan's); after a failed attempt there is
+    no previous result: no time, no reason of the old failure."""
+
+    async def scenario(world: World) -> None:
+        repo = await repository(world)
+        await import_records(world, tmp_path, ALL_RECORDS)
+        listing = Images(world.db, world.store)
+        image = await push_image(world, repo, app_layers, "v1")
+        broken = await push_image(world, repo, [layer([file_entry("etc/motd", b"lost")])], "x")
+        lose_layer(world, broken, 0)
+        first = await scanned(world, repo, image.digest)
+        assert (await scanned(world, repo, broken.digest)).state == "failed"
+
+        for digest in (image.digest, broken.digest):
+            await world.scans.request_scan(repo, "", digest, "bob")
+        again = await world.scans.result(repo.id, "", image.digest)
+        assert again is not None and again.state == "queued"
+        assert (again.finished_at, again.counts) == (first.finished_at, first.counts)
+        assert findings(again) == EXPECTED
+        summary = (await listing.image(repo, "", image.digest)).scan
+        assert (summary.status, summary.scanned_at) == ("queued", first.finished_at)
+        assert (summary.counts.high, summary.counts.unknown) == (1, 2)
+
+        retried = (await listing.image(repo, "", broken.digest)).scan
+        assert (retried.status, retried.scanned_at, retried.reason) == ("queued", None, None)
+
+    run(database_url, tmp_path, scenario)
+
+
 def test_a_scan_left_scanning_by_a_stopped_node_is_done_again(
     database_url: str, tmp_path: Path, app_layers: list[bytes]
 ) -> None:

@@ -11,16 +11,21 @@ function scanPath(ctx, image) {
   return `${ctx.base}/images/${seg(image.digest)}/scan${query({ image: image.image })}`;
 }
 
-/** The scan's state in a few badges: its counts by severity, or queued / scanning / failed. */
+/** The scan's state in a few badges: its counts by severity, or queued / scanning / failed.
+ * While a rescan is queued or running the counts are still the previous result's: they are
+ * shown as that, with its time, beside the state. */
 export function scanBadge(scan) {
   if (scan.status === "not_scanned") return h("span", { class: "muted" }, "not scanned");
-  if (scan.status === "queued") return badge("scan queued", "running");
-  if (scan.status === "scanning") return badge("scanning", "running");
   if (scan.status === "failed") return badge(`failed: ${scan.reason}`, "failed scan-failed");
+  const busy = scan.status === "queued" || scan.status === "scanning";
+  const state = busy ? badge(scan.status === "queued" ? "scan queued" : "scanning", "running") : null;
+  if (busy && !scan.scanned_at) return state; // the first scan: no result yet
   const counts = SEVERITIES.filter((s) => scan.counts[s]).map((s) => badge(`${scan.counts[s]} ${s}`, `sev-${s}`));
   return h(
     "span",
     { class: "chips", title: scan.scanned_at ? `scanned ${datetime(scan.scanned_at)}` : null },
+    state,
+    busy ? h("span", { class: "muted", "data-testid": "previous-scan" }, `previous scan, ${datetime(scan.scanned_at)}:`) : null,
     counts.length ? counts : badge("no findings", "succeeded"),
     scan.stale ? h("span", { class: "badge stale", title: "vulnerability data was imported since; the next rescan updates it" }, "stale") : null,
   );
@@ -35,7 +40,8 @@ export function scanCell(ctx, image) {
     clear(
       cell,
       h("span", { "data-testid": "scan-state" }, scanBadge(scan)),
-      scan.status === "done"
+      // During a rescan the previous result's findings stay readable (the dialog says whose).
+      scan.status === "done" || (busy && scan.scanned_at)
         ? h("button", { type: "button", class: "small", "aria-label": `Findings of ${shortDigest(image.digest)}`, onclick: () => findingsDialog(ctx, image) }, "Findings")
         : null,
       ctx.project.can_manage
@@ -96,6 +102,20 @@ const COLUMNS = [
   { key: "summary", title: "Summary", value: (f) => f.summary.toLowerCase() },
 ];
 
+/** Which result the dialog's findings are: this scan's, or while a rescan is queued or running
+ * the previous one's (none before the first scan finishes). */
+function findingsOf(result) {
+  const made = `${plural(result.findings.length, "finding")} in ${plural(result.packages, "package")}`;
+  if (result.state === "queued" || result.state === "scanning") {
+    const now = result.state === "queued" ? "A scan is queued" : "A scan is running";
+    return result.finished_at
+      ? `${now}; until it finishes these are the previous scan's: ${made}, scanned ${datetime(result.finished_at)}.`
+      : `${now}; the image has no findings until it finishes.`;
+  }
+  if (result.state === "failed") return `The scan of ${datetime(result.finished_at)} failed: ${result.reason}`;
+  return `${made}, scanned ${datetime(result.finished_at)}${result.stale ? " (vulnerability data was imported since: the next rescan updates it)" : ""}.`;
+}
+
 /** The findings of one image in a dialog (it resolves when the dialog closes), with its SBOM
  * to download (an index: each platform's). */
 export async function findingsDialog(ctx, image) {
@@ -115,6 +135,10 @@ export async function findingsDialog(ctx, image) {
     title: `Findings · ${shortDigest(image.digest)}`,
     wide: true,
     build() {
+      // A failed scan, or a first one not finished yet: no findings to list.
+      if (result.state === "failed" || !result.finished_at) {
+        return h("div", { class: "dialog-body" }, h("p", { class: "muted", "data-testid": "findings-of" }, findingsOf(result)));
+      }
       const holder = h("div", { class: "findings" });
       const severity = h(
         "select",
@@ -128,13 +152,7 @@ export async function findingsDialog(ctx, image) {
       return h(
         "div",
         { class: "dialog-body" },
-        h(
-          "p",
-          { class: "muted" },
-          `${plural(result.findings.length, "finding")} in ${plural(result.packages, "package")}, scanned ${datetime(result.finished_at)}`,
-          result.stale ? " (vulnerability data was imported since: the next rescan updates it)" : "",
-          ".",
-        ),
+        h("p", { class: "muted", "data-testid": "findings-of" }, findingsOf(result)),
         h("div", { class: "toolbar" }, h("label", {}, "Severity ", severity), h("label", {}, fixable, " Fix available"), sbomButtons(ctx, image, detail)),
         holder,
       );
