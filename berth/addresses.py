@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
+import socket
+import time
 from urllib.parse import urlsplit
 
 from berth.config import Settings
@@ -45,3 +48,25 @@ def _is_ip_address(text: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+RESOLVED_FOR_SECONDS = 60.0
+_resolved: dict[str, tuple[float, bool]] = {}
+
+
+async def resolves_here(hostname: str) -> bool:
+    """Whether this machine's resolver finds `hostname` (what docker on it would ask), the
+    answer kept a minute: a console page asks once per project it shows."""
+    now = time.monotonic()
+    kept = _resolved.get(hostname)
+    if kept is not None and now - kept[0] < RESOLVED_FOR_SECONDS:
+        return kept[1]
+    try:
+        await asyncio.get_running_loop().getaddrinfo(hostname, None, type=socket.SOCK_STREAM)
+        found = True
+    except OSError:  # socket.gaierror: no such name here
+        found = False
+    if len(_resolved) >= 1024:
+        _resolved.clear()
+    _resolved[hostname] = (now, found)
+    return found

@@ -11,9 +11,15 @@ from berth.access.keyring import Keyring
 from berth.access.passwords import password_slots
 from berth.access.throttle import LoginThrottle
 from berth.access.tokens import Tokens
-from berth.addresses import public_host
+from berth.addresses import public_host, resolves_here
 from berth.config import Settings, usable_cores
-from berth.domain.names import RegistryAddress, host_project, registry_address
+from berth.domain.names import (
+    RegistryAddress,
+    host_project,
+    hostname_of,
+    is_loopback_name,
+    registry_address,
+)
 from berth.jobs import Job, Scheduler
 from berth.metadata.database import Database
 from berth.metadata.presence import Presence
@@ -217,6 +223,20 @@ class Services:
         if not host:
             host = public_host(self.settings)
         return registry_address(project, host, self.settings.project_host_suffix)
+
+    async def pasted_registry_address(self, project: str, host: str | None) -> RegistryAddress:
+        """`registry_address` for the commands a browser shows its user to paste: a project
+        host under `.localhost` that this machine's resolver does not find (Chromium resolves
+        every `*.localhost` name itself, docker and skopeo ask the system) gives way to path
+        style on `localhost` with the same port, which reaches the same loopback listener."""
+        address = self.registry_address(project, host)
+        hostname = hostname_of(address.login)
+        if not address.host_style or not is_loopback_name(hostname):
+            return address
+        if await resolves_here(hostname):
+            return address
+        port = address.login[len(hostname) :]
+        return registry_address(project, f"localhost{port}", self.settings.project_host_suffix)
 
     async def printed_registry_address(self, project: str) -> RegistryAddress:
         """Where clients find `project`'s registry, for a command the CLI prints: the address

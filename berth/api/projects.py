@@ -46,7 +46,9 @@ class Project(BaseModel):
     registry_address: str = Field(
         description="what `docker login` takes to reach this project's registry, with port: the "
         "project's host when the request came through a host under `{region}.{domain}`, else "
-        "the host the request came to (path style)"
+        "the host the request came to (path style); a project host under `.localhost` that "
+        "the server's machine does not resolve (browsers resolve every `*.localhost` name, "
+        "docker does not): `localhost` with that port (path style)"
     )
     image_prefix: str = Field(
         description="what this project's image names start with: `{registry_address}` (host "
@@ -67,14 +69,14 @@ class QuotaUpdate(BaseModel):
     )
 
 
-def _project(
+async def _project(
     services: Services,
     request: Request,
     details: ProjectDetails,
     role: str | None,
     server_admin: bool,
 ) -> Project:
-    address = services.registry_address(details.name, request.headers.get("host"))
+    address = await services.pasted_registry_address(details.name, request.headers.get("host"))
     return Project(
         name=details.name,
         created_at=details.created_at,
@@ -92,7 +94,7 @@ def _project(
 
 async def _describe(ctx: ProjectContext, request: Request) -> Project:
     [details] = await ctx.services.repositories.project_details([ctx.project_id])
-    return _project(ctx.services, request, details, ctx.role, ctx.is_server_admin)
+    return await _project(ctx.services, request, details, ctx.role, ctx.is_server_admin)
 
 
 @router.get("")
@@ -111,7 +113,7 @@ async def list_projects(
         ids = list(roles)
     found = await services.repositories.project_details(ids)
     return [
-        _project(services, request, details, roles.get(details.id), principal.is_admin)
+        await _project(services, request, details, roles.get(details.id), principal.is_admin)
         for details in found
         if principal.is_admin or details.id in roles
     ]
@@ -173,7 +175,7 @@ async def create_project(
     await services.repositories.create_project(body.name, actor=caller.user, client=caller.client)
     project_id = await services.repositories.project_id(body.name)
     [details] = await services.repositories.project_details([project_id or 0])
-    return _project(services, request, details, None, True)
+    return await _project(services, request, details, None, True)
 
 
 @router.delete("/{project}", status_code=204, responses=responses(404, 409))

@@ -201,10 +201,10 @@ class RepositoryRoleHeld(BaseModel):
     )
 
 
-def _role_held(
+async def _role_held(
     services: Services, request: Request, held: HeldRepositoryRole
 ) -> RepositoryRoleHeld:
-    where = services.registry_address(held.project, request.headers.get("host"))
+    where = await services.pasted_registry_address(held.project, request.headers.get("host"))
     address = f"{where.prefix}/{held.repository}"
     newest = None
     if held.newest_tag is not None:
@@ -232,7 +232,7 @@ async def own_repository_roles(
     held = await services.identity.members.repository_roles_of(
         principal.user_id, project_id=principal.key_project_id
     )
-    return [_role_held(services, request, h) for h in held]
+    return [await _role_held(services, request, h) for h in held]
 
 
 @router.get("/audit", tags=["audit"])

@@ -110,6 +110,14 @@ def registry_address(project: str, host: str, project_host_suffix: str) -> Regis
     return RegistryAddress(host, f"{host}/{project}", host_style=False)
 
 
+def is_loopback_name(hostname: str) -> bool:
+    """`localhost` and the names under it, loopback by RFC 6761: browsers (and curl) resolve
+    every one of them themselves; docker, skopeo and containerd ask the system's resolver,
+    which may know none but `localhost`."""
+    name = hostname.lower().rstrip(".")
+    return name == "localhost" or name.endswith(".localhost")
+
+
 @functools.lru_cache(maxsize=1024)  # on every request; a server sees few hosts
 def host_project(host: str | None, project_host_suffix: str) -> str | None:
     """The project a `{project}.{region}.{domain}[:port]` Host names; None for path style.

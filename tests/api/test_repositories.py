@@ -3,12 +3,18 @@ update, delete; the repository quota; who may do what."""
 
 from __future__ import annotations
 
+import contextlib
+import socket
 import time
+from collections.abc import Iterator
 from typing import TypedDict
 
+import httpx
 import pytest
 
+from berth.domain.names import hostname_of
 from tests.api.conftest import Team, api, assert_problem, ok, push_image
+from tests.clients.machine import HostsEntries
 from tests.servers import ADMIN_PASSWORD, BerthServer
 
 
@@ -289,6 +295,45 @@ def test_quota(team: Team, server: BerthServer) -> None:
     assert all(e["client"] for e in changes)
 
 
+@contextlib.contextmanager
+def resolving(hostnames: list[str]) -> Iterator[None]:
+    """These names resolve to 127.0.0.1 on this machine (an /etc/hosts line) meanwhile."""
+    entries = HostsEntries(hostnames)
+    entries.add()
+    try:
+        yield
+    finally:
+        entries.remove()
+
+
+def test_a_localhost_project_host_this_machine_does_not_resolve_is_printed_as_localhost(
+    team: Team,
+) -> None:
+    """A browser resolves every `*.localhost` name itself, docker and skopeo ask the system: a
+    console opened on a project's `.localhost` host this machine does not resolve is given
+    path style on `localhost` with the same port (the same loopback listener), which docker
+    resolves; a name it does resolve keeps the project's own host."""
+    port = team.server.port
+    own_host = f"{team.project}.local.localhost:{port}"
+    with pytest.raises(socket.gaierror):
+        socket.getaddrinfo(hostname_of(own_host), None)
+    for reached_at in (own_host, f"local.localhost:{port}"):
+        shown = ok(team["reader"].get(team.url(), headers={"Host": reached_at}))
+        assert (shown["registry_address"], shown["image_prefix"]) == (
+            f"localhost:{port}",
+            f"localhost:{port}/{team.project}",
+        )
+        [listed] = ok(team["reader"].get("/projects", headers={"Host": reached_at}))
+        assert listed["registry_address"] == f"localhost:{port}"
+    # The address printed works as printed: docker's resolver finds localhost, and the
+    # registry serves path style on it.
+    with httpx.Client(base_url=f"http://localhost:{port}") as registry:
+        answer = registry.get(
+            f"/v2/{team.project}/{team.repository}/tags/list", auth=team.keys["reader"]
+        )
+    assert answer.status_code == 200, answer.text
+
+
 def test_projects(team: Team) -> None:
     listed = ok(team["reader"].get("/projects"))
     assert [(p["name"], p["role"], p["can_manage"]) for p in listed] == [
@@ -303,10 +348,15 @@ def test_projects(team: Team) -> None:
         address,
         f"{address}/{team.project}",
     )
+    # The project's host resolves here (as a domain's names do for its clients): its own.
     own_host = f"{team.project}.local.localhost:{team.server.port}"
-    for reached_at in (f"local.localhost:{team.server.port}", own_host.upper()):
-        via_domain = ok(team["reader"].get(team.url(), headers={"Host": reached_at}))
-        assert (via_domain["registry_address"], via_domain["image_prefix"]) == (own_host, own_host)
+    with resolving([hostname_of(own_host)]):
+        for reached_at in (f"local.localhost:{team.server.port}", own_host.upper()):
+            via_domain = ok(team["reader"].get(team.url(), headers={"Host": reached_at}))
+            assert (via_domain["registry_address"], via_domain["image_prefix"]) == (
+                own_host,
+                own_host,
+            )
     # Project creation is for server administrators signed in without a project key.
     assert_problem(team["project-admin"].post("/projects", json={"name": "nope"}), 403)
     assert_problem(team.admin.post("/projects", json={"name": "nope"}), 403)

@@ -9,6 +9,7 @@ import http.server
 import json
 import re
 import shlex
+import socket
 import threading
 import time
 import uuid
@@ -25,6 +26,7 @@ from tests.clients.conftest import Projects
 from tests.clients.console.conftest import (
     DESKTOP,
     GC_HOLD_SECONDS,
+    PASSWORD,
     PHONE,
     Tenant,
     hash_path,
@@ -1263,3 +1265,49 @@ def test_on_a_project_host_the_commands_name_the_project_host(
     (config / "config.json").write_text('{"auths": {}}\n')
     result = run(shlex.split(login), {**dockerd.env, "DOCKER_CONFIG": str(config)})
     assert "Login Succeeded" in result.stdout
+
+
+def test_on_a_localhost_project_host_docker_cannot_resolve_the_commands_use_localhost(
+    page: Page, tenant: Tenant, dockerd: Dockerd, test_image: TestImage, tmp_path: Path
+) -> None:
+    """Chromium resolves every `*.localhost` name itself; docker asks the system's resolver,
+    which here knows no `{project}.local.localhost`. A console opened on that host prints path
+    style on `localhost` with the same port instead, and its docker login and push name work
+    as printed."""
+    port = tenant.server.port
+    host = f"{tenant.project}.local.localhost:{port}"
+    with pytest.raises(socket.gaierror):
+        socket.getaddrinfo(f"{tenant.project}.local.localhost", None)
+    tenant.create_repository("web")
+    page.goto(f"http://{host}/console/")
+    page.get_by_label("User name").fill(tenant.user)
+    page.get_by_label("Password").fill(PASSWORD)
+    page.get_by_role("button", name="Sign in").click()
+    expect(page.get_by_test_id("signed-in-user")).to_contain_text(tenant.user)
+    assert page.url.startswith(f"http://{host}/console/")
+
+    page.get_by_role("link", name="web", exact=True).click()
+    expect(page.get_by_test_id("push-name")).to_have_text(
+        f"localhost:{port}/{tenant.project}/web[/IMAGE]:TAG"
+    )
+    open_project_page(page, tenant, "Access keys")
+    page.get_by_role("button", name="Create access key").click()
+    page.get_by_role("dialog", name="Create access key").get_by_role(
+        "button", name="Create"
+    ).click()
+    created = page.get_by_role("dialog", name="Access key created")
+    key_id = created.get_by_test_id("new-key-id").inner_text()
+    secret = created.get_by_test_id("new-key-secret").inner_text()
+    login = created.get_by_test_id("docker-login-command").inner_text()
+    assert login == f"docker login localhost:{port} --username {key_id} --password {secret}"
+
+    docker_env = {**dockerd.env, "DOCKER_CONFIG": str(tmp_path / "docker-config")}
+    (tmp_path / "docker-config").mkdir()
+    (tmp_path / "docker-config" / "config.json").write_text('{"auths": {}}\n')
+    assert "Login Succeeded" in run(shlex.split(login), docker_env).stdout
+    reference = f"localhost:{port}/{tenant.project}/web:v1"
+    run(
+        [dockerd.cli, "import", test_image.rootfs_tar(tmp_path / "rootfs.tar"), reference],
+        docker_env,
+    )
+    assert "v1: digest: sha256:" in run([dockerd.cli, "push", reference], docker_env).stdout

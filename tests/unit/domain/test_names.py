@@ -6,6 +6,7 @@ import pytest
 
 from berth.domain.errors import NameInvalid, NameUnknown
 from berth.domain.names import (
+    is_loopback_name,
     is_valid_tag,
     normalized_host,
     project_name_problem,
@@ -124,3 +125,21 @@ def test_an_overlong_host_is_refused_before_the_host_cache_keeps_it() -> None:
     cached = names._normalized_host.cache_info().currsize
     assert names.normalized_host("a" * 400_000) is None
     assert names._normalized_host.cache_info().currsize == cached
+
+
+@pytest.mark.parametrize(
+    ("hostname", "loopback"),
+    [
+        ("localhost", True),
+        ("demo.local.localhost", True),
+        ("DEMO.LOCAL.LOCALHOST.", True),
+        ("localhost.example.com", False),
+        ("notlocalhost", False),
+        ("127.0.0.1", False),
+        ("demo.kr-central-2.kcr.dev", False),
+    ],
+)
+def test_localhost_names_are_the_loopback_names_browsers_resolve_themselves(
+    hostname: str, loopback: bool
+) -> None:
+    assert is_loopback_name(hostname) is loopback
