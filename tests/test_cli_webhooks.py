@@ -186,3 +186,71 @@ def test_the_setting_the_refusal_names_lets_the_cli_make_a_private_endpoint(
     )
     assert made.returncode == 0, made.stderr
     assert json.loads(made.stdout)["url"] == "http://127.0.0.1:9/hook"
+
+
+def _nulls(value: object) -> bool:
+    if isinstance(value, dict):
+        return any(_nulls(item) for item in value.values())
+    if isinstance(value, list):
+        return any(_nulls(item) for item in value)
+    return value is None
+
+
+def test_redeliver_sends_a_delivery_again_and_the_log_shows_the_body_as_sent(
+    hooks_server: BerthServer, receiver: Receiver
+) -> None:
+    """A GC run's event delivered, then `webhook redeliver`: the receiver gets the same body
+    again, signed with the new secret; the command it prints lists the log, where the new
+    delivery names the one it re-sends. `deliveries --json` shows each body as sent: no
+    nulls for the fields a GC event does not carry (repository, tag, ...)."""
+    hooks_server.create_project("clihooks7")
+    made = hooks_server.cli_json(
+        "webhook", "create", "clihooks7", receiver.url, "--event", "io.berth.gc.finished"
+    )
+    hook = str(made["id"])
+    hooks_server.cli("gc", "run", "clihooks7", "--dry-run")
+    (first,) = receiver.wait_for(1)
+    deadline = time.monotonic() + 10
+    while (log := hooks_server.cli_json("webhook", "deliveries", "clihooks7", hook))[0][
+        "state"
+    ] != "delivered":
+        assert time.monotonic() < deadline, log
+        time.sleep(0.2)
+    (sent,) = log
+    assert sent["event"] == first.event and not _nulls(sent["event"])
+    assert {"repository", "tag", "digest", "scan"}.isdisjoint(sent["event"]["data"])
+    secret = hooks_server.cli_json("webhook", "new-secret", "clihooks7", hook)["secret"]
+
+    only = data_dir_only(hooks_server)
+    queued = only.berth("webhook", "redeliver", "clihooks7", hook, str(sent["id"])).stdout
+    assert f"of delivery {sent['id']} again" in " ".join(queued.split()), queued
+    again = receiver.wait_for(2)[1]
+    assert again.body == first.body and again.signed_with(secret)
+    shown = only.paste(line_after(queued, "Follow it with:")).stdout
+    assert f"(again: {sent['id']})" in " ".join(shown.split()), shown
+    newest = hooks_server.cli_json("webhook", "deliveries", "clihooks7", hook)[0]
+    assert newest["redelivery_of"] == sent["id"] and newest["event"] == sent["event"]
+
+
+def test_a_url_the_project_has_is_refused_as_existing(hooks_server: BerthServer) -> None:
+    """A second webhook of a URL (its host in capitals, its default port written) exits 3,
+    as for something that exists; so does moving another webhook to it."""
+    hooks_server.create_project("clihooks8")
+    url = "http://127.0.0.1:9/hook"
+    made = hooks_server.cli_json("webhook", "create", "clihooks8", url)
+    refused = hooks_server.cli(
+        "webhook", "create", "clihooks8", "HTTP://127.0.0.1:9/hook", check=False
+    )
+    assert refused.returncode == 3, refused.stderr
+    assert f"has a webhook to this URL already: webhook {made['id']}" in " ".join(
+        refused.stderr.split()
+    )
+    other = hooks_server.cli_json("webhook", "create", "clihooks8", url + "/")
+    moved = hooks_server.cli(
+        "webhook", "update", "clihooks8", str(other["id"]), "--url", url, check=False
+    )
+    assert moved.returncode == 3 and "already" in moved.stderr
+    assert [w["url"] for w in hooks_server.cli_json("webhook", "list", "clihooks8")] == [
+        url,
+        url + "/",
+    ]

@@ -1,4 +1,5 @@
-"""Webhooks: a project's endpoints (project admins), their delivery log, and a test event.
+"""Webhooks: a project's endpoints (project admins), their delivery log, a test event, and
+sending a past delivery again.
 
 Each delivery's body is a CloudEvents 1.0 event (the `CloudEvent` schema, shown with every
 delivery in the log), POSTed with `X-Berth-Signature: sha256=<hex HMAC-SHA256 of the body under
@@ -30,6 +31,7 @@ router = APIRouter(
 )
 
 WebhookId = Annotated[int, Path(ge=1, le=2**31 - 1, description="webhook id")]
+DeliveryId = Annotated[int, Path(ge=1, le=2**31 - 1, description="delivery id")]
 
 
 # Event types are checked by the service with the other fields (one refusal names them all);
@@ -91,9 +93,12 @@ async def list_webhooks(ctx: AdminProject) -> list[Webhook]:
     return await ctx.services.webhooks.list_webhooks(ctx.project)
 
 
-@router.post("", status_code=201, responses=responses(422))
+@router.post("", status_code=201, responses=responses(409, 422))
 async def create_webhook(ctx: AdminProject, body: NewWebhook) -> CreatedWebhook:
-    """Add an endpoint. The answer carries its signing secret: shown only now. Audited."""
+    """Add an endpoint. The answer carries its signing secret: shown only now. Refused (409)
+    when the project has a webhook to the same URL already (scheme and host in any case, the
+    default port written or not, an empty path or `/`; a trailing slash on the path makes
+    another URL): it would get every event twice. Audited."""
     return await ctx.services.webhooks.create(
         ctx.project,
         body.url,
@@ -118,10 +123,11 @@ async def get_webhook(ctx: AdminProject, webhook_id: WebhookId) -> Webhook:
     return await ctx.services.webhooks.get(ctx.project, webhook_id)
 
 
-@router.patch("/{webhook_id}", responses=responses(422))
+@router.patch("/{webhook_id}", responses=responses(409, 422))
 async def update_webhook(ctx: AdminProject, webhook_id: WebhookId, body: WebhookChange) -> Webhook:
     """Change an endpoint (what is given). A disabled endpoint gets no new events; what was
-    queued for it waits until it is enabled again. Audited."""
+    queued for it waits until it is enabled again. A new URL another webhook of the project
+    has already (compared as when adding one) is refused (409). Audited."""
     return await ctx.services.webhooks.update(
         ctx.project,
         webhook_id,
@@ -185,6 +191,23 @@ async def list_deliveries(
         ctx.project, webhook_id, offset=paging.offset, limit=paging.per_page
     )
     return Page[Delivery](items=items, page=paging.page, per_page=paging.per_page, total=total)
+
+
+@router.post(
+    "/{webhook_id}/deliveries/{delivery_id}/redeliver", status_code=202, responses=responses(409)
+)
+async def redeliver(ctx: AdminProject, webhook_id: WebhookId, delivery_id: DeliveryId) -> Delivery:
+    """Send a delivered or failed delivery's event again (one that failed for good after a
+    day of retries, or one the receiver lost): a new delivery of the same body, with the same
+    event id (a receiver can tell it is a repeat), whose `redelivery_of` names this one,
+    signed with the endpoint's current secret. It joins the end of the endpoint's queue, as
+    a new event does, and is retried like one for a day: the endpoint gets its events in
+    order, a re-sent one included, so it never overtakes a delivery that waits. (A test
+    event sent again is a test: sent at once, attempted once.) Refused (409) for a pending
+    delivery, which is being sent already, and while the endpoint is disabled. Audited."""
+    return await ctx.services.webhooks.redeliver(
+        ctx.project, webhook_id, delivery_id, actor=ctx.actor, client=ctx.caller.client
+    )
 
 
 @router.post("/{webhook_id}/test", status_code=202, responses=responses(409))

@@ -1,4 +1,5 @@
-"""`berth webhook`: a project's webhook endpoints, their delivery log, and test events.
+"""`berth webhook`: a project's webhook endpoints, their delivery log, test events, and
+sending a past delivery again.
 
 Deliveries are sent by a running server (`berth serve`), one node of it at a time; these verbs
 change what it sends and show what it sent.
@@ -26,13 +27,20 @@ from berth.cli.common import (
     when,
 )
 from berth.services.records import plain
-from berth.services.webhook_events import EVENT_TYPES
+from berth.services.webhook_events import EVENT_TYPES, TEST
+from berth.services.webhooks import Delivery
 
 webhook_app = typer.Typer(
     help="Webhooks: events of a project POSTed to your endpoints.", no_args_is_help=True
 )
 
 WebhookIdArg = Annotated[int, typer.Argument(metavar="WEBHOOK_ID", help="The webhook's id.")]
+DeliveryIdArg = Annotated[
+    int,
+    typer.Argument(
+        metavar="DELIVERY_ID", help="The delivery's id (the first column of `webhook deliveries`)."
+    ),
+]
 EventOption = Annotated[
     list[str] | None,
     typer.Option(
@@ -46,6 +54,12 @@ COLUMNS = ["id", "url", "events", "enabled", "signed", "description", "created_a
 
 def _row(webhook: dict[str, Any]) -> dict[str, Any]:
     return {**webhook, "events": " ".join(webhook["event_types"]) or "all"}
+
+
+def _delivery_json(delivery: Delivery) -> dict[str, Any]:
+    """A delivery for --json, its event the body as sent (its time as the body writes it)."""
+    shown: dict[str, Any] = plain(delivery)
+    return {**shown, "event": delivery.event.model_dump(mode="json")}
 
 
 @webhook_app.command("create")
@@ -65,7 +79,10 @@ def webhook_create(
     description: Annotated[str, typer.Option(help="A note: what the endpoint is for.")] = "",
     json_output: JsonFlag = False,
 ) -> None:
-    """Add a webhook endpoint. Its signing secret is shown now and never again."""
+    """Add a webhook endpoint. Its signing secret is shown now and never again. Refused (exit
+    3) when the project has a webhook to the same URL already: scheme and host in any case,
+    the default port written or not, no path or `/` are the same URL; a trailing slash on a
+    path makes another one."""
     secret = sys.stdin.readline().rstrip("\n") if secret_stdin else None
     created = run_service(
         lambda s: s.webhooks.create(
@@ -118,7 +135,8 @@ def webhook_update(
     description: Annotated[str | None, typer.Option(help="A new note.")] = None,
     json_output: JsonFlag = False,
 ) -> None:
-    """Change a webhook endpoint. A disabled one gets no new events; queued ones wait."""
+    """Change a webhook endpoint. A disabled one gets no new events; queued ones wait. A URL
+    another webhook of the project has already is refused (exit 3)."""
     event_types = [] if all_events else event
     changed = run_service(
         lambda s: s.webhooks.update(
@@ -183,11 +201,46 @@ def webhook_test(
     retried). Accepted, the endpoint's waiting queue is retried at once."""
     queued = run_service(lambda s: s.webhooks.send_test(project, webhook_id, actor=cli_actor()))
     if json_output:
-        print_json(plain(queued))
+        print_json(_delivery_json(queued))
         return
     console.print(
         f"Queued test event {queued.event_id}: a running server sends it within seconds, "
         "ahead of the endpoint's queue, once (it is not retried)."
+    )
+    sys.stdout.write(
+        f"Follow it with:\n  {pasteable('webhook', 'deliveries', project, str(webhook_id))}\n"
+    )
+
+
+@webhook_app.command("redeliver")
+def webhook_redeliver(
+    project: ProjectArg,
+    webhook_id: WebhookIdArg,
+    delivery_id: DeliveryIdArg,
+    json_output: JsonFlag = False,
+) -> None:
+    """Send a delivered or failed delivery's event again: a new delivery of the same body
+    (same event id), signed with the current secret, at the end of the endpoint's queue
+    (events go in order) and retried like any for a day. Refused (exit 3) for a pending
+    delivery and while the endpoint is disabled."""
+    queued = run_service(
+        lambda s: s.webhooks.redeliver(
+            project, webhook_id, delivery_id, actor=cli_actor(), client=CLI_CLIENT
+        )
+    )
+    if json_output:
+        print_json(_delivery_json(queued))
+        return
+    if queued.event_type == TEST:
+        when_sent = "a running server sends it within seconds, once (a test is not retried)"
+    else:
+        when_sent = (
+            "a running server sends it after what is queued before it for the endpoint, "
+            "and retries it for a day"
+        )
+    console.print(
+        f"Queued delivery {queued.id}: event {queued.event_id} of delivery {delivery_id} "
+        f"again; {when_sent}."
     )
     sys.stdout.write(
         f"Follow it with:\n  {pasteable('webhook', 'deliveries', project, str(webhook_id))}\n"
@@ -203,10 +256,12 @@ def webhook_deliveries(
 ) -> None:
     """The endpoint's delivery log: each event sent, its state and its last attempt. A
     delivery waiting behind an earlier one (an endpoint gets its events in order) shows
-    `after ID` as its next attempt: it is sent once delivery ID is delivered or given up."""
+    `after ID` as its next attempt: it is sent once delivery ID is delivered or given up. A
+    redelivery's event says `(again: ID)`, the delivery it re-sends. --json shows each
+    event's body as sent: a field that does not apply is absent."""
     found, _ = run_service(lambda s: s.webhooks.deliveries(project, webhook_id, limit=limit))
     if json_output:
-        print_json(plain(found))
+        print_json([_delivery_json(delivery) for delivery in found])
         return
     rows = []
     for delivery in found:
@@ -214,7 +269,8 @@ def webhook_deliveries(
         rows.append(
             {
                 "id": delivery.id,
-                "event": delivery.event_type.removeprefix("io.berth."),
+                "event": delivery.event_type.removeprefix("io.berth.")
+                + (f" (again: {delivery.redelivery_of})" if delivery.redelivery_of else ""),
                 "state": delivery.state,
                 "attempts": delivery.attempts,
                 "code": last.status_code if last else None,

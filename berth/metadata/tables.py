@@ -489,7 +489,9 @@ webhook_events = Table(
 # One event to one endpoint: the queue (state `pending`, delivered in id order per endpoint)
 # and, once `delivered` or `failed`, the record of it. A test event (`io.berth.webhook.test`)
 # is outside the order: the (state, event_type) index finds the pending ones at once, however
-# long the queues they skip.
+# long the queues they skip. A redelivery (an operator's "send it again") is a new delivery of
+# an earlier one's event; `redelivery_of` names that one (no foreign key: the log it is in is
+# pruned, and the redelivery still says what it re-sent).
 webhook_deliveries = Table(
     "webhook_deliveries",
     metadata,
@@ -503,6 +505,7 @@ webhook_deliveries = Table(
     Column("created_at", UTCDateTime, nullable=False, default=utcnow),
     Column("next_attempt_at", UTCDateTime),
     Column("finished_at", UTCDateTime),
+    Column("redelivery_of", Integer),
     Index(None, "webhook_id", "state", "id"),
     Index(None, "state", "event_type"),
 )

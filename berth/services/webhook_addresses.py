@@ -10,7 +10,7 @@ import ipaddress
 import logging
 import socket
 from dataclasses import dataclass
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
 from berth.domain.errors import InvalidValue
 
@@ -82,6 +82,22 @@ def check_form(url: str) -> tuple[str, str, int]:
     if parts.fragment:
         raise AddressRefused("the URL may not have a #fragment")
     return parts.scheme, parts.hostname, port or (443 if parts.scheme == "https" else 80)
+
+
+def endpoint_key(url: str) -> str:
+    """The URL as two webhooks of a project are compared by (one URL registered twice gets
+    every event twice): scheme and host in lower case (they are case-insensitive), the
+    default port left out, an empty path as `/`, as RFC 3986 calls these the same. The path
+    and query stay as written, a trailing slash included: they are the receiver's to read,
+    and `/hook` and `/hook/` may be different handlers (redirects are not followed). For a
+    URL `check_form` accepted."""
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    host = parts.hostname or ""  # lower case already
+    netloc = f"[{host}]" if ":" in host else host
+    if parts.port is not None and parts.port != (443 if scheme == "https" else 80):
+        netloc = f"{netloc}:{parts.port}"
+    return urlunsplit((scheme, netloc, parts.path or "/", parts.query, ""))
 
 
 # IPv6 prefixes that carry an IPv4 address in their last 32 bits and lead to it: NAT64's

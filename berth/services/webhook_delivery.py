@@ -14,6 +14,10 @@ it first, whatever waits in the endpoint's queue, and attempts it once (a probe:
 sends another). Accepted, it shows the endpoint is back, so the head of its queue is retried
 in the same pass instead of at the end of its backoff (up to an hour away).
 
+A redelivery (an operator's "send it again", `Webhooks.redeliver`) is an ordinary delivery of
+an earlier one's body, queued last: it goes in the endpoint's order like any other (a
+redelivered test event is a test, sent ahead once).
+
 Each delivery is a POST of the CloudEvent (structured JSON) with `X-Berth-Signature:
 sha256=<hex HMAC-SHA256 of the body under the endpoint's secret>` when the endpoint has one,
 and the CloudEvents binary-mode headers `ce-id`, `ce-type`, `ce-source`, `ce-specversion`

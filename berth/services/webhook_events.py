@@ -12,6 +12,7 @@ import uuid
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
+from pydantic.json_schema import SkipJsonSchema
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -45,6 +46,16 @@ EVENT_TYPES: dict[str, str] = {
 }
 
 
+def _absent(value: object) -> bool:
+    return value is None
+
+
+def absent_unless_set(description: str) -> Any:
+    """A field an event's body carries only when it applies (never as `null`): typed
+    `X | SkipJsonSchema[None]`, so the schema shows it as optional and never null, as sent."""
+    return Field(None, description=description, exclude_if=_absent)
+
+
 class GcRunSummary(BaseModel):
     id: int
     state: str = Field(description="succeeded, failed or rolled_back")
@@ -57,7 +68,7 @@ class GcRunSummary(BaseModel):
 
 class ScanOutcome(BaseModel):
     status: Literal["done", "failed"]
-    reason: str | None = Field(None, description="failed: why the scan could not finish")
+    reason: str | SkipJsonSchema[None] = absent_unless_set("failed: why the scan could not finish")
     counts: dict[str, int] = Field(
         description="findings by severity: critical, high, medium, low, unknown"
     )
@@ -72,25 +83,27 @@ class ScanOutcome(BaseModel):
 
 
 class EventData(BaseModel):
-    """What happened. Fields that do not apply to an event type are absent."""
+    """What happened. Fields that do not apply to an event type are absent (never null)."""
 
     model_config = ConfigDict(extra="forbid")
 
     project: str
-    repository: str | None = Field(None, description="repository name in the project")
-    image: str | None = Field(
-        None, description="image name inside the repository ('' when it is the repository's own)"
+    repository: str | SkipJsonSchema[None] = absent_unless_set("repository name in the project")
+    image: str | SkipJsonSchema[None] = absent_unless_set(
+        "image name inside the repository ('' when it is the repository's own)"
     )
-    tag: str | None = Field(None, description="the tag pushed, deleted or restored")
-    digest: str | None = Field(None, description="the manifest's digest")
-    media_type: str | None = Field(None, description="the manifest's media type")
-    size: int | None = Field(None, description="the manifest's size in bytes")
-    tags: list[str] | None = Field(None, description="image delete: the tags deleted with it")
+    tag: str | SkipJsonSchema[None] = absent_unless_set("the tag pushed, deleted or restored")
+    digest: str | SkipJsonSchema[None] = absent_unless_set("the manifest's digest")
+    media_type: str | SkipJsonSchema[None] = absent_unless_set("the manifest's media type")
+    size: int | SkipJsonSchema[None] = absent_unless_set("the manifest's size in bytes")
+    tags: list[str] | SkipJsonSchema[None] = absent_unless_set(
+        "image delete: the tags deleted with it"
+    )
     actor: str = Field(description="who made the change (a user name, or `system`)")
-    message: str | None = Field(None, description="refusals: what the client was told")
-    limit: int | None = Field(None, description="refusals: the quota or limit reached")
-    gc_run: GcRunSummary | None = Field(None, description="gc.finished: the run")
-    scan: ScanOutcome | None = Field(None, description="scan.finished: its outcome")
+    message: str | SkipJsonSchema[None] = absent_unless_set("refusals: what the client was told")
+    limit: int | SkipJsonSchema[None] = absent_unless_set("refusals: the quota or limit reached")
+    gc_run: GcRunSummary | SkipJsonSchema[None] = absent_unless_set("gc.finished: the run")
+    scan: ScanOutcome | SkipJsonSchema[None] = absent_unless_set("scan.finished: its outcome")
 
 
 class CloudEvent(BaseModel):
@@ -101,8 +114,9 @@ class CloudEvent(BaseModel):
     source: str = Field(description="`/projects/{project}`")
     type: str = Field(description="one of the event types, e.g. io.berth.image.pushed")
     time: dt.datetime
-    subject: str | None = Field(
-        None, description="what the event is about: `repository[/image]:tag` or `@digest`"
+    subject: str | SkipJsonSchema[None] = absent_unless_set(
+        "what the event is about: `repository[/image]:tag` or `@digest` (absent for an event "
+        "about no one image)"
     )
     datacontenttype: Literal["application/json"] = "application/json"
     data: EventData
@@ -128,7 +142,8 @@ def new_event(event_type: str, data: EventData, subject: str | None) -> CloudEve
 
 
 def event_json(event: CloudEvent) -> str:
-    return event.model_dump_json(exclude_none=True)
+    """The body sent: fields that do not apply are left out (`absent_unless_set`)."""
+    return event.model_dump_json()
 
 
 async def enqueue_event(

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import datetime as dt
 import secrets
+from collections.abc import Callable
 from typing import Any, Literal
 
 from pydantic import Field
@@ -16,10 +17,16 @@ from berth.domain.descriptions import description_problem
 from berth.domain.errors import Conflict, InvalidValue, NotFound, Refusals
 from berth.metadata.audit import write_audit_entry
 from berth.metadata.database import Database
-from berth.metadata.lookups import count_in_project, require_project
-from berth.metadata.tables import utcnow, webhook_attempts, webhook_deliveries, webhooks
+from berth.metadata.lookups import require_project
+from berth.metadata.tables import (
+    projects,
+    utcnow,
+    webhook_attempts,
+    webhook_deliveries,
+    webhooks,
+)
 from berth.services.records import Record
-from berth.services.webhook_addresses import check_url
+from berth.services.webhook_addresses import check_url, endpoint_key
 from berth.services.webhook_events import (
     EVENT_TYPES,
     TEST,
@@ -110,8 +117,15 @@ class Delivery(Record):
         "(a test event never waits)"
     )
     finished_at: dt.datetime | None
+    redelivery_of: int | None = Field(
+        description="a redelivery (its event sent again at an operator's request): the id of "
+        "the delivery it re-sends, which may have been pruned since; null otherwise"
+    )
     attempt_log: list[Attempt]
-    event: CloudEvent = Field(description="the body sent (the same on every attempt)")
+    event: CloudEvent = Field(
+        description="the body sent (the same on every attempt and redelivery); a field that "
+        "does not apply to the event is absent, as in the body"
+    )
 
 
 def _webhook(row: Any, project: str) -> Webhook:
@@ -159,9 +173,18 @@ def _check_description(description: str) -> None:
 
 
 class Webhooks:
-    def __init__(self, db: Database, *, allow_private: bool) -> None:
+    def __init__(
+        self,
+        db: Database,
+        *,
+        allow_private: bool,
+        clock: Callable[[], dt.datetime] = utcnow,
+    ) -> None:
+        """`clock`: when a delivery is queued (a test event, a redelivery), in the delivery
+        job's time (`WebhookDelivery`'s clock; the tests drive both)."""
         self.db = db
         self.allow_private = allow_private
+        self.clock = clock
 
     async def create(
         self,
@@ -195,8 +218,9 @@ class Webhooks:
         now = utcnow()
         async with self.db.write() as conn:
             project_id = await require_project(conn, project)
-            count = await count_in_project(conn, webhooks, project_id)
-            if count >= MAX_WEBHOOKS:
+            others = await _endpoints_locked(conn, project_id)
+            _refuse_same_url(project, url, others)
+            if len(others) >= MAX_WEBHOOKS:
                 raise InvalidValue(
                     f"project {project!r} has {MAX_WEBHOOKS} webhooks, the most it may have; "
                     "delete one first"
@@ -287,6 +311,11 @@ class Webhooks:
         async with self.db.write() as conn:
             project_id = await require_project(conn, project)
             row = await self._row(conn, project_id, project, webhook_id)
+            # Refused only for a new address: a database from before the check may hold the
+            # same URL twice, and either endpoint may still be changed (disabled, say).
+            if url is not None and endpoint_key(url) != endpoint_key(row.url):
+                others = await _endpoints_locked(conn, project_id)
+                _refuse_same_url(project, url, [o for o in others if o.id != webhook_id])
             if values:
                 await conn.execute(
                     update(webhooks)
@@ -370,7 +399,7 @@ class Webhooks:
         forward (`WebhookDelivery`). Refused while the endpoint is disabled (nothing would
         send it)."""
         event = new_event(TEST, EventData(project=project, actor=actor), None)
-        now = utcnow()
+        now = self.clock()
         async with self.db.write() as conn:
             project_id = await require_project(conn, project)
             row = await self._row(conn, project_id, project, webhook_id)
@@ -391,6 +420,77 @@ class Webhooks:
             delivery_id = _new_id(result)
         sent, _ = await self._deliveries(project, webhook_id, delivery_id=delivery_id)
         return sent[0]
+
+    async def redeliver(
+        self,
+        project: str,
+        webhook_id: int,
+        delivery_id: int,
+        *,
+        actor: str,
+        client: str | None = None,
+    ) -> Delivery:
+        """Send a delivered or failed delivery's event again: a new delivery of the same body
+        (the same event id, so a receiver can tell a repeat), naming the one it re-sends,
+        signed at each attempt with the endpoint's secret of then. It joins the end of the
+        endpoint's queue, as a new event would, and is retried like one, for a day from now:
+        an endpoint gets the events it is sent in order, and one sent again is no exception
+        (it would otherwise overtake the deliveries that wait, or arrive while an earlier
+        one is retried). A test event sent again is a test again: sent at once, once.
+        Refused for a pending delivery (it is being sent already) and while the endpoint is
+        disabled (nothing would send it). Audited."""
+        now = self.clock()
+        async with self.db.write() as conn:
+            project_id = await require_project(conn, project)
+            endpoint = await self._row(conn, project_id, project, webhook_id)
+            if not endpoint.enabled:
+                raise Conflict(f"webhook {webhook_id} is disabled; enable it to send it events")
+            sent = (
+                await conn.execute(
+                    select(webhook_deliveries).where(
+                        webhook_deliveries.c.id == delivery_id,
+                        webhook_deliveries.c.webhook_id == webhook_id,
+                    )
+                )
+            ).first()
+            if sent is None:
+                raise NotFound(f"webhook {webhook_id} has no delivery {delivery_id}")
+            if sent.state == PENDING:
+                raise Conflict(
+                    f"delivery {delivery_id} is still pending: it is being sent (and retried) "
+                    "already; redeliver it once it is delivered or has failed"
+                )
+            result = await conn.execute(
+                webhook_deliveries.insert().values(
+                    webhook_id=webhook_id,
+                    event_id=sent.event_id,
+                    event_type=sent.event_type,
+                    payload=sent.payload,
+                    state=PENDING,
+                    attempts=0,
+                    created_at=now,
+                    next_attempt_at=now,
+                    redelivery_of=delivery_id,
+                )
+            )
+            redelivery_id = _new_id(result)
+            await write_audit_entry(
+                conn,
+                actor,
+                "webhook.redeliver",
+                project_id=project_id,
+                target=str(endpoint.url)[:255],
+                detail={
+                    "id": webhook_id,
+                    "delivery": delivery_id,
+                    "redelivery": redelivery_id,
+                    "event_id": sent.event_id,
+                    "event_type": sent.event_type,
+                },
+                client=client,
+            )
+        queued, _ = await self._deliveries(project, webhook_id, delivery_id=redelivery_id)
+        return queued[0]
 
     async def deliveries(
         self, project: str, webhook_id: int, *, offset: int = 0, limit: int = 20
@@ -452,6 +552,35 @@ class Webhooks:
         return [_delivery(row, head, attempts[row.id]) for row in rows], int(total)
 
 
+async def _endpoints_locked(conn: AsyncConnection, project_id: int) -> list[Any]:
+    """The project's endpoints (id, url), read after locking the project's row against another
+    writer of its endpoints until this transaction ends, so that two requests adding the same
+    URL at once cannot both find it free. (PostgreSQL: FOR NO KEY UPDATE, which pushes into
+    the project, only reading its key, do not wait for; SQLite has one writer at a time.)"""
+    await conn.execute(
+        select(projects.c.id).where(projects.c.id == project_id).with_for_update(key_share=True)
+    )
+    found = await conn.execute(
+        select(webhooks.c.id, webhooks.c.url)
+        .where(webhooks.c.project_id == project_id)
+        .order_by(webhooks.c.id)
+    )
+    return list(found)
+
+
+def _refuse_same_url(project: str, url: str, others: list[Any]) -> None:
+    """Conflict if one of `others` has the same URL (`endpoint_key`): its every event would be
+    sent twice."""
+    key = endpoint_key(url)
+    for other in others:
+        if endpoint_key(other.url) == key:
+            raise Conflict(
+                f"project {project!r} has a webhook to this URL already: webhook {other.id} "
+                f"({other.url}); a second would get every event twice. Change or delete that "
+                "one instead"
+            )
+
+
 def _delivery(row: Any, head: int | None, attempts: list[Attempt]) -> Delivery:
     """A delivery as shown; one pending behind the head of its endpoint's queue names the
     head instead of a next attempt (its stored one is when it was queued: long past)."""
@@ -469,6 +598,7 @@ def _delivery(row: Any, head: int | None, attempts: list[Attempt]) -> Delivery:
         next_attempt_at=None if waiting_for is not None else row.next_attempt_at,
         waiting_for=waiting_for,
         finished_at=row.finished_at,
+        redelivery_of=row.redelivery_of,
         attempt_log=attempts,
         event=CloudEvent.model_validate_json(row.payload),
     )

@@ -3,6 +3,8 @@ HTTP endpoint on loopback (so the server allows private addresses, as an operato
 
 from __future__ import annotations
 
+import concurrent.futures
+import functools
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -402,3 +404,145 @@ def test_private_address_refused_by_default(sqlite_server: BerthServer) -> None:
             assert why in problem["detail"] and "webhook_allow_private" in problem["detail"]
             if why == by_name:
                 assert "127.0.0.1" not in problem["detail"] and "loopback" not in problem["detail"]
+
+
+def _nulls(value: Any, path: str = "") -> list[str]:
+    """The paths of the nulls in a JSON value."""
+    if isinstance(value, dict):
+        return [p for key, item in value.items() for p in _nulls(item, f"{path}.{key}")]
+    if isinstance(value, list):
+        return [p for item in value for p in _nulls(item, path)]
+    return [path] if value is None else []
+
+
+def test_redeliver_a_delivery(team: Team, receiver: Receiver) -> None:
+    """A delivered push sent again: the same body (and event id) to the receiver once more,
+    signed with the secret the endpoint has now; the new delivery names the one it re-sends,
+    and the redelivery is audited. A pending delivery, another endpoint's, and anyone but a
+    project admin are refused."""
+    admin = team["project-admin"]
+    created = add_webhook(team, receiver.url, event_types=["io.berth.image.pushed"])
+    hooks = team.url(f"/webhooks/{created['id']}")
+    with team.registry() as registry:
+        push_image(registry, team.oci_name(), "v1")
+    (first,) = receiver.wait_for(1)
+    until(lambda: ok(admin.get(f"{hooks}/deliveries"))["items"][0]["state"] == "delivered")
+    (pushed,) = ok(admin.get(f"{hooks}/deliveries"))["items"]
+    renewed = ok(admin.post(f"{hooks}/secret"))["secret"]
+    redeliver = f"{hooks}/deliveries/{pushed['id']}/redeliver"
+    for actor in ("member", "reader"):
+        assert_problem(team[actor].post(redeliver), 403)
+
+    queued = ok(admin.post(redeliver), 202)
+    assert queued["redelivery_of"] == pushed["id"] and queued["id"] != pushed["id"]
+    assert queued["state"] == "pending" and queued["event"] == pushed["event"]
+    again = receiver.wait_for(2)[1]
+    assert again.body == first.body and again.headers["ce-id"] == pushed["event_id"]
+    assert again.signed_with(renewed) and not again.signed_with(str(created["secret"]))
+
+    def redelivered() -> dict[str, Any] | None:
+        newest = ok(admin.get(f"{hooks}/deliveries"))["items"][0]
+        return newest if newest["state"] == "delivered" else None
+
+    done = until(redelivered)
+    assert done is not None and done["id"] == queued["id"]
+    assert done["redelivery_of"] == pushed["id"]
+
+    def audited() -> list[dict[str, Any]]:
+        entries = ok(admin.get(team.url("/audit"), params={"per_page": 100}))["items"]
+        return [e for e in entries if e["action"] == "webhook.redeliver"]
+
+    (entry,) = until(audited)
+    assert entry["actor"].startswith("project-admin") and entry["target"] == receiver.url
+    assert entry["detail"]["delivery"] == pushed["id"]
+    assert entry["detail"]["redelivery"] == queued["id"]
+
+    # Pending (refused until it is answered): it is being sent already.
+    receiver.statuses = [500] * 1000
+    with team.registry() as registry:
+        push_image(registry, team.oci_name(), "v2")
+    receiver.wait_for(3)
+    pending = ok(admin.get(f"{hooks}/deliveries"))["items"][0]
+    assert pending["state"] == "pending"
+    refused = assert_problem(
+        admin.post(f"{hooks}/deliveries/{pending['id']}/redeliver"), 409, code="CONFLICT"
+    )
+    assert "still pending" in refused["detail"]
+    other = add_webhook(team, receiver.url + "/other")
+    assert_problem(
+        admin.post(team.url(f"/webhooks/{other['id']}/deliveries/{pushed['id']}/redeliver")), 404
+    )
+    paths = ok(team.admin.get("/openapi.json"))["paths"]
+    documented = paths[
+        "/projects/{project}/webhooks/{webhook_id}/deliveries/{delivery_id}/redeliver"
+    ]["post"]
+    assert {"202", "403", "404", "409"} <= set(documented["responses"])
+
+
+def test_the_delivery_log_shows_no_nulls_for_what_the_body_leaves_out(
+    team: Team, receiver: Receiver
+) -> None:
+    """A push and a test event: each delivery's `event` is the body the receiver got, with
+    no `null` for a field it does not carry; the schema says such fields are optional, not
+    nullable."""
+    admin = team["project-admin"]
+    created = add_webhook(team, receiver.url)
+    hooks = team.url(f"/webhooks/{created['id']}")
+    with team.registry() as registry:
+        push_image(registry, team.oci_name(), "v1")
+    receiver.wait_for(1)
+    ok(admin.post(f"{hooks}/test"), 202)
+    received = {r.event["id"]: r.event for r in receiver.wait_for(2)}
+
+    def finished() -> list[dict[str, Any]] | None:
+        items: list[dict[str, Any]] = ok(admin.get(f"{hooks}/deliveries"))["items"]
+        return items if all(d["state"] != "pending" for d in items) else None
+
+    log = until(finished)
+    assert log is not None and len(log) == 2
+    for delivery in log:
+        assert delivery["event"] == received[delivery["event_id"]]
+        assert _nulls(delivery["event"]) == []
+    schemas = ok(team.admin.get("/openapi.json"))["components"]["schemas"]
+    for schema, field in (("EventData", "tag"), ("EventData", "gc_run"), ("CloudEvent", "subject")):
+        shown = schemas[schema]["properties"][field]
+        assert field not in schemas[schema].get("required", [])
+        assert "null" not in str(shown), shown
+
+
+def test_one_url_is_one_webhook_per_project(team: Team) -> None:
+    """A second webhook of a URL the project has (its host in another case, its default port
+    written) is refused with 409, and so is moving another webhook to it; a trailing slash
+    makes another URL."""
+    admin = team["project-admin"]
+    first = add_webhook(team, "http://127.0.0.1:9/hook")
+    for url in ("http://127.0.0.1:9/hook", "HTTP://127.0.0.1:9/hook"):
+        refused = assert_problem(
+            admin.post(team.url("/webhooks"), json={"url": url}), 409, code="CONFLICT"
+        )
+        assert refused["detail"].startswith(
+            f"project '{team.project}' has a webhook to this URL already: webhook {first['id']}"
+        )
+    slash = add_webhook(team, "http://127.0.0.1:9/hook/")
+    moved = admin.patch(
+        team.url(f"/webhooks/{slash['id']}"), json={"url": "http://127.0.0.1:9/hook"}
+    )
+    assert_problem(moved, 409, code="CONFLICT")
+    assert [w["url"] for w in ok(admin.get(team.url("/webhooks")))] == [
+        "http://127.0.0.1:9/hook",
+        "http://127.0.0.1:9/hook/",
+    ]
+
+
+def test_one_url_added_twice_at_once_is_made_once(team: Team) -> None:
+    """Two admins adding the same URL at the same moment: one is made, the other refused
+    (on PostgreSQL both transactions would otherwise find the URL free)."""
+    admin = team["project-admin"]
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        for n in range(6):
+            body = {"url": f"http://127.0.0.1:9/at-once-{n}"}
+            answers = list(
+                pool.map(functools.partial(admin.post, json=body), [team.url("/webhooks")] * 2)
+            )
+            assert sorted(a.status_code for a in answers) == [201, 409], [a.text for a in answers]
+    assert len(ok(admin.get(team.url("/webhooks")))) == 6

@@ -261,3 +261,47 @@ def test_each_webhook_row_names_the_endpoint_its_buttons_act_on(page: Page, tena
     expect(table.get_by_role("row").filter(has_text=doomed)).to_have_count(0)
     expect(table.get_by_role("row").filter(has_text=kept)).to_have_count(1)
     assert [h["url"] for h in tenant.api().get(hooks).json()] == [kept]
+
+
+def test_redeliver_a_delivery_from_the_log(page: Page, tenant: Tenant, receiver: Receiver) -> None:
+    """A delivered event sent again with the delivery log's Redeliver button: the receiver
+    gets the same body once more, and the log lists the new delivery as resending the first."""
+    hooks = f"/projects/{tenant.project}/webhooks"
+    with tenant.api() as admin:
+        made = admin.post(hooks, json={"url": receiver.url}).raise_for_status().json()
+        admin.post(f"{hooks}/{made['id']}/test").raise_for_status()
+        (first,) = receiver.wait_for(1)
+        log_path = f"{hooks}/{made['id']}/deliveries"
+        deadline = time.monotonic() + 10
+        while admin.get(log_path).json()["items"][0]["state"] != "delivered":
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        (sent,) = admin.get(log_path).json()["items"]
+    sign_in(page, tenant)
+    open_project_page(page, tenant, "Webhooks")
+    log = page.get_by_role("table", name="Deliveries")
+    row = log.get_by_role("row").filter(has_text="webhook.test")
+    expect(row).to_contain_text("Delivered")
+    row.get_by_role("button", name="Redeliver").click()
+    expect(page.get_by_text(f"Delivery {sent['id']} queued again as delivery")).to_be_visible()
+    again = receiver.wait_for(2)[1]
+    assert again.body == first.body
+    resent = log.get_by_role("row").filter(has_text=f"Resends delivery {sent['id']}")
+    expect(resent).to_have_count(1)
+    page.get_by_role("table", name="Webhooks").get_by_role("button", name="Delivery log").click()
+    expect(resent).to_contain_text("Delivered", timeout=15_000)
+
+
+def test_a_url_the_project_has_is_refused_at_the_url_field(page: Page, tenant: Tenant) -> None:
+    with tenant.api() as admin:
+        admin.post(
+            f"/projects/{tenant.project}/webhooks", json={"url": "http://127.0.0.1:9/berth"}
+        ).raise_for_status()
+    dialog = _add_webhook(page, tenant, "http://127.0.0.1:9/berth", "again")
+    url = dialog.get_by_label("Endpoint URL")
+    expect(url).to_have_attribute("aria-invalid", "")
+    told = dialog.get_by_text("has a webhook to this URL already: webhook")
+    expect(told).to_have_count(1)
+    expect(told).to_contain_text("a second would get every event twice")
+    with tenant.api() as admin:
+        assert len(admin.get(f"/projects/{tenant.project}/webhooks").json()) == 1

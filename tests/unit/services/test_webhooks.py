@@ -15,10 +15,11 @@ from typing import Any, TypeVar
 
 import pytest
 
-from berth.domain.errors import InvalidValue
+from berth.domain.errors import Conflict, InvalidValue, RegistryError
 from berth.jobs import Scheduler
 from berth.jobs.leases import Lease, Leases
 from berth.metadata.database import Database
+from berth.services.records import plain
 from berth.services.repositories import Repositories
 from berth.services.webhook_addresses import refused_address
 from berth.services.webhook_delivery import WebhookDelivery
@@ -551,3 +552,170 @@ def test_an_event_nobody_takes_is_not_queued(database_url: str, receiver: Receiv
 
     assert run(database_url, work) == [False, False, False, True]
     assert [e["data"]["tag"] for e in receiver.events()] == ["taken"]
+
+
+def test_a_delivery_that_failed_for_good_is_sent_again_in_order_under_the_new_secret(
+    database_url: str, receiver: Receiver
+) -> None:
+    """v1 given up after a day of refusals; the endpoint gets a new secret, and v2 is queued
+    and refused too. Sent again, v1 joins the end of the queue (behind v2, which it names as
+    the delivery it waits for) rather than overtaking it; the endpoint back, v2 goes, then
+    v1's body once more, the same bytes and event id, signed with the new secret, its
+    delivery naming the one it re-sends."""
+    receiver.statuses = [500] * 1000
+    clock = Clock()
+
+    async def work(db: Database) -> Any:
+        hooks = Webhooks(db, allow_private=True, clock=clock)
+        created = await hooks.create("acme", receiver.url, actor="alice")
+        job = delivery(db, clock)
+        await push_event(db, "v1")
+        await job.run()
+        while (await hooks.deliveries("acme", created.id))[0][0].state == "pending":
+            clock.advance(3600)
+            await job.run()
+        (given_up,), _ = await hooks.deliveries("acme", created.id)
+        secret = await hooks.new_secret("acme", created.id, actor="alice")
+        await push_event(db, "v2")
+        await job.run()  # v2 refused: its retry in 10 s
+        again = await hooks.redeliver("acme", created.id, given_up.id, actor="bob")
+        refused_before = len(receiver.received)
+        receiver.statuses = []
+        clock.advance(10)
+        await job.run()
+        log, _ = await hooks.deliveries("acme", created.id)
+        return given_up, secret, again, refused_before, log
+
+    given_up, secret, again, refused_before, log = run(database_url, work)
+    assert given_up.state == "failed"
+    assert again.state == "pending" and again.redelivery_of == given_up.id
+    assert again.event_id == given_up.event_id and again.attempts == 0
+    v2_id = again.id - 1
+    assert again.waiting_for == v2_id  # behind v2, not ahead of it
+    after = receiver.received[refused_before:]
+    assert [r.event["data"]["tag"] for r in after] == ["v2", "v1"]
+    first_v1 = receiver.received[0]
+    assert after[1].body == first_v1.body  # the same event, byte for byte
+    assert after[1].headers["ce-id"] == given_up.event_id
+    assert after[1].signed_with(secret) and not first_v1.signed_with(secret)
+    resent, v2, original = log
+    assert (resent.id, resent.state, resent.redelivery_of) == (again.id, "delivered", original.id)
+    assert v2.state == "delivered" and v2.redelivery_of is None
+    assert original.state == "failed"  # its own record stands
+
+
+def test_only_a_finished_delivery_of_an_enabled_endpoint_is_sent_again(
+    database_url: str, receiver: Receiver
+) -> None:
+    receiver.statuses = [500]
+    clock = Clock()
+
+    async def work(db: Database) -> list[str]:
+        hooks = Webhooks(db, allow_private=True, clock=clock)
+        created = await hooks.create("acme", receiver.url, actor="alice")
+        other = await hooks.create("acme", receiver.url + "/other", actor="alice")
+        await push_event(db, "v1")
+        await delivery(db, clock).run()  # refused: pending, its retry in 10 s
+        (pending,), _ = await hooks.deliveries("acme", created.id)
+        refusals = []
+        for webhook_id, delivery_id in (
+            (created.id, pending.id),  # pending: being sent already
+            (created.id, pending.id + 100),  # no such delivery
+            (other.id, pending.id),  # another endpoint's
+        ):
+            with pytest.raises(RegistryError) as refused:
+                await hooks.redeliver("acme", webhook_id, delivery_id, actor="alice")
+            refusals.append(f"{refused.value.status} {refused.value.message}")
+        clock.advance(10)
+        await delivery(db, clock).run()  # delivered
+        await hooks.update("acme", created.id, enabled=False, actor="alice")
+        with pytest.raises(RegistryError) as refused:
+            await hooks.redeliver("acme", created.id, pending.id, actor="alice")
+        refusals.append(f"{refused.value.status} {refused.value.message}")
+        log, total = await hooks.deliveries("acme", created.id)
+        assert total == 1 and log[0].state == "delivered"
+        return refusals
+
+    pending_refusal, unknown, elsewhere, disabled = run(database_url, work)
+    assert pending_refusal.startswith("409 delivery 1 is still pending")
+    assert unknown == "404 webhook 1 has no delivery 101"
+    assert elsewhere == "404 webhook 2 has no delivery 1"
+    assert disabled == "409 webhook 1 is disabled; enable it to send it events"
+
+
+def _nulls(value: Any) -> list[str]:
+    """The paths of the null values in a JSON value."""
+    if isinstance(value, dict):
+        return [f"{k}{'.' + p if p else ''}" for k, v in value.items() for p in _nulls(v) or []]
+    if isinstance(value, list):
+        return [p for item in value for p in _nulls(item)]
+    return [""] if value is None else []
+
+
+def test_the_delivery_log_shows_the_body_as_sent(database_url: str, receiver: Receiver) -> None:
+    """A push by digest (no tag) and a test event (no subject, hardly any data): the log's
+    event is the body the endpoint received, field for field, with no nulls for what the
+    body leaves out."""
+    clock = Clock()
+
+    async def work(db: Database) -> Any:
+        hooks = Webhooks(db, allow_private=True)
+        created = await hooks.create("acme", receiver.url, actor="alice")
+        data = EventData(project="acme", repository="app", image="", digest="sha256:ab", actor="a")
+        await enqueue_event_now(db, 1, IMAGE_PUSHED, data, "app@sha256:ab")
+        await hooks.send_test("acme", created.id, actor="alice")
+        await delivery(db, clock).run()
+        return (await hooks.deliveries("acme", created.id))[0]
+
+    log = run(database_url, work)
+    as_api = {d.event_id: d.model_dump(mode="json")["event"] for d in log}
+    as_cli = {d["event_id"]: d["event"] for d in plain(log)}  # times as isoformat() writes them
+    received = receiver.events()
+    assert len(received) == 2
+    for body in received:
+        assert as_api[body["id"]] == body
+        assert as_cli[body["id"]].keys() == body.keys() and _nulls(as_cli[body["id"]]) == []
+        assert _nulls(body) == []
+    test = next(e for e in received if e["type"] == TEST)
+    assert "subject" not in test and set(test["data"]) == {"project", "actor"}
+
+
+def test_one_url_is_one_webhook_per_project(database_url: str) -> None:
+    """A URL the project has already, however its scheme, host and default port are written,
+    is refused, when added and when another webhook is moved to it; a trailing slash on the
+    path is another URL, and another project may have the same one."""
+
+    async def work(db: Database) -> Any:
+        await Repositories(db).create_project("other", actor="test")
+        hooks = Webhooks(db, allow_private=True)
+        first = await hooks.create("acme", "http://127.0.0.1:9/hook", actor="alice")
+        refused = []
+        for url in (
+            "http://127.0.0.1:9/hook",
+            "HTTP://127.0.0.1:9/hook",
+            "http://LOCALHOST/",
+        ):
+            if url == "http://LOCALHOST/":
+                await hooks.create("acme", "http://localhost:80", actor="alice")
+            with pytest.raises(Conflict) as conflict:
+                await hooks.create("acme", url, actor="alice")
+            refused.append(conflict.value.message)
+        slash = await hooks.create("acme", "http://127.0.0.1:9/hook/", actor="alice")
+        await hooks.create("other", "http://127.0.0.1:9/hook", actor="alice")
+        with pytest.raises(Conflict) as moved:
+            await hooks.update("acme", slash.id, url="http://127.0.0.1:9/hook", actor="alice")
+        # Its own URL written another way is no clash.
+        same = await hooks.update("acme", first.id, url="HTTP://127.0.0.1:9/hook", actor="a")
+        listed = [w.url for w in await hooks.list_webhooks("acme")]
+        return refused, moved.value.message, same, listed
+
+    refused, moved, same, listed = run(database_url, work)
+    assert refused[0] == (
+        "project 'acme' has a webhook to this URL already: webhook 1 (http://127.0.0.1:9/hook); "
+        "a second would get every event twice. Change or delete that one instead"
+    )
+    assert "webhook 1 (http://127.0.0.1:9/hook)" in refused[1]
+    assert "webhook 2 (http://localhost:80)" in refused[2]
+    assert "webhook 1 (http://127.0.0.1:9/hook)" in moved
+    assert same.url == "HTTP://127.0.0.1:9/hook"
+    assert listed == ["HTTP://127.0.0.1:9/hook", "http://localhost:80", "http://127.0.0.1:9/hook/"]

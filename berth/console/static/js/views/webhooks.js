@@ -1,6 +1,6 @@
 // Webhooks (project admins): the project's endpoints, adding or editing one, a new signing
 // secret (shown once, as when it is added), sending a test event, and the delivery log of the
-// endpoint chosen.
+// endpoint chosen, where a delivered or failed delivery can be sent again.
 
 import { api, query, seg } from "../api.js";
 import { badge, clear, confirmDialog, copyable, emptyState, errorBox, field, h, openDialog, pager, table, timeElement, toast } from "../ui.js";
@@ -21,7 +21,7 @@ export async function webhooksView(main, ctx) {
         "div",
         {},
         h("h1", {}, "Webhooks"),
-        h("p", { class: "muted" }, "Pushes, deletes, tag restores, garbage collection runs and refusals in this project are POSTed to these endpoints as CloudEvents, signed with the endpoint's secret (X-Berth-Signature), in order, and retried for a day. A test event goes at once, ahead of anything waiting, and is not retried."),
+        h("p", { class: "muted" }, "Pushes, deletes, tag restores, garbage collection runs and refusals in this project are POSTed to these endpoints as CloudEvents, signed with the endpoint's secret (X-Berth-Signature), in order, and retried for a day. A test event goes at once, ahead of anything waiting, and is not retried. Redeliver sends a past delivery's event again, after anything waiting."),
       ),
       h("button", { type: "button", class: "primary", onclick: () => createWebhook(ctx, base) }, "Add webhook"),
     ),
@@ -76,7 +76,13 @@ async function showLog(ctx, base, webhook, section, page) {
     table(
       [
         { title: "ID", cell: (d) => String(d.id) },
-        { title: "Event", cell: (d) => h("span", { title: d.event_id }, d.event_type.replace(/^io\.berth\./, "")) },
+        {
+          title: "Event",
+          cell: (d) => [
+            h("span", { title: d.event_id }, d.event_type.replace(/^io\.berth\./, "")),
+            d.redelivery_of ? h("div", { class: "muted" }, `Resends delivery ${d.redelivery_of}`) : null,
+          ],
+        },
         { title: "Subject", cell: (d) => (d.event.subject ? h("code", {}, d.event.subject) : "-") },
         { title: "State", cell: (d) => badge(...STATE_BADGES[d.state]) },
         { title: "Attempts", cell: (d) => String(d.attempts) },
@@ -85,6 +91,7 @@ async function showLog(ctx, base, webhook, section, page) {
         { title: "Error", cell: (d) => last(d)?.error || "-" },
         { title: "Next attempt", cell: (d) => nextAttempt(d, webhook) },
         { title: "Queued", cell: (d) => timeElement(d.created_at) },
+        { title: "Actions", cell: (d) => redeliverButton(ctx, base, webhook, d) },
       ],
       data.items,
       { caption: "Deliveries", rowKey: (d) => d.id, empty: emptyState("Nothing delivered yet", h("p", {}, "Send a test event to try the endpoint.")) },
@@ -103,6 +110,25 @@ function nextAttempt(d, webhook) {
     return h("span", { title: why }, `After delivery ${d.waiting_for}`);
   }
   return timeElement(d.next_attempt_at);
+}
+
+// A delivered or failed delivery's event, sent again as a new delivery: at the end of the
+// endpoint's queue (its events go in order), retried like any; a pending one is being sent.
+function redeliverButton(ctx, base, webhook, d) {
+  if (d.state === "pending") return null;
+  const why = webhook.enabled ? "Send this event again, after anything queued for the endpoint" : "The endpoint is disabled: enable it to send it events";
+  return h("button", { type: "button", class: "small", title: why, disabled: !webhook.enabled, onclick: () => redeliver(ctx, base, webhook, d) }, "Redeliver");
+}
+
+async function redeliver(ctx, base, webhook, d) {
+  try {
+    const queued = await api.post(`${base}/${webhook.id}/deliveries/${d.id}/redeliver`);
+    const when = queued.event_type === "io.berth.webhook.test" ? "it is sent within a few seconds, once" : "it is sent after anything queued before it, and retried for a day";
+    toast(`Delivery ${d.id} queued again as delivery ${queued.id}: ${when}`);
+    ctx.navigate(`/projects/${seg(ctx.project.name)}/webhooks`, { webhook: webhook.id });
+  } catch (err) {
+    toast(err.message, "error");
+  }
 }
 
 async function sendTest(ctx, base, webhook) {
@@ -203,9 +229,11 @@ async function webhookDialog(base, { title, submitLabel, webhook = null, save })
           const chosen = [...events.querySelectorAll("input:checked")].map((i) => i.value);
           close(await save({ url: url.value.trim(), event_types: chosen, description: description.value }, sign.checked));
         } catch (err) {
-          urlField.setError(err.forField?.("url"));
+          // 409: another webhook of the project has this URL; told at the URL, once.
+          const taken = err.status === 409 ? err.message : null;
+          urlField.setError(err.forField?.("url") || taken);
           descriptionField.setError(err.forField?.("description"));
-          clear(problem, errorBox(err));
+          clear(problem, taken ? null : errorBox(err));
         }
       });
       return form;
