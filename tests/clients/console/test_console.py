@@ -1146,6 +1146,19 @@ def a_member_with_a_password(tenant: Tenant) -> str:
     return person
 
 
+def create_key_with_defaults(page: Page) -> tuple[Locator, str, str, str]:
+    """On the Access keys page, a key created as the dialog proposes it: the Access key
+    created dialog, the key's ID and secret, and the docker login command it prints."""
+    page.get_by_role("button", name="Create access key").click()
+    page.get_by_role("dialog", name="Create access key").get_by_role(
+        "button", name="Create"
+    ).click()
+    created = page.get_by_role("dialog", name="Access key created")
+    key_id = created.get_by_test_id("new-key-id").inner_text()
+    secret = created.get_by_test_id("new-key-secret").inner_text()
+    return created, key_id, secret, created.get_by_test_id("docker-login-command").inner_text()
+
+
 def create_key_dialog(page: Page, tenant: Tenant) -> Locator:
     """Signed in as the tenant's admin, the open Create access key dialog."""
     sign_in(page, tenant)
@@ -1239,14 +1252,7 @@ def test_on_a_project_host_the_commands_name_the_project_host(
         expect(page.get_by_test_id("signed-in-user")).to_contain_text(user)
         page.goto(f"https://{host}/console/#/projects/{projects.main}/keys")
         expect(page.get_by_role("heading", level=1, name="Access keys")).to_be_visible()
-        page.get_by_role("button", name="Create access key").click()
-        page.get_by_role("dialog", name="Create access key").get_by_role(
-            "button", name="Create"
-        ).click()
-        created = page.get_by_role("dialog", name="Access key created")
-        key_id = created.get_by_test_id("new-key-id").inner_text()
-        secret = created.get_by_test_id("new-key-secret").inner_text()
-        login = created.get_by_test_id("docker-login-command").inner_text()
+        created, key_id, secret, login = create_key_with_defaults(page)
         assert login == f"docker login {host} --username {key_id} --password {secret}"
         # The project's own host: its login is its own, no other project's replaces it.
         expect(created.get_by_test_id("one-login-per-host")).to_have_count(0)
@@ -1291,14 +1297,7 @@ def test_on_a_localhost_project_host_docker_cannot_resolve_the_commands_use_loca
         f"localhost:{port}/{tenant.project}/web[/IMAGE]:TAG"
     )
     open_project_page(page, tenant, "Access keys")
-    page.get_by_role("button", name="Create access key").click()
-    page.get_by_role("dialog", name="Create access key").get_by_role(
-        "button", name="Create"
-    ).click()
-    created = page.get_by_role("dialog", name="Access key created")
-    key_id = created.get_by_test_id("new-key-id").inner_text()
-    secret = created.get_by_test_id("new-key-secret").inner_text()
-    login = created.get_by_test_id("docker-login-command").inner_text()
+    _, key_id, secret, login = create_key_with_defaults(page)
     assert login == f"docker login localhost:{port} --username {key_id} --password {secret}"
 
     docker_env = {**dockerd.env, "DOCKER_CONFIG": str(tmp_path / "docker-config")}
