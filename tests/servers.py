@@ -208,6 +208,13 @@ class BerthServer:
     def cli_json(self, *args: str) -> Any:
         return json.loads(self.cli(*args, "--json").stdout)
 
+    def cli_items(self, *args: str) -> list[Any]:
+        """The items a list verb prints with --json (its listing's `items`)."""
+        listed = self.cli_json(*args)
+        assert set(listed) == {"items", "page", "per_page", "total"}, listed
+        items: list[Any] = listed["items"]
+        return items
+
     def _services(self, work: Callable[[Services], Awaitable[T]]) -> T:
         """Run one service call in-process against this server's data: the same code path as
         the admin CLI, without a 1.5 s interpreter start per call."""

@@ -557,7 +557,7 @@ def test_signing_in_on_a_project_host_fails_for_another_project_or_no_project(
     def refused_for_the_host() -> list[str]:
         return [
             (e["detail"] or {})["through"]
-            for e in world.server.cli_json("audit", Q)
+            for e in world.server.cli_items("audit", Q)
             if e["action"] == "login.failed"
             and "belongs to project" in (e["detail"] or {})["reason"]
         ]
@@ -1109,7 +1109,7 @@ def test_audit_log_shows_logins_keys_and_role_changes(world: World) -> None:
     )
     world.server._services(lambda s: s.identity.keys.delete_key(key_id, actor="test"))
     world.server._services(lambda s: s.identity.members.remove_member(project, user, actor="test"))
-    entries = world.server.cli_json("audit", project)
+    entries = world.server.cli_items("audit", project)
     assert secret not in json.dumps(entries)
     seen = [(e["action"], e["target"], (e["detail"] or {}).get("role")) for e in reversed(entries)]
     assert seen == [
@@ -1136,7 +1136,7 @@ def test_a_secret_is_shown_once_and_never_listed(world: World) -> None:
     world.secrets.append(secret.group(1))
     credentials = (key_id.group(1), secret.group(1))
     assert world.http.get("/v2/", auth=credentials).status_code == 200
-    listed = world.server.cli_json("key", "list", "--user", user)
+    listed = world.server.cli_items("key", "list", "--user", user)
     assert [k["access_key_id"] for k in listed] == [credentials[0]]
     assert listed[0]["state"] == "active" and listed[0]["last_used_at"], listed
     assert not any("secret" in name for name in listed[0]), listed

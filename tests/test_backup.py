@@ -13,7 +13,8 @@ import httpx
 import pytest
 
 from tests.oci import digest_of, error_code, put_manifest, random_image
-from tests.servers import BACKENDS, ROOT, BerthServer, running_server, serve_refused
+from tests.servers import BACKENDS, BERTH, ROOT, BerthServer, running_server, serve_refused
+from tests.terminal import typed_at_terminal
 
 GUIDE = ROOT / "docs" / "operations.md"
 EXAMPLE_DATA_DIR = "/var/lib/berth"
@@ -101,7 +102,12 @@ def test_a_backup_taken_while_serving_restores_the_images_keys_and_store(
             gone = client.get("/v2/shop/web/manifests/v2")
             assert gone.status_code == 404 and error_code(gone) == "MANIFEST_UNKNOWN"
         (check,) = restore[serve + 1 :]
-        report = json.loads(target.cli(*check.split()[1:], "--json").stdout)
+        # Typed at a terminal as the guide shows it, which asks before removing anything.
+        repaired = typed_at_terminal(
+            [*BERTH, *check.split()[1:], "--json"], "y\n", env=target.env, cwd=ROOT
+        )
+        assert repaired.returncode == 0, repaired.stderr
+        report = json.loads(repaired.stdout)
         assert report["missing"] == [] and report["damaged"] == []
         assert set(blob_digests(later)) <= set(report["orphans_removed"])
         assert not set(blob_digests(kept)) & set(report["orphans"])
@@ -176,7 +182,7 @@ def test_a_restore_without_the_key_files_is_refused_until_they_are_put_back(
 
     shutil.rmtree(keys)
     kept.rename(keys)
-    assert [project["name"] for project in server.cli_json("project", "list")] == ["shop"]
+    assert [project["name"] for project in server.cli_items("project", "list")] == ["shop"]
     server.start()
     try:
         signed_in = httpx.get(

@@ -58,10 +58,10 @@ def test_project_and_repository_admin_verbs(tmp_path: Path) -> None:
     assert created["description"] == "web app"
     assert created["images"] == 0
     # Audited by the service, as from the API: the CLI's create is in the log too.
-    [entry] = berth.cli_json("audit", "demo")
+    [entry] = berth.cli_items("audit", "demo")
     assert (entry["action"], entry["target"]) == ("repository.create", "app")
-    assert [p["name"] for p in berth.cli_json("project", "list")] == ["demo"]
-    listed = berth.cli_json("repo", "list", "demo")
+    assert [p["name"] for p in berth.cli_items("project", "list")] == ["demo"]
+    listed = berth.cli_items("repo", "list", "demo")
     assert [r["name"] for r in listed] == ["app"]
     table = berth.cli("repo", "list", "demo").stdout
     assert "app" in table and "public" in table
@@ -101,7 +101,7 @@ def test_users_members_keys_and_audit(tmp_path: Path) -> None:
         "key", "create", "--user", "alice", "--project", "demo", "--expires", "2099-01-01"
     )
     assert key["access_key_id"].startswith("BK") and len(key["secret_access_key"]) >= 40
-    listed = berth.cli_json("key", "list", "--project", "demo")
+    listed = berth.cli_items("key", "list", "--project", "demo")
     assert [k["access_key_id"] for k in listed] == [key["access_key_id"]]
     assert listed[0]["state"] == "active"
     # A date alone: the key works through that day (UTC), as in the console.
@@ -118,12 +118,12 @@ def test_users_members_keys_and_audit(tmp_path: Path) -> None:
     assert vague.returncode == 2 and "is not YYYY-MM-DD" in vague.stderr, vague.stderr
     timed_id = re.search(r"Access key ID: +(\S+)", timed)
     assert timed_id is not None
-    berth.cli("key", "delete", timed_id.group(1))
+    berth.cli("key", "delete", timed_id.group(1), "--yes")
     berth.cli("key", "disable", key["access_key_id"])
-    assert berth.cli_json("key", "list", "--user", "alice")[0]["state"] == "disabled"
-    berth.cli("key", "delete", key["access_key_id"])
-    assert berth.cli_json("key", "list") == []
-    entries = berth.cli_json("audit", "demo")
+    assert berth.cli_items("key", "list", "--user", "alice")[0]["state"] == "disabled"
+    berth.cli("key", "delete", key["access_key_id"], "--yes")
+    assert berth.cli_items("key", "list") == []
+    entries = berth.cli_items("audit", "demo")
     actions = [entry["action"] for entry in entries]
     assert actions == [
         "key.delete",
@@ -239,9 +239,9 @@ def test_admin_verbs_never_create_a_data_directory(tmp_path: Path) -> None:
     assert list(elsewhere.iterdir()) == []
     assert not (elsewhere / "berth-data").exists()
     named = _berth_in(elsewhere, "--data-dir", str(data), "project", "list", "--json")
-    assert [p["name"] for p in json.loads(named.stdout)] == ["demo"]
+    assert [p["name"] for p in json.loads(named.stdout)["items"]] == ["demo"]
     by_env = _berth_in(elsewhere, "project", "list", "--json", BERTH_DATA_DIR=str(data))
-    assert [p["name"] for p in json.loads(by_env.stdout)] == ["demo"]
+    assert [p["name"] for p in json.loads(by_env.stdout)["items"]] == ["demo"]
     missing = _berth_in(tmp_path, "status")
     assert missing.returncode == 0 and str(data / "berth.db") in missing.stdout
     third = tmp_path / "third"
@@ -346,7 +346,7 @@ def test_admin_verbs_refuse_an_older_schema_and_only_serve_migrates_it(
         assert f"Migrated the schema of {shown} from revision {older} to {NEWEST}" in (
             berth.log_tail()
         )
-        assert [p["name"] for p in berth.cli_json("project", "list")] == ["demo"]
+        assert [p["name"] for p in berth.cli_items("project", "list")] == ["demo"]
     finally:
         berth.stop()
     assert current_revision(url) == NEWEST
@@ -381,7 +381,7 @@ def test_deleting_users_and_projects(tmp_path: Path) -> None:
 
     assert berth.cli("user", "delete", "bob", "--yes").stdout.strip() == "Deleted user bob"
     assert berth._services(lambda s: s.identity.keys.list_keys()) == []
-    entries = berth.cli_json("audit", "demo")
+    entries = berth.cli_items("audit", "demo")
     audit = [(e["action"], e["target"]) for e in entries]
     assert audit[:2] == [("user.delete", "bob"), ("key.delete", key_id)]
     # Audited as who ran it, from where (as other admin verbs are): a user named `cli` is
@@ -428,10 +428,10 @@ def test_deleting_verbs_ask_at_a_terminal_whatever_json_says_and_refuse_without_
         said = " ".join(refused.stderr.split())
         assert said.startswith("error: no terminal to ask on whether to delete"), said
         assert "give --yes" in said, said
-    assert berth.cli_json("retention", "history", "demo") == []  # no run
-    assert [r["name"] for r in berth.cli_json("repo", "list", "demo")] == ["app"]
-    assert "bob" in {u["name"] for u in berth.cli_json("user", "list")}
-    assert {p["name"] for p in berth.cli_json("project", "list")} == {"demo", "empty"}
+    assert berth.cli_items("retention", "history", "demo") == []  # no run
+    assert [r["name"] for r in berth.cli_items("repo", "list", "demo")] == ["app"]
+    assert "bob" in {u["name"] for u in berth.cli_items("user", "list")}
+    assert {p["name"] for p in berth.cli_items("project", "list")} == {"demo", "empty"}
 
     delete_app = [*BERTH, "repo", "delete", "demo/app", "--json"]
     declined = typed_at_terminal(delete_app, "n\n", env=berth.env)
@@ -443,11 +443,144 @@ def test_deleting_verbs_ask_at_a_terminal_whatever_json_says_and_refuse_without_
     )
     assert retention.returncode == 1 and retention.stdout == ""
     assert "Delete the images of demo that no retention rule keeps?" in retention.stderr
-    assert berth.cli_json("retention", "history", "demo") == []
+    assert berth.cli_items("retention", "history", "demo") == []
     deleted = typed_at_terminal(delete_app, "y\n", env=berth.env)
     assert deleted.returncode == 0, deleted.stderr
     assert json.loads(deleted.stdout) == {"repository": "demo/app", "deleted": True}
-    assert berth.cli_json("repo", "list", "demo") == []
+    assert berth.cli_items("repo", "list", "demo") == []
+
+
+def _on(server: BerthServer, *args: str) -> Typed:
+    """`berth ARGS` on the server's data in this process, with no terminal (a new interpreter
+    per call takes seconds); exits 0 unless `args` says otherwise by starting with "!"."""
+    refusal = args[0] == "!"
+    done = _berth_in(
+        server.data_dir.parent,
+        *args[refusal:],
+        BERTH_DATA_DIR=str(server.data_dir),
+        BERTH_WEBHOOK_ALLOW_PRIVATE="true",
+    )
+    assert refusal or done.returncode == 0, (args, done)
+    return done
+
+
+def _items(server: BerthServer, *args: str) -> list[Any]:
+    items: list[Any] = json.loads(_on(server, *args, "--json").stdout)["items"]
+    return items
+
+
+def test_removing_and_collecting_verbs_ask_as_deleting_ones_do(tmp_path: Path) -> None:
+    """Every verb that destroys something (a key, a webhook with its log, a role, a rule,
+    garbage, orphaned blobs) asks as `repo delete` does: on standard error whatever --json
+    says, refusing without a terminal (naming --yes); "n" leaves everything as it was, "y"
+    and --yes go ahead. A dry run of garbage collection changes nothing and never asks."""
+    berth = BerthServer(tmp_path / "data")
+    berth.cli("init")
+    berth.create_repository("demo", "app")
+    berth.create_user("bob", "bob-password")
+    berth.create_user("eve", "eve-password")
+    berth.add_member("demo", "bob", "member")
+    berth.grant("demo", "app", "eve", "viewer")
+    key_id, _secret = berth.access_key("demo", "bob")
+    _on(berth, "webhook", "create", "demo", "http://127.0.0.1:9/hook")
+    _on(berth, "immutability", "add", "demo", "v*")
+    asking = {
+        ("key", "delete", key_id): f"Delete access key {key_id}",
+        ("webhook", "delete", "demo", "1"): "Delete webhook 1 of demo with its queue",
+        ("member", "remove", "demo", "bob"): "Remove bob from demo",
+        ("repo", "revoke", "demo/app", "eve"): "Remove eve's role on demo/app",
+        ("immutability", "remove", "demo", "1"): "Remove immutable tag rule 1 of demo",
+        ("gc", "run", "demo"): "Delete the blobs of demo no image needs",
+        ("gc", "run", "demo", "--delete-untagged"): "Delete the untagged images of demo",
+        ("storage", "check", "--repair"): "Remove the stored blobs no metadata names",
+    }
+    for verb in asking:
+        refused = _on(berth, "!", *verb, "--json")
+        assert refused.returncode == 2 and refused.stdout == "", (verb, refused)
+        said = " ".join(refused.stderr.split())
+        assert said.startswith("error: no terminal to ask on whether to "), said
+        assert "give --yes" in said, said
+    for verb, question in asking.items():
+        declined = typed_at_terminal([*BERTH, *verb, "--json"], "n\n", env=berth.env)
+        assert declined.returncode == 1 and declined.stdout == "", (verb, declined)
+        assert f"{question}" in declined.stderr and "? [y/N]" in declined.stderr, declined
+        assert "not confirmed: nothing was deleted" in declined.stderr
+    assert [k["access_key_id"] for k in _items(berth, "key", "list")] == [key_id]
+    assert [w["id"] for w in _items(berth, "webhook", "list", "demo")] == [1]
+    assert "bob" in {m["user"] for m in _items(berth, "member", "list", "demo")}
+    grants = berth._services(lambda s: s.identity.members.list_grants("demo", "app"))
+    assert [g.user for g in grants] == ["eve"]
+    assert [r["id"] for r in _items(berth, "immutability", "list", "demo")] == [1]
+    assert _items(berth, "gc", "history", "demo") == []
+
+    # A dry run asks nothing, even where nobody could answer.
+    dry = json.loads(_on(berth, "gc", "run", "demo", "--dry-run", "--json").stdout)
+    assert dry["dry_run"] is True
+    # A project mistyped is refused before the question.
+    mistyped = _on(berth, "!", "gc", "run", "dmeo")
+    assert mistyped.returncode == 1 and "does not exist" in mistyped.stderr, mistyped
+
+    removed = typed_at_terminal([*BERTH, "key", "delete", key_id, "--json"], "y\n", env=berth.env)
+    assert removed.returncode == 0, removed.stderr
+    assert json.loads(removed.stdout) == {"access_key_id": key_id, "deleted": True}
+    assert _items(berth, "key", "list") == []
+    collected = typed_at_terminal([*BERTH, "gc", "run", "demo", "--json"], "yes\n", env=berth.env)
+    assert collected.returncode == 0, collected.stderr
+    assert json.loads(collected.stdout)["dry_run"] is False
+    _on(berth, "member", "remove", "demo", "bob", "--yes")
+    assert "bob" not in {m["user"] for m in _items(berth, "member", "list", "demo")}
+    _on(berth, "repo", "revoke", "demo/app", "eve", "--yes")
+    assert berth._services(lambda s: s.identity.members.list_grants("demo", "app")) == []
+
+
+def test_every_list_verb_prints_the_same_listing_with_json(tmp_path: Path) -> None:
+    """One shape for scripts, the Management API's page: `items`, `page`, `per_page` (the
+    --limit or --per-page, null where everything is listed) and `total` (beyond a limit too)."""
+    berth = BerthServer(tmp_path / "data")
+    berth.cli("init")
+    berth.create_repository("demo", "app")
+    berth.create_repository("demo", "web")
+    berth.create_user("bob", "bob-password")
+    berth.add_member("demo", "bob", "member")
+    berth.access_key("demo", "bob")
+    _on(berth, "webhook", "create", "demo", "http://127.0.0.1:9/hook")
+    _on(berth, "immutability", "add", "demo", "v*")
+    _on(berth, "gc", "run", "demo", "--dry-run")
+    _on(berth, "gc", "run", "demo", "--dry-run")
+    _on(berth, "retention", "dry-run", "demo")
+    everything = {
+        ("project", "list"): 1,
+        ("repo", "list", "demo"): 2,
+        ("user", "list"): 2,
+        ("member", "list", "demo"): 1,
+        ("key", "list"): 1,
+        ("webhook", "list", "demo"): 1,
+        ("immutability", "list", "demo"): 1,
+    }
+    for verb, total in everything.items():
+        listed = json.loads(_on(berth, *verb, "--json").stdout)
+        assert listed == {"items": listed["items"], "page": 1, "per_page": None, "total": total}
+        assert len(listed["items"]) == total, (verb, listed)
+    limited = {
+        ("audit", "demo", "--limit", "1"): 1,
+        ("audit", "--limit", "1"): 1,
+        ("gc", "history", "demo", "--limit", "1"): 1,
+        ("image", "list", "demo/app", "--per-page", "5"): 5,
+        ("image", "history", "demo/app", "--limit", "3"): 3,
+        ("upload", "list", "demo", "--limit", "2"): 2,
+        ("webhook", "deliveries", "demo", "1", "--limit", "4"): 4,
+        ("retention", "history", "demo"): 50,
+    }
+    for verb, per_page in limited.items():
+        listed = json.loads(_on(berth, *verb, "--json").stdout)
+        assert set(listed) == {"items", "page", "per_page", "total"}, (verb, listed)
+        assert (listed["page"], listed["per_page"]) == (1, per_page), (verb, listed)
+        assert len(listed["items"]) <= per_page and listed["total"] >= len(listed["items"])
+    # The total counts beyond the limit.
+    audit = json.loads(_on(berth, "audit", "demo", "--limit", "1", "--json").stdout)
+    assert len(audit["items"]) == 1 and audit["total"] > 1, audit
+    runs = json.loads(_on(berth, "gc", "history", "demo", "--limit", "1", "--json").stdout)
+    assert len(runs["items"]) == 1 and runs["total"] == 2, runs
 
 
 def test_project_create_and_quota_changes_are_audited_and_the_quota_has_a_verb(
@@ -456,7 +589,7 @@ def test_project_create_and_quota_changes_are_audited_and_the_quota_has_a_verb(
     berth = BerthServer(tmp_path / "data")
     berth.cli("init")
     berth.cli("project", "create", "demo")
-    [created] = [e for e in berth.cli_json("audit") if e["action"] == "project.create"]
+    [created] = [e for e in berth.cli_items("audit") if e["action"] == "project.create"]
     assert created["target"] == "demo" and created["actor"].startswith("cli:")
     assert created["client"].startswith("cli on ")
     assert "project.create" in berth.cli("audit").stdout  # the log outside projects
@@ -476,7 +609,7 @@ def test_project_create_and_quota_changes_are_audited_and_the_quota_has_a_verb(
     refused = berth.cli("repo", "create", "demo/two", check=False)
     assert refused.returncode == 1 and "repository quota" in refused.stderr
     assert berth.cli_json("project", "quota", "demo", "default")["quota_is_default"] is True
-    changes = [e for e in berth.cli_json("audit", "demo") if e["action"] == "project.quota"]
+    changes = [e for e in berth.cli_items("audit", "demo") if e["action"] == "project.quota"]
     assert [e["detail"] for e in changes] == [
         {"old": 1, "old_is_default": False, "new": 100, "new_is_default": True},
         {"old": 100, "old_is_default": True, "new": 1, "new_is_default": False},
@@ -500,7 +633,7 @@ def test_tables_fit_80_columns_with_whole_ids_and_times_to_the_minute(tmp_path: 
             tmp_path, "key", "create", "--user", "admin", "--project", "a-project-with-a-long-name"
         )
         assert made.returncode == 0, made.stderr
-    keys = json.loads(_berth_in(tmp_path, "key", "list", "--json").stdout)
+    keys = json.loads(_berth_in(tmp_path, "key", "list", "--json").stdout)["items"]
     _berth_in(tmp_path, "key", "disable", keys[0]["access_key_id"])
 
     def typed(*args: str) -> str:
@@ -600,7 +733,7 @@ def test_init_and_the_refusal_print_commands_that_work_with_the_data_directory_g
     created = _typed(tmp_path, words)
     assert created.returncode == 0, created.stderr
     listed = _typed(tmp_path, [*BERTH, "--data-dir", "mine", "project", "list", "--json"])
-    assert [p["name"] for p in json.loads(listed.stdout)] == ["demo"]
+    assert [p["name"] for p in json.loads(listed.stdout)["items"]] == ["demo"]
 
 
 def _printed_create(stdout: str) -> str:
@@ -797,7 +930,7 @@ def test_serve_configured_by_berth_config_prints_commands_that_carry_it(tmp_path
     assert pasted(create).returncode == 0
     assert pasted(f"{reset} --password-stdin", "a-new-password-1\n").returncode == 0
     listed = _typed(tmp_path, [*BERTH, "--data-dir", "state", "project", "list", "--json"])
-    assert [p["name"] for p in json.loads(listed.stdout)] == ["demo"]
+    assert [p["name"] for p in json.loads(listed.stdout)["items"]] == ["demo"]
     assert not (tmp_path / "shell" / "berth-data").exists()
 
 

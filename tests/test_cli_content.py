@@ -45,7 +45,7 @@ def test_repo_show_update_delete(sqlite_server: BerthServer) -> None:
     declined = typed_at_terminal([*BERTH, "repo", "delete", "clidemo/app"], "n\n", env=berth.env)
     assert declined.returncode == 1 and berth.cli_json("repo", "show", "clidemo/app")
     assert berth.cli_json("repo", "delete", "clidemo/app", "--yes")["deleted"] is True
-    assert berth.cli_json("repo", "list", "clidemo") == []
+    assert berth.cli_items("repo", "list", "clidemo") == []
 
 
 def test_image_list_history_and_tag_restore(sqlite_server: BerthServer) -> None:
@@ -71,7 +71,7 @@ def test_image_list_history_and_tag_restore(sqlite_server: BerthServer) -> None:
         assert missing.returncode == 1
         assert "repository clidemo2/nope does not exist" in missing.stderr
 
-        history = berth.cli_json("image", "history", name, "--tag", "v1")
+        history = berth.cli_items("image", "history", name, "--tag", "v1")
         assert [e["action"] for e in history] == ["untag", "tag"] and history[0]["restorable"]
         assert "untag" in berth.cli("image", "history", name).stdout
 
@@ -82,7 +82,7 @@ def test_image_list_history_and_tag_restore(sqlite_server: BerthServer) -> None:
             headers={"Accept": "application/vnd.oci.image.manifest.v1+json"},
         )
         assert pulled.status_code == 200 and pulled.content == first.data
-        assert berth.cli_json("image", "history", name, "--tag", "v1")[0]["actor"].startswith(
+        assert berth.cli_items("image", "history", name, "--tag", "v1")[0]["actor"].startswith(
             "cli:"
         )
         again = berth.cli("tag", "restore", name, "v1", check=False)

@@ -42,7 +42,7 @@ def test_immutability_verbs(sqlite_server: BerthServer) -> None:
 
         assert (
             "Removed immutable tag rule 1"
-            in sqlite_server.cli("immutability", "remove", project, "1").stdout
+            in sqlite_server.cli("immutability", "remove", project, "1", "--yes").stdout
         )
         assert repo.client.delete(manifest_path(repo.name, "v1")).status_code == 202
-        assert [r["id"] for r in sqlite_server.cli_json("immutability", "list", project)] == [2]
+        assert [r["id"] for r in sqlite_server.cli_items("immutability", "list", project)] == [2]

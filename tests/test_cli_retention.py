@@ -63,7 +63,7 @@ def test_retention_verbs(sqlite_server: BerthServer) -> None:
     assert "berth retention run cliret" in printed and "nothing was deleted" in printed
     ran = " ".join(sqlite_server.cli("retention", "run", "cliret", "--yes").stdout.split())
     assert re.search(r"next garbage collection \((\.venv/bin/)?berth gc run cliret\)\.", ran)
-    history = sqlite_server.cli_json("retention", "history", "cliret")
+    history = sqlite_server.cli_items("retention", "history", "cliret")
     assert [(r["dry_run"], r["images_deleted"]) for r in history] == [
         (False, 3),
         (True, 3),
@@ -92,8 +92,8 @@ def test_the_commands_it_prints_work_as_printed_with_the_data_directory_it_was_g
     assert digests[2] in only.berth("image", "list", "clipaste/pasted", "--json").stdout
     note = next(line for line in ran.splitlines() if "next garbage collection" in line)
     printed_gc = note.split("(", 1)[1].rsplit(").", 1)[0]
-    only.paste(printed_gc)
-    (collected,) = json.loads(only.berth("gc", "history", "clipaste", "--json").stdout)
+    only.paste_at_terminal(printed_gc, "y\n")
+    (collected,) = json.loads(only.berth("gc", "history", "clipaste", "--json").stdout)["items"]
     assert collected["state"] == "succeeded", collected
 
 

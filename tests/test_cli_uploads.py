@@ -6,13 +6,13 @@ from __future__ import annotations
 
 import os
 import shlex
-import subprocess
 
 import httpx
 
 from tests.oci import digest_of, error_codes, location, patch_upload, put_upload, start_upload
 from tests.pasting import data_dir_only
 from tests.servers import ROOT, BerthServer, server_fixture
+from tests.terminal import typed_at_terminal
 
 uploads_server = server_fixture("cli-uploads")
 
@@ -76,8 +76,8 @@ def test_upload_list_and_cancel_verbs(uploads_server: BerthServer) -> None:
         # Long names fold within their column.
         assert "app/tools/lint" in column(lines, " repository ", " by "), shown
         assert "pusher-with-a-rather-long-name" in column(lines, " by ", " bytes "), shown
-        assert [u["id"] for u in berth.cli_json("upload", "list", "cliup")] == [newer, idle]
-        (listed,) = berth.cli_json("upload", "list", "cliup", "--limit", "1")
+        assert [u["id"] for u in berth.cli_items("upload", "list", "cliup")] == [newer, idle]
+        (listed,) = berth.cli_items("upload", "list", "cliup", "--limit", "1")
         assert listed["id"] == newer and listed["started_by"] == "pusher-with-a-rather-long-name"
         assert listed["bytes_received"] == 2000 and listed["image"] == "tools/lint"
         assert "(newest 1 of 2)" in berth.cli("upload", "list", "cliup", "--limit", "1").stdout
@@ -85,14 +85,16 @@ def test_upload_list_and_cancel_verbs(uploads_server: BerthServer) -> None:
         # The command it prints cancels the upload idle longest, run as printed.
         printed = printed_command(shown)
         assert printed.split()[1:] == ["upload", "cancel", "cliup", idle]
-        pasted = subprocess.run(
-            shlex.split(printed),
-            env=berth.env,
-            capture_output=True,
-            text=True,
-            cwd=ROOT,
-            timeout=120,
-        )
+        # It asks first: without a terminal it refuses, answered "n" it cancels nothing.
+        refused = berth.cli(*shlex.split(printed)[1:], input="y\n", check=False)
+        assert refused.returncode == 2 and "give --yes" in refused.stderr, refused
+        declined = typed_at_terminal(shlex.split(printed), "n\n", env=berth.env, cwd=ROOT)
+        assert declined.returncode == 1, declined
+        assert f"Cancel upload {idle} in cliup, deleting what it stored? [y/N]" in declined.stderr
+        assert [u["id"] for u in berth.cli_items("upload", "list", "cliup")] == [newer, idle]
+        assert scratch(berth, idle)
+        # At a terminal, as a user pastes it, answered "y".
+        pasted = typed_at_terminal(shlex.split(printed), "y\n", env=berth.env, cwd=ROOT)
         assert pasted.returncode == 0, pasted.stderr
         said = " ".join(pasted.stdout.split())  # as wrapped to the terminal's width
         assert f"Cancelled upload {idle} to cliup/app (1,000 bytes received, started by" in said
@@ -100,19 +102,19 @@ def test_upload_list_and_cancel_verbs(uploads_server: BerthServer) -> None:
         assert scratch(berth, idle) == []
 
         assert scratch(berth, newer)
-        cancelled = berth.cli_json("upload", "cancel", "cliup", newer)
+        cancelled = berth.cli_json("upload", "cancel", "cliup", newer, "--yes")
         assert cancelled["id"] == newer and cancelled["repository"] == "app"
         assert_cancelled(client, newer_url)
         assert scratch(berth, newer) == []
         assert "No uploads in progress in cliup." in berth.cli("upload", "list", "cliup").stdout
-        assert berth.cli_json("upload", "list", "cliup") == []
+        assert berth.cli_items("upload", "list", "cliup") == []
 
-    again = berth.cli("upload", "cancel", "cliup", newer, check=False)
+    again = berth.cli("upload", "cancel", "cliup", newer, "--yes", check=False)
     assert again.returncode == 1
     assert f"upload '{newer}' is not in progress in project 'cliup'" in again.stderr
     nowhere = berth.cli("upload", "list", "nosuchproject", check=False)
     assert nowhere.returncode == 1 and "project 'nosuchproject' does not exist" in nowhere.stderr
-    audited = [e for e in berth.cli_json("audit", "cliup") if e["action"] == "upload.cancel"]
+    audited = [e for e in berth.cli_items("audit", "cliup") if e["action"] == "upload.cancel"]
     assert [e["target"] for e in audited] == [f"app/tools/lint@{newer}", f"app@{idle}"]
     assert all(e["actor"].startswith("cli:") for e in audited)
     assert audited[0]["detail"] == {
@@ -134,5 +136,5 @@ def test_the_printed_cancel_names_the_data_directory_it_was_given(
         shown = only.berth("upload", "list", "cliupdir")
         printed = printed_command(shown.stdout)
         assert printed.split()[3:] == ["upload", "cancel", "cliupdir", upload_id]
-        only.paste(printed)
+        only.paste_at_terminal(printed, "y\n")
         assert_cancelled(client, url)

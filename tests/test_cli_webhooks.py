@@ -30,7 +30,7 @@ def test_webhook_verbs(hooks_server: BerthServer, receiver: Receiver) -> None:
     secret = created.split("Signing secret: ", 1)[1].split()[0]
     assert "berth webhook test clihooks 1" in created
     assert secret not in hooks_server.cli("webhook", "list", "clihooks").stdout
-    (webhook,) = hooks_server.cli_json("webhook", "list", "clihooks")
+    (webhook,) = hooks_server.cli_items("webhook", "list", "clihooks")
     assert webhook["event_types"] == ["io.berth.tag.deleted"] and webhook["signed"] is True
     assert secret not in json.dumps(webhook)
 
@@ -40,7 +40,7 @@ def test_webhook_verbs(hooks_server: BerthServer, receiver: Receiver) -> None:
     assert received.event["type"] == "io.berth.webhook.test" and received.signed_with(secret)
     deadline = time.monotonic() + 10
     while True:
-        log = hooks_server.cli_json("webhook", "deliveries", "clihooks", "1")
+        log = hooks_server.cli_items("webhook", "deliveries", "clihooks", "1")
         if log[0]["state"] == "delivered" or time.monotonic() > deadline:
             break
         time.sleep(0.2)
@@ -53,12 +53,12 @@ def test_webhook_verbs(hooks_server: BerthServer, receiver: Receiver) -> None:
         renewed != secret and renewed not in hooks_server.cli("webhook", "list", "clihooks").stdout
     )
     hooks_server.cli("webhook", "update", "clihooks", "1", "--disable", "--all-events")
-    (webhook,) = hooks_server.cli_json("webhook", "list", "clihooks")
+    (webhook,) = hooks_server.cli_items("webhook", "list", "clihooks")
     assert webhook["enabled"] is False and webhook["event_types"] == []
     refused = hooks_server.cli("webhook", "test", "clihooks", "1", check=False)
     assert refused.returncode == 3 and "disabled" in refused.stderr
-    hooks_server.cli("webhook", "delete", "clihooks", "1")
-    assert hooks_server.cli_json("webhook", "list", "clihooks") == []
+    hooks_server.cli("webhook", "delete", "clihooks", "1", "--yes")
+    assert hooks_server.cli_items("webhook", "list", "clihooks") == []
 
 
 def test_the_commands_it_prints_work_as_printed_with_the_data_directory_it_was_given(
@@ -101,7 +101,7 @@ def test_a_test_event_goes_past_a_failing_queue(hooks_server: BerthServer) -> No
         assert "ahead of the endpoint's queue" in " ".join(queued.split())
         deadline = time.monotonic() + 10
         while True:
-            test, second, first = hooks_server.cli_json("webhook", "deliveries", "clihooks6", hook)
+            test, second, first = hooks_server.cli_items("webhook", "deliveries", "clihooks6", hook)
             if test["state"] != "pending" or time.monotonic() > deadline:
                 break
             time.sleep(0.2)
@@ -165,7 +165,7 @@ def test_a_description_is_any_text_but_control_characters_as_a_repository_s(
         assert refused.returncode == 2, refused.stderr
         assert f"{DESCRIPTION_RULE}; this one has '\\x85'" in " ".join(refused.stderr.split())
         assert "Traceback" not in refused.stderr
-    assert [w["description"] for w in hooks_server.cli_json("webhook", "list", "clihooks5")] == [
+    assert [w["description"] for w in hooks_server.cli_items("webhook", "list", "clihooks5")] == [
         "CI\u00a0hook"
     ]
 

@@ -336,12 +336,34 @@ def pasteable(*words: str) -> str:
 CLI_CLIENT = f"cli on {socket.gethostname()}"[:64]
 
 
+def listing(
+    items: list[Any], total: int | None = None, *, page: int = 1, per_page: int | None = None
+) -> dict[str, Any]:
+    """What every list verb prints with --json, the Management API's page: `items` (this
+    page's), `page` (from 1), `per_page` (the most a page holds: --per-page or --limit; None
+    where the verb lists everything at once) and `total` (items on every page together: more
+    than `items` holds when a limit cut the listing short)."""
+    return {
+        "items": items,
+        "page": page,
+        "per_page": per_page,
+        "total": len(items) if total is None else total,
+    }
+
+
 def show_rows(
-    json_output: bool, rows: list[dict[str, Any]], columns: list[str], title: str
+    json_output: bool,
+    rows: list[dict[str, Any]],
+    columns: list[str],
+    title: str,
+    *,
+    total: int | None = None,
+    per_page: int | None = None,
 ) -> None:
-    """What a verb that lists things prints: the rows as JSON, or a table of `columns`."""
+    """What a verb that lists things prints: the rows as a listing in JSON (`total` and
+    `per_page` as `listing` takes them), or a table of `columns`."""
     if json_output:
-        print_json(rows)
+        print_json(listing(rows, total, per_page=per_page))
     else:
         console.print(data_table(rows, columns, title))
 

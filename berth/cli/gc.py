@@ -18,10 +18,13 @@ from berth.cli.common import (
     CLI_CLIENT,
     JsonFlag,
     ProjectArg,
+    YesFlag,
     cli_actor,
+    confirm_deletion,
     console,
     data_table,
     errors,
+    listing,
     print_json,
     run_service,
     when,
@@ -92,9 +95,21 @@ def gc_run(
             "--delete-untagged", help="Also delete images with no tag that no image references."
         ),
     ] = False,
+    yes: YesFlag = False,
     json_output: JsonFlag = False,
 ) -> None:
-    """Collect a project's garbage now, here, with a progress bar."""
+    """Collect a project's garbage now, here, with a progress bar. A real run asks first
+    (unless --yes); a dry run changes nothing and never asks."""
+    if not dry_run:
+        if not yes:
+            # Ask only about a project there is: a name mistyped is refused before the question.
+            run_service(lambda s: s.repositories.project(project))
+        images = (
+            f"the untagged images of {project} no image references, and then the blobs"
+            if delete_untagged
+            else f"the blobs of {project}"
+        )
+        confirm_deletion(f"delete {images} no image needs", yes)
     actor = cli_actor()
 
     async def work(services: Services, progress: Progress | None) -> Run:
@@ -161,13 +176,14 @@ def gc_status(project: ProjectArg, json_output: JsonFlag = False) -> None:
 @gc_app.command("history")
 def gc_history(
     project: ProjectArg,
-    limit: Annotated[int, typer.Option(help="How many runs, newest first.")] = 20,
+    limit: Annotated[int, typer.Option(min=1, help="How many runs, newest first.")] = 20,
     json_output: JsonFlag = False,
 ) -> None:
     """A project's garbage collection runs, newest first."""
-    runs = [run.as_json() for run in run_service(lambda s: s.gc.history(project, limit=limit))]
+    found, total = run_service(lambda s: s.gc.history_page(project, offset=0, limit=limit))
+    runs = [run.as_json() for run in found]
     if json_output:
-        print_json(runs)
+        print_json(listing(runs, total, per_page=limit))
         return
     rows = [{key: _figure(run[key]) for key, _ in COLUMNS} for run in runs]
     console.print(

@@ -14,6 +14,7 @@ from berth.cli.common import (
     cli_actor,
     console,
     done,
+    listing,
     print_json,
     run_service,
     split_repo,
@@ -58,7 +59,7 @@ def image_list(
 
     items, total = run_service(work, uses_store=True)  # platforms from image configs
     if json_output:
-        print_json({"items": items, "page": page, "per_page": per_page, "total": total})
+        print_json(listing(items, total, page=page, per_page=per_page))
         return
     table = Table(title=f"Images in {name} ({total} in all, page {page})")
     # Each image's scan is in --json and `berth scan`: an eighth column does not fit 80 columns.
@@ -88,9 +89,9 @@ def image_history(
     """Show image and tag history: pushes, tags, untags, moves, deletes and restores."""
     project, repository, image = _split_image(name)
 
-    async def work(s: Services) -> list[dict[str, Any]]:
+    async def work(s: Services) -> tuple[list[dict[str, Any]], int]:
         repo = await s.repositories.require(project, repository)
-        items, _total = await Images(s.db).history(
+        items, total = await Images(s.db).history(
             repo,
             image=image or None,
             tag=tag,
@@ -98,11 +99,11 @@ def image_history(
             per_page=limit,
         )
         events: list[dict[str, Any]] = plain(items)
-        return events
+        return events, total
 
-    found = run_service(work)
+    found, total = run_service(work)
     if json_output:
-        print_json(found)
+        print_json(listing(found, total, per_page=limit))
         return
     table = Table(title=f"History of {name}")
     for column in ("at", "actor", "action", "image", "tag", "old", "new", "restorable"):

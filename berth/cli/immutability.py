@@ -12,7 +12,9 @@ from berth.cli.common import (
     CLI_CLIENT,
     JsonFlag,
     ProjectArg,
+    YesFlag,
     cli_actor,
+    confirm_deletion,
     console,
     done,
     print_json,
@@ -85,9 +87,13 @@ def immutability_add(
 def immutability_remove(
     project: ProjectArg,
     rule_id: Annotated[int, typer.Argument(metavar="RULE_ID", help="The rule's id (see list).")],
+    yes: YesFlag = False,
     json_output: JsonFlag = False,
 ) -> None:
     """Remove a rule: its tags may move and go again (unless another rule holds them)."""
+    confirm_deletion(
+        f"remove immutable tag rule {rule_id} of {project} (its tags may then move and go)", yes
+    )
     run_service(
         lambda s: s.tag_rules.delete(project, rule_id, actor=cli_actor(), client=CLI_CLIENT)
     )

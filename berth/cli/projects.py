@@ -12,7 +12,9 @@ from berth.cli.common import (
     JsonFlag,
     ProjectArg,
     UserArg,
+    YesFlag,
     cli_actor,
+    confirm_deletion,
     console,
     done,
     fail,
@@ -153,8 +155,11 @@ def member_add(
 
 
 @member_app.command("remove")
-def member_remove(project: ProjectArg, user: UserArg, json_output: JsonFlag = False) -> None:
+def member_remove(
+    project: ProjectArg, user: UserArg, yes: YesFlag = False, json_output: JsonFlag = False
+) -> None:
     """Remove a user from a project; their access keys there stop working."""
+    confirm_deletion(f"remove {user} from {project} (their access keys there stop working)", yes)
     run_service(
         lambda s: s.identity.members.remove_member(
             project, user, actor=cli_actor(), client=CLI_CLIENT

@@ -108,10 +108,12 @@ def repo_grant(
 def repo_revoke(
     name: Annotated[str, typer.Argument(metavar="PROJECT/REPO")],
     user: UserArg,
+    yes: YesFlag = False,
     json_output: JsonFlag = False,
 ) -> None:
     """Remove a user's role on a repository."""
     project, repository = split_repo(name)
+    confirm_deletion(f"remove {user}'s role on {name}", yes)
     run_service(
         lambda s: s.identity.members.revoke(
             project, repository, user, actor=cli_actor(), client=CLI_CLIENT

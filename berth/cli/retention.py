@@ -42,6 +42,7 @@ RULE_HELP = (
 )
 IMAGE_COLUMNS = ["repository", "digest", "tags", "pushed_at", "last_pulled_at"]
 RUN_COLUMNS = ["id", "started_at", "actor", "dry_run", "images_deleted", "images_skipped"]
+HISTORY_LIMIT = 50  # the newest runs `retention history` shows
 
 
 def parse_rule(text: str) -> Rule:
@@ -188,8 +189,15 @@ def retention_run(project: ProjectArg, yes: YesFlag = False, json_output: JsonFl
 @retention_app.command("history")
 def retention_history(project: ProjectArg, json_output: JsonFlag = False) -> None:
     """The project's retention runs, newest first."""
-    runs, _total = run_service(lambda s: s.retention.history(project, limit=50))
+    runs, total = run_service(lambda s: s.retention.history(project, limit=HISTORY_LIMIT))
     rows = [
         {**{k: v for k, v in plain(r).items() if k != "deleted"}, "note": _note(r)} for r in runs
     ]
-    show_rows(json_output, rows, RUN_COLUMNS, f"Retention runs of {project}")
+    show_rows(
+        json_output,
+        rows,
+        RUN_COLUMNS,
+        f"Retention runs of {project}",
+        total=total,
+        per_page=HISTORY_LIMIT,
+    )

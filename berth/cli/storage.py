@@ -8,7 +8,15 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from berth.cli.common import JsonFlag, console, fail, print_json, run_service
+from berth.cli.common import (
+    JsonFlag,
+    YesFlag,
+    confirm_deletion,
+    console,
+    fail,
+    print_json,
+    run_service,
+)
 
 storage_app = typer.Typer(help="Blob storage: integrity checks.", no_args_is_help=True)
 
@@ -30,17 +38,24 @@ def storage_check(
         bool,
         typer.Option(
             "--repair",
-            help="Remove stored blobs no metadata names once older than gc_grace_period.",
+            help="Remove stored blobs no metadata names once older than gc_grace_period "
+            "(asks first, unless --yes).",
         ),
     ] = False,
+    yes: YesFlag = False,
     json_output: JsonFlag = False,
 ) -> None:
     """Hash every blob (of PROJECT, or of every project); set damaged ones aside (pushing them
     again repairs them), report missing ones. Of the whole install, also report stored blobs
-    no metadata names (orphans; removed with --repair), and remove scratch files no upload
-    names. Exits 1 when a blob is damaged or missing (orphans only waste space)."""
+    no metadata names (orphans; removed with --repair, which asks first), and remove scratch
+    files no upload names. Exits 1 when a blob is damaged or missing (orphans only waste space)."""
     if project is not None and all_projects:
         fail("give a PROJECT or --all, not both", 2)
+    if repair and project is None:  # of one project, --repair removes nothing
+        confirm_deletion(
+            "remove the stored blobs no metadata names, once older than gc_grace_period",
+            yes,
+        )
     report = run_service(lambda s: s.storage_check.run(project, repair=repair), uses_store=True)
     kept = [digest for digest in report.orphans if digest not in report.orphans_removed]
     if json_output:

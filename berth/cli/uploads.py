@@ -12,10 +12,13 @@ from berth.cli.common import (
     CLI_CLIENT,
     JsonFlag,
     ProjectArg,
+    YesFlag,
     cli_actor,
+    confirm_deletion,
     console,
     data_table,
     done,
+    listing,
     pasteable,
     print_json,
     run_service,
@@ -56,7 +59,7 @@ def upload_list(
     """A project's uploads in progress, newest first: they count against max_open_uploads."""
     found, total = run_service(lambda s: s.uploads.open_in_project(project, limit=limit))
     if json_output:
-        print_json(plain(found))
+        print_json(listing(plain(found), total, per_page=limit))
         return
     if not found:
         console.print(f"No uploads in progress in {project}.")
@@ -83,10 +86,14 @@ def upload_list(
 
 @upload_app.command("cancel")
 def upload_cancel(
-    project: ProjectArg, upload_id: UploadIdArg, json_output: JsonFlag = False
+    project: ProjectArg,
+    upload_id: UploadIdArg,
+    yes: YesFlag = False,
+    json_output: JsonFlag = False,
 ) -> None:
     """Cancel an upload as its client's DELETE would: what it stored goes, and its client's
     next request to it is refused (BLOB_UPLOAD_UNKNOWN). Audited as upload.cancel."""
+    confirm_deletion(f"cancel upload {upload_id} in {project}, deleting what it stored", yes)
     cancelled = run_service(
         lambda s: s.uploads.cancel_in_project(
             project, upload_id, actor=cli_actor(), client=CLI_CLIENT

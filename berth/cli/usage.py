@@ -11,6 +11,7 @@ from berth.cli.common import (
     JsonFlag,
     ProjectArg,
     console,
+    listing,
     print_json,
     run_service,
     show_rows,
@@ -36,13 +37,19 @@ def audit(
     """Show a project's audit log (logins, key, role and settings changes), or without PROJECT
     the server's: users created and deleted, passwords set, projects created and deleted."""
     if project is None:
-        found, _total = run_service(lambda s: s.identity.audit.server_entries(limit))
+        found, total = run_service(lambda s: s.identity.audit.server_entries(limit))
         title = "Audit log outside projects"
     else:
-        found = run_service(lambda s: s.identity.audit.entries(project, limit))
+        in_project = project
+
+        async def entries(s: Services) -> tuple[list[dict[str, Any]], int]:
+            log = s.identity.audit
+            return await log.entries(in_project, limit), await log.count(in_project)
+
+        found, total = run_service(entries)
         title = f"Audit log of {project}"
     if json_output:
-        print_json(found)
+        print_json(listing(found, total, per_page=limit))
     else:
         # The details are in --json: a table with them no longer fits 80 columns whole.
         show_rows(False, found, ["at", "actor", "action", "target", "client"], title)

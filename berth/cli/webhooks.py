@@ -16,10 +16,13 @@ from berth.cli.common import (
     CLI_CLIENT,
     JsonFlag,
     ProjectArg,
+    YesFlag,
     cli_actor,
+    confirm_deletion,
     console,
     data_table,
     done,
+    listing,
     pasteable,
     print_json,
     run_service,
@@ -183,9 +186,16 @@ def webhook_new_secret(
 
 @webhook_app.command("delete")
 def webhook_delete(
-    project: ProjectArg, webhook_id: WebhookIdArg, json_output: JsonFlag = False
+    project: ProjectArg,
+    webhook_id: WebhookIdArg,
+    yes: YesFlag = False,
+    json_output: JsonFlag = False,
 ) -> None:
-    """Remove a webhook endpoint with its queue and delivery log."""
+    """Remove a webhook endpoint with its queue and delivery log (`update --disable` holds
+    it instead)."""
+    confirm_deletion(
+        f"delete webhook {webhook_id} of {project} with its queue and delivery log", yes
+    )
     run_service(
         lambda s: s.webhooks.delete(project, webhook_id, actor=cli_actor(), client=CLI_CLIENT)
     )
@@ -259,9 +269,9 @@ def webhook_deliveries(
     `after ID` as its next attempt: it is sent once delivery ID is delivered or given up. A
     redelivery's event says `(again: ID)`, the delivery it re-sends. --json shows each
     event's body as sent: a field that does not apply is absent."""
-    found, _ = run_service(lambda s: s.webhooks.deliveries(project, webhook_id, limit=limit))
+    found, total = run_service(lambda s: s.webhooks.deliveries(project, webhook_id, limit=limit))
     if json_output:
-        print_json([_delivery_json(delivery) for delivery in found])
+        print_json(listing([_delivery_json(delivery) for delivery in found], total, per_page=limit))
         return
     rows = []
     for delivery in found:

@@ -83,7 +83,7 @@ def test_gc_says_what_it_kept_for_being_young_and_is_audited(team: Team) -> None
     shown = team.server.cli("gc", "run", team.project, "--dry-run", "--delete-untagged")
     flat = " ".join(shown.stdout.replace("│", " ").split())
     assert "2 images and 1 blob" in flat and "collectable from" in flat, shown.stdout
-    cli_run = json.loads(team.server.cli("gc", "run", team.project, "--json").stdout)
+    cli_run = json.loads(team.server.cli("gc", "run", team.project, "--yes", "--json").stdout)
     assert cli_run["young_blobs_kept"] == 1 and cli_run["delete_untagged"] is False
     by_cli = audit_of(team, "gc.run")
     assert by_cli[0]["detail"] == {"run": cli_run["id"], "dry_run": False, "delete_untagged": False}

@@ -304,10 +304,10 @@ def test_cli_runs_it_with_json_output(gc_server: BerthServer, gc_project: GcProj
 
     dry = gc_server.cli_json("gc", "run", gc_project.project, "--dry-run", "--delete-untagged")
     assert dry["dry_run"] is True and dry["images_deleted"] == 1
-    run = gc_server.cli_json("gc", "run", gc_project.project, "--delete-untagged")
+    run = gc_server.cli_json("gc", "run", gc_project.project, "--delete-untagged", "--yes")
     assert run["state"] == "succeeded"
     assert run["images_deleted"] == 1 and run["actor"].startswith("cli:")
-    history = gc_server.cli_json("gc", "history", gc_project.project)
+    history = gc_server.cli_items("gc", "history", gc_project.project)
     assert [r["id"] for r in history] == [run["id"], dry["id"]]
     shown = gc_server.cli("gc", "status", gc_project.project).stdout
     assert f"Garbage collection run {run['id']}" in shown

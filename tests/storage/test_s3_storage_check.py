@@ -82,7 +82,7 @@ def test_missing_and_orphaned_objects_are_found_and_repaired(
     s3.put_object(Bucket=BUCKET, Key=blob_key(checked, orphan_digest), Body=orphan)
     stored_at = time.monotonic()
 
-    code, report = check(checked, "--all", "--repair")
+    code, report = check(checked, "--all", "--repair", "--yes")
     assert code == 1 and report["missing"] == [lost_digest]
     assert report["blobs_checked"] == 2  # of both projects
     assert report["orphans"] == [orphan_digest]
@@ -92,7 +92,7 @@ def test_missing_and_orphaned_objects_are_found_and_repaired(
     code, report = check(checked, grace=0)  # the whole install without --repair: kept
     assert report["orphans"] == [orphan_digest] and report["orphans_removed"] == []
     time.sleep(max(0.0, 2.5 - (time.monotonic() - stored_at)))  # S3 times are in seconds
-    repaired = printed(cli(checked, "--all", "--repair", grace=1))
+    repaired = printed(cli(checked, "--all", "--repair", "--yes", grace=1))
     assert f"orphan removed: {orphan_digest}" in repaired
     listing = s3.list_objects_v2(Bucket=BUCKET, Prefix=blob_key(checked, orphan_digest))
     assert listing.get("KeyCount", 0) == 0
@@ -102,7 +102,7 @@ def test_missing_and_orphaned_objects_are_found_and_repaired(
         assert first.head(blob_path("first/app", lost_digest)).status_code == 404
         push_bytes(first, "first/app", lost)
         assert first.get(blob_path("first/app", kept_digest)).content == kept
-    code, report = check(checked, "--all", "--repair")
+    code, report = check(checked, "--all", "--repair", "--yes")
     assert code == 0, report
     assert report["missing"] == [] and report["orphans"] == [] and report["blobs_checked"] == 3
     assert elsewhere_digest not in report["orphans_removed"]

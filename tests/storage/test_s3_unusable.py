@@ -81,7 +81,7 @@ def test_verbs_that_use_the_store_refuse_credentials_that_cannot_work_before_cha
     }
     for case, (settings, named) in unusable.items():
         for verb in (
-            ("gc", "run", project.project, "--delete-untagged"),
+            ("gc", "run", project.project, "--delete-untagged", "--yes"),
             ("storage", "check", project.project),
         ):
             refused = berth(gc_s3, *verb, **settings)
@@ -92,7 +92,7 @@ def test_verbs_that_use_the_store_refuse_credentials_that_cannot_work_before_cha
             assert all(words in said for words in named), (case, verb, said)
 
     # Nothing was collected: no run, the image and every object still there.
-    assert gc_s3.cli_json("gc", "history", project.project) == []
+    assert gc_s3.cli_items("gc", "history", project.project) == []
     assert project.has_manifest(image)
     assert all(project.stored(digest) and project.blob_row(digest) for digest in digests)
 
@@ -110,6 +110,7 @@ def test_a_collection_the_store_fails_midway_counts_nothing_removed_and_the_next
         "run",
         project.project,
         "--delete-untagged",
+        "--yes",
         "--json",
         BERTH_S3_ACCESS_KEY_ID=READER_KEY_ID,
     )
@@ -127,7 +128,7 @@ def test_a_collection_the_store_fails_midway_counts_nothing_removed_and_the_next
     assert all(project.stored(digest) for digest in digests)
 
     # The next run removes what the failed one left, and counts it.
-    done = berth(gc_s3, "gc", "run", project.project, "--json")
+    done = berth(gc_s3, "gc", "run", project.project, "--yes", "--json")
     assert done.returncode == 0, done.stdout + done.stderr
     run = json.loads(done.stdout)
     assert run["state"] == "succeeded", run
