@@ -211,7 +211,7 @@ def test_redeliver_sends_a_delivery_again_and_the_log_shows_the_body_as_sent(
     hooks_server.cli("gc", "run", "clihooks7", "--dry-run")
     (first,) = receiver.wait_for(1)
     deadline = time.monotonic() + 10
-    while (log := hooks_server.cli_json("webhook", "deliveries", "clihooks7", hook))[0][
+    while (log := hooks_server.cli_items("webhook", "deliveries", "clihooks7", hook))[0][
         "state"
     ] != "delivered":
         assert time.monotonic() < deadline, log
@@ -228,7 +228,7 @@ def test_redeliver_sends_a_delivery_again_and_the_log_shows_the_body_as_sent(
     assert again.body == first.body and again.signed_with(secret)
     shown = only.paste(line_after(queued, "Follow it with:")).stdout
     assert f"(again: {sent['id']})" in " ".join(shown.split()), shown
-    newest = hooks_server.cli_json("webhook", "deliveries", "clihooks7", hook)[0]
+    newest = hooks_server.cli_items("webhook", "deliveries", "clihooks7", hook)[0]
     assert newest["redelivery_of"] == sent["id"] and newest["event"] == sent["event"]
 
 
@@ -250,7 +250,7 @@ def test_a_url_the_project_has_is_refused_as_existing(hooks_server: BerthServer)
         "webhook", "update", "clihooks8", str(other["id"]), "--url", url, check=False
     )
     assert moved.returncode == 3 and "already" in moved.stderr
-    assert [w["url"] for w in hooks_server.cli_json("webhook", "list", "clihooks8")] == [
+    assert [w["url"] for w in hooks_server.cli_items("webhook", "list", "clihooks8")] == [
         url,
         url + "/",
     ]
