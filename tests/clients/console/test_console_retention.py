@@ -66,3 +66,41 @@ def test_a_rule_value_that_is_no_number_is_told_once(page: Page, tenant: Tenant)
     expect(dialog.get_by_label("Value")).to_have_attribute("aria-invalid", "")
     with tenant.api() as admin:
         assert admin.get(f"/projects/{tenant.project}/retention").json()["rules"] == []
+
+
+def test_each_remove_button_names_the_rule_it_removes(page: Page, tenant: Tenant) -> None:
+    rules = [
+        {"keep": "pushed_within", "days": 30, "repositories": "ci"},
+        {"keep": "last", "count": 3, "repositories": "app", "tags": "v*"},
+    ]
+    with tenant.api() as admin:
+        admin.put(f"/projects/{tenant.project}/retention", json={"rules": rules}).raise_for_status()
+    sign_in(page, tenant)
+    open_project_page(page, tenant, "Policies")
+    page.get_by_role("button", name="Edit rules").click()
+    dialog = page.get_by_role("dialog", name="Retention rules")
+    first = "Remove rule 1: Keep images pushed within 30 days (in ci)"
+    second = "Keep the 3 most recently pushed images (in app, images whose tags all match v*)"
+    expect(dialog.get_by_role("button", name=first, exact=True)).to_be_visible()
+    expect(
+        dialog.get_by_role("button", name=f"Remove rule 2: {second}", exact=True)
+    ).to_be_visible()
+
+    dialog.get_by_role("button", name=first, exact=True).click()
+    # The rule left is now the first, and its button says so.
+    remaining = dialog.get_by_role("button", name=f"Remove rule 1: {second}", exact=True)
+    expect(remaining).to_be_visible()
+    # A new rule is named after its number until its value says what it keeps.
+    dialog.get_by_role("button", name="Add rule").click()
+    expect(dialog.get_by_role("button", name="Remove rule 2", exact=True)).to_be_visible()
+    dialog.get_by_label("Value").last.fill("5")
+    named = "Remove rule 2: Keep the 5 most recently pushed images (in *)"
+    dialog.get_by_role("button", name=named, exact=True).click()
+    expect(dialog.get_by_label("Value")).to_have_count(1)
+    dialog.get_by_role("button", name="Save").click()
+    table = page.get_by_role("table", name="Retention rules")
+    expect(table).to_contain_text(second)
+    expect(table).not_to_contain_text("pushed within 30 days")
+    with tenant.api() as admin:
+        saved = admin.get(f"/projects/{tenant.project}/retention").json()["rules"]
+    assert [(r["keep"], r["repositories"]) for r in saved] == [("last", "app")]

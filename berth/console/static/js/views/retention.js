@@ -134,12 +134,28 @@ async function showHistory(ctx, base, container, page) {
   );
 }
 
-function ruleRow(rule) {
+// Longer descriptions are left out of a Remove button's name: a screen reader reads the whole name.
+const SHORT_DESCRIPTION = 80;
+
+/** A rule's fields in the edit dialog; `onRemove` runs after its Remove button takes it out. */
+function ruleRow(rule, onRemove) {
   const kind = h("select", { "aria-label": "Rule" }, Object.entries(KINDS).map(([k, v]) => h("option", { value: k, selected: k === rule.keep }, v.label)));
   const value = h("input", { type: "text", "aria-label": "Value", size: 8, value: rule.keep ? String(rule[KINDS[rule.keep].value] ?? "") : "" });
   const repositories = h("input", { type: "text", "aria-label": "Repositories", size: 12, value: rule.repositories || "*" });
   const tags = h("input", { type: "text", "aria-label": "Only images whose tags all match", size: 10, placeholder: "any", value: rule.tags || "" });
-  const row = h("div", { class: "rule-row" }, kind, value, repositories, tags, h("button", { type: "button", class: "small", onclick: () => row.remove() }, "Remove"));
+  const remove = h(
+    "button",
+    {
+      type: "button",
+      class: "small",
+      onclick: () => {
+        row.remove();
+        onRemove();
+      },
+    },
+    "Remove",
+  );
+  const row = h("div", { class: "rule-row" }, kind, value, repositories, tags, remove);
   row.read = () => {
     const spec = KINDS[kind.value];
     const raw = value.value.trim();
@@ -149,16 +165,34 @@ function ruleRow(rule) {
   };
   /** What is wrong with the value, or null: Number("abc") would be sent as null, and the
    * server's answer ("needs 'count'") would not say that a number was expected. */
-  row.problem = () => {
+  const valueProblem = () => {
     const spec = KINDS[kind.value];
     const raw = value.value.trim();
     const whole = spec.value === "count";
-    const ok = spec.value === "pattern" || (whole ? /^\d+$/ : /^\d+(?:\.\d+)?$/).test(raw);
-    value.toggleAttribute("aria-invalid", !ok);
-    if (ok) return null;
+    if (spec.value === "pattern" || (whole ? /^\d+$/ : /^\d+(?:\.\d+)?$/).test(raw)) return null;
     if (!raw) return `enter the number of ${spec.unit}`;
     return `the number of ${spec.unit} is ${whole ? "a whole number" : "a number"}, not '${raw}'`;
   };
+  row.problem = () => {
+    const why = valueProblem();
+    value.toggleAttribute("aria-invalid", !!why);
+    return why;
+  };
+  // Each row's Remove button is named after its rule ("Remove rule 2: Keep images pushed
+  // within 30 days (in *)"), as other pages name row buttons: several bare "Remove"s do not
+  // say which rule goes. Renamed as the rule is edited and as rows above it are removed.
+  let position = 0;
+  const name = () => {
+    const said = valueProblem() || !value.value.trim() ? null : describeRule(row.read());
+    const label = said && said.length <= SHORT_DESCRIPTION ? `Remove rule ${position}: ${said}` : `Remove rule ${position}`;
+    remove.setAttribute("aria-label", label);
+  };
+  row.renumber = (n) => {
+    position = n;
+    name();
+  };
+  row.addEventListener("input", name);
+  row.addEventListener("change", name);
   return row;
 }
 
@@ -167,7 +201,9 @@ async function editPolicy(ctx, base, policy) {
     title: "Retention rules",
     wide: true,
     build(close) {
-      const rows = h("div", { class: "rule-rows" }, policy.rules.map((r) => ruleRow(r)));
+      const renumber = () => [...rows.children].forEach((r, i) => r.renumber(i + 1));
+      const rows = h("div", { class: "rule-rows" }, policy.rules.map((r) => ruleRow(r, renumber)));
+      renumber();
       const schedule = h("input", { type: "text", placeholder: "daily 03:00 or 30 3 * * *", value: policy.schedule || "", autocomplete: "off", spellcheck: false });
       const scheduleField = field("Schedule (optional, UTC)", schedule, "daily HH:MM, or a cron expression of five fields. Empty: runs only when started.");
       const problem = h("div");
@@ -180,7 +216,18 @@ async function editPolicy(ctx, base, policy) {
           h("p", {}, h("strong", {}, policy.combination)),
           h("p", { class: "hint" }, "Each rule: what it keeps, its value (a count of at least 1, or more than 0 days), the repositories it covers (* any characters, ? one, [abc] one of), and optionally a tag pattern: then it covers only images whose every tag matches."),
           rows,
-          h("button", { type: "button", class: "small", onclick: () => rows.append(ruleRow({ keep: "last", repositories: "*" })) }, "Add rule"),
+          h(
+            "button",
+            {
+              type: "button",
+              class: "small",
+              onclick: () => {
+                rows.append(ruleRow({ keep: "last", repositories: "*" }, renumber));
+                renumber();
+              },
+            },
+            "Add rule",
+          ),
           scheduleField,
           problem,
         ),
