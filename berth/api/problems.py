@@ -8,8 +8,10 @@ Every 4xx (and the rare 5xx) answer has the same shape:
      "request_id": "387ea0ad58424270b3c9fefd98f34e7a"}
 
 `request_id` is added to every problem as it is sent (`observability/requests.py`). `errors` names the request fields at fault (body fields by name, `query.page`, `path.project`
-for the others); it is empty when no one field is. Services raise `RegistryError`s; this module
-turns them into problems, with the service's message as the `detail`.
+for the others); it is empty when no one field is. A conflict with a value the request gives
+(a webhook URL the project has already) names that field too, and stays a 409. Services raise
+`RegistryError`s; this module turns them into problems, with the service's message as the
+`detail`.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse, Response
 
-from berth.domain.errors import InvalidValue, RegistryError
+from berth.domain.errors import Conflict, InvalidValue, RegistryError
 from berth.domain.names import PROJECT_NAME_RULE
 from berth.observability.requests import with_request_id
 
@@ -143,6 +145,8 @@ async def _registry_problem(request: Request, exc: Exception) -> Response:
     errors: list[dict[str, str]] = []
     if isinstance(exc, (FieldError, InvalidValue)) and exc.detail:
         errors = exc.detail
+    elif isinstance(exc, Conflict) and exc.field:
+        errors = [{"field": exc.field, "message": exc.message}]
     status = exc.status if 400 <= exc.status < 600 else 500
     status = getattr(exc, "api_status", status)  # where the API's answer differs from /v2's
     if exc.code == "NAME_INVALID" and status == 400:

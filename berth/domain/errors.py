@@ -147,9 +147,16 @@ class NotFound(RegistryError):
 
 
 class Conflict(RegistryError):
+    """Refused by the state of something else (a name taken, content in use). `field`: the
+    request field whose value conflicts, for the API to name as it names a refused value."""
+
     code = "CONFLICT"
     oci_code = "DENIED"  # a delete refused while the content is in use
     status = 409
+
+    def __init__(self, message: str, detail: Any = None, *, field: str | None = None) -> None:
+        super().__init__(message, detail)
+        self.field = field
 
 
 class ConfirmationRequired(Conflict):

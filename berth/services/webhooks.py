@@ -577,7 +577,8 @@ def _refuse_same_url(project: str, url: str, others: list[Any]) -> None:
             raise Conflict(
                 f"project {project!r} has a webhook to this URL already: webhook {other.id} "
                 f"({other.url}); a second would get every event twice. Change or delete that "
-                "one instead"
+                "one instead",
+                field="url",
             )
 
 

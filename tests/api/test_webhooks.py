@@ -513,7 +513,7 @@ def test_the_delivery_log_shows_no_nulls_for_what_the_body_leaves_out(
 def test_one_url_is_one_webhook_per_project(team: Team) -> None:
     """A second webhook of a URL the project has (its host in another case, its default port
     written) is refused with 409, and so is moving another webhook to it; a trailing slash
-    makes another URL."""
+    makes another URL. The refusal names the `url` field, so a client tells it there."""
     admin = team["project-admin"]
     first = add_webhook(team, "http://127.0.0.1:9/hook")
     for url in ("http://127.0.0.1:9/hook", "HTTP://127.0.0.1:9/hook"):
@@ -523,11 +523,12 @@ def test_one_url_is_one_webhook_per_project(team: Team) -> None:
         assert refused["detail"].startswith(
             f"project '{team.project}' has a webhook to this URL already: webhook {first['id']}"
         )
+        assert refused["errors"] == [{"field": "url", "message": refused["detail"]}]
     slash = add_webhook(team, "http://127.0.0.1:9/hook/")
     moved = admin.patch(
         team.url(f"/webhooks/{slash['id']}"), json={"url": "http://127.0.0.1:9/hook"}
     )
-    assert_problem(moved, 409, code="CONFLICT")
+    assert_problem(moved, 409, fields=("url",), code="CONFLICT")
     assert [w["url"] for w in ok(admin.get(team.url("/webhooks")))] == [
         "http://127.0.0.1:9/hook",
         "http://127.0.0.1:9/hook/",
@@ -545,4 +546,6 @@ def test_one_url_added_twice_at_once_is_made_once(team: Team) -> None:
                 pool.map(functools.partial(admin.post, json=body), [team.url("/webhooks")] * 2)
             )
             assert sorted(a.status_code for a in answers) == [201, 409], [a.text for a in answers]
+            refused = next(a for a in answers if a.status_code == 409)
+            assert_problem(refused, 409, fields=("url",), code="CONFLICT")
     assert len(ok(admin.get(team.url("/webhooks")))) == 6

@@ -229,11 +229,11 @@ async function webhookDialog(base, { title, submitLabel, webhook = null, save })
           const chosen = [...events.querySelectorAll("input:checked")].map((i) => i.value);
           close(await save({ url: url.value.trim(), event_types: chosen, description: description.value }, sign.checked));
         } catch (err) {
-          // 409: another webhook of the project has this URL; told at the URL, once.
-          const taken = err.status === 409 ? err.message : null;
-          urlField.setError(err.forField?.("url") || taken);
+          // A refused URL (also one another webhook of the project has: 409) is told at the
+          // URL; errorBox then leaves it out.
+          urlField.setError(err.forField?.("url"));
           descriptionField.setError(err.forField?.("description"));
-          clear(problem, taken ? null : errorBox(err));
+          clear(problem, errorBox(err));
         }
       });
       return form;
