@@ -17,7 +17,6 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from berth.access.permissions import ProjectRole, RepositoryRole
 from berth.access.policy import KeyOwner, can_manage_key, key_creation_refusal
 from berth.api.deps import (
-    COMPONENT_PATTERN,
     AdminProject,
     AnyRoleProject,
     KeyId,
@@ -30,6 +29,7 @@ from berth.api.deps import (
 )
 from berth.api.problems import FieldError, responses
 from berth.domain.errors import Denied, NameUnknown
+from berth.domain.names import MAX_USER_NAME_LENGTH, USER_NAME_PATTERN
 from berth.metadata.tables import utcnow
 from berth.services.keys import AccessKey
 from berth.services.members import Grant, Member
@@ -45,8 +45,8 @@ class NewAccessKey(BaseModel):
 
     user: str | None = Field(
         None,
-        pattern=COMPONENT_PATTERN,
-        max_length=64,
+        pattern=USER_NAME_PATTERN,
+        max_length=MAX_USER_NAME_LENGTH,
         description="whose key: the caller (the default); project admins also name a service "
         "account, server administrators anyone; the owner needs a role in the project unless "
         "a server administrator",
@@ -98,7 +98,9 @@ async def _key(ctx: ProjectContext, key_id: str) -> AccessKey:
 @router.get("/keys", tags=["access keys"])
 async def list_keys(
     ctx: AnyRoleProject,
-    user: Annotated[str | None, Query(pattern=COMPONENT_PATTERN, max_length=64)] = None,
+    user: Annotated[
+        str | None, Query(pattern=USER_NAME_PATTERN, max_length=MAX_USER_NAME_LENGTH)
+    ] = None,
 ) -> list[AccessKey]:
     """Access keys in the project (never their secrets): the caller's own, or, for project
     admins, everyone's (optionally one user's)."""

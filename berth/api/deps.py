@@ -44,6 +44,15 @@ from berth.access.refusals import api_unauthorized
 from berth.auth.guard import client_address, note_principal
 from berth.domain.descriptions import TEXT_PATTERN, search_problem
 from berth.domain.errors import Denied, NameUnknown, Unauthorized
+from berth.domain.names import (
+    IMAGE_PATH_PATTERN,
+    MAX_PROJECT_LENGTH,
+    MAX_USER_NAME_LENGTH,
+    PROJECT_NAME_PATTERN,
+    REPOSITORY_NAME_PATTERN,
+    TAG_PATTERN,
+    USER_NAME_PATTERN,
+)
 from berth.domain.references import RepositoryRef
 from berth.observability.requests import note
 from berth.services.images import Images
@@ -51,10 +60,7 @@ from berth.state import Services
 
 # ---------------------------------------------------------------- names in paths and queries
 
-COMPONENT = r"[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*"
-COMPONENT_PATTERN = rf"^{COMPONENT}$"
-IMAGE_PATTERN = rf"^(?:{COMPONENT}(?:/{COMPONENT})*)?$"
-TAG_PATTERN = r"^[a-zA-Z0-9_][a-zA-Z0-9._-]{0,127}$"
+# Names' patterns are their grammars' own (berth.domain.names), as the services check them.
 DIGEST_PATTERN = r"^[a-z0-9]+(?:[+._-][a-z0-9]+)*:[a-zA-Z0-9=_-]+$"
 
 
@@ -79,19 +85,23 @@ SEARCH_BOUNDS: dict[str, Any] = {"pattern": TEXT_PATTERN}
 
 
 ProjectName = Annotated[
-    str, Path(pattern=COMPONENT_PATTERN, max_length=63, description="project name")
+    str,
+    Path(pattern=PROJECT_NAME_PATTERN, max_length=MAX_PROJECT_LENGTH, description="project name"),
 ]
 RepositoryName = Annotated[
-    str, Path(pattern=COMPONENT_PATTERN, max_length=128, description="repository name")
+    str, Path(pattern=REPOSITORY_NAME_PATTERN, max_length=128, description="repository name")
 ]
-UserName = Annotated[str, Path(pattern=COMPONENT_PATTERN, max_length=64, description="user name")]
+UserName = Annotated[
+    str,
+    Path(pattern=USER_NAME_PATTERN, max_length=MAX_USER_NAME_LENGTH, description="user name"),
+]
 KeyId = Annotated[str, Path(pattern=KEY_ID_PATTERN, description="access key ID")]
 Digest = Annotated[str, Path(pattern=DIGEST_PATTERN, max_length=160, description="digest")]
 TagName = Annotated[str, Path(pattern=TAG_PATTERN, description="tag")]
 ImageFilter = Annotated[
     str | None,
     Query(
-        pattern=IMAGE_PATTERN,
+        pattern=IMAGE_PATH_PATTERN,
         max_length=255,
         description="image name inside the repository (`` for the repository's own name)",
     ),
@@ -99,7 +109,7 @@ ImageFilter = Annotated[
 ImageName = Annotated[
     str,
     Query(
-        pattern=IMAGE_PATTERN,
+        pattern=IMAGE_PATH_PATTERN,
         max_length=255,
         description="image name inside the repository; empty (the default) when the image is "
         "the repository itself (`{project}/{repository}:tag`)",

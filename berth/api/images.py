@@ -14,8 +14,6 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from berth.api.deps import (
     DIGEST_PATTERN,
-    IMAGE_PATTERN,
-    TAG_PATTERN,
     Digest,
     ImageFilter,
     ImageName,
@@ -29,6 +27,7 @@ from berth.api.deps import (
 )
 from berth.api.problems import responses
 from berth.auth.guard import client_address
+from berth.domain.names import IMAGE_PATH_PATTERN, TAG_PATTERN
 from berth.services.image_records import Event, Image, ImageDetail, Tag
 
 router = APIRouter(prefix="/projects/{project}/repositories/{repository}", tags=["images"])
@@ -37,7 +36,7 @@ router = APIRouter(prefix="/projects/{project}/repositories/{repository}", tags=
 class RestoreRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    image: str = Field("", pattern=IMAGE_PATTERN, max_length=255)
+    image: str = Field("", pattern=IMAGE_PATH_PATTERN, max_length=255)
     tag: str = Field(pattern=TAG_PATTERN)
 
 

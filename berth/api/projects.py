@@ -20,7 +20,7 @@ from berth.api.deps import (
 )
 from berth.api.problems import FieldError, responses
 from berth.domain.errors import ConfirmationRequired
-from berth.domain.names import PROJECT_NAME_RULE, project_name_problem
+from berth.domain.names import PROJECT_NAME_PATTERN, PROJECT_NAME_RULE, project_name_problem
 from berth.services.repositories import ProjectDetails
 from berth.services.scanning.policy import POLICY_SEVERITIES, PullPolicySettings
 from berth.state import Services
@@ -58,7 +58,12 @@ class Project(BaseModel):
 
 class NewProject(BaseModel):
     # Checked by the one project name grammar (berth.domain.names), which says what is wrong.
-    name: str = Field(max_length=255, description=PROJECT_NAME_RULE)
+    # The document states the grammar too, for clients that check before they send.
+    name: str = Field(
+        max_length=255,
+        description=PROJECT_NAME_RULE,
+        json_schema_extra={"pattern": PROJECT_NAME_PATTERN},
+    )
 
 
 class QuotaUpdate(BaseModel):

@@ -8,7 +8,6 @@ from fastapi import APIRouter, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from berth.api.deps import (
-    COMPONENT_PATTERN,
     SEARCH_BOUNDS,
     SEARCH_CHECK,
     ManageProject,
@@ -26,6 +25,7 @@ from berth.domain.descriptions import (
     TEXT_PATTERN,
     description_problem,
 )
+from berth.domain.names import REPOSITORY_NAME_PATTERN
 from berth.services.repositories import (
     MAX_REPOSITORY_NAME,
     Repository,
@@ -51,7 +51,7 @@ class NewRepository(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: str = Field(
-        pattern=COMPONENT_PATTERN,
+        pattern=REPOSITORY_NAME_PATTERN,
         max_length=MAX_REPOSITORY_NAME,
         description="lowercase letters and digits with '.', '_', '__' or '-' between them; "
         "fixed once created",

@@ -7,8 +7,9 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query
 
-from berth.api.deps import COMPONENT_PATTERN, ReadProject
+from berth.api.deps import ReadProject
 from berth.api.problems import FieldError, responses
+from berth.domain.names import REPOSITORY_NAME_PATTERN
 from berth.services.repositories import MAX_REPOSITORY_NAME
 from berth.services.usage import STORAGE_SAMPLE_RETENTION_DAYS
 from berth.services.usage_records import StorageSample, StorageUsage, Summary, Traffic
@@ -18,7 +19,7 @@ router = APIRouter(prefix="/projects/{project}", tags=["usage"], responses=respo
 RepositoryFilter = Annotated[
     str | None,
     Query(
-        pattern=COMPONENT_PATTERN,
+        pattern=REPOSITORY_NAME_PATTERN,
         max_length=MAX_REPOSITORY_NAME,
         description="only this repository",
     ),

@@ -21,7 +21,6 @@ from berth.access.identify import SignInPath
 from berth.access.permissions import RepositoryRole
 from berth.api.access import AuditEntry
 from berth.api.deps import (
-    COMPONENT_PATTERN,
     SEARCH_BOUNDS,
     SEARCH_CHECK,
     CallerDep,
@@ -36,7 +35,7 @@ from berth.api.deps import (
 from berth.api.problems import FieldError, responses
 from berth.api.session import SESSION_RECORD_KEY
 from berth.domain.errors import Denied, Unauthorized
-from berth.domain.names import USER_NAME_RULE
+from berth.domain.names import MAX_USER_NAME_LENGTH, USER_NAME_PATTERN, USER_NAME_RULE
 from berth.services.members import HeldRepositoryRole
 from berth.services.sessions import ConsoleSession
 from berth.services.users import MAX_PASSWORD_LENGTH, MIN_PASSWORD_LENGTH
@@ -66,8 +65,8 @@ class NewUser(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: str = Field(
-        pattern=COMPONENT_PATTERN,
-        max_length=64,
+        pattern=USER_NAME_PATTERN,
+        max_length=MAX_USER_NAME_LENGTH,
         description=USER_NAME_RULE,
     )
     password: Password | None = Field(None, description="required unless a service account")

@@ -9,18 +9,28 @@ from dataclasses import dataclass
 
 from berth.domain.errors import NameInvalid, NameUnknown
 
+# Each grammar once, anchored: the checks here match with it, and the OpenAPI document states
+# it as its fields' `pattern` (a JSON Schema pattern matches anywhere in a value unless
+# anchored), so the two cannot disagree.
 _COMPONENT = r"[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*"
+COMPONENT_PATTERN = rf"^{_COMPONENT}$"
+REPOSITORY_NAME_PATTERN = COMPONENT_PATTERN  # a repository is one component of an OCI name
+USER_NAME_PATTERN = COMPONENT_PATTERN
+IMAGE_PATH_PATTERN = rf"^(?:{_COMPONENT}(?:/{_COMPONENT})*)?$"  # inside a repository; may be ""
+TAG_PATTERN = r"^[a-zA-Z0-9_][a-zA-Z0-9._-]{0,127}$"
 NAME_RE = re.compile(rf"{_COMPONENT}(?:/{_COMPONENT})*")
-COMPONENT_RE = re.compile(_COMPONENT)
-TAG_RE = re.compile(r"[a-zA-Z0-9_][a-zA-Z0-9._-]{0,127}")
+COMPONENT_RE = re.compile(COMPONENT_PATTERN)
+TAG_RE = re.compile(TAG_PATTERN)
 # Hostnames are not part of a repository name; 255 is what docker allows for the whole reference.
 MAX_NAME_LENGTH = 255
 
 
 # A project is the first label of its host, `{project}.{region}.{domain}`: RFC 1123 label rules,
 # in lowercase (host names are case-insensitive; registry names are not).
-PROJECT_RE = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
+PROJECT_NAME_PATTERN = r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$"
+PROJECT_RE = re.compile(PROJECT_NAME_PATTERN)
 MAX_PROJECT_LENGTH = 63
+MAX_USER_NAME_LENGTH = 64
 USER_NAME_RULE = (
     "lowercase letters and digits, with '.', '_', '__' or '-' between them, at most 64 characters"
 )

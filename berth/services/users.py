@@ -11,7 +11,7 @@ from sqlalchemy import delete, func, select, update
 
 from berth.access.passwords import Passwords
 from berth.domain.errors import Conflict, Denied, InvalidValue, NameInvalid
-from berth.domain.names import USER_NAME_RULE, is_valid_component
+from berth.domain.names import MAX_USER_NAME_LENGTH, USER_NAME_RULE, is_valid_component
 from berth.metadata.audit import write_audit_entry
 from berth.metadata.database import Database
 from berth.metadata.lookups import require_user_row
@@ -69,7 +69,7 @@ class Users:
         client: str | None = None,
     ) -> dict[str, Any]:
         """Create a user; returns it as `get_user` does."""
-        if not is_valid_component(name) or len(name) > 64:
+        if not is_valid_component(name) or len(name) > MAX_USER_NAME_LENGTH:
             raise NameInvalid(f"invalid user name {name!r}: {USER_NAME_RULE}")
         if password is None and not service_account:
             raise InvalidValue("a user needs a password (service accounts have none)", "password")
