@@ -24,6 +24,10 @@ CONFIG_FILE_ENV = "BERTH_CONFIG"
 NOT_SETTINGS_ENV = frozenset(
     {CONFIG_FILE_ENV, "BERTH_FUZZ_SEED", "BERTH_FUZZ_EXAMPLES", "BERTH_REQUIRE_POSTGRES"}
 )
+# database_lock_timeout and database_statement_timeout when unset: berth.metadata.database's
+# (not imported from there: reading the settings does not load SQLAlchemy).
+LOCK_WAIT_SECONDS = 15.0
+STATEMENT_SECONDS = 60.0
 GiB = 1024**3
 DEFAULT_S3_CACHE_SIZE = 10 * GiB
 
@@ -47,6 +51,22 @@ class Settings(BaseSettings):
         description="PostgreSQL only: seconds a statement waits for a row another transaction "
         "holds locked (its lock_timeout) before the request is answered 503 with Retry-After; "
         "unset: 15. Refused with SQLite, whose writers wait 5 s for another process's write lock",
+    )
+    database_connect_timeout: float | None = Field(
+        None,
+        gt=0,
+        description="PostgreSQL only: seconds opening a connection, or a pooled connection's "
+        "ping before each use, may take before the request is answered 503 with Retry-After "
+        "(a server whose packets are dropped never refuses); unset: 5",
+    )
+    # Checked even when unset (validate_default): a longer database_lock_timeout needs it.
+    database_statement_timeout: float | None = Field(
+        None,
+        gt=0,
+        validate_default=True,
+        description="PostgreSQL only: seconds Berth waits for any one statement's answer "
+        "before giving up on it (a server that stops answering mid-transaction); more than "
+        "database_lock_timeout; unset: 60",
     )
     workers: int = Field(
         0,
@@ -384,6 +404,31 @@ class Settings(BaseSettings):
             raise ValueError(
                 "applies to PostgreSQL only (set database_url to a postgresql+asyncpg:// URL); "
                 "SQLite has no row locks, its writers wait 5 s for another process's write lock"
+            )
+        return value
+
+    @field_validator("database_connect_timeout", "database_statement_timeout")
+    @classmethod
+    def _timeout_for_postgresql(cls, value: float | None, info: ValidationInfo) -> float | None:
+        url = info.data.get("database_url")
+        if value is not None and (not url or url.startswith("sqlite")):
+            raise ValueError(
+                "applies to PostgreSQL only (set database_url to a postgresql+asyncpg:// URL); "
+                "SQLite is a file on this node, opened at once"
+            )
+        return value
+
+    @field_validator("database_statement_timeout")
+    @classmethod
+    def _statement_outlasts_lock_wait(
+        cls, value: float | None, info: ValidationInfo
+    ) -> float | None:
+        lock_wait = info.data.get("database_lock_timeout") or LOCK_WAIT_SECONDS
+        if (STATEMENT_SECONDS if value is None else value) <= lock_wait:
+            unset = "" if value is not None else f" (unset: {STATEMENT_SECONDS:g} s)"
+            raise ValueError(
+                f"must be more than database_lock_timeout ({lock_wait:g} s){unset}: a "
+                "statement waiting for a row lock is refused by the server first, as busy"
             )
         return value
 

@@ -19,6 +19,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 from berth.config import Settings, SettingsError, config_file, setting_source
 from berth.invocation import berth_command, pasteable_command
+from berth.metadata.database import CONNECT_SECONDS
 from berth.metadata.migrate import (
     Migrated,
     MissingPrivilege,
@@ -45,8 +46,16 @@ def shown_database(settings: Settings) -> str:
     return make_url(settings.resolved_database_url).render_as_string(hide_password=True)
 
 
-async def _has_schema(url: str) -> bool:
-    engine = create_async_engine(url)
+async def _has_schema(settings: Settings) -> bool:
+    url = settings.resolved_database_url
+    # A server whose packets are dropped is said to be unreachable after the connect timeout
+    # requests get, not asyncpg's own 60 s.
+    connect_args = (
+        {"timeout": settings.database_connect_timeout or CONNECT_SECONDS}
+        if url.startswith("postgresql")
+        else {}
+    )
+    engine = create_async_engine(url, connect_args=connect_args)
     try:
         async with engine.connect() as connection:
             return await connection.run_sync(
@@ -62,14 +71,18 @@ def unreachable_database(settings: Settings) -> str | None:
     if sqlite_file(settings) is not None:
         return None
     try:
-        asyncio.run(_has_schema(settings.resolved_database_url))
+        asyncio.run(_has_schema(settings))
     except Exception as exc:  # any driver's refusal: said, not shown as a traceback
         return _cannot_open(settings, exc)
     return None
 
 
 def _cannot_open(settings: Settings, exc: Exception) -> str:
-    return f"cannot open the database {shown_database(settings)}: {exc}"
+    why = str(exc)
+    if isinstance(exc, TimeoutError):  # says nothing of itself
+        seconds = settings.database_connect_timeout or CONNECT_SECONDS
+        why = f"no answer within {seconds:g} s (database_connect_timeout)"
+    return f"cannot open the database {shown_database(settings)}: {why}"
 
 
 def missing_data(settings: Settings) -> str | None:
@@ -81,7 +94,7 @@ def missing_data(settings: Settings) -> str | None:
     if database is not None and not database.is_file():
         return f"no Berth database at {database}"
     try:
-        if asyncio.run(_has_schema(settings.resolved_database_url)):
+        if asyncio.run(_has_schema(settings)):
             return None
     except Exception as exc:  # any driver's refusal: said, not shown as a traceback
         return _cannot_open(settings, exc)
@@ -120,7 +133,7 @@ def _data_may_be_elsewhere(settings: Settings) -> bool:
     node whose metadata is in PostgreSQL leaves it)."""
     if sqlite_file(settings) is None:
         try:
-            return asyncio.run(_has_schema(settings.resolved_database_url))
+            return asyncio.run(_has_schema(settings))
         except Exception:  # any driver's refusal: it cannot tell
             return True
     data_dir = settings.data_dir.absolute()
@@ -168,7 +181,7 @@ def cannot_migrate(settings: Settings, problem: str) -> str:
     url = make_url(settings.resolved_database_url)
     user, database = url.username or "(the user the driver defaults to)", url.database or "berth"
     with contextlib.suppress(Exception):  # cannot tell: the advice for a new database
-        if asyncio.run(_has_schema(settings.resolved_database_url)):
+        if asyncio.run(_has_schema(settings)):
             # Made by an older Berth, as another user: only their owner may change them.
             return (
                 f"the user {user} may not bring Berth's tables in the database {database} "

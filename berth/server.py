@@ -442,7 +442,7 @@ def _in_database(settings: Settings, call: Callable[[Database], Awaitable[T]]) -
     """`call` on the configured database, opened for it alone."""
 
     async def run() -> T:
-        db = Database(settings.resolved_database_url, settings.database_lock_timeout)
+        db = Database.for_settings(settings)
         try:
             return await call(db)
         finally:

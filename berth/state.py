@@ -80,7 +80,7 @@ class Services:
     def build(cls, settings: Settings, keyring: Keyring | None = None) -> Services:
         """This process's services; `keyring`: the server's keys if the caller has read them
         already (the start-up, which checked them), else they are read (or created) here."""
-        db = Database(settings.resolved_database_url, settings.database_lock_timeout)
+        db = Database.for_settings(settings)
         store = blob_store(settings)
         if keyring is None:
             keyring = Keyring(settings.signing_key_file, settings.secret_key_file)

@@ -6,15 +6,25 @@ database could not be read; all is as before once it is back."""
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
+import pytest
 
 from berth.metadata.database import RETRY_AFTER_SECONDS
+from tests.blackhole import Blackhole
 from tests.gc.conftest import GcProject, new_project
 from tests.metrics import parse, value
 from tests.oci import blob_path, digest_of, manifest_path, uploads_path
-from tests.servers import ADMIN_PASSWORD, BerthServer, PostgresCluster
+from tests.servers import (
+    ADMIN_PASSWORD,
+    BerthServer,
+    PostgresCluster,
+    serve_refused,
+    unstarted_environ,
+)
 
 
 def assert_registry_unavailable(response: httpx.Response) -> None:
@@ -115,3 +125,91 @@ def test_a_stopped_database_is_a_503_on_every_surface(
         if project is not None:
             project.close()
         server.stop()
+
+
+# The connect timeout the tests below give Berth, and what a request may take beyond it on a
+# loaded machine (without the bound: asyncpg's 60 s, or minutes of the kernel's retransmissions).
+CONNECT_TIMEOUT = 1.0
+SLACK = 4.0
+
+
+def test_a_database_host_that_drops_packets_is_a_503_within_the_connect_timeout(
+    postgres: PostgresCluster | None, tmp_path: Path
+) -> None:
+    """PostgreSQL behind a firewall that starts dropping its packets: the connections the
+    server holds get no answer, nor do new ones. Every request is answered 503 within
+    `database_connect_timeout`, first on the pooled connections (their ping goes unanswered)
+    and then on new ones (never answered)."""
+    if postgres is None:
+        pytest.skip("PostgreSQL not installed")
+    url = postgres.create_database()
+    with Blackhole("127.0.0.1", postgres.port) as hole:
+        server = BerthServer(
+            tmp_path / "berth",
+            url.replace(f":{postgres.port}/", f":{hole.port}/"),
+            extra_env={"BERTH_DATABASE_CONNECT_TIMEOUT": str(CONNECT_TIMEOUT)},
+        ).start()
+        project: GcProject | None = None
+        try:
+            project = new_project(server)
+            name = project.name()
+            pushed = project.push_blob(b"layer bytes of the dropped packets test")
+            registry, api = project.registry, project.api
+            # Several requests at once: the worker's pool holds several connections.
+            with ThreadPoolExecutor(8) as pool:
+                heads = list(pool.map(lambda _: registry.head(blob_path(name, pushed)), range(8)))
+            assert {head.status_code for head in heads} == {200}
+
+            hole.drop()
+
+            # As in the test above, /v2/ may answer from credentials checked a moment ago.
+            deadline = time.monotonic() + 10
+            while registry.get("/v2/").status_code == 200 and time.monotonic() < deadline:
+                time.sleep(0.2)
+            requests: list[Callable[[], httpx.Response]] = [
+                lambda: registry.get("/v2/"),
+                lambda: registry.head(blob_path(name, pushed)),
+                lambda: registry.get(manifest_path(name, "latest")),
+                lambda: api.get("/projects"),
+            ]
+            # More requests than the pool holds connections: both kinds of silence are met.
+            for attempt in range(24):
+                request = requests[attempt % len(requests)]
+                started = time.monotonic()
+                answer = request()
+                took = time.monotonic() - started
+                assert answer.status_code == 503, answer.text
+                assert answer.headers["retry-after"] == str(RETRY_AFTER_SECONDS)
+                assert took < CONNECT_TIMEOUT + SLACK, (attempt, answer.request.url, took)
+            log = (server.data_dir / "server.log").read_text()
+            assert "Application callable raised an exception" not in log
+            assert "the database cannot be reached: TimeoutError" in log
+        finally:
+            if project is not None:
+                project.close()
+            server.stop()
+
+
+def test_serve_refuses_a_database_host_that_drops_packets_within_the_connect_timeout(
+    postgres: PostgresCluster | None, tmp_path: Path
+) -> None:
+    """`berth serve` checks the database before serving: a server that never answers is
+    refused as unreachable after `database_connect_timeout`, saying so."""
+    if postgres is None:
+        pytest.skip("PostgreSQL not installed")
+    url = postgres.create_database()
+    with Blackhole("127.0.0.1", postgres.port) as hole:
+        hole.drop()
+        env = unstarted_environ(
+            tmp_path,
+            {
+                "BERTH_DATABASE_URL": url.replace(f":{postgres.port}/", f":{hole.port}/"),
+                "BERTH_DATABASE_CONNECT_TIMEOUT": str(CONNECT_TIMEOUT),
+            },
+        )
+        started = time.monotonic()
+        said = serve_refused(env)
+        took = time.monotonic() - started
+    assert "cannot open the database" in said
+    assert f"no answer within {CONNECT_TIMEOUT:g} s (database_connect_timeout)" in said
+    assert took < 20, took  # a start-up's imports, then the bound (unbounded: 60 s a try)

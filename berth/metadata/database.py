@@ -12,23 +12,28 @@ so no change can forget to say it changed something.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import sqlite3
 import time
 from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Select, Table, event
 from sqlalchemy.dialects import sqlite
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, DisconnectionError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.sql.dml import Insert, UpdateBase
 from sqlalchemy.sql.expression import TableClause
+from sqlalchemy.util import await_
 
 from berth.domain.errors import StorageFull, Unavailable
 from berth.observability import metrics
+
+if TYPE_CHECKING:
+    from berth.config import Settings
 
 # How long a write waits for SQLite's write lock (held by another process) and for this
 # process's writer connection, before it is refused as "busy, retry" (503 + Retry-After).
@@ -38,7 +43,17 @@ RETRY_AFTER_SECONDS = 5
 # How long a PostgreSQL statement waits for a row lock (`lock_timeout` of every connection):
 # a transaction holding one may be on a node that hangs, and the server notices a peer that
 # went silent only after hours. Then refused as "busy, retry" (503 + Retry-After), like SQLite.
-LOCK_WAIT_SECONDS = WRITE_LOCK_SECONDS + WRITER_QUEUE_SECONDS
+LOCK_WAIT_SECONDS = WRITE_LOCK_SECONDS + WRITER_QUEUE_SECONDS  # berth.config's too
+# How long opening a PostgreSQL connection may take, and a pooled connection may take to answer
+# the ping it gets before each use: a server whose packets are dropped (a firewall, a host that
+# is gone) otherwise holds each request for asyncpg's 60 s connect timeout, or for as long as
+# the kernel retransmits (about 15 minutes) on a connection opened before it went away.
+CONNECT_SECONDS = 5.0
+# How long any one PostgreSQL statement may take before the client gives up on it: a bound on
+# a server that stops answering in the middle of a transaction. Longer than the lock wait (a
+# statement waiting for a row lock is refused by the server first), and than any statement
+# Berth's jobs run on a large install.
+STATEMENT_SECONDS = 60.0
 LOCK_NOT_AVAILABLE = "55P03"  # PostgreSQL's SQLSTATE for a lock wait that timed out
 # PostgreSQL's SQLSTATEs of a server that is not there to answer: class 08 (connection
 # exception), and the server shutting down, crashed or still starting (57P01-57P03).
@@ -48,11 +63,11 @@ UNREACHABLE_LOG_SECONDS = 10.0  # one warning per this long while the database s
 READERS = 16  # SQLite reader connections kept open (more open when busy)
 
 SQLITE_PRAGMAS = (
-    "PRAGMA journal_mode=WAL",
-    "PRAGMA synchronous=NORMAL",
     f"PRAGMA busy_timeout={WRITE_LOCK_SECONDS * 1000}",
+    "PRAGMA synchronous=NORMAL",
     "PRAGMA foreign_keys=ON",
 )
+WAL_SWITCH_PAUSE_SECONDS = 0.01  # between tries of the switch to WAL (see _use_wal)
 # A reader reads the database file through a memory map: its pages stay in the kernel's page
 # cache, one copy shared by every connection of every worker, instead of each connection
 # copying what it reads into a page cache of its own (SQLite's default, up to 2 MB each: tens
@@ -66,6 +81,24 @@ SQLITE_READER_PRAGMAS = (
     f"PRAGMA mmap_size={READER_MAP_BYTES}",
     f"PRAGMA cache_size=-{READER_PAGE_CACHE_KIB}",
 )
+
+
+def _use_wal(execute: Callable[[str], Any], pause: Callable[[float], None]) -> None:
+    """Put the database in WAL mode (once per database: the mode stays in the file; a no-op
+    after). The switch takes the write lock from within a read, and SQLite does not wait for
+    that lock (waiting could deadlock, so the busy timeout does not apply): a connection
+    opening beside another that switches (processes or nodes starting at once on a new
+    database) is told "database is locked" at once. It tries again, for as long as a write
+    waits for the write lock."""
+    deadline = time.monotonic() + WRITE_LOCK_SECONDS
+    while True:
+        try:
+            execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "database is locked" not in str(exc) or time.monotonic() >= deadline:
+                raise
+        pause(WAL_SWITCH_PAUSE_SECONDS)
 
 
 def _sqlite_engine(url: str, *, writer: bool) -> AsyncEngine:
@@ -83,6 +116,9 @@ def _sqlite_engine(url: str, *, writer: bool) -> AsyncEngine:
         cursor = dbapi_connection.cursor()
         for pragma in SQLITE_PRAGMAS if writer else (*SQLITE_PRAGMAS, *SQLITE_READER_PRAGMAS):
             cursor.execute(pragma)
+        # On the event loop's thread (the statements run on aiosqlite's): pause without
+        # holding up the loop.
+        _use_wal(cursor.execute, lambda seconds: await_(asyncio.sleep(seconds)))
         cursor.close()
 
     if writer:
@@ -113,8 +149,9 @@ class _SqlitePointReader:
     read plain columns (no type conversion happens here).
     """
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, unreachable: _Unreachable) -> None:
         self._path = path
+        self._unreachable = unreachable
         self._connection: sqlite3.Connection | None = None
         self._compiled: dict[Select[Any], str] = {}
 
@@ -122,12 +159,14 @@ class _SqlitePointReader:
         if self._connection is None:
             try:
                 connection = sqlite3.connect(self._path, isolation_level=None)
-                for pragma in (*SQLITE_PRAGMAS, *SQLITE_READER_PRAGMAS, "PRAGMA query_only=1"):
+                for pragma in (*SQLITE_PRAGMAS, *SQLITE_READER_PRAGMAS):
                     connection.execute(pragma)
+                _use_wal(connection.execute, time.sleep)
+                connection.execute("PRAGMA query_only=1")
             except sqlite3.OperationalError as exc:
                 if SQLITE_CANNOT_OPEN not in str(exc):
                     raise
-                raise _unreachable(exc) from None
+                raise self._unreachable(exc) from None
             self._connection = connection
         sql = self._compiled.get(statement)
         if sql is None:
@@ -166,6 +205,8 @@ def _connection_lost(exc: BaseException, *, connecting: bool) -> bool:
     was raised while a connection was being taken from the pool (opened, pinged, begun), where
     only the driver runs: an OSError there is the driver's (refused, reset, timed out, no such
     host); in a transaction's body it may be anything's (a blob store's), so it is not taken."""
+    if isinstance(exc, StatementUnanswered):
+        return True
     if isinstance(exc, OSError):
         return connecting
     if not isinstance(exc, DBAPIError):
@@ -180,51 +221,126 @@ def _connection_lost(exc: BaseException, *, connecting: bool) -> bool:
     return connecting and isinstance(exc.orig, OSError)
 
 
-_unreachable_logged_at = -UNREACHABLE_LOG_SECONDS
-
-
-def _unreachable(exc: BaseException) -> Unavailable:
+class _Unreachable:
     """The answer to a request while the database cannot be reached: 503 with Retry-After,
-    as for a lock held too long. Why is logged (no more than every few seconds: every request
-    fails alike), never told to the client (it may name hosts and paths)."""
-    global _unreachable_logged_at
-    now = time.monotonic()
-    if now - _unreachable_logged_at >= UNREACHABLE_LOG_SECONDS:
-        _unreachable_logged_at = now
-        logger.warning(
-            "the database cannot be reached: %s: %s", type(exc).__name__, exc or "(no message)"
-        )
-    return Unavailable("the database is unreachable; try again shortly", RETRY_AFTER_SECONDS)
+    as for a lock held too long. Why is logged (no more than every few seconds per database:
+    every request fails alike), never told to the client (it may name hosts and paths)."""
+
+    def __init__(self) -> None:
+        self._logged_at: float | None = None
+
+    def __call__(self, exc: BaseException) -> Unavailable:
+        now = time.monotonic()
+        if self._logged_at is None or now - self._logged_at >= UNREACHABLE_LOG_SECONDS:
+            self._logged_at = now
+            logger.warning(
+                "the database cannot be reached: %s: %s",
+                type(exc).__name__,
+                str(exc) or "(no message)",
+            )
+        return Unavailable("the database is unreachable; try again shortly", RETRY_AFTER_SECONDS)
+
+
+class StatementUnanswered(TimeoutError):
+    """No answer to a PostgreSQL statement within its bound (`statement_seconds`)."""
+
+
+_FRESH = "berth.fresh"  # in a pool entry's info: opened, not yet used (no ping needed)
+
+
+def _postgresql_engine(
+    url: str, *, lock_wait_seconds: float, connect_seconds: float, statement_seconds: float
+) -> AsyncEngine:
+    engine = create_async_engine(
+        url,
+        pool_size=10,
+        max_overflow=10,
+        connect_args={
+            "timeout": connect_seconds,
+            "command_timeout": statement_seconds,
+            "server_settings": {"lock_timeout": f"{round(lock_wait_seconds * 1000)}ms"},
+        },
+    )
+
+    @event.listens_for(engine.sync_engine, "connect")
+    def _on_connect(_dbapi_connection: Any, record: Any) -> None:
+        record.info[_FRESH] = True
+
+    @event.listens_for(engine.sync_engine, "handle_error")
+    def _on_error(context: Any) -> Exception | None:
+        if not isinstance(context.original_exception, TimeoutError):
+            return None
+        # The connection is of no more use (its answer may still come, or never): closed,
+        # rather than rolled back, which would wait for an answer as long again.
+        context.is_disconnect = True
+        return StatementUnanswered(f"no answer to a statement within {statement_seconds:g} s")
+
+    # Instead of SQLAlchemy's pre-ping, which waits for the answer as long as any statement may
+    # take (`statement_seconds`): this one waits as long as a new connection may take to open.
+    @event.listens_for(engine.sync_engine, "checkout")
+    def _ping(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
+        if record.info.pop(_FRESH, False):
+            return
+        driver = dbapi_connection.driver_connection
+        try:
+            await_(driver.fetchval("SELECT 1", timeout=connect_seconds))
+        except TimeoutError:
+            # Unanswered: the server is gone or its packets are dropped. Opening another
+            # connection would likely wait as long again; the request is refused now (503),
+            # the connection dropped at once (a polite close would wait for an answer too).
+            driver.terminate()
+            raise
+        except Exception as exc:  # closed under it (a server restarted): open a new one
+            driver.terminate()
+            raise DisconnectionError(f"a pooled connection failed its ping: {exc!r}") from exc
+
+    return engine
 
 
 class Database:
-    def __init__(self, url: str, lock_wait_seconds: float | None = None) -> None:
-        """`lock_wait_seconds`: PostgreSQL's row lock wait (`database_lock_timeout`); None:
-        `LOCK_WAIT_SECONDS`."""
-        if lock_wait_seconds is None:
-            lock_wait_seconds = LOCK_WAIT_SECONDS
+    def __init__(
+        self,
+        url: str,
+        lock_wait_seconds: float | None = None,
+        *,
+        connect_seconds: float | None = None,
+        statement_seconds: float | None = None,
+    ) -> None:
+        """PostgreSQL's bounds, each None for its default: `lock_wait_seconds`, the row lock
+        wait (`database_lock_timeout`, `LOCK_WAIT_SECONDS`); `connect_seconds`, opening or
+        pinging a connection (`database_connect_timeout`, `CONNECT_SECONDS`);
+        `statement_seconds`, any statement (`database_statement_timeout`,
+        `STATEMENT_SECONDS`)."""
         self.url = url
         self.is_sqlite = url.startswith("sqlite")
         self._point_reader: _SqlitePointReader | None = None
+        self._unreachable = _Unreachable()
         if self.is_sqlite:
             self.writer = _sqlite_engine(url, writer=True)
             self.reader = _sqlite_engine(url, writer=False)
-            self._point_reader = _SqlitePointReader(url.split(":///", 1)[1])
+            self._point_reader = _SqlitePointReader(url.split(":///", 1)[1], self._unreachable)
             metrics.watch_pool(self.writer.sync_engine.pool, "writer", 1)
             metrics.watch_pool(self.reader.sync_engine.pool, "reader", READERS)
         else:
-            self.writer = self.reader = create_async_engine(
+            self.writer = self.reader = _postgresql_engine(
                 url,
-                pool_size=10,
-                max_overflow=10,
-                pool_pre_ping=True,
-                connect_args={
-                    "server_settings": {"lock_timeout": f"{round(lock_wait_seconds * 1000)}ms"}
-                },
+                lock_wait_seconds=lock_wait_seconds or LOCK_WAIT_SECONDS,
+                connect_seconds=connect_seconds or CONNECT_SECONDS,
+                statement_seconds=statement_seconds or STATEMENT_SECONDS,
             )
             metrics.watch_pool(self.writer.sync_engine.pool, "shared", 10)
         event.listen(self.writer.sync_engine, "after_execute", _note_written_table)
         self._after_commit: list[tuple[frozenset[str], Callable[[], None]]] = []
+
+    @classmethod
+    def for_settings(cls, settings: Settings) -> Database:
+        """The database the settings name, with their bounds."""
+        return cls(
+            settings.resolved_database_url,
+            settings.database_lock_timeout,
+            connect_seconds=settings.database_connect_timeout,
+            statement_seconds=settings.database_statement_timeout,
+        )
 
     def after_commit(self, tables: Iterable[str], hook: Callable[[], None]) -> None:
         """Call `hook` once a write transaction that inserted, updated or deleted rows of any
@@ -249,7 +365,7 @@ class Database:
         except (DBAPIError, OSError) as exc:
             condition = _write_condition(exc) if isinstance(exc, DBAPIError) else None
             if condition is None and _connection_lost(exc, connecting=not begun):
-                condition = _unreachable(exc)
+                condition = self._unreachable(exc)
             if condition is None:
                 raise
             raise condition from None
@@ -273,7 +389,7 @@ class Database:
         except (DBAPIError, OSError) as exc:
             if not _connection_lost(exc, connecting=not connected):
                 raise
-            raise _unreachable(exc) from None
+            raise self._unreachable(exc) from None
 
     async def first(self, statement: Select[Any], **params: Any) -> Any:
         """One row of a read statement built with bindparam()s, by the fastest path there is."""

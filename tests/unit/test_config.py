@@ -8,7 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from berth import config
 from berth.config import SettingsError, load_settings, setting_source
+from berth.metadata import database
 from berth.server import check
 from tests.ports import free_port
 
@@ -102,3 +104,37 @@ def test_a_setting_is_attributed_to_the_config_file_only_when_the_file_gives_it(
     monkeypatch.setenv("BERTH_LISTEN", "127.0.0.1:5998")
     assert setting_source("listen") == "BERTH_LISTEN"
     assert setting_source("listen", {"listen"}) == "--listen"
+
+
+def test_database_timeouts_are_postgresqls_and_a_statement_outlasts_a_lock_wait(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("BERTH_CONFIG", str(tmp_path / "berth.toml"))
+    monkeypatch.setenv("BERTH_DATABASE_CONNECT_TIMEOUT", "2")
+    with pytest.raises(SettingsError) as on_sqlite:
+        load_settings()
+    assert str(on_sqlite.value).startswith(
+        "BERTH_DATABASE_CONNECT_TIMEOUT: '2' applies to PostgreSQL only"
+    )
+    monkeypatch.setenv("BERTH_DATABASE_URL", "postgresql+asyncpg://berth@db.internal/berth")
+    monkeypatch.setenv("BERTH_DATABASE_STATEMENT_TIMEOUT", "15")
+    with pytest.raises(SettingsError) as too_short:
+        load_settings()
+    assert str(too_short.value).startswith(
+        "BERTH_DATABASE_STATEMENT_TIMEOUT: '15' must be more than database_lock_timeout (15 s)"
+    )
+    (tmp_path / "berth.toml").write_text("database_lock_timeout = 5\n")
+    settings = load_settings()
+    assert (settings.database_connect_timeout, settings.database_statement_timeout) == (2, 15)
+    monkeypatch.delenv("BERTH_DATABASE_STATEMENT_TIMEOUT")
+    (tmp_path / "berth.toml").write_text("database_lock_timeout = 90\n")
+    with pytest.raises(SettingsError) as unset:
+        load_settings()
+    assert str(unset.value).startswith(
+        "database_statement_timeout must be more than database_lock_timeout (90 s) (unset: 60 s)"
+    )
+
+
+def test_the_bounds_the_settings_check_against_are_the_databases() -> None:
+    assert config.LOCK_WAIT_SECONDS == database.LOCK_WAIT_SECONDS
+    assert config.STATEMENT_SECONDS == database.STATEMENT_SECONDS

@@ -6,11 +6,14 @@ from __future__ import annotations
 import _sqlite3
 import asyncio
 import ctypes
+import logging
+import sqlite3
+import threading
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
-from sqlalchemy import Integer, bindparam, select, text
+from sqlalchemy import Integer, bindparam, func, select, text
 from sqlalchemy.exc import OperationalError, ProgrammingError
 
 from berth.domain.errors import Unavailable
@@ -173,3 +176,110 @@ def test_a_postgresql_server_that_is_not_there_is_a_503(
             await connection.execute(text("SELECT 1"))
 
     _refused_as_unreachable(nobody, read)
+
+
+def test_a_postgresql_statement_left_unanswered_past_its_bound_is_a_503(
+    postgres: PostgresCluster | None,
+) -> None:
+    """A statement whose answer does not come within `database_statement_timeout` (here a
+    server that sleeps; a host gone mid-transaction looks the same to the client) is refused
+    as the database being unreachable, in reads and writes, within about that bound; the
+    server's next answers come as before (the connection it kept is not reused)."""
+    if postgres is None:
+        pytest.skip("PostgreSQL not installed")
+    db = Database(postgres.create_database(), lock_wait_seconds=0.5, statement_seconds=1)
+
+    async def sleeps(kind: str) -> float:
+        started = asyncio.get_running_loop().time()
+        with pytest.raises(Unavailable) as refused:
+            async with getattr(db, kind)() as connection:
+                await connection.execute(text("SELECT pg_sleep(10)"))
+        assert refused.value.status == 503 and "unreachable" in refused.value.message
+        return asyncio.get_running_loop().time() - started
+
+    async def run() -> None:
+        try:
+            for kind in ("read", "write"):
+                assert await sleeps(kind) < 5, kind
+                async with db.write() as connection:
+                    assert (await connection.execute(text("SELECT 1"))).scalar() == 1
+        finally:
+            await db.dispose()
+
+    asyncio.run(run())
+
+
+def _opened_while_another_writes(
+    path: Path, read: Callable[[Database], Awaitable[object]]
+) -> object:
+    """`read` on a Database opened on `path`, a new database (not yet in WAL mode) whose write
+    lock another connection holds for a moment, as a start-up beside this one does."""
+    holder = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    holder.execute("CREATE TABLE t (x INTEGER)")
+    holder.execute("BEGIN IMMEDIATE")
+    holder.execute("INSERT INTO t VALUES (1)")
+    release = threading.Timer(0.5, holder.execute, ["COMMIT"])
+    release.start()
+    db = Database(f"sqlite+aiosqlite:///{path}")
+
+    async def run() -> object:
+        try:
+            return await read(db)
+        finally:
+            await db.dispose()
+
+    try:
+        return asyncio.run(run())
+    finally:
+        release.join()
+        holder.close()
+
+
+def test_a_new_database_opened_while_another_connection_writes_waits_for_the_write(
+    tmp_path: Path,
+) -> None:
+    """A connection's first statement puts a new database in WAL mode, which takes the write
+    lock from within a read: SQLite refuses that at once ("database is locked") while another
+    connection holds the write lock, whatever the busy timeout. Start-ups at once on a new
+    data directory (or nodes' processes) meet that; each way of reading waits for the write
+    instead, and sees it."""
+
+    async def read(db: Database) -> object:
+        async with db.read() as connection:
+            return (await connection.execute(text("SELECT count(*) FROM t"))).scalar()
+
+    async def write(db: Database) -> object:
+        async with db.write() as connection:
+            await connection.execute(text("INSERT INTO t VALUES (2)"))
+            return (await connection.execute(text("SELECT count(*) FROM t"))).scalar()
+
+    async def first(db: Database) -> object:
+        row = await db.first(select(func.count()).select_from(text("t")))
+        return None if row is None else row[0]
+
+    for way, expected in ((read, 1), (write, 2), (first, 1)):
+        path = tmp_path / f"{way.__name__}.db"
+        assert _opened_while_another_writes(path, way) == expected, way.__name__
+        with sqlite3.connect(path) as check:
+            assert check.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+
+
+def test_each_database_logs_that_it_cannot_be_reached_once_a_while(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Every request fails alike while the database is away: one warning per database for a
+    run of them, not one each; another database (another test's, another server's in one
+    process) says its own."""
+    caplog.set_level(logging.WARNING, logger="berth.database")
+
+    def warnings_after_two_reads(db: Database) -> int:
+        async def read() -> None:
+            await db.first(select(bindparam("x", type_=Integer)), x=1)
+
+        caplog.clear()
+        _refused_as_unreachable(db, read, read)
+        return sum("cannot be reached" in record.getMessage() for record in caplog.records)
+
+    for gone in ("one", "another"):
+        db = Database(f"sqlite+aiosqlite:///{tmp_path / gone / 'berth.db'}")
+        assert warnings_after_two_reads(db) == 1, gone
