@@ -4,9 +4,13 @@ the page from loading anything from elsewhere or being framed."""
 from __future__ import annotations
 
 import re
+import subprocess
+from pathlib import Path
 
 import httpx
+import playwright
 
+import berth.console
 from tests.servers import BerthServer
 
 
@@ -57,3 +61,22 @@ def test_the_page_and_its_modules_load_only_from_the_server(sqlite_server: Berth
                 for imported in re.findall(r'from "\.\./([^"]+)"', answer.text):
                     pending.append(f"js/{imported}")
         assert "js/views/management.js" in seen
+
+
+def test_every_console_script_parses_as_a_module() -> None:
+    """A syntax error in one module leaves the console blank, and plain `node --check` passes
+    one (it reads these files as CommonJS and stops at `import`): parsed here as modules, by
+    the Node.js that Playwright brings."""
+    node = Path(playwright.__file__).parent / "driver" / "node"
+    scripts = sorted((Path(berth.console.__file__).parent / "static").rglob("*.js"))
+    assert len(scripts) > 20
+    for script in scripts:
+        with script.open("rb") as source:
+            parsed = subprocess.run(
+                [str(node), "--input-type=module", "--check"],
+                stdin=source,
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+        assert parsed.returncode == 0, f"{script}: {parsed.stderr}"
