@@ -89,13 +89,6 @@ def live_processes_sync(connection: Connection) -> list[ServingProcess]:
     return _live(_all_rows(connection), utcnow())
 
 
-async def live_processes(db: Database) -> list[ServingProcess]:
-    """The processes serving on `db` now (`berth nodes`)."""
-    async with db.read() as conn:
-        rows = await conn.run_sync(_all_rows)
-    return _live(rows, utcnow())
-
-
 class Presence:
     """This serving process's row: written at start, renewed every HEARTBEAT_SECONDS, deleted
     when it stops."""
