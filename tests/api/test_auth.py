@@ -32,6 +32,7 @@ PATH_VALUES = {
     "key_id": "BKNOTAKEY0000000000",
     "run_id": "1",
     "webhook_id": "1",
+    "delivery_id": "1",
     "rule_id": "1",
     "upload_id": "0" * 32,
 }

@@ -260,7 +260,8 @@ def test_a_finished_scan_sends_its_webhook_event(
     team: Team, app_layers: list[Blob], receiver: Receiver
 ) -> None:
     admin = team["project-admin"]
-    pushes = {"url": receiver.url, "event_types": ["io.berth.image.pushed"]}
+    # A second endpoint on the same receiver: one URL may have one webhook per project.
+    pushes = {"url": f"{receiver.url}/pushes", "event_types": ["io.berth.image.pushed"]}
     ok(admin.post(team.url("/webhooks"), json=pushes), 201)
     body = {"url": receiver.url, "event_types": ["io.berth.scan.finished"]}
     created = ok(admin.post(team.url("/webhooks"), json=body), 201)
