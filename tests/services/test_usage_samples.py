@@ -24,7 +24,8 @@ async def rows(db: Database) -> int:
 def test_collections_on_demand_within_a_minute_replace_the_newest_sample(tmp_path: Path) -> None:
     async def scenario(db: Database) -> None:
         await Repositories(db).create_project("acme", actor="test")
-        usage = Usage(db)
+        # Measured each time (no wait between collections): only the sample is coalesced.
+        usage = Usage(db, storage_collect_min_interval=0)
         samples = [await usage.collect("acme") for _ in range(50)]
         assert await rows(db) == 1
         series = await usage.storage("acme")
