@@ -32,6 +32,15 @@ GiB = 1024**3
 DEFAULT_S3_CACHE_SIZE = 10 * GiB
 
 
+# Settings that bound waits on a PostgreSQL server, and why SQLite has none of them.
+_POSTGRESQL_ONLY = {
+    "database_lock_timeout": "SQLite has no row locks, its writers wait 5 s for another "
+    "process's write lock",
+    "database_connect_timeout": "SQLite is a file on this node, opened at once",
+    "database_statement_timeout": "SQLite is a file on this node, opened at once",
+}
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="BERTH_", extra="ignore")
 
@@ -394,27 +403,14 @@ class Settings(BaseSettings):
             for entry in _comma_separated(self.trusted_proxies)
         ]
 
-    @field_validator("database_lock_timeout")
+    @field_validator(*_POSTGRESQL_ONLY)
     @classmethod
-    def _lock_timeout_for_postgresql(
-        cls, value: float | None, info: ValidationInfo
-    ) -> float | None:
+    def _for_postgresql_only(cls, value: float | None, info: ValidationInfo) -> float | None:
         url = info.data.get("database_url")
         if value is not None and (not url or url.startswith("sqlite")):
             raise ValueError(
                 "applies to PostgreSQL only (set database_url to a postgresql+asyncpg:// URL); "
-                "SQLite has no row locks, its writers wait 5 s for another process's write lock"
-            )
-        return value
-
-    @field_validator("database_connect_timeout", "database_statement_timeout")
-    @classmethod
-    def _timeout_for_postgresql(cls, value: float | None, info: ValidationInfo) -> float | None:
-        url = info.data.get("database_url")
-        if value is not None and (not url or url.startswith("sqlite")):
-            raise ValueError(
-                "applies to PostgreSQL only (set database_url to a postgresql+asyncpg:// URL); "
-                "SQLite is a file on this node, opened at once"
+                + _POSTGRESQL_ONLY[str(info.field_name)]
             )
         return value
 

@@ -27,16 +27,11 @@ from berth.metadata.tables import job_leases, utcnow
 _LONG_AGO = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 
 
-def default_holder() -> str:
-    """This process, as a lease names its holder: `host:pid`."""
-    return this_process()
-
-
-def holder_process_gone(holder: str) -> bool:
-    """Whether a lease's holder is a process of this machine that no longer exists: its lease
-    can be taken over at once, whatever its expiry says (a restart recovers without waiting).
-    A holder on another machine is never known to be gone: only its lease's expiry tells."""
-    return process_gone(holder)
+# A lease names its holder as a serving process names itself (`host:pid`), and a holder that
+# is a process of this machine no longer running can be taken over at once, whatever its
+# expiry says (a restart recovers without waiting); one on another machine only by expiry.
+default_holder = this_process
+holder_process_gone = process_gone
 
 
 @dataclass(frozen=True, slots=True)
