@@ -19,7 +19,7 @@ from urllib.parse import urlsplit
 
 import httpx
 import pytest
-from playwright.sync_api import Browser, Locator, Page, expect
+from playwright.sync_api import Browser, Locator, Page, Route, expect
 
 from berth.domain.names import MAX_PROJECT_LENGTH
 from tests.clients.conftest import Projects
@@ -1104,8 +1104,22 @@ def test_search_and_sort_the_repositories(
 
     expect(table.locator("tbody tr")).to_have_count(3)
     assert names() == ["alpha", "beta", "gamma-tools"]
+    # The order is flipped while the page for the sort just chosen is still loading (its
+    # project read held back), as a quick user does: the flip keeps the chosen sort.
+    held: list[Route] = []
+
+    def hold(route: Route) -> None:
+        held.append(route)
+
+    page.route(f"**/api/v1/projects/{tenant.project}", hold)
     page.get_by_label("Sort by").select_option("images")
+    page.wait_for_function("location.hash.includes('sort=images')")
     page.get_by_role("button", name="Ascending; switch to descending").click()
+    assert held, "the project read was not held"
+    for route in held:
+        route.continue_()
+    page.unroute(f"**/api/v1/projects/{tenant.project}")
+    expect(page).to_have_url(re.compile(r"sort=images&order=desc"))
     expect(table.locator("tbody tr").first).to_have_attribute("data-key", "beta")
     page.get_by_label("Search repositories by name").fill("ga")
     expect(table.locator("tbody tr")).to_have_count(1)

@@ -37,7 +37,13 @@ export async function repositoriesView(main, ctx) {
   const order = ctx.query.order === "desc" ? "desc" : "asc";
   const page = Math.max(1, Number(ctx.query.page) || 1);
   const here = `/projects/${seg(project.name)}/repositories`;
-  const go = (changes) => ctx.navigate(here, { q, sort, order, page, ...changes });
+  // The view re-renders only once the new listing arrives: a control used in between must
+  // build on the change just made (a sort chosen, then the order flipped), not on this render's.
+  let state = { q, sort, order, page };
+  const go = (changes) => {
+    state = { ...state, ...changes };
+    ctx.navigate(here, state);
+  };
   document.title = `Repositories · ${project.name} · Berth`;
 
   const search = h("input", { type: "search", placeholder: "Search by name", value: q, "aria-label": "Search repositories by name" });
@@ -53,7 +59,7 @@ export async function repositoriesView(main, ctx) {
   );
   const orderButton = h(
     "button",
-    { type: "button", class: "small", "aria-label": order === "asc" ? "Ascending; switch to descending" : "Descending; switch to ascending", onclick: () => go({ order: order === "asc" ? "desc" : "asc" }) },
+    { type: "button", class: "small", "aria-label": order === "asc" ? "Ascending; switch to descending" : "Descending; switch to ascending", onclick: () => go({ order: state.order === "asc" ? "desc" : "asc" }) },
     order === "asc" ? "↑ Ascending" : "↓ Descending",
   );
   const create = project.can_manage
