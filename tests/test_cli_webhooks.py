@@ -233,8 +233,9 @@ def test_redeliver_sends_a_delivery_again_and_the_log_shows_the_body_as_sent(
 
 
 def test_a_url_the_project_has_is_refused_as_existing(hooks_server: BerthServer) -> None:
-    """A second webhook of a URL (its host in capitals, its default port written) exits 3,
-    as for something that exists; so does moving another webhook to it."""
+    """A second webhook of a URL (its host in capitals; a percent-escape in the other case
+    and a `.` segment) exits 3, as for something that exists; so does moving another webhook
+    to it."""
     hooks_server.create_project("clihooks8")
     url = "http://127.0.0.1:9/hook"
     made = hooks_server.cli_json("webhook", "create", "clihooks8", url)
@@ -245,6 +246,10 @@ def test_a_url_the_project_has_is_refused_as_existing(hooks_server: BerthServer)
     assert f"has a webhook to this URL already: webhook {made['id']}" in " ".join(
         refused.stderr.split()
     )
+    escaped = hooks_server.cli_json("webhook", "create", "clihooks8", url + "/a%2fb")
+    refused = hooks_server.cli("webhook", "create", "clihooks8", url + "/./a%2Fb", check=False)
+    assert refused.returncode == 3, refused.stderr
+    assert f"already: webhook {escaped['id']}" in " ".join(refused.stderr.split())
     other = hooks_server.cli_json("webhook", "create", "clihooks8", url + "/")
     moved = hooks_server.cli(
         "webhook", "update", "clihooks8", str(other["id"]), "--url", url, check=False
@@ -252,5 +257,6 @@ def test_a_url_the_project_has_is_refused_as_existing(hooks_server: BerthServer)
     assert moved.returncode == 3 and "already" in moved.stderr
     assert [w["url"] for w in hooks_server.cli_items("webhook", "list", "clihooks8")] == [
         url,
+        url + "/a%2fb",
         url + "/",
     ]

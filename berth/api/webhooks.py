@@ -96,9 +96,10 @@ async def list_webhooks(ctx: AdminProject) -> list[Webhook]:
 @router.post("", status_code=201, responses=responses(409, 422))
 async def create_webhook(ctx: AdminProject, body: NewWebhook) -> CreatedWebhook:
     """Add an endpoint. The answer carries its signing secret: shown only now. Refused (409)
-    when the project has a webhook to the same URL already (scheme and host in any case, the
-    default port written or not, an empty path or `/`; a trailing slash on the path makes
-    another URL): it would get every event twice. Audited."""
+    when the project has a webhook to the same URL already (scheme and host in any case, a
+    host's trailing dot, the default port written or not, an empty path or `/`, `.` and `..`
+    segments, percent-escapes in either case; a trailing slash on the path makes another URL):
+    it would get every event twice. Audited."""
     return await ctx.services.webhooks.create(
         ctx.project,
         body.url,

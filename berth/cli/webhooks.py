@@ -84,7 +84,8 @@ def webhook_create(
 ) -> None:
     """Add a webhook endpoint. Its signing secret is shown now and never again. Refused (exit
     3) when the project has a webhook to the same URL already: scheme and host in any case,
-    the default port written or not, no path or `/` are the same URL; a trailing slash on a
+    a host's trailing dot, the default port written or not, no path or `/`, `.` and `..`
+    segments and percent-escapes in either case make the same URL; a trailing slash on a
     path makes another one."""
     secret = sys.stdin.readline().rstrip("\n") if secret_stdin else None
     created = run_service(

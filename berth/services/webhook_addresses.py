@@ -8,7 +8,9 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
+import re
 import socket
+import string
 from dataclasses import dataclass
 from urllib.parse import urlsplit, urlunsplit
 
@@ -86,18 +88,71 @@ def check_form(url: str) -> tuple[str, str, int]:
 
 def endpoint_key(url: str) -> str:
     """The URL as two webhooks of a project are compared by (one URL registered twice gets
-    every event twice): scheme and host in lower case (they are case-insensitive), the
-    default port left out, an empty path as `/`, as RFC 3986 calls these the same. The path
-    and query stay as written, a trailing slash included: they are the receiver's to read,
-    and `/hook` and `/hook/` may be different handlers (redirects are not followed). For a
-    URL `check_form` accepted."""
+    every event twice), in the forms RFC 3986 calls equal and a delivery sends alike: scheme
+    and host in lower case, the host without a trailing dot (`hooks.example.` is the fully
+    written `hooks.example`), an international name in its ASCII form, an IPv6 address in
+    its short form, the default port left out, an empty path as `/`, `.` and `..` segments
+    resolved (the HTTP client does so before sending), and percent-escapes in upper case with
+    those of unreserved characters decoded (`%7e` is `~`). Otherwise the path and query stay
+    as written, a trailing slash included: they are the receiver's to read, and `/hook` and
+    `/hook/` may be different handlers (redirects are not followed). Only compared, never
+    stored or shown: the webhook keeps the URL as given. For a URL `check_form` accepted."""
     parts = urlsplit(url)
     scheme = parts.scheme.lower()
-    host = parts.hostname or ""  # lower case already
+    host = _host_key(parts.hostname or "")
     netloc = f"[{host}]" if ":" in host else host
     if parts.port is not None and parts.port != (443 if scheme == "https" else 80):
         netloc = f"{netloc}:{parts.port}"
-    return urlunsplit((scheme, netloc, parts.path or "/", parts.query, ""))
+    path = _remove_dot_segments(_escapes_key(parts.path)) or "/"
+    return urlunsplit((scheme, netloc, path, _escapes_key(parts.query), ""))
+
+
+def _host_key(host: str) -> str:
+    """A host (lower case already) as compared: the root's dot dropped, an IP address in its
+    standard form, a name in IDNA's ASCII form (the resolver looks that one up)."""
+    try:
+        return str(ipaddress.ip_address(host))
+    except ValueError:
+        pass
+    name = host[:-1] if host.endswith(".") else host
+    try:
+        return name.encode("idna").decode("ascii")
+    except UnicodeError:  # not a name IDNA can write; compared as written
+        return name
+
+
+_ESCAPE = re.compile(r"%([0-9A-Fa-f]{2})")
+_UNRESERVED = frozenset(string.ascii_letters + string.digits + "-._~")
+
+
+def _escapes_key(text: str) -> str:
+    """`text` with each percent-escape in upper case, or decoded when it is of an unreserved
+    character (RFC 3986 6.2.2.1-2: either way the same resource)."""
+
+    def one(escape: re.Match[str]) -> str:
+        char = chr(int(escape.group(1), 16))
+        return char if char in _UNRESERVED else escape.group(0).upper()
+
+    return _ESCAPE.sub(one, text)
+
+
+def _remove_dot_segments(path: str) -> str:
+    """The path with `.` and `..` segments resolved (RFC 3986 5.2.4)."""
+    kept: list[str] = []
+    segments = path.split("/")
+    for index, segment in enumerate(segments):
+        last = index == len(segments) - 1
+        if segment == ".":
+            if last:
+                kept.append("")
+        elif segment == "..":
+            if len(kept) > 1:
+                kept.pop()
+            if last:
+                kept.append("")
+        else:
+            kept.append(segment)
+    return "/".join(kept)
 
 
 # IPv6 prefixes that carry an IPv4 address in their last 32 bits and lead to it: NAT64's

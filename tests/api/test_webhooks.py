@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import concurrent.futures
 import functools
+import os
 import time
+import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -14,6 +16,7 @@ import pytest
 
 from berth.services.webhook_events import EVENT_TYPES
 from tests.api.conftest import Team, assert_problem, ok, push_image, until
+from tests.clients.machine import HOSTS_FILE, HostsEntries
 from tests.metrics import moved, scrape
 from tests.servers import BACKENDS, BerthServer, server_fixture
 from tests.webhook_receiver import Receiver, receiving
@@ -533,6 +536,62 @@ def test_one_url_is_one_webhook_per_project(team: Team) -> None:
         "http://127.0.0.1:9/hook",
         "http://127.0.0.1:9/hook/",
     ]
+
+
+# Each pair addresses one endpoint: percent-escapes in either case, an unreserved character
+# escaped or not, `.` and `..` segments (resolved before sending), an IPv6 address written
+# long, the host in capitals, a default port written, an empty path.
+SAME_ENDPOINT = (
+    ("http://127.0.0.1:9/a%2fb?q=%2a", "http://127.0.0.1:9/a%2Fb?q=%2A"),
+    ("http://127.0.0.1:9/%7euser/%41", "http://127.0.0.1:9/~user/A"),
+    ("http://127.0.0.1:9/x/./y/../z", "http://127.0.0.1:9/x/z"),
+    ("http://[::1]:9/v6", "http://[0:0::0:1]:9/v6"),
+    ("http://LocalHost/named", "http://localhost:80/named"),
+    ("https://localhost", "https://localhost:443/"),
+)
+
+
+def test_urls_addressing_one_endpoint_are_one_webhook(team: Team) -> None:
+    """Each second spelling of an endpoint's URL is refused (409 at `url`), both when added
+    and when another webhook is moved to it; the webhooks keep the URLs as given. An escaped
+    `/` is not a `/`: that is another URL."""
+    admin = team["project-admin"]
+    made = [add_webhook(team, first) for first, _ in SAME_ENDPOINT]
+    spare = add_webhook(team, "http://127.0.0.1:9/spare")
+    for (_, second), first in zip(SAME_ENDPOINT, made, strict=True):
+        refused = assert_problem(
+            admin.post(team.url("/webhooks"), json={"url": second}),
+            409,
+            fields=("url",),
+            code="CONFLICT",
+        )
+        assert f"already: webhook {first['id']} ({first['url']})" in refused["detail"], second
+        moved = admin.patch(team.url(f"/webhooks/{spare['id']}"), json={"url": second})
+        assert_problem(moved, 409, fields=("url",), code="CONFLICT")
+    add_webhook(team, "http://127.0.0.1:9/a/b?q=%2a")
+    assert [w["url"] for w in ok(admin.get(team.url("/webhooks")))] == [
+        *(first for first, _ in SAME_ENDPOINT),
+        "http://127.0.0.1:9/spare",
+        "http://127.0.0.1:9/a/b?q=%2a",
+    ]
+
+
+def test_a_host_with_the_root_s_dot_is_the_host_without(team: Team) -> None:
+    """`hooks.example.` is the fully written `hooks.example`: one endpoint, one webhook
+    (both names resolve, as DNS resolves them; here through /etc/hosts)."""
+    if not os.access(HOSTS_FILE, os.W_OK):
+        pytest.skip("/etc/hosts is not writable here")
+    name = f"hooks-{uuid.uuid4().hex[:8]}.test"
+    entry = HostsEntries([name, f"{name}."])
+    entry.add()
+    try:
+        admin = team["project-admin"]
+        made = add_webhook(team, f"http://{name}./hook")
+        refused = admin.post(team.url("/webhooks"), json={"url": f"http://{name.upper()}/hook"})
+        assert_problem(refused, 409, fields=("url",), code="CONFLICT")
+        assert f"webhook {made['id']} (http://{name}./hook)" in refused.json()["detail"]
+    finally:
+        entry.remove()
 
 
 def test_one_url_added_twice_at_once_is_made_once(team: Team) -> None:

@@ -21,7 +21,7 @@ from berth.jobs.leases import Lease, Leases
 from berth.metadata.database import Database
 from berth.services.records import plain
 from berth.services.repositories import Repositories
-from berth.services.webhook_addresses import refused_address
+from berth.services.webhook_addresses import endpoint_key, refused_address
 from berth.services.webhook_delivery import WebhookDelivery
 from berth.services.webhook_events import (
     IMAGE_PUSHED,
@@ -326,6 +326,29 @@ def test_address_classes(address: str, why: str | None) -> None:
     import ipaddress
 
     assert refused_address(ipaddress.ip_address(address)) == why
+
+
+@pytest.mark.parametrize(
+    ("one", "other", "same"),
+    [
+        ("http://hooks.example./x", "http://Hooks.Example/x", True),
+        ("http://hooks.example:80", "http://hooks.example/", True),
+        ("https://hooks.example:443/x", "https://hooks.example/x", True),
+        ("http://hooks.example:443/x", "http://hooks.example/x", False),
+        ("http://h.example/a%2fb?q=%c3%a9", "http://h.example/a%2Fb?q=%C3%A9", True),
+        ("http://h.example/%7Eme/%2D", "http://h.example/~me/-", True),
+        ("http://h.example/a%2Fb", "http://h.example/a/b", False),
+        ("http://h.example/a/./b/../c/..", "http://h.example/a/", True),
+        ("http://h.example/../../x", "http://h.example/x", True),
+        ("http://h.example/hook/", "http://h.example/hook", False),
+        ("http://h.example//hook", "http://h.example/hook", False),
+        ("http://h.example/?q=a+b", "http://h.example/?q=a%20b", False),
+        ("http://bücher.example/", "http://xn--bcher-kva.example/", True),
+        ("http://[0::1]:8080/", "http://[::1]:8080/", True),
+    ],
+)
+def test_urls_compared_as_the_endpoint_they_address(one: str, other: str, same: bool) -> None:
+    assert (endpoint_key(one) == endpoint_key(other)) is same
 
 
 def test_bad_urls_refused(database_url: str) -> None:
