@@ -56,7 +56,7 @@ def test_webhook_verbs(hooks_server: BerthServer, receiver: Receiver) -> None:
     (webhook,) = hooks_server.cli_items("webhook", "list", "clihooks")
     assert webhook["enabled"] is False and webhook["event_types"] == []
     refused = hooks_server.cli("webhook", "test", "clihooks", "1", check=False)
-    assert refused.returncode == 3 and "disabled" in refused.stderr
+    assert refused.returncode == 1 and "disabled" in refused.stderr
     hooks_server.cli("webhook", "delete", "clihooks", "1", "--yes")
     assert hooks_server.cli_items("webhook", "list", "clihooks") == []
 
@@ -230,6 +230,51 @@ def test_redeliver_sends_a_delivery_again_and_the_log_shows_the_body_as_sent(
     assert f"(again: {sent['id']})" in " ".join(shown.split()), shown
     newest = hooks_server.cli_items("webhook", "deliveries", "clihooks7", hook)[0]
     assert newest["redelivery_of"] == sent["id"] and newest["event"] == sent["event"]
+
+
+def test_a_disabled_webhook_s_test_and_redelivery_are_refused_naming_the_command_to_enable_it(
+    hooks_server: BerthServer, receiver: Receiver
+) -> None:
+    """`webhook test` and `webhook redeliver` of a disabled endpoint exit 1 (a refusal, not
+    3, "exists"), queueing nothing, with one `error:` saying so and the command that enables
+    it; pasted as printed, it does, and the test is then sent."""
+    hooks_server.create_project("clihooks9")
+    only = data_dir_only(hooks_server)
+    hook = str(hooks_server.cli_json("webhook", "create", "clihooks9", receiver.url)["id"])
+    hooks_server.cli("webhook", "test", "clihooks9", hook)
+    receiver.wait_for(1)
+    sent = hooks_server.cli_items("webhook", "deliveries", "clihooks9", hook)[0]
+    hooks_server.cli("webhook", "update", "clihooks9", hook, "--disable")
+    for verb in (["test"], ["redeliver"]):
+        args = [
+            "webhook",
+            *verb,
+            "clihooks9",
+            hook,
+            *([str(sent["id"])] if verb == ["redeliver"] else []),
+        ]
+        refused = subprocess.run(
+            [*BERTH, "--data-dir", only.data_dir, *args],
+            env=only.env,
+            cwd=only.cwd,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert refused.returncode == 1, refused.stderr
+        assert refused.stdout == ""
+        assert refused.stderr.startswith(
+            f"error: webhook {hook} of project 'clihooks9' is disabled: nothing would send it."
+        ), refused.stderr
+        assert refused.stderr.count("error:") == 1
+        printed = line_after(refused.stderr, refused.stderr.splitlines()[0])
+        assert printed.split()[-5:] == ["webhook", "update", "clihooks9", hook, "--enable"]
+    assert len(hooks_server.cli_items("webhook", "deliveries", "clihooks9", hook)) == 1
+    only.paste(printed)
+    (webhook,) = hooks_server.cli_items("webhook", "list", "clihooks9")
+    assert webhook["enabled"] is True
+    only.berth("webhook", "test", "clihooks9", hook)
+    assert len(receiver.wait_for(2)) == 2
 
 
 def test_a_url_the_project_has_is_refused_as_existing(hooks_server: BerthServer) -> None:

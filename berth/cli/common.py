@@ -20,7 +20,7 @@ from rich.text import Text
 
 from berth.config import Settings, SettingsError, load_settings
 from berth.data_location import missing_data, shown_database, where_to_point
-from berth.domain.errors import Conflict, InvalidValue, RegistryError
+from berth.domain.errors import Conflict, InvalidValue, RegistryError, StateRefusal
 from berth.invocation import pasteable_command
 from berth.metadata.migrate import NewerSchema, OlderSchema, require_current
 from berth.services.install import key_fingerprint
@@ -148,8 +148,16 @@ def run_service(work: Callable[[Services], Awaitable[T]], *, uses_store: bool = 
         # blob store's address).
         fail(
             str(exc),
-            3 if isinstance(exc, Conflict) else BAD_SETTING if isinstance(exc, InvalidValue) else 1,
+            _exit_code(exc),
         )
+
+
+def _exit_code(refusal: RegistryError) -> int:
+    """3 for what exists already, 2 for a value out of range, 1 for any other refusal (the
+    state of something, a disabled webhook say, is not "exists")."""
+    if isinstance(refusal, Conflict) and not isinstance(refusal, StateRefusal):
+        return 3
+    return BAD_SETTING if isinstance(refusal, InvalidValue) else 1
 
 
 # Never broken whatever the terminal's width: the value a user copies into the next command

@@ -8,7 +8,8 @@ change what it sends and show what it sent.
 from __future__ import annotations
 
 import sys
-from typing import Annotated, Any
+from collections.abc import Awaitable, Callable
+from typing import Annotated, Any, TypeVar
 
 import typer
 
@@ -29,9 +30,13 @@ from berth.cli.common import (
     show_rows,
     when,
 )
+from berth.domain.errors import StateRefusal
 from berth.services.records import plain
 from berth.services.webhook_events import EVENT_TYPES, TEST
-from berth.services.webhooks import Delivery
+from berth.services.webhooks import Delivery, WebhookDisabled
+from berth.state import Services
+
+T = TypeVar("T")
 
 webhook_app = typer.Typer(
     help="Webhooks: events of a project POSTed to your endpoints.", no_args_is_help=True
@@ -203,6 +208,25 @@ def webhook_delete(
     done(json_output, {"id": webhook_id, "deleted": True}, f"Deleted webhook {webhook_id}")
 
 
+def _enabled_only(
+    project: str, work: Callable[[Services], Awaitable[T]]
+) -> Callable[[Services], Awaitable[T]]:
+    """`work` refused for a disabled webhook in words that end in the command enabling it."""
+
+    async def run(services: Services) -> T:
+        try:
+            return await work(services)
+        except WebhookDisabled as disabled:
+            enable = pasteable("webhook", "update", project, str(disabled.webhook_id), "--enable")
+            raise StateRefusal(
+                f"webhook {disabled.webhook_id} of project {project!r} is disabled: nothing "
+                f"would send it. Enable it (it then gets new events, and its waiting queue "
+                f"is sent) with:\n  {enable}"
+            ) from None
+
+    return run
+
+
 @webhook_app.command("test")
 def webhook_test(
     project: ProjectArg, webhook_id: WebhookIdArg, json_output: JsonFlag = False
@@ -210,7 +234,11 @@ def webhook_test(
     """Queue a test event (io.berth.webhook.test) for the endpoint: a running server sends it
     within seconds, ahead of anything queued for the endpoint, and attempts it once (it is not
     retried). Accepted, the endpoint's waiting queue is retried at once."""
-    queued = run_service(lambda s: s.webhooks.send_test(project, webhook_id, actor=cli_actor()))
+    queued = run_service(
+        _enabled_only(
+            project, lambda s: s.webhooks.send_test(project, webhook_id, actor=cli_actor())
+        )
+    )
     if json_output:
         print_json(_delivery_json(queued))
         return
@@ -232,11 +260,14 @@ def webhook_redeliver(
 ) -> None:
     """Send a delivered or failed delivery's event again: a new delivery of the same body
     (same event id), signed with the current secret, at the end of the endpoint's queue
-    (events go in order) and retried like any for a day. Refused (exit 3) for a pending
+    (events go in order) and retried like any for a day. Refused (exit 1) for a pending
     delivery and while the endpoint is disabled."""
     queued = run_service(
-        lambda s: s.webhooks.redeliver(
-            project, webhook_id, delivery_id, actor=cli_actor(), client=CLI_CLIENT
+        _enabled_only(
+            project,
+            lambda s: s.webhooks.redeliver(
+                project, webhook_id, delivery_id, actor=cli_actor(), client=CLI_CLIENT
+            ),
         )
     )
     if json_output:

@@ -159,6 +159,12 @@ class Conflict(RegistryError):
         self.field = field
 
 
+class StateRefusal(Conflict):
+    """A conflict with the state something is in (a webhook disabled, a delivery still being
+    sent), not with something that exists already: the API answers 409 as for any conflict,
+    the CLI exits 1 as for a refusal (3 says "exists")."""
+
+
 class ConfirmationRequired(Conflict):
     """Refused until the caller repeats the name of what it destroys (a project that holds
     repositories): each surface says how (the API's `confirm`, the CLI's prompt)."""

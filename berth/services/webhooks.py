@@ -14,7 +14,7 @@ from sqlalchemy import Select, delete, func, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from berth.domain.descriptions import description_problem
-from berth.domain.errors import Conflict, InvalidValue, NotFound, Refusals
+from berth.domain.errors import Conflict, InvalidValue, NotFound, Refusals, StateRefusal
 from berth.metadata.audit import write_audit_entry
 from berth.metadata.database import Database
 from berth.metadata.lookups import require_project
@@ -57,6 +57,15 @@ def queue_head(query: Select[Any], webhook_id: int) -> Select[Any]:
         .order_by(webhook_deliveries.c.id)
         .limit(1)
     )
+
+
+class WebhookDisabled(StateRefusal):
+    """A test or redelivery for a disabled endpoint: nothing would send it. Each surface says
+    how to enable it (the CLI prints the command)."""
+
+    def __init__(self, webhook_id: int) -> None:
+        super().__init__(f"webhook {webhook_id} is disabled; enable it to send it events")
+        self.webhook_id = webhook_id
 
 
 class Webhook(Record):
@@ -404,7 +413,7 @@ class Webhooks:
             project_id = await require_project(conn, project)
             row = await self._row(conn, project_id, project, webhook_id)
             if not row.enabled:
-                raise Conflict(f"webhook {webhook_id} is disabled; enable it to send it events")
+                raise WebhookDisabled(webhook_id)
             result = await conn.execute(
                 webhook_deliveries.insert().values(
                     webhook_id=webhook_id,
@@ -444,7 +453,7 @@ class Webhooks:
             project_id = await require_project(conn, project)
             endpoint = await self._row(conn, project_id, project, webhook_id)
             if not endpoint.enabled:
-                raise Conflict(f"webhook {webhook_id} is disabled; enable it to send it events")
+                raise WebhookDisabled(webhook_id)
             sent = (
                 await conn.execute(
                     select(webhook_deliveries).where(
@@ -456,7 +465,7 @@ class Webhooks:
             if sent is None:
                 raise NotFound(f"webhook {webhook_id} has no delivery {delivery_id}")
             if sent.state == PENDING:
-                raise Conflict(
+                raise StateRefusal(
                     f"delivery {delivery_id} is still pending: it is being sent (and retried) "
                     "already; redeliver it once it is delivered or has failed"
                 )
