@@ -6,6 +6,7 @@ import asyncio
 import ipaddress
 import socket
 import time
+from collections.abc import Callable
 from urllib.parse import urlsplit
 
 from berth.config import Settings
@@ -50,23 +51,38 @@ def _is_ip_address(text: str) -> bool:
     return True
 
 
-RESOLVED_FOR_SECONDS = 60.0
-_resolved: dict[str, tuple[float, bool]] = {}
+class ResolvedNames:
+    """Whether this machine's resolver finds a host name (what docker on it would ask), each
+    answer kept `keep_for` seconds: a console page asks once per project it shows. One per
+    `Services` (an app's own, not the process's); at most `bound` names are kept, all
+    forgotten at once when that many are (names come from requests' Host headers)."""
 
+    def __init__(
+        self,
+        *,
+        keep_for: float = 60.0,
+        bound: int = 1024,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.keep_for = keep_for
+        self.bound = bound
+        self.clock = clock
+        self._answers: dict[str, tuple[float, bool]] = {}
 
-async def resolves_here(hostname: str) -> bool:
-    """Whether this machine's resolver finds `hostname` (what docker on it would ask), the
-    answer kept a minute: a console page asks once per project it shows."""
-    now = time.monotonic()
-    kept = _resolved.get(hostname)
-    if kept is not None and now - kept[0] < RESOLVED_FOR_SECONDS:
-        return kept[1]
-    try:
-        await asyncio.get_running_loop().getaddrinfo(hostname, None, type=socket.SOCK_STREAM)
-        found = True
-    except OSError:  # socket.gaierror: no such name here
-        found = False
-    if len(_resolved) >= 1024:
-        _resolved.clear()
-    _resolved[hostname] = (now, found)
-    return found
+    async def resolves_here(self, hostname: str) -> bool:
+        now = self.clock()
+        kept = self._answers.get(hostname)
+        if kept is not None and now - kept[0] < self.keep_for:
+            return kept[1]
+        try:
+            await asyncio.get_running_loop().getaddrinfo(hostname, None, type=socket.SOCK_STREAM)
+            found = True
+        except OSError:  # socket.gaierror: no such name here
+            found = False
+        if hostname not in self._answers and len(self._answers) >= self.bound:
+            self._answers.clear()
+        self._answers[hostname] = (now, found)
+        return found
+
+    def __len__(self) -> int:
+        return len(self._answers)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from berth import __version__
 from berth.access.identify import Authenticator
@@ -11,7 +11,7 @@ from berth.access.keyring import Keyring
 from berth.access.passwords import password_slots
 from berth.access.throttle import LoginThrottle
 from berth.access.tokens import Tokens
-from berth.addresses import public_host, resolves_here
+from berth.addresses import ResolvedNames, public_host
 from berth.config import Settings, usable_cores
 from berth.domain.names import (
     RegistryAddress,
@@ -75,6 +75,8 @@ class Services:
     scans: Scans
     pull_policy: PullPolicy
     presence: Presence
+    # Whether project host names under `.localhost` resolve here (`pasted_registry_address`).
+    resolved_names: ResolvedNames = field(default_factory=ResolvedNames)
 
     @classmethod
     def build(cls, settings: Settings, keyring: Keyring | None = None) -> Services:
@@ -233,7 +235,7 @@ class Services:
         hostname = hostname_of(address.login)
         if not address.host_style or not is_loopback_name(hostname):
             return address
-        if await resolves_here(hostname):
+        if await self.resolved_names.resolves_here(hostname):
             return address
         port = address.login[len(hostname) :]
         return registry_address(project, f"localhost{port}", self.settings.project_host_suffix)
