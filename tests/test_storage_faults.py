@@ -4,7 +4,9 @@ their scratch file, and scratch files no upload names."""
 from __future__ import annotations
 
 import datetime as dt
+import errno
 import json
+import mmap
 import os
 import sqlite3
 import subprocess
@@ -332,6 +334,93 @@ def small_disk_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Bert
     finally:
         server.stop()
         subprocess.run(["umount", "-l", str(blobs)], check=False)
+
+
+@pytest.fixture(scope="module")
+def large_sector_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BerthServer]:
+    """A server whose blob store is an XFS on a device of 16 KiB sectors (a loop device): it
+    opens files with O_DIRECT but refuses a direct write aligned to 4 KiB only (EINVAL), as
+    some disks do, past what `DirectWriter` aligns to."""
+    data_dir = tmp_path_factory.mktemp("large-sectors")
+    blobs = data_dir / "blobs"
+    blobs.mkdir()
+    image = data_dir.with_name(f"{data_dir.name}.img")
+    with image.open("wb") as sparse:
+        sparse.truncate(300 * MIB)
+    attached = subprocess.run(
+        ["losetup", "--find", "--show", "--sector-size", "16384", str(image)],
+        capture_output=True,
+        text=True,
+    )
+    if attached.returncode != 0:
+        pytest.skip(f"no loop device of 16 KiB sectors here: {attached.stderr.strip()}")
+    device = attached.stdout.strip()
+    try:
+        for command in (
+            ["mkfs.xfs", "-q", "-b", "size=16384", "-s", "size=16384", device],
+            ["mount", device, str(blobs)],
+        ):
+            made = subprocess.run(command, capture_output=True, text=True)
+            if made.returncode != 0:
+                pytest.skip(f"{command[0]}: {made.stderr.strip()}")
+        server = BerthServer(data_dir)
+        try:
+            yield server.start()
+        finally:
+            server.stop()
+            subprocess.run(["umount", "-l", str(blobs)], check=False)
+    finally:
+        subprocess.run(["losetup", "--detach", device], check=False)
+        image.unlink()
+
+
+def _direct_write_of_4_kib_refused(directory: Path) -> bool:
+    probe = directory / f"probe-{uuid.uuid4().hex}"
+    fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_DIRECT, 0o600)
+    block = mmap.mmap(-1, 4096)  # page-aligned, as O_DIRECT needs
+    try:
+        os.pwrite(fd, block, 0)
+    except OSError as error:
+        return error.errno == errno.EINVAL
+    finally:
+        os.close(fd)
+        block.close()
+        probe.unlink()
+    return False
+
+
+def test_a_disk_refusing_direct_writes_stores_pushes_exactly(
+    large_sector_server: BerthServer,
+) -> None:
+    """On a disk that refuses the direct writes large chunks get, the chunks are written the
+    ordinary way instead: each is acknowledged at exactly its length, the blob is stored and
+    served byte for byte, and no scratch file is left."""
+    assert _direct_write_of_4_kib_refused(large_sector_server.data_dir / "blobs")
+    repo = new_repo(large_sector_server)
+    # Each chunk at least DIRECT_WRITE_MIN, none of its direct part a multiple of 16 KiB.
+    chunks = [os.urandom(MIB + 4096 + 100), os.urandom(2 * MIB + 5)]
+    data = b"".join(chunks)
+    location = repo.client.post(repo.url("blobs/uploads/")).headers["Location"]
+    sent = 0
+    for chunk in chunks:
+        answer = repo.client.patch(
+            location,
+            content=chunk,
+            headers={"Content-Range": f"{sent}-{sent + len(chunk) - 1}"},
+        )
+        assert answer.status_code == 202, answer.text
+        sent += len(chunk)
+        assert answer.headers["Range"] == f"0-{sent - 1}"
+        location = answer.headers["Location"]
+    digest = digest_of(data)
+    done = repo.client.put(location, params={"digest": digest})
+    assert done.status_code == 201, done.text
+    assert repo.client.get(repo.url(f"blobs/{digest}")).content == data
+    assert blob_file(large_sector_server, digest).read_bytes() == data
+    assert scratch_files(large_sector_server) == []
+    other = os.urandom(3 * MIB + 7)  # one monolithic push, one batch
+    assert push_bytes(repo.client, repo.name, other) == digest_of(other)
+    assert repo.client.get(repo.url(f"blobs/{digest_of(other)}")).content == other
 
 
 @pytest.mark.parametrize("mode", ["monolithic", "chunked"])
