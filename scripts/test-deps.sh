@@ -7,7 +7,7 @@
 # Idempotent; quiet when everything is already there. Never lets a package start a service.
 set -euo pipefail
 PACKAGES="postgresql-15 docker.io containerd podman skopeo umoci docker-registry apache2-utils sqlite3
-openssl curl wrk chromium nginx"
+openssl curl wrk chromium nginx xfsprogs"
 BARE_PACKAGES="ceph-mon ceph-osd radosgw"
 missing=() missing_bare=()
 installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'install ok installed'; }
