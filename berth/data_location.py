@@ -19,7 +19,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 from berth.config import Settings, SettingsError, config_file, setting_source
 from berth.invocation import berth_command, pasteable_command
-from berth.metadata.database import CONNECT_SECONDS
+from berth.metadata.database import CONNECT_SECONDS, STATEMENT_SECONDS
 from berth.metadata.migrate import (
     Migrated,
     MissingPrivilege,
@@ -49,9 +49,13 @@ def shown_database(settings: Settings) -> str:
 async def _has_schema(settings: Settings) -> bool:
     url = settings.resolved_database_url
     # A server whose packets are dropped is said to be unreachable after the connect timeout
-    # requests get, not asyncpg's own 60 s.
+    # requests get, not asyncpg's own 60 s; one that stops answering after, after their
+    # statement timeout, not never.
     connect_args = (
-        {"timeout": settings.database_connect_timeout or CONNECT_SECONDS}
+        {
+            "timeout": settings.database_connect_timeout or CONNECT_SECONDS,
+            "command_timeout": settings.database_statement_timeout or STATEMENT_SECONDS,
+        }
         if url.startswith("postgresql")
         else {}
     )

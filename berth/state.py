@@ -259,6 +259,7 @@ class Services:
         self.presence.start()
 
     async def close(self) -> None:
+        self.db.stopping()
         await self.presence.stop()
         await self.gc.stop()
         await self.jobs.stop()

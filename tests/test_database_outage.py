@@ -5,13 +5,20 @@ database could not be read; all is as before once it is back."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import signal
+import subprocess
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
 import pytest
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import create_async_engine
 
 from berth.metadata.database import RETRY_AFTER_SECONDS
 from tests.blackhole import Blackhole
@@ -20,6 +27,7 @@ from tests.metrics import parse, value
 from tests.oci import blob_path, digest_of, manifest_path, uploads_path
 from tests.servers import (
     ADMIN_PASSWORD,
+    BERTH,
     BerthServer,
     PostgresCluster,
     serve_refused,
@@ -213,3 +221,144 @@ def test_serve_refuses_a_database_host_that_drops_packets_within_the_connect_tim
     assert "cannot open the database" in said
     assert f"no answer within {CONNECT_TIMEOUT:g} s (database_connect_timeout)" in said
     assert took < 20, took  # a start-up's imports, then the bound (unbounded: 60 s a try)
+
+
+# Longer than CONNECT_TIMEOUT: a stop that waits for it more than once is told from one that
+# waits once, beside the slack a loaded machine needs.
+STOP_CONNECT_TIMEOUT = 3.0
+
+
+def test_a_server_stopped_while_the_database_drops_packets_exits_promptly(
+    postgres: PostgresCluster | None, tmp_path: Path
+) -> None:
+    """SIGTERM to a server whose database host has started dropping packets: it stops within
+    about `database_connect_timeout`. What it writes on the way out (its presence row, its
+    jobs' leases, counters) gives up once the database is found unreachable, and its pooled
+    connections are dropped rather than closed politely (a polite close waits for the
+    server's answer, for up to the statement timeout, one connection after another)."""
+    if postgres is None:
+        pytest.skip("PostgreSQL not installed")
+    url = postgres.create_database()
+    with Blackhole("127.0.0.1", postgres.port) as hole:
+        server = BerthServer(
+            tmp_path / "berth",
+            url.replace(f":{postgres.port}/", f":{hole.port}/"),
+            extra_env={"BERTH_DATABASE_CONNECT_TIMEOUT": str(STOP_CONNECT_TIMEOUT)},
+        ).start()
+        project: GcProject | None = None
+        try:
+            project = new_project(server)
+            pushed = project.push_blob(b"layer bytes of the stopped-in-an-outage test")
+            registry, name = project.registry, project.name()
+            # Several requests at once: the worker's pool holds several connections.
+            with ThreadPoolExecutor(8) as pool:
+                heads = list(pool.map(lambda _: registry.head(blob_path(name, pushed)), range(8)))
+            assert {head.status_code for head in heads} == {200}
+
+            hole.drop()
+            assert server.process is not None
+            started = time.monotonic()
+            server.process.send_signal(signal.SIGTERM)
+            try:
+                server.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                pytest.fail(f"the server had not stopped 30 s after SIGTERM: {server.log_tail()}")
+            took = time.monotonic() - started
+            # Not once per step of the way out (about four times the timeout).
+            assert took < STOP_CONNECT_TIMEOUT + SLACK, (took, server.log_tail())
+        finally:
+            if project is not None:
+                project.close()
+            server.stop()
+
+
+def status_in(server: BerthServer, settings: dict[str, str]) -> tuple[float, int, str]:
+    """`berth status` on the (stopped) server's data with `settings`: how long it took, its
+    exit status and what it said on standard error. Unbounded, it would wait for minutes."""
+    started = time.monotonic()
+    try:
+        result = subprocess.run(
+            [*BERTH, "status"],
+            env={**server.env, **settings},
+            capture_output=True,
+            text=True,
+            timeout=40,
+        )
+    except subprocess.TimeoutExpired:
+        pytest.fail("berth status did not answer within 40 s")
+    return time.monotonic() - started, result.returncode, result.stderr
+
+
+def test_status_on_a_database_host_that_drops_packets_answers_within_the_connect_timeout(
+    postgres: PostgresCluster | None, tmp_path: Path
+) -> None:
+    if postgres is None:
+        pytest.skip("PostgreSQL not installed")
+    server = BerthServer(tmp_path / "berth", postgres.create_database()).start()
+    server.stop()
+    assert server.database_url is not None
+    with Blackhole("127.0.0.1", postgres.port) as hole:
+        hole.drop()
+        took, code, said = status_in(
+            server,
+            {
+                "BERTH_DATABASE_URL": server.database_url.replace(
+                    f":{postgres.port}/", f":{hole.port}/"
+                ),
+                "BERTH_DATABASE_CONNECT_TIMEOUT": str(CONNECT_TIMEOUT),
+            },
+        )
+    assert code == 1, said
+    assert "error: cannot open the database" in said
+    assert f"no answer within {CONNECT_TIMEOUT:g} s (database_connect_timeout)" in said
+    assert "Traceback" not in said
+    assert took < CONNECT_TIMEOUT + 2 * SLACK, took  # a CLI start, then the bound
+
+
+@contextlib.contextmanager
+def table_locked(database_url: str, table: str) -> Iterator[None]:
+    """`table` locked by another session while in the block, as a migration at work keeps
+    what it changes locked until it commits."""
+    held, done = threading.Event(), threading.Event()
+
+    async def hold() -> None:
+        engine = create_async_engine(database_url)
+        try:
+            async with engine.begin() as connection:
+                await connection.execute(text(f"LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE"))
+                held.set()
+                while not done.is_set():
+                    await asyncio.sleep(0.05)
+        finally:
+            await engine.dispose()
+
+    holder = threading.Thread(target=asyncio.run, args=(hold(),))
+    holder.start()
+    try:
+        assert held.wait(30), "the lock was not taken"
+        yield
+    finally:
+        done.set()
+        holder.join()
+
+
+def test_status_gives_up_on_a_locked_table_within_the_lock_timeout(
+    postgres: PostgresCluster | None, tmp_path: Path
+) -> None:
+    """The database answers, but what status reads stays locked: it reads with the bounds a
+    server's requests get (here database_lock_timeout), and says why it stopped."""
+    if postgres is None:
+        pytest.skip("PostgreSQL not installed")
+    server = BerthServer(tmp_path / "berth", postgres.create_database()).start()
+    server.stop()
+    assert server.database_url is not None
+    with table_locked(server.database_url, "serving_processes"):
+        took, code, said = status_in(
+            server,
+            {"BERTH_DATABASE_LOCK_TIMEOUT": "1", "BERTH_DATABASE_STATEMENT_TIMEOUT": "2"},
+        )
+    assert code == 1, said
+    assert "error: cannot read the database" in said
+    assert "stayed locked longer than 1 s (database_lock_timeout)" in said
+    assert "Traceback" not in said
+    assert took < 1 + 2 * SLACK, took

@@ -12,7 +12,7 @@ import jwt
 import typer
 from rich.table import Table
 from rich.text import Text
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
 from berth.access.keyring import existing_key_id
 from berth.cli.common import (
@@ -31,15 +31,16 @@ from berth.data_location import (
     unreachable_database,
     where_to_point,
 )
-from berth.metadata.database import Database
+from berth.domain.errors import RegistryError
+from berth.metadata.database import LOCK_NOT_AVAILABLE, LOCK_WAIT_SECONDS, Database
 from berth.metadata.migrate import (
     NewerSchema,
     OlderSchema,
-    live_processes_at,
-    require_current,
+    require_revision_current,
+    revision_sync,
     schema_head,
 )
-from berth.metadata.presence import LIVE_SECONDS, ServingProcess
+from berth.metadata.presence import LIVE_SECONDS, ServingProcess, live_processes_sync
 from berth.services.install import served_at
 from berth.services.records import plain
 
@@ -111,15 +112,19 @@ def status(json_output: JsonFlag = False) -> None:
     settings = settings_or_exit()
     missing = missing_data(settings)
     listening, ours = _who_answers(settings)
-    served = (
-        None if missing is not None else asyncio.run(_served_at(settings.resolved_database_url))
-    )
     config, database = config_file(), shown_database(settings)
     data_dir = str(settings.data_dir.absolute())
-    revision, standing = (
-        (None, None) if missing is not None else _schema(settings.resolved_database_url)
-    )
-    serving = [] if missing is not None else live_processes_at(settings.resolved_database_url)
+    served: str | None = None
+    revision: str | None = None
+    standing: str | None = None
+    serving: list[ServingProcess] = []
+    unread: str | None = None  # why the database could not be read
+    if missing is None:
+        try:
+            served, revision, serving = _database_facts(settings)
+            standing = _standing(revision)
+        except (RegistryError, SQLAlchemyError, OSError) as exc:
+            unread = f"cannot read the database {database}: {_why_unread(settings, exc)}"
     if json_output:
         print_json(
             {
@@ -133,7 +138,7 @@ def status(json_output: JsonFlag = False) -> None:
                 "server_serves_this_data": ours,
                 "served_at": served,
                 "schema_revision": revision,
-                "schema_current": None if missing is not None else standing == "current",
+                "schema_current": None if standing is None else standing == "current",
                 "serving_processes": [plain(process) for process in serving],
             }
         )
@@ -156,11 +161,13 @@ def status(json_output: JsonFlag = False) -> None:
         table.add_row("Listen", Text(settings.listen + answers))
         if served is not None:
             table.add_row("Served at", Text(f"{served} (where the last berth serve started)"))
-        if missing is None:
+        if missing is None and unread is None:
             table.add_row("Serving", Text(_serving_processes(serving)))
         console.print(table)
     if missing is not None:
         fail(f"{missing}\n{where_to_point(settings, Options.data_dir)}")
+    if unread is not None:
+        fail(unread)
 
 
 def _serving_processes(processes: list[ServingProcess]) -> str:
@@ -170,14 +177,47 @@ def _serving_processes(processes: list[ServingProcess]) -> str:
     return "\n".join(process.describe() for process in processes)
 
 
-def _schema(database_url: str) -> tuple[str | None, str]:
-    """The revision the database's schema is at, and how it stands to this Berth's."""
+def _database_facts(settings: Settings) -> tuple[str | None, str | None, list[ServingProcess]]:
+    """Where the last `berth serve` is reached (None: no server recorded it), the revision
+    the schema is at, and the processes serving on it. Read with the bounds a server's
+    requests get (database_connect_timeout, database_statement_timeout,
+    database_lock_timeout): a database that stops answering does not hold status up."""
+
+    async def read() -> tuple[str | None, str | None, list[ServingProcess]]:
+        db = Database.for_settings(settings)
+        try:
+            try:
+                served = await served_at(db)
+            except DBAPIError:  # a schema older than the table (a server not yet upgraded)
+                served = None
+            async with db.read() as conn:
+                revision = await conn.run_sync(revision_sync)
+                serving = await conn.run_sync(live_processes_sync)
+            return served, revision, serving
+        finally:
+            await db.dispose()
+
+    return asyncio.run(read())
+
+
+def _why_unread(settings: Settings, exc: Exception) -> str:
+    if isinstance(exc, DBAPIError) and getattr(exc.orig, "sqlstate", None) == LOCK_NOT_AVAILABLE:
+        seconds = settings.database_lock_timeout or LOCK_WAIT_SECONDS
+        return f"what it reads stayed locked longer than {seconds:g} s (database_lock_timeout)"
+    if isinstance(exc, RegistryError):
+        return exc.message
+    return str(exc).splitlines()[0] or type(exc).__name__
+
+
+def _standing(revision: str | None) -> str:
+    """How the schema's revision stands to this Berth's."""
     try:
-        return require_current(database_url), "current"
-    except NewerSchema as newer:
-        return newer.revision, f"newer than this Berth's {schema_head()}: a newer Berth migrated it"
+        require_revision_current(revision)
+        return "current"
+    except NewerSchema:
+        return f"newer than this Berth's {schema_head()}: a newer Berth migrated it"
     except OlderSchema as older:
-        return older.current, f"older than this Berth's {older.head}: its berth serve migrates it"
+        return f"older than this Berth's {older.head}: its berth serve migrates it"
 
 
 def _who_answers(settings: Settings) -> tuple[bool, bool | None]:
@@ -204,16 +244,3 @@ def _who_answers(settings: Settings) -> tuple[bool, bool | None]:
     if ours is None:
         return True, None
     return True, kid == ours
-
-
-async def _served_at(database_url: str) -> str | None:
-    """Where the last `berth serve` is reached, or None when no server has recorded it (or
-    the database cannot say: status reports what it can)."""
-    db = Database(database_url)
-    try:
-        # A database that does not answer (PostgreSQL down) must not hold status up.
-        return await asyncio.wait_for(served_at(db), 5)
-    except (SQLAlchemyError, OSError, TimeoutError):
-        return None
-    finally:
-        await db.dispose()

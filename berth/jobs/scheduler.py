@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime as dt
 import logging
 import random
+import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
@@ -15,7 +15,6 @@ from typing import Any
 from berth.domain.errors import Unavailable
 from berth.jobs.leases import Leases, default_holder
 from berth.metadata.database import Database
-from berth.metadata.tables import utcnow
 
 logger = logging.getLogger("berth.jobs")
 
@@ -70,14 +69,12 @@ class Scheduler:
     async def _schedule(self, job: Job) -> None:
         while True:
             try:
-                due = await self.leases.due_at(job.name)
-                if due is None:
-                    first = None
-                    if job.first_after_interval:
-                        first = utcnow() + dt.timedelta(seconds=job.interval)
+                due_in = await self.leases.due_in(job.name)
+                if due_in is None:
+                    first = job.interval if job.first_after_interval else None
                     await self.leases.ensure(job.name, first)
                     continue
-                wait = (due - utcnow()).total_seconds()
+                wait = due_in
                 if wait <= 0:
                     if job.has_work is None or await job.has_work():
                         if await self.leases.claim(job.name, job.hold):
@@ -98,9 +95,9 @@ class Scheduler:
             await asyncio.sleep(min(wait, MAX_WAIT_SECONDS) + random.uniform(0.0, 0.05))
 
     async def _run(self, job: Job) -> None:
-        """Run the job, renewing the hold while it works; then set when it is next due."""
-        started = utcnow()
-        next_due = started + dt.timedelta(seconds=job.interval)
+        """Run the job, renewing the hold while it works; then set when it is next due: an
+        interval after this run started (measured here, set by the database's clock)."""
+        started, stopping = time.monotonic(), False
         work: asyncio.Task[object] = asyncio.create_task(job.run(), name=f"run {job.name}")
         try:
             while not work.done():
@@ -121,8 +118,9 @@ class Scheduler:
         except asyncio.CancelledError:
             # This process is stopping: free the job at once for another node to run.
             work.cancel()
-            next_due = utcnow()
+            stopping = True
             raise
         finally:
+            next_in = 0.0 if stopping else max(job.interval - (time.monotonic() - started), 0.0)
             with contextlib.suppress(Exception):
-                await self.leases.extend(job.name, next_due)
+                await self.leases.release(job.name, due_in=next_in)

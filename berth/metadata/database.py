@@ -13,6 +13,7 @@ so no change can forget to say it changed something.
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import logging
 import sqlite3
 import time
@@ -26,10 +27,12 @@ from sqlalchemy.exc import DBAPIError, DisconnectionError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.sql.dml import Insert, UpdateBase
+from sqlalchemy.sql.elements import ColumnElement
 from sqlalchemy.sql.expression import TableClause
 from sqlalchemy.util import await_
 
 from berth.domain.errors import StorageFull, Unavailable
+from berth.metadata.tables import database_clock
 from berth.observability import metrics
 
 if TYPE_CHECKING:
@@ -238,7 +241,11 @@ class _Unreachable:
                 type(exc).__name__,
                 str(exc) or "(no message)",
             )
-        return Unavailable("the database is unreachable; try again shortly", RETRY_AFTER_SECONDS)
+        return unreachable()
+
+
+def unreachable() -> Unavailable:
+    return Unavailable("the database is unreachable; try again shortly", RETRY_AFTER_SECONDS)
 
 
 class StatementUnanswered(TimeoutError):
@@ -315,6 +322,9 @@ class Database:
         self.is_sqlite = url.startswith("sqlite")
         self._point_reader: _SqlitePointReader | None = None
         self._unreachable = _Unreachable()
+        self._closed_by: float | None = None  # while disposing: by when all must be closed
+        self._stopping = False
+        self._given_up = False  # stopping, and the database was found unreachable
         if self.is_sqlite:
             self.writer = _sqlite_engine(url, writer=True)
             self.reader = _sqlite_engine(url, writer=False)
@@ -329,8 +339,31 @@ class Database:
                 statement_seconds=statement_seconds or STATEMENT_SECONDS,
             )
             metrics.watch_pool(self.writer.sync_engine.pool, "shared", 10)
+            self._connect_seconds = connect_seconds or CONNECT_SECONDS
+            event.listen(self.writer.sync_engine, "close", self._close_within_bound)
         event.listen(self.writer.sync_engine, "after_execute", _note_written_table)
         self._after_commit: list[tuple[frozenset[str], Callable[[], None]]] = []
+
+    def _close_within_bound(self, dbapi_connection: Any, _record: Any) -> None:
+        """While disposing (PostgreSQL): close a connection politely if the server answers
+        before the deadline, else drop it; once `stopping` found the database unreachable,
+        drop any connection closed (one a cancelled task leaves), without waiting. A polite
+        close waits for the server's answer (for as long as any statement may take, one
+        pooled connection after another; 2 s after a cancellation). SQLAlchemy's own close
+        then finds it closed."""
+        driver = dbapi_connection.driver_connection
+        if self._given_up:
+            driver.terminate()
+            return
+        if self._closed_by is None:
+            return  # not disposing (an overflow connection returned): SQLAlchemy closes it
+        left = self._closed_by - time.monotonic()
+        try:
+            if left <= 0:
+                raise TimeoutError
+            await_(driver.close(timeout=left))
+        except Exception:  # unanswered (or closed under it): dropped at once
+            driver.terminate()
 
     @classmethod
     def for_settings(cls, settings: Settings) -> Database:
@@ -354,6 +387,8 @@ class Database:
         A write lock held elsewhere for too long, or a full disk, is a clear error (503 with
         Retry-After, 507), not a bare server error; so is a database that cannot be reached
         (503 with Retry-After)."""
+        if self._given_up:
+            raise unreachable()
         begun = False
         try:
             async with self.writer.begin() as connection:
@@ -365,7 +400,7 @@ class Database:
         except (DBAPIError, OSError) as exc:
             condition = _write_condition(exc) if isinstance(exc, DBAPIError) else None
             if condition is None and _connection_lost(exc, connecting=not begun):
-                condition = self._unreachable(exc)
+                condition = self._lost(exc)
             if condition is None:
                 raise
             raise condition from None
@@ -381,6 +416,8 @@ class Database:
     async def read(self) -> AsyncIterator[AsyncConnection]:
         """A connection for reads; a database that cannot be reached is refused as `write`
         refuses it (503 with Retry-After)."""
+        if self._given_up:
+            raise unreachable()
         connected = False
         try:
             async with self.reader.connect() as connection:
@@ -389,7 +426,19 @@ class Database:
         except (DBAPIError, OSError) as exc:
             if not _connection_lost(exc, connecting=not connected):
                 raise
-            raise self._unreachable(exc) from None
+            raise self._lost(exc) from None
+
+    def _lost(self, exc: BaseException) -> Unavailable:
+        if self._stopping:
+            self._given_up = True
+        return self._unreachable(exc)
+
+    def stopping(self) -> None:
+        """This process is stopping. Once the database is then found unreachable, whatever is
+        left to write on the way out (its presence row, job leases, counters) is refused at
+        once, rather than after waiting `connect_seconds` again each, and `dispose` drops the
+        connections without waiting for a server that does not answer."""
+        self._stopping = True
 
     async def first(self, statement: Select[Any], **params: Any) -> Any:
         """One row of a read statement built with bindparam()s, by the fastest path there is."""
@@ -408,6 +457,10 @@ class Database:
 
         return postgresql
 
+    def clock(self, seconds_from_now: float = 0.0) -> ColumnElement[dt.datetime]:
+        """Now, or `seconds_from_now` later, by the database's clock (`database_clock`)."""
+        return database_clock("sqlite" if self.is_sqlite else "postgresql", seconds_from_now)
+
     def insert_ignore(self, table: Table) -> Insert:
         """INSERT ... ON CONFLICT DO NOTHING, for rows two writers may add at once."""
         insert: Insert = self.dialect_package.insert(table).on_conflict_do_nothing()
@@ -419,8 +472,13 @@ class Database:
         )
 
     async def dispose(self) -> None:
+        """Close every connection. On PostgreSQL within `connect_seconds` in all, even when
+        the server no longer answers (at once when `stopping` found it unreachable): a server
+        stopping during an outage is not held up."""
         if self._point_reader is not None:
             self._point_reader.close()
+        if not self.is_sqlite:
+            self._closed_by = time.monotonic() + (0.0 if self._given_up else self._connect_seconds)
         await self.writer.dispose()
         if self.reader is not self.writer:
             await self.reader.dispose()

@@ -14,7 +14,7 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import pool
+from sqlalchemy import Connection, pool
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import create_async_engine
 
@@ -200,20 +200,27 @@ def current_revision(database_url: str) -> str | None:
         engine = create_async_engine(database_url, poolclass=pool.NullPool)
         try:
             async with engine.connect() as connection:
-                return await connection.run_sync(
-                    lambda sync: MigrationContext.configure(sync).get_current_revision()
-                )
+                return await connection.run_sync(revision_sync)
         finally:
             await engine.dispose()
 
     return asyncio.run(read())
 
 
+def revision_sync(connection: Connection) -> str | None:
+    """The revision the schema is at, read on a synchronous connection."""
+    return MigrationContext.configure(connection).get_current_revision()
+
+
 def require_current(database_url: str) -> str:
     """The schema's revision, this Berth's; else refused without migrating it (what an admin
     verb checks): NewerSchema, or OlderSchema when this Berth's `berth serve` has yet to
     migrate it."""
-    current = current_revision(database_url)
+    return require_revision_current(current_revision(database_url))
+
+
+def require_revision_current(current: str | None) -> str:
+    """`current`, a schema's revision, if it is this Berth's; else as `require_current`."""
     head = schema_head()
     if current == head:
         return head

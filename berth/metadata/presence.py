@@ -3,9 +3,13 @@
 Every serving process writes its row in `serving_processes` every HEARTBEAT_SECONDS and deletes
 it when it stops (`Presence`); a process killed without stopping leaves a row that is no longer
 renewed, which counts as gone LIVE_SECONDS after its last renewal, or at once when the process
-was on this machine and no longer exists. `berth nodes` lists the live ones, and a `berth
+was on this machine and no longer exists. `berth status` lists the live ones, and a `berth
 serve` that would migrate the schema waits for them to be gone first (migrate.py): a server of
 the older version serving beside the newer schema would misread it.
+
+The times written and compared are the database's (`database_clock`), not a node's own: a
+node whose clock runs ahead would otherwise see a live server on another node as gone, and one
+whose clock lags would write a heartbeat the others see as old.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import datetime as dt
 import logging
 import os
 import socket
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from sqlalchemy import Connection, delete, inspect, select, text, update
@@ -24,7 +29,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from berth.domain.errors import Unavailable
 from berth.metadata.database import Database
-from berth.metadata.tables import serving_processes, utcnow
+from berth.metadata.tables import database_clock, serving_processes
 
 logger = logging.getLogger("berth.presence")
 
@@ -86,7 +91,8 @@ def _all_rows(connection: Connection) -> list[ServingProcess]:
 
 def live_processes_sync(connection: Connection) -> list[ServingProcess]:
     """The live serving processes, read on a synchronous connection (a migration's)."""
-    return _live(_all_rows(connection), utcnow())
+    now = connection.execute(select(database_clock(connection.dialect.name))).scalar_one()
+    return _live(_all_rows(connection), now)
 
 
 class Presence:
@@ -98,7 +104,6 @@ class Presence:
         self.holder = this_process()
         self.node_name, self.version = node_name[:64], version
         self.schema: str | None = None  # read from the database (Alembic is not loaded here)
-        self.started_at = utcnow()
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -121,18 +126,17 @@ class Presence:
         """Write this process's row as seen now, and forget long-gone processes."""
         if self.schema is None:
             self.schema = await self._schema_revision()
-        now = utcnow()
         values = {
             "node_name": self.node_name,
             "version": self.version,
             "schema_revision": self.schema,
-            "started_at": self.started_at,
-            "seen_at": now,
+            "seen_at": self.db.clock(),
         }
+        forgotten = self.db.clock(-FORGOTTEN_AFTER.total_seconds())
         async with self.db.write() as conn:
             await self._upsert(conn, values)
             await conn.execute(
-                delete(serving_processes).where(serving_processes.c.seen_at < now - FORGOTTEN_AFTER)
+                delete(serving_processes).where(serving_processes.c.seen_at < forgotten)
             )
 
     async def _schema_revision(self) -> str:
@@ -142,11 +146,15 @@ class Presence:
         except DBAPIError:  # a schema made without Alembic (tests' create_all)
             return "unknown"
 
-    async def _upsert(self, conn: AsyncConnection, values: dict[str, object]) -> None:
+    async def _upsert(self, conn: AsyncConnection, values: Mapping[str, object]) -> None:
         mine = serving_processes.c.holder == self.holder
         changed = await conn.execute(update(serving_processes).where(mine).values(**values))
-        if changed.rowcount == 0:
-            await conn.execute(serving_processes.insert().values(holder=self.holder, **values))
+        if changed.rowcount == 0:  # its first beat: it started now
+            await conn.execute(
+                serving_processes.insert().values(
+                    holder=self.holder, started_at=self.db.clock(), **values
+                )
+            )
 
     async def _beat(self) -> None:
         while True:

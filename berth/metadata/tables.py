@@ -15,6 +15,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    Interval,
     LargeBinary,
     MetaData,
     String,
@@ -22,7 +23,11 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    func,
+    literal,
+    type_coerce,
 )
+from sqlalchemy.sql.elements import ColumnElement
 
 
 class UTCDateTime(TypeDecorator[dt.datetime]):
@@ -44,6 +49,22 @@ class UTCDateTime(TypeDecorator[dt.datetime]):
 
 def utcnow() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
+
+
+def database_clock(dialect: str, seconds_from_now: float = 0.0) -> ColumnElement[dt.datetime]:
+    """Now (or `seconds_from_now` later), by the database's clock, for a statement on a
+    database of `dialect` to write or compare. Times every node compares (job leases, serving
+    processes' heartbeats) are taken from the one clock they share: a node whose own clock runs
+    ahead would otherwise see a live holder's lease or heartbeat as lapsed. PostgreSQL's is the
+    time its statement started; an SQLite database is on this machine, whose clock it is."""
+    if dialect == "sqlite":
+        return literal(utcnow() + dt.timedelta(seconds=seconds_from_now), UTCDateTime())
+    now = func.statement_timestamp(type_=UTCDateTime())
+    if not seconds_from_now:
+        return now
+    return type_coerce(
+        now + literal(dt.timedelta(seconds=seconds_from_now), Interval()), UTCDateTime()
+    )
 
 
 metadata = MetaData(
@@ -344,7 +365,7 @@ job_leases = Table(
 )
 
 # The server processes serving on this database: each writes its row every few seconds while
-# it serves and deletes it when it stops (metadata/presence.py). `berth nodes` lists them, and a
+# it serves and deletes it when it stops (metadata/presence.py). `berth status` lists them, and a
 # `berth serve` that would migrate the schema waits until none of them is left.
 serving_processes = Table(
     "serving_processes",

@@ -327,8 +327,8 @@ def test_a_lease_goes_to_one_holder_at_a_time(metered: BerthServer) -> None:
         await first.ensure(name)
         await second.ensure(name)  # idempotent
         results = [await first.claim(name, 60), await second.claim(name, 60)]
-        results.append(await second.extend(name, utcnow()))  # not the holder's: refused
-        results.append(await first.extend(name, utcnow()))  # released: due now
+        results.append(await second.release(name))  # not the holder's: refused
+        results.append(await first.release(name))  # released: due now
         results.append(await second.claim(name, 60))
         results.append(await first.claim(name, 60))
         return results

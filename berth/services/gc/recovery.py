@@ -17,7 +17,7 @@ from sqlalchemy import select
 from berth.jobs.leases import Lease, Leases, holder_process_gone
 from berth.jobs.periodic import Periodic
 from berth.metadata.database import Database
-from berth.metadata.tables import gc_runs, utcnow
+from berth.metadata.tables import gc_runs
 from berth.services.gc.runs import BEFORE_DELETING, RUNNING, RunBook
 
 logger = logging.getLogger("berth.gc")
@@ -105,13 +105,12 @@ class Recovery:
         if not running:
             return
         leases = await self.leases.read(lease_name(r.project_id) for r in running)
-        now = utcnow()
         for row in running:
             if row.id in self.active:
                 continue  # this process carries it out, or is taking it over just now
             name = lease_name(row.project_id)
             lease = leases.get(name)
-            if lease is not None and lease.expires_at > now and self._holder_alive(lease, row.id):
+            if lease is not None and lease.remaining > 0 and self._holder_alive(lease, row.id):
                 continue  # its holder is at work
             # Ours before the take-over's first await: another recovery in this process (the
             # periodic one and a start in the project) would otherwise see our fresh lease
