@@ -148,13 +148,23 @@ async function loadProjects(force = false) {
 }
 
 let renderCount = 0;
+// What moves the focus once the page drawn next is complete (see ui.js focusAfterRedraw).
+let afterRender = null;
 
 async function render() {
   const ticket = ++renderCount;
+  await draw(ticket);
+  if (ticket !== renderCount || !afterRender) return;
+  const focus = afterRender;
+  afterRender = null;
+  focus();
+}
+
+async function draw(ticket) {
   for (const leave of state.leave.splice(0)) leave();
   const { path, query } = currentRoute();
   const stale = () => ticket !== renderCount;
-  const ctx = { query, navigate, stale, onLeave: (fn) => state.leave.push(fn), refresh: render };
+  const ctx = { query, navigate, stale, onLeave: (fn) => state.leave.push(fn), refresh: render, afterRender: (fn) => (afterRender = fn) };
 
   // Asked once: a signed-out visitor's page goes on to the sign-in page without asking again.
   if (state.session === undefined) state.session = await currentSession().catch(() => null);

@@ -307,6 +307,46 @@ export function confirmDialog({ title, body, confirmLabel = "Delete", phrase = n
   });
 }
 
+// ------------------------------------------------------------------ focus
+
+/**
+ * Where the focus goes when the page is drawn again after `control` (a button in a table row)
+ * acted: a keyboard user would otherwise be left on <body>, at the top of the page. It goes to
+ * that control again when its row still has it (Disable is now Enable), else to the same
+ * control of the next row, else of a row before it (the row was removed: the list closes up),
+ * else to `fallback()` (the control that adds one, when none are left; the only choice when
+ * `control` is null or in no row), else to <main>. Taken while the row is still there; the
+ * function it returns moves the focus once the table is drawn again, unless the focus has been
+ * put somewhere since.
+ */
+export function focusAfterRedraw(control, fallback = () => null) {
+  const row = control?.closest("tr[data-key]");
+  const cell = control?.closest("td");
+  const column = cell?.cellIndex;
+  const caption = row?.closest("table").querySelector("caption")?.textContent;
+  const index = cell ? [...cell.querySelectorAll("button")].indexOf(control) : -1;
+  const rows = row ? [...row.parentElement.children] : [];
+  const at = rows.indexOf(row);
+  // The row itself, then the rows after it in order, then those before it, nearest first.
+  const keys = row ? [row, ...rows.slice(at + 1), ...rows.slice(0, at).reverse()].map((r) => r.dataset.key) : [];
+  const text = control?.textContent;
+  return () => {
+    const current = document.activeElement;
+    if (current && current !== document.body) return;
+    const drawn = [...document.querySelectorAll("table")].find((t) => t.querySelector("caption")?.textContent === caption);
+    const byKey = new Map(drawn ? [...drawn.tBodies[0].rows].map((r) => [r.dataset.key, r]) : []);
+    for (const key of keys) {
+      const same = byKey.get(key)?.cells[column];
+      if (!same) continue;
+      const buttons = [...same.querySelectorAll("button")];
+      const target = [buttons.find((b) => b.textContent === text), buttons[index]].find((b) => b && !b.disabled);
+      if (target) return target.focus();
+    }
+    const other = fallback() || document.querySelector("main");
+    if (other) other.focus();
+  };
+}
+
 // ------------------------------------------------------------------ tables and paging
 
 /**

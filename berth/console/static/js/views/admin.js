@@ -2,7 +2,7 @@
 // and projects (delete).
 
 import { api, query, seg } from "../api.js";
-import { badge, clear, confirmDialog, errorBox, field, h, number, openDialog, pager, plural, radios, searchRefusal, table, timeElement, toast } from "../ui.js";
+import { badge, clear, confirmDialog, errorBox, field, focusAfterRedraw, h, number, openDialog, pager, plural, radios, searchRefusal, table, timeElement, toast } from "../ui.js";
 import { newPasswordFields } from "./account.js";
 import { auditTable } from "./members.js";
 
@@ -52,7 +52,7 @@ export async function adminView(main, ctx) {
           cell: (u) => [
             // Your own password: Change password at the top (it asks for the current one).
             u.service_account || u.name === session.user ? null : h("button", { type: "button", class: "small", "aria-label": `Reset password of ${u.name}`, onclick: () => resetPassword(u) }, "Reset password"),
-            u.name === session.user ? null : h("button", { type: "button", class: "small danger-text", "aria-label": `Delete user ${u.name}`, onclick: () => deleteUser(ctx, u) }, "Delete"),
+            u.name === session.user ? null : h("button", { type: "button", class: "small danger-text", "aria-label": `Delete user ${u.name}`, onclick: (e) => deleteUser(ctx, u, e.currentTarget) }, "Delete"),
           ],
         },
       ],
@@ -65,7 +65,7 @@ export async function adminView(main, ctx) {
         { title: "Project", cell: (p) => h("a", { href: `#/projects/${seg(p.name)}/repositories` }, p.name) },
         { title: "Repositories", cell: (p) => number(p.repositories), class: "num" },
         { title: "Created", cell: (p) => timeElement(p.created_at) },
-        { title: "Actions", cell: (p) => h("button", { type: "button", class: "small danger-text", "aria-label": `Delete project ${p.name}`, onclick: () => deleteProject(ctx, p) }, "Delete") },
+        { title: "Actions", cell: (p) => h("button", { type: "button", class: "small danger-text", "aria-label": `Delete project ${p.name}`, onclick: (e) => deleteProject(ctx, p, e.currentTarget) }, "Delete") },
       ],
       projects,
       { caption: "Projects", rowKey: (p) => p.name, empty: "No projects yet." },
@@ -167,7 +167,9 @@ function resetPassword(user) {
   });
 }
 
-async function deleteUser(ctx, user) {
+async function deleteUser(ctx, user, button) {
+  // With no user left in the list (a search's), the focus goes to the search box.
+  const focus = focusAfterRedraw(button, () => document.querySelector('main input[type="search"]'));
   const done = await confirmDialog({
     title: "Delete user",
     body: h("p", {}, `Delete ${user.name}? Their access keys and console sessions stop working within a second, and they lose every role.`),
@@ -175,11 +177,13 @@ async function deleteUser(ctx, user) {
   });
   if (done) {
     toast(`User ${user.name} deleted`);
+    ctx.afterRender(focus);
     ctx.refresh();
   }
 }
 
-async function deleteProject(ctx, project) {
+async function deleteProject(ctx, project, button) {
+  const focus = focusAfterRedraw(button);
   const held = project.repositories;
   const done = await confirmDialog({
     title: "Delete project",
@@ -196,6 +200,7 @@ async function deleteProject(ctx, project) {
   if (done) {
     toast(`Project ${project.name} deleted`);
     await ctx.reloadProjects();
+    ctx.afterRender(focus);
     ctx.refresh();
   }
 }

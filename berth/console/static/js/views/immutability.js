@@ -2,7 +2,9 @@
 // a form to add one and a button to remove one (project admins; others only see them).
 
 import { api, seg } from "../api.js";
-import { clear, confirmDialog, emptyState, errorBox, field, h, table, timeElement, toast } from "../ui.js";
+import { clear, confirmDialog, emptyState, errorBox, field, focusAfterRedraw, h, table, timeElement, toast } from "../ui.js";
+
+const ADD_FORM = "Add an immutable tag rule";
 
 export async function immutableTagsSection(section, ctx) {
   const { project } = ctx;
@@ -47,7 +49,7 @@ function addForm(ctx, base) {
   const problem = h("div");
   const form = h(
     "form",
-    { class: "inline-form", "aria-label": "Add an immutable tag rule" },
+    { class: "inline-form", "aria-label": ADD_FORM },
     tagField,
     repositoryField,
     h("button", { type: "submit", class: "primary" }, "Add rule"),
@@ -74,13 +76,16 @@ function addForm(ctx, base) {
 
 function removeRule(ctx, base, rule) {
   const scope = rule.repository_pattern ? ` in repositories ${rule.repository_pattern}` : "";
-  return h(
+  // With no rule left, the focus goes to the form that adds one.
+  const addFormField = () => document.querySelector(`form[aria-label="${ADD_FORM}"] input`);
+  const button = h(
     "button",
     {
       type: "button",
       class: "small danger-text",
       "aria-label": `Remove the rule ${rule.tag_pattern}${scope}`,
       onclick: async () => {
+        const focus = focusAfterRedraw(button, addFormField);
         const done = await confirmDialog({
           title: "Remove immutable tag rule",
           confirmLabel: "Remove",
@@ -89,10 +94,12 @@ function removeRule(ctx, base, rule) {
         });
         if (done) {
           toast("Immutable tag rule removed");
+          ctx.afterRender(focus);
           ctx.refresh();
         }
       },
     },
     "Remove",
   );
+  return button;
 }

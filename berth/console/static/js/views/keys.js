@@ -1,6 +1,6 @@
 import { api, seg } from "../api.js";
 import { dockerLogin, loginAddress, pullSecret, sharedAddress } from "../registry.js";
-import { badge, clear, confirmDialog, copyable, datetime, emptyState, errorBox, field, h, openDialog, table, timeElement, toast } from "../ui.js";
+import { badge, clear, confirmDialog, copyable, datetime, emptyState, errorBox, field, focusAfterRedraw, h, openDialog, table, timeElement, toast } from "../ui.js";
 
 /** A key's expiry in UTC, as it was chosen: a date works through the end of that day (UTC),
  * as `berth key create --expires DATE` does; a time given to the CLI is shown to the minute.
@@ -54,9 +54,9 @@ export async function keysView(main, ctx) {
                   "span",
                   { class: "actions" },
                   k.state === "disabled"
-                    ? h("button", { type: "button", class: "small", "aria-label": `Enable key ${k.access_key_id}`, onclick: () => setState(ctx, base, k, "enable") }, "Enable")
-                    : h("button", { type: "button", class: "small", "aria-label": `Disable key ${k.access_key_id}`, onclick: () => setState(ctx, base, k, "disable") }, "Disable"),
-                  h("button", { type: "button", class: "small danger-text", "aria-label": `Delete key ${k.access_key_id}`, onclick: () => deleteKey(ctx, base, k) }, "Delete"),
+                    ? h("button", { type: "button", class: "small", "aria-label": `Enable key ${k.access_key_id}`, onclick: (e) => setState(ctx, base, k, "enable", e.currentTarget) }, "Enable")
+                    : h("button", { type: "button", class: "small", "aria-label": `Disable key ${k.access_key_id}`, onclick: (e) => setState(ctx, base, k, "disable", e.currentTarget) }, "Disable"),
+                  h("button", { type: "button", class: "small danger-text", "aria-label": `Delete key ${k.access_key_id}`, onclick: (e) => deleteKey(ctx, base, k, e.currentTarget) }, "Delete"),
                 )
               : null,
         },
@@ -71,17 +71,22 @@ export async function keysView(main, ctx) {
   );
 }
 
-async function setState(ctx, base, key, action) {
+async function setState(ctx, base, key, action, button) {
   try {
     await api.post(`${base}/${seg(key.access_key_id)}/${action}`);
     toast(`Access key ${key.access_key_id} ${action}d`);
+    ctx.afterRender(focusAfterRedraw(button));
     ctx.refresh();
   } catch (err) {
     toast(err.message, "error");
   }
 }
 
-async function deleteKey(ctx, base, key) {
+/** The page's Create access key button: where the focus goes when the last key is deleted. */
+const createButton = () => [...document.querySelectorAll("main .page-head button")].find((b) => b.textContent === "Create access key");
+
+async function deleteKey(ctx, base, key, button) {
+  const focus = focusAfterRedraw(button, createButton);
   const done = await confirmDialog({
     title: "Delete access key",
     body: h("p", {}, "Delete ", h("code", {}, key.access_key_id), "? Every client signed in with it stops working."),
@@ -89,6 +94,7 @@ async function deleteKey(ctx, base, key) {
   });
   if (done) {
     toast(`Access key ${key.access_key_id} deleted`);
+    ctx.afterRender(focus);
     ctx.refresh();
   }
 }

@@ -1,12 +1,14 @@
 import { api, query, seg } from "../api.js";
 import { clear, h, pager, shortenDigests, table, timeElement, toast } from "../ui.js";
-import { removeButton, userRoleForm } from "./roles.js";
+import { removeButton, userFieldOf, userRoleForm } from "./roles.js";
 
 const ROLES = {
   admin: "Admin: everything, including members and permissions",
   member: "Member: repositories, images, push and pull, garbage collection",
   reader: "Reader: view and pull",
 };
+
+const ADD_MEMBER = "Add a member";
 
 export async function membersView(main, ctx) {
   const { project, session } = ctx;
@@ -53,6 +55,7 @@ export async function membersView(main, ctx) {
                   title: "Remove member",
                   message: `Remove ${m.user} from ${project.name}? Their access keys here stop working within a second.`,
                   remove: () => api.delete(`${base}/${seg(m.user)}`),
+                  fallback: () => userFieldOf(ADD_MEMBER),
                 }),
             }
           : null,
@@ -67,7 +70,7 @@ export async function membersView(main, ctx) {
 
 function addMemberForm(ctx, base) {
   return userRoleForm(ctx, {
-    label: "Add a member",
+    label: ADD_MEMBER,
     roles: Object.keys(ROLES).map((r) => [r, r]),
     initial: "member",
     submitLabel: "Add member",

@@ -1,10 +1,10 @@
 import { api, query, seg } from "../api.js";
 import { imageName } from "../registry.js";
 import {
-  badge, bytes, clear, confirmDialog, copyButton, copyable, emptyState, errorBox, field, h, number, pager, plural, shortDigest, table, timeElement, toast,
+  badge, bytes, clear, confirmDialog, copyButton, copyable, emptyState, errorBox, field, focusAfterRedraw, h, number, pager, plural, shortDigest, table, timeElement, toast,
 } from "../ui.js";
 import { descriptionProblem, readRepositoryFields, repositoryFields } from "./repositories.js";
-import { removeButton, userRoleForm } from "./roles.js";
+import { removeButton, userFieldOf, userRoleForm } from "./roles.js";
 import { findingsDialog, scanCell } from "./scans.js";
 
 const TABS = [
@@ -88,6 +88,11 @@ function fact(label, value) {
   return h("div", {}, h("dt", {}, label), h("dd", {}, value));
 }
 
+/** The tab shown: where the focus goes when its list has no row left to take it. */
+function selectedTab() {
+  return document.querySelector('[role="tab"][aria-selected="true"]');
+}
+
 function pageOf(ctx) {
   return Math.max(1, Number(ctx.query.page) || 1);
 }
@@ -119,7 +124,7 @@ async function imagesTab(ctx) {
           { class: "actions" },
           copyButton(`docker pull ${imageName(project, repo.name, i.image)}@${i.digest}`, `Copy pull command of ${imageLabel(i)}`, "Copy pull"),
           project.can_manage
-            ? h("button", { type: "button", class: "small danger-text", "aria-label": `Delete ${imageLabel(i)}`, onclick: () => deleteImage(ctx, i) }, "Delete")
+            ? h("button", { type: "button", class: "small danger-text", "aria-label": `Delete ${imageLabel(i)}`, onclick: (e) => deleteImage(ctx, i, e.currentTarget) }, "Delete")
             : null,
         ),
     },
@@ -176,7 +181,8 @@ function referrers(image) {
   );
 }
 
-async function deleteImage(ctx, image) {
+async function deleteImage(ctx, image, button) {
+  const focus = focusAfterRedraw(button, () => selectedTab());
   const done = await confirmDialog({
     title: "Delete image",
     body: h(
@@ -189,6 +195,7 @@ async function deleteImage(ctx, image) {
   });
   if (done) {
     toast("Image deleted");
+    ctx.afterRender(focus);
     ctx.refresh();
   }
 }
@@ -234,10 +241,11 @@ function deleteTagButton(ctx, tag) {
   if (ctx.repo.tag_overwrite === false) {
     return h("button", { type: "button", class: "small", disabled: true, "aria-label": name, title: "Tag overwrite is disabled in this repository's settings: its tags cannot be deleted." }, "Delete");
   }
-  return h("button", { type: "button", class: "small danger-text", "aria-label": name, onclick: () => deleteTag(ctx, tag) }, "Delete");
+  return h("button", { type: "button", class: "small danger-text", "aria-label": name, onclick: (e) => deleteTag(ctx, tag, e.currentTarget) }, "Delete");
 }
 
-async function deleteTag(ctx, tag) {
+async function deleteTag(ctx, tag, button) {
+  const focus = focusAfterRedraw(button, () => selectedTab());
   const done = await confirmDialog({
     title: "Delete tag",
     body: h("p", {}, "Remove the tag ", h("strong", {}, tag.tag), "? The image stays, and the tag can be restored from the history."),
@@ -245,6 +253,7 @@ async function deleteTag(ctx, tag) {
   });
   if (done) {
     toast(`Tag ${tag.tag} deleted`);
+    ctx.afterRender(focus);
     ctx.refresh();
   }
 }
@@ -276,7 +285,7 @@ async function historyTab(ctx) {
           title: "Restore",
           cell: (e) =>
             e.restorable && project.can_manage
-              ? h("button", { type: "button", class: "small", onclick: () => restoreTag(ctx, e) }, `Restore ${e.tag}`)
+              ? h("button", { type: "button", class: "small", onclick: (click) => restoreTag(ctx, e, click.currentTarget) }, `Restore ${e.tag}`)
               : h("span", { class: "muted" }, "–"),
         },
       ],
@@ -287,7 +296,8 @@ async function historyTab(ctx) {
   );
 }
 
-async function restoreTag(ctx, event) {
+async function restoreTag(ctx, event, button) {
+  const focus = focusAfterRedraw(button, () => selectedTab());
   const done = await confirmDialog({
     title: "Restore tag",
     confirmLabel: "Restore",
@@ -297,11 +307,14 @@ async function restoreTag(ctx, event) {
   });
   if (done) {
     toast(`Tag ${event.tag} restored`);
+    ctx.afterRender(focus);
     ctx.refresh();
   }
 }
 
 // ------------------------------------------------------------------ permissions
+
+const GRANT_FORM = "Give a user a role on this repository";
 
 async function permissionsTab(ctx) {
   const { project, base, panel, repo } = ctx;
@@ -326,12 +339,13 @@ async function permissionsTab(ctx) {
                   title: "Remove permission",
                   message: `Remove ${g.user}'s role on ${repo.name}? Their access keys stop working here.`,
                   remove: () => api.delete(`${base}/grants/${seg(g.user)}`),
+                  fallback: () => userFieldOf(GRANT_FORM),
                 }),
             }
           : null,
       ].filter(Boolean),
       grants,
-      { caption: "Repository permissions", empty: "Nobody outside the project has a role on this repository." },
+      { caption: "Repository permissions", rowKey: (g) => g.user, empty: "Nobody outside the project has a role on this repository." },
     ),
     form,
   );
@@ -339,7 +353,7 @@ async function permissionsTab(ctx) {
 
 function grantForm(ctx) {
   return userRoleForm(ctx, {
-    label: "Give a user a role on this repository",
+    label: GRANT_FORM,
     roles: [["viewer", "Viewer (pull)"], ["member", "Member (push and pull)"]],
     initial: "viewer",
     submitLabel: "Add permission",

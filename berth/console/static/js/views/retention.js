@@ -2,7 +2,7 @@
 // preview of what a run would delete, running it, and the history of runs.
 
 import { api, query, seg } from "../api.js";
-import { badge, clear, confirmDialog, emptyState, errorBox, field, h, number, openDialog, pager, plural, shortDigest, table, timeElement, toast } from "../ui.js";
+import { badge, clear, confirmDialog, emptyState, errorBox, field, focusAfterRedraw, h, number, openDialog, pager, plural, shortDigest, table, timeElement, toast } from "../ui.js";
 
 // What each kind of rule keeps, and the value it needs.
 const KINDS = {
@@ -137,8 +137,9 @@ async function showHistory(ctx, base, container, page) {
 // Longer descriptions are left out of a Remove button's name: a screen reader reads the whole name.
 const SHORT_DESCRIPTION = 80;
 
-/** A rule's fields in the edit dialog; `onRemove` runs after its Remove button takes it out. */
-function ruleRow(rule, onRemove) {
+/** A rule's fields in the edit dialog; `onRemove` runs after its Remove button takes it out,
+ * and `addButton` takes the focus when no rule is left. */
+function ruleRow(rule, onRemove, addButton) {
   const kind = h("select", { "aria-label": "Rule" }, Object.entries(KINDS).map(([k, v]) => h("option", { value: k, selected: k === rule.keep }, v.label)));
   const value = h("input", { type: "text", "aria-label": "Value", size: 8, value: rule.keep ? String(rule[KINDS[rule.keep].value] ?? "") : "" });
   const repositories = h("input", { type: "text", "aria-label": "Repositories", size: 12, value: rule.repositories || "*" });
@@ -149,8 +150,12 @@ function ruleRow(rule, onRemove) {
       type: "button",
       class: "small",
       onclick: () => {
+        // The focus goes to the next rule's Remove (the rows close up), else the previous
+        // one's: removed with its row, it would fall to <body>, out of the dialog.
+        const neighbour = row.nextElementSibling || row.previousElementSibling;
         row.remove();
         onRemove();
+        (neighbour ? neighbour.querySelector("button") : addButton).focus();
       },
     },
     "Remove",
@@ -202,7 +207,19 @@ async function editPolicy(ctx, base, policy) {
     wide: true,
     build(close) {
       const renumber = () => [...rows.children].forEach((r, i) => r.renumber(i + 1));
-      const rows = h("div", { class: "rule-rows" }, policy.rules.map((r) => ruleRow(r, renumber)));
+      const addRule = h(
+        "button",
+        {
+          type: "button",
+          class: "small",
+          onclick: () => {
+            rows.append(ruleRow({ keep: "last", repositories: "*" }, renumber, addRule));
+            renumber();
+          },
+        },
+        "Add rule",
+      );
+      const rows = h("div", { class: "rule-rows" }, policy.rules.map((r) => ruleRow(r, renumber, addRule)));
       renumber();
       const schedule = h("input", { type: "text", placeholder: "daily 03:00 or 30 3 * * *", value: policy.schedule || "", autocomplete: "off", spellcheck: false });
       const scheduleField = field("Schedule (optional, UTC)", schedule, "daily HH:MM, or a cron expression of five fields. Empty: runs only when started.");
@@ -216,18 +233,7 @@ async function editPolicy(ctx, base, policy) {
           h("p", {}, h("strong", {}, policy.combination)),
           h("p", { class: "hint" }, "Each rule: what it keeps, its value (a count of at least 1, or more than 0 days), the repositories it covers (* any characters, ? one, [abc] one of), and optionally a tag pattern: then it covers only images whose every tag matches."),
           rows,
-          h(
-            "button",
-            {
-              type: "button",
-              class: "small",
-              onclick: () => {
-                rows.append(ruleRow({ keep: "last", repositories: "*" }, renumber));
-                renumber();
-              },
-            },
-            "Add rule",
-          ),
+          addRule,
           scheduleField,
           problem,
         ),
@@ -254,6 +260,8 @@ async function editPolicy(ctx, base, policy) {
   });
   if (saved) {
     toast("Retention rules saved");
+    // Back on Edit rules, as the dialog left it, once the page shows the saved rules.
+    ctx.afterRender(focusAfterRedraw(null, () => [...document.querySelectorAll("main button")].find((b) => b.textContent === "Edit rules")));
     ctx.refresh();
   }
 }

@@ -2,7 +2,7 @@
 // the button that takes it away.
 
 import { api, query } from "../api.js";
-import { badge, clear, confirmDialog, errorBox, field, h, toast } from "../ui.js";
+import { badge, clear, confirmDialog, errorBox, field, focusAfterRedraw, h, toast } from "../ui.js";
 
 const SUGGESTIONS = 8;
 
@@ -132,18 +132,28 @@ export function userRoleForm(ctx, { label, roles, initial, submitLabel, save }) 
   return form;
 }
 
-/** A "Remove" button that asks first (`title`, `message`), then `remove()`s and refreshes. */
-export function removeButton(ctx, { title, message, remove }) {
-  return h(
+/** A "Remove" button that asks first (`title`, `message`), then `remove()`s and refreshes;
+ * the focus then goes to the next row's Remove, or to `fallback()` when no row is left. */
+export function removeButton(ctx, { title, message, remove, fallback }) {
+  const button = h(
     "button",
     {
       type: "button",
       class: "small danger-text",
       onclick: async () => {
+        const focus = focusAfterRedraw(button, fallback);
         const done = await confirmDialog({ title, confirmLabel: "Remove", body: h("p", {}, message), action: remove });
-        if (done) ctx.refresh();
+        if (!done) return;
+        ctx.afterRender(focus);
+        ctx.refresh();
       },
     },
     "Remove",
   );
+  return button;
+}
+
+/** The user name field of the form that adds a user's role (`label` names the form). */
+export function userFieldOf(label) {
+  return document.querySelector(`form[aria-label="${label}"] input`);
 }

@@ -3,7 +3,7 @@
 // endpoint chosen, where a delivered or failed delivery can be sent again.
 
 import { api, query, seg } from "../api.js";
-import { badge, clear, confirmDialog, copyable, emptyState, errorBox, field, h, openDialog, pager, table, timeElement, toast } from "../ui.js";
+import { badge, clear, confirmDialog, copyable, emptyState, errorBox, field, focusAfterRedraw, h, openDialog, pager, table, timeElement, toast } from "../ui.js";
 
 const STATE_BADGES = { delivered: ["Delivered", "succeeded"], pending: ["Pending", "pending"], failed: ["Failed", "failed"] };
 
@@ -49,8 +49,8 @@ export async function webhooksView(main, ctx) {
               h("button", { type: "button", class: "small", "aria-label": `Delivery log of ${w.url}`, onclick: () => ctx.navigate(`/projects/${seg(project.name)}/webhooks`, { webhook: w.id }) }, "Delivery log"),
               h("button", { type: "button", class: "small", "aria-label": `Edit webhook ${w.url}`, onclick: () => editWebhook(ctx, base, w) }, "Edit"),
               h("button", { type: "button", class: "small", "aria-label": `${w.signed ? "New secret" : "Add secret"} for ${w.url}`, onclick: () => newSecret(ctx, base, w) }, w.signed ? "New secret" : "Add secret"),
-              h("button", { type: "button", class: "small", "aria-label": `${w.enabled ? "Disable" : "Enable"} webhook ${w.url}`, onclick: () => setEnabled(ctx, base, w, !w.enabled) }, w.enabled ? "Disable" : "Enable"),
-              h("button", { type: "button", class: "small danger-text", "aria-label": `Delete webhook ${w.url}`, onclick: () => deleteWebhook(ctx, base, w) }, "Delete"),
+              h("button", { type: "button", class: "small", "aria-label": `${w.enabled ? "Disable" : "Enable"} webhook ${w.url}`, onclick: (e) => setEnabled(ctx, base, w, !w.enabled, e.currentTarget) }, w.enabled ? "Disable" : "Enable"),
+              h("button", { type: "button", class: "small danger-text", "aria-label": `Delete webhook ${w.url}`, onclick: (e) => deleteWebhook(ctx, base, w, e.currentTarget) }, "Delete"),
             ),
         },
       ],
@@ -153,17 +153,22 @@ async function sendTest(ctx, base, webhook) {
   }
 }
 
-async function setEnabled(ctx, base, webhook, enabled) {
+async function setEnabled(ctx, base, webhook, enabled, button) {
   try {
     await api.patch(`${base}/${webhook.id}`, { enabled });
     toast(`Webhook ${enabled ? "enabled" : "disabled"}`);
+    ctx.afterRender(focusAfterRedraw(button));
     ctx.refresh();
   } catch (err) {
     toast(err.message, "error");
   }
 }
 
-async function deleteWebhook(ctx, base, webhook) {
+/** The page's Add webhook button: where the focus goes when the last webhook is deleted. */
+const addButton = () => [...document.querySelectorAll("main .page-head button")].find((b) => b.textContent === "Add webhook");
+
+async function deleteWebhook(ctx, base, webhook, button) {
+  const focus = focusAfterRedraw(button, addButton);
   const done = await confirmDialog({
     title: "Delete webhook",
     body: h("p", {}, "Delete the webhook to ", h("code", {}, webhook.url), " with its delivery log? Events queued for it are not sent."),
@@ -171,6 +176,7 @@ async function deleteWebhook(ctx, base, webhook) {
   });
   if (done) {
     toast("Webhook deleted");
+    ctx.afterRender(focus);
     ctx.navigate(`/projects/${seg(ctx.project.name)}/webhooks`);
   }
 }
