@@ -22,6 +22,7 @@ import pytest
 from playwright.sync_api import (
     Browser,
     BrowserContext,
+    Locator,
     Page,
     Playwright,
     ViewportSize,
@@ -170,6 +171,25 @@ def screenshot(page: Page, name: str, full_page: bool = True) -> Path:
     path = SCREENSHOTS / f"{name}.png"
     page.screenshot(path=str(path), full_page=full_page)
     return path
+
+
+def screenshot_dialog(page: Page, dialog: Locator, name: str) -> Path:
+    """A screenshot of the viewport with `dialog` shown whole: its body scrolls past 70% of the
+    viewport's height (at 860 px, the access key dialog's last command is cut off), so the
+    viewport grows until nothing in it scrolls, for this screenshot only."""
+    size = page.viewport_size or DESKTOP
+    body = dialog.locator(".dialog-body")
+    hidden = body.evaluate("(b) => b.scrollHeight - b.clientHeight")
+    if hidden > 0:
+        # The body may be 70vh high: each pixel hidden needs 1/0.7 px more of viewport.
+        page.set_viewport_size(
+            {"width": size["width"], "height": size["height"] + hidden * 10 // 7 + 2}
+        )
+    try:
+        assert body.evaluate("(b) => b.scrollHeight <= b.clientHeight"), "the dialog still scrolls"
+        return screenshot(page, name, full_page=False)
+    finally:
+        page.set_viewport_size(size)
 
 
 def hash_path(page: Page) -> str:

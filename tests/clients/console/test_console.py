@@ -32,6 +32,7 @@ from tests.clients.console.conftest import (
     hash_path,
     open_project_page,
     screenshot,
+    screenshot_dialog,
     sign_in,
 )
 from tests.clients.daemons import Dockerd
@@ -191,7 +192,7 @@ def test_create_a_repository_and_a_key_then_docker_login_and_push(
     )
     assert f"--docker-server={tenant.server.address}" in pull_secret
     assert f"--docker-password={secret}" in pull_secret
-    screenshot(page, "access-key-created", full_page=False)
+    screenshot_dialog(page, created, "access-key-created")
     # Each copy button says what it copies, never the secret: a screen reader would read it
     # out again (and the commands with it).
     names = created.get_by_role("button").evaluate_all(
