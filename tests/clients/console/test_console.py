@@ -22,6 +22,7 @@ import pytest
 from playwright.sync_api import Browser, Locator, Page, Route, expect
 
 from berth.domain.names import MAX_PROJECT_LENGTH
+from tests.api.conftest import push_image
 from tests.clients.conftest import Projects
 from tests.clients.console.conftest import (
     DESKTOP,
@@ -738,6 +739,36 @@ def test_long_digests_scroll_no_page_sideways(page: Page, tenant: Tenant) -> Non
             page.goto(f"{tenant.console}#/projects/{tenant.project}/repositories/old/{tab.lower()}")
             expect(page.get_by_role("table", name=tab)).to_contain_text("kept")
             assert page.evaluate(OVERFLOWING) == [], f"a repository's {tab} at {viewport}"
+
+
+def test_the_images_table_fits_a_laptop_screen_beside_the_menu(page: Page, tenant: Tenant) -> None:
+    """Images under the repository and on it, tagged and not, at 1280 px: every column shows,
+    the Actions too, with no scrolling sideways."""
+    tenant.create_repository("web")
+    key = tenant.server.access_key(tenant.project)
+    with httpx.Client(base_url=tenant.server.url, auth=key, timeout=30) as v2:
+        push_image(v2, f"{tenant.project}/web", "latest")
+        push_image(v2, f"{tenant.project}/web/api", None)
+        for n in range(3):
+            push_image(v2, f"{tenant.project}/web/api", f"build-{n}")
+    sign_in(page, tenant)
+    page.get_by_role("link", name="web", exact=True).click()
+    expect(page.get_by_role("table", name="Images").get_by_role("row")).to_have_count(6)
+    assert page.evaluate(OVERFLOWING) == []
+
+
+def test_what_a_page_loaded_is_not_greyed_out_as_loading(page: Page, tenant: Tenant) -> None:
+    """The box that said "Loading access keys…" (muted) shows the keys in the text's colour."""
+    tenant.server.access_key(tenant.project, tenant.user)
+    sign_in(page, tenant)
+    for menu, table in (("Access keys", "Access keys"), ("Members", "Members")):
+        open_project_page(page, tenant, menu)
+        cell = page.get_by_role("table", name=table).locator("td").first
+        expect(cell).to_contain_text(re.compile(r"\w"))
+        colours = cell.evaluate(
+            "(td) => [getComputedStyle(td).color, getComputedStyle(document.body).color]"
+        )
+        assert colours[0] == colours[1], menu
 
 
 def test_a_project_name_of_the_longest_length_fits_the_header(page: Page, tenant: Tenant) -> None:

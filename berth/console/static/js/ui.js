@@ -33,8 +33,11 @@ export function append(el, children) {
   return el;
 }
 
+/** Replaces `el`'s children. A "Loading…" box (class `loading`: muted, padded) filled this
+ * way is loaded: it loses the class, or what it shows would be greyed out. */
 export function clear(el, ...children) {
   el.replaceChildren();
+  el.classList.remove("loading");
   return append(el, children);
 }
 

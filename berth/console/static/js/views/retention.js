@@ -141,9 +141,13 @@ const SHORT_DESCRIPTION = 80;
  * and `addButton` takes the focus when no rule is left. */
 function ruleRow(rule, onRemove, addButton) {
   const kind = h("select", { "aria-label": "Rule" }, Object.entries(KINDS).map(([k, v]) => h("option", { value: k, selected: k === rule.keep }, v.label)));
-  const value = h("input", { type: "text", "aria-label": "Value", size: 8, value: rule.keep ? String(rule[KINDS[rule.keep].value] ?? "") : "" });
-  const repositories = h("input", { type: "text", "aria-label": "Repositories", size: 12, value: rule.repositories || "*" });
-  const tags = h("input", { type: "text", "aria-label": "Only images whose tags all match", size: 10, placeholder: "any", value: rule.tags || "" });
+  // The value's placeholder says what it counts (images, days, a tag pattern) as the kind changes.
+  const value = h("input", { type: "text", size: 8, placeholder: KINDS[kind.value].unit, value: rule.keep ? String(rule[KINDS[rule.keep].value] ?? "") : "" });
+  kind.addEventListener("change", () => (value.placeholder = KINDS[kind.value].unit));
+  const repositories = h("input", { type: "text", size: 12, value: rule.repositories || "*" });
+  const tags = h("input", { type: "text", size: 10, placeholder: "any", value: rule.tags || "" });
+  // Each field labelled where it is seen: in a row of three boxes, which is which is not obvious.
+  const labelled = (text, input) => h("label", { class: "rule-field" }, h("span", {}, text), input);
   const remove = h(
     "button",
     {
@@ -160,7 +164,15 @@ function ruleRow(rule, onRemove, addButton) {
     },
     "Remove",
   );
-  const row = h("div", { class: "rule-row" }, kind, value, repositories, tags, remove);
+  const row = h(
+    "div",
+    { class: "rule-row" },
+    kind,
+    labelled("Value", value),
+    labelled("Repositories", repositories),
+    labelled("Covered tags (optional)", tags),
+    remove,
+  );
   row.read = () => {
     const spec = KINDS[kind.value];
     const raw = value.value.trim();

@@ -211,6 +211,8 @@ async function webhookDialog(base, { title, submitLabel, webhook = null, save })
   const subscribed = new Set(webhook?.event_types || []);
   return openDialog({
     title,
+    // Wide: each event's description then fits beside it, and the dialog on a laptop's screen.
+    wide: true,
     build(close) {
       const url = h("input", { type: "url", required: true, autocomplete: "off", spellcheck: false, value: webhook?.url || "" });
       const urlField = field("Endpoint URL", url, "An HTTPS (or HTTP) URL that events are POSTed to. Its host must have public addresses unless the server allows private ones.");
