@@ -3,7 +3,10 @@
 Only `berth serve` and `berth init` create them; admin verbs refuse to work on data that is not
 there (a verb run from the wrong directory must not start a new, empty registry). The data
 directory is private to the server's user (0700), and so is an SQLite database (0600): it
-holds password and key hashes.
+holds password and key hashes. With `blob_redirect = "accel"` nginx's worker reads the blob
+files, so the directory is 0750: its group (nginx's user, added to it) may pass through to
+`blobs/` (0750 directories, 0640 files), and reads nothing else, every other file and
+directory in it being owner-only.
 """
 
 from __future__ import annotations
@@ -144,14 +147,21 @@ def _data_may_be_elsewhere(settings: Settings) -> bool:
     return data_dir.is_dir() and any(data_dir.iterdir())
 
 
+def data_dir_mode(settings: Settings) -> int:
+    """0750 when nginx sends the blob files (its user in the directory's group), else 0700."""
+    return 0o750 if settings.blob_redirect == "accel" else 0o700
+
+
 def create_data(settings: Settings) -> Migrated | None:
     """Create the data directory and database where missing; bring the schema up to date,
     saying from which revision to which (None when it was current)."""
     data_dir = settings.data_dir.absolute()
-    data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-    # Whatever the umask, and one an older Berth made (or a user made beforehand) too.
+    mode = data_dir_mode(settings)
+    data_dir.mkdir(mode=mode, parents=True, exist_ok=True)
+    # Whatever the umask, and one an older Berth made (or a user made beforehand) too; back
+    # to 0700 when accel is turned off.
     with contextlib.suppress(PermissionError):  # not ours: left as it is
-        data_dir.chmod(0o700)
+        data_dir.chmod(mode)
     database = sqlite_file(settings)
     if database is not None:
         database.parent.mkdir(mode=0o700, parents=True, exist_ok=True)

@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # Installs the Debian packages the tests drive: PostgreSQL 15, the real registry clients, nginx
-# (the multi-node tests balance nodes with it), Chromium (the console's browser tests drive
+# (the multi-node tests balance nodes with it) and HAProxy (docs/deployment.md's examples run in
+# front of a node), Chromium (the console's browser tests drive
 # it with Playwright: no browser download) and Ceph's monitor, OSD and RADOS Gateway (the S3
 # tests' second store, tests/rgw.py; without their recommends, which would add the manager,
 # the MDS and ~50 Python packages).
 # Idempotent; quiet when everything is already there. Never lets a package start a service.
 set -euo pipefail
 PACKAGES="postgresql-15 docker.io containerd podman skopeo umoci docker-registry apache2-utils sqlite3
-openssl curl wrk chromium nginx xfsprogs"
+openssl curl wrk chromium nginx haproxy xfsprogs"
 BARE_PACKAGES="ceph-mon ceph-osd radosgw"
 missing=() missing_bare=()
 installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'install ok installed'; }

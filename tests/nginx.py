@@ -26,17 +26,20 @@ def nginx_binary() -> str:
 
 @contextlib.contextmanager
 def running_nginx(
-    directory: Path, server_block: str, ready: Callable[[], bool]
+    directory: Path, server_block: str, ready: Callable[[], bool], user: str | None = None
 ) -> Iterator[subprocess.Popen[bytes]]:
     """Debian's nginx in the foreground with its files under `directory`, serving
-    `server_block` (one `server {...}`), until the block ends."""
+    `server_block` (one `server {...}`), until the block ends. Its worker runs as root when
+    the tests do, or as `user` (Debian's is www-data): then `directory` must be reachable
+    for it."""
+    worker = f"user {user};" if user else "user root;" if os.geteuid() == 0 else ""
     temp = "\n".join(
         f"    {kind}_temp_path {directory}/{kind};"
         for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
     )
     (directory / "nginx.conf").write_text(
         f"""
-{"user root;" if os.geteuid() == 0 else ""}
+{worker}
 worker_processes 1;
 pid {directory}/nginx.pid;
 error_log {directory}/error.log;

@@ -68,6 +68,9 @@ class BerthServer:
     workers: int | None = 1
     keys: dict[tuple[str, str], tuple[str, str]] = field(default_factory=dict)
     process: subprocess.Popen[bytes] | None = None
+    # The server process's group (what it creates is that group's) and umask; None: the tests'.
+    group: str | None = None
+    umask: int | None = None
 
     @property
     def scheme(self) -> str:
@@ -123,6 +126,8 @@ class BerthServer:
                 stderr=subprocess.STDOUT,
                 cwd=ROOT,
                 start_new_session=True,  # its own process group: a crash takes the workers too
+                group=self.group,
+                umask=-1 if self.umask is None else self.umask,
             )
         verify: Any = self.ssl_context() if self.tls else False
 

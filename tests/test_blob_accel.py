@@ -4,8 +4,12 @@ sends no blob body: it answers with X-Accel-Redirect and counts the bytes as out
 
 from __future__ import annotations
 
+import grp
 import os
+import shutil
+import stat
 import subprocess
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +22,16 @@ from tests.clients.layouts import OciLayout, layer_files, umoci_image
 from tests.clients.tools import require_binary, run
 from tests.metrics import moved, scrape
 from tests.nginx import running_nginx
-from tests.oci import blob_path, push_bytes
+from tests.oci import (
+    blob_path,
+    describe,
+    digest_of,
+    location,
+    patch_upload,
+    push_bytes,
+    put_upload,
+    start_upload,
+)
 from tests.servers import ROOT, BerthServer, free_port, running_server
 from tests.storage.test_s3_registry import sha256
 from tests.usage.conftest import eventually, traffic
@@ -217,3 +230,116 @@ def test_a_range_whose_if_range_nginx_ignores_is_counted_whole(
     counted = eventually(lambda: traffic(berth, "accel", days=1)["total_bytes"],
                          lambda n: n >= expected)  # fmt: skip
     assert counted == expected
+
+
+@pytest.fixture
+def served_as_debian_does(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A directory nginx's www-data worker can pass through (as /var/lib), outside pytest's
+    root-only temporary directories; removed afterwards."""
+    if os.geteuid() != 0:
+        pytest.skip("nginx's worker drops to www-data only when started as root")
+    try:
+        grp.getgrnam("www-data")
+    except KeyError:
+        pytest.skip("no www-data group (Debian's nginx package makes it)")
+    base = Path(tempfile.mkdtemp(prefix="berth-accel-"))
+    try:
+        base.chmod(0o711)
+        yield base
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def readable_by_www_data(path: Path) -> bool:
+    """Whether nginx's worker (www-data, in its own group only) can read `path`."""
+    command = ["ls"] if path.is_dir() else ["head", "-c", "1"]
+    read = subprocess.run(
+        [*command, str(path)], user="www-data", group="www-data", extra_groups=[],
+        capture_output=True, check=False,
+    )  # fmt: skip
+    return read.returncode == 0
+
+
+def test_nginx_running_as_www_data_sends_blobs_while_keys_and_database_stay_private(
+    served_as_debian_does: Path,
+) -> None:
+    """docs/blob-redirect.md's setup: Debian's nginx (`user www-data;`) in front of a Berth
+    whose data directory is its service user's, with nginx's user in that user's group.
+    Berth runs as root here, in www-data's group (what `usermod -aG berth www-data` gives
+    nginx is the same to the kernel), with a umask that lets no one else read what it
+    makes: it opens to the group only the way to the blobs."""
+    group = grp.getgrnam("www-data").gr_gid
+    data_dir = served_as_debian_does / "berth"
+    data_dir.mkdir(mode=0o700)  # as systemd's StateDirectory= makes it for User= and Group=
+    os.chown(data_dir, 0, group)
+    berth = BerthServer(
+        data_dir,
+        extra_env={"BERTH_BLOB_REDIRECT": "accel", "BERTH_MAX_REQUESTS_PER_CLIENT": "0"},
+        group="www-data",
+        umask=0o077,
+    )
+    nginx_dir = served_as_debian_does / "nginx"
+    nginx_dir.mkdir()
+    snippet = SNIPPET.read_text().replace(
+        "alias /var/lib/berth/blobs/;", f"alias {data_dir / 'blobs'}/;"
+    )
+    (nginx_dir / "berth-accel.conf").write_text(snippet)
+    port = free_port()
+    server_block = f"""
+    server {{
+        listen 127.0.0.1:{port};
+        location / {{
+            proxy_pass http://{berth.address};
+        }}
+        include {nginx_dir}/berth-accel.conf;
+    }}
+"""
+    berth.start()
+    try:
+        with running_nginx(
+            nginx_dir,
+            server_block,
+            lambda: httpx.get(f"http://127.0.0.1:{port}/healthz").status_code == 200,
+            user="www-data",
+        ):
+            berth.create_repository("accel", "private")
+            name = "accel/private"
+            auth = berth.access_key("accel")
+            monolithic, chunked = os.urandom(2 * 1024 * 1024 + 3), os.urandom(300_000)
+            with httpx.Client(base_url=berth.url, auth=auth, timeout=60) as to_berth:
+                pushed = [push_bytes(to_berth, name, monolithic)]
+                started = start_upload(to_berth, name)
+                upload = location(started)
+                half = len(chunked) // 2
+                patched = patch_upload(to_berth, upload, chunked[:half], f"0-{half - 1}")
+                closed = put_upload(to_berth, location(patched), digest_of(chunked),
+                                    chunked[half:])  # fmt: skip
+                assert closed.status_code == 201, describe(closed)
+                pushed.append(digest_of(chunked))
+            with httpx.Client(base_url=f"http://127.0.0.1:{port}", auth=auth, timeout=60) as pull:
+                for digest, data in zip(pushed, [monolithic, chunked], strict=True):
+                    sent = pull.get(blob_path(name, digest))
+                    assert sent.status_code == 200, (nginx_dir / "error.log").read_text()
+                    assert sent.content == data
+                    assert sent.headers["docker-content-digest"] == digest
+    finally:
+        berth.stop()
+
+    modes = {
+        str(path.relative_to(data_dir)): stat.S_IMODE(path.stat().st_mode)
+        for path in data_dir.rglob("*")
+    }
+    blob_file = next(p for p in (data_dir / "blobs" / "sha256").rglob("*") if p.is_file())
+    assert stat.S_IMODE(data_dir.stat().st_mode) == 0o750
+    assert modes["blobs"] == modes["blobs/sha256"] == 0o750
+    assert modes[str(blob_file.parent.relative_to(data_dir))] == 0o750
+    assert modes[str(blob_file.relative_to(data_dir))] == 0o640
+    assert readable_by_www_data(blob_file)
+    private = ["keys", "keys/token-signing.pem", "keys/secret-hash.key", "berth.db", "metrics"]
+    for name in private:
+        assert modes[name] in (0o700, 0o600), (name, oct(modes[name]))
+        assert not readable_by_www_data(data_dir / name), name
+    # Everything else it holds is owner-only too.
+    opened = {name for name, mode in modes.items() if mode & 0o007 or (
+        mode & 0o070 and not name.startswith("blobs"))}  # fmt: skip
+    assert opened <= {"server.log", "berth.toml"}, opened  # the test's own files

@@ -27,7 +27,8 @@ class KeyFileUnusable(Exception):
 def _write_private(path: Path, data: bytes) -> bool:
     """Write `data` to `path` unless another process created it first (False: both then use
     that process's key)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    # Owner-only: the data directory's group may pass through it (blob_redirect = "accel").
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     # Its own name: another start-up writing the same key at once has another.
     temporary = path.with_name(f"{path.name}.{secrets.token_hex(8)}.tmp")
     fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)

@@ -32,6 +32,9 @@ LOCAL_PATHS_KEPT = 10_000  # blob file paths remembered (a path of a digest neve
 # (_unshare), `{id}.lock` is what requests on the upload take turns holding (upload_exclusive).
 _COMMIT, _COPY, _LOCK = ".commit", ".copy", ".lock"
 LOCK_POLL_SECONDS = 0.02
+# Whatever the umask: with blob_redirect = "accel", nginx's worker (its user in the data
+# directory's group) opens the blob files itself.
+DIRECTORY_MODE, FILE_MODE = 0o750, 0o640
 
 
 class _FileUploadWriter(UploadWriter):
@@ -89,7 +92,9 @@ class FilesystemBlobStore(BlobStore):
         self.uploads = root / "_uploads"
         self.damaged = root / "_damaged"  # blobs whose bytes no longer match their digest
         self._local_paths: LRUCache[str, Path] = LRUCache(LOCAL_PATHS_KEPT)
-        self.uploads.mkdir(parents=True, exist_ok=True)
+        root.parent.mkdir(parents=True, exist_ok=True)
+        _make_directory(root)
+        _make_directory(self.uploads)
 
     def _blob_path(self, digest: str) -> Path:
         parsed = parse_digest(digest)  # validated, so never a path traversal
@@ -111,7 +116,7 @@ class FilesystemBlobStore(BlobStore):
         digest. Polled rather than waited for in a thread: a waiter must not hold one of the
         threads the holder needs to finish. The lock goes with the process if it dies."""
         path = self._upload_path(upload_id).with_name(upload_id + _LOCK)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o640)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, FILE_MODE)
         try:
             while True:
                 try:
@@ -128,7 +133,9 @@ class FilesystemBlobStore(BlobStore):
             path = self._upload_path(upload_id)
             # Created only at the start: a scratch file removed since (an abandoned upload
             # swept by garbage collection) must not come back as zeros up to `offset`.
-            fd = os.open(path, os.O_WRONLY | (os.O_CREAT if offset == 0 else 0), 0o640)
+            fd = os.open(path, os.O_WRONLY | (os.O_CREAT if offset == 0 else 0), FILE_MODE)
+            if offset == 0:
+                os.fchmod(fd, FILE_MODE)  # it becomes the blob's file
             stat = os.fstat(fd)
             if stat.st_size < offset:
                 os.close(fd)
@@ -138,7 +145,7 @@ class FilesystemBlobStore(BlobStore):
                 # in a copy of its own, never in the blob's file.
                 os.close(fd)
                 _unshare(path)
-                fd = os.open(path, os.O_WRONLY, 0o640)
+                fd = os.open(path, os.O_WRONLY)
             os.ftruncate(fd, offset)
             os.lseek(fd, offset, os.SEEK_SET)
             return fd
@@ -166,7 +173,9 @@ class FilesystemBlobStore(BlobStore):
                 size = os.fstat(fd).st_size
             finally:
                 os.close(fd)
-            target.parent.mkdir(parents=True, exist_ok=True)
+            if not target.parent.is_dir():
+                _make_directory(target.parent.parent)
+                _make_directory(target.parent)
             # A hard link, not a rename: the scratch file stays for a commit made again.
             try:
                 os.link(source, target)
@@ -245,7 +254,7 @@ class FilesystemBlobStore(BlobStore):
         target = self.damaged / f"{parsed.algorithm}-{parsed.hex}"
 
         def _move() -> None:
-            self.damaged.mkdir(exist_ok=True)
+            _make_directory(self.damaged)
             if version is None:
                 with contextlib.suppress(FileNotFoundError):
                     os.replace(source, target)
@@ -316,10 +325,20 @@ def _replace_with_link(source: Path, target: Path) -> None:
         os.unlink(temporary)
 
 
+def _make_directory(path: Path) -> None:
+    """`path` (in an existing directory) with DIRECTORY_MODE, unless it exists."""
+    try:
+        os.mkdir(path, DIRECTORY_MODE)
+    except FileExistsError:
+        return
+    os.chmod(path, DIRECTORY_MODE)
+
+
 def _unshare(path: Path) -> None:
     """Give a hard-linked file a copy of its own under the same name."""
     copy = path.with_name(path.name + _COPY)
     shutil.copyfile(path, copy)
+    os.chmod(copy, FILE_MODE)
     os.replace(copy, path)
 
 
