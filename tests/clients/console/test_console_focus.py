@@ -1,10 +1,14 @@
-"""Where the keyboard focus goes when a row is removed (or its button replaced) in a real
-browser: to the same control of the next row, else of the previous one, else to what adds
-one; never left on <body>, from where Tab starts again at the top of the page."""
+"""Where the keyboard focus goes when the page is drawn again in a real browser: when a row is
+removed (or its button replaced), to the same control of the next row, else of the previous
+one, else to what adds one; when a row is added, to its first control; after a form is saved
+or a dialog closes, to the button pressed or the one that opened it. Never left on <body>,
+from where Tab starts again at the top of the page."""
 
 from __future__ import annotations
 
+import time
 import uuid
+from collections.abc import Callable
 
 import httpx
 from playwright.sync_api import Locator, Page, expect
@@ -27,6 +31,23 @@ def focused(page: Page) -> str:
 def expect_focus(page: Page, control: Locator) -> None:
     expect(control).to_be_focused()
     assert page.evaluate("document.activeElement !== document.body"), focused(page)
+
+
+def until_redrawn(page: Page) -> Callable[[], None]:
+    """A function that waits until the page shown now is drawn again (a new <main>): until
+    then, the control pressed still has the focus, whether or not it gets it back after."""
+    main = page.locator("main").element_handle()
+
+    def wait() -> None:
+        page.wait_for_function("(main) => !main.isConnected", arg=main)
+
+    return wait
+
+
+def press(page: Page, control: Locator) -> None:
+    """`control` pressed from the keyboard."""
+    control.focus()
+    page.keyboard.press("Enter")
 
 
 def confirm(page: Page, dialog: str, button: str) -> None:
@@ -290,3 +311,170 @@ def test_deleting_an_image_moves_the_focus_to_the_next_images_delete(
     confirm(page, "Delete image", "Delete")
     expect(page.get_by_text("No images in this repository yet")).to_be_visible()
     expect_focus(page, page.get_by_role("tab", name="Images"))
+
+
+def test_saving_the_pull_policy_keeps_the_focus_on_save(page: Page, tenant: Tenant) -> None:
+    sign_in(page, tenant)
+    open_project_page(page, tenant, "Policies")
+    form = page.get_by_role("form", name="Pull policy")
+    form.get_by_label("Refuse pulls of images with").select_option("high")
+    redrawn = until_redrawn(page)
+    press(page, form.get_by_role("button", name="Save"))
+    expect(page.get_by_text("Pulls of vulnerable images are refused")).to_be_visible()
+    redrawn()
+    expect(form.get_by_label("Refuse pulls of images with")).to_have_value("high")
+    expect_focus(page, form.get_by_role("button", name="Save"))
+
+
+def test_saving_repository_settings_keeps_the_focus_on_save(page: Page, tenant: Tenant) -> None:
+    tenant.create_repository("lib")
+    sign_in(page, tenant)
+    page.get_by_role("link", name="lib", exact=True).click()
+    page.get_by_role("tab", name="Settings").click()
+    page.get_by_label("Description").fill("Shared libraries")
+    redrawn = until_redrawn(page)
+    press(page, page.get_by_role("button", name="Save changes"))
+    expect(page.get_by_text("Settings saved")).to_be_visible()
+    redrawn()
+    expect(page.locator("main .page-head")).to_contain_text("Shared libraries")
+    expect_focus(page, page.get_by_role("button", name="Save changes"))
+
+
+def test_adding_a_member_moves_the_focus_to_their_row(page: Page, tenant: Tenant) -> None:
+    newcomer = f"newcomer-{tenant.project[3:]}"
+    tenant.server.create_user(newcomer, "a-password-for-tests")
+    sign_in(page, tenant)
+    open_project_page(page, tenant, "Members")
+    form = page.get_by_role("form", name="Add a member")
+    form.get_by_label("User").fill(newcomer)
+    press(page, form.get_by_role("button", name="Add member"))
+    expect(page.get_by_text(f"{newcomer} added as member")).to_be_visible()
+    # Its first control: the role it was given, to change.
+    role = page.get_by_role("table", name="Members").get_by_label(f"Role of {newcomer}")
+    expect(role).to_have_value("member")
+    expect_focus(page, role)
+
+
+def test_adding_a_repository_permission_moves_the_focus_to_its_row(
+    page: Page, tenant: Tenant
+) -> None:
+    tenant.create_repository("lib")
+    guest = f"guest-{tenant.project[3:]}"
+    tenant.server.create_user(guest, "a-password-for-tests")
+    sign_in(page, tenant)
+    page.get_by_role("link", name="lib", exact=True).click()
+    page.get_by_role("tab", name="Permissions").click()
+    form = page.get_by_role("form", name="Give a user a role on this repository")
+    form.get_by_label("User").fill(guest)
+    press(page, form.get_by_role("button", name="Add permission"))
+    row = page.get_by_role("table", name="Repository permissions").get_by_role("row")
+    expect(row.filter(has_text=guest)).to_contain_text("Viewer (pull)")
+    expect_focus(page, row.filter(has_text=guest).get_by_role("button", name="Remove"))
+
+
+def test_creating_an_access_key_gives_the_focus_back_to_create(page: Page, tenant: Tenant) -> None:
+    sign_in(page, tenant)
+    open_project_page(page, tenant, "Access keys")
+    create = page.get_by_role("button", name="Create access key")
+    press(page, create)
+    page.get_by_role("dialog", name="Create access key").get_by_role(
+        "button", name="Create"
+    ).click()
+    created = page.get_by_role("dialog", name="Access key created")
+    key_id = created.get_by_test_id("new-key-id").inner_text()
+    redrawn = until_redrawn(page)
+    confirm(page, "Access key created", "Done")
+    redrawn()
+    expect(page.get_by_role("table", name="Access keys")).to_contain_text(key_id)
+    expect_focus(page, create)
+
+
+def webhooks_page(page: Page, tenant: Tenant, url: str) -> None:
+    """The Webhooks page, signed in, with one webhook (not signed) to `url`."""
+    with tenant.api() as admin:
+        hooks = f"/projects/{tenant.project}/webhooks"
+        admin.post(hooks, json={"url": url, "sign": False}).raise_for_status()
+    sign_in(page, tenant)
+    open_project_page(page, tenant, "Webhooks")
+
+
+def test_adding_a_webhook_moves_the_focus_to_its_row(page: Page, tenant: Tenant) -> None:
+    url = "http://127.0.0.1:9/added"
+    sign_in(page, tenant)
+    open_project_page(page, tenant, "Webhooks")
+    press(page, page.get_by_role("button", name="Add webhook"))
+    dialog = page.get_by_role("dialog", name="Add webhook")
+    dialog.get_by_label("Endpoint URL").fill(url)
+    dialog.get_by_role("button", name="Add").click()
+    confirm(page, "Webhook added", "Done")
+    expect(page.get_by_role("table", name="Webhooks")).to_contain_text(url)
+    expect_focus(page, page.get_by_role("button", name=f"Send test event to {url}"))
+
+
+def test_sending_a_webhook_test_event_keeps_the_focus_on_its_button(
+    page: Page, tenant: Tenant
+) -> None:
+    url = "http://127.0.0.1:9/refused"  # nothing listens: the test fails at once
+    webhooks_page(page, tenant, url)
+    send = page.get_by_role("button", name=f"Send test event to {url}")
+    redrawn = until_redrawn(page)
+    press(page, send)
+    expect(page.get_by_text("Test event not accepted")).to_be_visible(timeout=15_000)
+    redrawn()
+    expect(page.get_by_role("table", name="Deliveries")).to_contain_text("Failed")
+    expect_focus(page, send)
+
+
+def test_redelivering_keeps_the_focus_on_redeliver(page: Page, tenant: Tenant) -> None:
+    url = "http://127.0.0.1:9/refused"
+    with tenant.api() as admin:
+        hooks = f"/projects/{tenant.project}/webhooks"
+        made = admin.post(hooks, json={"url": url, "sign": False}).raise_for_status().json()
+        tested = admin.post(f"{hooks}/{made['id']}/test").raise_for_status().json()
+        deadline = time.monotonic() + 10
+        while (
+            admin.get(f"{hooks}/{made['id']}/deliveries").json()["items"][0]["state"] == "pending"
+        ):
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+    sign_in(page, tenant)
+    open_project_page(page, tenant, "Webhooks")
+    log = page.get_by_role("table", name="Deliveries")
+    first = log.get_by_role("row").filter(has_text="webhook.test").filter(has_not_text="Resends")
+    redrawn = until_redrawn(page)
+    press(page, first.get_by_role("button", name="Redeliver"))
+    expect(page.get_by_text(f"Delivery {tested['id']} queued again")).to_be_visible()
+    redrawn()
+    expect(log.get_by_text(f"Resends delivery {tested['id']}")).to_have_count(1)
+    expect_focus(page, first.get_by_role("button", name="Redeliver"))
+
+
+def test_editing_a_webhook_gives_the_focus_back_to_edit(page: Page, tenant: Tenant) -> None:
+    url = "http://127.0.0.1:9/edited"
+    webhooks_page(page, tenant, url)
+    edit = page.get_by_role("button", name=f"Edit webhook {url}")
+    press(page, edit)
+    dialog = page.get_by_role("dialog", name="Edit webhook")
+    dialog.get_by_label("Description (optional)").fill("deploys")
+    redrawn = until_redrawn(page)
+    dialog.get_by_role("button", name="Save").click()
+    expect(page.get_by_role("dialog")).to_have_count(0)
+    redrawn()
+    expect(page.get_by_role("table", name="Webhooks")).to_contain_text("deploys")
+    expect_focus(page, edit)
+
+
+def test_a_new_webhook_secret_gives_the_focus_back_to_its_button(
+    page: Page, tenant: Tenant
+) -> None:
+    url = "http://127.0.0.1:9/signed"
+    webhooks_page(page, tenant, url)  # not signed: Add secret, then New secret
+    press(page, page.get_by_role("button", name=f"Add secret for {url}"))
+    page.get_by_role("dialog", name="Sign deliveries").get_by_role(
+        "button", name="Make a secret"
+    ).click()
+    expect(page.get_by_test_id("new-webhook-secret")).to_be_visible()
+    redrawn = until_redrawn(page)
+    confirm(page, "New signing secret", "Done")
+    redrawn()
+    expect_focus(page, page.get_by_role("button", name=f"New secret for {url}"))

@@ -313,14 +313,15 @@ export function confirmDialog({ title, body, confirmLabel = "Delete", phrase = n
 // ------------------------------------------------------------------ focus
 
 /**
- * Where the focus goes when the page is drawn again after `control` (a button in a table row)
- * acted: a keyboard user would otherwise be left on <body>, at the top of the page. It goes to
- * that control again when its row still has it (Disable is now Enable), else to the same
- * control of the next row, else of a row before it (the row was removed: the list closes up),
- * else to `fallback()` (the control that adds one, when none are left; the only choice when
- * `control` is null or in no row), else to <main>. Taken while the row is still there; the
- * function it returns moves the focus once the table is drawn again, unless the focus has been
- * put somewhere since.
+ * Where the focus goes when the page is drawn again after `control` acted: a keyboard user
+ * would otherwise be left on <body>, at the top of the page. For a button in a table row, it
+ * goes to that control again when its row still has it (Disable is now Enable), else to the
+ * same control of the next row, else of a row before it (the row was removed: the list closes
+ * up). A control in no row (a form's Save, the button that opened a dialog) is found again by
+ * its kind and name, in a form of the same name. Else it goes to `fallback()` (the control that
+ * adds one, when none are left; the only choice when `control` is null), else to <main>. Taken
+ * while the control is still there; the function it returns moves the focus once the page is
+ * drawn again, unless the focus has been put somewhere since.
  */
 export function focusAfterRedraw(control, fallback = () => null) {
   const row = control?.closest("tr[data-key]");
@@ -333,6 +334,7 @@ export function focusAfterRedraw(control, fallback = () => null) {
   // The row itself, then the rows after it in order, then those before it, nearest first.
   const keys = row ? [row, ...rows.slice(at + 1), ...rows.slice(0, at).reverse()].map((r) => r.dataset.key) : [];
   const text = control?.textContent;
+  const again = control && !row ? sameControl(control) : () => null;
   return () => {
     const current = document.activeElement;
     if (current && current !== document.body) return;
@@ -345,9 +347,26 @@ export function focusAfterRedraw(control, fallback = () => null) {
       const target = [buttons.find((b) => b.textContent === text), buttons[index]].find((b) => b && !b.disabled);
       if (target) return target.focus();
     }
-    const other = fallback() || document.querySelector("main");
+    const other = again() || fallback() || document.querySelector("main");
     if (other) other.focus();
   };
+}
+
+/** A function that finds `control` again in the page drawn anew: an enabled element of its
+ * kind and name (aria-label, else text) in <main>, in a form of the same name (or in none). */
+function sameControl(control) {
+  const nameOf = (element) => element.getAttribute("aria-label") || element.textContent;
+  const formOf = (element) => element.closest("form")?.getAttribute("aria-label") ?? null;
+  const [tag, name, form] = [control.tagName.toLowerCase(), nameOf(control), formOf(control)];
+  return () => [...document.querySelectorAll(`main ${tag}`)].find((e) => nameOf(e) === name && formOf(e) === form && !e.disabled) || null;
+}
+
+/** The first control (link, button, field) of the row keyed `key` in the table captioned
+ * `caption`, as drawn now: where the focus goes once a row is added. */
+export function rowControl(caption, key) {
+  const drawn = [...document.querySelectorAll("table")].find((t) => t.querySelector("caption")?.textContent === caption);
+  const row = drawn && [...drawn.tBodies[0].rows].find((r) => r.dataset.key === String(key));
+  return row ? [...row.querySelectorAll("a[href], button, select, input, textarea")].find((c) => !c.disabled) || null : null;
 }
 
 // ------------------------------------------------------------------ tables and paging

@@ -29,7 +29,7 @@ export async function keysView(main, ctx) {
         h("h1", {}, "Access keys"),
         h("p", { class: "muted" }, "docker, podman, containerd and Kubernetes sign in to ", h("code", {}, loginAddress(project)), " with an access key ID and its secret access key. ", admin ? "You see every key in the project." : "These are your keys in this project."),
       ),
-      h("button", { type: "button", class: "primary", onclick: () => createKey(ctx, base) }, "Create access key"),
+      h("button", { type: "button", class: "primary", onclick: (e) => createKey(ctx, base, e.currentTarget) }, "Create access key"),
     ),
     body,
   );
@@ -99,7 +99,7 @@ async function deleteKey(ctx, base, key, button) {
   }
 }
 
-async function createKey(ctx, base) {
+async function createKey(ctx, base, button) {
   const created = await openDialog({
     title: "Create access key",
     build(close) {
@@ -145,6 +145,8 @@ async function createKey(ctx, base) {
   });
   if (!created) return;
   await showSecret(ctx, created);
+  // Back on Create access key, as the dialog left it, once the list shows the new key.
+  ctx.afterRender(focusAfterRedraw(button));
   ctx.refresh();
 }
 

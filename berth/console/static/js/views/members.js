@@ -9,6 +9,7 @@ const ROLES = {
 };
 
 const ADD_MEMBER = "Add a member";
+const CAPTION = "Members";
 
 export async function membersView(main, ctx) {
   const { project, session } = ctx;
@@ -61,7 +62,7 @@ export async function membersView(main, ctx) {
           : null,
       ].filter(Boolean),
       members,
-      { caption: "Members", rowKey: (m) => m.user, empty: "No members." },
+      { caption: CAPTION, rowKey: (m) => m.user, empty: "No members." },
     ),
     admin ? addMemberForm(ctx, base) : null,
     h("dl", { class: "roles" }, Object.entries(ROLES).map(([role, text]) => h("div", {}, h("dt", {}, role), h("dd", {}, text.split(": ")[1])))),
@@ -71,6 +72,7 @@ export async function membersView(main, ctx) {
 function addMemberForm(ctx, base) {
   return userRoleForm(ctx, {
     label: ADD_MEMBER,
+    caption: CAPTION,
     roles: Object.keys(ROLES).map((r) => [r, r]),
     initial: "member",
     submitLabel: "Add member",

@@ -3,7 +3,7 @@
 // change it; others see it.
 
 import { api, seg } from "../api.js";
-import { clear, errorBox, field, h, toast } from "../ui.js";
+import { clear, errorBox, field, focusAfterRedraw, h, toast } from "../ui.js";
 
 const CHOICES = [
   ["", "Off: pulls are not checked against scans"],
@@ -43,19 +43,15 @@ export async function pullPolicySection(section, ctx) {
   );
   const choice = field("Refuse pulls of images with", select);
   const problem = h("div");
-  const form = h(
-    "form",
-    { class: "inline-form", "aria-label": "Pull policy" },
-    choice,
-    h("button", { type: "submit", class: "primary" }, "Save"),
-    problem,
-  );
+  const save = h("button", { type: "submit", class: "primary" }, "Save");
+  const form = h("form", { class: "inline-form", "aria-label": "Pull policy" }, choice, save, problem);
   form.addEventListener("submit", async (e) => {
     e.preventDefault();
     clear(problem);
     try {
       const saved = await api.put(base, { refuse_severity: select.value || null });
       toast(saved.refuse_severity ? "Pulls of vulnerable images are refused" : "Pull policy turned off");
+      ctx.afterRender(focusAfterRedraw(save));
       ctx.refresh();
     } catch (err) {
       choice.setError(err.forField?.("refuse_severity"));

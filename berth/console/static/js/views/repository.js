@@ -315,6 +315,7 @@ async function restoreTag(ctx, event, button) {
 // ------------------------------------------------------------------ permissions
 
 const GRANT_FORM = "Give a user a role on this repository";
+const GRANTS = "Repository permissions";
 
 async function permissionsTab(ctx) {
   const { project, base, panel, repo } = ctx;
@@ -345,7 +346,7 @@ async function permissionsTab(ctx) {
           : null,
       ].filter(Boolean),
       grants,
-      { caption: "Repository permissions", rowKey: (g) => g.user, empty: "Nobody outside the project has a role on this repository." },
+      { caption: GRANTS, rowKey: (g) => g.user, empty: "Nobody outside the project has a role on this repository." },
     ),
     form,
   );
@@ -354,6 +355,7 @@ async function permissionsTab(ctx) {
 function grantForm(ctx) {
   return userRoleForm(ctx, {
     label: GRANT_FORM,
+    caption: GRANTS,
     roles: [["viewer", "Viewer (pull)"], ["member", "Member (push and pull)"]],
     initial: "viewer",
     submitLabel: "Add permission",
@@ -391,6 +393,7 @@ async function settingsTab(ctx) {
     try {
       await api.patch(base, readRepositoryFields(fields));
       toast("Settings saved");
+      ctx.afterRender(focusAfterRedraw(save));
       ctx.refresh();
     } catch (err) {
       fields.descriptionField.setError(err.forField?.("description"));

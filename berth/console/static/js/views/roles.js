@@ -2,7 +2,7 @@
 // the button that takes it away.
 
 import { api, query } from "../api.js";
-import { badge, clear, confirmDialog, errorBox, field, focusAfterRedraw, h, toast } from "../ui.js";
+import { badge, clear, confirmDialog, errorBox, field, focusAfterRedraw, h, rowControl, toast } from "../ui.js";
 
 const SUGGESTIONS = 8;
 
@@ -97,9 +97,10 @@ export function userPicker(sayProblem = () => {}) {
 
 /**
  * An inline form: a user name, a role (`roles`: [[value, label]]) and a submit button.
- * `save(user, role)` calls the API and returns the message to show; the view then refreshes.
+ * `save(user, role)` calls the API and returns the message to show; the view then refreshes,
+ * and the focus goes to the user's row in the table captioned `caption` (keyed by user name).
  */
-export function userRoleForm(ctx, { label, roles, initial, submitLabel, save }) {
+export function userRoleForm(ctx, { label, caption, roles, initial, submitLabel, save }) {
   let userField = null;
   const { input: user, control } = userPicker((message) => userField.setError(message));
   userField = field("User", user, null, control);
@@ -118,7 +119,9 @@ export function userRoleForm(ctx, { label, roles, initial, submitLabel, save }) 
     clear(problem);
     userField.setError("");
     try {
-      toast(await save(user.value.trim().toLowerCase(), role.value));
+      const name = user.value.trim().toLowerCase();
+      toast(await save(name, role.value));
+      ctx.afterRender(focusAfterRedraw(null, () => rowControl(caption, name) || userFieldOf(label)));
       ctx.refresh();
     } catch (err) {
       if (err.status === 404 && err.message.startsWith("user ")) {

@@ -3,7 +3,7 @@
 // endpoint chosen, where a delivered or failed delivery can be sent again.
 
 import { api, query, seg } from "../api.js";
-import { badge, clear, confirmDialog, copyable, emptyState, errorBox, field, focusAfterRedraw, h, openDialog, pager, table, timeElement, toast } from "../ui.js";
+import { badge, clear, confirmDialog, copyable, emptyState, errorBox, field, focusAfterRedraw, h, openDialog, pager, rowControl, table, timeElement, toast } from "../ui.js";
 
 const STATE_BADGES = { delivered: ["Delivered", "succeeded"], pending: ["Pending", "pending"], failed: ["Failed", "failed"] };
 
@@ -45,10 +45,10 @@ export async function webhooksView(main, ctx) {
             h(
               "span",
               { class: "actions" },
-              h("button", { type: "button", class: "small", disabled: !w.enabled, "aria-label": `Send test event to ${w.url}`, onclick: () => sendTest(ctx, base, w) }, "Send test event"),
+              h("button", { type: "button", class: "small", disabled: !w.enabled, "aria-label": `Send test event to ${w.url}`, onclick: (e) => sendTest(ctx, base, w, e.currentTarget) }, "Send test event"),
               h("button", { type: "button", class: "small", "aria-label": `Delivery log of ${w.url}`, onclick: () => ctx.navigate(`/projects/${seg(project.name)}/webhooks`, { webhook: w.id }) }, "Delivery log"),
-              h("button", { type: "button", class: "small", "aria-label": `Edit webhook ${w.url}`, onclick: () => editWebhook(ctx, base, w) }, "Edit"),
-              h("button", { type: "button", class: "small", "aria-label": `${w.signed ? "New secret" : "Add secret"} for ${w.url}`, onclick: () => newSecret(ctx, base, w) }, w.signed ? "New secret" : "Add secret"),
+              h("button", { type: "button", class: "small", "aria-label": `Edit webhook ${w.url}`, onclick: (e) => editWebhook(ctx, base, w, e.currentTarget) }, "Edit"),
+              h("button", { type: "button", class: "small", "aria-label": `${w.signed ? "New secret" : "Add secret"} for ${w.url}`, onclick: (e) => newSecret(ctx, base, w, e.currentTarget) }, w.signed ? "New secret" : "Add secret"),
               h("button", { type: "button", class: "small", "aria-label": `${w.enabled ? "Disable" : "Enable"} webhook ${w.url}`, onclick: (e) => setEnabled(ctx, base, w, !w.enabled, e.currentTarget) }, w.enabled ? "Disable" : "Enable"),
               h("button", { type: "button", class: "small danger-text", "aria-label": `Delete webhook ${w.url}`, onclick: (e) => deleteWebhook(ctx, base, w, e.currentTarget) }, "Delete"),
             ),
@@ -117,21 +117,22 @@ function nextAttempt(d, webhook) {
 function redeliverButton(ctx, base, webhook, d) {
   if (d.state === "pending") return null;
   const why = webhook.enabled ? "Send this event again, after anything queued for the endpoint" : "The endpoint is disabled: enable it to send it events";
-  return h("button", { type: "button", class: "small", title: why, disabled: !webhook.enabled, onclick: () => redeliver(ctx, base, webhook, d) }, "Redeliver");
+  return h("button", { type: "button", class: "small", title: why, disabled: !webhook.enabled, onclick: (e) => redeliver(ctx, base, webhook, d, e.currentTarget) }, "Redeliver");
 }
 
-async function redeliver(ctx, base, webhook, d) {
+async function redeliver(ctx, base, webhook, d, button) {
   try {
     const queued = await api.post(`${base}/${webhook.id}/deliveries/${d.id}/redeliver`);
     const when = queued.event_type === "io.berth.webhook.test" ? "it is sent within a few seconds, once" : "it is sent after anything queued before it, and retried for a day";
     toast(`Delivery ${d.id} queued again as delivery ${queued.id}: ${when}`);
+    ctx.afterRender(focusAfterRedraw(button));
     ctx.navigate(`/projects/${seg(ctx.project.name)}/webhooks`, { webhook: webhook.id });
   } catch (err) {
     toast(err.message, "error");
   }
 }
 
-async function sendTest(ctx, base, webhook) {
+async function sendTest(ctx, base, webhook, button) {
   try {
     const queued = await api.post(`${base}/${webhook.id}/test`);
     toast("Test event queued: it is sent within a few seconds, ahead of anything waiting");
@@ -147,6 +148,7 @@ async function sendTest(ctx, base, webhook) {
     const answer = found?.attempt_log[0];
     if (found?.state === "delivered") toast(`Test event delivered: the endpoint answered ${answer.status_code}`);
     else if (found?.state === "failed") toast(`Test event not accepted: ${answer.error}. Tests are not retried: send another once the endpoint is fixed.`, "error");
+    ctx.afterRender(focusAfterRedraw(button));
     ctx.navigate(`/projects/${seg(ctx.project.name)}/webhooks`, { webhook: webhook.id });
   } catch (err) {
     toast(err.message, "error");
@@ -189,10 +191,11 @@ async function createWebhook(ctx, base) {
   });
   if (!created) return;
   if (created.secret) await showSecret("Webhook added", created.url, created.secret);
+  ctx.afterRender(focusAfterRedraw(null, () => rowControl("Webhooks", created.id)));
   ctx.navigate(`/projects/${seg(ctx.project.name)}/webhooks`, { webhook: created.id });
 }
 
-async function editWebhook(ctx, base, webhook) {
+async function editWebhook(ctx, base, webhook, button) {
   const saved = await webhookDialog(base, {
     title: "Edit webhook",
     submitLabel: "Save",
@@ -201,6 +204,7 @@ async function editWebhook(ctx, base, webhook) {
   });
   if (!saved) return;
   toast("Webhook saved");
+  ctx.afterRender(focusAfterRedraw(button));
   ctx.navigate(`/projects/${seg(ctx.project.name)}/webhooks`, { webhook: saved.id });
 }
 
@@ -249,7 +253,7 @@ async function webhookDialog(base, { title, submitLabel, webhook = null, save })
   });
 }
 
-async function newSecret(ctx, base, webhook) {
+async function newSecret(ctx, base, webhook, button) {
   let secret = null;
   const done = await confirmDialog({
     title: webhook.signed ? "New signing secret" : "Sign deliveries",
@@ -268,6 +272,7 @@ async function newSecret(ctx, base, webhook) {
   });
   if (!done) return;
   await showSecret("New signing secret", webhook.url, secret);
+  ctx.afterRender(focusAfterRedraw(button));
   ctx.navigate(`/projects/${seg(ctx.project.name)}/webhooks`, { webhook: webhook.id });
 }
 
