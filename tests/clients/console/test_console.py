@@ -741,6 +741,54 @@ def test_long_digests_scroll_no_page_sideways(page: Page, tenant: Tenant) -> Non
             assert page.evaluate(OVERFLOWING) == [], f"a repository's {tab} at {viewport}"
 
 
+def test_access_key_ids_in_the_audit_log_stay_on_one_line(page: Page, tenant: Tenant) -> None:
+    """Beside a long detail (a webhook's every event type, which wraps anywhere), each access
+    key ID in the Target column is on one line, and the table still fits 1280 px."""
+    hooks = f"/projects/{tenant.project}/webhooks"
+    with tenant.api() as admin:
+        every = [t["type"] for t in admin.get(f"{hooks}/event-types").json()]
+        admin.post(hooks, json={"url": "http://127.0.0.1:9/x", "event_types": every})
+        ids = []
+        for _ in range(2):
+            made = admin.post(f"/projects/{tenant.project}/keys", json={"user": tenant.user})
+            ids.append(made.raise_for_status().json()["access_key_id"])
+    sign_in(page, tenant)
+    open_project_page(page, tenant, "Audit log")
+    log = page.get_by_role("table", name="Audit log")
+    for _ in range(10):  # the server writes audit entries in batches, every 0.25 s
+        if log.get_by_title(ids[-1]).count() and log.get_by_text("webhook.create").count():
+            break
+        page.wait_for_timeout(300)
+        page.reload()
+    for key_id in ids:
+        shown = log.get_by_title(key_id)
+        expect(shown).to_have_text(key_id)
+        assert shown.evaluate("(e) => e.getClientRects().length") == 1, f"{key_id} is broken"
+    assert page.evaluate(OVERFLOWING) == []
+
+
+def test_the_server_admin_badge_stands_apart_from_the_kind(page: Page, tenant: Tenant) -> None:
+    admin_name = f"boss-{tenant.project[3:]}"
+    tenant.server.create_user(admin_name, "a-password-for-tests", is_admin=True)
+    page.goto(f"{tenant.console}#/admin?query={admin_name}")
+    page.get_by_label("User name").fill("admin")
+    page.get_by_label("Password").fill(ADMIN_PASSWORD)
+    page.get_by_role("button", name="Sign in").click()
+    row = page.get_by_role("table", name="Users").get_by_role("row").filter(has_text=admin_name)
+    badge = row.locator(".badge", has_text="server admin")
+    expect(badge).to_be_visible()
+    # From the end of the word "person" (the cell's first text) to the badge's edge.
+    gap = badge.evaluate(
+        """(badge) => {
+          const person = document.createTreeWalker(badge.closest("td"), NodeFilter.SHOW_TEXT).nextNode();
+          const word = document.createRange();
+          word.selectNodeContents(person);
+          return badge.getBoundingClientRect().left - word.getBoundingClientRect().right;
+        }"""
+    )
+    assert gap >= 6, f"the badge is {gap} px from the word before it"
+
+
 def test_the_images_table_fits_a_laptop_screen_beside_the_menu(page: Page, tenant: Tenant) -> None:
     """Images under the repository and on it, tagged and not, at 1280 px: every column shows,
     the Actions too, with no scrolling sideways."""

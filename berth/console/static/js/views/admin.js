@@ -45,15 +45,18 @@ export async function adminView(main, ctx) {
     users instanceof Error ? searchRefusal(users) : table(
       [
         { title: "User", cell: (u) => [u.name, u.name === session.user ? h("span", { class: "muted" }, " (you)") : null] },
-        { title: "Kind", cell: (u) => [u.service_account ? badge("service account") : "person", u.admin ? badge("server admin") : null] },
+        { title: "Kind", cell: (u) => h("span", { class: "user-kind" }, u.service_account ? badge("service account") : h("span", {}, "person"), u.admin ? badge("server admin") : null) },
         { title: "Created", cell: (u) => timeElement(u.created_at) },
         {
           title: "Actions",
-          cell: (u) => [
-            // Your own password: Change password at the top (it asks for the current one).
-            u.service_account || u.name === session.user ? null : h("button", { type: "button", class: "small", "aria-label": `Reset password of ${u.name}`, onclick: () => resetPassword(u) }, "Reset password"),
-            u.name === session.user ? null : h("button", { type: "button", class: "small danger-text", "aria-label": `Delete user ${u.name}`, onclick: (e) => deleteUser(ctx, u, e.currentTarget) }, "Delete"),
-          ],
+          cell: (u) =>
+            h(
+              "span",
+              { class: "actions" },
+              // Your own password: Change password at the top (it asks for the current one).
+              u.service_account || u.name === session.user ? null : h("button", { type: "button", class: "small", "aria-label": `Reset password of ${u.name}`, onclick: () => resetPassword(u) }, "Reset password"),
+              u.name === session.user ? null : h("button", { type: "button", class: "small danger-text", "aria-label": `Delete user ${u.name}`, onclick: (e) => deleteUser(ctx, u, e.currentTarget) }, "Delete"),
+            ),
         },
       ],
       users,

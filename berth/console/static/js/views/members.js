@@ -104,7 +104,7 @@ export function auditTable(entries, caption) {
       { title: "When", cell: (e) => timeElement(e.at) },
       { title: "Who", cell: (e) => e.actor },
       { title: "Action", cell: (e) => h("code", {}, e.action) },
-      { title: "Target", cell: (e) => (e.target ? h("span", { title: e.target }, shortenDigests(e.target)) : "–"), class: "wrap" },
+      { title: "Target", cell: (e) => (e.target ? h("span", { title: e.target }, shortenDigests(e.target)) : "–"), class: "target" },
       { title: "Detail", cell: (e) => (e.detail ? h("code", { class: "detail" }, JSON.stringify(e.detail)) : "–"), class: "wrap" },
       { title: "Client", cell: (e) => e.client || "–" },
     ],
