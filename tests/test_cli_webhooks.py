@@ -7,6 +7,7 @@ import json
 import subprocess
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -305,3 +306,36 @@ def test_a_url_the_project_has_is_refused_as_existing(hooks_server: BerthServer)
         url + "/a%2fb",
         url + "/",
     ]
+
+
+def test_a_sixth_waiting_test_event_is_refused_naming_the_command_that_shows_them(
+    tmp_path: Path,
+) -> None:
+    """With no server sending them, five test events wait; `webhook test` for a sixth exits 1
+    with one `error:` saying why and the command that shows the delivery log, which works
+    as printed. Nothing more is queued."""
+    data = BerthServer(tmp_path / "data", extra_env={"BERTH_WEBHOOK_ALLOW_PRIVATE": "true"})
+    data.cli("init")
+    data.cli("project", "create", "clihooks10")
+    only = data_dir_only(data)
+    hook = str(data.cli_json("webhook", "create", "clihooks10", "http://127.0.0.1:9/hook")["id"])
+    for _ in range(5):
+        only.berth("webhook", "test", "clihooks10", hook)
+    refused = subprocess.run(
+        [*BERTH, "--data-dir", only.data_dir, "webhook", "test", "clihooks10", hook],
+        env=only.env,
+        cwd=only.cwd,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert refused.returncode == 1, refused.stderr
+    assert refused.stdout == ""
+    assert refused.stderr.startswith(
+        f"error: webhook {hook} has 5 test events waiting to be sent, the most it may have"
+    ), refused.stderr
+    assert refused.stderr.count("error:") == 1
+    printed = line_after(refused.stderr, refused.stderr.splitlines()[-2])
+    assert printed.split()[-4:] == ["webhook", "deliveries", "clihooks10", hook], printed
+    shown = only.paste(printed).stdout
+    assert shown.count("webhook.test") == shown.count("pending") == 5, shown

@@ -1,5 +1,6 @@
 """A real HTTP endpoint on loopback that receives webhook deliveries: it records each request
-and answers with the next status of a script (then 200), or never answers (`silent`)."""
+and answers with the next status of a script (then 200), `delay` seconds after it came (a slow
+endpoint), or never answers (`silent`)."""
 
 from __future__ import annotations
 
@@ -29,9 +30,12 @@ class Received:
 
 
 class Receiver:
-    def __init__(self, statuses: list[int] | None = None, *, silent: bool = False) -> None:
+    def __init__(
+        self, statuses: list[int] | None = None, *, silent: bool = False, delay: float = 0.0
+    ) -> None:
         self.statuses = list(statuses or [])
         self.silent = silent
+        self.delay = delay
         self.received: list[Received] = []
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -47,6 +51,8 @@ class Receiver:
                 if receiver.silent:
                     receiver._stop.wait(60)  # hold the connection, answer nothing
                     return
+                if receiver._stop.wait(receiver.delay):
+                    return  # closing
                 self.send_response(status)
                 self.send_header("Content-Length", "0")
                 self.end_headers()
@@ -85,8 +91,10 @@ class Receiver:
         raise AssertionError(f"expected {count} deliveries, got {len(self.received)}")
 
 
-def receiving(statuses: list[int] | None = None, *, silent: bool = False) -> Iterator[Receiver]:
-    receiver = Receiver(statuses, silent=silent).start()
+def receiving(
+    statuses: list[int] | None = None, *, silent: bool = False, delay: float = 0.0
+) -> Iterator[Receiver]:
+    receiver = Receiver(statuses, silent=silent, delay=delay).start()
     try:
         yield receiver
     finally:

@@ -204,8 +204,9 @@ async def redeliver(ctx: AdminProject, webhook_id: WebhookId, delivery_id: Deliv
     signed with the endpoint's current secret. It joins the end of the endpoint's queue, as
     a new event does, and is retried like one for a day: the endpoint gets its events in
     order, a re-sent one included, so it never overtakes a delivery that waits. (A test
-    event sent again is a test: sent at once, attempted once.) Refused (409) for a pending
-    delivery, which is being sent already, and while the endpoint is disabled. Audited."""
+    event sent again is a test: sent at once, attempted once, and refused (409) as a new test
+    is while 5 wait to be sent.) Refused (409) for a pending delivery, which is being sent
+    already, and while the endpoint is disabled. Audited."""
     return await ctx.services.webhooks.redeliver(
         ctx.project, webhook_id, delivery_id, actor=ctx.actor, client=ctx.caller.client
     )
@@ -217,5 +218,6 @@ async def send_test_event(ctx: AdminProject, webhook_id: WebhookId) -> Delivery:
     sent within a second or two, ahead of anything queued for the endpoint (a test is outside
     its order), and attempted once, never retried: send another to try again. Follow its
     outcome in the delivery log. Accepted, it shows the endpoint is back: the delivery its
-    queue waits for is retried at once, not at the end of its backoff."""
+    queue waits for is retried at once, not at the end of its backoff. Refused (409) while
+    the endpoint is disabled, and while it has 5 test events waiting to be sent already."""
     return await ctx.services.webhooks.send_test(ctx.project, webhook_id, actor=ctx.actor)

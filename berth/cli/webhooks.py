@@ -33,7 +33,7 @@ from berth.cli.common import (
 from berth.domain.errors import StateRefusal
 from berth.services.records import plain
 from berth.services.webhook_events import EVENT_TYPES, TEST
-from berth.services.webhooks import Delivery, WebhookDisabled
+from berth.services.webhooks import Delivery, TooManyPendingTests, WebhookDisabled
 from berth.state import Services
 
 T = TypeVar("T")
@@ -211,7 +211,9 @@ def webhook_delete(
 def _enabled_only(
     project: str, work: Callable[[Services], Awaitable[T]]
 ) -> Callable[[Services], Awaitable[T]]:
-    """`work` refused for a disabled webhook in words that end in the command enabling it."""
+    """`work` refused for a disabled webhook in words that end in the command enabling it,
+    and for one with as many test events waiting as it may have in words that end in the
+    command showing them."""
 
     async def run(services: Services) -> T:
         try:
@@ -223,6 +225,9 @@ def _enabled_only(
                 f"would send it. Enable it (it then gets new events, and its waiting queue "
                 f"is sent) with:\n  {enable}"
             ) from None
+        except TooManyPendingTests as refusal:
+            log = pasteable("webhook", "deliveries", project, str(refusal.webhook_id))
+            raise StateRefusal(f"{refusal.message}. Follow them with:\n  {log}") from None
 
     return run
 

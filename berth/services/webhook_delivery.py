@@ -2,17 +2,21 @@
 decides which), every second.
 
 A pass first turns queued events (the outbox, `webhook_events`) into one delivery per enabled
-endpoint that subscribes to their type, then works through each endpoint's queue in order, the
-endpoints side by side: an endpoint's next delivery waits until the one before it is delivered
-or given up, and a slow or dead endpoint holds up only its own queue (each attempt has
-`timeout` seconds). A refused attempt (no answer, or not 2xx) is retried after `retry_base`
-seconds, then twice as long each time (at most an hour), until a day has passed since the
-event: then the delivery has failed, and the next one goes.
+endpoint that subscribes to their type, then gives each endpoint with something due a task of
+its own that works through its queue in order: an endpoint's next delivery waits until the one
+before it is delivered or given up (each attempt has `timeout` seconds). The next pass, a
+second later, does not wait for those tasks (it starts tasks for the endpoints that have come
+due since), so a slow or dead endpoint holds up only its own queue; the job runs until the last
+task has ended, `MAX_PARALLEL_SENDS` attempts at most in flight at once. A refused attempt (no
+answer, or not 2xx) is retried after `retry_base` seconds, then twice as long each time (at most
+an hour), until a day has passed since the event: then the delivery has failed, and the next
+one goes.
 
-A test event (`io.berth.webhook.test`, sent by an operator) is outside that order: a pass sends
-it first, whatever waits in the endpoint's queue, and attempts it once (a probe: the operator
-sends another). Accepted, it shows the endpoint is back, so the head of its queue is retried
-in the same pass instead of at the end of its backoff (up to an hour away).
+A test event (`io.berth.webhook.test`, sent by an operator; a few at most wait per endpoint,
+`MAX_PENDING_TESTS`) is outside that order: the endpoint's task sends it before its next
+delivery, whatever waits in the queue, and attempts it once (a probe: the operator sends
+another). Accepted, it shows the endpoint is back, so the head of its queue is retried at once
+instead of at the end of its backoff (up to an hour away).
 
 A redelivery (an operator's "send it again", `Webhooks.redeliver`) is an ordinary delivery of
 an earlier one's body, queued last: it goes in the endpoint's order like any other (a
@@ -67,7 +71,8 @@ RETRY_FOR = dt.timedelta(days=1)
 MAX_RETRY_WAIT = 3600.0
 KEEP_FINISHED = dt.timedelta(days=7)  # delivered and failed deliveries stay this long
 EVENTS_PER_PASS = 500
-DELIVERIES_PER_ENDPOINT_PASS = 50
+# Attempts in flight at once, across all endpoints; an endpoint has one at a time.
+MAX_PARALLEL_SENDS = 100
 SIGNATURE_HEADER = "X-Berth-Signature"
 
 
@@ -109,30 +114,66 @@ class WebhookDelivery:
         ]
 
     async def run(self) -> None:
-        """One pass: fan out the queued events, then deliver what is due: each endpoint's test
-        events, then its queue."""
+        """Deliver until nothing is left to send now. Each endpoint with something due (a
+        test event, or the head of its queue) gets a task of its own that drains it; a pass
+        every second fans out the queued events and starts a task for each endpoint that
+        has come due and has none, without waiting for the tasks already running. So a slow
+        or dead endpoint holds up only its own queue, and the job (with its lease) goes on
+        until the last endpoint's task has ended."""
         await self.fan_out()
+        due = await self._endpoints_with_work()
+        if not due:
+            return
+        # Loaded here: a worker that never sends a webhook never loads it (~7 MB); in a
+        # thread, as its first import takes a second or more that the worker's requests
+        # would otherwise wait out.
+        httpx = await asyncio.to_thread(importlib.import_module, "httpx")
+        sends = asyncio.Semaphore(MAX_PARALLEL_SENDS)
+        draining: dict[int, asyncio.Task[None]] = {}
+        async with httpx.AsyncClient(
+            timeout=self.timeout,
+            follow_redirects=False,
+            trust_env=False,
+            headers={"User-Agent": f"Berth-Webhooks/{__version__}"},
+            # As many connections as attempts may be in flight: none waits for the pool.
+            limits=httpx.Limits(max_connections=MAX_PARALLEL_SENDS),
+        ) as client:
+            try:
+                while True:
+                    for webhook_id in due:
+                        if webhook_id not in draining:
+                            draining[webhook_id] = asyncio.create_task(
+                                self._drain(client, sends, webhook_id),
+                                name=f"webhook {webhook_id}",
+                            )
+                    await asyncio.wait(draining.values(), timeout=PASS_SECONDS)
+                    draining = {w: task for w, task in draining.items() if not task.done()}
+                    if not draining:
+                        return
+                    due = await self._next_pass()
+            finally:
+                # Stopping (this node shuts down, or lost the lease): an attempt cut short
+                # stays pending, and is sent again by the node that runs the job next.
+                for task in draining.values():
+                    task.cancel()
+                await asyncio.gather(*draining.values(), return_exceptions=True)
+
+    async def _next_pass(self) -> list[int]:
+        """A pass while endpoints are being drained: the endpoints that have come due. A
+        failure (the database away) skips the pass; the sends under way go on."""
+        try:
+            await self.fan_out()
+            return await self._endpoints_with_work()
+        except Exception:
+            logger.exception("webhook delivery: a pass failed")
+            return []
+
+    async def _endpoints_with_work(self) -> list[int]:
+        """The endpoints with a test event to send or their queue's head due."""
         async with self.db.read() as conn:
             tests = await self._pending_tests_in(conn)
             due = set(await self._due_endpoints_in(conn)) | set(tests)
-        if due:
-            # Loaded here: a worker that never sends a webhook never loads it (~7 MB); in a
-            # thread, as its first import takes a second or more that the worker's requests
-            # would otherwise wait out.
-            httpx = await asyncio.to_thread(importlib.import_module, "httpx")
-
-            async with httpx.AsyncClient(
-                timeout=self.timeout,
-                follow_redirects=False,
-                trust_env=False,
-                headers={"User-Agent": f"Berth-Webhooks/{__version__}"},
-            ) as client:
-                await asyncio.gather(
-                    *(
-                        self._drain(client, webhook_id, tests.get(webhook_id, []))
-                        for webhook_id in sorted(due)
-                    )
-                )
+        return sorted(due)
 
     async def fan_out(self) -> int:
         """Queued events become deliveries of the endpoints that take them; returns how many
@@ -241,19 +282,41 @@ class WebhookDelivery:
         )
         return [int(webhook_id) for webhook_id in found.scalars()]
 
-    async def _drain(self, client: httpx.AsyncClient, webhook_id: int, tests: list[int]) -> None:
-        """Send the endpoint's test events, then its due deliveries in order until one must
-        wait."""
+    async def _drain(
+        self, client: httpx.AsyncClient, sends: asyncio.Semaphore, webhook_id: int
+    ) -> None:
+        """Send the endpoint's test events, then its due deliveries in order, until it has
+        nothing due; a test event queued meanwhile goes before the next delivery."""
         try:
-            if await self._send_tests(client, tests):
-                await self._retry_head_now(webhook_id)
-            for _ in range(DELIVERIES_PER_ENDPOINT_PASS):
-                if not await self._deliver_next(client, webhook_id):
+            while True:
+                tests = await self._pending_tests_of(webhook_id)
+                if await self._send_tests(client, sends, tests):
+                    await self._retry_head_now(webhook_id)
+                if not await self._deliver_next(client, sends, webhook_id) and not tests:
                     return
         except Exception:
             logger.exception("webhook %s: delivery failed", webhook_id)
 
-    async def _send_tests(self, client: httpx.AsyncClient, tests: list[int]) -> bool:
+    async def _pending_tests_of(self, webhook_id: int) -> list[int]:
+        """The endpoint's test events waiting to be sent, oldest first (none while it is
+        disabled)."""
+        async with self.db.read() as conn:
+            found = await conn.execute(
+                select(webhook_deliveries.c.id)
+                .join(webhooks, webhooks.c.id == webhook_deliveries.c.webhook_id)
+                .where(
+                    webhook_deliveries.c.webhook_id == webhook_id,
+                    webhook_deliveries.c.state == PENDING,
+                    webhook_deliveries.c.event_type == TEST,
+                    webhooks.c.enabled.is_(True),
+                )
+                .order_by(webhook_deliveries.c.id)
+            )
+            return [int(delivery_id) for delivery_id in found.scalars()]
+
+    async def _send_tests(
+        self, client: httpx.AsyncClient, sends: asyncio.Semaphore, tests: list[int]
+    ) -> bool:
         """Attempt each of these test events once; whether the endpoint accepted one."""
         accepted = False
         for delivery_id in tests:
@@ -268,7 +331,8 @@ class WebhookDelivery:
                 ).first()
             if test is None or not test.enabled:  # removed, or disabled, since it was read
                 continue
-            outcome = await self.attempt(client, test.url, test.secret, test.payload)
+            async with sends:
+                outcome = await self.attempt(client, test.url, test.secret, test.payload)
             await self._record(test, outcome)
             accepted = accepted or outcome.delivered
         return accepted
@@ -300,7 +364,9 @@ class WebhookDelivery:
             head.id,
         )
 
-    async def _deliver_next(self, client: httpx.AsyncClient, webhook_id: int) -> bool:
+    async def _deliver_next(
+        self, client: httpx.AsyncClient, sends: asyncio.Semaphore, webhook_id: int
+    ) -> bool:
         """Attempt the endpoint's oldest pending delivery (in order: tests aside) if it is
         due; False when there is none or it must wait."""
         async with self.db.read() as conn:
@@ -310,7 +376,8 @@ class WebhookDelivery:
             return False
         if head.next_attempt_at is not None and head.next_attempt_at > now:
             return False
-        outcome = await self.attempt(client, head.url, head.secret, head.payload)
+        async with sends:
+            outcome = await self.attempt(client, head.url, head.secret, head.payload)
         return await self._record(head, outcome) != PENDING
 
     async def attempt(

@@ -37,6 +37,9 @@ from berth.services.webhook_events import (
 )
 
 MAX_WEBHOOKS = 20  # per project
+# Test events waiting to be sent to one endpoint: each may take the whole webhook_timeout, and
+# a probe needs no queue (the operator sends another once these are sent).
+MAX_PENDING_TESTS = 5
 MIN_SECRET_LENGTH = 16
 MAX_SECRET_LENGTH = 128
 PENDING, DELIVERED, FAILED = "pending", "delivered", "failed"
@@ -65,6 +68,19 @@ class WebhookDisabled(StateRefusal):
 
     def __init__(self, webhook_id: int) -> None:
         super().__init__(f"webhook {webhook_id} is disabled; enable it to send it events")
+        self.webhook_id = webhook_id
+
+
+class TooManyPendingTests(StateRefusal):
+    """A test event (or a test's redelivery) for an endpoint that has `MAX_PENDING_TESTS`
+    waiting to be sent already. Each surface says where to follow them."""
+
+    def __init__(self, webhook_id: int) -> None:
+        super().__init__(
+            f"webhook {webhook_id} has {MAX_PENDING_TESTS} test events waiting to be sent, the "
+            "most it may have; send another once they are sent (each within the webhook "
+            "timeout): their outcomes are in its delivery log"
+        )
         self.webhook_id = webhook_id
 
 
@@ -414,6 +430,7 @@ class Webhooks:
             row = await self._row(conn, project_id, project, webhook_id)
             if not row.enabled:
                 raise WebhookDisabled(webhook_id)
+            await _refuse_too_many_tests(conn, webhook_id)
             result = await conn.execute(
                 webhook_deliveries.insert().values(
                     webhook_id=webhook_id,
@@ -469,6 +486,8 @@ class Webhooks:
                     f"delivery {delivery_id} is still pending: it is being sent (and retried) "
                     "already; redeliver it once it is delivered or has failed"
                 )
+            if sent.event_type == TEST:  # sent again, a test is a test: sent ahead, once
+                await _refuse_too_many_tests(conn, webhook_id)
             result = await conn.execute(
                 webhook_deliveries.insert().values(
                     webhook_id=webhook_id,
@@ -559,6 +578,28 @@ class Webhooks:
                         )
                     )
         return [_delivery(row, head, attempts[row.id]) for row in rows], int(total)
+
+
+async def _refuse_too_many_tests(conn: AsyncConnection, webhook_id: int) -> None:
+    """TooManyPendingTests if the endpoint has `MAX_PENDING_TESTS` waiting to be sent: read
+    with its row locked until this transaction ends, so that tests sent at once cannot all
+    find room (PostgreSQL; SQLite has one writer at a time)."""
+    await conn.execute(
+        select(webhooks.c.id).where(webhooks.c.id == webhook_id).with_for_update(key_share=True)
+    )
+    waiting = (
+        await conn.execute(
+            select(func.count())
+            .select_from(webhook_deliveries)
+            .where(
+                webhook_deliveries.c.webhook_id == webhook_id,
+                webhook_deliveries.c.state == PENDING,
+                webhook_deliveries.c.event_type == TEST,
+            )
+        )
+    ).scalar_one()
+    if waiting >= MAX_PENDING_TESTS:
+        raise TooManyPendingTests(webhook_id)
 
 
 async def _endpoints_locked(conn: AsyncConnection, project_id: int) -> list[Any]:

@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from berth.services.webhook_events import EVENT_TYPES
-from tests.api.conftest import Team, assert_problem, ok, push_image, until
+from tests.api.conftest import Team, assert_problem, new_team, ok, push_image, until
 from tests.clients.machine import HOSTS_FILE, HostsEntries
 from tests.metrics import moved, scrape
 from tests.servers import BACKENDS, BerthServer, server_fixture
@@ -162,6 +162,36 @@ def test_dead_endpoint_does_not_slow_pushes(team: Team) -> None:
         beside = push_times(team, 5)
     assert max(beside) < 1.2, (baseline, beside)
     assert sum(beside) < sum(baseline) * 2 + 1.0, (baseline, beside)
+
+
+def test_a_hanging_endpoint_s_test_events_hold_up_no_other_project(
+    team: Team, receiver: Receiver
+) -> None:
+    """A project's endpoint never answers, with as many test events waiting as it may have
+    (5: each held for the 2 s timeout, 10 s in all); a push to another project, made while
+    they hang, reaches that project's endpoint within seconds all the same."""
+    other = new_team(team.server)
+    add_webhook(other, receiver.url)
+    try:
+        for silent in receiving(silent=True):
+            hanging = add_webhook(team, silent.url)
+            test_path = team.url(f"/webhooks/{hanging['id']}/test")
+            ok(team["project-admin"].post(test_path), 202)
+            # The other four queued while the first hangs: a job that sends what it found
+            # at a pass before it looks again would then be at the four for 8 s.
+            silent.wait_for(1)
+            for _ in range(4):
+                ok(team["project-admin"].post(test_path), 202)
+            silent.wait_for(2)
+            started = time.monotonic()
+            with other.registry() as registry:
+                push_image(registry, other.oci_name(), "v1")
+            (received,) = receiver.wait_for(1, timeout=30)
+            took = time.monotonic() - started
+        assert received.event["data"]["project"] == other.project
+        assert took < 5.0, took
+    finally:
+        other.close()
 
 
 def test_secret_shown_once_and_changes_audited(team: Team, receiver: Receiver) -> None:

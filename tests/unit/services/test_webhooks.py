@@ -14,11 +14,13 @@ from collections.abc import Awaitable, Callable, Iterator
 from typing import Any, TypeVar
 
 import pytest
+from sqlalchemy import select
 
 from berth.domain.errors import Conflict, InvalidValue, RegistryError
 from berth.jobs import Scheduler
 from berth.jobs.leases import Lease, Leases
 from berth.metadata.database import Database
+from berth.metadata.tables import projects
 from berth.services.records import plain
 from berth.services.repositories import Repositories
 from berth.services.webhook_addresses import endpoint_key, refused_address
@@ -30,7 +32,7 @@ from berth.services.webhook_events import (
     EventData,
     enqueue_event_now,
 )
-from berth.services.webhooks import Webhooks
+from berth.services.webhooks import TooManyPendingTests, Webhooks
 from tests.clients.machine import HOSTS_FILE, HostsEntries
 from tests.webhook_receiver import Receiver, receiving
 
@@ -742,3 +744,86 @@ def test_one_url_is_one_webhook_per_project(database_url: str) -> None:
     assert "webhook 1 (http://127.0.0.1:9/hook)" in moved
     assert same.url == "HTTP://127.0.0.1:9/hook"
     assert listed == ["HTTP://127.0.0.1:9/hook", "http://localhost:80", "http://127.0.0.1:9/hook/"]
+
+
+def test_a_slow_endpoint_holds_up_only_its_own_queue(database_url: str, receiver: Receiver) -> None:
+    """An endpoint that takes 0.8 s to accept each event has six queued; another project's
+    event, queued once the job is at them, arrives at the job's next pass, a second or so
+    later, not after the slow queue (another 4 s): the pass does not wait for it."""
+    clock = Clock()
+
+    async def work(db: Database, slow: Receiver) -> float | None:
+        await Repositories(db).create_project("other", actor="test")
+        async with db.read() as conn:
+            other_id = (
+                await conn.execute(select(projects.c.id).where(projects.c.name == "other"))
+            ).scalar_one()
+        hooks = Webhooks(db, allow_private=True)
+        await hooks.create("acme", slow.url, actor="alice")
+        await hooks.create("other", receiver.url, actor="bob")
+        for n in range(6):
+            await push_event(db, f"v{n}")
+        running = asyncio.create_task(delivery(db, clock).run())
+        while not slow.received:
+            await asyncio.sleep(0.02)
+        data = EventData(project="other", repository="app", image="", tag="b1", actor="bob")
+        await enqueue_event_now(db, other_id, IMAGE_PUSHED, data, "app:b1")
+        queued = time.monotonic()
+        arrived: float | None = None
+        while not running.done():
+            if arrived is None and receiver.received:
+                arrived = time.monotonic() - queued
+            await asyncio.sleep(0.02)
+        await running
+        return arrived
+
+    for slow in receiving(delay=0.8):
+        arrived = run(database_url, functools.partial(work, slow=slow))
+        assert [e["data"]["tag"] for e in slow.events()] == [f"v{n}" for n in range(6)]
+    assert [e["data"]["tag"] for e in receiver.events()] == ["b1"]
+    assert arrived is not None and arrived < 2.5, arrived
+
+
+def test_an_endpoint_has_five_test_events_waiting_at_most(
+    database_url: str, receiver: Receiver
+) -> None:
+    """A sixth test event, or a test's redelivery, is refused while five wait to be sent (each
+    may take the whole timeout of an endpoint that hangs); an ordinary redelivery is not. Once
+    the job has sent them, the next test is taken."""
+    clock = Clock()
+
+    async def work(db: Database) -> tuple[str, str, int, list[str]]:
+        hooks = Webhooks(db, allow_private=True, clock=clock)
+        hook = await hooks.create("acme", receiver.url, actor="alice")
+        first = await hooks.send_test("acme", hook.id, actor="alice")
+        await push_event(db, "v1")
+        job = delivery(db, clock)
+        await job.run()
+        log, _ = await hooks.deliveries("acme", hook.id)
+        pushed = next(d for d in log if d.event_type == IMAGE_PUSHED)
+        for _ in range(5):
+            await hooks.send_test("acme", hook.id, actor="alice")
+        with pytest.raises(TooManyPendingTests) as sixth:
+            await hooks.send_test("acme", hook.id, actor="alice")
+        with pytest.raises(TooManyPendingTests) as again:
+            await hooks.redeliver("acme", hook.id, first.id, actor="alice")
+        await hooks.redeliver("acme", hook.id, pushed.id, actor="alice")
+        await job.run()
+        await hooks.send_test("acme", hook.id, actor="alice")
+        await job.run()
+        log, total = await hooks.deliveries("acme", hook.id, limit=50)
+        return sixth.value.message, again.value.message, total, [d.state for d in log]
+
+    sixth, again, total, states = run(database_url, work)
+    assert (
+        sixth
+        == again
+        == (
+            "webhook 1 has 5 test events waiting to be sent, the most it may have; send another "
+            "once they are sent (each within the webhook timeout): their outcomes are in its "
+            "delivery log"
+        )
+    )
+    assert total == 9 and set(states) == {"delivered"}
+    types = [e["type"] for e in receiver.events()]
+    assert types.count(TEST) == 7 and types.count(IMAGE_PUSHED) == 2
