@@ -33,6 +33,13 @@ def test_immutability_verbs(sqlite_server: BerthServer) -> None:
             "immutability", "add", project, "v*", "-r", repo.repository, check=False
         )
         assert again.returncode == 3 and "already has this rule 'v*'" in again.stderr
+        unmatchable = sqlite_server.cli(
+            "immutability", "add", project, "v*", "-r", "../beta/app", check=False
+        )
+        assert unmatchable.returncode == 2 and unmatchable.stderr.startswith("error: ")
+        said = " ".join(unmatchable.stderr.split())
+        assert "invalid repository pattern '../beta/app'" in said
+        assert "so it can match nothing" in said
 
         # Restoring the removed tag moves nothing; from then on the rule holds it.
         sqlite_server.cli("tag", "restore", repo.name, "v1")

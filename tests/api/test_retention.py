@@ -68,6 +68,24 @@ def test_bad_rules_and_schedules_are_refused_naming_the_field(team: Team) -> Non
     assert "daily HH:MM" in body["detail"]
 
 
+def test_patterns_no_name_or_tag_can_match_are_refused(team: Team) -> None:
+    """No repository name starts with '/' or holds '..', no tag starts with '-': a rule for
+    them would keep (or cover) nothing."""
+    admin = team["project-admin"]
+    for rule, said in (
+        ({"keep": "last", "count": 1, "repositories": "../beta/app"}, "what '.' matches"),
+        ({"keep": "last", "count": 1, "repositories": "/beta/app"}, "what '/' matches"),
+        ({"keep": "last", "count": 1, "repositories": "*/../../*"}, "what '*/.' matches"),
+        ({"keep": "last", "count": 1, "tags": "-rc*"}, "tags: invalid tag pattern '-rc*'"),
+        ({"keep": "tagged", "pattern": ".x"}, "pattern: invalid tag pattern '.x'"),
+    ):
+        body = assert_problem(
+            admin.put(team.url("/retention"), json={"rules": [rule]}), 422, fields=("rules",)
+        )
+        assert said in body["detail"] and "so it can match nothing" in body["detail"], body
+    assert ok(admin.get(team.url("/retention")))["rules"] == []
+
+
 def test_dry_run_and_run_agree_item_for_item(team: Team) -> None:
     with team.registry() as registry:
         pushed = [push_image(registry, team.oci_name(), f"build-{i}") for i in range(4)]
@@ -239,10 +257,12 @@ def test_a_rule_that_would_keep_nothing_is_refused(team: Team) -> None:
 
 def test_rules_stored_under_the_older_syntax_still_load_and_run(team: Team) -> None:
     """Rules saved before the syntax was narrowed (count 0, a capital in a repository
-    pattern, a slash in a tag pattern) still show and run; only saving new ones checks."""
+    pattern, a slash in a tag pattern, a pattern no name can match) still show and run; only
+    saving new ones checks."""
     old = [
         {"keep": "last", "count": 0, "repositories": "Old"},
         {"keep": "tagged", "pattern": "x/y", "repositories": "*"},
+        {"keep": "last", "count": 1, "repositories": "../beta/app"},
     ]
 
     async def store(s: Any) -> None:
@@ -264,6 +284,7 @@ def test_rules_stored_under_the_older_syntax_still_load_and_run(team: Team) -> N
     assert [(r["keep"], r["count"], r["repositories"]) for r in shown["rules"]] == [
         ("last", 0, "Old"),
         ("tagged", None, "*"),
+        ("last", 1, "../beta/app"),
     ]
     dry = ok(team["project-admin"].post(team.url("/retention/dry-run")))
-    assert dry["images"] == [] and len(dry["rules"]) == 2
+    assert dry["images"] == [] and len(dry["rules"]) == 3

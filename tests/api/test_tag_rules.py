@@ -6,8 +6,10 @@ from __future__ import annotations
 from typing import Any
 
 import httpx
+from sqlalchemy import select
 
-from tests.api.conftest import Team, assert_problem, ok, push_image, until
+from berth.metadata.tables import immutable_tag_rules, projects
+from tests.api.conftest import Team, assert_problem, ok, push_image, services, until
 from tests.oci import image_index, manifest_path
 
 
@@ -85,6 +87,52 @@ def test_project_admins_make_and_remove_rules_that_readers_see(team: Team) -> No
         } <= found
 
     assert until(audited)
+
+
+def test_patterns_no_name_or_tag_can_match_are_refused_naming_the_field(team: Team) -> None:
+    """No repository name starts with '/' or holds '..': such a rule would protect nothing."""
+    rules = team.url("/immutable-tag-rules")
+    admin = team["project-admin"]
+    for pattern, why in (
+        ("../beta/app", "what '.' matches"),
+        ("/beta/app", "what '/' matches"),
+        ("*/../../*", "what '*/.' matches"),
+        ("app/", "no repository name ends as 'app/' does"),
+    ):
+        body = assert_problem(
+            admin.post(rules, json={"tag_pattern": "v*", "repository_pattern": pattern}),
+            422,
+            fields=("repository_pattern",),
+        )
+        assert why in body["detail"] and "so it can match nothing" in body["detail"], body
+    body = assert_problem(
+        admin.post(rules, json={"tag_pattern": "-rc*"}), 422, fields=("tag_pattern",)
+    )
+    assert "no tag begins with what '-' matches" in body["detail"], body
+    assert ok(team["reader"].get(rules)) == []
+
+
+def test_a_rule_stored_before_the_check_still_loads(team: Team) -> None:
+    """A rule saved before patterns no name can match were refused lists, and tags move
+    around it as before (it covers nothing)."""
+
+    async def store(s: Any) -> None:
+        async with s.db.write() as conn:
+            project_id = (
+                await conn.execute(select(projects.c.id).where(projects.c.name == team.project))
+            ).scalar_one()
+            await conn.execute(
+                immutable_tag_rules.insert().values(
+                    project_id=project_id, tag_pattern="v*", repository_pattern="../beta/app"
+                )
+            )
+
+    services(team.server, store)
+    listed = ok(team["reader"].get(team.url("/immutable-tag-rules")))
+    assert [(r["tag_pattern"], r["repository_pattern"]) for r in listed] == [("v*", "../beta/app")]
+    with team.registry() as registry:
+        push_image(registry, team.oci_name(), "v1")
+        assert registry.delete(manifest_path(team.oci_name(), "v1")).status_code == 202
 
 
 def test_the_rules_are_in_the_openapi_document(team: Team) -> None:

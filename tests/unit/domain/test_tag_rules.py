@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 
 from berth.domain.errors import InvalidValue
+from berth.domain.names import is_valid_name, is_valid_tag
+from berth.domain.patterns import repository_pattern_problem, tag_pattern_problem
 from berth.domain.tag_rules import (
     ImmutableTagRule,
     TagImmutable,
@@ -79,7 +83,10 @@ def test_tag_patterns_refused(pattern: str) -> None:
     assert refused.value.field == "tag_pattern"
 
 
-@pytest.mark.parametrize("pattern", ["app", "app/*", "team-?/web", "[a-c]*"])
+@pytest.mark.parametrize(
+    "pattern",
+    ["app", "app/*", "team-?/web", "[a-c]*", "*", "**", "*/web", "a__b", "a--b", "?", "[!x]"],
+)
 def test_repository_patterns_accepted(pattern: str) -> None:
     assert check_repository_pattern(pattern) == pattern
 
@@ -89,3 +96,48 @@ def test_repository_patterns_refused(pattern: str) -> None:
     with pytest.raises(InvalidValue) as refused:
         check_repository_pattern(pattern)
     assert refused.value.field == "repository_pattern"
+
+
+@pytest.mark.parametrize(
+    ("pattern", "why"),
+    [
+        ("../beta/app", "no repository name begins with what '.' matches"),
+        ("/beta/app", "no repository name begins with what '/' matches"),
+        ("*/../../*", "no repository name begins with what '*/.' matches"),
+        ("app//web", "no repository name begins with what 'app//' matches"),
+        ("a___b", "no repository name begins with what 'a___' matches"),
+        ("a.-b", "no repository name begins with what 'a.-' matches"),
+        ("[._-]*", "no repository name begins with what '[._-]' matches"),
+        ("[!a-z0-9]*", "no repository name begins with what '[!a-z0-9]' matches"),
+        ("app/", "no repository name ends as 'app/' does"),
+        ("app*-", "no repository name ends as 'app*-' does"),
+    ],
+)
+def test_repository_patterns_that_no_name_can_match_are_refused_saying_why(
+    pattern: str, why: str
+) -> None:
+    with pytest.raises(InvalidValue) as refused:
+        check_repository_pattern(pattern)
+    assert refused.value.field == "repository_pattern"
+    assert f"invalid repository pattern {pattern!r}: {why}, so it can match nothing" in str(
+        refused.value
+    )
+
+
+@pytest.mark.parametrize("pattern", ["-rc*", ".hidden", "[.-]*", "[-]"])
+def test_tag_patterns_that_no_tag_can_match_are_refused(pattern: str) -> None:
+    with pytest.raises(InvalidValue, match="no tag begins with what") as refused:
+        check_tag_pattern(pattern)
+    assert refused.value.field == "tag_pattern"
+
+
+def test_a_pattern_without_wildcards_is_refused_exactly_when_it_is_no_name_or_tag() -> None:
+    """The automata the check follows are the names' and tags' grammars: a literal pattern
+    matches only itself, so it must be accepted exactly when it is a valid name (tag)."""
+    for length in range(1, 6):
+        for chars in itertools.product("a._-/", repeat=length):
+            value = "".join(chars)
+            assert (repository_pattern_problem(value) is None) is is_valid_name(value), value
+        for chars in itertools.product("aZ._-", repeat=length):
+            value = "".join(chars)
+            assert (tag_pattern_problem(value) is None) is is_valid_tag(value), value
