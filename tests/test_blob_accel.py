@@ -172,6 +172,9 @@ def test_ranges_headers_and_the_internal_location(berth: BerthServer, nginx: Ngi
             blob_path(name, digest), headers={"Range": f"bytes={len(data)}-"}
         )
         assert beyond.status_code == 416
+        # An inverted range among others: refused by Berth, as alone (nginx sent the valid one).
+        inverted = through_nginx.get(blob_path(name, digest), headers={"Range": "bytes=0-1,5-2"})
+        assert inverted.status_code == 416
 
         head = through_nginx.head(blob_path(name, digest))  # answered by Berth
         assert head.status_code == 200 and head.headers["content-length"] == str(len(data))

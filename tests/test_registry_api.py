@@ -650,6 +650,25 @@ def test_blob_range_requests(repo: Repo) -> None:
     assert head.headers["Docker-Content-Digest"] == digest
 
 
+def test_a_range_set_holding_an_inverted_range_is_refused_with_416(repo: Repo) -> None:
+    """`bytes=5-2` is an invalid range (RFC 9110 14.1.1), which a server may ignore or reject
+    (14.2): Berth rejects it, as Distribution does and the OCI conformance suite expects of
+    `bytes=500-0`, alone or among other ranges, on every store (Starlette answered 400 for a
+    set of several; S3 sent it whole), however many digits it has (int() refused 4300+)."""
+    data = os.urandom(5000)
+    digest = push_bytes(repo.client, repo.name, data)
+    url = repo.url(f"blobs/{digest}")
+    for inverted in ("bytes=5-2", "bytes=0-1,5-2", "bytes=0-1, 5-2", f"bytes={'9' * 5000}-1"):
+        refused = repo.client.get(url, headers={"Range": inverted})
+        assert refused.status_code == 416, (inverted[:20], refused.text)
+        assert refused.headers["Content-Range"] == "bytes */5000"
+        head = repo.client.head(url, headers={"Range": inverted})
+        # A HEAD of a blob in S3 asks the store whether it holds the blob, whatever the Range.
+        assert head.status_code == (200 if on_s3(repo.server) else 416), inverted[:20]
+    fine = repo.client.get(url, headers={"Range": "bytes=2-5"})
+    assert (fine.status_code, fine.content) == (206, data[2:6])
+
+
 def test_every_registry_response_names_the_api_version(repo: Repo) -> None:
     for response in (repo.client.get("/v2/"), repo.client.get(repo.url("manifests/none"))):
         assert response.headers["Docker-Distribution-API-Version"] == "registry/2.0"

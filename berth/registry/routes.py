@@ -180,13 +180,38 @@ async def catalog(request: Request) -> Response:
 
 # ---------------------------------------------------------------- blobs
 
-_RANGE_RE = re.compile(r"bytes=(\d+)-(\d+)")
+_BOUNDED_RANGE_RE = re.compile(r"(\d+)-(\d+)")
 
 
 def _inverted_range(value: str | None) -> bool:
-    """`bytes=500-0` cannot be satisfied: 416 (Starlette would answer 400)."""
-    match = _RANGE_RE.fullmatch(value.strip()) if value else None
-    return match is not None and int(match.group(1)) > int(match.group(2))
+    """Whether a byte range set (as `_honoured_range` lets through) holds a range whose last
+    byte comes before its first, `bytes=500-0` alone or among others: an invalid range set
+    (RFC 9110 14.1.1), which 14.2 lets a server ignore or reject. Berth rejects it with 416,
+    as Distribution does and the OCI conformance suite expects for `bytes=500-0`, on every
+    store (Starlette's FileResponse would answer 400; a set of several would be sent whole
+    from S3)."""
+    if value is None:
+        return False
+    return any(
+        _magnitude(last) < _magnitude(first) for first, last in _BOUNDED_RANGE_RE.findall(value)
+    )
+
+
+def _magnitude(digits: str) -> tuple[int, str]:
+    """A decimal number as a key that orders as the number does, however many digits it has
+    (int() refuses more than 4300: a 500 for a client's header)."""
+    significant = digits.lstrip("0")
+    return len(significant), significant
+
+
+_PAST_ANY_END = 10**18  # a byte position past the end of any blob
+
+
+def _position(digits: str) -> int:
+    """A byte position of a Range: any past the end of every blob reads as one such, so that
+    a number of thousands of digits is no int() to refuse."""
+    length, significant = _magnitude(digits)
+    return int(significant or "0") if length <= 18 else _PAST_ANY_END
 
 
 def _traffic(services: Services, repo: RepositoryRef) -> OnSent | None:
@@ -289,17 +314,20 @@ async def _streamed_blob(
 
 def _single_range(header: str | None, size: int) -> tuple[int, int, str | None] | None:
     """The bytes [start, end) one Range asks for and their Content-Range (None when the whole
-    blob is asked for: no Range, or several ranges), or None when it cannot be satisfied."""
+    blob is asked for: no Range, or several ranges), or None when it cannot be satisfied or
+    holds an inverted range (`_inverted_range`)."""
+    if _inverted_range(header):
+        return None
     start, end = 0, size
     match = _SINGLE_RANGE_RE.fullmatch((header or "").strip())
     if not (match and (match.group(1) or match.group(2))):
         return 0, size, None
     first, last = match.group(1), match.group(2)
     if not first:  # `bytes=-N`: the last N bytes
-        start = max(size - int(last), 0)
+        start = max(size - _position(last), 0)
     else:
-        start = int(first)
-        end = min(int(last) + 1, size) if last else size
+        start = _position(first)
+        end = min(_position(last) + 1, size) if last else size
     if start >= end:
         return None
     return start, end, f"bytes {start}-{end - 1}/{size}"
