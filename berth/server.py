@@ -455,7 +455,10 @@ def _record_served_at(settings: Settings) -> None:
     """Note where this server is reached, for the commands the CLI prints (`berth key
     create`) when it runs with other settings than the server (BERTH_LISTEN given only to
     `make run`)."""
-    _in_database(settings, lambda db: record_served_at(db, public_host(settings)))
+    _in_database(
+        settings,
+        lambda db: record_served_at(db, public_host(settings), settings.project_host_suffix),
+    )
 
 
 def _prepare_metrics(settings: Settings) -> None:

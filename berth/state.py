@@ -25,7 +25,7 @@ from berth.metadata.database import Database
 from berth.metadata.presence import Presence
 from berth.services.gc import GarbageCollector
 from berth.services.identity import Identity
-from berth.services.install import served_at
+from berth.services.install import served_at, served_project_host_suffix
 from berth.services.manifest_cache import BLOB_STAMP_FILE, BlobSizes, ManifestCache, node_stamp
 from berth.services.metering import TrafficMeter
 from berth.services.pulls import PullRecorder
@@ -219,35 +219,42 @@ class Services:
         """The project this server's Host names (`domain.names.host_project`)."""
         return host_project(host, self.settings.project_host_suffix)
 
-    def registry_address(self, project: str, host: str | None) -> RegistryAddress:
+    def registry_address(
+        self, project: str, host: str | None, project_host_suffix: str | None = None
+    ) -> RegistryAddress:
         """Where clients that reached this server at `host` find `project`'s registry (from
-        the server's public URL when there is no request: the CLI)."""
+        the server's public URL when there is no request: the CLI). `project_host_suffix`:
+        the serving server's (`printed_registry_address`), else this process's setting."""
         if not host:
             host = public_host(self.settings)
-        return registry_address(project, host, self.settings.project_host_suffix)
+        suffix = project_host_suffix or self.settings.project_host_suffix
+        return registry_address(project, host, suffix)
 
-    async def pasted_registry_address(self, project: str, host: str | None) -> RegistryAddress:
+    async def pasted_registry_address(
+        self, project: str, host: str | None, project_host_suffix: str | None = None
+    ) -> RegistryAddress:
         """`registry_address` for the commands a browser shows its user to paste: a project
         host under `.localhost` that this machine's resolver does not find (Chromium resolves
         every `*.localhost` name itself, docker and skopeo ask the system) gives way to path
         style on `localhost` with the same port, which reaches the same loopback listener."""
-        address = self.registry_address(project, host)
+        address = self.registry_address(project, host, project_host_suffix)
         hostname = hostname_of(address.login)
         if not address.host_style or not is_loopback_name(hostname):
             return address
         if await self.resolved_names.resolves_here(hostname):
             return address
         port = address.login[len(hostname) :]
-        return registry_address(project, f"localhost{port}", self.settings.project_host_suffix)
+        return self.registry_address(project, f"localhost{port}", project_host_suffix)
 
     async def printed_registry_address(self, project: str) -> RegistryAddress:
-        """Where clients find `project`'s registry, for a command the CLI prints: the address
-        the last `berth serve` recorded when this command's own settings name none (the
-        server may have been started with a `listen` or `domain` of its own environment)."""
-        host = None
-        if not {"listen", "domain", "public_url"} & self.settings.model_fields_set:
-            host = await served_at(self.db)
-        return self.registry_address(project, host)
+        """Where clients find `project`'s registry, for a command the CLI prints: what the API
+        answers as `registry_address` to a client that reached the server where the last
+        `berth serve` recorded it is reached (its host and port, and its own project hosts:
+        it may have been started with a `listen`, `domain` or `region` of its own environment
+        or flags). This command's own settings only before any server has started."""
+        host = await served_at(self.db)
+        suffix = await served_project_host_suffix(self.db) if host else None
+        return await self.pasted_registry_address(project, host, suffix)
 
     def start(self) -> None:
         """Background work of a serving process (not of CLI verbs)."""

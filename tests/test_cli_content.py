@@ -11,7 +11,7 @@ import httpx
 
 from tests.api.conftest import push_image
 from tests.oci import manifest_path
-from tests.servers import BERTH, ROOT, BerthServer
+from tests.servers import ADMIN_PASSWORD, BERTH, ROOT, BerthServer
 from tests.terminal import typed_at_terminal
 
 
@@ -111,6 +111,8 @@ def test_printed_commands_name_where_the_server_serves_and_run_as_printed(
     assert created.returncode == 0, created.stderr
     assert f"docker login {berth.address} --username BK" in created.stdout
     assert f"--docker-server={berth.address} " in created.stdout
+    answered = httpx.get(f"{berth.url}/api/v1/projects/printed", auth=("admin", ADMIN_PASSWORD))
+    assert answered.json()["registry_address"] == berth.address  # what the API says too
     status = run("status", "--json")
     assert json.loads(status.stdout)["served_at"] == berth.address
 

@@ -3,13 +3,18 @@ that are host names, from the CLI as from the API."""
 
 from __future__ import annotations
 
+import os
+import re
 import shlex
 import subprocess
+import uuid
 from pathlib import Path
 
 import httpx
+import pytest
 
-from tests.servers import ROOT, BerthServer
+from tests.clients.machine import HOSTS_FILE, HostsEntries
+from tests.servers import ADMIN_PASSWORD, BERTH, ROOT, BerthServer
 from tests.tls import make_ca_and_cert
 
 
@@ -78,4 +83,69 @@ def test_the_banner_says_how_to_recover_the_password_and_that_a_new_one_given_is
         signed_in = httpx.get(f"{server.url}/api/v1/users", auth=("admin", "a-new-password-1"))
         assert signed_in.status_code == 200
     finally:
+        server.stop()
+
+
+def test_key_create_prints_the_project_host_the_api_answers_and_it_signs_in(
+    tmp_path: Path,
+) -> None:
+    """A server started with `--domain` and `--region` flags and the CLI run without them (or
+    with the domain and region but not the port): `berth key create` prints the project's own
+    host with the server's port, as the API answers it, and the printed docker login address
+    takes the new key (the name resolving through /etc/hosts)."""
+    if not os.access(HOSTS_FILE, os.W_OK):
+        pytest.skip("/etc/hosts is not writable here")
+    suffix = f"r1.cli-{uuid.uuid4().hex[:8]}.test"
+    domain = suffix.removeprefix("r1.")
+    _, certificate, key = make_ca_and_cert(tmp_path / "tls", [suffix, f"*.{suffix}", "127.0.0.1"])
+    server = BerthServer(
+        tmp_path / "data",
+        tls=(certificate, key),
+        serve_args=["--domain", domain, "--region", "r1"],
+    )
+    entry = HostsEntries([f"p1.{suffix}"])
+    server.start()
+    entry.add()
+    try:
+        server.create_project("p1")
+        served = f"{suffix}:{server.port}"
+        with httpx.Client(base_url=server.url, verify=server.ssl_context()) as client:
+            answered = client.get(
+                "/api/v1/projects/p1",
+                headers={"Host": served},
+                auth=("admin", ADMIN_PASSWORD),
+            )
+        assert answered.status_code == 200, answered.text
+        api_address = answered.json()["registry_address"]
+        assert api_address == f"p1.{suffix}:{server.port}"
+
+        bare = {
+            name: value
+            for name, value in server.env.items()
+            if name not in ("BERTH_LISTEN", "BERTH_TLS_CERT", "BERTH_TLS_KEY")
+        }
+        for env in (bare, {**bare, "BERTH_DOMAIN": domain, "BERTH_REGION": "r1"}):
+            created = subprocess.run(
+                [*BERTH, "key", "create", "--user", "admin", "--project", "p1"],
+                env=env,
+                capture_output=True,
+                text=True,
+                cwd=ROOT,
+                timeout=120,
+            )
+            assert created.returncode == 0, created.stderr
+            printed = created.stdout
+            login = re.search(r"docker login (\S+) --username (\S+)", printed)
+            secret = re.search(r"Secret access key:\s*(\S+)", printed)
+            assert login and secret, printed
+            assert login.group(1) == api_address, printed
+            assert f"--docker-server={api_address} " in printed
+            signed_in = httpx.get(
+                f"https://{login.group(1)}/v2/",
+                auth=(login.group(2), secret.group(1)),
+                verify=server.ssl_context(),
+            )
+            assert signed_in.status_code == 200, signed_in.text
+    finally:
+        entry.remove()
         server.stop()

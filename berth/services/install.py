@@ -42,23 +42,33 @@ async def forget_key_fingerprint(db: Database, fingerprint: str) -> None:
 
 
 # Facts of the last start, for the CLI run beside a server started with other settings (its
-# own environment, flags): where it answers, for the commands the CLI prints.
+# own environment, flags): where it answers and which hosts name projects there, for the
+# commands the CLI prints.
 SERVED_AT = "served_at"
+SERVED_PROJECT_HOST_SUFFIX = "served_project_host_suffix"
 
 
-async def record_served_at(db: Database, host: str) -> None:
-    """Note the host (and port) this server is reached at: the last node to start wins."""
+async def record_served_at(db: Database, host: str, project_host_suffix: str) -> None:
+    """Note the host (and port) this server is reached at and the suffix of its project hosts
+    (`.{region}.{domain}`): the last node to start wins."""
     async with db.write() as conn:
-        await conn.execute(
-            db.upsert(install_facts, ["name"], {"value": host, "recorded_at": utcnow()}).values(
-                name=SERVED_AT, value=host, recorded_at=utcnow()
+        for name, value in ((SERVED_AT, host), (SERVED_PROJECT_HOST_SUFFIX, project_host_suffix)):
+            await conn.execute(
+                db.upsert(
+                    install_facts, ["name"], {"value": value, "recorded_at": utcnow()}
+                ).values(name=name, value=value, recorded_at=utcnow())
             )
-        )
 
 
 async def served_at(db: Database) -> str | None:
     """The host (and port) the last server to start is reached at, if one has started."""
     return await _fact(db, SERVED_AT)
+
+
+async def served_project_host_suffix(db: Database) -> str | None:
+    """The project host suffix of the last server to start, if one has recorded it (a server
+    of an older Berth recorded only `served_at`)."""
+    return await _fact(db, SERVED_PROJECT_HOST_SUFFIX)
 
 
 async def _fact(db: Database, name: str) -> str | None:
