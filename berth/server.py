@@ -73,7 +73,7 @@ def _bootstrap_admin(
     if created is None:
         if settings.admin_password:
             print(
-                "note: admin_password (BERTH_ADMIN_PASSWORD) is used only when the data is "
+                f"note: {_admin_password_source()} is used only when the data is "
                 "created; the administrator exists, with its password unchanged. To change "
                 f"it: {reset}",
                 flush=True,
@@ -84,7 +84,7 @@ def _bootstrap_admin(
     if generated:
         print(f"  password (shown only now): {generated}", flush=True)
     else:
-        print("  password: the one given in BERTH_ADMIN_PASSWORD", flush=True)
+        print(f"  password: the one given in {_admin_password_source()}", flush=True)
     serve = command("serve")
     when = "" if serving else f" once `{serve}` runs"
     create = command("project", "create", "PROJECT")
@@ -96,6 +96,13 @@ def _bootstrap_admin(
         f"  docker login {public_host(settings)} --username KEY_ID --password SECRET",
         flush=True,
     )
+
+
+def _admin_password_source() -> str:
+    """Where the administrator's password was given, as the user wrote it: the environment
+    variable, or the setting in the config file."""
+    source = setting_source("admin_password")
+    return f"admin_password ({source})" if source.startswith("BERTH_") else source
 
 
 def _allow_open_files(connections: int) -> None:

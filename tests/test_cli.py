@@ -736,6 +736,25 @@ def test_init_and_the_refusal_print_commands_that_work_with_the_data_directory_g
     assert [p["name"] for p in json.loads(listed.stdout)["items"]] == ["demo"]
 
 
+def test_init_names_where_the_administrator_password_was_given(tmp_path: Path) -> None:
+    """The password from admin_password in the config file is said to come from there, not
+    from BERTH_ADMIN_PASSWORD (which was not set); from the environment, the variable."""
+    from_file = tmp_path / "file"
+    from_file.mkdir()
+    (from_file / "berth.toml").write_text('admin_password = "from-the-file-1"\n')
+    made = _berth_in(from_file, "init")
+    assert made.returncode == 0, made.stderr
+    config = from_file / "berth.toml"
+    assert f"password: the one given in admin_password in {config}" in made.stdout, made.stdout
+    assert "BERTH_ADMIN_PASSWORD" not in made.stdout
+
+    from_env = tmp_path / "env"
+    from_env.mkdir()
+    made = _berth_in(from_env, "init", BERTH_ADMIN_PASSWORD="from-the-env-1")
+    assert made.returncode == 0, made.stderr
+    assert "password: the one given in admin_password (BERTH_ADMIN_PASSWORD)" in made.stdout
+
+
 def _printed_create(stdout: str) -> str:
     """The `project create` command init's sign-in hint prints, for a project `demo`."""
     (hint,) = [line for line in stdout.splitlines() if "project create" in line]
