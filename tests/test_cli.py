@@ -32,6 +32,7 @@ from tests.servers import (
     ADMIN_PASSWORD,
     BACKENDS,
     BERTH,
+    ROOT,
     BerthServer,
     PostgresCluster,
     database_url_for,
@@ -82,6 +83,23 @@ def test_cli_errors_are_clear(tmp_path: Path) -> None:
     assert lines.returncode == 2, lines.stderr  # as the API refuses it
     assert "with no line breaks or control characters; this one has '\\n'" in lines.stderr
     assert berth.cli("repo", "create", "demo", check=False).returncode == 2
+    # Orphans belong to no project: --repair is for the whole install's check, said so.
+    repair = berth.cli("storage", "check", "demo", "--repair", "--yes", check=False)
+    assert repair.returncode == 2 and repair.stdout == "", repair
+    said = " ".join(repair.stderr.split())
+    assert said.startswith("error: --repair removes stored blobs no metadata names"), said
+    printed = said.rsplit("(", 1)[1].rstrip(")")
+    assert shlex.split(printed)[-4:] == ["storage", "check", "--all", "--repair"]
+    repaired = subprocess.run(
+        [*shlex.split(printed), "--yes", "--json"],
+        env=berth.env,
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=120,
+    )
+    assert repaired.returncode == 0, repaired.stderr
+    assert json.loads(repaired.stdout)["orphans_removed"] == []
 
 
 def test_users_members_keys_and_audit(tmp_path: Path) -> None:

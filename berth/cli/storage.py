@@ -14,6 +14,7 @@ from berth.cli.common import (
     confirm_deletion,
     console,
     fail,
+    pasteable,
     print_json,
     run_service,
 )
@@ -39,7 +40,7 @@ def storage_check(
         typer.Option(
             "--repair",
             help="Remove stored blobs no metadata names once older than gc_grace_period "
-            "(asks first, unless --yes).",
+            "(asks first, unless --yes). Of the whole install only (--all), not of a PROJECT.",
         ),
     ] = False,
     yes: YesFlag = False,
@@ -51,7 +52,15 @@ def storage_check(
     files no upload names. Exits 1 when a blob is damaged or missing (orphans only waste space)."""
     if project is not None and all_projects:
         fail("give a PROJECT or --all, not both", 2)
-    if repair and project is None:  # of one project, --repair removes nothing
+    if project is not None and repair:
+        # Orphans are stored blobs no metadata names: content-addressed, they belong to no
+        # project, so only the whole install's check finds (and removes) them.
+        fail(
+            "--repair removes stored blobs no metadata names, which belong to no project: it "
+            f"repairs the whole install's check only ({pasteable('storage', 'check', '--all', '--repair')})",
+            2,
+        )
+    if repair:
         confirm_deletion(
             "remove the stored blobs no metadata names, once older than gc_grace_period",
             yes,
