@@ -387,12 +387,15 @@ class Settings(BaseSettings):
     @field_validator("trusted_proxies")
     @classmethod
     def _proxy_networks(cls, value: str) -> str:
-        for entry in _comma_separated(value):
+        entries = _comma_separated(value)
+        for entry in entries:
             try:
                 ipaddress.ip_network(entry, strict=False)
             except ValueError:
+                # The message follows the value as given: the entry is named only in a list.
+                which = "" if len(entries) == 1 else f"holds {entry!r}, which "
                 raise ValueError(
-                    f"{entry!r} is not an IP address or network (e.g. 10.0.0.5 or 10.0.1.0/24)"
+                    f"{which}is not an IP address or network (e.g. 10.0.0.5 or 10.0.1.0/24)"
                 ) from None
         return value
 

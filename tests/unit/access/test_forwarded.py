@@ -41,6 +41,17 @@ def test_trusted_proxies_must_be_addresses_or_networks(monkeypatch: pytest.Monke
     monkeypatch.setenv("BERTH_TRUSTED_PROXIES", "10.0.0.5, nginx.internal")
     with pytest.raises(SettingsError) as refused:
         load_settings()
-    assert "'nginx.internal' is not an IP address or network" in str(refused.value)
+    assert str(refused.value) == (
+        "BERTH_TRUSTED_PROXIES: '10.0.0.5, nginx.internal' holds 'nginx.internal', which is "
+        "not an IP address or network (e.g. 10.0.0.5 or 10.0.1.0/24)"
+    )
+    # One value is said once.
+    monkeypatch.setenv("BERTH_TRUSTED_PROXIES", "notanip")
+    with pytest.raises(SettingsError) as refused:
+        load_settings()
+    assert str(refused.value) == (
+        "BERTH_TRUSTED_PROXIES: 'notanip' is not an IP address or network "
+        "(e.g. 10.0.0.5 or 10.0.1.0/24)"
+    )
     monkeypatch.setenv("BERTH_TRUSTED_PROXIES", " 10.0.0.5 , 10.1.0.0/16,")
     assert load_settings().trusted_proxy_networks == PROXIES
