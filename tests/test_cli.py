@@ -179,7 +179,14 @@ def test_help_of_every_verb_and_sub_verb() -> None:
         leaf = not result.output.count("Commands")
         if leaf and verb and verb not in (("serve",), ("init",)):
             assert "--json" in result.output, f"berth {shown} takes no --json"
+        # One placeholder style: {NAME} required, [NAME] optional, named in capitals.
+        usage = result.output.split("Usage: ", 1)[1].split("\n\n", 1)[0]
+        placeholders = usage.split("[OPTIONS]", 1)[-1]
+        assert "[[" not in placeholders and not re.search(r"[{\[][a-z]", placeholders), usage
     image_list = runner.invoke(app, ["image", "list", "--help"]).output
+    # Ranges a verb enforces are shown.
+    assert "1<=x<=400" in runner.invoke(app, ["usage", "--help"], env={"COLUMNS": "200"}).output
+    assert "--limit" in runner.invoke(app, ["retention", "history", "--help"]).output
     assert "PROJECT/REPO[/IMAGE]" in image_list
     assert "PROJECT/REPO" in runner.invoke(app, ["repo", "show", "--help"]).output
 

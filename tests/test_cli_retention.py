@@ -69,6 +69,10 @@ def test_retention_verbs(sqlite_server: BerthServer) -> None:
         (True, 3),
         (True, 3),
     ]
+    # --limit, as gc history takes it: the newest runs, the total counting every run.
+    newest = sqlite_server.cli_json("retention", "history", "cliret", "--limit", "1")
+    assert [r["id"] for r in newest["items"]] == [history[0]["id"]]
+    assert (newest["per_page"], newest["total"]) == (1, 3)
     assert sqlite_server.cli_json("retention", "dry-run", "cliret")["deleted"] == []
 
 

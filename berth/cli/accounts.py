@@ -10,6 +10,8 @@ import typer
 from berth.cli.common import (
     CLI_CLIENT,
     JsonFlag,
+    ProjectArg,
+    UserArg,
     YesFlag,
     ask_on_terminal,
     cli_actor,
@@ -23,7 +25,7 @@ from berth.domain.wording import counted
 
 
 def user_set_password(
-    name: str,
+    name: UserArg,
     password_stdin: Annotated[
         bool, typer.Option("--password-stdin", help="Read the password from standard input.")
     ] = False,
@@ -48,14 +50,14 @@ def user_set_password(
     )
 
 
-def user_delete(name: str, yes: YesFlag = False, json_output: JsonFlag = False) -> None:
+def user_delete(name: UserArg, yes: YesFlag = False, json_output: JsonFlag = False) -> None:
     """Delete a user: their access keys and console sessions stop working within a second."""
     confirm_deletion(f"delete user {name} with their access keys", yes)
     run_service(lambda s: s.identity.users.delete_user(name, actor=cli_actor(), client=CLI_CLIENT))
     done(json_output, {"name": name, "deleted": True}, f"Deleted user [bold]{name}[/]")
 
 
-def project_delete(name: str, yes: YesFlag = False, json_output: JsonFlag = False) -> None:
+def project_delete(name: ProjectArg, yes: YesFlag = False, json_output: JsonFlag = False) -> None:
     """Delete a project with its repositories, images, access keys and roles.
 
     One that holds repositories goes only once its name is typed again (or with --yes).

@@ -55,7 +55,7 @@ def project_pull_policy(
     severity: Annotated[
         str | None,
         typer.Argument(
-            metavar="[SEVERITY|off]",
+            metavar="SEVERITY|off",
             help="Refuse pulls of images whose scan found vulnerabilities of this severity or "
             "above: critical, high, medium, low, or unknown (any finding); off lets every "
             "image through. Without it: show the policy.",
@@ -93,7 +93,7 @@ def project_quota(
     maximum: Annotated[
         str | None,
         typer.Argument(
-            metavar="[MAXIMUM|default]",
+            metavar="MAXIMUM|default",
             help="The most repositories the project may hold (0 or more); default returns it "
             "to the server's repository_quota. Without it: show the quota.",
             show_default=False,

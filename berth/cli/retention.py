@@ -42,7 +42,7 @@ RULE_HELP = (
 )
 IMAGE_COLUMNS = ["repository", "digest", "tags", "pushed_at", "last_pulled_at"]
 RUN_COLUMNS = ["id", "started_at", "actor", "dry_run", "images_deleted", "images_skipped"]
-HISTORY_LIMIT = 50  # the newest runs `retention history` shows
+HISTORY_LIMIT = 50  # the newest runs `retention history` shows unless --limit says
 
 
 def parse_rule(text: str) -> Rule:
@@ -187,9 +187,13 @@ def retention_run(project: ProjectArg, yes: YesFlag = False, json_output: JsonFl
 
 
 @retention_app.command("history")
-def retention_history(project: ProjectArg, json_output: JsonFlag = False) -> None:
+def retention_history(
+    project: ProjectArg,
+    limit: Annotated[int, typer.Option(min=1, help="How many runs, newest first.")] = HISTORY_LIMIT,
+    json_output: JsonFlag = False,
+) -> None:
     """The project's retention runs, newest first."""
-    runs, total = run_service(lambda s: s.retention.history(project, limit=HISTORY_LIMIT))
+    runs, total = run_service(lambda s: s.retention.history(project, limit=limit))
     rows = [
         {**{k: v for k, v in plain(r).items() if k != "deleted"}, "note": _note(r)} for r in runs
     ]
@@ -199,5 +203,5 @@ def retention_history(project: ProjectArg, json_output: JsonFlag = False) -> Non
         RUN_COLUMNS,
         f"Retention runs of {project}",
         total=total,
-        per_page=HISTORY_LIMIT,
+        per_page=limit,
     )

@@ -25,7 +25,10 @@ storage_app = typer.Typer(help="Blob storage: integrity checks.", no_args_is_hel
 @storage_app.command("check")
 def storage_check(
     project: Annotated[
-        str | None, typer.Argument(help="Check only the blobs of this project's repositories.")
+        str | None,
+        typer.Argument(
+            metavar="PROJECT", help="Check only the blobs of this project's repositories."
+        ),
     ] = None,
     all_projects: Annotated[
         bool,

@@ -19,6 +19,7 @@ from berth.cli.common import (
 )
 from berth.domain.wording import counted
 from berth.services.records import plain
+from berth.services.usage import STORAGE_SAMPLE_RETENTION_DAYS
 from berth.state import Services
 
 
@@ -26,7 +27,7 @@ def audit(
     project: Annotated[
         str | None,
         typer.Argument(
-            metavar="[PROJECT]",
+            metavar="PROJECT",
             help="The project whose log to show; without it: the log outside projects.",
             show_default=False,
         ),
@@ -76,7 +77,14 @@ def _change(month: dict[str, Any]) -> str:
 
 def usage(
     project: ProjectArg,
-    days: Annotated[int, typer.Option(help="Days of storage and traffic series to show.")] = 14,
+    days: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            max=STORAGE_SAMPLE_RETENTION_DAYS,
+            help="Days of storage and traffic series to show (traffic: the last 92 at most).",
+        ),
+    ] = 14,
     collect: Annotated[
         bool, typer.Option("--collect", help="Collect storage usage now, first.")
     ] = False,
