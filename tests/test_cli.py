@@ -649,6 +649,34 @@ def test_project_create_and_quota_changes_are_audited_and_the_quota_has_a_verb(
     assert missing.returncode == 1 and "project 'nope' does not exist" in missing.stderr
 
 
+def test_messages_to_no_terminal_are_never_cut_mid_sentence(tmp_path: Path) -> None:
+    """Output piped to a file or a script (no COLUMNS either) keeps each message on one line,
+    where Rich wrapped it at 80 columns; tables still fit 80 columns."""
+    berth = BerthServer(tmp_path / "data", extra_env={"BERTH_WEBHOOK_ALLOW_PRIVATE": "true"})
+    env = {name: value for name, value in berth.env.items() if name != "COLUMNS"}
+
+    def piped(*args: str) -> str:
+        typed = subprocess.run(
+            [*BERTH, *args], env=env, capture_output=True, text=True, cwd=ROOT, timeout=120
+        )
+        assert typed.returncode == 0, typed.stderr
+        return typed.stdout
+
+    piped("init")
+    piped("project", "create", "demo")
+    quota = piped("project", "quota", "demo", "default")
+    assert quota == (
+        "Project demo may hold at most 100 repositories (the server's default); it holds 0.\n"
+    )
+    piped("webhook", "create", "demo", "http://127.0.0.1:9/a-long-path-for-a-wide-table")
+    (queued,) = [line for line in piped("webhook", "test", "demo", "1").splitlines() if "(" in line]
+    assert queued.endswith(
+        "sends it within seconds, ahead of the endpoint's queue, once (it is not retried)."
+    ), queued
+    table = piped("webhook", "list", "demo").splitlines()
+    assert max(map(len, table)) <= 80 and table[3].startswith("1  http://127.0.0.1:9/"), table
+
+
 def test_tables_fit_80_columns_with_whole_ids_and_times_to_the_minute(tmp_path: Path) -> None:
     env = {"BERTH_ADMIN_PASSWORD": "admin-password"}
     assert _berth_in(tmp_path, "init", **env).returncode == 0

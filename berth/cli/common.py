@@ -27,8 +27,21 @@ from berth.services.install import key_fingerprint
 from berth.state import Services
 from berth.storage.base import failures_said_by_caller
 
-console = Console()
-errors = Console(stderr=True)
+
+class _Console(Console):
+    """Rich's console, leaving each line of prose (strings, Text) whole when it prints to no
+    terminal: a file or a script gets a message on one line, not cut at Rich's 80 columns
+    mid-sentence. Tables, their titles included, still fit the width (COLUMNS, else 80)."""
+
+    def print(self, *objects: Any, soft_wrap: bool | None = None, **options: Any) -> None:
+        if soft_wrap is None:
+            prose = all(isinstance(item, str | Text) for item in objects)
+            soft_wrap = self.soft_wrap or (prose and not self.is_terminal)
+        super().print(*objects, soft_wrap=soft_wrap, **options)
+
+
+console = _Console()
+errors = _Console(stderr=True)
 T = TypeVar("T")
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
 ProjectArg = Annotated[str, typer.Argument(metavar="PROJECT")]
