@@ -6,10 +6,12 @@ import hashlib
 import json
 import os
 import socket
+import subprocess
 
 import httpx
 import pytest
 
+from tests.clients.tools import require_binary
 from tests.conftest import Repo, new_repo
 from tests.oci import (
     OCI_CONFIG,
@@ -88,6 +90,34 @@ def test_push_into_a_missing_repository_says_how_to_create_it(repo: Repo) -> Non
     response = repo.client.post("/v2/noproject/missing/blobs/uploads/")
     assert response.status_code == 403
     assert error_code(response) == "DENIED"
+
+
+def test_a_pull_from_a_missing_repository_says_to_check_the_name(repo: Repo) -> None:
+    """Pulling (or deleting) is no push: the answer says the repository does not exist, to
+    check the name, not how to create it; skopeo shows it so."""
+    said = f"repository 'missing' does not exist in project '{repo.project}': check the image name"
+    digest = "sha256:" + "0" * 64
+    for method, path in [
+        ("GET", "manifests/v1"),
+        ("GET", f"blobs/{digest}"),
+        ("DELETE", f"manifests/{digest}"),
+    ]:
+        response = repo.client.request(method, f"/v2/{repo.project}/missing/{path}")
+        assert response.status_code == 404 and error_code(response) == "NAME_UNKNOWN"
+        text = response.json()["errors"][0]["message"]
+        assert text == said, (method, path, text)
+    assert repo.client.head(f"/v2/{repo.project}/missing/manifests/v1").status_code == 404
+
+    skopeo = require_binary("skopeo")
+    key_id, secret = repo.server.access_key(repo.project)
+    inspected = subprocess.run(
+        [skopeo, "inspect", "--tls-verify=false", f"--creds={key_id}:{secret}",
+         f"docker://{repo.server.address}/{repo.project}/missing:v1"],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert inspected.returncode != 0
+    assert said in inspected.stderr, inspected.stderr
+    assert "creates it first" not in inspected.stderr
 
 
 def test_a_project_host_name_that_repeats_the_project_says_so(repo: Repo) -> None:

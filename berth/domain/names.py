@@ -202,7 +202,9 @@ def split_name(name: str, host_project: str | None) -> ImageName:
     return ImageName(host_project, parts[0], "/".join(parts[1:]), name, host_style=True)
 
 
-def name_unknown(name: ImageName, *, project_exists: bool) -> NameUnknown:
+def name_unknown(name: ImageName, *, project_exists: bool, pushing: bool) -> NameUnknown:
+    """NAME_UNKNOWN for a name whose project or repository does not exist: a push is told how
+    the repository is created (a push creates none), a pull or delete to check the name."""
     if not project_exists:
         return NameUnknown(f"project {name.project!r} does not exist", {"project": name.project})
     detail = {"project": name.project, "repository": name.repository}
@@ -212,6 +214,12 @@ def name_unknown(name: ImageName, *, project_exists: bool) -> NameUnknown:
             f"repository {name.repository!r} does not exist in project {name.project!r}; this "
             f"host already names project {name.project!r}, so leave it out of the image name: "
             f"HOST/{rest}, not HOST/{name.project}/{rest}",
+            detail,
+        )
+    if not pushing:
+        return NameUnknown(
+            f"repository {name.repository!r} does not exist in project {name.project!r}: "
+            "check the image name",
             detail,
         )
     # Said to registry clients, who may hold only an access key: no server commands.

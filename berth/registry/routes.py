@@ -86,7 +86,9 @@ async def _target(
     project_id, repo = await services.repositories.lookup(name.project, name.repository)
     await authorize(services, request, caller, name, project_id, repo, needed)
     if repo is None:
-        raise name_unknown(name, project_exists=project_id is not None)
+        raise name_unknown(
+            name, project_exists=project_id is not None, pushing=Action.PUSH in needed
+        )
     return services, name, repo
 
 

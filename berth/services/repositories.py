@@ -168,11 +168,12 @@ class Repositories:
             ).scalar()
         return str(name) if name is not None else None
 
-    async def resolve(self, name: ImageName) -> RepositoryRef:
-        """The repository an OCI name lives in, or NAME_UNKNOWN saying how to create it."""
+    async def resolve(self, name: ImageName, *, pushing: bool) -> RepositoryRef:
+        """The repository an OCI name lives in, or NAME_UNKNOWN (saying how to create it, to
+        a client `pushing`)."""
         project_id, repo = await self.lookup(name.project, name.repository)
         if repo is None:
-            raise name_unknown(name, project_exists=project_id is not None)
+            raise name_unknown(name, project_exists=project_id is not None, pushing=pushing)
         return repo
 
     async def require(self, project: str, name: str) -> RepositoryRef:
