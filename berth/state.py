@@ -227,7 +227,12 @@ class Services:
         the serving server's (`printed_registry_address`), else this process's setting."""
         if not host:
             host = public_host(self.settings)
-        suffix = project_host_suffix or self.settings.project_host_suffix
+        # "" is a recorded path-style server's: kept, not replaced by this process's setting.
+        suffix = (
+            self.settings.project_host_suffix
+            if project_host_suffix is None
+            else project_host_suffix
+        )
         return registry_address(project, host, suffix)
 
     async def pasted_registry_address(
