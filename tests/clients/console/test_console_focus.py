@@ -33,6 +33,33 @@ def expect_focus(page: Page, control: Locator) -> None:
     assert page.evaluate("document.activeElement !== document.body"), focused(page)
 
 
+def disable_then_delete_both(
+    page: Page,
+    table: Locator,
+    kind: tuple[str, str],
+    names: list[str],
+    emptied: tuple[str, str],
+) -> None:
+    """In a list of two rows named `names` (buttons "Disable|Enable|Delete {noun} {name}", a
+    confirmation dialog titled `title`, `kind` being (noun, title)): disabling the first puts the focus on its Enable
+    button, in the same row; deleting it, on the next row's Delete; deleting that (Enter on
+    the focused button), on what adds one, beside the empty list's text."""
+    noun, title = kind
+    empty_text, add_button = emptied
+    page.get_by_role("button", name=f"Disable {noun} {names[0]}", exact=True).click()
+    expect_focus(page, page.get_by_role("button", name=f"Enable {noun} {names[0]}", exact=True))
+
+    page.get_by_role("button", name=f"Delete {noun} {names[0]}", exact=True).click()
+    confirm(page, title, "Delete")
+    expect(table.get_by_role("row")).to_have_count(2)
+    expect_focus(page, page.get_by_role("button", name=f"Delete {noun} {names[1]}", exact=True))
+
+    page.keyboard.press("Enter")
+    confirm(page, title, "Delete")
+    expect(page.get_by_text(empty_text)).to_be_visible()
+    expect_focus(page, page.get_by_role("button", name=add_button))
+
+
 def until_redrawn(page: Page) -> Callable[[], None]:
     """A function that waits until the page shown now is drawn again (a new <main>): until
     then, the control pressed still has the focus, whether or not it gets it back after."""
@@ -103,19 +130,9 @@ def test_deleting_access_keys_moves_the_focus_to_the_next_then_to_create(
     ids = [keys.get_by_role("row").nth(n).locator("td").first.inner_text() for n in (1, 2)]
     assert sorted(ids) == sorted([first, second])
 
-    # Disabled: its Enable button, in the same row, has the focus.
-    page.get_by_role("button", name=f"Disable key {ids[0]}", exact=True).click()
-    expect_focus(page, page.get_by_role("button", name=f"Enable key {ids[0]}", exact=True))
-
-    page.get_by_role("button", name=f"Delete key {ids[0]}", exact=True).click()
-    confirm(page, "Delete access key", "Delete")
-    expect(keys.get_by_role("row")).to_have_count(2)
-    expect_focus(page, page.get_by_role("button", name=f"Delete key {ids[1]}", exact=True))
-
-    page.keyboard.press("Enter")
-    confirm(page, "Delete access key", "Delete")
-    expect(page.get_by_text("No access keys yet")).to_be_visible()
-    expect_focus(page, page.get_by_role("button", name="Create access key"))
+    disable_then_delete_both(
+        page, keys, ("key", "Delete access key"), ids, ("No access keys yet", "Create access key")
+    )
 
 
 def test_removing_members_moves_the_focus_down_the_list_then_to_the_form(
@@ -210,18 +227,9 @@ def test_deleting_webhooks_moves_the_focus_then_to_add(page: Page, tenant: Tenan
     shown = [hooks.get_by_role("row").nth(n).locator("td code").inner_text() for n in (1, 2)]
     assert sorted(shown) == urls
 
-    page.get_by_role("button", name=f"Disable webhook {shown[0]}", exact=True).click()
-    expect_focus(page, page.get_by_role("button", name=f"Enable webhook {shown[0]}", exact=True))
-
-    page.get_by_role("button", name=f"Delete webhook {shown[0]}", exact=True).click()
-    confirm(page, "Delete webhook", "Delete")
-    expect(hooks.get_by_role("row")).to_have_count(2)
-    expect_focus(page, page.get_by_role("button", name=f"Delete webhook {shown[1]}", exact=True))
-
-    page.keyboard.press("Enter")
-    confirm(page, "Delete webhook", "Delete")
-    expect(page.get_by_text("No webhooks yet")).to_be_visible()
-    expect_focus(page, page.get_by_role("button", name="Add webhook"))
+    disable_then_delete_both(
+        page, hooks, ("webhook", "Delete webhook"), shown, ("No webhooks yet", "Add webhook")
+    )
 
 
 def test_deleting_tags_and_restoring_them_keeps_the_focus_in_the_list(
