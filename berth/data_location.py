@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 from sqlalchemy import inspect
@@ -92,20 +93,53 @@ def _cannot_open(settings: Settings, exc: Exception) -> str:
     return f"cannot open the database {shown_database(settings)}: {why}"
 
 
-def missing_data(settings: Settings) -> str | None:
+@dataclass(frozen=True)
+class MissingData:
+    """Why there is no Berth data where the settings point. `unopened`: the database is
+    there (the file, or a server named) but could not be opened, so it may well hold the
+    data: an outage, for which pointing at other data or making new data is no advice."""
+
+    reason: str
+    unopened: bool = False
+
+    def refusal(self, settings: Settings, data_dir: Path | None = None) -> str:
+        """The refusal to act on it: the reason, then what to do (`data_dir`: the --data-dir
+        the verb was given, if any)."""
+        advice = _what_to_check(settings) if self.unopened else where_to_point(settings, data_dir)
+        return f"{self.reason}\n{advice}"
+
+
+def missing_data(settings: Settings) -> MissingData | None:
     """Why there is no Berth data where the settings point, or None when there is."""
     data_dir = settings.data_dir.absolute()
     if not data_dir.is_dir():
-        return f"no Berth data directory at {data_dir}"
+        return MissingData(f"no Berth data directory at {data_dir}")
     database = sqlite_file(settings)
     if database is not None and not database.is_file():
-        return f"no Berth database at {database}"
+        return MissingData(f"no Berth database at {database}")
     try:
         if asyncio.run(_has_schema(settings)):
             return None
     except Exception as exc:  # any driver's refusal: said, not shown as a traceback
-        return _cannot_open(settings, exc)
-    return f"the database {shown_database(settings)} holds no Berth data"
+        return MissingData(_cannot_open(settings, exc), unopened=True)
+    return MissingData(f"the database {shown_database(settings)} holds no Berth data")
+
+
+def _what_to_check(settings: Settings) -> str:
+    """What to check when the database could not be opened: where it is, not other data."""
+    source = setting_source("database_url")
+    database = sqlite_file(settings)
+    if database is not None:
+        return (
+            f"Check that {database} is an SQLite database this user can read and write "
+            f"(database_url: {source})."
+        )
+    url = make_url(settings.resolved_database_url)
+    where = f"{url.host or 'localhost'}:{url.port or 5432}"
+    return (
+        f"Check that the database server {where} is reachable from here and accepts "
+        f"connections, and that database_url ({source}) names it."
+    )
 
 
 def where_to_point(settings: Settings, data_dir: Path | None = None) -> str:

@@ -19,7 +19,7 @@ from rich.table import Table
 from rich.text import Text
 
 from berth.config import Settings, SettingsError, load_settings
-from berth.data_location import missing_data, shown_database, where_to_point
+from berth.data_location import missing_data, shown_database
 from berth.domain.errors import Conflict, InvalidValue, RegistryError, StateRefusal
 from berth.invocation import pasteable_command
 from berth.metadata.migrate import NewerSchema, OlderSchema, require_current
@@ -83,7 +83,7 @@ def existing_settings() -> Settings:
     settings = settings_or_exit()
     missing = missing_data(settings)
     if missing is not None:
-        fail(f"{missing}\n{where_to_point(settings, Options.data_dir)}")
+        fail(missing.refusal(settings, Options.data_dir))
     if Options.verbose:
         errors.print(
             Text(

@@ -29,7 +29,6 @@ from berth.data_location import (
     missing_data,
     shown_database,
     unreachable_database,
-    where_to_point,
 )
 from berth.domain.errors import RegistryError
 from berth.metadata.database import LOCK_NOT_AVAILABLE, LOCK_WAIT_SECONDS, Database
@@ -148,7 +147,10 @@ def status(json_output: JsonFlag = False) -> None:
         table.add_column("value", overflow="fold")
         table.add_row("Config file", Text(f"{config}{'' if config.is_file() else ' (not found)'}"))
         table.add_row("Data directory", Text(data_dir))
-        table.add_row("Database", Text(database + ("" if missing is None else " (not found)")))
+        found = (
+            "" if missing is None else " (cannot be opened)" if missing.unopened else " (not found)"
+        )
+        table.add_row("Database", Text(database + found))
         if revision is not None:
             table.add_row("Schema", Text(f"revision {revision} ({standing})"))
         answers = {
@@ -165,7 +167,7 @@ def status(json_output: JsonFlag = False) -> None:
             table.add_row("Serving", Text(_serving_processes(serving)))
         console.print(table)
     if missing is not None:
-        fail(f"{missing}\n{where_to_point(settings, Options.data_dir)}")
+        fail(missing.refusal(settings, Options.data_dir))
     if unread is not None:
         fail(unread)
 

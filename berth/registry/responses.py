@@ -84,6 +84,21 @@ class BlobBytesResponse(BlobFileResponse):
             self.on_sent(len(body))
 
 
+class BlobHeadResponse:
+    """A HEAD of a blob, or of one range of it, from a store without local files (S3): the
+    headers the GET would send (206 and Content-Range for a range), no body."""
+
+    def __init__(self, digest: str, length: int, content_range: str | None = None) -> None:
+        self.status = 206 if content_range else 200
+        self.headers = _blob_headers(digest, length)
+        if content_range:
+            self.headers.append((b"content-range", content_range.encode()))
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await send({"type": "http.response.start", "status": self.status, "headers": self.headers})
+        await send({"type": "http.response.body", "body": b""})
+
+
 class BlobStreamResponse:
     """A blob, or one range of it, streamed from a store without local files (S3)."""
 

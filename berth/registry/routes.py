@@ -44,6 +44,7 @@ from berth.observability.requests import note, with_request_id
 from berth.registry.responses import (
     BlobBytesResponse,
     BlobFileResponse,
+    BlobHeadResponse,
     BlobStreamResponse,
     ManifestResponse,
     MeteredFileResponse,
@@ -230,7 +231,7 @@ def _held(request: Request, digest: str) -> bool:
 
 async def get_blob(
     request: Request,
-) -> Response | BlobFileResponse | BlobStreamResponse | NotModifiedResponse:
+) -> Response | BlobFileResponse | BlobHeadResponse | BlobStreamResponse | NotModifiedResponse:
     services, _name, repo = await _target(request, NEEDS_PULL)
     digest = request.path_params["digest"]
     size = await services.registry.blob_size(repo, digest)
@@ -295,21 +296,24 @@ _SINGLE_RANGE_RE = re.compile(r"bytes=(\d*)-(\d*)")
 
 async def _streamed_blob(
     request: Request, services: Services, repo: RepositoryRef, digest: str, size: int
-) -> Response | BlobFileResponse | BlobStreamResponse:
+) -> Response | BlobFileResponse | BlobHeadResponse | BlobStreamResponse:
     """A blob from a store with no local path (S3): read through the store, by byte range
-    when one is asked for (one range; a request for several gets the whole blob)."""
+    when one is asked for (one range; a request for several gets the whole blob). A HEAD
+    answers its Range as the GET would (206 or 416), as a blob in a local file does."""
     if request.method == "HEAD":
         # Asks the store even with a cached copy: a HEAD tells a client whether to push the
         # blob, which every node needs stored, not only this one.
         await services.registry.ensure_stored(digest, size)
-        return BlobFileResponse("", size, digest)  # headers only: no path is read
-    cached = await services.registry.cached_blob(digest, size)
-    if cached is not None:
-        return _file_blob(request, services, repo, digest, cached, size)
+    else:
+        cached = await services.registry.cached_blob(digest, size)
+        if cached is not None:
+            return _file_blob(request, services, repo, digest, cached, size)
     wanted = _single_range(_honoured_range(request, digest), size)
     if wanted is None:
         return _unsatisfiable(size)
     start, end, content_range = wanted
+    if request.method == "HEAD":
+        return BlobHeadResponse(digest, end - start, content_range)
     chunks = await services.registry.blob_stream(digest, size, start, end)
     return BlobStreamResponse(chunks, digest, end - start, content_range, _traffic(services, repo))
 

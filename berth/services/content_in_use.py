@@ -8,7 +8,7 @@ from typing import Any
 
 from sqlalchemy import Select, func, select
 
-from berth.domain.errors import Conflict
+from berth.domain.errors import StateRefusal
 from berth.domain.names import joined_name
 from berth.domain.references import RepositoryRef
 from berth.metadata.tables import tags
@@ -35,7 +35,7 @@ async def in_use_refusal(
     total: int,
     *,
     index: bool = False,
-) -> Conflict:
+) -> StateRefusal:
     """The refusal to delete content that stored manifests (`users`: image, digest rows, the
     first few of `total`) still reference, naming them and the first one's tags, so the
     caller knows what to delete first."""
@@ -61,7 +61,7 @@ async def in_use_refusal(
     others = f" and {total - 1:,} more" if total > 1 else ""
     kind = "index" if index else "manifest"
     todo = "delete the index instead" if index else "delete the images that use it first"
-    return Conflict(
+    return StateRefusal(
         f"{what} is referenced by {kind} {oci_name}@{first.digest}{tagged}{others}; {todo}",
         {"referencedBy": [row.digest for row in users]},
     )

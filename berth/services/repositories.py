@@ -22,6 +22,7 @@ from berth.domain.errors import (
     NameInvalid,
     NameUnknown,
     QuotaExceeded,
+    StateRefusal,
 )
 from berth.domain.names import ImageName, is_valid_component, name_unknown, project_name_problem
 from berth.domain.references import RepositoryRef
@@ -351,7 +352,7 @@ class Repositories:
             )
         ).first()
         if running is not None:
-            raise Conflict(
+            raise StateRefusal(
                 f"a garbage collection is running in project {project!r}; delete the "
                 "project once it has finished"
             )

@@ -273,6 +273,10 @@ def test_a_project_is_not_deleted_while_a_garbage_collection_runs_in_it(
     with administrator(server) as admin:
         refused = assert_problem(admin.delete(f"/projects/{project}"), 409)
         assert "a garbage collection is running" in refused["detail"]
+        # A refusal of the project's state, not something that exists: the CLI exits 1.
+        cli = server.cli("project", "delete", project, "--yes", check=False)
+        assert cli.returncode == 1, cli.stderr
+        assert cli.stderr.startswith("error: a garbage collection is running"), cli.stderr
         ok(admin.get(f"/projects/{project}"))
         assert not server_audit(server, "project.delete", project)
         services(server, lambda s: collecting(s, False))
