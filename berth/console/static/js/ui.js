@@ -235,18 +235,25 @@ export function saveFile(blob, filename) {
 export function openDialog({ title, build, wide = false, label = null }) {
   return new Promise((resolve) => {
     let result;
+    let finished = false;
     const dialog = h("dialog", { class: wide ? "wide" : "", "aria-label": label || title });
-    const close = (value) => {
-      result = value;
-      dialog.close();
-    };
-    const leave = () => close(undefined);
-    window.addEventListener("hashchange", leave);
-    dialog.addEventListener("close", () => {
+    // Out of the page at once: the "close" event comes a task later, and until then a closed
+    // dialog (a secret shown only once, say) would still be in the document.
+    const finish = () => {
+      if (finished) return;
+      finished = true;
       window.removeEventListener("hashchange", leave);
       dialog.remove();
       resolve(result);
-    });
+    };
+    const close = (value) => {
+      result = value;
+      dialog.close();
+      finish();
+    };
+    const leave = () => close(undefined);
+    window.addEventListener("hashchange", leave);
+    dialog.addEventListener("close", finish); // Esc closes it without `close`
     append(dialog, [
       h(
         "header",
