@@ -84,15 +84,23 @@ class BlobBytesResponse(BlobFileResponse):
             self.on_sent(len(body))
 
 
+def _blob_answer(
+    digest: str, length: int, content_range: str | None
+) -> tuple[int, list[tuple[bytes, bytes]]]:
+    """The status and headers of a blob's answer from a store without local files: 206 with
+    its Content-Range for one range, else 200."""
+    headers = _blob_headers(digest, length)
+    if content_range:
+        headers.append((b"content-range", content_range.encode()))
+    return (206 if content_range else 200), headers
+
+
 class BlobHeadResponse:
     """A HEAD of a blob, or of one range of it, from a store without local files (S3): the
     headers the GET would send (206 and Content-Range for a range), no body."""
 
     def __init__(self, digest: str, length: int, content_range: str | None = None) -> None:
-        self.status = 206 if content_range else 200
-        self.headers = _blob_headers(digest, length)
-        if content_range:
-            self.headers.append((b"content-range", content_range.encode()))
+        self.status, self.headers = _blob_answer(digest, length, content_range)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         await send({"type": "http.response.start", "status": self.status, "headers": self.headers})
@@ -112,10 +120,7 @@ class BlobStreamResponse:
     ) -> None:
         self.chunks = chunks
         self.on_sent = on_sent
-        self.status = 206 if content_range else 200
-        self.headers = _blob_headers(digest, length)
-        if content_range:
-            self.headers.append((b"content-range", content_range.encode()))
+        self.status, self.headers = _blob_answer(digest, length, content_range)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         await send({"type": "http.response.start", "status": self.status, "headers": self.headers})
