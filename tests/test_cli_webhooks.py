@@ -254,14 +254,7 @@ def test_a_disabled_webhook_s_test_and_redelivery_are_refused_naming_the_command
             hook,
             *([str(sent["id"])] if verb == ["redeliver"] else []),
         ]
-        refused = subprocess.run(
-            [*BERTH, "--data-dir", only.data_dir, *args],
-            env=only.env,
-            cwd=only.cwd,
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
+        refused = only.berth(*args, check=False)
         assert refused.returncode == 1, refused.stderr
         assert refused.stdout == ""
         assert refused.stderr.startswith(
@@ -321,14 +314,7 @@ def test_a_sixth_waiting_test_event_is_refused_naming_the_command_that_shows_the
     hook = str(data.cli_json("webhook", "create", "clihooks10", "http://127.0.0.1:9/hook")["id"])
     for _ in range(5):
         only.berth("webhook", "test", "clihooks10", hook)
-    refused = subprocess.run(
-        [*BERTH, "--data-dir", only.data_dir, "webhook", "test", "clihooks10", hook],
-        env=only.env,
-        cwd=only.cwd,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    refused = only.berth("webhook", "test", "clihooks10", hook, check=False)
     assert refused.returncode == 1, refused.stderr
     assert refused.stdout == ""
     assert refused.stderr.startswith(
