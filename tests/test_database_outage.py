@@ -141,13 +141,12 @@ CONNECT_TIMEOUT = 1.0
 SLACK = 4.0
 
 
-def test_a_database_host_that_drops_packets_is_a_503_within_the_connect_timeout(
-    postgres: PostgresCluster | None, tmp_path: Path
-) -> None:
-    """PostgreSQL behind a firewall that starts dropping its packets: the connections the
-    server holds get no answer, nor do new ones. Every request is answered 503 within
-    `database_connect_timeout`, first on the pooled connections (their ping goes unanswered)
-    and then on new ones (never answered)."""
+@contextlib.contextmanager
+def serving_through_a_blackhole(
+    postgres: PostgresCluster | None, tmp_path: Path, connect_timeout: float
+) -> Iterator[tuple[Blackhole, BerthServer]]:
+    """A server on PostgreSQL reached through a relay the test can make drop everything,
+    with `database_connect_timeout` at `connect_timeout`; stopped afterwards."""
     if postgres is None:
         pytest.skip("PostgreSQL not installed")
     url = postgres.create_database()
@@ -155,47 +154,66 @@ def test_a_database_host_that_drops_packets_is_a_503_within_the_connect_timeout(
         server = BerthServer(
             tmp_path / "berth",
             url.replace(f":{postgres.port}/", f":{hole.port}/"),
-            extra_env={"BERTH_DATABASE_CONNECT_TIMEOUT": str(CONNECT_TIMEOUT)},
+            extra_env={"BERTH_DATABASE_CONNECT_TIMEOUT": str(connect_timeout)},
         ).start()
-        project: GcProject | None = None
         try:
-            project = new_project(server)
-            name = project.name()
-            pushed = project.push_blob(b"layer bytes of the dropped packets test")
-            registry, api = project.registry, project.api
-            # Several requests at once: the worker's pool holds several connections.
-            with ThreadPoolExecutor(8) as pool:
-                heads = list(pool.map(lambda _: registry.head(blob_path(name, pushed)), range(8)))
-            assert {head.status_code for head in heads} == {200}
-
-            hole.drop()
-
-            # As in the test above, /v2/ may answer from credentials checked a moment ago.
-            deadline = time.monotonic() + 10
-            while registry.get("/v2/").status_code == 200 and time.monotonic() < deadline:
-                time.sleep(0.2)
-            requests: list[Callable[[], httpx.Response]] = [
-                lambda: registry.get("/v2/"),
-                lambda: registry.head(blob_path(name, pushed)),
-                lambda: registry.get(manifest_path(name, "latest")),
-                lambda: api.get("/projects"),
-            ]
-            # More requests than the pool holds connections: both kinds of silence are met.
-            for attempt in range(24):
-                request = requests[attempt % len(requests)]
-                started = time.monotonic()
-                answer = request()
-                took = time.monotonic() - started
-                assert answer.status_code == 503, answer.text
-                assert answer.headers["retry-after"] == str(RETRY_AFTER_SECONDS)
-                assert took < CONNECT_TIMEOUT + SLACK, (attempt, answer.request.url, took)
-            log = (server.data_dir / "server.log").read_text()
-            assert "Application callable raised an exception" not in log
-            assert "the database cannot be reached: TimeoutError" in log
+            yield hole, server
         finally:
-            if project is not None:
-                project.close()
             server.stop()
+
+
+@contextlib.contextmanager
+def pooled_project(server: BerthServer) -> Iterator[tuple[GcProject, str]]:
+    """A project with a pushed blob, HEADed by several requests at once so that the worker's
+    pool holds several connections; the project and its pushed blob's digest."""
+    project = new_project(server)
+    try:
+        pushed = project.push_blob(b"layer bytes of a database outage test")
+        registry, name = project.registry, project.name()
+        with ThreadPoolExecutor(8) as pool:
+            heads = list(pool.map(lambda _: registry.head(blob_path(name, pushed)), range(8)))
+        assert {head.status_code for head in heads} == {200}
+        yield project, pushed
+    finally:
+        project.close()
+
+
+def test_a_database_host_that_drops_packets_is_a_503_within_the_connect_timeout(
+    postgres: PostgresCluster | None, tmp_path: Path
+) -> None:
+    """PostgreSQL behind a firewall that starts dropping its packets: the connections the
+    server holds get no answer, nor do new ones. Every request is answered 503 within
+    `database_connect_timeout`, first on the pooled connections (their ping goes unanswered)
+    and then on new ones (never answered)."""
+    with (
+        serving_through_a_blackhole(postgres, tmp_path, CONNECT_TIMEOUT) as (hole, server),
+        pooled_project(server) as (project, pushed),
+    ):
+        name, registry, api = project.name(), project.registry, project.api
+        hole.drop()
+
+        # As in the test above, /v2/ may answer from credentials checked a moment ago.
+        deadline = time.monotonic() + 10
+        while registry.get("/v2/").status_code == 200 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        requests: list[Callable[[], httpx.Response]] = [
+            lambda: registry.get("/v2/"),
+            lambda: registry.head(blob_path(name, pushed)),
+            lambda: registry.get(manifest_path(name, "latest")),
+            lambda: api.get("/projects"),
+        ]
+        # More requests than the pool holds connections: both kinds of silence are met.
+        for attempt in range(24):
+            request = requests[attempt % len(requests)]
+            started = time.monotonic()
+            answer = request()
+            took = time.monotonic() - started
+            assert answer.status_code == 503, answer.text
+            assert answer.headers["retry-after"] == str(RETRY_AFTER_SECONDS)
+            assert took < CONNECT_TIMEOUT + SLACK, (attempt, answer.request.url, took)
+        log = (server.data_dir / "server.log").read_text()
+        assert "Application callable raised an exception" not in log
+        assert "the database cannot be reached: TimeoutError" in log
 
 
 def test_serve_refuses_a_database_host_that_drops_packets_within_the_connect_timeout(
@@ -236,40 +254,21 @@ def test_a_server_stopped_while_the_database_drops_packets_exits_promptly(
     jobs' leases, counters) gives up once the database is found unreachable, and its pooled
     connections are dropped rather than closed politely (a polite close waits for the
     server's answer, for up to the statement timeout, one connection after another)."""
-    if postgres is None:
-        pytest.skip("PostgreSQL not installed")
-    url = postgres.create_database()
-    with Blackhole("127.0.0.1", postgres.port) as hole:
-        server = BerthServer(
-            tmp_path / "berth",
-            url.replace(f":{postgres.port}/", f":{hole.port}/"),
-            extra_env={"BERTH_DATABASE_CONNECT_TIMEOUT": str(STOP_CONNECT_TIMEOUT)},
-        ).start()
-        project: GcProject | None = None
+    with (
+        serving_through_a_blackhole(postgres, tmp_path, STOP_CONNECT_TIMEOUT) as (hole, server),
+        pooled_project(server),
+    ):
+        hole.drop()
+        assert server.process is not None
+        started = time.monotonic()
+        server.process.send_signal(signal.SIGTERM)
         try:
-            project = new_project(server)
-            pushed = project.push_blob(b"layer bytes of the stopped-in-an-outage test")
-            registry, name = project.registry, project.name()
-            # Several requests at once: the worker's pool holds several connections.
-            with ThreadPoolExecutor(8) as pool:
-                heads = list(pool.map(lambda _: registry.head(blob_path(name, pushed)), range(8)))
-            assert {head.status_code for head in heads} == {200}
-
-            hole.drop()
-            assert server.process is not None
-            started = time.monotonic()
-            server.process.send_signal(signal.SIGTERM)
-            try:
-                server.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                pytest.fail(f"the server had not stopped 30 s after SIGTERM: {server.log_tail()}")
-            took = time.monotonic() - started
-            # Not once per step of the way out (about four times the timeout).
-            assert took < STOP_CONNECT_TIMEOUT + SLACK, (took, server.log_tail())
-        finally:
-            if project is not None:
-                project.close()
-            server.stop()
+            server.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"the server had not stopped 30 s after SIGTERM: {server.log_tail()}")
+        took = time.monotonic() - started
+        # Not once per step of the way out (about four times the timeout).
+        assert took < STOP_CONNECT_TIMEOUT + SLACK, (took, server.log_tail())
 
 
 def status_in(server: BerthServer, settings: dict[str, str]) -> tuple[float, int, str]:
