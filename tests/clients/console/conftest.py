@@ -166,6 +166,17 @@ def open_project_page(page: Page, tenant: Tenant, menu: str) -> None:
     expect(page.get_by_role("heading", level=1, name=menu)).to_be_visible()
 
 
+def retention_dialog_with(page: Page, tenant: Tenant, rules: list[dict[str, object]]) -> Locator:
+    """The project's retention rules set to `rules` through the API, then the console's
+    retention dialog opened on them, signed in as the tenant."""
+    with tenant.api() as admin:
+        admin.put(f"/projects/{tenant.project}/retention", json={"rules": rules}).raise_for_status()
+    sign_in(page, tenant)
+    open_project_page(page, tenant, "Policies")
+    page.get_by_role("button", name="Edit rules").click()
+    return page.get_by_role("dialog", name="Retention rules")
+
+
 def screenshot(page: Page, name: str, full_page: bool = True) -> Path:
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     path = SCREENSHOTS / f"{name}.png"

@@ -14,7 +14,7 @@ import httpx
 from playwright.sync_api import Locator, Page, expect
 
 from tests.api.conftest import push_image
-from tests.clients.console.conftest import Tenant, open_project_page, sign_in
+from tests.clients.console.conftest import Tenant, open_project_page, retention_dialog_with, sign_in
 from tests.servers import ADMIN_PASSWORD
 
 
@@ -90,12 +90,7 @@ def test_removing_a_retention_rule_in_the_dialog_keeps_the_focus_in_it(
         {"keep": "last", "count": 2, "repositories": "two"},
         {"keep": "last", "count": 3, "repositories": "three"},
     ]
-    with tenant.api() as admin:
-        admin.put(f"/projects/{tenant.project}/retention", json={"rules": rules}).raise_for_status()
-    sign_in(page, tenant)
-    open_project_page(page, tenant, "Policies")
-    page.get_by_role("button", name="Edit rules").click()
-    dialog = page.get_by_role("dialog", name="Retention rules")
+    dialog = retention_dialog_with(page, tenant, rules)
     removes = dialog.get_by_role("button", name="Remove rule")
 
     removes.nth(1).focus()

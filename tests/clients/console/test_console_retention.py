@@ -7,7 +7,13 @@ import httpx
 from playwright.sync_api import Page, expect
 
 from tests.api.conftest import push_image
-from tests.clients.console.conftest import Tenant, open_project_page, screenshot, sign_in
+from tests.clients.console.conftest import (
+    Tenant,
+    open_project_page,
+    retention_dialog_with,
+    screenshot,
+    sign_in,
+)
 
 
 def test_retention_rules_dry_run_run_and_history(page: Page, tenant: Tenant) -> None:
@@ -73,12 +79,7 @@ def test_each_remove_button_names_the_rule_it_removes(page: Page, tenant: Tenant
         {"keep": "pushed_within", "days": 30, "repositories": "ci"},
         {"keep": "last", "count": 3, "repositories": "app", "tags": "v*"},
     ]
-    with tenant.api() as admin:
-        admin.put(f"/projects/{tenant.project}/retention", json={"rules": rules}).raise_for_status()
-    sign_in(page, tenant)
-    open_project_page(page, tenant, "Policies")
-    page.get_by_role("button", name="Edit rules").click()
-    dialog = page.get_by_role("dialog", name="Retention rules")
+    dialog = retention_dialog_with(page, tenant, rules)
     first = "Remove rule 1: Keep images pushed within 30 days (in ci)"
     second = "Keep the 3 most recently pushed images (in app, images whose tags all match v*)"
     expect(dialog.get_by_role("button", name=first, exact=True)).to_be_visible()
