@@ -99,10 +99,13 @@ def test_a_test_event_goes_past_a_failing_delivery_and_tells_its_outcome(
                 for tag in ("one", "two"):
                     push_image(registry, f"{tenant.project}/app", tag)
             failing.wait_for(1)
-            one = min(
-                admin.get(f"{hooks}/{made['id']}/deliveries").json()["items"],
-                key=lambda d: int(d["id"]),
-            )
+            # The second push's delivery is made by a later pass than the first's.
+            log_path = f"{hooks}/{made['id']}/deliveries"
+            deadline = time.monotonic() + 10
+            while len(queued := admin.get(log_path).json()["items"]) < 2:
+                assert time.monotonic() < deadline
+                time.sleep(0.1)
+            one = min(queued, key=lambda d: int(d["id"]))
         sign_in(page, tenant)
         open_project_page(page, tenant, "Webhooks")
         log = page.get_by_role("table", name="Deliveries")
