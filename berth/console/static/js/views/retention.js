@@ -58,7 +58,7 @@ export async function retentionSection(section, ctx) {
     h(
       "div",
       { class: "actions" },
-      admin ? h("button", { type: "button", onclick: () => editPolicy(ctx, base, policy) }, "Edit rules") : null,
+      admin ? h("button", { type: "button", onclick: (e) => editPolicy(ctx, base, policy, e.currentTarget) }, "Edit rules") : null,
       manager ? h("button", { type: "button", onclick: () => dryRun(ctx, base, preview, history) }, "Dry run") : null,
       admin ? h("button", { type: "button", class: "danger", onclick: () => runNow(ctx, base, preview, history) }, "Run now") : null,
     ),
@@ -213,7 +213,9 @@ function ruleRow(rule, onRemove, addButton) {
   return row;
 }
 
-async function editPolicy(ctx, base, policy) {
+async function editPolicy(ctx, base, policy, opener) {
+  // Taken while the page shows the button: once the saved rules are drawn, back on Edit rules.
+  const focus = focusAfterRedraw(opener);
   const saved = await openDialog({
     title: "Retention rules",
     wide: true,
@@ -272,8 +274,7 @@ async function editPolicy(ctx, base, policy) {
   });
   if (saved) {
     toast("Retention rules saved");
-    // Back on Edit rules, as the dialog left it, once the page shows the saved rules.
-    ctx.afterRender(focusAfterRedraw(null, () => [...document.querySelectorAll("main button")].find((b) => b.textContent === "Edit rules")));
+    ctx.afterRender(focus);
     ctx.refresh();
   }
 }
