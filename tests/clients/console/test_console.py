@@ -616,6 +616,92 @@ def test_a_project_admin_adds_a_member(page: Page, tenant: Tenant) -> None:
     ).items()
 
 
+def test_removing_yourself_asks_then_goes_to_your_projects(page: Page, tenant: Tenant) -> None:
+    """The project admin's own Remove says what it costs; once done, the console leaves the
+    project's pages (each request there would now be refused) for the projects list."""
+    sign_in(page, tenant)
+    open_project_page(page, tenant, "Members")
+    own = page.get_by_role("table", name="Members").get_by_role("row").filter(has_text="(you)")
+    own.get_by_role("button", name="Remove").click()
+    dialog = page.get_by_role("dialog", name="Remove yourself")
+    expect(dialog).to_contain_text(
+        f"Remove yourself from {tenant.project}? You will no longer see the project"
+    )
+    dialog.get_by_role("button", name="Remove yourself").click()
+    expect(page.get_by_role("heading", level=1, name="Projects")).to_be_visible()
+    assert hash_path(page) == "/"
+    expect(page.get_by_role("status")).to_contain_text(
+        f"You are no longer a member of {tenant.project}"
+    )
+    expect(page.get_by_text("You are not in any project yet")).to_be_visible()
+    expect(page.get_by_text("Something went wrong")).to_have_count(0)
+    members = tenant.api().get(f"/projects/{tenant.project}/members").json()
+    assert tenant.user not in [m["user"] for m in members]
+
+
+def test_a_server_admin_removing_themselves_stays_on_the_project(
+    page: Page, tenant: Tenant
+) -> None:
+    boss = f"boss-{tenant.project[3:]}"
+    tenant.server.create_user(boss, PASSWORD, is_admin=True)
+    tenant.server.add_member(tenant.project, boss, "admin")
+    sign_in(page, tenant, boss)
+    page.get_by_role("link", name=tenant.project).click()  # the server admin sees every project
+    open_project_page(page, tenant, "Members")
+    members = page.get_by_role("table", name="Members")
+    members.get_by_role("row").filter(has_text=boss).get_by_role("button", name="Remove").click()
+    dialog = page.get_by_role("dialog", name="Remove yourself")
+    expect(dialog).to_contain_text("As a server administrator you still see and manage it.")
+    dialog.get_by_role("button", name="Remove").click()
+    expect(members.get_by_role("row").filter(has_text=boss)).to_have_count(0)
+    expect(page.get_by_role("heading", level=1, name="Members")).to_be_visible()
+    assert hash_path(page) == f"/projects/{tenant.project}/members"
+    row = members.get_by_role("row").filter(has_text=tenant.user)
+    expect(row.get_by_role("button", name="Remove")).to_be_visible()
+
+
+def test_demoting_yourself_asks_then_takes_away_the_admin_controls(
+    page: Page, tenant: Tenant
+) -> None:
+    """Cancelled, the role stays; confirmed, the page is drawn for a reader: no role choices,
+    Remove buttons, form to add a member, or admin pages in the menu to fail on a click."""
+    other = f"zz-{tenant.project[3:]}"
+    tenant.server.create_user(other, "a-password-for-tests")
+    tenant.server.add_member(tenant.project, other, "member")
+    sign_in(page, tenant)
+    open_project_page(page, tenant, "Members")
+    members = page.get_by_role("table", name="Members")
+    own = members.get_by_label(f"Role of {tenant.user}")
+
+    own.select_option("reader")
+    dialog = page.get_by_role("dialog", name="Change your own role")
+    expect(dialog).to_contain_text(f"Make yourself reader in {tenant.project}?")
+    dialog.get_by_role("button", name="Cancel").click()
+    expect(own).to_have_value("admin")
+    roles = {
+        m["user"]: m["role"] for m in tenant.api().get(f"/projects/{tenant.project}/members").json()
+    }
+    assert roles[tenant.user] == "admin"
+
+    own.select_option("reader")
+    page.get_by_role("dialog", name="Change your own role").get_by_role(
+        "button", name="Make me reader"
+    ).click()
+    expect(page.get_by_role("status")).to_contain_text(f"You are now reader in {tenant.project}")
+    expect(members.get_by_role("row").filter(has_text=tenant.user)).to_contain_text("reader")
+    expect(members.get_by_role("combobox")).to_have_count(0)
+    expect(members.get_by_role("button", name="Remove")).to_have_count(0)
+    expect(page.get_by_role("form", name="Add a member")).to_have_count(0)
+    menu = page.get_by_role("navigation", name="Project")
+    expect(menu.get_by_role("link", name="Members")).to_be_visible()
+    expect(menu.get_by_role("link", name="Audit log")).to_have_count(0)
+    expect(menu.get_by_role("link", name="Webhooks")).to_have_count(0)
+    roles = {
+        m["user"]: m["role"] for m in tenant.api().get(f"/projects/{tenant.project}/members").json()
+    }
+    assert roles == {tenant.user: "reader", other: "member"}
+
+
 # ------------------------------------------------------------------ cross-site requests
 
 
@@ -764,6 +850,73 @@ def test_access_key_ids_in_the_audit_log_stay_on_one_line(page: Page, tenant: Te
         shown = log.get_by_title(key_id)
         expect(shown).to_have_text(key_id)
         assert shown.evaluate("(e) => e.getClientRects().length") == 1, f"{key_id} is broken"
+    assert page.evaluate(OVERFLOWING) == []
+
+
+# The lines an element's text is laid out in, as the reader sees them: each character goes to the
+# line its box is on (a space the line ended at, with no box of its own, to the line before).
+LINES_OF = """(element) => {
+  const lines = [];
+  let top = null;
+  const walker = document.createTreeWalker(element, NodeFilter.SHOW_TEXT);
+  for (let node = walker.nextNode(); node; node = walker.nextNode()) {
+    for (let i = 0; i < node.length; i++) {
+      const range = document.createRange();
+      range.setStart(node, i);
+      range.setEnd(node, i + 1);
+      const box = [...range.getClientRects()].find((r) => r.width > 0);
+      if (box && (top === null || box.top > top + 2)) {
+        lines.push("");
+        top = box.top;
+      }
+      if (!lines.length) lines.push("");
+      lines[lines.length - 1] += node.data[i];
+    }
+  }
+  return lines;
+}"""
+
+
+def test_audit_details_wrap_between_fields(page: Page, tenant: Tenant) -> None:
+    """A long audit detail (a webhook's changed address, every event type and a description)
+    reads as JSON broken after a comma or between words at 1280 px: never inside a name, a
+    value or between a field's name and its value. Only the address, too long for the column,
+    is broken inside."""
+    hooks = f"/projects/{tenant.project}/webhooks"
+    url = f"http://127.0.0.1:9/hooks/deliver/sha256-{hashlib.sha256(b'hook').hexdigest()}"
+    with tenant.api() as admin:
+        every = [t["type"] for t in admin.get(f"{hooks}/event-types").json()]
+        made = admin.post(hooks, json={"url": "http://127.0.0.1:9/x", "event_types": every[:1]})
+        changed = {
+            "url": url,
+            "event_types": sorted(every),
+            "description": "the build farm's deliveries, checked by the release team",
+        }
+        admin.patch(f"{hooks}/{made.raise_for_status().json()['id']}", json=changed)
+    sign_in(page, tenant)
+    open_project_page(page, tenant, "Audit log")
+    row = page.get_by_role("table", name="Audit log").get_by_role("row")
+    entry = row.filter(has_text="webhook.update")
+    for _ in range(10):  # the server writes audit entries in batches, every 0.25 s
+        if entry.count():
+            break
+        page.wait_for_timeout(300)
+        page.reload()
+    detail = entry.locator("code.detail")
+    # Still the entry's JSON, as a reader may copy it.
+    shown = json.loads(detail.text_content() or "")
+    assert {key: shown[key] for key in changed} == changed
+    screenshot(page, "audit-log")
+    lines = detail.evaluate(LINES_OF)
+    assert len(lines) > 3, lines
+    address = "".join(lines).index(url)
+    at = 0
+    for line in lines[:-1]:
+        at += len(line)
+        if line.endswith((" ", "[", "{")):
+            assert not line.endswith(": "), f"a field's name apart from its value: {lines}"
+        else:
+            assert address < at < address + len(url), f"broken inside a word: {lines}"
     assert page.evaluate(OVERFLOWING) == []
 
 

@@ -110,6 +110,22 @@ export function shortenDigests(text) {
   return text.replace(DIGEST_IN_TEXT, (digest) => `${shortDigest(digest)}…`);
 }
 
+/** A JSON value as text that wraps where a reader would: after a comma, between fields and
+ * items, or between a string's words. JSON.stringify's has no such place (its quotes and
+ * commas are glued), so a narrow column broke it anywhere, a name or a digest mid-way. Each
+ * name stays with its value (`json-name`, kept on one line); the text is still the JSON. */
+export function wrappingJson(value) {
+  // A line may also end after an opening bracket: a list's first item need not fit beside
+  // the name of its field.
+  const enclosed = (open, parts, close) => (parts.length ? [open, h("wbr"), ...parts.flatMap((part, i) => (i ? [", ", part] : [part])), close] : [open, close]);
+  if (Array.isArray(value)) return enclosed("[", value.map(wrappingJson), "]");
+  if (value && typeof value === "object") {
+    const fields = Object.entries(value).map(([name, item]) => [h("span", { class: "json-name" }, `${JSON.stringify(name)}: `), wrappingJson(item)]);
+    return enclosed("{", fields, "}");
+  }
+  return [JSON.stringify(value)];
+}
+
 /** An address from data (an advisory's reference) as a link only when it is http(s): any
  * other scheme (`javascript:`, `data:`) would run or open in the console's origin, so it is
  * shown as text. `text` is what the link says (the address when absent). */

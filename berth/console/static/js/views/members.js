@@ -1,5 +1,5 @@
 import { api, query, seg } from "../api.js";
-import { clear, h, pager, shortenDigests, table, timeElement, toast } from "../ui.js";
+import { clear, confirmDialog, focusAfterRedraw, h, pager, shortenDigests, table, timeElement, toast, wrappingJson } from "../ui.js";
 import { removeButton, userFieldOf, userRoleForm } from "./roles.js";
 
 const ROLES = {
@@ -24,6 +24,9 @@ export async function membersView(main, ctx) {
   );
   const members = await api.get(base);
   if (ctx.stale()) return;
+  // A project admin's own role is what lets them see and manage the project; a server
+  // administrator's is not (they see every project).
+  const ownRole = (m) => m.user === session.user && !session.server_admin;
   const roleSelect = (m) => {
     const select = h(
       "select",
@@ -31,9 +34,12 @@ export async function membersView(main, ctx) {
       Object.keys(ROLES).map((r) => h("option", { value: r, selected: r === m.role }, r)),
     );
     select.addEventListener("change", async () => {
+      const role = select.value;
+      const change = () => api.put(`${base}/${seg(m.user)}`, { role });
+      if (ownRole(m)) return demoteYourself(ctx, select, m.role, change);
       try {
-        await api.put(`${base}/${seg(m.user)}`, { role: select.value });
-        toast(`${m.user} is now ${select.value}`);
+        await change();
+        toast(`${m.user} is now ${role}`);
       } catch (err) {
         toast(err.message, "error");
         select.value = m.role;
@@ -41,6 +47,7 @@ export async function membersView(main, ctx) {
     });
     return select;
   };
+  const remove = (m) => () => api.delete(`${base}/${seg(m.user)}`);
   clear(
     body,
     table(
@@ -52,12 +59,29 @@ export async function membersView(main, ctx) {
           ? {
               title: "Actions",
               cell: (m) =>
-                removeButton(ctx, {
-                  title: "Remove member",
-                  message: `Remove ${m.user} from ${project.name}? Their access keys here stop working within a second.`,
-                  remove: () => api.delete(`${base}/${seg(m.user)}`),
-                  fallback: () => userFieldOf(ADD_MEMBER),
-                }),
+                removeButton(
+                  ctx,
+                  ownRole(m)
+                    ? {
+                        title: "Remove yourself",
+                        message: `Remove yourself from ${project.name}? You will no longer see the project (only repositories where you hold a role of your own), and your access keys here stop working within a second. Only another admin of ${project.name} can add you again.`,
+                        confirmLabel: "Remove yourself",
+                        remove: remove(m),
+                        removed: () => {
+                          toast(`You are no longer a member of ${project.name}`);
+                          ctx.navigate("/");
+                        },
+                      }
+                    : {
+                        title: m.user === session.user ? "Remove yourself" : "Remove member",
+                        message:
+                          m.user === session.user
+                            ? `Remove yourself from ${project.name}? As a server administrator you still see and manage it.`
+                            : `Remove ${m.user} from ${project.name}? Their access keys here stop working within a second.`,
+                        remove: remove(m),
+                        fallback: () => userFieldOf(ADD_MEMBER),
+                      },
+                ),
             }
           : null,
       ].filter(Boolean),
@@ -67,6 +91,26 @@ export async function membersView(main, ctx) {
     admin ? addMemberForm(ctx, base) : null,
     h("dl", { class: "roles" }, Object.entries(ROLES).map(([role, text]) => h("div", {}, h("dt", {}, role), h("dd", {}, text.split(": ")[1])))),
   );
+}
+
+/** The user's own role lowered from admin (`from`) to the one chosen in `select`: asked first,
+ * as they cannot raise it again; then the page is drawn for the new role, without the
+ * controls it no longer allows. Cancelled, the select shows the role kept. */
+async function demoteYourself(ctx, select, from, change) {
+  const role = select.value;
+  const done = await confirmDialog({
+    title: "Change your own role",
+    body: h("p", {}, `Make yourself ${role} in ${ctx.project.name}? You will no longer manage its members, roles, webhooks or settings, nor see its audit log. Only another admin of ${ctx.project.name} can make you admin again.`),
+    confirmLabel: `Make me ${role}`,
+    action: change,
+  });
+  if (!done) {
+    select.value = from;
+    return;
+  }
+  toast(`You are now ${role} in ${ctx.project.name}`);
+  ctx.afterRender(focusAfterRedraw(null));
+  ctx.refresh();
 }
 
 function addMemberForm(ctx, base) {
@@ -105,7 +149,7 @@ export function auditTable(entries, caption) {
       { title: "Who", cell: (e) => e.actor },
       { title: "Action", cell: (e) => h("code", {}, e.action) },
       { title: "Target", cell: (e) => (e.target ? h("span", { title: e.target }, shortenDigests(e.target)) : "–"), class: "target" },
-      { title: "Detail", cell: (e) => (e.detail ? h("code", { class: "detail" }, JSON.stringify(e.detail)) : "–"), class: "wrap" },
+      { title: "Detail", cell: (e) => (e.detail ? h("code", { class: "detail" }, wrappingJson(e.detail)) : "–"), class: "detail" },
       { title: "Client", cell: (e) => e.client || "–" },
     ],
     entries,

@@ -135,9 +135,11 @@ export function userRoleForm(ctx, { label, caption, roles, initial, submitLabel,
   return form;
 }
 
-/** A "Remove" button that asks first (`title`, `message`), then `remove()`s and refreshes;
- * the focus then goes to the next row's Remove, or to `fallback()` when no row is left. */
-export function removeButton(ctx, { title, message, remove, fallback }) {
+/** A "Remove" button that asks first (`title`, `message`, `confirmLabel`), then `remove()`s
+ * and refreshes; the focus then goes to the next row's Remove, or to `fallback()` when no row
+ * is left. With `removed`, that runs instead of the refresh (the page is no longer the user's
+ * to see). */
+export function removeButton(ctx, { title, message, remove, fallback, confirmLabel = "Remove", removed = null }) {
   const button = h(
     "button",
     {
@@ -145,8 +147,9 @@ export function removeButton(ctx, { title, message, remove, fallback }) {
       class: "small danger-text",
       onclick: async () => {
         const focus = focusAfterRedraw(button, fallback);
-        const done = await confirmDialog({ title, confirmLabel: "Remove", body: h("p", {}, message), action: remove });
+        const done = await confirmDialog({ title, confirmLabel, body: h("p", {}, message), action: remove });
         if (!done) return;
+        if (removed) return removed();
         ctx.afterRender(focus);
         ctx.refresh();
       },
