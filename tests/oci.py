@@ -494,3 +494,60 @@ def assert_one_patch_taken(responses: Sequence[httpx.Response], held: str) -> in
             assert error_code(response) == "BLOB_UPLOAD_INVALID"
             assert response.headers["Range"] == held
     return taken[0]
+
+
+# How a blob of RANGED_SIZE bytes answers a Range, the same on every store and through nginx
+# (`blob_redirect = "accel"`): the status, and for a 206 the bytes [first, last] it sends.
+RANGED_SIZE = 5000
+RANGE_ANSWERS: list[tuple[str, int, tuple[int, int] | None]] = [
+    ("bytes=100-199", 206, (100, 199)),
+    ("Bytes=100-199", 206, (100, 199)),  # a unit is case-insensitive
+    ("bytes=-10", 206, (4990, 4999)),
+    ("bytes=4990-99999", 206, (4990, 4999)),
+    ("bytes=0-1,5-6", 200, None),  # several ranges: the whole blob, no multipart answer
+    ("bytes=0-1, 5-6", 200, None),
+    ("bytes=0-0,0-0", 200, None),
+    ("bytes=6000-,0-1", 206, (0, 1)),  # of several, the one the blob can satisfy
+    ("bytes=0-1,6000-7000", 206, (0, 1)),
+    ("items=0-1", 200, None),  # another unit: ignored (RFC 9110 14.2)
+    ("bytes 0-1", 200, None),
+    ("bytes=abc", 416, None),  # no byte range set: refused, as Distribution does
+    ("bytes=", 416, None),
+    ("bytes=-", 416, None),
+    ("bytes=1-2;3", 416, None),
+    ("bytes=0-1,", 416, None),
+    ("bytes=1-x", 416, None),
+    ("bytes=5-2", 416, None),  # inverted (RFC 9110 14.1.1)
+    ("bytes=0-1,5-2", 416, None),
+    ("bytes=5000-", 416, None),  # past the end
+    ("bytes=6000-6100,7000-", 416, None),
+    ("bytes=-0", 416, None),
+    ("bytes=0-" + "9" * 20, 416, None),  # past 2**63 - 1, as nginx and Distribution refuse
+    ("bytes=0-" + "9" * 5000, 416, None),  # more digits than int() takes
+    (f"bytes={'9' * 5000}-", 416, None),
+    (f"bytes=-{'9' * 5000}", 416, None),
+]
+
+
+def check_range_answer(
+    response: httpx.Response, data: bytes, header: str, status: int, part: tuple[int, int] | None
+) -> None:
+    """That a GET (or HEAD) of the blob `data` with Range `header` got `status`, its headers
+    and its body: a 206 of the bytes `part`, a 200 of all of them, or a 416 in the OCI error
+    format with the blob's size in its Content-Range."""
+    shown = header[:30]
+    assert response.status_code == status, (shown, describe(response))
+    head = response.request.method == "HEAD"
+    if status == 416:
+        assert response.headers["Content-Range"] == f"bytes */{len(data)}", shown
+        if not head:
+            assert response.headers["Content-Type"] == "application/json", shown
+            assert error_codes(response) == ["RANGE_NOT_SATISFIABLE"], shown
+        return
+    sent = data if part is None else data[part[0] : part[1] + 1]
+    assert response.headers["Content-Length"] == str(len(sent)), shown
+    assert response.content == (b"" if head else sent), shown
+    if part is None:
+        assert "Content-Range" not in response.headers, shown
+    else:
+        assert response.headers["Content-Range"] == f"bytes {part[0]}-{part[1]}/{len(data)}"

@@ -23,7 +23,10 @@ from tests.clients.tools import require_binary, run
 from tests.metrics import moved, scrape
 from tests.nginx import running_nginx
 from tests.oci import (
+    RANGE_ANSWERS,
+    RANGED_SIZE,
     blob_path,
+    check_range_answer,
     describe,
     digest_of,
     location,
@@ -205,6 +208,24 @@ def test_ranges_headers_and_the_internal_location(berth: BerthServer, nginx: Ngi
     counted = eventually(lambda: traffic(berth, "accel", days=1)["total_bytes"],
                          lambda n: n >= expected)  # fmt: skip
     assert counted == expected
+
+
+def test_nginx_answers_every_range_as_berth_does_without_it(
+    berth: BerthServer, nginx: Nginx
+) -> None:
+    """Through nginx, a GET gets the answer Berth gives on its own (`RANGE_ANSWERS`): several
+    ranges the whole blob (nginx sent a multipart 206), a `bytes=` value that is no byte range
+    set or a number past 2**63 - 1 Berth's 416 in the OCI error format (Berth redirected the
+    first, sent whole, and nginx answered its own HTML 416; the second Berth redirected as
+    the whole blob)."""
+    berth.create_repository("accel", "ranges")
+    name = "accel/ranges"
+    data = os.urandom(RANGED_SIZE)
+    with httpx.Client(base_url=nginx.url, auth=berth.access_key("accel"), timeout=60) as client:
+        digest = push_bytes(client, name, data)
+        for header, status, part in RANGE_ANSWERS:
+            answer = client.get(blob_path(name, digest), headers={"Range": header})
+            check_range_answer(answer, data, header, status, part)
 
 
 def test_a_range_whose_if_range_nginx_ignores_is_counted_whole(

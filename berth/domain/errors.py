@@ -207,6 +207,18 @@ class RangeNotSatisfiable(BlobUploadInvalid):
         self.current_size = current_size
 
 
+class BlobRangeNotSatisfiable(RegistryError):
+    """A blob GET's or HEAD's Range that is invalid or asks for no byte of the blob (RFC 9110
+    15.5.17). No OCI code fits a read's: this one names the status."""
+
+    code = "RANGE_NOT_SATISFIABLE"
+    status = 416
+
+    def __init__(self, message: str, size: int) -> None:
+        super().__init__(message)
+        self.headers["Content-Range"] = f"bytes */{size}"
+
+
 class StorageFull(RegistryError):
     """The blob store (or the database) has no space left: nothing was stored."""
 

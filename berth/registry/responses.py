@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Callable
-from typing import Any
 
 import anyio
-from starlette.responses import FileResponse
-from starlette.types import Message, Receive, Scope, Send
+from starlette.types import Receive, Scope, Send
+
+from berth.domain.ranges import ByteRange
 
 CHUNK = 1024 * 1024
 
@@ -29,26 +29,36 @@ def _blob_headers(digest: str, length: int) -> list[tuple[bytes, bytes]]:
 
 
 class BlobFileResponse:
-    """A whole blob from a local file; with ASGI pathsend the server sends the file without
-    Python."""
+    """A blob, or one range of it (`part`), from a local file; a whole blob with ASGI
+    pathsend is sent by the server without Python."""
 
-    def __init__(self, path: str, size: int, digest: str, on_sent: OnSent | None = None) -> None:
+    def __init__(
+        self,
+        path: str,
+        size: int,
+        digest: str,
+        on_sent: OnSent | None = None,
+        part: ByteRange | None = None,
+    ) -> None:
         self.path = path
-        self.size = size
+        self.part = part
+        self.start, self.length = (part.start, part.length) if part else (0, size)
         self.on_sent = on_sent
-        self.headers = _blob_headers(digest, size)
+        self.status, self.headers = _blob_answer(digest, size, part)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await send({"type": "http.response.start", "status": 200, "headers": self.headers})
+        await send({"type": "http.response.start", "status": self.status, "headers": self.headers})
         if scope["method"] == "HEAD":
             await send({"type": "http.response.body", "body": b""})
-        elif "http.response.pathsend" in scope.get("extensions", {}):
+        elif self.part is None and "http.response.pathsend" in scope.get("extensions", {}):
             await send({"type": "http.response.pathsend", "path": self.path})
             if self.on_sent is not None:
-                self.on_sent(self.size)
+                self.on_sent(self.length)
         else:
             async with await anyio.open_file(self.path, "rb") as handle:
-                remaining = self.size
+                if self.start:
+                    await handle.seek(self.start)
+                remaining = self.length
                 try:
                     while remaining > 0:
                         chunk = await handle.read(min(CHUNK, remaining))
@@ -64,20 +74,27 @@ class BlobFileResponse:
                         remaining -= len(chunk)
                 finally:
                     if self.on_sent is not None:
-                        self.on_sent(self.size - remaining)
-            if remaining or not self.size:  # the body's end is not sent yet
+                        self.on_sent(self.length - remaining)
+            if remaining or not self.length:  # the body's end is not sent yet
                 await send({"type": "http.response.body", "body": b""})
 
 
 class BlobBytesResponse(BlobFileResponse):
-    """A whole small blob whose bytes were read (and verified) already: sent from memory."""
+    """A small blob, or one range of it, whose bytes were read (and verified) already: sent
+    from memory."""
 
-    def __init__(self, content: bytes, digest: str, on_sent: OnSent | None = None) -> None:
-        super().__init__("", len(content), digest, on_sent)
-        self.content = content
+    def __init__(
+        self,
+        content: bytes,
+        digest: str,
+        on_sent: OnSent | None = None,
+        part: ByteRange | None = None,
+    ) -> None:
+        super().__init__("", len(content), digest, on_sent, part)
+        self.content = content[self.start : self.start + self.length]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await send({"type": "http.response.start", "status": 200, "headers": self.headers})
+        await send({"type": "http.response.start", "status": self.status, "headers": self.headers})
         body = b"" if scope["method"] == "HEAD" else self.content
         await send({"type": "http.response.body", "body": body})
         if self.on_sent is not None and body:
@@ -85,22 +102,23 @@ class BlobBytesResponse(BlobFileResponse):
 
 
 def _blob_answer(
-    digest: str, length: int, content_range: str | None
+    digest: str, size: int, part: ByteRange | None
 ) -> tuple[int, list[tuple[bytes, bytes]]]:
-    """The status and headers of a blob's answer from a store without local files: 206 with
-    its Content-Range for one range, else 200."""
-    headers = _blob_headers(digest, length)
-    if content_range:
-        headers.append((b"content-range", content_range.encode()))
-    return (206 if content_range else 200), headers
+    """The status and headers of a blob's answer: 206 with its Content-Range for one range
+    (`part`), else 200 for the whole blob of `size` bytes."""
+    if part is None:
+        return 200, _blob_headers(digest, size)
+    headers = _blob_headers(digest, part.length)
+    headers.append((b"content-range", part.content_range.encode()))
+    return 206, headers
 
 
 class BlobHeadResponse:
     """A HEAD of a blob, or of one range of it, from a store without local files (S3): the
     headers the GET would send (206 and Content-Range for a range), no body."""
 
-    def __init__(self, digest: str, length: int, content_range: str | None = None) -> None:
-        self.status, self.headers = _blob_answer(digest, length, content_range)
+    def __init__(self, digest: str, size: int, part: ByteRange | None = None) -> None:
+        self.status, self.headers = _blob_answer(digest, size, part)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         await send({"type": "http.response.start", "status": self.status, "headers": self.headers})
@@ -114,13 +132,13 @@ class BlobStreamResponse:
         self,
         chunks: AsyncIterator[bytes],
         digest: str,
-        length: int,
-        content_range: str | None = None,
+        size: int,
+        part: ByteRange | None = None,
         on_sent: OnSent | None = None,
     ) -> None:
         self.chunks = chunks
         self.on_sent = on_sent
-        self.status, self.headers = _blob_answer(digest, length, content_range)
+        self.status, self.headers = _blob_answer(digest, size, part)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         await send({"type": "http.response.start", "status": self.status, "headers": self.headers})
@@ -151,28 +169,6 @@ async def _watch_disconnect(receive: Receive, gone: asyncio.Event) -> None:
     while (await receive())["type"] != "http.disconnect":
         pass  # the request's (empty) body
     gone.set()
-
-
-class MeteredFileResponse(FileResponse):
-    """Starlette's FileResponse (byte ranges), counting the body bytes it sends."""
-
-    def __init__(self, *args: Any, on_sent: OnSent, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.on_sent = on_sent
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        sent = 0
-
-        async def counting(message: Message) -> None:
-            nonlocal sent
-            await send(message)
-            if message["type"] == "http.response.body":
-                sent += len(message.get("body", b""))
-
-        try:
-            await super().__call__(scope, receive, counting)
-        finally:
-            self.on_sent(sent)
 
 
 def etag_matches(if_none_match: list[str], digest: str) -> bool:

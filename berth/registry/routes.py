@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
-import re
 from functools import partial
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
 from starlette.requests import Request
-from starlette.responses import FileResponse, JSONResponse, Response
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from berth.access.identify import SignInPath
@@ -38,7 +36,7 @@ from berth.domain.errors import (
 )
 from berth.domain.manifests import MAX_MANIFEST_BYTES, OCI_INDEX, accepts, manifest_too_large
 from berth.domain.names import ImageName, name_unknown, split_name
-from berth.domain.ranges import range_honoured
+from berth.domain.ranges import ByteRange, range_honoured, requested_range
 from berth.domain.references import RepositoryRef
 from berth.observability.requests import note, with_request_id
 from berth.registry.responses import (
@@ -47,7 +45,6 @@ from berth.registry.responses import (
     BlobHeadResponse,
     BlobStreamResponse,
     ManifestResponse,
-    MeteredFileResponse,
     NotModifiedResponse,
     OnSent,
     etag_matches,
@@ -183,39 +180,6 @@ async def catalog(request: Request) -> Response:
 
 # ---------------------------------------------------------------- blobs
 
-_BOUNDED_RANGE_RE = re.compile(r"(\d+)-(\d+)")
-
-
-def _inverted_range(value: str | None) -> bool:
-    """Whether a byte range set (as `_honoured_range` lets through) holds a range whose last
-    byte comes before its first, `bytes=500-0` alone or among others: an invalid range set
-    (RFC 9110 14.1.1), which 14.2 lets a server ignore or reject. Berth rejects it with 416,
-    as Distribution does and the OCI conformance suite expects for `bytes=500-0`, on every
-    store (Starlette's FileResponse would answer 400; a set of several would be sent whole
-    from S3)."""
-    if value is None:
-        return False
-    return any(
-        _magnitude(last) < _magnitude(first) for first, last in _BOUNDED_RANGE_RE.findall(value)
-    )
-
-
-def _magnitude(digits: str) -> tuple[int, str]:
-    """A decimal number as a key that orders as the number does, however many digits it has
-    (int() refuses more than 4300: a 500 for a client's header)."""
-    significant = digits.lstrip("0")
-    return len(significant), significant
-
-
-_PAST_ANY_END = 10**18  # a byte position past the end of any blob
-
-
-def _position(digits: str) -> int:
-    """A byte position of a Range: any past the end of every blob reads as one such, so that
-    a number of thousands of digits is no int() to refuse."""
-    length, significant = _magnitude(digits)
-    return int(significant or "0") if length <= 18 else _PAST_ANY_END
-
 
 def _traffic(services: Services, repo: RepositoryRef) -> OnSent | None:
     """What counts a download's outbound bytes, or None when metering is off."""
@@ -259,47 +223,25 @@ def _file_blob(
     path: Path,
     size: int,
     content: bytes | None = None,
-) -> Response | BlobFileResponse:
-    """A blob sent from a local file (the filesystem store's, or a node's cached copy of an
-    S3 blob): whole by pathsend, or the `content` already read and verified; a Range by
-    Starlette's FileResponse."""
-    byte_range = _honoured_range(request, digest)
+) -> BlobFileResponse:
+    """A blob, or the range of it asked for, sent from a local file (the filesystem store's,
+    or a node's cached copy of an S3 blob): by pathsend when whole, or from the `content`
+    already read and verified."""
+    part = _wanted_range(request, digest, size)
     on_sent = _traffic(services, repo)
-    if byte_range is None:
-        if content is not None:  # verified: these bytes, not the file's (changed since?)
-            return BlobBytesResponse(content, digest, on_sent)
-        return BlobFileResponse(str(path), size, digest, on_sent)
-    try:
-        stat = os.stat(path)
-    except FileNotFoundError:
-        raise missing_blob(digest) from None
-    if _inverted_range(byte_range):
-        return Response(status_code=416, headers={"Content-Range": f"bytes */{stat.st_size}"})
-    # The blob's own ETag, not one Starlette makes from the file's time: an If-Range left here
-    # names the digest (see `_honoured_range`), which Starlette then honours too.
-    headers = {"Docker-Content-Digest": digest, "ETag": f'"{digest}"'}
-    if on_sent is not None:
-        return MeteredFileResponse(
-            path,
-            stat_result=stat,
-            media_type="application/octet-stream",
-            headers=headers,
-            on_sent=on_sent,
-        )
-    return FileResponse(
-        path, stat_result=stat, media_type="application/octet-stream", headers=headers
-    )
-
-
-_SINGLE_RANGE_RE = re.compile(r"bytes=(\d*)-(\d*)")
+    if content is not None:  # verified: these bytes, not the file's (changed since?)
+        return BlobBytesResponse(content, digest, on_sent, part)
+    if part is not None and not path.exists():
+        raise missing_blob(digest)
+    return BlobFileResponse(str(path), size, digest, on_sent, part)
 
 
 async def _streamed_blob(
     request: Request, services: Services, repo: RepositoryRef, digest: str, size: int
-) -> Response | BlobFileResponse | BlobHeadResponse | BlobStreamResponse:
+) -> BlobFileResponse | BlobHeadResponse | BlobStreamResponse:
     """A blob from a store with no local path (S3): read through the store, by byte range
-    when one is asked for (one range; a request for several gets the whole blob). A HEAD
-    answers its Range as the GET would (206 or 416), as a blob in a local file does."""
+    when one is asked for. A HEAD answers its Range as the GET would (206 or 416), as a blob
+    in a local file does."""
     if request.method == "HEAD":
         # Asks the store even with a cached copy: a HEAD tells a client whether to push the
         # blob, which every node needs stored, not only this one.
@@ -308,57 +250,22 @@ async def _streamed_blob(
         cached = await services.registry.cached_blob(digest, size)
         if cached is not None:
             return _file_blob(request, services, repo, digest, cached, size)
-    wanted = _single_range(_honoured_range(request, digest), size)
-    if wanted is None:
-        return _unsatisfiable(size)
-    start, end, content_range = wanted
+    part = _wanted_range(request, digest, size)
     if request.method == "HEAD":
-        return BlobHeadResponse(digest, end - start, content_range)
+        return BlobHeadResponse(digest, size, part)
+    start, end = (part.start, part.end) if part else (0, size)
     chunks = await services.registry.blob_stream(digest, size, start, end)
-    return BlobStreamResponse(chunks, digest, end - start, content_range, _traffic(services, repo))
+    return BlobStreamResponse(chunks, digest, size, part, _traffic(services, repo))
 
 
-def _single_range(header: str | None, size: int) -> tuple[int, int, str | None] | None:
-    """The bytes [start, end) one Range asks for and their Content-Range (None when the whole
-    blob is asked for: no Range, or several ranges), or None when it cannot be satisfied or
-    holds an inverted range (`_inverted_range`)."""
-    if _inverted_range(header):
+def _wanted_range(request: Request, sender_etag_digest: str | None, size: int) -> ByteRange | None:
+    """The one range of the blob the request's Range gets, or None for the whole blob (see
+    `requested_range`; a 416 raised for one it cannot). An If-Range that does not name the
+    ETag of what sends the bytes gets the whole blob, its Range unread (RFC 9110 13.1.5;
+    `range_honoured`): Berth's and nginx's ETag of a blob is its digest."""
+    if not range_honoured(request.headers.get("if-range"), sender_etag_digest):
         return None
-    start, end = 0, size
-    match = _SINGLE_RANGE_RE.fullmatch((header or "").strip())
-    if not (match and (match.group(1) or match.group(2))):
-        return 0, size, None
-    first, last = match.group(1), match.group(2)
-    if not first:  # `bytes=-N`: the last N bytes
-        start = max(size - _position(last), 0)
-    else:
-        start = _position(first)
-        end = min(_position(last) + 1, size) if last else size
-    if start >= end:
-        return None
-    return start, end, f"bytes {start}-{end - 1}/{size}"
-
-
-# A byte range set (RFC 9110 14.1.2): `bytes=` and one or more `first-[last]` or `-suffix`.
-_RANGE_SET_RE = re.compile(r"bytes=\s*(?:\d+-\d*|-\d+)(?:\s*,\s*(?:\d+-\d*|-\d+))*")
-
-
-def _honoured_range(request: Request, sender_etag_digest: str | None) -> str | None:
-    """The request's Range, or None when the whole blob is to be sent instead: a Range in
-    another unit or not of the form of a byte range set is ignored (RFC 9110 14.2: a server
-    must ignore a unit it does not know, and may an invalid one), as is one whose If-Range
-    does not name the ETag of what sends the bytes (13.1.5; `range_honoured`). Berth's and
-    nginx's ETag of a blob is its digest."""
-    byte_range = request.headers.get("range")
-    if byte_range is None or not _RANGE_SET_RE.fullmatch(byte_range.strip()):
-        return None
-    return (
-        byte_range if range_honoured(request.headers.get("if-range"), sender_etag_digest) else None
-    )
-
-
-def _unsatisfiable(size: int) -> Response:
-    return Response(status_code=416, headers={"Content-Range": f"bytes */{size}"})
+    return requested_range(request.headers.get("range"), size)
 
 
 ACCEL_LOCATION = "/_berth_blobs/"  # nginx's internal location of the blob directory
@@ -375,13 +282,15 @@ async def _redirected_blob(
     settings = services.settings
     # nginx's ETag of the blob is Berth's (the digest); an object store's is its own.
     sender = digest if settings.blob_redirect == "accel" else None
-    byte_range = _honoured_range(request, sender)
-    wanted = _single_range(byte_range, size)
-    if wanted is None:
-        return _unsatisfiable(size)
-    start, end, content_range = wanted
+    part = _wanted_range(request, sender, size)
     if settings.blob_redirect == "presigned":
-        signed_range = byte_range.strip() if byte_range and content_range else None
+        # The URL is signed for the client's own Range, which it sends the store again: only
+        # a Range of one range, whose answer the store does not choose otherwise (S3 sends a
+        # Range of several whole); else the whole blob is counted.
+        header = request.headers.get("range", "")
+        if part is not None and "," in header:
+            part = None
+        signed_range = header.strip() if part else None
         url = await services.registry.download_url(
             digest, size, settings.blob_redirect_ttl, signed_range
         )
@@ -401,7 +310,7 @@ async def _redirected_blob(
         )
     on_sent = _traffic(services, repo)
     if on_sent is not None:
-        on_sent(end - start)
+        on_sent(part.length if part else size)
     return response
 
 

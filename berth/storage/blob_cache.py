@@ -35,7 +35,7 @@ from berth.observability import metrics
 logger = logging.getLogger("berth.storage")
 
 # A copy used this recently is never evicted, even over the bound: a hit hands the server a
-# path, which it opens a moment later (pathsend, a ranged FileResponse), and the copy must
+# path, which it opens a moment later (pathsend, or a read for a range), and the copy must
 # still be there then. Much longer than that moment; the bound may be exceeded by copies in
 # use for this long.
 EVICTION_GRACE_SECONDS = 60.0
