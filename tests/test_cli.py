@@ -302,6 +302,60 @@ def test_an_empty_sqlite_file_is_no_data_until_init(tmp_path: Path) -> None:
     assert created.returncode == 0, created.stderr
 
 
+def _not_a_database(data: Path) -> dict[str, str]:
+    (data / "berth.db").write_bytes(b"this file is not an SQLite database\n" * 100)
+    return {}
+
+
+def _unreachable_server(data: Path) -> dict[str, str]:
+    return {"BERTH_DATABASE_URL": f"postgresql+asyncpg://berth@127.0.0.1:{free_port()}/berth"}
+
+
+def _a_table_damaged(data: Path) -> dict[str, str]:
+    """Opens, and has a schema revision, but a table status reads lacks its columns."""
+    with sqlite3.connect(data / "berth.db") as connection:
+        connection.execute("CREATE TABLE alembic_version (version_num VARCHAR(32) NOT NULL)")
+        connection.execute("INSERT INTO alembic_version VALUES ('0021_serving_processes')")
+        connection.execute("CREATE TABLE serving_processes (holder VARCHAR(200))")
+    return {}
+
+
+@pytest.mark.parametrize(
+    ("database", "said"),
+    [
+        (_not_a_database, "cannot open the database SQLite"),
+        (_unreachable_server, "cannot open the database postgresql+asyncpg://berth@127.0.0.1"),
+        (_a_table_damaged, "cannot read the database SQLite"),
+    ],
+)
+def test_status_says_data_it_cannot_read_is_found_not_missing(
+    tmp_path: Path, database: Any, said: str
+) -> None:
+    """A database that is there but cannot be opened or read may hold the data (an outage, a
+    damaged file): status says it was found and cannot be read, and exits 1."""
+    data = tmp_path / "berth-data"
+    data.mkdir()
+    env = database(data)
+    shown = _berth_in(tmp_path, "status", "--json", **env)
+    assert shown.returncode == 1 and said in shown.stderr, shown.stderr
+    status = json.loads(shown.stdout)
+    assert (status["data_found"], status["data_readable"]) == (True, False), status
+    assert status["data_problem"].startswith(said), status
+    table = _berth_in(tmp_path, "status", **env)
+    row = next(line for line in table.stdout.splitlines() if "Database" in line)
+    assert table.returncode == 1 and "(found, but cannot be read)" in row, table.stdout
+
+
+def test_status_says_missing_data_is_not_found(tmp_path: Path) -> None:
+    shown = _berth_in(tmp_path, "status", "--json")
+    assert shown.returncode == 1 and "no Berth data directory" in shown.stderr
+    status = json.loads(shown.stdout)
+    assert (status["data_found"], status["data_readable"]) == (False, False), status
+    assert status["data_problem"] == f"no Berth data directory at {tmp_path / 'berth-data'}"
+    table = " ".join(_berth_in(tmp_path, "status").stdout.replace("│", " ").split())
+    assert f"{tmp_path / 'berth-data' / 'berth.db'} (not found)" in table, table
+
+
 def test_data_a_newer_berth_migrated_is_refused_by_serve_and_the_verbs(tmp_path: Path) -> None:
     env = {"BERTH_ADMIN_PASSWORD": "admin-password"}
     assert _berth_in(tmp_path, "init", **env).returncode == 0

@@ -124,6 +124,10 @@ def status(json_output: JsonFlag = False) -> None:
             standing = _standing(revision)
         except (RegistryError, SQLAlchemyError, OSError) as exc:
             unread = f"cannot read the database {database}: {_why_unread(settings, exc)}"
+    # A database that is there but could not be opened or read may well hold the data (an
+    # outage, a file damaged or replaced): found but unreadable, not missing.
+    found = missing is None or missing.unopened
+    readable = missing is None and unread is None
     if json_output:
         print_json(
             {
@@ -131,7 +135,9 @@ def status(json_output: JsonFlag = False) -> None:
                 "config_file_found": config.is_file(),
                 "data_dir": data_dir,
                 "database": database,
-                "data_found": missing is None,
+                "data_found": found,
+                "data_readable": readable,
+                "data_problem": unread if missing is None else missing.reason,
                 "listen": settings.listen,
                 "server_listening": listening,
                 "server_serves_this_data": ours,
@@ -147,10 +153,10 @@ def status(json_output: JsonFlag = False) -> None:
         table.add_column("value", overflow="fold")
         table.add_row("Config file", Text(f"{config}{'' if config.is_file() else ' (not found)'}"))
         table.add_row("Data directory", Text(data_dir))
-        found = (
-            "" if missing is None else " (cannot be opened)" if missing.unopened else " (not found)"
+        database_note = (
+            "" if readable else " (found, but cannot be read)" if found else " (not found)"
         )
-        table.add_row("Database", Text(database + found))
+        table.add_row("Database", Text(database + database_note))
         if revision is not None:
             table.add_row("Schema", Text(f"revision {revision} ({standing})"))
         answers = {
@@ -163,7 +169,7 @@ def status(json_output: JsonFlag = False) -> None:
         table.add_row("Listen", Text(settings.listen + answers))
         if served is not None:
             table.add_row("Served at", Text(f"{served} (where the last berth serve started)"))
-        if missing is None and unread is None:
+        if readable:
             table.add_row("Serving", Text(_serving_processes(serving)))
         console.print(table)
     if missing is not None:
