@@ -28,12 +28,15 @@ from tests.tls import make_ca_and_cert
 DOCS = ROOT / "docs" / "deployment.md"
 DEPLOY_SITE = ROOT / "deploy" / "nginx-berth.conf"
 DOCS_BERTH = "127.0.0.1:5000"  # where the examples reach the node
-# What Berth reads from the proxy: the client's Host, address and scheme.
+# What Berth reads from the proxy: the client's Host, address and scheme. Nothing else: the
+# registry's addresses, the token realm and audience come from Host, passed on unchanged.
 FORWARDED = {
     "Host": "$http_host",
     "X-Forwarded-For": "$proxy_add_x_forwarded_for",
     "X-Forwarded-Proto": "$scheme",
 }
+# For nginx itself: keep-alive connections to Berth.
+NGINX_ONLY = {"Connection"}
 
 
 def fenced(language: str) -> str:
@@ -55,6 +58,8 @@ def proxy_headers(site: str) -> dict[str, str]:
 def test_the_docs_nginx_example_forwards_what_the_deployed_site_does() -> None:
     for site in (fenced("nginx"), DEPLOY_SITE.read_text()):
         assert FORWARDED.items() <= proxy_headers(site).items()
+        # A header Berth never reads would say it does (an X-Forwarded-Host it ignores).
+        assert set(proxy_headers(site)) <= {*FORWARDED, *NGINX_ONLY}, proxy_headers(site)
     node = fenced("toml")
     assert re.search(r"^trust_forwarded_proto = true\b", node, re.M)
     assert re.search(r'^trusted_proxies = "127\.0\.0\.1"', node, re.M)
