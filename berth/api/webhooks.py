@@ -19,6 +19,7 @@ from berth.domain.descriptions import DESCRIPTION_RULE, MAX_DESCRIPTION, TEXT_PA
 from berth.services.webhook_addresses import MAX_URL_LENGTH
 from berth.services.webhook_events import EVENT_TYPES
 from berth.services.webhooks import (
+    MAX_PENDING_TESTS,
     MAX_SECRET_LENGTH,
     MIN_SECRET_LENGTH,
     CreatedWebhook,
@@ -194,30 +195,42 @@ async def list_deliveries(
     return Page[Delivery](items=items, page=paging.page, per_page=paging.per_page, total=total)
 
 
+# The OpenAPI descriptions of the two routes that queue test events name the service's limit
+# on waiting ones, so they are built from it (a docstring cannot be).
+_TESTS_WAITING = f"{MAX_PENDING_TESTS} test events waiting to be sent"
+
+
 @router.post(
-    "/{webhook_id}/deliveries/{delivery_id}/redeliver", status_code=202, responses=responses(409)
+    "/{webhook_id}/deliveries/{delivery_id}/redeliver",
+    status_code=202,
+    responses=responses(409),
+    description="Send a delivered or failed delivery's event again (one that failed for good "
+    "after a day of retries, or one the receiver lost): a new delivery of the same body, with "
+    "the same event id (a receiver can tell it is a repeat), whose `redelivery_of` names this "
+    "one, signed with the endpoint's current secret. It joins the end of the endpoint's queue, "
+    "as a new event does, and is retried like one for a day: the endpoint gets its events in "
+    "order, a re-sent one included, so it never overtakes a delivery that waits. (A test event "
+    "sent again is a test: sent at once, attempted once, and refused (409) as a new test is "
+    f"while the endpoint has {_TESTS_WAITING}.) Refused (409) for a pending delivery, which is "
+    "being sent already, and while the endpoint is disabled. Audited.",
 )
 async def redeliver(ctx: AdminProject, webhook_id: WebhookId, delivery_id: DeliveryId) -> Delivery:
-    """Send a delivered or failed delivery's event again (one that failed for good after a
-    day of retries, or one the receiver lost): a new delivery of the same body, with the same
-    event id (a receiver can tell it is a repeat), whose `redelivery_of` names this one,
-    signed with the endpoint's current secret. It joins the end of the endpoint's queue, as
-    a new event does, and is retried like one for a day: the endpoint gets its events in
-    order, a re-sent one included, so it never overtakes a delivery that waits. (A test
-    event sent again is a test: sent at once, attempted once, and refused (409) as a new test
-    is while 5 wait to be sent.) Refused (409) for a pending delivery, which is being sent
-    already, and while the endpoint is disabled. Audited."""
     return await ctx.services.webhooks.redeliver(
         ctx.project, webhook_id, delivery_id, actor=ctx.actor, client=ctx.caller.client
     )
 
 
-@router.post("/{webhook_id}/test", status_code=202, responses=responses(409))
+@router.post(
+    "/{webhook_id}/test",
+    status_code=202,
+    responses=responses(409),
+    description="Send an `io.berth.webhook.test` event to the endpoint (whatever types it "
+    "takes): it is sent within a second or two, ahead of anything queued for the endpoint (a "
+    "test is outside its order), and attempted once, never retried: send another to try "
+    "again. Follow its outcome in the delivery log. Accepted, it shows the endpoint is back: "
+    "the delivery its queue waits for is retried at once, not at the end of its backoff. "
+    "Refused (409) while the endpoint is disabled, and while it has "
+    f"{_TESTS_WAITING} already.",
+)
 async def send_test_event(ctx: AdminProject, webhook_id: WebhookId) -> Delivery:
-    """Send an `io.berth.webhook.test` event to the endpoint (whatever types it takes): it is
-    sent within a second or two, ahead of anything queued for the endpoint (a test is outside
-    its order), and attempted once, never retried: send another to try again. Follow its
-    outcome in the delivery log. Accepted, it shows the endpoint is back: the delivery its
-    queue waits for is retried at once, not at the end of its backoff. Refused (409) while
-    the endpoint is disabled, and while it has 5 test events waiting to be sent already."""
     return await ctx.services.webhooks.send_test(ctx.project, webhook_id, actor=ctx.actor)
