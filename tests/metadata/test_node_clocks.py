@@ -9,10 +9,9 @@ of)."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import datetime as dt
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Iterator
 from types import ModuleType
 
 import pytest
@@ -24,7 +23,7 @@ import berth.metadata.tables
 from berth.jobs.leases import Leases
 from berth.metadata.database import Database
 from berth.metadata.presence import LIVE_SECONDS, Presence, live_processes_sync
-from berth.metadata.tables import metadata
+from tests.databases import on_new_tables
 from tests.servers import PostgresCluster
 
 JOB = "storage-scrub"
@@ -50,27 +49,16 @@ def clock_off_by(monkeypatch: pytest.MonkeyPatch, seconds: float) -> Iterator[No
         yield
 
 
-def on_postgres(
-    postgres: PostgresCluster | None, scenario: Callable[[Database], Awaitable[None]]
-) -> None:
+@pytest.fixture
+def database_url(postgres: PostgresCluster | None) -> str:
+    """A new PostgreSQL database, for the two nodes."""
     if postgres is None:
         pytest.skip("PostgreSQL not installed")
-    url = postgres.create_database()
-
-    async def play() -> None:
-        db = Database(url)
-        try:
-            async with db.write() as conn:
-                await conn.run_sync(metadata.create_all)
-            await scenario(db)
-        finally:
-            await db.dispose()
-
-    asyncio.run(play())
+    return postgres.create_database()
 
 
 def test_a_node_whose_clock_is_off_takes_over_no_live_lease(
-    postgres: PostgresCluster | None, monkeypatch: pytest.MonkeyPatch
+    database_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     async def scenario(db: Database) -> None:
         node_a, node_b = Leases(db, "node-a"), Leases(db, "node-b")
@@ -92,11 +80,11 @@ def test_a_node_whose_clock_is_off_takes_over_no_live_lease(
         assert not await node_a.claim(JOB, 30)
         assert (await node_a.read([JOB]))[JOB].holder == "node-b"
 
-    on_postgres(postgres, scenario)
+    on_new_tables(database_url, scenario)
 
 
 def test_a_node_whose_clock_is_off_sees_a_live_server_as_live(
-    postgres: PostgresCluster | None, monkeypatch: pytest.MonkeyPatch
+    database_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     async def scenario(db: Database) -> None:
         serving = Presence(db, node_name="node-a", version="test")
@@ -112,4 +100,4 @@ def test_a_node_whose_clock_is_off_sees_a_live_server_as_live(
             )
             assert behind is not None and abs(float(behind)) < LIVE_SECONDS / 3
 
-    on_postgres(postgres, scenario)
+    on_new_tables(database_url, scenario)

@@ -3,31 +3,17 @@ time to spare (the GC fence before a removal from the store)."""
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from sqlalchemy import update
 
 from berth.jobs.leases import Lease, Leases
 from berth.metadata.database import Database
-from berth.metadata.tables import job_leases, metadata, utcnow
+from berth.metadata.tables import job_leases, utcnow
+from tests.databases import on_new_tables
 
 JOB = "gc:1"
-
-
-def on_database(tmp_path: Path, scenario: Callable[[Database], Awaitable[None]]) -> None:
-    async def play() -> None:
-        db = Database(f"sqlite+aiosqlite:///{tmp_path / 'berth.db'}")
-        try:
-            async with db.write() as conn:
-                await conn.run_sync(metadata.create_all)
-            await scenario(db)
-        finally:
-            await db.dispose()
-
-    asyncio.run(play())
 
 
 async def lease_ending_in(db: Database, seconds: float) -> Lease:
@@ -54,7 +40,7 @@ def test_renew_holds_the_lease_again_while_it_is_this_node_s(tmp_path: Path) -> 
         assert not await other.renew(JOB, 30)  # not its lease
         assert (await node.read([JOB]))[JOB] == held
 
-    on_database(tmp_path, scenario)
+    on_new_tables(f"sqlite+aiosqlite:///{tmp_path / 'berth.db'}", scenario)
 
 
 def test_renew_with_a_margin_refuses_a_lease_with_less_time_left(tmp_path: Path) -> None:
@@ -71,4 +57,4 @@ def test_renew_with_a_margin_refuses_a_lease_with_less_time_left(tmp_path: Path)
         assert (await node.read([JOB]))[JOB].expires_at > utcnow() + dt.timedelta(seconds=25)
         assert not await Leases(db, "node-b").renew(JOB, 30, margin=10)
 
-    on_database(tmp_path, scenario)
+    on_new_tables(f"sqlite+aiosqlite:///{tmp_path / 'berth.db'}", scenario)
