@@ -4,6 +4,7 @@ through ASGI pathsend without copying them through Python."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import os
 import pwd
@@ -11,6 +12,7 @@ import resource
 import shutil
 import socket
 import ssl
+import stat
 import sys
 from collections.abc import Awaitable, Callable, Collection
 from functools import partial
@@ -37,6 +39,7 @@ from berth.services.install import (
     recorded_key_fingerprint,
 )
 from berth.state import Services, unusable_storage
+from berth.storage.filesystem import DIRECTORY_MODE, FILE_MODE, modes_unset, set_modes
 
 T = TypeVar("T")
 
@@ -468,6 +471,37 @@ def _record_served_at(settings: Settings) -> None:
     )
 
 
+def _open_blobs_to_nginx(settings: Settings) -> None:
+    """What an older Berth made under a strict umask, made as this one makes it for nginx's
+    worker (its user in the data directory's group): the blob tree 0750 and 0640, walked once
+    (it may hold millions of files), and the `keys/` directory 0700 again."""
+    keys = settings.data_dir / "keys"
+    with contextlib.suppress(FileNotFoundError, PermissionError):  # none, or not ours
+        opened = stat.S_IMODE(keys.stat().st_mode)
+        if opened & 0o077:
+            keys.chmod(0o700)
+            print(f"Made {keys} owner-only (0700; it was {opened:04o})", flush=True)
+    blobs = settings.blob_dir
+    if not modes_unset(blobs):
+        return
+    print(
+        f"Checking that nginx's group may read every blob in {blobs} (once; a large store "
+        "takes a while)",
+        flush=True,
+    )
+    done = set_modes(blobs)
+    left = (
+        f"; {done.not_ours} of another user's left as they were: nginx may be refused them"
+        if done.not_ours
+        else ""
+    )
+    print(
+        f"Gave {done.directories} directories mode {DIRECTORY_MODE:04o} and {done.files} files "
+        f"mode {FILE_MODE:04o} in {blobs}, in {done.seconds:.1f} s{left}",
+        flush=True,
+    )
+
+
 def _prepare_metrics(settings: Settings) -> None:
     """The workers' metric files go in a directory of the data directory, emptied now: the
     counters of a previous run of the server are not this one's (Prometheus sees a restart)."""
@@ -538,6 +572,8 @@ def serve(settings: Settings, flags: Collection[str] = ()) -> None:
     given_url = settings.database_url if "database_url" in flags else None
     settings.data_dir = settings.data_dir.resolve()
     initialise(settings, serving=True, data_dir=given_dir, database_url=given_url)
+    if settings.blob_redirect == "accel":
+        _open_blobs_to_nginx(settings)
     _record_served_at(settings)
     base = public_url(settings)
     print(f"Berth registry on {base}  (data in {settings.data_dir})")

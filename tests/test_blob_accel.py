@@ -4,6 +4,7 @@ sends no blob body: it answers with X-Accel-Redirect and counts the bytes as out
 
 from __future__ import annotations
 
+import contextlib
 import grp
 import os
 import shutil
@@ -17,6 +18,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from berth.storage.filesystem import MODES_SET
 from tests.clients.commands import ContainersConfig
 from tests.clients.layouts import OciLayout, layer_files, umoci_image
 from tests.clients.tools import require_binary, run
@@ -274,6 +276,10 @@ def served_as_debian_does(tmp_path_factory: pytest.TempPathFactory) -> Iterator[
         shutil.rmtree(base, ignore_errors=True)
 
 
+def nginx_error_log(base: Path) -> str:
+    return (base / "nginx" / "error.log").read_text()
+
+
 def readable_by_www_data(path: Path) -> bool:
     """Whether nginx's worker (www-data, in its own group only) can read `path`."""
     command = ["ls"] if path.is_dir() else ["head", "-c", "1"]
@@ -284,28 +290,30 @@ def readable_by_www_data(path: Path) -> bool:
     return read.returncode == 0
 
 
-def test_nginx_running_as_www_data_sends_blobs_while_keys_and_database_stay_private(
-    served_as_debian_does: Path,
-) -> None:
-    """docs/blob-redirect.md's setup: Debian's nginx (`user www-data;`) in front of a Berth
-    whose data directory is its service user's, with nginx's user in that user's group.
-    Berth runs as root here, in www-data's group (what `usermod -aG berth www-data` gives
-    nginx is the same to the kernel), with a umask that lets no one else read what it
-    makes: it opens to the group only the way to the blobs."""
-    group = grp.getgrnam("www-data").gr_gid
-    data_dir = served_as_debian_does / "berth"
+def berth_in_www_data_s_group(base: Path) -> BerthServer:
+    """docs/blob-redirect.md's Berth: its data directory its service user's and group's, with
+    nginx's user in that group. Berth runs as root here, in www-data's group (what `usermod -aG
+    berth www-data` gives nginx is the same to the kernel), with a umask that lets no one
+    else read what it makes."""
+    data_dir = base / "berth"
     data_dir.mkdir(mode=0o700)  # as systemd's StateDirectory= makes it for User= and Group=
-    os.chown(data_dir, 0, group)
-    berth = BerthServer(
+    os.chown(data_dir, 0, grp.getgrnam("www-data").gr_gid)
+    return BerthServer(
         data_dir,
         extra_env={"BERTH_BLOB_REDIRECT": "accel", "BERTH_MAX_REQUESTS_PER_CLIENT": "0"},
         group="www-data",
         umask=0o077,
     )
-    nginx_dir = served_as_debian_does / "nginx"
-    nginx_dir.mkdir()
+
+
+@contextlib.contextmanager
+def nginx_as_www_data(base: Path, berth: BerthServer) -> Iterator[str]:
+    """Debian's nginx (`user www-data;`) with deploy/nginx-accel.conf in front of `berth`
+    while in the block: its URL."""
+    nginx_dir = base / "nginx"
+    nginx_dir.mkdir(exist_ok=True)
     snippet = SNIPPET.read_text().replace(
-        "alias /var/lib/berth/blobs/;", f"alias {data_dir / 'blobs'}/;"
+        "alias /var/lib/berth/blobs/;", f"alias {berth.data_dir / 'blobs'}/;"
     )
     (nginx_dir / "berth-accel.conf").write_text(snippet)
     port = free_port()
@@ -318,14 +326,24 @@ def test_nginx_running_as_www_data_sends_blobs_while_keys_and_database_stay_priv
         include {nginx_dir}/berth-accel.conf;
     }}
 """
+    with running_nginx(
+        nginx_dir,
+        server_block,
+        lambda: httpx.get(f"http://127.0.0.1:{port}/healthz").status_code == 200,
+        user="www-data",
+    ):
+        yield f"http://127.0.0.1:{port}"
+
+
+def test_nginx_running_as_www_data_sends_blobs_while_keys_and_database_stay_private(
+    served_as_debian_does: Path,
+) -> None:
+    """Berth opens to the group only the way to the blobs, whatever its umask."""
+    berth = berth_in_www_data_s_group(served_as_debian_does)
+    data_dir = berth.data_dir
     berth.start()
     try:
-        with running_nginx(
-            nginx_dir,
-            server_block,
-            lambda: httpx.get(f"http://127.0.0.1:{port}/healthz").status_code == 200,
-            user="www-data",
-        ):
+        with nginx_as_www_data(served_as_debian_does, berth) as nginx:
             berth.create_repository("accel", "private")
             name = "accel/private"
             auth = berth.access_key("accel")
@@ -340,10 +358,10 @@ def test_nginx_running_as_www_data_sends_blobs_while_keys_and_database_stay_priv
                                     chunked[half:])  # fmt: skip
                 assert closed.status_code == 201, describe(closed)
                 pushed.append(digest_of(chunked))
-            with httpx.Client(base_url=f"http://127.0.0.1:{port}", auth=auth, timeout=60) as pull:
+            with httpx.Client(base_url=nginx, auth=auth, timeout=60) as pull:
                 for digest, data in zip(pushed, [monolithic, chunked], strict=True):
                     sent = pull.get(blob_path(name, digest))
-                    assert sent.status_code == 200, (nginx_dir / "error.log").read_text()
+                    assert sent.status_code == 200, nginx_error_log(served_as_debian_does)
                     assert sent.content == data
                     assert sent.headers["docker-content-digest"] == digest
     finally:
@@ -367,3 +385,60 @@ def test_nginx_running_as_www_data_sends_blobs_while_keys_and_database_stay_priv
     opened = {name for name, mode in modes.items() if mode & 0o007 or (
         mode & 0o070 and not name.startswith("blobs"))}  # fmt: skip
     assert opened <= {"server.log", "berth.toml"}, opened  # the test's own files
+
+
+def test_blobs_and_keys_an_older_berth_left_closed_to_nginx_are_opened_at_start_once(
+    served_as_debian_does: Path,
+) -> None:
+    """A Berth from before blob modes were set whatever the umask made the blob tree 0700 and
+    0600 under a umask of 077 (and keys/ 0755 under one of 022): nginx's worker was refused
+    every blob it had stored. `berth serve` with accel gives them 0750 and 0640, saying so,
+    once: a later start does not walk the tree again."""
+    berth = berth_in_www_data_s_group(served_as_debian_does)
+    blobs, keys = berth.data_dir / "blobs", berth.data_dir / "keys"
+    name, data = "accel/private", os.urandom(300_000)
+    berth.start()
+    try:
+        berth.create_repository("accel", "private")
+        auth = berth.access_key("accel")
+        with httpx.Client(base_url=berth.url, auth=auth, timeout=60) as to_berth:
+            digest = push_bytes(to_berth, name, data)
+    finally:
+        berth.stop()
+    (blobs / MODES_SET).unlink(missing_ok=True)  # as an older Berth left it: no record
+    tree = [blobs, *blobs.rglob("*")]
+    for path in tree:
+        path.chmod(0o700 if path.is_dir() else 0o600)
+    keys.chmod(0o755)
+    blob_file = blobs / "sha256" / digest[7:9] / digest[7:]
+    assert not readable_by_www_data(blob_file)
+
+    berth.start()
+    try:
+        with (
+            nginx_as_www_data(served_as_debian_does, berth) as nginx,
+            httpx.Client(base_url=nginx, auth=auth, timeout=60) as pull,
+        ):
+            sent = pull.get(blob_path(name, digest))
+            assert sent.status_code == 200, nginx_error_log(served_as_debian_does)
+            assert sent.content == data
+    finally:
+        berth.stop()
+    directories = sum(path.is_dir() for path in tree)
+    said = " ".join(berth.log_tail(200).split())
+    assert f"Made {keys} owner-only (0700; it was 0755)" in said
+    assert (
+        f"Gave {directories} directories mode 0750 and {len(tree) - directories} files mode "
+        f"0640 in {blobs}, in "
+    ) in said
+    assert all(
+        stat.S_IMODE(path.stat().st_mode) == (0o750 if path.is_dir() else 0o640) for path in tree
+    )
+    assert stat.S_IMODE(keys.stat().st_mode) == 0o700 and not readable_by_www_data(keys)
+
+    log = berth.data_dir / "server.log"
+    before = len(log.read_text())
+    berth.start()
+    berth.stop()
+    again = log.read_text()[before:]
+    assert "Berth registry on" in again and "Checking that nginx's group" not in again, again

@@ -1,7 +1,8 @@
 """Local filesystem driver: content-addressed files, uploads in a scratch dir on the same fs.
 
 Layout under the root: `{algorithm}/{hex[:2]}/{hex}` for blobs, `_uploads/{id}` for uploads,
-`_damaged/{algorithm}-{hex}` for blobs set aside because their bytes no longer match.
+`_damaged/{algorithm}-{hex}` for blobs set aside because their bytes no longer match, and
+`_modes_set` once every directory and file in it has the modes nginx needs (`set_modes`).
 Because both sit on one filesystem, committing an upload is an atomic rename.
 """
 
@@ -14,8 +15,10 @@ import os
 import secrets
 import shutil
 import threading
+import time
 import uuid
 from collections.abc import AsyncIterator, Coroutine, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +38,20 @@ LOCK_POLL_SECONDS = 0.02
 # Whatever the umask: with blob_redirect = "accel", nginx's worker (its user in the data
 # directory's group) opens the blob files itself.
 DIRECTORY_MODE, FILE_MODE = 0o750, 0o640
+# In the blob directory once every directory and file under it has those modes (set_modes):
+# an older Berth made them by the umask.
+MODES_SET = "_modes_set"
+
+
+@dataclass(frozen=True)
+class ModesSet:
+    """What `set_modes` changed: directories and files given DIRECTORY_MODE and FILE_MODE,
+    and those left as they were because they are another user's."""
+
+    directories: int
+    files: int
+    not_ours: int
+    seconds: float
 
 
 class _FileUploadWriter(UploadWriter):
@@ -332,6 +349,62 @@ def _make_directory(path: Path) -> None:
     except FileExistsError:
         return
     os.chmod(path, DIRECTORY_MODE)
+
+
+def modes_unset(root: Path) -> bool:
+    """Whether the blob directory `root` may hold directories and files an older Berth made
+    by its umask (0700 and 0600 under a strict one), which nginx's worker cannot open: it
+    exists, and `set_modes` has not gone through it. (What this Berth makes it makes so.)"""
+    return root.is_dir() and not (root / MODES_SET).exists()
+
+
+def set_modes(root: Path) -> ModesSet:
+    """Give every directory under the blob directory `root` (itself too) DIRECTORY_MODE and
+    every file FILE_MODE, then record it (MODES_SET). Symbolic links are left alone."""
+    started = time.monotonic()
+    tally = _ModeTally()
+    waiting = [str(root)]
+    while waiting:
+        directory = waiting.pop()
+        tally.give(directory, DIRECTORY_MODE)
+        try:
+            with os.scandir(directory) as entries:
+                for entry in entries:
+                    if entry.is_dir(follow_symlinks=False):
+                        waiting.append(entry.path)
+                    elif entry.is_file(follow_symlinks=False):
+                        tally.give(entry.path, FILE_MODE)
+        except (FileNotFoundError, PermissionError):  # removed meanwhile, or not ours
+            continue
+    marker = os.open(root / MODES_SET, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)
+    with os.fdopen(marker, "w") as recorded:
+        recorded.write(
+            f"Every directory under {root} is {DIRECTORY_MODE:o} and every file {FILE_MODE:o} "
+            'for nginx (blob_redirect = "accel"). Without this file, the next berth serve '
+            "with accel checks them again.\n"
+        )
+    return ModesSet(tally.directories, tally.files, tally.not_ours, time.monotonic() - started)
+
+
+class _ModeTally:
+    def __init__(self) -> None:
+        self.directories = self.files = self.not_ours = 0
+
+    def give(self, path: str, mode: int) -> None:
+        """`path` given `mode` unless it has it, counted."""
+        try:
+            if os.stat(path).st_mode & 0o7777 == mode:
+                return
+            os.chmod(path, mode)
+        except FileNotFoundError:  # a blob deleted, an upload committed meanwhile
+            return
+        except PermissionError:  # another user's
+            self.not_ours += 1
+            return
+        if mode == DIRECTORY_MODE:
+            self.directories += 1
+        else:
+            self.files += 1
 
 
 def _unshare(path: Path) -> None:
