@@ -78,14 +78,14 @@ class KeyRecord:
     expires_at: dt.datetime | None
     disabled: bool
     has_role: bool
+    # Whether it had expired when it was read, by the database's clock: a node whose own clock
+    # ran behind would otherwise go on accepting it. Read with the key, so it costs no round
+    # trip; a cached record is at most CACHE_SECONDS old, as for its other fields.
+    expired: bool
 
     @property
     def active(self) -> bool:
-        return (
-            not self.disabled
-            and self.has_role
-            and (self.expires_at is None or self.expires_at > utcnow())
-        )
+        return not self.disabled and self.has_role and not self.expired
 
 
 class Credentials:
@@ -112,7 +112,12 @@ class Credentials:
         async with self.db.read() as conn:
             row = (
                 await conn.execute(
-                    select(access_keys, users.c.name.label("user"), users.c.is_admin)
+                    select(
+                        access_keys,
+                        users.c.name.label("user"),
+                        users.c.is_admin,
+                        (access_keys.c.expires_at <= self.db.clock()).label("expired"),
+                    )
                     .join(users, users.c.id == access_keys.c.user_id)
                     .where(access_keys.c.id == key_id)
                 )
@@ -130,6 +135,7 @@ class Credentials:
                     row.expires_at,
                     row.disabled,
                     role,
+                    bool(row.expired),  # NULL: no expiry
                 )
         self._keys[key_id] = record
         return record
@@ -145,7 +151,7 @@ class Credentials:
             raise Unauthorized("invalid access key ID or secret access key")
         if record.disabled:
             raise KeyNotUsable(f"access key {key_id} is disabled; enable it or create another")
-        if record.expires_at is not None and record.expires_at <= utcnow():
+        if record.expired:
             raise KeyNotUsable(f"access key {key_id} expired on {record.expires_at:%Y-%m-%d}")
         if not record.has_role:
             raise KeyNotUsable(f"access key {key_id} belongs to a user who left the project")

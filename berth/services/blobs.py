@@ -23,7 +23,6 @@ from berth.metadata.tables import (
     manifests,
     repositories,
     repository_blobs,
-    utcnow,
 )
 from berth.services.content_audit import audit_content_change
 from berth.services.content_in_use import in_use_refusal, manifests_using
@@ -302,7 +301,7 @@ class BlobContent:
             ).where(repositories.c.project_id == repo.project_id)
         if await self.store.stat(digest) is None:
             return False  # recorded, but its bytes are missing (set aside): upload them
-        now = utcnow()
+        now = self.db.clock()  # as the grace cutoff: `Decider.cutoff`
         try:
             async with self.db.write() as conn:
                 if (await conn.execute(holder.limit(1))).first() is None:

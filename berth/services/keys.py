@@ -128,7 +128,13 @@ class Keys:
         self, *, user: str | None = None, project: str | None = None
     ) -> list[AccessKey]:
         query = (
-            select(access_keys, users.c.name.label("user"), projects.c.name.label("project"))
+            select(
+                access_keys,
+                users.c.name.label("user"),
+                projects.c.name.label("project"),
+                # By the database's clock, as a key is checked (`Credentials.key_record`).
+                (access_keys.c.expires_at <= self.db.clock()).label("expired"),
+            )
             .join(users, users.c.id == access_keys.c.user_id)
             .join(projects, projects.c.id == access_keys.c.project_id)
             .order_by(access_keys.c.created_at)
@@ -137,7 +143,6 @@ class Keys:
             query = query.where(users.c.name == user)
         if project:
             query = query.where(projects.c.name == project)
-        now = utcnow()
         async with self.db.read() as conn:
             rows = (await conn.execute(query)).all()
         return [
@@ -148,11 +153,7 @@ class Keys:
                 created_at=r.created_at,
                 last_used_at=r.last_used_at,
                 expires_at=r.expires_at,
-                state="disabled"
-                if r.disabled
-                else "expired"
-                if r.expires_at and r.expires_at <= now
-                else "active",
+                state="disabled" if r.disabled else "expired" if r.expired else "active",
             )
             for r in rows
         ]

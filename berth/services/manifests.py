@@ -388,7 +388,8 @@ class ManifestContent:
         body: bytes,
         parsed: ParsedManifest,
     ) -> int:
-        now = utcnow()
+        # By the database's clock, as garbage collection's grace cutoff is (`Decider.cutoff`).
+        now = self.db.clock()
         result = await conn.execute(
             manifests.insert().values(
                 repository_id=repo.id,
@@ -417,8 +418,8 @@ class ManifestContent:
         blob_links = [d for d, is_manifest in references.items() if not is_manifest]
         if blob_links:
             await conn.execute(
-                self.db.insert_ignore(repository_blobs),
-                [{"repository_id": repo.id, "digest": d, "linked_at": now} for d in blob_links],
+                self.db.insert_ignore(repository_blobs).values(linked_at=now),
+                [{"repository_id": repo.id, "digest": d} for d in blob_links],
             )
         return manifest_id
 

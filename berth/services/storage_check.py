@@ -11,7 +11,6 @@ asked to repair, removes those older than the grace period.
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 import hashlib
 import logging
 import time
@@ -23,7 +22,7 @@ from sqlalchemy import delete, select
 from berth.domain.digests import parse_digest
 from berth.metadata.database import Database
 from berth.metadata.lookups import require_project
-from berth.metadata.tables import blobs, repositories, repository_blobs, uploads, utcnow
+from berth.metadata.tables import blobs, repositories, repository_blobs, uploads
 from berth.storage.base import BlobStore
 
 logger = logging.getLogger("berth.storage")
@@ -121,7 +120,9 @@ class StorageCheck:
     async def remove_expired_uploads(self) -> int:
         """Uploads of any project nobody has touched for `upload_expiry`: the row first (so
         no node takes the upload on), then its scratch."""
-        cutoff = utcnow() - dt.timedelta(seconds=self.upload_expiry)
+        # By the database's clock, as uploads write `updated_at`: a node whose own clock ran
+        # ahead would otherwise end uploads another node is still receiving.
+        cutoff = self.db.clock(-self.upload_expiry)
         async with self.db.write() as conn:
             expired = list(
                 (
@@ -227,7 +228,7 @@ class StorageCheck:
         async with self.db.write() as conn:
             held = await conn.execute(
                 self.db.insert_ignore(blobs)
-                .values(digest=digest, size=0, created_at=utcnow())
+                .values(digest=digest, size=0, created_at=self.db.clock())
                 .returning(blobs.c.digest)
             )
             if held.first() is None:

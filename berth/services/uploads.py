@@ -59,7 +59,6 @@ from berth.metadata.tables import (
     upload_pieces,
     uploads,
     users,
-    utcnow,
 )
 from berth.services.gc.restrictions import refuse_if_restricted
 from berth.services.gc.runs import RUNNING
@@ -290,7 +289,8 @@ class Uploads:
         async with self._storage_faults(upload.id):
             writer = await self.store.open_upload(upload.id, 0)
             await writer.close()
-        now = utcnow()
+        # By the database's clock, as the expiry cutoffs are (`StorageCheck`, `Decider`).
+        now = self.db.clock()
         try:
             async with self.db.write() as conn:
                 await conn.execute(
@@ -536,7 +536,7 @@ class Uploads:
                         offset=upload.offset,
                         digest_at_offset=upload.digest_at_offset,
                         hash_state=upload.hash_state,
-                        updated_at=utcnow(),
+                        updated_at=self.db.clock(),
                     )
                 )
                 if moved.rowcount == 1 and writer.pieces:
@@ -732,7 +732,10 @@ class Uploads:
                 async with self.db.write() as conn:
                     made = await conn.execute(
                         self.db.insert_ignore(blobs).values(
-                            digest=digest, size=size, created_at=utcnow(), token=uuid.uuid4().hex
+                            digest=digest,
+                            size=size,
+                            created_at=self.db.clock(),  # as the grace cutoff: `Decider.cutoff`
+                            token=uuid.uuid4().hex,
                         )
                     )
                     # Read after the insert, which waited for a run deleting the row: its
@@ -803,7 +806,7 @@ class Uploads:
     ) -> bool:
         """The stored blob in the metadata, if its row is the one held before storing it:
         the repository's link, and no upload. False if garbage collection deleted the row."""
-        now = utcnow()
+        now = self.db.clock()  # as the grace cutoff: `Decider.cutoff`
         async with self.db.write() as conn:
             # Key-share locked until the link commits (as the link's foreign key would):
             # garbage collection cannot delete the row in between.

@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 from sqlalchemy import Insert, Integer, String, delete, func, literal, select
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.sql.elements import ColumnElement
 
 from berth.metadata.database import Database
 from berth.metadata.tables import (
@@ -107,7 +108,7 @@ def abandoned_upload(project_id: int, cutoff: dt.datetime) -> Any:
     return uploads.c.repository_id.in_(in_project(project_id)) & (uploads.c.updated_at < cutoff)
 
 
-def stale_unlinked_blob(cutoff: dt.datetime) -> Any:
+def stale_unlinked_blob(cutoff: dt.datetime | ColumnElement[dt.datetime]) -> Any:
     """Half of the blob rule: stored before the cutoff and linked nowhere (the other half is
     the blobs whose links the run removed; the sweep checks `~linked_anywhere()` again)."""
     return (blobs.c.created_at < cutoff) & ~linked_anywhere()
@@ -167,14 +168,21 @@ class Decider:
         self.grace_period = grace_period
         self.upload_expiry = upload_expiry
 
-    def cutoff(self) -> dt.datetime:
-        return grace_cutoff(utcnow(), self.grace_period)
+    def cutoff(self) -> ColumnElement[dt.datetime]:
+        """The grace cutoff, for a statement to compare with: by the database's clock, as
+        pushes write `pushed_at`, `linked_at` and `created_at`. A node whose own clock ran more
+        than the grace period ahead would otherwise collect a blob pushed a moment ago on
+        another node, before the manifest that references it arrives."""
+        return self.db.clock(-self.grace_period)
 
-    def upload_cutoff(self) -> dt.datetime:
-        """Uploads nobody has touched since before this are abandoned: `upload_expiry`, as
-        for the `abandoned-uploads` job, not the grace period (a client may pause between
-        chunks far longer than content takes to be referenced)."""
-        return grace_cutoff(utcnow(), self.upload_expiry)
+    async def cutoffs(self, conn: AsyncConnection) -> tuple[dt.datetime, dt.datetime]:
+        """The grace cutoff and the upload cutoff, from the database's now read once (the
+        manifest rule compares in Python): uploads nobody has touched since before the
+        second are abandoned. That is `upload_expiry`, as for the `abandoned-uploads` job, not
+        the grace period (a client may pause between chunks far longer than content takes to
+        be referenced)."""
+        now = (await conn.execute(select(self.db.clock()))).scalar_one()
+        return grace_cutoff(now, self.grace_period), grace_cutoff(now, self.upload_expiry)
 
     async def decide(self, run: RunRow, *, dry_run: bool) -> Decision:
         """Step 2 in one transaction, retried when PostgreSQL aborts it (a deadlock). A dry
@@ -218,7 +226,7 @@ class Decider:
     async def _decide_in(self, conn: AsyncConnection, run: RunRow) -> Decision:
         """Step 2's deletions. Only what must be decided under the restriction is here; the
         figures and the list of blobs to sweep are made after it is lifted."""
-        cutoff = self.cutoff()
+        cutoff, upload_cutoff = await self.cutoffs(conn)
         project = in_project(run.project_id)
         images, young = 0, Young()
         if run.delete_untagged:
@@ -239,7 +247,7 @@ class Decider:
                 "upload",
                 uploads.c.id,
                 uploads.c.offset,
-                abandoned_upload(run.project_id, self.upload_cutoff()),
+                abandoned_upload(run.project_id, upload_cutoff),
             )
         )
         abandoned = select(gc_sweep.c.name).where(

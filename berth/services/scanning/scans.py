@@ -125,16 +125,18 @@ def scan_queue_job(worker: int) -> str:
     return "scan-queue" if worker == 1 else f"scan-queue-{worker}"
 
 
-def _abandoned() -> Any:
+def _abandoned(db: Database) -> Any:
     """A scan whose process stopped: "scanning", not renewed for ABANDONED_AFTER (rows a
-    version without `alive_at` left count from when they started)."""
+    version without `alive_at` left count from when they started). By the database's clock,
+    as `alive_at` is written: a node whose own clock runs ahead would take a scan another node
+    is running for abandoned, and run it again."""
     last_seen = func.coalesce(scans.c.alive_at, scans.c.started_at)
-    return and_(scans.c.state == "scanning", last_seen < utcnow() - ABANDONED_AFTER)
+    return and_(scans.c.state == "scanning", last_seen < db.clock(-ABANDONED_AFTER.total_seconds()))
 
 
-def _claimed() -> dict[str, Any]:
-    """What claiming a scan writes."""
-    now = utcnow()
+def _claimed(db: Database) -> dict[str, Any]:
+    """What claiming a scan writes (its times by the database's clock: `_abandoned`)."""
+    now = db.clock()
     return {"state": "scanning", "started_at": now, "alive_at": now, "reason": None}
 
 
@@ -417,7 +419,9 @@ class Scans:
         async with self.db.read() as conn:
             found = (
                 await conn.execute(
-                    select(scans.c.id).where(or_(scans.c.state == "queued", _abandoned())).limit(1)
+                    select(scans.c.id)
+                    .where(or_(scans.c.state == "queued", _abandoned(self.db)))
+                    .limit(1)
                 )
             ).first()
         return found is not None
@@ -457,9 +461,9 @@ class Scans:
                     update(scans)
                     .where(
                         scans.c.manifest_id == manifest_id,
-                        or_(scans.c.state == "queued", _abandoned()),
+                        or_(scans.c.state == "queued", _abandoned(self.db)),
                     )
-                    .values(**_claimed())
+                    .values(**_claimed(self.db))
                     .returning(scans.c.id)
                 )
                 scan_id = claimed.scalar()
@@ -478,7 +482,7 @@ class Scans:
 
     async def _requeue_abandoned(self) -> None:
         async with self.db.write() as conn:
-            await conn.execute(update(scans).where(_abandoned()).values(state="queued"))
+            await conn.execute(update(scans).where(_abandoned(self.db)).values(state="queued"))
 
     async def _claim(self) -> tuple[int, int] | None:
         """The next queued scan, marked as scanning: of the project whose last scan started
@@ -523,7 +527,7 @@ class Scans:
                 claimed = await conn.execute(
                     update(scans)
                     .where(scans.c.id == row.id, scans.c.state == "queued")
-                    .values(**_claimed())
+                    .values(**_claimed(self.db))
                 )
             if claimed.rowcount:
                 return int(row.id), int(row.manifest_id)
@@ -556,7 +560,7 @@ class Scans:
                 await conn.execute(
                     update(scans)
                     .where(scans.c.id == scan_id, scans.c.state == "scanning")
-                    .values(alive_at=utcnow())
+                    .values(alive_at=self.db.clock())
                 )
 
         return Periodic(
