@@ -10,7 +10,7 @@ import subprocess
 import httpx
 
 from tests.api.conftest import push_image
-from tests.oci import manifest_path
+from tests.oci import image_index, manifest_path, push_manifest
 from tests.servers import ADMIN_PASSWORD, BERTH, ROOT, BerthServer
 from tests.terminal import typed_at_terminal
 
@@ -87,6 +87,30 @@ def test_image_list_history_and_tag_restore(sqlite_server: BerthServer) -> None:
         )
         again = berth.cli("tag", "restore", name, "v1", check=False)
         assert again.returncode == 3 and "only a removed tag" in again.stderr
+
+
+def test_image_list_shows_the_tags_of_an_index_entries(sqlite_server: BerthServer) -> None:
+    """`docker manifest create` tags each platform, then the index: one image, every tag."""
+    berth = sqlite_server
+    berth.create_repository("clidemo3", "verify")
+    name = "clidemo3/verify"
+    with httpx.Client(base_url=berth.url, auth=berth.access_key("clidemo3"), timeout=60) as client:
+        amd64 = push_image(client, name, "amd64", architecture="amd64")
+        arm64 = push_image(client, name, "arm64", architecture="arm64")
+        index = image_index(
+            [
+                amd64.descriptor(platform={"os": "linux", "architecture": "amd64"}),
+                arm64.descriptor(platform={"os": "linux", "architecture": "arm64"}),
+            ]
+        )
+        push_manifest(client, name, "latest", index)
+
+    [item] = berth.cli_items("image", "list", name)
+    assert item["tags"] == ["latest"] and item["child_tags"] == ["amd64", "arm64"]
+    table = berth.cli("image", "list", name).stdout
+    # The tags column, as the table wraps it over several lines.
+    cells = [line.split("│")[3].strip() for line in table.splitlines() if line.startswith("│")]
+    assert " ".join(filter(None, cells)) == "latest; entries: amd64, arm64"
 
 
 def test_printed_commands_name_where_the_server_serves_and_run_as_printed(

@@ -235,6 +235,68 @@ def test_index_with_a_missing_child_is_refused(repo: Repo) -> None:
     assert error_code(response) == "MANIFEST_BLOB_UNKNOWN"
 
 
+FOREIGN_LAYER = "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip"
+
+
+def with_foreign_layer(repo: Repo, **fields: object) -> bytes:
+    """An image manifest whose second layer is non-distributable and never pushed."""
+    document = json.loads(random_image(repo.client, repo.name))
+    foreign = Blob(os.urandom(1000), FOREIGN_LAYER).descriptor(**fields)
+    document["layers"].append(foreign)
+    return to_json(document)
+
+
+def test_a_foreign_layer_with_an_http_url_need_not_be_pushed(repo: Repo) -> None:
+    body = with_foreign_layer(repo, urls=["https://example.com/blobs/layer"])
+    assert put_manifest(repo.client, repo.name, "foreign", body).status_code == 201
+
+
+def test_a_foreign_layer_neither_pushed_nor_with_a_url_is_refused(repo: Repo) -> None:
+    body = with_foreign_layer(repo)
+    response = put_manifest(repo.client, repo.name, "foreign", body)
+    assert response.status_code == 400 and error_code(response) == "MANIFEST_BLOB_UNKNOWN"
+    assert "no 'urls'" in response.json()["errors"][0]["message"]
+    assert repo.client.get(repo.url("manifests/foreign")).status_code == 404
+
+
+@pytest.mark.parametrize("url", ["file:///etc/passwd", "ftp://example.com/layer", "https:layer"])
+def test_a_foreign_layer_url_that_is_not_http_is_refused(repo: Repo, url: str) -> None:
+    body = with_foreign_layer(repo, urls=["https://example.com/ok", url])
+    response = put_manifest(repo.client, repo.name, "foreign", body)
+    assert response.status_code == 400 and error_code(response) == "MANIFEST_INVALID"
+    assert "layers[1].urls[1] must be an http or https URL" in response.text
+
+
+def test_a_foreign_layer_the_registry_holds_is_served_like_any(repo: Repo) -> None:
+    """Pushed anyway (docker's allow-nondistributable-artifacts), it needs no URL and is
+    kept with the image."""
+    layer = Blob(os.urandom(1000), FOREIGN_LAYER)
+    push_bytes(repo.client, repo.name, layer.data)
+    document = json.loads(random_image(repo.client, repo.name))
+    document["layers"].append(layer.descriptor())
+    assert put_manifest(repo.client, repo.name, "held", to_json(document)).status_code == 201
+    assert repo.client.get(repo.url(f"blobs/{layer.digest}")).content == layer.data
+
+
+def test_tags_of_a_name_never_pushed_are_name_unknown(repo: Repo) -> None:
+    """An image name inside a repository with nothing in it is unknown, as a repository
+    nobody created is; one whose tags were all deleted still lists []."""
+    typo = f"{repo.name}/typo"
+    response = repo.client.get(f"/v2/{typo}/tags/list")
+    assert response.status_code == 404 and error_code(response) == "NAME_UNKNOWN"
+    assert "typo names no image" in response.json()["errors"][0]["message"]
+    # The repository's own name exists while the repository does, empty or not.
+    assert repo.client.get(repo.url("tags/list")).json()["tags"] == []
+
+    body = random_image(repo.client, typo)
+    assert put_manifest(repo.client, typo, "v1", body).status_code == 201
+    assert repo.client.get(f"/v2/{typo}/tags/list").json()["tags"] == ["v1"]
+    assert repo.client.delete(f"/v2/{typo}/manifests/v1").status_code == 202
+    assert repo.client.get(f"/v2/{typo}/tags/list").json()["tags"] == []
+    assert repo.client.delete(f"/v2/{typo}/manifests/{digest_of(body)}").status_code == 202
+    assert repo.client.get(f"/v2/{typo}/tags/list").status_code == 404
+
+
 @pytest.mark.parametrize("where", ["config", "layer"])
 @pytest.mark.parametrize("declared", [2, 2**70])
 def test_a_blob_descriptor_whose_size_is_not_the_blobs_is_refused(

@@ -69,13 +69,22 @@ def image_list(
         table.add_row(
             item["image"] or "-",
             _short(item["digest"]),
-            ", ".join(item["tags"]),
+            _tags_cell(item),
             f"{item['size']:,}",
             ", ".join(item["platforms"]),
             ", ".join(r["artifact_type"] or _short(r["digest"]) for r in item["referrers"]),
             when(item["pushed_at"], "-"),
         )
     console.print(table)
+
+
+def _tags_cell(item: dict[str, Any]) -> str:
+    """An image's tags, then those on the manifests its index lists (per-platform tags)."""
+    own = ", ".join(item["tags"])
+    if not item["child_tags"]:
+        return own
+    listed = "entries: " + ", ".join(item["child_tags"])
+    return f"{own}; {listed}" if own else listed
 
 
 @image_app.command("history")

@@ -7,6 +7,7 @@ import json
 import re
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 from berth.domain.digests import parse_digest
 from berth.domain.errors import DigestInvalid, ManifestInvalid, SizeInvalid
@@ -51,6 +52,11 @@ class Descriptor:
     artifact_type: str | None = None
     platform: dict[str, Any] | None = None
     annotations: dict[str, str] | None = None
+    urls: tuple[str, ...] = ()  # where a client fetches a non-distributable layer
+
+    @property
+    def is_foreign(self) -> bool:
+        return self.media_type in FOREIGN_LAYER_TYPES
 
 
 @dataclass(slots=True)
@@ -102,7 +108,28 @@ def _descriptor(value: Any, where: str) -> Descriptor:
         artifact_type if isinstance(artifact_type, str) else None,
         platform if isinstance(platform, dict) else None,
         _annotations(value.get("annotations"), f"{where}.annotations"),
+        _urls(value.get("urls"), f"{where}.urls"),
     )
+
+
+def _urls(value: Any, where: str) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    if not isinstance(value, list) or not all(isinstance(url, str) for url in value):
+        raise ManifestInvalid(f"{where} must be a list of strings")
+    return tuple(value)
+
+
+def _check_foreign_urls(layer: Descriptor, where: str) -> None:
+    """A client fetches a non-distributable layer the registry lacks from its `urls`: one
+    that is not http(s) (`file:`, `ftp:`) no client can, or should, fetch."""
+    for number, url in enumerate(layer.urls):
+        parts = urlsplit(url)
+        if parts.scheme.lower() not in ("http", "https") or not parts.netloc:
+            raise ManifestInvalid(
+                f"{where}.urls[{number}] must be an http or https URL, not {url[:200]!r}",
+                {"digest": layer.digest, "url": url[:200]},
+            )
 
 
 def _descriptor_list(document: dict[str, Any], key: str, *, required: bool) -> list[Descriptor]:
@@ -172,7 +199,11 @@ def parse_manifest(body: bytes, content_type: str | None) -> ParsedManifest:
         parsed.blobs = _descriptor_list(document, "blobs", required=False)
     else:
         config = _descriptor(document.get("config"), "config")
-        parsed.blobs = [config, *_descriptor_list(document, "layers", required=True)]
+        layers = _descriptor_list(document, "layers", required=True)
+        for number, layer in enumerate(layers):
+            if layer.is_foreign:
+                _check_foreign_urls(layer, f"layers[{number}]")
+        parsed.blobs = [config, *layers]
         if parsed.artifact_type is None and media_type == OCI_MANIFEST:
             # The referrers API reports an image's config media type when it has no artifactType.
             parsed.artifact_type = config.media_type
@@ -183,9 +214,15 @@ def stored_blobs(parsed: ParsedManifest) -> list[str]:
     """Digests of blobs the registry must hold for this manifest (foreign layers excluded)."""
     seen: dict[str, None] = {}
     for blob in parsed.blobs:
-        if blob.media_type not in FOREIGN_LAYER_TYPES:
+        if not blob.is_foreign:
             seen.setdefault(blob.digest)
     return list(seen)
+
+
+def foreign_layers(parsed: ParsedManifest) -> list[Descriptor]:
+    """The non-distributable layers of a manifest: the registry may hold them (it then serves
+    them like any layer), or the client fetches them from their `urls`."""
+    return [blob for blob in parsed.blobs if blob.is_foreign]
 
 
 # Clients send the same few Accept headers on every pull: parsed once each.

@@ -27,13 +27,19 @@ class Image(Record):
     artifact_type: str | None
     subject: str | None = Field(description="for a referrer: the digest it refers to")
     tags: list[str]
+    child_tags: list[str] = Field(
+        description="for an index: the tags on manifests it lists (a platform manifest pushed "
+        "under a tag of its own, as `docker manifest create` and podman's manifest push ask; "
+        "a nested index and its entries); `children` says which manifest has which"
+    )
     size: int = Field(
-        description="bytes of the manifest and every blob it needs (an index: with its "
-        "platform manifests), each blob counted once"
+        description="bytes of the manifest and every blob it needs (an index: with the "
+        "manifests it lists, a nested index's included), each counted once"
     )
     platforms: list[str] = Field(
-        description="os/architecture[/variant]: of each entry of an index; of a single-platform "
-        "image, its own (from its config)"
+        description="os/architecture[/variant]: of each entry of an index (a nested index's "
+        "entries included; not attestations); of a single-platform image, its own (from its "
+        "config)"
     )
     pushed_at: dt.datetime
     referrer_count: int
@@ -47,8 +53,16 @@ class Image(Record):
 class Child(Record):
     digest: str
     media_type: str
-    platform: str | None
-    size: int
+    platform: str | None = Field(description="as the index lists it; null for an attestation")
+    attestation: bool = Field(
+        description="a build attestation (provenance, SBOM) that docker buildx lists in the "
+        "index as platform unknown/unknown: not a platform"
+    )
+    attests: str | None = Field(
+        description="for an attestation: the digest of the manifest it describes"
+    )
+    tags: list[str] = Field(description="the tags on this manifest")
+    size: int = Field(description="bytes of it and all it needs (a nested index: its entries)")
 
 
 class Layer(Record):
@@ -59,7 +73,10 @@ class Layer(Record):
 
 class ImageDetail(Image):
     manifest_size: int
-    children: list[Child] = Field(description="for an index: its platform manifests")
+    children: list[Child] = Field(
+        description="for an index: the manifests it lists (platform manifests, attestations, "
+        "nested indexes)"
+    )
     layers: list[Layer] = Field(description="for an image manifest: its config and layers")
     parents: list[str] = Field(description="digests of the indexes that list this manifest")
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from cachetools import LRUCache
@@ -36,6 +37,8 @@ IMAGE_CONFIG_TYPES = frozenset(
     {"application/vnd.oci.image.config.v1+json", "application/vnd.docker.container.image.v1+json"}
 )
 MAX_CONFIG_READ = 1 << 20  # a config larger than this is not read for its platform
+# Nested indexes followed for platforms, sizes and tags (as deep as a scan follows them).
+MAX_INDEX_DEPTH = 8
 # Platform by config digest: content-addressed, so an entry never goes stale.
 _config_platforms: LRUCache[str, str | None] = LRUCache(maxsize=4096)
 
@@ -162,89 +165,54 @@ class Images:
         if not rows:
             return []
         ids = [r.id for r in rows]
-        digests = {r.digest for r in rows}
         images = {r.image for r in rows}
-
-        # Children of indexes (same repository and image), and their own references.
-        child_refs: dict[int, list[str]] = defaultdict(list)
-        for ref in await conn.execute(
-            select(manifest_references.c.manifest_id, manifest_references.c.digest).where(
-                manifest_references.c.manifest_id.in_(ids), manifest_references.c.is_manifest
-            )
-        ):
-            child_refs[ref.manifest_id].append(ref.digest)
-        child_digests = {d for refs in child_refs.values() for d in refs}
-        children: dict[tuple[str, str], Any] = {}
-        if child_digests:
-            for child in await conn.execute(
-                select(
-                    manifests.c.id,
-                    manifests.c.image,
-                    manifests.c.digest,
-                    manifests.c.media_type,
-                    manifests.c.size,
-                ).where(
-                    manifests.c.repository_id == repo.id,
-                    manifests.c.image.in_(sorted(images)),
-                    manifests.c.digest.in_(sorted(child_digests)),
-                )
-            ):
-                children[(child.image, child.digest)] = child
+        tree = await _IndexTree.read(conn, repo, rows)
 
         # Blob sizes of every manifest involved.
-        all_ids = ids + [c.id for c in children.values()]
         blob_sizes: dict[int, dict[str, int]] = defaultdict(dict)
         for ref in await conn.execute(
             select(manifest_references.c.manifest_id, blobs.c.digest, blobs.c.size)
             .join(blobs, blobs.c.digest == manifest_references.c.digest)
             .where(
-                manifest_references.c.manifest_id.in_(all_ids),
+                manifest_references.c.manifest_id.in_(ids + tree.ids()),
                 ~manifest_references.c.is_manifest,
             )
         ):
             blob_sizes[ref.manifest_id][ref.digest] = int(ref.size)
 
-        # Index content, for the platforms of its entries.
-        index_ids = [r.id for r in rows if r.media_type in INDEX_TYPES]
-        platforms: dict[int, dict[str, str | None]] = {}
-        if index_ids:
-            for content in await conn.execute(
-                select(manifests.c.id, manifests.c.content).where(manifests.c.id.in_(index_ids))
-            ):
-                platforms[content.id] = _entry_platforms(bytes(content.content))
+        def size_of(manifest_id: int, own_size: int, below: Iterable[Any]) -> int:
+            """The manifest, the manifests below it and every blob they need, each once."""
+            below = list(below)
+            needed = dict(blob_sizes.get(manifest_id, {}))
+            for manifest in below:
+                needed.update(blob_sizes.get(manifest.id, {}))
+            return own_size + sum(int(m.size) for m in below) + sum(needed.values())
 
         own_platforms = await self._own_platforms(
             conn, [r.id for r in rows if r.media_type not in INDEX_TYPES]
         )
+        digests = {r.digest for r in rows} | tree.digests()
         tag_names = await self._tags_of(conn, repo, images, digests)
-        referrers = await self._referrers_of(conn, repo, images, digests)
+        referrers = await self._referrers_of(conn, repo, images, {r.digest for r in rows})
         scanned = await scan_summaries(conn, ids)
 
         described: list[Image] = []
         for row in rows:
-            tree_blobs = dict(blob_sizes.get(row.id, {}))
-            size = int(row.size)
+            walked = tree.walk(row.id, row.image)
             entries = []
-            # The index's own order (platforms as its author listed them).
-            listed = list(platforms.get(row.id, {}))
-            refs = child_refs.get(row.id, [])
-            ordered = [d for d in listed if d in refs] + [d for d in refs if d not in listed]
-            for child_digest in ordered:
-                child = children.get((row.image, child_digest))
-                if child is None:
-                    continue
-                size += int(child.size)
-                child_blobs = blob_sizes.get(child.id, {})
-                tree_blobs.update(child_blobs)
+            for child, entry in tree.entries_of(row.id, row.image):
+                below = tree.walk(child.id, child.image).manifests
                 entries.append(
                     Child(
                         digest=child.digest,
                         media_type=child.media_type,
-                        platform=platforms.get(row.id, {}).get(child.digest),
-                        size=int(child.size) + sum(child_blobs.values()),
+                        platform=entry.platform,
+                        attestation=entry.attestation,
+                        attests=entry.attests,
+                        tags=tag_names.get((row.image, child.digest), []),
+                        size=size_of(child.id, int(child.size), below),
                     )
                 )
-            size += sum(tree_blobs.values())
             own = own_platforms.get(row.id)
             its_referrers = referrers.get((row.image, row.digest), [])
             fields: dict[str, Any] = {
@@ -254,8 +222,11 @@ class Images:
                 "artifact_type": row.artifact_type,
                 "subject": row.subject_digest,
                 "tags": tag_names.get((row.image, row.digest), []),
-                "size": size,
-                "platforms": [e.platform for e in entries if e.platform]
+                "child_tags": sorted(
+                    {t for m in walked.manifests for t in tag_names.get((row.image, m.digest), [])}
+                ),
+                "size": size_of(row.id, int(row.size), walked.manifests),
+                "platforms": walked.platforms
                 if row.media_type in INDEX_TYPES
                 else [own]
                 if own
@@ -500,15 +471,140 @@ class Images:
         }
 
 
-def _entry_platforms(content: bytes) -> dict[str, str | None]:
-    """digest -> platform name for each entry of an index document."""
+# Docker buildx lists an image's provenance and SBOM as index entries of platform
+# unknown/unknown, marked by this annotation: attestations, not platforms.
+REFERENCE_TYPE = "vnd.docker.reference.type"
+REFERENCE_DIGEST = "vnd.docker.reference.digest"
+ATTESTATION = "attestation-manifest"
+
+
+@dataclass(frozen=True, slots=True)
+class _Entry:
+    """An index entry as its index lists it."""
+
+    platform: str | None
+    attestation: bool = False
+    attests: str | None = None  # an attestation's: the digest of the manifest it describes
+
+
+def _index_entries(content: bytes) -> dict[str, _Entry]:
+    """digest -> entry for each entry of an index document, in its order."""
     try:
         document = json.loads(content)
-        entries = document.get("manifests") or []
-        return {
-            str(e.get("digest")): platform_name(e.get("platform"))
-            for e in entries
-            if isinstance(e, dict)
-        }
+        listed = document.get("manifests") or []
     except (ValueError, AttributeError):
         return {}
+    found: dict[str, _Entry] = {}
+    for item in listed:
+        if not isinstance(item, dict):
+            continue
+        annotations = item.get("annotations")
+        if not isinstance(annotations, dict):
+            annotations = {}
+        platform = item.get("platform")
+        entry = _Entry(platform_name(platform if isinstance(platform, dict) else None))
+        if annotations.get(REFERENCE_TYPE) == ATTESTATION:
+            entry = _Entry(None, True, str(annotations.get(REFERENCE_DIGEST) or "") or None)
+        found.setdefault(str(item.get("digest")), entry)
+    return found
+
+
+@dataclass(slots=True)
+class _Walk:
+    manifests: list[Any] = field(default_factory=list)  # below the root, each once
+    platforms: list[str] = field(default_factory=list)  # in the indexes' order, each once
+
+
+class _IndexTree:
+    """The manifests that indexes list, read level by level down to MAX_INDEX_DEPTH, with each
+    index's entries (platform, attestation)."""
+
+    def __init__(self) -> None:
+        self.refs: dict[int, list[str]] = defaultdict(list)  # manifest id -> child digests
+        self.rows: dict[tuple[str, str], Any] = {}  # (image, digest) -> child manifest row
+        self.entries: dict[int, dict[str, _Entry]] = {}  # index id -> its entries
+
+    @classmethod
+    async def read(cls, conn: Any, repo: RepositoryRef, rows: Sequence[Any]) -> _IndexTree:
+        tree = cls()
+        level = [r for r in rows if r.media_type in INDEX_TYPES]
+        for _ in range(MAX_INDEX_DEPTH):
+            if not level:
+                break
+            ids = [r.id for r in level]
+            for content in await conn.execute(
+                select(manifests.c.id, manifests.c.content).where(manifests.c.id.in_(ids))
+            ):
+                tree.entries[content.id] = _index_entries(bytes(content.content))
+            wanted: set[str] = set()
+            for ref in await conn.execute(
+                select(manifest_references.c.manifest_id, manifest_references.c.digest).where(
+                    manifest_references.c.manifest_id.in_(ids), manifest_references.c.is_manifest
+                )
+            ):
+                tree.refs[ref.manifest_id].append(ref.digest)
+                wanted.add(ref.digest)
+            level_images = sorted({r.image for r in level})
+            level = []
+            if not wanted:
+                break
+            for child in await conn.execute(
+                select(
+                    manifests.c.id,
+                    manifests.c.image,
+                    manifests.c.digest,
+                    manifests.c.media_type,
+                    manifests.c.size,
+                ).where(
+                    manifests.c.repository_id == repo.id,
+                    manifests.c.image.in_(level_images),
+                    manifests.c.digest.in_(sorted(wanted)),
+                )
+            ):
+                key = (child.image, child.digest)
+                if key not in tree.rows:
+                    tree.rows[key] = child
+                    if child.media_type in INDEX_TYPES:
+                        level.append(child)
+        return tree
+
+    def ids(self) -> list[int]:
+        return [row.id for row in self.rows.values()]
+
+    def digests(self) -> set[str]:
+        return {digest for _, digest in self.rows}
+
+    def entries_of(self, index_id: int, image: str) -> list[tuple[Any, _Entry]]:
+        """The stored manifests an index lists, in its own order (platforms as its author
+        listed them), with their entries."""
+        listed = self.entries.get(index_id, {})
+        refs = self.refs.get(index_id, [])
+        ordered = [d for d in listed if d in refs] + [d for d in refs if d not in listed]
+        found = []
+        for digest in ordered:
+            child = self.rows.get((image, digest))
+            if child is not None:
+                found.append((child, listed.get(digest, _Entry(None))))
+        return found
+
+    def walk(self, root_id: int, image: str) -> _Walk:
+        """Every manifest below `root_id` and the platforms its indexes list (a nested
+        index's entries in its place; attestations are not platforms)."""
+        walked = _Walk()
+        seen: set[str] = set()
+
+        def visit(index_id: int) -> None:
+            for child, entry in self.entries_of(index_id, image):
+                if child.digest in seen:
+                    continue
+                seen.add(child.digest)
+                walked.manifests.append(child)
+                if child.media_type in INDEX_TYPES:
+                    visit(child.id)
+                elif (
+                    entry.platform and not entry.attests and entry.platform not in walked.platforms
+                ):
+                    walked.platforms.append(entry.platform)
+
+        visit(root_id)
+        return walked

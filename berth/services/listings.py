@@ -11,6 +11,7 @@ from sqlalchemy import case, false, func, select
 from sqlalchemy.sql.elements import ColumnElement
 
 from berth.domain.digests import parse_digest
+from berth.domain.errors import NameUnknown
 from berth.domain.manifests import OCI_INDEX
 from berth.domain.references import RepositoryRef
 from berth.metadata.database import Database
@@ -75,10 +76,30 @@ class ContentListings:
             query = query.limit(limit + 1)
         async with self.db.read() as conn:
             names = list((await conn.execute(query)).scalars())
+            if not names and image and not await self._holds_content(conn, repo, image):
+                raise NameUnknown(
+                    f"{repo.project}/{repo.name}/{image} names no image: nothing was pushed "
+                    f"to it in repository {repo.project}/{repo.name}; check the image name",
+                    {"project": repo.project, "repository": repo.name, "image": image},
+                )
         if limit is not None and len(names) > limit:
             names = names[:limit]
             return Page(names, names[-1] if names else None)
         return Page(names, None)
+
+    async def _holds_content(self, conn: Any, repo: RepositoryRef, image: str) -> bool:
+        """Whether an image name of a repository has a manifest or a tag: a name with neither
+        is unknown, as a repository nobody created is. (The repository's own name, `image`
+        '', is known while the repository exists, empty or not.)"""
+        for table in (manifests, tags):
+            found = await conn.execute(
+                select(table.c.repository_id)
+                .where(table.c.repository_id == repo.id, table.c.image == image)
+                .limit(1)
+            )
+            if found.first() is not None:
+                return True
+        return False
 
     async def referrers(
         self,

@@ -24,6 +24,7 @@ from berth.domain.manifests import (
     MAX_MANIFEST_BYTES,
     Descriptor,
     ParsedManifest,
+    foreign_layers,
     manifest_too_large,
     parse_manifest,
     stored_blobs,
@@ -229,7 +230,7 @@ class ManifestContent:
     ) -> None:
         async with self.db.write() as conn:
             await ensure_writable(conn, repo.project_id, repo.project)
-            await self._check_references(conn, repo, image, parsed, project_wide)
+            held_foreign = await self._check_references(conn, repo, image, parsed, project_wide)
             known = (
                 await conn.execute(
                     select(manifests.c.id, manifests.c.content).where(
@@ -247,7 +248,9 @@ class ManifestContent:
             changed = known is None
             if known is None:
                 await self._lock_repository(conn, repo)
-                manifest_id = await self._insert_manifest(conn, repo, image, digest, body, parsed)
+                manifest_id = await self._insert_manifest(
+                    conn, repo, image, digest, body, parsed, held_foreign
+                )
                 await self._check_image_limit(conn, repo)
                 if parsed.subject is None:  # referrers (signatures, SBOMs) are not images
                     await conn.execute(queue_on_push(manifest_id, repo.id, actor))
@@ -320,13 +323,18 @@ class ManifestContent:
 
     async def _check_references(
         self, conn: Any, repo: RepositoryRef, image: str, parsed: ParsedManifest, project_wide: bool
-    ) -> None:
+    ) -> list[str]:
+        """Refuse a manifest whose content is not here; return the non-distributable layers
+        the registry holds (referenced like any blob, so they are kept and served)."""
         needed = stored_blobs(parsed)
-        if needed:
+        foreign = foreign_layers(parsed)
+        held: list[str] = []
+        if needed or foreign:
+            wanted = [*needed, *(layer.digest for layer in foreign)]
             holders = (
                 select(blobs.c.digest, blobs.c.size)
                 .join(repository_blobs, repository_blobs.c.digest == blobs.c.digest)
-                .where(blobs.c.digest.in_(needed))
+                .where(blobs.c.digest.in_(wanted))
             )
             if project_wide:
                 holders = holders.join(
@@ -335,15 +343,27 @@ class ManifestContent:
             else:
                 holders = holders.where(repository_blobs.c.repository_id == repo.id)
             found = {row.digest: row.size for row in await conn.execute(holders.distinct())}
+            where = "this project" if project_wide else "this repository"
             missing = [d for d in needed if d not in found]
             if missing:
-                where = "this project" if project_wide else "this repository"
                 raise ManifestBlobUnknown(
                     f"manifest references blob {missing[0]}, which is not in {where}; "
                     "push the blob first",
                     {"missing": missing},
                 )
+            # A foreign layer the registry lacks must say where clients fetch it, or the
+            # image could never be pulled.
+            unreachable = [
+                layer.digest for layer in foreign if layer.digest not in found and not layer.urls
+            ]
+            if unreachable:
+                raise ManifestBlobUnknown(
+                    f"non-distributable layer {unreachable[0]} is not in {where} and has no "
+                    "'urls' to fetch it from; push the blob or give the layer an http(s) URL",
+                    {"missing": unreachable},
+                )
             _check_sizes("blob", parsed.blobs, found)
+            held = [layer.digest for layer in foreign if layer.digest in found]
         children = [child.digest for child in parsed.children]
         if children:
             found = {
@@ -378,6 +398,7 @@ class ManifestContent:
             ).scalar()
             if stored is not None:
                 _check_sizes("subject manifest", [parsed.subject], {parsed.subject.digest: stored})
+        return held
 
     async def _insert_manifest(
         self,
@@ -387,6 +408,7 @@ class ManifestContent:
         digest: str,
         body: bytes,
         parsed: ParsedManifest,
+        held_foreign: list[str],
     ) -> int:
         # By the database's clock, as garbage collection's grace cutoff is (`Decider.cutoff`).
         now = self.db.clock()
@@ -405,7 +427,7 @@ class ManifestContent:
             )
         )
         manifest_id = int(result.inserted_primary_key[0])
-        references = {d: False for d in stored_blobs(parsed)}
+        references = {d: False for d in [*stored_blobs(parsed), *held_foreign]}
         references.update({child.digest: True for child in parsed.children})
         if references:
             await conn.execute(

@@ -33,6 +33,7 @@ from tests.oci import (
 )
 
 SIGNATURE = "application/vnd.dev.cosign.artifact.sig.v1+json"
+FOREIGN = "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip"
 ACCEPT = {"Accept": f"{OCI_MANIFEST}, {OCI_INDEX}"}
 
 
@@ -125,6 +126,112 @@ def test_images_tags_platforms_sizes_and_referrers(team: Team) -> None:
         ("v1", plain.digest),
     ]
     assert ok(team["reader"].get(team.repo_url("/tags"), params={"per_page": 1}))["total"] == 3
+
+
+def test_tags_on_platform_manifests_show_with_their_index(team: Team) -> None:
+    """`docker manifest create` and podman push each platform under a tag of its own, then
+    an index tagged `latest` listing them: the per-platform tags are the index's entries',
+    shown with it (the index stays one image, as the image limit and retention count it)."""
+    registry, name = team.registry("member"), team.oci_name()
+    amd64 = push_image(registry, name, "verify-amd64", architecture="amd64")
+    arm64 = push_image(registry, name, "verify-arm64", architecture="arm64")
+    index = image_index(
+        [
+            amd64.descriptor(platform={"os": "linux", "architecture": "amd64"}),
+            arm64.descriptor(platform={"os": "linux", "architecture": "arm64"}),
+        ]
+    )
+    push_manifest(registry, name, "latest", index)
+
+    listed = images_of(team)
+    assert listed["total"] == 1 and ok(team["reader"].get(team.repo_url()))["images"] == 1
+    [image] = listed["items"]
+    assert image["tags"] == ["latest"]
+    assert image["child_tags"] == ["verify-amd64", "verify-arm64"]
+    detail = ok(team["reader"].get(team.repo_url(f"/images/{index.digest}")))
+    assert [(c["digest"], c["tags"]) for c in detail["children"]] == [
+        (amd64.digest, ["verify-amd64"]),
+        (arm64.digest, ["verify-arm64"]),
+    ]
+    # Such a tag is cleaned up as any: untagged, it is no longer shown.
+    ok(team["member"].delete(team.repo_url("/tags/verify-arm64")), 204)
+    assert images_of(team)["items"][0]["child_tags"] == ["verify-amd64"]
+
+
+def test_a_nested_index_gives_its_platforms_size_and_tags_to_the_index_listing_it(
+    team: Team,
+) -> None:
+    registry, name = team.registry("member"), team.oci_name()
+    amd64 = push_image(registry, name, "amd64", architecture="amd64")
+    arm64 = push_image(registry, name, None, architecture="arm64")
+    inner = image_index(
+        [
+            amd64.descriptor(platform={"os": "linux", "architecture": "amd64"}),
+            arm64.descriptor(platform={"os": "linux", "architecture": "arm64"}),
+        ]
+    )
+    push_manifest(registry, name, "inner", inner)
+    outer = image_index([inner.descriptor()], annotations={"org.example": "nested"})
+    push_manifest(registry, name, "outer", outer)
+
+    [image] = images_of(team)["items"]
+    assert image["digest"] == outer.digest and image["tags"] == ["outer"]
+    assert image["platforms"] == ["linux/amd64", "linux/arm64"]
+    assert image["size"] == outer.size + inner.size + blob_total(amd64) + blob_total(arm64)
+    assert image["child_tags"] == ["amd64", "inner"]
+    detail = ok(team["reader"].get(team.repo_url(f"/images/{outer.digest}")))
+    [child] = detail["children"]
+    assert child["digest"] == inner.digest and child["tags"] == ["inner"]
+    assert child["size"] == inner.size + blob_total(amd64) + blob_total(arm64)
+
+
+def test_buildx_attestations_are_not_platforms(team: Team) -> None:
+    """docker buildx lists provenance as an index entry of platform unknown/unknown, marked
+    as an attestation of the image it describes."""
+    registry, name = team.registry("member"), team.oci_name()
+    amd64 = push_image(registry, name, None, architecture="amd64")
+    attestation = push_image(registry, name, None, architecture="unknown")
+    index = image_index(
+        [
+            amd64.descriptor(platform={"os": "linux", "architecture": "amd64"}),
+            attestation.descriptor(
+                platform={"os": "unknown", "architecture": "unknown"},
+                annotations={
+                    "vnd.docker.reference.digest": amd64.digest,
+                    "vnd.docker.reference.type": "attestation-manifest",
+                },
+            ),
+        ]
+    )
+    push_manifest(registry, name, "buildx", index)
+
+    [image] = images_of(team)["items"]
+    assert image["platforms"] == ["linux/amd64"]
+    assert image["size"] == index.size + blob_total(amd64) + blob_total(attestation)
+    detail = ok(team["reader"].get(team.repo_url(f"/images/{index.digest}")))
+    assert [(c["platform"], c["attestation"], c["attests"]) for c in detail["children"]] == [
+        ("linux/amd64", False, None),
+        (None, True, amd64.digest),
+    ]
+
+
+def test_an_image_size_counts_a_foreign_layer_only_when_stored(team: Team) -> None:
+    """A non-distributable layer fetched from its URL takes no space here; one pushed
+    anyway does, and is counted."""
+    registry, name = team.registry("member"), team.oci_name()
+    config = Blob(b'{"architecture":"amd64","os":"windows"}', OCI_CONFIG)
+    held = Blob(uuid.uuid4().bytes * 100, FOREIGN)
+    elsewhere = Blob(uuid.uuid4().bytes * 1000, FOREIGN)
+    for blob in (config, held):
+        push_blob(registry, name, blob)
+    manifest = image_manifest(
+        config.descriptor(),
+        [held.descriptor(), elsewhere.descriptor(urls=["https://example.com/base-layer"])],
+    )
+    push_manifest(registry, name, "windows", manifest)
+
+    [image] = images_of(team)["items"]
+    assert image["size"] == manifest.size + config.size + held.size
 
 
 def test_a_referrer_pushed_before_its_subject_is_an_image_until_the_subject_arrives(

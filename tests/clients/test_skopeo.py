@@ -52,6 +52,19 @@ def test_skopeo_list_tags_shows_every_pushed_tag(
     assert sorted(listed["Tags"]) == sorted(tags)
 
 
+def test_skopeo_list_tags_of_a_name_never_pushed_fails_as_unknown(
+    skopeo: Skopeo, registry: Registry, test_image: TestImage
+) -> None:
+    """A mistyped image name inside an existing repository is unknown (404 NAME_UNKNOWN), as
+    in Distribution: skopeo fails (it prints only the status) instead of listing no tags."""
+    ref = registry.new_image("multi")
+    push(skopeo, test_image, ref)
+    typo = ref.repository.rsplit("/", 1)[0] + "/typo"
+
+    with pytest.raises(CommandFailed, match=r"fetching tags list: .*404 \(Not Found\)"):
+        skopeo.remote("list-tags", f"docker://{typo}")
+
+
 def test_skopeo_inspect_reports_digest_platform_and_raw_manifest(
     skopeo: Skopeo, registry: Registry, test_image: TestImage
 ) -> None:

@@ -1053,6 +1053,48 @@ def test_an_index_shows_its_platforms_and_signature(page: Page, tenant: Tenant) 
     expect(row.get_by_role("button", name=f"Copy digest {digest[:19]}", exact=True)).to_be_visible()
 
 
+def test_an_index_shows_its_entries_tags_and_no_attestation_platform(
+    page: Page, tenant: Tenant
+) -> None:
+    """Platforms pushed under tags of their own (`docker manifest create`), and a buildx
+    provenance attestation listed as platform unknown/unknown."""
+    tenant.create_repository("verify")
+    name = f"{tenant.project}/verify"
+    key = tenant.server.access_key(tenant.project)
+    with httpx.Client(base_url=tenant.server.url, auth=key, timeout=30) as v2:
+        entries = []
+        for architecture in ("amd64", "unknown"):
+            blob = layer({"arch": architecture.encode()})
+            config = image_config(architecture=architecture, diff_ids=[diff_id(blob)])
+            push_blobs(v2, name, [blob, config])
+            manifest = image_manifest(config.descriptor(), [blob.descriptor()])
+            push_manifest(v2, name, f"verify-{architecture}", manifest)
+            entries.append(manifest)
+        built, provenance = entries
+        index = image_index(
+            [
+                built.descriptor(platform={"os": "linux", "architecture": "amd64"}),
+                provenance.descriptor(
+                    platform={"os": "unknown", "architecture": "unknown"},
+                    annotations={
+                        "vnd.docker.reference.digest": built.digest,
+                        "vnd.docker.reference.type": "attestation-manifest",
+                    },
+                ),
+            ]
+        )
+        push_manifest(v2, name, "latest", index)
+
+    sign_in(page, tenant)
+    page.get_by_role("link", name="verify", exact=True).click()
+    images = page.get_by_role("table", name="Images")
+    row = images.get_by_role("row").filter(has_text=index.digest[:19])
+    expect(row.locator(".badge.tag")).to_have_text(["latest", "verify-amd64", "verify-unknown"])
+    expect(row).to_contain_text("entries:")
+    expect(row.locator(".badge.platform")).to_have_text(["linux/amd64"])
+    expect(images.get_by_role("row")).to_have_count(2)  # the tagged entries are not images
+
+
 def test_every_command_on_the_repository_page_works_as_shown(
     page: Page,
     tenant: Tenant,

@@ -110,7 +110,7 @@ async function imagesTab(ctx) {
   const columns = [
     showImageName ? { title: "Image", cell: (i) => i.image || h("span", { class: "muted" }, "(repository)") } : null,
     { title: "Digest", cell: (i) => h("span", { class: "digest" }, h("code", { title: i.digest }, shortDigest(i.digest)), copyButton(i.digest, `Copy digest ${shortDigest(i.digest)}`)) },
-    { title: "Tags", cell: (i) => (i.tags.length ? h("span", { class: "chips" }, i.tags.map((t) => badge(t, "tag"))) : h("span", { class: "muted" }, "untagged")) },
+    { title: "Tags", cell: (i) => tagsCell(i) },
     { title: "Size", cell: (i) => bytes(i.size), class: "num" },
     { title: "Platforms", cell: (i) => (i.platforms.length ? h("span", { class: "chips" }, i.platforms.map((p) => badge(p, "platform"))) : kindOf(i)) },
     { title: "Pushed", cell: (i) => timeElement(i.pushed_at) },
@@ -157,6 +157,20 @@ function artifactLabel(type) {
   if (/sbom|spdx|cyclonedx/.test(lower)) return "SBOM";
   if (/attestation|in-toto|intoto/.test(lower)) return "attestation";
   return type.split("/").pop().replace(/^vnd\./, "").split("+")[0];
+}
+
+/** An image's tags, then the tags on the manifests its index lists (a platform pushed under a
+ * tag of its own, as `docker manifest create` does), marked as theirs. */
+function tagsCell(image) {
+  const childTags = image.child_tags || [];
+  if (!image.tags.length && !childTags.length) return h("span", { class: "muted" }, "untagged");
+  return h(
+    "span",
+    { class: "chips" },
+    image.tags.map((t) => badge(t, "tag")),
+    childTags.length ? h("span", { class: "muted" }, "entries:") : null,
+    childTags.map((t) => h("span", { class: "badge tag", title: `${t}: a tag on a manifest this index lists` }, t)),
+  );
 }
 
 function kindOf(image) {
