@@ -1,7 +1,8 @@
 """Paging /v2/_catalog (and a tag list) with n= and last=: the same code-point order on SQLite, on PostgreSQL and
 on PostgreSQL whose default collation is ICU en-US (which orders `_`, `-`, `.` and case
-otherwise); every name once; repositories the caller cannot see skipped without a short page
-being taken for the last."""
+otherwise); every name once; repositories the caller's roles do not reach (another project's
+public one among them) skipped without a short page being taken for the last; a page of
+CATALOG_PAGE names, with a Link header, when the client gives no n."""
 
 from __future__ import annotations
 
@@ -11,7 +12,10 @@ from dataclasses import dataclass
 
 import httpx
 import pytest
+from sqlalchemy import insert, select
 
+from berth.metadata.tables import manifests
+from berth.registry.routes import CATALOG_PAGE
 from berth.state import Services
 from tests.oci import (
     OCI_MANIFEST,
@@ -39,6 +43,7 @@ IMAGES_OF_X = ["a", "a-b", "a.b", "a_b", "a__b", "a/b", "ab", "a0"]
 # in a first batch (and its second), between names the caller sees.
 HIDDEN_IMAGES = [f"i{i:03}" for i in range(260)]
 NARROW_SEES = ["h", "x-y", "xy"]
+PUBLIC_UNLISTED = "x_y"
 
 
 @dataclass
@@ -64,8 +69,10 @@ def install(server: BerthServer) -> Iterator[Install]:
         for project in ("ab", "ab-c"):
             await s.repositories.create_project(project, actor="test")
         for repository in [*REPOSITORIES, "hidden"]:
-            await s.repositories.create("ab", repository, actor="test")
-        # Public: the key of project ab sees it.
+            # ab/x_y is public, but narrow has no role in it (nor in ab): not listed to narrow.
+            public = repository == PUBLIC_UNLISTED
+            await s.repositories.create("ab", repository, public=public, actor="test")
+        # Public, in another project: the keys of ab may pull it, but it is not listed to them.
         await s.repositories.create("ab-c", "x", public=True, actor="test")
         for user in ("wide", "narrow"):
             await s.identity.users.create_user(user, None, service_account=True, actor="test")
@@ -89,11 +96,11 @@ def install(server: BerthServer) -> Iterator[Install]:
                 push(admin, f"{project}/{repository}", images)
                 names += [f"{project}/{repository}"]
                 names += [f"{project}/{repository}/{image}" for image in images]
-    narrow = [
-        name for name in names if name.startswith("ab-c/") or name.split("/")[1] in NARROW_SEES
-    ]
+    listed = [name for name in names if name.startswith("ab/")]  # the keys' project
+    narrow = [name for name in listed if name.split("/")[1] in NARROW_SEES]
     with httpx.Client(base_url=server.url, timeout=60) as http:
-        yield Install(http, keys, sorted(names), sorted(narrow))
+        assert http.get("/v2/ab-c/x/manifests/v1").status_code == 200  # public: pullable
+        yield Install(http, keys, sorted(listed), sorted(narrow))
 
 
 def page(
@@ -134,7 +141,6 @@ def walk(install: Install, user: str, n: int, host: str | None = None) -> list[l
 def test_names_page_in_code_point_order_on_every_database(install: Install) -> None:
     everything = install.everything
     # The order a client sees is Python's (code points), whatever the database's collation.
-    assert everything.index("ab-c/x") < everything.index("ab/h")
     assert everything.index("ab/x-y") < everything.index("ab/x.y") < everything.index("ab/x/a")
     assert everything.index("ab/x0") < everything.index("ab/x_y") < everything.index("ab/xy")
     unpaged, link = page(install, "wide")
@@ -157,7 +163,7 @@ def test_hidden_repositories_are_skipped_and_more_pages_still_announced(
         pages = walk(install, "narrow", n)
         assert [name for p in pages for name in p] == narrow, f"n={n}"
         assert all(len(p) == n for p in pages[:-1]), f"n={n}: a short page before the last"
-    first, next_url = page(install, "narrow", n=1, last=narrow[h - 1])
+    first, next_url = page(install, "narrow", n=1, last="ab/")
     assert first == ["ab/h"]
     assert next_url is not None  # more exist, past the hidden names: not the end
 
@@ -234,3 +240,46 @@ def test_tags_page_in_code_point_order_on_every_database(
             assert seen == ordered, f"n={n}"
         for last in ("V", "v1-", "_", "a0", "Z"):
             assert tag_list(admin, name, last=last) == [t for t in ordered if t > last], last
+
+
+default_page_server = server_fixture(
+    "catalog-default-page", doc="A registry whose one repository holds CATALOG_PAGE + 1 names."
+)
+
+
+def test_without_n_a_page_of_catalog_page_names_links_to_the_next(
+    default_page_server: BerthServer,
+) -> None:
+    server = default_page_server
+    server._services(lambda s: s.repositories.create_project("big", actor="test"))
+    server._services(lambda s: s.repositories.create("big", "app", actor="test"))
+    auth = server.access_key("big")
+    with httpx.Client(base_url=server.url, timeout=60, auth=auth) as admin:
+        push(admin, "big/app", [])
+
+    async def copies(s: Services) -> None:
+        # Images inserted directly: copies of the pushed manifest under other image names.
+        async with s.db.write() as conn:
+            seed = (await conn.execute(select(manifests))).mappings().one()
+            row = {key: value for key, value in seed.items() if key != "id"}
+            await conn.execute(
+                insert(manifests),
+                [
+                    {**row, "image": f"i{i:04}", "digest": f"sha256:{i:064x}"}
+                    for i in range(CATALOG_PAGE)
+                ],
+            )
+
+    server._services(copies)
+    names = ["big/app", *(f"big/app/i{i:04}" for i in range(CATALOG_PAGE))]
+    with httpx.Client(base_url=server.url, timeout=60, auth=auth) as http:
+        first = http.get("/v2/_catalog")
+        assert first.status_code == 200
+        assert first.json()["repositories"] == names[:CATALOG_PAGE]
+        last = names[CATALOG_PAGE - 1].replace("/", "%2F")
+        next_url = f"/v2/_catalog?n={CATALOG_PAGE}&last={last}"
+        assert first.headers["link"] == f'<{next_url}>; rel="next"'
+        rest = http.get(next_url)
+        assert rest.status_code == 200
+        assert rest.json()["repositories"] == names[CATALOG_PAGE:]
+        assert "link" not in rest.headers

@@ -3,7 +3,8 @@
 Repositories: project admins and members (and server administrators) have every action;
 project readers and repository viewers pull; repository members push and pull. Public
 repositories can be pulled by anyone, signed in or not. An access key grants nothing outside
-its own project.
+its own project. The catalog lists only what a caller's own roles reach (`CatalogReach`),
+not other projects' public repositories.
 
 Projects (the management API): readers, members and admins read a project, members and
 admins manage it, admins also manage its members and permissions; server administrators do
@@ -131,8 +132,25 @@ def key_creation_refusal(
 
 
 def can_list_catalog(principal: Principal | None) -> bool:
-    """The catalog is for signed-in callers (it then lists only what they may pull)."""
+    """The catalog is for signed-in callers (it then lists what `catalog_reach` says)."""
     return principal is not None
+
+
+@dataclass(frozen=True, slots=True)
+class CatalogReach:
+    """The repositories the catalog lists to a signed-in caller: what their own standing
+    reaches. A server administrator: every repository; anyone else: every repository of the
+    projects they are a member of, and the repositories they have a role on. An access key
+    narrows it to the key's project. Other projects' public repositories are pulled by name
+    but not listed: one tenant's catalog does not enumerate another's."""
+
+    user_id: int
+    every_project: bool
+    key_project_id: int | None  # set: nothing outside this project
+
+
+def catalog_reach(principal: Principal) -> CatalogReach:
+    return CatalogReach(principal.user_id, principal.is_admin, principal.key_project_id)
 
 
 def requested_actions(actions: frozenset[str]) -> frozenset[str]:

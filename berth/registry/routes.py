@@ -14,6 +14,7 @@ from starlette.routing import Route
 
 from berth.access.identify import SignInPath
 from berth.access.permissions import Action
+from berth.access.policy import catalog_reach
 from berth.access.scopes import CATALOG, CATALOG_SCOPE
 from berth.auth.guard import (
     Caller,
@@ -112,6 +113,12 @@ def _json(
 MAX_PAGE = 10_000
 
 
+# A catalog page when the client gives no `n`, with a Link header to the next, as Distribution
+# caps its catalog: an install's whole list in one answer is megabytes, built per request.
+# Large enough that most callers still get all they see at once.
+CATALOG_PAGE = 1000
+
+
 def _limit(request: Request) -> int | None:
     raw = request.query_params.get("n")
     if raw is None or raw == "":
@@ -163,17 +170,13 @@ async def catalog(request: Request) -> Response:
     require_authenticated(request, caller, CATALOG_SCOPE)
     if caller.token is not None and CATALOG not in caller.token.access:
         raise refuse_catalog(request, caller)
+    assert caller.principal is not None  # require_authenticated
     limit = _limit(request)
+    if limit is None:
+        limit = CATALOG_PAGE
     project = services.host_project(request.headers.get("host"))
-
-    async def visible(project_id: int, repo: RepositoryRef) -> bool:
-        return Action.PULL in await services.identity.roles.actions(
-            caller.principal, project_id, repo
-        )
-
-    page = await services.registry.catalog(
-        project, limit, request.query_params.get("last"), visible
-    )
+    reach = catalog_reach(caller.principal)
+    page = await services.registry.catalog(project, reach, limit, request.query_params.get("last"))
     headers = _page_link("/v2/_catalog", page, limit, {})
     return _json({"repositories": page.items}, headers=headers)
 

@@ -3,19 +3,26 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import case, false, func, select
+from sqlalchemy import case, false, func, or_, select
 from sqlalchemy.sql.elements import ColumnElement
 
+from berth.access.policy import CatalogReach
 from berth.domain.digests import parse_digest
 from berth.domain.errors import NameUnknown
 from berth.domain.manifests import OCI_INDEX
 from berth.domain.references import RepositoryRef
 from berth.metadata.database import Database
-from berth.metadata.tables import manifests, projects, repositories, tags
+from berth.metadata.tables import (
+    manifests,
+    memberships,
+    projects,
+    repositories,
+    repository_grants,
+    tags,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,15 +36,6 @@ class Page:
 # would otherwise answer with hundreds of MB, built in memory, to anyone who may pull.
 REFERRERS_PER_PAGE = 1000
 REFERRERS_PAGE_ANNOTATION_BYTES = 4 << 20
-
-
-# Rows of one catalog query: the first is a page's (and one more), at least
-# CATALOG_FIRST_BATCH; the next, for a caller who sees little, grow to CATALOG_BATCH.
-CATALOG_FIRST_BATCH = 100
-CATALOG_BATCH = 5000
-
-# The (repository, image) names that hold content: a manifest.
-images = select(manifests.c.repository_id, manifests.c.image).distinct().subquery("images")
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,20 +178,41 @@ class ContentListings:
         )
 
     async def catalog(
-        self,
-        project: str | None,
-        limit: int | None,
-        last: str | None,
-        visible: Callable[[int, RepositoryRef], Awaitable[bool]],
+        self, project: str | None, reach: CatalogReach, limit: int, last: str | None
     ) -> Page:
-        """OCI names that hold content and that `visible` admits, in code-point order of the
-        name the client sees (prefixed with the project in path style), after `last`.
+        """Up to `limit` OCI names that hold content in the repositories `reach` covers (in
+        project `project`, on its host), in code-point order of the name the client sees
+        (prefixed with the project in path style), after `last`.
 
-        The database orders, resumes after `last` and limits, in batches: a call reads about a
-        page of names, not the install's. Visibility is a repository's, asked of `visible`
-        once per repository and only of rows reached. Worst case: a caller who sees none of a
-        large install reads every name, a batch at a time (memory stays a batch's), and the
-        database sorts what is after each batch's cursor once per batch."""
+        One statement. The caller's repositories are chosen first, from their memberships and
+        repository roles (indexed by user), and only their manifests are read (indexed by
+        repository): a caller pays for what they may see, not for the install. The sort is of
+        those names, since a name's place depends on its project's and repository's names."""
+        listed = select(repositories.c.id)
+        if project is not None:
+            listed = listed.where(
+                repositories.c.project_id
+                == select(projects.c.id).where(projects.c.name == project).scalar_subquery()
+            )
+        if reach.key_project_id is not None:
+            listed = listed.where(repositories.c.project_id == reach.key_project_id)
+        if not reach.every_project:
+            member_of = select(memberships.c.project_id).where(
+                memberships.c.user_id == reach.user_id
+            )
+            granted = select(repository_grants.c.repository_id).where(
+                repository_grants.c.user_id == reach.user_id
+            )
+            listed = listed.where(
+                or_(repositories.c.project_id.in_(member_of), repositories.c.id.in_(granted))
+            )
+        # The (repository, image) names that hold content: a manifest.
+        images = (
+            select(manifests.c.repository_id, manifests.c.image)
+            .where(manifests.c.repository_id.in_(listed))
+            .distinct()
+            .subquery("images")
+        )
         # Path style: project/repository[/image]; on a project's host: repository[/image].
         name = (
             repositories.c.name
@@ -203,54 +222,20 @@ class ContentListings:
         name = name + case((images.c.image == "", ""), else_="/" + images.c.image)
         name = self._code_point_order(name).label("name")
         query = (
-            select(
-                name,
-                projects.c.name.label("project"),
-                repositories.c.project_id,
-                repositories.c.id,
-                repositories.c.name.label("repository"),
-                repositories.c.public,
-                repositories.c.tag_overwrite,
-            )
+            select(name)
             .select_from(images)
             .join(repositories, repositories.c.id == images.c.repository_id)
             .join(projects, projects.c.id == repositories.c.project_id)
             .order_by(name)
+            .limit(limit + 1)  # one more: is there a next page?
         )
-        if project is not None:
-            query = query.where(projects.c.name == project)
-        wanted = None if limit is None else limit + 1  # one more: is there a next page?
-        batch = CATALOG_BATCH if wanted is None else max(wanted, CATALOG_FIRST_BATCH)
-        # OCI names hold no NUL (PostgreSQL text cannot): what sorts after `last` sorts after
-        # the part before its first NUL.
-        after = last.split("\x00", 1)[0] if last else None
-        shown: dict[int, bool] = {}
-        names: list[str] = []
-        while wanted is None or len(names) < wanted:
-            batch_query = query if after is None else query.where(name > after)
-            async with self.db.read() as conn:
-                rows = (await conn.execute(batch_query.limit(batch))).all()
-            for row in rows:
-                if row.id not in shown:
-                    ref = RepositoryRef(
-                        row.id,
-                        row.project_id,
-                        row.project,
-                        row.repository,
-                        row.public,
-                        row.tag_overwrite,
-                    )
-                    shown[row.id] = await visible(row.project_id, ref)
-                if shown[row.id]:
-                    names.append(row.name)
-                    if wanted is not None and len(names) == wanted:
-                        break
-            if len(rows) < batch:
-                break
-            after = rows[-1].name
-            # A caller who sees little goes on with larger batches: fewer sorts of the rest.
-            batch = max(batch, min(batch * 2, CATALOG_BATCH))
-        if limit is not None and len(names) > limit:
+        if last:
+            # OCI names hold no NUL (PostgreSQL text cannot): what sorts after `last` sorts
+            # after the part before its first NUL.
+            query = query.where(name > last.split("\x00", 1)[0])
+        async with self.db.read() as conn:
+            names = list((await conn.execute(query)).scalars())
+        if len(names) > limit:
             names = names[:limit]
             return Page(names, names[-1] if names else None)
         return Page(names, None)
