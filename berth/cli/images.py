@@ -39,6 +39,13 @@ def _short(digest: str | None) -> str:
     return digest.split(":", 1)[-1][:12] if digest else ""
 
 
+def _platforms_cell(item: dict[str, Any]) -> str:
+    """An image's platforms, saying how many more there are when the listing cut them."""
+    shown = ", ".join(item["platforms"])
+    beyond = item["platform_count"] - len(item["platforms"])
+    return f"{shown} (+{beyond} more)" if beyond > 0 else shown
+
+
 @image_app.command("list")
 def image_list(
     name: Annotated[str, typer.Argument(metavar="PROJECT/REPO[/IMAGE]")],
@@ -71,7 +78,7 @@ def image_list(
             _short(item["digest"]),
             _tags_cell(item),
             f"{item['size']:,}",
-            ", ".join(item["platforms"]),
+            _platforms_cell(item),
             ", ".join(r["artifact_type"] or _short(r["digest"]) for r in item["referrers"]),
             when(item["pushed_at"], "-"),
         )

@@ -11,6 +11,11 @@ from pydantic import Field
 from berth.services.records import Record
 from berth.services.scanning.scans import ScanSummary
 
+# What one image may put in a response, whatever its manifests hold (an index may list
+# 18,000 entries in 4 MiB); a count says how many there are beyond.
+MAX_LISTED_PLATFORMS = 64  # distinct platforms listed per image
+MAX_LISTED_CHILDREN = 256  # platform manifests listed in an image's details
+
 
 class Referrer(Record):
     digest: str
@@ -39,8 +44,10 @@ class Image(Record):
     platforms: list[str] = Field(
         description="os/architecture[/variant]: of each entry of an index (a nested index's "
         "entries included; not attestations); of a single-platform image, its own (from its "
-        "config)"
+        "config). Each once, in the index's order; at most "
+        f"{MAX_LISTED_PLATFORMS} (`platform_count` says how many there are)"
     )
+    platform_count: int = Field(description="distinct platforms, listed or not")
     pushed_at: dt.datetime
     referrer_count: int
     referrers: list[Referrer] = Field(description="signatures, SBOMs, ... that refer to it")
@@ -75,8 +82,10 @@ class ImageDetail(Image):
     manifest_size: int
     children: list[Child] = Field(
         description="for an index: the manifests it lists (platform manifests, attestations, "
-        "nested indexes)"
+        f"nested indexes), in its order; at most {MAX_LISTED_CHILDREN} (`child_count` says how "
+        "many there are)"
     )
+    child_count: int = Field(description="manifests an index lists, listed here or not")
     layers: list[Layer] = Field(description="for an image manifest: its config and layers")
     parents: list[str] = Field(description="digests of the indexes that list this manifest")
 

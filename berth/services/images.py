@@ -10,7 +10,7 @@ import json
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from cachetools import LRUCache
 from sqlalchemy import Select, and_, func, select
@@ -28,7 +28,17 @@ from berth.metadata.tables import (
     manifests,
     tags,
 )
-from berth.services.image_records import Child, Event, Image, ImageDetail, Layer, Referrer, Tag
+from berth.services.image_records import (
+    MAX_LISTED_CHILDREN,
+    MAX_LISTED_PLATFORMS,
+    Child,
+    Event,
+    Image,
+    ImageDetail,
+    Layer,
+    Referrer,
+    Tag,
+)
 from berth.services.scanning.scans import NOT_SCANNED, scan_summaries
 from berth.storage.base import BlobStore
 
@@ -41,6 +51,28 @@ MAX_CONFIG_READ = 1 << 20  # a config larger than this is not read for its platf
 MAX_INDEX_DEPTH = 8
 # Platform by config digest: content-addressed, so an entry never goes stale.
 _config_platforms: LRUCache[str, str | None] = LRUCache(maxsize=4096)
+
+MAX_INDEX_ENTRIES = 1024  # distinct entries of an index whose platform is kept
+
+_Derived = TypeVar("_Derived")
+
+
+class DigestCache(LRUCache[str, _Derived], Generic[_Derived]):
+    """Small results derived from a manifest's content, by its digest: content-addressed, so
+    an entry never goes stale and a manifest is read and parsed once while it stays cached.
+    `parsed` counts the documents parsed to fill it."""
+
+    def __init__(self, maxsize: int, weight: Any = None) -> None:
+        super().__init__(maxsize, getsizeof=weight)
+        self.parsed = 0
+
+
+# Index digest -> its entries (weighed by entries: some 15 MB at most, however large the
+# indexes); image manifest digest -> its config blob (digest, size), None if it has none.
+index_platform_cache: DigestCache[dict[str, _Entry]] = DigestCache(
+    1 << 16, weight=lambda entries: len(entries) + 1
+)
+image_config_cache: DigestCache[tuple[str, int] | None] = DigestCache(1 << 14)
 
 
 async def config_platform(store: BlobStore, digest: str) -> str | None:
@@ -226,11 +258,9 @@ class Images:
                     {t for m in walked.manifests for t in tag_names.get((row.image, m.digest), [])}
                 ),
                 "size": size_of(row.id, int(row.size), walked.manifests),
-                "platforms": walked.platforms
-                if row.media_type in INDEX_TYPES
-                else [own]
-                if own
-                else [],
+                **listed_platforms(
+                    walked.platforms if row.media_type in INDEX_TYPES else [own] if own else []
+                ),
                 "pushed_at": row.pushed_at,
                 "referrer_count": len(its_referrers),
                 "referrers": its_referrers,
@@ -243,7 +273,8 @@ class Images:
                     ImageDetail(
                         **fields,
                         manifest_size=int(row.size),
-                        children=entries,
+                        children=entries[:MAX_LISTED_CHILDREN],
+                        child_count=len(entries),
                         layers=await self._layers(conn, row.id, blob_sizes.get(row.id, {})),
                         parents=parents,
                     )
@@ -254,23 +285,17 @@ class Images:
         """The platform of each single-platform image manifest, from its config blob."""
         if self.store is None or not ids:
             return {}
-        configs: dict[int, tuple[str, int]] = {}
-        for row in await conn.execute(
-            select(manifests.c.id, manifests.c.content, manifests.c.media_type).where(
-                manifests.c.id.in_(ids)
-            )
-        ):
-            try:
-                parsed = parse_manifest(bytes(row.content), row.media_type)
-            except Exception:  # stored manifests parsed on push; be lenient in a read model
-                continue
-            if parsed.blobs and parsed.blobs[0].media_type in IMAGE_CONFIG_TYPES:
-                configs[row.id] = (parsed.blobs[0].digest, parsed.blobs[0].size)
         found: dict[int, str | None] = {}
-        for manifest_id, (digest, size) in configs.items():
+        for row in await conn.execute(
+            select(manifests.c.id, manifests.c.digest).where(manifests.c.id.in_(ids))
+        ):
+            config = await image_config(conn, row.id, row.digest)
+            if config is None:
+                continue
+            digest, size = config
             if digest not in _config_platforms and size <= MAX_CONFIG_READ:
                 _config_platforms[digest] = await config_platform(self.store, digest)
-            found[manifest_id] = _config_platforms.get(digest)
+            found[row.id] = _config_platforms.get(digest)
         return found
 
     async def _layers(self, conn: Any, manifest_id: int, sizes: dict[str, int]) -> list[Layer]:
@@ -487,8 +512,56 @@ class _Entry:
     attests: str | None = None  # an attestation's: the digest of the manifest it describes
 
 
+async def index_entries(conn: Any, manifest_id: int, digest: str) -> dict[str, _Entry]:
+    """An index's entries (`_index_entries`): its content read alone and parsed once while
+    cached, so a page of large indexes never holds more than one parsed."""
+    found = index_platform_cache.get(digest)
+    if found is None:
+        found = _index_entries(await _content(conn, manifest_id))
+        index_platform_cache.parsed += 1
+        index_platform_cache[digest] = found
+    return found
+
+
+async def image_config(conn: Any, manifest_id: int, digest: str) -> tuple[str, int] | None:
+    """(digest, size) of an image manifest's config blob when it is an image config, else
+    None; read and parsed once while cached, like `index_entries`."""
+    if digest in image_config_cache:
+        return image_config_cache[digest]
+    row = (
+        await conn.execute(
+            select(manifests.c.content, manifests.c.media_type).where(manifests.c.id == manifest_id)
+        )
+    ).first()
+    config: tuple[str, int] | None = None
+    try:
+        parsed = parse_manifest(bytes(row.content), row.media_type)
+    except Exception:  # stored manifests parsed on push; be lenient in a read model
+        parsed = None
+    if parsed and parsed.blobs and parsed.blobs[0].media_type in IMAGE_CONFIG_TYPES:
+        config = (parsed.blobs[0].digest, parsed.blobs[0].size)
+    image_config_cache.parsed += 1
+    image_config_cache[digest] = config
+    return config
+
+
+def listed_platforms(platforms: Iterable[str]) -> dict[str, Any]:
+    """The `platforms` of an image (distinct, in order, at most MAX_LISTED_PLATFORMS) and
+    `platform_count`, how many distinct ones it has."""
+    distinct = list(dict.fromkeys(platforms))
+    return {"platforms": distinct[:MAX_LISTED_PLATFORMS], "platform_count": len(distinct)}
+
+
+async def _content(conn: Any, manifest_id: int) -> bytes:
+    row = (
+        await conn.execute(select(manifests.c.content).where(manifests.c.id == manifest_id))
+    ).first()
+    return bytes(row.content) if row is not None else b""
+
+
 def _index_entries(content: bytes) -> dict[str, _Entry]:
-    """digest -> entry for each entry of an index document, in its order."""
+    """digest -> entry for the first MAX_INDEX_ENTRIES distinct entries of an index document,
+    in its order (a digest listed twice: its first entry)."""
     try:
         document = json.loads(content)
         listed = document.get("manifests") or []
@@ -506,6 +579,8 @@ def _index_entries(content: bytes) -> dict[str, _Entry]:
         if annotations.get(REFERENCE_TYPE) == ATTESTATION:
             entry = _Entry(None, True, str(annotations.get(REFERENCE_DIGEST) or "") or None)
         found.setdefault(str(item.get("digest")), entry)
+        if len(found) >= MAX_INDEX_ENTRIES:
+            break
     return found
 
 
@@ -532,10 +607,8 @@ class _IndexTree:
             if not level:
                 break
             ids = [r.id for r in level]
-            for content in await conn.execute(
-                select(manifests.c.id, manifests.c.content).where(manifests.c.id.in_(ids))
-            ):
-                tree.entries[content.id] = _index_entries(bytes(content.content))
+            for index in level:  # one at a time, each parsed once while cached
+                tree.entries[index.id] = await index_entries(conn, index.id, index.digest)
             wanted: set[str] = set()
             for ref in await conn.execute(
                 select(manifest_references.c.manifest_id, manifest_references.c.digest).where(
