@@ -27,7 +27,7 @@ import uuid
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, TypeVar
 
 from cachetools import LRUCache
 from pydantic import Field
@@ -66,6 +66,7 @@ from berth.services.records import Record
 from berth.storage.base import BlobStore, BlobWriter, UploadWriter
 
 logger = logging.getLogger("berth.uploads")
+T = TypeVar("T")
 
 BUFFER_BYTES = 4 * 1024 * 1024
 # How long a push of a blob that garbage collection is removing from the store waits for the
@@ -73,6 +74,9 @@ BUFFER_BYTES = 4 * 1024 * 1024
 REMOVAL_WAIT_SECONDS = 60.0
 REMOVAL_POLL_SECONDS = 0.2
 MAX_HASH_STATES = 4096
+# How often a request still receiving an upload's bytes checks that the upload was not
+# cancelled meanwhile (in any process or node): a cancel does not wait for it.
+CANCEL_CHECK_SECONDS = 2.0
 _UPLOAD_ID_RE = re.compile(r"[0-9a-f]{32}")
 _CONTENT_RANGE_RE = re.compile(r"(?:bytes[ =])?(\d+)-(\d+)(?:/(?:\d+|\*))?")
 
@@ -438,7 +442,46 @@ class Uploads:
         if lock is None:
             lock = self._locks[upload_id] = asyncio.Lock()
         async with lock, self.store.upload_exclusive(upload_id):
-            yield
+            try:
+                yield
+            except BlobUploadUnknown:
+                # It ended while this request waited or wrote (a cancel waits for no request):
+                # what this one stored goes too, whoever finishes last removing the rest.
+                await self._remove_scratch(upload_id)
+                raise
+
+    async def _unless_cancelled(self, upload_id: str, work: Awaitable[T]) -> T:
+        """`work` (receiving and storing a request's body), stopped with BLOB_UPLOAD_UNKNOWN
+        once the upload is cancelled (checked every CANCEL_CHECK_SECONDS): a client may send
+        a body as slowly as it likes, and a cancel must not wait for it."""
+        working = asyncio.ensure_future(work)
+        watching = asyncio.ensure_future(self._until_ended(upload_id))
+        try:
+            await asyncio.wait({working, watching}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            watching.cancel()
+            if not working.done():
+                working.cancel()
+            # The work's own cleanup (closing its writer) runs to its end either way.
+            await asyncio.gather(working, watching, return_exceptions=True)
+        if working.cancelled():
+            raise BlobUploadUnknown(
+                f"upload {upload_id!r} was cancelled while this request sent it"
+            )
+        return working.result()
+
+    async def _until_ended(self, upload_id: str) -> None:
+        """Returns once the upload has ended (its row gone); never while the database cannot
+        say (the request goes on, as it would have)."""
+        while True:
+            await asyncio.sleep(CANCEL_CHECK_SECONDS)
+            with contextlib.suppress(Exception):
+                async with self.db.read() as conn:
+                    found = await conn.execute(
+                        select(uploads.c.id).where(uploads.c.id == upload_id)
+                    )
+                    if found.first() is None:
+                        return
 
     async def _hasher_at(self, upload: Upload) -> Any:
         hasher = self._hashes.take(upload.id, upload.offset)
@@ -504,7 +547,7 @@ class Uploads:
                 hasher = await self._hasher_at(upload)
                 writer = await self.store.open_upload(upload.id, upload.offset)
                 try:
-                    written = await _pipe(writer, hasher, body)
+                    written = await self._unless_cancelled(upload.id, _pipe(writer, hasher, body))
                     if declared_length is not None and written != declared_length:
                         raise _length_mismatch(upload.id, written, declared_length)
                     if declared is not None and written not in (0, declared):
@@ -656,7 +699,7 @@ class Uploads:
             hasher = hashlib.new(expected.algorithm)
             try:
                 async with self._storage_faults(upload.id):
-                    length = await _pipe(writer, hasher, body)
+                    length = await self._unless_cancelled(upload.id, _pipe(writer, hasher, body))
                     await writer.close()
                     actual = f"{expected.algorithm}:{hasher.hexdigest()}"
                     if actual != str(expected):
@@ -902,9 +945,11 @@ class Uploads:
 
     async def cancel(self, upload: Upload, *, audited_as: _CancelNote | None = None) -> bool:
         """End an upload and remove what it stored (a client's DELETE, or an admin's cancel,
-        audited in the same transaction). False when it had ended already."""
-        async with self._lock(upload.id):
-            return await self._discard(upload.id, audited_as)
+        audited in the same transaction). False when it had ended already. At once: not in
+        the upload's turn (`_lock`), which a request sending its bytes holds for as long as
+        its client takes; that request stops within CANCEL_CHECK_SECONDS, answered
+        BLOB_UPLOAD_UNKNOWN, and removes what it stored meanwhile."""
+        return await self._discard(upload.id, audited_as)
 
     @contextlib.asynccontextmanager
     async def _storage_faults(self, upload_id: str) -> AsyncIterator[None]:
@@ -937,8 +982,11 @@ class Uploads:
                     client=audited_as.client,
                 )
         self._hashes.drop(upload_id)
+        await self._remove_scratch(upload_id)
+        return bool(deleted.rowcount == 1)
+
+    async def _remove_scratch(self, upload_id: str) -> None:
         # With the store unreachable the client still hears why its upload ended (a wrong
         # digest, a cancel); the scratch no row names is the abandoned-uploads job's.
         with contextlib.suppress(Unavailable):
             await self.store.delete_upload(upload_id)
-        return bool(deleted.rowcount == 1)

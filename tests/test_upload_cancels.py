@@ -1,0 +1,96 @@
+"""Cancelling uploads against a real server, on the filesystem and on S3: a cancel does not
+wait for a request still sending the upload's bytes (a client may drip them all day), and that
+request is then answered BLOB_UPLOAD_UNKNOWN, leaving nothing stored."""
+
+from __future__ import annotations
+
+import base64
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from tests.api.test_uploads import stored_scratch
+from tests.conftest import Repo, new_repo
+from tests.oci import location, path_of, start_upload
+from tests.servers import BACKENDS, BERTH, S3_BACKEND, BerthServer, server_fixture, wait_for
+
+server = server_fixture(
+    "upload-cancels",
+    backends=[BACKENDS[0], S3_BACKEND],
+    doc="A running registry on SQLite with blobs on the filesystem, and on PostgreSQL with S3.",
+)
+
+
+@pytest.fixture
+def repo(server: BerthServer) -> Iterator[Repo]:
+    created = new_repo(server)
+    yield created
+    created.client.close()
+
+
+def dripping_patch(repo: Repo) -> tuple[str, str, socket.socket]:
+    """(upload ID, its URL, the connection) of an upload whose PATCH declares far more bytes
+    than its client has sent so far: the request is still receiving its body."""
+    url = path_of(location(start_upload(repo.client, repo.name)))
+    connection = socket.create_connection((repo.server.host, repo.server.port), timeout=30)
+    connection.sendall(
+        (
+            f"PATCH {url} HTTP/1.1\r\nHost: {repo.server.address}\r\n"
+            f"Authorization: {basic(repo)}\r\nContent-Type: application/octet-stream\r\n"
+            "Content-Length: 100000000\r\n\r\n"
+        ).encode()
+        + b"x" * 100_000
+    )
+    time.sleep(1)  # the request has its turn on the upload and is writing
+    return url.rstrip("/").rpartition("/")[2], url, connection
+
+
+def basic(repo: Repo) -> str:
+    user, password = repo.server.access_key(repo.project)
+    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+
+
+def cancel(repo: Repo, how: str, upload_id: str, url: str) -> None:
+    if how == "api":
+        with httpx.Client(base_url=f"{repo.server.url}/api/v1", timeout=10) as api:
+            answer = api.delete(
+                f"/projects/{repo.project}/uploads/{upload_id}",
+                auth=repo.server.access_key(repo.project),
+            )
+        assert answer.status_code == 204, answer.text
+    elif how == "client":
+        assert repo.client.delete(url, timeout=10).status_code == 204
+    else:  # the CLI's own start takes a few seconds
+        done = subprocess.run(
+            [*BERTH, "upload", "cancel", repo.project, upload_id, "--yes"],
+            env=repo.server.env,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert done.returncode == 0, done.stdout + done.stderr
+
+
+@pytest.mark.parametrize("how", ["api", "client", "cli"])
+def test_a_cancel_does_not_wait_for_a_patch_in_flight(repo: Repo, how: str) -> None:
+    upload_id, url, connection = dripping_patch(repo)
+    with connection:
+        began = time.monotonic()
+        cancel(repo, how, upload_id, url)
+        assert time.monotonic() - began < 10
+        # The request sending the bytes is stopped, told its upload is no more, while its
+        # client still has most of its body to send.
+        connection.sendall(b"x" * 1000)
+        answer = connection.recv(4096)
+    assert answer.startswith(b"HTTP/1.1 404"), answer
+    assert b"BLOB_UPLOAD_UNKNOWN" in answer
+    with httpx.Client(base_url=f"{repo.server.url}/api/v1", timeout=10) as api:
+        listed = api.get(
+            f"/projects/{repo.project}/uploads", auth=repo.server.access_key(repo.project)
+        )
+    assert listed.json()["total"] == 0
+    wait_for(lambda: stored_scratch(repo.server, upload_id) == [], 10, "the scratch removed")
