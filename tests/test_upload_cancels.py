@@ -8,7 +8,9 @@ import base64
 import socket
 import subprocess
 import time
+import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
@@ -94,3 +96,39 @@ def test_a_cancel_does_not_wait_for_a_patch_in_flight(repo: Repo, how: str) -> N
         )
     assert listed.json()["total"] == 0
     wait_for(lambda: stored_scratch(repo.server, upload_id) == [], 10, "the scratch removed")
+
+
+OPEN_UPLOADS = 10  # per project; half of it per user
+
+limited = server_fixture(
+    "upload-limits",
+    backends=BACKENDS,
+    env={"BERTH_MAX_OPEN_UPLOADS": str(OPEN_UPLOADS), "BERTH_WORKERS": "2"},
+    doc="Two workers on SQLite, and on PostgreSQL, with few uploads in progress allowed.",
+)
+
+
+def test_concurrent_starts_stay_within_the_open_upload_limits(limited: BerthServer) -> None:
+    """Two users each start many uploads at once, through two worker processes: each gets
+    exactly half of max_open_uploads, the project exactly max_open_uploads, the rest 429."""
+    repo = new_repo(limited)
+    keys = []
+    for _ in range(2):
+        name = "u" + uuid.uuid4().hex[:8]
+        limited.create_user(name, "a-password-for-tests")
+        limited.grant(repo.project, repo.repository, name, "member")
+        keys.append(limited.access_key(repo.project, name))
+
+    def start(key: tuple[str, str]) -> int:
+        with httpx.Client(base_url=limited.url, auth=key, timeout=60) as client:
+            return client.post(repo.url("blobs/uploads/")).status_code
+
+    with ThreadPoolExecutor(max_workers=24) as pool:
+        answers = list(pool.map(start, [key for key in keys for _ in range(3 * OPEN_UPLOADS)]))
+    per_user = [answers[: 3 * OPEN_UPLOADS], answers[3 * OPEN_UPLOADS :]]
+    assert [statuses.count(202) for statuses in per_user] == [OPEN_UPLOADS // 2] * 2, answers
+    assert set(answers) == {202, 429}
+    with httpx.Client(base_url=f"{limited.url}/api/v1", timeout=10) as api:
+        listed = api.get(f"/projects/{repo.project}/uploads", auth=limited.access_key(repo.project))
+    assert listed.json()["total"] == OPEN_UPLOADS
+    repo.client.close()

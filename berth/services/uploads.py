@@ -54,6 +54,7 @@ from berth.metadata.tables import (
     blob_removals,
     blobs,
     gc_runs,
+    projects,
     repositories,
     repository_blobs,
     upload_pieces,
@@ -288,28 +289,31 @@ class Uploads:
         # Refused up front while garbage collection runs, so clients see why at once.
         async with self.db.read() as conn:
             await refuse_if_restricted(conn, repo.project_id, repo.project)
-            await self._refuse_too_many_open(conn, repo, started_by)
-        # The scratch object exists from the start, so any node can pick the upload up.
-        async with self._storage_faults(upload.id):
-            writer = await self.store.open_upload(upload.id, 0)
-            await writer.close()
         # By the database's clock, as the expiry cutoffs are (`StorageCheck`, `Decider`).
         now = self.db.clock()
-        try:
-            async with self.db.write() as conn:
-                await conn.execute(
-                    uploads.insert().values(
-                        id=upload.id,
-                        repository_id=repo.id,
-                        image=image,
-                        started_by=started_by,
-                        offset=0,
-                        started_at=now,
-                        updated_at=now,
-                    )
+        # Counted and inserted in one transaction that holds the project's turn: counted in
+        # one and inserted in another, concurrent POSTs all saw room for one more.
+        async with self.db.write() as conn:
+            await self._refuse_too_many_open(conn, repo, started_by)
+            await conn.execute(
+                uploads.insert().values(
+                    id=upload.id,
+                    repository_id=repo.id,
+                    image=image,
+                    started_by=started_by,
+                    offset=0,
+                    started_at=now,
+                    updated_at=now,
                 )
+            )
+        # The scratch object exists before its ID is handed out, so any node can pick the
+        # upload up.
+        try:
+            async with self._storage_faults(upload.id):
+                writer = await self.store.open_upload(upload.id, 0)
+                await writer.close()
         except BaseException:
-            await self.store.delete_upload(upload.id)  # no row names it: leave no file
+            await self._discard(upload.id)  # its row, and any file begun
             raise
         self._hashes.put(upload.id, 0, _new_sha256())
         return upload
@@ -321,6 +325,13 @@ class Uploads:
         that only ever starts uploads would fill the database and the store for a day. One
         user may hold half the project's share, so that a user allowed to push to one
         repository cannot stop every push to the project."""
+        # The project's turn (SQLite: its one writer's already): a row lock that nothing
+        # else takes often, and that the foreign keys' key-share locks do not wait for.
+        await conn.execute(
+            select(projects.c.id)
+            .where(projects.c.id == repo.project_id)
+            .with_for_update(key_share=True)
+        )
         in_project = uploads.join(repositories, repositories.c.id == uploads.c.repository_id)
         counted = (
             await conn.execute(
