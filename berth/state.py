@@ -106,6 +106,7 @@ class Services:
             keyring,
             settings.max_access_keys,
             password_slots(usable_cores(), settings.worker_processes),
+            store,
         )
         tokens = Tokens(keyring, settings.token_ttl, settings.refresh_token_ttl)
         webhook_delivery = WebhookDelivery(

@@ -132,3 +132,80 @@ def test_concurrent_starts_stay_within_the_open_upload_limits(limited: BerthServ
         listed = api.get(f"/projects/{repo.project}/uploads", auth=limited.access_key(repo.project))
     assert listed.json()["total"] == OPEN_UPLOADS
     repo.client.close()
+
+
+def open_uploads(server: BerthServer, project: str) -> dict[str, str]:
+    """The project's uploads in progress: ID -> who started it."""
+    with httpx.Client(base_url=f"{server.url}/api/v1", timeout=10) as api:
+        listed = api.get(f"/projects/{project}/uploads", auth=server.access_key(project))
+    return {upload["id"]: upload["started_by"] for upload in listed.json()["items"]}
+
+
+def uploads_of(repo: Repo, role: str, count: int, *, member: bool = False) -> tuple[str, list[str]]:
+    """(user name, IDs of `count` uploads they started, one chunk each) of a new user with
+    `role` on the repository (on the project, when `member`)."""
+    user = "u" + uuid.uuid4().hex[:8]
+    repo.server.create_user(user, "a-password-for-tests")
+    if member:
+        repo.server.add_member(repo.project, user, role)
+    else:
+        repo.server.grant(repo.project, repo.repository, user, role)
+    started = []
+    with httpx.Client(
+        base_url=repo.server.url, auth=repo.server.access_key(repo.project, user)
+    ) as client:
+        for _ in range(count):
+            url = location(start_upload(client, repo.name))
+            assert client.patch(url, content=b"x" * 1000).status_code == 202
+            started.append(path_of(url).rstrip("/").rpartition("/")[2])
+    return user, started
+
+
+def test_uploads_end_with_their_users_push_access(repo: Repo) -> None:
+    """Revoking a user's role on a repository, or removing them from the project, cancels
+    their uploads in progress there (nobody may go on with them, and they held the project's
+    max_open_uploads); a user who may still push keeps theirs."""
+    granted, granted_uploads = uploads_of(repo, "member", 2)
+    member, member_uploads = uploads_of(repo, "member", 1, member=True)
+    both, both_uploads = uploads_of(repo, "member", 1)
+    repo.server.add_member(repo.project, both, "reader")
+    assert len(open_uploads(repo.server, repo.project)) == 4
+
+    repo.server.cli("repo", "revoke", repo.name, granted, "--yes")
+    assert sorted(open_uploads(repo.server, repo.project)) == sorted(member_uploads + both_uploads)
+    for upload_id in granted_uploads:
+        assert stored_scratch(repo.server, upload_id) == []
+    (revoked, *_) = repo.server.cli_items("audit", repo.project)
+    assert revoked["action"] == "repository.revoke"
+    assert revoked["detail"] == {"uploads_cancelled": 2}
+
+    repo.server.cli("member", "remove", repo.project, member, "--yes")
+    # Still a member of the repository: may go on pushing there.
+    repo.server.cli("member", "remove", repo.project, both, "--yes")
+    assert list(open_uploads(repo.server, repo.project)) == both_uploads
+    assert stored_scratch(repo.server, member_uploads[0]) == []
+
+
+def test_admins_cancel_a_users_uploads_or_all(repo: Repo) -> None:
+    first, first_uploads = uploads_of(repo, "member", 2)
+    second, second_uploads = uploads_of(repo, "member", 1)
+    assert repo.server.cli("upload", "cancel", repo.project, check=False).returncode == 2
+
+    cancelled = repo.server.cli_json("upload", "cancel", repo.project, "--user", first, "--yes")
+    assert cancelled == {"cancelled": 2}
+    assert list(open_uploads(repo.server, repo.project)) == second_uploads
+    assert stored_scratch(repo.server, first_uploads[0]) == []
+    (entry, *_) = repo.server.cli_items("audit", repo.project)
+    assert entry["action"] == "upload.cancel"
+    assert entry["detail"] == {"started_by": first, "uploads": 2}
+
+    with httpx.Client(base_url=f"{repo.server.url}/api/v1", timeout=10) as api:
+        auth = repo.server.access_key(repo.project)
+        url = f"/projects/{repo.project}/uploads"
+        assert api.delete(url, auth=auth).status_code == 422
+        assert api.delete(url, params={"started_by": "nobody"}, auth=auth).status_code == 404
+        answer = api.delete(url, params={"all": "true"}, auth=auth)
+        assert answer.status_code == 200 and answer.json() == {"cancelled": 1}
+    assert open_uploads(repo.server, repo.project) == {}
+    assert stored_scratch(repo.server, second_uploads[0]) == []
+    del second

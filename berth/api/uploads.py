@@ -5,10 +5,13 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Path, Response
+from fastapi import APIRouter, Path, Query, Response
+from pydantic import BaseModel, Field
 
 from berth.api.deps import AdminProject, Page, PagingDep
 from berth.api.problems import responses
+from berth.domain.errors import InvalidValue
+from berth.domain.names import MAX_USER_NAME_LENGTH, USER_NAME_PATTERN
 from berth.services.uploads import OpenUpload
 
 router = APIRouter(
@@ -29,6 +32,36 @@ async def list_uploads(ctx: AdminProject, paging: PagingDep) -> Page[OpenUpload]
         ctx.project, offset=paging.offset, limit=paging.per_page
     )
     return Page[OpenUpload](items=items, page=paging.page, per_page=paging.per_page, total=total)
+
+
+class CancelledUploads(BaseModel):
+    cancelled: int = Field(description="how many uploads in progress were cancelled")
+
+
+@router.delete("", responses=responses(422))
+async def cancel_uploads(
+    ctx: AdminProject,
+    started_by: Annotated[
+        str | None,
+        Query(
+            pattern=USER_NAME_PATTERN,
+            max_length=MAX_USER_NAME_LENGTH,
+            description="cancel this user's uploads in progress",
+        ),
+    ] = None,
+    all_uploads: Annotated[
+        bool, Query(alias="all", description="cancel every upload in progress")
+    ] = False,
+) -> CancelledUploads:
+    """Cancel many uploads at once, each as its client's DELETE would: one user's
+    (`started_by`), or every one in the project (`all=true`); one of the two is required.
+    Audited as one `upload.cancel` entry. An unknown user is a 404."""
+    if (started_by is None) == (not all_uploads):
+        raise InvalidValue("give either started_by=USER or all=true", "started_by")
+    cancelled = await ctx.services.uploads.cancel_all_in_project(
+        ctx.project, started_by=started_by, actor=ctx.actor, client=ctx.caller.client
+    )
+    return CancelledUploads(cancelled=cancelled)
 
 
 @router.get("/{upload_id}", responses=responses(422))

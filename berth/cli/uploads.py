@@ -18,6 +18,7 @@ from berth.cli.common import (
     console,
     data_table,
     done,
+    fail,
     listing,
     pasteable,
     print_json,
@@ -38,9 +39,6 @@ COLUMNS = {
     "bytes_received": "bytes",
     "updated_at": "last activity",
 }
-UploadIdArg = Annotated[
-    str, typer.Argument(metavar="UPLOAD_ID", help="The upload's ID, as `berth upload list` shows.")
-]
 
 
 def _name(upload: OpenUpload) -> str:
@@ -87,12 +85,40 @@ def upload_list(
 @upload_app.command("cancel")
 def upload_cancel(
     project: ProjectArg,
-    upload_id: UploadIdArg,
+    upload_id: Annotated[
+        str | None,
+        typer.Argument(
+            metavar="[UPLOAD_ID]",
+            help="The upload's ID, as `berth upload list` shows (or --user, or --all).",
+        ),
+    ] = None,
+    user: Annotated[
+        str | None, typer.Option("--user", help="Cancel every upload this user started.")
+    ] = None,
+    all_uploads: Annotated[
+        bool, typer.Option("--all", help="Cancel every upload in progress in the project.")
+    ] = False,
     yes: YesFlag = False,
     json_output: JsonFlag = False,
 ) -> None:
     """Cancel an upload as its client's DELETE would: what it stored goes, and its client's
-    next request to it is refused (BLOB_UPLOAD_UNKNOWN). Audited as upload.cancel."""
+    next request to it is refused (BLOB_UPLOAD_UNKNOWN). Audited as upload.cancel. With
+    --user NAME, every upload that user started in the project; with --all, every one."""
+    if sum((upload_id is not None, user is not None, all_uploads)) != 1:
+        fail("give one of UPLOAD_ID, --user NAME or --all", 2)
+    if upload_id is None:
+        whose = f"started by {user}" if user else "in progress"
+        confirm_deletion(
+            f"cancel every upload {whose} in {project}, deleting what they stored", yes
+        )
+        count = run_service(
+            lambda s: s.uploads.cancel_all_in_project(
+                project, started_by=user, actor=cli_actor(), client=CLI_CLIENT
+            ),
+            uses_store=True,
+        )
+        done(json_output, {"cancelled": count}, f"Cancelled {count} uploads {whose} in {project}")
+        return
     confirm_deletion(f"cancel upload {upload_id} in {project}, deleting what it stored", yes)
     cancelled = run_service(
         lambda s: s.uploads.cancel_in_project(

@@ -17,13 +17,19 @@ from berth.services.audit import AuditLog
 from berth.services.keys import Keys
 from berth.services.members import Members
 from berth.services.users import Users
+from berth.storage.base import BlobStore
 
 __all__ = ["Identity"]
 
 
 class Identity:
     def __init__(
-        self, db: Database, keyring: Keyring, max_keys_per_project: int, password_slots: int
+        self,
+        db: Database,
+        keyring: Keyring,
+        max_keys_per_project: int,
+        password_slots: int,
+        store: BlobStore | None = None,
     ) -> None:
         self.db = db
         passwords = Passwords(password_slots)
@@ -32,7 +38,7 @@ class Identity:
         self.audit = AuditLog(db)
         self.users = Users(db, passwords, self.forget_cached)
         self.keys = Keys(db, self.credentials, max_keys_per_project)
-        self.members = Members(db, self.roles, self.forget_cached)
+        self.members = Members(db, self.roles, self.forget_cached, store)
 
     def forget_cached(self) -> None:
         """Drop cached keys and roles (after some were deleted)."""

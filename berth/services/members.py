@@ -4,6 +4,7 @@ there."""
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 from collections.abc import Callable
 from typing import Any
@@ -12,7 +13,13 @@ from pydantic import Field
 from sqlalchemy import Select, delete, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from berth.access.permissions import PROJECT_ROLES, REPOSITORY_ROLES, ProjectRole, RepositoryRole
+from berth.access.permissions import (
+    PROJECT_ROLES,
+    REPOSITORY_ROLES,
+    Action,
+    ProjectRole,
+    RepositoryRole,
+)
 from berth.access.policy import roles_actions
 from berth.access.roles import Roles, has_role
 from berth.domain.errors import Conflict, InvalidValue, NameUnknown
@@ -26,10 +33,12 @@ from berth.metadata.tables import (
     repositories,
     repository_grants,
     tags,
+    uploads,
     users,
     utcnow,
 )
 from berth.services.records import Record
+from berth.storage.base import BlobStore
 
 
 class Member(Record):
@@ -63,10 +72,17 @@ class HeldRepositoryRole(Record):
 
 
 class Members:
-    def __init__(self, db: Database, roles: Roles, forget_access: Callable[[], None]) -> None:
+    def __init__(
+        self,
+        db: Database,
+        roles: Roles,
+        forget_access: Callable[[], None],
+        store: BlobStore | None = None,
+    ) -> None:
         self.db = db
         self.roles = roles
         self._forget_access = forget_access  # removed roles and deleted keys stop working
+        self.store = store  # where the uploads of users who lose push access are stored
 
     async def add_member(
         self, project: str, user: str, role: str, *, actor: str, client: str | None = None
@@ -108,10 +124,18 @@ class Members:
             if result.rowcount == 0:
                 raise NameUnknown(f"user {user!r} is not a member of project {project!r}")
             await self._delete_keys_without_role(conn, project_id, user_id, actor, client)
+            ended = await _end_uploads_without_push(conn, project_id, user_id)
             await write_audit_entry(
-                conn, actor, "member.remove", project_id=project_id, target=user, client=client
+                conn,
+                actor,
+                "member.remove",
+                project_id=project_id,
+                target=user,
+                detail={"uploads_cancelled": len(ended)} if ended else None,
+                client=client,
             )
         self._forget_access()
+        await self._remove_scratch(ended)
 
     async def _delete_keys_without_role(
         self,
@@ -211,15 +235,27 @@ class Members:
             if result.rowcount == 0:
                 raise NameUnknown(f"user {user!r} has no role on {project}/{repository}")
             await self._delete_keys_without_role(conn, project_id, user_id, actor, client)
+            ended = await _end_uploads_without_push(conn, project_id, user_id, repository_id)
             await write_audit_entry(
                 conn,
                 actor,
                 "repository.revoke",
                 project_id=project_id,
                 target=f"{repository}:{user}",
+                detail={"uploads_cancelled": len(ended)} if ended else None,
                 client=client,
             )
         self._forget_access()
+        await self._remove_scratch(ended)
+
+    async def _remove_scratch(self, upload_ids: list[str]) -> None:
+        """What the ended uploads stored (best effort: what stays is the abandoned-uploads
+        job's, as scratch no upload names). A request still sending one stops on its own."""
+        if self.store is None:
+            return
+        for upload_id in upload_ids:
+            with contextlib.suppress(Exception):
+                await self.store.delete_upload(upload_id)
 
     async def list_grants(self, project: str, repository: str) -> list[Grant]:
         """Users with a role on one repository (not through a project role)."""
@@ -295,3 +331,37 @@ async def _refuse_a_grant_that_adds_nothing(
             f"what repository {role} would on every repository of it; change the project "
             "role instead"
         )
+
+
+async def _end_uploads_without_push(
+    conn: AsyncConnection, project_id: int, user_id: int, repository_id: int | None = None
+) -> list[str]:
+    """The IDs of the user's uploads in progress in the project (or in one of its
+    repositories), ended (their rows deleted) where the user may no longer push now that a
+    role is gone: nobody may go on with them, and they would hold the project's and the
+    user's share of max_open_uploads until they expired."""
+    is_admin = (await conn.execute(select(users.c.is_admin).where(users.c.id == user_id))).scalar()
+    project_role = (
+        await conn.execute(
+            select(memberships.c.role).where(
+                memberships.c.project_id == project_id, memberships.c.user_id == user_id
+            )
+        )
+    ).scalar()
+    if is_admin or Action.PUSH in roles_actions(project_role, None):
+        return []
+    pushable = select(repository_grants.c.repository_id).where(
+        repository_grants.c.user_id == user_id,
+        repository_grants.c.role.in_(
+            [role for role in REPOSITORY_ROLES if Action.PUSH in roles_actions(None, role)]
+        ),
+    )
+    in_project = select(repositories.c.id).where(repositories.c.project_id == project_id)
+    ending = delete(uploads).where(
+        uploads.c.started_by == user_id,
+        uploads.c.repository_id.in_(in_project),
+        uploads.c.repository_id.not_in(pushable),
+    )
+    if repository_id is not None:
+        ending = ending.where(uploads.c.repository_id == repository_id)
+    return list((await conn.execute(ending.returning(uploads.c.id))).scalars())

@@ -49,7 +49,7 @@ from berth.domain.names import joined_name
 from berth.domain.references import RepositoryRef
 from berth.metadata.audit import write_audit_entry
 from berth.metadata.database import RETRY_AFTER_SECONDS, Database
-from berth.metadata.lookups import require_project
+from berth.metadata.lookups import require_project, require_user
 from berth.metadata.tables import (
     blob_removals,
     blobs,
@@ -419,6 +419,37 @@ class Uploads:
         if not await self.cancel(Upload.of(row), audited_as=note):
             raise _not_in_progress(project, upload_id)  # its client ended it meanwhile
         return cancelled
+
+    async def cancel_all_in_project(
+        self, project: str, *, started_by: str | None, actor: str, client: str | None
+    ) -> int:
+        """Cancel the project's uploads in progress that the user `started_by` started (None:
+        every one), as `cancel_in_project` cancels one; audited as one `upload.cancel` entry.
+        Returns how many there were. NAME_UNKNOWN for an unknown project, NOT_FOUND user."""
+        async with self.db.write() as conn:
+            project_id = await require_project(conn, project)
+            ending = delete(uploads).where(
+                uploads.c.repository_id.in_(
+                    select(repositories.c.id).where(repositories.c.project_id == project_id)
+                )
+            )
+            if started_by is not None:
+                ending = ending.where(uploads.c.started_by == await require_user(conn, started_by))
+            ended = list((await conn.execute(ending.returning(uploads.c.id))).scalars())
+            if ended:
+                await write_audit_entry(
+                    conn,
+                    actor,
+                    "upload.cancel",
+                    project_id=project_id,
+                    target=f"uploads started by {started_by}" if started_by else "all uploads",
+                    detail={"started_by": started_by, "uploads": len(ended)},
+                    client=client,
+                )
+        for upload_id in ended:
+            self._hashes.drop(upload_id)
+            await self._remove_scratch(upload_id)
+        return len(ended)
 
     async def _find_in_project(self, project: str, upload_id: str) -> tuple[int, Any]:
         """The project's id and the upload's row (with its repository's and starter's names),
