@@ -11,6 +11,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import httpx
 import pytest
@@ -34,7 +35,7 @@ def repo(server: BerthServer) -> Iterator[Repo]:
     created.client.close()
 
 
-def dripping_patch(repo: Repo) -> tuple[str, str, socket.socket]:
+def dripping_patch(repo: Repo, sent: int = 100_000) -> tuple[str, str, socket.socket]:
     """(upload ID, its URL, the connection) of an upload whose PATCH declares far more bytes
     than its client has sent so far: the request is still receiving its body."""
     url = path_of(location(start_upload(repo.client, repo.name)))
@@ -45,7 +46,7 @@ def dripping_patch(repo: Repo) -> tuple[str, str, socket.socket]:
             f"Authorization: {basic(repo)}\r\nContent-Type: application/octet-stream\r\n"
             "Content-Length: 100000000\r\n\r\n"
         ).encode()
-        + b"x" * 100_000
+        + b"x" * sent
     )
     time.sleep(1)  # the request has its turn on the upload and is writing
     return url.rstrip("/").rpartition("/")[2], url, connection
@@ -209,3 +210,24 @@ def test_admins_cancel_a_users_uploads_or_all(repo: Repo) -> None:
     assert open_uploads(repo.server, repo.project) == {}
     assert stored_scratch(repo.server, second_uploads[0]) == []
     del second
+
+
+def test_bytes_of_a_patch_still_arriving_are_shown_as_stored(repo: Repo) -> None:
+    """Only a PATCH's end acknowledges its bytes (`bytes_received`, the upload's Range), but
+    an admin sees what the store holds meanwhile (on S3, pieces of 16 MiB as they are sent)."""
+    upload_id, url, connection = dripping_patch(repo, 40 * 1024 * 1024)
+    with connection:
+
+        def shown() -> dict[str, Any]:
+            with httpx.Client(base_url=f"{repo.server.url}/api/v1", timeout=10) as api:
+                auth = repo.server.access_key(repo.project)
+                found = api.get(f"/projects/{repo.project}/uploads/{upload_id}", auth=auth)
+            return dict(found.json())
+
+        wait_for(lambda: shown()["bytes_stored"] >= 32 * 1024 * 1024, 30, "the bytes stored")
+        assert shown()["bytes_received"] == 0
+        table = repo.server.cli("upload", "list", repo.project).stdout
+        assert "stored" in table.partition("\nCancel the one")[0], table
+        (listed,) = repo.server.cli_items("upload", "list", repo.project)
+        assert listed["bytes_received"] == 0 and listed["bytes_stored"] >= 32 * 1024 * 1024
+        assert repo.client.delete(url).status_code == 204

@@ -46,6 +46,14 @@ def _name(upload: OpenUpload) -> str:
     return joined_name(upload.repository, upload.image)
 
 
+def _bytes(upload: OpenUpload) -> str:
+    """Bytes received, and those the store holds past them (a PATCH still being received)."""
+    shown = f"{upload.bytes_received:,}"
+    if upload.bytes_stored is not None and upload.bytes_stored > upload.bytes_received:
+        shown += f" ({upload.bytes_stored:,} stored)"
+    return shown
+
+
 @upload_app.command("list")
 def upload_list(
     project: ProjectArg,
@@ -54,7 +62,8 @@ def upload_list(
     ] = 100,
     json_output: JsonFlag = False,
 ) -> None:
-    """A project's uploads in progress, newest first: they count against max_open_uploads."""
+    """A project's uploads in progress, newest first: they count against max_open_uploads.
+    Bytes received are those acknowledged; "stored" adds those of a PATCH still arriving."""
     found, total = run_service(lambda s: s.uploads.open_in_project(project, limit=limit))
     if json_output:
         print_json(listing(plain(found), total, per_page=limit))
@@ -66,7 +75,7 @@ def upload_list(
         {
             **plain(upload),
             "repository": _name(upload),
-            "bytes_received": f"{upload.bytes_received:,}",
+            "bytes_received": _bytes(upload),
         }
         for upload in found
     ]

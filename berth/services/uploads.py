@@ -78,6 +78,7 @@ MAX_HASH_STATES = 4096
 # How often a request still receiving an upload's bytes checks that the upload was not
 # cancelled meanwhile (in any process or node): a cancel does not wait for it.
 CANCEL_CHECK_SECONDS = 2.0
+STORE_QUESTIONS = 16  # asked at once about the uploads listed (bytes_stored)
 _UPLOAD_ID_RE = re.compile(r"[0-9a-f]{32}")
 _CONTENT_RANGE_RE = re.compile(r"(?:bytes[ =])?(\d+)-(\d+)(?:/(?:\d+|\*))?")
 
@@ -109,6 +110,12 @@ class OpenUpload(Record):
     )
     started_at: dt.datetime
     bytes_received: int = Field(description="bytes received and acknowledged so far")
+    bytes_stored: int | None = Field(
+        default=None,
+        description="bytes the blob store holds for it now, with those of a request still "
+        "sending its bytes (acknowledged only once that request ends); null if the store "
+        "could not be asked",
+    )
     updated_at: dt.datetime = Field(description="last activity: started, or a chunk received")
     expires_at: dt.datetime = Field(
         description="from when it counts as abandoned unless a chunk arrives first "
@@ -381,7 +388,22 @@ class Uploads:
             total = await conn.execute(
                 select(func.count()).select_from(_WITH_REPOSITORY).where(in_project)
             )
-        return items, int(total.scalar_one())
+        return await self._with_bytes_stored(items), int(total.scalar_one())
+
+    async def _with_bytes_stored(self, items: list[OpenUpload]) -> list[OpenUpload]:
+        """`items` with what the store holds for each (a few at a time: on S3 a listing or
+        two each), so that an admin sees the bytes of a PATCH still being received."""
+        asking = asyncio.Semaphore(STORE_QUESTIONS)
+
+        async def held(item: OpenUpload) -> OpenUpload:
+            async with asking:
+                try:
+                    stored = await self.store.upload_bytes_held(item.id)
+                except (Unavailable, OSError):
+                    return item
+            return item.model_copy(update={"bytes_stored": stored})
+
+        return list(await asyncio.gather(*(held(item) for item in items)))
 
     def _open_upload(self, row: Any) -> OpenUpload:
         return OpenUpload(
@@ -398,7 +420,7 @@ class Uploads:
     async def in_project(self, project: str, upload_id: str) -> OpenUpload:
         """One of the project's uploads in progress, or BLOB_UPLOAD_UNKNOWN (404)."""
         _, row = await self._find_in_project(project, upload_id)
-        return self._open_upload(row)
+        return (await self._with_bytes_stored([self._open_upload(row)]))[0]
 
     async def cancel_in_project(
         self, project: str, upload_id: str, *, actor: str, client: str | None

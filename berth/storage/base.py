@@ -136,6 +136,12 @@ class BlobStore(abc.ABC):
     async def delete_upload(self, upload_id: str) -> None: ...
 
     @abc.abstractmethod
+    async def upload_bytes_held(self, upload_id: str) -> int:
+        """The bytes the store holds for an upload now: those acknowledged, and those of a
+        request still being received or one that failed (never part of the upload, but taking
+        space until it ends). 0 when it holds nothing."""
+
+    @abc.abstractmethod
     async def list_uploads(self) -> list[tuple[str, float]]:
         """(upload id, last modified as a Unix time) of every scratch object, to find those
         no upload names any more; never on a request path."""

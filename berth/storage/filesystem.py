@@ -236,6 +236,12 @@ class FilesystemBlobStore(BlobStore):
 
         await asyncio.to_thread(_unlink_all)
 
+    async def upload_bytes_held(self, upload_id: str) -> int:
+        try:
+            return os.stat(self._upload_path(upload_id)).st_size
+        except FileNotFoundError:
+            return 0
+
     async def stat(self, digest: str) -> int | None:
         try:
             return os.stat(self._blob_path(digest)).st_size

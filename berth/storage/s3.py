@@ -570,6 +570,24 @@ class S3BlobStore(BlobStore):
         prefix = self._upload_prefix(upload_id)
         await self._delete_keys([entry["Key"] async for entry in self._list(prefix)])
 
+    async def upload_bytes_held(self, upload_id: str) -> int:
+        """Its pieces, and the parts sent so far of a piece still being written (a long
+        PATCH's multipart upload): one listing of each, and one of each such piece's parts."""
+        prefix = self._upload_prefix(upload_id)
+        held = sum([int(entry["Size"]) async for entry in self._list(prefix)])
+        s3 = await self._s3()
+        bucket = self.location.bucket
+        with self._errors():
+            async for page in s3.get_paginator("list_multipart_uploads").paginate(
+                Bucket=bucket, Prefix=prefix
+            ):
+                for entry in page.get("Uploads", []):
+                    async for parts in s3.get_paginator("list_parts").paginate(
+                        Bucket=bucket, Key=entry["Key"], UploadId=entry["UploadId"]
+                    ):
+                        held += sum(int(part["Size"]) for part in parts.get("Parts", []))
+        return held
+
     async def list_uploads(self) -> list[tuple[str, float]]:
         prefix = f"{self._prefix}uploads/"
         found: dict[str, float] = {}
