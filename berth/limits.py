@@ -195,6 +195,12 @@ class RequestLimits:
         except ClientDisconnect:
             if refusal is None:
                 _log_disconnect(scope, client)
+                # The body ended before its Content-Length: a client that only closed its
+                # sending side still reads the answer (else granian's plain-text 500).
+                refusal = SizeInvalid(
+                    f"the request body ended after {received} bytes, before the end its "
+                    "Content-Length (or chunked encoding) announced; nothing of it was stored"
+                )
         except Exception as exc:
             if refusal is not None:  # the app's reaction to the refusal; the refusal answers
                 logger.debug("after refusing %s %s: %r", scope["method"], path, exc)

@@ -5,6 +5,7 @@ request is then answered BLOB_UPLOAD_UNKNOWN, leaving nothing stored."""
 from __future__ import annotations
 
 import base64
+import json
 import socket
 import subprocess
 import time
@@ -231,3 +232,27 @@ def test_bytes_of_a_patch_still_arriving_are_shown_as_stored(repo: Repo) -> None
         (listed,) = repo.server.cli_items("upload", "list", repo.project)
         assert listed["bytes_received"] == 0 and listed["bytes_stored"] >= 32 * 1024 * 1024
         assert repo.client.delete(url).status_code == 204
+
+
+def test_a_body_cut_short_is_answered_with_an_oci_error(repo: Repo) -> None:
+    """A client that closes its sending side before its Content-Length is told why (not
+    granian's plain-text 500); nothing of the chunk is stored, and sending it again works."""
+    url = path_of(location(start_upload(repo.client, repo.name)))
+    with socket.create_connection((repo.server.host, repo.server.port), timeout=30) as sent:
+        sent.sendall(
+            (
+                f"PATCH {url} HTTP/1.1\r\nHost: {repo.server.address}\r\n"
+                f"Authorization: {basic(repo)}\r\nContent-Length: 100000\r\n\r\n"
+            ).encode()
+            + b"x" * 1000
+        )
+        sent.shutdown(socket.SHUT_WR)
+        answer = b""
+        while chunk := sent.recv(65536):
+            answer += chunk
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400"), answer
+    (error,) = json.loads(body)["errors"]
+    assert error["code"] == "SIZE_INVALID" and "after 1000 bytes" in error["message"]
+    assert repo.client.get(url).headers["Range"] == "0-0"
+    assert repo.client.patch(url, content=b"x" * 1000).status_code == 202
