@@ -240,6 +240,33 @@ def image_index(
     return Blob(to_json(document, indent), OCI_INDEX, algorithm)
 
 
+def linux_index(*images: tuple[Blob, str]) -> Blob:
+    """An index of image manifests, each given with its architecture (os linux)."""
+    return image_index(
+        [
+            image.descriptor(platform={"os": "linux", "architecture": architecture})
+            for image, architecture in images
+        ]
+    )
+
+
+def buildx_index(built: Blob, provenance: Blob) -> Blob:
+    """An index as docker buildx pushes it: the amd64 image, and its provenance as an entry of
+    platform unknown/unknown annotated as the image's attestation."""
+    return image_index(
+        [
+            built.descriptor(platform={"os": "linux", "architecture": "amd64"}),
+            provenance.descriptor(
+                platform={"os": "unknown", "architecture": "unknown"},
+                annotations={
+                    "vnd.docker.reference.digest": built.digest,
+                    "vnd.docker.reference.type": "attestation-manifest",
+                },
+            ),
+        ]
+    )
+
+
 # --- client ----------------------------------------------------------------------------------
 
 

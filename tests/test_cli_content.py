@@ -10,7 +10,7 @@ import subprocess
 import httpx
 
 from tests.api.conftest import push_image
-from tests.oci import image_index, manifest_path, push_manifest
+from tests.oci import linux_index, manifest_path, push_manifest
 from tests.servers import ADMIN_PASSWORD, BERTH, ROOT, BerthServer
 from tests.terminal import typed_at_terminal
 
@@ -97,12 +97,7 @@ def test_image_list_shows_the_tags_of_an_index_entries(sqlite_server: BerthServe
     with httpx.Client(base_url=berth.url, auth=berth.access_key("clidemo3"), timeout=60) as client:
         amd64 = push_image(client, name, "amd64", architecture="amd64")
         arm64 = push_image(client, name, "arm64", architecture="arm64")
-        index = image_index(
-            [
-                amd64.descriptor(platform={"os": "linux", "architecture": "amd64"}),
-                arm64.descriptor(platform={"os": "linux", "architecture": "arm64"}),
-            ]
-        )
+        index = linux_index((amd64, "amd64"), (arm64, "arm64"))
         push_manifest(client, name, "latest", index)
 
     [item] = berth.cli_items("image", "list", name)

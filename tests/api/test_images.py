@@ -25,8 +25,10 @@ from tests.oci import (
     OCI_LAYER,
     OCI_MANIFEST,
     Blob,
+    buildx_index,
     image_index,
     image_manifest,
+    linux_index,
     manifest_path,
     push_blob,
     push_manifest,
@@ -135,12 +137,7 @@ def test_tags_on_platform_manifests_show_with_their_index(team: Team) -> None:
     registry, name = team.registry("member"), team.oci_name()
     amd64 = push_image(registry, name, "verify-amd64", architecture="amd64")
     arm64 = push_image(registry, name, "verify-arm64", architecture="arm64")
-    index = image_index(
-        [
-            amd64.descriptor(platform={"os": "linux", "architecture": "amd64"}),
-            arm64.descriptor(platform={"os": "linux", "architecture": "arm64"}),
-        ]
-    )
+    index = linux_index((amd64, "amd64"), (arm64, "arm64"))
     push_manifest(registry, name, "latest", index)
 
     listed = images_of(team)
@@ -191,18 +188,7 @@ def test_buildx_attestations_are_not_platforms(team: Team) -> None:
     registry, name = team.registry("member"), team.oci_name()
     amd64 = push_image(registry, name, None, architecture="amd64")
     attestation = push_image(registry, name, None, architecture="unknown")
-    index = image_index(
-        [
-            amd64.descriptor(platform={"os": "linux", "architecture": "amd64"}),
-            attestation.descriptor(
-                platform={"os": "unknown", "architecture": "unknown"},
-                annotations={
-                    "vnd.docker.reference.digest": amd64.digest,
-                    "vnd.docker.reference.type": "attestation-manifest",
-                },
-            ),
-        ]
-    )
+    index = buildx_index(amd64, attestation)
     push_manifest(registry, name, "buildx", index)
 
     [image] = images_of(team)["items"]

@@ -43,6 +43,7 @@ from tests.clients.registry import project_host
 from tests.clients.tools import output, require_binary, run
 from tests.oci import (
     Blob,
+    buildx_index,
     diff_id,
     image_config,
     image_index,
@@ -1071,18 +1072,7 @@ def test_an_index_shows_its_entries_tags_and_no_attestation_platform(
             push_manifest(v2, name, f"verify-{architecture}", manifest)
             entries.append(manifest)
         built, provenance = entries
-        index = image_index(
-            [
-                built.descriptor(platform={"os": "linux", "architecture": "amd64"}),
-                provenance.descriptor(
-                    platform={"os": "unknown", "architecture": "unknown"},
-                    annotations={
-                        "vnd.docker.reference.digest": built.digest,
-                        "vnd.docker.reference.type": "attestation-manifest",
-                    },
-                ),
-            ]
-        )
+        index = buildx_index(built, provenance)
         push_manifest(v2, name, "latest", index)
 
     sign_in(page, tenant)
