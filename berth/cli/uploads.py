@@ -97,7 +97,7 @@ def upload_cancel(
     upload_id: Annotated[
         str | None,
         typer.Argument(
-            metavar="[UPLOAD_ID]",
+            metavar="UPLOAD_ID",
             help="The upload's ID, as `berth upload list` shows (or --user, or --all).",
         ),
     ] = None,
