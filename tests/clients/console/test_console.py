@@ -46,9 +46,9 @@ from tests.oci import (
     buildx_index,
     diff_id,
     image_config,
-    image_index,
     image_manifest,
     layer,
+    linux_index,
     push_blobs,
     push_manifest,
     random_blob,
@@ -997,22 +997,24 @@ def test_a_project_name_of_the_longest_length_fits_the_header(page: Page, tenant
 # ------------------------------------------------------------------ images, settings, keys
 
 
+def push_platform_image(v2: httpx.Client, name: str, architecture: str, tag: str | None) -> Blob:
+    """A one-layer image of `architecture`, pushed under `tag` (or its digest); its manifest."""
+    blob = layer({"arch": architecture.encode()})
+    config = image_config(architecture=architecture, diff_ids=[diff_id(blob)])
+    push_blobs(v2, name, [blob, config])
+    manifest = image_manifest(config.descriptor(), [blob.descriptor()])
+    push_manifest(v2, name, tag or manifest.digest, manifest)
+    return manifest
+
+
 def push_index_with_signature(tenant: Tenant, repository: str) -> str:
     """A two-platform index tagged `multi`, and a signature referring to it; its digest."""
     key = tenant.server.access_key(tenant.project)
     name = f"{tenant.project}/{repository}"
     with httpx.Client(base_url=tenant.server.url, auth=key, timeout=30) as v2:
-        children = []
-        for architecture in ("amd64", "arm64"):
-            blob = layer({"arch": architecture.encode()})
-            config = image_config(architecture=architecture, diff_ids=[diff_id(blob)])
-            push_blobs(v2, name, [blob, config])
-            manifest = image_manifest(config.descriptor(), [blob.descriptor()])
-            push_manifest(v2, name, manifest.digest, manifest)
-            children.append(
-                manifest.descriptor(platform={"os": "linux", "architecture": architecture})
-            )
-        index = image_index(children)
+        index = linux_index(
+            *((push_platform_image(v2, name, arch, None), arch) for arch in ("amd64", "arm64"))
+        )
         push_manifest(v2, name, "multi", index)
         signature_config = Blob(b"{}", "application/vnd.oci.empty.v1+json")
         payload = random_blob(64)
@@ -1063,15 +1065,9 @@ def test_an_index_shows_its_entries_tags_and_no_attestation_platform(
     name = f"{tenant.project}/verify"
     key = tenant.server.access_key(tenant.project)
     with httpx.Client(base_url=tenant.server.url, auth=key, timeout=30) as v2:
-        entries = []
-        for architecture in ("amd64", "unknown"):
-            blob = layer({"arch": architecture.encode()})
-            config = image_config(architecture=architecture, diff_ids=[diff_id(blob)])
-            push_blobs(v2, name, [blob, config])
-            manifest = image_manifest(config.descriptor(), [blob.descriptor()])
-            push_manifest(v2, name, f"verify-{architecture}", manifest)
-            entries.append(manifest)
-        built, provenance = entries
+        built, provenance = (
+            push_platform_image(v2, name, arch, f"verify-{arch}") for arch in ("amd64", "unknown")
+        )
         index = buildx_index(built, provenance)
         push_manifest(v2, name, "latest", index)
 
