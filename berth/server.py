@@ -1,5 +1,4 @@
-"""Prepare the data directory and database, then hand over to granian, which sends blob files
-through ASGI pathsend without copying them through Python."""
+"""Prepare the data directory and database, then hand over to granian."""
 
 from __future__ import annotations
 
@@ -545,10 +544,10 @@ def granian_arguments(settings: Settings) -> list[str]:
         # granian's runtime options (runtime threads and mode, task implementation, HTTP/1
         # buffer size, backpressure below max_connections) stay at their defaults: measured
         # against them, none sent blob files faster (pathsend reads 128 KiB pieces whatever
-        # the options; each cost more CPU per pull), none took the CPU per manifest or 4 KiB
-        # blob request below the spread of the defaults against themselves on a loaded
-        # machine (`--task-impl rust` came closest: 4 KiB blob GETs at 0.86-0.87), and
-        # Python bodies of larger reads did not beat pathsend (bench/findings.md). More than
+        # the options; each cost more CPU per pull; Berth reads larger pieces itself, see
+        # registry/responses.py), none took the CPU per manifest or 4 KiB blob request below
+        # the spread of the defaults against themselves on a loaded machine (`--task-impl
+        # rust` came closest: 4 KiB blob GETs at 0.86-0.87) (bench/findings.md). More than
         # one blocking thread is refused for ASGI.
     ]
     if settings.tls:

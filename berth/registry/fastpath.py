@@ -80,4 +80,7 @@ class PullFastPath:
             response = await handler(Request(scope, receive, send))
         except RegistryError as exc:
             response = self.error_response(exc)
-        await response(scope, receive, send)
+        try:
+            await response(scope, receive, send)
+        except RegistryError as exc:  # raised before the response started (a blob gone since)
+            await self.error_response(exc)(scope, receive, send)

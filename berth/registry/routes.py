@@ -50,7 +50,6 @@ from berth.registry.responses import (
     OnSent,
     etag_matches,
 )
-from berth.services.blobs import missing_blob
 from berth.services.registry import Page
 from berth.state import Services
 
@@ -228,14 +227,11 @@ def _file_blob(
     content: bytes | None = None,
 ) -> BlobFileResponse:
     """A blob, or the range of it asked for, sent from a local file (the filesystem store's,
-    or a node's cached copy of an S3 blob): by pathsend when whole, or from the `content`
-    already read and verified."""
+    or a node's cached copy of an S3 blob), or from the `content` already read and verified."""
     part = _wanted_range(request, digest, size)
     on_sent = _traffic(services, repo)
     if content is not None:  # verified: these bytes, not the file's (changed since?)
         return BlobBytesResponse(content, digest, on_sent, part)
-    if part is not None and not path.exists():
-        raise missing_blob(digest)
     return BlobFileResponse(str(path), size, digest, on_sent, part)
 
 

@@ -1,5 +1,5 @@
 """A node-local copy of recently pulled blobs of a remote store (S3), kept on this node's disk
-so that a repeated pull is sent from a local file (pathsend) instead of streamed from the store.
+so that a repeated pull is sent from a local file instead of streamed from the store.
 
 Blobs are content-addressed and immutable, so a copy is never stale in content; which blob a
 request may read is still decided by the metadata before the cache is asked. A copy becomes
@@ -34,9 +34,9 @@ from berth.observability import metrics
 
 logger = logging.getLogger("berth.storage")
 
-# A copy used this recently is never evicted, even over the bound: a hit hands the server a
-# path, which it opens a moment later (pathsend, or a read for a range), and the copy must
-# still be there then. Much longer than that moment; the bound may be exceeded by copies in
+# A copy used this recently is never evicted, even over the bound: a hit hands the response
+# a path, which it (or the server, by pathsend) opens a moment later, and the copy must still
+# be there then. Much longer than that moment; the bound may be exceeded by copies in
 # use for this long.
 EVICTION_GRACE_SECONDS = 60.0
 # A hit refreshes the copy's recency at most this often (one utime per copy and interval),

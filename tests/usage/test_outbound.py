@@ -73,7 +73,7 @@ def test_counted_bytes_equal_received_bytes(metered: BerthServer) -> None:
         return response
 
     blob = f"/v2/{name}/blobs/"
-    get(blob + big.digest)  # whole blob, sent by the server from the file (pathsend)
+    get(blob + big.digest)  # whole blob, sent from the file
     get(blob + small.digest)
     get(blob + small.digest)
     assert len(get(blob + big.digest, Range="bytes=0-999").content) == 1000
