@@ -99,28 +99,43 @@ class PasswordChange(BaseModel):
 async def search_users(
     caller: CallerDep,
     services: ServicesDep,
+    paging: PagingDep,
     query: Annotated[
         str,
         Query(max_length=64, description="part of the user name", json_schema_extra=SEARCH_BOUNDS),
         SEARCH_CHECK,
     ] = "",
-    limit: Annotated[int, Query(ge=1, le=100)] = 20,
-) -> list[User] | list[UserMatch]:
-    """Users whose name contains `query`, by name. Server administrators may list every user;
-    project admins choosing new members name at least 3 characters of a name (fewer find only
-    the user of exactly that name) and see names and whether each is a service account."""
+) -> Page[User] | Page[UserMatch]:
+    """A page of the users whose name contains `query`, by name, and how many match in all
+    (`total`), as every listing is paged. Server administrators may list every user; project
+    admins choosing new members name at least 3 characters of a name (fewer find only the user
+    of exactly that name) and see names and whether each is a service account."""
     principal = caller.principal
     if principal.is_admin:
-        found = await services.identity.users.search_users(query, limit)
-        return [User.model_validate(u) for u in found]
+        found, total = await services.identity.users.search_users(
+            query, page=paging.page, per_page=paging.per_page
+        )
+        return Page[User](
+            items=[User.model_validate(u) for u in found],
+            page=paging.page,
+            per_page=paging.per_page,
+            total=total,
+        )
     roles = await services.identity.roles.project_roles(principal.user_id)
     admin_of = {p for p, role in roles.items() if role == "admin"}
     if principal.key_project_id is not None:
         admin_of &= {principal.key_project_id}
     if not admin_of:
         raise Denied("finding users is for server administrators and project admins")
-    found = await services.identity.users.find_for_membership(query, limit)
-    return [UserMatch.model_validate(u) for u in found]
+    matches, total = await services.identity.users.find_for_membership(
+        query, page=paging.page, per_page=paging.per_page
+    )
+    return Page[UserMatch](
+        items=[UserMatch.model_validate(u) for u in matches],
+        page=paging.page,
+        per_page=paging.per_page,
+        total=total,
+    )
 
 
 @router.post("/users", status_code=201, responses=responses(409))

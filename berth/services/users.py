@@ -7,7 +7,7 @@ import secrets
 from collections.abc import Callable
 from typing import Any
 
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import Select, delete, func, select, update
 
 from berth.access.passwords import Passwords
 from berth.domain.errors import Conflict, Denied, InvalidValue, NameInvalid
@@ -130,19 +130,22 @@ class Users:
             rows = await conn.execute(select(users).order_by(users.c.name))
             return [_user_row(r) for r in rows]
 
-    async def search_users(self, query: str = "", limit: int = 20) -> list[dict[str, Any]]:
-        """Users whose name contains `query` (every user when empty), by name: the server
-        administrators' list."""
-        statement = select(users).order_by(users.c.name).limit(limit)
+    async def search_users(
+        self, query: str = "", *, page: int = 1, per_page: int = 20
+    ) -> tuple[list[dict[str, Any]], int]:
+        """One page of the users whose name contains `query` (every user when empty), by name,
+        and how many match in all: the server administrators' list."""
+        matching = select(users)
         if query:
-            statement = statement.where(users.c.name.contains(query.lower(), autoescape=True))
-        async with self.db.read() as conn:
-            rows = await conn.execute(statement)
-            return [_user_row(r) for r in rows]
+            matching = matching.where(users.c.name.contains(query.lower(), autoescape=True))
+        return await self._page(matching, page, per_page)
 
-    async def find_for_membership(self, query: str, limit: int = 20) -> list[dict[str, Any]]:
-        """Users to add as members, for a project admin: those whose name contains `query` of
-        at least `MIN_MEMBER_SEARCH` characters, else only the one of exactly that name."""
+    async def find_for_membership(
+        self, query: str, *, page: int = 1, per_page: int = 20
+    ) -> tuple[list[dict[str, Any]], int]:
+        """Users to add as members, for a project admin, a page at a time with how many match:
+        those whose name contains `query` of at least `MIN_MEMBER_SEARCH` characters, else only
+        the one of exactly that name."""
         query = query.lower()
         if not query:
             raise InvalidValue(
@@ -151,10 +154,19 @@ class Users:
                 "query",
             )
         if len(query) >= MIN_MEMBER_SEARCH:
-            return await self.search_users(query, limit)
+            return await self.search_users(query, page=page, per_page=per_page)
+        return await self._page(select(users).where(users.c.name == query), page, per_page)
+
+    async def _page(
+        self, matching: Select[Any], page: int, per_page: int
+    ) -> tuple[list[dict[str, Any]], int]:
         async with self.db.read() as conn:
-            rows = await conn.execute(select(users).where(users.c.name == query))
-            return [_user_row(r) for r in rows]
+            rows = await conn.execute(
+                matching.order_by(users.c.name).limit(per_page).offset((page - 1) * per_page)
+            )
+            found = [_user_row(r) for r in rows]
+            total = await conn.execute(select(func.count()).select_from(matching.subquery()))
+        return found, int(total.scalar() or 0)
 
     async def set_password(
         self,

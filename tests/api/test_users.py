@@ -172,9 +172,10 @@ def test_deleting_a_user_stops_their_keys_and_sessions_at_once(team: Team) -> No
 
 def test_project_admins_find_users_to_add(team: Team) -> None:
     member = team.users["member"]
-    found = ok(team["project-admin"].get("/users", params={"query": member[:-2]}))
+    found = ok(team["project-admin"].get("/users", params={"query": member[:-2]}))["items"]
     assert member in {u["name"] for u in found}
-    assert ok(team["project-admin"].get("/users", params={"query": "no-such-user-x"})) == []
+    nobody = ok(team["project-admin"].get("/users", params={"query": "no-such-user-x"}))
+    assert nobody == {"items": [], "page": 1, "per_page": 20, "total": 0}
     assert_problem(team["member"].get("/users"), 403)
     assert_problem(team["reader"].get("/users", params={"query": "a"}), 403)
 
@@ -187,22 +188,64 @@ def test_a_project_admin_cannot_list_the_servers_users(team: Team) -> None:
     with administrator(team.server) as admin:
         created = admin.post("/users", json={"name": name, "password": PASSWORD})
         assert created.status_code in (201, 409), created.text
-        everyone = ok(admin.get("/users", params={"limit": 100}))
-        assert {"admin", name, team.users["member"]} <= {u["name"] for u in everyone}
-        assert {"name", "admin", "service_account", "created_at"} <= set(everyone[0])
-        assert ok(admin.get("/users", params={"query": "o", "limit": 100})) != []
+        [found] = ok(admin.get("/users", params={"query": team.users["member"]}))["items"]
+        assert found["name"] == team.users["member"]
+        assert {"name", "admin", "service_account", "created_at"} <= set(found)
+        assert ok(admin.get("/users", params={"query": name}))["items"] != []
+        assert ok(admin.get("/users", params={"query": "o"}))["total"] > 0
     project_admin = team["project-admin"]
     for query in ({}, {"query": ""}):
         problem = assert_problem(project_admin.get("/users", params=query), 422, fields=("query",))
         assert "at least 3 characters" in problem["detail"]
-    assert ok(project_admin.get("/users", params={"query": "o"})) == []
-    assert ok(project_admin.get("/users", params={"query": name})) == [
-        {"name": name, "service_account": False}
-    ]
+    assert ok(project_admin.get("/users", params={"query": "o"}))["items"] == []
+    assert ok(project_admin.get("/users", params={"query": name})) == {
+        "items": [{"name": name, "service_account": False}],
+        "page": 1,
+        "per_page": 20,
+        "total": 1,
+    }
     member = team.users["member"]
     assert {"name": member, "service_account": False} in ok(
-        project_admin.get("/users", params={"query": member[:3].upper()})
-    )
+        project_admin.get("/users", params={"query": member[:3].upper(), "per_page": 100})
+    )["items"]
+
+
+def test_past_100_users_every_one_is_listed_a_page_at_a_time(team: Team) -> None:
+    """`GET /users` is paged as every listing is (`items`, `page`, `per_page` up to 100,
+    `total`): past 100 users, the next page holds the rest, and a search is paged too."""
+    prefix = f"many-{uuid.uuid4().hex[:6]}-"
+    names = [f"{prefix}{n:03}" for n in range(105)]
+
+    async def create(s: Services) -> None:
+        for name in names:
+            await s.identity.users.create_user(name, None, service_account=True, actor="test")
+
+    services(team.server, create)
+    with administrator(team.server) as admin:
+        first = ok(admin.get("/users"))
+        total = first["total"]
+        assert total > len(names)
+        assert (first["page"], first["per_page"], len(first["items"])) == (1, 20, 20)
+        listed: list[str] = []
+        for page in range(1, (total + 99) // 100 + 1):
+            answer = ok(admin.get("/users", params={"page": page, "per_page": 100}))
+            assert (answer["page"], answer["per_page"], answer["total"]) == (page, 100, total)
+            listed += [u["name"] for u in answer["items"]]
+        assert len(set(listed)) == len(listed) == total  # none twice, none left out
+        assert set(names) <= set(listed)
+
+        def found(page: int, actor: httpx.Client = admin) -> list[str]:
+            params: dict[str, str | int] = {"query": prefix, "page": page, "per_page": 100}
+            answer = ok(actor.get("/users", params=params))
+            assert answer["total"] == len(names), answer
+            return [u["name"] for u in answer["items"]]
+
+        assert found(1) == names[:100] and found(2) == names[100:] and found(3) == []
+        # A project admin adding members pages through what a search finds the same way.
+        assert found(2, team["project-admin"]) == names[100:]
+        for refused in ({"per_page": 101}, {"per_page": 0}, {"page": 0}):
+            field = f"query.{next(iter(refused))}"
+            assert_problem(admin.get("/users", params=refused), 422, fields=(field,))
 
 
 def test_deleting_a_project_needs_its_name_while_it_holds_repositories(team: Team) -> None:

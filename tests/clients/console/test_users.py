@@ -3,16 +3,28 @@ and the server administrator's users and projects."""
 
 from __future__ import annotations
 
+import re
 import shlex
 import subprocess
 
 import httpx
 from playwright.sync_api import Page, expect
 
-from tests.clients.console.conftest import PASSWORD, Tenant, open_project_page, screenshot, sign_in
-from tests.servers import ADMIN_PASSWORD, BERTH, ROOT, BerthServer
+from berth.state import Services
+from tests.clients.console.conftest import (
+    PASSWORD,
+    Tenant,
+    hash_path,
+    open_project_page,
+    screenshot,
+    sign_in,
+)
+from tests.servers import ADMIN_PASSWORD, BERTH, ROOT, BerthServer, server_fixture
 
 NEW_PASSWORD = "a-fresh-console-password"
+
+# A server of its own: it holds a known number of users, past the admin page's 100.
+many_users_server = server_fixture("console-many-users", scope="module")
 
 
 def sign_in_with(page: Page, tenant: Tenant, user: str, password: str) -> None:
@@ -146,7 +158,8 @@ def test_the_server_administrator_manages_users_and_deletes_a_project(
         base_url=f"{tenant.server.url}/api/v1", auth=("admin", ADMIN_PASSWORD), timeout=30
     ) as api:
         assert api.get(f"/projects/{tenant.project}").status_code == 404
-        names = {u["name"] for u in api.get("/users", params={"query": suffix}).json()}
+        found = api.get("/users", params={"query": suffix}).json()["items"]
+        names = {u["name"] for u in found}
     assert created in names and doomed not in names
 
     audit = page.get_by_role("table", name="Server audit log")
@@ -261,3 +274,52 @@ def test_a_refused_search_is_told_where_its_results_would_be(page: Page, tenant:
     page.get_by_role("button", name="Search").click()
     users = page.get_by_role("table", name="Users")
     expect(users.locator("tbody tr[data-key='admin']")).to_be_visible()
+
+
+def test_the_server_administrator_pages_through_users_past_the_first_100(
+    page: Page, many_users_server: BerthServer
+) -> None:
+    """With 102 users (admin and 101 service accounts) the users table shows 100 and says
+    how many there are; Next shows the other 2, whose buttons work, and once they are deleted
+    the page that held them gives way to the one before."""
+    server = many_users_server
+    names = [f"svc-{n:03}" for n in range(101)]
+
+    async def create(s: Services) -> None:
+        for name in names:
+            await s.identity.users.create_user(name, None, service_account=True, actor="test")
+
+    server._services(create)
+    page.goto(f"{server.url}/console/")
+    page.get_by_label("User name").fill("admin")
+    page.get_by_label("Password").fill(ADMIN_PASSWORD)
+    page.get_by_role("button", name="Sign in").click()
+    page.get_by_role("link", name="Server administration").click()
+    users = page.get_by_role("table", name="Users")
+    rows = users.locator("tbody tr")
+    expect(rows).to_have_count(100)
+    expect(rows.filter(has_text="svc-098")).to_have_count(1)
+    expect(rows.filter(has_text="svc-100")).to_have_count(0)
+    pages = page.get_by_role("navigation", name="Pages of users")
+    expect(pages).to_contain_text("1\u2013100 of 102")
+
+    pages.get_by_role("button", name="Next").click()
+    expect(pages).to_contain_text("101\u2013102 of 102")
+    expect(rows).to_have_count(2)
+    assert "page=2" in hash_path(page)
+    page.reload()  # the page is in the address: a reload or a link shows it again
+    expect(rows.filter(has_text="svc-100")).to_have_count(1)
+    for name, left in (("svc-100", "101\u2013101 of 101"), ("svc-099", None)):
+        users.get_by_role("button", name=f"Delete user {name}", exact=True).click()
+        page.get_by_role("dialog", name="Delete user").get_by_role("button", name="Delete").click()
+        expect(page.get_by_text(f"User {name} deleted")).to_be_visible()
+        if left:
+            expect(pages).to_contain_text(left)
+            expect(rows).to_have_count(1)
+    # Page 2 is empty now: page 1 is shown, all 100 users on it, so no pager; it took the
+    # empty page's place, so Back goes to the page before, not to it again.
+    expect(rows).to_have_count(100)
+    expect(pages).to_have_count(0)
+    assert "page=2" not in hash_path(page)
+    page.go_back()
+    expect(page).to_have_url(re.compile(r"#/admin$"))

@@ -422,13 +422,15 @@ export function table(columns, rows, { empty = "Nothing here yet.", caption = nu
   );
 }
 
-export function pager({ page, per_page: perPage, total }, go) {
+/** Previous and Next through a paged listing (`GET` answers' `page`, `per_page`, `total`);
+ * `label` names it apart from another pager on the same page. */
+export function pager({ page, per_page: perPage, total }, go, label = "Pages") {
   if (total <= perPage) return null;
   const first = (page - 1) * perPage + 1;
   const last = Math.min(total, page * perPage);
   return h(
     "nav",
-    { class: "pager", "aria-label": "Pages" },
+    { class: "pager", "aria-label": label },
     h("span", {}, `${number(first)}–${number(last)} of ${number(total)}`),
     h("button", { type: "button", class: "small", disabled: page <= 1, onclick: () => go(page - 1) }, "Previous"),
     h("button", { type: "button", class: "small", disabled: last >= total, onclick: () => go(page + 1) }, "Next"),

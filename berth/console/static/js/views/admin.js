@@ -16,16 +16,24 @@ export async function adminView(main, ctx) {
     return;
   }
   const search = ctx.query.query || "";
+  const page = Math.max(1, Number(ctx.query.page) || 1);
   const auditPage = Math.max(1, Number(ctx.query.audit_page) || 1);
+  const go = (changes) => ctx.navigate("/admin", { query: search, page, audit_page: auditPage, ...changes });
   const [users, audit] = await Promise.all([
     // A refused search is shown in the list's place; the rest of the page still works.
-    api.get(`/users${query({ query: search, limit: PER_PAGE })}`).catch((err) => {
+    api.get(`/users${query({ query: search, page, per_page: PER_PAGE })}`).catch((err) => {
       if (err.status !== 422 || !search) throw err;
       return err;
     }),
     api.get(`/audit${query({ page: auditPage, per_page: 20 })}`),
   ]);
   if (ctx.stale()) return;
+  // Past the last page (its last user deleted, or an old link): the last page instead, in
+  // the empty page's place in the history (Back would come to it and leave it again).
+  if (!(users instanceof Error) && !users.items.length && users.total && page > 1) {
+    location.replace(`#/admin${query({ query: search, page: Math.ceil(users.total / PER_PAGE), audit_page: auditPage })}`);
+    return;
+  }
   const searchBox = h("input", { type: "search", value: search, "aria-label": "Search users", placeholder: "Search users" });
   const searchForm = h("form", { class: "toolbar", role: "search" }, searchBox, h("button", { type: "submit" }, "Search"));
   searchForm.addEventListener("submit", (e) => {
@@ -59,9 +67,10 @@ export async function adminView(main, ctx) {
             ),
         },
       ],
-      users,
+      users.items,
       { caption: "Users", rowKey: (u) => u.name, empty: search ? `No user name contains ${search}.` : "No users." },
     ),
+    users instanceof Error ? null : pager(users, (p) => go({ page: p }), "Pages of users"),
     h("h2", {}, "Projects"),
     table(
       [
@@ -76,7 +85,7 @@ export async function adminView(main, ctx) {
     h("h2", {}, "Audit log outside projects"),
     h("p", { class: "muted" }, "Users created and deleted, passwords set, projects deleted and sign-ins with what is no access key ID, newest first. Each project's own events are in its Audit log."),
     auditTable(audit.items, "Server audit log"),
-    pager(audit, (p) => ctx.navigate("/admin", { query: search, audit_page: p })),
+    pager(audit, (p) => go({ audit_page: p }), "Pages of the audit log"),
   );
 }
 

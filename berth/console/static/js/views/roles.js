@@ -43,7 +43,7 @@ export function userPicker(sayProblem = () => {}) {
     [...list.children].forEach((li, i) => li.setAttribute("aria-selected", String(i === index)));
     if (index >= 0) input.setAttribute("aria-activedescendant", list.children[index].id);
   };
-  const search = async (text) => (text ? api.get(`/users${query({ query: text, limit: SUGGESTIONS })}`) : []);
+  const search = async (text) => (text ? (await api.get(`/users${query({ query: text, per_page: SUGGESTIONS })}`)).items : []);
   const refresh = async () => {
     const text = input.value.trim().toLowerCase();
     const ticket = (searching = {});
