@@ -87,7 +87,9 @@ async def show_image(
     images: ImagesDep,
     image: ImageName = "",
 ) -> ImageDetail:
-    """One manifest with its tags, platform manifests, layers and referrers."""
+    """One manifest with its tags, platform manifests, layers and referrers. An index lists
+    at most its first 256 manifests (`child_count` says how many it has), an image manifest
+    at most its first 256 blobs (`layer_count`)."""
     return await images.image(await ctx.repository(repository), image, digest)
 
 

@@ -36,6 +36,10 @@ FOREIGN_LAYER_TYPES = frozenset(
     }
 )
 MAX_MANIFEST_BYTES = 4 * 1024 * 1024
+# Indexes in a chain (an index listing an index listing ...), the top one counted: pushes
+# deeper are refused, and scans and image listings follow this many. Real images nest one
+# (platforms) or two (an index of multi-platform images).
+MAX_INDEX_DEPTH = 8
 
 
 def manifest_too_large() -> SizeInvalid:

@@ -15,6 +15,7 @@ from berth.services.scanning.scans import ScanSummary
 # 18,000 entries in 4 MiB); a count says how many there are beyond.
 MAX_LISTED_PLATFORMS = 64  # distinct platforms listed per image
 MAX_LISTED_CHILDREN = 256  # platform manifests listed in an image's details
+MAX_LISTED_LAYERS = 256  # blobs (config and layers) listed in an image's details
 
 
 class Referrer(Record):
@@ -86,7 +87,11 @@ class ImageDetail(Image):
         "many there are)"
     )
     child_count: int = Field(description="manifests an index lists, listed here or not")
-    layers: list[Layer] = Field(description="for an image manifest: its config and layers")
+    layers: list[Layer] = Field(
+        description="for an image manifest: its config and layers, in its order; at most "
+        f"{MAX_LISTED_LAYERS} (`layer_count` says how many there are)"
+    )
+    layer_count: int = Field(description="blobs an image manifest lists, listed here or not")
     parents: list[str] = Field(description="digests of the indexes that list this manifest")
 
 

@@ -21,6 +21,8 @@ from berth.domain.errors import (
     ManifestUnknown,
 )
 from berth.domain.manifests import (
+    INDEX_TYPES,
+    MAX_INDEX_DEPTH,
     MAX_MANIFEST_BYTES,
     Descriptor,
     ParsedManifest,
@@ -247,6 +249,8 @@ class ManifestContent:
                 )
             changed = known is None
             if known is None:
+                if parsed.is_index:
+                    await _refuse_deep_nesting(conn, repo, image, parsed)
                 await self._lock_repository(conn, repo)
                 manifest_id = await self._insert_manifest(
                     conn, repo, image, digest, body, parsed, held_foreign
@@ -731,3 +735,49 @@ def _check_sizes(kind: str, descriptors: list[Descriptor], stored: dict[str, int
                 f"but the stored {kind} is {size} bytes",
                 {"digest": descriptor.digest, "size": descriptor.size, "stored_size": size},
             )
+
+
+async def _refuse_deep_nesting(
+    conn: Any, repo: RepositoryRef, image: str, parsed: ParsedManifest
+) -> None:
+    """MANIFEST_INVALID for an index that would head a chain of more than MAX_INDEX_DEPTH
+    indexes (it lists an index that lists an index ...): scans and image listings follow no
+    deeper, and no client builds such chains. What its children are stored as decides, level
+    by level, reading only the indexes below it."""
+    level = sorted({child.digest for child in parsed.children})
+    for depth in range(2, MAX_INDEX_DEPTH + 2):
+        nested: list[int] = []
+        for start in range(0, len(level), 500):
+            nested += [
+                row.id
+                for row in await conn.execute(
+                    select(manifests.c.id).where(
+                        manifests.c.repository_id == repo.id,
+                        manifests.c.image == image,
+                        manifests.c.digest.in_(level[start : start + 500]),
+                        manifests.c.media_type.in_(INDEX_TYPES),
+                    )
+                )
+            ]
+        if not nested:
+            return
+        if depth > MAX_INDEX_DEPTH:
+            raise ManifestInvalid(
+                f"index nests indexes more than {MAX_INDEX_DEPTH} deep (it lists an index "
+                f"that lists an index ...); Berth accepts chains of at most {MAX_INDEX_DEPTH} "
+                "indexes, this one included",
+                {"max_index_depth": MAX_INDEX_DEPTH},
+            )
+        level = sorted(
+            {
+                row.digest
+                for row in await conn.execute(
+                    select(manifest_references.c.digest)
+                    .where(
+                        manifest_references.c.manifest_id.in_(nested),
+                        manifest_references.c.is_manifest,
+                    )
+                    .distinct()
+                )
+            }
+        )

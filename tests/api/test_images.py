@@ -8,6 +8,9 @@ from typing import Any
 
 import pytest
 
+import berth.services.manifests as manifests_module
+from berth.domain.manifests import MAX_INDEX_DEPTH
+from berth.services.image_records import MAX_LISTED_LAYERS
 from berth.services.registry import count_images
 from berth.state import Services
 from tests.api.conftest import (
@@ -254,6 +257,106 @@ def test_a_referrer_pushed_before_its_subject_is_an_image_until_the_subject_arri
     assert counted() == ({subject.digest}, 1, 1, 1)
     [image] = images_of(team)["items"]
     assert image["referrer_count"] == 1
+
+
+def test_an_image_of_many_layers_lists_the_first_ones_and_counts_them_all(team: Team) -> None:
+    """A manifest may list tens of thousands of layers within the manifest size limit: its
+    details list the first MAX_LISTED_LAYERS blobs in its order and `layer_count` says how
+    many it has, as the OpenAPI document describes; its size still counts every layer."""
+    registry, name = team.registry("member"), team.oci_name()
+    config = Blob(f'{{"os":"linux","n":"{uuid.uuid4().hex}"}}'.encode(), OCI_CONFIG)
+    layers = [Blob(uuid.uuid4().bytes, OCI_LAYER) for _ in range(MAX_LISTED_LAYERS + 4)]
+    for blob in (config, *layers):
+        push_blob(registry, name, blob)
+    manifest = image_manifest(config.descriptor(), [layer.descriptor() for layer in layers])
+    push_manifest(registry, name, "many", manifest)
+
+    detail = ok(team["reader"].get(team.repo_url(f"/images/{manifest.digest}")))
+    assert detail["layer_count"] == len(layers) + 1  # the config first, as the manifest lists
+    assert [layer["digest"] for layer in detail["layers"]] == [
+        blob.digest for blob in (config, *layers)
+    ][:MAX_LISTED_LAYERS]
+    assert detail["size"] == manifest.size + config.size + sum(layer.size for layer in layers)
+    schemas = ok(team["reader"].get("/openapi.json"))["components"]["schemas"]
+    assert (
+        f"at most {MAX_LISTED_LAYERS}"
+        in schemas["ImageDetail"]["properties"]["layers"]["description"]
+    )
+    assert "layer_count" in schemas["ImageDetail"]["required"]
+
+    amd64 = push_image(registry, name, None)
+    index = linux_index((amd64, "amd64"))
+    push_manifest(registry, name, "index", index)
+    detail = ok(team["reader"].get(team.repo_url(f"/images/{index.digest}")))
+    assert (detail["layers"], detail["layer_count"], detail["child_count"]) == ([], 0, 1)
+
+
+def _index_chain(registry: Any, name: str, depth: int, pushed: int) -> list[Blob]:
+    """An image and `depth` indexes above it, each listing the one below, the lowest `pushed`
+    of them pushed by digest. The indexes, the top one last."""
+    below = push_image(registry, name, None)
+    chain = []
+    for level in range(depth):
+        below = image_index(
+            [below.descriptor(platform={"os": "linux", "architecture": "amd64"})],
+            annotations={"level": str(level)},
+        )
+        chain.append(below)
+        if level < pushed:
+            push_manifest(registry, name, below.digest, below)
+    return chain
+
+
+def test_indexes_nested_deeper_than_the_limit_are_refused_at_push(team: Team) -> None:
+    """A chain of MAX_INDEX_DEPTH indexes (an index listing an index listing ...) is pushed,
+    listed with its platform and deleted; one more level is refused MANIFEST_INVALID naming
+    the limit (a chain of 1,200 was stored, then failed to scan and listed no platform)."""
+    registry, name = team.registry("member"), team.oci_name()
+    within = _index_chain(registry, name, MAX_INDEX_DEPTH, MAX_INDEX_DEPTH - 1)
+    push_manifest(registry, name, "within", within[-1])
+    [image] = images_of(team)["items"]
+    assert image["digest"] == within[-1].digest and image["platforms"] == ["linux/amd64"]
+
+    deeper = image_index([within[-1].descriptor()])
+    response = push_manifest(registry, name, "deeper", deeper, check=False)
+    assert response.status_code == 400
+    [error] = response.json()["errors"]
+    assert error["code"] == "MANIFEST_INVALID"
+    assert f"at most {MAX_INDEX_DEPTH}" in error["message"]
+    assert registry.get(manifest_path(name, "deeper"), headers=ACCEPT).status_code == 404
+
+    response = team["member"].delete(team.repo_url(f"/images/{within[-1].digest}"))
+    assert response.status_code == 204  # the index it listed is an image of its own now
+    assert [i["digest"] for i in images_of(team)["items"]] == [within[-2].digest]
+
+
+def test_a_chain_stored_deeper_than_the_limit_still_lists_and_deletes(
+    team: Team, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Indexes nested deeper than MAX_INDEX_DEPTH stored before pushes were refused (stored
+    here by a registry without the limit) are listed, shown and deleted without error."""
+    registry, name = team.registry("member"), team.oci_name()
+    chain = _index_chain(registry, name, MAX_INDEX_DEPTH + 3, MAX_INDEX_DEPTH)
+    top = chain[-1]
+    monkeypatch.setattr(manifests_module, "MAX_INDEX_DEPTH", 100)
+
+    async def store_top(s: Services) -> None:
+        _, repo = await s.repositories.lookup(team.project, team.repository)
+        assert repo is not None
+        for index in chain[MAX_INDEX_DEPTH:-1]:
+            await s.registry.put_manifest(repo, "", index.digest, index.data, OCI_INDEX)
+        await s.registry.put_manifest(repo, "", "old", top.data, OCI_INDEX)
+
+    services(team.server, store_top)
+    [image] = images_of(team)["items"]
+    assert image["digest"] == top.digest and image["tags"] == ["old"]
+    detail = ok(team["reader"].get(team.repo_url(f"/images/{top.digest}")))
+    assert [child["digest"] for child in detail["children"]] == [chain[-2].digest]
+    response = team["member"].delete(team.repo_url(f"/images/{top.digest}"))
+    assert response.status_code == 204
+    # Still deeper than the listing follows: no platform shown, and no error.
+    [image] = images_of(team)["items"]
+    assert image["digest"] == chain[-2].digest and image["platforms"] == []
 
 
 def test_a_blob_many_images_use_is_refused_naming_a_few(team: Team) -> None:

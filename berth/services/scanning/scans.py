@@ -28,6 +28,7 @@ from berth.domain.errors import NotFound
 from berth.domain.manifests import (
     DOCKER_MANIFEST,
     INDEX_TYPES,
+    MAX_INDEX_DEPTH,
     OCI_MANIFEST,
     ParsedManifest,
     parse_manifest,
@@ -63,8 +64,6 @@ COUNTED = ("critical", "high", "medium", "low", "unknown")
 # ABANDONED_AFTER was cut short (its process stopped) and is queued again.
 ALIVE_EVERY = 60.0
 ABANDONED_AFTER = dt.timedelta(minutes=5)
-# Real images nest one index (platforms) or two; deeper chains are refused, not recursed into.
-MAX_INDEX_DEPTH = 8
 
 
 class ScanFinding(Record):

@@ -303,9 +303,10 @@ def test_indexes_nested_deeper_than_the_scanner_reads_fail_saying_so(
     app_layers: list[bytes],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """A chain of indexes, each listing the one below (the registry stores any depth): a scan
+    """A chain of indexes, each listing the one below: a scan
     reads at most MAX_INDEX_DEPTH indexes down and fails beyond, saying why, instead of
-    recursing until Python refuses; a chain within the bound is scanned."""
+    recursing until Python refuses; a chain within the bound is scanned. (Pushes deeper than
+    the registry's own MAX_INDEX_DEPTH are refused; older data may hold deeper chains.)"""
     monkeypatch.setattr(scans_module, "MAX_INDEX_DEPTH", 3)
 
     async def scenario(world: World) -> None:
