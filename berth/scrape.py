@@ -108,10 +108,12 @@ async def exposition(figures: ScrapeFigures) -> bytes:
     def extra(registry: CollectorRegistry) -> None:
         registry.register(collector)
 
-    # This worker's requests go to its files here, on the loop where they are added up;
-    # reading every worker's files and formatting (tens of milliseconds with a few hundred
-    # series) go to a thread, so a scrape does not stall the requests this worker serves.
+    # This worker's requests and pools' connections in use go to its files here, on the loop
+    # where they are kept; reading every worker's files and formatting (tens of milliseconds
+    # with a few hundred series) go to a thread, so a scrape does not stall the requests this
+    # worker serves.
     metrics.flush_requests()
+    metrics.sample_pools()
     return await asyncio.to_thread(metrics.exposition, extra)
 
 

@@ -23,7 +23,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from berth.metadata.database import RETRY_AFTER_SECONDS
 from tests.blackhole import Blackhole
 from tests.gc.conftest import GcProject, new_project
-from tests.metrics import parse, value
+from tests.metrics import parse, scrape, value
 from tests.oci import blob_path, digest_of, manifest_path, uploads_path
 from tests.servers import (
     ADMIN_PASSWORD,
@@ -368,3 +368,44 @@ def test_status_gives_up_on_a_locked_table_within_the_lock_timeout(
     assert "stayed locked longer than 1 s (database_lock_timeout)" in said
     assert "Traceback" not in said
     assert took < 1 + 2 * SLACK, took
+
+
+def test_connections_in_use_stay_true_through_a_database_restart_under_load(
+    own_postgres: PostgresCluster, tmp_path: Path
+) -> None:
+    """PostgreSQL restarted (`pg_ctl restart -m fast`, stopped a while) under requests that
+    each query it: the pooled connections fail their ping and new ones are refused. The
+    gauge of connections checked out is never negative, and once the requests are over it is
+    back to 0 (what is in use: nothing)."""
+    server = BerthServer(tmp_path / "berth", own_postgres.create_database(), workers=2).start()
+    try:
+        with pooled_project(server) as (project, pushed):
+            registry, name = project.registry, project.name()
+            going = threading.Event()
+            going.set()
+
+            def load() -> None:
+                while going.is_set():
+                    registry.head(blob_path(name, pushed))
+                    project.api.get("/projects")
+
+            in_use: list[float] = []
+            with ThreadPoolExecutor(8) as pool:
+                loads = [pool.submit(load) for _ in range(8)]
+                time.sleep(1)
+                own_postgres.pg_ctl("stop", mode="fast")
+                time.sleep(2)
+                in_use.append(
+                    value(scrape(server), "berth_db_pool_connections_in_use", pool="shared")
+                )
+                own_postgres.pg_ctl("start")
+                time.sleep(2)
+                going.clear()
+                for done in loads:
+                    done.result()
+            assert registry.head(blob_path(name, pushed)).status_code == 200
+            in_use.append(value(scrape(server), "berth_db_pool_connections_in_use", pool="shared"))
+            assert min(in_use) >= 0, in_use
+            assert in_use[-1] == 0, in_use
+    finally:
+        server.stop()

@@ -329,8 +329,8 @@ class Database:
             self.writer = _sqlite_engine(url, writer=True)
             self.reader = _sqlite_engine(url, writer=False)
             self._point_reader = _SqlitePointReader(url.split(":///", 1)[1], self._unreachable)
-            metrics.watch_pool(self.writer.sync_engine.pool, "writer", 1)
-            metrics.watch_pool(self.reader.sync_engine.pool, "reader", READERS)
+            metrics.watch_pool(self.writer.sync_engine, "writer", 1)
+            metrics.watch_pool(self.reader.sync_engine, "reader", READERS)
         else:
             self.writer = self.reader = _postgresql_engine(
                 url,
@@ -338,7 +338,7 @@ class Database:
                 connect_seconds=connect_seconds or CONNECT_SECONDS,
                 statement_seconds=statement_seconds or STATEMENT_SECONDS,
             )
-            metrics.watch_pool(self.writer.sync_engine.pool, "shared", 10)
+            metrics.watch_pool(self.writer.sync_engine, "shared", 10)
             self._connect_seconds = connect_seconds or CONNECT_SECONDS
             event.listen(self.writer.sync_engine, "close", self._close_within_bound)
         event.listen(self.writer.sync_engine, "after_execute", _note_written_table)

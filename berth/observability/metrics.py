@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import glob
 import os
+import weakref
 from bisect import bisect_left
 from collections.abc import Callable
 from typing import Any, Literal, get_args
@@ -221,11 +222,13 @@ def flush_requests() -> None:
 
 
 async def flush_periodically() -> None:
-    """`flush_requests` every FLUSH_SECONDS, until cancelled (then once more)."""
+    """`flush_requests` and `sample_pools` every FLUSH_SECONDS, until cancelled (then the
+    requests once more)."""
     try:
         while True:
             await asyncio.sleep(FLUSH_SECONDS)
             flush_requests()
+            sample_pools()
     finally:
         flush_requests()
 
@@ -305,22 +308,36 @@ def s3_request_done(operation: str, status: str, seconds: float, retries: int) -
         S3_RETRIES.labels(operation).inc(retries)
 
 
-def watch_pool(pool: Any, name: str, capacity: int) -> None:
-    """Count the connections checked out of a SQLAlchemy pool (its checkout and checkin
-    events), and its size."""
-    from sqlalchemy import event
+# The engines whose pools are watched in this process, with their pool's name. What is checked
+# out is read from the pool itself (`sample_pools`) rather than counted by its checkout and
+# checkin events: in an outage SQLAlchemy checks in a connection whose checkout failed (its
+# ping, then its reconnection) without a checkout event, and such a count sank below zero.
+# The engine, not its pool: `dispose` gives an engine a new pool. Weak: an engine disposed and
+# dropped (admin verbs, tests) leaves the count.
+_watched: list[tuple[weakref.ref[Any], str]] = []
 
-    in_use = POOL_IN_USE.labels(name)
+
+def watch_pool(engine: Any, name: str, capacity: int) -> None:
+    """Count the connections checked out of a SQLAlchemy engine's pool (a QueuePool), read by
+    `sample_pools`, and its size."""
     POOL_SIZE.labels(name).inc(capacity)
+    POOL_IN_USE.labels(name)
+    _watched.append((weakref.ref(engine), name))
 
-    def checked_out(*_: Any) -> None:
-        in_use.inc()
 
-    def checked_in(*_: Any) -> None:
-        in_use.dec()
-
-    event.listen(pool, "checkout", checked_out)
-    event.listen(pool, "checkin", checked_in)
+def sample_pools() -> None:
+    """Set the connections in use of this process's pools to what the pools hold now (every
+    FLUSH_SECONDS, and before this process answers a scrape)."""
+    in_use: dict[str, int] = {}
+    for engine_ref, name in list(_watched):
+        engine = engine_ref()
+        if engine is None:
+            _watched.remove((engine_ref, name))
+            in_use.setdefault(name, 0)
+            continue
+        in_use[name] = in_use.get(name, 0) + engine.pool.checkedout()
+    for name, count in in_use.items():
+        POOL_IN_USE.labels(name).set(count)
 
 
 # ------------------------------------------------------------------------------ exposition
