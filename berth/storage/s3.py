@@ -185,9 +185,56 @@ class S3BlobStore(BlobStore):
         # Until when cached copies are sent unconfirmed: the store could not be asked.
         self._unconfirmable_until = 0.0
         self._signer: S3Client | None = None  # for `public_endpoint`, when set
+        # For `probe`, made when first asked; closed on its own (a failed `_s3` closes the
+        # others').
+        self._prober: S3Client | None = None
+        self._prober_stack = contextlib.AsyncExitStack()
         self._background: set[asyncio.Task[None]] = set()
 
     # ------------------------------------------------------------ the client
+
+    def _config(self, attempts: int) -> AioConfig:
+        location = self.location
+        return AioConfig(
+            region_name=location.region,
+            # SigV4 for presigned URLs too (botocore may presign with SigV2, whose URLs some
+            # stores refuse and whose lifetime is not capped at 7 days).
+            signature_version="s3v4",
+            # Standard mode backs off exponentially on throttling (503 SlowDown) and on
+            # connection errors.
+            retries={"mode": "standard", "total_max_attempts": attempts},
+            s3={"addressing_style": "path" if location.path_style else "auto"},
+            connect_timeout=10,
+            read_timeout=120,
+            max_pool_connections=64,
+            # Checksums only where S3 requires them: SHA-256 already guards every blob.
+            request_checksum_calculation="when_required",
+            response_checksum_validation="when_required",
+        )
+
+    async def _client_for(
+        self,
+        endpoint: str | None,
+        config: AioConfig,
+        stack: contextlib.AsyncExitStack | None = None,
+    ) -> Any:
+        """A client of `endpoint`, closed with `stack` (the main client's by default)."""
+        location = self.location
+        client = await (stack or self._client_stack).enter_async_context(
+            get_session().create_client(
+                "s3",
+                endpoint_url=endpoint,
+                aws_access_key_id=location.access_key_id,
+                aws_secret_access_key=location.secret_access_key,
+                config=config,
+                # No TLS over plain HTTP, so no CA bundle to load: without this an
+                # AWS_CA_BUNDLE naming a missing file (set for other clients) fails every
+                # request even to a loopback endpoint.
+                verify=False if _plain_http(endpoint) else None,
+            )
+        )
+        _observe_requests(client)
+        return client
 
     async def _s3(self) -> S3Client:
         """The client, made on first use (it belongs to the running event loop); the bucket
@@ -197,52 +244,19 @@ class S3BlobStore(BlobStore):
         async with self._client_lock:
             if self._client is None:
                 location = self.location
-                config = AioConfig(
-                    region_name=location.region,
-                    # SigV4 for presigned URLs too (botocore may presign with SigV2, whose
-                    # URLs some stores refuse and whose lifetime is not capped at 7 days).
-                    signature_version="s3v4",
-                    # Standard mode backs off exponentially on throttling (503 SlowDown) and
-                    # on connection errors.
-                    retries={"mode": "standard", "total_max_attempts": location.attempts},
-                    s3={"addressing_style": "path" if location.path_style else "auto"},
-                    connect_timeout=10,
-                    read_timeout=120,
-                    max_pool_connections=64,
-                    # Checksums only where S3 requires them: SHA-256 already guards every blob.
-                    request_checksum_calculation="when_required",
-                    response_checksum_validation="when_required",
-                )
-
-                async def client_for(endpoint: str | None) -> Any:
-                    client = await self._client_stack.enter_async_context(
-                        get_session().create_client(
-                            "s3",
-                            endpoint_url=endpoint,
-                            aws_access_key_id=location.access_key_id,
-                            aws_secret_access_key=location.secret_access_key,
-                            config=config,
-                            # No TLS over plain HTTP, so no CA bundle to load: without this an
-                            # AWS_CA_BUNDLE naming a missing file (set for other clients) fails
-                            # every request even to a loopback endpoint.
-                            verify=False if _plain_http(endpoint) else None,
-                        )
-                    )
-                    _observe_requests(client)
-                    return client
-
+                config = self._config(location.attempts)
                 try:
                     with self._errors():
                         if not _plain_http(location.endpoint):
                             self._check_ca_bundle()
-                        client = await client_for(location.endpoint)
+                        client = await self._client_for(location.endpoint, config)
                         await client.head_bucket(Bucket=location.bucket)
                 except BaseException:
                     await self._client_stack.aclose()
                     raise
                 if location.public_endpoint is not None:
                     # Presigns only (no request of its own): see `download_url`.
-                    self._signer = await client_for(location.public_endpoint)
+                    self._signer = await self._client_for(location.public_endpoint, config)
                 self._client = client
         return self._client
 
@@ -250,17 +264,25 @@ class S3BlobStore(BlobStore):
         await self._s3()  # the client is made by checking the bucket
 
     async def probe(self) -> None:
-        """HeadBucket (the caller bounds its retries by a timeout)."""
-        s3 = await self._s3()
+        """One HeadBucket, not retried: a readiness check is repeated every few seconds
+        anyway, and a refused connection is known at once rather than after the back-off
+        of `s3_attempts` tries (the caller bounds a store that does not answer)."""
+        if self._prober is None:
+            async with self._client_lock:
+                if self._prober is None:
+                    self._prober = await self._client_for(
+                        self.location.endpoint, self._config(1), self._prober_stack
+                    )
         with self._errors():
-            await s3.head_bucket(Bucket=self.location.bucket)
+            await self._prober.head_bucket(Bucket=self.location.bucket)
 
     async def close(self) -> None:
         for task in list(self._background):
             task.cancel()
         await asyncio.gather(*self._background, return_exceptions=True)
-        self._client = self._signer = None
+        self._client = self._signer = self._prober = None
         await self._client_stack.aclose()
+        await self._prober_stack.aclose()
 
     @contextlib.contextmanager
     def _errors(self, key: str | None = None) -> Iterator[None]:

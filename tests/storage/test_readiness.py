@@ -50,6 +50,13 @@ def test_readyz_follows_the_object_store_and_the_database(
         assert own_seaweedfs.endpoint.split("//")[1] not in unready.text  # no address shown
         assert httpx.get(f"{server.url}/healthz").status_code == 200  # alive, only not ready
 
+        # A check made afresh (the last answer expired) knows a refused connection at once:
+        # one try, not the S3 client's retries and their back-off cut off by the timeout.
+        time.sleep(STORE_CACHE_SECONDS + 0.5)
+        started = time.monotonic()
+        assert readiness(server).status_code == 503
+        assert time.monotonic() - started < 1
+
         # Probes in a burst share the store's last answer: each failed check is logged once.
         log = server.data_dir / "server.log"
         checks_before = log.read_text().count("blob store")
