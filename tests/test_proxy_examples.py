@@ -35,6 +35,9 @@ FORWARDED = {
     "X-Forwarded-For": "$proxy_add_x_forwarded_for",
     "X-Forwarded-Proto": "$scheme",
 }
+# Read by Berth when sane: the request's ID, which deploy/'s site sets so that nginx's log and
+# the node's name the same request.
+REQUEST_ID = "X-Request-ID"
 # For nginx itself: keep-alive connections to Berth.
 NGINX_ONLY = {"Connection"}
 
@@ -59,7 +62,9 @@ def test_the_docs_nginx_example_forwards_what_the_deployed_site_does() -> None:
     for site in (fenced("nginx"), DEPLOY_SITE.read_text()):
         assert FORWARDED.items() <= proxy_headers(site).items()
         # A header Berth never reads would say it does (an X-Forwarded-Host it ignores).
-        assert set(proxy_headers(site)) <= {*FORWARDED, *NGINX_ONLY}, proxy_headers(site)
+        headers = proxy_headers(site)
+        assert set(headers) <= {*FORWARDED, REQUEST_ID, *NGINX_ONLY}, headers
+    assert proxy_headers(DEPLOY_SITE.read_text())[REQUEST_ID] == "$request_id"
     node = fenced("toml")
     assert re.search(r"^trust_forwarded_proto = true\b", node, re.M)
     assert re.search(r'^trusted_proxies = "127\.0\.0\.1"', node, re.M)

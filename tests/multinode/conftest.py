@@ -25,6 +25,7 @@ from tests.servers import ROOT, BerthServer, PostgresCluster, free_port, wait_fo
 from tests.tls import make_ca_and_cert
 
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
+HAPROXY = shutil.which("haproxy") or "/usr/sbin/haproxy"
 DEPLOY = ROOT / "deploy"
 NODES = 3
 FLUSH_SECONDS = 0.3
@@ -47,12 +48,18 @@ class Balancer:
     def url(self) -> str:
         return f"https://{self.address}"
 
+    @property
+    def access_log(self) -> Path:
+        """The log of the deploy/ site's own format (which node answered each request)."""
+        return self.directory / "berth-access.log"
+
     def render(self, certificate: Path, key: Path) -> str:
         """The deploy/ site configuration with this test's listener, certificate and nodes."""
         site = (DEPLOY / "nginx-berth.conf").read_text()
         site = site.replace("listen 443 ssl;", f"listen {self.address} ssl;")
         site = site.replace("/etc/berth/tls/registry.crt", str(certificate))
         site = site.replace("/etc/berth/tls/registry.key", str(key))
+        site = site.replace("/var/log/nginx/berth-access.log", str(self.access_log))
         upstreams = re.findall(r"^\s*server 10\.0\.0\.\d+:5000 ", site, flags=re.M)
         assert len(upstreams) == len(self.nodes), "deploy/nginx-berth.conf names three nodes"
         for written, node in zip(upstreams, self.nodes, strict=True):
@@ -194,3 +201,45 @@ def cluster(
             yield Cluster(nodes, balancer, seaweedfs, url)
         finally:
             balancer.stop()
+
+
+@contextlib.contextmanager
+def haproxy_in_front(cluster: Cluster, directory: Path) -> Iterator[tuple[str, Path]]:
+    """HAProxy from deploy/haproxy-berth.cfg (its listener, certificate and nodes swapped for
+    the test's, its log on stdout) in front of the cluster's nodes: its URL and its log."""
+    if not Path(HAPROXY).exists():
+        pytest.skip("haproxy not installed (apt-get install haproxy)")
+    directory.mkdir(parents=True, exist_ok=True)
+    _, certificate, key = make_ca_and_cert(directory / "tls", ["127.0.0.1"])
+    pem = directory / "berth.pem"
+    pem.write_bytes(certificate.read_bytes() + key.read_bytes())
+    port = free_port()
+    config = (DEPLOY / "haproxy-berth.cfg").read_text()
+    bind = "bind :443 ssl crt /etc/haproxy/berth.pem"
+    assert config.count(bind) == 1
+    config = config.replace(bind, f"bind 127.0.0.1:{port} ssl crt {pem}")
+    servers = re.findall(r"^\s*server node\d 10\.0\.0\.\d+:5000$", config, flags=re.M)
+    assert len(servers) == len(cluster.nodes), "deploy/haproxy-berth.cfg names three nodes"
+    for written, node in zip(servers, cluster.nodes, strict=True):
+        config = config.replace(written, written.replace(written.split()[2], node.address), 1)
+    # Debian's haproxy.cfg, which the file is appended to, has the global section: its log.
+    (directory / "haproxy.cfg").write_text("global\n    log stdout format raw local0\n" + config)
+    command = [HAPROXY, "-f", str(directory / "haproxy.cfg")]
+    checked = subprocess.run([*command, "-c"], capture_output=True, text=True, check=False)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    log = directory / "haproxy.log"
+    with open(log, "wb") as output:
+        process = subprocess.Popen(
+            [*command, "-db"], stdout=output, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    url = f"https://127.0.0.1:{port}"
+    try:
+        wait_for(
+            lambda: httpx.get(f"{url}/healthz", verify=False, timeout=2).status_code == 200,
+            20,
+            "haproxy",
+        )
+        yield url, log
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(10)

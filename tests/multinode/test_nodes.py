@@ -8,6 +8,7 @@ import hashlib
 import json
 import os
 import re
+import signal
 import ssl
 import tarfile
 import threading
@@ -25,7 +26,7 @@ from tests.clients.daemons import Containerd, Dockerd, running_dockerd
 from tests.clients.layouts import OciLayout, TestImage, layer_files
 from tests.clients.tools import output, require_binary, run
 from tests.gc.conftest import age_past_grace
-from tests.multinode.conftest import Cluster
+from tests.multinode.conftest import Cluster, haproxy_in_front
 from tests.oci import (
     OCI_CONFIG,
     OCI_LAYER,
@@ -585,3 +586,72 @@ def test_gc_on_one_node_while_pushes_flow_through_the_others_breaks_no_image(
                 if blob.status_code != 200 or blob.content != data:
                     broken.append(f"{tag}: layer {digest} {blob.status_code}")
     assert broken == []
+
+
+def logged(path: Path, text: str, timeout: float = 10) -> str:
+    """The first line of the log at `path` holding `text`, once it is there (a node writes its
+    log lines every few tenths of a second)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        found = [line for line in path.read_text().splitlines() if text in line]
+        if found:
+            return found[0]
+        assert time.monotonic() < deadline, f"no {text!r} in {path}"
+        time.sleep(0.1)
+
+
+def test_nginx_logs_which_node_answered_under_the_request_id_the_node_logs(
+    cluster: Cluster,
+) -> None:
+    cluster.wait_for_every_node()
+    with cluster.balancer.client() as client:
+        answers = [client.get("/v2/") for _ in range(len(cluster.nodes))]
+    assert {answer.headers["x-berth-node"] for answer in answers} == {"node1", "node2", "node3"}
+    for answer in answers:
+        request_id = answer.headers["x-request-id"]
+        node = cluster.by_name(answer.headers["x-berth-node"])
+        line = logged(cluster.balancer.access_log, f"id={request_id} ")
+        assert f"node={node.address} node_status={answer.status_code} " in line, line
+        logged(node.data_dir / "server.log", request_id)
+
+
+def test_haproxy_of_deploy_takes_a_node_that_fails_its_readyz_check_out_and_back(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    """deploy/haproxy-berth.cfg in front of the nodes: round-robin over all three, logging
+    which one answered under the request ID that node logs; a node that stops answering
+    (SIGSTOP: it still accepts connections, as a hung process does) fails its /readyz check
+    and gets no more requests, until it answers again."""
+    cluster.wait_for_every_node()
+    with (
+        haproxy_in_front(cluster, tmp_path / "haproxy") as (url, log),
+        httpx.Client(base_url=url, verify=False, timeout=30) as client,
+    ):
+        answers = [client.get("/v2/") for _ in range(len(cluster.nodes))]
+        assert {answer.headers["x-berth-node"] for answer in answers} == {
+            "node1",
+            "node2",
+            "node3",
+        }
+        for answer in answers:
+            request_id = answer.headers["x-request-id"]
+            name = answer.headers["x-berth-node"]
+            line = logged(log, f"id={request_id}")
+            assert f" berth_nodes/{name} " in line and f" {answer.status_code} " in line, line
+            logged(cluster.by_name(name).data_dir / "server.log", request_id)
+        hung = cluster.by_name("node3")
+        logged(hung.data_dir / "server.log", "/readyz")  # what HAProxy's checks ask
+
+        assert hung.process is not None
+        os.killpg(hung.process.pid, signal.SIGSTOP)
+        try:
+            logged(log, "berth_nodes/node3 is DOWN", timeout=30)
+            started = time.monotonic()
+            served_by = {client.get("/v2/").headers["x-berth-node"] for _ in range(6)}
+            assert served_by == {"node1", "node2"}
+            assert time.monotonic() - started < 5  # none waited on the hung node
+        finally:
+            os.killpg(hung.process.pid, signal.SIGCONT)
+        logged(log, "berth_nodes/node3 is UP", timeout=30)
+        served_by = {client.get("/v2/").headers["x-berth-node"] for _ in range(6)}
+        assert served_by == {"node1", "node2", "node3"}
