@@ -12,10 +12,11 @@ import datetime as dt
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Response
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, Field, field_validator
 
 from berth.access.permissions import ProjectRole, RepositoryRole
 from berth.access.policy import KeyOwner, can_manage_key, key_creation_refusal
+from berth.api.bodies import RequestBody
 from berth.api.deps import (
     AdminProject,
     AnyRoleProject,
@@ -40,9 +41,7 @@ router = APIRouter(prefix="/projects/{project}", tags=["access"])
 # ---------------------------------------------------------------- access keys
 
 
-class NewAccessKey(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class NewAccessKey(RequestBody):
     user: str | None = Field(
         None,
         pattern=USER_NAME_PATTERN,
@@ -52,8 +51,23 @@ class NewAccessKey(BaseModel):
         "a server administrator",
     )
     expires_at: dt.datetime | None = Field(
-        None, description="when it stops working (UTC when no zone is given); never when null"
+        None,
+        strict=False,
+        description="when it stops working (UTC when no zone is given); a date alone "
+        "(`2027-06-01`) is the end of that day, 23:59:59 UTC: the key works through that day, "
+        "as with the CLI's `--expires` and the console; never when null",
     )
+
+    @field_validator("expires_at", mode="before")
+    @classmethod
+    def _date_is_its_last_second(cls, value: object) -> object:
+        if isinstance(value, str) and len(value) == len("YYYY-MM-DD"):
+            try:
+                day = dt.date.fromisoformat(value)
+            except ValueError:
+                return value  # the datetime's own parsing says what is wrong
+            return dt.datetime.combine(day, dt.time(23, 59, 59), dt.UTC)
+        return value
 
     @field_validator("expires_at")
     @classmethod
@@ -170,16 +184,12 @@ async def delete_key(ctx: AnyRoleProject, key_id: KeyId) -> Response:
 # ---------------------------------------------------------------- members
 
 
-class RoleRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    role: ProjectRole
+class RoleRequest(RequestBody):
+    role: ProjectRole = Field(strict=False)
 
 
-class GrantRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    role: RepositoryRole = Field(description="member: push and pull; viewer: pull")
+class GrantRequest(RequestBody):
+    role: RepositoryRole = Field(strict=False, description="member: push and pull; viewer: pull")
 
 
 @router.get("/members", tags=["members"])

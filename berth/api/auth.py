@@ -9,6 +9,7 @@ from fastapi import APIRouter, Body, Request
 from pydantic import BaseModel, Field
 
 from berth.access.identify import Via
+from berth.api.bodies import RequestBody
 from berth.api.deps import CallerDep, ServicesDep
 from berth.api.problems import FieldError, responses
 from berth.auth.guard import client_address
@@ -17,7 +18,7 @@ from berth.domain.errors import Denied
 router = APIRouter(prefix="/auth", tags=["authentication"])
 
 
-class TokenRequest(BaseModel):
+class TokenRequest(RequestBody):
     expires_in: int | None = Field(
         None,
         ge=60,

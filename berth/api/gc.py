@@ -6,8 +6,9 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Path, Request
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
+from berth.api.bodies import RequestBody
 from berth.api.deps import ManageProject, Page, PagingDep, ReadProject
 from berth.api.problems import responses
 from berth.auth.guard import client_address
@@ -18,9 +19,7 @@ router = APIRouter(prefix="/projects/{project}/gc", tags=["garbage collection"])
 RunId = Annotated[int, Path(ge=1, le=2**31 - 1, description="run id")]
 
 
-class StartRun(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class StartRun(RequestBody):
     dry_run: bool = Field(False, description="report what would be deleted; change nothing")
     delete_untagged: bool = Field(
         False,

@@ -10,8 +10,9 @@ from __future__ import annotations
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query, Request, Response
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
 
+from berth.api.bodies import RequestBody
 from berth.api.deps import (
     DIGEST_PATTERN,
     Digest,
@@ -33,9 +34,7 @@ from berth.services.image_records import Event, Image, ImageDetail, Tag
 router = APIRouter(prefix="/projects/{project}/repositories/{repository}", tags=["images"])
 
 
-class RestoreRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class RestoreRequest(RequestBody):
     image: str = Field("", pattern=IMAGE_PATH_PATTERN, max_length=255)
     tag: str = Field(pattern=TAG_PATTERN)
 

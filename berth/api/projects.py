@@ -8,6 +8,7 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Query, Request, Response
 from pydantic import BaseModel, Field
 
+from berth.api.bodies import RequestBody
 from berth.api.deps import (
     AdminProject,
     CallerDep,
@@ -56,7 +57,7 @@ class Project(BaseModel):
     )
 
 
-class NewProject(BaseModel):
+class NewProject(RequestBody):
     # Checked by the one project name grammar (berth.domain.names), which says what is wrong.
     # The document states the grammar too, for clients that check before they send.
     name: str = Field(
@@ -66,7 +67,7 @@ class NewProject(BaseModel):
     )
 
 
-class QuotaUpdate(BaseModel):
+class QuotaUpdate(RequestBody):
     repository_quota: int | None = Field(
         ge=0,
         le=1_000_000,
@@ -141,7 +142,7 @@ async def set_quota(ctx: ServerAdminProject, body: QuotaUpdate, request: Request
     return await _describe(ctx, request)
 
 
-class PullPolicyUpdate(BaseModel):
+class PullPolicyUpdate(RequestBody):
     refuse_severity: Literal[POLICY_SEVERITIES] | None = Field(  # type: ignore[valid-type]
         description="refuse pulls (DENIED) of images whose scan found vulnerabilities of this "
         "severity or above (`unknown`: any finding at all); null turns the policy off"

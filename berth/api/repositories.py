@@ -5,8 +5,9 @@ from __future__ import annotations
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query, Request, Response
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
+from berth.api.bodies import RequestBody
 from berth.api.deps import (
     SEARCH_BOUNDS,
     SEARCH_CHECK,
@@ -47,9 +48,7 @@ Description = Annotated[
 ]
 
 
-class NewRepository(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class NewRepository(RequestBody):
     name: str = Field(
         pattern=REPOSITORY_NAME_PATTERN,
         max_length=MAX_REPOSITORY_NAME,
@@ -64,9 +63,7 @@ class NewRepository(BaseModel):
     scan_mode: ScanMode = Field("manual", description="image scan: on push (auto) or on request")
 
 
-class RepositoryUpdate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class RepositoryUpdate(RequestBody):
     name: str | None = Field(None, description="fixed once created: only the same name is accepted")
     visibility: Visibility | None = None
     description: Description | None = None

@@ -8,6 +8,7 @@ from typing import Annotated
 from fastapi import APIRouter, Path, Request
 from pydantic import BaseModel, ConfigDict, Field
 
+from berth.api.bodies import RequestBody
 from berth.api.deps import AdminProject, ManageProject, Page, PagingDep, ReadProject
 from berth.api.problems import responses
 from berth.auth.guard import client_address
@@ -20,17 +21,18 @@ router = APIRouter(prefix="/projects/{project}/retention", tags=["retention"])
 RunId = Annotated[int, Path(ge=1, le=2**31 - 1, description="run id")]
 
 
-class RetentionRule(BaseModel):
+class RetentionRule(RequestBody):
     """One rule: its scope (`repositories`, optionally `tags`) and what it keeps of it."""
 
     # Built from the domain's Rule by attribute name (`model_validate`) as well as from JSON.
-    model_config = ConfigDict(extra="forbid", from_attributes=True)
+    model_config = ConfigDict(from_attributes=True)
 
     keep: Keep = Field(
+        strict=False,
         description="`last`: the `count` most recently pushed images of each repository; "
         "`pushed_within` / `pulled_within`: images pushed / pulled within `days`; "
         "`tagged`: images with a tag matching `pattern`; `untagged_within`: every tagged "
-        "image, and untagged ones pushed within `days` (older untagged images are removed)"
+        "image, and untagged ones pushed within `days` (older untagged images are removed)",
     )
     # The bounds here are loose on purpose: rules stored under an older, wider syntax (or
     # count 0) still load and show; a new policy is checked by the domain, which says why.
@@ -60,9 +62,7 @@ class RetentionRule(BaseModel):
         return DomainRule(**self.model_dump())
 
 
-class RetentionPolicyBody(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class RetentionPolicyBody(RequestBody):
     rules: list[RetentionRule] = Field(max_length=MAX_RULES)
     schedule: str | None = Field(
         None,

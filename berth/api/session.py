@@ -25,6 +25,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from berth.access.identify import SignInPath
 from berth.access.refusals import api_unauthorized
+from berth.api.bodies import RequestBody
 from berth.api.deps import SESSION_SCOPE_KEY, ServicesDep, password_principal
 from berth.api.problems import problem, responses
 from berth.auth.guard import client_address
@@ -142,7 +143,7 @@ class ConsoleSessions:
 # ---------------------------------------------------------------- the routes
 
 
-class Credentials(BaseModel):
+class Credentials(RequestBody):
     user: str = Field(min_length=1, max_length=64, description="user name")
     password: str = Field(min_length=1, max_length=1024)
 

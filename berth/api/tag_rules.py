@@ -7,8 +7,9 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Path, Response
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
+from berth.api.bodies import RequestBody
 from berth.api.deps import AdminProject, ReadProject
 from berth.api.problems import responses
 from berth.domain.patterns import MAX_REPOSITORY_PATTERN, MAX_TAG_PATTERN
@@ -23,9 +24,7 @@ router = APIRouter(
 RuleId = Annotated[int, Path(ge=1, le=2**31 - 1, description="rule id")]
 
 
-class NewTagRule(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class NewTagRule(RequestBody):
     tag_pattern: str = Field(
         min_length=1,
         max_length=MAX_TAG_PATTERN,

@@ -15,11 +15,12 @@ import datetime as dt
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Request, Response
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, Field, model_validator
 
 from berth.access.identify import SignInPath
 from berth.access.permissions import RepositoryRole
 from berth.api.access import AuditEntry
+from berth.api.bodies import RequestBody
 from berth.api.deps import (
     SEARCH_BOUNDS,
     SEARCH_CHECK,
@@ -61,9 +62,7 @@ class UserMatch(BaseModel):
     service_account: bool = Field(description="a robot user: access keys only, no password")
 
 
-class NewUser(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class NewUser(RequestBody):
     name: str = Field(
         pattern=USER_NAME_PATTERN,
         max_length=MAX_USER_NAME_LENGTH,
@@ -82,15 +81,11 @@ class NewUser(BaseModel):
         return self
 
 
-class PasswordReset(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class PasswordReset(RequestBody):
     password: Password
 
 
-class PasswordChange(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class PasswordChange(RequestBody):
     current_password: str = Field(min_length=1, max_length=MAX_PASSWORD_LENGTH)
     new_password: Password
 

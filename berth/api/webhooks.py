@@ -11,8 +11,9 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Response
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
 
+from berth.api.bodies import RequestBody
 from berth.api.deps import AdminProject, Page, PagingDep
 from berth.api.problems import responses
 from berth.domain.descriptions import DESCRIPTION_RULE, MAX_DESCRIPTION, TEXT_PATTERN
@@ -41,9 +42,7 @@ _EVENT_TYPE_ITEMS: dict[str, Any] = {"items": {"type": "string", "enum": list(EV
 _DESCRIPTION_BOUNDS: dict[str, Any] = {"maxLength": MAX_DESCRIPTION, "pattern": TEXT_PATTERN}
 
 
-class NewWebhook(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class NewWebhook(RequestBody):
     # Lengths and forms are checked by the service, so one refusal names every field at
     # fault (with the URL's, which needs the network); the schema states the same bounds.
     url: str = Field(
@@ -70,9 +69,7 @@ class NewWebhook(BaseModel):
     )
 
 
-class WebhookChange(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class WebhookChange(RequestBody):
     url: str | None = Field(None, json_schema_extra={"maxLength": MAX_URL_LENGTH})
     event_types: list[str] | None = Field(
         None, description="empty: every type", json_schema_extra=_EVENT_TYPE_ITEMS
@@ -151,9 +148,7 @@ async def delete_webhook(ctx: AdminProject, webhook_id: WebhookId) -> Response:
     return Response(status_code=204)
 
 
-class NewSecret(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class NewSecret(RequestBody):
     secret: str | None = Field(
         None,
         min_length=MIN_SECRET_LENGTH,

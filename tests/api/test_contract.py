@@ -1,0 +1,76 @@
+"""The API's contract as a client sees it: strict request bodies, one answer for each kind of
+bad input, problem documents for every 404 and 405, the challenges of a 401, and an OpenAPI
+document that lists what the server answers."""
+
+from __future__ import annotations
+
+from tests.api.conftest import PASSWORD, Team, api, assert_problem, ok
+from tests.servers import ADMIN_PASSWORD
+
+
+def test_a_body_field_takes_only_its_own_json_type(team: Team) -> None:
+    admin = team.admin
+    ok(admin.put(team.url("/quota"), json={"repository_quota": 7}))
+    # false is not the quota 0, nor 1.0 the quota 1.
+    for wrong in (False, True, 1.0, "3"):
+        assert_problem(
+            admin.put(team.url("/quota"), json={"repository_quota": wrong}),
+            422,
+            fields=("repository_quota",),
+        )
+    assert ok(admin.get(team.url()))["repository_quota"] == 7
+    # "yes" is not true, nor 0 false.
+    for wrong in ("yes", "true", 0, 1):
+        assert_problem(
+            team["member"].patch(team.repo_url(), json={"tag_overwrite": wrong}),
+            422,
+            fields=("tag_overwrite",),
+        )
+    assert ok(team["member"].get(team.repo_url()))["tag_overwrite"] is True
+    # Enumerations and dates still arrive as JSON strings.
+    ok(team["member"].patch(team.repo_url(), json={"visibility": "public", "scan_mode": "auto"}))
+    ok(admin.put(team.url(f"/members/{team.users['robot']}"), json={"role": "reader"}))
+
+
+def test_every_body_refuses_a_field_it_does_not_define(team: Team) -> None:
+    admin = team.admin
+    name = f"{team.project}-x"
+    server_admin = api(team.server, ("admin", ADMIN_PASSWORD))
+    assert_problem(
+        server_admin.post("/projects", json={"name": name, "repository_quota": 1}),
+        422,
+        fields=("repository_quota",),
+    )
+    assert server_admin.get(f"/projects/{name}").status_code == 404
+    refused = [
+        admin.put(team.url("/quota"), json={"repository_quota": 5, "quota": 6}),
+        admin.put(team.url("/pull-policy"), json={"refuse_severity": None, "refuse_sevrity": "x"}),
+        api(team.server, team.keys["member"]).post(
+            "/auth/tokens", json={"expires_in": 600, "expires": 60}
+        ),
+        api(team.server).post(
+            "/session",
+            json={"user": team.users["member"], "password": PASSWORD, "remember": True},
+        ),
+    ]
+    for response, field in zip(
+        refused, ("quota", "refuse_sevrity", "expires", "remember"), strict=True
+    ):
+        assert_problem(response, 422, fields=(field,), code="VALIDATION_FAILED")
+    assert ok(admin.get(team.url()))["quota_is_default"] is True
+
+
+def test_a_date_alone_as_a_key_expiry_is_the_end_of_that_day(team: Team) -> None:
+    created = ok(team["member"].post(team.url("/keys"), json={"expires_at": "2027-06-01"}), 201)
+    assert created["expires_at"] in ("2027-06-01T23:59:59Z", "2027-06-01T23:59:59+00:00")
+    # A time says the moment itself, a zone how to read it.
+    created = ok(
+        team["reader"].post(team.url("/keys"), json={"expires_at": "2027-06-01T12:00:00+02:00"}),
+        201,
+    )
+    assert created["expires_at"] in ("2027-06-01T10:00:00Z", "2027-06-01T10:00:00+00:00")
+    assert_problem(
+        team["reader"].post(team.url("/keys"), json={"expires_at": "2027-13-01"}),
+        422,
+        fields=("expires_at",),
+    )
