@@ -24,6 +24,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from berth import __version__
 from berth.api import problems
+from berth.api.bodies import JsonBodies
 from berth.api.session import SESSION_COOKIE, ConsoleSessions
 from berth.asgi_headers import adding_headers
 
@@ -128,6 +129,7 @@ def create_api() -> FastAPI:
         responses=problems.responses(401, 403, 422),
     )
     problems.install(api)
+    api.add_middleware(JsonBodies)
     api.add_middleware(ConsoleSessions)
     api.add_middleware(PrivateAnswers)
     for router in routers():

@@ -1,8 +1,11 @@
-"""The base of every request body the API reads."""
+"""Request bodies: the base of every body model, and the one media type bodies take."""
 
 from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from berth.api.problems import problem
 
 
 class RequestBody(BaseModel):
@@ -14,3 +17,44 @@ class RequestBody(BaseModel):
     string for a date or an enumeration: such fields say `Field(strict=False)`."""
 
     model_config = ConfigDict(extra="forbid", strict=True)
+
+
+JSON_TYPES = ("application/json",)
+
+
+def is_json(content_type: str) -> bool:
+    """`application/json` or a `+json` type, parameters (`; charset=utf-8`) aside."""
+    essence = content_type.split(";", 1)[0].strip().lower()
+    return essence in JSON_TYPES or (
+        essence.startswith("application/") and essence.endswith("+json")
+    )
+
+
+class JsonBodies:
+    """Every request body of the API is JSON: one sent as another type (a form, `text/plain`)
+    is refused with 415 before it is read, rather than failing as a body of the wrong shape
+    (or being ignored, by an operation that takes none)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            headers = dict(scope["headers"])
+            content_type = headers.get(b"content-type", b"").decode("latin-1")
+            has_body = headers.get(b"content-length", b"0") not in (b"0", b"") or (
+                b"transfer-encoding" in headers
+            )
+            if has_body and content_type and not is_json(content_type):
+                answer = problem(
+                    415,
+                    f"the body is {content_type.split(';', 1)[0].strip()!r}: this API takes "
+                    "JSON bodies (Content-Type: application/json)",
+                    "UNSUPPORTED_MEDIA_TYPE",
+                    headers={"Accept-Post": "application/json"}
+                    if scope["method"] == "POST"
+                    else None,
+                )
+                await answer(scope, receive, send)
+                return
+        await self.app(scope, receive, send)

@@ -157,6 +157,13 @@ async def _registry_problem(request: Request, exc: Exception) -> Response:
 async def _http_problem(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, StarletteHTTPException)
     codes = {404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED"}
+    if exc.status_code == 400 and isinstance(exc.__cause__, UnicodeDecodeError):
+        # FastAPI's answer to a body that is not UTF-8: as undecodable as invalid JSON.
+        where = exc.__cause__.start
+        message = f"the body is not valid JSON: it is not UTF-8 (byte {where} of the body)"
+        return problem(
+            422, f"body: {message}", "VALIDATION_FAILED", [{"field": "body", "message": message}]
+        )
     detail = exc.detail if isinstance(exc.detail, str) else TITLES.get(exc.status_code, "Error")
     if exc.status_code == 404:
         detail = f"no API endpoint at {request.url.path}"
@@ -194,6 +201,10 @@ def document_problems(schema: dict[str, Any]) -> dict[str, Any]:
     problem_ref = {"$ref": "#/components/schemas/Problem"}
     for operations in schema.get("paths", {}).values():
         for operation in operations.values():
+            if "requestBody" in operation:
+                operation["responses"].setdefault(
+                    "415", {"description": "the body is not JSON (`Content-Type`)"}
+                )
             for status, answer in operation.get("responses", {}).items():
                 if str(status)[0] not in "45":
                     continue

@@ -74,3 +74,47 @@ def test_a_date_alone_as_a_key_expiry_is_the_end_of_that_day(team: Team) -> None
         422,
         fields=("expires_at",),
     )
+
+
+def test_a_body_that_is_not_utf8_is_invalid_json_as_any_other(shared_team: Team) -> None:
+    admin = shared_team.admin
+    url = shared_team.url("/pull-policy")
+    json_type = {"Content-Type": "application/json"}
+    for body in (b"\xff", b'{"refuse_severity": "hi\xff"}', b"{bad"):
+        answer = assert_problem(
+            admin.put(url, content=body, headers=json_type),
+            422,
+            fields=("body",),
+            code="VALIDATION_FAILED",
+        )
+        assert "not valid JSON" in answer["errors"][0]["message"], answer
+    assert "UTF-8" in admin.put(url, content=b"\xff", headers=json_type).json()["detail"]
+
+
+def test_a_body_of_another_media_type_is_refused(shared_team: Team) -> None:
+    admin = shared_team.admin
+    body = b'{"name": "sent-as-text"}'
+    for content_type in ("text/plain", "application/x-www-form-urlencoded", "application/xml"):
+        answer = assert_problem(
+            admin.post(
+                shared_team.url("/repositories"),
+                content=body,
+                headers={"Content-Type": content_type},
+            ),
+            415,
+            code="UNSUPPORTED_MEDIA_TYPE",
+        )
+        assert content_type in answer["detail"]
+    assert admin.get(shared_team.repo_url(repository="sent-as-text")).status_code == 404
+    # JSON under its own type (with a charset, or a +json type) is read as before.
+    ok(
+        admin.post(
+            shared_team.url("/repositories"),
+            content=b'{"name": "sent-as-json"}',
+            headers={"Content-Type": "application/json; charset=utf-8"},
+        ),
+        201,
+    )
+    document = ok(api(shared_team.server).get("/openapi.json"))
+    create = document["paths"]["/projects/{project}/repositories"]["post"]
+    assert "415" in create["responses"]
