@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Mount, Route
@@ -21,7 +22,7 @@ from berth.asgi_headers import adding_headers
 from berth.auth.routes import routes as auth_routes
 from berth.config import Settings, load_settings
 from berth.console.routes import routes as console_routes
-from berth.domain.errors import HostInvalid, RegistryError
+from berth.domain.errors import HostInvalid, RegistryError, Unsupported
 from berth.domain.names import normalized_host
 from berth.limits import ANSWERED, RequestLimits
 from berth.observability import logs, metrics
@@ -149,6 +150,21 @@ async def _registry_error(request: Request, exc: Exception) -> Response:
     return error_response(exc)
 
 
+async def _unrouted(request: Request, exc: Exception) -> Response:
+    """A path no route took, in the format of the surface it is under. Starlette's `path`
+    convertor (the API's mount, `/v2/{name:path}`) matches `.*`, which stops at a newline: a
+    path with `%0A` in it passes them all by and would get the router's plain-text 404."""
+    assert isinstance(exc, HTTPException)
+    path = request.url.path
+    if path == MOUNT_PATH or path.startswith(f"{MOUNT_PATH}/"):
+        return problem(404, f"no API endpoint at {path}", "NOT_FOUND")
+    if path == "/v2" or path.startswith("/v2/"):
+        return await _registry_error(
+            request, Unsupported(f"no registry endpoint at {path}", status=404)
+        )
+    return PlainTextResponse(exc.detail, exc.status_code, headers=exc.headers)
+
+
 def create_app(settings: Settings | None = None) -> Starlette:
     settings = settings or load_settings()
     logs.configure(settings.log_format, settings.log_level)
@@ -192,7 +208,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
             Mount(MOUNT_PATH, app=api),  # after /v2: the registry's hot path is matched first
             *console_routes(),
         ],
-        exception_handlers={RegistryError: _registry_error},
+        exception_handlers={RegistryError: _registry_error, 404: _unrouted},
         lifespan=lifespan,
     )
     if settings.pull_fast_path:

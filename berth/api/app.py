@@ -20,7 +20,7 @@ from fastapi.routing import APIRoute
 from fastapi.staticfiles import StaticFiles
 from starlette.responses import HTMLResponse
 from starlette.routing import BaseRoute, Mount, Route
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from berth import __version__
 from berth.api import problems
@@ -87,6 +87,27 @@ class PrivateAnswers:
         await self.app(scope, receive, adding_headers(send, self.HEADERS, defaults))
 
 
+class HeadAsGet:
+    """HEAD is answered as GET without the body, as HTTP asks of a resource that takes GET
+    (FastAPI's routes, unlike Starlette's, take only the methods they name)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] != "HEAD":
+            await self.app(scope, receive, send)
+            return
+
+        async def without_body(message: Message) -> None:
+            if message["type"] == "http.response.body":
+                message = {**message, "body": b""}
+            await send(message)
+
+        scope["method"] = "GET"  # in place: the request's log line and metrics name its route
+        await self.app(scope, receive, without_body)
+
+
 def _named_in_scope(route: BaseRoute, app: ASGIApp) -> ASGIApp:
     async def answer(scope: Scope, receive: Receive, send: Send) -> None:
         scope["route"] = route
@@ -132,6 +153,7 @@ def create_api() -> FastAPI:
     api.add_middleware(JsonBodies)
     api.add_middleware(ConsoleSessions)
     api.add_middleware(PrivateAnswers)
+    api.add_middleware(HeadAsGet)
     for router in routers():
         api.include_router(router)
 

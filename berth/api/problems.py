@@ -23,12 +23,14 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse, Response
+from starlette.routing import Match
 
 from berth.domain.errors import Conflict, InvalidValue, RegistryError
 from berth.domain.names import PROJECT_NAME_RULE
 from berth.observability.requests import with_request_id
 
 PROBLEM_TYPE = "application/problem+json"
+METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE")
 
 TITLES = {
     400: "Bad request",
@@ -157,6 +159,9 @@ async def _registry_problem(request: Request, exc: Exception) -> Response:
 async def _http_problem(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, StarletteHTTPException)
     codes = {404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED"}
+    headers = dict(exc.headers) if exc.headers else {}
+    if exc.status_code == 405:
+        headers["Allow"] = ", ".join(allowed_methods(request))
     if exc.status_code == 400 and isinstance(exc.__cause__, UnicodeDecodeError):
         # FastAPI's answer to a body that is not UTF-8: as undecodable as invalid JSON.
         where = exc.__cause__.start
@@ -171,8 +176,26 @@ async def _http_problem(request: Request, exc: Exception) -> Response:
         exc.status_code,
         detail,
         codes.get(exc.status_code, "HTTP_ERROR"),
-        headers=dict(exc.headers) if exc.headers else None,
+        headers=headers or None,
     )
+
+
+def allowed_methods(request: Request) -> list[str]:
+    """Every method some route takes at the request's path. The router's 405 names only the
+    methods of the first route whose path matched (`PUT /projects/p1`: GET, not DELETE).
+    Each method is tried as a request of its own, since FastAPI's included routers match a
+    path only together with a method."""
+    allowed = [
+        method
+        for method in METHODS
+        if any(
+            route.matches({**request.scope, "method": method})[0] == Match.FULL
+            for route in request.app.routes
+        )
+    ]
+    if "GET" in allowed:
+        allowed.insert(allowed.index("GET") + 1, "HEAD")  # answered as GET (berth.api.app)
+    return allowed
 
 
 async def _server_problem(request: Request, exc: Exception) -> Response:

@@ -118,3 +118,45 @@ def test_a_body_of_another_media_type_is_refused(shared_team: Team) -> None:
     document = ok(api(shared_team.server).get("/openapi.json"))
     create = document["paths"]["/projects/{project}/repositories"]["post"]
     assert "415" in create["responses"]
+
+
+def test_a_path_no_route_takes_answers_in_the_format_of_its_surface(shared_team: Team) -> None:
+    admin = shared_team.admin
+    for path in (
+        shared_team.url("/repositories/a%0Ab/tags"),
+        shared_team.url("/repositories/a%0A"),
+        "/projects%0A",
+        "/no-such-thing",
+    ):
+        assert "no API endpoint" in assert_problem(admin.get(path), 404, code="NOT_FOUND")["detail"]
+    registry = shared_team.registry()
+    for path in (f"/v2/{shared_team.project}/tools%0A/tags/list", "/v2/a%0Ab/manifests/latest"):
+        answer = registry.get(path)
+        assert answer.status_code == 404 and answer.headers["content-type"].startswith(
+            "application/json"
+        ), (path, answer.headers, answer.text)
+        [error] = answer.json()["errors"]
+        assert error["code"] and error["message"], answer.text
+
+
+def test_405_lists_every_method_of_the_path_and_head_is_get_without_a_body(
+    shared_team: Team,
+) -> None:
+    admin = shared_team.admin
+    expected = {
+        shared_team.url(): "GET, HEAD, DELETE",
+        shared_team.repo_url(): "GET, HEAD, PATCH, DELETE",
+        "/projects": "GET, HEAD, POST",
+    }
+    for path, allow in expected.items():
+        answer = admin.request("PUT" if path != "/projects" else "PATCH", path, json={})
+        assert_problem(answer, 405, code="METHOD_NOT_ALLOWED")
+        assert answer.headers["allow"] == allow, (path, answer.headers)
+    got = admin.get(shared_team.url())
+    head = admin.head(shared_team.url())
+    assert head.status_code == 200 and head.content == b""
+    assert head.headers["content-type"] == got.headers["content-type"]
+    assert head.headers["content-length"] == got.headers["content-length"]
+    # Refused as GET is: same status, no body.
+    assert api(shared_team.server).head(shared_team.url()).status_code == 401
+    assert admin.head("/no-such-thing").status_code == 404
