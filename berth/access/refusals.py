@@ -10,9 +10,11 @@ from berth.access.policy import Principal
 from berth.domain.errors import Denied, RegistryError, Unauthorized
 
 TOKEN_PATH = "/auth/token"
-# The management API's challenge: it takes Basic credentials or an API token, and has no
-# token endpoint to send a client to.
-API_REALM = 'Bearer realm="berth-api"'
+# The management API's challenges: it takes Basic credentials (an access key, or a user's
+# password) or an API token, and has no token endpoint to send a client to.
+API_BASIC_CHALLENGE = 'Basic realm="berth-api", charset="UTF-8"'
+API_BEARER_CHALLENGE = 'Bearer realm="berth-api"'
+API_REALM = f"{API_BASIC_CHALLENGE}, {API_BEARER_CHALLENGE}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,10 +47,12 @@ class Realm:
         return error
 
 
-def api_unauthorized(message: str) -> Unauthorized:
-    """UNAUTHORIZED from the management API."""
+def api_unauthorized(message: str, *, offer_basic: bool = True) -> Unauthorized:
+    """UNAUTHORIZED from the management API, offering both ways in; without Basic for a
+    browser's script (the console, the API's documentation), on which a browser would put
+    up its own password dialog."""
     error = Unauthorized(message)
-    error.headers["WWW-Authenticate"] = API_REALM
+    error.headers["WWW-Authenticate"] = API_REALM if offer_basic else API_BEARER_CHALLENGE
     return error
 
 

@@ -157,6 +157,14 @@ class ApiCaller:
         return self.principal.user
 
 
+def unauthorized(request: Request, message: str) -> Unauthorized:
+    """401 with the API's challenges; a request a browser's script sent (`Sec-Fetch-Mode`
+    other than a navigation's) is not offered Basic, which would bring up the browser's own
+    password dialog over the console."""
+    from_script = request.headers.get("sec-fetch-mode", "navigate") != "navigate"
+    return api_unauthorized(message, offer_basic=not from_script)
+
+
 async def password_principal(
     services: Services, request: Request, user: str, password: str, through: SignInPath
 ) -> Principal:
@@ -165,7 +173,7 @@ async def password_principal(
     try:
         return await services.authenticator.login_password(user, password, client, through)
     except Unauthorized as exc:
-        raise api_unauthorized(exc.message) from None
+        raise unauthorized(request, exc.message) from None
 
 
 async def authenticate(request: Request, services: Services) -> ApiCaller | None:
@@ -185,7 +193,7 @@ async def authenticate(request: Request, services: Services) -> ApiCaller | None
             session=session if isinstance(session, Principal) else None,
         )
     except Unauthorized as exc:
-        raise api_unauthorized(exc.message) from None
+        raise unauthorized(request, exc.message) from None
     if identified.principal is None:
         return None
     note_principal(request, identified.principal)
@@ -196,9 +204,10 @@ async def current_caller(request: Request, services: ServicesDep) -> ApiCaller:
     """The authenticated caller; 401 without credentials."""
     caller = await authenticate(request, services)
     if caller is None:
-        raise api_unauthorized(
+        raise unauthorized(
+            request,
             "authentication required: send an access key (Basic), an API token (Bearer) or "
-            "sign in to the console"
+            "sign in to the console",
         )
     return caller
 

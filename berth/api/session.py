@@ -24,9 +24,8 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from berth.access.identify import SignInPath
-from berth.access.refusals import api_unauthorized
 from berth.api.bodies import RequestBody
-from berth.api.deps import SESSION_SCOPE_KEY, ServicesDep, password_principal
+from berth.api.deps import SESSION_SCOPE_KEY, ServicesDep, password_principal, unauthorized
 from berth.api.problems import problem, responses
 from berth.auth.guard import client_address
 from berth.domain.errors import Denied, Unavailable
@@ -176,7 +175,9 @@ def _cookie(request: Request, value: str, max_age: int) -> str:
 def _current(request: Request) -> ConsoleSession:
     session = request.scope.get(SESSION_RECORD_KEY)
     if not isinstance(session, ConsoleSession):
-        raise api_unauthorized("not signed in to the console (or the session ended): POST /session")
+        raise unauthorized(
+            request, "not signed in to the console (or the session ended): POST /session"
+        )
     return session
 
 

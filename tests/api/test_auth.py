@@ -87,7 +87,8 @@ def test_every_endpoint_needs_credentials(shared_team: Team, method: str, path: 
         values = {**PATH_VALUES, "project": shared_team.project}
         response = client.request(method, path.format(**values), json={})
         body = assert_problem(response, 401, code="UNAUTHORIZED")
-        assert response.headers["WWW-Authenticate"].startswith("Bearer")
+        challenges = response.headers["WWW-Authenticate"]
+        assert challenges.startswith("Basic ") and ", Bearer " in challenges, challenges
         # The console's session answers in its own words; every other endpoint in one phrase.
         expected = "not signed in" if path == "/session" else "authentication required"
         assert expected in body["detail"]

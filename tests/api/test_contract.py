@@ -160,3 +160,19 @@ def test_405_lists_every_method_of_the_path_and_head_is_get_without_a_body(
     # Refused as GET is: same status, no body.
     assert api(shared_team.server).head(shared_team.url()).status_code == 401
     assert admin.head("/no-such-thing").status_code == 404
+
+
+def test_401_offers_basic_and_bearer_but_no_basic_to_a_browser_script(shared_team: Team) -> None:
+    anonymous = api(shared_team.server)
+    wrong_key = api(shared_team.server, ("BKNOTAKEY0000000000", "wrong"))
+    for answer in (anonymous.get("/projects"), wrong_key.get(shared_team.url())):
+        assert_problem(answer, 401, code="UNAUTHORIZED")
+        assert answer.headers["WWW-Authenticate"] == (
+            'Basic realm="berth-api", charset="UTF-8", Bearer realm="berth-api"'
+        )
+    # The console's requests: a Basic challenge would bring up the browser's password dialog.
+    script = {"Sec-Fetch-Mode": "cors", "Sec-Fetch-Dest": "empty"}
+    for path in ("/session", "/projects"):
+        answer = anonymous.get(path, headers=script)
+        assert_problem(answer, 401)
+        assert answer.headers["WWW-Authenticate"] == 'Bearer realm="berth-api"'
