@@ -408,13 +408,31 @@ class Repositories:
             changes["scan_mode"] = audited["scan_mode"] = scan_mode
         async with self.db.write() as conn:
             project_id = await require_project(conn, project)
-            result = await conn.execute(
-                repositories.update()
-                .where(repositories.c.project_id == project_id, repositories.c.name == name)
-                .values(**changes, updated_at=utcnow())
+            this_repository = (repositories.c.project_id == project_id) & (
+                repositories.c.name == name
             )
-            if result.rowcount == 0:
+            current = (
+                await conn.execute(
+                    select(
+                        *(repositories.c[column] for column in changes), repositories.c.id
+                    ).where(this_repository)
+                )
+            ).first()
+            if current is None:
                 raise NameUnknown(f"repository {project}/{name} does not exist")
+            # updated_at says when a setting last changed: a PATCH of settings as they are
+            # (or of none) leaves it, and so the order of `sort=updated_at`.
+            changed = {
+                column: value
+                for column, value in changes.items()
+                if current._mapping[column] != value
+            }
+            if changed:
+                await conn.execute(
+                    repositories.update()
+                    .where(this_repository)
+                    .values(**changed, updated_at=utcnow())
+                )
             if audited:
                 await write_audit_entry(
                     conn,

@@ -4,6 +4,8 @@ document that lists what the server answers."""
 
 from __future__ import annotations
 
+import time
+
 from tests.api.conftest import PASSWORD, Team, api, assert_problem, ok
 from tests.servers import ADMIN_PASSWORD
 
@@ -176,3 +178,16 @@ def test_401_offers_basic_and_bearer_but_no_basic_to_a_browser_script(shared_tea
         answer = anonymous.get(path, headers=script)
         assert_problem(answer, 401)
         assert answer.headers["WWW-Authenticate"] == 'Bearer realm="berth-api"'
+
+
+def test_a_patch_that_changes_nothing_leaves_updated_at(team: Team) -> None:
+    member = team["member"]
+    before = ok(member.get(team.repo_url()))
+    time.sleep(0.01)
+    for unchanged in ({}, {"tag_overwrite": before["tag_overwrite"]}, {"name": team.repository}):
+        assert (
+            ok(member.patch(team.repo_url(), json=unchanged))["updated_at"] == before["updated_at"]
+        )
+    assert ok(member.get(team.repo_url()))["updated_at"] == before["updated_at"]
+    changed = ok(member.patch(team.repo_url(), json={"description": "changed"}))
+    assert changed["updated_at"] > before["updated_at"]
