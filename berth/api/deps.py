@@ -43,6 +43,7 @@ from berth.access.policy import Principal, project_access
 from berth.access.refusals import api_unauthorized
 from berth.auth.guard import client_address, note_principal
 from berth.domain.descriptions import TEXT_PATTERN, search_problem
+from berth.domain.digests import DIGEST_PATTERN, DIGEST_RULE
 from berth.domain.errors import Denied, NameUnknown, Unauthorized
 from berth.domain.names import (
     IMAGE_PATH_PATTERN,
@@ -61,7 +62,6 @@ from berth.state import Services
 # ---------------------------------------------------------------- names in paths and queries
 
 # Names' patterns are their grammars' own (berth.domain.names), as the services check them.
-DIGEST_PATTERN = r"^[a-z0-9]+(?:[+._-][a-z0-9]+)*:[a-zA-Z0-9=_-]+$"
 
 
 def follows(problem: Callable[[str], str | None]) -> AfterValidator:
@@ -96,7 +96,7 @@ UserName = Annotated[
     Path(pattern=USER_NAME_PATTERN, max_length=MAX_USER_NAME_LENGTH, description="user name"),
 ]
 KeyId = Annotated[str, Path(pattern=KEY_ID_PATTERN, description="access key ID")]
-Digest = Annotated[str, Path(pattern=DIGEST_PATTERN, max_length=160, description="digest")]
+Digest = Annotated[str, Path(pattern=DIGEST_PATTERN, description=f"manifest digest: {DIGEST_RULE}")]
 TagName = Annotated[str, Path(pattern=TAG_PATTERN, description="tag")]
 ImageFilter = Annotated[
     str | None,

@@ -14,7 +14,6 @@ from pydantic import BaseModel, Field
 
 from berth.api.bodies import RequestBody
 from berth.api.deps import (
-    DIGEST_PATTERN,
     Digest,
     ImageFilter,
     ImageName,
@@ -28,6 +27,7 @@ from berth.api.deps import (
 )
 from berth.api.problems import responses
 from berth.auth.guard import client_address
+from berth.domain.digests import DIGEST_PATTERN, DIGEST_RULE
 from berth.domain.names import IMAGE_PATH_PATTERN, TAG_PATTERN
 from berth.services.image_records import Event, Image, ImageDetail, Tag
 
@@ -166,7 +166,9 @@ async def history(
     paging: PagingDep,
     image: ImageFilter = None,
     tag: Annotated[str | None, Query(pattern=TAG_PATTERN)] = None,
-    digest: Annotated[str | None, Query(pattern=DIGEST_PATTERN, max_length=160)] = None,
+    digest: Annotated[
+        str | None, Query(pattern=DIGEST_PATTERN, description=f"manifest digest: {DIGEST_RULE}")
+    ] = None,
 ) -> Page[Event]:
     """Image and tag history of the repository, newest first: every push, tag, untag, tag
     move, delete and restore with who did it, when, and the old and new digest."""

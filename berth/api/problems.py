@@ -25,6 +25,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Match
 
+from berth.domain.digests import DIGEST_RULE
 from berth.domain.errors import Conflict, InvalidValue, RegistryError
 from berth.domain.names import PROJECT_NAME_RULE
 from berth.observability.requests import with_request_id
@@ -122,6 +123,8 @@ def _form_problem(field: str) -> str:
     last = field.rsplit(".", 1)[-1]
     if last == "project":
         return f"not a project name: {PROJECT_NAME_RULE}"
+    if last == "digest":
+        return f"not a digest: {DIGEST_RULE}"
     if last in ("repository", "name", "user"):
         return "use lowercase letters and digits, with '.', '_', '__' or '-' between them"
     return "this value does not have the form this field takes (see the API documentation)"

@@ -11,6 +11,13 @@ from berth.domain.errors import DigestInvalid
 
 _HEX_LENGTHS = {"sha256": 64, "sha512": 128}
 _DIGEST_RE = re.compile(r"(sha256|sha512):([a-f0-9]+)")
+# The same grammar as one regular expression, for schemas (the API's paths and queries).
+DIGEST_PATTERN = (
+    "^(?:"
+    + "|".join(f"{name}:[a-f0-9]{{{length}}}" for name, length in _HEX_LENGTHS.items())
+    + ")$"
+)
+DIGEST_RULE = "sha256:<64 lowercase hex digits> or sha512:<128 lowercase hex digits>"
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,7 +40,7 @@ def parse_digest(value: str) -> Digest:
     match = _DIGEST_RE.fullmatch(value)
     if match is None or len(match.group(2)) != _HEX_LENGTHS[match.group(1)]:
         raise DigestInvalid(
-            f"invalid digest {value!r}: expected sha256:<64 hex> or sha512:<128 hex>",
+            f"invalid digest {value!r}: expected {DIGEST_RULE}",
             {"digest": value},
         )
     return Digest(match.group(1), match.group(2))

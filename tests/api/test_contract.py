@@ -191,3 +191,28 @@ def test_a_patch_that_changes_nothing_leaves_updated_at(team: Team) -> None:
     assert ok(member.get(team.repo_url()))["updated_at"] == before["updated_at"]
     changed = ok(member.patch(team.repo_url(), json={"description": "changed"}))
     assert changed["updated_at"] > before["updated_at"]
+
+
+def test_a_malformed_digest_is_refused_alike_by_every_operation(shared_team: Team) -> None:
+    admin = shared_team.admin
+    base = shared_team.repo_url()
+    for digest in ("sha256:abc", "sha256:" + "A" * 64, "md5:" + "a" * 32, "sha512:" + "a" * 64):
+        for method, path, params in (
+            ("GET", f"/images/{digest}", {}),
+            ("DELETE", f"/images/{digest}", {}),
+            ("GET", f"/images/{digest}/scan", {}),
+            ("POST", f"/images/{digest}/scan", {}),
+            ("GET", f"/images/{digest}/sbom", {}),
+            ("POST", f"/images/{digest}/sbom/referrer", {}),
+            ("GET", "/history", {"digest": digest}),
+        ):
+            answer = assert_problem(
+                admin.request(method, base + path, params=params), 422, code="VALIDATION_FAILED"
+            )
+            [error] = answer["errors"]
+            assert error["field"] in ("path.digest", "query.digest"), answer
+            assert "sha256:<64 lowercase hex digits>" in error["message"], answer
+    document = ok(api(shared_team.server).get("/openapi.json"))
+    show = document["paths"]["/projects/{project}/repositories/{repository}/images/{digest}"]
+    [digest_parameter] = [p for p in show["get"]["parameters"] if p["name"] == "digest"]
+    assert "sha256:[a-f0-9]{64}" in digest_parameter["schema"]["pattern"]
