@@ -109,7 +109,7 @@ async def _key(ctx: ProjectContext, key_id: str) -> AccessKey:
     raise NameUnknown(f"access key {key_id} does not exist in project {ctx.project!r}")
 
 
-@router.get("/keys", tags=["access keys"])
+@router.get("/keys", tags=["access keys"], responses=responses(404))
 async def list_keys(
     ctx: AnyRoleProject,
     user: Annotated[
@@ -192,7 +192,7 @@ class GrantRequest(RequestBody):
     role: RepositoryRole = Field(strict=False, description="member: push and pull; viewer: pull")
 
 
-@router.get("/members", tags=["members"])
+@router.get("/members", tags=["members"], responses=responses(404))
 async def list_members(ctx: ReadProject) -> list[Member]:
     return await ctx.services.identity.members.list_members(ctx.project)
 
@@ -270,7 +270,7 @@ class AuditEntry(BaseModel):
     client: str | None
 
 
-@router.get("/audit", tags=["audit"])
+@router.get("/audit", tags=["audit"], responses=responses(404))
 async def audit(ctx: AdminProject, paging: PagingDep) -> Page[AuditEntry]:
     """The project's audit log, newest first: logins, keys, roles, repository changes, image
     and tag deletes and tag restores (project admins)."""

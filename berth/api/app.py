@@ -27,6 +27,7 @@ from berth.api import problems
 from berth.api.bodies import JsonBodies
 from berth.api.session import SESSION_COOKIE, ConsoleSessions
 from berth.asgi_headers import adding_headers
+from berth.config import Settings
 
 MOUNT_PATH = "/api/v1"
 # Routers in the order their endpoints appear in the document.
@@ -139,6 +140,21 @@ def routers() -> list[APIRouter]:
     return found
 
 
+def _with_settings(schema: dict[str, Any], api: FastAPI) -> dict[str, Any]:
+    """State the bounds that are the server's settings (the document is built once the
+    server runs; the defaults without one)."""
+    services = getattr(api.state, "services", None)
+    settings = services.settings if services is not None else Settings()
+    traffic = schema["paths"]["/projects/{project}/traffic"]["get"]
+    [days] = [p for p in traffic["parameters"] if p["name"] == "days"]
+    days["schema"]["maximum"] = settings.traffic_retention_days
+    expires_in = schema["components"]["schemas"]["TokenRequest"]["properties"]["expires_in"]
+    for alternative in expires_in.get("anyOf", [expires_in]):
+        if alternative.get("type") == "integer":
+            alternative["maximum"] = settings.api_token_ttl
+    return schema
+
+
 def create_api() -> FastAPI:
     api = FastAPI(
         title="Berth management API",
@@ -188,7 +204,7 @@ def create_api() -> FastAPI:
                 },
             }
             schema["security"] = [{"accessKey": []}, {"apiToken": []}, {"consoleSession": []}]
-            api.openapi_schema = problems.document_problems(schema)
+            api.openapi_schema = problems.document_problems(_with_settings(schema, api))
         return api.openapi_schema
 
     api.openapi = openapi  # type: ignore[method-assign]

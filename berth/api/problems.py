@@ -220,26 +220,60 @@ def responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
     }
 
 
+# Answers many operations share, described once (`components.responses`) and referenced.
+SHARED_ANSWERS = {
+    "LoginThrottled": (
+        429,
+        "too many failed sign-ins from this address: Basic credentials (and passwords) are "
+        "refused for a while; `Retry-After` says how long",
+    ),
+    "BodyTooLarge": (413, "the body is over the server's limit for this path"),
+    "NotJson": (415, "the body is not JSON (`Content-Type`)"),
+    "Unavailable": (
+        503,
+        "the database is busy or unreachable (or the server is in maintenance); try again "
+        "after `Retry-After` seconds",
+    ),
+}
+
+
+def _shared(name: str) -> tuple[str, dict[str, str]]:
+    return str(SHARED_ANSWERS[name][0]), {"$ref": f"#/components/responses/{name}"}
+
+
 def document_problems(schema: dict[str, Any]) -> dict[str, Any]:
     """Make the OpenAPI document say what is sent: every 4xx/5xx answer is a `Problem` as
     `application/problem+json` (FastAPI would document `application/json`, and its own
-    validation error shape for 422)."""
+    validation error shape for 422); and list the answers many operations share: 429 where
+    Basic credentials are taken (the login throttle), 413 and 415 where a body is, 503
+    everywhere (every operation reads the database)."""
     problem_ref = {"$ref": "#/components/schemas/Problem"}
+    problem_content = {PROBLEM_TYPE: {"schema": problem_ref}}
+    components = schema.setdefault("components", {})
+    components["responses"] = {
+        name: {"description": description, "content": problem_content}
+        for name, (_, description) in SHARED_ANSWERS.items()
+    }
+    default_security = schema.get("security", [])
     for operations in schema.get("paths", {}).values():
         for operation in operations.values():
+            answers = operation.setdefault("responses", {})
+            for status, answer in answers.items():
+                if str(status)[0] in "45":
+                    answer["content"] = problem_content
+            shared = ["Unavailable"]
+            if any("accessKey" in way for way in operation.get("security", default_security)):
+                shared.append("LoginThrottled")
             if "requestBody" in operation:
-                operation["responses"].setdefault(
-                    "415", {"description": "the body is not JSON (`Content-Type`)"}
-                )
-            for status, answer in operation.get("responses", {}).items():
-                if str(status)[0] not in "45":
-                    continue
-                answer["content"] = {PROBLEM_TYPE: {"schema": problem_ref}}
-    components = schema.setdefault("components", {}).setdefault("schemas", {})
-    components.pop("HTTPValidationError", None)
-    components.pop("ValidationError", None)
-    if "Problem" not in components:
+                shared += ["BodyTooLarge", "NotJson"]
+            for name in shared:
+                status, reference = _shared(name)
+                answers.setdefault(status, reference)
+    schemas = components.setdefault("schemas", {})
+    schemas.pop("HTTPValidationError", None)
+    schemas.pop("ValidationError", None)
+    if "Problem" not in schemas:
         own = Problem.model_json_schema(ref_template="#/components/schemas/{model}")
-        components.update(own.pop("$defs", {}))
-        components["Problem"] = own
+        schemas.update(own.pop("$defs", {}))
+        schemas["Problem"] = own
     return schema

@@ -85,7 +85,14 @@ async def sbom(
     return Response(cyclonedx_json(name, digest, inventory), media_type=MEDIA_TYPE)
 
 
-@router.post("/sbom/referrer", status_code=201, responses=responses(404, 409))
+@router.post(
+    "/sbom/referrer",
+    status_code=201,
+    responses={
+        **responses(404, 409),
+        200: {"model": AttachedSbom, "description": "attached already: the same referrer"},
+    },
+)
 async def attach_sbom(
     ctx: ManageProject,
     repository: RepositoryName,

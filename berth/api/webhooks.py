@@ -40,6 +40,8 @@ DeliveryId = Annotated[int, Path(ge=1, le=2**31 - 1, description="delivery id")]
 # the schema lists the types.
 _EVENT_TYPE_ITEMS: dict[str, Any] = {"items": {"type": "string", "enum": list(EVENT_TYPES)}}
 _DESCRIPTION_BOUNDS: dict[str, Any] = {"maxLength": MAX_DESCRIPTION, "pattern": TEXT_PATTERN}
+# http or https (the scheme in any case, as URLs take it); the rest the service checks.
+_URL_BOUNDS: dict[str, Any] = {"maxLength": MAX_URL_LENGTH, "pattern": "^[Hh][Tt][Tt][Pp][Ss]?://"}
 
 
 class NewWebhook(RequestBody):
@@ -48,7 +50,7 @@ class NewWebhook(RequestBody):
     url: str = Field(
         description="http(s) URL the events are POSTed to; its host must resolve to public "
         "addresses unless the server allows private ones (webhook_allow_private)",
-        json_schema_extra={"maxLength": MAX_URL_LENGTH},
+        json_schema_extra=_URL_BOUNDS,
     )
     event_types: list[str] = Field(
         default_factory=list,
@@ -70,7 +72,7 @@ class NewWebhook(RequestBody):
 
 
 class WebhookChange(RequestBody):
-    url: str | None = Field(None, json_schema_extra={"maxLength": MAX_URL_LENGTH})
+    url: str | None = Field(None, json_schema_extra=_URL_BOUNDS)
     event_types: list[str] | None = Field(
         None, description="empty: every type", json_schema_extra=_EVENT_TYPE_ITEMS
     )

@@ -4,9 +4,10 @@ document that lists what the server answers."""
 
 from __future__ import annotations
 
+import re
 import time
 
-from tests.api.conftest import PASSWORD, Team, api, assert_problem, ok
+from tests.api.conftest import PASSWORD, PROBLEM, Team, api, assert_problem, ok
 from tests.servers import ADMIN_PASSWORD
 
 
@@ -216,3 +217,67 @@ def test_a_malformed_digest_is_refused_alike_by_every_operation(shared_team: Tea
     show = document["paths"]["/projects/{project}/repositories/{repository}/images/{digest}"]
     [digest_parameter] = [p for p in show["get"]["parameters"] if p["name"] == "digest"]
     assert "sha256:[a-f0-9]{64}" in digest_parameter["schema"]["pattern"]
+
+
+def test_the_openapi_document_lists_the_answers_every_operation_can_get(
+    shared_team: Team,
+) -> None:
+    document = ok(api(shared_team.server).get("/openapi.json"))
+    shared = document["components"]["responses"]
+    default_security = document["security"]
+    checked = 0
+    for path, operations in document["paths"].items():
+        for method, operation in operations.items():
+            where = f"{method.upper()} {path}"
+            answers = operation["responses"]
+            listed = set(answers)
+            security = operation.get("security", default_security)
+            if any("accessKey" in way for way in security):
+                assert {"401", "429"} <= listed, where
+            if "requestBody" in operation:
+                assert {"413", "415", "422"} <= listed, where
+            assert "503" in listed, where
+            for status, answer in answers.items():
+                if "$ref" in answer:
+                    answer = shared[answer["$ref"].removeprefix("#/components/responses/")]
+                if status[0] in "45":
+                    assert list(answer["content"]) == [PROBLEM], (where, status)
+            checked += 1
+    assert checked > 50
+    # The password sign-in is throttled as Basic credentials are.
+    assert "429" in document["paths"]["/session"]["post"]["responses"]
+
+
+def test_the_openapi_document_states_what_the_server_answers_and_enforces(
+    shared_team: Team,
+) -> None:
+    document = ok(api(shared_team.server).get("/openapi.json"))
+    paths = document["paths"]
+    server_admin = api(shared_team.server, ("admin", ADMIN_PASSWORD))
+    for listing in ("keys", "members", "audit"):
+        assert_problem(server_admin.get(f"/projects/p-none-{listing}/{listing}"), 404)
+        assert "404" in paths[f"/projects/{{project}}/{listing}"]["get"]["responses"], listing
+    referrer = paths["/projects/{project}/repositories/{repository}/images/{digest}/sbom/referrer"]
+    assert {"200", "201"} <= set(referrer["post"]["responses"])
+
+    [days] = [
+        p for p in paths["/projects/{project}/traffic"]["get"]["parameters"] if p["name"] == "days"
+    ]
+    assert days["schema"]["maximum"] == 124
+    ok(shared_team.admin.get(shared_team.url("/traffic"), params={"days": 124}))
+    assert_problem(
+        shared_team.admin.get(shared_team.url("/traffic"), params={"days": 125}),
+        422,
+        fields=("query.days",),
+    )
+    expires_in = document["components"]["schemas"]["TokenRequest"]["properties"]["expires_in"]
+    [as_integer] = [a for a in expires_in["anyOf"] if a.get("type") == "integer"]
+    assert as_integer["maximum"] == 12 * 3600
+    token = api(shared_team.server, shared_team.keys["member"])
+    assert ok(token.post("/auth/tokens", json={"expires_in": 12 * 3600}), 201)
+    assert_problem(
+        token.post("/auth/tokens", json={"expires_in": 12 * 3600 + 1}), 422, fields=("expires_in",)
+    )
+    url = document["components"]["schemas"]["NewWebhook"]["properties"]["url"]
+    assert re.match(url["pattern"], "HTTPS://hooks.example/x")
+    assert not re.match(url["pattern"], "ftp://hooks.example/x")
