@@ -56,6 +56,27 @@ MAX_INDEX_ENTRIES = 1024  # distinct entries of an index whose platform is kept
 _Derived = TypeVar("_Derived")
 
 
+# A manifest missing under the image asked for names the images it is under, up to this many.
+_IMAGES_NAMED = 5
+
+
+def _not_under(repo: RepositoryRef, image: str, digest: str, holders: list[str]) -> str:
+    """Why a manifest is not found: not in the repository at all, or under other images
+    (a manifest belongs to one image name: `?image=` says which)."""
+    where = f"image {image!r} of " if image else ""
+    missing = f"manifest {digest} is not in {where}repository {repo.project}/{repo.name}"
+    if not holders:
+        return missing
+    names = ", ".join(
+        repr(holder) if holder else "'' (the repository itself)"
+        for holder in holders[:_IMAGES_NAMED]
+    )
+    more = " and others" if len(holders) > _IMAGES_NAMED else ""
+    plural = "s" if len(holders) > 1 else ""
+    ask = f"pass ?image={holders[0]}" if holders[0] else "leave ?image= out"
+    return f"{missing}: it is under image{plural} {names}{more} ({ask})"
+
+
 class DigestCache(LRUCache[str, _Derived], Generic[_Derived]):
     """Small results derived from a manifest's content, by its digest: content-addressed, so
     an entry never goes stale and a manifest is read and parsed once while it stays cached.
@@ -169,9 +190,14 @@ class Images:
                 )
             ).first()
             if row is None:
-                where = f"image {image!r} of " if image else ""
+                elsewhere = await conn.execute(
+                    select(manifests.c.image)
+                    .where(manifests.c.repository_id == repo.id, manifests.c.digest == digest)
+                    .order_by(manifests.c.image)
+                    .limit(_IMAGES_NAMED + 1)
+                )
                 raise ManifestUnknown(
-                    f"manifest {digest} is not in {where}repository {repo.project}/{repo.name}",
+                    _not_under(repo, image, digest, [str(other) for other in elsewhere.scalars()]),
                     {"digest": digest},
                 )
             parents = await conn.execute(

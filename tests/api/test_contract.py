@@ -7,7 +7,7 @@ from __future__ import annotations
 import re
 import time
 
-from tests.api.conftest import PASSWORD, PROBLEM, Team, api, assert_problem, ok
+from tests.api.conftest import PASSWORD, PROBLEM, Team, api, assert_problem, ok, push_image
 from tests.servers import ADMIN_PASSWORD
 
 
@@ -281,3 +281,17 @@ def test_the_openapi_document_states_what_the_server_answers_and_enforces(
     url = document["components"]["schemas"]["NewWebhook"]["properties"]["url"]
     assert re.match(url["pattern"], "HTTPS://hooks.example/x")
     assert not re.match(url["pattern"], "ftp://hooks.example/x")
+
+
+def test_a_manifest_asked_for_under_another_image_says_which_image_holds_it(team: Team) -> None:
+    with team.registry() as registry:
+        manifest = push_image(registry, team.oci_name("multi"), "v1")
+    images = team["reader"]
+    url = team.repo_url(f"/images/{manifest.digest}")
+    missing = assert_problem(images.get(url), 404, code="MANIFEST_UNKNOWN")["detail"]
+    assert "under image 'multi'" in missing and "pass ?image=multi" in missing, missing
+    assert ok(images.get(url, params={"image": "multi"}))["digest"] == manifest.digest
+    elsewhere = assert_problem(images.get(url, params={"image": "other"}), 404)["detail"]
+    assert "pass ?image=multi" in elsewhere, elsewhere
+    unknown = team.repo_url("/images/sha256:" + "0" * 64)
+    assert "under image" not in assert_problem(images.get(unknown), 404)["detail"]
