@@ -107,9 +107,13 @@ def send_large_body(server: BerthServer, path: str, size: int, chunked: bool) ->
     """POST `size` bytes anonymously, as fast as the server takes them; the response."""
     sock = connect(server)
     framing = "Transfer-Encoding: chunked" if chunked else f"Content-Length: {size}"
+    # The type each endpoint reads (the API refuses any other with 415, before reading).
+    media_type = (
+        "application/json" if path.startswith("/api/") else "application/x-www-form-urlencoded"
+    )
     head = (
         f"POST {path} HTTP/1.1\r\nHost: {server.address}\r\n{framing}\r\n"
-        "Content-Type: application/x-www-form-urlencoded\r\n\r\n"
+        f"Content-Type: {media_type}\r\n\r\n"
     )
     response: list[bytes] = []
     reader = threading.Thread(target=lambda: response.append(read_response(sock)))
