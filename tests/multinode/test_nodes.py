@@ -172,7 +172,7 @@ def test_containerd_pushes_a_large_layer_in_one_put_through_the_balancer(
     # What containerd sent: no PATCH, each blob in the PUT that closes its upload.
     sent = [
         line.split('"')[1]
-        for line in (cluster.balancer.directory / "access.log").read_text().splitlines()
+        for line in cluster.balancer.access_log.read_text().splitlines()
         if "/v2/containerd/app/blobs/uploads/" in line
     ]
     assert not [request for request in sent if request.startswith("PATCH")], sent
