@@ -77,6 +77,13 @@ class Settings(BaseSettings):
         "before giving up on it (a server that stops answering mid-transaction); more than "
         "database_lock_timeout; unset: 60",
     )
+    startup_wait: float = Field(
+        60.0,
+        ge=0,
+        description="seconds `berth serve` waits at start-up for a database server or object "
+        "store it cannot reach (refused, unresolved, silent, still starting) before it gives up "
+        "with exit status 75, which systemd restarts; 0: no wait",
+    )
     workers: int = Field(
         0,
         ge=0,

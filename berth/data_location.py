@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import os
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -73,16 +75,58 @@ async def _has_schema(settings: Settings) -> bool:
         await engine.dispose()
 
 
+@dataclass(frozen=True)
+class StartUpProblem:
+    """Why the server cannot start on what it needs (the database, the blob store).
+    `passing`: it was not reached, or said it cannot serve yet (refused connections, a name
+    not resolved, no answer, a server starting up), which may pass by itself: `berth serve`
+    waits for it (`startup_wait`); anything else (refused credentials, no such database or
+    bucket) is a setting to put right."""
+
+    reason: str
+    passing: bool = False
+
+
 def unreachable_database(settings: Settings) -> str | None:
     """Why the database server cannot be reached, or None when it can (or is an SQLite file,
+    which `create_data` makes)."""
+    problem = database_problem(settings)
+    return None if problem is None else problem.reason
+
+
+def database_problem(settings: Settings) -> StartUpProblem | None:
+    """Why the database server cannot be used, or None when it can (or is an SQLite file,
     which `create_data` makes)."""
     if sqlite_file(settings) is not None:
         return None
     try:
         asyncio.run(_has_schema(settings))
     except Exception as exc:  # any driver's refusal: said, not shown as a traceback
-        return _cannot_open(settings, exc)
+        return StartUpProblem(_cannot_open(settings, exc), passing=_not_reached(exc))
     return None
+
+
+# Errors of a connection that never got to the server: refused, a host or network with no
+# route, a Unix socket not there yet (PostgreSQL not started).
+_NOT_REACHED = {errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH, errno.ENOENT}
+# PostgreSQL's own "not now": 08 connection exceptions, 53300 too many connections, 57P01-03
+# shutting down, crashed, starting up (asyncpg's SQLSTATEs).
+_NOT_NOW = ("08", "53300", "57P01", "57P02", "57P03")
+
+
+def _not_reached(exc: BaseException) -> bool:
+    """Whether the database's error says it was not reached or cannot serve yet (see
+    `StartUpProblem.passing`), looking through the exceptions the driver wrapped."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, TimeoutError | socket.gaierror | ConnectionError):
+            return True
+        if isinstance(seen, OSError) and seen.errno in _NOT_REACHED:
+            return True
+        if str(getattr(seen, "sqlstate", "") or "").startswith(_NOT_NOW):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 def _cannot_open(settings: Settings, exc: Exception) -> str:

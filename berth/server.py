@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import hashlib
 import os
 import pwd
 import resource
@@ -13,6 +14,7 @@ import socket
 import ssl
 import stat
 import sys
+import time
 from collections.abc import Awaitable, Callable, Collection
 from functools import partial
 from pathlib import Path
@@ -21,7 +23,7 @@ from typing import TypeVar
 from berth.access.keyring import KeyFileUnusable, Keyring
 from berth.addresses import public_host, public_url
 from berth.config import Settings, SettingsError, setting_source
-from berth.data_location import create_data, shown_database, unreachable_database
+from berth.data_location import StartUpProblem, create_data, database_problem, shown_database
 from berth.invocation import (
     data_dir_to_name,
     database_url_to_name,
@@ -36,6 +38,7 @@ from berth.services.install import (
     key_fingerprint,
     record_served_at,
     recorded_key_fingerprint,
+    recorded_storage_location,
 )
 from berth.state import Services, unusable_storage
 from berth.storage.filesystem import DIRECTORY_MODE, FILE_MODE, modes_unset, set_modes
@@ -162,6 +165,7 @@ def initialise(
                 f"{migrated.after}",
                 flush=True,
             )
+    check_storage_location(settings)
     keyring = check_keys(settings)
     _bootstrap_admin(
         settings,
@@ -299,9 +303,14 @@ def check(settings: Settings, flags: Collection[str] = ()) -> None:
                 "/metrics is on the main address too)"
             )
         _check_address(metrics_address, "metrics_listen", flags)
-    problem = unreachable_database(settings)
-    if problem is not None:
-        raise SettingsError(f"{setting_source('database_url', flags)}: {problem}")
+    deadline = time.monotonic() + settings.startup_wait
+    _wait_for(
+        settings,
+        "the database",
+        lambda: database_problem(settings),
+        deadline,
+        setting=setting_source("database_url", flags),
+    )
     if settings.storage == "s3" and _on_sqlite(settings) and not settings.single_node:
         raise SettingsError(
             'storage = "s3" with the SQLite database in data_dir serves one node only, and '
@@ -310,9 +319,60 @@ def check(settings: Settings, flags: Collection[str] = ()) -> None:
             "set database_url to a PostgreSQL database that every node shares (README: "
             '"Run several nodes")'
         )
-    problem = unusable_storage(settings)
-    if problem is not None:
-        raise SettingsError(problem)
+    _wait_for(settings, "the blob store", lambda: unusable_storage(settings), deadline)
+
+
+# `berth serve`'s exit status when what it needs stayed out of reach for `startup_wait`:
+# sysexits' EX_TEMPFAIL. Not 2 (a bad setting, which deploy/berth.service does not restart):
+# systemd restarts it, as it should a node that started before its database or store.
+GAVE_UP_WAITING = 75
+
+
+class GaveUpWaiting(Exception):
+    """What the server needs could not be reached within `startup_wait` (exit status
+    `GAVE_UP_WAITING`): a failure that may pass, unlike a SettingsError."""
+
+
+def _wait_for(
+    settings: Settings,
+    what: str,
+    problem: Callable[[], StartUpProblem | None],
+    deadline: float,
+    setting: str = "",
+) -> None:
+    """Return once `problem` finds none; wait while it says what may pass (a server not
+    reached, or starting), until `deadline`, saying once what is awaited; refuse
+    (SettingsError) anything else. `setting`: where the problem's setting came from, said
+    first."""
+    said = False
+    while True:
+        found = problem()
+        if found is None:
+            if said:
+                print(f"Reached {what}", flush=True)
+            return
+        reason = f"{setting}: {found.reason}" if setting else found.reason
+        if not found.passing:
+            raise SettingsError(reason)
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise GaveUpWaiting(
+                f"{reason} (waited {settings.startup_wait:g} s for it, startup_wait); exiting "
+                f"with status {GAVE_UP_WAITING}, which a service manager may restart (systemd "
+                "does, with deploy/berth.service)"
+            )
+        if not said:
+            print(
+                f"Waiting up to {left:.0f} s (startup_wait) for {what}, which cannot be "
+                f"reached yet: {reason}",
+                flush=True,
+            )
+            said = True
+        time.sleep(min(_RETRY_SECONDS, left))
+
+
+# Between tries of what `berth serve` waits for: each try costs a connection attempt.
+_RETRY_SECONDS = 1.0
 
 
 def _on_sqlite(settings: Settings) -> bool:
@@ -445,6 +505,69 @@ def _not_this_installs_keys(settings: Settings, recorded: str, keyring: Keyring)
 
 
 _FORGET_KEYS = "DELETE FROM install_facts WHERE name = 'key_fingerprint';"
+
+
+def storage_location(settings: Settings) -> str:
+    """Where these settings store blobs, as recorded for the install: the backend, and on S3
+    the bucket and prefix, not the endpoint (each node may reach the same store at an
+    address of its own); on the filesystem nothing more (each node's path to a shared mount
+    may differ)."""
+    if settings.storage != "s3":
+        return "filesystem"
+    prefix = settings.s3_prefix.strip("/")  # as the store makes its keys
+    location = f"s3://{settings.s3_bucket}/{prefix}/" if prefix else f"s3://{settings.s3_bucket}/"
+    if len(location) > _LONGEST_FACT:  # the column's width: the start, and a hash of it all
+        digest = hashlib.sha256(location.encode()).hexdigest()
+        location = f"{location[: _LONGEST_FACT - len(digest) - 9]}… sha256:{digest}"
+    return location
+
+
+_LONGEST_FACT = 255  # install_facts.value
+
+
+def check_storage_location(settings: Settings) -> None:
+    """Record where the install's blobs are stored on the first start that finds nothing
+    recorded (the first, or the first after the upgrade that began recording it); later,
+    refuse to serve on another store (SettingsError): a node on a bucket, prefix or backend
+    of its own would keep its pushes from the other nodes and answer 404 for theirs, and a
+    single node would lose sight of every blob pushed before."""
+    here = storage_location(settings)
+    recorded = _in_database(settings, lambda db: recorded_storage_location(db, here))
+    refuse_other_storage(settings, recorded)
+
+
+def refuse_other_storage(settings: Settings, recorded: str | None) -> None:
+    """Refuse (SettingsError, saying what to do) settings whose blob store is not the
+    `recorded` one of this install (None: none recorded yet)."""
+    here = storage_location(settings)
+    if recorded is None or recorded == here:
+        return
+    harm = (
+        "a node on another store keeps the blobs pushed to it from the other nodes, and "
+        "answers 404 for theirs"
+        if _several_nodes(settings)
+        else "every blob pushed before would be missing here (404)"
+    )
+    raise SettingsError(
+        f"this node's blob store, {_as_settings(here)}, is not the one this install's "
+        f"database ({shown_database(settings)}) recorded as where its blobs are: "
+        f"{_as_settings(recorded)}; {harm}. Set storage, s3_bucket and s3_prefix as "
+        "recorded (s3_endpoint may differ from node to node). If the blobs were moved to the "
+        "new store on purpose (or none are to be kept) and every node is set to use it, "
+        "clear the record in the database, and the next node to start records its own: "
+        f"{_FORGET_STORAGE}"
+    )
+
+
+_FORGET_STORAGE = "DELETE FROM install_facts WHERE name = 'storage_location';"
+
+
+def _as_settings(location: str) -> str:
+    """A recorded storage location as the settings that name it."""
+    if not location.startswith("s3://"):
+        return f'storage = "{location}"'
+    bucket, _, prefix = location.removeprefix("s3://").partition("/")
+    return f's3_bucket = "{bucket}" with s3_prefix = "{prefix.rstrip("/")}" (storage = "s3")'
 
 
 def _in_database(settings: Settings, call: Callable[[Database], Awaitable[T]]) -> T:

@@ -13,6 +13,7 @@ from berth.access.throttle import LoginThrottle
 from berth.access.tokens import Tokens
 from berth.addresses import ResolvedNames, public_host
 from berth.config import Settings, usable_cores
+from berth.data_location import StartUpProblem
 from berth.domain.names import (
     RegistryAddress,
     host_project,
@@ -283,9 +284,9 @@ class Services:
         await self.db.dispose()
 
 
-def unusable_storage(settings: Settings) -> str | None:
+def unusable_storage(settings: Settings) -> StartUpProblem | None:
     """Why the configured blob store cannot be used (a bucket missing, credentials refused,
-    the endpoint unreachable), or None: checked before serving."""
+    the endpoint unreachable: a problem that may pass), or None: checked before serving."""
     if settings.storage == "filesystem":
         return None  # its directory is made with the data directory (data_location)
 
@@ -300,7 +301,7 @@ def unusable_storage(settings: Settings) -> str | None:
         with failures_said_by_caller():  # in the refusal to serve
             asyncio.run(probe())
     except OSError as exc:
-        return str(exc)
+        return StartUpProblem(str(exc), passing=getattr(exc, "passing", False))
     return None
 
 

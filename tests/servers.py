@@ -412,6 +412,12 @@ def unstarted_environ(directory: Path, settings: Mapping[str, str]) -> dict[str,
 def serve_refused(env: Mapping[str, str]) -> str:
     """`berth serve` in `env`, which must refuse to start as a setting's problem does (exit
     status 2, no traceback): what it said on standard error."""
+    return serve_exits(env, 2)
+
+
+def serve_exits(env: Mapping[str, str], status: int) -> str:
+    """`berth serve` in `env`, which must exit with `status` before serving, with no
+    traceback: what it said on standard error."""
     # Its own process group: a server that starts after all (the failure this guards against)
     # is stopped with its workers when the wait times out, not left serving.
     process = subprocess.Popen(
@@ -428,7 +434,7 @@ def serve_refused(env: Mapping[str, str]) -> str:
         os.killpg(process.pid, signal.SIGKILL)
         stdout, stderr = process.communicate()
         raise AssertionError(f"berth serve did not refuse to start: {stdout}{stderr}") from None
-    assert process.returncode == 2, stdout + stderr
+    assert process.returncode == status, stdout + stderr
     assert "Traceback" not in stderr
     return stderr
 

@@ -30,7 +30,7 @@ from tests.servers import (
     BERTH,
     BerthServer,
     PostgresCluster,
-    serve_refused,
+    serve_exits,
     unstarted_environ,
 )
 
@@ -220,7 +220,8 @@ def test_serve_refuses_a_database_host_that_drops_packets_within_the_connect_tim
     postgres: PostgresCluster | None, tmp_path: Path
 ) -> None:
     """`berth serve` checks the database before serving: a server that never answers is
-    refused as unreachable after `database_connect_timeout`, saying so."""
+    found unreachable after `database_connect_timeout`, and (with no `startup_wait`) said
+    so at once, with the status systemd restarts."""
     if postgres is None:
         pytest.skip("PostgreSQL not installed")
     url = postgres.create_database()
@@ -231,10 +232,11 @@ def test_serve_refuses_a_database_host_that_drops_packets_within_the_connect_tim
             {
                 "BERTH_DATABASE_URL": url.replace(f":{postgres.port}/", f":{hole.port}/"),
                 "BERTH_DATABASE_CONNECT_TIMEOUT": str(CONNECT_TIMEOUT),
+                "BERTH_STARTUP_WAIT": "0",
             },
         )
         started = time.monotonic()
-        said = serve_refused(env)
+        said = serve_exits(env, 75)
         took = time.monotonic() - started
     assert "cannot open the database" in said
     assert f"no answer within {CONNECT_TIMEOUT:g} s (database_connect_timeout)" in said

@@ -23,7 +23,7 @@ from berth.data_location import missing_data, shown_database
 from berth.domain.errors import Conflict, InvalidValue, RegistryError, StateRefusal
 from berth.invocation import pasteable_command
 from berth.metadata.migrate import NewerSchema, OlderSchema, require_current
-from berth.services.install import key_fingerprint
+from berth.services.install import key_fingerprint, storage_location
 from berth.state import Services
 from berth.storage.base import failures_said_by_caller
 
@@ -131,7 +131,7 @@ def run_service(work: Callable[[Services], Awaitable[T]], *, uses_store: bool = 
     except OlderSchema as exc:
         fail(f"{shown_database(settings)}: {_not_migrated(exc)}", BAD_SETTING)
 
-    from berth.server import existing_keys, refuse_other_keys
+    from berth.server import existing_keys, refuse_other_keys, refuse_other_storage
 
     try:
         keyring = existing_keys(settings)
@@ -143,6 +143,9 @@ def run_service(work: Callable[[Services], Awaitable[T]], *, uses_store: bool = 
         try:
             refuse_other_keys(settings, keyring, await key_fingerprint(services.db))
             if uses_store:
+                # On another store than the install's, a check or collection would find
+                # every blob missing, or another install's blobs unreferenced.
+                refuse_other_storage(settings, await storage_location(services.db))
                 await _check_store(services)
             return await work(services)
         finally:

@@ -57,6 +57,7 @@ def serve(
     ] = None,
 ) -> None:
     """Start the registry (creating its data directory and database on first start)."""
+    from berth.server import GAVE_UP_WAITING, GaveUpWaiting
     from berth.server import serve as run_server
 
     flags = {
@@ -77,6 +78,8 @@ def serve(
         run_server(settings, given)
     except SettingsError as exc:
         fail(str(exc), BAD_SETTING)
+    except GaveUpWaiting as exc:
+        fail(str(exc), GAVE_UP_WAITING)
 
 
 def init(

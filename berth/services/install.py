@@ -13,16 +13,22 @@ KEY_FINGERPRINT = "key_fingerprint"
 async def recorded_key_fingerprint(db: Database, fingerprint: str) -> str:
     """The fingerprint of the install's keys: `fingerprint` if this is the first node to
     start (it is recorded now), else the one the first node recorded."""
-    async with db.write() as conn:
-        await conn.execute(
-            db.insert_ignore(install_facts).values(
-                name=KEY_FINGERPRINT, value=fingerprint, recorded_at=utcnow()
-            )
-        )
-        recorded = await conn.execute(
-            select(install_facts.c.value).where(install_facts.c.name == KEY_FINGERPRINT)
-        )
-        return str(recorded.scalar_one())
+    return await _record_first(db, KEY_FINGERPRINT, fingerprint)
+
+
+STORAGE_LOCATION = "storage_location"
+
+
+async def recorded_storage_location(db: Database, location: str) -> str:
+    """Where the install's blobs are stored: `location` if no node has said yet (it is
+    recorded now: the first start, or the first since an upgrade that began recording it),
+    else the one recorded."""
+    return await _record_first(db, STORAGE_LOCATION, location)
+
+
+async def storage_location(db: Database) -> str | None:
+    """Where the install's blobs are stored, if a node has recorded it."""
+    return await _fact(db, STORAGE_LOCATION)
 
 
 async def key_fingerprint(db: Database) -> str | None:
@@ -78,3 +84,16 @@ async def _fact(db: Database, name: str) -> str | None:
         )
         value = recorded.scalar()
         return None if value is None else str(value)
+
+
+async def _record_first(db: Database, name: str, value: str) -> str:
+    """The fact `name`: `value` if none was recorded (it is now, by an insert only one of
+    nodes starting at once wins), else the recorded one."""
+    async with db.write() as conn:
+        await conn.execute(
+            db.insert_ignore(install_facts).values(name=name, value=value, recorded_at=utcnow())
+        )
+        recorded = await conn.execute(
+            select(install_facts.c.value).where(install_facts.c.name == name)
+        )
+        return str(recorded.scalar_one())

@@ -35,9 +35,12 @@ from aiobotocore.session import get_session
 from botocore.exceptions import (
     BotoCoreError,
     ClientError,
+    HTTPClientError,
     NoCredentialsError,
     PartialCredentialsError,
+    SSLError,
 )
+from botocore.exceptions import ConnectionError as StoreConnectionError
 from cachetools import LRUCache
 
 from berth.domain.digests import parse_digest
@@ -94,6 +97,14 @@ _REFUSED = {
 }
 
 
+def _unreached(exc: BotoCoreError) -> bool:
+    """Whether `exc` says the store was not reached (refused, unresolved, timed out, the
+    connection dropped), not that TLS or the request itself failed."""
+    if isinstance(exc, SSLError):  # a certificate not trusted stays so
+        return False
+    return isinstance(exc, StoreConnectionError | HTTPClientError)
+
+
 class _PreconditionFailed(Exception):
     """The object is no longer the one a conditional request (If-Match) named."""
 
@@ -125,7 +136,7 @@ class ObjectStoreError(Unavailable, OSError):
     the bucket missing, the credentials refused) why, and what its operator should check;
     the store's address is not its business."""
 
-    def __init__(self, reason: str, refusal: str | None = None) -> None:
+    def __init__(self, reason: str, refusal: str | None = None, *, passing: bool = False) -> None:
         super().__init__(
             f"the registry's storage is unavailable: {refusal}; try again later"
             if refusal
@@ -134,6 +145,9 @@ class ObjectStoreError(Unavailable, OSError):
         )
         self.reason = reason
         self.refusal = refusal
+        # The store could not be reached, or answered that it cannot serve now (5xx): what
+        # may pass by itself (a store still starting), unlike a refusal or a bad setting.
+        self.passing = passing
         # Logged where it happens: the answer no longer carries it, nor a traceback.
         if failures_logged():
             logger.warning("blob store: %s", reason)
@@ -310,7 +324,8 @@ class S3BlobStore(BlobStore):
                     REFUSED_CREDENTIALS,
                 ) from None
             raise ObjectStoreError(
-                f"the {self.location.shown} answered {code or status}: {error.get('Message', exc)}"
+                f"the {self.location.shown} answered {code or status}: {error.get('Message', exc)}",
+                passing=status.startswith("5"),
             ) from exc
         except NoCredentialsError:
             raise ObjectStoreError(
@@ -324,7 +339,9 @@ class S3BlobStore(BlobStore):
                 f"{_partial_credentials(exc)}, for the {self.location.shown}", NO_CREDENTIALS
             ) from None
         except BotoCoreError as exc:  # connection refused, timeouts
-            raise ObjectStoreError(f"cannot use the {self.location.shown}: {exc}") from exc
+            raise ObjectStoreError(
+                f"cannot use the {self.location.shown}: {exc}", passing=_unreached(exc)
+            ) from exc
 
     def _check_ca_bundle(self) -> None:
         """Refuse a CA bundle (AWS_CA_BUNDLE, or ca_bundle of the AWS config file) that names

@@ -18,7 +18,7 @@ from berth.access.keyring import Keyring
 from berth.config import Settings, SettingsError
 from berth.data_location import create_data
 from berth.server import check_keys
-from tests.s3 import SeaweedFS
+from tests.s3 import BUCKET, SeaweedFS
 from tests.servers import BerthServer, PostgresCluster, serve_refused, unstarted_environ
 
 pytestmark = pytest.mark.clients
@@ -170,3 +170,57 @@ def test_a_first_node_that_cannot_write_its_keys_leaves_no_record_of_them(
     blocked.unlink()
     keyring = check_keys(node)
     assert Keyring(node.signing_key_file, node.secret_key_file).fingerprint == keyring.fingerprint
+
+
+def test_a_node_on_another_blob_store_is_refused_until_its_storage_settings_are_the_installs(
+    seaweedfs: SeaweedFS, postgres: PostgresCluster | None, tmp_path: Path
+) -> None:
+    """The first node records where the install's blobs are (the bucket and prefix, not the
+    endpoint); a node of the same database on the filesystem, or on another prefix, would
+    keep its pushes to itself and answer 404 for the others': refused, naming both."""
+    if postgres is None:
+        pytest.skip("PostgreSQL not installed")
+    url = postgres.create_database()
+    shared = {**seaweedfs.settings_environ(), "BERTH_SINGLE_NODE": "false"}
+    on_s3 = 's3_bucket = "{}" with s3_prefix = "{}" (storage = "s3")'.format
+    recorded = on_s3(BUCKET, shared["BERTH_S3_PREFIX"])
+    first = BerthServer(tmp_path / "first", url, extra_env=shared)
+    nodes: list[BerthServer] = []
+
+    def node(name: str, **changes: str) -> BerthServer:
+        made = BerthServer(tmp_path / name, url, extra_env={**shared, **changes})
+        shutil.copytree(first.data_dir / "keys", made.data_dir / "keys")  # the install's
+        nodes.append(made)
+        return made
+
+    try:
+        first.start()
+        first.create_repository("nodes", "app")
+        key_id, secret = first.access_key("nodes")
+        for changes, here in (
+            ({"BERTH_STORAGE": "filesystem"}, 'storage = "filesystem"'),
+            ({"BERTH_S3_PREFIX": "/typo/"}, on_s3(BUCKET, "typo")),
+        ):
+            other = node(f"other-{len(nodes)}", **changes)
+            problem = " ".join(serve_refused(other.env).split())
+            assert f"this node's blob store, {here}, is not the one" in problem, problem
+            assert f"recorded as where its blobs are: {recorded};" in problem, problem
+            assert "DELETE FROM install_facts WHERE name = 'storage_location';" in problem
+            assert not (other.data_dir / "blobs").exists()  # nothing stored on the way
+
+        # The same store at another address (each node may reach it at its own): serves.
+        elsewhere = seaweedfs.endpoint.replace("127.0.0.1", "localhost")
+        same = node("same", BERTH_S3_ENDPOINT=elsewhere).start()
+        assert httpx.get(f"{same.url}/v2/", auth=(key_id, secret), timeout=10).status_code == 200
+
+        # A move on purpose, as the refusal says: the record cleared, the next node records.
+        postgres.sql(
+            "DELETE FROM install_facts WHERE name = 'storage_location';",
+            database=url.rsplit("/", 1)[1],
+        )
+        moved = node("moved", BERTH_S3_PREFIX="moved").start()
+        assert httpx.get(f"{moved.url}/v2/", auth=(key_id, secret), timeout=10).status_code == 200
+    finally:
+        for started in nodes:
+            started.stop()
+        first.stop()

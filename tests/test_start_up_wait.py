@@ -1,0 +1,114 @@
+"""`berth serve` started before its database or object store (a cold boot where the node comes
+up first): it waits up to `startup_wait` for what it cannot reach yet, and serves once it can;
+past the wait it exits 75, which deploy/berth.service restarts, unlike the 2 of a bad setting
+(wrong credentials stay that, at once)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.s3 import BUCKET, SeaweedFS
+from tests.servers import (
+    BerthServer,
+    PostgresCluster,
+    free_port,
+    serve_exits,
+    serve_refused,
+    unstarted_environ,
+    wait_for,
+)
+
+GAVE_UP_WAITING = 75  # EX_TEMPFAIL: restarted by systemd, unlike 2
+
+
+def test_a_node_started_before_its_database_waits_for_it_and_serves(
+    own_postgres: PostgresCluster, tmp_path: Path
+) -> None:
+    url = own_postgres.create_database()
+    own_postgres.pg_ctl("stop")
+    server = BerthServer(tmp_path / "node", url, extra_env={"BERTH_STARTUP_WAIT": "120"})
+    log = server.data_dir / "server.log"
+
+    def start_the_database_once_waited_for() -> None:
+        wait_for(lambda: "Waiting up to" in log.read_text(), 120, "the wait")
+        time.sleep(2)  # a few tries refused
+        own_postgres.pg_ctl("start")
+
+    starter = threading.Thread(target=start_the_database_once_waited_for)
+    starter.start()
+    try:
+        server.start(timeout=240)
+        starter.join()
+        said = log.read_text()
+        # Said once, with what it waits for, however many tries it took.
+        assert said.count("Waiting up to") == 1, said
+        assert "(startup_wait) for the database, which cannot be reached yet" in said, said
+        assert "Connect call failed" in said and "Reached the database" in said, said
+        assert httpx.get(f"{server.url}/v2/", timeout=10).status_code == 401
+    finally:
+        starter.join()
+        server.stop()
+
+
+def test_a_database_unreachable_past_the_wait_is_restarted_a_refusing_one_is_not(
+    postgres: PostgresCluster | None, tmp_path: Path
+) -> None:
+    if postgres is None:
+        pytest.skip("PostgreSQL not installed")
+    port = free_port()  # nothing listens there
+    env = unstarted_environ(
+        tmp_path,
+        {
+            "BERTH_DATABASE_URL": f"postgresql+asyncpg://berth@127.0.0.1:{port}/berth",
+            "BERTH_STARTUP_WAIT": "2",
+        },
+    )
+    said = " ".join(serve_exits(env, GAVE_UP_WAITING).split())
+    assert said.startswith(
+        f"error: BERTH_DATABASE_URL: cannot open the database "
+        f"postgresql+asyncpg://berth@127.0.0.1:{port}/berth:"
+    ), said
+    assert "(waited 2 s for it, startup_wait); exiting with status 75" in said, said
+
+    # The server reached, with no such database: a setting to put right, refused at once
+    # (serve_refused gives up after 120 s, long before such a wait would end).
+    url = postgres.create_database().rsplit("/", 1)[0] + "/no_such_database"
+    env = unstarted_environ(tmp_path, {"BERTH_DATABASE_URL": url, "BERTH_STARTUP_WAIT": "600"})
+    said = serve_refused(env)
+    assert 'database "no_such_database" does not exist' in said, said
+
+
+@pytest.mark.clients
+def test_an_object_store_unreachable_past_the_wait_is_restarted_a_refusing_one_is_not(
+    seaweedfs: SeaweedFS, tmp_path: Path
+) -> None:
+    store = seaweedfs.settings_environ()
+    unreachable = f"http://127.0.0.1:{free_port()}"
+    env = unstarted_environ(
+        tmp_path,
+        {
+            **store,
+            "BERTH_S3_ENDPOINT": unreachable,
+            "BERTH_S3_ATTEMPTS": "1",
+            "BERTH_STARTUP_WAIT": "2",
+        },
+    )
+    said = " ".join(serve_exits(env, GAVE_UP_WAITING).split())
+    assert f"error: cannot use the bucket {BUCKET!r} at {unreachable}" in said, said
+    assert "Could not connect to the endpoint URL" in said, said
+    assert "(waited 2 s for it, startup_wait); exiting with status 75" in said, said
+    assert not (tmp_path / "data").exists()  # nothing made before the store is reached
+
+    # The store reached, refusing the secret: exit 2 at once, not after the wait (which
+    # would outlast serve_refused's 120 s).
+    env = unstarted_environ(
+        tmp_path,
+        {**store, "BERTH_S3_SECRET_ACCESS_KEY": "not-the-secret", "BERTH_STARTUP_WAIT": "600"},
+    )
+    said = serve_refused(env)
+    assert "refused the credentials" in said, said
