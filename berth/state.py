@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from berth import __version__
 from berth.access.identify import Authenticator
@@ -13,7 +14,6 @@ from berth.access.throttle import LoginThrottle
 from berth.access.tokens import Tokens
 from berth.addresses import ResolvedNames, public_host
 from berth.config import Settings, usable_cores
-from berth.data_location import StartUpProblem
 from berth.domain.names import (
     RegistryAddress,
     host_project,
@@ -46,6 +46,9 @@ from berth.services.webhook_delivery import WebhookDelivery
 from berth.services.webhooks import Webhooks
 from berth.storage.base import BlobStore, failures_said_by_caller
 from berth.storage.filesystem import FilesystemBlobStore
+
+if TYPE_CHECKING:  # data_location loads alembic, which a serving worker does not need
+    from berth.data_location import StartUpProblem
 
 
 @dataclass
@@ -301,6 +304,8 @@ def unusable_storage(settings: Settings) -> StartUpProblem | None:
         with failures_said_by_caller():  # in the refusal to serve
             asyncio.run(probe())
     except OSError as exc:
+        from berth.data_location import StartUpProblem
+
         return StartUpProblem(str(exc), passing=getattr(exc, "passing", False))
     return None
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
+import time
 from pathlib import Path
 
 import httpx
@@ -100,8 +101,13 @@ def test_a_file_the_page_cache_dropped_is_read_and_sent_whole(tmp_path: Path) ->
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-        assert not _in_page_cache(fd, len(content) - 1)
+        for _ in range(100):  # advice: a page the journal has not committed yet (~5 s) stays
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            if not _in_page_cache(fd, len(content) - 1):
+                break
+            time.sleep(0.1)
+        else:
+            pytest.skip("the kernel kept the file's pages in memory")
         answer, sent = answer_of(path, len(content))
         assert _in_page_cache(fd, len(content) - 1)  # read since
     finally:
