@@ -5,6 +5,7 @@ past the wait it exits 75, which deploy/berth.service restarts, unlike the 2 of 
 
 from __future__ import annotations
 
+import subprocess
 import threading
 import time
 from pathlib import Path
@@ -14,6 +15,7 @@ import pytest
 
 from tests.s3 import BUCKET, SeaweedFS
 from tests.servers import (
+    BERTH,
     BerthServer,
     PostgresCluster,
     free_port,
@@ -112,3 +114,34 @@ def test_an_object_store_unreachable_past_the_wait_is_restarted_a_refusing_one_i
     )
     said = serve_refused(env)
     assert "refused the credentials" in said, said
+
+
+def test_a_store_verb_on_another_store_than_the_install_records_is_refused(
+    tmp_path: Path,
+) -> None:
+    """`berth storage check` (like `gc run`) set to another store than the one the database
+    recorded would report every blob missing: refused before the store is touched, and the
+    same verb on the recorded store runs."""
+    env = unstarted_environ(tmp_path, {})
+    subprocess.run([*BERTH, "init"], env=env, check=True, capture_output=True)
+    elsewhere = {
+        **env,
+        "BERTH_STORAGE": "s3",
+        "BERTH_S3_BUCKET": "other",
+        "BERTH_S3_ENDPOINT": f"http://127.0.0.1:{free_port()}",  # never reached
+        "BERTH_S3_ACCESS_KEY_ID": "x",
+        "BERTH_S3_SECRET_ACCESS_KEY": "y",
+        "BERTH_SINGLE_NODE": "true",
+    }
+    refused = subprocess.run(
+        [*BERTH, "storage", "check", "--all"], env=elsewhere, capture_output=True, text=True
+    )
+    assert refused.returncode == 2, refused.stdout + refused.stderr
+    assert 's3_bucket = "other"' in refused.stderr
+    assert 'recorded as where its blobs are: storage = "filesystem"' in refused.stderr
+    assert "DELETE FROM install_facts WHERE name = 'storage_location';" in refused.stderr
+    assert "Traceback" not in refused.stderr
+    checked = subprocess.run(
+        [*BERTH, "storage", "check", "--all"], env=env, capture_output=True, text=True
+    )
+    assert checked.returncode == 0, checked.stdout + checked.stderr
