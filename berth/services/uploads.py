@@ -1019,12 +1019,16 @@ class Uploads:
     async def _storage_faults(self, upload_id: str) -> AsyncIterator[None]:
         """What storage does to an upload, as its client should see it; the upload is
         discarded either way. Its scratch file gone (garbage collection removed the upload
-        as abandoned while it was in use): BLOB_UPLOAD_UNKNOWN, which clients retry with a new
-        upload. The disk full: STORAGE_FULL, and its space back at once."""
+        as abandoned while it was in use, or a cancel ended it): BLOB_UPLOAD_UNKNOWN, which
+        clients retry with a new upload. The disk full: STORAGE_FULL, and its space back at once."""
         try:
             yield
         except FileNotFoundError:
-            await self._discard(upload_id)
+            if not await self._discard(upload_id):  # ended meanwhile: its pieces went with it
+                raise BlobUploadUnknown(
+                    f"upload {upload_id!r} was cancelled or removed while this request stored it; "
+                    "start the upload again"
+                ) from None
             raise _data_lost(upload_id) from None
         except OSError as exc:
             if not _is_storage_full(exc):

@@ -17,7 +17,7 @@ import pytest
 from sqlalchemy import delete, event, select, update
 
 from berth.config import Settings
-from berth.domain.errors import RangeNotSatisfiable, Unavailable
+from berth.domain.errors import BlobUploadUnknown, RangeNotSatisfiable, Unavailable
 from berth.domain.references import RepositoryRef
 from berth.metadata.database import Database
 from berth.metadata.tables import (
@@ -511,3 +511,52 @@ async def test_what_a_failed_run_left_to_remove_holds_up_no_push_and_the_next_ru
     assert await store.stat(removed) is None
     async with any_db.read() as conn:
         assert (await conn.execute(select(blob_removals))).all() == []
+
+
+# ------------------------------------------------------------ a cancel during the commit
+
+
+async def test_a_cancel_while_the_final_put_copies_the_pieces_leaves_nothing_of_the_blob(
+    db: Database, store: S3BlobStore, object_store: S3TestServer
+) -> None:
+    """A cancel (an admin's, or the client's DELETE on another node) lands while the final
+    PUT's commit waits on the store to copy the upload's pieces into the blob; the cancel
+    removes the pieces. The PUT is answered BLOB_UPLOAD_UNKNOWN saying the upload was
+    cancelled (its client starts again), and nothing of the blob is left: no row, no object,
+    no multipart upload open in the bucket, no piece."""
+    chunks = [os.urandom(6 * MiB), os.urandom(6 * MiB + 1)]  # each a part copied server-side
+    data = b"".join(chunks)
+    canceller = Uploads(db, store)
+    upload = await canceller.start(REPO, "app")
+    for chunk in chunks:
+        upload = await canceller.append(upload, body(chunk), None)
+    async with FaultyProxy(object_store.s3_port) as proxy:
+        held_store = S3BlobStore(
+            object_store.location(prefix=store.location.prefix, endpoint=proxy.endpoint)
+        )
+        committer = Uploads(db, held_store)
+        try:
+            proxy.hold()
+            commit = asyncio.create_task(
+                committer.complete(REPO, upload, digest_of(data), None, None)
+            )
+            await asyncio.wait_for(proxy.holding.wait(), 30)  # the commit waits on the store
+            assert await canceller.cancel(upload)
+            proxy.release()
+            with pytest.raises(BlobUploadUnknown) as ended:
+                await asyncio.wait_for(commit, 60)
+        finally:
+            proxy.release()
+            await held_store.close()
+    assert "cancelled" in str(ended.value), ended.value
+    assert await store.stat(digest_of(data)) is None
+    async with db.read() as conn:
+        assert (await conn.execute(select(blobs.c.digest))).all() == []
+        assert (await conn.execute(select(uploads.c.id))).all() == []
+        assert (await conn.execute(select(upload_pieces.c.name))).all() == []
+    assert keys_under(object_store, store._upload_prefix(upload.id)) == []
+    assert keys_under(object_store, f"{store.location.prefix}/blobs/") == []
+    open_commits = object_store.client().list_multipart_uploads(
+        Bucket=BUCKET, Prefix=f"{store.location.prefix}/"
+    )
+    assert open_commits.get("Uploads", []) == []
