@@ -276,9 +276,6 @@ async def audit(ctx: AdminProject, paging: PagingDep) -> Page[AuditEntry]:
     and tag deletes and tag restores (project admins)."""
     audit_log = ctx.services.identity.audit
     entries = await audit_log.entries(ctx.project, paging.per_page, paging.offset)
-    return Page[AuditEntry](
-        items=[AuditEntry.model_validate(e) for e in entries],
-        page=paging.page,
-        per_page=paging.per_page,
-        total=await audit_log.count(ctx.project),
+    return Page[AuditEntry].of(
+        [AuditEntry.model_validate(e) for e in entries], paging, await audit_log.count(ctx.project)
     )

@@ -28,9 +28,9 @@ without a role learns nothing about a project.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Annotated, Any, Generic, TypeVar
+from typing import Annotated, Any, Generic, Self, TypeVar
 
 from fastapi import Depends, Path, Query, Request
 from pydantic import AfterValidator, BaseModel, Field
@@ -414,3 +414,8 @@ class Page(BaseModel, Generic[T]):
     page: int = Field(description="this page's number, from 1")
     per_page: int
     total: int = Field(description="items on every page together")
+
+    @classmethod
+    def of(cls, items: Sequence[T], paging: Paging, total: int) -> Self:
+        """The page `paging` asked for, holding `items`, of `total` in all."""
+        return cls(items=list(items), page=paging.page, per_page=paging.per_page, total=total)

@@ -56,12 +56,7 @@ async def list_gc_runs(ctx: ReadProject, paging: PagingDep) -> Page[Run]:
     runs, total = await ctx.services.gc.history_page(
         ctx.project, offset=paging.offset, limit=paging.per_page
     )
-    return Page[Run](
-        items=runs,
-        page=paging.page,
-        per_page=paging.per_page,
-        total=total,
-    )
+    return Page[Run].of(runs, paging, total)
 
 
 @router.get("/runs/{run_id}", responses=responses(404))

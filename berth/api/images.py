@@ -75,7 +75,7 @@ async def list_images(
         per_page=paging.per_page,
         descending=order == "desc",
     )
-    return Page[Image](items=items, page=paging.page, per_page=paging.per_page, total=total)
+    return Page[Image].of(items, paging, total)
 
 
 @router.get("/images/{digest}", responses=responses(404))
@@ -124,7 +124,7 @@ async def list_tags(
     items, total = await images.list_tags(
         repo, image=image, page=paging.page, per_page=paging.per_page
     )
-    return Page[Tag](items=items, page=paging.page, per_page=paging.per_page, total=total)
+    return Page[Tag].of(items, paging, total)
 
 
 @router.delete("/tags/{tag}", status_code=204, responses=responses(404, 409))
@@ -176,4 +176,4 @@ async def history(
     items, total = await images.history(
         repo, image=image, tag=tag, digest=digest, page=paging.page, per_page=paging.per_page
     )
-    return Page[Event](items=items, page=paging.page, per_page=paging.per_page, total=total)
+    return Page[Event].of(items, paging, total)

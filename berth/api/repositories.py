@@ -98,7 +98,7 @@ async def list_repositories(
         descending=order == "desc",
         query=q or None,
     )
-    return Page[Repository](items=items, page=paging.page, per_page=paging.per_page, total=total)
+    return Page[Repository].of(items, paging, total)
 
 
 @router.post("", status_code=201, responses=responses(404, 409))

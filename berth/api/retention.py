@@ -189,12 +189,7 @@ async def history(ctx: ReadProject, paging: PagingDep) -> Page[RetentionRun]:
     runs, total = await ctx.services.retention.history(
         ctx.project, offset=paging.offset, limit=paging.per_page
     )
-    return Page[RetentionRun](
-        items=[RetentionRun.of(r) for r in runs],
-        page=paging.page,
-        per_page=paging.per_page,
-        total=total,
-    )
+    return Page[RetentionRun].of([RetentionRun.of(r) for r in runs], paging, total)
 
 
 @router.get("/runs/{run_id}", responses=responses(404))

@@ -31,7 +31,7 @@ async def list_uploads(ctx: AdminProject, paging: PagingDep) -> Page[OpenUpload]
     items, total = await ctx.services.uploads.open_in_project(
         ctx.project, offset=paging.offset, limit=paging.per_page
     )
-    return Page[OpenUpload](items=items, page=paging.page, per_page=paging.per_page, total=total)
+    return Page[OpenUpload].of(items, paging, total)
 
 
 class CancelledUploads(BaseModel):

@@ -110,12 +110,7 @@ async def search_users(
         found, total = await services.identity.users.search_users(
             query, page=paging.page, per_page=paging.per_page
         )
-        return Page[User](
-            items=[User.model_validate(u) for u in found],
-            page=paging.page,
-            per_page=paging.per_page,
-            total=total,
-        )
+        return Page[User].of([User.model_validate(u) for u in found], paging, total)
     roles = await services.identity.roles.project_roles(principal.user_id)
     admin_of = {p for p, role in roles.items() if role == "admin"}
     if principal.key_project_id is not None:
@@ -125,12 +120,7 @@ async def search_users(
     matches, total = await services.identity.users.find_for_membership(
         query, page=paging.page, per_page=paging.per_page
     )
-    return Page[UserMatch](
-        items=[UserMatch.model_validate(u) for u in matches],
-        page=paging.page,
-        per_page=paging.per_page,
-        total=total,
-    )
+    return Page[UserMatch].of([UserMatch.model_validate(u) for u in matches], paging, total)
 
 
 @router.post("/users", status_code=201, responses=responses(409))
@@ -251,9 +241,4 @@ async def server_audit(
     """The audit log outside any project, newest first: users created and deleted, passwords
     set, projects created and deleted (server administrators)."""
     entries, total = await services.identity.audit.server_entries(paging.per_page, paging.offset)
-    return Page[AuditEntry](
-        items=[AuditEntry.model_validate(e) for e in entries],
-        page=paging.page,
-        per_page=paging.per_page,
-        total=total,
-    )
+    return Page[AuditEntry].of([AuditEntry.model_validate(e) for e in entries], paging, total)

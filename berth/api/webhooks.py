@@ -189,7 +189,7 @@ async def list_deliveries(
     items, total = await ctx.services.webhooks.deliveries(
         ctx.project, webhook_id, offset=paging.offset, limit=paging.per_page
     )
-    return Page[Delivery](items=items, page=paging.page, per_page=paging.per_page, total=total)
+    return Page[Delivery].of(items, paging, total)
 
 
 # The OpenAPI descriptions of the two routes that queue test events name the service's limit
