@@ -92,7 +92,19 @@ async def show_image(
     return await images.image(await ctx.repository(repository), image, digest)
 
 
-@router.delete("/images/{digest}", status_code=204, responses=responses(404, 409))
+@router.delete(
+    "/images/{digest}",
+    status_code=204,
+    responses=responses(
+        described={
+            404: "no such project or repository, or the manifest is not under this image of "
+            "the repository: the message names the images it is under and the `?image=` to "
+            "pass (and, where an index lists it there, that index, to delete first)",
+            409: "a platform manifest that a stored index lists (the message names the index, "
+            "to delete first), or an image a protected tag names",
+        }
+    ),
+)
 async def delete_image(
     request: Request,
     ctx: ManageProject,
@@ -101,11 +113,12 @@ async def delete_image(
     image: ImageName = "",
 ) -> Response:
     """Delete an image and every tag on it (its data goes at the next garbage collection). A
-    platform manifest of a stored index cannot be deleted on its own: delete the index. An
-    image a tag protected by an immutable tag rule, or any tag while the repository's tag
-    overwrite is off, names cannot be deleted (409)."""
+    platform manifest of a stored index cannot be deleted while the index lists it: delete the
+    index first (which leaves its platform manifests stored, as images of their own). An image
+    a tag protected by an immutable tag rule, or any tag while the repository's tag overwrite
+    is off, names cannot be deleted (409)."""
     repo = await ctx.repository(repository)
-    await ctx.services.registry.delete_manifest(
+    await ctx.services.registry.delete_image(
         repo, image, digest, actor=ctx.actor, client=client_address(request)
     )
     return Response(status_code=204)

@@ -212,11 +212,18 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(Exception, _server_problem)
 
 
-def responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
-    """OpenAPI `responses` entries for problem answers, for a route or router."""
+def responses(
+    *statuses: int, described: dict[int, str] | None = None
+) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI `responses` entries for problem answers, for a route or router: `described`
+    says when an operation answers one of them, where its title is not enough."""
+    described = described or {}
     return {
-        status: {"model": Problem, "description": TITLES.get(status, "Error")}
-        for status in statuses
+        status: {
+            "model": Problem,
+            "description": described.get(status, TITLES.get(status, "Error")),
+        }
+        for status in (*statuses, *described)
     }
 
 

@@ -1,5 +1,6 @@
 """The refusal to delete content that stored manifests still use (a blob a manifest lists, a
-platform manifest an index lists), naming the users so the caller knows what to delete first."""
+platform manifest an index lists), naming the users so the caller knows what to delete first;
+and where in a repository a manifest asked for under the wrong image is."""
 
 from __future__ import annotations
 
@@ -8,10 +9,11 @@ from typing import Any
 
 from sqlalchemy import Select, func, select
 
-from berth.domain.errors import StateRefusal
+from berth.domain.errors import ManifestUnknown, StateRefusal
 from berth.domain.names import joined_name
 from berth.domain.references import RepositoryRef
-from berth.metadata.tables import tags
+from berth.metadata.queries import indexes_listing
+from berth.metadata.tables import manifests, tags
 
 # A refusal to delete content in use names this many of the manifests that use it.
 REFERENCED_BY_SHOWN = 10
@@ -27,18 +29,9 @@ async def manifests_using(conn: Any, query: Select[Any]) -> tuple[Sequence[Any],
     return users, total
 
 
-async def in_use_refusal(
-    conn: Any,
-    repo: RepositoryRef,
-    what: str,
-    users: Sequence[Any],
-    total: int,
-    *,
-    index: bool = False,
-) -> StateRefusal:
-    """The refusal to delete content that stored manifests (`users`: image, digest rows, the
-    first few of `total`) still reference, naming them and the first one's tags, so the
-    caller knows what to delete first."""
+async def _named_users(conn: Any, repo: RepositoryRef, users: Sequence[Any], total: int) -> str:
+    """The first of `users` (image, digest rows, the first few of `total`) by its OCI name,
+    digest and first tags, and how many more there are."""
     first = users[0]
     names = (
         (
@@ -59,9 +52,80 @@ async def in_use_refusal(
     oci_name = joined_name(repo.project, repo.name, first.image)
     tagged = f" (tagged {', '.join(names)})" if names else ""
     others = f" and {total - 1:,} more" if total > 1 else ""
-    kind = "index" if index else "manifest"
-    todo = "delete the index instead" if index else "delete the images that use it first"
+    return f"{oci_name}@{first.digest}{tagged}{others}"
+
+
+async def in_use_refusal(
+    conn: Any, repo: RepositoryRef, what: str, users: Sequence[Any], total: int
+) -> StateRefusal:
+    """The refusal to delete content that stored manifests (`users`: image, digest rows, the
+    first few of `total`) still reference, naming them and the first one's tags, so the
+    caller knows what to delete first."""
+    named = await _named_users(conn, repo, users, total)
     return StateRefusal(
-        f"{what} is referenced by {kind} {oci_name}@{first.digest}{tagged}{others}; {todo}",
+        f"{what} is referenced by manifest {named}; delete the images that use it first",
         {"referencedBy": [row.digest for row in users]},
+    )
+
+
+async def index_child_refusal(
+    conn: Any, repo: RepositoryRef, digest: str, parents: Sequence[Any], total: int
+) -> StateRefusal:
+    """The refusal to delete a platform manifest that stored indexes (`parents`, the first
+    few of `total`) list: the index goes first (deleting it leaves its platform manifests
+    stored, as images of their own)."""
+    named = await _named_users(conn, repo, parents, total)
+    return StateRefusal(
+        f"manifest {digest} is a platform manifest of index {named}: it cannot be deleted "
+        f"while an index lists it; delete {'those indexes' if total > 1 else 'the index'} first",
+        {"referencedBy": [row.digest for row in parents]},
+    )
+
+
+# A manifest missing under the image asked for names the images it is under, up to this many.
+_IMAGES_NAMED = 5
+
+
+async def missing_manifest(
+    conn: Any, repo: RepositoryRef, image: str, digest: str, *, deleting: bool = False
+) -> ManifestUnknown:
+    """The management API's 404 for a manifest not stored under `image` of `repo`: not in
+    the repository at all, or under other images (a manifest belongs to one image name, and
+    `?image=` says which). To delete one that an index lists there, that index goes first."""
+    where = f"image {image!r} of " if image else ""
+    missing = f"manifest {digest} is not in {where}repository {repo.project}/{repo.name}"
+    holders = [
+        str(holder)
+        for holder in (
+            await conn.execute(
+                select(manifests.c.image)
+                .where(manifests.c.repository_id == repo.id, manifests.c.digest == digest)
+                .order_by(manifests.c.image)
+                .limit(_IMAGES_NAMED + 1)
+            )
+        ).scalars()
+    ]
+    if not holders:
+        return ManifestUnknown(missing, {"digest": digest})
+    if not image:
+        missing += " itself"
+    names = ", ".join(
+        repr(holder) if holder else "'' (the repository itself)"
+        for holder in holders[:_IMAGES_NAMED]
+    )
+    more = " and others" if len(holders) > _IMAGES_NAMED else ""
+    plural = "s" if len(holders) > 1 else ""
+    held = f"{missing}: it is under image{plural} {names}{more}"
+    ask = f"pass ?image={holders[0]}" if holders[0] else "leave ?image= out"
+    parents: Sequence[Any] = []
+    if deleting:
+        query = indexes_listing(repo.id, holders[0], digest).order_by(manifests.c.id)
+        parents, total = await manifests_using(conn, query)
+    if not parents:
+        return ManifestUnknown(f"{held} ({ask})", {"digest": digest})
+    named = await _named_users(conn, repo, parents, total)
+    return ManifestUnknown(
+        f"{held}, a platform manifest of index {named}: delete "
+        f"{'those indexes' if total > 1 else 'that index'} first, then {ask}",
+        {"digest": digest},
     )

@@ -16,7 +16,6 @@ from cachetools import LRUCache
 from sqlalchemy import Select, and_, func, literal, select, union, union_all
 
 from berth.domain.digests import parse_digest
-from berth.domain.errors import ManifestUnknown
 from berth.domain.manifests import INDEX_TYPES, MAX_INDEX_DEPTH, parse_manifest
 from berth.domain.references import RepositoryRef
 from berth.metadata.database import Database
@@ -28,6 +27,7 @@ from berth.metadata.tables import (
     manifests,
     tags,
 )
+from berth.services.content_in_use import missing_manifest
 from berth.services.image_records import (
     MAX_LISTED_CHILDREN,
     MAX_LISTED_LAYERS,
@@ -54,27 +54,6 @@ _config_platforms: LRUCache[str, str | None] = LRUCache(maxsize=4096)
 MAX_INDEX_ENTRIES = 1024  # distinct entries of an index whose platform is kept
 
 _Derived = TypeVar("_Derived")
-
-
-# A manifest missing under the image asked for names the images it is under, up to this many.
-_IMAGES_NAMED = 5
-
-
-def _not_under(repo: RepositoryRef, image: str, digest: str, holders: list[str]) -> str:
-    """Why a manifest is not found: not in the repository at all, or under other images
-    (a manifest belongs to one image name: `?image=` says which)."""
-    where = f"image {image!r} of " if image else ""
-    missing = f"manifest {digest} is not in {where}repository {repo.project}/{repo.name}"
-    if not holders:
-        return missing
-    names = ", ".join(
-        repr(holder) if holder else "'' (the repository itself)"
-        for holder in holders[:_IMAGES_NAMED]
-    )
-    more = " and others" if len(holders) > _IMAGES_NAMED else ""
-    plural = "s" if len(holders) > 1 else ""
-    ask = f"pass ?image={holders[0]}" if holders[0] else "leave ?image= out"
-    return f"{missing}: it is under image{plural} {names}{more} ({ask})"
 
 
 class DigestCache(LRUCache[str, _Derived], Generic[_Derived]):
@@ -190,16 +169,7 @@ class Images:
                 )
             ).first()
             if row is None:
-                elsewhere = await conn.execute(
-                    select(manifests.c.image)
-                    .where(manifests.c.repository_id == repo.id, manifests.c.digest == digest)
-                    .order_by(manifests.c.image)
-                    .limit(_IMAGES_NAMED + 1)
-                )
-                raise ManifestUnknown(
-                    _not_under(repo, image, digest, [str(other) for other in elsewhere.scalars()]),
-                    {"digest": digest},
-                )
+                raise await missing_manifest(conn, repo, image, digest)
             parents = await conn.execute(
                 indexes_listing(repo.id, image, digest).order_by(manifests.c.digest)
             )

@@ -53,7 +53,11 @@ from berth.metadata.tables import (
     utcnow,
 )
 from berth.services.content_audit import audit_content_change
-from berth.services.content_in_use import in_use_refusal, manifests_using
+from berth.services.content_in_use import (
+    index_child_refusal,
+    manifests_using,
+    missing_manifest,
+)
 from berth.services.gc.restrictions import ensure_writable
 from berth.services.manifest_cache import ManifestCache, StoredManifest
 from berth.services.scanning.scans import queue_on_push
@@ -512,9 +516,7 @@ class ManifestContent:
                     conn, indexes_listing(repo.id, image, reference).order_by(manifests.c.id)
                 )
                 if parents:
-                    raise await in_use_refusal(
-                        conn, repo, f"manifest {reference}", parents, total, index=True
-                    )
+                    raise await index_child_refusal(conn, repo, reference, parents, total)
                 found = await self.delete_image_in(conn, repo, image, reference, actor=actor)
             else:
                 old = (
@@ -543,6 +545,18 @@ class ManifestContent:
             await audit_content_change(
                 conn, action, repo, image, reference, actor=actor, client=client
             )
+
+    async def delete_image(
+        self, repo: RepositoryRef, image: str, digest: str, *, actor: str, client: str | None
+    ) -> None:
+        """`delete_manifest` by digest for the management API, whose 404 says where in the
+        repository the manifest is, in the API's terms (`?image=`): /v2 names the image in the
+        repository name, where "not in this repository" is what is true."""
+        try:
+            await self.delete_manifest(repo, image, digest, actor=actor, client=client)
+        except ManifestUnknown:
+            async with self.db.read() as conn:
+                raise await missing_manifest(conn, repo, image, digest, deleting=True) from None
 
     async def delete_image_in(
         self, conn: Any, repo: RepositoryRef, image: str, digest: str, *, actor: str

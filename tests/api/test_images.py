@@ -133,6 +133,63 @@ def test_images_tags_platforms_sizes_and_referrers(team: Team) -> None:
     assert ok(team["reader"].get(team.repo_url("/tags"), params={"per_page": 1}))["total"] == 3
 
 
+def test_deleting_a_platform_manifest_names_the_index_to_delete_first(team: Team) -> None:
+    registry, name = team.registry("member"), team.oci_name("multi")
+    amd64 = push_image(registry, name, None, architecture="amd64")
+    arm64 = push_image(registry, name, None, architecture="arm64")
+    index = linux_index((amd64, "amd64"), (arm64, "arm64"))
+    push_manifest(registry, name, "v1", index)
+    member, where = team["member"], f"{team.project}/{team.repository}"
+
+    # Under its own image: the index that lists it goes first.
+    refused = member.delete(team.repo_url(f"/images/{arm64.digest}"), params={"image": "multi"})
+    assert assert_problem(refused, 409, code="CONFLICT")["detail"] == (
+        f"manifest {arm64.digest} is a platform manifest of index {where}/multi@{index.digest} "
+        "(tagged v1): it cannot be deleted while an index lists it; delete the index first"
+    )
+    # Asked for under another image (here the repository's own): where it is, and the same.
+    missing = member.delete(team.repo_url(f"/images/{arm64.digest}"))
+    assert assert_problem(missing, 404, code="MANIFEST_UNKNOWN")["detail"] == (
+        f"manifest {arm64.digest} is not in repository {where} itself: it is under image "
+        f"'multi', a platform manifest of index {where}/multi@{index.digest} (tagged v1): "
+        "delete that index first, then pass ?image=multi"
+    )
+    # Which is so: deleting the index leaves its platform manifests, as images of their own.
+    ok(member.delete(team.repo_url(f"/images/{index.digest}"), params={"image": "multi"}), 204)
+    listed = {i["digest"] for i in images_of(team, image="multi")["items"]}
+    assert listed == {amd64.digest, arm64.digest}
+    missing = member.delete(team.repo_url(f"/images/{arm64.digest}"), params={"image": "other"})
+    assert assert_problem(missing, 404)["detail"] == (
+        f"manifest {arm64.digest} is not in image 'other' of repository {where}: it is under "
+        "image 'multi' (pass ?image=multi)"
+    )
+    ok(member.delete(team.repo_url(f"/images/{arm64.digest}"), params={"image": "multi"}), 204)
+
+
+def test_deleting_an_image_of_another_repository_says_it_is_not_in_this_one(team: Team) -> None:
+    member, where = team["member"], f"{team.project}/{team.repository}"
+    ok(member.post(team.url("/repositories"), json={"name": "other"}), 201)
+    with team.registry("member") as registry:
+        elsewhere = push_image(registry, team.oci_name(repository="other"), "v1")
+    for image, named in (("", ""), ("tools", "image 'tools' of ")):
+        missing = member.delete(
+            team.repo_url(f"/images/{elsewhere.digest}"), params={"image": image}
+        )
+        assert assert_problem(missing, 404, code="MANIFEST_UNKNOWN")["detail"] == (
+            f"manifest {elsewhere.digest} is not in {named}repository {where}"
+        )
+    ok(member.delete(team.repo_url(f"/images/{elsewhere.digest}", repository="other")), 204)
+
+
+def test_the_openapi_document_says_when_deleting_an_image_is_refused(team: Team) -> None:
+    paths = ok(team["reader"].get("/openapi.json"))["paths"]
+    answers = paths["/projects/{project}/repositories/{repository}/images/{digest}"]["delete"]
+    described = {status: answers["responses"][status]["description"] for status in ("404", "409")}
+    assert "the `?image=` to pass" in described["404"], described
+    assert "that index, to delete first" in described["404"], described
+    assert "a platform manifest that a stored index lists" in described["409"], described
+
+
 def test_tags_on_platform_manifests_show_with_their_index(team: Team) -> None:
     """`docker manifest create` and podman push each platform under a tag of its own, then
     an index tagged `latest` listing them: the per-platform tags are the index's entries',
