@@ -7,7 +7,17 @@ from __future__ import annotations
 import re
 import time
 
-from tests.api.conftest import PASSWORD, PROBLEM, Team, api, assert_problem, ok, push_image
+from berth.state import Services
+from tests.api.conftest import (
+    PASSWORD,
+    PROBLEM,
+    Team,
+    api,
+    assert_problem,
+    ok,
+    push_image,
+    services,
+)
 from tests.servers import ADMIN_PASSWORD
 
 
@@ -295,3 +305,43 @@ def test_a_manifest_asked_for_under_another_image_says_which_image_holds_it(team
     assert "pass ?image=multi" in elsewhere, elsewhere
     unknown = team.repo_url("/images/sha256:" + "0" * 64)
     assert "under image" not in assert_problem(images.get(unknown), 404)["detail"]
+
+
+def test_a_page_past_the_last_is_empty_and_still_counts_the_listing(team: Team) -> None:
+    with team.registry("member") as registry:
+        for tag in ("v1", "v2", "v3"):
+            push_image(registry, team.oci_name(), tag)
+    reader, images = team["reader"], team.repo_url("/images")
+    last = ok(reader.get(images, params={"per_page": 2, "page": 2}))
+    assert len(last["items"]) == 1 and last["total"] == 3
+    past = ok(reader.get(images, params={"per_page": 2, "page": 3}))
+    assert past == {"items": [], "page": 3, "per_page": 2, "total": 3}
+
+
+def test_every_paged_listing_answers_a_page_past_its_end_alike(team: Team) -> None:
+    admin = api(team.server, ("admin", ADMIN_PASSWORD))
+    with team.registry() as registry:
+        push_image(registry, team.oci_name(), "v1")
+
+    async def add_webhook(s: Services) -> int:
+        # Made here, on loopback: the server takes only public addresses, and nothing is sent
+        # to it (no event comes after it).
+        s.webhooks.allow_private = True
+        return (await s.webhooks.create(team.project, "http://127.0.0.1:9/", actor="t")).id
+
+    hook = services(team.server, add_webhook)
+    values = {"project": team.project, "repository": team.repository, "webhook_id": hook}
+    document = ok(api(team.server).get("/openapi.json"))
+    paged = [
+        path
+        for path, operations in document["paths"].items()
+        if {"page", "per_page"}
+        <= {p["name"] for p in operations.get("get", {}).get("parameters", [])}
+    ]
+    assert len(paged) >= 11, paged
+    for path in paged:
+        url = path.format(**values)
+        total = ok(admin.get(url, params={"per_page": 1}))["total"]
+        for page in (total + 1, 100_000):
+            past = admin.get(url, params={"page": page, "per_page": 1})
+            assert ok(past) == {"items": [], "page": page, "per_page": 1, "total": total}, path
