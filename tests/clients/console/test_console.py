@@ -6,6 +6,7 @@ import base64
 import datetime as dt
 import hashlib
 import http.server
+import itertools
 import json
 import re
 import shlex
@@ -19,7 +20,7 @@ from urllib.parse import urlsplit
 
 import httpx
 import pytest
-from playwright.sync_api import Browser, Locator, Page, Route, expect
+from playwright.sync_api import Browser, Locator, Page, Route, ViewportSize, expect
 
 from berth.domain.names import MAX_PROJECT_LENGTH
 from tests.api.conftest import push_image
@@ -920,6 +921,52 @@ def test_audit_details_wrap_between_fields(page: Page, tenant: Tenant) -> None:
         else:
             assert address < at < address + len(url), f"broken inside a word: {lines}"
     assert page.evaluate(OVERFLOWING) == []
+
+
+# A webhook address of the kind a chat service hands out: no hyphen, a token of 32 letters.
+LONG_ADDRESS = (
+    "http://127.0.0.1:9/services/T024BE7LD/B08K3Q2L1RX/a9F3kLmZq8RtYvWx2PcD7hJnB4sEuGf0"
+    "?channel=releases&format=cloudevents&signature=sha256&retry=daily"
+)
+
+
+def test_a_long_address_in_the_audit_target_wraps_at_its_separators(
+    page: Page, tenant: Tenant
+) -> None:
+    """A webhook's address as an audit target, on a desktop, a narrow window and a phone: its
+    lines end after a slash or an `=`, or before a `?`, `&` or `.`, never inside a word; the
+    row stays a few lines high; the whole address is its text (to copy) and its title (on
+    hover)."""
+    with tenant.api() as admin:
+        made = admin.post(
+            f"/projects/{tenant.project}/webhooks", json={"url": LONG_ADDRESS, "event_types": []}
+        )
+        made.raise_for_status()
+    sign_in(page, tenant)
+    open_project_page(page, tenant, "Audit log")
+    narrow: ViewportSize = {"width": 900, "height": 860}  # still a table, not cards
+    for viewport in (DESKTOP, narrow, PHONE):
+        page.set_viewport_size(viewport)
+        row = page.get_by_role("table", name="Audit log").get_by_role("row")
+        entry = row.filter(has_text="webhook.create")
+        for _ in range(10):  # the server writes audit entries in batches, every 0.25 s
+            page.reload()
+            if entry.count():
+                break
+            page.wait_for_timeout(300)
+        target = entry.get_by_title(LONG_ADDRESS)
+        expect(target).to_have_text(LONG_ADDRESS)
+        lines = target.evaluate(LINES_OF)
+        assert "".join(lines) == LONG_ADDRESS
+        for line, following in itertools.pairwise(lines):
+            assert line.endswith(("/", "=")) or following.startswith(("?", "&", ".", "#", "@")), (
+                f"broken inside a word at {viewport}: {lines}"
+            )
+        assert 2 <= len(lines) <= 7, f"at {viewport}: {lines}"
+        if viewport is not PHONE:  # a phone shows each cell on a line of its own
+            height = entry.evaluate("(row) => row.getBoundingClientRect().height")
+            assert height <= 8 * 24, f"a row {height} px high at {viewport}"
+        screenshot(page, f"audit-long-address-{viewport['width']}")
 
 
 def test_the_server_admin_badge_stands_apart_from_the_kind(page: Page, tenant: Tenant) -> None:

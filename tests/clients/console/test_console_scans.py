@@ -39,6 +39,8 @@ from tests.unit.services.test_scanning_layers import (
 )
 from tests.webhook_receiver import Receiver, receiving
 
+MANY_PLATFORMS = 300  # more than the 256 manifests an image's details list
+
 
 def push_vulnerable_image(tenant: Tenant, repository: str, work: Path) -> str:
     layers = [
@@ -222,6 +224,60 @@ def test_an_index_has_an_sbom_per_platform(page: Page, tenant: Tenant) -> None:
     sbom = json.loads(Path(download.value.path()).read_text())
     assert sbom["metadata"]["component"]["version"] == platforms["linux/arm64"].digest
     assert ("ms", "0.7.0") in {(c["name"], c.get("version")) for c in sbom["components"]}
+
+
+def test_an_index_wider_than_its_details_says_how_much_is_shown(page: Page, tenant: Tenant) -> None:
+    """An index of 300 platforms (ms 0.7.0 in each), scanned: the images table shows the 64
+    platforms the listing gives and says so ("showing 64 of 300 platforms"); its findings
+    offer the SBOMs of the first 256 manifests, one button per platform (none for the whole),
+    and say that these are the first 256 of 300."""
+    tenant.create_repository("wide", scan_mode="manual")
+    name = f"{tenant.project}/wide"
+    packages = Blob(layer(npm_package("ms-0.7.0.tgz", "ms")), OCI_LAYER_GZIP)
+    config = image_config()
+    entries = []
+    with (
+        tenant.api() as admin,
+        httpx.Client(
+            base_url=tenant.server.url, auth=tenant.server.access_key(tenant.project), timeout=30
+        ) as registry,
+    ):
+        push_blob(registry, name, packages)
+        push_blob(registry, name, config)
+        for n in range(MANY_PLATFORMS):
+            manifest = image_manifest(
+                config.descriptor(), [packages.descriptor()], annotations={"n": str(n)}
+            )
+            push_manifest(registry, name, manifest.digest, manifest)
+            entries.append(
+                manifest.descriptor(platform={"os": "linux", "architecture": f"arch{n:03}"})
+            )
+        index = image_index(entries)
+        push_manifest(registry, name, "v1", index)
+        scan = f"/projects/{tenant.project}/repositories/wide/images/{index.digest}/scan"
+        admin.post(scan).raise_for_status()
+        deadline = time.monotonic() + 180
+        while admin.get(scan).json()["state"] != "done":
+            assert time.monotonic() < deadline, admin.get(scan).json()
+            time.sleep(0.5)
+    short = index.digest[:19]
+
+    sign_in(page, tenant)
+    page.get_by_role("link", name="wide", exact=True).click()
+    row = page.get_by_role("table", name="Images").get_by_role("row").filter(has_text=short)
+    expect(row.locator(".badge.platform")).to_have_count(64)
+    expect(row.get_by_test_id("platforms-cut")).to_have_text("showing 64 of 300 platforms")
+    screenshot(page, "images-wide-index")
+    row.get_by_role("button", name=f"Findings of {short}").click()
+    dialog = page.get_by_role("dialog", name=f"Findings · {short}")
+    sboms = dialog.get_by_role("button", name=re.compile("^Download SBOM"))
+    expect(sboms).to_have_count(256)
+    expect(sboms.first).to_have_accessible_name("Download SBOM linux/arch000")
+    expect(sboms.last).to_have_accessible_name("Download SBOM linux/arch255")
+    expect(dialog.get_by_test_id("sbom-cut")).to_have_text(
+        "showing the first 256 of the 300 manifests this index lists"
+    )
+    screenshot(page, "findings-wide-index", full_page=False)
 
 
 # A server of its own: the record it imports is altered, and the vulnerability database is

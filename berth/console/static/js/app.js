@@ -35,10 +35,13 @@ const ROUTES = [
   [/^\/projects\/([^/]+)\/policies$/, policiesView, "policies"],
 ];
 
-export function navigate(path, params = null) {
+/** `replace`: the page shown takes the place of this one in the history (Back does not come
+ * to this one again): for a page that only sends on to another. */
+export function navigate(path, params = null, { replace = false } = {}) {
   const search = params ? new URLSearchParams(Object.entries(params).filter(([, v]) => v !== "" && v != null)).toString() : "";
   const target = "#" + path + (search ? "?" + search : "");
   if (location.hash === target) render();
+  else if (replace) location.replace(target);
   else location.hash = target;
 }
 

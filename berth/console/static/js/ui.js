@@ -110,6 +110,18 @@ export function shortenDigests(text) {
   return text.replace(DIGEST_IN_TEXT, (digest) => `${shortDigest(digest)}…`);
 }
 
+// Where an address may end a line: after a slash (the two of `//` together) or an `=`, before a
+// `?`, `&`, `#`, `@` or `.`. Chromium breaks a URL nowhere but after `?` and hyphens, so a narrow
+// column broke it inside a word (`.../T024BE7LD/B` | `08K3Q2L1RX/...`).
+const ADDRESS_BREAKS = /(?<=[/=])(?!\/)|(?=[?&#@.])/;
+
+/** A text naming an address or an image (a webhook URL, `repository/image@sha256:…`) that
+ * wraps at its separators (a `<wbr>` at each), never inside a word unless a word alone is
+ * wider than its column. The text is unchanged: what is copied is the whole. */
+export function wrappingAddress(text) {
+  return text.split(ADDRESS_BREAKS).flatMap((part, i) => (i ? [h("wbr"), part] : [part]));
+}
+
 /** A JSON value as text that wraps where a reader would: after a comma, between fields and
  * items, or between a string's words. JSON.stringify's has no such place (its quotes and
  * commas are glued), so a narrow column broke it anywhere, a name or a digest mid-way. Each
@@ -420,6 +432,19 @@ export function table(columns, rows, { empty = "Nothing here yet.", caption = nu
       ),
     ),
   );
+}
+
+/** A page past a paged listing's last (its last item deleted, or an old link): `show(last)`
+ * is asked for the last page that has items (page 1 when none has) and this returns true, for
+ * the caller to draw nothing of the empty page. A page in the address is shown in the empty
+ * one's place in the history (navigate's `replace`: Back would come to it and be sent on
+ * again). A page that is empty though the total says it should not be (items deleted in
+ * between) is drawn, with its pager: asking again could go on for ever. */
+export function leftPastLastPage({ items, page, per_page: perPage, total }, show) {
+  const last = Math.max(1, Math.ceil(total / perPage));
+  if (items.length || last >= page) return false;
+  show(last);
+  return true;
 }
 
 /** Previous and Next through a paged listing (`GET` answers' `page`, `per_page`, `total`);

@@ -2,7 +2,7 @@
 // and projects (delete).
 
 import { api, query, seg } from "../api.js";
-import { badge, clear, confirmDialog, errorBox, field, focusAfterRedraw, h, number, openDialog, pager, plural, radios, searchRefusal, table, timeElement, toast } from "../ui.js";
+import { badge, clear, confirmDialog, errorBox, field, focusAfterRedraw, h, leftPastLastPage, number, openDialog, pager, plural, radios, searchRefusal, table, timeElement, toast } from "../ui.js";
 import { newPasswordFields } from "./account.js";
 import { auditTable } from "./members.js";
 
@@ -18,7 +18,7 @@ export async function adminView(main, ctx) {
   const search = ctx.query.query || "";
   const page = Math.max(1, Number(ctx.query.page) || 1);
   const auditPage = Math.max(1, Number(ctx.query.audit_page) || 1);
-  const go = (changes) => ctx.navigate("/admin", { query: search, page, audit_page: auditPage, ...changes });
+  const go = (changes, how) => ctx.navigate("/admin", { query: search, page, audit_page: auditPage, ...changes }, how);
   const [users, audit] = await Promise.all([
     // A refused search is shown in the list's place; the rest of the page still works.
     api.get(`/users${query({ query: search, page, per_page: PER_PAGE })}`).catch((err) => {
@@ -28,12 +28,8 @@ export async function adminView(main, ctx) {
     api.get(`/audit${query({ page: auditPage, per_page: 20 })}`),
   ]);
   if (ctx.stale()) return;
-  // Past the last page (its last user deleted, or an old link): the last page instead, in
-  // the empty page's place in the history (Back would come to it and leave it again).
-  if (!(users instanceof Error) && !users.items.length && users.total && page > 1) {
-    location.replace(`#/admin${query({ query: search, page: Math.ceil(users.total / PER_PAGE), audit_page: auditPage })}`);
-    return;
-  }
+  if (!(users instanceof Error) && leftPastLastPage(users, (p) => go({ page: p }, { replace: true }))) return;
+  if (leftPastLastPage(audit, (p) => go({ audit_page: p }, { replace: true }))) return;
   const searchBox = h("input", { type: "search", value: search, "aria-label": "Search users", placeholder: "Search users" });
   const searchForm = h("form", { class: "toolbar", role: "search" }, searchBox, h("button", { type: "submit" }, "Search"));
   searchForm.addEventListener("submit", (e) => {

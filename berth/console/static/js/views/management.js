@@ -1,5 +1,5 @@
 import { api, query, seg } from "../api.js";
-import { badge, bytes, clear, duration, emptyState, errorBox, h, number, openDialog, pager, plural, table, timeElement, toast } from "../ui.js";
+import { badge, bytes, clear, duration, emptyState, errorBox, h, leftPastLastPage, number, openDialog, pager, plural, table, timeElement, toast } from "../ui.js";
 
 const PHRASE = "data deletion";
 const PHASES = {
@@ -55,6 +55,7 @@ export async function managementView(main, ctx) {
     const first = await api.get(`${base}/gc/runs${query({ page: 1, per_page: 10 })}`);
     const shown = page === 1 ? first : await api.get(`${base}/gc/runs${query({ page, per_page: 10 })}`);
     if (ctx.stale() || mine !== generation) return;
+    if (leftPastLastPage(shown, (p) => ctx.navigate(`${base}/management`, { page: p }, { replace: true }))) return;
     const current = first.items.find((r) => r.state === "running") || null;
     const run = current || (followed && first.items.find((r) => r.id === followed)) || first.items[0] || null;
     const finished = first.items.find((r) => r.state !== "running") || null;

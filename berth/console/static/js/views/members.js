@@ -1,5 +1,5 @@
 import { api, query, seg } from "../api.js";
-import { clear, confirmDialog, focusAfterRedraw, h, pager, shortenDigests, table, timeElement, toast, wrappingJson } from "../ui.js";
+import { clear, confirmDialog, focusAfterRedraw, h, leftPastLastPage, pager, shortenDigests, table, timeElement, toast, wrappingAddress, wrappingJson } from "../ui.js";
 import { removeButton, userFieldOf, userRoleForm } from "./roles.js";
 
 const ROLES = {
@@ -132,7 +132,7 @@ export async function auditView(main, ctx) {
   const page = Math.max(1, Number(ctx.query.page) || 1);
   document.title = `Audit log · ${project.name} · Berth`;
   const found = await api.get(`/projects/${seg(project.name)}/audit${query({ page, per_page: 50 })}`);
-  if (ctx.stale()) return;
+  if (ctx.stale() || leftPastLastPage(found, (p) => ctx.navigate(`/projects/${seg(project.name)}/audit`, { page: p }, { replace: true }))) return;
   clear(
     main,
     h("div", { class: "page-head" }, h("div", {}, h("h1", {}, "Audit log"), h("p", { class: "muted" }, "Sign-ins, access keys, roles, repository changes, image and tag deletes and restores, newest first."))),
@@ -148,7 +148,7 @@ export function auditTable(entries, caption) {
       { title: "When", cell: (e) => timeElement(e.at) },
       { title: "Who", cell: (e) => e.actor },
       { title: "Action", cell: (e) => h("code", {}, e.action) },
-      { title: "Target", cell: (e) => (e.target ? h("span", { title: e.target }, shortenDigests(e.target)) : "–"), class: "target" },
+      { title: "Target", cell: (e) => (e.target ? h("span", { title: e.target }, wrappingAddress(shortenDigests(e.target))) : "–"), class: "target" },
       { title: "Detail", cell: (e) => (e.detail ? h("code", { class: "detail" }, wrappingJson(e.detail)) : "–"), class: "detail" },
       { title: "Client", cell: (e) => e.client || "–" },
     ],

@@ -1,7 +1,7 @@
 import { api, query, seg } from "../api.js";
 import { imagePrefix } from "../registry.js";
 import {
-  badge, characters, clear, countedText, emptyState, errorBox, field, h, number, openDialog, pager, radios, searchRefusal, table, timeElement, toast,
+  badge, characters, clear, countedText, emptyState, errorBox, field, h, leftPastLastPage, number, openDialog, pager, radios, searchRefusal, table, timeElement, toast,
 } from "../ui.js";
 
 // As the API validates (berth/api/deps.py COMPONENT_PATTERN, services MAX_*).
@@ -40,9 +40,9 @@ export async function repositoriesView(main, ctx) {
   // The view re-renders only once the new listing arrives: a control used in between must
   // build on the change just made (a sort chosen, then the order flipped), not on this render's.
   let state = { q, sort, order, page };
-  const go = (changes) => {
+  const go = (changes, how) => {
     state = { ...state, ...changes };
-    ctx.navigate(here, state);
+    ctx.navigate(here, state, how);
   };
   document.title = `Repositories · ${project.name} · Berth`;
 
@@ -87,7 +87,7 @@ export async function repositoriesView(main, ctx) {
     if (!ctx.stale()) clear(body, searchRefusal(err));
     return;
   }
-  if (ctx.stale()) return;
+  if (ctx.stale() || leftPastLastPage(found, (p) => go({ page: p }, { replace: true }))) return;
   const none = q
     ? emptyState(`No repository name contains “${q}”`, h("button", { type: "button", onclick: () => go({ q: "", page: 1 }) }, "Clear the search"))
     : emptyState(

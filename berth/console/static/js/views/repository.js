@@ -1,7 +1,7 @@
 import { api, query, seg } from "../api.js";
 import { imageName } from "../registry.js";
 import {
-  badge, bytes, clear, confirmDialog, copyButton, copyable, emptyState, errorBox, field, focusAfterRedraw, h, number, pager, plural, shortDigest, table, timeElement, toast,
+  badge, bytes, clear, confirmDialog, copyButton, copyable, emptyState, errorBox, field, focusAfterRedraw, h, leftPastLastPage, number, pager, plural, shortDigest, table, timeElement, toast,
 } from "../ui.js";
 import { descriptionProblem, readRepositoryFields, repositoryFields } from "./repositories.js";
 import { removeButton, userFieldOf, userRoleForm } from "./roles.js";
@@ -105,14 +105,14 @@ async function imagesTab(ctx) {
   clear(panel, h("p", { class: "loading" }, "Loading images…"));
   // Signatures, SBOMs and other referrers are listed under the image they refer to.
   const found = await api.get(`${base}/images${query({ page, per_page: PER_PAGE, referrers: false })}`);
-  if (ctx.stale()) return;
+  if (ctx.stale() || leftPastLastPage(found, (p) => ctx.navigate(`${base}/images`, { ...ctx.query, page: p }, { replace: true }))) return;
   const showImageName = found.items.some((i) => i.image);
   const columns = [
     showImageName ? { title: "Image", cell: (i) => i.image || h("span", { class: "muted" }, "(repository)") } : null,
     { title: "Digest", cell: (i) => h("span", { class: "digest" }, h("code", { title: i.digest }, shortDigest(i.digest)), copyButton(i.digest, `Copy digest ${shortDigest(i.digest)}`)) },
     { title: "Tags", cell: (i) => tagsCell(i) },
     { title: "Size", cell: (i) => bytes(i.size), class: "num" },
-    { title: "Platforms", cell: (i) => (i.platforms.length ? h("span", { class: "chips" }, i.platforms.map((p) => badge(p, "platform"))) : kindOf(i)) },
+    { title: "Platforms", cell: (i) => (i.platforms.length ? platformsCell(i) : kindOf(i)) },
     { title: "Pushed", cell: (i) => timeElement(i.pushed_at) },
     { title: "Vulnerabilities", cell: (i) => scanCell(ctx, i) },
     { title: "Referrers", cell: (i) => referrers(i) },
@@ -173,6 +173,17 @@ function tagsCell(image) {
   );
 }
 
+/** An image's platforms; the listing gives at most 64 of an index's, and says how many more. */
+function platformsCell(image) {
+  const beyond = image.platform_count - image.platforms.length;
+  return h(
+    "span",
+    { class: "chips" },
+    image.platforms.map((p) => badge(p, "platform")),
+    beyond > 0 ? h("span", { class: "muted", "data-testid": "platforms-cut" }, `showing ${number(image.platforms.length)} of ${plural(image.platform_count, "platform")}`) : null,
+  );
+}
+
 function kindOf(image) {
   if (image.artifact_type) return h("span", { class: "muted", title: image.artifact_type }, artifactLabel(image.artifact_type));
   // A single-platform image lists its own platform (from its config); this is for the rest.
@@ -221,7 +232,7 @@ async function tagsTab(ctx) {
   const page = pageOf(ctx);
   clear(panel, h("p", { class: "loading" }, "Loading tags…"));
   const found = await api.get(`${base}/tags${query({ page, per_page: PER_PAGE })}`);
-  if (ctx.stale()) return;
+  if (ctx.stale() || leftPastLastPage(found, (p) => ctx.navigate(`${base}/tags`, { page: p }, { replace: true }))) return;
   clear(
     panel,
     table(
@@ -281,7 +292,7 @@ async function historyTab(ctx) {
   const page = pageOf(ctx);
   clear(panel, h("p", { class: "loading" }, "Loading history…"));
   const found = await api.get(`${base}/history${query({ page, per_page: PER_PAGE })}`);
-  if (ctx.stale()) return;
+  if (ctx.stale() || leftPastLastPage(found, (p) => ctx.navigate(`${base}/history`, { page: p }, { replace: true }))) return;
   const digest = (d) => (d ? h("code", { title: d }, shortDigest(d)) : h("span", { class: "muted" }, "–"));
   clear(
     panel,

@@ -2,7 +2,7 @@
 // preview of what a run would delete, running it, and the history of runs.
 
 import { api, query, seg } from "../api.js";
-import { badge, clear, confirmDialog, emptyState, errorBox, field, focusAfterRedraw, h, number, openDialog, pager, plural, shortDigest, table, timeElement, toast } from "../ui.js";
+import { badge, clear, confirmDialog, emptyState, errorBox, field, focusAfterRedraw, h, leftPastLastPage, number, openDialog, pager, plural, shortDigest, table, timeElement, toast } from "../ui.js";
 
 // What each kind of rule keeps, and the value it needs.
 const KINDS = {
@@ -115,7 +115,7 @@ async function runNow(ctx, base, preview, history) {
 
 async function showHistory(ctx, base, container, page) {
   const data = await api.get(`${base}/runs${query({ page, per_page: 10 })}`);
-  if (ctx.stale()) return;
+  if (ctx.stale() || leftPastLastPage(data, (p) => showHistory(ctx, base, container, p))) return;
   clear(
     container,
     table(

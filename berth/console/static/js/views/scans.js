@@ -1,7 +1,7 @@
 // Image scans on the repository page: the severity badge of each image, the Scan button that
 // queues a scan and follows it until it finishes, and the findings of one image.
 import { api, query, seg } from "../api.js";
-import { badge, clear, datetime, h, openDialog, plural, saveFile, shortDigest, toast, webLink } from "../ui.js";
+import { badge, clear, datetime, h, number, openDialog, plural, saveFile, shortDigest, toast, webLink } from "../ui.js";
 
 export const SEVERITIES = ["critical", "high", "medium", "low", "unknown"];
 const RANK = Object.fromEntries(SEVERITIES.map((s, i) => [s, SEVERITIES.length - i]));
@@ -163,16 +163,25 @@ export async function findingsDialog(ctx, image) {
 // ------------------------------------------------------------------ SBOM
 
 /** The SBOM (CycloneDX JSON, what the scan found) of an image manifest, or of each platform of
- * an index: the API has one per manifest. Buildkit's attestations (platform unknown) have none. */
+ * an index: the API has one per manifest. Buildkit's attestations (platform unknown) have none.
+ * The details list an index's first 256 manifests: past that, it says how many it shows. */
 function sbomButtons(ctx, image, detail) {
-  if (!detail.children.length) {
+  if (!detail.child_count) {
     return h("button", { type: "button", class: "small", onclick: () => downloadSbom(ctx, image.image, image.digest) }, "Download SBOM");
   }
   const platforms = detail.children.filter((c) => c.platform && !c.platform.startsWith("unknown/"));
+  const cut = detail.child_count > detail.children.length;
   return h(
     "span",
     { class: "actions" },
-    h("span", { class: "muted" }, "Download SBOM:"),
+    h(
+      "span",
+      { class: "muted" },
+      "Download SBOM",
+      // Before the buttons: after 256 of them it would go unseen.
+      cut ? [" (", h("span", { "data-testid": "sbom-cut" }, `showing the first ${number(detail.children.length)} of the ${number(detail.child_count)} manifests this index lists`), ")"] : null,
+      ":",
+    ),
     platforms.map((c) =>
       h("button", { type: "button", class: "small", "aria-label": `Download SBOM ${c.platform}`, onclick: () => downloadSbom(ctx, image.image, c.digest) }, c.platform),
     ),

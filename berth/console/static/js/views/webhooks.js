@@ -3,7 +3,7 @@
 // endpoint chosen, where a delivered or failed delivery can be sent again.
 
 import { api, query, seg } from "../api.js";
-import { badge, clear, confirmDialog, copyable, emptyState, errorBox, field, focusAfterRedraw, h, openDialog, pager, rowControl, table, timeElement, toast } from "../ui.js";
+import { badge, clear, confirmDialog, copyable, emptyState, errorBox, field, focusAfterRedraw, h, leftPastLastPage, openDialog, pager, rowControl, table, timeElement, toast } from "../ui.js";
 
 const STATE_BADGES = { delivered: ["Delivered", "succeeded"], pending: ["Pending", "pending"], failed: ["Failed", "failed"] };
 
@@ -68,7 +68,8 @@ export async function webhooksView(main, ctx) {
 
 async function showLog(ctx, base, webhook, section, page) {
   const data = await api.get(`${base}/${webhook.id}/deliveries${query({ page, per_page: 20 })}`);
-  if (ctx.stale()) return;
+  const here = `/projects/${seg(ctx.project.name)}/webhooks`;
+  if (ctx.stale() || leftPastLastPage(data, (p) => ctx.navigate(here, { webhook: webhook.id, page: p }, { replace: true }))) return;
   const last = (d) => d.attempt_log[0] || null;
   clear(
     section,
@@ -96,7 +97,7 @@ async function showLog(ctx, base, webhook, section, page) {
       data.items,
       { caption: "Deliveries", rowKey: (d) => d.id, empty: emptyState("Nothing delivered yet", h("p", {}, "Send a test event to try the endpoint.")) },
     ),
-    pager(data, (p) => ctx.navigate(`/projects/${seg(ctx.project.name)}/webhooks`, { webhook: webhook.id, page: p })),
+    pager(data, (p) => ctx.navigate(here, { webhook: webhook.id, page: p })),
   );
 }
 
