@@ -56,7 +56,8 @@ def test_a_platform_manifest_a_stored_index_lists_is_not_deleted(repo: Repo) -> 
     index = image_index([child.descriptor() for child in children])
     assert put_manifest(repo.client, repo.name, "multi", index.data, OCI_INDEX).status_code == 201
 
-    # /v2 and the management API answer alike: 409, naming the index and its tag.
+    # /v2 and the management API answer alike: 409, naming the index and its tag; each then
+    # says what its own delete of the index does (the API's deletes it too, /v2's does not).
     refused = repo.client.delete(repo.url(f"manifests/{children[0].digest}"))
     assert refused.status_code == 409, refused.text
     assert error_code(refused) == "DENIED"
@@ -68,7 +69,11 @@ def test_a_platform_manifest_a_stored_index_lists_is_not_deleted(repo: Repo) -> 
         auth=None,  # the bearer token alone (delete() does not take None: request() does)
         headers={"Authorization": f"Bearer {api_token(repo)}"},
     )
-    assert managed.status_code == 409 and managed.json()["detail"] == message
+    assert managed.status_code == 409
+    assert message.endswith("; delete the index first"), message
+    assert managed.json()["detail"] == message.removesuffix(" first") + (
+        ", which deletes it too, unless it has a tag of its own"
+    )
     assert managed.json()["code"] == "CONFLICT"  # the API's own code
     fetched = repo.client.get(repo.url(f"manifests/{children[0].digest}"), headers=ACCEPT)
     assert fetched.status_code == 200

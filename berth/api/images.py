@@ -95,13 +95,19 @@ async def show_image(
 @router.delete(
     "/images/{digest}",
     status_code=204,
+    response_description="deleted: the manifest, every tag on it and, for an index, the "
+    "platform manifests it lists that no other stored index lists and that have no tag of "
+    "their own (those stay, as images of their own where no index lists them); its referrers "
+    "(signatures, SBOMs) stay",
     responses=responses(
         described={
             404: "no such project or repository, or the manifest is not under this image of "
             "the repository: the message names the images it is under and the `?image=` to "
-            "pass (and, where an index lists it there, that index, to delete first)",
+            "pass (and, where an index lists it there, that index, whose delete deletes it too "
+            "unless it has a tag of its own)",
             409: "a platform manifest that a stored index lists (the message names the index, "
-            "to delete first), or an image a protected tag names",
+            "whose delete deletes it too unless it has a tag of its own), or an image a "
+            "protected tag names",
         }
     ),
 )
@@ -112,11 +118,19 @@ async def delete_image(
     digest: Digest,
     image: ImageName = "",
 ) -> Response:
-    """Delete an image and every tag on it (its data goes at the next garbage collection). A
-    platform manifest of a stored index cannot be deleted while the index lists it: delete the
-    index first (which leaves its platform manifests stored, as images of their own). An image
-    a tag protected by an immutable tag rule, or any tag while the repository's tag overwrite
-    is off, names cannot be deleted (409)."""
+    """Delete an image and every tag on it (its data goes at the next garbage collection).
+    Deleting an index deletes with it the platform manifests it lists, except one that
+    another stored index lists or that has a tag of its own: that one stays
+    (an image of its own once no index lists it). Each manifest deleted is in the image
+    history and sends an `io.berth.image.deleted` webhook event; the audit log has one
+    `image.delete` entry saying how many platform manifests went with it. The image's
+    referrers (signatures, SBOMs) are not deleted. A platform manifest of a stored index
+    cannot be deleted on its own: delete the index (409 naming it). An image a tag protected
+    by an immutable tag rule, or any tag while the repository's tag overwrite is off, names
+    cannot be deleted (409).
+
+    `DELETE /v2/<name>/manifests/<digest>` deletes only that manifest, as OCI clients
+    expect."""
     repo = await ctx.repository(repository)
     await ctx.services.registry.delete_image(
         repo, image, digest, actor=ctx.actor, client=client_address(request)

@@ -3,6 +3,8 @@ restored), written by the service in the change's own transaction."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from berth.domain.references import RepositoryRef
@@ -18,6 +20,7 @@ async def audit_content_change(
     *,
     actor: str,
     client: str | None,
+    detail: dict[str, Any] | None = None,
 ) -> None:
     """`reference` is a digest or a tag; the target names it as a client would:
     `repository[/image]@digest` or `repository[/image]:tag`."""
@@ -29,5 +32,6 @@ async def audit_content_change(
         action,
         project_id=repo.project_id,
         target=f"{name}{separator}{reference}"[:255],
+        detail=detail,
         client=client,
     )

@@ -68,16 +68,36 @@ async def in_use_refusal(
     )
 
 
+def _index_takes_it(total: int) -> str:
+    """What deleting the indexes that list a platform manifest (`total` of them) through the
+    management API does to it (`Registry.delete_image`)."""
+    if total > 1:
+        return "deleting the last of them deletes it too, unless it has a tag of its own"
+    return "which deletes it too, unless it has a tag of its own"
+
+
 async def index_child_refusal(
-    conn: Any, repo: RepositoryRef, digest: str, parents: Sequence[Any], total: int
+    conn: Any,
+    repo: RepositoryRef,
+    digest: str,
+    parents: Sequence[Any],
+    total: int,
+    *,
+    index_takes_it: bool = False,
 ) -> StateRefusal:
     """The refusal to delete a platform manifest that stored indexes (`parents`, the first
-    few of `total`) list: the index goes first (deleting it leaves its platform manifests
-    stored, as images of their own)."""
+    few of `total`) list: the index goes first. `index_takes_it` for the management API,
+    whose index delete deletes it too (unless another index lists it, or it has a tag); /v2's
+    deletes only the index."""
     named = await _named_users(conn, repo, parents, total)
+    these = "those indexes" if total > 1 else "the index"
+    if index_takes_it:
+        then = f"delete {these}{':' if total > 1 else ','} {_index_takes_it(total)}"
+    else:
+        then = f"delete {these} first"
     return StateRefusal(
         f"manifest {digest} is a platform manifest of index {named}: it cannot be deleted "
-        f"while an index lists it; delete {'those indexes' if total > 1 else 'the index'} first",
+        f"while an index lists it; {then}",
         {"referencedBy": [row.digest for row in parents]},
     )
 
@@ -91,7 +111,8 @@ async def missing_manifest(
 ) -> ManifestUnknown:
     """The management API's 404 for a manifest not stored under `image` of `repo`: not in
     the repository at all, or under other images (a manifest belongs to one image name, and
-    `?image=` says which). To delete one that an index lists there, that index goes first."""
+    `?image=` says which). Deleting one that an index lists there: the management API's
+    delete of that index deletes it too (unless another index lists it, or it has a tag)."""
     where = f"image {image!r} of " if image else ""
     missing = f"manifest {digest} is not in {where}repository {repo.project}/{repo.name}"
     holders = [
@@ -124,8 +145,9 @@ async def missing_manifest(
     if not parents:
         return ManifestUnknown(f"{held} ({ask})", {"digest": digest})
     named = await _named_users(conn, repo, parents, total)
+    these = "those indexes" if total > 1 else "that index"
     return ManifestUnknown(
-        f"{held}, a platform manifest of index {named}: delete "
-        f"{'those indexes' if total > 1 else 'that index'} first, then {ask}",
+        f"{held}, a platform manifest of index {named}: delete {these} ({ask})"
+        f"{':' if total > 1 else ','} {_index_takes_it(total)}",
         {"digest": digest},
     )

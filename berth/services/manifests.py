@@ -60,6 +60,7 @@ from berth.services.content_in_use import (
 )
 from berth.services.gc.restrictions import ensure_writable
 from berth.services.manifest_cache import ManifestCache, StoredManifest
+from berth.services.platform_manifests import IndexListings
 from berth.services.scanning.scans import queue_on_push
 from berth.services.tag_rules import immutable_rules
 from berth.services.webhook_events import (
@@ -548,15 +549,110 @@ class ManifestContent:
 
     async def delete_image(
         self, repo: RepositoryRef, image: str, digest: str, *, actor: str, client: str | None
-    ) -> None:
-        """`delete_manifest` by digest for the management API, whose 404 says where in the
-        repository the manifest is, in the API's terms (`?image=`): /v2 names the image in the
-        repository name, where "not in this repository" is what is true."""
+    ) -> int:
+        """The management API's image delete: the manifest and every tag on it and, for an
+        index, the platform manifests it lists that nothing else holds (`IndexListings`, the
+        rule retention follows: one another stored index lists, or with a tag of its own,
+        stays). History and webhooks record each manifest deleted; the audit entry is the
+        image's, with how many platform manifests went with it (returned). Referrers stay.
+
+        /v2's DELETE (`delete_manifest`) deletes only the manifest, as OCI clients expect.
+        The 404 says where in the repository the manifest is, in the API's terms
+        (`?image=`)."""
         try:
-            await self.delete_manifest(repo, image, digest, actor=actor, client=client)
+            async with self.db.write() as conn:
+                parents, total = await manifests_using(
+                    conn, indexes_listing(repo.id, image, digest).order_by(manifests.c.id)
+                )
+                if parents:
+                    raise await index_child_refusal(
+                        conn, repo, digest, parents, total, index_takes_it=True
+                    )
+                platforms = await self._delete_with_platform_manifests(
+                    conn, repo, image, digest, actor=actor
+                )
+                await audit_content_change(
+                    conn,
+                    "image.delete",
+                    repo,
+                    image,
+                    digest,
+                    actor=actor,
+                    client=client,
+                    detail={"platform_manifests": platforms} if platforms else None,
+                )
+                return platforms
         except ManifestUnknown:
             async with self.db.read() as conn:
                 raise await missing_manifest(conn, repo, image, digest, deleting=True) from None
+
+    async def _delete_with_platform_manifests(
+        self, conn: Any, repo: RepositoryRef, image: str, digest: str, *, actor: str
+    ) -> int:
+        """Delete the manifest `digest` (ManifestUnknown when it is not stored) and, level by
+        level down nested indexes, the platform manifests that go with it; how many did.
+        Every level, however deep (chains deeper than MAX_INDEX_DEPTH stored before pushes
+        were refused): one left would be a stray image. It ends, as content cannot list
+        itself."""
+        going = [digest]
+        deleted = -1  # the image itself is no platform manifest
+        while going:
+            children = await self._listed_manifests(conn, repo, image, going)
+            keys = [
+                (repo.id, image, child) for child in {c for cs in children.values() for c in cs}
+            ]
+            listings = await IndexListings.read(conn, keys)
+            tagged = await self._tags_of(conn, repo, image, [key[2] for key in keys])
+            for index in going:
+                listings.let_go((repo.id, image, index), children.get(index, ()))
+                if not await self.delete_image_in(conn, repo, image, index, actor=actor):
+                    if index == digest:
+                        raise ManifestUnknown(
+                            f"manifest {digest!r} is not in this repository", {"digest": digest}
+                        )
+                    continue
+                deleted += 1
+            going = sorted(
+                key[2]
+                for key in keys
+                if listings.goes_with_its_index(key, tagged.get(key[2], set()))
+            )
+        return deleted
+
+    async def _listed_manifests(
+        self, conn: Any, repo: RepositoryRef, image: str, indexes: list[str]
+    ) -> dict[str, list[str]]:
+        """The manifests each of `indexes` (digests) lists, by index digest."""
+        listed: dict[str, list[str]] = {}
+        rows = await conn.execute(
+            select(manifests.c.digest, manifest_references.c.digest.label("child"))
+            .join(manifest_references, manifest_references.c.manifest_id == manifests.c.id)
+            .where(
+                manifests.c.repository_id == repo.id,
+                manifests.c.image == image,
+                manifests.c.digest.in_(indexes),
+                manifest_references.c.is_manifest,
+            )
+        )
+        for row in rows:
+            listed.setdefault(row.digest, []).append(row.child)
+        return listed
+
+    async def _tags_of(
+        self, conn: Any, repo: RepositoryRef, image: str, digests: list[str]
+    ) -> dict[str, set[str]]:
+        found: dict[str, set[str]] = {}
+        if digests:
+            rows = await conn.execute(
+                select(tags.c.digest, tags.c.name).where(
+                    tags.c.repository_id == repo.id,
+                    tags.c.image == image,
+                    tags.c.digest.in_(digests),
+                )
+            )
+            for row in rows:
+                found.setdefault(row.digest, set()).add(row.name)
+        return found
 
     async def delete_image_in(
         self, conn: Any, repo: RepositoryRef, image: str, digest: str, *, actor: str

@@ -53,6 +53,7 @@ from berth.metadata.tables import (
     tags,
     utcnow,
 )
+from berth.services.platform_manifests import IndexListings
 from berth.services.registry import Registry
 from berth.services.tag_rules import immutable_rules
 
@@ -461,24 +462,7 @@ class Retention:
                 )
             ):
                 current_tags[(row.repository_id, row.image, row.digest)].add(row.name)
-            parent = manifests.alias("parent")
-            # (repository id, image, digest) -> the digests of the stored indexes listing it
-            listed: dict[tuple[int, str, str], set[str]] = defaultdict(set)
-            for row in await conn.execute(
-                select(
-                    parent.c.repository_id,
-                    parent.c.image,
-                    parent.c.digest.label("parent"),
-                    manifest_references.c.digest,
-                )
-                .join(parent, parent.c.id == manifest_references.c.manifest_id)
-                .where(
-                    manifest_references.c.is_manifest,
-                    manifest_references.c.digest.in_({k[2] for k in keys}),
-                    parent.c.repository_id.in_({k[0] for k in keys}),
-                )
-            ):
-                listed[(row.repository_id, row.image, row.digest)].add(row.parent)
+            listings = await IndexListings.read(conn, keys)
             # Protection as it is now: tag overwrite switched off since the snapshot counts.
             repo_ids = list({k[0] for k in keys})
             now_locked = [
@@ -497,7 +481,7 @@ class Retention:
                 image_key = self._key(snapshot, deletion.image)
                 members = (deletion.image, *deletion.referrers, *deletion.children)
                 if (
-                    listed.get(image_key)
+                    listings.is_listed(image_key)
                     or not self._unchanged(
                         snapshot, deletion.image, image_key, current_ids, current_tags
                     )
@@ -507,8 +491,7 @@ class Retention:
                     continue
                 repository = deletion.image.repository
                 chosen[repository].append((deletion.image.image, deletion.image.digest))
-                for digest in deletion.image.children:
-                    listed[(image_key[0], image_key[1], digest)].discard(deletion.image.digest)
+                listings.let_go(image_key, deletion.image.children)
                 for referrer in deletion.referrers:
                     key = self._key(snapshot, referrer)
                     if self._unchanged(snapshot, referrer, key, current_ids, current_tags):
@@ -516,11 +499,16 @@ class Retention:
                 children.extend(deletion.children)
                 results.append(True)
             # Platform manifests last, once every index of the batch that goes has let go of
-            # them: one still listed (by an index that stays, or was pushed since) stays.
+            # them: one still listed (by an index that stays, or was pushed since), or with a
+            # tag the snapshot did not see on it, stays.
             for child in children:
                 key = self._key(snapshot, child)
-                if not listed.get(key) and self._unchanged(
-                    snapshot, child, key, current_ids, current_tags
+                same_row = (
+                    current_ids.get(key)
+                    == snapshot.ids[(child.repository, child.image, child.digest)]
+                )
+                if same_row and listings.goes_with_its_index(
+                    key, current_tags.get(key, set()), child.tags
                 ):
                     chosen[child.repository].append((child.image, child.digest))
             for repository, doomed in chosen.items():

@@ -133,7 +133,7 @@ def test_images_tags_platforms_sizes_and_referrers(team: Team) -> None:
     assert ok(team["reader"].get(team.repo_url("/tags"), params={"per_page": 1}))["total"] == 3
 
 
-def test_deleting_a_platform_manifest_names_the_index_to_delete_first(team: Team) -> None:
+def test_deleting_a_platform_manifest_names_the_index_to_delete(team: Team) -> None:
     registry, name = team.registry("member"), team.oci_name("multi")
     amd64 = push_image(registry, name, None, architecture="amd64")
     arm64 = push_image(registry, name, None, architecture="arm64")
@@ -141,29 +141,119 @@ def test_deleting_a_platform_manifest_names_the_index_to_delete_first(team: Team
     push_manifest(registry, name, "v1", index)
     member, where = team["member"], f"{team.project}/{team.repository}"
 
-    # Under its own image: the index that lists it goes first.
+    # Under its own image: the index that lists it goes, and takes it along.
     refused = member.delete(team.repo_url(f"/images/{arm64.digest}"), params={"image": "multi"})
     assert assert_problem(refused, 409, code="CONFLICT")["detail"] == (
         f"manifest {arm64.digest} is a platform manifest of index {where}/multi@{index.digest} "
-        "(tagged v1): it cannot be deleted while an index lists it; delete the index first"
+        "(tagged v1): it cannot be deleted while an index lists it; delete the index, which "
+        "deletes it too, unless it has a tag of its own"
     )
     # Asked for under another image (here the repository's own): where it is, and the same.
     missing = member.delete(team.repo_url(f"/images/{arm64.digest}"))
     assert assert_problem(missing, 404, code="MANIFEST_UNKNOWN")["detail"] == (
         f"manifest {arm64.digest} is not in repository {where} itself: it is under image "
         f"'multi', a platform manifest of index {where}/multi@{index.digest} (tagged v1): "
-        "delete that index first, then pass ?image=multi"
+        "delete that index (pass ?image=multi), which deletes it too, unless it has a tag of "
+        "its own"
     )
-    # Which is so: deleting the index leaves its platform manifests, as images of their own.
+    # /v2 deletes only the manifest asked for, so it says to delete the index first.
+    refused = registry.delete(manifest_path(name, arm64.digest))
+    assert refused.status_code == 409, refused.text
+    assert refused.json()["errors"][0]["message"].endswith("; delete the index first")
+    # Which is so: deleting the index deletes its platform manifests.
     ok(member.delete(team.repo_url(f"/images/{index.digest}"), params={"image": "multi"}), 204)
-    listed = {i["digest"] for i in images_of(team, image="multi")["items"]}
-    assert listed == {amd64.digest, arm64.digest}
-    missing = member.delete(team.repo_url(f"/images/{arm64.digest}"), params={"image": "other"})
+    assert images_of(team, image="multi")["total"] == 0
+    missing = member.delete(team.repo_url(f"/images/{arm64.digest}"), params={"image": "multi"})
     assert assert_problem(missing, 404)["detail"] == (
-        f"manifest {arm64.digest} is not in image 'other' of repository {where}: it is under "
-        "image 'multi' (pass ?image=multi)"
+        f"manifest {arm64.digest} is not in image 'multi' of repository {where}"
     )
-    ok(member.delete(team.repo_url(f"/images/{arm64.digest}"), params={"image": "multi"}), 204)
+
+
+def test_deleting_an_index_deletes_its_platform_manifests(team: Team) -> None:
+    """An image is an index with the platform manifests it lists: deleting it through the API
+    deletes them too, so no untagged image appears in its place."""
+    registry, name = team.registry("member"), team.oci_name()
+    other = push_image(registry, name, "other")
+    amd64 = push_image(registry, name, None, architecture="amd64")
+    arm64 = push_image(registry, name, None, architecture="arm64")
+    index = linux_index((amd64, "amd64"), (arm64, "arm64"))
+    push_manifest(registry, name, "v1", index)
+    assert images_of(team)["total"] == 2 and ok(team["reader"].get(team.repo_url()))["images"] == 2
+
+    ok(team["member"].delete(team.repo_url(f"/images/{index.digest}")), 204)
+
+    listed = images_of(team)
+    assert [i["digest"] for i in listed["items"]] == [other.digest] and listed["total"] == 1
+    assert ok(team["reader"].get(team.repo_url()))["images"] == 1
+    for gone in (index, amd64, arm64):
+        pulled = registry.get(manifest_path(name, gone.digest), headers=ACCEPT)
+        assert pulled.status_code == 404, (gone.digest, pulled.text)
+    # A delete event per manifest, as retention records; one audit entry, for the image.
+    deletes = {e["old_digest"] for e in history_of(team) if e["action"] == "delete"}
+    assert deletes == {index.digest, amd64.digest, arm64.digest}
+
+    def audited() -> list[dict[str, Any]]:
+        entries = ok(team["project-admin"].get(team.url("/audit"), params={"per_page": 100}))
+        return [e for e in entries["items"] if e["action"] == "image.delete"]
+
+    [entry] = until(audited)
+    assert entry["target"] == f"{team.repository}@{index.digest}"
+    assert entry["detail"] == {"platform_manifests": 2}
+
+    # /v2's DELETE keeps OCI's meaning, only that manifest: a client may push a new index
+    # listing the same platform manifests right after.
+    amd64 = push_image(registry, name, None, architecture="amd64")
+    index = linux_index((amd64, "amd64"))
+    push_manifest(registry, name, "v2", index)
+    assert registry.delete(manifest_path(name, index.digest)).status_code == 202
+    assert registry.get(manifest_path(name, amd64.digest), headers=ACCEPT).status_code == 200
+    push_manifest(registry, name, "v2", index)
+    assert registry.get(manifest_path(name, "v2"), headers=ACCEPT).status_code == 200
+
+
+def test_deleting_an_index_keeps_platform_manifests_held_elsewhere(team: Team) -> None:
+    """A platform manifest another index lists stays (not as an image: that index holds it);
+    one with a tag of its own stays, as an image with that tag. The index's referrers stay,
+    as they did: images of their own once their subject is gone."""
+    registry, name = team.registry("member"), team.oci_name()
+    amd64 = push_image(registry, name, None, architecture="amd64")
+    arm64 = push_image(registry, name, "arm64-only", architecture="arm64")
+    shared = push_image(registry, name, None, architecture="s390x")
+    ppc = push_image(registry, name, None, architecture="ppc64le")
+    first = linux_index((amd64, "amd64"), (arm64, "arm64"), (shared, "s390x"))
+    second = linux_index((shared, "s390x"), (ppc, "ppc64le"))
+    push_manifest(registry, name, "first", first)
+    push_manifest(registry, name, "second", second)
+    signature = push_image(registry, name, None, subject=first, artifact_type=SIGNATURE)
+    assert images_of(team)["total"] == 2
+
+    ok(team["member"].delete(team.repo_url(f"/images/{first.digest}")), 204)
+
+    listed = {i["digest"]: i["tags"] for i in images_of(team)["items"]}
+    assert listed == {second.digest: ["second"], arm64.digest: ["arm64-only"], signature.digest: []}
+    assert registry.get(manifest_path(name, amd64.digest), headers=ACCEPT).status_code == 404
+    for kept in (second, shared, ppc, arm64, signature):
+        pulled = registry.get(manifest_path(name, kept.digest), headers=ACCEPT)
+        assert pulled.status_code == 200 and pulled.content == kept.data
+    assert registry.get(manifest_path(name, "arm64-only"), headers=ACCEPT).status_code == 200
+    deletes = {e["old_digest"] for e in history_of(team) if e["action"] == "delete"}
+    assert deletes == {first.digest, amd64.digest}
+
+
+def test_deleting_a_nested_index_deletes_what_only_it_holds(team: Team) -> None:
+    registry, name = team.registry("member"), team.oci_name()
+    amd64 = push_image(registry, name, None, architecture="amd64")
+    arm64 = push_image(registry, name, None, architecture="arm64")
+    inner = linux_index((amd64, "amd64"))
+    push_manifest(registry, name, inner.digest, inner)
+    outer = image_index([inner.descriptor(), arm64.descriptor()])
+    push_manifest(registry, name, "v1", outer)
+
+    ok(team["member"].delete(team.repo_url(f"/images/{outer.digest}")), 204)
+
+    assert images_of(team)["total"] == 0
+    for gone in (outer, inner, amd64, arm64):
+        assert registry.get(manifest_path(name, gone.digest), headers=ACCEPT).status_code == 404
 
 
 def test_deleting_an_image_of_another_repository_says_it_is_not_in_this_one(team: Team) -> None:
@@ -186,8 +276,10 @@ def test_the_openapi_document_says_when_deleting_an_image_is_refused(team: Team)
     answers = paths["/projects/{project}/repositories/{repository}/images/{digest}"]["delete"]
     described = {status: answers["responses"][status]["description"] for status in ("404", "409")}
     assert "the `?image=` to pass" in described["404"], described
-    assert "that index, to delete first" in described["404"], described
+    assert "that index, whose delete deletes it too" in described["404"], described
     assert "a platform manifest that a stored index lists" in described["409"], described
+    deleted = answers["responses"]["204"]["description"]
+    assert "the platform manifests it lists that no other stored index lists" in deleted
 
 
 def test_tags_on_platform_manifests_show_with_their_index(team: Team) -> None:
@@ -383,8 +475,8 @@ def test_indexes_nested_deeper_than_the_limit_are_refused_at_push(team: Team) ->
     assert registry.get(manifest_path(name, "deeper"), headers=ACCEPT).status_code == 404
 
     response = team["member"].delete(team.repo_url(f"/images/{within[-1].digest}"))
-    assert response.status_code == 204  # the index it listed is an image of its own now
-    assert [i["digest"] for i in images_of(team)["items"]] == [within[-2].digest]
+    assert response.status_code == 204  # with the indexes it lists, down to the image
+    assert images_of(team)["total"] == 0
 
 
 def test_a_chain_stored_deeper_than_the_limit_still_lists_and_deletes(
@@ -411,9 +503,10 @@ def test_a_chain_stored_deeper_than_the_limit_still_lists_and_deletes(
     assert [child["digest"] for child in detail["children"]] == [chain[-2].digest]
     response = team["member"].delete(team.repo_url(f"/images/{top.digest}"))
     assert response.status_code == 204
-    # Still deeper than the listing follows: no platform shown, and no error.
-    [image] = images_of(team)["items"]
-    assert image["digest"] == chain[-2].digest and image["platforms"] == []
+    # Every level goes with it, however deep: none is left as a stray image.
+    assert images_of(team)["total"] == 0
+    for index in chain:
+        assert registry.get(manifest_path(name, index.digest), headers=ACCEPT).status_code == 404
 
 
 def test_a_blob_many_images_use_is_refused_naming_a_few(team: Team) -> None:

@@ -1103,6 +1103,30 @@ def test_an_index_shows_its_platforms_and_signature(page: Page, tenant: Tenant) 
     expect(row.get_by_role("button", name=f"Copy digest {digest[:19]}", exact=True)).to_be_visible()
 
 
+def test_deleting_an_index_says_its_platforms_go_with_it(page: Page, tenant: Tenant) -> None:
+    tenant.create_repository("multi")
+    key = tenant.server.access_key(tenant.project)
+    name = f"{tenant.project}/multi"
+    with httpx.Client(base_url=tenant.server.url, auth=key, timeout=30) as v2:
+        index = linux_index(
+            *((push_platform_image(v2, name, arch, None), arch) for arch in ("amd64", "arm64"))
+        )
+        push_manifest(v2, name, "multi", index)
+
+    sign_in(page, tenant)
+    page.get_by_role("link", name="multi", exact=True).click()
+    images = page.get_by_role("table", name="Images")
+    images.get_by_role("button", name=f"Delete {index.digest[:19]}", exact=True).click()
+    dialog = page.get_by_role("dialog", name="Delete image")
+    expect(dialog).to_contain_text(
+        "Its platform manifests (linux/amd64, linux/arm64) are deleted with it, except one "
+        "that another index also lists or that has a tag of its own."
+    )
+    dialog.get_by_role("button", name="Delete").click()
+    # They went with it: no untagged platform image takes the index's place.
+    expect(page.get_by_text("No images in this repository yet")).to_be_visible()
+
+
 def test_an_index_shows_its_entries_tags_and_no_attestation_platform(
     page: Page, tenant: Tenant
 ) -> None:

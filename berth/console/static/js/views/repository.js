@@ -184,10 +184,14 @@ function platformsCell(image) {
   );
 }
 
+function isIndex(image) {
+  return image.media_type.includes("index") || image.media_type.includes("list");
+}
+
 function kindOf(image) {
   if (image.artifact_type) return h("span", { class: "muted", title: image.artifact_type }, artifactLabel(image.artifact_type));
   // A single-platform image lists its own platform (from its config); this is for the rest.
-  return h("span", { class: "muted" }, image.media_type.includes("index") || image.media_type.includes("list") ? "index" : "no platform");
+  return h("span", { class: "muted" }, isIndex(image) ? "index" : "no platform");
 }
 
 function referrers(image) {
@@ -214,6 +218,15 @@ async function deleteImage(ctx, image, button) {
       "div",
       {},
       h("p", {}, "Delete ", h("code", {}, shortDigest(image.digest)), image.tags.length ? [" and its tags ", image.tags.join(", ")] : null, "?"),
+      isIndex(image)
+        ? h(
+            "p",
+            {},
+            "Its platform manifests",
+            image.platforms.length ? ` (${image.platforms.join(", ")})` : null,
+            " are deleted with it, except one that another index also lists or that has a tag of its own.",
+          )
+        : null,
       h("p", { class: "muted" }, "Its tags can be restored from the history until garbage collection removes the image's data."),
     ),
     action: () => api.delete(`${ctx.base}/images/${seg(image.digest)}${query({ image: image.image })}`),
