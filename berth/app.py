@@ -167,7 +167,7 @@ async def _unrouted(request: Request, exc: Exception) -> Response:
 
 def create_app(settings: Settings | None = None) -> Starlette:
     settings = settings or load_settings()
-    logs.configure(settings.log_format, settings.log_level)
+    logs.configure(settings.log_format, settings.log_level, settings.node_name)
     metrics.set_enabled(settings.metrics)
     api = create_api()
 

@@ -277,8 +277,9 @@ class Settings(BaseSettings):
         max_length=64,
         pattern=r"^[A-Za-z0-9._:\[\]-]*$",
         description="this node's name in an X-Berth-Node header on every response (which "
-        "node answered, behind a load balancer); empty (default): no header, so clients do "
-        "not learn the nodes' names",
+        "node answered, behind a load balancer) and in every log line (`node=`); empty "
+        "(default): no header, so clients do not learn the nodes' names, and log lines name "
+        "the machine's host name",
     )
     public_url: str | None = Field(
         None,

@@ -1,6 +1,10 @@
 """The format of Berth's own log lines (`berth.*` loggers): `text` (the default), one line a
 record, or `json`, one JSON object a line for log shippers. The level is `log_level`.
 
+Every line names the node that wrote it (`node`): the `node_name` setting, or this machine's
+host name when that is empty, so the lines of several nodes gathered in one place tell them
+apart.
+
 The request lines (`berth.access`, one a request) are written by `AccessLog`, straight to
 standard error in the same format: through `logging` a line costs several times as much CPU
 (the caller's frame is looked up, the record built and formatted), which a registry answering
@@ -15,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import socket
 import sys
 import time
 from typing import Any, TextIO
@@ -60,12 +65,22 @@ def text_value(value: Any) -> str:
     return text if plain and text else json.dumps(text)
 
 
+def node_of(node_name: str) -> str:
+    """The node a line names: `node_name`, or this machine's host name when it is empty."""
+    return node_name or socket.gethostname()
+
+
 class JsonFormatter(logging.Formatter):
+    def __init__(self, node: str) -> None:
+        super().__init__()
+        self.node = node
+
     def format(self, record: logging.LogRecord) -> str:
         document: dict[str, Any] = {
             "time": _clock.stamp(record.created),
             "level": record.levelname.lower(),
             "logger": record.name,
+            "node": self.node,
             "message": record.getMessage(),
         }
         if record.exc_info:
@@ -74,10 +89,13 @@ class JsonFormatter(logging.Formatter):
 
 
 class TextFormatter(logging.Formatter):
-    """`2026-12-01T11:46:29.194Z [INFO] berth.gc: message`."""
+    """`2026-12-01T11:46:29.194Z [INFO] berth.gc: message node=node1`: the node last, as in a
+    request line, where a traceback (on the lines after) does not part it from the message."""
 
-    def __init__(self) -> None:
-        super().__init__("%(asctime)s [%(levelname)s] %(name)s: %(message)s")
+    def __init__(self, node: str) -> None:
+        # `%` doubled: the name is part of the format string.
+        named = text_value(node).replace("%", "%%")
+        super().__init__(f"%(asctime)s [%(levelname)s] %(name)s: %(message)s node={named}")
 
     def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
         return _clock.stamp(record.created)
@@ -89,13 +107,17 @@ class AccessLog:
     def __init__(self) -> None:
         self.enabled = True
         self.json = False
+        self.node = node_of("")
+        self._node_field = f" node={text_value(self.node)}"
         self.stream: TextIO = sys.stderr
         self._lines: list[str] = []
         self._waiting = 0  # characters in _lines
 
-    def configure(self, log_format: str, level: str) -> None:
+    def configure(self, log_format: str, level: str, node_name: str = "") -> None:
         self.flush()
         self.json = log_format == "json"
+        self.node = node_of(node_name)
+        self._node_field = f" node={text_value(self.node)}"
         self.enabled = logging.getLevelName(level.upper()) <= logging.INFO
         self.stream = sys.stderr
 
@@ -104,7 +126,13 @@ class AccessLog:
         if self.json:
             message = f"{fields['method']} {fields['path']} {fields['status']}"
             line = _encode(
-                {"time": stamp, "level": "info", "logger": ACCESS_LOGGER, "message": message}
+                {
+                    "time": stamp,
+                    "level": "info",
+                    "logger": ACCESS_LOGGER,
+                    "node": self.node,
+                    "message": message,
+                }
                 | fields
             )
         else:
@@ -116,7 +144,10 @@ class AccessLog:
                     if value is not None and name not in _IN_MESSAGE
                 ]
             )
-            line = f"{stamp} [INFO] {ACCESS_LOGGER}: {method} {path} {fields['status']} {rest}"
+            line = (
+                f"{stamp} [INFO] {ACCESS_LOGGER}: {method} {path} {fields['status']} {rest}"
+                f"{self._node_field}"
+            )
         self._lines.append(line)
         self._waiting += len(line)
         if self._waiting >= BUFFER_LIMIT:
@@ -148,14 +179,16 @@ async def flush_periodically() -> None:
         access.flush()
 
 
-def configure(log_format: str, level: str) -> None:
-    """Send the `berth` loggers to standard error in `log_format` at `level` (once a process)."""
+def configure(log_format: str, level: str, node_name: str = "") -> None:
+    """Send the `berth` loggers to standard error in `log_format` at `level`, each line naming
+    the node (`node_of(node_name)`) (once a process)."""
+    node = node_of(node_name)
     berth = logging.getLogger("berth")
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonFormatter() if log_format == "json" else TextFormatter())
+    handler.setFormatter(JsonFormatter(node) if log_format == "json" else TextFormatter(node))
     for old in list(berth.handlers):
         berth.removeHandler(old)
     berth.addHandler(handler)
     berth.setLevel(level.upper())
     berth.propagate = False
-    access.configure(log_format, level)
+    access.configure(log_format, level, node_name)

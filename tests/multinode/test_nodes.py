@@ -655,3 +655,35 @@ def test_haproxy_of_deploy_takes_a_node_that_fails_its_readyz_check_out_and_back
         logged(log, "berth_nodes/node3 is UP", timeout=30)
         served_by = {client.get("/v2/").headers["x-berth-node"] for _ in range(6)}
         assert served_by == {"node1", "node2", "node3"}
+
+
+BERTH_LINE = re.compile(r"^\d{4}-\d\d-\d\dT[\d:.]+Z \[[A-Z]+\] berth\.[a-z_.]+: ")
+
+
+def test_every_log_line_of_a_node_names_that_node(cluster: Cluster) -> None:
+    """Each node's request lines and job lines (a GC run, taken by whichever node's scheduler
+    gets it) end with `node=` and that node's node_name, so the nodes' logs gathered in one
+    place tell which node did what."""
+    auth = project(cluster, "lognodes")
+    answered = {}
+    for node in cluster.nodes:
+        answer = httpx.get(f"{node.url}/v2/", timeout=30)
+        answered[node.extra_env["BERTH_NODE_NAME"]] = answer.headers["x-request-id"]
+    with httpx.Client(base_url=cluster.nodes[0].url, auth=auth, timeout=60) as client:
+        started = client.post("/api/v1/projects/lognodes/gc", json={})
+        assert_status(started, 202)
+        run_id = started.json()["id"]
+        deadline = time.monotonic() + 60
+        while client.get("/api/v1/projects/lognodes/gc/current").json() is not None:
+            assert time.monotonic() < deadline, "GC run did not finish"
+            time.sleep(0.1)
+    gc_lines = []
+    for node in cluster.nodes:
+        name = node.extra_env["BERTH_NODE_NAME"]
+        log = node.data_dir / "server.log"
+        request_line = logged(log, answered[name])
+        assert request_line.endswith(f" node={name}"), request_line
+        lines = [line for line in log.read_text().splitlines() if BERTH_LINE.match(line)]
+        assert [line for line in lines if not line.endswith(f" node={name}")] == []
+        gc_lines += [line for line in lines if f"gc run {run_id}:" in line]
+    assert gc_lines, "no node logged the GC run"

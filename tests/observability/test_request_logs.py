@@ -4,6 +4,7 @@ every error body (the registry's OCI errors and the API's problems)."""
 from __future__ import annotations
 
 import json
+import socket
 import time
 import uuid
 from typing import Any
@@ -69,6 +70,12 @@ def test_a_sane_incoming_request_id_is_kept_and_others_replaced(observed: BerthS
     odd = httpx.get(f"{observed.url}/healthz", headers={"X-Request-ID": "a b<script>"})
     assert odd.headers["x-request-id"] != "a b<script>"
     assert len(odd.headers["x-request-id"]) == 32
+
+
+def test_a_node_without_a_node_name_is_named_by_its_host_name(observed: BerthServer) -> None:
+    """Every line names the node that wrote it: with node_name unset, the machine's host name."""
+    answer = httpx.get(f"{observed.url}/healthz")
+    assert log_line(observed, answer.headers["x-request-id"])["node"] == socket.gethostname()
 
 
 def test_request_id_in_an_oci_error(observed: BerthServer, project: GcProject) -> None:
