@@ -477,6 +477,9 @@ class Database:
         stopping during an outage is not held up."""
         if self._point_reader is not None:
             self._point_reader.close()
+        metrics.forget_pool(self.writer.sync_engine)
+        if self.reader is not self.writer:
+            metrics.forget_pool(self.reader.sync_engine)
         if not self.is_sqlite:
             self._closed_by = time.monotonic() + (0.0 if self._given_up else self._connect_seconds)
         await self.writer.dispose()

@@ -308,36 +308,52 @@ def s3_request_done(operation: str, status: str, seconds: float, retries: int) -
         S3_RETRIES.labels(operation).inc(retries)
 
 
-# The engines whose pools are watched in this process, with their pool's name. What is checked
-# out is read from the pool itself (`sample_pools`) rather than counted by its checkout and
-# checkin events: in an outage SQLAlchemy checks in a connection whose checkout failed (its
+# The engines whose pools are watched in this process, with their pool's name and size. What is
+# checked out is read from the pool itself (`sample_pools`) rather than counted by its checkout
+# and checkin events: in an outage SQLAlchemy checks in a connection whose checkout failed (its
 # ping, then its reconnection) without a checkout event, and such a count sank below zero.
-# The engine, not its pool: `dispose` gives an engine a new pool. Weak: an engine disposed and
-# dropped (admin verbs, tests) leaves the count.
-_watched: list[tuple[weakref.ref[Any], str]] = []
+# The sizes are summed from the engines watched now, not added up as engines are made: a
+# process that opens its database again (an app started twice in one process, an admin verb's
+# start-up checks) would otherwise report every pool it ever made. The engine, not its pool:
+# `dispose` gives an engine a new pool. Forgotten when its database is disposed (`forget_pool`),
+# and weak: an engine dropped without that leaves too.
+_watched: list[tuple[weakref.ref[Any], str, int]] = []
 
 
 def watch_pool(engine: Any, name: str, capacity: int) -> None:
     """Count the connections checked out of a SQLAlchemy engine's pool (a QueuePool), read by
-    `sample_pools`, and its size."""
-    POOL_SIZE.labels(name).inc(capacity)
-    POOL_IN_USE.labels(name)
-    _watched.append((weakref.ref(engine), name))
+    `sample_pools`, and its size, `capacity`, while it is watched."""
+    _watched.append((weakref.ref(engine), name, capacity))
+    sample_pools()
 
 
-def sample_pools() -> None:
-    """Set the connections in use of this process's pools to what the pools hold now (every
-    FLUSH_SECONDS, and before this process answers a scrape)."""
-    in_use: dict[str, int] = {}
-    for engine_ref, name in list(_watched):
+def forget_pool(engine: Any) -> None:
+    """Stop counting an engine's pool (its database disposed): its size and connections leave
+    the gauges."""
+    gone = {name for ref, name, _ in _watched if ref() is engine}
+    _watched[:] = [entry for entry in _watched if entry[0]() is not engine]
+    sample_pools(also=gone)
+
+
+def sample_pools(also: set[str] | frozenset[str] = frozenset()) -> None:
+    """Set the connections in use and the sizes of this process's pools to what the pools
+    watched now hold (every FLUSH_SECONDS, before this process answers a scrape, and when a
+    pool is watched or forgotten); a name in `also` no pool has any more is set to 0."""
+    in_use = dict.fromkeys(also, 0)
+    size = dict.fromkeys(also, 0)
+    for entry in list(_watched):
+        engine_ref, name, capacity = entry
+        in_use.setdefault(name, 0)
+        size.setdefault(name, 0)
         engine = engine_ref()
         if engine is None:
-            _watched.remove((engine_ref, name))
-            in_use.setdefault(name, 0)
+            _watched.remove(entry)
             continue
-        in_use[name] = in_use.get(name, 0) + engine.pool.checkedout()
+        in_use[name] += engine.pool.checkedout()
+        size[name] += capacity
     for name, count in in_use.items():
         POOL_IN_USE.labels(name).set(count)
+        POOL_SIZE.labels(name).set(size[name])
 
 
 # ------------------------------------------------------------------------------ exposition
