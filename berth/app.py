@@ -59,10 +59,18 @@ class RegistryHeaders:
         await self.app(scope, receive, adding_headers(send, added))
 
 
+# Paths whose answer does not depend on the host addressed: a request to one without a Host
+# header is answered (load balancers' health checks, HTTP/1.0 probes and kubelet often send
+# none; granian hands such a request on with an empty Host).
+HOST_INDEPENDENT_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
+
+
 class HostCheck:
     """Refuses a request whose Host header is not a host name or address (with an optional
     port) before anything uses it (token realm and service, project routing, links), and
-    hands the rest on with the host in lowercase: host names are case-insensitive. With
+    hands the rest on with the host in lowercase: host names are case-insensitive. A request
+    without a Host (an empty one) to a path of HOST_INDEPENDENT_PATHS is handed on without one.
+    With
     `trust_forwarded_proto`, the scheme is the one a proxy in front names in
     X-Forwarded-Proto (TLS ends there), so the token realm sends clients back over HTTPS."""
 
@@ -78,6 +86,9 @@ class HostCheck:
         if self.trust_forwarded_proto:
             _take_forwarded_proto(scope, headers)
         hosts = [value for name, value in headers if name == b"host"]
+        if hosts == [b""] and scope["path"] in HOST_INDEPENDENT_PATHS:
+            scope["headers"] = [(name, value) for name, value in headers if name != b"host"]
+            hosts = []
         if not hosts:
             await self.app(scope, receive, send)
             return

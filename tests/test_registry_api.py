@@ -166,6 +166,32 @@ def test_a_host_header_that_is_not_a_host_is_refused(repo: Repo, host: str) -> N
     assert repo.client.get("/console/", headers={"Host": host}).status_code == 400
 
 
+def raw_request(server: BerthServer, request: bytes) -> tuple[int, bytes]:
+    """The status and body of `request`, sent as is on a connection of its own."""
+    with socket.create_connection((server.host, server.port), timeout=30) as connection:
+        connection.sendall(request)
+        answer = b""
+        while chunk := connection.recv(65536):
+            answer += chunk
+    head, _, body = answer.partition(b"\r\n\r\n")
+    return int(head.split(b" ", 2)[1]), body
+
+
+def test_health_checks_and_scrapes_without_a_host_are_answered(server: BerthServer) -> None:
+    """Load balancers' health checks and plain HTTP/1.0 probes often send no Host: /healthz,
+    /readyz and /metrics answer them; any other path still refuses a request without one."""
+    for request in (b"GET /readyz HTTP/1.0\r\n\r\n", b"GET /healthz HTTP/1.0\r\n\r\n"):
+        status, body = raw_request(server, request)
+        assert (status, body) in ((200, b"ready"), (200, b"ok")), (request, status, body)
+    status, body = raw_request(server, b"GET /readyz HTTP/1.1\r\nConnection: close\r\n\r\n")
+    assert (status, body) == (200, b"ready")
+    status, body = raw_request(server, b"GET /metrics HTTP/1.0\r\n\r\n")  # from loopback
+    assert status == 200 and b"berth_http_requests_total" in body
+    for path in (b"/v2/", b"/api/v1/projects", b"/console/", b"/readyz/x"):
+        status, _ = raw_request(server, b"GET " + path + b" HTTP/1.0\r\n\r\n")
+        assert status == 400, path
+
+
 def test_the_challenge_names_the_host_in_lowercase(repo: Repo) -> None:
     host = f"{repo.project.upper()}.LOCAL.localhost:{repo.server.port}"
     anonymous = httpx.Client(base_url=repo.server.url)
