@@ -5,6 +5,7 @@ from __future__ import annotations
 import difflib
 import ipaddress
 import os
+import re
 import tomllib
 from collections.abc import Collection
 from pathlib import Path
@@ -360,6 +361,22 @@ class Settings(BaseSettings):
         description="seconds a presigned blob URL stays valid (blob_redirect = presigned)",
     )
 
+    @field_validator("database_url")
+    @classmethod
+    def _database_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        from sqlalchemy.engine import make_url  # here: settings are read before SQLAlchemy
+
+        try:
+            make_url(value)
+        except Exception as exc:  # SQLAlchemy's ArgumentError, or a port that is no number
+            raise ValueError(
+                "is not a database URL (e.g. postgresql+asyncpg://USER:PASSWORD@HOST:5432/"
+                f"DATABASE): {exc}"
+            ) from None
+        return value
+
     @field_validator("listen", "metrics_listen")
     @classmethod
     def _host_and_port(cls, value: str | None) -> str | None:
@@ -608,6 +625,13 @@ def _file_sets(name: str) -> bool:
 
 SECRET_SETTINGS = {"admin_password", "s3_secret_access_key"}  # never printed back
 
+
+def _without_password(url: str) -> str:
+    """A database URL with its password (between `://user:` and `@`) replaced by `***`: the
+    URL may be too malformed for SQLAlchemy to hide it."""
+    return re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", url, count=1)
+
+
 # Pydantic's words for a few common problems, said plainly.
 _PROBLEMS = {
     "int_parsing": "is not a whole number",
@@ -706,5 +730,7 @@ def load_settings(**overrides: Any) -> Settings:
                 continue
             source = setting_source(name, set(given))
             shown = "(hidden)" if name in SECRET_SETTINGS else repr(error["input"])
+            if name == "database_url":
+                shown = repr(_without_password(str(error["input"])))
             problems.append(f"{source}: {shown} {_problem(name, error)}")
         raise SettingsError("; ".join(problems)) from None

@@ -87,22 +87,32 @@ class StartUpProblem:
     passing: bool = False
 
 
-def unreachable_database(settings: Settings) -> str | None:
-    """Why the database server cannot be reached, or None when it can (or is an SQLite file,
-    which `create_data` makes)."""
-    problem = database_problem(settings)
-    return None if problem is None else problem.reason
+def unusable_database(settings: Settings) -> StartUpProblem | None:
+    """Why the database server cannot be used, for an admin verb (`passing`: not reached,
+    said as such), or None when it can (or is an SQLite file, which `create_data` makes)."""
+    exc = _database_error(settings)
+    if exc is None:
+        return None
+    return StartUpProblem(_verbs_reason(settings, exc), passing=_not_reached(exc))
 
 
 def database_problem(settings: Settings) -> StartUpProblem | None:
     """Why the database server cannot be used, or None when it can (or is an SQLite file,
     which `create_data` makes)."""
+    exc = _database_error(settings)
+    if exc is None:
+        return None
+    return StartUpProblem(_cannot_open(settings, exc), passing=_not_reached(exc))
+
+
+def _database_error(settings: Settings) -> Exception | None:
+    """What opening the database server raised, or None when it opened (or is SQLite)."""
     if sqlite_file(settings) is not None:
         return None
     try:
         asyncio.run(_has_schema(settings))
     except Exception as exc:  # any driver's refusal: said, not shown as a traceback
-        return StartUpProblem(_cannot_open(settings, exc), passing=_not_reached(exc))
+        return exc
     return None
 
 
@@ -130,21 +140,43 @@ def _not_reached(exc: BaseException) -> bool:
 
 
 def _cannot_open(settings: Settings, exc: Exception) -> str:
-    why = str(exc)
+    return f"cannot open the database {shown_database(settings)}: {_why(settings, exc)}"
+
+
+def _verbs_reason(settings: Settings, exc: Exception) -> str:
+    """What an admin verb says of a database it could not open: where the server it did not
+    reach is (an outage, not a setting), else what refused it."""
+    if _not_reached(exc):
+        return (
+            f"cannot reach the database at {_server_address(settings)} ({_why(settings, exc)}): "
+            f"{shown_database(settings)}"
+        )
+    return _cannot_open(settings, exc)
+
+
+def _why(settings: Settings, exc: Exception) -> str:
     if isinstance(exc, TimeoutError):  # says nothing of itself
         seconds = settings.database_connect_timeout or CONNECT_SECONDS
-        why = f"no answer within {seconds:g} s (database_connect_timeout)"
-    return f"cannot open the database {shown_database(settings)}: {why}"
+        return f"no answer within {seconds:g} s (database_connect_timeout)"
+    return str(exc)
+
+
+def _server_address(settings: Settings) -> str:
+    url = make_url(settings.resolved_database_url)
+    return f"{url.host or 'localhost'}:{url.port or 5432}"
 
 
 @dataclass(frozen=True)
 class MissingData:
     """Why there is no Berth data where the settings point. `unopened`: the database is
     there (the file, or a server named) but could not be opened, so it may well hold the
-    data: an outage, for which pointing at other data or making new data is no advice."""
+    data: an outage, for which pointing at other data or making new data is no advice.
+    `refused`: a database server was reached and refused what the settings say (credentials,
+    the database's name): a setting to put right, not an outage."""
 
     reason: str
     unopened: bool = False
+    refused: bool = False
 
     def refusal(self, settings: Settings, data_dir: Path | None = None) -> str:
         """The refusal to act on it: the reason, then what to do (`data_dir`: the --data-dir
@@ -165,7 +197,8 @@ def missing_data(settings: Settings) -> MissingData | None:
         if asyncio.run(_has_schema(settings)):
             return None
     except Exception as exc:  # any driver's refusal: said, not shown as a traceback
-        return MissingData(_cannot_open(settings, exc), unopened=True)
+        refused = database is None and not _not_reached(exc)
+        return MissingData(_verbs_reason(settings, exc), unopened=True, refused=refused)
     return MissingData(f"the database {shown_database(settings)} holds no Berth data")
 
 
@@ -178,10 +211,8 @@ def _what_to_check(settings: Settings) -> str:
             f"Check that {database} is an SQLite database this user can read and write "
             f"(database_url: {source})."
         )
-    url = make_url(settings.resolved_database_url)
-    where = f"{url.host or 'localhost'}:{url.port or 5432}"
     return (
-        f"Check that the database server {where} is reachable from here and accepts "
+        f"Check that the database server {_server_address(settings)} is reachable from here and accepts "
         f"connections, and that database_url ({source}) names it."
     )
 

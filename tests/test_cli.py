@@ -311,6 +311,66 @@ def _unreachable_server(data: Path) -> dict[str, str]:
     return {"BERTH_DATABASE_URL": f"postgresql+asyncpg://berth@127.0.0.1:{free_port()}/berth"}
 
 
+ADMIN_VERBS = (("user", "list"), ("gc", "history", "demo"), ("project", "list"))
+
+
+def test_admin_verbs_on_a_database_server_not_reached_exit_1_saying_where(
+    tmp_path: Path,
+) -> None:
+    """A database server that is not reached (nothing listens) is an outage, not a setting: a
+    verb exits 1, saying the server's address and what to check, with no traceback."""
+    (tmp_path / "berth-data").mkdir()
+    port = free_port()  # nothing listens there
+    url = f"postgresql+asyncpg://berth:pg-secret-9@127.0.0.1:{port}/berth"
+    for verb in ADMIN_VERBS:
+        refused = _berth_in(tmp_path, *verb, BERTH_DATABASE_URL=url)
+        assert refused.returncode == 1, (verb, refused.stderr)
+        said = " ".join(refused.stderr.split())
+        assert said.startswith(f"error: cannot reach the database at 127.0.0.1:{port} ("), said
+        assert f"Check that the database server 127.0.0.1:{port} is reachable" in said, said
+        assert "Traceback" not in said and "pg-secret-9" not in said
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql+asyncpg://berth:pg-secret-9@127.0.0.1:fivefourthreetwo/berth",
+        "no database URL",
+    ],
+)
+def test_admin_verbs_with_a_malformed_database_url_exit_2(tmp_path: Path, url: str) -> None:
+    (tmp_path / "berth-data").mkdir()
+    for verb in ADMIN_VERBS:
+        refused = _berth_in(tmp_path, *verb, BERTH_DATABASE_URL=url)
+        assert refused.returncode == 2, (verb, refused.stderr)
+        said = " ".join(refused.stderr.split())
+        assert said.startswith("error: BERTH_DATABASE_URL: "), said
+        assert "is not a database URL" in said, said
+        assert "Traceback" not in said and "pg-secret-9" not in said
+
+
+def test_admin_verbs_refused_by_the_database_server_exit_2(
+    tmp_path: Path, postgres: PostgresCluster | None
+) -> None:
+    """A server reached that refuses the role or has no such database: a setting (2)."""
+    if postgres is None:
+        pytest.skip("PostgreSQL not installed")
+    (tmp_path / "berth-data").mkdir()
+    url = make_url(postgres.create_database())
+    wrong = {
+        'role "no_such_role" does not exist': url.set(username="no_such_role"),
+        'database "no_such_database" does not exist': url.set(database="no_such_database"),
+    }
+    for said_by_server, refused_url in wrong.items():
+        for verb in ADMIN_VERBS:
+            refused = _berth_in(
+                tmp_path, *verb, BERTH_DATABASE_URL=refused_url.render_as_string(False)
+            )
+            assert refused.returncode == 2, (verb, refused.stderr)
+            assert refused.stderr.startswith("error: cannot open the database "), refused.stderr
+            assert said_by_server in " ".join(refused.stderr.split()), refused.stderr
+
+
 def _a_table_damaged(data: Path) -> dict[str, str]:
     """Opens, and has a schema revision, but a table status reads lacks its columns."""
     with sqlite3.connect(data / "berth.db") as connection:
@@ -324,7 +384,7 @@ def _a_table_damaged(data: Path) -> dict[str, str]:
     ("database", "said"),
     [
         (_not_a_database, "cannot open the database SQLite"),
-        (_unreachable_server, "cannot open the database postgresql+asyncpg://berth@127.0.0.1"),
+        (_unreachable_server, "cannot reach the database at 127.0.0.1:"),
         (_a_table_damaged, "cannot read the database SQLite"),
     ],
 )
@@ -908,10 +968,12 @@ def test_init_never_prints_a_database_password_and_says_how_to_name_the_database
 def test_init_on_a_database_server_that_does_not_answer_is_refused_plainly(
     tmp_path: Path,
 ) -> None:
-    url = f"postgresql+asyncpg://berth:pg-secret-9@127.0.0.1:{free_port()}/berth"
+    """Not reached: an outage (1), not a setting (2), said with the server's address."""
+    port = free_port()  # nothing listens there
+    url = f"postgresql+asyncpg://berth:pg-secret-9@127.0.0.1:{port}/berth"
     refused = _typed(tmp_path, [*BERTH, "--data-dir", "d", "init", "--database-url", url])
-    assert refused.returncode == 2
-    assert refused.stderr.startswith("error: --database-url: cannot open the database")
+    assert refused.returncode == 1
+    assert refused.stderr.startswith(f"error: cannot reach the database at 127.0.0.1:{port} (")
     assert "Traceback" not in refused.stderr and "pg-secret-9" not in refused.stderr
     assert not (tmp_path / "d").exists()
 

@@ -310,7 +310,7 @@ def test_status_on_a_database_host_that_drops_packets_answers_within_the_connect
             },
         )
     assert code == 1, said
-    assert "error: cannot open the database" in said
+    assert f"error: cannot reach the database at 127.0.0.1:{hole.port}" in said
     assert f"no answer within {CONNECT_TIMEOUT:g} s (database_connect_timeout)" in said
     # The data may be in that database: what to check is the way to it, not where else data
     # is or how to make new data.

@@ -83,7 +83,9 @@ def existing_settings() -> Settings:
     settings = settings_or_exit()
     missing = missing_data(settings)
     if missing is not None:
-        fail(missing.refusal(settings, Options.data_dir))
+        # A server not reached is an outage (1); one that refused the credentials or the
+        # database's name, a setting (2).
+        fail(missing.refusal(settings, Options.data_dir), BAD_SETTING if missing.refused else 1)
     if Options.verbose:
         errors.print(
             Text(

@@ -26,9 +26,10 @@ from berth.cli.common import (
 )
 from berth.config import Settings, SettingsError, config_file, setting_source
 from berth.data_location import (
+    MissingData,
     missing_data,
     shown_database,
-    unreachable_database,
+    unusable_database,
 )
 from berth.domain.errors import RegistryError
 from berth.metadata.database import LOCK_NOT_AVAILABLE, LOCK_WAIT_SECONDS, Database
@@ -90,9 +91,11 @@ def init(
     from berth.server import initialise
 
     settings = settings_or_exit(data_dir=data_dir, database_url=database_url)
-    if (problem := unreachable_database(settings)) is not None:
+    if (problem := unusable_database(settings)) is not None:
+        if problem.passing:  # not reached: an outage (1), not a setting (2)
+            fail(MissingData(problem.reason, unopened=True).refusal(settings))
         given = {"database_url"} if database_url is not None else set()
-        fail(f"{setting_source('database_url', given)}: {problem}", BAD_SETTING)
+        fail(f"{setting_source('database_url', given)}: {problem.reason}", BAD_SETTING)
     if missing_data(settings) is None:
         fail(f"Berth data exists already: {shown_database(settings)}", 3)
     try:
