@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
+import os
+import signal
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -32,6 +35,8 @@ from berth.registry.routes import error_response, get_blob, get_manifest
 from berth.registry.routes import routes as registry_routes
 from berth.scrape import ScrapeFigures, metrics_endpoint, start_listener
 from berth.state import Services
+
+logger = logging.getLogger("berth.server")
 
 API_VERSION_HEADER = (b"docker-distribution-api-version", b"registry/2.0")
 # /v2 serves back what clients pushed (blobs, manifests): a browser must not sniff it into HTML.
@@ -132,7 +137,10 @@ async def healthz(request: Request) -> Response:
 
 
 async def readyz(request: Request) -> Response:
-    """503 while the database or the blob store cannot be reached: take the node out."""
+    """503 while the database or the blob store cannot be reached, or the node is stopping
+    (`drain_on_sigterm`): take the node out."""
+    if request.app.state.draining:
+        return PlainTextResponse("not ready: stopping (shutdown_drain)\n", status_code=503)
     services: Services = request.app.state.services
     problems = await services.readiness.problems()
     if problems:
@@ -176,6 +184,40 @@ async def _unrouted(request: Request, exc: Exception) -> Response:
     return PlainTextResponse(exc.detail, exc.status_code, headers=exc.headers)
 
 
+def drain_on_sigterm(app: Starlette, seconds: float) -> None:
+    """On SIGTERM, keep serving for `seconds` with /readyz answering 503 (`app.state.draining`),
+    then stop as granian stops on SIGINT: no new connections, the requests in progress
+    finished, the idle keep-alive connections closed. A balancer's health check takes the node
+    out during the drain, so it sends nothing on a connection the node is about to close (a
+    PATCH or PUT sent just then would fail: not retried, as its body is not kept).
+
+    granian's worker stops on SIGTERM and SIGINT through the event loop's signal handlers, set
+    before the app's lifespan starts: this replaces SIGTERM's, and SIGINT keeps granian's."""
+    if seconds <= 0:
+        return
+    loop = asyncio.get_running_loop()
+
+    def stop() -> None:
+        logger.info("stopping: the drain (shutdown_drain) is over")
+        os.kill(os.getpid(), signal.SIGINT)
+
+    def on_sigterm() -> None:
+        if app.state.draining:
+            return  # the supervisor passes systemd's SIGTERM on: a second one
+        app.state.draining = True
+        logger.info(
+            "SIGTERM: /readyz answers 503 for %g s (shutdown_drain) while requests are still "
+            "served, then this worker stops",
+            seconds,
+        )
+        loop.call_later(seconds, stop)
+
+    try:
+        loop.add_signal_handler(signal.SIGTERM, on_sigterm)
+    except (ValueError, RuntimeError):  # not the main thread (an app served in a test's thread)
+        logger.debug("no drain on SIGTERM: the app does not run in the main thread")
+
+
 def create_app(settings: Settings | None = None) -> Starlette:
     settings = settings or load_settings()
     logs.configure(settings.log_format, settings.log_level, settings.node_name)
@@ -194,6 +236,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         api.state.services = services
         app.state.scrape_figures = figures = ScrapeFigures(services)
         listener = await start_listener(figures)
+        drain_on_sigterm(app, settings.shutdown_drain)
         flushing = [
             asyncio.create_task(metrics.flush_periodically()),
             asyncio.create_task(logs.flush_periodically()),
@@ -222,6 +265,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         exception_handlers={RegistryError: _registry_error, 404: _unrouted},
         lifespan=lifespan,
     )
+    app.state.draining = False
     if settings.pull_fast_path:
         # Innermost: pulls skip only Starlette's exception middleware and router.
         app.add_middleware(

@@ -85,6 +85,15 @@ class Settings(BaseSettings):
         "store it cannot reach (refused, unresolved, silent, still starting) before it gives up "
         "with exit status 75, which systemd restarts; 0: no wait",
     )
+    shutdown_drain: float = Field(
+        5.0,
+        ge=0,
+        le=300,
+        description="seconds a worker keeps serving after SIGTERM (systemctl stop) with /readyz "
+        "answering 503, so that a load balancer's health check takes the node out before it "
+        "closes its connections; then it finishes the requests in progress and exits; 0: stop "
+        "at once (SIGINT, Ctrl-C, always does)",
+    )
     workers: int = Field(
         0,
         ge=0,

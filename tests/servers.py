@@ -106,6 +106,9 @@ class BerthServer:
         env["BERTH_ADMIN_PASSWORD"] = ADMIN_PASSWORD
         if self.workers is not None:
             env["BERTH_WORKERS"] = str(self.workers)
+        # Tests stop hundreds of servers: at once, not after the default drain (5 s) that
+        # lets a balancer take a stopping node out (tests/test_shutdown_drain.py sets one).
+        env["BERTH_SHUTDOWN_DRAIN"] = "0"
         if self.database_url:
             env["BERTH_DATABASE_URL"] = self.database_url
         if self.tls:
