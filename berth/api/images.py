@@ -122,8 +122,9 @@ async def delete_image(
     Deleting an index deletes with it the platform manifests it lists, except one that
     another stored index lists or that has a tag of its own: that one stays
     (an image of its own once no index lists it). Each manifest deleted is in the image
-    history and sends an `io.berth.image.deleted` webhook event; the audit log has one
-    `image.delete` entry saying how many platform manifests went with it. The image's
+    history; the image sends one `io.berth.image.deleted` webhook event, listing the
+    platform manifests deleted with it (`platform_manifests`), and the audit log has one
+    `image.delete` entry saying how many went. The image's
     referrers (signatures, SBOMs) are not deleted. A platform manifest of a stored index
     cannot be deleted on its own: delete the index (409 naming it). An image a tag protected
     by an immutable tag rule, or any tag while the repository's tag overwrite is off, names

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -60,7 +61,12 @@ from berth.services.content_in_use import (
 )
 from berth.services.gc.restrictions import ensure_writable
 from berth.services.manifest_cache import ManifestCache, StoredManifest
-from berth.services.platform_manifests import IndexListings
+from berth.services.platform_manifests import (
+    DeletedImage,
+    DeletedManifest,
+    IndexListings,
+    deleted_images,
+)
 from berth.services.scanning.scans import queue_on_push
 from berth.services.tag_rules import immutable_rules
 from berth.services.webhook_events import (
@@ -69,7 +75,6 @@ from berth.services.webhook_events import (
     IMAGE_PUSHED,
     TAG_DELETED,
     TAG_RESTORED,
-    EventData,
     content_data,
     content_subject,
     enqueue_event,
@@ -553,8 +558,9 @@ class ManifestContent:
         """The management API's image delete: the manifest and every tag on it and, for an
         index, the platform manifests it lists that nothing else holds (`IndexListings`, the
         rule retention follows: one another stored index lists, or with a tag of its own,
-        stays). History and webhooks record each manifest deleted; the audit entry is the
-        image's, with how many platform manifests went with it (returned). Referrers stay.
+        stays). History records each manifest deleted; the webhook event and the audit
+        entry are the image's, with the platform manifests that went with it (how many is
+        returned). Referrers stay.
 
         /v2's DELETE (`delete_manifest`) deletes only the manifest, as OCI clients expect.
         The 404 says where in the repository the manifest is, in the API's terms
@@ -595,7 +601,7 @@ class ManifestContent:
         were refused): one left would be a stray image. It ends, as content cannot list
         itself."""
         going = [digest]
-        deleted = -1  # the image itself is no platform manifest
+        deleted: list[DeletedManifest] = []
         while going:
             children = await self._listed_manifests(conn, repo, image, going)
             keys = [
@@ -605,19 +611,22 @@ class ManifestContent:
             tagged = await self._tags_of(conn, repo, image, [key[2] for key in keys])
             for index in going:
                 listings.let_go((repo.id, image, index), children.get(index, ()))
-                if not await self.delete_image_in(conn, repo, image, index, actor=actor):
+                removed = await self._delete_manifest_row(conn, repo, image, index, actor=actor)
+                if removed is None:
                     if index == digest:
                         raise ManifestUnknown(
                             f"manifest {digest!r} is not in this repository", {"digest": digest}
                         )
                     continue
-                deleted += 1
+                part_of = None if index == digest else digest
+                deleted.append(DeletedManifest(image, index, removed, part_of))
             going = sorted(
                 key[2]
                 for key in keys
                 if listings.goes_with_its_index(key, tagged.get(key[2], set()))
             )
-        return deleted
+        await self._queue_image_deleted_events(conn, repo, deleted_images(deleted), actor=actor)
+        return len(deleted) - 1  # the image itself is no platform manifest
 
     async def _listed_manifests(
         self, conn: Any, repo: RepositoryRef, image: str, indexes: list[str]
@@ -660,6 +669,19 @@ class ManifestContent:
         """In the caller's write transaction: delete a manifest and every tag on it, with its
         history events and webhook event (the caller audits it). False when it is not stored.
         The caller has checked that no stored index lists it."""
+        removed = await self._delete_manifest_row(conn, repo, image, digest, actor=actor)
+        if removed is None:
+            return False
+        images = deleted_images([DeletedManifest(image, digest, removed)])
+        await self._queue_image_deleted_events(conn, repo, images, actor=actor)
+        return True
+
+    async def _delete_manifest_row(
+        self, conn: Any, repo: RepositoryRef, image: str, digest: str, *, actor: str
+    ) -> list[str] | None:
+        """Delete a manifest and every tag on it, with their history events (history is per
+        manifest); the tags deleted, or None when it is not stored. Its webhook event is the
+        caller's (`_queue_image_deleted_events`), which knows the image it was part of."""
         tagged = (
             (
                 await conn.execute(
@@ -685,14 +707,37 @@ class ManifestContent:
             )
         )
         if not result.rowcount:
-            return False
+            return None
         for name in tagged:
             await self._event(conn, repo, image, name, "untag", digest, None, actor)
         await self._event(conn, repo, image, None, "delete", digest, None, actor)
-        data = content_data(repo, image, actor, digest=digest, tags=list(tagged))
-        subject = content_subject(repo, image, digest)
-        await enqueue_event(conn, repo.project_id, IMAGE_DELETED, data, subject)
-        return True
+        return sorted(tagged)
+
+    async def _queue_image_deleted_events(
+        self, conn: Any, repo: RepositoryRef, images: list[DeletedImage], *, actor: str
+    ) -> None:
+        """Queue one `io.berth.image.deleted` per image deleted, as every count and list names
+        images: an index's event lists the platform manifests deleted with it, which get none
+        of their own. Both the API's image delete and retention's runs send theirs here."""
+        await enqueue_events(
+            conn,
+            repo.project_id,
+            IMAGE_DELETED,
+            [
+                (
+                    content_data(
+                        repo,
+                        deleted.image,
+                        actor,
+                        digest=deleted.digest,
+                        tags=deleted.tags,
+                        platform_manifests=deleted.platform_manifests,
+                    ),
+                    content_subject(repo, deleted.image, deleted.digest),
+                )
+                for deleted in images
+            ],
+        )
 
     async def delete_images_in(
         self,
@@ -702,9 +747,13 @@ class ManifestContent:
         *,
         actor: str,
         client: str | None,
+        went_with: Mapping[tuple[str, str], str] | None = None,
     ) -> set[tuple[str, str]]:
-        """`delete_image_in` for many (image, digest) of one repository at once, audited as
-        `image.delete` each: a handful of statements whatever their number (a retention run).
+        """`delete_image_in` for many (image, digest) of one repository at once: a handful of
+        statements whatever their number (a retention run). `went_with` names, for each
+        platform manifest deleted with its index, that index's digest: the index's image gets
+        the one webhook event and the one `image.delete` audit entry (with how many platform
+        manifests went), as the API's image delete records it; history stays per manifest.
         Returns those that were stored."""
         if not manifests_to_delete:
             return set()
@@ -743,23 +792,27 @@ class ManifestContent:
         if not found:
             return found
         now = utcnow()
+        went_with = went_with or {}
         history: list[tuple[str, str | None, str, str]] = []
-        events: list[tuple[EventData, str | None]] = []
-        audits: list[dict[str, Any]] = []
+        deleted: list[DeletedManifest] = []
         for image, digest in sorted(found):
             names = sorted(removed_tags.get((image, digest), []))
             for name in names:
                 history.append((image, name, "untag", digest))
             history.append((image, None, "delete", digest))
-            data = content_data(repo, image, actor, digest=digest, tags=names)
-            events.append((data, content_subject(repo, image, digest)))
-            name_of = f"{repo.name}/{image}" if image else repo.name
+            deleted.append(DeletedManifest(image, digest, names, went_with.get((image, digest))))
+        images = deleted_images(deleted)
+        audits: list[dict[str, Any]] = []
+        for gone in images:
+            name_of = f"{repo.name}/{gone.image}" if gone.image else repo.name
+            platforms = len(gone.platform_manifests)
             audits.append(
                 {
                     "actor": actor,
                     "action": "image.delete",
                     "project_id": repo.project_id,
-                    "target": f"{name_of}@{digest}"[:255],
+                    "target": f"{name_of}@{gone.digest}"[:255],
+                    "detail": {"platform_manifests": platforms} if platforms else None,
                 }
             )
         await conn.execute(
@@ -778,7 +831,7 @@ class ManifestContent:
                 for image, tag, action, digest in history
             ],
         )
-        await enqueue_events(conn, repo.project_id, IMAGE_DELETED, events)
+        await self._queue_image_deleted_events(conn, repo, images, actor=actor)
         await write_audit_entries(conn, audits, client=client)
         return found
 

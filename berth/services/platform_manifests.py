@@ -1,12 +1,14 @@
 """Which platform manifests go with the indexes being deleted: the one rule retention runs and
 the management API's image delete follow. A platform manifest goes with its index when no
 stored index that stays lists it and it has no tag the deleter did not agree to remove (a tag
-of its own makes it an image someone still names)."""
+of its own makes it an image someone still names). And which images the manifests deleted
+together are (`deleted_images`), for the webhook events and audit entries both record."""
 
 from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Iterable, Set
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import select
@@ -66,3 +68,57 @@ class IndexListings:
         go of: no index that stays lists it, and every tag on it is one the deleter agreed to
         remove (retention: the tags its snapshot judged the image by; an image delete: none)."""
         return not self.is_listed(key) and set(tags) <= set(removable_tags)
+
+
+@dataclass(frozen=True, slots=True)
+class DeletedManifest:
+    """A manifest deleted in a transaction, with the tags deleted with it; `index`, for a
+    platform manifest deleted with its index, the digest of that index's image (the top one,
+    down nested indexes)."""
+
+    image: str
+    digest: str
+    tags: list[str]
+    index: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class DeletedImage:
+    """An image deleted: a manifest deleted on its own account (an image manifest, an index,
+    a referrer), the platform manifests deleted with it (digests) and every tag deleted with
+    any of them."""
+
+    image: str
+    digest: str
+    tags: list[str]
+    platform_manifests: list[str]
+
+
+def deleted_images(deleted: Iterable[DeletedManifest]) -> list[DeletedImage]:
+    """The images among manifests deleted together, as every count and list names them: a
+    platform manifest is part of its index's image, not an image of its own. Each manifest is
+    in exactly one (a platform manifest whose index was not deleted counts as an image)."""
+    deleted = list(deleted)
+    heads = {(m.image, m.digest) for m in deleted if m.index is None}
+
+    def part_of(m: DeletedManifest) -> tuple[str, str] | None:
+        return (m.image, m.index) if m.index is not None and (m.image, m.index) in heads else None
+
+    parts: dict[tuple[str, str], list[DeletedManifest]] = defaultdict(list)
+    for m in deleted:
+        head = part_of(m)
+        if head is not None:
+            parts[head].append(m)
+    images = []
+    for m in deleted:
+        if part_of(m) is None:
+            with_it = sorted(parts.get((m.image, m.digest), ()), key=lambda p: p.digest)
+            images.append(
+                DeletedImage(
+                    m.image,
+                    m.digest,
+                    sorted({*m.tags, *(tag for p in with_it for tag in p.tags)}),
+                    [p.digest for p in with_it],
+                )
+            )
+    return images

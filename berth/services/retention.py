@@ -476,7 +476,7 @@ class Retention:
             protected = await self.protection(conn, snapshot.project_id, now_locked)
             results = []
             chosen: dict[str, list[tuple[str, str]]] = defaultdict(list)
-            children: list[Manifest] = []
+            children: list[tuple[Manifest, str]] = []  # with the digest of its index
             for deletion in batch:
                 image_key = self._key(snapshot, deletion.image)
                 members = (deletion.image, *deletion.referrers, *deletion.children)
@@ -496,12 +496,13 @@ class Retention:
                     key = self._key(snapshot, referrer)
                     if self._unchanged(snapshot, referrer, key, current_ids, current_tags):
                         chosen[repository].append((referrer.image, referrer.digest))
-                children.extend(deletion.children)
+                children.extend((child, deletion.image.digest) for child in deletion.children)
                 results.append(True)
             # Platform manifests last, once every index of the batch that goes has let go of
             # them: one still listed (by an index that stays, or was pushed since), or with a
             # tag the snapshot did not see on it, stays.
-            for child in children:
+            went_with: dict[str, dict[tuple[str, str], str]] = defaultdict(dict)
+            for child, index in children:
                 key = self._key(snapshot, child)
                 same_row = (
                     current_ids.get(key)
@@ -511,9 +512,15 @@ class Retention:
                     key, current_tags.get(key, set()), child.tags
                 ):
                     chosen[child.repository].append((child.image, child.digest))
+                    went_with[child.repository][(child.image, child.digest)] = index
             for repository, doomed in chosen.items():
                 await self.registry.delete_images_in(
-                    conn, snapshot.repositories[repository], doomed, actor=actor, client=client
+                    conn,
+                    snapshot.repositories[repository],
+                    doomed,
+                    actor=actor,
+                    client=client,
+                    went_with=went_with[repository],
                 )
         return results
 

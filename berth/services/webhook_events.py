@@ -36,7 +36,8 @@ TEST = "io.berth.webhook.test"
 
 EVENT_TYPES: dict[str, str] = {
     IMAGE_PUSHED: "a manifest was pushed, or a push pointed a tag at a manifest",
-    IMAGE_DELETED: "an image (manifest) was deleted by digest, with its tags",
+    IMAGE_DELETED: "an image was deleted by digest, with its tags (an index: one event, listing "
+    "the platform manifests deleted with it)",
     TAG_DELETED: "a tag was deleted (the image stays)",
     TAG_RESTORED: "a deleted tag was put back",
     GC_FINISHED: "a garbage collection run ended (succeeded, failed or rolled back)",
@@ -97,7 +98,11 @@ class EventData(BaseModel):
     media_type: str | SkipJsonSchema[None] = absent_unless_set("the manifest's media type")
     size: int | SkipJsonSchema[None] = absent_unless_set("the manifest's size in bytes")
     tags: list[str] | SkipJsonSchema[None] = absent_unless_set(
-        "image delete: the tags deleted with it"
+        "image delete: the tags deleted with it (its platform manifests' included)"
+    )
+    platform_manifests: list[str] | SkipJsonSchema[None] = absent_unless_set(
+        "image delete: the digests of the platform manifests deleted with the index (down "
+        "nested indexes; they get no event of their own), [] for none"
     )
     actor: str = Field(description="who made the change (a user name, or `system`)")
     message: str | SkipJsonSchema[None] = absent_unless_set("refusals: what the client was told")

@@ -18,6 +18,7 @@ from berth.services.webhook_events import EVENT_TYPES
 from tests.api.conftest import Team, assert_problem, new_team, ok, push_image, until
 from tests.clients.machine import HOSTS_FILE, HostsEntries
 from tests.metrics import moved, scrape
+from tests.oci import linux_index, manifest_path, push_manifest
 from tests.servers import BACKENDS, BerthServer, server_fixture
 from tests.webhook_receiver import Receiver, receiving
 
@@ -134,6 +135,94 @@ def test_every_event_type(team: Team, receiver: Receiver) -> None:
     limit = events["io.berth.image_limit.refused"]["data"]
     assert limit["tag"] == "over" and limit["limit"] == 12 and "12 images" in limit["message"]
     assert events["io.berth.image_limit.refused"]["data"]["actor"] == "admin"
+
+
+DELETES = ["io.berth.image.deleted", "io.berth.tag.deleted"]
+
+
+def deleted_before_marker(receiver: Receiver) -> list[dict[str, Any]]:
+    """The events received before the `io.berth.tag.deleted` a test sends last as a marker:
+    an endpoint gets its events in order, so none queued before the marker is still to come."""
+
+    def marker_came() -> bool:
+        return any(event["type"] == DELETES[1] for event in receiver.events())
+
+    assert until(marker_came, timeout=20), receiver.events()
+    events = receiver.events()
+    return events[: [event["type"] for event in events].index(DELETES[1])]
+
+
+def test_deleting_an_index_sends_one_event_listing_its_platform_manifests(
+    team: Team, receiver: Receiver
+) -> None:
+    """An index with the platform manifests it lists is one image: deleting it through the
+    API sends one image.deleted, which names them so a mirror can drop them too."""
+    add_webhook(team, receiver.url, event_types=DELETES)
+    name = team.oci_name()
+    with team.registry("member") as registry:
+        push_image(registry, name, "marker")
+        amd64 = push_image(registry, name, None, architecture="amd64")
+        arm64 = push_image(registry, name, None, architecture="arm64")
+        index = linux_index((amd64, "amd64"), (arm64, "arm64"))
+        push_manifest(registry, name, "v1", index)
+        ok(team["member"].delete(team.repo_url(f"/images/{index.digest}")), 204)
+        assert registry.delete(manifest_path(name, "marker")).status_code == 202
+
+    (deleted,) = deleted_before_marker(receiver)
+    assert deleted["type"] == "io.berth.image.deleted"
+    assert deleted["subject"] == f"{team.repository}@{index.digest}"
+    data = deleted["data"]
+    assert (data["digest"], data["tags"]) == (index.digest, ["v1"])
+    assert data["platform_manifests"] == sorted([amd64.digest, arm64.digest])
+    # The history stays per manifest.
+    history = ok(team["reader"].get(team.repo_url("/history")))["items"]
+    deletes = {e["old_digest"] for e in history if e["action"] == "delete"}
+    assert deletes == {index.digest, amd64.digest, arm64.digest}
+
+
+def test_a_retention_run_sends_one_event_per_image_it_deleted(
+    team: Team, receiver: Receiver
+) -> None:
+    """A run deleting an index (with its two platform manifests) and an untagged image sends
+    two image.deleted, as many as its `images_deleted`, and audits two image deletes."""
+    admin = team["project-admin"]
+    add_webhook(team, receiver.url, event_types=DELETES)
+    name = team.oci_name()
+    with team.registry("member") as registry:
+        amd64 = push_image(registry, name, None, architecture="amd64")
+        arm64 = push_image(registry, name, None, architecture="arm64")
+        index = linux_index((amd64, "amd64"), (arm64, "arm64"))
+        push_manifest(registry, name, "v1", index)
+        untagged = push_image(registry, name, None)
+        push_image(registry, name, "marker")  # the newest: kept
+    ok(admin.put(team.url("/retention"), json={"rules": [{"keep": "last", "count": 1}]}))
+    run = ok(admin.post(team.url("/retention/runs")))
+    assert run["images_deleted"] == 2
+    assert {i["digest"] for i in run["images"]} == {index.digest, untagged.digest}
+    with team.registry("member") as registry:
+        assert registry.delete(manifest_path(name, "marker")).status_code == 202
+
+    events = deleted_before_marker(receiver)
+    assert len(events) == run["images_deleted"]
+    by_digest = {e["data"]["digest"]: e["data"] for e in events}
+    assert set(by_digest) == {index.digest, untagged.digest}
+    assert by_digest[index.digest]["tags"] == ["v1"]
+    assert by_digest[index.digest]["platform_manifests"] == sorted([amd64.digest, arm64.digest])
+    assert by_digest[untagged.digest]["tags"] == []
+    assert by_digest[untagged.digest]["platform_manifests"] == []
+    history = ok(team["reader"].get(team.repo_url("/history")))["items"]
+    deletes = {e["old_digest"] for e in history if e["action"] == "delete"}
+    assert deletes == {index.digest, amd64.digest, arm64.digest, untagged.digest}
+
+    def audited() -> list[dict[str, Any]]:
+        entries = ok(admin.get(team.url("/audit"), params={"per_page": 100}))["items"]
+        return [e for e in entries if e["action"] == "image.delete"]
+
+    entries = {e["target"]: e["detail"] for e in until(audited)}
+    assert entries == {
+        f"{team.repository}@{index.digest}": {"platform_manifests": 2},
+        f"{team.repository}@{untagged.digest}": None,
+    }
 
 
 def push_times(team: Team, images: int) -> list[float]:
