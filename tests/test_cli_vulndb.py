@@ -104,3 +104,26 @@ def test_the_import_command_it_prints_works_as_printed_with_the_data_directory_i
     assert imported.returncode == 0, imported.stderr
     assert "6 added" in " ".join(imported.stdout.split())
     assert "6 records" in " ".join(berth(data, "vulndb", "status").stdout.split())
+
+
+def test_a_file_over_16_mib_is_refused_saying_how_to_import_its_records(tmp_path: Path) -> None:
+    """One list of genuine records joined past the per-file limit: refused by its size, the
+    message says to import them as a directory or a zip instead; nothing is imported."""
+    data = tmp_path / "data"
+    assert berth(data, "init").returncode == 0
+    records = [json.loads(f.read_text()) for f in sorted(RECORDS.glob("*.json"))]
+    huge = tmp_path / "huge.json"
+    text = json.dumps(records)
+    huge.write_text("[" + ",".join([text[1:-1]] * (17 * 1024 * 1024 // len(text) + 1)) + "]")
+    assert huge.stat().st_size > 16 * 1024 * 1024
+
+    imported = berth(data, "vulndb", "import", str(huge))
+
+    assert imported.returncode == 1
+    assert " ".join(imported.stderr.split()) == (
+        f"refused: {huge}: (file): larger than 16 MiB, the most one file may hold; import its "
+        "records as a directory of files or a zip of them (one record per file, as OSV's "
+        "all.zip has them)"
+    )
+    assert "0 added" in " ".join(imported.stdout.split())
+    assert "16 MiB" in " ".join(berth(data, "vulndb", "import", "--help").stdout.split())

@@ -42,7 +42,9 @@ def import_records(
         Path,
         typer.Argument(
             metavar="PATH",
-            help="An OSV JSON file, a directory of them, or a zip of them (OSV's all.zip).",
+            help="An OSV JSON file (one record or a list of them; at most 16 MiB), a "
+            "directory of such files, or a zip of them (OSV's all.zip: one record per file). "
+            "Import more records than one file holds as a directory or a zip.",
         ),
     ],
     json_output: JsonFlag = False,

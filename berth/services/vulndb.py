@@ -41,6 +41,11 @@ from berth.services.records import Record
 # with long explicit version lists, well under a megabyte): an archive member that inflates
 # without end is not read into memory.
 MAX_RECORD_FILE = 16 * 1024 * 1024
+TOO_LARGE = (
+    f"larger than {MAX_RECORD_FILE // (1024 * 1024)} MiB, the most one file may hold; "
+    "import its records as a directory of files or a zip of them (one record per file, "
+    "as OSV's all.zip has them)"
+)
 # Records written per transaction: large imports neither hold the write lock for minutes
 # nor pay a commit per record.
 BATCH = 500
@@ -90,7 +95,7 @@ class _Parsed:
 def _read_limited(handle: Any, name: str) -> bytes:
     data: bytes = handle.read(MAX_RECORD_FILE + 1)
     if len(data) > MAX_RECORD_FILE:
-        raise MalformedRecord("(file)", f"larger than {MAX_RECORD_FILE // (1024 * 1024)} MiB")
+        raise MalformedRecord("(file)", TOO_LARGE)
     return data
 
 
@@ -108,12 +113,7 @@ def _documents(path: Path) -> Iterator[tuple[str, bytes | MalformedRecord]]:
                     continue
                 name = f"{path.name}:{member.filename}"
                 if member.file_size > MAX_RECORD_FILE:
-                    yield (
-                        name,
-                        MalformedRecord(
-                            "(file)", f"larger than {MAX_RECORD_FILE // (1024 * 1024)} MiB"
-                        ),
-                    )
+                    yield name, MalformedRecord("(file)", TOO_LARGE)
                     continue
                 try:
                     with archive.open(member) as handle:
@@ -122,6 +122,11 @@ def _documents(path: Path) -> Iterator[tuple[str, bytes | MalformedRecord]]:
                     yield name, exc
                 except (zipfile.BadZipFile, OSError, EOFError) as exc:
                     yield name, MalformedRecord("(file)", f"cannot be read: {exc}")
+        return
+    # Its size is known before a byte is read: an oversized file is refused at once, not
+    # after reading the first 16 MiB of it.
+    if path.stat().st_size > MAX_RECORD_FILE:
+        yield str(path), MalformedRecord("(file)", TOO_LARGE)
         return
     try:
         with path.open("rb") as handle:
