@@ -590,6 +590,7 @@ class Retention:
                 },
                 client=client,
             )
+        _log_run(project, actor, int(run_id), dry_run, len(listed), skipped, result, error)
         return RunRecord(
             id=int(run_id),
             project=project,
@@ -741,6 +742,30 @@ def _keys_in(table: Table, keys: Sequence[tuple[int, str, str]]) -> ColumnElemen
             for (repository_id, image), digests in groups.items()
         )
     )
+
+
+def _log_run(
+    project: str,
+    actor: str,
+    run_id: int,
+    dry_run: bool,
+    images: int,
+    skipped: int,
+    result: Plan,
+    error: str | None,
+) -> None:
+    """One line per recorded run in the server's log, as the other jobs write theirs."""
+    kind = "retention dry run" if dry_run else "retention run"
+    verb = "would delete" if dry_run else "deleted"
+    line = (
+        f"{kind} {run_id} of project {project} by {actor}: {verb} "
+        f"{counted(images, 'image')}, {skipped:,} skipped, {result.kept:,} kept, "
+        f"{result.untouched:,} outside the rules"
+    )
+    if error:
+        logger.warning("%s; stopped: %s", line, error)
+    else:
+        logger.info("%s", line)
 
 
 def run_note(

@@ -37,6 +37,7 @@ from berth.domain.names import joined_name
 from berth.domain.packages import Package
 from berth.domain.references import RepositoryRef
 from berth.domain.vulns import AdvisoryIndex, Severity, findings_for
+from berth.domain.wording import counted
 from berth.jobs.periodic import Periodic
 from berth.metadata.audit import write_audit_entry
 from berth.metadata.database import Database
@@ -746,22 +747,17 @@ class Scans:
                     **_counts(found),
                 )
             )
-            if announce:
-                await _announce(conn, scan_id, found, packages, reason)
+            scanned = await _scanned_image(conn, scan_id)
+            if announce and scanned is not None:
+                await _announce(conn, scanned, found, packages, reason)
+        _log_outcome(scanned, scan_id, found, packages, reason)
         if self.on_finished is not None:
             self.on_finished()
 
 
-async def _announce(
-    conn: AsyncConnection,
-    scan_id: int,
-    found: list[ScanFinding],
-    packages: int,
-    reason: str | None,
-) -> None:
-    """Queue the `scan.finished` webhook event in the transaction that stored the result (if
-    an endpoint of the image's project takes it)."""
-    row = (
+async def _scanned_image(conn: AsyncConnection, scan_id: int) -> Any:
+    """The project, repository, image and digest of a scan (None: the image was deleted)."""
+    return (
         await conn.execute(
             select(
                 repositories.c.project_id,
@@ -778,8 +774,39 @@ async def _announce(
             .where(scans.c.id == scan_id)
         )
     ).first()
-    if row is None:
-        return  # the image was deleted meanwhile: nothing left to report on
+
+
+def _log_outcome(
+    scanned: Any, scan_id: int, found: list[ScanFinding], packages: int, reason: str | None
+) -> None:
+    """One line per finished scan in the server's log, as the other jobs write theirs."""
+    if scanned is None:
+        image = f"scan {scan_id} (image deleted meanwhile)"
+    else:
+        image = f"{scanned.project}/{joined_name(scanned.repository, scanned.image)}"
+        image += f"@{scanned.digest}"
+    if reason is not None:
+        logger.warning("scan of %s: failed: %s", image, reason)
+        return
+    counts = _counts(found)
+    logger.info(
+        "scan of %s: done, %s in %s (%s)",
+        image,
+        counted(len(found), "finding"),
+        counted(packages, "package"),
+        ", ".join(f"{counts[c]} {c}" for c in COUNTED),
+    )
+
+
+async def _announce(
+    conn: AsyncConnection,
+    row: Any,
+    found: list[ScanFinding],
+    packages: int,
+    reason: str | None,
+) -> None:
+    """Queue the `scan.finished` webhook event in the transaction that stored the result (if
+    an endpoint of the image's project takes it)."""
     repo_path = (
         f"/projects/{quote(row.project, safe='')}/repositories/{quote(row.repository, safe='')}"
     )

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import logging
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -243,7 +244,9 @@ def test_a_full_repository_drains_to_the_rules_n(database_url: str, tmp_path: Pa
     run(database_url, tmp_path, scenario)  # Registry's limit is the default 10,000
 
 
-def test_a_due_schedule_runs_once_as_schedule(database_url: str, tmp_path: Path) -> None:
+def test_a_due_schedule_runs_once_as_schedule(
+    database_url: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     async def scenario(db: Database, retention: Retention) -> None:
         repo = await ensure_repository(db, "p", "app")
         await seed(db, repo, [(i, [f"ci-{i}"], 10 - i) for i in range(4)])
@@ -266,8 +269,18 @@ def test_a_due_schedule_runs_once_as_schedule(database_url: str, tmp_path: Path)
         async with db.read() as conn:
             runs = (await conn.execute(select(func.count()).select_from(retention_runs))).scalar()
         assert runs == 1
+        # The server's log says what the scheduled run did, as it does of GC runs.
+        logged = [r for r in caplog.records if r.name == "berth.retention"]
+        assert [(r.levelname, r.getMessage()) for r in logged] == [
+            (
+                "INFO",
+                f"retention run {history[0].id} of project p by {SCHEDULE_ACTOR}: deleted 2 "
+                "images, 0 skipped, 2 kept, 0 outside the rules",
+            )
+        ]
 
-    run(database_url, tmp_path, scenario)
+    with caplog.at_level(logging.INFO, logger="berth.retention"):
+        run(database_url, tmp_path, scenario)
 
 
 def test_tag_overwrite_switched_off_during_a_run_protects_the_images(

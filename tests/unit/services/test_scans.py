@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import json
+import logging
 import shutil
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -392,9 +393,9 @@ def test_auto_scan_queues_on_push_and_the_job_scans(
 
 
 def test_a_scan_that_cannot_read_a_layer_fails_saying_why(
-    database_url: str, tmp_path: Path, app_layers: list[bytes]
+    database_url: str, tmp_path: Path, app_layers: list[bytes], caplog: pytest.LogCaptureFixture
 ) -> None:
-    async def scenario(world: World) -> None:
+    async def scenario(world: World) -> str:
         repo = await repository(world)
         image = await push_image(world, repo, app_layers, "v1")
         layer_digest = lose_layer(world, image, 1)
@@ -402,8 +403,37 @@ def test_a_scan_that_cannot_read_a_layer_fails_saying_why(
         assert result.state == "failed"
         assert result.reason == f"layer {layer_digest} is missing from storage"
         assert result.findings == []
+        return f"scan of p/app@{image.digest}: failed: {result.reason}"
 
-    run(database_url, tmp_path, scenario)
+    with caplog.at_level(logging.INFO, logger="berth.scans"):
+        line = run(database_url, tmp_path, scenario)
+    assert [(r.levelname, r.getMessage()) for r in caplog.records if r.name == "berth.scans"] == [
+        ("WARNING", line)
+    ]
+
+
+def test_each_finished_scan_leaves_a_line_in_the_server_log(
+    database_url: str, tmp_path: Path, app_layers: list[bytes], caplog: pytest.LogCaptureFixture
+) -> None:
+    """As GC runs and webhook failures do: the image, the state and the counts (an index's
+    platforms, scanned as part of it, each have their own line)."""
+
+    async def scenario(world: World) -> tuple[str, int]:
+        repo = await repository(world)
+        await import_records(world, tmp_path, ALL_RECORDS)
+        image = await push_image(world, repo, app_layers, "v1")
+        result = await scanned(world, repo, image.digest)
+        return image.digest, result.packages
+
+    with caplog.at_level(logging.INFO, logger="berth.scans"):
+        digest, packages = run(database_url, tmp_path, scenario)
+    assert [(r.levelname, r.getMessage()) for r in caplog.records if r.name == "berth.scans"] == [
+        (
+            "INFO",
+            f"scan of p/app@{digest}: done, 3 findings in {packages} packages (0 critical, "
+            "1 high, 0 medium, 0 low, 2 unknown)",
+        )
+    ]
 
 
 def test_a_rescan_keeps_the_previous_result_until_its_own_and_a_failure_is_none(
