@@ -121,6 +121,7 @@ def arrange(server: BerthServer) -> World:
                         manifest_id=found,
                         state="done",
                         high=1,
+                        vulndb_state=1,  # matched against imported data (0: none, no result)
                         requested_by="admin",
                         requested_at=dt.datetime.now(dt.UTC),
                     )

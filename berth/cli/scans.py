@@ -53,6 +53,17 @@ def _print(name: str, result: ScanResult) -> None:
         errors.print(Text(f"Scan of {name} failed: {result.reason}"), soft_wrap=True)
         raise typer.Exit(1)
     counts = result.counts
+    if result.state == "no_data" or counts is None:
+        # Not a clean result: a script testing the exit status must not take it for one.
+        errors.print(
+            Text(
+                f"Scan of {name} checked nothing: the vulnerability database is empty. Import "
+                f"OSV records with `{pasteable('vulndb', 'import', 'PATH')}`; images scanned "
+                "without data are scanned again then."
+            ),
+            soft_wrap=True,
+        )
+        raise typer.Exit(1)
     console.print(
         Text(
             f"{name}: {counted(result.packages, 'package')}, "
@@ -123,7 +134,8 @@ def scan(
     json_output: JsonFlag = False,
 ) -> None:
     """Scan an image's packages for known vulnerabilities (OSV records imported with `berth
-    vulndb import`), or queue stale results again."""
+    vulndb import`), or queue stale results again. With --wait, a scan that could not finish,
+    or that had no vulnerability data to check against (the database is empty), exits 1."""
     if rescan_stale:
         if image is not None:
             fail("--rescan-stale takes no image", 2)
@@ -171,7 +183,7 @@ def scan(
             print_json({**plain(result), "sbom_referrer": plain(attached) if attached else None})
         else:
             print_json(plain(result))
-        if result.state == "failed":
+        if result.state in ("failed", "no_data"):
             raise typer.Exit(1)
         return
     if not wait:

@@ -612,7 +612,8 @@ vulndb_imports = Table(
 
 # An image's scan (services/scanning/scans.py): one per stored manifest, gone with it. `state`
 # is queued, scanning, done or failed (`reason` says why); `vulndb_state` is the vulnerability
-# database's state it matched against (older than the database's: stale).
+# database's state it matched against (older than the database's: stale; 0 on a `done` row:
+# the database was empty, a result readers see as `no_data`).
 scans = Table(
     "scans",
     metadata,

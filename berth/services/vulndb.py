@@ -34,7 +34,7 @@ from berth.domain.vulns import (
     parse_advisory,
 )
 from berth.metadata.database import Database
-from berth.metadata.tables import utcnow, vuln_advisories, vuln_packages, vulndb_imports
+from berth.metadata.tables import scans, utcnow, vuln_advisories, vuln_packages, vulndb_imports
 from berth.services.records import Record
 
 # A record file larger than this is refused unread (OSV records are kilobytes; the largest,
@@ -214,6 +214,8 @@ class VulnDb:
         if pending:
             await self._write(pending.values(), counts)
         async with self.db.write() as conn:
+            if counts["added"] or counts["replaced"]:
+                await self._queue_results_without_data(conn, actor)
             await conn.execute(
                 insert(vulndb_imports).values(
                     path=str(path),
@@ -225,6 +227,18 @@ class VulnDb:
                 )
             )
         return ImportReport(path=str(path), refused=refused, **counts)
+
+    @staticmethod
+    async def _queue_results_without_data(conn: AsyncConnection, actor: str) -> None:
+        """Queue again every scan made while the database was empty (services/scanning/scans:
+        `done` at state 0, shown as `no_data`), in the transaction that records the import:
+        they checked nothing, so they are scanned now rather than at the next daily rescan of
+        stale results. Only those: results made with data wait for that rescan."""
+        await conn.execute(
+            update(scans)
+            .where(scans.c.state == "done", func.coalesce(scans.c.vulndb_state, 0) == 0)
+            .values(state="queued", requested_by=actor[:64], requested_at=utcnow())
+        )
 
     async def _write(self, batch: Iterable[_Parsed], counts: dict[str, int]) -> None:
         records = list(batch)

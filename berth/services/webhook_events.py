@@ -68,12 +68,19 @@ class GcRunSummary(BaseModel):
 
 
 class ScanOutcome(BaseModel):
-    status: Literal["done", "failed"]
-    reason: str | SkipJsonSchema[None] = absent_unless_set("failed: why the scan could not finish")
-    counts: dict[str, int] = Field(
-        description="findings by severity: critical, high, medium, low, unknown"
+    status: Literal["done", "no_data", "failed"] = Field(
+        description="`no_data`: the vulnerability database was empty, so nothing was checked "
+        "(not a clean result; the image is scanned again after the first import)"
     )
-    findings: int
+    reason: str | SkipJsonSchema[None] = absent_unless_set(
+        "failed: why the scan could not finish; no_data: that nothing was checked, and why"
+    )
+    counts: dict[str, int] | SkipJsonSchema[None] = absent_unless_set(
+        "findings by severity: critical, high, medium, low, unknown (absent for no_data)"
+    )
+    findings: int | SkipJsonSchema[None] = absent_unless_set(
+        "how many findings (absent for no_data)"
+    )
     packages: int = Field(description="packages found in the image")
     api_path: str = Field(
         description="the scan result with every finding, under the server's address"

@@ -199,6 +199,7 @@ def test_a_manual_scan_on_request(team: Team, app_layers: list[Blob]) -> None:
         "queued",
         "scanning",
         "done",
+        "no_data",
         "failed",
     }
     unknown = team.repo_url("/images/sha256:" + "0" * 64 + "/scan")

@@ -68,7 +68,8 @@ def pushed_and_scanned(skopeo: Skopeo, registry: Registry, work: Path) -> tuple[
         await s.scans.request_scan(repo, "app", digest, "tests")
         return await s.scans.scan_now(repo.id, "app", digest)
 
-    assert registry.server._services(scan).counts.high == 1
+    counts = registry.server._services(scan).counts
+    assert counts is not None and counts.high == 1
     return ref, digest
 
 

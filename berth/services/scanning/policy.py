@@ -10,6 +10,8 @@ What a pull is checked against:
 - an image never scanned, queued, being scanned or whose scan failed is let through (as
   Harbor does by default): refusing them would stop every pull of a repository the moment
   the policy is turned on, and a scan that cannot read an image would make it unpullable.
+  A scan made while the vulnerability database was empty (`no_data`) checked nothing and
+  counts as no scan: let through the same way, until the import that follows rescans it.
 
 The policy travels with the repository lookup every /v2 request makes (`RepositoryRef`,
 cached `REPOSITORY_CACHE_SECONDS`), so with the policy off a pull pays one attribute read.
@@ -158,6 +160,7 @@ class PullPolicy:
                 manifests.c.image == image,
                 manifests.c.digest.in_(digests),
                 scans.c.state == "done",
+                scans.c.vulndb_state > 0,  # 0: made with no data (`no_data`), not a result
             )
         )
         async with self.db.read() as conn:

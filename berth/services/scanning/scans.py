@@ -7,7 +7,10 @@ is scanned platform by platform (each child gets its own scan, reused while curr
 index's findings are the union of its children's. A scan that cannot finish (a layer the
 scanner cannot read, a blob missing from storage) is `failed` with the reason a user sees.
 Each finished scan records the database's state it used: when an import has changed the
-database since, its result is stale, and `rescan_stale` queues it again.
+database since, its result is stale, and `rescan_stale` queues it again. A scan made while the
+database was empty (state 0) checked nothing: it is stored as `done` at state 0, read as
+`no_data` (no counts, the reason said), never as a clean result, and the first import that
+adds records queues it again at once (`vulndb.import_path`).
 """
 
 from __future__ import annotations
@@ -59,7 +62,7 @@ from berth.storage.base import BlobStore
 
 logger = logging.getLogger("berth.scans")
 
-ScanState = Literal["queued", "scanning", "done", "failed"]
+ScanState = Literal["queued", "scanning", "done", "no_data", "failed"]
 COUNTED = ("critical", "high", "medium", "low", "unknown")
 # A running scan renews its `alive_at` this often; one left "scanning" without renewal for
 # ABANDONED_AFTER was cut short (its process stopped) and is queued again.
@@ -87,13 +90,32 @@ class SeverityCounts(Record):
     unknown: int
 
 
+# Why a `no_data` result is no result: what a reader sees in its `reason`.
+NO_DATA_REASON = (
+    "no vulnerability data: the vulnerability database was empty when this image was scanned, "
+    "so nothing was checked; it is scanned again when OSV records are imported "
+    "(berth vulndb import)"
+)
+STATE_DESCRIPTION = (
+    "`queued`, `scanning`, `done`, `failed` (see `reason`), or `no_data`: scanned while the "
+    "vulnerability database was empty, so nothing was checked (no counts, not a clean result; "
+    "`reason` says so); the first import that adds records queues it again"
+)
+COUNTS_DESCRIPTION = (
+    "findings by severity of the result made at {at}: while a rescan is `queued` or "
+    "`scanning`, the previous scan's (zero when there is none); null when that result was made "
+    "with no vulnerability data (`no_data`)"
+)
+
+
 class ScanSummary(Record):
-    status: Literal["not_scanned", "queued", "scanning", "done", "failed"]
-    reason: str | None = Field(description="why a `failed` scan could not finish")
-    counts: SeverityCounts = Field(
-        description="findings by severity of the result made at `scanned_at`: while a rescan "
-        "is `queued` or `scanning`, the previous scan's (zero when there is none)"
+    status: Literal["not_scanned", "queued", "scanning", "done", "no_data", "failed"] = Field(
+        description=f"`not_scanned`, or the scan's state: {STATE_DESCRIPTION}"
     )
+    reason: str | None = Field(
+        description="why a `failed` scan could not finish, or why a `no_data` one checked nothing"
+    )
+    counts: SeverityCounts | None = Field(description=COUNTS_DESCRIPTION.format(at="`scanned_at`"))
     stale: bool = Field(
         description="vulnerability data was imported after this scan (the next rescan "
         "scans it again)"
@@ -111,6 +133,21 @@ NOT_SCANNED = ScanSummary(
     stale=False,
     scanned_at=None,
 )
+
+
+def made_without_data(row: Any) -> bool:
+    """Whether the result a `scans` row shows (its own, or while a rescan is queued or running
+    the previous one's) was made while the vulnerability database was empty: no result."""
+    return (
+        row.state in ("done", "queued", "scanning")
+        and row.finished_at is not None
+        and not row.vulndb_state
+    )
+
+
+def shown_state(row: Any) -> Any:
+    """A `scans` row's state as readers see it: `no_data` for a result made without data."""
+    return "no_data" if row.state == "done" and made_without_data(row) else row.state
 
 
 def is_stale(state: str, vulndb_state: int | None, current: int | None) -> bool:
@@ -140,9 +177,15 @@ def _claimed(db: Database) -> dict[str, Any]:
     return {"state": "scanning", "started_at": now, "alive_at": now, "reason": None}
 
 
-def counts_of(row: Any) -> SeverityCounts:
-    """The severity counts of a `scans` row."""
+def counts_of(row: Any) -> SeverityCounts | None:
+    """The severity counts of a `scans` row (None: its result was made without data)."""
+    if made_without_data(row):
+        return None
     return SeverityCounts(**{c: getattr(row, c) for c in COUNTED})
+
+
+def reason_of(row: Any) -> str | None:
+    return NO_DATA_REASON if shown_state(row) == "no_data" else row.reason
 
 
 async def scan_summaries(conn: AsyncConnection, manifest_ids: list[int]) -> dict[int, ScanSummary]:
@@ -168,8 +211,8 @@ async def scan_summaries(conn: AsyncConnection, manifest_ids: list[int]) -> dict
     )
     return {
         int(row.manifest_id): ScanSummary(
-            status=row.state,
-            reason=row.reason,
+            status=shown_state(row),
+            reason=reason_of(row),
             counts=counts_of(row),
             stale=is_stale(row.state, row.vulndb_state, row.current),
             scanned_at=row.finished_at,
@@ -180,15 +223,17 @@ async def scan_summaries(conn: AsyncConnection, manifest_ids: list[int]) -> dict
 
 class ScanResult(Record):
     digest: str
-    state: ScanState
-    reason: str | None
-    stale: bool  # vulnerability data was imported after this result was made
-    counts: SeverityCounts = Field(
-        description="findings by severity of the result made at `finished_at`: while a rescan "
-        "is `queued` or `scanning`, the previous scan's (zero when there is none)"
+    state: ScanState = Field(description=STATE_DESCRIPTION)
+    reason: str | None = Field(
+        description="why a `failed` scan could not finish, or why a `no_data` one checked nothing"
     )
+    stale: bool  # vulnerability data was imported after this result was made
+    counts: SeverityCounts | None = Field(description=COUNTS_DESCRIPTION.format(at="`finished_at`"))
     packages: int
-    vulndb_state: int | None
+    vulndb_state: int | None = Field(
+        description="the vulnerability database's state the result was matched against (the "
+        "newest import that changed records; 0: the database was empty, `no_data`)"
+    )
     requested_by: str
     requested_at: dt.datetime
     finished_at: dt.datetime | None = Field(
@@ -369,8 +414,8 @@ class Scans:
         found.sort(key=lambda f: (-order.get(f.severity, Severity.UNKNOWN), f.advisory_id, f.purl))
         return ScanResult(
             digest=digest,
-            state=row.state,
-            reason=row.reason,
+            state=shown_state(row),
+            reason=reason_of(row),
             stale=is_stale(row.state, row.vulndb_state, current),
             counts=counts_of(row),
             packages=row.packages,
@@ -749,8 +794,8 @@ class Scans:
             )
             scanned = await _scanned_image(conn, scan_id)
             if announce and scanned is not None:
-                await _announce(conn, scanned, found, packages, reason)
-        _log_outcome(scanned, scan_id, found, packages, reason)
+                await _announce(conn, scanned, found, packages, reason, with_data=state > 0)
+        _log_outcome(scanned, scan_id, found, packages, reason, with_data=state > 0)
         if self.on_finished is not None:
             self.on_finished()
 
@@ -777,7 +822,13 @@ async def _scanned_image(conn: AsyncConnection, scan_id: int) -> Any:
 
 
 def _log_outcome(
-    scanned: Any, scan_id: int, found: list[ScanFinding], packages: int, reason: str | None
+    scanned: Any,
+    scan_id: int,
+    found: list[ScanFinding],
+    packages: int,
+    reason: str | None,
+    *,
+    with_data: bool,
 ) -> None:
     """One line per finished scan in the server's log, as the other jobs write theirs."""
     if scanned is None:
@@ -787,6 +838,9 @@ def _log_outcome(
         image += f"@{scanned.digest}"
     if reason is not None:
         logger.warning("scan of %s: failed: %s", image, reason)
+        return
+    if not with_data:
+        logger.warning("scan of %s: %s", image, NO_DATA_REASON)
         return
     counts = _counts(found)
     logger.info(
@@ -804,6 +858,8 @@ async def _announce(
     found: list[ScanFinding],
     packages: int,
     reason: str | None,
+    *,
+    with_data: bool,
 ) -> None:
     """Queue the `scan.finished` webhook event in the transaction that stored the result (if
     an endpoint of the image's project takes it)."""
@@ -821,10 +877,11 @@ async def _announce(
         digest=row.digest,
         actor=row.requested_by,
         scan=ScanOutcome(
-            status="failed" if reason else "done",
-            reason=reason,
-            counts=_counts(found),
-            findings=len(found),
+            status="failed" if reason else "done" if with_data else "no_data",
+            reason=reason if reason or with_data else NO_DATA_REASON,
+            # A scan that checked nothing has no counts: zeros would read as a clean image.
+            counts=_counts(found) if with_data or reason else None,
+            findings=len(found) if with_data or reason else None,
             packages=packages,
             api_path=f"/api/v1{repo_path}/images/{row.digest}/scan{image_query}",
             console_path=f"/console/#{repo_path}/images?{findings_query}",

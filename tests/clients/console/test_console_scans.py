@@ -179,6 +179,11 @@ def test_scan_an_image_with_the_button_and_read_its_findings(
 def test_an_index_has_an_sbom_per_platform(page: Page, tenant: Tenant) -> None:
     """An index of two platforms (ms 0.7.0 in each), scanned: its findings offer each
     platform's SBOM, the document of that platform's manifest."""
+
+    async def load(s: Services) -> None:  # a scan with no data has no findings to open
+        assert (await VulnDb(s.db).import_path(FIXTURES / "osv", "tests")).refused == []
+
+    tenant.server._services(load)
     tenant.create_repository("multi", scan_mode="manual")
     name = f"{tenant.project}/multi"
     packages = Blob(layer(npm_package("ms-0.7.0.tgz", "ms")), OCI_LAYER_GZIP)
@@ -415,5 +420,47 @@ def test_a_rescan_shows_the_previous_result_as_such_until_its_own(
     dialog = page.get_by_role("dialog", name=f"Findings · {other[:19]}")
     expect(dialog.get_by_test_id("findings-of")).to_have_text(
         "A scan is queued; the image has no findings until it finishes."
+    )
+    expect(dialog.get_by_role("table")).to_have_count(0)
+
+
+# A server of its own: the vulnerability database is the server's, and this test needs it
+# empty (the other tests import records).
+empty_osv_server = server_fixture(
+    "console-no-osv", scope="module", env={"BERTH_SCAN_CHECK_INTERVAL": "0.5"}
+)
+
+
+def test_a_scan_with_no_vulnerability_data_is_not_shown_as_clean(
+    page: Page, empty_osv_server: BerthServer, tmp_path: Path
+) -> None:
+    """Scanned before any import: the badge says there was no data to check against (never
+    "no findings"), there are no findings to open, and the findings link says why."""
+    server = empty_osv_server
+    suffix = uuid.uuid4().hex[:8]
+    tenant = Tenant(server, f"nodata{suffix}", f"admin-{suffix}", "admin")
+    server.create_project(tenant.project)
+    server.create_user(tenant.user, PASSWORD)
+    server.add_member(tenant.project, tenant.user, "admin")
+    tenant.create_repository("app", scan_mode="manual")
+    digest = push_vulnerable_image(tenant, "app", tmp_path)
+    short = digest[:19]
+
+    sign_in(page, tenant)
+    page.get_by_role("link", name="app", exact=True).click()
+    row = page.get_by_role("table", name="Images").get_by_role("row").filter(has_text=short)
+    row.get_by_role("button", name=f"Scan {short}").click()
+    state = row.get_by_test_id("scan-state")
+    expect(state).to_have_text("no vulnerability data", timeout=30_000)
+    expect(
+        page.get_by_text(f"Scan of {short} checked nothing: no vulnerability data")
+    ).to_be_visible()
+    expect(row.get_by_role("button", name=f"Findings of {short}")).to_have_count(0)
+    page.goto(
+        f"{tenant.console}#/projects/{tenant.project}/repositories/app/images?findings={digest}"
+    )
+    dialog = page.get_by_role("dialog", name=f"Findings · {short}")
+    expect(dialog.get_by_test_id("findings-of")).to_contain_text(
+        "checked nothing: no vulnerability data: the vulnerability database was empty"
     )
     expect(dialog.get_by_role("table")).to_have_count(0)

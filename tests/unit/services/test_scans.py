@@ -221,6 +221,7 @@ def test_a_scan_finds_the_published_advisories_of_installed_releases(
         assert requests.purl == "pkg:pypi/requests@2.30.0"
         assert requests.aliases == ["CVE-2023-32681", "GHSA-j8r2-6x86-q33q"]
         counts = result.counts
+        assert counts is not None
         # GHSA-3fx5's CVSS 3.0 vector scores 7.5; PYSEC-2023-74 and GHSA-fhjf carry no severity.
         assert (counts.critical, counts.high, counts.medium, counts.low, counts.unknown) == (
             0,
@@ -246,18 +247,79 @@ def test_a_scan_finds_the_published_advisories_of_installed_releases(
     run(database_url, tmp_path, scenario)
 
 
-def test_fixed_releases_and_an_empty_database_find_nothing(
-    database_url: str, tmp_path: Path, app_layers: list[bytes], fixed_layers: list[bytes]
+def test_fixed_releases_find_nothing(
+    database_url: str, tmp_path: Path, fixed_layers: list[bytes]
 ) -> None:
     async def scenario(world: World) -> None:
         repo = await repository(world)
-        vulnerable = await push_image(world, repo, app_layers, "v1")
-        without_records = await scanned(world, repo, vulnerable.digest)
-        assert without_records.state == "done" and without_records.findings == []
         await import_records(world, tmp_path, ALL_RECORDS)
         fixed = await push_image(world, repo, fixed_layers, "v2")
         result = await scanned(world, repo, fixed.digest)
         assert result.state == "done" and result.findings == [] and result.packages == 3
+        assert result.counts is not None and not any(result.counts.model_dump().values())
+
+    run(database_url, tmp_path, scenario)
+
+
+def test_a_scan_before_any_import_is_no_result_and_the_import_queues_it_again(
+    database_url: str, tmp_path: Path, app_layers: list[bytes], fixed_layers: list[bytes]
+) -> None:
+    """Pushed to an auto-scan repository before any `vulndb import`: the scan checked nothing,
+    and says so wherever it is read (result, listing, webhook event, log), with no counts
+    that would read as a clean image. The first import that adds records queues it again,
+    and only it: a result made with data waits for the rescan of stale results."""
+
+    async def scenario(world: World) -> None:
+        repo = await repository(world, scan_mode="auto")
+        async with world.db.write() as conn:
+            await conn.execute(
+                webhooks.insert().values(
+                    project_id=repo.project_id, url="http://hooks.invalid/", event_types=""
+                )
+            )
+        image = await push_image(world, repo, app_layers, "v1")
+        assert await world.scans.run_queued() == 1
+
+        result = await world.scans.result(repo.id, "", image.digest)
+        assert result is not None
+        assert (result.state, result.counts, result.findings, result.stale) == (
+            "no_data",
+            None,
+            [],
+            False,
+        )
+        assert result.reason == scans_module.NO_DATA_REASON
+        assert result.reason.startswith("no vulnerability data: the vulnerability database")
+        summary = (await Images(world.db, world.store).image(repo, "", image.digest)).scan
+        assert (summary.status, summary.counts, summary.reason) == (
+            "no_data",
+            None,
+            scans_module.NO_DATA_REASON,
+        )
+        [event] = await scan_events(world)
+        assert event["scan"]["status"] == "no_data"
+        assert event["scan"]["reason"] == scans_module.NO_DATA_REASON
+        assert "counts" not in event["scan"] and "findings" not in event["scan"]
+
+        # A first import: the result made without data is queued at once, by the importer.
+        await import_records(world, tmp_path, ["PYSEC-2023-74.json"])
+        queued = await world.scans.result(repo.id, "", image.digest)
+        assert queued is not None
+        assert (queued.state, queued.counts, queued.requested_by) == ("queued", None, "test")
+        assert await world.scans.run_queued() == 1
+        first = await world.scans.result(repo.id, "", image.digest)
+        assert first is not None and first.state == "done"
+        assert [f.advisory_id for f in first.findings] == ["PYSEC-2023-74"]
+        assert first.counts is not None and first.counts.unknown == 1
+
+        # A later import leaves results made with data to the rescan of stale results.
+        fixed = await push_image(world, repo, fixed_layers, "v2")
+        assert await world.scans.run_queued() == 1
+        await import_records(world, tmp_path, ["GHSA-3fx5-fwvr-xrjg.json"])
+        for digest in (image.digest, fixed.digest):
+            stale = await world.scans.result(repo.id, "", digest)
+            assert stale is not None and (stale.state, stale.stale) == ("done", True)
+        assert not await world.scans.has_queued()
 
     run(database_url, tmp_path, scenario)
 
@@ -461,6 +523,7 @@ def test_a_rescan_keeps_the_previous_result_until_its_own_and_a_failure_is_none(
         assert findings(again) == EXPECTED
         summary = (await listing.image(repo, "", image.digest)).scan
         assert (summary.status, summary.scanned_at) == ("queued", first.finished_at)
+        assert summary.counts is not None
         assert (summary.counts.high, summary.counts.unknown) == (1, 2)
 
         retried = (await listing.image(repo, "", broken.digest)).scan
@@ -560,7 +623,8 @@ def test_a_running_scan_renews_alive_at_until_it_ends(
         assert renewed, "the scan ended before its alive_at was renewed once"
         assert await scanning == 1
         result = await world.scans.result(repo.id, "", image.digest)
-        assert result is not None and result.state == "done"
+        # Finished; with no records imported it had nothing to match against.
+        assert result is not None and result.state == "no_data"
 
     run(database_url, tmp_path, scenario)
 

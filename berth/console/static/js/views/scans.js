@@ -17,9 +17,13 @@ function scanPath(ctx, image) {
 export function scanBadge(scan) {
   if (scan.status === "not_scanned") return h("span", { class: "muted" }, "not scanned");
   if (scan.status === "failed") return badge(`failed: ${scan.reason}`, "failed scan-failed");
+  // Scanned while the vulnerability database was empty: nothing was checked, never "no findings".
+  const noData = h("span", { class: "badge failed", title: scan.reason || "" }, "no vulnerability data");
+  if (scan.status === "no_data") return noData;
   const busy = scan.status === "queued" || scan.status === "scanning";
   const state = busy ? badge(scan.status === "queued" ? "scan queued" : "scanning", "running") : null;
   if (busy && !scan.scanned_at) return state; // the first scan: no result yet
+  if (!scan.counts) return h("span", { class: "chips" }, state, noData); // the previous one had no data
   const counts = SEVERITIES.filter((s) => scan.counts[s]).map((s) => badge(`${scan.counts[s]} ${s}`, `sev-${s}`));
   return h(
     "span",
@@ -41,7 +45,7 @@ export function scanCell(ctx, image) {
       cell,
       h("span", { "data-testid": "scan-state" }, scanBadge(scan)),
       // During a rescan the previous result's findings stay readable (the dialog says whose).
-      scan.status === "done" || (busy && scan.scanned_at)
+      scan.status === "done" || (busy && scan.scanned_at && scan.counts)
         ? h("button", { type: "button", class: "small", "aria-label": `Findings of ${shortDigest(image.digest)}`, onclick: () => findingsDialog(ctx, image) }, "Findings")
         : null,
       ctx.project.can_manage
@@ -60,10 +64,15 @@ export function scanCell(ctx, image) {
         if (!cell.isConnected) return; // the user left the page
         const result = await api.get(scanPath(ctx, image));
         const scan = summaryOf(result);
-        if (scan.status === "done" || scan.status === "failed") {
+        if (scan.status === "done" || scan.status === "failed" || scan.status === "no_data") {
           following = false;
           show(scan);
-          toast(scan.status === "done" ? `Scanned ${shortDigest(image.digest)}: ${plural(result.findings.length, "finding")}` : `Scan of ${shortDigest(image.digest)} failed: ${scan.reason}`, scan.status === "done" ? "info" : "error");
+          const outcome = {
+            done: `Scanned ${shortDigest(image.digest)}: ${plural(result.findings.length, "finding")}`,
+            failed: `Scan of ${shortDigest(image.digest)} failed: ${scan.reason}`,
+            no_data: `Scan of ${shortDigest(image.digest)} checked nothing: ${scan.reason}`,
+          }[scan.status];
+          toast(outcome, scan.status === "done" ? "info" : "error");
           return;
         }
         show(scan); // still queued or scanning: this loop goes on following it
@@ -106,8 +115,10 @@ const COLUMNS = [
  * the previous one's (none before the first scan finishes). */
 function findingsOf(result) {
   const made = `${plural(result.findings.length, "finding")} in ${plural(result.packages, "package")}`;
+  if (result.state === "no_data") return `The scan of ${datetime(result.finished_at)} checked nothing: ${result.reason}.`;
   if (result.state === "queued" || result.state === "scanning") {
     const now = result.state === "queued" ? "A scan is queued" : "A scan is running";
+    if (result.finished_at && !result.counts) return `${now}; the previous scan had no vulnerability data to check against.`;
     return result.finished_at
       ? `${now}; until it finishes these are the previous scan's: ${made}, scanned ${datetime(result.finished_at)}.`
       : `${now}; the image has no findings until it finishes.`;
@@ -136,7 +147,7 @@ export async function findingsDialog(ctx, image) {
     wide: true,
     build() {
       // A failed scan, or a first one not finished yet: no findings to list.
-      if (result.state === "failed" || !result.finished_at) {
+      if (result.state === "failed" || !result.finished_at || !result.counts) {
         return h("div", { class: "dialog-body" }, h("p", { class: "muted", "data-testid": "findings-of" }, findingsOf(result)));
       }
       const holder = h("div", { class: "findings" });
