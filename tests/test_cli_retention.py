@@ -69,6 +69,9 @@ def test_retention_verbs(sqlite_server: BerthServer) -> None:
         (True, 3),
         (True, 3),
     ]
+    # Each run's kept counts, as its own answer gave them (the CLI's names for them).
+    assert [(r["kept"], r["untouched"]) for r in history] == [(dry["kept"], dry["untouched"])] * 3
+    assert dry["kept"] is not None and dry["untouched"] is not None
     # --limit, as gc history takes it: the newest runs, the total counting every run.
     newest = sqlite_server.cli_json("retention", "history", "cliret", "--limit", "1")
     assert [r["id"] for r in newest["items"]] == [history[0]["id"]]

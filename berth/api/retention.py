@@ -109,10 +109,14 @@ class RetentionRun(BaseModel):
     images_deleted: int = Field(description="a dry run: how many a real run would delete")
     images_skipped: int = Field(description="planned images that changed since the snapshot")
     images_kept: int | None = Field(
-        None, description="images some rule covers and keeps (null in the runs listing)"
+        None,
+        description="images some rule covers and keeps, as the run found them (null for runs "
+        "recorded before schema revision 0023_retention_run_kept, which did not keep it)",
     )
     images_outside_rules: int | None = Field(
-        None, description="images no rule's scope covers: never touched (null in the listing)"
+        None,
+        description="images no rule's scope covers: never touched (null for runs recorded "
+        "before schema revision 0023_retention_run_kept)",
     )
     images: list[RetentionImage] = Field(
         description="what it deleted (a dry run: would delete); empty in the runs listing, "

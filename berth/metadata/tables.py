@@ -454,6 +454,10 @@ retention_runs = Table(
     Column("deleted", Text, nullable=False, default="[]"),  # JSON list of images
     Column("images_deleted", Integer, nullable=False, default=0),
     Column("images_skipped", Integer, nullable=False, default=0),
+    # Images some rule covers and keeps, and images no rule covers (null: a run recorded
+    # before revision 0023, which did not keep them).
+    Column("images_kept", Integer),
+    Column("images_outside_rules", Integer),
     Column("error", Text),
     Index(None, "project_id", "started_at"),
 )

@@ -98,8 +98,8 @@ class RunRecord:
     images_deleted: int
     images_skipped: int
     deleted: list[PlannedImage]
-    kept: int | None  # images in some rule's scope that stay (None: not kept in history)
-    untouched: int | None  # images outside every rule's scope
+    kept: int | None  # images in some rule's scope that stay (None: a run recorded before 0023)
+    untouched: int | None  # images outside every rule's scope (None: as `kept`)
     error: str | None
     note: str
 
@@ -570,6 +570,8 @@ class Retention:
                         deleted=_planned_to_json(listed),
                         images_deleted=len(listed),
                         images_skipped=skipped,
+                        images_kept=result.kept,
+                        images_outside_rules=result.untouched,
                         error=error,
                     )
                 )
@@ -656,8 +658,8 @@ class Retention:
             images_deleted=row.images_deleted,
             images_skipped=row.images_skipped,
             deleted=_planned_from_json(row.deleted) if "deleted" in row._fields else [],
-            kept=None,
-            untouched=None,
+            kept=row.images_kept,
+            untouched=row.images_outside_rules,
             error=row.error,
             note=run_note(project, row.dry_run, row.images_deleted, row.images_skipped),
         )

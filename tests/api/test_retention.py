@@ -117,8 +117,14 @@ def test_dry_run_and_run_agree_item_for_item(team: Team) -> None:
         (False, 3),
         (True, 3),
     ]
+    # What each past run kept stays with it, in the listing and the run alike.
+    kept = [(r["images_kept"], r["images_outside_rules"]) for r in history["items"]]
+    assert kept == [(real["images_kept"], real["images_outside_rules"]), (2, 0)]
     one = ok(team["reader"].get(team.url(f"/retention/runs/{real['id']}")))
     assert one["images"] == real["images"]
+    assert (one["images_kept"], one["images_outside_rules"]) == (2, 0)
+    past_dry_run = ok(team["reader"].get(team.url(f"/retention/runs/{dry['id']}")))
+    assert (past_dry_run["images_kept"], past_dry_run["images_outside_rules"]) == (2, 0)
     assert_problem(team["reader"].get(team.url("/retention/runs/999999")), 404)
 
     def audited() -> Any:

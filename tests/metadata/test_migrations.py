@@ -21,7 +21,10 @@ from berth.domain.errors import Conflict
 from berth.metadata.database import Database
 from berth.metadata.migrate import Migrated, NewerSchema, alembic_config, upgrade
 from berth.metadata.tables import metadata, projects, utcnow, webhooks
+from berth.services.registry import Registry
+from berth.services.retention import Retention
 from berth.services.webhooks import Webhooks
+from berth.storage.filesystem import FilesystemBlobStore
 from tests.servers import BACKENDS, PostgresCluster, database_url_for
 
 
@@ -229,3 +232,45 @@ TEST_EVENT = (
     '"time":"2026-12-01T12:00:00Z","datacontenttype":"application/json",'
     '"data":{"project":"acme","actor":"alice"}}'
 )
+
+
+def test_retention_runs_recorded_before_0023_keep_null_kept_counts(
+    database_url: str, tmp_path: Path
+) -> None:
+    """A run recorded before its kept counts were stored reads as null (not 0) after the
+    upgrade; a run recorded after has them."""
+    upgrade(database_url)
+    command.downgrade(alembic_config(database_url), "0022_webhook_redeliveries")
+
+    async def record_old_run() -> None:
+        engine = create_async_engine(database_url, poolclass=NullPool)
+        try:
+            async with engine.begin() as connection:
+                await connection.execute(projects.insert().values(id=1, name="acme"))
+                await connection.execute(
+                    sa.text(
+                        "INSERT INTO retention_runs (project_id, actor, dry_run, started_at, "
+                        "finished_at, rules, deleted, images_deleted, images_skipped) VALUES "
+                        "(1, 'alice', :dry, :now, :now, '[]', '[]', 0, 0)"
+                    ),
+                    {"dry": True, "now": utcnow()},
+                )
+        finally:
+            await engine.dispose()
+
+    async def history() -> list[tuple[int | None, int | None]]:
+        db = Database(database_url)
+        store = FilesystemBlobStore(tmp_path / "blobs")
+        try:
+            retention = Retention(db, Registry(db, store))
+            await retention.run("acme", dry_run=True, actor="bob")
+            runs, _ = await retention.history("acme")
+            one = await retention.get_run("acme", runs[-1].id)
+            return [(r.kept, r.untouched) for r in runs] + [(one.kept, one.untouched)]
+        finally:
+            await store.close()
+            await db.dispose()
+
+    asyncio.run(record_old_run())
+    upgrade(database_url)
+    assert asyncio.run(history()) == [(0, 0), (None, None), (None, None)]
