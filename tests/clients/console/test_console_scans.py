@@ -70,6 +70,15 @@ def receiver() -> Iterator[Receiver]:
     yield from receiving()
 
 
+def scan_and_wait(admin: httpx.Client, scan: str, seconds: float) -> None:
+    """Ask for an image's scan (its API path `scan`) and wait until it is done."""
+    admin.post(scan).raise_for_status()
+    deadline = time.monotonic() + seconds
+    while admin.get(scan).json()["state"] != "done":
+        assert time.monotonic() < deadline, admin.get(scan).json()
+        time.sleep(0.3)
+
+
 def column(page: Page, index: int) -> list[str]:
     cells = page.get_by_role("table", name="Findings").locator(f"tbody tr td:nth-child({index})")
     return [text.strip() for text in cells.all_inner_texts()]
@@ -209,11 +218,7 @@ def test_an_index_has_an_sbom_per_platform(page: Page, tenant: Tenant) -> None:
         )
         push_manifest(registry, name, "v1", index)
         scan = f"/projects/{tenant.project}/repositories/multi/images/{index.digest}/scan"
-        admin.post(scan).raise_for_status()
-        deadline = time.monotonic() + 60
-        while admin.get(scan).json()["state"] != "done":
-            assert time.monotonic() < deadline, admin.get(scan).json()
-            time.sleep(0.3)
+        scan_and_wait(admin, scan, seconds=60)
     short = index.digest[:19]
 
     sign_in(page, tenant)
@@ -260,11 +265,7 @@ def test_an_index_wider_than_its_details_says_how_much_is_shown(page: Page, tena
         index = image_index(entries)
         push_manifest(registry, name, "v1", index)
         scan = f"/projects/{tenant.project}/repositories/wide/images/{index.digest}/scan"
-        admin.post(scan).raise_for_status()
-        deadline = time.monotonic() + 180
-        while admin.get(scan).json()["state"] != "done":
-            assert time.monotonic() < deadline, admin.get(scan).json()
-            time.sleep(0.5)
+        scan_and_wait(admin, scan, seconds=180)
     short = index.digest[:19]
 
     sign_in(page, tenant)
