@@ -11,14 +11,17 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 
+from berth.domain.errors import Unavailable
+
 logger = logging.getLogger(__name__)
 
 
 class Periodic:
     """Runs `work` every `interval` seconds (first at once when `at_start`) until stopped.
 
-    A failure is logged as `failure` and the loop goes on; a stop never cancels `work` in the
-    middle: it waits for the current call to end.
+    A failure is logged as `failure` and the loop goes on (the database away is one warning line
+    with the reason, as the database's own log says why: no traceback every few seconds); a stop
+    never cancels `work` in the middle: it waits for the current call to end.
     """
 
     def __init__(
@@ -64,5 +67,7 @@ class Periodic:
             first = False
             try:
                 await self._work()
+            except Unavailable as exc:
+                logger.warning("%s: %s", self._failure, exc.message)
             except Exception:
                 logger.exception(self._failure)

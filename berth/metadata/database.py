@@ -237,11 +237,17 @@ class _Unreachable:
         if self._logged_at is None or now - self._logged_at >= UNREACHABLE_LOG_SECONDS:
             self._logged_at = now
             logger.warning(
-                "the database cannot be reached: %s: %s",
-                type(exc).__name__,
-                str(exc) or "(no message)",
+                "the database cannot be reached: %s: %s", type(exc).__name__, _one_line(exc)
             )
         return unreachable()
+
+
+def _one_line(exc: BaseException) -> str:
+    """What the driver said, on one line: SQLAlchemy's text of a DBAPIError adds its statement
+    and a documentation link on lines of their own, which a line-based log would split off from
+    the node, level and time of the warning."""
+    said = exc.orig if isinstance(exc, DBAPIError) and exc.orig is not None else exc
+    return " ".join(str(said).split()) or "(no message)"
 
 
 def unreachable() -> Unavailable:
