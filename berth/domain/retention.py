@@ -166,7 +166,8 @@ class Image:
     """A top-level manifest with what goes with it."""
 
     manifest: Manifest
-    children: tuple[Manifest, ...]  # stored platform manifests its index lists
+    # stored platform manifests its index lists, down nested indexes (each once, nearest first)
+    children: tuple[Manifest, ...]
     referrers: tuple[Manifest, ...]  # its referrers, and theirs, recursively
     # (platform manifest digest, its referrers): they go only with that platform manifest
     child_referrers: tuple[tuple[str, tuple[Manifest, ...]], ...] = ()
@@ -208,8 +209,8 @@ class Image:
 
 @dataclass(frozen=True, slots=True)
 class Deletion:
-    """An image a run deletes: the image, then its referrers, then its platform manifests no
-    other remaining index lists."""
+    """An image a run deletes: the image, then its referrers, then its platform manifests (down
+    nested indexes) that no remaining index lists."""
 
     image: Manifest
     referrers: tuple[Manifest, ...]
@@ -254,17 +255,54 @@ def images_of(snapshot: Sequence[Manifest]) -> list[Image]:
                 found.extend(referrers(r, seen))
         return found
 
+    def descendants(m: Manifest) -> tuple[Manifest, ...]:
+        """What an index lists, down nested indexes: each stored manifest once, nearest first."""
+        found: list[Manifest] = []
+        seen = {m.digest}
+        level = [m]
+        while level:
+            below = []
+            for parent in level:
+                for digest in parent.children:
+                    child = by_key.get((m.path, digest))
+                    if child is not None and digest not in seen:
+                        seen.add(digest)
+                        below.append(child)
+            found.extend(below)
+            level = below
+        return tuple(found)
+
     images = []
     for m in snapshot:
         key = (m.path, m.digest)
         if key in listed or (m.subject is not None and (m.path, m.subject) in by_key):
             continue
-        children = tuple(by_key[(m.path, c)] for c in m.children if (m.path, c) in by_key)
+        children = descendants(m)
         seen = {m.digest, *(c.digest for c in children)}
         found = referrers(m, seen)
         of_children = tuple((c.digest, tuple(referrers(c, seen))) for c in children)
         images.append(Image(m, children, tuple(found), tuple(r for r in of_children if r[1])))
     return images
+
+
+def _going_with(snapshot: Sequence[Manifest], doomed: Sequence[Image]) -> set[tuple[str, str]]:
+    """(path, digest) of the doomed images and of the platform manifests that go with them:
+    one goes when every index listing it goes, level by level down nested indexes (a
+    manifest an index that stays lists stays, and so do those only it lists)."""
+    going = {(image.path, image.digest) for image in doomed}
+    listers: dict[tuple[str, str], set[tuple[str, str]]] = defaultdict(set)
+    for m in snapshot:
+        for child in m.children:
+            listers[(m.path, child)].add((m.path, m.digest))
+    candidates = [(child.path, child.digest) for image in doomed for child in image.children]
+    grew = True
+    while grew:
+        grew = False
+        for key in candidates:
+            if key not in going and listers[key] <= going:
+                going.add(key)
+                grew = True
+    return going
 
 
 def _kept_by(rule: Rule, scope: list[Image], now: dt.datetime) -> set[int]:
@@ -329,27 +367,24 @@ def plan(
             protected_count += 1
             continue
         doomed.append(image)
-    # A platform manifest goes only when every index listing it goes.
-    doomed_keys = {(image.path, image.digest) for image in doomed}
-    listed_by_remaining: set[tuple[str, str]] = set()
-    for m in snapshot:
-        if (m.path, m.digest) not in doomed_keys:
-            for listed in m.children:
-                listed_by_remaining.add((m.path, listed))
+    going = _going_with(snapshot, doomed)
     deletions = []
     claimed: set[tuple[str, str]] = set()
-    for image in sorted(doomed, key=lambda im: (im.path, im.pushed_at, im.digest)):
+    # Latest first, so that a platform manifest several doomed images hold goes with the one
+    # deleted last (a run deletes in this order, in batches): by then no index lists it.
+    for image in sorted(doomed, key=lambda im: (im.path, im.pushed_at, im.digest), reverse=True):
         children: list[Manifest] = []
         referrers = list(image.referrers)
         of_children = dict(image.child_referrers)
         for child in image.children:
             key = (child.path, child.digest)
-            if key in listed_by_remaining or key in claimed:
+            if key not in going or key in claimed:
                 continue
             claimed.add(key)
             children.append(child)
             referrers.extend(of_children.get(child.digest, ()))
         deletions.append(Deletion(image.manifest, tuple(referrers), tuple(children)))
+    deletions.reverse()
     return Plan(
         deletions=tuple(deletions),
         kept=sum(1 for i in range(len(images)) if covered[i] and kept[i]),

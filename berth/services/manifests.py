@@ -554,13 +554,14 @@ class ManifestContent:
 
     async def delete_image(
         self, repo: RepositoryRef, image: str, digest: str, *, actor: str, client: str | None
-    ) -> int:
-        """The management API's image delete: the manifest and every tag on it and, for an
-        index, the platform manifests it lists that nothing else holds (`IndexListings`, the
-        rule retention follows: one another stored index lists, or with a tag of its own,
-        stays). History records each manifest deleted; the webhook event and the audit
-        entry are the image's, with the platform manifests that went with it (how many is
-        returned). Referrers stay.
+    ) -> DeletedImage:
+        """The management API's image delete: the manifest and every tag on it, what goes with
+        it as one image: for an index, the platform manifests it lists that nothing else holds
+        (`IndexListings`, the rule retention follows: one another stored index lists, or with
+        a tag of its own, stays), and the referrers (signatures, SBOMs) of all of these,
+        recursively, as retention deletes them. A protected tag on any of them refuses the
+        whole delete. History records each manifest deleted; the webhook event and the audit
+        entry are the image's, naming what went with it (returned).
 
         /v2's DELETE (`delete_manifest`) deletes only the manifest, as OCI clients expect.
         The 404 says where in the repository the manifest is, in the API's terms
@@ -574,7 +575,7 @@ class ManifestContent:
                     raise await index_child_refusal(
                         conn, repo, digest, parents, total, index_takes_it=True
                     )
-                platforms = await self._delete_with_platform_manifests(
+                gone = await self._delete_with_what_goes_with_it(
                     conn, repo, image, digest, actor=actor
                 )
                 await audit_content_change(
@@ -585,48 +586,71 @@ class ManifestContent:
                     digest,
                     actor=actor,
                     client=client,
-                    detail={"platform_manifests": platforms} if platforms else None,
+                    detail=gone.audit_detail(),
                 )
-                return platforms
+                return gone
         except ManifestUnknown:
             async with self.db.read() as conn:
                 raise await missing_manifest(conn, repo, image, digest, deleting=True) from None
 
-    async def _delete_with_platform_manifests(
+    async def _delete_with_what_goes_with_it(
         self, conn: Any, repo: RepositoryRef, image: str, digest: str, *, actor: str
-    ) -> int:
+    ) -> DeletedImage:
         """Delete the manifest `digest` (ManifestUnknown when it is not stored) and, level by
-        level down nested indexes, the platform manifests that go with it; how many did.
-        Every level, however deep (chains deeper than MAX_INDEX_DEPTH stored before pushes
-        were refused): one left would be a stray image. It ends, as content cannot list
-        itself."""
+        level, what goes with it: the platform manifests of an index going (down nested
+        indexes) and the referrers of any manifest going. Every level, however deep (chains
+        deeper than MAX_INDEX_DEPTH stored before pushes were refused): one left would be a
+        stray image. It ends, as content cannot list or refer to itself."""
         going = [digest]
+        as_referrer: set[str] = set()
+        gone: set[str] = {digest}
         deleted: list[DeletedManifest] = []
         while going:
             children = await self._listed_manifests(conn, repo, image, going)
+            referrers = await self._referrers_of(conn, repo, image, going)
             keys = [
-                (repo.id, image, child) for child in {c for cs in children.values() for c in cs}
+                (repo.id, image, child)
+                for child in sorted({c for cs in children.values() for c in cs} - gone)
             ]
             listings = await IndexListings.read(conn, keys)
             tagged = await self._tags_of(conn, repo, image, [key[2] for key in keys])
-            for index in going:
-                listings.let_go((repo.id, image, index), children.get(index, ()))
-                removed = await self._delete_manifest_row(conn, repo, image, index, actor=actor)
+            for member in going:
+                listings.let_go((repo.id, image, member), children.get(member, ()))
+                removed = await self._delete_manifest_row(conn, repo, image, member, actor=actor)
                 if removed is None:
-                    if index == digest:
+                    if member == digest:
                         raise ManifestUnknown(
                             f"manifest {digest!r} is not in this repository", {"digest": digest}
                         )
                     continue
-                part_of = None if index == digest else digest
-                deleted.append(DeletedManifest(image, index, removed, part_of))
-            going = sorted(
+                part_of = None if member == digest else digest
+                deleted.append(
+                    DeletedManifest(image, member, removed, part_of, member in as_referrer)
+                )
+            platforms = {
                 key[2]
                 for key in keys
                 if listings.goes_with_its_index(key, tagged.get(key[2], set()))
+            }
+            as_referrer.update(set(referrers) - gone - platforms)
+            going = sorted((platforms | set(referrers)) - gone)
+            gone.update(going)
+        images = deleted_images(deleted)
+        await self._queue_image_deleted_events(conn, repo, images, actor=actor)
+        return images[0]
+
+    async def _referrers_of(
+        self, conn: Any, repo: RepositoryRef, image: str, subjects: list[str]
+    ) -> list[str]:
+        """The stored manifests of the image whose subject is one of `subjects` (digests)."""
+        rows = await conn.execute(
+            select(manifests.c.digest).where(
+                manifests.c.repository_id == repo.id,
+                manifests.c.image == image,
+                manifests.c.subject_digest.in_(subjects),
             )
-        await self._queue_image_deleted_events(conn, repo, deleted_images(deleted), actor=actor)
-        return len(deleted) - 1  # the image itself is no platform manifest
+        )
+        return list(rows.scalars())
 
     async def _listed_manifests(
         self, conn: Any, repo: RepositoryRef, image: str, indexes: list[str]
@@ -717,8 +741,8 @@ class ManifestContent:
         self, conn: Any, repo: RepositoryRef, images: list[DeletedImage], *, actor: str
     ) -> None:
         """Queue one `io.berth.image.deleted` per image deleted, as every count and list names
-        images: an index's event lists the platform manifests deleted with it, which get none
-        of their own. Both the API's image delete and retention's runs send theirs here."""
+        images: an image's event lists the platform manifests and the referrers deleted with
+        it, which get none of their own. Both the API's image delete and retention's runs send theirs here."""
         await enqueue_events(
             conn,
             repo.project_id,
@@ -732,6 +756,7 @@ class ManifestContent:
                         digest=deleted.digest,
                         tags=deleted.tags,
                         platform_manifests=deleted.platform_manifests,
+                        referrers=deleted.referrers,
                     ),
                     content_subject(repo, deleted.image, deleted.digest),
                 )
@@ -748,12 +773,14 @@ class ManifestContent:
         actor: str,
         client: str | None,
         went_with: Mapping[tuple[str, str], str] | None = None,
+        referrers_with: Mapping[tuple[str, str], str] | None = None,
     ) -> set[tuple[str, str]]:
         """`delete_image_in` for many (image, digest) of one repository at once: a handful of
         statements whatever their number (a retention run). `went_with` names, for each
-        platform manifest deleted with its index, that index's digest: the index's image gets
-        the one webhook event and the one `image.delete` audit entry (with how many platform
-        manifests went), as the API's image delete records it; history stays per manifest.
+        platform manifest deleted with its index, that index's digest, and `referrers_with`,
+        for each referrer deleted with its subject, the digest of that subject's image: the
+        image gets the one webhook event and the one `image.delete` audit entry (with how many
+        went with it), as the API's image delete records it; history stays per manifest.
         Returns those that were stored."""
         if not manifests_to_delete:
             return set()
@@ -793,6 +820,7 @@ class ManifestContent:
             return found
         now = utcnow()
         went_with = went_with or {}
+        referrers_with = referrers_with or {}
         history: list[tuple[str, str | None, str, str]] = []
         deleted: list[DeletedManifest] = []
         for image, digest in sorted(found):
@@ -800,19 +828,22 @@ class ManifestContent:
             for name in names:
                 history.append((image, name, "untag", digest))
             history.append((image, None, "delete", digest))
-            deleted.append(DeletedManifest(image, digest, names, went_with.get((image, digest))))
+            key = (image, digest)
+            if key in referrers_with:
+                deleted.append(DeletedManifest(image, digest, names, referrers_with[key], True))
+            else:
+                deleted.append(DeletedManifest(image, digest, names, went_with.get(key)))
         images = deleted_images(deleted)
         audits: list[dict[str, Any]] = []
         for gone in images:
             name_of = f"{repo.name}/{gone.image}" if gone.image else repo.name
-            platforms = len(gone.platform_manifests)
             audits.append(
                 {
                     "actor": actor,
                     "action": "image.delete",
                     "project_id": repo.project_id,
                     "target": f"{name_of}@{gone.digest}"[:255],
-                    "detail": {"platform_manifests": platforms} if platforms else None,
+                    "detail": gone.audit_detail(),
                 }
             )
         await conn.execute(

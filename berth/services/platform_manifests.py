@@ -2,13 +2,14 @@
 the management API's image delete follow. A platform manifest goes with its index when no
 stored index that stays lists it and it has no tag the deleter did not agree to remove (a tag
 of its own makes it an image someone still names). And which images the manifests deleted
-together are (`deleted_images`), for the webhook events and audit entries both record."""
+together are (`deleted_images`: an index with its platform manifests, a subject with its
+referrers, is one image), for the webhook events and audit entries both record."""
 
 from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Iterable, Set
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import select
@@ -73,31 +74,45 @@ class IndexListings:
 @dataclass(frozen=True, slots=True)
 class DeletedManifest:
     """A manifest deleted in a transaction, with the tags deleted with it; `index`, for a
-    platform manifest deleted with its index, the digest of that index's image (the top one,
-    down nested indexes)."""
+    manifest deleted as part of an image (a platform manifest with its index, a referrer
+    with its subject), the digest of that image (the top one, down nested indexes and
+    referrers of referrers); `referrer`, whether it went as a referrer."""
 
     image: str
     digest: str
     tags: list[str]
     index: str | None = None
+    referrer: bool = False
 
 
 @dataclass(frozen=True, slots=True)
 class DeletedImage:
     """An image deleted: a manifest deleted on its own account (an image manifest, an index,
-    a referrer), the platform manifests deleted with it (digests) and every tag deleted with
-    any of them."""
+    a referrer deleted by itself), the platform manifests and the referrers deleted with it
+    (digests), and every tag deleted with it or its platform manifests (its referrers' tags
+    are theirs, as the image listing shows them: in the image history)."""
 
     image: str
     digest: str
     tags: list[str]
     platform_manifests: list[str]
+    referrers: list[str] = field(default_factory=list)
+
+    def audit_detail(self) -> dict[str, int] | None:
+        """The `image.delete` audit entry's detail: how many went with it (counts; the
+        webhook event lists their digests)."""
+        counts = {
+            "platform_manifest_count": len(self.platform_manifests),
+            "referrer_count": len(self.referrers),
+        }
+        return {key: count for key, count in counts.items() if count} or None
 
 
 def deleted_images(deleted: Iterable[DeletedManifest]) -> list[DeletedImage]:
     """The images among manifests deleted together, as every count and list names them: a
-    platform manifest is part of its index's image, not an image of its own. Each manifest is
-    in exactly one (a platform manifest whose index was not deleted counts as an image)."""
+    platform manifest is part of its index's image and a referrer deleted with its subject
+    part of the subject's, not images of their own. Each manifest is in exactly one (a part
+    whose image was not deleted with it counts as an image)."""
     deleted = list(deleted)
     heads = {(m.image, m.digest) for m in deleted if m.index is None}
 
@@ -113,12 +128,14 @@ def deleted_images(deleted: Iterable[DeletedManifest]) -> list[DeletedImage]:
     for m in deleted:
         if part_of(m) is None:
             with_it = sorted(parts.get((m.image, m.digest), ()), key=lambda p: p.digest)
+            platforms = [p for p in with_it if not p.referrer]
             images.append(
                 DeletedImage(
                     m.image,
                     m.digest,
-                    sorted({*m.tags, *(tag for p in with_it for tag in p.tags)}),
-                    [p.digest for p in with_it],
+                    sorted({*m.tags, *(tag for p in platforms for tag in p.tags)}),
+                    [p.digest for p in platforms],
+                    [p.digest for p in with_it if p.referrer],
                 )
             )
     return images

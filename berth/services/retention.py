@@ -476,7 +476,8 @@ class Retention:
             protected = await self.protection(conn, snapshot.project_id, now_locked)
             results = []
             chosen: dict[str, list[tuple[str, str]]] = defaultdict(list)
-            children: list[tuple[Manifest, str]] = []  # with the digest of its index
+            children: list[tuple[Manifest, str]] = []  # with the digest of its image
+            referrers_with: dict[str, dict[tuple[str, str], str]] = defaultdict(dict)
             for deletion in batch:
                 image_key = self._key(snapshot, deletion.image)
                 members = (deletion.image, *deletion.referrers, *deletion.children)
@@ -496,13 +497,51 @@ class Retention:
                     key = self._key(snapshot, referrer)
                     if self._unchanged(snapshot, referrer, key, current_ids, current_tags):
                         chosen[repository].append((referrer.image, referrer.digest))
+                        referrers_with[repository][(referrer.image, referrer.digest)] = (
+                            deletion.image.digest
+                        )
                 children.extend((child, deletion.image.digest) for child in deletion.children)
                 results.append(True)
-            # Platform manifests last, once every index of the batch that goes has let go of
-            # them: one still listed (by an index that stays, or was pushed since), or with a
-            # tag the snapshot did not see on it, stays.
-            went_with: dict[str, dict[tuple[str, str], str]] = defaultdict(dict)
-            for child, index in children:
+            went_with = self._platform_manifests_going(
+                snapshot, children, listings, current_ids, current_tags
+            )
+            for repository, image, digest in went_with:
+                chosen[repository].append((image, digest))
+            for repository, doomed in chosen.items():
+                await self.registry.delete_images_in(
+                    conn,
+                    snapshot.repositories[repository],
+                    doomed,
+                    actor=actor,
+                    client=client,
+                    went_with={
+                        (image, digest): index
+                        for (path, image, digest), index in went_with.items()
+                        if path == repository
+                    },
+                    referrers_with=referrers_with[repository],
+                )
+        return results
+
+    def _platform_manifests_going(
+        self,
+        snapshot: Snapshot,
+        children: list[tuple[Manifest, str]],
+        listings: IndexListings,
+        current_ids: dict[tuple[int, str, str], int],
+        current_tags: dict[tuple[int, str, str], set[str]],
+    ) -> dict[tuple[str, str, str], str]:
+        """Which of the planned platform manifests go, (repository, image, digest) -> the
+        digest of their image: after every index of the batch that goes has let go of them,
+        level by level down nested indexes (a nested index that goes lets go of its own). One
+        still listed (by an index that stays, or was pushed since), or with a tag the snapshot
+        did not see on it, stays, and so does what only it lists."""
+        going: dict[tuple[str, str, str], str] = {}
+        pending = list(children)
+        grew = True
+        while grew:
+            grew = False
+            for child, index in list(pending):
                 key = self._key(snapshot, child)
                 same_row = (
                     current_ids.get(key)
@@ -511,18 +550,11 @@ class Retention:
                 if same_row and listings.goes_with_its_index(
                     key, current_tags.get(key, set()), child.tags
                 ):
-                    chosen[child.repository].append((child.image, child.digest))
-                    went_with[child.repository][(child.image, child.digest)] = index
-            for repository, doomed in chosen.items():
-                await self.registry.delete_images_in(
-                    conn,
-                    snapshot.repositories[repository],
-                    doomed,
-                    actor=actor,
-                    client=client,
-                    went_with=went_with[repository],
-                )
-        return results
+                    going[(child.repository, child.image, child.digest)] = index
+                    listings.let_go(key, child.children)
+                    pending.remove((child, index))
+                    grew = True
+        return going
 
     @staticmethod
     def _key(snapshot: Snapshot, m: Manifest) -> tuple[int, str, str]:

@@ -111,6 +111,11 @@ class EventData(BaseModel):
         "image delete: the digests of the platform manifests deleted with the index (down "
         "nested indexes; they get no event of their own), [] for none"
     )
+    referrers: list[str] | SkipJsonSchema[None] = absent_unless_set(
+        "image delete: the digests of the referrers (signatures, SBOMs) deleted with the image "
+        "(its platform manifests' and referrers' referrers included; they get no event of "
+        "their own), [] for none"
+    )
     actor: str = Field(description="who made the change (a user name, or `system`)")
     message: str | SkipJsonSchema[None] = absent_unless_set("refusals: what the client was told")
     limit: int | SkipJsonSchema[None] = absent_unless_set("refusals: the quota or limit reached")

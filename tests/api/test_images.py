@@ -198,7 +198,7 @@ def test_deleting_an_index_deletes_its_platform_manifests(team: Team) -> None:
 
     [entry] = until(audited)
     assert entry["target"] == f"{team.repository}@{index.digest}"
-    assert entry["detail"] == {"platform_manifests": 2}
+    assert entry["detail"] == {"platform_manifest_count": 2}
 
     # /v2's DELETE keeps OCI's meaning, only that manifest: a client may push a new index
     # listing the same platform manifests right after.
@@ -213,8 +213,7 @@ def test_deleting_an_index_deletes_its_platform_manifests(team: Team) -> None:
 
 def test_deleting_an_index_keeps_platform_manifests_held_elsewhere(team: Team) -> None:
     """A platform manifest another index lists stays (not as an image: that index holds it);
-    one with a tag of its own stays, as an image with that tag. The index's referrers stay,
-    as they did: images of their own once their subject is gone."""
+    one with a tag of its own stays, as an image with that tag."""
     registry, name = team.registry("member"), team.oci_name()
     amd64 = push_image(registry, name, None, architecture="amd64")
     arm64 = push_image(registry, name, "arm64-only", architecture="arm64")
@@ -224,20 +223,87 @@ def test_deleting_an_index_keeps_platform_manifests_held_elsewhere(team: Team) -
     second = linux_index((shared, "s390x"), (ppc, "ppc64le"))
     push_manifest(registry, name, "first", first)
     push_manifest(registry, name, "second", second)
-    signature = push_image(registry, name, None, subject=first, artifact_type=SIGNATURE)
     assert images_of(team)["total"] == 2
 
     ok(team["member"].delete(team.repo_url(f"/images/{first.digest}")), 204)
 
     listed = {i["digest"]: i["tags"] for i in images_of(team)["items"]}
-    assert listed == {second.digest: ["second"], arm64.digest: ["arm64-only"], signature.digest: []}
+    assert listed == {second.digest: ["second"], arm64.digest: ["arm64-only"]}
     assert registry.get(manifest_path(name, amd64.digest), headers=ACCEPT).status_code == 404
-    for kept in (second, shared, ppc, arm64, signature):
+    for kept in (second, shared, ppc, arm64):
         pulled = registry.get(manifest_path(name, kept.digest), headers=ACCEPT)
         assert pulled.status_code == 200 and pulled.content == kept.data
     assert registry.get(manifest_path(name, "arm64-only"), headers=ACCEPT).status_code == 200
     deletes = {e["old_digest"] for e in history_of(team) if e["action"] == "delete"}
     assert deletes == {first.digest, amd64.digest}
+
+
+def test_deleting_an_image_deletes_its_referrers_and_those_of_its_platforms(team: Team) -> None:
+    """A signature of nothing is junk: the API's image delete takes the image's referrers
+    (and theirs, and those of the platform manifests going with it), as retention does; none
+    is left behind as an image of its own. A referrer deleted by itself goes alone."""
+    registry, name = team.registry("member"), team.oci_name()
+    amd64 = push_image(registry, name, None, architecture="amd64")
+    arm64 = push_image(registry, name, None, architecture="arm64")
+    index = linux_index((amd64, "amd64"), (arm64, "arm64"))
+    push_manifest(registry, name, "v1", index)
+    signature = push_image(registry, name, "sig", subject=index, artifact_type=SIGNATURE)
+    countersigned = push_image(registry, name, None, subject=signature, artifact_type=SIGNATURE)
+    sbom = push_image(registry, name, None, subject=amd64, artifact_type="application/spdx+json")
+    other = push_image(registry, name, "other")
+    other_signature = push_image(registry, name, None, subject=other, artifact_type=SIGNATURE)
+    listed = {i["digest"]: i for i in images_of(team)["items"]}
+    assert set(listed) == {index.digest, other.digest}
+    assert listed[index.digest]["referrer_count"] == 1
+
+    ok(team["member"].delete(team.repo_url(f"/images/{index.digest}")), 204)
+
+    every = images_of(team, referrers="true")
+    assert [i["digest"] for i in every["items"]] == [other_signature.digest, other.digest]
+    for gone in (index, amd64, arm64, signature, countersigned, sbom):
+        pulled = registry.get(manifest_path(name, gone.digest), headers=ACCEPT)
+        assert pulled.status_code == 404, (gone.digest, pulled.text)
+    assert registry.get(manifest_path(name, "sig"), headers=ACCEPT).status_code == 404
+    history = history_of(team)
+    deletes = {e["old_digest"] for e in history if e["action"] == "delete"}
+    assert deletes == {m.digest for m in (index, amd64, arm64, signature, countersigned, sbom)}
+    untags = [(e["tag"], e["old_digest"]) for e in history if e["action"] == "untag"]
+    assert ("sig", signature.digest) in untags
+
+    # A referrer deleted by itself: an image delete of its own; its subject stays.
+    ok(team["member"].delete(team.repo_url(f"/images/{other_signature.digest}")), 204)
+    assert [i["digest"] for i in images_of(team, referrers="true")["items"]] == [other.digest]
+
+    def audited() -> list[dict[str, Any]]:
+        entries = ok(team["project-admin"].get(team.url("/audit"), params={"per_page": 100}))
+        return [e for e in entries["items"] if e["action"] == "image.delete"]
+
+    def both_audited() -> list[dict[str, Any]]:
+        entries = audited()
+        return entries if len(entries) == 2 else []
+
+    entries = {e["target"]: e["detail"] for e in until(both_audited)}
+    assert entries == {
+        f"{team.repository}@{index.digest}": {"platform_manifest_count": 2, "referrer_count": 3},
+        f"{team.repository}@{other_signature.digest}": None,
+    }
+
+
+def test_a_protected_tag_on_a_referrer_refuses_the_image_delete(team: Team) -> None:
+    """Tags on the referrers going with an image follow the rules tags on the image do: one an
+    immutable tag rule protects refuses the whole delete, and nothing goes."""
+    registry, name = team.registry("member"), team.oci_name()
+    image = push_image(registry, name, "v1")
+    signature = push_image(registry, name, "v1.sig", subject=image, artifact_type=SIGNATURE)
+    rule = {"tag_pattern": "*.sig"}
+    ok(team["project-admin"].post(team.url("/immutable-tag-rules"), json=rule), 201)
+
+    refused = team["member"].delete(team.repo_url(f"/images/{image.digest}"))
+    assert "v1.sig" in assert_problem(refused, 409)["detail"]
+
+    for kept in (image, signature):
+        assert registry.get(manifest_path(name, kept.digest), headers=ACCEPT).status_code == 200
+    assert [i["digest"] for i in images_of(team)["items"]] == [image.digest]
 
 
 def test_deleting_a_nested_index_deletes_what_only_it_holds(team: Team) -> None:

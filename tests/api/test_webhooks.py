@@ -18,7 +18,7 @@ from berth.services.webhook_events import EVENT_TYPES
 from tests.api.conftest import Team, assert_problem, new_team, ok, push_image, until
 from tests.clients.machine import HOSTS_FILE, HostsEntries
 from tests.metrics import moved, scrape
-from tests.oci import linux_index, manifest_path, push_manifest
+from tests.oci import image_index, linux_index, manifest_path, push_manifest
 from tests.servers import BACKENDS, BerthServer, server_fixture
 from tests.webhook_receiver import Receiver, receiving
 
@@ -138,6 +138,7 @@ def test_every_event_type(team: Team, receiver: Receiver) -> None:
 
 
 DELETES = ["io.berth.image.deleted", "io.berth.tag.deleted"]
+SIGNATURE = "application/vnd.dev.cosign.artifact.sig.v1+json"
 
 
 def deleted_before_marker(receiver: Receiver) -> list[dict[str, Any]]:
@@ -220,8 +221,87 @@ def test_a_retention_run_sends_one_event_per_image_it_deleted(
 
     entries = {e["target"]: e["detail"] for e in until(audited)}
     assert entries == {
-        f"{team.repository}@{index.digest}": {"platform_manifests": 2},
+        f"{team.repository}@{index.digest}": {"platform_manifest_count": 2},
         f"{team.repository}@{untagged.digest}": None,
+    }
+
+
+def test_referrers_deleted_with_their_image_are_part_of_its_event(
+    team: Team, receiver: Receiver
+) -> None:
+    """A signature deleted with its subject is part of that image, like a platform manifest:
+    the image's one image.deleted lists it in `referrers`. A referrer deleted on its own is an
+    image deleted, with its own event."""
+    add_webhook(team, receiver.url, event_types=DELETES)
+    name = team.oci_name()
+    with team.registry("member") as registry:
+        push_image(registry, name, "marker")
+        amd64 = push_image(registry, name, None, architecture="amd64")
+        index = linux_index((amd64, "amd64"))
+        push_manifest(registry, name, "v1", index)
+        signature = push_image(registry, name, None, subject=index, artifact_type=SIGNATURE)
+        sbom = push_image(registry, name, None, subject=amd64, artifact_type=SIGNATURE)
+        other = push_image(registry, name, "other")
+        alone = push_image(registry, name, None, subject=other, artifact_type=SIGNATURE)
+        ok(team["member"].delete(team.repo_url(f"/images/{index.digest}")), 204)
+        ok(team["member"].delete(team.repo_url(f"/images/{alone.digest}")), 204)
+        assert registry.delete(manifest_path(name, "marker")).status_code == 202
+
+    first, second = (event["data"] for event in deleted_before_marker(receiver))
+    assert (first["digest"], first["tags"]) == (index.digest, ["v1"])
+    assert first["platform_manifests"] == [amd64.digest]
+    assert first["referrers"] == sorted([signature.digest, sbom.digest])
+    assert (second["digest"], second["platform_manifests"], second["referrers"]) == (
+        alone.digest,
+        [],
+        [],
+    )
+
+
+def test_a_retention_run_counts_a_nested_index_with_its_referrers_as_one_image(
+    team: Team, receiver: Receiver
+) -> None:
+    """index -> index -> image manifests, signed: a run deletes all of it as one image (its
+    `images_deleted`, one event, one audit entry with counts) and leaves no stray image."""
+    admin = team["project-admin"]
+    add_webhook(team, receiver.url, event_types=DELETES)
+    name = team.oci_name()
+    with team.registry("member") as registry:
+        amd64 = push_image(registry, name, None, architecture="amd64")
+        arm64 = push_image(registry, name, None, architecture="arm64")
+        inner = linux_index((amd64, "amd64"), (arm64, "arm64"))
+        push_manifest(registry, name, inner.digest, inner)
+        outer = image_index([inner.descriptor()])
+        push_manifest(registry, name, "v1", outer)
+        signature = push_image(registry, name, None, subject=outer, artifact_type=SIGNATURE)
+        sbom = push_image(registry, name, None, subject=arm64, artifact_type=SIGNATURE)
+        kept = push_image(registry, name, "kept")  # the newest: kept
+    ok(admin.put(team.url("/retention"), json={"rules": [{"keep": "last", "count": 1}]}))
+    run = ok(admin.post(team.url("/retention/runs")))
+    assert run["images_deleted"] == 1
+    [planned] = run["images"]
+    assert (planned["digest"], planned["platform_manifests"], planned["referrers"]) == (
+        outer.digest,
+        3,
+        2,
+    )
+    every = ok(team["reader"].get(team.repo_url("/images"), params={"referrers": "true"}))
+    assert [i["digest"] for i in every["items"]] == [kept.digest]
+    with team.registry("member") as registry:
+        assert registry.delete(manifest_path(name, "kept")).status_code == 202
+
+    [event] = deleted_before_marker(receiver)
+    data = event["data"]
+    assert (data["digest"], data["tags"]) == (outer.digest, ["v1"])
+    assert data["platform_manifests"] == sorted([inner.digest, amd64.digest, arm64.digest])
+    assert data["referrers"] == sorted([signature.digest, sbom.digest])
+
+    def audited() -> list[dict[str, Any]]:
+        entries = ok(admin.get(team.url("/audit"), params={"per_page": 100}))["items"]
+        return [e for e in entries if e["action"] == "image.delete"]
+
+    assert {e["target"]: e["detail"] for e in until(audited)} == {
+        f"{team.repository}@{outer.digest}": {"platform_manifest_count": 3, "referrer_count": 2}
     }
 
 

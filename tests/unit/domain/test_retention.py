@@ -103,6 +103,32 @@ def test_multi_arch_index_children_go_with_the_index_and_are_not_images() -> Non
     assert [c.digest for c in deletion.children] == [d(11)]
 
 
+def test_a_nested_index_goes_all_the_way_down_except_what_a_kept_index_lists() -> None:
+    """index -> index -> image manifests: the grandchildren go too (none is left behind as an
+    untagged image), but one a kept index also lists stays, and so does a nested index a kept
+    index lists, with what it lists."""
+    amd, arm, s390x = image(11, age_days=30), image(12, age_days=30), image(13, age_days=30)
+    inner = image(10, age_days=30, children=(d(11), d(12)))
+    kept_inner = image(14, age_days=30, children=(d(13),))
+    outer = image(1, "old", age_days=30, children=(d(10), d(14)))
+    signature = image(15, age_days=30, subject=d(12))  # of a grandchild: goes with it
+    ppc = image(22, age_days=1)
+    new_index = image(20, "new", age_days=1, children=(d(11), d(14), d(22)))
+    snapshot = [amd, arm, s390x, inner, kept_inner, outer, signature, ppc, new_index]
+    assert [i.digest for i in images_of(snapshot)] == [d(1), d(20)]
+    result = plan(snapshot, [Rule(Keep.LAST, count=1)], NOW)
+    [deletion] = result.deletions
+    assert deletion.image.digest == d(1)
+    assert [c.digest for c in deletion.children] == [d(10), d(12)]
+    assert [r.digest for r in deletion.referrers] == [d(15)]
+    # When the new index goes too, everything goes: nothing is left over as an image.
+    result = plan(snapshot, [Rule(Keep.PUSHED_WITHIN, days=0.5)], NOW)
+    going = {m.digest for x in result.deletions for m in (x.image, *x.children, *x.referrers)}
+    assert going == {m.digest for m in snapshot}
+    # Each manifest goes with exactly one of the images (the one deleted last holds it).
+    assert sum(len(x.children) for x in result.deletions) == 6
+
+
 def test_referrers_go_with_their_subject_and_never_keep_it() -> None:
     subject = image(1, "v1", age_days=90)
     signature = image(2, age_days=0, subject=d(1))  # pushed today
