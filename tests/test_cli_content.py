@@ -89,6 +89,50 @@ def test_image_list_history_and_tag_restore(sqlite_server: BerthServer) -> None:
         assert again.returncode == 3 and "only a removed tag" in again.stderr
 
 
+def test_image_delete_says_what_went_with_the_image(sqlite_server: BerthServer) -> None:
+    """`berth image delete` deletes as the API does: an index with its platform manifests and
+    the referrers of both, one image, and says how many went; it asks first."""
+    berth = sqlite_server
+    berth.create_repository("clidemo4", "app")
+    name = "clidemo4/app"
+    signature_type = "application/vnd.dev.cosign.artifact.sig.v1+json"
+    with httpx.Client(base_url=berth.url, auth=berth.access_key("clidemo4"), timeout=60) as client:
+        amd64 = push_image(client, name, None, architecture="amd64")
+        arm64 = push_image(client, name, None, architecture="arm64")
+        index = linux_index((amd64, "amd64"), (arm64, "arm64"))
+        push_manifest(client, name, "v1", index)
+        signature = push_image(client, name, None, subject=index, artifact_type=signature_type)
+        sbom = push_image(client, name, None, subject=arm64, artifact_type=signature_type)
+        other = push_image(client, name, "other")
+
+        declined = typed_at_terminal(
+            [*BERTH, "image", "delete", name, index.digest], "n\n", env=berth.env
+        )
+        assert declined.returncode == 1 and "its referrers" in declined.stderr
+        assert berth.cli_json("image", "list", name)["total"] == 2
+        said = berth.cli("image", "delete", name, index.digest, "--yes").stdout
+        assert " ".join(said.split()) == (
+            f"Deleted {name}@{index.digest} with 2 platform manifests and 2 referrers"
+        )
+        # No signature of nothing is left to list as an image of its own.
+        listed = berth.cli_json("image", "list", name)
+        assert [i["digest"] for i in listed["items"]] == [other.digest]
+        for gone in (index, amd64, arm64, signature, sbom):
+            assert client.get(manifest_path(name, gone.digest)).status_code == 404
+
+        deleted = berth.cli_json("image", "delete", name, other.digest, "--yes", "--json")
+        assert deleted == {
+            "repository": name,
+            "image": "",
+            "digest": other.digest,
+            "tags": ["other"],
+            "platform_manifests": [],
+            "referrers": [],
+        }
+        again = berth.cli("image", "delete", name, other.digest, "--yes", check=False)
+        assert again.returncode == 1 and "not" in again.stderr
+
+
 def test_image_list_shows_the_tags_of_an_index_entries(sqlite_server: BerthServer) -> None:
     """`docker manifest create` tags each platform, then the index: one image, every tag."""
     berth = sqlite_server

@@ -97,8 +97,8 @@ async def show_image(
     status_code=204,
     response_description="deleted: the manifest, every tag on it and, for an index, the "
     "platform manifests it lists that no other stored index lists and that have no tag of "
-    "their own (those stay, as images of their own where no index lists them); its referrers "
-    "(signatures, SBOMs) stay",
+    "their own (those stay, as images of their own where no index lists them), and the "
+    "referrers (signatures, SBOMs) of all of these, recursively",
     responses=responses(
         described={
             404: "no such project or repository, or the manifest is not under this image of "
@@ -107,7 +107,7 @@ async def show_image(
             "unless it has a tag of its own)",
             409: "a platform manifest that a stored index lists (the message names the index, "
             "whose delete deletes it too unless it has a tag of its own), or an image a "
-            "protected tag names",
+            "protected tag names (on it, or on a referrer that would go with it)",
         }
     ),
 )
@@ -121,14 +121,17 @@ async def delete_image(
     """Delete an image and every tag on it (its data goes at the next garbage collection).
     Deleting an index deletes with it the platform manifests it lists, except one that
     another stored index lists or that has a tag of its own: that one stays
-    (an image of its own once no index lists it). Each manifest deleted is in the image
-    history; the image sends one `io.berth.image.deleted` webhook event, listing the
-    platform manifests deleted with it (`platform_manifests`), and the audit log has one
-    `image.delete` entry saying how many went. The image's
-    referrers (signatures, SBOMs) are not deleted. A platform manifest of a stored index
-    cannot be deleted on its own: delete the index (409 naming it). An image a tag protected
-    by an immutable tag rule, or any tag while the repository's tag overwrite is off, names
-    cannot be deleted (409).
+    (an image of its own once no index lists it). The referrers (signatures, SBOMs) of the
+    image and of the platform manifests going with it go too, and theirs, as a retention
+    run deletes them: a signature of nothing is no image. Each manifest deleted is in the
+    image history; the image sends one `io.berth.image.deleted` webhook event, listing the
+    platform manifests and referrers deleted with it (`platform_manifests`, `referrers`),
+    and the audit log has one `image.delete` entry saying how many went
+    (`platform_manifest_count`, `referrer_count`). Deleting a referrer itself deletes it
+    (and its own referrers) as an image. A platform manifest of a stored index cannot be
+    deleted on its own: delete the index (409 naming it). An image a tag protected by an
+    immutable tag rule, or any tag while the repository's tag overwrite is off, names (on
+    it or on anything going with it) cannot be deleted (409).
 
     `DELETE /v2/<name>/manifests/<digest>` deletes only that manifest, as OCI clients
     expect."""

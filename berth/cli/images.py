@@ -1,4 +1,5 @@
-"""`berth image` and `berth tag`: a repository's images, their history, and restoring a tag."""
+"""`berth image` and `berth tag`: a repository's images, their history, deleting an image, and
+restoring a tag."""
 
 from __future__ import annotations
 
@@ -11,16 +12,22 @@ from berth.cli.common import (
     CLI_CLIENT,
     JsonFlag,
     TagArg,
+    YesFlag,
     cli_actor,
+    confirm_deletion,
     console,
     done,
+    fail,
     listing,
     print_json,
     run_service,
     split_repo,
     when,
 )
+from berth.domain.digests import is_digest
+from berth.domain.wording import counted
 from berth.services.images import Images
+from berth.services.platform_manifests import DeletedImage
 from berth.services.records import plain
 from berth.state import Services
 
@@ -136,6 +143,50 @@ def image_history(
             "yes" if event["restorable"] else "",
         )
     console.print(table)
+
+
+@image_app.command("delete")
+def image_delete(
+    name: Annotated[str, typer.Argument(metavar="PROJECT/REPO[/IMAGE]")],
+    digest: Annotated[str, typer.Argument(metavar="DIGEST", help="The image's digest.")],
+    yes: YesFlag = False,
+    json_output: JsonFlag = False,
+) -> None:
+    """Delete an image and every tag on it, as the API and the console do: with an index's
+    platform manifests that nothing else holds, and the referrers (signatures, SBOMs) of all
+    of these. Its data goes at the next garbage collection."""
+    project, repository, image = _split_image(name)
+    if not is_digest(digest):
+        fail(
+            f"{digest!r} is no digest (sha256:...): an image is deleted by its digest", 2
+        )  # as a bad flag
+    confirm_deletion(
+        f"delete {name}@{digest} with its tags, its platform manifests and its referrers", yes
+    )
+
+    async def work(s: Services) -> DeletedImage:
+        repo = await s.repositories.require(project, repository)
+        return await s.registry.delete_image(
+            repo, image, digest, actor=cli_actor(), client=CLI_CLIENT
+        )
+
+    gone = run_service(work)
+    went = [
+        counted(len(gone.platform_manifests), "platform manifest"),
+        counted(len(gone.referrers), "referrer"),
+    ]
+    done(
+        json_output,
+        {
+            "repository": f"{project}/{repository}",
+            "image": image,
+            "digest": gone.digest,
+            "tags": gone.tags,
+            "platform_manifests": gone.platform_manifests,
+            "referrers": gone.referrers,
+        },
+        f"Deleted {name}@{digest} with {went[0]} and {went[1]}",
+    )
 
 
 @tag_app.command("restore")

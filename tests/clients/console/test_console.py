@@ -1054,6 +1054,21 @@ def push_platform_image(v2: httpx.Client, name: str, architecture: str, tag: str
     return manifest
 
 
+def push_signature(v2: httpx.Client, name: str, subject: Blob) -> Blob:
+    """A (cosign-like) signature referring to `subject`, pushed by digest; its manifest."""
+    signature_config = Blob(b"{}", "application/vnd.oci.empty.v1+json")
+    payload = random_blob(64)
+    push_blobs(v2, name, [signature_config, payload])
+    signature = image_manifest(
+        signature_config.descriptor(),
+        [payload.descriptor()],
+        artifact_type="application/vnd.dev.cosign.artifact.sig.v1+json",
+        subject=subject.descriptor(),
+    )
+    push_manifest(v2, name, signature.digest, signature)
+    return signature
+
+
 def push_index_with_signature(tenant: Tenant, repository: str) -> str:
     """A two-platform index tagged `multi`, and a signature referring to it; its digest."""
     key = tenant.server.access_key(tenant.project)
@@ -1063,16 +1078,7 @@ def push_index_with_signature(tenant: Tenant, repository: str) -> str:
             *((push_platform_image(v2, name, arch, None), arch) for arch in ("amd64", "arm64"))
         )
         push_manifest(v2, name, "multi", index)
-        signature_config = Blob(b"{}", "application/vnd.oci.empty.v1+json")
-        payload = random_blob(64)
-        push_blobs(v2, name, [signature_config, payload])
-        signature = image_manifest(
-            signature_config.descriptor(),
-            [payload.descriptor()],
-            artifact_type="application/vnd.dev.cosign.artifact.sig.v1+json",
-            subject=index.descriptor(),
-        )
-        push_manifest(v2, name, signature.digest, signature)
+        push_signature(v2, name, index)
     return index.digest
 
 
@@ -1103,7 +1109,9 @@ def test_an_index_shows_its_platforms_and_signature(page: Page, tenant: Tenant) 
     expect(row.get_by_role("button", name=f"Copy digest {digest[:19]}", exact=True)).to_be_visible()
 
 
-def test_deleting_an_index_says_its_platforms_go_with_it(page: Page, tenant: Tenant) -> None:
+def test_deleting_an_index_says_its_platforms_and_referrers_go_with_it(
+    page: Page, tenant: Tenant
+) -> None:
     tenant.create_repository("multi")
     key = tenant.server.access_key(tenant.project)
     name = f"{tenant.project}/multi"
@@ -1112,6 +1120,8 @@ def test_deleting_an_index_says_its_platforms_go_with_it(page: Page, tenant: Ten
             *((push_platform_image(v2, name, arch, None), arch) for arch in ("amd64", "arm64"))
         )
         push_manifest(v2, name, "multi", index)
+        for _ in range(2):
+            push_signature(v2, name, index)
 
     sign_in(page, tenant)
     page.get_by_role("link", name="multi", exact=True).click()
@@ -1119,11 +1129,15 @@ def test_deleting_an_index_says_its_platforms_go_with_it(page: Page, tenant: Ten
     images.get_by_role("button", name=f"Delete {index.digest[:19]}", exact=True).click()
     dialog = page.get_by_role("dialog", name="Delete image")
     expect(dialog).to_contain_text(
-        "Its platform manifests (linux/amd64, linux/arm64) are deleted with it, except one "
-        "that another index also lists or that has a tag of its own."
+        "Its platform manifests (linux/amd64, linux/arm64) are deleted with it, with their "
+        "referrers, except one that another index also lists or that has a tag of its own."
+    )
+    expect(dialog.get_by_test_id("referrers-going")).to_have_text(
+        "Its referrers go with it: 2 referrers (signatures, SBOMs), with any referrers of theirs."
     )
     dialog.get_by_role("button", name="Delete").click()
-    # They went with it: no untagged platform image takes the index's place.
+    # They went with it: no untagged platform image nor signature of nothing takes the
+    # index's place.
     expect(page.get_by_text("No images in this repository yet")).to_be_visible()
 
 

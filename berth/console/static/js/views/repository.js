@@ -224,8 +224,11 @@ async function deleteImage(ctx, image, button) {
             {},
             "Its platform manifests",
             image.platforms.length ? ` (${image.platforms.join(", ")})` : null,
-            " are deleted with it, except one that another index also lists or that has a tag of its own.",
+            " are deleted with it, with their referrers, except one that another index also lists or that has a tag of its own.",
           )
+        : null,
+      image.referrer_count
+        ? h("p", { "data-testid": "referrers-going" }, `Its referrers go with it: ${plural(image.referrer_count, "referrer")} (signatures, SBOMs), with any referrers of theirs.`)
         : null,
       h("p", { class: "muted" }, "Its tags can be restored from the history until garbage collection removes the image's data."),
     ),
