@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -14,6 +15,7 @@ from typing import Any
 import pytest
 from sqlalchemy import func, select, update
 
+import berth.services.retention as retention_module
 from berth.domain.references import RepositoryRef
 from berth.domain.retention import Keep, Rule
 from berth.metadata.database import Database
@@ -160,6 +162,50 @@ def test_index_children_and_referrers_go_with_their_image(
         await retention.run("p", dry_run=False, actor="a", rules=rules)
         assert await stored(db) == {keep}
         assert signature not in await stored(db)
+
+    run(database_url, tmp_path, scenario)
+
+
+def test_nested_indexes_and_shared_platform_manifests_leave_no_stray_image(
+    database_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """index -> index -> image manifests goes all the way down; a platform manifest two doomed
+    indexes list goes with the one deleted last, even when they are deleted in different
+    batches (one image a batch here). Each image is one audit entry with counts."""
+    monkeypatch.setattr(retention_module, "BATCH", 1)
+
+    async def scenario(db: Database, retention: Retention) -> None:
+        repo = await ensure_repository(db, "p", "app")
+        amd = await seed_one(db, repo, 1, age_days=30)
+        arm = await seed_one(db, repo, 2, age_days=30)
+        inner = await seed_one(db, repo, 3, age_days=30, children=[amd, arm])
+        outer = await seed_one(db, repo, 4, ["old"], age_days=30, children=[inner])
+        await seed_one(db, repo, 5, age_days=0, subject=arm)
+        shared = await seed_one(db, repo, 6, age_days=30)
+        first = await seed_one(db, repo, 7, ["a"], age_days=30, children=[shared])
+        second = await seed_one(db, repo, 8, ["b"], age_days=20, children=[shared])
+        keep = await seed_one(db, repo, 9, ["new"], age_days=0)
+        rules = [Rule(Keep.PUSHED_WITHIN, days=7)]
+        dry = await retention.run("p", dry_run=True, actor="a", rules=rules)
+        went = {i.digest: (i.platform_manifests, i.referrers) for i in dry.deleted}
+        assert went == {outer: (3, 1), first: (0, 0), second: (1, 0)}
+        real = await retention.run("p", dry_run=False, actor="a", rules=rules)
+        assert (real.images_deleted, real.images_skipped) == (3, 0)
+        assert await stored(db) == {keep}
+        async with db.read() as conn:
+            audited = {
+                row.target: row.detail
+                for row in await conn.execute(
+                    select(audit_log.c.target, audit_log.c.detail).where(
+                        audit_log.c.action == "image.delete"
+                    )
+                )
+            }
+        assert len(audited) == 3
+        assert json.loads(audited[f"app@{outer}"]) == {
+            "platform_manifest_count": 3,
+            "referrer_count": 1,
+        }
 
     run(database_url, tmp_path, scenario)
 
