@@ -18,7 +18,7 @@ from berth.services.webhook_events import EVENT_TYPES
 from tests.api.conftest import Team, assert_problem, new_team, ok, push_image, until
 from tests.clients.machine import HOSTS_FILE, HostsEntries
 from tests.metrics import moved, scrape
-from tests.oci import image_index, linux_index, manifest_path, push_manifest
+from tests.oci import Blob, image_index, linux_index, manifest_path, push_manifest
 from tests.servers import BACKENDS, BerthServer, server_fixture
 from tests.webhook_receiver import Receiver, receiving
 
@@ -153,6 +153,22 @@ def deleted_before_marker(receiver: Receiver) -> list[dict[str, Any]]:
     return events[: [event["type"] for event in events].index(DELETES[1])]
 
 
+def push_platforms(registry: httpx.Client, name: str) -> tuple[Blob, Blob]:
+    """An amd64 and an arm64 image, pushed by digest, for an index to list."""
+    amd64 = push_image(registry, name, None, architecture="amd64")
+    return amd64, push_image(registry, name, None, architecture="arm64")
+
+
+def image_deletes_audited(team: Team) -> dict[str, Any]:
+    """The project's `image.delete` audit entries: their detail by target."""
+
+    def audited() -> list[dict[str, Any]]:
+        entries = ok(team["project-admin"].get(team.url("/audit"), params={"per_page": 100}))
+        return [e for e in entries["items"] if e["action"] == "image.delete"]
+
+    return {e["target"]: e["detail"] for e in until(audited)}
+
+
 def test_deleting_an_index_sends_one_event_listing_its_platform_manifests(
     team: Team, receiver: Receiver
 ) -> None:
@@ -162,8 +178,7 @@ def test_deleting_an_index_sends_one_event_listing_its_platform_manifests(
     name = team.oci_name()
     with team.registry("member") as registry:
         push_image(registry, name, "marker")
-        amd64 = push_image(registry, name, None, architecture="amd64")
-        arm64 = push_image(registry, name, None, architecture="arm64")
+        amd64, arm64 = push_platforms(registry, name)
         index = linux_index((amd64, "amd64"), (arm64, "arm64"))
         push_manifest(registry, name, "v1", index)
         ok(team["member"].delete(team.repo_url(f"/images/{index.digest}")), 204)
@@ -190,8 +205,7 @@ def test_a_retention_run_sends_one_event_per_image_it_deleted(
     add_webhook(team, receiver.url, event_types=DELETES)
     name = team.oci_name()
     with team.registry("member") as registry:
-        amd64 = push_image(registry, name, None, architecture="amd64")
-        arm64 = push_image(registry, name, None, architecture="arm64")
+        amd64, arm64 = push_platforms(registry, name)
         index = linux_index((amd64, "amd64"), (arm64, "arm64"))
         push_manifest(registry, name, "v1", index)
         untagged = push_image(registry, name, None)
@@ -215,12 +229,7 @@ def test_a_retention_run_sends_one_event_per_image_it_deleted(
     deletes = {e["old_digest"] for e in history if e["action"] == "delete"}
     assert deletes == {index.digest, amd64.digest, arm64.digest, untagged.digest}
 
-    def audited() -> list[dict[str, Any]]:
-        entries = ok(admin.get(team.url("/audit"), params={"per_page": 100}))["items"]
-        return [e for e in entries if e["action"] == "image.delete"]
-
-    entries = {e["target"]: e["detail"] for e in until(audited)}
-    assert entries == {
+    assert image_deletes_audited(team) == {
         f"{team.repository}@{index.digest}": {"platform_manifest_count": 2},
         f"{team.repository}@{untagged.digest}": None,
     }
@@ -267,8 +276,7 @@ def test_a_retention_run_counts_a_nested_index_with_its_referrers_as_one_image(
     add_webhook(team, receiver.url, event_types=DELETES)
     name = team.oci_name()
     with team.registry("member") as registry:
-        amd64 = push_image(registry, name, None, architecture="amd64")
-        arm64 = push_image(registry, name, None, architecture="arm64")
+        amd64, arm64 = push_platforms(registry, name)
         inner = linux_index((amd64, "amd64"), (arm64, "arm64"))
         push_manifest(registry, name, inner.digest, inner)
         outer = image_index([inner.descriptor()])
@@ -296,11 +304,7 @@ def test_a_retention_run_counts_a_nested_index_with_its_referrers_as_one_image(
     assert data["platform_manifests"] == sorted([inner.digest, amd64.digest, arm64.digest])
     assert data["referrers"] == sorted([signature.digest, sbom.digest])
 
-    def audited() -> list[dict[str, Any]]:
-        entries = ok(admin.get(team.url("/audit"), params={"per_page": 100}))["items"]
-        return [e for e in entries if e["action"] == "image.delete"]
-
-    assert {e["target"]: e["detail"] for e in until(audited)} == {
+    assert image_deletes_audited(team) == {
         f"{team.repository}@{outer.digest}": {"platform_manifest_count": 3, "referrer_count": 2}
     }
 
