@@ -82,7 +82,7 @@ class Settings(BaseSettings):
         60.0,
         ge=0,
         description="seconds `berth serve` waits at start-up for a database server or object "
-        "store it cannot reach (refused, unresolved, silent, still starting) before it gives up "
+        "store it cannot reach (refused, no DNS answer, silent, still starting) before it gives up "
         "with exit status 75, which systemd restarts; 0: no wait",
     )
     shutdown_drain: float = Field(

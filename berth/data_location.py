@@ -21,6 +21,7 @@ from pathlib import Path
 
 from sqlalchemy import inspect
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from berth.config import Settings, SettingsError, config_file, setting_source
@@ -102,6 +103,9 @@ def database_problem(settings: Settings) -> StartUpProblem | None:
     exc = _database_error(settings)
     if exc is None:
         return None
+    unresolved = _unresolved_host(settings, exc)
+    if unresolved is not None:
+        return StartUpProblem(unresolved)
     return StartUpProblem(_cannot_open(settings, exc), passing=_not_reached(exc))
 
 
@@ -119,6 +123,9 @@ def _database_error(settings: Settings) -> Exception | None:
 # Errors of a connection that never got to the server: refused, a host or network with no
 # route, a Unix socket not there yet (PostgreSQL not started).
 _NOT_REACHED = {errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH, errno.ENOENT}
+# The resolver's answer that the name does not exist (a typo in database_url), as opposed to
+# one it could not get (EAI_AGAIN: no DNS server answered yet, as at a cold boot).
+_NO_SUCH_NAME = {socket.EAI_NONAME, getattr(socket, "EAI_NODATA", socket.EAI_NONAME)}
 # PostgreSQL's own "not now": 08 connection exceptions, 53300 too many connections, 57P01-03
 # shutting down, crashed, starting up (asyncpg's SQLSTATEs).
 _NOT_NOW = ("08", "53300", "57P01", "57P02", "57P03")
@@ -129,7 +136,9 @@ def _not_reached(exc: BaseException) -> bool:
     `StartUpProblem.passing`), looking through the exceptions the driver wrapped."""
     seen: BaseException | None = exc
     while seen is not None:
-        if isinstance(seen, TimeoutError | socket.gaierror | ConnectionError):
+        if isinstance(seen, socket.gaierror):
+            return seen.errno not in _NO_SUCH_NAME
+        if isinstance(seen, TimeoutError | ConnectionError):
             return True
         if isinstance(seen, OSError) and seen.errno in _NOT_REACHED:
             return True
@@ -139,13 +148,31 @@ def _not_reached(exc: BaseException) -> bool:
     return False
 
 
+def _unresolved_host(settings: Settings, exc: BaseException) -> str | None:
+    """What to say of a database host name the resolver says does not exist (a setting to
+    put right, not an outage to wait out), or None when that is not what `exc` says."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, socket.gaierror) and seen.errno in _NO_SUCH_NAME:
+            host = make_url(settings.resolved_database_url).host
+            return (
+                f"cannot resolve database host {host} ({seen.strerror}): {shown_database(settings)}"
+            )
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
 def _cannot_open(settings: Settings, exc: Exception) -> str:
     return f"cannot open the database {shown_database(settings)}: {_why(settings, exc)}"
 
 
 def _verbs_reason(settings: Settings, exc: Exception) -> str:
-    """What an admin verb says of a database it could not open: where the server it did not
-    reach is (an outage, not a setting), else what refused it."""
+    """What an admin verb says of a database it could not open: a host name that does not
+    resolve, where the server it did not reach is (an outage, not a setting), else what
+    refused it."""
+    unresolved = _unresolved_host(settings, exc)
+    if unresolved is not None:
+        return unresolved
     if _not_reached(exc):
         return (
             f"cannot reach the database at {_server_address(settings)} ({_why(settings, exc)}): "
@@ -159,6 +186,14 @@ def _why(settings: Settings, exc: Exception) -> str:
         seconds = settings.database_connect_timeout or CONNECT_SECONDS
         return f"no answer within {seconds:g} s (database_connect_timeout)"
     return str(exc)
+
+
+def _driver_words(settings: Settings, exc: Exception) -> str:
+    """What the driver said, without SQLAlchemy's wrapping (its class, the statement, a link)."""
+    if isinstance(exc, DBAPIError) and exc.orig is not None:
+        said = exc.orig.__cause__ or exc.orig
+        return str(said) or type(said).__name__
+    return _why(settings, exc)
 
 
 def _server_address(settings: Settings) -> str:
@@ -287,6 +322,21 @@ def create_data(settings: Settings) -> Migrated | None:
         raise SettingsError(f"{shown_database(settings)}: {exc}") from None
     except MissingPrivilege as exc:
         raise SettingsError(cannot_migrate(settings, str(exc))) from None
+    except (DBAPIError, OSError) as exc:
+        if database is not None or not _not_reached(exc):
+            raise
+        # PostgreSQL runs every migration in one transaction (migrations/env.py), which the
+        # server rolls back when the connection is lost: nothing half-made is left behind.
+        raise DatabaseLost(
+            f"lost the database {shown_database(settings)} while bringing its schema up to "
+            f"date: {_driver_words(settings, exc)}; the schema is left as it was (the migration is one "
+            "transaction, rolled back), and the next start migrates it"
+        ) from None
+
+
+class DatabaseLost(Exception):
+    """The database server stopped answering while start-up used it: an outage that may pass
+    (`berth serve` exits 75, which systemd restarts), not a setting to put right."""
 
 
 def _say_waiting(processes: list[ServingProcess]) -> None:

@@ -5,6 +5,7 @@ past the wait it exits 75, which deploy/berth.service restarts, unlike the 2 of 
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import threading
 import time
@@ -12,7 +13,9 @@ from pathlib import Path
 
 import httpx
 import pytest
+from alembic import command
 
+from berth.metadata.migrate import alembic_config, schema_head
 from tests.s3 import BUCKET, SeaweedFS
 from tests.servers import (
     BERTH,
@@ -83,6 +86,101 @@ def test_a_database_unreachable_past_the_wait_is_restarted_a_refusing_one_is_not
     env = unstarted_environ(tmp_path, {"BERTH_DATABASE_URL": url, "BERTH_STARTUP_WAIT": "600"})
     said = serve_refused(env)
     assert 'database "no_such_database" does not exist' in said, said
+
+
+def test_a_database_host_that_does_not_resolve_is_a_setting_said_at_once(tmp_path: Path) -> None:
+    """A typo in database_url's host is not an outage to wait out (startup_wait, then a
+    restart by systemd, forever): serve, init and the admin verbs refuse it at once, exit 2."""
+    host = "no-such-host.invalid"
+    try:
+        socket.getaddrinfo(host, 5432)
+    except socket.gaierror as exc:
+        if exc.errno != socket.EAI_NONAME:  # no resolver to ask here: it cannot say "no such"
+            pytest.skip(f"the resolver does not answer here: {exc}")
+    url = f"postgresql+asyncpg://u:secret@{host}/berth"
+    env = unstarted_environ(tmp_path, {"BERTH_DATABASE_URL": url, "BERTH_STARTUP_WAIT": "600"})
+    refusal = f"cannot resolve database host {host} (Name or service not known): "
+    shown = f"postgresql+asyncpg://u:***@{host}/berth"
+    # serve_refused gives up after 120 s, long before the wait would end.
+    assert serve_refused(env) == f"error: BERTH_DATABASE_URL: {refusal}{shown}\n"
+    (tmp_path / "data").mkdir()  # an admin verb's data directory: only the database is off
+    for verb in (["init"], ["project", "list"]):
+        said = subprocess.run([*BERTH, *verb], env=env, capture_output=True, text=True, timeout=120)
+        assert said.returncode == 2, said.stdout + said.stderr
+        assert " ".join(said.stderr.split()).startswith(f"error: {refusal}{shown}") or (
+            said.stderr.startswith(f"error: BERTH_DATABASE_URL: {refusal}{shown}")
+        ), said.stderr
+        assert "Traceback" not in said.stderr
+
+
+def test_a_database_lost_during_the_migration_keeps_its_schema_and_the_next_start_migrates(
+    own_postgres: PostgresCluster, tmp_path: Path
+) -> None:
+    url = own_postgres.create_database()
+    database = url.rsplit("/", 1)[1]
+    previous = "0022_webhook_redeliveries"  # the revision before head, which alters a table
+    command.upgrade(alembic_config(url), previous)
+
+    psql = ["psql", "-h", "127.0.0.1", "-p", str(own_postgres.port), "-U", "postgres", "-d"]
+
+    def query(statement: str) -> str:
+        said = subprocess.run(
+            [*psql, database, "-Atc", statement], check=True, capture_output=True, text=True
+        )
+        return said.stdout.strip()
+
+    # The migration's ALTER TABLE waits behind this lock: the moment to stop the server.
+    holder = subprocess.Popen(
+        [*psql, database, "-1", "-c", "LOCK TABLE retention_runs", "-c", "SELECT pg_sleep(600)"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    env = unstarted_environ(tmp_path, {"BERTH_DATABASE_URL": url})
+    serving = subprocess.Popen(
+        [*BERTH, "serve"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        wait_for(
+            lambda: (
+                query(
+                    "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                    "AND query LIKE 'ALTER TABLE retention_runs%'"
+                )
+                == "1"
+            ),
+            120,
+            "the migration waiting for its table",
+        )
+        own_postgres.pg_ctl("stop", mode="fast")
+        _, stderr = serving.communicate(timeout=60)
+    finally:
+        holder.kill()
+        serving.kill()
+        holder.wait()
+        serving.wait()
+    assert serving.returncode == GAVE_UP_WAITING, stderr
+    said = " ".join(stderr.split())
+    assert said.startswith(
+        f"error: lost the database {url} while bringing its schema up to date: "
+    ), said
+    assert "terminating connection due to administrator command; the schema is left as it " in (
+        said
+    )
+    assert said.endswith("and the next start migrates it; exiting with status 75"), said
+    assert "Traceback" not in stderr
+
+    own_postgres.pg_ctl("start")
+    assert query("SELECT version_num FROM alembic_version") == previous  # rolled back whole
+    server = BerthServer(tmp_path / "again", url)
+    server.start()
+    try:
+        assert query("SELECT version_num FROM alembic_version") == schema_head()
+        assert (
+            f"from revision {previous} to {schema_head()}"
+            in (server.data_dir / "server.log").read_text()
+        )
+    finally:
+        server.stop()
 
 
 @pytest.mark.clients

@@ -26,6 +26,7 @@ from berth.cli.common import (
 )
 from berth.config import Settings, SettingsError, config_file, setting_source
 from berth.data_location import (
+    DatabaseLost,
     MissingData,
     missing_data,
     shown_database,
@@ -81,6 +82,8 @@ def serve(
         fail(str(exc), BAD_SETTING)
     except GaveUpWaiting as exc:
         fail(str(exc), GAVE_UP_WAITING)
+    except DatabaseLost as exc:  # an outage, as one waited for: restarted by systemd
+        fail(f"{exc}; exiting with status {GAVE_UP_WAITING}", GAVE_UP_WAITING)
 
 
 def init(
@@ -106,6 +109,8 @@ def init(
         )
     except SettingsError as exc:
         fail(str(exc), BAD_SETTING)
+    except DatabaseLost as exc:
+        fail(str(exc))
     console.print(
         Text(f"Created Berth data in {settings.data_dir.absolute()} ({shown_database(settings)})")
     )
