@@ -19,8 +19,17 @@ import httpx
 import pytest
 
 from berth.state import Services
-from tests.oci import OCI_CONFIG, OCI_LAYER, Blob, image_manifest, push_blob, push_manifest
+from tests.oci import (
+    OCI_CONFIG,
+    OCI_LAYER,
+    OCI_LAYER_GZIP,
+    Blob,
+    image_manifest,
+    push_blob,
+    push_manifest,
+)
 from tests.servers import BerthServer
+from tests.unit.services.test_scanning_layers import vulnerable_app_layers
 
 PASSWORD = "correct-horse-battery-staple"
 PROBLEM = "application/problem+json"
@@ -212,3 +221,11 @@ def blob_total(manifest: Blob) -> int:
     blobs = [document["config"], *document["layers"]]
     sizes: list[int] = [b["size"] for b in blobs]
     return manifest.size + sum(sizes)
+
+
+@pytest.fixture(scope="module")
+def app_layers(tmp_path_factory: pytest.TempPathFactory) -> list[Blob]:
+    """The layers of the image the scan tests push: requests 2.30.0, ms 0.7.0 and mixin-deep
+    1.3.1 on a Debian 12 base, each affected by a genuine record in tests/fixtures/osv."""
+    site = tmp_path_factory.mktemp("site") / "old"
+    return [Blob(data, OCI_LAYER_GZIP) for data in vulnerable_app_layers(site)]

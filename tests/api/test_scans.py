@@ -21,10 +21,6 @@ from tests.pasting import data_dir_only
 from tests.servers import BerthServer, server_fixture
 from tests.unit.services.test_scanning_layers import (
     FIXTURES,
-    debian_base,
-    layer,
-    npm_package,
-    pip_installed,
     zeros_layer,
 )
 from tests.webhook_receiver import Receiver, receiving
@@ -44,22 +40,6 @@ EXPECTED = [
     ("ms", "0.7.0", "GHSA-3fx5-fwvr-xrjg", "0.7.1"),
     ("requests", "2.30.0", "PYSEC-2023-74", "2.31.0"),
 ]
-
-
-@pytest.fixture(scope="module")
-def app_layers(tmp_path_factory: pytest.TempPathFactory) -> list[Blob]:
-    work = tmp_path_factory.mktemp("site")
-    return [
-        Blob(layer(debian_base()), OCI_LAYER_GZIP),
-        Blob(
-            layer(
-                pip_installed("requests-2.30.0-py3-none-any.whl", work / "old")
-                + npm_package("ms-0.7.0.tgz", "ms")
-                + npm_package("mixin-deep-1.3.1.tgz", "mixin-deep")
-            ),
-            OCI_LAYER_GZIP,
-        ),
-    ]
 
 
 @pytest.fixture(scope="module", autouse=True)

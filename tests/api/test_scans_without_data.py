@@ -10,14 +10,12 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import pytest
 
 from berth.services.scanning.scans import NO_DATA_REASON
 from berth.state import Services
 from tests.api.conftest import Team, ok, services
 from tests.oci import (
     OCI_INDEX,
-    OCI_LAYER_GZIP,
     OCI_MANIFEST,
     Blob,
     image_config,
@@ -28,10 +26,6 @@ from tests.oci import (
 from tests.servers import server_fixture
 from tests.unit.services.test_scanning_layers import (
     FIXTURES,
-    debian_base,
-    layer,
-    npm_package,
-    pip_installed,
 )
 
 # Its own server: another module's import would leave no empty database to scan against.
@@ -42,22 +36,6 @@ server = server_fixture(
 )
 
 ACCEPT = {"Accept": f"{OCI_MANIFEST}, {OCI_INDEX}"}
-
-
-@pytest.fixture(scope="module")
-def app_layers(tmp_path_factory: pytest.TempPathFactory) -> list[Blob]:
-    """requests 2.30.0 and ms 0.7.0 on a Debian 12 base (tests/clients/test_scans.py's)."""
-    work = tmp_path_factory.mktemp("site")
-    return [
-        Blob(layer(debian_base()), OCI_LAYER_GZIP),
-        Blob(
-            layer(
-                pip_installed("requests-2.30.0-py3-none-any.whl", work / "old")
-                + npm_package("ms-0.7.0.tgz", "ms")
-            ),
-            OCI_LAYER_GZIP,
-        ),
-    ]
 
 
 def push(team: Team, repository: str, layers: list[Blob], tag: str) -> Blob:

@@ -18,13 +18,7 @@ from tests.clients.commands import Skopeo
 from tests.clients.layouts import OciLayout
 from tests.clients.registry import OCI_MANIFEST, ImageRef, Registry
 from tests.oci import OCI_CONFIG, OCI_LAYER_GZIP, Blob, diff_id
-from tests.unit.services.test_scanning_layers import (
-    FIXTURES,
-    debian_base,
-    layer,
-    npm_package,
-    pip_installed,
-)
+from tests.unit.services.test_scanning_layers import FIXTURES, vulnerable_app_layers
 
 pytestmark = pytest.mark.clients
 
@@ -35,14 +29,8 @@ def package_image(work: Path) -> OciLayout:
     layout.path.mkdir()
     (layout.path / "oci-layout").write_text('{"imageLayoutVersion": "1.0.0"}')
     layers = [
-        Blob(layer(debian_base()), OCI_LAYER_GZIP),
-        Blob(
-            layer(
-                pip_installed("requests-2.30.0-py3-none-any.whl", work / "site")
-                + npm_package("ms-0.7.0.tgz", "ms")
-            ),
-            OCI_LAYER_GZIP,
-        ),
+        Blob(data, OCI_LAYER_GZIP)
+        for data in vulnerable_app_layers(work / "site", mixin_deep=False)
     ]
     for blob in layers:
         layout.add_blob(blob.data)

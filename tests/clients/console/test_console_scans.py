@@ -32,10 +32,9 @@ from tests.oci import (
 from tests.servers import BerthServer, server_fixture
 from tests.unit.services.test_scanning_layers import (
     FIXTURES,
-    debian_base,
     layer,
     npm_package,
-    pip_installed,
+    vulnerable_app_layers,
 )
 from tests.webhook_receiver import Receiver, receiving
 
@@ -43,17 +42,7 @@ MANY_PLATFORMS = 300  # more than the 256 manifests an image's details list
 
 
 def push_vulnerable_image(tenant: Tenant, repository: str, work: Path) -> str:
-    layers = [
-        Blob(layer(debian_base()), OCI_LAYER_GZIP),
-        Blob(
-            layer(
-                pip_installed("requests-2.30.0-py3-none-any.whl", work / "site")
-                + npm_package("ms-0.7.0.tgz", "ms")
-                + npm_package("mixin-deep-1.3.1.tgz", "mixin-deep")
-            ),
-            OCI_LAYER_GZIP,
-        ),
-    ]
+    layers = [Blob(data, OCI_LAYER_GZIP) for data in vulnerable_app_layers(work / "site")]
     config = image_config()
     name = f"{tenant.project}/{repository}"
     key = tenant.server.access_key(tenant.project)

@@ -173,6 +173,18 @@ def npm_package(tgz: str, name: str) -> list[Entry]:
     return entries
 
 
+def vulnerable_app_layers(site: Path, *, mixin_deep: bool = True) -> list[bytes]:
+    """A Debian 12 base, then requests 2.30.0 (pip installed into `site`, a new directory),
+    ms 0.7.0 and, with `mixin_deep`, mixin-deep 1.3.1: each affected by a genuine record in
+    tests/fixtures/osv. Gzipped layers, base first."""
+    packages = pip_installed("requests-2.30.0-py3-none-any.whl", site) + npm_package(
+        "ms-0.7.0.tgz", "ms"
+    )
+    if mixin_deep:
+        packages += npm_package("mixin-deep-1.3.1.tgz", "mixin-deep")
+    return [layer(debian_base()), layer(packages)]
+
+
 def whiteout(path: str) -> Entry:
     directory, _, name = path.rpartition("/")
     return file_entry(f"{directory}/.wh.{name}", b"")

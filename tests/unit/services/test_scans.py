@@ -36,11 +36,11 @@ from tests.unit.services.test_scanning_layers import (
     APP,
     FIXTURES,
     SITE,
-    debian_base,
     file_entry,
     layer,
     npm_package,
     pip_installed,
+    vulnerable_app_layers,
     zeros_layer,
 )
 
@@ -88,15 +88,7 @@ def run(url: str, tmp_path: Path, scenario: Scenario) -> Any:
 def app_layers(tmp_path_factory: pytest.TempPathFactory) -> list[bytes]:
     """A Debian 12 base, then requests 2.30.0, ms 0.7.0 and mixin-deep 1.3.1 (each affected by
     a genuine record in tests/fixtures/osv)."""
-    work = tmp_path_factory.mktemp("site")
-    return [
-        layer(debian_base()),
-        layer(
-            pip_installed("requests-2.30.0-py3-none-any.whl", work / "old")
-            + npm_package("ms-0.7.0.tgz", "ms")
-            + npm_package("mixin-deep-1.3.1.tgz", "mixin-deep")
-        ),
-    ]
+    return vulnerable_app_layers(tmp_path_factory.mktemp("site") / "old")
 
 
 @pytest.fixture(scope="module")
