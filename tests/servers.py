@@ -10,6 +10,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import ssl
 import subprocess
 import sys
@@ -397,6 +398,18 @@ def database_url_for(backend: str, postgres: PostgresCluster | None) -> str | No
     if postgres is None:
         pytest.skip("PostgreSQL not installed")
     return postgres.create_database("en-US" if backend == ICU_BACKEND else None)
+
+
+def unresolvable_host() -> str:
+    """A host name the resolver says does not exist (a typo in a URL); the test is skipped
+    where no resolver answers (it could not say so)."""
+    host = "no-such-host.invalid"
+    try:
+        socket.getaddrinfo(host, 5432)
+    except socket.gaierror as exc:
+        if exc.errno != socket.EAI_NONAME:
+            pytest.skip(f"no resolver answers here: {exc}")
+    return host
 
 
 def unstarted_environ(directory: Path, settings: Mapping[str, str]) -> dict[str, str]:

@@ -37,6 +37,7 @@ from tests.servers import (
     PostgresCluster,
     database_url_for,
     in_own_thread,
+    unresolvable_host,
 )
 from tests.terminal import typed_at_terminal
 
@@ -328,6 +329,23 @@ def test_admin_verbs_on_a_database_server_not_reached_exit_1_saying_where(
         said = " ".join(refused.stderr.split())
         assert said.startswith(f"error: cannot reach the database at 127.0.0.1:{port} ("), said
         assert f"Check that the database server 127.0.0.1:{port} is reachable" in said, said
+        assert "Traceback" not in said and "pg-secret-9" not in said
+
+
+def test_admin_verbs_on_a_database_host_that_does_not_resolve_exit_2(tmp_path: Path) -> None:
+    """A host name that does not exist is a typo to put right (2), not an outage (1)."""
+    (tmp_path / "berth-data").mkdir()
+    host = unresolvable_host()
+    url = f"postgresql+asyncpg://berth:pg-secret-9@{host}/berth"
+    for verb in ADMIN_VERBS:
+        refused = _berth_in(tmp_path, *verb, BERTH_DATABASE_URL=url)
+        assert refused.returncode == 2, (verb, refused.stderr)
+        said = " ".join(refused.stderr.split())
+        assert said.startswith(
+            f"error: cannot resolve database host {host} (Name or service not known): "
+            f"postgresql+asyncpg://berth:***@{host}/berth "
+        ), said
+        assert "that database_url (BERTH_DATABASE_URL) names it" in said, said
         assert "Traceback" not in said and "pg-secret-9" not in said
 
 
