@@ -21,6 +21,7 @@ from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
+import aiosqlite
 from sqlalchemy import Select, Table, event
 from sqlalchemy.dialects import sqlite
 from sqlalchemy.exc import DBAPIError, DisconnectionError
@@ -104,6 +105,21 @@ def _use_wal(execute: Callable[[str], Any], pause: Callable[[float], None]) -> N
         pause(WAL_SWITCH_PAUSE_SECONDS)
 
 
+async def _open_aiosqlite(*args: Any, **kwargs: Any) -> aiosqlite.Connection:
+    """aiosqlite's connect, as SQLAlchemy calls it, but for a database that cannot be opened
+    (its directory gone): aiosqlite then stops the connection's thread without waiting for
+    it, and the thread reports its end to this event loop, which may be closed by then (an
+    `asyncio.run` returning after the refusal): "Exception in thread ... Event loop is
+    closed". The thread is waited for here, while the loop still runs."""
+    connection = aiosqlite.connect(*args, **kwargs)
+    connection._thread.daemon = True  # as SQLAlchemy's own connect: never holds up an exit
+    try:
+        return await connection
+    except BaseException:
+        await asyncio.to_thread(connection._thread.join)
+        raise
+
+
 def _sqlite_engine(url: str, *, writer: bool) -> AsyncEngine:
     engine = create_async_engine(
         url,
@@ -112,6 +128,10 @@ def _sqlite_engine(url: str, *, writer: bool) -> AsyncEngine:
         pool_timeout=WRITER_QUEUE_SECONDS if writer else 30,
         connect_args={"timeout": WRITE_LOCK_SECONDS},
     )
+
+    @event.listens_for(engine.sync_engine, "do_connect")
+    def _open(dialect: Any, _record: Any, cargs: Any, cparams: Any) -> Any:
+        return dialect.loaded_dbapi.connect(*cargs, async_creator_fn=_open_aiosqlite, **cparams)
 
     @event.listens_for(engine.sync_engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
