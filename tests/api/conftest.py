@@ -24,6 +24,7 @@ from tests.oci import (
     OCI_LAYER,
     OCI_LAYER_GZIP,
     Blob,
+    image_config,
     image_manifest,
     push_blob,
     push_manifest,
@@ -221,6 +222,17 @@ def blob_total(manifest: Blob) -> int:
     blobs = [document["config"], *document["layers"]]
     sizes: list[int] = [b["size"] for b in blobs]
     return manifest.size + sum(sizes)
+
+
+def push_layers(team: Team, repository: str, layers: list[Blob], tag: str) -> Blob:
+    """Push an image of `layers` to `repository` as a member, under `tag`; its manifest."""
+    registry, name = team.registry("member"), team.oci_name(repository=repository)
+    config = image_config(author=f"{team.project}/{repository}")
+    for blob in (config, *layers):
+        push_blob(registry, name, blob)
+    manifest = image_manifest(config.descriptor(), [b.descriptor() for b in layers])
+    push_manifest(registry, name, tag, manifest)
+    return manifest
 
 
 @pytest.fixture(scope="module")

@@ -15,14 +15,11 @@ import pytest
 
 from berth.services.vulndb import VulnDb
 from berth.state import Services
-from tests.api.conftest import Team, assert_problem, ok, services
+from tests.api.conftest import Team, assert_problem, ok, push_layers, services
 from tests.oci import OCI_LAYER_GZIP, Blob, image_config, image_manifest, push_blob, push_manifest
 from tests.pasting import data_dir_only
 from tests.servers import BerthServer, server_fixture
-from tests.unit.services.test_scanning_layers import (
-    FIXTURES,
-    zeros_layer,
-)
+from tests.unit.services.test_scanning_layers import FIXTURES, zeros_layer
 from tests.webhook_receiver import Receiver, receiving
 
 server = server_fixture(
@@ -51,16 +48,6 @@ def records(server: BerthServer) -> None:
     services(server, load)
 
 
-def push(team: Team, repository: str, layers: list[Blob], tag: str) -> Blob:
-    registry, name = team.registry("member"), team.oci_name(repository=repository)
-    config = image_config()
-    for blob in (config, *layers):
-        push_blob(registry, name, config if blob is config else blob)
-    manifest = image_manifest(config.descriptor(), [b.descriptor() for b in layers])
-    push_manifest(registry, name, tag, manifest)
-    return manifest
-
-
 def findings(result: dict[str, Any]) -> list[tuple[str, str, str, str | None]]:
     return sorted(
         (f["name"], f["installed"], f["advisory_id"], f["fixed"]) for f in result["findings"]
@@ -82,7 +69,7 @@ def test_a_pushed_image_is_scanned_in_the_background(team: Team, app_layers: lis
         team.server,
         lambda s: s.repositories.create(team.project, "auto", scan_mode="auto", actor="test"),
     )
-    image = push(team, "auto", app_layers, "v1")
+    image = push_layers(team, "auto", app_layers, "v1")
     url = team.repo_url(f"/images/{image.digest}/scan", repository="auto")
     result = wait_done(team["reader"], url)
     assert result["state"] == "done" and not result["stale"]
@@ -107,7 +94,7 @@ def test_a_decompression_bomb_layer_fails_its_scan_at_once_saying_why(team: Team
         lambda s: s.repositories.create(team.project, "bomb", scan_mode="auto", actor="test"),
     )
     bomb = Blob(zeros_layer(3 * 1024**3), OCI_LAYER_GZIP)
-    image = push(team, "bomb", [bomb], "v1")
+    image = push_layers(team, "bomb", [bomb], "v1")
     result = wait_done(team["reader"], team.repo_url(f"/images/{image.digest}/scan", "bomb"))
     assert result["state"] == "failed"
     assert result["reason"].endswith(
@@ -149,7 +136,7 @@ def test_two_scan_workers_run_two_slow_scans_at_once(team: Team) -> None:
 
 
 def test_a_manual_scan_on_request(team: Team, app_layers: list[Blob]) -> None:
-    image = push(team, team.repository, app_layers, "v1")
+    image = push_layers(team, team.repository, app_layers, "v1")
     url = team.repo_url(f"/images/{image.digest}/scan")
     body = assert_problem(team["reader"].get(url), 404)
     assert "has not been scanned" in body["detail"]
@@ -189,7 +176,7 @@ def test_a_manual_scan_on_request(team: Team, app_layers: list[Blob]) -> None:
 def test_berth_scan_waits_and_prints_the_findings(
     team: Team, app_layers: list[Blob], tmp_path: Path
 ) -> None:
-    push(team, team.repository, app_layers, "v2")
+    push_layers(team, team.repository, app_layers, "v2")
     name = f"{team.project}/{team.repository}:v2"
     scanned = team.server.cli("scan", name, "--wait")
     text = " ".join(scanned.stdout.split())
@@ -226,7 +213,7 @@ def test_the_scan_command_it_prints_works_as_printed_with_the_data_directory_it_
 ) -> None:
     """Run with --data-dir (nothing else pointing at the data), `berth scan` prints the
     command that scans now with that directory, on one line: pasted, it prints the findings."""
-    push(team, team.repository, app_layers, "v3")
+    push_layers(team, team.repository, app_layers, "v3")
     name = f"{team.project}/{team.repository}:v3"
     only = data_dir_only(team.server)
     queued = only.berth("scan", name).stdout
@@ -248,7 +235,7 @@ def test_a_finished_scan_sends_its_webhook_event(
     created = ok(admin.post(team.url("/webhooks"), json=body), 201)
     types = ok(admin.get(team.url("/webhooks/event-types")))
     assert "io.berth.scan.finished" in [t["type"] for t in types]
-    image = push(team, team.repository, app_layers, "v1")
+    image = push_layers(team, team.repository, app_layers, "v1")
     receiver.wait_for(1)  # the push's event, to the first endpoint
     ok(team["member"].post(team.repo_url(f"/images/{image.digest}/scan")), 202)
     pushed, finished = receiver.wait_for(2, timeout=60)

@@ -13,20 +13,10 @@ import httpx
 
 from berth.services.scanning.scans import NO_DATA_REASON
 from berth.state import Services
-from tests.api.conftest import Team, ok, services
-from tests.oci import (
-    OCI_INDEX,
-    OCI_MANIFEST,
-    Blob,
-    image_config,
-    image_manifest,
-    push_blob,
-    push_manifest,
-)
+from tests.api.conftest import Team, ok, push_layers, services
+from tests.oci import OCI_INDEX, OCI_MANIFEST, Blob
 from tests.servers import server_fixture
-from tests.unit.services.test_scanning_layers import (
-    FIXTURES,
-)
+from tests.unit.services.test_scanning_layers import FIXTURES
 
 # Its own server: another module's import would leave no empty database to scan against.
 server = server_fixture(
@@ -36,16 +26,6 @@ server = server_fixture(
 )
 
 ACCEPT = {"Accept": f"{OCI_MANIFEST}, {OCI_INDEX}"}
-
-
-def push(team: Team, repository: str, layers: list[Blob], tag: str) -> Blob:
-    registry, name = team.registry("member"), team.oci_name(repository=repository)
-    config = image_config(author=f"{team.project}/{repository}")
-    for blob in (config, *layers):
-        push_blob(registry, name, blob)
-    manifest = image_manifest(config.descriptor(), [b.descriptor() for b in layers])
-    push_manifest(registry, name, tag, manifest)
-    return manifest
 
 
 def pull(team: Team, repository: str, reference: str) -> httpx.Response:
@@ -75,8 +55,8 @@ def test_a_scan_before_the_first_import_is_not_clean_and_the_import_rescans_it(
             await s.repositories.create(team.project, mode, scan_mode=mode, actor="test")
 
     services(team.server, create)
-    image = push(team, "auto", app_layers, "v1")
-    unscanned = push(team, "manual", app_layers, "v1")
+    image = push_layers(team, "auto", app_layers, "v1")
+    unscanned = push_layers(team, "manual", app_layers, "v1")
     url = team.repo_url(f"/images/{image.digest}/scan", repository="auto")
 
     result = wait_for_state(team["reader"], url, ("done", "no_data", "failed"))
