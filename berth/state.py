@@ -35,6 +35,7 @@ from berth.services.registry import Registry
 from berth.services.repositories import Repositories
 from berth.services.retention import Retention
 from berth.services.scanning.policy import PullPolicy
+from berth.services.scanning.processes import ScanProcesses
 from berth.services.scanning.scans import Scans, scan_queue_job
 from berth.services.sessions import Sessions
 from berth.services.storage_check import StorageCheck
@@ -268,6 +269,11 @@ class Services:
 
     def start(self) -> None:
         """Background work of a serving process (not of CLI verbs)."""
+        # Its scans read layers and match packages in processes of their own, not on the GIL
+        # its requests need; `berth scan --wait` serves nothing and scans in its own process.
+        self.scans.processes = ScanProcesses(
+            self.settings.scan_workers, open_scan_resources, self.settings
+        )
         self.identity.audit.start()
         self.traffic.start()
         self.pulls.start()
@@ -280,6 +286,8 @@ class Services:
         await self.presence.stop()
         await self.gc.stop()
         await self.jobs.stop()
+        if self.scans.processes is not None:
+            self.scans.processes.close()
         await self.traffic.stop()
         await self.pulls.stop()
         await self.identity.audit.stop()
@@ -308,6 +316,11 @@ def unusable_storage(settings: Settings) -> StartUpProblem | None:
 
         return StartUpProblem(str(exc), passing=getattr(exc, "passing", False))
     return None
+
+
+def open_scan_resources(settings: Settings) -> tuple[Database, BlobStore]:
+    """A scan process's own database and blob store (`ScanProcesses`)."""
+    return Database.for_settings(settings), blob_store(settings)
 
 
 def blob_store(settings: Settings) -> BlobStore:

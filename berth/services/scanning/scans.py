@@ -20,6 +20,7 @@ import datetime as dt
 import json
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, Literal
 from urllib.parse import quote
 
@@ -33,6 +34,7 @@ from berth.domain.manifests import (
     INDEX_TYPES,
     MAX_INDEX_DEPTH,
     OCI_MANIFEST,
+    Descriptor,
     ParsedManifest,
     parse_manifest,
 )
@@ -56,6 +58,7 @@ from berth.metadata.tables import (
 )
 from berth.services.records import Record
 from berth.services.scanning.layers import Inventory, LayerRefused, image_inventory
+from berth.services.scanning.processes import ScanProcesses, ScanProcessFailed
 from berth.services.vulndb import VulnDb
 from berth.services.webhook_events import SCAN_FINISHED, EventData, ScanOutcome, enqueue_event
 from berth.storage.base import BlobStore
@@ -302,6 +305,50 @@ def _counts(findings: list[ScanFinding]) -> dict[str, int]:
     return counts
 
 
+@dataclass(frozen=True)
+class Inspected:
+    """An image's scan before it is stored: plain data, as a scan process returns it."""
+
+    sbom: str  # the inventory's document (`_sbom_document`)
+    findings: list[ScanFinding]
+    packages: int
+
+
+async def inspect_image(vulndb: VulnDb, store: BlobStore, layers: list[Descriptor]) -> Inspected:
+    """The CPU work of an image's scan: the inventory of its layers, matched against the
+    vulnerability database; LayerRefused when a layer cannot be read."""
+    inventory = await image_inventory(store, layers)
+    found = await match_packages(vulndb, inventory.packages)
+    return Inspected(_sbom_document(inventory), found, len(inventory.packages))
+
+
+async def _inspect_in_child(db: Database, store: BlobStore, layers: list[Descriptor]) -> Inspected:
+    """`inspect_image` in a scan process (`ScanProcesses.run`), on its own database."""
+    return await inspect_image(VulnDb(db), store, layers)
+
+
+async def match_packages(vulndb: VulnDb, packages: list[Package]) -> list[ScanFinding]:
+    installed = [(p, i) for p in packages if (i := p.installed()) is not None]
+    index = AdvisoryIndex(await vulndb.advisories_for([i for _, i in installed]))
+    found: list[ScanFinding] = []
+    for package, wanted in installed:
+        for finding in findings_for(wanted, index):
+            found.append(
+                ScanFinding(
+                    purl=package.purl,
+                    name=package.name,
+                    installed=package.version,
+                    fixed=finding.fixed,
+                    advisory_id=finding.advisory_id,
+                    aliases=list(finding.aliases),
+                    summary=finding.summary,
+                    severity=finding.severity.label,
+                    link=finding.link,
+                )
+            )
+    return found
+
+
 class Scans:
     def __init__(
         self,
@@ -309,10 +356,14 @@ class Scans:
         store: BlobStore,
         vulndb: VulnDb,
         on_finished: Callable[[], None] | None = None,
+        processes: ScanProcesses[Any] | None = None,
     ) -> None:
         self.db = db
         self.store = store
         self.vulndb = vulndb
+        # Where an image's layers are read and matched: these processes (a serving node's),
+        # else this process (the CLI's `scan --wait`, which serves nothing).
+        self.processes = processes
         # Told when a result is stored, so this node's pull-policy verdicts are not a second
         # late (other nodes keep theirs at most VERDICT_SECONDS).
         self.on_finished = on_finished
@@ -647,11 +698,14 @@ class Scans:
             raise ScanFailed(f"{parsed.media_type} is not an image the scanner reads")
         layers = parsed.blobs[1:]  # the config comes first
         try:
-            inventory = await image_inventory(self.store, layers)
-        except LayerRefused as refused:
+            if self.processes is None:
+                inspected = await inspect_image(self.vulndb, self.store, layers)
+            else:
+                inspected = await self.processes.run(_inspect_in_child, layers)
+        except (LayerRefused, ScanProcessFailed) as refused:
             raise ScanFailed(str(refused)) from None
-        await self._keep_sbom(digest, inventory)
-        return await self._match(inventory.packages), len(inventory.packages)
+        await self._keep_sbom(digest, inspected.sbom)
+        return inspected.findings, inspected.packages
 
     async def _refuse_deep_nesting(self, row: Any, parsed: ParsedManifest) -> None:
         """ScanFailed when indexes below this one nest deeper than MAX_INDEX_DEPTH: the scan
@@ -738,34 +792,12 @@ class Scans:
             found = [ScanFinding(**{**r._asdict(), "aliases": json.loads(r.aliases)}) for r in rows]
         return found, int(own.packages)
 
-    async def _keep_sbom(self, digest: str, inventory: Inventory) -> None:
-        document = _sbom_document(inventory)
+    async def _keep_sbom(self, digest: str, document: str) -> None:
         async with self.db.write() as conn:
             await conn.execute(delete(scan_sboms).where(scan_sboms.c.digest == digest))
             await conn.execute(
                 insert(scan_sboms).values(digest=digest, inventory=document, created_at=utcnow())
             )
-
-    async def _match(self, packages: list[Package]) -> list[ScanFinding]:
-        installed = [(p, i) for p in packages if (i := p.installed()) is not None]
-        index = AdvisoryIndex(await self.vulndb.advisories_for([i for _, i in installed]))
-        found: list[ScanFinding] = []
-        for package, wanted in installed:
-            for finding in findings_for(wanted, index):
-                found.append(
-                    ScanFinding(
-                        purl=package.purl,
-                        name=package.name,
-                        installed=package.version,
-                        fixed=finding.fixed,
-                        advisory_id=finding.advisory_id,
-                        aliases=list(finding.aliases),
-                        summary=finding.summary,
-                        severity=finding.severity.label,
-                        link=finding.link,
-                    )
-                )
-        return found
 
     async def _finish(
         self,

@@ -1,0 +1,142 @@
+"""The CPU work of image scans (reading layers, matching packages) in processes of their own,
+so that a scan does not share a serving process's GIL with its requests: a scan in a
+thread of a serving worker cut that worker's manifest GETs by more than half
+(bench/findings.md, "An image scan and serving").
+
+A pool of `scan_workers` processes (spawned, not forked: a serving worker holds threads and
+connections a fork would copy) is started by the first scan and stopped LINGER_SECONDS after
+the last one ended, so an idle server holds no scan process. A child opens its own database
+and blob store (the same settings, the same drivers), does the work, and returns plain data;
+the scan's rows are written by the process that claimed it. The children ignore SIGINT and
+SIGTERM, which a terminal or service manager sends to the whole process group: a stopping
+server ends them itself (`close`), leaving the scan it cut short queued again as abandoned,
+not failed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import multiprocessing
+import pickle
+import signal
+from collections.abc import Awaitable, Callable
+from concurrent.futures.process import BrokenProcessPool
+from typing import Any, Generic, TypeVar
+
+from berth.metadata.database import Database
+from berth.storage.base import BlobStore
+
+logger = logging.getLogger("berth.scans")
+
+LINGER_SECONDS = 60.0
+T = TypeVar("T")
+Settings = TypeVar("Settings")
+# What a child runs: given its own database and blob store.
+Work = Callable[..., Awaitable[T]]
+
+
+class ScanProcessFailed(Exception):
+    """The scan's process failed in a way its exception could not say across processes."""
+
+
+def _ignore_stop_signals() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
+def _in_child(
+    open_resources: Callable[[Settings], tuple[Database, BlobStore]],
+    settings: Settings,
+    work: Work[T],
+    args: tuple[Any, ...],
+) -> T:
+    async def run() -> T:
+        db, store = open_resources(settings)
+        try:
+            return await work(db, store, *args)
+        finally:
+            await store.close()
+            await db.dispose()
+
+    try:
+        return asyncio.run(run())
+    except Exception as exc:
+        try:
+            pickle.loads(pickle.dumps(exc))
+        except Exception:
+            # An exception the parent could not unpickle would break the whole pool.
+            raise ScanProcessFailed(f"{type(exc).__name__}: {exc}") from None
+        raise
+
+
+class ScanProcesses(Generic[Settings]):
+    """Runs scan work in the pool; `open_resources(settings)` opens a child's database and
+    blob store."""
+
+    def __init__(
+        self,
+        processes: int,
+        open_resources: Callable[[Settings], tuple[Database, BlobStore]],
+        settings: Settings,
+    ) -> None:
+        self.processes = processes
+        self._open_resources = open_resources
+        self._settings = settings
+        self._pool: concurrent.futures.ProcessPoolExecutor | None = None
+        self._running = 0
+        self._linger: asyncio.TimerHandle | None = None
+
+    async def run(self, work: Work[T], *args: Any) -> T:
+        """`await work(db, store, *args)` in a scan process; its result or exception. A
+        cancelled caller leaves the child to finish (its result is dropped)."""
+        if self._linger is not None:
+            self._linger.cancel()
+            self._linger = None
+        pool = self._pool
+        if pool is None:
+            pool = self._pool = concurrent.futures.ProcessPoolExecutor(
+                self.processes,
+                mp_context=multiprocessing.get_context("spawn"),
+                initializer=_ignore_stop_signals,
+            )
+        self._running += 1
+        try:
+            return await asyncio.wrap_future(
+                pool.submit(_in_child, self._open_resources, self._settings, work, args)
+            )
+        except BrokenProcessPool:
+            # A child was killed (out of memory, a signal): the pool takes no more work.
+            self._stop(pool)
+            raise ScanProcessFailed("the scan's process stopped before it finished") from None
+        finally:
+            self._running -= 1
+            if self._running == 0 and self._pool is not None:
+                self._linger = asyncio.get_running_loop().call_later(
+                    LINGER_SECONDS, self._stop_if_idle
+                )
+
+    def _stop_if_idle(self) -> None:
+        self._linger = None
+        if self._running == 0 and self._pool is not None:
+            self._stop(self._pool)
+
+    def _stop(self, pool: concurrent.futures.ProcessPoolExecutor) -> None:
+        if self._pool is pool:
+            self._pool = None
+        # The pool's processes, taken before shutdown forgets them; a running scan's child
+        # would otherwise hold the server's exit until its scan ended.
+        children = list((pool._processes or {}).values())  # no public way to end them
+        pool.shutdown(wait=False, cancel_futures=True)
+        for child in children:
+            if child.is_alive():
+                child.kill()
+
+    def close(self) -> None:
+        """End the pool and any scan still running in it (this process is stopping)."""
+        if self._linger is not None:
+            self._linger.cancel()
+            self._linger = None
+        if self._pool is not None:
+            self._stop(self._pool)
