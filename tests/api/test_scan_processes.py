@@ -15,6 +15,7 @@ import tarfile
 import time
 from typing import Any
 
+import httpx
 import pytest
 
 from berth.config import load_settings
@@ -36,9 +37,12 @@ server = server_fixture(
 )
 
 FILES = 300_000
-# The median manifest GET by tag on the server's one worker while it scans: 0.8 ms here with
-# the scan in a scan process, 5.6 to 7.9 ms with it in a thread of that worker (the GIL).
-MEDIAN_BOUND_MS = 3.0
+# The median manifest GET by tag on the server's one worker while it scans, over the median
+# just before the scan: 1.0x here with the scan in a scan process (0.72 ms over 0.70), 5.1x
+# with it in a thread of that worker (3.6 ms; 5.6 to 7.9 ms in earlier runs: the GIL). An
+# absolute bound of 3 ms failed beside other tests (3.5 ms under -n 2 with the scan process):
+# the machine's load moves both medians, not so much their ratio.
+SLOWDOWN_BOUND = 4.0
 
 
 @pytest.fixture(scope="module")
@@ -75,6 +79,17 @@ def in_this_process(server: BerthServer, layers: list[Descriptor]) -> Inspected:
     return asyncio.run(inspect())
 
 
+def timed_gets(registry: httpx.Client, path: str, count: int) -> list[float]:
+    """Milliseconds each of `count` sequential GETs of the manifest took."""
+    took = []
+    for _ in range(count):
+        began = time.perf_counter()
+        response = registry.get(path, headers={"Accept": OCI_MANIFEST})
+        took.append((time.perf_counter() - began) * 1000)
+        assert response.status_code == 200, response.text
+    return took
+
+
 def test_a_served_scan_finds_what_a_scan_in_one_process_finds(
     team: Team, app_layers: list[Blob]
 ) -> None:
@@ -106,6 +121,7 @@ def test_manifest_gets_answer_promptly_while_a_big_image_is_scanned(
     scan = team.repo_url(f"/images/{image.digest}/scan", repository="big")
     manifest = f"/v2/{team.oci_name(repository='big')}/manifests/v1"
     registry = team.registry("reader")
+    idle = statistics.median(timed_gets(registry, manifest, 200))
     ok(team["member"].post(scan), 202)
     deadline = time.monotonic() + 60
     while ok(team["reader"].get(scan))["state"] != "scanning":
@@ -114,16 +130,13 @@ def test_manifest_gets_answer_promptly_while_a_big_image_is_scanned(
     latencies: list[float] = []
     state: Any = "scanning"
     while state == "scanning":
-        for _ in range(10):
-            began = time.perf_counter()
-            response = registry.get(manifest, headers={"Accept": OCI_MANIFEST})
-            latencies.append((time.perf_counter() - began) * 1000)
-            assert response.status_code == 200, response.text
+        latencies += timed_gets(registry, manifest, 10)
         state = ok(team["reader"].get(scan))["state"]
     result = wait_done(team["reader"], scan)
     assert result["state"] == "done", result
     assert len(latencies) >= 30, f"the scan ended after {len(latencies)} GETs: too small"
     median = statistics.median(latencies)
-    assert median < MEDIAN_BOUND_MS, (
-        f"median {median:.1f} ms over {len(latencies)} GETs during the scan"
+    assert median < SLOWDOWN_BOUND * idle, (
+        f"median {median:.1f} ms over {len(latencies)} GETs during the scan, "
+        f"{idle:.1f} ms before it"
     )

@@ -8,9 +8,10 @@ connections a fork would copy) is started by the first scan and stopped LINGER_S
 the last one ended, so an idle server holds no scan process. A child opens its own database
 and blob store (the same settings, the same drivers), does the work, and returns plain data;
 the scan's rows are written by the process that claimed it. The children ignore SIGINT and
-SIGTERM, which a terminal or service manager sends to the whole process group: a stopping
-server ends them itself (`close`), leaving the scan it cut short queued again as abandoned,
-not failed.
+SIGTERM once started, which a terminal or service manager sends to the whole process group:
+a stopping server ends them itself (`close`), leaving the scan it cut short to be queued
+again as abandoned, not failed; one of those signals that reaches a child still starting
+(importing) ends it, and its scan is left the same way (`ScanInterrupted`).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from berth.storage.base import BlobStore
 logger = logging.getLogger("berth.scans")
 
 LINGER_SECONDS = 60.0
+STOPPED_BY = (-signal.SIGINT, -signal.SIGTERM)  # a child's exit code when one ended it
 T = TypeVar("T")
 Settings = TypeVar("Settings")
 # What a child runs: given its own database and blob store.
@@ -39,6 +41,11 @@ Work = Callable[..., Awaitable[T]]
 
 class ScanProcessFailed(Exception):
     """The scan's process failed in a way its exception could not say across processes."""
+
+
+class ScanInterrupted(Exception):
+    """The scan's process was stopped with the server (SIGTERM, SIGINT): the scan is left as
+    it is, to be queued again as abandoned."""
 
 
 def _ignore_stop_signals() -> None:
@@ -101,14 +108,20 @@ class ScanProcesses(Generic[Settings]):
                 mp_context=multiprocessing.get_context("spawn"),
                 initializer=_ignore_stop_signals,
             )
+        future = pool.submit(_in_child, self._open_resources, self._settings, work, args)
         self._running += 1
         try:
-            return await asyncio.wrap_future(
-                pool.submit(_in_child, self._open_resources, self._settings, work, args)
-            )
+            return await asyncio.wrap_future(future)
         except BrokenProcessPool:
-            # A child was killed (out of memory, a signal): the pool takes no more work.
+            # A child was killed: the pool takes no more work. By SIGTERM or SIGINT (sent to
+            # the process group before the child came to ignore them: it was still starting),
+            # the server is stopping, and the scan is no failure.
+            children = list((pool._processes or {}).values())
             self._stop(pool)
+            for child in children:
+                child.join(1.0)
+            if any(child.exitcode in STOPPED_BY for child in children):
+                raise ScanInterrupted("the scan's process was stopped by a signal") from None
             raise ScanProcessFailed("the scan's process stopped before it finished") from None
         finally:
             self._running -= 1

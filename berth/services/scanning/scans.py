@@ -58,7 +58,11 @@ from berth.metadata.tables import (
 )
 from berth.services.records import Record
 from berth.services.scanning.layers import Inventory, LayerRefused, image_inventory
-from berth.services.scanning.processes import ScanProcesses, ScanProcessFailed
+from berth.services.scanning.processes import (
+    ScanInterrupted,
+    ScanProcesses,
+    ScanProcessFailed,
+)
 from berth.services.vulndb import VulnDb
 from berth.services.webhook_events import SCAN_FINISHED, EventData, ScanOutcome, enqueue_event
 from berth.storage.base import BlobStore
@@ -637,6 +641,13 @@ class Scans:
             state = await self.vulndb.state()
             try:
                 found, packages = await self._scan_manifest(manifest_id, state)
+            except ScanInterrupted:
+                # The server is stopping: like a cancelled scan, left "scanning" for whichever
+                # process finds it abandoned; a platform's, with its index's.
+                if not announce:
+                    raise
+                logger.warning("scan of manifest %s: stopped with the server", manifest_id)
+                return
             except ScanFailed as failure:
                 await self._finish(scan_id, [], 0, state, str(failure), announce)
             except Exception as exc:  # a background job: the user sees why, the log has the rest
