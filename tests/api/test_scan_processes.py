@@ -23,12 +23,12 @@ from berth.domain.manifests import Descriptor
 from berth.services.scanning.scans import Inspected, inspect_image
 from berth.services.vulndb import VulnDb
 from berth.state import open_scan_resources
-from tests.api.conftest import Team, ok, services
-from tests.api.test_scans import EXPECTED, app_layers, findings, push, records, wait_done
+from tests.api.conftest import Team, ok, push_layers, services
+from tests.api.test_scans import EXPECTED, findings, records, wait_done
 from tests.oci import OCI_LAYER_GZIP, OCI_MANIFEST, Blob
 from tests.servers import S3_BACKEND, BerthServer, server_fixture
 
-__all__ = ["app_layers", "records"]  # the fixtures test_scans.py defines, used here too
+__all__ = ["records"]  # the fixture test_scans.py defines, used here too
 
 server = server_fixture(
     "scan-processes",
@@ -93,7 +93,7 @@ def timed_gets(registry: httpx.Client, path: str, count: int) -> list[float]:
 def test_a_served_scan_finds_what_a_scan_in_one_process_finds(
     team: Team, app_layers: list[Blob]
 ) -> None:
-    image = push(team, team.repository, app_layers, "v1")
+    image = push_layers(team, team.repository, app_layers, "v1")
     url = team.repo_url(f"/images/{image.digest}/scan")
     ok(team["member"].post(url), 202)
     served = wait_done(team["reader"], url)
@@ -117,7 +117,7 @@ def test_manifest_gets_answer_promptly_while_a_big_image_is_scanned(
         team.server,
         lambda s: s.repositories.create(team.project, "big", scan_mode="manual", actor="test"),
     )
-    image = push(team, "big", [many_files], "v1")
+    image = push_layers(team, "big", [many_files], "v1")
     scan = team.repo_url(f"/images/{image.digest}/scan", repository="big")
     manifest = f"/v2/{team.oci_name(repository='big')}/manifests/v1"
     registry = team.registry("reader")
