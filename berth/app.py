@@ -8,6 +8,8 @@ import contextlib
 import logging
 import os
 import signal
+import threading
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -218,6 +220,44 @@ def drain_on_sigterm(app: Starlette, seconds: float) -> None:
         logger.debug("no drain on SIGTERM: the app does not run in the main thread")
 
 
+# How often a worker checks that the process that started it still runs, and how long it
+# gives its own graceful stop once that one is gone before it exits anyway.
+ORPHAN_CHECK_SECONDS = 1.0
+ORPHAN_STOP_SECONDS = 30.0
+
+
+def stop_when_orphaned() -> threading.Event:
+    """Stop this worker when its parent (granian's main process, or berth.supervisor's) dies:
+    killed with SIGKILL (runit, supervisord, `kill -9`), it cannot stop its workers, which the
+    kernel hands to PID 1 and which would keep serving on the port, so that the next `berth
+    serve` is refused ("address ... already in use"). A thread notices the parent's change
+    and sends this process SIGINT: granian's graceful stop (the requests in progress
+    finished) and the lifespan's shutdown, without the drain (shutdown_drain), which would
+    only keep the port from the node that replaces this one; past ORPHAN_STOP_SECONDS it
+    exits at once. Polled rather than prctl(PR_SET_PDEATHSIG): that fires when the *thread*
+    that forked the worker ends, which depends on granian's internals. Set the returned
+    event to stop watching."""
+    parent = os.getppid()
+    done = threading.Event()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            if done.wait(ORPHAN_CHECK_SECONDS):
+                return  # the app stopped: a test's, or a worker's lifespan that ended
+        logger.warning(
+            "the server's main process (pid %d) is gone: this worker stops (within %g s)",
+            parent,
+            ORPHAN_STOP_SECONDS,
+        )
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(ORPHAN_STOP_SECONDS)  # a daemon thread: gone with the process once stopped
+        logger.error("this worker did not stop within %g s: it exits now", ORPHAN_STOP_SECONDS)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="berth-orphan-watch", daemon=True).start()
+    return done
+
+
 def create_app(settings: Settings | None = None) -> Starlette:
     settings = settings or load_settings()
     logs.configure(settings.log_format, settings.log_level, settings.node_name)
@@ -237,6 +277,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         app.state.scrape_figures = figures = ScrapeFigures(services)
         listener = await start_listener(figures)
         drain_on_sigterm(app, settings.shutdown_drain)
+        orphan_watch = stop_when_orphaned()
         flushing = [
             asyncio.create_task(metrics.flush_periodically()),
             asyncio.create_task(logs.flush_periodically()),
@@ -244,6 +285,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         try:
             yield
         finally:
+            orphan_watch.set()
             for task in flushing:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):

@@ -1,0 +1,53 @@
+"""A node's main process killed with SIGKILL (runit, supervisord, `kill -9`) cannot stop its
+workers: each notices it and stops, so the port is free for the `berth serve` that replaces
+it, instead of an orphan serving on it and the new node refused ("already in use")."""
+
+from __future__ import annotations
+
+import signal
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.servers import BerthServer, wait_for
+
+
+def running(pid: int) -> bool:
+    """Whether `pid` runs: a zombie (exited, not yet reaped by PID 1) does not."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_the_workers_of_a_node_killed_stop_and_a_new_node_serves_on_its_port(
+    tmp_path: Path, workers: int
+) -> None:
+    first = BerthServer(tmp_path / "node", workers=workers).start()
+    second = BerthServer(tmp_path / "node", port=first.port, workers=workers)
+    try:
+        wait_for(lambda: first.log_tail(400).count("Started worker-") >= workers, 60, "workers")
+        pids = first.worker_pids()
+        assert len(pids) == workers
+
+        assert first.process is not None
+        first.process.send_signal(signal.SIGKILL)
+        first.process.wait()
+        killed_at = time.monotonic()
+        wait_for(lambda: not any(map(running, pids)), 10, "the orphaned workers' exit")
+        stopped_in = time.monotonic() - killed_at
+        assert stopped_in < 5, f"the workers took {stopped_in:.1f} s to stop"
+        log = first.log_tail(400)
+        assert log.count("the server's main process") == workers, log
+        assert "Traceback" not in log, log
+
+        second.start()
+        assert httpx.get(f"{second.url}/readyz").text == "ready"
+        assert httpx.get(f"{second.url}/v2/").status_code == 401
+    finally:
+        second.stop()
+        first.stop()  # its process group: whatever worker is left
