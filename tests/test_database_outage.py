@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import signal
 import subprocess
 import threading
@@ -20,7 +21,7 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from berth.metadata.database import RETRY_AFTER_SECONDS
+from berth.metadata.database import RETRY_AFTER_SECONDS, UNREACHABLE_LOG_SECONDS
 from berth.services.gc.recovery import RECOVERY_SECONDS
 from tests.blackhole import Blackhole
 from tests.gc.conftest import GcProject, new_project
@@ -150,6 +151,47 @@ def test_a_stopped_database_is_a_503_on_every_surface(
     finally:
         if project is not None:
             project.close()
+        server.stop()
+
+
+def test_readyz_logs_an_outage_when_it_starts_every_few_seconds_and_when_it_ends(
+    own_postgres: PostgresCluster, tmp_path: Path
+) -> None:
+    """A balancer probes every node every second or two: the reason is logged when the node
+    turns unready, again every UNREACHABLE_LOG_SECONDS, and once when it is ready again, not
+    once a probe."""
+    server = BerthServer(tmp_path / "berth", own_postgres.create_database()).start()
+    try:
+        readyz = f"{server.url}/readyz"
+        own_postgres.pg_ctl("stop")
+        deadline = time.monotonic() + 30
+        while httpx.get(readyz, timeout=30).status_code != 503:
+            assert time.monotonic() < deadline, "still ready with the database stopped"
+            time.sleep(0.2)
+        unready_at = time.monotonic()
+        probes = 1
+        while time.monotonic() - unready_at < UNREACHABLE_LOG_SECONDS + 3:
+            assert httpx.get(readyz, timeout=30).status_code == 503
+            probes += 1
+            time.sleep(0.2)
+        own_postgres.pg_ctl("start")
+        deadline = time.monotonic() + 30
+        while httpx.get(readyz, timeout=30).status_code != 200:
+            assert time.monotonic() < deadline, "not ready after the database came back"
+            time.sleep(0.2)
+
+        lines = (server.data_dir / "server.log").read_text().splitlines()
+        unready = [line for line in lines if "readiness: not ready" in line]
+        assert probes > 20
+        assert len(unready) == 2, unready
+        first, again = unready
+        assert "[WARNING]" in first
+        assert "readiness: not ready: the database is unreachable" in first
+        assert re.search(r"readiness: not ready \(for 1\d s\): the database is unr", again)
+        ready = [line for line in lines if "readiness: ready again" in line]
+        assert len(ready) == 1, ready
+        assert re.search(r"\[INFO\] berth.readiness: readiness: ready again, after 1\d s", ready[0])
+    finally:
         server.stop()
 
 
