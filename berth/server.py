@@ -54,10 +54,11 @@ def _bootstrap_admin(
     serving: bool,
     data_dir: Path | None,
     database_url: str | None,
-) -> None:
+) -> bool:
     """On an empty data directory, create the administrator and say once how to log in (with
     commands that carry `data_dir` and `database_url`, the --data-dir and --database-url given,
-    if any, else those the environment gave, and the file BERTH_CONFIG names)."""
+    if any, else those the environment gave, and the file BERTH_CONFIG names). Whether it
+    printed the note on the database those commands cannot name (`unprinted_database`)."""
     named_url = database_url_to_name(database_url, settings.database_url)
     command = partial(
         pasteable_command,
@@ -83,7 +84,7 @@ def _bootstrap_admin(
                 f"it: {reset}",
                 flush=True,
             )
-        return
+        return False
     name, generated = created
     print(f"Created the administrator {name!r}.", flush=True)
     if generated:
@@ -93,7 +94,8 @@ def _bootstrap_admin(
     serve = command("serve")
     when = "" if serving else f" once `{serve}` runs"
     create = command("project", "create", "PROJECT")
-    if note := unprinted_database(named_url, given=database_url is not None):
+    note = unprinted_database(named_url, given=database_url is not None)
+    if note:
         print(f"  {note}", flush=True)
     print(
         f"  Sign in to the console at {url}/console/{when} as {name!r}; create a project there (or\n"
@@ -101,6 +103,7 @@ def _bootstrap_admin(
         f"  docker login {public_host(settings)} --username KEY_ID --password SECRET",
         flush=True,
     )
+    return note is not None
 
 
 def _admin_password_source() -> str:
@@ -147,11 +150,12 @@ def initialise(
     serving: bool = False,
     data_dir: Path | None = None,
     database_url: str | None = None,
-) -> None:
+) -> bool:
     """Create the data directory, database and keys (where missing) and, on an empty
     database, the administrator: what `berth init` does, and `berth serve` before serving.
     `data_dir` and `database_url`: the --data-dir and --database-url given, which the
-    commands printed carry."""
+    commands printed carry. Whether it printed the note on the database the commands cannot
+    name (`unprinted_database`)."""
     migrated = create_data(settings)
     if migrated is not None:
         # Said once, by the node that moved the schema: the step an operator looks for when
@@ -167,7 +171,7 @@ def initialise(
             )
     check_storage_location(settings)
     keyring = check_keys(settings)
-    _bootstrap_admin(
+    return _bootstrap_admin(
         settings,
         keyring,
         public_url(settings),
@@ -693,7 +697,7 @@ def serve(settings: Settings, flags: Collection[str] = ()) -> None:
     given_dir = settings.data_dir if "data_dir" in flags else None  # as given, for commands
     given_url = settings.database_url if "database_url" in flags else None
     settings.data_dir = settings.data_dir.resolve()
-    initialise(settings, serving=True, data_dir=given_dir, database_url=given_url)
+    noted = initialise(settings, serving=True, data_dir=given_dir, database_url=given_url)
     if settings.blob_redirect == "accel":
         _open_blobs_to_nginx(settings)
     _record_served_at(settings)
@@ -708,8 +712,8 @@ def serve(settings: Settings, flags: Collection[str] = ()) -> None:
         config=named_config(),
         database_url=named_url,
     )
-    if note := unprinted_database(named_url, given=given_url is not None):
-        print(note)
+    if not noted and (note := unprinted_database(named_url, given=given_url is not None)):
+        print(note)  # unless the administrator's creation said it just above
     print(f"Web console: {base}/console/  (sign in as admin with its password; lost it? {reset})")
     print(f"Management API and its documentation: {base}/api/v1/docs")
     _allow_open_files(settings.max_connections)

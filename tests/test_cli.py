@@ -1086,6 +1086,7 @@ def test_serve_on_a_database_url_with_a_password_from_the_environment_never_prin
         " ".join(said.split())
     )
     assert "once BERTH_DATABASE_URL holds that URL in your shell" in " ".join(said.split())
+    assert said.count("note: the commands below") == 1, said  # the first start's banner too
     printed = _password_command(banner)
     assert shlex.split(printed)[1:] == ["--data-dir", "d", "user", "set-password", "admin"]
     unset = _typed(tmp_path, ["bash", "-c", f"{printed} --password-stdin"], "a-new-pw-1\n")
