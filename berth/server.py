@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import errno
 import hashlib
+import math
 import os
 import pwd
 import resource
@@ -366,8 +367,11 @@ def _wait_for(
                 "does, with deploy/berth.service)"
             )
         if not said:
+            # The time left, rounded up, and the setting: the first try took some of it, and
+            # the blob store is waited for within the same startup_wait as the database.
             print(
-                f"Waiting up to {left:.0f} s (startup_wait) for {what}, which cannot be "
+                f"Waiting up to {math.ceil(left)} s more (startup_wait = "
+                f"{settings.startup_wait:g} s from the start) for {what}, which cannot be "
                 f"reached yet: {reason}",
                 flush=True,
             )
