@@ -207,7 +207,8 @@ class Settings(BaseSettings):
     )
     gc_test_pause: str = Field(
         "",
-        description="testing only: 'marking=SECONDS' or 'sweeping=SECONDS' holds each GC run there",
+        description="testing only: 'marking=SECONDS', 'listing=SECONDS' or 'sweeping=SECONDS' "
+        "holds each GC run there",
     )
     login_failures_per_key: int = Field(
         10,

@@ -75,7 +75,8 @@ def _show(run: dict[str, Any]) -> None:
         f"{run['storage_blobs_deleted']:,} ({run['storage_bytes_freed']:,} bytes)",
     )
     table.add_row(f"Abandoned uploads {verb}", f"{run['uploads_deleted']:,}")
-    table.add_row("Kept: younger than the grace period", young_kept(run))
+    for row in young_kept(run):
+        table.add_row(*row)
     if run["progress_total"]:
         table.add_row("Files removed", f"{run['progress_done']:,} / {run['progress_total']:,}")
     if run["error"]:
@@ -201,14 +202,16 @@ def _figure(value: Any) -> Any:
     return f"{value:,}" if isinstance(value, int) else f"{value:.3f}"
 
 
-def young_kept(run: dict[str, Any]) -> str:
-    """What a run kept only for being younger than the grace period, and from when it goes."""
+def young_kept(run: dict[str, Any]) -> list[tuple[str, str]]:
+    """The rows on what a run kept only for being younger than the grace period, and from when
+    it goes: short ones, which an 80-column terminal shows a line each."""
     grace = run["grace_period_seconds"]
-    period = f"{grace:g} s" if grace is not None else "the grace period"
+    rows = [("Grace period", f"{grace:g} s (gc_grace_period)" if grace is not None else "-")]
     images, blobs = run["young_images_kept"], run["young_blobs_kept"]
-    if not images and not blobs:
-        return f"nothing (gc_grace_period {period})"
-    kept = f"{counted(images, 'image')} and {counted(blobs, 'blob')}"
-    until = run["young_collectable_at"]
-    collectable = f"; collectable from {when(until)} on" if until else ""
-    return f"{kept} (gc_grace_period {period}){collectable}"
+    kept = (
+        f"{counted(images, 'image')} and {counted(blobs, 'blob')}" if images or blobs else "nothing"
+    )
+    rows.append(("Kept: younger than that", kept))
+    if (images or blobs) and run["young_collectable_at"]:
+        rows.append(("Kept: collectable from", when(run["young_collectable_at"])))
+    return rows

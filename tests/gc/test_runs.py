@@ -8,8 +8,10 @@ can look at, and crash, a run at a known point.
 from __future__ import annotations
 
 import os
+import subprocess
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -17,7 +19,7 @@ import pytest
 
 from tests.gc.conftest import GcProject, age_past_grace, gc_env, new_project
 from tests.oci import OCI_LAYER, Blob, image_manifest, uploads_path
-from tests.servers import BerthServer, PostgresCluster, database_url_for
+from tests.servers import BERTH, BerthServer, PostgresCluster, database_url_for
 
 GC_TEXT = "garbage collection in progress"
 HOLD = "60"  # seconds a run is held: far longer than any test waits for it
@@ -151,3 +153,51 @@ def test_a_crash_while_removing_files_is_finished_on_restart(paused_server: Serv
         assert project.blob_bytes(digest) == junk[digest]
     assert not any(project.blob_file(digest).exists() for digest in removed)
     assert not any(project.blob_row(digest) for digest in removed[:3])
+
+
+def test_a_blob_pushed_once_the_run_decided_is_not_counted_as_kept(tmp_path: Path) -> None:
+    """With gc_grace_period = 0 a run keeps nothing for being young. A blob pushed while it
+    lists its sweep (writes allowed again) came after its decision: the next run's, not one
+    this run kept (it was counted so). `berth gc run`'s table fits an 80-column terminal."""
+    server = BerthServer(
+        tmp_path / "gc",
+        extra_env=gc_env(BERTH_GC_GRACE_PERIOD="0", BERTH_GC_TEST_PAUSE="listing=4"),
+    ).start()
+    project = new_project(server)
+    try:
+        project.push_blob(b"junk before the run " + os.urandom(8))
+        log = tmp_path / "gc-run.log"
+        with open(log, "w") as stderr:
+            run = subprocess.Popen(
+                [*BERTH, "gc", "run", project.project, "--yes"],
+                env={**server.env, "COLUMNS": "80"},
+                stdout=subprocess.PIPE,
+                stderr=stderr,
+                text=True,
+            )
+        try:
+            deadline = time.monotonic() + 60
+            while "test pause of 4.0 s in listing" not in log.read_text():
+                assert run.poll() is None, log.read_text()
+                assert time.monotonic() < deadline, "the run never reached its listing"
+                time.sleep(0.05)
+            pushed = project.push_blob(b"pushed once the run decided " + os.urandom(8))
+            shown, _ = run.communicate(timeout=60)
+        finally:
+            if run.poll() is None:
+                run.kill()
+        assert run.returncode == 0, shown + log.read_text()
+        rows = {
+            cells[0].strip(): cells[1].strip()
+            for line in shown.splitlines()
+            if len(cells := line.strip("│ ").split("│")) == 2
+        }
+        assert rows["Grace period"] == "0 s (gc_grace_period)", shown
+        assert rows["Kept: younger than that"] == "nothing", shown
+        assert "Kept: collectable from" not in rows, shown
+        assert rows["Blobs deleted from the project"].startswith("1 "), shown
+        assert max(map(len, shown.splitlines())) <= 80, shown
+        assert project.has_blob(pushed)
+    finally:
+        project.close()
+        server.stop()

@@ -20,7 +20,7 @@ from berth.jobs.periodic import Periodic
 from berth.metadata.audit import write_audit_entry
 from berth.metadata.database import Database
 from berth.metadata.tables import blob_removals, gc_runs, gc_sweep, utcnow
-from berth.services.gc.decide import Decider, DryRunDone, RunLost
+from berth.services.gc.decide import Decider, Decision, DryRunDone, RunLost
 from berth.services.gc.recovery import LEASE_SECONDS, RECOVERY_SECONDS, Recovery, lease_name
 from berth.services.gc.restrictions import impose_restriction
 from berth.services.gc.runs import (
@@ -42,13 +42,21 @@ from berth.storage.base import BlobStore, failures_said_by_caller
 logger = logging.getLogger("berth.gc")
 
 
+# A test pause's point that is no phase of its own: after step 2 (writes allowed again),
+# before the sweep is listed and what was kept young is counted.
+LISTING = "listing"
+
+
 def parse_test_pause(value: str) -> tuple[str, float] | None:
-    """`marking=5` -> ("marking", 5.0): a test hook that holds each run in that phase."""
+    """`marking=5` -> ("marking", 5.0): a test hook that holds each run in that phase (or at
+    LISTING)."""
     if not value:
         return None
     phase, _, seconds = value.partition("=")
-    if phase not in (MARKING, SWEEPING):
-        raise ValueError(f"gc_test_pause: phase must be {MARKING} or {SWEEPING}, not {phase!r}")
+    if phase not in (MARKING, LISTING, SWEEPING):
+        raise ValueError(
+            f"gc_test_pause: phase must be {MARKING}, {LISTING} or {SWEEPING}, not {phase!r}"
+        )
     return phase, float(seconds or 0)
 
 
@@ -283,13 +291,14 @@ class GarbageCollector:
         # also by the store where it happens.
         with failures_said_by_caller():
             try:
-                unlinked: frozenset[str] = frozenset()
+                decision = Decision(0, 0, frozenset())  # decided already: a run taken over
                 if run.phase in BEFORE_DELETING:
                     if run.dry_run:
                         await self._dry_run(run)
                         return await self.runs.record(run_id)
-                    unlinked = await self._mark(run)
-                await self.sweeper.list_for_sweep(run, unlinked)
+                    decision = await self._mark(run)
+                    await self._pause_in(LISTING)
+                await self.sweeper.list_for_sweep(run, decision.unlinked, decision.decided_at)
                 await self.sweeper.sweep(run, progress, lost)
                 await self.runs.finish(run)
             except asyncio.CancelledError:
@@ -313,9 +322,8 @@ class GarbageCollector:
                     await self.recovery.release(run.project_id)
         return await self.runs.record(run_id)
 
-    async def _mark(self, run: RunRow) -> frozenset[str]:
-        """Steps 1 and 2: restrict, decide and delete, lift the restriction. Returns the
-        digests whose links were removed."""
+    async def _mark(self, run: RunRow) -> Decision:
+        """Steps 1 and 2: restrict, decide and delete, lift the restriction."""
         async with self.db.write() as conn:
             if not await self.runs.to_marking(conn, run.id):
                 raise RunLost()
@@ -335,7 +343,7 @@ class GarbageCollector:
             len(decision.unlinked),
             restricted,
         )
-        return decision.unlinked
+        return decision
 
     async def _dry_run(self, run: RunRow) -> None:
         """The deciding transaction, rolled back: figures, no changes, no restriction."""

@@ -136,6 +136,9 @@ class Decision:
     uploads: int  # abandoned uploads
     unlinked: frozenset[str]  # digests of the project's blob links it removed
     young: Young = field(default_factory=Young)
+    # The database's now when it decided: links made later (a push once writes are allowed
+    # again) were not there to be kept, and are not counted as kept.
+    decided_at: dt.datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,14 +178,14 @@ class Decider:
         another node, before the manifest that references it arrives."""
         return self.db.clock(-self.grace_period)
 
-    async def cutoffs(self, conn: AsyncConnection) -> tuple[dt.datetime, dt.datetime]:
-        """The grace cutoff and the upload cutoff, from the database's now read once (the
+    async def cutoffs(self, conn: AsyncConnection) -> tuple[dt.datetime, dt.datetime, dt.datetime]:
+        """The database's now, the grace cutoff and the upload cutoff, from now read once (the
         manifest rule compares in Python): uploads nobody has touched since before the
         second are abandoned. That is `upload_expiry`, as for the `abandoned-uploads` job, not
         the grace period (a client may pause between chunks far longer than content takes to
         be referenced)."""
         now = (await conn.execute(select(self.db.clock()))).scalar_one()
-        return grace_cutoff(now, self.grace_period), grace_cutoff(now, self.upload_expiry)
+        return now, grace_cutoff(now, self.grace_period), grace_cutoff(now, self.upload_expiry)
 
     async def decide(self, run: RunRow, *, dry_run: bool) -> Decision:
         """Step 2 in one transaction, retried when PostgreSQL aborts it (a deadlock). A dry
@@ -226,7 +229,7 @@ class Decider:
     async def _decide_in(self, conn: AsyncConnection, run: RunRow) -> Decision:
         """Step 2's deletions. Only what must be decided under the restriction is here; the
         figures and the list of blobs to sweep are made after it is lifted."""
-        cutoff, upload_cutoff = await self.cutoffs(conn)
+        now, cutoff, upload_cutoff = await self.cutoffs(conn)
         project = in_project(run.project_id)
         images, young = 0, Young()
         if run.delete_untagged:
@@ -254,7 +257,7 @@ class Decider:
             gc_sweep.c.run_id == run.id, gc_sweep.c.kind == "upload"
         )
         removed_uploads = await conn.execute(delete(uploads).where(uploads.c.id.in_(abandoned)))
-        return Decision(images, int(removed_uploads.rowcount or 0), digests, young)
+        return Decision(images, int(removed_uploads.rowcount or 0), digests, young, now)
 
     async def _delete_images(
         self, conn: AsyncConnection, project: Any, cutoff: dt.datetime
@@ -330,16 +333,20 @@ class Decider:
     # ---------------------------------------------------------------- figures
 
     async def young_links(
-        self, conn: AsyncConnection, project_id: int
+        self, conn: AsyncConnection, project_id: int, linked_by: dt.datetime | None = None
     ) -> tuple[int, dt.datetime | None]:
-        """The project's blobs linked but referenced by no manifest of their repository: after
-        step 2, those are younger than the grace period. How many, and the newest link."""
+        """The project's blobs linked (by `linked_by`, if given) but referenced by no manifest
+        of their repository: after step 2, those are younger than the grace period. How many,
+        and the newest link."""
+        young = unreferenced_link(project_id)
+        if linked_by is not None:
+            young &= repository_blobs.c.linked_at <= linked_by
         row = (
             await conn.execute(
                 select(
                     func.count(func.distinct(repository_blobs.c.digest)),
                     func.max(repository_blobs.c.linked_at),
-                ).where(unreferenced_link(project_id))
+                ).where(young)
             )
         ).one()
         return int(row[0]), row[1]

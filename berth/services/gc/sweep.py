@@ -18,6 +18,7 @@ then storing the blob again), must not remove that new object late.
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -61,18 +62,24 @@ class Sweeper:
         self._pause = pause  # the test hook that holds a run in its sweep
         self._fence = fence  # whether the project's run is still surely this process's
 
-    async def list_for_sweep(self, run: RunRow, unlinked: frozenset[str]) -> None:
+    async def list_for_sweep(
+        self, run: RunRow, unlinked: frozenset[str], decided_at: dt.datetime | None = None
+    ) -> None:
         """After step 2, with writes allowed again: the project's figures, and the sweep's
         list. On it go the blobs whose links step 2 removed, and every blob no repository
         links at all that is older than the grace period (its last repository was deleted,
         its link removed by a blob DELETE, or a run died before listing it): nobody can reach
-        those, and no project's run would find them through its own links."""
+        those, and no project's run would find them through its own links. `decided_at`: when
+        step 2 decided (None: by a process that died since), by the database's clock."""
         grace = self.decider.grace_period
         async with self.db.read() as conn:
             figures = await self.decider.blob_figures(conn, run.project_id, unlinked, storage=False)
             # What stays unreferenced is younger than the grace period: say so, and until when
-            # (counted here, not while the project's writes were refused).
-            young_blobs, linked_at = await self.decider.young_links(conn, run.project_id)
+            # (counted here, not while the project's writes were refused). Not what was linked
+            # since: a push after the decision, which this run never saw.
+            young_blobs, linked_at = await self.decider.young_links(
+                conn, run.project_id, decided_at
+            )
             collectable = (
                 await conn.execute(
                     select(gc_runs.c.young_collectable_at).where(gc_runs.c.id == run.id)
