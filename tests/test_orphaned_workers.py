@@ -33,6 +33,8 @@ def test_the_workers_of_a_node_killed_stop_and_a_new_node_serves_on_its_port(
         wait_for(lambda: first.log_tail(400).count("Started worker-") >= workers, 60, "workers")
         pids = first.worker_pids()
         assert len(pids) == workers
+        serving = [row["holder"] for row in first.cli_json("status")["serving_processes"]]
+        assert sorted(holder.rsplit(":", 1)[1] for holder in serving) == sorted(map(str, pids))
 
         assert first.process is not None
         first.process.send_signal(signal.SIGKILL)
@@ -44,6 +46,9 @@ def test_the_workers_of_a_node_killed_stop_and_a_new_node_serves_on_its_port(
         log = first.log_tail(400)
         assert log.count("the server's main process") == workers, log
         assert "Traceback" not in log, log
+        # Berth's own shutdown ran in each: it removed its row (a process that ends without it
+        # is listed for 30 s more).
+        assert first.cli_json("status")["serving_processes"] == []
 
         second.start()
         assert httpx.get(f"{second.url}/readyz").text == "ready"
