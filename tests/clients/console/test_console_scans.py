@@ -12,10 +12,11 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
-from playwright.sync_api import Page, expect
+from playwright.sync_api import Locator, Page, expect
 
 from berth.services.vulndb import VulnDb
 from berth.state import Services
@@ -66,6 +67,17 @@ def scan_and_wait(admin: httpx.Client, scan: str, seconds: float) -> None:
     while admin.get(scan).json()["state"] != "done":
         assert time.monotonic() < deadline, admin.get(scan).json()
         time.sleep(0.3)
+
+
+def downloaded_sbom(page: Page, button: Locator) -> tuple[str, dict[str, Any]]:
+    """What clicking `button` saves: the name the browser suggests and the JSON document."""
+    with page.expect_download() as download:
+        button.click()
+    return download.value.suggested_filename, json.loads(Path(download.value.path()).read_text())
+
+
+def packages_of(sbom: dict[str, Any]) -> set[tuple[str, str | None]]:
+    return {(c["name"], c.get("version")) for c in sbom["components"]}
 
 
 def column(page: Page, index: int) -> list[str]:
@@ -149,14 +161,11 @@ def test_scan_an_image_with_the_button_and_read_its_findings(
     expect(dialog.get_by_test_id("findings-shown")).to_have_text("Showing 3 of 3 findings")
 
     # The SBOM: the packages the scan found, as CycloneDX JSON, saved by the browser.
-    with page.expect_download() as download:
-        dialog.get_by_role("button", name="Download SBOM").click()
-    assert download.value.suggested_filename == f"app-{digest.replace(':', '-')[:19]}.cdx.json"
-    sbom = json.loads(Path(download.value.path()).read_text())
+    name, sbom = downloaded_sbom(page, dialog.get_by_role("button", name="Download SBOM"))
+    assert name == f"app-{digest.replace(':', '-')[:19]}.cdx.json"
     assert sbom["bomFormat"] == "CycloneDX"
     assert sbom["metadata"]["component"]["version"] == digest
-    found = {(c["name"], c.get("version")) for c in sbom["components"]}
-    assert {("ms", "0.7.0"), ("mixin-deep", "1.3.1"), ("requests", "2.30.0")} <= found
+    assert {("ms", "0.7.0"), ("mixin-deep", "1.3.1"), ("requests", "2.30.0")} <= packages_of(sbom)
     page.keyboard.press("Escape")
     expect(dialog).to_be_hidden()
 
@@ -218,11 +227,9 @@ def test_an_index_has_an_sbom_per_platform(page: Page, tenant: Tenant) -> None:
     expect(dialog.get_by_role("button", name=re.compile("^Download SBOM"))).to_have_text(
         ["linux/amd64", "linux/arm64"]
     )
-    with page.expect_download() as download:
-        dialog.get_by_role("button", name="Download SBOM linux/arm64").click()
-    sbom = json.loads(Path(download.value.path()).read_text())
+    _, sbom = downloaded_sbom(page, dialog.get_by_role("button", name="Download SBOM linux/arm64"))
     assert sbom["metadata"]["component"]["version"] == platforms["linux/arm64"].digest
-    assert ("ms", "0.7.0") in {(c["name"], c.get("version")) for c in sbom["components"]}
+    assert ("ms", "0.7.0") in packages_of(sbom)
 
 
 def test_an_index_wider_than_its_details_says_how_much_is_shown(page: Page, tenant: Tenant) -> None:
@@ -412,6 +419,7 @@ def test_a_rescan_shows_the_previous_result_as_such_until_its_own(
         "A scan is queued; the image has no findings until it finishes."
     )
     expect(dialog.get_by_role("table")).to_have_count(0)
+    expect(dialog.get_by_role("button", name="Download SBOM")).to_have_count(0)  # none yet
 
 
 # A server of its own: the vulnerability database is the server's, and this test needs it
@@ -425,7 +433,8 @@ def test_a_scan_with_no_vulnerability_data_is_not_shown_as_clean(
     page: Page, empty_osv_server: BerthServer, tmp_path: Path
 ) -> None:
     """Scanned before any import: the badge says there was no data to check against (never
-    "no findings"), there are no findings to open, and the findings link says why."""
+    "no findings"), there are no findings to open, and the findings link says why. The scan
+    listed the packages all the same: its dialog offers their SBOM, which downloads."""
     server = empty_osv_server
     suffix = uuid.uuid4().hex[:8]
     tenant = Tenant(server, f"nodata{suffix}", f"admin-{suffix}", "admin")
@@ -454,3 +463,12 @@ def test_a_scan_with_no_vulnerability_data_is_not_shown_as_clean(
         "checked nothing: no vulnerability data: the vulnerability database was empty"
     )
     expect(dialog.get_by_role("table")).to_have_count(0)
+    screenshot(page, "findings-no-data", full_page=False)
+    name, sbom = downloaded_sbom(page, dialog.get_by_role("button", name="Download SBOM"))
+    assert name == f"app-{digest.replace(':', '-')[:19]}.cdx.json"
+    assert sbom["metadata"]["component"]["version"] == digest
+    assert {("ms", "0.7.0"), ("mixin-deep", "1.3.1"), ("requests", "2.30.0")} <= packages_of(sbom)
+    page.keyboard.press("Escape")
+    # The images table opens the same dialog: the SBOM, as there are no findings.
+    row.get_by_role("button", name=f"SBOM of {short}").click()
+    expect(dialog.get_by_role("button", name="Download SBOM")).to_be_visible()

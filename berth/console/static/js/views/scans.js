@@ -1,7 +1,7 @@
 // Image scans on the repository page: the severity badge of each image, the Scan button that
 // queues a scan and follows it until it finishes, and the findings of one image.
 import { api, query, seg } from "../api.js";
-import { badge, clear, datetime, h, number, openDialog, plural, saveFile, shortDigest, toast, webLink } from "../ui.js";
+import { badge, clear, datetime, h, number, openDialog, plural, saveFile, shortDigest, tableWrap, toast, webLink } from "../ui.js";
 
 export const SEVERITIES = ["critical", "high", "medium", "low", "unknown"];
 const RANK = Object.fromEntries(SEVERITIES.map((s, i) => [s, SEVERITIES.length - i]));
@@ -47,6 +47,10 @@ export function scanCell(ctx, image) {
       // During a rescan the previous result's findings stay readable (the dialog says whose).
       scan.status === "done" || (busy && scan.scanned_at && scan.counts)
         ? h("button", { type: "button", class: "small", "aria-label": `Findings of ${shortDigest(image.digest)}`, onclick: () => findingsDialog(ctx, image) }, "Findings")
+        : null,
+      // No findings to show, but the packages the scan listed: the dialog offers the SBOM.
+      scan.status === "no_data" || (busy && scan.scanned_at && !scan.counts)
+        ? h("button", { type: "button", class: "small", "aria-label": `SBOM of ${shortDigest(image.digest)}`, onclick: () => findingsDialog(ctx, image) }, "SBOM")
         : null,
       ctx.project.can_manage
         ? h("button", { type: "button", class: "small", disabled: busy, "aria-label": `Scan ${shortDigest(image.digest)}`, onclick: () => requestScan(busy) }, scan.status === "not_scanned" ? "Scan" : "Rescan")
@@ -147,8 +151,13 @@ export async function findingsDialog(ctx, image) {
     wide: true,
     build() {
       // A failed scan, or a first one not finished yet: no findings to list.
-      if (result.state === "failed" || !result.finished_at || !result.counts) {
+      if (result.state === "failed" || !result.finished_at) {
         return h("div", { class: "dialog-body" }, h("p", { class: "muted", "data-testid": "findings-of" }, findingsOf(result)));
+      }
+      // Scanned with no vulnerability data: nothing was checked, but the packages were listed
+      // (the SBOM does not depend on the data).
+      if (!result.counts) {
+        return h("div", { class: "dialog-body" }, h("p", { class: "muted", "data-testid": "findings-of" }, findingsOf(result)), h("div", { class: "toolbar" }, sbomButtons(ctx, image, detail)));
       }
       const holder = h("div", { class: "findings" });
       const severity = h(
@@ -246,9 +255,7 @@ function findingsTable(findings, state, render) {
   return [
     h("p", { class: "muted", "data-testid": "findings-shown" }, `Showing ${shown.length} of ${plural(findings.length, "finding")}`),
     shown.length
-      ? h(
-          "div",
-          { class: "table-wrap" },
+      ? tableWrap(
           h(
             "table",
             {},
