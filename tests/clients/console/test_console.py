@@ -934,9 +934,9 @@ def test_a_long_address_in_the_audit_target_wraps_at_its_separators(
     page: Page, tenant: Tenant
 ) -> None:
     """A webhook's address as an audit target, on a desktop, a narrow window and a phone: its
-    lines end after a slash or an `=`, or before a `?`, `&` or `.`, never inside a word; the
-    row stays a few lines high; the whole address is its text (to copy) and its title (on
-    hover)."""
+    lines end after a slash, an `=` or a `?`, or before a `?`, `&` or `.`, never inside a
+    word; its cell stays a few lines high; the whole address is its text (to copy) and its
+    title (on hover)."""
     with tenant.api() as admin:
         made = admin.post(
             f"/projects/{tenant.project}/webhooks", json={"url": LONG_ADDRESS, "event_types": []}
@@ -944,7 +944,9 @@ def test_a_long_address_in_the_audit_target_wraps_at_its_separators(
         made.raise_for_status()
     sign_in(page, tenant)
     open_project_page(page, tenant, "Audit log")
-    narrow: ViewportSize = {"width": 900, "height": 860}  # still a table, not cards
+    # At 900 px the log does not fit as a table beside the menu: its rows are cards, the
+    # column names left of the values.
+    narrow: ViewportSize = {"width": 900, "height": 860}
     for viewport in (DESKTOP, narrow, PHONE):
         page.set_viewport_size(viewport)
         row = page.get_by_role("table", name="Audit log").get_by_role("row")
@@ -959,13 +961,13 @@ def test_a_long_address_in_the_audit_target_wraps_at_its_separators(
         lines = target.evaluate(LINES_OF)
         assert "".join(lines) == LONG_ADDRESS
         for line, following in itertools.pairwise(lines):
-            assert line.endswith(("/", "=")) or following.startswith(("?", "&", ".", "#", "@")), (
-                f"broken inside a word at {viewport}: {lines}"
-            )
+            assert line.endswith(("/", "=", "?")) or following.startswith(
+                ("?", "&", ".", "#", "@")
+            ), f"broken inside a word at {viewport}: {lines}"
         assert 2 <= len(lines) <= 7, f"at {viewport}: {lines}"
-        if viewport is not PHONE:  # a phone shows each cell on a line of its own
-            height = entry.evaluate("(row) => row.getBoundingClientRect().height")
-            assert height <= 8 * 24, f"a row {height} px high at {viewport}"
+        if viewport is not PHONE:  # a phone has a narrower column for it
+            height = target.evaluate("(e) => e.closest('td').getBoundingClientRect().height")
+            assert height <= 8 * 24, f"a target {height} px high at {viewport}"
         screenshot(page, f"audit-long-address-{viewport['width']}")
 
 

@@ -406,14 +406,43 @@ export function rowControl(caption, key) {
 
 // ------------------------------------------------------------------ tables and paging
 
+// A table wider than its box is shown as cards (each row a card, each cell a line under or
+// beside its column's name: style.css `.stacked`) instead of scrolling sideways, where its last
+// columns go out of sight at tablet and small laptop widths; on a phone it always is. Decided
+// when the box or the table changes size (a window resized, a cell's content changed); cards
+// go back to a table only once the box is wider than when they were made, so that the cards'
+// own size never undoes them.
+const PHONE = window.matchMedia("(max-width: 760px)");
+const stackedAt = new WeakMap();
+const fitting = new ResizeObserver((entries) => new Set(entries.map((e) => e.target.closest(".table-wrap"))).forEach(fitTable));
+
+function fitTable(wrap) {
+  const width = wrap.clientWidth;
+  if (wrap.classList.contains("stacked")) {
+    if (width <= stackedAt.get(wrap)) return;
+    wrap.classList.remove("stacked");
+  }
+  if (PHONE.matches || wrap.scrollWidth > width) {
+    wrap.classList.add("stacked");
+    stackedAt.set(wrap, width);
+  }
+}
+
+/** The box of a table (`content`): a table as long as it fits, cards when it does not. */
+export function tableWrap(...content) {
+  const wrap = h("div", { class: "table-wrap" }, content);
+  fitting.observe(wrap);
+  const inner = wrap.querySelector("table");
+  if (inner) fitting.observe(inner);
+  return wrap;
+}
+
 /**
  * columns: [{title, cell: (row) => node|string, class?}]; an empty list shows `empty`.
  */
 export function table(columns, rows, { empty = "Nothing here yet.", caption = null, rowKey = null } = {}) {
   if (!rows.length) return typeof empty === "string" ? emptyState(empty) : empty;
-  return h(
-    "div",
-    { class: "table-wrap" },
+  return tableWrap(
     h(
       "table",
       {},

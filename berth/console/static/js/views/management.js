@@ -1,5 +1,5 @@
 import { api, query, seg } from "../api.js";
-import { badge, bytes, clear, duration, emptyState, errorBox, h, leftPastLastPage, number, openDialog, pager, plural, table, timeElement, toast } from "../ui.js";
+import { badge, bytes, clear, duration, emptyState, errorBox, h, leftPastLastPage, number, openDialog, pager, plural, table, tableWrap, timeElement, toast } from "../ui.js";
 
 const PHRASE = "data deletion";
 const PHASES = {
@@ -128,9 +128,7 @@ function summaryTable(ctx, summary, lastRun, { startGc, collect }) {
     : h("span", { class: "muted" }, "Project admins and members run it.");
   const collectButton = h("button", { type: "button", class: "small", onclick: (e) => collect(e.target) }, "Collect now");
   const row = (item, value, description) => h("tr", {}, h("th", { scope: "row" }, item), h("td", { class: "value" }, value), h("td", { class: "muted" }, description));
-  return h(
-    "div",
-    { class: "table-wrap" },
+  return tableWrap(
     h(
       "table",
       { class: "summary", "data-testid": "management-summary" },

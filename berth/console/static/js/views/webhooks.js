@@ -3,7 +3,7 @@
 // endpoint chosen, where a delivered or failed delivery can be sent again.
 
 import { api, query, seg } from "../api.js";
-import { badge, clear, confirmDialog, copyable, emptyState, errorBox, field, focusAfterRedraw, h, leftPastLastPage, openDialog, pager, rowControl, table, timeElement, toast } from "../ui.js";
+import { badge, clear, confirmDialog, copyable, emptyState, errorBox, field, focusAfterRedraw, h, leftPastLastPage, openDialog, pager, rowControl, table, timeElement, toast, wrappingAddress } from "../ui.js";
 
 const STATE_BADGES = { delivered: ["Delivered", "succeeded"], pending: ["Pending", "pending"], failed: ["Failed", "failed"] };
 
@@ -35,7 +35,7 @@ export async function webhooksView(main, ctx) {
     body,
     table(
       [
-        { title: "URL", cell: (w) => [h("code", { class: "wrap" }, w.url), w.description ? h("div", { class: "muted" }, w.description) : null] },
+        { title: "URL", cell: (w) => [h("code", { class: "address" }, wrappingAddress(w.url)), w.description ? h("div", { class: "muted" }, w.description) : null] },
         { title: "Events", cell: (w) => (w.event_types.length ? w.event_types.map((t) => h("div", {}, t.replace(/^io\.berth\./, ""))) : "All") },
         { title: "State", cell: (w) => (w.enabled ? badge("Enabled", "active") : badge("Disabled", "disabled")) },
         { title: "Signed", cell: (w) => (w.signed ? "Yes" : "No") },
@@ -73,7 +73,7 @@ async function showLog(ctx, base, webhook, section, page) {
   const last = (d) => d.attempt_log[0] || null;
   clear(
     section,
-    h("h2", {}, "Delivery log ", h("span", { class: "muted" }, webhook.url)),
+    h("h2", {}, "Delivery log ", h("span", { class: "muted address" }, wrappingAddress(webhook.url))),
     table(
       [
         { title: "ID", cell: (d) => String(d.id) },
@@ -174,7 +174,7 @@ async function deleteWebhook(ctx, base, webhook, button) {
   const focus = focusAfterRedraw(button, addButton);
   const done = await confirmDialog({
     title: "Delete webhook",
-    body: h("p", {}, "Delete the webhook to ", h("code", {}, webhook.url), " with its delivery log? Events queued for it are not sent."),
+    body: h("p", {}, "Delete the webhook to ", h("code", { class: "address" }, wrappingAddress(webhook.url)), " with its delivery log? Events queued for it are not sent."),
     action: () => api.delete(`${base}/${webhook.id}`),
   });
   if (done) {
@@ -264,8 +264,8 @@ async function newSecret(ctx, base, webhook, button) {
       "p",
       {},
       webhook.signed
-        ? ["Deliveries to ", h("code", {}, webhook.url), " are signed with a new secret from now on: the endpoint must be given it, as signatures under the current one stop."]
-        : ["Deliveries to ", h("code", {}, webhook.url), " are signed from now on, with a new secret the endpoint must be given."],
+        ? ["Deliveries to ", h("code", { class: "address" }, wrappingAddress(webhook.url)), " are signed with a new secret from now on: the endpoint must be given it, as signatures under the current one stop."]
+        : ["Deliveries to ", h("code", { class: "address" }, wrappingAddress(webhook.url)), " are signed from now on, with a new secret the endpoint must be given."],
     ),
     action: async () => {
       secret = (await api.post(`${base}/${webhook.id}/secret`)).secret;
@@ -288,7 +288,7 @@ function showSecret(title, url, secret) {
         h(
           "div",
           { class: "dialog-body" },
-          h("p", {}, "Deliveries to ", h("code", {}, url), " carry X-Berth-Signature: sha256= and the HMAC-SHA256 of the body under this secret."),
+          h("p", {}, "Deliveries to ", h("code", { class: "address" }, wrappingAddress(url)), " carry X-Berth-Signature: sha256= and the HMAC-SHA256 of the body under this secret."),
           h("div", { class: "alert caution", role: "note" }, h("strong", {}, "The secret is shown only now."), " Give it to the endpoint: it cannot be shown again."),
           h("h3", {}, "Signing secret"),
           copyable(secret, { name: "Copy signing secret", testid: "new-webhook-secret" }),
