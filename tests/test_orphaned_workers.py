@@ -4,7 +4,10 @@ it, instead of an orphan serving on it and the new node refused ("already in use
 
 from __future__ import annotations
 
+import os
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -56,3 +59,54 @@ def test_the_workers_of_a_node_killed_stop_and_a_new_node_serves_on_its_port(
     finally:
         second.stop()
         first.stop()  # its process group: whatever worker is left
+
+
+SCAN_PARENT = """
+import asyncio, os, sys
+from pathlib import Path
+
+from berth.config import load_settings
+from berth.services.scanning.processes import ScanProcesses
+from berth.state import open_scan_resources
+
+
+async def wait_long(db, store, pid_file):
+    Path(pid_file).write_text(str(os.getpid()))
+    await asyncio.sleep(120)
+
+
+async def main():
+    processes = ScanProcesses(1, open_scan_resources, load_settings())
+    await processes.run(wait_long, sys.argv[1])
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
+"""
+
+
+def test_a_scan_process_stops_when_the_worker_that_started_it_is_killed(tmp_path: Path) -> None:
+    """A serving worker killed with SIGKILL (the OOM killer picks the largest process) cannot
+    end its scan processes: each notices and exits instead of waiting for work for ever."""
+    script, pid_file = tmp_path / "worker.py", tmp_path / "scan.pid"
+    script.write_text(SCAN_PARENT)
+    env = {
+        **os.environ,
+        "BERTH_DATA_DIR": str(tmp_path / "data"),
+        "BERTH_CONFIG": str(tmp_path / "none.toml"),
+    }
+    worker = subprocess.Popen(
+        [sys.executable, str(script), str(pid_file)], env=env, cwd=Path(__file__).parent.parent
+    )
+    try:
+        wait_for(lambda: pid_file.exists() and pid_file.read_text() != "", 60, "the scan process")
+        scan = int(pid_file.read_text())
+        assert running(scan)
+        worker.send_signal(signal.SIGKILL)
+        worker.wait()
+        killed_at = time.monotonic()
+        wait_for(lambda: not running(scan), 10, "the scan process's exit")
+        assert time.monotonic() - killed_at < 5
+    finally:
+        worker.kill()
+        worker.wait()

@@ -20,8 +20,11 @@ import asyncio
 import concurrent.futures
 import logging
 import multiprocessing
+import os
 import pickle
 import signal
+import threading
+import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any, Generic, TypeVar
@@ -48,9 +51,25 @@ class ScanInterrupted(Exception):
     it is, to be queued again as abandoned."""
 
 
-def _ignore_stop_signals() -> None:
+ORPHAN_CHECK_SECONDS = 1.0
+
+
+def _start_child() -> None:
+    """A child's start: it ignores SIGINT and SIGTERM (the module's docstring says why), and
+    it exits when the process that started it dies. A serving worker killed with SIGKILL (the
+    OOM killer's choice: the largest process) cannot end its pool, and a pool child waiting
+    for work on a queue whose writing end it holds itself would wait for ever, with its
+    ~100 MB."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(ORPHAN_CHECK_SECONDS)
+        os._exit(1)  # its scan is the dead process's, left to be queued again as abandoned
+
+    threading.Thread(target=watch, name="berth-scan-orphan-watch", daemon=True).start()
 
 
 def _in_child(
@@ -106,7 +125,7 @@ class ScanProcesses(Generic[Settings]):
             pool = self._pool = concurrent.futures.ProcessPoolExecutor(
                 self.processes,
                 mp_context=multiprocessing.get_context("spawn"),
-                initializer=_ignore_stop_signals,
+                initializer=_start_child,
             )
         future = pool.submit(_in_child, self._open_resources, self._settings, work, args)
         self._running += 1
