@@ -41,6 +41,27 @@ _POSTGRESQL_ONLY = {
     "database_statement_timeout": "SQLite is a file on this node, opened at once",
 }
 
+# The driver Berth opens each database with, by the URL scheme that names only the database
+# (postgresql:// as PostgreSQL's own documentation, Heroku and RDS write it; SQLAlchemy would
+# take psycopg, which Berth does not ship, and no longer knows postgres://).
+_BERTH_DRIVERS = {
+    "postgresql": "postgresql+asyncpg",
+    "postgres": "postgresql+asyncpg",
+    "sqlite": "sqlite+aiosqlite",
+}
+DATABASE_FORMS = (
+    "Berth takes postgresql+asyncpg://USER:PASSWORD@HOST:5432/DATABASE (postgresql:// and "
+    "postgres:// are read as that) or sqlite+aiosqlite:///PATH (or sqlite:///PATH)"
+)
+
+
+def with_berth_driver(url: str) -> str:
+    """`url` naming the driver Berth opens its database with: postgresql://... and
+    postgres://... as postgresql+asyncpg://..., sqlite://... as sqlite+aiosqlite://...; a URL
+    that names its driver as it is."""
+    scheme, separator, rest = url.partition("://")
+    return f"{_BERTH_DRIVERS.get(scheme.lower(), scheme)}{separator}{rest}"
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="BERTH_", extra="ignore")
@@ -52,7 +73,9 @@ class Settings(BaseSettings):
     tls_cert: Path | None = Field(None, description="PEM certificate; TLS is on when set")
     tls_key: Path | None = Field(None, description="PEM private key for tls_cert")
     database_url: str | None = Field(
-        None, description="SQLAlchemy URL; default sqlite+aiosqlite:///{data_dir}/berth.db"
+        None,
+        description="postgresql+asyncpg:// (or postgresql://) or sqlite+aiosqlite:// URL; "
+        "default sqlite+aiosqlite:///{data_dir}/berth.db",
     )
     # Declared after database_url: its check reads which database that is.
     database_lock_timeout: float | None = Field(
@@ -379,12 +402,15 @@ class Settings(BaseSettings):
         from sqlalchemy.engine import make_url  # here: settings are read before SQLAlchemy
 
         try:
-            make_url(value)
+            drivername = make_url(value).drivername
         except Exception as exc:  # SQLAlchemy's ArgumentError, or a port that is no number
             raise ValueError(
                 "is not a database URL (e.g. postgresql+asyncpg://USER:PASSWORD@HOST:5432/"
                 f"DATABASE): {exc}"
             ) from None
+        if drivername.lower() not in {*_BERTH_DRIVERS, *_BERTH_DRIVERS.values()}:
+            # Opening it would fail on a driver Berth does not ship, or open it synchronously.
+            raise ValueError(f"names {drivername}, which Berth does not open: {DATABASE_FORMS}")
         return value
 
     @field_validator("listen", "metrics_listen")
@@ -531,8 +557,10 @@ class Settings(BaseSettings):
 
     @property
     def resolved_database_url(self) -> str:
+        """The database URL Berth opens: database_url with Berth's driver named (see
+        `with_berth_driver`), else the SQLite file in data_dir."""
         if self.database_url:
-            return self.database_url
+            return with_berth_driver(self.database_url)
         return f"sqlite+aiosqlite:///{self.data_dir.resolve() / 'berth.db'}"
 
     @property

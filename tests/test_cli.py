@@ -37,7 +37,9 @@ from tests.servers import (
     PostgresCluster,
     database_url_for,
     in_own_thread,
+    serve_refused,
     unresolvable_host,
+    unstarted_environ,
 )
 from tests.terminal import typed_at_terminal
 
@@ -981,6 +983,63 @@ def test_init_never_prints_a_database_password_and_says_how_to_name_the_database
     assert shlex.split(create)[1:] == ["--data-dir", "d", "project", "create", "demo"]
     pasted = _typed(tmp_path, ["env", f"BERTH_DATABASE_URL={url}", "bash", "-c", create])
     assert pasted.returncode == 0, pasted.stderr
+
+
+def test_init_serve_and_the_verbs_take_a_database_url_without_its_driver(
+    tmp_path: Path, postgres: PostgresCluster | None
+) -> None:
+    """postgresql:// and postgres:// (as PostgreSQL's documentation, Heroku and RDS write
+    them) are opened with Berth's driver, asyncpg, as sqlite:// is with aiosqlite: not refused
+    for want of psycopg, or a traceback; the password is never said."""
+    if postgres is None:
+        pytest.skip("PostgreSQL not installed")
+    given = postgres.create_database().replace("postgres@", "postgres:pg-secret-9@")
+    url = given.replace("postgresql+asyncpg://", "postgresql://")
+    initialised = _typed(tmp_path, [*BERTH, "--data-dir", "d", "init", "--database-url", url])
+    assert initialised.returncode == 0, initialised.stderr
+    masked = make_url(given).render_as_string(hide_password=True)
+    assert f"Created Berth data in {tmp_path / 'd'} ({masked})" in initialised.stdout
+    server = BerthServer(tmp_path / "d", url.replace("postgresql://", "postgres://"))
+    server.start()
+    try:
+        assert httpx.get(f"{server.url}/v2/", timeout=10).status_code == 401
+        env = {"BERTH_DATA_DIR": str(server.data_dir), "BERTH_DATABASE_URL": url}
+        created = _berth_in(tmp_path, "project", "create", "demo", **env)
+        assert created.returncode == 0, created.stderr
+        said = initialised.stdout + initialised.stderr + created.stdout + created.stderr
+        assert "pg-secret-9" not in said + (server.data_dir / "server.log").read_text()
+    finally:
+        server.stop()
+    database = tmp_path / "plain.db"
+    env = {"BERTH_DATA_DIR": str(tmp_path / "s"), "BERTH_DATABASE_URL": f"sqlite:///{database}"}
+    assert _berth_in(tmp_path, "init", **env).returncode == 0
+    assert _berth_in(tmp_path, "project", "create", "demo", **env).returncode == 0
+    assert database.is_file()
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["mysql://berth:pg-secret-9@db.example/berth", "postgresql+psycopg2://berth:pg-secret-9@db/b"],
+)
+def test_a_database_url_of_another_driver_is_refused_at_once_naming_berths(
+    tmp_path: Path, url: str
+) -> None:
+    """A URL naming a driver Berth does not ship is a setting to put right (2), said before
+    any connection, with the forms Berth takes (not "No module named 'MySQLdb'")."""
+    driver = url.split("://", 1)[0]
+    masked = url.replace(":pg-secret-9@", ":***@")
+    refusal = (
+        f"error: BERTH_DATABASE_URL: {masked!r} names {driver}, which Berth does not open: "
+        "Berth takes postgresql+asyncpg://USER:PASSWORD@HOST:5432/DATABASE (postgresql:// and "
+        "postgres:// are read as that) or sqlite+aiosqlite:///PATH (or sqlite:///PATH)"
+    )
+    env = unstarted_environ(tmp_path, {"BERTH_DATABASE_URL": url, "BERTH_STARTUP_WAIT": "600"})
+    assert " ".join(serve_refused(env).split()) == refusal
+    for verb in [("init",), *ADMIN_VERBS]:
+        refused = _berth_in(tmp_path, *verb, BERTH_DATABASE_URL=url)
+        assert refused.returncode == 2, (verb, refused.stderr)
+        assert " ".join(refused.stderr.split()) == refusal, verb
+    assert not (tmp_path / "data").exists() and not (tmp_path / "berth-data").exists()
 
 
 def test_init_on_a_database_server_that_does_not_answer_is_refused_plainly(

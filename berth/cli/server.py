@@ -45,6 +45,11 @@ from berth.metadata.presence import LIVE_SECONDS, ServingProcess, live_processes
 from berth.services.install import served_at
 from berth.services.records import plain
 
+DATABASE_URL_HELP = (
+    "Database URL: postgresql://USER:PASSWORD@HOST:5432/DATABASE (asyncpg's; "
+    "postgresql+asyncpg:// and postgres:// too) or sqlite:///PATH."
+)
+
 
 def serve(
     data_dir: Annotated[Path | None, typer.Option(help="Data directory.")] = None,
@@ -53,7 +58,7 @@ def serve(
     region: Annotated[str | None, typer.Option(help="Region name.")] = None,
     tls_cert: Annotated[Path | None, typer.Option(help="TLS certificate (PEM).")] = None,
     tls_key: Annotated[Path | None, typer.Option(help="TLS private key (PEM).")] = None,
-    database_url: Annotated[str | None, typer.Option(help="SQLAlchemy database URL.")] = None,
+    database_url: Annotated[str | None, typer.Option(help=DATABASE_URL_HELP)] = None,
     workers: Annotated[
         int | None, typer.Option(help="Worker processes (0: one per usable core, the default).")
     ] = None,
@@ -88,7 +93,7 @@ def serve(
 
 def init(
     data_dir: Annotated[Path | None, typer.Option(help="Data directory.")] = None,
-    database_url: Annotated[str | None, typer.Option(help="SQLAlchemy database URL.")] = None,
+    database_url: Annotated[str | None, typer.Option(help=DATABASE_URL_HELP)] = None,
 ) -> None:
     """Create the data directory, the database and the administrator, without serving."""
     from berth.server import initialise
