@@ -11,6 +11,21 @@ from urllib.parse import urlsplit
 
 from berth.config import Settings
 
+# The resolver's answer that a name does not exist (a typo in a setting), as opposed to one it
+# could not get (EAI_AGAIN: no DNS server answered yet, as at a cold boot).
+NO_SUCH_NAME = {socket.EAI_NONAME, getattr(socket, "EAI_NODATA", socket.EAI_NONAME)}
+
+
+def host_not_found(host: str) -> str | None:
+    """The resolver's words when it says `host` does not exist (a setting to put right, not an
+    outage to wait out), else None: found, or no answer (waited for as an outage)."""
+    try:
+        socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        if exc.errno in NO_SUCH_NAME:
+            return exc.strerror
+    return None
+
 
 def public_url(settings: Settings) -> str:
     """Where users reach this server: the `public_url` setting (a load balancer in front), or

@@ -24,6 +24,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import create_async_engine
 
+from berth.addresses import NO_SUCH_NAME
 from berth.config import Settings, SettingsError, config_file, setting_source
 from berth.invocation import berth_command, pasteable_command
 from berth.metadata.database import CONNECT_SECONDS, STATEMENT_SECONDS
@@ -123,9 +124,6 @@ def _database_error(settings: Settings) -> Exception | None:
 # Errors of a connection that never got to the server: refused, a host or network with no
 # route, a Unix socket not there yet (PostgreSQL not started).
 _NOT_REACHED = {errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH, errno.ENOENT}
-# The resolver's answer that the name does not exist (a typo in database_url), as opposed to
-# one it could not get (EAI_AGAIN: no DNS server answered yet, as at a cold boot).
-_NO_SUCH_NAME = {socket.EAI_NONAME, getattr(socket, "EAI_NODATA", socket.EAI_NONAME)}
 # PostgreSQL's own "not now": 08 connection exceptions, 53300 too many connections, 57P01-03
 # shutting down, crashed, starting up (asyncpg's SQLSTATEs).
 _NOT_NOW = ("08", "53300", "57P01", "57P02", "57P03")
@@ -137,7 +135,7 @@ def _not_reached(exc: BaseException) -> bool:
     seen: BaseException | None = exc
     while seen is not None:
         if isinstance(seen, socket.gaierror):
-            return seen.errno not in _NO_SUCH_NAME
+            return seen.errno not in NO_SUCH_NAME
         if isinstance(seen, TimeoutError | ConnectionError):
             return True
         if isinstance(seen, OSError) and seen.errno in _NOT_REACHED:
@@ -153,7 +151,7 @@ def _unresolved_host(settings: Settings, exc: BaseException) -> str | None:
     put right, not an outage to wait out), or None when that is not what `exc` says."""
     seen: BaseException | None = exc
     while seen is not None:
-        if isinstance(seen, socket.gaierror) and seen.errno in _NO_SUCH_NAME:
+        if isinstance(seen, socket.gaierror) and seen.errno in NO_SUCH_NAME:
             host = make_url(settings.resolved_database_url).host
             return (
                 f"cannot resolve database host {host} ({seen.strerror}): {shown_database(settings)}"

@@ -12,8 +12,8 @@ from berth.access.keyring import Keyring
 from berth.access.passwords import password_slots
 from berth.access.throttle import LoginThrottle
 from berth.access.tokens import Tokens
-from berth.addresses import ResolvedNames, public_host
-from berth.config import Settings, usable_cores
+from berth.addresses import ResolvedNames, host_not_found, public_host
+from berth.config import Settings, setting_source, usable_cores
 from berth.domain.names import (
     RegistryAddress,
     host_project,
@@ -50,6 +50,7 @@ from berth.storage.filesystem import FilesystemBlobStore
 
 if TYPE_CHECKING:  # data_location loads alembic, which a serving worker does not need
     from berth.data_location import StartUpProblem
+    from berth.storage.s3 import S3Location
 
 
 @dataclass
@@ -300,6 +301,9 @@ def unusable_storage(settings: Settings) -> StartUpProblem | None:
     the endpoint unreachable: a problem that may pass), or None: checked before serving."""
     if settings.storage == "filesystem":
         return None  # its directory is made with the data directory (data_location)
+    unresolved = _unresolved_endpoint(settings)
+    if unresolved is not None:
+        return unresolved
 
     async def probe() -> None:
         store = blob_store(settings)
@@ -318,6 +322,23 @@ def unusable_storage(settings: Settings) -> StartUpProblem | None:
     return None
 
 
+def _unresolved_endpoint(settings: Settings) -> StartUpProblem | None:
+    """A store endpoint whose host name the resolver says does not exist (a typo in
+    s3_endpoint): a setting to put right, said at once, not an outage waited out for
+    startup_wait (then exit 75, which systemd restarts again and again)."""
+    from berth.data_location import StartUpProblem
+
+    location = _s3_location(settings)
+    host = location.host_resolved_here
+    why = None if host is None else host_not_found(host)
+    if why is None:
+        return None
+    return StartUpProblem(
+        f"{setting_source('s3_endpoint')}: cannot resolve S3 endpoint host {host} ({why}): "
+        f"{location.shown}"
+    )
+
+
 def open_scan_resources(settings: Settings) -> tuple[Database, BlobStore]:
     """A scan process's own database and blob store (`ScanProcesses`)."""
     return Database.for_settings(settings), blob_store(settings)
@@ -326,27 +347,32 @@ def open_scan_resources(settings: Settings) -> tuple[Database, BlobStore]:
 def blob_store(settings: Settings) -> BlobStore:
     """The one place that knows which storage drivers exist."""
     if settings.storage == "s3":
-        assert settings.s3_bucket is not None  # the settings refuse s3 without a bucket
         # Imported here: the S3 client takes a second or more to import, which no CLI verb
         # on the filesystem store should pay.
         from berth.storage.blob_cache import BlobCache
-        from berth.storage.s3 import S3BlobStore, S3Location
+        from berth.storage.s3 import S3BlobStore
 
         cache = None
         if settings.s3_cache_dir is not None:
             cache = BlobCache(settings.s3_cache_dir.resolve(), settings.s3_cache_bound)
-        return S3BlobStore(
-            S3Location(
-                bucket=settings.s3_bucket,
-                endpoint=settings.s3_endpoint,
-                region=settings.s3_region,
-                prefix=settings.s3_prefix,
-                access_key_id=settings.s3_access_key_id,
-                secret_access_key=settings.s3_secret_access_key,
-                path_style=settings.s3_path_style,
-                attempts=settings.s3_attempts,
-                public_endpoint=settings.s3_public_endpoint,
-            ),
-            cache,
-        )
+        return S3BlobStore(_s3_location(settings), cache)
     return FilesystemBlobStore(settings.blob_dir)
+
+
+def _s3_location(settings: Settings) -> S3Location:
+    """Where `storage = "s3"` keeps the blobs, as its settings say."""
+    # Imported here: the S3 client takes a second or more to import (see `blob_store`).
+    from berth.storage.s3 import S3Location
+
+    assert settings.s3_bucket is not None  # the settings refuse s3 without a bucket
+    return S3Location(
+        bucket=settings.s3_bucket,
+        endpoint=settings.s3_endpoint,
+        region=settings.s3_region,
+        prefix=settings.s3_prefix,
+        access_key_id=settings.s3_access_key_id,
+        secret_access_key=settings.s3_secret_access_key,
+        path_style=settings.s3_path_style,
+        attempts=settings.s3_attempts,
+        public_endpoint=settings.s3_public_endpoint,
+    )

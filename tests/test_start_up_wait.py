@@ -110,6 +110,32 @@ def test_a_database_host_that_does_not_resolve_is_a_setting_said_at_once(tmp_pat
     assert not (tmp_path / "data").exists()
 
 
+def test_an_object_store_host_that_does_not_resolve_is_a_setting_said_at_once(
+    tmp_path: Path,
+) -> None:
+    """A typo in s3_endpoint's host, as in database_url's: serve refuses it at once, exit 2,
+    instead of waiting startup_wait and exiting 75 (restarted by systemd, again and again)."""
+    host = unresolvable_host()
+    endpoint = f"http://{host}:8333"
+    env = unstarted_environ(
+        tmp_path,
+        {
+            "BERTH_STORAGE": "s3",
+            "BERTH_S3_BUCKET": BUCKET,
+            "BERTH_S3_ENDPOINT": endpoint,
+            "BERTH_S3_ACCESS_KEY_ID": "key",
+            "BERTH_S3_SECRET_ACCESS_KEY": "s3-secret-9",
+            "BERTH_SINGLE_NODE": "true",
+            "BERTH_STARTUP_WAIT": "600",
+        },
+    )
+    assert serve_refused(env) == (  # at once: serve_refused gives up after 120 s
+        f"error: BERTH_S3_ENDPOINT: cannot resolve S3 endpoint host {host} (Name or service not "
+        f"known): bucket {BUCKET!r} at {endpoint}\n"
+    )
+    assert not (tmp_path / "data").exists()  # nothing made before the store is reached
+
+
 def test_a_database_lost_during_the_migration_keeps_its_schema_and_the_next_start_migrates(
     own_postgres: PostgresCluster, tmp_path: Path
 ) -> None:

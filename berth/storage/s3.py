@@ -29,6 +29,7 @@ from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Sequen
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 from aiobotocore.config import AioConfig
 from aiobotocore.session import get_session
@@ -41,6 +42,7 @@ from botocore.exceptions import (
     SSLError,
 )
 from botocore.exceptions import ConnectionError as StoreConnectionError
+from botocore.utils import get_environ_proxies
 from cachetools import LRUCache
 
 from berth.domain.digests import parse_digest
@@ -175,6 +177,15 @@ class S3Location:
     def shown(self) -> str:
         endpoint = self.endpoint or f"AWS S3 ({self.region})"
         return f"bucket {self.bucket!r} at {endpoint}"
+
+    @property
+    def host_resolved_here(self) -> str | None:
+        """The host name this node's resolver must find to reach the store: the endpoint's;
+        None for AWS's own (no endpoint set) or an endpoint reached through a proxy
+        (HTTPS_PROXY, HTTP_PROXY), which resolves it."""
+        if self.endpoint is None or get_environ_proxies(self.endpoint):
+            return None
+        return urlsplit(self.endpoint).hostname
 
 
 class S3BlobStore(BlobStore):
