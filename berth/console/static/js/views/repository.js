@@ -144,8 +144,11 @@ async function imagesTab(ctx) {
   );
   // `?findings=DIGEST[&image=NAME]`: the link a scan.finished webhook event carries.
   if (/^[a-z0-9]+:[a-f0-9]+$/.test(ctx.query.findings || "")) {
+    const opened = location.hash;
     findingsDialog(ctx, { digest: ctx.query.findings, image: ctx.query.image || "" }).then(() => {
-      if (!ctx.stale()) ctx.navigate(`${base}/images`, { page: ctx.query.page });
+      // Closed: drop `?findings=` from the address, unless the user has gone elsewhere since
+      // (a page whose render has not begun yet is not stale, and would be sent back here).
+      if (!ctx.stale() && location.hash === opened) ctx.navigate(`${base}/images`, { page: ctx.query.page });
     });
   }
 }
