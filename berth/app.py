@@ -29,6 +29,7 @@ from berth.config import Settings, load_settings
 from berth.console.routes import routes as console_routes
 from berth.domain.errors import HostInvalid, RegistryError, Unsupported
 from berth.domain.names import normalized_host
+from berth.jobs.orphans import when_orphaned
 from berth.limits import ANSWERED, RequestLimits
 from berth.observability import logs, metrics
 from berth.observability.requests import RequestObserver
@@ -222,28 +223,19 @@ def drain_on_sigterm(app: Starlette, seconds: float) -> None:
 
 # How often a worker checks that the process that started it still runs, and how long it
 # gives its own graceful stop once that one is gone before it exits anyway.
-ORPHAN_CHECK_SECONDS = 1.0
 ORPHAN_STOP_SECONDS = 30.0
 
 
 def stop_when_orphaned() -> threading.Event:
     """Stop this worker when its parent (granian's main process, or berth.supervisor's) dies:
-    killed with SIGKILL (runit, supervisord, `kill -9`), it cannot stop its workers, which the
-    kernel hands to PID 1 and which would keep serving on the port, so that the next `berth
-    serve` is refused ("address ... already in use"). A thread notices the parent's change
-    and sends this process SIGINT: granian's graceful stop (the requests in progress
-    finished) and the lifespan's shutdown, without the drain (shutdown_drain), which would
-    only keep the port from the node that replaces this one; past ORPHAN_STOP_SECONDS it
-    exits at once. Polled rather than prctl(PR_SET_PDEATHSIG): that fires when the *thread*
-    that forked the worker ends, which depends on granian's internals. Set the returned
-    event to stop watching."""
-    parent = os.getppid()
-    done = threading.Event()
+    killed with SIGKILL (runit, supervisord, `kill -9`), it cannot stop its workers, which
+    would keep serving on the port, so that the next `berth serve` is refused ("address ...
+    already in use"). The worker sends itself SIGINT: granian's graceful stop (the requests in
+    progress finished) and the lifespan's shutdown, without the drain (shutdown_drain), which
+    would only keep the port from the node that replaces this one; past ORPHAN_STOP_SECONDS it
+    exits at once. Set the returned event to stop watching."""
 
-    def watch() -> None:
-        while os.getppid() == parent:
-            if done.wait(ORPHAN_CHECK_SECONDS):
-                return  # the app stopped: a test's, or a worker's lifespan that ended
+    def stop(parent: int) -> None:
         logger.warning(
             "the server's main process (pid %d) is gone: this worker stops (within %g s)",
             parent,
@@ -254,8 +246,7 @@ def stop_when_orphaned() -> threading.Event:
         logger.error("this worker did not stop within %g s: it exits now", ORPHAN_STOP_SECONDS)
         os._exit(1)
 
-    threading.Thread(target=watch, name="berth-orphan-watch", daemon=True).start()
-    return done
+    return when_orphaned(stop, "berth-orphan-watch")
 
 
 def create_app(settings: Settings | None = None) -> Starlette:

@@ -23,12 +23,11 @@ import multiprocessing
 import os
 import pickle
 import signal
-import threading
-import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any, Generic, TypeVar
 
+from berth.jobs.orphans import when_orphaned
 from berth.metadata.database import Database
 from berth.storage.base import BlobStore
 
@@ -51,25 +50,15 @@ class ScanInterrupted(Exception):
     it is, to be queued again as abandoned."""
 
 
-ORPHAN_CHECK_SECONDS = 1.0
-
-
 def _start_child() -> None:
     """A child's start: it ignores SIGINT and SIGTERM (the module's docstring says why), and
     it exits when the process that started it dies. A serving worker killed with SIGKILL (the
     OOM killer's choice: the largest process) cannot end its pool, and a pool child waiting
     for work on a queue whose writing end it holds itself would wait for ever, with its
-    ~100 MB."""
+    ~100 MB. Its scan is the dead process's, left to be queued again as abandoned."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    parent = os.getppid()
-
-    def watch() -> None:
-        while os.getppid() == parent:
-            time.sleep(ORPHAN_CHECK_SECONDS)
-        os._exit(1)  # its scan is the dead process's, left to be queued again as abandoned
-
-    threading.Thread(target=watch, name="berth-scan-orphan-watch", daemon=True).start()
+    when_orphaned(lambda _parent: os._exit(1), "berth-scan-orphan-watch")
 
 
 def _in_child(
