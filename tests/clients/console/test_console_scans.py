@@ -458,7 +458,7 @@ def test_a_scan_with_no_vulnerability_data_is_not_shown_as_clean(
     page.goto(
         f"{tenant.console}#/projects/{tenant.project}/repositories/app/images?findings={digest}"
     )
-    dialog = page.get_by_role("dialog", name=f"Findings · {short}")
+    dialog = page.get_by_role("dialog", name=f"SBOM · {short}")
     expect(dialog.get_by_test_id("findings-of")).to_contain_text(
         "checked nothing: no vulnerability data: the vulnerability database was empty"
     )

@@ -147,7 +147,8 @@ export async function findingsDialog(ctx, image) {
   }
   const state = { severity: "", fixable: false, sort: "severity", descending: true };
   await openDialog({
-    title: `Findings · ${shortDigest(image.digest)}`,
+    // A scan that had no vulnerability data listed packages only: the dialog offers the SBOM.
+    title: `${result.finished_at && result.state !== "failed" && !result.counts ? "SBOM" : "Findings"} · ${shortDigest(image.digest)}`,
     wide: true,
     build() {
       // A failed scan, or a first one not finished yet: no findings to list.
