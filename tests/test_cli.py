@@ -1060,27 +1060,35 @@ def _served_banner(
 ) -> list[str]:
     """What `berth OPTIONS serve FLAGS` prints up to its password command's line (then it is
     stopped), run in `tmp_path` with no BERTH_* settings but `env`."""
+    argv = [*BERTH, *options, "serve", "--listen", f"127.0.0.1:{free_port()}", *flags]
+    printed = _banner_until_password_command(argv, env, tmp_path)
+    assert "lost it? " in printed[-1], printed
+    return printed
+
+
+def _banner_until_password_command(argv: list[str], env: dict[str, str], cwd: Path) -> list[str]:
+    """The lines `argv` (a `berth serve`) prints up to its password command's, run in `cwd`
+    with no BERTH_* settings but `env`; the server is then stopped and its pipe closed."""
     clean = {k: v for k, v in os.environ.items() if not k.startswith("BERTH_")}
-    server = subprocess.Popen(
-        [*BERTH, *options, "serve", "--listen", f"127.0.0.1:{free_port()}", *flags],
+    printed: list[str] = []
+    with subprocess.Popen(
+        argv,
         env={**clean, **env},
-        cwd=tmp_path,
+        cwd=cwd,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
         start_new_session=True,
-    )
-    printed: list[str] = []
-    try:
-        assert server.stdout is not None
-        for line in server.stdout:
-            printed.append(line)
-            if "lost it? " in line:
-                break
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        server.wait(timeout=30)
-    assert "lost it? " in printed[-1], printed
+    ) as server:
+        try:
+            assert server.stdout is not None
+            for line in server.stdout:
+                printed.append(line)
+                if "lost it? " in line:
+                    break
+        finally:
+            os.killpg(server.pid, signal.SIGTERM)
+            server.wait(timeout=30)
     return printed
 
 
@@ -1164,26 +1172,9 @@ def test_serve_configured_by_berth_config_prints_commands_that_carry_it(tmp_path
     config.write_text(f'data_dir = "{tmp_path / "state"}"\nlisten = "127.0.0.1:{free_port()}"\n')
     (tmp_path / "service").mkdir()
     (tmp_path / "shell").mkdir()
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("BERTH_")}
-    server = subprocess.Popen(
-        [*BERTH, "serve"],
-        env={**clean, "BERTH_CONFIG": str(config)},
-        cwd=tmp_path / "service",
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
+    printed = _banner_until_password_command(
+        [*BERTH, "serve"], {"BERTH_CONFIG": str(config)}, tmp_path / "service"
     )
-    printed: list[str] = []
-    try:
-        assert server.stdout is not None
-        for line in server.stdout:
-            printed.append(line)
-            if "lost it? " in line:
-                break
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        server.wait(timeout=30)
     (hint,) = [line for line in printed if "project create PROJECT" in line]
     create = hint.split("), then an access key", 1)[0].strip().replace("PROJECT", "demo")
     reset = printed[-1].split("lost it? ", 1)[1].rstrip().removesuffix(")")
