@@ -301,7 +301,7 @@ def unusable_storage(settings: Settings) -> StartUpProblem | None:
     the endpoint unreachable: a problem that may pass), or None: checked before serving."""
     if settings.storage == "filesystem":
         return None  # its directory is made with the data directory (data_location)
-    unresolved = _unresolved_endpoint(settings)
+    unresolved = unresolved_endpoint(settings)
     if unresolved is not None:
         return unresolved
 
@@ -322,7 +322,7 @@ def unusable_storage(settings: Settings) -> StartUpProblem | None:
     return None
 
 
-def _unresolved_endpoint(settings: Settings) -> StartUpProblem | None:
+def unresolved_endpoint(settings: Settings) -> StartUpProblem | None:
     """A store endpoint whose host name the resolver says does not exist (a typo in
     s3_endpoint): a setting to put right, said at once, not an outage waited out for
     startup_wait (then exit 75, which systemd restarts again and again)."""

@@ -134,6 +134,19 @@ def test_an_object_store_host_that_does_not_resolve_is_a_setting_said_at_once(
         f"known): bucket {BUCKET!r} at {endpoint}\n"
     )
     assert not (tmp_path / "data").exists()  # nothing made before the store is reached
+    # An admin verb that needs the store says the same at once (it took the S3 client's
+    # retries, about 10 s, to say it could not connect).
+    subprocess.run([*BERTH, "init"], env=env, check=True, capture_output=True)
+    started = time.monotonic()
+    checked = subprocess.run(
+        [*BERTH, "storage", "check", "--all"], env=env, capture_output=True, text=True
+    )
+    assert (checked.returncode, checked.stderr) == (
+        2,
+        f"error: BERTH_S3_ENDPOINT: cannot resolve S3 endpoint host {host} (Name or service not "
+        f"known): bucket {BUCKET!r} at {endpoint}\n",
+    )
+    assert time.monotonic() - started < 8
 
 
 def test_a_database_lost_during_the_migration_keeps_its_schema_and_the_next_start_migrates(

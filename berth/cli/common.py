@@ -24,7 +24,7 @@ from berth.domain.errors import Conflict, InvalidValue, RegistryError, StateRefu
 from berth.invocation import pasteable_command
 from berth.metadata.migrate import NewerSchema, OlderSchema, require_current
 from berth.services.install import key_fingerprint, storage_location
-from berth.state import Services
+from berth.state import Services, unresolved_endpoint
 from berth.storage.base import failures_said_by_caller
 
 
@@ -132,6 +132,11 @@ def run_service(work: Callable[[Services], Awaitable[T]], *, uses_store: bool = 
         fail(f"{shown_database(settings)}: {exc}")
     except OlderSchema as exc:
         fail(f"{shown_database(settings)}: {_not_migrated(exc)}", BAD_SETTING)
+
+    if uses_store and (unresolved := unresolved_endpoint(settings)) is not None:
+        # A typo in s3_endpoint, said at once as `berth serve` says it, not after the S3
+        # client's retries.
+        fail(unresolved.reason, BAD_SETTING)
 
     from berth.server import existing_keys, refuse_other_keys, refuse_other_storage
 
