@@ -20,6 +20,8 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from berth.database_tls import database_tls
+
 CONFIG_FILE_ENV = "BERTH_CONFIG"
 # BERTH_* variables that are not settings: the config file's path, and the test suite's.
 NOT_SETTINGS_ENV = frozenset(
@@ -411,6 +413,8 @@ class Settings(BaseSettings):
         if drivername.lower() not in {*_BERTH_DRIVERS, *_BERTH_DRIVERS.values()}:
             # Opening it would fail on a driver Berth does not ship, or open it synchronously.
             raise ValueError(f"names {drivername}, which Berth does not open: {DATABASE_FORMS}")
+        if drivername.lower().startswith("postgres"):
+            database_tls(make_url(value).query)  # ValueError: its TLS parameters, at once
         return value
 
     @field_validator("listen", "metrics_listen")

@@ -16,18 +16,22 @@ import contextlib
 import errno
 import os
 import socket
+import ssl
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import unquote
 
+from asyncpg.exceptions import ClientConfigurationError
 from sqlalchemy import inspect
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
-from sqlalchemy.ext.asyncio import create_async_engine
 
 from berth.addresses import NO_SUCH_NAME
 from berth.config import Settings, SettingsError, config_file, setting_source
+from berth.database_tls import SYSTEM_ROOTS
 from berth.invocation import berth_command, pasteable_command
-from berth.metadata.database import CONNECT_SECONDS, STATEMENT_SECONDS
+from berth.metadata.database import CONNECT_SECONDS, STATEMENT_SECONDS, open_engine
 from berth.metadata.migrate import (
     Migrated,
     MissingPrivilege,
@@ -51,7 +55,10 @@ def shown_database(settings: Settings) -> str:
     path = sqlite_file(settings)
     if path is not None:
         return f"SQLite {path}"
-    return make_url(settings.resolved_database_url).render_as_string(hide_password=True)
+    shown = make_url(settings.resolved_database_url).render_as_string(hide_password=True)
+    # The query as written (sslrootcert=/etc/ssl/ca.pem), not %-escaped.
+    address, question, query = shown.partition("?")
+    return f"{address}{question}{unquote(query)}"
 
 
 async def _has_schema(settings: Settings) -> bool:
@@ -67,7 +74,7 @@ async def _has_schema(settings: Settings) -> bool:
         if url.startswith("postgresql")
         else {}
     )
-    engine = create_async_engine(url, connect_args=connect_args)
+    engine = open_engine(url, connect_args=connect_args)
     try:
         async with engine.connect() as connection:
             return await connection.run_sync(
@@ -129,11 +136,26 @@ _NOT_REACHED = {errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH, errno
 _NOT_NOW = ("08", "53300", "57P01", "57P02", "57P03")
 
 
-def _not_reached(exc: BaseException) -> bool:
-    """Whether the database's error says it was not reached or cannot serve yet (see
-    `StartUpProblem.passing`), looking through the exceptions the driver wrapped."""
+def _causes(exc: BaseException) -> Iterator[BaseException]:
+    """`exc` and the exceptions it was raised from or while handling (the driver's own)."""
     seen: BaseException | None = exc
     while seen is not None:
+        yield seen
+        seen = seen.__cause__ or seen.__context__
+
+
+def _not_reached(exc: BaseException) -> bool:
+    """Whether the database's error says it was not reached or cannot serve yet (see
+    `StartUpProblem.passing`), looking through the exceptions the driver wrapped. TLS that
+    fails is a setting (of the URL, or the server's certificate or postgresql.conf), which
+    waiting does not change; a connection cut in the middle of the handshake is not."""
+    for seen in _causes(exc):
+        if isinstance(seen, ssl.SSLError):
+            return isinstance(seen, ssl.SSLEOFError | ssl.SSLZeroReturnError | ssl.SSLSyscallError)
+        # asyncpg's refusal of its own settings (ssl=verify-full without ~/.postgresql/
+        # root.crt), raised while handling a FileNotFoundError that is no missing socket.
+        if _no_tls_at_server(seen) or isinstance(seen, ClientConfigurationError):
+            return False
         if isinstance(seen, socket.gaierror):
             return seen.errno not in NO_SUCH_NAME
         if isinstance(seen, TimeoutError | ConnectionError):
@@ -142,21 +164,24 @@ def _not_reached(exc: BaseException) -> bool:
             return True
         if str(getattr(seen, "sqlstate", "") or "").startswith(_NOT_NOW):
             return True
-        seen = seen.__cause__ or seen.__context__
     return False
+
+
+def _no_tls_at_server(exc: BaseException) -> bool:
+    """Whether `exc` is asyncpg's "rejected SSL upgrade": the server answered that it does not
+    do TLS (ssl = off), and the URL's sslmode requires it. Told apart only by its words."""
+    return isinstance(exc, ConnectionError) and "rejected SSL upgrade" in str(exc)
 
 
 def _unresolved_host(settings: Settings, exc: BaseException) -> str | None:
     """What to say of a database host name the resolver says does not exist (a setting to
     put right, not an outage to wait out), or None when that is not what `exc` says."""
-    seen: BaseException | None = exc
-    while seen is not None:
+    for seen in _causes(exc):
         if isinstance(seen, socket.gaierror) and seen.errno in NO_SUCH_NAME:
             host = make_url(settings.resolved_database_url).host
             return (
                 f"cannot resolve database host {host} ({seen.strerror}): {shown_database(settings)}"
             )
-        seen = seen.__cause__ or seen.__context__
     return None
 
 
@@ -183,15 +208,49 @@ def _why(settings: Settings, exc: Exception) -> str:
     if isinstance(exc, TimeoutError):  # says nothing of itself
         seconds = settings.database_connect_timeout or CONNECT_SECONDS
         return f"no answer within {seconds:g} s (database_connect_timeout)"
-    return str(exc)
+    for seen in _causes(exc):
+        if isinstance(seen, ssl.SSLError) or _no_tls_at_server(seen):
+            return _tls_failure(settings, seen)
+    # The driver's words (with PostgreSQL's DETAIL and HINT) on one line, without
+    # SQLAlchemy's class name and link on lines of their own.
+    said = (exc.orig.__cause__ or exc.orig) if isinstance(exc, DBAPIError) and exc.orig else exc
+    return " ".join(str(said).split()) or type(said).__name__
 
 
-def _driver_words(settings: Settings, exc: Exception) -> str:
-    """What the driver said, without SQLAlchemy's wrapping (its class, the statement, a link)."""
-    if isinstance(exc, DBAPIError) and exc.orig is not None:
-        said = exc.orig.__cause__ or exc.orig
-        return str(said) or type(said).__name__
-    return _why(settings, exc)
+def _tls_failure(settings: Settings, exc: BaseException) -> str:
+    """What to put right when TLS with the database server failed, in the URL's terms."""
+    query = make_url(settings.resolved_database_url).query
+    mode, root_cert = query.get("sslmode") or query.get("ssl"), query.get("sslrootcert")
+    if _no_tls_at_server(exc):
+        return (
+            f"the server at {_server_address(settings)} does not accept TLS, which "
+            f"sslmode={mode} requires: turn ssl on in its postgresql.conf (with its "
+            "certificate), or connect with sslmode=prefer"
+        )
+    if not isinstance(exc, ssl.SSLCertVerificationError):
+        reason = exc.reason if isinstance(exc, ssl.SSLError) else None
+        return f"TLS with the server failed: {reason or exc}"
+    if exc.verify_code in _NAME_MISMATCH:
+        host = make_url(settings.resolved_database_url).host or "localhost"
+        return (
+            f"the server's certificate does not name the host {host} that database_url "
+            f"connects to ({exc.verify_message}), which sslmode=verify-full checks: connect "
+            "by a name (or address) the certificate holds, or use sslmode=verify-ca"
+        )
+    if root_cert == SYSTEM_ROOTS:
+        signer = "none of the system's trusted CAs signed it"
+    elif root_cert:
+        signer = f"the CA certificate in sslrootcert={root_cert} did not sign it"
+    else:
+        signer = "no CA the driver trusts signed it"
+    return (
+        f"the server's certificate is not trusted ({exc.verify_message}): {signer}; name "
+        "the CA that did in sslrootcert"
+    )
+
+
+# OpenSSL's X509_V_ERR_HOSTNAME_MISMATCH and X509_V_ERR_IP_ADDRESS_MISMATCH.
+_NAME_MISMATCH = (62, 64)
 
 
 def _server_address(settings: Settings) -> str:
@@ -327,7 +386,7 @@ def create_data(settings: Settings) -> Migrated | None:
         # server rolls back when the connection is lost: nothing half-made is left behind.
         raise DatabaseLost(
             f"lost the database {shown_database(settings)} while bringing its schema up to "
-            f"date: {_driver_words(settings, exc)}; the schema is left as it was (the migration is one "
+            f"date: {_why(settings, exc)}; the schema is left as it was (the migration is one "
             "transaction, rolled back), and the next start migrates it"
         ) from None
 

@@ -28,6 +28,7 @@ from berth.config import Settings
 from berth.domain.errors import Conflict
 from berth.state import Services
 from tests.ports import free_port as free_port
+from tests.tls import make_ca_and_cert, make_client_cert
 
 T = TypeVar("T")
 ROOT = Path(__file__).resolve().parent.parent
@@ -331,6 +332,37 @@ class PostgresCluster:
             "start",
         )
         return self
+
+    def require_tls(self, client_user: str) -> Path:
+        """Turn TLS on, with a server certificate for 127.0.0.1 signed by a throw-away CA
+        (its ca.crt is returned; client.crt and client.key beside it are `client_user`'s),
+        and refuse connections without it: one that succeeds used TLS. `client_user` signs
+        in with its client certificate (PostgreSQL's `cert` authentication)."""
+        tls = self.base / "tls"
+        ca, crt, key = make_ca_and_cert(tls, ["127.0.0.1"])
+        make_client_cert(tls, client_user)
+        for path in (tls, crt, key):
+            shutil.chown(path, "postgres")
+        key.chmod(0o600)
+        hba = self.data / "pg_hba.conf"
+        hba.write_text(
+            "hostnossl all all 127.0.0.1/32 reject\n"
+            f"hostssl all {client_user} 127.0.0.1/32 cert\n{hba.read_text()}"
+        )
+        self.sql(f"CREATE ROLE {client_user} LOGIN CREATEDB")
+        settings = [("ssl_cert_file", crt), ("ssl_key_file", key), ("ssl_ca_file", ca)]
+        for setting, value in [*settings, ("ssl", "on")]:
+            self.sql(f"ALTER SYSTEM SET {setting} = '{value}'")
+        self.sql("SELECT pg_reload_conf()")
+        wait_for(self._takes_tls, 10, "PostgreSQL to take TLS connections")
+        return ca
+
+    def _takes_tls(self) -> bool:
+        require = ["env", "PGSSLMODE=require", "psql", "-h", "127.0.0.1", "-p", str(self.port)]
+        connected = subprocess.run(
+            ["runuser", "-u", "postgres", "--", *require, "-c", "SELECT 1"], capture_output=True
+        )
+        return connected.returncode == 0
 
     def create_database(self, icu_locale: str | None = None) -> str:
         """A new database; with `icu_locale` (e.g. "en-US") its default collation is that

@@ -12,6 +12,7 @@ import socket
 import sqlite3
 import stat
 import subprocess
+from collections.abc import Iterator
 from dataclasses import dataclass
 from importlib.metadata import version
 from pathlib import Path
@@ -27,6 +28,7 @@ from typer.testing import CliRunner
 
 from berth.cli.main import app
 from berth.metadata.migrate import alembic_config, current_revision
+from tests.oci import OCI_MANIFEST, manifest_path, put_manifest, random_image
 from tests.ports import free_port
 from tests.servers import (
     ADMIN_PASSWORD,
@@ -42,6 +44,7 @@ from tests.servers import (
     unstarted_environ,
 )
 from tests.terminal import typed_at_terminal
+from tests.tls import make_ca_and_cert
 
 
 def test_project_and_repository_admin_verbs(tmp_path: Path) -> None:
@@ -1040,6 +1043,203 @@ def test_a_database_url_of_another_driver_is_refused_at_once_naming_berths(
         assert refused.returncode == 2, (verb, refused.stderr)
         assert " ".join(refused.stderr.split()) == refusal, verb
     assert not (tmp_path / "data").exists() and not (tmp_path / "berth-data").exists()
+
+
+# The role that signs in to the TLS-only PostgreSQL with a client certificate (`cert`).
+CERT_USER = "berth_cert"
+
+
+@pytest.fixture(scope="module")
+def tls_postgres() -> Iterator[tuple[PostgresCluster, Path]]:
+    """This module's PostgreSQL 15 that takes TLS connections only, its certificate signed by
+    a throw-away CA: (the cluster, the CA's certificate; CERT_USER's client.crt and client.key
+    beside it)."""
+    if not PostgresCluster.available():
+        pytest.skip("PostgreSQL not installed")
+    cluster = PostgresCluster().start()
+    try:
+        yield cluster, cluster.require_tls(CERT_USER)
+    finally:
+        cluster.stop()
+
+
+def _libpq_url(cluster: PostgresCluster, query: str, user: str = "postgres") -> str:
+    """A new database's URL as PostgreSQL's documentation writes it, with a password (never to
+    be said) and `query`; `user` owns the database."""
+    url = cluster.create_database()
+    if user != "postgres":
+        cluster.sql(f"ALTER DATABASE {url.rsplit('/', 1)[1]} OWNER TO {user}")
+    written = url.replace("postgresql+asyncpg://postgres@", f"postgresql://{user}:pg-secret-9@")
+    return f"{written}?{query}"
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        "sslmode=require",
+        "sslmode=require&sslrootcert={ca}",
+        "sslmode=verify-ca&sslrootcert={ca}",
+        "sslmode=verify-full&sslrootcert={ca}",
+        "sslmode=prefer",
+        "sslmode=allow",
+        "ssl=require",  # asyncpg's own parameter, taken as before
+    ],
+)
+def test_init_and_the_verbs_take_libpqs_tls_parameters(
+    tmp_path: Path, tls_postgres: tuple[PostgresCluster, Path], query: str
+) -> None:
+    """A database_url with libpq's TLS parameters (as RDS and Heroku give it) creates the
+    schema and serves the verbs, on a server that refuses connections without TLS: not
+    "connect() got an unexpected keyword argument 'sslmode'"."""
+    cluster, ca = tls_postgres
+    url = _libpq_url(cluster, query.format(ca=ca))
+    env = {"BERTH_DATA_DIR": str(tmp_path / "d"), "BERTH_DATABASE_URL": url}
+    initialised = _berth_in(tmp_path, "init", **env)
+    assert initialised.returncode == 0, initialised.stderr
+    assert f"Created Berth data in {tmp_path / 'd'} (" in initialised.stdout
+    created = _berth_in(tmp_path, "project", "create", "demo", **env)
+    assert created.returncode == 0, created.stderr
+    listed = _berth_in(tmp_path, "project", "list", **env)
+    assert listed.returncode == 0 and "demo" in listed.stdout, listed.stderr
+    said = "".join(typed.stdout + typed.stderr for typed in (initialised, created, listed))
+    assert "pg-secret-9" not in said
+
+
+def test_serve_reaches_postgresql_over_verified_tls_with_a_client_certificate(
+    tmp_path: Path, tls_postgres: tuple[PostgresCluster, Path]
+) -> None:
+    """sslmode=verify-full with sslrootcert, sslcert and sslkey: `berth serve` migrates the
+    schema and serves pushes and pulls with its metadata on a server that signs it in by its
+    client certificate; the verbs use the same URL."""
+    cluster, ca = tls_postgres
+    client_cert, client_key = ca.parent / "client.crt", ca.parent / "client.key"
+    query = f"sslmode=verify-full&sslrootcert={ca}&sslcert={client_cert}&sslkey={client_key}"
+    url = _libpq_url(cluster, query, user=CERT_USER)
+    server = BerthServer(tmp_path / "d", url).start()
+    try:
+        server.create_repository("shop", "web")
+        with httpx.Client(
+            base_url=server.url, auth=server.access_key("shop"), timeout=60
+        ) as client:
+            manifest = random_image(client, "shop/web")
+            assert put_manifest(client, "shop/web", "v1", manifest).status_code == 201
+            pulled = client.get(manifest_path("shop/web", "v1"), headers={"Accept": OCI_MANIFEST})
+            assert pulled.status_code == 200 and pulled.content == manifest
+        env = {"BERTH_DATA_DIR": str(server.data_dir), "BERTH_DATABASE_URL": url}
+        listed = _berth_in(tmp_path, "repo", "list", "shop", **env)
+        assert listed.returncode == 0 and "web" in listed.stdout, listed.stderr
+        assert "pg-secret-9" not in (server.data_dir / "server.log").read_text()
+    finally:
+        server.stop()
+
+
+@pytest.mark.parametrize(
+    "case",
+    ["another CA", "require with another CA", "another host name", "no TLS at the server"],
+)
+def test_tls_the_database_server_fails_is_refused_at_once_saying_what_to_put_right(
+    tmp_path: Path,
+    tls_postgres: tuple[PostgresCluster, Path],
+    postgres: PostgresCluster | None,
+    case: str,
+) -> None:
+    """A certificate the URL's CA did not sign (libpq's rule: require with sslrootcert checks
+    it too), one that does not name the host, a server without TLS: settings to put right,
+    which waiting does not change (exit 2 at once, not after startup_wait), said on one line
+    by `berth serve`, `berth init` and the verbs, with the password hidden."""
+    cluster, ca = tls_postgres
+    other_ca, _cert, _key = make_ca_and_cert(tmp_path / "other", ["127.0.0.1"])
+    untrusted = (
+        # The server sends its CA with its certificate (ssl_ca_file): a chain to another root.
+        "the server's certificate is not trusted (self-signed certificate in certificate chain): "
+        f"the CA certificate in sslrootcert={other_ca} did not sign it; name the CA that did "
+        "in sslrootcert"
+    )
+    if case == "no TLS at the server":
+        if postgres is None:
+            pytest.skip("PostgreSQL not installed")
+        url = _libpq_url(postgres, "sslmode=require")  # the session's, without TLS
+        why = (
+            f"the server at 127.0.0.1:{postgres.port} does not accept TLS, which "
+            "sslmode=require requires: turn ssl on in its postgresql.conf (with its "
+            "certificate), or connect with sslmode=prefer"
+        )
+    elif case == "another host name":
+        url = _libpq_url(cluster, f"sslmode=verify-full&sslrootcert={ca}")
+        url = url.replace("@127.0.0.1:", "@localhost:")
+        why = (
+            "the server's certificate does not name the host localhost that database_url "
+            "connects to (Hostname mismatch, certificate is not valid for 'localhost'.), which "
+            "sslmode=verify-full checks: connect by a name (or address) the certificate "
+            "holds, or use sslmode=verify-ca"
+        )
+    else:
+        mode = "require" if case.startswith("require") else "verify-full"
+        url = _libpq_url(cluster, f"sslmode={mode}&sslrootcert={other_ca}")
+        why = untrusted
+    shown = url.replace("postgresql://", "postgresql+asyncpg://").replace("pg-secret-9", "***")
+    refusal = f"cannot open the database {shown}: {why}"
+    env = unstarted_environ(tmp_path, {"BERTH_DATABASE_URL": url, "BERTH_STARTUP_WAIT": "600"})
+    said = serve_refused(env)
+    assert " ".join(said.split()) == f"error: BERTH_DATABASE_URL: {refusal}"
+    initialised = _berth_in(
+        tmp_path, "init", BERTH_DATA_DIR=env["BERTH_DATA_DIR"], BERTH_DATABASE_URL=url
+    )
+    assert initialised.returncode == 2, initialised.stderr
+    assert " ".join(initialised.stderr.split()) == f"error: BERTH_DATABASE_URL: {refusal}"
+    (tmp_path / "d").mkdir()
+    verb = _berth_in(tmp_path, "project", "list", BERTH_DATA_DIR="d", BERTH_DATABASE_URL=url)
+    assert verb.returncode == 2, verb.stderr
+    assert verb.stderr.splitlines()[0] == f"error: {refusal}"
+    assert "pg-secret-9" not in said + initialised.stderr + verb.stderr
+
+
+@pytest.mark.parametrize(
+    ("query", "why"),
+    [
+        (
+            "sslmode=requir",
+            "has sslmode=requir, which is not one of libpq's: disable, allow, prefer, require, "
+            "verify-ca, verify-full",
+        ),
+        (
+            "sslmode=verify-full",
+            "has sslmode=verify-full without sslrootcert: name the file of the CA certificate "
+            "that signed the server's (sslrootcert=/PATH/ca.pem), or sslrootcert=system for "
+            "the system's trusted CAs",
+        ),
+        (
+            "sslmode=verify-ca&sslrootcert=/nonexistent/ca.pem",
+            "has sslrootcert=/nonexistent/ca.pem, which this user cannot read: No such file or "
+            "directory",
+        ),
+        (
+            "sslrootcert=/etc/ssl/ca.pem",
+            "names sslrootcert with no sslmode (libpq's default, prefer), which may connect "
+            "without TLS: certificates are used with sslmode=require, verify-ca or verify-full",
+        ),
+        (
+            "sslmod=require",
+            "has the parameter sslmod, which Berth does not take: it takes sslmode (disable, "
+            "allow, prefer, require, verify-ca, verify-full), sslrootcert (a CA file, or "
+            "system), sslcert and sslkey (a client certificate and its key)",
+        ),
+    ],
+)
+def test_tls_parameters_berth_cannot_take_are_refused_before_connecting(
+    tmp_path: Path, query: str, why: str
+) -> None:
+    """A misspelt mode or parameter, a verification without the CA to verify with, a file that
+    is not there: refused (2) when the settings are read, naming what Berth takes, the
+    password hidden; no server is asked (db.example does not exist)."""
+    url = f"postgresql://berth:pg-secret-9@db.example/berth?{query}"
+    refusal = f"error: BERTH_DATABASE_URL: {url.replace('pg-secret-9', '***')!r} {why}"
+    env = unstarted_environ(tmp_path, {"BERTH_DATABASE_URL": url, "BERTH_STARTUP_WAIT": "600"})
+    assert " ".join(serve_refused(env).split()) == refusal
+    for verb in [("init",), ("project", "list")]:
+        refused = _berth_in(tmp_path, *verb, BERTH_DATABASE_URL=url)
+        assert refused.returncode == 2, (verb, refused.stderr)
+        assert " ".join(refused.stderr.split()) == refusal, verb
 
 
 def test_init_on_a_database_server_that_does_not_answer_is_refused_plainly(

@@ -68,3 +68,25 @@ def make_ca_and_cert(directory: Path, hosts: list[str]) -> tuple[Path, Path, Pat
         "ext",
     )
     return ca_crt, crt, key
+
+
+def make_client_cert(directory: Path, user: str) -> tuple[Path, Path]:
+    """Returns (client.crt, client.key): a client certificate for `user` (its common name, as
+    PostgreSQL's `cert` authentication reads it), signed by the CA `make_ca_and_cert` made in
+    `directory`."""
+    key, csr, crt = directory / "client.key", directory / "client.csr", directory / "client.crt"
+    ext = directory / "client-ext.cnf"
+    ext.write_text("[ext]\nbasicConstraints=CA:FALSE\nextendedKeyUsage=clientAuth\n")
+    subprocess.run(
+        ["openssl", "req", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out",
+         str(csr), "-subj", f"/CN={user}"],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    subprocess.run(
+        ["openssl", "x509", "-req", "-in", str(csr), "-CA", str(directory / "ca.crt"),
+         "-CAkey", str(directory / "ca.key"), "-CAcreateserial", "-out", str(crt), "-days",
+         "30", "-extfile", str(ext), "-extensions", "ext"],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    key.chmod(0o600)  # as libpq demands of a key file (asyncpg does not check)
+    return crt, key

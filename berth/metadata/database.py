@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 import aiosqlite
 from sqlalchemy import Select, Table, event
 from sqlalchemy.dialects import sqlite
+from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, DisconnectionError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
@@ -32,6 +33,7 @@ from sqlalchemy.sql.elements import ColumnElement
 from sqlalchemy.sql.expression import TableClause
 from sqlalchemy.util import await_
 
+from berth.database_tls import TLS_PARAMETERS, database_tls
 from berth.domain.errors import StorageFull, Unavailable
 from berth.metadata.tables import database_clock
 from berth.observability import metrics
@@ -281,10 +283,24 @@ class StatementUnanswered(TimeoutError):
 _FRESH = "berth.fresh"  # in a pool entry's info: opened, not yet used (no ping needed)
 
 
+def open_engine(
+    url: str, *, connect_args: dict[str, Any] | None = None, **options: Any
+) -> AsyncEngine:
+    """SQLAlchemy's engine of `url`, but with a PostgreSQL URL's libpq TLS parameters
+    (sslmode, sslrootcert, sslcert, sslkey) given to asyncpg as its `ssl` argument, which it
+    takes instead of them (berth.database_tls). Every engine on a database_url is opened here."""
+    parsed = make_url(url)
+    tls = database_tls(parsed.query) if parsed.get_backend_name() == "postgresql" else None
+    if tls is not None:
+        parsed = parsed.difference_update_query(TLS_PARAMETERS)
+        connect_args = {**(connect_args or {}), "ssl": tls.asyncpg_ssl()}
+    return create_async_engine(parsed, connect_args=connect_args or {}, **options)
+
+
 def _postgresql_engine(
     url: str, *, lock_wait_seconds: float, connect_seconds: float, statement_seconds: float
 ) -> AsyncEngine:
-    engine = create_async_engine(
+    engine = open_engine(
         url,
         pool_size=10,
         max_overflow=10,

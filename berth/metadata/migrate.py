@@ -16,8 +16,8 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, pool
 from sqlalchemy.exc import DBAPIError
-from sqlalchemy.ext.asyncio import create_async_engine
 
+from berth.metadata.database import open_engine
 from berth.metadata.presence import LIVE_SECONDS, ServingProcess, live_processes_sync
 
 MIGRATIONS = Path(__file__).parent / "migrations"
@@ -182,7 +182,7 @@ def live_processes_at(database_url: str) -> list[ServingProcess]:
     """The server processes serving on the database now (none before the schema had them)."""
 
     async def read() -> list[ServingProcess]:
-        engine = create_async_engine(database_url, poolclass=pool.NullPool)
+        engine = open_engine(database_url, poolclass=pool.NullPool)
         try:
             async with engine.connect() as connection:
                 return await connection.run_sync(live_processes_sync)
@@ -197,7 +197,7 @@ def current_revision(database_url: str) -> str | None:
     anything."""
 
     async def read() -> str | None:
-        engine = create_async_engine(database_url, poolclass=pool.NullPool)
+        engine = open_engine(database_url, poolclass=pool.NullPool)
         try:
             async with engine.connect() as connection:
                 return await connection.run_sync(revision_sync)

@@ -7,8 +7,8 @@ import asyncio
 from alembic import context
 from sqlalchemy import pool, text
 from sqlalchemy.engine import Connection
-from sqlalchemy.ext.asyncio import create_async_engine
 
+from berth.metadata.database import open_engine
 from berth.metadata.migrate import AFTER, BEFORE, MIGRATION_LOCK, refuse_unknown_revisions
 from berth.metadata.tables import metadata
 
@@ -34,9 +34,7 @@ def _run(connection: Connection) -> None:
 
 
 async def _run_async() -> None:
-    engine = create_async_engine(
-        config.get_main_option("sqlalchemy.url") or "", poolclass=pool.NullPool
-    )
+    engine = open_engine(config.get_main_option("sqlalchemy.url") or "", poolclass=pool.NullPool)
     async with engine.connect() as connection:
         await connection.run_sync(_run)
     await engine.dispose()
