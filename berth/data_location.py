@@ -220,12 +220,13 @@ def _why(settings: Settings, exc: Exception) -> str:
 def _tls_failure(settings: Settings, exc: BaseException) -> str:
     """What to put right when TLS with the database server failed, in the URL's terms."""
     query = make_url(settings.resolved_database_url).query
-    mode, root_cert = query.get("sslmode") or query.get("ssl"), query.get("sslrootcert")
     if _no_tls_at_server(exc):
+        given = (f"{name}={query[name]}" for name in ("sslmode", "ssl") if name in query)
+        mode = next(given, "the sslmode")  # else from PGSSLMODE, which asyncpg reads
         return (
-            f"the server at {_server_address(settings)} does not accept TLS, which "
-            f"sslmode={mode} requires: turn ssl on in its postgresql.conf (with its "
-            "certificate), or connect with sslmode=prefer"
+            f"the server at {_server_address(settings)} does not accept TLS, which {mode} "
+            "requires: turn ssl on in its postgresql.conf (with its certificate), or connect "
+            "with sslmode=prefer"
         )
     if not isinstance(exc, ssl.SSLCertVerificationError):
         reason = exc.reason if isinstance(exc, ssl.SSLError) else None
@@ -237,6 +238,7 @@ def _tls_failure(settings: Settings, exc: BaseException) -> str:
             f"connects to ({exc.verify_message}), which sslmode=verify-full checks: connect "
             "by a name (or address) the certificate holds, or use sslmode=verify-ca"
         )
+    root_cert = query.get("sslrootcert")
     if root_cert == SYSTEM_ROOTS:
         signer = "none of the system's trusted CAs signed it"
     elif root_cert:

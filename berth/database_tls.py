@@ -54,7 +54,9 @@ class DatabaseTls:
         else:  # require without a CA: encrypted, not verified
             context.verify_mode = ssl.CERT_NONE
         if self.cert is not None:
-            context.load_cert_chain(self.cert, self.key)
+            # No passphrase (libpq's sslpassword is not taken): an encrypted key is refused,
+            # rather than OpenSSL asking for it on the terminal.
+            context.load_cert_chain(self.cert, self.key, password=lambda: b"")
         return context
 
 
@@ -140,8 +142,9 @@ def _check_files(tls: DatabaseTls) -> None:
         else:
             at_fault = (
                 f"sslcert={tls.cert} and sslkey={tls.key}, which are not a PEM certificate "
-                "and its private key"
+                "and its unencrypted private key"
                 if tls.key is not None
-                else f"sslcert={tls.cert}, which does not hold a PEM certificate and its key"
+                else f"sslcert={tls.cert}, which does not hold a PEM certificate and its "
+                "unencrypted private key"
             )
-        raise ValueError(f"has {at_fault}: {exc.reason or exc}") from None
+        raise ValueError(f"has {at_fault}" + (f": {exc.reason}" if exc.reason else "")) from None

@@ -47,7 +47,8 @@ from berth.services.records import plain
 
 DATABASE_URL_HELP = (
     "Database URL: postgresql://USER:PASSWORD@HOST:5432/DATABASE (asyncpg's; "
-    "postgresql+asyncpg:// and postgres:// too) or sqlite:///PATH."
+    "postgresql+asyncpg:// and postgres:// too; TLS with libpq's ?sslmode=, sslrootcert=, "
+    "sslcert=, sslkey=) or sqlite:///PATH."
 )
 
 
