@@ -147,8 +147,10 @@ def _causes(exc: BaseException) -> Iterator[BaseException]:
 def _not_reached(exc: BaseException) -> bool:
     """Whether the database's error says it was not reached or cannot serve yet (see
     `StartUpProblem.passing`), looking through the exceptions the driver wrapped. TLS that
-    fails is a setting (of the URL, or the server's certificate or postgresql.conf), which
-    waiting does not change; a connection cut in the middle of the handshake is not."""
+    fails (a certificate the URL's CA did not sign, or for another host, or expired; a server
+    with ssl = off) is a setting, of the URL or the server, which waiting does not change: a
+    node waiting `startup_wait` and exiting 75 would be restarted by systemd for ever. A
+    connection cut in the middle of the handshake is an outage."""
     for seen in _causes(exc):
         if isinstance(seen, ssl.SSLError):
             return isinstance(seen, ssl.SSLEOFError | ssl.SSLZeroReturnError | ssl.SSLSyscallError)

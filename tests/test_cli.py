@@ -1135,7 +1135,13 @@ def test_serve_reaches_postgresql_over_verified_tls_with_a_client_certificate(
 
 @pytest.mark.parametrize(
     "case",
-    ["another CA", "require with another CA", "another host name", "no TLS at the server"],
+    [
+        "another CA",
+        "require with another CA",
+        "another host name",
+        "no TLS at the server",
+        "asyncpg's ssl without a CA",
+    ],
 )
 def test_tls_the_database_server_fails_is_refused_at_once_saying_what_to_put_right(
     tmp_path: Path,
@@ -1163,6 +1169,16 @@ def test_tls_the_database_server_fails_is_refused_at_once_saying_what_to_put_rig
             f"the server at 127.0.0.1:{postgres.port} does not accept TLS, which "
             "sslmode=require requires: turn ssl on in its postgresql.conf (with its "
             "certificate), or connect with sslmode=prefer"
+        )
+    elif case == "asyncpg's ssl without a CA":  # asyncpg's own, reading ~/.postgresql/root.crt
+        url = _libpq_url(cluster, "ssl=verify-full")
+        root_crt = Path.home() / ".postgresql" / "root.crt"
+        if root_crt.exists():
+            pytest.skip(f"{root_crt} exists here")
+        why = (
+            f'root certificate file "{root_crt}" does not exist or cannot be accessed HINT: '
+            f'Provide the certificate file directly or make sure "{root_crt}" exists and is '
+            "readable."
         )
     elif case == "another host name":
         url = _libpq_url(cluster, f"sslmode=verify-full&sslrootcert={ca}")
