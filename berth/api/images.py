@@ -98,7 +98,8 @@ async def show_image(
     response_description="deleted: the manifest, every tag on it and, for an index, the "
     "platform manifests it lists that no other stored index lists and that have no tag of "
     "their own (those stay, as images of their own where no index lists them), and the "
-    "referrers (signatures, SBOMs) of all of these, recursively",
+    "referrers (signatures, SBOMs) of all of these, recursively, except one another stored "
+    "index lists",
     responses=responses(
         described={
             404: "no such project or repository, or the manifest is not under this image of "
@@ -123,9 +124,10 @@ async def delete_image(
     another stored index lists or that has a tag of its own: that one stays
     (an image of its own once no index lists it). The referrers (signatures, SBOMs) of the
     image and of the platform manifests going with it go too, and theirs, as a retention
-    run deletes them: a signature of nothing is no image. Each manifest deleted is in the
-    image history; the image sends one `io.berth.image.deleted` webhook event, listing the
-    platform manifests and referrers deleted with it (`platform_manifests`, `referrers`),
+    run deletes them: a signature of nothing is no image (one that another stored index
+    lists stays, with its own referrers). Each manifest deleted is in the image history; the
+    image sends one `io.berth.image.deleted` webhook event, listing the platform manifests
+    and referrers (with their tags) deleted with it (`platform_manifests`, `referrers`),
     and the audit log has one `image.delete` entry saying how many went
     (`platform_manifest_count`, `referrer_count`). Deleting a referrer itself deletes it
     (and its own referrers) as an image. A platform manifest of a stored index cannot be

@@ -183,7 +183,7 @@ def image_delete(
             "digest": gone.digest,
             "tags": gone.tags,
             "platform_manifests": gone.platform_manifests,
-            "referrers": gone.referrers,
+            "referrers": plain(gone.referrers),
         },
         f"Deleted {name}@{digest} with {went[0]} and {went[1]}",
     )

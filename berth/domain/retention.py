@@ -12,10 +12,13 @@ image with a protected tag (tag overwrite off, or an immutable tag rule) is alwa
 
 The unit is the image (a top-level manifest): its tags go with it, and an image with several
 tags is kept when any of them keeps it, but covered by a tag-scoped rule only when all of them
-match its tag pattern (a CI build promoted by adding a release tag leaves a rule for CI tags). An index's platform manifests go with their index
-(never counted as images of their own, never deleted while an index that stays lists them). A
-referrer (a signature, an SBOM: a manifest whose `subject` is stored) goes with its subject and
-never keeps it alive.
+match its tag pattern (a CI build promoted by adding a release tag leaves a rule for CI tags). An
+index's platform manifests go with their index (never counted as images of their own, never
+deleted while an index that stays lists them); their tags are judged as the index's, but one
+with a tag of its own is an image someone named and stays, an image of its own once its index
+is gone (as the management API's image delete keeps it). A referrer (a signature, an SBOM: a
+manifest whose `subject` is stored) goes with its subject, unless an index that stays lists it,
+and never keeps it alive.
 
 `plan` is a pure function over a snapshot of the project's manifests.
 """
@@ -182,7 +185,8 @@ class Image:
 
     @property
     def tags(self) -> frozenset[str]:
-        """Its own tags and its platform manifests' (its referrers' tags are not its own)."""
+        """Its own tags and its platform manifests' (the listing shows them with it, and the
+        rules judge it by them; its referrers' tags are not its own)."""
         found = set(self.manifest.tags)
         for child in self.children:
             found |= child.tags
@@ -198,10 +202,13 @@ class Image:
         return max(times) if times else None
 
     def every_tag(self) -> Iterable[tuple[str, str]]:
-        """(repository path, tag) of every tag a delete would remove, referrers' included."""
-        every = [self.manifest, *self.children, *self.referrers]
+        """(repository path, tag) of every tag a delete would remove, referrers' included: a
+        platform manifest with a tag of its own stays, with its referrers."""
+        staying = {child.digest for child in self.children if child.tags}
+        every = [self.manifest, *self.referrers]
         for _digest, referrers in self.child_referrers:
-            every.extend(referrers)
+            if _digest not in staying:
+                every.extend(referrers)
         for member in every:
             for tag in member.tags:
                 yield member.path, tag
@@ -209,8 +216,9 @@ class Image:
 
 @dataclass(frozen=True, slots=True)
 class Deletion:
-    """An image a run deletes: the image, then its referrers, then its platform manifests (down
-    nested indexes) that no remaining index lists."""
+    """An image a run deletes: the image, then its referrers (and those of its platform
+    manifests going) that no remaining index lists, then its platform manifests (down nested
+    indexes) that no remaining index lists and that have no tag of their own."""
 
     image: Manifest
     referrers: tuple[Manifest, ...]
@@ -286,22 +294,31 @@ def images_of(snapshot: Sequence[Manifest]) -> list[Image]:
 
 
 def _going_with(snapshot: Sequence[Manifest], doomed: Sequence[Image]) -> set[tuple[str, str]]:
-    """(path, digest) of the doomed images and of the platform manifests that go with them:
-    one goes when every index listing it goes, level by level down nested indexes (a
-    manifest an index that stays lists stays, and so do those only it lists)."""
+    """(path, digest) of the doomed images and of what goes with them: a platform manifest
+    without a tag of its own when every index listing it goes, level by level down nested
+    indexes (a manifest an index that stays lists stays, and so do those only it lists), and
+    a referrer when its subject goes and every index listing it goes."""
     going = {(image.path, image.digest) for image in doomed}
     listers: dict[tuple[str, str], set[tuple[str, str]]] = defaultdict(set)
     for m in snapshot:
         for child in m.children:
             listers[(m.path, child)].add((m.path, m.digest))
-    candidates = [(child.path, child.digest) for image in doomed for child in image.children]
+    candidates = [(child, False) for image in doomed for child in image.children if not child.tags]
+    for image in doomed:
+        candidates += [(referrer, True) for referrer in image.referrers]
+        for _digest, referrers in image.child_referrers:
+            candidates += [(referrer, True) for referrer in referrers]
     grew = True
     while grew:
         grew = False
-        for key in candidates:
-            if key not in going and listers[key] <= going:
-                going.add(key)
-                grew = True
+        for m, is_referrer in candidates:
+            key = (m.path, m.digest)
+            if key in going or not listers[key] <= going:
+                continue
+            if is_referrer and (m.path, m.subject) not in going:
+                continue
+            going.add(key)
+            grew = True
     return going
 
 
@@ -374,15 +391,21 @@ def plan(
     # deleted last (a run deletes in this order, in batches): by then no index lists it.
     for image in sorted(doomed, key=lambda im: (im.path, im.pushed_at, im.digest), reverse=True):
         children: list[Manifest] = []
-        referrers = list(image.referrers)
+        candidates = list(image.referrers)
         of_children = dict(image.child_referrers)
         for child in image.children:
             key = (child.path, child.digest)
-            if key not in going or key in claimed:
-                continue
+            if child.tags or key not in going or key in claimed:
+                continue  # tagged: in `going` only as some image's referrer, if at all
             claimed.add(key)
             children.append(child)
-            referrers.extend(of_children.get(child.digest, ()))
+            candidates.extend(of_children.get(child.digest, ()))
+        referrers: list[Manifest] = []
+        for referrer in candidates:
+            key = (referrer.path, referrer.digest)
+            if key in going and key not in claimed:
+                claimed.add(key)
+                referrers.append(referrer)
         deletions.append(Deletion(image.manifest, tuple(referrers), tuple(children)))
     deletions.reverse()
     return Plan(

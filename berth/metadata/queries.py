@@ -2,9 +2,22 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
+from typing import TypeVar
+
 from sqlalchemy import ColumnElement, Exists, Select, and_, or_, select
 
 from berth.metadata.tables import manifest_references, manifests
+
+IN_LIST_CHUNK = 5000  # values per IN (...) list, well under SQLite's and asyncpg's parameter limits
+
+T = TypeVar("T")
+
+
+def chunks(values: Sequence[T], size: int = IN_LIST_CHUNK) -> Iterable[Sequence[T]]:
+    """`values` in slices of at most `size`, one IN (...) list each."""
+    for start in range(0, len(values), size):
+        yield values[start : start + size]
 
 
 def is_index_child() -> Exists:

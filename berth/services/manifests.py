@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections import defaultdict
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -42,7 +43,7 @@ from berth.domain.tag_rules import (
 )
 from berth.metadata.audit import write_audit_entries
 from berth.metadata.database import Database
-from berth.metadata.queries import indexes_listing, is_image
+from berth.metadata.queries import chunks, indexes_listing, is_image
 from berth.metadata.tables import (
     blobs,
     image_events,
@@ -75,6 +76,7 @@ from berth.services.webhook_events import (
     IMAGE_PUSHED,
     TAG_DELETED,
     TAG_RESTORED,
+    DeletedReferrerData,
     content_data,
     content_subject,
     enqueue_event,
@@ -523,7 +525,16 @@ class ManifestContent:
                 )
                 if parents:
                     raise await index_child_refusal(conn, repo, reference, parents, total)
-                found = await self.delete_image_in(conn, repo, image, reference, actor=actor)
+                found = bool(
+                    await self.delete_images_in(
+                        conn,
+                        repo,
+                        [(image, reference)],
+                        actor=actor,
+                        client=client,
+                        refuse_protected=True,
+                    )
+                )
             else:
                 old = (
                     await conn.execute(
@@ -543,25 +554,23 @@ class ManifestContent:
                     data = content_data(repo, image, actor, tag=reference, digest=old)
                     subject = content_subject(repo, image, reference)
                     await enqueue_event(conn, repo.project_id, TAG_DELETED, data, subject)
+                    await audit_content_change(
+                        conn, "tag.delete", repo, image, reference, actor=actor, client=client
+                    )
             if not found:
                 raise ManifestUnknown(
                     f"manifest {reference!r} is not in this repository", {"reference": reference}
                 )
-            action = "image.delete" if is_digest(reference) else "tag.delete"
-            await audit_content_change(
-                conn, action, repo, image, reference, actor=actor, client=client
-            )
 
     async def delete_image(
         self, repo: RepositoryRef, image: str, digest: str, *, actor: str, client: str | None
     ) -> DeletedImage:
-        """The management API's image delete: the manifest and every tag on it, what goes with
-        it as one image: for an index, the platform manifests it lists that nothing else holds
-        (`IndexListings`, the rule retention follows: one another stored index lists, or with
-        a tag of its own, stays), and the referrers (signatures, SBOMs) of all of these,
-        recursively, as retention deletes them. A protected tag on any of them refuses the
-        whole delete. History records each manifest deleted; the webhook event and the audit
-        entry are the image's, naming what went with it (returned).
+        """The management API's image delete: the manifest and every tag on it, with what goes
+        with it as one image (`_what_goes_with`, the rule retention follows): for an index, the
+        platform manifests it lists that nothing else holds, and the referrers (signatures,
+        SBOMs) of all of these, recursively. A protected tag on any of them refuses the whole
+        delete. History records each manifest deleted; the webhook event and the audit entry
+        are the image's, naming what went with it (returned).
 
         /v2's DELETE (`delete_manifest`) deletes only the manifest, as OCI clients expect.
         The 404 says where in the repository the manifest is, in the API's terms
@@ -575,174 +584,136 @@ class ManifestContent:
                     raise await index_child_refusal(
                         conn, repo, digest, parents, total, index_takes_it=True
                     )
-                gone = await self._delete_with_what_goes_with_it(
-                    conn, repo, image, digest, actor=actor
-                )
-                await audit_content_change(
+                platforms, referrers = await self._what_goes_with(conn, repo, image, digest)
+                deleted = await self.delete_images_in(
                     conn,
-                    "image.delete",
                     repo,
-                    image,
-                    digest,
+                    [(image, member) for member in (digest, *platforms, *referrers)],
                     actor=actor,
                     client=client,
-                    detail=gone.audit_detail(),
+                    went_with={(image, member): digest for member in platforms},
+                    referrers_with={(image, member): digest for member in referrers},
+                    refuse_protected=True,
                 )
-                return gone
+                for gone in deleted:
+                    if gone.digest == digest:
+                        return gone
+                # Not stored (what named it as a subject goes back with the rollback).
+                raise ManifestUnknown(
+                    f"manifest {digest!r} is not in this repository", {"digest": digest}
+                )
         except ManifestUnknown:
             async with self.db.read() as conn:
                 raise await missing_manifest(conn, repo, image, digest, deleting=True) from None
 
-    async def _delete_with_what_goes_with_it(
-        self, conn: Any, repo: RepositoryRef, image: str, digest: str, *, actor: str
-    ) -> DeletedImage:
-        """Delete the manifest `digest` (ManifestUnknown when it is not stored) and, level by
-        level, what goes with it: the platform manifests of an index going (down nested
-        indexes) and the referrers of any manifest going. Every level, however deep (chains
-        deeper than MAX_INDEX_DEPTH stored before pushes were refused): one left would be a
-        stray image. It ends, as content cannot list or refer to itself."""
-        going = [digest]
-        as_referrer: set[str] = set()
-        gone: set[str] = {digest}
-        deleted: list[DeletedManifest] = []
-        while going:
-            children = await self._listed_manifests(conn, repo, image, going)
-            referrers = await self._referrers_of(conn, repo, image, going)
-            keys = [
-                (repo.id, image, child)
-                for child in sorted({c for cs in children.values() for c in cs} - gone)
-            ]
-            listings = await IndexListings.read(conn, keys)
-            tagged = await self._tags_of(conn, repo, image, [key[2] for key in keys])
-            for member in going:
-                listings.let_go((repo.id, image, member), children.get(member, ()))
-                removed = await self._delete_manifest_row(conn, repo, image, member, actor=actor)
-                if removed is None:
-                    if member == digest:
-                        raise ManifestUnknown(
-                            f"manifest {digest!r} is not in this repository", {"digest": digest}
-                        )
+    async def _what_goes_with(
+        self, conn: Any, repo: RepositoryRef, image: str, digest: str
+    ) -> tuple[list[str], list[str]]:
+        """The platform manifests and the referrers (digests) that go with the image `digest`
+        by `IndexListings`' rule: the platform manifests of an index going (down nested
+        indexes) and the referrers of any manifest going, however deep (chains deeper than
+        MAX_INDEX_DEPTH stored before pushes were refused): one left would be a stray image.
+        Everything that could go is read first, a few statements a level, then decided once
+        every index going has let go of what it lists; content cannot list or refer to
+        itself, so both end."""
+        children: dict[str, list[str]] = {}  # what each index reached lists
+        subjects: dict[str, str] = {}  # the subject of each referrer reached
+        reached: set[str] = {digest}
+        level = [digest]
+        while level:
+            listed = await self._listed_manifests(conn, repo, image, level)
+            referring = await self._referrers_of(conn, repo, image, level)
+            children.update(listed)
+            subjects.update(referring)
+            below = {child for listing in listed.values() for child in listing}
+            level = sorted((below | set(referring)) - reached)
+            reached.update(level)
+        reached.discard(digest)
+        keys = {member: (repo.id, image, member) for member in reached}
+        listings = await IndexListings.read(conn, keys.values())
+        tagged = await self._tags_of(conn, repo, image, sorted(reached))
+        listed_by_some = {child for listing in children.values() for child in listing}
+        going = {digest}
+        listings.let_go((repo.id, image, digest), children.get(digest, ()))
+        platforms: list[str] = []
+        referrers: list[str] = []
+        grew = True
+        while grew:
+            grew = False
+            for member in sorted(reached - going):
+                key = keys[member]
+                if member in listed_by_some and listings.goes_with_its_index(
+                    key, tagged.get(member, set())
+                ):
+                    platforms.append(member)
+                elif subjects.get(member) in going and listings.referrer_goes(key):
+                    referrers.append(member)
+                else:
                     continue
-                part_of = None if member == digest else digest
-                deleted.append(
-                    DeletedManifest(image, member, removed, part_of, member in as_referrer)
-                )
-            platforms = {
-                key[2]
-                for key in keys
-                if listings.goes_with_its_index(key, tagged.get(key[2], set()))
-            }
-            as_referrer.update(set(referrers) - gone - platforms)
-            going = sorted((platforms | set(referrers)) - gone)
-            gone.update(going)
-        images = deleted_images(deleted)
-        await self._queue_image_deleted_events(conn, repo, images, actor=actor)
-        return images[0]
+                going.add(member)
+                listings.let_go(key, children.get(member, ()))
+                grew = True
+        return platforms, referrers
 
     async def _referrers_of(
         self, conn: Any, repo: RepositoryRef, image: str, subjects: list[str]
-    ) -> list[str]:
-        """The stored manifests of the image whose subject is one of `subjects` (digests)."""
-        rows = await conn.execute(
-            select(manifests.c.digest).where(
-                manifests.c.repository_id == repo.id,
-                manifests.c.image == image,
-                manifests.c.subject_digest.in_(subjects),
+    ) -> dict[str, str]:
+        """The stored manifests of the image whose subject is one of `subjects` (digests):
+        each one's subject, by its digest."""
+        found: dict[str, str] = {}
+        for chunk in chunks(subjects):
+            rows = await conn.execute(
+                select(manifests.c.digest, manifests.c.subject_digest).where(
+                    manifests.c.repository_id == repo.id,
+                    manifests.c.image == image,
+                    manifests.c.subject_digest.in_(chunk),
+                )
             )
-        )
-        return list(rows.scalars())
+            found.update({row.digest: row.subject_digest for row in rows})
+        return found
 
     async def _listed_manifests(
         self, conn: Any, repo: RepositoryRef, image: str, indexes: list[str]
     ) -> dict[str, list[str]]:
         """The manifests each of `indexes` (digests) lists, by index digest."""
         listed: dict[str, list[str]] = {}
-        rows = await conn.execute(
-            select(manifests.c.digest, manifest_references.c.digest.label("child"))
-            .join(manifest_references, manifest_references.c.manifest_id == manifests.c.id)
-            .where(
-                manifests.c.repository_id == repo.id,
-                manifests.c.image == image,
-                manifests.c.digest.in_(indexes),
-                manifest_references.c.is_manifest,
+        for chunk in chunks(indexes):
+            rows = await conn.execute(
+                select(manifests.c.digest, manifest_references.c.digest.label("child"))
+                .join(manifest_references, manifest_references.c.manifest_id == manifests.c.id)
+                .where(
+                    manifests.c.repository_id == repo.id,
+                    manifests.c.image == image,
+                    manifests.c.digest.in_(chunk),
+                    manifest_references.c.is_manifest,
+                )
             )
-        )
-        for row in rows:
-            listed.setdefault(row.digest, []).append(row.child)
+            for row in rows:
+                listed.setdefault(row.digest, []).append(row.child)
         return listed
 
     async def _tags_of(
         self, conn: Any, repo: RepositoryRef, image: str, digests: list[str]
     ) -> dict[str, set[str]]:
         found: dict[str, set[str]] = {}
-        if digests:
+        for chunk in chunks(digests):
             rows = await conn.execute(
                 select(tags.c.digest, tags.c.name).where(
                     tags.c.repository_id == repo.id,
                     tags.c.image == image,
-                    tags.c.digest.in_(digests),
+                    tags.c.digest.in_(chunk),
                 )
             )
             for row in rows:
                 found.setdefault(row.digest, set()).add(row.name)
         return found
 
-    async def delete_image_in(
-        self, conn: Any, repo: RepositoryRef, image: str, digest: str, *, actor: str
-    ) -> bool:
-        """In the caller's write transaction: delete a manifest and every tag on it, with its
-        history events and webhook event (the caller audits it). False when it is not stored.
-        The caller has checked that no stored index lists it."""
-        removed = await self._delete_manifest_row(conn, repo, image, digest, actor=actor)
-        if removed is None:
-            return False
-        images = deleted_images([DeletedManifest(image, digest, removed)])
-        await self._queue_image_deleted_events(conn, repo, images, actor=actor)
-        return True
-
-    async def _delete_manifest_row(
-        self, conn: Any, repo: RepositoryRef, image: str, digest: str, *, actor: str
-    ) -> list[str] | None:
-        """Delete a manifest and every tag on it, with their history events (history is per
-        manifest); the tags deleted, or None when it is not stored. Its webhook event is the
-        caller's (`_queue_image_deleted_events`), which knows the image it was part of."""
-        tagged = (
-            (
-                await conn.execute(
-                    delete(tags)
-                    .where(
-                        tags.c.repository_id == repo.id,
-                        tags.c.image == image,
-                        tags.c.digest == digest,
-                    )
-                    .returning(tags.c.name)
-                )
-            )
-            .scalars()
-            .all()
-        )
-        # Refused after the delete, so no extra query: the refusal rolls it back.
-        await self._refuse_protected(conn, repo, image, sorted(tagged), "deleted")
-        result = await conn.execute(
-            delete(manifests).where(
-                manifests.c.repository_id == repo.id,
-                manifests.c.image == image,
-                manifests.c.digest == digest,
-            )
-        )
-        if not result.rowcount:
-            return None
-        for name in tagged:
-            await self._event(conn, repo, image, name, "untag", digest, None, actor)
-        await self._event(conn, repo, image, None, "delete", digest, None, actor)
-        return sorted(tagged)
-
     async def _queue_image_deleted_events(
         self, conn: Any, repo: RepositoryRef, images: list[DeletedImage], *, actor: str
     ) -> None:
         """Queue one `io.berth.image.deleted` per image deleted, as every count and list names
         images: an image's event lists the platform manifests and the referrers deleted with
-        it, which get none of their own. Both the API's image delete and retention's runs send theirs here."""
+        it (each referrer with its tags), which get none of their own."""
         await enqueue_events(
             conn,
             repo.project_id,
@@ -756,7 +727,10 @@ class ManifestContent:
                         digest=deleted.digest,
                         tags=deleted.tags,
                         platform_manifests=deleted.platform_manifests,
-                        referrers=deleted.referrers,
+                        referrers=[
+                            DeletedReferrerData(digest=r.digest, tags=r.tags)
+                            for r in deleted.referrers
+                        ],
                     ),
                     content_subject(repo, deleted.image, deleted.digest),
                 )
@@ -774,50 +748,59 @@ class ManifestContent:
         client: str | None,
         went_with: Mapping[tuple[str, str], str] | None = None,
         referrers_with: Mapping[tuple[str, str], str] | None = None,
-    ) -> set[tuple[str, str]]:
-        """`delete_image_in` for many (image, digest) of one repository at once: a handful of
-        statements whatever their number (a retention run). `went_with` names, for each
-        platform manifest deleted with its index, that index's digest, and `referrers_with`,
-        for each referrer deleted with its subject, the digest of that subject's image: the
-        image gets the one webhook event and the one `image.delete` audit entry (with how many
-        went with it), as the API's image delete records it; history stays per manifest.
-        Returns those that were stored."""
-        if not manifests_to_delete:
-            return set()
-        by_image: dict[str, list[str]] = {}
-        for image, digest in manifests_to_delete:
-            by_image.setdefault(image, []).append(digest)
+        refuse_protected: bool = False,
+    ) -> list[DeletedImage]:
+        """In the caller's write transaction, delete manifests, (image, digest) of one
+        repository, and every tag on them: a statement per table whatever their number (per
+        IN-list chunk), for /v2's DELETE, the API's image delete and retention's runs alike.
+        `went_with` names, for each platform manifest deleted with its index, that index's
+        digest, and `referrers_with`, for each referrer deleted with its subject, the digest
+        of that subject's image: the image gets the one webhook event and the one
+        `image.delete` audit entry (with how many went with it); history stays per manifest.
+        With `refuse_protected`, a protected tag among those deleted refuses it all (the
+        caller's transaction rolls back); retention has checked them itself. Returns the
+        images deleted (of what was stored). The caller has checked that no index that stays
+        lists any of them."""
+        removed_tags: dict[tuple[str, str], list[str]] = defaultdict(list)
+        found: set[tuple[str, str]] = set()
+        for chunk in chunks(sorted(set(manifests_to_delete))):
+            by_image: dict[str, list[str]] = defaultdict(list)
+            for image, digest in chunk:
+                by_image[image].append(digest)
 
-        def pairs(table: Any) -> Any:
-            # Grouped by image: each group is a range of the (repository, image, digest)
-            # index (a row-value IN would scan the table on SQLite).
-            return or_(
-                *(
-                    and_(table.c.image == image, table.c.digest.in_(digests))
-                    for image, digests in by_image.items()
+            def pairs(table: Any, groups: dict[str, list[str]] = by_image) -> Any:
+                # Grouped by image: each group is a range of the (repository, image, digest)
+                # index (a row-value IN would scan the table on SQLite).
+                return or_(
+                    *(
+                        and_(table.c.image == image, table.c.digest.in_(digests))
+                        for image, digests in groups.items()
+                    )
+                )
+
+            for image, digest, name in await conn.execute(
+                delete(tags)
+                .where(tags.c.repository_id == repo.id, pairs(tags))
+                .returning(tags.c.image, tags.c.digest, tags.c.name)
+            ):
+                removed_tags[(image, digest)].append(name)
+            found.update(
+                (image, digest)
+                for image, digest in await conn.execute(
+                    delete(manifests)
+                    .where(manifests.c.repository_id == repo.id, pairs(manifests))
+                    .returning(manifests.c.image, manifests.c.digest)
                 )
             )
-
-        removed_tags: dict[tuple[str, str], list[str]] = {}
-        for image, digest, name in await conn.execute(
-            delete(tags)
-            .where(
-                tags.c.repository_id == repo.id,
-                pairs(tags),
-            )
-            .returning(tags.c.image, tags.c.digest, tags.c.name)
-        ):
-            removed_tags.setdefault((image, digest), []).append(name)
-        found = {
-            (image, digest)
-            for image, digest in await conn.execute(
-                delete(manifests)
-                .where(manifests.c.repository_id == repo.id, pairs(manifests))
-                .returning(manifests.c.image, manifests.c.digest)
-            )
-        }
+        if refuse_protected:
+            # Refused after the delete, so no extra query: the refusal rolls it back.
+            tags_by_image: dict[str, set[str]] = defaultdict(set)
+            for (image, _digest), removed in removed_tags.items():
+                tags_by_image[image].update(removed)
+            for image, every in sorted(tags_by_image.items()):
+                await self._refuse_protected(conn, repo, image, sorted(every), "deleted")
         if not found:
-            return found
+            return []
         now = utcnow()
         went_with = went_with or {}
         referrers_with = referrers_with or {}
@@ -864,7 +847,7 @@ class ManifestContent:
         )
         await self._queue_image_deleted_events(conn, repo, images, actor=actor)
         await write_audit_entries(conn, audits, client=client)
-        return found
+        return images
 
     async def restore_tag(
         self, repo: RepositoryRef, image: str, tag: str, *, actor: str, client: str | None

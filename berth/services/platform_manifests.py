@@ -1,7 +1,8 @@
-"""Which platform manifests go with the indexes being deleted: the one rule retention runs and
-the management API's image delete follow. A platform manifest goes with its index when no
-stored index that stays lists it and it has no tag the deleter did not agree to remove (a tag
-of its own makes it an image someone still names). And which images the manifests deleted
+"""What goes with an image being deleted: the one rule retention runs and the management API's
+image delete follow. A platform manifest goes with its index when no stored index that stays
+lists it and it has no tag (a tag of its own makes it an image someone named: it stays, an
+image of its own once no index lists it). A referrer (a signature, an SBOM) goes with its
+subject when no stored index that stays lists it. And which images the manifests deleted
 together are (`deleted_images`: an index with its platform manifests, a subject with its
 referrers, is one image), for the webhook events and audit entries both record."""
 
@@ -14,6 +15,7 @@ from typing import Any
 
 from sqlalchemy import select
 
+from berth.metadata.queries import chunks
 from berth.metadata.tables import manifest_references, manifests
 
 # A manifest of a repository: (repository id, image, digest).
@@ -32,24 +34,24 @@ class IndexListings:
         """The indexes of the same repository and image that list each of `keys`."""
         keys = list(keys)
         listed: dict[ManifestKey, set[str]] = defaultdict(set)
-        if not keys:
-            return cls(listed)
         parent = manifests.alias("parent")
-        for row in await conn.execute(
-            select(
-                parent.c.repository_id,
-                parent.c.image,
-                parent.c.digest.label("parent"),
-                manifest_references.c.digest,
-            )
-            .join(parent, parent.c.id == manifest_references.c.manifest_id)
-            .where(
-                manifest_references.c.is_manifest,
-                manifest_references.c.digest.in_({key[2] for key in keys}),
-                parent.c.repository_id.in_({key[0] for key in keys}),
-            )
-        ):
-            listed[(row.repository_id, row.image, row.digest)].add(row.parent)
+        repository_ids = sorted({key[0] for key in keys})
+        for digests in chunks(sorted({key[2] for key in keys})):
+            for row in await conn.execute(
+                select(
+                    parent.c.repository_id,
+                    parent.c.image,
+                    parent.c.digest.label("parent"),
+                    manifest_references.c.digest,
+                )
+                .join(parent, parent.c.id == manifest_references.c.manifest_id)
+                .where(
+                    manifest_references.c.is_manifest,
+                    manifest_references.c.digest.in_(digests),
+                    parent.c.repository_id.in_(repository_ids),
+                )
+            ):
+                listed[(row.repository_id, row.image, row.digest)].add(row.parent)
         return cls(listed)
 
     def is_listed(self, key: ManifestKey) -> bool:
@@ -62,13 +64,17 @@ class IndexListings:
         for child in children:
             self._listed[(repository_id, image, child)].discard(digest)
 
-    def goes_with_its_index(
-        self, key: ManifestKey, tags: Set[str], removable_tags: Set[str] = frozenset()
-    ) -> bool:
-        """Whether the platform manifest `key`, with `tags` now, goes with the indexes let
-        go of: no index that stays lists it, and every tag on it is one the deleter agreed to
-        remove (retention: the tags its snapshot judged the image by; an image delete: none)."""
-        return not self.is_listed(key) and set(tags) <= set(removable_tags)
+    def goes_with_its_index(self, key: ManifestKey, tags: Set[str]) -> bool:
+        """Whether the platform manifest `key`, with `tags` now, goes with the indexes let go
+        of: no index that stays lists it, and it has no tag (one with a tag of its own is an
+        image someone named, which stays; what only it lists stays with it)."""
+        return not self.is_listed(key) and not tags
+
+    def referrer_goes(self, key: ManifestKey) -> bool:
+        """Whether the referrer `key`, whose subject goes, goes with it: no index that stays
+        lists it (its tags, such as cosign's `sha256-<hex>.sig`, are its subject's business
+        and go with it)."""
+        return not self.is_listed(key)
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,17 +92,25 @@ class DeletedManifest:
 
 
 @dataclass(frozen=True, slots=True)
+class DeletedReferrer:
+    """A referrer deleted with its image, and the tags deleted with it."""
+
+    digest: str
+    tags: list[str]
+
+
+@dataclass(frozen=True, slots=True)
 class DeletedImage:
     """An image deleted: a manifest deleted on its own account (an image manifest, an index,
-    a referrer deleted by itself), the platform manifests and the referrers deleted with it
-    (digests), and every tag deleted with it or its platform manifests (its referrers' tags
-    are theirs, as the image listing shows them: in the image history)."""
+    a referrer deleted by itself), the platform manifests (digests) and the referrers deleted
+    with it, and every tag deleted with it or its platform manifests (each referrer's tags
+    are its own, as the image listing shows them: in its `referrers` entry)."""
 
     image: str
     digest: str
     tags: list[str]
     platform_manifests: list[str]
-    referrers: list[str] = field(default_factory=list)
+    referrers: list[DeletedReferrer] = field(default_factory=list)
 
     def audit_detail(self) -> dict[str, int] | None:
         """The `image.delete` audit entry's detail: how many went with it (counts; the
@@ -135,7 +149,7 @@ def deleted_images(deleted: Iterable[DeletedManifest]) -> list[DeletedImage]:
                     m.digest,
                     sorted({*m.tags, *(tag for p in platforms for tag in p.tags)}),
                     [p.digest for p in platforms],
-                    [p.digest for p in with_it if p.referrer],
+                    [DeletedReferrer(p.digest, p.tags) for p in with_it if p.referrer],
                 )
             )
     return images

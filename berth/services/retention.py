@@ -475,9 +475,9 @@ class Retention:
             ]
             protected = await self.protection(conn, snapshot.project_id, now_locked)
             results = []
-            chosen: dict[str, list[tuple[str, str]]] = defaultdict(list)
-            children: list[tuple[Manifest, str]] = []  # with the digest of its image
-            referrers_with: dict[str, dict[tuple[str, str], str]] = defaultdict(dict)
+            images: dict[tuple[int, str, str], str] = {}  # going, with the digest of its image
+            children: list[tuple[Manifest, str]] = []
+            referrers: list[tuple[Manifest, str]] = []
             for deletion in batch:
                 image_key = self._key(snapshot, deletion.image)
                 members = (deletion.image, *deletion.referrers, *deletion.children)
@@ -490,36 +490,39 @@ class Retention:
                 ):
                     results.append(False)
                     continue
-                repository = deletion.image.repository
-                chosen[repository].append((deletion.image.image, deletion.image.digest))
+                images[image_key] = deletion.image.digest
                 listings.let_go(image_key, deletion.image.children)
-                for referrer in deletion.referrers:
-                    key = self._key(snapshot, referrer)
-                    if self._unchanged(snapshot, referrer, key, current_ids, current_tags):
-                        chosen[repository].append((referrer.image, referrer.digest))
-                        referrers_with[repository][(referrer.image, referrer.digest)] = (
-                            deletion.image.digest
-                        )
                 children.extend((child, deletion.image.digest) for child in deletion.children)
+                referrers.extend((r, deletion.image.digest) for r in deletion.referrers)
                 results.append(True)
             went_with = self._platform_manifests_going(
                 snapshot, children, listings, current_ids, current_tags
             )
-            for repository, image, digest in went_with:
-                chosen[repository].append((image, digest))
-            for repository, doomed in chosen.items():
+            referrers_with = self._referrers_going(
+                snapshot, referrers, {**images, **went_with}, listings, current_ids, current_tags
+            )
+            by_repository: dict[int, list[tuple[str, str]]] = defaultdict(list)
+            for repository_id, image, digest in (*images, *went_with, *referrers_with):
+                by_repository[repository_id].append((image, digest))
+            for repo in snapshot.repositories.values():
+                if repo.id not in by_repository:
+                    continue
                 await self.registry.delete_images_in(
                     conn,
-                    snapshot.repositories[repository],
-                    doomed,
+                    repo,
+                    by_repository[repo.id],
                     actor=actor,
                     client=client,
                     went_with={
                         (image, digest): index
-                        for (path, image, digest), index in went_with.items()
-                        if path == repository
+                        for (repository_id, image, digest), index in went_with.items()
+                        if repository_id == repo.id
                     },
-                    referrers_with=referrers_with[repository],
+                    referrers_with={
+                        (image, digest): index
+                        for (repository_id, image, digest), index in referrers_with.items()
+                        if repository_id == repo.id
+                    },
                 )
         return results
 
@@ -530,13 +533,13 @@ class Retention:
         listings: IndexListings,
         current_ids: dict[tuple[int, str, str], int],
         current_tags: dict[tuple[int, str, str], set[str]],
-    ) -> dict[tuple[str, str, str], str]:
-        """Which of the planned platform manifests go, (repository, image, digest) -> the
-        digest of their image: after every index of the batch that goes has let go of them,
-        level by level down nested indexes (a nested index that goes lets go of its own). One
-        still listed (by an index that stays, or was pushed since), or with a tag the snapshot
-        did not see on it, stays, and so does what only it lists."""
-        going: dict[tuple[str, str, str], str] = {}
+    ) -> dict[tuple[int, str, str], str]:
+        """Which of the planned platform manifests go, by key -> the digest of their image:
+        after every index of the batch that goes has let go of them, level by level down
+        nested indexes (a nested index that goes lets go of its own). One still listed (by an
+        index that stays, or was pushed since), or with a tag (given since the snapshot),
+        stays, and so does what only it lists."""
+        going: dict[tuple[int, str, str], str] = {}
         pending = list(children)
         grew = True
         while grew:
@@ -547,14 +550,45 @@ class Retention:
                     current_ids.get(key)
                     == snapshot.ids[(child.repository, child.image, child.digest)]
                 )
-                if same_row and listings.goes_with_its_index(
-                    key, current_tags.get(key, set()), child.tags
-                ):
-                    going[(child.repository, child.image, child.digest)] = index
+                if same_row and listings.goes_with_its_index(key, current_tags.get(key, set())):
+                    going[key] = index
                     listings.let_go(key, child.children)
                     pending.remove((child, index))
                     grew = True
         return going
+
+    def _referrers_going(
+        self,
+        snapshot: Snapshot,
+        referrers: list[tuple[Manifest, str]],
+        going: dict[tuple[int, str, str], str],
+        listings: IndexListings,
+        current_ids: dict[tuple[int, str, str], int],
+        current_tags: dict[tuple[int, str, str], set[str]],
+    ) -> dict[tuple[int, str, str], str]:
+        """Which of the planned referrers go, by key -> the digest of their image: those whose
+        subject goes (an image, a platform manifest or a referrer of the batch going),
+        unchanged since the snapshot, that no index that stays lists. One that stays keeps
+        its own referrers."""
+        gone = set(going)
+        found: dict[tuple[int, str, str], str] = {}
+        pending = list(referrers)
+        grew = True
+        while grew:
+            grew = False
+            for referrer, index in list(pending):
+                key = self._key(snapshot, referrer)
+                subject = (key[0], referrer.image, referrer.subject or "")
+                if (
+                    subject in gone
+                    and self._unchanged(snapshot, referrer, key, current_ids, current_tags)
+                    and listings.referrer_goes(key)
+                ):
+                    found[key] = index
+                    gone.add(key)
+                    pending.remove((referrer, index))
+                    grew = True
+        return found
 
     @staticmethod
     def _key(snapshot: Snapshot, m: Manifest) -> tuple[int, str, str]:

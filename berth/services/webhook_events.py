@@ -37,7 +37,7 @@ TEST = "io.berth.webhook.test"
 EVENT_TYPES: dict[str, str] = {
     IMAGE_PUSHED: "a manifest was pushed, or a push pointed a tag at a manifest",
     IMAGE_DELETED: "an image was deleted by digest, with its tags (an index: one event, listing "
-    "the platform manifests deleted with it)",
+    "the platform manifests and the referrers deleted with it)",
     TAG_DELETED: "a tag was deleted (the image stays)",
     TAG_RESTORED: "a deleted tag was put back",
     GC_FINISHED: "a garbage collection run ended (succeeded, failed or rolled back)",
@@ -90,6 +90,15 @@ class ScanOutcome(BaseModel):
     )
 
 
+class DeletedReferrerData(BaseModel):
+    """A referrer deleted with its image."""
+
+    digest: str
+    tags: list[str] = Field(
+        description="the tags deleted with it, such as cosign's `sha256-<hex>.sig` ([] for none)"
+    )
+
+
 class EventData(BaseModel):
     """What happened. Fields that do not apply to an event type are absent (never null)."""
 
@@ -105,16 +114,17 @@ class EventData(BaseModel):
     media_type: str | SkipJsonSchema[None] = absent_unless_set("the manifest's media type")
     size: int | SkipJsonSchema[None] = absent_unless_set("the manifest's size in bytes")
     tags: list[str] | SkipJsonSchema[None] = absent_unless_set(
-        "image delete: the tags deleted with it (its platform manifests' included)"
+        "image delete: the tags deleted with it (its platform manifests' included; each "
+        "referrer's are in its `referrers` entry)"
     )
     platform_manifests: list[str] | SkipJsonSchema[None] = absent_unless_set(
         "image delete: the digests of the platform manifests deleted with the index (down "
         "nested indexes; they get no event of their own), [] for none"
     )
-    referrers: list[str] | SkipJsonSchema[None] = absent_unless_set(
-        "image delete: the digests of the referrers (signatures, SBOMs) deleted with the image "
-        "(its platform manifests' and referrers' referrers included; they get no event of "
-        "their own), [] for none"
+    referrers: list[DeletedReferrerData] | SkipJsonSchema[None] = absent_unless_set(
+        "image delete: the referrers (signatures, SBOMs) deleted with the image, each with "
+        "its digest and the tags deleted with it (its platform manifests' and referrers' "
+        "referrers included; they get no event of their own), [] for none"
     )
     actor: str = Field(description="who made the change (a user name, or `system`)")
     message: str | SkipJsonSchema[None] = absent_unless_set("refusals: what the client was told")

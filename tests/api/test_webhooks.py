@@ -235,12 +235,25 @@ def test_a_retention_run_sends_one_event_per_image_it_deleted(
     }
 
 
+def cosign_tag(subject: Blob) -> str:
+    """The tag cosign gives the signature of `subject`."""
+    return subject.digest.replace(":", "-") + ".sig"
+
+
+def referrer_entries(*referrers: tuple[Blob, list[str]]) -> list[dict[str, Any]]:
+    """`data.referrers` of an image.deleted: each referrer's digest and tags, by digest."""
+    return sorted(
+        ({"digest": r.digest, "tags": t} for r, t in referrers), key=lambda e: e["digest"]
+    )
+
+
 def test_referrers_deleted_with_their_image_are_part_of_its_event(
     team: Team, receiver: Receiver
 ) -> None:
     """A signature deleted with its subject is part of that image, like a platform manifest:
-    the image's one image.deleted lists it in `referrers`. A referrer deleted on its own is an
-    image deleted, with its own event."""
+    the image's one image.deleted lists it in `referrers`, with the tags that went with it
+    (cosign's `sha256-<hex>.sig`), which a mirror drops too. A referrer deleted on its own is
+    an image deleted, with its own event."""
     add_webhook(team, receiver.url, event_types=DELETES)
     name = team.oci_name()
     with team.registry("member") as registry:
@@ -248,10 +261,14 @@ def test_referrers_deleted_with_their_image_are_part_of_its_event(
         amd64 = push_image(registry, name, None, architecture="amd64")
         index = linux_index((amd64, "amd64"))
         push_manifest(registry, name, "v1", index)
-        signature = push_image(registry, name, None, subject=index, artifact_type=SIGNATURE)
+        signature = push_image(
+            registry, name, cosign_tag(index), subject=index, artifact_type=SIGNATURE
+        )
         sbom = push_image(registry, name, None, subject=amd64, artifact_type=SIGNATURE)
         other = push_image(registry, name, "other")
-        alone = push_image(registry, name, None, subject=other, artifact_type=SIGNATURE)
+        alone = push_image(
+            registry, name, cosign_tag(other), subject=other, artifact_type=SIGNATURE
+        )
         ok(team["member"].delete(team.repo_url(f"/images/{index.digest}")), 204)
         ok(team["member"].delete(team.repo_url(f"/images/{alone.digest}")), 204)
         assert registry.delete(manifest_path(name, "marker")).status_code == 202
@@ -259,10 +276,10 @@ def test_referrers_deleted_with_their_image_are_part_of_its_event(
     first, second = (event["data"] for event in deleted_before_marker(receiver))
     assert (first["digest"], first["tags"]) == (index.digest, ["v1"])
     assert first["platform_manifests"] == [amd64.digest]
-    assert first["referrers"] == sorted([signature.digest, sbom.digest])
-    assert (second["digest"], second["platform_manifests"], second["referrers"]) == (
+    assert first["referrers"] == referrer_entries((signature, [cosign_tag(index)]), (sbom, []))
+    assert (second["digest"], second["tags"], second["referrers"]) == (
         alone.digest,
-        [],
+        [cosign_tag(other)],
         [],
     )
 
@@ -281,7 +298,9 @@ def test_a_retention_run_counts_a_nested_index_with_its_referrers_as_one_image(
         push_manifest(registry, name, inner.digest, inner)
         outer = image_index([inner.descriptor()])
         push_manifest(registry, name, "v1", outer)
-        signature = push_image(registry, name, None, subject=outer, artifact_type=SIGNATURE)
+        signature = push_image(
+            registry, name, cosign_tag(outer), subject=outer, artifact_type=SIGNATURE
+        )
         sbom = push_image(registry, name, None, subject=arm64, artifact_type=SIGNATURE)
         kept = push_image(registry, name, "kept")  # the newest: kept
     ok(admin.put(team.url("/retention"), json={"rules": [{"keep": "last", "count": 1}]}))
@@ -302,10 +321,122 @@ def test_a_retention_run_counts_a_nested_index_with_its_referrers_as_one_image(
     data = event["data"]
     assert (data["digest"], data["tags"]) == (outer.digest, ["v1"])
     assert data["platform_manifests"] == sorted([inner.digest, amd64.digest, arm64.digest])
-    assert data["referrers"] == sorted([signature.digest, sbom.digest])
+    assert data["referrers"] == referrer_entries((signature, [cosign_tag(outer)]), (sbom, []))
 
     assert image_deletes_audited(team) == {
         f"{team.repository}@{outer.digest}": {"platform_manifest_count": 3, "referrer_count": 2}
+    }
+
+
+def run_retention(team: Team, rule: dict[str, Any]) -> dict[str, Any]:
+    """A retention run of the project under `rule` alone: its result."""
+    admin = team["project-admin"]
+    ok(admin.put(team.url("/retention"), json={"rules": [rule]}))
+    return ok(admin.post(team.url("/retention/runs")))  # type: ignore[no-any-return]
+
+
+# Keeps the newer of the images whose every tag starts with `retention`, deletes the older.
+RETENTION_ONLY = {"keep": "last", "count": 1, "tags": "retention*"}
+
+
+def test_a_tagged_platform_manifest_stays_whichever_delete_takes_its_index(
+    team: Team, receiver: Receiver
+) -> None:
+    """`docker manifest create` pushes each platform under a tag of its own: an image someone
+    named. Deleting its index, through the API or by a retention run, deletes the untagged
+    platform manifest with it and keeps the tagged one as an image of its own, tag and all;
+    the index's event, audit entry and the run's result name only what went."""
+    add_webhook(team, receiver.url, event_types=DELETES)
+    name = team.oci_name()
+    indexes, went, stayed = {}, {}, {}
+    with team.registry("member") as registry:
+        for how in ("api", "retention"):
+            went[how] = push_image(registry, name, None, architecture="amd64")
+            stayed[how] = push_image(registry, name, f"{how}-arm64", architecture="arm64")
+            indexes[how] = linux_index((went[how], "amd64"), (stayed[how], "arm64"))
+            push_manifest(registry, name, how, indexes[how])
+        newest = push_image(registry, name, "retention-newest")
+    ok(team["member"].delete(team.repo_url(f"/images/{indexes['api'].digest}")), 204)
+    run = run_retention(team, RETENTION_ONLY)
+    assert [(i["digest"], i["tags"], i["platform_manifests"]) for i in run["images"]] == [
+        (indexes["retention"].digest, ["retention"], 1)
+    ]
+
+    listed = ok(team["reader"].get(team.repo_url("/images")))["items"]
+    assert {i["digest"]: i["tags"] for i in listed} == {
+        stayed["api"].digest: ["api-arm64"],
+        stayed["retention"].digest: ["retention-arm64"],
+        newest.digest: ["retention-newest"],
+    }
+    with team.registry("member") as registry:
+        for how in ("api", "retention"):
+            pulled = registry.get(manifest_path(name, f"{how}-arm64"))
+            assert pulled.status_code == 200 and pulled.content == stayed[how].data
+            for gone in (indexes[how], went[how]):
+                assert registry.get(manifest_path(name, gone.digest)).status_code == 404
+        assert registry.delete(manifest_path(name, "retention-newest")).status_code == 202
+
+    events = {e["data"]["digest"]: e["data"] for e in deleted_before_marker(receiver)}
+    assert {
+        digest: (data["tags"], data["platform_manifests"]) for digest, data in events.items()
+    } == {indexes[how].digest: ([how], [went[how].digest]) for how in ("api", "retention")}
+    assert image_deletes_audited(team) == {
+        f"{team.repository}@{indexes[how].digest}": {"platform_manifest_count": 1}
+        for how in ("api", "retention")
+    }
+
+
+def test_a_referrer_an_index_that_stays_lists_stays_whichever_delete_takes_its_subject(
+    team: Team, receiver: Receiver
+) -> None:
+    """A signature an index lists is still in use by that index: deleting its subject,
+    through the API or by a retention run, leaves it (and its own referrers) with the index
+    instead of deleting what the index lists; the subject's sibling SBOM goes with it."""
+    add_webhook(team, receiver.url, event_types=DELETES)
+    name = team.oci_name()
+    subjects, kept, went = {}, {}, {}
+    with team.registry("member") as registry:
+        for how in ("api", "retention"):
+            subjects[how] = push_image(registry, name, how)
+            signature = push_image(
+                registry,
+                name,
+                cosign_tag(subjects[how]),
+                subject=subjects[how],
+                artifact_type=SIGNATURE,
+            )
+            countersignature = push_image(
+                registry, name, None, subject=signature, artifact_type=SIGNATURE
+            )
+            kept[how] = (signature, countersignature)
+            went[how] = push_image(
+                registry, name, None, subject=subjects[how], artifact_type="application/spdx+json"
+            )
+            holder = image_index([signature.descriptor()])
+            push_manifest(registry, name, f"{how}-holder", holder)
+        push_image(registry, name, "retention-newest")
+    ok(team["member"].delete(team.repo_url(f"/images/{subjects['api'].digest}")), 204)
+    run = run_retention(team, RETENTION_ONLY)
+    assert [(i["digest"], i["referrers"]) for i in run["images"]] == [
+        (subjects["retention"].digest, 1)
+    ]
+
+    with team.registry("member") as registry:
+        for how in ("api", "retention"):
+            for stays in kept[how]:
+                assert registry.get(manifest_path(name, stays.digest)).status_code == 200
+            assert registry.get(manifest_path(name, cosign_tag(subjects[how]))).status_code == 200
+            for gone in (subjects[how], went[how]):
+                assert registry.get(manifest_path(name, gone.digest)).status_code == 404
+        assert registry.delete(manifest_path(name, "retention-newest")).status_code == 202
+
+    events = {e["data"]["digest"]: e["data"] for e in deleted_before_marker(receiver)}
+    assert {digest: data["referrers"] for digest, data in events.items()} == {
+        subjects[how].digest: referrer_entries((went[how], [])) for how in ("api", "retention")
+    }
+    assert image_deletes_audited(team) == {
+        f"{team.repository}@{subjects[how].digest}": {"referrer_count": 1}
+        for how in ("api", "retention")
     }
 
 

@@ -9,9 +9,8 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, TypeVar
+from typing import Any
 
 from sqlalchemy import Insert, Integer, String, delete, func, literal, select
 from sqlalchemy.exc import DBAPIError
@@ -19,6 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql.elements import ColumnElement
 
 from berth.metadata.database import Database
+from berth.metadata.queries import chunks
 from berth.metadata.tables import (
     blobs,
     gc_sweep,
@@ -43,17 +43,8 @@ from berth.services.gc.runs import RunBook, RunRow, young_values
 
 logger = logging.getLogger("berth.gc")
 
-ID_CHUNK = 5000  # values per IN (...) list, well under SQLite's and asyncpg's parameter limits
 DECIDE_ATTEMPTS = 3  # the deciding transaction is retried after a deadlock or a lost race
 ACTOR = "gc"  # the actor of the image events a run records
-
-T = TypeVar("T")
-
-
-def chunks(values: Sequence[T], size: int = ID_CHUNK) -> Iterable[Sequence[T]]:
-    for start in range(0, len(values), size):
-        yield values[start : start + size]
-
 
 # ---------------------------------------------------------------- the link and blob rules in SQL
 

@@ -27,11 +27,11 @@ from sqlalchemy import delete, func, literal, select, update
 from sqlalchemy.exc import IntegrityError
 
 from berth.metadata.database import Database
+from berth.metadata.queries import chunks
 from berth.metadata.tables import blob_removals, blobs, gc_runs, gc_sweep
 from berth.services.gc.decide import (
     Decider,
     RunLost,
-    chunks,
     linked_anywhere,
     stale_unlinked_blob,
     sweep_listing,

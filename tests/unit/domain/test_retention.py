@@ -129,6 +129,45 @@ def test_a_nested_index_goes_all_the_way_down_except_what_a_kept_index_lists() -
     assert sum(len(x.children) for x in result.deletions) == 6
 
 
+def test_a_platform_manifest_with_a_tag_of_its_own_stays_when_its_index_goes() -> None:
+    """`docker manifest create` tags each platform: a tag names an image someone can pull by
+    it, so it stays (with its referrers, and what it lists), as the API's image delete keeps
+    it; its tag still counts as the index's for the rules."""
+    amd, arm = image(11, age_days=30), image(12, "v1-arm64", age_days=30)
+    arm_signature = image(13, "arm.sig", age_days=30, subject=d(12))
+    inner_child = image(14, age_days=30)
+    tagged_inner = image(15, "inner", age_days=30, children=(d(14),))
+    index = image(10, age_days=30, children=(d(11), d(12), d(15)))
+    snapshot = [amd, arm, arm_signature, inner_child, tagged_inner, index]
+    [deletion] = plan(snapshot, [Rule(Keep.PUSHED_WITHIN, days=7)], NOW).deletions
+    assert deletion.image.digest == d(10)
+    assert [c.digest for c in deletion.children] == [d(11)]
+    assert deletion.referrers == ()
+    # A rule keeping the platform's tag keeps the index (the listing shows it with it), and a
+    # protected tag on it no longer does: deleting the index leaves the tag where it is.
+    assert deleted(snapshot, Rule(Keep.TAGGED, pattern="v1-*")) == []
+    protected = plan(
+        snapshot, [Rule(Keep.PUSHED_WITHIN, days=7)], NOW, protected=lambda _p, t: "." in t
+    )
+    assert [x.image.digest for x in protected.deletions] == [d(10)]
+
+
+def test_a_referrer_an_index_that_stays_lists_stays_with_its_referrers() -> None:
+    subject = image(1, "old", age_days=30)
+    signature = image(2, age_days=30, subject=d(1))
+    countersignature = image(3, age_days=30, subject=d(2))
+    sbom = image(4, age_days=30, subject=d(1))
+    holder = image(5, "holder", age_days=1, children=(d(2),))
+    snapshot = [subject, signature, countersignature, sbom, holder]
+    [deletion] = plan(snapshot, [Rule(Keep.PUSHED_WITHIN, days=7)], NOW).deletions
+    assert deletion.image.digest == d(1)
+    assert [r.digest for r in deletion.referrers] == [d(4)]
+    # With the index going too, the signature goes, once, and its countersignature with it.
+    result = plan(snapshot, [Rule(Keep.PUSHED_WITHIN, days=0.5)], NOW)
+    going = [m.digest for x in result.deletions for m in (x.image, *x.children, *x.referrers)]
+    assert sorted(going) == sorted(m.digest for m in snapshot)
+
+
 def test_referrers_go_with_their_subject_and_never_keep_it() -> None:
     subject = image(1, "v1", age_days=90)
     signature = image(2, age_days=0, subject=d(1))  # pushed today

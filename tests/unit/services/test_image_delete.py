@@ -1,0 +1,130 @@
+"""The management API's image delete (`Registry.delete_image`) against a real SQLite database:
+what goes with an index and what stays, across IN-list chunks, in as many statements whatever
+the index's size."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import event, select
+
+import berth.services.manifests as manifests_module
+import berth.services.platform_manifests as platform_manifests_module
+from berth.domain.references import RepositoryRef
+from berth.metadata.database import Database
+from berth.metadata.queries import chunks
+from berth.metadata.tables import image_events, manifests, repositories, tags
+from berth.services.platform_manifests import DeletedImage, DeletedReferrer
+from berth.services.registry import Registry
+from berth.storage.filesystem import FilesystemBlobStore
+from tests.retention_seed import ensure_repository, seed, seed_one
+
+Scenario = Callable[[Database, Registry, RepositoryRef], Awaitable[Any]]
+
+
+def run(url: str, tmp_path: Path, scenario: Scenario) -> Any:
+    async def main() -> Any:
+        db = Database(url)
+        store = FilesystemBlobStore(tmp_path / "blobs")
+        try:
+            repo_id = await ensure_repository(db, "p", "app")
+            async with db.read() as conn:
+                project_id = (
+                    await conn.execute(
+                        select(repositories.c.project_id).where(repositories.c.id == repo_id)
+                    )
+                ).scalar_one()
+            repo = RepositoryRef(repo_id, project_id, "p", "app", False, True)
+            return await scenario(db, Registry(db, store), repo)
+        finally:
+            await store.close()
+            await db.dispose()
+
+    return asyncio.run(main())
+
+
+async def stored(db: Database) -> set[str]:
+    async with db.read() as conn:
+        return set((await conn.execute(select(manifests.c.digest))).scalars())
+
+
+def test_an_index_goes_with_what_nothing_else_holds_across_chunks(
+    database_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """IN lists of two values: an index of five platform manifests takes several of each
+    statement, and deletes as one."""
+    in_twos = functools.partial(chunks, size=2)
+    monkeypatch.setattr(manifests_module, "chunks", in_twos)
+    monkeypatch.setattr(platform_manifests_module, "chunks", in_twos)
+
+    async def scenario(db: Database, registry: Registry, repo: RepositoryRef) -> None:
+        platforms = await seed(db, repo.id, [(n, [], 1) for n in range(5)])
+        [tagged] = await seed(db, repo.id, [(5, ["v1-s390x"], 1)])
+        signature = await seed_one(db, repo.id, 6, ["v1.sig"], subject=platforms[0])
+        sbom = await seed_one(db, repo.id, 7, subject=platforms[1])
+        held = await seed_one(db, repo.id, 8, subject=platforms[2])
+        of_tagged = await seed_one(db, repo.id, 9, subject=tagged)
+        holder = await seed_one(db, repo.id, 10, ["holder"], children=[held])
+        index = await seed_one(db, repo.id, 11, ["v1"], children=[*platforms, tagged])
+
+        gone = await registry.delete_image(repo, "", index, actor="alice", client=None)
+
+        assert gone == DeletedImage(
+            "",
+            index,
+            ["v1"],
+            sorted(platforms),
+            sorted(
+                [DeletedReferrer(signature, ["v1.sig"]), DeletedReferrer(sbom, [])],
+                key=lambda r: r.digest,
+            ),
+        )
+        assert await stored(db) == {tagged, of_tagged, held, holder}
+        async with db.read() as conn:
+            deletes = set(
+                (
+                    await conn.execute(
+                        select(image_events.c.old_digest).where(image_events.c.action == "delete")
+                    )
+                ).scalars()
+            )
+            left = set((await conn.execute(select(tags.c.name))).scalars())
+        assert deletes == {index, *platforms, signature, sbom}
+        assert left == {"v1-s390x", "holder"}
+
+    run(database_url, tmp_path, scenario)
+
+
+def test_an_image_delete_takes_as_many_statements_whatever_the_index_holds(
+    database_url: str, tmp_path: Path
+) -> None:
+    """A statement per table and per level, not one per manifest: an index of 40 signed
+    platform manifests is deleted in as many as one of 4."""
+
+    async def scenario(db: Database, registry: Registry, repo: RepositoryRef) -> list[int]:
+        counted = 0
+
+        def count(*_args: Any) -> None:
+            nonlocal counted
+            counted += 1
+
+        event.listen(db.writer.sync_engine, "before_cursor_execute", count)
+        statements = []
+        for size, first in ((4, 100), (40, 200)):
+            platforms = await seed(db, repo.id, [(first + n, [], 1) for n in range(size)])
+            for n, platform in enumerate(platforms):
+                await seed_one(db, repo.id, first + size + n, [f"s{first + n}"], subject=platform)
+            index = await seed_one(db, repo.id, first - 1, [f"v{size}"], children=platforms)
+            counted = 0
+            gone = await registry.delete_image(repo, "", index, actor="alice", client=None)
+            statements.append(counted)
+            assert (len(gone.platform_manifests), len(gone.referrers)) == (size, size)
+        return statements
+
+    small, big = run(database_url, tmp_path, scenario)
+    assert small == big
