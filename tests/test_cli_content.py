@@ -104,6 +104,10 @@ def test_image_delete_says_what_went_with_the_image(sqlite_server: BerthServer) 
         signature = push_image(client, name, None, subject=index, artifact_type=signature_type)
         sbom = push_image(client, name, None, subject=arm64, artifact_type=signature_type)
         other = push_image(client, name, "other")
+        other_signature_tag = other.digest.replace(":", "-") + ".sig"  # as cosign tags it
+        other_signature = push_image(
+            client, name, other_signature_tag, subject=other, artifact_type=signature_type
+        )
 
         declined = typed_at_terminal(
             [*BERTH, "image", "delete", name, index.digest], "n\n", env=berth.env
@@ -127,7 +131,7 @@ def test_image_delete_says_what_went_with_the_image(sqlite_server: BerthServer) 
             "digest": other.digest,
             "tags": ["other"],
             "platform_manifests": [],
-            "referrers": [],
+            "referrers": [{"digest": other_signature.digest, "tags": [other_signature_tag]}],
         }
         again = berth.cli("image", "delete", name, other.digest, "--yes", check=False)
         assert again.returncode == 1 and "not" in again.stderr

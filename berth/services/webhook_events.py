@@ -114,8 +114,8 @@ class EventData(BaseModel):
     media_type: str | SkipJsonSchema[None] = absent_unless_set("the manifest's media type")
     size: int | SkipJsonSchema[None] = absent_unless_set("the manifest's size in bytes")
     tags: list[str] | SkipJsonSchema[None] = absent_unless_set(
-        "image delete: the tags deleted with it (its platform manifests' included; each "
-        "referrer's are in its `referrers` entry)"
+        "image delete: the tags deleted with it (a platform manifest with a tag of its own "
+        "stays; each referrer's are in its `referrers` entry)"
     )
     platform_manifests: list[str] | SkipJsonSchema[None] = absent_unless_set(
         "image delete: the digests of the platform manifests deleted with the index (down "
