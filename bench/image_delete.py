@@ -13,34 +13,25 @@ sent (counted on the engine).
 from __future__ import annotations
 
 import argparse
-import asyncio
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import event, select
+from sqlalchemy import event
 
-from berth.domain.references import RepositoryRef
 from berth.metadata.database import Database
-from berth.metadata.migrate import upgrade
-from berth.metadata.tables import repositories
 from berth.services.registry import Registry
-from berth.storage.filesystem import FilesystemBlobStore
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 async def run(
-    url: str, platforms: int, referrers: bool, rounds: int, blobs: Path
+    db: Database, registry: Registry, platforms: int, referrers: bool, rounds: int
 ) -> list[tuple[float, int]]:
-    sys.path.insert(0, str(ROOT))  # the tests' seeding helpers
-    from tests.retention_seed import ensure_repository, seed, seed_one
+    from tests.retention_seed import repository_ref, seed, seed_one
 
-    db = Database(url)
-    store = FilesystemBlobStore(blobs)
     statements = 0
 
     def count(*_args: Any) -> None:
@@ -48,34 +39,22 @@ async def run(
         statements += 1
 
     event.listen(db.writer.sync_engine, "before_cursor_execute", count)
-    try:
-        registry = Registry(db, store)
-        repo_id = await ensure_repository(db, "bench", "multi")
-        async with db.read() as conn:
-            project_id = (
-                await conn.execute(
-                    select(repositories.c.project_id).where(repositories.c.id == repo_id)
-                )
-            ).scalar_one()
-        repo = RepositoryRef(repo_id, project_id, "bench", "multi", False, True)
-        figures = []
-        for round_ in range(rounds):
-            first = (round_ + 1) * 1_000_000
-            children = await seed(db, repo_id, [(first + i, [], 1) for i in range(platforms)])
-            if referrers:
-                for n, child in enumerate(children):
-                    await seed_one(db, repo_id, first + platforms + n, subject=child)
-            index = await seed_one(db, repo_id, first - 1, [f"v{round_}"], children=children)
-            statements = 0
-            started = time.perf_counter()
-            gone = await registry.delete_image(repo, "", index, actor="bench", client=None)
-            figures.append((time.perf_counter() - started, statements))
-            assert len(gone.platform_manifests) == platforms
-            assert len(gone.referrers) == (platforms if referrers else 0)
-        return figures
-    finally:
-        await store.close()
-        await db.dispose()
+    repo = await repository_ref(db, "bench", "multi")
+    figures = []
+    for round_ in range(rounds):
+        first = (round_ + 1) * 1_000_000
+        children = await seed(db, repo.id, [(first + i, [], 1) for i in range(platforms)])
+        if referrers:
+            for n, child in enumerate(children):
+                await seed_one(db, repo.id, first + platforms + n, subject=child)
+        index = await seed_one(db, repo.id, first - 1, [f"v{round_}"], children=children)
+        statements = 0
+        started = time.perf_counter()
+        gone = await registry.delete_image(repo, "", index, actor="bench", client=None)
+        figures.append((time.perf_counter() - started, statements))
+        assert len(gone.platform_manifests) == platforms
+        assert len(gone.referrers) == (platforms if referrers else 0)
+    return figures
 
 
 def main() -> None:
@@ -85,12 +64,13 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--postgres", help="an empty PostgreSQL database URL (asyncpg)")
     args = p.parse_args()
-    with tempfile.TemporaryDirectory(prefix="berth-image-delete-") as tmp:
-        url = args.postgres or f"sqlite+aiosqlite:///{tmp}/berth.db"
-        upgrade(url)
-        figures = asyncio.run(
-            run(url, args.platforms, args.referrers, args.rounds, Path(tmp) / "blobs")
-        )
+    sys.path.insert(0, str(ROOT))  # the tests' seeding helpers
+    from tests.retention_seed import on_fresh_registry
+
+    figures = on_fresh_registry(
+        args.postgres,
+        lambda db, registry: run(db, registry, args.platforms, args.referrers, args.rounds),
+    )
     seconds = [s for s, _ in figures]
     backend = "PostgreSQL" if args.postgres else "SQLite"
     with_referrers = f" and {args.platforms:,} referrers" if args.referrers else ""

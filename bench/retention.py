@@ -9,48 +9,37 @@ the service (history, audit, webhook checks included). Target: under 10 s.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 from berth.domain.retention import Keep, Rule
 from berth.metadata.database import Database
-from berth.metadata.migrate import upgrade
 from berth.services.registry import Registry
 from berth.services.retention import Retention
-from berth.storage.filesystem import FilesystemBlobStore
 
 ROOT = Path(__file__).resolve().parent.parent
 
 TARGET_SECONDS = 10.0
 
 
-async def run(url: str, images: int, blobs: Path) -> dict[str, float]:
-    sys.path.insert(0, str(ROOT))  # the tests' seeding helpers
+async def run(db: Database, registry: Registry, images: int) -> dict[str, float]:
     from tests.retention_seed import ensure_repository, seed
 
-    db = Database(url)
-    store = FilesystemBlobStore(blobs)
-    try:
-        retention = Retention(db, Registry(db, store))
-        repo = await ensure_repository(db, "bench", "ci")
-        await seed(db, repo, [(i, [f"c{i}", f"s{i}"], (images - i) / 1000) for i in range(images)])
-        started = time.perf_counter()
-        prepared = await retention.prepare("bench", [Rule(Keep.LAST, count=10)])
-        planned = time.perf_counter()
-        record = await retention.carry_out(prepared, dry_run=False, actor="bench")
-        finished = time.perf_counter()
-        assert record.images_deleted == images - 10, record.error
-        return {
-            "plan_s": planned - started,
-            "delete_s": finished - planned,
-            "total_s": finished - started,
-        }
-    finally:
-        await store.close()
-        await db.dispose()
+    retention = Retention(db, registry)
+    repo = await ensure_repository(db, "bench", "ci")
+    await seed(db, repo, [(i, [f"c{i}", f"s{i}"], (images - i) / 1000) for i in range(images)])
+    started = time.perf_counter()
+    prepared = await retention.prepare("bench", [Rule(Keep.LAST, count=10)])
+    planned = time.perf_counter()
+    record = await retention.carry_out(prepared, dry_run=False, actor="bench")
+    finished = time.perf_counter()
+    assert record.images_deleted == images - 10, record.error
+    return {
+        "plan_s": planned - started,
+        "delete_s": finished - planned,
+        "total_s": finished - started,
+    }
 
 
 def main() -> None:
@@ -58,10 +47,10 @@ def main() -> None:
     p.add_argument("--images", type=int, default=10_000)
     p.add_argument("--postgres", help="an empty PostgreSQL database URL (asyncpg)")
     args = p.parse_args()
-    with tempfile.TemporaryDirectory(prefix="berth-retention-") as tmp:
-        url = args.postgres or f"sqlite+aiosqlite:///{tmp}/berth.db"
-        upgrade(url)
-        figures = asyncio.run(run(url, args.images, Path(tmp) / "blobs"))
+    sys.path.insert(0, str(ROOT))  # the tests' seeding helpers
+    from tests.retention_seed import on_fresh_registry
+
+    figures = on_fresh_registry(args.postgres, lambda db, registry: run(db, registry, args.images))
     print(
         f"retention run over {args.images:,} images / {2 * args.images:,} tags: "
         f"{figures['total_s']:.1f} s (snapshot and plan {figures['plan_s']:.1f} s, deletes "

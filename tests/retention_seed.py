@@ -1,16 +1,23 @@
 """Seeding a repository's images straight into the metadata database (no HTTP), for retention
-tests and the benchmark: thousands of images in a second."""
+and image delete tests and their benchmarks: thousands of images in a second; and running a
+scenario on such a database with a registry over it."""
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import hashlib
 import json
-from collections.abc import Sequence
+import tempfile
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
+from typing import TypeVar
 
 from sqlalchemy import select
 
+from berth.domain.references import RepositoryRef
 from berth.metadata.database import Database
+from berth.metadata.migrate import upgrade
 from berth.metadata.tables import (
     manifest_references,
     manifests,
@@ -19,6 +26,58 @@ from berth.metadata.tables import (
     tags,
     utcnow,
 )
+from berth.services.registry import Registry
+from berth.storage.filesystem import FilesystemBlobStore
+
+T = TypeVar("T")
+
+
+def on_registry(url: str, blobs: Path, scenario: Callable[[Database, Registry], Awaitable[T]]) -> T:
+    """Play `scenario` on the migrated database at `url`, with a registry storing blobs under
+    `blobs`; its connections and store are closed after."""
+
+    async def main() -> T:
+        db = Database(url)
+        store = FilesystemBlobStore(blobs)
+        try:
+            return await scenario(db, Registry(db, store))
+        finally:
+            await store.close()
+            await db.dispose()
+
+    return asyncio.run(main())
+
+
+def on_fresh_registry(
+    postgres: str | None, scenario: Callable[[Database, Registry], Awaitable[T]]
+) -> T:
+    """`on_registry` on a new database, migrated: the empty PostgreSQL one at `postgres`, or
+    SQLite in a temporary directory (a benchmark's)."""
+    with tempfile.TemporaryDirectory(prefix="berth-bench-") as tmp:
+        url = postgres or f"sqlite+aiosqlite:///{tmp}/berth.db"
+        upgrade(url)
+        return on_registry(url, Path(tmp) / "blobs", scenario)
+
+
+async def repository_ref(db: Database, project: str, repository: str) -> RepositoryRef:
+    """The repository (created if need be), as the services take it."""
+    repo_id = await ensure_repository(db, project, repository)
+    async with db.read() as conn:
+        row = (
+            await conn.execute(
+                select(repositories.c.project_id, repositories.c.tag_overwrite).where(
+                    repositories.c.id == repo_id
+                )
+            )
+        ).one()
+    return RepositoryRef(repo_id, row.project_id, project, repository, False, row.tag_overwrite)
+
+
+async def stored_digests(db: Database) -> set[str]:
+    """The digests of every manifest stored."""
+    async with db.read() as conn:
+        return set((await conn.execute(select(manifests.c.digest))).scalars())
+
 
 MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 INDEX = "application/vnd.oci.image.index.v1+json"

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
-from typing import TypeVar
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, TypeVar
 
-from sqlalchemy import ColumnElement, Exists, Select, and_, or_, select
+from sqlalchemy import ColumnElement, Exists, Row, Select, and_, or_, select
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from berth.metadata.tables import manifest_references, manifests
 
@@ -18,6 +19,16 @@ def chunks(values: Sequence[T], size: int = IN_LIST_CHUNK) -> Iterable[Sequence[
     """`values` in slices of at most `size`, one IN (...) list each."""
     for start in range(0, len(values), size):
         yield values[start : start + size]
+
+
+async def rows_in_chunks(
+    conn: AsyncConnection, values: Sequence[T], statement_for: Callable[[Sequence[T]], Select[Any]]
+) -> list[Row[Any]]:
+    """The rows `statement_for` selects for `values`, given them one IN-list chunk at a time."""
+    rows: list[Row[Any]] = []
+    for chunk in chunks(values):
+        rows.extend(await conn.execute(statement_for(chunk)))
+    return rows
 
 
 def is_index_child() -> Exists:

@@ -43,7 +43,7 @@ from berth.domain.tag_rules import (
 )
 from berth.metadata.audit import write_audit_entries
 from berth.metadata.database import Database
-from berth.metadata.queries import chunks, indexes_listing, is_image
+from berth.metadata.queries import chunks, indexes_listing, is_image, rows_in_chunks
 from berth.metadata.tables import (
     blobs,
     image_events,
@@ -67,6 +67,7 @@ from berth.services.platform_manifests import (
     DeletedManifest,
     IndexListings,
     deleted_images,
+    settle,
 )
 from berth.services.scanning.scans import queue_on_push
 from berth.services.tag_rules import immutable_rules
@@ -637,22 +638,22 @@ class ManifestContent:
         listings.let_go((repo.id, image, digest), children.get(digest, ()))
         platforms: list[str] = []
         referrers: list[str] = []
-        grew = True
-        while grew:
-            grew = False
-            for member in sorted(reached - going):
-                key = keys[member]
-                if member in listed_by_some and listings.goes_with_its_index(
-                    key, tagged.get(member, set())
-                ):
-                    platforms.append(member)
-                elif subjects.get(member) in going and listings.referrer_goes(key):
-                    referrers.append(member)
-                else:
-                    continue
-                going.add(member)
-                listings.let_go(key, children.get(member, ()))
-                grew = True
+
+        def goes(member: str) -> bool:
+            key = keys[member]
+            if member in listed_by_some and listings.goes_with_its_index(
+                key, tagged.get(member, set())
+            ):
+                platforms.append(member)
+            elif subjects.get(member) in going and listings.referrer_goes(key):
+                referrers.append(member)
+            else:
+                return False
+            going.add(member)
+            listings.let_go(key, children.get(member, ()))
+            return True
+
+        settle(sorted(reached), goes)
         return platforms, referrers
 
     async def _referrers_of(
@@ -660,25 +661,20 @@ class ManifestContent:
     ) -> dict[str, str]:
         """The stored manifests of the image whose subject is one of `subjects` (digests):
         each one's subject, by its digest."""
-        found: dict[str, str] = {}
-        for chunk in chunks(subjects):
-            rows = await conn.execute(
-                select(manifests.c.digest, manifests.c.subject_digest).where(
-                    manifests.c.repository_id == repo.id,
-                    manifests.c.image == image,
-                    manifests.c.subject_digest.in_(chunk),
-                )
-            )
-            found.update({row.digest: row.subject_digest for row in rows})
-        return found
+        rows = await _rows_of_image(
+            conn, repo, image, manifests.c.subject_digest, subjects, manifests.c.digest
+        )
+        return {row.digest: row.subject_digest for row in rows}
 
     async def _listed_manifests(
         self, conn: Any, repo: RepositoryRef, image: str, indexes: list[str]
     ) -> dict[str, list[str]]:
         """The manifests each of `indexes` (digests) lists, by index digest."""
         listed: dict[str, list[str]] = {}
-        for chunk in chunks(indexes):
-            rows = await conn.execute(
+        for row in await rows_in_chunks(
+            conn,
+            indexes,
+            lambda chunk: (
                 select(manifests.c.digest, manifest_references.c.digest.label("child"))
                 .join(manifest_references, manifest_references.c.manifest_id == manifests.c.id)
                 .where(
@@ -687,25 +683,17 @@ class ManifestContent:
                     manifests.c.digest.in_(chunk),
                     manifest_references.c.is_manifest,
                 )
-            )
-            for row in rows:
-                listed.setdefault(row.digest, []).append(row.child)
+            ),
+        ):
+            listed.setdefault(row.digest, []).append(row.child)
         return listed
 
     async def _tags_of(
         self, conn: Any, repo: RepositoryRef, image: str, digests: list[str]
     ) -> dict[str, set[str]]:
         found: dict[str, set[str]] = {}
-        for chunk in chunks(digests):
-            rows = await conn.execute(
-                select(tags.c.digest, tags.c.name).where(
-                    tags.c.repository_id == repo.id,
-                    tags.c.image == image,
-                    tags.c.digest.in_(chunk),
-                )
-            )
-            for row in rows:
-                found.setdefault(row.digest, set()).add(row.name)
+        for row in await _rows_of_image(conn, repo, image, tags.c.digest, digests, tags.c.name):
+            found.setdefault(row.digest, set()).add(row.name)
         return found
 
     async def _queue_image_deleted_events(
@@ -899,6 +887,21 @@ class ManifestContent:
             subject = content_subject(repo, image, tag)
             await enqueue_event(conn, repo.project_id, TAG_RESTORED, data, subject)
         return str(digest)
+
+
+async def _rows_of_image(
+    conn: Any, repo: RepositoryRef, image: str, column: Any, values: list[str], *more: Any
+) -> list[Any]:
+    """`column` and `more` of the rows of its table (`manifests`, `tags`) in the image whose
+    `column` is one of `values`."""
+    table = column.table
+    return await rows_in_chunks(
+        conn,
+        values,
+        lambda chunk: select(column, *more).where(
+            table.c.repository_id == repo.id, table.c.image == image, column.in_(chunk)
+        ),
+    )
 
 
 def _check_sizes(kind: str, descriptors: list[Descriptor], stored: dict[str, int]) -> None:

@@ -9,17 +9,19 @@ referrers, is one image), for the webhook events and audit entries both record."
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable, Set
+from collections.abc import Callable, Iterable, Set
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import select
 
-from berth.metadata.queries import chunks
+from berth.metadata.queries import rows_in_chunks
 from berth.metadata.tables import manifest_references, manifests
 
 # A manifest of a repository: (repository id, image, digest).
 ManifestKey = tuple[int, str, str]
+
+T = TypeVar("T")
 
 
 class IndexListings:
@@ -36,8 +38,10 @@ class IndexListings:
         listed: dict[ManifestKey, set[str]] = defaultdict(set)
         parent = manifests.alias("parent")
         repository_ids = sorted({key[0] for key in keys})
-        for digests in chunks(sorted({key[2] for key in keys})):
-            for row in await conn.execute(
+        for row in await rows_in_chunks(
+            conn,
+            sorted({key[2] for key in keys}),
+            lambda digests: (
                 select(
                     parent.c.repository_id,
                     parent.c.image,
@@ -50,8 +54,9 @@ class IndexListings:
                     manifest_references.c.digest.in_(digests),
                     parent.c.repository_id.in_(repository_ids),
                 )
-            ):
-                listed[(row.repository_id, row.image, row.digest)].add(row.parent)
+            ),
+        ):
+            listed[(row.repository_id, row.image, row.digest)].add(row.parent)
         return cls(listed)
 
     def is_listed(self, key: ManifestKey) -> bool:
@@ -75,6 +80,17 @@ class IndexListings:
         lists it (its tags, such as cosign's `sha256-<hex>.sig`, are its subject's business
         and go with it)."""
         return not self.is_listed(key)
+
+
+def settle(candidates: Iterable[T], goes: Callable[[T], bool]) -> None:
+    """Ask `goes` of each candidate not gone yet, in their order, round after round while one
+    went: one going can let others go (an index what it lists, a subject its referrers)."""
+    pending = list(candidates)
+    while True:
+        left = [candidate for candidate in pending if not goes(candidate)]
+        if len(left) == len(pending):
+            return
+        pending = left
 
 
 @dataclass(frozen=True, slots=True)

@@ -53,7 +53,7 @@ from berth.metadata.tables import (
     tags,
     utcnow,
 )
-from berth.services.platform_manifests import IndexListings
+from berth.services.platform_manifests import IndexListings, settle
 from berth.services.registry import Registry
 from berth.services.tag_rules import immutable_rules
 
@@ -540,21 +540,20 @@ class Retention:
         index that stays, or was pushed since), or with a tag (given since the snapshot),
         stays, and so does what only it lists."""
         going: dict[tuple[int, str, str], str] = {}
-        pending = list(children)
-        grew = True
-        while grew:
-            grew = False
-            for child, index in list(pending):
-                key = self._key(snapshot, child)
-                same_row = (
-                    current_ids.get(key)
-                    == snapshot.ids[(child.repository, child.image, child.digest)]
-                )
-                if same_row and listings.goes_with_its_index(key, current_tags.get(key, set())):
-                    going[key] = index
-                    listings.let_go(key, child.children)
-                    pending.remove((child, index))
-                    grew = True
+
+        def goes(candidate: tuple[Manifest, str]) -> bool:
+            child, index = candidate
+            key = self._key(snapshot, child)
+            same_row = (
+                current_ids.get(key) == snapshot.ids[(child.repository, child.image, child.digest)]
+            )
+            if not (same_row and listings.goes_with_its_index(key, current_tags.get(key, set()))):
+                return False
+            going[key] = index
+            listings.let_go(key, child.children)
+            return True
+
+        settle(children, goes)
         return going
 
     def _referrers_going(
@@ -572,22 +571,21 @@ class Retention:
         its own referrers."""
         gone = set(going)
         found: dict[tuple[int, str, str], str] = {}
-        pending = list(referrers)
-        grew = True
-        while grew:
-            grew = False
-            for referrer, index in list(pending):
-                key = self._key(snapshot, referrer)
-                subject = (key[0], referrer.image, referrer.subject or "")
-                if (
-                    subject in gone
-                    and self._unchanged(snapshot, referrer, key, current_ids, current_tags)
-                    and listings.referrer_goes(key)
-                ):
-                    found[key] = index
-                    gone.add(key)
-                    pending.remove((referrer, index))
-                    grew = True
+
+        def goes(candidate: tuple[Manifest, str]) -> bool:
+            referrer, index = candidate
+            key = self._key(snapshot, referrer)
+            if (
+                (key[0], referrer.image, referrer.subject or "") not in gone
+                or not self._unchanged(snapshot, referrer, key, current_ids, current_tags)
+                or not listings.referrer_goes(key)
+            ):
+                return False
+            found[key] = index
+            gone.add(key)
+            return True
+
+        settle(referrers, goes)
         return found
 
     @staticmethod

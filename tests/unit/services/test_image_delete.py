@@ -4,7 +4,6 @@ the index's size."""
 
 from __future__ import annotations
 
-import asyncio
 import functools
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -13,44 +12,24 @@ from typing import Any
 import pytest
 from sqlalchemy import event, select
 
+import berth.metadata.queries as queries_module
 import berth.services.manifests as manifests_module
-import berth.services.platform_manifests as platform_manifests_module
 from berth.domain.references import RepositoryRef
 from berth.metadata.database import Database
 from berth.metadata.queries import chunks
-from berth.metadata.tables import image_events, manifests, repositories, tags
+from berth.metadata.tables import image_events, tags
 from berth.services.platform_manifests import DeletedImage, DeletedReferrer
 from berth.services.registry import Registry
-from berth.storage.filesystem import FilesystemBlobStore
-from tests.retention_seed import ensure_repository, seed, seed_one
+from tests.retention_seed import on_registry, repository_ref, seed, seed_one, stored_digests
 
 Scenario = Callable[[Database, Registry, RepositoryRef], Awaitable[Any]]
 
 
 def run(url: str, tmp_path: Path, scenario: Scenario) -> Any:
-    async def main() -> Any:
-        db = Database(url)
-        store = FilesystemBlobStore(tmp_path / "blobs")
-        try:
-            repo_id = await ensure_repository(db, "p", "app")
-            async with db.read() as conn:
-                project_id = (
-                    await conn.execute(
-                        select(repositories.c.project_id).where(repositories.c.id == repo_id)
-                    )
-                ).scalar_one()
-            repo = RepositoryRef(repo_id, project_id, "p", "app", False, True)
-            return await scenario(db, Registry(db, store), repo)
-        finally:
-            await store.close()
-            await db.dispose()
+    async def with_repository(db: Database, registry: Registry) -> Any:
+        return await scenario(db, registry, await repository_ref(db, "p", "app"))
 
-    return asyncio.run(main())
-
-
-async def stored(db: Database) -> set[str]:
-    async with db.read() as conn:
-        return set((await conn.execute(select(manifests.c.digest))).scalars())
+    return on_registry(url, tmp_path / "blobs", with_repository)
 
 
 def test_an_index_goes_with_what_nothing_else_holds_across_chunks(
@@ -59,8 +38,8 @@ def test_an_index_goes_with_what_nothing_else_holds_across_chunks(
     """IN lists of two values: an index of five platform manifests takes several of each
     statement, and deletes as one."""
     in_twos = functools.partial(chunks, size=2)
-    monkeypatch.setattr(manifests_module, "chunks", in_twos)
-    monkeypatch.setattr(platform_manifests_module, "chunks", in_twos)
+    monkeypatch.setattr(manifests_module, "chunks", in_twos)  # the deletes
+    monkeypatch.setattr(queries_module, "chunks", in_twos)  # the reads (`rows_in_chunks`)
 
     async def scenario(db: Database, registry: Registry, repo: RepositoryRef) -> None:
         platforms = await seed(db, repo.id, [(n, [], 1) for n in range(5)])
@@ -84,7 +63,7 @@ def test_an_index_goes_with_what_nothing_else_holds_across_chunks(
                 key=lambda r: r.digest,
             ),
         )
-        assert await stored(db) == {tagged, of_tagged, held, holder}
+        assert await stored_digests(db) == {tagged, of_tagged, held, holder}
         async with db.read() as conn:
             deletes = set(
                 (

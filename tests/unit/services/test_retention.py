@@ -3,7 +3,6 @@ changes during a run, index children and referrers, protected tags, the 10,000-i
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import json
 import logging
@@ -35,29 +34,17 @@ from berth.services.manifests import ImageLimitReached
 from berth.services.registry import Registry
 from berth.services.retention import SCHEDULE_ACTOR, Retention
 from berth.services.tag_rules import TagRules
-from berth.storage.filesystem import FilesystemBlobStore
 from tests.oci import OCI_CONFIG, OCI_LAYER, OCI_MANIFEST, Blob, image_manifest
-from tests.retention_seed import ensure_repository, seed, seed_one
+from tests.retention_seed import ensure_repository, on_registry, seed, seed_one, stored_digests
 
 Scenario = Callable[[Database, Retention], Awaitable[Any]]
 
 
 def run(url: str, tmp_path: Path, scenario: Scenario) -> Any:
-    async def main() -> Any:
-        db = Database(url)
-        store = FilesystemBlobStore(tmp_path / "blobs")
-        try:
-            return await scenario(db, Retention(db, Registry(db, store)))
-        finally:
-            await store.close()
-            await db.dispose()
+    async def with_retention(db: Database, registry: Registry) -> Any:
+        return await scenario(db, Retention(db, registry))
 
-    return asyncio.run(main())
-
-
-async def stored(db: Database) -> set[str]:
-    async with db.read() as conn:
-        return set((await conn.execute(select(manifests.c.digest))).scalars())
+    return on_registry(url, tmp_path / "blobs", with_retention)
 
 
 async def tag_names(db: Database) -> set[str]:
@@ -73,14 +60,14 @@ def test_dry_run_lists_exactly_what_the_real_run_deletes(database_url: str, tmp_
         repo = await ensure_repository(db, "p", "app")
         digests = await seed(db, repo, [(i, [f"ci-{i}", f"sha-{i}"], 10 - i) for i in range(6)])
         dry = await retention.run("p", dry_run=True, actor="alice", rules=KEEP_TWO)
-        assert await stored(db) == set(digests)  # a dry run deletes nothing
+        assert await stored_digests(db) == set(digests)  # a dry run deletes nothing
         real = await retention.run("p", dry_run=False, actor="alice", rules=KEEP_TWO)
         assert [(i.repository, i.digest, i.tags) for i in dry.deleted] == [
             (i.repository, i.digest, i.tags) for i in real.deleted
         ]
         assert [i.digest for i in real.deleted] == digests[:4]
         assert real.deleted[0].tags == ["ci-0", "sha-0"]
-        assert await stored(db) == set(digests[4:])
+        assert await stored_digests(db) == set(digests[4:])
         assert await tag_names(db) == {"ci-4", "sha-4", "ci-5", "sha-5"}
         assert "next garbage collection" in real.note
         async with db.read() as conn:
@@ -121,7 +108,7 @@ def test_retag_during_a_run_keeps_the_image(database_url: str, tmp_path: Path) -
         result = await retention.carry_out(prepared, dry_run=False, actor="bob")
         assert [i.digest for i in result.deleted] == [digests[1]]
         assert result.images_skipped == 1
-        assert digests[0] in await stored(db)
+        assert digests[0] in await stored_digests(db)
         assert "changed since the run's snapshot" in result.note
 
     run(database_url, tmp_path, scenario)
@@ -139,7 +126,7 @@ def test_push_during_a_run_is_not_deleted(database_url: str, tmp_path: Path) -> 
         await seed(db, repo, [(0, [], 0)])
         result = await retention.carry_out(prepared, dry_run=False, actor="bob")
         assert [i.digest for i in result.deleted] == digests[1:]
-        assert await stored(db) == {digests[0], fresh[0]}
+        assert await stored_digests(db) == {digests[0], fresh[0]}
 
     run(database_url, tmp_path, scenario)
 
@@ -160,8 +147,8 @@ def test_index_children_and_referrers_go_with_their_image(
             (index, 2, 1)
         ]
         await retention.run("p", dry_run=False, actor="a", rules=rules)
-        assert await stored(db) == {keep}
-        assert signature not in await stored(db)
+        assert await stored_digests(db) == {keep}
+        assert signature not in await stored_digests(db)
 
     run(database_url, tmp_path, scenario)
 
@@ -191,7 +178,7 @@ def test_nested_indexes_and_shared_platform_manifests_leave_no_stray_image(
         assert went == {outer: (3, 1), first: (0, 0), second: (1, 0)}
         real = await retention.run("p", dry_run=False, actor="a", rules=rules)
         assert (real.images_deleted, real.images_skipped) == (3, 0)
-        assert await stored(db) == {keep}
+        assert await stored_digests(db) == {keep}
         async with db.read() as conn:
             audited = {
                 row.target: row.detail
@@ -220,7 +207,7 @@ def test_tag_overwrite_off_protects_every_tagged_image(database_url: str, tmp_pa
             "p", dry_run=False, actor="a", rules=[Rule(Keep.PUSHED_WITHIN, days=7)]
         )
         assert sorted(i.repository for i in result.deleted) == ["locked", "open"]
-        assert await stored(db) == {kept[0]}  # the tagged image of `locked`
+        assert await stored_digests(db) == {kept[0]}  # the tagged image of `locked`
 
     run(database_url, tmp_path, scenario)
 
@@ -242,7 +229,7 @@ def test_an_immutable_tag_rule_keeps_the_images_it_covers(
         )
         deleted = {(i.repository, i.digest) for i in result.deleted}
         assert deleted == {("app", app_images[1]), ("other", other_images[0])}
-        assert await stored(db) == {app_images[0]}
+        assert await stored_digests(db) == {app_images[0]}
 
     run(database_url, tmp_path, scenario)
 
@@ -341,7 +328,7 @@ def test_tag_overwrite_switched_off_during_a_run_protects_the_images(
             await conn.execute(update(repositories).values(tag_overwrite=False))
         result = await retention.carry_out(prepared, dry_run=False, actor="a")
         assert result.images_deleted == 0 and result.images_skipped == 2
-        assert await stored(db) == set(digests)
+        assert await stored_digests(db) == set(digests)
 
     run(database_url, tmp_path, scenario)
 
@@ -363,6 +350,6 @@ def test_an_index_pushed_during_a_run_keeps_the_platform_manifest_it_lists(
         # A new index listing the arm64 manifest arrives after the snapshot.
         fresh = await seed_one(db, repo, 5, ["new"], age_days=0, children=[arm])
         await retention.carry_out(prepared, dry_run=False, actor="a")
-        assert await stored(db) == {arm, fresh}
+        assert await stored_digests(db) == {arm, fresh}
 
     run(database_url, tmp_path, scenario)
