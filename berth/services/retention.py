@@ -43,6 +43,7 @@ from berth.domain.wording import counted
 from berth.metadata.audit import write_audit_entry
 from berth.metadata.database import Database
 from berth.metadata.lookups import count_in_project, require_project
+from berth.metadata.queries import rows_in_chunks
 from berth.metadata.tables import (
     manifest_references,
     manifests,
@@ -444,22 +445,28 @@ class Retention:
             for m in (d.image, *d.referrers, *d.children)
         ]
         async with self.db.write() as conn:
+            # In chunks: a batch of indexes of many platform manifests each can name more
+            # manifests than one statement may take parameters.
             current_ids = {
                 (row.repository_id, row.image, row.digest): row.id
-                for row in await conn.execute(
-                    select(
+                for row in await rows_in_chunks(
+                    conn,
+                    keys,
+                    lambda chunk: select(
                         manifests.c.id,
                         manifests.c.repository_id,
                         manifests.c.image,
                         manifests.c.digest,
-                    ).where(_keys_in(manifests, keys))
+                    ).where(_keys_in(manifests, chunk)),
                 )
             }
             current_tags: dict[tuple[int, str, str], set[str]] = defaultdict(set)
-            for row in await conn.execute(
-                select(tags.c.repository_id, tags.c.image, tags.c.digest, tags.c.name).where(
-                    _keys_in(tags, keys)
-                )
+            for row in await rows_in_chunks(
+                conn,
+                keys,
+                lambda chunk: select(
+                    tags.c.repository_id, tags.c.image, tags.c.digest, tags.c.name
+                ).where(_keys_in(tags, chunk)),
             ):
                 current_tags[(row.repository_id, row.image, row.digest)].add(row.name)
             listings = await IndexListings.read(conn, keys)

@@ -4,6 +4,7 @@ changes during a run, index children and referrers, protected tags, the 10,000-i
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import json
 import logging
 import time
@@ -12,12 +13,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import func, select, update
+from sqlalchemy import event, func, select, update
 
+import berth.metadata.queries as queries_module
+import berth.services.manifests as manifests_module
 import berth.services.retention as retention_module
 from berth.domain.references import RepositoryRef
 from berth.domain.retention import Keep, Rule
 from berth.metadata.database import Database
+from berth.metadata.queries import chunks
 from berth.metadata.tables import (
     audit_log,
     blobs,
@@ -353,3 +357,40 @@ def test_an_index_pushed_during_a_run_keeps_the_platform_manifest_it_lists(
         assert await stored_digests(db) == {arm, fresh}
 
     run(database_url, tmp_path, scenario)
+
+
+def test_a_batch_of_big_indexes_is_read_and_deleted_in_bounded_statements(
+    database_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With IN lists of two values, no statement of a run takes more than a handful of
+    parameters, however many platform manifests its batch holds: a batch of real indexes of
+    thousands of platform manifests each stays under the databases' parameter limits
+    (SQLite's 32,766, asyncpg's 32,767), and every image still goes."""
+    in_twos = functools.partial(chunks, size=2)
+    monkeypatch.setattr(manifests_module, "chunks", in_twos)  # the deletes
+    monkeypatch.setattr(queries_module, "chunks", in_twos)  # the reads (`rows_in_chunks`)
+
+    async def scenario(db: Database, retention: Retention) -> int:
+        repo = await ensure_repository(db, "p", "app")
+        for first in (10, 20, 30):
+            platforms = [await seed_one(db, repo, first + n, age_days=30) for n in range(6)]
+            await seed_one(db, repo, first + 9, [f"v{first}"], age_days=30, children=platforms)
+        keep = await seed_one(db, repo, 99, ["new"], age_days=0)
+        most = 0
+
+        def parameters(
+            _conn: Any, _cursor: Any, _sql: str, params: Any, _context: Any, many: bool
+        ) -> None:
+            nonlocal most
+            if not many:  # executemany: one row's parameters at a time
+                most = max(most, len(params))
+
+        event.listen(db.writer.sync_engine, "before_cursor_execute", parameters)
+        real = await retention.run(
+            "p", dry_run=False, actor="a", rules=[Rule(Keep.PUSHED_WITHIN, days=7)]
+        )
+        assert (real.images_deleted, real.images_skipped) == (3, 0)
+        assert await stored_digests(db) == {keep}
+        return most
+
+    assert run(database_url, tmp_path, scenario) <= 12
