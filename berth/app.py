@@ -261,7 +261,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         metrics.start_known_series(
             s3_cache=settings.storage == "s3" and settings.s3_cache_dir is not None
         )
-        services = Services.build(settings)
+        services = Services.build(settings, serving=True)
         services.start()
         app.state.services = services
         api.state.services = services

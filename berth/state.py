@@ -46,11 +46,10 @@ from berth.services.vulndb import VulnDb
 from berth.services.webhook_delivery import WebhookDelivery
 from berth.services.webhooks import Webhooks
 from berth.storage.base import BlobStore, failures_said_by_caller
-from berth.storage.filesystem import FilesystemBlobStore
+from berth.storage.drivers import blob_store, s3_location
 
 if TYPE_CHECKING:  # data_location loads alembic, which a serving worker does not need
     from berth.data_location import StartUpProblem
-    from berth.storage.s3 import S3Location
 
 
 @dataclass
@@ -85,9 +84,12 @@ class Services:
     resolved_names: ResolvedNames = field(default_factory=ResolvedNames)
 
     @classmethod
-    def build(cls, settings: Settings, keyring: Keyring | None = None) -> Services:
+    def build(
+        cls, settings: Settings, keyring: Keyring | None = None, *, serving: bool = False
+    ) -> Services:
         """This process's services; `keyring`: the server's keys if the caller has read them
-        already (the start-up, which checked them), else they are read (or created) here."""
+        already (the start-up, which checked them), else they are read (or created) here.
+        `serving`: a serving worker's (`start` follows), not a CLI verb's."""
         db = Database.for_settings(settings)
         store = blob_store(settings)
         if keyring is None:
@@ -132,7 +134,16 @@ class Services:
         retention = Retention(db, registry)
         vulndb = VulnDb(db)
         pull_policy = PullPolicy(db)
-        scans = Scans(db, store, vulndb, on_finished=pull_policy.forget_verdicts)
+        # A serving worker's scans read layers and match packages in processes of their own,
+        # not on the GIL its requests need; `berth scan --wait` serves nothing and scans in
+        # its own process.
+        scans = Scans(
+            db,
+            store,
+            vulndb,
+            on_finished=pull_policy.forget_verdicts,
+            processes=ScanProcesses(settings.scan_workers, settings) if serving else None,
+        )
         throttle = LoginThrottle(
             db, settings.login_failures_per_key, settings.login_failures_per_client
         )
@@ -270,11 +281,6 @@ class Services:
 
     def start(self) -> None:
         """Background work of a serving process (not of CLI verbs)."""
-        # Its scans read layers and match packages in processes of their own, not on the GIL
-        # its requests need; `berth scan --wait` serves nothing and scans in its own process.
-        self.scans.processes = ScanProcesses(
-            self.settings.scan_workers, open_scan_resources, self.settings
-        )
         self.identity.audit.start()
         self.traffic.start()
         self.pulls.start()
@@ -328,7 +334,7 @@ def unresolved_endpoint(settings: Settings) -> StartUpProblem | None:
     startup_wait (then exit 75, which systemd restarts again and again)."""
     from berth.data_location import StartUpProblem
 
-    location = _s3_location(settings)
+    location = s3_location(settings)
     host = location.host_resolved_here
     why = None if host is None else host_not_found(host)
     if why is None:
@@ -336,43 +342,4 @@ def unresolved_endpoint(settings: Settings) -> StartUpProblem | None:
     return StartUpProblem(
         f"{setting_source('s3_endpoint')}: cannot resolve S3 endpoint host {host} ({why}): "
         f"{location.shown}"
-    )
-
-
-def open_scan_resources(settings: Settings) -> tuple[Database, BlobStore]:
-    """A scan process's own database and blob store (`ScanProcesses`)."""
-    return Database.for_settings(settings), blob_store(settings)
-
-
-def blob_store(settings: Settings) -> BlobStore:
-    """The one place that knows which storage drivers exist."""
-    if settings.storage == "s3":
-        # Imported here: the S3 client takes a second or more to import, which no CLI verb
-        # on the filesystem store should pay.
-        from berth.storage.blob_cache import BlobCache
-        from berth.storage.s3 import S3BlobStore
-
-        cache = None
-        if settings.s3_cache_dir is not None:
-            cache = BlobCache(settings.s3_cache_dir.resolve(), settings.s3_cache_bound)
-        return S3BlobStore(_s3_location(settings), cache)
-    return FilesystemBlobStore(settings.blob_dir)
-
-
-def _s3_location(settings: Settings) -> S3Location:
-    """Where `storage = "s3"` keeps the blobs, as its settings say."""
-    # Imported here: the S3 client takes a second or more to import (see `blob_store`).
-    from berth.storage.s3 import S3Location
-
-    assert settings.s3_bucket is not None  # the settings refuse s3 without a bucket
-    return S3Location(
-        bucket=settings.s3_bucket,
-        endpoint=settings.s3_endpoint,
-        region=settings.s3_region,
-        prefix=settings.s3_prefix,
-        access_key_id=settings.s3_access_key_id,
-        secret_access_key=settings.s3_secret_access_key,
-        path_style=settings.s3_path_style,
-        attempts=settings.s3_attempts,
-        public_endpoint=settings.s3_public_endpoint,
     )

@@ -67,7 +67,6 @@ from pathlib import Path
 
 from berth.config import load_settings
 from berth.services.scanning.processes import ScanProcesses
-from berth.state import open_scan_resources
 
 
 async def wait_long(db, store, pid_file):
@@ -76,7 +75,7 @@ async def wait_long(db, store, pid_file):
 
 
 async def main():
-    processes = ScanProcesses(1, open_scan_resources, load_settings())
+    processes = ScanProcesses(1, load_settings())
     await processes.run(wait_long, sys.argv[1])
 
 

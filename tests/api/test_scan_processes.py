@@ -20,9 +20,9 @@ import pytest
 
 from berth.config import load_settings
 from berth.domain.manifests import Descriptor
+from berth.services.scanning.processes import open_scan_resources
 from berth.services.scanning.scans import Inspected, inspect_image
 from berth.services.vulndb import VulnDb
-from berth.state import open_scan_resources
 from tests.api.conftest import Team, ok, push_layers, services
 from tests.api.test_scans import EXPECTED, findings, records, wait_done
 from tests.oci import OCI_LAYER_GZIP, OCI_MANIFEST, Blob

@@ -9,6 +9,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -125,3 +126,63 @@ def test_the_supervisor_loads_every_library_and_berth_module_a_worker_starts_wit
         if name.split(".")[0] not in sys.stdlib_module_names and name != "__main__"
     )
     assert left_to_the_workers == []
+
+
+# A serving worker forked by granian from berth.supervisor (its main module, as `berth serve`
+# starts two workers or more) starting a scan process, whose work sends back what it loaded.
+SCAN_PROCESS = """
+import asyncio, json, sys
+
+import berth.supervisor
+from berth.config import load_settings
+from berth.services.scanning.processes import ScanProcesses
+from tests.unit.test_serving_imports import loaded_modules
+
+sys.modules["__main__"] = berth.supervisor
+
+
+async def main() -> None:
+    processes = ScanProcesses(1, load_settings())
+    try:
+        print(json.dumps(await processes.run(loaded_modules)))
+    finally:
+        processes.close()
+
+
+asyncio.run(main())
+"""
+
+# What a scan process has no use for: the application and the services it does not run.
+NOT_IN_A_SCAN_PROCESS = {"fastapi", "starlette", "granian", "berth.app", "berth.api", "berth.state"}
+
+
+async def loaded_modules(db: object, store: object) -> list[str]:
+    return sorted(sys.modules)
+
+
+def test_a_scan_process_loads_neither_the_app_nor_the_services_it_does_not_run(
+    tmp_path: Path,
+) -> None:
+    """A scan process is spawned: it imports its starter's main module (berth.supervisor in a
+    worker) and what its work names, each megabyte of it once per scan process."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BERTH_")}
+    env |= {"BERTH_CONFIG": str(tmp_path / "none.toml"), "BERTH_DATA_DIR": str(tmp_path)}
+    done = subprocess.run(
+        [sys.executable, "-c", SCAN_PROCESS],
+        env=env,
+        cwd=Path(__file__).parent.parent.parent,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    loaded = set(json.loads(done.stdout.splitlines()[-1]))
+    unused = {
+        name
+        for name in loaded
+        if any(
+            name == unwanted or name.startswith(f"{unwanted}.")
+            for unwanted in NOT_IN_A_SCAN_PROCESS
+        )
+    }
+    assert sorted(unused) == []

@@ -25,18 +25,21 @@ import pickle
 import signal
 from collections.abc import Awaitable, Callable
 from concurrent.futures.process import BrokenProcessPool
-from typing import Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from berth.jobs.orphans import when_orphaned
 from berth.metadata.database import Database
 from berth.storage.base import BlobStore
+from berth.storage.drivers import blob_store
+
+if TYPE_CHECKING:
+    from berth.config import Settings
 
 logger = logging.getLogger("berth.scans")
 
 LINGER_SECONDS = 60.0
 STOPPED_BY = (-signal.SIGINT, -signal.SIGTERM)  # a child's exit code when one ended it
 T = TypeVar("T")
-Settings = TypeVar("Settings")
 # What a child runs: given its own database and blob store.
 Work = Callable[..., Awaitable[T]]
 
@@ -61,14 +64,14 @@ def _start_child() -> None:
     when_orphaned(lambda _parent: os._exit(1), "berth-scan-orphan-watch")
 
 
-def _in_child(
-    open_resources: Callable[[Settings], tuple[Database, BlobStore]],
-    settings: Settings,
-    work: Work[T],
-    args: tuple[Any, ...],
-) -> T:
+def open_scan_resources(settings: Settings) -> tuple[Database, BlobStore]:
+    """A scan process's own database and blob store, as `settings` name them."""
+    return Database.for_settings(settings), blob_store(settings)
+
+
+def _in_child(settings: Settings, work: Work[T], args: tuple[Any, ...]) -> T:
     async def run() -> T:
-        db, store = open_resources(settings)
+        db, store = open_scan_resources(settings)
         try:
             return await work(db, store, *args)
         finally:
@@ -86,18 +89,12 @@ def _in_child(
         raise
 
 
-class ScanProcesses(Generic[Settings]):
-    """Runs scan work in the pool; `open_resources(settings)` opens a child's database and
-    blob store."""
+class ScanProcesses:
+    """Runs scan work in the pool; a child opens the database and blob store `settings`
+    name (`open_scan_resources`)."""
 
-    def __init__(
-        self,
-        processes: int,
-        open_resources: Callable[[Settings], tuple[Database, BlobStore]],
-        settings: Settings,
-    ) -> None:
+    def __init__(self, processes: int, settings: Settings) -> None:
         self.processes = processes
-        self._open_resources = open_resources
         self._settings = settings
         self._pool: concurrent.futures.ProcessPoolExecutor | None = None
         self._running = 0
@@ -116,7 +113,7 @@ class ScanProcesses(Generic[Settings]):
                 mp_context=multiprocessing.get_context("spawn"),
                 initializer=_start_child,
             )
-        future = pool.submit(_in_child, self._open_resources, self._settings, work, args)
+        future = pool.submit(_in_child, self._settings, work, args)
         self._running += 1
         try:
             return await asyncio.wrap_future(future)

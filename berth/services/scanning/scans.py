@@ -360,7 +360,7 @@ class Scans:
         store: BlobStore,
         vulndb: VulnDb,
         on_finished: Callable[[], None] | None = None,
-        processes: ScanProcesses[Any] | None = None,
+        processes: ScanProcesses | None = None,
     ) -> None:
         self.db = db
         self.store = store
