@@ -12,6 +12,12 @@ SIGTERM once started, which a terminal or service manager sends to the whole pro
 a stopping server ends them itself (`close`), leaving the scan it cut short to be queued
 again as abandoned, not failed; one of those signals that reaches a child still starting
 (importing) ends it, and its scan is left the same way (`ScanInterrupted`).
+
+A spawned child imports its starter's main module and the modules of what it is handed (the
+work, `open_scan_resources`): each one it need not load is memory once per child, which is
+why the opener lives here and not in berth.state, which imports every service. A forkserver
+(children forked from one process that preloaded this module) cost more for one scan process
+and little less for two (bench/findings.md, "A scan process's memory").
 """
 
 from __future__ import annotations
@@ -58,7 +64,7 @@ def _start_child() -> None:
     it exits when the process that started it dies. A serving worker killed with SIGKILL (the
     OOM killer's choice: the largest process) cannot end its pool, and a pool child waiting
     for work on a queue whose writing end it holds itself would wait for ever, with its
-    ~100 MB. Its scan is the dead process's, left to be queued again as abandoned."""
+    ~75 MB RSS. Its scan is the dead process's, left to be queued again as abandoned."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     when_orphaned(lambda _parent: os._exit(1), "berth-scan-orphan-watch")
