@@ -234,6 +234,16 @@ async def inventory_of(work: Path, layers: list[Path]) -> tuple[Inventory, float
 # ---------------------------------------------------------------- the records
 
 
+def image_layout(work: Path, size_mib: int) -> Path:
+    """The image's OCI layout in `work`: built, unless a run before left it there (--work)."""
+    work.mkdir(parents=True, exist_ok=True)
+    layout = work / "oci"
+    if not layout.exists():
+        layers, _ = build_layers(work, size_mib)
+        layout = oci_layout(work, layers)
+    return layout
+
+
 def make_records(path: Path, count: int, inventory: Inventory) -> None:
     """An all.zip of `count` records made from the genuine fixtures by new IDs (and one in
     ten renamed to a package of the image)."""

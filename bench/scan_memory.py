@@ -29,7 +29,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import servers
-from scan import RECORD_FIXTURES, build_layers, load, oci_layout, push
+from scan import RECORD_FIXTURES, image_layout, load, push
 from servers import BERTH, PROJECT, REPOSITORY, launch_berth, log_in_berth, wait_ready
 
 PROBE = """\
@@ -175,11 +175,7 @@ def main() -> None:
     report: dict[str, Any] = {"command": " ".join(["bench/scan_memory.py", *sys.argv[1:]])}
     with tempfile.TemporaryDirectory(prefix="berth-scanmem-", dir="/var/tmp") as tmp:
         work = args.work or Path(tmp)
-        work.mkdir(parents=True, exist_ok=True)
-        layout = work / "oci"
-        if not layout.exists():
-            layers, _ = build_layers(work, args.size_mib)
-            layout = oci_layout(work, layers)
+        layout = image_layout(work, args.size_mib)
         settings = {
             "BERTH_SCAN_WORKERS": str(args.scan_workers),
             "BERTH_SCAN_CHECK_INTERVAL": "0.2",

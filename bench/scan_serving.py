@@ -32,7 +32,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import regbench
 import servers
-from scan import RECORD_FIXTURES, build_layers, load, oci_layout, push
+from scan import RECORD_FIXTURES, image_layout, load, push
 from servers import BERTH, PROJECT, REPOSITORY, launch_berth, log_in_berth, wait_ready
 
 MANIFEST = "application/vnd.oci.image.manifest.v1+json"
@@ -94,11 +94,7 @@ def main() -> None:
     report: dict[str, Any] = {"command": " ".join(["bench/scan_serving.py", *sys.argv[1:]])}
     with tempfile.TemporaryDirectory(prefix="berth-scanserve-", dir="/var/tmp") as tmp:
         work = args.work or Path(tmp)
-        work.mkdir(parents=True, exist_ok=True)
-        layout = work / "oci"
-        if not layout.exists():  # else the image a run before built in --work
-            layers, _ = build_layers(work, args.size_mib)
-            layout = oci_layout(work, layers)
+        layout = image_layout(work, args.size_mib)
         report["image_MiB"] = round(
             sum(p.stat().st_size for p in work.glob("layer*.tar.gz")) / (1 << 20), 1
         )
