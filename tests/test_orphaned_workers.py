@@ -101,6 +101,8 @@ def test_a_scan_process_stops_when_the_worker_that_started_it_is_killed(tmp_path
         wait_for(lambda: pid_file.exists() and pid_file.read_text() != "", 60, "the scan process")
         scan = int(pid_file.read_text())
         assert running(scan)
+        # Background work, below the worker's CPU priority (what `top` shows as NI).
+        assert os.getpriority(os.PRIO_PROCESS, scan) == os.getpriority(os.PRIO_PROCESS, 0) + 10
         worker.send_signal(signal.SIGKILL)
         worker.wait()
         killed_at = time.monotonic()

@@ -44,6 +44,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger("berth.scans")
 
 LINGER_SECONDS = 60.0
+SCAN_NICENESS = 10  # added to the serving worker's
 STOPPED_BY = (-signal.SIGINT, -signal.SIGTERM)  # a child's exit code when one ended it
 T = TypeVar("T")
 # What a child runs: given its own database and blob store.
@@ -67,6 +68,8 @@ def _start_child() -> None:
     ~75 MB RSS. Its scan is the dead process's, left to be queued again as abandoned."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    # Background work: on a node short of cores, the serving worker's requests go first.
+    os.nice(SCAN_NICENESS)
     when_orphaned(lambda _parent: os._exit(1), "berth-scan-orphan-watch")
 
 
