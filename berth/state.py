@@ -334,6 +334,8 @@ def unresolved_endpoint(settings: Settings) -> StartUpProblem | None:
     startup_wait (then exit 75, which systemd restarts again and again)."""
     from berth.data_location import StartUpProblem
 
+    if settings.storage != "s3":
+        return None
     location = s3_location(settings)
     host = location.host_resolved_here
     why = None if host is None else host_not_found(host)
