@@ -5,8 +5,11 @@ a release (`alembic downgrade`) can step forward again."""
 from __future__ import annotations
 
 import asyncio
+import os
+import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -274,3 +277,89 @@ def test_retention_runs_recorded_before_0023_keep_null_kept_counts(
     asyncio.run(record_old_run())
     upgrade(database_url)
     assert asyncio.run(history()) == [(0, 0), (None, None), (None, None)]
+
+
+PROBE_MIGRATION = """
+import os
+import time
+from pathlib import Path
+
+import sqlalchemy as sa
+from alembic import op
+
+revision = "9999_crash_probe"
+down_revision = "{head}"
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    with op.batch_alter_table("projects") as batch:
+        batch.add_column(sa.Column("crash_probe", sa.Integer(), nullable=True))
+    marker = os.environ.get("CRASH_PROBE_MARKER")
+    if marker:  # the test kills the process here, the column added and nothing committed
+        Path(marker).write_text("altered")
+        time.sleep(120)
+
+
+def downgrade() -> None:
+    with op.batch_alter_table("projects") as batch:
+        batch.drop_column("crash_probe")
+"""
+
+
+def test_a_migration_killed_halfway_leaves_the_schema_as_it_was(
+    database_url: str, tmp_path: Path
+) -> None:
+    """`berth serve` killed (SIGKILL, the OOM killer, a power cut) in the middle of a
+    migration starts again: on SQLite, each CREATE TABLE and each batch copy and rename
+    committed at once, and the next start failed on what the killed one had half done
+    ("table blobs already exists", "duplicate column name") until the database was repaired
+    by hand."""
+    migrations = tmp_path / "migrations"
+    shutil.copytree(
+        Path(__file__).resolve().parents[2] / "berth/metadata/migrations",
+        migrations,
+        ignore=shutil.ignore_patterns("__pycache__"),
+    )
+    head = revisions()[-1]
+    (migrations / "versions/9999_crash_probe.py").write_text(PROBE_MIGRATION.format(head=head))
+    upgrade(database_url)
+    marker = tmp_path / "altered"
+    killed = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys; from pathlib import Path; from berth.metadata.migrate import upgrade; "
+            "upgrade(sys.argv[1], migrations=Path(sys.argv[2]))",
+            database_url,
+            str(migrations),
+        ],
+        env={**os.environ, "CRASH_PROBE_MARKER": str(marker)},
+        stderr=subprocess.PIPE,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not marker.exists():
+            assert killed.poll() is None, killed.communicate()[1].decode()[-2000:]
+            assert time.monotonic() < deadline, "the probe migration never ran"
+            time.sleep(0.05)
+    finally:
+        killed.kill()
+        killed.wait()
+    assert upgrade(database_url, migrations=migrations) == Migrated(head, "9999_crash_probe")
+    assert "crash_probe" in column_names(database_url, "projects")
+
+
+def column_names(url: str, table: str) -> list[str]:
+    async def read() -> list[str]:
+        engine = create_async_engine(url, poolclass=NullPool)
+        try:
+            async with engine.connect() as connection:
+                return await connection.run_sync(
+                    lambda sync: [c["name"] for c in sa.inspect(sync).get_columns(table)]
+                )
+        finally:
+            await engine.dispose()
+
+    return asyncio.run(read())
