@@ -593,11 +593,6 @@ class Settings(BaseSettings):
         return _split_address(self.metrics_listen) if self.metrics_listen else None
 
     @property
-    def metrics_dir(self) -> Path:
-        """Where the server's worker processes keep their metric values (emptied at start)."""
-        return self.data_dir.resolve() / "metrics"
-
-    @property
     def tls(self) -> bool:
         """Whether the server speaks HTTPS: with a certificate and its key."""
         return self.tls_cert is not None and self.tls_key is not None

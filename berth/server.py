@@ -633,12 +633,42 @@ def _open_blobs_to_nginx(settings: Settings) -> None:
 
 
 def _prepare_metrics(settings: Settings) -> None:
-    """The workers' metric files go in a directory of the data directory, emptied now: the
-    counters of a previous run of the server are not this one's (Prometheus sees a restart)."""
-    directory = settings.metrics_dir
+    """The workers' metric files go in a directory emptied now: the counters of a previous
+    run of the server are not this one's (Prometheus sees a restart)."""
+    directory = metrics_directory(settings.data_dir)
     shutil.rmtree(directory, ignore_errors=True)
+    # Where versions before kept them (on the data disk): nothing reads them any more.
+    shutil.rmtree(settings.data_dir.resolve() / "metrics", ignore_errors=True)
     directory.mkdir(mode=0o700, parents=True)
     os.environ[metrics.MULTIPROC_ENV] = str(directory)
+
+
+SHARED_MEMORY = Path("/dev/shm")
+
+
+def metrics_directory(data_dir: Path) -> Path:
+    """Where the workers keep their metric values: memory-mapped files, so in memory, not on
+    the data directory's disk. A worker writing to a mapped page that a full disk cannot back
+    is killed (SIGBUS), and so is each worker started after it: a full data disk would take
+    pulls down with pushes. systemd's RuntimeDirectory= (deploy/berth.service) when given,
+    else a directory of this user's for this data directory in /dev/shm, else (no such
+    memory filesystem) the data directory."""
+    runtime = os.environ.get("RUNTIME_DIRECTORY", "").split(":")[0]
+    if runtime:
+        return Path(runtime) / "metrics"
+    data_dir = data_dir.resolve()
+    if not SHARED_MEMORY.is_dir() or not os.access(SHARED_MEMORY, os.W_OK | os.X_OK):
+        return data_dir / "metrics"
+    key = hashlib.sha256(str(data_dir).encode()).hexdigest()[:16]
+    directory = SHARED_MEMORY / f"berth-metrics-{os.geteuid()}-{key}"
+    try:
+        seen = directory.lstat()
+    except FileNotFoundError:
+        return directory
+    if stat.S_ISDIR(seen.st_mode) and seen.st_uid == os.geteuid():
+        return directory
+    # Someone else's name in a directory every user writes to: not ours to empty or use.
+    return data_dir / "metrics"
 
 
 def granian_arguments(settings: Settings) -> list[str]:

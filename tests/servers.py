@@ -26,6 +26,7 @@ import pytest
 
 from berth.config import Settings
 from berth.domain.errors import Conflict
+from berth.server import SHARED_MEMORY, metrics_directory
 from berth.state import Services
 from tests.ports import free_port as free_port
 from tests.tls import make_ca_and_cert, make_client_cert
@@ -165,6 +166,11 @@ class BerthServer:
             except subprocess.TimeoutExpired:
                 self.kill()
         self._kill_group()
+        # Its metric files are in memory (/dev/shm), not in the data directory the test
+        # removes: the hundreds of servers a run starts would leave them there.
+        metrics = metrics_directory(self.data_dir)
+        if metrics.is_relative_to(SHARED_MEMORY):
+            shutil.rmtree(metrics, ignore_errors=True)
 
     def kill(self) -> None:
         """SIGKILL to the server and its workers at once, as a machine crash would."""

@@ -378,7 +378,7 @@ def test_nginx_running_as_www_data_sends_blobs_while_keys_and_database_stay_priv
     assert modes[str(blob_file.parent.relative_to(data_dir))] == 0o750
     assert modes[str(blob_file.relative_to(data_dir))] == 0o640
     assert readable_by_www_data(blob_file)
-    private = ["keys", "keys/token-signing.pem", "keys/secret-hash.key", "berth.db", "metrics"]
+    private = ["keys", "keys/token-signing.pem", "keys/secret-hash.key", "berth.db"]
     for name in private:
         assert modes[name] in (0o700, 0o600), (name, oct(modes[name]))
         assert not readable_by_www_data(data_dir / name), name

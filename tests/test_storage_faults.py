@@ -3,6 +3,7 @@ their scratch file, and scratch files no upload names."""
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import errno
 import json
@@ -445,6 +446,43 @@ def test_a_full_disk_refuses_the_push_clearly_and_keeps_nothing(
     assert repo.client.head(repo.url(f"blobs/{digest}")).status_code == 404
     # The space is free again: a push that fits succeeds.
     assert push_bytes(repo.client, repo.name, os.urandom(MIB))
+
+
+def test_a_full_data_disk_keeps_the_server_serving_pulls(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """The whole data directory on a small disk that fills up: pushes are refused, and the
+    workers live on and serve pulls. The workers' metric files are memory-mapped: on the data
+    disk, a worker writing a page the disk could not back was killed (SIGBUS), then each one
+    started after it, and the server exited (every 2 s again under systemd)."""
+    data_dir = tmp_path_factory.mktemp("fulldata")
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=48m", "tmpfs", str(data_dir)])
+    if mounted.returncode != 0:
+        pytest.skip("cannot mount a small tmpfs here (needs root)")
+    server = BerthServer(data_dir, workers=2)
+    try:
+        server.start()
+        repo = new_repo(server)
+        kept = os.urandom(MIB)
+        digest = push_bytes(repo.client, repo.name, kept)
+        # OSError: ENOSPC, the disk is full.
+        with open(data_dir / "filler", "wb") as filler, contextlib.suppress(OSError):
+            while True:
+                filler.write(b"\0" * MIB)
+                filler.flush()
+        for _ in range(5):  # new requests, new metric series, new pages of their files
+            refused = repo.client.post(repo.url("blobs/uploads/"))
+            assert refused.status_code == 507, refused.text
+            assert repo.client.get(repo.url("tags/list")).status_code == 200
+        time.sleep(2)  # a worker killed is replaced in about a second, the server exits
+        assert server.process is not None and server.process.poll() is None
+        pulled = repo.client.get(repo.url(f"blobs/{digest}"))
+        assert (pulled.status_code, pulled.content == kept) == (200, True)
+        (data_dir / "filler").unlink()
+        assert push_bytes(repo.client, repo.name, os.urandom(MIB))
+    finally:
+        server.stop()
+        subprocess.run(["umount", "-l", str(data_dir)], check=False)
 
 
 def test_a_database_locked_elsewhere_answers_503_with_retry_after(

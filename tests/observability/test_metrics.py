@@ -11,6 +11,7 @@ import httpx
 import pytest
 from prometheus_client.mmap_dict import MmapedDict
 
+from berth.server import metrics_directory
 from tests.gc.conftest import GcProject, age_past_grace
 from tests.metrics import moved, parse, scrape, value
 from tests.oci import blob_path, diff_id, image_config, image_manifest, layer, uploads_path
@@ -88,7 +89,7 @@ def test_every_workers_counts_are_in_one_scrape(observed: BerthServer) -> None:
 def healthz_by_worker(server: BerthServer) -> dict[str, float]:
     """The /healthz requests each worker has written to its own file of counters."""
     found: dict[str, float] = {}
-    for path in (server.data_dir / "metrics").glob("counter_*.db"):
+    for path in metrics_directory(server.data_dir).glob("counter_*.db"):
         for key, count, *_ in MmapedDict.read_all_values_from_file(str(path)):
             name, _sample, labels, _help = json.loads(key)
             if name == "berth_http_requests" and labels.get("route") == "/healthz":
