@@ -448,6 +448,15 @@ def test_a_full_disk_refuses_the_push_clearly_and_keeps_nothing(
     assert push_bytes(repo.client, repo.name, os.urandom(MIB))
 
 
+def fill(path: Path) -> None:
+    """Append to `path` until its disk is full."""
+    with open(path, "ab", buffering=0) as filler:
+        for size in (MIB, 4096, 1):
+            with contextlib.suppress(OSError):  # ENOSPC
+                while True:
+                    filler.write(b"\0" * size)
+
+
 def test_a_full_data_disk_keeps_the_server_serving_pulls(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> None:
@@ -465,11 +474,7 @@ def test_a_full_data_disk_keeps_the_server_serving_pulls(
         repo = new_repo(server)
         kept = os.urandom(MIB)
         digest = push_bytes(repo.client, repo.name, kept)
-        # OSError: ENOSPC, the disk is full.
-        with open(data_dir / "filler", "wb") as filler, contextlib.suppress(OSError):
-            while True:
-                filler.write(b"\0" * MIB)
-                filler.flush()
+        fill(data_dir / "filler")
         for _ in range(5):  # new requests, new metric series, new pages of their files
             refused = repo.client.post(repo.url("blobs/uploads/"))
             assert refused.status_code == 507, refused.text
