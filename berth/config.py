@@ -235,6 +235,12 @@ class Settings(BaseSettings):
         description="testing only: 'marking=SECONDS', 'listing=SECONDS' or 'sweeping=SECONDS' "
         "holds each GC run there",
     )
+    retention_test_pause: float = Field(
+        0.0,
+        ge=0,
+        description="testing only: seconds each retention run waits after each batch of "
+        "deletions it commits",
+    )
     login_failures_per_key: int = Field(
         10,
         ge=1,

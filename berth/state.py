@@ -131,7 +131,7 @@ class Services:
             manifest_cache=manifest_cache,
             blob_sizes=BlobSizes(node_stamp(settings.data_dir, BLOB_STAMP_FILE)),
         )
-        retention = Retention(db, registry)
+        retention = Retention(db, registry, test_pause=settings.retention_test_pause)
         vulndb = VulnDb(db)
         pull_policy = PullPolicy(db)
         # A serving worker's scans read layers and match packages in processes of their own,
@@ -286,12 +286,14 @@ class Services:
         self.pulls.start()
         self.jobs.start()
         self.gc.start()
+        self.retention.start()
         self.presence.start()
 
     async def close(self) -> None:
         self.db.stopping()
         await self.presence.stop()
         await self.gc.stop()
+        await self.retention.stop()
         await self.jobs.stop()
         if self.scans.processes is not None:
             self.scans.processes.close()

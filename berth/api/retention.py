@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
-from typing import Annotated
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Path, Request
 from pydantic import BaseModel, ConfigDict, Field
@@ -103,6 +103,11 @@ class RetentionRun(BaseModel):
     project: str
     actor: str = Field(description="who started it, or `schedule`")
     dry_run: bool
+    state: Literal["running", "succeeded", "failed", "interrupted"] = Field(
+        description="a real run is recorded running when it starts, its counts and images "
+        "growing as each batch of deletions commits; interrupted: its process stopped "
+        "mid-run (killed, or its node lost), and it says what it deleted until then"
+    )
     started_at: dt.datetime = Field(description="its snapshot: later pushes and tags are safe")
     finished_at: dt.datetime | None
     rules: list[RetentionRule]
@@ -132,6 +137,7 @@ class RetentionRun(BaseModel):
             project=run.project,
             actor=run.actor,
             dry_run=run.dry_run,
+            state=run.state,
             started_at=run.started_at,
             finished_at=run.finished_at,
             rules=[RetentionRule.model_validate(r) for r in run.rules],

@@ -41,7 +41,7 @@ RULE_HELP = (
     "'[!abc]' none of. E.g. --rule last=10,repositories=ci --rule tagged='v*'"
 )
 IMAGE_COLUMNS = ["repository", "digest", "tags", "pushed_at", "last_pulled_at"]
-RUN_COLUMNS = ["id", "started_at", "actor", "dry_run", "images_deleted", "images_skipped"]
+RUN_COLUMNS = ["id", "started_at", "actor", "dry_run", "state", "images_deleted", "images_skipped"]
 HISTORY_LIMIT = 50  # the newest runs `retention history` shows unless --limit says
 
 
@@ -87,7 +87,14 @@ def _image_rows(run: RunRecord) -> list[dict[str, Any]]:
 def _note(run: RunRecord) -> str:
     """The run's note, with the garbage collection command as this berth runs it."""
     gc_command = pasteable("gc", "run", run.project)
-    return run_note(run.project, run.dry_run, run.images_deleted, run.images_skipped, gc_command)
+    return run_note(
+        run.project,
+        run.dry_run,
+        run.images_deleted,
+        run.images_skipped,
+        gc_command,
+        state=run.state,
+    )
 
 
 def _print_run(run: RunRecord) -> None:

@@ -459,6 +459,10 @@ retention_runs = Table(
     Column("images_kept", Integer),
     Column("images_outside_rules", Integer),
     Column("error", Text),
+    # running (recorded when it starts, its counts updated as each batch commits), succeeded,
+    # failed, or interrupted: its process stopped mid-run (`holder`, host:pid, held its lease).
+    Column("state", String(16), nullable=False, server_default="succeeded"),
+    Column("holder", String(64)),
     Index(None, "project_id", "started_at"),
 )
 

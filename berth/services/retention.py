@@ -8,10 +8,18 @@ image or a platform manifest, no stored index listing it. What changed is skippe
 reported. Deleting goes through `Registry.delete_images_in`, the batch form of the API's image
 delete, so image history, webhook events and the audit log record each image as they do any
 delete; the space comes back at the next garbage collection.
+
+A real run is recorded when it starts (state running), and its record takes each batch's
+deletions in that batch's transaction, so a node that dies mid-run leaves a record of what it
+deleted. The run holds a lease (`retention-run:{id}`, renewed while it works); any serving
+process marks a running run whose lease lapsed, or whose process on this machine is gone,
+`interrupted`, with the counts of what it did. A batch commits only while its run is still
+running: a run marked interrupted (it stalled past its lease) deletes nothing more.
 """
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import json
 import logging
@@ -20,7 +28,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from sqlalchemy import ColumnElement, Table, and_, or_, select, update
+from sqlalchemy import ColumnElement, Table, and_, delete, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from berth.domain.errors import InvalidValue, NotFound
@@ -40,11 +48,14 @@ from berth.domain.retention import (
 from berth.domain.schedules import Schedule, ScheduleInvalid, parse_schedule
 from berth.domain.tag_rules import ImmutableTagRule, protecting_rule
 from berth.domain.wording import counted
+from berth.jobs.leases import Lease, Leases, default_holder, holder_process_gone
+from berth.jobs.periodic import Periodic
 from berth.metadata.audit import write_audit_entry
 from berth.metadata.database import Database
 from berth.metadata.lookups import count_in_project, require_project
 from berth.metadata.queries import rows_in_chunks
 from berth.metadata.tables import (
+    job_leases,
     manifest_references,
     manifests,
     projects,
@@ -63,6 +74,21 @@ logger = logging.getLogger("berth.retention")
 BATCH = 200  # planned images deleted per write transaction
 SCHEDULE_ACTOR = "schedule"
 AFTER_GC = "Deleted images' storage is freed by the next garbage collection ({how})."
+
+# States of a run: a real one is recorded running when it starts.
+RUNNING, SUCCEEDED, FAILED, INTERRUPTED = "running", "succeeded", "failed", "interrupted"
+LEASE_SECONDS = 30.0  # a run whose lease nobody renewed for this long is marked interrupted
+HEARTBEAT_SECONDS = 5.0
+RECOVERY_SECONDS = 10.0  # how often a serving process looks for interrupted runs
+
+
+def lease_name(run_id: int) -> str:
+    return f"retention-run:{run_id}"
+
+
+class RunStopped(Exception):
+    """The run was marked interrupted meanwhile (it stalled past its lease): its batch in
+    progress is rolled back, and it stops."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,6 +129,7 @@ class RunRecord:
     untouched: int | None  # images outside every rule's scope (None: as `kept`)
     error: str | None
     note: str
+    state: str = SUCCEEDED
 
 
 def rules_to_json(rules: Sequence[Rule]) -> str:
@@ -198,9 +225,26 @@ def tag_protection(locked: set[str], rules: list[ImmutableTagRule]) -> Protected
 
 
 class Retention:
-    def __init__(self, db: Database, registry: Registry) -> None:
+    def __init__(self, db: Database, registry: Registry, *, test_pause: float = 0.0) -> None:
         self.db = db
         self.registry = registry
+        self.leases = Leases(db, default_holder())
+        self.active: set[int] = set()  # real runs this process is carrying out
+        self._test_pause = test_pause  # testing only: seconds to wait after each batch
+        self._recovering = Periodic(
+            "retention recovery",
+            RECOVERY_SECONDS,
+            self.mark_interrupted,
+            failure="retention: could not look for interrupted runs",
+            at_start=True,
+        )
+
+    def start(self) -> None:
+        """Mark interrupted runs now and every few seconds (a serving process's work)."""
+        self._recovering.start()
+
+    async def stop(self) -> None:
+        await self._recovering.stop()
 
     # ------------------------------------------------------------------ the policy
 
@@ -399,36 +443,38 @@ class Retention:
     ) -> RunRecord:
         """Record a dry run of `prepared`, or delete its plan and record the run."""
         result, snapshot = prepared.plan, prepared.snapshot
-        deleted: list[PlannedImage] = []
-        skipped = 0
+        if dry_run:
+            return await self._record(
+                prepared.project,
+                prepared.project_id,
+                actor,
+                client,
+                started_at=snapshot.taken_at,
+                rules=prepared.rules,
+                listed=[_planned(d) for d in result.deletions],
+                result=result,
+            )
+        run_id = await self._record_start(prepared, actor)
+        self.active.add(run_id)
+        heartbeat = self._heartbeat(run_id)
+        heartbeat.start()
+        progress = _Progress(run_id)
         error = None
-        if not dry_run:
-            try:
-                for start in range(0, len(result.deletions), BATCH):
-                    batch = result.deletions[start : start + BATCH]
-                    done = await self._delete_batch(snapshot, batch, actor, client)
-                    for deletion, ok in zip(batch, done, strict=True):
-                        if ok:
-                            deleted.append(_planned(deletion))
-                        else:
-                            skipped += 1
-            except Exception as exc:
-                logger.exception("retention run of project %s failed", prepared.project)
-                error = str(exc) or type(exc).__name__
-        listed = [_planned(d) for d in result.deletions] if dry_run else deleted
-        return await self._record(
-            prepared.project,
-            prepared.project_id,
-            actor,
-            client,
-            dry_run=dry_run,
-            started_at=snapshot.taken_at,
-            rules=prepared.rules,
-            listed=listed,
-            skipped=skipped,
-            result=result,
-            error=error,
-        )
+        try:
+            for start in range(0, len(result.deletions), BATCH):
+                batch = result.deletions[start : start + BATCH]
+                await self._delete_batch(snapshot, batch, actor, client, progress)
+                if self._test_pause:
+                    await asyncio.sleep(self._test_pause)
+        except RunStopped:
+            logger.warning("retention run %s was marked interrupted: it stops", run_id)
+        except Exception as exc:
+            logger.exception("retention run of project %s failed", prepared.project)
+            error = str(exc) or type(exc).__name__
+        finally:
+            await heartbeat.stop()
+            self.active.discard(run_id)
+        return await self._record_end(prepared, actor, client, progress, error)
 
     async def _delete_batch(
         self,
@@ -436,9 +482,10 @@ class Retention:
         batch: Sequence[Deletion],
         actor: str,
         client: str | None,
-    ) -> list[bool]:
-        """Delete what is unchanged since the snapshot, in one transaction; per deletion,
-        whether its image was deleted."""
+        progress: _Progress,
+    ) -> None:
+        """Delete what is unchanged since the snapshot, in one transaction that also adds it
+        to the run's record (`progress`)."""
         keys = [
             (snapshot.repositories[m.repository].id, m.image, m.digest)
             for d in batch
@@ -531,7 +578,7 @@ class Retention:
                         if repository_id == repo.id
                     },
                 )
-        return results
+            await progress.record_in(conn, batch, results)
 
     def _platform_manifests_going(
         self,
@@ -619,67 +666,205 @@ class Retention:
         actor: str,
         client: str | None,
         *,
-        dry_run: bool,
         started_at: dt.datetime,
         rules: list[Rule],
         listed: list[PlannedImage],
-        skipped: int,
         result: Plan,
-        error: str | None,
     ) -> RunRecord:
-        finished = utcnow()
+        """Record a dry run (it changes nothing, so it is recorded once done)."""
         async with self.db.write() as conn:
             inserted = (
                 await conn.execute(
                     retention_runs.insert().values(
                         project_id=project_id,
                         actor=actor[:64],
-                        dry_run=dry_run,
+                        dry_run=True,
                         started_at=started_at,
-                        finished_at=finished,
+                        finished_at=utcnow(),
                         rules=rules_to_json(rules),
                         deleted=_planned_to_json(listed),
                         images_deleted=len(listed),
-                        images_skipped=skipped,
+                        images_skipped=0,
                         images_kept=result.kept,
                         images_outside_rules=result.untouched,
-                        error=error,
+                        state=SUCCEEDED,
                     )
                 )
             ).inserted_primary_key
             assert inserted is not None
-            run_id = inserted[0]
+            run_id = int(inserted[0])
             await write_audit_entry(
                 conn,
                 actor,
-                "retention.dry_run" if dry_run else "retention.run",
+                "retention.dry_run",
                 project_id=project_id,
                 target=project,
-                detail={
-                    "run": run_id,
-                    "images": len(listed),
-                    "skipped": skipped,
-                    **({"error": error} if error else {}),
-                },
+                detail={"run": run_id, "images": len(listed), "skipped": 0},
                 client=client,
             )
-        _log_run(project, actor, int(run_id), dry_run, len(listed), skipped, result, error)
-        return RunRecord(
-            id=int(run_id),
-            project=project,
-            actor=actor,
-            dry_run=dry_run,
-            started_at=started_at,
-            finished_at=finished,
-            rules=rules,
-            images_deleted=len(listed),
-            images_skipped=skipped,
-            deleted=listed,
-            kept=result.kept,
-            untouched=result.untouched,
-            error=error,
-            note=run_note(project, dry_run, len(listed), skipped),
+        _log_run(project, actor, run_id, True, len(listed), 0, result, None)
+        return await self.get_run(project, run_id)
+
+    async def _record_start(self, prepared: PreparedRun, actor: str) -> int:
+        """Record a real run as running, with the lease of this process that says it is at
+        work, in one transaction: a run is never seen running without its lease."""
+        async with self.db.write() as conn:
+            inserted = (
+                await conn.execute(
+                    retention_runs.insert().values(
+                        project_id=prepared.project_id,
+                        actor=actor[:64],
+                        dry_run=False,
+                        started_at=prepared.snapshot.taken_at,
+                        rules=rules_to_json(prepared.rules),
+                        deleted="[]",
+                        images_deleted=0,
+                        images_skipped=0,
+                        images_kept=prepared.plan.kept,
+                        images_outside_rules=prepared.plan.untouched,
+                        state=RUNNING,
+                        holder=self.leases.holder,
+                    )
+                )
+            ).inserted_primary_key
+            assert inserted is not None
+            run_id = int(inserted[0])
+            await conn.execute(
+                job_leases.insert().values(
+                    name=lease_name(run_id),
+                    holder=self.leases.holder,
+                    expires_at=self.db.clock(LEASE_SECONDS),
+                )
+            )
+        return run_id
+
+    def _heartbeat(self, run_id: int) -> Periodic:
+        name = lease_name(run_id)
+
+        async def renew() -> None:
+            await self.leases.renew(name, LEASE_SECONDS)
+
+        return Periodic(
+            f"retention lease {name}",
+            HEARTBEAT_SECONDS,
+            renew,
+            failure=f"retention: could not renew the lease {name}",
         )
+
+    async def _record_end(
+        self,
+        prepared: PreparedRun,
+        actor: str,
+        client: str | None,
+        progress: _Progress,
+        error: str | None,
+    ) -> RunRecord:
+        """End the run's record (unless it was marked interrupted meanwhile) with its audit
+        entry and log line; its lease goes."""
+        project, run_id = prepared.project, progress.run_id
+        async with self.db.write() as conn:
+            ended = await conn.execute(
+                update(retention_runs)
+                .where(retention_runs.c.id == run_id, retention_runs.c.state == RUNNING)
+                .values(state=FAILED if error else SUCCEEDED, finished_at=utcnow(), error=error)
+            )
+            if ended.rowcount:
+                await write_audit_entry(
+                    conn,
+                    actor,
+                    "retention.run",
+                    project_id=prepared.project_id,
+                    target=project,
+                    detail={
+                        "run": run_id,
+                        "images": len(progress.deleted),
+                        "skipped": progress.skipped,
+                        **({"error": error} if error else {}),
+                    },
+                    client=client,
+                )
+            await conn.execute(delete(job_leases).where(job_leases.c.name == lease_name(run_id)))
+        if ended.rowcount:
+            _log_run(
+                project,
+                actor,
+                run_id,
+                False,
+                len(progress.deleted),
+                progress.skipped,
+                prepared.plan,
+                error,
+            )
+        return await self.get_run(project, run_id)
+
+    # ------------------------------------------------------------------ interrupted runs
+
+    def _holder_alive(self, lease: Lease | None, run_id: int) -> bool:
+        """Whether the run's process may still be at work on it."""
+        if lease is None or lease.remaining <= 0:
+            return False
+        if lease.holder == self.leases.holder:
+            return run_id in self.active
+        return not holder_process_gone(lease.holder)
+
+    async def mark_interrupted(self) -> int:
+        """Mark `interrupted` every running run whose process is gone (its lease lapsed, or
+        its process on this machine no longer exists), keeping the counts of what it did;
+        returns how many."""
+        async with self.db.read() as conn:
+            running = (
+                await conn.execute(
+                    select(
+                        retention_runs.c.id,
+                        retention_runs.c.project_id,
+                        retention_runs.c.actor,
+                        retention_runs.c.holder,
+                        retention_runs.c.images_deleted,
+                        retention_runs.c.images_skipped,
+                        projects.c.name.label("project"),
+                    )
+                    .join(projects, projects.c.id == retention_runs.c.project_id)
+                    .where(retention_runs.c.state == RUNNING)
+                )
+            ).all()
+        if not running:
+            return 0
+        leases = await self.leases.read(lease_name(row.id) for row in running)
+        marked = 0
+        for row in running:
+            if self._holder_alive(leases.get(lease_name(row.id)), row.id):
+                continue
+            error = (
+                f"interrupted: its process ({row.holder or 'unknown'}) stopped after deleting "
+                f"{counted(row.images_deleted, 'image')}"
+            )
+            async with self.db.write() as conn:
+                changed = await conn.execute(
+                    update(retention_runs)
+                    .where(retention_runs.c.id == row.id, retention_runs.c.state == RUNNING)
+                    .values(state=INTERRUPTED, finished_at=utcnow(), error=error)
+                )
+                if not changed.rowcount:
+                    continue  # it ended, or another process marked it, meanwhile
+                await write_audit_entry(
+                    conn,
+                    row.actor,
+                    "retention.run",
+                    project_id=row.project_id,
+                    target=row.project,
+                    detail={
+                        "run": row.id,
+                        "images": row.images_deleted,
+                        "skipped": row.images_skipped,
+                        "error": error,
+                    },
+                )
+                await conn.execute(
+                    delete(job_leases).where(job_leases.c.name == lease_name(row.id))
+                )
+            logger.warning("retention run %s of project %s %s", row.id, row.project, error)
+            marked += 1
+        return marked
 
     # ------------------------------------------------------------------ history
 
@@ -732,7 +917,10 @@ class Retention:
             kept=row.images_kept,
             untouched=row.images_outside_rules,
             error=row.error,
-            note=run_note(project, row.dry_run, row.images_deleted, row.images_skipped),
+            note=run_note(
+                project, row.dry_run, row.images_deleted, row.images_skipped, state=row.state
+            ),
+            state=row.state,
         )
 
     # ------------------------------------------------------------------ the schedule
@@ -842,7 +1030,13 @@ def _log_run(
 
 
 def run_note(
-    project: str, dry_run: bool, images: int, skipped: int, gc_command: str | None = None
+    project: str,
+    dry_run: bool,
+    images: int,
+    skipped: int,
+    gc_command: str | None = None,
+    *,
+    state: str = SUCCEEDED,
 ) -> str:
     """What a run's record says of it: what a real run would do, or what this one did and
     how its storage is freed (`gc_command`, what collects the project's garbage as the reader
@@ -856,6 +1050,13 @@ def run_note(
             f"A real run would delete {these} {counted(images, 'image')} now; nothing was deleted."
         )
     note = f"Deleted {counted(images, 'image')}."
+    if state == RUNNING:
+        note = f"Running: deleted {counted(images, 'image')} so far."
+    elif state == INTERRUPTED:
+        note = (
+            f"Interrupted (its process stopped) after deleting {counted(images, 'image')}; "
+            "the rest of its plan was not carried out."
+        )
     if skipped:
         note += (
             f" {counted(skipped, 'planned image')} changed since the run's snapshot and "
@@ -863,3 +1064,32 @@ def run_note(
         )
     how = gc_command or f"POST /api/v1/projects/{project}/gc, or the console's Management page"
     return f"{note} {AFTER_GC.format(how=how)}"
+
+
+class _Progress:
+    """What a real run has deleted so far: its record's counts and images."""
+
+    def __init__(self, run_id: int) -> None:
+        self.run_id = run_id
+        self.deleted: list[PlannedImage] = []
+        self.skipped = 0
+
+    async def record_in(
+        self, conn: AsyncConnection, batch: Sequence[Deletion], results: Sequence[bool]
+    ) -> None:
+        """In the batch's transaction, add its outcome to the run's record: only while the
+        run is running (else `RunStopped`, and the batch is rolled back)."""
+        deleted = self.deleted + [_planned(d) for d, ok in zip(batch, results, strict=True) if ok]
+        skipped = self.skipped + list(results).count(False)
+        changed = await conn.execute(
+            update(retention_runs)
+            .where(retention_runs.c.id == self.run_id, retention_runs.c.state == RUNNING)
+            .values(
+                deleted=_planned_to_json(deleted),
+                images_deleted=len(deleted),
+                images_skipped=skipped,
+            )
+        )
+        if not changed.rowcount:
+            raise RunStopped(f"retention run {self.run_id} is no longer running")
+        self.deleted, self.skipped = deleted, skipped

@@ -53,6 +53,10 @@ def test_retention_rules_dry_run_run_and_history(page: Page, tenant: Tenant) -> 
     expect(history.get_by_role("row")).to_have_count(3)
     expect(history).to_contain_text("2 deleted")
     expect(history).to_contain_text("2 would be deleted")
+    # Each run's state: a run killed mid-run would read Interrupted (tests/api/..._interrupted.py).
+    expect(history.get_by_role("columnheader", name="State")).to_be_visible()
+    for row in (1, 2):
+        expect(history.get_by_role("row").nth(row)).to_contain_text("Succeeded")
     with tenant.api() as admin:
         tags = admin.get(f"/projects/{tenant.project}/repositories/ci/tags").json()
     assert [t["tag"] for t in tags["items"]] == ["build-2"]

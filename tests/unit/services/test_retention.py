@@ -26,7 +26,9 @@ from berth.metadata.tables import (
     audit_log,
     blobs,
     image_events,
+    job_leases,
     manifests,
+    projects,
     repositories,
     repository_blobs,
     retention_policies,
@@ -36,7 +38,7 @@ from berth.metadata.tables import (
 )
 from berth.services.manifests import ImageLimitReached
 from berth.services.registry import Registry
-from berth.services.retention import SCHEDULE_ACTOR, Retention
+from berth.services.retention import SCHEDULE_ACTOR, Retention, lease_name
 from berth.services.tag_rules import TagRules
 from tests.oci import OCI_CONFIG, OCI_LAYER, OCI_MANIFEST, Blob, image_manifest
 from tests.retention_seed import ensure_repository, on_registry, seed, seed_one, stored_digests
@@ -394,3 +396,68 @@ def test_a_batch_of_big_indexes_is_read_and_deleted_in_bounded_statements(
         return most
 
     assert run(database_url, tmp_path, scenario) <= 12
+
+
+def test_a_run_whose_node_is_gone_is_marked_interrupted_and_one_still_at_work_is_not(
+    database_url: str, tmp_path: Path
+) -> None:
+    """Runs recorded running by processes of another machine: the one whose lease lapsed (its
+    node died) is marked interrupted with what it had deleted; the one whose lease its node
+    renews goes on running."""
+
+    async def scenario(db: Database, retention: Retention) -> None:
+        repo = await ensure_repository(db, "p", "app")
+        await seed(db, repo, [(0, ["b0"], 1)])
+        project_id = (await db_project_ids(db))["p"]
+        ids = {}
+        async with db.write() as conn:
+            for holder, lease_left in (("elsewhere:11", 25.0), ("elsewhere:12", -1.0)):
+                inserted = await conn.execute(
+                    retention_runs.insert().values(
+                        project_id=project_id,
+                        actor="alice",
+                        dry_run=False,
+                        rules="[]",
+                        deleted="[]",
+                        images_deleted=7,
+                        images_skipped=1,
+                        state="running",
+                        holder=holder,
+                    )
+                )
+                run_id = inserted.inserted_primary_key[0]  # type: ignore[index]
+                ids[holder] = run_id
+                await conn.execute(
+                    job_leases.insert().values(
+                        name=lease_name(run_id), holder=holder, expires_at=db.clock(lease_left)
+                    )
+                )
+        assert await retention.mark_interrupted() == 1
+        alive = await retention.get_run("p", ids["elsewhere:11"])
+        dead = await retention.get_run("p", ids["elsewhere:12"])
+        assert (alive.state, alive.finished_at, alive.error) == ("running", None, None)
+        assert (dead.state, dead.images_deleted, dead.images_skipped) == ("interrupted", 7, 1)
+        assert dead.finished_at is not None
+        assert (
+            dead.error == "interrupted: its process (elsewhere:12) stopped after deleting 7 images"
+        )
+        assert "Interrupted (its process stopped) after deleting 7 images" in dead.note
+        assert await retention.mark_interrupted() == 0  # once
+        async with db.read() as conn:
+            audited = (
+                (
+                    await conn.execute(
+                        select(audit_log.c.detail).where(audit_log.c.action == "retention.run")
+                    )
+                )
+                .scalars()
+                .all()
+            )
+        assert len(audited) == 1 and "interrupted" in audited[0]
+
+    run(database_url, tmp_path, scenario)
+
+
+async def db_project_ids(db: Database) -> dict[str, int]:
+    async with db.read() as conn:
+        return {row.name: row.id for row in await conn.execute(select(projects))}

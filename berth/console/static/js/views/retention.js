@@ -113,6 +113,9 @@ async function runNow(ctx, base, preview, history) {
   await showHistory(ctx, base, history, 1);
 }
 
+// An interrupted run (its process stopped mid-run) shows what it deleted until then.
+const RUN_STATES = { running: ["Running", "running"], succeeded: ["Succeeded", "succeeded"], failed: ["Failed", "failed"], interrupted: ["Interrupted", "failed"] };
+
 async function showHistory(ctx, base, container, page) {
   const data = await api.get(`${base}/runs${query({ page, per_page: 10 })}`);
   if (ctx.stale() || leftPastLastPage(data, (p) => showHistory(ctx, base, container, p))) return;
@@ -123,6 +126,7 @@ async function showHistory(ctx, base, container, page) {
         { title: "Started", cell: (r) => timeElement(r.started_at) },
         { title: "Kind", cell: (r) => (r.dry_run ? badge("Dry run", "pending") : badge("Run", "active")) },
         { title: "By", cell: (r) => r.actor },
+        { title: "State", cell: (r) => h("span", { "data-state": r.state }, badge(...RUN_STATES[r.state])) },
         { title: "Images", cell: (r) => `${r.images_deleted}${r.dry_run ? " would be deleted" : " deleted"}${r.images_skipped ? `, ${r.images_skipped} kept (changed during the run)` : ""}` },
         { title: "Rules", cell: (r) => r.rules.map((rule) => h("div", {}, describeRule(rule))) },
         { title: "Error", cell: (r) => r.error || "-" },
