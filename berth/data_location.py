@@ -16,8 +16,10 @@ import contextlib
 import errno
 import os
 import socket
+import sqlite3
 import ssl
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote
@@ -273,10 +275,13 @@ class MissingData:
     reason: str
     unopened: bool = False
     refused: bool = False
+    full: bool = False  # the database's disk is full: the reason says what to do
 
     def refusal(self, settings: Settings, data_dir: Path | None = None) -> str:
         """The refusal to act on it: the reason, then what to do (`data_dir`: the --data-dir
         the verb was given, if any)."""
+        if self.full:
+            return self.reason
         advice = _what_to_check(settings) if self.unopened else where_to_point(settings, data_dir)
         return f"{self.reason}\n{advice}"
 
@@ -293,6 +298,8 @@ def missing_data(settings: Settings) -> MissingData | None:
         if asyncio.run(_has_schema(settings)):
             return None
     except Exception as exc:  # any driver's refusal: said, not shown as a traceback
+        if (full := no_space_for_database(settings, exc)) is not None:
+            return MissingData(full, unopened=True, full=True)
         refused = database is None and not _not_reached(exc)
         return MissingData(_verbs_reason(settings, exc), unopened=True, refused=refused)
     return MissingData(f"the database {shown_database(settings)} holds no Berth data")
@@ -398,6 +405,69 @@ def create_data(settings: Settings) -> Migrated | None:
 class DatabaseLost(Exception):
     """The database server stopped answering while start-up used it: an outage that may pass
     (`berth serve` exits 75, which systemd restarts), not a setting to put right."""
+
+
+class DiskFull(Exception):
+    """No room on the disk that holds the SQLite database: an outage that ends once space is
+    freed there (`berth serve` exits 75, which systemd restarts), not a setting to put right."""
+
+
+@contextmanager
+def disk_full_said(settings: Settings) -> Iterator[None]:
+    """Raise DiskFull, saying so, for SQLite failing for want of room on its disk inside (a
+    `disk I/O error` from a write-ahead log that cannot be made, or `database or disk is
+    full`, which `Database.write` answers as StorageFull), instead of a traceback."""
+    try:
+        yield
+    except Exception as exc:
+        said = no_space_for_database(settings, exc)
+        if said is None:
+            raise
+        raise DiskFull(said) from None
+
+
+def no_space_for_database(settings: Settings, exc: BaseException) -> str | None:
+    """What to say when `exc` is SQLite refused for want of room on the disk that holds the
+    database, or None when it is not: an I/O error (its -shm file cannot be sized), a full
+    database or one it cannot open, where that disk has less than FULL_BELOW bytes (or no
+    inode) left. SQLite's own error does not tell a full disk from a failing one (or a full
+    temporary directory): the disk's free space does."""
+    database = sqlite_file(settings)
+    if database is None:
+        return None
+    codes = (
+        seen.sqlite_errorcode & 0xFF
+        for seen in _causes(exc)
+        if isinstance(seen, sqlite3.Error) and hasattr(seen, "sqlite_errorcode")
+    )
+    if not any(code in _FOR_WANT_OF_SPACE for code in codes):
+        return None
+    try:
+        disk = os.statvfs(database.parent)
+    except OSError:
+        return None
+    # What this user may use: root may also use the blocks ext4 keeps back for it.
+    blocks = disk.f_bfree if os.geteuid() == 0 else disk.f_bavail
+    free = blocks * disk.f_frsize
+    no_inode = disk.f_files > 0 and disk.f_favail == 0
+    if free >= FULL_BELOW and not no_inode:
+        return None
+    left = "no inode" if no_inode and free >= FULL_BELOW else f"{free} bytes"
+    return (
+        f"no space left on the disk holding the database {database} ({left} free): SQLite "
+        f"cannot open it or write to it without room for its write-ahead log "
+        f"({database.name}-wal and {database.name}-shm beside it). Free space on that disk, or "
+        "move the data directory to a larger one"
+    )
+
+
+# SQLite's primary result codes that may mean no room on the disk: SQLITE_IOERR (its -shm
+# file could not be given its size), SQLITE_FULL, SQLITE_CANTOPEN (no inode for the -wal).
+_FOR_WANT_OF_SPACE = (sqlite3.SQLITE_IOERR, sqlite3.SQLITE_FULL, sqlite3.SQLITE_CANTOPEN)
+# Less than this left on the database's disk after SQLite failed: the disk is full. A
+# failed write leaves its write-ahead log grown by what it took, so a disk it filled has
+# less than a page or two left.
+FULL_BELOW = 1024 * 1024
 
 
 def _say_waiting(processes: list[ServingProcess]) -> None:

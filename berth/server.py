@@ -24,7 +24,13 @@ from typing import TypeVar
 from berth.access.keyring import KeyFileUnusable, Keyring
 from berth.addresses import public_host, public_url
 from berth.config import Settings, SettingsError, setting_source
-from berth.data_location import StartUpProblem, create_data, database_problem, shown_database
+from berth.data_location import (
+    StartUpProblem,
+    create_data,
+    database_problem,
+    disk_full_said,
+    shown_database,
+)
 from berth.invocation import (
     data_dir_to_name,
     database_url_to_name,
@@ -156,7 +162,14 @@ def initialise(
     database, the administrator: what `berth init` does, and `berth serve` before serving.
     `data_dir` and `database_url`: the --data-dir and --database-url given, which the
     commands printed carry. Whether it printed the note on the database the commands cannot
-    name (`unprinted_database`)."""
+    name (`unprinted_database`). DiskFull when the database's disk has no room left."""
+    with disk_full_said(settings):
+        return _initialise(settings, serving=serving, data_dir=data_dir, database_url=database_url)
+
+
+def _initialise(
+    settings: Settings, *, serving: bool, data_dir: Path | None, database_url: str | None
+) -> bool:
     migrated = create_data(settings)
     if migrated is not None:
         # Said once, by the node that moved the schema: the step an operator looks for when
@@ -734,7 +747,8 @@ def serve(settings: Settings, flags: Collection[str] = ()) -> None:
     noted = initialise(settings, serving=True, data_dir=given_dir, database_url=given_url)
     if settings.blob_redirect == "accel":
         _open_blobs_to_nginx(settings)
-    _record_served_at(settings)
+    with disk_full_said(settings):
+        _record_served_at(settings)
     base = public_url(settings)
     print(f"Berth registry on {base}  (data in {settings.data_dir})")
     named_url = database_url_to_name(given_url, settings.database_url)

@@ -74,6 +74,13 @@ class BerthServer:
     # The server process's group (what it creates is that group's) and umask; None: the tests'.
     group: str | None = None
     umask: int | None = None
+    # Where its output goes; None: server.log in the data directory (a test that fills the
+    # data directory's disk keeps it elsewhere, to read what the server said meanwhile).
+    log_file: Path | None = None
+
+    @property
+    def log_path(self) -> Path:
+        return self.log_file or self.data_dir / "server.log"
 
     @property
     def scheme(self) -> str:
@@ -124,7 +131,7 @@ class BerthServer:
         # A server that exits fails at once, not at the deadline.
         self.data_dir.mkdir(parents=True, exist_ok=True)
         # The child gets its own copy of the descriptor: ours is closed once it has started.
-        with open(self.data_dir / "server.log", "ab") as log:
+        with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(
                 [*BERTH, "serve", *self.serve_args],
                 env=self.env,
@@ -197,7 +204,7 @@ class BerthServer:
         return children
 
     def log_tail(self, lines: int = 40) -> str:
-        path = self.data_dir / "server.log"
+        path = self.log_path
         return (
             "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
             if path.exists()

@@ -31,7 +31,7 @@ from tests.oci import (
     put_manifest,
     random_image,
 )
-from tests.servers import BerthServer, server_fixture
+from tests.servers import ADMIN_PASSWORD, BERTH, BerthServer, server_fixture
 
 ACCEPT = {"Accept": OCI_MANIFEST}
 MIB = 1024 * 1024
@@ -488,6 +488,141 @@ def test_a_full_data_disk_keeps_the_server_serving_pulls(
     finally:
         server.stop()
         subprocess.run(["umount", "-l", str(data_dir)], check=False)
+
+
+@contextlib.contextmanager
+def small_disk(tmp_path_factory: pytest.TempPathFactory, name: str, size: str) -> Iterator[Path]:
+    """A directory that is a whole tmpfs of `size` of its own (skipped without root)."""
+    directory = tmp_path_factory.mktemp(name)
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(directory)]
+    )
+    if mounted.returncode != 0:
+        pytest.skip("cannot mount a small tmpfs here (needs root)")
+    try:
+        yield directory
+    finally:
+        subprocess.run(["umount", "-l", str(directory)], check=False)
+
+
+def said_in_one_line(result: subprocess.CompletedProcess[str], status: int, database: Path) -> None:
+    assert result.returncode == status, (result.returncode, result.stdout, result.stderr)
+    said = result.stderr.strip()
+    assert said.startswith(f"error: no space left on the disk holding the database {database} "), (
+        said
+    )
+    assert "Free space on that disk" in said and "\n" not in said, said
+    assert "Traceback" not in result.stdout + result.stderr
+
+
+def test_a_node_on_a_full_data_disk_says_so_in_one_line_and_starts_once_there_is_room(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """SQLite in WAL mode cannot open its database without room for the -wal and -shm files
+    beside it. `berth serve` says so on one line and exits 75, which systemd restarts (a
+    full disk passes once space is freed; 2 would stop the restarts); `berth init` and the
+    admin verbs say the same and exit 1. Once there is room the node starts as it was."""
+    with small_disk(tmp_path_factory, "fullstart", "16m") as data_dir:
+        server = BerthServer(data_dir, log_file=data_dir.with_name(f"{data_dir.name}.log"))
+        server.cli("init")
+        server.cli("project", "create", "kept")
+        fill(data_dir / "filler")
+        database = data_dir / "berth.db"
+        serving = subprocess.run(
+            [*BERTH, "serve"], env=server.env, capture_output=True, text=True, timeout=120
+        )
+        said_in_one_line(serving, 75, database)
+        assert "exiting with status 75" in serving.stderr
+        said_in_one_line(server.cli("init", check=False), 1, database)
+        said_in_one_line(server.cli("project", "list", check=False), 1, database)
+
+        (data_dir / "filler").unlink()
+        try:
+            server.start()
+            listed = httpx.get(
+                f"{server.url}/api/v1/projects", auth=("admin", ADMIN_PASSWORD), timeout=30
+            )
+            assert [p["name"] for p in listed.json()] == ["kept"], listed.text
+        finally:
+            server.stop()
+
+
+def test_a_full_data_disk_answers_the_consoles_reads(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """With the data disk full, what the console's pages read answers 200: a project's
+    summary and storage (whose first storage sample, measured for the read, cannot be
+    recorded: shown, and said once in the log), its repositories, images, tags and the rest."""
+    with small_disk(tmp_path_factory, "fullreads", "48m") as data_dir:
+        log = data_dir.with_name(f"{data_dir.name}.log")
+        server = BerthServer(data_dir, log_file=log)
+        try:
+            server.start()
+            repo = new_repo(server)
+            body = random_image(repo.client, repo.name)
+            assert put_manifest(repo.client, repo.name, "v1", body).status_code == 201
+            digest = digest_of(body)
+            empty = new_repo(server)
+            signed_in = httpx.post(
+                f"{server.url}/api/v1/session", json={"user": "admin", "password": ADMIN_PASSWORD}
+            )
+            assert signed_in.status_code == 201, signed_in.text
+            console = httpx.Client(
+                base_url=f"{server.url}/api/v1", cookies=signed_in.cookies, timeout=30
+            )
+            fill(data_dir / "filler")
+            assert repo.client.post(repo.url("blobs/uploads/")).status_code == 507
+
+            for project, repository in ((repo.project, repo.repository), (empty.project, None)):
+                base = f"/projects/{project}"
+                summary = console.get(f"{base}/summary")
+                assert summary.status_code == 200, summary.text
+                figures = summary.json()
+                assert figures["repositories"]["stored"] == 1
+                assert (figures["images"]["stored"], figures["storage"]["bytes"] > 0) == (
+                    (1, True) if repository else (0, False)
+                ), figures
+                storage = console.get(f"{base}/storage", params={"days": 30})
+                assert storage.status_code == 200, storage.text
+                assert storage.json()["last"]["bytes"] == figures["storage"]["bytes"]
+            base = f"/projects/{repo.project}"
+            here = f"{base}/repositories/{repo.repository}"
+            for path in (
+                "/session",
+                "/projects",
+                "/account/repository-roles",
+                "/users",
+                "/audit",
+                base,
+                f"{base}/traffic",
+                f"{base}/gc/runs",
+                f"{base}/members",
+                f"{base}/audit",
+                f"{base}/keys",
+                f"{base}/webhooks",
+                f"{base}/retention",
+                f"{base}/retention/runs",
+                f"{base}/immutable-tag-rules",
+                f"{base}/pull-policy",
+                f"{base}/repositories",
+                here,
+                f"{here}/images",
+                f"{here}/images/{digest}",
+                f"{here}/tags",
+                f"{here}/history",
+                f"{here}/grants",
+            ):
+                answer = console.get(path)
+                assert answer.status_code == 200, (path, answer.status_code, answer.text)
+            unrecorded = [line for line in log.read_text().splitlines() if "not recorded" in line]
+            assert len(unrecorded) == 1 and "[WARNING]" in unrecorded[0], unrecorded
+
+            (data_dir / "filler").unlink()  # room again: the read records its sample
+            assert console.get(f"{base}/summary").status_code == 200
+            samples = console.get(f"{base}/storage").json()["samples"]
+            assert len(samples) == 1, samples
+        finally:
+            server.stop()
 
 
 def test_a_database_locked_elsewhere_answers_503_with_retry_after(

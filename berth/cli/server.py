@@ -27,6 +27,7 @@ from berth.cli.common import (
 from berth.config import Settings, SettingsError, config_file, setting_source
 from berth.data_location import (
     DatabaseLost,
+    DiskFull,
     MissingData,
     missing_data,
     shown_database,
@@ -90,6 +91,15 @@ def serve(
         fail(str(exc), GAVE_UP_WAITING)
     except DatabaseLost as exc:  # an outage, as one waited for: restarted by systemd
         fail(f"{exc}; exiting with status {GAVE_UP_WAITING}", GAVE_UP_WAITING)
+    except DiskFull as exc:
+        # Not 2 (a bad setting, which deploy/berth.service does not restart): nothing in the
+        # settings is wrong, and the node should start by itself once space is freed (logs
+        # rotated, files removed, the disk grown), as after an outage: 75, restarted.
+        fail(
+            f"{exc}; exiting with status {GAVE_UP_WAITING}, which a service manager may "
+            "restart (systemd does, with deploy/berth.service)",
+            GAVE_UP_WAITING,
+        )
 
 
 def init(
@@ -105,8 +115,11 @@ def init(
             fail(MissingData(problem.reason, unopened=True).refusal(settings))
         given = {"database_url"} if database_url is not None else set()
         fail(f"{setting_source('database_url', given)}: {problem.reason}", BAD_SETTING)
-    if missing_data(settings) is None:
+    missing = missing_data(settings)
+    if missing is None:
         fail(f"Berth data exists already: {shown_database(settings)}", 3)
+    if missing.unopened:  # there, but not opened (a full disk, a damaged file): not made anew
+        fail(missing.refusal(settings))
     try:
         initialise(
             settings,
@@ -115,7 +128,7 @@ def init(
         )
     except SettingsError as exc:
         fail(str(exc), BAD_SETTING)
-    except DatabaseLost as exc:
+    except (DatabaseLost, DiskFull) as exc:
         fail(str(exc))
     console.print(
         Text(f"Created Berth data in {settings.data_dir.absolute()} ({shown_database(settings)})")

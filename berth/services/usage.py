@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import logging
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -22,7 +23,7 @@ from typing import Any
 from sqlalchemy import delete, func, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from berth.domain.errors import InvalidValue
+from berth.domain.errors import InvalidValue, StorageFull
 from berth.metadata.database import Database
 from berth.metadata.lookups import count_in_project, require_project, require_repository
 from berth.metadata.queries import is_image
@@ -49,6 +50,7 @@ ON_DEMAND_COALESCE_SECONDS = 60
 # each of this many equal stretches of it (a chart has no use for more).
 MAX_SERIES_POINTS = 1000
 CENT = Decimal("0.01")
+logger = logging.getLogger("berth.usage")
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,6 +120,9 @@ class Usage:
         # Per project name, this process's collection on demand under way: callers meanwhile
         # await it rather than measure again.
         self._collecting: dict[str, asyncio.Task[records.StorageSample]] = {}
+        # Whether the log said a sample could not be recorded (a full disk), since the last
+        # one recorded: said once, not on every read of the summary.
+        self._unrecorded_said = False
 
     # ------------------------------------------------------------------ storage
 
@@ -214,9 +219,18 @@ class Usage:
     async def _record(
         self, project_id: int, *, coalesce: bool = False
     ) -> tuple[dt.datetime, StorageFigures]:
+        at, figures = await self._measure(project_id)
+        await self._save(project_id, at, figures, coalesce=coalesce)
+        return at, figures
+
+    async def _measure(self, project_id: int) -> tuple[dt.datetime, StorageFigures]:
         async with self.db.read() as conn:
             figures = (await self._storage(conn, project_id)).get(project_id, NOTHING)
-        at = utcnow()
+        return utcnow(), figures
+
+    async def _save(
+        self, project_id: int, at: dt.datetime, figures: StorageFigures, *, coalesce: bool
+    ) -> None:
         values = {
             "at": at,
             "bytes": figures.bytes,
@@ -244,7 +258,7 @@ class Usage:
                 )
             else:
                 await conn.execute(storage_samples.insert().values(project_id=project_id, **values))
-        return at, figures
+        self._unrecorded_said = False
 
     async def collect_all(self) -> int:
         """Record a storage sample for every project (the scheduled job); returns how many."""
@@ -292,13 +306,27 @@ class Usage:
     async def _first_sample(self, project: str) -> tuple[int, dt.datetime, StorageFigures]:
         """The project's id and its latest storage sample. A project with no sample yet gets
         one now, recorded: the summary and the storage series then show the same sample
-        (never a figure of their own)."""
+        (never a figure of their own). On a full disk the sample is shown unrecorded: a read
+        does not fail for a write it does for convenience."""
         async with self.db.read() as conn:
             project_id = await require_project(conn, project)
             last = await _last_sample(conn, project_id)
-        if last is None:
-            return project_id, *await self._record(project_id)
-        return project_id, last.at, StorageFigures(last.bytes, last.blobs, last.images)
+        if last is not None:
+            return project_id, last.at, StorageFigures(last.bytes, last.blobs, last.images)
+        at, figures = await self._measure(project_id)
+        try:
+            await self._save(project_id, at, figures, coalesce=False)
+        except StorageFull:
+            # A read, answered with what was measured rather than refused: the sample is
+            # taken again by the next read, or the schedule, once the disk has room.
+            if not self._unrecorded_said:
+                logger.warning(
+                    "the database's disk is full: a storage sample measured for a read "
+                    "(project %s) is shown but not recorded; said once until one is",
+                    project,
+                )
+                self._unrecorded_said = True
+        return project_id, at, figures
 
     async def storage(self, project: str, days: int = 30) -> records.StorageUsage:
         """The storage series of the last `days` days, oldest first, and the last collection."""
