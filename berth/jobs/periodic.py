@@ -11,7 +11,7 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 
-from berth.domain.errors import Unavailable
+from berth.domain.errors import StorageFull, Unavailable
 
 logger = logging.getLogger(__name__)
 
@@ -67,7 +67,7 @@ class Periodic:
             first = False
             try:
                 await self._work()
-            except Unavailable as exc:
+            except (Unavailable, StorageFull) as exc:  # the database away, or its disk full
                 logger.warning("%s: %s", self._failure, exc.message)
             except Exception:
                 logger.exception(self._failure)
