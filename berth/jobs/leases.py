@@ -47,6 +47,14 @@ class Lease:
     # had lapsed). Not part of what the lease is: two reads of one lease are equal.
     remaining: float = field(compare=False)
 
+    def holder_at_work(self, here: str, carried_out_here: bool) -> bool:
+        """Whether its holder may still be carrying out the work it guards: this process
+        (`here`) while it does (`carried_out_here`), another unless it is a process of this
+        machine that no longer runs (one elsewhere only its expiry tells)."""
+        if self.holder == here:
+            return carried_out_here
+        return not holder_process_gone(self.holder)
+
 
 class Leases:
     def __init__(self, db: Database, holder: str) -> None:

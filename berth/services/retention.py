@@ -48,7 +48,7 @@ from berth.domain.retention import (
 from berth.domain.schedules import Schedule, ScheduleInvalid, parse_schedule
 from berth.domain.tag_rules import ImmutableTagRule, protecting_rule
 from berth.domain.wording import counted
-from berth.jobs.leases import Lease, Leases, default_holder, holder_process_gone
+from berth.jobs.leases import Lease, Leases, default_holder
 from berth.jobs.periodic import Periodic
 from berth.metadata.audit import write_audit_entry
 from berth.metadata.database import Database
@@ -803,9 +803,7 @@ class Retention:
         """Whether the run's process may still be at work on it."""
         if lease is None or lease.remaining <= 0:
             return False
-        if lease.holder == self.leases.holder:
-            return run_id in self.active
-        return not holder_process_gone(lease.holder)
+        return lease.holder_at_work(self.leases.holder, run_id in self.active)
 
     async def mark_interrupted(self) -> int:
         """Mark `interrupted` every running run whose process is gone (its lease lapsed, or

@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable
 
 from sqlalchemy import select
 
-from berth.jobs.leases import Lease, Leases, holder_process_gone
+from berth.jobs.leases import Lease, Leases
 from berth.jobs.periodic import Periodic
 from berth.metadata.database import Database
 from berth.metadata.tables import gc_runs
@@ -90,9 +90,7 @@ class Recovery:
 
     def _holder_alive(self, lease: Lease, run_id: int) -> bool:
         """Whether a lease's holder may still be working on the run."""
-        if lease.holder == self.holder:
-            return run_id in self.active
-        return not holder_process_gone(lease.holder)
+        return lease.holder_at_work(self.holder, run_id in self.active)
 
     async def recover(self, project_id: int | None = None, *, resume_here: bool = False) -> None:
         """Take over the runs whose holder is gone: roll back those that had not committed
