@@ -7,6 +7,8 @@ events that change nothing else are recorded here, in batches while a server run
 from __future__ import annotations
 
 import json
+import logging
+import time
 from typing import Any
 
 from sqlalchemy import ColumnElement, func, select
@@ -17,15 +19,25 @@ from berth.metadata.database import Database
 from berth.metadata.lookups import count_in_project, require_project
 from berth.metadata.tables import audit_log, utcnow
 
+logger = logging.getLogger(__name__)
+
 AUDIT_FLUSH_SECONDS = 0.25
+# Entries a refused write keeps for the next (the database away, or its disk full): bounded, so
+# that an outage of hours cannot take the worker's memory (a few MB at this count).
+AUDIT_BACKLOG = 10_000
+# After a refused write, the next try waits this long: a warning line every few seconds, not
+# four a second, while the database is away.
+AUDIT_RETRY_SECONDS = 5.0
 
 
 class AuditLog:
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, flush_interval: float = AUDIT_FLUSH_SECONDS) -> None:
         self.db = db
         self._pending: list[dict[str, Any]] = []
+        self._retry_at = 0.0
+        self.dropped = 0
         self._flusher = Periodic(
-            "audit flush", AUDIT_FLUSH_SECONDS, self.flush, failure="could not write audit entries"
+            "audit flush", flush_interval, self.flush, failure="could not write audit entries"
         )
 
     async def record(self, actor: str, action: str, **fields: Any) -> None:
@@ -41,21 +53,46 @@ class AuditLog:
         else:
             self._pending.append(entry)
 
-    async def flush(self) -> None:
+    async def flush(self, *, now: bool = False) -> None:
+        """Write the entries recorded since the last flush. Entries a refused write held stay
+        for the next try (`AUDIT_RETRY_SECONDS` later, or at once when `now`), and the error is
+        raised."""
+        if not self._pending or (not now and time.monotonic() < self._retry_at):
+            return
         pending, self._pending = self._pending, []
-        if pending:
+        try:
             async with self.db.write() as conn:
                 await conn.execute(
                     audit_log.insert(),
                     [{"project_id": None, "detail": None, "client": None, **e} for e in pending],
                 )
+        except BaseException:
+            self._keep(pending)
+            raise
+
+    def _keep(self, refused: list[dict[str, Any]]) -> None:
+        """Put refused entries back before the newer ones; past `AUDIT_BACKLOG`, the oldest
+        are dropped, counted and logged."""
+        self._retry_at = time.monotonic() + AUDIT_RETRY_SECONDS
+        backlog = refused + self._pending
+        over = len(backlog) - AUDIT_BACKLOG
+        if over > 0:
+            del backlog[:over]
+            self.dropped += over
+            logger.warning(
+                "%d audit entries dropped, the oldest: the database refused them for too long "
+                "(%d newer ones kept for the next write)",
+                over,
+                len(backlog),
+            )
+        self._pending = backlog
 
     def start(self) -> None:
         self._flusher.start()
 
     async def stop(self) -> None:
         await self._flusher.stop()
-        await self.flush()
+        await self.flush(now=True)
 
     async def entries(
         self, project: str, limit: int = 200, offset: int = 0
