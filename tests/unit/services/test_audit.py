@@ -3,10 +3,7 @@ database refuses (away, or its disk full) does to the entries waiting in it."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
-from collections.abc import Awaitable, Callable
-from typing import Any
 
 import pytest
 from sqlalchemy import text
@@ -15,19 +12,7 @@ from sqlalchemy.exc import OperationalError
 from berth.metadata.database import Database
 from berth.services import audit as audit_module
 from berth.services.audit import AuditLog
-
-Scenario = Callable[[Database], Awaitable[Any]]
-
-
-def with_database(url: str, scenario: Scenario) -> Any:
-    async def main() -> Any:
-        db = Database(url)
-        try:
-            return await scenario(db)
-        finally:
-            await db.dispose()
-
-    return asyncio.run(main())
+from tests.unit.services.test_metering import with_database
 
 
 async def table_away(db: Database, away: bool) -> None:
