@@ -9,6 +9,7 @@ import errno
 import json
 import mmap
 import os
+import signal
 import sqlite3
 import subprocess
 import threading
@@ -627,6 +628,45 @@ def test_a_full_data_disk_answers_the_consoles_reads(
             assert len(samples) == 1, samples
         finally:
             server.stop()
+
+
+def test_stopping_on_a_full_data_disk_says_what_was_not_saved_in_a_line_each(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """SIGTERM with the data disk full: the traffic counts and pull times a stopping server
+    writes last cannot be saved. Each is one warning line saying how much was lost and why,
+    not a traceback, and the server stops as it should."""
+    with small_disk(tmp_path_factory, "fullstop", "48m") as data_dir:
+        log = data_dir.with_name(f"{data_dir.name}.log")
+        server = BerthServer(data_dir, log_file=log)
+        try:
+            server.start()
+            repo = new_repo(server)
+            data = os.urandom(MIB)
+            digest = push_bytes(repo.client, repo.name, data)
+            body = random_image(repo.client, repo.name)
+            assert put_manifest(repo.client, repo.name, "v1", body).status_code == 201
+            fill(data_dir / "filler")
+            for _ in range(3):  # counted in memory, flushed every few seconds
+                assert repo.client.get(repo.url(f"blobs/{digest}")).content == data
+            assert repo.client.get(repo.url("manifests/v1"), headers=ACCEPT).status_code == 200
+            assert server.process is not None
+            server.process.send_signal(signal.SIGTERM)
+            assert server.process.wait(timeout=30) == 0
+        finally:
+            server.stop()
+        said = log.read_text()
+        assert "Traceback" not in said, said
+        full = "the database's disk is full; nothing was stored"
+        traffic = [line for line in said.splitlines() if "outbound traffic counts of" in line]
+        assert len(traffic) == 1 and "[WARNING]" in traffic[0], traffic
+        sent = 3 * MIB + len(body)  # three pulls of the layer, one of the manifest
+        assert (
+            f"of {sent} bytes (4 requests) could not be written at shutdown: {full}" in (traffic[0])
+        )
+        pulls = [line for line in said.splitlines() if "last pull times" in line]
+        assert len(pulls) == 1 and "[WARNING]" in pulls[0], pulls
+        assert f"last pull times of 1 images not recorded at shutdown: {full}" in pulls[0]
 
 
 def test_a_database_locked_elsewhere_answers_503_with_retry_after(

@@ -9,11 +9,25 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 
 from berth.domain.errors import StorageFull, Unavailable
 
 logger = logging.getLogger(__name__)
+
+
+@contextlib.contextmanager
+def unwritten_said(said_by: logging.Logger, what: Callable[[], str]) -> Iterator[None]:
+    """For what a stopping process writes last (buffered counts, audit entries): a failure is
+    logged, never raised, so that the rest of the shutdown goes on. The database refusing it
+    for a reason of its own (its disk full, it unreachable) is one warning line, `what` was
+    not written (called after the failure: how much) and why; anything else a traceback."""
+    try:
+        yield
+    except (Unavailable, StorageFull) as exc:
+        said_by.warning("%s: %s", what(), exc.message)
+    except Exception:
+        said_by.exception(what())
 
 
 class Periodic:

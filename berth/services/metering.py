@@ -17,7 +17,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
-from berth.jobs.periodic import Periodic
+from berth.jobs.periodic import Periodic, unwritten_said
 from berth.metadata.database import Database
 from berth.metadata.tables import projects, traffic_daily
 
@@ -138,15 +138,18 @@ class TrafficMeter:
     async def stop(self) -> None:
         """Stop the flusher, then flush once more (never cancelled in the middle of a write)."""
         await self._flusher.stop()
-        for attempt in range(3):
+        for _attempt in range(2):
             try:
                 await self.flush()
                 return
             except Exception:
-                if attempt == 2:
-                    logger.exception(
-                        "outbound traffic counts of %d bytes could not be written at shutdown",
-                        self.pending_bytes,
-                    )
-                else:
-                    await asyncio.sleep(0.5)
+                await asyncio.sleep(0.5)
+        with unwritten_said(logger, self._unwritten):
+            await self.flush()
+
+    def _unwritten(self) -> str:
+        requests = sum(entry[1] for entry in self._pending.values())
+        return (
+            f"outbound traffic counts of {self.pending_bytes} bytes ({requests} requests) could "
+            "not be written at shutdown"
+        )

@@ -20,7 +20,7 @@ import time
 
 from sqlalchemy import bindparam, text
 
-from berth.jobs.periodic import Periodic
+from berth.jobs.periodic import Periodic, unwritten_said
 from berth.metadata.database import Database
 from berth.metadata.tables import UTCDateTime, utcnow
 
@@ -102,9 +102,7 @@ class PullRecorder:
 
     async def stop(self) -> None:
         await self._flusher.stop()
-        try:
+        with unwritten_said(
+            logger, lambda: f"last pull times of {len(self._seen)} images not recorded at shutdown"
+        ):
             await self.flush()
-        except Exception:
-            logger.exception(
-                "last pull times of %d images not recorded at shutdown", len(self._seen)
-            )
