@@ -9,6 +9,8 @@ import errno
 import json
 import mmap
 import os
+import pwd
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -32,7 +34,7 @@ from tests.oci import (
     put_manifest,
     random_image,
 )
-from tests.servers import ADMIN_PASSWORD, BERTH, BerthServer, server_fixture
+from tests.servers import ADMIN_PASSWORD, BERTH, BerthServer, PostgresCluster, server_fixture
 
 ACCEPT = {"Accept": OCI_MANIFEST}
 MIB = 1024 * 1024
@@ -667,6 +669,116 @@ def test_stopping_on_a_full_data_disk_says_what_was_not_saved_in_a_line_each(
         pulls = [line for line in said.splitlines() if "last pull times" in line]
         assert len(pulls) == 1 and "[WARNING]" in pulls[0], pulls
         assert f"last pull times of 1 images not recorded at shutdown: {full}" in pulls[0]
+
+
+@contextlib.contextmanager
+def postgres_on_small_disk(size: str) -> Iterator[PostgresCluster]:
+    """A PostgreSQL cluster of its own whose data directory is a whole tmpfs of `size`
+    (skipped without PostgreSQL, or where mount is refused)."""
+    if not PostgresCluster.available():
+        pytest.skip("PostgreSQL not installed")
+    cluster = PostgresCluster()
+    cluster.data.mkdir()
+    owner = f"uid={pwd.getpwnam('postgres').pw_uid},mode=0700"
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size},{owner}", "tmpfs", str(cluster.data)]
+    )
+    if mounted.returncode != 0:
+        cluster.stop()
+        pytest.skip("cannot mount a small tmpfs here (needs root)")
+    try:
+        yield cluster.start()
+    finally:
+        cluster.stop()
+        subprocess.run(["umount", "-l", str(cluster.data)], check=False)
+        shutil.rmtree(cluster.base, ignore_errors=True)
+
+
+def until_refused(attempt: Any, tries: int = 300) -> httpx.Response:
+    """The first answer of `attempt(n)` that is not a success: PostgreSQL fills free room in
+    the pages its tables have before it needs a page the disk cannot give."""
+    for n in range(tries):
+        answer: httpx.Response = attempt(n)
+        if answer.status_code >= 300:
+            return answer
+    raise AssertionError(f"still stored after {tries} tries on a full disk")
+
+
+def test_a_full_postgresql_disk_refuses_writes_in_a_line_and_serves_reads(
+    tmp_path: Path,
+) -> None:
+    """Scale-out mode with PostgreSQL's data directory on a disk that fills up (the blobs on
+    another): what PostgreSQL cannot store (SQLSTATE 53100) is refused as 507 STORAGE_FULL in
+    the OCI error format, and nothing of it shows (no blob without its row, no manifest or
+    tag); pulls, the API's reads and /readyz answer as before; the log says what the
+    background writes could not store in a warning line each; once there is room again,
+    pushes succeed without a restart."""
+    with postgres_on_small_disk("96m") as cluster:
+        log = tmp_path / "server.log"
+        server = BerthServer(tmp_path / "data", cluster.create_database(), log_file=log)
+        try:
+            server.start()
+            repo = new_repo(server)
+            layer = os.urandom(MIB)
+            digest = push_bytes(repo.client, repo.name, layer)
+            body = random_image(repo.client, repo.name)
+            assert put_manifest(repo.client, repo.name, "v1", body).status_code == 201
+            fill(cluster.data / "filler")
+
+            blobs: list[bytes] = []
+
+            def push_blob(_n: int) -> httpx.Response:
+                blobs.append(os.urandom(4096))
+                return repo.client.post(
+                    repo.url("blobs/uploads/"), params={"digest": digest_of(blobs[-1])},
+                    content=blobs[-1],
+                )  # fmt: skip
+
+            refused = until_refused(push_blob)
+            assert refused.status_code == 507 and error_code(refused) == "STORAGE_FULL"
+            assert refused.json()["errors"][0]["message"] == (
+                "the database's disk is full; nothing was stored"
+            )
+            unrecorded = digest_of(blobs[-1])
+            assert repo.client.head(repo.url(f"blobs/{unrecorded}")).status_code == 404
+
+            manifests: list[bytes] = []
+
+            def push_manifest(n: int) -> httpx.Response:
+                document = {**json.loads(body), "annotations": {"n": str(n)}}
+                manifests.append(json.dumps(document).encode())
+                return put_manifest(repo.client, repo.name, f"full{n}", manifests[-1])
+
+            refused = until_refused(push_manifest)
+            assert refused.status_code == 507 and error_code(refused) == "STORAGE_FULL"
+            tag = f"full{len(manifests) - 1}"
+            assert tag not in repo.client.get(repo.url("tags/list")).json()["tags"]
+            for reference in (tag, digest_of(manifests[-1])):
+                answer = repo.client.get(repo.url(f"manifests/{reference}"), headers=ACCEPT)
+                assert answer.status_code == 404, (reference, answer.text)
+
+            pulled = repo.client.get(repo.url(f"blobs/{digest}"))
+            assert (pulled.status_code, pulled.content == layer) == (200, True)
+            manifest = repo.client.get(repo.url("manifests/v1"), headers=ACCEPT)
+            assert (manifest.status_code, manifest.content) == (200, body)
+            assert httpx.get(f"{server.url}/readyz").status_code == 200
+            admin = {"auth": ("admin", ADMIN_PASSWORD), "timeout": 30}
+            for path in ("projects", f"projects/{repo.project}/summary"):
+                answer = httpx.get(f"{server.url}/api/v1/{path}", **admin)  # type: ignore[arg-type]
+                assert answer.status_code == 200, (path, answer.text)
+            time.sleep(6)  # the pull times' and traffic counts' flushes are refused
+
+            (cluster.data / "filler").unlink()
+            assert push_bytes(repo.client, repo.name, blobs[-1]) == unrecorded
+            assert put_manifest(repo.client, repo.name, tag, manifests[-1]).status_code == 201
+            assert repo.client.get(repo.url(f"manifests/{tag}"), headers=ACCEPT).status_code == 200
+        finally:
+            server.stop()
+        said = log.read_text()
+        assert "Traceback" not in said, said
+        refusals = [line for line in said.splitlines() if "disk is full" in line]
+        assert refusals and all("[WARNING]" in line for line in refusals), refusals
+        assert any("could not write outbound traffic counts" in line for line in refusals)
 
 
 def test_a_database_locked_elsewhere_answers_503_with_retry_after(

@@ -61,6 +61,9 @@ CONNECT_SECONDS = 5.0
 # Berth's jobs run on a large install.
 STATEMENT_SECONDS = 60.0
 LOCK_NOT_AVAILABLE = "55P03"  # PostgreSQL's SQLSTATE for a lock wait that timed out
+# PostgreSQL's SQLSTATE for a write its disk has no room for (a table or index it could not
+# extend), whatever language its messages are in (lc_messages).
+DISK_FULL = "53100"
 # PostgreSQL's SQLSTATEs of a server that is not there to answer: class 08 (connection
 # exception), and the server shutting down, crashed or still starting (57P01-57P03).
 CONNECTION_LOST_STATES = ("08", "57P01", "57P02", "57P03")
@@ -219,7 +222,7 @@ def _write_condition(exc: DBAPIError) -> Exception | None:
             "try again shortly",
             RETRY_AFTER_SECONDS,
         )
-    if "database or disk is full" in message or "no space left on device" in message:
+    if "database or disk is full" in message or getattr(exc.orig, "sqlstate", None) == DISK_FULL:
         return StorageFull("the database's disk is full; nothing was stored")
     return None
 
