@@ -220,7 +220,7 @@ class Services:
                 upload_expiry=settings.upload_expiry,
                 test_pause=settings.gc_test_pause,
             ),
-            sessions=Sessions(db, settings.session_ttl),
+            sessions=Sessions(db, settings.session_ttl, tokens),
             storage_check=storage_check,
             readiness=Readiness(db, store),
             webhooks=Webhooks(db, allow_private=settings.webhook_allow_private),

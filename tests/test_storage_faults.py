@@ -632,6 +632,83 @@ def test_a_full_data_disk_answers_the_consoles_reads(
             server.stop()
 
 
+def test_signing_in_to_the_console_on_a_full_data_disk(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """With the data disk full a user signs in to the console and looks at their registry:
+    the session, which the database has no room to record, is carried by its cookie (signed,
+    for at most an hour), the bookkeeping (purging expired sessions, the previous session,
+    the audit entry) is skipped, and the log says so once. Signing out ends it in the
+    browser; a password change ends it on the server. Once there is room, sessions are
+    recorded again."""
+    with small_disk(tmp_path_factory, "fullsignin", "48m") as data_dir:
+        log = data_dir.with_name(f"{data_dir.name}.log")
+        server = BerthServer(data_dir, log_file=log)
+        credentials = {"user": "admin", "password": ADMIN_PASSWORD}
+        try:
+            server.start()
+            repo = new_repo(server)
+            body = random_image(repo.client, repo.name)
+            assert put_manifest(repo.client, repo.name, "v1", body).status_code == 201
+            earlier = httpx.post(f"{server.url}/api/v1/session", json=credentials)
+            with sqlite3.connect(data_dir / "berth.db") as db:  # its last use to record again
+                db.execute("UPDATE console_sessions SET last_seen_at = '2000-01-01 00:00:00'")
+            fill(data_dir / "filler")
+            assert repo.client.post(repo.url("blobs/uploads/")).status_code == 507
+            for _ in range(2):  # a session signed in before: its last use is not recorded
+                seen = httpx.get(f"{server.url}/api/v1/projects", cookies=earlier.cookies)
+                assert seen.status_code == 200, seen.text
+            wrong = httpx.post(
+                f"{server.url}/api/v1/session", json={**credentials, "password": "not-it"}
+            )
+            assert wrong.status_code == 507, wrong.text  # its failure cannot be counted
+
+            with httpx.Client(base_url=f"{server.url}/api/v1", timeout=30) as console:
+                for _ in range(2):  # the second signs the first session out of the browser
+                    signed_in = console.post("/session", json=credentials)
+                    assert signed_in.status_code == 201, signed_in.text
+                session = signed_in.json()
+                assert session["user"] == "admin" and session["server_admin"] is True
+                expires = dt.datetime.fromisoformat(session["expires_at"])
+                left = expires - dt.datetime.now(dt.UTC)
+                assert dt.timedelta(minutes=55) < left <= dt.timedelta(hours=1), left
+                assert console.get("/session").json()["user"] == "admin"
+                projects = console.get("/projects")
+                assert repo.project in [p["name"] for p in projects.json()], projects.text
+                images = console.get(
+                    f"/projects/{repo.project}/repositories/{repo.repository}/images"
+                )
+                assert images.status_code == 200, images.text
+                cookie = console.cookies["berth_session"]
+                signed_out = console.delete(
+                    "/session", headers={"X-CSRF-Token": session["csrf_token"]}
+                )
+                assert signed_out.status_code == 204, signed_out.text
+                assert console.get("/session").status_code == 401
+
+            said = log.read_text()
+            assert "Traceback" not in said, said
+            noted = [line for line in said.splitlines() if "console sign-ins get a session" in line]
+            assert len(noted) == 1 and "[WARNING]" in noted[0], noted
+            assert "the database's disk is full" in noted[0]
+
+            (data_dir / "filler").unlink()
+            api = f"{server.url}/api/v1"
+            kept = {"berth_session": cookie}  # a copy kept of the cookie signed out
+            assert httpx.get(f"{api}/session", cookies=kept).status_code == 200
+            new_password = "changed-pass-1234"
+            server.cli("user", "set-password", "admin", "--password-stdin", input=new_password)
+            assert httpx.get(f"{api}/session", cookies=kept).status_code == 401
+            credentials["password"] = new_password
+            recorded = httpx.post(f"{api}/session", json=credentials)
+            assert recorded.status_code == 201, recorded.text
+            assert "." not in recorded.cookies["berth_session"]  # a recorded session's token
+            expires = dt.datetime.fromisoformat(recorded.json()["expires_at"])
+            assert expires - dt.datetime.now(dt.UTC) > dt.timedelta(hours=2)
+        finally:
+            server.stop()
+
+
 def test_stopping_on_a_full_data_disk_says_what_was_not_saved_in_a_line_each(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> None:

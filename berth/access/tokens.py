@@ -23,6 +23,10 @@ ALGORITHM = "ES256"
 # is never taken for a registry token or the other way round.
 API_AUDIENCE = "berth-api"
 API_TOKEN_TYPE = "api"
+# Console sessions the database had no room to record (berth.services.sessions): their own
+# audience and type, never taken for a registry or API token.
+CONSOLE_AUDIENCE = "berth-console"
+CONSOLE_SESSION_TYPE = "console-session"
 MAX_CACHED_TOKENS = 10_000
 
 
@@ -123,8 +127,8 @@ class Tokens:
         claims = self._decode(token, service)
         if claims.get("typ") == "refresh":
             raise InvalidToken("a refresh token is not an access token")
-        if claims.get("typ") == API_TOKEN_TYPE:
-            raise InvalidToken("a management API token is not a registry token")
+        if claims.get("typ") in (API_TOKEN_TYPE, CONSOLE_SESSION_TYPE):
+            raise InvalidToken("a management API token or console session is not a registry token")
         access: dict[tuple[str, str], frozenset[str]] = {}
         for entry in claims.get("access") or []:
             if isinstance(entry, dict):
@@ -170,6 +174,31 @@ class Tokens:
         claims = self._decode(token, API_AUDIENCE)
         if claims.get("typ") != API_TOKEN_TYPE or not claims.get("key"):
             raise InvalidToken("not a management API token")
+        return claims
+
+    def issue_console_session(self, claims: dict[str, Any], ttl_seconds: int) -> tuple[str, int]:
+        """A console session carried whole by its cookie, with `claims` (the user's): returns
+        (token, expiry as a Unix time)."""
+        now = int(time.time())
+        expires = now + ttl_seconds
+        token = self._sign(
+            {
+                **claims,
+                "iss": ISSUER,
+                "aud": CONSOLE_AUDIENCE,
+                "iat": now,
+                "exp": expires,
+                "jti": uuid.uuid4().hex,
+                "typ": CONSOLE_SESSION_TYPE,
+            }
+        )
+        return token, expires
+
+    def verify_console_session(self, token: str) -> dict[str, Any]:
+        """The claims of a valid console session token (InvalidToken otherwise)."""
+        claims = self._decode(token, CONSOLE_AUDIENCE)
+        if claims.get("typ") != CONSOLE_SESSION_TYPE:
+            raise InvalidToken("not a console session")
         return claims
 
     def verify_refresh(self, token: str, service: str) -> dict[str, Any]:

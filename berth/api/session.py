@@ -29,7 +29,7 @@ from berth.api.deps import SESSION_SCOPE_KEY, ServicesDep, password_principal, u
 from berth.api.problems import problem, responses
 from berth.auth.guard import client_address
 from berth.domain.errors import Denied, Unavailable
-from berth.services.sessions import ConsoleSession, session_id
+from berth.services.sessions import ConsoleSession
 
 SESSION_COOKIE = "berth_session"
 CSRF_HEADER = "X-CSRF-Token"
@@ -206,11 +206,7 @@ async def sign_in(
     principal = await password_principal(
         services, request, body.user, body.password, SignInPath.CONSOLE
     )
-    previous = request.cookies.get(SESSION_COOKIE)
-    if previous:
-        await services.sessions.delete(session_id(previous))
-    await services.sessions.purge()
-    token, session = await services.sessions.create(principal)
+    token, session = await services.sessions.sign_in(principal, request.cookies.get(SESSION_COOKIE))
     await services.identity.audit.record(
         principal.user, "login", detail={"via": "console"}, client=client_address(request)
     )

@@ -4,7 +4,14 @@ database, and a CSRF token that unsafe requests must echo in a header.
 A session's times are written and compared by the database's clock (`Database.clock`), not a
 node's own: one node signs a user in and any other checks the cookie, and a node whose clock
 ran behind would otherwise accept a session that has expired. The lookup that every console
-request makes reads the database's now in the same statement: it costs no round trip."""
+request makes reads the database's now in the same statement: it costs no round trip.
+
+While the database's disk is full a session cannot be recorded, and a user could not sign in
+to look at their registry (which reads only). The session is then carried whole by its cookie,
+signed as registry tokens are (any node verifies it), for at most UNRECORDED_SECONDS: it ends
+with a change of the user's password (it names a digest of the password's hash) or the user's
+deletion, but signing out ends it only in the browser. Purging expired sessions and
+recording a session's last use are bookkeeping, skipped while there is no room."""
 
 from __future__ import annotations
 
@@ -17,11 +24,17 @@ from dataclasses import dataclass
 from sqlalchemy import delete, select, update
 
 from berth.access.policy import Principal
+from berth.access.tokens import InvalidToken, Tokens
+from berth.domain.errors import StorageFull, Unavailable
 from berth.metadata.database import Database
 from berth.metadata.tables import console_sessions, users
 
 # last_seen_at is written at most this often per session (a read otherwise costs no write).
 LAST_SEEN_RESOLUTION = dt.timedelta(minutes=5)
+# The longest a session the database had no room to record lasts: nothing can end it early
+# but a password change (or the user's deletion).
+UNRECORDED_SECONDS = 3600
+MAX_TOKEN_CHARS = 2048  # a signed session's (a recorded one's is 43)
 logger = logging.getLogger(__name__)
 
 
@@ -44,10 +57,71 @@ class ConsoleSession:
         return Principal(self.user_id, self.user, self.is_admin, None, None)
 
 
+def _password_digest(password_hash: str | None) -> str:
+    """What a signed session keeps of its user's password hash: it ends when that changes."""
+    return hashlib.sha256((password_hash or "").encode()).hexdigest()[:32]
+
+
 class Sessions:
-    def __init__(self, db: Database, ttl_seconds: int) -> None:
+    def __init__(self, db: Database, ttl_seconds: int, tokens: Tokens) -> None:
         self.db = db
         self.ttl = ttl_seconds
+        self.tokens = tokens
+        self._full_said = False  # the log said the disk is full (until a session is recorded)
+
+    async def sign_in(
+        self, principal: Principal, previous_token: str | None
+    ) -> tuple[str, ConsoleSession]:
+        """A new session for a user who gave their password, ending the browser's previous
+        one (`previous_token`, its cookie's), purging expired ones; on a full database disk
+        a signed session, without the bookkeeping."""
+        try:
+            if previous_token:
+                await self.delete(session_id(previous_token))
+            await self.purge()
+            return await self.create(principal)
+        except StorageFull as exc:
+            self._say_full(exc)
+            return await self._signed(principal)
+
+    def _say_full(self, exc: StorageFull) -> None:
+        if self._full_said:
+            return
+        self._full_said = True
+        logger.warning(
+            "%s: console sign-ins get a session carried by its cookie, not recorded (for at "
+            "most %d s; signing out ends it in the browser only), and expired sessions are not "
+            "purged nor a session's last use recorded, until there is room",
+            exc.message,
+            UNRECORDED_SECONDS,
+        )
+
+    async def _signed(self, principal: Principal) -> tuple[str, ConsoleSession]:
+        async with self.db.read() as conn:
+            password_hash = (
+                await conn.execute(
+                    select(users.c.password_hash).where(users.c.id == principal.user_id)
+                )
+            ).scalar_one()
+        csrf_token = secrets.token_urlsafe(32)
+        token, expires = self.tokens.issue_console_session(
+            {
+                "sub": principal.user,
+                "uid": principal.user_id,
+                "csrf": csrf_token,
+                "pwd": _password_digest(password_hash),
+            },
+            min(self.ttl, UNRECORDED_SECONDS),
+        )
+        session = ConsoleSession(
+            id=session_id(token),
+            user_id=principal.user_id,
+            user=principal.user,
+            is_admin=principal.is_admin,
+            csrf_token=csrf_token,
+            expires_at=dt.datetime.fromtimestamp(expires, dt.UTC),
+        )
+        return token, session
 
     async def create(
         self, principal: Principal, ttl_seconds: int | None = None
@@ -71,6 +145,7 @@ class Sessions:
                     .returning(console_sessions.c.expires_at)
                 )
             ).scalar_one()
+        self._full_said = False
         session = ConsoleSession(
             id=id_,
             user_id=principal.user_id,
@@ -83,8 +158,10 @@ class Sessions:
 
     async def lookup(self, token: str) -> ConsoleSession | None:
         """The unexpired session of a cookie's token (with its user as they are now)."""
-        if not token or len(token) > 256:
+        if not token or len(token) > MAX_TOKEN_CHARS:
             return None
+        if "." in token:  # signed (a recorded session's token is base64url, without dots)
+            return await self._signed_session(token)
         async with self.db.read() as conn:
             row = (
                 await conn.execute(
@@ -115,6 +192,30 @@ class Sessions:
             row.expires_at.astimezone(dt.UTC),
         )
 
+    async def _signed_session(self, token: str) -> ConsoleSession | None:
+        try:
+            claims = self.tokens.verify_console_session(token)
+        except InvalidToken:
+            return None
+        async with self.db.read() as conn:
+            user = (
+                await conn.execute(
+                    select(users.c.name, users.c.is_admin, users.c.password_hash).where(
+                        users.c.id == int(claims["uid"])
+                    )
+                )
+            ).first()
+        if user is None or _password_digest(user.password_hash) != claims.get("pwd"):
+            return None  # deleted, or its password changed since
+        return ConsoleSession(
+            session_id(token),
+            int(claims["uid"]),
+            user.name,
+            user.is_admin,
+            str(claims["csrf"]),
+            dt.datetime.fromtimestamp(int(claims["exp"]), dt.UTC),
+        )
+
     async def _seen(self, id_: str) -> None:
         try:
             async with self.db.write() as conn:
@@ -123,6 +224,10 @@ class Sessions:
                     .where(console_sessions.c.id == id_)
                     .values(last_seen_at=self.db.clock())
                 )
+        except StorageFull as exc:
+            self._say_full(exc)
+        except Unavailable as exc:  # its own log said why
+            logger.debug("could not record a console session's last use: %s", exc.message)
         except Exception:
             logger.exception("could not record a console session's last use")
 

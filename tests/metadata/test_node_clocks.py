@@ -42,6 +42,7 @@ from berth.access.credentials import Credentials, KeyNotUsable
 from berth.access.keyring import Keyring
 from berth.access.passwords import Passwords
 from berth.access.policy import Principal
+from berth.access.tokens import Tokens
 from berth.domain.references import RepositoryRef
 from berth.jobs.leases import Leases
 from berth.metadata.database import Database
@@ -308,16 +309,19 @@ async def an_admin(db: Database) -> Principal:
 
 
 def test_a_console_session_expires_when_the_database_says_on_every_node(
-    database_url: str, monkeypatch: pytest.MonkeyPatch
+    database_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    keyring = Keyring(tmp_path / "signing.pem", tmp_path / "secret.key")
+    tokens = Tokens(keyring, ttl_seconds=300, refresh_ttl_seconds=300)
+
     async def scenario(db: Database) -> None:
         signed_in, ttl = await an_admin(db), 3
-        token, session = await Sessions(db, ttl).create(signed_in)
+        token, session = await Sessions(db, ttl, tokens).create(signed_in)
         with clock_off_by(monkeypatch, 60):  # a node a minute ahead: not expired yet
-            assert await Sessions(db, ttl).lookup(token) == session
+            assert await Sessions(db, ttl, tokens).lookup(token) == session
         await asyncio.sleep(ttl + 0.5)
         with clock_off_by(monkeypatch, -HOUR):  # a node an hour behind: expired all the same
-            behind = Sessions(db, ttl)
+            behind = Sessions(db, ttl, tokens)
             assert await behind.lookup(token) is None
             assert await behind.purge() == 1
 
