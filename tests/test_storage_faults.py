@@ -787,9 +787,9 @@ def test_a_full_postgresql_disk_refuses_writes_in_a_line_and_serves_reads(
     """Scale-out mode with PostgreSQL's data directory on a disk that fills up (the blobs on
     another): what PostgreSQL cannot store (SQLSTATE 53100) is refused as 507 STORAGE_FULL in
     the OCI error format, and nothing of it shows (no blob without its row, no manifest or
-    tag); pulls, the API's reads and /readyz answer as before; the log says what the
-    background writes could not store in a warning line each; once there is room again,
-    pushes succeed without a restart."""
+    tag); pulls, the API's reads, a console sign-in and /readyz answer as before; the log
+    says what the background writes could not store in a warning line each; once there is
+    room again, pushes succeed without a restart."""
     with postgres_on_small_disk("96m") as cluster:
         log = tmp_path / "server.log"
         server = BerthServer(tmp_path / "data", cluster.create_database(), log_file=log)
@@ -843,6 +843,12 @@ def test_a_full_postgresql_disk_refuses_writes_in_a_line_and_serves_reads(
             for path in ("projects", f"projects/{repo.project}/summary"):
                 answer = httpx.get(f"{server.url}/api/v1/{path}", **admin)  # type: ignore[arg-type]
                 assert answer.status_code == 200, (path, answer.text)
+            signed_in = httpx.post(
+                f"{server.url}/api/v1/session", json={"user": "admin", "password": ADMIN_PASSWORD}
+            )
+            assert signed_in.status_code == 201, signed_in.text
+            projects = httpx.get(f"{server.url}/api/v1/projects", cookies=signed_in.cookies)
+            assert repo.project in [p["name"] for p in projects.json()], projects.text
             time.sleep(6)  # the pull times' and traffic counts' flushes are refused
 
             (cluster.data / "filler").unlink()
