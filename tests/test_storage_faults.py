@@ -632,6 +632,17 @@ def test_a_full_data_disk_answers_the_consoles_reads(
             server.stop()
 
 
+def pushed_image(server: BerthServer) -> tuple[Repo, bytes, str, bytes]:
+    """A new repository of `server` holding a 1 MiB blob (its bytes and digest) and an image
+    tagged v1 (its manifest)."""
+    repo = new_repo(server)
+    data = os.urandom(MIB)
+    digest = push_bytes(repo.client, repo.name, data)
+    body = random_image(repo.client, repo.name)
+    assert put_manifest(repo.client, repo.name, "v1", body).status_code == 201
+    return repo, data, digest, body
+
+
 def test_signing_in_to_the_console_on_a_full_data_disk(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> None:
@@ -719,12 +730,7 @@ def test_stopping_on_a_full_data_disk_says_what_was_not_saved_in_a_line_each(
         log = data_dir.with_name(f"{data_dir.name}.log")
         server = BerthServer(data_dir, log_file=log)
         try:
-            server.start()
-            repo = new_repo(server)
-            data = os.urandom(MIB)
-            digest = push_bytes(repo.client, repo.name, data)
-            body = random_image(repo.client, repo.name)
-            assert put_manifest(repo.client, repo.name, "v1", body).status_code == 201
+            repo, data, digest, body = pushed_image(server.start())
             fill(data_dir / "filler")
             for _ in range(3):  # counted in memory, flushed every few seconds
                 assert repo.client.get(repo.url(f"blobs/{digest}")).content == data
@@ -794,12 +800,7 @@ def test_a_full_postgresql_disk_refuses_writes_in_a_line_and_serves_reads(
         log = tmp_path / "server.log"
         server = BerthServer(tmp_path / "data", cluster.create_database(), log_file=log)
         try:
-            server.start()
-            repo = new_repo(server)
-            layer = os.urandom(MIB)
-            digest = push_bytes(repo.client, repo.name, layer)
-            body = random_image(repo.client, repo.name)
-            assert put_manifest(repo.client, repo.name, "v1", body).status_code == 201
+            repo, layer, digest, body = pushed_image(server.start())
             fill(cluster.data / "filler")
 
             blobs: list[bytes] = []

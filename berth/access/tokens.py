@@ -150,23 +150,31 @@ class Tokens:
     ) -> tuple[str, int]:
         """A management API token for an access key; returns (token, expiry as a Unix time).
         It works while the key does (checked on every request)."""
+        issued = self._issue(
+            API_AUDIENCE, API_TOKEN_TYPE, ttl_seconds, {"sub": user, "uid": user_id, "key": key_id}
+        )
+        metrics.token_issued("api")
+        return issued
+
+    def _issue(
+        self, audience: str, token_type: str, ttl_seconds: int, claims: dict[str, Any]
+    ) -> tuple[str, int]:
+        """A token of `audience` and `token_type` with `claims`, for `ttl_seconds` from now:
+        (token, expiry as a Unix time)."""
         now = int(time.time())
         expires = now + ttl_seconds
         token = self._sign(
             {
+                **claims,
                 "iss": ISSUER,
-                "sub": user,
-                "aud": API_AUDIENCE,
+                "aud": audience,
                 "iat": now,
                 "nbf": now - 5,
                 "exp": expires,
                 "jti": uuid.uuid4().hex,
-                "typ": API_TOKEN_TYPE,
-                "uid": user_id,
-                "key": key_id,
+                "typ": token_type,
             }
         )
-        metrics.token_issued("api")
         return token, expires
 
     def verify_api(self, token: str) -> dict[str, Any]:
@@ -179,20 +187,7 @@ class Tokens:
     def issue_console_session(self, claims: dict[str, Any], ttl_seconds: int) -> tuple[str, int]:
         """A console session carried whole by its cookie, with `claims` (the user's): returns
         (token, expiry as a Unix time)."""
-        now = int(time.time())
-        expires = now + ttl_seconds
-        token = self._sign(
-            {
-                **claims,
-                "iss": ISSUER,
-                "aud": CONSOLE_AUDIENCE,
-                "iat": now,
-                "exp": expires,
-                "jti": uuid.uuid4().hex,
-                "typ": CONSOLE_SESSION_TYPE,
-            }
-        )
-        return token, expires
+        return self._issue(CONSOLE_AUDIENCE, CONSOLE_SESSION_TYPE, ttl_seconds, claims)
 
     def verify_console_session(self, token: str) -> dict[str, Any]:
         """The claims of a valid console session token (InvalidToken otherwise)."""
