@@ -29,7 +29,7 @@ from berth.api.problems import responses
 from berth.auth.guard import client_address
 from berth.domain.digests import DIGEST_PATTERN, DIGEST_RULE
 from berth.domain.names import IMAGE_PATH_PATTERN, TAG_PATTERN
-from berth.services.image_records import Event, Image, ImageDetail, Tag
+from berth.services.image_records import Event, Image, ImageDeletion, ImageDetail, Tag
 
 router = APIRouter(prefix="/projects/{project}/repositories/{repository}", tags=["images"])
 
@@ -90,6 +90,31 @@ async def show_image(
     at most its first 256 manifests (`child_count` says how many it has), an image manifest
     at most its first 256 blobs (`layer_count`)."""
     return await images.image(await ctx.repository(repository), image, digest)
+
+
+@router.get(
+    "/images/{digest}/deletion",
+    responses=responses(
+        described={
+            404: "as the delete's",
+            409: "a platform manifest that a stored index lists, as the delete's",
+        }
+    ),
+)
+async def image_deletion(
+    ctx: ManageProject,
+    repository: RepositoryName,
+    digest: Digest,
+    image: ImageName = "",
+) -> ImageDeletion:
+    """What deleting the image (`DELETE .../images/{digest}`) would take with it, counted,
+    and what it reaches that would stay, with why: a platform manifest another stored index
+    lists or that has a tag of its own, a referrer another stored index lists. The same rule
+    the delete follows, read now: a confirmation shows it before the delete. A protected tag
+    that would refuse the delete is found by the delete."""
+    return await ctx.services.registry.image_deletion(
+        await ctx.repository(repository), image, digest
+    )
 
 
 @router.delete(

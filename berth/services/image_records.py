@@ -16,6 +16,7 @@ from berth.services.scanning.scans import ScanSummary
 MAX_LISTED_PLATFORMS = 64  # distinct platforms listed per image
 MAX_LISTED_CHILDREN = 256  # platform manifests listed in an image's details
 MAX_LISTED_LAYERS = 256  # blobs (config and layers) listed in an image's details
+MAX_LISTED_KEPT = 64  # manifests listed that an image's delete leaves
 
 
 class Referrer(Record):
@@ -93,6 +94,39 @@ class ImageDetail(Image):
     )
     layer_count: int = Field(description="blobs an image manifest lists, listed here or not")
     parents: list[str] = Field(description="digests of the indexes that list this manifest")
+
+
+class KeptManifest(Record):
+    digest: str
+    kind: Literal["platform_manifest", "referrer"] = Field(
+        description="a platform manifest an index going lists, or a referrer of a manifest going"
+    )
+    listed_by: list[str] = Field(description="the stored indexes that stay and list it")
+    tags: list[str] = Field(
+        description="a platform manifest's own tags, which keep it as an image of its own "
+        "(a referrer's tags keep nothing: they go with it)"
+    )
+
+
+class ImageDeletion(Record):
+    """What deleting an image through the management API takes with it and what it leaves, by
+    the rule the delete follows."""
+
+    image: str
+    digest: str
+    platform_manifest_count: int = Field(
+        description="platform manifests going with it (down nested indexes)"
+    )
+    referrer_count: int = Field(
+        description="referrers (signatures, SBOMs) going with it: its own, those of the "
+        "platform manifests going, and theirs"
+    )
+    kept: list[KeptManifest] = Field(
+        description="what it reaches that stays, and why: a platform manifest another stored "
+        "index lists or that has a tag of its own, a referrer another stored index lists; at "
+        f"most {MAX_LISTED_KEPT} (`kept_count` says how many there are)"
+    )
+    kept_count: int
 
 
 class Tag(Record):

@@ -61,6 +61,7 @@ from berth.services.content_in_use import (
     missing_manifest,
 )
 from berth.services.gc.restrictions import ensure_writable
+from berth.services.image_records import MAX_LISTED_KEPT, ImageDeletion, KeptManifest
 from berth.services.manifest_cache import ManifestCache, StoredManifest
 from berth.services.platform_manifests import (
     DeletedImage,
@@ -134,6 +135,27 @@ async def count_images(conn: Any, repository_id: int) -> int:
         .where(manifests.c.repository_id == repository_id, is_image())
     )
     return int(count.scalar() or 0)
+
+
+@dataclass(frozen=True, slots=True)
+class _WhatGoes:
+    """What goes with an image deleted (digests) and what it reaches that stays."""
+
+    platforms: list[str]
+    referrers: list[str]
+    kept: list[KeptManifest]
+
+
+async def _refuse_deleting_an_index_child(
+    conn: Any, repo: RepositoryRef, image: str, digest: str
+) -> None:
+    """The management API deletes a platform manifest a stored index lists with that index
+    only: 409 naming it."""
+    parents, total = await manifests_using(
+        conn, indexes_listing(repo.id, image, digest).order_by(manifests.c.id)
+    )
+    if parents:
+        raise await index_child_refusal(conn, repo, digest, parents, total, index_takes_it=True)
 
 
 class ManifestContent:
@@ -578,22 +600,16 @@ class ManifestContent:
         (`?image=`)."""
         try:
             async with self.db.write() as conn:
-                parents, total = await manifests_using(
-                    conn, indexes_listing(repo.id, image, digest).order_by(manifests.c.id)
-                )
-                if parents:
-                    raise await index_child_refusal(
-                        conn, repo, digest, parents, total, index_takes_it=True
-                    )
-                platforms, referrers = await self._what_goes_with(conn, repo, image, digest)
+                await _refuse_deleting_an_index_child(conn, repo, image, digest)
+                goes = await self._what_goes_with(conn, repo, image, digest)
                 deleted = await self.delete_images_in(
                     conn,
                     repo,
-                    [(image, member) for member in (digest, *platforms, *referrers)],
+                    [(image, member) for member in (digest, *goes.platforms, *goes.referrers)],
                     actor=actor,
                     client=client,
-                    went_with={(image, member): digest for member in platforms},
-                    referrers_with={(image, member): digest for member in referrers},
+                    went_with={(image, member): digest for member in goes.platforms},
+                    referrers_with={(image, member): digest for member in goes.referrers},
                     refuse_protected=True,
                 )
                 for gone in deleted:
@@ -607,16 +623,43 @@ class ManifestContent:
             async with self.db.read() as conn:
                 raise await missing_manifest(conn, repo, image, digest, deleting=True) from None
 
+    async def image_deletion(self, repo: RepositoryRef, image: str, digest: str) -> ImageDeletion:
+        """What `delete_image` of `digest` would take with it and what it would leave (the
+        same rule, read now): for a confirmation to say. Refused as that delete is (404, 409
+        for a platform manifest an index lists), except for protected tags, which the delete
+        finds as it deletes."""
+        async with self.db.read() as conn:
+            await _refuse_deleting_an_index_child(conn, repo, image, digest)
+            stored = await conn.execute(
+                select(manifests.c.id).where(
+                    manifests.c.repository_id == repo.id,
+                    manifests.c.image == image,
+                    manifests.c.digest == digest,
+                )
+            )
+            if stored.first() is None:
+                raise await missing_manifest(conn, repo, image, digest, deleting=True)
+            goes = await self._what_goes_with(conn, repo, image, digest)
+        return ImageDeletion(
+            image=image,
+            digest=digest,
+            platform_manifest_count=len(goes.platforms),
+            referrer_count=len(goes.referrers),
+            kept=goes.kept[:MAX_LISTED_KEPT],
+            kept_count=len(goes.kept),
+        )
+
     async def _what_goes_with(
         self, conn: Any, repo: RepositoryRef, image: str, digest: str
-    ) -> tuple[list[str], list[str]]:
+    ) -> _WhatGoes:
         """The platform manifests and the referrers (digests) that go with the image `digest`
         by `IndexListings`' rule: the platform manifests of an index going (down nested
         indexes) and the referrers of any manifest going, however deep (chains deeper than
         MAX_INDEX_DEPTH stored before pushes were refused): one left would be a stray image.
         Everything that could go is read first, a few statements a level, then decided once
         every index going has let go of what it lists; content cannot list or refer to
-        itself, so both end."""
+        itself, so both end. And what of that stays (listed by an index going, or referring
+        to a manifest going), with why."""
         children: dict[str, list[str]] = {}  # what each index reached lists
         subjects: dict[str, str] = {}  # the subject of each referrer reached
         reached: set[str] = {digest}
@@ -654,7 +697,18 @@ class ManifestContent:
             return True
 
         settle(sorted(reached), goes)
-        return platforms, referrers
+        listed_by_going = {child for index in going for child in children.get(index, ())}
+        kept = [
+            KeptManifest(
+                digest=member,
+                kind="platform_manifest" if member in listed_by_going else "referrer",
+                listed_by=listings.listed_by(keys[member]),
+                tags=sorted(tagged.get(member, ())) if member in listed_by_going else [],
+            )
+            for member in sorted(reached - going)
+            if member in listed_by_going or subjects.get(member) in going
+        ]
+        return _WhatGoes(platforms, referrers, kept)
 
     async def _referrers_of(
         self, conn: Any, repo: RepositoryRef, image: str, subjects: list[str]

@@ -63,6 +63,10 @@ class IndexListings:
         """Some stored index that is not being deleted lists it."""
         return bool(self._listed.get(key))
 
+    def listed_by(self, key: ManifestKey) -> list[str]:
+        """The stored indexes not being deleted that list it (digests, sorted)."""
+        return sorted(self._listed.get(key, ()))
+
     def let_go(self, index: ManifestKey, children: Iterable[str]) -> None:
         """The index `index` is being deleted: it no longer holds its `children` (digests)."""
         repository_id, image, digest = index

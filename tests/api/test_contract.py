@@ -211,6 +211,7 @@ def test_a_malformed_digest_is_refused_alike_by_every_operation(shared_team: Tea
         for method, path, params in (
             ("GET", f"/images/{digest}", {}),
             ("DELETE", f"/images/{digest}", {}),
+            ("GET", f"/images/{digest}/deletion", {}),
             ("GET", f"/images/{digest}/scan", {}),
             ("POST", f"/images/{digest}/scan", {}),
             ("GET", f"/images/{digest}/sbom", {}),

@@ -148,8 +148,15 @@ def test_deleting_a_platform_manifest_names_the_index_to_delete(team: Team) -> N
         "(tagged v1): it cannot be deleted while an index lists it; delete the index, which "
         "deletes it too, unless it has a tag of its own"
     )
+    # What the delete would take is refused alike, for a confirmation to say why.
+    preview = member.get(
+        team.repo_url(f"/images/{arm64.digest}/deletion"), params={"image": "multi"}
+    )
+    assert assert_problem(preview, 409)["detail"] == refused.json()["detail"]
     # Asked for under another image (here the repository's own): where it is, and the same.
+    preview = member.get(team.repo_url(f"/images/{arm64.digest}/deletion"))
     missing = member.delete(team.repo_url(f"/images/{arm64.digest}"))
+    assert assert_problem(preview, 404)["detail"] == missing.json()["detail"]
     assert assert_problem(missing, 404, code="MANIFEST_UNKNOWN")["detail"] == (
         f"manifest {arm64.digest} is not in repository {where} itself: it is under image "
         f"'multi', a platform manifest of index {where}/multi@{index.digest} (tagged v1): "
@@ -255,6 +262,15 @@ def test_deleting_an_image_deletes_its_referrers_and_those_of_its_platforms(team
     listed = {i["digest"]: i for i in images_of(team)["items"]}
     assert set(listed) == {index.digest, other.digest}
     assert listed[index.digest]["referrer_count"] == 1
+    planned = ok(team["member"].get(team.repo_url(f"/images/{index.digest}/deletion")))
+    assert planned == {
+        "image": "",
+        "digest": index.digest,
+        "platform_manifest_count": 2,
+        "referrer_count": 3,  # the audit entry's, below
+        "kept": [],
+        "kept_count": 0,
+    }
 
     ok(team["member"].delete(team.repo_url(f"/images/{index.digest}")), 204)
 
@@ -725,6 +741,8 @@ def test_who_may_read_and_change_images(team: Team) -> None:
     for actor in ("reader", "outsider", "stranger"):
         assert_problem(team[actor].delete(team.repo_url("/tags/v1")), 403)
         assert_problem(team[actor].delete(team.repo_url(f"/images/{manifest.digest}")), 403)
+        deletion = team.repo_url(f"/images/{manifest.digest}/deletion")
+        assert_problem(team[actor].get(deletion), 403)
         assert_problem(team[actor].post(team.repo_url("/tags/restore"), json={"tag": "v1"}), 403)
     for actor in ("outsider", "stranger"):
         assert_problem(team[actor].get(team.repo_url("/images")), 403)

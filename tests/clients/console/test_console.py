@@ -49,6 +49,7 @@ from tests.oci import (
     buildx_index,
     diff_id,
     image_config,
+    image_index,
     image_manifest,
     layer,
     linux_index,
@@ -1142,17 +1143,77 @@ def test_deleting_an_index_says_its_platforms_and_referrers_go_with_it(
     images = page.get_by_role("table", name="Images")
     images.get_by_role("button", name=f"Delete {index.digest[:19]}", exact=True).click()
     dialog = page.get_by_role("dialog", name="Delete image")
-    expect(dialog).to_contain_text(
-        "Its platform manifests (linux/amd64, linux/arm64) are deleted with it, with their "
-        "referrers, except one that another index also lists or that has a tag of its own."
+    expect(dialog.get_by_test_id("platforms-going")).to_have_text(
+        "2 platform manifests it lists go with it."
     )
     expect(dialog.get_by_test_id("referrers-going")).to_have_text(
-        "Its referrers go with it: 2 referrers (signatures, SBOMs), with any referrers of theirs."
+        "2 referrers (signatures, SBOMs) go with it: its own and their referrers, and those of "
+        "the platform manifests going."
     )
+    expect(dialog.get_by_test_id("kept")).to_have_count(0)
     dialog.get_by_role("button", name="Delete").click()
     # They went with it: no untagged platform image nor signature of nothing takes the
     # index's place.
     expect(page.get_by_text("No images in this repository yet")).to_be_visible()
+
+
+def test_deleting_an_index_counts_only_what_goes_and_says_what_stays(
+    page: Page, tenant: Tenant
+) -> None:
+    """A signature another index lists stays when its subject is deleted, and so does a
+    platform manifest with a tag of its own: the dialog counts neither as going, says why
+    each stays, and its counts are what the delete removed (the audit entry's)."""
+    tenant.create_repository("multi")
+    key = tenant.server.access_key(tenant.project)
+    name = f"{tenant.project}/multi"
+    with httpx.Client(base_url=tenant.server.url, auth=key, timeout=30) as v2:
+        amd64, arm64 = (push_platform_image(v2, name, arch, None) for arch in ("amd64", "arm64"))
+        tagged = push_platform_image(v2, name, "s390x", "only-s390x")
+        index = linux_index((amd64, "amd64"), (arm64, "arm64"), (tagged, "s390x"))
+        push_manifest(v2, name, "multi", index)
+        push_signature(v2, name, index)
+        push_signature(v2, name, amd64)  # a platform's referrer, going with it
+        held = push_signature(v2, name, index)
+        holder = image_index([held.descriptor()])
+        push_manifest(v2, name, "holder", holder)
+
+    sign_in(page, tenant)
+    page.get_by_role("link", name="multi", exact=True).click()
+    images = page.get_by_role("table", name="Images")
+    images.get_by_role("button", name=f"Delete {index.digest[:19]}", exact=True).click()
+    dialog = page.get_by_role("dialog", name="Delete image")
+    expect(dialog.get_by_test_id("platforms-going")).to_have_text(
+        "2 platform manifests it lists go with it."
+    )
+    expect(dialog.get_by_test_id("referrers-going")).to_contain_text(
+        "2 referrers (signatures, SBOMs) go with it"
+    )
+    kept = dialog.get_by_test_id("kept")
+    expect(kept.locator("p")).to_have_text("2 manifests it reaches stay:")
+    reasons = {
+        tagged.digest: f"platform manifest {tagged.digest[:19]}: it has a tag of its own "
+        "(only-s390x)",
+        held.digest: f"referrer {held.digest[:19]}: another index lists it ({holder.digest[:19]})",
+    }
+    expect(kept.locator("li")).to_have_text([reasons[d] for d in sorted(reasons)])
+    screenshot_dialog(page, dialog, "repository-delete-index")
+    dialog.get_by_role("button", name="Delete").click()
+    expect(dialog).to_be_hidden()
+
+    with tenant.api() as admin:
+        for _ in range(40):  # the server writes audit entries in batches, every 0.25 s
+            audit = admin.get(f"/projects/{tenant.project}/audit", params={"per_page": 100})
+            entries = [e for e in audit.json()["items"] if e["action"] == "image.delete"]
+            if entries:
+                break
+            time.sleep(0.25)
+        [entry] = entries
+        assert entry["detail"] == {"platform_manifest_count": 2, "referrer_count": 2}
+        left = admin.get(
+            f"/projects/{tenant.project}/repositories/multi/images", params={"referrers": "true"}
+        ).json()["items"]
+    assert {i["digest"] for i in left} == {tagged.digest, holder.digest}
+    expect(images.get_by_role("row")).to_have_count(3)  # the header, the holder, the tagged one
 
 
 def test_an_index_shows_its_entries_tags_and_no_attestation_platform(

@@ -18,6 +18,7 @@ from berth.domain.references import RepositoryRef
 from berth.metadata.database import Database
 from berth.metadata.queries import chunks
 from berth.metadata.tables import image_events, tags
+from berth.services.image_records import KeptManifest
 from berth.services.platform_manifests import DeletedImage, DeletedReferrer
 from berth.services.registry import Registry
 from tests.retention_seed import on_registry, repository_ref, seed, seed_one, stored_digests
@@ -51,7 +52,23 @@ def test_an_index_goes_with_what_nothing_else_holds_across_chunks(
         holder = await seed_one(db, repo.id, 10, ["holder"], children=[held])
         index = await seed_one(db, repo.id, 11, ["v1"], children=[*platforms, tagged])
 
+        planned = await registry.image_deletion(repo, "", index)
         gone = await registry.delete_image(repo, "", index, actor="alice", client=None)
+
+        # What the confirmation is told is what went.
+        assert (planned.platform_manifest_count, planned.referrer_count) == (
+            len(gone.platform_manifests),
+            len(gone.referrers),
+        )
+        assert planned.kept_count == 2 and sorted(planned.kept, key=lambda k: k.digest) == sorted(
+            [
+                KeptManifest(
+                    digest=tagged, kind="platform_manifest", listed_by=[], tags=["v1-s390x"]
+                ),
+                KeptManifest(digest=held, kind="referrer", listed_by=[holder], tags=[]),
+            ],
+            key=lambda k: k.digest,
+        )
 
         assert gone == DeletedImage(
             "",

@@ -215,33 +215,59 @@ function referrers(image) {
 
 async function deleteImage(ctx, image, button) {
   const focus = focusAfterRedraw(button, () => selectedTab());
+  const at = `${ctx.base}/images/${seg(image.digest)}`;
+  // What goes and what stays, by the rule the delete follows (read before asking).
+  const deletion = await api.get(`${at}/deletion${query({ image: image.image })}`);
+  const goes = (n) => (n === 1 ? "goes" : "go");
   const done = await confirmDialog({
     title: "Delete image",
     body: h(
       "div",
       {},
       h("p", {}, "Delete ", h("code", {}, shortDigest(image.digest)), image.tags.length ? [" and its tags ", image.tags.join(", ")] : null, "?"),
-      isIndex(image)
+      deletion.platform_manifest_count
+        ? h("p", { "data-testid": "platforms-going" }, `${plural(deletion.platform_manifest_count, "platform manifest")} it lists ${goes(deletion.platform_manifest_count)} with it.`)
+        : null,
+      deletion.referrer_count
         ? h(
             "p",
-            {},
-            "Its platform manifests",
-            image.platforms.length ? ` (${image.platforms.join(", ")})` : null,
-            " are deleted with it, with their referrers, except one that another index also lists or that has a tag of its own.",
+            { "data-testid": "referrers-going" },
+            `${plural(deletion.referrer_count, "referrer")} (signatures, SBOMs) ${goes(deletion.referrer_count)} with it: its own and their referrers${isIndex(image) ? ", and those of the platform manifests going" : ""}.`,
           )
         : null,
-      image.referrer_count
-        ? h("p", { "data-testid": "referrers-going" }, `Its referrers go with it: ${plural(image.referrer_count, "referrer")} (signatures, SBOMs), with any referrers of theirs.`)
-        : null,
+      deletion.kept_count ? keptByDeletion(deletion) : null,
       h("p", { class: "muted" }, "Its tags can be restored from the history until garbage collection removes the image's data."),
     ),
-    action: () => api.delete(`${ctx.base}/images/${seg(image.digest)}${query({ image: image.image })}`),
+    action: () => api.delete(`${at}${query({ image: image.image })}`),
   });
   if (done) {
     toast("Image deleted");
     ctx.afterRender(focus);
     ctx.refresh();
   }
+}
+
+/** What an image's delete reaches and leaves, each with why it stays. */
+function keptByDeletion(deletion) {
+  const digests = (list) => list.flatMap((d, i) => [i ? ", " : "", h("code", { title: d }, shortDigest(d))]);
+  const why = (k) => {
+    const reasons = [];
+    if (k.listed_by.length) reasons.push([`another index lists it (`, ...digests(k.listed_by), ")"]);
+    if (k.tags.length) reasons.push([`it has ${k.tags.length === 1 ? "a tag" : "tags"} of its own (${k.tags.join(", ")})`]);
+    return reasons.flatMap((r, i) => [i ? " and " : "", ...r]);
+  };
+  const more = deletion.kept_count - deletion.kept.length;
+  return h(
+    "div",
+    { "data-testid": "kept" },
+    h("p", {}, `${plural(deletion.kept_count, "manifest")} it reaches ${deletion.kept_count === 1 ? "stays" : "stay"}:`),
+    h(
+      "ul",
+      {},
+      deletion.kept.map((k) => h("li", {}, k.kind === "referrer" ? "referrer " : "platform manifest ", h("code", { title: k.digest }, shortDigest(k.digest)), ": ", ...why(k))),
+      more > 0 ? h("li", { class: "muted" }, `and ${number(more)} more`) : null,
+    ),
+  );
 }
 
 // ------------------------------------------------------------------ tags
