@@ -648,7 +648,7 @@ def _open_blobs_to_nginx(settings: Settings) -> None:
 def _prepare_metrics(settings: Settings) -> None:
     """The workers' metric files go in a directory emptied now: the counters of a previous
     run of the server are not this one's (Prometheus sees a restart)."""
-    directory = metrics_directory(settings.data_dir)
+    directory = metrics_directory(settings.data_dir, settings.host_and_port[1])
     shutil.rmtree(directory, ignore_errors=True)
     # Where versions before kept them (on the data disk): nothing reads them any more.
     shutil.rmtree(settings.data_dir.resolve() / "metrics", ignore_errors=True)
@@ -659,20 +659,25 @@ def _prepare_metrics(settings: Settings) -> None:
 SHARED_MEMORY = Path("/dev/shm")
 
 
-def metrics_directory(data_dir: Path) -> Path:
-    """Where the workers keep their metric values: memory-mapped files, so in memory, not on
-    the data directory's disk. A worker writing to a mapped page that a full disk cannot back
-    is killed (SIGBUS), and so is each worker started after it: a full data disk would take
-    pulls down with pushes. systemd's RuntimeDirectory= (deploy/berth.service) when given,
-    else a directory of this user's for this data directory in /dev/shm, else (no such
-    memory filesystem) the data directory."""
+def metrics_directory(data_dir: Path, port: int) -> Path:
+    """Where the workers of the server on `port` keep their metric values: memory-mapped
+    files, so in memory, not on the data directory's disk. A worker writing to a mapped page
+    that a full disk cannot back is killed (SIGBUS), and so is each worker started after it: a
+    full data disk would take pulls down with pushes. systemd's RuntimeDirectory=
+    (deploy/berth.service) when given, else a directory of this user's for this data directory
+    and port in /dev/shm, else (no such memory filesystem) the data directory.
+
+    The port is in the /dev/shm name because two `berth serve` may use one data directory
+    (on other ports: nothing refuses it), and one port has one `berth serve` (`claim_ports`):
+    so the directory is one server's alone, which empties it when it starts and removes it when
+    it stops (berth.supervisor) without touching another's counters."""
     runtime = os.environ.get("RUNTIME_DIRECTORY", "").split(":")[0]
     if runtime:
         return Path(runtime) / "metrics"
     data_dir = data_dir.resolve()
     if not SHARED_MEMORY.is_dir() or not os.access(SHARED_MEMORY, os.W_OK | os.X_OK):
         return data_dir / "metrics"
-    key = hashlib.sha256(str(data_dir).encode()).hexdigest()[:16]
+    key = hashlib.sha256(f"{data_dir}\0{port}".encode()).hexdigest()[:16]
     directory = SHARED_MEMORY / f"berth-metrics-{os.geteuid()}-{key}"
     try:
         seen = directory.lstat()
@@ -692,11 +697,10 @@ def granian_arguments(settings: Settings) -> list[str]:
     arguments = [
         sys.executable,
         "-m",
-        # granian's command line. With several workers, berth.supervisor's: Berth's modules
-        # loaded before the fork, shared by the workers (30-40 MB less for two, by PSS). One
-        # worker shares them with no one, and the supervisor would hold a second copy of every
-        # page the worker writes to (~8 MB more): granian's own.
-        "berth.supervisor" if workers > 1 else "granian",
+        # granian's command line, run by berth.supervisor: with several workers Berth's modules
+        # loaded before the fork, shared by the workers (30-40 MB less for two, by PSS); the
+        # metric files removed once granian has stopped.
+        "berth.supervisor",
         "--interface",
         "asgi",
         "--factory",

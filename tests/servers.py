@@ -174,8 +174,9 @@ class BerthServer:
                 self.kill()
         self._kill_group()
         # Its metric files are in memory (/dev/shm), not in the data directory the test
-        # removes: the hundreds of servers a run starts would leave them there.
-        metrics = metrics_directory(self.data_dir)
+        # removes: a server stopped by SIGTERM removes them itself, one killed (`kill`, or
+        # SIGKILL above after 20 s) cannot, and the hundreds a run starts would leave them.
+        metrics = metrics_directory(self.data_dir, self.port)
         if metrics.is_relative_to(SHARED_MEMORY):
             shutil.rmtree(metrics, ignore_errors=True)
 

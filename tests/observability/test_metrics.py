@@ -4,14 +4,16 @@ was done, summed over both worker processes; label sets stay bounded; who may sc
 from __future__ import annotations
 
 import json
+import signal
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import pytest
 from prometheus_client.mmap_dict import MmapedDict
 
-from berth.server import metrics_directory
+from berth.server import SHARED_MEMORY, metrics_directory
 from tests.gc.conftest import GcProject, age_past_grace
 from tests.metrics import moved, parse, scrape, value
 from tests.oci import blob_path, diff_id, image_config, image_manifest, layer, uploads_path
@@ -89,12 +91,65 @@ def test_every_workers_counts_are_in_one_scrape(observed: BerthServer) -> None:
 def healthz_by_worker(server: BerthServer) -> dict[str, float]:
     """The /healthz requests each worker has written to its own file of counters."""
     found: dict[str, float] = {}
-    for path in metrics_directory(server.data_dir).glob("counter_*.db"):
+    for path in metrics_directory(server.data_dir, server.port).glob("counter_*.db"):
         for key, count, *_ in MmapedDict.read_all_values_from_file(str(path)):
             name, _sample, labels, _help = json.loads(key)
             if name == "berth_http_requests" and labels.get("route") == "/healthz":
                 found[path.stem] = found.get(path.stem, 0) + count
     return found
+
+
+@pytest.mark.skipif(not SHARED_MEMORY.is_dir(), reason="no /dev/shm")
+@pytest.mark.parametrize(("workers", "stop"), [(1, signal.SIGTERM), (2, signal.SIGINT)])
+def test_a_server_stopping_removes_its_metric_files_and_no_one_elses(
+    tmp_path: Path, workers: int, stop: signal.Signals
+) -> None:
+    """Its metric files are in /dev/shm, which nothing empties until the machine restarts:
+    `berth serve` stopped by SIGTERM or SIGINT removes their directory once its workers
+    have stopped. Another `berth serve` on the same data directory (on another port) has a
+    directory of its own, which stays, and goes on counting."""
+    data_dir = tmp_path / "data"
+    stopping = BerthServer(data_dir, workers=workers)
+    staying = BerthServer(data_dir, log_file=tmp_path / "staying.log")
+    try:
+        stopping.start()
+        staying.start()
+        directories = [metrics_directory(data_dir, s.port) for s in (stopping, staying)]
+        assert directories[0] != directories[1]
+        for directory in directories:
+            assert directory.is_relative_to(SHARED_MEMORY) and directory.is_dir()
+        assert httpx.get(f"{stopping.url}/healthz", timeout=10).status_code == 200
+        assert list(directories[0].glob("*.db"))  # it counted there
+
+        assert stopping.process is not None
+        stopping.process.send_signal(stop)
+        assert stopping.process.wait(timeout=30) == 0, stopping.log_tail()
+        assert not directories[0].exists()
+
+        labels = {"surface": "other", "route": "/healthz", "method": "GET", "status": "200"}
+        before = scrape(staying)
+        assert httpx.get(f"{staying.url}/healthz", timeout=10).status_code == 200
+        assert moved(before, scrape(staying), "berth_http_requests_total", **labels) == 1
+        assert directories[1].is_dir()
+    finally:
+        stopping.stop()
+        staying.stop()
+
+
+def test_metric_files_in_systemds_runtime_directory_are_left_to_systemd(tmp_path: Path) -> None:
+    """systemd removes a unit's RuntimeDirectory= when it stops (or keeps it, by
+    RuntimeDirectoryPreserve=): `berth serve` leaves it alone."""
+    runtime = tmp_path / "run"
+    runtime.mkdir()
+    server = BerthServer(tmp_path / "data", extra_env={"RUNTIME_DIRECTORY": str(runtime)})
+    try:
+        server.start()
+        assert server.process is not None
+        server.process.send_signal(signal.SIGTERM)
+        assert server.process.wait(timeout=30) == 0, server.log_tail()
+        assert list((runtime / "metrics").glob("*.db"))
+    finally:
+        server.stop()
 
 
 def test_uploads_in_progress(observed: BerthServer, project: GcProject) -> None:

@@ -10,6 +10,7 @@ import pytest
 
 from berth.config import Settings, SettingsError, load_settings
 from berth.server import granian_arguments
+from berth.supervisor import worker_count
 
 
 @pytest.fixture(autouse=True)
@@ -87,11 +88,12 @@ def test_tls_options_only_with_a_certificate_and_key(tmp_path: Path) -> None:
 
 def test_several_workers_fork_from_a_supervisor_that_loaded_berths_modules() -> None:
     """Loaded before the fork, Berth's modules are shared by the workers (berth.supervisor);
-    with one worker there is no one to share them with, and granian runs as it comes."""
+    with one worker there is no one to share them with, and the supervisor loads none (it
+    runs for both, to remove the metric files when granian stops)."""
     several = granian_arguments(Settings(workers=2))
-    assert several[1:3] == ["-m", "berth.supervisor"]
+    assert several[1:3] == ["-m", "berth.supervisor"] and worker_count(several) == 2
     one = granian_arguments(Settings(workers=1))
-    assert one[1:3] == ["-m", "granian"]
+    assert one[1:3] == ["-m", "berth.supervisor"] and worker_count(one) == 1
     # The rest of the command line is the same but for the number of workers.
     differing = [(a, b) for a, b in zip(one[3:], several[3:], strict=True) if a != b]
     assert differing == [("1", "2")]
