@@ -146,6 +146,10 @@ def _causes(exc: BaseException) -> Iterator[BaseException]:
         seen = seen.__cause__ or seen.__context__
 
 
+# A connection cut in the middle of the TLS handshake: an outage, not a certificate.
+_HANDSHAKE_CUT = (ssl.SSLEOFError, ssl.SSLZeroReturnError, ssl.SSLSyscallError)
+
+
 def _not_reached(exc: BaseException) -> bool:
     """Whether the database's error says it was not reached or cannot serve yet (see
     `StartUpProblem.passing`), looking through the exceptions the driver wrapped. TLS that
@@ -155,7 +159,7 @@ def _not_reached(exc: BaseException) -> bool:
     connection cut in the middle of the handshake is an outage."""
     for seen in _causes(exc):
         if isinstance(seen, ssl.SSLError):
-            return isinstance(seen, ssl.SSLEOFError | ssl.SSLZeroReturnError | ssl.SSLSyscallError)
+            return isinstance(seen, _HANDSHAKE_CUT)
         # asyncpg's refusal of its own settings (ssl=verify-full without ~/.postgresql/
         # root.crt), raised while handling a FileNotFoundError that is no missing socket.
         if _no_tls_at_server(seen) or isinstance(seen, ClientConfigurationError):
@@ -168,6 +172,20 @@ def _not_reached(exc: BaseException) -> bool:
             return True
         if str(getattr(seen, "sqlstate", "") or "").startswith(_NOT_NOW):
             return True
+    return False
+
+
+def _tls_failed(exc: BaseException) -> bool:
+    """Whether TLS with the database server is what failed, as `_not_reached` tells it from an
+    outage: the server's certificate, the URL's TLS parameters, a server without TLS; not a
+    connection cut in the middle of the handshake."""
+    for seen in _causes(exc):
+        if isinstance(seen, ssl.SSLError):
+            return not isinstance(seen, _HANDSHAKE_CUT)
+        if _no_tls_at_server(seen):
+            return True
+        if isinstance(seen, ClientConfigurationError):  # of its TLS settings, or others
+            return any(word in str(seen).lower() for word in ("tls", "ssl", "certificate"))
     return False
 
 
@@ -276,13 +294,18 @@ class MissingData:
     unopened: bool = False
     refused: bool = False
     full: bool = False  # the database's disk is full: the reason says what to do
+    tls: bool = False  # TLS with the database server failed: a certificate, not the network
 
     def refusal(self, settings: Settings, data_dir: Path | None = None) -> str:
         """The refusal to act on it: the reason, then what to do (`data_dir`: the --data-dir
         the verb was given, if any)."""
         if self.full:
             return self.reason
-        advice = _what_to_check(settings) if self.unopened else where_to_point(settings, data_dir)
+        advice = (
+            _what_to_check(settings, tls=self.tls)
+            if self.unopened
+            else where_to_point(settings, data_dir)
+        )
         return f"{self.reason}\n{advice}"
 
 
@@ -301,18 +324,29 @@ def missing_data(settings: Settings) -> MissingData | None:
         if (full := no_space_for_database(settings, exc)) is not None:
             return MissingData(full, unopened=True, full=True)
         refused = database is None and not _not_reached(exc)
-        return MissingData(_verbs_reason(settings, exc), unopened=True, refused=refused)
+        return MissingData(
+            _verbs_reason(settings, exc), unopened=True, refused=refused, tls=_tls_failed(exc)
+        )
     return MissingData(f"the database {shown_database(settings)} holds no Berth data")
 
 
-def _what_to_check(settings: Settings) -> str:
-    """What to check when the database could not be opened: where it is, not other data."""
+def _what_to_check(settings: Settings, *, tls: bool = False) -> str:
+    """What to check when the database could not be opened: where it is, not other data; with
+    `tls`, the certificates (the server was reached: its network is not the trouble)."""
     source = setting_source("database_url")
     database = sqlite_file(settings)
     if database is not None:
         return (
             f"Check that {database} is an SQLite database this user can read and write "
             f"(database_url: {source})."
+        )
+    if tls:
+        return (
+            f"Check the TLS of database_url ({source}) against the server "
+            f"{_server_address(settings)}: that sslrootcert names the CA that signed the "
+            "server's certificate, that the certificate holds the host name database_url "
+            "connects to (sslmode=verify-full checks it), and that the server has TLS on "
+            "(ssl in its postgresql.conf)."
         )
     return (
         f"Check that the database server {_server_address(settings)} is reachable from here and accepts "

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
@@ -1206,7 +1207,17 @@ def test_tls_the_database_server_fails_is_refused_at_once_saying_what_to_put_rig
     (tmp_path / "d").mkdir()
     verb = _berth_in(tmp_path, "project", "list", BERTH_DATA_DIR="d", BERTH_DATABASE_URL=url)
     assert verb.returncode == 2, verb.stderr
-    assert verb.stderr.splitlines()[0] == f"error: {refusal}"
+    first, *advice = verb.stderr.splitlines()
+    assert first == f"error: {refusal}"
+    # Its advice is about certificates, not the network: the server was reached.
+    server = urlsplit(url)
+    assert " ".join(" ".join(advice).split()) == (
+        "Check the TLS of database_url (BERTH_DATABASE_URL) against the server "
+        f"{server.hostname}:{server.port}: that sslrootcert names the CA that signed the server's "
+        "certificate, that the certificate holds the host name database_url connects to "
+        "(sslmode=verify-full checks it), and that the server has TLS on (ssl in its "
+        "postgresql.conf)."
+    )
     assert "pg-secret-9" not in said + initialised.stderr + verb.stderr
 
 
