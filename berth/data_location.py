@@ -18,13 +18,13 @@ import os
 import socket
 import sqlite3
 import ssl
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote
 
-from asyncpg.exceptions import ClientConfigurationError
 from sqlalchemy import inspect
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
@@ -162,7 +162,7 @@ def _not_reached(exc: BaseException) -> bool:
             return isinstance(seen, _HANDSHAKE_CUT)
         # asyncpg's refusal of its own settings (ssl=verify-full without ~/.postgresql/
         # root.crt), raised while handling a FileNotFoundError that is no missing socket.
-        if _no_tls_at_server(seen) or isinstance(seen, ClientConfigurationError):
+        if _no_tls_at_server(seen) or _asyncpg_configuration_error(seen):
             return False
         if isinstance(seen, socket.gaierror):
             return seen.errno not in NO_SUCH_NAME
@@ -184,9 +184,17 @@ def _tls_failed(exc: BaseException) -> bool:
             return not isinstance(seen, _HANDSHAKE_CUT)
         if _no_tls_at_server(seen):
             return True
-        if isinstance(seen, ClientConfigurationError):  # of its TLS settings, or others
+        if _asyncpg_configuration_error(seen):  # of its TLS settings, or others
             return any(word in str(seen).lower() for word in ("tls", "ssl", "certificate"))
     return False
+
+
+def _asyncpg_configuration_error(exc: BaseException) -> bool:
+    """Whether `exc` is asyncpg's refusal of its own settings (ClientConfigurationError).
+    Looked up only where asyncpg is loaded, which it is once it has raised anything: importing
+    it here would cost every CLI start 20-40 ms (bench/findings.md), SQLite's included."""
+    exceptions = sys.modules.get("asyncpg.exceptions")
+    return exceptions is not None and isinstance(exc, exceptions.ClientConfigurationError)
 
 
 def _no_tls_at_server(exc: BaseException) -> bool:
