@@ -1124,6 +1124,15 @@ def test_an_index_shows_its_platforms_and_signature(page: Page, tenant: Tenant) 
     expect(row.get_by_role("button", name=f"Copy digest {digest[:19]}", exact=True)).to_be_visible()
 
 
+def image_delete_dialog(page: Page, tenant: Tenant, repository: str, digest: str) -> Locator:
+    """The Delete image dialog of the image `digest`, opened from its repository's page."""
+    sign_in(page, tenant)
+    page.get_by_role("link", name=repository, exact=True).click()
+    images = page.get_by_role("table", name="Images")
+    images.get_by_role("button", name=f"Delete {digest[:19]}", exact=True).click()
+    return page.get_by_role("dialog", name="Delete image")
+
+
 def test_deleting_an_index_says_its_platforms_and_referrers_go_with_it(
     page: Page, tenant: Tenant
 ) -> None:
@@ -1138,11 +1147,7 @@ def test_deleting_an_index_says_its_platforms_and_referrers_go_with_it(
         for _ in range(2):
             push_signature(v2, name, index)
 
-    sign_in(page, tenant)
-    page.get_by_role("link", name="multi", exact=True).click()
-    images = page.get_by_role("table", name="Images")
-    images.get_by_role("button", name=f"Delete {index.digest[:19]}", exact=True).click()
-    dialog = page.get_by_role("dialog", name="Delete image")
+    dialog = image_delete_dialog(page, tenant, "multi", index.digest)
     expect(dialog.get_by_test_id("platforms-going")).to_have_text(
         "2 platform manifests it lists go with it."
     )
@@ -1177,11 +1182,7 @@ def test_deleting_an_index_counts_only_what_goes_and_says_what_stays(
         holder = image_index([held.descriptor()])
         push_manifest(v2, name, "holder", holder)
 
-    sign_in(page, tenant)
-    page.get_by_role("link", name="multi", exact=True).click()
-    images = page.get_by_role("table", name="Images")
-    images.get_by_role("button", name=f"Delete {index.digest[:19]}", exact=True).click()
-    dialog = page.get_by_role("dialog", name="Delete image")
+    dialog = image_delete_dialog(page, tenant, "multi", index.digest)
     expect(dialog.get_by_test_id("platforms-going")).to_have_text(
         "2 platform manifests it lists go with it."
     )
@@ -1213,6 +1214,7 @@ def test_deleting_an_index_counts_only_what_goes_and_says_what_stays(
             f"/projects/{tenant.project}/repositories/multi/images", params={"referrers": "true"}
         ).json()["items"]
     assert {i["digest"] for i in left} == {tagged.digest, holder.digest}
+    images = page.get_by_role("table", name="Images")
     expect(images.get_by_role("row")).to_have_count(3)  # the header, the holder, the tagged one
 
 
