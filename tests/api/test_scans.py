@@ -5,6 +5,9 @@ vulnerability data is the genuine OSV records of tests/fixtures/osv."""
 
 from __future__ import annotations
 
+import gzip
+import io
+import tarfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -101,6 +104,33 @@ def test_a_decompression_bomb_layer_fails_its_scan_at_once_saying_why(team: Team
         f"the layer inflates to more than 2,147,483,648 bytes from {bomb.size:,} compressed "
         "(a decompression bomb?): a scan reads a layer up to 100 times its compressed size, "
         "or 2 GiB if that is more"
+    ), result["reason"]
+
+
+def test_a_layer_of_empty_package_files_under_huge_names_fails_its_scan_saying_why(
+    team: Team,
+) -> None:
+    """110 empty package.json files, each named by a PAX header of a megabyte (a layer of
+    about 120 kB): the names count against the scan's memory budget, so the scan fails saying
+    so instead of holding 110 MB (a few thousand such entries: gigabytes)."""
+    services(
+        team.server,
+        lambda s: s.repositories.create(team.project, "names", scan_mode="auto", actor="test"),
+    )
+    deep = "d/" * 500_000
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for i in range(110):
+            tar.addfile(tarfile.TarInfo(f"{deep}{i}/node_modules/p/package.json"), io.BytesIO())
+    named = Blob(gzip.compress(raw.getvalue(), compresslevel=9), OCI_LAYER_GZIP)
+    assert named.size < 256 * 1024
+
+    image = push_layers(team, "names", [named], "v1")
+    result = wait_done(team["reader"], team.repo_url(f"/images/{image.digest}/scan", "names"))
+    assert result["state"] == "failed"
+    assert result["reason"].endswith(
+        "the image's package databases take more than 96 MiB (with the names of those files "
+        "and of what its layers remove)"
     ), result["reason"]
 
 

@@ -16,12 +16,16 @@ ignored (counted in `Inventory.notes`); an absolute name is read relative to the
 as runtimes do. Links are not followed: a symlink where a package database was leaves none.
 A layer whose headers are too large (a long-name or PAX header meant to exhaust memory), with
 too many entries, or that inflates past a bound (absolute, and relative to its compressed size)
-is refused with the reason (`LayerRefused`).
+is refused with the reason (`LayerRefused`). What the scanner keeps of a layer, the names of
+the files it keeps and of what the layer removes included, counts against one memory budget
+(a name costs memory however empty its file: an empty package.json under a name of a megabyte,
+given in a PAX header, is a megabyte); the notes of skipped entries are a few, each short.
 """
 
 from __future__ import annotations
 
 import asyncio
+import bisect
 import bz2
 import functools
 import io
@@ -86,8 +90,13 @@ MAX_GO_BINARY = 1024**3
 MAX_GO_DATA_SCAN = 16 * 1024 * 1024
 MAX_GO_BUILDINFO = 1024 * 1024
 MIN_EXECUTABLE = 1024  # smaller files are scripts or stubs, not Go executables
-# All package databases an image's layers hold, together: what the scanner keeps in memory.
+# All package databases an image's layers hold, together with the names the scanner keeps
+# (theirs, and those of a layer's whiteouts): what the scanner keeps in memory.
 MAX_RETAINED = 96 * 1024 * 1024
+# Notes of skipped entries an image's inventory keeps (the rest are counted), and the length
+# of a name shown in one: a layer may hold millions of entries, each named by a PAX header.
+MAX_NOTES = 100
+NOTE_NAME_LENGTH = 256
 # Compressed bytes read at a time, and the most bytes one decompression step makes (gzip
 # inflates up to ~1000-fold): together they bound a layer's memory whatever it inflates to.
 COMPRESSED_READ = 64 * 1024
@@ -157,12 +166,54 @@ class LayerChanges:
     removed: set[str] = field(default_factory=set)  # whiteouts, and links over a wanted file
     opaque: set[str] = field(default_factory=set)  # directories emptied of lower layers
     notes: list[str] = field(default_factory=list)
-    budget: int = MAX_RETAINED  # bytes of files this layer may keep
+    notes_left_out: int = 0  # skipped entries past MAX_NOTES, counted
+    budget: int = MAX_RETAINED  # bytes of files and names this layer may keep
     retained: int = 0
     # Go executables of the layers below: a file this layer puts at one of their paths
     # replaces it, whatever the new file is.
     lower_go: frozenset[str] = frozenset()
     inflated: int = 0  # the sum of the layer's entry sizes, uncompressed
+
+    def note(self, text: str) -> None:
+        """Say why an entry was skipped (the first MAX_NOTES; the rest are counted)."""
+        if len(self.notes) < MAX_NOTES:
+            self.notes.append(text)
+        else:
+            self.notes_left_out += 1
+
+    def charge(self, size: int) -> None:
+        """Count `size` more bytes kept against the budget; LayerRefused past it."""
+        self.retained += size
+        if self.retained > self.budget:
+            raise LayerRefused(
+                f"the image's package databases take more than "
+                f"{MAX_RETAINED // (1024 * 1024)} MiB (with the names of those files and of "
+                "what its layers remove)"
+            )
+
+    def remove(self, path: str) -> None:
+        """The layer removes `path` and all under it from the layers below."""
+        if path not in self.removed:
+            self.charge(len(path))
+            self.removed.add(path)
+
+    def empty(self, directory: str) -> None:
+        """The layer empties `directory` of what the layers below put there."""
+        if directory not in self.opaque:
+            self.charge(len(directory))
+            self.opaque.add(directory)
+
+
+def kept_bytes(files: dict[str, tuple[Kind, bytes]]) -> int:
+    """What the scanner keeps of these files: their names and contents."""
+    return sum(len(path) + len(content) for path, (_, content) in files.items())
+
+
+def shown(name: str) -> str:
+    """An entry's name as a note shows it: its start, when it is long."""
+    if len(name) <= NOTE_NAME_LENGTH:
+        return repr(name)
+    return f"{name[:NOTE_NAME_LENGTH]!r}... ({len(name):,} characters)"
 
 
 @dataclass
@@ -371,14 +422,14 @@ def _inflation_refusal(bound: int, compressed_size: int | None) -> str:
 def _take(tar: tarfile.TarFile, member: tarfile.TarInfo, changes: LayerChanges) -> None:
     path = normalize(member.name)
     if path is None:
-        changes.notes.append(f"skipped {member.name!r}: it climbs out of the image root")
+        changes.note(f"skipped {shown(member.name)}: it climbs out of the image root")
         return
     directory, base = posixpath.split(path)
     if base == OPAQUE:
-        changes.opaque.add(directory)
+        changes.empty(directory)
         return
     if base.startswith(WHITEOUT):
-        changes.removed.add(posixpath.join(directory, base[len(WHITEOUT) :]))
+        changes.remove(posixpath.join(directory, base[len(WHITEOUT) :]))
         return
     kind = classify(path)
     if kind is None:
@@ -386,12 +437,12 @@ def _take(tar: tarfile.TarFile, member: tarfile.TarInfo, changes: LayerChanges) 
         return
     if not member.isreg():
         # A link or device where a package database was: it no longer lists anything.
-        changes.removed.add(path)
+        changes.remove(path)
         changes.files.pop(path, None)
         return
     if kind is not Kind.PYTHON and member.size > _bound(kind):
-        changes.notes.append(f"skipped {path}: {member.size} bytes, more than {_bound(kind)}")
-        changes.removed.add(path)
+        changes.note(f"skipped {shown(path)}: {member.size} bytes, more than {_bound(kind)}")
+        changes.remove(path)
         return
     handle = tar.extractfile(member)
     if handle is None:
@@ -402,11 +453,7 @@ def _take(tar: tarfile.TarFile, member: tarfile.TarInfo, changes: LayerChanges) 
 
 def _keep(changes: LayerChanges, path: str, kind: Kind, content: bytes) -> None:
     previous = changes.files.get(path)
-    changes.retained += len(content) - (len(previous[1]) if previous else 0)
-    if changes.retained > changes.budget:
-        raise LayerRefused(
-            f"the image's package databases take more than {MAX_RETAINED // (1024 * 1024)} MiB"
-        )
+    changes.charge(len(content) - len(previous[1]) if previous else len(path) + len(content))
     changes.files[path] = (kind, content)
 
 
@@ -418,8 +465,8 @@ def _take_executable(
     blob = None
     if member.isreg() and member.mode & 0o111 and member.size >= MIN_EXECUTABLE:
         if member.size > MAX_GO_BINARY:
-            changes.notes.append(
-                f"skipped {path}: an executable of {member.size} bytes, more than "
+            changes.note(
+                f"skipped {shown(path)}: an executable of {member.size} bytes, more than "
                 f"{MAX_GO_BINARY} (a Go program's modules there are not listed)"
             )
         else:
@@ -429,7 +476,7 @@ def _take_executable(
         _keep(changes, path, Kind.GO, blob)
     elif path in changes.lower_go or path in changes.files:
         changes.files.pop(path, None)
-        changes.removed.add(path)
+        changes.remove(path)
 
 
 def _load_segments(head: bytes, table: bytes, endian: str, wide: bool) -> list[tuple[int, int]]:
@@ -503,17 +550,30 @@ def _search_segment(handle: IO[bytes], offset: int, size: int) -> bytes | None:
     return None
 
 
-def _under(path: str, directory: str) -> bool:
-    return directory == "" or path == directory or path.startswith(directory + "/")
+def _below(paths: list[str], directory: str) -> Iterable[str]:
+    """The paths under `directory` (not itself) of `paths`, sorted: found by bisection, as
+    a layer may remove a million names and the layers below keep as many."""
+    if directory == "":
+        return paths
+    prefix = directory + "/"
+    start = end = bisect.bisect_left(paths, prefix)
+    while end < len(paths) and paths[end].startswith(prefix):
+        end += 1
+    return paths[start:end]
 
 
 def apply_layer(files: dict[str, tuple[Kind, bytes]], changes: LayerChanges) -> None:
     """The files of the layers below with this layer's changes applied."""
-    for directory in changes.opaque:
-        for path in [p for p in files if _under(p, directory) and p != directory]:
-            del files[path]
-    for removed in changes.removed:
-        for path in [p for p in files if _under(p, removed)]:
+    if changes.opaque or changes.removed:
+        paths = sorted(files)
+        gone: set[str] = set()
+        for directory in changes.opaque:
+            gone.update(_below(paths, directory))
+        for removed in changes.removed:
+            if removed in files:
+                gone.add(removed)
+            gone.update(_below(paths, removed))
+        for path in gone:
             del files[path]
     files.update(changes.files)
 
@@ -644,14 +704,19 @@ async def image_inventory(
     # A layer listed again adds nothing pushed: it is counted once.
     distinct = sum({layer.digest: layer.size for layer in layers}.values())
     image_bound = inflation_bound(distinct, MAX_IMAGE_BYTES)
+    left_out = 0
     for layer in layers:
-        kept = sum(len(content) for _, content in files.values())
+        kept = kept_bytes(files)
         lower_go = frozenset(p for p, (kind, _) in files.items() if kind is Kind.GO)
         changes = await read_stored_layer(
             store, layer, budget - kept, lower_go, image_bound - inflated, image_bound
         )
         inflated += changes.inflated
         apply_layer(files, changes)
-        notes.extend(changes.notes)
+        room = MAX_NOTES - len(notes)
+        notes.extend(changes.notes[:room])
+        left_out += changes.notes_left_out + len(changes.notes[room:])
+    if left_out:
+        notes.append(f"and {left_out:,} more entries skipped (the first {MAX_NOTES} are noted)")
     # Parsing is CPU work (up to MAX_PACKAGES purls): off the event loop that serves requests.
     return await asyncio.to_thread(inventory, files, notes)

@@ -538,6 +538,60 @@ def test_package_databases_past_the_memory_budget_are_refused(tmp_path: Path) ->
         asyncio.run(run(budget=2_000))
 
 
+def test_long_names_of_empty_package_files_count_against_the_memory_budget(
+    tmp_path: Path,
+) -> None:
+    """A name costs memory however empty its file: 60 empty package.json files named by PAX
+    headers of 100 kB each (6 MB of names from a layer of a few kB) pass a budget of 2 MB
+    only if the names are counted; so do the names a layer's whiteouts remove."""
+    deep = "d/" * 50_000
+    named = layer([file_entry(f"{deep}{i}/{APP}/p/package.json", b"") for i in range(60)])
+    whiteouts = layer([file_entry(f"{deep}{i}/.wh.gone", b"") for i in range(60)])
+    assert len(named) < 64 * 1024 and len(whiteouts) < 64 * 1024
+
+    async def run(blob: bytes) -> Inventory:
+        store = FilesystemBlobStore(tmp_path / "b")
+        return await image_inventory(store, [await put(store, blob)], budget=2_000_000)
+
+    for blob in (named, whiteouts):
+        with pytest.raises(LayerRefused, match="package databases take more than"):
+            asyncio.run(run(blob))
+
+
+def test_notes_of_skipped_entries_are_few_and_short(tmp_path: Path) -> None:
+    """A layer of 500 entries that climb out, each named by 10 kB: the first MAX_NOTES are
+    noted, each name cut short, and the rest counted."""
+    long = "x" * 10_000
+    blob = layer([file_entry(f"../{long}{i}", b"") for i in range(500)])
+
+    inventory = scan(FilesystemBlobStore(tmp_path / "b"), [blob])
+
+    assert len(inventory.notes) == layers_module.MAX_NOTES + 1
+    assert all(len(note) < 400 for note in inventory.notes)
+    assert "(10,004 characters)" in inventory.notes[0]
+    assert inventory.notes[-1] == "and 400 more entries skipped (the first 100 are noted)"
+
+
+def test_whiteouts_of_a_layer_apply_in_time_that_grows_with_the_names(tmp_path: Path) -> None:
+    """30,000 empty package files below and 30,000 whiteouts above (two layers of a few
+    hundred kB): each whiteout was compared with every file below, 900 million comparisons
+    (minutes); the files under each removed name are found by bisection instead."""
+    count = 30_000
+    below = layer([file_entry(f"{APP}/p{i}/package.json", b"") for i in range(count)])
+    above = layer(
+        [file_entry(f"{APP}/.wh.p{i}", b"") for i in range(0, count, 2)]
+        + [file_entry(f"tmp/.wh.other{i}", b"") for i in range(count // 2)]
+    )
+
+    started = time.monotonic()
+    inventory = scan(FilesystemBlobStore(tmp_path / "b"), [below, above])
+    elapsed = time.monotonic() - started
+
+    # The empty files list no package; the layers were read and the whiteouts applied.
+    assert inventory.packages == []
+    assert elapsed < 30, elapsed
+
+
 def test_a_scan_reads_a_bounded_amount_however_often_a_manifest_lists_a_layer(
     store: FilesystemBlobStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
