@@ -66,12 +66,14 @@ names the request fields at fault.
 
 class PrivateAnswers:
     """Every answer of the API is private and current: no cache keeps one (some carry a secret
-    shown once: a new access key's, a webhook's, a token), and no page frames one (the
-    interactive documentation runs requests with the browser's session)."""
+    shown once: a new access key's, a webhook's, a token), no page frames one (the
+    interactive documentation runs requests with the browser's session), and no browser
+    sniffs one into HTML (an SBOM download and many listings carry what pushes named)."""
 
     HEADERS = (
         (b"x-frame-options", b"DENY"),
         (b"content-security-policy", b"frame-ancestors 'none'"),
+        (b"x-content-type-options", b"nosniff"),
     )
     NO_STORE = (b"cache-control", b"no-store")
 

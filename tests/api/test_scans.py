@@ -82,6 +82,9 @@ def test_a_pushed_image_is_scanned_in_the_background(team: Team, app_layers: lis
     sbom = team["reader"].get(team.repo_url(f"/images/{image.digest}/sbom", repository="auto"))
     assert sbom.status_code == 200
     assert sbom.headers["content-type"].startswith("application/vnd.cyclonedx+json")
+    # Its package names are what the image's layers chose: a browser opening the download
+    # must not take it for HTML.
+    assert sbom.headers["x-content-type-options"] == "nosniff"
     document = sbom.json()
     assert document["bomFormat"] == "CycloneDX"
     assert document["metadata"]["component"]["version"] == image.digest
