@@ -418,6 +418,39 @@ def test_a_subject_whose_size_is_not_the_stored_manifests_is_refused(repo: Repo)
     assert {d["digest"] for d in listed} == {before.digest, honest.digest}
 
 
+def test_a_referrers_artifact_type_must_be_a_media_type(repo: Repo, subject: Blob) -> None:
+    """The image spec's rule (RFC 6838), and a bound: a referrer named by an artifact type of
+    3 MB was accepted, and the referrers API lists a thousand to a page (30 of them answered
+    90 MB). A config media type longer than a media type may be is refused as well: the
+    referrers API lists it as the artifact type of a manifest without one."""
+    empty = Blob(b"{}", OCI_EMPTY)
+    push_bytes(repo.client, repo.name, empty.data)
+
+    def referrer(artifact_type: str | None, config: dict[str, object]) -> httpx.Response:
+        manifest = image_manifest(
+            config, [empty.descriptor()], artifact_type=artifact_type, subject=subject.descriptor()
+        )
+        return put_manifest(repo.client, repo.name, manifest.digest, manifest.data)
+
+    for artifact_type in ("application/x" + "a" * 3_000_000, 'application/x"><img src=x>'):
+        refused = referrer(artifact_type, empty.descriptor())
+        assert refused.status_code == 400, describe(refused)
+        assert error_code(refused) == "MANIFEST_INVALID"
+        assert "artifactType must be a media type (RFC 6838)" in refused.text
+    long_config = referrer(None, {**empty.descriptor(), "mediaType": "application/" + "c" * 300})
+    assert long_config.status_code == 400, describe(long_config)
+    assert "a media type of 312 characters" in long_config.text
+
+    for artifact_type in ("application/vnd.cyclonedx+json", "sbom/example", "a/" + "b" * 127):
+        assert referrer(artifact_type, empty.descriptor()).status_code == 201
+    listed = repo.client.get(referrers_path(repo.name, subject.digest)).json()["manifests"]
+    assert sorted(d["artifactType"] for d in listed) == [
+        "a/" + "b" * 127,
+        "application/vnd.cyclonedx+json",
+        "sbom/example",
+    ]
+
+
 def _push_referrers(
     repo: Repo, subject: Blob, artifact_types: list[str], annotation_bytes: int = 0
 ) -> list[str]:

@@ -36,6 +36,17 @@ FOREIGN_LAYER_TYPES = frozenset(
     }
 )
 MAX_MANIFEST_BYTES = 4 * 1024 * 1024
+# A media type (RFC 6838, 4.2): a type and a subtype of at most 127 characters each. A pushed
+# manifest's artifactType must be one (the image spec says so), and no media type it names may
+# be longer: both are stored and the referrers API lists them, a thousand to a page, where
+# artifact types of 4 MB each made answers of gigabytes.
+MAX_MEDIA_TYPE = 255
+_RESTRICTED_NAME = r"[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,126}"
+_MEDIA_TYPE = re.compile(f"{_RESTRICTED_NAME}/{_RESTRICTED_NAME}")
+ARTIFACT_TYPE_RULE = (
+    "artifactType must be a media type (RFC 6838): TYPE/SUBTYPE, each up to 127 letters, "
+    "digits and !#$&^_.+- (starting with a letter or digit), as application/vnd.example+json"
+)
 # Indexes in a chain (an index listing an index listing ...), the top one counted: pushes
 # deeper are refused, and scans and image listings follow this many. Real images nest one
 # (platforms) or two (an index of multi-platform images).
@@ -71,6 +82,7 @@ class ParsedManifest:
     subject: Descriptor | None = None
     artifact_type: str | None = None
     annotations: dict[str, str] | None = None
+    declared_artifact_type: bool = False  # the manifest's own, not its config's media type
 
     @property
     def is_index(self) -> bool:
@@ -193,6 +205,7 @@ def parse_manifest(body: bytes, content_type: str | None) -> ParsedManifest:
         # An empty artifactType is a missing one (the referrers API falls back as for none).
         artifact_type=artifact_type or None,
         annotations=_annotations(document.get("annotations"), "annotations"),
+        declared_artifact_type=bool(artifact_type),
     )
     if "subject" in document and document["subject"] is not None:
         parsed.subject = _descriptor(document["subject"], "subject")
@@ -212,6 +225,24 @@ def parse_manifest(body: bytes, content_type: str | None) -> ParsedManifest:
             # The referrers API reports an image's config media type when it has no artifactType.
             parsed.artifact_type = config.media_type
     return parsed
+
+
+def check_pushed_types(parsed: ParsedManifest) -> None:
+    """ManifestInvalid for a manifest being pushed whose artifactType is not a media type, or
+    that names a media type longer than MAX_MEDIA_TYPE. (Checked on push only: a manifest
+    stored before is read as it is.)"""
+    if parsed.declared_artifact_type and not _MEDIA_TYPE.fullmatch(parsed.artifact_type or ""):
+        raise ManifestInvalid(ARTIFACT_TYPE_RULE)
+    descriptors = [*parsed.blobs, *parsed.children]
+    if parsed.subject is not None:
+        descriptors.append(parsed.subject)
+    for descriptor in descriptors:
+        for media_type in (descriptor.media_type, descriptor.artifact_type or ""):
+            if len(media_type) > MAX_MEDIA_TYPE:
+                raise ManifestInvalid(
+                    f"a media type of {len(media_type):,} characters ({media_type[:40]}...): "
+                    f"one is at most {MAX_MEDIA_TYPE} (RFC 6838)"
+                )
 
 
 def stored_blobs(parsed: ParsedManifest) -> list[str]:

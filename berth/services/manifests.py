@@ -28,6 +28,7 @@ from berth.domain.manifests import (
     MAX_MANIFEST_BYTES,
     Descriptor,
     ParsedManifest,
+    check_pushed_types,
     foreign_layers,
     manifest_too_large,
     parse_manifest,
@@ -229,6 +230,7 @@ class ManifestContent:
             tag = reference
             digest = digest_bytes(body)
         parsed = parse_manifest(body, content_type)
+        check_pushed_types(parsed)
         try:
             await self._store_manifest(
                 repo, image, tag, digest, body, parsed, project_wide=project_wide, actor=actor
