@@ -105,7 +105,7 @@ def _bootstrap_admin(
     if note:
         print(f"  {note}", flush=True)
     print(
-        f"  Sign in to the console at {url}/console/{when} as {name!r}; create a project there (or\n"
+        f"  Sign in to the console at {url}/console/ as {name!r}{when}; create a project there (or\n"
         f"  {create}), then an access key under Access keys, and\n"
         f"  docker login {public_host(settings)} --username KEY_ID --password SECRET",
         flush=True,

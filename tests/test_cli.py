@@ -54,7 +54,7 @@ def test_project_and_repository_admin_verbs(tmp_path: Path) -> None:
     # Nothing serves yet: the sign-in hint says when it applies, and with which command.
     # (With the data directory the environment gave: the command is pasted into a shell.)
     assert re.search(
-        r"/console/ once `\S*berth --data-dir \S+ serve` runs as 'admin'", initialised
+        r"/console/ as 'admin' once `\S*berth --data-dir \S+ serve` runs;", initialised
     ), initialised
     assert "Created project demo" in berth.cli("project", "create", "demo").stdout
     assert berth.cli("project", "create", "demo", check=False).returncode == 3
