@@ -82,7 +82,10 @@ def usage(
         typer.Option(
             min=1,
             max=STORAGE_SAMPLE_RETENTION_DAYS,
-            help="Days of storage and traffic series to show (traffic: the last 92 at most).",
+            help=(
+                "Days of storage and traffic series to show (traffic: at most the days it is"
+                " kept, traffic_retention_days)."
+            ),
         ),
     ] = 14,
     collect: Annotated[
@@ -102,7 +105,9 @@ def usage(
         return {
             "summary": summary,
             "storage": storage,
-            "traffic": await s.usage.traffic(project, days=min(days, 92)),
+            "traffic": await s.usage.traffic(
+                project, days=min(days, s.usage.traffic_retention_days)
+            ),
         }
 
     found = plain(run_service(gather))

@@ -427,6 +427,16 @@ def test_berth_usage_cli(metered: BerthServer) -> None:
     assert found["storage"]["samples"]
     assert found["traffic"]["this_month"]["bytes"] == 3 * GB
     assert len(found["traffic"]["daily"]) == 14
+    # Every day of traffic the server keeps (traffic_retention_days, 124), as the API gives it:
+    # the CLI once cut the series at 92 days, dropping the oldest month it still had.
+    insert_traffic(metered, project, [(repo, today - dt.timedelta(days=110), 2 * GB)])
+    kept = json.loads(metered.cli("usage", project.name, "--days", "200", "--json").stdout)
+    assert len(kept["traffic"]["daily"]) == 124
+    assert kept["traffic"]["daily"][124 - 111] == {
+        "day": (today - dt.timedelta(days=110)).isoformat(),
+        "bytes": 2 * GB,
+        "requests": 1,
+    }
     table = metered.cli("usage", project.name, "--days", "3").stdout
     assert "Repositories" in table and "1 / 100" in table
     assert "3.00 GB" in table and "Outbound traffic by month" in table
