@@ -470,6 +470,10 @@ def test_version_names_the_release_and_the_schema_it_migrates_to() -> None:
     shown = subprocess.run([*BERTH, "--version"], capture_output=True, text=True, check=False)
     assert shown.returncode == 0, shown.stderr
     assert shown.stdout == f"berth {version('berth')} (database schema {NEWEST})\n"
+    # The README's examples of it and of the migration's message name the newest revision.
+    readme = " ".join((Path(__file__).parents[1] / "README.md").read_text().split())
+    assert f"(`berth {version('berth')} (database schema {NEWEST})`)" in readme
+    assert f"from revision 0005 to {NEWEST}`" in readme
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
