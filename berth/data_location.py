@@ -23,6 +23,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import unquote
 
 from sqlalchemy import inspect
@@ -34,14 +35,11 @@ from berth.config import Settings, SettingsError, config_file, setting_source
 from berth.database_tls import SYSTEM_ROOTS
 from berth.invocation import berth_command, pasteable_command
 from berth.metadata.database import CONNECT_SECONDS, STATEMENT_SECONDS, open_engine
-from berth.metadata.migrate import (
-    Migrated,
-    MissingPrivilege,
-    NewerSchema,
-    ServersServing,
-    upgrade,
-)
 from berth.metadata.presence import LIVE_SECONDS, ServingProcess
+from berth.metadata.revisions import NewerSchema
+
+if TYPE_CHECKING:
+    from berth.metadata.migrate import Migrated
 
 
 def sqlite_file(settings: Settings) -> Path | None:
@@ -426,6 +424,9 @@ def create_data(settings: Settings) -> Migrated | None:
             for path in (database, *database.parent.glob(f"{database.name}-*")):
                 with contextlib.suppress(PermissionError, FileNotFoundError):  # not ours
                     path.chmod(0o600)
+    # Alembic, a third of an admin verb's start, only where a migration may run.
+    from berth.metadata.migrate import MissingPrivilege, ServersServing, upgrade
+
     try:
         return upgrade(settings.resolved_database_url, waiting=_say_waiting)
     except (NewerSchema, ServersServing) as exc:

@@ -28,7 +28,8 @@ from sqlalchemy.engine import make_url
 from typer.testing import CliRunner
 
 from berth.cli.main import app
-from berth.metadata.migrate import alembic_config, current_revision
+from berth.metadata.migrate import alembic_config
+from berth.metadata.revisions import current_revision
 from tests.oci import OCI_MANIFEST, manifest_path, put_manifest, random_image
 from tests.ports import free_port
 from tests.servers import (

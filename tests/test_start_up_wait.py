@@ -15,7 +15,8 @@ import httpx
 import pytest
 from alembic import command
 
-from berth.metadata.migrate import alembic_config, schema_head
+from berth.metadata.migrate import alembic_config
+from berth.metadata.revisions import schema_head
 from tests.s3 import BUCKET, SeaweedFS
 from tests.servers import (
     BERTH,

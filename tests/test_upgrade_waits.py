@@ -13,16 +13,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from berth.metadata.migrate import (
-    MIGRATIONS,
-    Migrated,
-    ServersServing,
-    current_revision,
-    live_processes_at,
-    schema_head,
-    upgrade,
-)
+from berth.metadata.migrate import Migrated, ServersServing, live_processes_at, upgrade
 from berth.metadata.presence import ServingProcess
+from berth.metadata.revisions import MIGRATIONS, current_revision, schema_head
 from tests.servers import BerthServer, running_server, wait_for
 
 NEXT = "0999_a_newer_berth"

@@ -10,8 +10,8 @@ from fastapi import APIRouter, Query
 from berth.api.deps import ReadProject
 from berth.api.problems import FieldError, responses
 from berth.domain.names import REPOSITORY_NAME_PATTERN
+from berth.domain.usage import STORAGE_SAMPLE_RETENTION_DAYS
 from berth.services.repositories import MAX_REPOSITORY_NAME
-from berth.services.usage import STORAGE_SAMPLE_RETENTION_DAYS
 from berth.services.usage_records import StorageSample, StorageUsage, Summary, Traffic
 
 router = APIRouter(prefix="/projects/{project}", tags=["usage"], responses=responses(404))

@@ -17,8 +17,8 @@ from berth.api.bodies import RequestBody
 from berth.api.deps import AdminProject, Page, PagingDep
 from berth.api.problems import responses
 from berth.domain.descriptions import DESCRIPTION_RULE, MAX_DESCRIPTION, TEXT_PATTERN
+from berth.domain.events import EVENT_TYPES
 from berth.services.webhook_addresses import MAX_URL_LENGTH
-from berth.services.webhook_events import EVENT_TYPES
 from berth.services.webhooks import (
     MAX_PENDING_TESTS,
     MAX_SECRET_LENGTH,

@@ -2,46 +2,73 @@
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import getpass
 import json
 import socket
 import sys
 from collections.abc import Awaitable, Callable
+from functools import cached_property
 from pathlib import Path
-from typing import Annotated, Any, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar
 
 import typer
-from rich import box
-from rich.console import Console, Group, RenderableType
-from rich.table import Table
-from rich.text import Text
 
-from berth.config import Settings, SettingsError, load_settings
-from berth.data_location import missing_data, shown_database
-from berth.domain.errors import Conflict, InvalidValue, RegistryError, StateRefusal
-from berth.invocation import pasteable_command
-from berth.metadata.migrate import NewerSchema, OlderSchema, require_current
-from berth.services.install import key_fingerprint, storage_location
-from berth.state import Services, unresolved_endpoint
-from berth.storage.base import failures_said_by_caller
+# What a verb needs only once it runs is imported there: `berth --help` and every verb's start
+# load no database, settings or service module (bench/findings.md, "The CLI's start").
+if TYPE_CHECKING:
+    from rich.console import Console, Group, RenderableType
+
+    from berth.config import Settings
+    from berth.domain.errors import RegistryError
+    from berth.metadata.revisions import OlderSchema
+    from berth.state import Services
 
 
-class _Console(Console):
-    """Rich's console, leaving each line of prose (strings, Text) whole when it prints to no
-    terminal: a file or a script gets a message on one line, not cut at Rich's 80 columns
-    mid-sentence. Tables, their titles included, still fit the width (COLUMNS, else 80)."""
+def _make_console(stderr: bool) -> Console:
+    from rich.console import Console
+    from rich.text import Text
 
-    def print(self, *objects: Any, soft_wrap: bool | None = None, **options: Any) -> None:
-        if soft_wrap is None:
-            prose = all(isinstance(item, str | Text) for item in objects)
-            soft_wrap = self.soft_wrap or (prose and not self.is_terminal)
-        super().print(*objects, soft_wrap=soft_wrap, **options)
+    class _Console(Console):
+        """Rich's console, leaving each line of prose (strings, Text) whole when it prints to
+        no terminal: a file or a script gets a message on one line, not cut at Rich's 80
+        columns mid-sentence. Tables, their titles included, still fit the width (COLUMNS,
+        else 80)."""
+
+        def print(self, *objects: Any, soft_wrap: bool | None = None, **options: Any) -> None:
+            if soft_wrap is None:
+                prose = all(isinstance(item, str | Text) for item in objects)
+                soft_wrap = self.soft_wrap or (prose and not self.is_terminal)
+            super().print(*objects, soft_wrap=soft_wrap, **options)
+
+    return _Console(stderr=stderr)
 
 
-console = _Console()
-errors = _Console(stderr=True)
+class _OnFirstUse:
+    """Standard output's (or error's) console, made when first used: Rich's console is a
+    tenth of a start that `berth --help` and most failures never print with."""
+
+    def __init__(self, stderr: bool = False) -> None:
+        self._stderr = stderr
+
+    @cached_property
+    def _console(self) -> Console:
+        return _make_console(self._stderr)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._console, name)
+
+
+console: Console = _OnFirstUse()  # type: ignore[assignment]
+errors: Console = _OnFirstUse(stderr=True)  # type: ignore[assignment]
+
+
+def errors_console() -> Console:
+    """Standard error's console itself, for what keeps a console (Rich's Progress): `errors`
+    only passes on what is asked of it."""
+    return errors._console  # type: ignore[attr-defined,no-any-return]
+
+
 T = TypeVar("T")
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
 ProjectArg = Annotated[str, typer.Argument(metavar="PROJECT")]
@@ -63,12 +90,16 @@ class Options:
 
 def fail(message: str, code: int = 1) -> NoReturn:
     """Print `error: MESSAGE` on standard error (as text: brackets are not markup) and exit."""
+    from rich.text import Text
+
     errors.print(Text.assemble(("error: ", "red"), message), soft_wrap=True)
     raise typer.Exit(code)
 
 
 def settings_or_exit(**overrides: Any) -> Settings:
     """The settings (with the options before the verb), or exit naming the bad value."""
+    from berth.config import SettingsError, load_settings
+
     if overrides.get("data_dir") is None:
         overrides["data_dir"] = Options.data_dir
     try:
@@ -80,6 +111,10 @@ def settings_or_exit(**overrides: Any) -> Settings:
 def existing_settings() -> Settings:
     """The settings of data that exists: an admin verb never creates a data directory or a
     database (run from the wrong directory, it would start a new, empty registry)."""
+    from rich.text import Text
+
+    from berth.data_location import missing_data, shown_database
+
     settings = settings_or_exit()
     missing = missing_data(settings)
     if missing is not None:
@@ -125,6 +160,17 @@ def run_service(work: Callable[[Services], Awaitable[T]], *, uses_store: bool = 
     used, as `berth serve` is: half done (rows deleted, files left) it would have to be
     undone. So is (2) a schema older than this Berth's: a verb never migrates it, since an
     older server may still serve on it (README, "Upgrading")."""
+    import asyncio
+
+    from berth.config import SettingsError
+    from berth.data_location import shown_database
+    from berth.domain.errors import RegistryError
+    from berth.metadata.revisions import NewerSchema, OlderSchema, require_current
+    from berth.server import existing_keys, refuse_other_keys, refuse_other_storage
+    from berth.services.install import key_fingerprint, storage_location
+    from berth.state import Services, unresolved_endpoint
+    from berth.storage.base import failures_said_by_caller
+
     settings = existing_settings()
     try:
         require_current(settings.resolved_database_url)
@@ -137,8 +183,6 @@ def run_service(work: Callable[[Services], Awaitable[T]], *, uses_store: bool = 
         # A typo in s3_endpoint, said at once as `berth serve` says it, not after the S3
         # client's retries.
         fail(unresolved.reason, BAD_SETTING)
-
-    from berth.server import existing_keys, refuse_other_keys, refuse_other_storage
 
     try:
         keyring = existing_keys(settings)
@@ -178,6 +222,8 @@ def run_service(work: Callable[[Services], Awaitable[T]], *, uses_store: bool = 
 def _exit_code(refusal: RegistryError) -> int:
     """3 for what exists already, 2 for a value out of range, 1 for any other refusal (the
     state of something, a disabled webhook say, is not "exists")."""
+    from berth.domain.errors import Conflict, InvalidValue, StateRefusal
+
     if isinstance(refusal, Conflict) and not isinstance(refusal, StateRefusal):
         return 3
     return BAD_SETTING if isinstance(refusal, InvalidValue) else 1
@@ -238,6 +284,10 @@ def data_table(
     next command takes) are never cut, times break only between the date and the time, other
     columns fold. When the columns cannot fit so, one record per row, every value whole.
     `headers` names columns otherwise named after their key."""
+    from rich import box
+    from rich.table import Table
+    from rich.text import Text
+
     never_broken = ID_COLUMNS | ids
     named = {column: _header(column, headers) for column in columns}
     values = {column: [cell(row[column], column) for row in rows] for column in columns}
@@ -273,6 +323,10 @@ def _records(
     rows: list[dict[str, Any]], columns: list[str], title: str, named: dict[str, str]
 ) -> Group:
     """Each row as `header: value` lines, a blank line between rows."""
+    from rich.console import Group
+    from rich.table import Table
+    from rich.text import Text
+
     parts: list[RenderableType] = [Text(title, style="table.title")]
     for row in rows:
         record = Table.grid(padding=(0, 1))
@@ -360,6 +414,8 @@ def cli_actor() -> str:
 def pasteable(*words: str) -> str:
     """A `berth` command to print for the user to paste: it runs as printed from where this
     one ran, on the same data (with this one's --data-dir, when it was given one)."""
+    from berth.invocation import pasteable_command
+
     return pasteable_command(*words, data_dir=Options.data_dir)
 
 

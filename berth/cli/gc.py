@@ -8,11 +8,9 @@ this process die.
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn
-from rich.table import Table
 
 from berth.cli.common import (
     CLI_CLIENT,
@@ -23,15 +21,19 @@ from berth.cli.common import (
     confirm_deletion,
     console,
     data_table,
-    errors,
+    errors_console,
     listing,
     print_json,
     run_service,
     when,
 )
 from berth.domain.wording import counted
-from berth.services.gc import FAILED, ROLLED_BACK, Run
-from berth.state import Services
+
+if TYPE_CHECKING:
+    from rich.progress import Progress
+
+    from berth.services.gc import Run
+    from berth.state import Services
 
 gc_app = typer.Typer(help="Garbage collection: free storage no image needs.", no_args_is_help=True)
 
@@ -51,6 +53,8 @@ COLUMNS = [
 
 
 def _show(run: dict[str, Any]) -> None:
+    from rich.table import Table
+
     table = Table(
         title=f"Garbage collection run {run['id']} in {run['project']}", show_header=False
     )
@@ -101,6 +105,10 @@ def gc_run(
 ) -> None:
     """Collect a project's garbage now, here, with a progress bar. A real run asks first
     (unless --yes); a dry run changes nothing and never asks."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn
+
+    from berth.services.gc import FAILED, ROLLED_BACK
+
     if not dry_run:
         if not yes:
             # Ask only about a project there is: a name mistyped is refused before the question.
@@ -145,7 +153,7 @@ def gc_run(
             TextColumn("{task.description}"),
             BarColumn(),
             MofNCompleteColumn(),
-            console=errors,
+            console=errors_console(),
             transient=True,
         ) as progress:
             run = run_service(lambda s: work(s, progress), uses_store=True).as_json()

@@ -3,10 +3,9 @@ restoring a tag."""
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.table import Table
 
 from berth.cli.common import (
     CLI_CLIENT,
@@ -26,10 +25,10 @@ from berth.cli.common import (
 )
 from berth.domain.digests import is_digest
 from berth.domain.wording import counted
-from berth.services.images import Images
-from berth.services.platform_manifests import DeletedImage
-from berth.services.records import plain
-from berth.state import Services
+
+if TYPE_CHECKING:
+    from berth.services.platform_manifests import DeletedImage
+    from berth.state import Services
 
 image_app = typer.Typer(help="Images in a repository and their history.", no_args_is_help=True)
 tag_app = typer.Typer(help="Tags: restore a removed tag.", no_args_is_help=True)
@@ -61,6 +60,11 @@ def image_list(
     json_output: JsonFlag = False,
 ) -> None:
     """List a repository's images, newest first (an index counts once, with its platforms)."""
+    from rich.table import Table
+
+    from berth.services.images import Images
+    from berth.services.records import plain
+
     project, repository, image = _split_image(name)
 
     async def work(s: Services) -> tuple[list[dict[str, Any]], int]:
@@ -110,6 +114,11 @@ def image_history(
     json_output: JsonFlag = False,
 ) -> None:
     """Show image and tag history: pushes, tags, untags, moves, deletes and restores."""
+    from rich.table import Table
+
+    from berth.services.images import Images
+    from berth.services.records import plain
+
     project, repository, image = _split_image(name)
 
     async def work(s: Services) -> tuple[list[dict[str, Any]], int]:
@@ -155,6 +164,8 @@ def image_delete(
     """Delete an image and every tag on it, as the API and the console do: with an index's
     platform manifests that nothing else holds, and the referrers (signatures, SBOMs) of all
     of these. Its data goes at the next garbage collection."""
+    from berth.services.records import plain
+
     project, repository, image = _split_image(name)
     if not is_digest(digest):
         fail(

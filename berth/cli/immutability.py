@@ -21,7 +21,6 @@ from berth.cli.common import (
     run_service,
     show_rows,
 )
-from berth.services.records import plain
 
 immutability_app = typer.Typer(
     help="Immutable tag rules: tags that cannot be moved or deleted.", no_args_is_help=True
@@ -37,6 +36,8 @@ def _row(rule: dict[str, Any]) -> dict[str, Any]:
 @immutability_app.command("list")
 def immutability_list(project: ProjectArg, json_output: JsonFlag = False) -> None:
     """List a project's immutable tag rules (a refusal names the first that matches)."""
+    from berth.services.records import plain
+
     found = run_service(lambda s: s.tag_rules.list_rules(project))
     show_rows(
         json_output, [_row(plain(r)) for r in found], COLUMNS, f"Immutable tag rules of {project}"
@@ -67,6 +68,8 @@ def immutability_add(
     json_output: JsonFlag = False,
 ) -> None:
     """Add a rule: from now on matching tags cannot be moved or deleted."""
+    from berth.services.records import plain
+
     created = run_service(
         lambda s: s.tag_rules.create(
             project, tag_pattern, repository, actor=cli_actor(), client=CLI_CLIENT

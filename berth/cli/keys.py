@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import shlex
 import sys
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -22,9 +22,10 @@ from berth.cli.common import (
     run_service,
     show_rows,
 )
-from berth.services.keys import CreatedKey
-from berth.services.records import plain
-from berth.state import Services
+
+if TYPE_CHECKING:
+    from berth.services.keys import CreatedKey
+    from berth.state import Services
 
 key_app = typer.Typer(help="Access keys for docker login and other clients.", no_args_is_help=True)
 
@@ -100,6 +101,8 @@ def key_list(
     json_output: JsonFlag = False,
 ) -> None:
     """List access keys (never their secrets)."""
+    from berth.services.records import plain
+
     found = run_service(lambda s: s.identity.keys.list_keys(user=user, project=project))
     show_rows(
         json_output,

@@ -29,7 +29,6 @@ from berth.cli.usage import audit, usage
 from berth.cli.users import user_app
 from berth.cli.vulndb import vulndb_app
 from berth.cli.webhooks import webhook_app
-from berth.metadata.migrate import schema_head
 
 # Plain help text (no Rich markup): brackets in argument names such as PROJECT/REPO[/IMAGE]
 # are text, and flags show no value type.
@@ -59,6 +58,8 @@ app.add_typer(vulndb_app, name="vulndb")
 
 def _print_version(asked: bool) -> None:
     if asked:
+        from berth.metadata.revisions import schema_head
+
         # The schema revision too: what a refusal of a newer or older schema names.
         print(f"berth {version('berth')} (database schema {schema_head()})")
         raise typer.Exit()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -23,10 +23,11 @@ from berth.cli.common import (
     show_rows,
 )
 from berth.domain.wording import counted
-from berth.services.records import plain
-from berth.services.repositories import ProjectDetails
-from berth.services.scanning.policy import POLICY_SEVERITIES, PullPolicySettings, threshold_words
-from berth.state import Services
+
+if TYPE_CHECKING:
+    from berth.services.repositories import ProjectDetails
+    from berth.services.scanning.policy import PullPolicySettings
+    from berth.state import Services
 
 project_app = typer.Typer(help="Projects (tenants).", no_args_is_help=True)
 member_app = typer.Typer(help="Project members and their roles.", no_args_is_help=True)
@@ -45,6 +46,8 @@ def project_create(name: ProjectArg, json_output: JsonFlag = False) -> None:
 @project_app.command("list")
 def project_list(json_output: JsonFlag = False) -> None:
     """List projects."""
+    from berth.services.records import plain
+
     found = plain(run_service(lambda s: s.repositories.list_projects()))
     show_rows(json_output, found, ["name", "created_at"], "Projects")
 
@@ -66,6 +69,9 @@ def project_pull_policy(
 ) -> None:
     """Show or set the project's pull policy (off by default). Images not scanned yet, being
     scanned, or whose scan failed are let through."""
+    from berth.services.records import plain
+    from berth.services.scanning.policy import POLICY_SEVERITIES, threshold_words
+
     if severity is not None and severity != "off" and severity not in POLICY_SEVERITIES:
         fail(f"SEVERITY must be one of {', '.join(POLICY_SEVERITIES)}, or off", 2)
 
@@ -171,6 +177,8 @@ def member_remove(
 @member_app.command("list")
 def member_list(project: ProjectArg, json_output: JsonFlag = False) -> None:
     """List a project's members."""
+    from berth.services.records import plain
+
     found = run_service(lambda s: s.identity.members.list_members(project))
     show_rows(json_output, plain(found), ["user", "role", "since"], f"Members of {project}")
 

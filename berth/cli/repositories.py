@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.table import Table
-from rich.text import Text
 
 from berth.cli.common import (
     CLI_CLIENT,
@@ -24,8 +22,9 @@ from berth.cli.common import (
     show_rows,
     split_repo,
 )
-from berth.services.records import plain
-from berth.state import Services
+
+if TYPE_CHECKING:
+    from berth.state import Services
 
 repo_app = typer.Typer(help="Repositories in a project.", no_args_is_help=True)
 
@@ -53,6 +52,8 @@ def repo_create(
     json_output: JsonFlag = False,
 ) -> None:
     """Create a repository; images can be pushed into it afterwards."""
+    from berth.services.records import plain
+
     project, repository = split_repo(name)
     created = plain(
         run_service(
@@ -79,6 +80,8 @@ def repo_create(
 @repo_app.command("list")
 def repo_list(project: ProjectArg, json_output: JsonFlag = False) -> None:
     """List a project's repositories."""
+    from berth.services.records import plain
+
     found = plain(run_service(lambda s: s.repositories.list(project)))
     show_rows(json_output, found, REPOSITORY_COLUMNS, f"Repositories in {project}")
 
@@ -123,6 +126,9 @@ def repo_revoke(
 
 
 def _show_repository(found: dict[str, Any], title: str) -> None:
+    from rich.table import Table
+    from rich.text import Text
+
     table = Table(title=title, show_header=False)
     table.add_column("setting", style="bold")
     table.add_column("value", overflow="fold")  # a long name whole, on two lines
@@ -136,6 +142,8 @@ def repo_show(
     name: Annotated[str, typer.Argument(metavar="PROJECT/REPO")], json_output: JsonFlag = False
 ) -> None:
     """Show a repository's settings and image count."""
+    from berth.services.records import plain
+
     project, repository = split_repo(name)
     found = plain(run_service(lambda s: s.repositories.show(project, repository)))
     if json_output:
@@ -161,6 +169,8 @@ def repo_update(
     json_output: JsonFlag = False,
 ) -> None:
     """Change a repository's settings (the name is fixed once created)."""
+    from berth.services.records import plain
+
     project, repository = split_repo(name)
     updated = plain(
         run_service(

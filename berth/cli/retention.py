@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import sys
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.text import Text
 
 from berth.cli.common import (
     CLI_CLIENT,
@@ -24,8 +23,9 @@ from berth.cli.common import (
 )
 from berth.domain.retention import COMBINATION_RULE, Keep, Rule
 from berth.domain.wording import counted
-from berth.services.records import plain
-from berth.services.retention import Policy, RunRecord, run_note
+
+if TYPE_CHECKING:
+    from berth.services.retention import Policy, RunRecord
 
 retention_app = typer.Typer(
     help="Retention: rules that keep images; the images no rule keeps are deleted.",
@@ -81,11 +81,15 @@ def parse_rule(text: str) -> Rule:
 
 
 def _image_rows(run: RunRecord) -> list[dict[str, Any]]:
+    from berth.services.records import plain
+
     return [{**plain(i), "tags": " ".join(i.tags) or "-"} for i in run.deleted]
 
 
 def _note(run: RunRecord) -> str:
     """The run's note, with the garbage collection command as this berth runs it."""
+    from berth.services.retention import run_note
+
     gc_command = pasteable("gc", "run", run.project)
     return run_note(
         run.project,
@@ -99,6 +103,8 @@ def _note(run: RunRecord) -> str:
 
 def _print_run(run: RunRecord) -> None:
     """A run as JSON, its note naming this berth's garbage collection command."""
+    from berth.services.records import plain
+
     print_json({**plain(run), "note": _note(run)})
 
 
@@ -112,6 +118,8 @@ def _show_rules(rules: list[Rule]) -> None:
 @retention_app.command("show")
 def retention_show(project: ProjectArg, json_output: JsonFlag = False) -> None:
     """Show the project's retention rules and schedule."""
+    from berth.services.records import plain
+
     policy = run_service(lambda s: s.retention.policy(project))
     if json_output:
         print_json(plain(policy))
@@ -142,6 +150,8 @@ def retention_set(
     json_output: JsonFlag = False,
 ) -> None:
     """Replace the project's rules (none: retention deletes nothing) and schedule."""
+    from berth.services.records import plain
+
     rules = [parse_rule(text) for text in rule or []]
     policy = run_service(
         lambda s: s.retention.set_policy(
@@ -161,6 +171,8 @@ def retention_set(
 @retention_app.command("dry-run")
 def retention_dry_run(project: ProjectArg, json_output: JsonFlag = False) -> None:
     """List what a run now would delete; delete nothing."""
+    from rich.text import Text
+
     record = run_service(
         lambda s: s.retention.run(project, dry_run=True, actor=cli_actor(), client=CLI_CLIENT)
     )
@@ -177,6 +189,8 @@ def retention_dry_run(project: ProjectArg, json_output: JsonFlag = False) -> Non
 def retention_run(project: ProjectArg, yes: YesFlag = False, json_output: JsonFlag = False) -> None:
     """Apply the rules now: delete the images no rule keeps (images pushed or re-tagged
     during the run are kept)."""
+    from rich.text import Text
+
     if not yes:
         # Ask only about a project there is: a name mistyped is refused before the question.
         run_service(lambda s: s.retention.policy(project))
@@ -200,6 +214,8 @@ def retention_history(
     json_output: JsonFlag = False,
 ) -> None:
     """The project's retention runs, newest first."""
+    from berth.services.records import plain
+
     runs, total = run_service(lambda s: s.retention.history(project, limit=limit))
     rows = [
         {**{k: v for k, v in plain(r).items() if k != "deleted"}, "note": _note(r)} for r in runs

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.table import Table
-from rich.text import Text
 
 from berth.cli.common import (
     CLI_CLIENT,
@@ -21,10 +19,11 @@ from berth.cli.common import (
     split_repo,
 )
 from berth.domain.wording import counted
-from berth.services.records import plain
-from berth.services.sbom_referrers import AttachedSbom, SbomReferrers
-from berth.services.scanning.scans import ScanResult
-from berth.state import Services
+
+if TYPE_CHECKING:
+    from berth.services.sbom_referrers import AttachedSbom
+    from berth.services.scanning.scans import ScanResult
+    from berth.state import Services
 
 SEVERITY_STYLES = {"critical": "bold red", "high": "red", "medium": "yellow", "low": "cyan"}
 
@@ -49,6 +48,9 @@ def split_reference(value: str) -> tuple[str, str, str, str]:
 
 
 def _print(name: str, result: ScanResult) -> None:
+    from rich.table import Table
+    from rich.text import Text
+
     if result.state == "failed":
         errors.print(Text(f"Scan of {name} failed: {result.reason}"), soft_wrap=True)
         raise typer.Exit(1)
@@ -136,6 +138,11 @@ def scan(
     """Scan an image's packages for known vulnerabilities (OSV records imported with `berth
     vulndb import`), or queue stale results again. With --wait, a scan that could not finish,
     or that had no vulnerability data to check against (the database is empty), exits 1."""
+    from rich.text import Text
+
+    from berth.services.records import plain
+    from berth.services.sbom_referrers import SbomReferrers
+
     if rescan_stale:
         if image is not None:
             fail("--rescan-stale takes no image", 2)

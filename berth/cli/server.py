@@ -6,15 +6,10 @@ from __future__ import annotations
 import asyncio
 import socket
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
-import jwt
 import typer
-from rich.table import Table
-from rich.text import Text
-from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
-from berth.access.keyring import existing_key_id
 from berth.cli.common import (
     BAD_SETTING,
     JsonFlag,
@@ -24,27 +19,11 @@ from berth.cli.common import (
     print_json,
     settings_or_exit,
 )
-from berth.config import Settings, SettingsError, config_file, setting_source
-from berth.data_location import (
-    DatabaseLost,
-    DiskFull,
-    MissingData,
-    missing_data,
-    shown_database,
-    unusable_database,
-)
 from berth.domain.errors import RegistryError
-from berth.metadata.database import LOCK_NOT_AVAILABLE, LOCK_WAIT_SECONDS, Database
-from berth.metadata.migrate import (
-    NewerSchema,
-    OlderSchema,
-    require_revision_current,
-    revision_sync,
-    schema_head,
-)
-from berth.metadata.presence import LIVE_SECONDS, ServingProcess, live_processes_sync
-from berth.services.install import served_at
-from berth.services.records import plain
+
+if TYPE_CHECKING:
+    from berth.config import Settings
+    from berth.metadata.presence import ServingProcess
 
 DATABASE_URL_HELP = (
     "Database URL: postgresql://USER:PASSWORD@HOST:5432/DATABASE (asyncpg's; "
@@ -66,6 +45,8 @@ def serve(
     ] = None,
 ) -> None:
     """Start the registry (creating its data directory and database on first start)."""
+    from berth.config import SettingsError
+    from berth.data_location import DatabaseLost, DiskFull
     from berth.server import GAVE_UP_WAITING, GaveUpWaiting
     from berth.server import serve as run_server
 
@@ -107,6 +88,17 @@ def init(
     database_url: Annotated[str | None, typer.Option(help=DATABASE_URL_HELP)] = None,
 ) -> None:
     """Create the data directory, the database and the administrator, without serving."""
+    from rich.text import Text
+
+    from berth.config import SettingsError, setting_source
+    from berth.data_location import (
+        DatabaseLost,
+        DiskFull,
+        MissingData,
+        missing_data,
+        shown_database,
+        unusable_database,
+    )
     from berth.server import initialise
 
     settings = settings_or_exit(data_dir=data_dir, database_url=database_url)
@@ -138,6 +130,14 @@ def init(
 def status(json_output: JsonFlag = False) -> None:
     """Say which settings file, data directory and database the verbs use, and whether a server
     answers on the configured address."""
+    from rich.table import Table
+    from rich.text import Text
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from berth.config import config_file
+    from berth.data_location import missing_data, shown_database
+    from berth.services.records import plain
+
     settings = settings_or_exit()
     missing = missing_data(settings)
     listening, ours = _who_answers(settings)
@@ -210,6 +210,8 @@ def status(json_output: JsonFlag = False) -> None:
 
 def _serving_processes(processes: list[ServingProcess]) -> str:
     """The server processes serving on this data, a line each (any node's)."""
+    from berth.metadata.presence import LIVE_SECONDS
+
     if not processes:
         return f"no server process (none has said it serves in the last {LIVE_SECONDS:.0f} s)"
     return "\n".join(process.describe() for process in processes)
@@ -220,6 +222,12 @@ def _database_facts(settings: Settings) -> tuple[str | None, str | None, list[Se
     the schema is at, and the processes serving on it. Read with the bounds a server's
     requests get (database_connect_timeout, database_statement_timeout,
     database_lock_timeout): a database that stops answering does not hold status up."""
+    from sqlalchemy.exc import DBAPIError
+
+    from berth.metadata.database import Database
+    from berth.metadata.presence import live_processes_sync
+    from berth.metadata.revisions import revision_sync
+    from berth.services.install import served_at
 
     async def read() -> tuple[str | None, str | None, list[ServingProcess]]:
         db = Database.for_settings(settings)
@@ -239,6 +247,10 @@ def _database_facts(settings: Settings) -> tuple[str | None, str | None, list[Se
 
 
 def _why_unread(settings: Settings, exc: Exception) -> str:
+    from sqlalchemy.exc import DBAPIError
+
+    from berth.metadata.database import LOCK_NOT_AVAILABLE, LOCK_WAIT_SECONDS
+
     if isinstance(exc, DBAPIError) and getattr(exc.orig, "sqlstate", None) == LOCK_NOT_AVAILABLE:
         seconds = settings.database_lock_timeout or LOCK_WAIT_SECONDS
         return f"what it reads stayed locked longer than {seconds:g} s (database_lock_timeout)"
@@ -249,6 +261,13 @@ def _why_unread(settings: Settings, exc: Exception) -> str:
 
 def _standing(revision: str | None) -> str:
     """How the schema's revision stands to this Berth's."""
+    from berth.metadata.revisions import (
+        NewerSchema,
+        OlderSchema,
+        require_revision_current,
+        schema_head,
+    )
+
     try:
         require_revision_current(revision)
         return "current"
@@ -263,6 +282,9 @@ def _who_answers(settings: Settings) -> tuple[bool, bool | None]:
     its tokens' `kid` is this data's signing key's; None when no token came back to compare,
     or this data has no key yet)."""
     import httpx  # here: only `berth status` asks a server anything
+    import jwt
+
+    from berth.access.keyring import existing_key_id
 
     host, port = settings.host_and_port
     try:

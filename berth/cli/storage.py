@@ -6,7 +6,6 @@ from __future__ import annotations
 from typing import Annotated
 
 import typer
-from rich.table import Table
 
 from berth.cli.common import (
     JsonFlag,
@@ -53,6 +52,8 @@ def storage_check(
     again repairs them), report missing ones. Of the whole install, also report stored blobs
     no metadata names (orphans; removed with --repair, which asks first), and remove scratch
     files no upload names. Exits 1 when a blob is damaged or missing (orphans only waste space)."""
+    from rich.table import Table
+
     if project is not None and all_projects:
         fail("give a PROJECT or --all, not both", 2)
     if project is not None and repair:

@@ -4,7 +4,7 @@ cancelling one when the project is at max_open_uploads (instead of waiting for u
 from __future__ import annotations
 
 import sys
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -25,8 +25,9 @@ from berth.cli.common import (
     run_service,
 )
 from berth.domain.names import joined_name
-from berth.services.records import plain
-from berth.services.uploads import OpenUpload
+
+if TYPE_CHECKING:
+    from berth.services.uploads import OpenUpload
 
 upload_app = typer.Typer(help="Blob uploads in progress in a project.", no_args_is_help=True)
 
@@ -64,6 +65,8 @@ def upload_list(
 ) -> None:
     """A project's uploads in progress, newest first: they count against max_open_uploads.
     Bytes received are those acknowledged; "stored" adds those of a PATCH still arriving."""
+    from berth.services.records import plain
+
     found, total = run_service(lambda s: s.uploads.open_in_project(project, limit=limit))
     if json_output:
         print_json(listing(plain(found), total, per_page=limit))
@@ -113,6 +116,8 @@ def upload_cancel(
     """Cancel an upload as its client's DELETE would: what it stored goes, and its client's
     next request to it is refused (BLOB_UPLOAD_UNKNOWN). Audited as upload.cancel. With
     --user NAME, every upload that user started in the project; with --all, every one."""
+    from berth.services.records import plain
+
     if sum((upload_id is not None, user is not None, all_uploads)) != 1:
         fail("give one of UPLOAD_ID, --user NAME or --all", 2)
     if upload_id is None:

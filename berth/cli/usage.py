@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.table import Table
 
 from berth.cli.common import (
     JsonFlag,
@@ -17,10 +16,11 @@ from berth.cli.common import (
     show_rows,
     when,
 )
+from berth.domain.usage import STORAGE_SAMPLE_RETENTION_DAYS
 from berth.domain.wording import counted
-from berth.services.records import plain
-from berth.services.usage import STORAGE_SAMPLE_RETENTION_DAYS
-from berth.state import Services
+
+if TYPE_CHECKING:
+    from berth.state import Services
 
 
 def audit(
@@ -94,6 +94,9 @@ def usage(
     json_output: JsonFlag = False,
 ) -> None:
     """Show a project's management summary, storage usage and outbound traffic."""
+    from rich.table import Table
+
+    from berth.services.records import plain
 
     async def gather(s: Services) -> dict[str, Any]:
         if collect:

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.text import Text
 
 from berth.cli.common import (
     JsonFlag,
@@ -20,8 +19,9 @@ from berth.cli.common import (
     when,
 )
 from berth.domain.wording import counted
-from berth.services.records import plain
-from berth.services.vulndb import ImportReport, VulnDb, VulnDbStatus
+
+if TYPE_CHECKING:
+    from berth.services.vulndb import ImportReport, VulnDbStatus
 
 vulndb_app = typer.Typer(
     help="The vulnerability database scans match against: OSV records you import.",
@@ -51,6 +51,11 @@ def import_records(
 ) -> None:
     """Import OSV records; a record already there is replaced only by a newer one. A
     malformed file is refused (exit 1) and nothing of it is imported; the others are."""
+    from rich.text import Text
+
+    from berth.services.records import plain
+    from berth.services.vulndb import VulnDb
+
     report: ImportReport = run_service(
         lambda services: VulnDb(services.db).import_path(path, cli_actor())
     )
@@ -78,6 +83,11 @@ def import_records(
 @vulndb_app.command("status")
 def status(json_output: JsonFlag = False) -> None:
     """The ecosystems and record counts in the database, and each source's newest record."""
+    from rich.text import Text
+
+    from berth.services.records import plain
+    from berth.services.vulndb import VulnDb
+
     state: VulnDbStatus = run_service(lambda services: VulnDb(services.db).status())
     if json_output:
         print_json(plain(state))

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Awaitable, Callable
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 
@@ -31,10 +31,11 @@ from berth.cli.common import (
     when,
 )
 from berth.domain.errors import StateRefusal
-from berth.services.records import plain
-from berth.services.webhook_events import EVENT_TYPES, TEST
-from berth.services.webhooks import Delivery, TooManyPendingTests, WebhookDisabled
-from berth.state import Services
+from berth.domain.events import EVENT_TYPES, TEST
+
+if TYPE_CHECKING:
+    from berth.services.webhooks import Delivery
+    from berth.state import Services
 
 T = TypeVar("T")
 
@@ -66,6 +67,8 @@ def _row(webhook: dict[str, Any]) -> dict[str, Any]:
 
 def _delivery_json(delivery: Delivery) -> dict[str, Any]:
     """A delivery for --json, its event the body as sent (its time as the body writes it)."""
+    from berth.services.records import plain
+
     shown: dict[str, Any] = plain(delivery)
     return {**shown, "event": delivery.event.model_dump(mode="json")}
 
@@ -92,6 +95,8 @@ def webhook_create(
     a host's trailing dot, the default port written or not, no path or `/`, `.` and `..`
     segments and percent-escapes in either case make the same URL; a trailing slash on a
     path makes another one."""
+    from berth.services.records import plain
+
     secret = sys.stdin.readline().rstrip("\n") if secret_stdin else None
     created = run_service(
         lambda s: s.webhooks.create(
@@ -122,6 +127,8 @@ def webhook_create(
 @webhook_app.command("list")
 def webhook_list(project: ProjectArg, json_output: JsonFlag = False) -> None:
     """List a project's webhook endpoints (never their secrets)."""
+    from berth.services.records import plain
+
     found = run_service(lambda s: s.webhooks.list_webhooks(project))
     show_rows(json_output, [_row(plain(w)) for w in found], COLUMNS, f"Webhooks of {project}")
 
@@ -146,6 +153,8 @@ def webhook_update(
 ) -> None:
     """Change a webhook endpoint. A disabled one gets no new events; queued ones wait. A URL
     another webhook of the project has already is refused (exit 3)."""
+    from berth.services.records import plain
+
     event_types = [] if all_events else event
     changed = run_service(
         lambda s: s.webhooks.update(
@@ -214,6 +223,7 @@ def _enabled_only(
     """`work` refused for a disabled webhook in words that end in the command enabling it,
     and for one with as many test events waiting as it may have in words that end in the
     command showing them."""
+    from berth.services.webhooks import TooManyPendingTests, WebhookDisabled
 
     async def run(services: Services) -> T:
         try:
@@ -306,6 +316,8 @@ def webhook_deliveries(
     `after ID` as its next attempt: it is sent once delivery ID is delivered or given up. A
     redelivery's event says `(again: ID)`, the delivery it re-sends. --json shows each
     event's body as sent: a field that does not apply is absent."""
+    from berth.services.records import plain
+
     found, total = run_service(lambda s: s.webhooks.deliveries(project, webhook_id, limit=limit))
     if json_output:
         print_json(listing([_delivery_json(delivery) for delivery in found], total, per_page=limit))

@@ -19,7 +19,7 @@ import sqlite3
 import time
 from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import aiosqlite
 from sqlalchemy import Select, Table, event
@@ -39,6 +39,8 @@ from berth.metadata.tables import database_clock
 from berth.observability import metrics
 
 if TYPE_CHECKING:
+    from sqlalchemy import Connection
+
     from berth.config import Settings
 
 # How long a write waits for SQLite's write lock (held by another process) and for this
@@ -286,6 +288,9 @@ class StatementUnanswered(TimeoutError):
 _FRESH = "berth.fresh"  # in a pool entry's info: opened, not yet used (no ping needed)
 
 
+T = TypeVar("T")
+
+
 def open_engine(
     url: str, *, connect_args: dict[str, Any] | None = None, **options: Any
 ) -> AsyncEngine:
@@ -298,6 +303,22 @@ def open_engine(
         parsed = parsed.difference_update_query(TLS_PARAMETERS)
         connect_args = {**(connect_args or {}), "ssl": tls.asyncpg_ssl()}
     return create_async_engine(parsed, connect_args=connect_args or {}, **options)
+
+
+def read_once(url: str, read: Callable[[Connection], T]) -> T:
+    """`read` run on a connection of its own to `url` (no pool, closed after), from code that
+    is not async: what start-up and the CLI read before any service runs."""
+    from sqlalchemy import pool
+
+    async def run() -> T:
+        engine = open_engine(url, poolclass=pool.NullPool)
+        try:
+            async with engine.connect() as connection:
+                return await connection.run_sync(read)
+        finally:
+            await engine.dispose()
+
+    return asyncio.run(run())
 
 
 def _postgresql_engine(

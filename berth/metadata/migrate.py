@@ -1,10 +1,9 @@
-"""Apply Alembic migrations programmatically (at `berth serve` and `berth init`), and check,
-before an admin verb, that the schema is the one this Berth reads (a verb never migrates: an
-older server may still be serving on the database)."""
+"""Apply Alembic migrations programmatically (at `berth serve` and `berth init`). What an
+admin verb checks (that the schema is the one this Berth reads: a verb never migrates, an
+older server may still be serving on the database) is in revisions.py, without Alembic."""
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -12,15 +11,17 @@ from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Connection, pool
 from sqlalchemy.exc import DBAPIError
 
-from berth.metadata.database import open_engine
+from berth.metadata.database import read_once
 from berth.metadata.presence import LIVE_SECONDS, ServingProcess, live_processes_sync
-
-MIGRATIONS = Path(__file__).parent / "migrations"
+from berth.metadata.revisions import (
+    MIGRATIONS,
+    Revisions,
+    current_revision,
+    refuse_unknown,
+)
 
 # The PostgreSQL advisory lock every node takes around its migrations ("berth" in ASCII):
 # nodes started together, on a fresh database or after an upgrade, migrate one at a time,
@@ -29,26 +30,6 @@ MIGRATION_LOCK = 0x6265727468
 INSUFFICIENT_PRIVILEGE = "42501"  # PostgreSQL's SQLSTATE
 # How often a node about to migrate looks again whether the older servers have gone.
 WAIT_STEP_SECONDS = 1.0
-
-
-class NewerSchema(RuntimeError):
-    """The database was migrated by a newer Berth than this one, to `revision`."""
-
-    def __init__(self, message: str, revision: str) -> None:
-        super().__init__(message)
-        self.revision = revision
-
-
-class OlderSchema(RuntimeError):
-    """The database's schema is older than this Berth's: `berth serve` (of this version) has
-    not migrated it yet."""
-
-    def __init__(self, current: str | None, head: str) -> None:
-        self.current, self.head = current, head
-        super().__init__(
-            f"the database's schema is at revision {current or '(none)'}, older than this "
-            f"Berth's {head}"
-        )
 
 
 class ServersServing(RuntimeError):
@@ -93,26 +74,10 @@ class Migrated:
 BEFORE, AFTER = "berth_revision_before", "berth_revision_after"
 
 
-def schema_head(migrations: Path = MIGRATIONS) -> str:
-    """The revision this Berth brings a database's schema to."""
-    return str(ScriptDirectory(str(migrations)).get_current_head())
-
-
 def refuse_unknown_revisions(current: Iterable[str], script: ScriptDirectory) -> None:
-    """Refuse a schema at a revision this Berth has no migration for: a newer Berth made it,
-    and this one would misread tables it does not know (or fail deep inside Alembic)."""
+    """As `refuse_unknown`, for the revisions of the migrations Alembic runs (env.py)."""
     known = {revision.revision for revision in script.walk_revisions()}
-    for revision in current:
-        if revision not in known:
-            raise NewerSchema(
-                f"the database's schema is at revision {revision}, which this Berth does not "
-                f"know (its newest is {script.get_current_head()}): a newer version of Berth "
-                "has migrated it. Run that version here too (`berth --version` says which "
-                'schema revision a Berth brings a database to; README, "Upgrading"); a schema '
-                "cannot be taken back to an older version except by restoring a backup of the "
-                "database",
-                revision,
-            )
+    refuse_unknown(current, Revisions(frozenset(known), str(script.get_current_head())))
 
 
 def upgrade(
@@ -180,50 +145,4 @@ def _wait_for_older_servers(
 
 def live_processes_at(database_url: str) -> list[ServingProcess]:
     """The server processes serving on the database now (none before the schema had them)."""
-
-    async def read() -> list[ServingProcess]:
-        engine = open_engine(database_url, poolclass=pool.NullPool)
-        try:
-            async with engine.connect() as connection:
-                return await connection.run_sync(live_processes_sync)
-        finally:
-            await engine.dispose()
-
-    return asyncio.run(read())
-
-
-def current_revision(database_url: str) -> str | None:
-    """The revision the database's schema is at (None: it has none), read without changing
-    anything."""
-
-    async def read() -> str | None:
-        engine = open_engine(database_url, poolclass=pool.NullPool)
-        try:
-            async with engine.connect() as connection:
-                return await connection.run_sync(revision_sync)
-        finally:
-            await engine.dispose()
-
-    return asyncio.run(read())
-
-
-def revision_sync(connection: Connection) -> str | None:
-    """The revision the schema is at, read on a synchronous connection."""
-    return MigrationContext.configure(connection).get_current_revision()
-
-
-def require_current(database_url: str) -> str:
-    """The schema's revision, this Berth's; else refused without migrating it (what an admin
-    verb checks): NewerSchema, or OlderSchema when this Berth's `berth serve` has yet to
-    migrate it."""
-    return require_revision_current(current_revision(database_url))
-
-
-def require_revision_current(current: str | None) -> str:
-    """`current`, a schema's revision, if it is this Berth's; else as `require_current`."""
-    head = schema_head()
-    if current == head:
-        return head
-    if current is not None:
-        refuse_unknown_revisions([current], ScriptDirectory(str(MIGRATIONS)))
-    raise OlderSchema(current, head)
+    return read_once(database_url, live_processes_sync)

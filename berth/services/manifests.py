@@ -22,6 +22,13 @@ from berth.domain.errors import (
     ManifestInvalid,
     ManifestUnknown,
 )
+from berth.domain.events import (
+    IMAGE_DELETED,
+    IMAGE_LIMIT_REFUSED,
+    IMAGE_PUSHED,
+    TAG_DELETED,
+    TAG_RESTORED,
+)
 from berth.domain.manifests import (
     INDEX_TYPES,
     MAX_INDEX_DEPTH,
@@ -74,11 +81,6 @@ from berth.services.platform_manifests import (
 from berth.services.scanning.scans import queue_on_push
 from berth.services.tag_rules import immutable_rules
 from berth.services.webhook_events import (
-    IMAGE_DELETED,
-    IMAGE_LIMIT_REFUSED,
-    IMAGE_PUSHED,
-    TAG_DELETED,
-    TAG_RESTORED,
     DeletedReferrerData,
     content_data,
     content_subject,

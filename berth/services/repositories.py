@@ -24,6 +24,7 @@ from berth.domain.errors import (
     QuotaExceeded,
     StateRefusal,
 )
+from berth.domain.events import QUOTA_REFUSED
 from berth.domain.names import ImageName, is_valid_component, name_unknown, project_name_problem
 from berth.domain.references import RepositoryRef
 from berth.domain.wording import counted
@@ -48,7 +49,7 @@ from berth.services.records import Record
 from berth.services.repository_quota import check_repository_quota
 from berth.services.scanning.policy import severity_rank
 from berth.services.tag_rules import refuse_protected_repository
-from berth.services.webhook_events import QUOTA_REFUSED, report_refusal
+from berth.services.webhook_events import report_refusal
 from berth.storage.base import BlobStore
 
 # How long a resolved repository is reused. Settings changed by another node or the admin CLI

@@ -24,6 +24,7 @@ from sqlalchemy import delete, func, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from berth.domain.errors import InvalidValue, StorageFull
+from berth.domain.usage import STORAGE_SAMPLE_RETENTION_DAYS
 from berth.metadata.database import Database
 from berth.metadata.lookups import count_in_project, require_project, require_repository
 from berth.metadata.queries import is_image
@@ -42,7 +43,6 @@ from berth.metadata.tables import (
 from berth.services import usage_records as records
 
 GB = 10**9
-STORAGE_SAMPLE_RETENTION_DAYS = 400
 # On-demand collections (any reader may ask) within this many seconds of a project's newest
 # sample replace it instead of adding one: at most one row a minute however often they come.
 ON_DEMAND_COALESCE_SECONDS = 60

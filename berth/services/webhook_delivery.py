@@ -47,6 +47,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from berth import __version__
 from berth.domain.errors import RegistryError
+from berth.domain.events import TEST
 from berth.jobs import Job
 from berth.metadata.database import Database
 from berth.metadata.tables import (
@@ -58,7 +59,6 @@ from berth.metadata.tables import (
 )
 from berth.observability import metrics
 from berth.services.webhook_addresses import check_url
-from berth.services.webhook_events import TEST
 from berth.services.webhooks import DELIVERED, FAILED, IN_ORDER, PENDING, queue_head
 
 if TYPE_CHECKING:

@@ -15,6 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from berth.domain.descriptions import description_problem
 from berth.domain.errors import Conflict, InvalidValue, NotFound, Refusals, StateRefusal
+from berth.domain.events import EVENT_TYPES, TEST
 from berth.metadata.audit import write_audit_entry
 from berth.metadata.database import Database
 from berth.metadata.lookups import require_project
@@ -27,14 +28,7 @@ from berth.metadata.tables import (
 )
 from berth.services.records import Record
 from berth.services.webhook_addresses import check_url, endpoint_key
-from berth.services.webhook_events import (
-    EVENT_TYPES,
-    TEST,
-    CloudEvent,
-    EventData,
-    event_json,
-    new_event,
-)
+from berth.services.webhook_events import CloudEvent, EventData, event_json, new_event
 
 MAX_WEBHOOKS = 20  # per project
 # Test events waiting to be sent to one endpoint: each may take the whole webhook_timeout, and

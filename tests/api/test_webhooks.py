@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 import pytest
 
-from berth.services.webhook_events import EVENT_TYPES
+from berth.domain.events import EVENT_TYPES
 from tests.api.conftest import Team, assert_problem, new_team, ok, push_image, until
 from tests.clients.machine import HOSTS_FILE, HostsEntries
 from tests.metrics import moved, scrape

@@ -22,7 +22,8 @@ from sqlalchemy.pool import NullPool
 
 from berth.domain.errors import Conflict
 from berth.metadata.database import Database
-from berth.metadata.migrate import Migrated, NewerSchema, alembic_config, upgrade
+from berth.metadata.migrate import Migrated, alembic_config, upgrade
+from berth.metadata.revisions import NewerSchema
 from berth.metadata.tables import metadata, projects, utcnow, webhooks
 from berth.services.registry import Registry
 from berth.services.retention import Retention

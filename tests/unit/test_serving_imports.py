@@ -186,36 +186,3 @@ def test_a_scan_process_loads_neither_the_app_nor_the_services_it_does_not_run(
         )
     }
     assert sorted(unused) == []
-
-
-# `berth ARGS` as the console script runs it, saying at exit whether asyncpg was imported.
-CLI_WITH_ITS_MODULES = """
-import atexit, sys
-
-atexit.register(lambda: print("asyncpg imported:", "asyncpg" in sys.modules, file=sys.stderr))
-from berth.cli.main import app
-
-sys.argv = ["berth", *sys.argv[1:]]
-app()
-"""
-
-
-def test_the_cli_on_sqlite_does_not_import_asyncpg(tmp_path: Path) -> None:
-    """PostgreSQL's driver is imported by a PostgreSQL database_url's first connection only:
-    on every CLI start it cost 16 to 28 ms (bench/findings.md, "The CLI's start")."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("BERTH_")}
-    env |= {
-        "BERTH_CONFIG": str(tmp_path / "none.toml"),
-        "BERTH_DATA_DIR": str(tmp_path / "data"),
-        "BERTH_ADMIN_PASSWORD": "imports-test-password",
-    }
-    for args in (["init"], ["--help"], ["project", "list"]):
-        done = subprocess.run(
-            [sys.executable, "-c", CLI_WITH_ITS_MODULES, *args],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
-        assert done.returncode == 0, (args, done.stderr[-3000:])
-        assert done.stderr.splitlines()[-1] == "asyncpg imported: False", (args, done.stderr)

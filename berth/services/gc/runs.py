@@ -20,13 +20,14 @@ from sqlalchemy import Select, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from berth.domain.errors import RegistryError
+from berth.domain.events import GC_FINISHED
 from berth.metadata.database import Database
 from berth.metadata.lookups import count_in_project, require_project
 from berth.metadata.tables import gc_runs, project_settings, projects, utcnow
 from berth.observability import metrics
 from berth.services.gc.reachability import Young, collectable_from
 from berth.services.gc.restrictions import lift_restriction
-from berth.services.webhook_events import GC_FINISHED, EventData, GcRunSummary, enqueue_event
+from berth.services.webhook_events import EventData, GcRunSummary, enqueue_event
 
 # States of a run; `phase` says where a running one is.
 RUNNING, SUCCEEDED, FAILED, ROLLED_BACK = "running", "succeeded", "failed", "rolled_back"

@@ -29,6 +29,7 @@ from sqlalchemy import and_, case, delete, func, insert, literal, null, or_, sel
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from berth.domain.errors import NotFound
+from berth.domain.events import SCAN_FINISHED
 from berth.domain.manifests import (
     DOCKER_MANIFEST,
     INDEX_TYPES,
@@ -64,7 +65,7 @@ from berth.services.scanning.processes import (
     ScanProcessFailed,
 )
 from berth.services.vulndb import VulnDb
-from berth.services.webhook_events import SCAN_FINISHED, EventData, ScanOutcome, enqueue_event
+from berth.services.webhook_events import EventData, ScanOutcome, enqueue_event
 from berth.storage.base import BlobStore
 
 logger = logging.getLogger("berth.scans")

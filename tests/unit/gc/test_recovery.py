@@ -16,6 +16,7 @@ import pytest
 from sqlalchemy import select, update
 
 from berth.domain.errors import Denied
+from berth.domain.events import GC_FINISHED
 from berth.jobs.leases import Leases
 from berth.metadata.database import Database
 from berth.metadata.tables import (
@@ -32,7 +33,6 @@ from berth.services.gc import GarbageCollector, GcAlreadyRunning, Run, recovery,
 from berth.services.gc.recovery import lease_name
 from berth.services.gc.restrictions import ensure_writable
 from berth.services.gc.runs import RunRow
-from berth.services.webhook_events import GC_FINISHED
 from berth.storage.filesystem import FilesystemBlobStore
 from tests.unit.gc.on_sqlite import open_registry, what_is_left
 from tests.unit.gc.scenarios import GRACE, OLD, PROJECT, Content, digest

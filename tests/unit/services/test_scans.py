@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 from sqlalchemy import select, update
 
+from berth.domain.events import SCAN_FINISHED
 from berth.domain.references import RepositoryRef
 from berth.metadata.database import Database
 from berth.metadata.migrate import upgrade
@@ -28,7 +29,6 @@ from berth.services.scanning import scans as scans_module
 from berth.services.scanning.scans import ScanResult, Scans
 from berth.services.uploads import Uploads
 from berth.services.vulndb import VulnDb
-from berth.services.webhook_events import SCAN_FINISHED
 from berth.storage.filesystem import FilesystemBlobStore
 from tests.oci import OCI_LAYER_GZIP, Blob, image_config, image_index, image_manifest
 from tests.servers import BACKENDS, PostgresCluster, database_url_for

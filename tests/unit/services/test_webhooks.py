@@ -17,6 +17,7 @@ import pytest
 from sqlalchemy import select
 
 from berth.domain.errors import Conflict, InvalidValue, RegistryError
+from berth.domain.events import IMAGE_PUSHED, TAG_DELETED, TEST
 from berth.jobs import Scheduler
 from berth.jobs.leases import Lease, Leases
 from berth.metadata.database import Database
@@ -25,13 +26,7 @@ from berth.services.records import plain
 from berth.services.repositories import Repositories
 from berth.services.webhook_addresses import endpoint_key, refused_address
 from berth.services.webhook_delivery import WebhookDelivery
-from berth.services.webhook_events import (
-    IMAGE_PUSHED,
-    TAG_DELETED,
-    TEST,
-    EventData,
-    enqueue_event_now,
-)
+from berth.services.webhook_events import EventData, enqueue_event_now
 from berth.services.webhooks import TooManyPendingTests, Webhooks
 from tests.clients.machine import HOSTS_FILE, HostsEntries
 from tests.webhook_receiver import Receiver, receiving
