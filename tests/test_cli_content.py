@@ -14,6 +14,8 @@ from tests.oci import linux_index, manifest_path, push_manifest
 from tests.servers import ADMIN_PASSWORD, BERTH, ROOT, BerthServer
 from tests.terminal import typed_at_terminal
 
+SIGNATURE = "application/vnd.dev.cosign.artifact.sig.v1+json"
+
 
 def test_repo_show_update_delete(sqlite_server: BerthServer) -> None:
     berth = sqlite_server
@@ -95,18 +97,17 @@ def test_image_delete_says_what_went_with_the_image(sqlite_server: BerthServer) 
     berth = sqlite_server
     berth.create_repository("clidemo4", "app")
     name = "clidemo4/app"
-    signature_type = "application/vnd.dev.cosign.artifact.sig.v1+json"
     with httpx.Client(base_url=berth.url, auth=berth.access_key("clidemo4"), timeout=60) as client:
         amd64 = push_image(client, name, None, architecture="amd64")
         arm64 = push_image(client, name, None, architecture="arm64")
         index = linux_index((amd64, "amd64"), (arm64, "arm64"))
         push_manifest(client, name, "v1", index)
-        signature = push_image(client, name, None, subject=index, artifact_type=signature_type)
-        sbom = push_image(client, name, None, subject=arm64, artifact_type=signature_type)
+        signature = push_image(client, name, None, subject=index, artifact_type=SIGNATURE)
+        sbom = push_image(client, name, None, subject=arm64, artifact_type=SIGNATURE)
         other = push_image(client, name, "other")
         other_signature_tag = other.digest.replace(":", "-") + ".sig"  # as cosign tags it
         other_signature = push_image(
-            client, name, other_signature_tag, subject=other, artifact_type=signature_type
+            client, name, other_signature_tag, subject=other, artifact_type=SIGNATURE
         )
 
         declined = typed_at_terminal(
@@ -135,6 +136,76 @@ def test_image_delete_says_what_went_with_the_image(sqlite_server: BerthServer) 
         }
         again = berth.cli("image", "delete", name, other.digest, "--yes", check=False)
         assert again.returncode == 1 and "not" in again.stderr
+
+
+def test_image_delete_says_what_goes_and_what_stays_before_asking(
+    sqlite_server: BerthServer,
+) -> None:
+    """Asked on a terminal, `berth image delete` first says what the API's
+    GET .../deletion says (the console's dialog): how many platform manifests and referrers
+    go, and each manifest it reaches that stays, with why. --yes and no terminal ask nothing."""
+    berth = sqlite_server
+    berth.create_repository("clidemo6", "app")
+    name = "clidemo6/app"
+    with httpx.Client(base_url=berth.url, auth=berth.access_key("clidemo6"), timeout=60) as client:
+        amd64 = push_image(client, name, None, architecture="amd64")
+        arm64 = push_image(client, name, "arm64-only", architecture="arm64")
+        shared = push_image(client, name, None, architecture="s390x")
+        index = linux_index((amd64, "amd64"), (arm64, "arm64"), (shared, "s390x"))
+        push_manifest(client, name, "v1", index)
+        signature = push_image(client, name, None, subject=index, artifact_type=SIGNATURE)
+        sbom = push_image(client, name, None, subject=amd64, artifact_type=SIGNATURE)
+        # Another index lists the shared platform manifest and the first index's signature.
+        other = linux_index((shared, "s390x"), (signature, "ppc64le"))
+        push_manifest(client, name, "other", other)
+
+        deleting = [*BERTH, "image", "delete", name, index.digest]
+        declined = typed_at_terminal(deleting, "n\n", env=berth.env)
+        assert declined.returncode == 1
+        told = declined.stderr.splitlines()
+        assert told[:4] == [
+            f"Deleting {name}@{index.digest} takes with it:",
+            "  1 platform manifest it lists",
+            "  1 referrer (signatures, SBOMs): its own and their referrers, and those of the "
+            "platform manifests going",
+            "3 manifests it reaches stay:",
+        ]
+        assert set(told[4:7]) == {
+            f"  platform manifest {arm64.digest}: it has a tag of its own (arm64-only)",
+            f"  platform manifest {shared.digest}: another index lists it ({other.digest})",
+            f"  referrer {signature.digest}: another index lists it ({other.digest})",
+        }
+        assert told[7:] == [
+            "Its tags can be restored (berth tag restore) until garbage collection removes "
+            "the image's data.",
+            f"Delete {name}@{index.digest} with its tags, its platform manifests and its "
+            "referrers? [y/N]: error: not confirmed: nothing was deleted",
+        ]
+        for stored in (index, amd64, arm64, shared, signature, sbom):
+            assert client.get(manifest_path(name, stored.digest)).status_code == 200
+
+        # No terminal, no --yes: refused before anything is read, as before.
+        unasked = berth.cli("image", "delete", name, index.digest, check=False, input="y\n")
+        assert unasked.returncode == 2 and unasked.stderr.startswith(
+            "error: no terminal to ask on whether to delete"
+        )
+        confirmed = typed_at_terminal(deleting, "y\n", env=berth.env)
+        assert confirmed.returncode == 0, confirmed.stderr
+        assert "3 manifests it reaches stay:" in confirmed.stderr
+        assert " ".join(confirmed.stdout.split()) == (
+            f"Deleted {name}@{index.digest} with 1 platform manifest and 1 referrer"
+        )
+        for gone in (index, amd64, sbom):
+            assert client.get(manifest_path(name, gone.digest)).status_code == 404
+        for kept in (arm64, shared, signature, other):
+            assert client.get(manifest_path(name, kept.digest)).status_code == 200
+
+        # With --yes nothing is asked, or said before the delete.
+        said = berth.cli("image", "delete", name, other.digest, "--yes")
+        assert said.stderr == "" and said.stdout.startswith(f"Deleted {name}@{other.digest}")
+        # Refused as the delete would be, before asking: the index is gone.
+        missing = typed_at_terminal(deleting, "y\n", env=berth.env)
+        assert missing.returncode == 1 and "not" in missing.stderr and "[y/N]" not in missing.stderr
 
 
 def test_image_list_shows_the_tags_of_an_index_entries(sqlite_server: BerthServer) -> None:

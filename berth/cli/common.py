@@ -371,13 +371,18 @@ def _answer(question: str) -> str:
     return line.strip()
 
 
-def confirm_deletion(deleting: str, yes: bool) -> None:
+def confirm_deletion(deleting: str, yes: bool, told: Callable[[], str] | None = None) -> None:
     """Unless `yes`, ask on the terminal whether to `deleting` ("delete user bob"); anything
-    but yes exits 1. The question goes to standard error, whatever --json says: standard
-    output holds only the verb's output (its JSON)."""
+    but yes exits 1. `told` says what to print first (what the deletion takes), read once
+    there is a terminal to ask on. The question goes to standard error, whatever --json
+    says: standard output holds only the verb's output (its JSON)."""
     if yes:
         return
     _terminal_to_ask_on(deleting)
+    if told is not None:
+        from rich.text import Text
+
+        errors.print(Text(told()), soft_wrap=True)
     if _answer(f"{deleting[0].upper()}{deleting[1:]}? [y/N]:").lower() not in ("y", "yes"):
         fail("not confirmed: nothing was deleted")
 

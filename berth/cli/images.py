@@ -27,6 +27,7 @@ from berth.domain.digests import is_digest
 from berth.domain.wording import counted
 
 if TYPE_CHECKING:
+    from berth.services.image_records import ImageDeletion, KeptManifest
     from berth.services.platform_manifests import DeletedImage
     from berth.state import Services
 
@@ -171,8 +172,15 @@ def image_delete(
         fail(
             f"{digest!r} is no digest (sha256:...): an image is deleted by its digest", 2
         )  # as a bad flag
+
+    async def planned(s: Services) -> ImageDeletion:
+        repo = await s.repositories.require(project, repository)
+        return await s.registry.image_deletion(repo, image, digest)
+
     confirm_deletion(
-        f"delete {name}@{digest} with its tags, its platform manifests and its referrers", yes
+        f"delete {name}@{digest} with its tags, its platform manifests and its referrers",
+        yes,
+        told=lambda: _what_goes(f"{name}@{digest}", run_service(planned)),
     )
 
     async def work(s: Services) -> DeletedImage:
@@ -198,6 +206,45 @@ def image_delete(
         },
         f"Deleted {name}@{digest} with {went[0]} and {went[1]}",
     )
+
+
+def _what_goes(shown: str, deletion: ImageDeletion) -> str:
+    """What deleting `shown` takes with it and what it reaches that stays, with why, as the
+    console's Delete dialog says it (GET .../deletion)."""
+    platforms, referrers = deletion.platform_manifest_count, deletion.referrer_count
+    lines = []
+    if platforms or referrers:
+        lines.append(f"Deleting {shown} takes with it:")
+    if platforms:
+        lines.append(f"  {counted(platforms, 'platform manifest')} it lists")
+    if referrers:
+        theirs = ", and those of the platform manifests going" if platforms else ""
+        lines.append(
+            f"  {counted(referrers, 'referrer')} (signatures, SBOMs): its own and their "
+            f"referrers{theirs}"
+        )
+    if deletion.kept_count:
+        stay = "stays" if deletion.kept_count == 1 else "stay"
+        lines.append(f"{counted(deletion.kept_count, 'manifest')} it reaches {stay}:")
+        lines += [f"  {_why_kept(kept)}" for kept in deletion.kept]
+        if (more := deletion.kept_count - len(deletion.kept)) > 0:
+            lines.append(f"  and {more} more")
+    lines.append(
+        "Its tags can be restored (berth tag restore) until garbage collection removes the "
+        "image's data."
+    )
+    return "\n".join(lines)
+
+
+def _why_kept(kept: KeptManifest) -> str:
+    kind = "referrer" if kept.kind == "referrer" else "platform manifest"
+    reasons = []
+    if kept.listed_by:
+        reasons.append(f"another index lists it ({', '.join(kept.listed_by)})")
+    if kept.tags:
+        own = "a tag" if len(kept.tags) == 1 else "tags"
+        reasons.append(f"it has {own} of its own ({', '.join(kept.tags)})")
+    return f"{kind} {kept.digest}: {' and '.join(reasons)}"
 
 
 @tag_app.command("restore")
