@@ -920,7 +920,7 @@ def test_init_and_the_refusal_print_commands_that_work_with_the_data_directory_g
     assert initialised.returncode == 0, initialised.stderr
     assert (tmp_path / "mine" / "berth.db").is_file() and not (tmp_path / "berth-data").exists()
 
-    serve = initialised.stdout.split("/console/ once `", 1)[1].split("`", 1)[0]
+    serve = initialised.stdout.split(" once `", 1)[1].split("`", 1)[0]
     assert shlex.split(serve)[1:] == ["--data-dir", "mine", "serve"]
     (hint,) = [line for line in initialised.stdout.splitlines() if "project create" in line]
     create = hint.split("), then an access key", 1)[0].strip()
