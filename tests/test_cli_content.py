@@ -263,3 +263,36 @@ def test_printed_commands_name_where_the_server_serves_and_run_as_printed(
         shlex.split(printed), env=env, capture_output=True, text=True, cwd=ROOT, timeout=120
     )
     assert tested.returncode == 0, tested.stderr
+
+
+def test_image_verbs_take_the_digest_as_the_listing_shows_it(sqlite_server: BerthServer) -> None:
+    """`berth image list` shows 12 hex digits of each digest: `image delete` and `scan` take
+    those, alone or after `sha256:`, when they start exactly one manifest's digest."""
+    berth = sqlite_server
+    berth.create_repository("clishort", "app")
+    name = "clishort/app"
+    with httpx.Client(base_url=berth.url, auth=berth.access_key("clishort"), timeout=60) as client:
+        first = push_image(client, name, "v1")
+        second = push_image(client, name, "v2", architecture="arm64")
+    shown = first.digest.removeprefix("sha256:")[:12]
+    assert shown in berth.cli("image", "list", name).stdout
+
+    queued = berth.cli_json("scan", f"{name}@{shown}")
+    assert queued["digest"] == first.digest
+    nested = berth.cli("image", "delete", f"{name}/other", shown, "--yes", check=False)
+    assert nested.returncode == 1
+    assert f"no manifest of image 'other' of repository {name} has a digest starting" in (
+        " ".join(nested.stderr.split())
+    )
+    short = berth.cli("image", "delete", name, shown[:11], "--yes", check=False)
+    assert short.returncode == 2 and "first 12 or more hex digits" in short.stderr
+
+    said = berth.cli("image", "delete", name, shown, "--yes").stdout
+    assert " ".join(said.split()).startswith(f"Deleted {name}@{first.digest} with")
+    prefixed = "sha256:" + second.digest.removeprefix("sha256:")[:16]
+    deleted = berth.cli_json("image", "delete", name, prefixed, "--yes", "--json")
+    assert deleted["digest"] == second.digest and deleted["tags"] == ["v2"]
+    assert berth.cli_json("image", "list", name)["total"] == 0
+    again = berth.cli("image", "delete", name, shown, "--yes", check=False)
+    assert again.returncode == 1
+    assert f"has a digest starting {shown}" in " ".join(again.stderr.split())

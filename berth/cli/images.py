@@ -16,14 +16,12 @@ from berth.cli.common import (
     confirm_deletion,
     console,
     done,
-    fail,
     listing,
     print_json,
     run_service,
     split_repo,
     when,
 )
-from berth.domain.digests import is_digest
 from berth.domain.wording import counted
 
 if TYPE_CHECKING:
@@ -158,20 +156,30 @@ def image_history(
 @image_app.command("delete")
 def image_delete(
     name: Annotated[str, typer.Argument(metavar="PROJECT/REPO[/IMAGE]")],
-    digest: Annotated[str, typer.Argument(metavar="DIGEST", help="The image's digest.")],
+    digest: Annotated[
+        str,
+        typer.Argument(
+            metavar="DIGEST",
+            help="The image's digest, or its first 12 or more hex digits as listed.",
+        ),
+    ],
     yes: YesFlag = False,
     json_output: JsonFlag = False,
 ) -> None:
     """Delete an image and every tag on it, as the API and the console do: with an index's
     platform manifests that nothing else holds, and the referrers (signatures, SBOMs) of all
     of these. Its data goes at the next garbage collection."""
+    from berth.services.digest_starts import resolve_digest
     from berth.services.records import plain
 
     project, repository, image = _split_image(name)
-    if not is_digest(digest):
-        fail(
-            f"{digest!r} is no digest (sha256:...): an image is deleted by its digest", 2
-        )  # as a bad flag
+
+    async def named(s: Services) -> str:
+        # As `berth image list` shows it (its first 12 hex digits) or whole.
+        repo = await s.repositories.require(project, repository)
+        return await resolve_digest(s.db, repo, image, digest)
+
+    digest = run_service(named)
 
     async def planned(s: Services) -> ImageDeletion:
         repo = await s.repositories.require(project, repository)

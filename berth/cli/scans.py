@@ -104,7 +104,8 @@ def scan(
         str | None,
         typer.Argument(
             metavar="PROJECT/REPO[/IMAGE]:TAG|@DIGEST",
-            help="The image to scan (an index: each platform).",
+            help="The image to scan (an index: each platform); a digest whole or its first "
+            "12 or more hex digits, as `berth image list` shows them.",
             show_default=False,
         ),
     ] = None,
@@ -140,6 +141,7 @@ def scan(
     or that had no vulnerability data to check against (the database is empty), exits 1."""
     from rich.text import Text
 
+    from berth.services.digest_starts import resolve_digest
     from berth.services.records import plain
     from berth.services.sbom_referrers import SbomReferrers
 
@@ -170,7 +172,11 @@ def scan(
 
     async def work(s: Services) -> tuple[ScanResult, AttachedSbom | None]:
         repo = await s.repositories.require(project, repository)
-        digest = (await s.registry.get_manifest(repo, name, reference)).digest
+        if "@" in image:  # a digest as `berth image list` shows it (12 hex digits) or whole
+            named = await resolve_digest(s.db, repo, name, reference)
+        else:
+            named = reference
+        digest = (await s.registry.get_manifest(repo, name, named)).digest
         await s.scans.request_scan(repo, name, digest, cli_actor(), client=CLI_CLIENT)
         if wait:
             result = await s.scans.scan_now(repo.id, name, digest)

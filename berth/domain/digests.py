@@ -46,6 +46,23 @@ def parse_digest(value: str) -> Digest:
     return Digest(match.group(1), match.group(2))
 
 
+# The fewest hex digits a digest may be named by: as many as listings show.
+SHORTEST_DIGEST_START = 12
+_START_RE = re.compile(r"(?:(sha256|sha512):)?([a-f0-9]+)")
+
+
+def digest_starts(value: str) -> list[str]:
+    """The starts a stored digest has that `value` names as a user copies it from a listing:
+    `sha256:` (or `sha512:`) and at least 12 of its hex digits, or those digits alone (what
+    `berth image list` shows), which may begin a digest of either algorithm. Empty for
+    anything else."""
+    match = _START_RE.fullmatch(value)
+    if match is None or len(hex_digits := match.group(2)) < SHORTEST_DIGEST_START:
+        return []
+    algorithms = [match.group(1)] if match.group(1) else list(_HEX_LENGTHS)
+    return [f"{a}:{hex_digits}" for a in algorithms if len(hex_digits) <= _HEX_LENGTHS[a]]
+
+
 def is_digest(reference: str) -> bool:
     return ":" in reference
 
