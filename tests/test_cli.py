@@ -1477,6 +1477,37 @@ def test_status_tells_this_datas_server_from_another_on_its_address(
     assert json.loads(quiet.stdout)["server_listening"] is False
 
 
+def test_status_from_a_shell_with_another_listen_says_where_the_server_answers(
+    server: BerthServer,
+) -> None:
+    """A server started with its own listen (`make run`'s BERTH_LISTEN, `--listen`), status
+    typed in a shell without it: the Listen row is that shell's setting, and the address the
+    server recorded is where a server of this data answers."""
+    env = {**server.env, "BERTH_LISTEN": f"127.0.0.1:{free_port()}"}
+    said = subprocess.run([*BERTH, "status"], env=env, capture_output=True, text=True)
+    assert said.returncode == 0, said.stderr
+    cells = " ".join(said.stdout.replace("│", " ").split())
+    assert f"Listen {env['BERTH_LISTEN']} (this shell's setting; nothing listening)" in cells
+    assert (
+        f"Served at {server.address} (where the last berth serve started; a server answers "
+        "there, with this data's keys)"
+    ) in cells
+    shown = json.loads(
+        subprocess.run([*BERTH, "status", "--json"], env=env, capture_output=True).stdout
+    )
+    assert shown["server_listening"] is False and shown["served_at"] == server.address
+    assert shown["served_at_listening"] is True
+    assert shown["served_at_serves_this_data"] is True
+    # Where this shell's listen is the server's, the row says nothing more.
+    own = " ".join(server.cli("status").stdout.replace("│", " ").split())
+    assert f"Served at {server.address} (where the last berth serve started)" in own
+    assert server.cli_json("status")["served_at_listening"] is None
+
+    server.stop()
+    gone = subprocess.run([*BERTH, "status"], env=env, capture_output=True, text=True)
+    assert "nothing listening there now" in " ".join(gone.stdout.replace("│", " ").split())
+
+
 def test_a_password_asked_for_without_a_terminal_is_refused_with_what_to_do(
     server: BerthServer,
 ) -> None:

@@ -154,6 +154,8 @@ def status(json_output: JsonFlag = False) -> None:
             standing = _standing(revision)
         except (RegistryError, SQLAlchemyError, OSError) as exc:
             unread = f"cannot read the database {database}: {_why_unread(settings, exc)}"
+    # Served elsewhere than this shell's `listen` says: whether a server answers there.
+    elsewhere = _answers_at_served(settings, served)
     # A database that is there but could not be opened or read may well hold the data (an
     # outage, a file damaged or replaced): found but unreadable, not missing.
     found = missing is None or missing.unopened
@@ -172,6 +174,9 @@ def status(json_output: JsonFlag = False) -> None:
                 "server_listening": listening,
                 "server_serves_this_data": ours,
                 "served_at": served,
+                # null when `served_at` is where `listen` is (or is no address to try).
+                "served_at_listening": None if elsewhere is None else elsewhere[0],
+                "served_at_serves_this_data": None if elsewhere is None else elsewhere[1],
                 "schema_revision": revision,
                 "schema_current": None if standing is None else standing == "current",
                 "serving_processes": [plain(process) for process in serving],
@@ -196,9 +201,25 @@ def status(json_output: JsonFlag = False) -> None:
         }[ours]
         if not listening:
             answers = " (nothing listening)"
+        if elsewhere is not None:
+            # Another shell's server (`make run`'s BERTH_LISTEN, `--listen`): not a lead.
+            answers = f" (this shell's setting; {answers.strip(' ()')})"
         table.add_row("Listen", Text(settings.listen + answers))
         if served is not None:
-            table.add_row("Served at", Text(f"{served} (where the last berth serve started)"))
+            there = ""
+            if elsewhere is not None:
+                there = (
+                    "; "
+                    + {
+                        (False, None): "nothing listening there now",
+                        (True, True): "a server answers there, with this data's keys",
+                        (True, False): "a server answers there, but not with this data's keys",
+                        (True, None): "something answers there",
+                    }[elsewhere]
+                )
+            table.add_row(
+                "Served at", Text(f"{served} (where the last berth serve started{there})")
+            )
         if readable:
             table.add_row("Serving", Text(_serving_processes(serving)))
         console.print(table)
@@ -277,16 +298,40 @@ def _standing(revision: str | None) -> str:
         return f"older than this Berth's {older.head}: its berth serve migrates it"
 
 
-def _who_answers(settings: Settings) -> tuple[bool, bool | None]:
-    """(whether something listens at `listen`, whether it is a Berth server of this data:
-    its tokens' `kid` is this data's signing key's; None when no token came back to compare,
-    or this data has no key yet)."""
+def _answers_at_served(settings: Settings, served: str | None) -> tuple[bool, bool | None] | None:
+    """`_who_answers` at the address the last `berth serve` recorded, when that is not where
+    this shell's `listen` points and is an IP address or localhost (a name of the server's own
+    may not resolve from here, or not to it); None otherwise."""
+    import ipaddress
+
+    from berth.addresses import public_host
+
+    if served is None or served == public_host(settings):
+        return None
+    host, colon, port = served.rpartition(":")
+    host = host.strip("[]")
+    if not colon or not port.isdigit():
+        return None
+    try:
+        if host != "localhost":
+            ipaddress.ip_address(host)
+    except ValueError:
+        return None
+    return _who_answers(settings, (host, int(port)))
+
+
+def _who_answers(
+    settings: Settings, address: tuple[str, int] | None = None
+) -> tuple[bool, bool | None]:
+    """(whether something listens at `address`, by default `listen`, whether it is a Berth
+    server of this data: its tokens' `kid` is this data's signing key's; None when no token
+    came back to compare, or this data has no key yet)."""
     import httpx  # here: only `berth status` asks a server anything
     import jwt
 
     from berth.access.keyring import existing_key_id
 
-    host, port = settings.host_and_port
+    host, port = address or settings.host_and_port
     try:
         socket.create_connection((host, port), timeout=1).close()
     except OSError:
