@@ -1162,6 +1162,38 @@ def test_deleting_an_index_says_its_platforms_and_referrers_go_with_it(
     expect(page.get_by_text("No images in this repository yet")).to_be_visible()
 
 
+def test_an_image_deleted_meanwhile_is_said_in_the_delete_dialog(
+    page: Page, tenant: Tenant
+) -> None:
+    """The dialog's preview of what goes fails (the image was deleted by the API after the
+    page listed it): the dialog says so and offers only Cancel, which leaves the listing
+    without the image; no toast says it elsewhere."""
+    tenant.create_repository("gone")
+    key = tenant.server.access_key(tenant.project)
+    with httpx.Client(base_url=tenant.server.url, auth=key, timeout=30) as v2:
+        pushed = push_platform_image(v2, f"{tenant.project}/gone", "amd64", "v1")
+    sign_in(page, tenant)
+    page.get_by_role("link", name="gone", exact=True).click()
+    images = page.get_by_role("table", name="Images")
+    delete = images.get_by_role("button", name=f"Delete {pushed.digest[:19]}", exact=True)
+    expect(delete).to_be_visible()
+    with tenant.api() as admin:
+        deleted = admin.delete(
+            f"/projects/{tenant.project}/repositories/gone/images/{pushed.digest}"
+        )
+        assert deleted.status_code == 204, deleted.text
+
+    delete.click()
+    dialog = page.get_by_role("dialog", name="Delete image")
+    expect(dialog.get_by_role("alert")).to_contain_text(f"manifest {pushed.digest} is not in")
+    expect(dialog.get_by_role("button", name="Delete", exact=True)).to_have_count(0)
+    expect(page.locator("#toasts .toast")).to_have_count(0)
+    dialog.get_by_role("button", name="Cancel").click()
+    expect(dialog).to_be_hidden()
+    expect(page.get_by_text("No images in this repository yet")).to_be_visible()
+    expect(page.locator("#toasts .toast")).to_have_count(0)
+
+
 def test_deleting_an_index_counts_only_what_goes_and_says_what_stays(
     page: Page, tenant: Tenant
 ) -> None:

@@ -299,14 +299,16 @@ export function openDialog({ title, build, wide = false, label = null }) {
 /**
  * Asks before something that cannot be undone. With `phrase`, the confirm button stays
  * disabled until the user types it. `action` runs on confirm; its error stays in the dialog.
- * Resolves true once confirmed (and done), false or undefined when cancelled.
+ * Resolves true once confirmed (and done), false or undefined when cancelled. With `refusal`
+ * (an error met before asking: what the confirmation would say could not be read), the dialog
+ * shows it and offers only Cancel.
  */
-export function confirmDialog({ title, body, confirmLabel = "Delete", phrase = null, danger = true, action }) {
+export function confirmDialog({ title, body, confirmLabel = "Delete", phrase = null, danger = true, action, refusal = null }) {
   return openDialog({
     title,
     build(close) {
-      const problem = h("div");
-      const confirm = h("button", { type: "submit", class: danger ? "danger" : "primary", disabled: !!phrase }, confirmLabel);
+      const problem = h("div", {}, refusal ? errorBox(refusal) : null);
+      const confirm = refusal ? null : h("button", { type: "submit", class: danger ? "danger" : "primary", disabled: !!phrase }, confirmLabel);
       const typed = phrase
         ? h("input", {
             type: "text",
@@ -330,7 +332,7 @@ export function confirmDialog({ title, body, confirmLabel = "Delete", phrase = n
       );
       form.addEventListener("submit", async (e) => {
         e.preventDefault();
-        if (confirm.disabled) return;
+        if (!confirm || confirm.disabled) return;
         confirm.disabled = true;
         try {
           if (action) await action();

@@ -216,15 +216,27 @@ function referrers(image) {
 async function deleteImage(ctx, image, button) {
   const focus = focusAfterRedraw(button, () => selectedTab());
   const at = `${ctx.base}/images/${seg(image.digest)}`;
+  const asked = h("p", {}, "Delete ", h("code", {}, shortDigest(image.digest)), image.tags.length ? [" and its tags ", image.tags.join(", ")] : null, "?");
   // What goes and what stays, by the rule the delete follows (read before asking).
-  const deletion = await api.get(`${at}/deletion${query({ image: image.image })}`);
+  let deletion;
+  try {
+    deletion = await api.get(`${at}/deletion${query({ image: image.image })}`);
+  } catch (err) {
+    // Said in the dialog the user opened (the image deleted meanwhile, say), not as a toast.
+    await confirmDialog({ title: "Delete image", body: asked, refusal: err });
+    if (err.status === 404) {
+      ctx.afterRender(focus);
+      ctx.refresh(); // it is gone: the listing drops it
+    }
+    return;
+  }
   const goes = (n) => (n === 1 ? "goes" : "go");
   const done = await confirmDialog({
     title: "Delete image",
     body: h(
       "div",
       {},
-      h("p", {}, "Delete ", h("code", {}, shortDigest(image.digest)), image.tags.length ? [" and its tags ", image.tags.join(", ")] : null, "?"),
+      asked,
       deletion.platform_manifest_count
         ? h("p", { "data-testid": "platforms-going" }, `${plural(deletion.platform_manifest_count, "platform manifest")} it lists ${goes(deletion.platform_manifest_count)} with it.`)
         : null,
