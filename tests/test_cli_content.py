@@ -296,3 +296,9 @@ def test_image_verbs_take_the_digest_as_the_listing_shows_it(sqlite_server: Bert
     again = berth.cli("image", "delete", name, shown, "--yes", check=False)
     assert again.returncode == 1
     assert f"has a digest starting {shown}" in " ".join(again.stderr.split())
+    # The history of a deleted image's digest, named as the history table shows it.
+    events = berth.cli_items("image", "history", name, "--digest", shown)
+    assert [e["action"] for e in events] == ["delete", "untag", "tag", "push"]
+    assert {e["old_digest"] or e["new_digest"] for e in events} == {first.digest}
+    vague = berth.cli("image", "history", name, "--digest", "sha256:0123", check=False)
+    assert vague.returncode == 2 and "first 12 or more hex digits" in vague.stderr

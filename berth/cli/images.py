@@ -108,7 +108,10 @@ def _tags_cell(item: dict[str, Any]) -> str:
 def image_history(
     name: Annotated[str, typer.Argument(metavar="PROJECT/REPO[/IMAGE]")],
     tag: Annotated[str | None, typer.Option(help="Only this tag's events.")] = None,
-    digest: Annotated[str | None, typer.Option(help="Only events of this digest.")] = None,
+    digest: Annotated[
+        str | None,
+        typer.Option(help="Only events of this digest, or of digests starting so (12+ hex)."),
+    ] = None,
     limit: Annotated[int, typer.Option(min=1, max=10_000, help="How many, newest first.")] = 100,
     json_output: JsonFlag = False,
 ) -> None:

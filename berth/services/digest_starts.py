@@ -15,12 +15,8 @@ from berth.metadata.tables import manifests
 _DIGESTS_NAMED = 5
 
 
-async def resolve_digest(db: Database, repo: RepositoryRef, image: str, given: str) -> str:
-    """The digest of the manifest of `image` in `repo` that `given` names: a whole digest as
-    it is (whoever uses it says whether it is stored), or the start of exactly one stored
-    manifest's digest. A start that several digests have is refused naming some of them."""
-    with contextlib.suppress(DigestInvalid):
-        return str(parse_digest(given))
+def starts_named(given: str) -> list[str]:
+    """`digest_starts` of `given`, refused (as a bad value) when it names none."""
     starts = digest_starts(given)
     if not starts:
         raise InvalidValue(
@@ -28,6 +24,16 @@ async def resolve_digest(db: Database, repo: RepositoryRef, image: str, given: s
             f"{SHORTEST_DIGEST_START} or more hex digits",
             "digest",
         )
+    return starts
+
+
+async def resolve_digest(db: Database, repo: RepositoryRef, image: str, given: str) -> str:
+    """The digest of the manifest of `image` in `repo` that `given` names: a whole digest as
+    it is (whoever uses it says whether it is stored), or the start of exactly one stored
+    manifest's digest. A start that several digests have is refused naming some of them."""
+    with contextlib.suppress(DigestInvalid):
+        return str(parse_digest(given))
+    starts = starts_named(given)
     async with db.read() as conn:
         found = list(
             (

@@ -13,9 +13,10 @@ from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 from cachetools import LRUCache
-from sqlalchemy import Select, and_, func, literal, select, union, union_all
+from sqlalchemy import Select, and_, func, literal, or_, select, union, union_all
 
 from berth.domain.digests import parse_digest
+from berth.domain.errors import DigestInvalid
 from berth.domain.manifests import INDEX_TYPES, MAX_INDEX_DEPTH, parse_manifest
 from berth.domain.references import RepositoryRef
 from berth.metadata.database import Database
@@ -28,6 +29,7 @@ from berth.metadata.tables import (
     tags,
 )
 from berth.services.content_in_use import missing_manifest
+from berth.services.digest_starts import starts_named
 from berth.services.image_records import (
     MAX_LISTED_CHILDREN,
     MAX_LISTED_LAYERS,
@@ -414,9 +416,7 @@ class Images:
         if tag is not None:
             query = query.where(image_events.c.tag == tag)
         if digest is not None:
-            query = query.where(
-                (image_events.c.old_digest == digest) | (image_events.c.new_digest == digest)
-            )
+            query = query.where(_of_digest(digest))
         listing = query.subquery()
         async with self.db.read() as conn:
             total = (await conn.execute(select(func.count()).select_from(listing))).scalar()
@@ -500,6 +500,17 @@ class Images:
 REFERENCE_TYPE = "vnd.docker.reference.type"
 REFERENCE_DIGEST = "vnd.docker.reference.digest"
 ATTESTATION = "attestation-manifest"
+
+
+def _of_digest(digest: str) -> Any:
+    """Events whose old or new digest is `digest`, or starts so (as the CLI's listings show
+    digests: 12 hex digits, `starts_named`); the API passes whole digests only."""
+    columns = (image_events.c.old_digest, image_events.c.new_digest)
+    try:
+        parse_digest(digest)
+    except DigestInvalid:
+        return or_(*(c.startswith(start) for start in starts_named(digest) for c in columns))
+    return or_(*(c == digest for c in columns))
 
 
 @dataclass(frozen=True, slots=True)
