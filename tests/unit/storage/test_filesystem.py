@@ -69,10 +69,11 @@ async def test_removing_an_upload_costs_the_same_amid_many_abandoned_ones(tmp_pa
     abandoned upload until it expires (a project's max_open_uploads, times the projects), and
     that must not slow every push down (listing it took 15 ms a push amid 10,000 files)."""
     store = FilesystemBlobStore(tmp_path)
-    alone = await _seconds_to_remove_uploads(store, 100)
+    # The best of three each: one slice of a loaded machine's time must not decide it.
+    alone = min([await _seconds_to_remove_uploads(store, 100) for _ in range(3)])
     for _ in range(20_000):
         (store.uploads / uuid.uuid4().hex).write_bytes(b"")
-    amid_abandoned = await _seconds_to_remove_uploads(store, 100)
+    amid_abandoned = min([await _seconds_to_remove_uploads(store, 100) for _ in range(3)])
     assert amid_abandoned < 5 * alone + 0.05, (alone, amid_abandoned)
     assert len(os.listdir(store.uploads)) == 20_000  # only what each removal named went
 
