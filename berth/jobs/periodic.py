@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Awaitable, Callable, Iterator
 
 from berth.domain.errors import StorageFull, Unavailable
@@ -36,6 +37,11 @@ class Periodic:
     A failure is logged as `failure` and the loop goes on (the database away is one warning line
     with the reason, as the database's own log says why: no traceback every few seconds); a stop
     never cancels `work` in the middle: it waits for the current call to end.
+
+    The same refusal again and again (a full disk for an hour, every 5 s, in each of a node's
+    workers and each of their loops) would bury the rest of the log: after its first line it
+    is said again at most every `repeat_every` seconds, with how many times it came meanwhile,
+    and once when the work succeeds again.
     """
 
     def __init__(
@@ -46,12 +52,18 @@ class Periodic:
         *,
         failure: str,
         at_start: bool = False,
+        repeat_every: float = 60.0,
     ) -> None:
         self.name = name
         self.interval = interval
         self._work = work
         self._failure = failure
         self._at_start = at_start
+        self._repeat_every = repeat_every
+        self._refused: str | None = None  # the reason of the refusals going on, if any
+        self._refusals = 0  # since that reason was first said
+        self._unsaid = 0  # refusals since it was last said
+        self._said_at = 0.0
         self._stopping = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
@@ -82,6 +94,35 @@ class Periodic:
             try:
                 await self._work()
             except (Unavailable, StorageFull) as exc:  # the database away, or its disk full
-                logger.warning("%s: %s", self._failure, exc.message)
+                self._refused_again(exc.message)
             except Exception:
                 logger.exception(self._failure)
+            else:
+                if self._refused is not None:
+                    logger.info(
+                        "%s: works again, after %d refusals (%s)",
+                        self.name,
+                        self._refusals,
+                        self._refused,
+                    )
+                    self._refused = None
+
+    def _refused_again(self, reason: str) -> None:
+        now = time.monotonic()
+        if reason != self._refused:
+            self._refused, self._refusals, self._unsaid = reason, 1, 0
+        else:
+            self._refusals += 1
+            self._unsaid += 1
+            if now - self._said_at < self._repeat_every:
+                return
+        if self._unsaid:
+            logger.warning(
+                "%s: %s (%d more times since it was last said)",
+                self._failure,
+                reason,
+                self._unsaid,
+            )
+        else:
+            logger.warning("%s: %s", self._failure, reason)
+        self._said_at, self._unsaid = now, 0
