@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.s3 import S3TestServer, SeaweedFS
+from tests.s3 import S3TestServer, SeaweedFS, seaweedfs_server
 
 
 @pytest.fixture
@@ -28,8 +28,5 @@ def object_store(request: pytest.FixtureRequest) -> S3TestServer:
 @pytest.fixture
 def own_seaweedfs(tmp_path: Path) -> Iterator[SeaweedFS]:
     """A SeaweedFS of the test's own, for tests that kill it (the session's is shared)."""
-    server = SeaweedFS(tmp_path / "seaweedfs").start()
-    try:
+    with seaweedfs_server(tmp_path / "seaweedfs") as server:
         yield server
-    finally:
-        server.stop()
