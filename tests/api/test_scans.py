@@ -138,9 +138,9 @@ def test_a_layer_of_empty_package_files_under_huge_names_fails_its_scan_saying_w
 
 
 def test_two_scan_workers_run_two_slow_scans_at_once(team: Team) -> None:
-    """With `scan_workers = 2`, two images each taking seconds to scan (a layer of 1.5 GiB of
+    """With `scan_workers = 2`, two images each taking a while to scan (a layer of 768 MiB of
     zeros, under the bomb bound) are seen scanning at the same time, then both finish."""
-    slow = Blob(zeros_layer(1536 * 1024**2), OCI_LAYER_GZIP)
+    slow = Blob(zeros_layer(768 * 1024**2), OCI_LAYER_GZIP)
     registry, name = team.registry("member"), team.oci_name(repository="slow")
     services(
         team.server,
