@@ -365,11 +365,9 @@ def test_a_node_killed_during_a_push_costs_one_retried_chunk(cluster: Cluster) -
     way through it. The client asks where the upload stands (another node answers), sends
     that chunk again, and the blob pulled afterwards is byte-identical."""
     auth = project(cluster, "killed")
-    # Seven chunks: four taken, the fifth killed and sent again, and two more through the
-    # balancer with the node down (round-robin comes to its turn).
-    chunk_size = 4 * MiB
-    data = os.urandom(7 * chunk_size)
+    data = os.urandom(96 * MiB)
     digest = sha256(data)
+    chunk_size = 8 * MiB
     order = [node.extra_env["BERTH_NODE_NAME"] for node in cluster.nodes]
     failed_patches = 0
     killed: str | None = None
