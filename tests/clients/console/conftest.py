@@ -12,8 +12,9 @@ Screenshots of the main screens go to `test-artifacts/console/` (the README show
 from __future__ import annotations
 
 import re
+import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -201,6 +202,26 @@ def screenshot_dialog(page: Page, dialog: Locator, name: str) -> Path:
         return screenshot(page, name, full_page=False)
     finally:
         page.set_viewport_size(size)
+
+
+def wait_for_audit(
+    tenant: Tenant, *actions: str, targets: Sequence[str] = (), seconds: float = 30
+) -> None:
+    """Wait until the project's audit log holds an entry of each of `actions` and one naming
+    each of `targets`: the server writes audit entries in batches (every 0.25 s), and a page
+    opened before would miss them."""
+    deadline = time.monotonic() + seconds
+    with tenant.api() as admin:
+        while True:
+            log = admin.get(f"/projects/{tenant.project}/audit", params={"per_page": 100})
+            entries = log.raise_for_status().json()["items"]
+            missing = (set(actions) - {entry["action"] for entry in entries}) | (
+                set(targets) - {entry["target"] for entry in entries}
+            )
+            if not missing:
+                return
+            assert time.monotonic() < deadline, f"not in the audit log: {sorted(missing)}"
+            time.sleep(0.1)
 
 
 def hash_path(page: Page) -> str:
