@@ -222,7 +222,8 @@ async def resolve(host: str, port: int) -> list[Address]:
         found = await asyncio.wait_for(
             loop.getaddrinfo(host, port, type=socket.SOCK_STREAM), RESOLVE_SECONDS
         )
-    except (OSError, TimeoutError) as exc:
+    except (OSError, TimeoutError, UnicodeError) as exc:
+        # UnicodeError: a name IDNA cannot encode (a control character, say) names no host.
         raise AddressRefused(f"the host {host!r} cannot be resolved ({exc})") from None
     addresses: list[Address] = []
     for _family, _type, _proto, _name, sockaddr in found:

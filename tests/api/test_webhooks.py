@@ -720,6 +720,7 @@ def test_private_address_refused_by_default(sqlite_server: BerthServer) -> None:
             ("http://[fe80::1]/", "link-local"),
             ("http://localhost/", by_name),
             ("http://no-such-host.invalid/", by_name),
+            ("http://bad\u009bhost/", by_name),  # no name: IDNA cannot encode it
             # The same places in other spellings: decimal, octal and hexadecimal IPv4, the
             # IPv6 forms that lead to an IPv4 address (mapped, NAT64, 6to4, SIIT,
             # IPv4-compatible), and the unspecified address, which connects to this host.
