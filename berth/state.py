@@ -1,19 +1,16 @@
-"""The services one server process holds, built once at startup and shared by every surface."""
+"""The services one server process holds, built once at startup and shared by every surface.
+A CLI verb builds only the services it uses, on first use, and imports no other: most verbs
+touch one or two of them, and importing and wiring every one was a third of a verb's start
+(bench/findings.md, "The CLI's start, verb by verb")."""
 
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass, field
+from functools import cached_property
 from typing import TYPE_CHECKING
 
-from berth import __version__
-from berth.access.identify import Authenticator
-from berth.access.keyring import Keyring
-from berth.access.passwords import password_slots
-from berth.access.throttle import LoginThrottle
-from berth.access.tokens import Tokens
 from berth.addresses import ResolvedNames, host_not_found, public_host
-from berth.config import Settings, setting_source, usable_cores
+from berth.config import Settings, setting_source
 from berth.domain.names import (
     RegistryAddress,
     host_project,
@@ -21,67 +18,51 @@ from berth.domain.names import (
     is_loopback_name,
     registry_address,
 )
-from berth.jobs import Job, Scheduler
 from berth.metadata.database import Database
-from berth.metadata.presence import Presence
-from berth.services.gc import GarbageCollector
-from berth.services.identity import Identity
-from berth.services.install import served_at, served_project_host_suffix
-from berth.services.manifest_cache import BLOB_STAMP_FILE, BlobSizes, ManifestCache, node_stamp
-from berth.services.metering import TrafficMeter
-from berth.services.pulls import PullRecorder
-from berth.services.readiness import Readiness
-from berth.services.registry import Registry
-from berth.services.repositories import Repositories
-from berth.services.retention import Retention
-from berth.services.scanning.policy import PullPolicy
-from berth.services.scanning.processes import ScanProcesses
-from berth.services.scanning.scans import Scans, scan_queue_job
-from berth.services.sessions import Sessions
-from berth.services.storage_check import StorageCheck
-from berth.services.tag_rules import TagRules
-from berth.services.uploads import Uploads
-from berth.services.usage import Pricing, Usage
-from berth.services.vulndb import VulnDb
-from berth.services.webhook_delivery import WebhookDelivery
-from berth.services.webhooks import Webhooks
 from berth.storage.base import BlobStore, failures_said_by_caller
 from berth.storage.drivers import blob_store, s3_location
 
 if TYPE_CHECKING:  # data_location loads alembic, which a serving worker does not need
+    from berth.access.identify import Authenticator
+    from berth.access.keyring import Keyring
+    from berth.access.throttle import LoginThrottle
+    from berth.access.tokens import Tokens
     from berth.data_location import StartUpProblem
+    from berth.jobs import Scheduler
+    from berth.metadata.presence import Presence
+    from berth.services.gc import GarbageCollector
+    from berth.services.identity import Identity
+    from berth.services.metering import TrafficMeter
+    from berth.services.pulls import PullRecorder
+    from berth.services.readiness import Readiness
+    from berth.services.registry import Registry
+    from berth.services.repositories import Repositories
+    from berth.services.retention import Retention
+    from berth.services.scanning.policy import PullPolicy
+    from berth.services.scanning.scans import Scans
+    from berth.services.sessions import Sessions
+    from berth.services.storage_check import StorageCheck
+    from berth.services.tag_rules import TagRules
+    from berth.services.uploads import Uploads
+    from berth.services.usage import Usage
+    from berth.services.vulndb import VulnDb
+    from berth.services.webhook_delivery import WebhookDelivery
+    from berth.services.webhooks import Webhooks
 
 
-@dataclass
 class Services:
-    settings: Settings
-    db: Database
-    store: BlobStore
-    repositories: Repositories
-    registry: Registry
-    uploads: Uploads
-    identity: Identity
-    authenticator: Authenticator
-    tokens: Tokens
-    throttle: LoginThrottle
-    traffic: TrafficMeter
-    pulls: PullRecorder
-    usage: Usage
-    jobs: Scheduler
-    gc: GarbageCollector
-    sessions: Sessions
-    storage_check: StorageCheck
-    readiness: Readiness
-    webhooks: Webhooks
-    webhook_delivery: WebhookDelivery
-    tag_rules: TagRules
-    retention: Retention
-    vulndb: VulnDb
-    scans: Scans
-    pull_policy: PullPolicy
-    presence: Presence
-    # Whether project host names under `.localhost` resolve here (`pasted_registry_address`).
-    resolved_names: ResolvedNames = field(default_factory=ResolvedNames)
+    """Each service is built on first use (imported then too) and kept: a serving process
+    builds them all at once (`build(serving=True)`), a CLI verb only those it uses."""
+
+    def __init__(
+        self, settings: Settings, db: Database, keyring: Keyring, *, serving: bool = False
+    ) -> None:
+        self.settings = settings
+        self.db = db
+        self.keyring = keyring
+        self.serving = serving
+        # Whether project host names under `.localhost` resolve here (`pasted_registry_address`).
+        self.resolved_names = ResolvedNames()
 
     @classmethod
     def build(
@@ -89,13 +70,30 @@ class Services:
     ) -> Services:
         """This process's services; `keyring`: the server's keys if the caller has read them
         already (the start-up, which checked them), else they are read (or created) here.
-        `serving`: a serving worker's (`start` follows), not a CLI verb's."""
-        db = Database.for_settings(settings)
-        store = blob_store(settings)
+        `serving`: a serving worker's (`start` follows), not a CLI verb's: every service is
+        built now, none on a request's time."""
         if keyring is None:
+            from berth.access.keyring import Keyring
+
             keyring = Keyring(settings.signing_key_file, settings.secret_key_file)
-        usage = Usage(
-            db,
+        services = cls(settings, Database.for_settings(settings), keyring, serving=serving)
+        if serving:
+            for name, value in vars(cls).items():
+                if isinstance(value, cached_property):
+                    getattr(services, name)
+        return services
+
+    @cached_property
+    def store(self) -> BlobStore:
+        return blob_store(self.settings)
+
+    @cached_property
+    def usage(self) -> Usage:
+        from berth.services.usage import Pricing, Usage
+
+        settings = self.settings
+        return Usage(
+            self.db,
             default_quota=settings.repository_quota,
             max_images_per_repository=settings.max_images_per_repository,
             pricing=Pricing(
@@ -106,132 +104,255 @@ class Services:
             storage_collect_min_interval=settings.storage_collect_min_interval,
             gc_grace_period=settings.gc_grace_period,
         )
-        storage_check = StorageCheck(
-            db, store, orphan_age=settings.gc_grace_period, upload_expiry=settings.upload_expiry
+
+    @cached_property
+    def storage_check(self) -> StorageCheck:
+        from berth.services.storage_check import StorageCheck
+
+        return StorageCheck(
+            self.db,
+            self.store,
+            orphan_age=self.settings.gc_grace_period,
+            upload_expiry=self.settings.upload_expiry,
         )
-        identity = Identity(
-            db,
-            keyring,
-            settings.max_access_keys,
-            password_slots(usable_cores(), settings.worker_processes),
-            store,
+
+    @cached_property
+    def identity(self) -> Identity:
+        from berth.access.passwords import password_slots
+        from berth.config import usable_cores
+        from berth.services.identity import Identity
+
+        return Identity(
+            self.db,
+            self.keyring,
+            self.settings.max_access_keys,
+            password_slots(usable_cores(), self.settings.worker_processes),
+            self.store,
         )
-        tokens = Tokens(keyring, settings.token_ttl, settings.refresh_token_ttl)
-        webhook_delivery = WebhookDelivery(
-            db,
-            allow_private=settings.webhook_allow_private,
-            timeout=settings.webhook_timeout,
-            retry_base=settings.webhook_retry_base,
+
+    @cached_property
+    def tokens(self) -> Tokens:
+        from berth.access.tokens import Tokens
+
+        return Tokens(self.keyring, self.settings.token_ttl, self.settings.refresh_token_ttl)
+
+    @cached_property
+    def webhook_delivery(self) -> WebhookDelivery:
+        from berth.services.webhook_delivery import WebhookDelivery
+
+        return WebhookDelivery(
+            self.db,
+            allow_private=self.settings.webhook_allow_private,
+            timeout=self.settings.webhook_timeout,
+            retry_base=self.settings.webhook_retry_base,
         )
-        manifest_cache = ManifestCache(node_stamp(settings.data_dir))
-        registry = Registry(
-            db,
-            store,
-            settings.max_images_per_repository,
-            manifest_cache=manifest_cache,
-            blob_sizes=BlobSizes(node_stamp(settings.data_dir, BLOB_STAMP_FILE)),
+
+    @cached_property
+    def registry(self) -> Registry:
+        from berth.services.manifest_cache import (
+            BLOB_STAMP_FILE,
+            BlobSizes,
+            ManifestCache,
+            node_stamp,
         )
-        retention = Retention(db, registry, test_pause=settings.retention_test_pause)
-        vulndb = VulnDb(db)
-        pull_policy = PullPolicy(db)
+        from berth.services.registry import Registry
+
+        data_dir = self.settings.data_dir
+        return Registry(
+            self.db,
+            self.store,
+            self.settings.max_images_per_repository,
+            manifest_cache=ManifestCache(node_stamp(data_dir)),
+            blob_sizes=BlobSizes(node_stamp(data_dir, BLOB_STAMP_FILE)),
+        )
+
+    @cached_property
+    def retention(self) -> Retention:
+        from berth.services.retention import Retention
+
+        return Retention(self.db, self.registry, test_pause=self.settings.retention_test_pause)
+
+    @cached_property
+    def vulndb(self) -> VulnDb:
+        from berth.services.vulndb import VulnDb
+
+        return VulnDb(self.db)
+
+    @cached_property
+    def pull_policy(self) -> PullPolicy:
+        from berth.services.scanning.policy import PullPolicy
+
+        return PullPolicy(self.db)
+
+    @cached_property
+    def scans(self) -> Scans:
+        from berth.services.scanning.processes import ScanProcesses
+        from berth.services.scanning.scans import Scans
+
         # A serving worker's scans read layers and match packages in processes of their own,
         # not on the GIL its requests need; `berth scan --wait` serves nothing and scans in
         # its own process.
-        scans = Scans(
-            db,
-            store,
-            vulndb,
-            on_finished=pull_policy.forget_verdicts,
-            processes=ScanProcesses(settings.scan_workers, settings) if serving else None,
+        return Scans(
+            self.db,
+            self.store,
+            self.vulndb,
+            on_finished=self.pull_policy.forget_verdicts,
+            processes=(
+                ScanProcesses(self.settings.scan_workers, self.settings) if self.serving else None
+            ),
         )
-        throttle = LoginThrottle(
-            db, settings.login_failures_per_key, settings.login_failures_per_client
+
+    @cached_property
+    def throttle(self) -> LoginThrottle:
+        from berth.access.throttle import LoginThrottle
+
+        return LoginThrottle(
+            self.db,
+            self.settings.login_failures_per_key,
+            self.settings.login_failures_per_client,
         )
-        return cls(
-            settings=settings,
-            db=db,
-            store=store,
-            repositories=Repositories(
-                db, settings.repository_quota, store=store, forget_access=identity.forget_cached
-            ),
-            registry=registry,
-            uploads=Uploads(db, store, settings.max_open_uploads, settings.upload_expiry),
-            identity=identity,
-            authenticator=Authenticator(identity.credentials, tokens, throttle, identity.audit),
-            tokens=tokens,
-            throttle=throttle,
-            traffic=TrafficMeter(
-                db,
-                enabled=settings.traffic_metering,
-                flush_interval=settings.traffic_flush_interval,
-            ),
-            pulls=PullRecorder(
-                db, enabled=settings.record_pulls, interval=settings.traffic_flush_interval
-            ),
-            usage=usage,
-            jobs=Scheduler(
-                db,
-                [
-                    Job("storage-collect", settings.storage_collect_interval, usage.collect_all),
-                    Job("usage-prune", 86_400, usage.prune),
-                    # Hashes every blob: first due one interval after the first start.
-                    Job(
-                        "storage-scrub",
-                        settings.storage_scrub_interval,
-                        storage_check.check_blobs,
-                        first_after_interval=True,
-                    ),
-                    # Cheap (listings): uploads untouched for upload_expiry, scratch files left
-                    # by a crash and commits a dead node began go within the hour after.
-                    Job("abandoned-uploads", 3600, storage_check.remove_abandoned_uploads),
-                    *webhook_delivery.jobs(),
-                    # Projects' scheduled retention runs: looked for every minute (a read).
-                    Job(
-                        "retention-schedule",
-                        settings.retention_check_interval,
-                        retention.run_due,
-                        has_work=retention.has_due,
-                    ),
-                    # Queued image scans (auto on push, or requested): a read when idle. One
-                    # job per worker, so that as many nodes or processes scan at once.
-                    *(
-                        Job(
-                            scan_queue_job(worker),
-                            settings.scan_check_interval,
-                            scans.run_queued,
-                            has_work=scans.has_queued,
-                        )
-                        for worker in range(1, settings.scan_workers + 1)
-                    ),
-                    Job(
-                        "scan-rescan-stale",
-                        settings.rescan_interval,
-                        scans.rescan_stale,
-                        first_after_interval=True,
-                    ),
-                    Job("scan-sbom-prune", 86_400, scans.prune_sboms),
-                    Job("login-failures-prune", 3600, throttle.prune),
-                ],
-            ),
-            gc=GarbageCollector(
-                db,
-                store,
-                grace_period=settings.gc_grace_period,
-                upload_expiry=settings.upload_expiry,
-                test_pause=settings.gc_test_pause,
-            ),
-            sessions=Sessions(db, settings.session_ttl, tokens),
-            storage_check=storage_check,
-            readiness=Readiness(db, store),
-            webhooks=Webhooks(db, allow_private=settings.webhook_allow_private),
-            webhook_delivery=webhook_delivery,
-            tag_rules=TagRules(db),
-            retention=retention,
-            vulndb=vulndb,
-            scans=scans,
-            pull_policy=pull_policy,
-            presence=Presence(db, node_name=settings.node_name, version=__version__),
+
+    @cached_property
+    def repositories(self) -> Repositories:
+        from berth.services.repositories import Repositories
+
+        return Repositories(
+            self.db,
+            self.settings.repository_quota,
+            store=self.store,
+            forget_access=self.identity.forget_cached,
         )
+
+    @cached_property
+    def uploads(self) -> Uploads:
+        from berth.services.uploads import Uploads
+
+        return Uploads(
+            self.db, self.store, self.settings.max_open_uploads, self.settings.upload_expiry
+        )
+
+    @cached_property
+    def authenticator(self) -> Authenticator:
+        from berth.access.identify import Authenticator
+
+        return Authenticator(
+            self.identity.credentials, self.tokens, self.throttle, self.identity.audit
+        )
+
+    @cached_property
+    def traffic(self) -> TrafficMeter:
+        from berth.services.metering import TrafficMeter
+
+        return TrafficMeter(
+            self.db,
+            enabled=self.settings.traffic_metering,
+            flush_interval=self.settings.traffic_flush_interval,
+        )
+
+    @cached_property
+    def pulls(self) -> PullRecorder:
+        from berth.services.pulls import PullRecorder
+
+        return PullRecorder(
+            self.db,
+            enabled=self.settings.record_pulls,
+            interval=self.settings.traffic_flush_interval,
+        )
+
+    @cached_property
+    def jobs(self) -> Scheduler:
+        from berth.jobs import Job, Scheduler
+        from berth.services.scanning.scans import scan_queue_job
+
+        settings = self.settings
+        usage, storage_check, scans = self.usage, self.storage_check, self.scans
+        return Scheduler(
+            self.db,
+            [
+                Job("storage-collect", settings.storage_collect_interval, usage.collect_all),
+                Job("usage-prune", 86_400, usage.prune),
+                # Hashes every blob: first due one interval after the first start.
+                Job(
+                    "storage-scrub",
+                    settings.storage_scrub_interval,
+                    storage_check.check_blobs,
+                    first_after_interval=True,
+                ),
+                # Cheap (listings): uploads untouched for upload_expiry, scratch files left
+                # by a crash and commits a dead node began go within the hour after.
+                Job("abandoned-uploads", 3600, storage_check.remove_abandoned_uploads),
+                *self.webhook_delivery.jobs(),
+                # Projects' scheduled retention runs: looked for every minute (a read).
+                Job(
+                    "retention-schedule",
+                    settings.retention_check_interval,
+                    self.retention.run_due,
+                    has_work=self.retention.has_due,
+                ),
+                # Queued image scans (auto on push, or requested): a read when idle. One
+                # job per worker, so that as many nodes or processes scan at once.
+                *(
+                    Job(
+                        scan_queue_job(worker),
+                        settings.scan_check_interval,
+                        scans.run_queued,
+                        has_work=scans.has_queued,
+                    )
+                    for worker in range(1, settings.scan_workers + 1)
+                ),
+                Job(
+                    "scan-rescan-stale",
+                    settings.rescan_interval,
+                    scans.rescan_stale,
+                    first_after_interval=True,
+                ),
+                Job("scan-sbom-prune", 86_400, scans.prune_sboms),
+                Job("login-failures-prune", 3600, self.throttle.prune),
+            ],
+        )
+
+    @cached_property
+    def gc(self) -> GarbageCollector:
+        from berth.services.gc import GarbageCollector
+
+        return GarbageCollector(
+            self.db,
+            self.store,
+            grace_period=self.settings.gc_grace_period,
+            upload_expiry=self.settings.upload_expiry,
+            test_pause=self.settings.gc_test_pause,
+        )
+
+    @cached_property
+    def sessions(self) -> Sessions:
+        from berth.services.sessions import Sessions
+
+        return Sessions(self.db, self.settings.session_ttl, self.tokens)
+
+    @cached_property
+    def readiness(self) -> Readiness:
+        from berth.services.readiness import Readiness
+
+        return Readiness(self.db, self.store)
+
+    @cached_property
+    def webhooks(self) -> Webhooks:
+        from berth.services.webhooks import Webhooks
+
+        return Webhooks(self.db, allow_private=self.settings.webhook_allow_private)
+
+    @cached_property
+    def tag_rules(self) -> TagRules:
+        from berth.services.tag_rules import TagRules
+
+        return TagRules(self.db)
+
+    @cached_property
+    def presence(self) -> Presence:
+        from berth import __version__
+        from berth.metadata.presence import Presence
+
+        return Presence(self.db, node_name=self.settings.node_name, version=__version__)
 
     def host_project(self, host: str | None) -> str | None:
         """The project this server's Host names (`domain.names.host_project`)."""
@@ -275,6 +396,8 @@ class Services:
         `berth serve` recorded it is reached (its host and port, and its own project hosts:
         it may have been started with a `listen`, `domain` or `region` of its own environment
         or flags). This command's own settings only before any server has started."""
+        from berth.services.install import served_at, served_project_host_suffix
+
         host = await served_at(self.db)
         suffix = await served_project_host_suffix(self.db) if host else None
         return await self.pasted_registry_address(project, host, suffix)
@@ -289,18 +412,30 @@ class Services:
         self.retention.start()
         self.presence.start()
 
+    def _built(self, name: str) -> bool:
+        """Whether the service `name` was built (what was not has nothing to stop)."""
+        return name in vars(self)
+
     async def close(self) -> None:
         self.db.stopping()
-        await self.presence.stop()
-        await self.gc.stop()
-        await self.retention.stop()
-        await self.jobs.stop()
-        if self.scans.processes is not None:
+        if self._built("presence"):
+            await self.presence.stop()
+        if self._built("gc"):
+            await self.gc.stop()
+        if self._built("retention"):
+            await self.retention.stop()
+        if self._built("jobs"):
+            await self.jobs.stop()
+        if self._built("scans") and self.scans.processes is not None:
             self.scans.processes.close()
-        await self.traffic.stop()
-        await self.pulls.stop()
-        await self.identity.audit.stop()
-        await self.store.close()
+        if self._built("traffic"):
+            await self.traffic.stop()
+        if self._built("pulls"):
+            await self.pulls.stop()
+        if self._built("identity"):
+            await self.identity.audit.stop()
+        if self._built("store"):
+            await self.store.close()
         await self.db.dispose()
 
 

@@ -39,6 +39,20 @@ NOT_FOR_AN_ADMIN_VERB = {
     "berth.console": "the web console",
     "asyncpg": "PostgreSQL's driver",
 }
+# Services a listing of projects or keys has no use for, built (and imported) before by every
+# admin verb with all the others (`berth.state`).
+NOT_FOR_A_LISTING = {
+    "berth.services.registry": "the registry's manifests and tags",
+    "berth.services.uploads": "blob uploads",
+    "berth.services.usage": "storage and traffic figures",
+    "berth.services.retention": "retention policies",
+    "berth.services.scanning.scans": "image scans",
+    "berth.services.vulndb": "the vulnerability database",
+    "berth.services.webhooks": "webhooks",
+    "berth.services.webhook_delivery": "webhook deliveries",
+    "berth.services.sessions": "console sessions",
+    "berth.services.storage_check": "the storage check",
+}
 # What `berth --help` has no use for either: it only lists the verbs.
 NOT_FOR_HELP = NOT_FOR_AN_ADMIN_VERB | {
     "sqlalchemy": "the database",
@@ -108,3 +122,10 @@ def test_an_admin_verb_loads_neither_alembic_nor_the_web_application(
     loaded = loaded_by(args, data)
     assert "sqlalchemy" in loaded  # it did read the database
     assert unwanted(loaded, NOT_FOR_AN_ADMIN_VERB) == {}
+
+
+@pytest.mark.parametrize("args", [["project", "list"], ["key", "list", "--project", "demo"]])
+def test_a_listing_builds_only_the_services_it_reads(data: Path, args: list[str]) -> None:
+    loaded = loaded_by(args, data)
+    assert "berth.services.identity" in loaded  # it did build the service it reads
+    assert unwanted(loaded, NOT_FOR_A_LISTING) == {}
