@@ -51,15 +51,16 @@ from tests.tls import make_ca_and_cert
 
 def test_project_and_repository_admin_verbs(tmp_path: Path) -> None:
     berth = BerthServer(tmp_path / "data")
-    initialised = berth.cli("init").stdout
+    cli = _Verbs(berth)
+    initialised = cli("init").stdout
     # Nothing serves yet: the sign-in hint says when it applies, and with which command.
     # (With the data directory the environment gave: the command is pasted into a shell.)
     assert re.search(
         r"/console/ as 'admin' once `\S*berth --data-dir \S+ serve` runs;", initialised
     ), initialised
-    assert "Created project demo" in berth.cli("project", "create", "demo").stdout
-    assert berth.cli("project", "create", "demo", check=False).returncode == 3
-    created = berth.cli_json(
+    assert "Created project demo" in cli("project", "create", "demo").stdout
+    assert cli("project", "create", "demo", check=False).returncode == 3
+    created = cli.json(
         "repo", "create", "demo/app", "--public", "--no-tag-overwrite", "--description", "web app"
     )
     assert created["visibility"] == "public"
@@ -67,32 +68,33 @@ def test_project_and_repository_admin_verbs(tmp_path: Path) -> None:
     assert created["description"] == "web app"
     assert created["images"] == 0
     # Audited by the service, as from the API: the CLI's create is in the log too.
-    [entry] = berth.cli_items("audit", "demo")
+    [entry] = cli.items("audit", "demo")
     assert (entry["action"], entry["target"]) == ("repository.create", "app")
-    assert [p["name"] for p in berth.cli_items("project", "list")] == ["demo"]
-    listed = berth.cli_items("repo", "list", "demo")
+    assert [p["name"] for p in cli.items("project", "list")] == ["demo"]
+    listed = cli.items("repo", "list", "demo")
     assert [r["name"] for r in listed] == ["app"]
-    table = berth.cli("repo", "list", "demo").stdout
+    table = cli("repo", "list", "demo").stdout
     assert "app" in table and "public" in table
 
 
 def test_cli_errors_are_clear(tmp_path: Path) -> None:
     berth = BerthServer(tmp_path / "data")
-    berth.cli("init")
-    missing = berth.cli("repo", "create", "nope/app", check=False)
+    cli = _Verbs(berth)
+    cli("init")
+    missing = cli("repo", "create", "nope/app", check=False)
     assert missing.returncode == 1
     assert "project 'nope' does not exist" in missing.stderr
-    berth.cli("project", "create", "demo")
-    bad = berth.cli("repo", "create", "demo/Bad_Name", check=False)
+    cli("project", "create", "demo")
+    bad = cli("repo", "create", "demo/Bad_Name", check=False)
     assert bad.returncode == 1 and "invalid repository name" in bad.stderr
-    long = berth.cli("repo", "create", "demo/app", "--description", "x" * 101, check=False)
+    long = cli("repo", "create", "demo/app", "--description", "x" * 101, check=False)
     assert long.returncode == 2 and "at most 100" in long.stderr  # a value out of range
-    lines = berth.cli("repo", "create", "demo/app", "--description", "two\nlines", check=False)
+    lines = cli("repo", "create", "demo/app", "--description", "two\nlines", check=False)
     assert lines.returncode == 2, lines.stderr  # as the API refuses it
     assert "with no line breaks or control characters; this one has '\\n'" in lines.stderr
-    assert berth.cli("repo", "create", "demo", check=False).returncode == 2
+    assert cli("repo", "create", "demo", check=False).returncode == 2
     # Orphans belong to no project: --repair is for the whole install's check, said so.
-    repair = berth.cli("storage", "check", "demo", "--repair", "--yes", check=False)
+    repair = cli("storage", "check", "demo", "--repair", "--yes", check=False)
     assert repair.returncode == 2 and repair.stdout == "", repair
     said = " ".join(repair.stderr.split())
     assert said.startswith("error: --repair removes stored blobs no metadata names"), said
@@ -112,44 +114,45 @@ def test_cli_errors_are_clear(tmp_path: Path) -> None:
 
 def test_users_members_keys_and_audit(tmp_path: Path) -> None:
     berth = BerthServer(tmp_path / "data")
-    berth.cli("init")
-    berth.cli("project", "create", "demo")
-    created = berth.cli(
+    cli = _Verbs(berth)
+    cli("init")
+    cli("project", "create", "demo")
+    created = cli(
         "user", "create", "alice", "--password-stdin", "--json", input="correct horse battery\n"
     )
     assert json.loads(created.stdout)["name"] == "alice"
-    no_role = berth.cli("key", "create", "--user", "alice", "--project", "demo", check=False)
+    no_role = cli("key", "create", "--user", "alice", "--project", "demo", check=False)
     assert no_role.returncode == 1 and "no role in project" in no_role.stderr
-    owner = berth.cli("member", "add", "demo", "alice", "--role", "owner", check=False)
+    owner = cli("member", "add", "demo", "alice", "--role", "owner", check=False)
     assert owner.returncode == 2 and "project role must be one of" in owner.stderr
-    berth.cli("member", "add", "demo", "alice", "--role", "member")
-    key = berth.cli_json(
+    cli("member", "add", "demo", "alice", "--role", "member")
+    key = cli.json(
         "key", "create", "--user", "alice", "--project", "demo", "--expires", "2099-01-01"
     )
     assert key["access_key_id"].startswith("BK") and len(key["secret_access_key"]) >= 40
-    listed = berth.cli_items("key", "list", "--project", "demo")
+    listed = cli.items("key", "list", "--project", "demo")
     assert [k["access_key_id"] for k in listed] == [key["access_key_id"]]
     assert listed[0]["state"] == "active"
     # A date alone: the key works through that day (UTC), as in the console.
     assert listed[0]["expires_at"].startswith("2099-01-01T23:59:59")
     assert key["secret_access_key"] not in json.dumps(listed)
     # Printed, the expiry says the moment it means.
-    timed = berth.cli(
+    timed = cli(
         "key", "create", "--user", "alice", "--project", "demo", "--expires", "2099-01-01T12:30"
     ).stdout
     assert "Expires:           2099-01-01 12:30:00 UTC\n" in timed, timed
-    vague = berth.cli(
+    vague = cli(
         "key", "create", "--user", "alice", "--project", "demo", "--expires", "soon", check=False
     )
     assert vague.returncode == 2 and "is not YYYY-MM-DD" in vague.stderr, vague.stderr
     timed_id = re.search(r"Access key ID: +(\S+)", timed)
     assert timed_id is not None
-    berth.cli("key", "delete", timed_id.group(1), "--yes")
-    berth.cli("key", "disable", key["access_key_id"])
-    assert berth.cli_items("key", "list", "--user", "alice")[0]["state"] == "disabled"
-    berth.cli("key", "delete", key["access_key_id"], "--yes")
-    assert berth.cli_items("key", "list") == []
-    entries = berth.cli_items("audit", "demo")
+    cli("key", "delete", timed_id.group(1), "--yes")
+    cli("key", "disable", key["access_key_id"])
+    assert cli.items("key", "list", "--user", "alice")[0]["state"] == "disabled"
+    cli("key", "delete", key["access_key_id"], "--yes")
+    assert cli.items("key", "list") == []
+    entries = cli.items("audit", "demo")
     actions = [entry["action"] for entry in entries]
     assert actions == [
         "key.delete",
@@ -217,13 +220,21 @@ class Typed:
 def _berth_in(directory: Path, *args: str, **env: str) -> Typed:
     """`berth ARGS` typed in `directory` with no BERTH_* settings but `env`: in this process
     (a new interpreter takes seconds to import the CLI), with the same output."""
-    settings = {k: None for k in os.environ if k.startswith("BERTH_")}
+    return _invoked(directory, list(args), {"COLUMNS": "300", **env})
+
+
+def _invoked(
+    directory: Path, args: list[str], env: dict[str, str | None], input: str | None = None
+) -> Typed:
+    """`berth ARGS` run in this process in `directory`, with no BERTH_* settings but `env`'s
+    and `input` on a standard input that is no terminal."""
+    settings: dict[str, str | None] = {k: None for k in os.environ if k.startswith("BERTH_")}
     previous = Path.cwd()
     os.chdir(directory)
     try:
         result = in_own_thread(
             lambda: CliRunner().invoke(
-                app, list(args), prog_name="berth", env={**settings, "COLUMNS": "300", **env}
+                app, args, input=input, prog_name="berth", env={**settings, **env}
             )
         )
     finally:
@@ -231,6 +242,37 @@ def _berth_in(directory: Path, *args: str, **env: str) -> Typed:
     if result.exception and not isinstance(result.exception, SystemExit):
         raise result.exception
     return Typed(result.exit_code, result.stdout, result.stderr)
+
+
+@dataclass
+class _Verbs:
+    """`berth ARGS` on a (not started) server's data with its settings, as `BerthServer.cli`
+    runs it but in this process: the same verbs, output and exit codes, without a new
+    interpreter's start per call. What needs a process of its own (a terminal, a shell)
+    still runs `BERTH`."""
+
+    server: BerthServer
+
+    def __call__(self, *args: str, check: bool = True, input: str | None = None) -> Typed:
+        env: dict[str, str | None] = {
+            k: v for k, v in self.server.env.items() if k.startswith("BERTH_")
+        }
+        # As a pipe to a new process has it: COLUMNS only if the environment sets it.
+        env["COLUMNS"] = self.server.env.get("COLUMNS")
+        done = _invoked(ROOT, list(args), env, input)
+        if check and done.returncode != 0:
+            raise AssertionError(f"berth {' '.join(args)} failed: {done.stdout}{done.stderr}")
+        return done
+
+    def json(self, *args: str) -> Any:
+        return json.loads(self(*args, "--json").stdout)
+
+    def items(self, *args: str) -> list[Any]:
+        """The items a list verb prints with --json (its listing's `items`)."""
+        listed = self.json(*args)
+        assert set(listed) == {"items", "page", "per_page", "total"}, listed
+        items: list[Any] = listed["items"]
+        return items
 
 
 def test_admin_verbs_never_create_a_data_directory(tmp_path: Path) -> None:
@@ -539,7 +581,8 @@ def test_a_lost_administrator_password_is_reset_on_the_server(server: BerthServe
 
 def test_deleting_users_and_projects(tmp_path: Path) -> None:
     berth = BerthServer(tmp_path / "data")
-    berth.cli("init")  # with the administrator `admin`
+    cli = _Verbs(berth)
+    cli("init")  # with the administrator `admin`
     berth.create_repository("demo", "app")
     berth.create_project("empty")
     berth.create_user("bob", "bob-password")
@@ -547,18 +590,18 @@ def test_deleting_users_and_projects(tmp_path: Path) -> None:
     berth.add_member("demo", "bob", "member")
     key_id, _secret = berth.access_key("demo", "bob")
 
-    assert berth.cli("user", "delete", "bob", "--yes").stdout.strip() == "Deleted user bob"
+    assert cli("user", "delete", "bob", "--yes").stdout.strip() == "Deleted user bob"
     assert berth._services(lambda s: s.identity.keys.list_keys()) == []
-    entries = berth.cli_items("audit", "demo")
+    entries = cli.items("audit", "demo")
     audit = [(e["action"], e["target"]) for e in entries]
     assert audit[:2] == [("user.delete", "bob"), ("key.delete", key_id)]
     # Audited as who ran it, from where (as other admin verbs are): a user named `cli` is
     # nobody's self.
     assert entries[0]["actor"].startswith("cli:") and entries[0]["client"].startswith("cli on ")
     berth.create_user("cli", "cli-password")
-    assert berth.cli("user", "delete", "cli", "--yes").stdout.strip() == "Deleted user cli"
-    assert berth.cli("user", "delete", "root", "--yes").returncode == 0
-    last_admin = berth.cli("user", "delete", "admin", "--yes", check=False)
+    assert cli("user", "delete", "cli", "--yes").stdout.strip() == "Deleted user cli"
+    assert cli("user", "delete", "root", "--yes").returncode == 0
+    last_admin = cli("user", "delete", "admin", "--yes", check=False)
     assert last_admin.returncode == 1 and "last server administrator" in last_admin.stderr
 
     # A project that holds repositories goes only once its name is typed again.
@@ -569,7 +612,7 @@ def test_deleting_users_and_projects(tmp_path: Path) -> None:
     typed = typed_at_terminal(delete_demo, "demo\n", env=berth.env)
     assert typed.returncode == 0, typed.stderr
     assert "Deleted project demo and its 1 repository" in typed.stdout
-    assert berth.cli_json("project", "delete", "empty", "--yes")["deleted"] is True
+    assert cli.json("project", "delete", "empty", "--yes")["deleted"] is True
     assert berth._services(lambda s: s.repositories.list_projects()) == []
 
 
@@ -580,7 +623,8 @@ def test_deleting_verbs_ask_at_a_terminal_whatever_json_says_and_refuse_without_
     error (standard output holds the JSON alone), and where nobody can answer (a script, a
     pipe) the verb refuses, naming --yes, and deletes nothing."""
     berth = BerthServer(tmp_path / "data")
-    berth.cli("init")
+    cli = _Verbs(berth)
+    cli("init")
     berth.create_repository("demo", "app")
     berth.create_project("empty")
     berth.create_user("bob", "bob-password")
@@ -591,15 +635,15 @@ def test_deleting_verbs_ask_at_a_terminal_whatever_json_says_and_refuse_without_
         ["project", "delete", "empty"],
         ["project", "delete", "demo"],  # which holds a repository: its name is asked for
     ):
-        refused = berth.cli(*verb, "--json", input="y\n", check=False)
+        refused = cli(*verb, "--json", input="y\n", check=False)
         assert refused.returncode == 2 and refused.stdout == "", (verb, refused)
         said = " ".join(refused.stderr.split())
         assert said.startswith("error: no terminal to ask on whether to delete"), said
         assert "give --yes" in said, said
-    assert berth.cli_items("retention", "history", "demo") == []  # no run
-    assert [r["name"] for r in berth.cli_items("repo", "list", "demo")] == ["app"]
-    assert "bob" in {u["name"] for u in berth.cli_items("user", "list")}
-    assert {p["name"] for p in berth.cli_items("project", "list")} == {"demo", "empty"}
+    assert cli.items("retention", "history", "demo") == []  # no run
+    assert [r["name"] for r in cli.items("repo", "list", "demo")] == ["app"]
+    assert "bob" in {u["name"] for u in cli.items("user", "list")}
+    assert {p["name"] for p in cli.items("project", "list")} == {"demo", "empty"}
 
     delete_app = [*BERTH, "repo", "delete", "demo/app", "--json"]
     declined = typed_at_terminal(delete_app, "n\n", env=berth.env)
@@ -611,11 +655,11 @@ def test_deleting_verbs_ask_at_a_terminal_whatever_json_says_and_refuse_without_
     )
     assert retention.returncode == 1 and retention.stdout == ""
     assert "Delete the images of demo that no retention rule keeps?" in retention.stderr
-    assert berth.cli_items("retention", "history", "demo") == []
+    assert cli.items("retention", "history", "demo") == []
     deleted = typed_at_terminal(delete_app, "y\n", env=berth.env)
     assert deleted.returncode == 0, deleted.stderr
     assert json.loads(deleted.stdout) == {"repository": "demo/app", "deleted": True}
-    assert berth.cli_items("repo", "list", "demo") == []
+    assert cli.items("repo", "list", "demo") == []
 
 
 def _on(server: BerthServer, *args: str) -> Typed:
@@ -643,7 +687,8 @@ def test_removing_and_collecting_verbs_ask_as_deleting_ones_do(tmp_path: Path) -
     says, refusing without a terminal (naming --yes); "n" leaves everything as it was, "y"
     and --yes go ahead. A dry run of garbage collection changes nothing and never asks."""
     berth = BerthServer(tmp_path / "data")
-    berth.cli("init")
+    cli = _Verbs(berth)
+    cli("init")
     berth.create_repository("demo", "app")
     berth.create_user("bob", "bob-password")
     berth.create_user("eve", "eve-password")
@@ -705,7 +750,8 @@ def test_every_list_verb_prints_the_same_listing_with_json(tmp_path: Path) -> No
     """One shape for scripts, the Management API's page: `items`, `page`, `per_page` (the
     --limit or --per-page, null where everything is listed) and `total` (beyond a limit too)."""
     berth = BerthServer(tmp_path / "data")
-    berth.cli("init")
+    cli = _Verbs(berth)
+    cli("init")
     berth.create_repository("demo", "app")
     berth.create_repository("demo", "web")
     berth.create_user("bob", "bob-password")
@@ -755,40 +801,41 @@ def test_project_create_and_quota_changes_are_audited_and_the_quota_has_a_verb(
     tmp_path: Path,
 ) -> None:
     berth = BerthServer(tmp_path / "data")
-    berth.cli("init")
-    berth.cli("project", "create", "demo")
-    [created] = [e for e in berth.cli_items("audit") if e["action"] == "project.create"]
+    cli = _Verbs(berth)
+    cli("init")
+    cli("project", "create", "demo")
+    [created] = [e for e in cli.items("audit") if e["action"] == "project.create"]
     assert created["target"] == "demo" and created["actor"].startswith("cli:")
     assert created["client"].startswith("cli on ")
-    assert "project.create" in berth.cli("audit").stdout  # the log outside projects
+    assert "project.create" in cli("audit").stdout  # the log outside projects
 
-    shown = " ".join(berth.cli("project", "quota", "demo").stdout.split())
+    shown = " ".join(cli("project", "quota", "demo").stdout.split())
     assert shown == (
         "Project demo may hold at most 100 repositories (the server's default); it holds 0."
     )
-    own = berth.cli_json("project", "quota", "demo", "1")
+    own = cli.json("project", "quota", "demo", "1")
     assert own == {
         "name": "demo",
         "repositories": 0,
         "repository_quota": 1,
         "quota_is_default": False,
     }
-    berth.cli("repo", "create", "demo/one")
-    refused = berth.cli("repo", "create", "demo/two", check=False)
+    cli("repo", "create", "demo/one")
+    refused = cli("repo", "create", "demo/two", check=False)
     assert refused.returncode == 1 and "repository quota" in refused.stderr
-    assert berth.cli_json("project", "quota", "demo", "default")["quota_is_default"] is True
-    changes = [e for e in berth.cli_items("audit", "demo") if e["action"] == "project.quota"]
+    assert cli.json("project", "quota", "demo", "default")["quota_is_default"] is True
+    changes = [e for e in cli.items("audit", "demo") if e["action"] == "project.quota"]
     assert [e["detail"] for e in changes] == [
         {"old": 1, "old_is_default": False, "new": 100, "new_is_default": True},
         {"old": 100, "old_is_default": True, "new": 1, "new_is_default": False},
     ]
     assert all(e["actor"].startswith("cli:") for e in changes)
-    table = " ".join(berth.cli("audit", "demo").stdout.split())
+    table = " ".join(cli("audit", "demo").stdout.split())
     assert "project.quota" in table  # its details in --json, above
 
-    bad = berth.cli("project", "quota", "demo", "many", check=False)
+    bad = cli("project", "quota", "demo", "many", check=False)
     assert bad.returncode == 2 and "MAXIMUM must be a whole number" in bad.stderr
-    missing = berth.cli("project", "quota", "nope", "5", check=False)
+    missing = cli("project", "quota", "nope", "5", check=False)
     assert missing.returncode == 1 and "project 'nope' does not exist" in missing.stderr
 
 
