@@ -13,7 +13,6 @@ import sqlite3
 import stat
 import subprocess
 from collections.abc import Iterator
-from dataclasses import dataclass
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any
@@ -30,6 +29,7 @@ from typer.testing import CliRunner
 from berth.cli.main import app
 from berth.metadata.migrate import alembic_config
 from berth.metadata.revisions import current_revision
+from tests.in_process import Typed, in_process, invoked
 from tests.oci import OCI_MANIFEST, manifest_path, put_manifest, random_image
 from tests.ports import free_port
 from tests.servers import (
@@ -40,7 +40,6 @@ from tests.servers import (
     BerthServer,
     PostgresCluster,
     database_url_for,
-    in_own_thread,
     serve_refused,
     unresolvable_host,
     unstarted_environ,
@@ -51,16 +50,16 @@ from tests.tls import make_ca_and_cert
 
 def test_project_and_repository_admin_verbs(tmp_path: Path) -> None:
     berth = BerthServer(tmp_path / "data")
-    cli = _Verbs(berth)
-    initialised = cli("init").stdout
+    verbs = in_process(berth)
+    initialised = verbs.cli("init").stdout
     # Nothing serves yet: the sign-in hint says when it applies, and with which command.
     # (With the data directory the environment gave: the command is pasted into a shell.)
     assert re.search(
         r"/console/ as 'admin' once `\S*berth --data-dir \S+ serve` runs;", initialised
     ), initialised
-    assert "Created project demo" in cli("project", "create", "demo").stdout
-    assert cli("project", "create", "demo", check=False).returncode == 3
-    created = cli.json(
+    assert "Created project demo" in verbs.cli("project", "create", "demo").stdout
+    assert verbs.cli("project", "create", "demo", check=False).returncode == 3
+    created = verbs.cli_json(
         "repo", "create", "demo/app", "--public", "--no-tag-overwrite", "--description", "web app"
     )
     assert created["visibility"] == "public"
@@ -68,33 +67,33 @@ def test_project_and_repository_admin_verbs(tmp_path: Path) -> None:
     assert created["description"] == "web app"
     assert created["images"] == 0
     # Audited by the service, as from the API: the CLI's create is in the log too.
-    [entry] = cli.items("audit", "demo")
+    [entry] = verbs.cli_items("audit", "demo")
     assert (entry["action"], entry["target"]) == ("repository.create", "app")
-    assert [p["name"] for p in cli.items("project", "list")] == ["demo"]
-    listed = cli.items("repo", "list", "demo")
+    assert [p["name"] for p in verbs.cli_items("project", "list")] == ["demo"]
+    listed = verbs.cli_items("repo", "list", "demo")
     assert [r["name"] for r in listed] == ["app"]
-    table = cli("repo", "list", "demo").stdout
+    table = verbs.cli("repo", "list", "demo").stdout
     assert "app" in table and "public" in table
 
 
 def test_cli_errors_are_clear(tmp_path: Path) -> None:
     berth = BerthServer(tmp_path / "data")
-    cli = _Verbs(berth)
-    cli("init")
-    missing = cli("repo", "create", "nope/app", check=False)
+    verbs = in_process(berth)
+    verbs.cli("init")
+    missing = verbs.cli("repo", "create", "nope/app", check=False)
     assert missing.returncode == 1
     assert "project 'nope' does not exist" in missing.stderr
-    cli("project", "create", "demo")
-    bad = cli("repo", "create", "demo/Bad_Name", check=False)
+    verbs.cli("project", "create", "demo")
+    bad = verbs.cli("repo", "create", "demo/Bad_Name", check=False)
     assert bad.returncode == 1 and "invalid repository name" in bad.stderr
-    long = cli("repo", "create", "demo/app", "--description", "x" * 101, check=False)
+    long = verbs.cli("repo", "create", "demo/app", "--description", "x" * 101, check=False)
     assert long.returncode == 2 and "at most 100" in long.stderr  # a value out of range
-    lines = cli("repo", "create", "demo/app", "--description", "two\nlines", check=False)
+    lines = verbs.cli("repo", "create", "demo/app", "--description", "two\nlines", check=False)
     assert lines.returncode == 2, lines.stderr  # as the API refuses it
     assert "with no line breaks or control characters; this one has '\\n'" in lines.stderr
-    assert cli("repo", "create", "demo", check=False).returncode == 2
+    assert verbs.cli("repo", "create", "demo", check=False).returncode == 2
     # Orphans belong to no project: --repair is for the whole install's check, said so.
-    repair = cli("storage", "check", "demo", "--repair", "--yes", check=False)
+    repair = verbs.cli("storage", "check", "demo", "--repair", "--yes", check=False)
     assert repair.returncode == 2 and repair.stdout == "", repair
     said = " ".join(repair.stderr.split())
     assert said.startswith("error: --repair removes stored blobs no metadata names"), said
@@ -114,45 +113,45 @@ def test_cli_errors_are_clear(tmp_path: Path) -> None:
 
 def test_users_members_keys_and_audit(tmp_path: Path) -> None:
     berth = BerthServer(tmp_path / "data")
-    cli = _Verbs(berth)
-    cli("init")
-    cli("project", "create", "demo")
-    created = cli(
+    verbs = in_process(berth)
+    verbs.cli("init")
+    verbs.cli("project", "create", "demo")
+    created = verbs.cli(
         "user", "create", "alice", "--password-stdin", "--json", input="correct horse battery\n"
     )
     assert json.loads(created.stdout)["name"] == "alice"
-    no_role = cli("key", "create", "--user", "alice", "--project", "demo", check=False)
+    no_role = verbs.cli("key", "create", "--user", "alice", "--project", "demo", check=False)
     assert no_role.returncode == 1 and "no role in project" in no_role.stderr
-    owner = cli("member", "add", "demo", "alice", "--role", "owner", check=False)
+    owner = verbs.cli("member", "add", "demo", "alice", "--role", "owner", check=False)
     assert owner.returncode == 2 and "project role must be one of" in owner.stderr
-    cli("member", "add", "demo", "alice", "--role", "member")
-    key = cli.json(
+    verbs.cli("member", "add", "demo", "alice", "--role", "member")
+    key = verbs.cli_json(
         "key", "create", "--user", "alice", "--project", "demo", "--expires", "2099-01-01"
     )
     assert key["access_key_id"].startswith("BK") and len(key["secret_access_key"]) >= 40
-    listed = cli.items("key", "list", "--project", "demo")
+    listed = verbs.cli_items("key", "list", "--project", "demo")
     assert [k["access_key_id"] for k in listed] == [key["access_key_id"]]
     assert listed[0]["state"] == "active"
     # A date alone: the key works through that day (UTC), as in the console.
     assert listed[0]["expires_at"].startswith("2099-01-01T23:59:59")
     assert key["secret_access_key"] not in json.dumps(listed)
     # Printed, the expiry says the moment it means.
-    timed = cli(
+    timed = verbs.cli(
         "key", "create", "--user", "alice", "--project", "demo", "--expires", "2099-01-01T12:30"
     ).stdout
     assert "Expires:           2099-01-01 12:30:00 UTC\n" in timed, timed
-    vague = cli(
+    vague = verbs.cli(
         "key", "create", "--user", "alice", "--project", "demo", "--expires", "soon", check=False
     )
     assert vague.returncode == 2 and "is not YYYY-MM-DD" in vague.stderr, vague.stderr
     timed_id = re.search(r"Access key ID: +(\S+)", timed)
     assert timed_id is not None
-    cli("key", "delete", timed_id.group(1), "--yes")
-    cli("key", "disable", key["access_key_id"])
-    assert cli.items("key", "list", "--user", "alice")[0]["state"] == "disabled"
-    cli("key", "delete", key["access_key_id"], "--yes")
-    assert cli.items("key", "list") == []
-    entries = cli.items("audit", "demo")
+    verbs.cli("key", "delete", timed_id.group(1), "--yes")
+    verbs.cli("key", "disable", key["access_key_id"])
+    assert verbs.cli_items("key", "list", "--user", "alice")[0]["state"] == "disabled"
+    verbs.cli("key", "delete", key["access_key_id"], "--yes")
+    assert verbs.cli_items("key", "list") == []
+    entries = verbs.cli_items("audit", "demo")
     actions = [entry["action"] for entry in entries]
     assert actions == [
         "key.delete",
@@ -210,69 +209,10 @@ def test_help_as_typed_in_a_shell() -> None:
     assert "PROJECT/REPO[/IMAGE]" in shown.stdout and "TAG" in shown.stdout
 
 
-@dataclass
-class Typed:
-    returncode: int
-    stdout: str
-    stderr: str
-
-
 def _berth_in(directory: Path, *args: str, **env: str) -> Typed:
     """`berth ARGS` typed in `directory` with no BERTH_* settings but `env`: in this process
     (a new interpreter takes seconds to import the CLI), with the same output."""
-    return _invoked(directory, list(args), {"COLUMNS": "300", **env})
-
-
-def _invoked(
-    directory: Path, args: list[str], env: dict[str, str | None], input: str | None = None
-) -> Typed:
-    """`berth ARGS` run in this process in `directory`, with no BERTH_* settings but `env`'s
-    and `input` on a standard input that is no terminal."""
-    settings: dict[str, str | None] = {k: None for k in os.environ if k.startswith("BERTH_")}
-    previous = Path.cwd()
-    os.chdir(directory)
-    try:
-        result = in_own_thread(
-            lambda: CliRunner().invoke(
-                app, args, input=input, prog_name="berth", env={**settings, **env}
-            )
-        )
-    finally:
-        os.chdir(previous)
-    if result.exception and not isinstance(result.exception, SystemExit):
-        raise result.exception
-    return Typed(result.exit_code, result.stdout, result.stderr)
-
-
-@dataclass
-class _Verbs:
-    """`berth ARGS` on a (not started) server's data with its settings, as `BerthServer.cli`
-    runs it but in this process: the same verbs, output and exit codes, without a new
-    interpreter's start per call. What needs a process of its own (a terminal, a shell)
-    still runs `BERTH`."""
-
-    server: BerthServer
-
-    def __call__(self, *args: str, check: bool = True, input: str | None = None) -> Typed:
-        env: dict[str, str | None] = {
-            k: v for k, v in self.server.env.items() if k.startswith("BERTH_")
-        }
-        # As a pipe to a new process has it: COLUMNS only if the environment sets it.
-        env["COLUMNS"] = self.server.env.get("COLUMNS")
-        done = _invoked(ROOT, list(args), env, input)
-        if check and done.returncode != 0:
-            raise AssertionError(f"berth {' '.join(args)} failed: {done.stdout}{done.stderr}")
-        return done
-
-    def json(self, *args: str) -> Any:
-        return json.loads(self(*args, "--json").stdout)
-
-    def items(self, *args: str) -> list[Any]:
-        """The items a list verb prints with --json (its listing's `items`)."""
-        listed = self.json(*args)
-        assert set(listed) == {"items", "page", "per_page", "total"}, listed
-        items: list[Any] = listed["items"]
-        return items
+    return invoked(directory, list(args), {"COLUMNS": "300", **env})
 
 
 def test_admin_verbs_never_create_a_data_directory(tmp_path: Path) -> None:
@@ -581,8 +521,8 @@ def test_a_lost_administrator_password_is_reset_on_the_server(server: BerthServe
 
 def test_deleting_users_and_projects(tmp_path: Path) -> None:
     berth = BerthServer(tmp_path / "data")
-    cli = _Verbs(berth)
-    cli("init")  # with the administrator `admin`
+    verbs = in_process(berth)
+    verbs.cli("init")  # with the administrator `admin`
     berth.create_repository("demo", "app")
     berth.create_project("empty")
     berth.create_user("bob", "bob-password")
@@ -590,18 +530,18 @@ def test_deleting_users_and_projects(tmp_path: Path) -> None:
     berth.add_member("demo", "bob", "member")
     key_id, _secret = berth.access_key("demo", "bob")
 
-    assert cli("user", "delete", "bob", "--yes").stdout.strip() == "Deleted user bob"
+    assert verbs.cli("user", "delete", "bob", "--yes").stdout.strip() == "Deleted user bob"
     assert berth._services(lambda s: s.identity.keys.list_keys()) == []
-    entries = cli.items("audit", "demo")
+    entries = verbs.cli_items("audit", "demo")
     audit = [(e["action"], e["target"]) for e in entries]
     assert audit[:2] == [("user.delete", "bob"), ("key.delete", key_id)]
     # Audited as who ran it, from where (as other admin verbs are): a user named `cli` is
     # nobody's self.
     assert entries[0]["actor"].startswith("cli:") and entries[0]["client"].startswith("cli on ")
     berth.create_user("cli", "cli-password")
-    assert cli("user", "delete", "cli", "--yes").stdout.strip() == "Deleted user cli"
-    assert cli("user", "delete", "root", "--yes").returncode == 0
-    last_admin = cli("user", "delete", "admin", "--yes", check=False)
+    assert verbs.cli("user", "delete", "cli", "--yes").stdout.strip() == "Deleted user cli"
+    assert verbs.cli("user", "delete", "root", "--yes").returncode == 0
+    last_admin = verbs.cli("user", "delete", "admin", "--yes", check=False)
     assert last_admin.returncode == 1 and "last server administrator" in last_admin.stderr
 
     # A project that holds repositories goes only once its name is typed again.
@@ -612,7 +552,7 @@ def test_deleting_users_and_projects(tmp_path: Path) -> None:
     typed = typed_at_terminal(delete_demo, "demo\n", env=berth.env)
     assert typed.returncode == 0, typed.stderr
     assert "Deleted project demo and its 1 repository" in typed.stdout
-    assert cli.json("project", "delete", "empty", "--yes")["deleted"] is True
+    assert verbs.cli_json("project", "delete", "empty", "--yes")["deleted"] is True
     assert berth._services(lambda s: s.repositories.list_projects()) == []
 
 
@@ -623,8 +563,8 @@ def test_deleting_verbs_ask_at_a_terminal_whatever_json_says_and_refuse_without_
     error (standard output holds the JSON alone), and where nobody can answer (a script, a
     pipe) the verb refuses, naming --yes, and deletes nothing."""
     berth = BerthServer(tmp_path / "data")
-    cli = _Verbs(berth)
-    cli("init")
+    verbs = in_process(berth)
+    verbs.cli("init")
     berth.create_repository("demo", "app")
     berth.create_project("empty")
     berth.create_user("bob", "bob-password")
@@ -635,15 +575,15 @@ def test_deleting_verbs_ask_at_a_terminal_whatever_json_says_and_refuse_without_
         ["project", "delete", "empty"],
         ["project", "delete", "demo"],  # which holds a repository: its name is asked for
     ):
-        refused = cli(*verb, "--json", input="y\n", check=False)
+        refused = verbs.cli(*verb, "--json", input="y\n", check=False)
         assert refused.returncode == 2 and refused.stdout == "", (verb, refused)
         said = " ".join(refused.stderr.split())
         assert said.startswith("error: no terminal to ask on whether to delete"), said
         assert "give --yes" in said, said
-    assert cli.items("retention", "history", "demo") == []  # no run
-    assert [r["name"] for r in cli.items("repo", "list", "demo")] == ["app"]
-    assert "bob" in {u["name"] for u in cli.items("user", "list")}
-    assert {p["name"] for p in cli.items("project", "list")} == {"demo", "empty"}
+    assert verbs.cli_items("retention", "history", "demo") == []  # no run
+    assert [r["name"] for r in verbs.cli_items("repo", "list", "demo")] == ["app"]
+    assert "bob" in {u["name"] for u in verbs.cli_items("user", "list")}
+    assert {p["name"] for p in verbs.cli_items("project", "list")} == {"demo", "empty"}
 
     delete_app = [*BERTH, "repo", "delete", "demo/app", "--json"]
     declined = typed_at_terminal(delete_app, "n\n", env=berth.env)
@@ -655,11 +595,11 @@ def test_deleting_verbs_ask_at_a_terminal_whatever_json_says_and_refuse_without_
     )
     assert retention.returncode == 1 and retention.stdout == ""
     assert "Delete the images of demo that no retention rule keeps?" in retention.stderr
-    assert cli.items("retention", "history", "demo") == []
+    assert verbs.cli_items("retention", "history", "demo") == []
     deleted = typed_at_terminal(delete_app, "y\n", env=berth.env)
     assert deleted.returncode == 0, deleted.stderr
     assert json.loads(deleted.stdout) == {"repository": "demo/app", "deleted": True}
-    assert cli.items("repo", "list", "demo") == []
+    assert verbs.cli_items("repo", "list", "demo") == []
 
 
 def _on(server: BerthServer, *args: str) -> Typed:
@@ -687,8 +627,8 @@ def test_removing_and_collecting_verbs_ask_as_deleting_ones_do(tmp_path: Path) -
     says, refusing without a terminal (naming --yes); "n" leaves everything as it was, "y"
     and --yes go ahead. A dry run of garbage collection changes nothing and never asks."""
     berth = BerthServer(tmp_path / "data")
-    cli = _Verbs(berth)
-    cli("init")
+    verbs = in_process(berth)
+    verbs.cli("init")
     berth.create_repository("demo", "app")
     berth.create_user("bob", "bob-password")
     berth.create_user("eve", "eve-password")
@@ -750,8 +690,8 @@ def test_every_list_verb_prints_the_same_listing_with_json(tmp_path: Path) -> No
     """One shape for scripts, the Management API's page: `items`, `page`, `per_page` (the
     --limit or --per-page, null where everything is listed) and `total` (beyond a limit too)."""
     berth = BerthServer(tmp_path / "data")
-    cli = _Verbs(berth)
-    cli("init")
+    verbs = in_process(berth)
+    verbs.cli("init")
     berth.create_repository("demo", "app")
     berth.create_repository("demo", "web")
     berth.create_user("bob", "bob-password")
@@ -801,41 +741,41 @@ def test_project_create_and_quota_changes_are_audited_and_the_quota_has_a_verb(
     tmp_path: Path,
 ) -> None:
     berth = BerthServer(tmp_path / "data")
-    cli = _Verbs(berth)
-    cli("init")
-    cli("project", "create", "demo")
-    [created] = [e for e in cli.items("audit") if e["action"] == "project.create"]
+    verbs = in_process(berth)
+    verbs.cli("init")
+    verbs.cli("project", "create", "demo")
+    [created] = [e for e in verbs.cli_items("audit") if e["action"] == "project.create"]
     assert created["target"] == "demo" and created["actor"].startswith("cli:")
     assert created["client"].startswith("cli on ")
-    assert "project.create" in cli("audit").stdout  # the log outside projects
+    assert "project.create" in verbs.cli("audit").stdout  # the log outside projects
 
-    shown = " ".join(cli("project", "quota", "demo").stdout.split())
+    shown = " ".join(verbs.cli("project", "quota", "demo").stdout.split())
     assert shown == (
         "Project demo may hold at most 100 repositories (the server's default); it holds 0."
     )
-    own = cli.json("project", "quota", "demo", "1")
+    own = verbs.cli_json("project", "quota", "demo", "1")
     assert own == {
         "name": "demo",
         "repositories": 0,
         "repository_quota": 1,
         "quota_is_default": False,
     }
-    cli("repo", "create", "demo/one")
-    refused = cli("repo", "create", "demo/two", check=False)
+    verbs.cli("repo", "create", "demo/one")
+    refused = verbs.cli("repo", "create", "demo/two", check=False)
     assert refused.returncode == 1 and "repository quota" in refused.stderr
-    assert cli.json("project", "quota", "demo", "default")["quota_is_default"] is True
-    changes = [e for e in cli.items("audit", "demo") if e["action"] == "project.quota"]
+    assert verbs.cli_json("project", "quota", "demo", "default")["quota_is_default"] is True
+    changes = [e for e in verbs.cli_items("audit", "demo") if e["action"] == "project.quota"]
     assert [e["detail"] for e in changes] == [
         {"old": 1, "old_is_default": False, "new": 100, "new_is_default": True},
         {"old": 100, "old_is_default": True, "new": 1, "new_is_default": False},
     ]
     assert all(e["actor"].startswith("cli:") for e in changes)
-    table = " ".join(cli("audit", "demo").stdout.split())
+    table = " ".join(verbs.cli("audit", "demo").stdout.split())
     assert "project.quota" in table  # its details in --json, above
 
-    bad = cli("project", "quota", "demo", "many", check=False)
+    bad = verbs.cli("project", "quota", "demo", "many", check=False)
     assert bad.returncode == 2 and "MAXIMUM must be a whole number" in bad.stderr
-    missing = cli("project", "quota", "nope", "5", check=False)
+    missing = verbs.cli("project", "quota", "nope", "5", check=False)
     assert missing.returncode == 1 and "project 'nope' does not exist" in missing.stderr
 
 

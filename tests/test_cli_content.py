@@ -10,6 +10,7 @@ import subprocess
 import httpx
 
 from tests.api.conftest import push_image
+from tests.in_process import in_process
 from tests.oci import linux_index, manifest_path, push_manifest
 from tests.servers import ADMIN_PASSWORD, BERTH, ROOT, BerthServer
 from tests.terminal import typed_at_terminal
@@ -20,11 +21,11 @@ SIGNATURE = "application/vnd.dev.cosign.artifact.sig.v1+json"
 def test_repo_show_update_delete(sqlite_server: BerthServer) -> None:
     berth = sqlite_server
     berth.create_repository("clidemo", "app")
-    shown = berth.cli_json("repo", "show", "clidemo/app")
+    shown = in_process(berth).cli_json("repo", "show", "clidemo/app")
     assert shown["name"] == "app" and shown["visibility"] == "private" and shown["images"] == 0
-    assert "tag overwrite" in berth.cli("repo", "show", "clidemo/app").stdout
+    assert "tag overwrite" in in_process(berth).cli("repo", "show", "clidemo/app").stdout
 
-    updated = berth.cli_json(
+    updated = in_process(berth).cli_json(
         "repo",
         "update",
         "clidemo/app",
@@ -37,17 +38,17 @@ def test_repo_show_update_delete(sqlite_server: BerthServer) -> None:
     )
     assert updated["visibility"] == "public" and updated["tag_overwrite"] is False
     assert updated["description"] == "the app" and updated["scan_mode"] == "auto"
-    again = berth.cli_json("repo", "update", "clidemo/app", "--private")
+    again = in_process(berth).cli_json("repo", "update", "clidemo/app", "--private")
     assert again["visibility"] == "private" and again["description"] == "the app"
-    bad = berth.cli("repo", "update", "clidemo/app", "--scan", "never", check=False)
+    bad = in_process(berth).cli("repo", "update", "clidemo/app", "--scan", "never", check=False)
     assert bad.returncode == 2 and "scan mode" in bad.stderr  # a value not among the choices
-    missing = berth.cli("repo", "show", "clidemo/nope", check=False)
+    missing = in_process(berth).cli("repo", "show", "clidemo/nope", check=False)
     assert missing.returncode == 1 and "does not exist" in missing.stderr
 
     declined = typed_at_terminal([*BERTH, "repo", "delete", "clidemo/app"], "n\n", env=berth.env)
-    assert declined.returncode == 1 and berth.cli_json("repo", "show", "clidemo/app")
-    assert berth.cli_json("repo", "delete", "clidemo/app", "--yes")["deleted"] is True
-    assert berth.cli_items("repo", "list", "clidemo") == []
+    assert declined.returncode == 1 and in_process(berth).cli_json("repo", "show", "clidemo/app")
+    assert in_process(berth).cli_json("repo", "delete", "clidemo/app", "--yes")["deleted"] is True
+    assert in_process(berth).cli_items("repo", "list", "clidemo") == []
 
 
 def test_image_list_history_and_tag_restore(sqlite_server: BerthServer) -> None:
@@ -59,35 +60,37 @@ def test_image_list_history_and_tag_restore(sqlite_server: BerthServer) -> None:
         nested = push_image(client, f"{name}/team/tool", "stable")
         assert client.delete(manifest_path(name, "v1")).status_code == 202
 
-        listed = berth.cli_json("image", "list", name)
+        listed = in_process(berth).cli_json("image", "list", name)
         assert listed["total"] == 2
         assert {(i["image"], i["digest"]) for i in listed["items"]} == {
             ("", first.digest),
             ("team/tool", nested.digest),
         }
-        only = berth.cli_json("image", "list", f"{name}/team/tool")
+        only = in_process(berth).cli_json("image", "list", f"{name}/team/tool")
         assert [i["tags"] for i in only["items"]] == [["stable"]]
-        table = berth.cli("image", "list", name).stdout
+        table = in_process(berth).cli("image", "list", name).stdout
         assert "team/tool" in table and "stable" in table
-        missing = berth.cli("image", "list", "clidemo2/nope", check=False)
+        missing = in_process(berth).cli("image", "list", "clidemo2/nope", check=False)
         assert missing.returncode == 1
         assert "repository clidemo2/nope does not exist" in missing.stderr
 
-        history = berth.cli_items("image", "history", name, "--tag", "v1")
+        history = in_process(berth).cli_items("image", "history", name, "--tag", "v1")
         assert [e["action"] for e in history] == ["untag", "tag"] and history[0]["restorable"]
-        assert "untag" in berth.cli("image", "history", name).stdout
+        assert "untag" in in_process(berth).cli("image", "history", name).stdout
 
-        restored = berth.cli_json("tag", "restore", name, "v1")
+        restored = in_process(berth).cli_json("tag", "restore", name, "v1")
         assert restored["digest"] == first.digest
         pulled = client.get(
             manifest_path(name, "v1"),
             headers={"Accept": "application/vnd.oci.image.manifest.v1+json"},
         )
         assert pulled.status_code == 200 and pulled.content == first.data
-        assert berth.cli_items("image", "history", name, "--tag", "v1")[0]["actor"].startswith(
-            "cli:"
+        assert (
+            in_process(berth)
+            .cli_items("image", "history", name, "--tag", "v1")[0]["actor"]
+            .startswith("cli:")
         )
-        again = berth.cli("tag", "restore", name, "v1", check=False)
+        again = in_process(berth).cli("tag", "restore", name, "v1", check=False)
         assert again.returncode == 3 and "only a removed tag" in again.stderr
 
 
@@ -114,18 +117,20 @@ def test_image_delete_says_what_went_with_the_image(sqlite_server: BerthServer) 
             [*BERTH, "image", "delete", name, index.digest], "n\n", env=berth.env
         )
         assert declined.returncode == 1 and "its referrers" in declined.stderr
-        assert berth.cli_json("image", "list", name)["total"] == 2
-        said = berth.cli("image", "delete", name, index.digest, "--yes").stdout
+        assert in_process(berth).cli_json("image", "list", name)["total"] == 2
+        said = in_process(berth).cli("image", "delete", name, index.digest, "--yes").stdout
         assert " ".join(said.split()) == (
             f"Deleted {name}@{index.digest} with 2 platform manifests and 2 referrers"
         )
         # No signature of nothing is left to list as an image of its own.
-        listed = berth.cli_json("image", "list", name)
+        listed = in_process(berth).cli_json("image", "list", name)
         assert [i["digest"] for i in listed["items"]] == [other.digest]
         for gone in (index, amd64, arm64, signature, sbom):
             assert client.get(manifest_path(name, gone.digest)).status_code == 404
 
-        deleted = berth.cli_json("image", "delete", name, other.digest, "--yes", "--json")
+        deleted = in_process(berth).cli_json(
+            "image", "delete", name, other.digest, "--yes", "--json"
+        )
         assert deleted == {
             "repository": name,
             "image": "",
@@ -134,7 +139,7 @@ def test_image_delete_says_what_went_with_the_image(sqlite_server: BerthServer) 
             "platform_manifests": [],
             "referrers": [{"digest": other_signature.digest, "tags": [other_signature_tag]}],
         }
-        again = berth.cli("image", "delete", name, other.digest, "--yes", check=False)
+        again = in_process(berth).cli("image", "delete", name, other.digest, "--yes", check=False)
         assert again.returncode == 1 and "not" in again.stderr
 
 
@@ -185,7 +190,9 @@ def test_image_delete_says_what_goes_and_what_stays_before_asking(
             assert client.get(manifest_path(name, stored.digest)).status_code == 200
 
         # No terminal, no --yes: refused before anything is read, as before.
-        unasked = berth.cli("image", "delete", name, index.digest, check=False, input="y\n")
+        unasked = in_process(berth).cli(
+            "image", "delete", name, index.digest, check=False, input="y\n"
+        )
         assert unasked.returncode == 2 and unasked.stderr.startswith(
             "error: no terminal to ask on whether to delete"
         )
@@ -201,7 +208,7 @@ def test_image_delete_says_what_goes_and_what_stays_before_asking(
             assert client.get(manifest_path(name, kept.digest)).status_code == 200
 
         # With --yes nothing is asked, or said before the delete.
-        said = berth.cli("image", "delete", name, other.digest, "--yes")
+        said = in_process(berth).cli("image", "delete", name, other.digest, "--yes")
         assert said.stderr == "" and said.stdout.startswith(f"Deleted {name}@{other.digest}")
         # Refused as the delete would be, before asking: the index is gone.
         missing = typed_at_terminal(deleting, "y\n", env=berth.env)
@@ -219,9 +226,9 @@ def test_image_list_shows_the_tags_of_an_index_entries(sqlite_server: BerthServe
         index = linux_index((amd64, "amd64"), (arm64, "arm64"))
         push_manifest(client, name, "latest", index)
 
-    [item] = berth.cli_items("image", "list", name)
+    [item] = in_process(berth).cli_items("image", "list", name)
     assert item["tags"] == ["latest"] and item["child_tags"] == ["amd64", "arm64"]
-    table = berth.cli("image", "list", name).stdout
+    table = in_process(berth).cli("image", "list", name).stdout
     # The tags column, as the table wraps it over several lines.
     cells = [line.split("│")[3].strip() for line in table.splitlines() if line.startswith("│")]
     assert " ".join(filter(None, cells)) == "latest; entries: amd64, arm64"
@@ -275,30 +282,30 @@ def test_image_verbs_take_the_digest_as_the_listing_shows_it(sqlite_server: Bert
         first = push_image(client, name, "v1")
         second = push_image(client, name, "v2", architecture="arm64")
     shown = first.digest.removeprefix("sha256:")[:12]
-    assert shown in berth.cli("image", "list", name).stdout
+    assert shown in in_process(berth).cli("image", "list", name).stdout
 
-    queued = berth.cli_json("scan", f"{name}@{shown}")
+    queued = in_process(berth).cli_json("scan", f"{name}@{shown}")
     assert queued["digest"] == first.digest
-    nested = berth.cli("image", "delete", f"{name}/other", shown, "--yes", check=False)
+    nested = in_process(berth).cli("image", "delete", f"{name}/other", shown, "--yes", check=False)
     assert nested.returncode == 1
     assert f"no manifest of image 'other' of repository {name} has a digest starting" in (
         " ".join(nested.stderr.split())
     )
-    short = berth.cli("image", "delete", name, shown[:11], "--yes", check=False)
+    short = in_process(berth).cli("image", "delete", name, shown[:11], "--yes", check=False)
     assert short.returncode == 2 and "first 12 or more hex digits" in short.stderr
 
-    said = berth.cli("image", "delete", name, shown, "--yes").stdout
+    said = in_process(berth).cli("image", "delete", name, shown, "--yes").stdout
     assert " ".join(said.split()).startswith(f"Deleted {name}@{first.digest} with")
     prefixed = "sha256:" + second.digest.removeprefix("sha256:")[:16]
-    deleted = berth.cli_json("image", "delete", name, prefixed, "--yes", "--json")
+    deleted = in_process(berth).cli_json("image", "delete", name, prefixed, "--yes", "--json")
     assert deleted["digest"] == second.digest and deleted["tags"] == ["v2"]
-    assert berth.cli_json("image", "list", name)["total"] == 0
-    again = berth.cli("image", "delete", name, shown, "--yes", check=False)
+    assert in_process(berth).cli_json("image", "list", name)["total"] == 0
+    again = in_process(berth).cli("image", "delete", name, shown, "--yes", check=False)
     assert again.returncode == 1
     assert f"has a digest starting {shown}" in " ".join(again.stderr.split())
     # The history of a deleted image's digest, named as the history table shows it.
-    events = berth.cli_items("image", "history", name, "--digest", shown)
+    events = in_process(berth).cli_items("image", "history", name, "--digest", shown)
     assert [e["action"] for e in events] == ["delete", "untag", "tag", "push"]
     assert {e["old_digest"] or e["new_digest"] for e in events} == {first.digest}
-    vague = berth.cli("image", "history", name, "--digest", "sha256:0123", check=False)
+    vague = in_process(berth).cli("image", "history", name, "--digest", "sha256:0123", check=False)
     assert vague.returncode == 2 and "first 12 or more hex digits" in vague.stderr

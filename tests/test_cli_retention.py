@@ -9,6 +9,7 @@ from sqlalchemy import select
 
 from berth.metadata.tables import repositories
 from berth.state import Services
+from tests.in_process import in_process
 from tests.pasting import data_dir_only, line_after
 from tests.retention_seed import seed
 from tests.servers import BerthServer
@@ -41,29 +42,39 @@ def seeded_with(
 
 def test_retention_verbs(sqlite_server: BerthServer) -> None:
     digests = seeded(sqlite_server, "cliret", "ci", "b", 5)
-    refused = sqlite_server.cli("retention", "set", "cliret", "--rule", "sometimes=3", check=False)
+    refused = in_process(sqlite_server).cli(
+        "retention", "set", "cliret", "--rule", "sometimes=3", check=False
+    )
     assert refused.returncode == 2 and "it starts with what it keeps" in refused.stderr
-    saved = sqlite_server.cli(
-        "retention",
-        "set",
-        "cliret",
-        "--rule",
-        "last=2,repositories=ci",
-        "--schedule",
-        "daily 04:00",
-    ).stdout
+    saved = (
+        in_process(sqlite_server)
+        .cli(
+            "retention",
+            "set",
+            "cliret",
+            "--rule",
+            "last=2,repositories=ci",
+            "--schedule",
+            "daily 04:00",
+        )
+        .stdout
+    )
     assert "keep the 2 most recently pushed images (in ci)" in saved
     assert "Runs on schedule daily 04:00 (UTC); next at" in saved  # what it saved, said
     assert "berth retention dry-run cliret" in saved  # the command it prints works:
-    dry = sqlite_server.cli_json("retention", "dry-run", "cliret")
+    dry = in_process(sqlite_server).cli_json("retention", "dry-run", "cliret")
     assert [i["digest"] for i in dry["deleted"]] == digests[:3]
-    shown = sqlite_server.cli("retention", "show", "cliret").stdout
+    shown = in_process(sqlite_server).cli("retention", "show", "cliret").stdout
     assert "an image is kept when any rule keeps it" in shown and "daily 04:00" in shown
-    printed = " ".join(sqlite_server.cli("retention", "dry-run", "cliret").stdout.split())
+    printed = " ".join(
+        in_process(sqlite_server).cli("retention", "dry-run", "cliret").stdout.split()
+    )
     assert "berth retention run cliret" in printed and "nothing was deleted" in printed
-    ran = " ".join(sqlite_server.cli("retention", "run", "cliret", "--yes").stdout.split())
+    ran = " ".join(
+        in_process(sqlite_server).cli("retention", "run", "cliret", "--yes").stdout.split()
+    )
     assert re.search(r"next garbage collection \((\.venv/bin/)?berth gc run cliret\)\.", ran)
-    history = sqlite_server.cli_items("retention", "history", "cliret")
+    history = in_process(sqlite_server).cli_items("retention", "history", "cliret")
     assert [(r["dry_run"], r["images_deleted"]) for r in history] == [
         (False, 3),
         (True, 3),
@@ -73,10 +84,10 @@ def test_retention_verbs(sqlite_server: BerthServer) -> None:
     assert [(r["kept"], r["untouched"]) for r in history] == [(dry["kept"], dry["untouched"])] * 3
     assert dry["kept"] is not None and dry["untouched"] is not None
     # --limit, as gc history takes it: the newest runs, the total counting every run.
-    newest = sqlite_server.cli_json("retention", "history", "cliret", "--limit", "1")
+    newest = in_process(sqlite_server).cli_json("retention", "history", "cliret", "--limit", "1")
     assert [r["id"] for r in newest["items"]] == [history[0]["id"]]
     assert (newest["per_page"], newest["total"]) == (1, 3)
-    assert sqlite_server.cli_json("retention", "dry-run", "cliret")["deleted"] == []
+    assert in_process(sqlite_server).cli_json("retention", "dry-run", "cliret")["deleted"] == []
 
 
 def test_the_commands_it_prints_work_as_printed_with_the_data_directory_it_was_given(
@@ -108,21 +119,23 @@ def test_a_rule_for_ci_tags_leaves_a_promoted_release(sqlite_server: BerthServer
     """An image tagged ci-1 and rel-1 (a CI build promoted by adding a tag) is outside a rule
     for `ci-*`: the dry run and the run delete only ci-2."""
     digests = seeded_with(sqlite_server, "cliprom", "mix", [["ci-1", "rel-1"], ["ci-2"], ["ci-3"]])
-    saved = sqlite_server.cli(
-        "retention", "set", "cliprom", "--rule", "last=1,repositories=mix,tags=ci-*"
-    ).stdout
+    saved = (
+        in_process(sqlite_server)
+        .cli("retention", "set", "cliprom", "--rule", "last=1,repositories=mix,tags=ci-*")
+        .stdout
+    )
     said = " ".join(saved.split())
     assert (
         "keep the 1 most recently pushed image (in mix, images whose tags all match ci-*)" in said
     )
     assert "Runs only when started:" in said
-    dry = sqlite_server.cli_json("retention", "dry-run", "cliprom")
+    dry = in_process(sqlite_server).cli_json("retention", "dry-run", "cliprom")
     assert [(i["digest"], i["tags"]) for i in dry["deleted"]] == [(digests[1], ["ci-2"])]
-    ran = sqlite_server.cli_json("retention", "run", "cliprom", "--yes")
+    ran = in_process(sqlite_server).cli_json("retention", "run", "cliprom", "--yes")
     assert ran["deleted"] == dry["deleted"]
     # Its note names this CLI's garbage collection, not the API's request.
     assert re.search(r"next garbage collection \((\.venv/bin/)?berth gc run cliprom\)", ran["note"])
-    listed = sqlite_server.cli("image", "list", "cliprom/mix", "--json").stdout
+    listed = in_process(sqlite_server).cli("image", "list", "cliprom/mix", "--json").stdout
     assert digests[0] in listed and digests[2] in listed and digests[1] not in listed
 
 
@@ -130,11 +143,13 @@ def test_a_rule_that_keeps_nothing_and_a_run_of_no_project_are_refused(
     sqlite_server: BerthServer,
 ) -> None:
     sqlite_server.create_project("clizero")
-    refused = sqlite_server.cli("retention", "set", "clizero", "--rule", "last=0", check=False)
+    refused = in_process(sqlite_server).cli(
+        "retention", "set", "clizero", "--rule", "last=0", check=False
+    )
     assert refused.returncode == 2
     assert "last=0 would keep no image" in " ".join(refused.stderr.split())
-    assert sqlite_server.cli_json("retention", "show", "clizero")["rules"] == []
+    assert in_process(sqlite_server).cli_json("retention", "show", "clizero")["rules"] == []
     # A project that is not there is said before any question (nothing is asked).
-    missing = sqlite_server.cli("retention", "run", "nosuch", check=False, input="y\n")
+    missing = in_process(sqlite_server).cli("retention", "run", "nosuch", check=False, input="y\n")
     assert missing.returncode == 1 and "nosuch" in missing.stderr
     assert "Delete the images" not in missing.stdout

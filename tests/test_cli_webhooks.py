@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.in_process import in_process
 from tests.pasting import data_dir_only, line_after
 from tests.servers import BERTH, ROOT, BerthServer, server_fixture
 from tests.webhook_receiver import Receiver, receiving
@@ -25,41 +26,44 @@ def receiver() -> Iterator[Receiver]:
 
 def test_webhook_verbs(hooks_server: BerthServer, receiver: Receiver) -> None:
     hooks_server.create_project("clihooks")
-    created = hooks_server.cli(
-        "webhook", "create", "clihooks", receiver.url, "--event", "io.berth.tag.deleted"
-    ).stdout
+    created = (
+        in_process(hooks_server)
+        .cli("webhook", "create", "clihooks", receiver.url, "--event", "io.berth.tag.deleted")
+        .stdout
+    )
     secret = created.split("Signing secret: ", 1)[1].split()[0]
     assert "berth webhook test clihooks 1" in created
-    assert secret not in hooks_server.cli("webhook", "list", "clihooks").stdout
-    (webhook,) = hooks_server.cli_items("webhook", "list", "clihooks")
+    assert secret not in in_process(hooks_server).cli("webhook", "list", "clihooks").stdout
+    (webhook,) = in_process(hooks_server).cli_items("webhook", "list", "clihooks")
     assert webhook["event_types"] == ["io.berth.tag.deleted"] and webhook["signed"] is True
     assert secret not in json.dumps(webhook)
 
-    queued = hooks_server.cli("webhook", "test", "clihooks", "1").stdout
+    queued = in_process(hooks_server).cli("webhook", "test", "clihooks", "1").stdout
     assert "berth webhook deliveries clihooks 1" in queued  # the command it prints works:
     (received,) = receiver.wait_for(1)
     assert received.event["type"] == "io.berth.webhook.test" and received.signed_with(secret)
     deadline = time.monotonic() + 10
     while True:
-        log = hooks_server.cli_items("webhook", "deliveries", "clihooks", "1")
+        log = in_process(hooks_server).cli_items("webhook", "deliveries", "clihooks", "1")
         if log[0]["state"] == "delivered" or time.monotonic() > deadline:
             break
         time.sleep(0.2)
     assert log[0]["state"] == "delivered" and log[0]["attempt_log"][0]["status_code"] == 200
-    shown = hooks_server.cli("webhook", "deliveries", "clihooks", "1").stdout
+    shown = in_process(hooks_server).cli("webhook", "deliveries", "clihooks", "1").stdout
     assert "delivered" in shown and "200" in shown
 
-    renewed = hooks_server.cli_json("webhook", "new-secret", "clihooks", "1")["secret"]
+    renewed = in_process(hooks_server).cli_json("webhook", "new-secret", "clihooks", "1")["secret"]
     assert (
-        renewed != secret and renewed not in hooks_server.cli("webhook", "list", "clihooks").stdout
+        renewed != secret
+        and renewed not in in_process(hooks_server).cli("webhook", "list", "clihooks").stdout
     )
-    hooks_server.cli("webhook", "update", "clihooks", "1", "--disable", "--all-events")
-    (webhook,) = hooks_server.cli_items("webhook", "list", "clihooks")
+    in_process(hooks_server).cli("webhook", "update", "clihooks", "1", "--disable", "--all-events")
+    (webhook,) = in_process(hooks_server).cli_items("webhook", "list", "clihooks")
     assert webhook["enabled"] is False and webhook["event_types"] == []
-    refused = hooks_server.cli("webhook", "test", "clihooks", "1", check=False)
+    refused = in_process(hooks_server).cli("webhook", "test", "clihooks", "1", check=False)
     assert refused.returncode == 1 and "disabled" in refused.stderr
-    hooks_server.cli("webhook", "delete", "clihooks", "1", "--yes")
-    assert hooks_server.cli_items("webhook", "list", "clihooks") == []
+    in_process(hooks_server).cli("webhook", "delete", "clihooks", "1", "--yes")
+    assert in_process(hooks_server).cli_items("webhook", "list", "clihooks") == []
 
 
 def test_the_commands_it_prints_work_as_printed_with_the_data_directory_it_was_given(
@@ -119,13 +123,13 @@ def test_a_test_event_goes_past_a_failing_queue(hooks_server: BerthServer) -> No
 
 def test_private_url_refused_without_the_setting(sqlite_server: BerthServer) -> None:
     sqlite_server.create_project("clihooks2")
-    refused = sqlite_server.cli(
+    refused = in_process(sqlite_server).cli(
         "webhook", "create", "clihooks2", "http://169.254.169.254/", check=False
     )
     assert refused.returncode == 2  # a value the settings refuse, as a bad flag
     assert "the cloud metadata address" in refused.stderr
     assert "BERTH_WEBHOOK_ALLOW_PRIVATE" in refused.stderr
-    both = sqlite_server.cli(
+    both = in_process(sqlite_server).cli(
         "webhook",
         "create",
         "clihooks2",
@@ -152,7 +156,7 @@ def test_a_description_is_any_text_but_control_characters_as_a_repository_s(
     """`webhook create` takes a description with a non-breaking space; one with a control
     character is refused (exit 2) in the words `repo create` refuses it with."""
     hooks_server.create_project("clihooks5")
-    made = hooks_server.cli_json(
+    made = in_process(hooks_server).cli_json(
         "webhook", "create", "clihooks5", "http://127.0.0.1:9/", "--description", "CI\u00a0hook"
     )
     assert made["description"] == "CI\u00a0hook"
@@ -160,15 +164,15 @@ def test_a_description_is_any_text_but_control_characters_as_a_repository_s(
     as_webhook = ("webhook", "create", "clihooks5", url, "--description", "a\u0085b")
     as_repository = ("repo", "create", "clihooks5/app", "--description", "a\u0085b")
     for refused in (
-        hooks_server.cli(*as_webhook, check=False),
-        hooks_server.cli(*as_repository, check=False),
+        in_process(hooks_server).cli(*as_webhook, check=False),
+        in_process(hooks_server).cli(*as_repository, check=False),
     ):
         assert refused.returncode == 2, refused.stderr
         assert f"{DESCRIPTION_RULE}; this one has '\\x85'" in " ".join(refused.stderr.split())
         assert "Traceback" not in refused.stderr
-    assert [w["description"] for w in hooks_server.cli_items("webhook", "list", "clihooks5")] == [
-        "CI\u00a0hook"
-    ]
+    assert [
+        w["description"] for w in in_process(hooks_server).cli_items("webhook", "list", "clihooks5")
+    ] == ["CI\u00a0hook"]
 
 
 def test_the_setting_the_refusal_names_lets_the_cli_make_a_private_endpoint(
@@ -205,22 +209,22 @@ def test_redeliver_sends_a_delivery_again_and_the_log_shows_the_body_as_sent(
     delivery names the one it re-sends. `deliveries --json` shows each body as sent: no
     nulls for the fields a GC event does not carry (repository, tag, ...)."""
     hooks_server.create_project("clihooks7")
-    made = hooks_server.cli_json(
+    made = in_process(hooks_server).cli_json(
         "webhook", "create", "clihooks7", receiver.url, "--event", "io.berth.gc.finished"
     )
     hook = str(made["id"])
-    hooks_server.cli("gc", "run", "clihooks7", "--dry-run")
+    in_process(hooks_server).cli("gc", "run", "clihooks7", "--dry-run")
     (first,) = receiver.wait_for(1)
     deadline = time.monotonic() + 10
-    while (log := hooks_server.cli_items("webhook", "deliveries", "clihooks7", hook))[0][
-        "state"
-    ] != "delivered":
+    while (log := in_process(hooks_server).cli_items("webhook", "deliveries", "clihooks7", hook))[
+        0
+    ]["state"] != "delivered":
         assert time.monotonic() < deadline, log
         time.sleep(0.2)
     (sent,) = log
     assert sent["event"] == first.event and not _nulls(sent["event"])
     assert {"repository", "tag", "digest", "scan"}.isdisjoint(sent["event"]["data"])
-    secret = hooks_server.cli_json("webhook", "new-secret", "clihooks7", hook)["secret"]
+    secret = in_process(hooks_server).cli_json("webhook", "new-secret", "clihooks7", hook)["secret"]
 
     only = data_dir_only(hooks_server)
     queued = only.berth("webhook", "redeliver", "clihooks7", hook, str(sent["id"])).stdout
@@ -229,7 +233,7 @@ def test_redeliver_sends_a_delivery_again_and_the_log_shows_the_body_as_sent(
     assert again.body == first.body and again.signed_with(secret)
     shown = only.paste(line_after(queued, "Follow it with:")).stdout
     assert f"(again: {sent['id']})" in " ".join(shown.split()), shown
-    newest = hooks_server.cli_items("webhook", "deliveries", "clihooks7", hook)[0]
+    newest = in_process(hooks_server).cli_items("webhook", "deliveries", "clihooks7", hook)[0]
     assert newest["redelivery_of"] == sent["id"] and newest["event"] == sent["event"]
 
 
@@ -241,11 +245,13 @@ def test_a_disabled_webhook_s_test_and_redelivery_are_refused_naming_the_command
     it; pasted as printed, it does, and the test is then sent."""
     hooks_server.create_project("clihooks9")
     only = data_dir_only(hooks_server)
-    hook = str(hooks_server.cli_json("webhook", "create", "clihooks9", receiver.url)["id"])
-    hooks_server.cli("webhook", "test", "clihooks9", hook)
+    hook = str(
+        in_process(hooks_server).cli_json("webhook", "create", "clihooks9", receiver.url)["id"]
+    )
+    in_process(hooks_server).cli("webhook", "test", "clihooks9", hook)
     receiver.wait_for(1)
-    sent = hooks_server.cli_items("webhook", "deliveries", "clihooks9", hook)[0]
-    hooks_server.cli("webhook", "update", "clihooks9", hook, "--disable")
+    sent = in_process(hooks_server).cli_items("webhook", "deliveries", "clihooks9", hook)[0]
+    in_process(hooks_server).cli("webhook", "update", "clihooks9", hook, "--disable")
     for verb in (["test"], ["redeliver"]):
         args = [
             "webhook",
@@ -263,9 +269,9 @@ def test_a_disabled_webhook_s_test_and_redelivery_are_refused_naming_the_command
         assert refused.stderr.count("error:") == 1
         printed = line_after(refused.stderr, refused.stderr.splitlines()[0])
         assert printed.split()[-5:] == ["webhook", "update", "clihooks9", hook, "--enable"]
-    assert len(hooks_server.cli_items("webhook", "deliveries", "clihooks9", hook)) == 1
+    assert len(in_process(hooks_server).cli_items("webhook", "deliveries", "clihooks9", hook)) == 1
     only.paste(printed)
-    (webhook,) = hooks_server.cli_items("webhook", "list", "clihooks9")
+    (webhook,) = in_process(hooks_server).cli_items("webhook", "list", "clihooks9")
     assert webhook["enabled"] is True
     only.berth("webhook", "test", "clihooks9", hook)
     assert len(receiver.wait_for(2)) == 2
@@ -277,24 +283,28 @@ def test_a_url_the_project_has_is_refused_as_existing(hooks_server: BerthServer)
     to it."""
     hooks_server.create_project("clihooks8")
     url = "http://127.0.0.1:9/hook"
-    made = hooks_server.cli_json("webhook", "create", "clihooks8", url)
-    refused = hooks_server.cli(
+    made = in_process(hooks_server).cli_json("webhook", "create", "clihooks8", url)
+    refused = in_process(hooks_server).cli(
         "webhook", "create", "clihooks8", "HTTP://127.0.0.1:9/hook", check=False
     )
     assert refused.returncode == 3, refused.stderr
     assert f"has a webhook to this URL already: webhook {made['id']}" in " ".join(
         refused.stderr.split()
     )
-    escaped = hooks_server.cli_json("webhook", "create", "clihooks8", url + "/a%2fb")
-    refused = hooks_server.cli("webhook", "create", "clihooks8", url + "/./a%2Fb", check=False)
+    escaped = in_process(hooks_server).cli_json("webhook", "create", "clihooks8", url + "/a%2fb")
+    refused = in_process(hooks_server).cli(
+        "webhook", "create", "clihooks8", url + "/./a%2Fb", check=False
+    )
     assert refused.returncode == 3, refused.stderr
     assert f"already: webhook {escaped['id']}" in " ".join(refused.stderr.split())
-    other = hooks_server.cli_json("webhook", "create", "clihooks8", url + "/")
-    moved = hooks_server.cli(
+    other = in_process(hooks_server).cli_json("webhook", "create", "clihooks8", url + "/")
+    moved = in_process(hooks_server).cli(
         "webhook", "update", "clihooks8", str(other["id"]), "--url", url, check=False
     )
     assert moved.returncode == 3 and "already" in moved.stderr
-    assert [w["url"] for w in hooks_server.cli_items("webhook", "list", "clihooks8")] == [
+    assert [
+        w["url"] for w in in_process(hooks_server).cli_items("webhook", "list", "clihooks8")
+    ] == [
         url,
         url + "/a%2fb",
         url + "/",
@@ -308,10 +318,14 @@ def test_a_sixth_waiting_test_event_is_refused_naming_the_command_that_shows_the
     with one `error:` saying why and the command that shows the delivery log, which works
     as printed. Nothing more is queued."""
     data = BerthServer(tmp_path / "data", extra_env={"BERTH_WEBHOOK_ALLOW_PRIVATE": "true"})
-    data.cli("init")
-    data.cli("project", "create", "clihooks10")
+    in_process(data).cli("init")
+    in_process(data).cli("project", "create", "clihooks10")
     only = data_dir_only(data)
-    hook = str(data.cli_json("webhook", "create", "clihooks10", "http://127.0.0.1:9/hook")["id"])
+    hook = str(
+        in_process(data).cli_json("webhook", "create", "clihooks10", "http://127.0.0.1:9/hook")[
+            "id"
+        ]
+    )
     for _ in range(5):
         only.berth("webhook", "test", "clihooks10", hook)
     refused = only.berth("webhook", "test", "clihooks10", hook, check=False)
