@@ -14,7 +14,7 @@ from typing import Any
 from typer.testing import CliRunner
 
 from berth.cli.main import app
-from tests.servers import ROOT, BerthServer, in_own_thread
+from tests.servers import ROOT, BerthServer, in_own_thread, listed_items
 
 
 @dataclass
@@ -66,11 +66,7 @@ class InProcessCli:
         return json.loads(self.cli(*args, "--json").stdout)
 
     def cli_items(self, *args: str) -> list[Any]:
-        """The items a list verb prints with --json (its listing's `items`)."""
-        listed = self.cli_json(*args)
-        assert set(listed) == {"items", "page", "per_page", "total"}, listed
-        items: list[Any] = listed["items"]
-        return items
+        return listed_items(self.cli_json(*args))
 
 
 def in_process(server: BerthServer) -> InProcessCli:

@@ -44,6 +44,13 @@ def in_own_thread(work: Callable[[], T]) -> T:
         return thread.submit(work).result()
 
 
+def listed_items(listed: Any) -> list[Any]:
+    """The `items` of what a list verb prints with --json, which has the listing's shape."""
+    assert set(listed) == {"items", "page", "per_page", "total"}, listed
+    items: list[Any] = listed["items"]
+    return items
+
+
 def wait_for(check: Any, timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -234,10 +241,7 @@ class BerthServer:
 
     def cli_items(self, *args: str) -> list[Any]:
         """The items a list verb prints with --json (its listing's `items`)."""
-        listed = self.cli_json(*args)
-        assert set(listed) == {"items", "page", "per_page", "total"}, listed
-        items: list[Any] = listed["items"]
-        return items
+        return listed_items(self.cli_json(*args))
 
     def _services(self, work: Callable[[Services], Awaitable[T]]) -> T:
         """Run one service call in-process against this server's data: the same code path as
