@@ -6,6 +6,7 @@ touch one or two of them, and importing and wiring every one was a third of a ve
 from __future__ import annotations
 
 import asyncio
+import importlib
 from functools import cached_property
 from typing import TYPE_CHECKING
 
@@ -48,6 +49,46 @@ if TYPE_CHECKING:  # data_location loads alembic, which a serving worker does no
     from berth.services.vulndb import VulnDb
     from berth.services.webhook_delivery import WebhookDelivery
     from berth.services.webhooks import Webhooks
+
+
+# The modules a serving process's services come from (each imported on first use, below):
+# berth.supervisor loads them before it forks the workers, which then share their pages.
+SERVICE_MODULES = (
+    "berth.access.identify",
+    "berth.access.keyring",
+    "berth.access.passwords",
+    "berth.access.throttle",
+    "berth.access.tokens",
+    "berth.jobs",
+    "berth.metadata.presence",
+    "berth.services.gc",
+    "berth.services.identity",
+    "berth.services.install",
+    "berth.services.manifest_cache",
+    "berth.services.metering",
+    "berth.services.pulls",
+    "berth.services.readiness",
+    "berth.services.registry",
+    "berth.services.repositories",
+    "berth.services.retention",
+    "berth.services.scanning.policy",
+    "berth.services.scanning.processes",
+    "berth.services.scanning.scans",
+    "berth.services.sessions",
+    "berth.services.storage_check",
+    "berth.services.tag_rules",
+    "berth.services.uploads",
+    "berth.services.usage",
+    "berth.services.vulndb",
+    "berth.services.webhook_delivery",
+    "berth.services.webhooks",
+)
+
+
+def load_service_modules() -> None:
+    """Import every module in SERVICE_MODULES, building nothing."""
+    for name in SERVICE_MODULES:
+        importlib.import_module(name)
 
 
 class Services:

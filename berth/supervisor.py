@@ -28,8 +28,10 @@ def load_modules() -> None:
     import berth.app  # noqa: F401 - the point: loaded here, shared by the workers
     from berth.api.app import routers
     from berth.config import load_settings
+    from berth.state import load_service_modules
 
     routers()  # the management API's, imported by name when a worker builds the API
+    load_service_modules()  # imported by name when a worker builds its services
     # The database's driver (aiosqlite or asyncpg), imported by its first connection.
     make_url(load_settings().resolved_database_url).get_dialect().import_dbapi()
     # Out of the collector's reach: a collection in a worker would otherwise write to the
