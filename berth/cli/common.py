@@ -111,11 +111,11 @@ def settings_or_exit(**overrides: Any) -> Settings:
 def existing_settings() -> Settings:
     """The settings of data that exists: an admin verb never creates a data directory or a
     database (run from the wrong directory, it would start a new, empty registry)."""
+    settings = settings_or_exit()  # a bad setting is named before the database layer loads
     from rich.text import Text
 
     from berth.data_location import missing_data, shown_database
 
-    settings = settings_or_exit()
     missing = missing_data(settings)
     if missing is not None:
         # A server not reached is an outage (1); one that refused the credentials or the

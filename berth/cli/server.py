@@ -45,11 +45,6 @@ def serve(
     ] = None,
 ) -> None:
     """Start the registry (creating its data directory and database on first start)."""
-    from berth.config import SettingsError
-    from berth.data_location import DatabaseLost, DiskFull
-    from berth.server import GAVE_UP_WAITING, GaveUpWaiting
-    from berth.server import serve as run_server
-
     flags = {
         "data_dir": data_dir,
         "listen": listen,
@@ -61,6 +56,12 @@ def serve(
         "workers": workers,
     }
     settings = settings_or_exit(**flags)
+    # Imported once the settings are good: a bad one is named without loading the server.
+    from berth.config import SettingsError
+    from berth.data_location import DatabaseLost, DiskFull
+    from berth.server import GAVE_UP_WAITING, GaveUpWaiting
+    from berth.server import serve as run_server
+
     given = {name for name, value in flags.items() if value is not None}
     if Options.data_dir is not None:
         given.add("data_dir")
@@ -88,6 +89,7 @@ def init(
     database_url: Annotated[str | None, typer.Option(help=DATABASE_URL_HELP)] = None,
 ) -> None:
     """Create the data directory, the database and the administrator, without serving."""
+    settings = settings_or_exit(data_dir=data_dir, database_url=database_url)
     from rich.text import Text
 
     from berth.config import SettingsError, setting_source
@@ -101,7 +103,6 @@ def init(
     )
     from berth.server import initialise
 
-    settings = settings_or_exit(data_dir=data_dir, database_url=database_url)
     if (problem := unusable_database(settings)) is not None:
         if problem.passing:  # not reached: an outage (1), not a setting (2)
             fail(MissingData(problem.reason, unopened=True).refusal(settings))
@@ -130,6 +131,7 @@ def init(
 def status(json_output: JsonFlag = False) -> None:
     """Say which settings file, data directory and database the verbs use, and whether a server
     answers on the configured address."""
+    settings = settings_or_exit()
     from rich.table import Table
     from rich.text import Text
     from sqlalchemy.exc import SQLAlchemyError
@@ -138,7 +140,6 @@ def status(json_output: JsonFlag = False) -> None:
     from berth.data_location import missing_data, shown_database
     from berth.services.records import plain
 
-    settings = settings_or_exit()
     missing = missing_data(settings)
     listening, ours = _who_answers(settings)
     config, database = config_file(), shown_database(settings)
