@@ -123,7 +123,7 @@ class Repo:
 def new_repo(server: BerthServer, **options: Any) -> Repo:
     project = "p" + uuid.uuid4().hex[:10]
     repository = "r" + uuid.uuid4().hex[:6]
-    server.create_repository(project, repository, **options)
+    server.create_repository(project, repository, with_key=True, **options)
     client = httpx.Client(
         base_url=server.url, timeout=60, verify=False, auth=server.access_key(project)
     )

@@ -259,19 +259,33 @@ class BerthServer:
         with concurrent.futures.ThreadPoolExecutor(1) as thread:
             return thread.submit(asyncio.run, run()).result()
 
-    def create_project(self, project: str) -> None:
+    def create_project(self, project: str, *, with_key: bool = False) -> None:
+        """Create the project (if new); `with_key`: and the administrator's access key there
+        (`access_key`), in the same in-process call (each call builds the services anew: a
+        tenth of a second or more on PostgreSQL and S3, paid by every test that makes one)."""
+        self._create(project, None, with_key, {})
+
+    def create_repository(
+        self, project: str, repository: str, *, with_key: bool = False, **options: Any
+    ) -> None:
+        """Create the project (if new) and a repository in it; `with_key` as create_project."""
+        self._create(project, repository, with_key, options)
+
+    def _create(
+        self, project: str, repository: str | None, with_key: bool, options: Mapping[str, Any]
+    ) -> None:
+        wants_key = with_key and (project, "admin") not in self.keys
+
         async def create(services: Services) -> None:
             with contextlib.suppress(Conflict):
                 await services.repositories.create_project(project, actor="test")
+            if repository is not None:
+                await services.repositories.create(project, repository, actor="test", **options)
+            if wants_key:
+                created = await services.identity.keys.create_key("admin", project, actor="test")
+                self.keys[(project, "admin")] = (created.key_id, created.secret)
 
         self._services(create)
-
-    def create_repository(self, project: str, repository: str, **options: Any) -> None:
-        """Create the project (if new) and a repository in it."""
-        self.create_project(project)
-        self._services(
-            lambda s: s.repositories.create(project, repository, actor="test", **options)
-        )
 
     def create_user(self, name: str, password: str | None = None, **options: Any) -> None:
         self._services(

@@ -292,7 +292,7 @@ def _s3_client(endpoint: str, key_id: str, secret: str) -> Any:
 def new_project(server: BerthServer) -> GcProject:
     project = "gc" + uuid.uuid4().hex[:10]
     repository = "app"
-    server.create_repository(project, repository)
+    server.create_repository(project, repository, with_key=True)
     key = server.access_key(project)
     verify: Any = server.ssl_context() if server.tls else True
     return GcProject(

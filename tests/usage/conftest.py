@@ -87,7 +87,7 @@ class Project:
 
 def new_project(server: BerthServer) -> Project:
     name = "u" + uuid.uuid4().hex[:10]
-    server.create_project(name)
+    server.create_project(name, with_key=True)
     client = httpx.Client(base_url=server.url, timeout=60, auth=server.access_key(name))
     return Project(server, name, client)
 
