@@ -5,16 +5,14 @@ shell, a signal) still runs `tests.servers.BERTH`."""
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from typer.testing import CliRunner
 
 from berth.cli.main import app
-from tests.servers import ROOT, BerthServer, in_own_thread, listed_items
+from tests.servers import ROOT, BerthServer, CliReads, in_own_thread
 
 
 @dataclass
@@ -46,7 +44,7 @@ def invoked(
 
 
 @dataclass
-class InProcessCli:
+class InProcessCli(CliReads):
     """`BerthServer.cli` and its kin, run in this process with the server's settings."""
 
     server: BerthServer
@@ -61,12 +59,6 @@ class InProcessCli:
         if check and done.returncode != 0:
             raise AssertionError(f"berth {' '.join(args)} failed: {done.stdout}{done.stderr}")
         return done
-
-    def cli_json(self, *args: str) -> Any:
-        return json.loads(self.cli(*args, "--json").stdout)
-
-    def cli_items(self, *args: str) -> list[Any]:
-        return listed_items(self.cli_json(*args))
 
 
 def in_process(server: BerthServer) -> InProcessCli:

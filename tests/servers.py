@@ -51,6 +51,21 @@ def listed_items(listed: Any) -> list[Any]:
     return items
 
 
+class CliReads:
+    """`cli_json` and `cli_items` over a class's `cli` (a new `berth` process, or one run in
+    the test process: tests/in_process.py)."""
+
+    def cli(self, *args: str, check: bool = True, input: str | None = None) -> Any:
+        raise NotImplementedError
+
+    def cli_json(self, *args: str) -> Any:
+        return json.loads(self.cli(*args, "--json").stdout)
+
+    def cli_items(self, *args: str) -> list[Any]:
+        """The items a list verb prints with --json (its listing's `items`)."""
+        return listed_items(self.cli_json(*args))
+
+
 def wait_for(check: Any, timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -64,7 +79,7 @@ def wait_for(check: Any, timeout: float, what: str) -> None:
 
 
 @dataclass
-class BerthServer:
+class BerthServer(CliReads):
     """A `berth serve` process on a free loopback port with its own data directory."""
 
     data_dir: Path
@@ -236,13 +251,6 @@ class BerthServer:
             raise AssertionError(f"berth {' '.join(args)} failed: {result.stdout}{result.stderr}")
         return result
 
-    def cli_json(self, *args: str) -> Any:
-        return json.loads(self.cli(*args, "--json").stdout)
-
-    def cli_items(self, *args: str) -> list[Any]:
-        """The items a list verb prints with --json (its listing's `items`)."""
-        return listed_items(self.cli_json(*args))
-
     def _services(self, work: Callable[[Services], Awaitable[T]]) -> T:
         """Run one service call in-process against this server's data: the same code path as
         the admin CLI, without a 1.5 s interpreter start per call."""
@@ -255,9 +263,7 @@ class BerthServer:
             finally:
                 await services.close()
 
-        # In a thread of its own: the caller may be inside an event loop (Playwright's sync API).
-        with concurrent.futures.ThreadPoolExecutor(1) as thread:
-            return thread.submit(asyncio.run, run()).result()
+        return in_own_thread(lambda: asyncio.run(run()))
 
     def create_project(self, project: str, *, with_key: bool = False) -> None:
         """Create the project (if new); `with_key`: and the administrator's access key there
