@@ -60,7 +60,8 @@ def test_a_due_schedule_runs_once_across_two_nodes(two_nodes: list[BerthServer])
 
     async def runs(services: Services) -> list[tuple[str, int]]:
         found, _ = await services.retention.history("sched")
-        return [(r.actor, r.images_deleted) for r in found]
+        # Only finished runs: a run is listed (0 deleted so far) from its start.
+        return [(r.actor, r.images_deleted) for r in found if r.finished_at is not None]
 
     deadline = time.monotonic() + 20
     while not (done := first._services(runs)) and time.monotonic() < deadline:
@@ -68,3 +69,8 @@ def test_a_due_schedule_runs_once_across_two_nodes(two_nodes: list[BerthServer])
     assert done == [("schedule", 4)]
     time.sleep(2)  # both nodes look several times more: the run is not repeated
     assert first._services(runs) == [("schedule", 4)]
+
+    async def started(services: Services) -> int:
+        return (await services.retention.history("sched"))[1]
+
+    assert first._services(started) == 1  # none begun since, finished or not
