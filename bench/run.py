@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import functools
 import hashlib
 import importlib.metadata
 import importlib.util
@@ -41,7 +42,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
@@ -53,7 +54,9 @@ from memory import PSS_SECONDS, SAMPLE_SECONDS, MemorySampler, process_tree
 
 # The servers, here for the other benches too (`from run import Server, ...`).
 from servers import (  # noqa: F401
+    ACCEL_LOCATION,
     BERTH,
+    DIRECT_LOCATION,
     DISTRIBUTION,
     IMAGE_NAME,
     NGINX,
@@ -99,15 +102,23 @@ class Target:
 # with sendfile), measured beside Distribution in each run's own alternating rounds.
 ACCEL_PULL = "accel_pull_MiBps"
 ACCEL_CPU = "accel_pull_cpu_s"  # CPU time of nginx and that Berth, against Distribution's
+# The same blob file sent by the same nginx without Berth (servers.DIRECT_LOCATION), in the
+# same rounds: the most the accel path can reach on this machine. A figure, not a target.
+DIRECT_PULL = "direct_pull_MiBps"
 
 # regbench figure -> (label, unit, target); {size} is the blob size in MiB.
-FIGURES: dict[str, tuple[str, str, Target]] = {
+FIGURES: dict[str, tuple[str, str, Target | None]] = {
     "push_MiBps": ("blob push, {size} MiB, one PUT (curl)", "MiB/s", Target(1.5, True)),
     "pull_MiBps": ("blob pull, {size} MiB (curl)", "MiB/s", Target(1.5, True)),
     ACCEL_PULL: (
         "blob pull, {size} MiB, Berth behind nginx with blob_redirect = accel (curl)",
         "MiB/s",
         Target(1.5, True),
+    ),
+    DIRECT_PULL: (
+        "blob pull, {size} MiB, nginx sending the same file without Berth (the accel ceiling)",
+        "MiB/s",
+        None,
     ),
     ACCEL_CPU: (
         "server CPU per {size} MiB pull: nginx + Berth (accel), against Distribution",
@@ -225,6 +236,32 @@ class Pulls:
     second_cpu: float
 
 
+def pull_sides(
+    sides: Sequence[tuple[Callable[[], float], Sequence[int]]], size_mib: int, rounds: int
+) -> list[tuple[float, float]]:
+    """Each side's pull (a call returning the seconds one pull took) in `rounds` rounds, best
+    of two per round, the order flipping every round; per side the median MiB/s and the median
+    CPU seconds per pull of the side's pids (their processes and descendants, over both pulls
+    of a round, halved), less swayed by other work than MiB/s are."""
+
+    def pull(_: int, side: int) -> tuple[float, float]:
+        """MiB/s and CPU seconds per pull of `side`."""
+        one_pull, pids = sides[side]
+        began = process_tree_cpu(pids)
+        seconds = min(one_pull() for _ in range(2))
+        return size_mib / seconds, (process_tree_cpu(pids) - began) / 2
+
+    indexes = range(len(sides))
+    found = method.alternate_rounds(list(indexes), rounds, pull)
+    return [
+        (
+            statistics.median(rate for rate, _ in found[side]),
+            statistics.median(seconds for _, seconds in found[side]),
+        )
+        for side in indexes
+    ]
+
+
 def pull_rounds(
     first: tuple[regbench.Target, Sequence[int]],
     second: tuple[regbench.Target, Sequence[int]],
@@ -232,22 +269,42 @@ def pull_rounds(
     size_mib: int,
     rounds: int,
 ) -> Pulls:
-    """Each target's pull rate of the blob `digest` (both hold it) in MiB/s: regbench's pull
-    (curl, best of two) in `rounds` rounds, the order flipping every round; the medians. With
-    each target come the pids of the processes that serve it: their CPU time per pull (over
-    both pulls of a round, halved), less swayed by other work than MiB/s are."""
+    """Each target's pull rate of the blob `digest` (both hold it): regbench's pull (curl) by
+    `pull_sides`."""
+    (first_rate, first_cpu), (second_rate, second_cpu) = pull_sides(
+        [
+            (functools.partial(regbench.pull_blob, target, digest), pids)
+            for target, pids in (first, second)
+        ],
+        size_mib,
+        rounds,
+    )
+    return Pulls(first_rate, second_rate, first_cpu, second_cpu)
 
-    def pull(_: int, side: int) -> tuple[float, float]:
-        """MiB/s and CPU seconds per pull of the pair's `side`."""
-        target, pids = (first, second)[side]
-        began = process_tree_cpu(pids)
-        seconds = min(regbench.pull_blob(target, digest) for _ in range(2))
-        return size_mib / seconds, (process_tree_cpu(pids) - began) / 2
 
-    found = method.alternate_rounds((0, 1), rounds, pull)
-    rates = [statistics.median(rate for rate, _ in found[side]) for side in (0, 1)]
-    cpu = [statistics.median(seconds for _, seconds in found[side]) for side in (0, 1)]
-    return Pulls(rates[0], rates[1], cpu[0], cpu[1])
+def pull_direct(url: str) -> float:
+    """Seconds for curl to GET `url` (no credentials) to /dev/null, as regbench's pull does."""
+    out = subprocess.run(
+        ["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code} %{time_total}", url],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    if out[0] != "200":
+        raise RuntimeError(f"nginx answered HTTP {out[0]} for {url}")
+    return float(out[1])
+
+
+def direct_url(nginx: Server, accel_berth: Server, digest: str) -> str:
+    """Where the bench's nginx sends the blob `digest` without Berth: the file Berth's own
+    X-Accel-Redirect names (asked of that Berth directly), under servers.DIRECT_LOCATION."""
+    asking = regbench.Target(accel_berth.url, IMAGE_NAME, accel_berth.user, accel_berth.password)
+    regbench.authenticate(asking)
+    status, headers, _ = regbench._request("GET", asking.api(f"blobs/{digest}"), asking.headers)
+    redirect = headers.get("x-accel-redirect", "")
+    if status != 200 or not redirect.startswith(ACCEL_LOCATION):
+        raise RuntimeError(f"the accel Berth answered HTTP {status}, X-Accel-Redirect {redirect!r}")
+    return nginx.url + DIRECT_LOCATION + redirect.removeprefix(ACCEL_LOCATION)
 
 
 @dataclass
@@ -286,26 +343,35 @@ def measure_runs(
         del body
         plain = regbench.Target(distribution.url, IMAGE_NAME)
         regbench.authenticate(plain)
+        direct = direct_url(nginx, accel_berth, digest)
+        if hashlib.sha256(urllib.request.urlopen(direct).read()).hexdigest() != digest[7:]:
+            raise RuntimeError(f"nginx sent other bytes from {direct}")
     for index in range(args.runs):
         before = loadavg()
         print(f"run {index + 1} of {args.runs}: load average {before}", flush=True)
         began = cpu_sample()
         figures = run_regbench(berth, distribution, args, work / f"regbench-{index + 1}.json")
         if accel is not None:
-            pulls = pull_rounds(
-                (through_nginx, [nginx.pid, accel_berth.pid]),
-                (plain, [distribution.pid]),
-                digest,
+            (accel_rate, accel_cpu), (dist_rate, dist_cpu), (direct_rate, _) = pull_sides(
+                [
+                    (
+                        lambda: regbench.pull_blob(through_nginx, digest),
+                        [nginx.pid, accel_berth.pid],
+                    ),
+                    (lambda: regbench.pull_blob(plain, digest), [distribution.pid]),
+                    (lambda: pull_direct(direct), [nginx.pid]),
+                ],
                 args.size_mib,
                 args.rounds,
             )
             a, b = figures["a"], figures["b"]
-            a[ACCEL_PULL], b[ACCEL_PULL] = pulls.first_mibps, pulls.second_mibps
-            a[ACCEL_CPU], b[ACCEL_CPU] = pulls.first_cpu, pulls.second_cpu
+            a[ACCEL_PULL], b[ACCEL_PULL] = accel_rate, dist_rate
+            a[ACCEL_CPU], b[ACCEL_CPU] = accel_cpu, dist_cpu
+            a[DIRECT_PULL], b[DIRECT_PULL] = direct_rate, dist_rate
             print(
-                f"  accel pull: nginx {pulls.first_mibps:,.0f} MiB/s "
-                f"({pulls.first_cpu:.2f} s CPU), Distribution {pulls.second_mibps:,.0f} MiB/s "
-                f"({pulls.second_cpu:.2f} s CPU)",
+                f"  accel pull: nginx {accel_rate:,.0f} MiB/s ({accel_cpu:.2f} s CPU), "
+                f"Distribution {dist_rate:,.0f} MiB/s ({dist_cpu:.2f} s CPU); nginx without "
+                f"Berth {direct_rate:,.0f} MiB/s",
                 flush=True,
             )
         others = method.other_work(began, cpu_sample(), os.sysconf("SC_CLK_TCK"))
@@ -414,13 +480,16 @@ def throughput_rows(runs: list[Run], size_mib: int) -> list[str]:
         if key not in ratio:
             continue  # not measured (nginx missing)
         values = [r[key] for r in per_run]
-        met = method.met_in(values, target.bound, target.at_least)
         spread = ratio[key]
+        if target is None:
+            verdict = "none (a ceiling) | n/a"
+        else:
+            met = method.met_in(values, target.bound, target.at_least)
+            verdict = f"{target} | {_met(met == len(values))} ({met} of {len(values)})"
         rows.append(
             f"| {label.format(size=size_mib)} | {_num(a[key].median)} {unit} "
             f"| {_num(b[key].median)} {unit} | {', '.join(f'{v:.2f}' for v in values)} "
-            f"| **{spread.median:.2f}x** ({spread.low:.2f} to {spread.high:.2f}) | {target} "
-            f"| {_met(met == len(values))} ({met} of {len(values)}) |"
+            f"| **{spread.median:.2f}x** ({spread.low:.2f} to {spread.high:.2f}) | {verdict} |"
         )
     return rows
 
@@ -450,6 +519,11 @@ def report(r: Results) -> str:
         f"regbench, the same {args.size_mib} MiB blob is pulled through nginx and from "
         f"Distribution in {args.rounds} rounds alternating the two (curl, best of two "
         "pulls per round, regbench's pull); the run's figure is the median of its rounds. "
+        "The ceiling row: in the same rounds, the same nginx sends the same file from a "
+        "location open to clients, with the snippet's directives and no Berth in the way; the "
+        "accel row cannot be faster than it but by chance, so where the two are close, Berth's "
+        "part of the accel pull costs nothing measurable and its ratio to Distribution is "
+        "nginx's on this machine. "
         "The CPU row is the user + system time the serving processes spent per pull (nginx "
         "and the accel Berth, against Distribution; from /proc): under load, MiB/s mostly "
         "measure who got the cores, CPU time what each way of sending costs."

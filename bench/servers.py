@@ -185,13 +185,16 @@ def start_distribution(work: Path) -> Server:
 
 NGINX = Path(shutil.which("nginx") or "/usr/sbin/nginx")
 ACCEL_SNIPPET = Path(__file__).resolve().parent.parent / "deploy" / "nginx-accel.conf"
+ACCEL_LOCATION = "/_berth_blobs/"  # the snippet's internal location (Berth's X-Accel-Redirect)
+DIRECT_LOCATION = "/_bench_direct/"  # the bench's nginx: blob files sent without Berth
 
 
 def start_nginx_accel(work: Path, berth: Server) -> Server:
     """Debian's nginx on a free port in front of `berth` (started with blob_redirect = accel),
     with deploy/nginx-accel.conf as shipped but for its `alias`, pointed at Berth's blob
     directory: Berth authorises each blob GET and answers X-Accel-Redirect, nginx sends the
-    file with sendfile. Ready, and logged in as `berth` is."""
+    file with sendfile. Beside it, `DIRECT_LOCATION`: the same blob directory with the same
+    directives, open to clients (no Berth in the way). Ready, and logged in as `berth` is."""
     work.mkdir(parents=True)
     port = free_port()
     blobs = Path(berth.env["BERTH_DATA_DIR"]).resolve() / "blobs"
@@ -199,7 +202,15 @@ def start_nginx_accel(work: Path, berth: Server) -> Server:
     shipped = "alias /var/lib/berth/blobs/;"
     if shipped not in snippet:
         raise RuntimeError(f"{ACCEL_SNIPPET} no longer has `{shipped}`")
-    (work / "berth-accel.conf").write_text(snippet.replace(shipped, f"alias {blobs}/;"))
+    snippet = snippet.replace(shipped, f"alias {blobs}/;")
+    (work / "berth-accel.conf").write_text(snippet)
+    # The same location, open to clients and without Berth: nginx sending the blob file by
+    # itself, the ceiling of what the accel path can reach on this machine.
+    internal = (f"location {ACCEL_LOCATION} {{", "    internal;\n")
+    if any(part not in snippet for part in internal):
+        raise RuntimeError(f"{ACCEL_SNIPPET} no longer has `{internal[0]} {internal[1].strip()}`")
+    direct = snippet.replace(internal[0], f"location {DIRECT_LOCATION} {{").replace(internal[1], "")
+    (work / "direct.conf").write_text(direct)
     upstream = berth.url.removeprefix("http://")
     temp = "".join(
         f"  {kind}_temp_path {work}/{kind};\n"
@@ -228,6 +239,7 @@ def start_nginx_accel(work: Path, berth: Server) -> Server:
         + "    }\n"
         + "    location / { proxy_pass http://berth; }\n"
         + f"    include {work}/berth-accel.conf;\n"
+        + f"    include {work}/direct.conf;\n"
         + "  }\n}\n"
     )
     argv = [str(NGINX), "-p", str(work), "-c", str(work / "nginx.conf"), "-e", "stderr"]
