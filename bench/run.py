@@ -103,7 +103,7 @@ class Target:
 ACCEL_PULL = "accel_pull_MiBps"
 ACCEL_CPU = "accel_pull_cpu_s"  # CPU time of nginx and that Berth, against Distribution's
 # The same blob file sent by the same nginx without Berth (servers.DIRECT_LOCATION), in the
-# same rounds: the most the accel path can reach on this machine. A figure, not a target.
+# same rounds: what nginx alone does on this machine, to read the accel row by. Not a target.
 DIRECT_PULL = "direct_pull_MiBps"
 
 # regbench figure -> (label, unit, target); {size} is the blob size in MiB.
@@ -116,7 +116,7 @@ FIGURES: dict[str, tuple[str, str, Target | None]] = {
         Target(1.5, True),
     ),
     DIRECT_PULL: (
-        "blob pull, {size} MiB, nginx sending the same file without Berth (the accel ceiling)",
+        "blob pull, {size} MiB, the same nginx sending the same file without Berth (curl)",
         "MiB/s",
         None,
     ),
@@ -482,7 +482,7 @@ def throughput_rows(runs: list[Run], size_mib: int) -> list[str]:
         values = [r[key] for r in per_run]
         spread = ratio[key]
         if target is None:
-            verdict = "none (a ceiling) | n/a"
+            verdict = "none (a reference) | n/a"
         else:
             met = method.met_in(values, target.bound, target.at_least)
             verdict = f"{target} | {_met(met == len(values))} ({met} of {len(values)})"
@@ -519,11 +519,11 @@ def report(r: Results) -> str:
         f"regbench, the same {args.size_mib} MiB blob is pulled through nginx and from "
         f"Distribution in {args.rounds} rounds alternating the two (curl, best of two "
         "pulls per round, regbench's pull); the run's figure is the median of its rounds. "
-        "The ceiling row: in the same rounds, the same nginx sends the same file from a "
-        "location open to clients, with the snippet's directives and no Berth in the way; the "
-        "accel row cannot be faster than it but by chance, so where the two are close, Berth's "
-        "part of the accel pull costs nothing measurable and its ratio to Distribution is "
-        "nginx's on this machine. "
+        "The row after it is a reference: in the same rounds, the same nginx sends the same "
+        "file from a location open to clients, with the snippet's directives and no Berth in "
+        "the way. Where the accel row is as fast, Berth's part of the accel pull (authorising "
+        "it, naming the file) costs nothing measurable, and the accel row's ratio is nginx's "
+        "own against Distribution on this machine. "
         "The CPU row is the user + system time the serving processes spent per pull (nginx "
         "and the accel Berth, against Distribution; from /proc): under load, MiB/s mostly "
         "measure who got the cores, CPU time what each way of sending costs."

@@ -205,7 +205,7 @@ def start_nginx_accel(work: Path, berth: Server) -> Server:
     snippet = snippet.replace(shipped, f"alias {blobs}/;")
     (work / "berth-accel.conf").write_text(snippet)
     # The same location, open to clients and without Berth: nginx sending the blob file by
-    # itself, the ceiling of what the accel path can reach on this machine.
+    # itself, the reference the accel pull is read against.
     internal = (f"location {ACCEL_LOCATION} {{", "    internal;\n")
     if any(part not in snippet for part in internal):
         raise RuntimeError(f"{ACCEL_SNIPPET} no longer has `{internal[0]} {internal[1].strip()}`")
