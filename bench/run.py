@@ -203,7 +203,8 @@ def run_regbench(
     argv += ["--json", str(out)]
     for side, server in (("a", berth), ("b", distribution)):
         if server.user is not None:
-            argv += [f"--user-{side}", server.user, f"--password-{side}", server.password or ""]
+            # `=`: a secret may start with `-` (keys made before Berth stopped drawing those).
+            argv += [f"--user-{side}={server.user}", f"--password-{side}={server.password or ''}"]
     subprocess.run(argv, check=True)
     result: dict[str, dict[str, float]] = json.loads(out.read_text())
     return result

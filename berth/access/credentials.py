@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
+import secrets
 import time
 from dataclasses import dataclass
 
@@ -35,6 +36,17 @@ _ANY_KEY_ID = re.compile(KEY_ID_PATTERN)
 _KEY_ID = re.compile(rf"^BK[{KEY_ID_ALPHABET}]{{{KEY_ID_LENGTH - 2}}}$")
 # A key ID, perhaps mistyped: `BK` and 18 capitals or digits, which no user name has.
 _KEY_ID_LIKE = re.compile(rf"^BK[A-Z0-9]{{{KEY_ID_LENGTH - 2}}}$")
+
+
+def new_secret_text(nbytes: int) -> str:
+    """`nbytes` random bytes as URL-safe base64 (letters, digits, `-` and `_`), never starting
+    with `-`: secrets are pasted after options (`--password SECRET`), and some option parsers
+    (Python's argparse, for one) take a value with a leading dash for another option and
+    refuse the command. One draw in 64 starts with it and is drawn again."""
+    while (secret := secrets.token_urlsafe(nbytes)).startswith("-"):
+        pass
+    return secret
+
 
 # What a registry client that signed in with a user name and password is told.
 NOT_A_KEY = (

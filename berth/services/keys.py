@@ -11,7 +11,12 @@ from typing import Any, Literal
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from berth.access.credentials import KEY_ID_ALPHABET, KEY_ID_LENGTH, Credentials
+from berth.access.credentials import (
+    KEY_ID_ALPHABET,
+    KEY_ID_LENGTH,
+    Credentials,
+    new_secret_text,
+)
 from berth.access.roles import has_role
 from berth.domain.errors import Denied, InvalidValue, NotFound
 from berth.metadata.audit import write_audit_entry
@@ -56,7 +61,7 @@ def new_key_id() -> str:
 
 
 def new_secret() -> str:
-    return secrets.token_urlsafe(30)
+    return new_secret_text(30)
 
 
 class Keys:

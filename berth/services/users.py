@@ -3,12 +3,12 @@ deleting them. Signing in with a password is checked in `berth.access.credential
 
 from __future__ import annotations
 
-import secrets
 from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy import Select, delete, func, select, update
 
+from berth.access.credentials import new_secret_text
 from berth.access.passwords import Passwords
 from berth.domain.errors import Conflict, Denied, InvalidValue, NameInvalid
 from berth.domain.names import MAX_USER_NAME_LENGTH, USER_NAME_RULE, is_valid_component
@@ -113,7 +113,7 @@ class Users:
             return None
         generated = None
         if not password:
-            password = generated = secrets.token_urlsafe(18)
+            password = generated = new_secret_text(18)
         try:
             await self.create_user("admin", password, is_admin=True, actor="server")
         except Conflict:

@@ -5,7 +5,6 @@ delivered by the delivery job (`webhook_delivery.py`)."""
 from __future__ import annotations
 
 import datetime as dt
-import secrets
 from collections.abc import Callable
 from typing import Any, Literal
 
@@ -13,6 +12,7 @@ from pydantic import Field
 from sqlalchemy import Select, delete, func, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from berth.access.credentials import new_secret_text
 from berth.domain.descriptions import description_problem
 from berth.domain.errors import Conflict, InvalidValue, NotFound, Refusals, StateRefusal
 from berth.domain.events import EVENT_TYPES, TEST
@@ -233,7 +233,7 @@ class Webhooks:
                 _check_secret(secret)
         refusals.refuse()
         if secret is None and sign:
-            secret = secrets.token_urlsafe(32)
+            secret = new_secret_text(32)
         now = utcnow()
         async with self.db.write() as conn:
             project_id = await require_project(conn, project)
@@ -371,7 +371,7 @@ class Webhooks:
         if secret is not None:
             _check_secret(secret)
         else:
-            secret = secrets.token_urlsafe(32)
+            secret = new_secret_text(32)
         async with self.db.write() as conn:
             project_id = await require_project(conn, project)
             row = await self._row(conn, project_id, project, webhook_id)
