@@ -345,8 +345,9 @@ def measure_runs(
         plain = regbench.Target(distribution.url, IMAGE_NAME)
         regbench.authenticate(plain)
         direct = direct_url(nginx, accel_berth, digest)
-        if hashlib.sha256(urllib.request.urlopen(direct).read()).hexdigest() != digest[7:]:
-            raise RuntimeError(f"nginx sent other bytes from {direct}")
+        with urllib.request.urlopen(direct) as sent:
+            if f"sha256:{hashlib.sha256(sent.read()).hexdigest()}" != digest:
+                raise RuntimeError(f"nginx sent other bytes from {direct}")
     for index in range(args.runs):
         before = loadavg()
         print(f"run {index + 1} of {args.runs}: load average {before}", flush=True)
