@@ -13,7 +13,7 @@ import pytest
 
 from tests.in_process import in_process
 from tests.pasting import data_dir_only, line_after
-from tests.servers import BERTH, ROOT, BerthServer, server_fixture
+from tests.servers import BERTH, ROOT, BerthServer, server_fixture, wait_for
 from tests.webhook_receiver import Receiver, receiving
 
 hooks_server = server_fixture("cli-webhooks", env={"BERTH_WEBHOOK_ALLOW_PRIVATE": "true"})
@@ -98,6 +98,15 @@ def test_a_test_event_goes_past_a_failing_queue(hooks_server: BerthServer) -> No
         for _ in range(2):
             hooks_server.cli("gc", "run", "clihooks6", "--dry-run")
         failing.wait_for(1)
+        # Both runs' events made deliveries (the server's job fans them out) before the test
+        # event: the listing is in the order deliveries were made.
+        wait_for(
+            lambda hook=hook: (
+                len(hooks_server.cli_items("webhook", "deliveries", "clihooks6", hook)) == 2
+            ),
+            10,
+            "both gc.finished deliveries",
+        )
         queued = hooks_server.cli("webhook", "test", "clihooks6", hook).stdout
         deadline = time.monotonic() + 10
         while not any(r.event["type"] == "io.berth.webhook.test" for r in failing.received):
