@@ -484,14 +484,16 @@ def throughput_rows(runs: list[Run], size_mib: int) -> list[str]:
         values = [r[key] for r in per_run]
         spread = ratio[key]
         if target is None:
-            verdict = "none (a reference) | n/a"
+            target_cell, met_cell = "none (a reference)", "n/a"
         else:
             met = method.met_in(values, target.bound, target.at_least)
-            verdict = f"{target} | {_met(met == len(values))} ({met} of {len(values)})"
+            target_cell = str(target)
+            met_cell = f"{_met(met == len(values))} ({met} of {len(values)})"
         rows.append(
             f"| {label.format(size=size_mib)} | {_num(a[key].median)} {unit} "
             f"| {_num(b[key].median)} {unit} | {', '.join(f'{v:.2f}' for v in values)} "
-            f"| **{spread.median:.2f}x** ({spread.low:.2f} to {spread.high:.2f}) | {verdict} |"
+            f"| **{spread.median:.2f}x** ({spread.low:.2f} to {spread.high:.2f}) "
+            f"| {target_cell} | {met_cell} |"
         )
     return rows
 
