@@ -1251,9 +1251,9 @@ def test_every_worker_counts_the_same_failed_logins(
                 )
             statuses.append(response.status_code)
         assert statuses[:per_key] == [401] * per_key, statuses
-        # Each other worker lets one attempt through at its first connection, which may come
-        # late (the kernel decides which worker takes a connection): so the bound is on the
-        # count of 401s, not on where they fall.
+        # Each other worker lets one attempt through at its first connection after the limit
+        # was reached, which may come late (the kernel decides which worker takes a
+        # connection): so the bound is on the count of 401s, not on where they fall.
         assert set(statuses) == {401, 429}, statuses
         assert statuses.count(401) <= per_key + workers - 1, statuses
 
