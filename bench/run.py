@@ -346,7 +346,7 @@ def measure_runs(
         regbench.authenticate(plain)
         direct = direct_url(nginx, accel_berth, digest)
         with urllib.request.urlopen(direct) as sent:
-            if f"sha256:{hashlib.sha256(sent.read()).hexdigest()}" != digest:
+            if f"sha256:{hashlib.file_digest(sent, 'sha256').hexdigest()}" != digest:
                 raise RuntimeError(f"nginx sent other bytes from {direct}")
     for index in range(args.runs):
         before = loadavg()

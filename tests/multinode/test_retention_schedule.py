@@ -15,7 +15,7 @@ from berth.domain.retention import Keep, Rule
 from berth.metadata.tables import repositories, retention_policies, utcnow
 from berth.state import Services
 from tests.retention_seed import seed
-from tests.servers import BerthServer, PostgresCluster
+from tests.servers import BerthServer, PostgresCluster, wait_for
 
 
 @pytest.fixture
@@ -64,9 +64,7 @@ def test_a_due_schedule_runs_once_across_two_nodes(two_nodes: list[BerthServer])
         found, begun = await services.retention.history("sched")
         return [(r.actor, r.images_deleted) for r in found if r.finished_at is not None], begun
 
-    deadline = time.monotonic() + 20
-    while not (done := first._services(runs))[0] and time.monotonic() < deadline:
-        time.sleep(0.3)
-    assert done == ([("schedule", 4)], 1)
+    wait_for(lambda: first._services(runs)[0], 20, "a finished scheduled run")
+    assert first._services(runs) == ([("schedule", 4)], 1)
     time.sleep(2)  # both nodes look several times more: the run is not repeated
     assert first._services(runs) == ([("schedule", 4)], 1)
