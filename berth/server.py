@@ -46,8 +46,11 @@ from berth.services.install import (
     record_served_at,
     recorded_key_fingerprint,
     recorded_storage_location,
+    some_recorded_blobs,
 )
+from berth.services.install import storage_location as recorded_location
 from berth.state import Services, unusable_storage
+from berth.storage.drivers import blob_store
 from berth.storage.filesystem import DIRECTORY_MODE, FILE_MODE, modes_unset, set_modes
 
 T = TypeVar("T")
@@ -553,8 +556,55 @@ def check_storage_location(settings: Settings) -> None:
     of its own would keep its pushes from the other nodes and answer 404 for theirs, and a
     single node would lose sight of every blob pushed before."""
     here = storage_location(settings)
-    recorded = _in_database(settings, lambda db: recorded_storage_location(db, here))
+    recorded = _in_database(settings, partial(_recorded_or_adopted, settings, here))
     refuse_other_storage(settings, recorded)
+
+
+async def _recorded_or_adopted(settings: Settings, here: str, db: Database) -> str:
+    recorded = await recorded_location(db)
+    if recorded is not None:
+        return recorded
+    await _refuse_store_without_the_blobs(settings, here, db)
+    return await recorded_storage_location(db, here)
+
+
+# Blobs of the database looked for in a store about to be recorded as the install's: a few
+# HEADs, once per install; one found is enough (a few may be missing from the right store).
+_BLOBS_LOOKED_FOR = 10
+
+
+async def _refuse_store_without_the_blobs(settings: Settings, here: str, db: Database) -> None:
+    """Refuse (SettingsError) to record a store that holds none of the blobs the database
+    has: a node set to a wrong bucket or prefix, first to start after the upgrade that began
+    recording the store, would be recorded as right and the nodes set right refused."""
+    digests = await some_recorded_blobs(db, _BLOBS_LOOKED_FOR)
+    if not digests:
+        return  # a new install, or one with no blob yet: any store is as good
+    store = blob_store(settings)
+    try:
+        for digest in digests:
+            if await store.stat(digest) is not None:
+                return
+    finally:
+        await store.close()
+    raise SettingsError(
+        f"this node's blob store, {_as_settings(here)}, holds none of the blobs this "
+        f"install's database ({shown_database(settings)}) says are stored ({len(digests)} "
+        f"looked for, {digests[0]} among them), and no node has recorded yet which store is "
+        "the install's (a database from before Berth recorded it): set storage, s3_bucket "
+        "and s3_prefix to the store the install's nodes used until now, or every blob pushed "
+        "before would be missing here (404), and this store, once recorded, would be the one "
+        "the nodes set right are told to use. If those blobs are gone on purpose and this "
+        "store is to be the install's, record it in the database, then start the node again: "
+        f"{_record_storage(here)}"
+    )
+
+
+def _record_storage(location: str) -> str:
+    return (
+        "INSERT INTO install_facts (name, value, recorded_at) VALUES "
+        f"('storage_location', '{location}', CURRENT_TIMESTAMP);"
+    )
 
 
 def refuse_other_storage(settings: Settings, recorded: str | None) -> None:
@@ -574,9 +624,10 @@ def refuse_other_storage(settings: Settings, recorded: str | None) -> None:
         f"database ({shown_database(settings)}) recorded as where its blobs are: "
         f"{_as_settings(recorded)}; {harm}. Set storage, s3_bucket and s3_prefix as "
         "recorded (s3_endpoint may differ from node to node). If the blobs were moved to the "
-        "new store on purpose (or none are to be kept) and every node is set to use it, "
-        "clear the record in the database, and the next node to start records its own: "
-        f"{_FORGET_STORAGE}"
+        "new store on purpose and every node is set to use it, clear the record in the "
+        f"database, and the next node to start records its own: {_FORGET_STORAGE} If none "
+        "of them is to be kept, record the new store instead: "
+        f"UPDATE install_facts SET value = '{here}' WHERE name = 'storage_location';"
     )
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from sqlalchemy import delete, select
 
 from berth.metadata.database import Database
-from berth.metadata.tables import install_facts, utcnow
+from berth.metadata.tables import blobs, install_facts, utcnow
 
 KEY_FINGERPRINT = "key_fingerprint"
 
@@ -29,6 +29,13 @@ async def recorded_storage_location(db: Database, location: str) -> str:
 async def storage_location(db: Database) -> str | None:
     """Where the install's blobs are stored, if a node has recorded it."""
     return await _fact(db, STORAGE_LOCATION)
+
+
+async def some_recorded_blobs(db: Database, count: int) -> list[str]:
+    """Up to `count` digests of blobs the database says are stored (none: no blob yet)."""
+    async with db.read() as conn:
+        found = await conn.execute(select(blobs.c.digest).order_by(blobs.c.digest).limit(count))
+        return [str(digest) for digest in found.scalars()]
 
 
 async def key_fingerprint(db: Database) -> str | None:

@@ -18,6 +18,7 @@ from berth.access.keyring import Keyring
 from berth.config import Settings, SettingsError
 from berth.data_location import create_data
 from berth.server import check_keys
+from tests.oci import push_blob, random_blob
 from tests.s3 import BUCKET, SeaweedFS
 from tests.servers import BerthServer, PostgresCluster, serve_refused, unstarted_environ
 
@@ -206,6 +207,8 @@ def test_a_node_on_another_blob_store_is_refused_until_its_storage_settings_are_
             assert f"this node's blob store, {here}, is not the one" in problem, problem
             assert f"recorded as where its blobs are: {recorded};" in problem, problem
             assert "DELETE FROM install_facts WHERE name = 'storage_location';" in problem
+            stored_at = "filesystem" if "filesystem" in here else f"s3://{BUCKET}/typo/"
+            assert f"UPDATE install_facts SET value = '{stored_at}' WHERE" in problem, problem
             assert not (other.data_dir / "blobs").exists()  # nothing stored on the way
 
         # The same store at another address (each node may reach it at its own): serves.
@@ -224,3 +227,48 @@ def test_a_node_on_another_blob_store_is_refused_until_its_storage_settings_are_
         for started in nodes:
             started.stop()
         first.stop()
+
+
+_FORGET_STORAGE = "DELETE FROM install_facts WHERE name = 'storage_location';"
+
+
+def test_a_first_record_of_the_blob_store_refuses_one_without_the_databases_blobs(
+    seaweedfs: SeaweedFS, postgres: PostgresCluster | None, tmp_path: Path
+) -> None:
+    """A database from before the store was recorded (the record cleared here) holds blobs:
+    the first node to start records its store only if that store holds them. A node set to a
+    wrong prefix would otherwise be recorded as right, answer 404 for every blob, and have
+    the nodes set right refused and told to use its prefix."""
+    if postgres is None:
+        pytest.skip("PostgreSQL not installed")
+    url = postgres.create_database()
+    shared = {**seaweedfs.settings_environ(), "BERTH_SINGLE_NODE": "false"}
+    first = BerthServer(tmp_path / "first", url, extra_env=shared)
+    blob = random_blob(1000)
+    try:
+        first.start()
+        first.create_repository("nodes", "app")
+        key = first.access_key("nodes")
+        with httpx.Client(base_url=first.url, auth=key, timeout=10) as client:
+            push_blob(client, "nodes/app", blob)
+    finally:
+        first.stop()
+    postgres.sql(_FORGET_STORAGE, database=url.rsplit("/", 1)[1])  # as before the record
+    wrong = BerthServer(tmp_path / "wrong", url, extra_env={**shared, "BERTH_S3_PREFIX": "typo"})
+    shutil.copytree(first.data_dir / "keys", wrong.data_dir / "keys")
+    problem = " ".join(serve_refused(wrong.env).split())
+    assert 's3_prefix = "typo" (storage = "s3"), holds none of the blobs' in problem, problem
+    assert f"{blob.digest} among them" in problem, problem
+    assert (
+        "INSERT INTO install_facts (name, value, recorded_at) VALUES ('storage_location', "
+        f"'s3://{BUCKET}/typo/', CURRENT_TIMESTAMP);"
+    ) in problem, problem
+
+    # The store that holds them is recorded, and serves what was pushed before.
+    try:
+        first.start()
+        with httpx.Client(base_url=first.url, auth=key, timeout=10) as client:
+            assert client.head(f"/v2/nodes/app/blobs/{blob.digest}").status_code == 200
+    finally:
+        first.stop()
+    assert "holds none of the blobs" not in first.log_tail(200)
