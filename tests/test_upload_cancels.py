@@ -212,6 +212,11 @@ def test_admins_cancel_a_users_uploads_or_all(repo: Repo) -> None:
     assert stored_scratch(repo.server, second_uploads[0]) == []
     del second
 
+    uploads_of(repo, "member", 1)
+    said = repo.server.cli("upload", "cancel", repo.project, "--all", "--yes").stdout
+    assert " ".join(said.split()) == f"Cancelled 1 upload in progress in {repo.project}"
+    assert open_uploads(repo.server, repo.project) == {}
+
 
 def test_bytes_of_a_patch_still_arriving_are_shown_as_stored(repo: Repo) -> None:
     """Only a PATCH's end acknowledges its bytes (`bytes_received`, the upload's Range), but

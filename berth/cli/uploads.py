@@ -131,7 +131,8 @@ def upload_cancel(
             ),
             uses_store=True,
         )
-        done(json_output, {"cancelled": count}, f"Cancelled {count} uploads {whose} in {project}")
+        uploads = "upload" if count == 1 else "uploads"
+        done(json_output, {"cancelled": count}, f"Cancelled {count} {uploads} {whose} in {project}")
         return
     confirm_deletion(f"cancel upload {upload_id} in {project}, deleting what it stored", yes)
     cancelled = run_service(
