@@ -14,6 +14,7 @@ from typing import Annotated
 import typer
 
 from berth.cli.common import Options
+from berth.cli.data import data_app
 from berth.cli.gc import gc_app
 from berth.cli.images import image_app, tag_app
 from berth.cli.immutability import immutability_app
@@ -54,6 +55,7 @@ app.add_typer(tag_app, name="tag")
 app.add_typer(webhook_app, name="webhook")
 app.add_typer(immutability_app, name="immutability")
 app.add_typer(vulndb_app, name="vulndb")
+app.add_typer(data_app, name="data")
 
 
 def _print_version(asked: bool) -> None:

@@ -1,0 +1,235 @@
+"""`berth data copy`: an embedded install (SQLite, blobs in its data directory) moved to
+PostgreSQL and S3 as README "From the embedded default" says, then served there by a node."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sqlite3
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+from berth.metadata.revisions import schema_head
+from tests.oci import OCI_LAYER, Blob, blob_path, digest_of, manifest_path, push_bytes, to_json
+from tests.oci import put_manifest as put
+from tests.s3 import SeaweedFS
+from tests.servers import BerthServer, PostgresCluster
+
+pytestmark = [pytest.mark.clients, pytest.mark.xdist_group("data_copy")]
+
+OLD_REVISION = "0023_retention_run_kept"
+
+
+@dataclass
+class Embedded:
+    """The stopped embedded install, and what it held."""
+
+    server: BerthServer
+    key: tuple[str, str]
+    manifests: dict[str, bytes]  # tag: manifest
+    blobs: dict[str, bytes]  # digest: bytes
+    history: str  # `berth image history --json`, as the old install printed it
+    audit: str  # `berth audit shop --json`
+    server_audit: str  # `berth audit --json`
+
+
+def _image(client: httpx.Client, name: str, layer_bytes: list[int]) -> tuple[bytes, list[bytes]]:
+    config = to_json({"architecture": "amd64", "os": "linux", "rand": os.urandom(8).hex()})
+    push_bytes(client, name, config)
+    layers = [Blob(os.urandom(size), OCI_LAYER) for size in layer_bytes]
+    for layer in layers:
+        push_bytes(client, name, layer.data)
+    manifest = to_json(
+        {
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "config": {
+                "mediaType": "application/vnd.oci.image.config.v1+json",
+                "digest": digest_of(config),
+                "size": len(config),
+            },
+            "layers": [
+                {"mediaType": OCI_LAYER, "digest": digest_of(x.data), "size": len(x.data)}
+                for x in layers
+            ],
+        }
+    )
+    return manifest, [config, *(layer.data for layer in layers)]
+
+
+@pytest.fixture(scope="module")
+def embedded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Embedded]:
+    server = BerthServer(tmp_path_factory.mktemp("embedded") / "data")
+    server.start()
+    try:
+        server.create_repository("shop", "web")
+        server.create_user("bob", "bob-password-1234")
+        server.add_member("shop", "bob", "member")
+        key = server.access_key("shop", "bob")
+        manifests: dict[str, bytes] = {}
+        blobs: dict[str, bytes] = {}
+        with httpx.Client(base_url=server.url, auth=key, timeout=60) as client:
+            # One layer over 8 MiB: written to the store in more than one piece.
+            for tag, sizes in (("v1", [1024, 9 * 1024 * 1024]), ("v2", [2048])):
+                manifest, contents = _image(client, "shop/web", sizes)
+                assert put(client, "shop/web", tag, manifest).status_code == 201
+                manifests[tag] = manifest
+                blobs.update({digest_of(data): data for data in contents})
+            # The tag moved: its history holds both.
+            assert put(client, "shop/web", "latest", manifests["v1"]).status_code == 201
+            assert put(client, "shop/web", "latest", manifests["v2"]).status_code == 201
+            manifests["latest"] = manifests["v2"]
+            # An upload in progress: not copied.
+            assert client.post("/v2/shop/web/blobs/uploads/").status_code == 202
+    finally:
+        server.stop()
+    yield Embedded(
+        server,
+        key,
+        manifests,
+        blobs,
+        history=server.cli("image", "history", "shop/web", "--json").stdout,
+        audit=server.cli("audit", "shop", "--json").stdout,
+        server_audit=server.cli("audit", "--json").stdout,
+    )
+
+
+def _destination(
+    tmp_path: Path, postgres: PostgresCluster | None, seaweedfs: SeaweedFS
+) -> BerthServer:
+    if postgres is None:
+        pytest.skip("PostgreSQL not installed")
+    return BerthServer(
+        tmp_path / "node1",
+        postgres.create_database(),
+        extra_env={**seaweedfs.settings_environ(), "BERTH_SINGLE_NODE": "false"},
+    )
+
+
+def test_an_embedded_install_copied_to_postgresql_and_s3_serves_its_keys_images_and_history(
+    embedded: Embedded, postgres: PostgresCluster | None, seaweedfs: SeaweedFS, tmp_path: Path
+) -> None:
+    node = _destination(tmp_path, postgres, seaweedfs)
+    old = str(embedded.server.data_dir)
+    copied = node.cli("data", "copy", "--from-data-dir", old, "--json")
+    report = json.loads(copied.stdout)
+    assert report["blobs_copied"] == len(embedded.blobs)
+    assert report["blobs_present_already"] == 0
+    assert report["uploads_not_copied"] == 1
+    assert report["storage_location"].startswith("s3://")
+    assert report["keys"]["action"] == "copied from the old install"
+    for name in ("token-signing.pem", "secret-hash.key"):
+        copy = node.data_dir / "keys" / name
+        assert copy.read_bytes() == (embedded.server.data_dir / "keys" / name).read_bytes()
+        assert oct(copy.stat().st_mode & 0o777) == "0o600"
+
+    # Tag history and audit as the old install printed them: ids, times and JSON intact.
+    assert node.cli("image", "history", "shop/web", "--json").stdout == embedded.history
+    assert node.cli("audit", "shop", "--json").stdout == embedded.audit
+    assert node.cli("audit", "--json").stdout == embedded.server_audit
+
+    # Run again (an interruption after the blobs): refused, the database is no longer new.
+    again = node.cli("data", "copy", "--from-data-dir", old, check=False)
+    assert again.returncode == 2
+    assert "is not new" in again.stderr and "projects (1 row)" in again.stderr
+
+    node.start()
+    try:
+        with httpx.Client(base_url=node.url, auth=embedded.key, timeout=60) as client:
+            assert client.get("/v2/").status_code == 200  # the old access key logs in
+            for tag, manifest in embedded.manifests.items():
+                pulled = client.get(
+                    manifest_path("shop/web", tag),
+                    headers={"Accept": "application/vnd.oci.image.manifest.v1+json"},
+                )
+                assert pulled.status_code == 200 and pulled.content == manifest
+            for digest, data in embedded.blobs.items():
+                pulled = client.get(blob_path("shop/web", digest), follow_redirects=True)
+                assert pulled.status_code == 200 and pulled.content == data
+            # New rows after the copied ones (PostgreSQL's sequences were moved past them).
+            manifest, _ = _image(client, "shop/web", [512])
+            assert put(client, "shop/web", "v3", manifest).status_code == 201
+        node.create_repository("tools", "cli")
+        events = json.loads(node.cli("image", "history", "shop/web", "--json").stdout)
+        assert [e["tag"] for e in events["items"][:1]] == ["v3"]
+        check = node.cli("storage", "check", "--all", check=False)
+        assert check.returncode == 0 and "Every blob is whole." in check.stdout, check.stdout
+    finally:
+        node.stop()
+
+
+def test_a_copy_run_again_after_an_interruption_skips_the_blobs_it_copied(
+    embedded: Embedded, postgres: PostgresCluster | None, seaweedfs: SeaweedFS, tmp_path: Path
+) -> None:
+    node = _destination(tmp_path, postgres, seaweedfs)
+    first = json.loads(
+        node.cli("data", "copy", "--from-data-dir", str(embedded.server.data_dir), "--json").stdout
+    )
+    assert first["blobs_copied"] == len(embedded.blobs)
+    # As if the rows had not been copied: a new database, on the same store, which `berth
+    # init` made (its administrator is replaced).
+    node.database_url = postgres.create_database() if postgres else None
+    node.cli("init")
+    second = json.loads(
+        node.cli("data", "copy", "--from-data-dir", str(embedded.server.data_dir), "--json").stdout
+    )
+    assert second["blobs_copied"] == 0
+    assert second["blobs_present_already"] == len(embedded.blobs)
+    assert second["keys"]["action"] == "the old install's already"
+    # The users as the old install had them: `berth init`'s administrator gave way to its.
+    listed = ("user", "list", "--json")
+    assert node.cli(*listed).stdout == embedded.server.cli(*listed).stdout
+
+
+def test_the_copy_is_refused_while_a_server_serves_on_the_old_install(
+    embedded: Embedded, postgres: PostgresCluster | None, seaweedfs: SeaweedFS, tmp_path: Path
+) -> None:
+    node = _destination(tmp_path, postgres, seaweedfs)
+    embedded.server.start()
+    try:
+        refused = node.cli(
+            "data", "copy", "--from-data-dir", str(embedded.server.data_dir), check=False
+        )
+    finally:
+        embedded.server.stop()
+    assert refused.returncode == 1
+    assert f"a server serves on {embedded.server.data_dir}" in refused.stderr
+    assert "Stop it first" in refused.stderr
+
+
+def test_the_copy_is_refused_from_another_schema_revision_or_with_other_keys(
+    embedded: Embedded, postgres: PostgresCluster | None, seaweedfs: SeaweedFS, tmp_path: Path
+) -> None:
+    node = _destination(tmp_path, postgres, seaweedfs)
+    older = tmp_path / "older"
+    shutil.copytree(embedded.server.data_dir, older)
+    with sqlite3.connect(older / "berth.db") as database:
+        database.execute("UPDATE alembic_version SET version_num = ?", (OLD_REVISION,))
+    refused = node.cli("data", "copy", "--from-data-dir", str(older), check=False)
+    assert refused.returncode == 2
+    assert (
+        f"is at schema revision {OLD_REVISION}, this Berth's is {schema_head()}" in refused.stderr
+    )
+    assert "berth serve` on the old data directory once" in refused.stderr
+
+    (node.data_dir / "keys").mkdir(parents=True)
+    (node.data_dir / "keys" / "secret-hash.key").write_bytes(os.urandom(32))
+    refused = node.cli(
+        "data", "copy", "--from-data-dir", str(embedded.server.data_dir), check=False
+    )
+    assert refused.returncode == 2
+    assert "hold other keys than the old install's" in refused.stderr
+
+    # The old install's database recorded other keys than its keys/ directory holds.
+    (older / "keys" / "secret-hash.key").write_bytes(os.urandom(32))
+    with sqlite3.connect(older / "berth.db") as database:
+        database.execute("UPDATE alembic_version SET version_num = ?", (schema_head(),))
+    shutil.rmtree(node.data_dir / "keys")
+    refused = node.cli("data", "copy", "--from-data-dir", str(older), check=False)
+    assert refused.returncode == 2
+    assert "are not the ones the old install's database recorded" in refused.stderr
