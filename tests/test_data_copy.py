@@ -15,6 +15,8 @@ import httpx
 import pytest
 
 from berth.metadata.revisions import schema_head
+from tests.clients.layouts import TestImage, umoci_image
+from tests.clients.tools import output, require_binary, run
 from tests.oci import OCI_LAYER, Blob, blob_path, digest_of, manifest_path, push_bytes, to_json
 from tests.oci import put_manifest as put
 from tests.s3 import SeaweedFS
@@ -36,6 +38,14 @@ class Embedded:
     history: str  # `berth image history --json`, as the old install printed it
     audit: str  # `berth audit shop --json`
     server_audit: str  # `berth audit --json`
+    pushed: TestImage  # pushed by skopeo as shop/cli:v1
+    pushed_manifest: bytes  # its manifest, as skopeo read it back from the old install
+
+    @property
+    def blob_count(self) -> int:
+        """Every blob the old install holds: shop/web's and the skopeo image's."""
+        pushed = json.loads(self.pushed_manifest)
+        return len(self.blobs) + 1 + len(pushed["layers"])
 
 
 def _image(client: httpx.Client, name: str, layer_bytes: list[int]) -> tuple[bytes, list[bytes]]:
@@ -62,8 +72,29 @@ def _image(client: httpx.Client, name: str, layer_bytes: list[int]) -> tuple[byt
     return manifest, [config, *(layer.data for layer in layers)]
 
 
+def skopeo(*words: str) -> str:
+    """Run skopeo (plain HTTP, path style); its output, or the test fails with it."""
+    result = run([require_binary("skopeo"), *words], check=False)
+    assert result.returncode == 0, output(result)
+    return result.stdout
+
+
+def raw_manifest(server: BerthServer, key: tuple[str, str], name: str) -> bytes:
+    """The manifest `name` as skopeo reads it from `server` with `key`."""
+    creds = f"--creds={key[0]}:{key[1]}"
+    found = skopeo(
+        "inspect", "--raw", "--tls-verify=false", creds, f"docker://{server.address}/{name}"
+    )
+    return found.encode()
+
+
 @pytest.fixture(scope="module")
 def embedded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Embedded]:
+    image = umoci_image(
+        tmp_path_factory.mktemp("image") / "layout",
+        "v1",
+        {"hello.txt": f"moved along {os.urandom(8).hex()}\n".encode()},
+    )
     server = BerthServer(tmp_path_factory.mktemp("embedded") / "data")
     server.start()
     try:
@@ -86,6 +117,11 @@ def embedded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Embedded]:
             manifests["latest"] = manifests["v2"]
             # An upload in progress: not copied.
             assert client.post("/v2/shop/web/blobs/uploads/").status_code == 202
+        server.create_repository("shop", "cli")
+        creds = f"--dest-creds={key[0]}:{key[1]}"
+        target = f"docker://{server.address}/shop/cli:v1"
+        skopeo("copy", "--dest-tls-verify=false", creds, image.oci_ref, target)
+        pushed_manifest = raw_manifest(server, key, "shop/cli:v1")
     finally:
         server.stop()
     yield Embedded(
@@ -96,6 +132,8 @@ def embedded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Embedded]:
         history=server.cli("image", "history", "shop/web", "--json").stdout,
         audit=server.cli("audit", "shop", "--json").stdout,
         server_audit=server.cli("audit", "--json").stdout,
+        pushed=image,
+        pushed_manifest=pushed_manifest,
     )
 
 
@@ -118,7 +156,7 @@ def test_an_embedded_install_copied_to_postgresql_and_s3_serves_its_keys_images_
     old = str(embedded.server.data_dir)
     copied = node.cli("data", "copy", "--from-data-dir", old, "--json")
     report = json.loads(copied.stdout)
-    assert report["blobs_copied"] == len(embedded.blobs)
+    assert report["blobs_copied"] == embedded.blob_count
     assert report["blobs_present_already"] == 0
     assert report["uploads_not_copied"] == 1
     assert report["storage_location"].startswith("s3://")
@@ -151,6 +189,14 @@ def test_an_embedded_install_copied_to_postgresql_and_s3_serves_its_keys_images_
             for digest, data in embedded.blobs.items():
                 pulled = client.get(blob_path("shop/web", digest), follow_redirects=True)
                 assert pulled.status_code == 200 and pulled.content == data
+        # skopeo reads the image it pushed to the old install, and pulls it whole.
+        assert raw_manifest(node, embedded.key, "shop/cli:v1") == embedded.pushed_manifest
+        layout = tmp_path / "pulled"
+        source = f"docker://{node.address}/shop/cli:v1"
+        creds = f"--src-creds={embedded.key[0]}:{embedded.key[1]}"
+        skopeo("copy", "--src-tls-verify=false", creds, source, f"oci:{layout}:v1")
+        assert (layout / "index.json").is_file()
+        with httpx.Client(base_url=node.url, auth=embedded.key, timeout=60) as client:
             # New rows after the copied ones (PostgreSQL's sequences were moved past them).
             manifest, _ = _image(client, "shop/web", [512])
             assert put(client, "shop/web", "v3", manifest).status_code == 201
@@ -170,7 +216,7 @@ def test_a_copy_run_again_after_an_interruption_skips_the_blobs_it_copied(
     first = json.loads(
         node.cli("data", "copy", "--from-data-dir", str(embedded.server.data_dir), "--json").stdout
     )
-    assert first["blobs_copied"] == len(embedded.blobs)
+    assert first["blobs_copied"] == embedded.blob_count
     # As if the rows had not been copied: a new database, on the same store, which `berth
     # init` made (its administrator is replaced).
     node.database_url = postgres.create_database() if postgres else None
@@ -179,7 +225,7 @@ def test_a_copy_run_again_after_an_interruption_skips_the_blobs_it_copied(
         node.cli("data", "copy", "--from-data-dir", str(embedded.server.data_dir), "--json").stdout
     )
     assert second["blobs_copied"] == 0
-    assert second["blobs_present_already"] == len(embedded.blobs)
+    assert second["blobs_present_already"] == embedded.blob_count
     assert second["keys"]["action"] == "the old install's already"
     # The users as the old install had them: `berth init`'s administrator gave way to its.
     listed = ("user", "list", "--json")
