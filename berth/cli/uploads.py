@@ -116,6 +116,7 @@ def upload_cancel(
     """Cancel an upload as its client's DELETE would: what it stored goes, and its client's
     next request to it is refused (BLOB_UPLOAD_UNKNOWN). Audited as upload.cancel. With
     --user NAME, every upload that user started in the project; with --all, every one."""
+    from berth.domain.wording import counted
     from berth.services.records import plain
 
     if sum((upload_id is not None, user is not None, all_uploads)) != 1:
@@ -131,8 +132,8 @@ def upload_cancel(
             ),
             uses_store=True,
         )
-        uploads = "upload" if count == 1 else "uploads"
-        done(json_output, {"cancelled": count}, f"Cancelled {count} {uploads} {whose} in {project}")
+        said = f"Cancelled {counted(count, 'upload')} {whose} in {project}"
+        done(json_output, {"cancelled": count}, said)
         return
     confirm_deletion(f"cancel upload {upload_id} in {project}, deleting what it stored", yes)
     cancelled = run_service(

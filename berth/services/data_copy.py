@@ -6,21 +6,28 @@ The rows go in one transaction on the destination, table after table in the orde
 foreign keys need, ids kept; an interrupted copy leaves the destination as it was. Blobs go
 first, each through the destination's driver and checked against its digest; those already
 there are skipped, so a copy run again after an interruption goes on where it stopped.
+`prepare_copy` refuses what cannot be copied (the old install served, at another schema
+revision or without its keys; a destination that is not new) before anything is written.
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
 import secrets
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Connection, Integer, Table, delete, func, inspect, select, text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from berth.access.keyring import Keyring
 from berth.domain.wording import counted
-from berth.metadata.database import Database
+from berth.metadata.database import Database, read_once
+from berth.metadata.migrate import live_processes_at, upgrade
+from berth.metadata.revisions import current_revision, schema_head
 from berth.metadata.tables import (
     blobs,
     install_facts,
@@ -55,8 +62,191 @@ INIT_USERS = 1
 INIT_AUDIT_ENTRIES = 1
 
 
+# The key files of a data directory's keys/, as Berth names them there.
+KEY_FILES = ("token-signing.pem", "secret-hash.key")
+# Exit statuses of a refusal: a setting or the data as given (2), or a state that passes (1).
+BAD_INPUT, NOT_NOW = 2, 1
+
+
 class CopyRefused(Exception):
     """The copy cannot be made as things are (the message says why and what to do)."""
+
+    def __init__(self, message: str, status: int = BAD_INPUT) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass(frozen=True)
+class CopyTarget:
+    """Where a copy goes, as the settings name it."""
+
+    database_url: str
+    shown: str  # the database, as the operator knows it
+    storage_location: str  # as the install records it (berth.server.storage_location)
+    signing_key_file: Path
+    secret_key_file: Path
+    data_dir: Path  # the new install's (its keys; its database on SQLite)
+
+
+@dataclass(frozen=True)
+class CopyPlan:
+    """A copy found possible by `prepare_copy`."""
+
+    old: Path
+    source_url: str
+    created_schema: bool  # the destination had none: made at this Berth's revision
+    keys: dict[str, str]  # where the key files are, and whether they were copied there
+    uploads_left: int  # uploads in progress in the old install, not copied
+
+
+def prepare_copy(old: Path, target: CopyTarget) -> CopyPlan:
+    """Check that the embedded install in `old` can be copied to `target`, refusing
+    (CopyRefused) otherwise; make the destination's schema if it has none, and put the old
+    key files where the target reads them."""
+    old_database = old / "berth.db"
+    if not old_database.is_file():
+        raise CopyRefused(f"no Berth database in the old data directory ({old_database})")
+    source_url = f"sqlite+aiosqlite:///{old_database}"
+    if target.database_url == source_url:
+        raise CopyRefused(
+            f"the settings name {target.shown}, the database being copied: set database_url "
+            "(and storage) to the new install's, or give another --data-dir"
+        )
+    source_shown = f"the old install's database ({old_database})"
+    head = schema_head()
+    source_revision = current_revision(source_url)
+    if source_revision != head:
+        raise CopyRefused(
+            f"{source_shown} is at schema revision {source_revision or '(none)'}, this "
+            f"Berth's is {head}: the copy is made between databases at the same revision. "
+            + (
+                "Start this version's `berth serve` on the old data directory once (it "
+                "migrates the schema), stop it, then copy"
+                if source_revision is not None
+                else "it is no Berth database"
+            )
+        )
+    target.data_dir.mkdir(parents=True, exist_ok=True)  # as `berth init` makes it
+    try:
+        destination_revision = current_revision(target.database_url)
+    except Exception as exc:  # not reached, refused: said in the database's own words
+        raise CopyRefused(
+            f"cannot open {target.shown}: {str(exc).splitlines()[0]}", NOT_NOW
+        ) from exc
+    created_schema = destination_revision is None
+    if destination_revision is None:
+        if read_once(target.database_url, _row_counts):
+            raise CopyRefused(
+                f"{target.shown} holds tables but no Berth schema revision: not a new database",
+                NOT_NOW,
+            )
+        upgrade(target.database_url)
+    elif destination_revision != head:
+        raise CopyRefused(
+            f"{target.shown} is at schema revision {destination_revision}, {source_shown} at "
+            f"{source_revision}: the copy is made between databases at the same revision "
+            "(copy into a new, empty database)"
+        )
+    serving = live_processes_at(source_url)
+    if serving:
+        listed = "; ".join(process.describe() for process in serving)
+        raise CopyRefused(
+            f"a server serves on {old}: {listed}. Stop it first: what it writes during the "
+            "copy would be lost",
+            NOT_NOW,
+        )
+    if live_processes_at(target.database_url):
+        raise CopyRefused(
+            f"a server serves on {target.shown}: stop it, the copy needs a new database", NOT_NOW
+        )
+    held = beyond_init(read_once(target.database_url, _row_counts))
+    if held:
+        raise CopyRefused(
+            f"{target.shown} is not new: it holds {', '.join(held)}, more than `berth init` "
+            "makes; the copy would replace it. Copy into a new, empty database"
+        )
+    return CopyPlan(
+        old=old,
+        source_url=source_url,
+        created_schema=created_schema,
+        keys=_place_keys(old, target),
+        uploads_left=read_once(source_url, _upload_count),
+    )
+
+
+def _place_keys(old: Path, target: CopyTarget) -> dict[str, str]:
+    """Put the old install's key files where the target reads them (unless the same files
+    are there already); refuse other keys there, or the old install's missing or not those
+    its database recorded."""
+    sources = [old / "keys" / name for name in KEY_FILES]
+    targets = [target.signing_key_file, target.secret_key_file]
+    missing = [str(path) for path in sources if not path.is_file()]
+    if missing:
+        raise CopyRefused(
+            f"the old install's key file{'s' if len(missing) > 1 else ''} "
+            f"{' and '.join(missing)} cannot be found: its access keys and tokens were made "
+            "with them. Restore them to OLD_DIR/keys/ first"
+        )
+    differing = [
+        str(placed)
+        for source, placed in zip(sources, targets, strict=True)
+        if placed.exists() and placed.read_bytes() != source.read_bytes()
+    ]
+    if differing:
+        raise CopyRefused(
+            f"{' and '.join(differing)} hold other keys than the old install's "
+            f"({old / 'keys'}): every copied access key would be refused. Replace them with "
+            "the old install's files (cp OLD_DIR/keys/* over them), or point "
+            "token_signing_key and secret_hash_key at those"
+        )
+    recorded = read_once(f"sqlite+aiosqlite:///{old / 'berth.db'}", _key_fingerprint)
+    if recorded is not None and Keyring(*sources, save=False).fingerprint != recorded:
+        raise CopyRefused(
+            f"the key files in {old / 'keys'} are not the ones the old install's database "
+            f"recorded (fingerprint {recorded[:16]}…): its server read them from elsewhere "
+            "(token_signing_key, secret_hash_key). Put those two files in "
+            f"{old / 'keys'} (named {' and '.join(KEY_FILES)}), then copy"
+        )
+    copied = False
+    for source, placed in zip(sources, targets, strict=True):
+        if not placed.exists():
+            placed.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            descriptor = os.open(placed, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(descriptor, "wb") as written:
+                written.write(source.read_bytes())
+            copied = True
+    return {
+        "signing_key_file": str(targets[0]),
+        "secret_key_file": str(targets[1]),
+        "action": "copied from the old install" if copied else "the old install's already",
+    }
+
+
+def _key_fingerprint(connection: Connection) -> str | None:
+    return connection.execute(
+        select(install_facts.c.value).where(install_facts.c.name == KEY_FINGERPRINT)
+    ).scalar()
+
+
+def _upload_count(connection: Connection) -> int:
+    return int(connection.execute(select(func.count()).select_from(uploads)).scalar_one())
+
+
+async def copy_install(
+    plan: CopyPlan,
+    target: CopyTarget,
+    source: BlobStore,
+    destination_db: Database,
+    destination: BlobStore,
+) -> tuple[CopiedBlobs, CopiedRows]:
+    """The blobs, then the rows (`copy_blobs`, `copy_rows`), of a planned copy."""
+    source_db = Database(plan.source_url)
+    try:
+        blobs = await copy_blobs(source_db, source, destination)
+        rows = await copy_rows(source_db, destination_db, storage_location=target.storage_location)
+        return blobs, rows
+    finally:
+        await source_db.dispose()
 
 
 def copied_tables() -> list[Table]:
@@ -71,11 +261,6 @@ def _row_counts(connection: Connection) -> dict[str, int]:
         for table in metadata.sorted_tables
         if table.name in present
     }
-
-
-def row_counts_sync(connection: Connection) -> dict[str, int]:
-    """How many rows each of Berth's tables holds (on a synchronous connection)."""
-    return _row_counts(connection)
 
 
 def beyond_init(counts: dict[str, int]) -> list[str]:
