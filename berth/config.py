@@ -584,11 +584,11 @@ class Settings(BaseSettings):
 
     @property
     def signing_key_file(self) -> Path:
-        return self.token_signing_key or self.data_dir.resolve() / "keys" / "token-signing.pem"
+        return self.token_signing_key or data_dir_key_files(self.data_dir.resolve())[0]
 
     @property
     def secret_key_file(self) -> Path:
-        return self.secret_hash_key or self.data_dir.resolve() / "keys" / "secret-hash.key"
+        return self.secret_hash_key or data_dir_key_files(self.data_dir.resolve())[1]
 
     @property
     def host_and_port(self) -> tuple[str, int]:
@@ -777,3 +777,10 @@ def load_settings(**overrides: Any) -> Settings:
                 shown = repr(_without_password(str(error["input"])))
             problems.append(f"{source}: {shown} {_problem(name, error)}")
         raise SettingsError("; ".join(problems)) from None
+
+
+def data_dir_key_files(data_dir: Path) -> tuple[Path, Path]:
+    """The token signing and secret hashing key files Berth keeps in a data directory's
+    keys/ (unless token_signing_key and secret_hash_key name others)."""
+    keys = data_dir / "keys"
+    return keys / "token-signing.pem", keys / "secret-hash.key"

@@ -42,6 +42,7 @@ def data_copy(
     import asyncio
 
     from berth.cli.common import settings_or_exit
+    from berth.config import data_dir_key_files
     from berth.data_location import shown_database
     from berth.domain.wording import counted
     from berth.metadata.database import Database
@@ -60,6 +61,7 @@ def data_copy(
         signing_key_file=settings.signing_key_file,
         secret_key_file=settings.secret_key_file,
         data_dir=settings.data_dir,
+        old_key_files=data_dir_key_files(old),
     )
     try:
         plan = prepare_copy(old, target)

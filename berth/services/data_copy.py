@@ -15,7 +15,7 @@ from __future__ import annotations
 import hashlib
 import os
 import secrets
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -62,8 +62,6 @@ INIT_USERS = 1
 INIT_AUDIT_ENTRIES = 1
 
 
-# The key files of a data directory's keys/, as Berth names them there.
-KEY_FILES = ("token-signing.pem", "secret-hash.key")
 # Exit statuses of a refusal: a setting or the data as given (2), or a state that passes (1).
 BAD_INPUT, NOT_NOW = 2, 1
 
@@ -86,6 +84,8 @@ class CopyTarget:
     signing_key_file: Path
     secret_key_file: Path
     data_dir: Path  # the new install's (its keys; its database on SQLite)
+    # The old install's key files, in OLD_DIR/keys/ (berth.config.data_dir_key_files).
+    old_key_files: tuple[Path, Path]
 
 
 @dataclass(frozen=True)
@@ -178,7 +178,7 @@ def _place_keys(old: Path, target: CopyTarget) -> dict[str, str]:
     """Put the old install's key files where the target reads them (unless the same files
     are there already); refuse other keys there, or the old install's missing or not those
     its database recorded."""
-    sources = [old / "keys" / name for name in KEY_FILES]
+    sources = list(target.old_key_files)
     targets = [target.signing_key_file, target.secret_key_file]
     missing = [str(path) for path in sources if not path.is_file()]
     if missing:
@@ -205,7 +205,7 @@ def _place_keys(old: Path, target: CopyTarget) -> dict[str, str]:
             f"the key files in {old / 'keys'} are not the ones the old install's database "
             f"recorded (fingerprint {recorded[:16]}…): its server read them from elsewhere "
             "(token_signing_key, secret_hash_key). Put those two files in "
-            f"{old / 'keys'} (named {' and '.join(KEY_FILES)}), then copy"
+            f"{old / 'keys'} (named {' and '.join(path.name for path in sources)}), then copy"
         )
     copied = False
     for source, placed in zip(sources, targets, strict=True):
@@ -295,7 +295,6 @@ async def copy_rows(
     destination: Database,
     *,
     storage_location: str,
-    progress: Callable[[str, int], None] = lambda _table, _rows: None,
 ) -> CopiedRows:
     """Copy every table but NOT_COPIED from `source` into `destination`, in one transaction
     there that first clears what `berth init` made (the caller checked that is all it
@@ -314,7 +313,6 @@ async def copy_rows(
                 if batch:
                     await writing.execute(table.insert(), batch)
                 count += len(batch)
-                progress(table.name, count)
             copied.tables[table.name] = count
         if not destination.is_sqlite:
             await _set_sequences_past_ids(writing)
@@ -385,7 +383,6 @@ async def copy_blobs(
     source_db: Database,
     source: BlobStore,
     destination: BlobStore,
-    progress: Callable[[CopiedBlobs], None] = lambda _done: None,
 ) -> CopiedBlobs:
     """Copy each blob the source's database names from `source` to `destination` through
     its driver, skipping those there already at their size, each checked against its digest
@@ -401,7 +398,6 @@ async def copy_blobs(
             done.copied_bytes += size
         else:
             done.damaged.append(digest)
-        progress(done)
     return done
 
 
