@@ -13,7 +13,9 @@ from pathlib import Path
 
 import httpx
 import pytest
+from sqlalchemy import inspect
 
+from berth.metadata.database import read_once
 from berth.metadata.revisions import schema_head
 from tests.clients.layouts import TestImage, umoci_image
 from tests.clients.tools import output, require_binary, run
@@ -149,6 +151,22 @@ def _destination(
     )
 
 
+def _tables(database_url: str) -> list[str]:
+    """The tables in the database at `database_url`."""
+    return read_once(database_url, lambda connection: inspect(connection).get_table_names())
+
+
+def _stored(data_dir: Path, digest: str) -> Path:
+    """Where an install on the filesystem in `data_dir` keeps blob `digest`."""
+    algorithm, _, hexdigest = digest.partition(":")
+    return data_dir / "blobs" / algorithm / hexdigest[:2] / hexdigest
+
+
+def _rows(data_dir: Path, table: str) -> int:
+    with sqlite3.connect(data_dir / "berth.db") as database:
+        return int(database.execute(f"SELECT count(*) FROM {table}").fetchone()[0])
+
+
 def test_an_embedded_install_copied_to_postgresql_and_s3_serves_its_keys_images_and_history(
     embedded: Embedded, postgres: PostgresCluster | None, seaweedfs: SeaweedFS, tmp_path: Path
 ) -> None:
@@ -246,6 +264,9 @@ def test_the_copy_is_refused_while_a_server_serves_on_the_old_install(
     assert refused.returncode == 1
     assert f"a server serves on {embedded.server.data_dir}" in refused.stderr
     assert "Stop it first" in refused.stderr
+    # Refused before anything was written: no schema in the new database, no data directory.
+    assert node.database_url is not None and _tables(node.database_url) == []
+    assert not node.data_dir.exists()
 
 
 def test_the_copy_is_refused_from_another_schema_revision_or_with_other_keys(
@@ -279,3 +300,84 @@ def test_the_copy_is_refused_from_another_schema_revision_or_with_other_keys(
     refused = node.cli("data", "copy", "--from-data-dir", str(older), check=False)
     assert refused.returncode == 2
     assert "are not the ones the old install's database recorded" in refused.stderr
+
+
+def test_the_copy_is_refused_without_an_old_install_and_creates_nothing(tmp_path: Path) -> None:
+    # The destination on SQLite and the filesystem: what is refused is the same on any.
+    node = BerthServer(tmp_path / "node")
+    nowhere = tmp_path / "nowhere"
+    refused = node.cli("data", "copy", "--from-data-dir", str(nowhere), check=False)
+    assert refused.returncode == 2
+    assert f"the old data directory {nowhere} does not exist" in refused.stderr
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    refused = node.cli("data", "copy", "--from-data-dir", str(empty), check=False)
+    assert refused.returncode == 2
+    assert f"no Berth database in the old data directory ({empty / 'berth.db'}" in refused.stderr
+    assert not node.data_dir.exists()
+    assert list(empty.iterdir()) == []
+
+
+def test_blobs_missing_or_damaged_in_the_old_install_stop_the_copy_before_the_rows(
+    embedded: Embedded, tmp_path: Path
+) -> None:
+    old = tmp_path / "old"
+    shutil.copytree(embedded.server.data_dir, old)
+    v1, v2 = (json.loads(embedded.manifests[tag]) for tag in ("v1", "v2"))
+    missing, damaged = v2["layers"][0]["digest"], v1["config"]["digest"]
+    _stored(old, missing).unlink()
+    whole = _stored(old, damaged).read_bytes()
+    _stored(old, damaged).write_bytes(bytes([whole[0] ^ 1]) + whole[1:])
+    # Destinations on SQLite and the filesystem: S3 would add nothing here.
+    node = BerthServer(tmp_path / "node")
+
+    refused = node.cli("data", "copy", "--from-data-dir", str(old), "--json", check=False)
+    assert refused.returncode == 1, refused.stderr
+    assert refused.stdout == ""  # with --json too, the error on standard error alone
+    said = refused.stderr
+    assert f"missing in the old install (not copied): {missing} (used by shop/web)" in said
+    assert f"damaged in the old install (not copied): {damaged} (used by shop/web)" in said
+    assert "no row was copied" in said
+    assert f"Restore them into {old / 'blobs'}" in said and "--allow-missing-blobs" in said
+    # The other blobs are in the store; the database is as new (its schema, no row).
+    stored = [path for path in (node.data_dir / "blobs" / "sha256").rglob("*") if path.is_file()]
+    assert len(stored) == embedded.blob_count - 2
+    assert _rows(node.data_dir, "projects") == 0 and _rows(node.data_dir, "users") == 0
+
+    # Allowed: copied without them, and listed.
+    allowed = BerthServer(tmp_path / "allowed")
+    copied = allowed.cli("data", "copy", "--from-data-dir", str(old), "--allow-missing-blobs")
+    assert f"missing in the old install (not copied): {missing} (used by shop/web)" in copied.stdout
+    assert f"damaged in the old install (not copied): {damaged} (used by shop/web)" in copied.stdout
+    assert _rows(allowed.data_dir, "projects") == 1
+
+    # Restored, the copy run again copies them and skips the blobs copied before.
+    _stored(old, missing).write_bytes(embedded.blobs[missing])
+    _stored(old, damaged).write_bytes(whole)
+    again = json.loads(node.cli("data", "copy", "--from-data-dir", str(old), "--json").stdout)
+    assert again["blobs_copied"] == 2
+    assert again["blobs_present_already"] == embedded.blob_count - 2
+    assert again["blobs_missing_in_source"] == again["blobs_damaged_in_source"] == []
+    assert _rows(node.data_dir, "projects") == 1
+
+
+def test_a_blob_store_that_cannot_be_used_is_refused_before_anything_is_written(
+    embedded: Embedded, seaweedfs: SeaweedFS, tmp_path: Path
+) -> None:
+    old = str(embedded.server.data_dir)
+    wrong_secret = {**seaweedfs.settings_environ(), "BERTH_S3_SECRET_ACCESS_KEY": "not-it"}
+    node = BerthServer(tmp_path / "s3", extra_env=wrong_secret)
+    refused = node.cli("data", "copy", "--from-data-dir", old, check=False)
+    assert refused.returncode == 2
+    assert "the blob store cannot be used" in refused.stderr
+    assert "refused the credentials" in refused.stderr
+    assert not (node.data_dir / "berth.db").exists()
+
+    # A blob directory that cannot be made (a file in its place).
+    node = BerthServer(tmp_path / "filesystem")
+    node.data_dir.mkdir()
+    (node.data_dir / "blobs").write_bytes(b"")
+    refused = node.cli("data", "copy", "--from-data-dir", old, check=False)
+    assert refused.returncode == 2, refused.stderr
+    assert "the blob store cannot be used: [Errno 20] Not a directory" in refused.stderr
+    assert not (node.data_dir / "berth.db").exists()

@@ -31,14 +31,25 @@ def data_copy(
             "and keys/); no server may be serving on it.",
         ),
     ],
+    allow_missing_blobs: Annotated[
+        bool,
+        typer.Option(
+            "--allow-missing-blobs",
+            help="Copy the rows even when blobs the old database names are missing from "
+            "OLD_DIR/blobs or damaged there (listed): the images that use them fail to pull, "
+            "as in the old install. Without it such a copy stops before the rows (exit 1).",
+        ),
+    ] = False,
     json_output: JsonFlag = False,
 ) -> None:
     """Copy an embedded install (OLD_DIR's SQLite database, blobs and keys) into the database
     and blob store the settings name: every user, key, project, image, tag history, audit
     entry, usage figure, webhook, policy and scan, ids kept. The destination database must be
     new: empty (its schema is created here) or as `berth init` left it. Blobs already in the
-    destination store are skipped, so a copy run again after an interruption goes on; the
-    rows go in one transaction. Uploads in progress are not copied."""
+    destination store are skipped, so a copy run again after an interruption goes on; a blob
+    missing or damaged in OLD_DIR stops the copy before the rows (see
+    --allow-missing-blobs); the rows go in one transaction. Uploads in progress are not
+    copied."""
     import asyncio
 
     from berth.cli.common import settings_or_exit
@@ -48,7 +59,14 @@ def data_copy(
     from berth.metadata.database import Database
     from berth.metadata.revisions import schema_head
     from berth.server import storage_location
-    from berth.services.data_copy import CopyRefused, CopyTarget, copy_install, prepare_copy
+    from berth.services.data_copy import (
+        CopyRefused,
+        CopyTarget,
+        copy_install,
+        plan_copy,
+        prepare_copy,
+    )
+    from berth.state import unresolved_endpoint
     from berth.storage.drivers import blob_store
     from berth.storage.filesystem import FilesystemBlobStore
 
@@ -64,10 +82,28 @@ def data_copy(
         old_key_files=data_dir_key_files(old),
     )
     try:
-        plan = prepare_copy(old, target)
+        plan = plan_copy(old, target)
     except CopyRefused as exc:
         fail(str(exc), exc.status)
-    if plan.created_schema:
+    if (unresolved := unresolved_endpoint(settings)) is not None:
+        fail(unresolved.reason, BAD_SETTING)  # a typo in s3_endpoint, said at once
+
+    async def check_store() -> None:
+        # Before anything is written: a store that cannot be used is a setting to put right.
+        try:
+            store = blob_store(settings)  # the filesystem's makes its directory
+        except OSError as exc:
+            fail(f"the blob store cannot be used: {exc}", BAD_SETTING)
+        try:
+            await store.check()
+        except OSError as exc:
+            fail(f"the blob store cannot be used: {exc}", BAD_SETTING)
+        finally:
+            await store.close()
+
+    asyncio.run(check_store())
+    keys = prepare_copy(plan, target)
+    if plan.new_schema:
         errors.print(
             f"Created the schema of {target.shown} at revision {schema_head()}", soft_wrap=True
         )
@@ -77,17 +113,23 @@ def data_copy(
         source_store = FilesystemBlobStore(old / "blobs")
         destination_store = blob_store(settings)
         try:
-            try:
-                await destination_store.check()
-            except OSError as exc:
-                fail(f"the blob store cannot be used: {exc}", BAD_SETTING)
-            return await copy_install(plan, target, source_store, destination_db, destination_store)
+            return await copy_install(
+                plan,
+                target,
+                source_store,
+                destination_db,
+                destination_store,
+                allow_missing_blobs=allow_missing_blobs,
+            )
         finally:
             await destination_store.close()
             await source_store.close()
             await destination_db.dispose()
 
-    blobs, rows = asyncio.run(copy())
+    try:
+        blobs, rows = asyncio.run(copy())
+    except CopyRefused as exc:
+        fail(str(exc), exc.status)
     report = {
         "from_data_dir": str(old),
         "database": target.shown,
@@ -100,7 +142,7 @@ def data_copy(
         "blobs_missing_in_source": blobs.missing,
         "blobs_damaged_in_source": blobs.damaged,
         "uploads_not_copied": plan.uploads_left,
-        "keys": plan.keys,
+        "keys": keys,
     }
     if json_output:
         print_json(report)
@@ -110,16 +152,13 @@ def data_copy(
         f"{counted(blobs.copied, 'blob')} ({blobs.copied_bytes:,} bytes) into the blob "
         f"store {target.storage_location} ({blobs.present:,} there already)."
     )
-    for digest in blobs.missing:
-        console.print(f"missing in the old install (not copied): {digest}")
-    for digest in blobs.damaged:
-        console.print(f"damaged in the old install (not copied): {digest}")
+    for line in blobs.not_copied():
+        console.print(line)
     if plan.uploads_left:
         console.print(
             f"Not copied: {counted(plan.uploads_left, 'upload')} in progress (their clients "
             "push again)."
         )
-    keys = plan.keys
     console.print(
         f"Keys: {keys['signing_key_file']} and {keys['secret_key_file']} "
         f"({keys['action']}). Every node needs these two files (or token_signing_key "

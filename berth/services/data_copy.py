@@ -5,9 +5,12 @@ S3 (`berth data copy`).
 The rows go in one transaction on the destination, table after table in the order the
 foreign keys need, ids kept; an interrupted copy leaves the destination as it was. Blobs go
 first, each through the destination's driver and checked against its digest; those already
-there are skipped, so a copy run again after an interruption goes on where it stopped.
-`prepare_copy` refuses what cannot be copied (the old install served, at another schema
-revision or without its keys; a destination that is not new) before anything is written.
+there are skipped, so a copy run again after an interruption goes on where it stopped; a
+blob the old install lacks or holds damaged stops the copy before the rows (BlobsNotCopied)
+unless the operator allows it. `plan_copy` refuses what cannot be copied (the old install
+served, at another schema revision or without its keys; a destination that is not new or is
+served) before anything is written anywhere; `prepare_copy` then makes the destination ready
+(its schema, the key files).
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Connection, Integer, Table, delete, func, inspect, select, text
+from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from berth.access.keyring import Keyring
@@ -33,14 +37,18 @@ from berth.metadata.tables import (
     install_facts,
     job_leases,
     login_failures,
+    manifest_references,
+    manifests,
     metadata,
+    projects,
+    repositories,
     serving_processes,
     upload_pieces,
     uploads,
     users,
     utcnow,
 )
-from berth.services.install import KEY_FINGERPRINT, STORAGE_LOCATION
+from berth.services.install import KEY_FINGERPRINT, STORAGE_LOCATION, fact_value
 from berth.storage.base import BlobStore
 
 # Rows read and written at a time: the copy never holds a whole table.
@@ -90,22 +98,27 @@ class CopyTarget:
 
 @dataclass(frozen=True)
 class CopyPlan:
-    """A copy found possible by `prepare_copy`."""
+    """A copy found possible by `plan_copy`."""
 
     old: Path
     source_url: str
-    created_schema: bool  # the destination had none: made at this Berth's revision
-    keys: dict[str, str]  # where the key files are, and whether they were copied there
+    new_schema: bool  # the destination has none: `prepare_copy` makes it at this Berth's
     uploads_left: int  # uploads in progress in the old install, not copied
 
 
-def prepare_copy(old: Path, target: CopyTarget) -> CopyPlan:
+def plan_copy(old: Path, target: CopyTarget) -> CopyPlan:
     """Check that the embedded install in `old` can be copied to `target`, refusing
-    (CopyRefused) otherwise; make the destination's schema if it has none, and put the old
-    key files where the target reads them."""
+    (CopyRefused) otherwise. Writes nothing, here or at the destination: a refused copy
+    leaves both as they were (an SQLite destination not there yet is not even opened)."""
+    if not old.is_dir():
+        raise CopyRefused(f"the old data directory {old} does not exist")
     old_database = old / "berth.db"
     if not old_database.is_file():
-        raise CopyRefused(f"no Berth database in the old data directory ({old_database})")
+        raise CopyRefused(
+            f"no Berth database in the old data directory ({old_database} does not exist): "
+            "give the data_dir of the embedded install, the directory that holds berth.db, "
+            "blobs/ and keys/"
+        )
     source_url = f"sqlite+aiosqlite:///{old_database}"
     if target.database_url == source_url:
         raise CopyRefused(
@@ -126,27 +139,6 @@ def prepare_copy(old: Path, target: CopyTarget) -> CopyPlan:
                 else "it is no Berth database"
             )
         )
-    target.data_dir.mkdir(parents=True, exist_ok=True)  # as `berth init` makes it
-    try:
-        destination_revision = current_revision(target.database_url)
-    except Exception as exc:  # not reached, refused: said in the database's own words
-        raise CopyRefused(
-            f"cannot open {target.shown}: {str(exc).splitlines()[0]}", NOT_NOW
-        ) from exc
-    created_schema = destination_revision is None
-    if destination_revision is None:
-        if read_once(target.database_url, _row_counts):
-            raise CopyRefused(
-                f"{target.shown} holds tables but no Berth schema revision: not a new database",
-                NOT_NOW,
-            )
-        upgrade(target.database_url)
-    elif destination_revision != head:
-        raise CopyRefused(
-            f"{target.shown} is at schema revision {destination_revision}, {source_shown} at "
-            f"{source_revision}: the copy is made between databases at the same revision "
-            "(copy into a new, empty database)"
-        )
     serving = live_processes_at(source_url)
     if serving:
         listed = "; ".join(process.describe() for process in serving)
@@ -155,31 +147,93 @@ def prepare_copy(old: Path, target: CopyTarget) -> CopyPlan:
             "copy would be lost",
             NOT_NOW,
         )
+    new_schema = _check_destination(target, source_revision)
+    _check_keys(old, target)
+    return CopyPlan(
+        old=old,
+        source_url=source_url,
+        new_schema=new_schema,
+        uploads_left=read_once(source_url, _upload_count),
+    )
+
+
+def _check_destination(target: CopyTarget, source_revision: str) -> bool:
+    """Refuse a destination database that is not new, or that a server serves on; whether
+    it has no schema yet."""
+    sqlite_path = _sqlite_file(target.database_url)
+    if sqlite_path is not None and not sqlite_path.exists():
+        return True  # made by `prepare_copy`: opening it here would create it
+    try:
+        destination_revision = current_revision(target.database_url)
+    except Exception as exc:  # not reached, refused: said in the database's own words
+        raise CopyRefused(
+            f"cannot open {target.shown}: {str(exc).splitlines()[0]}", NOT_NOW
+        ) from exc
     if live_processes_at(target.database_url):
         raise CopyRefused(
             f"a server serves on {target.shown}: stop it, the copy needs a new database", NOT_NOW
         )
-    held = beyond_init(read_once(target.database_url, _row_counts))
+    counts = read_once(target.database_url, _row_counts)
+    if destination_revision is None:
+        if counts:
+            raise CopyRefused(
+                f"{target.shown} holds tables but no Berth schema revision: not a new database",
+                NOT_NOW,
+            )
+        return True
+    if destination_revision != source_revision:
+        raise CopyRefused(
+            f"{target.shown} is at schema revision {destination_revision}, the old install's "
+            f"database at {source_revision}: the copy is made between databases at the same "
+            "revision (copy into a new, empty database)"
+        )
+    held = beyond_init(counts)
     if held:
         raise CopyRefused(
             f"{target.shown} is not new: it holds {', '.join(held)}, more than `berth init` "
             "makes; the copy would replace it. Copy into a new, empty database"
         )
-    return CopyPlan(
-        old=old,
-        source_url=source_url,
-        created_schema=created_schema,
-        keys=_place_keys(old, target),
-        uploads_left=read_once(source_url, _upload_count),
-    )
+    return False
 
 
-def _place_keys(old: Path, target: CopyTarget) -> dict[str, str]:
-    """Put the old install's key files where the target reads them (unless the same files
-    are there already); refuse other keys there, or the old install's missing or not those
-    its database recorded."""
+def _sqlite_file(database_url: str) -> Path | None:
+    url = make_url(database_url)
+    if url.get_backend_name() != "sqlite" or not url.database:
+        return None
+    return Path(url.database)
+
+
+def prepare_copy(plan: CopyPlan, target: CopyTarget) -> dict[str, str]:
+    """Make the destination ready for the rows of a planned copy: the new install's data
+    directory, the database's schema if it has none, and the old key files where the target
+    reads them (unless the same files are there already). Where the key files are, and
+    whether they were copied there."""
+    target.data_dir.mkdir(parents=True, exist_ok=True)  # as `berth init` makes it
+    if plan.new_schema:
+        upgrade(target.database_url)
+    copied = False
+    for source, placed in zip(target.old_key_files, _key_files(target), strict=True):
+        if not placed.exists():
+            placed.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            descriptor = os.open(placed, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(descriptor, "wb") as written:
+                written.write(source.read_bytes())
+            copied = True
+    return {
+        "signing_key_file": str(target.signing_key_file),
+        "secret_key_file": str(target.secret_key_file),
+        "action": "copied from the old install" if copied else "the old install's already",
+    }
+
+
+def _key_files(target: CopyTarget) -> tuple[Path, Path]:
+    return target.signing_key_file, target.secret_key_file
+
+
+def _check_keys(old: Path, target: CopyTarget) -> None:
+    """Refuse other keys where the target reads them, or the old install's missing or not
+    those its database recorded."""
     sources = list(target.old_key_files)
-    targets = [target.signing_key_file, target.secret_key_file]
     missing = [str(path) for path in sources if not path.is_file()]
     if missing:
         raise CopyRefused(
@@ -189,7 +243,7 @@ def _place_keys(old: Path, target: CopyTarget) -> dict[str, str]:
         )
     differing = [
         str(placed)
-        for source, placed in zip(sources, targets, strict=True)
+        for source, placed in zip(sources, _key_files(target), strict=True)
         if placed.exists() and placed.read_bytes() != source.read_bytes()
     ]
     if differing:
@@ -207,25 +261,10 @@ def _place_keys(old: Path, target: CopyTarget) -> dict[str, str]:
             "(token_signing_key, secret_hash_key). Put those two files in "
             f"{old / 'keys'} (named {' and '.join(path.name for path in sources)}), then copy"
         )
-    copied = False
-    for source, placed in zip(sources, targets, strict=True):
-        if not placed.exists():
-            placed.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-            descriptor = os.open(placed, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(descriptor, "wb") as written:
-                written.write(source.read_bytes())
-            copied = True
-    return {
-        "signing_key_file": str(targets[0]),
-        "secret_key_file": str(targets[1]),
-        "action": "copied from the old install" if copied else "the old install's already",
-    }
 
 
 def _key_fingerprint(connection: Connection) -> str | None:
-    return connection.execute(
-        select(install_facts.c.value).where(install_facts.c.name == KEY_FINGERPRINT)
-    ).scalar()
+    return connection.execute(fact_value(KEY_FINGERPRINT)).scalar()
 
 
 def _upload_count(connection: Connection) -> int:
@@ -238,11 +277,19 @@ async def copy_install(
     source: BlobStore,
     destination_db: Database,
     destination: BlobStore,
+    *,
+    allow_missing_blobs: bool = False,
 ) -> tuple[CopiedBlobs, CopiedRows]:
-    """The blobs, then the rows (`copy_blobs`, `copy_rows`), of a planned copy."""
+    """The blobs, then the rows (`copy_blobs`, `copy_rows`), of a planned copy. Unless
+    `allow_missing_blobs`, BlobsNotCopied before the rows when a blob could not be copied:
+    the destination database is left new, for the copy run again once they are restored."""
     source_db = Database(plan.source_url)
     try:
         blobs = await copy_blobs(source_db, source, destination)
+        if blobs.missing or blobs.damaged:
+            blobs.used_by = await repositories_using(source_db, blobs.missing + blobs.damaged)
+            if not allow_missing_blobs:
+                raise BlobsNotCopied(plan.old, blobs)
         rows = await copy_rows(source_db, destination_db, storage_location=target.storage_location)
         return blobs, rows
     finally:
@@ -366,6 +413,64 @@ class CopiedBlobs:
     present: int = 0  # in the destination already (a copy run again)
     missing: list[str] = field(default_factory=list)  # named by the database, not stored
     damaged: list[str] = field(default_factory=list)  # stored, but not their digest's bytes
+    # The repositories whose manifests use each missing or damaged blob (`project/name`).
+    used_by: dict[str, list[str]] = field(default_factory=dict)
+
+    def not_copied(self) -> list[str]:
+        """Each missing or damaged blob, as a line that says which and who uses it."""
+        return [
+            f"{why} in the old install (not copied): {digest} ({self._users(digest)})"
+            for why, digests in (("missing", self.missing), ("damaged", self.damaged))
+            for digest in digests
+        ]
+
+    def _users(self, digest: str) -> str:
+        users = self.used_by.get(digest)
+        return f"used by {', '.join(users)}" if users else "no manifest uses it"
+
+
+class BlobsNotCopied(CopyRefused):
+    """Blobs the old install's database names could not be copied (missing or damaged in
+    its blob directory): the rows were not copied."""
+
+    def __init__(self, old: Path, blobs: CopiedBlobs) -> None:
+        count = len(blobs.missing) + len(blobs.damaged)
+        lines = "\n".join(blobs.not_copied())
+        super().__init__(
+            f"{counted(count, 'blob')} the old install's database names "
+            f"{'is' if count == 1 else 'are'} missing from {old / 'blobs'} or damaged there "
+            "(bytes that do not hash to the digest): no row was copied, the database is "
+            f"left new ({counted(blobs.copied, 'blob')} copied into the store, "
+            f"{blobs.present:,} there already).\n{lines}\n"
+            f"Restore them into {old / 'blobs'} (from a backup) and run the copy again: the "
+            "blobs already copied are skipped. Or run it again with --allow-missing-blobs to "
+            "copy without them: the images that use them then fail to pull, as in the old "
+            "install, and `berth storage check --all` reports them",
+            NOT_NOW,
+        )
+        self.blobs = blobs
+
+
+async def repositories_using(source: Database, digests: list[str]) -> dict[str, list[str]]:
+    """The repositories (`project/name`) whose manifests use each of `digests`, by name."""
+    used_by: dict[str, list[str]] = {}
+    joined = (
+        manifest_references.join(manifests, manifests.c.id == manifest_references.c.manifest_id)
+        .join(repositories, repositories.c.id == manifests.c.repository_id)
+        .join(projects, projects.c.id == repositories.c.project_id)
+    )
+    async with source.read() as connection:
+        for start in range(0, len(digests), BATCH_ROWS):
+            found = await connection.execute(
+                select(manifest_references.c.digest, projects.c.name, repositories.c.name)
+                .distinct()
+                .select_from(joined)
+                .where(manifest_references.c.digest.in_(digests[start : start + BATCH_ROWS]))
+                .order_by(projects.c.name, repositories.c.name)
+            )
+            for digest, project, repository in found:
+                used_by.setdefault(str(digest), []).append(f"{project}/{repository}")
+    return used_by
 
 
 async def recorded_blobs(source: Database) -> AsyncIterator[tuple[str, int]]:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sqlalchemy import delete, select
+from sqlalchemy import Select, delete, select
 
 from berth.metadata.database import Database
 from berth.metadata.tables import blobs, install_facts, utcnow
@@ -84,12 +84,15 @@ async def served_project_host_suffix(db: Database) -> str | None:
     return await _fact(db, SERVED_PROJECT_HOST_SUFFIX)
 
 
+def fact_value(name: str) -> Select[str]:
+    """The statement that reads the fact `name`'s value (no row: not recorded), the one
+    every reader runs, the CLI's synchronous ones (`berth data copy`) too."""
+    return select(install_facts.c.value).where(install_facts.c.name == name)
+
+
 async def _fact(db: Database, name: str) -> str | None:
     async with db.read() as conn:
-        recorded = await conn.execute(
-            select(install_facts.c.value).where(install_facts.c.name == name)
-        )
-        value = recorded.scalar()
+        value = (await conn.execute(fact_value(name))).scalar()
         return None if value is None else str(value)
 
 
@@ -100,7 +103,4 @@ async def _record_first(db: Database, name: str, value: str) -> str:
         await conn.execute(
             db.insert_ignore(install_facts).values(name=name, value=value, recorded_at=utcnow())
         )
-        recorded = await conn.execute(
-            select(install_facts.c.value).where(install_facts.c.name == name)
-        )
-        return str(recorded.scalar_one())
+        return str((await conn.execute(fact_value(name))).scalar_one())
