@@ -47,8 +47,8 @@ from berth.services.install import (
     recorded_key_fingerprint,
     recorded_storage_location,
     some_recorded_blobs,
+    storage_location,
 )
-from berth.services.install import storage_location as recorded_location
 from berth.state import Services, unusable_storage
 from berth.storage.drivers import blob_store
 from berth.storage.filesystem import DIRECTORY_MODE, FILE_MODE, modes_unset, set_modes
@@ -531,7 +531,7 @@ def _not_this_installs_keys(settings: Settings, recorded: str, keyring: Keyring)
 _FORGET_KEYS = "DELETE FROM install_facts WHERE name = 'key_fingerprint';"
 
 
-def storage_location(settings: Settings) -> str:
+def configured_storage_location(settings: Settings) -> str:
     """Where these settings store blobs, as recorded for the install: the backend, and on S3
     the bucket and prefix, not the endpoint (each node may reach the same store at an
     address of its own); on the filesystem nothing more (each node's path to a shared mount
@@ -555,13 +555,13 @@ def check_storage_location(settings: Settings) -> None:
     refuse to serve on another store (SettingsError): a node on a bucket, prefix or backend
     of its own would keep its pushes from the other nodes and answer 404 for theirs, and a
     single node would lose sight of every blob pushed before."""
-    here = storage_location(settings)
+    here = configured_storage_location(settings)
     recorded = _in_database(settings, partial(_recorded_or_adopted, settings, here))
     refuse_other_storage(settings, recorded)
 
 
 async def _recorded_or_adopted(settings: Settings, here: str, db: Database) -> str:
-    recorded = await recorded_location(db)
+    recorded = await storage_location(db)
     if recorded is not None:
         return recorded
     await _refuse_store_without_the_blobs(settings, here, db)
@@ -610,7 +610,7 @@ def _record_storage(location: str) -> str:
 def refuse_other_storage(settings: Settings, recorded: str | None) -> None:
     """Refuse (SettingsError, saying what to do) settings whose blob store is not the
     `recorded` one of this install (None: none recorded yet)."""
-    here = storage_location(settings)
+    here = configured_storage_location(settings)
     if recorded is None or recorded == here:
         return
     harm = (

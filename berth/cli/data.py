@@ -58,7 +58,7 @@ def data_copy(
     from berth.domain.wording import counted
     from berth.metadata.database import Database
     from berth.metadata.revisions import schema_head
-    from berth.server import storage_location
+    from berth.server import configured_storage_location
     from berth.services.data_copy import (
         CopyRefused,
         CopyTarget,
@@ -75,7 +75,7 @@ def data_copy(
     target = CopyTarget(
         database_url=settings.resolved_database_url,
         shown=shown_database(settings),
-        storage_location=storage_location(settings),
+        storage_location=configured_storage_location(settings),
         signing_key_file=settings.signing_key_file,
         secret_key_file=settings.secret_key_file,
         data_dir=settings.data_dir,
