@@ -596,15 +596,29 @@ async def _refuse_store_without_the_blobs(settings: Settings, here: str, db: Dat
         "before would be missing here (404), and this store, once recorded, would be the one "
         "the nodes set right are told to use. If those blobs are gone on purpose and this "
         "store is to be the install's, record it in the database, then start the node again: "
-        f"{_record_storage(here)}"
+        f"{storage_record_insert(here)}"
     )
 
 
-def _record_storage(location: str) -> str:
+def storage_record_insert(location: str) -> str:
+    """The SQL that records `location` as the install's blob store, for an operator to run."""
     return (
         "INSERT INTO install_facts (name, value, recorded_at) VALUES "
-        f"('storage_location', '{location}', CURRENT_TIMESTAMP);"
+        f"('storage_location', {_sql_string(location)}, CURRENT_TIMESTAMP);"
     )
+
+
+def storage_record_update(location: str) -> str:
+    """The SQL that records `location` instead of the recorded store, for an operator to run."""
+    return (
+        f"UPDATE install_facts SET value = {_sql_string(location)} WHERE name = 'storage_location';"
+    )
+
+
+def _sql_string(value: str) -> str:
+    """`value` as an SQL string literal: an S3 prefix may hold a quote, which would end it."""
+    quote = "'"
+    return quote + value.replace(quote, quote * 2) + quote
 
 
 def refuse_other_storage(settings: Settings, recorded: str | None) -> None:
@@ -626,8 +640,7 @@ def refuse_other_storage(settings: Settings, recorded: str | None) -> None:
         "recorded (s3_endpoint may differ from node to node). If the blobs were moved to the "
         "new store on purpose and every node is set to use it, clear the record in the "
         f"database, and the next node to start records its own: {_FORGET_STORAGE} If none "
-        "of them is to be kept, record the new store instead: "
-        f"UPDATE install_facts SET value = '{here}' WHERE name = 'storage_location';"
+        f"of them is to be kept, record the new store instead: {storage_record_update(here)}"
     )
 
 
