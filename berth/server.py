@@ -50,6 +50,7 @@ from berth.services.install import (
     storage_location,
 )
 from berth.state import Services, unusable_storage
+from berth.storage.base import failures_said_by_caller
 from berth.storage.drivers import blob_store
 from berth.storage.filesystem import DIRECTORY_MODE, FILE_MODE, modes_unset, set_modes
 
@@ -350,8 +351,9 @@ GAVE_UP_WAITING = 75
 
 
 class GaveUpWaiting(Exception):
-    """What the server needs could not be reached within `startup_wait` (exit status
-    `GAVE_UP_WAITING`): a failure that may pass, unlike a SettingsError."""
+    """What the server needs could not be reached within `startup_wait`, or was lost as soon
+    as reached (exit status `GAVE_UP_WAITING`): a failure that may pass, unlike a
+    SettingsError."""
 
 
 def _wait_for(
@@ -556,7 +558,8 @@ def check_storage_location(settings: Settings) -> None:
     of its own would keep its pushes from the other nodes and answer 404 for theirs, and a
     single node would lose sight of every blob pushed before."""
     here = configured_storage_location(settings)
-    recorded = _in_database(settings, partial(_recorded_or_adopted, settings, here))
+    with failures_said_by_caller():  # a store failing as its blobs are looked for: refused
+        recorded = _in_database(settings, partial(_recorded_or_adopted, settings, here))
     refuse_other_storage(settings, recorded)
 
 
@@ -580,13 +583,11 @@ async def _refuse_store_without_the_blobs(settings: Settings, here: str, db: Dat
     digests = await some_recorded_blobs(db, _BLOBS_LOOKED_FOR)
     if not digests:
         return  # a new install, or one with no blob yet: any store is as good
-    store = blob_store(settings)
     try:
-        for digest in digests:
-            if await store.stat(digest) is not None:
-                return
-    finally:
-        await store.close()
+        if await _holds_any(settings, digests):
+            return
+    except OSError as exc:  # the store failed since it was found usable (`check`)
+        raise _unreadable_store(settings, here, exc) from None
     raise SettingsError(
         f"this node's blob store, {_as_settings(here)}, holds none of the blobs this "
         f"install's database ({shown_database(settings)}) says are stored ({len(digests)} "
@@ -598,6 +599,37 @@ async def _refuse_store_without_the_blobs(settings: Settings, here: str, db: Dat
         "store is to be the install's, record it in the database, then start the node again: "
         f"{storage_record_insert(here)}"
     )
+
+
+async def _holds_any(settings: Settings, digests: list[str]) -> bool:
+    """Whether the configured blob store holds any of the blobs `digests`."""
+    store = blob_store(settings)
+    try:
+        for digest in digests:
+            if await store.stat(digest) is not None:
+                return True
+        return False
+    finally:
+        await store.close()
+
+
+def _unreadable_store(settings: Settings, here: str, exc: OSError) -> Exception:
+    """The refusal of a store that failed while its blobs were looked for, as of one found
+    unusable before (`check`): what may pass by itself (the store not reached, or answering
+    that it cannot serve now) exits as when the wait for it ends (GaveUpWaiting, restarted
+    by systemd), anything else (a directory that cannot be read, refused credentials) is a
+    setting to put right (SettingsError)."""
+    reason = f"{exc.filename}: {exc.strerror}" if exc.filename and exc.strerror else str(exc)
+    said = (
+        f"this node's blob store, {_as_settings(here)}, cannot be read to look for the blobs "
+        f"this install's database ({shown_database(settings)}) says are stored: {reason}"
+    )
+    if getattr(exc, "passing", False):
+        return GaveUpWaiting(
+            f"{said}; exiting with status {GAVE_UP_WAITING}, which a service manager may "
+            "restart (systemd does, with deploy/berth.service)"
+        )
+    return SettingsError(said)
 
 
 def storage_record_insert(location: str) -> str:
