@@ -52,7 +52,13 @@ from berth.services.install import (
 from berth.state import Services, unusable_storage
 from berth.storage.base import failures_said_by_caller
 from berth.storage.drivers import blob_store
-from berth.storage.filesystem import DIRECTORY_MODE, FILE_MODE, modes_unset, set_modes
+from berth.storage.filesystem import (
+    BLOBS_LOST,
+    DIRECTORY_MODE,
+    FILE_MODE,
+    modes_unset,
+    set_modes,
+)
 
 T = TypeVar("T")
 
@@ -556,7 +562,8 @@ def check_storage_location(settings: Settings) -> None:
     recorded (the first, or the first after the upgrade that began recording it); later,
     refuse to serve on another store (SettingsError): a node on a bucket, prefix or backend
     of its own would keep its pushes from the other nodes and answer 404 for theirs, and a
-    single node would lose sight of every blob pushed before."""
+    single node would lose sight of every blob pushed before. On the filesystem, refuse at
+    every start a blob directory that holds none of the blobs the database has."""
     here = configured_storage_location(settings)
     with failures_said_by_caller():  # a store failing as its blobs are looked for: refused
         recorded = _in_database(settings, partial(_recorded_or_adopted, settings, here))
@@ -565,21 +572,32 @@ def check_storage_location(settings: Settings) -> None:
 
 async def _recorded_or_adopted(settings: Settings, here: str, db: Database) -> str:
     recorded = await storage_location(db)
+    # On the filesystem the record cannot tell one node's blob directory from another's
+    # (each node's path to a shared mount may differ): the blobs it holds tell, every start.
+    if recorded is None or (recorded == here and settings.storage == "filesystem"):
+        await _refuse_store_without_the_blobs(settings, here, db, recorded=recorded)
     if recorded is not None:
         return recorded
-    await _refuse_store_without_the_blobs(settings, here, db)
     return await recorded_storage_location(db, here)
 
 
-# Blobs of the database looked for in a store about to be recorded as the install's: a few
-# HEADs, once per install; one found is enough (a few may be missing from the right store).
+# Blobs of the database looked for in a store about to be recorded as the install's (and in
+# a node's blob directory at every start): one found is enough (a few may be missing from
+# the right store).
 _BLOBS_LOOKED_FOR = 10
 
 
-async def _refuse_store_without_the_blobs(settings: Settings, here: str, db: Database) -> None:
-    """Refuse (SettingsError) to record a store that holds none of the blobs the database
-    has: a node set to a wrong bucket or prefix, first to start after the upgrade that began
-    recording the store, would be recorded as right and the nodes set right refused."""
+async def _refuse_store_without_the_blobs(
+    settings: Settings, here: str, db: Database, *, recorded: str | None
+) -> None:
+    """Refuse (SettingsError) a store that holds none of the blobs the database has: a node
+    set to a wrong bucket or prefix, first to start after the upgrade that began recording
+    the store, would be recorded as right and the nodes set right refused; a node on the
+    filesystem with another data directory than the install's (or a shared mount not
+    mounted) would answer 404 for every blob, and keep what is pushed to it to itself."""
+    on_filesystem = settings.storage == "filesystem"
+    if on_filesystem and (settings.blob_dir / BLOBS_LOST).exists():
+        return  # the operator said so: the install's directory, its blobs lost for good
     digests = await some_recorded_blobs(db, _BLOBS_LOOKED_FOR)
     if not digests:
         return  # a new install, or one with no blob yet: any store is as good
@@ -588,6 +606,8 @@ async def _refuse_store_without_the_blobs(settings: Settings, here: str, db: Dat
             return
     except OSError as exc:  # the store failed since it was found usable (`check`)
         raise _unreadable_store(settings, here, exc) from None
+    if on_filesystem:
+        raise SettingsError(_blob_directory_without_the_blobs(settings, digests, recorded))
     raise SettingsError(
         f"this node's blob store, {_as_settings(here)}, holds none of the blobs this "
         f"install's database ({shown_database(settings)}) says are stored ({len(digests)} "
@@ -598,6 +618,30 @@ async def _refuse_store_without_the_blobs(settings: Settings, here: str, db: Dat
         "the nodes set right are told to use. If those blobs are gone on purpose and this "
         "store is to be the install's, record it in the database, then start the node again: "
         f"{storage_record_insert(here)}"
+    )
+
+
+def _blob_directory_without_the_blobs(
+    settings: Settings, digests: list[str], recorded: str | None
+) -> str:
+    """The refusal of a node whose blob directory holds none of the blobs `digests` of the
+    database (`recorded`: the store the database records, None if none yet)."""
+    elsewhere = (
+        ""
+        if recorded is not None
+        else ", or storage, s3_bucket and s3_prefix to the install's store if its blobs are on S3"
+    )
+    return (
+        f"this node's blob directory, {settings.blob_dir}, holds none of the blobs this "
+        f"install's database ({shown_database(settings)}) says are stored ({len(digests)} "
+        f"looked for, {digests[0]} among them): every blob pushed before would be missing "
+        "here (404), and what is pushed here would be missing on any other node. Set data_dir "
+        f"to the install's data directory{elsewhere}; several nodes on the filesystem share "
+        "its blobs directory (a shared mount, which must be mounted before Berth starts; each "
+        "node may mount it at a path of its own). If the install's blobs are lost, restore "
+        'them from its backup (docs/operations.md, "Backup and restore"); if they are lost for '
+        "good and this directory is to be the install's (clients push them again), create the "
+        f"file {settings.blob_dir / BLOBS_LOST}, then start the node again."
     )
 
 

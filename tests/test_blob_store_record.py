@@ -1,6 +1,9 @@
 """What `berth serve` does with the database's record of the install's blob store on the
-filesystem: a store it cannot read while it looks for the database's blobs in it is refused
-as any unusable store is, not a traceback."""
+filesystem, where the record ("filesystem") cannot tell one node's blob directory from
+another's: a node looks for some of the database's blobs in its directory at every start,
+and one that holds none of them (another data directory, a shared mount not mounted) is
+refused; a store it cannot read meanwhile is refused as any unusable store is, not a
+traceback."""
 
 from __future__ import annotations
 
@@ -9,11 +12,12 @@ import sqlite3
 from pathlib import Path
 
 import httpx
+import pytest
 
 from berth.config import Settings
 from berth.data_location import sqlite_file
 from tests.oci import push_blob, random_blob
-from tests.servers import BerthServer, serve_refused
+from tests.servers import BerthServer, PostgresCluster, serve_refused
 
 _FORGET_STORAGE = "DELETE FROM install_facts WHERE name = 'storage_location';"
 
@@ -62,3 +66,58 @@ def test_a_blob_store_that_cannot_be_read_while_its_blobs_are_looked_for_is_refu
             "SELECT value FROM install_facts WHERE name = 'storage_location'"
         ).fetchone()
     assert recorded == ("filesystem",)
+
+
+def test_a_filesystem_node_on_another_blob_directory_than_the_installs_is_refused(
+    postgres: PostgresCluster | None, tmp_path: Path
+) -> None:
+    """Two data directories on one PostgreSQL database, with the install's keys: the node on
+    the one that holds none of the database's blobs would answer 404 for each of them, and
+    keep what is pushed to it from the other. It is refused (exit status 2) naming its
+    directory and a blob it lacks, and serves once its directory is the install's (a shared
+    mount, here a link to the first node's), or once told that the blobs are lost for good."""
+    if postgres is None:
+        pytest.skip("PostgreSQL not installed")
+    url = postgres.create_database()
+    first = BerthServer(tmp_path / "first", url)
+    nodes = [first]
+
+    def node(name: str) -> BerthServer:
+        made = BerthServer(tmp_path / name, url)
+        shutil.copytree(first.data_dir / "keys", made.data_dir / "keys")  # the install's
+        nodes.append(made)
+        return made
+
+    blob = random_blob(1000)
+    try:
+        first.start()
+        first.create_repository("nodes", "app")
+        key = first.access_key("nodes")
+        with httpx.Client(base_url=first.url, auth=key, timeout=10) as client:
+            push_blob(client, "nodes/app", blob)
+
+        second = node("second")
+        problem = " ".join(serve_refused(second.env).split())
+        blobs = second.data_dir / "blobs"
+        assert f"this node's blob directory, {blobs}, holds none of the blobs" in problem, problem
+        assert f"{blob.digest} among them" in problem, problem
+        assert "Set data_dir to the install's data directory" in problem, problem
+        assert f"create the file {blobs / '_blobs_lost'}" in problem, problem
+
+        # As the refusal says: the install's blob directory, mounted at a path of its own.
+        shutil.rmtree(blobs)
+        blobs.symlink_to(first.data_dir / "blobs")
+        second.start()
+        with httpx.Client(base_url=second.url, auth=key, timeout=10) as client:
+            assert client.head(f"/v2/nodes/app/blobs/{blob.digest}").status_code == 200
+
+        # Or the blobs lost for good, said as the refusal says: serves without them.
+        lost = node("lost")
+        (lost.data_dir / "blobs").mkdir()
+        (lost.data_dir / "blobs" / "_blobs_lost").touch()
+        lost.start()
+        with httpx.Client(base_url=lost.url, auth=key, timeout=10) as client:
+            assert client.head(f"/v2/nodes/app/blobs/{blob.digest}").status_code == 404
+    finally:
+        for started in nodes:
+            started.stop()

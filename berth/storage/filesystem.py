@@ -1,8 +1,9 @@
 """Local filesystem driver: content-addressed files, uploads in a scratch dir on the same fs.
 
 Layout under the root: `{algorithm}/{hex[:2]}/{hex}` for blobs, `_uploads/{id}` for uploads,
-`_damaged/{algorithm}-{hex}` for blobs set aside because their bytes no longer match, and
-`_modes_set` once every directory and file in it has the modes nginx needs (`set_modes`).
+`_damaged/{algorithm}-{hex}` for blobs set aside because their bytes no longer match,
+`_modes_set` once every directory and file in it has the modes nginx needs (`set_modes`), and
+`_blobs_lost` if an operator made it (BLOBS_LOST).
 Because both sit on one filesystem, committing an upload is an atomic rename.
 """
 
@@ -41,6 +42,9 @@ DIRECTORY_MODE, FILE_MODE = 0o750, 0o640
 # In the blob directory once every directory and file under it has those modes (set_modes):
 # an older Berth made them by the umask.
 MODES_SET = "_modes_set"
+# Made by an operator in the install's blob directory whose blobs are lost for good: `berth
+# serve` then starts on it though it holds none of the blobs the database names.
+BLOBS_LOST = "_blobs_lost"
 
 
 @dataclass(frozen=True)
