@@ -44,7 +44,12 @@ if TYPE_CHECKING:
 
 def sqlite_file(settings: Settings) -> Path | None:
     """The SQLite database file, or None for a database server."""
-    url = make_url(settings.resolved_database_url)
+    return sqlite_path(settings.resolved_database_url)
+
+
+def sqlite_path(database_url: str) -> Path | None:
+    """The SQLite database file `database_url` names, or None for a database server."""
+    url = make_url(database_url)
     if url.get_backend_name() != "sqlite" or not url.database:
         return None
     return Path(url.database).absolute()
@@ -404,17 +409,14 @@ def data_dir_mode(settings: Settings) -> int:
     return 0o750 if settings.blob_redirect == "accel" else 0o700
 
 
-def create_data(settings: Settings) -> Migrated | None:
-    """Create the data directory and database where missing; bring the schema up to date,
-    saying from which revision to which (None when it was current)."""
-    data_dir = settings.data_dir.absolute()
-    mode = data_dir_mode(settings)
+def create_data_dir(data_dir: Path, mode: int, database: Path | None) -> None:
+    """The data directory (`mode`) and the SQLite `database` file (0600; None: a database
+    server's) where missing, and given those modes where they are: no schema yet."""
     data_dir.mkdir(mode=mode, parents=True, exist_ok=True)
     # Whatever the umask, and one an older Berth made (or a user made beforehand) too; back
     # to 0700 when accel is turned off.
     with contextlib.suppress(PermissionError):  # not ours: left as it is
         data_dir.chmod(mode)
-    database = sqlite_file(settings)
     if database is not None:
         database.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         try:
@@ -424,6 +426,13 @@ def create_data(settings: Settings) -> Migrated | None:
             for path in (database, *database.parent.glob(f"{database.name}-*")):
                 with contextlib.suppress(PermissionError, FileNotFoundError):  # not ours
                     path.chmod(0o600)
+
+
+def create_data(settings: Settings) -> Migrated | None:
+    """Create the data directory and database where missing; bring the schema up to date,
+    saying from which revision to which (None when it was current)."""
+    database = sqlite_file(settings)
+    create_data_dir(settings.data_dir.absolute(), data_dir_mode(settings), database)
     # Alembic, a third of an admin verb's start, only where a migration may run.
     from berth.metadata.migrate import MissingPrivilege, ServersServing, upgrade
 

@@ -3,10 +3,13 @@ PostgreSQL and S3 as README "From the embedded default" says, then served there 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import sqlite3
+import stat
+import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -381,3 +384,120 @@ def test_a_blob_store_that_cannot_be_used_is_refused_before_anything_is_written(
     assert refused.returncode == 2, refused.stderr
     assert "the blob store cannot be used: [Errno 20] Not a directory" in refused.stderr
     assert not (node.data_dir / "berth.db").exists()
+
+    # A blob directory whose upload area takes no file (a file in its place): refused before
+    # the first blob, not at it.
+    node = BerthServer(tmp_path / "uploads")
+    (node.data_dir / "blobs").mkdir(parents=True)
+    (node.data_dir / "blobs" / "_uploads").write_bytes(b"")
+    refused = node.cli("data", "copy", "--from-data-dir", old, check=False)
+    assert refused.returncode == 2, refused.stderr
+    assert "the blob store cannot be used: [Errno 20] Not a directory" in refused.stderr
+    assert "_uploads" in refused.stderr and "Traceback" not in refused.stderr
+    assert sorted(os.listdir(node.data_dir)) == ["blobs"]
+
+
+def _listing(directory: Path) -> dict[str, str]:
+    """`directory` and everything under it, by relative name, with its mode."""
+    return {
+        str(path.relative_to(directory)): oct(path.lstat().st_mode)
+        for path in [directory, *sorted(directory.rglob("*"))]
+    }
+
+
+@contextlib.contextmanager
+def _umask(mask: int) -> Iterator[None]:
+    """This process's umask (and the CLI's it runs) `mask` meanwhile."""
+    before = os.umask(mask)
+    try:
+        yield
+    finally:
+        os.umask(before)
+
+
+def test_the_copy_makes_its_data_directory_private_and_leaves_the_old_one_as_it_was(
+    embedded: Embedded, tmp_path: Path
+) -> None:
+    old = tmp_path / "old"
+    shutil.copytree(embedded.server.data_dir, old)
+    # An install that never had an upload since this Berth made the directory is without it.
+    shutil.rmtree(old / "blobs" / "_uploads")
+    before = _listing(old)
+    node = BerthServer(tmp_path / "node")  # SQLite and the filesystem, made by the copy
+    with _umask(0o022):  # what would leave them readable by others
+        node.cli("data", "copy", "--from-data-dir", str(old))
+    assert _listing(old) == before
+
+    # As `berth init` makes them: the copied password hashes and keys are the owner's alone.
+    assert stat.S_IMODE(node.data_dir.stat().st_mode) == 0o700
+    assert stat.S_IMODE((node.data_dir / "berth.db").stat().st_mode) == 0o600
+    assert stat.S_IMODE((node.data_dir / "keys").stat().st_mode) == 0o700
+    readable = [str(path) for path in node.data_dir.rglob("*") if path.lstat().st_mode & 0o007]
+    assert readable == []
+    assert _rows(node.data_dir, "projects") == 1
+
+
+@contextlib.contextmanager
+def _immutable(directory: Path, *, within: bool = True) -> Iterator[None]:
+    """`directory` (and, `within`, everything in it) immutable meanwhile (chattr +i): not
+    even root may create, remove or change anything there, as a read-only directory stops
+    any other user. Skipped where the file system or the machine (a container without
+    CAP_LINUX_IMMUTABLE) does not allow it."""
+    chattr = shutil.which("chattr")
+    if chattr is None:
+        pytest.skip("chattr not installed")
+    recursive = ["-R"] if within else []
+    made = subprocess.run(
+        [chattr, *recursive, "+i", str(directory)], capture_output=True, text=True, check=False
+    )
+    try:
+        if made.returncode != 0:
+            pytest.skip(f"chattr +i refused here: {made.stderr.strip()}")
+        yield
+    finally:
+        subprocess.run([chattr, *recursive, "-i", str(directory)], capture_output=True, check=False)
+
+
+def test_a_read_only_old_data_directory_is_copied(embedded: Embedded, tmp_path: Path) -> None:
+    """Read-only as root cannot make it (chmod does not stop root): immutable."""
+    old = tmp_path / "old"
+    shutil.copytree(embedded.server.data_dir, old)
+    node = BerthServer(tmp_path / "node")
+    # Changes in a WAL file SQLite cannot read without writing beside it: refused, said why.
+    (old / "berth.db-wal").write_bytes(b"")
+    with _immutable(old):
+        refused = node.cli("data", "copy", "--from-data-dir", str(old), check=False)
+    assert refused.returncode == 2, refused.stderr
+    assert f"the old data directory {old} cannot be written to, and holds berth.db-wal" in (
+        refused.stderr
+    )
+    assert "cp -a" in refused.stderr
+    assert not node.data_dir.exists()
+
+    (old / "berth.db-wal").unlink()
+    before = _listing(old)
+    with _immutable(old):
+        copied = node.cli("data", "copy", "--from-data-dir", str(old), "--json", check=False)
+    assert copied.returncode == 0, copied.stderr
+    assert json.loads(copied.stdout)["blobs_copied"] == embedded.blob_count
+    assert _rows(node.data_dir, "projects") == 1
+    assert _listing(old) == before
+
+
+def test_a_blob_directory_that_takes_no_writes_is_refused_before_anything_is_written(
+    embedded: Embedded, tmp_path: Path
+) -> None:
+    node = BerthServer(tmp_path / "node")
+    blobs = node.data_dir / "blobs"
+    (blobs / "_uploads").mkdir(parents=True)
+    # The blob directory read-only, its upload area not: a commit, which links the upload's
+    # file into the blob directory, could not be made.
+    with _immutable(blobs, within=False):
+        refused = node.cli(
+            "data", "copy", "--from-data-dir", str(embedded.server.data_dir), check=False
+        )
+    assert refused.returncode == 2, refused.stderr
+    assert "the blob store cannot be used: [Errno 1] Operation not permitted" in refused.stderr
+    assert "Traceback" not in refused.stderr
+    assert sorted(os.listdir(node.data_dir)) == ["blobs"]
+    assert os.listdir(blobs) == ["_uploads"] and os.listdir(blobs / "_uploads") == []

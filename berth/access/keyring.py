@@ -24,9 +24,9 @@ class KeyFileUnusable(Exception):
         self.setting, self.path, self.creating, self.error = setting, path, creating, error
 
 
-def _write_private(path: Path, data: bytes) -> bool:
-    """Write `data` to `path` unless another process created it first (False: both then use
-    that process's key)."""
+def write_key_file(path: Path, data: bytes) -> bool:
+    """Write `data` to `path`, owner-only, unless another process created it first (False:
+    both then use that process's key)."""
     # Owner-only: the data directory's group may pass through it (blob_redirect = "accel").
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     # Its own name: another start-up writing the same key at once has another.
@@ -91,7 +91,7 @@ class Keyring:
             return create
         try:
             if creating:
-                _write_private(path, create)
+                write_key_file(path, create)
             return path.read_bytes()
         except OSError as exc:
             raise KeyFileUnusable(setting, path, creating, exc) from None
@@ -107,7 +107,7 @@ class Keyring:
         another_wrote = False
         for setting, path, data in self._unsaved:
             try:
-                another_wrote |= not _write_private(path, data)
+                another_wrote |= not write_key_file(path, data)
             except OSError as exc:
                 raise KeyFileUnusable(setting, path, True, exc) from None
         self._unsaved = []

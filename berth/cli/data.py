@@ -28,7 +28,7 @@ def data_copy(
             "--from-data-dir",
             metavar="OLD_DIR",
             help="The data directory of the embedded install to copy (its berth.db, blobs/ "
-            "and keys/); no server may be serving on it.",
+            "and keys/), only read (it may be read-only); no server may be serving on it.",
         ),
     ],
     allow_missing_blobs: Annotated[
@@ -54,7 +54,7 @@ def data_copy(
 
     from berth.cli.common import settings_or_exit
     from berth.config import data_dir_key_files
-    from berth.data_location import shown_database
+    from berth.data_location import data_dir_mode, shown_database
     from berth.domain.wording import counted
     from berth.metadata.database import Database
     from berth.metadata.revisions import schema_head
@@ -68,7 +68,7 @@ def data_copy(
     )
     from berth.state import unresolved_endpoint
     from berth.storage.drivers import blob_store
-    from berth.storage.filesystem import FilesystemBlobStore
+    from berth.storage.filesystem import ReadOnlyFilesystemBlobStore
 
     settings = settings_or_exit()
     old = from_data_dir.resolve()
@@ -79,6 +79,7 @@ def data_copy(
         signing_key_file=settings.signing_key_file,
         secret_key_file=settings.secret_key_file,
         data_dir=settings.data_dir,
+        data_dir_mode=data_dir_mode(settings),
         old_key_files=data_dir_key_files(old),
     )
     try:
@@ -95,7 +96,7 @@ def data_copy(
         except OSError as exc:
             fail(f"the blob store cannot be used: {exc}", BAD_SETTING)
         try:
-            await store.check()
+            await store.check_writable()
         except OSError as exc:
             fail(f"the blob store cannot be used: {exc}", BAD_SETTING)
         finally:
@@ -110,7 +111,7 @@ def data_copy(
 
     async def copy() -> tuple[CopiedBlobs, CopiedRows]:
         destination_db = Database.for_settings(settings)
-        source_store = FilesystemBlobStore(old / "blobs")
+        source_store = ReadOnlyFilesystemBlobStore(old / "blobs")  # OLD_DIR left as it is
         destination_store = blob_store(settings)
         try:
             return await copy_install(

@@ -10,7 +10,9 @@ blob the old install lacks or holds damaged stops the copy before the rows (Blob
 unless the operator allows it. `plan_copy` refuses what cannot be copied (the old install
 served, at another schema revision or without its keys; a destination that is not new or is
 served) before anything is written anywhere; `prepare_copy` then makes the destination ready
-(its schema, the key files).
+(its data directory and SQLite file, private as `berth init` makes them; its schema; the key
+files). The old install is only read: nothing is created in its directory, which may be
+read-only.
 """
 
 from __future__ import annotations
@@ -22,12 +24,14 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from sqlalchemy import Connection, Integer, Table, delete, func, inspect, select, text
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from berth.access.keyring import Keyring
+from berth.access.keyring import Keyring, write_key_file
+from berth.data_location import create_data_dir, sqlite_path
 from berth.domain.wording import counted
 from berth.metadata.database import Database, read_once
 from berth.metadata.migrate import live_processes_at, upgrade
@@ -92,6 +96,7 @@ class CopyTarget:
     signing_key_file: Path
     secret_key_file: Path
     data_dir: Path  # the new install's (its keys; its database on SQLite)
+    data_dir_mode: int  # as `berth init` makes it (berth.data_location.data_dir_mode)
     # The old install's key files, in OLD_DIR/keys/ (berth.config.data_dir_key_files).
     old_key_files: tuple[Path, Path]
 
@@ -119,12 +124,13 @@ def plan_copy(old: Path, target: CopyTarget) -> CopyPlan:
             "give the data_dir of the embedded install, the directory that holds berth.db, "
             "blobs/ and keys/"
         )
-    source_url = f"sqlite+aiosqlite:///{old_database}"
-    if target.database_url == source_url:
+    destination_file = sqlite_path(target.database_url)
+    if destination_file is not None and destination_file.resolve() == old_database:
         raise CopyRefused(
             f"the settings name {target.shown}, the database being copied: set database_url "
             "(and storage) to the new install's, or give another --data-dir"
         )
+    source_url = _source_url(old, old_database)
     source_shown = f"the old install's database ({old_database})"
     head = schema_head()
     source_revision = current_revision(source_url)
@@ -148,7 +154,7 @@ def plan_copy(old: Path, target: CopyTarget) -> CopyPlan:
             NOT_NOW,
         )
     new_schema = _check_destination(target, source_revision)
-    _check_keys(old, target)
+    _check_keys(old, target, source_url)
     return CopyPlan(
         old=old,
         source_url=source_url,
@@ -157,11 +163,35 @@ def plan_copy(old: Path, target: CopyTarget) -> CopyPlan:
     )
 
 
+def _source_url(old: Path, database: Path) -> str:
+    """How the old install's `database` is read, leaving `old` as it was. SQLite reads a
+    database in WAL mode by writing beside it (its -shm file): from a directory that takes no
+    writes (a read-only OLD_DIR) it is read as an immutable file instead, which is the whole
+    database only while no -wal file is beside it (refused then)."""
+    if os.access(old, os.W_OK):
+        return f"sqlite+aiosqlite:///{database}"
+    wal = database.with_name(f"{database.name}-wal")
+    if wal.exists():
+        raise CopyRefused(
+            f"the old data directory {old} cannot be written to, and holds {wal.name}: "
+            f"changes not yet in {database.name} (a server stopped without closing it, or "
+            "serving on it still), which SQLite reads only where it may write beside them. "
+            f"Stop any server on it, then make {old} writable for the copy, or copy it "
+            "elsewhere (cp -a) and copy from there"
+        )
+    # Quoted for the URI SQLite is given, and for the URL that carries it.
+    return URL.create(
+        "sqlite+aiosqlite",
+        database=f"file:{quote(str(database))}",
+        query={"immutable": "1", "uri": "true"},
+    ).render_as_string(hide_password=False)
+
+
 def _check_destination(target: CopyTarget, source_revision: str) -> bool:
     """Refuse a destination database that is not new, or that a server serves on; whether
     it has no schema yet."""
-    sqlite_path = _sqlite_file(target.database_url)
-    if sqlite_path is not None and not sqlite_path.exists():
+    database_file = sqlite_path(target.database_url)
+    if database_file is not None and not database_file.exists():
         return True  # made by `prepare_copy`: opening it here would create it
     try:
         destination_revision = current_revision(target.database_url)
@@ -196,29 +226,19 @@ def _check_destination(target: CopyTarget, source_revision: str) -> bool:
     return False
 
 
-def _sqlite_file(database_url: str) -> Path | None:
-    url = make_url(database_url)
-    if url.get_backend_name() != "sqlite" or not url.database:
-        return None
-    return Path(url.database)
-
-
 def prepare_copy(plan: CopyPlan, target: CopyTarget) -> dict[str, str]:
     """Make the destination ready for the rows of a planned copy: the new install's data
-    directory, the database's schema if it has none, and the old key files where the target
+    directory and SQLite database, private as `berth init` makes them (they hold password
+    hashes), the database's schema if it has none, and the old key files where the target
     reads them (unless the same files are there already). Where the key files are, and
     whether they were copied there."""
-    target.data_dir.mkdir(parents=True, exist_ok=True)  # as `berth init` makes it
+    create_data_dir(target.data_dir, target.data_dir_mode, sqlite_path(target.database_url))
     if plan.new_schema:
         upgrade(target.database_url)
     copied = False
     for source, placed in zip(target.old_key_files, _key_files(target), strict=True):
         if not placed.exists():
-            placed.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-            descriptor = os.open(placed, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(descriptor, "wb") as written:
-                written.write(source.read_bytes())
-            copied = True
+            copied |= write_key_file(placed, source.read_bytes())
     return {
         "signing_key_file": str(target.signing_key_file),
         "secret_key_file": str(target.secret_key_file),
@@ -230,7 +250,7 @@ def _key_files(target: CopyTarget) -> tuple[Path, Path]:
     return target.signing_key_file, target.secret_key_file
 
 
-def _check_keys(old: Path, target: CopyTarget) -> None:
+def _check_keys(old: Path, target: CopyTarget, source_url: str) -> None:
     """Refuse other keys where the target reads them, or the old install's missing or not
     those its database recorded."""
     sources = list(target.old_key_files)
@@ -253,7 +273,7 @@ def _check_keys(old: Path, target: CopyTarget) -> None:
             "the old install's files (cp OLD_DIR/keys/* over them), or point "
             "token_signing_key and secret_hash_key at those"
         )
-    recorded = read_once(f"sqlite+aiosqlite:///{old / 'berth.db'}", _key_fingerprint)
+    recorded = read_once(source_url, _key_fingerprint)
     if recorded is not None and Keyring(*sources, save=False).fingerprint != recorded:
         raise CopyRefused(
             f"the key files in {old / 'keys'} are not the ones the old install's database "

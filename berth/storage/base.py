@@ -251,5 +251,12 @@ class BlobStore(abc.ABC):
         which call it every few seconds)."""
         await self.check()
 
+    async def check_writable(self) -> None:
+        """Raise OSError, saying why, unless the store takes writes now: for a verb about to
+        fill it (`berth data copy`), refused before it writes anything rather than part way.
+        By default `check`: a store that cannot prove it without storing an object (S3)
+        answers a refused write at the first."""
+        await self.check()
+
     async def close(self) -> None:  # noqa: B027 (most drivers hold nothing to release)
         """Release connections (the process is done with the store)."""

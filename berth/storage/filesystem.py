@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import fcntl
 import os
 import secrets
@@ -35,6 +36,9 @@ LOCAL_PATHS_KEPT = 10_000  # blob file paths remembered (a path of a digest neve
 # replaces a stored blob (commit_upload), `{id}.copy` gives the scratch file a copy of its own
 # (_unshare), `{id}.lock` is what requests on the upload take turns holding (upload_exclusive).
 _COMMIT, _COPY, _LOCK = ".commit", ".copy", ".lock"
+# What `check_writable` creates and removes, in the upload area and the blob directory: not
+# alphanumeric, so never taken for an upload, nor a blob.
+_WRITE_CHECK = "_write-check-"
 LOCK_POLL_SECONDS = 0.02
 # Whatever the umask: with blob_redirect = "accel", nginx's worker (its user in the data
 # directory's group) opens the blob files itself.
@@ -108,6 +112,9 @@ async def _uncancelled(work: Coroutine[Any, Any, None]) -> None:
 
 
 class FilesystemBlobStore(BlobStore):
+    # Whether opening the store makes its directories where missing.
+    _makes_directories = True
+
     def __init__(self, root: Path) -> None:
         self.root = root
         self.uploads = root / "_uploads"
@@ -115,9 +122,10 @@ class FilesystemBlobStore(BlobStore):
         self._local_paths: LRUCache[str, Path] = LRUCache(LOCAL_PATHS_KEPT)
         # Uploads the last list_uploads found a commit's temporary of (a crash's leftover).
         self._commit_leftovers: frozenset[str] = frozenset()
-        root.parent.mkdir(parents=True, exist_ok=True)
-        _make_directory(root)
-        _make_directory(self.uploads)
+        if self._makes_directories:
+            root.parent.mkdir(parents=True, exist_ok=True)
+            _make_directory(root)
+            _make_directory(self.uploads)
 
     def _blob_path(self, digest: str) -> Path:
         parsed = parse_digest(digest)  # validated, so never a path traversal
@@ -130,6 +138,24 @@ class FilesystemBlobStore(BlobStore):
 
     async def probe(self) -> None:
         await asyncio.to_thread(os.stat, self.uploads)  # the directory is there and reachable
+
+    async def check_writable(self) -> None:
+        """A file created in the upload area and linked into the blob directory, as a commit
+        does, then removed: a directory that takes no writes (read-only, `_uploads` not a
+        directory) is found before the first upload, not at it. Not `check`: the verbs that
+        only read (or free space on a full disk, `berth gc run`) must not need it."""
+        name = f"{_WRITE_CHECK}{secrets.token_hex(8)}"
+        scratch, linked = self.uploads / name, self.root / name
+
+        def _create_link_remove() -> None:
+            os.close(os.open(scratch, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE))
+            try:
+                os.link(scratch, linked)
+                os.unlink(linked)
+            finally:
+                os.unlink(scratch)
+
+        await asyncio.to_thread(_create_link_remove)
 
     @contextlib.asynccontextmanager
     async def upload_exclusive(self, upload_id: str) -> AsyncIterator[None]:
@@ -349,6 +375,55 @@ class FilesystemBlobStore(BlobStore):
             except FileNotFoundError:  # removed since it was listed
                 continue
             yield digest, modified
+
+
+class ReadOnlyFilesystemBlobStore(FilesystemBlobStore):
+    """A blob directory opened to be read only (the old install `berth data copy` copies):
+    opening it creates nothing, not even its directories, and every write is refused
+    (OSError EROFS) without touching it, so the directory is left as it was and may be
+    read-only."""
+
+    _makes_directories = False
+
+    def _refusal(self) -> OSError:
+        return OSError(errno.EROFS, f"the blob directory {self.root} is opened read-only")
+
+    async def probe(self) -> None:
+        await asyncio.to_thread(os.stat, self.root)
+
+    async def check(self) -> None:
+        await self.probe()
+
+    async def check_writable(self) -> None:
+        raise self._refusal()
+
+    @contextlib.asynccontextmanager
+    async def upload_exclusive(self, upload_id: str) -> AsyncIterator[None]:
+        raise self._refusal()  # before its lock file is made
+        yield  # a generator, as the method it stands in for
+
+    async def open_upload(self, upload_id: str, offset: int) -> UploadWriter:
+        raise self._refusal()
+
+    async def commit_upload(self, upload_id: str, digest: str, pieces: Sequence[str] = ()) -> None:
+        raise self._refusal()
+
+    async def delete_upload(self, upload_id: str) -> None:
+        raise self._refusal()
+
+    async def list_uploads(self) -> list[tuple[str, float]]:
+        if not self.uploads.is_dir():  # a store that never had an upload may lack it
+            return []
+        return await super().list_uploads()
+
+    async def quarantine(self, digest: str, version: str | None = None) -> None:
+        raise self._refusal()
+
+    async def delete(self, digest: str) -> None:
+        raise self._refusal()
+
+    async def delete_many(self, digests: list[str]) -> None:
+        raise self._refusal()
 
 
 def _replace_with_link(source: Path, target: Path) -> None:

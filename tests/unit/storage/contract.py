@@ -415,3 +415,10 @@ class BlobStoreContract(abc.ABC):
         uploads = dict(await store.list_uploads())
         assert set(uploads) == {kept.id}
         assert abs(uploads[kept.id] - time.time()) < 3600  # last modified, as a Unix time
+
+    # ------------------------------------------------------------ checks
+
+    async def test_the_write_check_passes_and_leaves_nothing(self, store: BlobStore) -> None:
+        await store.check_writable()
+        assert await listed(store) == set()
+        assert await store.list_uploads() == []

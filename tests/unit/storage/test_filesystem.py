@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from berth.storage.base import BlobStore
-from berth.storage.filesystem import FilesystemBlobStore
+from berth.storage.filesystem import FilesystemBlobStore, ReadOnlyFilesystemBlobStore
 from tests.unit.storage.contract import (
     BlobStoreContract,
     Scratch,
@@ -41,6 +41,61 @@ async def test_blobs_sit_under_their_algorithm_and_hex_prefix(tmp_path: Path) ->
     digest = await put(store, b"layer")
     hex_digest = digest.split(":", 1)[1]
     assert store.local_path(digest) == tmp_path / "sha256" / hex_digest[:2] / hex_digest
+
+
+def _tree(root: Path) -> dict[str, int]:
+    """Everything under `root` (itself too), by relative name, with its mode."""
+    return {
+        str(path.relative_to(root)): path.lstat().st_mode
+        for path in [root, *sorted(root.rglob("*"))]
+    }
+
+
+async def test_a_store_opened_read_only_creates_nothing_and_refuses_every_write(
+    tmp_path: Path,
+) -> None:
+    """What `berth data copy` reads the old install's blobs with: its directory is left as it
+    was, even without the upload area (or the directory itself)."""
+    store = FilesystemBlobStore(tmp_path / "blobs")
+    digest = await put(store, b"an old layer")
+    shutil.rmtree(store.uploads)
+    before = _tree(tmp_path)
+    opened = ReadOnlyFilesystemBlobStore(tmp_path / "blobs")
+    assert await read_all(opened, digest) == b"an old layer"
+    assert await opened.stat(digest) == len(b"an old layer")
+    assert [found async for found, _ in opened.list_blobs()] == [digest]
+    assert await opened.list_uploads() == []
+    await opened.check()
+    writes = [
+        opened.check_writable(),
+        opened.open_upload(uuid.uuid4().hex, 0),
+        opened.commit_upload(uuid.uuid4().hex, digest),
+        opened.delete_upload(uuid.uuid4().hex),
+        opened.quarantine(digest),
+        opened.delete(digest),
+        opened.delete_many([digest]),
+    ]
+    for write in writes:
+        with pytest.raises(OSError, match="opened read-only"):
+            await write
+    with pytest.raises(OSError, match="opened read-only"):
+        async with opened.upload_exclusive(uuid.uuid4().hex):
+            pass
+    assert _tree(tmp_path) == before
+
+    nowhere = ReadOnlyFilesystemBlobStore(tmp_path / "nowhere")
+    assert await nowhere.stat(digest) is None
+    assert not (tmp_path / "nowhere").exists()
+
+
+async def test_the_write_check_finds_an_upload_area_that_takes_no_file(tmp_path: Path) -> None:
+    store = FilesystemBlobStore(tmp_path)
+    await store.check_writable()
+    shutil.rmtree(store.uploads)
+    store.uploads.write_bytes(b"")  # a file in its place: root is refused it too
+    with pytest.raises(NotADirectoryError):
+        await store.check_writable()
+    assert sorted(os.listdir(tmp_path)) == ["_uploads"]
 
 
 async def test_a_crash_mid_commit_leaves_files_that_go_with_their_upload(tmp_path: Path) -> None:
@@ -144,7 +199,7 @@ async def test_large_writes_at_any_offset_store_exactly_the_bytes(
 _WRITE_WITHOUT_DIRECT_IO = """
 import asyncio, os, sys
 from pathlib import Path
-from berth.storage.filesystem import FilesystemBlobStore
+from berth.storage.filesystem import FilesystemBlobStore, ReadOnlyFilesystemBlobStore
 from tests.unit.storage.contract import Scratch, digest_of, read_all
 
 root = Path(sys.argv[1])
