@@ -16,7 +16,7 @@ import pytest
 
 from berth.config import Settings
 from berth.data_location import sqlite_file
-from tests.oci import push_blob, random_blob
+from tests.oci import Blob, push_blob, push_blobs, random_blob
 from tests.servers import BerthServer, PostgresCluster, serve_refused
 
 _FORGET_STORAGE = "DELETE FROM install_facts WHERE name = 'storage_location';"
@@ -121,3 +121,42 @@ def test_a_filesystem_node_on_another_blob_directory_than_the_installs_is_refuse
     finally:
         for started in nodes:
             started.stop()
+
+
+def test_a_node_whose_lowest_blobs_were_deleted_by_hand_starts_on_the_others(
+    tmp_path: Path,
+) -> None:
+    """The blobs the database names looked for at start-up are spread over the digests: an
+    install whose lowest ten blobs were deleted by hand (the first files of a listing) still
+    holds the rest, and its node starts again on them instead of being refused as if its
+    directory held none."""
+    low: list[Blob] = []
+    high: list[Blob] = []
+    while len(low) < 10 or len(high) < 3:  # digests below sha256:8…, and above it
+        blob = random_blob(200)
+        below = blob.digest < "sha256:8"
+        if below and len(low) < 10:
+            low.append(blob)
+        elif not below and len(high) < 3:
+            high.append(blob)
+    node = BerthServer(tmp_path / "node")
+    try:
+        node.start()
+        node.create_repository("nodes", "app")
+        with httpx.Client(base_url=node.url, auth=node.access_key("nodes"), timeout=10) as client:
+            push_blobs(client, "nodes/app", [*low, *high])
+    finally:
+        node.stop()
+    tree = node.data_dir / "blobs" / "sha256"
+    for blob in low:  # the ten lowest digests of the thirteen
+        hexadecimal = blob.digest.removeprefix("sha256:")
+        (tree / hexadecimal[:2] / hexadecimal).unlink()
+
+    try:
+        node.start()
+        with httpx.Client(base_url=node.url, auth=node.access_key("nodes"), timeout=10) as client:
+            for blob in high:
+                assert client.head(f"/v2/nodes/app/blobs/{blob.digest}").status_code == 200
+            assert client.head(f"/v2/nodes/app/blobs/{low[0].digest}").status_code == 404
+    finally:
+        node.stop()

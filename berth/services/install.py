@@ -32,10 +32,29 @@ async def storage_location(db: Database) -> str | None:
 
 
 async def some_recorded_blobs(db: Database, count: int) -> list[str]:
-    """Up to `count` digests of blobs the database says are stored (none: no blob yet)."""
+    """Up to `count` digests of blobs the database says are stored (none: no blob yet),
+    spread over the digests: the first at or after each of `count` evenly spaced sha256
+    digests, then the lowest ones if that found fewer. The lowest `count` alone would all be
+    gone when the blobs lost together are the lowest (deleted by hand in a listing's order,
+    the tree's first directory lost), though the store holds every other."""
+    starts = [f"sha256:{index * 0x10000 // count:04x}" for index in range(count)]
+    found: list[str] = []
     async with db.read() as conn:
-        found = await conn.execute(select(blobs.c.digest).order_by(blobs.c.digest).limit(count))
-        return [str(digest) for digest in found.scalars()]
+        for start in starts:  # one index lookup each
+            digest = await conn.scalar(
+                select(blobs.c.digest)
+                .where(blobs.c.digest >= start)
+                .order_by(blobs.c.digest)
+                .limit(1)
+            )
+            if digest is not None and str(digest) not in found:
+                found.append(str(digest))
+        if len(found) < count:
+            lowest = await conn.execute(
+                select(blobs.c.digest).order_by(blobs.c.digest).limit(count)
+            )
+            found.extend(str(digest) for digest in lowest.scalars() if str(digest) not in found)
+    return found[:count]
 
 
 async def key_fingerprint(db: Database) -> str | None:
