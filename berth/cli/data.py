@@ -67,6 +67,7 @@ def data_copy(
         prepare_copy,
     )
     from berth.state import unresolved_endpoint
+    from berth.storage.base import failures_said_by_caller
     from berth.storage.drivers import blob_store
     from berth.storage.filesystem import ReadOnlyFilesystemBlobStore
 
@@ -102,7 +103,8 @@ def data_copy(
         finally:
             await store.close()
 
-    asyncio.run(check_store())
+    with failures_said_by_caller():  # said once, as the refusal below
+        asyncio.run(check_store())
     keys = prepare_copy(plan, target)
     if plan.new_schema:
         errors.print(
@@ -128,9 +130,16 @@ def data_copy(
             await destination_db.dispose()
 
     try:
-        blobs, rows = asyncio.run(copy())
+        with failures_said_by_caller():
+            blobs, rows = asyncio.run(copy())
     except CopyRefused as exc:
         fail(str(exc), exc.status)
+    except OSError as exc:  # the store (or a connection) failed in the middle of the copy
+        fail(
+            f"the copy stopped: {exc}. No row is copied (the rows go in one transaction, "
+            "after the blobs); run it again once that is put right, and it skips the blobs "
+            "copied so far"
+        )
     report = {
         "from_data_dir": str(old),
         "database": target.shown,
