@@ -596,8 +596,6 @@ async def _refuse_store_without_the_blobs(
     filesystem with another data directory than the install's (or a shared mount not
     mounted) would answer 404 for every blob, and keep what is pushed to it to itself."""
     on_filesystem = settings.storage == "filesystem"
-    if on_filesystem and (settings.blob_dir / BLOBS_LOST).exists():
-        return  # the operator said so: the install's directory, its blobs lost for good
     digests = await some_recorded_blobs(db, _BLOBS_LOOKED_FOR)
     if not digests:
         return  # a new install, or one with no blob yet: any store is as good
@@ -607,6 +605,17 @@ async def _refuse_store_without_the_blobs(
     except OSError as exc:  # the store failed since it was found usable (`check`)
         raise _unreadable_store(settings, here, exc) from None
     if on_filesystem:
+        lost = settings.blob_dir / BLOBS_LOST
+        if lost.exists():  # the operator said so: the install's directory, its blobs lost
+            # Said at each such start: the file, left behind once the blobs are back, would
+            # let a node on a wrong directory start unseen.
+            print(
+                f"Starting on {settings.blob_dir}, which holds none of the {len(digests)} "
+                f"blobs of the database looked for ({digests[0]} among them), as {lost} "
+                "says: the install's blobs are lost. Remove that file once they are restored.",
+                flush=True,
+            )
+            return
         raise SettingsError(_blob_directory_without_the_blobs(settings, digests, recorded))
     raise SettingsError(
         f"this node's blob store, {_as_settings(here)}, holds none of the blobs this "

@@ -118,6 +118,9 @@ def test_a_filesystem_node_on_another_blob_directory_than_the_installs_is_refuse
         lost.start()
         with httpx.Client(base_url=lost.url, auth=key, timeout=10) as client:
             assert client.head(f"/v2/nodes/app/blobs/{blob.digest}").status_code == 404
+        said = " ".join(lost.log_path.read_text().split())
+        assert f"as {lost.data_dir / 'blobs' / '_blobs_lost'} says" in said, said
+        assert "Remove that file once they are restored" in said, said
     finally:
         for started in nodes:
             started.stop()
