@@ -294,6 +294,15 @@ def test_the_copy_is_refused_from_another_schema_revision_or_with_other_keys(
     )
     assert refused.returncode == 2
     assert "hold other keys than the old install's" in refused.stderr
+    # The refusal's commands, pasted as printed, put the old install's key there.
+    replace = refused.stderr.split("Replace them with the old install's files (", 1)[1].split(
+        ")", 1
+    )[0]
+    subprocess.run(replace, shell=True, check=True)
+    placed = node.data_dir / "keys" / "secret-hash.key"
+    assert (
+        placed.read_bytes() == (embedded.server.data_dir / "keys" / "secret-hash.key").read_bytes()
+    )
 
     # The old install's database recorded other keys than its keys/ directory holds.
     (older / "keys" / "secret-hash.key").write_bytes(os.urandom(32))

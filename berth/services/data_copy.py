@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import os
 import secrets
+import shlex
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -262,15 +263,20 @@ def _check_keys(old: Path, target: CopyTarget, source_url: str) -> None:
             "with them. Restore them to OLD_DIR/keys/ first"
         )
     differing = [
-        str(placed)
+        (source, placed)
         for source, placed in zip(sources, _key_files(target), strict=True)
         if placed.exists() and placed.read_bytes() != source.read_bytes()
     ]
     if differing:
+        # The commands name each file: the settings may give them other names than OLD_DIR's.
+        replace = "; ".join(
+            f"cp {shlex.quote(str(source))} {shlex.quote(str(placed))}"
+            for source, placed in differing
+        )
         raise CopyRefused(
-            f"{' and '.join(differing)} hold other keys than the old install's "
-            f"({old / 'keys'}): every copied access key would be refused. Replace them with "
-            "the old install's files (cp OLD_DIR/keys/* over them), or point "
+            f"{' and '.join(str(placed) for _, placed in differing)} hold other keys than "
+            f"the old install's ({old / 'keys'}): every copied access key would be refused. "
+            f"Replace them with the old install's files ({replace}), or point "
             "token_signing_key and secret_hash_key at those"
         )
     recorded = read_once(source_url, _key_fingerprint)
