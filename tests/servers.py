@@ -28,6 +28,7 @@ from berth.config import Settings
 from berth.domain.errors import Conflict
 from berth.server import SHARED_MEMORY, metrics_directory
 from berth.state import Services
+from tests.oci import Blob, push_blobs
 from tests.ports import free_port as free_port
 from tests.tls import make_ca_and_cert, make_client_cert
 
@@ -307,6 +308,15 @@ class BerthServer(CliReads):
             lambda s: s.identity.members.grant(project, repository, user, role, actor="test")
         )
 
+    def pushed(self, project: str, repository: str, *blobs: Blob) -> tuple[str, str]:
+        """`blobs` pushed to PROJECT/REPOSITORY (made if new) on this started server with the
+        project administrator's access key, which is returned."""
+        self.create_repository(project, repository)
+        key = self.access_key(project)
+        with httpx.Client(base_url=self.url, auth=key, timeout=10) as client:
+            push_blobs(client, f"{project}/{repository}", blobs)
+        return key
+
     def access_key(self, project: str, user: str = "admin") -> tuple[str, str]:
         """(access key ID, secret) for `user` in `project`, made once and reused."""
         if (project, user) not in self.keys:
@@ -493,6 +503,10 @@ def unstarted_environ(directory: Path, settings: Mapping[str, str]) -> dict[str,
         "BERTH_CONFIG": str(directory / "berth.toml"),
         "BERTH_LISTEN": f"127.0.0.1:{free_port()}",
     }
+
+
+# The SQL that clears the install's record of its blob store (as before Berth recorded it).
+FORGET_STORAGE_RECORD = "DELETE FROM install_facts WHERE name = 'storage_location';"
 
 
 def serve_refused(env: Mapping[str, str]) -> str:

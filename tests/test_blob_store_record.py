@@ -16,10 +16,8 @@ import pytest
 
 from berth.config import Settings
 from berth.data_location import sqlite_file
-from tests.oci import Blob, push_blob, push_blobs, random_blob
-from tests.servers import BerthServer, PostgresCluster, serve_refused
-
-_FORGET_STORAGE = "DELETE FROM install_facts WHERE name = 'storage_location';"
+from tests.oci import Blob, random_blob
+from tests.servers import FORGET_STORAGE_RECORD, BerthServer, PostgresCluster, serve_refused
 
 
 def test_a_blob_store_that_cannot_be_read_while_its_blobs_are_looked_for_is_refused(
@@ -34,15 +32,13 @@ def test_a_blob_store_that_cannot_be_read_while_its_blobs_are_looked_for_is_refu
     blob = random_blob(1000)
     try:
         node.start()
-        node.create_repository("nodes", "app")
-        with httpx.Client(base_url=node.url, auth=node.access_key("nodes"), timeout=10) as client:
-            push_blob(client, "nodes/app", blob)
+        node.pushed("nodes", "app", blob)
     finally:
         node.stop()
     database = sqlite_file(Settings(data_dir=node.data_dir))
     assert database is not None
     with sqlite3.connect(database) as db:
-        db.execute(_FORGET_STORAGE)  # as before the record
+        db.execute(FORGET_STORAGE_RECORD)  # as before the record
     tree = node.data_dir / "blobs" / "sha256"
     shutil.move(tree, tmp_path / "set-aside")
     tree.write_text("not a directory")
@@ -91,10 +87,7 @@ def test_a_filesystem_node_on_another_blob_directory_than_the_installs_is_refuse
     blob = random_blob(1000)
     try:
         first.start()
-        first.create_repository("nodes", "app")
-        key = first.access_key("nodes")
-        with httpx.Client(base_url=first.url, auth=key, timeout=10) as client:
-            push_blob(client, "nodes/app", blob)
+        key = first.pushed("nodes", "app", blob)
 
         second = node("second")
         problem = " ".join(serve_refused(second.env).split())
@@ -145,9 +138,7 @@ def test_a_node_whose_lowest_blobs_were_deleted_by_hand_starts_on_the_others(
     node = BerthServer(tmp_path / "node")
     try:
         node.start()
-        node.create_repository("nodes", "app")
-        with httpx.Client(base_url=node.url, auth=node.access_key("nodes"), timeout=10) as client:
-            push_blobs(client, "nodes/app", [*low, *high])
+        node.pushed("nodes", "app", *low, *high)
     finally:
         node.stop()
     tree = node.data_dir / "blobs" / "sha256"

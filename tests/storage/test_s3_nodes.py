@@ -18,9 +18,15 @@ from berth.access.keyring import Keyring
 from berth.config import Settings, SettingsError
 from berth.data_location import create_data
 from berth.server import check_keys
-from tests.oci import push_blob, random_blob
+from tests.oci import random_blob
 from tests.s3 import BUCKET, SeaweedFS
-from tests.servers import BerthServer, PostgresCluster, serve_refused, unstarted_environ
+from tests.servers import (
+    FORGET_STORAGE_RECORD,
+    BerthServer,
+    PostgresCluster,
+    serve_refused,
+    unstarted_environ,
+)
 
 pytestmark = pytest.mark.clients
 
@@ -229,9 +235,6 @@ def test_a_node_on_another_blob_store_is_refused_until_its_storage_settings_are_
         first.stop()
 
 
-_FORGET_STORAGE = "DELETE FROM install_facts WHERE name = 'storage_location';"
-
-
 def test_a_first_record_of_the_blob_store_refuses_one_without_the_databases_blobs(
     seaweedfs: SeaweedFS, postgres: PostgresCluster | None, tmp_path: Path
 ) -> None:
@@ -247,13 +250,10 @@ def test_a_first_record_of_the_blob_store_refuses_one_without_the_databases_blob
     blob = random_blob(1000)
     try:
         first.start()
-        first.create_repository("nodes", "app")
-        key = first.access_key("nodes")
-        with httpx.Client(base_url=first.url, auth=key, timeout=10) as client:
-            push_blob(client, "nodes/app", blob)
+        key = first.pushed("nodes", "app", blob)
     finally:
         first.stop()
-    postgres.sql(_FORGET_STORAGE, database=url.rsplit("/", 1)[1])  # as before the record
+    postgres.sql(FORGET_STORAGE_RECORD, database=url.rsplit("/", 1)[1])  # as before the record
     wrong = BerthServer(tmp_path / "wrong", url, extra_env={**shared, "BERTH_S3_PREFIX": "typo"})
     shutil.copytree(first.data_dir / "keys", wrong.data_dir / "keys")
     problem = " ".join(serve_refused(wrong.env).split())
