@@ -34,7 +34,12 @@ from berth.addresses import NO_SUCH_NAME
 from berth.config import Settings, SettingsError, config_file, setting_source
 from berth.database_tls import SYSTEM_ROOTS
 from berth.invocation import berth_command, pasteable_command
-from berth.metadata.database import CONNECT_SECONDS, STATEMENT_SECONDS, open_engine
+from berth.metadata.database import (
+    CONNECT_SECONDS,
+    STATEMENT_SECONDS,
+    on_read_only_disk,
+    open_engine,
+)
 from berth.metadata.presence import LIVE_SECONDS, ServingProcess
 from berth.metadata.revisions import NewerSchema
 
@@ -464,18 +469,50 @@ class DiskFull(Exception):
     freed there (`berth serve` exits 75, which systemd restarts), not a setting to put right."""
 
 
+class DiskReadOnly(DiskFull):
+    """The data directory's disk turned read-only (remounted so after an I/O error, or a
+    read-only mount): an outage an operator ends (fsck, a remount), as a full disk is."""
+
+
 @contextmanager
 def disk_full_said(settings: Settings) -> Iterator[None]:
     """Raise DiskFull, saying so, for SQLite failing for want of room on its disk inside (a
     `disk I/O error` from a write-ahead log that cannot be made, or `database or disk is
-    full`, which `Database.write` answers as StorageFull), instead of a traceback."""
+    full`, which `Database.write` answers as StorageFull), and DiskReadOnly for a write
+    refused by a data directory on a read-only disk, instead of a traceback."""
     try:
         yield
     except Exception as exc:
         said = no_space_for_database(settings, exc)
-        if said is None:
-            raise
-        raise DiskFull(said) from None
+        if said is not None:
+            raise DiskFull(said) from None
+        said = read_only_data(settings, exc)
+        if said is not None:
+            raise DiskReadOnly(said) from None
+        raise
+
+
+def read_only_data(settings: Settings, exc: BaseException) -> str | None:
+    """What to say when `exc` is a write refused because the data directory (or the SQLite
+    database in it) is on a read-only disk, or None when it is not."""
+    if not any(
+        isinstance(seen, sqlite3.Error) or (isinstance(seen, OSError) and seen.errno == errno.EROFS)
+        for seen in _causes(exc)
+    ):
+        return None
+    database = sqlite_file(settings)
+    data_dir = settings.data_dir.absolute()
+    where = next(
+        (path for path in (database, data_dir) if path is not None and on_read_only_disk(path)),
+        None,
+    )
+    if where is None:
+        return None
+    return (
+        f"the disk holding {where} is read-only (mounted so, or remounted so after an I/O "
+        "error): Berth cannot write its data there. Check the disk (its kernel log, fsck) and "
+        "mount it read-write again"
+    )
 
 
 def no_space_for_database(settings: Settings, exc: BaseException) -> str | None:

@@ -6,6 +6,7 @@ throttle's and the token endpoint's shape checks all derive from it.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import re
 import secrets
@@ -19,7 +20,7 @@ from berth.access.keyring import Keyring
 from berth.access.passwords import Passwords
 from berth.access.policy import Principal
 from berth.access.roles import CACHE_ENTRIES, CACHE_SECONDS, has_role
-from berth.domain.errors import Unauthorized
+from berth.domain.errors import StorageRefused, Unauthorized
 from berth.metadata.database import Database
 from berth.metadata.tables import access_keys, users, utcnow
 
@@ -204,7 +205,12 @@ class Credentials:
         if now - self._last_used.get(key_id, -LAST_USED_RESOLUTION) < LAST_USED_RESOLUTION:
             return
         self._last_used[key_id] = now
-        async with self.db.write() as conn:
-            await conn.execute(
-                update(access_keys).where(access_keys.c.id == key_id).values(last_used_at=utcnow())
-            )
+        # A record kept for convenience: a disk full or read-only (which the log says) must
+        # not refuse the pulls of a key, nor its tokens.
+        with contextlib.suppress(StorageRefused):
+            async with self.db.write() as conn:
+                await conn.execute(
+                    update(access_keys)
+                    .where(access_keys.c.id == key_id)
+                    .values(last_used_at=utcnow())
+                )

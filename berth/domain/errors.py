@@ -219,11 +219,24 @@ class BlobRangeNotSatisfiable(RegistryError):
         self.headers["Content-Range"] = f"bytes */{size}"
 
 
-class StorageFull(RegistryError):
+class StorageRefused(RegistryError):
+    """The blob store (or the database) cannot store anything now, until an operator acts:
+    nothing was stored. 507, which clients give up on or retry later, not at once."""
+
+    status = 507
+
+
+class StorageFull(StorageRefused):
     """The blob store (or the database) has no space left: nothing was stored."""
 
     code = "STORAGE_FULL"
-    status = 507
+
+
+class StorageReadOnly(StorageRefused):
+    """The disk under the blob store (or the database) turned read-only (a filesystem error
+    remounted it so, a read-only export or mount): nothing was stored."""
+
+    code = "STORAGE_READ_ONLY"
 
 
 class Unavailable(RegistryError):

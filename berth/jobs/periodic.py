@@ -12,7 +12,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Iterator
 
-from berth.domain.errors import StorageFull, Unavailable
+from berth.domain.errors import StorageRefused, Unavailable
 
 logger = logging.getLogger(__name__)
 
@@ -21,11 +21,11 @@ logger = logging.getLogger(__name__)
 def unwritten_said(said_by: logging.Logger, what: Callable[[], str]) -> Iterator[None]:
     """For what a stopping process writes last (buffered counts, audit entries): a failure is
     logged, never raised, so that the rest of the shutdown goes on. The database refusing it
-    for a reason of its own (its disk full, it unreachable) is one warning line, `what` was
+    for a reason of its own (its disk full or read-only, it unreachable) is one warning line, `what` was
     not written (called after the failure: how much) and why; anything else a traceback."""
     try:
         yield
-    except (Unavailable, StorageFull) as exc:
+    except (Unavailable, StorageRefused) as exc:
         said_by.warning("%s: %s", what(), exc.message)
     except Exception:
         said_by.exception(what())
@@ -93,7 +93,10 @@ class Periodic:
             first = False
             try:
                 await self._work()
-            except (Unavailable, StorageFull) as exc:  # the database away, or its disk full
+            except (
+                Unavailable,
+                StorageRefused,
+            ) as exc:  # the database away, its disk full or read-only
                 self._refused_again(exc.message)
             except Exception:
                 logger.exception(self._failure)

@@ -12,7 +12,7 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
-from berth.domain.errors import StorageFull, Unavailable
+from berth.domain.errors import StorageRefused, Unavailable
 from berth.jobs.leases import Leases, default_holder
 from berth.metadata.database import Database
 
@@ -83,8 +83,8 @@ class Scheduler:
                     wait = job.interval
             except asyncio.CancelledError:
                 raise
-            # The database away or busy (its log said why), or its disk full.
-            except (Unavailable, StorageFull) as exc:
+            # The database away or busy (its log said why), or its disk full or read-only.
+            except (Unavailable, StorageRefused) as exc:
                 logger.warning(
                     "job %s: could not read or take its lease: %s", job.name, exc.message
                 )

@@ -13,8 +13,11 @@ so no change can forget to say it changed something.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
+import errno
 import logging
+import os
 import sqlite3
 import time
 from collections.abc import AsyncIterator, Callable, Iterable
@@ -34,7 +37,7 @@ from sqlalchemy.sql.expression import TableClause
 from sqlalchemy.util import await_
 
 from berth.database_tls import TLS_PARAMETERS, database_tls
-from berth.domain.errors import StorageFull, Unavailable
+from berth.domain.errors import StorageFull, StorageReadOnly, Unavailable
 from berth.metadata.tables import database_clock
 from berth.observability import metrics
 
@@ -209,8 +212,9 @@ class _SqlitePointReader:
             self._connection.close()
 
 
-def _write_condition(exc: DBAPIError) -> Exception | None:
-    """The registry error a lock or full-disk failure stands for, if it is one."""
+def _write_condition(exc: DBAPIError, sqlite_file: str | None) -> Exception | None:
+    """The registry error a lock, full-disk or read-only-disk failure stands for, if it is
+    one (`sqlite_file`: the SQLite database's path, None on PostgreSQL)."""
     message = str(exc.orig if exc.orig is not None else exc).lower()
     if getattr(exc.orig, "sqlstate", None) == LOCK_NOT_AVAILABLE:
         return Unavailable(
@@ -226,7 +230,34 @@ def _write_condition(exc: DBAPIError) -> Exception | None:
         )
     if "database or disk is full" in message or getattr(exc.orig, "sqlstate", None) == DISK_FULL:
         return StorageFull("the database's disk is full; nothing was stored")
+    # SQLite says `disk I/O error` (its write-ahead log cannot be written) or `attempt to
+    # write a readonly database`, as for a failing disk: the filesystem's flags tell.
+    if (
+        sqlite_file is not None
+        and isinstance(exc.orig, sqlite3.OperationalError)
+        and on_read_only_disk(sqlite_file)
+    ):
+        return StorageReadOnly(READ_ONLY_DATABASE)
     return None
+
+
+READ_ONLY_DATABASE = "the database's disk is read-only; nothing was stored"
+
+
+def on_read_only_disk(path: str | os.PathLike[str]) -> bool:
+    """Whether `path`'s directory (`path` itself if a directory) refuses a new file as on a
+    read-only filesystem (EROFS): mounted so, or remounted so after an I/O error (ext4's
+    errors=remount-ro, which since Linux 6.15 leaves the mount flags, so statvfs, saying rw).
+    Asked only once a write failed: the file is removed at once."""
+    directory = path if os.path.isdir(path) else os.path.dirname(path)
+    probe = os.path.join(directory, f".berth-write-check-{os.getpid()}-{time.monotonic_ns()}")
+    try:
+        os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    except OSError as exc:
+        return exc.errno == errno.EROFS
+    with contextlib.suppress(OSError):
+        os.unlink(probe)
+    return False
 
 
 def _connection_lost(exc: BaseException, *, connecting: bool) -> bool:
@@ -391,10 +422,13 @@ class Database:
         self._closed_by: float | None = None  # while disposing: by when all must be closed
         self._stopping = False
         self._given_up = False  # stopping, and the database was found unreachable
+        self._sqlite_file: str | None = None
+        self._read_only_said = False  # the log said its disk is read-only (until a write)
         if self.is_sqlite:
+            self._sqlite_file = url.split(":///", 1)[1]
             self.writer = _sqlite_engine(url, writer=True)
             self.reader = _sqlite_engine(url, writer=False)
-            self._point_reader = _SqlitePointReader(url.split(":///", 1)[1], self._unreachable)
+            self._point_reader = _SqlitePointReader(self._sqlite_file, self._unreachable)
             metrics.watch_pool(self.writer.sync_engine, "writer", 1)
             metrics.watch_pool(self.reader.sync_engine, "reader", READERS)
         else:
@@ -464,16 +498,24 @@ class Database:
                 yield connection
                 changed = frozenset(written)
         except (DBAPIError, OSError) as exc:
-            condition = _write_condition(exc) if isinstance(exc, DBAPIError) else None
+            condition = (
+                _write_condition(exc, self._sqlite_file) if isinstance(exc, DBAPIError) else None
+            )
             if condition is None and _connection_lost(exc, connecting=not begun):
                 condition = self._lost(exc)
             if condition is None:
                 raise
+            if isinstance(condition, StorageReadOnly):
+                self._say_read_only()
             raise condition from None
         except PoolTimeout:
             raise Unavailable(
                 "the database is busy with other writes; try again shortly", RETRY_AFTER_SECONDS
             ) from None
+        # A write that changed no page commits on a read-only disk too: the disk tells.
+        if self._read_only_said and not on_read_only_disk(self._sqlite_file or "."):
+            self._read_only_said = False
+            logger.info("the database's disk takes writes again")
         for tables, hook in self._after_commit:
             if tables & changed:
                 hook()
@@ -493,6 +535,16 @@ class Database:
             if not _connection_lost(exc, connecting=not connected):
                 raise
             raise self._lost(exc) from None
+
+    def _say_read_only(self) -> None:
+        """Once until a write succeeds again: every write fails alike meanwhile."""
+        if not self._read_only_said:
+            self._read_only_said = True
+            logger.warning(
+                "the database's disk is read-only (%s): writes are refused (507 "
+                "STORAGE_READ_ONLY) and reads served until it is writable again",
+                self._sqlite_file,
+            )
 
     def _lost(self, exc: BaseException) -> Unavailable:
         if self._stopping:

@@ -27,7 +27,7 @@ from sqlalchemy import Connection, delete, inspect, select, text, update
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from berth.domain.errors import StorageFull, Unavailable
+from berth.domain.errors import StorageRefused, Unavailable
 from berth.metadata.database import Database
 from berth.metadata.tables import database_clock, serving_processes
 
@@ -164,7 +164,7 @@ class Presence:
                 raise
             except Unavailable as exc:  # the database away: its own log said so
                 logger.debug("could not renew this process's presence: %s", exc.message)
-            except StorageFull as exc:
+            except StorageRefused as exc:
                 logger.warning("could not renew this process's presence: %s", exc.message)
             except Exception:
                 logger.exception("could not renew this process's presence")

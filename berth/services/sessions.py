@@ -25,7 +25,7 @@ from sqlalchemy import delete, select, update
 
 from berth.access.policy import Principal
 from berth.access.tokens import InvalidToken, Tokens
-from berth.domain.errors import StorageFull, Unavailable
+from berth.domain.errors import StorageRefused, Unavailable
 from berth.metadata.database import Database
 from berth.metadata.tables import console_sessions, users
 
@@ -80,11 +80,11 @@ class Sessions:
                 await self.delete(session_id(previous_token))
             await self.purge()
             return await self.create(principal)
-        except StorageFull as exc:
+        except StorageRefused as exc:
             self._say_full(exc)
             return await self._signed(principal)
 
-    def _say_full(self, exc: StorageFull) -> None:
+    def _say_full(self, exc: StorageRefused) -> None:
         if self._full_said:
             return
         self._full_said = True
@@ -224,7 +224,7 @@ class Sessions:
                     .where(console_sessions.c.id == id_)
                     .values(last_seen_at=self.db.clock())
                 )
-        except StorageFull as exc:
+        except StorageRefused as exc:
             self._say_full(exc)
         except Unavailable as exc:  # its own log said why
             logger.debug("could not record a console session's last use: %s", exc.message)

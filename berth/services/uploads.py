@@ -41,6 +41,8 @@ from berth.domain.errors import (
     DigestInvalid,
     RangeNotSatisfiable,
     StorageFull,
+    StorageReadOnly,
+    StorageRefused,
     TooManyRequests,
     Unavailable,
 )
@@ -240,15 +242,20 @@ def _length_mismatch(upload_id: str, received: int, declared: int) -> BlobUpload
     )
 
 
-def _is_storage_full(exc: OSError) -> bool:
-    return exc.errno in (errno.ENOSPC, errno.EDQUOT)
-
-
-def _storage_full() -> StorageFull:
-    return StorageFull(
-        "the registry's storage is full: the upload was discarded and nothing was stored; "
-        "push again once space has been freed"
-    )
+def _storage_refusal(exc: OSError) -> StorageRefused | None:
+    """What the client hears of a store that cannot take writes until an operator acts (no
+    space left, or a disk turned read-only), or None for any other failure."""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return StorageFull(
+            "the registry's storage is full: the upload was discarded and nothing was stored; "
+            "push again once space has been freed"
+        )
+    if exc.errno == errno.EROFS:
+        return StorageReadOnly(
+            "the registry's storage is read-only: the upload was discarded and nothing was "
+            "stored; push again once it is writable"
+        )
+    return None
 
 
 def _data_lost(upload_id: str) -> BlobUploadUnknown:
@@ -285,6 +292,7 @@ class Uploads:
         self.max_open = max_open  # uploads in progress per project
         self.expiry = expiry  # upload_expiry: shown as each open upload's expires_at
         self._hashes = _HashStates()
+        self._read_only_said = False  # the log said the store is read-only (until a write)
         # Each upload's lock lives while a request holds or awaits it: none is left behind
         # by uploads abandoned, failed or finished on another node.
         self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
@@ -322,6 +330,9 @@ class Uploads:
         except BaseException:
             await self._discard(upload.id)  # its row, and any file begun
             raise
+        if self._read_only_said:
+            self._read_only_said = False
+            logger.info("the blob store takes writes again")
         self._hashes.put(upload.id, 0, _new_sha256())
         return upload
 
@@ -505,7 +516,9 @@ class Uploads:
         lock = self._locks.get(upload_id)
         if lock is None:
             lock = self._locks[upload_id] = asyncio.Lock()
-        async with lock, self.store.upload_exclusive(upload_id):
+        async with lock, contextlib.AsyncExitStack() as held:
+            async with self._storage_faults(upload_id):  # its lock file not made: read-only
+                await held.enter_async_context(self.store.upload_exclusive(upload_id))
             try:
                 yield
             except BlobUploadUnknown:
@@ -1020,7 +1033,9 @@ class Uploads:
         """What storage does to an upload, as its client should see it; the upload is
         discarded either way. Its scratch file gone (garbage collection removed the upload
         as abandoned while it was in use, or a cancel ended it): BLOB_UPLOAD_UNKNOWN, which
-        clients retry with a new upload. The disk full: STORAGE_FULL, and its space back at once."""
+        clients retry with a new upload. The disk full: STORAGE_FULL, and its space back at once;
+        read-only: STORAGE_READ_ONLY (its scratch file, if any, is the abandoned-uploads job's
+        once the disk is writable)."""
         try:
             yield
         except FileNotFoundError:
@@ -1031,10 +1046,18 @@ class Uploads:
                 ) from None
             raise _data_lost(upload_id) from None
         except OSError as exc:
-            if not _is_storage_full(exc):
+            refusal = _storage_refusal(exc)
+            if refusal is None:
                 raise
+            if isinstance(refusal, StorageReadOnly) and not self._read_only_said:
+                self._read_only_said = True  # every push fails alike: said once
+                logger.warning(
+                    "the blob store's disk is read-only (%s): pushes are refused (507 "
+                    "STORAGE_READ_ONLY) and pulls served until it is writable again",
+                    exc,
+                )
             await self._discard(upload_id)
-            raise _storage_full() from None
+            raise refusal from None
 
     async def _discard(self, upload_id: str, audited_as: _CancelNote | None = None) -> bool:
         async with self.db.write() as conn:
@@ -1056,5 +1079,10 @@ class Uploads:
     async def _remove_scratch(self, upload_id: str) -> None:
         # With the store unreachable the client still hears why its upload ended (a wrong
         # digest, a cancel); the scratch no row names is the abandoned-uploads job's.
-        with contextlib.suppress(Unavailable):
+        try:
             await self.store.delete_upload(upload_id)
+        except Unavailable:
+            pass
+        except OSError as exc:  # a read-only disk: removed once it is writable again
+            if exc.errno != errno.EROFS:
+                raise

@@ -23,7 +23,7 @@ from typing import Any
 from sqlalchemy import delete, func, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from berth.domain.errors import InvalidValue, StorageFull
+from berth.domain.errors import InvalidValue, StorageRefused
 from berth.domain.usage import STORAGE_SAMPLE_RETENTION_DAYS
 from berth.metadata.database import Database
 from berth.metadata.lookups import count_in_project, require_project, require_repository
@@ -316,13 +316,14 @@ class Usage:
         at, figures = await self._measure(project_id)
         try:
             await self._save(project_id, at, figures, coalesce=False)
-        except StorageFull:
+        except StorageRefused as exc:
             # A read, answered with what was measured rather than refused: the sample is
-            # taken again by the next read, or the schedule, once the disk has room.
+            # taken again by the next read, or the schedule, once the disk takes writes.
             if not self._unrecorded_said:
                 logger.warning(
-                    "the database's disk is full: a storage sample measured for a read "
-                    "(project %s) is shown but not recorded; said once until one is",
+                    "%s: a storage sample measured for a read (project %s) is shown but not "
+                    "recorded; said once until one is",
+                    exc.message.removesuffix("; nothing was stored"),
                     project,
                 )
                 self._unrecorded_said = True
