@@ -21,8 +21,9 @@ logger = logging.getLogger(__name__)
 def unwritten_said(said_by: logging.Logger, what: Callable[[], str]) -> Iterator[None]:
     """For what a stopping process writes last (buffered counts, audit entries): a failure is
     logged, never raised, so that the rest of the shutdown goes on. The database refusing it
-    for a reason of its own (its disk full or read-only, it unreachable) is one warning line, `what` was
-    not written (called after the failure: how much) and why; anything else a traceback."""
+    for a reason of its own (its disk full or read-only, it unreachable) is one warning line,
+    `what` was not written (called after the failure: how much) and why; anything else a
+    traceback."""
     try:
         yield
     except (Unavailable, StorageRefused) as exc:
@@ -93,10 +94,8 @@ class Periodic:
             first = False
             try:
                 await self._work()
-            except (
-                Unavailable,
-                StorageRefused,
-            ) as exc:  # the database away, its disk full or read-only
+            # The database away, or its disk full or read-only.
+            except (Unavailable, StorageRefused) as exc:
                 self._refused_again(exc.message)
             except Exception:
                 logger.exception(self._failure)
