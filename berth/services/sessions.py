@@ -67,7 +67,7 @@ class Sessions:
         self.db = db
         self.ttl = ttl_seconds
         self.tokens = tokens
-        self._full_said = False  # the log said the disk is full (until a session is recorded)
+        self._unrecorded_said = False  # the log said sessions go unrecorded (until one is recorded)
 
     async def sign_in(
         self, principal: Principal, previous_token: str | None
@@ -81,17 +81,17 @@ class Sessions:
             await self.purge()
             return await self.create(principal)
         except StorageRefused as exc:
-            self._say_full(exc)
+            self._say_unrecorded(exc)
             return await self._signed(principal)
 
-    def _say_full(self, exc: StorageRefused) -> None:
-        if self._full_said:
+    def _say_unrecorded(self, exc: StorageRefused) -> None:
+        if self._unrecorded_said:
             return
-        self._full_said = True
+        self._unrecorded_said = True
         logger.warning(
             "%s: console sign-ins get a session carried by its cookie, not recorded (for at "
             "most %d s; signing out ends it in the browser only), and expired sessions are not "
-            "purged nor a session's last use recorded, until there is room",
+            "purged nor a session's last use recorded, until the database takes writes again",
             exc.message,
             UNRECORDED_SECONDS,
         )
@@ -145,7 +145,7 @@ class Sessions:
                     .returning(console_sessions.c.expires_at)
                 )
             ).scalar_one()
-        self._full_said = False
+        self._unrecorded_said = False
         session = ConsoleSession(
             id=id_,
             user_id=principal.user_id,
@@ -225,7 +225,7 @@ class Sessions:
                     .values(last_seen_at=self.db.clock())
                 )
         except StorageRefused as exc:
-            self._say_full(exc)
+            self._say_unrecorded(exc)
         except Unavailable as exc:  # its own log said why
             logger.debug("could not record a console session's last use: %s", exc.message)
         except Exception:
