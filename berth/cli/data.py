@@ -62,14 +62,14 @@ def data_copy(
     from berth.services.data_copy import (
         CopyRefused,
         CopyTarget,
-        copy_install,
+        check_destination_store,
+        copy_from_old_dir,
         plan_copy,
         prepare_copy,
     )
     from berth.state import unresolved_endpoint
     from berth.storage.base import failures_said_by_caller
     from berth.storage.drivers import blob_store
-    from berth.storage.filesystem import ReadOnlyFilesystemBlobStore
 
     settings = settings_or_exit()
     old = from_data_dir.resolve()
@@ -90,21 +90,11 @@ def data_copy(
     if (unresolved := unresolved_endpoint(settings)) is not None:
         fail(unresolved.reason, BAD_SETTING)  # a typo in s3_endpoint, said at once
 
-    async def check_store() -> None:
-        # Before anything is written: a store that cannot be used is a setting to put right.
-        try:
-            store = blob_store(settings)  # the filesystem's makes its directory
-        except OSError as exc:
-            fail(f"the blob store cannot be used: {exc}", BAD_SETTING)
-        try:
-            await store.check_writable()
-        except OSError as exc:
-            fail(f"the blob store cannot be used: {exc}", BAD_SETTING)
-        finally:
-            await store.close()
-
-    with failures_said_by_caller():  # said once, as the refusal below
-        asyncio.run(check_store())
+    try:
+        with failures_said_by_caller():  # said once, in the refusal
+            asyncio.run(check_destination_store(lambda: blob_store(settings)))
+    except CopyRefused as exc:
+        fail(str(exc), exc.status)
     keys = prepare_copy(plan, target)
     if plan.new_schema:
         errors.print(
@@ -113,20 +103,17 @@ def data_copy(
 
     async def copy() -> tuple[CopiedBlobs, CopiedRows]:
         destination_db = Database.for_settings(settings)
-        source_store = ReadOnlyFilesystemBlobStore(old / "blobs")  # OLD_DIR left as it is
         destination_store = blob_store(settings)
         try:
-            return await copy_install(
+            return await copy_from_old_dir(
                 plan,
                 target,
-                source_store,
                 destination_db,
                 destination_store,
                 allow_missing_blobs=allow_missing_blobs,
             )
         finally:
             await destination_store.close()
-            await source_store.close()
             await destination_db.dispose()
 
     try:
@@ -134,12 +121,6 @@ def data_copy(
             blobs, rows = asyncio.run(copy())
     except CopyRefused as exc:
         fail(str(exc), exc.status)
-    except OSError as exc:  # the store (or a connection) failed in the middle of the copy
-        fail(
-            f"the copy stopped: {exc}. No row is copied (the rows go in one transaction, "
-            "after the blobs); run it again once that is put right, and it skips the blobs "
-            "copied so far"
-        )
     report = {
         "from_data_dir": str(old),
         "database": target.shown,

@@ -21,7 +21,7 @@ import hashlib
 import os
 import secrets
 import shlex
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -55,6 +55,7 @@ from berth.metadata.tables import (
 )
 from berth.services.install import KEY_FINGERPRINT, STORAGE_LOCATION, fact_value
 from berth.storage.base import BlobStore
+from berth.storage.filesystem import ReadOnlyFilesystemBlobStore
 
 # Rows read and written at a time: the copy never holds a whole table.
 BATCH_ROWS = 500
@@ -295,6 +296,54 @@ def _key_fingerprint(connection: Connection) -> str | None:
 
 def _upload_count(connection: Connection) -> int:
     return int(connection.execute(select(func.count()).select_from(uploads)).scalar_one())
+
+
+async def check_destination_store(open_store: Callable[[], BlobStore]) -> None:
+    """Refuse (CopyRefused) a destination store that cannot be used or takes no writes (a
+    wrong secret, a missing bucket, a blob directory that cannot be written), before anything
+    is written: a setting to put right."""
+    try:
+        store = open_store()  # the filesystem's makes its directory
+    except OSError as exc:
+        raise CopyRefused(f"the blob store cannot be used: {exc}") from None
+    try:
+        await store.check_writable()
+    except OSError as exc:
+        raise CopyRefused(f"the blob store cannot be used: {exc}") from None
+    finally:
+        await store.close()
+
+
+async def copy_from_old_dir(
+    plan: CopyPlan,
+    target: CopyTarget,
+    destination_db: Database,
+    destination: BlobStore,
+    *,
+    allow_missing_blobs: bool = False,
+) -> tuple[CopiedBlobs, CopiedRows]:
+    """`copy_install` from the old install's blob directory, opened to be read only (OLD_DIR
+    left as it is); a store or connection failing in the middle is a CopyRefused saying that
+    no row is copied and that a copy run again goes on."""
+    source = ReadOnlyFilesystemBlobStore(plan.old / "blobs")
+    try:
+        return await copy_install(
+            plan,
+            target,
+            source,
+            destination_db,
+            destination,
+            allow_missing_blobs=allow_missing_blobs,
+        )
+    except OSError as exc:
+        raise CopyRefused(
+            f"the copy stopped: {exc}. No row is copied (the rows go in one transaction, "
+            "after the blobs); run it again once that is put right, and it skips the blobs "
+            "copied so far",
+            NOT_NOW,
+        ) from None
+    finally:
+        await source.close()
 
 
 async def copy_install(
