@@ -505,6 +505,20 @@ def unstarted_environ(directory: Path, settings: Mapping[str, str]) -> dict[str,
     }
 
 
+def answers_reads_and_a_sign_in(server: BerthServer, project: str) -> httpx.Cookies:
+    """Assert that the API's reads (the projects, PROJECT's summary) and a console sign-in as
+    the administrator are answered (as they must be while a disk refuses writes); the signed-in
+    session's cookies."""
+    api = f"{server.url}/api/v1"
+    admin = ("admin", ADMIN_PASSWORD)
+    for path in ("projects", f"projects/{project}/summary"):
+        read = httpx.get(f"{api}/{path}", auth=admin, timeout=30)
+        assert read.status_code == 200, (path, read.text)
+    signed_in = httpx.post(f"{api}/session", json={"user": "admin", "password": ADMIN_PASSWORD})
+    assert signed_in.status_code == 201, signed_in.text
+    return signed_in.cookies
+
+
 # The SQL that clears the install's record of its blob store (as before Berth recorded it).
 FORGET_STORAGE_RECORD = "DELETE FROM install_facts WHERE name = 'storage_location';"
 

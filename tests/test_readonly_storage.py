@@ -16,7 +16,7 @@ import pytest
 
 from tests.conftest import new_repo
 from tests.oci import digest_of, error_code, push_bytes, put_manifest
-from tests.servers import ADMIN_PASSWORD, BERTH, BerthServer
+from tests.servers import ADMIN_PASSWORD, BERTH, BerthServer, answers_reads_and_a_sign_in
 from tests.test_storage_faults import ACCEPT, MIB, pushed_image
 
 READ_ONLY_STORE = (
@@ -146,14 +146,8 @@ def test_a_data_disk_turned_read_only_serves_reads_and_refuses_writes_in_a_line(
                 assert token.status_code == 200 and token.json()["token"], token.text
             api = f"{server.url}/api/v1"
             admin = {"auth": ("admin", ADMIN_PASSWORD), "timeout": 30}
-            for path in ("projects", f"projects/{repo.project}/summary"):
-                read = httpx.get(f"{api}/{path}", **admin)  # type: ignore[arg-type]
-                assert read.status_code == 200, (path, read.text)
-            signed_in = httpx.post(
-                f"{api}/session", json={"user": "admin", "password": ADMIN_PASSWORD}
-            )
-            assert signed_in.status_code == 201, signed_in.text
-            seen = httpx.get(f"{api}/projects", cookies=signed_in.cookies)
+            cookies = answers_reads_and_a_sign_in(server, repo.project)
+            seen = httpx.get(f"{api}/projects", cookies=cookies)
             assert seen.status_code == 200, seen.text
 
             created = httpx.post(f"{api}/projects", json={"name": "refused"}, **admin)  # type: ignore[arg-type]

@@ -34,7 +34,14 @@ from tests.oci import (
     put_manifest,
     random_image,
 )
-from tests.servers import ADMIN_PASSWORD, BERTH, BerthServer, PostgresCluster, server_fixture
+from tests.servers import (
+    ADMIN_PASSWORD,
+    BERTH,
+    BerthServer,
+    PostgresCluster,
+    answers_reads_and_a_sign_in,
+    server_fixture,
+)
 
 ACCEPT = {"Accept": OCI_MANIFEST}
 MIB = 1024 * 1024
@@ -859,15 +866,8 @@ def test_a_full_postgresql_disk_refuses_writes_in_a_line_and_serves_reads(
             manifest = repo.client.get(repo.url("manifests/v1"), headers=ACCEPT)
             assert (manifest.status_code, manifest.content) == (200, body)
             assert httpx.get(f"{server.url}/readyz").status_code == 200
-            admin = {"auth": ("admin", ADMIN_PASSWORD), "timeout": 30}
-            for path in ("projects", f"projects/{repo.project}/summary"):
-                answer = httpx.get(f"{server.url}/api/v1/{path}", **admin)  # type: ignore[arg-type]
-                assert answer.status_code == 200, (path, answer.text)
-            signed_in = httpx.post(
-                f"{server.url}/api/v1/session", json={"user": "admin", "password": ADMIN_PASSWORD}
-            )
-            assert signed_in.status_code == 201, signed_in.text
-            projects = httpx.get(f"{server.url}/api/v1/projects", cookies=signed_in.cookies)
+            cookies = answers_reads_and_a_sign_in(server, repo.project)
+            projects = httpx.get(f"{server.url}/api/v1/projects", cookies=cookies)
             assert repo.project in [p["name"] for p in projects.json()], projects.text
             # The pull times' and traffic counts' flushes (every 5 s) are refused.
             flushes = ("could not record last pull times", "could not write outbound traffic")

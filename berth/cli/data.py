@@ -63,7 +63,7 @@ def data_copy(
         CopyRefused,
         CopyTarget,
         check_destination_store,
-        copy_from_old_dir,
+        copy_install,
         plan_copy,
         prepare_copy,
     )
@@ -105,7 +105,7 @@ def data_copy(
         destination_db = Database.for_settings(settings)
         destination_store = blob_store(settings)
         try:
-            return await copy_from_old_dir(
+            return await copy_install(
                 plan,
                 target,
                 destination_db,

@@ -314,7 +314,7 @@ async def check_destination_store(open_store: Callable[[], BlobStore]) -> None:
         await store.close()
 
 
-async def copy_from_old_dir(
+async def copy_install(
     plan: CopyPlan,
     target: CopyTarget,
     destination_db: Database,
@@ -322,19 +322,22 @@ async def copy_from_old_dir(
     *,
     allow_missing_blobs: bool = False,
 ) -> tuple[CopiedBlobs, CopiedRows]:
-    """`copy_install` from the old install's blob directory, opened to be read only (OLD_DIR
-    left as it is); a store or connection failing in the middle is a CopyRefused saying that
-    no row is copied and that a copy run again goes on."""
+    """The blobs, then the rows (`copy_blobs`, `copy_rows`), of a planned copy, the blobs read
+    from OLD_DIR's blob directory opened to be read only (OLD_DIR left as it is). Unless
+    `allow_missing_blobs`, BlobsNotCopied before the rows when a blob could not be copied:
+    the destination database is left new, for the copy run again once they are restored. A
+    store or connection failing in the middle is a CopyRefused saying that no row is copied
+    and that a copy run again goes on."""
+    source_db = Database(plan.source_url)
     source = ReadOnlyFilesystemBlobStore(plan.old / "blobs")
     try:
-        return await copy_install(
-            plan,
-            target,
-            source,
-            destination_db,
-            destination,
-            allow_missing_blobs=allow_missing_blobs,
-        )
+        blobs = await copy_blobs(source_db, source, destination)
+        if blobs.missing or blobs.damaged:
+            blobs.used_by = await repositories_using(source_db, blobs.missing + blobs.damaged)
+            if not allow_missing_blobs:
+                raise BlobsNotCopied(plan.old, blobs)
+        rows = await copy_rows(source_db, destination_db, storage_location=target.storage_location)
+        return blobs, rows
     except OSError as exc:
         raise CopyRefused(
             f"the copy stopped: {exc}. No row is copied (the rows go in one transaction, "
@@ -344,30 +347,6 @@ async def copy_from_old_dir(
         ) from None
     finally:
         await source.close()
-
-
-async def copy_install(
-    plan: CopyPlan,
-    target: CopyTarget,
-    source: BlobStore,
-    destination_db: Database,
-    destination: BlobStore,
-    *,
-    allow_missing_blobs: bool = False,
-) -> tuple[CopiedBlobs, CopiedRows]:
-    """The blobs, then the rows (`copy_blobs`, `copy_rows`), of a planned copy. Unless
-    `allow_missing_blobs`, BlobsNotCopied before the rows when a blob could not be copied:
-    the destination database is left new, for the copy run again once they are restored."""
-    source_db = Database(plan.source_url)
-    try:
-        blobs = await copy_blobs(source_db, source, destination)
-        if blobs.missing or blobs.damaged:
-            blobs.used_by = await repositories_using(source_db, blobs.missing + blobs.damaged)
-            if not allow_missing_blobs:
-                raise BlobsNotCopied(plan.old, blobs)
-        rows = await copy_rows(source_db, destination_db, storage_location=target.storage_location)
-        return blobs, rows
-    finally:
         await source_db.dispose()
 
 
