@@ -67,6 +67,15 @@ def test_a_read_only_blob_disk_refuses_pushes_in_a_line_and_recovers_without_a_r
         assert repo.client.get(repo.url("manifests/v1"), headers=ACCEPT).content == body
         # Of blobs stored already: the database only.
         assert put_manifest(repo.client, repo.name, "v2", body).status_code == 201
+        # Garbage collection would delete the rows, then stop at the first file: refused first
+        # (a dry run, which deletes nothing, runs).
+        collect = f"{server.url}/api/v1/projects/{repo.project}/gc"
+        admin = ("admin", ADMIN_PASSWORD)
+        refused = httpx.post(collect, json={"delete_untagged": True}, auth=admin, timeout=30)
+        assert refused.status_code == 507, refused.text
+        assert refused.json()["code"] == "STORAGE_READ_ONLY", refused.text
+        dry = httpx.post(collect, json={"dry_run": True}, auth=admin, timeout=30)
+        assert dry.status_code == 202, dry.text
 
         remount(blobs, "rw")
         assert push_bytes(repo.client, repo.name, data) == digest_of(data)

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import time
 from typing import Any
 
 from sqlalchemy import select, update
 
+from berth.domain.errors import StorageReadOnly
 from berth.jobs.leases import Leases, default_holder
 from berth.jobs.periodic import Periodic
 from berth.metadata.audit import write_audit_entry
@@ -191,6 +193,19 @@ class GarbageCollector:
         )
         return await self.runs.get(project, run_id)
 
+    async def _refuse_a_read_only_store(self) -> None:
+        """StorageReadOnly for a store on a disk turned read-only: a run would delete the
+        images' rows, then stop at the first blob file, leaving the files as orphans. Only
+        that: a run must start on a full disk, whose space it frees."""
+        try:
+            await self.store.check_writable()
+        except OSError as exc:
+            if exc.errno == errno.EROFS:
+                raise StorageReadOnly(
+                    "the registry's storage is read-only: garbage collection cannot delete "
+                    "blobs, and nothing was deleted; run it again once the storage is writable"
+                ) from None
+
     async def _record_run(
         self,
         project: str,
@@ -211,6 +226,8 @@ class GarbageCollector:
         here between the commit and the caller's `execute` (the periodic one, or another
         start in the project) would otherwise roll the new run back as interrupted."""
         project_id = await self.runs.project_id(project)
+        if not dry_run:
+            await self._refuse_a_read_only_store()
         await self.recovery.recover(project_id, resume_here=here)
         name = lease_name(project_id)
         now = utcnow()
