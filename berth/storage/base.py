@@ -258,5 +258,11 @@ class BlobStore(abc.ABC):
         answers a refused write at the first."""
         await self.check()
 
+    async def on_read_only_disk(self) -> bool:
+        """Whether the store's disk turned read-only (EROFS), for work that would otherwise
+        fail part way (garbage collection). False by default: an object store answers each
+        write itself, and asking it would be a request (or a client made) of its own."""
+        return False
+
     async def close(self) -> None:  # noqa: B027 (most drivers hold nothing to release)
         """Release connections (the process is done with the store)."""

@@ -157,6 +157,13 @@ class FilesystemBlobStore(BlobStore):
 
         await asyncio.to_thread(_create_link_remove)
 
+    async def on_read_only_disk(self) -> bool:
+        try:
+            await self.check_writable()
+        except OSError as exc:
+            return exc.errno == errno.EROFS  # not a full disk, on which GC frees space
+        return False
+
     @contextlib.asynccontextmanager
     async def upload_exclusive(self, upload_id: str) -> AsyncIterator[None]:
         """An exclusive flock on the upload's lock file, which every process (workers, nodes

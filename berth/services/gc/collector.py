@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import logging
 import time
 from typing import Any
@@ -197,14 +196,11 @@ class GarbageCollector:
         """StorageReadOnly for a store on a disk turned read-only: a run would delete the
         images' rows, then stop at the first blob file, leaving the files as orphans. Only
         that: a run must start on a full disk, whose space it frees."""
-        try:
-            await self.store.check_writable()
-        except OSError as exc:
-            if exc.errno == errno.EROFS:
-                raise StorageReadOnly(
-                    "the registry's storage is read-only: garbage collection cannot delete "
-                    "blobs, and nothing was deleted; run it again once the storage is writable"
-                ) from None
+        if await self.store.on_read_only_disk():
+            raise StorageReadOnly(
+                "the registry's storage is read-only: garbage collection cannot delete "
+                "blobs, and nothing was deleted; run it again once the storage is writable"
+            )
 
     async def _record_run(
         self,
