@@ -16,6 +16,7 @@ import pytest
 # does (the in-process CLI tests set it wide).
 os.environ.pop("COLUMNS", None)
 
+from tests.oci import push_bytes, put_manifest, random_image
 from tests.servers import BACKENDS, BerthServer, PostgresCluster, server_fixture
 
 if TYPE_CHECKING:
@@ -128,6 +129,20 @@ def new_repo(server: BerthServer, **options: Any) -> Repo:
         base_url=server.url, timeout=60, verify=False, auth=server.access_key(project)
     )
     return Repo(server, project, repository, client)
+
+
+MIB = 1024 * 1024
+
+
+def pushed_image(server: BerthServer) -> tuple[Repo, bytes, str, bytes]:
+    """A new repository of `server` holding a 1 MiB blob (its bytes and digest) and an image
+    tagged v1 (its manifest)."""
+    repo = new_repo(server)
+    data = os.urandom(MIB)
+    digest = push_bytes(repo.client, repo.name, data)
+    body = random_image(repo.client, repo.name)
+    assert put_manifest(repo.client, repo.name, "v1", body).status_code == 201
+    return repo, data, digest, body
 
 
 @pytest.fixture

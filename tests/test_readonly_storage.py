@@ -14,11 +14,11 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import new_repo
-from tests.oci import digest_of, error_code, push_bytes, put_manifest
+from tests.conftest import MIB, new_repo, pushed_image
+from tests.oci import OCI_MANIFEST, digest_of, error_code, push_bytes, put_manifest
 from tests.servers import ADMIN_PASSWORD, BERTH, BerthServer, answers_reads_and_a_sign_in
-from tests.test_storage_faults import ACCEPT, MIB, pushed_image
 
+ACCEPT = {"Accept": OCI_MANIFEST}
 READ_ONLY_STORE = (
     "the registry's storage is read-only: the upload was discarded and nothing was stored; "
     "push again once it is writable"

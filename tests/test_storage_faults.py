@@ -24,7 +24,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import Repo, new_repo
+from tests.conftest import MIB, Repo, new_repo, pushed_image
 from tests.oci import (
     OCI_MANIFEST,
     Blob,
@@ -44,7 +44,6 @@ from tests.servers import (
 )
 
 ACCEPT = {"Accept": OCI_MANIFEST}
-MIB = 1024 * 1024
 
 
 def blob_file(server: BerthServer, digest: str) -> Path:
@@ -656,17 +655,6 @@ def test_a_full_data_disk_answers_the_consoles_reads(
             assert len(samples) == 1, samples
         finally:
             server.stop()
-
-
-def pushed_image(server: BerthServer) -> tuple[Repo, bytes, str, bytes]:
-    """A new repository of `server` holding a 1 MiB blob (its bytes and digest) and an image
-    tagged v1 (its manifest)."""
-    repo = new_repo(server)
-    data = os.urandom(MIB)
-    digest = push_bytes(repo.client, repo.name, data)
-    body = random_image(repo.client, repo.name)
-    assert put_manifest(repo.client, repo.name, "v1", body).status_code == 201
-    return repo, data, digest, body
 
 
 def test_signing_in_to_the_console_on_a_full_data_disk(
