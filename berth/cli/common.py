@@ -166,8 +166,8 @@ def run_service(work: Callable[[Services], Awaitable[T]], *, uses_store: bool = 
     from berth.data_location import shown_database
     from berth.domain.errors import RegistryError
     from berth.metadata.revisions import NewerSchema, OlderSchema, require_current
-    from berth.server import existing_keys, refuse_other_keys, refuse_other_storage
     from berth.services.install import key_fingerprint, storage_location
+    from berth.services.start_up import existing_keys, refuse_other_keys, refuse_other_storage
     from berth.state import Services, unresolved_endpoint
     from berth.storage.base import failures_said_by_caller
 

@@ -58,7 +58,6 @@ def data_copy(
     from berth.domain.wording import counted
     from berth.metadata.database import Database
     from berth.metadata.revisions import schema_head
-    from berth.server import configured_storage_location
     from berth.services.data_copy import (
         CopyRefused,
         CopyTarget,
@@ -67,6 +66,7 @@ def data_copy(
         plan_copy,
         prepare_copy,
     )
+    from berth.services.start_up import configured_storage_location
     from berth.state import unresolved_endpoint
     from berth.storage.base import failures_said_by_caller
     from berth.storage.drivers import blob_store

@@ -59,8 +59,8 @@ def serve(
     # Imported once the settings are good: a bad one is named without loading the server.
     from berth.config import SettingsError
     from berth.data_location import DatabaseLost, DiskFull
-    from berth.server import GAVE_UP_WAITING, GaveUpWaiting
     from berth.server import serve as run_server
+    from berth.services.start_up import GAVE_UP_WAITING, GaveUpWaiting
 
     given = {name for name, value in flags.items() if value is not None}
     if Options.data_dir is not None:

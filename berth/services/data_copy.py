@@ -94,7 +94,7 @@ class CopyTarget:
 
     database_url: str
     shown: str  # the database, as the operator knows it
-    storage_location: str  # as the install records it (berth.server.configured_storage_location)
+    storage_location: str  # as the install records it (start_up.configured_storage_location)
     signing_key_file: Path
     secret_key_file: Path
     data_dir: Path  # the new install's (its keys; its database on SQLite)

@@ -17,7 +17,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from berth.access.keyring import Keyring
 from berth.config import Settings, SettingsError
 from berth.data_location import create_data
-from berth.server import check_keys
+from berth.services.start_up import check_keys
 from tests.oci import random_blob
 from tests.s3 import BUCKET, SeaweedFS
 from tests.servers import (

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from berth.config import Settings
 from berth.data_location import create_data, sqlite_file
-from berth.server import check_keys
+from berth.services.start_up import check_keys
 
 # One start-up (`initialise`, as `berth init` and `berth serve` run it) in a process of its
 # own, which notes every file it opens (Python's audit events; a hook stays once added).

@@ -10,7 +10,11 @@ import pytest
 
 from berth.config import Settings, SettingsError
 from berth.data_location import create_data, sqlite_file
-from berth.server import configured_storage_location, refuse_other_storage, storage_record_insert
+from berth.services.start_up import (
+    configured_storage_location,
+    refuse_other_storage,
+    storage_record_insert,
+)
 
 # Prefixes an S3 store takes as they are: a quote would end the SQL string the refusal prints.
 PREFIXES = ["it's", "a'); DELETE FROM install_facts; --", "''"]
