@@ -3,12 +3,14 @@ filesystem, where the record ("filesystem") cannot tell one node's blob director
 another's: a node looks for some of the database's blobs in its directory at every start,
 and one that holds none of them (another data directory, a shared mount not mounted) is
 refused; a store it cannot read meanwhile is refused as any unusable store is, not a
-traceback."""
+traceback (on S3 too, where the blobs are looked for only before the store is recorded)."""
 
 from __future__ import annotations
 
+import json
 import shutil
 import sqlite3
+import uuid
 from pathlib import Path
 
 import httpx
@@ -17,6 +19,7 @@ import pytest
 from berth.config import Settings
 from berth.data_location import sqlite_file
 from tests.oci import Blob, random_blob
+from tests.s3 import SeaweedFS
 from tests.servers import FORGET_STORAGE_RECORD, BerthServer, PostgresCluster, serve_refused
 
 
@@ -62,6 +65,63 @@ def test_a_blob_store_that_cannot_be_read_while_its_blobs_are_looked_for_is_refu
             "SELECT value FROM install_facts WHERE name = 'storage_location'"
         ).fetchone()
     assert recorded == ("filesystem",)
+
+
+def test_an_s3_store_that_refuses_reading_its_blobs_while_they_are_looked_for_is_refused(
+    seaweedfs: SeaweedFS, tmp_path: Path
+) -> None:
+    """As on the filesystem, on S3: a bucket that answers its check (HeadBucket) but refuses
+    the reads of the blobs looked for (HeadObject; here a bucket policy denies them, as
+    credentials that may not read would) is a refusal naming the store and the request
+    refused, exit status 2 (a setting or a right to put right, not an outage that passes);
+    once the reads are allowed, the node serves and records its store."""
+    bucket = f"berth-unreadable-{uuid.uuid4().hex[:12]}"  # of its own: it gets a policy
+    seaweedfs.create_bucket(bucket)
+    settings = seaweedfs.settings_environ() | {"BERTH_S3_BUCKET": bucket}
+    prefix = settings["BERTH_S3_PREFIX"]
+    node = BerthServer(tmp_path / "node", extra_env=settings)
+    blob = random_blob(1000)
+    try:
+        node.start()
+        node.pushed("nodes", "app", blob)
+    finally:
+        node.stop()
+    database = sqlite_file(Settings(data_dir=node.data_dir))
+    assert database is not None
+    with sqlite3.connect(database) as db:
+        db.execute(FORGET_STORAGE_RECORD)  # as before the record
+    denied = {
+        "Effect": "Deny",
+        "Principal": "*",
+        "Action": ["s3:GetObject"],
+        "Resource": [f"arn:aws:s3:::{bucket}/{prefix}/*"],
+    }
+    policy = json.dumps({"Version": "2012-10-17", "Statement": [denied]})
+    seaweedfs.client().put_bucket_policy(Bucket=bucket, Policy=policy)
+
+    problem = " ".join(serve_refused(node.env).split())
+    assert (
+        f'this node\'s blob store, s3_bucket = "{bucket}" with s3_prefix = "{prefix}" '
+        '(storage = "s3"), cannot be read to look for the blobs' in problem
+    ), problem
+    hexadecimal = blob.digest.removeprefix("sha256:")
+    assert (
+        f"the bucket {bucket!r} at {seaweedfs.endpoint} refused HeadObject of "
+        f"'{prefix}/blobs/sha256/{hexadecimal[:2]}/{hexadecimal}' (403)" in problem
+    ), problem
+
+    seaweedfs.client().delete_bucket_policy(Bucket=bucket)
+    try:
+        node.start()
+        with httpx.Client(base_url=node.url, auth=node.access_key("nodes"), timeout=10) as client:
+            assert client.head(f"/v2/nodes/app/blobs/{blob.digest}").status_code == 200
+    finally:
+        node.stop()
+    with sqlite3.connect(database) as db:
+        recorded = db.execute(
+            "SELECT value FROM install_facts WHERE name = 'storage_location'"
+        ).fetchone()
+    assert recorded == (f"s3://{bucket}/{prefix}/",)
 
 
 def test_a_filesystem_node_on_another_blob_directory_than_the_installs_is_refused(

@@ -24,7 +24,7 @@ from tests.clients.layouts import TestImage, umoci_image
 from tests.clients.tools import output, require_binary, run
 from tests.oci import OCI_LAYER, Blob, blob_path, digest_of, manifest_path, push_bytes, to_json
 from tests.oci import put_manifest as put
-from tests.s3 import SeaweedFS
+from tests.s3 import BUCKET, READER_KEY_ID, SeaweedFS, stored_keys
 from tests.servers import BerthServer, PostgresCluster
 
 pytestmark = [pytest.mark.clients, pytest.mark.xdist_group("data_copy")]
@@ -404,6 +404,35 @@ def test_a_blob_store_that_cannot_be_used_is_refused_before_anything_is_written(
     assert "the blob store cannot be used: [Errno 20] Not a directory" in refused.stderr
     assert "_uploads" in refused.stderr and "Traceback" not in refused.stderr
     assert sorted(os.listdir(node.data_dir)) == ["blobs"]
+
+
+def test_s3_credentials_that_may_not_write_are_refused_before_anything_is_written(
+    embedded: Embedded, seaweedfs: SeaweedFS, tmp_path: Path
+) -> None:
+    """Credentials that may read the bucket but not write to it pass the bucket's check: the
+    copy is refused at the store's check (exit status 2, one line naming the bucket and the
+    write refused), not at its first blob; with credentials that may write, it is made."""
+    old = str(embedded.server.data_dir)
+    settings = seaweedfs.settings_environ()
+    node = BerthServer(
+        tmp_path / "node", extra_env=settings | {"BERTH_S3_ACCESS_KEY_ID": READER_KEY_ID}
+    )
+    refused = node.cli("data", "copy", "--from-data-dir", old, check=False)
+    assert refused.returncode == 2, refused.stderr
+    said = refused.stderr.splitlines()
+    assert len(said) == 1 and "Traceback" not in refused.stderr, said  # said once
+    assert said[0].startswith(
+        f"error: the blob store cannot be used: the bucket {BUCKET!r} at {seaweedfs.endpoint} "
+        f"refused PutObject of '{settings['BERTH_S3_PREFIX']}/_write-check-"
+    ), said
+    assert "(AccessDenied)" in said[0] and "s3_access_key_id" in said[0], said
+    assert not node.data_dir.exists()  # no database, no key file
+    assert stored_keys(settings, "blobs") == stored_keys(settings, "uploads") == []
+
+    node.extra_env["BERTH_S3_ACCESS_KEY_ID"] = seaweedfs.access_key_id
+    copied = json.loads(node.cli("data", "copy", "--from-data-dir", old, "--json").stdout)
+    assert copied["blobs_copied"] == embedded.blob_count
+    assert _rows(node.data_dir, "projects") == 1
 
 
 def test_a_blob_store_failing_in_the_middle_of_the_copy_stops_it_before_the_rows(

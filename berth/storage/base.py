@@ -254,8 +254,8 @@ class BlobStore(abc.ABC):
     async def check_writable(self) -> None:
         """Raise OSError, saying why, unless the store takes writes now: for a verb about to
         fill it (`berth data copy`), refused before it writes anything rather than part way.
-        By default `check`: a store that cannot prove it without storing an object (S3)
-        answers a refused write at the first."""
+        A driver writes something small and removes it, which `check` never does (readiness,
+        the verbs that only read). By default `check`."""
         await self.check()
 
     async def on_read_only_disk(self) -> bool:

@@ -3,7 +3,7 @@
 Layout under the prefix: `blobs/{algorithm}/{hex[:2]}/{hex}` for blobs, `uploads/{id}/{piece}`
 for the pieces of an upload (`s3_pieces`: each key used once, and only the pieces the caller
 recorded with the acknowledged offset make up the upload), `_damaged/{algorithm}-{hex}` for
-blobs set aside.
+blobs set aside, and `_write-check-{token}`, for a moment, where `check_writable` writes.
 
 S3 cannot append to an object, and any node may receive the next PATCH of an upload, so the
 scratch "object" of the interface is the run of recorded pieces: appending adds a piece under
@@ -85,18 +85,20 @@ PARALLEL_PARTS = 4
 # many such answers are kept (about 150 bytes each).
 CONFIRMED_SECONDS = 30.0
 CONFIRMED_KEPT = 100_000
+# What `check_writable` stores and deletes, under the prefix beside the blobs and uploads.
+_WRITE_CHECK = "_write-check-"
 
 _MISSING_OBJECT = {"404", "NoSuchKey", "NotFound", "NoSuchUpload"}
 _MISSING_BUCKET = {"NoSuchBucket"}
 _PRECONDITION_FAILED = {"412", "PreconditionFailed"}
-_REFUSED = {
-    "403",
-    "AccessDenied",
+# The credentials themselves refused (wrong, expired), not a request they may not make.
+_CREDENTIALS_REFUSED = {
     "InvalidAccessKeyId",
     "SignatureDoesNotMatch",
     "InvalidToken",
     "ExpiredToken",
 }
+_REFUSED = {"403", "AccessDenied", *_CREDENTIALS_REFUSED}
 
 
 def _unreached(exc: BotoCoreError) -> bool:
@@ -288,6 +290,18 @@ class S3BlobStore(BlobStore):
     async def check(self) -> None:
         await self._s3()  # the client is made by checking the bucket
 
+    async def check_writable(self) -> None:
+        """An empty object stored under the prefix and deleted, as a copy of blobs stores and
+        deletes its pieces: credentials that may read the bucket (which passes `check`) but
+        not write to it, or not delete from it, are refused before the first blob, not at it.
+        Named `_write-check-…` beside `blobs/`, `uploads/` and `_damaged/`: never taken for
+        a blob, nor an upload. Should the delete be refused, the object stays (empty)."""
+        key = f"{self._prefix}{_WRITE_CHECK}{secrets.token_hex(8)}"
+        await self._put(key, b"")
+        s3 = await self._s3()
+        with self._errors(key), contextlib.suppress(FileNotFoundError):
+            await s3.delete_object(Bucket=self.location.bucket, Key=key)
+
     async def probe(self) -> None:
         """One HeadBucket, not retried: a readiness check is repeated every few seconds
         anyway, and a refused connection is known at once rather than after the back-off
@@ -330,9 +344,7 @@ class S3BlobStore(BlobStore):
                 raise _PreconditionFailed(key) from None
             if code in _REFUSED or status == "403":
                 raise ObjectStoreError(
-                    f"the {self.location.shown} refused the credentials "
-                    f"({code or status}): check s3_access_key_id and s3_secret_access_key",
-                    REFUSED_CREDENTIALS,
+                    self._refused(exc, key, code or status), REFUSED_CREDENTIALS
                 ) from None
             raise ObjectStoreError(
                 f"the {self.location.shown} answered {code or status}: {error.get('Message', exc)}",
@@ -353,6 +365,22 @@ class S3BlobStore(BlobStore):
             raise ObjectStoreError(
                 f"cannot use the {self.location.shown}: {exc}", passing=_unreached(exc)
             ) from exc
+
+    def _refused(self, exc: ClientError, key: str | None, code: str) -> str:
+        """Why the store refused a request. The bucket's check (the first request) refused
+        means the credentials; a request on an object after it, that they may not do that
+        there (credentials that may read but not write, a bucket policy), or that they
+        changed since (a refused HEAD has no body to tell which)."""
+        if key is None or code in _CREDENTIALS_REFUSED:
+            return (
+                f"the {self.location.shown} refused the credentials ({code}): check "
+                "s3_access_key_id and s3_secret_access_key"
+            )
+        return (
+            f"the {self.location.shown} refused {exc.operation_name} of {key!r} ({code}): "
+            "check that the credentials (s3_access_key_id and s3_secret_access_key) are right "
+            "and may read, write, list and delete the objects under s3_prefix"
+        )
 
     def _check_ca_bundle(self) -> None:
         """Refuse a CA bundle (AWS_CA_BUNDLE, or ca_bundle of the AWS config file) that names

@@ -30,7 +30,7 @@ from berth.storage.s3 import ObjectStoreError, S3BlobStore
 from berth.storage.s3_pieces import MIN_PART_BYTES, PIECE_BYTES
 from tests.ports import free_port
 from tests.rgw import CephRGW
-from tests.s3 import BUCKET, FaultyProxy, S3TestServer, SeaweedFS
+from tests.s3 import BUCKET, READER_KEY_ID, FaultyProxy, S3TestServer, SeaweedFS
 from tests.unit.storage.contract import (
     BlobStoreContract,
     MiB,
@@ -104,6 +104,39 @@ async def test_a_missing_bucket_is_refused_naming_it(object_store: S3TestServer)
         await store.close()
     assert "'no-such-bucket'" in str(refused.value)
     assert "does not exist" in str(refused.value)
+
+
+async def test_the_write_check_refuses_credentials_that_may_read_but_not_write(
+    seaweedfs: SeaweedFS,
+) -> None:
+    """Credentials that may read and list the bucket pass `check` (HeadBucket); the write
+    check is refused as a refused secret is, naming the bucket and the write refused, and
+    leaves nothing behind."""
+    location = seaweedfs.location(access_key_id=READER_KEY_ID)
+    store = S3BlobStore(location)
+    try:
+        await store.check()
+        with pytest.raises(ObjectStoreError) as refused:
+            await store.check_writable()
+    finally:
+        await store.close()
+    message = str(refused.value)
+    assert f"the bucket {BUCKET!r} at {seaweedfs.endpoint} refused PutObject of " in message
+    assert f"'{location.prefix}/_write-check-" in message and "(AccessDenied)" in message
+    assert "s3_access_key_id and s3_secret_access_key" in message
+    assert refused.value.refusal == s3_module.REFUSED_CREDENTIALS and not refused.value.passing
+    assert object_keys(seaweedfs, f"{location.prefix}/") == []
+
+
+async def test_the_write_check_leaves_no_object_behind(object_store: S3TestServer) -> None:
+    location = object_store.location()
+    store = S3BlobStore(location)
+    try:
+        await store.check_writable()
+        await store.check_writable()
+    finally:
+        await store.close()
+    assert object_keys(object_store, f"{location.prefix}/") == []
 
 
 async def test_an_unreachable_endpoint_is_an_error_naming_it(seaweedfs: SeaweedFS) -> None:
