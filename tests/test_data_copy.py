@@ -435,6 +435,30 @@ def test_s3_credentials_that_may_not_write_are_refused_before_anything_is_writte
     assert _rows(node.data_dir, "projects") == 1
 
 
+def test_a_copy_into_s3_without_the_blobs_missing_in_the_old_install_when_allowed(
+    embedded: Embedded, seaweedfs: SeaweedFS, tmp_path: Path
+) -> None:
+    old = tmp_path / "old"
+    shutil.copytree(embedded.server.data_dir, old)
+    missing = json.loads(embedded.manifests["v2"])["layers"][0]["digest"]
+    _stored(old, missing).unlink()
+    settings = seaweedfs.settings_environ()
+    node = BerthServer(tmp_path / "node", extra_env=settings)
+
+    copied = node.cli("data", "copy", "--from-data-dir", str(old), "--allow-missing-blobs")
+    assert f"missing in the old install (not copied): {missing} (used by shop/web)" in copied.stdout
+    assert _rows(node.data_dir, "projects") == 1
+    stored = stored_keys(settings, "blobs")
+    assert len(stored) == embedded.blob_count - 1, stored
+    assert not any(key.endswith(missing.removeprefix("sha256:")) for key in stored)
+    assert stored_keys(settings, "uploads") == []  # each blob's upload removed once committed
+
+    # The new nodes' storage check reports it, as README says.
+    check = node.cli("storage", "check", "--all", check=False)
+    assert check.returncode == 1, check.stdout + check.stderr
+    assert f"missing: {missing} (push it again to repair)" in check.stdout, check.stdout
+
+
 def test_a_blob_store_failing_in_the_middle_of_the_copy_stops_it_before_the_rows(
     embedded: Embedded, tmp_path: Path
 ) -> None:
