@@ -11,13 +11,16 @@ import asyncio
 import hashlib
 import os
 import pwd
+import shlex
 from collections.abc import Awaitable, Callable
 from functools import partial
 from typing import TypeVar
 
+from sqlalchemy.engine import URL, make_url
+
 from berth.access.keyring import KeyFileUnusable, Keyring
 from berth.config import Settings, SettingsError, setting_source
-from berth.data_location import shown_database
+from berth.data_location import shown_database, sqlite_file
 from berth.metadata.database import Database
 from berth.services.install import (
     forget_key_fingerprint,
@@ -155,7 +158,8 @@ def _not_the_installs_keys(settings: Settings, recorded: str, keyring: Keyring) 
         "DATA_DIR/keys/token-signing.pem and DATA_DIR/keys/secret-hash.key) over this "
         "node's, or point token_signing_key and secret_hash_key at the same files on every "
         "node. If the keys of every node were replaced on purpose (access keys made before "
-        f"then stop working), clear the record in the database: {_FORGET_KEYS}"
+        f"then stop working), clear the record in the database:\n  "
+        f"{sql_command(settings, _FORGET_KEYS)}"
     )
 
 
@@ -170,8 +174,8 @@ def _not_this_installs_keys(settings: Settings, recorded: str, keyring: Keyring)
         "restore both files from the backup of the data directory (its keys/ directory), or "
         "copy them from the old machine, to the paths above (or point token_signing_key and "
         "secret_hash_key at them). To start over with new keys on purpose (every access key "
-        "stops working), clear the record in the database: "
-        f"{_FORGET_KEYS}"
+        "stops working), clear the record in the database:\n  "
+        f"{sql_command(settings, _FORGET_KEYS)}"
     )
 
 
@@ -264,8 +268,8 @@ async def _refuse_store_without_the_blobs(
         "and s3_prefix to the store the install's nodes used until now, or every blob pushed "
         "before would be missing here (404), and this store, once recorded, would be the one "
         "the nodes set right are told to use. If those blobs are gone on purpose and this "
-        "store is to be the install's, record it in the database, then start the node again: "
-        f"{storage_record_insert(here)}"
+        "store is to be the install's, record it in the database, then start the node again:"
+        f"\n  {sql_command(settings, storage_record_insert(here))}"
     )
 
 
@@ -324,6 +328,35 @@ def _unreadable_store(settings: Settings, here: str, exc: OSError) -> Exception:
     return SettingsError(said)
 
 
+def sql_command(settings: Settings, statement: str) -> str:
+    """A shell command that runs the SQL `statement` on the configured database, for an
+    operator to paste: sqlite3 on the SQLite file, else psql on the database's URL as libpq
+    reads it (asyncpg's `ssl=` as `sslmode=`), without its password, which psql asks for
+    (or finds in ~/.pgpass or PGPASSWORD): a refusal goes to the server's log."""
+    path = sqlite_file(settings)
+    if path is not None:
+        return f"sqlite3 {shlex.quote(str(path))} {_shell_string(statement)}"
+    given = make_url(settings.resolved_database_url)
+    query = dict(given.query)
+    if "ssl" in query:
+        mode = query.pop("ssl")
+        query.setdefault("sslmode", mode)
+    # URL.create: URL.set takes password=None for "unchanged".
+    url = URL.create(
+        "postgresql", given.username, None, given.host, given.port, given.database, query
+    )
+    shown = url.render_as_string(hide_password=False)
+    return f"psql {shlex.quote(shown)} -c {_shell_string(statement)}"
+
+
+def _shell_string(text: str) -> str:
+    """`text` as one shell word: in double quotes when nothing in it is special there (SQL
+    reads best with its own single quotes as they are), else as shlex quotes it."""
+    if not any(special in text for special in '"$`\\!'):
+        return f'"{text}"'
+    return shlex.quote(text)
+
+
 def storage_record_insert(location: str) -> str:
     """The SQL that records `location` as the install's blob store, for an operator to run."""
     return (
@@ -363,8 +396,9 @@ def refuse_other_storage(settings: Settings, recorded: str | None) -> None:
         f"{_as_settings(recorded)}; {harm}. Set storage, s3_bucket and s3_prefix as "
         "recorded (s3_endpoint may differ from node to node). If the blobs were moved to the "
         "new store on purpose and every node is set to use it, clear the record in the "
-        f"database, and the next node to start records its own: {_FORGET_STORAGE} If none "
-        f"of them is to be kept, record the new store instead: {storage_record_update(here)}"
+        "database, and the next node to start records its own:\n  "
+        f"{sql_command(settings, _FORGET_STORAGE)}\nIf none of them is to be kept, record the "
+        f"new store instead:\n  {sql_command(settings, storage_record_update(here))}"
     )
 
 
