@@ -393,7 +393,9 @@ def _record_served_at(settings: Settings) -> None:
     `make run`)."""
     in_database(
         settings,
-        lambda db: record_served_at(db, public_host(settings), settings.project_host_suffix),
+        lambda db: record_served_at(
+            db, public_host(settings), settings.project_host_suffix, public_url(settings)
+        ),
     )
 
 

@@ -78,13 +78,20 @@ async def forget_key_fingerprint(db: Database, fingerprint: str) -> None:
 # commands the CLI prints.
 SERVED_AT = "served_at"
 SERVED_PROJECT_HOST_SUFFIX = "served_project_host_suffix"
+SERVED_URL = "served_url"
 
 
-async def record_served_at(db: Database, host: str, project_host_suffix: str) -> None:
-    """Note the host (and port) this server is reached at and the suffix of its project hosts
-    (`.{region}.{domain}`): the last node to start wins."""
+async def record_served_at(
+    db: Database, host: str, project_host_suffix: str, url: str | None = None
+) -> None:
+    """Note the host (and port) this server is reached at, the suffix of its project hosts
+    (`.{region}.{domain}`) and its URL (`public_url`, a balancer's, or its own): the last node
+    to start wins."""
+    facts = [(SERVED_AT, host), (SERVED_PROJECT_HOST_SUFFIX, project_host_suffix)]
+    if url is not None and len(url) <= 255:  # install_facts.value's width; longer: not asked
+        facts.append((SERVED_URL, url))
     async with db.write() as conn:
-        for name, value in ((SERVED_AT, host), (SERVED_PROJECT_HOST_SUFFIX, project_host_suffix)):
+        for name, value in facts:
             await conn.execute(
                 db.upsert(
                     install_facts, ["name"], {"value": value, "recorded_at": utcnow()}
@@ -95,6 +102,12 @@ async def record_served_at(db: Database, host: str, project_host_suffix: str) ->
 async def served_at(db: Database) -> str | None:
     """The host (and port) the last server to start is reached at, if one has started."""
     return await _fact(db, SERVED_AT)
+
+
+async def served_url(db: Database) -> str | None:
+    """The URL the last server to start is reached at (with its scheme), if one has recorded
+    it (a server of an older Berth recorded only `served_at`)."""
+    return await _fact(db, SERVED_URL)
 
 
 async def served_project_host_suffix(db: Database) -> str | None:
