@@ -12,6 +12,7 @@ import socket
 import sqlite3
 import stat
 import subprocess
+import time
 from collections.abc import Iterator
 from importlib.metadata import version
 from pathlib import Path
@@ -29,6 +30,7 @@ from typer.testing import CliRunner
 from berth.cli.main import app
 from berth.metadata.migrate import alembic_config
 from berth.metadata.revisions import current_revision
+from tests.blackhole import Blackhole
 from tests.in_process import Typed, in_process, invoked
 from tests.oci import OCI_MANIFEST, manifest_path, put_manifest, random_image
 from tests.ports import free_port
@@ -1493,6 +1495,46 @@ def test_status_from_a_shell_with_another_listen_says_where_the_server_answers(
     server.stop()
     gone = subprocess.run([*BERTH, "status"], env=env, capture_output=True, text=True)
     assert "nothing listening there now" in " ".join(gone.stdout.replace("│", " ").split())
+
+
+def test_status_says_whether_the_balancer_it_is_served_at_answers(tmp_path: Path) -> None:
+    """A server behind a balancer (public_url, here a relay to it): status asks the balancer's
+    /healthz and says it answers; once it drops everything, status says so within about 2 s;
+    with nothing listening there, why (connection refused)."""
+    server = BerthServer(tmp_path / "data")
+    with Blackhole("127.0.0.1", server.port) as balancer:
+        public = f"http://localhost:{balancer.port}"
+        server.extra_env["BERTH_PUBLIC_URL"] = public
+        server.start()
+        try:
+
+            def served_at() -> tuple[str, dict[str, Any], float]:
+                started = time.monotonic()
+                said = server.cli("status").stdout.replace("│", " ")
+                took = time.monotonic() - started
+                return " ".join(said.split()), server.cli_json("status"), took
+
+            said, shown, _ = served_at()
+            assert (
+                f"Served at localhost:{balancer.port} (where the last berth serve started; "
+                f"answering at {public}/healthz)"
+            ) in said, said
+            assert shown["served_at_health"] == {
+                "url": f"{public}/healthz",
+                "answering": True,
+                "problem": None,
+            }
+
+            balancer.drop()
+            said, shown, took = served_at()
+            assert f"not answering at {public}/healthz: no answer within 2 s" in said, said
+            assert shown["served_at_health"]["answering"] is False
+            assert took < 2 + 5  # the wait, and starting the CLI on a loaded machine
+        finally:
+            server.stop()
+    said, shown, _ = served_at()
+    assert f"not answering at {public}/healthz: " in said, said
+    assert "refused" in shown["served_at_health"]["problem"].lower(), shown
 
 
 def test_a_password_asked_for_without_a_terminal_is_refused_with_what_to_do(

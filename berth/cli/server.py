@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -145,18 +146,26 @@ def status(json_output: JsonFlag = False) -> None:
     config, database = config_file(), shown_database(settings)
     data_dir = str(settings.data_dir.absolute())
     served: str | None = None
+    served_url: str | None = None
     revision: str | None = None
     standing: str | None = None
     serving: list[ServingProcess] = []
     unread: str | None = None  # why the database could not be read
     if missing is None:
         try:
-            served, revision, serving = _database_facts(settings)
+            served, served_url, revision, serving = _database_facts(settings)
             standing = _standing(revision)
         except (RegistryError, SQLAlchemyError, OSError) as exc:
             unread = f"cannot read the database {database}: {_why_unread(settings, exc)}"
     # Served elsewhere than this shell's `listen` says: whether a server answers there.
     elsewhere = _answers_at_served(settings, served)
+    # Served at a balancer's address (public_url) or a name of the server's own: whether its
+    # health check answers there, as clients would reach it.
+    health = (
+        _health_at(_served_url(settings, served, served_url))
+        if elsewhere is None and served is not None and served != _listen_address(settings)
+        else None
+    )
     # A database that is there but could not be opened or read may well hold the data (an
     # outage, a file damaged or replaced): found but unreadable, not missing.
     found = missing is None or missing.unopened
@@ -178,6 +187,9 @@ def status(json_output: JsonFlag = False) -> None:
                 # null when `served_at` is where `listen` is (or is no address to try).
                 "served_at_listening": None if elsewhere is None else elsewhere[0],
                 "served_at_serves_this_data": None if elsewhere is None else elsewhere[1],
+                # null when not asked: `served_at` is `listen`'s address, or an address
+                # asked as above, or one without a URL recorded.
+                "served_at_health": None if health is None else health.as_dict(),
                 "schema_revision": revision,
                 "schema_current": None if standing is None else standing == "current",
                 "serving_processes": [plain(process) for process in serving],
@@ -218,6 +230,8 @@ def status(json_output: JsonFlag = False) -> None:
                         (True, None): "something answers there",
                     }[elsewhere]
                 )
+            if health is not None:
+                there = f"; {health.said()}"
             table.add_row(
                 "Served at", Text(f"{served} (where the last berth serve started{there})")
             )
@@ -239,9 +253,11 @@ def _serving_processes(processes: list[ServingProcess]) -> str:
     return "\n".join(process.describe() for process in processes)
 
 
-def _database_facts(settings: Settings) -> tuple[str | None, str | None, list[ServingProcess]]:
-    """Where the last `berth serve` is reached (None: no server recorded it), the revision
-    the schema is at, and the processes serving on it. Read with the bounds a server's
+def _database_facts(
+    settings: Settings,
+) -> tuple[str | None, str | None, str | None, list[ServingProcess]]:
+    """Where the last `berth serve` is reached (None: no server recorded it) and at which URL
+    (None: a server from before that was recorded), the revision the schema is at, and the processes serving on it. Read with the bounds a server's
     requests get (database_connect_timeout, database_statement_timeout,
     database_lock_timeout): a database that stops answering does not hold status up."""
     from sqlalchemy.exc import DBAPIError
@@ -249,19 +265,19 @@ def _database_facts(settings: Settings) -> tuple[str | None, str | None, list[Se
     from berth.metadata.database import Database
     from berth.metadata.presence import live_processes_sync
     from berth.metadata.revisions import revision_sync
-    from berth.services.install import served_at
+    from berth.services.install import served_at, served_url
 
-    async def read() -> tuple[str | None, str | None, list[ServingProcess]]:
+    async def read() -> tuple[str | None, str | None, str | None, list[ServingProcess]]:
         db = Database.for_settings(settings)
         try:
             try:
-                served = await served_at(db)
+                served, url = await served_at(db), await served_url(db)
             except DBAPIError:  # a schema older than the table (a server not yet upgraded)
-                served = None
+                served = url = None
             async with db.read() as conn:
                 revision = await conn.run_sync(revision_sync)
                 serving = await conn.run_sync(live_processes_sync)
-            return served, revision, serving
+            return served, url, revision, serving
         finally:
             await db.dispose()
 
@@ -350,3 +366,81 @@ def _who_answers(
     if ours is None:
         return True, None
     return True, kid == ours
+
+
+def _listen_address(settings: Settings) -> str:
+    """`listen` as `berth serve` records it when no other address names the server."""
+    host, port = settings.host_and_port
+    if host in ("0.0.0.0", "::"):
+        host = "127.0.0.1"
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _served_url(settings: Settings, served: str, recorded: str | None) -> str | None:
+    """The URL the last server recorded; from a server that recorded only its host, this
+    shell's URL when it names that host (else None: the scheme is unknown)."""
+    from berth.addresses import public_host, public_url
+
+    if recorded is not None:
+        return recorded
+    return public_url(settings) if public_host(settings) == served else None
+
+
+@dataclass(frozen=True)
+class Health:
+    """What `{url}/healthz` answered: `problem` None when it answered 200."""
+
+    url: str
+    problem: str | None
+
+    def said(self) -> str:
+        if self.problem is None:
+            return f"answering at {self.url}"
+        return f"not answering at {self.url}: {self.problem}"
+
+    def as_dict(self) -> dict[str, object]:
+        return {"url": self.url, "answering": self.problem is None, "problem": self.problem}
+
+
+# How long status waits for a served address's health check: a balancer that drops packets
+# (or a name no resolver answers) must not hold status up.
+HEALTH_WAIT_SECONDS = 2.0
+
+
+def _health_at(url: str | None) -> Health | None:
+    """Ask `{url}/healthz` (None: no URL, nothing asked), within HEALTH_WAIT_SECONDS in all:
+    in a thread of its own, as a name's resolution has no timeout of its own."""
+    if url is None:
+        return None
+    import threading
+
+    import httpx  # here: only `berth status` asks a server anything
+
+    health = f"{url.rstrip('/')}/healthz"
+    answer: list[str | None] = []
+
+    def ask() -> None:
+        try:
+            got = httpx.get(health, timeout=HEALTH_WAIT_SECONDS)
+        except httpx.TimeoutException:
+            answer.append(f"no answer within {HEALTH_WAIT_SECONDS:g} s")
+        except httpx.HTTPError as exc:
+            answer.append(_why_no_answer(exc))
+        else:
+            answer.append(None if got.status_code == 200 else f"HTTP {got.status_code}")
+
+    asker = threading.Thread(target=ask, daemon=True)  # not waited for at exit
+    asker.start()
+    asker.join(HEALTH_WAIT_SECONDS + 0.2)
+    if not answer:
+        return Health(health, f"no answer within {HEALTH_WAIT_SECONDS:g} s")
+    return Health(health, answer[0])
+
+
+def _why_no_answer(exc: Exception) -> str:
+    """An HTTP client's failure as its innermost reason (connection refused, the name not
+    found, the certificate not trusted), on one line."""
+    reason: BaseException = exc
+    while (inner := reason.__cause__ or reason.__context__) is not None:
+        reason = inner
+    return str(reason).splitlines()[0] if str(reason) else type(reason).__name__
