@@ -37,11 +37,11 @@ from berth.invocation import berth_command, pasteable_command
 from berth.metadata.database import (
     CONNECT_SECONDS,
     STATEMENT_SECONDS,
-    on_read_only_disk,
     open_engine,
 )
 from berth.metadata.presence import LIVE_SECONDS, ServingProcess
 from berth.metadata.revisions import NewerSchema
+from berth.write_checks import on_read_only_disk
 
 if TYPE_CHECKING:
     from berth.metadata.migrate import Migrated

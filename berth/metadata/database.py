@@ -13,11 +13,8 @@ so no change can forget to say it changed something.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime as dt
-import errno
 import logging
-import os
 import sqlite3
 import time
 from collections.abc import AsyncIterator, Callable, Iterable
@@ -40,6 +37,7 @@ from berth.database_tls import TLS_PARAMETERS, database_tls
 from berth.domain.errors import StorageFull, StorageReadOnly, Unavailable
 from berth.metadata.tables import database_clock
 from berth.observability import metrics
+from berth.write_checks import on_read_only_disk
 
 if TYPE_CHECKING:
     from sqlalchemy import Connection
@@ -242,22 +240,6 @@ def _write_condition(exc: DBAPIError, sqlite_file: str | None) -> Exception | No
 
 
 READ_ONLY_DATABASE = "the database's disk is read-only; nothing was stored"
-
-
-def on_read_only_disk(path: str | os.PathLike[str]) -> bool:
-    """Whether `path`'s directory (`path` itself if a directory) refuses a new file as on a
-    read-only filesystem (EROFS): mounted so, or remounted so after an I/O error (ext4's
-    errors=remount-ro, which since Linux 6.15 leaves the mount flags, so statvfs, saying rw).
-    Asked only once a write failed: the file is removed at once."""
-    directory = path if os.path.isdir(path) else os.path.dirname(path)
-    probe = os.path.join(directory, f".berth-write-check-{os.getpid()}-{time.monotonic_ns()}")
-    try:
-        os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
-    except OSError as exc:
-        return exc.errno == errno.EROFS
-    with contextlib.suppress(OSError):
-        os.unlink(probe)
-    return False
 
 
 def _connection_lost(exc: BaseException, *, connecting: bool) -> bool:

@@ -29,6 +29,7 @@ from cachetools import LRUCache
 from berth.domain.digests import parse_digest
 from berth.storage.base import BlobStore, StoredCopy, UploadWriter, file_version
 from berth.storage.direct_writes import DIRECT_WRITE_MIN, Appender, warm_page_cache
+from berth.write_checks import on_read_only_disk, write_a_scratch_file
 
 READ_CHUNK = 1024 * 1024
 LOCAL_PATHS_KEPT = 10_000  # blob file paths remembered (a path of a digest never changes)
@@ -36,9 +37,6 @@ LOCAL_PATHS_KEPT = 10_000  # blob file paths remembered (a path of a digest neve
 # replaces a stored blob (commit_upload), `{id}.copy` gives the scratch file a copy of its own
 # (_unshare), `{id}.lock` is what requests on the upload take turns holding (upload_exclusive).
 _COMMIT, _COPY, _LOCK = ".commit", ".copy", ".lock"
-# What `check_writable` creates and removes, in the upload area and the blob directory: not
-# alphanumeric, so never taken for an upload, nor a blob.
-_WRITE_CHECK = "_write-check-"
 LOCK_POLL_SECONDS = 0.02
 # Whatever the umask: with blob_redirect = "accel", nginx's worker (its user in the data
 # directory's group) opens the blob files itself.
@@ -144,25 +142,20 @@ class FilesystemBlobStore(BlobStore):
         does, then removed: a directory that takes no writes (read-only, `_uploads` not a
         directory) is found before the first upload, not at it. Not `check`: the verbs that
         only read (or free space on a full disk, `berth gc run`) must not need it."""
-        name = f"{_WRITE_CHECK}{secrets.token_hex(8)}"
-        scratch, linked = self.uploads / name, self.root / name
-
-        def _create_link_remove() -> None:
-            os.close(os.open(scratch, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE))
-            try:
-                os.link(scratch, linked)
-                os.unlink(linked)
-            finally:
-                os.unlink(scratch)
-
-        await asyncio.to_thread(_create_link_remove)
+        await asyncio.to_thread(write_a_scratch_file, self.uploads, then=self._link_as_committed)
 
     async def on_read_only_disk(self) -> bool:
-        try:
-            await self.check_writable()
-        except OSError as exc:
-            return exc.errno == errno.EROFS  # not a full disk, on which GC frees space
-        return False
+        # EROFS only: a full disk is no reason to refuse garbage collection, which frees space.
+        return await asyncio.to_thread(
+            on_read_only_disk, self.uploads, then=self._link_as_committed
+        )
+
+    def _link_as_committed(self, scratch: str) -> None:
+        """Link a scratch file of the upload area into the blob directory and remove the link:
+        a commit needs link(2) to work there."""
+        linked = self.root / os.path.basename(scratch)
+        os.link(scratch, linked)
+        os.unlink(linked)
 
     @contextlib.asynccontextmanager
     async def upload_exclusive(self, upload_id: str) -> AsyncIterator[None]:
@@ -403,6 +396,9 @@ class ReadOnlyFilesystemBlobStore(FilesystemBlobStore):
 
     async def check_writable(self) -> None:
         raise self._refusal()
+
+    async def on_read_only_disk(self) -> bool:
+        return True  # every write refused as on one
 
     @contextlib.asynccontextmanager
     async def upload_exclusive(self, upload_id: str) -> AsyncIterator[None]:
