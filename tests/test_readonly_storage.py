@@ -23,6 +23,10 @@ READ_ONLY_STORE = (
     "the registry's storage is read-only: the upload was discarded and nothing was stored; "
     "push again once it is writable"
 )
+READ_ONLY_STORE_UPLOAD_KEPT = (
+    "the registry's storage is read-only: nothing was stored and the upload is kept; send "
+    "the request again once it is writable"
+)
 READ_ONLY_DATABASE = "the database's disk is read-only; nothing was stored"
 
 
@@ -33,6 +37,9 @@ def remount(directory: Path, mode: str) -> None:
 def test_a_read_only_blob_disk_refuses_pushes_in_a_line_and_recovers_without_a_restart(
     tmp_path: Path,
 ) -> None:
+    """Uploads begun before the disk turned read-only are refused but kept (on a blob
+    directory several nodes share, another node's request may be writing one): their clients
+    go on with them once it is writable."""
     blobs = tmp_path / "data" / "blobs"
     blobs.mkdir(parents=True)
     if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=32m", "tmpfs", str(blobs)]).returncode:
@@ -47,20 +54,26 @@ def test_a_read_only_blob_disk_refuses_pushes_in_a_line_and_recovers_without_a_r
         remount(blobs, "ro")
 
         data = os.urandom(2 * MIB)
-        refusals = [
-            repo.client.post(repo.url("blobs/uploads/"), params={"digest": digest_of(data)},
-                             content=data),  # monolithic
-            repo.client.post(repo.url("blobs/uploads/")),  # a chunked push's start
-            repo.client.patch(begun, content=data),  # uploads begun before it turned
-            repo.client.put(patched.headers["Location"],
-                            params={"digest": digest_of(b"some bytes")}),
-        ]  # fmt: skip
-        for refused in refusals:
-            assert refused.status_code == 507, refused.text
-            assert error_code(refused) == "STORAGE_READ_ONLY"
-            assert refused.json()["errors"][0]["message"] == READ_ONLY_STORE
+        refusals = {
+            READ_ONLY_STORE: [
+                repo.client.post(repo.url("blobs/uploads/"), params={"digest": digest_of(data)},
+                                 content=data),  # monolithic
+                repo.client.post(repo.url("blobs/uploads/")),  # a chunked push's start
+            ],
+            READ_ONLY_STORE_UPLOAD_KEPT: [  # uploads begun before it turned
+                repo.client.patch(begun, content=data),
+                repo.client.put(patched.headers["Location"],
+                                params={"digest": digest_of(b"some bytes")}),
+            ],
+        }  # fmt: skip
+        for message, refused_alike in refusals.items():
+            for refused in refused_alike:
+                assert refused.status_code == 507, refused.text
+                assert error_code(refused) == "STORAGE_READ_ONLY"
+                assert refused.json()["errors"][0]["message"] == message
         assert repo.client.head(repo.url(f"blobs/{digest_of(data)}")).status_code == 404
-        assert repo.client.get(begun).status_code == 404  # discarded
+        assert repo.client.get(begun).status_code == 204  # kept, with nothing of the refused
+        assert repo.client.get(begun).headers["Range"] == "0-0"
 
         pulled = repo.client.get(repo.url(f"blobs/{digest}"))
         assert (pulled.status_code, pulled.content == layer) == (200, True)
@@ -80,6 +93,13 @@ def test_a_read_only_blob_disk_refuses_pushes_in_a_line_and_recovers_without_a_r
         remount(blobs, "rw")
         assert push_bytes(repo.client, repo.name, data) == digest_of(data)
         assert repo.client.get(repo.url(f"blobs/{digest_of(data)}")).content == data
+        # The refused requests again, on the uploads they were refused on.
+        again = repo.client.patch(begun, content=b"sent again")
+        assert again.status_code == 202, again.text
+        for going_on, sent in ((again, b"sent again"), (patched, b"some bytes")):
+            done = repo.client.put(going_on.headers["Location"], params={"digest": digest_of(sent)})
+            assert done.status_code == 201, done.text
+            assert repo.client.get(repo.url(f"blobs/{digest_of(sent)}")).content == sent
     finally:
         server.stop()
         subprocess.run(["umount", "-l", str(blobs)], check=False)

@@ -242,18 +242,25 @@ def _length_mismatch(upload_id: str, received: int, declared: int) -> BlobUpload
     )
 
 
-def _storage_refusal(exc: OSError) -> StorageRefused | None:
+def _storage_refusal(exc: OSError, *, upload_kept: bool) -> StorageRefused | None:
     """What the client hears of a store that cannot take writes until an operator acts (no
-    space left, or a disk turned read-only), or None for any other failure."""
+    space left, or a disk turned read-only), or None for any other failure. `upload_kept`: the
+    refusal leaves the upload as it was, to be gone on with."""
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
         return StorageFull(
-            "the registry's storage is full: the upload was discarded and nothing was stored; "
-            "push again once space has been freed"
+            "the registry's storage is full: nothing was stored and the upload is kept; send "
+            "the request again once space has been freed"
+            if upload_kept
+            else "the registry's storage is full: the upload was discarded and nothing was "
+            "stored; push again once space has been freed"
         )
     if exc.errno == errno.EROFS:
         return StorageReadOnly(
-            "the registry's storage is read-only: the upload was discarded and nothing was "
-            "stored; push again once it is writable"
+            "the registry's storage is read-only: nothing was stored and the upload is kept; "
+            "send the request again once it is writable"
+            if upload_kept
+            else "the registry's storage is read-only: the upload was discarded and nothing "
+            "was stored; push again once it is writable"
         )
     return None
 
@@ -517,7 +524,10 @@ class Uploads:
         if lock is None:
             lock = self._locks[upload_id] = asyncio.Lock()
         async with lock, contextlib.AsyncExitStack() as held:
-            async with self._storage_faults(upload_id):  # its lock file not made: read-only
+            # Its lock file not made (the disk read-only or full): not this request's turn, so
+            # the upload is not its to end. On a blob directory several nodes share, another
+            # node's request may hold the turn and be writing the upload.
+            async with self._storage_faults(upload_id, turn_held=False):
                 await held.enter_async_context(self.store.upload_exclusive(upload_id))
             try:
                 yield
@@ -1029,13 +1039,18 @@ class Uploads:
         return await self._discard(upload.id, audited_as)
 
     @contextlib.asynccontextmanager
-    async def _storage_faults(self, upload_id: str) -> AsyncIterator[None]:
+    async def _storage_faults(
+        self, upload_id: str, *, turn_held: bool = True
+    ) -> AsyncIterator[None]:
         """What storage does to an upload, as its client should see it; the upload is
-        discarded either way. Its scratch file gone (garbage collection removed the upload
-        as abandoned while it was in use, or a cancel ended it): BLOB_UPLOAD_UNKNOWN, which
-        clients retry with a new upload. The disk full: STORAGE_FULL, and its space back at once;
-        read-only: STORAGE_READ_ONLY (its scratch file, if any, is the abandoned-uploads job's
-        once the disk is writable)."""
+        discarded either way, unless refused its turn. Its scratch file gone (garbage
+        collection removed the upload as abandoned while it was in use, or a cancel ended
+        it): BLOB_UPLOAD_UNKNOWN, which clients retry with a new upload. The disk full:
+        STORAGE_FULL, and its space back at once; read-only: STORAGE_READ_ONLY (its scratch
+        file, if any, is the abandoned-uploads job's once the disk is writable). A request
+        refused the upload's turn (`_lock`, not `turn_held`) by a full or read-only disk ends
+        nothing: the upload is kept for its client to go on with once the disk takes writes,
+        or for the abandoned-uploads job after `upload_expiry`."""
         try:
             yield
         except FileNotFoundError:
@@ -1046,7 +1061,7 @@ class Uploads:
                 ) from None
             raise _data_lost(upload_id) from None
         except OSError as exc:
-            refusal = _storage_refusal(exc)
+            refusal = _storage_refusal(exc, upload_kept=not turn_held)
             if refusal is None:
                 raise
             if isinstance(refusal, StorageReadOnly) and not self._read_only_said:
@@ -1056,7 +1071,8 @@ class Uploads:
                     "STORAGE_READ_ONLY) and pulls served until it is writable again",
                     exc,
                 )
-            await self._discard(upload_id)
+            if turn_held:
+                await self._discard(upload_id)
             raise refusal from None
 
     async def _discard(self, upload_id: str, audited_as: _CancelNote | None = None) -> bool:
