@@ -23,6 +23,36 @@ from tests.s3 import SeaweedFS
 from tests.servers import FORGET_STORAGE_RECORD, BerthServer, PostgresCluster, serve_refused
 
 
+def _pushed_then_record_forgotten(node: BerthServer, blob: Blob) -> Path:
+    """`blob` pushed through `node`, then the record of the store cleared from its SQLite
+    database (as an install from before the record has it); the database's file."""
+    try:
+        node.start()
+        node.pushed("nodes", "app", blob)
+    finally:
+        node.stop()
+    database = sqlite_file(Settings(data_dir=node.data_dir))
+    assert database is not None
+    with sqlite3.connect(database) as db:
+        db.execute(FORGET_STORAGE_RECORD)
+    return database
+
+
+def _serves_and_records(node: BerthServer, blob: Blob, database: Path) -> str:
+    """`node` started serves `blob`; the store record it then left in `database`."""
+    try:
+        node.start()
+        with httpx.Client(base_url=node.url, auth=node.access_key("nodes"), timeout=10) as client:
+            assert client.head(f"/v2/nodes/app/blobs/{blob.digest}").status_code == 200
+    finally:
+        node.stop()
+    with sqlite3.connect(database) as db:
+        (recorded,) = db.execute(
+            "SELECT value FROM install_facts WHERE name = 'storage_location'"
+        ).fetchone()
+    return str(recorded)
+
+
 def test_a_blob_store_that_cannot_be_read_while_its_blobs_are_looked_for_is_refused(
     tmp_path: Path,
 ) -> None:
@@ -33,15 +63,7 @@ def test_a_blob_store_that_cannot_be_read_while_its_blobs_are_looked_for_is_refu
     and what failed, exit status 2, as a store found unusable before it."""
     node = BerthServer(tmp_path / "node")
     blob = random_blob(1000)
-    try:
-        node.start()
-        node.pushed("nodes", "app", blob)
-    finally:
-        node.stop()
-    database = sqlite_file(Settings(data_dir=node.data_dir))
-    assert database is not None
-    with sqlite3.connect(database) as db:
-        db.execute(FORGET_STORAGE_RECORD)  # as before the record
+    database = _pushed_then_record_forgotten(node, blob)
     tree = node.data_dir / "blobs" / "sha256"
     shutil.move(tree, tmp_path / "set-aside")
     tree.write_text("not a directory")
@@ -54,17 +76,7 @@ def test_a_blob_store_that_cannot_be_read_while_its_blobs_are_looked_for_is_refu
     # The tree back, the node serves what was pushed, and has recorded its store.
     tree.unlink()
     shutil.move(tmp_path / "set-aside", tree)
-    try:
-        node.start()
-        with httpx.Client(base_url=node.url, auth=node.access_key("nodes"), timeout=10) as client:
-            assert client.head(f"/v2/nodes/app/blobs/{blob.digest}").status_code == 200
-    finally:
-        node.stop()
-    with sqlite3.connect(database) as db:
-        recorded = db.execute(
-            "SELECT value FROM install_facts WHERE name = 'storage_location'"
-        ).fetchone()
-    assert recorded == ("filesystem",)
+    assert _serves_and_records(node, blob, database) == "filesystem"
 
 
 def test_an_s3_store_that_refuses_reading_its_blobs_while_they_are_looked_for_is_refused(
@@ -81,15 +93,7 @@ def test_an_s3_store_that_refuses_reading_its_blobs_while_they_are_looked_for_is
     prefix = settings["BERTH_S3_PREFIX"]
     node = BerthServer(tmp_path / "node", extra_env=settings)
     blob = random_blob(1000)
-    try:
-        node.start()
-        node.pushed("nodes", "app", blob)
-    finally:
-        node.stop()
-    database = sqlite_file(Settings(data_dir=node.data_dir))
-    assert database is not None
-    with sqlite3.connect(database) as db:
-        db.execute(FORGET_STORAGE_RECORD)  # as before the record
+    database = _pushed_then_record_forgotten(node, blob)
     denied = {
         "Effect": "Deny",
         "Principal": "*",
@@ -111,17 +115,7 @@ def test_an_s3_store_that_refuses_reading_its_blobs_while_they_are_looked_for_is
     ), problem
 
     seaweedfs.client().delete_bucket_policy(Bucket=bucket)
-    try:
-        node.start()
-        with httpx.Client(base_url=node.url, auth=node.access_key("nodes"), timeout=10) as client:
-            assert client.head(f"/v2/nodes/app/blobs/{blob.digest}").status_code == 200
-    finally:
-        node.stop()
-    with sqlite3.connect(database) as db:
-        recorded = db.execute(
-            "SELECT value FROM install_facts WHERE name = 'storage_location'"
-        ).fetchone()
-    assert recorded == (f"s3://{bucket}/{prefix}/",)
+    assert _serves_and_records(node, blob, database) == f"s3://{bucket}/{prefix}/"
 
 
 def test_a_filesystem_node_on_another_blob_directory_than_the_installs_is_refused(
