@@ -257,9 +257,10 @@ def _database_facts(
     settings: Settings,
 ) -> tuple[str | None, str | None, str | None, list[ServingProcess]]:
     """Where the last `berth serve` is reached (None: no server recorded it) and at which URL
-    (None: a server from before that was recorded), the revision the schema is at, and the processes serving on it. Read with the bounds a server's
-    requests get (database_connect_timeout, database_statement_timeout,
-    database_lock_timeout): a database that stops answering does not hold status up."""
+    (None: a server from before that was recorded), the revision the schema is at, and the
+    processes serving on it. Read with the bounds a server's requests get
+    (database_connect_timeout, database_statement_timeout, database_lock_timeout): a
+    database that stops answering does not hold status up."""
     from sqlalchemy.exc import DBAPIError
 
     from berth.metadata.database import Database
