@@ -14,7 +14,7 @@ from berth.api.problems import responses
 from berth.auth.guard import client_address
 from berth.domain.retention import COMBINATION_RULE, MAX_RULES, Keep
 from berth.domain.retention import Rule as DomainRule
-from berth.services.retention import RunRecord
+from berth.services.retention_records import RunRecord
 
 router = APIRouter(prefix="/projects/{project}/retention", tags=["retention"])
 

@@ -25,7 +25,7 @@ from berth.domain.retention import COMBINATION_RULE, Keep, Rule
 from berth.domain.wording import counted
 
 if TYPE_CHECKING:
-    from berth.services.retention import Policy, RunRecord
+    from berth.services.retention_records import Policy, RunRecord
 
 retention_app = typer.Typer(
     help="Retention: rules that keep images; the images no rule keeps are deleted.",
@@ -88,7 +88,7 @@ def _image_rows(run: RunRecord) -> list[dict[str, Any]]:
 
 def _note(run: RunRecord) -> str:
     """The run's note, with the garbage collection command as this berth runs it."""
-    from berth.services.retention import run_note
+    from berth.services.retention_records import run_note
 
     gc_command = pasteable("gc", "run", run.project)
     return run_note(

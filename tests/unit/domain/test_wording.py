@@ -1,5 +1,5 @@
 from berth.domain.wording import counted
-from berth.services.retention import run_note
+from berth.services.retention_records import run_note
 
 
 def test_a_count_of_one_is_singular_and_others_plural_with_thousands_separated() -> None:
