@@ -20,13 +20,14 @@ from berth.services.manifest_cache import (
     ManifestCache,
     StoredManifest,
 )
+from berth.services.manifest_deletes import ManifestDeletes
 from berth.services.manifests import ManifestContent, PushedManifest, count_images
 from berth.storage.base import BlobStore
 
 __all__ = ["Page", "PushedManifest", "Registry", "StoredManifest", "count_images"]
 
 
-class Registry(BlobContent, ManifestContent, ContentListings):
+class Registry(BlobContent, ManifestContent, ManifestDeletes, ContentListings):
     """The parts hold no state of their own: what they share is set here."""
 
     def __init__(

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-import berth.services.manifests as manifests_module
+import berth.services.manifest_checks as manifest_checks_module
 from berth.domain.manifests import MAX_INDEX_DEPTH
 from berth.services.image_records import MAX_LISTED_LAYERS
 from berth.services.registry import count_images
@@ -570,7 +570,7 @@ def test_a_chain_stored_deeper_than_the_limit_still_lists_and_deletes(
     registry, name = team.registry("member"), team.oci_name()
     chain = _index_chain(registry, name, MAX_INDEX_DEPTH + 3, MAX_INDEX_DEPTH)
     top = chain[-1]
-    monkeypatch.setattr(manifests_module, "MAX_INDEX_DEPTH", 100)
+    monkeypatch.setattr(manifest_checks_module, "MAX_INDEX_DEPTH", 100)
 
     async def store_top(s: Services) -> None:
         _, repo = await s.repositories.lookup(team.project, team.repository)

@@ -33,6 +33,7 @@ import berth.services.gc.collector
 import berth.services.gc.decide
 import berth.services.gc.sweep
 import berth.services.keys
+import berth.services.manifest_deletes
 import berth.services.manifests
 import berth.services.scanning.scans
 import berth.services.sessions
@@ -72,6 +73,7 @@ CLOCK_READERS: tuple[ModuleType, ...] = (
     berth.services.uploads,
     berth.services.blobs,
     berth.services.manifests,
+    berth.services.manifest_deletes,
     berth.services.gc.collector,
     berth.services.gc.decide,
     berth.services.gc.sweep,

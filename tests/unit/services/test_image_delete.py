@@ -13,7 +13,7 @@ import pytest
 from sqlalchemy import event, select
 
 import berth.metadata.queries as queries_module
-import berth.services.manifests as manifests_module
+import berth.services.manifest_deletes as manifest_deletes_module
 from berth.domain.references import RepositoryRef
 from berth.metadata.database import Database
 from berth.metadata.queries import chunks
@@ -39,7 +39,7 @@ def test_an_index_goes_with_what_nothing_else_holds_across_chunks(
     """IN lists of two values: an index of five platform manifests takes several of each
     statement, and deletes as one."""
     in_twos = functools.partial(chunks, size=2)
-    monkeypatch.setattr(manifests_module, "chunks", in_twos)  # the deletes
+    monkeypatch.setattr(manifest_deletes_module, "chunks", in_twos)  # the deletes
     monkeypatch.setattr(queries_module, "chunks", in_twos)  # the reads (`rows_in_chunks`)
 
     async def scenario(db: Database, registry: Registry, repo: RepositoryRef) -> None:

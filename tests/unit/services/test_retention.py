@@ -16,7 +16,7 @@ import pytest
 from sqlalchemy import event, func, select, update
 
 import berth.metadata.queries as queries_module
-import berth.services.manifests as manifests_module
+import berth.services.manifest_deletes as manifest_deletes_module
 import berth.services.retention as retention_module
 from berth.domain.references import RepositoryRef
 from berth.domain.retention import Keep, Rule
@@ -369,7 +369,7 @@ def test_a_batch_of_big_indexes_is_read_and_deleted_in_bounded_statements(
     thousands of platform manifests each stays under the databases' parameter limits
     (SQLite's 32,766, asyncpg's 32,767), and every image still goes."""
     in_twos = functools.partial(chunks, size=2)
-    monkeypatch.setattr(manifests_module, "chunks", in_twos)  # the deletes
+    monkeypatch.setattr(manifest_deletes_module, "chunks", in_twos)  # the deletes
     monkeypatch.setattr(queries_module, "chunks", in_twos)  # the reads (`rows_in_chunks`)
 
     async def scenario(db: Database, retention: Retention) -> int:
