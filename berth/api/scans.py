@@ -14,8 +14,8 @@ from berth.auth.guard import client_address
 from berth.domain.errors import NotFound
 from berth.domain.names import joined_name
 from berth.services.sbom_referrers import AttachedSbom, SbomReferrers
+from berth.services.scanning.results import ScanResult
 from berth.services.scanning.sbom import MEDIA_TYPE, cyclonedx_json
-from berth.services.scanning.scans import ScanResult
 
 router = APIRouter(
     prefix="/projects/{project}/repositories/{repository}/images/{digest}", tags=["scans"]

@@ -22,7 +22,7 @@ from berth.domain.wording import counted
 
 if TYPE_CHECKING:
     from berth.services.sbom_referrers import AttachedSbom
-    from berth.services.scanning.scans import ScanResult
+    from berth.services.scanning.results import ScanResult
     from berth.state import Services
 
 SEVERITY_STYLES = {"critical": "bold red", "high": "red", "medium": "yellow", "low": "cyan"}

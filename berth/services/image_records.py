@@ -9,7 +9,7 @@ from typing import Literal
 from pydantic import Field
 
 from berth.services.records import Record
-from berth.services.scanning.scans import ScanSummary
+from berth.services.scanning.results import ScanSummary
 
 # What one image may put in a response, whatever its manifests hold (an index may list
 # 18,000 entries in 4 MiB); a count says how many there are beyond.

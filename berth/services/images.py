@@ -42,7 +42,7 @@ from berth.services.image_records import (
     Referrer,
     Tag,
 )
-from berth.services.scanning.scans import NOT_SCANNED, scan_summaries
+from berth.services.scanning.results import NOT_SCANNED, scan_summaries
 from berth.storage.base import BlobStore
 
 # Config media types that say an image's platform (os, architecture, variant).

@@ -55,7 +55,7 @@ from berth.services.content_audit import audit_content_change
 from berth.services.gc.restrictions import ensure_writable
 from berth.services.manifest_cache import ManifestCache, StoredManifest
 from berth.services.manifest_checks import check_references, refuse_deep_nesting
-from berth.services.scanning.scans import queue_on_push
+from berth.services.scanning.on_push import queue_on_push
 from berth.services.tag_rules import immutable_rules
 from berth.services.webhook_events import (
     content_data,

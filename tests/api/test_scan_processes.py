@@ -20,8 +20,8 @@ import pytest
 
 from berth.config import load_settings
 from berth.domain.manifests import Descriptor
+from berth.services.scanning.inspection import Inspected, inspect_image
 from berth.services.scanning.processes import open_scan_resources
-from berth.services.scanning.scans import Inspected, inspect_image
 from berth.services.vulndb import VulnDb
 from tests.api.conftest import Team, ok, push_layers, services
 from tests.api.test_scans import EXPECTED, findings, records, wait_done

@@ -11,7 +11,7 @@ from typing import Any
 
 import httpx
 
-from berth.services.scanning.scans import NO_DATA_REASON
+from berth.services.scanning.results import NO_DATA_REASON
 from berth.state import Services
 from tests.api.conftest import Team, ok, push_layers, services
 from tests.oci import OCI_INDEX, OCI_MANIFEST, Blob

@@ -16,7 +16,7 @@ from pathlib import Path
 import oras.client
 import pytest
 
-from berth.services.scanning.scans import ScanResult
+from berth.services.scanning.results import ScanResult
 from berth.services.vulndb import VulnDb
 from berth.state import Services
 from tests.clients.commands import Podman, Skopeo, remote_flags

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from berth.services.scanning.scans import ScanResult
+from berth.services.scanning.results import ScanResult
 from berth.services.vulndb import VulnDb
 from berth.state import Services
 from tests.clients.commands import Skopeo

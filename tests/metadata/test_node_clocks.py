@@ -35,6 +35,7 @@ import berth.services.gc.sweep
 import berth.services.keys
 import berth.services.manifest_deletes
 import berth.services.manifests
+import berth.services.scanning.on_push
 import berth.services.scanning.scans
 import berth.services.sessions
 import berth.services.storage_check
@@ -70,6 +71,7 @@ CLOCK_READERS: tuple[ModuleType, ...] = (
     berth.jobs.leases,
     berth.metadata.presence,
     berth.services.scanning.scans,
+    berth.services.scanning.on_push,
     berth.services.uploads,
     berth.services.blobs,
     berth.services.manifests,

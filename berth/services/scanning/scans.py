@@ -20,148 +20,65 @@ import datetime as dt
 import json
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any, Literal
-from urllib.parse import quote
+from typing import Any
 
-from pydantic import Field
-from sqlalchemy import and_, case, delete, func, insert, literal, null, or_, select, update
+from sqlalchemy import and_, case, delete, func, insert, null, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from berth.domain.errors import NotFound
-from berth.domain.events import SCAN_FINISHED
 from berth.domain.manifests import (
     DOCKER_MANIFEST,
     INDEX_TYPES,
     MAX_INDEX_DEPTH,
     OCI_MANIFEST,
-    Descriptor,
     ParsedManifest,
     parse_manifest,
 )
 from berth.domain.names import joined_name
-from berth.domain.packages import Package
 from berth.domain.references import RepositoryRef
-from berth.domain.vulns import AdvisoryIndex, Severity, findings_for
-from berth.domain.wording import counted
+from berth.domain.vulns import Severity
 from berth.jobs.periodic import Periodic
 from berth.metadata.audit import write_audit_entry
 from berth.metadata.database import Database
 from berth.metadata.tables import (
     manifests,
-    projects,
     repositories,
     scan_findings,
     scan_sboms,
     scans,
     utcnow,
-    vulndb_imports,
 )
-from berth.services.records import Record
-from berth.services.scanning.layers import Inventory, LayerRefused, image_inventory
+from berth.services.scanning.finished import (
+    announce_finished,
+    counts_by_severity,
+    finding_row,
+    log_outcome,
+    scanned_image,
+)
+from berth.services.scanning.inspection import inspect_image, inspect_in_child
+from berth.services.scanning.layers import LayerRefused
 from berth.services.scanning.processes import (
     ScanInterrupted,
     ScanProcesses,
     ScanProcessFailed,
 )
+from berth.services.scanning.results import (
+    COUNTED,
+    ScanFinding,
+    ScanResult,
+    counts_of,
+    is_stale,
+    reason_of,
+    shown_state,
+)
 from berth.services.vulndb import VulnDb
-from berth.services.webhook_events import EventData, ScanOutcome, enqueue_event
 from berth.storage.base import BlobStore
 
 logger = logging.getLogger("berth.scans")
-
-ScanState = Literal["queued", "scanning", "done", "no_data", "failed"]
-COUNTED = ("critical", "high", "medium", "low", "unknown")
 # A running scan renews its `alive_at` this often; one left "scanning" without renewal for
 # ABANDONED_AFTER was cut short (its process stopped) and is queued again.
 ALIVE_EVERY = 60.0
 ABANDONED_AFTER = dt.timedelta(minutes=5)
-
-
-class ScanFinding(Record):
-    purl: str
-    name: str
-    installed: str
-    fixed: str | None
-    advisory_id: str
-    aliases: list[str]
-    summary: str
-    severity: str
-    link: str | None
-
-
-class SeverityCounts(Record):
-    critical: int
-    high: int
-    medium: int
-    low: int
-    unknown: int
-
-
-# Why a `no_data` result is no result: what a reader sees in its `reason`.
-NO_DATA_REASON = (
-    "no vulnerability data: the vulnerability database was empty when this image was scanned, "
-    "so nothing was checked; it is scanned again when OSV records are imported "
-    "(berth vulndb import)"
-)
-STATE_DESCRIPTION = (
-    "`queued`, `scanning`, `done`, `failed` (see `reason`), or `no_data`: scanned while the "
-    "vulnerability database was empty, so nothing was checked (no counts, not a clean result; "
-    "`reason` says so); the first import that adds records queues it again"
-)
-COUNTS_DESCRIPTION = (
-    "findings by severity of the result made at {at}: while a rescan is `queued` or "
-    "`scanning`, the previous scan's (zero when there is none); null when that result was made "
-    "with no vulnerability data (`no_data`)"
-)
-
-
-class ScanSummary(Record):
-    status: Literal["not_scanned", "queued", "scanning", "done", "no_data", "failed"] = Field(
-        description=f"`not_scanned`, or the scan's state: {STATE_DESCRIPTION}"
-    )
-    reason: str | None = Field(
-        description="why a `failed` scan could not finish, or why a `no_data` one checked nothing"
-    )
-    counts: SeverityCounts | None = Field(description=COUNTS_DESCRIPTION.format(at="`scanned_at`"))
-    stale: bool = Field(
-        description="vulnerability data was imported after this scan (the next rescan "
-        "scans it again)"
-    )
-    scanned_at: dt.datetime | None = Field(
-        description="when the result (`done`) or failure (`failed`) was made; while `queued` or "
-        "`scanning`, when the previous result was (null: there is none)"
-    )
-
-
-NOT_SCANNED = ScanSummary(
-    status="not_scanned",
-    reason=None,
-    counts=SeverityCounts(critical=0, high=0, medium=0, low=0, unknown=0),
-    stale=False,
-    scanned_at=None,
-)
-
-
-def made_without_data(row: Any) -> bool:
-    """Whether the result a `scans` row shows (its own, or while a rescan is queued or running
-    the previous one's) was made while the vulnerability database was empty: no result."""
-    return (
-        row.state in ("done", "queued", "scanning")
-        and row.finished_at is not None
-        and not row.vulndb_state
-    )
-
-
-def shown_state(row: Any) -> Any:
-    """A `scans` row's state as readers see it: `no_data` for a result made without data."""
-    return "no_data" if row.state == "done" and made_without_data(row) else row.state
-
-
-def is_stale(state: str, vulndb_state: int | None, current: int | None) -> bool:
-    """A finished result made before the latest import that changed the vulnerability data
-    (`rescan_stale` says the same in SQL)."""
-    return state == "done" and (vulndb_state or 0) < (current or 0)
 
 
 def scan_queue_job(worker: int) -> str:
@@ -185,173 +102,8 @@ def _claimed(db: Database) -> dict[str, Any]:
     return {"state": "scanning", "started_at": now, "alive_at": now, "reason": None}
 
 
-def counts_of(row: Any) -> SeverityCounts | None:
-    """The severity counts of a `scans` row (None: its result was made without data)."""
-    if made_without_data(row):
-        return None
-    return SeverityCounts(**{c: getattr(row, c) for c in COUNTED})
-
-
-def reason_of(row: Any) -> str | None:
-    return NO_DATA_REASON if shown_state(row) == "no_data" else row.reason
-
-
-async def scan_summaries(conn: AsyncConnection, manifest_ids: list[int]) -> dict[int, ScanSummary]:
-    """The scan state of each of these manifests (absent: never scanned), in one query: the
-    database's current state rides along to say which results are stale."""
-    if not manifest_ids:
-        return {}
-    current = (
-        select(func.max(vulndb_imports.c.id))
-        .where(vulndb_imports.c.added + vulndb_imports.c.replaced > 0)
-        .scalar_subquery()
-    )
-    rows = await conn.execute(
-        select(
-            scans.c.manifest_id,
-            scans.c.state,
-            scans.c.reason,
-            *(scans.c[c] for c in COUNTED),
-            scans.c.vulndb_state,
-            scans.c.finished_at,
-            current.label("current"),
-        ).where(scans.c.manifest_id.in_(manifest_ids))
-    )
-    return {
-        int(row.manifest_id): ScanSummary(
-            status=shown_state(row),
-            reason=reason_of(row),
-            counts=counts_of(row),
-            stale=is_stale(row.state, row.vulndb_state, row.current),
-            scanned_at=row.finished_at,
-        )
-        for row in rows
-    }
-
-
-class ScanResult(Record):
-    digest: str
-    state: ScanState = Field(description=STATE_DESCRIPTION)
-    reason: str | None = Field(
-        description="why a `failed` scan could not finish, or why a `no_data` one checked nothing"
-    )
-    stale: bool  # vulnerability data was imported after this result was made
-    counts: SeverityCounts | None = Field(description=COUNTS_DESCRIPTION.format(at="`finished_at`"))
-    packages: int
-    vulndb_state: int | None = Field(
-        description="the vulnerability database's state the result was matched against (the "
-        "newest import that changed records; 0: the database was empty, `no_data`)"
-    )
-    requested_by: str
-    requested_at: dt.datetime
-    finished_at: dt.datetime | None = Field(
-        description="when the result or failure was made; while `queued` or `scanning`, when "
-        "the previous result was (null: there is none)"
-    )
-    findings: list[ScanFinding] = Field(
-        description="most severe first; while `queued` or `scanning`, the previous result's"
-    )
-
-
 class ScanFailed(Exception):
     """Why a scan could not finish (stored as its reason)."""
-
-
-def queue_on_push(manifest_id: int, repository_id: int, actor: str) -> Any:
-    """The one insert a push runs in its own transaction: queue a scan of the manifest it
-    stored, when its repository scans on push."""
-    now = utcnow()
-    values = select(
-        literal(manifest_id),
-        literal("queued"),
-        *(literal(0) for _ in (*COUNTED, "packages")),
-        literal(actor[:64]),
-        literal(now, scans.c.requested_at.type),
-    ).where(repositories.c.id == repository_id, repositories.c.scan_mode == "auto")
-    return insert(scans).from_select(
-        ["manifest_id", "state", *COUNTED, "packages", "requested_by", "requested_at"], values
-    )
-
-
-def _sbom_document(inventory: Inventory) -> str:
-    os = inventory.os
-    return json.dumps(
-        {
-            "os": None
-            if os is None
-            else {"id": os.id, "version_id": os.version_id, "pretty_name": os.pretty_name},
-            "packages": [
-                {
-                    "purl": p.purl,
-                    "type": p.type,
-                    "name": p.name,
-                    "version": p.version,
-                    "path": p.path,
-                }
-                for p in inventory.packages
-            ],
-            "notes": inventory.notes,
-        },
-        separators=(",", ":"),
-    )
-
-
-def _finding_row(scan_id: int, finding: ScanFinding) -> dict[str, Any]:
-    row = finding.model_dump()
-    row["aliases"] = json.dumps(finding.aliases)
-    row["scan_id"] = scan_id
-    return row
-
-
-def _counts(findings: list[ScanFinding]) -> dict[str, int]:
-    counts = dict.fromkeys(COUNTED, 0)
-    for finding in findings:
-        counts[finding.severity if finding.severity in counts else "unknown"] += 1
-    return counts
-
-
-@dataclass(frozen=True)
-class Inspected:
-    """An image's scan before it is stored: plain data, as a scan process returns it."""
-
-    sbom: str  # the inventory's document (`_sbom_document`)
-    findings: list[ScanFinding]
-    packages: int
-
-
-async def inspect_image(vulndb: VulnDb, store: BlobStore, layers: list[Descriptor]) -> Inspected:
-    """The CPU work of an image's scan: the inventory of its layers, matched against the
-    vulnerability database; LayerRefused when a layer cannot be read."""
-    inventory = await image_inventory(store, layers)
-    found = await match_packages(vulndb, inventory.packages)
-    return Inspected(_sbom_document(inventory), found, len(inventory.packages))
-
-
-async def _inspect_in_child(db: Database, store: BlobStore, layers: list[Descriptor]) -> Inspected:
-    """`inspect_image` in a scan process (`ScanProcesses.run`), on its own database."""
-    return await inspect_image(VulnDb(db), store, layers)
-
-
-async def match_packages(vulndb: VulnDb, packages: list[Package]) -> list[ScanFinding]:
-    installed = [(p, i) for p in packages if (i := p.installed()) is not None]
-    index = AdvisoryIndex(await vulndb.advisories_for([i for _, i in installed]))
-    found: list[ScanFinding] = []
-    for package, wanted in installed:
-        for finding in findings_for(wanted, index):
-            found.append(
-                ScanFinding(
-                    purl=package.purl,
-                    name=package.name,
-                    installed=package.version,
-                    fixed=finding.fixed,
-                    advisory_id=finding.advisory_id,
-                    aliases=list(finding.aliases),
-                    summary=finding.summary,
-                    severity=finding.severity.label,
-                    link=finding.link,
-                )
-            )
-    return found
 
 
 class Scans:
@@ -713,7 +465,7 @@ class Scans:
             if self.processes is None:
                 inspected = await inspect_image(self.vulndb, self.store, layers)
             else:
-                inspected = await self.processes.run(_inspect_in_child, layers)
+                inspected = await self.processes.run(inspect_in_child, layers)
         except (LayerRefused, ScanProcessFailed) as refused:
             raise ScanFailed(str(refused)) from None
         await self._keep_sbom(digest, inspected.sbom)
@@ -823,7 +575,7 @@ class Scans:
         async with self.db.write() as conn:
             await conn.execute(delete(scan_findings).where(scan_findings.c.scan_id == scan_id))
             if found:
-                await conn.execute(insert(scan_findings), [_finding_row(scan_id, f) for f in found])
+                await conn.execute(insert(scan_findings), [finding_row(scan_id, f) for f in found])
             await conn.execute(
                 update(scans)
                 .where(scans.c.id == scan_id)
@@ -833,102 +585,12 @@ class Scans:
                     packages=packages,
                     vulndb_state=state,
                     finished_at=utcnow(),
-                    **_counts(found),
+                    **counts_by_severity(found),
                 )
             )
-            scanned = await _scanned_image(conn, scan_id)
+            scanned = await scanned_image(conn, scan_id)
             if announce and scanned is not None:
-                await _announce(conn, scanned, found, packages, reason, with_data=state > 0)
-        _log_outcome(scanned, scan_id, found, packages, reason, with_data=state > 0)
+                await announce_finished(conn, scanned, found, packages, reason, with_data=state > 0)
+        log_outcome(scanned, scan_id, found, packages, reason, with_data=state > 0)
         if self.on_finished is not None:
             self.on_finished()
-
-
-async def _scanned_image(conn: AsyncConnection, scan_id: int) -> Any:
-    """The project, repository, image and digest of a scan (None: the image was deleted)."""
-    return (
-        await conn.execute(
-            select(
-                repositories.c.project_id,
-                projects.c.name.label("project"),
-                repositories.c.name.label("repository"),
-                manifests.c.image,
-                manifests.c.digest,
-                scans.c.requested_by,
-            )
-            .select_from(scans)
-            .join(manifests, manifests.c.id == scans.c.manifest_id)
-            .join(repositories, repositories.c.id == manifests.c.repository_id)
-            .join(projects, projects.c.id == repositories.c.project_id)
-            .where(scans.c.id == scan_id)
-        )
-    ).first()
-
-
-def _log_outcome(
-    scanned: Any,
-    scan_id: int,
-    found: list[ScanFinding],
-    packages: int,
-    reason: str | None,
-    *,
-    with_data: bool,
-) -> None:
-    """One line per finished scan in the server's log, as the other jobs write theirs."""
-    if scanned is None:
-        image = f"scan {scan_id} (image deleted meanwhile)"
-    else:
-        image = f"{scanned.project}/{joined_name(scanned.repository, scanned.image)}"
-        image += f"@{scanned.digest}"
-    if reason is not None:
-        logger.warning("scan of %s: failed: %s", image, reason)
-        return
-    if not with_data:
-        logger.warning("scan of %s: %s", image, NO_DATA_REASON)
-        return
-    counts = _counts(found)
-    logger.info(
-        "scan of %s: done, %s in %s (%s)",
-        image,
-        counted(len(found), "finding"),
-        counted(packages, "package"),
-        ", ".join(f"{counts[c]} {c}" for c in COUNTED),
-    )
-
-
-async def _announce(
-    conn: AsyncConnection,
-    row: Any,
-    found: list[ScanFinding],
-    packages: int,
-    reason: str | None,
-    *,
-    with_data: bool,
-) -> None:
-    """Queue the `scan.finished` webhook event in the transaction that stored the result (if
-    an endpoint of the image's project takes it)."""
-    repo_path = (
-        f"/projects/{quote(row.project, safe='')}/repositories/{quote(row.repository, safe='')}"
-    )
-    image_param = f"image={quote(row.image, safe='')}" if row.image else ""
-    image_query = f"?{image_param}" if image_param else ""
-    findings_query = f"findings={row.digest}" + (f"&{image_param}" if image_param else "")
-    name = joined_name(row.repository, row.image)
-    data = EventData(
-        project=row.project,
-        repository=row.repository,
-        image=row.image,
-        digest=row.digest,
-        actor=row.requested_by,
-        scan=ScanOutcome(
-            status="failed" if reason else "done" if with_data else "no_data",
-            reason=reason if reason or with_data else NO_DATA_REASON,
-            # A scan that checked nothing has no counts: zeros would read as a clean image.
-            counts=_counts(found) if with_data or reason else None,
-            findings=len(found) if with_data or reason else None,
-            packages=packages,
-            api_path=f"/api/v1{repo_path}/images/{row.digest}/scan{image_query}",
-            console_path=f"/console/#{repo_path}/images?{findings_query}",
-        ),
-    )
-    await enqueue_event(conn, row.project_id, SCAN_FINISHED, data, f"{name}@{row.digest}")

@@ -25,8 +25,10 @@ from berth.metadata.tables import audit_log, scans, utcnow, webhook_events, webh
 from berth.services.images import Images
 from berth.services.registry import Registry
 from berth.services.repositories import Repositories
+from berth.services.scanning import results as results_module
 from berth.services.scanning import scans as scans_module
-from berth.services.scanning.scans import ScanResult, Scans
+from berth.services.scanning.results import ScanResult
+from berth.services.scanning.scans import Scans
 from berth.services.uploads import Uploads
 from berth.services.vulndb import VulnDb
 from berth.storage.filesystem import FilesystemBlobStore
@@ -280,17 +282,17 @@ def test_a_scan_before_any_import_is_no_result_and_the_import_queues_it_again(
             [],
             False,
         )
-        assert result.reason == scans_module.NO_DATA_REASON
+        assert result.reason == results_module.NO_DATA_REASON
         assert result.reason.startswith("no vulnerability data: the vulnerability database")
         summary = (await Images(world.db, world.store).image(repo, "", image.digest)).scan
         assert (summary.status, summary.counts, summary.reason) == (
             "no_data",
             None,
-            scans_module.NO_DATA_REASON,
+            results_module.NO_DATA_REASON,
         )
         [event] = await scan_events(world)
         assert event["scan"]["status"] == "no_data"
-        assert event["scan"]["reason"] == scans_module.NO_DATA_REASON
+        assert event["scan"]["reason"] == results_module.NO_DATA_REASON
         assert "counts" not in event["scan"] and "findings" not in event["scan"]
 
         # A first import: the result made without data is queued at once, by the importer.
