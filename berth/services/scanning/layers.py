@@ -26,33 +26,31 @@ from __future__ import annotations
 
 import asyncio
 import bisect
-import bz2
 import functools
 import io
 import itertools
 import lzma
 import posixpath
-import struct
 import tarfile
 import zlib
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import IO, Any, Protocol
+from typing import IO, Any
 
 from berth.domain.manifests import Descriptor
 from berth.domain.packages import (
-    GO_BUILDINFO_MAGIC,
     OsRelease,
     Package,
     parse_apk_installed,
     parse_dpkg_status,
     parse_go_binary,
-    parse_go_buildinfo,
     parse_os_release,
     parse_package_json,
     parse_python_metadata,
 )
+from berth.services.scanning.go_executables import go_buildinfo
+from berth.services.scanning.streams import INFLATED_BUFFER, AsyncStream, Inflated
 from berth.storage.base import BlobStore
 
 WHITEOUT = ".wh."
@@ -85,10 +83,8 @@ MAX_PACKAGES = 50_000
 # long description after them can be any size.
 PYTHON_HEADERS = 64 * 1024
 # Go executables: larger files are skipped (with a note); of one, the writable data segment is
-# searched this far for the build information record, which is at most MAX_GO_BUILDINFO long.
+# searched (`go_executables.py`).
 MAX_GO_BINARY = 1024**3
-MAX_GO_DATA_SCAN = 16 * 1024 * 1024
-MAX_GO_BUILDINFO = 1024 * 1024
 MIN_EXECUTABLE = 1024  # smaller files are scripts or stubs, not Go executables
 # All package databases an image's layers hold, together with the names the scanner keeps
 # (theirs, and those of a layer's whiteouts): what the scanner keeps in memory.
@@ -97,11 +93,6 @@ MAX_RETAINED = 96 * 1024 * 1024
 # of a name shown in one: a layer may hold millions of entries, each named by a PAX header.
 MAX_NOTES = 100
 NOTE_NAME_LENGTH = 256
-# Compressed bytes read at a time, and the most bytes one decompression step makes (gzip
-# inflates up to ~1000-fold): together they bound a layer's memory whatever it inflates to.
-COMPRESSED_READ = 64 * 1024
-INFLATED_STEP = 1024 * 1024
-INFLATED_BUFFER = 64 * 1024  # tar headers are read from it, 512 bytes at a time
 
 # Layer media types whose compression tarfile reads (docker's and OCI's; "nondistributable"
 # variants too). zstd layers are refused with a reason until Python reads zstd.
@@ -240,127 +231,6 @@ class _BoundedTarInfo(tarfile.TarInfo):
         return super()._proc_member(tarfile_)  # type: ignore[misc]
 
 
-class _Decompressor(Protocol):
-    """bz2's and lzma's decompressors, and `_GzipDecompressor`: input they cannot use yet is
-    kept (`needs_input` is false until it is used), and a step makes at most `max_length`
-    bytes."""
-
-    @property
-    def eof(self) -> bool: ...
-
-    @property
-    def needs_input(self) -> bool: ...
-
-    @property
-    def unused_data(self) -> bytes: ...
-
-    def decompress(self, data: bytes, max_length: int, /) -> bytes: ...
-
-
-class _GzipDecompressor:
-    """zlib's gzip decompressor in bz2's and lzma's way: the input a step leaves
-    (`unconsumed_tail`) is kept for the next step instead of handed back."""
-
-    def __init__(self) -> None:
-        self._zlib = zlib.decompressobj(16 + zlib.MAX_WBITS)  # a gzip header and trailer
-        self._tail = b""
-
-    @property
-    def eof(self) -> bool:
-        return self._zlib.eof
-
-    @property
-    def needs_input(self) -> bool:
-        return not self._tail
-
-    @property
-    def unused_data(self) -> bytes:
-        return self._zlib.unused_data
-
-    def decompress(self, data: bytes, max_length: int, /) -> bytes:
-        pending = self._tail + data if self._tail and data else self._tail or data
-        inflated = self._zlib.decompress(pending, max_length)
-        self._tail = self._zlib.unconsumed_tail
-        return inflated
-
-
-def _decompressor_for(head: bytes) -> Callable[[], _Decompressor] | None:
-    """The decompressor for a layer starting with `head` (its magic bytes), or None for a tar
-    stored as it is."""
-    if head.startswith(b"\x1f\x8b"):
-        return _GzipDecompressor
-    if head.startswith(b"BZh"):
-        return bz2.BZ2Decompressor
-    if head.startswith(b"\xfd7zXZ\x00"):
-        return lzma.LZMADecompressor
-    return None
-
-
-class _Inflated(io.RawIOBase):
-    """A layer's tar stream, decompressed as it is read, seekable forward only: tarfile's
-    seekable mode skips an entry's data with one seek, which inflates it INFLATED_STEP bytes
-    at a time and drops them. (tarfile's stream mode re-sliced all it had inflated for each
-    4 KiB it skipped: zeros passed at ~40 MB/s, a tenth of zlib's speed.) Concatenated
-    compressed streams (gzip members) are read on, as runtimes read them."""
-
-    def __init__(self, source: IO[bytes]) -> None:
-        self._source = source
-        self._input = source.read(6)  # as long as the longest magic (xz's)
-        self._make = _decompressor_for(self._input)
-        self._decompressor = self._make() if self._make is not None else None
-        self._position = 0
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def tell(self) -> int:
-        return self._position
-
-    def readinto(self, buffer: Any) -> int:
-        data = self._next(len(buffer))
-        buffer[: len(data)] = data
-        self._position += len(data)
-        return len(data)
-
-    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        target = offset + (self._position if whence == io.SEEK_CUR else 0)
-        if whence not in (io.SEEK_SET, io.SEEK_CUR) or target < self._position:
-            raise io.UnsupportedOperation("a layer is read forward only")
-        while self._position < target:
-            skipped = len(self._next(min(INFLATED_STEP, target - self._position)))
-            if not skipped:
-                break  # past the end: the next read finds nothing, as with a file
-            self._position += skipped
-        return self._position
-
-    def _take_input(self, most: int) -> bytes:
-        data, self._input = self._input[:most], self._input[most:]
-        return data or self._source.read(most)
-
-    def _next(self, most: int) -> bytes:
-        """Up to `most` more bytes of the tar stream; b"" at its end."""
-        if self._decompressor is None:
-            return self._take_input(most)
-        while True:
-            decompressor = self._decompressor
-            if decompressor.eof:
-                data = decompressor.unused_data or self._take_input(COMPRESSED_READ)
-                if not data:
-                    return b""
-                assert self._make is not None
-                decompressor = self._decompressor = self._make()
-            else:
-                data = self._take_input(COMPRESSED_READ) if decompressor.needs_input else b""
-            inflated = decompressor.decompress(data, most)
-            if inflated:
-                return inflated
-            if not data and not decompressor.eof:
-                raise EOFError("the compressed layer ends before its compressed stream does")
-
-
 def read_layer(
     stream: IO[bytes],
     *,
@@ -381,7 +251,7 @@ def read_layer(
     entries = 0
     inflated = 0
     try:
-        inflated_stream = io.BufferedReader(_Inflated(stream), INFLATED_BUFFER)
+        inflated_stream = io.BufferedReader(Inflated(stream), INFLATED_BUFFER)
         with tarfile.open(fileobj=inflated_stream, mode="r:", tarinfo=_BoundedTarInfo) as tar:
             while (member := tar.next()) is not None:
                 tar.members.clear()  # type: ignore[attr-defined]  # else it keeps every header
@@ -479,77 +349,6 @@ def _take_executable(
         changes.remove(path)
 
 
-def _load_segments(head: bytes, table: bytes, endian: str, wide: bool) -> list[tuple[int, int]]:
-    """(file offset, file size) of the writable loadable segments of an ELF program header
-    table, in file order."""
-    segments: list[tuple[int, int]] = []
-    entry = 56 if wide else 32
-    for start in range(0, len(table) - entry + 1, entry):
-        if wide:
-            kind, flags, offset, _, _, size = struct.unpack_from(endian + "IIQQQQ", table, start)
-        else:
-            kind, offset, _, _, size, _, flags = struct.unpack_from(endian + "7I", table, start)
-        if kind == 1 and flags & 0x2 and size > 0:  # PT_LOAD, PF_W
-            segments.append((offset, size))
-    return sorted(segments)
-
-
-def go_buildinfo(handle: IO[bytes]) -> bytes | None:
-    """The Go build information record of an ELF executable read forward only from its
-    start (a layer is never read back), or None when it is not a Go executable. Reads the
-    headers, seeks forward to the writable data segments and searches only them, at the 16-byte
-    alignment Go's linker gives the record."""
-    head = handle.read(64)
-    if len(head) < 52 or head[:4] != b"\x7fELF" or head[4] not in (1, 2) or head[5] not in (1, 2):
-        return None
-    wide, endian = head[4] == 2, "<" if head[5] == 1 else ">"
-    if wide:
-        (table_at,) = struct.unpack_from(endian + "Q", head, 32)
-        entry_size, entries = struct.unpack_from(endian + "HH", head, 54)
-    else:
-        (table_at,) = struct.unpack_from(endian + "I", head, 28)
-        entry_size, entries = struct.unpack_from(endian + "HH", head, 42)
-    if entry_size != (56 if wide else 32) or not 0 < entries <= 256 or table_at < len(head):
-        return None
-    handle.seek(table_at)
-    table = handle.read(entry_size * entries)
-    position = table_at + len(table)
-    for offset, size in _load_segments(head, table, endian, wide):
-        if offset < position:
-            continue  # overlaps what was read: not a layout Go's linker writes
-        handle.seek(offset)
-        found = _search_segment(handle, offset, min(size, MAX_GO_DATA_SCAN))
-        if found is not None:
-            return found
-        position = offset + min(size, MAX_GO_DATA_SCAN)
-    return None
-
-
-def _search_segment(handle: IO[bytes], offset: int, size: int) -> bytes | None:
-    """The record in the `size` bytes at file `offset` (where `handle` stands), read in
-    chunks; the bytes after a match are read only as far as the record needs."""
-    window = b""
-    window_at = offset  # the file offset of window[0]
-    remaining = size
-    while remaining > 0:
-        chunk = handle.read(min(64 * 1024, remaining))
-        if not chunk:
-            return None
-        remaining -= len(chunk)
-        window += chunk
-        start = 0
-        while (hit := window.find(GO_BUILDINFO_MAGIC, start)) >= 0:
-            if (window_at + hit) % 16 == 0:
-                record = window[hit:] + handle.read(max(0, MAX_GO_BUILDINFO - (len(window) - hit)))
-                info = parse_go_buildinfo(record)
-                return record[: info.length] if info is not None else None
-            start = hit + 1
-        keep = len(GO_BUILDINFO_MAGIC) - 1
-        window_at += len(window) - keep
-        window = window[-keep:]
-    return None
-
-
 def _below(paths: list[str], directory: str) -> Iterable[str]:
     """The paths under `directory` (not itself) of `paths`, sorted: found by bisection, as
     a layer may remove a million names and the layers below keep as many."""
@@ -609,39 +408,6 @@ def inventory(files: dict[str, tuple[Kind, bytes]], notes: Sequence[str] = ()) -
     return Inventory(os, packages, list(notes))
 
 
-class _AsyncStream(io.RawIOBase):
-    """A blocking file over a blob store's async reader, for `tarfile` in a worker thread:
-    each read waits for the next chunk from the event loop; nothing is buffered past it."""
-
-    def __init__(self, chunks: AsyncIterator[bytes], loop: asyncio.AbstractEventLoop) -> None:
-        self._chunks = chunks
-        self._loop = loop
-        self._pending = b""
-        self._done = False
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: Any) -> int:
-        while not self._pending and not self._done:
-            future = asyncio.run_coroutine_threadsafe(self._next(), self._loop)
-            chunk = future.result()
-            if chunk is None:
-                self._done = True
-            else:
-                self._pending = chunk
-        size = min(len(buffer), len(self._pending))
-        buffer[:size] = self._pending[:size]
-        self._pending = self._pending[size:]
-        return size
-
-    async def _next(self) -> bytes | None:
-        try:
-            return await anext(self._chunks)
-        except StopAsyncIteration:
-            return None
-
-
 def _readable(layer: Descriptor) -> None:
     media_type = layer.media_type
     if not any(media_type.endswith("." + suffix) for suffix in READABLE_LAYERS):
@@ -680,7 +446,7 @@ async def read_stored_layer(
 
         return await asyncio.to_thread(from_file)
     chunks = store.read(layer.digest)
-    stream = io.BufferedReader(_AsyncStream(chunks, asyncio.get_running_loop()), 1024 * 1024)
+    stream = io.BufferedReader(AsyncStream(chunks, asyncio.get_running_loop()), 1024 * 1024)
     try:
         return await asyncio.to_thread(read, stream)
     finally:
