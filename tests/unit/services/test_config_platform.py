@@ -9,7 +9,7 @@ import json
 import uuid
 from pathlib import Path
 
-from berth.services.images import MAX_CONFIG_READ, config_platform
+from berth.services.image_platforms import MAX_CONFIG_READ, config_platform
 from berth.storage.filesystem import FilesystemBlobStore
 
 

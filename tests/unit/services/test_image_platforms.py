@@ -15,8 +15,9 @@ from typing import Any
 from berth.domain.references import RepositoryRef
 from berth.metadata.database import Database
 from berth.metadata.tables import blobs, manifest_references, manifests, repository_blobs
+from berth.services.image_platforms import image_config_cache, index_platform_cache
 from berth.services.image_records import MAX_LISTED_CHILDREN, MAX_LISTED_PLATFORMS
-from berth.services.images import Images, image_config_cache, index_platform_cache
+from berth.services.images import Images
 from berth.services.registry import Registry
 from berth.storage.filesystem import FilesystemBlobStore
 from tests.oci import OCI_CONFIG, OCI_INDEX, OCI_LAYER, OCI_MANIFEST, Blob, image_index
