@@ -22,7 +22,7 @@ from berth.api.deps import (
 from berth.api.problems import FieldError, responses
 from berth.domain.errors import ConfirmationRequired
 from berth.domain.names import PROJECT_NAME_PATTERN, PROJECT_NAME_RULE, project_name_problem
-from berth.services.repositories import ProjectDetails
+from berth.services.repository_listings import ProjectDetails
 from berth.services.scanning.policy import POLICY_SEVERITIES, PullPolicySettings
 from berth.state import Services
 

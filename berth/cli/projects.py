@@ -25,7 +25,7 @@ from berth.cli.common import (
 from berth.domain.wording import counted
 
 if TYPE_CHECKING:
-    from berth.services.repositories import ProjectDetails
+    from berth.services.repository_listings import ProjectDetails
     from berth.services.scanning.policy import PullPolicySettings
     from berth.state import Services
 

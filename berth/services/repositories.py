@@ -1,15 +1,14 @@
-"""Projects and repositories: creation, listing, and resolving an OCI name to a repository."""
+"""Projects and repositories: creation, changes and deletion, and resolving an OCI name to a
+repository; their listings are `repository_listings.py`'s (a part of `Repositories`)."""
 
 from __future__ import annotations
 
-import builtins
 import datetime as dt
-from collections.abc import Callable, Collection
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Literal, get_args
+from typing import Any, get_args
 
-from pydantic import Field
-from sqlalchemy import ColumnElement, bindparam, func, select
+from sqlalchemy import bindparam, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -31,21 +30,16 @@ from berth.domain.wording import counted
 from berth.metadata.audit import write_audit_entry
 from berth.metadata.database import Database
 from berth.metadata.lookups import count_in_project, require_project
-from berth.metadata.queries import is_image
 from berth.metadata.tables import (
-    UTCDateTime,
     gc_runs,
-    image_events,
-    manifests,
     project_settings,
     projects,
     repositories,
-    tags,
     uploads,
     utcnow,
 )
 from berth.services.gc.restrictions import ensure_writable
-from berth.services.records import Record
+from berth.services.repository_listings import Repository, RepositoryListings, ScanMode
 from berth.services.repository_quota import check_repository_quota
 from berth.services.scanning.policy import severity_rank
 from berth.services.tag_rules import refuse_protected_repository
@@ -58,40 +52,13 @@ REPOSITORY_CACHE_SECONDS = 1.0
 REPOSITORY_CACHE_SIZE = 10_000
 # A repository name leaves room for the project and an image path in a 255-character OCI name.
 MAX_REPOSITORY_NAME = 128
-Visibility = Literal["public", "private"]
-ScanMode = Literal["auto", "manual"]
 SCAN_MODES: tuple[str, ...] = get_args(ScanMode)
-REPOSITORY_SORTS = ("name", "images", "updated_at")
-
-
-class Repository(Record):
-    project: str
-    name: str
-    description: str
-    visibility: Visibility
-    tag_overwrite: bool
-    scan_mode: ScanMode
-    images: int = Field(description="images stored (an index and its platform images count once)")
-    created_at: dt.datetime
-    updated_at: dt.datetime = Field(
-        description="last modified: settings changed, or an image pushed or tagged"
-    )
 
 
 @dataclass(frozen=True, slots=True)
 class ProjectEntry:
     name: str
     created_at: dt.datetime
-
-
-@dataclass(frozen=True, slots=True)
-class ProjectDetails:
-    id: int
-    name: str
-    created_at: dt.datetime
-    repositories: int
-    repository_quota: int  # its own, else the server default
-    quota_is_default: bool
 
 
 _REPOSITORY = (
@@ -109,7 +76,7 @@ _REPOSITORY = (
 _PROJECT_ID = select(projects.c.id).where(projects.c.name == bindparam("project"))
 
 
-class Repositories:
+class Repositories(RepositoryListings):
     def __init__(
         self,
         db: Database,
@@ -467,167 +434,6 @@ class Repositories:
         self._cache.pop((project, name))
         self.forget_access()  # its grants
 
-    async def list(self, project: str) -> list[Repository]:
-        """Every repository of a project, by name."""
-        async with self.db.read() as conn:
-            project_id = await require_project(conn, project)
-            rows = await conn.execute(self._listing(project_id).order_by(repositories.c.name))
-            return [_repository(project, r) for r in rows]
-
-    async def page(
-        self,
-        project: str,
-        *,
-        page: int = 1,
-        per_page: int = 20,
-        sort: str = "name",
-        descending: bool = False,
-        query: str | None = None,
-    ) -> tuple[builtins.list[Repository], int]:
-        """One page of a project's repositories and how many there are in all: sorted by
-        name, image count or last modification, optionally only names containing `query`."""
-        if sort not in REPOSITORY_SORTS:
-            raise InvalidValue(f"sort must be one of {', '.join(REPOSITORY_SORTS)}", "sort")
-        async with self.db.read() as conn:
-            project_id = await require_project(conn, project)
-            listing = self._listing(project_id).subquery()
-            matching = select(listing)
-            if query:
-                matching = matching.where(listing.c.name.contains(query.lower(), autoescape=True))
-            key = listing.c[sort]
-            rows = await conn.execute(
-                matching.order_by(
-                    key.desc() if descending else key.asc(),
-                    listing.c.name.desc() if descending else listing.c.name.asc(),
-                )
-                .limit(per_page)
-                .offset((page - 1) * per_page)
-            )
-            items = [_repository(project, r) for r in rows]
-            total = (
-                await conn.execute(select(func.count()).select_from(matching.subquery()))
-            ).scalar()
-        return items, int(total or 0)
-
-    def _listing(self, project_id: int) -> Any:
-        """Repositories of a project with their image count and when they last changed (the
-        settings, or the latest push, tag, tag deletion or image deletion), computed in one
-        grouped pass per table."""
-        in_project = select(repositories.c.id).where(repositories.c.project_id == project_id)
-        # An image is a top-level manifest: an index's children are not counted again.
-        image_stats = (
-            select(
-                manifests.c.repository_id,
-                func.count().label("images"),
-                func.max(manifests.c.pushed_at).label("pushed_at"),
-            )
-            .where(manifests.c.repository_id.in_(in_project), is_image())
-            .group_by(manifests.c.repository_id)
-            .subquery()
-        )
-        tag_stats = (
-            select(tags.c.repository_id, func.max(tags.c.updated_at).label("tagged_at"))
-            .where(tags.c.repository_id.in_(in_project))
-            .group_by(tags.c.repository_id)
-            .subquery()
-        )
-        # Content changes that leave no row behind (a tag or an image deleted, also by GC)
-        # count too: the image history records every one. Per repository, from its index
-        # (repository_id, image, at): the history is append-only, so a grouped pass over the
-        # project's would read all of it for every repository shown, even one.
-        event_at = (
-            select(func.max(image_events.c.at))
-            .where(image_events.c.repository_id == repositories.c.id)
-            .correlate(repositories)
-            .scalar_subquery()
-        )
-        changed = self._latest(
-            repositories.c.updated_at,
-            func.coalesce(image_stats.c.pushed_at, repositories.c.updated_at),
-            func.coalesce(tag_stats.c.tagged_at, repositories.c.updated_at),
-            func.coalesce(event_at, repositories.c.updated_at),
-        )
-        return (
-            select(
-                repositories.c.id,
-                repositories.c.name,
-                repositories.c.description,
-                repositories.c.public,
-                repositories.c.tag_overwrite,
-                repositories.c.scan_mode,
-                repositories.c.created_at,
-                func.coalesce(image_stats.c.images, 0).label("images"),
-                changed.label("updated_at"),
-            )
-            .outerjoin(image_stats, image_stats.c.repository_id == repositories.c.id)
-            .outerjoin(tag_stats, tag_stats.c.repository_id == repositories.c.id)
-            .where(repositories.c.project_id == project_id)
-        )
-
-    def _latest(self, *values: Any) -> ColumnElement[Any]:
-        """The latest of several timestamps (SQLite's many-argument max, else greatest)."""
-        if self.db.is_sqlite:
-            return func.max(*values, type_=UTCDateTime)
-        return func.greatest(*values, type_=UTCDateTime)
-
-    async def show(self, project: str, name: str) -> Repository:
-        async with self.db.read() as conn:
-            project_id = await require_project(conn, project)
-            row = (
-                await conn.execute(self._listing(project_id).where(repositories.c.name == name))
-            ).first()
-        if row is None:
-            raise NameUnknown(f"repository {project}/{name} does not exist")
-        return _repository(project, row)
-
-    async def project(self, name: str) -> ProjectDetails:
-        """A project with its repository count and maximum, or NAME_UNKNOWN."""
-        async with self.db.read() as conn:
-            project_id = await require_project(conn, name)
-        [details] = await self.project_details([project_id])
-        return details
-
-    async def project_details(
-        self, project_ids: Collection[int] | None = None
-    ) -> builtins.list[ProjectDetails]:
-        """Projects (all, or those with these ids) with their repository count and maximum."""
-        counts = (
-            select(repositories.c.project_id, func.count().label("repositories"))
-            .group_by(repositories.c.project_id)
-            .subquery()
-        )
-        query = (
-            select(
-                projects.c.id,
-                projects.c.name,
-                projects.c.created_at,
-                func.coalesce(counts.c.repositories, 0).label("repositories"),
-                project_settings.c.repository_quota,
-            )
-            .outerjoin(counts, counts.c.project_id == projects.c.id)
-            .outerjoin(project_settings, project_settings.c.project_id == projects.c.id)
-            .order_by(projects.c.name)
-        )
-        if project_ids is not None:
-            query = query.where(projects.c.id.in_(project_ids))
-        async with self.db.read() as conn:
-            rows = (await conn.execute(query)).all()
-        return [
-            ProjectDetails(
-                id=r.id,
-                name=r.name,
-                created_at=r.created_at,
-                repositories=int(r.repositories),
-                repository_quota=(
-                    int(r.repository_quota)
-                    if r.repository_quota is not None
-                    else self.default_quota
-                ),
-                quota_is_default=r.repository_quota is None,
-            )
-            for r in rows
-        ]
-
 
 def _check_description(description: str) -> None:
     problem = description_problem(description)
@@ -638,17 +444,3 @@ def _check_description(description: str) -> None:
 def _check_scan_mode(scan_mode: str) -> None:
     if scan_mode not in SCAN_MODES:
         raise InvalidValue(f"scan mode must be one of {', '.join(SCAN_MODES)}", "scan_mode")
-
-
-def _repository(project: str, row: Any) -> Repository:
-    return Repository(
-        project=project,
-        name=row.name,
-        description=row.description,
-        visibility="public" if row.public else "private",
-        tag_overwrite=row.tag_overwrite,
-        scan_mode=row.scan_mode,
-        images=row.images,
-        created_at=row.created_at,
-        updated_at=row.updated_at,
-    )
