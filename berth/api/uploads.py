@@ -12,7 +12,7 @@ from berth.api.deps import AdminProject, Page, PagingDep
 from berth.api.problems import responses
 from berth.domain.errors import InvalidValue
 from berth.domain.names import MAX_USER_NAME_LENGTH, USER_NAME_PATTERN
-from berth.services.uploads import OpenUpload
+from berth.services.uploads.open_uploads import OpenUpload
 
 router = APIRouter(
     prefix="/projects/{project}/uploads", tags=["uploads"], responses=responses(403, 404)

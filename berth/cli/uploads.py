@@ -27,7 +27,7 @@ from berth.cli.common import (
 from berth.domain.names import joined_name
 
 if TYPE_CHECKING:
-    from berth.services.uploads import OpenUpload
+    from berth.services.uploads.open_uploads import OpenUpload
 
 upload_app = typer.Typer(help="Blob uploads in progress in a project.", no_args_is_help=True)
 

@@ -224,7 +224,7 @@ class StorageCheck:
         """Remove a blob no row names, unless a push records it meanwhile. The compare-and-set
         of garbage collection's sweep: a placeholder row, inserted only if there is none,
         holds the digest while the object goes; a push upserting the row waits for it, then
-        finds the object gone and commits its upload again (`services/uploads.py`)."""
+        finds the object gone and commits its upload again (`services/uploads/commits.py`)."""
         async with self.db.write() as conn:
             held = await conn.execute(
                 self.db.insert_ignore(blobs)

@@ -32,7 +32,9 @@ from berth.metadata.tables import (
 )
 from berth.services.gc import GarbageCollector
 from berth.services.storage_check import StorageCheck
-from berth.services.uploads import REMOVAL_WAIT_SECONDS, Upload, Uploads
+from berth.services.uploads import Uploads
+from berth.services.uploads.commits import REMOVAL_WAIT_SECONDS
+from berth.services.uploads.upload import Upload
 from berth.state import Services
 from berth.storage.s3 import S3BlobStore
 from berth.storage.s3_pieces import PIECE_BYTES, parted_piece_key
@@ -444,7 +446,7 @@ async def test_a_push_waiting_too_long_on_a_removal_is_told_to_retry_and_then_su
     removal waiting past the push's wait (a minute; 2 s here): 503 with Retry-After, saying
     the collection is taking long, and nothing of the blob recorded. Once the removal ends,
     the same push stores the blob again."""
-    monkeypatch.setattr("berth.services.uploads.REMOVAL_WAIT_SECONDS", 2.0)
+    monkeypatch.setattr("berth.services.uploads.commits.REMOVAL_WAIT_SECONDS", 2.0)
     pusher = Uploads(any_db, store)
     doomed_data = os.urandom(3000)
     doomed = await push(pusher, REPO, doomed_data)

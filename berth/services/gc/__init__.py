@@ -17,7 +17,7 @@ A run goes through three steps (docs/architecture.md, "Garbage collection"):
    store is made while a row is locked. That conditional delete is the compare-and-set against
    a concurrent push of the same digest: a push that linked the blob first keeps row and file;
    a push after it waits until the file is removed, then stores it again
-   (`services/uploads.py`). Upload scratch files go the same way (`sweep.py`).
+   (`services/uploads/commits.py`). Upload scratch files go the same way (`sweep.py`).
 
 One run per project at a time. A run holds a lease (`job_leases`, `gc:{project id}`) that it
 renews while it works; a run whose lease lapsed, or whose holder process on this machine is

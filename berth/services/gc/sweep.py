@@ -7,7 +7,7 @@ committed, their objects are removed from the store and the notes go. No request
 is made while a row is locked: with the store slow, pushes would wait on those locks until
 refused. The conditional delete is the compare-and-set against a concurrent push of the same
 digest: a push that linked the blob first keeps row and object; a push after it waits until
-the note is gone, then stores the object again (`services/uploads.py`). Upload scratch files
+the note is gone, then stores the object again (`services/uploads/commits.py`). Upload scratch files
 go the same way.
 
 Each removal from the store is fenced by the run's lease (`Recovery.fence`, one query per

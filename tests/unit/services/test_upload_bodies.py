@@ -1,5 +1,5 @@
 """A PATCH or PUT body arrives in chunks of whatever sizes the server hands over; the upload
-service hashes and writes them a batch at a time without joining them (`_pipe`)."""
+service hashes and writes them a batch at a time without joining them (`bodies.pipe`)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ import pytest
 
 from berth.domain.errors import BlobUploadUnknown
 from berth.metadata.database import Database
-from berth.services.uploads import BUFFER_BYTES, Uploads
+from berth.services.uploads import Uploads
+from berth.services.uploads.bodies import BUFFER_BYTES
 from berth.storage.filesystem import FilesystemBlobStore
 from tests.unit.services.test_uploads_nodes import REPO, digest_of, read_blob, run
 

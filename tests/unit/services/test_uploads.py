@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from berth.domain.errors import BlobUploadInvalid
-from berth.services.uploads import parse_content_range
+from berth.services.uploads.bodies import parse_content_range
 
 
 @pytest.mark.parametrize(

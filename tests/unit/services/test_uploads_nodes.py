@@ -15,13 +15,15 @@ from typing import Any
 import pytest
 from sqlalchemy import insert
 
-import berth.services.uploads as upload_service
+import berth.services.uploads.hashes as upload_hashes
 from berth.domain.errors import RangeNotSatisfiable
 from berth.domain.hash_state import resumable_sha256
 from berth.domain.references import RepositoryRef
 from berth.metadata.database import Database
 from berth.metadata.tables import projects, repositories
-from berth.services.uploads import Upload, Uploads
+from berth.services.uploads import Uploads
+from berth.services.uploads.bodies import BUFFER_BYTES
+from berth.services.uploads.upload import Upload
 from berth.storage.direct_writes import Appender
 from berth.storage.filesystem import FilesystemBlobStore
 
@@ -117,7 +119,7 @@ def test_a_node_without_the_saved_hash_state_hashes_the_stored_bytes_again(
         upload = await Uploads(db, store).start(REPO, "app")
         for chunk, saves_state in zip(chunks, resumable, strict=True):
             monkeypatch.setattr(
-                upload_service, "resumable_sha256", available if saves_state else None
+                upload_hashes, "resumable_sha256", available if saves_state else None
             )
             node = Uploads(db, store)
             upload = await node.append(await node.get(REPO, "app", upload.id), body(chunk), None)
@@ -136,7 +138,7 @@ def test_a_write_left_running_by_a_client_gone_mid_patch_never_lands_in_its_retr
     """The client went away mid-PATCH while a buffer of its chunk was still being written (a
     slow disk holds the write; a thread cannot be stopped) and retried the chunk at once:
     the retry's bytes, and only those, end up in the blob, whatever the left write does."""
-    buffer = upload_service.BUFFER_BYTES
+    buffer = BUFFER_BYTES
     gone_bytes, retried_bytes = b"G" * buffer, os.urandom(buffer)
     write = Appender.write
 
