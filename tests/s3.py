@@ -26,7 +26,7 @@ import httpx
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
-from berth.storage.s3 import S3Location
+from berth.storage.s3_objects import S3Location
 from tests.nginx import running_nginx
 from tests.ports import free_port
 

@@ -11,7 +11,7 @@ from berth.storage.filesystem import FilesystemBlobStore
 
 if TYPE_CHECKING:
     from berth.config import Settings
-    from berth.storage.s3 import S3Location
+    from berth.storage.s3_objects import S3Location
 
 
 def blob_store(settings: Settings) -> BlobStore:
@@ -32,7 +32,7 @@ def blob_store(settings: Settings) -> BlobStore:
 def s3_location(settings: Settings) -> S3Location:
     """Where `storage = "s3"` keeps the blobs, as its settings say."""
     # Imported here: the S3 client takes a second or more to import (see `blob_store`).
-    from berth.storage.s3 import S3Location
+    from berth.storage.s3_objects import S3Location
 
     assert settings.s3_bucket is not None  # the settings refuse s3 without a bucket
     return S3Location(

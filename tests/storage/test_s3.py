@@ -26,7 +26,8 @@ from berth.services.registry import Registry
 from berth.storage import s3 as s3_module
 from berth.storage.base import BlobStore, StoredCopy
 from berth.storage.blob_cache import BlobCache
-from berth.storage.s3 import ObjectStoreError, S3BlobStore
+from berth.storage.s3 import S3BlobStore
+from berth.storage.s3_errors import REFUSED_CREDENTIALS, ObjectStoreError
 from berth.storage.s3_pieces import MIN_PART_BYTES, PIECE_BYTES
 from tests.ports import free_port
 from tests.rgw import CephRGW
@@ -124,7 +125,7 @@ async def test_the_write_check_refuses_credentials_that_may_read_but_not_write(
     assert f"the bucket {BUCKET!r} at {seaweedfs.endpoint} refused PutObject of " in message
     assert f"'{location.prefix}/_write-check-" in message and "(AccessDenied)" in message
     assert "s3_access_key_id and s3_secret_access_key" in message
-    assert refused.value.refusal == s3_module.REFUSED_CREDENTIALS and not refused.value.passing
+    assert refused.value.refusal == REFUSED_CREDENTIALS and not refused.value.passing
     assert object_keys(seaweedfs, f"{location.prefix}/") == []
 
 

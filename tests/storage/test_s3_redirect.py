@@ -14,7 +14,8 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 import httpx
 import pytest
 
-from berth.storage.s3 import S3BlobStore, S3Location
+from berth.storage.s3 import S3BlobStore
+from berth.storage.s3_objects import S3Location
 from tests.clients.commands import ContainersConfig
 from tests.clients.layouts import OciLayout, umoci_image
 from tests.clients.tools import require_binary, run
