@@ -25,7 +25,8 @@ from berth.api.app import MOUNT_PATH, create_api
 from berth.api.problems import problem
 from berth.asgi_headers import adding_headers
 from berth.auth.routes import routes as auth_routes
-from berth.config import Settings, load_settings
+from berth.config import Settings
+from berth.config_loading import load_settings
 from berth.console.routes import routes as console_routes
 from berth.domain.errors import HostInvalid, RegistryError, Unsupported
 from berth.domain.names import normalized_host

@@ -2,17 +2,12 @@
 
 from __future__ import annotations
 
-import difflib
 import ipaddress
 import os
-import re
-import tomllib
-from collections.abc import Collection
 from pathlib import Path
-from typing import Any, Literal
-from urllib.parse import urlsplit
+from typing import Literal
 
-from pydantic import ByteSize, Field, ValidationError, ValidationInfo, field_validator
+from pydantic import ByteSize, Field, ValidationInfo, field_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -20,13 +15,16 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
-from berth.database_tls import database_tls
+from berth.database_urls import checked_database_url, with_berth_driver
+from berth.network_settings import (
+    checked_host_and_port,
+    checked_origin,
+    checked_proxy_networks,
+    proxy_networks,
+    split_address,
+)
 
 CONFIG_FILE_ENV = "BERTH_CONFIG"
-# BERTH_* variables that are not settings: the config file's path, and the test suite's.
-NOT_SETTINGS_ENV = frozenset(
-    {CONFIG_FILE_ENV, "BERTH_FUZZ_SEED", "BERTH_FUZZ_EXAMPLES", "BERTH_REQUIRE_POSTGRES"}
-)
 # database_lock_timeout and database_statement_timeout when unset: berth.metadata.database's
 # (not imported from there: reading the settings does not load SQLAlchemy).
 LOCK_WAIT_SECONDS = 15.0
@@ -42,27 +40,6 @@ _POSTGRESQL_ONLY = {
     "database_connect_timeout": "SQLite is a file on this node, opened at once",
     "database_statement_timeout": "SQLite is a file on this node, opened at once",
 }
-
-# The driver Berth opens each database with, by the URL scheme that names only the database
-# (postgresql:// as PostgreSQL's own documentation, Heroku and RDS write it; SQLAlchemy would
-# take psycopg, which Berth does not ship, and no longer knows postgres://).
-_BERTH_DRIVERS = {
-    "postgresql": "postgresql+asyncpg",
-    "postgres": "postgresql+asyncpg",
-    "sqlite": "sqlite+aiosqlite",
-}
-DATABASE_FORMS = (
-    "Berth takes postgresql+asyncpg://USER:PASSWORD@HOST:5432/DATABASE (postgresql:// and "
-    "postgres:// are read as that) or sqlite+aiosqlite:///PATH (or sqlite:///PATH)"
-)
-
-
-def with_berth_driver(url: str) -> str:
-    """`url` naming the driver Berth opens its database with: postgresql://... and
-    postgres://... as postgresql+asyncpg://..., sqlite://... as sqlite+aiosqlite://...; a URL
-    that names its driver as it is."""
-    scheme, separator, rest = url.partition("://")
-    return f"{_BERTH_DRIVERS.get(scheme.lower(), scheme)}{separator}{rest}"
 
 
 class Settings(BaseSettings):
@@ -405,77 +382,26 @@ class Settings(BaseSettings):
     @field_validator("database_url")
     @classmethod
     def _database_url(cls, value: str | None) -> str | None:
-        if value is None:
-            return None
-        from sqlalchemy.engine import make_url  # here: settings are read before SQLAlchemy
-
-        try:
-            drivername = make_url(value).drivername
-        except Exception as exc:  # SQLAlchemy's ArgumentError, or a port that is no number
-            raise ValueError(
-                "is not a database URL (e.g. postgresql+asyncpg://USER:PASSWORD@HOST:5432/"
-                f"DATABASE): {exc}"
-            ) from None
-        if drivername.lower() not in {*_BERTH_DRIVERS, *_BERTH_DRIVERS.values()}:
-            # Opening it would fail on a driver Berth does not ship, or open it synchronously.
-            raise ValueError(f"names {drivername}, which Berth does not open: {DATABASE_FORMS}")
-        if drivername.lower().startswith("postgres"):
-            database_tls(make_url(value).query)  # ValueError: its TLS parameters, at once
-        return value
+        return checked_database_url(value)
 
     @field_validator("listen", "metrics_listen")
     @classmethod
     def _host_and_port(cls, value: str | None) -> str | None:
-        if value is None:
-            return None
-        host, colon, port = value.rpartition(":")
-        if not colon or not port.isdigit() or not 0 < int(port) < 65536:
-            raise ValueError("must be HOST:PORT with a port from 1 to 65535, e.g. 127.0.0.1:5000")
-        if host.startswith("[") != host.endswith("]"):
-            raise ValueError("needs brackets around an IPv6 address, e.g. [::1]:5000")
-        return value
+        return checked_host_and_port(value)
 
     @field_validator("public_url")
     @classmethod
     def _origin(cls, value: str | None) -> str | None:
-        if value is None:
-            return None
-        url = urlsplit(value)
-        try:
-            port = url.port  # raises ValueError for a port out of range or not a number
-        except ValueError:
-            port = -1
-        if url.scheme not in ("http", "https") or not url.hostname or port == -1:
-            raise ValueError(
-                "must be http:// or https:// then a host, e.g. https://kr-central-2.kcr.dev"
-            )
-        if url.path.strip("/") or url.query or url.fragment or url.username or url.password:
-            raise ValueError(
-                "must be only a scheme and a host (and port): Berth serves at the root of it"
-            )
-        return value.rstrip("/")
+        return checked_origin(value)
 
     @field_validator("trusted_proxies")
     @classmethod
     def _proxy_networks(cls, value: str) -> str:
-        entries = _comma_separated(value)
-        for entry in entries:
-            try:
-                ipaddress.ip_network(entry, strict=False)
-            except ValueError:
-                # The message follows the value as given: the entry is named only in a list.
-                which = "" if len(entries) == 1 else f"holds {entry!r}, which "
-                raise ValueError(
-                    f"{which}is not an IP address or network (e.g. 10.0.0.5 or 10.0.1.0/24)"
-                ) from None
-        return value
+        return checked_proxy_networks(value)
 
     @property
     def trusted_proxy_networks(self) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
-        return [
-            ipaddress.ip_network(entry, strict=False)
-            for entry in _comma_separated(self.trusted_proxies)
-        ]
+        return proxy_networks(self.trusted_proxies)
 
     @field_validator(*_POSTGRESQL_ONLY)
     @classmethod
@@ -592,11 +518,11 @@ class Settings(BaseSettings):
 
     @property
     def host_and_port(self) -> tuple[str, int]:
-        return _split_address(self.listen)
+        return split_address(self.listen)
 
     @property
     def metrics_host_and_port(self) -> tuple[str, int] | None:
-        return _split_address(self.metrics_listen) if self.metrics_listen else None
+        return split_address(self.metrics_listen) if self.metrics_listen else None
 
     @property
     def tls(self) -> bool:
@@ -617,10 +543,6 @@ class Settings(BaseSettings):
         return env
 
 
-def _comma_separated(value: str) -> list[str]:
-    return [entry.strip() for entry in value.split(",") if entry.strip()]
-
-
 def usable_cores() -> int:
     """The cores this process may run on."""
     if hasattr(os, "sched_getaffinity"):
@@ -628,155 +550,9 @@ def usable_cores() -> int:
     return os.cpu_count() or 1
 
 
-def _split_address(address: str) -> tuple[str, int]:
-    host, _, port = address.rpartition(":")
-    return host.strip("[]") or "127.0.0.1", int(port)
-
-
-class SettingsError(ValueError):
-    """A setting whose value cannot work, said as the user wrote it (flag, variable or file)."""
-
-
 def config_file() -> Path:
     """The TOML file settings are read from (it need not exist)."""
     return Path(os.environ.get(CONFIG_FILE_ENV, "berth.toml")).absolute()
-
-
-def setting_source(name: str, flags: Collection[str] = ()) -> str:
-    """Where a setting's value came from, as the user would write it."""
-    if name in flags:
-        return f"--{name.replace('_', '-')}"
-    variable = f"BERTH_{name.upper()}"
-    if any(key.upper() == variable for key in os.environ):
-        return variable
-    if _file_sets(name):
-        return f"{name} in {config_file()}"
-    return f"{name}, the default"
-
-
-def _file_sets(name: str) -> bool:
-    """Whether the config file gives `name` (an unreadable file: as if it did, since a value
-    that is not the default came from somewhere)."""
-    try:
-        with config_file().open("rb") as handle:
-            return name in tomllib.load(handle)
-    except FileNotFoundError:
-        return False
-    except (OSError, tomllib.TOMLDecodeError):
-        return True
-
-
-SECRET_SETTINGS = {"admin_password", "s3_secret_access_key"}  # never printed back
-
-
-def _without_password(url: str) -> str:
-    """A database URL with its password (between `://user:` and `@`) replaced by `***`: the
-    URL may be too malformed for SQLAlchemy to hide it."""
-    return re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", url, count=1)
-
-
-# Pydantic's words for a few common problems, said plainly.
-_PROBLEMS = {
-    "int_parsing": "is not a whole number",
-    "int_from_float": "is not a whole number",
-    "float_parsing": "is not a number",
-    "bool_parsing": "is not true or false",
-    "path_type": "is not a path",
-    "byte_size": "is not a size: a number of bytes with an optional unit, e.g. 10GiB or 500MB",
-    "byte_size_unit": "has an unknown unit: use B, KB, MB, GB, TB, KiB, MiB, GiB or TiB",
-}
-
-
-# What a value of a setting with a pattern looks like, instead of the regular expression.
-_PATTERNS = {
-    "currency": "must be 3 capital letters, e.g. USD",
-    "node_name": "may hold only letters, digits and . _ : - [ ]",
-}
-
-
-def _number(limit: Any) -> str:
-    """A limit as a person writes it: 60, not 60.0."""
-    return f"{limit:g}" if isinstance(limit, float) else str(limit)
-
-
-def _problem(name: str, error: Any) -> str:
-    context = error.get("ctx") or {}
-    if error["type"] == "string_pattern_mismatch":
-        return _PATTERNS.get(name, "is not in the expected form")
-    if error["type"] in _PROBLEMS:
-        return str(_PROBLEMS[error["type"]])
-    if error["type"] == "string_too_short":
-        return f"is too short: at least {context.get('min_length')} characters"
-    if error["type"] in ("greater_than_equal", "greater_than"):
-        limit = context.get("ge", context.get("gt"))
-        return f"must be {'at least' if 'ge' in context else 'more than'} {_number(limit)}"
-    if error["type"] in ("less_than_equal", "less_than"):
-        limit = context.get("le", context.get("lt"))
-        return f"must be {'at most' if 'le' in context else 'less than'} {_number(limit)}"
-    if error["type"] == "literal_error":
-        return f"must be one of {context.get('expected')}"
-    if error["type"] == "value_error":
-        return str(context.get("error", error["msg"]))
-    message = str(error["msg"]).removeprefix("Input ")  # the value is shown before it
-    return message[0].lower() + message[1:]
-
-
-def _unknown_settings() -> list[str]:
-    """Each name in the config file and each BERTH_* variable that is no setting (a typo,
-    or a setting of another version), said with the closest setting: otherwise ignored
-    without a word, it would leave its setting at the default."""
-    names = list(Settings.model_fields)
-    variables = [f"BERTH_{name.upper()}" for name in names]
-    allowed = {*variables, *NOT_SETTINGS_ENV}
-    path = config_file()
-    try:
-        with path.open("rb") as handle:
-            in_file = tomllib.load(handle)
-    except (OSError, tomllib.TOMLDecodeError):  # none, or said when the settings are read
-        in_file = {}
-    unknown = [
-        f"{name} in {path} is not a setting{_closest(name, names)}"
-        for name in in_file
-        if name not in Settings.model_fields
-    ]
-    unknown += [
-        f"the environment variable {variable} is not a setting"
-        f"{_closest(variable.upper(), variables)}; unset it"
-        for variable in os.environ
-        if variable.upper().startswith("BERTH_") and variable.upper() not in allowed
-    ]
-    return unknown
-
-
-def _closest(name: str, names: list[str]) -> str:
-    close = difflib.get_close_matches(name, names, n=1)
-    return f" (did you mean {close[0]}?)" if close else ""
-
-
-def load_settings(**overrides: Any) -> Settings:
-    """The settings, or SettingsError naming each bad value, where it was given and why, and
-    each name that is no setting."""
-    given = {k: v for k, v in overrides.items() if v is not None}
-    unknown = _unknown_settings()
-    if unknown:
-        raise SettingsError("; ".join(unknown))
-    try:
-        return Settings(**given)
-    except tomllib.TOMLDecodeError as exc:
-        raise SettingsError(f"{config_file()} is not valid TOML: {exc}") from None
-    except ValidationError as exc:
-        problems = []
-        for error in exc.errors():
-            name = str(error["loc"][0]) if error["loc"] else "?"
-            if error["input"] is None:  # a setting another one needs, left unset
-                problems.append(f"{name} {_problem(name, error)}")
-                continue
-            source = setting_source(name, set(given))
-            shown = "(hidden)" if name in SECRET_SETTINGS else repr(error["input"])
-            if name == "database_url":
-                shown = repr(_without_password(str(error["input"])))
-            problems.append(f"{source}: {shown} {_problem(name, error)}")
-        raise SettingsError("; ".join(problems)) from None
 
 
 def data_dir_key_files(data_dir: Path) -> tuple[Path, Path]:

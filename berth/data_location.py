@@ -31,7 +31,8 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
 
 from berth.addresses import NO_SUCH_NAME
-from berth.config import Settings, SettingsError, config_file, setting_source
+from berth.config import Settings, config_file
+from berth.config_loading import SettingsError, setting_source
 from berth.database_tls import SYSTEM_ROOTS
 from berth.invocation import berth_command, pasteable_command
 from berth.metadata.database import (

@@ -21,7 +21,8 @@ from pathlib import Path
 
 from berth.access.keyring import Keyring
 from berth.addresses import public_host, public_url
-from berth.config import Settings, SettingsError, setting_source
+from berth.config import Settings
+from berth.config_loading import SettingsError, setting_source
 from berth.data_location import (
     StartUpProblem,
     create_data,

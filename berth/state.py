@@ -11,7 +11,8 @@ from functools import cached_property
 from typing import TYPE_CHECKING
 
 from berth.addresses import ResolvedNames, host_not_found, public_host
-from berth.config import Settings, setting_source
+from berth.config import Settings
+from berth.config_loading import setting_source
 from berth.domain.names import (
     RegistryAddress,
     host_project,

@@ -27,7 +27,7 @@ def load_modules() -> None:
 
     import berth.app  # noqa: F401 - the point: loaded here, shared by the workers
     from berth.api.app import routers
-    from berth.config import load_settings
+    from berth.config_loading import load_settings
     from berth.state import load_service_modules
 
     routers()  # the management API's, imported by name when a worker builds the API

@@ -15,7 +15,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from berth.config import Settings, load_settings
+from berth.config import Settings
+from berth.config_loading import load_settings
 from berth.data_location import create_data
 from tests.servers import BERTH, ROOT, BerthServer, free_port, in_own_thread, wait_for
 from tests.tls import make_ca_and_cert

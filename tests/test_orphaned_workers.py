@@ -65,7 +65,7 @@ SCAN_PARENT = """
 import asyncio, os, sys
 from pathlib import Path
 
-from berth.config import load_settings
+from berth.config_loading import load_settings
 from berth.services.scanning.processes import ScanProcesses
 
 

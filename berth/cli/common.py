@@ -98,7 +98,7 @@ def fail(message: str, code: int = 1) -> NoReturn:
 
 def settings_or_exit(**overrides: Any) -> Settings:
     """The settings (with the options before the verb), or exit naming the bad value."""
-    from berth.config import SettingsError, load_settings
+    from berth.config_loading import SettingsError, load_settings
 
     if overrides.get("data_dir") is None:
         overrides["data_dir"] = Options.data_dir
@@ -162,7 +162,7 @@ def run_service(work: Callable[[Services], Awaitable[T]], *, uses_store: bool = 
     older server may still serve on it (README, "Upgrading")."""
     import asyncio
 
-    from berth.config import SettingsError
+    from berth.config_loading import SettingsError
     from berth.data_location import shown_database
     from berth.domain.errors import RegistryError
     from berth.metadata.revisions import NewerSchema, OlderSchema, require_current

@@ -58,7 +58,7 @@ def serve(
     }
     settings = settings_or_exit(**flags)
     # Imported once the settings are good: a bad one is named without loading the server.
-    from berth.config import SettingsError
+    from berth.config_loading import SettingsError
     from berth.data_location import DatabaseLost, DiskFull
     from berth.server import serve as run_server
     from berth.services.start_up import GAVE_UP_WAITING, GaveUpWaiting
@@ -93,7 +93,7 @@ def init(
     settings = settings_or_exit(data_dir=data_dir, database_url=database_url)
     from rich.text import Text
 
-    from berth.config import SettingsError, setting_source
+    from berth.config_loading import SettingsError, setting_source
     from berth.data_location import (
         DatabaseLost,
         DiskFull,

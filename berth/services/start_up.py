@@ -19,7 +19,8 @@ from typing import TypeVar
 from sqlalchemy.engine import URL, make_url
 
 from berth.access.keyring import KeyFileUnusable, Keyring
-from berth.config import Settings, SettingsError, setting_source
+from berth.config import Settings
+from berth.config_loading import SettingsError, setting_source
 from berth.data_location import shown_database, sqlite_file
 from berth.metadata.database import Database
 from berth.services.install import (

@@ -18,7 +18,7 @@ from typing import Any
 import httpx
 import pytest
 
-from berth.config import load_settings
+from berth.config_loading import load_settings
 from berth.domain.manifests import Descriptor
 from berth.services.scanning.inspection import Inspected, inspect_image
 from berth.services.scanning.processes import open_scan_resources

@@ -15,7 +15,8 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from berth.access.keyring import Keyring
-from berth.config import Settings, SettingsError
+from berth.config import Settings
+from berth.config_loading import SettingsError
 from berth.data_location import create_data
 from berth.services.start_up import check_keys
 from tests.oci import random_blob

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from berth import config
-from berth.config import SettingsError, load_settings, setting_source
+from berth.config_loading import SettingsError, load_settings, setting_source
 from berth.metadata import database
 from berth.server import check
 from tests.ports import free_port

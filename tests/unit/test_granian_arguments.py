@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from berth.config import Settings, SettingsError, load_settings
+from berth.config import Settings
+from berth.config_loading import SettingsError, load_settings
 from berth.server import granian_arguments
 from berth.supervisor import worker_count
 

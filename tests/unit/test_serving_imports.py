@@ -35,7 +35,7 @@ import asyncio, json, sys
 from sqlalchemy import create_engine
 
 from berth.app import create_app
-from berth.config import load_settings
+from berth.config_loading import load_settings
 from berth.metadata.tables import metadata
 
 settings = load_settings()
@@ -134,7 +134,7 @@ SCAN_PROCESS = """
 import asyncio, json, sys
 
 import berth.supervisor
-from berth.config import load_settings
+from berth.config_loading import load_settings
 from berth.services.scanning.processes import ScanProcesses
 from tests.unit.test_serving_imports import loaded_modules
 

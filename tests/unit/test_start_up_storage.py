@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from berth.config import Settings, SettingsError
+from berth.config import Settings
+from berth.config_loading import SettingsError
 from berth.data_location import create_data, sqlite_file
 from berth.services.start_up import (
     configured_storage_location,

@@ -7,7 +7,7 @@ import ipaddress
 import pytest
 
 from berth.access.forwarded import forwarded_client
-from berth.config import SettingsError, load_settings
+from berth.config_loading import SettingsError, load_settings
 
 PROXIES = [ipaddress.ip_network("10.0.0.5"), ipaddress.ip_network("10.1.0.0/16")]
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from berth.config import SettingsError, load_settings
+from berth.config_loading import SettingsError, load_settings
 from berth.storage.blob_cache import (
     EVICTION_GRACE_SECONDS,
     BlobCache,
