@@ -27,7 +27,7 @@ from sqlalchemy import text
 import berth.access.credentials
 import berth.jobs.leases
 import berth.metadata.presence
-import berth.metadata.tables
+import berth.metadata.tables.schema
 import berth.services.blobs
 import berth.services.gc.collector
 import berth.services.gc.decide
@@ -67,7 +67,7 @@ from tests.servers import PostgresCluster
 JOB = "storage-scrub"
 # Where Berth reads this machine's clock.
 CLOCK_READERS: tuple[ModuleType, ...] = (
-    berth.metadata.tables,
+    berth.metadata.tables.schema,
     berth.jobs.leases,
     berth.metadata.presence,
     berth.services.scanning.scans,
@@ -90,7 +90,7 @@ HOUR = 3600.0
 @contextlib.contextmanager
 def clock_off_by(monkeypatch: pytest.MonkeyPatch, seconds: float) -> Iterator[None]:
     """This node's clock runs `seconds` ahead (behind when negative) while in the block."""
-    real = berth.metadata.tables.utcnow
+    real = berth.metadata.tables.schema.utcnow
 
     def off() -> dt.datetime:
         return real() + dt.timedelta(seconds=seconds)
