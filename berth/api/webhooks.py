@@ -19,12 +19,11 @@ from berth.api.problems import responses
 from berth.domain.descriptions import DESCRIPTION_RULE, MAX_DESCRIPTION, TEXT_PATTERN
 from berth.domain.events import EVENT_TYPES
 from berth.services.webhook_addresses import MAX_URL_LENGTH
+from berth.services.webhook_log import MAX_PENDING_TESTS, Delivery
 from berth.services.webhooks import (
-    MAX_PENDING_TESTS,
     MAX_SECRET_LENGTH,
     MIN_SECRET_LENGTH,
     CreatedWebhook,
-    Delivery,
     Webhook,
 )
 

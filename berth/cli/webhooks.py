@@ -34,7 +34,7 @@ from berth.domain.errors import StateRefusal
 from berth.domain.events import EVENT_TYPES, TEST
 
 if TYPE_CHECKING:
-    from berth.services.webhooks import Delivery
+    from berth.services.webhook_log import Delivery
     from berth.state import Services
 
 T = TypeVar("T")
@@ -223,7 +223,7 @@ def _enabled_only(
     """`work` refused for a disabled webhook in words that end in the command enabling it,
     and for one with as many test events waiting as it may have in words that end in the
     command showing them."""
-    from berth.services.webhooks import TooManyPendingTests, WebhookDisabled
+    from berth.services.webhook_log import TooManyPendingTests, WebhookDisabled
 
     async def run(services: Services) -> T:
         try:

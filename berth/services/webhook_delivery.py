@@ -59,7 +59,7 @@ from berth.metadata.tables import (
 )
 from berth.observability import metrics
 from berth.services.webhook_addresses import check_url
-from berth.services.webhooks import DELIVERED, FAILED, IN_ORDER, PENDING, queue_head
+from berth.services.webhook_log import DELIVERED, FAILED, IN_ORDER, PENDING, queue_head
 
 if TYPE_CHECKING:
     import httpx

@@ -7,7 +7,7 @@ import json
 import subprocess
 import sys
 
-from berth.services.webhooks import MAX_PENDING_TESTS
+from berth.services.webhook_log import MAX_PENDING_TESTS
 from tests.servers import ROOT
 
 QUEUEING_TESTS = {
@@ -18,8 +18,8 @@ QUEUEING_TESTS = {
 # follow it only if built from it.
 DESCRIBED_WITH = """
 import json, sys
-import berth.services.webhooks
-berth.services.webhooks.MAX_PENDING_TESTS = int(sys.argv[1])
+import berth.services.webhook_log
+berth.services.webhook_log.MAX_PENDING_TESTS = int(sys.argv[1])
 from berth.api.app import create_api
 paths = create_api().openapi()["paths"]
 print(json.dumps({path: paths[path]["post"]["description"] for path in json.loads(sys.argv[2])}))

@@ -27,7 +27,8 @@ from berth.services.repositories import Repositories
 from berth.services.webhook_addresses import endpoint_key, refused_address
 from berth.services.webhook_delivery import WebhookDelivery
 from berth.services.webhook_events import EventData, enqueue_event_now
-from berth.services.webhooks import TooManyPendingTests, Webhooks
+from berth.services.webhook_log import TooManyPendingTests
+from berth.services.webhooks import Webhooks
 from tests.clients.machine import HOSTS_FILE, HostsEntries
 from tests.webhook_receiver import Receiver, receiving
 
