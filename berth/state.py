@@ -131,7 +131,8 @@ class Services:
 
     @cached_property
     def usage(self) -> Usage:
-        from berth.services.usage import Pricing, Usage
+        from berth.services.usage import Usage
+        from berth.services.usage_pricing import Pricing
 
         settings = self.settings
         return Usage(

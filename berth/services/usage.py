@@ -17,7 +17,7 @@ import logging
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
-from decimal import ROUND_HALF_UP, Decimal
+from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import delete, func, select
@@ -41,29 +41,15 @@ from berth.metadata.tables import (
     utcnow,
 )
 from berth.services import usage_records as records
+from berth.services.usage_pricing import GB, Pricing, money, month_start
 
-GB = 10**9
 # On-demand collections (any reader may ask) within this many seconds of a project's newest
 # sample replace it instead of adding one: at most one row a minute however often they come.
 ON_DEMAND_COALESCE_SECONDS = 60
 # Points of a storage series: a window holding more samples is shown as the newest sample of
 # each of this many equal stretches of it (a chart has no use for more).
 MAX_SERIES_POINTS = 1000
-CENT = Decimal("0.01")
 logger = logging.getLogger("berth.usage")
-
-
-@dataclass(frozen=True, slots=True)
-class Pricing:
-    price_per_gb: float = 0.0
-    free_gb: float = 0.0  # per project and month
-    currency: str = "USD"  # ISO 4217
-
-    def charge(self, month_bytes: int) -> Decimal:
-        """The estimated charge for a project's month of outbound bytes."""
-        free = Decimal(str(self.free_gb)) * GB
-        billable = max(Decimal(month_bytes) - free, Decimal(0))
-        return billable / GB * Decimal(str(self.price_per_gb))
 
 
 @dataclass(slots=True)
@@ -84,16 +70,6 @@ class StorageFigures:
 
 
 NOTHING = StorageFigures(0, 0, 0)
-
-
-def _month_start(day: dt.date, back: int = 0) -> dt.date:
-    """The first day of `day`'s month, `back` months earlier."""
-    index = day.year * 12 + day.month - 1 - back
-    return dt.date(index // 12, index % 12 + 1, 1)
-
-
-def _money(value: Decimal) -> float:
-    return float(value.quantize(CENT, rounding=ROUND_HALF_UP))
 
 
 class Usage:
@@ -382,7 +358,7 @@ class Usage:
         today = today or utcnow().date()
         first_day = today - dt.timedelta(days=days - 1)
         # The months shown, oldest first, after the one before them (for the first change).
-        month_starts = [_month_start(today, back) for back in (3, 2, 1, 0)]
+        month_starts = [month_start(today, back) for back in (3, 2, 1, 0)]
         since = min(first_day, month_starts[0])
         async with self.db.read() as conn:
             project_id = await require_project(conn, project)
@@ -439,7 +415,7 @@ class Usage:
                 requests=count.requests,
                 change_bytes=count.bytes - before,
                 change_percent=round((count.bytes - before) * 100 / before, 2) if before else None,
-                estimated_charge=_money(charge),
+                estimated_charge=money(charge),
                 currency=self.pricing.currency,
             )
 
@@ -501,7 +477,7 @@ class Usage:
         last sample, as the storage series shows it; taken now if there has been none), this month's outbound traffic,
         the last garbage collection and the image limit."""
         today = today or utcnow().date()
-        month = _month_start(today)
+        month = month_start(today)
         project_id, sampled_at, sampled = await self._first_sample(project)
         async with self.db.read() as conn:
             repository_count = await count_in_project(conn, repositories, project_id)
@@ -563,7 +539,7 @@ class Usage:
                 month=month.strftime("%Y-%m"),
                 bytes=month_bytes,
                 requests=int(traffic_row[1]),
-                estimated_charge=_money(self.pricing.charge(month_bytes)),
+                estimated_charge=money(self.pricing.charge(month_bytes)),
                 currency=self.pricing.currency,
             ),
             gc_grace_period_seconds=self.gc_grace_period,

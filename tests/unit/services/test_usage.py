@@ -1,10 +1,10 @@
-"""Charging for outbound traffic (`berth.services.usage.Pricing`)."""
+"""Charging for outbound traffic (`berth.services.usage_pricing.Pricing`)."""
 
 from __future__ import annotations
 
 import pytest
 
-from berth.services.usage import Pricing
+from berth.services.usage_pricing import Pricing
 
 GB = 10**9
 
