@@ -21,7 +21,6 @@ from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any, TypeVar
 
-import aiosqlite
 from sqlalchemy import Select, Table, event
 from sqlalchemy.dialects import sqlite
 from sqlalchemy.engine import make_url
@@ -35,6 +34,15 @@ from sqlalchemy.util import await_
 
 from berth.database_tls import TLS_PARAMETERS, database_tls
 from berth.domain.errors import StorageFull, StorageReadOnly, Unavailable
+from berth.metadata.sqlite_engine import (
+    READERS,
+    SQLITE_PRAGMAS,
+    SQLITE_READER_PRAGMAS,
+    WRITE_LOCK_SECONDS,
+    WRITER_QUEUE_SECONDS,
+    sqlite_engine,
+    use_wal,
+)
 from berth.metadata.tables import database_clock
 from berth.observability import metrics
 from berth.write_checks import on_read_only_disk
@@ -44,10 +52,7 @@ if TYPE_CHECKING:
 
     from berth.config import Settings
 
-# How long a write waits for SQLite's write lock (held by another process) and for this
-# process's writer connection, before it is refused as "busy, retry" (503 + Retry-After).
-WRITE_LOCK_SECONDS = 5
-WRITER_QUEUE_SECONDS = 10
+# What a write refused as busy, or a request the database could not answer, is told to wait.
 RETRY_AFTER_SECONDS = 5
 # How long a PostgreSQL statement waits for a row lock (`lock_timeout` of every connection):
 # a transaction holding one may be on a node that hangs, and the server notices a peer that
@@ -72,95 +77,9 @@ DISK_FULL = "53100"
 CONNECTION_LOST_STATES = ("08", "57P01", "57P02", "57P03")
 SQLITE_CANNOT_OPEN = "unable to open database file"
 UNREACHABLE_LOG_SECONDS = 10.0  # one warning per this long while the database stays away
-READERS = 16  # SQLite reader connections kept open (more open when busy)
 
-SQLITE_PRAGMAS = (
-    f"PRAGMA busy_timeout={WRITE_LOCK_SECONDS * 1000}",
-    "PRAGMA synchronous=NORMAL",
-    "PRAGMA foreign_keys=ON",
-)
-WAL_SWITCH_PAUSE_SECONDS = 0.01  # between tries of the switch to WAL (see _use_wal)
-# A reader reads the database file through a memory map: its pages stay in the kernel's page
-# cache, one copy shared by every connection of every worker, instead of each connection
-# copying what it reads into a page cache of its own (SQLite's default, up to 2 MB each: tens
-# of connections a worker). Pages a reader finds in the WAL still go to its own page cache,
-# bounded small. bench/findings.md, "A serving worker's growth taken apart".
-READER_MAP_BYTES = 256 * 1024 * 1024
-READER_PAGE_CACHE_KIB = 256
 
 logger = logging.getLogger("berth.database")
-SQLITE_READER_PRAGMAS = (
-    f"PRAGMA mmap_size={READER_MAP_BYTES}",
-    f"PRAGMA cache_size=-{READER_PAGE_CACHE_KIB}",
-)
-
-
-def _use_wal(execute: Callable[[str], Any], pause: Callable[[float], None]) -> None:
-    """Put the database in WAL mode (once per database: the mode stays in the file; a no-op
-    after). The switch takes the write lock from within a read, and SQLite does not wait for
-    that lock (waiting could deadlock, so the busy timeout does not apply): a connection
-    opening beside another that switches (processes or nodes starting at once on a new
-    database) is told "database is locked" at once. It tries again, for as long as a write
-    waits for the write lock."""
-    deadline = time.monotonic() + WRITE_LOCK_SECONDS
-    while True:
-        try:
-            execute("PRAGMA journal_mode=WAL")
-            return
-        except sqlite3.OperationalError as exc:
-            if "database is locked" not in str(exc) or time.monotonic() >= deadline:
-                raise
-        pause(WAL_SWITCH_PAUSE_SECONDS)
-
-
-async def _open_aiosqlite(*args: Any, **kwargs: Any) -> aiosqlite.Connection:
-    """aiosqlite's connect, as SQLAlchemy calls it, but for a database that cannot be opened
-    (its directory gone): aiosqlite then stops the connection's thread without waiting for
-    it, and the thread reports its end to this event loop, which may be closed by then (an
-    `asyncio.run` returning after the refusal): "Exception in thread ... Event loop is
-    closed". The thread is waited for here, while the loop still runs."""
-    connection = aiosqlite.connect(*args, **kwargs)
-    connection._thread.daemon = True  # as SQLAlchemy's own connect: never holds up an exit
-    try:
-        return await connection
-    except BaseException:
-        await asyncio.to_thread(connection._thread.join)
-        raise
-
-
-def _sqlite_engine(url: str, *, writer: bool) -> AsyncEngine:
-    engine = create_async_engine(
-        url,
-        pool_size=1 if writer else READERS,
-        max_overflow=0 if writer else 48,
-        pool_timeout=WRITER_QUEUE_SECONDS if writer else 30,
-        connect_args={"timeout": WRITE_LOCK_SECONDS},
-    )
-
-    @event.listens_for(engine.sync_engine, "do_connect")
-    def _open(dialect: Any, _record: Any, cargs: Any, cparams: Any) -> Any:
-        return dialect.loaded_dbapi.connect(*cargs, async_creator_fn=_open_aiosqlite, **cparams)
-
-    @event.listens_for(engine.sync_engine, "connect")
-    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
-        dbapi_connection.isolation_level = None  # SQLAlchemy emits BEGIN itself, below
-        cursor = dbapi_connection.cursor()
-        for pragma in SQLITE_PRAGMAS if writer else (*SQLITE_PRAGMAS, *SQLITE_READER_PRAGMAS):
-            cursor.execute(pragma)
-        # On the event loop's thread (the statements run on aiosqlite's): pause without
-        # holding up the loop.
-        _use_wal(cursor.execute, lambda seconds: await_(asyncio.sleep(seconds)))
-        cursor.close()
-
-    if writer:
-
-        @event.listens_for(engine.sync_engine, "begin")
-        def _on_begin(connection: Any) -> None:
-            connection.exec_driver_sql("BEGIN IMMEDIATE")
-
-    return engine
-
-
 _NAMED_SQLITE = sqlite.dialect(paramstyle="named")
 _WRITTEN = "berth.written_tables"  # in a connection's info: tables its transaction changed
 
@@ -192,7 +111,7 @@ class _SqlitePointReader:
                 connection = sqlite3.connect(self._path, isolation_level=None)
                 for pragma in (*SQLITE_PRAGMAS, *SQLITE_READER_PRAGMAS):
                     connection.execute(pragma)
-                _use_wal(connection.execute, time.sleep)
+                use_wal(connection.execute, time.sleep)
                 connection.execute("PRAGMA query_only=1")
             except sqlite3.OperationalError as exc:
                 if SQLITE_CANNOT_OPEN not in str(exc):
@@ -408,8 +327,8 @@ class Database:
         self._read_only_said = False  # the log said its disk is read-only (until a write)
         if self.is_sqlite:
             self._sqlite_file = url.split(":///", 1)[1]
-            self.writer = _sqlite_engine(url, writer=True)
-            self.reader = _sqlite_engine(url, writer=False)
+            self.writer = sqlite_engine(url, writer=True)
+            self.reader = sqlite_engine(url, writer=False)
             self._point_reader = _SqlitePointReader(self._sqlite_file, self._unreachable)
             metrics.watch_pool(self.writer.sync_engine, "writer", 1)
             metrics.watch_pool(self.reader.sync_engine, "reader", READERS)

@@ -18,7 +18,7 @@ from sqlalchemy import Integer, bindparam, func, select, text
 from sqlalchemy.exc import OperationalError, ProgrammingError
 
 from berth.domain.errors import Unavailable
-from berth.metadata import database
+from berth.metadata import database, sqlite_engine
 from berth.metadata.database import Database
 from tests.servers import PostgresCluster, free_port
 
@@ -28,7 +28,7 @@ def test_a_write_queued_behind_this_process_writer_for_too_long_is_a_503(
 ) -> None:
     """SQLite: one writer connection per process; a write that waits too long for it is
     refused as busy (503, Retry-After), not a server error."""
-    monkeypatch.setattr(database, "WRITER_QUEUE_SECONDS", 0.2)
+    monkeypatch.setattr(sqlite_engine, "WRITER_QUEUE_SECONDS", 0.2)
     db = Database(f"sqlite+aiosqlite:///{tmp_path / 'queue.db'}")
 
     async def queue() -> Unavailable:

@@ -8,7 +8,8 @@ from pathlib import Path
 
 from prometheus_client import REGISTRY
 
-from berth.metadata.database import READERS, Database
+from berth.metadata.database import Database
+from berth.metadata.sqlite_engine import READERS
 from berth.observability import metrics
 
 
