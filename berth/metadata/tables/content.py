@@ -53,7 +53,7 @@ blobs = Table(
     Column("created_at", UTCDateTime, nullable=False, default=utcnow),
     # Made anew with each row (NULL on rows older than it): a push that stored the blob's
     # object links it only if the row it held before storing is still the same row, not one
-    # garbage collection deleted, with its object, meanwhile (`services/uploads.py`).
+    # garbage collection deleted, with its object, meanwhile (`services/uploads/commits.py`).
     Column("token", String(32)),
 )
 

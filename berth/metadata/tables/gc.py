@@ -68,7 +68,7 @@ gc_sweep = Table(
 
 
 # Blobs whose rows a GC run deleted and whose objects it is removing from the store: a push of
-# one waits for its removal to end before storing it again (`services/uploads.py`). A run's
+# one waits for its removal to end before storing it again (`services/uploads/commits.py`). A run's
 # rows go once its objects are gone; those of a run that ended without (it failed) are void.
 blob_removals = Table(
     "blob_removals",
