@@ -12,7 +12,8 @@ of the other's clients with 401. Here instead:
 - a process never hands out a port twice;
 - a port is taken only if it can be bound (skips whatever listens there), and only if no other
   process on the machine has reserved it: a byte-range lock at offset PORT of one lock file per
-  user, held until the process exits (test runs of other worktrees side by side stay apart).
+  user, held until the process exits (test runs of other worktrees side by side stay apart);
+- never a port browsers refuse to open (the console's tests drive Chromium).
 """
 
 from __future__ import annotations
@@ -30,6 +31,9 @@ EPHEMERAL_RANGE = Path("/proc/sys/net/ipv4/ip_local_port_range")
 LOWEST = 10000  # below this, services of the machine more often have fixed ports
 HIGHEST = 65535
 LOCK_FILE = Path(tempfile.gettempdir()) / f"berth-test-ports-{os.getuid()}.lock"
+# The Fetch standard's "bad ports" from LOWEST up: Chromium and Firefox refuse to load a page
+# there (net::ERR_UNSAFE_PORT), which failed a console test handed 10080.
+BROWSERS_REFUSE = frozenset({10080})
 
 
 def ephemeral_range(path: Path = EPHEMERAL_RANGE) -> tuple[int, int]:
@@ -95,6 +99,8 @@ class PortAllocator:
             while self._next < len(self.ports):
                 port = self.ports[self._next]
                 self._next += 1
+                if port in BROWSERS_REFUSE:
+                    continue
                 if self._reserve(port) and bindable(host, port):
                     return port
         raise RuntimeError(f"this test process has used up its ports ({self.ports})")

@@ -8,7 +8,13 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.ports import LOWEST, PortAllocator, ephemeral_range, worker_ports
+from tests.ports import (
+    BROWSERS_REFUSE,
+    LOWEST,
+    PortAllocator,
+    ephemeral_range,
+    worker_ports,
+)
 from tests.servers import ROOT
 
 
@@ -83,3 +89,21 @@ def test_a_port_another_process_reserved_is_skipped(tmp_path: Path) -> None:
         assert not mine & reserved
     finally:
         other.communicate("", timeout=10)
+
+
+def test_no_port_a_browser_refuses_is_handed_out(tmp_path: Path) -> None:
+    """The first worker's slice starts at LOWEST: its 81st server got 10080, where Chromium
+    would not load the console (net::ERR_UNSAFE_PORT)."""
+    (refused,) = BROWSERS_REFUSE
+    allocator = PortAllocator(range(refused - 1, refused + 2), tmp_path / "ports.lock")
+    try:
+        taken = []
+        while True:
+            try:
+                taken.append(allocator.take())
+            except RuntimeError:
+                break
+        assert refused not in taken
+        assert taken == [port for port in (refused - 1, refused + 1) if port in taken]
+    finally:
+        allocator.close()
