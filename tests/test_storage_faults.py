@@ -239,6 +239,28 @@ def test_a_commit_whose_scratch_file_is_gone_is_a_retryable_upload_error(repo: R
     assert repo.client.get(repo.url(f"blobs/{digest_of(data)}")).content == data
 
 
+def test_an_upload_whose_uploads_directory_is_gone_ends_at_its_next_request(
+    tmp_path: Path,
+) -> None:
+    """The blob directory's `_uploads` gone (removed by hand, a shared mount's directory
+    lost): every upload's data is gone with it, so the first PATCH, whose lock file cannot be
+    made there, ends the upload with BLOB_UPLOAD_UNKNOWN (clients start a new one), though it
+    never got the upload's turn."""
+    server = BerthServer(tmp_path / "data")
+    try:
+        repo = new_repo(server.start())
+        location = repo.client.post(repo.url("blobs/uploads/")).headers["Location"]
+        uploads = server.data_dir / "blobs" / "_uploads"
+        uploads.rename(uploads.with_name("_uploads.gone"))
+        response = repo.client.patch(location, content=b"some bytes")
+        assert response.status_code == 404, response.text
+        assert error_code(response) == "BLOB_UPLOAD_UNKNOWN"
+        assert "start the upload again" in response.text
+        assert repo.client.get(location).status_code == 404
+    finally:
+        server.stop()
+
+
 def test_storage_check_removes_scratch_files_no_upload_names(repo: Repo) -> None:
     uploads = repo.server.data_dir / "blobs" / "_uploads"
     hour_ago = time.time() - 7200
@@ -460,6 +482,57 @@ def test_a_full_disk_refuses_the_push_clearly_and_keeps_nothing(
     assert repo.client.head(repo.url(f"blobs/{digest}")).status_code == 404
     # The space is free again: a push that fits succeeds.
     assert push_bytes(repo.client, repo.name, os.urandom(MIB))
+
+
+STORAGE_FULL_UPLOAD_KEPT = (
+    "the registry's storage is full: nothing was stored and the upload is kept; send the "
+    "request again once space has been freed"
+)
+
+
+def test_an_upload_begun_before_the_disk_filled_up_is_kept_for_its_client(
+    tmp_path: Path,
+) -> None:
+    """A chunked push begun before the blob disk filled up: its first PATCH, whose lock file
+    cannot be made (here no inode is left: tmpfs makes an empty file on a disk with no block
+    left), is refused with STORAGE_FULL and the upload kept (on a blob directory several
+    nodes share, another node's request may hold its turn); once space is freed, the client
+    sends the request again on the same upload."""
+    blobs = tmp_path / "data" / "blobs"
+    blobs.mkdir(parents=True)
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=8m,nr_inodes=256", "tmpfs", str(blobs)]
+    )
+    if mounted.returncode != 0:
+        pytest.skip("cannot mount a small tmpfs here (needs root)")
+    server = BerthServer(tmp_path / "data")
+    try:
+        repo = new_repo(server.start())
+        begun = repo.client.post(repo.url("blobs/uploads/")).headers["Location"]
+        filler = blobs / "filler"
+        filler.mkdir()
+        with contextlib.suppress(OSError):  # ENOSPC: every inode taken
+            for number in range(1000):
+                (filler / str(number)).touch()
+        refused = repo.client.patch(begun, content=b"some bytes")
+        assert refused.status_code == 507, refused.text
+        assert error_code(refused) == "STORAGE_FULL"
+        assert refused.json()["errors"][0]["message"] == STORAGE_FULL_UPLOAD_KEPT
+        assert repo.client.get(begun).status_code == 204  # kept, with nothing of the refused
+
+        shutil.rmtree(filler)
+        again = repo.client.patch(begun, content=b"some bytes")
+        assert again.status_code == 202, again.text
+        done = repo.client.put(
+            again.headers["Location"], params={"digest": digest_of(b"some bytes")}
+        )
+        assert done.status_code == 201, done.text
+        assert repo.client.get(repo.url(f"blobs/{digest_of(b'some bytes')}")).content == (
+            b"some bytes"
+        )
+    finally:
+        server.stop()
+        subprocess.run(["umount", "-l", str(blobs)], check=False)
 
 
 def fill(path: Path) -> None:

@@ -107,7 +107,8 @@ class UploadBodies(StorageFaults, UploadHashes):
         async with lock, contextlib.AsyncExitStack() as held:
             # Its lock file not made (the disk read-only or full): not this request's turn, so
             # the upload is not its to end. On a blob directory several nodes share, another
-            # node's request may hold the turn and be writing the upload.
+            # node's request may hold the turn and be writing the upload. (Its directory gone,
+            # the upload's data is gone for all: it ends.)
             async with self._storage_faults(upload_id, turn_held=False):
                 await held.enter_async_context(self.store.upload_exclusive(upload_id))
             try:

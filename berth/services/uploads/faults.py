@@ -50,15 +50,17 @@ class StorageFaults(UploadPart):
     async def _storage_faults(
         self, upload_id: str, *, turn_held: bool = True
     ) -> AsyncIterator[None]:
-        """What storage does to an upload, as its client should see it; the upload is
-        discarded either way, unless refused its turn. Its scratch file gone (garbage
-        collection removed the upload as abandoned while it was in use, or a cancel ended
-        it): BLOB_UPLOAD_UNKNOWN, which clients retry with a new upload. The disk full:
-        STORAGE_FULL, and its space back at once; read-only: STORAGE_READ_ONLY (its scratch
-        file, if any, is the abandoned-uploads job's once the disk is writable). A request
-        refused the upload's turn (`_lock`, not `turn_held`) by a full or read-only disk ends
-        nothing: the upload is kept for its client to go on with once the disk takes writes,
-        or for the abandoned-uploads job after `upload_expiry`."""
+        """What storage does to an upload, as its client should see it. Its scratch gone
+        (garbage collection removed the upload as abandoned while it was in use, a cancel
+        ended it, or the uploads directory itself is gone): its data is gone for every
+        request, so the upload is discarded, whether or not this request held its turn, and
+        the client hears BLOB_UPLOAD_UNKNOWN, which clients retry with a new upload. The disk
+        full: STORAGE_FULL, the upload discarded and its space back at once; read-only:
+        STORAGE_READ_ONLY, the upload discarded (its scratch file, if any, is the
+        abandoned-uploads job's once the disk is writable). A request refused the upload's
+        turn (`_lock`, not `turn_held`) by a full or read-only disk discards nothing: the
+        upload is kept for its client to go on with once the disk takes writes, or for the
+        abandoned-uploads job after `upload_expiry`."""
         try:
             yield
         except FileNotFoundError:
