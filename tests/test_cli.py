@@ -1537,6 +1537,25 @@ def test_status_says_whether_the_balancer_it_is_served_at_answers(tmp_path: Path
     assert "refused" in shown["served_at_health"]["problem"].lower(), shown
 
 
+def test_status_never_asks_the_url_of_the_server_started_before(tmp_path: Path) -> None:
+    """A URL too long to record (over 255 characters, install_facts.value's width) is not
+    recorded: status asks this shell's URL for that host, not the one the server started
+    before recorded (here the same host over http, the server now says https)."""
+    host = ".".join(["x" * 60, "x" * 60, "x" * 60, "x" * 57, "invalid"])  # 248 characters
+    server = BerthServer(tmp_path / "data")
+    server.extra_env["BERTH_PUBLIC_URL"] = f"http://{host}"  # 255 characters: recorded
+    server.start()
+    server.stop()
+    server.extra_env["BERTH_PUBLIC_URL"] = f"https://{host}"  # 256: not recorded
+    server.start()
+    try:
+        shown = server.cli_json("status")
+    finally:
+        server.stop()
+    assert shown["served_at"] == host
+    assert shown["served_at_health"]["url"] == f"https://{host}/healthz", shown
+
+
 def test_a_password_asked_for_without_a_terminal_is_refused_with_what_to_do(
     server: BerthServer,
 ) -> None:

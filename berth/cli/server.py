@@ -378,11 +378,14 @@ def _listen_address(settings: Settings) -> str:
 
 
 def _served_url(settings: Settings, served: str, recorded: str | None) -> str | None:
-    """The URL the last server recorded; from a server that recorded only its host, this
-    shell's URL when it names that host (else None: the scheme is unknown)."""
+    """The URL the last server recorded, if it is at `served`; from a server that recorded
+    only its host (an older Berth's, which leaves the URL of the one before), this shell's
+    URL when it names that host (else None: the scheme is unknown)."""
+    from urllib.parse import urlsplit
+
     from berth.addresses import public_host, public_url
 
-    if recorded is not None:
+    if recorded is not None and urlsplit(recorded).netloc == served:
         return recorded
     return public_url(settings) if public_host(settings) == served else None
 

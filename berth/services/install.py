@@ -2,12 +2,23 @@
 
 from __future__ import annotations
 
-from sqlalchemy import Select, delete, select
+from sqlalchemy import Select, String, delete, select
 
 from berth.metadata.database import Database
 from berth.metadata.tables import blobs, install_facts, utcnow
 
 KEY_FINGERPRINT = "key_fingerprint"
+
+
+def _longest_fact() -> int:
+    width = install_facts.c.value.type
+    assert isinstance(width, String) and width.length is not None
+    return width.length
+
+
+# install_facts.value's width: a longer fact is cut short or not recorded (PostgreSQL would
+# refuse it).
+LONGEST_FACT = _longest_fact()
 
 
 async def recorded_key_fingerprint(db: Database, fingerprint: str) -> str:
@@ -81,17 +92,17 @@ SERVED_PROJECT_HOST_SUFFIX = "served_project_host_suffix"
 SERVED_URL = "served_url"
 
 
-async def record_served_at(
-    db: Database, host: str, project_host_suffix: str, url: str | None = None
-) -> None:
+async def record_served_at(db: Database, host: str, project_host_suffix: str, url: str) -> None:
     """Note the host (and port) this server is reached at, the suffix of its project hosts
     (`.{region}.{domain}`) and its URL (`public_url`, a balancer's, or its own): the last node
-    to start wins."""
-    facts = [(SERVED_AT, host), (SERVED_PROJECT_HOST_SUFFIX, project_host_suffix)]
-    if url is not None and len(url) <= 255:  # install_facts.value's width; longer: not asked
-        facts.append((SERVED_URL, url))
+    to start wins. One longer than LONGEST_FACT is removed instead: the last server's would
+    be taken for this one's (`berth status` asking another server's URL)."""
+    facts = {SERVED_AT: host, SERVED_PROJECT_HOST_SUFFIX: project_host_suffix, SERVED_URL: url}
     async with db.write() as conn:
-        for name, value in facts:
+        for name, value in facts.items():
+            if len(value) > LONGEST_FACT:
+                await conn.execute(delete(install_facts).where(install_facts.c.name == name))
+                continue
             await conn.execute(
                 db.upsert(
                     install_facts, ["name"], {"value": value, "recorded_at": utcnow()}

@@ -24,6 +24,7 @@ from berth.config_loading import SettingsError, setting_source
 from berth.data_location import shown_database, sqlite_file
 from berth.metadata.database import Database
 from berth.services.install import (
+    LONGEST_FACT,
     forget_key_fingerprint,
     key_fingerprint,
     recorded_key_fingerprint,
@@ -192,13 +193,10 @@ def configured_storage_location(settings: Settings) -> str:
         return "filesystem"
     prefix = settings.s3_prefix.strip("/")  # as the store makes its keys
     location = f"s3://{settings.s3_bucket}/{prefix}/" if prefix else f"s3://{settings.s3_bucket}/"
-    if len(location) > _LONGEST_FACT:  # the column's width: the start, and a hash of it all
+    if len(location) > LONGEST_FACT:  # the column's width: the start, and a hash of it all
         digest = hashlib.sha256(location.encode()).hexdigest()
-        location = f"{location[: _LONGEST_FACT - len(digest) - 9]}… sha256:{digest}"
+        location = f"{location[: LONGEST_FACT - len(digest) - 9]}… sha256:{digest}"
     return location
-
-
-_LONGEST_FACT = 255  # install_facts.value
 
 
 def check_storage_location(settings: Settings) -> None:
