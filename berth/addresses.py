@@ -42,11 +42,18 @@ def public_host(settings: Settings) -> str:
     listens on."""
     if settings.public_url:
         return urlsplit(settings.public_url).netloc
-    host, port = settings.host_and_port
     if _has_domain(settings):
+        port = settings.host_and_port[1]
         default_port = 443 if settings.tls else 80
         name = settings.project_host_suffix.lstrip(".")
         return name + ("" if port == default_port else f":{port}")
+    return listen_address(settings)
+
+
+def listen_address(settings: Settings) -> str:
+    """The host and port `listen` is reached at from this machine (an IPv6 address in
+    brackets)."""
+    host, port = settings.host_and_port
     if host in ("0.0.0.0", "::"):
         host = "127.0.0.1"  # listening on every address: this machine's own reaches it
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

@@ -137,6 +137,7 @@ def status(json_output: JsonFlag = False) -> None:
     from rich.text import Text
     from sqlalchemy.exc import SQLAlchemyError
 
+    from berth.addresses import listen_address
     from berth.config import config_file
     from berth.data_location import missing_data, shown_database
     from berth.services.records import plain
@@ -163,7 +164,7 @@ def status(json_output: JsonFlag = False) -> None:
     # health check answers there, as clients would reach it.
     health = (
         _health_at(_served_url(settings, served, served_url))
-        if elsewhere is None and served is not None and served != _listen_address(settings)
+        if elsewhere is None and served is not None and served != listen_address(settings)
         else None
     )
     # A database that is there but could not be opened or read may well hold the data (an
@@ -367,14 +368,6 @@ def _who_answers(
     if ours is None:
         return True, None
     return True, kid == ours
-
-
-def _listen_address(settings: Settings) -> str:
-    """`listen` as `berth serve` records it when no other address names the server."""
-    host, port = settings.host_and_port
-    if host in ("0.0.0.0", "::"):
-        host = "127.0.0.1"
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def _served_url(settings: Settings, served: str, recorded: str | None) -> str | None:

@@ -10,7 +10,7 @@ from typing import TypedDict
 import pytest
 from pydantic import ValidationError
 
-from berth.addresses import ResolvedNames, public_host, public_url
+from berth.addresses import ResolvedNames, listen_address, public_host, public_url
 from berth.config import Settings
 from tests.clients.machine import HOSTS_FILE, HostsEntries
 
@@ -59,6 +59,24 @@ def test_a_public_url_behind_a_load_balancer_replaces_the_nodes_own(
         listen="0.0.0.0:5000", domain="kcr.dev", region="kr-central-2", public_url=given
     )
     assert (public_url(settings), public_host(settings)) == (url, host)
+
+
+@pytest.mark.parametrize(
+    ("settings", "address"),
+    [
+        ({"listen": "0.0.0.0:5000"}, "127.0.0.1:5000"),
+        ({"listen": "[::]:5000"}, "127.0.0.1:5000"),
+        ({"listen": "[::1]:5000"}, "[::1]:5000"),
+        ({"listen": "0.0.0.0:443", "domain": "kcr.dev"}, "127.0.0.1:443"),
+        ({"listen": "10.0.0.5:80", "public_url": "https://kcr.dev"}, "10.0.0.5:80"),
+    ],
+)
+def test_the_listen_address_is_where_this_machine_reaches_listen(
+    settings: GivenSettings, address: str
+) -> None:
+    """What `berth status` compares the recorded `served_at` with: `listen` as reached from
+    this machine, whatever domain or public_url name the server elsewhere."""
+    assert listen_address(Settings(**settings)) == address
 
 
 @pytest.mark.parametrize(
