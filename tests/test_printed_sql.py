@@ -66,9 +66,11 @@ def test_new_keys_on_purpose_on_postgresql_start_once_the_printed_psql_command_r
     if postgres is None:
         pytest.skip("PostgreSQL not installed")
     # As an operator writes it: no driver in the scheme, a password psql asks for (trust
-    # authentication here takes none), never printed.
+    # authentication here takes none), never printed; parameters of asyncpg's and
+    # SQLAlchemy's, which psql refuses, and one of libpq's, which it takes.
     url = postgres.create_database().replace("postgresql+asyncpg://postgres@", "postgres://")
     url = url.replace("postgres://", "postgres://postgres:db-secret-7@")
+    url += "?command_timeout=30&prepared_statement_cache_size=50&target_session_attrs=read-write"
     server = BerthServer(tmp_path / "data", url)
     server.cli("init")
     other_keys(server, tmp_path)
@@ -78,6 +80,7 @@ def test_new_keys_on_purpose_on_postgresql_start_once_the_printed_psql_command_r
     assert "DELETE FROM install_facts WHERE name = 'key_fingerprint';" in command
 
     pasted(command, tmp_path / "shell")
+    assert "?target_session_attrs=read-write'" in command, command
     serves(server)
 
 

@@ -327,19 +327,36 @@ def _unreadable_store(settings: Settings, here: str, exc: OSError) -> Exception:
     return SettingsError(said)
 
 
+# libpq's connection parameters (PostgreSQL's documentation, "Parameter Key Words"), the
+# query parameters psql takes in a URI: any other (asyncpg's command_timeout, SQLAlchemy's
+# prepared_statement_cache_size) makes it refuse the URI. Not `password`: psql asks for it.
+_LIBPQ_PARAMETERS = frozenset(
+    {
+        "host", "hostaddr", "port", "dbname", "user", "passfile", "require_auth",
+        "channel_binding", "connect_timeout", "client_encoding", "options", "application_name",
+        "fallback_application_name", "keepalives", "keepalives_idle", "keepalives_interval",
+        "keepalives_count", "tcp_user_timeout", "replication", "gssencmode", "sslmode",
+        "requiressl", "sslnegotiation", "sslcompression", "sslcert", "sslkey", "sslpassword",
+        "sslcertmode", "sslrootcert", "sslcrl", "sslcrldir", "sslsni", "requirepeer",
+        "ssl_min_protocol_version", "ssl_max_protocol_version", "krbsrvname", "gsslib",
+        "gssdelegation", "service", "target_session_attrs", "load_balance_hosts",
+    }
+)  # fmt: skip
+
+
 def sql_command(settings: Settings, statement: str) -> str:
     """A shell command that runs the SQL `statement` on the configured database, for an
     operator to paste: sqlite3 on the SQLite file, else psql on the database's URL as libpq
-    reads it (asyncpg's `ssl=` as `sslmode=`), without its password, which psql asks for
-    (or finds in ~/.pgpass or PGPASSWORD): a refusal goes to the server's log."""
+    reads it (asyncpg's `ssl=` as `sslmode=`, only libpq's parameters), without its password,
+    which psql asks for (or finds in ~/.pgpass or PGPASSWORD): a refusal goes to the
+    server's log."""
     path = sqlite_file(settings)
     if path is not None:
         return f"sqlite3 {shlex.quote(str(path))} {_shell_string(statement)}"
     given = make_url(settings.resolved_database_url)
-    query = dict(given.query)
-    if "ssl" in query:
-        mode = query.pop("ssl")
-        query.setdefault("sslmode", mode)
+    query = {name: value for name, value in given.query.items() if name in _LIBPQ_PARAMETERS}
+    if "ssl" in given.query:
+        query.setdefault("sslmode", given.query["ssl"])
     # URL.create: URL.set takes password=None for "unchanged".
     url = URL.create(
         "postgresql", given.username, None, given.host, given.port, given.database, query
