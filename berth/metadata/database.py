@@ -36,12 +36,11 @@ from berth.database_tls import TLS_PARAMETERS, database_tls
 from berth.domain.errors import StorageFull, StorageReadOnly, Unavailable
 from berth.metadata.sqlite_engine import (
     READERS,
-    SQLITE_PRAGMAS,
-    SQLITE_READER_PRAGMAS,
+    SQLITE_CANNOT_OPEN,
     WRITE_LOCK_SECONDS,
     WRITER_QUEUE_SECONDS,
+    SqlitePointReader,
     sqlite_engine,
-    use_wal,
 )
 from berth.metadata.tables import database_clock
 from berth.observability import metrics
@@ -75,12 +74,10 @@ DISK_FULL = "53100"
 # PostgreSQL's SQLSTATEs of a server that is not there to answer: class 08 (connection
 # exception), and the server shutting down, crashed or still starting (57P01-57P03).
 CONNECTION_LOST_STATES = ("08", "57P01", "57P02", "57P03")
-SQLITE_CANNOT_OPEN = "unable to open database file"
 UNREACHABLE_LOG_SECONDS = 10.0  # one warning per this long while the database stays away
 
 
 logger = logging.getLogger("berth.database")
-_NAMED_SQLITE = sqlite.dialect(paramstyle="named")
 _WRITTEN = "berth.written_tables"  # in a connection's info: tables its transaction changed
 
 
@@ -89,44 +86,6 @@ def _note_written_table(connection: Any, statement: Any, *_args: Any) -> None:
         table = statement.table
         name = table.name if isinstance(table, TableClause) else str(table)
         connection.info.setdefault(_WRITTEN, set()).add(name)
-
-
-class _SqlitePointReader:
-    """Single-row reads on the event-loop thread itself.
-
-    A WAL read of an indexed row takes tens of microseconds; handing it to aiosqlite's thread
-    and back costs several times that, and it is what every pull does. Only for statements that
-    read plain columns (no type conversion happens here).
-    """
-
-    def __init__(self, path: str, unreachable: _Unreachable) -> None:
-        self._path = path
-        self._unreachable = unreachable
-        self._connection: sqlite3.Connection | None = None
-        self._compiled: dict[Select[Any], str] = {}
-
-    def first(self, statement: Select[Any], params: dict[str, Any]) -> tuple[Any, ...] | None:
-        if self._connection is None:
-            try:
-                connection = sqlite3.connect(self._path, isolation_level=None)
-                for pragma in (*SQLITE_PRAGMAS, *SQLITE_READER_PRAGMAS):
-                    connection.execute(pragma)
-                use_wal(connection.execute, time.sleep)
-                connection.execute("PRAGMA query_only=1")
-            except sqlite3.OperationalError as exc:
-                if SQLITE_CANNOT_OPEN not in str(exc):
-                    raise
-                raise self._unreachable(exc) from None
-            self._connection = connection
-        sql = self._compiled.get(statement)
-        if sql is None:
-            sql = self._compiled[statement] = str(statement.compile(dialect=_NAMED_SQLITE))
-        row: tuple[Any, ...] | None = self._connection.execute(sql, params).fetchone()
-        return row
-
-    def close(self) -> None:
-        if self._connection is not None:
-            self._connection.close()
 
 
 def _write_condition(exc: DBAPIError, sqlite_file: str | None) -> Exception | None:
@@ -318,7 +277,7 @@ class Database:
         `STATEMENT_SECONDS`)."""
         self.url = url
         self.is_sqlite = url.startswith("sqlite")
-        self._point_reader: _SqlitePointReader | None = None
+        self._point_reader: SqlitePointReader | None = None
         self._unreachable = _Unreachable()
         self._closed_by: float | None = None  # while disposing: by when all must be closed
         self._stopping = False
@@ -329,7 +288,7 @@ class Database:
             self._sqlite_file = url.split(":///", 1)[1]
             self.writer = sqlite_engine(url, writer=True)
             self.reader = sqlite_engine(url, writer=False)
-            self._point_reader = _SqlitePointReader(self._sqlite_file, self._unreachable)
+            self._point_reader = SqlitePointReader(self._sqlite_file, self._unreachable)
             metrics.watch_pool(self.writer.sync_engine, "writer", 1)
             metrics.watch_pool(self.reader.sync_engine, "reader", READERS)
         else:

@@ -1,6 +1,7 @@
 """SQLite's engines: one writer connection that takes the write lock up front (BEGIN
 IMMEDIATE), and a pool of readers through a memory map; every connection with Berth's pragmas,
-the database in WAL mode."""
+the database in WAL mode. And the point reader, for single-row reads on the event loop's
+thread."""
 
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ from collections.abc import Callable
 from typing import Any
 
 import aiosqlite
-from sqlalchemy import event
+from sqlalchemy import Select, event
+from sqlalchemy.dialects import sqlite
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.util import await_
 
@@ -20,13 +22,14 @@ from sqlalchemy.util import await_
 WRITE_LOCK_SECONDS = 5
 WRITER_QUEUE_SECONDS = 10
 READERS = 16  # SQLite reader connections kept open (more open when busy)
+SQLITE_CANNOT_OPEN = "unable to open database file"
 
-SQLITE_PRAGMAS = (
+_SQLITE_PRAGMAS = (
     f"PRAGMA busy_timeout={WRITE_LOCK_SECONDS * 1000}",
     "PRAGMA synchronous=NORMAL",
     "PRAGMA foreign_keys=ON",
 )
-WAL_SWITCH_PAUSE_SECONDS = 0.01  # between tries of the switch to WAL (see use_wal)
+WAL_SWITCH_PAUSE_SECONDS = 0.01  # between tries of the switch to WAL (see _use_wal)
 # A reader reads the database file through a memory map: its pages stay in the kernel's page
 # cache, one copy shared by every connection of every worker, instead of each connection
 # copying what it reads into a page cache of its own (SQLite's default, up to 2 MB each: tens
@@ -35,13 +38,13 @@ WAL_SWITCH_PAUSE_SECONDS = 0.01  # between tries of the switch to WAL (see use_w
 READER_MAP_BYTES = 256 * 1024 * 1024
 READER_PAGE_CACHE_KIB = 256
 
-SQLITE_READER_PRAGMAS = (
+_SQLITE_READER_PRAGMAS = (
     f"PRAGMA mmap_size={READER_MAP_BYTES}",
     f"PRAGMA cache_size=-{READER_PAGE_CACHE_KIB}",
 )
 
 
-def use_wal(execute: Callable[[str], Any], pause: Callable[[float], None]) -> None:
+def _use_wal(execute: Callable[[str], Any], pause: Callable[[float], None]) -> None:
     """Put the database in WAL mode (once per database: the mode stays in the file; a no-op
     after). The switch takes the write lock from within a read, and SQLite does not wait for
     that lock (waiting could deadlock, so the busy timeout does not apply): a connection
@@ -91,11 +94,11 @@ def sqlite_engine(url: str, *, writer: bool) -> AsyncEngine:
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
         dbapi_connection.isolation_level = None  # SQLAlchemy emits BEGIN itself, below
         cursor = dbapi_connection.cursor()
-        for pragma in SQLITE_PRAGMAS if writer else (*SQLITE_PRAGMAS, *SQLITE_READER_PRAGMAS):
+        for pragma in _SQLITE_PRAGMAS if writer else (*_SQLITE_PRAGMAS, *_SQLITE_READER_PRAGMAS):
             cursor.execute(pragma)
         # On the event loop's thread (the statements run on aiosqlite's): pause without
         # holding up the loop.
-        use_wal(cursor.execute, lambda seconds: await_(asyncio.sleep(seconds)))
+        _use_wal(cursor.execute, lambda seconds: await_(asyncio.sleep(seconds)))
         cursor.close()
 
     if writer:
@@ -105,3 +108,44 @@ def sqlite_engine(url: str, *, writer: bool) -> AsyncEngine:
             connection.exec_driver_sql("BEGIN IMMEDIATE")
 
     return engine
+
+
+_NAMED_SQLITE = sqlite.dialect(paramstyle="named")
+
+
+class SqlitePointReader:
+    """Single-row reads on the event-loop thread itself.
+
+    A WAL read of an indexed row takes tens of microseconds; handing it to aiosqlite's thread
+    and back costs several times that, and it is what every pull does. Only for statements that
+    read plain columns (no type conversion happens here).
+    """
+
+    def __init__(self, path: str, unreachable: Callable[[BaseException], Exception]) -> None:
+        self._path = path
+        self._unreachable = unreachable
+        self._connection: sqlite3.Connection | None = None
+        self._compiled: dict[Select[Any], str] = {}
+
+    def first(self, statement: Select[Any], params: dict[str, Any]) -> tuple[Any, ...] | None:
+        if self._connection is None:
+            try:
+                connection = sqlite3.connect(self._path, isolation_level=None)
+                for pragma in (*_SQLITE_PRAGMAS, *_SQLITE_READER_PRAGMAS):
+                    connection.execute(pragma)
+                _use_wal(connection.execute, time.sleep)
+                connection.execute("PRAGMA query_only=1")
+            except sqlite3.OperationalError as exc:
+                if SQLITE_CANNOT_OPEN not in str(exc):
+                    raise
+                raise self._unreachable(exc) from None
+            self._connection = connection
+        sql = self._compiled.get(statement)
+        if sql is None:
+            sql = self._compiled[statement] = str(statement.compile(dialect=_NAMED_SQLITE))
+        row: tuple[Any, ...] | None = self._connection.execute(sql, params).fetchone()
+        return row
+
+    def close(self) -> None:
+        if self._connection is not None:
+            self._connection.close()
