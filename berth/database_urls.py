@@ -10,7 +10,7 @@ from berth.database_tls import database_tls
 # The driver Berth opens each database with, by the URL scheme that names only the database
 # (postgresql:// as PostgreSQL's own documentation, Heroku and RDS write it; SQLAlchemy would
 # take psycopg, which Berth does not ship, and no longer knows postgres://).
-BERTH_DRIVERS = {
+_BERTH_DRIVERS = {
     "postgresql": "postgresql+asyncpg",
     "postgres": "postgresql+asyncpg",
     "sqlite": "sqlite+aiosqlite",
@@ -26,7 +26,7 @@ def with_berth_driver(url: str) -> str:
     postgres://... as postgresql+asyncpg://..., sqlite://... as sqlite+aiosqlite://...; a URL
     that names its driver as it is."""
     scheme, separator, rest = url.partition("://")
-    return f"{BERTH_DRIVERS.get(scheme.lower(), scheme)}{separator}{rest}"
+    return f"{_BERTH_DRIVERS.get(scheme.lower(), scheme)}{separator}{rest}"
 
 
 def checked_database_url(value: str | None) -> str | None:
@@ -42,7 +42,7 @@ def checked_database_url(value: str | None) -> str | None:
             "is not a database URL (e.g. postgresql+asyncpg://USER:PASSWORD@HOST:5432/"
             f"DATABASE): {exc}"
         ) from None
-    if drivername.lower() not in {*BERTH_DRIVERS, *BERTH_DRIVERS.values()}:
+    if drivername.lower() not in {*_BERTH_DRIVERS, *_BERTH_DRIVERS.values()}:
         # Opening it would fail on a driver Berth does not ship, or open it synchronously.
         raise ValueError(f"names {drivername}, which Berth does not open: {DATABASE_FORMS}")
     if drivername.lower().startswith("postgres"):

@@ -1,5 +1,5 @@
 """What lies below a repository's indexes, read in the database: one recursive query of the
-manifests below each index (`below_indexes`, down to MAX_INDEX_DEPTH), and from it an image's
+manifests below each index (`_below_indexes`, down to MAX_INDEX_DEPTH), and from it an image's
 size (every manifest and blob counted once) and the tags below an index; how many stored
 manifests an index lists."""
 
@@ -15,7 +15,7 @@ from berth.domain.manifests import INDEX_TYPES, MAX_INDEX_DEPTH
 from berth.metadata.tables import blobs, manifest_references, manifests, tags
 
 
-def below_indexes(repository_id: int, root_ids: list[int]) -> Any:
+def _below_indexes(repository_id: int, root_ids: list[int]) -> Any:
     """A recursive query of (root_id, repository_id, id, image, digest, media_type, size,
     depth): every manifest below each index among `root_ids` (its entries, a nested index's
     entries, ...) down to MAX_INDEX_DEPTH levels. A manifest reached by two paths may come
@@ -91,7 +91,7 @@ async def sizes_of(conn: Any, repository_id: int, rows: Sequence[Any]) -> dict[i
         return {}
     ids = sorted({int(r.id) for r in rows})
     totals = {int(r.id): int(r.size) for r in rows}
-    below = below_indexes(repository_id, ids)
+    below = _below_indexes(repository_id, ids)
     distinct_below = select(below.c.root_id, below.c.id, below.c.size).distinct().subquery()
     manifest_bytes = select(distinct_below.c.root_id, func.sum(distinct_below.c.size)).group_by(
         distinct_below.c.root_id
@@ -122,7 +122,7 @@ async def tags_below(conn: Any, repository_id: int, index_ids: list[int]) -> dic
     """Index id -> the tags on the manifests below it (a nested index and its entries)."""
     if not index_ids:
         return {}
-    below = below_indexes(repository_id, index_ids)
+    below = _below_indexes(repository_id, index_ids)
     found: dict[int, list[str]] = defaultdict(list)
     for row in await conn.execute(
         select(below.c.root_id, tags.c.name)

@@ -106,7 +106,7 @@ def planned_to_json(items: Sequence[PlannedImage]) -> str:
     )
 
 
-def planned_from_json(text: str) -> list[PlannedImage]:
+def _planned_from_json(text: str) -> list[PlannedImage]:
     found = []
     for item in json.loads(text):
         pulled = item.get("last_pulled_at")
@@ -170,7 +170,7 @@ def run_record(project: str, row: Any) -> RunRecord:
         rules=rules_from_json(row.rules),
         images_deleted=row.images_deleted,
         images_skipped=row.images_skipped,
-        deleted=planned_from_json(row.deleted) if "deleted" in row._fields else [],
+        deleted=_planned_from_json(row.deleted) if "deleted" in row._fields else [],
         kept=row.images_kept,
         untouched=row.images_outside_rules,
         error=row.error,

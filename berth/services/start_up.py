@@ -381,7 +381,7 @@ def storage_record_insert(location: str) -> str:
     )
 
 
-def storage_record_update(location: str) -> str:
+def _storage_record_update(location: str) -> str:
     """The SQL that records `location` instead of the recorded store, for an operator to run."""
     return (
         f"UPDATE install_facts SET value = {_sql_string(location)} WHERE name = 'storage_location';"
@@ -414,7 +414,7 @@ def refuse_other_storage(settings: Settings, recorded: str | None) -> None:
         "new store on purpose and every node is set to use it, clear the record in the "
         "database, and the next node to start records its own:\n  "
         f"{sql_command(settings, _FORGET_STORAGE)}\nIf none of them is to be kept, record the "
-        f"new store instead:\n  {sql_command(settings, storage_record_update(here))}"
+        f"new store instead:\n  {sql_command(settings, _storage_record_update(here))}"
     )
 
 

@@ -17,7 +17,7 @@ from berth.services.vulndb import VulnDb
 from berth.storage.base import BlobStore
 
 
-def sbom_document(inventory: Inventory) -> str:
+def _sbom_document(inventory: Inventory) -> str:
     os = inventory.os
     return json.dumps(
         {
@@ -54,7 +54,7 @@ async def inspect_image(vulndb: VulnDb, store: BlobStore, layers: list[Descripto
     vulnerability database; LayerRefused when a layer cannot be read."""
     inventory = await image_inventory(store, layers)
     found = await match_packages(vulndb, inventory.packages)
-    return Inspected(sbom_document(inventory), found, len(inventory.packages))
+    return Inspected(_sbom_document(inventory), found, len(inventory.packages))
 
 
 async def inspect_in_child(db: Database, store: BlobStore, layers: list[Descriptor]) -> Inspected:
