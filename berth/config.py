@@ -1,4 +1,6 @@
-"""Settings: defaults, then a TOML file, then BERTH_<NAME> environment variables, then flags."""
+"""The Settings model: each setting's default and checks, and the order of their sources
+(defaults, then a TOML file, then BERTH_<NAME> environment variables, then flags). Loading
+them, each bad value said where it was given, is `config_loading.py`'s (`load_settings`)."""
 
 from __future__ import annotations
 

@@ -4,9 +4,8 @@ Storage is measured deduplicated within a project: a blob linked in five of its 
 counts once, as does a manifest stored under several names; another project's copy is that
 project's. Samples are taken on a schedule (the `storage-collect` job) and on demand.
 
-Outbound traffic comes from `traffic_daily` (written by `metering.TrafficMeter`). Charges are
-estimated per calendar month (UTC): the bytes past the monthly free allowance, at a price per
-GB of 10^9 bytes.
+Outbound traffic comes from `traffic_daily` (written by `metering.TrafficMeter`); its estimated
+charge is `usage_pricing.py`'s.
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
-"""A project's webhook endpoints: making, changing and removing them (audited), their delivery
-log, and a test event. Events are queued by the changes themselves (`webhook_events.py`) and
-delivered by the delivery job (`webhook_delivery.py`)."""
+"""A project's webhook endpoints: making, changing and removing them (audited). Their delivery
+log, test events and redeliveries are `webhook_log.py`'s (`WebhookLog`, a part of `Webhooks`).
+Events are queued by the changes themselves (`webhook_events.py`) and delivered by the delivery
+job (`webhook_delivery.py`)."""
 
 from __future__ import annotations
 
