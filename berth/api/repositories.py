@@ -28,7 +28,7 @@ from berth.domain.descriptions import (
 )
 from berth.domain.names import REPOSITORY_NAME_PATTERN
 from berth.services.repositories import MAX_REPOSITORY_NAME
-from berth.services.repository_listings import Repository, ScanMode, Visibility
+from berth.services.repository_records import Repository, ScanMode, Visibility
 
 router = APIRouter(prefix="/projects/{project}/repositories", tags=["repositories"])
 

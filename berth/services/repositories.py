@@ -1,11 +1,10 @@
 """Projects and repositories: creation, changes and deletion, and resolving an OCI name to a
-repository; their listings are `repository_listings.py`'s (a part of `Repositories`)."""
+repository; their listings are `repository_listings.py`'s (a part of `Repositories`), the
+`Repository` record `repository_records.py`'s."""
 
 from __future__ import annotations
 
-import datetime as dt
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any, get_args
 
 from sqlalchemy import bindparam, select
@@ -39,8 +38,9 @@ from berth.metadata.tables import (
     utcnow,
 )
 from berth.services.gc.restrictions import ensure_writable
-from berth.services.repository_listings import Repository, RepositoryListings, ScanMode
+from berth.services.repository_listings import RepositoryListings
 from berth.services.repository_quota import check_repository_quota
+from berth.services.repository_records import Repository, ScanMode
 from berth.services.scanning.policy import severity_rank
 from berth.services.tag_rules import refuse_protected_repository
 from berth.services.webhook_events import report_refusal
@@ -53,12 +53,6 @@ REPOSITORY_CACHE_SIZE = 10_000
 # A repository name leaves room for the project and an image path in a 255-character OCI name.
 MAX_REPOSITORY_NAME = 128
 SCAN_MODES: tuple[str, ...] = get_args(ScanMode)
-
-
-@dataclass(frozen=True, slots=True)
-class ProjectEntry:
-    name: str
-    created_at: dt.datetime
 
 
 _REPOSITORY = (
@@ -164,13 +158,6 @@ class Repositories(RepositoryListings):
                 await write_audit_entry(conn, actor, "project.create", target=name, client=client)
         except IntegrityError:
             raise Conflict(f"project {name!r} already exists") from None
-
-    async def list_projects(self) -> list[ProjectEntry]:
-        async with self.db.read() as conn:
-            rows = await conn.execute(
-                select(projects.c.name, projects.c.created_at).order_by(projects.c.name)
-            )
-            return [ProjectEntry(r.name, r.created_at) for r in rows]
 
     async def create(
         self,

@@ -1,6 +1,6 @@
 """Listings of projects and repositories: a project's repositories (all, a page sorted and
 filtered, one) with their image count and last change, computed in one grouped pass per
-table, and projects with their repository count and maximum; as records."""
+table; projects by name, and with their repository count and maximum; as records."""
 
 from __future__ import annotations
 
@@ -8,9 +8,8 @@ import builtins
 import datetime as dt
 from collections.abc import Collection
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
-from pydantic import Field
 from sqlalchemy import ColumnElement, func, select
 
 from berth.domain.errors import InvalidValue, NameUnknown
@@ -26,25 +25,15 @@ from berth.metadata.tables import (
     repositories,
     tags,
 )
-from berth.services.records import Record
+from berth.services.repository_records import Repository
 
-Visibility = Literal["public", "private"]
-ScanMode = Literal["auto", "manual"]
 REPOSITORY_SORTS = ("name", "images", "updated_at")
 
 
-class Repository(Record):
-    project: str
+@dataclass(frozen=True, slots=True)
+class ProjectEntry:
     name: str
-    description: str
-    visibility: Visibility
-    tag_overwrite: bool
-    scan_mode: ScanMode
-    images: int = Field(description="images stored (an index and its platform images count once)")
     created_at: dt.datetime
-    updated_at: dt.datetime = Field(
-        description="last modified: settings changed, or an image pushed or tagged"
-    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,6 +164,13 @@ class RepositoryListings:
         if row is None:
             raise NameUnknown(f"repository {project}/{name} does not exist")
         return _repository(project, row)
+
+    async def list_projects(self) -> builtins.list[ProjectEntry]:
+        async with self.db.read() as conn:
+            rows = await conn.execute(
+                select(projects.c.name, projects.c.created_at).order_by(projects.c.name)
+            )
+            return [ProjectEntry(r.name, r.created_at) for r in rows]
 
     async def project(self, name: str) -> ProjectDetails:
         """A project with its repository count and maximum, or NAME_UNKNOWN."""

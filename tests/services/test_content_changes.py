@@ -22,7 +22,8 @@ from berth.metadata.database import Database
 from berth.metadata.tables import audit_log, blobs, repository_blobs
 from berth.services.records import plain
 from berth.services.registry import Registry
-from berth.services.repositories import ProjectEntry, Repositories
+from berth.services.repositories import Repositories
+from berth.services.repository_listings import ProjectEntry
 from berth.storage.filesystem import FilesystemBlobStore
 from tests.services.conftest import run_on_database
 
