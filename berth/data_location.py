@@ -34,6 +34,7 @@ from berth.addresses import NO_SUCH_NAME
 from berth.config import Settings, config_file
 from berth.config_loading import SettingsError, setting_source
 from berth.database_tls import SYSTEM_ROOTS
+from berth.database_urls import without_password
 from berth.invocation import berth_command, pasteable_command
 from berth.metadata.database import (
     CONNECT_SECONDS,
@@ -66,7 +67,9 @@ def shown_database(settings: Settings) -> str:
     path = sqlite_file(settings)
     if path is not None:
         return f"SQLite {path}"
-    shown = make_url(settings.resolved_database_url).render_as_string(hide_password=True)
+    shown = without_password(
+        make_url(settings.resolved_database_url).render_as_string(hide_password=True)
+    )
     # The query as written (sslrootcert=/etc/ssl/ca.pem), not %-escaped.
     address, question, query = shown.partition("?")
     return f"{address}{question}{unquote(query)}"

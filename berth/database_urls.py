@@ -50,7 +50,20 @@ def checked_database_url(value: str | None) -> str | None:
     return value
 
 
+# A password given as a query parameter (`?password=...`, which libpq and asyncpg both take
+# beside `user:password@`; `sslpassword`, a client key's passphrase, which Berth refuses but a
+# message may quote).
+_SECRET_PARAMETER = re.compile(r"([?&](?:ssl)?password=)[^&#]*", re.IGNORECASE)
+
+
 def without_password(url: str) -> str:
-    """A database URL with its password (between `://user:` and `@`) replaced by `***`: the
-    URL may be too malformed for SQLAlchemy to hide it."""
-    return re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", url, count=1)
+    """A database URL with its password (between `://user:` and `@`, or a `password` query
+    parameter) replaced by `***`: the URL may be too malformed for SQLAlchemy to hide it."""
+    masked = re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", url, count=1)
+    return _SECRET_PARAMETER.sub(r"\1***", masked)
+
+
+def holds_password(url: str) -> bool:
+    """Whether the database URL `url` carries a password (after `user:`, or as a query
+    parameter)."""
+    return without_password(url) != url

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from berth.config import CONFIG_FILE_ENV, config_file
+from berth.database_urls import holds_password, without_password
 
 DATABASE_URL_ENV = "BERTH_DATABASE_URL"
 DATA_DIR_ENV = "BERTH_DATA_DIR"
@@ -65,16 +66,6 @@ def database_url_to_name(given: str | None, database_url: str | None) -> str | N
     return (database_url or None) if _in_environment(DATABASE_URL_ENV) else None
 
 
-def _holds_password(database_url: str) -> bool:
-    from sqlalchemy.engine import make_url  # here: most commands print nothing to paste
-    from sqlalchemy.exc import ArgumentError
-
-    try:
-        return make_url(database_url).password is not None
-    except ArgumentError:
-        return False  # not a URL at all: nothing secret can be told apart in it
-
-
 def pasteable_command(
     *words: str,
     data_dir: Path | None = None,
@@ -87,7 +78,7 @@ def pasteable_command(
     given: the rest of the environment and the config file that named the data still do when
     pasted). A database URL that holds a password is left out (see `unprinted_database`)."""
     named = [] if config is None else [f"{CONFIG_FILE_ENV}={shlex.quote(str(config))}"]
-    if database_url is not None and not _holds_password(database_url):
+    if database_url is not None and not holds_password(database_url):
         named.append(f"{DATABASE_URL_ENV}={shlex.quote(database_url)}")
     given = [] if data_dir is None else ["--data-dir", str(data_dir)]
     return " ".join([*named, berth_command(), *map(shlex.quote, [*given, *words])])
@@ -98,11 +89,11 @@ def unprinted_database(database_url: str | None, given: bool) -> str | None:
     --database-url `given`, else BERTH_DATABASE_URL's): its password is never printed (a
     server's banner goes to its log), so the user sets the variable in their shell. The URL
     is named with its password masked, to say which database that is."""
-    if database_url is None or not _holds_password(database_url):
+    if database_url is None or not holds_password(database_url):
         return None
     from sqlalchemy.engine import make_url
 
-    masked = make_url(database_url).render_as_string(hide_password=True)
+    masked = without_password(make_url(database_url).render_as_string(hide_password=True))
     source = "--database-url" if given else DATABASE_URL_ENV
     return (
         f"note: the commands below work on the database {source} names ({masked}) once "
