@@ -78,6 +78,14 @@ class S3TestServer:
             ):
                 raise
 
+    def deny(self, bucket: str, actions: list[str], resource: str) -> None:
+        """A bucket policy on `bucket` denying everyone `actions` on `resource` (an ARN such as
+        `arn:aws:s3:::BUCKET/PREFIX/*`): credentials the bucket's check accepts, refused a
+        request, as credentials that may not make it would be."""
+        denied = {"Effect": "Deny", "Principal": "*", "Action": actions, "Resource": [resource]}
+        policy = json.dumps({"Version": "2012-10-17", "Statement": [denied]})
+        self.client().put_bucket_policy(Bucket=bucket, Policy=policy)
+
     def location(self, prefix: str | None = None, **changes: Any) -> S3Location:
         """The shared test bucket under a prefix of its own (new unless given)."""
         arguments: dict[str, Any] = {

@@ -7,7 +7,6 @@ traceback (on S3 too, where the blobs are looked for only before the store is re
 
 from __future__ import annotations
 
-import json
 import shutil
 import sqlite3
 import uuid
@@ -94,14 +93,7 @@ def test_an_s3_store_that_refuses_reading_its_blobs_while_they_are_looked_for_is
     node = BerthServer(tmp_path / "node", extra_env=settings)
     blob = random_blob(1000)
     database = _pushed_then_record_forgotten(node, blob)
-    denied = {
-        "Effect": "Deny",
-        "Principal": "*",
-        "Action": ["s3:GetObject"],
-        "Resource": [f"arn:aws:s3:::{bucket}/{prefix}/*"],
-    }
-    policy = json.dumps({"Version": "2012-10-17", "Statement": [denied]})
-    seaweedfs.client().put_bucket_policy(Bucket=bucket, Policy=policy)
+    seaweedfs.deny(bucket, ["s3:GetObject"], f"arn:aws:s3:::{bucket}/{prefix}/*")
 
     problem = " ".join(serve_refused(node.env).split())
     assert (

@@ -83,9 +83,9 @@ class S3BlobStore(S3Objects, BlobStore):
         Named `_write-check-…` beside `blobs/`, `uploads/` and `_damaged/`: never taken for
         a blob, nor an upload. Should the delete be refused, the object stays (empty)."""
         key = f"{self._prefix}{_WRITE_CHECK}{secrets.token_hex(8)}"
-        await self._put(key, b"")
-        s3 = await self._s3()
-        with self._errors(key), contextlib.suppress(FileNotFoundError):
+        await self.put(key, b"")
+        s3 = await self.s3()
+        with self.errors(key), contextlib.suppress(FileNotFoundError):
             await s3.delete_object(Bucket=self.location.bucket, Key=key)
 
     # ------------------------------------------------------------ keys
@@ -124,25 +124,25 @@ class S3BlobStore(S3Objects, BlobStore):
         for piece in recorded:
             if piece.start >= length:
                 break
-            async for chunk in self._stream(piece.key, 0, min(piece.size, length - piece.start)):
+            async for chunk in self.stream(piece.key, 0, min(piece.size, length - piece.start)):
                 yield chunk
 
     async def commit_upload(self, upload_id: str, digest: str, pieces: Sequence[str] = ()) -> None:
         key = self._blob_key(digest)
         recorded = [piece for piece in self._recorded(upload_id, pieces) if piece.size]
         total = sum(piece.size for piece in recorded)
-        s3 = await self._s3()
+        s3 = await self.s3()
         bucket = self.location.bucket
         if not recorded:
-            await self._put(key, b"")
+            await self.put(key, b"")
         elif len(recorded) == 1 and total <= self.max_copy_bytes:
             # One server-side copy, atomic like every S3 write (by reference on some stores).
-            with self._errors(recorded[0].key):
+            with self.errors(recorded[0].key):
                 await s3.copy_object(
                     Bucket=bucket, Key=key, CopySource={"Bucket": bucket, "Key": recorded[0].key}
                 )
         elif total < MIN_PART_BYTES:
-            await self._put(key, await self._read_pieces(recorded))
+            await self.put(key, await self._read_pieces(recorded))
         else:
             await self._multipart(key, recorded)
 
@@ -153,15 +153,15 @@ class S3BlobStore(S3Objects, BlobStore):
 
         async def chunks_of(piece: Piece) -> list[bytes]:
             end = None if piece.whole else piece.skip + piece.size
-            return [chunk async for chunk in self._stream(piece.key, piece.skip, end)]
+            return [chunk async for chunk in self.stream(piece.key, piece.skip, end)]
 
         read = await asyncio.gather(*(chunks_of(piece) for piece in pieces))
         return b"".join(itertools.chain.from_iterable(read))
 
     async def _multipart(self, key: str, pieces: list[Piece]) -> None:
-        s3 = await self._s3()
+        s3 = await self.s3()
         bucket = self.location.bucket
-        with self._errors(key):
+        with self.errors(key):
             upload_id = (await s3.create_multipart_upload(Bucket=bucket, Key=key))["UploadId"]
         limit = asyncio.Semaphore(PARALLEL_PARTS)
 
@@ -178,13 +178,13 @@ class S3BlobStore(S3Objects, BlobStore):
                     if not piece.whole:
                         last = piece.skip + piece.size - 1
                         common["CopySourceRange"] = f"bytes={piece.skip}-{last}"
-                    with self._errors(piece.key):
+                    with self.errors(piece.key):
                         copied = await s3.upload_part_copy(
                             **common, CopySource={"Bucket": bucket, "Key": piece.key}
                         )
                     return {"PartNumber": number, "ETag": copied["CopyPartResult"]["ETag"]}
                 body = await self._read_pieces(part)
-                with self._errors(key):
+                with self.errors(key):
                     sent = await s3.upload_part(**common, Body=body)
                 return {"PartNumber": number, "ETag": sent["ETag"]}
 
@@ -195,7 +195,7 @@ class S3BlobStore(S3Objects, BlobStore):
                     for number, part in enumerate(parts(pieces, self.max_copy_bytes), start=1)
                 )
             )
-            with self._errors(key):
+            with self.errors(key):
                 await s3.complete_multipart_upload(
                     Bucket=bucket,
                     Key=key,
@@ -210,33 +210,33 @@ class S3BlobStore(S3Objects, BlobStore):
     async def abort_unfinished_commits(self, started_before: float) -> int:
         """Multipart uploads of blobs (commits, pushes in one PUT) and of pieces (long
         PATCHes) that a node began and never completed nor aborted (it died meanwhile)."""
-        s3 = await self._s3()
+        s3 = await self.s3()
         bucket = self.location.bucket
         paginator = s3.get_paginator("list_multipart_uploads")
         stale = []
-        with self._errors():
+        with self.errors():
             for area in ("blobs/", "uploads/"):
                 async for page in paginator.paginate(Bucket=bucket, Prefix=self._prefix + area):
                     for entry in page.get("Uploads", []):
                         if entry["Initiated"].timestamp() < started_before:
                             stale.append((entry["Key"], entry["UploadId"]))
         for key, multipart_id in stale:
-            with self._errors(key), contextlib.suppress(FileNotFoundError):
+            with self.errors(key), contextlib.suppress(FileNotFoundError):
                 await s3.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=multipart_id)
         return len(stale)
 
     async def delete_upload(self, upload_id: str) -> None:
         prefix = self._upload_prefix(upload_id)
-        await self._delete_keys([entry["Key"] async for entry in self._list(prefix)])
+        await self.delete_keys([entry["Key"] async for entry in self.list_objects(prefix)])
 
     async def upload_bytes_held(self, upload_id: str) -> int:
         """Its pieces, and the parts sent so far of a piece still being written (a long
         PATCH's multipart upload): one listing of each, and one of each such piece's parts."""
         prefix = self._upload_prefix(upload_id)
-        held = sum([int(entry["Size"]) async for entry in self._list(prefix)])
-        s3 = await self._s3()
+        held = sum([int(entry["Size"]) async for entry in self.list_objects(prefix)])
+        s3 = await self.s3()
         bucket = self.location.bucket
-        with self._errors():
+        with self.errors():
             async for page in s3.get_paginator("list_multipart_uploads").paginate(
                 Bucket=bucket, Prefix=prefix
             ):
@@ -250,7 +250,7 @@ class S3BlobStore(S3Objects, BlobStore):
     async def list_uploads(self) -> list[tuple[str, float]]:
         prefix = f"{self._prefix}uploads/"
         found: dict[str, float] = {}
-        async for entry in self._list(prefix):
+        async for entry in self.list_objects(prefix):
             upload_id = entry["Key"][len(prefix) :].partition("/")[0]
             if upload_id.isalnum():
                 modified = entry["LastModified"].timestamp()
@@ -260,7 +260,7 @@ class S3BlobStore(S3Objects, BlobStore):
     # ------------------------------------------------------------ blobs
 
     async def stat(self, digest: str) -> int | None:
-        return await self._size(self._blob_key(digest))
+        return await self.size(self._blob_key(digest))
 
     async def confirm_stored(self, digest: str, size: int) -> bool:
         """A blob found at `size` by a HeadObject less than CONFIRMED_SECONDS ago is taken
@@ -381,7 +381,7 @@ class S3BlobStore(S3Objects, BlobStore):
     ) -> AsyncIterator[bytes]:
         """The interface's, and `answered` given the ETag of the copy read (`download`)."""
         try:
-            async for chunk in self._stream(self._blob_key(digest), start, end, answered):
+            async for chunk in self.stream(self._blob_key(digest), start, end, answered):
                 yield chunk
         except FileNotFoundError:
             self._forget(digest)  # found gone: HEADs say so from now on
@@ -395,11 +395,11 @@ class S3BlobStore(S3Objects, BlobStore):
         clients use (`public_endpoint`, when it differs from the nodes'): SigV4 signs the
         Host header, so a URL is valid only at the host it names, and a proxy there must pass
         that Host on to the store unchanged (the path too), for the store checks the same."""
-        s3 = await self._s3()
+        s3 = await self.s3()
         params = {"Bucket": self.location.bucket, "Key": self._blob_key(digest)}
         if byte_range is not None:
             params["Range"] = byte_range
-        with self._errors():
+        with self.errors():
             url: str = await (self._signer or s3).generate_presigned_url(
                 "get_object", Params=params, ExpiresIn=ttl
             )
@@ -410,8 +410,8 @@ class S3BlobStore(S3Objects, BlobStore):
         if self.cache is not None:
             await self.cache.discard([digest])
         key = self._blob_key(digest)
-        s3 = await self._s3()
-        with self._errors(key), contextlib.suppress(FileNotFoundError):
+        s3 = await self.s3()
+        with self.errors(key), contextlib.suppress(FileNotFoundError):
             await s3.delete_object(Bucket=self.location.bucket, Key=key)
 
     async def delete_many(self, digests: list[str]) -> None:
@@ -419,10 +419,10 @@ class S3BlobStore(S3Objects, BlobStore):
             self._forget(digest)
         if self.cache is not None:
             await self.cache.discard(digests)
-        await self._delete_keys([self._blob_key(digest) for digest in digests])
+        await self.delete_keys([self._blob_key(digest) for digest in digests])
 
     async def stored_copy(self, digest: str) -> StoredCopy | None:
-        head = await self._head(self._blob_key(digest))
+        head = await self.head(self._blob_key(digest))
         if head is None:
             return None
         return StoredCopy(int(head["ContentLength"]), str(head.get("ETag", "")))
@@ -441,11 +441,11 @@ class S3BlobStore(S3Objects, BlobStore):
             await self.cache.discard([digest])
         parsed = parse_digest(digest)
         key = self._blob_key(digest)
-        s3 = await self._s3()
+        s3 = await self.s3()
         bucket = self.location.bucket
         copy_if: dict[str, Any] = {"CopySourceIfMatch": version} if version else {}
         try:
-            with self._errors(key):
+            with self.errors(key):
                 await s3.copy_object(
                     Bucket=bucket,
                     Key=f"{self._prefix}_damaged/{parsed.algorithm}-{parsed.hex}",
@@ -467,7 +467,7 @@ class S3BlobStore(S3Objects, BlobStore):
 
     async def list_blobs(self) -> AsyncIterator[tuple[str, float]]:
         prefix = f"{self._prefix}blobs/"
-        async for entry in self._list(prefix):
+        async for entry in self.list_objects(prefix):
             algorithm, _, rest = entry["Key"][len(prefix) :].partition("/")
             hex_digest = rest.rpartition("/")[2]
             if algorithm in ("sha256", "sha512") and hex_digest:

@@ -1,11 +1,21 @@
-"""The S3 driver's errors: S3's refusals as ObjectStoreError, saying what the operator should
-check, and the conditional request's failure."""
+"""S3's errors, translated (`translated`): a missing object is FileNotFoundError, an object
+changed under a conditional request PreconditionFailed, and what makes the store unusable
+ObjectStoreError, saying to the operator what to check and to a client what is wrong."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from collections.abc import Iterator
 
-from botocore.exceptions import BotoCoreError, HTTPClientError, PartialCredentialsError, SSLError
+from botocore.exceptions import (
+    BotoCoreError,
+    ClientError,
+    HTTPClientError,
+    NoCredentialsError,
+    PartialCredentialsError,
+    SSLError,
+)
 from botocore.exceptions import ConnectionError as StoreConnectionError
 
 from berth.domain.errors import Unavailable
@@ -15,25 +25,17 @@ logger = logging.getLogger("berth.storage")
 
 RETRY_AFTER_SECONDS = 5  # what a client is told to wait when the store cannot be reached
 
-MISSING_OBJECT_CODES = {"404", "NoSuchKey", "NotFound", "NoSuchUpload"}
-MISSING_BUCKET_CODES = {"NoSuchBucket"}
-PRECONDITION_FAILED_CODES = {"412", "PreconditionFailed"}
+_MISSING_OBJECT_CODES = {"404", "NoSuchKey", "NotFound", "NoSuchUpload"}
+_MISSING_BUCKET_CODES = {"NoSuchBucket"}
+_PRECONDITION_FAILED_CODES = {"412", "PreconditionFailed"}
 # The credentials themselves refused (wrong, expired), not a request they may not make.
-CREDENTIALS_REFUSED_CODES = {
+_CREDENTIALS_REFUSED_CODES = {
     "InvalidAccessKeyId",
     "SignatureDoesNotMatch",
     "InvalidToken",
     "ExpiredToken",
 }
-REFUSED_CODES = {"403", "AccessDenied", *CREDENTIALS_REFUSED_CODES}
-
-
-def unreached(exc: BotoCoreError) -> bool:
-    """Whether `exc` says the store was not reached (refused, unresolved, timed out, the
-    connection dropped), not that TLS or the request itself failed."""
-    if isinstance(exc, SSLError):  # a certificate not trusted stays so
-        return False
-    return isinstance(exc, StoreConnectionError | HTTPClientError)
+_REFUSED_CODES = {"403", "AccessDenied", *_CREDENTIALS_REFUSED_CODES}
 
 
 class PreconditionFailed(Exception):
@@ -46,6 +48,10 @@ MISSING_BUCKET = "the object store has no bucket for it (the operator should che
 REFUSED_CREDENTIALS = (
     "the object store refused its credentials "
     "(the operator should check s3_access_key_id and s3_secret_access_key)"
+)
+REFUSED_REQUEST = (
+    "the object store refused a request of the registry (the operator should check that its "
+    "credentials may read, write, list and delete the objects under s3_prefix)"
 )
 NO_CREDENTIALS = (
     "the registry has no usable credentials for the object store "
@@ -60,12 +66,12 @@ _CREDENTIAL_SETTINGS = {
 
 
 class ObjectStoreError(Unavailable, OSError):
-    """The object store cannot be used as configured: unreachable, the bucket missing, or
-    the credentials refused. `str()` names the endpoint and bucket (the server's log, the
-    refusal to serve, the CLI, a GC run's error); a client is answered 503 with Retry-After
-    and told that storage is unavailable, and when the store refused the registry (`refusal`:
-    the bucket missing, the credentials refused) why, and what its operator should check;
-    the store's address is not its business."""
+    """The object store cannot be used as configured: unreachable, the bucket missing, the
+    credentials or a request refused. `str()` names the endpoint and bucket (the server's log,
+    the refusal to serve, the CLI, a GC run's error); a client is answered 503 with
+    Retry-After and told that storage is unavailable, and when the store refused the registry
+    (`refusal`: the bucket missing, the credentials or a request refused) why, and what its
+    operator should check; the store's address is not its business."""
 
     def __init__(self, reason: str, refusal: str | None = None, *, passing: bool = False) -> None:
         super().__init__(
@@ -87,7 +93,77 @@ class ObjectStoreError(Unavailable, OSError):
         return self.reason
 
 
-def partial_credentials(exc: PartialCredentialsError) -> str:
+@contextlib.contextmanager
+def translated(shown: str, key: str | None = None, *, bucket_check: bool = False) -> Iterator[None]:
+    """S3's errors in a request on `key` (None: on the bucket) of the store `shown` (its
+    bucket and endpoint) as the driver's; `bucket_check`: the request is the bucket's check."""
+    try:
+        yield
+    except ClientError as exc:
+        error = exc.response.get("Error", {})
+        code = str(error.get("Code", ""))
+        status = str(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", ""))
+        if code in _MISSING_BUCKET_CODES or (key is None and status == "404"):
+            raise ObjectStoreError(
+                f"the {shown} does not exist: create it, or set s3_bucket", MISSING_BUCKET
+            ) from None
+        if code in _MISSING_OBJECT_CODES:
+            raise FileNotFoundError(f"no object {key!r} in the {shown}") from None
+        if code in _PRECONDITION_FAILED_CODES or status == "412":
+            raise PreconditionFailed(key) from None
+        if code in _REFUSED_CODES or status == "403":
+            raise _refused(shown, exc, key, code or status, bucket_check) from None
+        raise ObjectStoreError(
+            f"the {shown} answered {code or status}: {error.get('Message', exc)}",
+            passing=status.startswith("5"),
+        ) from exc
+    except NoCredentialsError:
+        raise ObjectStoreError(
+            f"no credentials for the {shown}: set s3_access_key_id and s3_secret_access_key "
+            "(or give them to the AWS chain: AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, a "
+            "profile, instance metadata)",
+            NO_CREDENTIALS,
+        ) from None
+    except PartialCredentialsError as exc:
+        raise ObjectStoreError(
+            f"{_partial_credentials(exc)}, for the {shown}", NO_CREDENTIALS
+        ) from None
+    except BotoCoreError as exc:  # connection refused, timeouts
+        raise ObjectStoreError(f"cannot use the {shown}: {exc}", passing=_unreached(exc)) from exc
+
+
+def _refused(
+    shown: str, exc: ClientError, key: str | None, code: str, bucket_check: bool
+) -> ObjectStoreError:
+    """Why the store refused a request. The bucket's check refused (the first request, and
+    readiness's), or a code that says so: the credentials. Any other request refused after the
+    check accepted them, listings of the bucket included: that they may not make it (read but
+    not write, a bucket policy), or that they changed since (a refused HEAD has no body to
+    tell which)."""
+    if bucket_check or code in _CREDENTIALS_REFUSED_CODES:
+        return ObjectStoreError(
+            f"the {shown} refused the credentials ({code}): check s3_access_key_id and "
+            "s3_secret_access_key",
+            REFUSED_CREDENTIALS,
+        )
+    request = exc.operation_name if key is None else f"{exc.operation_name} of {key!r}"
+    return ObjectStoreError(
+        f"the {shown} refused {request} ({code}): check that the credentials "
+        "(s3_access_key_id and s3_secret_access_key) are right and may read, write, list and "
+        "delete the objects under s3_prefix",
+        REFUSED_REQUEST,
+    )
+
+
+def _unreached(exc: BotoCoreError) -> bool:
+    """Whether `exc` says the store was not reached (refused, unresolved, timed out, the
+    connection dropped), not that TLS or the request itself failed."""
+    if isinstance(exc, SSLError):  # a certificate not trusted stays so
+        return False
+    return isinstance(exc, StoreConnectionError | HTTPClientError)
+
+
+def _partial_credentials(exc: PartialCredentialsError) -> str:
     """Which credential is missing, as the setting that gives it when given explicitly."""
     missing = str(exc.kwargs.get("cred_var", ""))
     if exc.kwargs.get("provider") == "explicit" and missing in _CREDENTIAL_SETTINGS:

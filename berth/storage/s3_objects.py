@@ -1,6 +1,7 @@
 """The bucket through one client: the client (made on first use, the bucket checked then, its
-requests counted in the metrics), S3's errors as the interface's, and the object primitives the
-S3 driver is made of (put, head, list, batched delete, ranged stream)."""
+requests counted in the metrics) and the object primitives the S3 driver and its writers are
+made of (put, head, list, batched delete, ranged stream, removals in the background), each
+raising S3's errors translated (`s3_errors`)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import contextlib
 import logging
 import os
 import time
-from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
+from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -17,30 +18,11 @@ from urllib.parse import urlsplit
 
 from aiobotocore.config import AioConfig
 from aiobotocore.session import get_session
-from botocore.exceptions import (
-    BotoCoreError,
-    ClientError,
-    NoCredentialsError,
-    PartialCredentialsError,
-)
+from botocore.exceptions import BotoCoreError, ClientError
 from botocore.utils import get_environ_proxies
 
 from berth.observability import metrics
-from berth.storage.s3_errors import (
-    CREDENTIALS_REFUSED_CODES,
-    MISSING_BUCKET,
-    MISSING_BUCKET_CODES,
-    MISSING_OBJECT_CODES,
-    NO_CREDENTIALS,
-    PRECONDITION_FAILED_CODES,
-    REFUSED_CODES,
-    REFUSED_CREDENTIALS,
-    UNTRUSTED,
-    ObjectStoreError,
-    PreconditionFailed,
-    partial_credentials,
-    unreached,
-)
+from berth.storage.s3_errors import UNTRUSTED, ObjectStoreError, translated
 from berth.storage.s3_pieces import MiB
 
 if TYPE_CHECKING:
@@ -83,7 +65,8 @@ class S3Location:
 
 
 class S3Objects:
-    """The objects of `location`'s bucket, through a client made on first use."""
+    """The objects of `location`'s bucket, through a client made on first use: its public
+    methods are the primitives that `s3` and `s3_writers` use."""
 
     def __init__(self, location: S3Location) -> None:
         self.location = location
@@ -91,7 +74,7 @@ class S3Objects:
         self._client_stack = contextlib.AsyncExitStack()
         self._client_lock = asyncio.Lock()
         self._signer: S3Client | None = None  # for `public_endpoint`, when set
-        # For `probe`, made when first asked; closed on its own (a failed `_s3` closes the
+        # For `probe`, made when first asked; closed on its own (a failed `s3` closes the
         # others').
         self._prober: S3Client | None = None
         self._prober_stack = contextlib.AsyncExitStack()
@@ -142,7 +125,7 @@ class S3Objects:
         _observe_requests(client)
         return client
 
-    async def _s3(self) -> S3Client:
+    async def s3(self) -> S3Client:
         """The client, made on first use (it belongs to the running event loop); the bucket
         is checked then, so bad settings fail with their cause, not on some later call."""
         if self._client is not None:
@@ -152,7 +135,7 @@ class S3Objects:
                 location = self.location
                 config = self._config(location.attempts)
                 try:
-                    with self._errors():
+                    with self.errors(bucket_check=True):
                         if not _plain_http(location.endpoint):
                             self._check_ca_bundle()
                         client = await self._client_for(location.endpoint, config)
@@ -167,7 +150,7 @@ class S3Objects:
         return self._client
 
     async def check(self) -> None:
-        await self._s3()  # the client is made by checking the bucket
+        await self.s3()  # the client is made by checking the bucket
 
     async def probe(self) -> None:
         """One HeadBucket, not retried: a readiness check is repeated every few seconds
@@ -179,7 +162,7 @@ class S3Objects:
                     self._prober = await self._client_for(
                         self.location.endpoint, self._config(1), self._prober_stack
                     )
-        with self._errors():
+        with self.errors(bucket_check=True):
             await self._prober.head_bucket(Bucket=self.location.bucket)
 
     async def close(self) -> None:
@@ -190,64 +173,13 @@ class S3Objects:
         await self._client_stack.aclose()
         await self._prober_stack.aclose()
 
-    @contextlib.contextmanager
-    def _errors(self, key: str | None = None) -> Iterator[None]:
-        """S3's errors as the interface's: a missing object is FileNotFoundError (as on a
-        filesystem); what makes the store unusable is ObjectStoreError, saying where."""
-        try:
-            yield
-        except ClientError as exc:
-            error = exc.response.get("Error", {})
-            code = str(error.get("Code", ""))
-            status = str(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", ""))
-            if code in MISSING_BUCKET_CODES or (key is None and status == "404"):
-                raise ObjectStoreError(
-                    f"the {self.location.shown} does not exist: create it, or set s3_bucket",
-                    MISSING_BUCKET,
-                ) from None
-            if code in MISSING_OBJECT_CODES:
-                raise FileNotFoundError(f"no object {key!r} in the {self.location.shown}") from None
-            if code in PRECONDITION_FAILED_CODES or status == "412":
-                raise PreconditionFailed(key) from None
-            if code in REFUSED_CODES or status == "403":
-                raise ObjectStoreError(
-                    self._refused(exc, key, code or status), REFUSED_CREDENTIALS
-                ) from None
-            raise ObjectStoreError(
-                f"the {self.location.shown} answered {code or status}: {error.get('Message', exc)}",
-                passing=status.startswith("5"),
-            ) from exc
-        except NoCredentialsError:
-            raise ObjectStoreError(
-                f"no credentials for the {self.location.shown}: set s3_access_key_id and "
-                "s3_secret_access_key (or give them to the AWS chain: AWS_ACCESS_KEY_ID and "
-                "AWS_SECRET_ACCESS_KEY, a profile, instance metadata)",
-                NO_CREDENTIALS,
-            ) from None
-        except PartialCredentialsError as exc:
-            raise ObjectStoreError(
-                f"{partial_credentials(exc)}, for the {self.location.shown}", NO_CREDENTIALS
-            ) from None
-        except BotoCoreError as exc:  # connection refused, timeouts
-            raise ObjectStoreError(
-                f"cannot use the {self.location.shown}: {exc}", passing=unreached(exc)
-            ) from exc
-
-    def _refused(self, exc: ClientError, key: str | None, code: str) -> str:
-        """Why the store refused a request. The bucket's check (the first request) refused
-        means the credentials; a request on an object after it, that they may not do that
-        there (credentials that may read but not write, a bucket policy), or that they
-        changed since (a refused HEAD has no body to tell which)."""
-        if key is None or code in CREDENTIALS_REFUSED_CODES:
-            return (
-                f"the {self.location.shown} refused the credentials ({code}): check "
-                "s3_access_key_id and s3_secret_access_key"
-            )
-        return (
-            f"the {self.location.shown} refused {exc.operation_name} of {key!r} ({code}): "
-            "check that the credentials (s3_access_key_id and s3_secret_access_key) are right "
-            "and may read, write, list and delete the objects under s3_prefix"
-        )
+    def errors(
+        self, key: str | None = None, *, bucket_check: bool = False
+    ) -> contextlib.AbstractContextManager[None]:
+        """S3's errors in a request on `key` (None: on the bucket) as the interface's
+        (`s3_errors.translated`): a missing object is FileNotFoundError (as on a filesystem);
+        what makes the store unusable is ObjectStoreError, saying where."""
+        return translated(self.location.shown, key, bucket_check=bucket_check)
 
     def _check_ca_bundle(self) -> None:
         """Refuse a CA bundle (AWS_CA_BUNDLE, or ca_bundle of the AWS config file) that names
@@ -272,37 +204,37 @@ class S3Objects:
 
     # ------------------------------------------------------------ object primitives
 
-    async def _put(self, key: str, body: bytes) -> None:
-        s3 = await self._s3()
-        with self._errors(key):
+    async def put(self, key: str, body: bytes) -> None:
+        s3 = await self.s3()
+        with self.errors(key):
             await s3.put_object(Bucket=self.location.bucket, Key=key, Body=body)
 
-    async def _head(self, key: str) -> dict[str, Any] | None:
+    async def head(self, key: str) -> dict[str, Any] | None:
         """The object's HeadObject answer, or None when there is no such object."""
-        s3 = await self._s3()
+        s3 = await self.s3()
         try:
-            with self._errors(key):
+            with self.errors(key):
                 return dict(await s3.head_object(Bucket=self.location.bucket, Key=key))
         except FileNotFoundError:
             return None
 
-    async def _size(self, key: str) -> int | None:
-        head = await self._head(key)
+    async def size(self, key: str) -> int | None:
+        head = await self.head(key)
         return None if head is None else int(head["ContentLength"])
 
-    async def _list(self, prefix: str) -> AsyncIterator[dict[str, Any]]:
-        s3 = await self._s3()
+    async def list_objects(self, prefix: str) -> AsyncIterator[dict[str, Any]]:
+        s3 = await self.s3()
         paginator = s3.get_paginator("list_objects_v2")
-        with self._errors():
+        with self.errors():
             async for page in paginator.paginate(Bucket=self.location.bucket, Prefix=prefix):
                 for entry in page.get("Contents", []):
                     yield dict(entry)
 
-    async def _delete_keys(self, keys: list[str]) -> None:
-        s3 = await self._s3()
+    async def delete_keys(self, keys: list[str]) -> None:
+        s3 = await self.s3()
         for first in range(0, len(keys), DELETE_BATCH):
             batch = keys[first : first + DELETE_BATCH]
-            with self._errors():
+            with self.errors():
                 answer = await s3.delete_objects(
                     Bucket=self.location.bucket,
                     Delete={"Objects": [{"Key": key} for key in batch], "Quiet": True},
@@ -314,7 +246,7 @@ class S3Objects:
                     f"{failed[0].get('Key')!r}: {failed[0].get('Code')} {failed[0].get('Message')}"
                 )
 
-    async def _stream(
+    async def stream(
         self,
         key: str,
         start: int,
@@ -324,10 +256,10 @@ class S3Objects:
         """Bytes [start, end) of an object, by a ranged GET when not the whole object;
         `answered` is given the ETag of the object the GET reads."""
         if end is not None and end <= start:
-            if await self._size(key) is None:
+            if await self.size(key) is None:
                 raise FileNotFoundError(f"no object {key!r} in the {self.location.shown}")
             return
-        s3 = await self._s3()
+        s3 = await self.s3()
         arguments: dict[str, Any] = {"Bucket": self.location.bucket, "Key": key}
         if start or end is not None:
             arguments["Range"] = f"bytes={start}-{'' if end is None else end - 1}"
@@ -335,34 +267,34 @@ class S3Objects:
             answer = await s3.get_object(**arguments)
         except ClientError as exc:
             if exc.response.get("Error", {}).get("Code") != "InvalidRange":
-                with self._errors(key):
+                with self.errors(key):
                     raise
             # A range that starts at or past the end: nothing to read, if the object is there.
-            if await self._size(key) is None:
+            if await self.size(key) is None:
                 raise FileNotFoundError(f"no object {key!r} in the {self.location.shown}") from None
             return
         except BotoCoreError:
-            with self._errors(key):
+            with self.errors(key):
                 raise
         if answered is not None:
             answered(str(answer.get("ETag", "")))
         async with answer["Body"] as body:
-            with self._errors(key):
+            with self.errors(key):
                 async for chunk in body.iter_chunks(READ_CHUNK):
                     yield chunk
 
     # ------------------------------------------------------------ in the background
 
-    async def _remove_unrecorded(self, keys: list[str]) -> None:
+    async def remove_unrecorded(self, keys: list[str]) -> None:
         """Delete the pieces of a failed write, which no upload will ever name: one call, run
         to its end even when the request is cancelled (its client gone). Should it fail (the
         store unreachable), they stay, never read, until the upload ends: finishing,
         cancelling or expiring an upload deletes all its pieces."""
-        await asyncio.shield(self._in_background(self._delete_unrecorded(keys)))
+        await asyncio.shield(self.in_background(self.delete_unrecorded(keys)))
 
-    async def _delete_unrecorded(self, keys: list[str]) -> None:
+    async def delete_unrecorded(self, keys: list[str]) -> None:
         try:
-            await self._delete_keys(keys)
+            await self.delete_keys(keys)
         except Exception:
             logger.info(
                 "blob store: %d pieces of a failed upload write stay until the upload ends "
@@ -370,7 +302,7 @@ class S3Objects:
                 len(keys),
             )
 
-    def _in_background(self, work: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+    def in_background(self, work: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         task = asyncio.ensure_future(work)
         self._background.add(task)
         task.add_done_callback(self._background.discard)

@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from berth.storage.s3_objects import S3Objects
 
 
-class MultipartObject:
+class _MultipartObject:
     """An object written as the parts of a multipart upload of its key, one part at a time in
     order (PartBuffer's bodies); S3 shows it only once `complete` succeeds, so an object cut
     short is never visible. One never completed is aborted by `abort`, or else by the
@@ -45,9 +45,9 @@ class MultipartObject:
 
     async def send_part(self, body: bytes) -> None:
         with self._noting_failure():
-            s3 = await self._store._s3()
+            s3 = await self._store.s3()
             bucket = self._store.location.bucket
-            with self._store._errors(self.key):
+            with self._store.errors(self.key):
                 if self._multipart_id is None:
                     created = await s3.create_multipart_upload(Bucket=bucket, Key=self.key)
                     self._multipart_id = created["UploadId"]
@@ -73,8 +73,8 @@ class MultipartObject:
         if self.completed or self._multipart_id is None:
             raise RuntimeError("completing a multipart object with no part, or again")
         with self._noting_failure():
-            s3 = await self._store._s3()
-            with self._store._errors(self.key):
+            s3 = await self._store.s3()
+            with self._store.errors(self.key):
                 await s3.complete_multipart_upload(
                     Bucket=self._store.location.bucket,
                     Key=self.key,
@@ -93,13 +93,13 @@ class MultipartObject:
         multipart_id, self._multipart_id = self._multipart_id, None
         aborting = self._abort(multipart_id)
         if self.store_failed:
-            self._store._in_background(aborting)
+            self._store.in_background(aborting)
         else:
             await aborting
 
     async def _abort(self, multipart_id: str) -> None:
         with contextlib.suppress(Exception):
-            s3 = await self._store._s3()
+            s3 = await self._store.s3()
             await s3.abort_multipart_upload(
                 Bucket=self._store.location.bucket, Key=self.key, UploadId=multipart_id
             )
@@ -118,7 +118,7 @@ class PieceWriter(UploadWriter):
         self._length = 0
         self._put_key: str | None = None  # a short PATCH's one PUT, once begun
         self._put_failed = False  # it spent its tries (see `abort`)
-        self._object = MultipartObject(store, prefix + parted_piece_key(start, self._token))
+        self._object = _MultipartObject(store, prefix + parted_piece_key(start, self._token))
         self._recorded: str | None = None
         self._buffer = PartBuffer(self._send)
 
@@ -136,7 +136,7 @@ class PieceWriter(UploadWriter):
             name = piece_name(self._start, len(body), self._token)
             self._put_key = self._prefix + name
             try:
-                await self._store._put(self._put_key, body)
+                await self._store.put(self._put_key, body)
             except ObjectStoreError:
                 self._put_failed = True
                 raise
@@ -165,9 +165,9 @@ class PieceWriter(UploadWriter):
         if self._put_failed or self._object.store_failed:
             # The store has just failed this PATCH after a whole `s3_attempts` budget: its
             # client is told 503 now, not once the removal has spent another (~15 s each).
-            self._store._in_background(self._store._delete_unrecorded(begun))
+            self._store.in_background(self._store.delete_unrecorded(begun))
         else:
-            await self._store._remove_unrecorded(begun)
+            await self._store.remove_unrecorded(begun)
 
 
 class MultipartBlobWriter(BlobWriter):
@@ -177,7 +177,7 @@ class MultipartBlobWriter(BlobWriter):
     that dies leaves nothing visible."""
 
     def __init__(self, store: S3Objects, key: str) -> None:
-        self._object = MultipartObject(store, key)
+        self._object = _MultipartObject(store, key)
         self._buffer = PartBuffer(self._object.send_part)
 
     async def write(self, parts: Sequence[bytes]) -> None:

@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import json
 import socket
+import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -27,7 +28,7 @@ from berth.storage import s3 as s3_module
 from berth.storage.base import BlobStore, StoredCopy
 from berth.storage.blob_cache import BlobCache
 from berth.storage.s3 import S3BlobStore
-from berth.storage.s3_errors import REFUSED_CREDENTIALS, ObjectStoreError
+from berth.storage.s3_errors import REFUSED_CREDENTIALS, REFUSED_REQUEST, ObjectStoreError
 from berth.storage.s3_pieces import MIN_PART_BYTES, PIECE_BYTES
 from tests.ports import free_port
 from tests.rgw import CephRGW
@@ -94,6 +95,7 @@ async def test_a_wrong_secret_is_refused_naming_the_bucket_and_endpoint(
     message = str(refused.value)
     assert "refused the credentials" in message
     assert BUCKET in message and object_store.endpoint in message
+    assert refused.value.refusal == REFUSED_CREDENTIALS and not refused.value.passing
 
 
 async def test_a_missing_bucket_is_refused_naming_it(object_store: S3TestServer) -> None:
@@ -111,8 +113,8 @@ async def test_the_write_check_refuses_credentials_that_may_read_but_not_write(
     seaweedfs: SeaweedFS,
 ) -> None:
     """Credentials that may read and list the bucket pass `check` (HeadBucket); the write
-    check is refused as a refused secret is, naming the bucket and the write refused, and
-    leaves nothing behind."""
+    check is refused naming the bucket and the write refused (not the credentials, which the
+    check accepted), and leaves nothing behind."""
     location = seaweedfs.location(access_key_id=READER_KEY_ID)
     store = S3BlobStore(location)
     try:
@@ -125,8 +127,63 @@ async def test_the_write_check_refuses_credentials_that_may_read_but_not_write(
     assert f"the bucket {BUCKET!r} at {seaweedfs.endpoint} refused PutObject of " in message
     assert f"'{location.prefix}/_write-check-" in message and "(AccessDenied)" in message
     assert "s3_access_key_id and s3_secret_access_key" in message
-    assert refused.value.refusal == REFUSED_CREDENTIALS and not refused.value.passing
+    assert refused.value.refusal == REFUSED_REQUEST and not refused.value.passing
     assert object_keys(seaweedfs, f"{location.prefix}/") == []
+
+
+async def test_a_refused_delete_fails_the_write_check_naming_it(seaweedfs: SeaweedFS) -> None:
+    """Credentials that may write but not delete (here a bucket policy denies DeleteObject)
+    fail the write check at its delete, said as such: not as refused credentials, which the
+    bucket's check and the write accepted, to the operator nor to a client."""
+    bucket = f"berth-undeletable-{uuid.uuid4().hex[:12]}"  # of its own: it gets a policy
+    seaweedfs.create_bucket(bucket)
+    location = seaweedfs.location(bucket=bucket)
+    seaweedfs.deny(bucket, ["s3:DeleteObject"], f"arn:aws:s3:::{bucket}/{location.prefix}/*")
+    store = S3BlobStore(location)
+    try:
+        with pytest.raises(ObjectStoreError) as refused:
+            await store.check_writable()
+    finally:
+        await store.close()
+    message = str(refused.value)
+    assert f"the bucket {bucket!r} at {seaweedfs.endpoint} refused DeleteObject of " in message
+    assert f"'{location.prefix}/_write-check-" in message and "(AccessDenied)" in message
+    assert refused.value.refusal == REFUSED_REQUEST and not refused.value.passing
+    assert refused.value.message == (
+        "the registry's storage is unavailable: the object store refused a request of the "
+        "registry (the operator should check that its credentials may read, write, list and "
+        "delete the objects under s3_prefix); try again later"
+    )
+
+
+async def test_a_refused_listing_names_the_request_not_the_credentials(
+    seaweedfs: SeaweedFS,
+) -> None:
+    """Requests on the bucket rather than an object (listing its objects, its multipart
+    uploads) that a bucket policy denies after the bucket's check accepted the credentials
+    name the request refused."""
+    bucket = f"berth-unlistable-{uuid.uuid4().hex[:12]}"  # of its own: it gets a policy
+    seaweedfs.create_bucket(bucket)
+    store = S3BlobStore(seaweedfs.location(bucket=bucket))
+    denied: dict[str, tuple[str, Callable[[], Awaitable[object]]]] = {
+        "ListMultipartUploads": (
+            "s3:ListBucketMultipartUploads",
+            lambda: store.abort_unfinished_commits(started_before=time.time()),
+        ),
+        "ListObjectsV2": ("s3:ListBucket", store.list_uploads),
+    }
+    try:
+        await store.check()  # HeadBucket, which a policy denying s3:ListBucket refuses too
+        for request, (action, listing) in denied.items():
+            seaweedfs.deny(bucket, [action], f"arn:aws:s3:::{bucket}")
+            with pytest.raises(ObjectStoreError) as refused:
+                await listing()
+            message = str(refused.value)
+            assert f"the bucket {bucket!r} at {seaweedfs.endpoint} refused {request} (" in message
+            assert "refused the credentials" not in message, message
+            assert refused.value.refusal == REFUSED_REQUEST, message
+    finally:
+        await store.close()
 
 
 async def test_the_write_check_leaves_no_object_behind(object_store: S3TestServer) -> None:
