@@ -105,12 +105,21 @@ class UploadBodies(StorageFaults, UploadHashes):
         if lock is None:
             lock = self._locks[upload_id] = asyncio.Lock()
         async with lock, contextlib.AsyncExitStack() as held:
-            # Its lock file not made (the disk read-only or full): not this request's turn, so
-            # the upload is not its to end. On a blob directory several nodes share, another
-            # node's request may hold the turn and be writing the upload. (Its directory gone,
-            # the upload's data is gone for all: it ends.)
-            async with self._storage_faults(upload_id, turn_held=False):
+            try:
                 await held.enter_async_context(self.store.upload_exclusive(upload_id))
+            except FileNotFoundError:
+                # Its directory gone: the upload's data is gone for all, so it ends.
+                raise await self._scratch_gone(upload_id) from None
+            except OSError as exc:
+                # Its lock file not made (the disk read-only or full): not this request's
+                # turn, so the upload is not its to end. On a blob directory several nodes
+                # share, another node's request may hold the turn and be writing the upload;
+                # else its client goes on once the disk takes writes, or the abandoned-uploads
+                # job removes it after `upload_expiry`.
+                refusal = self._refusal_of(exc, upload_kept=True)
+                if refusal is None:
+                    raise
+                raise refusal from None
             try:
                 yield
             except BlobUploadUnknown:

@@ -46,41 +46,45 @@ def _data_lost(upload_id: str) -> BlobUploadUnknown:
 
 
 class StorageFaults(UploadPart):
+    async def _scratch_gone(self, upload_id: str) -> BlobUploadUnknown:
+        """An upload whose scratch is gone (garbage collection removed the upload as abandoned
+        while it was in use, a cancel ended it, or the uploads directory itself is gone): its
+        data is gone for every request, so it is discarded and its client hears
+        BLOB_UPLOAD_UNKNOWN, which clients retry with a new upload."""
+        if not await self._discard(upload_id):  # ended meanwhile: its pieces went with it
+            return BlobUploadUnknown(
+                f"upload {upload_id!r} was cancelled or removed while this request stored it; "
+                "start the upload again"
+            )
+        return _data_lost(upload_id)
+
+    def _refusal_of(self, exc: OSError, *, upload_kept: bool) -> StorageRefused | None:
+        """What the client hears of a full or read-only disk (None: another failure); a
+        read-only one said in the log once, since every push fails alike."""
+        refusal = _storage_refusal(exc, upload_kept=upload_kept)
+        if isinstance(refusal, StorageReadOnly) and not self._read_only_said:
+            self._read_only_said = True
+            logger.warning(
+                "the blob store's disk is read-only (%s): pushes are refused (507 "
+                "STORAGE_READ_ONLY) and pulls served until it is writable again",
+                exc,
+            )
+        return refusal
+
     @contextlib.asynccontextmanager
-    async def _storage_faults(
-        self, upload_id: str, *, turn_held: bool = True
-    ) -> AsyncIterator[None]:
-        """What storage does to an upload, as its client should see it. Its scratch gone
-        (garbage collection removed the upload as abandoned while it was in use, a cancel
-        ended it, or the uploads directory itself is gone): its data is gone for every
-        request, so the upload is discarded, whether or not this request held its turn, and
-        the client hears BLOB_UPLOAD_UNKNOWN, which clients retry with a new upload. The disk
-        full: STORAGE_FULL, the upload discarded and its space back at once; read-only:
+    async def _storage_faults(self, upload_id: str) -> AsyncIterator[None]:
+        """What storage does to an upload this request holds the turn on, as its client should
+        see it. Its scratch gone: BLOB_UPLOAD_UNKNOWN (`_scratch_gone`). The disk full:
+        STORAGE_FULL, the upload discarded and its space back at once; read-only:
         STORAGE_READ_ONLY, the upload discarded (its scratch file, if any, is the
-        abandoned-uploads job's once the disk is writable). A request refused the upload's
-        turn (`_lock`, not `turn_held`) by a full or read-only disk discards nothing: the
-        upload is kept for its client to go on with once the disk takes writes, or for the
-        abandoned-uploads job after `upload_expiry`."""
+        abandoned-uploads job's once the disk is writable)."""
         try:
             yield
         except FileNotFoundError:
-            if not await self._discard(upload_id):  # ended meanwhile: its pieces went with it
-                raise BlobUploadUnknown(
-                    f"upload {upload_id!r} was cancelled or removed while this request stored it; "
-                    "start the upload again"
-                ) from None
-            raise _data_lost(upload_id) from None
+            raise await self._scratch_gone(upload_id) from None
         except OSError as exc:
-            refusal = _storage_refusal(exc, upload_kept=not turn_held)
+            refusal = self._refusal_of(exc, upload_kept=False)
             if refusal is None:
                 raise
-            if isinstance(refusal, StorageReadOnly) and not self._read_only_said:
-                self._read_only_said = True  # every push fails alike: said once
-                logger.warning(
-                    "the blob store's disk is read-only (%s): pushes are refused (507 "
-                    "STORAGE_READ_ONLY) and pulls served until it is writable again",
-                    exc,
-                )
-            if turn_held:
-                await self._discard(upload_id)
+            await self._discard(upload_id)
             raise refusal from None
