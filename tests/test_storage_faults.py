@@ -261,6 +261,26 @@ def test_an_upload_whose_uploads_directory_is_gone_ends_at_its_next_request(
         server.stop()
 
 
+def test_a_new_upload_recreates_a_removed_uploads_directory(tmp_path: Path) -> None:
+    """The blob directory's `_uploads` removed (an operator cleaning up, a tmp cleaner): the
+    next push starts an upload as if it had never gone, without a restart."""
+    server = BerthServer(tmp_path / "data")
+    try:
+        repo = new_repo(server.start())
+        shutil.rmtree(server.data_dir / "blobs" / "_uploads")
+        data = os.urandom(100_000)
+        started = repo.client.post(repo.url("blobs/uploads/"))
+        assert started.status_code == 202, started.text
+        patched = repo.client.patch(started.headers["Location"], content=data)
+        assert patched.status_code == 202, patched.text
+        done = repo.client.put(patched.headers["Location"], params={"digest": digest_of(data)})
+        assert done.status_code == 201, done.text
+        pulled = repo.client.get(repo.url(f"blobs/{digest_of(data)}"))
+        assert pulled.status_code == 200 and digest_of(pulled.content) == digest_of(data)
+    finally:
+        server.stop()
+
+
 def test_storage_check_removes_scratch_files_no_upload_names(repo: Repo) -> None:
     uploads = repo.server.data_dir / "blobs" / "_uploads"
     hour_ago = time.time() - 7200

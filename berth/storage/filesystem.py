@@ -120,10 +120,13 @@ class FilesystemBlobStore(BlobStore):
         self._local_paths: LRUCache[str, Path] = LRUCache(LOCAL_PATHS_KEPT)
         # Uploads the last list_uploads found a commit's temporary of (a crash's leftover).
         self._commit_leftovers: frozenset[str] = frozenset()
+        # The blob directory as opened (device, inode): `_uploads` is made again only in it.
+        self._opened_root: tuple[int, int] | None = None
         if self._makes_directories:
             root.parent.mkdir(parents=True, exist_ok=True)
             _make_directory(root)
             _make_directory(self.uploads)
+            self._opened_root = _identity(root)
 
     def _blob_path(self, digest: str) -> Path:
         parsed = parse_digest(digest)  # validated, so never a path traversal
@@ -182,7 +185,13 @@ class FilesystemBlobStore(BlobStore):
             path = self._upload_path(upload_id)
             # Created only at the start: a scratch file removed since (an abandoned upload
             # swept by garbage collection) must not come back as zeros up to `offset`.
-            fd = os.open(path, os.O_WRONLY | (os.O_CREAT if offset == 0 else 0), FILE_MODE)
+            flags = os.O_WRONLY | (os.O_CREAT if offset == 0 else 0)
+            try:
+                fd = os.open(path, flags, FILE_MODE)
+            except FileNotFoundError:
+                if offset != 0 or not self._remake_uploads_directory():
+                    raise
+                fd = os.open(path, flags, FILE_MODE)
             if offset == 0:
                 os.fchmod(fd, FILE_MODE)  # it becomes the blob's file
             stat = os.fstat(fd)
@@ -200,6 +209,19 @@ class FilesystemBlobStore(BlobStore):
             return fd
 
         return _FileUploadWriter(await asyncio.to_thread(_open))
+
+    def _remake_uploads_directory(self) -> bool:
+        """Make `_uploads` again for a new upload once it was removed (an operator cleaning up,
+        a tmp cleaner), where nothing else would until a restart; False if the blob directory
+        is no longer the one opened: a blob mount gone leaves the directory it was mounted on,
+        and uploads and blobs stored there would be hidden once the mount is back."""
+        try:
+            if _identity(self.root) != self._opened_root:
+                return False
+        except FileNotFoundError:
+            return False
+        _make_directory(self.uploads)
+        return True
 
     async def read_upload(
         self, upload_id: str, length: int, pieces: Sequence[str] = ()
@@ -444,6 +466,11 @@ def _replace_with_link(source: Path, target: Path) -> None:
             raise
     with contextlib.suppress(FileNotFoundError):  # left if they were one file
         os.unlink(temporary)
+
+
+def _identity(path: Path) -> tuple[int, int]:
+    found = os.stat(path)
+    return found.st_dev, found.st_ino
 
 
 def _make_directory(path: Path) -> None:

@@ -98,6 +98,20 @@ async def test_the_write_check_finds_an_upload_area_that_takes_no_file(tmp_path:
     assert sorted(os.listdir(tmp_path)) == ["_uploads"]
 
 
+async def test_no_upload_starts_in_another_directory_found_where_the_blobs_were(
+    tmp_path: Path,
+) -> None:
+    """A blob mount gone leaves the empty directory it was mounted on: the upload area is made
+    again only in the blob directory the store opened, never there, where what a push stored
+    would be hidden once the mount is back."""
+    store = FilesystemBlobStore(tmp_path / "blobs")
+    (tmp_path / "blobs").rename(tmp_path / "mounted")
+    (tmp_path / "blobs").mkdir()
+    with pytest.raises(FileNotFoundError):
+        await store.open_upload(uuid.uuid4().hex, 0)
+    assert os.listdir(tmp_path / "blobs") == []
+
+
 async def test_a_crash_mid_commit_leaves_files_that_go_with_their_upload(tmp_path: Path) -> None:
     """`{id}.commit.{token}` and `{id}.copy` (left by a process that died) are listed as the
     upload and removed with it."""
