@@ -78,11 +78,25 @@ class S3TestServer:
             ):
                 raise
 
-    def deny(self, bucket: str, actions: list[str], resource: str) -> None:
+    def deny(
+        self,
+        bucket: str,
+        actions: list[str],
+        resource: str,
+        condition: dict[str, Any] | None = None,
+    ) -> None:
         """A bucket policy on `bucket` denying everyone `actions` on `resource` (an ARN such as
-        `arn:aws:s3:::BUCKET/PREFIX/*`): credentials the bucket's check accepts, refused a
-        request, as credentials that may not make it would be."""
-        denied = {"Effect": "Deny", "Principal": "*", "Action": actions, "Resource": [resource]}
+        `arn:aws:s3:::BUCKET/PREFIX/*`), when `condition` (a policy's Condition) holds if
+        given: credentials the store accepts, refused a request, as credentials that may not
+        make it would be."""
+        denied: dict[str, Any] = {
+            "Effect": "Deny",
+            "Principal": "*",
+            "Action": actions,
+            "Resource": [resource],
+        }
+        if condition is not None:
+            denied["Condition"] = condition
         policy = json.dumps({"Version": "2012-10-17", "Statement": [denied]})
         self.client().put_bucket_policy(Bucket=bucket, Policy=policy)
 

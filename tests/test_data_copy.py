@@ -10,6 +10,7 @@ import shutil
 import sqlite3
 import stat
 import subprocess
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -383,6 +384,19 @@ def test_a_blob_store_that_cannot_be_used_is_refused_before_anything_is_written(
     assert refused.returncode == 2
     assert "the blob store cannot be used" in refused.stderr
     assert refused.stderr.count("refused the credentials") == 1, refused.stderr  # said once
+    assert not (node.data_dir / "berth.db").exists()
+
+    # A bucket policy that refuses the listing of the bucket: said as such, not as the secret.
+    bucket = f"berth-unlistable-{uuid.uuid4().hex[:12]}"
+    seaweedfs.create_bucket(bucket)
+    seaweedfs.deny(bucket, ["s3:ListBucket"], f"arn:aws:s3:::{bucket}")
+    unlistable = {**seaweedfs.settings_environ(), "BERTH_S3_BUCKET": bucket}
+    node = BerthServer(tmp_path / "s3-unlistable", extra_env=unlistable)
+    refused = node.cli("data", "copy", "--from-data-dir", old, check=False)
+    said = " ".join(refused.stderr.split())
+    assert refused.returncode == 2, said
+    assert "the blob store cannot be used" in said and "refused the credentials" not in said
+    assert said.count("but the bucket policy or their permissions refuse them s3:ListBucket") == 1
     assert not (node.data_dir / "berth.db").exists()
 
     # A blob directory that cannot be made (a file in its place).

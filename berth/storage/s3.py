@@ -65,8 +65,6 @@ class S3BlobStore(S3Objects, BlobStore):
     def __init__(self, location: S3Location, cache: BlobCache | None = None) -> None:
         super().__init__(location)
         self.cache = cache  # this node's copies of pulled blobs (`s3_cache_dir`), if kept
-        prefix = location.prefix.strip("/")
-        self._prefix = f"{prefix}/" if prefix else ""
         self._confirmed: LRUCache[str, float] = LRUCache(maxsize=CONFIRMED_KEPT)
         # Blobs a pull found whole in the store as it wrote this node's copy: they confirm
         # the copy (`confirm_cached_copy`), not a HEAD, which asks the store as before.

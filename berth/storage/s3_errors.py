@@ -53,6 +53,11 @@ REFUSED_REQUEST = (
     "the object store refused a request of the registry (the operator should check that its "
     "credentials may read, write, list and delete the objects under s3_prefix)"
 )
+REFUSED_LISTING = (
+    "the object store accepted the registry's credentials but refused it the listing of its "
+    "bucket (the operator should check that the bucket policy and the credentials' "
+    "permissions allow s3:ListBucket on it)"
+)
 NO_CREDENTIALS = (
     "the registry has no usable credentials for the object store "
     "(the operator should check s3_access_key_id and s3_secret_access_key)"
@@ -63,6 +68,27 @@ _CREDENTIAL_SETTINGS = {
     "aws_access_key_id": "s3_access_key_id",
     "aws_secret_access_key": "s3_secret_access_key",
 }
+
+
+# The permissions (IAM actions) Berth's requests need, which the user's policy and any bucket
+# policy must allow: the one list, which README ("Configuration", S3) shows too. On the bucket:
+# HeadBucket (the bucket's check, /readyz) and ListObjectsV2 need ListBucket;
+# ListMultipartUploads (uploads abandoned midway) ListBucketMultipartUploads. On the objects:
+# GetObject and HeadObject (and the source of CopyObject, UploadPartCopy and presigned URLs)
+# need GetObject; PutObject, CopyObject and a multipart upload's parts and completion
+# PutObject; DeleteObject and DeleteObjects DeleteObject; ListParts ListMultipartUploadParts.
+BUCKET_PERMISSIONS = ("s3:ListBucket", "s3:ListBucketMultipartUploads")
+OBJECT_PERMISSIONS = (
+    "s3:GetObject",
+    "s3:PutObject",
+    "s3:DeleteObject",
+    "s3:AbortMultipartUpload",
+    "s3:ListMultipartUploadParts",
+)
+PERMISSIONS_NEEDED = (
+    f"{' and '.join(BUCKET_PERMISSIONS)} on the bucket, and {', '.join(OBJECT_PERMISSIONS)} "
+    "on the objects under s3_prefix"
+)
 
 
 class ObjectStoreError(Unavailable, OSError):
@@ -136,23 +162,56 @@ def _refused(
     shown: str, exc: ClientError, key: str | None, code: str, bucket_check: bool
 ) -> ObjectStoreError:
     """Why the store refused a request. The bucket's check refused (the first request, and
-    readiness's), or a code that says so: the credentials. Any other request refused after the
-    check accepted them, listings of the bucket included: that they may not make it (read but
-    not write, a bucket policy), or that they changed since (a refused HEAD has no body to
-    tell which)."""
+    readiness's), or a code that says so: the credentials (a refused check that a listing
+    shows to be a permission refused is `bucket_check_refusal`'s). Any other request refused
+    after the check accepted them, listings of the bucket included: that they may not make it
+    (read but not write, a bucket policy), or that they changed since (a refused HEAD has no
+    body to tell which)."""
     if bucket_check or code in _CREDENTIALS_REFUSED_CODES:
-        return ObjectStoreError(
-            f"the {shown} refused the credentials ({code}): check s3_access_key_id and "
-            "s3_secret_access_key",
-            REFUSED_CREDENTIALS,
-        )
+        return _credentials_refused(shown, code)
     request = exc.operation_name if key is None else f"{exc.operation_name} of {key!r}"
     return ObjectStoreError(
         f"the {shown} refused {request} ({code}): check that the credentials "
-        "(s3_access_key_id and s3_secret_access_key) are right and may read, write, list and "
-        "delete the objects under s3_prefix",
+        "(s3_access_key_id and s3_secret_access_key) are right and that the bucket policy and "
+        f"their permissions allow what Berth needs: {PERMISSIONS_NEEDED}",
         REFUSED_REQUEST,
     )
+
+
+def _credentials_refused(shown: str, code: str) -> ObjectStoreError:
+    return ObjectStoreError(
+        f"the {shown} refused the credentials ({code}): check s3_access_key_id and "
+        "s3_secret_access_key",
+        REFUSED_CREDENTIALS,
+    )
+
+
+def bucket_check_refusal(shown: str, listing: ClientError | None) -> ObjectStoreError:
+    """Why the bucket's check (HeadBucket, refused 403 with no body to say why) was refused,
+    from the listing under s3_prefix asked after it: `listing` its refusal, None when it was
+    answered. The store checks the signature before the permissions, so AccessDenied says that
+    it accepted the credentials but refuses them s3:ListBucket, which both requests need;
+    a listing answered, that the credentials are accepted and may list there, though not the
+    whole bucket. Any other code (SignatureDoesNotMatch, InvalidAccessKeyId, an expired token),
+    or none: the credentials, as the check alone said."""
+    if listing is None:
+        return ObjectStoreError(
+            f"the {shown} refused its check (HeadBucket: 403) but answered a listing under "
+            "s3_prefix (ListObjectsV2): it accepts the credentials, and the bucket policy or "
+            "their permissions allow s3:ListBucket only on a condition (such as on s3:prefix) "
+            "that HeadBucket, which asks for the whole bucket, does not meet: allow it without "
+            f"one. Berth needs {PERMISSIONS_NEEDED}",
+            REFUSED_LISTING,
+        )
+    code = str(listing.response.get("Error", {}).get("Code", ""))
+    if code == "AccessDenied":
+        return ObjectStoreError(
+            f"the {shown} accepts the credentials, but the bucket policy or their permissions "
+            "refuse them s3:ListBucket on the bucket (its check, HeadBucket: 403; "
+            f"ListObjectsV2: AccessDenied). Berth needs {PERMISSIONS_NEEDED}",
+            REFUSED_LISTING,
+        )
+    return _credentials_refused(shown, code if code in _CREDENTIALS_REFUSED_CODES else "403")
 
 
 def _unreached(exc: BotoCoreError) -> bool:

@@ -22,7 +22,12 @@ from botocore.exceptions import BotoCoreError, ClientError
 from botocore.utils import get_environ_proxies
 
 from berth.observability import metrics
-from berth.storage.s3_errors import UNTRUSTED, ObjectStoreError, translated
+from berth.storage.s3_errors import (
+    UNTRUSTED,
+    ObjectStoreError,
+    bucket_check_refusal,
+    translated,
+)
 from berth.storage.s3_pieces import MiB
 
 if TYPE_CHECKING:
@@ -70,6 +75,8 @@ class S3Objects:
 
     def __init__(self, location: S3Location) -> None:
         self.location = location
+        prefix = location.prefix.strip("/")
+        self._prefix = f"{prefix}/" if prefix else ""  # what every key of Berth's begins with
         self._client: S3Client | None = None
         self._client_stack = contextlib.AsyncExitStack()
         self._client_lock = asyncio.Lock()
@@ -139,7 +146,7 @@ class S3Objects:
                         if not _plain_http(location.endpoint):
                             self._check_ca_bundle()
                         client = await self._client_for(location.endpoint, config)
-                        await client.head_bucket(Bucket=location.bucket)
+                    await self._check_bucket(client)
                 except BaseException:
                     await self._client_stack.aclose()
                     raise
@@ -162,8 +169,34 @@ class S3Objects:
                     self._prober = await self._client_for(
                         self.location.endpoint, self._config(1), self._prober_stack
                     )
+        await self._check_bucket(self._prober)
+
+    async def _check_bucket(self, client: S3Client) -> None:
+        """HeadBucket: the bucket is there and the credentials accepted. Refused (403), its
+        answer has no body, so no code tells wrong credentials from a permission refused
+        (s3:ListBucket, which HeadBucket needs, denied by a bucket policy or the user's
+        rights): only then one listing is asked, whose refusal says which
+        (`s3_errors.bucket_check_refusal`)."""
+        bucket = self.location.bucket
         with self.errors(bucket_check=True):
-            await self._prober.head_bucket(Bucket=self.location.bucket)
+            try:
+                await client.head_bucket(Bucket=bucket)
+            except ClientError as refused:
+                if refused.response.get("ResponseMetadata", {}).get("HTTPStatusCode") != 403:
+                    raise
+                # ListObjectsV2 rather than a GetObject of a key that cannot exist: it needs
+                # the very permission HeadBucket needs, so its AccessDenied names the one
+                # refused, where a missing key's GetObject says nothing of s3:ListBucket
+                # (SeaweedFS and RGW answer NoSuchKey without it; AWS 403 AccessDenied, as
+                # for s3:GetObject refused). Under the prefix, and at most one key: cheap,
+                # and a permission granted only there (an s3:prefix condition) is answered.
+                try:
+                    await client.list_objects_v2(Bucket=bucket, Prefix=self._prefix, MaxKeys=1)
+                except ClientError as listing:
+                    raise bucket_check_refusal(self.location.shown, listing) from None
+                except BotoCoreError:
+                    raise refused from None  # nothing learnt: the check's refusal stands
+                raise bucket_check_refusal(self.location.shown, None) from None
 
     async def close(self) -> None:
         for task in list(self._background):

@@ -7,6 +7,7 @@ On PostgreSQL: several nodes on S3 share one, so that is how S3 is run."""
 from __future__ import annotations
 
 import time
+import uuid
 from pathlib import Path
 
 import httpx
@@ -73,6 +74,41 @@ def test_readyz_follows_the_object_store_and_the_database(
         own_postgres.pg_ctl("stop")
         assert becomes(server, 503).text == "not ready: the database is unreachable\n"
         own_postgres.pg_ctl("start")
+        assert becomes(server, 200).text == "ready"
+    finally:
+        server.stop()
+
+
+def test_readyz_tells_a_bucket_policy_refusing_the_listing_from_refused_credentials(
+    seaweedfs: SeaweedFS, tmp_path: Path
+) -> None:
+    """A bucket policy that denies s3:ListBucket, put on the bucket of a serving node, makes
+    its check (HeadBucket) answer 403 as revoked credentials would: /readyz says that the
+    store refused the listing of its bucket and what the operator should check, not its
+    credentials (test_s3_outage.py has those revoked); the log names the bucket. Ready again
+    once the policy is gone."""
+    bucket = f"berth-unlistable-{uuid.uuid4().hex[:12]}"  # of its own: it gets a policy
+    seaweedfs.create_bucket(bucket)
+    server = BerthServer(
+        tmp_path / "berth", extra_env={**seaweedfs.settings_environ(), "BERTH_S3_BUCKET": bucket}
+    ).start()
+    try:
+        assert readiness(server).text == "ready"
+        seaweedfs.deny(bucket, ["s3:ListBucket"], f"arn:aws:s3:::{bucket}")
+        assert becomes(server, 503).text == (
+            "not ready: the blob store is unavailable: the object store accepted the registry's "
+            "credentials but refused it the listing of its bucket (the operator should check "
+            "that the bucket policy and the credentials' permissions allow s3:ListBucket on "
+            "it)\n"
+        )
+        logged = " ".join(server.log_path.read_text().split())
+        assert (
+            f"readiness: not ready: the blob store cannot be used: the bucket {bucket!r} at "
+            f"{seaweedfs.endpoint} accepts the credentials, but the bucket policy or their "
+            "permissions refuse them s3:ListBucket on the bucket"
+        ) in logged, logged
+
+        seaweedfs.client().delete_bucket_policy(Bucket=bucket)
         assert becomes(server, 200).text == "ready"
     finally:
         server.stop()

@@ -28,7 +28,13 @@ from berth.storage import s3 as s3_module
 from berth.storage.base import BlobStore, StoredCopy
 from berth.storage.blob_cache import BlobCache
 from berth.storage.s3 import S3BlobStore
-from berth.storage.s3_errors import REFUSED_CREDENTIALS, REFUSED_REQUEST, ObjectStoreError
+from berth.storage.s3_errors import (
+    PERMISSIONS_NEEDED,
+    REFUSED_CREDENTIALS,
+    REFUSED_LISTING,
+    REFUSED_REQUEST,
+    ObjectStoreError,
+)
 from berth.storage.s3_pieces import MIN_PART_BYTES, PIECE_BYTES
 from tests.ports import free_port
 from tests.rgw import CephRGW
@@ -184,6 +190,79 @@ async def test_a_refused_listing_names_the_request_not_the_credentials(
             assert refused.value.refusal == REFUSED_REQUEST, message
     finally:
         await store.close()
+
+
+async def bucket_check_refused(store: S3BlobStore, check: str) -> ObjectStoreError:
+    """The refusal of the bucket's check made as a node's first request (`check`) or as
+    /readyz's (`probe`, by a client of its own)."""
+    try:
+        with pytest.raises(ObjectStoreError) as refused:
+            await getattr(store, check)()
+    finally:
+        await store.close()
+    return refused.value
+
+
+@pytest.mark.parametrize("check", ["check", "probe"])
+async def test_a_bucket_check_refused_by_a_bucket_policy_names_the_permission_not_the_secret(
+    object_store: S3TestServer, check: str
+) -> None:
+    """A bucket policy that denies s3:ListBucket makes the bucket's check (HeadBucket) answer
+    403, as a wrong secret does, with no body to tell them apart. Said as the permission
+    refused, with what Berth needs; a wrong secret on the same bucket is still said to be the
+    credentials, naming the store's code for it."""
+    bucket = f"berth-unlistable-{uuid.uuid4().hex[:12]}"  # of its own: it gets a policy
+    object_store.create_bucket(bucket)
+    object_store.deny(bucket, ["s3:ListBucket"], f"arn:aws:s3:::{bucket}")
+    location = object_store.location(bucket=bucket)
+
+    refused = await bucket_check_refused(S3BlobStore(location), check)
+    message = str(refused)
+    assert message.startswith(
+        f"the bucket {bucket!r} at {object_store.endpoint} accepts the credentials, but the "
+        "bucket policy or their permissions refuse them s3:ListBucket on the bucket "
+        "(its check, HeadBucket: 403; ListObjectsV2: AccessDenied). Berth needs "
+    ), message
+    assert message.endswith(PERMISSIONS_NEEDED), message
+    assert refused.refusal == REFUSED_LISTING and not refused.passing
+    assert refused.message == (
+        "the registry's storage is unavailable: the object store accepted the registry's "
+        "credentials but refused it the listing of its bucket (the operator should check that "
+        "the bucket policy and the credentials' permissions allow s3:ListBucket on it); try "
+        "again later"
+    )
+
+    wrong = replace(location, secret_access_key="not-the-secret")
+    refused = await bucket_check_refused(S3BlobStore(wrong), check)
+    assert str(refused) == (
+        f"the bucket {bucket!r} at {object_store.endpoint} refused the credentials "
+        "(SignatureDoesNotMatch): check s3_access_key_id and s3_secret_access_key"
+    )
+    assert refused.refusal == REFUSED_CREDENTIALS and not refused.passing
+
+
+async def test_a_bucket_check_refused_for_want_of_a_condition_says_so(
+    seaweedfs: SeaweedFS,
+) -> None:
+    """s3:ListBucket allowed only under s3_prefix (denied on any other s3:prefix, and so
+    without one): HeadBucket, which names no prefix, is refused while Berth's listings under
+    the prefix are answered. Said as such, on SeaweedFS (RGW answers such a HeadBucket)."""
+    bucket = f"berth-prefix-only-{uuid.uuid4().hex[:12]}"
+    seaweedfs.create_bucket(bucket)
+    location = seaweedfs.location(bucket=bucket)
+    outside_prefix = {"StringNotLike": {"s3:prefix": [f"{location.prefix}/*"]}}
+    seaweedfs.deny(bucket, ["s3:ListBucket"], f"arn:aws:s3:::{bucket}", outside_prefix)
+
+    refused = await bucket_check_refused(S3BlobStore(location), "check")
+    message = str(refused)
+    assert message.startswith(
+        f"the bucket {bucket!r} at {seaweedfs.endpoint} refused its check (HeadBucket: 403) "
+        "but answered a listing under s3_prefix (ListObjectsV2): it accepts the credentials, "
+        "and the bucket policy or their permissions allow s3:ListBucket only on a condition "
+        "(such as on s3:prefix) that HeadBucket, which asks for the whole bucket, does not "
+        "meet: allow it without one. Berth needs "
+    ), message
+    assert refused.refusal == REFUSED_LISTING
 
 
 async def test_the_write_check_leaves_no_object_behind(object_store: S3TestServer) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -197,3 +198,50 @@ def test_serve_and_the_cli_refuse_a_ca_bundle_that_names_no_file(
     said = " ".join(refused.stderr.split())
     assert refused.returncode == 2 and "Traceback" not in said, said
     assert f"the CA bundle {bundle} (AWS_CA_BUNDLE) cannot be read" in said, said
+
+
+def test_serve_and_the_cli_tell_a_bucket_policy_refusing_the_listing_from_a_wrong_secret(
+    seaweedfs: SeaweedFS, tmp_path: Path
+) -> None:
+    """A bucket policy that denies s3:ListBucket makes the bucket's check answer 403 as a
+    wrong secret does: `berth serve` (exit status 2, before serving) and a verb that uses the
+    store say which, the permission with what Berth needs, the secret as before."""
+    bucket = f"berth-unlistable-{uuid.uuid4().hex[:12]}"  # of its own: it gets a policy
+    seaweedfs.create_bucket(bucket)
+    env = unstarted_environ(tmp_path, {**seaweedfs.settings_environ(), "BERTH_S3_BUCKET": bucket})
+    made = subprocess.run(
+        [*BERTH, "init"], env=env, capture_output=True, text=True, cwd=ROOT, timeout=120
+    )
+    assert made.returncode == 0, made.stdout + made.stderr  # data for the verb to run on
+    seaweedfs.deny(bucket, ["s3:ListBucket"], f"arn:aws:s3:::{bucket}")
+    permission = (
+        "accepts the credentials, but the bucket policy or their permissions refuse them "
+        "s3:ListBucket on the bucket (its check, HeadBucket: 403; ListObjectsV2: AccessDenied). "
+        "Berth needs s3:ListBucket and s3:ListBucketMultipartUploads on the bucket, and "
+        "s3:GetObject, "
+    )
+    credentials = (
+        "refused the credentials (SignatureDoesNotMatch): check s3_access_key_id and "
+        "s3_secret_access_key"
+    )
+    wrong_secret = {**env, "BERTH_S3_SECRET_ACCESS_KEY": "not-the-secret"}
+    for settings, named, not_named in (
+        (env, permission, "refused the credentials"),
+        (wrong_secret, credentials, "s3:ListBucket"),
+    ):
+        said = " ".join(serve_refused(settings).split())
+        assert f"bucket {bucket!r} at {seaweedfs.endpoint} {named}" in said, said
+        assert not_named not in said, said
+
+        refused = subprocess.run(
+            [*BERTH, "storage", "check", "--all"],
+            env=settings,
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+            timeout=120,
+        )
+        said = " ".join(refused.stderr.split())
+        assert refused.returncode == 2 and "Traceback" not in said, said
+        assert "error: the blob store cannot be used" in said, said
+        assert named in said and not_named not in said, said
