@@ -24,7 +24,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
-from urllib.parse import unquote
 
 from sqlalchemy import inspect
 from sqlalchemy.engine import make_url
@@ -63,16 +62,12 @@ def sqlite_path(database_url: str) -> Path | None:
 
 
 def shown_database(settings: Settings) -> str:
-    """The database as a person reads it: the file, or the URL without its password."""
+    """The database as a person reads it: the file, or the URL as written (with Berth's
+    driver) without its password."""
     path = sqlite_file(settings)
     if path is not None:
         return f"SQLite {path}"
-    shown = without_password(
-        make_url(settings.resolved_database_url).render_as_string(hide_password=True)
-    )
-    # The query as written (sslrootcert=/etc/ssl/ca.pem), not %-escaped.
-    address, question, query = shown.partition("?")
-    return f"{address}{question}{unquote(query)}"
+    return without_password(settings.resolved_database_url)
 
 
 async def _has_schema(settings: Settings) -> bool:

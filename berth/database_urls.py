@@ -4,6 +4,7 @@ Berth opens each with, and a URL shown without its password."""
 from __future__ import annotations
 
 import re
+from urllib.parse import unquote_plus
 
 from berth.database_tls import database_tls
 
@@ -50,17 +51,29 @@ def checked_database_url(value: str | None) -> str | None:
     return value
 
 
-# A password given as a query parameter (`?password=...`, which libpq and asyncpg both take
+# The query parameters that give a password (`password`, which libpq and asyncpg both take
 # beside `user:password@`; `sslpassword`, a client key's passphrase, which Berth refuses but a
-# message may quote).
-_SECRET_PARAMETER = re.compile(r"([?&](?:ssl)?password=)[^&#]*", re.IGNORECASE)
+# message may quote); a name compared %-decoded, as SQLAlchemy and libpq read it, in any case.
+_SECRET_PARAMETERS = frozenset({"password", "sslpassword"})
 
 
 def without_password(url: str) -> str:
-    """A database URL with its password (between `://user:` and `@`, or a `password` query
-    parameter) replaced by `***`: the URL may be too malformed for SQLAlchemy to hide it."""
+    """The database URL `url` as written, with its password replaced by `***` wherever it gives
+    it: between `://user:` and `@`, and as a `password` query parameter (its whole value, up to
+    the next `&`, as SQLAlchemy reads it). The URL's other parts are left as written: read as a
+    string, since it may be too malformed for SQLAlchemy."""
     masked = re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", url, count=1)
-    return _SECRET_PARAMETER.sub(r"\1***", masked)
+    address, question, query = masked.partition("?")
+    if not question:
+        return masked
+    return f"{address}?{'&'.join(map(_without_secret_value, query.split('&')))}"
+
+
+def _without_secret_value(parameter: str) -> str:
+    name, equals, _ = parameter.partition("=")
+    if equals and unquote_plus(name).lower() in _SECRET_PARAMETERS:
+        return f"{name}=***"
+    return parameter
 
 
 def holds_password(url: str) -> bool:

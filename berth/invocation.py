@@ -91,9 +91,7 @@ def unprinted_database(database_url: str | None, given: bool) -> str | None:
     is named with its password masked, to say which database that is."""
     if database_url is None or not holds_password(database_url):
         return None
-    from sqlalchemy.engine import make_url
-
-    masked = without_password(make_url(database_url).render_as_string(hide_password=True))
+    masked = without_password(database_url)
     source = "--database-url" if given else DATABASE_URL_ENV
     return (
         f"note: the commands below work on the database {source} names ({masked}) once "

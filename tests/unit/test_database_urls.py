@@ -19,6 +19,9 @@ URLS = [
     f"postgresql://berth:{SECRET}@db.example:5432/berth?sslmode=require",
     f"postgresql://berth@db.example:5432/berth?password={SECRET}&sslmode=require",
     f"postgresql://berth@db.example:5432/berth?sslmode=require&PASSWORD={SECRET}",
+    # As SQLAlchemy and libpq read them: a parameter's name %-decoded, a value up to the `&`.
+    f"postgresql://berth@db.example:5432/berth?pass%77ord={SECRET}&sslmode=require",
+    f"postgresql://berth@db.example:5432/berth?password=pw#{SECRET}&sslmode=require",
 ]
 
 
@@ -32,6 +35,13 @@ def test_a_password_is_masked_wherever_the_url_gives_it(url: str) -> None:
     note = unprinted_database(url, given=True)
     assert note is not None and SECRET not in note, note
     assert SECRET not in pasteable_command("status", database_url=url)
+
+
+def test_the_database_is_shown_as_its_url_was_written_but_for_its_password() -> None:
+    url = f"postgresql://berth:{SECRET}@db.example:5432/berth?sslmode=require&password={SECRET}"
+    masked = "berth:***@db.example:5432/berth?sslmode=require&password=***"
+    assert shown_database(Settings(database_url=url)) == f"postgresql+asyncpg://{masked}"
+    assert f"names (postgresql://{masked}) once" in str(unprinted_database(url, given=True))
 
 
 def test_a_url_without_a_password_is_shown_and_printed_as_it_is() -> None:
