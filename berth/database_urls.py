@@ -30,8 +30,14 @@ def with_berth_driver(url: str) -> str:
     return f"{_BERTH_DRIVERS.get(scheme.lower(), scheme)}{separator}{rest}"
 
 
+# A connect timeout in the URL: asyncpg would be given `timeout` as a string, failing to
+# connect (a TypeError), and takes no `connect_timeout` (libpq's). Berth's is a setting.
+_CONNECT_TIMEOUTS = ("timeout", "connect_timeout")
+
+
 def checked_database_url(value: str | None) -> str | None:
-    """database_url's check: a URL of a database Berth opens, its TLS parameters readable."""
+    """database_url's check: a URL of a database Berth opens, its TLS parameters readable, no
+    connect timeout in it."""
     if value is None:
         return None
     from sqlalchemy.engine import make_url  # here: settings are read before SQLAlchemy
@@ -47,7 +53,14 @@ def checked_database_url(value: str | None) -> str | None:
         # Opening it would fail on a driver Berth does not ship, or open it synchronously.
         raise ValueError(f"names {drivername}, which Berth does not open: {DATABASE_FORMS}")
     if drivername.lower().startswith("postgres"):
-        database_tls(make_url(value).query)  # ValueError: its TLS parameters, at once
+        query = make_url(value).query
+        for name in _CONNECT_TIMEOUTS:
+            if name in query:
+                raise ValueError(
+                    f"has the parameter {name}, which Berth does not take: set "
+                    "database_connect_timeout (seconds) instead"
+                )
+        database_tls(query)  # ValueError: its TLS parameters, at once
     return value
 
 

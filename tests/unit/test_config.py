@@ -135,6 +135,23 @@ def test_database_timeouts_are_postgresqls_and_a_statement_outlasts_a_lock_wait(
     )
 
 
+@pytest.mark.parametrize("parameter", ["timeout=2.5", "connect_timeout=3"])
+def test_a_connect_timeout_in_the_database_url_is_refused_naming_the_setting(
+    monkeypatch: pytest.MonkeyPatch, parameter: str
+) -> None:
+    """asyncpg's `timeout` failed every start with a traceback, libpq's `connect_timeout`
+    with asyncpg's words, once the database was reached."""
+    url = f"postgresql://berth:pw-secret-4@db.internal/berth?sslmode=prefer&{parameter}"
+    monkeypatch.setenv("BERTH_DATABASE_URL", url)
+    with pytest.raises(SettingsError) as refused:
+        load_settings()
+    name = parameter.partition("=")[0]
+    assert str(refused.value) == (
+        f"BERTH_DATABASE_URL: '{url.replace('pw-secret-4', '***')}' has the parameter {name}, "
+        "which Berth does not take: set database_connect_timeout (seconds) instead"
+    )
+
+
 def test_the_bounds_the_settings_check_against_are_the_databases() -> None:
     assert config.LOCK_WAIT_SECONDS == database.LOCK_WAIT_SECONDS
     assert config.STATEMENT_SECONDS == database.STATEMENT_SECONDS
