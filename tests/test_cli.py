@@ -1537,12 +1537,16 @@ def test_status_says_whether_the_balancer_it_is_served_at_answers(tmp_path: Path
     assert "refused" in shown["served_at_health"]["problem"].lower(), shown
 
 
-def test_status_never_asks_the_url_of_the_server_started_before(tmp_path: Path) -> None:
-    """A URL too long to record (over 255 characters, install_facts.value's width) is not
-    recorded: status asks this shell's URL for that host, not the one the server started
-    before recorded (here the same host over http, the server now says https)."""
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_status_never_asks_the_url_of_the_server_started_before(
+    tmp_path: Path, backend: str, postgres: PostgresCluster | None
+) -> None:
+    """A URL too long to record (over 255 characters, install_facts.value's width, which
+    PostgreSQL enforces) is not recorded: status asks this shell's URL for that host, not the
+    one the server started before recorded (here the same host over http, the server now says
+    https)."""
     host = ".".join(["x" * 60, "x" * 60, "x" * 60, "x" * 57, "invalid"])  # 248 characters
-    server = BerthServer(tmp_path / "data")
+    server = BerthServer(tmp_path / "data", database_url_for(backend, postgres))
     server.extra_env["BERTH_PUBLIC_URL"] = f"http://{host}"  # 255 characters: recorded
     server.start()
     server.stop()
