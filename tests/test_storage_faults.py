@@ -24,6 +24,7 @@ from typing import Any
 import httpx
 import pytest
 
+from berth.services.readiness import STORE_CACHE_SECONDS
 from tests.conftest import MIB, Repo, new_repo, pushed_image
 from tests.oci import (
     OCI_MANIFEST,
@@ -277,6 +278,43 @@ def test_a_new_upload_recreates_a_removed_uploads_directory(tmp_path: Path) -> N
         assert done.status_code == 201, done.text
         pulled = repo.client.get(repo.url(f"blobs/{digest_of(data)}"))
         assert pulled.status_code == 200 and digest_of(pulled.content) == digest_of(data)
+    finally:
+        server.stop()
+
+
+def test_readyz_makes_a_removed_uploads_directory_again_and_stays_ready(tmp_path: Path) -> None:
+    """The blob directory's `_uploads` removed: /readyz still answers ready, and the directory
+    is there again. A balancer following /readyz would otherwise send the node no upload to
+    make it again, and keep it out until a restart."""
+    server = BerthServer(tmp_path / "data")
+    try:
+        server.start()
+        uploads = server.data_dir / "blobs" / "_uploads"
+        shutil.rmtree(uploads)
+        time.sleep(STORE_CACHE_SECONDS + 0.5)  # the store's last answer is no longer kept
+        ready = httpx.get(f"{server.url}/readyz")
+        assert ready.status_code == 200, ready.text
+        assert uploads.is_dir()
+    finally:
+        server.stop()
+
+
+def test_readyz_is_not_ready_while_the_blob_mount_is_gone(tmp_path: Path) -> None:
+    """A blob mount gone leaves the empty directory it was mounted on: the node answers not
+    ready and makes nothing there (a push's files would be hidden once the mount is back),
+    and is ready again once the mount is back."""
+    server = BerthServer(tmp_path / "data")
+    try:
+        server.start()
+        blobs = server.data_dir / "blobs"
+        mounted = blobs.rename(blobs.with_name("blobs.mounted"))
+        blobs.mkdir()
+        readyz = f"{server.url}/readyz"
+        assert until(lambda: httpx.get(readyz).status_code == 503, STORE_CACHE_SECONDS + 5)
+        assert list(blobs.iterdir()) == []
+        blobs.rmdir()
+        mounted.rename(blobs)
+        assert until(lambda: httpx.get(readyz).status_code == 200, STORE_CACHE_SECONDS + 5)
     finally:
         server.stop()
 

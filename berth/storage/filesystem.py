@@ -138,7 +138,17 @@ class FilesystemBlobStore(BlobStore):
         return self.uploads / upload_id
 
     async def probe(self) -> None:
-        await asyncio.to_thread(os.stat, self.uploads)  # the directory is there and reachable
+        await asyncio.to_thread(self._find_uploads_directory)
+
+    def _find_uploads_directory(self) -> None:
+        """The upload area is there and reachable, made again if it was removed from the blob
+        directory the store opened: a node unready for want of it would get no new upload to
+        make it (a balancer sends it none), and would stay out until a restart."""
+        try:
+            os.stat(self.uploads)
+        except FileNotFoundError:
+            if not self._remake_uploads_directory():  # a blob mount gone: not ready
+                raise
 
     async def check_writable(self) -> None:
         """A file created in the upload area and linked into the blob directory, as a commit
