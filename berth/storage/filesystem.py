@@ -279,7 +279,13 @@ class FilesystemBlobStore(BlobStore):
             # upload: they go with it.
             found: dict[str, float] = {}
             leftovers: set[str] = set()
-            for entry in os.scandir(self.uploads):
+            try:
+                entries = list(os.scandir(self.uploads))
+            except FileNotFoundError:
+                # Removed (a new upload makes it again), or never made in a store opened
+                # read-only: it holds no scratch file, so no upload is left to list.
+                entries = []
+            for entry in entries:
                 upload_id, _, suffix = entry.name.partition(".")
                 if not upload_id.isalnum():
                     continue
@@ -445,11 +451,6 @@ class ReadOnlyFilesystemBlobStore(FilesystemBlobStore):
 
     async def delete_upload(self, upload_id: str) -> None:
         raise self._refusal()
-
-    async def list_uploads(self) -> list[tuple[str, float]]:
-        if not self.uploads.is_dir():  # a store that never had an upload may lack it
-            return []
-        return await super().list_uploads()
 
     async def quarantine(self, digest: str, version: str | None = None) -> None:
         raise self._refusal()
