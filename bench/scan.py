@@ -295,7 +295,7 @@ def launch(work: Path) -> Server:
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("BERTH_")}
     env |= {
-        "BERTH_CONFIG": str(work / "no-berth.toml"),
+        "BERTH_CONFIG": os.devnull,
         "BERTH_DATA_DIR": str(work / "berth-data"),
         "BERTH_LISTEN": f"127.0.0.1:{port}",
         "BERTH_WORKERS": "1",

@@ -118,7 +118,7 @@ def launch_berth(
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("BERTH_")}
     env |= {
-        "BERTH_CONFIG": str(work / "no-berth.toml"),  # defaults, whatever the cwd holds
+        "BERTH_CONFIG": os.devnull,  # defaults, whatever the cwd holds
         "BERTH_DATA_DIR": str(work / "berth-data"),
         "BERTH_LISTEN": f"127.0.0.1:{port}",
         **({"BERTH_WORKERS": str(workers)} if workers is not None else {}),

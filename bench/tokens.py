@@ -51,7 +51,7 @@ class Berth:
             **os.environ,
             "BERTH_DATA_DIR": str(data_dir),
             "BERTH_LISTEN": f"127.0.0.1:{self.port}",
-            "BERTH_CONFIG": str(data_dir / "berth.toml"),  # none: defaults and these only
+            "BERTH_CONFIG": os.devnull,  # no file: defaults and these only
             "BERTH_WORKERS": str(workers),
             "BERTH_ADMIN_PASSWORD": "bench-admin-password",
         }

@@ -553,7 +553,8 @@ def usable_cores() -> int:
 
 
 def config_file() -> Path:
-    """The TOML file settings are read from (it need not exist)."""
+    """The TOML file settings are read from: BERTH_CONFIG's, which must exist (`load_settings`
+    refuses it otherwise; /dev/null is none), else berth.toml here, which need not."""
     return Path(os.environ.get(CONFIG_FILE_ENV, "berth.toml")).absolute()
 
 

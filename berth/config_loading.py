@@ -8,6 +8,7 @@ import difflib
 import os
 import tomllib
 from collections.abc import Collection
+from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
@@ -130,10 +131,40 @@ def _closest(name: str, names: list[str]) -> str:
     return f" (did you mean {close[0]}?)" if close else ""
 
 
+def _named_config_refused() -> str | None:
+    """Why the config file BERTH_CONFIG names is refused, or None when it is there (or the
+    variable is unset: only the working directory's berth.toml may be absent). Ignored, a
+    typo or a mount gone would bring a node up on the defaults: a new data directory,
+    database and administrator. /dev/null names no file on purpose: the defaults."""
+    named = os.environ.get(CONFIG_FILE_ENV)
+    if named is None:
+        return None
+    fix = (
+        f"correct {CONFIG_FILE_ENV}, or set it to {os.devnull} to use no config file (the "
+        "defaults and BERTH_* variables)"
+    )
+    if not named.strip():
+        return f"{CONFIG_FILE_ENV} is set but empty: {fix}"
+    path = config_file()
+    if path.is_file() or path == Path(os.devnull):
+        return None
+    what = (
+        "is a directory"
+        if path.is_dir()
+        else "is not a file"
+        if path.exists()
+        else "does not exist"
+    )
+    return f"the config file {path} named by {CONFIG_FILE_ENV} {what}: {fix}"
+
+
 def load_settings(**overrides: Any) -> Settings:
     """The settings, or SettingsError naming each bad value, where it was given and why, and
     each name that is no setting."""
     given = {k: v for k, v in overrides.items() if v is not None}
+    refused = _named_config_refused()
+    if refused is not None:
+        raise SettingsError(refused)
     unknown = _unknown_settings()
     if unknown:
         raise SettingsError("; ".join(unknown))

@@ -373,7 +373,7 @@ def where_to_point(settings: Settings, data_dir: Path | None = None) -> str:
     """How to point a verb at existing data, or make new data, for a refusal's second line
     (`data_dir`: the --data-dir the verb was given, if any)."""
     source = setting_source("data_dir", set() if data_dir is None else {"data_dir"})
-    config, found = config_file(), config_file().is_file()
+    config, found = config_file(), config_file().exists()
     if source.endswith(", the default"):
         source = f"the default, berth-data in the working directory {Path.cwd()}"
     point = (

@@ -135,7 +135,10 @@ class BerthServer(CliReads):
         env = dict(os.environ)
         env["BERTH_DATA_DIR"] = str(self.data_dir)
         env["BERTH_LISTEN"] = self.address
-        env["BERTH_CONFIG"] = str(self.data_dir / "berth.toml")
+        # The data directory's berth.toml when a test wrote one; else no file (a named one
+        # that is missing is refused), whatever the working directory holds.
+        config = self.data_dir / "berth.toml"
+        env["BERTH_CONFIG"] = str(config) if config.exists() else os.devnull
         env["BERTH_ADMIN_PASSWORD"] = ADMIN_PASSWORD
         if self.workers is not None:
             env["BERTH_WORKERS"] = str(self.workers)
@@ -494,13 +497,13 @@ def unresolvable_host() -> str:
 
 def unstarted_environ(directory: Path, settings: Mapping[str, str]) -> dict[str, str]:
     """The environment of a `berth serve` run by hand (to see it refuse to start): this
-    process's with `settings`, its data and configuration file under `directory`, listening
-    on a free loopback port."""
+    process's with `settings`, its data under `directory` and no configuration file,
+    listening on a free loopback port."""
     return {
         **os.environ,
         **settings,
         "BERTH_DATA_DIR": str(directory / "data"),
-        "BERTH_CONFIG": str(directory / "berth.toml"),
+        "BERTH_CONFIG": os.devnull,
         "BERTH_LISTEN": f"127.0.0.1:{free_port()}",
     }
 

@@ -18,6 +18,7 @@ import pytest
 from berth.config import Settings
 from berth.config_loading import load_settings
 from berth.data_location import create_data
+from tests.in_process import invoked
 from tests.servers import BERTH, ROOT, BerthServer, free_port, in_own_thread, wait_for
 from tests.tls import make_ca_and_cert
 
@@ -207,6 +208,45 @@ def test_a_name_that_is_no_setting_is_refused_by_every_verb_naming_the_closest(
         [*BERTH, "init"], env={**env, **harness}, capture_output=True, text=True, timeout=120
     )
     assert initialised.returncode == 0, initialised.stderr
+
+
+def test_a_config_file_named_by_berth_config_must_exist(tmp_path: Path) -> None:
+    """BERTH_CONFIG naming a file that is not there (a typo, a mount gone) is refused by every
+    verb, exit status 2, naming the path and the variable: ignored, `berth serve` would start
+    a new install on the defaults. Only the working directory's berth.toml may be absent, and
+    /dev/null names no file on purpose."""
+    (tmp_path / "a-directory").mkdir()
+    named = {
+        str(tmp_path / "nope.toml"): f"the config file {tmp_path / 'nope.toml'} named by "
+        "BERTH_CONFIG does not exist",
+        str(tmp_path / "a-directory"): f"the config file {tmp_path / 'a-directory'} named by "
+        "BERTH_CONFIG is a directory",
+        "": "BERTH_CONFIG is set but empty",
+    }
+    password = {"BERTH_ADMIN_PASSWORD": "admin-password-1"}
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("BERTH_")}
+    for config, said in named.items():
+        for verb in (["status"], ["project", "list"], ["init"]):
+            refused = invoked(tmp_path, verb, {**password, "BERTH_CONFIG": config})
+            err = " ".join(refused.stderr.split())
+            assert refused.returncode == 2, (config, verb, refused.stdout, err)
+            assert err.startswith(f"error: {said}: correct BERTH_CONFIG"), (config, verb, err)
+            assert refused.stdout == "", (config, verb, refused.stdout)
+        served = subprocess.run(
+            [*BERTH, "serve", "--listen", f"127.0.0.1:{free_port()}"],
+            env={**clean, **password, "BERTH_CONFIG": config},
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        err = " ".join(served.stderr.split())
+        assert served.returncode == 2 and err.startswith(f"error: {said}: "), (config, err)
+        assert "Traceback" not in err and "Berth registry on" not in served.stdout, config
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a-directory"]  # nothing created
+
+    assert invoked(tmp_path, ["init"], {**password, "BERTH_CONFIG": os.devnull}).returncode == 0
+    assert invoked(tmp_path, ["status"], {}).returncode == 0  # no berth.toml here: defaults
 
 
 def test_a_second_server_on_a_taken_address_refuses(tmp_path: Path) -> None:

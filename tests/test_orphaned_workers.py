@@ -92,7 +92,7 @@ def test_a_scan_process_stops_when_the_worker_that_started_it_is_killed(tmp_path
     env = {
         **os.environ,
         "BERTH_DATA_DIR": str(tmp_path / "data"),
-        "BERTH_CONFIG": str(tmp_path / "none.toml"),
+        "BERTH_CONFIG": os.devnull,
     }
     worker = subprocess.Popen(
         [sys.executable, str(script), str(pid_file)], env=env, cwd=Path(__file__).parent.parent

@@ -200,7 +200,7 @@ def status(json_output: JsonFlag = False) -> None:
         table = Table(title="Berth", show_header=False)
         table.add_column("item", style="bold")
         table.add_column("value", overflow="fold")
-        table.add_row("Config file", Text(f"{config}{'' if config.is_file() else ' (not found)'}"))
+        table.add_row("Config file", Text(f"{config}{'' if config.exists() else ' (not found)'}"))
         table.add_row("Data directory", Text(data_dir))
         database_note = (
             "" if readable else " (found, but cannot be read)" if found else " (not found)"

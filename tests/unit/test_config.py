@@ -15,6 +15,14 @@ from berth.server import check
 from tests.ports import free_port
 
 
+def empty_config_file(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    """An empty berth.toml in tmp_path, which BERTH_CONFIG names: the test writes in it."""
+    config = tmp_path / "berth.toml"
+    config.touch()
+    monkeypatch.setenv("BERTH_CONFIG", str(config))
+    return config
+
+
 def test_setting_problems_are_said_plainly(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("BERTH_CURRENCY", "usd")
     with pytest.raises(SettingsError) as currency:
@@ -30,7 +38,7 @@ def test_setting_problems_are_said_plainly(monkeypatch: pytest.MonkeyPatch) -> N
 def test_s3_storage_without_a_bucket_is_refused_saying_where_to_set_it(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    monkeypatch.setenv("BERTH_CONFIG", str(tmp_path / "berth.toml"))
+    empty_config_file(monkeypatch, tmp_path)
     monkeypatch.setenv("BERTH_STORAGE", "s3")
     with pytest.raises(SettingsError) as refused:
         load_settings()
@@ -46,7 +54,7 @@ def test_s3_storage_without_a_bucket_is_refused_saying_where_to_set_it(
 def test_a_blob_redirect_the_storage_cannot_give_is_refused(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    monkeypatch.setenv("BERTH_CONFIG", str(tmp_path / "berth.toml"))
+    empty_config_file(monkeypatch, tmp_path)
     monkeypatch.setenv("BERTH_BLOB_REDIRECT", "presigned")
     with pytest.raises(SettingsError) as presigned:
         load_settings()
@@ -67,7 +75,7 @@ def test_a_blob_redirect_the_storage_cannot_give_is_refused(
 def test_a_metrics_address_that_is_taken_or_the_registrys_is_refused(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    monkeypatch.setenv("BERTH_CONFIG", str(tmp_path / "berth.toml"))
+    empty_config_file(monkeypatch, tmp_path)
     monkeypatch.setenv("BERTH_DATA_DIR", str(tmp_path / "data"))
     # Both ports from the test run's allocator: a port next to an ephemeral one may be any
     # other process's connection, and then the registry's address is the one refused.
@@ -109,7 +117,7 @@ def test_a_setting_is_attributed_to_the_config_file_only_when_the_file_gives_it(
 def test_database_timeouts_are_postgresqls_and_a_statement_outlasts_a_lock_wait(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    monkeypatch.setenv("BERTH_CONFIG", str(tmp_path / "berth.toml"))
+    empty_config_file(monkeypatch, tmp_path)
     monkeypatch.setenv("BERTH_DATABASE_CONNECT_TIMEOUT", "2")
     with pytest.raises(SettingsError) as on_sqlite:
         load_settings()

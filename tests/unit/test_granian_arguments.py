@@ -20,7 +20,7 @@ def defaults_only(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     for name in list(os.environ):
         if name.startswith("BERTH_"):
             monkeypatch.delenv(name)
-    monkeypatch.setenv("BERTH_CONFIG", str(tmp_path / "none.toml"))
+    monkeypatch.setenv("BERTH_CONFIG", os.devnull)
 
 
 def option(arguments: list[str], name: str) -> str:

@@ -81,7 +81,7 @@ def worker(tmp_path_factory: pytest.TempPathFactory) -> tuple[set[str], dict[str
     tmp_path = tmp_path_factory.mktemp("worker")
     env = {k: v for k, v in os.environ.items() if not k.startswith("BERTH_")}
     env |= {
-        "BERTH_CONFIG": str(tmp_path / "none.toml"),
+        "BERTH_CONFIG": os.devnull,
         "BERTH_DATA_DIR": str(tmp_path / "data"),
         "BERTH_LOG_LEVEL": "warning",
     }
@@ -166,7 +166,7 @@ def test_a_scan_process_loads_neither_the_app_nor_the_services_it_does_not_run(
     """A scan process is spawned: it imports its starter's main module (berth.supervisor in a
     worker) and what its work names, each megabyte of it once per scan process."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("BERTH_")}
-    env |= {"BERTH_CONFIG": str(tmp_path / "none.toml"), "BERTH_DATA_DIR": str(tmp_path)}
+    env |= {"BERTH_CONFIG": os.devnull, "BERTH_DATA_DIR": str(tmp_path)}
     done = subprocess.run(
         [sys.executable, "-c", SCAN_PROCESS],
         env=env,
