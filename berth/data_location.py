@@ -310,6 +310,7 @@ class MissingData:
     refused: bool = False
     full: bool = False  # the database's disk is full: the reason says what to do
     tls: bool = False  # TLS with the database server failed: a certificate, not the network
+    why: str = ""  # unopened: the driver's words alone, where the database is named already
 
     def refusal(self, settings: Settings, data_dir: Path | None = None) -> str:
         """The refusal to act on it: the reason, then what to do (`data_dir`: the --data-dir
@@ -324,10 +325,11 @@ class MissingData:
         return f"{self.reason}\n{advice}"
 
 
-def missing_data(settings: Settings) -> MissingData | None:
-    """Why there is no Berth data where the settings point, or None when there is."""
+def missing_data(settings: Settings, *, database_only: bool = False) -> MissingData | None:
+    """Why there is no Berth data where the settings point, or None when there is
+    (`database_only`: in the database, whether or not the data directory is there)."""
     data_dir = settings.data_dir.absolute()
-    if not data_dir.is_dir():
+    if not database_only and not data_dir.is_dir():
         return MissingData(f"no Berth data directory at {data_dir}")
     database = sqlite_file(settings)
     if database is not None and not database.is_file():
@@ -339,9 +341,8 @@ def missing_data(settings: Settings) -> MissingData | None:
         if (full := no_space_for_database(settings, exc)) is not None:
             return MissingData(full, unopened=True, full=True)
         refused = database is None and not _not_reached(exc)
-        return MissingData(
-            _verbs_reason(settings, exc), unopened=True, refused=refused, tls=_tls_failed(exc)
-        )
+        reason, tls = _verbs_reason(settings, exc), _tls_failed(exc)
+        return MissingData(reason, unopened=True, refused=refused, tls=tls, why=_why(settings, exc))
     return MissingData(f"the database {shown_database(settings)} holds no Berth data")
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import getpass
 import json
 import os
@@ -390,18 +391,19 @@ def _a_table_damaged(data: Path) -> dict[str, str]:
 
 
 @pytest.mark.parametrize(
-    ("database", "said"),
+    ("database", "said", "noted"),
     [
-        (_not_a_database, "cannot open the database SQLite"),
-        (_unreachable_server, "cannot reach the database at 127.0.0.1:"),
-        (_a_table_damaged, "cannot read the database SQLite"),
+        (_not_a_database, "cannot open the database SQLite", "(found, but cannot be read)"),
+        (_unreachable_server, "cannot reach the database at 127.0.0.1:", "(unreachable: "),
+        (_a_table_damaged, "cannot read the database SQLite", "(found, but cannot be read)"),
     ],
 )
 def test_status_says_data_it_cannot_read_is_found_not_missing(
-    tmp_path: Path, database: Any, said: str
+    tmp_path: Path, database: Any, said: str, noted: str
 ) -> None:
     """A database that is there but cannot be opened or read may hold the data (an outage, a
-    damaged file): status says it was found and cannot be read, and exits 1."""
+    damaged file): status says it was found and cannot be read (a server: not reached), and
+    exits 1."""
     data = tmp_path / "berth-data"
     data.mkdir()
     env = database(data)
@@ -412,7 +414,35 @@ def test_status_says_data_it_cannot_read_is_found_not_missing(
     assert status["data_problem"].startswith(said), status
     table = _berth_in(tmp_path, "status", **env)
     row = next(line for line in table.stdout.splitlines() if "Database" in line)
-    assert table.returncode == 1 and "(found, but cannot be read)" in row, table.stdout
+    assert table.returncode == 1 and noted in row, table.stdout
+
+
+def test_status_says_a_database_server_is_unreachable_whatever_the_data_directory(
+    tmp_path: Path, postgres: PostgresCluster | None
+) -> None:
+    """The Database row says a PostgreSQL server nothing answers for (a closed port) is
+    unreachable, and why, whether or not the data directory is there (which says nothing of
+    the server); one that answers but refuses the connection cannot be opened, and why."""
+    port = free_port()  # nothing listens on it
+    closed = f"postgresql://berth:secret@127.0.0.1:{port}/berth"
+    refused = None if postgres is None else make_url(postgres.create_database())
+    (tmp_path / "there").mkdir()
+    cases = [("missing", closed, f"(unreachable: [Errno {errno.ECONNREFUSED}] ")]
+    cases.append(("there", closed, f"(unreachable: [Errno {errno.ECONNREFUSED}] "))
+    if refused is not None:
+        wrong_role = refused.set(username="no_such_role").render_as_string(False)
+        cases.append(("missing", wrong_role, '(cannot be opened: role "no_such_role" does not'))
+    for data_dir, url, noted in cases:
+        shown = _berth_in(tmp_path, "--data-dir", data_dir, "status", BERTH_DATABASE_URL=url)
+        rows = {
+            line.split("│")[1].strip(): line for line in shown.stdout.splitlines() if "│" in line
+        }
+        assert shown.returncode == 1, (data_dir, url, shown.stderr)
+        assert noted in rows["Database"], (data_dir, url, shown.stdout)
+        assert "secret" not in shown.stdout
+        found = "" if data_dir == "there" else " (not found)"
+        assert f"{tmp_path / data_dir}{found} " in rows["Data directory"], shown.stdout
+    assert not (tmp_path / "missing").exists()
 
 
 def test_status_says_missing_data_is_not_found(tmp_path: Path) -> None:

@@ -24,6 +24,7 @@ from berth.domain.errors import RegistryError
 
 if TYPE_CHECKING:
     from berth.config import Settings
+    from berth.data_location import MissingData
     from berth.metadata.presence import ServingProcess
 
 DATABASE_URL_HELP = (
@@ -139,10 +140,16 @@ def status(json_output: JsonFlag = False) -> None:
 
     from berth.addresses import listen_address
     from berth.config import config_file
-    from berth.data_location import missing_data, shown_database
+    from berth.data_location import missing_data, shown_database, sqlite_file
     from berth.services.records import plain
 
     missing = missing_data(settings)
+    # A database server is asked whatever the data directory: one that is missing says
+    # nothing of whether the server is reached.
+    data_dir_found = settings.data_dir.absolute().is_dir()
+    in_database, on_server = missing, sqlite_file(settings) is None
+    if not data_dir_found and on_server:
+        in_database = missing_data(settings, database_only=True)
     listening, ours = _who_answers(settings)
     config, database = config_file(), shown_database(settings)
     data_dir = str(settings.data_dir.absolute())
@@ -201,11 +208,8 @@ def status(json_output: JsonFlag = False) -> None:
         table.add_column("item", style="bold")
         table.add_column("value", overflow="fold")
         table.add_row("Config file", Text(f"{config}{'' if config.exists() else ' (not found)'}"))
-        table.add_row("Data directory", Text(data_dir))
-        database_note = (
-            "" if readable else " (found, but cannot be read)" if found else " (not found)"
-        )
-        table.add_row("Database", Text(database + database_note))
+        table.add_row("Data directory", Text(data_dir + ("" if data_dir_found else " (not found)")))
+        table.add_row("Database", Text(database + _database_note(in_database, unread, on_server)))
         if revision is not None:
             table.add_row("Schema", Text(f"revision {revision} ({standing})"))
         answers = {
@@ -243,6 +247,16 @@ def status(json_output: JsonFlag = False) -> None:
         fail(missing.refusal(settings, Options.data_dir))
     if unread is not None:
         fail(unread)
+
+
+def _database_note(missing: MissingData | None, unread: str | None, on_server: bool) -> str:
+    """What the Database row adds: why a database server could not be opened (not reached, or
+    refused), briefly; a database found that cannot be read; nothing where the data is."""
+    if missing is None:
+        return "" if unread is None else " (found, but cannot be read)"
+    if missing.unopened and on_server:
+        return f" ({'cannot be opened' if missing.refused else 'unreachable'}: {missing.why})"
+    return " (found, but cannot be read)" if missing.unopened else " (not found)"
 
 
 def _serving_processes(processes: list[ServingProcess]) -> str:
