@@ -49,12 +49,11 @@ def _in_environment(variable: str) -> bool:
 
 def data_dir_to_name(given: Path | None, data_dir: Path) -> Path | None:
     """The data directory the commands `berth serve` and `berth init` print must name: the
-    --data-dir `given` (as given: they run from where this one ran), else `data_dir` when
-    BERTH_DATA_DIR said it, absolute: the server's environment (a systemd unit's) is not the
-    shell's its commands are pasted into."""
+    --data-dir `given`, else `data_dir` when BERTH_DATA_DIR said it: the server's environment
+    (a systemd unit's) is not the shell's its commands are pasted into."""
     if given is not None:
         return given
-    return data_dir.absolute() if _in_environment(DATA_DIR_ENV) else None
+    return data_dir if _in_environment(DATA_DIR_ENV) else None
 
 
 def database_url_to_name(given: str | None, database_url: str | None) -> str | None:
@@ -72,15 +71,16 @@ def pasteable_command(
     config: Path | None = None,
     database_url: str | None = None,
 ) -> str:
-    """A `berth` command to print for the user to paste: it runs as printed from where this
-    one ran, on the same data (with `data_dir`, the --data-dir this one was given, if any,
-    `config`, the settings file BERTH_CONFIG named, and `database_url`, the --database-url
-    given: the rest of the environment and the config file that named the data still do when
-    pasted). A database URL that holds a password is left out (see `unprinted_database`)."""
+    """A `berth` command to print for the user to paste: it runs as printed on the same data
+    (with `data_dir`, the --data-dir this one was given, if any, named absolute: the command
+    may be pasted in another directory; `config`, the settings file BERTH_CONFIG named, and
+    `database_url`, the --database-url given: the rest of the environment and the config file
+    that named the data still do when pasted). A database URL that holds a password is left
+    out (see `unprinted_database`)."""
     named = [] if config is None else [f"{CONFIG_FILE_ENV}={shlex.quote(str(config))}"]
     if database_url is not None and not holds_password(database_url):
         named.append(f"{DATABASE_URL_ENV}={shlex.quote(database_url)}")
-    given = [] if data_dir is None else ["--data-dir", str(data_dir)]
+    given = [] if data_dir is None else ["--data-dir", str(data_dir.absolute())]
     return " ".join([*named, berth_command(), *map(shlex.quote, [*given, *words])])
 
 

@@ -531,7 +531,7 @@ def serve(settings: Settings, flags: Collection[str] = ()) -> None:
     # by granian after it.
     _claims = claim_ports(settings, flags)
     check(settings, flags)
-    given_dir = settings.data_dir if "data_dir" in flags else None  # as given, for commands
+    given_dir = settings.data_dir if "data_dir" in flags else None  # for printed commands
     given_url = settings.database_url if "database_url" in flags else None
     settings.data_dir = settings.data_dir.resolve()
     noted = initialise(settings, serving=True, data_dir=given_dir, database_url=given_url)

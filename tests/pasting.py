@@ -31,15 +31,19 @@ class DataDirOnly:
 
     def paste(self, printed: str, input: str | None = None) -> subprocess.CompletedProcess[str]:
         """Run a printed command line as a shell would, which must succeed: it names the
-        data directory this one was given."""
+        data directory this one was given, absolute (it may be pasted anywhere)."""
         words = shlex.split(printed)
-        assert words[1:3] == ["--data-dir", self.data_dir], printed
+        self._names_the_data_dir(words)
         return self._run(words, input)
+
+    def _names_the_data_dir(self, words: list[str]) -> None:
+        assert words[1] == "--data-dir" and Path(words[2]).is_absolute(), words
+        assert Path(words[2]).resolve() == (self.cwd / self.data_dir).resolve(), words
 
     def paste_at_terminal(self, printed: str, answer: str) -> subprocess.CompletedProcess[str]:
         """As `paste`, at a terminal where `answer` is typed (to what the command asks)."""
         words = shlex.split(printed)
-        assert words[1:3] == ["--data-dir", self.data_dir], printed
+        self._names_the_data_dir(words)
         done = typed_at_terminal(words, answer, env=self.env, cwd=self.cwd)
         assert done.returncode == 0, (words, done.stdout, done.stderr)
         return done

@@ -929,23 +929,27 @@ def test_init_and_the_refusal_print_commands_that_work_with_the_data_directory_g
 ) -> None:
     """Only --data-dir names the data: the refusal on data that is not there names the init
     command with that directory, which creates it there; init's sign-in hint names commands
-    with it too, and the project one, pasted, makes a project in that data."""
+    with it too, and the project one, pasted, makes a project in that data. The directory is
+    named absolute, given relative: pasted in another directory, they work on the same data."""
     refused = _typed(tmp_path, [*BERTH, "--data-dir", "mine", "project", "list"])
     assert refused.returncode == 1
     said = " ".join(refused.stderr.split())
     printed_init = said.split("new data there")[0].rsplit("; `", 1)[1].split("`", 1)[0]
-    assert shlex.split(printed_init)[1:] == ["--data-dir", "mine", "init"]
+    mine = str(tmp_path / "mine")
+    assert shlex.split(printed_init)[1:] == ["--data-dir", mine, "init"]
     initialised = _typed(tmp_path, shlex.split(printed_init))
     assert initialised.returncode == 0, initialised.stderr
     assert (tmp_path / "mine" / "berth.db").is_file() and not (tmp_path / "berth-data").exists()
 
     serve = initialised.stdout.split(" once `", 1)[1].split("`", 1)[0]
-    assert shlex.split(serve)[1:] == ["--data-dir", "mine", "serve"]
+    assert shlex.split(serve)[1:] == ["--data-dir", mine, "serve"]
     (hint,) = [line for line in initialised.stdout.splitlines() if "project create" in line]
     create = hint.split("), then an access key", 1)[0].strip()
     words = ["demo" if word == "PROJECT" else word for word in shlex.split(create)]
-    assert words[1:] == ["--data-dir", "mine", "project", "create", "demo"]
-    created = _typed(tmp_path, words)
+    assert words[1:] == ["--data-dir", mine, "project", "create", "demo"]
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    created = _typed(elsewhere, words)
     assert created.returncode == 0, created.stderr
     listed = _typed(tmp_path, [*BERTH, "--data-dir", "mine", "project", "list", "--json"])
     assert [p["name"] for p in json.loads(listed.stdout)["items"]] == ["demo"]
@@ -1008,7 +1012,13 @@ def test_init_never_prints_a_database_password_and_says_how_to_name_the_database
     assert "pg-secret-9" not in initialised.stdout + initialised.stderr
     assert "once BERTH_DATABASE_URL holds that URL" in initialised.stdout
     create = _printed_create(initialised.stdout)
-    assert shlex.split(create)[1:] == ["--data-dir", "d", "project", "create", "demo"]
+    assert shlex.split(create)[1:] == [
+        "--data-dir",
+        str(tmp_path / "d"),
+        "project",
+        "create",
+        "demo",
+    ]
     pasted = _typed(tmp_path, ["env", f"BERTH_DATABASE_URL={url}", "bash", "-c", create])
     assert pasted.returncode == 0, pasted.stderr
 
@@ -1378,12 +1388,12 @@ def test_serve_prints_the_password_command_with_the_data_directory_given(
     words = shlex.split(printed)
     if database in ("given by --database-url", "given by BERTH_DATABASE_URL"):
         assert words.pop(0) == f"BERTH_DATABASE_URL={url}"
-    served = str(tmp_path / "served") if "BERTH_DATA_DIR" in database else "served"
+    served = str(tmp_path / "served")  # absolute, given relative: pasted elsewhere it works
     assert words[1:] == ["--data-dir", served, "user", "set-password", "admin"]
     pasted = ["bash", "-c", f"{printed} --password-stdin"]
     shell = tmp_path / "shell"  # elsewhere, as a shell would be
     shell.mkdir()
-    reset = _typed(shell if "BERTH_DATA_DIR" in database else tmp_path, pasted, "a-new-pw-1\n")
+    reset = _typed(shell, pasted, "a-new-pw-1\n")
     assert reset.returncode == 0, reset.stderr
     assert not (tmp_path / "berth-data").exists() and not (shell / "berth-data").exists()
 
@@ -1406,7 +1416,8 @@ def test_serve_on_a_database_url_with_a_password_from_the_environment_never_prin
     assert "once BERTH_DATABASE_URL holds that URL in your shell" in " ".join(said.split())
     assert said.count("note: the commands below") == 1, said  # the first start's banner too
     printed = _password_command(banner)
-    assert shlex.split(printed)[1:] == ["--data-dir", "d", "user", "set-password", "admin"]
+    reset_words = ["--data-dir", str(tmp_path / "d"), "user", "set-password", "admin"]
+    assert shlex.split(printed)[1:] == reset_words
     unset = _typed(tmp_path, ["bash", "-c", f"{printed} --password-stdin"], "a-new-pw-1\n")
     assert unset.returncode == 1  # not this database: as the note says, the variable is needed
     pasted = ["env", f"BERTH_DATABASE_URL={url}", "bash", "-c", f"{printed} --password-stdin"]
