@@ -391,6 +391,13 @@ class Settings(BaseSettings):
     def _host_and_port(cls, value: str | None) -> str | None:
         return checked_host_and_port(value)
 
+    @field_validator("domain", "region")
+    @classmethod
+    def _lower_case(cls, value: str) -> str:
+        """Host names ignore case, and so do routing and the Host check: the banner, the
+        printed commands and the registry addresses name them as hosts are compared."""
+        return value.lower()
+
     @field_validator("public_url")
     @classmethod
     def _origin(cls, value: str | None) -> str | None:

@@ -25,7 +25,8 @@ def split_address(address: str) -> tuple[str, int]:
 
 
 def checked_origin(value: str | None) -> str | None:
-    """public_url's check, and the origin without a trailing slash."""
+    """public_url's check, and the origin without a trailing slash, its host in lower case
+    (as hosts are compared)."""
     if value is None:
         return None
     url = urlsplit(value)
@@ -41,7 +42,7 @@ def checked_origin(value: str | None) -> str | None:
         raise ValueError(
             "must be only a scheme and a host (and port): Berth serves at the root of it"
         )
-    return value.rstrip("/")
+    return f"{url.scheme}://{url.netloc.lower()}"
 
 
 def checked_proxy_networks(value: str) -> str:

@@ -1357,6 +1357,21 @@ def _password_command(banner: list[str]) -> str:
     return banner[-1].split("lost it? ", 1)[1].rstrip().removesuffix(")")
 
 
+def test_serve_names_a_mixed_case_domain_and_region_in_lower_case(tmp_path: Path) -> None:
+    """domain and region are host names, which ignore case (as routing and the Host check
+    do): written in mixed case, the banner and the commands it prints name them in lower
+    case."""
+    env = {
+        "BERTH_DOMAIN": "Example.COM",
+        "BERTH_REGION": "Kr-Central-2",
+        "BERTH_ADMIN_PASSWORD": "admin-password-1",
+    }
+    said = "".join(_served_banner(tmp_path, [], env))
+    assert "Berth registry on http://kr-central-2.example.com:" in said, said
+    assert "docker login kr-central-2.example.com:" in said, said
+    assert "Example" not in said and "Kr-Central" not in said, said
+
+
 @pytest.mark.parametrize(
     "database",
     [

@@ -35,6 +35,19 @@ def test_setting_problems_are_said_plainly(monkeypatch: pytest.MonkeyPatch) -> N
     assert str(timeout.value) == "BERTH_HEADER_READ_TIMEOUT: '100' must be at most 60"
 
 
+def test_host_names_in_the_settings_are_lower_case(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """domain, region and public_url's host, written in mixed case, are host names as
+    requests' Host headers are compared: in lower case."""
+    (empty_config_file(monkeypatch, tmp_path)).write_text('domain = "Example.COM"\n')
+    monkeypatch.setenv("BERTH_REGION", "Kr-Central-2")
+    monkeypatch.setenv("BERTH_PUBLIC_URL", "HTTPS://Registry.Example.COM:8443/")
+    settings = load_settings()
+    assert settings.project_host_suffix == ".kr-central-2.example.com"
+    assert settings.public_url == "https://registry.example.com:8443"
+
+
 def test_s3_storage_without_a_bucket_is_refused_saying_where_to_set_it(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
