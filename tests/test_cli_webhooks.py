@@ -187,6 +187,39 @@ def test_a_description_is_any_text_but_control_characters_as_a_repository_s(
     ] == ["CI\u00a0hook"]
 
 
+def test_an_argument_that_is_not_utf8_is_refused_not_stored(hooks_server: BerthServer) -> None:
+    """A description or URL typed in a terminal that is not UTF-8 ("caf\\xe9" in Latin-1)
+    reaches Python as a lone surrogate, which no database stores: refused (exit 2) saying so,
+    at its field, rather than failing with a traceback; nothing is made."""
+    hooks_server.create_project("clihooks11")
+    latin1 = b"caf\xe9"
+    url_is, description_is = "the URL is not text", f"{DESCRIPTION_RULE}; this one is not text"
+    for args, why in [
+        ([b"webhook", b"create", b"clihooks11", b"http://127.0.0.1:9/" + latin1], url_is),
+        (
+            [
+                b"webhook",
+                b"create",
+                b"clihooks11",
+                b"http://127.0.0.1:9/",
+                b"--description",
+                latin1,
+            ],
+            description_is,
+        ),
+        ([b"repo", b"create", b"clihooks11/app", b"--description", latin1], description_is),
+    ]:
+        refused = subprocess.run(
+            [*BERTH, *args], env=hooks_server.env, capture_output=True, cwd=ROOT, timeout=120
+        )
+        said = " ".join(refused.stderr.decode(errors="replace").split())
+        assert refused.returncode == 2, said
+        assert f"{why}: it holds a lone surrogate" in said, said
+        assert "Traceback" not in said
+    assert in_process(hooks_server).cli_items("webhook", "list", "clihooks11") == []
+    assert in_process(hooks_server).cli_items("repo", "list", "clihooks11") == []
+
+
 def test_the_setting_the_refusal_names_lets_the_cli_make_a_private_endpoint(
     sqlite_server: BerthServer,
 ) -> None:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, field_validator
+from pydantic_core import PydanticCustomError
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from berth.api.problems import problem
+from berth.domain.descriptions import NOT_TEXT, lone_surrogate
 
 
 class RequestBody(BaseModel):
@@ -17,6 +19,17 @@ class RequestBody(BaseModel):
     string for a date or an enumeration: such fields say `Field(strict=False)`."""
 
     model_config = ConfigDict(extra="forbid", strict=True)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _text_only(cls, value: object) -> object:
+        """A string holding a lone surrogate (JSON's `"\\ud800"`) is refused in every field, in
+        the one wording, before a field's own checks (pydantic refuses it in a field with
+        bounds, as `string_unicode`, but takes it in one without): no database stores it."""
+        items = value if isinstance(value, list) else [value]
+        if any(isinstance(item, str) and lone_surrogate(item) for item in items):
+            raise PydanticCustomError("string_unicode", NOT_TEXT)
+        return value
 
 
 JSON_TYPES = ("application/json",)

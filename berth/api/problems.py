@@ -25,6 +25,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Match
 
+from berth.domain.descriptions import NOT_TEXT
 from berth.domain.digests import DIGEST_RULE
 from berth.domain.errors import Conflict, InvalidValue, RegistryError
 from berth.domain.names import PROJECT_NAME_RULE
@@ -138,6 +139,8 @@ async def _validation_problem(request: Request, exc: Exception) -> Response:
         field = _field_name(tuple(error.get("loc", ())))
         if error.get("type") == "string_pattern_mismatch":
             message = _form_problem(field)  # a person reads this: never the regular expression
+        if error.get("type") == "string_unicode":
+            message = NOT_TEXT  # pydantic's own words for it name no cause
         if error.get("type") == "json_invalid":
             field, message = "body", "the body is not valid JSON"
         errors.append({"field": field, "message": message})

@@ -14,6 +14,7 @@ import string
 from dataclasses import dataclass
 from urllib.parse import urlsplit, urlunsplit
 
+from berth.domain.descriptions import NOT_TEXT, lone_surrogate
 from berth.domain.errors import InvalidValue
 
 MAX_URL_LENGTH = 2048
@@ -67,6 +68,8 @@ def check_form(url: str) -> tuple[str, str, int]:
         raise AddressRefused(f"the URL is longer than {MAX_URL_LENGTH} characters")
     if any(ord(c) < 0x21 or ord(c) == 0x7F for c in url):
         raise AddressRefused("the URL contains spaces or control characters")
+    if lone_surrogate(url):
+        raise AddressRefused(f"the URL is {NOT_TEXT}")
     try:
         parts = urlsplit(url)
         port = parts.port

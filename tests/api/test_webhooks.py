@@ -705,6 +705,59 @@ def test_a_description_is_any_text_but_control_characters_as_a_repository_s(team
     assert ok(admin.get(path))["description"] == "deploy\u2003bot"
 
 
+NOT_TEXT = (
+    "not text: it holds a lone surrogate, which is no character (half of a UTF-16 pair, such "
+    "as JSON's \\ud800, escaped alone; in a command's argument, a byte that is not UTF-8)"
+)
+
+
+def test_a_lone_surrogate_is_refused_in_any_field_the_api_stores(team: Team) -> None:
+    """JSON may escape half a UTF-16 pair alone (`"\\ud800"`): no character, which no
+    database stores. Every field refuses it (422) in one wording, rather than failing (500):
+    descriptions and webhook URLs, which took it, as well as fields with a form of their own;
+    nothing is stored or changed. A pair escaped in JSON is the character it encodes."""
+    admin = team["project-admin"]
+
+    def sent(method: str, path: str, body: str) -> httpx.Response:
+        # Written by hand: a JSON encoder would not encode a lone surrogate.
+        return admin.request(
+            method, path, content=body.encode(), headers={"Content-Type": "application/json"}
+        )
+
+    made = add_webhook(team, "http://127.0.0.1:9/", description="ci")
+    webhook = team.url(f"/webhooks/{made['id']}")
+    for method, path, body, field in [
+        ("POST", team.url("/webhooks"), '{"url": "http://127.0.0.1:9/\\ud800"}', "url"),
+        ("PATCH", webhook, '{"url": "http://127.0.0.1:9/\\udfff"}', "url"),
+        (
+            "POST",
+            team.url("/webhooks"),
+            '{"url": "http://127.0.0.1:9/a", "description": "a\\ud800b"}',
+            "description",
+        ),
+        ("PATCH", webhook, '{"description": "a\\ud800"}', "description"),
+        (
+            "POST",
+            team.url("/repositories"),
+            '{"name": "web", "description": "\\udc00"}',
+            "description",
+        ),
+        ("PATCH", team.repo_url(), '{"description": "a\\ud800b"}', "description"),
+        ("POST", team.url("/immutable-tag-rules"), '{"tag_pattern": "v\\ud800"}', "tag_pattern"),
+        ("PUT", team.url("/retention"), '{"rules": [], "schedule": "\\ud800"}', "schedule"),
+    ]:
+        refused = assert_problem(sent(method, path, body), 422, code="VALIDATION_FAILED")
+        assert refused["errors"] == [{"field": field, "message": NOT_TEXT}], (method, path)
+    assert [w["url"] for w in ok(admin.get(team.url("/webhooks")))] == ["http://127.0.0.1:9/"]
+    assert ok(admin.get(webhook))["description"] == "ci"
+    assert [r["name"] for r in ok(admin.get(team.url("/repositories")))["items"]] == ["app"]
+    assert ok(admin.get(team.repo_url()))["description"] == ""
+    assert ok(admin.get(team.url("/immutable-tag-rules"))) == []
+
+    whale = ok(sent("PATCH", webhook, '{"description": "\\ud83d\\udc33"}'))
+    assert whale["description"] == "\N{SPOUTING WHALE}"
+
+
 def test_private_address_refused_by_default(sqlite_server: BerthServer) -> None:
     """The server without webhook_allow_private refuses loopback, link-local and metadata,
     however the address is written. A name (or a spelling only the resolver reads) that leads
