@@ -7,6 +7,7 @@ import json
 import os
 import socket
 import subprocess
+from collections.abc import Callable
 
 import httpx
 import pytest
@@ -28,6 +29,7 @@ from tests.oci import (
     digest_of,
     error_code,
     image_manifest,
+    manifest_path,
     push_bytes,
     push_manifest,
     put_manifest,
@@ -556,6 +558,44 @@ def test_malformed_manifest_json_is_manifest_invalid(repo: Repo, body: bytes) ->
     response = put_manifest(repo.client, repo.name, "bad", body)
     assert response.status_code == 400
     assert error_code(response) == "MANIFEST_INVALID"
+
+
+@pytest.mark.parametrize(
+    ("encoded", "said"),
+    [
+        # Python's decoder guesses UTF-16 and UTF-32; Go's (every client's) reads UTF-8 only.
+        (lambda text: text.encode("utf-16"), "manifest is UTF-16 or UTF-32, not UTF-8"),
+        (lambda text: text.encode("utf-16-le"), "manifest is UTF-16 or UTF-32, not UTF-8"),
+        (lambda text: text.encode("utf-32"), "manifest is UTF-16 or UTF-32, not UTF-8"),
+        (lambda text: text.encode("latin-1"), "manifest is not UTF-8 (byte "),
+        # Python's decoder takes these too; they are no JSON numbers, and Go refuses them.
+        (lambda text: text.replace('"pad": 0', '"pad": NaN').encode(), "NaN is no JSON number"),
+        (lambda text: text.replace('"pad": 0', '"pad": Infinity').encode(), "Infinity is no"),
+        (lambda text: text.replace('"pad": 0', '"pad": -Infinity').encode(), "-Infinity is no"),
+        # Half a UTF-16 pair escaped alone: no character (Go reads U+FFFD), and the config's
+        # media type holding one, which the manifest's row records, failed (500).
+        (lambda text: text.replace(OCI_CONFIG, "application/x\\ud800").encode(), "surrogate"),
+    ],
+    ids=["utf-16", "utf-16-le", "utf-32", "latin-1", "nan", "infinity", "-infinity", "surrogate"],
+)
+def test_a_manifest_clients_cannot_read_as_json_is_refused(
+    repo: Repo, encoded: Callable[[str], bytes], said: str
+) -> None:
+    """A manifest is RFC 8259 JSON, as clients read it: UTF-8, no NaN or Infinity, and text
+    (no lone surrogate). One pushed otherwise is refused (400 MANIFEST_INVALID, saying what is wrong) and not stored,
+    rather than stored for every pull to fail."""
+    document = json.loads(random_image(repo.client, repo.name))
+    text = json.dumps(
+        {**document, "annotations": {"note": "caf\u00e9"}, "pad": 0}, ensure_ascii=False
+    )
+    body = encoded(text)
+    response = put_manifest(repo.client, repo.name, "odd", body)
+    assert response.status_code == 400, describe(response)
+    assert error_code(response) == "MANIFEST_INVALID" and said in response.text, response.text
+    assert repo.client.get(manifest_path(repo.name, "odd")).status_code == 404
+    assert repo.client.get(manifest_path(repo.name, digest_of(body))).status_code == 404
+    # The same manifest as UTF-8 JSON is taken.
+    assert put_manifest(repo.client, repo.name, "odd", text.encode()).status_code == 201
 
 
 @pytest.mark.parametrize(

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
+from berth.domain.descriptions import lone_surrogate
 from berth.domain.digests import parse_digest
 from berth.domain.errors import DigestInvalid, ManifestInvalid, SizeInvalid
 
@@ -159,17 +160,71 @@ def _descriptor_list(document: dict[str, Any], key: str, *, required: bool) -> l
     return [_descriptor(item, f"{key}[{i}]") for i, item in enumerate(value)]
 
 
-def parse_manifest(body: bytes, content_type: str | None) -> ParsedManifest:
-    """Parse a pushed manifest; raise ManifestInvalid with a message a person can act on."""
+def _no_json_number(constant: str) -> Any:
+    raise ManifestInvalid(
+        f"manifest is not valid JSON: {constant} is no JSON number (RFC 8259, section 6)"
+    )
+
+
+def manifest_json(body: bytes) -> Any:
+    """A manifest's JSON value, read as clients read it (Go's decoder, in Distribution,
+    containerd and docker) and as RFC 8259 has JSON between systems: UTF-8 without a byte order
+    mark, no NaN or Infinity, and no lone surrogate (Go reads one as U+FFFD; no database stores
+    it). Python's decoder takes each (UTF-16 and UTF-32 by guessing): a manifest clients cannot
+    read would be stored. Raise ManifestInvalid saying what is wrong."""
     if body.startswith(b"\xef\xbb\xbf"):
-        # JSON's RFC 8259 forbids it, and Go's decoder (Distribution, containerd) refuses it.
         raise ManifestInvalid("manifest starts with a byte order mark: send the JSON without it")
+    # JSON starts with an ASCII character: a NUL byte among the first four (or a byte order
+    # mark of theirs) is UTF-16 or UTF-32.
+    if b"\x00" in body[:4] or body.startswith((b"\xff\xfe", b"\xfe\xff")):
+        raise ManifestInvalid(
+            "manifest is UTF-16 or UTF-32, not UTF-8: send the JSON as UTF-8 (RFC 8259, "
+            "section 8.1), the one encoding clients read"
+        )
     try:
-        document = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ManifestInvalid(
+            f"manifest is not UTF-8 (byte {exc.start} of the body): send the JSON as UTF-8"
+        ) from None
+    try:
+        document = json.loads(text, parse_constant=_no_json_number)
+    except json.JSONDecodeError as exc:
         raise ManifestInvalid(f"manifest is not valid JSON: {exc}") from None
     except RecursionError:
         raise ManifestInvalid("manifest JSON is nested too deeply") from None
+    # Only an escape can make one (UTF-8 holds none): the document is searched only then.
+    if _SURROGATE_ESCAPE.search(text) and _holds_lone_surrogate(document):
+        raise ManifestInvalid(
+            "manifest holds a lone surrogate, which is no character (half of a UTF-16 pair, "
+            "such as \\ud800, escaped alone): clients read it as U+FFFD, and it cannot be stored"
+        )
+    return document
+
+
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+
+
+def _holds_lone_surrogate(document: Any) -> bool:
+    """Whether a key or string anywhere in `document` holds a lone surrogate (a pair escaped
+    in JSON is decoded as the character it encodes)."""
+    pending = [document]
+    while pending:
+        value = pending.pop()
+        if isinstance(value, str):
+            if lone_surrogate(value):
+                return True
+        elif isinstance(value, dict):
+            pending.extend(value)
+            pending.extend(value.values())
+        elif isinstance(value, list):
+            pending.extend(value)
+    return False
+
+
+def parse_manifest(body: bytes, content_type: str | None) -> ParsedManifest:
+    """Parse a pushed manifest; raise ManifestInvalid with a message a person can act on."""
+    document = manifest_json(body)
     if not isinstance(document, dict):
         raise ManifestInvalid("manifest must be a JSON object")
 

@@ -14,7 +14,8 @@ from typing import Any, Generic, TypeVar
 from cachetools import LRUCache
 from sqlalchemy import select
 
-from berth.domain.manifests import INDEX_TYPES, MAX_INDEX_DEPTH, parse_manifest
+from berth.domain.errors import ManifestInvalid
+from berth.domain.manifests import INDEX_TYPES, MAX_INDEX_DEPTH, manifest_json, parse_manifest
 from berth.domain.references import RepositoryRef
 from berth.metadata.tables import manifests
 from berth.services.image_records import MAX_LISTED_PLATFORMS
@@ -60,6 +61,8 @@ async def config_platform(store: BlobStore, digest: str) -> str | None:
         content = b"".join([chunk async for chunk in store.read(digest, 0, MAX_CONFIG_READ + 1)])
         if len(content) > MAX_CONFIG_READ:
             return None
+        # A blob, served as pushed and never refused for its JSON (not `manifest_json`):
+        # read only for the platform it shows.
         document = json.loads(content)
     except (OSError, ValueError):
         return None  # missing or unreadable: no platform shown, nothing else fails
@@ -141,9 +144,9 @@ def _index_entries(content: bytes) -> dict[str, IndexEntry]:
     """digest -> entry for the first MAX_INDEX_ENTRIES distinct entries of an index document,
     in its order (a digest listed twice: its first entry)."""
     try:
-        document = json.loads(content)
+        document = manifest_json(content)  # as it was read when pushed
         listed = document.get("manifests") or []
-    except (ValueError, AttributeError):
+    except (ManifestInvalid, AttributeError):
         return {}
     found: dict[str, IndexEntry] = {}
     for item in listed:

@@ -184,3 +184,13 @@ def test_annotations_of_strings_are_kept() -> None:
 def test_a_byte_order_mark_is_refused() -> None:
     with pytest.raises(ManifestInvalid, match="byte order mark"):
         parse_manifest(b"\xef\xbb\xbf" + _manifest(), None)
+
+
+def test_an_escaped_surrogate_pair_is_the_character_it_encodes() -> None:
+    """Only a lone surrogate is refused: a pair escaped in JSON (an emoji) is text."""
+    body = _manifest().replace(
+        b'"schemaVersion"', b'"annotations": {"a": "\\ud83d\\udc33"}, "schemaVersion"'
+    )
+    assert parse_manifest(body, None).annotations == {"a": "\N{SPOUTING WHALE}"}
+    with pytest.raises(ManifestInvalid, match="lone surrogate"):
+        parse_manifest(body.replace(b"\\udc33", b""), None)
