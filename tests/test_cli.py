@@ -169,6 +169,32 @@ def test_users_members_keys_and_audit(tmp_path: Path) -> None:
     assert {entry["client"] for entry in entries} == {f"cli on {socket.gethostname()}"}
 
 
+def test_the_last_admin_of_a_project_is_neither_demoted_nor_removed(tmp_path: Path) -> None:
+    """`member add --role` and `member remove` keep a project that has admins with one, as the
+    API does (exit 1, a refusal of the state things are in), until another member is admin."""
+    berth = BerthServer(tmp_path / "data")
+    verbs = in_process(berth)
+    verbs.cli("init")
+    verbs.cli("project", "create", "demo")
+    for name in ("alice", "bob"):
+        verbs.cli("user", "create", name, "--service-account")
+    verbs.cli("member", "add", "demo", "alice", "--role", "admin")
+    told = (
+        "user 'alice' is the last admin of project 'demo': a project keeps at least one admin; "
+        "make another member admin first"
+    )
+    for refused in (
+        verbs.cli("member", "add", "demo", "alice", "--role", "reader", check=False),
+        verbs.cli("member", "remove", "demo", "alice", "--yes", check=False),
+    ):
+        assert refused.returncode == 1 and told in " ".join(refused.stderr.split()), refused
+    verbs.cli("member", "add", "demo", "bob", "--role", "admin")
+    verbs.cli("member", "remove", "demo", "alice", "--yes")
+    assert [(m["user"], m["role"]) for m in verbs.cli_items("member", "list", "demo")] == [
+        ("bob", "admin")
+    ]
+
+
 def _verbs(command: Any, path: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
     """Every verb and sub-verb of the CLI, as the words a user types."""
     found = [path]

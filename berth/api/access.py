@@ -197,9 +197,11 @@ async def list_members(ctx: ReadProject) -> list[Member]:
     return await ctx.services.identity.members.list_members(ctx.project)
 
 
-@router.put("/members/{user}", tags=["members"], responses=responses(404))
+@router.put("/members/{user}", tags=["members"], responses=responses(404, 409))
 async def set_member(ctx: AdminProject, user: UserName, body: RoleRequest) -> Member:
-    """Add a user to the project, or change their role (project admins)."""
+    """Add a user to the project, or change their role (project admins). The project's last
+    admin is not demoted (409): a project that has admins keeps one; make another admin
+    first."""
     await ctx.services.identity.members.add_member(
         ctx.project, user, body.role, actor=ctx.actor, client=ctx.caller.client
     )
@@ -209,9 +211,10 @@ async def set_member(ctx: AdminProject, user: UserName, body: RoleRequest) -> Me
     raise NameUnknown(f"user {user!r} is not a member of project {ctx.project!r}")
 
 
-@router.delete("/members/{user}", status_code=204, tags=["members"], responses=responses(404))
+@router.delete("/members/{user}", status_code=204, tags=["members"], responses=responses(404, 409))
 async def remove_member(ctx: AdminProject, user: UserName) -> Response:
-    """Remove a user from the project; their access keys here stop working within a second."""
+    """Remove a user from the project; their access keys here stop working within a second.
+    The project's last admin is not removed (409), as they are not demoted."""
     await ctx.services.identity.members.remove_member(
         ctx.project, user, actor=ctx.actor, client=ctx.caller.client
     )

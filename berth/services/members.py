@@ -1,6 +1,6 @@
 """Who has a role where: project members and repository grants (role lookups for access
 checks are `berth.access.roles`). Losing one's last role in a project deletes one's access keys
-there."""
+there. A project that has admins keeps one: its last admin is neither demoted nor removed."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ from berth.access.permissions import (
 )
 from berth.access.policy import roles_actions
 from berth.access.roles import Roles, has_role
-from berth.domain.errors import Conflict, InvalidValue, NameUnknown
+from berth.domain.errors import Conflict, InvalidValue, NameUnknown, StateRefusal
 from berth.metadata.audit import write_audit_entry
 from berth.metadata.database import Database
 from berth.metadata.lookups import require_project, require_repository, require_user
@@ -92,6 +92,8 @@ class Members:
         async with self.db.write() as conn:
             project_id = await require_project(conn, project)
             user_id = await require_user(conn, user)
+            if role != ProjectRole.ADMIN:
+                await _refuse_leaving_no_admin(conn, project_id, project, user_id, user)
             await conn.execute(
                 self.db.upsert(memberships, ["project_id", "user_id"], {"role": role}).values(
                     project_id=project_id, user_id=user_id, role=role, created_at=utcnow()
@@ -116,6 +118,7 @@ class Members:
         async with self.db.write() as conn:
             project_id = await require_project(conn, project)
             user_id = await require_user(conn, user)
+            await _refuse_leaving_no_admin(conn, project_id, project, user_id, user)
             result = await conn.execute(
                 delete(memberships).where(
                     memberships.c.project_id == project_id, memberships.c.user_id == user_id
@@ -309,6 +312,32 @@ def _holders(roles: Any) -> Select[Any]:
         .join(users, users.c.id == roles.c.user_id)
         .order_by(users.c.name)
     )
+
+
+async def _refuse_leaving_no_admin(
+    conn: AsyncConnection, project_id: int, project: str, user_id: int, user: str
+) -> None:
+    """Refused when the user is the project's one admin, and so would leave it with none:
+    nobody but a server administrator could manage it then (its members, webhooks, settings).
+    Whoever asks, a server administrator too: another member is made admin first. A project
+    with no admin at all (made by a server administrator) is not concerned."""
+    admins = (
+        await conn.execute(
+            select(memberships.c.user_id)
+            .where(
+                memberships.c.project_id == project_id,
+                memberships.c.role == ProjectRole.ADMIN,
+            )
+            # Two admins demoting each other at once on PostgreSQL: the second waits for the
+            # first and then counts one admin. (SQLite has one writer at a time.)
+            .with_for_update()
+        )
+    ).scalars()
+    if list(admins) == [user_id]:
+        raise StateRefusal(
+            f"user {user!r} is the last admin of project {project!r}: a project keeps at "
+            "least one admin; make another member admin first"
+        )
 
 
 async def _refuse_a_grant_that_adds_nothing(

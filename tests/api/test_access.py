@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import datetime as dt
+import threading
 from typing import Any
 
 import httpx
@@ -169,6 +171,80 @@ def test_members(team: Team) -> None:
     )
     assert_problem(team["project-admin"].delete(team.url(f"/members/{stranger}")), 404)
     assert_problem(team["outsider"].get(team.url("/members")), 403)
+
+
+LAST_ADMIN = "a project keeps at least one admin; make another member admin first"
+
+
+def roles_in(team: Team) -> dict[str, str]:
+    return {m["user"]: m["role"] for m in ok(team.admin.get(team.url("/members")))}
+
+
+def test_the_last_admin_is_neither_demoted_nor_removed(team: Team) -> None:
+    """A project that has admins keeps one: its last admin demoting or removing themself, or a
+    server administrator doing it, is refused (409) saying what to do first, and the role
+    stays. Once another member is admin, either may go."""
+    last, second = team.users["project-admin"], team.users["member"]
+    path = team.url(f"/members/{last}")
+    for actor in ("project-admin", "admin"):
+        for role in ("member", "reader"):
+            refused = assert_problem(team[actor].put(path, json={"role": role}), 409)
+            assert LAST_ADMIN in refused["detail"] and last in refused["detail"], refused
+        assert LAST_ADMIN in assert_problem(team[actor].delete(path), 409)["detail"]
+    assert roles_in(team)[last] == "admin"
+    assert ok(team["project-admin"].put(path, json={"role": "admin"}))["role"] == "admin"
+
+    ok(team["project-admin"].put(team.url(f"/members/{second}"), json={"role": "admin"}))
+    # Another admin demotes the first; the one left is then the last.
+    assert ok(team["member"].put(path, json={"role": "reader"}))["role"] == "reader"
+    assert_problem(team["member"].delete(team.url(f"/members/{second}")), 409)
+    assert_problem(team.admin.put(team.url(f"/members/{second}"), json={"role": "member"}), 409)
+    # With two admins again, an admin removes themself.
+    ok(team["member"].put(path, json={"role": "admin"}))
+    assert team["member"].delete(team.url(f"/members/{second}")).status_code == 204
+    roles = roles_in(team)
+    assert roles[last] == "admin" and second not in roles
+
+
+def demote(team: Team, actor: str, whom: str, together: threading.Barrier) -> int:
+    """`actor` makes `whom` a reader once the other party is ready too; the answer's status."""
+    client = team[actor]
+    together.wait()
+    return client.put(team.url(f"/members/{whom}"), json={"role": "reader"}).status_code
+
+
+def test_two_admins_demoting_each_other_at_once_leave_one(team: Team) -> None:
+    """Each of two admins demotes the other at the same moment: one change is made, the other
+    refused, never both (on PostgreSQL both counted two admins, and the project had none)."""
+    first, second = team.users["project-admin"], team.users["member"]
+    for _ in range(10):
+        for person in (first, second):
+            ok(team.admin.put(team.url(f"/members/{person}"), json={"role": "admin"}))
+        together = threading.Barrier(2)
+        with concurrent.futures.ThreadPoolExecutor(2) as pool:
+            answers = [
+                pool.submit(demote, team, "project-admin", second, together),
+                pool.submit(demote, team, "member", first, together),
+            ]
+            statuses = sorted(answer.result() for answer in answers)
+        roles = roles_in(team)
+        assert statuses[0] == 200 and statuses[1] in (403, 409), statuses
+        assert sorted([roles[first], roles[second]]) == ["admin", "reader"], roles
+
+
+def test_a_project_without_admins_changes_members_freely(team: Team) -> None:
+    """A project made by a server administrator has no admin until one is named: the rule
+    that keeps one does not stop its members' changes."""
+    project, person = f"{team.project}-bare", team.users["reader"]
+
+    async def change(s: Services) -> list[str]:
+        await s.repositories.create_project(project, actor="test")
+        await s.identity.members.add_member(project, person, "member", actor="test")
+        await s.identity.members.add_member(project, person, "reader", actor="test")
+        await s.identity.members.remove_member(project, person, actor="test")
+        return [m.user for m in await s.identity.members.list_members(project)]
+
+    assert services(team.server, change) == []
 
 
 def test_removing_a_member_ends_their_keys(team: Team) -> None:

@@ -626,9 +626,40 @@ def test_a_project_admin_adds_a_member(page: Page, tenant: Tenant) -> None:
     ).items()
 
 
+def test_the_last_admin_is_told_to_make_another_admin_first(page: Page, tenant: Tenant) -> None:
+    """The project's only admin removing or demoting themself is refused in the dialog, in the
+    API's words, and stays admin (a project that has admins keeps one)."""
+    refused = f"user '{tenant.user}' is the last admin of project '{tenant.project}'"
+    told = "a project keeps at least one admin; make another member admin first"
+    sign_in(page, tenant)
+    open_project_page(page, tenant, "Members")
+    members = page.get_by_role("table", name="Members")
+    members.get_by_role("row").filter(has_text="(you)").get_by_role("button", name="Remove").click()
+    dialog = page.get_by_role("dialog", name="Remove yourself")
+    dialog.get_by_role("button", name="Remove yourself").click()
+    expect(dialog.get_by_role("alert")).to_contain_text(f"{refused}: {told}")
+    dialog.get_by_role("button", name="Cancel").click()
+
+    own = members.get_by_label(f"Role of {tenant.user}")
+    own.select_option("reader")
+    dialog = page.get_by_role("dialog", name="Change your own role")
+    dialog.get_by_role("button", name="Make me reader").click()
+    expect(dialog.get_by_role("alert")).to_contain_text(told)
+    dialog.get_by_role("button", name="Cancel").click()
+    expect(own).to_have_value("admin")
+    roles = {
+        m["user"]: m["role"] for m in tenant.api().get(f"/projects/{tenant.project}/members").json()
+    }
+    assert roles == {tenant.user: "admin"}
+
+
 def test_removing_yourself_asks_then_goes_to_your_projects(page: Page, tenant: Tenant) -> None:
     """The project admin's own Remove says what it costs; once done, the console leaves the
-    project's pages (each request there would now be refused) for the projects list."""
+    project's pages (each request there would now be refused) for the projects list. (Another
+    admin stays: a project that has admins keeps one.)"""
+    other = f"zz-{tenant.project[3:]}"
+    tenant.server.create_user(other, "a-password-for-tests")
+    tenant.server.add_member(tenant.project, other, "admin")
     sign_in(page, tenant)
     open_project_page(page, tenant, "Members")
     own = page.get_by_role("table", name="Members").get_by_role("row").filter(has_text="(you)")
@@ -674,10 +705,11 @@ def test_demoting_yourself_asks_then_takes_away_the_admin_controls(
     page: Page, tenant: Tenant
 ) -> None:
     """Cancelled, the role stays; confirmed, the page is drawn for a reader: no role choices,
-    Remove buttons, form to add a member, or admin pages in the menu to fail on a click."""
+    Remove buttons, form to add a member, or admin pages in the menu to fail on a click. (The
+    other member is admin: a project that has admins keeps one.)"""
     other = f"zz-{tenant.project[3:]}"
     tenant.server.create_user(other, "a-password-for-tests")
-    tenant.server.add_member(tenant.project, other, "member")
+    tenant.server.add_member(tenant.project, other, "admin")
     sign_in(page, tenant)
     open_project_page(page, tenant, "Members")
     members = page.get_by_role("table", name="Members")
@@ -709,7 +741,7 @@ def test_demoting_yourself_asks_then_takes_away_the_admin_controls(
     roles = {
         m["user"]: m["role"] for m in tenant.api().get(f"/projects/{tenant.project}/members").json()
     }
-    assert roles == {tenant.user: "reader", other: "member"}
+    assert roles == {tenant.user: "reader", other: "admin"}
 
 
 # ------------------------------------------------------------------ cross-site requests
