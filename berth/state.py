@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+from dataclasses import dataclass
 from functools import cached_property
 from typing import TYPE_CHECKING
 
@@ -90,6 +91,15 @@ def load_service_modules() -> None:
     """Import every module in SERVICE_MODULES, building nothing."""
     for name in SERVICE_MODULES:
         importlib.import_module(name)
+
+
+@dataclass(frozen=True, slots=True)
+class PrintedAddress:
+    """A registry address for the CLI to print, and whether a server serves there now (None:
+    unknown, or no server has started yet)."""
+
+    address: RegistryAddress
+    serving: bool | None
 
 
 class Services:
@@ -395,7 +405,13 @@ class Services:
         from berth import __version__
         from berth.metadata.presence import Presence
 
-        return Presence(self.db, node_name=self.settings.node_name, version=__version__)
+        return Presence(
+            self.db,
+            node_name=self.settings.node_name,
+            version=__version__,
+            served_at=public_host(self.settings),
+            project_host_suffix=self.settings.project_host_suffix,
+        )
 
     def host_project(self, host: str | None) -> str | None:
         """The project this server's Host names (`domain.names.host_project`)."""
@@ -433,17 +449,22 @@ class Services:
         port = address.login[len(hostname) :]
         return self.registry_address(project, f"localhost{port}", project_host_suffix)
 
-    async def printed_registry_address(self, project: str) -> RegistryAddress:
+    async def printed_registry_address(self, project: str) -> PrintedAddress:
         """Where clients find `project`'s registry, for a command the CLI prints: what the API
-        answers as `registry_address` to a client that reached the server where the last
-        `berth serve` recorded it is reached (its host and port, and its own project hosts:
-        it may have been started with a `listen`, `domain` or `region` of its own environment
-        or flags). This command's own settings only before any server has started."""
-        from berth.services.install import served_at, served_project_host_suffix
+        answers as `registry_address` to a client that reached the live server that started
+        last where it is reached (its host and port, and its own project hosts: it may have
+        been started with a `listen`, `domain` or `region` of its own environment or flags).
+        With none serving, where the last `berth serve` was reached; this command's own
+        settings only before any server has started."""
+        from berth.services.install import where_served
 
-        host = await served_at(self.db)
-        suffix = await served_project_host_suffix(self.db) if host else None
-        return await self.pasted_registry_address(project, host, suffix)
+        served = await where_served(self.db)
+        if served is None:
+            return PrintedAddress(await self.pasted_registry_address(project, None), None)
+        address = await self.pasted_registry_address(
+            project, served.host, served.project_host_suffix
+        )
+        return PrintedAddress(address, served.serving)
 
     def start(self) -> None:
         """Background work of a serving process (not of CLI verbs)."""

@@ -29,7 +29,7 @@ from sqlalchemy.engine import make_url
 from typer.testing import CliRunner
 
 from berth.cli.main import app
-from berth.metadata.migrate import alembic_config
+from berth.metadata.migrate import alembic_config, live_processes_at
 from berth.metadata.revisions import current_revision
 from tests.blackhole import Blackhole
 from tests.in_process import Typed, in_process, invoked
@@ -46,6 +46,7 @@ from tests.servers import (
     serve_refused,
     unresolvable_host,
     unstarted_environ,
+    wait_for,
 )
 from tests.terminal import typed_at_terminal
 from tests.tls import make_ca_and_cert
@@ -1640,6 +1641,50 @@ def test_status_never_asks_the_url_of_the_server_started_before(
         server.stop()
     assert shown["served_at"] == host
     assert shown["served_at_health"]["url"] == f"https://{host}/healthz", shown
+
+
+def test_key_create_prints_where_a_server_still_serves(tmp_path: Path) -> None:
+    """Two `berth serve` on one data directory at two ports (`make run`, then `berth serve
+    --listen` with another port), the CLI run without either's listen: `berth key create`
+    prints the address of the one that started last while both serve, of the one still
+    serving once it stops, and with none serving the last one's, saying nothing serves."""
+    first = BerthServer(tmp_path / "data")
+    second = BerthServer(tmp_path / "data", log_file=tmp_path / "second.log")
+    env = {name: value for name, value in first.env.items() if name != "BERTH_LISTEN"}
+    url = f"sqlite+aiosqlite:///{first.data_dir / 'berth.db'}"
+
+    def login_printed(project: str) -> tuple[str, str]:
+        created = subprocess.run(
+            [*BERTH, "key", "create", "--user", "admin", "--project", project],
+            env=env,
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+            timeout=120,
+        )
+        assert created.returncode == 0, created.stderr
+        login = re.search(r"docker login (\S+) --username", created.stdout)
+        assert login and f"--docker-server={login.group(1)} " in created.stdout, created.stdout
+        return login.group(1), " ".join(created.stderr.split())
+
+    first.start()
+    try:
+        for project in ("both", "first", "none"):  # a key each (max_access_keys = 2)
+            first.create_project(project)
+        second.start()
+        try:
+            wait_for(lambda: len(live_processes_at(url)) == 2, 30, "both servers' presence")
+            assert login_printed("both") == (second.address, "")
+        finally:
+            second.stop()
+        assert login_printed("first") == (first.address, "")
+        assert httpx.get(f"{first.url}/v2/").status_code == 401  # it answers there
+    finally:
+        first.stop()
+    # None serves: where the last to start was reached, said to be so.
+    address, said = login_printed("none")
+    assert address == second.address
+    assert "no server serves this data now" in said and second.address in said, said
 
 
 def test_a_password_asked_for_without_a_terminal_is_refused_with_what_to_do(

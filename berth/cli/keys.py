@@ -18,6 +18,7 @@ from berth.cli.common import (
     confirm_deletion,
     console,
     done,
+    errors,
     print_json,
     run_service,
     show_rows,
@@ -25,7 +26,7 @@ from berth.cli.common import (
 
 if TYPE_CHECKING:
     from berth.services.keys import CreatedKey
-    from berth.state import Services
+    from berth.state import PrintedAddress, Services
 
 key_app = typer.Typer(help="Access keys for docker login and other clients.", no_args_is_help=True)
 
@@ -47,13 +48,14 @@ def key_create(
     """Create an access key. The secret is shown now and never again."""
     expires_at = _expiry(expires) if expires else None
 
-    async def work(s: Services) -> tuple[CreatedKey, str]:
+    async def work(s: Services) -> tuple[CreatedKey, PrintedAddress]:
         created = await s.identity.keys.create_key(
             user, project, expires_at=expires_at, actor=cli_actor(), client=CLI_CLIENT
         )
-        return created, (await s.printed_registry_address(project)).login
+        return created, await s.printed_registry_address(project)
 
-    created, address = run_service(work)
+    created, printed = run_service(work)
+    address = printed.address.login
     if json_output:
         print_json(created.as_dict())
         return
@@ -73,6 +75,16 @@ def key_create(
         f"    --docker-username={created.key_id} \\\n"
         f"    --docker-password={shlex.quote(created.secret)}\n"
     )
+    if printed.serving is False:
+        from berth.metadata.presence import LIVE_SECONDS
+
+        errors.print(
+            f"Note: no server serves this data now (none has said so in the last "
+            f"{LIVE_SECONDS:.0f} s): {address} is where the last berth serve was reached, and "
+            "the commands above work once a server answers there.",
+            soft_wrap=True,
+            markup=False,
+        )
 
 
 def _expiry(text: str) -> dt.datetime:

@@ -3,9 +3,11 @@
 Every serving process writes its row in `serving_processes` every HEARTBEAT_SECONDS and deletes
 it when it stops (`Presence`); a process killed without stopping leaves a row that is no longer
 renewed, which counts as gone LIVE_SECONDS after its last renewal, or at once when the process
-was on this machine and no longer exists. `berth status` lists the live ones, and a `berth
+was on this machine and no longer exists. `berth status` lists the live ones, a `berth
 serve` that would migrate the schema waits for them to be gone first (migrate.py): a server of
-the older version serving beside the newer schema would misread it.
+the older version serving beside the newer schema would misread it, and the commands the CLI
+prints name where the newest live one is reached (`newest_addressed_process`), not where a
+stopped one was.
 
 The times written and compared are the database's (`database_clock`), not a node's own: a
 node whose clock runs ahead would otherwise see a live server on another node as gone, and one
@@ -23,7 +25,7 @@ import socket
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from sqlalchemy import Connection, delete, inspect, select, text, update
+from sqlalchemy import Connection, String, delete, inspect, select, text, update
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -41,6 +43,16 @@ LIVE_SECONDS = 30.0
 FORGOTTEN_AFTER = dt.timedelta(days=1)
 
 HOST = socket.gethostname()[:40]
+
+
+def _address_width() -> int:
+    width = serving_processes.c.served_at.type
+    assert isinstance(width, String) and width.length is not None
+    return width.length
+
+
+# serving_processes.served_at's width (project_host_suffix's too).
+ADDRESS_WIDTH = _address_width()
 
 
 def this_process() -> str:
@@ -71,10 +83,15 @@ class ServingProcess:
     schema_revision: str
     started_at: dt.datetime
     seen_at: dt.datetime
+    # Where clients reach it and its project hosts' suffix (None: a server of before they were
+    # recorded, or an address longer than the column).
+    served_at: str | None = None
+    project_host_suffix: str | None = None
 
     def describe(self) -> str:
         node = f"node {self.node_name}, " if self.node_name else ""
-        return f"{self.holder} ({node}Berth {self.version}, schema {self.schema_revision})"
+        at = f", at {self.served_at}" if self.served_at else ""
+        return f"{self.holder} ({node}Berth {self.version}, schema {self.schema_revision}{at})"
 
 
 def _live(rows: list[ServingProcess], now: dt.datetime) -> list[ServingProcess]:
@@ -82,10 +99,22 @@ def _live(rows: list[ServingProcess], now: dt.datetime) -> list[ServingProcess]:
     return [row for row in rows if row.seen_at > cutoff and not process_gone(row.holder)]
 
 
+# Columns added after the table (0025): a row of an older schema has none of them.
+_ADDED_SINCE_THE_TABLE = frozenset({"served_at", "project_host_suffix"})
+
+
 def _all_rows(connection: Connection) -> list[ServingProcess]:
-    if not inspect(connection).has_table(serving_processes.name):
+    inspector = inspect(connection)
+    if not inspector.has_table(serving_processes.name):
         return []  # a schema older than the table: its servers write no rows
-    rows = connection.execute(select(serving_processes).order_by(serving_processes.c.holder))
+    # A schema from before the addresses (read by the migration that adds them): without them.
+    present = {column["name"] for column in inspector.get_columns(serving_processes.name)}
+    columns = [
+        column
+        for column in serving_processes.c
+        if column.name in present or column.name not in _ADDED_SINCE_THE_TABLE
+    ]
+    rows = connection.execute(select(*columns).order_by(serving_processes.c.holder))
     return [ServingProcess(**row._mapping) for row in rows]
 
 
@@ -95,14 +124,33 @@ def live_processes_sync(connection: Connection) -> list[ServingProcess]:
     return _live(_all_rows(connection), now)
 
 
+def newest_addressed_process(live: list[ServingProcess]) -> ServingProcess | None:
+    """Of the `live` serving processes, the one that started last among those that recorded
+    where clients reach them (a server's workers all record the same), or None."""
+    addressed = [row for row in live if row.served_at is not None]
+    return max(addressed, key=lambda row: (row.started_at, row.holder), default=None)
+
+
 class Presence:
     """This serving process's row: written at start, renewed every HEARTBEAT_SECONDS, deleted
     when it stops."""
 
-    def __init__(self, db: Database, *, node_name: str, version: str) -> None:
+    def __init__(
+        self,
+        db: Database,
+        *,
+        node_name: str,
+        version: str,
+        served_at: str | None = None,
+        project_host_suffix: str | None = None,
+    ) -> None:
         self.db = db
         self.holder = this_process()
         self.node_name, self.version = node_name[:64], version
+        # Too long for the columns: not recorded (cut short, it would be an address that fails).
+        fits = max(len(served_at or ""), len(project_host_suffix or "")) <= ADDRESS_WIDTH
+        self.served_at = served_at if fits else None
+        self.project_host_suffix = project_host_suffix if fits else None
         self.schema: str | None = None  # read from the database (Alembic is not loaded here)
         self._task: asyncio.Task[None] | None = None
 
@@ -131,6 +179,8 @@ class Presence:
             "version": self.version,
             "schema_revision": self.schema,
             "seen_at": self.db.clock(),
+            "served_at": self.served_at,
+            "project_host_suffix": self.project_host_suffix,
         }
         forgotten = self.db.clock(-FORGOTTEN_AFTER.total_seconds())
         async with self.db.write() as conn:

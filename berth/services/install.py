@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from sqlalchemy import Select, String, delete, select
 
 from berth.metadata.database import Database
+from berth.metadata.presence import live_processes_sync, newest_addressed_process
 from berth.metadata.tables import blobs, install_facts, utcnow
 
 KEY_FINGERPRINT = "key_fingerprint"
@@ -125,6 +128,32 @@ async def served_project_host_suffix(db: Database) -> str | None:
     """The project host suffix of the last server to start, if one has recorded it (a server
     of an older Berth recorded only `served_at`)."""
     return await _fact(db, SERVED_PROJECT_HOST_SUFFIX)
+
+
+@dataclass(frozen=True, slots=True)
+class ServedAt:
+    """Where clients reach this install's servers, for the commands the CLI prints."""
+
+    host: str
+    project_host_suffix: str | None  # None: the server recorded none (an older Berth)
+    # Whether a server serves there now: False when none does (it is where the last server to
+    # start was reached), None when unknown (a live server that recorded no address).
+    serving: bool | None
+
+
+async def where_served(db: Database) -> ServedAt | None:
+    """Where the live server process that started last is reached; with none serving (or
+    none that recorded it), where the last server to start was; None before any started."""
+    async with db.read() as conn:
+        live = await conn.run_sync(live_processes_sync)
+    newest = newest_addressed_process(live)
+    if newest is not None and newest.served_at is not None:
+        return ServedAt(newest.served_at, newest.project_host_suffix, serving=True)
+    host = await served_at(db)
+    if host is None:
+        return None
+    suffix = await served_project_host_suffix(db)
+    return ServedAt(host, suffix, serving=None if live else False)
 
 
 def fact_value(name: str) -> Select[str]:

@@ -85,8 +85,9 @@ job_leases = Table(
 
 
 # The server processes serving on this database: each writes its row every few seconds while
-# it serves and deletes it when it stops (metadata/presence.py). `berth status` lists them, and a
-# `berth serve` that would migrate the schema waits until none of them is left.
+# it serves and deletes it when it stops (metadata/presence.py). `berth status` lists them, a
+# `berth serve` that would migrate the schema waits until none of them is left, and the CLI
+# prints the address of the newest one (null: a server of before 0025, or one too long).
 serving_processes = Table(
     "serving_processes",
     metadata,
@@ -96,6 +97,8 @@ serving_processes = Table(
     Column("schema_revision", String(64), nullable=False),
     Column("started_at", UTCDateTime, nullable=False),
     Column("seen_at", UTCDateTime, nullable=False),
+    Column("served_at", String(255), nullable=True),  # host:port clients reach it at
+    Column("project_host_suffix", String(255), nullable=True),
 )
 
 

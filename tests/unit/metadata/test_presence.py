@@ -48,3 +48,32 @@ def test_a_schema_without_the_table_has_no_live_processes(tmp_path: Path) -> Non
     engine = sa.create_engine(f"sqlite:///{tmp_path / 'berth.db'}")
     with engine.connect() as connection:
         assert live_processes_sync(connection) == []
+
+
+def test_a_schema_before_the_addresses_still_lists_its_live_processes(tmp_path: Path) -> None:
+    """A newer Berth's migration reads the rows of older servers, whose table has no
+    `served_at` yet, to wait for them to stop."""
+    engine = sa.create_engine(f"sqlite:///{tmp_path / 'berth.db'}")
+    older = sa.MetaData()
+    recorded_before = [
+        sa.Column(column.name, column.type, primary_key=column.primary_key)
+        for column in serving_processes.c
+        if column.name not in ("served_at", "project_host_suffix")
+    ]
+    table = sa.Table(serving_processes.name, older, *recorded_before)
+    older.create_all(engine)
+    now = utcnow()
+    with engine.begin() as connection:
+        connection.execute(
+            table.insert().values(
+                holder="elsewhere:41",
+                node_name="",
+                version="0.1.0",
+                schema_revision="0024_retention_run_state",
+                started_at=now,
+                seen_at=now,
+            )
+        )
+    with engine.connect() as connection:
+        [process] = live_processes_sync(connection)
+    assert process.holder == "elsewhere:41" and process.served_at is None
