@@ -745,6 +745,46 @@ def test_removing_and_collecting_verbs_ask_as_deleting_ones_do(tmp_path: Path) -
     assert berth._services(lambda s: s.identity.members.list_grants("demo", "app")) == []
 
 
+def test_deleting_verbs_refuse_what_is_not_there_before_asking(tmp_path: Path) -> None:
+    """A delete, remove, revoke, cancel or collection of something that is not there (a name
+    mistyped) is refused as the deletion would refuse it (exit 1), without a terminal as on
+    one: never a question about it, nor --yes asked for."""
+    berth = BerthServer(tmp_path / "data")
+    verbs = in_process(berth)
+    verbs.cli("init")
+    berth.create_repository("demo", "app")
+    berth.create_user("bob", "bob-password")
+    berth.create_user("eve", "eve-password")
+    berth.add_member("demo", "bob", "member")
+    berth.grant("demo", "app", "eve", "viewer")
+    no_manifest = "sha256:" + "0" * 64
+    absent = {
+        ("repo", "delete", "demo/nope"): "repository demo/nope does not exist",
+        ("image", "delete", "demo/app", no_manifest): f"manifest {no_manifest} is not in",
+        ("user", "delete", "nobody"): "user 'nobody' does not exist",
+        ("key", "delete", "BKNOPE"): "access key 'BKNOPE' does not exist",
+        ("member", "remove", "demo", "eve"): "user 'eve' is not a member of project 'demo'",
+        ("repo", "revoke", "demo/app", "bob"): "user 'bob' has no role on demo/app",
+        ("webhook", "delete", "demo", "7"): "project 'demo' has no webhook 7",
+        ("immutability", "remove", "demo", "3"): "project 'demo' has no immutable tag rule 3",
+        ("upload", "cancel", "demo", "123"): "upload '123' is not in progress in project 'demo'",
+        ("upload", "cancel", "demo", "--user", "nobody"): "user 'nobody' does not exist",
+        ("upload", "cancel", "nope", "--all"): "project 'nope' does not exist",
+        ("project", "delete", "nope"): "project 'nope' does not exist",
+        ("gc", "run", "nope"): "project 'nope' does not exist",
+        ("retention", "run", "nope"): "project 'nope' does not exist",
+    }
+    for verb, refusal in absent.items():
+        refused = _on(berth, "!", *verb)
+        said = " ".join(refused.stderr.split())
+        assert refused.returncode == 1 and said.startswith(f"error: {refusal}"), (verb, said)
+        assert "terminal" not in said, (verb, said)
+    asked = typed_at_terminal([*BERTH, "repo", "delete", "demo/nope"], "y\n", env=berth.env)
+    assert asked.returncode == 1 and "[y/N]" not in asked.stderr, asked.stderr
+    assert asked.stderr == "error: repository demo/nope does not exist\n"
+    assert verbs.cli_items("repo", "list", "demo")[0]["name"] == "app"
+
+
 def test_every_list_verb_prints_the_same_listing_with_json(tmp_path: Path) -> None:
     """One shape for scripts, the Management API's page: `items`, `page`, `per_page` (the
     --limit or --per-page, null where everything is listed) and `total` (beyond a limit too)."""

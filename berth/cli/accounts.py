@@ -52,7 +52,11 @@ def user_set_password(
 
 def user_delete(name: UserArg, yes: YesFlag = False, json_output: JsonFlag = False) -> None:
     """Delete a user: their access keys and console sessions stop working within a second."""
-    confirm_deletion(f"delete user {name} with their access keys", yes)
+    confirm_deletion(
+        f"delete user {name} with their access keys",
+        yes,
+        present=lambda s: s.identity.users.require_user(name),
+    )
     run_service(lambda s: s.identity.users.delete_user(name, actor=cli_actor(), client=CLI_CLIENT))
     done(json_output, {"name": name, "deleted": True}, f"Deleted user [bold]{name}[/]")
 

@@ -371,18 +371,29 @@ def _answer(question: str) -> str:
     return line.strip()
 
 
-def confirm_deletion(deleting: str, yes: bool, told: Callable[[], str] | None = None) -> None:
+def confirm_deletion(
+    deleting: str,
+    yes: bool,
+    told: Callable[[], str] | None = None,
+    *,
+    present: Callable[[Services], Awaitable[object]] | None = None,
+) -> None:
     """Unless `yes`, ask on the terminal whether to `deleting` ("delete user bob"); anything
-    but yes exits 1. `told` says what to print first (what the deletion takes), read once
-    there is a terminal to ask on. The question goes to standard error, whatever --json
-    says: standard output holds only the verb's output (its JSON)."""
+    but yes exits 1. First `present` reads what is to go and `told` says what to print (what
+    the deletion takes): each refuses as the deletion would when it is not there (exit 1, a
+    name mistyped), so nothing absent is asked about, nor is --yes asked for without a
+    terminal. The question goes to standard error, whatever --json says: standard output
+    holds only the verb's output (its JSON)."""
     if yes:
         return
+    if present is not None:
+        run_service(present)
+    said = None if told is None else told()
     _terminal_to_ask_on(deleting)
-    if told is not None:
+    if said is not None:
         from rich.text import Text
 
-        errors.print(Text(told()), soft_wrap=True)
+        errors.print(Text(said), soft_wrap=True)
     if _answer(f"{deleting[0].upper()}{deleting[1:]}? [y/N]:").lower() not in ("y", "yes"):
         fail("not confirmed: nothing was deleted")
 

@@ -110,15 +110,16 @@ def gc_run(
     from berth.services.gc import FAILED, ROLLED_BACK
 
     if not dry_run:
-        if not yes:
-            # Ask only about a project there is: a name mistyped is refused before the question.
-            run_service(lambda s: s.repositories.project(project))
         images = (
             f"the untagged images of {project} no image references, and then the blobs"
             if delete_untagged
             else f"the blobs of {project}"
         )
-        confirm_deletion(f"delete {images} no image needs", yes)
+        confirm_deletion(
+            f"delete {images} no image needs",
+            yes,
+            present=lambda s: s.repositories.project(project),
+        )
     actor = cli_actor()
 
     async def work(services: Services, progress: Progress | None) -> Run:

@@ -95,7 +95,9 @@ def immutability_remove(
 ) -> None:
     """Remove a rule: its tags may move and go again (unless another rule holds them)."""
     confirm_deletion(
-        f"remove immutable tag rule {rule_id} of {project} (its tags may then move and go)", yes
+        f"remove immutable tag rule {rule_id} of {project} (its tags may then move and go)",
+        yes,
+        present=lambda s: s.tag_rules.require_rule(project, rule_id),
     )
     run_service(
         lambda s: s.tag_rules.delete(project, rule_id, actor=cli_actor(), client=CLI_CLIENT)

@@ -157,6 +157,10 @@ def key_enable(key_id: KeyIdArg, json_output: JsonFlag = False) -> None:
 @key_app.command("delete")
 def key_delete(key_id: KeyIdArg, yes: YesFlag = False, json_output: JsonFlag = False) -> None:
     """Delete a key for good (`berth key disable` stops it until enabled again)."""
-    confirm_deletion(f"delete access key {key_id} for good", yes)
+    confirm_deletion(
+        f"delete access key {key_id} for good",
+        yes,
+        present=lambda s: s.identity.keys.require_key(key_id),
+    )
     run_service(lambda s: s.identity.keys.delete_key(key_id, actor=cli_actor(), client=CLI_CLIENT))
     done(json_output, {"access_key_id": key_id, "deleted": True}, f"Deleted {key_id}")

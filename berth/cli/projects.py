@@ -165,7 +165,11 @@ def member_remove(
     project: ProjectArg, user: UserArg, yes: YesFlag = False, json_output: JsonFlag = False
 ) -> None:
     """Remove a user from a project; their access keys there stop working."""
-    confirm_deletion(f"remove {user} from {project} (their access keys there stop working)", yes)
+    confirm_deletion(
+        f"remove {user} from {project} (their access keys there stop working)",
+        yes,
+        present=lambda s: s.identity.members.require_member(project, user),
+    )
     run_service(
         lambda s: s.identity.members.remove_member(
             project, user, actor=cli_actor(), client=CLI_CLIENT

@@ -116,7 +116,11 @@ def repo_revoke(
 ) -> None:
     """Remove a user's role on a repository."""
     project, repository = split_repo(name)
-    confirm_deletion(f"remove {user}'s role on {name}", yes)
+    confirm_deletion(
+        f"remove {user}'s role on {name}",
+        yes,
+        present=lambda s: s.identity.members.require_grant(project, repository, user),
+    )
     run_service(
         lambda s: s.identity.members.revoke(
             project, repository, user, actor=cli_actor(), client=CLI_CLIENT
@@ -200,7 +204,11 @@ def repo_delete(
 ) -> None:
     """Delete a repository with its images and tags (their data goes at the next GC)."""
     project, repository = split_repo(name)
-    confirm_deletion(f"delete {name} with all its images", yes)
+    confirm_deletion(
+        f"delete {name} with all its images",
+        yes,
+        present=lambda s: s.repositories.require(project, repository),
+    )
 
     async def work(s: Services) -> None:
         await s.repositories.delete(project, repository, actor=cli_actor(), client=CLI_CLIENT)

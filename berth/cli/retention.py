@@ -191,10 +191,11 @@ def retention_run(project: ProjectArg, yes: YesFlag = False, json_output: JsonFl
     during the run are kept)."""
     from rich.text import Text
 
-    if not yes:
-        # Ask only about a project there is: a name mistyped is refused before the question.
-        run_service(lambda s: s.retention.policy(project))
-    confirm_deletion(f"delete the images of {project} that no retention rule keeps", yes)
+    confirm_deletion(
+        f"delete the images of {project} that no retention rule keeps",
+        yes,
+        present=lambda s: s.retention.policy(project),
+    )
     record = run_service(
         lambda s: s.retention.run(project, dry_run=False, actor=cli_actor(), client=CLI_CLIENT)
     )

@@ -28,6 +28,7 @@ from berth.domain.names import joined_name
 
 if TYPE_CHECKING:
     from berth.services.uploads.open_uploads import OpenUpload
+    from berth.state import Services
 
 upload_app = typer.Typer(help="Blob uploads in progress in a project.", no_args_is_help=True)
 
@@ -123,8 +124,16 @@ def upload_cancel(
         fail("give one of UPLOAD_ID, --user NAME or --all", 2)
     if upload_id is None:
         whose = f"started by {user}" if user else "in progress"
+
+        async def present(s: Services) -> None:
+            await s.repositories.project(project)
+            if user is not None:
+                await s.identity.users.require_user(user)
+
         confirm_deletion(
-            f"cancel every upload {whose} in {project}, deleting what they stored", yes
+            f"cancel every upload {whose} in {project}, deleting what they stored",
+            yes,
+            present=present,
         )
         count = run_service(
             lambda s: s.uploads.cancel_all_in_project(
@@ -135,7 +144,11 @@ def upload_cancel(
         said = f"Cancelled {counted(count, 'upload')} {whose} in {project}"
         done(json_output, {"cancelled": count}, said)
         return
-    confirm_deletion(f"cancel upload {upload_id} in {project}, deleting what it stored", yes)
+    confirm_deletion(
+        f"cancel upload {upload_id} in {project}, deleting what it stored",
+        yes,
+        present=lambda s: s.uploads.require_in_project(project, upload_id),
+    )
     cancelled = run_service(
         lambda s: s.uploads.cancel_in_project(
             project, upload_id, actor=cli_actor(), client=CLI_CLIENT

@@ -209,7 +209,9 @@ def webhook_delete(
     """Remove a webhook endpoint with its queue and delivery log (`update --disable` holds
     it instead)."""
     confirm_deletion(
-        f"delete webhook {webhook_id} of {project} with its queue and delivery log", yes
+        f"delete webhook {webhook_id} of {project} with its queue and delivery log",
+        yes,
+        present=lambda s: s.webhooks.get(project, webhook_id),
     )
     run_service(
         lambda s: s.webhooks.delete(project, webhook_id, actor=cli_actor(), client=CLI_CLIENT)

@@ -206,6 +206,12 @@ class Keys:
             )
         self.credentials.forget()
 
+    async def require_key(self, key_id: str) -> None:
+        """Refuse as `delete_key` would a key that does not exist: asked before a delete is
+        confirmed."""
+        async with self.db.read() as conn:
+            await _key_project(conn, key_id)
+
     async def delete_key(self, key_id: str, *, actor: str, client: str | None = None) -> None:
         async with self.db.write() as conn:
             project_id = await _key_project(conn, key_id)

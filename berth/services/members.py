@@ -10,7 +10,7 @@ from collections.abc import Callable
 from typing import Any
 
 from pydantic import Field
-from sqlalchemy import Select, delete, select
+from sqlalchemy import ColumnElement, Select, and_, delete, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from berth.access.permissions import (
@@ -71,6 +71,24 @@ class HeldRepositoryRole(Record):
     )
 
 
+def _membership(project_id: int, user_id: int) -> ColumnElement[bool]:
+    return and_(memberships.c.project_id == project_id, memberships.c.user_id == user_id)
+
+
+def _not_a_member(project: str, user: str) -> NameUnknown:
+    return NameUnknown(f"user {user!r} is not a member of project {project!r}")
+
+
+def _grant(repository_id: int, user_id: int) -> ColumnElement[bool]:
+    return and_(
+        repository_grants.c.repository_id == repository_id, repository_grants.c.user_id == user_id
+    )
+
+
+def _no_grant(project: str, repository: str, user: str) -> NameUnknown:
+    return NameUnknown(f"user {user!r} has no role on {project}/{repository}")
+
+
 class Members:
     def __init__(
         self,
@@ -110,6 +128,15 @@ class Members:
             )
         self.roles.forget()
 
+    async def require_member(self, project: str, user: str) -> None:
+        """Refuse as `remove_member` would a user who is not a member of the project (or a
+        project or user that does not exist): asked before a removal is confirmed."""
+        async with self.db.read() as conn:
+            project_id = await require_project(conn, project)
+            held = _membership(project_id, await require_user(conn, user))
+            if (await conn.execute(select(memberships.c.user_id).where(held))).first() is None:
+                raise _not_a_member(project, user)
+
     async def remove_member(
         self, project: str, user: str, *, actor: str, client: str | None = None
     ) -> None:
@@ -119,13 +146,9 @@ class Members:
             project_id = await require_project(conn, project)
             user_id = await require_user(conn, user)
             await _refuse_leaving_no_admin(conn, project_id, project, user_id, user)
-            result = await conn.execute(
-                delete(memberships).where(
-                    memberships.c.project_id == project_id, memberships.c.user_id == user_id
-                )
-            )
+            result = await conn.execute(delete(memberships).where(_membership(project_id, user_id)))
             if result.rowcount == 0:
-                raise NameUnknown(f"user {user!r} is not a member of project {project!r}")
+                raise _not_a_member(project, user)
             await self._delete_keys_without_role(conn, project_id, user_id, actor, client)
             ended = await _end_uploads_without_push(conn, project_id, user_id)
             await write_audit_entry(
@@ -216,6 +239,18 @@ class Members:
             )
         self.roles.forget()
 
+    async def require_grant(self, project: str, repository: str, user: str) -> None:
+        """Refuse as `revoke` would a user with no role on the repository (or a project,
+        repository or user that does not exist): asked before a revoke is confirmed."""
+        async with self.db.read() as conn:
+            project_id = await require_project(conn, project)
+            repository_id = await require_repository(conn, project_id, project, repository)
+            held = _grant(repository_id, await require_user(conn, user))
+            if (
+                await conn.execute(select(repository_grants.c.user_id).where(held))
+            ).first() is None:
+                raise _no_grant(project, repository, user)
+
     async def revoke(
         self,
         project: str,
@@ -230,13 +265,10 @@ class Members:
             repository_id = await require_repository(conn, project_id, project, repository)
             user_id = await require_user(conn, user)
             result = await conn.execute(
-                delete(repository_grants).where(
-                    repository_grants.c.repository_id == repository_id,
-                    repository_grants.c.user_id == user_id,
-                )
+                delete(repository_grants).where(_grant(repository_id, user_id))
             )
             if result.rowcount == 0:
-                raise NameUnknown(f"user {user!r} has no role on {project}/{repository}")
+                raise _no_grant(project, repository, user)
             await self._delete_keys_without_role(conn, project_id, user_id, actor, client)
             ended = await _end_uploads_without_push(conn, project_id, user_id, repository_id)
             await write_audit_entry(

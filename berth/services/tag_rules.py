@@ -189,6 +189,12 @@ class TagRules:
             raise NotFound(f"project {project!r} has no immutable tag rule {rule_id}")
         return row
 
+    async def require_rule(self, project: str, rule_id: int) -> None:
+        """Refuse as `delete` would a rule the project does not have (or a project that does
+        not exist): asked before a removal is confirmed."""
+        async with self.db.read() as conn:
+            await self._row(conn, await require_project(conn, project), project, rule_id)
+
     async def delete(
         self, project: str, rule_id: int, *, actor: str, client: str | None = None
     ) -> None:

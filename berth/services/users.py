@@ -203,6 +203,12 @@ class Users:
                 client=client,
             )
 
+    async def require_user(self, name: str) -> None:
+        """Refuse as `delete_user` would a user that does not exist: asked before a delete is
+        confirmed."""
+        async with self.db.read() as conn:
+            await require_user_row(conn, name)
+
     async def delete_user(self, name: str, *, actor: str, client: str | None = None) -> None:
         """Delete a user: their access keys, console sessions and roles go with them at once
         (the database cascades them). Each project they had a role in audits it (and each key

@@ -118,6 +118,11 @@ class OpenUploads(UploadPart):
         _, row = await self._find_in_project(project, upload_id)
         return (await self._with_bytes_stored([self._open_upload(row)]))[0]
 
+    async def require_in_project(self, project: str, upload_id: str) -> None:
+        """Refuse as `cancel_in_project` would an upload not in progress in the project (or
+        a project that does not exist): asked before a cancel is confirmed."""
+        await self._find_in_project(project, upload_id)
+
     async def cancel(self, upload: Upload, *, audited_as: CancelNote | None = None) -> bool:
         """End an upload and remove what it stored (a client's DELETE, or an admin's cancel,
         audited in the same transaction). False when it had ended already. At once: not in
