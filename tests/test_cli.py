@@ -748,7 +748,8 @@ def test_removing_and_collecting_verbs_ask_as_deleting_ones_do(tmp_path: Path) -
 def test_deleting_verbs_refuse_what_is_not_there_before_asking(tmp_path: Path) -> None:
     """A delete, remove, revoke, cancel or collection of something that is not there (a name
     mistyped) is refused as the deletion would refuse it (exit 1), without a terminal as on
-    one: never a question about it, nor --yes asked for."""
+    one: never a question about it, nor --yes asked for. With --yes the refusal says only
+    what is wrong (no empty line after it)."""
     berth = BerthServer(tmp_path / "data")
     verbs = in_process(berth)
     verbs.cli("init")
@@ -782,6 +783,9 @@ def test_deleting_verbs_refuse_what_is_not_there_before_asking(tmp_path: Path) -
     asked = typed_at_terminal([*BERTH, "repo", "delete", "demo/nope"], "y\n", env=berth.env)
     assert asked.returncode == 1 and "[y/N]" not in asked.stderr, asked.stderr
     assert asked.stderr == "error: repository demo/nope does not exist\n"
+    collected = _on(berth, "!", "gc", "run", "nope", "--yes")
+    assert collected.returncode == 1
+    assert collected.stderr == "error: project 'nope' does not exist\n", collected.stderr
     assert verbs.cli_items("repo", "list", "demo")[0]["name"] == "app"
 
 

@@ -145,9 +145,10 @@ def gc_run(
             progress=advance,
         )
 
-    if json_output:
+    if json_output or not errors_console().is_terminal:
+        # No progress bar where none is drawn: on a pipe or file it only adds an empty line
+        # (after an error too).
         run = run_service(lambda s: work(s, None), uses_store=True).as_json()
-        print_json(run)
     else:
         with Progress(
             SpinnerColumn(),
@@ -158,6 +159,9 @@ def gc_run(
             transient=True,
         ) as progress:
             run = run_service(lambda s: work(s, progress), uses_store=True).as_json()
+    if json_output:
+        print_json(run)
+    else:
         _show(run)
     if run["state"] in (FAILED, ROLLED_BACK):
         raise typer.Exit(1)
