@@ -1658,7 +1658,7 @@ def test_status_says_whether_the_balancer_it_is_served_at_answers(tmp_path: Path
             assert shown["served_at_health"]["answering"] is False
             # the 2 s wait on top of what status takes when the balancer answers (measured, as a
             # loaded machine may take seconds to start the CLI), not a 30 s connect timeout
-            assert took < answered_in + 2 + 3, (took, answered_in)
+            assert took < answered_in + 2 + 8, (took, answered_in)
         finally:
             server.stop()
     said, shown, _ = served_at()

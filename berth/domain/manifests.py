@@ -222,9 +222,29 @@ def _holds_lone_surrogate(document: Any) -> bool:
     return False
 
 
+def stored_manifest_json(body: bytes) -> Any:
+    """A stored manifest's JSON value. Manifests pushed before `manifest_json` refused UTF-16,
+    UTF-32, NaN, Infinity and lone surrogates were stored as Python's decoder read them: they
+    are read the same way, so they still serve, list and scan as before."""
+    try:
+        return json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ManifestInvalid(f"manifest is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise ManifestInvalid("manifest JSON is nested too deeply") from None
+
+
 def parse_manifest(body: bytes, content_type: str | None) -> ParsedManifest:
     """Parse a pushed manifest; raise ManifestInvalid with a message a person can act on."""
-    document = manifest_json(body)
+    return _parsed(manifest_json(body), content_type)
+
+
+def parse_stored_manifest(body: bytes, content_type: str | None) -> ParsedManifest:
+    """Parse a manifest read from the database (see `stored_manifest_json`)."""
+    return _parsed(stored_manifest_json(body), content_type)
+
+
+def _parsed(document: Any, content_type: str | None) -> ParsedManifest:
     if not isinstance(document, dict):
         raise ManifestInvalid("manifest must be a JSON object")
 

@@ -15,7 +15,12 @@ from cachetools import LRUCache
 from sqlalchemy import select
 
 from berth.domain.errors import ManifestInvalid
-from berth.domain.manifests import INDEX_TYPES, MAX_INDEX_DEPTH, manifest_json, parse_manifest
+from berth.domain.manifests import (
+    INDEX_TYPES,
+    MAX_INDEX_DEPTH,
+    parse_stored_manifest,
+    stored_manifest_json,
+)
 from berth.domain.references import RepositoryRef
 from berth.metadata.tables import manifests
 from berth.services.image_records import MAX_LISTED_PLATFORMS
@@ -116,7 +121,7 @@ async def image_config(conn: Any, manifest_id: int, digest: str) -> tuple[str, i
     ).first()
     config: tuple[str, int] | None = None
     try:
-        parsed = parse_manifest(bytes(row.content), row.media_type)
+        parsed = parse_stored_manifest(bytes(row.content), row.media_type)
     except Exception:  # stored manifests parsed on push; be lenient in a read model
         parsed = None
     if parsed and parsed.blobs and parsed.blobs[0].media_type in IMAGE_CONFIG_TYPES:
@@ -144,7 +149,7 @@ def _index_entries(content: bytes) -> dict[str, IndexEntry]:
     """digest -> entry for the first MAX_INDEX_ENTRIES distinct entries of an index document,
     in its order (a digest listed twice: its first entry)."""
     try:
-        document = manifest_json(content)  # as it was read when pushed
+        document = stored_manifest_json(content)
         listed = document.get("manifests") or []
     except (ManifestInvalid, AttributeError):
         return {}

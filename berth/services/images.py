@@ -15,7 +15,7 @@ from sqlalchemy import Select, and_, func, or_, select
 
 from berth.domain.digests import parse_digest
 from berth.domain.errors import DigestInvalid
-from berth.domain.manifests import INDEX_TYPES, parse_manifest
+from berth.domain.manifests import INDEX_TYPES, parse_stored_manifest
 from berth.domain.references import RepositoryRef
 from berth.metadata.database import Database
 from berth.metadata.queries import indexes_listing, is_image, is_index_child
@@ -251,7 +251,7 @@ class Images:
             )
         ).first()
         try:
-            parsed = parse_manifest(bytes(content.content), content.media_type)
+            parsed = parse_stored_manifest(bytes(content.content), content.media_type)
         except Exception:  # stored manifests parsed on push; be lenient in a read model
             return [], 0
         shown = parsed.blobs[:MAX_LISTED_LAYERS]

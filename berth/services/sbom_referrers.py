@@ -17,7 +17,7 @@ import uuid
 from collections.abc import AsyncIterator
 
 from berth.domain.errors import ManifestUnknown, NotFound
-from berth.domain.manifests import OCI_EMPTY_CONFIG, OCI_MANIFEST, parse_manifest
+from berth.domain.manifests import OCI_EMPTY_CONFIG, OCI_MANIFEST, parse_stored_manifest
 from berth.domain.names import joined_name
 from berth.domain.references import RepositoryRef
 from berth.services.records import Record
@@ -59,7 +59,7 @@ class SbomReferrers:
         """Push the SBOM of the image manifest `digest` as its referrer (see the module)."""
         subject = await self.registry.get_manifest(repo, image, digest)
         name = joined_name(repo.project, repo.name, image)
-        if parse_manifest(subject.content, subject.media_type).is_index:
+        if parse_stored_manifest(subject.content, subject.media_type).is_index:
             raise NotFound(
                 f"{name}@{digest} is an index: it has no SBOM of its own; attach each "
                 "platform's (scanning the index scans them)"

@@ -28,7 +28,7 @@ from sqlalchemy import select
 
 from berth.access.expiring import ExpiringCache
 from berth.domain.errors import Denied, InvalidValue
-from berth.domain.manifests import parse_manifest
+from berth.domain.manifests import parse_stored_manifest
 from berth.domain.names import ImageName
 from berth.domain.references import RepositoryRef
 from berth.domain.vulns import Severity
@@ -148,7 +148,7 @@ class PullPolicy:
         self, repo: RepositoryRef, image: str, manifest: StoredManifest, rank: int
     ) -> _Verdict:
         digests = [manifest.digest]
-        parsed = parse_manifest(manifest.content, manifest.media_type)
+        parsed = parse_stored_manifest(manifest.content, manifest.media_type)
         if parsed.is_index:
             digests += [child.digest for child in parsed.children]
         counted = [column for severity, column in _COLUMNS.items() if severity >= rank]

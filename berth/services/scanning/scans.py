@@ -32,7 +32,7 @@ from berth.domain.manifests import (
     MAX_INDEX_DEPTH,
     OCI_MANIFEST,
     ParsedManifest,
-    parse_manifest,
+    parse_stored_manifest,
 )
 from berth.domain.names import joined_name
 from berth.domain.references import RepositoryRef
@@ -449,7 +449,7 @@ class Scans:
 
     async def _scan_manifest(self, manifest_id: int, state: int) -> tuple[list[ScanFinding], int]:
         row = await self._load(manifest_id)
-        parsed = parse_manifest(bytes(row.content), row.media_type)
+        parsed = parse_stored_manifest(bytes(row.content), row.media_type)
         if parsed.is_index:
             await self._refuse_deep_nesting(row, parsed)
             return await self._scan_index(row, parsed, state)
@@ -494,7 +494,7 @@ class Scans:
                             manifests.c.media_type.in_(INDEX_TYPES),
                         )
                     )
-                    below += [parse_manifest(bytes(r.content), r.media_type) for r in rows]
+                    below += [parse_stored_manifest(bytes(r.content), r.media_type) for r in rows]
             if not below:
                 return
             level = below

@@ -16,6 +16,7 @@ from berth.domain.manifests import (
     OCI_MANIFEST,
     accepts,
     parse_manifest,
+    parse_stored_manifest,
     stored_blobs,
 )
 
@@ -194,3 +195,21 @@ def test_an_escaped_surrogate_pair_is_the_character_it_encodes() -> None:
     assert parse_manifest(body, None).annotations == {"a": "\N{SPOUTING WHALE}"}
     with pytest.raises(ManifestInvalid, match="lone surrogate"):
         parse_manifest(body.replace(b"\\udc33", b""), None)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        _manifest().decode().encode("utf-16-le"),
+        _manifest(annotations={"x": "y"}).replace(b'"y"', b'"\\ud800"'),
+        _manifest().replace(b"}", b', "x": NaN}', 1),
+    ],
+    ids=["utf-16", "lone-surrogate", "nan"],
+)
+def test_a_manifest_stored_before_the_stricter_push_rule_is_still_read(body: bytes) -> None:
+    """Pushes refuse these now; rows stored before that rule still serve, list and scan."""
+    with pytest.raises(ManifestInvalid):
+        parse_manifest(body, OCI_MANIFEST)
+    stored = parse_stored_manifest(body, OCI_MANIFEST)
+    assert stored.media_type == OCI_MANIFEST
+    assert stored_blobs(stored) == [DIGEST]
