@@ -148,7 +148,7 @@ async def reset_password(
     return Response(status_code=204)
 
 
-@router.delete("/users/{user}", status_code=204, responses=responses(404))
+@router.delete("/users/{user}", status_code=204, responses=responses(404, 409))
 async def delete_user(caller: ServerManager, services: ServicesDep, user: UserName) -> Response:
     """Delete a user (server administrators): their access keys and console sessions stop
     working within a second, their roles go; each project they were in audits it."""

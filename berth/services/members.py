@@ -111,7 +111,7 @@ class Members:
             project_id = await require_project(conn, project)
             user_id = await require_user(conn, user)
             if role != ProjectRole.ADMIN:
-                await _refuse_leaving_no_admin(conn, project_id, project, user_id, user)
+                await refuse_leaving_no_admin(conn, project_id, project, user_id, user)
             await conn.execute(
                 self.db.upsert(memberships, ["project_id", "user_id"], {"role": role}).values(
                     project_id=project_id, user_id=user_id, role=role, created_at=utcnow()
@@ -145,7 +145,7 @@ class Members:
         async with self.db.write() as conn:
             project_id = await require_project(conn, project)
             user_id = await require_user(conn, user)
-            await _refuse_leaving_no_admin(conn, project_id, project, user_id, user)
+            await refuse_leaving_no_admin(conn, project_id, project, user_id, user)
             result = await conn.execute(delete(memberships).where(_membership(project_id, user_id)))
             if result.rowcount == 0:
                 raise _not_a_member(project, user)
@@ -346,7 +346,7 @@ def _holders(roles: Any) -> Select[Any]:
     )
 
 
-async def _refuse_leaving_no_admin(
+async def refuse_leaving_no_admin(
     conn: AsyncConnection, project_id: int, project: str, user_id: int, user: str
 ) -> None:
     """Refused when the user is the project's one admin, and so would leave it with none:

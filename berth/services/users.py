@@ -10,6 +10,7 @@ from sqlalchemy import Select, delete, func, select, update
 
 from berth.access.credentials import new_secret_text
 from berth.access.passwords import Passwords
+from berth.access.permissions import ProjectRole
 from berth.domain.errors import Conflict, Denied, InvalidValue, NameInvalid
 from berth.domain.names import MAX_USER_NAME_LENGTH, USER_NAME_RULE, is_valid_component
 from berth.metadata.audit import write_audit_entry
@@ -19,11 +20,13 @@ from berth.metadata.tables import (
     access_keys,
     console_sessions,
     memberships,
+    projects,
     repositories,
     repository_grants,
     users,
     utcnow,
 )
+from berth.services.members import refuse_leaving_no_admin
 
 MIN_PASSWORD_LENGTH = 8
 # A member picker's search: shorter parts of a name find only the user of exactly that name,
@@ -225,6 +228,14 @@ class Users:
                 ).scalar()
                 if (admins or 0) <= 1:
                     raise Denied(f"user {name!r} is the last server administrator")
+            # Deleting a project's last admin would leave it with none, as demoting them would.
+            administered = await conn.execute(
+                select(projects.c.id, projects.c.name)
+                .join(memberships, memberships.c.project_id == projects.c.id)
+                .where(memberships.c.user_id == row.id, memberships.c.role == ProjectRole.ADMIN)
+            )
+            for project_id, project in administered.all():
+                await refuse_leaving_no_admin(conn, project_id, project, row.id, name)
             keys = (
                 await conn.execute(
                     delete(access_keys)

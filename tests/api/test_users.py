@@ -25,6 +25,7 @@ from tests.api.conftest import (
     services,
     until,
 )
+from tests.api.test_access import LAST_ADMIN, roles_in
 from tests.api.test_auth import failed_logins_outside_projects
 from tests.servers import ADMIN_PASSWORD, BerthServer
 
@@ -326,3 +327,17 @@ def test_a_project_is_not_deleted_while_a_garbage_collection_runs_in_it(
         assert admin.delete(f"/projects/{project}").status_code == 204
     [deleted] = server_audit(server, "project.delete", project)
     assert deleted["client"] == "127.0.0.1" and deleted["detail"] == {"repositories": 0}
+
+
+def test_a_projects_last_admin_is_not_deleted_as_a_user(team: Team) -> None:
+    """Deleting the user who is a project's last admin would leave it with none, as removing
+    them from it would: refused (409) until another member is admin; nothing is deleted."""
+    last, second = team.users["project-admin"], team.users["member"]
+    with administrator(team.server) as admin:
+        refused = assert_problem(admin.delete(f"/users/{last}"), 409)
+        assert LAST_ADMIN in refused["detail"] and team.project in refused["detail"], refused
+        assert roles_in(team)[last] == "admin"
+        ok(team["project-admin"].put(team.url(f"/members/{second}"), json={"role": "admin"}))
+        assert admin.delete(f"/users/{last}").status_code == 204
+    roles = roles_in(team)
+    assert last not in roles and roles[second] == "admin"
