@@ -187,6 +187,8 @@ def test_the_last_admin_of_a_project_is_neither_demoted_nor_removed(tmp_path: Pa
     for refused in (
         verbs.cli("member", "add", "demo", "alice", "--role", "reader", check=False),
         verbs.cli("member", "remove", "demo", "alice", "--yes", check=False),
+        # Refused before asking to confirm (no terminal here: it would say so instead).
+        verbs.cli("member", "remove", "demo", "alice", check=False),
     ):
         assert refused.returncode == 1 and told in " ".join(refused.stderr.split()), refused
     verbs.cli("member", "add", "demo", "bob", "--role", "admin")

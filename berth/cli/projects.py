@@ -168,7 +168,7 @@ def member_remove(
     confirm_deletion(
         f"remove {user} from {project} (their access keys there stop working)",
         yes,
-        present=lambda s: s.identity.members.require_member(project, user),
+        present=lambda s: s.identity.members.require_removable(project, user),
     )
     run_service(
         lambda s: s.identity.members.remove_member(

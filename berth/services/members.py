@@ -128,14 +128,17 @@ class Members:
             )
         self.roles.forget()
 
-    async def require_member(self, project: str, user: str) -> None:
+    async def require_removable(self, project: str, user: str) -> None:
         """Refuse as `remove_member` would a user who is not a member of the project (or a
-        project or user that does not exist): asked before a removal is confirmed."""
+        project or user that does not exist), or is its last admin: asked before a removal is
+        confirmed."""
         async with self.db.read() as conn:
             project_id = await require_project(conn, project)
-            held = _membership(project_id, await require_user(conn, user))
+            user_id = await require_user(conn, user)
+            held = _membership(project_id, user_id)
             if (await conn.execute(select(memberships.c.user_id).where(held))).first() is None:
                 raise _not_a_member(project, user)
+            await refuse_leaving_no_admin(conn, project_id, project, user_id, user)
 
     async def remove_member(
         self, project: str, user: str, *, actor: str, client: str | None = None
