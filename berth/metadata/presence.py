@@ -25,13 +25,13 @@ import socket
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from sqlalchemy import Connection, String, delete, inspect, select, text, update
+from sqlalchemy import Connection, delete, inspect, select, text, update
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from berth.domain.errors import StorageRefused, Unavailable
 from berth.metadata.database import Database
-from berth.metadata.tables import database_clock, serving_processes
+from berth.metadata.tables import column_width, database_clock, serving_processes
 
 logger = logging.getLogger("berth.presence")
 
@@ -45,14 +45,8 @@ FORGOTTEN_AFTER = dt.timedelta(days=1)
 HOST = socket.gethostname()[:40]
 
 
-def _address_width() -> int:
-    width = serving_processes.c.served_at.type
-    assert isinstance(width, String) and width.length is not None
-    return width.length
-
-
 # serving_processes.served_at's width (project_host_suffix's too).
-ADDRESS_WIDTH = _address_width()
+ADDRESS_WIDTH = column_width(serving_processes.c.served_at)
 
 
 def this_process() -> str:

@@ -4,24 +4,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sqlalchemy import Select, String, delete, select
+from sqlalchemy import Select, delete, select
 
 from berth.metadata.database import Database
 from berth.metadata.presence import live_processes_sync, newest_addressed_process
-from berth.metadata.tables import blobs, install_facts, utcnow
+from berth.metadata.tables import blobs, column_width, install_facts, utcnow
 
 KEY_FINGERPRINT = "key_fingerprint"
 
 
-def _longest_fact() -> int:
-    width = install_facts.c.value.type
-    assert isinstance(width, String) and width.length is not None
-    return width.length
-
-
 # install_facts.value's width: a longer fact is cut short or not recorded (PostgreSQL would
 # refuse it).
-LONGEST_FACT = _longest_fact()
+LONGEST_FACT = column_width(install_facts.c.value)
 
 
 async def recorded_key_fingerprint(db: Database, fingerprint: str) -> str:

@@ -45,7 +45,14 @@ from berth.metadata.tables.scanning import (
     vuln_packages,
     vulndb_imports,
 )
-from berth.metadata.tables.schema import DIGEST, UTCDateTime, database_clock, metadata, utcnow
+from berth.metadata.tables.schema import (
+    DIGEST,
+    UTCDateTime,
+    column_width,
+    database_clock,
+    metadata,
+    utcnow,
+)
 from berth.metadata.tables.webhooks import (
     webhook_attempts,
     webhook_deliveries,
@@ -60,6 +67,7 @@ __all__ = [
     "audit_log",
     "blob_removals",
     "blobs",
+    "column_width",
     "console_sessions",
     "database_clock",
     "gc_runs",

@@ -7,6 +7,7 @@ import datetime as dt
 from typing import Any
 
 from sqlalchemy import (
+    Column,
     DateTime,
     Interval,
     MetaData,
@@ -34,6 +35,13 @@ class UTCDateTime(TypeDecorator[dt.datetime]):
         if value is not None and value.tzinfo is None:
             return value.replace(tzinfo=dt.UTC)
         return value
+
+
+def column_width(column: Column[Any]) -> int:
+    """How many characters a String column holds (PostgreSQL refuses a longer value)."""
+    kind = column.type
+    assert isinstance(kind, String) and kind.length is not None
+    return kind.length
 
 
 def utcnow() -> dt.datetime:
