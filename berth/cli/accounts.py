@@ -55,7 +55,7 @@ def user_delete(name: UserArg, yes: YesFlag = False, json_output: JsonFlag = Fal
     confirm_deletion(
         f"delete user {name} with their access keys",
         yes,
-        present=lambda s: s.identity.users.require_user(name),
+        present=lambda s: s.identity.users.require_deletable(name, actor=cli_actor()),
     )
     run_service(lambda s: s.identity.users.delete_user(name, actor=cli_actor(), client=CLI_CLIENT))
     done(json_output, {"name": name, "deleted": True}, f"Deleted user [bold]{name}[/]")

@@ -6,7 +6,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from sqlalchemy import Select, delete, func, select, update
+from sqlalchemy import Row, Select, delete, func, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from berth.access.credentials import new_secret_text
 from berth.access.passwords import Passwords
@@ -207,10 +208,15 @@ class Users:
             )
 
     async def require_user(self, name: str) -> None:
-        """Refuse as `delete_user` would a user that does not exist: asked before a delete is
-        confirmed."""
+        """Refuse a user that does not exist, as the verbs naming one would."""
         async with self.db.read() as conn:
             await require_user_row(conn, name)
+
+    async def require_deletable(self, name: str, *, actor: str) -> None:
+        """Refuse as `delete_user` would (a user that does not exist, yourself, the last
+        server administrator, a project's last admin): asked before a delete is confirmed."""
+        async with self.db.read() as conn:
+            await _refuse_deleting(conn, await require_user_row(conn, name), name, actor)
 
     async def delete_user(self, name: str, *, actor: str, client: str | None = None) -> None:
         """Delete a user: their access keys, console sessions and roles go with them at once
@@ -218,24 +224,7 @@ class Users:
         deleted)."""
         async with self.db.write() as conn:
             row = await require_user_row(conn, name)
-            if name == actor:
-                raise Denied("you cannot delete yourself; another administrator can")
-            if row.is_admin:
-                admins = (
-                    await conn.execute(
-                        select(func.count()).select_from(users).where(users.c.is_admin)
-                    )
-                ).scalar()
-                if (admins or 0) <= 1:
-                    raise Denied(f"user {name!r} is the last server administrator")
-            # Deleting a project's last admin would leave it with none, as demoting them would.
-            administered = await conn.execute(
-                select(projects.c.id, projects.c.name)
-                .join(memberships, memberships.c.project_id == projects.c.id)
-                .where(memberships.c.user_id == row.id, memberships.c.role == ProjectRole.ADMIN)
-            )
-            for project_id, project in administered.all():
-                await refuse_leaving_no_admin(conn, project_id, project, row.id, name)
+            await _refuse_deleting(conn, row, name, actor)
             keys = (
                 await conn.execute(
                     delete(access_keys)
@@ -279,3 +268,23 @@ class Users:
                     conn, actor, "user.delete", project_id=project_id, target=name, client=client
                 )
         self._forget_access()
+
+
+async def _refuse_deleting(conn: AsyncConnection, row: Row[Any], name: str, actor: str) -> None:
+    """What keeps a user from being deleted: being who asks, the last server administrator,
+    or a project's last admin (it would be left with none, as demoting them would)."""
+    if name == actor:
+        raise Denied("you cannot delete yourself; another administrator can")
+    if row.is_admin:
+        admins = (
+            await conn.execute(select(func.count()).select_from(users).where(users.c.is_admin))
+        ).scalar()
+        if (admins or 0) <= 1:
+            raise Denied(f"user {name!r} is the last server administrator")
+    administered = await conn.execute(
+        select(projects.c.id, projects.c.name)
+        .join(memberships, memberships.c.project_id == projects.c.id)
+        .where(memberships.c.user_id == row.id, memberships.c.role == ProjectRole.ADMIN)
+    )
+    for project_id, project in administered.all():
+        await refuse_leaving_no_admin(conn, project_id, project, row.id, name)
