@@ -1612,8 +1612,8 @@ def test_status_from_a_shell_with_another_listen_says_where_the_server_answers(
     cells = " ".join(said.stdout.replace("│", " ").split())
     assert f"Listen {env['BERTH_LISTEN']} (this shell's setting; nothing listening)" in cells
     assert (
-        f"Served at {server.address} (where the last berth serve started; a server answers "
-        "there, with this data's keys)"
+        f"Served at {server.address} (where the newest running berth serve is reached; a "
+        "server answers there, with this data's keys)"
     ) in cells
     shown = json.loads(
         subprocess.run([*BERTH, "status", "--json"], env=env, capture_output=True).stdout
@@ -1623,7 +1623,7 @@ def test_status_from_a_shell_with_another_listen_says_where_the_server_answers(
     assert shown["served_at_serves_this_data"] is True
     # Where this shell's listen is the server's, the row says nothing more.
     own = " ".join(server.cli("status").stdout.replace("│", " ").split())
-    assert f"Served at {server.address} (where the last berth serve started)" in own
+    assert f"Served at {server.address} (where the newest running berth serve is reached)" in own
     assert server.cli_json("status")["served_at_listening"] is None
 
     server.stop()
@@ -1650,8 +1650,8 @@ def test_status_says_whether_the_balancer_it_is_served_at_answers(tmp_path: Path
 
             said, shown, answered_in = served_at()
             assert (
-                f"Served at localhost:{balancer.port} (where the last berth serve started; "
-                f"answering at {public}/healthz)"
+                f"Served at localhost:{balancer.port} (where the newest running berth serve is "
+                f"reached; answering at {public}/healthz)"
             ) in said, said
             assert shown["served_at_health"] == {
                 "url": f"{public}/healthz",
@@ -1720,6 +1720,16 @@ def test_key_create_prints_where_a_server_still_serves(tmp_path: Path) -> None:
         assert login and f"--docker-server={login.group(1)} " in created.stdout, created.stdout
         return login.group(1), " ".join(created.stderr.split())
 
+    def served_at_shown() -> tuple[str, str]:
+        """status's Served at address (--json) and what its row says of it."""
+        status = [*BERTH, "status"]
+        shown = subprocess.run([*status, "--json"], env=env, capture_output=True, timeout=120)
+        said = subprocess.run(status, env=env, capture_output=True, text=True, timeout=120)
+        cells = " ".join(said.stdout.replace("│", " ").split())
+        row = re.search(r"Served at \S+ \(([^;)]*)", cells)
+        assert row, said.stdout
+        return json.loads(shown.stdout)["served_at"], row.group(1)
+
     first.start()
     try:
         for project in ("both", "first", "none"):  # a key each (max_access_keys = 2)
@@ -1732,12 +1742,18 @@ def test_key_create_prints_where_a_server_still_serves(tmp_path: Path) -> None:
             second.stop()
         assert login_printed("first") == (first.address, "")
         assert httpx.get(f"{first.url}/v2/").status_code == 401  # it answers there
+        # status's Served at row names the same address
+        assert served_at_shown() == (
+            first.address,
+            "where the newest running berth serve is reached",
+        )
     finally:
         first.stop()
     # None serves: where the last to start was reached, said to be so.
     address, said = login_printed("none")
     assert address == second.address
     assert "no server serves this data now" in said and second.address in said, said
+    assert served_at_shown() == (second.address, "where the last berth serve started")
 
 
 def test_a_password_asked_for_without_a_terminal_is_refused_with_what_to_do(

@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from berth.config import Settings
     from berth.data_location import MissingData
     from berth.metadata.presence import ServingProcess
+    from berth.services.install import ServedAt
 
 DATABASE_URL_HELP = (
     "Database URL: postgresql://USER:PASSWORD@HOST:5432/DATABASE (asyncpg's; "
@@ -153,7 +154,7 @@ def status(json_output: JsonFlag = False) -> None:
     listening, ours = _who_answers(settings)
     config, database = config_file(), shown_database(settings)
     data_dir = str(settings.data_dir.absolute())
-    served: str | None = None
+    where: ServedAt | None = None
     served_url: str | None = None
     revision: str | None = None
     standing: str | None = None
@@ -161,10 +162,11 @@ def status(json_output: JsonFlag = False) -> None:
     unread: str | None = None  # why the database could not be read
     if missing is None:
         try:
-            served, served_url, revision, serving = _database_facts(settings)
+            where, served_url, revision, serving = _database_facts(settings)
             standing = _standing(revision)
         except (RegistryError, SQLAlchemyError, OSError) as exc:
             unread = f"cannot read the database {database}: {_why_unread(settings, exc)}"
+    served = None if where is None else where.host
     # Served elsewhere than this shell's `listen` says: whether a server answers there.
     elsewhere = _answers_at_served(settings, served)
     # Served at a balancer's address (public_url) or a name of the server's own: whether its
@@ -237,9 +239,13 @@ def status(json_output: JsonFlag = False) -> None:
                 )
             if health is not None:
                 there = f"; {health.said()}"
-            table.add_row(
-                "Served at", Text(f"{served} (where the last berth serve started{there})")
+            # The address `berth key create` prints: a running server's, the newest.
+            whose = (
+                "where the newest running berth serve is reached"
+                if where is not None and where.serving
+                else "where the last berth serve started"
             )
+            table.add_row("Served at", Text(f"{served} ({whose}{there})"))
         if readable:
             table.add_row("Serving", Text(_serving_processes(serving)))
         console.print(table)
@@ -270,25 +276,26 @@ def _serving_processes(processes: list[ServingProcess]) -> str:
 
 def _database_facts(
     settings: Settings,
-) -> tuple[str | None, str | None, str | None, list[ServingProcess]]:
-    """Where the last `berth serve` is reached (None: no server recorded it) and at which URL
-    (None: a server from before that was recorded), the revision the schema is at, and the
-    processes serving on it. Read with the bounds a server's requests get
-    (database_connect_timeout, database_statement_timeout, database_lock_timeout): a
-    database that stops answering does not hold status up."""
+) -> tuple[ServedAt | None, str | None, str | None, list[ServingProcess]]:
+    """Where clients reach this data's servers, as `berth key create` prints it (None: no
+    server recorded it), the URL the last `berth serve` to start recorded (None: a server from
+    before that was recorded), the revision the schema is at, and the processes serving on
+    it. Read with the bounds a server's requests get (database_connect_timeout,
+    database_statement_timeout, database_lock_timeout): a database that stops answering does
+    not hold status up."""
     from sqlalchemy.exc import DBAPIError
 
     from berth.metadata.database import Database
     from berth.metadata.presence import live_processes_sync
     from berth.metadata.revisions import revision_sync
-    from berth.services.install import served_at, served_url
+    from berth.services.install import served_url, where_served
 
-    async def read() -> tuple[str | None, str | None, str | None, list[ServingProcess]]:
+    async def read() -> tuple[ServedAt | None, str | None, str | None, list[ServingProcess]]:
         db = Database.for_settings(settings)
         try:
             try:
-                served, url = await served_at(db), await served_url(db)
-            except DBAPIError:  # a schema older than the table (a server not yet upgraded)
+                served, url = await where_served(db), await served_url(db)
+            except DBAPIError:  # a schema older than the tables (a server not yet upgraded)
                 served = url = None
             async with db.read() as conn:
                 revision = await conn.run_sync(revision_sync)
