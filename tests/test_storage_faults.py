@@ -319,6 +319,47 @@ def test_readyz_is_not_ready_while_the_blob_mount_is_gone(tmp_path: Path) -> Non
         server.stop()
 
 
+def test_an_unmounted_blob_directory_takes_no_upload_until_it_is_mounted_again(
+    tmp_path: Path,
+) -> None:
+    """The blob directory a mount point, with an `_uploads` under it from before it was
+    first mounted: once it is unmounted, the node answers not ready and stores no upload
+    there (its files would be hidden once the disk is mounted again); mounted again, it is
+    ready and takes pushes."""
+    data_dir, disk = tmp_path / "data", tmp_path / "disk"
+    blobs = data_dir / "blobs"
+    (blobs / "_uploads").mkdir(parents=True)  # made before the disk was mounted there
+    disk.mkdir()
+    made = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(disk)])
+    if made.returncode != 0:
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    server = BerthServer(data_dir)
+    try:
+        subprocess.run(["mount", "--bind", str(disk), str(blobs)], check=True)
+        server.start()
+        repo = new_repo(server)
+        readyz = f"{server.url}/readyz"
+        assert httpx.get(readyz).status_code == 200
+        subprocess.run(["umount", "-l", str(blobs)], check=True)
+        assert until(lambda: httpx.get(readyz).status_code == 503, STORE_CACHE_SECONDS + 5)
+        started = repo.client.post(repo.url("blobs/uploads/"))
+        if started.status_code == 202:
+            sent = repo.client.patch(started.headers["Location"], content=b"some bytes")
+            assert sent.status_code >= 400, sent.text
+        assert [p.name for p in (blobs / "_uploads").iterdir()] == []
+
+        subprocess.run(["mount", "--bind", str(disk), str(blobs)], check=True)
+        assert until(lambda: httpx.get(readyz).status_code == 200, STORE_CACHE_SECONDS + 5)
+        pushed_image(server)
+    finally:
+        server.stop()
+        for mounted in (blobs, disk):
+            while (
+                subprocess.run(["umount", "-l", str(mounted)], capture_output=True).returncode == 0
+            ):
+                pass  # each mount made on it
+
+
 def test_storage_check_removes_scratch_files_no_upload_names(repo: Repo) -> None:
     uploads = repo.server.data_dir / "blobs" / "_uploads"
     hour_ago = time.time() - 7200

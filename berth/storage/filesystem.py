@@ -122,11 +122,14 @@ class FilesystemBlobStore(BlobStore):
         self._commit_leftovers: frozenset[str] = frozenset()
         # The blob directory as opened (device, inode): `_uploads` is made again only in it.
         self._opened_root: tuple[int, int] | None = None
+        # A mount point as opened: no longer one, its filesystem is gone (see `_unmounted`).
+        self._opened_mounted = False
         if self._makes_directories:
             root.parent.mkdir(parents=True, exist_ok=True)
             _make_directory(root)
             _make_directory(self.uploads)
             self._opened_root = _identity(root)
+            self._opened_mounted = os.path.ismount(root)
 
     def _blob_path(self, digest: str) -> Path:
         parsed = parse_digest(digest)  # validated, so never a path traversal
@@ -144,11 +147,22 @@ class FilesystemBlobStore(BlobStore):
         """The upload area is there and reachable, made again if it was removed from the blob
         directory the store opened: a node unready for want of it would get no new upload to
         make it (a balancer sends it none), and would stay out until a restart."""
+        self._refuse_if_unmounted()
         try:
             os.stat(self.uploads)
         except FileNotFoundError:
             if not self._remake_uploads_directory():  # a blob mount gone: not ready
                 raise
+
+    def _refuse_if_unmounted(self) -> None:
+        """The blob directory was a mount point when the store opened and is none now: its
+        filesystem is gone, and what lies under it (an `_uploads` made before it was first
+        mounted) must take no upload, whose files would be hidden once it is mounted again. A
+        remount (an NFS one has a new device number) is a mount point again: served on."""
+        if self._opened_mounted and not os.path.ismount(self.root):
+            raise FileNotFoundError(
+                errno.ENOENT, "the blob directory is no longer mounted", str(self.root)
+            )
 
     async def check_writable(self) -> None:
         """A file created in the upload area and linked into the blob directory, as a commit
@@ -196,6 +210,8 @@ class FilesystemBlobStore(BlobStore):
             # Created only at the start: a scratch file removed since (an abandoned upload
             # swept by garbage collection) must not come back as zeros up to `offset`.
             flags = os.O_WRONLY | (os.O_CREAT if offset == 0 else 0)
+            if offset == 0:
+                self._refuse_if_unmounted()
             try:
                 fd = os.open(path, flags, FILE_MODE)
             except FileNotFoundError:
