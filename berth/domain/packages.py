@@ -57,13 +57,16 @@ class Package:
     ecosystem: str | None  # the OSV ecosystem its advisories name; None: unknown release
     path: str  # the file in the image that lists it
     source: str | None = None  # the source package OS advisories name (deb, apk)
+    source_version: str | None = None  # its version, where dpkg records one apart (deb)
 
     def installed(self) -> InstalledPackage | None:
         """What vulnerability matching looks up, or None when the ecosystem is unknown."""
         if self.ecosystem is None:
             return None
         sources = (self.source,) if self.source and self.source != self.name else ()
-        return InstalledPackage(self.ecosystem, self.name, self.version, sources)
+        return InstalledPackage(
+            self.ecosystem, self.name, self.version, sources, self.source_version
+        )
 
 
 def parse_os_release(content: bytes) -> OsRelease:
@@ -112,15 +115,17 @@ def parse_dpkg_status(content: bytes, path: str, os: OsRelease | None) -> Iterat
         status = stanza.get("Status", "install ok installed").split()
         if not name or not version or "installed" not in status[-1:]:
             continue
-        # "Source: zlib" or "Source: glibc (2.36-9)" when the source's version differs.
+        # "Source: zlib" or "Source: lvm2 (2.03.16-2)" when the source's version differs
+        # (dmsetup 2:1.02.185-2, a rebuild's 1.07.1-3+b1): records compare the latter.
         source_field = stanza.get("Source", "")
         match = re.match(r"^(\S+)(?:\s+\((\S+)\))?", source_field)
         source = match.group(1) if match else name
+        source_version = match.group(2) if match else None
         qualifiers = {"arch": stanza["Architecture"]} if stanza.get("Architecture") else {}
         if os is not None:
             qualifiers["distro"] = os.distro
         purl = PackageURL("deb", namespace, name, version, qualifiers or None).to_string()
-        yield Package(purl, "deb", name, version, ecosystem, path, source)
+        yield Package(purl, "deb", name, version, ecosystem, path, source, source_version)
 
 
 def parse_apk_installed(content: bytes, path: str, os: OsRelease | None) -> Iterator[Package]:

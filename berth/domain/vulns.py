@@ -148,12 +148,22 @@ class Finding:
 class InstalledPackage:
     """What matching needs of a package in an image: the OSV ecosystem it belongs to (with
     the distribution release for OS packages), the name the records use (the source package
-    for Debian and Alpine), and the installed version."""
+    for Debian and Alpine), and the installed version. `source_version` is the version of
+    the source package it was built from when dpkg records one apart (`Source: lvm2
+    (2.03.16-2)` for dmsetup 2:1.02.185-2, `Source: bc (1.07.1-3)` for a rebuild 1.07.1-3+b1):
+    Debian's and Ubuntu's records name source packages at source versions, so it is what
+    their ranges are compared with."""
 
     ecosystem: str
     name: str
     version: str
     sources: tuple[str, ...] = field(default=())  # other names records may use
+    source_version: str | None = None
+
+    @property
+    def matched_version(self) -> str:
+        """The version a record's ranges are compared with."""
+        return self.source_version or self.version
 
 
 def base_ecosystem(ecosystem: str) -> str:
@@ -461,7 +471,7 @@ def findings_for(
     for advisory, affected in index.candidates(package):
         if advisory.id in found:
             continue
-        hit, fixed = affected_by(affected, package.version)
+        hit, fixed = affected_by(affected, package.matched_version)
         if hit:
             found[advisory.id] = Finding(
                 advisory_id=advisory.id,

@@ -15,7 +15,9 @@ from typing import Any
 
 import pytest
 
+from berth.domain.packages import parse_dpkg_status, parse_os_release
 from berth.domain.vulns import (
+    Advisory,
     Affected,
     Event,
     InstalledPackage,
@@ -30,6 +32,7 @@ from berth.domain.vulns import (
 )
 
 RECORDS = Path(__file__).parents[2] / "fixtures" / "osv"
+DPKG = "var/lib/dpkg/status"
 
 
 def record(name: str) -> dict[str, Any]:
@@ -254,3 +257,48 @@ def test_record_ecosystems_are_matched_as_images_label_their_packages(
     recorded: str, image: str
 ) -> None:
     assert match_ecosystem(recorded) == image
+
+
+# Two entries of Debian 12's dpkg status as installed (this machine's, `apt-get install dmsetup
+# bc`): dmsetup is built from lvm2 at another version, with an epoch of its own; bc is a
+# rebuild (binNMU) of its source's upload.
+DEBIAN_12_STATUS = b"""\
+Package: dmsetup
+Status: install ok installed
+Architecture: amd64
+Source: lvm2 (2.03.16-2)
+Version: 2:1.02.185-2
+
+Package: bc
+Status: install ok installed
+Architecture: amd64
+Source: bc (1.07.1-3)
+Version: 1.07.1-3+b1
+"""
+
+
+def _source_range(name: str, fixed: str) -> Advisory:
+    """A Debian 12 range on a source package (an example range, not a published record)."""
+    events = (Event("introduced", "0"), Event("fixed", fixed))
+    affected = Affected("Debian:12", name, (Range("ECOSYSTEM", events),))
+    return Advisory(id=f"EXAMPLE-{name}", modified=dt.datetime(2024, 1, 1, tzinfo=dt.UTC),
+                    affected=(affected,))  # fmt: skip
+
+
+def test_debian_packages_are_matched_at_their_source_s_version() -> None:
+    """Debian's records name the source package at its versions: dmsetup 2:1.02.185-2 is
+    lvm2 2.03.16-2, older than a fix in 2.03.16-3, though its own version, with its epoch,
+    sorts after it; bc 1.07.1-3+b1 is bc 1.07.1-3, a fix in it already."""
+    os = parse_os_release(b'ID=debian\nVERSION_ID="12"\n')
+    dmsetup, bc = (p.installed() for p in parse_dpkg_status(DEBIAN_12_STATUS, DPKG, os))
+    assert dmsetup is not None and bc is not None
+
+    [finding] = findings_for(dmsetup, [_source_range("lvm2", "2.03.16-3")])
+    assert (finding.package, finding.installed, finding.fixed) == (
+        "dmsetup",
+        "2:1.02.185-2",
+        "2.03.16-3",
+    )
+    assert findings_for(dmsetup, [_source_range("lvm2", "2.03.16-2")]) == []
+    assert findings_for(bc, [_source_range("bc", "1.07.1-3")]) == []
+    assert [f.fixed for f in findings_for(bc, [_source_range("bc", "1.07.1-4")])] == ["1.07.1-4"]
