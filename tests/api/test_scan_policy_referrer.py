@@ -15,7 +15,9 @@ from typing import Any
 
 import httpx
 import pytest
+from sqlalchemy import select, update
 
+from berth.metadata.tables import manifests, scans
 from berth.services.gc.restrictions import impose_restriction, lift_restriction
 from berth.services.vulndb import VulnDb
 from berth.state import Services
@@ -169,6 +171,38 @@ def test_unscanned_and_failed_images_are_let_through(team: Team, npm_layer: Blob
     failed = scan(team, pull(team, "broken").headers["Docker-Content-Digest"])
     assert failed["state"] == "failed"
     assert pull(team, "broken").status_code == 200
+
+
+def test_a_refused_image_stays_refused_while_it_is_scanned_again(
+    team: Team, npm_layer: Blob
+) -> None:
+    """A rescan (a member's Rescan, the daily rescan of stale results) leaves the previous
+    result standing until the new one replaces it, for the pull policy too: a member, who
+    cannot turn the policy off, could otherwise pull a refused image while its rescan waits
+    for a scan worker or runs."""
+    image = push(team, [npm_layer], "again")
+    scan(team, image.digest)
+    ok(set_policy(team, "high"))
+    assert "has 1 vulnerability finding" in denied_message(pull(team, "again"))
+
+    async def taken_by_a_scanner(s: Services) -> None:
+        # A rescan asked for and claimed by a scan worker of another node, running for
+        # minutes there (what queueing it, then claiming it, write).
+        async with s.db.write() as conn:
+            ours = select(manifests.c.id).where(manifests.c.digest == image.digest)
+            now = s.db.clock()
+            await conn.execute(
+                update(scans)
+                .where(scans.c.manifest_id.in_(ours))
+                .values(state="scanning", started_at=now, alive_at=now)
+            )
+
+    services(team.server, taken_by_a_scanner)
+    shown = ok(team["reader"].get(team.repo_url(f"/images/{image.digest}/scan")))
+    assert (shown["state"], shown["counts"]["high"]) == ("scanning", 1)
+    time.sleep(1.1)  # past the verdict a node keeps a second
+    assert "has 1 vulnerability finding" in denied_message(pull(team, "again"))
+    assert pull(team, image.digest, method="HEAD").status_code == 403
 
 
 def test_an_index_is_refused_when_a_platform_is(team: Team, npm_layer: Blob) -> None:

@@ -3,7 +3,7 @@ a severity (off by default).
 
 What a pull is checked against:
 - the manifest's own finished scan (`done`, stale or not: its findings stand until it is
-  scanned again);
+  scanned again, and while a rescan of it is queued or running);
 - an index: its own scan (the union of its platforms') and its platforms' own scans; the most
   findings any of them has decides. A client pulling one platform by digest meets that
   platform's scan anyway.
@@ -159,7 +159,12 @@ class PullPolicy:
                 manifests.c.repository_id == repo.id,
                 manifests.c.image == image,
                 manifests.c.digest.in_(digests),
-                scans.c.state == "done",
+                # A finished result; while a rescan of it waits or runs, still that result
+                # (its counts stay until the new one replaces them): asking for a rescan
+                # must not open the image to pulls meanwhile. A first scan, and one after a
+                # failure, have none (`finished_at` null).
+                scans.c.state.in_(("done", "queued", "scanning")),
+                scans.c.finished_at.is_not(None),
                 scans.c.vulndb_state > 0,  # 0: made with no data (`no_data`), not a result
             )
         )
