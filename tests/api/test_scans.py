@@ -19,7 +19,15 @@ import pytest
 from berth.services.vulndb import VulnDb
 from berth.state import Services
 from tests.api.conftest import Team, assert_problem, ok, push_layers, services
-from tests.oci import OCI_LAYER_GZIP, Blob, image_config, image_manifest, push_blob, push_manifest
+from tests.oci import (
+    OCI_LAYER_GZIP,
+    Blob,
+    image_config,
+    image_index,
+    image_manifest,
+    push_blob,
+    push_manifest,
+)
 from tests.pasting import data_dir_only
 from tests.servers import BerthServer, server_fixture
 from tests.unit.services.test_scanning_layers import FIXTURES, zeros_layer
@@ -298,3 +306,40 @@ def test_a_finished_scan_sends_its_webhook_event(
     assert len(receiver.received) == 2  # one event per scan, to the endpoint taking the type
     schemas = ok(team["reader"].get("/openapi.json"))["components"]["schemas"]
     assert "ScanOutcome" in schemas
+
+
+def test_a_multi_platform_push_into_an_auto_scan_repository_sends_one_scan_event(
+    team: Team, app_layers: list[Blob], receiver: Receiver
+) -> None:
+    """Clients push an index's platform manifests first, then the index: each queues a scan
+    in an auto-scan repository, but the image is the index, and its `scan.finished` event
+    covers its platforms, as every count and list names images."""
+    services(
+        team.server,
+        lambda s: s.repositories.create(team.project, "multi", scan_mode="auto", actor="test"),
+    )
+    body = {"url": receiver.url, "event_types": ["io.berth.scan.finished"]}
+    ok(team["project-admin"].post(team.url("/webhooks"), json=body), 201)
+    registry, name = team.registry("member"), team.oci_name(repository="multi")
+    platforms = []
+    for architecture in ("amd64", "arm64"):
+        config = image_config(architecture=architecture, author=f"{team.project}/multi")
+        for blob in (config, *app_layers):
+            push_blob(registry, name, blob)
+        platforms.append(image_manifest(config.descriptor(), [b.descriptor() for b in app_layers]))
+    index = image_index(
+        [
+            p.descriptor(platform={"os": "linux", "architecture": architecture})
+            for p, architecture in zip(platforms, ("amd64", "arm64"), strict=True)
+        ]
+    )
+    for platform in platforms:  # as docker, podman and skopeo push them: by digest, then
+        push_manifest(registry, name, platform.digest, platform)
+    push_manifest(registry, name, "v1", index)
+
+    url = team.repo_url(f"/images/{index.digest}/scan", repository="multi")
+    assert findings(wait_done(team["reader"], url)) == EXPECTED
+    [finished] = receiver.wait_for(1, timeout=60)
+    assert finished.event["subject"] == f"multi@{index.digest}"
+    time.sleep(2)  # the platforms' own scans have ended too (the index's waits for them)
+    assert [r.event["subject"] for r in receiver.received] == [f"multi@{index.digest}"]

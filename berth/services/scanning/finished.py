@@ -8,13 +8,13 @@ import logging
 from typing import Any
 from urllib.parse import quote
 
-from sqlalchemy import select
+from sqlalchemy import Exists, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from berth.domain.events import SCAN_FINISHED
 from berth.domain.names import joined_name
 from berth.domain.wording import counted
-from berth.metadata.tables import manifests, projects, repositories, scans
+from berth.metadata.tables import manifest_references, manifests, projects, repositories, scans
 from berth.services.scanning.results import COUNTED, NO_DATA_REASON, ScanFinding
 from berth.services.webhook_events import EventData, ScanOutcome, enqueue_event
 
@@ -35,8 +35,30 @@ def counts_by_severity(findings: list[ScanFinding]) -> dict[str, int]:
     return counts
 
 
+def covered_by_an_index() -> Exists:
+    """For a row of `manifests`: an index of the same repository and image lists it and has
+    a scan of its own (queued, running or finished), whose `scan.finished` event covers it:
+    a platform manifest that a push into an auto-scan repository queued before its index
+    arrived (clients push the platforms first) sends no event of its own."""
+    parent = manifests.alias("parent")
+    parent_scan = scans.alias("parent_scan")
+    return (
+        select(manifest_references.c.digest)
+        .join(parent, parent.c.id == manifest_references.c.manifest_id)
+        .join(parent_scan, parent_scan.c.manifest_id == parent.c.id)
+        .where(
+            manifest_references.c.is_manifest,
+            manifest_references.c.digest == manifests.c.digest,
+            parent.c.repository_id == manifests.c.repository_id,
+            parent.c.image == manifests.c.image,
+        )
+        .exists()
+    )
+
+
 async def scanned_image(conn: AsyncConnection, scan_id: int) -> Any:
-    """The project, repository, image and digest of a scan (None: the image was deleted)."""
+    """The project, repository, image and digest of a scan (None: the image was deleted),
+    and whether an index's scan covers it (`covered`)."""
     return (
         await conn.execute(
             select(
@@ -46,6 +68,7 @@ async def scanned_image(conn: AsyncConnection, scan_id: int) -> Any:
                 manifests.c.image,
                 manifests.c.digest,
                 scans.c.requested_by,
+                covered_by_an_index().label("covered"),
             )
             .select_from(scans)
             .join(manifests, manifests.c.id == scans.c.manifest_id)

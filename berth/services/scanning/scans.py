@@ -589,7 +589,7 @@ class Scans:
                 )
             )
             scanned = await scanned_image(conn, scan_id)
-            if announce and scanned is not None:
+            if announce and scanned is not None and not scanned.covered:
                 await announce_finished(conn, scanned, found, packages, reason, with_data=state > 0)
         log_outcome(scanned, scan_id, found, packages, reason, with_data=state > 0)
         if self.on_finished is not None:
