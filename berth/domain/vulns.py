@@ -347,8 +347,10 @@ def vector_severity(kind: str, vector: str) -> Severity:
 
 
 def record_severity(data: dict[str, Any]) -> Severity:
-    """From the record's CVSS vectors (the newest CVSS version given), else the severity
-    word its database put in `database_specific`."""
+    """From the record's CVSS vectors (the newest CVSS version given), else the priority
+    Ubuntu's records give as a `severity` of type `Ubuntu` (a word: negligible, low, medium,
+    high, critical; many of them carry no vector), else the severity word its database put
+    in `database_specific`."""
     vectors: dict[str, str] = {
         str(s.get("type")): s["score"]
         for s in _list(data.get("severity"), "severity")
@@ -359,6 +361,9 @@ def record_severity(data: dict[str, Any]) -> Severity:
             rated = vector_severity(kind, vectors[kind])
             if rated is not Severity.UNKNOWN:
                 return rated
+    worded = SEVERITY_WORDS.get(vectors.get("Ubuntu", "").strip().lower())
+    if worded is not None:
+        return worded
     own = data.get("database_specific")
     if isinstance(own, dict) and isinstance(own.get("severity"), str):
         return SEVERITY_WORDS.get(own["severity"].lower(), Severity.UNKNOWN)

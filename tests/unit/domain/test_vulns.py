@@ -160,6 +160,19 @@ def test_the_databases_own_severity_word_counts_without_a_vector() -> None:
     assert parse_advisory(data).severity is Severity.HIGH
 
 
+@pytest.mark.parametrize(
+    ("priority", "severity"),
+    [("high", Severity.HIGH), ("negligible", Severity.LOW), ("untriaged", Severity.UNKNOWN)],
+)
+def test_ubuntu_s_priority_counts_without_a_vector(priority: str, severity: Severity) -> None:
+    """The OSV schema's `Ubuntu` severity type: the Ubuntu security team's priority, a word,
+    which Ubuntu's records give where they have no CVSS vector."""
+    data = record("GO-2020-0001")  # no vector, no database severity word of its own
+    data["severity"] = [{"type": "Ubuntu", "score": priority}]
+
+    assert parse_advisory(data).severity is severity
+
+
 def test_a_withdrawn_record_finds_nothing() -> None:
     data = record("GHSA-3fx5-fwvr-xrjg")
     data["withdrawn"] = data["modified"]
