@@ -144,6 +144,44 @@ def test_a_node_whose_user_may_not_migrate_the_schema_is_refused_naming_the_fix(
     assert_serves(tmp_path / "owner", url)
 
 
+def test_a_node_whose_user_may_not_use_the_tables_is_refused_naming_their_owner(
+    postgres: PostgresCluster | None, tmp_path: Path
+) -> None:
+    """A node (or an admin verb) given another role than the one that made the tables (its
+    own PostgreSQL user, say) is told whose they are, not shown a traceback that systemd
+    restarts."""
+    if postgres is None:
+        pytest.skip("PostgreSQL not installed")
+    url = postgres.create_database()
+    database = make_url(url).database
+    assert database is not None
+    owner = BerthServer(tmp_path / "first", url)  # the first node makes the tables
+    try:
+        owner.start()
+    finally:
+        owner.stop()
+    role = f"berth_{os.getpid()}_node2"
+    postgres.sql(f"CREATE ROLE {role} LOGIN")
+    postgres.sql(f"GRANT CONNECT ON DATABASE {database} TO {role}")
+    node2_url = url.replace("postgres@", f"{role}@", 1)
+    env = unstarted_environ(tmp_path, {"BERTH_DATABASE_URL": node2_url})
+
+    served = " ".join(serve_refused(env).split())
+    assert f"the user {role} may not use Berth's tables in the database {database}" in served
+    assert "permission denied for table alembic_version" in served
+    assert "Berth uses its tables as their owner, the user postgres" in served
+    assert f"GRANT postgres TO {role}" in served
+    verb = subprocess.run(
+        [*BERTH, "project", "list"], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert verb.returncode == 2 and "Traceback" not in verb.stderr, verb.stderr
+    assert f"the user {role} may not use Berth's tables" in " ".join(verb.stderr.split())
+    status = subprocess.run(
+        [*BERTH, "status"], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert f"GRANT postgres TO {role}" in " ".join(status.stderr.split()), status.stderr
+
+
 def assert_serves(data_dir: Path, database_url: str) -> None:
     """A node on `database_url` starts, and its admin verbs work."""
     node = BerthServer(data_dir, database_url)

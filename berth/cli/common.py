@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import getpass
 import json
 import socket
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar
@@ -173,7 +174,8 @@ def run_service(work: Callable[[Services], Awaitable[T]], *, uses_store: bool = 
 
     settings = existing_settings()
     try:
-        require_current(settings.resolved_database_url)
+        with _privileges_said(settings):
+            require_current(settings.resolved_database_url)
     except NewerSchema as exc:
         fail(f"{shown_database(settings)}: {exc}")
     except OlderSchema as exc:
@@ -204,7 +206,7 @@ def run_service(work: Callable[[Services], Awaitable[T]], *, uses_store: bool = 
 
     try:
         # A verb says each failure of the store it meets (below, or as a failed GC run).
-        with failures_said_by_caller():
+        with failures_said_by_caller(), _privileges_said(settings):
             return asyncio.run(main())
     except _UnusableStore as exc:
         fail(f"the blob store cannot be used: {exc}", BAD_SETTING)
@@ -217,6 +219,22 @@ def run_service(work: Callable[[Services], Awaitable[T]], *, uses_store: bool = 
             str(exc),
             _exit_code(exc),
         )
+
+
+@contextlib.contextmanager
+def _privileges_said(settings: Settings) -> Iterator[None]:
+    """A database user that may not use Berth's tables: said with their owner (exit 2)."""
+    from sqlalchemy.exc import DBAPIError
+
+    try:
+        yield
+    except DBAPIError as exc:
+        # Here: the refusal's module loads Alembic, which a verb's start otherwise does not.
+        from berth.table_privileges import lacks_privilege, no_privilege
+
+        if not lacks_privilege(exc):
+            raise
+        fail(no_privilege(settings, exc), BAD_SETTING)
 
 
 def _exit_code(refusal: RegistryError) -> int:

@@ -60,10 +60,13 @@ def serve(
     }
     settings = settings_or_exit(**flags)
     # Imported once the settings are good: a bad one is named without loading the server.
+    from sqlalchemy.exc import DBAPIError
+
     from berth.config_loading import SettingsError
     from berth.data_location import DatabaseLost, DiskFull
     from berth.server import serve as run_server
     from berth.services.start_up import GAVE_UP_WAITING, GaveUpWaiting
+    from berth.table_privileges import lacks_privilege, no_privilege
 
     given = {name for name, value in flags.items() if value is not None}
     if Options.data_dir is not None:
@@ -72,6 +75,10 @@ def serve(
         run_server(settings, given)
     except SettingsError as exc:
         fail(str(exc), BAD_SETTING)
+    except DBAPIError as exc:
+        if not lacks_privilege(exc):
+            raise
+        fail(no_privilege(settings, exc), BAD_SETTING)
     except GaveUpWaiting as exc:
         fail(str(exc), GAVE_UP_WAITING)
     except DatabaseLost as exc:  # an outage, as one waited for: restarted by systemd
@@ -315,6 +322,11 @@ def _why_unread(settings: Settings, exc: Exception) -> str:
     if isinstance(exc, DBAPIError) and getattr(exc.orig, "sqlstate", None) == LOCK_NOT_AVAILABLE:
         seconds = settings.database_lock_timeout or LOCK_WAIT_SECONDS
         return f"what it reads stayed locked longer than {seconds:g} s (database_lock_timeout)"
+    if isinstance(exc, DBAPIError):
+        from berth.table_privileges import lacks_privilege, no_privilege
+
+        if lacks_privilege(exc):
+            return no_privilege(settings, exc)
     if isinstance(exc, RegistryError):
         return exc.message
     return str(exc).splitlines()[0] or type(exc).__name__
