@@ -23,6 +23,9 @@ COMPONENT_RE = re.compile(COMPONENT_PATTERN)
 TAG_RE = re.compile(TAG_PATTERN)
 # Hostnames are not part of a repository name; 255 is what docker allows for the whole reference.
 MAX_NAME_LENGTH = 255
+# An upload's id, as every Berth makes it (uuid4's hex): in its Location and in the store's
+# keys of its scratch (`{s3_prefix}uploads/{id}/`).
+UPLOAD_ID_RE = re.compile(r"[0-9a-f]{32}")
 
 
 # A project is the first label of its host, `{project}.{region}.{domain}`: RFC 1123 label rules,

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 from cachetools import LRUCache
 
 from berth.domain.digests import parse_digest
+from berth.domain.names import UPLOAD_ID_RE
 from berth.storage.base import BlobDamaged, BlobStore, BlobWriter, StoredCopy, UploadWriter
 from berth.storage.blob_cache import BlobCache, FillFeed
 from berth.storage.s3_errors import ObjectStoreError, PreconditionFailed
@@ -250,7 +251,10 @@ class S3BlobStore(S3Objects, BlobStore):
         found: dict[str, float] = {}
         async for entry in self.list_objects(prefix):
             upload_id = entry["Key"][len(prefix) :].partition("/")[0]
-            if upload_id.isalnum():
+            # Only the ids Berth makes: another install sharing the bucket may have its
+            # s3_prefix inside this one's uploads area (`uploads/teamb`), and what is listed
+            # here, no upload naming it, is removed as scratch a crash left.
+            if UPLOAD_ID_RE.fullmatch(upload_id):
                 modified = entry["LastModified"].timestamp()
                 found[upload_id] = max(found.get(upload_id, modified), modified)
         return list(found.items())

@@ -441,6 +441,24 @@ async def test_blobs_sit_under_the_prefix_by_algorithm_and_hex(
     ]
 
 
+async def test_an_install_sharing_the_bucket_under_its_uploads_area_is_not_taken_for_uploads(
+    object_store: S3TestServer,
+) -> None:
+    """Two installs in one bucket, one's s3_prefix inside the other's uploads area (`P` and
+    `P/uploads/teamb`): the first lists only its own uploads, so neither its storage check nor
+    its hourly abandoned-uploads job removes the second's blobs as scratch no upload names."""
+    outer = S3BlobStore(object_store.location())
+    inner = S3BlobStore(object_store.location(f"{outer.location.prefix}/uploads/teamb"))
+    try:
+        digest = await put(inner, b"the other install's layer")
+        scratch = await write_upload(outer, b"an upload of this install")
+        assert [found for found, _ in await outer.list_uploads()] == [scratch.id]
+        assert [found async for found in inner.iter_digests()] == [digest]
+    finally:
+        await outer.close()
+        await inner.close()
+
+
 async def test_a_damaged_blob_is_kept_aside(
     s3_store: S3BlobStore, object_store: S3TestServer
 ) -> None:

@@ -11,12 +11,12 @@ from pydantic import Field
 from sqlalchemy import delete, func, select
 
 from berth.domain.errors import BlobUploadUnknown, Unavailable
-from berth.domain.names import joined_name
+from berth.domain.names import UPLOAD_ID_RE, joined_name
 from berth.metadata.audit import write_audit_entry
 from berth.metadata.lookups import require_project, require_user
 from berth.metadata.tables import repositories, uploads, users
 from berth.services.records import Record
-from berth.services.uploads.upload import UPLOAD_ID_RE, CancelNote, Upload, UploadPart
+from berth.services.uploads.upload import CancelNote, Upload, UploadPart
 
 STORE_QUESTIONS = 16  # asked at once about the uploads listed (bytes_stored)
 

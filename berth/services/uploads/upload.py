@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import errno
-import re
 import weakref
 from dataclasses import dataclass
 from typing import Any
@@ -15,6 +14,7 @@ from cachetools import LRUCache
 from sqlalchemy import delete, select
 
 from berth.domain.errors import BlobUploadUnknown, Unavailable
+from berth.domain.names import UPLOAD_ID_RE
 from berth.domain.references import RepositoryRef
 from berth.metadata.audit import write_audit_entry
 from berth.metadata.database import Database
@@ -22,7 +22,6 @@ from berth.metadata.tables import uploads
 from berth.storage.base import BlobStore
 
 MAX_HASH_STATES = 4096
-UPLOAD_ID_RE = re.compile(r"[0-9a-f]{32}")
 
 
 @dataclass(frozen=True, slots=True)
