@@ -217,12 +217,23 @@ class S3BlobStore(S3Objects, BlobStore):
             for area in ("blobs/", "uploads/"):
                 async for page in paginator.paginate(Bucket=bucket, Prefix=self._prefix + area):
                     for entry in page.get("Uploads", []):
-                        if entry["Initiated"].timestamp() < started_before:
+                        if entry["Initiated"].timestamp() < started_before and self._ours(
+                            entry["Key"]
+                        ):
                             stale.append((entry["Key"], entry["UploadId"]))
         for key, multipart_id in stale:
             with self.errors(key), contextlib.suppress(FileNotFoundError):
                 await s3.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=multipart_id)
         return len(stale)
+
+    def _ours(self, key: str) -> bool:
+        """Whether `key` is named as this install names its blobs and uploads: not one of
+        another install sharing the bucket with its s3_prefix inside this one's areas."""
+        area, _, rest = key[len(self._prefix) :].partition("/")
+        first = rest.partition("/")[0]
+        if area == "uploads":
+            return UPLOAD_ID_RE.fullmatch(first) is not None
+        return area == "blobs" and first in ("sha256", "sha512")
 
     async def delete_upload(self, upload_id: str) -> None:
         prefix = self._upload_prefix(upload_id)

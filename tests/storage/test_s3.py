@@ -454,6 +454,16 @@ async def test_an_install_sharing_the_bucket_under_its_uploads_area_is_not_taken
         scratch = await write_upload(outer, b"an upload of this install")
         assert [found for found, _ in await outer.list_uploads()] == [scratch.id]
         assert [found async for found in inner.iter_digests()] == [digest]
+        # A commit the other install has in progress is not taken for one a dead node of
+        # this install left: only this install's own unfinished commit is aborted.
+        client = object_store.client()
+        theirs = f"{inner.location.prefix}/blobs/sha256/ab/{'ab' * 32}"
+        ours = f"{outer.location.prefix}/blobs/sha256/cd/{'cd' * 32}"
+        for key in (theirs, ours):
+            client.create_multipart_upload(Bucket=BUCKET, Key=key)
+        assert await outer.abort_unfinished_commits(time.time() + 60) == 1
+        left = client.list_multipart_uploads(Bucket=BUCKET, Prefix=outer.location.prefix)
+        assert [entry["Key"] for entry in left.get("Uploads", [])] == [theirs]
     finally:
         await outer.close()
         await inner.close()
