@@ -25,6 +25,7 @@ from berth.domain.events import (
     TAG_RESTORED,
 )
 from berth.domain.manifests import (
+    INDEX_TYPES,
     MAX_MANIFEST_BYTES,
     ParsedManifest,
     check_pushed_types,
@@ -105,12 +106,49 @@ _MANIFEST_BY_TAG = (
 )
 
 
+# How many images past its limit a repository may hold for a moment while a multi-platform
+# image arrives: its platform manifests come by digest before the index that makes them one
+# image (`skopeo copy --all`, `podman manifest push`, `ctr push`, buildx), and until then
+# each counts as an image of its own. Such a push sends its index within this many seconds of
+# its platform manifests.
+PLATFORM_ALLOWANCE = 100
+PLATFORM_WINDOW_SECONDS = 3600
+
+
 async def count_images(conn: Any, repository_id: int) -> int:
     """Images in a repository: top-level manifests (an index's children are not counted)."""
     count = await conn.execute(
         select(func.count())
         .select_from(manifests)
         .where(manifests.c.repository_id == repository_id, is_image())
+    )
+    return int(count.scalar() or 0)
+
+
+async def count_loose_manifests(db: Database, conn: Any, repository_id: int) -> int:
+    """Images that may still become the platform manifests of an index yet to come: image
+    manifests pushed within PLATFORM_WINDOW_SECONDS with no tag, no subject and no index
+    listing them."""
+    tagged = (
+        select(tags.c.name)
+        .where(
+            tags.c.repository_id == manifests.c.repository_id,
+            tags.c.image == manifests.c.image,
+            tags.c.digest == manifests.c.digest,
+        )
+        .exists()
+    )
+    count = await conn.execute(
+        select(func.count())
+        .select_from(manifests)
+        .where(
+            manifests.c.repository_id == repository_id,
+            manifests.c.pushed_at >= db.clock(-PLATFORM_WINDOW_SECONDS),
+            manifests.c.subject_digest.is_(None),
+            manifests.c.media_type.not_in(INDEX_TYPES),
+            is_image(),
+            ~tagged,
+        )
     )
     return int(count.scalar() or 0)
 
@@ -248,7 +286,8 @@ class ManifestContent:
                 manifest_id = await self._insert_manifest(
                     conn, repo, image, digest, body, parsed, held_foreign
                 )
-                await self._check_image_limit(conn, repo)
+                platform = tag is None and not parsed.is_index and parsed.subject is None
+                await self._check_image_limit(conn, repo, platform)
                 if parsed.subject is None:  # referrers (signatures, SBOMs) are not images
                     await conn.execute(queue_on_push(manifest_id, repo.id, actor))
                 await write_image_event(conn, repo, image, None, "push", None, digest, actor)
@@ -275,8 +314,14 @@ class ManifestContent:
                 select(repositories.c.id).where(repositories.c.id == repo.id).with_for_update()
             )
 
-    async def _check_image_limit(self, conn: Any, repo: RepositoryRef) -> None:
-        """After inserting a manifest: refuse (rolling it back) past the repository's limit."""
+    async def _check_image_limit(self, conn: Any, repo: RepositoryRef, platform: bool) -> None:
+        """After inserting a manifest: refuse (rolling it back) past the repository's limit.
+
+        `platform`: an image manifest pushed by digest alone, as a multi-platform push sends
+        its platform manifests before their index. It is refused only when the repository
+        has no room left for the image the index will make of them (its images but the
+        loose manifests of the last hour fill the limit), or past the limit by
+        PLATFORM_ALLOWANCE; the index (or tag) that follows is held to the limit itself."""
         limit = self.max_images
         total = (
             await conn.execute(
@@ -287,12 +332,20 @@ class ManifestContent:
         ).scalar()
         if total <= limit:
             return  # images never outnumber manifests: no need for the exact count
-        if await count_images(conn, repo.id) > limit:
-            raise ImageLimitReached(
-                f"repository {repo.project}/{repo.name} has reached its limit of {limit:,} images "
-                "(max_images_per_repository); delete images or run garbage collection first",
-                limit,
-            )
+        images = await count_images(conn, repo.id)
+        if images <= limit:
+            return
+        if (
+            platform
+            and images <= limit + PLATFORM_ALLOWANCE
+            and images - await count_loose_manifests(self.db, conn, repo.id) < limit
+        ):
+            return
+        raise ImageLimitReached(
+            f"repository {repo.project}/{repo.name} has reached its limit of {limit:,} images "
+            "(max_images_per_repository); delete images or run garbage collection first",
+            limit,
+        )
 
     async def _insert_manifest(
         self,

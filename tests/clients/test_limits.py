@@ -10,14 +10,14 @@ from dataclasses import replace
 
 import httpx
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, update
 
-from berth.metadata.tables import projects, repositories
+from berth.metadata.tables import manifests, projects, repositories
 from berth.state import Services
 from tests.clients.commands import Skopeo
-from tests.clients.layouts import TestImage
+from tests.clients.layouts import OciLayout, TestImage, image_index, umoci_image
 from tests.clients.registry import ImageRef, Registry
-from tests.clients.tools import CommandFailed
+from tests.clients.tools import CommandFailed, require_binary
 from tests.oci import OCI_CONFIG, OCI_LAYER, OCI_MANIFEST, Blob, digest_of, push_bytes
 from tests.retention_seed import seed
 from tests.servers import running_server
@@ -47,19 +47,25 @@ def distinct_manifests(client: httpx.Client, name: str, count: int) -> list[byte
     ]
 
 
-def put_all(registry: Registry, name: str, bodies: list[bytes], workers: int = 8) -> None:
-    def put(chunk: list[bytes]) -> None:
+def put_all(
+    registry: Registry, name: str, bodies: list[bytes], workers: int = 8, tagged: bool = False
+) -> None:
+    """PUT every manifest by its digest or, `tagged`, each under a tag of its own (`t<n>`)."""
+
+    def put(chunk: list[tuple[int, bytes]]) -> None:
         with registry.http() as client:
-            for body in chunk:
+            for n, body in chunk:
+                reference = f"t{n}" if tagged else digest_of(body)
                 response = client.put(
-                    f"/v2/{name}/manifests/{digest_of(body)}",
+                    f"/v2/{name}/manifests/{reference}",
                     content=body,
                     headers={"Content-Type": OCI_MANIFEST},
                 )
                 assert response.status_code == 201, response.text
 
+    numbered = list(enumerate(bodies))
     with ThreadPoolExecutor(workers) as pool:
-        list(pool.map(put, [bodies[i::workers] for i in range(workers)]))
+        list(pool.map(put, [numbered[i::workers] for i in range(workers)]))
 
 
 def seed_images(registry: Registry, ref: ImageRef, count: int) -> None:
@@ -138,6 +144,81 @@ def berth_with_limit(request: pytest.FixtureRequest, registry: Registry) -> Iter
         )
 
 
+@pytest.fixture(scope="module")
+def two_platform_image(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """An OCI layout whose tag `multi` is an index over a linux/amd64 and a linux/arm64 image
+    (`skopeo copy --all` pushes both platform manifests by digest, then the index by tag)."""
+    require_binary("umoci")
+    layout_dir = tmp_path_factory.mktemp("limit-multi") / "layout"
+    images = [
+        umoci_image(layout_dir, arch, {"arch.txt": f"{arch} {uuid.uuid4()}\n".encode()}, arch)
+        for arch in ("amd64", "arm64")
+    ]
+    image_index(OciLayout(layout_dir), "multi", images)
+    return f"oci:{layout_dir}:multi"
+
+
+def images_held(registry: Registry, ref: ImageRef) -> int:
+    repository = ref.name.split("/")[1]
+    with registry.http() as client:
+        shown = client.get(f"/api/v1/projects/{registry.project}/repositories/{repository}")
+        shown.raise_for_status()
+    return int(shown.json()["images"])
+
+
+def test_a_multi_platform_image_that_fits_under_the_limit_is_accepted(
+    skopeo: Skopeo, two_platform_image: str, berth_with_limit: Registry
+) -> None:
+    """An index and its platform manifests are one image: with one image of the two allowed,
+    the platform manifests pushed ahead of their index do not count as two more."""
+    ref = berth_with_limit.new_image("multi")
+    with berth_with_limit.http() as client:
+        put_all(berth_with_limit, ref.name, distinct_manifests(client, ref.name, 1), 1, True)
+
+    skopeo.at(berth_with_limit).copy(two_platform_image, f"docker://{ref}", "--all")
+
+    assert images_held(berth_with_limit, ref) == 2
+
+
+def test_a_multi_platform_image_past_the_limit_is_refused_and_nothing_kept(
+    skopeo: Skopeo, two_platform_image: str, berth_with_limit: Registry
+) -> None:
+    ref = berth_with_limit.new_image("multifull")
+    with berth_with_limit.http() as client:
+        put_all(berth_with_limit, ref.name, distinct_manifests(client, ref.name, 2), 1, True)
+
+    with pytest.raises(CommandFailed, match="limit of 2 images"):
+        skopeo.at(berth_with_limit).copy(two_platform_image, f"docker://{ref}", "--all")
+
+    assert images_held(berth_with_limit, ref) == 2
+
+
+def test_untagged_images_older_than_an_hour_leave_no_room_for_platform_manifests(
+    skopeo: Skopeo, two_platform_image: str, berth_with_limit: Registry
+) -> None:
+    """Untagged images pushed by digest within the hour may be the platform manifests of an
+    index still to come; older ones are images like any other."""
+    ref = berth_with_limit.new_image("multiold")
+    with berth_with_limit.http() as client:
+        put_all(berth_with_limit, ref.name, distinct_manifests(client, ref.name, 2), workers=1)
+    *_, repository, image = ref.name.split("/")
+
+    async def age(services: Services) -> None:
+        async with services.db.write() as conn:
+            held = select(repositories.c.id).where(repositories.c.name == repository)
+            await conn.execute(
+                update(manifests)
+                .where(manifests.c.repository_id.in_(held), manifests.c.image == image)
+                .values(pushed_at=services.db.clock(-3601))
+            )
+
+    berth_with_limit.server._services(age)
+
+    with pytest.raises(CommandFailed, match="limit of 2 images"):
+        skopeo.at(berth_with_limit).copy(two_platform_image, f"docker://{ref}", "--all")
+    assert images_held(berth_with_limit, ref) == 2
+
+
 def test_a_fixed_tag_refuses_another_image_and_accepts_the_same_one(
     skopeo: Skopeo, registry: Registry, test_image: TestImage
 ) -> None:
@@ -172,7 +253,7 @@ def test_a_signature_is_not_an_image_under_the_limit(berth_with_limit: Registry)
     ref = berth_with_limit.new_image("signed")
     with berth_with_limit.http() as client:
         first, second, third = distinct_manifests(client, ref.name, 3)
-        put_all(berth_with_limit, ref.name, [first, second], workers=1)
+        put_all(berth_with_limit, ref.name, [first, second], workers=1, tagged=True)
         config = Blob(b"{}", "application/vnd.oci.empty.v1+json")
         push_bytes(client, ref.name, config.data)
         subject = {"mediaType": OCI_MANIFEST, "digest": digest_of(first), "size": len(first)}
