@@ -28,6 +28,8 @@ from berth.auth.guard import (
     require_authenticated,
 )
 from berth.domain.errors import (
+    BlobUnknown,
+    Denied,
     DigestInvalid,
     ManifestUnknown,
     PaginationNumberInvalid,
@@ -198,7 +200,14 @@ def _held(request: Request, digest: str) -> bool:
 async def get_blob(
     request: Request,
 ) -> Response | BlobFileResponse | BlobHeadResponse | BlobStreamResponse | NotModifiedResponse:
-    services, _name, repo = await _target(request, NEEDS_PULL)
+    try:
+        services, _name, repo = await _target(request, NEEDS_PULL)
+    except Denied as refused:
+        # A HEAD has no body for the reason (skopeo and podman, asking before a push, printed
+        # "403 (Forbidden)"): unknown to this caller, and the upload that follows says why.
+        if request.method != "HEAD":
+            raise
+        raise BlobUnknown(f"unknown to this caller: {refused.message}") from None
     digest = request.path_params["digest"]
     size = await services.registry.blob_size(repo, digest)
     if _held(request, digest):

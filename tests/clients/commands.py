@@ -104,7 +104,12 @@ class Skopeo:
         return replace(self, registry=registry)
 
     def copy(
-        self, source: str, destination: str, *flags: str | Path, arch: str | None = None
+        self,
+        source: str,
+        destination: str,
+        *flags: str | Path,
+        arch: str | None = None,
+        check: bool = True,
     ) -> Result:
         """`skopeo copy`, with the registry flags on whichever side is `docker://`.
 
@@ -116,7 +121,7 @@ class Skopeo:
         if destination.startswith("docker://"):
             sides += remote_flags(self.registry, "dest-")
         platform = ["--override-arch", arch] if arch else []
-        return self(*platform, "copy", *sides, *flags, source, destination)
+        return self(*platform, "copy", *sides, *flags, source, destination, check=check)
 
     def remote(self, verb: str, *args: str | Path) -> Result:
         """A verb that reads or changes the registry: inspect, list-tags, delete."""
@@ -155,9 +160,9 @@ class Podman:
     def at(self, registry: Registry) -> Podman:
         return replace(self, registry=registry)
 
-    def remote(self, verb: str, *args: str | Path) -> Result:
+    def remote(self, verb: str, *args: str | Path, check: bool = True) -> Result:
         """push, pull: trusting the test CA, with the access key if any."""
-        return self(verb, *remote_flags(self.registry), *args)
+        return self(verb, *remote_flags(self.registry), *args, check=check)
 
 
 @dataclass(frozen=True)
