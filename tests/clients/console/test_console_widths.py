@@ -14,10 +14,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 from playwright.sync_api import Locator, Page, ViewportSize, expect
 
 from berth.services.vulndb import VulnDb
 from berth.state import Services
+from tests.api.conftest import push_image
 from tests.clients.console.conftest import (
     PASSWORD,
     Tenant,
@@ -194,4 +196,61 @@ def test_every_view_fits_every_width(
                 page.keyboard.press("Escape")
                 expect(dialog).to_be_hidden()
                 expect(page).not_to_have_url(re.compile("findings="))  # the console's own step
+    assert not cut, "\n".join(cut)
+
+
+# What is on the screen past its right edge, or cut off inside a box that scrolls sideways (a
+# card of a table, a text box aside): `name: px`, for every element of the page's content.
+PAST_THE_EDGE = """() => {
+  const screen = document.documentElement.clientWidth;
+  const found = [];
+  for (const e of document.querySelectorAll("main *")) {
+    if (!e.getClientRects().length || e.closest(".tabs, .sr-only") || e.matches("input")) continue;
+    const name = `${e.tagName.toLowerCase()} "${e.textContent.trim().slice(0, 24)}"`;
+    const past = Math.ceil(e.getBoundingClientRect().right - screen);
+    if (past > 0) found.push(`${name} ends ${past} px past the screen`);
+    const hidden = e.scrollWidth - e.clientWidth;
+    if (hidden > 1 && getComputedStyle(e).overflowX !== "visible") found.push(`${name} hides ${hidden} px`);
+  }
+  return found;
+}"""
+
+
+def test_the_longest_names_wrap_at_every_width(
+    page: Page, tenant_factory: Callable[[str], Tenant]
+) -> None:
+    """A repository's name of 128 characters, an image's and a tag's long ones, have no space
+    to wrap at: the heading, the breadcrumbs, the sentences and each card that names them
+    wrap them where they must, at a phone's width as at a laptop's, rather than widen the page
+    or cut them off behind a sideways scroll."""
+    tenant = tenant_factory("admin")
+    repository = ("longname" * 16)[:128]
+    image = "nested-" + "x" * 60
+    tag = "release-" + "0123456789" * 12
+    tenant.create_repository(repository, description="word " * 15 + "longwordlongword")
+    key = tenant.server.access_key(tenant.project)
+    with httpx.Client(base_url=tenant.server.url, auth=key, timeout=30) as registry:
+        push_image(registry, f"{tenant.project}/{repository}/{image}", tag)
+    here = f"/projects/{tenant.project}/repositories"
+    sign_in(page, tenant)
+    cut: list[str] = []
+    for width in (360, 768, 1280):
+        page.set_viewport_size({"width": width, "height": 860})
+        for path, shown in (
+            ("", page.get_by_role("table", name="Repositories")),
+            (f"/{repository}/images", page.get_by_role("table", name="Images")),
+            (f"/{repository}/tags", page.get_by_role("table", name="Tags")),
+            (f"/{repository}/permissions", page.get_by_text("Nobody outside the project")),
+        ):
+            page.goto(f"{tenant.console}#{here}{path}")
+            expect(shown).to_be_visible()
+            page.evaluate(DRAWN)
+            where = f"{path.rsplit('/', 1)[-1] or 'repositories'} at {width} px"
+            if (sideways := page.evaluate(SIDEWAYS)) > 0:
+                cut.append(f"{where}: the page scrolls {sideways} px sideways")
+            cut.extend(f"{where}: {problem}" for problem in page.evaluate(PAST_THE_EDGE))
+        if width == 360:
+            page.goto(f"{tenant.console}#{here}/{repository}/images")
+            expect(page.get_by_role("table", name="Images")).to_contain_text(tag)
+            screenshot(page, "width-360-longest-names")
     assert not cut, "\n".join(cut)
