@@ -250,10 +250,11 @@ def read_layer(
     changes = LayerChanges(budget=budget, lower_go=lower_go)
     entries = 0
     inflated = 0
+    member: tarfile.TarInfo | None = None
     try:
         inflated_stream = io.BufferedReader(Inflated(stream), INFLATED_BUFFER)
         with tarfile.open(fileobj=inflated_stream, mode="r:", tarinfo=_BoundedTarInfo) as tar:
-            while (member := tar.next()) is not None:
+            while (member := _next_entry(tar, inflated_stream, member)) is not None:
                 tar.members.clear()  # type: ignore[attr-defined]  # else it keeps every header
                 entries += 1
                 inflated += max(member.size, 0)
@@ -271,6 +272,23 @@ def read_layer(
         raise LayerRefused(f"not a readable tar layer: {exc}") from None
     changes.inflated = inflated
     return changes
+
+
+def _next_entry(
+    tar: tarfile.TarFile, stream: IO[bytes], last: tarfile.TarInfo | None
+) -> tarfile.TarInfo | None:
+    """The layer's next entry after `last`, None at its end. A layer may end right after its
+    last entry's data, without the padding to a whole block and the two empty blocks that
+    close a tar (umoci writes its layers so): docker, containerd and podman read such a layer
+    (Go's tar reader takes the end of the stream there as the archive's), and so does the
+    scanner. Data cut short is still refused."""
+    try:
+        return tar.next()
+    except tarfile.ReadError:
+        whole = last is not None and stream.tell() >= last.offset_data + last.size
+        if whole and stream.read(1) == b"":
+            return None
+        raise
 
 
 def inflation_bound(compressed_size: int, most: int = MAX_LAYER_BYTES) -> int:

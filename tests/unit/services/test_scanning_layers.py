@@ -476,6 +476,35 @@ def test_a_damaged_compressed_layer_is_refused_saying_so(damage: str) -> None:
         read_layer(io.BytesIO(blob))
 
 
+@pytest.mark.parametrize("tail", [0, 3])
+def test_a_layer_that_ends_after_its_last_file_is_read(tail: int) -> None:
+    """umoci's layers end right after the last file's data: no padding to a whole block (or
+    part of it, `tail` bytes), no two empty blocks closing the archive. Runtimes read them
+    (Go's tar reader takes the stream's end there as the archive's); so does the scanner."""
+    _, stanza = deb_entries(PACKAGES / "zlib1g_1.2.13.dfsg-1_amd64.deb")
+    entries = [
+        file_entry("etc/os-release", b"ID=debian\nVERSION_ID=12\n"),
+        file_entry(DPKG, stanza),
+    ]
+    tar_bytes = gzip.decompress(layer(entries))
+    end = len(stanza) + tar_bytes.rindex(stanza)
+    assert (end + tail) % tarfile.BLOCKSIZE  # the layer stops inside a block
+
+    changes = read_layer(io.BytesIO(gzip.compress(tar_bytes[: end + tail])))
+
+    assert sorted(changes.files) == ["etc/os-release", DPKG]
+    assert changes.files[DPKG][1] == stanza
+
+
+def test_a_layer_whose_last_file_is_cut_short_is_refused() -> None:
+    entries = [file_entry("etc/os-release", b"ID=debian\n"), file_entry(DPKG, b"Package: a\n" * 40)]
+    tar_bytes = gzip.decompress(layer(entries))
+    end = tar_bytes.rindex(b"Package: a\n") + len(b"Package: a\n")
+
+    with pytest.raises(LayerRefused, match=r"^not a readable tar layer: "):
+        read_layer(io.BytesIO(gzip.compress(tar_bytes[: end - 5])))
+
+
 def test_a_layer_the_scanner_cannot_read_says_why(tmp_path: Path) -> None:
     async def run() -> None:
         store = FilesystemBlobStore(tmp_path / "b")
