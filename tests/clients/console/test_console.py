@@ -462,7 +462,7 @@ def test_the_traffic_chart_shows_the_bytes_pulled(
     storage_marks = page.get_by_test_id("storage-chart").locator(".mark")
     expect(storage_marks.last).to_have_attribute("data-value", str(collected["bytes"]))
     expect(page.get_by_text("may differ slightly from the actual billed usage")).to_be_visible()
-    expect(page.get_by_text("approximately 30 minutes")).to_be_visible()
+    expect(page.get_by_text("it takes up to 30 minutes for actual usage")).to_be_visible()
     chart = page.get_by_test_id("traffic-chart")
     today = chart.locator(".mark").last
     for _ in range(20):  # counters are written every 0.3 s here

@@ -158,6 +158,14 @@ export function plural(n, word, many = word + "s") {
   return `${number(n)} ${n === 1 ? word : many}`;
 }
 
+/** A setting's interval in seconds as said: `30 minutes`, `1 hour`, `90 seconds`. */
+export function every(seconds) {
+  if (seconds === 0) return "0 seconds";
+  if (seconds % 3600 === 0) return plural(seconds / 3600, "hour");
+  if (seconds % 60 === 0) return plural(seconds / 60, "minute");
+  return plural(seconds, "second");
+}
+
 // ------------------------------------------------------------------ feedback
 
 export function toast(message, kind = "info") {

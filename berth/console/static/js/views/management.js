@@ -1,5 +1,5 @@
 import { api, query, seg } from "../api.js";
-import { badge, bytes, clear, duration, emptyState, errorBox, h, leftPastLastPage, number, openDialog, pager, plural, table, tableWrap, timeElement, toast } from "../ui.js";
+import { badge, bytes, clear, duration, emptyState, errorBox, every, h, leftPastLastPage, number, openDialog, pager, plural, table, tableWrap, timeElement, toast } from "../ui.js";
 
 const PHRASE = "data deletion";
 const PHASES = {
@@ -155,13 +155,6 @@ function summaryTable(ctx, summary, lastRun, { startGc, collect }) {
       ),
     ),
   );
-}
-
-function every(seconds) {
-  if (seconds === 0) return "0 seconds";
-  if (seconds % 3600 === 0) return plural(seconds / 3600, "hour");
-  if (seconds % 60 === 0) return plural(seconds / 60, "minute");
-  return plural(seconds, "second");
 }
 
 function gcDialog(project, base, graceSeconds) {

@@ -1,6 +1,6 @@
 import { api, query, seg } from "../api.js";
 import { barChart, lineChart } from "../charts.js";
-import { bytes, clear, datetime, emptyState, h, number, plural, table, timeElement } from "../ui.js";
+import { bytes, clear, datetime, emptyState, every, h, number, plural, table, timeElement } from "../ui.js";
 
 const STORAGE_DAYS = 30;
 
@@ -11,6 +11,8 @@ export async function monitoringView(main, ctx) {
   document.title = `Monitoring · ${project.name} · Berth`;
   const trafficBox = h("div", { class: "loading" }, "Loading outbound traffic…");
   const storageBox = h("div", { class: "loading" }, "Loading storage usage…");
+  // How long a change takes to show is the server's storage_collect_interval, said once read.
+  const storageNote = h("li", { "data-testid": "storage-note" }, "For storage usage, actual usage is collected and reflected periodically.");
   clear(
     main,
     h("div", { class: "page-head" }, h("div", {}, h("h1", {}, "Monitoring"), h("p", { class: "muted" }, "Outbound traffic and storage usage of this project's registry."))),
@@ -22,7 +24,7 @@ export async function monitoringView(main, ctx) {
         "ul",
         {},
         h("li", {}, "Outbound traffic is charged by the registry's outbound traffic price; the usage shown here may differ slightly from the actual billed usage."),
-        h("li", {}, "For storage usage, it takes approximately 30 minutes for actual usage to be collected and reflected."),
+        storageNote,
       ),
     ),
     h("h2", {}, "Outbound traffic"),
@@ -36,6 +38,7 @@ export async function monitoringView(main, ctx) {
   ]);
   if (ctx.stale()) return;
   clear(trafficBox, trafficSection(ctx, traffic, repository));
+  clear(storageNote, `For storage usage, it takes up to ${every(storage.collect_interval_seconds)} for actual usage to be collected and reflected (Collect now, under Management, measures it at once).`);
   clear(storageBox, storageSection(storage));
 }
 
@@ -118,14 +121,14 @@ function trafficSection(ctx, traffic, repository) {
 
 function storageSection(storage) {
   if (!storage.samples.length) {
-    return emptyState("No storage usage collected yet", h("p", {}, `It is collected every ${Math.round(storage.collect_interval_seconds / 60)} minutes, or now from Management.`));
+    return emptyState("No storage usage collected yet", h("p", {}, `It is collected every ${every(storage.collect_interval_seconds)}, or now from Management.`));
   }
   const points = storage.samples.map((s) => ({
     label: datetime(s.collected_at).slice(5, 10),
     value: s.bytes,
     title: `${datetime(s.collected_at)}: ${bytes(s.bytes)}, ${plural(s.images, "image")}, ${plural(s.blobs, "blob")}`,
   }));
-  const every = Math.max(1, Math.ceil(points.length / 10));
+  const labelEvery = Math.max(1, Math.ceil(points.length / 10));
   return h(
     "div",
     { class: "panel" },
@@ -136,6 +139,6 @@ function storageSection(storage) {
       h("div", {}, h("dt", {}, "Images"), h("dd", {}, number(storage.last.images))),
       h("div", {}, h("dt", {}, "Collected"), h("dd", {}, timeElement(storage.collected_at))),
     ),
-    lineChart(points, { label: `Storage used over the past ${STORAGE_DAYS} days`, format: bytes, every, testid: "storage-chart" }),
+    lineChart(points, { label: `Storage used over the past ${STORAGE_DAYS} days`, format: bytes, every: labelEvery, testid: "storage-chart" }),
   );
 }
