@@ -536,10 +536,22 @@ def test_tags_that_cannot_be_overwritten_offer_no_delete(page: Page, tenant: Ten
         blob = layer({"file": b"fixed"})
         config = image_config(diff_ids=[diff_id(blob)])
         push_blobs(v2, name, [blob, config])
-        push_manifest(v2, name, "v1", image_manifest(config.descriptor(), [blob.descriptor()]))
+        tagged = image_manifest(config.descriptor(), [blob.descriptor()])
+        push_manifest(v2, name, "v1", tagged)
+        untagged = push_image(v2, name, None)
 
     sign_in(page, tenant)
     page.get_by_role("link", name="fixed", exact=True).click()
+    # The images tab offers no delete of a tagged image either (the server refuses it: its
+    # tag would go with it), only of the untagged one.
+    images = page.get_by_role("table", name="Images")
+    delete_tagged = images.get_by_role("button", name=f"Delete {tagged.digest[:19]}", exact=True)
+    expect(delete_tagged).to_be_disabled()
+    expect(delete_tagged).to_have_attribute("title", re.compile("Tag overwrite is disabled"))
+    images.get_by_role("button", name=f"Delete {untagged.digest[:19]}", exact=True).click()
+    page.get_by_role("dialog", name="Delete image").get_by_role("button", name="Delete").click()
+    expect(page.get_by_text("Image deleted")).to_be_visible()
+    expect(images.get_by_role("row")).to_have_count(2)  # the header and the tagged image
     page.get_by_role("tab", name="Tags").click()
     delete = (
         page.get_by_role("table", name="Tags")

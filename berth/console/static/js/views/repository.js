@@ -123,9 +123,7 @@ async function imagesTab(ctx) {
           "span",
           { class: "actions" },
           copyButton(`docker pull ${imageName(project, repo.name, i.image)}@${i.digest}`, `Copy pull command of ${imageLabel(i)}`, "Copy pull"),
-          project.can_manage
-            ? h("button", { type: "button", class: "small danger-text", "aria-label": `Delete ${imageLabel(i)}`, onclick: (e) => deleteImage(ctx, i, e.currentTarget) }, "Delete")
-            : null,
+          project.can_manage ? deleteImageButton(ctx, i) : null,
         ),
     },
   ].filter(Boolean);
@@ -211,6 +209,16 @@ function referrers(image) {
       ),
     ),
   );
+}
+
+/** With tag overwrite disabled an image's tags always name it: the server refuses to delete
+ * a tagged image, so the button says why instead of offering it (an untagged one goes). */
+function deleteImageButton(ctx, image) {
+  const name = `Delete ${imageLabel(image)}`;
+  if (ctx.repo.tag_overwrite === false && image.tags.length) {
+    return h("button", { type: "button", class: "small", disabled: true, "aria-label": name, title: "Tag overwrite is disabled in this repository's settings: an image with tags cannot be deleted." }, "Delete");
+  }
+  return h("button", { type: "button", class: "small danger-text", "aria-label": name, onclick: (e) => deleteImage(ctx, image, e.currentTarget) }, "Delete");
 }
 
 async function deleteImage(ctx, image, button) {
