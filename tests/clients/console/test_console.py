@@ -1374,6 +1374,27 @@ def test_a_single_platform_image_shows_its_platform_and_times_their_zone(
     expect(pushed).to_have_text(TIME_SHOWN)
 
 
+def test_a_size_that_rounds_to_a_megabyte_reads_as_one(page: Page, tenant: Tenant) -> None:
+    """Sizes have three significant digits as rounded: an image of 999,6xx bytes is 1.00 MB
+    (it read "1000 kB"), one of 99,9xx bytes 100 kB (it read "100.0 kB")."""
+    tenant.create_repository("sizes")
+    key = tenant.server.access_key(tenant.project)
+    with httpx.Client(base_url=tenant.server.url, auth=key, timeout=30) as v2:
+        push_image(v2, f"{tenant.project}/sizes", "mb", layer_size=999_200)
+        push_image(v2, f"{tenant.project}/sizes", "kb", layer_size=99_520)
+    with tenant.api() as admin:
+        listed = admin.get(f"/projects/{tenant.project}/repositories/sizes/images").json()
+    sizes = {image["tags"][0]: image["size"] for image in listed["items"]}
+    assert 999_500 <= sizes["mb"] < 1_000_000 and 99_950 <= sizes["kb"] < 100_000, sizes
+
+    sign_in(page, tenant)
+    page.get_by_role("link", name="sizes", exact=True).click()
+    images = page.get_by_role("table", name="Images")
+    for tag, shown in (("mb", "1.00 MB"), ("kb", "100 kB")):
+        row = images.locator("tbody tr").filter(has=page.locator(".badge.tag", has_text=tag))
+        expect(row.locator('td[data-label="Size"]')).to_have_text(shown)
+
+
 def test_a_description_of_emoji_counts_as_the_server_counts_it(page: Page, tenant: Tenant) -> None:
     # 60 characters the server accepts (at most 100), 120 UTF-16 units in the browser.
     emoji = "\N{WHALE}" * 60

@@ -54,8 +54,16 @@ export function bytes(n) {
     value /= 1000;
     unit += 1;
   }
-  const digits = unit === 0 || value >= 100 ? 0 : value >= 10 ? 1 : 2;
-  return `${value.toFixed(digits)} ${UNITS[unit]}`;
+  // Three significant digits of the value as rounded: 999,999 B is 1.00 MB (not 1000 kB), and
+  // 99,999 B 100 kB (not 100.0 kB).
+  const digitsOf = (v) => (unit === 0 || Math.abs(v) >= 100 ? 0 : Math.abs(v) >= 10 ? 1 : 2);
+  let rounded = Number(value.toFixed(digitsOf(value)));
+  if (Math.abs(rounded) >= 1000 && unit < UNITS.length - 1) {
+    value /= 1000;
+    unit += 1;
+    rounded = Number(value.toFixed(digitsOf(value)));
+  }
+  return `${value.toFixed(digitsOf(rounded))} ${UNITS[unit]}`;
 }
 
 export function number(n) {
