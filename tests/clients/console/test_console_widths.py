@@ -17,6 +17,7 @@ from pathlib import Path
 import httpx
 from playwright.sync_api import Locator, Page, ViewportSize, expect
 
+from berth.domain.names import MAX_USER_NAME_LENGTH
 from berth.services.vulndb import VulnDb
 from berth.state import Services
 from tests.api.conftest import push_image
@@ -216,14 +217,17 @@ PAST_THE_EDGE = """() => {
 }"""
 
 
-def test_the_longest_names_wrap_at_every_width(
-    page: Page, tenant_factory: Callable[[str], Tenant]
-) -> None:
-    """A repository's name of 128 characters, an image's and a tag's long ones, have no space
-    to wrap at: the heading, the breadcrumbs, the sentences and each card that names them
-    wrap them where they must, at a phone's width as at a laptop's, rather than widen the page
-    or cut them off behind a sideways scroll."""
-    tenant = tenant_factory("admin")
+def test_the_longest_names_wrap_at_every_width(page: Page, console_server: BerthServer) -> None:
+    """A repository's name of 128 characters, an image's and a tag's long ones, a user's of
+    64, have no space to wrap at: the header, the heading, the breadcrumbs, the sentences and
+    each card that names them wrap them where they must, at a phone's width as at a laptop's,
+    rather than widen the page or cut them off behind a sideways scroll."""
+    suffix = uuid.uuid4().hex[:8]
+    user = (f"admin-{suffix}-" + "longname" * 8)[:MAX_USER_NAME_LENGTH]
+    tenant = Tenant(console_server, f"long{suffix}", user, "admin")
+    console_server.create_project(tenant.project)
+    console_server.create_user(tenant.user, PASSWORD)
+    console_server.add_member(tenant.project, tenant.user, "admin")
     repository = ("longname" * 16)[:128]
     image = "nested-" + "x" * 60
     tag = "release-" + "0123456789" * 12
