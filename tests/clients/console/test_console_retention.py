@@ -78,6 +78,30 @@ def test_a_rule_value_that_is_no_number_is_told_once(page: Page, tenant: Tenant)
         assert admin.get(f"/projects/{tenant.project}/retention").json()["rules"] == []
 
 
+def test_a_rule_value_past_its_bound_is_told_by_its_rule(page: Page, tenant: Tenant) -> None:
+    """The API refuses a count over 100000 and days over 36500 naming a field path
+    ("rules.0.count: Input should be less than or equal to 100000"); the dialog says which
+    rule, in its own words, as it does for a value that is no number."""
+    sign_in(page, tenant)
+    open_project_page(page, tenant, "Policies")
+    page.get_by_role("button", name="Edit rules").click()
+    dialog = page.get_by_role("dialog", name="Retention rules")
+    dialog.get_by_role("button", name="Add rule").click()
+    dialog.get_by_label("Value").fill("200000")
+    dialog.get_by_role("button", name="Add rule").click()
+    second = dialog.locator(".rule-row").nth(1)
+    second.get_by_role("combobox", name="Rule").select_option("pushed_within")
+    second.get_by_label("Value").fill("40000")
+    dialog.get_by_role("button", name="Save").click()
+    expect(dialog.get_by_role("alert")).to_have_text(
+        "rule 1: the number of images is at most 100000, not '200000'; "
+        "rule 2: the number of days is at most 36500, not '40000'"
+    )
+    expect(dialog).not_to_contain_text("rules.0")
+    with tenant.api() as admin:
+        assert admin.get(f"/projects/{tenant.project}/retention").json()["rules"] == []
+
+
 def test_each_remove_button_names_the_rule_it_removes(page: Page, tenant: Tenant) -> None:
     rules = [
         {"keep": "pushed_within", "days": 30, "repositories": "ci"},

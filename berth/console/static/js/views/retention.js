@@ -5,6 +5,10 @@ import { api, query, seg } from "../api.js";
 import { badge, clear, confirmDialog, emptyState, errorBox, field, focusAfterRedraw, h, leftPastLastPage, number, openDialog, pager, plural, shortDigest, table, timeElement, toast } from "../ui.js";
 
 // What each kind of rule keeps, and the value it needs.
+// The largest values a rule takes (berth/domain/retention.py Rule.check).
+const MAX_COUNT = 100000;
+const MAX_DAYS = 36500;
+
 const KINDS = {
   last: { label: "Keep the N most recently pushed images (per repository)", value: "count", unit: "images" },
   pushed_within: { label: "Keep images pushed within D days", value: "days", unit: "days" },
@@ -190,7 +194,12 @@ function ruleRow(rule, onRemove, addButton) {
     const spec = KINDS[kind.value];
     const raw = value.value.trim();
     const whole = spec.value === "count";
-    if (spec.value === "pattern" || (whole ? /^\d+$/ : /^\d+(?:\.\d+)?$/).test(raw)) return null;
+    if (spec.value === "pattern") return null;
+    if ((whole ? /^\d+$/ : /^\d+(?:\.\d+)?$/).test(raw)) {
+      // Past the API's bound its own answer names a field path (rules.0.count), not the rule.
+      const most = whole ? MAX_COUNT : MAX_DAYS;
+      return Number(raw) > most ? `the number of ${spec.unit} is at most ${most}, not '${raw}'` : null;
+    }
     if (!raw) return `enter the number of ${spec.unit}`;
     return `the number of ${spec.unit} is ${whole ? "a whole number" : "a number"}, not '${raw}'`;
   };
