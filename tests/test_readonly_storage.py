@@ -1,6 +1,7 @@
 """A disk that turns read-only under a running registry: the blob store's (an operator's
 `mount -o remount,ro`, a read-only export), or the whole data directory's (ext4 remounting
-itself read-only after an I/O error, errors=remount-ro). Writes are refused in a line, reads
+itself read-only after an I/O error, errors=remount-ro); and blob directories that refuse the
+server's writes (an owner or mode changed under it). Writes are refused in a line, reads
 served, and the node takes writes again once the disk is writable, without a restart."""
 
 from __future__ import annotations
@@ -28,6 +29,10 @@ READ_ONLY_STORE_UPLOAD_KEPT = (
     "the request again once it is writable"
 )
 READ_ONLY_DATABASE = "the database's disk is read-only; nothing was stored"
+REFUSED_STORE = (
+    "the registry's storage refuses its writes (permission denied): the upload was discarded "
+    "and nothing was stored; push again once the operator has made it writable"
+)
 
 
 def remount(directory: Path, mode: str) -> None:
@@ -106,6 +111,67 @@ def test_a_read_only_blob_disk_refuses_pushes_in_a_line_and_recovers_without_a_r
     said = log.read_text()
     assert "Traceback" not in said, said
     noted = [line for line in said.splitlines() if "blob store's disk is read-only" in line]
+    assert len(noted) == 1 and "[WARNING]" in noted[0], noted
+    assert any("the blob store takes writes again" in line for line in said.splitlines())
+
+
+def immutable(directory: Path, on: bool) -> None:
+    """Mark `directory` immutable (chattr +i) or not: no entry is made or removed in it, by
+    root too, as a directory the server's user may not write refuses it (the tests run as
+    root, whom modes do not stop)."""
+    flag = "+i" if on else "-i"
+    made = subprocess.run(["chattr", flag, str(directory)], capture_output=True, text=True)
+    if made.returncode != 0:
+        pytest.skip(f"chattr {flag}: {made.stderr.strip()}")
+
+
+def test_blob_directories_refusing_the_servers_writes_refuse_pushes_in_a_line(
+    tmp_path: Path,
+) -> None:
+    """An operator's chown, chmod or chattr under a running node: a push is refused in the OCI
+    format (it was a plain-text 500 and a traceback), pulls are served, and pushes work again
+    once the directories take writes, without a restart."""
+    log = tmp_path / "server.log"
+    server = BerthServer(tmp_path / "data", log_file=log)
+    blobs = server.data_dir / "blobs"
+    refusing = [blobs / "_uploads", blobs / "sha256"]
+    try:
+        repo, layer, digest, body = pushed_image(server.start())
+        begun = repo.client.post(repo.url("blobs/uploads/")).headers["Location"]
+        # New bytes whose digest needs a directory not made yet under sha256/.
+        while (blobs / "sha256" / digest_of(data := os.urandom(MIB))[7:9]).exists():
+            pass
+        patched = repo.client.patch(begun, content=data)
+        assert patched.status_code == 202, patched.text
+        for directory in refusing:
+            immutable(directory, True)
+
+        refused = [
+            repo.client.post(repo.url("blobs/uploads/"), params={"digest": digest_of(data)},
+                             content=data),  # monolithic
+            repo.client.post(repo.url("blobs/uploads/")),  # a chunked push's start
+            repo.client.put(patched.headers["Location"], params={"digest": digest_of(data)}),
+        ]  # fmt: skip
+        for response in refused:
+            assert response.status_code == 507, response.text
+            assert error_code(response) == "STORAGE_PERMISSION_DENIED", response.text
+            assert response.json()["errors"][0]["message"] == REFUSED_STORE
+        assert repo.client.head(repo.url(f"blobs/{digest_of(data)}")).status_code == 404
+        pulled = repo.client.get(repo.url(f"blobs/{digest}"))
+        assert (pulled.status_code, pulled.content == layer) == (200, True)
+        assert repo.client.get(repo.url("manifests/v1"), headers=ACCEPT).content == body
+
+        for directory in refusing:
+            immutable(directory, False)
+        assert push_bytes(repo.client, repo.name, data) == digest_of(data)
+        assert repo.client.get(repo.url(f"blobs/{digest_of(data)}")).content == data
+    finally:
+        for directory in refusing:
+            subprocess.run(["chattr", "-i", str(directory)], check=False)
+        server.stop()
+    said = log.read_text()
+    assert "Traceback" not in said, said
+    noted = [line for line in said.splitlines() if "refuses the server's writes" in line]
     assert len(noted) == 1 and "[WARNING]" in noted[0], noted
     assert any("the blob store takes writes again" in line for line in said.splitlines())
 

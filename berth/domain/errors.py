@@ -239,6 +239,13 @@ class StorageReadOnly(StorageRefused):
     code = "STORAGE_READ_ONLY"
 
 
+class StoragePermissionDenied(StorageRefused):
+    """The blob store's directories refuse the server's writes (EACCES, EPERM: an owner or
+    mode changed under it, a directory marked immutable): nothing was stored."""
+
+    code = "STORAGE_PERMISSION_DENIED"
+
+
 class Unavailable(RegistryError):
     """A transient condition (the database is locked by another writer): try again soon."""
 

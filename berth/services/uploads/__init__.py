@@ -44,7 +44,8 @@ class Uploads(UploadStarts, UploadCommits, OpenUploads):
         self.max_open = max_open  # uploads in progress per project
         self.expiry = expiry  # upload_expiry: shown as each open upload's expires_at
         self._hashes = HashStates()
-        self._read_only_said = False  # the log said the store is read-only (until a write)
+        # The log said the store refuses writes (read-only, or permission denied), until a write.
+        self._read_only_said = False
         # Each upload's lock lives while a request holds or awaits it: none is left behind
         # by uploads abandoned, failed or finished on another node.
         self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()

@@ -8,7 +8,13 @@ import errno
 import logging
 from collections.abc import AsyncIterator
 
-from berth.domain.errors import BlobUploadUnknown, StorageFull, StorageReadOnly, StorageRefused
+from berth.domain.errors import (
+    BlobUploadUnknown,
+    StorageFull,
+    StoragePermissionDenied,
+    StorageReadOnly,
+    StorageRefused,
+)
 from berth.services.uploads.upload import UploadPart
 
 logger = logging.getLogger("berth.uploads")
@@ -16,7 +22,8 @@ logger = logging.getLogger("berth.uploads")
 
 def _storage_refusal(exc: OSError, *, upload_kept: bool) -> StorageRefused | None:
     """What the client hears of a store that cannot take writes until an operator acts (no
-    space left, or a disk turned read-only), or None for any other failure. `upload_kept`: the
+    space left, a disk turned read-only, directories that refuse the server's user), or None
+    for any other failure. `upload_kept`: the
     refusal leaves the upload as it was, to be gone on with."""
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
         return StorageFull(
@@ -34,7 +41,29 @@ def _storage_refusal(exc: OSError, *, upload_kept: bool) -> StorageRefused | Non
             else "the registry's storage is read-only: the upload was discarded and nothing "
             "was stored; push again once it is writable"
         )
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        return StoragePermissionDenied(
+            "the registry's storage refuses its writes (permission denied): nothing was "
+            "stored and the upload is kept; send the request again once the operator has "
+            "made it writable"
+            if upload_kept
+            else "the registry's storage refuses its writes (permission denied): the upload "
+            "was discarded and nothing was stored; push again once the operator has made it "
+            "writable"
+        )
     return None
+
+
+# What the log says, once per process until the store takes writes again, of a store that
+# refuses every push alike.
+_REFUSING_STORE = {
+    StorageReadOnly: "the blob store's disk is read-only (%s): pushes are refused (507 "
+    "STORAGE_READ_ONLY) and pulls served until it is writable again",
+    StoragePermissionDenied: "the blob store refuses the server's writes (%s): pushes are "
+    "refused (507 STORAGE_PERMISSION_DENIED) and pulls served until the user the server runs "
+    "as may write there again (check the owner, mode and attributes of the blob directory "
+    "and the directories under it)",
+}
 
 
 def _data_lost(upload_id: str) -> BlobUploadUnknown:
@@ -59,16 +88,14 @@ class StorageFaults(UploadPart):
         return _data_lost(upload_id)
 
     def _refusal_of(self, exc: OSError, *, upload_kept: bool) -> StorageRefused | None:
-        """What the client hears of a full or read-only disk (None: another failure); a
-        read-only one said in the log once, since every push fails alike."""
+        """What the client hears of a full or read-only disk, or of directories refusing the
+        server's writes (None: another failure); the last two said in the log once, since
+        every push fails alike."""
         refusal = _storage_refusal(exc, upload_kept=upload_kept)
-        if isinstance(refusal, StorageReadOnly) and not self._read_only_said:
+        said = None if refusal is None else _REFUSING_STORE.get(type(refusal))
+        if said is not None and not self._read_only_said:
             self._read_only_said = True
-            logger.warning(
-                "the blob store's disk is read-only (%s): pushes are refused (507 "
-                "STORAGE_READ_ONLY) and pulls served until it is writable again",
-                exc,
-            )
+            logger.warning(said, exc)
         return refusal
 
     @contextlib.asynccontextmanager

@@ -121,6 +121,7 @@ class UploadPart:
             await self.store.delete_upload(upload_id)
         except Unavailable:
             pass
-        except OSError as exc:  # a read-only disk: removed once it is writable again
-            if exc.errno != errno.EROFS:
+        except OSError as exc:  # a read-only disk, or a directory refusing the server's
+            # user: the abandoned-uploads job removes it once the store takes writes again
+            if exc.errno not in (errno.EROFS, errno.EACCES, errno.EPERM):
                 raise
