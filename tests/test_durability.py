@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import threading
 import time
@@ -12,7 +13,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.oci import digest_of, error_code, put_manifest, random_image
+from berth.metadata.tables import blobs
+from berth.state import Services
+from tests.oci import digest_of, error_code, push_bytes, put_manifest, random_image
 from tests.servers import BACKENDS, BerthServer, running_server
 
 
@@ -123,3 +126,46 @@ def test_sigkill_between_pushes_keeps_every_acknowledged_manifest(restartable: B
             assert client.get(f"/v2/crash/repo/manifests/{tag}").content == body
         missing = client.get("/v2/crash/repo/manifests/zzz")
         assert error_code(missing) == "MANIFEST_UNKNOWN"
+
+
+def test_a_push_killed_between_recording_its_blob_and_storing_it_leaves_the_check_healthy(
+    restartable: BerthServer,
+) -> None:
+    """A push holds its blob's row before it stores the object and links it: killed in
+    between (the store's commit of a large upload takes seconds on S3), it leaves a row no
+    repository links and no object. No pull needs it and garbage collection deletes the row;
+    `berth storage check` reported it missing (exit 1) after every such crash. A blob a
+    repository links and the store lost is still reported."""
+    with client_for(restartable, 60) as client:
+        body = random_image(client, "crash/repo")
+        assert put_manifest(client, "crash/repo", "kept", body).status_code == 201
+        lost = os.urandom(4096)
+        push_bytes(client, "crash/repo", lost)
+    restartable.kill()
+    unstored = os.urandom(8 * 1024 * 1024)
+
+    async def held_by_a_killed_push(services: Services) -> None:
+        async with services.db.write() as conn:
+            await conn.execute(
+                blobs.insert().values(
+                    digest=digest_of(unstored),
+                    size=len(unstored),
+                    created_at=services.db.clock(),
+                    token=os.urandom(16).hex(),
+                )
+            )
+
+    restartable._services(held_by_a_killed_push)
+    restartable.start()
+    checked = restartable.cli("storage", "check", "--json", check=False)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert json.loads(checked.stdout)["missing"] == []
+    with client_for(restartable, 60) as client:
+        # The client's retry stores it, and the check then hashes it.
+        assert push_bytes(client, "crash/repo", unstored) == digest_of(unstored)
+        assert client.get(f"/v2/crash/repo/blobs/{digest_of(unstored)}").content == unstored
+        hexdigest = digest_of(lost).split(":")[1]
+        (restartable.data_dir / "blobs" / "sha256" / hexdigest[:2] / hexdigest).unlink()
+    checked = restartable.cli("storage", "check", "--json", check=False)
+    assert checked.returncode == 1
+    assert json.loads(checked.stdout)["missing"] == [digest_of(lost)]

@@ -174,7 +174,8 @@ class StorageCheck:
     async def _check(self, report: CheckReport, digest: str, size: int) -> None:
         stored = await self.store.stored_copy(digest)  # the copy about to be read
         if stored is None:
-            report.missing.append(digest)
+            if await self._needed(digest):
+                report.missing.append(digest)
             return
         report.blobs_checked += 1
         report.bytes_checked += stored.size
@@ -182,6 +183,23 @@ class StorageCheck:
             # Only the copy read: a push of the blob during a long read put a good one there.
             await self.store.quarantine(digest, stored.version)
             report.damaged.append(digest)
+
+    async def _needed(self, digest: str) -> bool:
+        """Whether a blob found missing is missed: a repository links it (so a pull may need
+        it), and the store still lacks it once that is known. A row no repository links names
+        no object anyone needs: a push holds its row before it stores the object and links it
+        (one killed in between leaves the row, which garbage collection deletes), and a
+        removal holds one while its object goes; neither is a blob lost."""
+        async with self.db.read() as conn:
+            linked = (
+                await conn.execute(
+                    select(repository_blobs.c.digest)
+                    .where(repository_blobs.c.digest == digest)
+                    .limit(1)
+                )
+            ).first()
+        # Asked again after the link was read: a push may have stored and linked it since.
+        return linked is not None and await self.store.stored_copy(digest) is None
 
     async def _find_orphans(self, report: CheckReport, repair: bool) -> None:
         """Stored blobs with no row in `blobs`, listed from the store in batches."""
