@@ -8,7 +8,7 @@ from typing import Any, TypeVar
 from sqlalchemy import ColumnElement, Exists, Row, Select, and_, or_, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from berth.metadata.tables import manifest_references, manifests
+from berth.metadata.tables import manifest_references, manifests, tags
 
 IN_LIST_CHUNK = 5000  # values per IN (...) list, well under SQLite's and asyncpg's parameter limits
 
@@ -65,6 +65,19 @@ def is_stored_referrer() -> Exists:
             subject.c.repository_id == manifests.c.repository_id,
             subject.c.image == manifests.c.image,
             subject.c.digest == manifests.c.subject_digest,
+        )
+        .exists()
+    )
+
+
+def is_tagged() -> Exists:
+    """For a row of `manifests`: a tag of its repository and image names it."""
+    return (
+        select(tags.c.name)
+        .where(
+            tags.c.repository_id == manifests.c.repository_id,
+            tags.c.image == manifests.c.image,
+            tags.c.digest == manifests.c.digest,
         )
         .exists()
     )

@@ -42,7 +42,7 @@ from berth.domain.tag_rules import (
     protecting_rule,
 )
 from berth.metadata.database import Database
-from berth.metadata.queries import is_image
+from berth.metadata.queries import is_image, is_tagged
 from berth.metadata.tables import (
     image_events,
     manifest_references,
@@ -129,15 +129,6 @@ async def count_loose_manifests(db: Database, conn: Any, repository_id: int) -> 
     """Images that may still become the platform manifests of an index yet to come: image
     manifests pushed within PLATFORM_WINDOW_SECONDS with no tag, no subject and no index
     listing them."""
-    tagged = (
-        select(tags.c.name)
-        .where(
-            tags.c.repository_id == manifests.c.repository_id,
-            tags.c.image == manifests.c.image,
-            tags.c.digest == manifests.c.digest,
-        )
-        .exists()
-    )
     count = await conn.execute(
         select(func.count())
         .select_from(manifests)
@@ -147,7 +138,7 @@ async def count_loose_manifests(db: Database, conn: Any, repository_id: int) -> 
             manifests.c.subject_digest.is_(None),
             manifests.c.media_type.not_in(INDEX_TYPES),
             is_image(),
-            ~tagged,
+            ~is_tagged(),
         )
     )
     return int(count.scalar() or 0)

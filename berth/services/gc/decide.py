@@ -18,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql.elements import ColumnElement
 
 from berth.metadata.database import Database
-from berth.metadata.queries import chunks
+from berth.metadata.queries import chunks, is_tagged
 from berth.metadata.tables import (
     blobs,
     gc_sweep,
@@ -27,7 +27,6 @@ from berth.metadata.tables import (
     manifests,
     repositories,
     repository_blobs,
-    tags,
     uploads,
     utcnow,
 )
@@ -257,15 +256,7 @@ class Decider:
         returns how many images that was, and what was kept only for being young. The graph
         is walked in Python rather than in a recursive query: one read of the project's
         manifests, and PostgreSQL and SQLite differ in what recursion they allow."""
-        tagged = (
-            select(literal(1))
-            .where(
-                tags.c.repository_id == manifests.c.repository_id,
-                tags.c.image == manifests.c.image,
-                tags.c.digest == manifests.c.digest,
-            )
-            .exists()
-        )
+        tagged = is_tagged()
         rows = await conn.execute(
             select(
                 manifests.c.id,
