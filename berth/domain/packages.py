@@ -188,6 +188,11 @@ _GO_FLAG_INLINE_STRINGS = 0x2
 _GO_SENTINEL = 16
 # OSV's Go ecosystem names the toolchain's standard library "stdlib".
 GO_STDLIB = "stdlib"
+# A Go release as its toolchain names itself (go1.21.5; go1.20 for a .0 before Go 1.21;
+# go1.21rc2, go1.22beta1 for pre-releases). The Go vulnerability database writes each as the
+# semantic version Go's module proxy gives it (1.21.5, 1.20.0, 1.21.0-rc.2, 1.22.0-beta.1):
+# only in that form does a pre-release sort before its release and rc.10 after rc.9.
+_GO_RELEASE_RE = re.compile(r"go(\d+)\.(\d+)(?:\.(\d+))?(?:(beta|rc)(\d+))?")
 
 
 @dataclass(frozen=True)
@@ -235,24 +240,43 @@ def parse_go_buildinfo(blob: bytes) -> GoBuildInfo | None:
     )
 
 
-def _golang_package(module: str, version: str, path: str) -> Package:
+def go_release_version(go_version: str) -> str | None:
+    """The semantic version the Go vulnerability database gives the toolchain that wrote
+    `go_version` in an executable ("go1.21rc2" -> "1.21.0-rc.2"; the experiments Go lists
+    after a space, "go1.22.1 X:boringcrypto", do not change the release), or None when it
+    names no release: a development build ("devel go1.22-abcdef ..."), a vendor's or an
+    experiment suffix written into the version itself ("go1.21.0-X:boringcrypto")."""
+    fields = go_version.split()
+    match = _GO_RELEASE_RE.fullmatch(fields[0]) if fields else None
+    if match is None:
+        return None
+    major, minor, patch, stage, number = match.groups()
+    version = f"{int(major)}.{int(minor)}.{int(patch or 0)}"
+    return f"{version}-{stage}.{int(number)}" if stage else version
+
+
+def _golang_package(module: str, version: str, path: str, ecosystem: str | None = "Go") -> Package:
     namespace, _, name = module.rpartition("/")
     purl = PackageURL("golang", namespace or None, name, version).to_string()
-    return Package(purl, "golang", module, version, "Go", path)
+    return Package(purl, "golang", module, version, ecosystem, path)
 
 
 def parse_go_binary(blob: bytes, path: str) -> list[Package]:
     """The Go toolchain (as `stdlib`, the name Go's advisories give the standard library)
     and the modules a Go executable was built from. A module replaced by another version
     (`=>`) is listed as the replacement; one replaced by a local directory, and a main
-    module built from a checkout ("(devel)"), have no version to match and are left out."""
+    module built from a checkout ("(devel)"), have no version to match and are left out.
+    A toolchain that names no Go release (`go_release_version`) is listed as it wrote its
+    version, with no ecosystem: no advisory is matched against a version it cannot order."""
     info = parse_go_buildinfo(blob)
     if info is None:
         return []
     packages: list[Package] = []
-    toolchain = info.go_version.split(" ", 1)[0]
-    if re.fullmatch(r"go\d+(\.\d+)*([a-z]+\d+)?", toolchain):
-        packages.append(_golang_package(GO_STDLIB, toolchain[2:], path))
+    release = go_release_version(info.go_version)
+    if release is not None:
+        packages.append(_golang_package(GO_STDLIB, release, path))
+    elif info.go_version.strip():
+        packages.append(_golang_package(GO_STDLIB, info.go_version.strip(), path, None))
     modules: list[tuple[str, str]] = []
     for line in info.modules.splitlines():
         fields = line.split("\t")

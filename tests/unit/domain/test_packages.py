@@ -1,4 +1,5 @@
-"""Go executables' modules (`berth.domain.packages.parse_go_binary`) where go.mod replaced one.
+"""Go executables' toolchain and modules (`berth.domain.packages.parse_go_binary`): the toolchain
+as the Go vulnerability database names its release, and modules where go.mod replaced one.
 
 The records are built as the Go linker lays out `.go.buildinfo` (Go 1.18 and later: magic,
 pointer size, flags with inline strings, then the toolchain version and the module text as
@@ -11,7 +12,13 @@ local directory has an empty version and sum (Go's own test, mod_modinfo.txt, ch
 
 from __future__ import annotations
 
-from berth.domain.packages import GO_BUILDINFO_MAGIC, parse_go_binary
+import json
+from pathlib import Path
+
+import pytest
+
+from berth.domain.packages import GO_BUILDINFO_MAGIC, Package, parse_go_binary
+from berth.domain.vulns import Advisory, findings_for, parse_advisory, version_scheme
 
 # cmd/go's modinfo sentinels (modload: infoStart, infoEnd), as found in real executables.
 INFO_START = bytes.fromhex("3077af0c9274080241e1c107e6d618e6")
@@ -121,3 +128,75 @@ def test_a_malformed_replacement_line_changes_nothing() -> None:
         ]
     )
     assert listed == [("golang.org/x/net", "v0.17.0"), ("golang.org/x/text", "v0.14.0")]
+
+
+# --- the toolchain's version ----------------------------------------------------------------
+#
+# Go names its releases go1.21.5, go1.20 (a .0 before Go 1.21), go1.21rc2 and go1.22beta1;
+# the Go vulnerability database writes the same releases as semantic versions (1.20.0,
+# 1.21.0-rc.2, "introduced": "1.22.0-0" in GO-2024-2963, tests/fixtures/osv-go).
+
+
+def stdlib(go_version: str) -> Package:
+    (package,) = parse_go_binary(go_executable_buildinfo(go_version, MAIN + BUILD), PATH)
+    assert package.name == "stdlib"
+    return package
+
+
+@pytest.mark.parametrize(
+    ("go_version", "purl"),
+    [
+        ("go1.21rc2", "pkg:golang/stdlib@1.21.0-rc.2"),
+        ("go1.22beta1", "pkg:golang/stdlib@1.22.0-beta.1"),
+        ("go1.20", "pkg:golang/stdlib@1.20.0"),
+        ("go1.21.0", "pkg:golang/stdlib@1.21.0"),
+        ("go1.22.1 X:boringcrypto", "pkg:golang/stdlib@1.22.1"),
+    ],
+)
+def test_the_toolchain_is_listed_as_the_go_database_writes_its_release(
+    go_version: str, purl: str
+) -> None:
+    package = stdlib(go_version)
+    assert (package.purl, package.ecosystem) == (purl, "Go")
+
+
+def test_pre_releases_sort_before_their_release_and_by_number() -> None:
+    """rc10 after rc9 and every rc before the release, and between the `rc.N` versions the
+    database's ranges name (its fixes land in a release candidate, `1.21.0-rc.3`)."""
+    go = version_scheme("Go")
+    assert go is not None
+    built = ["go1.21beta1", "go1.21rc1", "go1.21rc2", "go1.21rc9", "go1.21rc10", "go1.21.0"]
+    versions = [go(stdlib(v).version) for v in built]
+    assert sorted(versions) == versions
+    assert len(set(versions)) == len(versions)
+    rc2 = go(stdlib("go1.21rc2").version)
+    assert go("1.21.0-rc.1") < rc2 < go("1.21.0-rc.3") < go("1.21.0")
+
+
+def go_2024_2963() -> list[Advisory]:
+    record = Path(__file__).parents[2] / "fixtures" / "osv-go" / "GO-2024-2963.json"
+    return [parse_advisory(json.loads(record.read_text()))]
+
+
+def test_a_release_candidate_is_matched_as_the_release_the_record_names() -> None:
+    """GO-2024-2963 affects 1.22.0-0 (every 1.22 pre-release) up to the fix in 1.22.5."""
+    installed = stdlib("go1.22rc1").installed()
+    assert installed is not None
+    found = [(f.advisory_id, f.installed, f.fixed) for f in findings_for(installed, go_2024_2963())]
+    assert found == [("GO-2024-2963", "1.22.0-rc.1", "1.22.5")]
+
+
+@pytest.mark.parametrize(
+    "go_version",
+    [
+        "devel go1.22-2f0b2eb5e1 Thu Jan 4 18:25:39 2024 +0000",
+        "go1.21.0-X:boringcrypto",
+        "go1.21.0-bigcorp",
+    ],
+)
+def test_a_toolchain_naming_no_release_is_listed_unmatched(go_version: str) -> None:
+    """A development build or a suffix inside the version: the standard library is listed as
+    the toolchain wrote it, and no advisory is matched against a version it does not name."""
+    package = stdlib(go_version)
+    assert (package.version, package.ecosystem) == (go_version, None)
+    assert package.installed() is None
