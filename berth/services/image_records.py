@@ -27,6 +27,20 @@ class Referrer(Record):
     pushed_at: dt.datetime
 
 
+class ProtectingRule(Record):
+    """The immutable tag rule that keeps a tag where it is: the first of the project's rules
+    that matches it, the one a refused move or delete names."""
+
+    id: int
+    tag_pattern: str
+    repository_pattern: str | None = Field(description="null: every repository of the project")
+
+
+class ProtectedTag(Record):
+    tag: str
+    protected_by: ProtectingRule
+
+
 class Image(Record):
     image: str = Field(description="image name inside the repository ('' for the repository)")
     digest: str
@@ -34,6 +48,11 @@ class Image(Record):
     artifact_type: str | None
     subject: str | None = Field(description="for a referrer: the digest it refers to")
     tags: list[str]
+    protected_tags: list[ProtectedTag] = Field(
+        description="those of `tags` an immutable tag rule protects, each with the rule: "
+        "deleting the image is refused while it has one (as is any change of a tag of a "
+        "repository whose `tag_overwrite` is off)"
+    )
     child_tags: list[str] = Field(
         description="for an index: the tags on manifests it lists (a platform manifest pushed "
         "under a tag of its own, as `docker manifest create` and podman's manifest push ask; "
@@ -134,6 +153,11 @@ class Tag(Record):
     tag: str
     digest: str
     updated_at: dt.datetime
+    protected_by: ProtectingRule | None = Field(
+        description="the immutable tag rule that protects the tag: deleting it (or its image) "
+        "and pushing another image under it are refused; null: no rule does (a repository "
+        "whose `tag_overwrite` is off fixes every tag all the same)"
+    )
 
 
 class Event(Record):

@@ -17,6 +17,7 @@ from berth.domain.digests import parse_digest
 from berth.domain.errors import DigestInvalid
 from berth.domain.manifests import INDEX_TYPES, parse_stored_manifest
 from berth.domain.references import RepositoryRef
+from berth.domain.tag_rules import ImmutableTagRule, full_name, protecting_rule
 from berth.metadata.database import Database
 from berth.metadata.queries import indexes_listing, is_image, is_index_child
 from berth.metadata.tables import (
@@ -44,11 +45,14 @@ from berth.services.image_records import (
     Image,
     ImageDetail,
     Layer,
+    ProtectedTag,
+    ProtectingRule,
     Referrer,
     Tag,
 )
 from berth.services.image_sizes import child_count, sizes_of, tags_below
 from berth.services.scanning.results import NOT_SCANNED, scan_summaries
+from berth.services.tag_rules import immutable_rules
 from berth.storage.base import BlobStore
 
 # What an image listing and an image's details read of a manifest.
@@ -166,18 +170,25 @@ class Images:
         tag_names = await self._tags_of(conn, repo, images, digests)
         referrers = await self._referrers_of(conn, repo, images, {r.digest for r in rows})
         scanned = await scan_summaries(conn, ids)
+        rules = await immutable_rules(conn, repo.project_id)
 
         described: list[Image] = []
         for row in rows:
             own = own_platforms.get(row.id)
             its_referrers = referrers.get((row.image, row.digest), [])
+            its_tags = tag_names.get((row.image, row.digest), [])
             fields: dict[str, Any] = {
                 "image": row.image,
                 "digest": row.digest,
                 "media_type": row.media_type,
                 "artifact_type": row.artifact_type,
                 "subject": row.subject_digest,
-                "tags": tag_names.get((row.image, row.digest), []),
+                "tags": its_tags,
+                "protected_tags": [
+                    ProtectedTag(tag=tag, protected_by=rule)
+                    for tag in its_tags
+                    if (rule := _protected_by(rules, repo, row.image, tag)) is not None
+                ],
                 "child_tags": below_tags.get(row.id, []),
                 "size": sizes[row.id],
                 **listed_platforms(
@@ -341,8 +352,15 @@ class Images:
                 .limit(per_page)
                 .offset((page - 1) * per_page)
             )
+            rules = await immutable_rules(conn, repo.project_id)
             items = [
-                Tag(image=r.image, tag=r.name, digest=r.digest, updated_at=r.updated_at)
+                Tag(
+                    image=r.image,
+                    tag=r.name,
+                    digest=r.digest,
+                    updated_at=r.updated_at,
+                    protected_by=_protected_by(rules, repo, r.image, r.name),
+                )
                 for r in rows
             ]
         return items, int(total or 0)
@@ -445,6 +463,18 @@ class Images:
             for r in candidates
             if (r.image, r.old_digest) in stored and (r.image, r.tag) not in present
         }
+
+
+def _protected_by(
+    rules: list[ImmutableTagRule], repo: RepositoryRef, image: str, tag: str
+) -> ProtectingRule | None:
+    """The rule that protects `tag` of `image`, as a listing shows it; None when none does."""
+    rule = protecting_rule(rules, full_name(repo.name, image), tag)
+    if rule is None:
+        return None
+    return ProtectingRule(
+        id=rule.id, tag_pattern=rule.tag_pattern, repository_pattern=rule.repository_pattern
+    )
 
 
 def _of_digest(digest: str) -> Any:

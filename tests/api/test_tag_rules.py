@@ -230,6 +230,54 @@ def test_api_deletes_are_refused_with_a_conflict_naming_the_rule(team: Team) -> 
     assert ok(member.delete(team.repo_url(f"/images/{removed.digest}")), 204) is None
 
 
+def test_listings_say_which_tags_a_rule_protects(team: Team) -> None:
+    """The tag and image listings name the rule that keeps a tag, so a client (the console)
+    offers no delete the server would refuse; the first matching rule, as refusals name it."""
+    with team.registry() as registry:
+        release = push_image(registry, team.oci_name(), "v1")
+        push_manifest_as(registry, team.oci_name(), "latest", release)
+        web = push_image(registry, team.oci_name("web"), "v1")
+        loose = push_image(registry, team.oci_name(), "dev")
+    rule = add_rule(team, "v*", team.repository)
+    add_rule(team, "v1")  # matches the same tags: the first rule is the one named
+    reader = team["reader"]
+    first = {"id": rule["id"], "tag_pattern": "v*", "repository_pattern": team.repository}
+
+    tags = ok(reader.get(team.repo_url("/tags")))["items"]
+    assert {(t["image"], t["tag"]): t["protected_by"] for t in tags} == {
+        ("", "dev"): None,
+        ("", "latest"): None,
+        ("", "v1"): first,
+        ("web", "v1"): first,
+    }
+    images = ok(reader.get(team.repo_url("/images")))["items"]
+    protected = {i["digest"]: i["protected_tags"] for i in images}
+    assert protected == {
+        release.digest: [{"tag": "v1", "protected_by": first}],
+        web.digest: [{"tag": "v1", "protected_by": first}],
+        loose.digest: [],
+    }
+    detail = ok(reader.get(team.repo_url(f"/images/{release.digest}")))
+    assert detail["protected_tags"] == [{"tag": "v1", "protected_by": first}]
+
+    # Without the rules nothing is protected any more.
+    for made in ok(team["project-admin"].get(team.url("/immutable-tag-rules"))):
+        ok(team["project-admin"].delete(team.url(f"/immutable-tag-rules/{made['id']}")), 204)
+    tags = ok(reader.get(team.repo_url("/tags")))["items"]
+    assert [t["protected_by"] for t in tags] == [None] * 4
+    images = ok(reader.get(team.repo_url("/images")))["items"]
+    assert [i["protected_tags"] for i in images] == [[]] * 3
+
+
+def test_the_protection_fields_are_in_the_openapi_document(team: Team) -> None:
+    schemas = ok(team["reader"].get("/openapi.json"))["components"]["schemas"]
+    assert "protected_by" in schemas["Tag"]["properties"]
+    assert "protected_tags" in schemas["Image"]["properties"]
+    assert {"id", "tag_pattern", "repository_pattern"} <= set(
+        schemas["ProtectingRule"]["properties"]
+    )
+
+
 def test_the_tag_overwrite_switch_still_fixes_every_tag(team: Team) -> None:
     """The switch and the rules sit side by side: off, every tag of the repository is fixed."""
     admin = team["project-admin"]

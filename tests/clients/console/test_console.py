@@ -563,6 +563,38 @@ def test_tags_that_cannot_be_overwritten_offer_no_delete(page: Page, tenant: Ten
     expect(delete).to_have_attribute("title", re.compile("Tag overwrite is disabled"))
 
 
+def test_tags_an_immutable_tag_rule_protects_offer_no_delete(page: Page, tenant: Tenant) -> None:
+    tenant.create_repository("rules")
+    name = f"{tenant.project}/rules"
+    key = tenant.server.access_key(tenant.project)
+    with httpx.Client(base_url=tenant.server.url, auth=key, timeout=30) as v2:
+        release = push_image(v2, name, "v1")
+        push_image(v2, name, "dev")
+    with tenant.api() as admin:
+        admin.post(
+            f"/projects/{tenant.project}/immutable-tag-rules",
+            json={"tag_pattern": "v*", "repository_pattern": "rules"},
+        ).raise_for_status()
+    why = "The immutable tag rule 'v*' (repositories 'rules') protects"
+
+    sign_in(page, tenant)
+    page.get_by_role("link", name="rules", exact=True).click()
+    images = page.get_by_role("table", name="Images")
+    delete_release = images.get_by_role("button", name=f"Delete {release.digest[:19]}", exact=True)
+    expect(delete_release).to_be_disabled()
+    expect(delete_release).to_have_attribute("title", re.compile(re.escape(f"{why} its tag v1")))
+    page.get_by_role("tab", name="Tags").click()
+    tags = page.get_by_role("table", name="Tags")
+    delete_v1 = tags.get_by_role("button", name="Delete v1", exact=True)
+    expect(delete_v1).to_be_disabled()
+    expect(delete_v1).to_have_attribute("title", re.compile(re.escape(f"{why} this tag")))
+    # A tag no rule matches goes as before.
+    tags.get_by_role("button", name="Delete dev", exact=True).click()
+    page.get_by_role("dialog", name="Delete tag").get_by_role("button", name="Delete").click()
+    expect(page.get_by_text("Tag dev deleted")).to_be_visible()
+    expect(tags.get_by_role("row")).to_have_count(2)  # the header and v1
+
+
 # ------------------------------------------------------------------ roles
 
 

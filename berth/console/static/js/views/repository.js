@@ -84,6 +84,11 @@ function tagLabel(tag) {
   return `${tag.image ? `${tag.image}:` : ""}${tag.tag}`;
 }
 
+/** An immutable tag rule as refusals name it: 'v*' (repositories 'app/*'). */
+function ruleLabel(rule) {
+  return `'${rule.tag_pattern}'${rule.repository_pattern === null ? "" : ` (repositories '${rule.repository_pattern}')`}`;
+}
+
 function fact(label, value) {
   return h("div", {}, h("dt", {}, label), h("dd", {}, value));
 }
@@ -211,13 +216,16 @@ function referrers(image) {
   );
 }
 
-/** With tag overwrite disabled an image's tags always name it: the server refuses to delete
- * a tagged image, so the button says why instead of offering it (an untagged one goes). */
+/** With tag overwrite disabled an image's tags always name it, as an immutable tag rule's
+ * tags do: the server refuses to delete such an image, so the button says why instead of
+ * offering it (an untagged one goes). */
 function deleteImageButton(ctx, image) {
   const name = `Delete ${imageLabel(image)}`;
-  if (ctx.repo.tag_overwrite === false && image.tags.length) {
-    return h("button", { type: "button", class: "small", disabled: true, "aria-label": name, title: "Tag overwrite is disabled in this repository's settings: an image with tags cannot be deleted." }, "Delete");
-  }
+  const [held] = image.protected_tags || [];
+  let why = null;
+  if (ctx.repo.tag_overwrite === false && image.tags.length) why = "Tag overwrite is disabled in this repository's settings: an image with tags cannot be deleted.";
+  else if (held) why = `The immutable tag rule ${ruleLabel(held.protected_by)} protects its tag ${held.tag}: the image cannot be deleted while the rule stays.`;
+  if (why) return h("button", { type: "button", class: "small", disabled: true, "aria-label": name, title: why }, "Delete");
   return h("button", { type: "button", class: "small danger-text", "aria-label": name, onclick: (e) => deleteImage(ctx, image, e.currentTarget) }, "Delete");
 }
 
@@ -324,13 +332,15 @@ async function tagsTab(ctx) {
   );
 }
 
-/** With tag overwrite disabled a tag always names the same image: the server refuses its
- * deletion, so the button says why instead of offering it. */
+/** With tag overwrite disabled, or an immutable tag rule protecting it, a tag always names
+ * the same image: the server refuses its deletion, so the button says why instead of
+ * offering it. */
 function deleteTagButton(ctx, tag) {
   const name = `Delete ${tagLabel(tag)}`;
-  if (ctx.repo.tag_overwrite === false) {
-    return h("button", { type: "button", class: "small", disabled: true, "aria-label": name, title: "Tag overwrite is disabled in this repository's settings: its tags cannot be deleted." }, "Delete");
-  }
+  let why = null;
+  if (ctx.repo.tag_overwrite === false) why = "Tag overwrite is disabled in this repository's settings: its tags cannot be deleted.";
+  else if (tag.protected_by) why = `The immutable tag rule ${ruleLabel(tag.protected_by)} protects this tag: it cannot be deleted while the rule stays.`;
+  if (why) return h("button", { type: "button", class: "small", disabled: true, "aria-label": name, title: why }, "Delete");
   return h("button", { type: "button", class: "small danger-text", "aria-label": name, onclick: (e) => deleteTag(ctx, tag, e.currentTarget) }, "Delete");
 }
 
