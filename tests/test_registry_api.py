@@ -624,6 +624,58 @@ def test_a_schema_1_manifest_is_refused_as_such(repo: Repo, media_type: str) -> 
     assert "schema 1 manifests are not supported" in response.text
 
 
+DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
+DOCKER_MANIFEST_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
+
+
+@pytest.mark.parametrize(
+    ("kind", "content_type", "said"),
+    [
+        ("undeclared", DOCKER_MANIFEST, "declares no mediaType: a Docker schema 2 manifest"),
+        ("index", DOCKER_MANIFEST_LIST, "declares no mediaType: a Docker schema 2 manifest"),
+        ("with manifests", OCI_MANIFEST, "an image manifest has no 'manifests' list"),
+        ("with manifests", None, "an image manifest has no 'manifests' list"),
+        ("index with layers", OCI_INDEX, "an image index has no 'layers'"),
+    ],
+)
+def test_a_manifest_that_is_not_the_kind_its_type_names_is_refused(
+    repo: Repo, kind: str, content_type: str | None, said: str
+) -> None:
+    """An OCI manifest (no mediaType) pushed with a Docker Content-Type was stored and served
+    as a Docker manifest, and a body that is both an image manifest and an index as whichever
+    its type named. Distribution refuses each (400 MANIFEST_INVALID), and so does Berth now,
+    saying what is wrong; the OCI manifest is taken with its own Content-Type."""
+    image = json.loads(random_image(repo.client, repo.name))
+    child = Blob(to_json(image), OCI_MANIFEST)
+    assert push_manifest(repo.client, repo.name, child.digest, child).status_code == 201
+    undeclared = {key: value for key, value in image.items() if key != "mediaType"}
+    bodies = {
+        "undeclared": undeclared,
+        "index": {"schemaVersion": 2, "manifests": [child.descriptor()]},
+        "with manifests": {**image, "manifests": [child.descriptor()]},
+        "index with layers": {
+            "schemaVersion": 2,
+            "mediaType": OCI_INDEX,
+            "manifests": [child.descriptor()],
+            "layers": image["layers"],
+        },
+    }
+    body = to_json(bodies[kind])
+    headers = {"Content-Type": content_type} if content_type else {}
+    response = repo.client.put(manifest_path(repo.name, "mixed"), content=body, headers=headers)
+    assert response.status_code == 400, describe(response)
+    assert error_code(response) == "MANIFEST_INVALID" and said in response.text, response.text
+    assert repo.client.get(manifest_path(repo.name, "mixed")).status_code == 404
+    if kind == "undeclared":
+        taken = put_manifest(repo.client, repo.name, "mixed", body, OCI_MANIFEST)
+        assert taken.status_code == 201, describe(taken)
+        served = repo.client.get(
+            manifest_path(repo.name, "mixed"),
+            headers={"Accept": f"{DOCKER_MANIFEST}, {OCI_MANIFEST}"},
+        )
+        assert served.headers["Content-Type"] == OCI_MANIFEST
+
+
 def test_manifest_pushed_by_wrong_digest_is_refused(repo: Repo) -> None:
     body = random_image(repo.client, repo.name)
     response = put_manifest(repo.client, repo.name, digest_of(b"other"), body)

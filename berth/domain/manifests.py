@@ -236,7 +236,41 @@ def stored_manifest_json(body: bytes) -> Any:
 
 def parse_manifest(body: bytes, content_type: str | None) -> ParsedManifest:
     """Parse a pushed manifest; raise ManifestInvalid with a message a person can act on."""
-    return _parsed(manifest_json(body), content_type)
+    document = manifest_json(body)
+    parsed = _parsed(document, content_type)
+    _check_pushed_shape(document, parsed.media_type)
+    return parsed
+
+
+def _check_pushed_shape(document: dict[str, Any], media_type: str) -> None:
+    """ManifestInvalid for a pushed manifest whose body is not the kind its type names, as
+    Distribution refuses it. (Pushes only: one stored before is read as it is.)
+
+    A Docker schema 2 manifest or manifest list declares its mediaType in the body (its spec
+    requires it): a body without one is an OCI manifest, which a Docker Content-Type alone
+    would have served as Docker's. An OCI image manifest holds no `manifests` list and an
+    OCI index no `config` or `layers`: a body with both reads as either (CVE-2021-41190)."""
+    declared = document.get("mediaType")
+    if media_type in (DOCKER_MANIFEST, DOCKER_MANIFEST_LIST) and not declared:
+        oci = OCI_INDEX if media_type == DOCKER_MANIFEST_LIST else OCI_MANIFEST
+        raise ManifestInvalid(
+            f"Content-Type is {media_type!r} but the manifest declares no mediaType: a Docker "
+            f"schema 2 manifest names its mediaType in the body; push one without it as OCI "
+            f"(Content-Type {oci!r})"
+        )
+    if media_type == OCI_MANIFEST and document.get("manifests") is not None:
+        raise ManifestInvalid(
+            "an image manifest has no 'manifests' list (an index has): remove it, or push "
+            f"an index ({OCI_INDEX!r}) without 'config' and 'layers'"
+        )
+    if media_type == OCI_INDEX:
+        found = [key for key in ("config", "layers") if document.get(key) is not None]
+        if found:
+            raise ManifestInvalid(
+                f"an image index has no {' or '.join(map(repr, found))} (an image manifest "
+                f"has): remove it, or push an image manifest ({OCI_MANIFEST!r}) without "
+                "'manifests'"
+            )
 
 
 def parse_stored_manifest(body: bytes, content_type: str | None) -> ParsedManifest:

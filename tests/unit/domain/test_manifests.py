@@ -9,6 +9,7 @@ import pytest
 from berth.domain.errors import ManifestInvalid
 from berth.domain.manifests import (
     DOCKER_MANIFEST,
+    DOCKER_MANIFEST_LIST,
     DOCKER_SCHEMA1,
     DOCKER_SCHEMA1_SIGNED,
     OCI_ARTIFACT_MANIFEST,
@@ -136,11 +137,63 @@ def test_the_media_type_comes_from_the_header_or_the_document_when_not_declared(
     del undeclared["mediaType"]
     body = json.dumps(undeclared).encode()
     assert parse_manifest(body, None).media_type == OCI_MANIFEST
-    assert parse_manifest(body, DOCKER_MANIFEST + "; charset=utf-8").media_type == DOCKER_MANIFEST
+    assert parse_manifest(body, OCI_MANIFEST + "; charset=utf-8").media_type == OCI_MANIFEST
+    docker = json.dumps({**undeclared, "mediaType": DOCKER_MANIFEST}).encode()
+    assert parse_manifest(docker, None).media_type == DOCKER_MANIFEST
     index = json.dumps({"schemaVersion": 2, "manifests": []}).encode()
     assert parse_manifest(index, "application/octet-stream").media_type == OCI_INDEX
     with pytest.raises(ManifestInvalid, match="schema 1"):
         parse_manifest(json.dumps({"schemaVersion": 1, "fsLayers": []}).encode(), DOCKER_SCHEMA1)
+
+
+def _undeclared(**fields: object) -> bytes:
+    document = {**json.loads(_manifest()), **fields}
+    del document["mediaType"]
+    return json.dumps(document).encode()
+
+
+_INDEX_LIST = [{"mediaType": OCI_MANIFEST, "digest": DIGEST, "size": 10}]
+
+
+@pytest.mark.parametrize(
+    ("body", "content_type", "message"),
+    [
+        # An OCI manifest (no mediaType) is no Docker one, whatever the Content-Type says.
+        (_undeclared(), DOCKER_MANIFEST, "declares no mediaType: a Docker schema 2 manifest"),
+        (_undeclared(mediaType=""), DOCKER_MANIFEST + "; charset=utf-8", "declares no mediaType"),
+        (
+            json.dumps({"schemaVersion": 2, "manifests": _INDEX_LIST}).encode(),
+            DOCKER_MANIFEST_LIST,
+            "declares no mediaType",
+        ),
+        # A body that is both a manifest and an index (CVE-2021-41190), however it is typed.
+        (_manifest(manifests=_INDEX_LIST), None, "an image manifest has no 'manifests' list"),
+        (_undeclared(manifests=[]), OCI_MANIFEST, "an image manifest has no 'manifests' list"),
+        (_undeclared(manifests=_INDEX_LIST), None, "an image index has no 'config' or 'layers'"),
+        (
+            json.dumps({"schemaVersion": 2, "manifests": [], "layers": []}).encode(),
+            OCI_INDEX,
+            "an image index has no 'layers'",
+        ),
+    ],
+)
+def test_a_body_that_is_not_the_kind_its_type_names_is_refused_on_push(
+    body: bytes, content_type: str | None, message: str
+) -> None:
+    """As Distribution refuses them: Berth stored the first as a Docker manifest and served
+    it so, and the others as whichever kind the type named, ignoring the rest."""
+    with pytest.raises(ManifestInvalid, match=message):
+        parse_manifest(body, content_type)
+    # One stored before is read as it was.
+    parse_stored_manifest(body, content_type)
+
+
+def test_null_fields_of_the_other_kind_are_no_conflict() -> None:
+    assert parse_manifest(_manifest(manifests=None), OCI_MANIFEST).media_type == OCI_MANIFEST
+    index = json.dumps({"schemaVersion": 2, "manifests": [], "config": None}).encode()
+    assert parse_manifest(index, OCI_INDEX).media_type == OCI_INDEX
+    declared = _manifest(mediaType=DOCKER_MANIFEST)
+    assert parse_manifest(declared, DOCKER_MANIFEST).media_type == DOCKER_MANIFEST
 
 
 def test_an_artifact_manifest_may_have_no_blobs() -> None:
