@@ -14,7 +14,7 @@ from sqlalchemy import bindparam, delete, select
 from sqlalchemy.exc import IntegrityError
 
 from berth.domain.digests import digest_bytes, parse_digest
-from berth.domain.errors import BlobUnknown
+from berth.domain.errors import BlobUnknown, DigestInvalid
 from berth.domain.references import RepositoryRef
 from berth.metadata.database import Database
 from berth.metadata.tables import (
@@ -290,8 +290,13 @@ class BlobContent:
             )
 
     async def mount(self, repo: RepositoryRef, digest: str, source: RepositoryRef | None) -> bool:
-        """Link a blob held by `source` (or, without one, anywhere in the project) to `repo`."""
-        parse_digest(digest)
+        """Link a blob held by `source` (or, without one, anywhere in the project) to `repo`.
+        False when it cannot, a `digest` that is no digest among the reasons: the client then
+        uploads the blob (the distribution spec's fallback, and Distribution's)."""
+        try:
+            parse_digest(digest)
+        except DigestInvalid:
+            return False
         holder = select(repository_blobs.c.repository_id).where(repository_blobs.c.digest == digest)
         if source is not None:
             holder = holder.where(repository_blobs.c.repository_id == source.id)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+import pytest
+
 from tests.conformance.checks import (
     ACCEPT_IMAGE,
     DUMMY_DIGEST,
@@ -121,6 +123,17 @@ class TestPush:
         response = repo.client.post(uploads_path(other), params={"mount": DUMMY_DIGEST})
         assert_status(response, 202)
         location(response)
+
+    @pytest.mark.parametrize("source", [None, "own"], ids=["without-from", "with-from"])
+    def test_mount_of_no_digest_starts_an_upload(
+        self, repo: Repo, other: str, source: str | None
+    ) -> None:
+        """spec: a registry that cannot mount the blob answers 202 and an upload session, as
+        Distribution does for a `mount` that is no digest (Berth answered 400)."""
+        params = {"mount": "bogus", **({"from": repo.name} if source else {})}
+        response = repo.client.post(uploads_path(other), params=params)
+        assert_status(response, 202)
+        assert path_of(location(response)).startswith(f"/v2/{other}/blobs/uploads/")
 
     def test_mount_from_other_repository(self, repo: Repo, classic: Classic, other: str) -> None:
         """`mount`+`from`: 201 with Location /v2/<target>/blobs/<digest> that serves the blob,
