@@ -223,7 +223,12 @@ class Services:
     def retention(self) -> Retention:
         from berth.services.retention import Retention
 
-        return Retention(self.db, self.registry, test_pause=self.settings.retention_test_pause)
+        return Retention(
+            self.db,
+            self.registry,
+            settling_seconds=self.settings.gc_grace_period,
+            test_pause=self.settings.retention_test_pause,
+        )
 
     @cached_property
     def vulndb(self) -> VulnDb:

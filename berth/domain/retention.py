@@ -20,6 +20,11 @@ is gone (as the management API's image delete keeps it). A referrer (a signature
 manifest whose `subject` is stored) goes with its subject, unless an index that stays lists it,
 and never keeps it alive.
 
+An untagged image pushed within the settling time (`gc_grace_period`) is outside every rule's
+scope: it may be a platform manifest of a multi-platform push whose index has not arrived yet,
+which a `last` rule would count as the newest image (deleting an older release in its place)
+and a `tagged` rule would delete under the push.
+
 `plan` is a pure function over a snapshot of the project's manifests.
 """
 
@@ -359,14 +364,20 @@ def plan(
     rules: Sequence[Rule],
     now: dt.datetime,
     protected: Protected = lambda _path, _tag: False,
+    settling: dt.timedelta = dt.timedelta(0),
 ) -> Plan:
-    """What a run over `snapshot` deletes under `rules`, at `now`."""
+    """What a run over `snapshot` deletes under `rules`, at `now`; an untagged image pushed
+    within `settling` of `now` is in no rule's scope."""
     images = images_of(snapshot)
     covered: list[bool] = [False] * len(images)
     kept: list[bool] = [False] * len(images)
     reasons: dict[tuple[str, str], list[int]] = {}
+    settled_before = now - settling
+    judged = [
+        i for i, image in enumerate(images) if image.tags or image.pushed_at <= settled_before
+    ]
     for number, rule in enumerate(rules, start=1):
-        scope_indexes = [i for i, image in enumerate(images) if rule.covers(image)]
+        scope_indexes = [i for i in judged if rule.covers(images[i])]
         scope = [images[i] for i in scope_indexes]
         for i in scope_indexes:
             covered[i] = True

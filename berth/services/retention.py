@@ -80,9 +80,18 @@ def lease_name(run_id: int) -> str:
 
 
 class Retention:
-    def __init__(self, db: Database, registry: Registry, *, test_pause: float = 0.0) -> None:
+    def __init__(
+        self,
+        db: Database,
+        registry: Registry,
+        *,
+        settling_seconds: float = 0.0,
+        test_pause: float = 0.0,
+    ) -> None:
         self.db = db
         self.registry = registry
+        # An untagged image younger than this is left to settle (`berth.domain.retention`).
+        self.settling_seconds = settling_seconds
         self.leases = Leases(db, default_holder())
         self.active: set[int] = set()  # real runs this process is carrying out
         self._test_pause = test_pause  # testing only: seconds to wait after each batch
@@ -188,7 +197,13 @@ class Retention:
                 ).scalar()
                 rules = rules_from_json(text) if text else []
             snapshot = await take_snapshot(conn, project_id, project)
-        result = plan(snapshot.manifests, rules, snapshot.taken_at, snapshot.protected)
+        result = plan(
+            snapshot.manifests,
+            rules,
+            snapshot.taken_at,
+            snapshot.protected,
+            settling=dt.timedelta(seconds=self.settling_seconds),
+        )
         return PreparedRun(project, project_id, list(rules), snapshot, result)
 
     async def run(

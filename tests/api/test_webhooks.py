@@ -30,6 +30,8 @@ server = server_fixture(
         "BERTH_WEBHOOK_RETRY_BASE": "0.3",
         "BERTH_WEBHOOK_TIMEOUT": "2",
         "BERTH_MAX_IMAGES_PER_REPOSITORY": "12",
+        # Untagged images are judged by retention at once (not left an hour to settle).
+        "BERTH_GC_GRACE_PERIOD": "0",
     },
 )
 

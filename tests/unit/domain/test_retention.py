@@ -103,6 +103,28 @@ def test_multi_arch_index_children_go_with_the_index_and_are_not_images() -> Non
     assert [c.digest for c in deletion.children] == [d(11)]
 
 
+def test_a_multi_platform_push_under_way_neither_counts_nor_goes() -> None:
+    """A run between a multi-platform push's platform manifests (untagged, pushed first) and
+    its index: within the settling time they are in no rule's scope, so `last` does not count
+    them as the newest images (deleting the release before in their place) and `tagged`
+    does not delete them under the push. Once settled they are judged like any image."""
+    releases = [image(1, "v1", age_days=2), image(2, "v2", age_days=1)]
+    under_way = [image(11, age_days=60 / 86_400), image(12, age_days=60 / 86_400)]
+    snapshot = releases + under_way
+    hour = dt.timedelta(hours=1)
+    # Without settling, both releases went.
+    assert deleted(snapshot, Rule(Keep.LAST, count=2)) == [d(1), d(2)]
+    assert deleted(snapshot, Rule(Keep.LAST, count=2), settling=hour) == []
+    result = plan(snapshot, [Rule(Keep.TAGGED, pattern="v*")], NOW, settling=hour)
+    assert result.deletions == () and result.untouched == 2
+    # Past the settling time, still untagged (no index came): images of their own.
+    settled = [image(11, age_days=2 / 24), image(12, age_days=2 / 24)]
+    assert deleted(releases + settled, Rule(Keep.LAST, count=2), settling=hour) == [d(1), d(2)]
+    # A tagged image is judged at once, however new.
+    fresh = image(3, "v3", age_days=60 / 86_400)
+    assert deleted([*releases, fresh], Rule(Keep.LAST, count=2), settling=hour) == [d(1)]
+
+
 def test_a_nested_index_goes_all_the_way_down_except_what_a_kept_index_lists() -> None:
     """index -> index -> image manifests: the grandchildren go too (none is left behind as an
     untagged image), but one a kept index also lists stays, and so does a nested index a kept
