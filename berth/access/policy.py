@@ -131,6 +131,22 @@ def key_creation_refusal(
     return None
 
 
+def lists_every_user(principal: Principal) -> bool:
+    """Server administrators list every user, signed in with a password or the console. An
+    access key (or a token for one) works only in its own project, a server administrator's
+    too: with it they find users as an admin of that project does (`finds_users_to_add`)."""
+    return principal.is_admin and principal.key_project_id is None
+
+
+def finds_users_to_add(principal: Principal, admin_of: set[int]) -> bool:
+    """Whether a caller who does not list every user may find users to make members: an admin
+    of a project (`admin_of`: where they are), of the access key's own project with a key,
+    which a server administrator's key administers."""
+    if principal.key_project_id is not None:
+        return principal.is_admin or principal.key_project_id in admin_of
+    return bool(admin_of)
+
+
 def can_list_catalog(principal: Principal | None) -> bool:
     """The catalog is for signed-in callers (it then lists what `catalog_reach` says)."""
     return principal is not None

@@ -19,6 +19,7 @@ from pydantic import BaseModel, Field, model_validator
 
 from berth.access.identify import SignInPath
 from berth.access.permissions import RepositoryRole
+from berth.access.policy import finds_users_to_add, lists_every_user
 from berth.api.access import AuditEntry
 from berth.api.bodies import RequestBody
 from berth.api.deps import (
@@ -102,20 +103,20 @@ async def search_users(
     ] = "",
 ) -> Page[User] | Page[UserMatch]:
     """A page of the users whose name contains `query`, by name, and how many match in all
-    (`total`), as every listing is paged. Server administrators may list every user; project
-    admins choosing new members name at least 3 characters of a name (fewer find only the user
-    of exactly that name) and see names and whether each is a service account."""
+    (`total`), as every listing is paged. Server administrators signed in with a password or
+    the console may list every user; project admins choosing new members (and a server
+    administrator's access key, which works only in its own project) name at least 3
+    characters of a name (fewer find only the user of exactly that name) and see names and
+    whether each is a service account."""
     principal = caller.principal
-    if principal.is_admin:
+    if lists_every_user(principal):
         found, total = await services.identity.users.search_users(
             query, page=paging.page, per_page=paging.per_page
         )
         return Page[User].of([User.model_validate(u) for u in found], paging, total)
     roles = await services.identity.roles.project_roles(principal.user_id)
     admin_of = {p for p, role in roles.items() if role == "admin"}
-    if principal.key_project_id is not None:
-        admin_of &= {principal.key_project_id}
-    if not admin_of:
+    if not finds_users_to_add(principal, admin_of):
         raise Denied("finding users is for server administrators and project admins")
     matches, total = await services.identity.users.find_for_membership(
         query, page=paging.page, per_page=paging.per_page

@@ -211,6 +211,29 @@ def test_a_project_admin_cannot_list_the_servers_users(team: Team) -> None:
     )["items"]
 
 
+def test_a_server_administrators_access_key_does_not_list_the_servers_users(team: Team) -> None:
+    """An access key works only in its own project, a server administrator's too: with it (or
+    an API token for it) users are found as a project admin finds them, not listed with who
+    administers the server (a key handed to CI listed every user of every tenant)."""
+    member = team.users["member"]
+    token = ok(team.admin.post("/auth/tokens"), 201)["token"]
+    bearer = api(team.server, headers={"Authorization": f"Bearer {token}"})
+    for keyed in (team.admin, bearer):
+        for query in ({}, {"query": ""}):
+            problem = assert_problem(keyed.get("/users", params=query), 422, fields=("query",))
+            assert "at least 3 characters" in problem["detail"]
+        found = ok(keyed.get("/users", params={"query": member, "per_page": 100}))["items"]
+        assert found == [{"name": member, "service_account": False}]
+        admins = ok(keyed.get("/users", params={"query": "admin", "per_page": 100}))["items"]
+        assert {"name": "admin", "service_account": False} in admins
+        assert all(set(user) == {"name", "service_account"} for user in admins)
+    bearer.close()
+    with administrator(team.server) as admin:  # signed in with the password: every user
+        assert ok(admin.get("/users"))["total"] > 1
+        [found] = ok(admin.get("/users", params={"query": member}))["items"]
+        assert "admin" in found
+
+
 def test_past_100_users_every_one_is_listed_a_page_at_a_time(team: Team) -> None:
     """`GET /users` is paged as every listing is (`items`, `page`, `per_page` up to 100,
     `total`): past 100 users, the next page holds the rest, and a search is paged too."""
