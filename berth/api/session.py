@@ -5,8 +5,10 @@ token) and a `berth_session` cookie (HttpOnly, SameSite=Strict, Path=/, Secure o
 `ConsoleSessions`, a middleware in front of the API, turns that cookie into the caller (see
 `deps.SESSION_SCOPE_KEY`) for requests without an `Authorization` header; for POST, PUT, PATCH
 and DELETE it first requires the session's CSRF token in `X-CSRF-Token` and no cross-site
-`Origin` or `Sec-Fetch-Site`, and answers 403 before the handler runs otherwise. The cookie's
-token is never stored (its SHA-256 is) nor logged.
+`Origin` or `Sec-Fetch-Site`, and answers 403 before the handler runs otherwise. A cross-site
+POST, PUT, PATCH or DELETE is refused with any credentials, not only the cookie: a browser sends
+the HTTP Basic user name and password it was given for the server with another site's form as
+well. The cookie's token is never stored (its SHA-256 is) nor logged.
 """
 
 from __future__ import annotations
@@ -103,6 +105,14 @@ class ConsoleSessions:
             await self.app(scope, receive, send)
             return
         connection = HTTPConnection(scope)
+        if scope["method"] in UNSAFE_METHODS:
+            # Whatever would authenticate it: a browser also sends the user name and password
+            # it was given for this server (HTTP Basic, which the API offers a browser that
+            # opens it) with another site's form, as it sends the cookie.
+            refusal = cross_site_refusal(scope, connection.headers)
+            if refusal:
+                await problem(403, refusal, "DENIED")(scope, receive, send)
+                return
         token = connection.cookies.get(SESSION_COOKIE)
         services = getattr(scope["app"].state, "services", None)
         if (
@@ -128,9 +138,7 @@ class ConsoleSessions:
             await self.app(scope, receive, send)
             return
         if scope["method"] in UNSAFE_METHODS:
-            refusal = cross_site_refusal(scope, connection.headers) or _csrf_refusal(
-                connection.headers, session
-            )
+            refusal = _csrf_refusal(connection.headers, session)
             if refusal:
                 await problem(403, refusal, "DENIED")(scope, receive, send)
                 return

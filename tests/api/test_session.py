@@ -143,6 +143,30 @@ def test_a_cross_site_form_post_is_refused_and_changes_nothing(team: Team) -> No
         assert not repository_exists(team, name)
 
 
+def test_a_cross_site_form_post_is_refused_with_the_browsers_basic_credentials(team: Team) -> None:
+    """A browser that was given a user name and password for the API (its Basic challenge to
+    a page opened there) sends them with another site's form too, as it sends the cookie: a
+    cross-site write is refused whatever authenticates it, a form without fields (which no
+    JSON body check stops) included."""
+    key_id = team.keys["member"][0]
+    disable = team.url(f"/keys/{key_id}/disable")
+    form = {"Content-Type": "application/x-www-form-urlencoded"}
+    password = (team.users["member"], PASSWORD)
+    with api(team.server, password) as browser:
+        for foreign in ({"Origin": EVIL}, {"Origin": "null"}, {"Sec-Fetch-Site": "cross-site"}):
+            for auth in (password, team.keys["member"]):
+                response = browser.post(
+                    disable, content=b"", headers={**form, **foreign}, auth=auth
+                )
+                assert "cross-site" in assert_problem(response, 403, code="DENIED")["detail"]
+        [key] = [k for k in ok(browser.get(team.url("/keys"))) if k["access_key_id"] == key_id]
+        assert key["state"] == "active"
+        # From the server's own page, or from a client that is no browser, it works.
+        same_origin = {"Origin": team.server.url, "Sec-Fetch-Site": "same-origin"}
+        assert ok(browser.post(disable, headers=same_origin))["state"] == "disabled"
+        assert ok(browser.post(team.url(f"/keys/{key_id}/enable")))["state"] == "active"
+
+
 def test_sign_in_from_another_site_is_refused(team: Team) -> None:
     for foreign in ({"Origin": EVIL}, {"Sec-Fetch-Site": "cross-site"}):
         with api(team.server) as client:
