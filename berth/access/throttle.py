@@ -14,6 +14,10 @@ limit, and until the window ends the worker refuses from memory, so a sign-in th
 costs nothing here. Another worker learns it at its own next failure for that counter: a
 guesser spread over the workers gets at most one failure past the limit per worker.
 
+An IPv6 client is counted by its /64 network, the block one host or subscriber is given (an
+IPv4 client, or IPv4 mapped into IPv6, by its address): a guesser with a /64 has 2^64 addresses
+to take turns with, and would never reach a limit counted per address.
+
 The memory is bounded: a name that cannot be a key ID or user name is counted only against its
 address, a refused attempt remembers nothing new, and at most `max_tracked` refusals are kept
 (the oldest forgotten first).
@@ -22,6 +26,7 @@ address, a refused attempt remembers nothing new, and at most `max_tracked` refu
 from __future__ import annotations
 
 import datetime as dt
+import ipaddress
 import math
 import re
 import time
@@ -38,6 +43,24 @@ MAX_TRACKED = 20_000
 # Key IDs and user names: what is longer or carries other characters cannot log in.
 _PLAUSIBLE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 _KINDS = {"key": "access key", "client": "address"}
+# The IPv6 network counted as one client (RFC 6177: a subscriber or host gets at least a /64).
+IPV6_CLIENT_PREFIX = 64
+
+
+def client_counted(client: str | None) -> str | None:
+    """What the throttle counts `client` as: an IPv6 address by its /64 network (`2001:db8::/64`),
+    any other address (IPv4, IPv4 mapped into IPv6: as its IPv4 address) as it is."""
+    if not client:
+        return client
+    try:
+        address = ipaddress.ip_address(client.split("%", 1)[0])
+    except ValueError:
+        return client  # not an address (a test client's name): counted as written
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            return str(address.ipv4_mapped)
+        return str(ipaddress.ip_network(f"{address}/{IPV6_CLIENT_PREFIX}", strict=False))
+    return client
 
 
 class LoginThrottle:
@@ -63,6 +86,7 @@ class LoginThrottle:
     def _counters(self, key_id: str | None, client: str | None) -> list[tuple[str, str]]:
         """(kind, counter) for each limit this attempt counts against."""
         plausible = key_id is not None and _PLAUSIBLE_NAME.fullmatch(key_id) is not None
+        client = client_counted(client)
         counters = []
         if plausible and self.limits["key"]:
             counters.append(("key", f"key:{key_id}@{client or ''}"))

@@ -86,3 +86,28 @@ def test_the_refusals_kept_in_memory_are_bounded(world: World) -> None:
             throttle.check("BKMANY0099", "198.51.100.30")
 
     world.run(scenario)
+
+
+def test_an_ipv6_client_is_counted_by_its_64_network(world: World) -> None:
+    """A guesser with a /64 (what one host or subscriber is given) cannot take turns with its
+    2^64 addresses: the per-address and per-key limits count the network as one client. Another
+    /64, and IPv4 clients (mapped into IPv6 too), are counted by their own address."""
+
+    async def scenario(services: Services) -> None:
+        throttle = LoginThrottle(services.db, 2, 3)
+        for host in range(1, 3):
+            await throttle.failed("BKSIXFOUR", f"2001:db8:1:2::{host}")
+        with pytest.raises(TooManyRequests, match="access key"):
+            throttle.check("BKSIXFOUR", "2001:db8:1:2:ffff:ffff:ffff:ffff")
+        await throttle.failed("alice", "2001:db8:1:2:abcd::7")
+        with pytest.raises(TooManyRequests, match="address"):
+            throttle.check("bob", "2001:db8:1:2::99", user=True)
+        throttle.check("BKSIXFOUR", "2001:db8:1:3::1")  # another /64
+        throttle.check("bob", "2001:db8:1:3::1", user=True)
+        for _ in range(3):
+            await throttle.failed("carol", "::ffff:198.51.100.30")
+        with pytest.raises(TooManyRequests, match="address"):
+            throttle.check("dave", "198.51.100.30", user=True)
+        throttle.check("dave", "198.51.100.31", user=True)
+
+    world.run(scenario)
