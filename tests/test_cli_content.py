@@ -309,3 +309,24 @@ def test_image_verbs_take_the_digest_as_the_listing_shows_it(sqlite_server: Bert
     assert {e["old_digest"] or e["new_digest"] for e in events} == {first.digest}
     vague = in_process(berth).cli("image", "history", name, "--digest", "sha256:0123", check=False)
     assert vague.returncode == 2 and "first 12 or more hex digits" in vague.stderr
+
+
+def test_control_characters_a_pusher_wrote_are_printed_written_out(
+    sqlite_server: BerthServer,
+) -> None:
+    """An image config's platform is the pusher's to write: escape sequences in it (here: set
+    the clipboard, clear the screen) reach the operator's terminal as text, not as commands."""
+    berth = sqlite_server
+    berth.create_repository("clidemo5", "app")
+    name = "clidemo5/app"
+    sneaky = "amd64\x1b]52;c;ZWNobyBwd25lZA==\x1b\\\x1b[2J\x9b1A"
+    with httpx.Client(base_url=berth.url, auth=berth.access_key("clidemo5"), timeout=60) as client:
+        push_image(client, name, "v1", architecture=json.dumps(sneaky)[1:-1])  # JSON escapes
+
+    [item] = in_process(berth).cli_items("image", "list", name)
+    assert item["platforms"] == [f"linux/{sneaky}"]  # --json: as pushed, JSON-escaped
+    table = in_process(berth).cli("image", "list", name).stdout
+    assert "\x1b" not in table and "\x9b" not in table
+    # The platforms column (cut to its width), the escape written out.
+    cells = [line.split("│")[5].strip() for line in table.splitlines() if line.startswith("│")]
+    assert "".join(cells).startswith("linux/amd64\\x1b")

@@ -6,9 +6,10 @@ import contextlib
 import datetime as dt
 import getpass
 import json
+import re
 import socket
 import sys
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar
@@ -26,15 +27,36 @@ if TYPE_CHECKING:
     from berth.state import Services
 
 
+# Control characters but tab and line feed (C0, DEL, C1): what a terminal takes for commands.
+_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def shown_safely(text: str) -> str:
+    """`text` with each control character but tab and line feed written out (`\\x1b`): what is
+    printed comes from pushers too (an image config's platform, a package's version), and a
+    terminal would obey an escape sequence in it (set the clipboard, clear or rewrite lines)."""
+    return _CONTROL.sub(lambda found: f"\\x{ord(found.group()):02x}", text)
+
+
 def _make_console(stderr: bool) -> Console:
     from rich.console import Console
+    from rich.segment import Segment
     from rich.text import Text
 
     class _Console(Console):
         """Rich's console, leaving each line of prose (strings, Text) whole when it prints to
         no terminal: a file or a script gets a message on one line, not cut at Rich's 80
         columns mid-sentence. Tables, their titles included, still fit the width (COLUMNS,
-        else 80)."""
+        else 80). The text it prints never carries control characters (`shown_safely`):
+        only Rich's own styles and cursor moves reach the terminal."""
+
+        def _render_buffer(self, buffer: Iterable[Segment]) -> str:
+            return super()._render_buffer(
+                segment
+                if segment.control
+                else Segment(shown_safely(segment.text), segment.style, segment.control)
+                for segment in buffer
+            )
 
         def print(self, *objects: Any, soft_wrap: bool | None = None, **options: Any) -> None:
             if soft_wrap is None:
