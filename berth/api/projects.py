@@ -23,6 +23,7 @@ from berth.api.problems import FieldError, responses
 from berth.domain.errors import ConfirmationRequired
 from berth.domain.names import PROJECT_NAME_PATTERN, PROJECT_NAME_RULE, project_name_problem
 from berth.services.repository_listings import ProjectDetails
+from berth.services.repository_quota import MAX_REPOSITORY_QUOTA
 from berth.services.scanning.policy import POLICY_SEVERITIES, PullPolicySettings
 from berth.state import Services
 
@@ -70,7 +71,7 @@ class NewProject(RequestBody):
 class QuotaUpdate(RequestBody):
     repository_quota: int | None = Field(
         ge=0,
-        le=1_000_000,
+        le=MAX_REPOSITORY_QUOTA,
         description="the most repositories the project may hold; null for the server default",
     )
 

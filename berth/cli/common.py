@@ -98,6 +98,9 @@ ProjectArg = Annotated[str, typer.Argument(metavar="PROJECT")]
 UserArg = Annotated[str, typer.Argument(metavar="USER")]
 TagArg = Annotated[str, typer.Argument(metavar="TAG")]
 KeyIdArg = Annotated[str, typer.Argument(metavar="KEY_ID", help="The access key ID.")]
+# The largest id of a webhook, delivery, rule or run (the database's integer columns), as the
+# API's paths bound it: a larger number is refused as a bad value, not sent to the database.
+ID_MAX = 2**31 - 1
 
 
 # Exit codes: 1 a refusal, 2 a bad setting or flag (as for a mistyped flag), 3 exists already.

@@ -190,7 +190,9 @@ def gc_status(project: ProjectArg, json_output: JsonFlag = False) -> None:
 @gc_app.command("history")
 def gc_history(
     project: ProjectArg,
-    limit: Annotated[int, typer.Option(min=1, help="How many runs, newest first.")] = 20,
+    limit: Annotated[
+        int, typer.Option(min=1, max=10_000, help="How many runs, newest first.")
+    ] = 20,
     json_output: JsonFlag = False,
 ) -> None:
     """A project's garbage collection runs, newest first."""

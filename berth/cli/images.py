@@ -54,7 +54,7 @@ def _platforms_cell(item: dict[str, Any]) -> str:
 @image_app.command("list")
 def image_list(
     name: Annotated[str, typer.Argument(metavar="PROJECT/REPO[/IMAGE]")],
-    page: Annotated[int, typer.Option(min=1, help="Page number.")] = 1,
+    page: Annotated[int, typer.Option(min=1, max=100_000, help="Page number.")] = 1,
     per_page: Annotated[int, typer.Option(min=1, max=1000, help="Images per page.")] = 50,
     json_output: JsonFlag = False,
 ) -> None:

@@ -10,6 +10,7 @@ import typer
 
 from berth.cli.common import (
     CLI_CLIENT,
+    ID_MAX,
     JsonFlag,
     ProjectArg,
     YesFlag,
@@ -89,7 +90,10 @@ def immutability_add(
 @immutability_app.command("remove")
 def immutability_remove(
     project: ProjectArg,
-    rule_id: Annotated[int, typer.Argument(metavar="RULE_ID", help="The rule's id (see list).")],
+    rule_id: Annotated[
+        int,
+        typer.Argument(min=1, max=ID_MAX, metavar="RULE_ID", help="The rule's id (see list)."),
+    ],
     yes: YesFlag = False,
     json_output: JsonFlag = False,
 ) -> None:

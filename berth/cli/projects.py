@@ -100,7 +100,7 @@ def project_quota(
         str | None,
         typer.Argument(
             metavar="MAXIMUM|default",
-            help="The most repositories the project may hold (0 or more); default returns it "
+            help="The most repositories the project may hold (0 to 1,000,000); default returns it "
             "to the server's repository_quota. Without it: show the quota.",
             show_default=False,
         ),

@@ -211,7 +211,9 @@ def retention_run(project: ProjectArg, yes: YesFlag = False, json_output: JsonFl
 @retention_app.command("history")
 def retention_history(
     project: ProjectArg,
-    limit: Annotated[int, typer.Option(min=1, help="How many runs, newest first.")] = HISTORY_LIMIT,
+    limit: Annotated[
+        int, typer.Option(min=1, max=10_000, help="How many runs, newest first.")
+    ] = HISTORY_LIMIT,
     json_output: JsonFlag = False,
 ) -> None:
     """The project's retention runs, newest first."""

@@ -32,7 +32,9 @@ def audit(
             show_default=False,
         ),
     ] = None,
-    limit: Annotated[int, typer.Option(min=1, help="How many entries, newest first.")] = 100,
+    limit: Annotated[
+        int, typer.Option(min=1, max=1_000_000, help="How many entries, newest first.")
+    ] = 100,
     json_output: JsonFlag = False,
 ) -> None:
     """Show a project's audit log (logins, key, role and settings changes), or without PROJECT

@@ -15,6 +15,7 @@ import typer
 
 from berth.cli.common import (
     CLI_CLIENT,
+    ID_MAX,
     JsonFlag,
     ProjectArg,
     YesFlag,
@@ -43,11 +44,16 @@ webhook_app = typer.Typer(
     help="Webhooks: events of a project POSTed to your endpoints.", no_args_is_help=True
 )
 
-WebhookIdArg = Annotated[int, typer.Argument(metavar="WEBHOOK_ID", help="The webhook's id.")]
+WebhookIdArg = Annotated[
+    int, typer.Argument(min=1, max=ID_MAX, metavar="WEBHOOK_ID", help="The webhook's id.")
+]
 DeliveryIdArg = Annotated[
     int,
     typer.Argument(
-        metavar="DELIVERY_ID", help="The delivery's id (the first column of `webhook deliveries`)."
+        min=1,
+        max=ID_MAX,
+        metavar="DELIVERY_ID",
+        help="The delivery's id (the first column of `webhook deliveries`).",
     ),
 ]
 EventOption = Annotated[

@@ -39,7 +39,7 @@ from berth.metadata.tables import (
 )
 from berth.services.gc.restrictions import ensure_writable
 from berth.services.repository_listings import RepositoryListings
-from berth.services.repository_quota import check_repository_quota
+from berth.services.repository_quota import MAX_REPOSITORY_QUOTA, check_repository_quota
 from berth.services.repository_records import Repository, ScanMode
 from berth.services.scanning.policy import severity_rank
 from berth.services.tag_rules import refuse_protected_repository
@@ -231,8 +231,11 @@ class Repositories(RepositoryListings):
         """A project's own repository maximum; None returns it to the server default. Audited
         in the project's log as `project.quota`, with the maximum before and after (`old`,
         `new`) and whether each was the server default."""
-        if quota is not None and quota < 0:
-            raise InvalidValue("the repository quota cannot be negative", "repository_quota")
+        if quota is not None and not 0 <= quota <= MAX_REPOSITORY_QUOTA:
+            raise InvalidValue(
+                f"the repository quota must be from 0 to {MAX_REPOSITORY_QUOTA:,}; not {quota:,}",
+                "repository_quota",
+            )
         async with self.db.write() as conn:
             project_id = await require_project(conn, project)
             own = (

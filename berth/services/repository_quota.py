@@ -9,6 +9,9 @@ from berth.domain.errors import QuotaExceeded
 from berth.metadata.lookups import count_in_project
 from berth.metadata.tables import project_settings, repositories
 
+# The largest quota a project may be given, from the API or the CLI alike.
+MAX_REPOSITORY_QUOTA = 1_000_000
+
 
 async def check_repository_quota(
     conn: AsyncConnection, project_id: int, project: str, default_quota: int
