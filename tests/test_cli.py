@@ -115,6 +115,25 @@ def test_cli_errors_are_clear(tmp_path: Path) -> None:
     assert json.loads(repaired.stdout)["orphans_removed"] == []
 
 
+def test_key_list_refuses_a_project_or_user_that_does_not_exist(tmp_path: Path) -> None:
+    berth = BerthServer(tmp_path / "data")
+    verbs = in_process(berth)
+    verbs.cli("init")
+    verbs.cli("project", "create", "demo")
+    verbs.cli("key", "create", "--user", "admin", "--project", "demo")
+    # A mistyped name is said, as `repo list` and `member list` say it, not an empty table.
+    for args, said in (
+        (["--project", "dmeo"], "project 'dmeo' does not exist"),
+        (["--user", "amdin"], "user 'amdin' does not exist"),
+        (["--user", "admin", "--project", "nope"], "project 'nope' does not exist"),
+    ):
+        refused = verbs.cli("key", "list", *args, "--json", check=False)
+        assert (refused.returncode, refused.stdout) == (1, ""), refused
+        assert said in refused.stderr, refused.stderr
+    [key] = verbs.cli_items("key", "list", "--user", "admin", "--project", "demo")
+    assert (key["user"], key["project"]) == ("admin", "demo")
+
+
 def test_users_members_keys_and_audit(tmp_path: Path) -> None:
     berth = BerthServer(tmp_path / "data")
     verbs = in_process(berth)

@@ -25,7 +25,7 @@ from berth.cli.common import (
 )
 
 if TYPE_CHECKING:
-    from berth.services.keys import CreatedKey
+    from berth.services.keys import AccessKey, CreatedKey
     from berth.state import PrintedAddress, Services
 
 key_app = typer.Typer(help="Access keys for docker login and other clients.", no_args_is_help=True)
@@ -115,7 +115,16 @@ def key_list(
     """List access keys (never their secrets)."""
     from berth.services.records import plain
 
-    found = run_service(lambda s: s.identity.keys.list_keys(user=user, project=project))
+    async def work(s: Services) -> list[AccessKey]:
+        # A name mistyped is refused, as every verb naming a project or user refuses it, not
+        # listed as a project or user without keys.
+        if project is not None:
+            await s.repositories.project(project)
+        if user is not None:
+            await s.identity.users.require_user(user)
+        return await s.identity.keys.list_keys(user=user, project=project)
+
+    found = run_service(work)
     show_rows(
         json_output,
         plain(found),
