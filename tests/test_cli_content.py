@@ -272,6 +272,30 @@ def test_printed_commands_name_where_the_server_serves_and_run_as_printed(
     assert tested.returncode == 0, tested.stderr
 
 
+def test_image_tables_show_12_digits_of_each_digest_in_80_columns(
+    sqlite_server: BerthServer,
+) -> None:
+    """The digest `berth image delete` and `scan` take is whole in the tables, however narrow
+    the other columns make them: in 80 columns (a pipe's width) Rich cut it to 10 and `…`."""
+    berth = sqlite_server
+    berth.create_repository("clinarrow", "app")
+    name = "clinarrow/app"
+    with httpx.Client(base_url=berth.url, auth=berth.access_key("clinarrow"), timeout=60) as client:
+        pushed = [
+            push_image(client, name, "latest"),
+            push_image(client, f"{name}/hello", "v1"),
+            push_image(client, f"{name}/hello", "v2"),
+        ]
+    listed = in_process(berth).cli("image", "list", name).stdout
+    history = in_process(berth).cli("image", "history", name).stdout
+    for image in pushed:
+        shown = image.digest.removeprefix("sha256:")[:12]
+        assert shown in listed, listed
+        assert shown in history, history
+    assert max(map(len, listed.splitlines())) <= 80, listed
+    assert "…" not in listed + history, history  # no column cut short either
+
+
 def test_image_verbs_take_the_digest_as_the_listing_shows_it(sqlite_server: BerthServer) -> None:
     """`berth image list` shows 12 hex digits of each digest: `image delete` and `scan` take
     those, alone or after `sha256:`, when they start exactly one manifest's digest."""

@@ -15,6 +15,7 @@ from berth.cli.common import (
     cli_actor,
     confirm_deletion,
     console,
+    data_table,
     done,
     listing,
     print_json,
@@ -31,6 +32,10 @@ if TYPE_CHECKING:
 
 image_app = typer.Typer(help="Images in a repository and their history.", no_args_is_help=True)
 tag_app = typer.Typer(help="Tags: restore a removed tag.", no_args_is_help=True)
+
+
+HISTORY_COLUMNS = ["at", "actor", "action", "image", "tag", "old", "new", "restorable"]
+HISTORY_DIGESTS = frozenset({"old", "new"})
 
 
 def _split_image(value: str) -> tuple[str, str, str]:
@@ -81,7 +86,10 @@ def image_list(
     table = Table(title=f"Images in {name} ({total} in all, page {page})")
     # Each image's scan is in --json and `berth scan`: an eighth column does not fit 80 columns.
     for column in ("image", "digest", "tags", "size", "platforms", "referrers", "pushed at"):
-        table.add_column(column)
+        if column == "digest":  # whole: `image delete` and `scan` take it as shown
+            table.add_column(column, no_wrap=True, min_width=12)
+        else:
+            table.add_column(column)
     for item in items:
         table.add_row(
             item["image"] or "-",
@@ -116,7 +124,6 @@ def image_history(
     json_output: JsonFlag = False,
 ) -> None:
     """Show image and tag history: pushes, tags, untags, moves, deletes and restores."""
-    from rich.table import Table
 
     from berth.services.images import Images
     from berth.services.records import plain
@@ -139,21 +146,22 @@ def image_history(
     if json_output:
         print_json(listing(found, total, per_page=limit))
         return
-    table = Table(title=f"History of {name}")
-    for column in ("at", "actor", "action", "image", "tag", "old", "new", "restorable"):
-        table.add_column(column)
-    for event in found:
-        table.add_row(
-            when(event["at"]),
-            event["actor"],
-            event["action"],
-            event["image"] or "-",
-            event["tag"] or "",
-            _short(event["old_digest"]),
-            _short(event["new_digest"]),
-            "yes" if event["restorable"] else "",
-        )
-    console.print(table)
+    rows = [
+        {
+            "at": event["at"],
+            "actor": event["actor"],
+            "action": event["action"],
+            "image": event["image"] or "-",
+            "tag": event["tag"],
+            "old": _short(event["old_digest"]),
+            "new": _short(event["new_digest"]),
+            "restorable": event["restorable"],
+        }
+        for event in found
+    ]
+    # The digests whole (`image history --digest`, `image delete` and `scan` take them as
+    # shown): a table when the terminal is wide enough for them, else one record per event.
+    console.print(data_table(rows, HISTORY_COLUMNS, f"History of {name}", ids=HISTORY_DIGESTS))
 
 
 @image_app.command("delete")
