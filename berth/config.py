@@ -33,6 +33,9 @@ LOCK_WAIT_SECONDS = 15.0
 STATEMENT_SECONDS = 60.0
 GiB = 1024**3
 DEFAULT_S3_CACHE_SIZE = 10 * GiB
+# The most worker processes `berth serve` starts (about 40 MB each): a larger number is a
+# mistake, named before serving rather than met as processes the machine cannot hold.
+MAX_WORKERS = 1024
 
 
 # Settings that bound waits on a PostgreSQL server, and why SQLite has none of them.
@@ -101,7 +104,9 @@ class Settings(BaseSettings):
     workers: int = Field(
         0,
         ge=0,
-        description="server worker processes; 0 (the default): one per core this server may run on",
+        le=MAX_WORKERS,
+        description="server worker processes, at most 1024; 0 (the default): one per core this "
+        "server may run on",
     )
     admin_password: str | None = Field(
         None,

@@ -128,6 +128,11 @@ def test_bad_settings_are_named_before_serving(tmp_path: Path) -> None:
             {"BERTH_WORKERS": "abc"},
             "BERTH_WORKERS: 'abc' is not a whole number",
         ),
+        "workers past the most": (
+            ["--workers", "99999999999999999999"],
+            {},
+            "--workers: 99999999999999999999 must be at most 1024",
+        ),
         "lock timeout on SQLite": (
             [],
             {"BERTH_DATABASE_LOCK_TIMEOUT": "1"},
