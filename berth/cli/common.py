@@ -342,6 +342,8 @@ def data_table(
         else MIN_FOLD_WIDTH
         for column in columns
     ]
+    if not rows:  # only the headers to fit: the empty table every other empty list prints
+        floors = [len(named[column]) for column in columns]
     if sum(floors) + len(columns) - 1 > console.width:
         return _records(rows, columns, title, named)
     shown = Table(title=title, box=box.SIMPLE_HEAD, padding=0, show_edge=False)
@@ -378,6 +380,8 @@ def _records(
         for column in columns:
             record.add_row(f"{named[column]}:", Text(cell(row[column], column)))
         parts += [Text(""), record]
+    if not rows:
+        parts.append(Text("none"))
     return Group(*parts)
 
 

@@ -111,3 +111,19 @@ def test_a_table_that_fits_stays_a_table_with_its_ids_whole(
     assert header.split() == ["id", "repository", "started", "by", "updated"]
     assert UPLOAD["id"] in shown  # on one line
     assert all(len(line) <= 80 for line in shown.splitlines())
+
+
+def test_an_empty_list_shows_its_headers_or_says_none(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An empty list is a table of headers when they fit (`berth gc history` of a project
+    never collected printed its title alone), else the title and `none`."""
+    from berth.cli.gc import COLUMNS
+
+    columns, headers = [key for key, _ in COLUMNS], dict(COLUMNS)
+    monkeypatch.setattr(common, "console", Console(width=80))
+    shown = _printed(data_table([], columns, "Garbage collection in demo", headers), 80)
+    lines = shown.splitlines()
+    assert lines[0].strip() == "Garbage collection in demo"
+    assert lines[1].split()[:4] == ["run", "started", "state", "dry"], shown
+    monkeypatch.setattr(common, "console", Console(width=30))
+    narrow = _printed(data_table([], columns, "Garbage collection in demo", headers), 30)
+    assert [line.strip() for line in narrow.splitlines()] == ["Garbage collection in demo", "none"]
