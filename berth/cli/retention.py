@@ -20,6 +20,7 @@ from berth.cli.common import (
     print_json,
     run_service,
     show_rows,
+    when,
 )
 from berth.domain.retention import COMBINATION_RULE, Keep, Rule
 from berth.domain.wording import counted
@@ -131,7 +132,8 @@ def retention_show(project: ProjectArg, json_output: JsonFlag = False) -> None:
 
 def _show_schedule(policy: Policy) -> None:
     if policy.schedule:
-        console.print(f"Runs on schedule {policy.schedule} (UTC); next at {policy.next_run_at}")
+        next_run = when(policy.next_run_at.isoformat() if policy.next_run_at else None, "-")
+        console.print(f"Runs on schedule {policy.schedule} (UTC); next at {next_run}")
     else:
         run_command = pasteable("retention", "run", policy.project)
         sys.stdout.write(f"Runs only when started: {run_command}\n")
