@@ -23,7 +23,11 @@ from berth.metadata.tables import image_events, manifest_references, manifests, 
 from berth.services.content_audit import audit_content_change
 from berth.services.content_in_use import index_child_refusal, manifests_using, missing_manifest
 from berth.services.image_records import MAX_LISTED_KEPT, ImageDeletion, KeptManifest
-from berth.services.manifests import refuse_protected_tags, write_image_event
+from berth.services.manifests import (
+    reference_named,
+    refuse_protected_tags,
+    write_image_event,
+)
 from berth.services.platform_manifests import (
     DeletedImage,
     DeletedManifest,
@@ -114,7 +118,8 @@ class ManifestDeletes:
                     )
             if not found:
                 raise ManifestUnknown(
-                    f"manifest {reference!r} is not in this repository", {"reference": reference}
+                    f"{reference_named(reference)} is not in this repository",
+                    {"reference": reference},
                 )
 
     async def delete_image(

@@ -168,7 +168,7 @@ class ManifestContent:
             )
         if row is None:
             raise ManifestUnknown(
-                f"manifest {reference!r} is not in this repository", {"reference": reference}
+                f"{reference_named(reference)} is not in this repository", {"reference": reference}
             )
         content = bytes(row[2])
         if digest_bytes(content, parse_digest(row[0]).algorithm) != row[0]:
@@ -508,3 +508,9 @@ async def refuse_protected_tags(
         rule = protecting_rule(rules, name, tag)
         if rule is not None:
             raise TagImmutable(tag, rule, change)
+
+
+def reference_named(reference: str) -> str:
+    """A manifest reference as a message names it: a digest as a manifest, a tag as a tag
+    (`tag 'v2' is not in this repository`, where `manifest 'v2'` left users wondering)."""
+    return f"manifest {reference}" if is_digest(reference) else f"tag {reference!r}"

@@ -688,7 +688,8 @@ def test_restore_flow_with_a_real_pull(team: Team) -> None:
     )
     assert "no longer stored" in body["detail"]
     assert_problem(team["member"].delete(team.repo_url(f"/images/{manifest.digest}")), 404)
-    assert_problem(team["member"].delete(team.repo_url("/tags/v1")), 404)
+    gone = assert_problem(team["member"].delete(team.repo_url("/tags/v1")), 404)
+    assert gone["detail"] == "tag 'v1' is not in this repository", gone  # not "manifest 'v1'"
 
     # Deletes (through /v2 or the API) and restores are in the audit log too.
     wanted = {
