@@ -524,3 +524,19 @@ def split_repo(value: str) -> tuple[str, str]:
     if not project or not repository:
         raise typer.BadParameter(f"expected PROJECT/REPOSITORY, got {value!r}")
     return project, repository
+
+
+def split_image(value: str) -> tuple[str, str, str]:
+    """A PROJECT/REPO[/IMAGE] argument -> (project, repository, image; "" for the repository's
+    own). An image name no image can have is refused, as the API refuses it: not taken for an
+    image with nothing in it."""
+    from berth.domain.names import NAME_RE
+
+    project, repository = split_repo(value)
+    repository, _, image = repository.partition("/")
+    if image and not NAME_RE.fullmatch(image):
+        raise typer.BadParameter(
+            f"invalid image name {image!r} in {value!r}: lowercase letters and digits, with "
+            "'.', '_', '__' or '-' between them, and '/' between its parts"
+        )
+    return project, repository, image

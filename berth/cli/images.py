@@ -20,7 +20,7 @@ from berth.cli.common import (
     listing,
     print_json,
     run_service,
-    split_repo,
+    split_image,
     when,
 )
 from berth.domain.wording import counted
@@ -36,13 +36,6 @@ tag_app = typer.Typer(help="Tags: restore a removed tag.", no_args_is_help=True)
 
 HISTORY_COLUMNS = ["at", "actor", "action", "image", "tag", "old", "new", "restorable"]
 HISTORY_DIGESTS = frozenset({"old", "new"})
-
-
-def _split_image(value: str) -> tuple[str, str, str]:
-    """PROJECT/REPOSITORY[/IMAGE...] -> (project, repository, image)."""
-    project, repository = split_repo(value)
-    repository, _, image = repository.partition("/")
-    return project, repository, image
 
 
 def _short(digest: str | None) -> str:
@@ -69,7 +62,7 @@ def image_list(
     from berth.services.images import Images
     from berth.services.records import plain
 
-    project, repository, image = _split_image(name)
+    project, repository, image = split_image(name)
 
     async def work(s: Services) -> tuple[list[dict[str, Any]], int]:
         repo = await s.repositories.require(project, repository)
@@ -128,7 +121,7 @@ def image_history(
     from berth.services.images import Images
     from berth.services.records import plain
 
-    project, repository, image = _split_image(name)
+    project, repository, image = split_image(name)
 
     async def work(s: Services) -> tuple[list[dict[str, Any]], int]:
         repo = await s.repositories.require(project, repository)
@@ -183,7 +176,7 @@ def image_delete(
     from berth.services.digest_starts import resolve_digest
     from berth.services.records import plain
 
-    project, repository, image = _split_image(name)
+    project, repository, image = split_image(name)
 
     async def named(s: Services) -> str:
         # As `berth image list` shows it (its first 12 hex digits) or whole.
@@ -273,7 +266,7 @@ def tag_restore(
     json_output: JsonFlag = False,
 ) -> None:
     """Put a removed tag back on the image it last named (while that image is stored)."""
-    project, repository, image = _split_image(name)
+    project, repository, image = split_image(name)
 
     async def work(s: Services) -> str:
         repo = await s.repositories.require(project, repository)

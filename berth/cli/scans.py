@@ -16,7 +16,7 @@ from berth.cli.common import (
     pasteable,
     print_json,
     run_service,
-    split_repo,
+    split_image,
 )
 from berth.domain.wording import counted
 
@@ -37,13 +37,12 @@ def split_reference(value: str) -> tuple[str, str, str, str]:
     else:
         slash = name.rfind("/")
         colon = name.rfind(":")
-        if colon <= slash:
+        if colon <= slash or colon == len(name) - 1:  # no tag, or an empty one
             raise typer.BadParameter(
                 f"expected PROJECT/REPO[/IMAGE]:TAG or PROJECT/REPO[/IMAGE]@DIGEST, got {value!r}"
             )
         name, reference = name[:colon], name[colon + 1 :]
-    project, repository = split_repo(name)
-    repository, _, image = repository.partition("/")
+    project, repository, image = split_image(name)
     return project, repository, image, reference
 
 

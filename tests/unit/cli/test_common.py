@@ -11,7 +11,8 @@ import typer
 from rich.console import Console, RenderableType
 
 from berth.cli import common
-from berth.cli.common import cell, data_table, split_repo, when
+from berth.cli.common import cell, data_table, split_image, split_repo, when
+from berth.cli.scans import split_reference
 
 
 @pytest.fixture
@@ -66,6 +67,35 @@ def test_table_cells(value: object, column: str, shown: str) -> None:
 def test_a_time_column_shows_its_time(in_utc: None) -> None:
     assert cell("2026-12-01T03:04:00+00:00", "created_at") == "2026-12-01 03:04 UTC"
     assert cell("2026-12-01T03:04:00+00:00", "at") == "2026-12-01 03:04 UTC"
+
+
+@pytest.mark.parametrize(
+    ("argument", "parts"),
+    [
+        ("demo/app", ("demo", "app", "")),
+        ("demo/app/hello", ("demo", "app", "hello")),
+        ("demo/app/team/tool.v2", ("demo", "app", "team/tool.v2")),
+    ],
+)
+def test_an_image_argument_is_project_repository_then_image(
+    argument: str, parts: tuple[str, str, str]
+) -> None:
+    assert split_image(argument) == parts
+
+
+@pytest.mark.parametrize("image", ["Hello", "-x", "a//b", "team/", "hello world"])
+def test_an_image_name_no_image_can_have_is_refused(image: str) -> None:
+    """As the API refuses it (422), not listed as an image with nothing in it."""
+    with pytest.raises(typer.BadParameter, match=f"invalid image name '{image}' in"):
+        split_image(f"demo/app/{image}")
+    with pytest.raises(typer.BadParameter, match=f"invalid image name '{image}' in"):
+        split_reference(f"demo/app/{image}:v1")
+
+
+@pytest.mark.parametrize("argument", ["demo/app:", "demo/app/hello:", "demo/app"])
+def test_a_scan_argument_needs_a_tag_or_a_digest(argument: str) -> None:
+    with pytest.raises(typer.BadParameter, match="expected PROJECT/REPO"):
+        split_reference(argument)
 
 
 def _printed(renderable: RenderableType, width: int) -> str:
