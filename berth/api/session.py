@@ -94,6 +94,17 @@ def _route_path(scope: Scope) -> str:
 # ---------------------------------------------------------------- the middleware
 
 
+async def _refuse_write(refusal: str, scope: Scope, receive: Receive, send: Send) -> None:
+    """403 before the handler runs, once the request's body is read: answered with the body
+    unread, the server closed the connection, and a client that sent its next request on it
+    saw it closed without an answer. The body is bounded in front of the API (berth/limits.py)."""
+    more = True
+    while more:
+        message = await receive()
+        more = message["type"] == "http.request" and message.get("more_body", False)
+    await problem(403, refusal, "DENIED")(scope, receive, send)
+
+
 class ConsoleSessions:
     """Authenticates API requests by the console's session cookie (pure ASGI)."""
 
@@ -111,7 +122,7 @@ class ConsoleSessions:
             # opens it) with another site's form, as it sends the cookie.
             refusal = cross_site_refusal(scope, connection.headers)
             if refusal:
-                await problem(403, refusal, "DENIED")(scope, receive, send)
+                await _refuse_write(refusal, scope, receive, send)
                 return
         token = connection.cookies.get(SESSION_COOKIE)
         services = getattr(scope["app"].state, "services", None)
@@ -140,7 +151,7 @@ class ConsoleSessions:
         if scope["method"] in UNSAFE_METHODS:
             refusal = _csrf_refusal(connection.headers, session)
             if refusal:
-                await problem(403, refusal, "DENIED")(scope, receive, send)
+                await _refuse_write(refusal, scope, receive, send)
                 return
         scope[SESSION_SCOPE_KEY] = session.principal
         scope[SESSION_RECORD_KEY] = session

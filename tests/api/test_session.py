@@ -167,6 +167,22 @@ def test_a_cross_site_form_post_is_refused_with_the_browsers_basic_credentials(t
         assert ok(browser.post(team.url(f"/keys/{key_id}/enable")))["state"] == "active"
 
 
+def test_a_refused_write_leaves_the_connection_open_for_the_next_request(team: Team) -> None:
+    """A write refused before its handler runs (cross-site, or without the session's CSRF
+    token) is answered once its body is read: the connection then takes the next request,
+    as a browser or client that keeps connections open sends it."""
+    body = {"description": "x" * 60_000}  # more than one read of the socket
+    with api(team.server) as client:
+        for _ in range(3):
+            refused = client.patch(team.repo_url(), json=body, headers={"Origin": EVIL})
+            assert_problem(refused, 403, code="DENIED")
+            assert_problem(client.get("/session"), 401)
+    with signed_in(team) as (client, _session):
+        for _ in range(3):
+            assert_problem(client.patch(team.repo_url(), json=body), 403, code="DENIED")
+            ok(client.get("/session"))
+
+
 def test_sign_in_from_another_site_is_refused(team: Team) -> None:
     for foreign in ({"Origin": EVIL}, {"Sec-Fetch-Site": "cross-site"}):
         with api(team.server) as client:
