@@ -12,11 +12,12 @@ from berth.api.bodies import RequestBody
 from berth.api.deps import ManageProject, Page, PagingDep, ReadProject
 from berth.api.problems import responses
 from berth.auth.guard import client_address
+from berth.domain.references import MAX_ID
 from berth.services.gc import Run
 
 router = APIRouter(prefix="/projects/{project}/gc", tags=["garbage collection"])
 
-RunId = Annotated[int, Path(ge=1, le=2**31 - 1, description="run id")]
+RunId = Annotated[int, Path(ge=1, le=MAX_ID, description="run id")]
 
 
 class StartRun(RequestBody):

@@ -28,7 +28,7 @@ from starlette.routing import Match
 from berth.domain.descriptions import NOT_TEXT
 from berth.domain.digests import DIGEST_RULE
 from berth.domain.errors import Conflict, InvalidValue, RegistryError
-from berth.domain.names import PROJECT_NAME_RULE
+from berth.domain.names import COMPONENT_RULE, PROJECT_NAME_RULE
 from berth.observability.requests import with_request_id
 
 PROBLEM_TYPE = "application/problem+json"
@@ -127,7 +127,7 @@ def _form_problem(field: str) -> str:
     if last == "digest":
         return f"not a digest: {DIGEST_RULE}"
     if last in ("repository", "name", "user"):
-        return "use lowercase letters and digits, with '.', '_', '__' or '-' between them"
+        return f"use {COMPONENT_RULE}"
     return "this value does not have the form this field takes (see the API documentation)"
 
 

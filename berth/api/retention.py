@@ -12,13 +12,14 @@ from berth.api.bodies import RequestBody
 from berth.api.deps import AdminProject, ManageProject, Page, PagingDep, ReadProject
 from berth.api.problems import responses
 from berth.auth.guard import client_address
+from berth.domain.references import MAX_ID
 from berth.domain.retention import COMBINATION_RULE, MAX_RULES, Keep
 from berth.domain.retention import Rule as DomainRule
 from berth.services.retention_records import RunRecord
 
 router = APIRouter(prefix="/projects/{project}/retention", tags=["retention"])
 
-RunId = Annotated[int, Path(ge=1, le=2**31 - 1, description="run id")]
+RunId = Annotated[int, Path(ge=1, le=MAX_ID, description="run id")]
 
 
 class RetentionRule(RequestBody):

@@ -13,6 +13,7 @@ from berth.api.bodies import RequestBody
 from berth.api.deps import AdminProject, ReadProject
 from berth.api.problems import responses
 from berth.domain.patterns import MAX_REPOSITORY_PATTERN, MAX_TAG_PATTERN
+from berth.domain.references import MAX_ID
 from berth.services.tag_rules import TagRule
 
 router = APIRouter(
@@ -21,7 +22,7 @@ router = APIRouter(
     responses=responses(403, 404),
 )
 
-RuleId = Annotated[int, Path(ge=1, le=2**31 - 1, description="rule id")]
+RuleId = Annotated[int, Path(ge=1, le=MAX_ID, description="rule id")]
 
 
 class NewTagRule(RequestBody):

@@ -18,6 +18,7 @@ from berth.api.deps import AdminProject, Page, PagingDep
 from berth.api.problems import responses
 from berth.domain.descriptions import DESCRIPTION_RULE, MAX_DESCRIPTION, TEXT_PATTERN
 from berth.domain.events import EVENT_TYPES
+from berth.domain.references import MAX_ID
 from berth.services.webhook_addresses import MAX_URL_LENGTH
 from berth.services.webhook_log import MAX_PENDING_TESTS, Delivery
 from berth.services.webhooks import (
@@ -31,8 +32,8 @@ router = APIRouter(
     prefix="/projects/{project}/webhooks", tags=["webhooks"], responses=responses(403, 404)
 )
 
-WebhookId = Annotated[int, Path(ge=1, le=2**31 - 1, description="webhook id")]
-DeliveryId = Annotated[int, Path(ge=1, le=2**31 - 1, description="delivery id")]
+WebhookId = Annotated[int, Path(ge=1, le=MAX_ID, description="webhook id")]
+DeliveryId = Annotated[int, Path(ge=1, le=MAX_ID, description="delivery id")]
 
 
 # Event types are checked by the service with the other fields (one refusal names them all);

@@ -98,9 +98,6 @@ ProjectArg = Annotated[str, typer.Argument(metavar="PROJECT")]
 UserArg = Annotated[str, typer.Argument(metavar="USER")]
 TagArg = Annotated[str, typer.Argument(metavar="TAG")]
 KeyIdArg = Annotated[str, typer.Argument(metavar="KEY_ID", help="The access key ID.")]
-# The largest id of a webhook, delivery, rule or run (the database's integer columns), as the
-# API's paths bound it: a larger number is refused as a bad value, not sent to the database.
-ID_MAX = 2**31 - 1
 
 
 # Exit codes: 1 a refusal, 2 a bad setting or flag (as for a mistyped flag), 3 exists already.
@@ -530,13 +527,10 @@ def split_image(value: str) -> tuple[str, str, str]:
     """A PROJECT/REPO[/IMAGE] argument -> (project, repository, image; "" for the repository's
     own). An image name no image can have is refused, as the API refuses it: not taken for an
     image with nothing in it."""
-    from berth.domain.names import NAME_RE
+    from berth.domain.names import IMAGE_NAME_RULE, NAME_RE
 
     project, repository = split_repo(value)
     repository, _, image = repository.partition("/")
     if image and not NAME_RE.fullmatch(image):
-        raise typer.BadParameter(
-            f"invalid image name {image!r} in {value!r}: lowercase letters and digits, with "
-            "'.', '_', '__' or '-' between them, and '/' between its parts"
-        )
+        raise typer.BadParameter(f"invalid image name {image!r} in {value!r}: {IMAGE_NAME_RULE}")
     return project, repository, image

@@ -10,7 +10,6 @@ import typer
 
 from berth.cli.common import (
     CLI_CLIENT,
-    ID_MAX,
     JsonFlag,
     ProjectArg,
     YesFlag,
@@ -22,6 +21,7 @@ from berth.cli.common import (
     run_service,
     show_rows,
 )
+from berth.domain.references import MAX_ID
 
 immutability_app = typer.Typer(
     help="Immutable tag rules: tags that cannot be moved or deleted.", no_args_is_help=True
@@ -92,7 +92,7 @@ def immutability_remove(
     project: ProjectArg,
     rule_id: Annotated[
         int,
-        typer.Argument(min=1, max=ID_MAX, metavar="RULE_ID", help="The rule's id (see list)."),
+        typer.Argument(min=1, max=MAX_ID, metavar="RULE_ID", help="The rule's id (see list)."),
     ],
     yes: YesFlag = False,
     json_output: JsonFlag = False,

@@ -15,7 +15,6 @@ import typer
 
 from berth.cli.common import (
     CLI_CLIENT,
-    ID_MAX,
     JsonFlag,
     ProjectArg,
     YesFlag,
@@ -33,6 +32,7 @@ from berth.cli.common import (
 )
 from berth.domain.errors import StateRefusal
 from berth.domain.events import EVENT_TYPES, TEST
+from berth.domain.references import MAX_ID
 
 if TYPE_CHECKING:
     from berth.services.webhook_log import Delivery
@@ -45,13 +45,13 @@ webhook_app = typer.Typer(
 )
 
 WebhookIdArg = Annotated[
-    int, typer.Argument(min=1, max=ID_MAX, metavar="WEBHOOK_ID", help="The webhook's id.")
+    int, typer.Argument(min=1, max=MAX_ID, metavar="WEBHOOK_ID", help="The webhook's id.")
 ]
 DeliveryIdArg = Annotated[
     int,
     typer.Argument(
         min=1,
-        max=ID_MAX,
+        max=MAX_ID,
         metavar="DELIVERY_ID",
         help="The delivery's id (the first column of `webhook deliveries`).",
     ),

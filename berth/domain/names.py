@@ -34,9 +34,10 @@ PROJECT_NAME_PATTERN = r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$"
 PROJECT_RE = re.compile(PROJECT_NAME_PATTERN)
 MAX_PROJECT_LENGTH = 63
 MAX_USER_NAME_LENGTH = 64
-USER_NAME_RULE = (
-    "lowercase letters and digits, with '.', '_', '__' or '-' between them, at most 64 characters"
-)
+# A component of an OCI name (a repository, each part of an image's name) and a user name.
+COMPONENT_RULE = "lowercase letters and digits, with '.', '_', '__' or '-' between them"
+IMAGE_NAME_RULE = f"{COMPONENT_RULE}, and '/' between its parts"
+USER_NAME_RULE = f"{COMPONENT_RULE}, at most 64 characters"
 PROJECT_NAME_RULE = (
     "lowercase letters, digits and '-' (not first or last), at most 63 characters: "
     "it becomes the first label of the project's host name"

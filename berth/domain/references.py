@@ -4,6 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+# The largest id a row can have (the database's 32-bit integer columns): what the API's paths
+# and the CLI's arguments take as an id; a larger number is refused as a bad value.
+MAX_ID = 2**31 - 1
+
 
 @dataclass(frozen=True, slots=True)
 class RepositoryRef:

@@ -23,7 +23,13 @@ from berth.domain.errors import (
     StateRefusal,
 )
 from berth.domain.events import QUOTA_REFUSED
-from berth.domain.names import ImageName, is_valid_component, name_unknown, project_name_problem
+from berth.domain.names import (
+    COMPONENT_RULE,
+    ImageName,
+    is_valid_component,
+    name_unknown,
+    project_name_problem,
+)
 from berth.domain.references import RepositoryRef
 from berth.domain.wording import counted
 from berth.metadata.audit import write_audit_entry
@@ -173,8 +179,8 @@ class Repositories(RepositoryListings):
     ) -> Repository:
         if not is_valid_component(name) or len(name) > MAX_REPOSITORY_NAME:
             raise NameInvalid(
-                f"invalid repository name {name!r}: lowercase letters and digits, "
-                f"with '.', '_', '__' or '-' between them, up to {MAX_REPOSITORY_NAME} characters"
+                f"invalid repository name {name!r}: {COMPONENT_RULE}, "
+                f"up to {MAX_REPOSITORY_NAME} characters"
             )
         _check_description(description)
         _check_scan_mode(scan_mode)
