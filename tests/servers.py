@@ -13,7 +13,6 @@ import signal
 import socket
 import ssl
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
@@ -28,6 +27,8 @@ from berth.config import Settings
 from berth.domain.errors import Conflict
 from berth.server import SHARED_MEMORY, metrics_directory
 from berth.state import Services
+from tests.cli_forks import BERTH as BERTH
+from tests.cli_forks import run_berth
 from tests.oci import Blob, push_blobs
 from tests.ports import free_port as free_port
 from tests.tls import make_ca_and_cert, make_client_cert
@@ -35,7 +36,6 @@ from tests.tls import make_ca_and_cert, make_client_cert
 T = TypeVar("T")
 ROOT = Path(__file__).resolve().parent.parent
 ADMIN_PASSWORD = "admin-password-for-tests"
-BERTH = [sys.executable, "-m", "berth.cli.main"]
 
 
 def in_own_thread(work: Callable[[], T]) -> T:
@@ -242,15 +242,7 @@ class BerthServer(CliReads):
         self, *args: str, check: bool = True, input: str | None = None
     ) -> subprocess.CompletedProcess[str]:
         """Run a `berth` CLI verb against this server's data (`input` on its standard input)."""
-        result = subprocess.run(
-            [*BERTH, *args],
-            env=self.env,
-            capture_output=True,
-            text=True,
-            cwd=ROOT,
-            timeout=120,
-            input=input,
-        )
+        result = run_berth(list(args), self.env, input=input)
         if check and result.returncode != 0:
             raise AssertionError(f"berth {' '.join(args)} failed: {result.stdout}{result.stderr}")
         return result

@@ -29,7 +29,7 @@ from tests.oci import (
     push_manifest,
 )
 from tests.pasting import data_dir_only
-from tests.servers import BerthServer, server_fixture
+from tests.servers import BerthServer, server_fixture, wait_for
 from tests.unit.services.test_scanning_layers import FIXTURES, zeros_layer
 from tests.webhook_receiver import Receiver, receiving
 
@@ -234,12 +234,18 @@ def test_berth_scan_waits_and_prints_the_findings(
     assert f"berth scan {name} --wait" in " ".join(queued.stdout.split())
     wrong = team.server.cli("scan", f"{team.project}/{team.repository}", check=False)
     assert wrong.returncode == 2 and "PROJECT/REPO[/IMAGE]:TAG" in wrong.stderr
-    listed = team.server.cli_json("image", "list", f"{team.project}/{team.repository}")
-    scans = {item["digest"]: item["scan"] for item in listed["items"]}
-    assert any(
-        scan["status"] == "done" and scan["counts"]["high"] == 1 and scan["counts"]["unknown"] == 2
-        for scan in scans.values()
-    ), scans
+
+    def scanned_again() -> bool:
+        """The queued scan done, as the listing shows it, with the same findings."""
+        listed = team.server.cli_json("image", "list", f"{team.project}/{team.repository}")
+        return any(
+            item["scan"]["status"] == "done"
+            and item["scan"]["counts"]["high"] == 1
+            and item["scan"]["counts"]["unknown"] == 2
+            for item in listed["items"]
+        )
+
+    wait_for(scanned_again, 60, "the queued scan done, as image list shows it")
     stale = team.server.cli_json("scan", "--rescan-stale")
     assert stale == {"queued": 0, "scanned": 0}
 

@@ -403,9 +403,12 @@ class Scans:
                 return
             except ScanFailed as failure:
                 await self._finish(scan_id, [], 0, state, str(failure), announce)
-            except Exception as exc:  # a background job: the user sees why, the log has the rest
+            except Exception as exc:
+                # A background job's unforeseen failure: its message may name the server's files
+                # (an OSError's path), so users see only its kind; the log has the rest.
                 logger.exception("scan of manifest %s failed", manifest_id)
-                await self._finish(scan_id, [], 0, state, f"scan error: {exc}", announce)
+                reason = f"scan error ({type(exc).__name__}); the server's log has the details"
+                await self._finish(scan_id, [], 0, state, reason, announce)
             else:
                 await self._finish(scan_id, found, packages, state, None, announce)
         finally:

@@ -468,6 +468,28 @@ def test_a_scan_that_cannot_read_a_layer_fails_saying_why(
     ]
 
 
+def test_an_unforeseen_scan_failure_names_its_kind_not_the_servers_files(
+    database_url: str, tmp_path: Path, app_layers: list[bytes], caplog: pytest.LogCaptureFixture
+) -> None:
+    """A layer that cannot be read for a reason the scanner does not know (here a directory
+    where its file was): the reason users see names no path of the server's; the log has it."""
+
+    async def scenario(world: World) -> None:
+        repo = await repository(world)
+        image = await push_image(world, repo, app_layers, "v1")
+        digest = lose_layer(world, image, 1)
+        path = world.store.local_path(digest)
+        assert path is not None
+        path.mkdir()
+        result = await scanned(world, repo, image.digest)
+        assert result.state == "failed"
+        assert result.reason == ("scan error (IsADirectoryError); the server's log has the details")
+        assert str(tmp_path) in caplog.text  # the operator's log names the file
+
+    with caplog.at_level(logging.INFO, logger="berth.scans"):
+        run(database_url, tmp_path, scenario)
+
+
 def test_each_finished_scan_leaves_a_line_in_the_server_log(
     database_url: str, tmp_path: Path, app_layers: list[bytes], caplog: pytest.LogCaptureFixture
 ) -> None:
