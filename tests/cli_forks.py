@@ -31,11 +31,14 @@ import tempfile
 import threading
 import time
 import traceback
+import warnings
 from pathlib import Path
 from typing import IO, Any
 
 ROOT = Path(__file__).resolve().parent.parent
 BERTH = [sys.executable, "-m", "berth.cli.main"]
+# A forked child's exit status when it failed before the CLI started (no Berth verb exits so).
+SETUP_FAILED = 70
 
 # Variables read while a module is imported (or by the interpreter at start), by prefix.
 _IMPORT_TIME_PREFIXES = ("PYTHON", "TYPER_", "_TYPER_", "LC_")
@@ -85,6 +88,7 @@ def _exit_status(code: object) -> int:
 
 
 def _run_child(request: dict[str, Any]) -> int:
+    """Run the CLI as the request says; its exit status. Raises only before the CLI starts."""
     os.chdir(request["cwd"])
     os.environ.clear()
     os.environ.update(request["env"])
@@ -139,7 +143,7 @@ def serve(path: str) -> None:
                 message, fds, _, _ = socket.recv_fds(connection, 1 << 20, 3)
                 pid = os.fork()
                 if pid == 0:
-                    status = 70
+                    status = SETUP_FAILED
                     try:
                         for target, fd in enumerate(fds):
                             os.dup2(fd, target)
@@ -241,10 +245,26 @@ def run_berth(
     captured as text: as subprocess.run would run it, in a child of the fork server."""
     command = [*BERTH, *args]
     forks = _forks()
-    if not forks.serves(env):
-        return subprocess.run(
-            command, env=env, cwd=cwd, input=input, capture_output=True, text=True, timeout=timeout
-        )
+    if forks.serves(env):
+        forked = _forked(forks, args, env, cwd, input, timeout)
+        if forked.returncode != SETUP_FAILED:
+            return forked
+        # Nothing of the verb ran: said, and run again as a new process.
+        warnings.warn(f"the fork server could not start {args}: {forked.stderr}", stacklevel=2)
+    return subprocess.run(
+        command, env=env, cwd=cwd, input=input, capture_output=True, text=True, timeout=timeout
+    )
+
+
+def _forked(
+    forks: _Server,
+    args: list[str],
+    env: dict[str, str],
+    cwd: Path | str,
+    input: str | None,
+    timeout: float,
+) -> subprocess.CompletedProcess[str]:
+    command = [*BERTH, *args]
     with contextlib.ExitStack() as files:
         stdin: IO[bytes] = files.enter_context(tempfile.TemporaryFile())
         if input is not None:
