@@ -52,11 +52,14 @@ def test_a_number_out_of_range_is_a_bad_value(verbs: Any, args: list[str], named
 
 
 def test_a_quota_past_the_largest_is_refused_as_the_api_refuses_it(verbs: Any) -> None:
-    for quota in (HUGE, "1000001"):
+    for quota in (HUGE, "1000001", "-5"):
         refused = verbs.cli("project", "quota", "demo", quota, check=False)
         assert refused.returncode == 2, refused
         said = " ".join(refused.stderr.split())
         assert "the repository quota must be from 0 to 1,000,000" in said, said
+    # A word that is no option and no number is said to be neither.
+    typo = verbs.cli("project", "quota", "demo", "--jsn", check=False)
+    assert typo.returncode == 2 and "not '--jsn'" in typo.stderr, typo
     # The quota stays as it was, and the largest one is taken.
     assert verbs.cli_json("project", "quota", "demo")["quota_is_default"] is True
     assert verbs.cli_json("project", "quota", "demo", "1000000")["repository_quota"] == 1_000_000

@@ -93,7 +93,8 @@ def project_pull_policy(
         )
 
 
-@project_app.command("quota")
+# A negative MAXIMUM reaches the range check as a number, not Click's "No such option: -5".
+@project_app.command("quota", context_settings={"ignore_unknown_options": True})
 def project_quota(
     project: ProjectArg,
     maximum: Annotated[
