@@ -29,6 +29,7 @@ from berth.domain.descriptions import NOT_TEXT
 from berth.domain.digests import DIGEST_RULE
 from berth.domain.errors import Conflict, InvalidValue, RegistryError
 from berth.domain.names import COMPONENT_RULE, PROJECT_NAME_RULE
+from berth.domain.patterns import TAG_RULE
 from berth.observability.requests import with_request_id
 
 PROBLEM_TYPE = "application/problem+json"
@@ -128,6 +129,8 @@ def _form_problem(field: str) -> str:
         return f"not a digest: {DIGEST_RULE}"
     if last in ("repository", "name", "user"):
         return f"use {COMPONENT_RULE}"
+    if last == "tag":
+        return f"not a tag: {TAG_RULE}, 128 characters at most"
     return "this value does not have the form this field takes (see the API documentation)"
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import re
 import time
 
+from berth.domain.patterns import TAG_RULE
 from berth.state import Services
 from tests.api.conftest import (
     PASSWORD,
@@ -346,3 +347,17 @@ def test_every_paged_listing_answers_a_page_past_its_end_alike(team: Team) -> No
         for page in (total + 1, 100_000):
             past = admin.get(url, params={"page": page, "per_page": 1})
             assert ok(past) == {"items": [], "page": page, "per_page": 1, "total": total}, path
+
+
+def test_a_malformed_tag_is_said_to_be_no_tag_wherever_it_is_given(shared_team: Team) -> None:
+    """In the path (a tag delete), a query (history by tag) and a body (tag restore), a tag
+    that cannot be one is refused saying what a tag is, not a generic form message."""
+    member = shared_team["member"]
+    for response, field in (
+        (member.delete(shared_team.repo_url("/tags/-v1")), "path.tag"),
+        (member.get(shared_team.repo_url("/history"), params={"tag": "v1!"}), "query.tag"),
+        (member.post(shared_team.repo_url("/tags/restore"), json={"tag": "x" * 129}), "tag"),
+    ):
+        refused = assert_problem(response, 422, fields=(field,), code="VALIDATION_FAILED")
+        [said] = refused["errors"]
+        assert said["message"] == f"not a tag: {TAG_RULE}, 128 characters at most", refused
