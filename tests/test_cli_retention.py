@@ -68,10 +68,14 @@ def test_retention_verbs(sqlite_server: BerthServer) -> None:
     assert [i["digest"] for i in dry["deleted"]] == digests[:3]
     shown = in_process(sqlite_server).cli("retention", "show", "cliret").stdout
     assert "an image is kept when any rule keeps it" in shown and "daily 04:00" in shown
-    printed = " ".join(
-        in_process(sqlite_server).cli("retention", "dry-run", "cliret").stdout.split()
-    )
+    raw = in_process(sqlite_server).cli("retention", "dry-run", "cliret").stdout
+    printed = " ".join(raw.split())
     assert "berth retention run cliret" in printed and "nothing was deleted" in printed
+    # At 80 columns each digest is on one line as `berth image list` shows it (12 hex digits),
+    # which `berth image delete` takes.
+    assert max(map(len, raw.splitlines())) <= 80, raw
+    for digest in digests[:3]:
+        assert any(digest[7:19] in line.split() for line in raw.splitlines()), raw
     ran = " ".join(
         in_process(sqlite_server).cli("retention", "run", "cliret", "--yes").stdout.split()
     )

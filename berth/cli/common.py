@@ -471,6 +471,12 @@ def cli_actor() -> str:
     return f"cli:{getpass.getuser()}"[:64]
 
 
+def short_digest(digest: str | None) -> str:
+    """A digest as the CLI's tables show it: its first 12 hex digits (what `berth image
+    delete` and `image history --digest` take, as they take it whole)."""
+    return digest.split(":", 1)[-1][:12] if digest else ""
+
+
 def pasteable(*words: str) -> str:
     """A `berth` command to print for the user to paste: it runs as printed from where this
     one ran, on the same data (with this one's --data-dir, when it was given one)."""
@@ -506,13 +512,15 @@ def show_rows(
     *,
     total: int | None = None,
     per_page: int | None = None,
+    ids: frozenset[str] = frozenset(),
 ) -> None:
     """What a verb that lists things prints: the rows as a listing in JSON (`total` and
-    `per_page` as `listing` takes them), or a table of `columns`."""
+    `per_page` as `listing` takes them), or a table of `columns` (`ids` as data_table takes
+    them)."""
     if json_output:
         print_json(listing(rows, total, per_page=per_page))
     else:
-        console.print(data_table(rows, columns, title))
+        console.print(data_table(rows, columns, title, ids=ids))
 
 
 def split_repo(value: str) -> tuple[str, str]:

@@ -20,6 +20,7 @@ from berth.cli.common import (
     listing,
     print_json,
     run_service,
+    short_digest,
     split_image,
     when,
 )
@@ -36,10 +37,6 @@ tag_app = typer.Typer(help="Tags: restore a removed tag.", no_args_is_help=True)
 
 HISTORY_COLUMNS = ["at", "actor", "action", "image", "tag", "old", "new", "restorable"]
 HISTORY_DIGESTS = frozenset({"old", "new"})
-
-
-def _short(digest: str | None) -> str:
-    return digest.split(":", 1)[-1][:12] if digest else ""
 
 
 def _platforms_cell(item: dict[str, Any]) -> str:
@@ -86,11 +83,11 @@ def image_list(
     for item in items:
         table.add_row(
             item["image"] or "-",
-            _short(item["digest"]),
+            short_digest(item["digest"]),
             _tags_cell(item),
             f"{item['size']:,}",
             _platforms_cell(item),
-            ", ".join(r["artifact_type"] or _short(r["digest"]) for r in item["referrers"]),
+            ", ".join(r["artifact_type"] or short_digest(r["digest"]) for r in item["referrers"]),
             when(item["pushed_at"], "-"),
         )
     console.print(table)
@@ -146,8 +143,8 @@ def image_history(
             "action": event["action"],
             "image": event["image"] or "-",
             "tag": event["tag"],
-            "old": _short(event["old_digest"]),
-            "new": _short(event["new_digest"]),
+            "old": short_digest(event["old_digest"]),
+            "new": short_digest(event["new_digest"]),
             "restorable": event["restorable"],
         }
         for event in found

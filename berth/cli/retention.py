@@ -19,6 +19,7 @@ from berth.cli.common import (
     pasteable,
     print_json,
     run_service,
+    short_digest,
     show_rows,
     when,
 )
@@ -42,6 +43,8 @@ RULE_HELP = (
     "'[!abc]' none of. E.g. --rule last=10,repositories=ci --rule tagged='v*'"
 )
 IMAGE_COLUMNS = ["repository", "digest", "tags", "pushed_at", "last_pulled_at"]
+# As `berth image list` shows it (12 hex digits, what `berth image delete` takes): never folded.
+IMAGE_IDS = frozenset({"digest"})
 RUN_COLUMNS = ["id", "started_at", "actor", "dry_run", "state", "images_deleted", "images_skipped"]
 HISTORY_LIMIT = 50  # the newest runs `retention history` shows unless --limit says
 
@@ -84,7 +87,10 @@ def parse_rule(text: str) -> Rule:
 def _image_rows(run: RunRecord) -> list[dict[str, Any]]:
     from berth.services.records import plain
 
-    return [{**plain(i), "tags": " ".join(i.tags) or "-"} for i in run.deleted]
+    return [
+        {**plain(i), "digest": short_digest(i.digest), "tags": " ".join(i.tags) or "-"}
+        for i in run.deleted
+    ]
 
 
 def _note(run: RunRecord) -> str:
@@ -181,7 +187,9 @@ def retention_dry_run(project: ProjectArg, json_output: JsonFlag = False) -> Non
     if json_output:
         _print_run(record)
         return
-    show_rows(False, _image_rows(record), IMAGE_COLUMNS, f"Retention dry run of {project}")
+    show_rows(
+        False, _image_rows(record), IMAGE_COLUMNS, f"Retention dry run of {project}", ids=IMAGE_IDS
+    )
     console.print(Text(_note(record)), soft_wrap=True)  # its command in one piece
     if record.deleted:
         sys.stdout.write(f"Delete them:\n  {pasteable('retention', 'run', project)}\n")
@@ -204,7 +212,13 @@ def retention_run(project: ProjectArg, yes: YesFlag = False, json_output: JsonFl
     if json_output:
         _print_run(record)
         return
-    show_rows(False, _image_rows(record), IMAGE_COLUMNS, f"Deleted by retention in {project}")
+    show_rows(
+        False,
+        _image_rows(record),
+        IMAGE_COLUMNS,
+        f"Deleted by retention in {project}",
+        ids=IMAGE_IDS,
+    )
     console.print(Text(_note(record)), soft_wrap=True)  # its command in one piece
     if record.error:
         fail(f"the run stopped: {record.error}")
