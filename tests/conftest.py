@@ -24,20 +24,15 @@ if TYPE_CHECKING:
     from tests.s3 import SeaweedFS
 
 
-# Packages whose tests share servers beyond a module (their conftests' session or package
-# fixtures): each runs in one worker, so that those start once, not once per module.
-SHARED_BY_PACKAGE = ("tests/clients/", "tests/conformance/", "tests/usage/", "tests/observability/")
-
-
 @pytest.hookimpl(tryfirst=True)  # the groups in place before xdist reads them
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """For `make test`'s workers (pytest-xdist, `--dist loadgroup`): a module's tests run in one
-    worker, so its module-scoped servers start once; a package of SHARED_BY_PACKAGE's, in one
-    worker too. Every test under tests/clients/ must: their session fixtures are machine-wide
-    (dockerd, containerd, the project hosts in /etc/hosts, /etc/docker/certs.d)."""
+    worker, so its module-scoped servers start once; and every test under tests/clients/ runs in
+    the same worker, since their session fixtures are machine-wide (dockerd, containerd, the
+    project hosts in /etc/hosts, /etc/docker/certs.d)."""
     for item in items:
         module = item.nodeid.split("::")[0]
-        group = next((p for p in SHARED_BY_PACKAGE if module.startswith(p)), module)
+        group = "clients" if module.startswith("tests/clients/") else module
         if item.get_closest_marker("ceph_rgw"):
             group = "ceph-rgw"  # one worker, so the session's Ceph cluster starts once
         item.add_marker(pytest.mark.xdist_group(group))
