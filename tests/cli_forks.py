@@ -182,7 +182,8 @@ class _Server:
         self.directory = tempfile.mkdtemp(prefix="berth-forks-")
         self.path = os.path.join(self.directory, "socket")
         self.env = dict(os.environ)
-        with open(os.path.join(self.directory, "errors.log"), "ab") as errors:
+        errors_path = os.path.join(self.directory, "errors.log")
+        with open(errors_path, "ab") as errors:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "tests.cli_forks", self.path],
                 stdin=subprocess.PIPE,
@@ -193,7 +194,8 @@ class _Server:
             )
         assert self.process.stdout is not None
         if self.process.stdout.readline() != b"ready\n":
-            raise RuntimeError("the CLI fork server did not start")
+            said = Path(errors_path).read_text(errors="replace")
+            raise RuntimeError(f"the CLI fork server did not start: {said}")
         atexit.register(self.stop)
 
     def stop(self) -> None:
