@@ -79,6 +79,16 @@ def wait_for(check: Any, timeout: float, what: str) -> None:
     raise TimeoutError(f"{what} not ready after {timeout}s")
 
 
+def eventually(read: Callable[[], T], done: Callable[[T], bool], timeout: float = 15) -> T:
+    """Poll `read` until `done` holds of its value; return the last value either way."""
+    deadline = time.monotonic() + timeout
+    value = read()
+    while not done(value) and time.monotonic() < deadline:
+        time.sleep(0.1)
+        value = read()
+    return value
+
+
 @dataclass
 class BerthServer(CliReads):
     """A `berth serve` process on a free loopback port with its own data directory."""

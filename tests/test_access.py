@@ -65,11 +65,11 @@ from tests.servers import (
     ADMIN_PASSWORD,
     BACKENDS,
     BerthServer,
+    eventually,
     running_server,
     server_fixture,
     wait_for,
 )
-from tests.usage.conftest import eventually
 
 PASSWORD = "correct-horse-battery-staple"
 P, Q = "acme", "globex"

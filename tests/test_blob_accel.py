@@ -37,9 +37,9 @@ from tests.oci import (
     put_upload,
     start_upload,
 )
-from tests.servers import ROOT, BerthServer, free_port, running_server
+from tests.servers import ROOT, BerthServer, eventually, free_port, running_server
 from tests.storage.test_s3_registry import sha256
-from tests.usage.conftest import eventually, traffic
+from tests.usage.conftest import traffic
 
 BLOB_ROUTE = "/v2/{name:path}/blobs/{digest}"
 SENT = "berth_http_sent_bytes_total"

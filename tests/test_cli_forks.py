@@ -69,8 +69,19 @@ def test_a_run_reads_its_input_and_sees_its_own_settings(
     assert run_berth(["project", "list"], env, cwd=tmp_path).returncode == 0
 
 
-def test_a_run_whose_imports_would_differ_gets_a_new_interpreter(env: dict[str, str]) -> None:
+def test_a_run_whose_imports_would_differ_gets_a_new_interpreter(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    """A new interpreter runs the sitecustomize its PYTHONPATH finds; a forked child, started
+    long ago, would not."""
+    (tmp_path / "sitecustomize.py").write_text(
+        "import sys\nprint('a new interpreter', file=sys.stderr)\n"
+    )
     forks = cli_forks._forks()
     assert forks.serves(env)
     assert not forks.serves({**env, "TERMINAL_WIDTH": "40"})
-    assert not forks.serves({**env, "PYTHONHASHSEED": "1"})
+    started = {**env, "PYTHONPATH": str(tmp_path)}
+    assert not forks.serves(started)
+    ran = run_berth(["--version"], started, cwd=tmp_path)
+    assert ran.returncode == 0 and "a new interpreter" in ran.stderr, ran
+    assert "a new interpreter" not in run_berth(["--version"], env, cwd=tmp_path).stderr

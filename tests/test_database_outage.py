@@ -32,10 +32,10 @@ from tests.servers import (
     BERTH,
     BerthServer,
     PostgresCluster,
+    eventually,
     serve_exits,
     unstarted_environ,
 )
-from tests.usage.conftest import eventually
 
 
 def assert_registry_unavailable(response: httpx.Response) -> None:

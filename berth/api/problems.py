@@ -29,7 +29,7 @@ from berth.domain.descriptions import NOT_TEXT
 from berth.domain.digests import DIGEST_RULE
 from berth.domain.errors import Conflict, InvalidValue, RegistryError
 from berth.domain.names import COMPONENT_RULE, PROJECT_NAME_RULE
-from berth.domain.patterns import TAG_RULE
+from berth.domain.patterns import MAX_TAG_PATTERN, TAG_RULE
 from berth.observability.requests import with_request_id
 
 PROBLEM_TYPE = "application/problem+json"
@@ -130,7 +130,7 @@ def _form_problem(field: str) -> str:
     if last in ("repository", "name", "user"):
         return f"use {COMPONENT_RULE}"
     if last == "tag":
-        return f"not a tag: {TAG_RULE}, 128 characters at most"
+        return f"not a tag: {TAG_RULE}, {MAX_TAG_PATTERN} characters at most"
     return "this value does not have the form this field takes (see the API documentation)"
 
 

@@ -25,11 +25,12 @@ from tests.s3 import BUCKET, SeaweedFS
 from tests.servers import (
     BerthServer,
     PostgresCluster,
+    eventually,
     running_server,
     serve_refused,
     unstarted_environ,
 )
-from tests.usage.conftest import eventually, traffic
+from tests.usage.conftest import traffic
 
 MiB = 1024 * 1024
 CACHE_SIZE = 10 * MiB

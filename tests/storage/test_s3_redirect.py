@@ -21,9 +21,9 @@ from tests.clients.layouts import OciLayout, umoci_image
 from tests.clients.tools import require_binary, run
 from tests.oci import blob_path, push_bytes
 from tests.s3 import BUCKET, S3TestServer, SeaweedFS, nginx_in_front_of
-from tests.servers import BerthServer, free_port, running_server
+from tests.servers import BerthServer, eventually, free_port, running_server
 from tests.storage.test_s3_registry import sha256
-from tests.usage.conftest import eventually, traffic
+from tests.usage.conftest import traffic
 
 pytestmark = pytest.mark.clients
 

@@ -3,16 +3,14 @@ collection runs every second, with two worker processes (so the job lease is exe
 
 from __future__ import annotations
 
-import time
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import httpx
 
 from berth.services.records import plain
-from tests.servers import BACKENDS, S3_BACKEND, BerthServer, server_fixture
+from tests.servers import BACKENDS, S3_BACKEND, BerthServer, eventually, server_fixture
 
 T = TypeVar("T")
 
@@ -90,16 +88,6 @@ def new_project(server: BerthServer) -> Project:
     server.create_project(name, with_key=True)
     client = httpx.Client(base_url=server.url, timeout=60, auth=server.access_key(name))
     return Project(server, name, client)
-
-
-def eventually(read: Callable[[], T], done: Callable[[T], bool], timeout: float = 15) -> T:
-    """Poll `read` until `done` holds of its value; return the last value either way."""
-    deadline = time.monotonic() + timeout
-    value = read()
-    while not done(value) and time.monotonic() < deadline:
-        time.sleep(0.1)
-        value = read()
-    return value
 
 
 def traffic(server: BerthServer, project: str, **options: Any) -> dict[str, Any]:

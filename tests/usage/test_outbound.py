@@ -23,10 +23,9 @@ from tests.oci import (
     push_bytes,
     push_manifest,
 )
-from tests.servers import BACKENDS, BerthServer, running_server
+from tests.servers import BACKENDS, BerthServer, eventually, running_server
 from tests.usage.conftest import (
     Project,
-    eventually,
     new_project,
     start_all_workers,
     traffic,

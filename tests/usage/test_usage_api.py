@@ -31,14 +31,13 @@ from tests.oci import (
     push_bytes,
     push_manifest,
 )
-from tests.servers import BerthServer
+from tests.servers import BerthServer, eventually
 from tests.usage.conftest import (
     COLLECT_SECONDS,
     CURRENCY,
     FREE_GB,
     PRICE_PER_GB,
     Project,
-    eventually,
     new_project,
 )
 
